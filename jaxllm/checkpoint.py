@@ -1,0 +1,138 @@
+"""Finding a checkpoint and reading its files: config.json, generation_config.json, and tensors.
+
+Tensors are read lazily from safetensors files through a memory map: nothing is read until a
+tensor is asked for, and then only that tensor. We parse the (simple, documented) safetensors
+header ourselves because safetensors' numpy backend cannot return bfloat16, the dtype most
+checkpoints ship in; ml_dtypes gives numpy that dtype.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+from jaxllm.errors import CheckpointError, ConfigError
+
+_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+    "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2,
+}
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+
+
+def resolve(path_or_id: str | os.PathLike) -> Path:
+    """A local file or folder as it is; otherwise a hub id, fetched into (or found in) the HF cache."""
+    path = Path(path_or_id).expanduser()
+    if path.exists():
+        return path
+    text = str(path_or_id)
+    if not _HUB_ID.match(text):
+        raise CheckpointError(f"no such file or folder: '{text}'; pass a checkpoint folder, a .gguf file or a hub id like 'org/name'")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(text, allow_patterns=_HUB_PATTERNS))
+    except Exception as err:  # offline, unknown repo, gated repo, network: all end the same way for a user
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"could not get '{text}' from the Hugging Face hub or its local cache ({type(err).__name__}: {reason[:200]}); "
+            "check the id and your network, or pass a local folder"
+        ) from None
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found at {path}: a Hugging Face checkpoint folder needs one") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{what} at {path} is not valid JSON (line {err.lineno}: {err.msg}): fix or replace the file") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} at {path} must hold a JSON object")
+    return data
+
+
+def read_config(folder: Path) -> dict:
+    return read_json(folder / "config.json", "config.json")
+
+
+def read_generation_config(folder: Path) -> dict:
+    path = folder / "generation_config.json"
+    return read_json(path, "generation_config.json") if path.exists() else {}
+
+
+class SafetensorsFile:
+    """One .safetensors file, memory-mapped; `get` returns a read-only numpy view."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            with open(path, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n))
+        except (OSError, struct.error, ValueError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({err}): re-download or re-save it") from None
+        header.pop("__metadata__", None)
+        self.offset = 8 + n
+        self.header = header
+        self._map = None
+
+    def names(self):
+        return self.header.keys()
+
+    def shape(self, name):
+        return tuple(self.header[name]["shape"])
+
+    def get(self, name) -> np.ndarray:
+        info = self.header[name]
+        if info["dtype"] not in _DTYPES:
+            raise CheckpointError(f"{self.path}: tensor {name} has unsupported dtype {info['dtype']}")
+        if self._map is None:
+            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+        start, end = info["data_offsets"]
+        raw = self._map[self.offset + start : self.offset + end]
+        return raw.view(_DTYPES[info["dtype"]]).reshape(info["shape"])
+
+
+class SafetensorsCheckpoint:
+    """All tensors of a checkpoint folder: one file, or shards listed by model.safetensors.index.json."""
+
+    def __init__(self, folder: Path):
+        index = folder / "model.safetensors.index.json"
+        if index.exists():
+            weight_map = read_json(index, "model.safetensors.index.json").get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise CheckpointError(f"{index} has no 'weight_map': re-download the checkpoint's index")
+            files = sorted(set(weight_map.values()))
+            missing = [f for f in files if not (folder / f).exists()]
+            if missing:
+                raise CheckpointError(f"{folder} lacks shard(s) {', '.join(missing[:3])} named by its index: download them")
+        else:
+            files = sorted(p.name for p in folder.glob("*.safetensors"))
+        if not files:
+            hint = " (PyTorch .bin files are not read: save the model with safetensors)" if list(folder.glob("*.bin")) else ""
+            raise CheckpointError(f"no .safetensors files in {folder}{hint}")
+        self.files = [SafetensorsFile(folder / f) for f in files]
+        self._where = {}
+        for f in self.files:
+            for name in f.names():
+                self._where[name] = f
+
+    def names(self):
+        return self._where.keys()
+
+    def shape(self, name):
+        return self._where[name].shape(name)
+
+    def get(self, name) -> np.ndarray:
+        return self._where[name].get(name)

@@ -1,0 +1,126 @@
+"""`jaxllm.load`: a checkpoint (local folder, hub id, or .gguf file) into a LoadedModel.
+
+The path: resolve the files -> read config.json -> registry entry -> ModelConfig -> abstract
+module (shapes only, no memory) -> check every tensor against the weight map -> stream tensors
+into place, one at a time.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxllm import checkpoint, registry, weights
+from jaxllm.config import ModelConfig, from_hf
+from jaxllm.errors import ConfigError
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def resolve_dtype(dtype) -> Any:
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ConfigError(f"dtype '{dtype}' is not supported; use one of {', '.join(DTYPES)}")
+        return DTYPES[dtype]
+    name = jnp.dtype(dtype).name
+    if name not in DTYPES:
+        raise ConfigError(f"dtype '{name}' is not supported; use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _full_logits(graphdef, params, tokens):
+    model = nnx.merge(graphdef, params)
+    logits, _ = model(tokens)
+    return logits
+
+
+@dataclass
+class LoadedModel:
+    """A loaded checkpoint: pure data (config, graph definition, parameter pytree) plus helpers.
+
+    `params` is an nnx.State pytree; `nnx.merge(graphdef, params)` gives the module back, and
+    `module` does it for you.
+    """
+
+    config: ModelConfig
+    graphdef: Any
+    params: Any
+    tokenizer: Any = None
+    generation_config: dict = field(default_factory=dict)
+    path: Path | None = None
+    mesh: Any = None
+
+    @property
+    def module(self):
+        return nnx.merge(self.graphdef, self.params)
+
+    def logits(self, token_ids) -> jax.Array:
+        """Full-sequence scoring without a cache: int [batch, seq] -> float32 [batch, seq, vocab]."""
+        tokens = jnp.asarray(token_ids, jnp.int32)
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+        if tokens.ndim != 2:
+            raise ConfigError(f"token_ids must be [batch, seq], got shape {tuple(tokens.shape)}")
+        bad = (tokens < 0) | (tokens >= self.config.vocab_size)
+        if bool(bad.any()):
+            raise ConfigError(f"token_ids must lie in [0, {self.config.vocab_size}): the vocabulary of this model")
+        return _full_logits(self.graphdef, self.params, tokens)
+
+
+def abstract_model(cfg: ModelConfig, arch: registry.Architecture, dtype):
+    """(graphdef, abstract state): the module's structure with shapes, without allocating weights."""
+    model = nnx.eval_shape(lambda: arch.module(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
+    return nnx.split(model)
+
+
+def load(
+    path_or_id: str | os.PathLike,
+    dtype="float32",
+    *,
+    place: Callable | None = None,
+    progress: Callable[[str], None] | None = None,
+    tokenizer: bool = True,
+) -> LoadedModel:
+    """Load a Hugging Face checkpoint (folder or hub id) or a GGUF file.
+
+    dtype: "float32", "bfloat16" or "float16"; parameters are cast on the host while loading.
+    place: optional `(path, host_array, abstract_leaf) -> jax.Array` that puts each tensor on
+    devices (the sharding package supplies one for a mesh).
+    """
+    dtype = resolve_dtype(dtype)
+    path = checkpoint.resolve(path_or_id)
+    if path.is_file() and path.suffix == ".gguf":
+        from jaxllm import gguf
+
+        source, raw, generation_config = gguf.open_checkpoint(path)
+        folder = path.parent
+    elif path.is_dir():
+        raw = checkpoint.read_config(path)
+        generation_config = checkpoint.read_generation_config(path)
+        source = None  # opened after the config is known good
+        folder = path
+    else:
+        raise ConfigError(f"'{path}' is neither a checkpoint folder nor a .gguf file")
+    arch = registry.architecture_of(raw)
+    cfg = from_hf(raw, arch.name, arch.config_defaults(raw))
+    graphdef, abstract = abstract_model(cfg, arch, dtype)
+    if source is None:
+        source = checkpoint.SafetensorsCheckpoint(folder)
+    specs = arch.weight_map(cfg)
+    ignore = arch.ignore + ((r"^lm_head\.weight$",) if cfg.tie_word_embeddings else ())
+    weights.check(source, specs, abstract, ignore)
+    params = weights.load_params(source, specs, abstract, dtype, place=place, progress=progress)
+    tok = None
+    if tokenizer:
+        from jaxllm.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(path)
+    return LoadedModel(cfg, graphdef, params, tok, generation_config, path)

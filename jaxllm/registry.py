@@ -1,0 +1,66 @@
+"""Architectures by the `architectures` string of config.json.
+
+A model file registers each class it serves with `register(Architecture(...))`; everything else
+(loading, parity tests, `--list-models`) reads this table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from jaxllm.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str  # "LlamaForCausalLM", as in config.json's "architectures"
+    module: type  # Flax NNX module class: module(cfg, dtype=..., rngs=...)
+    # cfg -> [WeightSpec]: which HF tensor fills which parameter, and how (jaxllm.weights).
+    weight_map: Callable
+    hf_model_type: str  # transformers' model_type, for building the reference in tests
+    # raw config.json dict -> ModelConfig fields the HF modeling code hard-wires for this family.
+    config_defaults: Callable[[dict], dict] = lambda raw: {}
+    capabilities: tuple[str, ...] = ("completion", "chat", "scoring")
+    dtypes: tuple[str, ...] = ("float32", "bfloat16", "float16")
+    # A tiny HF config (dict) for the parity tests; every registered architecture must have one.
+    tiny_config: dict = field(default_factory=dict)
+    # Regexes of HF tensor names that carry nothing we need (e.g. cached rotary buffers).
+    ignore: tuple[str, ...] = (r".*rotary_emb\.inv_freq$",)
+
+
+_REGISTRY: dict[str, Architecture] = {}
+
+
+def register(arch: Architecture) -> Architecture:
+    if arch.name in _REGISTRY:
+        raise ValueError(f"architecture {arch.name} registered twice")
+    _REGISTRY[arch.name] = arch
+    return arch
+
+
+def _load_model_files() -> None:
+    import jaxllm.models  # noqa: F401  (importing registers every model file)
+
+
+def get(name: str) -> Architecture:
+    _load_model_files()
+    if name not in _REGISTRY:
+        raise ConfigError(
+            f"architecture '{name}' is not supported; supported: {', '.join(sorted(_REGISTRY))}"
+        )
+    return _REGISTRY[name]
+
+
+def names() -> list[str]:
+    _load_model_files()
+    return sorted(_REGISTRY)
+
+
+def architecture_of(raw: dict) -> Architecture:
+    archs = raw.get("architectures") if isinstance(raw, dict) else None
+    if not archs or not isinstance(archs, list):
+        raise ConfigError(
+            "config.json has no 'architectures' list: add e.g. \"architectures\": [\"LlamaForCausalLM\"]"
+        )
+    return get(archs[0])

@@ -1,0 +1,135 @@
+"""From Hugging Face tensors to our parameter tree: the name map a model declares, the few
+transforms it may ask for, the check of a checkpoint against the map, and the streaming fill.
+
+A model file says *what* goes where (a list of WeightSpec); this file does the I/O once for all.
+Target shapes come from the model's abstract parameters, so a transform only needs to know how the
+HF layout relates to ours (e.g. nn.Linear stores [out, in], we store in_dims + out_dims).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxllm.errors import CheckpointError
+
+
+@dataclass(frozen=True)
+class Copy:
+    """Same layout; only the number of dims may differ (a [H*D] bias into [H, D])."""
+
+    flatten: bool = False
+
+    def hf_shape(self, shape):
+        return (math.prod(shape),) if self.flatten else tuple(shape)
+
+    def __call__(self, x: np.ndarray, shape) -> np.ndarray:
+        return x.reshape(shape)
+
+
+@dataclass(frozen=True)
+class Linear:
+    """nn.Linear weight [out, in] into a kernel whose first `n_in` dims are the input dims."""
+
+    n_in: int = 1
+
+    def hf_shape(self, shape):
+        return (math.prod(shape[self.n_in :]), math.prod(shape[: self.n_in]))
+
+    def __call__(self, x: np.ndarray, shape) -> np.ndarray:
+        return x.T.reshape(shape)
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    hf_name: str  # e.g. "model.layers.3.self_attn.q_proj.weight"
+    path: tuple  # e.g. ("model", "layers", 3, "self_attn", "q_proj", "kernel")
+    transform: Callable = Copy()
+
+
+def _flat_params(abstract_state) -> dict[tuple, jax.ShapeDtypeStruct]:
+    return {tuple(path): leaf for path, leaf in _flat_items(abstract_state)}
+
+
+def _flat_items(state):
+    pure = nnx.to_pure_dict(state)
+    out = []
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, prefix + (key,))
+        else:
+            out.append((prefix, node))
+
+    walk(pure, ())
+    return out
+
+
+def check(source, specs: Iterable[WeightSpec], abstract_state, ignore: Iterable[str] = ()) -> None:
+    """Raise one CheckpointError listing every missing, unexpected and mis-shaped tensor."""
+    params = _flat_params(abstract_state)
+    specs = list(specs)
+    problems = []
+    mapped = {s.path for s in specs}
+    unmapped = sorted(set(params) - mapped)
+    if unmapped:  # a model-file bug, not a checkpoint problem
+        raise AssertionError(f"weight map leaves parameters unfilled: {unmapped[:5]}")
+    names = set(source.names())
+    expected = {s.hf_name for s in specs}
+    for s in specs:
+        want = s.transform.hf_shape(params[s.path].shape)
+        if s.hf_name not in names:
+            problems.append(f"missing {s.hf_name} (expected shape {list(want)})")
+            continue
+        got = tuple(source.shape(s.hf_name))
+        if got != want:
+            problems.append(f"{s.hf_name} has shape {list(got)}, expected {list(want)}")
+    patterns = [re.compile(p) for p in ignore]
+    extra = sorted(n for n in names - expected if not any(p.match(n) for p in patterns))
+    problems += [f"unexpected {n}" for n in extra]
+    if problems:
+        shown = "; ".join(problems[:12]) + (f"; and {len(problems) - 12} more" if len(problems) > 12 else "")
+        raise CheckpointError(
+            f"checkpoint does not match the {len(specs)}-tensor model layout ({len(problems)} problems): {shown}"
+        )
+
+
+def load_params(source, specs: Iterable[WeightSpec], abstract_state, dtype, place=None, progress=None):
+    """Fill the abstract state, one HF tensor at a time: read, transform, cast, place.
+
+    `place(path, array, abstract_leaf) -> jax.Array` puts a host array on devices (default: the
+    default device); a sharded placer reads only this host's slices. Host memory stays near one
+    tensor at a time: each numpy array is dropped once placed.
+    """
+    params = _flat_params(abstract_state)
+    place = place or (lambda path, x, leaf: jnp.asarray(x))
+    filled = {}
+    for spec in specs:
+        leaf = params[spec.path]
+        host = spec.transform(source.get(spec.hf_name), leaf.shape)
+        host = np.asarray(host).astype(jnp.dtype(dtype), copy=False)
+        filled[spec.path] = place(spec.path, host, leaf)
+        del host
+        if progress is not None:
+            progress(spec.hf_name)
+    return _unflatten_into(abstract_state, filled)
+
+
+def _unflatten_into(abstract_state, flat: dict[tuple, jax.Array]):
+    nested: dict = {}
+    for path, value in flat.items():
+        node = nested
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    state = jax.tree.map(lambda x: x, abstract_state)  # a copy we may fill in place
+    nnx.replace_by_pure_dict(state, nested)
+    return state

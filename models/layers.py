@@ -1,0 +1,295 @@
+"""Building blocks shared by every architecture family: dense layers with logical axes, norms,
+rotary embeddings of every scaling kind, grouped-query attention over a static KV cache, gated MLP.
+
+Shapes: B batch, T query tokens, S key positions (cache length), E embed, H query heads,
+K kv heads, G = H // K query heads per kv head, D head_dim, F mlp hidden, V vocab.
+
+Every parameter is an `nnx.Param` carrying `axes`, a tuple of logical axis names (one per dim);
+`jaxllm.sharding` maps those names to mesh axes. Model code never mentions a mesh.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxllm.config import ModelConfig, RopeConfig
+
+
+def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], dtype, init: str = "normal") -> nnx.Param:
+    """A parameter with its logical axis names. Real values come from a checkpoint; init is a placeholder."""
+    assert len(shape) == len(axes), (shape, axes)
+    if init == "ones":
+        value = jnp.ones(shape, dtype)
+    elif init == "zeros":
+        value = jnp.zeros(shape, dtype)
+    else:
+        value = (0.02 * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+    return nnx.Param(value, axes=axes)
+
+
+class Dense(nnx.Module):
+    """y = x . kernel (+ bias), contracting x's last `len(in_shape)` dims.
+
+    kernel: in_shape + out_shape, e.g. q_proj [E, H, D] ("embed", "q_heads", "head_dim"),
+    o_proj [H, D, E] ("q_heads", "head_dim", "embed").
+    """
+
+    def __init__(self, in_shape, out_shape, axes, *, bias: bool, dtype, rngs: nnx.Rngs):
+        self.n_in = len(in_shape)
+        self.kernel = param(rngs, tuple(in_shape) + tuple(out_shape), axes, dtype)
+        self.bias = param(rngs, tuple(out_shape), axes[self.n_in :], dtype, "zeros") if bias else None
+
+    def __call__(self, x):
+        y = jnp.tensordot(x, self.kernel[...], axes=self.n_in)
+        if self.bias is not None:
+            y = y + self.bias[...]
+        return y
+
+
+class RMSNorm(nnx.Module):
+    """x / rms(x) * w, computed in float32 and cast back before the scale, as transformers does."""
+
+    def __init__(self, dim: int, eps: float, *, dtype, rngs: nnx.Rngs, axis_name: str = "norm"):
+        self.eps = eps
+        self.weight = param(rngs, (dim,), (axis_name,), dtype, "ones")
+
+    def __call__(self, x):
+        dtype = x.dtype
+        x = x.astype(jnp.float32)
+        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+        return self.weight[...] * x.astype(dtype)
+
+
+class Embed(nnx.Module):
+    def __init__(self, vocab: int, dim: int, *, dtype, rngs: nnx.Rngs):
+        self.embedding = param(rngs, (vocab, dim), ("vocab", "embed"), dtype)
+
+    def __call__(self, tokens):
+        return jnp.take(self.embedding[...], tokens, axis=0)
+
+    def attend(self, x):
+        """Tied output head: logits = x . embedding^T."""
+        return jnp.einsum("bte,ve->btv", x, self.embedding[...])
+
+
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+
+def activation(name: str):
+    from jaxllm.errors import ConfigError
+
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"config.json hidden_act '{name}' is not supported; supported: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+class GatedMLP(nnx.Module):
+    """down(act(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+        e, f = cfg.hidden_size, cfg.intermediate_size
+        self.act = activation(cfg.hidden_act)
+        self.gate_proj = Dense((e,), (f,), ("embed", "mlp"), bias=cfg.mlp_bias, dtype=dtype, rngs=rngs)
+        self.up_proj = Dense((e,), (f,), ("embed", "mlp"), bias=cfg.mlp_bias, dtype=dtype, rngs=rngs)
+        self.down_proj = Dense((f,), (e,), ("mlp", "embed"), bias=cfg.mlp_bias, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x):
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+# ----------------------------------------------------------------------------------------------
+# Rotary embeddings
+
+
+def rope_inv_freq(rope: RopeConfig, rotary_dim: int, max_positions: int, seq_len=None):
+    """Inverse frequencies [rotary_dim // 2] and the attention scaling, as transformers computes them.
+
+    `seq_len` matters only for "dynamic" (NTK) scaling, whose base grows with the longest position
+    seen; it may be a traced value, so that branch is written in jnp.
+    """
+    exponents = np.arange(0, rotary_dim, 2, dtype=np.int64).astype(np.float32) / rotary_dim
+    base = rope.theta
+    if rope.type == "dynamic":
+        seq = jnp.maximum(jnp.asarray(seq_len if seq_len is not None else max_positions, jnp.float32), max_positions)
+        dyn_base = base * ((rope.factor * seq / max_positions) - (rope.factor - 1)) ** (rotary_dim / (rotary_dim - 2))
+        return 1.0 / (dyn_base ** jnp.asarray(exponents)), 1.0
+    inv = (1.0 / (base ** exponents)).astype(np.float32)
+    if rope.type == "default":
+        return inv, 1.0
+    if rope.type == "linear":
+        return (inv / rope.factor).astype(np.float32), 1.0
+    if rope.type == "llama3":
+        return _llama3_inv_freq(inv, rope), 1.0
+    if rope.type == "yarn":
+        return _yarn_inv_freq(rope, rotary_dim)
+    raise ValueError(rope.type)
+
+
+def _llama3_inv_freq(inv: np.ndarray, rope: RopeConfig) -> np.ndarray:
+    old_len = rope.original_max_position_embeddings
+    low_wavelen = old_len / rope.low_freq_factor
+    high_wavelen = old_len / rope.high_freq_factor
+    wavelen = 2 * math.pi / inv
+    scaled = np.where(wavelen > low_wavelen, inv / rope.factor, inv)
+    smooth = (old_len / wavelen - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def _yarn_inv_freq(rope: RopeConfig, dim: int):
+    base, factor = rope.theta, rope.factor
+    original = rope.original_max_position_embeddings
+
+    def mscale(scale, m=1.0):
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention_factor = rope.attention_factor
+    if attention_factor is None:
+        if rope.mscale and rope.mscale_all_dim:
+            attention_factor = mscale(factor, rope.mscale) / mscale(factor, rope.mscale_all_dim)
+        else:
+            attention_factor = mscale(factor)
+    beta_fast, beta_slow = rope.beta_fast or 32, rope.beta_slow or 1
+
+    def correction_dim(rotations):
+        return (dim * math.log(original / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if rope.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float32) - low) / (high - low), 0, 1)
+    pos_freqs = base ** (np.arange(0, dim, 2).astype(np.float32) / dim)
+    extrapolation, interpolation = 1.0 / pos_freqs, 1.0 / (factor * pos_freqs)
+    keep = 1 - ramp
+    inv = interpolation * (1 - keep) + extrapolation * keep
+    return inv.astype(np.float32), float(attention_factor)
+
+
+class Rotary(NamedTuple):
+    cos: jax.Array  # [B, T, rotary_dim]
+    sin: jax.Array
+
+
+def rotary(cfg: ModelConfig, positions, dtype) -> Rotary:
+    """cos/sin for `positions` [B, T]. Dynamic NTK uses each row's own longest position, so a row's
+    result never depends on the other rows of the batch."""
+    seq_len = jnp.max(positions, axis=-1, keepdims=True) + 1 if cfg.rope.type == "dynamic" else None
+    inv, scale = rope_inv_freq(cfg.rope, cfg.rotary_dim, cfg.max_position_embeddings, seq_len)
+    inv = jnp.asarray(inv, jnp.float32)
+    if inv.ndim == 1:
+        inv = inv[None, None, :]
+    else:  # dynamic: [B, 1, dim/2]
+        inv = inv.reshape(positions.shape[0], 1, -1)
+    freqs = positions[..., None].astype(jnp.float32) * inv
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return Rotary((jnp.cos(emb) * scale).astype(dtype), (jnp.sin(emb) * scale).astype(dtype))
+
+
+def apply_rotary(x, rot: Rotary):
+    """x: [B, T, N, D]; rotates the first rotary_dim dims in transformers' rotate-half layout."""
+    r = rot.cos.shape[-1]
+    x_rot, x_pass = x[..., :r], x[..., r:]
+    cos, sin = rot.cos[:, :, None, :], rot.sin[:, :, None, :]
+    half = r // 2
+    rotated = jnp.concatenate([-x_rot[..., half:], x_rot[..., :half]], axis=-1)
+    out = x_rot * cos + rotated * sin
+    return jnp.concatenate([out, x_pass], axis=-1) if x_pass.shape[-1] else out
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention over a static KV cache
+
+
+class LayerCache(NamedTuple):
+    """One layer's keys and values: [B, S, K, D] each."""
+
+    k: jax.Array
+    v: jax.Array
+
+
+def write_cache(cache: LayerCache, k, v, start) -> LayerCache:
+    """Write k, v [B, T, K, D] into cache rows at per-row offsets start [B]."""
+
+    def one(c, u, s):
+        return jax.lax.dynamic_update_slice_in_dim(c, u.astype(c.dtype), s, axis=0)
+
+    return LayerCache(jax.vmap(one)(cache.k, k, start), jax.vmap(one)(cache.v, v, start))
+
+
+def attention_mask(q_pos, k_pos, window: int | None):
+    """[B, T, S] True where query at q_pos [B, T] may see key at k_pos [B, S]: causal, and within the
+    sliding window when one is set (kv > q - window, as transformers)."""
+    q, k = q_pos[:, :, None], k_pos[:, None, :]
+    mask = k <= q
+    if window is not None:
+        mask &= k > q - window
+    return mask
+
+
+def attend(q, k, v, mask, scale: float, softcap: float | None = None):
+    """Grouped-query attention. q [B, T, H, D]; k, v [B, S, K, D]; mask [B, T, S] -> [B, T, H, D]."""
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, t, kv, h // kv, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) * scale
+    if softcap is not None:
+        scores = jnp.tanh(scores / softcap) * softcap
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, d)
+
+
+class Attention(nnx.Module):
+    """Multi-head attention with grouped kv heads, rotary positions, optional q/k RMSNorm and bias.
+
+    Called with `cache=None` it attends over its own keys (scoring a full sequence, or a prefill
+    whose keys are then inserted into a cache); with a LayerCache it first writes its keys at
+    `positions` and then attends over the whole cache.
+    """
+
+    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
+        e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.window = cfg.layer_window(layer)
+        self.scale = d**-0.5
+        self.q_proj = Dense((e,), (h, d), ("embed", "q_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
+        self.k_proj = Dense((e,), (k, d), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
+        self.v_proj = Dense((e,), (k, d), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
+        self.o_proj = Dense((h, d), (e,), ("q_heads", "head_dim", "embed"), bias=cfg.o_bias, dtype=dtype, rngs=rngs)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(d, cfg.rms_norm_eps, dtype=dtype, rngs=rngs, axis_name="head_dim")
+            self.k_norm = RMSNorm(d, cfg.rms_norm_eps, dtype=dtype, rngs=rngs, axis_name="head_dim")
+        else:
+            self.q_norm = self.k_norm = None
+
+    def __call__(self, x, positions, rot: Rotary, cache: LayerCache | None):
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, rot), apply_rotary(k, rot)
+        if cache is None:
+            new = LayerCache(k, v)
+            k_pos = positions
+        else:
+            new = write_cache(cache, k, v, positions[:, 0])
+            k_pos = jnp.broadcast_to(jnp.arange(new.k.shape[1]), (x.shape[0], new.k.shape[1]))
+        mask = attention_mask(positions, k_pos, self.window)
+        out = attend(q, new.k.astype(q.dtype), new.v.astype(q.dtype), mask, self.scale)
+        return self.o_proj(out), new
