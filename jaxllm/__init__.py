@@ -9,9 +9,12 @@ __version__ = "0.1.0"
 
 from jaxllm.config import ModelConfig
 from jaxllm.errors import CheckpointError, ConfigError, GenerationError, JaxllmError
+from jaxllm.engine import Engine
+from jaxllm.generation import Completion, generate
 from jaxllm.loader import LoadedModel, load
+from jaxllm.sampling import SamplingParams
 
 __all__ = [
-    "__version__", "load", "LoadedModel", "ModelConfig",
+    "__version__", "load", "LoadedModel", "ModelConfig", "generate", "Completion", "SamplingParams", "Engine",
     "JaxllmError", "ConfigError", "CheckpointError", "GenerationError",
 ]

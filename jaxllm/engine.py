@@ -1,0 +1,271 @@
+"""The generation engine: a fixed number of slots over one static KV cache.
+
+Three jitted steps, shaped for continuous batching:
+  prefill(tokens [1, bucket])      -> keys/values of one prompt, its first token (one compile per bucket)
+  insert(state, slot, ...)         -> that prompt placed in a free slot of the running batch
+  decode(state)                    -> up to `chunk` steps for every slot, inside one jit call
+                                      (lax.while_loop; stops early when every slot is done)
+The decode state (cache and per-slot counters) is donated, so XLA updates it in place. The host
+loop only moves small token chunks, refills freed slots from the queue, and applies stop strings.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Iterator, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxllm.errors import GenerationError
+from jaxllm.models.layers import LayerCache
+from jaxllm.sampling import RowParams, SamplingParams, sample
+
+
+class DecodeState(NamedTuple):
+    cache: list  # per layer LayerCache, k and v [B, S, K, D]
+    tokens: jax.Array  # [B] the last token of each slot, fed at the next step
+    positions: jax.Array  # [B] where that token will be written
+    done: jax.Array  # [B] bool
+    generated: jax.Array  # [B] tokens generated so far
+    max_new: jax.Array  # [B]
+    seen: jax.Array  # [B, V] bool: tokens in the sequence (repetition penalty)
+    eos: jax.Array  # [B, E] token ids that end each slot's sequence (-1 pads)
+    params: RowParams
+
+
+def init_cache(cfg, batch: int, max_len: int, dtype) -> list[LayerCache]:
+    shape = (batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    return [LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(cfg.num_layers)]
+
+
+def default_buckets(max_len: int, smallest: int = 16) -> tuple[int, ...]:
+    """Powers of two from `smallest`, capped by (and ending at) max_len."""
+    out, b = [], smallest
+    while b < max_len:
+        out.append(b)
+        b *= 2
+    return tuple(out) + (max_len,)
+
+
+@dataclass
+class Request:
+    prompt: list[int]
+    params: SamplingParams
+    index: int = 0
+
+
+@dataclass
+class Event:
+    """New tokens of one request, as the host loop sees them."""
+
+    index: int
+    tokens: list[int]
+    logprobs: list[float]
+    finished: bool = False
+
+
+@dataclass
+class Counters:
+    """Traces of each jitted step (a trace is a compile); tests assert on these."""
+
+    prefill: int = 0
+    insert: int = 0
+    decode: int = 0
+    first_token: int = 0
+
+
+class Engine:
+    """`batch_size` slots of `max_len` positions each; prompts are padded up to `buckets`."""
+
+    def __init__(self, model, batch_size: int = 1, max_len: int = 1024, buckets=None, chunk: int = 16):
+        if batch_size < 1 or max_len < 2:
+            raise GenerationError(f"an engine needs batch_size >= 1 and max_len >= 2, got {batch_size}, {max_len}")
+        self.model = model
+        self.cfg = model.config
+        self.batch_size, self.max_len, self.chunk = batch_size, max_len, chunk
+        self.buckets = tuple(sorted(b for b in (buckets or default_buckets(max_len)) if b <= max_len))
+        if not self.buckets:
+            raise GenerationError(f"no prompt bucket fits max_len={max_len}")
+        self.counters = Counters()
+        self.dtype = jax.tree.leaves(model.params)[0].dtype
+        eos = sorted(set(self.cfg.eos_token_ids) | set(_ids(model.generation_config.get("eos_token_id"))))
+        self.eos = jnp.asarray(eos or [-1], jnp.int32)
+        graphdef = model.graphdef
+        self._prefill = jax.jit(functools.partial(_prefill, graphdef, self.counters))
+        self._insert = jax.jit(functools.partial(_insert, self.counters), donate_argnums=0)
+        self._decode = jax.jit(functools.partial(_decode, graphdef, self.counters, chunk), donate_argnums=1)
+
+    # -------------------------------------------------------------------------------------------
+    def new_state(self) -> DecodeState:
+        b = self.batch_size
+        rp = RowParams.of([SamplingParams().resolved()] * b)
+        return DecodeState(
+            cache=init_cache(self.cfg, b, self.max_len, self.dtype),
+            tokens=jnp.zeros(b, jnp.int32), positions=jnp.zeros(b, jnp.int32), done=jnp.ones(b, bool),
+            generated=jnp.zeros(b, jnp.int32), max_new=jnp.ones(b, jnp.int32),
+            seen=jnp.zeros((b, self.cfg.vocab_size), bool), eos=jnp.full((b, self.eos.shape[0]), -1, jnp.int32),
+            params=jax.tree.map(jnp.asarray, rp),
+        )
+
+    def bucket(self, length: int) -> int:
+        for b in self.buckets:
+            if b >= length:
+                return b
+        raise GenerationError(
+            f"prompt of {length} tokens is longer than the largest bucket ({self.buckets[-1]}): "
+            "raise max_len or shorten the prompt"
+        )
+
+    def check(self, req: Request) -> None:
+        n = len(req.prompt)
+        if n == 0:
+            raise GenerationError("empty prompt: give at least one token")
+        if n + req.params.max_new_tokens > self.max_len:
+            raise GenerationError(
+                f"prompt of {n} tokens + max_new_tokens={req.params.max_new_tokens} exceeds the cache length "
+                f"{self.max_len}: lower max_new_tokens, shorten the prompt, or raise max_len"
+            )
+        if max(req.prompt) >= self.cfg.vocab_size or min(req.prompt) < 0:
+            raise GenerationError(f"prompt has token ids outside [0, {self.cfg.vocab_size}): check the tokenizer")
+        self.bucket(n)
+
+    def prefill_into(self, state: DecodeState, slot: int, req: Request):
+        """Prefill one prompt and place it in `slot`. Returns (state, first token, its logprob)."""
+        n = len(req.prompt)
+        padded = np.zeros((1, self.bucket(n)), np.int32)
+        padded[0, :n] = req.prompt
+        rp = jax.tree.map(jnp.asarray, RowParams.of([req.params]))
+        kv, token, logprob, seen = self._prefill(self.model.params, jnp.asarray(padded), jnp.int32(n), rp)
+        max_new = req.params.max_new_tokens
+        eos = jnp.full_like(self.eos, -1) if req.params.ignore_eos else self.eos
+        state = self._insert(state, jnp.int32(slot), kv, token, jnp.int32(n), seen, rp, jnp.int32(max_new), eos)
+        return state, token, logprob
+
+    def run(self, requests: list[Request], stop_check=None) -> Iterator[Event]:
+        """Serve every request, `batch_size` at a time, refilling slots as they free up.
+
+        Yields Events as tokens arrive. `stop_check(index, tokens) -> bool` lets the caller end a
+        request early (stop strings); the device learns of it at the next chunk.
+        """
+        for req in requests:
+            self.check(req)
+        queue = list(requests)
+        state = self.new_state()
+        slots: list[Request | None] = [None] * self.batch_size
+        while queue or any(s is not None for s in slots):
+            for slot in range(self.batch_size):
+                if slots[slot] is None and queue:
+                    req = queue.pop(0)
+                    state, token, logprob = self.prefill_into(state, slot, req)
+                    slots[slot] = req
+                    tok = int(token[0])
+                    first_done = bool(state.done[slot])
+                    yield Event(req.index, [tok], [float(logprob[0])], first_done)
+                    if first_done:
+                        slots[slot] = None
+            if all(s is None for s in slots):
+                continue
+            stop = np.zeros(self.batch_size, bool)
+            if stop_check is not None:
+                for slot, req in enumerate(slots):
+                    stop[slot] = req is not None and stop_check(req.index)
+            state, out, out_lp = self._decode(self.model.params, state, jnp.asarray(stop))
+            out, out_lp, done = np.asarray(out), np.asarray(out_lp), np.asarray(state.done)
+            for slot, req in enumerate(slots):
+                if req is None:
+                    continue
+                got = out[slot] >= 0
+                if got.any() or done[slot]:
+                    yield Event(req.index, out[slot][got].tolist(), out_lp[slot][got].tolist(), bool(done[slot]))
+                if done[slot]:
+                    slots[slot] = None
+
+
+def _ids(value) -> list[int]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, int) else list(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# The jitted steps. `graphdef` and the counters are bound with functools.partial before jit.
+
+
+def _prefill(graphdef, counters, params, tokens, length, rp: RowParams):
+    counters.prefill += 1
+    model = nnx.merge(graphdef, params)
+    positions = jnp.arange(tokens.shape[1])[None, :]
+    hidden, kv = model.hidden(tokens, positions)
+    last = jax.lax.dynamic_slice_in_dim(hidden, length - 1, 1, axis=1)
+    logits = model.logits(last)[:, 0]
+    valid = positions < length
+    seen = jnp.zeros(logits.shape, bool).at[0, tokens[0]].max(valid[0])
+    token, logprob = sample(logits, seen, rp, jnp.zeros(1, jnp.int32))
+    return kv, token, logprob, seen.at[0, token[0]].set(True)
+
+
+def _insert(counters, state: DecodeState, slot, kv, token, length, seen, rp: RowParams, max_new, eos):
+    counters.insert += 1
+
+    def put(big, small):
+        start = (slot,) + (0,) * (big.ndim - 1)
+        return jax.lax.dynamic_update_slice(big, small.astype(big.dtype), start)
+
+    cache = [LayerCache(put(c.k, n.k), put(c.v, n.v)) for c, n in zip(state.cache, kv)]
+    done = jnp.any(token[0] == eos) | (max_new <= 1)
+    return DecodeState(
+        cache=cache,
+        tokens=state.tokens.at[slot].set(token[0]),
+        positions=state.positions.at[slot].set(length),
+        done=state.done.at[slot].set(done),
+        generated=state.generated.at[slot].set(1),
+        max_new=state.max_new.at[slot].set(max_new),
+        seen=put(state.seen, seen),
+        eos=state.eos.at[slot].set(eos),
+        params=jax.tree.map(put, state.params, rp),
+    )
+
+
+def _decode(graphdef, counters, chunk, params, state: DecodeState, stop):
+    """Up to `chunk` decode steps over all slots. out[b, i] is the i-th new token of slot b in this
+    chunk, or -1 once the slot is done."""
+    counters.decode += 1
+    model = nnx.merge(graphdef, params)
+    b = state.tokens.shape[0]
+    out = jnp.full((b, chunk), -1, jnp.int32)
+    out_lp = jnp.zeros((b, chunk), jnp.float32)
+    state = state._replace(done=state.done | stop)
+
+    def cond(carry):
+        i, st, _, _ = carry
+        return (i < chunk) & ~jnp.all(st.done)
+
+    def body(carry):
+        i, st, out, out_lp = carry
+        hidden, cache = model.hidden(st.tokens[:, None], st.positions[:, None], st.cache)
+        logits = model.logits(hidden)[:, 0]
+        token, lp = sample(logits, st.seen, st.params, st.generated)
+        active = ~st.done
+        token = jnp.where(active, token, -1)
+        generated = st.generated + active
+        finished = active & ((generated >= st.max_new) | jnp.any(token[:, None] == st.eos, axis=-1))
+        st = DecodeState(
+            cache=cache,
+            tokens=jnp.where(active, token, st.tokens),
+            positions=st.positions + active,
+            done=st.done | finished,
+            generated=generated,
+            max_new=st.max_new,
+            seen=st.seen.at[jnp.arange(b), jnp.maximum(token, 0)].max(active),
+            eos=st.eos,
+            params=st.params,
+        )
+        return i + 1, st, out.at[:, i].set(token), out_lp.at[:, i].set(jnp.where(active, lp, 0.0))
+
+    _, state, out, out_lp = jax.lax.while_loop(cond, body, (jnp.int32(0), state, out, out_lp))
+    return state, out, out_lp
+
