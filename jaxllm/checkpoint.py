@@ -1,9 +1,10 @@
 """Finding a checkpoint and reading its files: config.json, generation_config.json, and tensors.
 
-Tensors are read lazily from safetensors files through a memory map: nothing is read until a
-tensor is asked for, and then only that tensor. We parse the (simple, documented) safetensors
-header ourselves because safetensors' numpy backend cannot return bfloat16, the dtype most
-checkpoints ship in; ml_dtypes gives numpy that dtype.
+Tensors are read lazily from safetensors files: `get` returns a LazyTensor, and bytes are read
+(os.pread) only when asked, whole or by row blocks, so a converter can build a transposed copy
+without ever holding a second full copy (nor keeping file pages mapped). We parse the (simple,
+documented) safetensors header ourselves because safetensors' numpy backend cannot return
+bfloat16, the dtype most checkpoints ship in; ml_dtypes gives numpy that dtype.
 """
 
 from __future__ import annotations
@@ -71,8 +72,33 @@ def read_generation_config(folder: Path) -> dict:
     return read_json(path, "generation_config.json") if path.exists() else {}
 
 
+class LazyTensor:
+    """A tensor in a file, read on demand: `read()` for all of it, `read(a, b)` for rows a..b."""
+
+    def __init__(self, path: Path, offset: int, dtype, shape):
+        self.path, self.offset, self.dtype, self.shape = path, offset, np.dtype(dtype), tuple(shape)
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        rows = self.shape[0] if self.shape else 1
+        stop = rows if stop is None else min(stop, rows)
+        row_bytes = self.dtype.itemsize * (int(np.prod(self.shape[1:])) if self.shape else 1)
+        n = (stop - start) * row_bytes
+        buf = bytearray(n)
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(self.offset + start * row_bytes)
+            got = f.readinto(buf)
+        if got != n:
+            raise CheckpointError(f"{self.path} ends early (truncated download?): re-download it")
+        out = np.frombuffer(buf, self.dtype)
+        return out.reshape((stop - start,) + self.shape[1:]) if self.shape else out.reshape(())
+
+    def __array__(self, dtype=None, copy=None):
+        x = self.read()
+        return x if dtype is None else x.astype(dtype)
+
+
 class SafetensorsFile:
-    """One .safetensors file, memory-mapped; `get` returns a read-only numpy view."""
+    """One .safetensors file: the header at once, tensors lazily."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -85,7 +111,6 @@ class SafetensorsFile:
         header.pop("__metadata__", None)
         self.offset = 8 + n
         self.header = header
-        self._map = None
 
     def names(self):
         return self.header.keys()
@@ -93,15 +118,12 @@ class SafetensorsFile:
     def shape(self, name):
         return tuple(self.header[name]["shape"])
 
-    def get(self, name) -> np.ndarray:
+    def get(self, name) -> LazyTensor:
         info = self.header[name]
         if info["dtype"] not in _DTYPES:
             raise CheckpointError(f"{self.path}: tensor {name} has unsupported dtype {info['dtype']}")
-        if self._map is None:
-            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
-        start, end = info["data_offsets"]
-        raw = self._map[self.offset + start : self.offset + end]
-        return raw.view(_DTYPES[info["dtype"]]).reshape(info["shape"])
+        start, _ = info["data_offsets"]
+        return LazyTensor(self.path, self.offset + start, _DTYPES[info["dtype"]], info["shape"])
 
 
 class SafetensorsCheckpoint:
@@ -134,5 +156,5 @@ class SafetensorsCheckpoint:
     def shape(self, name):
         return self._where[name].shape(name)
 
-    def get(self, name) -> np.ndarray:
+    def get(self, name) -> LazyTensor:
         return self._where[name].get(name)

@@ -93,23 +93,53 @@ class Engine:
         self.counters = Counters()
         self.dtype = jax.tree.leaves(model.params)[0].dtype
         eos = sorted(set(self.cfg.eos_token_ids) | set(_ids(model.generation_config.get("eos_token_id"))))
-        self.eos = jnp.asarray(eos or [-1], jnp.int32)
+        self.eos = np.asarray(eos or [-1], np.int32)
+        self.mesh = getattr(model, "mesh", None)
         graphdef = model.graphdef
-        self._prefill = jax.jit(functools.partial(_prefill, graphdef, self.counters))
-        self._insert = jax.jit(functools.partial(_insert, self.counters), donate_argnums=0)
-        self._decode = jax.jit(functools.partial(_decode, graphdef, self.counters, chunk), donate_argnums=1)
+        prefill = functools.partial(_prefill, graphdef, self.counters)
+        insert = functools.partial(_insert, self.counters)
+        decode = functools.partial(_decode, graphdef, self.counters, chunk)
+        if self.mesh is None:
+            self._new_state = jax.jit(self._zero_state)
+            self._prefill = jax.jit(prefill)
+            self._insert = jax.jit(insert, donate_argnums=0)
+            self._decode = jax.jit(decode, donate_argnums=1)
+            return
+        # On a mesh: the cache is split like the kv projections (and over dp by batch rows); what the
+        # host reads back is replicated, so every process of a multi-host run can read it.
+        from jaxllm import sharding
 
-    # -------------------------------------------------------------------------------------------
-    def new_state(self) -> DecodeState:
+        dp = self.mesh.shape["dp"]
+        self.batch_size = -(-batch_size // dp) * dp
+        rep = sharding.replicated(self.mesh)
+        layer = lambda sh: LayerCache(sh, sh)  # noqa: E731
+        cache = sharding.cache_sharding(self.mesh, self.cfg.num_kv_heads, self.batch_size)
+        one = sharding.cache_sharding(self.mesh, self.cfg.num_kv_heads, None)
+        state = jax.tree.map(lambda _: rep, jax.eval_shape(self._zero_state))
+        state = state._replace(cache=[layer(cache)] * self.cfg.num_layers)
+        self._new_state = jax.jit(self._zero_state, out_shardings=state)
+        self._prefill = jax.jit(prefill, out_shardings=([layer(one)] * self.cfg.num_layers, rep, rep, rep))
+        self._insert = jax.jit(insert, donate_argnums=0, out_shardings=state)
+        self._decode = jax.jit(decode, donate_argnums=1, out_shardings=(state, rep, rep))
+
+    def _put(self, x):
+        from jaxllm.sharding import put_replicated
+
+        return put_replicated(x, self.mesh)
+
+    def _zero_state(self) -> DecodeState:
         b = self.batch_size
         rp = RowParams.of([SamplingParams().resolved()] * b)
         return DecodeState(
             cache=init_cache(self.cfg, b, self.max_len, self.dtype),
             tokens=jnp.zeros(b, jnp.int32), positions=jnp.zeros(b, jnp.int32), done=jnp.ones(b, bool),
             generated=jnp.zeros(b, jnp.int32), max_new=jnp.ones(b, jnp.int32),
-            seen=jnp.zeros((b, self.cfg.vocab_size), bool), eos=jnp.full((b, self.eos.shape[0]), -1, jnp.int32),
+            seen=jnp.zeros((b, self.cfg.vocab_size), bool), eos=jnp.full((b, len(self.eos)), -1, jnp.int32),
             params=jax.tree.map(jnp.asarray, rp),
         )
+
+    def new_state(self) -> DecodeState:
+        return self._new_state()
 
     def bucket(self, length: int) -> int:
         for b in self.buckets:
@@ -138,11 +168,13 @@ class Engine:
         n = len(req.prompt)
         padded = np.zeros((1, self.bucket(n)), np.int32)
         padded[0, :n] = req.prompt
-        rp = jax.tree.map(jnp.asarray, RowParams.of([req.params]))
-        kv, token, logprob, seen = self._prefill(self.model.params, jnp.asarray(padded), jnp.int32(n), rp)
+        put = self._put
+        rp = jax.tree.map(put, RowParams.of([req.params]))
+        kv, token, logprob, seen = self._prefill(self.model.params, put(padded), put(np.int32(n)), rp)
         max_new = req.params.max_new_tokens
-        eos = jnp.full_like(self.eos, -1) if req.params.ignore_eos else self.eos
-        state = self._insert(state, jnp.int32(slot), kv, token, jnp.int32(n), seen, rp, jnp.int32(max_new), eos)
+        eos = np.full_like(self.eos, -1) if req.params.ignore_eos else self.eos
+        state = self._insert(state, put(np.int32(slot)), kv, token, put(np.int32(n)), seen, rp,
+                             put(np.int32(max_new)), put(eos))
         return state, token, logprob
 
     def run(self, requests: list[Request], stop_check=None) -> Iterator[Event]:
@@ -173,7 +205,7 @@ class Engine:
             if stop_check is not None:
                 for slot, req in enumerate(slots):
                     stop[slot] = req is not None and stop_check(req.index)
-            state, out, out_lp = self._decode(self.model.params, state, jnp.asarray(stop))
+            state, out, out_lp = self._decode(self.model.params, state, self._put(stop))
             out, out_lp, done = np.asarray(out), np.asarray(out_lp), np.asarray(state.done)
             for slot, req in enumerate(slots):
                 if req is None:

@@ -38,6 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                    help="apply the chat template (default: on when the tokenizer has one)")
     p.add_argument("--system", help="system message for the chat template")
+    p.add_argument("--mesh", help="device mesh: 'tp=4', 'dp=2,tp=4', 'fsdp=8' or 'auto' (all devices on tp)")
     p.add_argument("--batch-file", help="file with one prompt per line")
     p.add_argument("--no-stream", action="store_true", help="print each answer when complete")
     p.add_argument("--list-models", action="store_true", help="print the supported architectures and exit")
@@ -130,10 +131,12 @@ def _main(args) -> int:
 
         args.model = default_model()
     compile_s = _compile_seconds()
-    progress = Progress()
-    model = jaxllm.load(args.model, dtype=dtype, progress=progress)
-    progress.close()
-    stream = len(prompts) == 1 and not args.no_stream
+    leader = jax.process_index() == 0  # under jax.distributed every process runs this; one prints
+    progress = Progress() if leader else None
+    model = jaxllm.load(args.model, dtype=dtype, mesh=args.mesh, progress=progress)
+    if progress:
+        progress.close()
+    stream = len(prompts) == 1 and not args.no_stream and leader
     marks = {"start": time.time(), "first": None, "compile_at_first": 0.0}
 
     def on_text(index, text):
@@ -147,6 +150,8 @@ def _main(args) -> int:
 
     results = _generate(model, prompts, params, chat=args.chat, system=args.system, on_text=on_text, on_token=on_token)
     end = time.time()
+    if not leader:
+        return 0
     if stream:
         sys.stdout.write("\n")
     else:

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxllm import checkpoint, registry, weights
@@ -35,11 +36,21 @@ def resolve_dtype(dtype) -> Any:
     return DTYPES[name]
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _full_logits(graphdef, params, tokens):
+def _forward(graphdef, params, tokens):
     model = nnx.merge(graphdef, params)
     logits, _ = model(tokens)
     return logits
+
+
+_full_logits = jax.jit(_forward, static_argnums=0)
+
+
+@functools.lru_cache(maxsize=8)
+def _sharded_logits(mesh):
+    """Logits gathered to every device, so every process can read them."""
+    from jaxllm.sharding import replicated
+
+    return jax.jit(_forward, static_argnums=0, out_shardings=replicated(mesh))
 
 
 @dataclass
@@ -72,7 +83,12 @@ class LoadedModel:
         bad = (tokens < 0) | (tokens >= self.config.vocab_size)
         if bool(bad.any()):
             raise ConfigError(f"token_ids must lie in [0, {self.config.vocab_size}): the vocabulary of this model")
-        return _full_logits(self.graphdef, self.params, tokens)
+        if self.mesh is None:
+            return _full_logits(self.graphdef, self.params, tokens)
+        from jaxllm.sharding import put_replicated
+
+        tokens = put_replicated(np.asarray(tokens), self.mesh)
+        return _sharded_logits(self.mesh)(self.graphdef, self.params, tokens)
 
 
 def abstract_model(cfg: ModelConfig, arch: registry.Architecture, dtype):
@@ -85,6 +101,7 @@ def load(
     path_or_id: str | os.PathLike,
     dtype="float32",
     *,
+    mesh=None,
     place: Callable | None = None,
     progress: Callable[[str], None] | None = None,
     tokenizer: bool = True,
@@ -92,8 +109,9 @@ def load(
     """Load a Hugging Face checkpoint (folder or hub id) or a GGUF file.
 
     dtype: "float32", "bfloat16" or "float16"; parameters are cast on the host while loading.
-    place: optional `(path, host_array, abstract_leaf) -> jax.Array` that puts each tensor on
-    devices (the sharding package supplies one for a mesh).
+    mesh: a jax Mesh or a spec string ("tp=4", "dp=2,tp=4", "auto"): parameters are placed
+    straight onto their shards by the rules in jaxllm.sharding, and logits and generation run
+    sharded. place: a custom `(path, host_array, abstract_leaf) -> jax.Array` instead.
     """
     dtype = resolve_dtype(dtype)
     path = checkpoint.resolve(path_or_id)
@@ -117,10 +135,15 @@ def load(
     specs = arch.weight_map(cfg)
     ignore = arch.ignore + ((r"^lm_head\.weight$",) if cfg.tie_word_embeddings else ())
     weights.check(source, specs, abstract, ignore)
+    if mesh is not None:
+        from jaxllm import sharding
+
+        mesh = sharding.make_mesh(mesh)
+        place = place or sharding.placer(abstract, mesh)
     params = weights.load_params(source, specs, abstract, dtype, place=place, progress=progress)
     tok = None
     if tokenizer:
         from jaxllm.tokenizer import load_tokenizer
 
         tok = load_tokenizer(path)
-    return LoadedModel(cfg, graphdef, params, tok, generation_config, path)
+    return LoadedModel(cfg, graphdef, params, tok, generation_config, path, mesh)

@@ -21,6 +21,14 @@ from flax import nnx
 from jaxllm.errors import CheckpointError
 
 
+_BLOCK_BYTES = 32 << 20  # Linear transposes in row blocks of about this size
+
+
+def _rows(x, start, stop) -> np.ndarray:
+    """Rows of a LazyTensor (read from disk) or of an in-memory array."""
+    return x.read(start, stop) if hasattr(x, "read") else np.asarray(x[start:stop])
+
+
 @dataclass(frozen=True)
 class Copy:
     """Same layout; only the number of dims may differ (a [H*D] bias into [H, D])."""
@@ -30,21 +38,29 @@ class Copy:
     def hf_shape(self, shape):
         return (math.prod(shape),) if self.flatten else tuple(shape)
 
-    def __call__(self, x: np.ndarray, shape) -> np.ndarray:
-        return x.reshape(shape)
+    def __call__(self, x, shape, dtype) -> np.ndarray:
+        return np.asarray(x).reshape(shape).astype(dtype, copy=False)
 
 
 @dataclass(frozen=True)
 class Linear:
-    """nn.Linear weight [out, in] into a kernel whose first `n_in` dims are the input dims."""
+    """nn.Linear weight [out, in] into a kernel whose first `n_in` dims are the input dims.
+
+    Built block by block into one output array, so the host holds one converted copy of the
+    tensor plus a block, never the source and its transpose in full at once."""
 
     n_in: int = 1
 
     def hf_shape(self, shape):
         return (math.prod(shape[self.n_in :]), math.prod(shape[: self.n_in]))
 
-    def __call__(self, x: np.ndarray, shape) -> np.ndarray:
-        return x.T.reshape(shape)
+    def __call__(self, x, shape, dtype) -> np.ndarray:
+        n_out, n_in = self.hf_shape(shape)
+        out = np.empty((n_in, n_out), dtype)
+        step = max(1, _BLOCK_BYTES // max(1, n_in * np.dtype(dtype).itemsize))
+        for start in range(0, n_out, step):
+            out[:, start : start + step] = _rows(x, start, start + step).T
+        return out.reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -110,12 +126,11 @@ def load_params(source, specs: Iterable[WeightSpec], abstract_state, dtype, plac
     tensor at a time: each numpy array is dropped once placed.
     """
     params = _flat_params(abstract_state)
-    place = place or (lambda path, x, leaf: jnp.asarray(x))
+    place = place or (lambda path, x, leaf: jax.device_put(x))
     filled = {}
     for spec in specs:
         leaf = params[spec.path]
-        host = spec.transform(source.get(spec.hf_name), leaf.shape)
-        host = np.asarray(host).astype(jnp.dtype(dtype), copy=False)
+        host = spec.transform(source.get(spec.hf_name), leaf.shape, jnp.dtype(dtype))
         filled[spec.path] = place(spec.path, host, leaf)
         del host
         if progress is not None:

@@ -1,0 +1,80 @@
+"""Models with random weights from a config alone: for benchmarks and tests, no checkpoint needed.
+
+Weights are drawn on the devices (sharded straight onto a mesh when given), so building an
+8B-shaped model takes seconds and no host memory.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxllm import registry
+from jaxllm.config import from_hf
+from jaxllm.loader import LoadedModel, abstract_model, resolve_dtype
+
+# HF-shaped configs of well-known models (weights random): name -> config.json fields.
+SHAPES = {
+    "qwen3-0.6b": dict(
+        architectures=["Qwen3ForCausalLM"], vocab_size=151936, hidden_size=1024, intermediate_size=3072,
+        num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+        max_position_embeddings=40960, rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True,
+    ),
+    "llama3-8b": dict(
+        architectures=["LlamaForCausalLM"], vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
+        rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=False,
+        rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                          original_max_position_embeddings=8192),
+    ),
+    "tiny": dict(
+        architectures=["LlamaForCausalLM"], vocab_size=256, hidden_size=64, intermediate_size=128,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+    ),
+}
+
+
+def random_model(raw: dict | str, dtype="bfloat16", mesh=None, seed: int = 0) -> LoadedModel:
+    """A LoadedModel of config `raw` (a config.json dict, or a name in SHAPES) with N(0, 0.02)
+    weights and unit norms."""
+    raw = SHAPES[raw] if isinstance(raw, str) else raw
+    dtype = resolve_dtype(dtype)
+    arch = registry.architecture_of(raw)
+    cfg = from_hf(raw, arch.name, arch.config_defaults(raw))
+    graphdef, abstract = abstract_model(cfg, arch, dtype)
+    shardings = None
+    if mesh is not None:
+        from jaxllm import sharding
+
+        mesh = sharding.make_mesh(mesh)
+        flat = sharding.param_shardings(abstract, mesh)
+        shardings = jax.tree.map(lambda _: None, abstract)
+        shardings = _fill(abstract, flat)
+
+    def init(key):
+        leaves, tree = jax.tree.flatten(abstract)
+        keys = jax.random.split(key, len(leaves))
+        out = []
+        for k, leaf in zip(keys, leaves):
+            if leaf.ndim == 1:  # norm weights
+                out.append(jnp.ones(leaf.shape, leaf.dtype))
+            else:
+                out.append((0.02 * jax.random.normal(k, leaf.shape, jnp.float32)).astype(leaf.dtype))
+        return jax.tree.unflatten(tree, out)
+
+    params = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed))
+    return LoadedModel(cfg, graphdef, params, None, {}, None, mesh)
+
+
+def _fill(abstract, flat_shardings):
+    """The abstract state's tree with each leaf replaced by its NamedSharding."""
+    state = jax.tree.map(lambda x: x, abstract)
+    nested: dict = {}
+    for path, sh in flat_shardings.items():
+        node = nested
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = sh
+    nnx.replace_by_pure_dict(state, nested)
+    return state
