@@ -7,6 +7,16 @@
 
 __version__ = "0.1.0"
 
+import importlib.util as _util
+import os as _os
+
+# `models/` and `sharding/` install as jaxllm.models and jaxllm.sharding (setuptools package-dir).
+# Editable installs by tools without PEP 660 only put the checkout on sys.path; then let this
+# package find its two sibling folders there.
+_checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if _util.find_spec(__name__ + ".models") is None and _os.path.isfile(_os.path.join(_checkout, "models", "layers.py")):
+    __path__.append(_checkout)  # noqa: F821
+
 from jaxllm.config import ModelConfig
 from jaxllm.errors import CheckpointError, ConfigError, GenerationError, JaxllmError
 from jaxllm.engine import Engine

@@ -81,7 +81,7 @@ class Counters:
 class Engine:
     """`batch_size` slots of `max_len` positions each; prompts are padded up to `buckets`."""
 
-    def __init__(self, model, batch_size: int = 1, max_len: int = 1024, buckets=None, chunk: int = 16):
+    def __init__(self, model, batch_size: int = 1, max_len: int = 1024, buckets=None, chunk: int = 16, loop: str = "while"):
         if batch_size < 1 or max_len < 2:
             raise GenerationError(f"an engine needs batch_size >= 1 and max_len >= 2, got {batch_size}, {max_len}")
         self.model = model
@@ -98,12 +98,14 @@ class Engine:
         graphdef = model.graphdef
         prefill = functools.partial(_prefill, graphdef, self.counters)
         insert = functools.partial(_insert, self.counters)
-        decode = functools.partial(_decode, graphdef, self.counters, chunk)
+        if loop not in ("while", "scan"):
+            raise GenerationError(f"loop must be 'while' or 'scan', got {loop!r}")
+        decode = functools.partial(_decode, graphdef, self.counters, chunk, loop)
         if self.mesh is None:
             self._new_state = jax.jit(self._zero_state)
-            self._prefill = jax.jit(prefill)
+            self._prefill = jax.jit(prefill, static_argnums=0)
             self._insert = jax.jit(insert, donate_argnums=0)
-            self._decode = jax.jit(decode, donate_argnums=1)
+            self._decode = jax.jit(decode, donate_argnums=3, static_argnums=(0, 1))
             return
         # On a mesh: the cache is split like the kv projections (and over dp by batch rows); what the
         # host reads back is replicated, so every process of a multi-host run can read it.
@@ -118,9 +120,9 @@ class Engine:
         state = jax.tree.map(lambda _: rep, jax.eval_shape(self._zero_state))
         state = state._replace(cache=[layer(cache)] * self.cfg.num_layers)
         self._new_state = jax.jit(self._zero_state, out_shardings=state)
-        self._prefill = jax.jit(prefill, out_shardings=([layer(one)] * self.cfg.num_layers, rep, rep, rep))
+        self._prefill = jax.jit(prefill, static_argnums=0, out_shardings=([layer(one)] * self.cfg.num_layers, rep, rep, rep))
         self._insert = jax.jit(insert, donate_argnums=0, out_shardings=state)
-        self._decode = jax.jit(decode, donate_argnums=1, out_shardings=(state, rep, rep))
+        self._decode = jax.jit(decode, donate_argnums=3, static_argnums=(0, 1), out_shardings=(state, rep, rep))
 
     def _put(self, x):
         from jaxllm.sharding import put_replicated
@@ -140,6 +142,14 @@ class Engine:
 
     def new_state(self) -> DecodeState:
         return self._new_state()
+
+    def kv_bucket(self, reach: int) -> int:
+        """How much of the cache a decode chunk reads: a power of two >= 256 covering `reach`
+        positions, capped at max_len (one decode compile per bucket used)."""
+        size = 256
+        while size < reach:
+            size *= 2
+        return min(size, self.max_len)
 
     def bucket(self, length: int) -> int:
         for b in self.buckets:
@@ -170,7 +180,8 @@ class Engine:
         padded[0, :n] = req.prompt
         put = self._put
         rp = jax.tree.map(put, RowParams.of([req.params]))
-        kv, token, logprob, seen = self._prefill(self.model.params, put(padded), put(np.int32(n)), rp)
+        sampling = req.params.temperature > 0
+        kv, token, logprob, seen = self._prefill(sampling, self.model.params, put(padded), put(np.int32(n)), rp)
         max_new = req.params.max_new_tokens
         eos = np.full_like(self.eos, -1) if req.params.ignore_eos else self.eos
         state = self._insert(state, put(np.int32(slot)), kv, token, put(np.int32(n)), seen, rp,
@@ -188,12 +199,13 @@ class Engine:
         queue = list(requests)
         state = self.new_state()
         slots: list[Request | None] = [None] * self.batch_size
+        position = [0] * self.batch_size  # host copy of each slot's next write position
         while queue or any(s is not None for s in slots):
             for slot in range(self.batch_size):
                 if slots[slot] is None and queue:
                     req = queue.pop(0)
                     state, token, logprob = self.prefill_into(state, slot, req)
-                    slots[slot] = req
+                    slots[slot], position[slot] = req, len(req.prompt)
                     tok = int(token[0])
                     first_done = bool(state.done[slot])
                     yield Event(req.index, [tok], [float(logprob[0])], first_done)
@@ -205,12 +217,16 @@ class Engine:
             if stop_check is not None:
                 for slot, req in enumerate(slots):
                     stop[slot] = req is not None and stop_check(req.index)
-            state, out, out_lp = self._decode(self.model.params, state, self._put(stop))
+            reach = max(position[i] for i, r in enumerate(slots) if r is not None) + self.chunk
+            kv_len = self.kv_bucket(reach)
+            sampling = any(r is not None and r.params.temperature > 0 for r in slots)
+            state, out, out_lp = self._decode(kv_len, sampling, self.model.params, state, self._put(stop))
             out, out_lp, done = np.asarray(out), np.asarray(out_lp), np.asarray(state.done)
             for slot, req in enumerate(slots):
                 if req is None:
                     continue
                 got = out[slot] >= 0
+                position[slot] += int(got.sum())
                 if got.any() or done[slot]:
                     yield Event(req.index, out[slot][got].tolist(), out_lp[slot][got].tolist(), bool(done[slot]))
                 if done[slot]:
@@ -227,7 +243,7 @@ def _ids(value) -> list[int]:
 # The jitted steps. `graphdef` and the counters are bound with functools.partial before jit.
 
 
-def _prefill(graphdef, counters, params, tokens, length, rp: RowParams):
+def _prefill(graphdef, counters, sampling, params, tokens, length, rp: RowParams):
     counters.prefill += 1
     model = nnx.merge(graphdef, params)
     positions = jnp.arange(tokens.shape[1])[None, :]
@@ -236,7 +252,7 @@ def _prefill(graphdef, counters, params, tokens, length, rp: RowParams):
     logits = model.logits(last)[:, 0]
     valid = positions < length
     seen = jnp.zeros(logits.shape, bool).at[0, tokens[0]].max(valid[0])
-    token, logprob = sample(logits, seen, rp, jnp.zeros(1, jnp.int32))
+    token, logprob = sample(logits, seen, rp, jnp.zeros(1, jnp.int32), sampling)
     return kv, token, logprob, seen.at[0, token[0]].set(True)
 
 
@@ -262,42 +278,48 @@ def _insert(counters, state: DecodeState, slot, kv, token, length, seen, rp: Row
     )
 
 
-def _decode(graphdef, counters, chunk, params, state: DecodeState, stop):
-    """Up to `chunk` decode steps over all slots. out[b, i] is the i-th new token of slot b in this
-    chunk, or -1 once the slot is done."""
+def _decode(graphdef, counters, chunk, loop, kv_len, sampling, params, state: DecodeState, stop):
+    """`chunk` decode steps over all slots. out[b, i] is the i-th new token of slot b in this chunk,
+    or -1 once the slot is done. Attention reads cache positions < kv_len; `sampling` False means
+    every slot is greedy (both static).
+
+    loop="scan" runs exactly `chunk` steps (a known trip count: no device-to-host sync per step);
+    loop="while" stops as soon as every slot is done.
+    """
     counters.decode += 1
     model = nnx.merge(graphdef, params)
     b = state.tokens.shape[0]
-    out = jnp.full((b, chunk), -1, jnp.int32)
-    out_lp = jnp.zeros((b, chunk), jnp.float32)
     state = state._replace(done=state.done | stop)
 
-    def cond(carry):
-        i, st, _, _ = carry
-        return (i < chunk) & ~jnp.all(st.done)
-
-    def body(carry):
-        i, st, out, out_lp = carry
-        hidden, cache = model.hidden(st.tokens[:, None], st.positions[:, None], st.cache)
+    def step(st):
+        hidden, cache = model.hidden(st.tokens[:, None], st.positions[:, None], st.cache, kv_len)
         logits = model.logits(hidden)[:, 0]
-        token, lp = sample(logits, st.seen, st.params, st.generated)
+        token, lp = sample(logits, st.seen, st.params, st.generated, sampling)
         active = ~st.done
         token = jnp.where(active, token, -1)
         generated = st.generated + active
         finished = active & ((generated >= st.max_new) | jnp.any(token[:, None] == st.eos, axis=-1))
-        st = DecodeState(
+        st = st._replace(
             cache=cache,
             tokens=jnp.where(active, token, st.tokens),
             positions=st.positions + active,
             done=st.done | finished,
             generated=generated,
-            max_new=st.max_new,
             seen=st.seen.at[jnp.arange(b), jnp.maximum(token, 0)].max(active),
-            eos=st.eos,
-            params=st.params,
         )
-        return i + 1, st, out.at[:, i].set(token), out_lp.at[:, i].set(jnp.where(active, lp, 0.0))
+        return st, token, jnp.where(active, lp, 0.0)
 
+    if loop == "scan":
+        state, (out, out_lp) = jax.lax.scan(lambda st, _: (lambda r: (r[0], r[1:]))(step(st)), state, None, length=chunk)
+        return state, out.T, out_lp.T
+
+    def body(carry):
+        i, st, out, out_lp = carry
+        st, token, lp = step(st)
+        return i + 1, st, out.at[:, i].set(token), out_lp.at[:, i].set(lp)
+
+    out = jnp.full((b, chunk), -1, jnp.int32)
+    out_lp = jnp.zeros((b, chunk), jnp.float32)
+    cond = lambda c: (c[0] < chunk) & ~jnp.all(c[1].done)  # noqa: E731
     _, state, out, out_lp = jax.lax.while_loop(cond, body, (jnp.int32(0), state, out, out_lp))
     return state, out, out_lp
-

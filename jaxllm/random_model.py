@@ -49,21 +49,26 @@ def random_model(raw: dict | str, dtype="bfloat16", mesh=None, seed: int = 0) ->
 
         mesh = sharding.make_mesh(mesh)
         flat = sharding.param_shardings(abstract, mesh)
-        shardings = jax.tree.map(lambda _: None, abstract)
         shardings = _fill(abstract, flat)
 
-    def init(key):
-        leaves, tree = jax.tree.flatten(abstract)
-        keys = jax.random.split(key, len(leaves))
-        out = []
-        for k, leaf in zip(keys, leaves):
-            if leaf.ndim == 1:  # norm weights
-                out.append(jnp.ones(leaf.shape, leaf.dtype))
-            else:
-                out.append((0.02 * jax.random.normal(k, leaf.shape, jnp.float32)).astype(leaf.dtype))
-        return jax.tree.unflatten(tree, out)
+    # One small jit per distinct (shape, dtype, sharding): one giant init jit compiles for minutes on GPU.
+    leaves, tree = jax.tree.flatten(abstract)
+    shard_leaves = jax.tree.leaves(shardings) if shardings is not None else [None] * len(leaves)
+    makers = {}
+    out = []
+    for i, (leaf, sh) in enumerate(zip(leaves, shard_leaves)):
+        key = (leaf.shape, leaf.dtype, sh)
+        if key not in makers:
+            ones = leaf.ndim == 1  # norm weights
 
-    params = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed))
+            def make(k, shape=leaf.shape, dtype=leaf.dtype, ones=ones):
+                if ones:
+                    return jnp.ones(shape, dtype)
+                return (0.02 * jax.random.normal(k, shape, jnp.float32)).astype(dtype)
+
+            makers[key] = jax.jit(make, out_shardings=sh)
+        out.append(makers[key](jax.random.fold_in(jax.random.PRNGKey(seed), i)))
+    params = jax.tree.unflatten(tree, out)
     return LoadedModel(cfg, graphdef, params, None, {}, None, mesh)
 
 

@@ -104,13 +104,14 @@ class RowParams(NamedTuple):
         )
 
 
-def sample(logits, seen, rp: RowParams, step):
+def sample(logits, seen, rp: RowParams, step, sampling: bool = True):
     """Choose one token per row.
 
     logits [B, V] float32; seen [B, V] bool (tokens already in the sequence, for the repetition
     penalty); step [B] int (tokens generated so far, for the random stream).
     Returns (tokens [B] int32, logprobs [B] float32: the model's log-probability of the chosen
-    token before any processing).
+    token before any processing). `sampling=False` (static) promises every row is greedy, and
+    skips the vocabulary sort that the filters need.
     """
     logprobs = jax.nn.log_softmax(logits, axis=-1)
     pen = rp.repetition_penalty[:, None]
@@ -125,9 +126,8 @@ def sample(logits, seen, rp: RowParams, step):
         keys = jax.vmap(lambda s, n: jax.random.fold_in(jax.random.PRNGKey(s), n))(rp.seed, step)
         return jax.vmap(jax.random.categorical)(keys, masked)
 
-    # An all-greedy batch skips the vocabulary sort that the filters need.
-    drawn = jax.lax.cond(jnp.any(rp.temperature > 0), draw, lambda x: greedy, logits)
-    tokens = jnp.where(rp.temperature > 0, drawn, greedy).astype(jnp.int32)
+    tokens = jnp.where(rp.temperature > 0, draw(logits), greedy) if sampling else greedy
+    tokens = tokens.astype(jnp.int32)
     return tokens, jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
 
 

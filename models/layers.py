@@ -224,13 +224,12 @@ class LayerCache(NamedTuple):
     v: jax.Array
 
 
-def write_cache(cache: LayerCache, k, v, start) -> LayerCache:
-    """Write k, v [B, T, K, D] into cache rows at per-row offsets start [B]."""
-
-    def one(c, u, s):
-        return jax.lax.dynamic_update_slice_in_dim(c, u.astype(c.dtype), s, axis=0)
-
-    return LayerCache(jax.vmap(one)(cache.k, k, start), jax.vmap(one)(cache.v, v, start))
+def write_cache(cache: LayerCache, k, v, positions) -> LayerCache:
+    """Write k, v [B, T, K, D] into the cache rows at positions [B, T] (one scatter, in place when
+    the cache is donated)."""
+    rows = jnp.arange(k.shape[0])[:, None]
+    return LayerCache(cache.k.at[rows, positions].set(k.astype(cache.k.dtype)),
+                      cache.v.at[rows, positions].set(v.astype(cache.v.dtype)))
 
 
 def attention_mask(q_pos, k_pos, window: int | None):
@@ -279,7 +278,9 @@ class Attention(nnx.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def __call__(self, x, positions, rot: Rotary, cache: LayerCache | None):
+    def __call__(self, x, positions, rot: Rotary, cache: LayerCache | None, kv_len: int | None = None):
+        """`kv_len` (static) bounds the cache positions attention reads: the engine passes a bucket
+        above the longest filled position, so decode reads the filled part, not the whole cache."""
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -287,9 +288,12 @@ class Attention(nnx.Module):
         if cache is None:
             new = LayerCache(k, v)
             k_pos = positions
+            keys, values = k, v
         else:
-            new = write_cache(cache, k, v, positions[:, 0])
-            k_pos = jnp.broadcast_to(jnp.arange(new.k.shape[1]), (x.shape[0], new.k.shape[1]))
+            new = write_cache(cache, k, v, positions)
+            s = new.k.shape[1] if kv_len is None else min(kv_len, new.k.shape[1])
+            keys, values = new.k[:, :s], new.v[:, :s]
+            k_pos = jnp.broadcast_to(jnp.arange(s), (x.shape[0], s))
         mask = attention_mask(positions, k_pos, self.window)
-        out = attend(q, new.k.astype(q.dtype), new.v.astype(q.dtype), mask, self.scale)
+        out = attend(q, keys.astype(q.dtype), values.astype(q.dtype), mask, self.scale)
         return self.o_proj(out), new

@@ -24,8 +24,8 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
         self.mlp = GatedMLP(cfg, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x, positions, rot, cache):
-        attn, cache = self.self_attn(self.input_layernorm(x), positions, rot, cache)
+    def __call__(self, x, positions, rot, cache, kv_len=None):
+        attn, cache = self.self_attn(self.input_layernorm(x), positions, rot, cache, kv_len)
         x = x + attn
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, cache
@@ -38,14 +38,14 @@ class DecoderModel(nnx.Module):
         self.layers = nnx.List([DecoderLayer(cfg, i, dtype=dtype, rngs=rngs) for i in range(cfg.num_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
 
-    def __call__(self, tokens, positions, cache=None):
+    def __call__(self, tokens, positions, cache=None, kv_len=None):
         """tokens, positions [B, T] -> hidden [B, T, E], and per-layer caches (updated, or the
-        fresh keys/values when `cache` is None)."""
+        fresh keys/values when `cache` is None). `kv_len`: see Attention."""
         x = self.embed_tokens(tokens)
         rot = rotary(self.cfg, positions, x.dtype)
         new_cache = []
         for i, layer in enumerate(self.layers):
-            x, c = layer(x, positions, rot, None if cache is None else cache[i])
+            x, c = layer(x, positions, rot, None if cache is None else cache[i], kv_len)
             new_cache.append(c)
         return self.norm(x), new_cache
 
@@ -63,8 +63,8 @@ class CausalLM(nnx.Module):
                 kernel=nnx.Param(jnp.zeros((cfg.hidden_size, cfg.vocab_size), dtype), axes=("embed", "vocab"))
             )
 
-    def hidden(self, tokens, positions, cache: list[LayerCache] | None = None):
-        return self.model(tokens, positions, cache)
+    def hidden(self, tokens, positions, cache: list[LayerCache] | None = None, kv_len: int | None = None):
+        return self.model(tokens, positions, cache, kv_len)
 
     def logits(self, hidden):
         """hidden [B, T, E] -> float32 logits [B, T, V]."""

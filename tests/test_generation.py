@@ -108,3 +108,16 @@ def test_eos_stops_and_logprobs(llama):
     logp = full - np.log(np.exp(full - full.max(-1, keepdims=True)).sum(-1, keepdims=True)) - full.max(-1, keepdims=True)
     expected = [logp[len(prompt) - 1 + i, t] for i, t in enumerate(free.token_ids)]
     np.testing.assert_allclose(free.logprobs, expected, atol=1e-4)
+
+
+def test_scan_loop_and_kv_length_buckets_give_the_same_tokens(llama):
+    """A long cache read in kv-length buckets (256, then 512) by a fixed-length scan decodes the same
+    tokens as a tight cache read whole by the early-exit while loop."""
+    prompts = _prompts([240, 20], seed=3)
+    params = jaxllm.SamplingParams(max_new_tokens=40, ignore_eos=True)
+    wide = Engine(llama, batch_size=2, max_len=1024, chunk=16, loop="scan")
+    tight = Engine(llama, batch_size=2, max_len=288, chunk=16, loop="while")
+    a = jaxllm.generate(llama, prompts, params, engine=wide)
+    b = jaxllm.generate(llama, prompts, params, engine=tight)
+    assert [r.token_ids for r in a] == [r.token_ids for r in b]
+    assert wide.counters.decode == 2  # the 256 and 512 buckets
