@@ -98,6 +98,11 @@ def _compile_seconds():
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    import os
+
+    from jaxllm.bench import GPU_XLA_FLAGS
+
+    os.environ.setdefault("XLA_FLAGS", GPU_XLA_FLAGS)  # read when the backend starts, later
     try:
         return _main(args)
     except JaxllmError as err:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from jaxllm import registry
 from jaxllm.config import from_hf
 from jaxllm.loader import LoadedModel, abstract_model, resolve_dtype
+from jaxllm.weights import unflatten_into
 
 # HF-shaped configs of well-known models (weights random): name -> config.json fields.
 SHAPES = {
@@ -49,7 +49,7 @@ def random_model(raw: dict | str, dtype="bfloat16", mesh=None, seed: int = 0) ->
 
         mesh = sharding.make_mesh(mesh)
         flat = sharding.param_shardings(abstract, mesh)
-        shardings = _fill(abstract, flat)
+        shardings = unflatten_into(abstract, flat)
 
     # One small jit per distinct (shape, dtype, sharding): one giant init jit compiles for minutes on GPU.
     leaves, tree = jax.tree.flatten(abstract)
@@ -71,15 +71,3 @@ def random_model(raw: dict | str, dtype="bfloat16", mesh=None, seed: int = 0) ->
     params = jax.tree.unflatten(tree, out)
     return LoadedModel(cfg, graphdef, params, None, {}, None, mesh)
 
-
-def _fill(abstract, flat_shardings):
-    """The abstract state's tree with each leaf replaced by its NamedSharding."""
-    state = jax.tree.map(lambda x: x, abstract)
-    nested: dict = {}
-    for path, sh in flat_shardings.items():
-        node = nested
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = sh
-    nnx.replace_by_pure_dict(state, nested)
-    return state

@@ -135,10 +135,11 @@ def load_params(source, specs: Iterable[WeightSpec], abstract_state, dtype, plac
         del host
         if progress is not None:
             progress(spec.hf_name)
-    return _unflatten_into(abstract_state, filled)
+    return unflatten_into(abstract_state, filled)
 
 
-def _unflatten_into(abstract_state, flat: dict[tuple, jax.Array]):
+def unflatten_into(abstract_state, flat: dict[tuple, object]):
+    """A copy of the state tree with each leaf at a path of `flat` replaced by flat[path]."""
     nested: dict = {}
     for path, value in flat.items():
         node = nested

@@ -20,3 +20,9 @@ def test_bench_runs_and_reports(tmp_path, capsys):
 def test_bench_rejects_unknown_shape(capsys):
     assert bench.main(["--shape", "gpt-9", "--quick"]) == 2
     assert "unknown shape 'gpt-9'" in capsys.readouterr().err
+
+
+def test_tensor_parallel_comparison_agrees(capsys):
+    """The GPU tp check's code path on 2 of the simulated CPU devices: same greedy tokens at tp=1, 2."""
+    assert bench.main(["--shape", "tiny", "--quick", "--tp", "1,2"]) == 0
+    assert "tp=2:" in capsys.readouterr().out
