@@ -64,3 +64,20 @@ def architecture_of(raw: dict) -> Architecture:
             "config.json has no 'architectures' list: add e.g. \"architectures\": [\"LlamaForCausalLM\"]"
         )
     return get(archs[0])
+
+
+def estimate_memory(cfg, batch: int, length: int, dtype="bfloat16") -> dict[str, int]:
+    """Bytes of parameters and of a KV cache of `batch` x `length` positions, from the module's
+    abstract shapes (nothing is allocated)."""
+    import math
+
+    import jax
+    import jax.numpy as jnp
+
+    from jaxllm.loader import abstract_model, resolve_dtype
+
+    dtype = resolve_dtype(dtype)
+    _, abstract = abstract_model(cfg, get(cfg.architecture), dtype)
+    params = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(abstract))
+    kv = 2 * cfg.num_layers * batch * length * cfg.num_kv_heads * cfg.head_dim * jnp.dtype(dtype).itemsize
+    return {"params_bytes": int(params), "kv_cache_bytes": int(kv)}
