@@ -65,6 +65,9 @@ class ModelConfig:
     o_bias: bool = False
     mlp_bias: bool = False
     qk_norm: bool = False
+    # Gemma-style variants: embeddings times embed_scale; RMSNorm scales by (norm_offset + w), in float32.
+    embed_scale: float = 1.0
+    norm_offset: float = 0.0
     sliding_window: int | None = None
     # One entry per layer: "full_attention" or "sliding_attention".
     layer_types: tuple[str, ...] = ()

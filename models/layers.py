@@ -53,25 +53,30 @@ class Dense(nnx.Module):
 
 
 class RMSNorm(nnx.Module):
-    """x / rms(x) * w, computed in float32 and cast back before the scale, as transformers does."""
+    """x / rms(x) * w, in float32. Llama casts back before the scale; with an offset (Gemma's
+    x * (1 + w)) the scale is applied in float32 too, then cast, as transformers does for each."""
 
-    def __init__(self, dim: int, eps: float, *, dtype, rngs: nnx.Rngs, axis_name: str = "norm"):
-        self.eps = eps
-        self.weight = param(rngs, (dim,), (axis_name,), dtype, "ones")
+    def __init__(self, dim: int, eps: float, *, dtype, rngs: nnx.Rngs, axis_name: str = "norm", offset: float = 0.0):
+        self.eps, self.offset = eps, offset
+        self.weight = param(rngs, (dim,), (axis_name,), dtype, "zeros" if offset else "ones")
 
     def __call__(self, x):
         dtype = x.dtype
         x = x.astype(jnp.float32)
         x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+        if self.offset:
+            return (x * (self.offset + self.weight[...].astype(jnp.float32))).astype(dtype)
         return self.weight[...] * x.astype(dtype)
 
 
 class Embed(nnx.Module):
-    def __init__(self, vocab: int, dim: int, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, vocab: int, dim: int, *, dtype, rngs: nnx.Rngs, scale: float = 1.0):
+        self.scale = scale  # Gemma multiplies by sqrt(hidden), rounded to the weights' dtype
         self.embedding = param(rngs, (vocab, dim), ("vocab", "embed"), dtype)
 
     def __call__(self, tokens):
-        return jnp.take(self.embedding[...], tokens, axis=0)
+        x = jnp.take(self.embedding[...], tokens, axis=0)
+        return x * jnp.asarray(self.scale, x.dtype) if self.scale != 1.0 else x
 
     def attend(self, x):
         """Tied output head: logits = x . embedding^T."""
@@ -273,8 +278,9 @@ class Attention(nnx.Module):
         self.v_proj = Dense((e,), (k, d), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
         self.o_proj = Dense((h, d), (e,), ("q_heads", "head_dim", "embed"), bias=cfg.o_bias, dtype=dtype, rngs=rngs)
         if cfg.qk_norm:
-            self.q_norm = RMSNorm(d, cfg.rms_norm_eps, dtype=dtype, rngs=rngs, axis_name="head_dim")
-            self.k_norm = RMSNorm(d, cfg.rms_norm_eps, dtype=dtype, rngs=rngs, axis_name="head_dim")
+            norm = dict(dtype=dtype, rngs=rngs, axis_name="head_dim", offset=cfg.norm_offset)
+            self.q_norm = RMSNorm(d, cfg.rms_norm_eps, **norm)
+            self.k_norm = RMSNorm(d, cfg.rms_norm_eps, **norm)
         else:
             self.q_norm = self.k_norm = None
 

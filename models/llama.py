@@ -1,4 +1,5 @@
 """The Llama family: Llama, Mistral (sliding window), Qwen2 (q/k/v bias), Qwen3 (q/k RMSNorm).
+Other families whose decoder is this one with config flags (Gemma) register in their own files.
 
 They share one module tree; what differs is config flags that the registry entries set.
 Parameter names follow transformers' (model.layers.N.self_attn.q_proj, ...) so the weight map
@@ -19,9 +20,10 @@ from jaxllm.models.layers import Attention, Embed, GatedMLP, LayerCache, RMSNorm
 
 class DecoderLayer(nnx.Module):
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
+        norm = dict(dtype=dtype, rngs=rngs, offset=cfg.norm_offset)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **norm)
         self.self_attn = Attention(cfg, layer, dtype=dtype, rngs=rngs)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **norm)
         self.mlp = GatedMLP(cfg, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, positions, rot, cache, kv_len=None):
@@ -34,9 +36,9 @@ class DecoderLayer(nnx.Module):
 class DecoderModel(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs)
+        self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs, scale=cfg.embed_scale)
         self.layers = nnx.List([DecoderLayer(cfg, i, dtype=dtype, rngs=rngs) for i in range(cfg.num_layers)])
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, rngs=rngs, offset=cfg.norm_offset)
 
     def __call__(self, tokens, positions, cache=None, kv_len=None):
         """tokens, positions [B, T] -> hidden [B, T, E], and per-layer caches (updated, or the
