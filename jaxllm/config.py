@@ -102,7 +102,8 @@ def _positive_int(raw: dict, key: str) -> int:
     return value
 
 
-def _ids(value) -> tuple[int, ...]:
+def token_ids(value) -> tuple[int, ...]:
+    """An id field of config.json or generation_config.json (null, one id or a list) as a tuple."""
     if value is None:
         return ()
     if isinstance(value, int):
@@ -190,7 +191,7 @@ def from_hf(raw: dict, architecture: str, defaults: dict | None = None) -> Model
         )
     if not layer_types:
         layer_types = ("sliding_attention" if sliding else "full_attention",) * layers
-    eos = _ids(raw.get("eos_token_id"))
+    eos = token_ids(raw.get("eos_token_id"))
     values = dict(
         architecture=architecture,
         vocab_size=_positive_int(raw, "vocab_size"),

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxllm.config import token_ids
 from jaxllm.errors import GenerationError
 from jaxllm.models.layers import LayerCache
 from jaxllm.sampling import RowParams, SamplingParams, sample
@@ -75,7 +76,6 @@ class Counters:
     prefill: int = 0
     insert: int = 0
     decode: int = 0
-    first_token: int = 0
 
 
 class Engine:
@@ -92,7 +92,7 @@ class Engine:
             raise GenerationError(f"no prompt bucket fits max_len={max_len}")
         self.counters = Counters()
         self.dtype = jax.tree.leaves(model.params)[0].dtype
-        eos = sorted(set(self.cfg.eos_token_ids) | set(_ids(model.generation_config.get("eos_token_id"))))
+        eos = sorted(set(self.cfg.eos_token_ids) | set(token_ids(model.generation_config.get("eos_token_id"))))
         self.eos = np.asarray(eos or [-1], np.int32)
         self.mesh = getattr(model, "mesh", None)
         graphdef = model.graphdef
@@ -231,12 +231,6 @@ class Engine:
                     yield Event(req.index, out[slot][got].tolist(), out_lp[slot][got].tolist(), bool(done[slot]))
                 if done[slot]:
                     slots[slot] = None
-
-
-def _ids(value) -> list[int]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, int) else list(value)
 
 
 # ----------------------------------------------------------------------------------------------
