@@ -64,10 +64,11 @@ class ModelConfig:
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
-    qk_norm: bool = False
+    qk_norm: bool | str = False  # True: RMSNorm per head (Qwen3); "projection": over all heads (OLMo 2)
     # Gemma-style variants: embeddings times embed_scale; RMSNorm scales by (norm_offset + w), in float32.
     embed_scale: float = 1.0
     norm_offset: float = 0.0
+    norm_upcast_scale: bool = False  # RMSNorm applies its weight in float32 before the cast (OLMo 2)
     sliding_window: int | None = None
     # One entry per layer: "full_attention" or "sliding_attention".
     layer_types: tuple[str, ...] = ()

@@ -53,18 +53,22 @@ class Dense(nnx.Module):
 
 
 class RMSNorm(nnx.Module):
-    """x / rms(x) * w, in float32. Llama casts back before the scale; with an offset (Gemma's
-    x * (1 + w)) the scale is applied in float32 too, then cast, as transformers does for each."""
+    """x / rms(x) * w over the last dims (`shape`), in float32. Llama casts back before the scale;
+    `upcast_scale` applies the scale in float32, then casts (OLMo 2), and `offset` scales by
+    (offset + w) that way (Gemma's 1 + w), each as transformers does."""
 
-    def __init__(self, dim: int, eps: float, *, dtype, rngs: nnx.Rngs, axis_name: str = "norm", offset: float = 0.0):
-        self.eps, self.offset = eps, offset
-        self.weight = param(rngs, (dim,), (axis_name,), dtype, "zeros" if offset else "ones")
+    def __init__(self, shape, eps: float, *, dtype, rngs: nnx.Rngs, axes=("norm",), offset: float = 0.0,
+                 upcast_scale: bool = False):
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        self.eps, self.offset, self.upcast = eps, offset, upcast_scale or bool(offset)
+        self.dims = tuple(range(-len(shape), 0))
+        self.weight = param(rngs, shape, tuple(axes), dtype, "zeros" if offset else "ones")
 
     def __call__(self, x):
         dtype = x.dtype
         x = x.astype(jnp.float32)
-        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
-        if self.offset:
+        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=self.dims, keepdims=True) + self.eps)
+        if self.upcast:
             return (x * (self.offset + self.weight[...].astype(jnp.float32))).astype(dtype)
         return self.weight[...] * x.astype(dtype)
 
@@ -277,10 +281,13 @@ class Attention(nnx.Module):
         self.k_proj = Dense((e,), (k, d), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
         self.v_proj = Dense((e,), (k, d), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
         self.o_proj = Dense((h, d), (e,), ("q_heads", "head_dim", "embed"), bias=cfg.o_bias, dtype=dtype, rngs=rngs)
-        if cfg.qk_norm:
-            norm = dict(dtype=dtype, rngs=rngs, axis_name="head_dim", offset=cfg.norm_offset)
-            self.q_norm = RMSNorm(d, cfg.rms_norm_eps, **norm)
-            self.k_norm = RMSNorm(d, cfg.rms_norm_eps, **norm)
+        if cfg.qk_norm:  # per head (Qwen3), or over the whole projection (OLMo 2)
+            norm = dict(dtype=dtype, rngs=rngs, offset=cfg.norm_offset, upcast_scale=cfg.norm_upcast_scale)
+            whole = cfg.qk_norm == "projection"
+            self.q_norm = RMSNorm((h, d) if whole else d, cfg.rms_norm_eps,
+                                  axes=("q_heads", "head_dim") if whole else ("head_dim",), **norm)
+            self.k_norm = RMSNorm((k, d) if whole else d, cfg.rms_norm_eps,
+                                  axes=("kv_heads", "head_dim") if whole else ("head_dim",), **norm)
         else:
             self.q_norm = self.k_norm = None
 

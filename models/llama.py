@@ -20,7 +20,7 @@ from jaxllm.models.layers import Attention, Embed, GatedMLP, LayerCache, RMSNorm
 
 class DecoderLayer(nnx.Module):
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
-        norm = dict(dtype=dtype, rngs=rngs, offset=cfg.norm_offset)
+        norm = norm_kwargs(cfg, dtype, rngs)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **norm)
         self.self_attn = Attention(cfg, layer, dtype=dtype, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **norm)
@@ -33,12 +33,16 @@ class DecoderLayer(nnx.Module):
         return x, cache
 
 
+def norm_kwargs(cfg: ModelConfig, dtype, rngs) -> dict:
+    return dict(dtype=dtype, rngs=rngs, offset=cfg.norm_offset, upcast_scale=cfg.norm_upcast_scale)
+
+
 class DecoderModel(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, layer_cls=DecoderLayer, *, dtype, rngs: nnx.Rngs):
         self.cfg = cfg
         self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs, scale=cfg.embed_scale)
-        self.layers = nnx.List([DecoderLayer(cfg, i, dtype=dtype, rngs=rngs) for i in range(cfg.num_layers)])
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, rngs=rngs, offset=cfg.norm_offset)
+        self.layers = nnx.List([layer_cls(cfg, i, dtype=dtype, rngs=rngs) for i in range(cfg.num_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **norm_kwargs(cfg, dtype, rngs))
 
     def __call__(self, tokens, positions, cache=None, kv_len=None):
         """tokens, positions [B, T] -> hidden [B, T, E], and per-layer caches (updated, or the
@@ -53,11 +57,14 @@ class DecoderModel(nnx.Module):
 
 
 class CausalLM(nnx.Module):
-    """The shared `ForCausalLM` shape: a decoder model and an output head (or tied embeddings)."""
+    """The shared `ForCausalLM` shape: a decoder model and an output head (or tied embeddings).
+    A family with its own decoder layer subclasses this and sets `layer_cls`."""
+
+    layer_cls = DecoderLayer
 
     def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.model = DecoderModel(cfg, dtype=dtype, rngs=rngs)
+        self.model = DecoderModel(cfg, self.layer_cls, dtype=dtype, rngs=rngs)
         if cfg.tie_word_embeddings:
             self.lm_head = None
         else:
@@ -101,7 +108,8 @@ def llama_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
                 specs.append(WeightSpec(f"{hf}self_attn.{name}.bias", attn + ("bias",), Copy(flatten=name != "o_proj")))
         if cfg.qk_norm:
             for name in ("q_norm", "k_norm"):
-                specs.append(WeightSpec(f"{hf}self_attn.{name}.weight", ours + ("self_attn", name, "weight")))
+                flat = Copy(flatten=cfg.qk_norm == "projection")
+                specs.append(WeightSpec(f"{hf}self_attn.{name}.weight", ours + ("self_attn", name, "weight"), flat))
         for name in ("gate_proj", "up_proj", "down_proj"):
             mlp = ours + ("mlp", name)
             specs.append(WeightSpec(f"{hf}mlp.{name}.weight", mlp + ("kernel",), Linear()))
