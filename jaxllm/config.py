@@ -69,6 +69,7 @@ class ModelConfig:
     embed_scale: float = 1.0
     norm_offset: float = 0.0
     norm_upcast_scale: bool = False  # RMSNorm applies its weight in float32 before the cast (OLMo 2)
+    parallel_residual: bool = False  # x + attn(ln1 x) + mlp(ln2 x) (GPT-NeoX)
     sliding_window: int | None = None
     # One entry per layer: "full_attention" or "sliding_attention".
     layer_types: tuple[str, ...] = ()
@@ -203,7 +204,7 @@ def from_hf(raw: dict, architecture: str, defaults: dict | None = None) -> Model
         num_kv_heads=kv_heads,
         head_dim=int(head_dim),
         max_position_embeddings=int(raw.get("max_position_embeddings") or 2048),
-        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+        rms_norm_eps=float(raw.get("rms_norm_eps", raw.get("layer_norm_eps", 1e-6))),
         rope=parse_rope(raw),
         hidden_act=raw.get("hidden_act", "silu"),
         tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),

@@ -73,6 +73,23 @@ class RMSNorm(nnx.Module):
         return self.weight[...] * x.astype(dtype)
 
 
+class LayerNorm(nnx.Module):
+    """(x - mean) / std * w + b over the last dim, in float32, cast back at the end."""
+
+    def __init__(self, dim: int, eps: float, *, dtype, rngs: nnx.Rngs):
+        self.eps = eps
+        self.weight = param(rngs, (dim,), ("norm",), dtype, "ones")
+        self.bias = param(rngs, (dim,), ("norm",), dtype, "zeros")
+
+    def __call__(self, x):
+        dtype = x.dtype
+        x = x.astype(jnp.float32)
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        x = (x - mean) * jax.lax.rsqrt(var + self.eps)
+        return (x * self.weight[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(dtype)
+
+
 class Embed(nnx.Module):
     def __init__(self, vocab: int, dim: int, *, dtype, rngs: nnx.Rngs, scale: float = 1.0):
         self.scale = scale  # Gemma multiplies by sqrt(hidden), rounded to the weights' dtype
@@ -117,6 +134,19 @@ class GatedMLP(nnx.Module):
 
     def __call__(self, x):
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MLP(nnx.Module):
+    """Ungated: down(act(up(x))), with biases (GPT-NeoX, GPT-2)."""
+
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+        e, f = cfg.hidden_size, cfg.intermediate_size
+        self.act = activation(cfg.hidden_act)
+        self.up_proj = Dense((e,), (f,), ("embed", "mlp"), bias=True, dtype=dtype, rngs=rngs)
+        self.down_proj = Dense((f,), (e,), ("mlp", "embed"), bias=True, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x):
+        return self.down_proj(self.act(self.up_proj(x)))
 
 
 # ----------------------------------------------------------------------------------------------

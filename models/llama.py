@@ -33,16 +33,18 @@ class DecoderLayer(nnx.Module):
         return x, cache
 
 
-def norm_kwargs(cfg: ModelConfig, dtype, rngs) -> dict:
+def norm_kwargs(cfg: ModelConfig, dtype, rngs, norm_cls=None) -> dict:
+    if norm_cls not in (None, RMSNorm):
+        return dict(dtype=dtype, rngs=rngs)
     return dict(dtype=dtype, rngs=rngs, offset=cfg.norm_offset, upcast_scale=cfg.norm_upcast_scale)
 
 
 class DecoderModel(nnx.Module):
-    def __init__(self, cfg: ModelConfig, layer_cls=DecoderLayer, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, layer_cls=DecoderLayer, *, dtype, rngs: nnx.Rngs, final_norm=None):
         self.cfg = cfg
         self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs, scale=cfg.embed_scale)
         self.layers = nnx.List([layer_cls(cfg, i, dtype=dtype, rngs=rngs) for i in range(cfg.num_layers)])
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **norm_kwargs(cfg, dtype, rngs))
+        self.norm = (final_norm or RMSNorm)(cfg.hidden_size, cfg.rms_norm_eps, **norm_kwargs(cfg, dtype, rngs, final_norm))
 
     def __call__(self, tokens, positions, cache=None, kv_len=None):
         """tokens, positions [B, T] -> hidden [B, T, E], and per-layer caches (updated, or the
@@ -61,10 +63,11 @@ class CausalLM(nnx.Module):
     A family with its own decoder layer subclasses this and sets `layer_cls`."""
 
     layer_cls = DecoderLayer
+    final_norm = None  # RMSNorm unless a family sets another norm class
 
     def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.model = DecoderModel(cfg, self.layer_cls, dtype=dtype, rngs=rngs)
+        self.model = DecoderModel(cfg, self.layer_cls, dtype=dtype, rngs=rngs, final_norm=self.final_norm)
         if cfg.tie_word_embeddings:
             self.lm_head = None
         else:

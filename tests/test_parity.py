@@ -89,3 +89,11 @@ def test_sharded_checkpoint_and_bfloat16(tmp_path):
     # bfloat16 keeps ~3 significant digits; the argmax agrees almost everywhere.
     agree = (np.asarray(half.logits(TOKENS)).argmax(-1) == expected.argmax(-1)).mean()
     assert agree >= 0.9
+
+
+def test_gpt_neox_sequential_residual(tmp_path):
+    """use_parallel_residual=False takes the other branch of the NeoX layer."""
+    ref = reference.build("GPTNeoXForCausalLM", tmp_path, use_parallel_residual=False)
+    model = jaxllm.load(tmp_path)
+    assert not model.config.parallel_residual
+    assert reference.max_rel_diff(model.logits(TOKENS), reference.torch_logits(ref, TOKENS)) <= TOL
