@@ -141,37 +141,18 @@ def start_time(shape: str, sizes: dict, dtype: str, cache_dir: str) -> float:
 
 
 def bench_hf(shape: str, sizes: dict) -> dict:
-    """transformers, static cache, its automatic torch.compile; random bf16 weights."""
-    import torch
-    import transformers
+    """The transformers peer. It lives outside the package (benchmarks/hf_peer.py in a source
+    checkout), so the runtime never imports torch or transformers' model classes."""
+    import importlib.util
+    from pathlib import Path
 
-    from jaxllm.random_model import SHAPES
-
-    raw = dict(SHAPES[shape])
-    arch = raw.pop("architectures")[0]
-    model_type = {"Qwen3ForCausalLM": "qwen3", "LlamaForCausalLM": "llama"}[arch]
-    config = transformers.AutoConfig.for_model(model_type, **raw)
-    with torch.device("cuda"):
-        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
-
-    def run(batch, prompt, new):
-        ids = torch.randint(0, config.vocab_size, (batch, prompt), device="cuda")
-        kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, cache_implementation="static")
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
-        torch.cuda.synchronize()
-        return time.perf_counter() - t
-
-    out = {}
-    for key, (b, p, n) in {"b1": (1, sizes["b1_prompt"], sizes["b1_new"]),
-                           "bN": (sizes["bN"], sizes["bN_prompt"], sizes["bN_new"])}.items():
-        run(b, p, n)
-        run(b, p, n)  # compile, then settle
-        out[f"{key}_tokens_per_s"] = b * n / run(b, p, n)
-    del model
-    torch.cuda.empty_cache()
-    return out
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "hf_peer.py"
+    if not path.exists():
+        raise SystemExit("error: --compare hf needs a source checkout (benchmarks/hf_peer.py); run from the repository")
+    spec = importlib.util.spec_from_file_location("jaxllm_hf_peer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.bench_hf(shape, sizes)
 
 
 def tp_compare(shape: str, degrees: list[int], sizes: dict, dtype: str) -> list[dict]:
