@@ -14,7 +14,7 @@ from typing import Any
 
 from jaxllm.errors import ConfigError
 
-ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 
 # Keys each rope type needs beyond rope_theta, as transformers validates them.
 _ROPE_REQUIRED = {
@@ -23,6 +23,7 @@ _ROPE_REQUIRED = {
     "dynamic": ("factor",),
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
     "yarn": ("factor", "original_max_position_embeddings"),
+    "longrope": ("short_factor", "long_factor", "original_max_position_embeddings"),
 }
 
 
@@ -43,6 +44,9 @@ class RopeConfig:
     mscale: float | None = None
     mscale_all_dim: float | None = None
     truncate: bool = True
+    # longrope (Phi-3): per-frequency factors below / beyond original_max_position_embeddings
+    short_factor: tuple[float, ...] | None = None
+    long_factor: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,19 @@ class ModelConfig:
     norm_offset: float = 0.0
     norm_upcast_scale: bool = False  # RMSNorm applies its weight in float32 before the cast (OLMo 2)
     parallel_residual: bool = False  # x + attn(ln1 x) + mlp(ln2 x) (GPT-NeoX)
+    position_embedding: str = "rope"  # or "learned": a table of absolute positions (GPT-2)
+    # Gemma 2/3: attention scale (None: head_dim ** -0.5), tanh soft-capping of scores and logits,
+    # and a rope of their own for the sliding-window layers (None: the same rope everywhere).
+    attn_scale: float | None = None
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    local_rope: RopeConfig | None = None
+    # Mixture of experts (Mixtral, Qwen3-MoE): 0 experts means a dense MLP everywhere.
+    num_experts: int = 0
+    experts_per_token: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = True  # renormalise the top-k routing weights to sum to 1
+    dense_layers: tuple[int, ...] = ()  # layers that keep a dense MLP in an MoE model
     sliding_window: int | None = None
     # One entry per layer: "full_attention" or "sliding_attention".
     layer_types: tuple[str, ...] = ()
@@ -86,6 +103,14 @@ class ModelConfig:
         if self.layer_types and self.layer_types[layer] == "sliding_attention":
             return self.sliding_window
         return None
+
+    def layer_rope(self, layer: int) -> RopeConfig:
+        if self.local_rope is not None and self.layer_window(layer) is not None:
+            return self.local_rope
+        return self.rope
+
+    def layer_is_moe(self, layer: int) -> bool:
+        return self.num_experts > 0 and layer not in self.dense_layers
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -113,16 +138,19 @@ def token_ids(value) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
-def parse_rope(raw: dict) -> RopeConfig:
-    """Rope settings from either spelling: v5 `rope_parameters`, or v4 `rope_theta` + `rope_scaling`."""
+def parse_rope(raw: dict, layer_type: str = "full_attention") -> RopeConfig:
+    """Rope settings from either spelling: v5 `rope_parameters`, or v4 `rope_theta` + `rope_scaling`.
+    In the per-layer-type form ({"full_attention": {...}, "sliding_attention": {...}}) it reads
+    the entry of `layer_type`."""
     params = dict(raw.get("rope_parameters") or {})
     if not params:
         params = dict(raw.get("rope_scaling") or {})
         if "rope_theta" in raw:
             params.setdefault("rope_theta", raw["rope_theta"])
-    if isinstance(params.get("full_attention"), dict):  # per-layer-type form; these families use one set
-        params = dict(params["full_attention"])
+    if isinstance(params.get("full_attention"), dict):
+        params = dict(params.get(layer_type) or params["full_attention"])
     rope_type = params.get("rope_type", params.get("type", "default")) or "default"
+    rope_type = "longrope" if rope_type == "su" else rope_type  # the first Phi-3 releases say "su"
     if rope_type not in ROPE_TYPES:
         raise ConfigError(
             f"config.json rope type '{rope_type}' is not supported; supported: {', '.join(ROPE_TYPES)}"
@@ -133,8 +161,10 @@ def parse_rope(raw: dict) -> RopeConfig:
             params.setdefault(key, raw.get(key) or raw.get("max_position_embeddings"))
         if params.get(key) is None:
             raise ConfigError(f"config.json rope type '{rope_type}' needs '{key}' in its rope parameters: add it")
-    if "original_max_position_embeddings" in raw and rope_type in ("llama3", "yarn"):
+    if "original_max_position_embeddings" in raw and rope_type in ("llama3", "yarn", "longrope"):
         params["original_max_position_embeddings"] = raw["original_max_position_embeddings"]
+    if rope_type == "longrope" and params.get("factor") is None:
+        params["factor"] = raw.get("max_position_embeddings", 2048) / params["original_max_position_embeddings"]
     factor = float(params.get("factor") or 1.0)
     if factor <= 0 or not math.isfinite(factor):
         raise ConfigError(f"config.json rope 'factor' must be a positive number, got {params.get('factor')!r}")
@@ -153,7 +183,18 @@ def parse_rope(raw: dict) -> RopeConfig:
         mscale=params.get("mscale"),
         mscale_all_dim=params.get("mscale_all_dim"),
         truncate=bool(params.get("truncate", True)),
+        short_factor=_factors(params, "short_factor"),
+        long_factor=_factors(params, "long_factor"),
     )
+
+
+def _factors(params: dict, key: str) -> tuple[float, ...] | None:
+    value = params.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, (int, float)) for v in value):
+        raise ConfigError(f"config.json rope '{key}' must be a list of numbers, got {value!r}")
+    return tuple(float(v) for v in value)
 
 
 def from_hf(raw: dict, architecture: str, defaults: dict | None = None) -> ModelConfig:
@@ -226,4 +267,16 @@ def from_hf(raw: dict, architecture: str, defaults: dict | None = None) -> Model
         raise ConfigError("config.json asks for sliding_attention layers but sets no 'sliding_window': add it")
     if cfg.rotary_dim % 2:
         raise ConfigError(f"rotary dimension {cfg.rotary_dim} (head_dim x partial_rotary_factor) must be even")
+    for rope in (cfg.rope, cfg.local_rope):
+        for key in ("short_factor", "long_factor"):
+            factors = getattr(rope, key, None)
+            if factors is not None and len(factors) != cfg.rotary_dim // 2:
+                raise ConfigError(
+                    f"config.json rope '{key}' has {len(factors)} entries; rotary dimension {cfg.rotary_dim} needs "
+                    f"{cfg.rotary_dim // 2}"
+                )
+    if cfg.num_experts and not 0 < cfg.experts_per_token <= cfg.num_experts:
+        raise ConfigError(
+            f"config.json num_experts_per_tok={cfg.experts_per_token} must lie in [1, {cfg.num_experts}] (the number of experts)"
+        )
     return cfg

@@ -33,6 +33,7 @@ class DecodeState(NamedTuple):
     done: jax.Array  # [B] bool
     generated: jax.Array  # [B] tokens generated so far
     max_new: jax.Array  # [B]
+    limit: jax.Array  # [B] a slot pauses (not done) when its next write position reaches this
     seen: jax.Array  # [B, V] bool: tokens in the sequence (repetition penalty)
     eos: jax.Array  # [B, E] token ids that end each slot's sequence (-1 pads)
     params: RowParams
@@ -135,7 +136,7 @@ class Engine:
         return DecodeState(
             cache=init_cache(self.cfg, b, self.max_len, self.dtype),
             tokens=jnp.zeros(b, jnp.int32), positions=jnp.zeros(b, jnp.int32), done=jnp.ones(b, bool),
-            generated=jnp.zeros(b, jnp.int32), max_new=jnp.ones(b, jnp.int32),
+            generated=jnp.zeros(b, jnp.int32), max_new=jnp.ones(b, jnp.int32), limit=jnp.zeros(b, jnp.int32),
             seen=jnp.zeros((b, self.cfg.vocab_size), bool), eos=jnp.full((b, len(self.eos)), -1, jnp.int32),
             params=jax.tree.map(jnp.asarray, rp),
         )
@@ -169,23 +170,41 @@ class Engine:
                 f"prompt of {n} tokens + max_new_tokens={req.params.max_new_tokens} exceeds the cache length "
                 f"{self.max_len}: lower max_new_tokens, shorten the prompt, or raise max_len"
             )
+        if self.cfg.position_embedding == "learned" and n + req.params.max_new_tokens > self.cfg.max_position_embeddings:
+            raise GenerationError(
+                f"prompt of {n} tokens + max_new_tokens={req.params.max_new_tokens} exceeds the "
+                f"{self.cfg.max_position_embeddings} positions this model has learned: shorten one of them"
+            )
         if max(req.prompt) >= self.cfg.vocab_size or min(req.prompt) < 0:
             raise GenerationError(f"prompt has token ids outside [0, {self.cfg.vocab_size}): check the tokenizer")
         self.bucket(n)
 
-    def prefill_into(self, state: DecodeState, slot: int, req: Request):
-        """Prefill one prompt and place it in `slot`. Returns (state, first token, its logprob)."""
-        n = len(req.prompt)
+    def pause_at(self, position: int) -> int:
+        """Where a slot must stop decoding: LongRoPE (Phi-3) switches from its short to its long
+        factors once the sequence outgrows original_max_position_embeddings, and transformers then
+        recomputes the whole cache with the long ones; a slot pauses there to be prefilled again."""
+        rope = self.cfg.rope
+        if rope.type == "longrope" and position <= rope.original_max_position_embeddings:
+            return rope.original_max_position_embeddings
+        return self.max_len
+
+    def prefill_into(self, state: DecodeState, slot: int, req: Request, tokens: list[int] | None = None):
+        """Prefill one prompt and place it in `slot`. Returns (state, first token, its logprob).
+        `tokens`: the prompt plus the tokens generated so far, to prefill a running sequence again."""
+        tokens = req.prompt if tokens is None else tokens
+        n, generated = len(tokens), len(tokens) - len(req.prompt)
         padded = np.zeros((1, self.bucket(n)), np.int32)
-        padded[0, :n] = req.prompt
+        padded[0, :n] = tokens
         put = self._put
         rp = jax.tree.map(put, RowParams.of([req.params]))
         sampling = req.params.temperature > 0
-        kv, token, logprob, seen = self._prefill(sampling, self.model.params, put(padded), put(np.int32(n)), rp)
+        kv, token, logprob, seen = self._prefill(sampling, self.model.params, put(padded), put(np.int32(n)), rp,
+                                                 put(np.int32(generated)))
         max_new = req.params.max_new_tokens
         eos = np.full_like(self.eos, -1) if req.params.ignore_eos else self.eos
         state = self._insert(state, put(np.int32(slot)), kv, token, put(np.int32(n)), seen, rp,
-                             put(np.int32(max_new)), put(eos))
+                             put(np.int32(max_new)), put(eos), put(np.int32(generated + 1)),
+                             put(np.int32(self.pause_at(n))))
         return state, token, logprob
 
     def run(self, requests: list[Request], stop_check=None) -> Iterator[Event]:
@@ -200,17 +219,25 @@ class Engine:
         state = self.new_state()
         slots: list[Request | None] = [None] * self.batch_size
         position = [0] * self.batch_size  # host copy of each slot's next write position
+        sequence: list[list[int]] = [[] for _ in range(self.batch_size)]  # kept only for re-prefills
         while queue or any(s is not None for s in slots):
             for slot in range(self.batch_size):
-                if slots[slot] is None and queue:
+                req = slots[slot]
+                if req is None and queue:
                     req = queue.pop(0)
                     state, token, logprob = self.prefill_into(state, slot, req)
-                    slots[slot], position[slot] = req, len(req.prompt)
-                    tok = int(token[0])
-                    first_done = bool(state.done[slot])
-                    yield Event(req.index, [tok], [float(logprob[0])], first_done)
-                    if first_done:
-                        slots[slot] = None
+                    slots[slot], position[slot], sequence[slot] = req, len(req.prompt), list(req.prompt)
+                elif req is not None and position[slot] >= self.pause_at(position[slot]) != self.max_len:
+                    state, token, logprob = self.prefill_into(state, slot, req, sequence[slot])
+                    position[slot] = len(sequence[slot])
+                else:
+                    continue
+                tok = int(token[0])
+                sequence[slot].append(tok)
+                done_now = bool(state.done[slot])
+                yield Event(req.index, [tok], [float(logprob[0])], done_now)
+                if done_now:
+                    slots[slot] = None
             if all(s is None for s in slots):
                 continue
             stop = np.zeros(self.batch_size, bool)
@@ -227,6 +254,7 @@ class Engine:
                     continue
                 got = out[slot] >= 0
                 position[slot] += int(got.sum())
+                sequence[slot] += out[slot][got].tolist()
                 if got.any() or done[slot]:
                     yield Event(req.index, out[slot][got].tolist(), out_lp[slot][got].tolist(), bool(done[slot]))
                 if done[slot]:
@@ -237,20 +265,20 @@ class Engine:
 # The jitted steps. `graphdef` and the counters are bound with functools.partial before jit.
 
 
-def _prefill(graphdef, counters, sampling, params, tokens, length, rp: RowParams):
+def _prefill(graphdef, counters, sampling, params, tokens, length, rp: RowParams, generated):
     counters.prefill += 1
     model = nnx.merge(graphdef, params)
     positions = jnp.arange(tokens.shape[1])[None, :]
-    hidden, kv = model.hidden(tokens, positions)
+    hidden, kv = model.hidden(tokens, positions, lengths=jnp.reshape(length, (1,)))
     last = jax.lax.dynamic_slice_in_dim(hidden, length - 1, 1, axis=1)
     logits = model.logits(last)[:, 0]
     valid = positions < length
     seen = jnp.zeros(logits.shape, bool).at[0, tokens[0]].max(valid[0])
-    token, logprob = sample(logits, seen, rp, jnp.zeros(1, jnp.int32), sampling)
+    token, logprob = sample(logits, seen, rp, jnp.reshape(generated, (1,)), sampling)
     return kv, token, logprob, seen.at[0, token[0]].set(True)
 
 
-def _insert(counters, state: DecodeState, slot, kv, token, length, seen, rp: RowParams, max_new, eos):
+def _insert(counters, state: DecodeState, slot, kv, token, length, seen, rp: RowParams, max_new, eos, generated, limit):
     counters.insert += 1
 
     def put(big, small):
@@ -258,14 +286,15 @@ def _insert(counters, state: DecodeState, slot, kv, token, length, seen, rp: Row
         return jax.lax.dynamic_update_slice(big, small.astype(big.dtype), start)
 
     cache = [LayerCache(put(c.k, n.k), put(c.v, n.v)) for c, n in zip(state.cache, kv)]
-    done = jnp.any(token[0] == eos) | (max_new <= 1)
+    done = jnp.any(token[0] == eos) | (generated >= max_new)
     return DecodeState(
         cache=cache,
         tokens=state.tokens.at[slot].set(token[0]),
         positions=state.positions.at[slot].set(length),
         done=state.done.at[slot].set(done),
-        generated=state.generated.at[slot].set(1),
+        generated=state.generated.at[slot].set(generated),
         max_new=state.max_new.at[slot].set(max_new),
+        limit=state.limit.at[slot].set(limit),
         seen=put(state.seen, seen),
         eos=state.eos.at[slot].set(eos),
         params=jax.tree.map(put, state.params, rp),
@@ -289,7 +318,7 @@ def _decode(graphdef, counters, chunk, loop, kv_len, sampling, params, state: De
         hidden, cache = model.hidden(st.tokens[:, None], st.positions[:, None], st.cache, kv_len)
         logits = model.logits(hidden)[:, 0]
         token, lp = sample(logits, st.seen, st.params, st.generated, sampling)
-        active = ~st.done
+        active = ~st.done & (st.positions < st.limit)
         token = jnp.where(active, token, -1)
         generated = st.generated + active
         finished = active & ((generated >= st.max_new) | jnp.any(token[:, None] == st.eos, axis=-1))
@@ -314,6 +343,6 @@ def _decode(graphdef, counters, chunk, loop, kv_len, sampling, params, state: De
 
     out = jnp.full((b, chunk), -1, jnp.int32)
     out_lp = jnp.zeros((b, chunk), jnp.float32)
-    cond = lambda c: (c[0] < chunk) & ~jnp.all(c[1].done)  # noqa: E731
+    cond = lambda c: (c[0] < chunk) & ~jnp.all(c[1].done | (c[1].positions >= c[1].limit))  # noqa: E731
     _, state, out, out_lp = jax.lax.while_loop(cond, body, (jnp.int32(0), state, out, out_lp))
     return state, out, out_lp

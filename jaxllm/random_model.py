@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 
 from jaxllm import registry
-from jaxllm.config import from_hf
 from jaxllm.loader import LoadedModel, abstract_model, resolve_dtype
 from jaxllm.weights import unflatten_into
 
@@ -41,7 +40,7 @@ def random_model(raw: dict | str, dtype="bfloat16", mesh=None, seed: int = 0) ->
     raw = SHAPES[raw] if isinstance(raw, str) else raw
     dtype = resolve_dtype(dtype)
     arch = registry.architecture_of(raw)
-    cfg = from_hf(raw, arch.name, arch.config_defaults(raw))
+    cfg = arch.config(raw)
     graphdef, abstract = abstract_model(cfg, arch, dtype)
     shardings = None
     if mesh is not None:

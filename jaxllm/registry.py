@@ -27,6 +27,16 @@ class Architecture:
     tiny_config: dict = field(default_factory=dict)
     # Regexes of HF tensor names that carry nothing we need (e.g. cached rotary buffers).
     ignore: tuple[str, ...] = (r".*rotary_emb\.inv_freq$",)
+    # raw config.json -> the same with the common key names, for families with their own spelling
+    # (GPT-2's n_embd, n_layer, ...).
+    common_names: Callable[[dict], dict] = lambda raw: raw
+
+    def config(self, raw: dict):
+        """The ModelConfig of a config.json dict, validated."""
+        from jaxllm.config import from_hf
+
+        raw = self.common_names(dict(raw))
+        return from_hf(raw, self.name, self.config_defaults(raw))
 
 
 _REGISTRY: dict[str, Architecture] = {}

@@ -31,11 +31,15 @@ def _rows(x, start, stop) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Copy:
-    """Same layout; only the number of dims may differ (a [H*D] bias into [H, D])."""
+    """Same layout; only the number of dims may differ: `flatten` reads a [H*D] bias into [H, D],
+    `matrix=m` reads a 2-D [prod(shape[:m]), prod(shape[m:])] tensor (GPT-2's Conv1D [in, out])."""
 
     flatten: bool = False
+    matrix: int | None = None
 
     def hf_shape(self, shape):
+        if self.matrix is not None:
+            return (math.prod(shape[: self.matrix]), math.prod(shape[self.matrix :]))
         return (math.prod(shape),) if self.flatten else tuple(shape)
 
     def __call__(self, x, shape, dtype) -> np.ndarray:
@@ -63,11 +67,73 @@ class Linear:
         return out.reshape(shape)
 
 
+class _RowRange:
+    """Rows [offset, offset + n) of a tensor, read lazily like the tensor itself."""
+
+    def __init__(self, x, offset: int, n: int):
+        self.x, self.offset, self.n = x, offset, n
+
+    def read(self, start, stop):
+        return _rows(self.x, self.offset + start, self.offset + min(stop, self.n))
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.read(0, self.n)
+        return out if dtype is None else out.astype(dtype)
+
+
+@dataclass(frozen=True)
+class Part:
+    """A slice [offset, offset + size) along `axis` of a fused HF tensor (`total` long on that axis),
+    then `inner`: Phi-3's qkv_proj and gate_up_proj (rows), GPT-2's c_attn (columns)."""
+
+    offset: int
+    total: int
+    inner: Callable = Copy()
+    axis: int = 0
+
+    def hf_shape(self, shape):
+        part = list(self.inner.hf_shape(shape))
+        part[self.axis] = self.total
+        return tuple(part)
+
+    def __call__(self, x, shape, dtype) -> np.ndarray:
+        size = self.inner.hf_shape(shape)[self.axis]
+        if self.axis == 0:
+            return self.inner(_RowRange(x, self.offset, size), shape, dtype)
+        return self.inner(np.asarray(x)[:, self.offset : self.offset + size], shape, dtype)
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Several HF tensors (one per expert) stacked on a new leading axis, each through `inner`."""
+
+    inner: Callable = Copy()
+
+    def hf_shape(self, shape):
+        return self.inner.hf_shape(shape[1:])
+
+    def __call__(self, xs, shape, dtype) -> np.ndarray:
+        out = np.empty(shape, dtype)
+        for i, x in enumerate(xs):
+            out[i] = self.inner(x, shape[1:], dtype)
+        return out
+
+
 @dataclass(frozen=True)
 class WeightSpec:
-    hf_name: str  # e.g. "model.layers.3.self_attn.q_proj.weight"
+    hf_name: str | tuple[str, ...]  # e.g. "model.layers.3.self_attn.q_proj.weight"; a tuple for Stack
     path: tuple  # e.g. ("model", "layers", 3, "self_attn", "q_proj", "kernel")
     transform: Callable = Copy()
+
+    @property
+    def hf_names(self) -> tuple[str, ...]:
+        return self.hf_name if isinstance(self.hf_name, tuple) else (self.hf_name,)
+
+    def read(self, source):
+        """What the transform takes: one (lazy) tensor, or a list of them."""
+        if isinstance(self.hf_name, tuple):
+            return [source.get(n) for n in self.hf_name]
+        return source.get(self.hf_name)
 
 
 def _flat_params(abstract_state) -> dict[tuple, jax.ShapeDtypeStruct]:
@@ -91,6 +157,17 @@ def _flat_items(state):
 
 def check(source, specs: Iterable[WeightSpec], abstract_state, ignore: Iterable[str] = ()) -> None:
     """Raise one CheckpointError listing every missing, unexpected and mis-shaped tensor."""
+    specs = list(specs)
+    found = problems(source, specs, abstract_state, ignore)
+    if found:
+        shown = "; ".join(found[:12]) + (f"; and {len(found) - 12} more" if len(found) > 12 else "")
+        raise CheckpointError(
+            f"checkpoint does not match the {len(specs)}-tensor model layout ({len(found)} problems): {shown}"
+        )
+
+
+def problems(source, specs: Iterable[WeightSpec], abstract_state, ignore: Iterable[str] = ()) -> list[str]:
+    """Every missing, unexpected and mis-shaped tensor of `source` against the weight map, one line each."""
     params = _flat_params(abstract_state)
     specs = list(specs)
     problems = []
@@ -99,23 +176,23 @@ def check(source, specs: Iterable[WeightSpec], abstract_state, ignore: Iterable[
     if unmapped:  # a model-file bug, not a checkpoint problem
         raise AssertionError(f"weight map leaves parameters unfilled: {unmapped[:5]}")
     names = set(source.names())
-    expected = {s.hf_name for s in specs}
+    expected = {n for s in specs for n in s.hf_names}
+    reported = set()
     for s in specs:
         want = s.transform.hf_shape(params[s.path].shape)
-        if s.hf_name not in names:
-            problems.append(f"missing {s.hf_name} (expected shape {list(want)})")
-            continue
-        got = tuple(source.shape(s.hf_name))
-        if got != want:
-            problems.append(f"{s.hf_name} has shape {list(got)}, expected {list(want)}")
+        for name in s.hf_names:
+            if name in reported:  # a fused tensor feeds several parameters; report it once
+                continue
+            reported.add(name)
+            if name not in names:
+                problems.append(f"missing {name} (expected shape {list(want)})")
+                continue
+            got = tuple(source.shape(name))
+            if got != want:
+                problems.append(f"{name} has shape {list(got)}, expected {list(want)}")
     patterns = [re.compile(p) for p in ignore]
     extra = sorted(n for n in names - expected if not any(p.match(n) for p in patterns))
-    problems += [f"unexpected {n}" for n in extra]
-    if problems:
-        shown = "; ".join(problems[:12]) + (f"; and {len(problems) - 12} more" if len(problems) > 12 else "")
-        raise CheckpointError(
-            f"checkpoint does not match the {len(specs)}-tensor model layout ({len(problems)} problems): {shown}"
-        )
+    return problems + [f"unexpected {n}" for n in extra]
 
 
 def load_params(source, specs: Iterable[WeightSpec], abstract_state, dtype, place=None, progress=None):
@@ -130,11 +207,11 @@ def load_params(source, specs: Iterable[WeightSpec], abstract_state, dtype, plac
     filled = {}
     for spec in specs:
         leaf = params[spec.path]
-        host = spec.transform(source.get(spec.hf_name), leaf.shape, jnp.dtype(dtype))
+        host = spec.transform(spec.read(source), leaf.shape, jnp.dtype(dtype))
         filled[spec.path] = place(spec.path, host, leaf)
         del host
         if progress is not None:
-            progress(spec.hf_name)
+            progress(spec.hf_names[-1])
     return unflatten_into(abstract_state, filled)
 
 

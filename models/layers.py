@@ -96,7 +96,7 @@ class Embed(nnx.Module):
         self.embedding = param(rngs, (vocab, dim), ("vocab", "embed"), dtype)
 
     def __call__(self, tokens):
-        x = jnp.take(self.embedding[...], tokens, axis=0)
+        x = jnp.take(self.embedding[...], tokens, axis=0, mode="clip")  # ids are checked before; padding may run past
         return x * jnp.asarray(self.scale, x.dtype) if self.scale != 1.0 else x
 
     def attend(self, x):
@@ -134,6 +134,55 @@ class GatedMLP(nnx.Module):
 
     def __call__(self, x):
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MoE(nnx.Module):
+    """Mixture of experts: a router picks `experts_per_token` of `num_experts` gated MLPs per token.
+
+    Dispatch: the (token, expert) assignments are sorted by expert and each expert multiplies only
+    its own group (`jax.lax.ragged_dot`), so the work is tokens x k expert MLPs, not tokens x all.
+    Expert kernels carry the logical "expert" axis: [X, E, F] gate/up, [X, F, E] down.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+        e, f, x = cfg.hidden_size, cfg.moe_intermediate_size or cfg.intermediate_size, cfg.num_experts
+        self.k, self.num_experts, self.norm_topk = cfg.experts_per_token, x, cfg.norm_topk_prob
+        self.act = activation(cfg.hidden_act)
+        self.gate = Dense((e,), (x,), ("embed", "expert"), bias=False, dtype=dtype, rngs=rngs)  # the router
+        self.gate_proj = param(rngs, (x, e, f), ("expert", "embed", "mlp"), dtype)
+        self.up_proj = param(rngs, (x, e, f), ("expert", "embed", "mlp"), dtype)
+        self.down_proj = param(rngs, (x, f, e), ("expert", "mlp", "embed"), dtype)
+
+    def route(self, x):
+        """x [N, E] -> (weights [N, k] float32, expert ids [N, k]): softmax in float32, top k,
+        renormalised when norm_topk_prob, as transformers routes."""
+        probs = jax.nn.softmax(self.gate(x).astype(jnp.float32), axis=-1)
+        weights, experts = jax.lax.top_k(probs, self.k)
+        if self.norm_topk:
+            weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
+        return weights, experts
+
+    def __call__(self, x):
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        weights, experts = self.route(x)
+        flat = experts.reshape(-1)  # [N * k] assignments, token-major
+        order = jnp.argsort(flat, stable=True)
+        token = order // self.k  # the token of each assignment, in expert order
+        groups = jnp.bincount(flat, length=self.num_experts).astype(jnp.int32)
+        xs = jnp.take(x, token, axis=0)  # [N * k, E]
+        h = self.act(jax.lax.ragged_dot(xs, self.gate_proj[...], groups)) * jax.lax.ragged_dot(xs, self.up_proj[...], groups)
+        y = jax.lax.ragged_dot(h, self.down_proj[...], groups)  # [N * k, E]
+        y = y.astype(jnp.float32) * jnp.take(weights.reshape(-1), order)[:, None]
+        out = jnp.zeros(x.shape, jnp.float32).at[token].add(y)
+        return out.astype(x.dtype).reshape(shape)
+
+
+def make_mlp(cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
+    """The feed-forward block of one decoder layer: routed experts, or a dense gated MLP."""
+    if cfg.layer_is_moe(layer):
+        return MoE(cfg, dtype=dtype, rngs=rngs)
+    return GatedMLP(cfg, dtype=dtype, rngs=rngs)
 
 
 class MLP(nnx.Module):
@@ -174,7 +223,24 @@ def rope_inv_freq(rope: RopeConfig, rotary_dim: int, max_positions: int, seq_len
         return _llama3_inv_freq(inv, rope), 1.0
     if rope.type == "yarn":
         return _yarn_inv_freq(rope, rotary_dim)
+    if rope.type == "longrope":
+        return _longrope_inv_freq(rope, exponents, seq_len)
     raise ValueError(rope.type)
+
+
+def _longrope_inv_freq(rope: RopeConfig, exponents: np.ndarray, seq_len):
+    """Phi-3's LongRoPE: the short factors while the sequence fits original_max_position_embeddings,
+    the long ones beyond (transformers decides by the longest position of the call)."""
+    original = rope.original_max_position_embeddings
+    scale = rope.attention_factor
+    if scale is None:
+        scale = 1.0 if rope.factor <= 1 else math.sqrt(1 + math.log(rope.factor) / math.log(original))
+    base = rope.theta ** exponents
+    short = (1.0 / (np.asarray(rope.short_factor, np.float32) * base)).astype(np.float32)
+    if seq_len is None:
+        return short, float(scale)
+    long = (1.0 / (np.asarray(rope.long_factor, np.float32) * base)).astype(np.float32)
+    return jnp.where(jnp.asarray(seq_len)[..., None] > original, long, short), float(scale)
 
 
 def _llama3_inv_freq(inv: np.ndarray, rope: RopeConfig) -> np.ndarray:
@@ -226,16 +292,20 @@ class Rotary(NamedTuple):
     sin: jax.Array
 
 
-def rotary(cfg: ModelConfig, positions, dtype) -> Rotary:
-    """cos/sin for `positions` [B, T]. Dynamic NTK uses each row's own longest position, so a row's
-    result never depends on the other rows of the batch."""
-    seq_len = jnp.max(positions, axis=-1, keepdims=True) + 1 if cfg.rope.type == "dynamic" else None
-    inv, scale = rope_inv_freq(cfg.rope, cfg.rotary_dim, cfg.max_position_embeddings, seq_len)
+def rotary(cfg: ModelConfig, positions, dtype, rope: RopeConfig | None = None, lengths=None) -> Rotary:
+    """cos/sin for `positions` [B, T] under `rope` (default: the model's). Dynamic NTK and LongRoPE
+    depend on the sequence length: each row's own (`lengths` [B] when the positions include
+    padding, else its longest position + 1), so a row never depends on the other rows."""
+    rope = rope or cfg.rope
+    seq_len = None
+    if rope.type in ("dynamic", "longrope"):
+        seq_len = jnp.max(positions, axis=-1, keepdims=True) + 1 if lengths is None else jnp.reshape(lengths, (-1, 1))
+    inv, scale = rope_inv_freq(rope, cfg.rotary_dim, cfg.max_position_embeddings, seq_len)
     inv = jnp.asarray(inv, jnp.float32)
     if inv.ndim == 1:
         inv = inv[None, None, :]
-    else:  # dynamic: [B, 1, dim/2]
-        inv = inv.reshape(positions.shape[0], 1, -1)
+    else:  # length-dependent: [B, 1, dim/2]
+        inv = inv.reshape(-1, 1, inv.shape[-1])
     freqs = positions[..., None].astype(jnp.float32) * inv
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return Rotary((jnp.cos(emb) * scale).astype(dtype), (jnp.sin(emb) * scale).astype(dtype))
@@ -306,7 +376,8 @@ class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
         e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.window = cfg.layer_window(layer)
-        self.scale = d**-0.5
+        self.scale = cfg.attn_scale or d**-0.5
+        self.softcap = cfg.attn_softcap
         self.q_proj = Dense((e,), (h, d), ("embed", "q_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
         self.k_proj = Dense((e,), (k, d), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
         self.v_proj = Dense((e,), (k, d), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
@@ -321,13 +392,15 @@ class Attention(nnx.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def __call__(self, x, positions, rot: Rotary, cache: LayerCache | None, kv_len: int | None = None):
+    def __call__(self, x, positions, rot: Rotary | None, cache: LayerCache | None, kv_len: int | None = None):
         """`kv_len` (static) bounds the cache positions attention reads: the engine passes a bucket
-        above the longest filled position, so decode reads the filled part, not the whole cache."""
+        above the longest filled position, so decode reads the filled part, not the whole cache.
+        `rot` None: no rotary positions (models with learned position embeddings)."""
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, rot), apply_rotary(k, rot)
+        if rot is not None:
+            q, k = apply_rotary(q, rot), apply_rotary(k, rot)
         if cache is None:
             new = LayerCache(k, v)
             k_pos = positions
@@ -338,5 +411,5 @@ class Attention(nnx.Module):
             keys, values = new.k[:, :s], new.v[:, :s]
             k_pos = jnp.broadcast_to(jnp.arange(s), (x.shape[0], s))
         mask = attention_mask(positions, k_pos, self.window)
-        out = attend(q, keys.astype(q.dtype), values.astype(q.dtype), mask, self.scale)
+        out = attend(q, keys.astype(q.dtype), values.astype(q.dtype), mask, self.scale, self.softcap)
         return self.o_proj(out), new

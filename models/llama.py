@@ -15,7 +15,7 @@ from flax import nnx
 from jaxllm.config import ModelConfig
 from jaxllm.registry import Architecture, register
 from jaxllm.weights import Copy, Linear, WeightSpec
-from jaxllm.models.layers import Attention, Embed, GatedMLP, LayerCache, RMSNorm, rotary
+from jaxllm.models.layers import Attention, Embed, LayerCache, RMSNorm, make_mlp, rotary
 
 
 class DecoderLayer(nnx.Module):
@@ -24,7 +24,7 @@ class DecoderLayer(nnx.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **norm)
         self.self_attn = Attention(cfg, layer, dtype=dtype, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **norm)
-        self.mlp = GatedMLP(cfg, dtype=dtype, rngs=rngs)
+        self.mlp = make_mlp(cfg, layer, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, positions, rot, cache, kv_len=None):
         attn, cache = self.self_attn(self.input_layernorm(x), positions, rot, cache, kv_len)
@@ -43,16 +43,25 @@ class DecoderModel(nnx.Module):
     def __init__(self, cfg: ModelConfig, layer_cls=DecoderLayer, *, dtype, rngs: nnx.Rngs, final_norm=None):
         self.cfg = cfg
         self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs, scale=cfg.embed_scale)
+        learned = cfg.position_embedding == "learned"
+        self.embed_positions = Embed(cfg.max_position_embeddings, cfg.hidden_size, dtype=dtype, rngs=rngs) if learned else None
         self.layers = nnx.List([layer_cls(cfg, i, dtype=dtype, rngs=rngs) for i in range(cfg.num_layers)])
         self.norm = (final_norm or RMSNorm)(cfg.hidden_size, cfg.rms_norm_eps, **norm_kwargs(cfg, dtype, rngs, final_norm))
 
-    def __call__(self, tokens, positions, cache=None, kv_len=None):
+    def __call__(self, tokens, positions, cache=None, kv_len=None, lengths=None):
         """tokens, positions [B, T] -> hidden [B, T, E], and per-layer caches (updated, or the
-        fresh keys/values when `cache` is None). `kv_len`: see Attention."""
+        fresh keys/values when `cache` is None). `kv_len`: see Attention. `lengths` [B]: the real
+        length of each row when positions run past it (padded prefill); see `rotary`."""
         x = self.embed_tokens(tokens)
-        rot = rotary(self.cfg, positions, x.dtype)
+        rots = {}  # one cos/sin table per distinct rope (Gemma 3's local and global layers differ)
+        if self.embed_positions is not None:
+            x = x + self.embed_positions(positions)
+        else:
+            for rope in {self.cfg.layer_rope(i) for i in range(len(self.layers))}:
+                rots[rope] = rotary(self.cfg, positions, x.dtype, rope, lengths)
         new_cache = []
         for i, layer in enumerate(self.layers):
+            rot = rots.get(self.cfg.layer_rope(i))
             x, c = layer(x, positions, rot, None if cache is None else cache[i], kv_len)
             new_cache.append(c)
         return self.norm(x), new_cache
@@ -75,16 +84,18 @@ class CausalLM(nnx.Module):
                 kernel=nnx.Param(jnp.zeros((cfg.hidden_size, cfg.vocab_size), dtype), axes=("embed", "vocab"))
             )
 
-    def hidden(self, tokens, positions, cache: list[LayerCache] | None = None, kv_len: int | None = None):
-        return self.model(tokens, positions, cache, kv_len)
+    def hidden(self, tokens, positions, cache: list[LayerCache] | None = None, kv_len: int | None = None, lengths=None):
+        return self.model(tokens, positions, cache, kv_len, lengths)
 
     def logits(self, hidden):
-        """hidden [B, T, E] -> float32 logits [B, T, V]."""
+        """hidden [B, T, E] -> float32 logits [B, T, V] (tanh soft-capped where the model says so)."""
         if self.lm_head is None:
             out = self.model.embed_tokens.attend(hidden)
         else:
             out = jnp.einsum("bte,ev->btv", hidden, self.lm_head["kernel"][...])
-        return out.astype(jnp.float32)
+        out = out.astype(jnp.float32)
+        cap = self.cfg.final_softcap
+        return out if cap is None else jnp.tanh(out / cap) * cap
 
     def __call__(self, tokens, positions=None, cache=None):
         if positions is None:

@@ -42,12 +42,28 @@ def test_cached_decode_matches_full_forward(pair):
 def test_greedy_matches_transformers_generate(pair):
     ref, model = pair
     prompt = np.random.default_rng(7).integers(0, 128, 9).tolist()
-    with torch.no_grad():
-        expected = ref.generate(torch.tensor([prompt]), max_new_tokens=32, min_new_tokens=32, do_sample=False,
-                                eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
     got = jaxllm.generate(model, prompt, jaxllm.SamplingParams(max_new_tokens=32, ignore_eos=True))
-    assert got.token_ids == expected
+    assert got.token_ids == _hf_greedy(ref, prompt, 32)
     assert got.finish_reason == "length"
+
+
+def _hf_greedy(ref, prompt, n):
+    with torch.no_grad():
+        out = ref.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                           eos_token_id=None, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def test_longrope_switch_mid_generation_matches_transformers(tmp_path):
+    """Phi-3's LongRoPE uses the short factors up to original_max_position_embeddings (16 here)
+    and the long ones beyond; a 9-token prompt generating 32 crosses over during decode, and the
+    padded prefill (bucket 16) must still count 9 tokens, as transformers does."""
+    ref = reference.build("Phi3ForCausalLM", tmp_path, seed=4, original_max_position_embeddings=16)
+    model = jaxllm.load(tmp_path)
+    assert model.config.rope.type == "longrope" and model.config.rope.original_max_position_embeddings == 16
+    prompt = np.random.default_rng(8).integers(0, 128, 9).tolist()
+    got = jaxllm.generate(model, prompt, jaxllm.SamplingParams(max_new_tokens=32, ignore_eos=True))
+    assert got.token_ids == _hf_greedy(ref, prompt, 32)
 
 
 @pytest.fixture(scope="module")
