@@ -115,12 +115,12 @@ def main(argv=None) -> int:
 
 def _main(args) -> int:
     import jaxllm
-    from jaxllm import registry
     from jaxllm.sampling import SamplingParams
 
     if args.list_models:
-        for name in registry.names():
-            print(f"{name}\t{', '.join(registry.get(name).capabilities)}")
+        from jaxllm.inspect import list_architectures
+
+        print(list_architectures())
         return 0
     prompts = read_prompts(args)
     params = SamplingParams(

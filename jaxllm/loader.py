@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from jaxllm import checkpoint, registry, weights
-from jaxllm.config import ModelConfig, from_hf
+from jaxllm.config import ModelConfig
 from jaxllm.errors import ConfigError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -97,6 +97,40 @@ def abstract_model(cfg: ModelConfig, arch: registry.Architecture, dtype):
     return nnx.split(model)
 
 
+@dataclass
+class Checkpoint:
+    """A checkpoint opened but not read: its files, config and architecture; tensors on demand."""
+
+    path: Path
+    raw: dict
+    arch: registry.Architecture
+    config: ModelConfig
+    generation_config: dict
+    source: Callable  # () -> tensor source (names, shape, get)
+
+    @property
+    def ignore(self) -> tuple[str, ...]:
+        return self.arch.ignore + ((r"^lm_head\.weight$",) if self.config.tie_word_embeddings else ())
+
+
+def open_checkpoint(path_or_id) -> Checkpoint:
+    """Resolve a folder, hub id or .gguf file and read its config; no tensor is read."""
+    path = checkpoint.resolve(path_or_id)
+    if path.is_file() and path.suffix == ".gguf":
+        from jaxllm import gguf
+
+        gguf_source, raw, generation_config = gguf.open_checkpoint(path)
+        source = lambda: gguf_source  # noqa: E731
+    elif path.is_dir():
+        raw = checkpoint.read_config(path)
+        generation_config = checkpoint.read_generation_config(path)
+        source = functools.lru_cache(maxsize=1)(lambda: checkpoint.SafetensorsCheckpoint(path))
+    else:
+        raise ConfigError(f"'{path}' is neither a checkpoint folder nor a .gguf file")
+    arch = registry.architecture_of(raw)
+    return Checkpoint(path, raw, arch, arch.config(raw), generation_config, source)
+
+
 def load(
     path_or_id: str | os.PathLike,
     dtype="float32",
@@ -114,27 +148,12 @@ def load(
     sharded. place: a custom `(path, host_array, abstract_leaf) -> jax.Array` instead.
     """
     dtype = resolve_dtype(dtype)
-    path = checkpoint.resolve(path_or_id)
-    if path.is_file() and path.suffix == ".gguf":
-        from jaxllm import gguf
-
-        source, raw, generation_config = gguf.open_checkpoint(path)
-        folder = path.parent
-    elif path.is_dir():
-        raw = checkpoint.read_config(path)
-        generation_config = checkpoint.read_generation_config(path)
-        source = None  # opened after the config is known good
-        folder = path
-    else:
-        raise ConfigError(f"'{path}' is neither a checkpoint folder nor a .gguf file")
-    arch = registry.architecture_of(raw)
-    cfg = from_hf(raw, arch.name, arch.config_defaults(raw))
+    ckpt = open_checkpoint(path_or_id)
+    arch, cfg, path, generation_config = ckpt.arch, ckpt.config, ckpt.path, ckpt.generation_config
     graphdef, abstract = abstract_model(cfg, arch, dtype)
-    if source is None:
-        source = checkpoint.SafetensorsCheckpoint(folder)
     specs = arch.weight_map(cfg)
-    ignore = arch.ignore + ((r"^lm_head\.weight$",) if cfg.tie_word_embeddings else ())
-    weights.check(source, specs, abstract, ignore)
+    source = ckpt.source()
+    weights.check(source, specs, abstract, ckpt.ignore)
     if mesh is not None:
         from jaxllm import sharding
 

@@ -32,5 +32,5 @@ def test_memory_estimate_matches_what_is_allocated(tmp_path):
 def test_list_models_cli():
     out = subprocess.run([sys.executable, "-m", "jaxllm.generate", "--list-models"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
-    listed = [line.split("\t")[0] for line in out.stdout.strip().splitlines()]
+    listed = [line.split()[0] for line in out.stdout.strip().splitlines()]
     assert listed == registry.names() and "completion" in out.stdout
