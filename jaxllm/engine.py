@@ -179,20 +179,24 @@ class Engine:
             raise GenerationError(f"prompt has token ids outside [0, {self.cfg.vocab_size}): check the tokenizer")
         self.bucket(n)
 
-    def pause_at(self, position: int) -> int:
-        """Where a slot must stop decoding: LongRoPE (Phi-3) switches from its short to its long
-        factors once the sequence outgrows original_max_position_embeddings, and transformers then
-        recomputes the whole cache with the long ones; a slot pauses there to be prefilled again."""
+    @property
+    def rope_switch(self) -> int | None:
+        """LongRoPE (Phi-3) switches from its short to its long factors once a sequence outgrows
+        original_max_position_embeddings, and transformers then recomputes the whole cache with the
+        long ones. A slot pauses when its next write position reaches this (None: never) and is
+        prefilled again with its prompt and generated tokens."""
         rope = self.cfg.rope
-        if rope.type == "longrope" and position <= rope.original_max_position_embeddings:
+        if rope.type == "longrope" and rope.original_max_position_embeddings < self.max_len:
             return rope.original_max_position_embeddings
-        return self.max_len
+        return None
 
     def prefill_into(self, state: DecodeState, slot: int, req: Request, tokens: list[int] | None = None):
         """Prefill one prompt and place it in `slot`. Returns (state, first token, its logprob).
         `tokens`: the prompt plus the tokens generated so far, to prefill a running sequence again."""
         tokens = req.prompt if tokens is None else tokens
         n, generated = len(tokens), len(tokens) - len(req.prompt)
+        switch = self.rope_switch
+        limit = switch if switch is not None and n <= switch else self.max_len
         padded = np.zeros((1, self.bucket(n)), np.int32)
         padded[0, :n] = tokens
         put = self._put
@@ -203,8 +207,7 @@ class Engine:
         max_new = req.params.max_new_tokens
         eos = np.full_like(self.eos, -1) if req.params.ignore_eos else self.eos
         state = self._insert(state, put(np.int32(slot)), kv, token, put(np.int32(n)), seen, rp,
-                             put(np.int32(max_new)), put(eos), put(np.int32(generated + 1)),
-                             put(np.int32(self.pause_at(n))))
+                             put(np.int32(max_new)), put(eos), put(np.int32(generated + 1)), put(np.int32(limit)))
         return state, token, logprob
 
     def run(self, requests: list[Request], stop_check=None) -> Iterator[Event]:
@@ -227,7 +230,7 @@ class Engine:
                     req = queue.pop(0)
                     state, token, logprob = self.prefill_into(state, slot, req)
                     slots[slot], position[slot], sequence[slot] = req, len(req.prompt), list(req.prompt)
-                elif req is not None and position[slot] >= self.pause_at(position[slot]) != self.max_len:
+                elif req is not None and position[slot] == self.rope_switch:
                     state, token, logprob = self.prefill_into(state, slot, req, sequence[slot])
                     position[slot] = len(sequence[slot])
                 else:
