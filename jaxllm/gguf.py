@@ -154,3 +154,28 @@ def open_checkpoint(path: Path):
     raw = config_from_metadata(reader)
     permuted = ARCHITECTURES[_field(reader, "general.architecture")][1]
     return GGUFCheckpoint(reader, raw, permuted), raw, {}
+
+
+def tokenizer_parts(path: Path) -> tuple[str, dict, dict]:
+    """(architecture, tokenizer dict, tokenizer config) from a GGUF's metadata, in the form
+    transformers' `convert_gguf_tokenizer` takes. transformers reads these itself only through a
+    module that imports torch; the runtime must not need torch, so we read them with `gguf`."""
+    try:
+        from transformers.integrations.gguf import GGUF_TOKENIZER_MAPPING
+    except ImportError:  # transformers before the gguf package split
+        from transformers.integrations.ggml import GGUF_TOKENIZER_MAPPING
+
+    reader = _reader(path)
+    groups = {group: {} for group in GGUF_TOKENIZER_MAPPING}
+    for group, renames in GGUF_TOKENIZER_MAPPING.items():
+        for key, name in renames.items():
+            value = _field(reader, f"tokenizer.{key}")
+            if value is not None:
+                groups[group][name] = value
+    tokenizer, config = groups["tokenizer"], groups["tokenizer_config"]
+    if tokenizer.get("tokenizer_type") == "llama":  # llama.cpp adds BOS to sentencepiece vocabularies
+        config.setdefault("add_bos_token", True)
+    for name in ("bos", "eos", "unk", "pad"):
+        token_id = tokenizer.get(f"{name}_token_id")
+        config[f"{name}_token"] = tokenizer["tokens"][token_id] if token_id is not None else None
+    return _field(reader, "general.architecture"), tokenizer, config
