@@ -156,18 +156,28 @@ def open_checkpoint(path: Path):
     return GGUFCheckpoint(reader, raw, permuted), raw, {}
 
 
-def tokenizer_parts(path: Path) -> tuple[str, dict, dict]:
-    """(architecture, tokenizer dict, tokenizer config) from a GGUF's metadata, in the form
-    transformers' `convert_gguf_tokenizer` takes. transformers reads these itself only through a
-    module that imports torch; the runtime must not need torch, so we read them with `gguf`."""
-    try:
-        from transformers.integrations.gguf import GGUF_TOKENIZER_MAPPING
-    except ImportError:  # transformers before the gguf package split
-        from transformers.integrations.ggml import GGUF_TOKENIZER_MAPPING
+def load_tokenizer(path: Path):
+    """transformers' tokenizer for a GGUF file, built by its `convert_gguf_tokenizer` from metadata
+    we read with `gguf`: transformers reads that metadata itself only through a module that imports
+    torch, and the runtime must not need torch."""
+    from transformers import PreTrainedTokenizerFast
 
+    try:
+        from transformers.integrations.gguf import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
+    except ImportError:  # transformers before the gguf package split
+        from transformers.integrations.ggml import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
+
+    architecture, tokenizer_dict, config = _tokenizer_parts(path, GGUF_TOKENIZER_MAPPING)
+    backend, extra = convert_gguf_tokenizer(architecture, tokenizer_dict)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **config, **extra)
+
+
+def _tokenizer_parts(path: Path, mapping: dict) -> tuple[str, dict, dict]:
+    """(architecture, tokenizer dict, tokenizer config) from a GGUF's metadata, named as `mapping`
+    (transformers' GGUF_TOKENIZER_MAPPING) says."""
     reader = _reader(path)
-    groups = {group: {} for group in GGUF_TOKENIZER_MAPPING}
-    for group, renames in GGUF_TOKENIZER_MAPPING.items():
+    groups = {group: {} for group in mapping}
+    for group, renames in mapping.items():
         for key, name in renames.items():
             value = _field(reader, f"tokenizer.{key}")
             if value is not None:

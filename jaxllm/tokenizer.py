@@ -18,27 +18,14 @@ def load_tokenizer(path: Path):
         raise CheckpointError("transformers is needed for tokenizers: pip install transformers") from None
     try:
         if path.is_file():  # GGUF: transformers builds the tokenizer from the file's metadata
-            return _gguf_tokenizer(path)
+            from jaxllm import gguf
+
+            return gguf.load_tokenizer(path)
         if not any((path / f).exists() for f in _TOKENIZER_FILES):
             return None
         return AutoTokenizer.from_pretrained(str(path))
     except Exception as err:
         raise CheckpointError(f"the tokenizer in {path} could not be loaded ({type(err).__name__}: {str(err)[:200]})") from None
-
-
-def _gguf_tokenizer(path: Path):
-    """transformers' GGUF tokenizer, built from metadata we read (its own reader needs torch)."""
-    from transformers import PreTrainedTokenizerFast
-    try:
-        from transformers.integrations.gguf import convert_gguf_tokenizer
-    except ImportError:  # transformers before the gguf package split
-        from transformers.integrations.ggml import convert_gguf_tokenizer
-
-    from jaxllm.gguf import tokenizer_parts
-
-    architecture, tokenizer_dict, config = tokenizer_parts(path)
-    backend, extra = convert_gguf_tokenizer(architecture, tokenizer_dict)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, **config, **extra)
 
 
 def has_chat_template(tokenizer) -> bool:
