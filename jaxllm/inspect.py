@@ -74,7 +74,7 @@ def report(path, batch: int = 1, context: int | None = None) -> tuple[str, list[
     count = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract))
     kv_values = 2 * cfg.num_layers * batch * context * cfg.num_kv_heads * cfg.head_dim
     specs = arch.weight_map(cfg)
-    problems = weights.problems(ckpt.source(), specs, abstract, ckpt.ignore)
+    problems = weights.problems(ckpt.source, specs, abstract, ckpt.ignore)
     lines = [
         f"checkpoint    {ckpt.path}",
         f"architecture  {arch.name} ({', '.join(arch.capabilities)})",

@@ -106,7 +106,7 @@ class Checkpoint:
     arch: registry.Architecture
     config: ModelConfig
     generation_config: dict
-    source: Callable  # () -> tensor source (names, shape, get)
+    source: Any  # tensors: names(), shape(name), get(name) -> lazy tensor
 
     @property
     def ignore(self) -> tuple[str, ...]:
@@ -119,16 +119,16 @@ def open_checkpoint(path_or_id) -> Checkpoint:
     if path.is_file() and path.suffix == ".gguf":
         from jaxllm import gguf
 
-        gguf_source, raw, generation_config = gguf.open_checkpoint(path)
-        source = lambda: gguf_source  # noqa: E731
+        source, raw, generation_config = gguf.open_checkpoint(path)
     elif path.is_dir():
         raw = checkpoint.read_config(path)
         generation_config = checkpoint.read_generation_config(path)
-        source = functools.lru_cache(maxsize=1)(lambda: checkpoint.SafetensorsCheckpoint(path))
+        source = None  # opened once the config is known good
     else:
         raise ConfigError(f"'{path}' is neither a checkpoint folder nor a .gguf file")
     arch = registry.architecture_of(raw)
-    return Checkpoint(path, raw, arch, arch.config(raw), generation_config, source)
+    cfg = arch.config(raw)
+    return Checkpoint(path, raw, arch, cfg, generation_config, source or checkpoint.SafetensorsCheckpoint(path))
 
 
 def load(
@@ -152,7 +152,7 @@ def load(
     arch, cfg, path, generation_config = ckpt.arch, ckpt.config, ckpt.path, ckpt.generation_config
     graphdef, abstract = abstract_model(cfg, arch, dtype)
     specs = arch.weight_map(cfg)
-    source = ckpt.source()
+    source = ckpt.source
     weights.check(source, specs, abstract, ckpt.ignore)
     if mesh is not None:
         from jaxllm import sharding

@@ -170,7 +170,7 @@ def problems(source, specs: Iterable[WeightSpec], abstract_state, ignore: Iterab
     """Every missing, unexpected and mis-shaped tensor of `source` against the weight map, one line each."""
     params = _flat_params(abstract_state)
     specs = list(specs)
-    problems = []
+    found = []
     mapped = {s.path for s in specs}
     unmapped = sorted(set(params) - mapped)
     if unmapped:  # a model-file bug, not a checkpoint problem
@@ -185,14 +185,14 @@ def problems(source, specs: Iterable[WeightSpec], abstract_state, ignore: Iterab
                 continue
             reported.add(name)
             if name not in names:
-                problems.append(f"missing {name} (expected shape {list(want)})")
+                found.append(f"missing {name} (expected shape {list(want)})")
                 continue
             got = tuple(source.shape(name))
             if got != want:
-                problems.append(f"{name} has shape {list(got)}, expected {list(want)}")
+                found.append(f"{name} has shape {list(got)}, expected {list(want)}")
     patterns = [re.compile(p) for p in ignore]
     extra = sorted(n for n in names - expected if not any(p.match(n) for p in patterns))
-    return problems + [f"unexpected {n}" for n in extra]
+    return found + [f"unexpected {n}" for n in extra]
 
 
 def load_params(source, specs: Iterable[WeightSpec], abstract_state, dtype, place=None, progress=None):
