@@ -72,6 +72,66 @@ def read_generation_config(folder: Path) -> dict:
     return read_json(path, "generation_config.json") if path.exists() else {}
 
 
+_DTYPE_NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
+
+
+def write_safetensors(folder: Path, layout: dict[str, tuple[tuple, np.dtype]], tensors, max_shard_bytes: int = 5 << 30,
+                      progress=None) -> list[str]:
+    """Write tensors as safetensors files in `folder`, streaming: `layout` {name: (shape, dtype)} gives
+    every header up front, `tensors` yields (name, array) in any order, and each array is written
+    and dropped. One model.safetensors, or model-0000i-of-0000n.safetensors shards of at most
+    `max_shard_bytes` plus model.safetensors.index.json. Returns the file names."""
+    groups, size = [[]], 0
+    for name, (shape, dtype) in layout.items():
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if groups[-1] and size + nbytes > max_shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(name)
+        size += nbytes
+    n = len(groups)
+    files = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    handles, where = {}, {}
+    try:
+        for file, names in zip(files, groups):
+            header, offset = {"__metadata__": {"format": "pt"}}, 0
+            for name in names:
+                shape, dtype = layout[name]
+                end = offset + int(np.prod(shape)) * np.dtype(dtype).itemsize
+                header[name] = {"dtype": _DTYPE_NAMES[np.dtype(dtype)], "shape": list(shape), "data_offsets": [offset, end]}
+                offset = end
+            blob = json.dumps(header, separators=(",", ":")).encode()
+            blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
+            f = handles[file] = open(folder / file, "wb")
+            f.write(struct.pack("<Q", len(blob)) + blob)
+            f.truncate(8 + len(blob) + offset)
+            for name in names:
+                where[name] = (f, 8 + len(blob) + header[name]["data_offsets"][0])
+        written = set()
+        for name, array in tensors:
+            shape, dtype = layout[name]
+            if tuple(array.shape) != tuple(shape) or array.dtype != np.dtype(dtype):
+                raise CheckpointError(f"tensor {name} is {array.dtype}{list(array.shape)}, its header says {np.dtype(dtype)}{list(shape)}")
+            f, at = where[name]
+            f.seek(at)
+            f.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
+            written.add(name)
+            if progress is not None:
+                progress(name)
+        missing = set(layout) - written
+        if missing:
+            raise CheckpointError(f"{len(missing)} tensors were never written, e.g. {sorted(missing)[0]}")
+    finally:
+        for f in handles.values():
+            f.close()
+    if n > 1:
+        index = {"metadata": {"total_size": sum(int(np.prod(s)) * np.dtype(d).itemsize for s, d in layout.values())},
+                 "weight_map": {name: file for file, names in zip(files, groups) for name in names}}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        files.append("model.safetensors.index.json")
+    return files
+
+
 class LazyTensor:
     """A tensor in a file, read on demand: `read()` for all of it, `read(a, b)` for rows a..b."""
 

@@ -64,7 +64,6 @@ def report(path, batch: int = 1, context: int | None = None) -> tuple[str, list[
     import jax
     import jax.numpy as jnp
 
-    from jaxllm import weights
     from jaxllm.loader import abstract_model, open_checkpoint
 
     ckpt = open_checkpoint(path)
@@ -73,10 +72,9 @@ def report(path, batch: int = 1, context: int | None = None) -> tuple[str, list[
     _, abstract = abstract_model(cfg, arch, jnp.bfloat16)
     count = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract))
     kv_values = 2 * cfg.num_layers * batch * context * cfg.num_kv_heads * cfg.head_dim
-    specs = arch.weight_map(cfg)
-    problems = weights.problems(ckpt.source, specs, abstract, ckpt.ignore)
+    problems = ckpt.problems(abstract)
     lines = [
-        f"checkpoint    {ckpt.path}",
+        f"checkpoint    {ckpt.path}" + (f" (converted by jaxllm, {ckpt.saved_dtype})" if ckpt.converted else ""),
         f"architecture  {arch.name} ({', '.join(arch.capabilities)})",
         f"config        {summary(cfg)}",
         f"parameters    {count:,} ({count / 1e9:.2f} B)" if count >= 1e9 else f"parameters    {count:,} ({count / 1e6:.1f} M)",
@@ -85,7 +83,7 @@ def report(path, batch: int = 1, context: int | None = None) -> tuple[str, list[
         weights_b, cache_b = count * nbytes, kv_values * nbytes
         lines.append(f"memory {name:<8} weights {_size(weights_b)} + KV cache {_size(cache_b)} "
                      f"(batch {batch} x {context} tokens) = {_size(weights_b + cache_b)}")
-    n_tensors = len({n for s in specs for n in s.hf_names})
+    n_tensors = len(jax.tree.leaves(abstract)) if ckpt.converted else len({n for s in arch.weight_map(cfg) for n in s.hf_names})
     lines.append(f"tensors       {'all ' + str(n_tensors) + ' match the weight map' if not problems else str(len(problems)) + ' problems:'}")
     lines += [f"  {p}" for p in problems]
     return "\n".join(lines), problems

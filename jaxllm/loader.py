@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxllm import checkpoint, registry, weights
+from jaxllm import checkpoint, converted, registry, weights
 from jaxllm.config import ModelConfig
 from jaxllm.errors import ConfigError
 
@@ -99,28 +99,62 @@ def abstract_model(cfg: ModelConfig, arch: registry.Architecture, dtype):
 
 @dataclass
 class Checkpoint:
-    """A checkpoint opened but not read: its files, config and architecture; tensors on demand."""
+    """A checkpoint opened but not read: its files, config and architecture; tensors on demand.
+
+    `source` holds Hugging Face tensors (safetensors or GGUF, by HF name), or is None for a
+    folder written by `python -m jaxllm.convert` (`converted`), whose parameters orbax restores."""
 
     path: Path
     raw: dict
     arch: registry.Architecture
     config: ModelConfig
     generation_config: dict
-    source: Any  # tensors: names(), shape(name), get(name) -> lazy tensor
+    source: Any  # tensors: names(), shape(name), get(name) -> lazy tensor; None when converted
+    saved_dtype: str | None = None  # the dtype a converted checkpoint was saved in
+
+    @property
+    def converted(self) -> bool:
+        return self.source is None
 
     @property
     def ignore(self) -> tuple[str, ...]:
         return self.arch.ignore + ((r"^lm_head\.weight$",) if self.config.tie_word_embeddings else ())
 
+    def problems(self, abstract) -> list[str]:
+        """Every missing, unexpected and mis-shaped tensor against the model, one line each."""
+        if self.converted:
+            return converted.problems(self.path, abstract)
+        return weights.problems(self.source, self.arch.weight_map(self.config), abstract, self.ignore)
+
+    def check(self, abstract) -> None:
+        if self.converted:
+            weights.raise_problems(self.problems(abstract), len(jax.tree.leaves(abstract)))
+        else:
+            weights.check(self.source, self.arch.weight_map(self.config), abstract, self.ignore)
+
+    def read_params(self, abstract, dtype, *, shardings=None, place=None, progress=None):
+        """The parameter state, each tensor placed by `place` (or restored onto `shardings`)."""
+        if self.converted:
+            return converted.restore(self.path, abstract, dtype, shardings, place, progress)
+        if place is None and shardings is not None:
+            from jaxllm import sharding
+
+            place = sharding.placer_from(shardings)
+        return weights.load_params(self.source, self.arch.weight_map(self.config), abstract, dtype, place=place,
+                                   progress=progress)
+
 
 def open_checkpoint(path_or_id) -> Checkpoint:
     """Resolve a folder, hub id or .gguf file and read its config; no tensor is read."""
     path = checkpoint.resolve(path_or_id)
+    saved_dtype = None
     if path.is_file() and path.suffix == ".gguf":
         from jaxllm import gguf
 
         source, raw, generation_config = gguf.open_checkpoint(path)
     elif path.is_dir():
+        if converted.is_converted(path):
+            saved_dtype = converted.read_marker(path).get("dtype")
         raw = checkpoint.read_config(path)
         generation_config = checkpoint.read_generation_config(path)
         source = None  # opened once the config is known good
@@ -128,41 +162,43 @@ def open_checkpoint(path_or_id) -> Checkpoint:
         raise ConfigError(f"'{path}' is neither a checkpoint folder nor a .gguf file")
     arch = registry.architecture_of(raw)
     cfg = arch.config(raw)
-    return Checkpoint(path, raw, arch, cfg, generation_config, source or checkpoint.SafetensorsCheckpoint(path))
+    if source is None and saved_dtype is None:
+        source = checkpoint.SafetensorsCheckpoint(path)
+    return Checkpoint(path, raw, arch, cfg, generation_config, source, saved_dtype)
 
 
 def load(
     path_or_id: str | os.PathLike,
-    dtype="float32",
+    dtype=None,
     *,
     mesh=None,
     place: Callable | None = None,
     progress: Callable[[str], None] | None = None,
     tokenizer: bool = True,
 ) -> LoadedModel:
-    """Load a Hugging Face checkpoint (folder or hub id) or a GGUF file.
+    """Load a Hugging Face checkpoint (folder or hub id), a GGUF file, or a folder written by
+    `python -m jaxllm.convert`.
 
     dtype: "float32", "bfloat16" or "float16"; parameters are cast on the host while loading.
+    Default: the dtype a converted checkpoint was saved in, else float32.
     mesh: a jax Mesh or a spec string ("tp=4", "dp=2,tp=4", "auto"): parameters are placed
     straight onto their shards by the rules in jaxllm.sharding, and logits and generation run
     sharded. place: a custom `(path, host_array, abstract_leaf) -> jax.Array` instead.
     """
-    dtype = resolve_dtype(dtype)
     ckpt = open_checkpoint(path_or_id)
-    arch, cfg, path, generation_config = ckpt.arch, ckpt.config, ckpt.path, ckpt.generation_config
-    graphdef, abstract = abstract_model(cfg, arch, dtype)
-    specs = arch.weight_map(cfg)
-    source = ckpt.source
-    weights.check(source, specs, abstract, ckpt.ignore)
+    dtype = resolve_dtype(dtype or ckpt.saved_dtype or "float32")
+    graphdef, abstract = abstract_model(ckpt.config, ckpt.arch, dtype)
+    ckpt.check(abstract)
+    shardings = None
     if mesh is not None:
         from jaxllm import sharding
 
         mesh = sharding.make_mesh(mesh)
-        place = place or sharding.placer(abstract, mesh)
-    params = weights.load_params(source, specs, abstract, dtype, place=place, progress=progress)
+        shardings = None if place else sharding.param_shardings(abstract, mesh)
+    params = ckpt.read_params(abstract, dtype, shardings=shardings, place=place, progress=progress)
     tok = None
     if tokenizer:
         from jaxllm.tokenizer import load_tokenizer
 
-        tok = load_tokenizer(path)
-    return LoadedModel(cfg, graphdef, params, tok, generation_config, path, mesh)
+        tok = load_tokenizer(ckpt.path)
+    return LoadedModel(ckpt.config, graphdef, params, tok, ckpt.generation_config, ckpt.path, mesh)

@@ -45,6 +45,9 @@ class Copy:
     def __call__(self, x, shape, dtype) -> np.ndarray:
         return np.asarray(x).reshape(shape).astype(dtype, copy=False)
 
+    def export(self, value: np.ndarray, out: np.ndarray) -> None:
+        out[...] = value.reshape(out.shape)
+
 
 @dataclass(frozen=True)
 class Linear:
@@ -65,6 +68,9 @@ class Linear:
         for start in range(0, n_out, step):
             out[:, start : start + step] = _rows(x, start, start + step).T
         return out.reshape(shape)
+
+    def export(self, value: np.ndarray, out: np.ndarray) -> None:
+        out[...] = value.reshape(out.shape[::-1]).T
 
 
 class _RowRange:
@@ -102,6 +108,11 @@ class Part:
             return self.inner(_RowRange(x, self.offset, size), shape, dtype)
         return self.inner(np.asarray(x)[:, self.offset : self.offset + size], shape, dtype)
 
+    def export(self, value: np.ndarray, out: np.ndarray) -> None:
+        index = [slice(None)] * out.ndim
+        index[self.axis] = slice(self.offset, self.offset + self.inner.hf_shape(value.shape)[self.axis])
+        self.inner.export(value, out[tuple(index)])  # a view: the part is written in place
+
 
 @dataclass(frozen=True)
 class Stack:
@@ -117,6 +128,10 @@ class Stack:
         for i, x in enumerate(xs):
             out[i] = self.inner(x, shape[1:], dtype)
         return out
+
+    def export(self, value: np.ndarray, outs: list) -> None:
+        for i, out in enumerate(outs):
+            self.inner.export(value[i], out)
 
 
 @dataclass(frozen=True)
@@ -158,11 +173,14 @@ def _flat_items(state):
 def check(source, specs: Iterable[WeightSpec], abstract_state, ignore: Iterable[str] = ()) -> None:
     """Raise one CheckpointError listing every missing, unexpected and mis-shaped tensor."""
     specs = list(specs)
-    found = problems(source, specs, abstract_state, ignore)
+    raise_problems(problems(source, specs, abstract_state, ignore), len(specs))
+
+
+def raise_problems(found: list[str], n_tensors: int) -> None:
     if found:
         shown = "; ".join(found[:12]) + (f"; and {len(found) - 12} more" if len(found) > 12 else "")
         raise CheckpointError(
-            f"checkpoint does not match the {len(specs)}-tensor model layout ({len(found)} problems): {shown}"
+            f"checkpoint does not match the {n_tensors}-tensor model layout ({len(found)} problems): {shown}"
         )
 
 
@@ -213,6 +231,32 @@ def load_params(source, specs: Iterable[WeightSpec], abstract_state, dtype, plac
         if progress is not None:
             progress(spec.hf_names[-1])
     return unflatten_into(abstract_state, filled)
+
+
+def export_tensors(specs: Iterable[WeightSpec], params: dict[tuple, np.ndarray | jax.Array]):
+    """The inverse of load_params: yield (HF name, HF-layout numpy array) for every tensor of the
+    weight map, built from our parameters {path: array} by each transform's `export`. A fused HF
+    tensor (several specs writing parts of it) is yielded once, after its last part is written."""
+    specs = list(specs)
+    last_use = {}
+    for i, spec in enumerate(specs):
+        for name in spec.hf_names:
+            last_use[name] = i
+    pending: dict[str, np.ndarray] = {}
+    for i, spec in enumerate(specs):
+        value = np.asarray(params[spec.path])
+        hf_shape = spec.transform.hf_shape(value.shape)
+        outs = [pending.setdefault(name, np.empty(hf_shape, value.dtype)) for name in spec.hf_names]
+        spec.transform.export(value, outs if isinstance(spec.hf_name, tuple) else outs[0])
+        del value
+        for name in spec.hf_names:
+            if last_use[name] == i:
+                yield name, pending.pop(name)
+
+
+def hf_layout(specs: Iterable[WeightSpec], shapes: dict[tuple, tuple]) -> dict[str, tuple]:
+    """{HF name: HF shape} of every tensor the weight map reads, from our parameter shapes."""
+    return {name: tuple(spec.transform.hf_shape(shapes[spec.path])) for spec in specs for name in spec.hf_names}
 
 
 def unflatten_into(abstract_state, flat: dict[tuple, object]):

@@ -50,6 +50,11 @@ class FusedQKV:
         x = np.asarray(x).reshape((h, 3, d) + (() if not self.weight else (-1,)))[:, self.part]
         return (x.transpose(2, 0, 1) if self.weight else x).astype(dtype)
 
+    def export(self, value, out):
+        h, d = value.shape[-2:]
+        fused = out.reshape((h, 3, d) + ((-1,) if self.weight else ()))  # a view of `out`
+        fused[:, self.part] = value.transpose(1, 2, 0) if self.weight else value
+
 
 def neox_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     specs = [

@@ -6,8 +6,8 @@ this package alone decides which mesh axis, if any, each name is split over.
 
 from jaxllm.sharding.mesh import AXES, describe, make_mesh, parse_spec
 from jaxllm.sharding.rules import (
-    RULES, cache_sharding, param_shardings, placer, put_replicated, replicated, spec_for,
+    RULES, cache_sharding, param_shardings, placer, placer_from, put_replicated, replicated, spec_for,
 )
 
-__all__ = ["AXES", "RULES", "make_mesh", "parse_spec", "describe", "spec_for", "param_shardings", "placer",
+__all__ = ["AXES", "RULES", "make_mesh", "parse_spec", "describe", "spec_for", "param_shardings", "placer", "placer_from",
            "cache_sharding", "replicated", "put_replicated"]

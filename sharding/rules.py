@@ -76,7 +76,11 @@ def param_shardings(abstract_state, mesh: Mesh, rules: dict | None = None) -> di
 def placer(abstract_state, mesh: Mesh, rules: dict | None = None):
     """A `place(path, host_array, leaf)` for jaxllm.weights.load_params: each process builds only the
     shards its own devices hold, straight from the host copy of the tensor."""
-    shardings = param_shardings(abstract_state, mesh, rules)
+    return placer_from(param_shardings(abstract_state, mesh, rules))
+
+
+def placer_from(shardings: dict) -> callable:
+    """A `place(path, host_array, leaf)` that puts each parameter onto shardings[path]."""
 
     def place(path, host, leaf):
         sharding = shardings[tuple(path)]

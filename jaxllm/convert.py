@@ -1,0 +1,209 @@
+"""`python -m jaxllm.convert SRC DST`: a Hugging Face checkpoint (folder, hub id or .gguf file) into
+jaxllm's orbax format (see jaxllm.converted), which `jaxllm.load(DST)` restores without converting
+again; `--to-hf` writes any loadable checkpoint (typically a converted one) back as HF safetensors.
+
+The output is built in a hidden folder beside DST and renamed into place at the end, so an
+interrupted conversion never leaves a folder that looks complete; an existing DST is replaced only
+with --force, and only once the new one is complete. One process (no multi-host conversion).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+from jaxllm.errors import JaxllmError
+
+# Files of a checkpoint folder that are weights (rewritten by us), not side files to carry over.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
+_SKIP = {"model.safetensors.index.json", "pytorch_model.bin.index.json", "config.json"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m jaxllm.convert", description=__doc__.split("\n\n")[0])
+    p.add_argument("src", help="checkpoint folder, hub id or .gguf file (with --to-hf: any of those, or a converted folder)")
+    p.add_argument("dst", help="output folder (must not exist unless --force)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the source's dtype, else float32)")
+    p.add_argument("--to-hf", action="store_true", help="write Hugging Face safetensors instead of orbax")
+    p.add_argument("--force", action="store_true", help="replace DST if it exists (only once the new one is complete)")
+    p.add_argument("--mesh", default=None, help="convert onto a device mesh, e.g. 'tp=4' (default: one device)")
+    p.add_argument("--shard-size", type=float, default=5.0, help="--to-hf: largest safetensors file, in GB (default 5)")
+    return p.parse_args(argv)
+
+
+def _source_dtype(ckpt) -> str | None:
+    """The dtype the source stores its weights in, when it says so."""
+    if ckpt.saved_dtype:
+        return ckpt.saved_dtype
+    name = ckpt.raw.get("dtype") or ckpt.raw.get("torch_dtype")
+    return name if name in ("float32", "bfloat16", "float16") else None
+
+
+def _partial_dirs(dst: Path):
+    return sorted(dst.parent.glob(f".{dst.name}.partial-*"))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clear_stale(dst: Path) -> None:
+    """Remove half-written outputs left by conversions that were killed (their process is gone)."""
+    for folder in _partial_dirs(dst):
+        pid = folder.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _check_dst(src: Path, dst: Path, force: bool) -> None:
+    if dst.exists() and not force:
+        raise JaxllmError(f"{dst} already exists: choose another folder, or pass --force to replace it")
+    if dst.exists() and not dst.is_dir():
+        raise JaxllmError(f"{dst} exists and is not a folder: remove it or choose another output")
+    if src.resolve() == dst.resolve() or dst.resolve() in src.resolve().parents:  # --force would delete the source
+        raise JaxllmError(f"the output {dst} holds the source {src}: replacing it would delete the source; choose another folder")
+
+
+def _copy_side_files(src: Path, folder: Path, raw: dict) -> None:
+    """config.json from `raw`; from a folder also generation_config.json, tokenizer files, licence,
+    README (everything but weights); from a .gguf the tokenizer rebuilt from its metadata."""
+    from jaxllm import converted
+
+    (folder / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
+    if src.is_dir():
+        for f in sorted(src.iterdir()):
+            if f.is_file() and f.name not in _SKIP and f.name != converted.MARKER and not f.name.endswith(_WEIGHT_SUFFIXES):
+                shutil.copy2(f, folder / f.name)
+    else:
+        from jaxllm.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(src)
+        if tok is not None:
+            tok.save_pretrained(str(folder))
+
+
+def _finish(tmp: Path, dst: Path) -> None:
+    """Move the complete output into place; an old DST (--force) goes only after the new one is there."""
+    old = None
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+        dst.rename(old)
+    tmp.rename(dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class _Bar:
+    """A progress bar per tensor on stderr (tqdm when on a terminal, a final line otherwise)."""
+
+    def __init__(self, total: int, what: str):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=what, unit="tensor", file=sys.stderr, disable=not sys.stderr.isatty())
+
+    def __call__(self, name: str) -> None:
+        self.bar.set_postfix_str(name[-40:], refresh=False)
+        self.bar.update()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def convert(src, dst, *, dtype=None, to_hf: bool = False, force: bool = False, mesh=None,
+            shard_bytes: int = 5 << 30, progress: bool = True) -> dict:
+    """Convert `src` into `dst` (see the module docstring); returns timings and sizes."""
+    import jax
+
+    from jaxllm import checkpoint, converted, weights
+    from jaxllm.loader import abstract_model, open_checkpoint, resolve_dtype
+
+    start = time.perf_counter()
+    dst = Path(dst).expanduser()
+    ckpt = open_checkpoint(src)
+    _check_dst(ckpt.path, dst, force)
+    dtype = resolve_dtype(dtype or _source_dtype(ckpt) or "float32")
+    dtype_name = jax.numpy.dtype(dtype).name
+    graphdef, abstract = abstract_model(ckpt.config, ckpt.arch, dtype)
+    ckpt.check(abstract)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    _clear_stale(dst)
+    tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        raw = dict(ckpt.raw)
+        if to_hf:
+            for k in [k for k in ("torch_dtype", "dtype") if k in raw] or ["torch_dtype"]:
+                raw[k] = dtype_name
+        _copy_side_files(ckpt.path, tmp, raw)
+        shardings = None
+        if mesh is not None:
+            from jaxllm import sharding
+
+            shardings = sharding.param_shardings(abstract, sharding.make_mesh(mesh))
+        n = len(jax.tree.leaves(abstract))
+        bar = _Bar(n, "reading") if progress else None
+        params = ckpt.read_params(abstract, dtype, shardings=shardings, progress=bar)
+        jax.block_until_ready(params)
+        if bar:
+            bar.close()
+        read_s = time.perf_counter() - start
+        if to_hf:
+            specs = ckpt.arch.weight_map(ckpt.config)
+            flat = converted.flat_params(params)
+            del params
+            shapes = weights.hf_layout(specs, {p: v.shape for p, v in flat.items()})
+            layout = {name: (shape, dtype) for name, shape in shapes.items()}
+            bar = _Bar(len(layout), "writing") if progress else None
+            files = checkpoint.write_safetensors(tmp, layout, weights.export_tensors(specs, flat), shard_bytes, bar)
+            if bar:
+                bar.close()
+        else:
+            meta = dict(dtype=dtype_name, architecture=ckpt.arch.name, source=str(src))
+            converted.save(tmp, params, meta)
+            files = [converted.PARAMS, converted.MARKER]
+        _finish(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    size = sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())
+    return dict(seconds=time.perf_counter() - start, read_seconds=read_s, bytes=size, files=files, dtype=dtype_name)
+
+
+def _terminate(signum, frame):  # SIGTERM unwinds like Ctrl-C, so the partial output is removed
+    raise SystemExit(128 + signum)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        if args.shard_size <= 0:
+            raise JaxllmError("--shard-size must be a positive number of GB")
+        out = convert(args.src, args.dst, dtype=args.dtype, to_hf=args.to_hf, force=args.force, mesh=args.mesh,
+                      shard_bytes=int(args.shard_size * 1e9))
+    except JaxllmError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
+    kind = "Hugging Face safetensors" if args.to_hf else "jaxllm (orbax)"
+    print(f"wrote {args.dst} ({kind}, {out['dtype']}, {out['bytes'] / 1e9:.2f} GB) in {out['seconds']:.1f}s "
+          f"(reading and converting {out['read_seconds']:.1f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
