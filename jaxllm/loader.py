@@ -7,7 +7,6 @@ into place, one at a time.
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,23 +35,6 @@ def resolve_dtype(dtype) -> Any:
     return DTYPES[name]
 
 
-def _forward(graphdef, params, tokens):
-    model = nnx.merge(graphdef, params)
-    logits, _ = model(tokens)
-    return logits
-
-
-_full_logits = jax.jit(_forward, static_argnums=0)
-
-
-@functools.lru_cache(maxsize=8)
-def _sharded_logits(mesh):
-    """Logits gathered to every device, so every process can read them."""
-    from jaxllm.sharding import replicated
-
-    return jax.jit(_forward, static_argnums=0, out_shardings=replicated(mesh))
-
-
 @dataclass
 class LoadedModel:
     """A loaded checkpoint: pure data (config, graph definition, parameter pytree) plus helpers.
@@ -75,20 +57,39 @@ class LoadedModel:
 
     def logits(self, token_ids) -> jax.Array:
         """Full-sequence scoring without a cache: int [batch, seq] -> float32 [batch, seq, vocab]."""
+        return self._run("logits", token_ids)
+
+    def token_logprobs(self, token_ids) -> jax.Array:
+        """log p(token t | tokens before t) for t >= 1: float32 [batch, seq - 1]."""
+        return self._run("token_logprobs", token_ids)
+
+    def hidden_states(self, token_ids) -> tuple[jax.Array, ...]:
+        """num_layers + 1 arrays [batch, seq, hidden]: each layer's input, then the final normed
+        output (transformers' `output_hidden_states`)."""
+        return self._run("hidden_states", token_ids)
+
+    def attention_weights(self, token_ids, layer: int) -> jax.Array:
+        """Attention weights of one layer, float32 [batch, heads, seq, seq] (query rows, key columns)."""
+        if not isinstance(layer, int) or not -self.config.num_layers <= layer < self.config.num_layers:
+            raise ConfigError(f"layer {layer!r} does not exist: this model has layers 0..{self.config.num_layers - 1}")
+        return self._run("attention_weights", token_ids, layer % self.config.num_layers)
+
+    def _run(self, name: str, token_ids, *static):
+        from jaxllm import research
+
         tokens = jnp.asarray(token_ids, jnp.int32)
         if tokens.ndim == 1:
             tokens = tokens[None]
-        if tokens.ndim != 2:
-            raise ConfigError(f"token_ids must be [batch, seq], got shape {tuple(tokens.shape)}")
+        if tokens.ndim != 2 or tokens.shape[1] == 0:
+            raise ConfigError(f"token_ids must be [batch, seq] with seq >= 1, got shape {tuple(tokens.shape)}")
         bad = (tokens < 0) | (tokens >= self.config.vocab_size)
         if bool(bad.any()):
             raise ConfigError(f"token_ids must lie in [0, {self.config.vocab_size}): the vocabulary of this model")
-        if self.mesh is None:
-            return _full_logits(self.graphdef, self.params, tokens)
-        from jaxllm.sharding import put_replicated
+        if self.mesh is not None:
+            from jaxllm.sharding import put_replicated
 
-        tokens = put_replicated(np.asarray(tokens), self.mesh)
-        return _sharded_logits(self.mesh)(self.graphdef, self.params, tokens)
+            tokens = put_replicated(np.asarray(tokens), self.mesh)
+        return research.jitted(name, self.mesh)(self.graphdef, self.params, tokens, *static)
 
 
 def abstract_model(cfg: ModelConfig, arch: registry.Architecture, dtype):

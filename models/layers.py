@@ -351,8 +351,9 @@ def attention_mask(q_pos, k_pos, window: int | None):
     return mask
 
 
-def attend(q, k, v, mask, scale: float, softcap: float | None = None):
-    """Grouped-query attention. q [B, T, H, D]; k, v [B, S, K, D]; mask [B, T, S] -> [B, T, H, D]."""
+def attention_probs(q, k, mask, scale: float, softcap: float | None = None):
+    """Softmax weights of grouped-query attention, float32. q [B, T, H, D]; k [B, S, K, D];
+    mask [B, T, S] -> [B, K, H // K, T, S] (query head h is kv group h // (H // K), member h % (H // K))."""
     b, t, h, d = q.shape
     kv = k.shape[2]
     q = q.reshape(b, t, kv, h // kv, d)
@@ -360,9 +361,14 @@ def attend(q, k, v, mask, scale: float, softcap: float | None = None):
     if softcap is not None:
         scores = jnp.tanh(scores / softcap) * softcap
     scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jax.nn.softmax(scores, axis=-1)
+
+
+def attend(q, k, v, mask, scale: float, softcap: float | None = None):
+    """Grouped-query attention. q [B, T, H, D]; k, v [B, S, K, D]; mask [B, T, S] -> [B, T, H, D]."""
+    probs = attention_probs(q, k, mask, scale, softcap).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, h, d)
+    return out.reshape(q.shape)
 
 
 class Attention(nnx.Module):
@@ -396,11 +402,7 @@ class Attention(nnx.Module):
         """`kv_len` (static) bounds the cache positions attention reads: the engine passes a bucket
         above the longest filled position, so decode reads the filled part, not the whole cache.
         `rot` None: no rotary positions (models with learned position embeddings)."""
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if rot is not None:
-            q, k = apply_rotary(q, rot), apply_rotary(k, rot)
+        q, k, v = self.project(x, rot)
         if cache is None:
             new = LayerCache(k, v)
             k_pos = positions
@@ -413,3 +415,19 @@ class Attention(nnx.Module):
         mask = attention_mask(positions, k_pos, self.window)
         out = attend(q, keys.astype(q.dtype), values.astype(q.dtype), mask, self.scale, self.softcap)
         return self.o_proj(out), new
+
+    def project(self, x, rot: Rotary | None):
+        """Queries, keys and values of x [B, T, E]: projected, q/k-normed and rotated."""
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rot is not None:
+            q, k = apply_rotary(q, rot), apply_rotary(k, rot)
+        return q, k, v
+
+    def weights(self, x, positions, rot: Rotary | None):
+        """The attention weights of a full sequence x [B, T, E] (no cache): float32 [B, H, T, T]."""
+        q, k, _ = self.project(x, rot)
+        probs = attention_probs(q, k.astype(q.dtype), attention_mask(positions, positions, self.window), self.scale, self.softcap)
+        b, kv, g, t, s = probs.shape
+        return probs.reshape(b, kv * g, t, s)

@@ -48,23 +48,34 @@ class DecoderModel(nnx.Module):
         self.layers = nnx.List([layer_cls(cfg, i, dtype=dtype, rngs=rngs) for i in range(cfg.num_layers)])
         self.norm = (final_norm or RMSNorm)(cfg.hidden_size, cfg.rms_norm_eps, **norm_kwargs(cfg, dtype, rngs, final_norm))
 
-    def __call__(self, tokens, positions, cache=None, kv_len=None, lengths=None):
+    def __call__(self, tokens, positions, cache=None, kv_len=None, lengths=None, trace: list | None = None):
         """tokens, positions [B, T] -> hidden [B, T, E], and per-layer caches (updated, or the
         fresh keys/values when `cache` is None). `kv_len`: see Attention. `lengths` [B]: the real
-        length of each row when positions run past it (padded prefill); see `rotary`."""
+        length of each row when positions run past it (padded prefill); see `rotary`. `trace`: a
+        list that receives each layer's input and then the final (normed) output, as
+        transformers' hidden_states."""
         x = self.embed_tokens(tokens)
-        rots = {}  # one cos/sin table per distinct rope (Gemma 3's local and global layers differ)
         if self.embed_positions is not None:
             x = x + self.embed_positions(positions)
-        else:
-            for rope in {self.cfg.layer_rope(i) for i in range(len(self.layers))}:
-                rots[rope] = rotary(self.cfg, positions, x.dtype, rope, lengths)
+        rots = self.rotaries(positions, x.dtype, lengths)
         new_cache = []
         for i, layer in enumerate(self.layers):
-            rot = rots.get(self.cfg.layer_rope(i))
-            x, c = layer(x, positions, rot, None if cache is None else cache[i], kv_len)
+            if trace is not None:
+                trace.append(x)
+            x, c = layer(x, positions, rots.get(self.cfg.layer_rope(i)), None if cache is None else cache[i], kv_len)
             new_cache.append(c)
-        return self.norm(x), new_cache
+        x = self.norm(x)
+        if trace is not None:
+            trace.append(x)
+        return x, new_cache
+
+    def rotaries(self, positions, dtype, lengths=None) -> dict:
+        """One cos/sin table per distinct rope of the layers (Gemma 3's local and global differ);
+        none for learned positions. Layer i uses rotaries[cfg.layer_rope(i)]."""
+        if self.embed_positions is not None:
+            return {}
+        ropes = {self.cfg.layer_rope(i) for i in range(len(self.layers))}
+        return {rope: rotary(self.cfg, positions, dtype, rope, lengths) for rope in ropes}
 
 
 class CausalLM(nnx.Module):
