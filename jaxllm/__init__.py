@@ -22,6 +22,7 @@ from jaxllm.errors import CheckpointError, ConfigError, GenerationError, JaxllmE
 from jaxllm.engine import Engine
 from jaxllm.generation import Completion, generate
 from jaxllm.loader import LoadedModel, load
+from jaxllm import research  # noqa: E402  (jaxllm.research.hidden_states etc.)
 from jaxllm.sampling import SamplingParams
 
 __all__ = [
