@@ -292,8 +292,8 @@ prompt = jnp.asarray([tok(prefix)["input_ids"]])
 @jax.jit
 def paris_logprob_without(params, head):
     module = nnx.merge(model.graphdef, params)
-    kernel = module.model.layers[LAYER].self_attn.o_proj.kernel  # [heads, head_dim, hidden]
-    kernel[...] = jnp.where(jnp.arange(kernel.shape[0])[:, None, None] == head, 0.0, kernel[...])
+    kernel = module.model.layers[LAYER].self_attn.o_proj.kernel  # [hidden, heads, head_dim]
+    kernel[...] = jnp.where(jnp.arange(kernel.shape[1])[None, :, None] == head, 0.0, kernel[...])
     logits, _ = module(prompt)
     return jax.nn.log_softmax(logits[0, -1])[paris]
 

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from jaxllm.errors import JaxllmError
+from jaxllm.errors import JaxllmError, run_cli
 
 # Files of a checkpoint folder that are weights (rewritten by us), not side files to carry over.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
@@ -188,21 +188,18 @@ def _terminate(signum, frame):  # SIGTERM unwinds like Ctrl-C, so the partial ou
 def main(argv=None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
-    try:
+
+    def body() -> int:
         if args.shard_size <= 0:
             raise JaxllmError("--shard-size must be a positive number of GB")
         out = convert(args.src, args.dst, dtype=args.dtype, to_hf=args.to_hf, force=args.force, mesh=args.mesh,
                       shard_bytes=int(args.shard_size * 1e9))
-    except JaxllmError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: nothing was written", file=sys.stderr)
-        return 130
-    kind = "Hugging Face safetensors" if args.to_hf else "jaxllm (orbax)"
-    print(f"wrote {args.dst} ({kind}, {out['dtype']}, {out['bytes'] / 1e9:.2f} GB) in {out['seconds']:.1f}s "
-          f"(reading and converting {out['read_seconds']:.1f}s)")
-    return 0
+        kind = "Hugging Face safetensors" if args.to_hf else "jaxllm (orbax)"
+        print(f"wrote {args.dst} ({kind}, {out['dtype']}, {out['bytes'] / 1e9:.2f} GB) in {out['seconds']:.1f}s "
+              f"(reading and converting {out['read_seconds']:.1f}s)")
+        return 0
+
+    return run_cli(body, "interrupted: nothing was written")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from jaxllm.errors import CheckpointError
 
 MARKER = "jaxllm.json"
 FORMAT = "jaxllm-orbax"
-VERSION = 1
+VERSION = 2  # 2: Dense kernels stored [out..., in...] (version 1 stored [in..., out...])
 PARAMS = "params"
 
 
@@ -70,8 +70,11 @@ def read_marker(folder: Path) -> dict:
     marker = read_json(folder / MARKER, MARKER)
     if marker.get("format") != FORMAT or not isinstance(marker.get("params"), dict):
         raise CheckpointError(f"{folder / MARKER} is not a jaxllm checkpoint marker: re-run python -m jaxllm.convert")
-    if marker.get("version", 0) > VERSION:
-        raise CheckpointError(f"{folder} was written by a newer jaxllm (format {marker['version']}): upgrade jaxllm")
+    if marker.get("version", 0) != VERSION:
+        newer = marker.get("version", 0) > VERSION
+        raise CheckpointError(f"{folder} was written by {'a newer' if newer else 'an older'} jaxllm (format "
+                              f"{marker.get('version')}, this one reads {VERSION}): "
+                              + ("upgrade jaxllm" if newer else "convert the original checkpoint again"))
     if not (folder / PARAMS).is_dir():
         raise CheckpointError(f"{folder} has no {PARAMS}/ folder: the conversion is incomplete; convert again")
     return marker

@@ -1,7 +1,10 @@
 """User-facing errors: each message is one line naming the problem and the fix.
 
-The CLIs print `str(error)` for these and exit non-zero; anything else is a bug and keeps its traceback.
+The CLIs print `str(error)` for these and exit non-zero (`run_cli`); anything else is a bug and
+keeps its traceback.
 """
+
+import sys
 
 
 class JaxllmError(Exception):
@@ -18,3 +21,16 @@ class CheckpointError(JaxllmError):
 
 class GenerationError(JaxllmError):
     """A generation request cannot be served as asked (bad sampling value, prompt too long, ...)."""
+
+
+def run_cli(body, interrupted: str = "interrupted") -> int:
+    """A command line's exit code: body()'s, or 2 with the one-line message of a JaxllmError on
+    stderr, or 130 on Ctrl-C."""
+    try:
+        return body()
+    except JaxllmError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130

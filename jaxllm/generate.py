@@ -18,7 +18,7 @@ import sys
 import time
 import types
 
-from jaxllm.errors import JaxllmError
+from jaxllm.errors import JaxllmError, run_cli
 from jaxllm.generation import generate as _generate
 
 
@@ -103,14 +103,7 @@ def main(argv=None) -> int:
     from jaxllm.bench import GPU_XLA_FLAGS
 
     os.environ.setdefault("XLA_FLAGS", GPU_XLA_FLAGS)  # read when the backend starts, later
-    try:
-        return _main(args)
-    except JaxllmError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_cli(lambda: _main(args))
 
 
 def _main(args) -> int:

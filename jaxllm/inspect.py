@@ -12,7 +12,7 @@ import argparse
 import math
 import sys
 
-from jaxllm.errors import JaxllmError
+from jaxllm.errors import JaxllmError, run_cli
 
 
 def parse_args(argv=None):
@@ -91,7 +91,8 @@ def report(path, batch: int = 1, context: int | None = None) -> tuple[str, list[
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
+
+    def body() -> int:
         if args.list:
             print(list_architectures())
             return 0
@@ -100,11 +101,10 @@ def main(argv=None) -> int:
         if args.batch < 1 or (args.context is not None and args.context < 1):
             raise JaxllmError("--batch and --context must be positive integers")
         text, problems = report(args.path, args.batch, args.context)
-    except JaxllmError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(text)
-    return 1 if problems else 0
+        print(text)
+        return 1 if problems else 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -29,17 +29,28 @@ def _rows(x, start, stop) -> np.ndarray:
     return x.read(start, stop) if hasattr(x, "read") else np.asarray(x[start:stop])
 
 
+def _by_row_blocks(x, hf_shape: tuple[int, int], dtype, transpose: bool) -> np.ndarray:
+    """A 2-D HF tensor (or its transpose) as one fresh array in `dtype`, read in row blocks of about
+    _BLOCK_BYTES: the host holds the output plus one block, never the source in full besides it."""
+    rows, cols = hf_shape
+    out = np.empty((cols, rows) if transpose else (rows, cols), dtype)
+    step = max(1, _BLOCK_BYTES // max(1, cols * np.dtype(dtype).itemsize))
+    for start in range(0, rows, step):
+        block = _rows(x, start, start + step)
+        if transpose:
+            out[:, start : start + step] = block.T
+        else:
+            out[start : start + step] = block
+    return out
+
+
 @dataclass(frozen=True)
 class Copy:
-    """Same layout; only the number of dims may differ: `flatten` reads a [H*D] bias into [H, D],
-    `matrix=m` reads a 2-D [prod(shape[:m]), prod(shape[m:])] tensor (GPT-2's Conv1D [in, out])."""
+    """Same layout; only the number of dims may differ: `flatten` reads a [H*D] bias into [H, D]."""
 
     flatten: bool = False
-    matrix: int | None = None
 
     def hf_shape(self, shape):
-        if self.matrix is not None:
-            return (math.prod(shape[: self.matrix]), math.prod(shape[self.matrix :]))
         return (math.prod(shape),) if self.flatten else tuple(shape)
 
     def __call__(self, x, shape, dtype) -> np.ndarray:
@@ -51,23 +62,33 @@ class Copy:
 
 @dataclass(frozen=True)
 class Linear:
-    """nn.Linear weight [out, in] into a kernel whose first `n_in` dims are the input dims.
-
-    Built block by block into one output array, so the host holds one converted copy of the
-    tensor plus a block, never the source and its transpose in full at once."""
+    """nn.Linear weight [out, in] into a Dense kernel [out..., in...] whose last `n_in` dims are its
+    inputs: the same memory order as HF's, so only a reshape (see Dense for why that layout)."""
 
     n_in: int = 1
 
     def hf_shape(self, shape):
-        return (math.prod(shape[self.n_in :]), math.prod(shape[: self.n_in]))
+        return (math.prod(shape[: -self.n_in]), math.prod(shape[-self.n_in :]))
 
     def __call__(self, x, shape, dtype) -> np.ndarray:
-        n_out, n_in = self.hf_shape(shape)
-        out = np.empty((n_in, n_out), dtype)
-        step = max(1, _BLOCK_BYTES // max(1, n_in * np.dtype(dtype).itemsize))
-        for start in range(0, n_out, step):
-            out[:, start : start + step] = _rows(x, start, start + step).T
-        return out.reshape(shape)
+        return _by_row_blocks(x, self.hf_shape(shape), dtype, transpose=False).reshape(shape)
+
+    export = Copy.export
+
+
+@dataclass(frozen=True)
+class Transpose:
+    """A 2-D HF tensor whose two dims are ours split after `lead` dims, swapped: nn.Linear
+    [out, in] into an [in..., out...] kernel (MoE experts, lead = number of input dims), or
+    Conv1D [in, out] into a Dense kernel [out..., in...] (GPT-2, lead = number of output dims)."""
+
+    lead: int = 1
+
+    def hf_shape(self, shape):
+        return (math.prod(shape[self.lead :]), math.prod(shape[: self.lead]))
+
+    def __call__(self, x, shape, dtype) -> np.ndarray:
+        return _by_row_blocks(x, self.hf_shape(shape), dtype, transpose=True).reshape(shape)
 
     def export(self, value: np.ndarray, out: np.ndarray) -> None:
         out[...] = value.reshape(out.shape[::-1]).T

@@ -5,7 +5,7 @@ weights as [in, out] (our layout already) with q/k/v fused along the output colu
 from jaxllm.config import ModelConfig
 from jaxllm.errors import ConfigError
 from jaxllm.registry import Architecture, register
-from jaxllm.weights import Copy, Part, WeightSpec
+from jaxllm.weights import Copy, Part, Transpose, WeightSpec
 from jaxllm.models.gpt_neox import NeoXLayer
 from jaxllm.models.layers import LayerNorm
 from jaxllm.models.llama import CausalLM
@@ -60,12 +60,12 @@ def gpt2_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
             specs += [WeightSpec(f"{hf}{theirs}.{p}", ours + (norm, p)) for p in ("weight", "bias")]
         for part, name in enumerate(("q_proj", "k_proj", "v_proj")):
             attn = ours + ("self_attn", name)
-            specs.append(WeightSpec(f"{hf}attn.c_attn.weight", attn + ("kernel",), Part(part * e, 3 * e, Copy(matrix=1), axis=1)))
+            specs.append(WeightSpec(f"{hf}attn.c_attn.weight", attn + ("kernel",), Part(part * e, 3 * e, Transpose(2), axis=1)))
             specs.append(WeightSpec(f"{hf}attn.c_attn.bias", attn + ("bias",), Part(part * e, 3 * e, Copy(flatten=True))))
-        # (HF Conv1D, our Dense, how many of the kernel's leading dims are its input)
-        for theirs, path, n_in in (("attn.c_proj", ("self_attn", "o_proj"), 2), ("mlp.c_fc", ("mlp", "up_proj"), 1),
-                                   ("mlp.c_proj", ("mlp", "down_proj"), 1)):
-            specs.append(WeightSpec(f"{hf}{theirs}.weight", ours + path + ("kernel",), Copy(matrix=n_in)))
+        # HF Conv1D weights are [in, out]; our Dense kernels [out, in] (one output dim for these three)
+        for theirs, path in (("attn.c_proj", ("self_attn", "o_proj")), ("mlp.c_fc", ("mlp", "up_proj")),
+                             ("mlp.c_proj", ("mlp", "down_proj"))):
+            specs.append(WeightSpec(f"{hf}{theirs}.weight", ours + path + ("kernel",), Transpose(1)))
             specs.append(WeightSpec(f"{hf}{theirs}.bias", ours + path + ("bias",)))
     return specs
 

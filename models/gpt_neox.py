@@ -39,21 +39,18 @@ class FusedQKV:
     """One of q, k, v (`part` 0, 1, 2) out of GPT-NeoX's fused [heads * 3 * head_dim, ...] tensor."""
 
     part: int
-    weight: bool = True
 
-    def hf_shape(self, shape):  # our q/k/v kernel [E, H, D] or bias [H, D]
-        h, d = shape[-2:]
-        return (3 * h * d, shape[0]) if self.weight else (3 * h * d,)
+    def hf_shape(self, shape):  # our q/k/v kernel [H, D, E] or bias [H, D]
+        h, d = shape[:2]
+        return (3 * h * d,) + tuple(shape[2:])
 
     def __call__(self, x, shape, dtype):
-        h, d = shape[-2:]
-        x = np.asarray(x).reshape((h, 3, d) + (() if not self.weight else (-1,)))[:, self.part]
-        return (x.transpose(2, 0, 1) if self.weight else x).astype(dtype)
+        h, d = shape[:2]
+        return np.asarray(x).reshape((h, 3, d) + tuple(shape[2:]))[:, self.part].astype(dtype)
 
     def export(self, value, out):
-        h, d = value.shape[-2:]
-        fused = out.reshape((h, 3, d) + ((-1,) if self.weight else ()))  # a view of `out`
-        fused[:, self.part] = value.transpose(1, 2, 0) if self.weight else value
+        h, d = value.shape[:2]
+        out.reshape((h, 3, d) + value.shape[2:])[:, self.part] = value  # a view of `out`
 
 
 def neox_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
@@ -69,7 +66,7 @@ def neox_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
             specs += [WeightSpec(f"{hf}{norm}.{p}", ours + (norm, p)) for p in ("weight", "bias")]
         for part, name in enumerate(("q_proj", "k_proj", "v_proj")):
             specs.append(WeightSpec(f"{hf}attention.query_key_value.weight", ours + ("self_attn", name, "kernel"), FusedQKV(part)))
-            specs.append(WeightSpec(f"{hf}attention.query_key_value.bias", ours + ("self_attn", name, "bias"), FusedQKV(part, False)))
+            specs.append(WeightSpec(f"{hf}attention.query_key_value.bias", ours + ("self_attn", name, "bias"), FusedQKV(part)))
         specs += [
             WeightSpec(f"{hf}attention.dense.weight", ours + ("self_attn", "o_proj", "kernel"), Linear(2)),
             WeightSpec(f"{hf}attention.dense.bias", ours + ("self_attn", "o_proj", "bias")),

@@ -92,7 +92,7 @@ class CausalLM(nnx.Module):
             self.lm_head = None
         else:
             self.lm_head = nnx.Dict(
-                kernel=nnx.Param(jnp.zeros((cfg.hidden_size, cfg.vocab_size), dtype), axes=("embed", "vocab"))
+                kernel=nnx.Param(jnp.zeros((cfg.vocab_size, cfg.hidden_size), dtype), axes=("vocab", "embed"))
             )
 
     def hidden(self, tokens, positions, cache: list[LayerCache] | None = None, kv_len: int | None = None, lengths=None):
@@ -103,7 +103,7 @@ class CausalLM(nnx.Module):
         if self.lm_head is None:
             out = self.model.embed_tokens.attend(hidden)
         else:
-            out = jnp.einsum("bte,ev->btv", hidden, self.lm_head["kernel"][...])
+            out = jnp.einsum("bte,ve->btv", hidden, self.lm_head["kernel"][...])
         out = out.astype(jnp.float32)
         cap = self.cfg.final_softcap
         return out if cap is None else jnp.tanh(out / cap) * cap

@@ -8,7 +8,7 @@ and mapping the per-expert checkpoint tensors onto the stacked [expert, ...] ker
 
 from jaxllm.config import ModelConfig
 from jaxllm.registry import Architecture, register
-from jaxllm.weights import Linear, Stack, WeightSpec
+from jaxllm.weights import Linear, Stack, Transpose, WeightSpec
 from jaxllm.models.llama import CausalLM, _qwen_layer_types, llama_weight_map
 
 
@@ -19,7 +19,7 @@ def moe_weight_map(block: str, names: dict):
     def weight_map(cfg: ModelConfig) -> list[WeightSpec]:
         specs = []
         for spec in llama_weight_map(cfg):
-            parts = spec.hf_name.split(".")
+            parts = spec.hf_names[0].split(".")
             if not (parts[1] == "layers" and parts[3] == "mlp" and cfg.layer_is_moe(int(parts[2]))):
                 specs.append(spec)
         for i in range(cfg.num_layers):
@@ -29,7 +29,7 @@ def moe_weight_map(block: str, names: dict):
             specs.append(WeightSpec(hf + "gate.weight", ours + ("gate", "kernel"), Linear()))
             for name, theirs in names.items():
                 experts = tuple(f"{hf}experts.{j}.{theirs}.weight" for j in range(cfg.num_experts))
-                specs.append(WeightSpec(experts, ours + (name,), Stack(Linear())))
+                specs.append(WeightSpec(experts, ours + (name,), Stack(Transpose(1))))
         return specs
 
     return weight_map

@@ -29,7 +29,7 @@ class Olmo2ForCausalLM(CausalLM):
 
 
 def olmo2_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
-    specs = [s for s in llama_weight_map(cfg) if "input_layernorm" not in s.hf_name]
+    specs = [s for s in llama_weight_map(cfg) if "input_layernorm" not in s.hf_names[0]]
     for i in range(cfg.num_layers):
         specs.append(WeightSpec(f"model.layers.{i}.post_feedforward_layernorm.weight",
                                 ("model", "layers", i, "post_feedforward_layernorm", "weight")))

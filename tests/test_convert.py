@@ -81,8 +81,8 @@ def test_restore_onto_a_mesh_matches_a_direct_load(tmp_path):
         assert a.sharding == b.sharding
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     q = restored.params["model"]["layers"][0]["self_attn"]["q_proj"]["kernel"]
-    assert len(q.sharding.device_set) == 4 and q.sharding.spec[1] == "tp"
-    assert q.addressable_shards[0].data.shape[1] == q.shape[1] // 4
+    assert len(q.sharding.device_set) == 4 and q.sharding.spec[0] == "tp"  # [heads, head_dim, embed]
+    assert q.addressable_shards[0].data.shape[0] == q.shape[0] // 4
     np.testing.assert_array_equal(np.asarray(restored.logits(TOKENS)), np.asarray(direct.logits(TOKENS)))
     one_device = jaxllm.load(tmp_path / "hf").logits(TOKENS)
     assert reference.max_rel_diff(restored.logits(TOKENS), one_device) < 1e-5

@@ -54,12 +54,12 @@ def test_sharded_matches_single_device(folder, single, spec, kv_split):
     k = _layer(model, "self_attn", "k_proj", "kernel")
     up = _layer(model, "mlp", "up_proj", "kernel")
     embed = model.params["model"]["embed_tokens"]["embedding"]
-    assert q.sharding.spec == P(fsdp, "tp", None)
-    assert k.sharding.spec == P(fsdp, "tp" if kv_split else None, None)
-    assert up.sharding.spec == P(fsdp, "tp")
+    assert q.sharding.spec == P("tp", None, fsdp)  # Dense kernels are [out..., in...]
+    assert k.sharding.spec == P("tp" if kv_split else None, None, fsdp)
+    assert up.sharding.spec == P("tp", fsdp)
     assert embed.sharding.spec == P("tp", fsdp)
     tp = mesh.shape["tp"]
-    assert q.addressable_shards[0].data.shape == (64 // (2 if fsdp else 1), 8 // tp, 8)
+    assert q.addressable_shards[0].data.shape == (8 // tp, 8, 64 // (2 if fsdp else 1))
     err = reference.max_rel_diff(model.logits(tokens), logits)
     print(f"{spec}: sharded vs single-device logits max rel diff {err:.1e}")
     assert err <= 1e-5
