@@ -128,10 +128,9 @@ class Checkpoint:
         return weights.problems(self.source, self.arch.weight_map(self.config), abstract, self.ignore)
 
     def check(self, abstract) -> None:
-        if self.converted:
-            weights.raise_problems(self.problems(abstract), len(jax.tree.leaves(abstract)))
-        else:
-            weights.check(self.source, self.arch.weight_map(self.config), abstract, self.ignore)
+        """Raise one CheckpointError listing every problem."""
+        n = len(jax.tree.leaves(abstract)) if self.converted else len(self.arch.weight_map(self.config))
+        weights.raise_problems(self.problems(abstract), n)
 
     def read_params(self, abstract, dtype, *, shardings=None, place=None, progress=None):
         """The parameter state, each tensor placed by `place` (or restored onto `shardings`)."""

@@ -191,13 +191,8 @@ def _flat_items(state):
     return out
 
 
-def check(source, specs: Iterable[WeightSpec], abstract_state, ignore: Iterable[str] = ()) -> None:
-    """Raise one CheckpointError listing every missing, unexpected and mis-shaped tensor."""
-    specs = list(specs)
-    raise_problems(problems(source, specs, abstract_state, ignore), len(specs))
-
-
 def raise_problems(found: list[str], n_tensors: int) -> None:
+    """Raise one CheckpointError listing every problem `problems` found (none: return)."""
     if found:
         shown = "; ".join(found[:12]) + (f"; and {len(found) - 12} more" if len(found) > 12 else "")
         raise CheckpointError(
