@@ -200,6 +200,7 @@ notebook(
     '''# Parameters
 MODEL = "HuggingFaceTB/SmolLM2-360M-Instruct"
 DTYPE = "float32"   # exact scores; bfloat16 halves the memory
+MESH = None         # None: one device; "auto" or e.g. "tp=4": every function below runs sharded
 LAYER = None        # the layer whose attention we plot (None: the middle one)''',
     [
         '''
@@ -211,7 +212,7 @@ from flax import nnx
 
 import jaxllm
 
-model = jaxllm.load(MODEL, dtype=DTYPE)
+model = jaxllm.load(MODEL, dtype=DTYPE, mesh=MESH)
 tok = model.tokenizer
 cfg = model.config
 LAYER = cfg.num_layers // 2 if LAYER is None else LAYER

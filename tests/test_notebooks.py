@@ -17,10 +17,10 @@ NOTEBOOKS = sorted(p.stem for p in COLAB.glob("*.ipynb"))
 OVERRIDES = {
     "quickstart": 'DTYPE = "float32"\nMAX_NEW_TOKENS = 12',
     "sharded_8b_tpu": 'DTYPE = "float32"\nBATCH = 3\nMAX_NEW_TOKENS = 8',
-    "research_api": 'DTYPE = "float32"',
+    "research_api": 'DTYPE = "float32"\nMESH = "auto"',  # its functions run sharded too
 }
 # SmolLM2-135M has 9 query and 3 kv heads: 3 devices make a real tensor-parallel mesh for it.
-DEVICES = {"sharded_8b_tpu": 3}
+DEVICES = {"sharded_8b_tpu": 3, "research_api": 3}
 
 
 def test_there_are_three_notebooks():
