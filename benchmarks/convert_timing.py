@@ -33,7 +33,7 @@ print(min(times))
 
 
 def write_hf(folder: Path, shape: str, dtype: str) -> int:
-    from jaxllm import checkpoint, converted, weights
+    from jaxllm import checkpoint, weights
     from jaxllm.random_model import SHAPES, random_model
 
     model = random_model(shape, dtype)
@@ -42,7 +42,7 @@ def write_hf(folder: Path, shape: str, dtype: str) -> int:
     raw = dict(SHAPES[shape], torch_dtype=dtype)
     arch = registry.architecture_of(raw)
     specs = arch.weight_map(model.config)
-    flat = converted.flat_params(model.params)
+    flat = weights.flat_params(model.params)
     layout = {n: (s, flat[next(iter(flat))].dtype) for n, s in weights.hf_layout(specs, {p: v.shape for p, v in flat.items()}).items()}
     folder.mkdir(parents=True)
     checkpoint.write_safetensors(folder, layout, weights.export_tensors(specs, flat))

@@ -161,7 +161,7 @@ def convert(src, dst, *, dtype=None, to_hf: bool = False, force: bool = False, m
         read_s = time.perf_counter() - start
         if to_hf:
             specs = ckpt.arch.weight_map(ckpt.config)
-            flat = converted.flat_params(params)
+            flat = weights.flat_params(params)
             del params
             shapes = weights.hf_layout(specs, {p: v.shape for p, v in flat.items()})
             layout = {name: (shape, dtype) for name, shape in shapes.items()}

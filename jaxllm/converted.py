@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from jaxllm.errors import CheckpointError
+from jaxllm.weights import flat_params, unflatten_into
 
 MARKER = "jaxllm.json"
 FORMAT = "jaxllm-orbax"
@@ -33,12 +34,6 @@ def is_converted(path: Path) -> bool:
 
 def key(path: tuple) -> str:
     return ".".join(map(str, path))
-
-
-def flat_params(params) -> dict[tuple, jax.Array]:
-    from jaxllm.weights import _flat_items
-
-    return {tuple(p): v for p, v in _flat_items(params)}
 
 
 def _checkpointer():
@@ -93,8 +88,6 @@ def problems(folder: Path, abstract) -> list[str]:
 def restore(folder: Path, abstract, dtype, shardings: dict | None = None, place=None, progress=None):
     """The parameter state of `abstract`, read from `folder` in `dtype` (cast on read when the saved
     dtype differs). `shardings` {path: Sharding}: each device reads only its own shards."""
-    from jaxllm.weights import unflatten_into
-
     flat = flat_params(abstract)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = {key(p): jax.ShapeDtypeStruct(leaf.shape, dtype, sharding=(shardings or {}).get(p, device))

@@ -172,8 +172,9 @@ class WeightSpec:
         return source.get(self.hf_name)
 
 
-def _flat_params(abstract_state) -> dict[tuple, jax.ShapeDtypeStruct]:
-    return {tuple(path): leaf for path, leaf in _flat_items(abstract_state)}
+def flat_params(state) -> dict[tuple, jax.Array | jax.ShapeDtypeStruct]:
+    """{parameter path: leaf} of a parameter state, abstract or filled."""
+    return {tuple(path): leaf for path, leaf in _flat_items(state)}
 
 
 def _flat_items(state):
@@ -202,7 +203,7 @@ def raise_problems(found: list[str], n_tensors: int) -> None:
 
 def problems(source, specs: Iterable[WeightSpec], abstract_state, ignore: Iterable[str] = ()) -> list[str]:
     """Every missing, unexpected and mis-shaped tensor of `source` against the weight map, one line each."""
-    params = _flat_params(abstract_state)
+    params = flat_params(abstract_state)
     specs = list(specs)
     found = []
     mapped = {s.path for s in specs}
@@ -236,7 +237,7 @@ def load_params(source, specs: Iterable[WeightSpec], abstract_state, dtype, plac
     default device); a sharded placer reads only this host's slices. Host memory stays near one
     tensor at a time: each numpy array is dropped once placed.
     """
-    params = _flat_params(abstract_state)
+    params = flat_params(abstract_state)
     place = place or (lambda path, x, leaf: jax.device_put(x))
     filled = {}
     for spec in specs:
