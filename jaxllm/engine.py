@@ -1,8 +1,10 @@
 """The generation engine: a fixed number of slots over one static KV cache.
 
-Three jitted steps, shaped for continuous batching:
-  prefill(tokens [1, bucket])      -> keys/values of one prompt, its first token (one compile per bucket)
-  insert(state, slot, ...)         -> that prompt placed in a free slot of the running batch
+Two jitted steps, shaped for continuous batching:
+  prefill(state, slots, tokens [N, bucket]) -> N prompts of one bucket prefilled together, their
+                                      keys/values placed in free slots of the running batch, their
+                                      first tokens sampled (N from a few allowed row counts:
+                                      a compile for each N and bucket met)
   decode(state)                    -> up to `chunk` steps for every slot, inside one jit call
                                       (lax.while_loop; stops early when every slot is done)
 The decode state (cache and per-slot counters) is donated, so XLA updates it in place. The host
@@ -75,19 +77,22 @@ class Counters:
     """Traces of each jitted step (a trace is a compile); tests assert on these."""
 
     prefill: int = 0
-    insert: int = 0
     decode: int = 0
 
 
 class Engine:
-    """`batch_size` slots of `max_len` positions each; prompts are padded up to `buckets`."""
+    """`batch_size` slots of `max_len` positions each; prompts are padded up to `buckets`, and
+    prompts waiting at the same time are prefilled together, up to `prefill_tokens` per call."""
 
-    def __init__(self, model, batch_size: int = 1, max_len: int = 1024, buckets=None, chunk: int = 16, loop: str = "while"):
-        if batch_size < 1 or max_len < 2:
-            raise GenerationError(f"an engine needs batch_size >= 1 and max_len >= 2, got {batch_size}, {max_len}")
+    def __init__(self, model, batch_size: int = 1, max_len: int = 1024, buckets=None, chunk: int = 16, loop: str = "while",
+                 prefill_tokens: int = 8192):
+        if batch_size < 1 or max_len < 2 or prefill_tokens < 1:
+            raise GenerationError(f"an engine needs batch_size >= 1, max_len >= 2 and prefill_tokens >= 1, got "
+                                  f"{batch_size}, {max_len}, {prefill_tokens}")
         self.model = model
         self.cfg = model.config
         self.batch_size, self.max_len, self.chunk = batch_size, max_len, chunk
+        self.prefill_tokens = prefill_tokens
         self.buckets = tuple(sorted(b for b in (buckets or default_buckets(max_len)) if b <= max_len))
         if not self.buckets:
             raise GenerationError(f"no prompt bucket fits max_len={max_len}")
@@ -98,14 +103,12 @@ class Engine:
         self.mesh = getattr(model, "mesh", None)
         graphdef = model.graphdef
         prefill = functools.partial(_prefill, graphdef, self.counters)
-        insert = functools.partial(_insert, self.counters)
         if loop not in ("while", "scan"):
             raise GenerationError(f"loop must be 'while' or 'scan', got {loop!r}")
         decode = functools.partial(_decode, graphdef, self.counters, chunk, loop)
         if self.mesh is None:
             self._new_state = jax.jit(self._zero_state)
-            self._prefill = jax.jit(prefill, static_argnums=0)
-            self._insert = jax.jit(insert, donate_argnums=0)
+            self._prefill = jax.jit(prefill, static_argnums=0, donate_argnums=2)
             self._decode = jax.jit(decode, donate_argnums=3, static_argnums=(0, 1))
             return
         # On a mesh: the cache is split like the kv projections (and over dp by batch rows); what the
@@ -117,12 +120,10 @@ class Engine:
         rep = sharding.replicated(self.mesh)
         layer = lambda sh: LayerCache(sh, sh)  # noqa: E731
         cache = sharding.cache_sharding(self.mesh, self.cfg.num_kv_heads, self.batch_size)
-        one = sharding.cache_sharding(self.mesh, self.cfg.num_kv_heads, None)
         state = jax.tree.map(lambda _: rep, jax.eval_shape(self._zero_state))
         state = state._replace(cache=[layer(cache)] * self.cfg.num_layers)
         self._new_state = jax.jit(self._zero_state, out_shardings=state)
-        self._prefill = jax.jit(prefill, static_argnums=0, out_shardings=([layer(one)] * self.cfg.num_layers, rep, rep, rep))
-        self._insert = jax.jit(insert, donate_argnums=0, out_shardings=state)
+        self._prefill = jax.jit(prefill, static_argnums=0, donate_argnums=2, out_shardings=(state, rep, rep))
         self._decode = jax.jit(decode, donate_argnums=3, static_argnums=(0, 1), out_shardings=(state, rep, rep))
 
     def _put(self, x):
@@ -190,25 +191,56 @@ class Engine:
             return rope.original_max_position_embeddings
         return None
 
-    def prefill_into(self, state: DecodeState, slot: int, req: Request, tokens: list[int] | None = None):
-        """Prefill one prompt and place it in `slot`. Returns (state, first token, its logprob).
-        `tokens`: the prompt plus the tokens generated so far, to prefill a running sequence again."""
-        tokens = req.prompt if tokens is None else tokens
-        n, generated = len(tokens), len(tokens) - len(req.prompt)
-        switch = self.rope_switch
-        limit = switch if switch is not None and n <= switch else self.max_len
-        padded = np.zeros((1, self.bucket(n)), np.int32)
-        padded[0, :n] = tokens
+    def prefill_rows(self, bucket: int, waiting: int) -> list[int]:
+        """How `waiting` prompts of one bucket are split into prefill calls: greedily into the
+        largest allowed row counts, so no call carries padding rows. Allowed: powers of 4 and the
+        largest power of two within `prefill_tokens` // bucket and the batch (at most 4 compiles per
+        bucket at 64 rows)."""
+        top = max(1, min(self.prefill_tokens // bucket, self.batch_size))
+        top = 1 << (top.bit_length() - 1)
+        sizes = sorted({top} | {4**i for i in range(8) if 4**i < top}, reverse=True)
+        out = []
+        while waiting:
+            out.append(next(n for n in sizes if n <= waiting))
+            waiting -= out[-1]
+        return out
+
+    def prefill_into(self, state: DecodeState, jobs: list[tuple[int, Request, list[int] | None]]):
+        """Prefill prompts and place each in its slot. `jobs`: (slot, request, tokens) with tokens
+        the prompt plus the tokens generated so far to prefill a running sequence again, or None
+        for the prompt alone. Prompts of one bucket are prefilled together (`prefill_rows`).
+        Returns (state, [(first token, its logprob, done) per job]) after one readback."""
         put = self._put
-        rp = jax.tree.map(put, RowParams.of([req.params]))
-        sampling = req.params.temperature > 0
-        kv, token, logprob, seen = self._prefill(sampling, self.model.params, put(padded), put(np.int32(n)), rp,
-                                                 put(np.int32(generated)))
-        max_new = req.params.max_new_tokens
-        eos = np.full_like(self.eos, -1) if req.params.ignore_eos else self.eos
-        state = self._insert(state, put(np.int32(slot)), kv, token, put(np.int32(n)), seen, rp,
-                             put(np.int32(max_new)), put(eos), put(np.int32(generated + 1)), put(np.int32(limit)))
-        return state, token, logprob
+        switch = self.rope_switch
+        groups: dict[int, list] = {}
+        for slot, req, tokens in jobs:
+            tokens = req.prompt if tokens is None else tokens
+            groups.setdefault(self.bucket(len(tokens)), []).append((slot, req, tokens))
+        order, outs = [], []
+        for bucket, group in groups.items():
+            for rows in self.prefill_rows(bucket, len(group)):
+                part, group = group[:rows], group[rows:]
+                padded = np.zeros((rows, bucket), np.int32)
+                for r, (_, _, tokens) in enumerate(part):
+                    padded[r, : len(tokens)] = tokens
+                length = np.asarray([len(tokens) for _, _, tokens in part], np.int32)
+                generated = length - np.asarray([len(req.prompt) for _, req, _ in part], np.int32)
+                limit = np.asarray([switch if switch is not None and n <= switch else self.max_len for n in length], np.int32)
+                eos = np.asarray([np.full_like(self.eos, -1) if req.params.ignore_eos else self.eos for _, req, _ in part])
+                max_new = np.asarray([req.params.max_new_tokens for _, req, _ in part], np.int32)
+                rp = jax.tree.map(put, RowParams.of([req.params for _, req, _ in part]))
+                sampling = any(req.params.temperature > 0 for _, req, _ in part)
+                slots = np.asarray([slot for slot, _, _ in part], np.int32)
+                state, token, logprob = self._prefill(sampling, self.model.params, state, put(slots), put(padded),
+                                                      put(length), rp, put(generated), put(max_new), put(eos),
+                                                      put(limit))
+                order += part
+                outs.append((token, logprob))
+        done = np.asarray(state.done)
+        token = np.concatenate([np.asarray(t) for t, _ in outs])
+        logprob = np.concatenate([np.asarray(lp) for _, lp in outs])
+        first = {slot: (int(t), float(lp), bool(done[slot])) for (slot, _, _), t, lp in zip(order, token, logprob)}
+        return state, [first[slot] for slot, _, _ in jobs]
 
     def run(self, requests: list[Request], stop_check=None) -> Iterator[Event]:
         """Serve every request, `batch_size` at a time, refilling slots as they free up.
@@ -224,23 +256,23 @@ class Engine:
         position = [0] * self.batch_size  # host copy of each slot's next write position
         sequence: list[list[int]] = [[] for _ in range(self.batch_size)]  # kept only for re-prefills
         while queue or any(s is not None for s in slots):
+            jobs = []
             for slot in range(self.batch_size):
                 req = slots[slot]
                 if req is None and queue:
                     req = queue.pop(0)
-                    state, token, logprob = self.prefill_into(state, slot, req)
                     slots[slot], position[slot], sequence[slot] = req, len(req.prompt), list(req.prompt)
+                    jobs.append((slot, req, None))
                 elif req is not None and position[slot] == self.rope_switch:
-                    state, token, logprob = self.prefill_into(state, slot, req, sequence[slot])
+                    jobs.append((slot, req, list(sequence[slot])))
+            if jobs:
+                state, first = self.prefill_into(state, jobs)
+                for (slot, req, _), (tok, logprob, done_now) in zip(jobs, first):
                     position[slot] = len(sequence[slot])
-                else:
-                    continue
-                tok = int(token[0])
-                sequence[slot].append(tok)
-                done_now = bool(state.done[slot])
-                yield Event(req.index, [tok], [float(logprob[0])], done_now)
-                if done_now:
-                    slots[slot] = None
+                    sequence[slot].append(tok)
+                    yield Event(req.index, [tok], [logprob], done_now)
+                    if done_now:
+                        slots[slot] = None
             if all(s is None for s in slots):
                 continue
             stop = np.zeros(self.batch_size, bool)
@@ -268,40 +300,40 @@ class Engine:
 # The jitted steps. `graphdef` and the counters are bound with functools.partial before jit.
 
 
-def _prefill(graphdef, counters, sampling, params, tokens, length, rp: RowParams, generated):
+def _prefill(graphdef, counters, sampling, params, state: DecodeState, slots, tokens, lengths, rp: RowParams,
+             generated, max_new, eos, limit):
+    """tokens [N, bucket] (row r's first lengths[r] are real) prefilled and placed in `slots` of
+    the donated state; returns the state and each
+    row's first token and its logprob."""
     counters.prefill += 1
     model = nnx.merge(graphdef, params)
-    positions = jnp.arange(tokens.shape[1])[None, :]
-    hidden, kv = model.hidden(tokens, positions, lengths=jnp.reshape(length, (1,)))
-    last = jax.lax.dynamic_slice_in_dim(hidden, length - 1, 1, axis=1)
+    n, t = tokens.shape
+    positions = jnp.broadcast_to(jnp.arange(t), (n, t))
+    hidden, kv = model.hidden(tokens, positions, lengths=lengths)
+    last = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)
     logits = model.logits(last)[:, 0]
-    valid = positions < length
-    seen = jnp.zeros(logits.shape, bool).at[0, tokens[0]].max(valid[0])
-    token, logprob = sample(logits, seen, rp, jnp.reshape(generated, (1,)), sampling)
-    return kv, token, logprob, seen.at[0, token[0]].set(True)
-
-
-def _insert(counters, state: DecodeState, slot, kv, token, length, seen, rp: RowParams, max_new, eos, generated, limit):
-    counters.insert += 1
+    rows = jnp.arange(n)
+    seen = jnp.zeros(logits.shape, bool).at[rows[:, None], tokens].max(positions < lengths[:, None])
+    token, logprob = sample(logits, seen, rp, generated, sampling)
 
     def put(big, small):
-        start = (slot,) + (0,) * (big.ndim - 1)
-        return jax.lax.dynamic_update_slice(big, small.astype(big.dtype), start)
+        index = (slots,) + tuple(slice(0, n) for n in small.shape[1:])
+        return big.at[index].set(small.astype(big.dtype))
 
-    cache = [LayerCache(put(c.k, n.k), put(c.v, n.v)) for c, n in zip(state.cache, kv)]
-    done = jnp.any(token[0] == eos) | (generated >= max_new)
-    return DecodeState(
-        cache=cache,
-        tokens=state.tokens.at[slot].set(token[0]),
-        positions=state.positions.at[slot].set(length),
-        done=state.done.at[slot].set(done),
-        generated=state.generated.at[slot].set(generated),
-        max_new=state.max_new.at[slot].set(max_new),
-        limit=state.limit.at[slot].set(limit),
-        seen=put(state.seen, seen),
-        eos=state.eos.at[slot].set(eos),
+    generated = generated + 1
+    state = DecodeState(
+        cache=[LayerCache(put(c.k, new.k), put(c.v, new.v)) for c, new in zip(state.cache, kv)],
+        tokens=put(state.tokens, token),
+        positions=put(state.positions, lengths),
+        done=put(state.done, jnp.any(token[:, None] == eos, axis=-1) | (generated >= max_new)),
+        generated=put(state.generated, generated),
+        max_new=put(state.max_new, max_new),
+        limit=put(state.limit, limit),
+        seen=put(state.seen, seen.at[rows, token].set(True)),
+        eos=put(state.eos, eos),
         params=jax.tree.map(put, state.params, rp),
     )
+    return state, token, logprob
 
 
 def _decode(graphdef, counters, chunk, loop, kv_len, sampling, params, state: DecodeState, stop):

@@ -86,20 +86,40 @@ def test_batch_invariance(llama):
         assert jaxllm.generate(llama, prompt, params).token_ids == batched.token_ids
 
 
-def test_compiles_once_per_bucket_and_decode_once(llama):
+def test_compiles_once_per_prefill_shape_and_decode_once(llama):
+    """Prompts of one bucket that find free slots at the same time are prefilled together, in calls
+    of 1 or 4 rows here: compiles are bounded by buckets x row counts, and a second run of the same
+    work compiles nothing."""
     engine = Engine(llama, batch_size=4, max_len=256, buckets=(16, 32, 64, 128))
     lengths = [2, 5, 9, 15, 20, 31, 40, 63, 100, 127]  # 10 prompts over 4 buckets, more than 4 slots
     params = jaxllm.SamplingParams(max_new_tokens=12, ignore_eos=True)
     results = jaxllm.generate(llama, _prompts(lengths, seed=1), params, engine=engine)
     assert [len(r.token_ids) for r in results] == [12] * 10
-    assert engine.counters.prefill <= 4 and engine.counters.insert <= 4
+    assert engine.counters.prefill <= 4 * 2
     assert engine.counters.decode == 1
-    # The same engine again: nothing new to compile.
-    jaxllm.generate(llama, _prompts([7, 70], seed=2), params, engine=engine)
-    assert (engine.counters.prefill, engine.counters.decode) == (4, 1)
+    compiled = engine.counters.prefill
+    again = jaxllm.generate(llama, _prompts(lengths, seed=1), params, engine=engine)
+    assert (engine.counters.prefill, engine.counters.decode) == (compiled, 1)
+    assert [r.token_ids for r in again] == [r.token_ids for r in results]
     # Slots refilled mid-run give the same tokens as a fresh run of each prompt.
-    alone = jaxllm.generate(llama, _prompts(lengths, seed=1)[9], params)
-    assert alone.token_ids == results[9].token_ids
+    for i in (0, 9):
+        assert jaxllm.generate(llama, _prompts(lengths, seed=1)[i], params).token_ids == results[i].token_ids
+
+
+@pytest.mark.parametrize("prefill_tokens, rows", [(32, [2, 2, 1]), (8192, [4, 1])])
+def test_prompts_prefilled_together_match_one_by_one(llama, prefill_tokens, rows):
+    """Five prompts of one bucket, prefilled in calls of at most 2 rows (32 tokens) or 4 rows (the
+    batch of 5 rounded down to a power of two): the same tokens and logprobs as each prompt alone."""
+    prompts = _prompts([3, 5, 9, 12, 14], seed=5)
+    params = jaxllm.SamplingParams(max_new_tokens=10, ignore_eos=True, logprobs=True)
+    engine = Engine(llama, batch_size=5, max_len=64, buckets=(16, 32), prefill_tokens=prefill_tokens)
+    together = jaxllm.generate(llama, prompts, params, engine=engine)
+    assert engine.prefill_rows(16, 5) == rows
+    assert engine.counters.prefill == len(set(rows))
+    for prompt, got in zip(prompts, together):
+        alone = jaxllm.generate(llama, prompt, params)
+        assert got.token_ids == alone.token_ids
+        np.testing.assert_allclose(got.logprobs, alone.logprobs, atol=1e-5)
 
 
 def test_prompt_longer_than_cache_fails_before_work(llama):
