@@ -8,6 +8,11 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 sys.path.insert(0, os.path.dirname(__file__))
+# CLIs run by the tests keep their compiled programs in a throwaway folder, not the user's home.
+if "JAXLLM_COMPILE_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["JAXLLM_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="jaxllm-test-cc-")
 
 
 import pytest  # noqa: E402

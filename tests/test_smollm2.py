@@ -107,12 +107,20 @@ def test_incremental_detokenization_never_splits_characters(ours):
 
 
 def test_cli_default_model_answers(tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path))  # no hub: the packaged GGUF
-    out = subprocess.run([sys.executable, "-m", "jaxllm.generate", "What is the capital of France?"],
-                         capture_output=True, text=True, env=env, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "Paris" in out.stdout
-    assert "tokens/s" in out.stderr.strip().splitlines()[-1]
+    """The README's first command; its second run loads the compiled programs the first one kept
+    (--compile-cache) and must answer the same."""
+    cache = tmp_path / "compiled"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path), JAXLLM_COMPILE_CACHE=str(cache))  # no hub: the packaged GGUF
+    for run in range(2):
+        out = subprocess.run([sys.executable, "-m", "jaxllm.generate", "What is the capital of France?"],
+                             capture_output=True, text=True, env=env, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip() == "The capital of France is Paris."
+        assert "tokens/s" in out.stderr.strip().splitlines()[-1]
+        if run == 0:
+            kept = sorted(p.name for p in cache.iterdir())
+            assert kept, "the first run kept no compiled program"
+    assert sorted(p.name for p in cache.iterdir()) == kept  # the second run compiled nothing new
 
 
 @pytest.mark.parametrize("args, message", [
