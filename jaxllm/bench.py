@@ -127,10 +127,8 @@ def bench_jax(shape: str, sizes: dict, dtype: str, skip=(), loop: str = "while")
 def start_time(shape: str, sizes: dict, dtype: str, cache_dir: str) -> float:
     """Seconds for a fresh process to build the model and serve its first token."""
     code = (
-        "import time; t=time.perf_counter(); import jax; "
-        f"jax.config.update('jax_compilation_cache_dir', {cache_dir!r}); "
-        "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0); "
-        "jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0); "
+        "import time; t=time.perf_counter(); from jaxllm.generate import use_compile_cache; "
+        f"use_compile_cache({cache_dir!r}); "
         "from jaxllm.random_model import random_model; from jaxllm.engine import Engine, Request; "
         "from jaxllm.sampling import SamplingParams; "
         f"m = random_model({shape!r}, dtype={dtype!r}); "

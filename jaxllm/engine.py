@@ -261,14 +261,14 @@ class Engine:
                 req = slots[slot]
                 if req is None and queue:
                     req = queue.pop(0)
-                    slots[slot], position[slot], sequence[slot] = req, len(req.prompt), list(req.prompt)
+                    slots[slot], sequence[slot] = req, list(req.prompt)
                     jobs.append((slot, req, None))
                 elif req is not None and position[slot] == self.rope_switch:
                     jobs.append((slot, req, list(sequence[slot])))
             if jobs:
                 state, first = self.prefill_into(state, jobs)
                 for (slot, req, _), (tok, logprob, done_now) in zip(jobs, first):
-                    position[slot] = len(sequence[slot])
+                    position[slot] = len(sequence[slot])  # the prompt, or all of it again
                     sequence[slot].append(tok)
                     yield Event(req.index, [tok], [logprob], done_now)
                     if done_now:
@@ -303,8 +303,7 @@ class Engine:
 def _prefill(graphdef, counters, sampling, params, state: DecodeState, slots, tokens, lengths, rp: RowParams,
              generated, max_new, eos, limit):
     """tokens [N, bucket] (row r's first lengths[r] are real) prefilled and placed in `slots` of
-    the donated state; returns the state and each
-    row's first token and its logprob."""
+    the donated state; returns the state and each row's first token and its logprob."""
     counters.prefill += 1
     model = nnx.merge(graphdef, params)
     n, t = tokens.shape
@@ -317,7 +316,7 @@ def _prefill(graphdef, counters, sampling, params, state: DecodeState, slots, to
     token, logprob = sample(logits, seen, rp, generated, sampling)
 
     def put(big, small):
-        index = (slots,) + tuple(slice(0, n) for n in small.shape[1:])
+        index = (slots,) + tuple(slice(0, size) for size in small.shape[1:])
         return big.at[index].set(small.astype(big.dtype))
 
     generated = generated + 1
