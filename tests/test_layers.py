@@ -1,10 +1,10 @@
-"""Shared layers: the batch-1 decode attention path equals the general one."""
+"""Shared layers: the decode attention paths equal the general one."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxllm.models.layers import attend, attention_probs
+from jaxllm.models.layers import attend, attention_mask, attention_probs, decode_attention, fused_decode_attention
 
 
 @pytest.mark.parametrize("softcap", [None, 3.0])
@@ -20,3 +20,19 @@ def test_batch_one_decode_attention_equals_the_matmul_form(softcap):
     # two rows take the general path and agree with the one-row result for the first row
     two = attend(jnp.concatenate([q, q]), jnp.concatenate([k, k]), jnp.concatenate([v, v]), jnp.concatenate([mask, mask]), 0.25, softcap)
     np.testing.assert_allclose(np.asarray(two[:1]), np.asarray(fast), atol=1e-6)
+
+
+def test_decode_attention_call_equals_the_masked_form():
+    """The call that runs as one cuDNN kernel on GPUs (here its XLA form): grouped heads, keys
+    valid up to each row's position, the same result as attending with our causal mask."""
+    rng = np.random.default_rng(1)
+    b, s, h, kv, d = 3, 40, 8, 2, 16
+    q = jnp.asarray(rng.normal(size=(b, 1, h, d)), jnp.float32)
+    k, v = (jnp.asarray(rng.normal(size=(b, s, kv, d)), jnp.float32) for _ in range(2))
+    positions = jnp.asarray([[0], [17], [39]], jnp.int32)
+    mask = attention_mask(positions, jnp.broadcast_to(jnp.arange(s), (b, s)), None)
+    want = attend(q, k, v, mask, 0.25)
+    got = decode_attention(q, k, v, positions[:, 0] + 1, 0.25, "xla")
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+    # Never on the CPU, nor with a window or soft-capping, nor in float32.
+    assert not fused_decode_attention(q.astype(jnp.bfloat16), None, None)
