@@ -408,10 +408,17 @@ def decode_attention(q, k, v, lengths, scale: float, implementation: str | None 
 
 
 def fused_decode_attention(q, window, softcap) -> bool:
-    """Whether a decode step may use the cuDNN kernel: on a GPU, in 16-bit floats, a head size
-    cuDNN takes, and no sliding window or soft-capping (which that call does not express)."""
-    return (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] <= 128
+    """Whether a decode step may use the cuDNN kernel: on an NVIDIA GPU, in 16-bit floats, a head
+    size cuDNN takes, and no sliding window or soft-capping (which that call does not express)."""
+    return (_on_cuda() and q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] <= 128
             and q.shape[-1] % 8 == 0 and window is None and softcap is None)
+
+
+def _on_cuda() -> bool:
+    if jax.default_backend() != "gpu":
+        return False
+    version = getattr(getattr(jax.devices()[0], "client", None), "platform_version", "")
+    return "rocm" not in str(version).lower()  # ROCm GPUs also report "gpu" but have no cuDNN
 
 
 class Attention(nnx.Module):
