@@ -33,11 +33,12 @@ print(min(times))
 
 
 def write_hf(folder: Path, shape: str, dtype: str) -> int:
-    from jaxllm import checkpoint, weights
+    from jaxllm import checkpoint
+    from jaxllm.models import weights
     from jaxllm.random_model import SHAPES, random_model
 
     model = random_model(shape, dtype)
-    from jaxllm import registry
+    from jaxllm.models import registry
 
     raw = dict(SHAPES[shape], torch_dtype=dtype)
     arch = registry.architecture_of(raw)

@@ -118,7 +118,7 @@ def main():
         t = time.perf_counter()
         proc = subprocess.run([sys.executable, __file__, "--child", shape, str(batch), str(prompt), str(new),
                                "--trace-dir", trace], env=env, capture_output=True, text=True, timeout=400)
-        line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        line = [out for out in proc.stdout.splitlines() if out.startswith("RESULT ")]
         if not line:
             print(f"{shape} b={batch} {variant}: failed\n{proc.stderr[-3000:]}", flush=True)
             continue

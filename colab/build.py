@@ -71,16 +71,16 @@ print(f"{cfg.architecture}: {cfg.num_layers} layers, hidden {cfg.hidden_size}, l
         "## Ask one question\nGreedy decoding (temperature 0); the chat template comes from the checkpoint's tokenizer.",
         '''
 greedy = jaxllm.SamplingParams(max_new_tokens=MAX_NEW_TOKENS, temperature=0.0)
-answer = jaxllm.generate(model, "What is the capital of France?", greedy)
+answer = model.generate("What is the capital of France?", greedy)
 print(answer.text)''',
         "## Stream, and measure tokens per second\nAn `Engine` keeps its compiled steps, so the second call below measures decoding, not compiling.",
         '''
 engine = jaxllm.Engine(model, batch_size=1, max_len=1024)
 sampled = jaxllm.SamplingParams(max_new_tokens=MAX_NEW_TOKENS, temperature=0.7, top_p=0.9, seed=0, logprobs=True)
 prompt = "Write a haiku about the sea."
-jaxllm.generate(model, prompt, sampled, engine=engine)  # compiles
+model.generate(prompt, sampled, engine=engine)  # compiles
 start = time.perf_counter()
-out = jaxllm.generate(model, prompt, sampled, engine=engine, on_text=lambda i, text: print(text, end="", flush=True))
+out = model.generate(prompt, sampled, engine=engine, on_text=lambda i, text: print(text, end="", flush=True))
 seconds = time.perf_counter() - start
 print(f"\\n\\n{len(out.token_ids)} tokens in {seconds:.2f}s: {len(out.token_ids) / seconds:.1f} tokens/s (prompt {out.prompt_tokens} tokens)")''',
         "## A conversation\nEarlier turns go through the chat template too; `generate` also takes token ids.",
@@ -92,7 +92,7 @@ messages = [
 ]
 ids = model.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
 ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-print(jaxllm.generate(model, ids, greedy, engine=engine).text)''',
+print(model.generate(ids, greedy, engine=engine).text)''',
         "## How sure was the model of each token?\nThe probability of each token it sampled for the haiku above.",
         '''
 import numpy as np
@@ -128,8 +128,8 @@ MAX_NEW_TOKENS = 64''',
 import time
 import jax
 import jaxllm
-from jaxllm import registry, sharding
-from jaxllm.loader import open_checkpoint
+from jaxllm import sharding
+from jaxllm.loader import prepare
 
 mesh = sharding.make_mesh(MESH)
 print(sharding.describe(mesh))
@@ -138,8 +138,8 @@ for d in jax.devices():
     print(d, f"{stats['bytes_limit'] / 1e9:.1f} GB" if "bytes_limit" in stats else "(memory not reported)")''',
         "## Will it fit?\nThe config alone gives the bytes of the weights and of the KV cache; nothing is loaded yet.",
         '''
-ckpt = open_checkpoint(MODEL)  # downloads the checkpoint on first use (16 GB for an 8B model)
-est = registry.estimate_memory(ckpt.config, batch=BATCH, length=1024, dtype=DTYPE)
+plan = prepare(MODEL, dtype=DTYPE, mesh=mesh)  # downloads the checkpoint on first use (16 GB for an 8B model)
+est = plan.memory(batch=BATCH, length=1024)
 n = mesh.devices.size
 per_device = (est["params_bytes"] + est["kv_cache_bytes"]) / n
 print(f"weights {est['params_bytes'] / 1e9:.1f} GB + KV cache {est['kv_cache_bytes'] / 1e9:.2f} GB "
@@ -179,9 +179,9 @@ topics = ["the ocean", "a lighthouse", "autumn", "a city at night", "mountains",
 prompts = [f"Write one sentence about {t}." for t in (topics * (BATCH // len(topics) + 1))[:BATCH]]
 params = jaxllm.SamplingParams(max_new_tokens=MAX_NEW_TOKENS, temperature=0.0)
 engine = jaxllm.Engine(model, batch_size=BATCH, max_len=512)
-jaxllm.generate(model, prompts, params, engine=engine)  # compiles
+model.generate(prompts, params, engine=engine)  # compiles
 start = time.perf_counter()
-outs = jaxllm.generate(model, prompts, params, engine=engine)
+outs = model.generate(prompts, params, engine=engine)
 seconds = time.perf_counter() - start
 for p, o in zip(prompts, outs):
     print(f"> {p}\\n{o.text.strip()}\\n")

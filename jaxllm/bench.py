@@ -20,7 +20,15 @@ import subprocess
 import sys
 import time
 
-GPU_XLA_FLAGS = "--xla_gpu_enable_triton_gemm=false"  # cuBLAS for the matmuls: 2.4x on 8B decode (issue 7)
+import jax
+import numpy as np
+
+from jaxllm import runtime
+from jaxllm.engine import Engine, Request
+from jaxllm.errors import JaxllmError, run_cli
+from jaxllm.random_model import SHAPES, random_model
+from jaxllm.sampling import SamplingParams
+from jaxllm.sharding import make_mesh
 
 
 def _sizes(quick: bool) -> dict:
@@ -34,11 +42,8 @@ def _sizes(quick: bool) -> dict:
 def copy_bandwidth() -> float:
     """Bytes read + written per second by a large device-to-device copy (median of 20, after the
     clocks have ramped up)."""
-    import jax
-    import jax.numpy as jnp
-
     on_cpu = jax.default_backend() == "cpu"
-    x = jnp.ones((2**22 if on_cpu else 2**30,), jnp.bfloat16)  # 2 GiB on an accelerator
+    x = jax.numpy.ones((2**22 if on_cpu else 2**30,), jax.numpy.bfloat16)  # 2 GiB on an accelerator
     f = jax.jit(lambda a: a + 1)
     for _ in range(5):
         f(x).block_until_ready()
@@ -69,13 +74,6 @@ def _section(name, fn):
 
 
 def bench_jax(shape: str, sizes: dict, dtype: str, skip=(), loop: str = "while") -> dict:
-    import jax
-    import numpy as np
-
-    from jaxllm.engine import Engine, Request
-    from jaxllm.random_model import random_model
-    from jaxllm.sampling import SamplingParams
-
     model = _section("random weights", lambda: jax.block_until_ready(random_model(shape, dtype=dtype)))
     cfg = model.config
     rng = np.random.default_rng(0)
@@ -127,7 +125,7 @@ def bench_jax(shape: str, sizes: dict, dtype: str, skip=(), loop: str = "while")
 def start_time(shape: str, sizes: dict, dtype: str, cache_dir: str) -> float:
     """Seconds for a fresh process to build the model and serve its first token."""
     code = (
-        "import time; t=time.perf_counter(); from jaxllm.generate import use_compile_cache; "
+        "import time; t=time.perf_counter(); from jaxllm.runtime import use_compile_cache; "
         f"use_compile_cache({cache_dir!r}); "
         "from jaxllm.random_model import random_model; from jaxllm.engine import Engine, Request; "
         "from jaxllm.sampling import SamplingParams; "
@@ -150,7 +148,7 @@ def bench_hf(shape: str, sizes: dict) -> dict:
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "hf_peer.py"
     if not path.exists():
-        raise SystemExit("error: --compare hf needs a source checkout (benchmarks/hf_peer.py); run from the repository")
+        raise JaxllmError("--compare hf needs a source checkout (benchmarks/hf_peer.py): run from the repository")
     spec = importlib.util.spec_from_file_location("jaxllm_hf_peer", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -161,17 +159,8 @@ def tp_compare(shape: str, degrees: list[int], sizes: dict, dtype: str) -> list[
     """The same random model at each tensor-parallel degree: greedy tokens must agree (compared in
     float32: in bf16 a different reduction order flips near-ties of random weights' flat logits);
     decode tokens/s at batch 1 in `dtype` for each."""
-    import jax
-    import numpy as np
-
-    from jaxllm.engine import Engine, Request
-    from jaxllm.generation import generate
-    from jaxllm.random_model import random_model
-    from jaxllm.sampling import SamplingParams
-    from jaxllm.sharding import make_mesh
-
     rng = np.random.default_rng(0)
-    vocab = random_model.__globals__["SHAPES"][shape]["vocab_size"]
+    vocab = SHAPES[shape]["vocab_size"]
     prompts = [rng.integers(0, vocab, n).tolist() for n in (17, 40)]
     greedy = SamplingParams(max_new_tokens=32, ignore_eos=True)
     rows, reference = [], None
@@ -179,7 +168,7 @@ def tp_compare(shape: str, degrees: list[int], sizes: dict, dtype: str) -> list[
         mesh = make_mesh(f"tp={tp}", devices=jax.devices()[:tp])
         exact = random_model(shape, dtype="float32", mesh=mesh)
         with jax.default_matmul_precision("highest"):  # GPUs otherwise take float32 matmuls in TF32
-            tokens = [r.token_ids for r in generate(exact, prompts, greedy)]
+            tokens = [r.token_ids for r in exact.generate(prompts, greedy)]
         del exact
         model = random_model(shape, dtype=dtype, mesh=mesh)
         reference = reference or tokens
@@ -227,17 +216,15 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--tp", help="instead: compare tensor-parallel degrees, e.g. 1,2 (greedy tokens and batch-1 decode)")
     args = p.parse_args(argv)
-    if "XLA_FLAGS" not in os.environ:
-        os.environ["XLA_FLAGS"] = GPU_XLA_FLAGS  # read when the backend starts, below
-    import jax
+    runtime.set_gpu_flags()  # read when the backend starts, below
+    return run_cli(lambda: _main(args))
 
-    from jaxllm.random_model import SHAPES
 
+def _main(args) -> int:
     shapes = args.shape or ["qwen3-0.6b"]
     for s in shapes:
         if s not in SHAPES:
-            print(f"error: unknown shape '{s}'; known: {', '.join(SHAPES)}", file=sys.stderr)
-            return 2
+            raise JaxllmError(f"unknown shape '{s}': use one of {', '.join(SHAPES)}")
     sizes = _sizes(args.quick)
     if args.tp:
         rows = tp_compare(shapes[0], [int(d) for d in args.tp.split(",")], sizes, args.dtype)

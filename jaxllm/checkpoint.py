@@ -1,4 +1,6 @@
-"""Finding a checkpoint and reading its files: config.json, generation_config.json, and tensors.
+"""Finding a Hugging Face checkpoint and reading its files: config.json, generation_config.json,
+tensors (HFCheckpoint: safetensors here, GGUF through jaxllm.gguf) and the tokenizer. A folder
+written by `python -m jaxllm.convert` is read by jaxllm.converted behind the same interface.
 
 Tensors are read lazily from safetensors files: `get` returns a LazyTensor, and bytes are read
 (os.pread) only when asked, whole or by row blocks, so a converter can build a transposed copy
@@ -13,12 +15,17 @@ import json
 import os
 import re
 import struct
+from functools import cached_property
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import EntryNotFoundError
 
+from jaxllm import gguf
 from jaxllm.errors import CheckpointError, ConfigError
+from jaxllm.models import weights
 
 _DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
@@ -39,10 +46,8 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
     if not _HUB_ID.match(text):
         raise CheckpointError(f"no such file or folder: '{text}'; pass a checkpoint folder, a .gguf file or a hub id like 'org/name'")
     try:
-        from huggingface_hub import snapshot_download
-
         return Path(snapshot_download(text, allow_patterns=_HUB_PATTERNS))
-    except Exception as err:  # offline, unknown repo, gated repo, network: all end the same way for a user
+    except (OSError, ValueError, EntryNotFoundError) as err:  # offline, unknown or gated repo, network
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
             f"could not get '{text}' from the Hugging Face hub or its local cache ({type(err).__name__}: {reason[:200]}); "
@@ -218,3 +223,55 @@ class SafetensorsCheckpoint:
 
     def get(self, name) -> LazyTensor:
         return self._where[name].get(name)
+
+
+# ----------------------------------------------------------------------------------------------
+# The two kinds of checkpoint, and the tokenizer they ship
+
+
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+class HFCheckpoint:
+    """Tensors under Hugging Face names: safetensors files in a folder, or a GGUF file."""
+
+    def __init__(self, path: Path, raw: dict, generation_config: dict, tensors=None):
+        self.path, self.raw, self.generation_config = path, raw, generation_config
+        self._tensors = tensors  # None: the folder's safetensors files, opened on first use
+        name = raw.get("dtype") or raw.get("torch_dtype")
+        self.dtype = name if name in FLOAT_DTYPES else None
+        self.load_dtype = "float32"
+
+    @cached_property
+    def tensors(self):
+        """names(), shape(name), get(name) -> lazy tensor."""
+        return self._tensors if self._tensors is not None else SafetensorsCheckpoint(self.path)
+
+    def problems(self, arch, cfg, abstract) -> list[str]:
+        return weights.problems(self.tensors, arch.weight_map(cfg), abstract, arch.ignored(cfg))
+
+    def size(self, arch, cfg, abstract) -> int:
+        return len({name for spec in arch.weight_map(cfg) for name in spec.hf_names})
+
+    def read(self, arch, cfg, abstract, dtype, shardings=None, progress=None):
+        return weights.load_params(self.tensors, arch.weight_map(cfg), abstract, dtype, shardings, progress)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def load_tokenizer(path: Path):
+    """The checkpoint's tokenizer (transformers', for its tokenizer and chat template only), or None
+    when it ships none. `path` is a folder or a .gguf file."""
+    path = Path(path)
+    if path.is_file():  # GGUF: built from the file's metadata
+        return gguf.load_tokenizer(path)
+    if not any((path / f).exists() for f in TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer  # a heavy import, paid only where a tokenizer is loaded
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as err:  # the tokenizers library reports a bad file as a bare Exception
+        raise CheckpointError(f"the tokenizer in {path} could not be loaded ({type(err).__name__}: {str(err)[:200]}): "
+                              "fix or re-download its tokenizer files") from None

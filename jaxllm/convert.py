@@ -18,7 +18,13 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+
+from jaxllm import checkpoint, converted
 from jaxllm.errors import JaxllmError, run_cli
+from jaxllm.loader import open_checkpoint, plan
+from jaxllm.models import weights
+from jaxllm.progress import Bar
 
 # Files of a checkpoint folder that are weights (rewritten by us), not side files to carry over.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
@@ -35,14 +41,6 @@ def parse_args(argv=None):
     p.add_argument("--mesh", default=None, help="convert onto a device mesh, e.g. 'tp=4' (default: one device)")
     p.add_argument("--shard-size", type=float, default=5.0, help="--to-hf: largest safetensors file, in GB (default 5)")
     return p.parse_args(argv)
-
-
-def _source_dtype(ckpt) -> str | None:
-    """The dtype the source stores its weights in, when it says so."""
-    if ckpt.saved_dtype:
-        return ckpt.saved_dtype
-    name = ckpt.raw.get("dtype") or ckpt.raw.get("torch_dtype")
-    return name if name in ("float32", "bfloat16", "float16") else None
 
 
 def _partial_dirs(dst: Path):
@@ -79,17 +77,13 @@ def _check_dst(src: Path, dst: Path, force: bool) -> None:
 def _copy_side_files(src: Path, folder: Path, raw: dict) -> None:
     """config.json from `raw`; from a folder also generation_config.json, tokenizer files, licence,
     README (everything but weights); from a .gguf the tokenizer rebuilt from its metadata."""
-    from jaxllm import converted
-
     (folder / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
     if src.is_dir():
         for f in sorted(src.iterdir()):
             if f.is_file() and f.name not in _SKIP and f.name != converted.MARKER and not f.name.endswith(_WEIGHT_SUFFIXES):
                 shutil.copy2(f, folder / f.name)
     else:
-        from jaxllm.tokenizer import load_tokenizer
-
-        tok = load_tokenizer(src)
+        tok = checkpoint.load_tokenizer(src)
         if tok is not None:
             tok.save_pretrained(str(folder))
 
@@ -105,72 +99,41 @@ def _finish(tmp: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-class _Bar:
-    """A progress bar per tensor on stderr (tqdm when on a terminal, a final line otherwise)."""
-
-    def __init__(self, total: int, what: str):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total, desc=what, unit="tensor", file=sys.stderr, disable=not sys.stderr.isatty())
-
-    def __call__(self, name: str) -> None:
-        self.bar.set_postfix_str(name[-40:], refresh=False)
-        self.bar.update()
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def convert(src, dst, *, dtype=None, to_hf: bool = False, force: bool = False, mesh=None,
             shard_bytes: int = 5 << 30, progress: bool = True) -> dict:
-    """Convert `src` into `dst` (see the module docstring); returns timings and sizes."""
-    import jax
-
-    from jaxllm import checkpoint, converted, weights
-    from jaxllm.loader import abstract_model, open_checkpoint, resolve_dtype
-
+    """Convert `src` into `dst` (see the module docstring); returns timings and sizes. `dtype`
+    None: the dtype the source stores its weights in, else float32."""
     start = time.perf_counter()
     dst = Path(dst).expanduser()
-    ckpt = open_checkpoint(src)
-    _check_dst(ckpt.path, dst, force)
-    dtype = resolve_dtype(dtype or _source_dtype(ckpt) or "float32")
-    dtype_name = jax.numpy.dtype(dtype).name
-    graphdef, abstract = abstract_model(ckpt.config, ckpt.arch, dtype)
-    ckpt.check(abstract)
+    source = open_checkpoint(src)
+    _check_dst(source.path, dst, force)
+    p = plan(source.raw, dtype or source.dtype, mesh, source)
+    dtype_name = jax.numpy.dtype(p.dtype).name
+    p.check()
     dst.parent.mkdir(parents=True, exist_ok=True)
     _clear_stale(dst)
     tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
     tmp.mkdir()
     try:
-        raw = dict(ckpt.raw)
+        raw = dict(source.raw)
         if to_hf:
             for k in [k for k in ("torch_dtype", "dtype") if k in raw] or ["torch_dtype"]:
                 raw[k] = dtype_name
-        _copy_side_files(ckpt.path, tmp, raw)
-        shardings = None
-        if mesh is not None:
-            from jaxllm import sharding
-
-            shardings = sharding.param_shardings(abstract, sharding.make_mesh(mesh))
-        n = len(jax.tree.leaves(abstract))
-        bar = _Bar(n, "reading") if progress else None
-        params = ckpt.read_params(abstract, dtype, shardings=shardings, progress=bar)
-        jax.block_until_ready(params)
-        if bar:
-            bar.close()
+        _copy_side_files(source.path, tmp, raw)
+        with Bar(len(jax.tree.leaves(p.abstract)), "reading", enabled=progress) as bar:
+            params = p.read(bar)
+            jax.block_until_ready(params)
         read_s = time.perf_counter() - start
         if to_hf:
-            specs = ckpt.arch.weight_map(ckpt.config)
+            specs = p.arch.weight_map(p.config)
             flat = weights.flat_params(params)
             del params
-            shapes = weights.hf_layout(specs, {p: v.shape for p, v in flat.items()})
-            layout = {name: (shape, dtype) for name, shape in shapes.items()}
-            bar = _Bar(len(layout), "writing") if progress else None
-            files = checkpoint.write_safetensors(tmp, layout, weights.export_tensors(specs, flat), shard_bytes, bar)
-            if bar:
-                bar.close()
+            shapes = weights.hf_layout(specs, {path: v.shape for path, v in flat.items()})
+            layout = {name: (shape, p.dtype) for name, shape in shapes.items()}
+            with Bar(len(layout), "writing", enabled=progress) as bar:
+                files = checkpoint.write_safetensors(tmp, layout, weights.export_tensors(specs, flat), shard_bytes, bar)
         else:
-            meta = dict(dtype=dtype_name, architecture=ckpt.arch.name, source=str(src))
+            meta = dict(dtype=dtype_name, architecture=p.arch.name, source=str(src))
             converted.save(tmp, params, meta)
             files = [converted.PARAMS, converted.MARKER]
         _finish(tmp, dst)

@@ -19,8 +19,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jaxllm.checkpoint import read_config, read_generation_config, read_json
 from jaxllm.errors import CheckpointError
-from jaxllm.weights import flat_params, unflatten_into
+from jaxllm.models.weights import flat_params, unflatten_into
 
 MARKER = "jaxllm.json"
 FORMAT = "jaxllm-orbax"
@@ -60,8 +61,6 @@ def save(folder: Path, params, meta: dict) -> None:
 
 
 def read_marker(folder: Path) -> dict:
-    from jaxllm.checkpoint import read_json
-
     marker = read_json(folder / MARKER, MARKER)
     if marker.get("format") != FORMAT or not isinstance(marker.get("params"), dict):
         raise CheckpointError(f"{folder / MARKER} is not a jaxllm checkpoint marker: re-run python -m jaxllm.convert")
@@ -85,7 +84,7 @@ def problems(folder: Path, abstract) -> list[str]:
     return found + [f"unexpected {k}" for k in saved if k not in want]
 
 
-def restore(folder: Path, abstract, dtype, shardings: dict | None = None, place=None, progress=None):
+def restore(folder: Path, abstract, dtype, shardings: dict | None = None, progress=None):
     """The parameter state of `abstract`, read from `folder` in `dtype` (cast on read when the saved
     dtype differs). `shardings` {path: Sharding}: each device reads only its own shards."""
     flat = flat_params(abstract)
@@ -97,13 +96,32 @@ def restore(folder: Path, abstract, dtype, shardings: dict | None = None, place=
     args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))
     try:
         restored = _checkpointer().restore((folder / PARAMS).absolute(), args=args)
-    except Exception as err:  # orbax reports a damaged or partial folder in many ways
+    except (OSError, ValueError, KeyError) as err:  # how orbax and tensorstore report a damaged or partial folder
         raise CheckpointError(f"could not read the parameters in {folder / PARAMS} ({type(err).__name__}: "
                               f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}); convert again") from None
     out = {}
     for p, leaf in flat.items():
         value = restored.pop(key(p))
-        out[p] = place(p, np.asarray(value), leaf) if place is not None else value
+        out[p] = value
         if progress is not None:
             progress(key(p))
     return unflatten_into(abstract, out)
+
+
+class ConvertedCheckpoint:
+    """A folder written by `python -m jaxllm.convert`: orbax parameters beside the HF side files."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.dtype = self.load_dtype = read_marker(path).get("dtype")
+        self.raw = read_config(path)
+        self.generation_config = read_generation_config(path)
+
+    def problems(self, arch, cfg, abstract) -> list[str]:
+        return problems(self.path, abstract)
+
+    def size(self, arch, cfg, abstract) -> int:
+        return len(jax.tree.leaves(abstract))
+
+    def read(self, arch, cfg, abstract, dtype, shardings=None, progress=None):
+        return restore(self.path, abstract, dtype, shardings, progress)

@@ -14,7 +14,7 @@ loop only moves small token chunks, refills freed slots from the queue, and appl
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
 import jax
@@ -22,9 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxllm.config import token_ids
-from jaxllm.errors import GenerationError
-from jaxllm.models.layers import LayerCache
+from jaxllm import runtime, sharding
+from jaxllm.errors import GenerationError, check_token_ids
+from jaxllm.models.attention import LayerCache, SlotCache
+from jaxllm.models.config import token_ids
 from jaxllm.sampling import RowParams, SamplingParams, sample
 
 
@@ -85,7 +86,7 @@ class Engine:
     prompts waiting at the same time are prefilled together, up to `prefill_tokens` per call."""
 
     def __init__(self, model, batch_size: int = 1, max_len: int = 1024, buckets=None, chunk: int = 16, loop: str = "while",
-                 prefill_tokens: int = 8192):
+                 prefill_tokens: int = 8192, attention: str | None = None):
         if batch_size < 1 or max_len < 2 or prefill_tokens < 1:
             raise GenerationError(f"an engine needs batch_size >= 1, max_len >= 2 and prefill_tokens >= 1, got "
                                   f"{batch_size}, {max_len}, {prefill_tokens}")
@@ -105,7 +106,9 @@ class Engine:
         prefill = functools.partial(_prefill, graphdef, self.counters)
         if loop not in ("while", "scan"):
             raise GenerationError(f"loop must be 'while' or 'scan', got {loop!r}")
-        decode = functools.partial(_decode, graphdef, self.counters, chunk, loop)
+        # The attention kernels this platform runs ("cudnn" or "xla"), chosen once by the runtime.
+        self.attention = attention or runtime.attention_impl()
+        decode = functools.partial(_decode, graphdef, self.counters, chunk, loop, self.attention)
         if self.mesh is None:
             self._new_state = jax.jit(self._zero_state)
             self._prefill = jax.jit(prefill, static_argnums=0, donate_argnums=2)
@@ -113,8 +116,6 @@ class Engine:
             return
         # On a mesh: the cache is split like the kv projections (and over dp by batch rows); what the
         # host reads back is replicated, so every process of a multi-host run can read it.
-        from jaxllm import sharding
-
         dp = self.mesh.shape["dp"]
         self.batch_size = -(-batch_size // dp) * dp
         rep = sharding.replicated(self.mesh)
@@ -127,9 +128,7 @@ class Engine:
         self._decode = jax.jit(decode, donate_argnums=3, static_argnums=(0, 1), out_shardings=(state, rep, rep))
 
     def _put(self, x):
-        from jaxllm.sharding import put_replicated
-
-        return put_replicated(x, self.mesh)
+        return sharding.put_replicated(x, self.mesh)
 
     def _zero_state(self) -> DecodeState:
         b = self.batch_size
@@ -176,8 +175,7 @@ class Engine:
                 f"prompt of {n} tokens + max_new_tokens={req.params.max_new_tokens} exceeds the "
                 f"{self.cfg.max_position_embeddings} positions this model has learned: shorten one of them"
             )
-        if max(req.prompt) >= self.cfg.vocab_size or min(req.prompt) < 0:
-            raise GenerationError(f"prompt has token ids outside [0, {self.cfg.vocab_size}): check the tokenizer")
+        check_token_ids(req.prompt, self.cfg.vocab_size, "prompt")
         self.bucket(n)
 
     @property
@@ -242,6 +240,20 @@ class Engine:
         first = {slot: (int(t), float(lp), bool(done[slot])) for (slot, _, _), t, lp in zip(order, token, logprob)}
         return state, [first[slot] for slot, _, _ in jobs]
 
+    def _refill(self, queue, slots, position, sequence) -> list[tuple[int, Request, list[int] | None]]:
+        """Prefill jobs for this round: queued requests into free slots, and slots that reached the
+        LongRoPE switch prefilled again with their whole sequence."""
+        jobs = []
+        for slot in range(self.batch_size):
+            req = slots[slot]
+            if req is None and queue:
+                req = queue.pop(0)
+                slots[slot], sequence[slot] = req, list(req.prompt)
+                jobs.append((slot, req, None))
+            elif req is not None and position[slot] == self.rope_switch:
+                jobs.append((slot, req, list(sequence[slot])))
+        return jobs
+
     def run(self, requests: list[Request], stop_check=None) -> Iterator[Event]:
         """Serve every request, `batch_size` at a time, refilling slots as they free up.
 
@@ -256,15 +268,7 @@ class Engine:
         position = [0] * self.batch_size  # host copy of each slot's next write position
         sequence: list[list[int]] = [[] for _ in range(self.batch_size)]  # kept only for re-prefills
         while queue or any(s is not None for s in slots):
-            jobs = []
-            for slot in range(self.batch_size):
-                req = slots[slot]
-                if req is None and queue:
-                    req = queue.pop(0)
-                    slots[slot], sequence[slot] = req, list(req.prompt)
-                    jobs.append((slot, req, None))
-                elif req is not None and position[slot] == self.rope_switch:
-                    jobs.append((slot, req, list(sequence[slot])))
+            jobs = self._refill(queue, slots, position, sequence)
             if jobs:
                 state, first = self.prefill_into(state, jobs)
                 for (slot, req, _), (tok, logprob, done_now) in zip(jobs, first):
@@ -335,10 +339,10 @@ def _prefill(graphdef, counters, sampling, params, state: DecodeState, slots, to
     return state, token, logprob
 
 
-def _decode(graphdef, counters, chunk, loop, kv_len, sampling, params, state: DecodeState, stop):
+def _decode(graphdef, counters, chunk, loop, attention, kv_len, sampling, params, state: DecodeState, stop):
     """`chunk` decode steps over all slots. out[b, i] is the i-th new token of slot b in this chunk,
     or -1 once the slot is done. Attention reads cache positions < kv_len; `sampling` False means
-    every slot is greedy (both static).
+    every slot is greedy (both static); `attention` the kernels' implementation (SlotCache).
 
     loop="scan" runs exactly `chunk` steps (a known trip count: no device-to-host sync per step);
     loop="while" stops as soon as every slot is done.
@@ -349,7 +353,7 @@ def _decode(graphdef, counters, chunk, loop, kv_len, sampling, params, state: De
     state = state._replace(done=state.done | stop)
 
     def step(st):
-        hidden, cache = model.hidden(st.tokens[:, None], st.positions[:, None], st.cache, kv_len)
+        hidden, cache = model.hidden(st.tokens[:, None], st.positions[:, None], st.cache, SlotCache(kv_len, attention))
         logits = model.logits(hidden)[:, 0]
         token, lp = sample(logits, st.seen, st.params, st.generated, sampling)
         active = ~st.done & (st.positions < st.limit)

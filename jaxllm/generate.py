@@ -6,10 +6,7 @@
 Prompts come from the arguments, else --batch-file, else stdin (one prompt per non-empty line).
 One prompt streams as it is generated; several print in order. Statistics go to stderr.
 Compiled programs are kept in ~/.cache/jaxllm/xla (--compile-cache) for the next run.
-
-This module doubles as the callable `jaxllm.generate(model, prompts, params)`: importing it as a
-submodule rebinds the package attribute `jaxllm.generate` to the module, so the module itself is
-made callable and forwards to `jaxllm.generation.generate`.
+The library's entry is `model.generate(...)` (jaxllm.loader.LoadedModel); this module is the command line only.
 """
 
 from __future__ import annotations
@@ -18,10 +15,15 @@ import argparse
 import os
 import sys
 import time
-import types
 
+import jax
+
+from jaxllm import runtime
 from jaxllm.errors import JaxllmError, run_cli
-from jaxllm.generation import generate as _generate
+from jaxllm.inspect import list_architectures
+from jaxllm.loader import load
+from jaxllm.progress import Bar
+from jaxllm.sampling import SamplingParams
 
 
 def parse_args(argv=None):
@@ -44,33 +46,10 @@ def parse_args(argv=None):
     p.add_argument("--batch-file", help="file with one prompt per line")
     p.add_argument("--no-stream", action="store_true", help="print each answer when complete")
     p.add_argument("--list-models", action="store_true", help="print the supported architectures and exit")
-    p.add_argument("--compile-cache", default=os.environ.get("JAXLLM_COMPILE_CACHE", DEFAULT_COMPILE_CACHE),
+    p.add_argument("--compile-cache", default=os.environ.get("JAXLLM_COMPILE_CACHE", runtime.DEFAULT_COMPILE_CACHE),
                    help="folder where compiled programs are kept for the next run, or 'none' "
                         "(default: $JAXLLM_COMPILE_CACHE, else %(default)s)")
     return p.parse_args(argv)
-
-
-DEFAULT_COMPILE_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "jaxllm", "xla")
-
-
-def use_compile_cache(folder: str) -> None:
-    """JAX's persistent compilation cache: a second run loads its programs instead of compiling
-    them (Llama-3-8B shape on an H100: first token 16.2 s cold, 5.5 s warm). An unusable folder
-    costs a warning, not the run."""
-    if not folder or folder.lower() == "none":
-        return
-    import jax
-
-    try:
-        os.makedirs(folder, exist_ok=True)
-        if not os.access(folder, os.W_OK):
-            raise PermissionError(folder)
-    except OSError:
-        print(f"warning: cannot write the compile cache {folder}; compiling without it "
-              "(set --compile-cache or JAXLLM_COMPILE_CACHE, or 'none')", file=sys.stderr)
-        return
-    jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 def read_prompts(args) -> list[str]:
@@ -92,28 +71,8 @@ def read_prompts(args) -> list[str]:
     return prompts
 
 
-class Progress:
-    """A loading bar on stderr, shown only on a terminal and only once loading takes over a second."""
-
-    def __init__(self, total: int | None = None):
-        self.start, self.count, self.total = time.time(), 0, total
-        self.live = sys.stderr.isatty()
-
-    def __call__(self, name: str) -> None:
-        self.count += 1
-        if self.live and time.time() - self.start > 1.0:
-            sys.stderr.write(f"\rloading {self.count} tensors ({time.time() - self.start:.1f}s)")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.live and time.time() - self.start > 1.0:
-            sys.stderr.write(f"\rloaded {self.count} tensors in {time.time() - self.start:.1f}s\n")
-
-
 def _compile_seconds():
     """Sum of XLA backend compile durations from now on (jax.monitoring events)."""
-    import jax
-
     total = [0.0]
 
     def listen(event, duration, **kwargs):
@@ -126,20 +85,13 @@ def _compile_seconds():
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from jaxllm.bench import GPU_XLA_FLAGS
-
-    os.environ.setdefault("XLA_FLAGS", GPU_XLA_FLAGS)  # read when the backend starts, later
-    use_compile_cache(args.compile_cache)
+    runtime.set_gpu_flags()  # before the backend starts, below
+    runtime.use_compile_cache(args.compile_cache)
     return run_cli(lambda: _main(args))
 
 
 def _main(args) -> int:
-    import jaxllm
-    from jaxllm.sampling import SamplingParams
-
     if args.list_models:
-        from jaxllm.inspect import list_architectures
-
         print(list_architectures())
         return 0
     prompts = read_prompts(args)
@@ -148,19 +100,13 @@ def _main(args) -> int:
         min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed, stop=tuple(args.stop),
     )
     params.resolved()  # fail on bad values before loading anything
-    import jax
-
     dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
     if args.model is None:
-        from jaxllm.default_model import default_model
-
-        args.model = default_model()
+        args.model = runtime.default_model()
     compile_s = _compile_seconds()
     leader = jax.process_index() == 0  # under jax.distributed every process runs this; one prints
-    progress = Progress() if leader else None
-    model = jaxllm.load(args.model, dtype=dtype, mesh=args.mesh, progress=progress)
-    if progress:
-        progress.close()
+    with Bar(None, "loading", delay=1.0, enabled=leader) as bar:
+        model = load(args.model, dtype=dtype, mesh=args.mesh, progress=bar)
     stream = len(prompts) == 1 and not args.no_stream and leader
     marks = {"start": time.time(), "first": None, "compile_at_first": 0.0}
 
@@ -173,7 +119,7 @@ def _main(args) -> int:
         if marks["first"] is None:
             marks["first"], marks["compile_at_first"] = time.time(), compile_s[0]
 
-    results = _generate(model, prompts, params, chat=args.chat, system=args.system, on_text=on_text, on_token=on_token)
+    results = model.generate(prompts, params, chat=args.chat, system=args.system, on_text=on_text, on_token=on_token)
     end = time.time()
     if not leader:
         return 0
@@ -196,13 +142,6 @@ def _main(args) -> int:
     )
     return 0
 
-
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args, **kwargs):
-        return _generate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     sys.exit(main())

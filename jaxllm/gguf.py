@@ -149,11 +149,11 @@ class GGUFCheckpoint:
 
 
 def open_checkpoint(path: Path):
-    """(tensor source, config.json-shaped dict, generation config) for a .gguf file."""
+    """(tensors under HF names, config.json-shaped dict) of a .gguf file."""
     reader = _reader(path)
     raw = config_from_metadata(reader)
     permuted = ARCHITECTURES[_field(reader, "general.architecture")][1]
-    return GGUFCheckpoint(reader, raw, permuted), raw, {}
+    return GGUFCheckpoint(reader, raw, permuted), raw
 
 
 def load_tokenizer(path: Path):

@@ -12,7 +12,15 @@ import argparse
 import math
 import sys
 
+import jax
+
+from jaxllm.converted import ConvertedCheckpoint
 from jaxllm.errors import JaxllmError, run_cli
+from jaxllm.loader import DTYPES, open_checkpoint, plan
+from jaxllm.models import registry
+
+# What every registered architecture serves, whatever its family.
+SERVES = "completion, chat (where the tokenizer has a template), scoring"
 
 
 def parse_args(argv=None):
@@ -25,11 +33,10 @@ def parse_args(argv=None):
 
 
 def list_architectures() -> str:
-    from jaxllm import registry
-
-    rows = [(name, registry.get(name)) for name in registry.names()]
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {', '.join(a.capabilities)}; dtypes {', '.join(a.dtypes)}" for name, a in rows)
+    names = registry.names()
+    width = max(len(name) for name in names)
+    return "\n".join(f"{name:<{width}}  {registry.get(name).hf_model_type}: {SERVES}; dtypes {', '.join(DTYPES)}"
+                     for name in names)
 
 
 def _size(n: float) -> str:
@@ -61,31 +68,27 @@ def summary(cfg) -> str:
 
 def report(path, batch: int = 1, context: int | None = None) -> tuple[str, list[str]]:
     """(the report text, the tensor problems)."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxllm.loader import abstract_model, open_checkpoint
-
-    ckpt = open_checkpoint(path)
-    cfg, arch = ckpt.config, ckpt.arch
+    source = open_checkpoint(path)
+    plans = {dtype: plan(source.raw, dtype, source=source) for dtype in ("bfloat16", "float32")}
+    p = plans["bfloat16"]
+    cfg = p.config
     context = context or cfg.max_position_embeddings
-    _, abstract = abstract_model(cfg, arch, jnp.bfloat16)
-    count = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract))
-    kv_values = 2 * cfg.num_layers * batch * context * cfg.num_kv_heads * cfg.head_dim
-    problems = ckpt.problems(abstract)
+    count = sum(math.prod(x.shape) for x in jax.tree.leaves(p.abstract))
+    problems = p.problems()
+    converted = f" (converted by jaxllm, {source.dtype})" if isinstance(source, ConvertedCheckpoint) else ""
     lines = [
-        f"checkpoint    {ckpt.path}" + (f" (converted by jaxllm, {ckpt.saved_dtype})" if ckpt.converted else ""),
-        f"architecture  {arch.name} ({', '.join(arch.capabilities)})",
+        f"checkpoint    {source.path}{converted}",
+        f"architecture  {p.arch.name} ({p.arch.hf_model_type}: {SERVES})",
         f"config        {summary(cfg)}",
         f"parameters    {count:,} ({count / 1e9:.2f} B)" if count >= 1e9 else f"parameters    {count:,} ({count / 1e6:.1f} M)",
     ]
-    for name, nbytes in (("bfloat16", 2), ("int8", 1)):
-        weights_b, cache_b = count * nbytes, kv_values * nbytes
-        lines.append(f"memory {name:<8} weights {_size(weights_b)} + KV cache {_size(cache_b)} "
-                     f"(batch {batch} x {context} tokens) = {_size(weights_b + cache_b)}")
-    n_tensors = len(jax.tree.leaves(abstract)) if ckpt.converted else len({n for s in arch.weight_map(cfg) for n in s.hf_names})
+    for name, each in plans.items():
+        m = each.memory(batch, context)
+        lines.append(f"memory {name:<8} weights {_size(m['params_bytes'])} + KV cache {_size(m['kv_cache_bytes'])} "
+                     f"(batch {batch} x {context} tokens) = {_size(m['params_bytes'] + m['kv_cache_bytes'])}")
+    n_tensors = source.size(p.arch, cfg, p.abstract)
     lines.append(f"tensors       {'all ' + str(n_tensors) + ' match the weight map' if not problems else str(len(problems)) + ' problems:'}")
-    lines += [f"  {p}" for p in problems]
+    lines += [f"  {problem}" for problem in problems]
     return "\n".join(lines), problems
 
 

@@ -1,35 +1,40 @@
-"""`jaxllm.load`: a checkpoint (local folder, hub id, or .gguf file) into a LoadedModel.
+"""`jaxllm.load`, what it returns (LoadedModel), and the one path every entry point takes before it
+reads a weight:
 
-The path: resolve the files -> read config.json -> registry entry -> ModelConfig -> abstract
-module (shapes only, no memory) -> check every tensor against the weight map -> stream tensors
-into place, one at a time.
+    prepare(path or hub id)  resolve the files and read config.json (jaxllm.checkpoint)
+      -> plan(raw config)    architecture (jaxllm.models.registry) -> ModelConfig -> abstract module
+                             (shapes only, no memory) -> shardings on the mesh (jaxllm.sharding)
+    Plan.check()             every missing, unexpected or mis-shaped tensor, in one error
+    Plan.read()              the parameters, streamed one tensor at a time onto their shards
+
+`load`, `python -m jaxllm.convert` and `python -m jaxllm.inspect` start from a checkpoint
+(`prepare`); random-weight models (jaxllm.random_model) from a config dict (`plan`).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from jaxllm import checkpoint, converted, registry, weights
-from jaxllm.config import ModelConfig
-from jaxllm.errors import ConfigError
+from jaxllm import checkpoint, converted, generation, gguf, research, sharding
+from jaxllm.errors import CheckpointError, ConfigError, InputError, check_token_ids
+from jaxllm.models import registry, weights
+from jaxllm.models.architecture import Architecture
+from jaxllm.models.config import ModelConfig
+from jaxllm.sampling import SamplingParams
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def resolve_dtype(dtype) -> Any:
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ConfigError(f"dtype '{dtype}' is not supported; use one of {', '.join(DTYPES)}")
-        return DTYPES[dtype]
-    name = jnp.dtype(dtype).name
+    name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
     if name not in DTYPES:
         raise ConfigError(f"dtype '{name}' is not supported; use one of {', '.join(DTYPES)}")
     return DTYPES[name]
@@ -37,11 +42,8 @@ def resolve_dtype(dtype) -> Any:
 
 @dataclass
 class LoadedModel:
-    """A loaded checkpoint: pure data (config, graph definition, parameter pytree) plus helpers.
-
-    `params` is an nnx.State pytree; `nnx.merge(graphdef, params)` gives the module back, and
-    `module` does it for you.
-    """
+    """A loaded checkpoint. `params` is an nnx.State pytree; `nnx.merge(graphdef, params)` gives
+    the module back, and `module` does it for you."""
 
     config: ModelConfig
     graphdef: Any
@@ -50,10 +52,24 @@ class LoadedModel:
     generation_config: dict = field(default_factory=dict)
     path: Path | None = None
     mesh: Any = None
+    engines: dict = field(default_factory=dict, repr=False)  # generation's engines, reused by shape
 
     @property
     def module(self):
         return nnx.merge(self.graphdef, self.params)
+
+    def generate(self, prompts: str | Sequence, params: SamplingParams | None = None, *, chat: bool | None = None,
+                 system: str | None = None, engine=None, on_text: Callable[[int, str], None] | None = None,
+                 on_token: Callable[[int, list[int]], None] | None = None):
+        """Generate for one prompt (returns a Completion) or a list of prompts (a list of them).
+
+        A prompt is a string (the chat template applied when the tokenizer has one, unless
+        chat=False) or a list of token ids. Unset SamplingParams fields come from the checkpoint's
+        generation_config.json. Pass an `engine` (jaxllm.Engine) to choose its size; without one
+        an engine fitted to the request is made. `on_text(index, text)` receives text as it
+        becomes final, `on_token(index, ids)` token ids as they arrive."""
+        return generation.generate(self, prompts, params, chat=chat, system=system, engine=engine,
+                                   on_text=on_text, on_token=on_token)
 
     def logits(self, token_ids) -> jax.Array:
         """Full-sequence scoring without a cache: int [batch, seq] -> float32 [batch, seq, vocab]."""
@@ -70,101 +86,99 @@ class LoadedModel:
 
     def attention_weights(self, token_ids, layer: int) -> jax.Array:
         """Attention weights of one layer, float32 [batch, heads, seq, seq] (query rows, key columns)."""
-        if not isinstance(layer, int) or not -self.config.num_layers <= layer < self.config.num_layers:
-            raise ConfigError(f"layer {layer!r} does not exist: this model has layers 0..{self.config.num_layers - 1}")
-        return self._run("attention_weights", token_ids, layer % self.config.num_layers)
+        n = self.config.num_layers
+        if not isinstance(layer, int) or isinstance(layer, bool) or not -n <= layer < n:
+            raise InputError(f"layer {layer!r} does not exist: this model has layers 0..{n - 1}")
+        return self._run("attention_weights", token_ids, layer % n)
 
     def _run(self, name: str, token_ids, *static):
-        from jaxllm import research
-
-        tokens = jnp.asarray(token_ids, jnp.int32)
+        tokens = check_token_ids(token_ids, self.config.vocab_size)
         if tokens.ndim == 1:
             tokens = tokens[None]
         if tokens.ndim != 2 or tokens.shape[1] == 0:
-            raise ConfigError(f"token_ids must be [batch, seq] with seq >= 1, got shape {tuple(tokens.shape)}")
-        bad = (tokens < 0) | (tokens >= self.config.vocab_size)
-        if bool(bad.any()):
-            raise ConfigError(f"token_ids must lie in [0, {self.config.vocab_size}): the vocabulary of this model")
-        if self.mesh is not None:
-            from jaxllm.sharding import put_replicated
-
-            tokens = put_replicated(np.asarray(tokens), self.mesh)
-        return research.jitted(name, self.mesh)(self.graphdef, self.params, tokens, *static)
+            raise InputError(f"token_ids must be [batch, seq] with seq >= 1, got shape {tuple(tokens.shape)}")
+        return research.jitted(name, self.mesh)(self.graphdef, self.params, sharding.put_replicated(tokens, self.mesh), *static)
 
 
-def abstract_model(cfg: ModelConfig, arch: registry.Architecture, dtype):
+def abstract_model(cfg: ModelConfig, arch: Architecture, dtype):
     """(graphdef, abstract state): the module's structure with shapes, without allocating weights."""
     model = nnx.eval_shape(lambda: arch.module(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
     return nnx.split(model)
 
 
+def memory(cfg: ModelConfig, abstract, batch: int, length: int, kv_dtype) -> dict[str, int]:
+    """Bytes of the parameters (from the abstract module) and of a KV cache holding `batch`
+    sequences of `length` tokens."""
+    params = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(abstract))
+    return {"params_bytes": int(params), "kv_cache_bytes": cfg.kv_cache_bytes(batch * length, kv_dtype)}
+
+
+def estimate_memory(cfg: ModelConfig, batch: int, length: int, dtype="bfloat16") -> dict[str, int]:
+    """`memory` of a config in `dtype`, before anything is allocated."""
+    dtype = resolve_dtype(dtype)
+    _, abstract = abstract_model(cfg, registry.get(cfg.architecture), dtype)
+    return memory(cfg, abstract, batch, length, dtype)
+
+
 @dataclass
-class Checkpoint:
-    """A checkpoint opened but not read: its files, config and architecture; tensors on demand.
+class Plan:
+    """A model described down to its parameters' shapes and shards, no weight read yet."""
 
-    `source` holds Hugging Face tensors (safetensors or GGUF, by HF name), or is None for a
-    folder written by `python -m jaxllm.convert` (`converted`), whose parameters orbax restores."""
-
-    path: Path
-    raw: dict
-    arch: registry.Architecture
+    arch: Architecture
     config: ModelConfig
-    generation_config: dict
-    source: Any  # tensors: names(), shape(name), get(name) -> lazy tensor; None when converted
-    saved_dtype: str | None = None  # the dtype a converted checkpoint was saved in
+    dtype: Any
+    graphdef: Any
+    abstract: Any
+    mesh: Any = None
+    shardings: dict | None = None  # {parameter path: NamedSharding} on the mesh
+    source: Any = None  # checkpoint.HFCheckpoint or converted.ConvertedCheckpoint; None for a config alone
 
-    @property
-    def converted(self) -> bool:
-        return self.source is None
+    def problems(self) -> list[str]:
+        return self.source.problems(self.arch, self.config, self.abstract)
 
-    @property
-    def ignore(self) -> tuple[str, ...]:
-        return self.arch.ignore + ((r"^lm_head\.weight$",) if self.config.tie_word_embeddings else ())
+    def check(self) -> None:
+        """Raise one CheckpointError listing every problem of the checkpoint against the model."""
+        weights.raise_problems(self.problems(), self.source.size(self.arch, self.config, self.abstract))
 
-    def problems(self, abstract) -> list[str]:
-        """Every missing, unexpected and mis-shaped tensor against the model, one line each."""
-        if self.converted:
-            return converted.problems(self.path, abstract)
-        return weights.problems(self.source, self.arch.weight_map(self.config), abstract, self.ignore)
+    def read(self, progress: Callable[[str], None] | None = None):
+        """The parameter state, each tensor placed onto its shards."""
+        return self.source.read(self.arch, self.config, self.abstract, self.dtype, self.shardings, progress)
 
-    def check(self, abstract) -> None:
-        """Raise one CheckpointError listing every problem."""
-        n = len(jax.tree.leaves(abstract)) if self.converted else len(self.arch.weight_map(self.config))
-        weights.raise_problems(self.problems(abstract), n)
-
-    def read_params(self, abstract, dtype, *, shardings=None, place=None, progress=None):
-        """The parameter state, each tensor placed by `place` (or restored onto `shardings`)."""
-        if self.converted:
-            return converted.restore(self.path, abstract, dtype, shardings, place, progress)
-        if place is None and shardings is not None:
-            from jaxllm import sharding
-
-            place = sharding.placer_from(shardings)
-        return weights.load_params(self.source, self.arch.weight_map(self.config), abstract, dtype, place=place,
-                                   progress=progress)
+    def memory(self, batch: int, length: int) -> dict[str, int]:
+        return memory(self.config, self.abstract, batch, length, self.dtype)
 
 
-def open_checkpoint(path_or_id) -> Checkpoint:
-    """Resolve a folder, hub id or .gguf file and read its config; no tensor is read."""
-    path = checkpoint.resolve(path_or_id)
-    saved_dtype = None
-    if path.is_file() and path.suffix == ".gguf":
-        from jaxllm import gguf
-
-        source, raw, generation_config = gguf.open_checkpoint(path)
-    elif path.is_dir():
-        if converted.is_converted(path):
-            saved_dtype = converted.read_marker(path).get("dtype")
-        raw = checkpoint.read_config(path)
-        generation_config = checkpoint.read_generation_config(path)
-        source = None  # opened once the config is known good
-    else:
-        raise ConfigError(f"'{path}' is neither a checkpoint folder nor a .gguf file")
+def plan(raw: dict, dtype=None, mesh=None, source=None) -> Plan:
+    """The Plan of a config.json dict: architecture, ModelConfig, abstract module, shardings."""
     arch = registry.architecture_of(raw)
     cfg = arch.config(raw)
-    if source is None and saved_dtype is None:
-        source = checkpoint.SafetensorsCheckpoint(path)
-    return Checkpoint(path, raw, arch, cfg, generation_config, source, saved_dtype)
+    dtype = resolve_dtype(dtype or "float32")
+    graphdef, abstract = abstract_model(cfg, arch, dtype)
+    shardings = None
+    if mesh is not None:
+        mesh = sharding.make_mesh(mesh)
+        shardings = sharding.param_shardings(abstract, mesh)
+    return Plan(arch, cfg, dtype, graphdef, abstract, mesh, shardings, source)
+
+
+def open_checkpoint(path_or_id):
+    """Resolve a folder, hub id or .gguf file and read its config; no tensor is read."""
+    path = checkpoint.resolve(path_or_id)
+    if path.is_file() and path.suffix == ".gguf":
+        tensors, raw = gguf.open_checkpoint(path)
+        return checkpoint.HFCheckpoint(path, raw, {}, tensors)
+    if not path.is_dir():
+        raise CheckpointError(f"'{path}' is neither a checkpoint folder nor a .gguf file: pass one of those or a hub id")
+    if converted.is_converted(path):
+        return converted.ConvertedCheckpoint(path)
+    return checkpoint.HFCheckpoint(path, checkpoint.read_config(path), checkpoint.read_generation_config(path))
+
+
+def prepare(path_or_id, dtype=None, mesh=None) -> Plan:
+    """The Plan of a checkpoint (folder, hub id, .gguf file or converted folder); `dtype` None:
+    the checkpoint's own default (a converted folder's saved dtype, else float32)."""
+    source = open_checkpoint(path_or_id)
+    return plan(source.raw, dtype or source.load_dtype, mesh, source)
 
 
 def load(
@@ -172,7 +186,6 @@ def load(
     dtype=None,
     *,
     mesh=None,
-    place: Callable | None = None,
     progress: Callable[[str], None] | None = None,
     tokenizer: bool = True,
 ) -> LoadedModel:
@@ -183,22 +196,10 @@ def load(
     Default: the dtype a converted checkpoint was saved in, else float32.
     mesh: a jax Mesh or a spec string ("tp=4", "dp=2,tp=4", "auto"): parameters are placed
     straight onto their shards by the rules in jaxllm.sharding, and logits and generation run
-    sharded. place: a custom `(path, host_array, abstract_leaf) -> jax.Array` instead.
+    sharded. progress(name) is called after each tensor.
     """
-    ckpt = open_checkpoint(path_or_id)
-    dtype = resolve_dtype(dtype or ckpt.saved_dtype or "float32")
-    graphdef, abstract = abstract_model(ckpt.config, ckpt.arch, dtype)
-    ckpt.check(abstract)
-    shardings = None
-    if mesh is not None:
-        from jaxllm import sharding
-
-        mesh = sharding.make_mesh(mesh)
-        shardings = None if place else sharding.param_shardings(abstract, mesh)
-    params = ckpt.read_params(abstract, dtype, shardings=shardings, place=place, progress=progress)
-    tok = None
-    if tokenizer:
-        from jaxllm.tokenizer import load_tokenizer
-
-        tok = load_tokenizer(ckpt.path)
-    return LoadedModel(ckpt.config, graphdef, params, tok, ckpt.generation_config, ckpt.path, mesh)
+    p = prepare(path_or_id, dtype, mesh)
+    p.check()
+    params = p.read(progress)
+    tok = checkpoint.load_tokenizer(p.source.path) if tokenizer else None
+    return LoadedModel(p.config, p.graphdef, params, tok, p.source.generation_config, p.source.path, p.mesh)

@@ -1,7 +1,7 @@
 """Models with random weights from a config alone: for benchmarks and tests, no checkpoint needed.
 
-Weights are drawn on the devices (sharded straight onto a mesh when given), so building an
-8B-shaped model takes seconds and no host memory.
+They take the loading path up to the read (`loader.plan`); weights are then drawn on the devices
+(sharded straight onto a mesh when given), so an 8B-shaped model takes seconds and no host memory.
 """
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxllm import registry
-from jaxllm.loader import LoadedModel, abstract_model, resolve_dtype
-from jaxllm.weights import unflatten_into
+from jaxllm.loader import LoadedModel, plan
+from jaxllm.models.weights import flat_params, unflatten_into
 
 # HF-shaped configs of well-known models (weights random): name -> config.json fields.
 SHAPES = {
@@ -37,36 +36,18 @@ SHAPES = {
 def random_model(raw: dict | str, dtype="bfloat16", mesh=None, seed: int = 0) -> LoadedModel:
     """A LoadedModel of config `raw` (a config.json dict, or a name in SHAPES) with N(0, 0.02)
     weights and unit norms."""
-    raw = SHAPES[raw] if isinstance(raw, str) else raw
-    dtype = resolve_dtype(dtype)
-    arch = registry.architecture_of(raw)
-    cfg = arch.config(raw)
-    graphdef, abstract = abstract_model(cfg, arch, dtype)
-    shardings = None
-    if mesh is not None:
-        from jaxllm import sharding
-
-        mesh = sharding.make_mesh(mesh)
-        flat = sharding.param_shardings(abstract, mesh)
-        shardings = unflatten_into(abstract, flat)
-
+    p = plan(SHAPES[raw] if isinstance(raw, str) else raw, dtype, mesh)
     # One small jit per distinct (shape, dtype, sharding): one giant init jit compiles for minutes on GPU.
-    leaves, tree = jax.tree.flatten(abstract)
-    shard_leaves = jax.tree.leaves(shardings) if shardings is not None else [None] * len(leaves)
-    makers = {}
-    out = []
-    for i, (leaf, sh) in enumerate(zip(leaves, shard_leaves)):
+    makers, filled = {}, {}
+    for i, (path, leaf) in enumerate(flat_params(p.abstract).items()):
+        sh = (p.shardings or {}).get(path)
         key = (leaf.shape, leaf.dtype, sh)
         if key not in makers:
-            ones = leaf.ndim == 1  # norm weights
-
-            def make(k, shape=leaf.shape, dtype=leaf.dtype, ones=ones):
+            def make(k, shape=leaf.shape, dtype=leaf.dtype, ones=leaf.ndim == 1):  # 1-D: norm weights
                 if ones:
                     return jnp.ones(shape, dtype)
                 return (0.02 * jax.random.normal(k, shape, jnp.float32)).astype(dtype)
 
             makers[key] = jax.jit(make, out_shardings=sh)
-        out.append(makers[key](jax.random.fold_in(jax.random.PRNGKey(seed), i)))
-    params = jax.tree.unflatten(tree, out)
-    return LoadedModel(cfg, graphdef, params, None, {}, None, mesh)
-
+        filled[path] = makers[key](jax.random.fold_in(jax.random.PRNGKey(seed), i))
+    return LoadedModel(p.config, p.graphdef, unflatten_into(p.abstract, filled), None, {}, None, p.mesh)

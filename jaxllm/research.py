@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxllm.sharding import replicated
+
 
 def _positions(tokens):
     return jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
@@ -62,6 +64,4 @@ def jitted(name: str, mesh=None):
     static = (0, 3) if name == "attention_weights" else (0,)
     if mesh is None:
         return jax.jit(fn, static_argnums=static)
-    from jaxllm.sharding import replicated
-
     return jax.jit(fn, static_argnums=static, out_shardings=replicated(mesh))

@@ -1,4 +1,4 @@
-"""Gemma 1, 2 and 3: the Llama decoder with GeGLU (tanh GELU), embeddings scaled by sqrt(hidden),
+"""Gemma 1, 2 and 3: the shared decoder with GeGLU (tanh GELU), embeddings scaled by sqrt(hidden),
 and RMSNorm scaling by (1 + w) in float32.
 
 Gemma 2 adds a norm after attention and around the MLP ("sandwich" norms), alternating sliding and
@@ -9,11 +9,12 @@ RMSNorm, and gives its sliding layers a rope base of their own.
 
 from flax import nnx
 
-from jaxllm.config import ModelConfig, RopeConfig, parse_rope
-from jaxllm.registry import Architecture, register
-from jaxllm.weights import WeightSpec
-from jaxllm.models.layers import Attention, RMSNorm, make_mlp
-from jaxllm.models.llama import CausalLM, llama_weight_map, norm_kwargs
+from jaxllm.models.architecture import Architecture
+from jaxllm.models.attention import UNCACHED, Attention
+from jaxllm.models.config import ModelConfig, RopeConfig, parse_rope
+from jaxllm.models.decoder import CausalLM, decoder_weight_map, norm_kwargs
+from jaxllm.models.layers import RMSNorm, make_mlp
+from jaxllm.models.weights import WeightSpec
 
 
 def gemma_defaults(raw: dict) -> dict:
@@ -53,7 +54,7 @@ def gemma3_defaults(raw: dict) -> dict:
     return dict(
         gemma_defaults(raw),
         layer_types=_alternating(raw, raw.get("sliding_window_pattern", raw.get("_sliding_window_pattern", 6))),
-        qk_norm=True,
+        qk_norm="per_head",
         attn_scale=float(raw.get("query_pre_attn_scalar", 256)) ** -0.5,
         attn_softcap=raw.get("attn_logit_softcapping"),
         final_softcap=raw.get("final_logit_softcapping"),
@@ -67,7 +68,7 @@ class SandwichLayer(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
         norm = norm_kwargs(cfg, dtype, rngs)
-        e, eps = cfg.hidden_size, cfg.rms_norm_eps
+        e, eps = cfg.hidden_size, cfg.norm_eps
         self.input_layernorm = RMSNorm(e, eps, **norm)
         self.self_attn = Attention(cfg, layer, dtype=dtype, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(e, eps, **norm)
@@ -75,8 +76,8 @@ class SandwichLayer(nnx.Module):
         self.mlp = make_mlp(cfg, layer, dtype=dtype, rngs=rngs)
         self.post_feedforward_layernorm = RMSNorm(e, eps, **norm)
 
-    def __call__(self, x, positions, rot, cache, kv_len=None):
-        attn, cache = self.self_attn(self.input_layernorm(x), positions, rot, cache, kv_len)
+    def __call__(self, x, positions, rot, cache, kv=UNCACHED):
+        attn, cache = self.self_attn(self.input_layernorm(x), positions, rot, cache, kv)
         x = x + self.post_attention_layernorm(attn)
         return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x))), cache
 
@@ -86,7 +87,7 @@ class Gemma2ForCausalLM(CausalLM):
 
 
 def sandwich_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
-    specs = llama_weight_map(cfg)
+    specs = decoder_weight_map(cfg)
     for i in range(cfg.num_layers):
         for name in ("pre_feedforward_layernorm", "post_feedforward_layernorm"):
             specs.append(WeightSpec(f"model.layers.{i}.{name}.weight", ("model", "layers", i, name, "weight")))
@@ -98,19 +99,17 @@ _TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_la
              tie_word_embeddings=True, hidden_activation="gelu_pytorch_tanh", bos_token_id=2, eos_token_id=1,
              pad_token_id=0)
 
-GEMMA = register(Architecture(
-    name="GemmaForCausalLM", module=CausalLM, weight_map=llama_weight_map, hf_model_type="gemma",
+ARCHITECTURES = (Architecture(
+    name="GemmaForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="gemma",
     config_defaults=gemma_defaults,
     tiny_config=dict(_TINY, rope_theta=10000.0, hidden_act="gelu_pytorch_tanh"),
-))
-GEMMA2 = register(Architecture(
+), Architecture(
     name="Gemma2ForCausalLM", module=Gemma2ForCausalLM, weight_map=sandwich_weight_map, hf_model_type="gemma2",
     config_defaults=gemma2_defaults,
     # Window 8 < the test sequences; a scalar unlike head_dim; soft caps low enough to bite.
     tiny_config=dict(_TINY, rope_theta=10000.0, sliding_window=8, query_pre_attn_scalar=24,
                      attn_logit_softcapping=3.0, final_logit_softcapping=5.0),
-))
-GEMMA3 = register(Architecture(
+), Architecture(
     name="Gemma3ForCausalLM", module=Gemma2ForCausalLM, weight_map=sandwich_weight_map, hf_model_type="gemma3_text",
     config_defaults=gemma3_defaults,
     tiny_config=dict(_TINY, sliding_window=8, query_pre_attn_scalar=24,

@@ -1,25 +1,19 @@
 """GPT-2: learned absolute positions instead of rope, LayerNorm, biased attention and GELU MLP,
-tied embeddings; the decoder layer is GPT-NeoX's sequential one. The checkpoint stores Conv1D
+tied embeddings; the decoder layer is GPT-NeoX's sequential one (scale_attn_by_inverse_layer_idx:
+`attn_scale_by_layer`). The checkpoint stores Conv1D
 weights as [in, out] (our layout already) with q/k/v fused along the output columns."""
 
-from jaxllm.config import ModelConfig
 from jaxllm.errors import ConfigError
-from jaxllm.registry import Architecture, register
-from jaxllm.weights import Copy, Part, Transpose, WeightSpec
+from jaxllm.models.architecture import Architecture
+from jaxllm.models.config import ModelConfig
+from jaxllm.models.decoder import CausalLM
 from jaxllm.models.gpt_neox import NeoXLayer
 from jaxllm.models.layers import LayerNorm
-from jaxllm.models.llama import CausalLM
-
-
-class GPT2Layer(NeoXLayer):
-    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs):
-        super().__init__(cfg, layer, dtype=dtype, rngs=rngs)
-        if cfg.attn_scale is not None:  # scale_attn_by_inverse_layer_idx
-            self.self_attn.scale = cfg.attn_scale / (layer + 1)
+from jaxllm.models.weights import Copy, Part, Transpose, WeightSpec
 
 
 class GPT2LMHeadModel(CausalLM):
-    layer_cls = GPT2Layer
+    layer_cls = NeoXLayer  # with parallel_residual off: GPT-2's sequential layer
     final_norm = LayerNorm
 
 
@@ -38,10 +32,9 @@ def gpt2_names(raw: dict) -> dict:
 def gpt2_defaults(raw: dict) -> dict:
     if not raw.get("scale_attn_weights", True):
         raise ConfigError("config.json scale_attn_weights=false is not supported: GPT-2 checkpoints scale attention")
-    head_dim = raw["hidden_size"] // raw["num_attention_heads"]
     return dict(
         position_embedding="learned", qkv_bias=True, o_bias=True, tie_word_embeddings=True,
-        attn_scale=head_dim**-0.5 if raw.get("scale_attn_by_inverse_layer_idx") else None,
+        attn_scale_by_layer=bool(raw.get("scale_attn_by_inverse_layer_idx")),
         num_kv_heads=raw["num_attention_heads"],
     )
 
@@ -70,11 +63,11 @@ def gpt2_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     return specs
 
 
-GPT2 = register(Architecture(
+ARCHITECTURES = (Architecture(
     name="GPT2LMHeadModel", module=GPT2LMHeadModel, weight_map=gpt2_weight_map, hf_model_type="gpt2",
     common_names=gpt2_names, config_defaults=gpt2_defaults,
     # Old checkpoints keep the causal-mask buffers of each attention block; we build masks ourselves.
     ignore=(r".*\.attn\.bias$", r".*\.attn\.masked_bias$"),
     tiny_config=dict(vocab_size=128, n_embd=64, n_layer=3, n_head=4, n_positions=64, activation_function="gelu_new",
                      bos_token_id=1, eos_token_id=2, layer_norm_epsilon=1e-5),
-))
+),)

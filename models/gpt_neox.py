@@ -6,23 +6,24 @@ from dataclasses import dataclass
 import numpy as np
 from flax import nnx
 
-from jaxllm.config import ModelConfig
-from jaxllm.registry import Architecture, register
-from jaxllm.weights import Copy, Linear, WeightSpec
-from jaxllm.models.layers import MLP, Attention, LayerNorm
-from jaxllm.models.llama import CausalLM
+from jaxllm.models.architecture import Architecture
+from jaxllm.models.attention import UNCACHED, Attention
+from jaxllm.models.config import ModelConfig
+from jaxllm.models.decoder import CausalLM
+from jaxllm.models.layers import MLP, LayerNorm
+from jaxllm.models.weights import Linear, WeightSpec
 
 
 class NeoXLayer(nnx.Module):
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
-        self.input_layernorm = LayerNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
-        self.post_attention_layernorm = LayerNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
+        self.input_layernorm = LayerNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype, rngs=rngs)
+        self.post_attention_layernorm = LayerNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype, rngs=rngs)
         self.self_attn = Attention(cfg, layer, dtype=dtype, rngs=rngs)
         self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
         self.parallel = cfg.parallel_residual
 
-    def __call__(self, x, positions, rot, cache, kv_len=None):
-        attn, cache = self.self_attn(self.input_layernorm(x), positions, rot, cache, kv_len)
+    def __call__(self, x, positions, rot, cache, kv=UNCACHED):
+        attn, cache = self.self_attn(self.input_layernorm(x), positions, rot, cache, kv)
         if self.parallel:
             return x + attn + self.mlp(self.post_attention_layernorm(x)), cache
         x = x + attn
@@ -78,7 +79,7 @@ def neox_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     return specs
 
 
-NEOX = register(Architecture(
+ARCHITECTURES = (Architecture(
     name="GPTNeoXForCausalLM", module=GPTNeoXForCausalLM, weight_map=neox_weight_map, hf_model_type="gpt_neox",
     config_defaults=lambda raw: dict(
         qkv_bias=raw.get("attention_bias", True), o_bias=raw.get("attention_bias", True),
@@ -88,4 +89,4 @@ NEOX = register(Architecture(
                      num_attention_heads=4, max_position_embeddings=256, layer_norm_eps=1e-5,
                      rotary_pct=0.25, rotary_emb_base=10000, hidden_act="gelu", use_parallel_residual=True,
                      bos_token_id=1, eos_token_id=2),
-))
+),)

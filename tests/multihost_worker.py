@@ -19,7 +19,7 @@ import jaxllm  # noqa: E402
 assert jax.device_count() == 4 and jax.local_device_count() == 2
 model = jaxllm.load(folder, mesh="tp=4")
 prompts = json.loads(sys.argv[5])
-results = jaxllm.generate(model, prompts, jaxllm.SamplingParams(max_new_tokens=32, ignore_eos=True))
+results = model.generate(prompts, jaxllm.SamplingParams(max_new_tokens=32, ignore_eos=True))
 logits = model.logits([prompts[0]])
 if jax.process_index() == 0:
     with open(out, "w") as f:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import transformers
 
-from jaxllm import registry
+from jaxllm.models import registry
 
 
 def hf_config(arch_name: str, **overrides):

@@ -9,12 +9,13 @@ import time
 import jax
 import numpy as np
 import pytest
+import reference
 import torch
 
 import jaxllm
-import reference
-from jaxllm import checkpoint, registry
+from jaxllm import checkpoint
 from jaxllm.convert import convert, main
+from jaxllm.models import registry
 
 TOKENS = np.array([[3, 17, 42, 7, 99, 5, 64, 12]])
 
@@ -29,8 +30,8 @@ def _expected(folder, arch_name):
     """The source's tensors that the model reads (a tied lm_head and rotary buffers are not)."""
     import re
 
-    ckpt = jaxllm.loader.open_checkpoint(folder)
-    ignore = [re.compile(p) for p in ckpt.ignore]
+    p = jaxllm.loader.prepare(folder)
+    ignore = [re.compile(pattern) for pattern in p.arch.ignored(p.config)]
     return {k: v for k, v in _tensors(folder).items() if not any(p.match(k) for p in ignore)}
 
 
@@ -97,7 +98,7 @@ def test_gguf_converts_with_its_tokenizer(tmp_path, gguf_path):
     assert (tmp_path / "orbax" / "config.json").exists() and (tmp_path / "orbax" / "tokenizer.json").exists()
     model = jaxllm.load(tmp_path / "orbax")
     params = jaxllm.SamplingParams(max_new_tokens=12, temperature=0.0)
-    out = jaxllm.generate(model, "What is the capital of France?", params)
+    out = model.generate("What is the capital of France?", params)
     assert "Paris" in out.text
 
 

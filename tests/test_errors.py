@@ -7,12 +7,11 @@ import sys
 
 import numpy as np
 import pytest
+import reference
 
 import jaxllm
-from jaxllm import config
-from jaxllm.errors import CheckpointError, ConfigError
-
-import reference
+from jaxllm.errors import CheckpointError, ConfigError, InputError
+from jaxllm.models import config
 
 BASE = dict(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=4,
             num_key_value_heads=2)
@@ -117,7 +116,7 @@ def test_bad_dtype_and_tokens(good):
     with pytest.raises(ConfigError, match="dtype 'int4' is not supported; use one of float32"):
         jaxllm.load(good, dtype="int4")
     model = jaxllm.load(good)
-    with pytest.raises(ConfigError, match=r"token_ids must lie in \[0, 128\)"):
+    with pytest.raises(InputError, match=r"token_ids must lie in \[0, 128\)"):
         model.logits([[1, 500]])
 
 

@@ -2,14 +2,13 @@
 
 import numpy as np
 import pytest
+import reference
 import torch
 
 import jaxllm
-from jaxllm import registry
 from jaxllm.engine import Engine, init_cache
 from jaxllm.errors import GenerationError
-
-import reference
+from jaxllm.models import registry
 
 TOL = 1e-4
 
@@ -42,7 +41,7 @@ def test_cached_decode_matches_full_forward(pair):
 def test_greedy_matches_transformers_generate(pair):
     ref, model = pair
     prompt = np.random.default_rng(7).integers(0, 128, 9).tolist()
-    got = jaxllm.generate(model, prompt, jaxllm.SamplingParams(max_new_tokens=32, ignore_eos=True))
+    got = model.generate(prompt, jaxllm.SamplingParams(max_new_tokens=32, ignore_eos=True))
     assert got.token_ids == _hf_greedy(ref, prompt, 32)
     assert got.finish_reason == "length"
 
@@ -62,7 +61,7 @@ def test_longrope_switch_mid_generation_matches_transformers(tmp_path):
     model = jaxllm.load(tmp_path)
     assert model.config.rope.type == "longrope" and model.config.rope.original_max_position_embeddings == 16
     prompt = np.random.default_rng(8).integers(0, 128, 9).tolist()
-    got = jaxllm.generate(model, prompt, jaxllm.SamplingParams(max_new_tokens=32, ignore_eos=True))
+    got = model.generate(prompt, jaxllm.SamplingParams(max_new_tokens=32, ignore_eos=True))
     assert got.token_ids == _hf_greedy(ref, prompt, 32)
 
 
@@ -81,9 +80,9 @@ def _prompts(lengths, seed=0):
 def test_batch_invariance(llama):
     prompts = _prompts([3, 17, 60, 150])
     params = jaxllm.SamplingParams(max_new_tokens=24, ignore_eos=True)
-    together = jaxllm.generate(llama, prompts, params)
+    together = llama.generate(prompts, params)
     for prompt, batched in zip(prompts, together):
-        assert jaxllm.generate(llama, prompt, params).token_ids == batched.token_ids
+        assert llama.generate(prompt, params).token_ids == batched.token_ids
 
 
 def test_compiles_once_per_prefill_shape_and_decode_once(llama):
@@ -93,17 +92,17 @@ def test_compiles_once_per_prefill_shape_and_decode_once(llama):
     engine = Engine(llama, batch_size=4, max_len=256, buckets=(16, 32, 64, 128))
     lengths = [2, 5, 9, 15, 20, 31, 40, 63, 100, 127]  # 10 prompts over 4 buckets, more than 4 slots
     params = jaxllm.SamplingParams(max_new_tokens=12, ignore_eos=True)
-    results = jaxllm.generate(llama, _prompts(lengths, seed=1), params, engine=engine)
+    results = llama.generate(_prompts(lengths, seed=1), params, engine=engine)
     assert [len(r.token_ids) for r in results] == [12] * 10
     assert engine.counters.prefill <= 4 * 2
     assert engine.counters.decode == 1
     compiled = engine.counters.prefill
-    again = jaxllm.generate(llama, _prompts(lengths, seed=1), params, engine=engine)
+    again = llama.generate(_prompts(lengths, seed=1), params, engine=engine)
     assert (engine.counters.prefill, engine.counters.decode) == (compiled, 1)
     assert [r.token_ids for r in again] == [r.token_ids for r in results]
     # Slots refilled mid-run give the same tokens as a fresh run of each prompt.
     for i in (0, 9):
-        assert jaxllm.generate(llama, _prompts(lengths, seed=1)[i], params).token_ids == results[i].token_ids
+        assert llama.generate(_prompts(lengths, seed=1)[i], params).token_ids == results[i].token_ids
 
 
 @pytest.mark.parametrize("prefill_tokens, rows", [(32, [2, 2, 1]), (8192, [4, 1])])
@@ -113,11 +112,11 @@ def test_prompts_prefilled_together_match_one_by_one(llama, prefill_tokens, rows
     prompts = _prompts([3, 5, 9, 12, 14], seed=5)
     params = jaxllm.SamplingParams(max_new_tokens=10, ignore_eos=True, logprobs=True)
     engine = Engine(llama, batch_size=5, max_len=64, buckets=(16, 32), prefill_tokens=prefill_tokens)
-    together = jaxllm.generate(llama, prompts, params, engine=engine)
+    together = llama.generate(prompts, params, engine=engine)
     assert engine.prefill_rows(16, 5) == rows
     assert engine.counters.prefill == len(set(rows))
     for prompt, got in zip(prompts, together):
-        alone = jaxllm.generate(llama, prompt, params)
+        alone = llama.generate(prompt, params)
         assert got.token_ids == alone.token_ids
         np.testing.assert_allclose(got.logprobs, alone.logprobs, atol=1e-5)
 
@@ -125,18 +124,18 @@ def test_prompts_prefilled_together_match_one_by_one(llama, prefill_tokens, rows
 def test_prompt_longer_than_cache_fails_before_work(llama):
     engine = Engine(llama, batch_size=1, max_len=64)
     with pytest.raises(GenerationError, match="prompt of 60 tokens \\+ max_new_tokens=10 exceeds the cache length 64"):
-        jaxllm.generate(llama, _prompts([60])[0], jaxllm.SamplingParams(max_new_tokens=10), engine=engine)
+        llama.generate(_prompts([60])[0], jaxllm.SamplingParams(max_new_tokens=10), engine=engine)
     assert engine.counters.prefill == 0
 
 
 def test_eos_stops_and_logprobs(llama):
     prompt = _prompts([5], seed=4)[0]
-    free = jaxllm.generate(llama, prompt, jaxllm.SamplingParams(max_new_tokens=16, ignore_eos=True, logprobs=True))
+    free = llama.generate(prompt, jaxllm.SamplingParams(max_new_tokens=16, ignore_eos=True, logprobs=True))
     # Make the 4th generated token an EOS id: generation must end right there.
     eos = free.token_ids[3]
     llama_eos = jaxllm.LoadedModel(llama.config.replace(eos_token_ids=(eos,)), llama.graphdef, llama.params)
     first = free.token_ids.index(eos)
-    stopped = jaxllm.generate(llama_eos, prompt, jaxllm.SamplingParams(max_new_tokens=16))
+    stopped = llama_eos.generate(prompt, jaxllm.SamplingParams(max_new_tokens=16))
     assert stopped.token_ids == free.token_ids[: first + 1]
     assert stopped.finish_reason == "stop"
     # logprobs are the model's own log-probabilities of the chosen tokens.
@@ -153,7 +152,7 @@ def test_scan_loop_and_kv_length_buckets_give_the_same_tokens(llama):
     params = jaxllm.SamplingParams(max_new_tokens=40, ignore_eos=True)
     wide = Engine(llama, batch_size=2, max_len=1024, chunk=16, loop="scan")
     tight = Engine(llama, batch_size=2, max_len=288, chunk=16, loop="while")
-    a = jaxllm.generate(llama, prompts, params, engine=wide)
-    b = jaxllm.generate(llama, prompts, params, engine=tight)
+    a = llama.generate(prompts, params, engine=wide)
+    b = llama.generate(prompts, params, engine=tight)
     assert [r.token_ids for r in a] == [r.token_ids for r in b]
     assert wide.counters.decode == 2  # the 256 and 512 buckets

@@ -1,11 +1,10 @@
 """`python -m jaxllm.inspect`: reports a checkpoint without loading it, and finds what is wrong."""
 
 import numpy as np
+import reference
 from safetensors.numpy import load_file, save_file
 
 from jaxllm import inspect as jinspect
-
-import reference
 
 
 def test_report_of_a_good_checkpoint(tmp_path, capsys):

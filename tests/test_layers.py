@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxllm.models.layers import attend, attention_mask, attention_probs, decode_attention, fused_decode_attention
+from jaxllm import runtime
+from jaxllm.models.attention import AttnSpec, attend, attention_mask, attention_probs, cudnn_decode_fits, decode_attention
 
 
 @pytest.mark.parametrize("softcap", [None, 3.0])
@@ -35,4 +36,8 @@ def test_decode_attention_call_equals_the_masked_form():
     got = decode_attention(q, k, v, positions[:, 0] + 1, 0.25, "xla")
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
     # Never on the CPU, nor with a window or soft-capping, nor in float32.
-    assert not fused_decode_attention(q.astype(jnp.bfloat16), None, None)
+    assert runtime.attention_impl() == "xla"
+    assert cudnn_decode_fits(q.astype(jnp.bfloat16), AttnSpec(0.25))
+    assert not cudnn_decode_fits(q, AttnSpec(0.25))
+    assert not cudnn_decode_fits(q.astype(jnp.bfloat16), AttnSpec(0.25, window=8))
+    assert not cudnn_decode_fits(q.astype(jnp.bfloat16), AttnSpec(0.25, softcap=3.0))

@@ -5,11 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference
 import torch
 
 import jaxllm
-
-import reference
 
 MOE = ["MixtralForCausalLM", "Qwen3MoeForCausalLM"]
 

@@ -9,7 +9,6 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-
 COLAB = Path(__file__).parent.parent / "colab"
 NOTEBOOKS = sorted(p.stem for p in COLAB.glob("*.ipynb"))
 

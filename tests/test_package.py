@@ -4,13 +4,11 @@ import subprocess
 import sys
 
 import jax
-import numpy as np
+import reference
 
 import jaxllm
-from jaxllm import registry
 from jaxllm.engine import Engine
-
-import reference
+from jaxllm.models import registry
 
 
 def test_version_and_no_top_level_leak(tmp_path):
@@ -22,7 +20,7 @@ def test_version_and_no_top_level_leak(tmp_path):
 def test_memory_estimate_matches_what_is_allocated(tmp_path):
     reference.build("Qwen3ForCausalLM", tmp_path)
     model = jaxllm.load(tmp_path, dtype="bfloat16")
-    est = registry.estimate_memory(model.config, batch=3, length=64, dtype="bfloat16")
+    est = jaxllm.estimate_memory(model.config, batch=3, length=64, dtype="bfloat16")
     assert est["params_bytes"] == sum(x.nbytes for x in jax.tree.leaves(model.params))
     engine = Engine(model, batch_size=3, max_len=64)
     cache = engine.new_state().cache

@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 import pytest
+import reference
 
 import jaxllm
-from jaxllm import registry, research
-
-import reference
+from jaxllm import research
+from jaxllm.models import registry
 
 TOL = 1e-4  # max |ours - ref| <= TOL * max |ref|, float32
 
@@ -69,7 +69,7 @@ def test_sliding_window_is_in_effect(tmp_path):
     ref = reference.build("MistralForCausalLM", tmp_path)
     model = jaxllm.load(tmp_path)
     assert model.config.layer_window(0) == 8
-    full = jaxllm.loader.LoadedModel(model.config.replace(layer_types=("full_attention",) * 3), None, None)
+    full = jaxllm.LoadedModel(model.config.replace(layer_types=("full_attention",) * 3), None, None)
     from jaxllm.loader import abstract_model
     graphdef, _ = abstract_model(full.config, registry.get("MistralForCausalLM"), np.float32)
     no_window = research.logits(graphdef, model.params, TOKENS)

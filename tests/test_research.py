@@ -3,12 +3,11 @@ output_hidden_states / output_attentions (eager attention), for every architectu
 
 import numpy as np
 import pytest
+import reference
 import torch
 
 import jaxllm
-from jaxllm import registry
-
-import reference
+from jaxllm.models import registry
 
 TOL = 1e-4
 TOKENS = np.random.default_rng(1).integers(0, 128, (2, 20))  # longer than the tiny sliding windows (8)
@@ -45,11 +44,11 @@ def test_sliding_window_shows_in_the_attention_weights(tmp_path):
 def test_bad_layer_and_tokens_are_one_line_errors(tmp_path):
     reference.build("LlamaForCausalLM", tmp_path)
     model = jaxllm.load(tmp_path)
-    with pytest.raises(jaxllm.ConfigError, match="layer 3 does not exist: this model has layers 0..2"):
+    with pytest.raises(jaxllm.InputError, match="layer 3 does not exist: this model has layers 0..2"):
         model.attention_weights(TOKENS, 3)
-    with pytest.raises(jaxllm.ConfigError, match="must lie in"):
+    with pytest.raises(jaxllm.InputError, match="must lie in"):
         model.hidden_states([[1, 500]])
-    with pytest.raises(jaxllm.ConfigError, match="seq >= 1"):
+    with pytest.raises(jaxllm.InputError, match="seq >= 1"):
         model.token_logprobs(np.zeros((1, 0), int))
     assert np.asarray(model.attention_weights(TOKENS, -1)).shape == (2, 4, 20, 20)
 

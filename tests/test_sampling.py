@@ -113,9 +113,9 @@ def tiny(tmp_path_factory):
 def test_seed_reproduces_and_is_batch_independent(tiny):
     prompts = [[1, 2, 3, 4], [9, 8, 7]]
     params = SamplingParams(max_new_tokens=20, temperature=1.0, top_k=20, seed=5, ignore_eos=True)
-    a = jaxllm.generate(tiny, prompts, params)
-    b = jaxllm.generate(tiny, prompts, params)
+    a = tiny.generate(prompts, params)
+    b = tiny.generate(prompts, params)
     assert [r.token_ids for r in a] == [r.token_ids for r in b]
-    assert jaxllm.generate(tiny, prompts[1], params).token_ids == a[1].token_ids
-    other = jaxllm.generate(tiny, prompts[0], SamplingParams(**{**params.__dict__, "seed": 6}))
+    assert tiny.generate(prompts[1], params).token_ids == a[1].token_ids
+    other = tiny.generate(prompts[0], SamplingParams(**{**params.__dict__, "seed": 6}))
     assert other.token_ids != a[0].token_ids

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import reference
 from jax.sharding import PartitionSpec as P
 
 import jaxllm
 from jaxllm import sharding
 from jaxllm.errors import ConfigError
-
-import reference
 
 HERE = Path(__file__).parent
 PROMPTS = [[5, 6, 7, 8, 9], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]]
@@ -32,7 +31,7 @@ def folder(tmp_path_factory):
 def single(folder):
     model = jaxllm.load(folder)
     tokens = np.random.default_rng(0).integers(0, 128, (2, 20))
-    return model, tokens, np.asarray(model.logits(tokens)), [r.token_ids for r in jaxllm.generate(model, PROMPTS, GREEDY)]
+    return model, tokens, np.asarray(model.logits(tokens)), [r.token_ids for r in model.generate(PROMPTS, GREEDY)]
 
 
 def _layer(model, *names):
@@ -63,7 +62,7 @@ def test_sharded_matches_single_device(folder, single, spec, kv_split):
     err = reference.max_rel_diff(model.logits(tokens), logits)
     print(f"{spec}: sharded vs single-device logits max rel diff {err:.1e}")
     assert err <= 1e-5
-    assert [r.token_ids for r in jaxllm.generate(model, PROMPTS, GREEDY)] == greedy
+    assert [r.token_ids for r in model.generate(PROMPTS, GREEDY)] == greedy
 
 
 @pytest.mark.parametrize("spec, message", [

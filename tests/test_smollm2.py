@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import jaxllm
-from jaxllm.default_model import packaged_gguf
 
 LONG_TEXT = (
     "The printing press changed Europe in the fifteenth century. Before it, books were copied by hand, "
@@ -60,8 +59,8 @@ def test_config_read_from_gguf(ours):
 
 
 def test_greedy_continuations_match_transformers(ours, theirs):
-    results = jaxllm.generate(ours, PROMPTS, jaxllm.SamplingParams(max_new_tokens=64))
-    from jaxllm.tokenizer import encode
+    results = ours.generate(PROMPTS, jaxllm.SamplingParams(max_new_tokens=64))
+    from jaxllm.generation import encode
 
     for prompt, got in zip(PROMPTS, results):
         ids = encode(ours.tokenizer, prompt, chat=True)
@@ -75,7 +74,7 @@ def test_greedy_continuations_match_transformers(ours, theirs):
 
 
 def test_logits_match_transformers(ours, theirs):
-    from jaxllm.tokenizer import encode
+    from jaxllm.generation import encode
 
     ids = encode(ours.tokenizer, PROMPTS[3], chat=True)
     with torch.no_grad():
@@ -87,14 +86,14 @@ def test_logits_match_transformers(ours, theirs):
 
 def test_stop_string_and_streaming(ours):
     pieces = []
-    got = jaxllm.generate(ours, "What is the capital of France?", jaxllm.SamplingParams(max_new_tokens=32, stop=("Paris",)),
+    got = ours.generate("What is the capital of France?", jaxllm.SamplingParams(max_new_tokens=32, stop=("Paris",)),
                           on_text=lambda i, t: pieces.append(t))
     assert "Paris" not in got.text and got.text.startswith("The capital of France is")
     assert "".join(pieces) == got.text and got.finish_reason == "stop"
 
 
 def test_incremental_detokenization_never_splits_characters(ours):
-    from jaxllm.tokenizer import TextStream
+    from jaxllm.generation import TextStream
 
     tok = ours.tokenizer
     text = "Crème brûlée 🍮 costs 5€ — 東京で食べた"

@@ -3,7 +3,8 @@ transforms it may ask for, the check of a checkpoint against the map, and the st
 
 A model file says *what* goes where (a list of WeightSpec); this file does the I/O once for all.
 Target shapes come from the model's abstract parameters, so a transform only needs to know how the
-HF layout relates to ours (e.g. nn.Linear stores [out, in], we store in_dims + out_dims).
+HF layout relates to ours: nn.Linear stores [out, in] and our Dense kernels [out..., in...] (the
+same memory order, so a reshape), Conv1D and MoE experts need a transpose.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import numpy as np
 from flax import nnx
 
 from jaxllm.errors import CheckpointError
-
 
 _BLOCK_BYTES = 32 << 20  # Linear transposes in row blocks of about this size
 
@@ -230,20 +230,24 @@ def problems(source, specs: Iterable[WeightSpec], abstract_state, ignore: Iterab
     return found + [f"unexpected {n}" for n in extra]
 
 
-def load_params(source, specs: Iterable[WeightSpec], abstract_state, dtype, place=None, progress=None):
-    """Fill the abstract state, one HF tensor at a time: read, transform, cast, place.
+def place(host: np.ndarray, sharding=None) -> jax.Array:
+    """A host array on devices: the default device, or straight onto the shards of `sharding`
+    (each process builds only its own devices' slices, so this works across hosts)."""
+    if sharding is None:
+        return jax.device_put(host)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
-    `place(path, array, abstract_leaf) -> jax.Array` puts a host array on devices (default: the
-    default device); a sharded placer reads only this host's slices. Host memory stays near one
-    tensor at a time: each numpy array is dropped once placed.
-    """
+
+def load_params(source, specs: Iterable[WeightSpec], abstract_state, dtype, shardings: dict | None = None, progress=None):
+    """Fill the abstract state, one HF tensor at a time: read, transform, cast, place (onto
+    shardings[path] when given). Host memory stays near one tensor at a time: each numpy array is
+    dropped once placed."""
     params = flat_params(abstract_state)
-    place = place or (lambda path, x, leaf: jax.device_put(x))
     filled = {}
     for spec in specs:
         leaf = params[spec.path]
         host = spec.transform(spec.read(source), leaf.shape, jnp.dtype(dtype))
-        filled[spec.path] = place(spec.path, host, leaf)
+        filled[spec.path] = place(host, (shardings or {}).get(spec.path))
         del host
         if progress is not None:
             progress(spec.hf_names[-1])

@@ -12,8 +12,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from jaxllm.errors import ConfigError
 
+QK_NORMS = ("none", "per_head", "projection")
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 
 # Keys each rope type needs beyond rope_theta, as transformers validates them.
@@ -60,7 +63,7 @@ class ModelConfig:
     num_kv_heads: int
     head_dim: int
     max_position_embeddings: int
-    rms_norm_eps: float = 1e-6
+    norm_eps: float = 1e-6  # epsilon of every norm: rms_norm_eps, or layer_norm_eps (GPT-NeoX, GPT-2)
     rope: RopeConfig = field(default_factory=RopeConfig)
     hidden_act: str = "silu"
     tie_word_embeddings: bool = False
@@ -68,7 +71,7 @@ class ModelConfig:
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
-    qk_norm: bool | str = False  # True: RMSNorm per head (Qwen3); "projection": over all heads (OLMo 2)
+    qk_norm: str = "none"  # "per_head": RMSNorm of each head (Qwen3); "projection": over all heads (OLMo 2)
     # Gemma-style variants: embeddings times embed_scale; RMSNorm scales by (norm_offset + w), in float32.
     embed_scale: float = 1.0
     norm_offset: float = 0.0
@@ -78,6 +81,7 @@ class ModelConfig:
     # Gemma 2/3: attention scale (None: head_dim ** -0.5), tanh soft-capping of scores and logits,
     # and a rope of their own for the sliding-window layers (None: the same rope everywhere).
     attn_scale: float | None = None
+    attn_scale_by_layer: bool = False  # the scale divided by (layer index + 1) (GPT-2's scale_attn_by_inverse_layer_idx)
     attn_softcap: float | None = None
     final_softcap: float | None = None
     local_rope: RopeConfig | None = None
@@ -111,6 +115,10 @@ class ModelConfig:
 
     def layer_is_moe(self, layer: int) -> bool:
         return self.num_experts > 0 and layer not in self.dense_layers
+
+    def kv_cache_bytes(self, tokens: int, dtype) -> int:
+        """Bytes of the keys and values of `tokens` cached positions, every layer, in `dtype`."""
+        return 2 * self.num_layers * tokens * self.num_kv_heads * self.head_dim * np.dtype(dtype).itemsize
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -245,7 +253,7 @@ def from_hf(raw: dict, architecture: str, defaults: dict | None = None) -> Model
         num_kv_heads=kv_heads,
         head_dim=int(head_dim),
         max_position_embeddings=int(raw.get("max_position_embeddings") or 2048),
-        rms_norm_eps=float(raw.get("rms_norm_eps", raw.get("layer_norm_eps", 1e-6))),
+        norm_eps=float(raw.get("rms_norm_eps", raw.get("layer_norm_eps", 1e-6))),
         rope=parse_rope(raw),
         hidden_act=raw.get("hidden_act", "silu"),
         tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
@@ -259,7 +267,13 @@ def from_hf(raw: dict, architecture: str, defaults: dict | None = None) -> Model
         pad_token_id=raw.get("pad_token_id"),
     )
     values.update(defaults or {})
-    cfg = ModelConfig(**values)
+    return _validated(ModelConfig(**values))
+
+
+def _validated(cfg: ModelConfig) -> ModelConfig:
+    """`cfg`, or a ConfigError naming the first field that contradicts another."""
+    if cfg.qk_norm not in QK_NORMS:
+        raise ValueError(f"qk_norm {cfg.qk_norm!r} is not one of {QK_NORMS}")  # a model file's bug, not the user's
     for t in cfg.layer_types:
         if t not in ("full_attention", "sliding_attention"):
             raise ConfigError(f"config.json layer type '{t}' is not supported; use full_attention or sliding_attention")
