@@ -6,9 +6,12 @@ measured in the same run (`--compare hf`). Prints a table and writes JSON.
 Per shape: batch-1 decode tokens/s (prompt 128, 256 new), batch-64 throughput (prompt 512,
 256 new), time to first token of a 1,024-token prompt, cold start (random weights + compile, fresh
 process) and warm start (same, persistent compilation cache), peak device memory, the measured
-copy bandwidth and the batch-1 roofline fraction; and the offline workload nano-vllm and vLLM
-publish (256 requests, prompt and output lengths uniform in 100..1024, seed 0, EOS ignored).
-`--quick` shrinks every size (for the CPU test).
+copy bandwidth and the batch-1 roofline fraction; the offline workload nano-vllm and vLLM
+publish (256 requests, prompt and output lengths uniform in 100..1024, seed 0, EOS ignored), its
+first run (compiles included) and steady rate; `long`: one 32,768- and one 40,000-token prompt (capped by the
+shape's positions) producing 256 tokens each, time to first token and peak memory; `prefix`: 256
+requests sharing a 2,000-token prefix (50 tokens of their own, 64 new), with and without prefix
+caching. `--quick` shrinks every size (for the CPU test).
 """
 
 from __future__ import annotations
@@ -34,9 +37,11 @@ from jaxllm.sharding import make_mesh
 def _sizes(quick: bool) -> dict:
     if quick:
         return dict(b1_prompt=8, b1_new=8, bN=2, bN_prompt=16, bN_new=8, ttft_prompt=32,
-                    offline_n=4, offline_lo=4, offline_hi=16, offline_slots=2)
+                    offline_n=4, offline_lo=4, offline_hi=16, offline_slots=2, long=(64, 80), long_new=4,
+                    prefix_n=6, prefix_len=40, prefix_own=5, prefix_new=4, prefill_tokens=64, page_size=8)
     return dict(b1_prompt=128, b1_new=256, bN=64, bN_prompt=512, bN_new=256, ttft_prompt=1024,
-                offline_n=256, offline_lo=100, offline_hi=1024, offline_slots=128)
+                offline_n=256, offline_lo=100, offline_hi=1024, offline_slots=256, long=(32768, 40000), long_new=256,
+                prefix_n=256, prefix_len=2000, prefix_own=50, prefix_new=64, prefill_tokens=8192, page_size=16)
 
 
 def copy_bandwidth() -> float:
@@ -69,11 +74,74 @@ def _section(name, fn):
     """Run one measurement, saying how long it took (compiles included) on stderr."""
     t = time.perf_counter()
     value = fn()
-    print(f"  {name}: {time.perf_counter() - t:.1f}s", file=sys.stderr, flush=True)
+    shown = f" -> {value}" if isinstance(value, (dict, float, int)) else ""
+    print(f"  {name}: {time.perf_counter() - t:.1f}s{shown}", file=sys.stderr, flush=True)
     return value
 
 
-def bench_jax(shape: str, sizes: dict, dtype: str, skip=(), loop: str = "while") -> dict:
+def _engine(model, sizes: dict, batch: int, max_len: int, pages: int | None = "fit", **kw) -> Engine:
+    """An engine with the run's page size and prefill budget; pages "fit": just enough for `batch`
+    sequences of max_len (None: the default share of device memory)."""
+    ps = sizes["page_size"]
+    num_pages = batch * -(-max_len // ps) if pages == "fit" else pages
+    return Engine(model, batch_size=batch, max_len=max_len, num_pages=num_pages, page_size=ps,
+                  prefill_tokens=sizes["prefill_tokens"], **kw)
+
+
+def _peak_bytes() -> int | None:
+    return (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
+
+
+def bench_long(model, sizes: dict) -> dict:
+    """One long prompt at a time (each run alone in a fresh engine whose pool holds just it):
+    time to first token, tokens/s after it, and peak device memory against weights + its KV."""
+    cfg, out = model.config, {}
+    rng = np.random.default_rng(1)
+    params = SamplingParams(max_new_tokens=sizes["long_new"], ignore_eos=True).resolved()
+    param_bytes = sum(x.nbytes for x in jax.tree.leaves(model.params))
+    for n in sizes["long"]:
+        if n + sizes["long_new"] > cfg.max_position_embeddings and cfg.rope.type != "llama3":
+            n = cfg.max_position_embeddings - sizes["long_new"]
+        engine = _engine(model, sizes, 1, n + sizes["long_new"], chunk=64)
+        # A fresh prompt for the timed run: the compile run's pages would be prefix-cache hits.
+        prompts = [rng.integers(0, cfg.vocab_size, n).tolist() for _ in range(2)]
+        _section(f"long {n} (compile)", lambda e=engine, p=prompts[0]: _run(e, [Request(p, params)]))
+        first, total, new = _run(engine, [Request(prompts[1], params)])
+        kv = cfg.kv_cache_bytes(n + sizes["long_new"], jax.tree.leaves(model.params)[0].dtype)
+        out[f"long_{n}"] = dict(ttft_s=first, decode_tokens_per_s=(new - 1) / (total - first), peak_bytes=_peak_bytes(),
+                                weights_plus_kv_bytes=param_bytes + kv)
+        del engine
+    return out
+
+
+def bench_prefix(model, sizes: dict) -> dict:
+    """256 requests sharing a 2,000-token prefix, with and without prefix caching: the same
+    tokens, and the ratio of the two runs' wall times (each after a whole compile run, the prefix
+    cache emptied between)."""
+    cfg, rng = model.config, np.random.default_rng(2)
+    shared = rng.integers(0, cfg.vocab_size, sizes["prefix_len"]).tolist()
+    prompts = [shared + rng.integers(0, cfg.vocab_size, sizes["prefix_own"]).tolist() for _ in range(sizes["prefix_n"])]
+    params = SamplingParams(max_new_tokens=sizes["prefix_new"], ignore_eos=True).resolved()
+    reqs = [Request(p, params, i) for i, p in enumerate(prompts)]
+    max_len = len(prompts[0]) + sizes["prefix_new"]
+    out, tokens = {}, {}
+    for caching in (True, False):
+        engine = _engine(model, sizes, min(sizes["bN"], sizes["prefix_n"]), max_len, prefix_caching=caching, chunk=64)
+        _section(f"prefix caching={caching} (compile run)", lambda e=engine: _run(e, reqs))
+        engine.blocks.reset_prefix_cache()
+        got = {}
+        start = time.perf_counter()
+        for ev in engine.run(reqs):
+            got.setdefault(ev.index, []).extend(ev.tokens)
+        out[f"prefix_{'on' if caching else 'off'}_s"] = time.perf_counter() - start
+        tokens[caching] = got
+        del engine
+    out["prefix_speedup"] = out["prefix_off_s"] / out["prefix_on_s"]
+    out["prefix_same_tokens"] = tokens[True] == tokens[False]
+    return out
+
+
+def bench_jax(shape: str, sizes: dict, dtype: str, skip=()) -> dict:
     model = _section("random weights", lambda: jax.block_until_ready(random_model(shape, dtype=dtype)))
     cfg = model.config
     rng = np.random.default_rng(0)
@@ -88,38 +156,66 @@ def bench_jax(shape: str, sizes: dict, dtype: str, skip=(), loop: str = "while")
         _section(f"compile+run b={n} prompt={prompt} new={new}", lambda: _run(engine, reqs(n, prompt, new)))
         return _run(engine, reqs(n, prompt, new))
 
+    # Long prompts first: the peak device memory they report is then theirs (it never goes down).
+    if "long" not in skip:
+        out.update(_section("long prompts", lambda: bench_long(model, sizes)))
+    if "prefix" not in skip:
+        out.update(_section("shared prefix", lambda: bench_prefix(model, sizes)))
     if "b1" not in skip:  # batch 1: decode rate after the first token
-        e1 = Engine(model, batch_size=1, max_len=sizes["b1_prompt"] + sizes["b1_new"], chunk=64, loop=loop)
+        e1 = _engine(model, sizes, 1, sizes["b1_prompt"] + sizes["b1_new"], chunk=64)
         first, total, n = timed(e1, 1, sizes["b1_prompt"], sizes["b1_new"])
-        out["b1_tokens_per_s"] = (n - 1) / (total - first)
+        out["b1_tokens_per_s"] = _section("b1 tokens/s", lambda: (n - 1) / (total - first))
+        del e1
     if "bN" not in skip:  # batch N: whole-run throughput, prefill included
-        eN = Engine(model, batch_size=sizes["bN"], max_len=sizes["bN_prompt"] + sizes["bN_new"], chunk=64, loop=loop)
+        eN = _engine(model, sizes, sizes["bN"], sizes["bN_prompt"] + sizes["bN_new"], chunk=64)
         first, total, n = timed(eN, sizes["bN"], sizes["bN_prompt"], sizes["bN_new"])
-        out["bN_tokens_per_s"] = n / total
+        out["bN_tokens_per_s"] = _section("bN tokens/s", lambda: n / total)
         out["bN_decode_tokens_per_s"] = (n - sizes["bN"]) / (total - first)
+        del eN
     if "ttft" not in skip:  # time to first token of one long prompt (warm)
-        et = Engine(model, batch_size=1, max_len=sizes["ttft_prompt"] + 1)
+        et = _engine(model, sizes, 1, sizes["ttft_prompt"] + 1)
         out["ttft_s"] = timed(et, 1, sizes["ttft_prompt"], 1)[0]
+        del et
     if "offline" not in skip:
-        lo, hi = sizes["offline_lo"], sizes["offline_hi"]
-        orng = np.random.default_rng(0)
-        prompts = orng.integers(lo, hi + 1, sizes["offline_n"])
-        outputs = orng.integers(lo, hi + 1, sizes["offline_n"])
-        offline = [Request(orng.integers(0, cfg.vocab_size, p).tolist(),
-                           SamplingParams(max_new_tokens=int(o), ignore_eos=True).resolved(), i)
-                   for i, (p, o) in enumerate(zip(prompts, outputs))]
-        eo = Engine(model, batch_size=sizes["offline_slots"], max_len=2 * hi, chunk=64, loop=loop)
+        offline = offline_requests(cfg, sizes)
+        eo = _engine(model, sizes, sizes["offline_slots"], 2 * sizes["offline_hi"], pages=None, chunk=64)
         # The first run compiles a prefill per (rows, bucket) it meets; the second compiles nothing.
         _, first_total, _ = _section("offline, first run", lambda: _run(eo, offline))
         compiles = eo.counters.prefill + eo.counters.decode
+        eo.blocks.reset_prefix_cache()  # the same prompts again: no hits from the first run
         _, total, n = _section("offline", lambda: _run(eo, offline))
-        out["offline_tokens_per_s"] = n / total
+        out["offline_tokens_per_s"] = _section("offline tokens/s", lambda: n / total)
         out["offline_first_run_tokens_per_s"] = n / first_total
         out["offline_compiles"] = compiles
         out["offline_output_tokens"] = int(n)
     stats = jax.devices()[0].memory_stats() or {}
     out["peak_device_bytes"] = stats.get("peak_bytes_in_use")
     return out
+
+
+def offline_requests(cfg, sizes: dict) -> list[Request]:
+    lo, hi = sizes["offline_lo"], sizes["offline_hi"]
+    orng = np.random.default_rng(0)
+    prompts = orng.integers(lo, hi + 1, sizes["offline_n"])
+    outputs = orng.integers(lo, hi + 1, sizes["offline_n"])
+    return [Request(orng.integers(0, cfg.vocab_size, p).tolist(), SamplingParams(max_new_tokens=int(o), ignore_eos=True).resolved(), i)
+            for i, (p, o) in enumerate(zip(prompts, outputs))]
+
+
+def offline_first_run(shape: str, sizes: dict, dtype: str, cache_dir: str) -> float:
+    """Output tokens/s of the offline workload's first run in a fresh process (its compiles
+    included; with `cache_dir` warm, loaded from the persistent cache instead)."""
+    code = (
+        "import json, sys, time; from jaxllm import bench; from jaxllm.runtime import use_compile_cache; "
+        f"use_compile_cache({cache_dir!r}); from jaxllm.random_model import random_model; "
+        f"m = random_model({shape!r}, dtype={dtype!r}); sizes = json.loads({json.dumps(sizes)!r}); "
+        "e = bench._engine(m, sizes, sizes['offline_slots'], 2 * sizes['offline_hi'], pages=None, chunk=64); "
+        "_, total, n = bench._run(e, bench.offline_requests(m.config, sizes)); print(n / total)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, timeout=900)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-2000:])
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def start_time(shape: str, sizes: dict, dtype: str, cache_dir: str) -> float:
@@ -130,7 +226,7 @@ def start_time(shape: str, sizes: dict, dtype: str, cache_dir: str) -> float:
         "from jaxllm.random_model import random_model; from jaxllm.engine import Engine, Request; "
         "from jaxllm.sampling import SamplingParams; "
         f"m = random_model({shape!r}, dtype={dtype!r}); "
-        f"e = Engine(m, batch_size=1, max_len={sizes['b1_prompt'] + sizes['b1_new']}); "
+        f"e = Engine(m, batch_size=1, max_len={sizes['b1_prompt'] + sizes['b1_new']}, num_pages={sizes['b1_prompt'] + sizes['b1_new']}); "
         f"p = SamplingParams(max_new_tokens=2, ignore_eos=True).resolved(); "
         f"list(e.run([Request(list(range(1, {sizes['b1_prompt'] + 1})), p)])); print(time.perf_counter()-t)"
     )
@@ -173,7 +269,7 @@ def tp_compare(shape: str, degrees: list[int], sizes: dict, dtype: str) -> list[
         model = random_model(shape, dtype=dtype, mesh=mesh)
         reference = reference or tokens
         p = SamplingParams(max_new_tokens=sizes["b1_new"], ignore_eos=True).resolved()
-        e = Engine(model, batch_size=1, max_len=sizes["b1_prompt"] + sizes["b1_new"], chunk=64)
+        e = _engine(model, sizes, 1, sizes["b1_prompt"] + sizes["b1_new"], chunk=64)
         req = lambda: [Request(rng.integers(0, vocab, sizes["b1_prompt"]).tolist(), p)]  # noqa: E731
         _run(e, req())
         first, total, n = _run(e, req())
@@ -210,9 +306,8 @@ def main(argv=None) -> int:
     p.add_argument("--shape", action="append", help="qwen3-0.6b, llama3-8b or tiny (repeatable)")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--compare", choices=["hf"], help="also run transformers on the same shapes")
-    p.add_argument("--skip", default="", help="comma-separated sections to leave out: b1,bN,ttft,offline,start")
+    p.add_argument("--skip", default="", help="comma-separated sections to leave out: b1,bN,ttft,offline,long,prefix,start")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
-    p.add_argument("--loop", default="while", choices=["scan", "while"], help="the engine's decode loop")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--tp", help="instead: compare tensor-parallel degrees, e.g. 1,2 (greedy tokens and batch-1 decode)")
     args = p.parse_args(argv)
@@ -247,18 +342,24 @@ def _main(args) -> int:
                 "cold_start_s": _section(f"cold start {shape}", lambda: start_time(shape, sizes, args.dtype, cache)),
                 "warm_start_s": _section(f"warm start {shape}", lambda: start_time(shape, sizes, args.dtype, cache)),
             }
+            if "offline" not in skip:
+                cache = tempfile.mkdtemp(prefix="jaxllm-cc-")
+                starts[shape]["offline_fresh_cold_tokens_per_s"] = _section(
+                    f"offline fresh process, cold {shape}", lambda: offline_first_run(shape, sizes, args.dtype, cache))
+                starts[shape]["offline_fresh_warm_tokens_per_s"] = _section(
+                    f"offline fresh process, warm {shape}", lambda: offline_first_run(shape, sizes, args.dtype, cache))
     peer = {shape: _section(f"transformers {shape}", lambda: bench_hf(shape, sizes)) for shape in shapes} if args.compare == "hf" else {}
     bandwidth = copy_bandwidth()
     results = []
     for shape in shapes:
         print(f"{shape}:", file=sys.stderr, flush=True)
-        r = bench_jax(shape, sizes, args.dtype, skip, args.loop)
+        r = bench_jax(shape, sizes, args.dtype, skip)
         r.update(starts.get(shape, {}))
         if shape in peer:
             r["hf"] = peer[shape]
         results.append(r)
         print(json.dumps(r), flush=True)
-    report = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "loop": args.loop, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    report = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
               "bandwidth_bytes_per_s": bandwidth, "sizes": sizes, "results": results}
     if args.out:
         with open(args.out, "w") as f:

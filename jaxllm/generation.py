@@ -46,13 +46,15 @@ def prepare(model, prompts, params: SamplingParams | None, *, chat=None, system=
 
 
 def engine_for(model, ids: list[list[int]], params: SamplingParams) -> Engine:
-    """An engine just large enough (cache length rounded up to a multiple of 256), kept on the
-    model so the next call of the same size reuses its compiled steps."""
+    """An engine just large enough (sequences up to a multiple of 256 tokens, pages for a full
+    batch of them), kept on the model so the next call of the same size reuses its compiled steps
+    and prefix cache."""
     need = max(len(i) for i in ids) + params.max_new_tokens
-    key = (min(len(ids), 8), -(-need // 256) * 256)
-    if key not in model.engines:
-        model.engines[key] = Engine(model, batch_size=key[0], max_len=key[1])
-    return model.engines[key]
+    batch, max_len = min(len(ids), 8), -(-need // 256) * 256
+    if (batch, max_len) not in model.engines:
+        model.engines[batch, max_len] = Engine(model, batch_size=batch, max_len=max_len,
+                                               num_pages=batch * max_len // 16, page_size=16)
+    return model.engines[batch, max_len]
 
 
 def _is_single(prompts) -> bool:
@@ -336,6 +338,6 @@ def _cleanup(tokenizer):
         ids = tokenizer.encode(_CLEANUP_PROBE, add_special_tokens=False)
         plain = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         cleaned = tokenizer.decode(ids, skip_special_tokens=True)
-    except Exception:  # a decode without that option: windows are decoded as decode does
+    except TypeError:  # a decode without that option: windows are decoded as decode does
         return None
     return tokenizer.clean_up_tokenization if cleaned != plain else None

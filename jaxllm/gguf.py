@@ -11,6 +11,7 @@ so the weights are transformers' again.
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ def _reader(path: Path):
         raise CheckpointError("reading .gguf files needs the gguf package: pip install 'jaxllm[gguf]'") from None
     try:
         return GGUFReader(str(path))
-    except Exception as err:
+    except (OSError, ValueError, KeyError, IndexError, struct.error) as err:  # how gguf's reader meets a bad file
         raise CheckpointError(f"{path} is not a readable GGUF file ({type(err).__name__}: {str(err)[:150]})") from None
 
 

@@ -3,12 +3,10 @@
 `Attention` projects q, k, v (q/k-normed and rotated where the model says) and hands them to a KV
 backend, which stores them and attends. The caller picks the backend; nothing here probes the
 platform:
-  Uncached()             keys are the sequence's own: scoring a full sequence, a prefill whose keys
-                         the engine then places, the research functions
-  SlotCache(kv_len, impl) a contiguous cache [B, S, K, D] per layer; `impl` "cudnn" runs a decode
-                         step as one cuDNN kernel (jaxllm.runtime decides)
+  Uncached()             keys are the call's own: scoring a full sequence, the research functions
   PagedCache(...)        one pool of fixed-size pages per layer and a page table per row (the
-                         engine's cache): memory-linear prefill chunks, paged decode
+                         engine's cache): memory-linear prefill chunks, paged decode; `impl`
+                         "cudnn" runs them as cuDNN kernels (jaxllm.runtime decides)
 
 Shapes: B batch, T query tokens, S key positions, H query heads, K kv heads, G = H // K, D head_dim.
 """
@@ -42,14 +40,6 @@ class AttnSpec(NamedTuple):
     scale: float
     window: int | None = None
     softcap: float | None = None
-
-
-def write_cache(cache: LayerCache, k, v, positions) -> LayerCache:
-    """Write k, v [B, T, K, D] into the cache rows at positions [B, T] (one scatter, in place when
-    the cache is donated)."""
-    rows = jnp.arange(k.shape[0])[:, None]
-    return LayerCache(cache.k.at[rows, positions].set(k.astype(cache.k.dtype)),
-                      cache.v.at[rows, positions].set(v.astype(cache.v.dtype)))
 
 
 def attention_mask(q_pos, k_pos, window: int | None):
@@ -134,25 +124,6 @@ class Uncached:
 
 
 @dataclass(frozen=True)
-class SlotCache:
-    """A contiguous cache [B, S, K, D] per layer: keys are written at `positions`, then attention
-    reads cache positions < kv_len (static; None: all), so decode reads the filled part only.
-    impl "cudnn": a one-query step whose layer fits runs as one cuDNN kernel (`decode_attention`)."""
-
-    kv_len: int | None = None
-    impl: str = "xla"
-
-    def __call__(self, q, k, v, cache: LayerCache, positions, spec: AttnSpec):
-        new = write_cache(cache, k, v, positions)
-        s = new.k.shape[1] if self.kv_len is None else min(self.kv_len, new.k.shape[1])
-        keys, values = new.k[:, :s].astype(q.dtype), new.v[:, :s].astype(q.dtype)
-        if self.impl == "cudnn" and q.shape[1] == 1 and cudnn_decode_fits(q, spec):
-            return decode_attention(q, keys, values, positions[:, 0] + 1, spec.scale, "cudnn"), new
-        k_pos = jnp.broadcast_to(jnp.arange(s), (q.shape[0], s))
-        return attend(q, keys, values, attention_mask(positions, k_pos, spec.window), spec.scale, spec.softcap), new
-
-
-@dataclass(frozen=True)
 class PagedCache:
     """A pool of pages per layer, k and v [N + 1, ps, K, D]; the last page takes the writes of
     padding tokens and inactive rows, so they never touch a page a sequence owns. Row b's key at
@@ -191,12 +162,11 @@ class PagedCache:
         """k, v [B, T, K, D] into their pages: one scatter per pool, in place when donated."""
         n, ps = cache.k.shape[:2]
         page = jnp.take_along_axis(self.page_table, positions // ps, axis=1, mode="clip")
-        page = jnp.where(self.valid, page, n - 1)
-        index = (page * ps + positions % ps).reshape(-1)
+        page = jnp.where(self.valid, page, n - 1).reshape(-1)
+        offset = (positions % ps).reshape(-1)
 
-        def put(pool, x):
-            flat = pool.reshape((n * ps,) + pool.shape[2:])
-            return flat.at[index].set(x.reshape((-1,) + x.shape[2:]).astype(pool.dtype)).reshape(pool.shape)
+        def put(pool, x):  # a scatter on the pool's own two leading dims: no reshape of the pool
+            return jnp.asarray(pool).at[page, offset].set(x.reshape((-1,) + x.shape[2:]).astype(pool.dtype))
 
         return LayerCache(put(cache.k, k), put(cache.v, v))
 

@@ -170,23 +170,7 @@ def reference_attention(q, k, v, q_pos, kv_len=None, *, scale: float, window=Non
 
 
 # ----------------------------------------------------------------------------------------------
-# Backend checks
-
-
-def on_cuda() -> bool:
-    """An NVIDIA GPU backend (ROCm GPUs also report "gpu" but have no cuDNN)."""
-    if jax.default_backend() != "gpu":
-        return False
-    version = getattr(getattr(jax.devices()[0], "client", None), "platform_version", "")
-    return "rocm" not in str(version).lower()
-
-
-def cudnn_supports(q, softcap=None) -> bool:
-    """Whether cuDNN's flash attention takes these inputs: an NVIDIA GPU, 16-bit floats, a head
-    size that is a multiple of 8 and at most 128 (256 on Hopper and later: we stay at 128), no
-    soft-capping (cuDNN has none)."""
-    return (on_cuda() and q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] <= 128
-            and q.shape[-1] % 8 == 0 and softcap is None)
+# cuDNN through jax's private wrapper
 
 
 def _cudnn_private():
@@ -202,7 +186,7 @@ def _cudnn_private():
 
 
 def flash_prefill(q, k, v, start=0, kv_len=None, *, scale: float, window: int | None = None,
-                  softcap: float | None = None, impl: str | None = None, k_new=None, v_new=None,
+                  softcap: float | None = None, impl: str = "blocked", k_new=None, v_new=None,
                   block: int = 1024, q_block: int | None = 2048):
     """Attention of a prefill chunk. q [B, T, H, D]: row b's queries sit at positions
     start[b] .. start[b] + T - 1; k, v [B, S, K, D]: the row's keys at positions 0 .. S - 1,
@@ -235,7 +219,7 @@ def flash_prefill(q, k, v, start=0, kv_len=None, *, scale: float, window: int | 
       serve start == 0, T == S only, no window / softcap; mha needs K == H (kv heads are
       repeated), attention_mgpu needs D % 64 == 0 and T, S multiples of its tiles and takes no
       scale (q is pre-scaled in its dtype, a small rounding). Else: blocked.
-    - None: "cudnn" where `cudnn_supports` and the mask fits it, else "blocked".
+    The caller chooses (jaxllm.runtime decides the platform's kernels; nothing here probes it).
 
     Checked on an H100 (jax 0.11.2, cuDNN 9.19, 2026-11-28): cuDNN's is_causal with T < S is
     top-left aligned (max diff 0.001 against top-left, 3.6 against the offset mask), and
@@ -262,8 +246,6 @@ def flash_prefill(q, k, v, start=0, kv_len=None, *, scale: float, window: int | 
                                  block=block, q_block=q_block)
 
     square = static_zero and t == s
-    if impl is None:
-        impl = "cudnn" if cudnn_supports(q, softcap) and (square or window is None) else "blocked"
     if impl == "blocked":
         return blocked()
     if impl == "xla":
@@ -339,7 +321,7 @@ def _pallas_prefill(q, k, v, scale, impl, interpret: bool = False):
 
 
 def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: float,
-                           impl: str | None = None, window: int | None = None,
+                           impl: str = "xla", window: int | None = None,
                            softcap: float | None = None, num_keys: int | None = None,
                            interpret: bool = False):
     """One query per row over the page pool. q [B, 1, H, D]; k_pages, v_pages [N, ps, K, D];
@@ -360,8 +342,8 @@ def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: f
     - "pallas": jax.experimental.pallas.ops.gpu.paged_attention (Triton). Its pool layout is
       [K, N, ps, D], so ours is transposed on every call here (a full pool copy: an engine that
       picks this kernel should store that layout and call `pallas_paged_decode` directly).
-    - None: on an NVIDIA GPU for 16-bit floats without window / softcap, "cudnn_paged" where
-      the pool shape allows it (else "cudnn"); elsewhere "xla".
+    The caller chooses (jaxllm.runtime decides the platform's kernels; nothing here probes it);
+    cuDNN choices fall back to "xla" for a window or soft-capping.
 
     Measured on an H100 (jax 0.11.2, cuDNN 9.19, 2026-11-28; one layer, Qwen3-0.6B shape H=16,
     K=8, D=128, bf16, us per call in a chain of 100): batch 64 x 1k context: cudnn_paged
@@ -374,8 +356,6 @@ def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: f
     n, ps, kv, _ = k_pages.shape
     p = page_table.shape[1]
     lengths = jnp.asarray(lengths, jnp.int32)
-    if impl is None:
-        impl = "cudnn_paged" if cudnn_supports(q, softcap) and window is None else "xla"
     if impl in ("cudnn", "cudnn_paged", "pallas") and window is not None:
         impl = "xla"
     if impl in ("cudnn", "cudnn_paged") and softcap is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxllm.models.attention import UNCACHED, Attention, LayerCache, SlotCache
+from jaxllm.models.attention import UNCACHED, Attention, LayerCache
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.layers import Embed, RMSNorm, make_mlp
 from jaxllm.models.rope import rotary
@@ -52,13 +52,14 @@ class DecoderModel(nnx.Module):
         self.layers = nnx.List([layer_cls(cfg, i, dtype=dtype, rngs=rngs) for i in range(cfg.num_layers)])
         self.norm = (final_norm or RMSNorm)(cfg.hidden_size, cfg.norm_eps, **norm_kwargs(cfg, dtype, rngs, final_norm))
 
-    def __call__(self, tokens, positions, cache=None, kv=None, lengths=None, trace: list | None = None):
+    def __call__(self, tokens, positions, cache=None, kv=UNCACHED, lengths=None, trace: list | None = None):
         """tokens, positions [B, T] -> hidden [B, T, E], and per-layer caches from the KV backend
-        `kv` (default: Uncached without a cache, a whole-cache SlotCache with one). `lengths` [B]:
+        `kv` (Uncached: the call's own keys; PagedCache with a cache). `lengths` [B]:
         the real length of each row when positions run past it (padded prefill); see `rotary`.
         `trace`: a list that receives each layer's input and then the final (normed) output, as
         transformers' hidden_states."""
-        kv = kv or (UNCACHED if cache is None else SlotCache())
+        if (cache is None) != (kv is UNCACHED):
+            raise ValueError("a cache goes with its KV backend (PagedCache), no cache with Uncached")
         x = self.embed_tokens(tokens)
         if self.embed_positions is not None:
             x = x + self.embed_positions(positions)
@@ -100,7 +101,7 @@ class CausalLM(nnx.Module):
                 kernel=nnx.Param(jnp.zeros((cfg.vocab_size, cfg.hidden_size), dtype), axes=("vocab_out", "embed"))
             )
 
-    def hidden(self, tokens, positions, cache: list[LayerCache] | None = None, kv=None, lengths=None):
+    def hidden(self, tokens, positions, cache: list[LayerCache] | None = None, kv=UNCACHED, lengths=None):
         return self.model(tokens, positions, cache, kv, lengths)
 
     def logits(self, hidden):

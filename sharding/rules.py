@@ -84,13 +84,6 @@ def param_shardings(abstract_state, mesh: Mesh) -> dict[tuple, NamedSharding]:
     return out
 
 
-def cache_sharding(mesh: Mesh, num_kv_heads: int, batch: int | None) -> NamedSharding:
-    """KV cache [B, S, K, D]: batch over dp (batch=None: not split, as for one prefilled prompt),
-    kv heads split as the kv projections are."""
-    axes = ("batch" if batch else None, "cache_seq", "kv_heads", "head_dim")
-    return NamedSharding(mesh, spec_for(axes, (batch or 1, 1, num_kv_heads, 1), mesh, "the KV cache batch"))
-
-
 def pool_sharding(mesh: Mesh, num_kv_heads: int) -> NamedSharding:
     """A KV page pool [pages, page_size, K, D]: kv heads split as the kv projections are."""
     axes = (None, "cache_seq", "kv_heads", "head_dim")

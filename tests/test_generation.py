@@ -6,9 +6,10 @@ import reference
 import torch
 
 import jaxllm
-from jaxllm.engine import Engine, init_cache
+from jaxllm.engine import Engine
 from jaxllm.errors import GenerationError
 from jaxllm.models import registry
+from jaxllm.models.attention import LayerCache, PagedCache
 
 TOL = 1e-4
 
@@ -21,18 +22,23 @@ def pair(request, tmp_path_factory):
 
 
 def test_cached_decode_matches_full_forward(pair):
-    """Prefill 6 tokens into the static cache, then decode 14 one at a time: every step's logits
-    equal the no-cache forward over the same prefix (the prefix passes Mistral's window of 8)."""
+    """Prefill 6 tokens into pages of 4 (a scrambled page table), then decode 14 one at a time:
+    every step's logits equal the no-cache forward over the same prefix (the prefix passes
+    Mistral's window of 8)."""
     _, model = pair
+    cfg = model.config
     seq = np.random.default_rng(5).integers(0, 128, (2, 20)).astype(np.int32)
     full = np.asarray(model.logits(seq))
     module = model.module
-    cache = init_cache(model.config, 2, 32, np.float32)
+    shape = (13, 4, cfg.num_kv_heads, cfg.head_dim)  # 12 pages and the trash page
+    cache = [LayerCache(np.zeros(shape, np.float32), np.zeros(shape, np.float32)) for _ in range(cfg.num_layers)]
+    table = np.asarray([[7, 2, 9, 0, 4], [1, 11, 3, 8, 5]], np.int32)
     positions = np.broadcast_to(np.arange(6), (2, 6))
-    hidden, cache = module.hidden(seq[:, :6], positions, cache)
+    hidden, cache = module.hidden(seq[:, :6], positions, cache, PagedCache(table, np.ones((2, 6), bool), 20))
     worst = reference.max_rel_diff(module.logits(hidden), full[:, :6])
     for t in range(6, 20):
-        hidden, cache = module.hidden(seq[:, t : t + 1], np.full((2, 1), t), cache)
+        kv = PagedCache(table, np.ones((2, 1), bool), 20)
+        hidden, cache = module.hidden(seq[:, t : t + 1], np.full((2, 1), t), cache, kv)
         worst = max(worst, reference.max_rel_diff(module.logits(hidden)[:, 0], full[:, t]))
     print(f"{model.config.architecture}: cached vs full max rel diff {worst:.2e}")
     assert worst <= TOL
@@ -86,10 +92,10 @@ def test_batch_invariance(llama):
 
 
 def test_compiles_once_per_prefill_shape_and_decode_once(llama):
-    """Prompts of one bucket that find free slots at the same time are prefilled together, in calls
-    of 1 or 4 rows here: compiles are bounded by buckets x row counts, and a second run of the same
-    work compiles nothing."""
-    engine = Engine(llama, batch_size=4, max_len=256, buckets=(16, 32, 64, 128))
+    """Prompts waiting at the same time are prefilled together in calls of (rows, length) buckets:
+    compiles are bounded by those buckets, and a second run of the same work compiles nothing
+    (prefix caching off: its hits would make the second run's chunks shorter, other work)."""
+    engine = Engine(llama, batch_size=4, max_len=256, page_size=8, prefill_tokens=128, prefix_caching=False)
     lengths = [2, 5, 9, 15, 20, 31, 40, 63, 100, 127]  # 10 prompts over 4 buckets, more than 4 slots
     params = jaxllm.SamplingParams(max_new_tokens=12, ignore_eos=True)
     results = llama.generate(_prompts(lengths, seed=1), params, engine=engine)
@@ -105,16 +111,14 @@ def test_compiles_once_per_prefill_shape_and_decode_once(llama):
         assert llama.generate(_prompts(lengths, seed=1)[i], params).token_ids == results[i].token_ids
 
 
-@pytest.mark.parametrize("prefill_tokens, rows", [(32, [2, 2, 1]), (8192, [4, 1])])
-def test_prompts_prefilled_together_match_one_by_one(llama, prefill_tokens, rows):
-    """Five prompts of one bucket, prefilled in calls of at most 2 rows (32 tokens) or 4 rows (the
-    batch of 5 rounded down to a power of two): the same tokens and logprobs as each prompt alone."""
+@pytest.mark.parametrize("prefill_tokens", [32, 8192])
+def test_prompts_prefilled_together_match_one_by_one(llama, prefill_tokens):
+    """Five prompts prefilled in calls of at most 32 tokens (chunks of the longer ones, two rows
+    of 16) or all in one call: the same tokens and logprobs as each prompt alone."""
     prompts = _prompts([3, 5, 9, 12, 14], seed=5)
     params = jaxllm.SamplingParams(max_new_tokens=10, ignore_eos=True, logprobs=True)
-    engine = Engine(llama, batch_size=5, max_len=64, buckets=(16, 32), prefill_tokens=prefill_tokens)
+    engine = Engine(llama, batch_size=5, max_len=64, page_size=4, prefill_tokens=prefill_tokens)
     together = llama.generate(prompts, params, engine=engine)
-    assert engine.prefill_rows(16, 5) == rows
-    assert engine.counters.prefill == len(set(rows))
     for prompt, got in zip(prompts, together):
         alone = llama.generate(prompt, params)
         assert got.token_ids == alone.token_ids
@@ -123,7 +127,7 @@ def test_prompts_prefilled_together_match_one_by_one(llama, prefill_tokens, rows
 
 def test_prompt_longer_than_cache_fails_before_work(llama):
     engine = Engine(llama, batch_size=1, max_len=64)
-    with pytest.raises(GenerationError, match="prompt of 60 tokens \\+ max_new_tokens=10 exceeds the cache length 64"):
+    with pytest.raises(GenerationError, match="prompt of 60 tokens \\+ max_new_tokens=10 exceeds the engine's max_len 64"):
         llama.generate(_prompts([60])[0], jaxllm.SamplingParams(max_new_tokens=10), engine=engine)
     assert engine.counters.prefill == 0
 
@@ -145,13 +149,13 @@ def test_eos_stops_and_logprobs(llama):
     np.testing.assert_allclose(free.logprobs, expected, atol=1e-4)
 
 
-def test_scan_loop_and_kv_length_buckets_give_the_same_tokens(llama):
-    """A long cache read in kv-length buckets (256, then 512) by a fixed-length scan decodes the same
-    tokens as a tight cache read whole by the early-exit while loop."""
-    prompts = _prompts([240, 20], seed=3)
+def test_kv_length_buckets_give_the_same_tokens(llama):
+    """A long page table read in kv-length buckets (256, then 512) decodes the same tokens as a
+    tight one read whole."""
+    prompts = _prompts([230, 20], seed=3)
     params = jaxllm.SamplingParams(max_new_tokens=40, ignore_eos=True)
-    wide = Engine(llama, batch_size=2, max_len=1024, chunk=16, loop="scan")
-    tight = Engine(llama, batch_size=2, max_len=288, chunk=16, loop="while")
+    wide = Engine(llama, batch_size=2, max_len=1024, chunk=16)
+    tight = Engine(llama, batch_size=2, max_len=288, chunk=16)
     a = llama.generate(prompts, params, engine=wide)
     b = llama.generate(prompts, params, engine=tight)
     assert [r.token_ids for r in a] == [r.token_ids for r in b]

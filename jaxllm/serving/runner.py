@@ -1,0 +1,259 @@
+"""The device side of the serving core: the KV page pool, per-slot decode state, and two jitted
+steps (nano-vllm's model runner). The host (engine, scheduler) decides; this only computes.
+
+  prefill(rows of chunks [R, C])  each row computes a chunk of one sequence at positions
+                                  start..start+len-1: keys and values written into its pages
+                                  (PagedCache), attention over every earlier position; a row whose
+                                  chunk ends its prefill samples the next token and is placed in
+                                  its decode slot (sampling values, EOS ids, repetition state)
+  decode(kv_len)                  up to `chunk` steps for every slot in a lax.while_loop, each
+                                  step writing one token's keys and values into its page
+
+The state (pool and slots) is donated, so XLA updates it in place. Shapes are bucketed (rows,
+chunk length, keys read) so a workload meets few compiles; `counters` counts them.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxllm import sharding
+from jaxllm.models.attention import LayerCache, PagedCache
+from jaxllm.sampling import RowParams, SamplingParams, sample
+
+
+class SlotState(NamedTuple):
+    cache: list  # per layer LayerCache: k, v [pool, page_size, K, D]; pages >= num_pages are never handed out
+    tokens: jax.Array  # [B] the last token of each slot, fed at the next step
+    positions: jax.Array  # [B] where that token will be written
+    done: jax.Array  # [B] bool
+    generated: jax.Array  # [B] tokens generated so far
+    max_new: jax.Array  # [B]
+    limit: jax.Array  # [B] a slot pauses (not done) when its next write position reaches this
+    seen: jax.Array  # [B, V] bool: tokens in the sequence (repetition penalty)
+    eos: jax.Array  # [B, E] token ids that end each slot's sequence (-1 pads)
+    params: RowParams
+
+
+@dataclass
+class Counters:
+    """Traces of each jitted step (a trace is a compile); tests assert on these."""
+
+    prefill: int = 0
+    decode: int = 0
+
+
+@dataclass
+class Row:
+    """One prefill row: `tokens` (the chunk) of a sequence whose full token list is `history`, at
+    positions start.. ; `slot` receives the sequence when the chunk ends its prefill (`last`)."""
+
+    slot: int
+    history: list[int]
+    start: int
+    length: int
+    pages: list[int]
+    last: bool
+    params: SamplingParams
+    eos: np.ndarray
+    generated: int
+
+
+def bucket(n: int, smallest: int) -> int:
+    """The power of two >= n, at least `smallest`."""
+    size = smallest
+    while size < n:
+        size *= 2
+    return size
+
+
+class Runner:
+    def __init__(self, model, *, num_pages: int, page_size: int, max_seqs: int, max_len: int, chunk: int,
+                 attention: str, eos_width: int):
+        self.model, self.cfg = model, model.config
+        self.num_pages, self.page_size, self.max_seqs, self.max_len = num_pages, page_size, max_seqs, max_len
+        self.width = -(-max_len // page_size)  # page-table columns: pages of the longest sequence
+        self.eos_width, self.attention = eos_width, attention
+        self.dtype = jax.tree.leaves(model.params)[0].dtype
+        self.counters = Counters()
+        self.mesh = getattr(model, "mesh", None)
+        prefill = functools.partial(_prefill, model.graphdef, self.counters, attention)
+        decode = functools.partial(_decode, model.graphdef, self.counters, chunk, attention)
+        if self.mesh is None:
+            self._new_state = jax.jit(self._zero_state)
+            self._prefill = jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3)
+            self._decode = jax.jit(decode, static_argnums=(0, 1), donate_argnums=3)
+            return
+        # On a mesh: the pool is split like the kv projections; what the host reads back is
+        # replicated, so every process of a multi-host run can read it.
+        rep = sharding.replicated(self.mesh)
+        pool = sharding.pool_sharding(self.mesh, self.cfg.num_kv_heads)
+        state = jax.tree.map(lambda _: rep, jax.eval_shape(self._zero_state))
+        state = state._replace(cache=[LayerCache(pool, pool)] * self.cfg.num_layers)
+        self._new_state = jax.jit(self._zero_state, out_shardings=state)
+        self._prefill = jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3, out_shardings=(state, rep, rep))
+        self._decode = jax.jit(decode, static_argnums=(0, 1), donate_argnums=3, out_shardings=(state, rep, rep))
+
+    def _put(self, x):
+        return sharding.put_replicated(x, self.mesh)
+
+    def _zero_state(self) -> SlotState:
+        b, cfg = self.max_seqs, self.cfg
+        # Past the managed pages: a trash page for padding writes, then rounded up to a multiple of
+        # the batch (cuDNN's paged kernel wants the pool to split evenly over the rows).
+        pool = -(-(self.num_pages + 1) // b) * b
+        shape = (pool, self.page_size, cfg.num_kv_heads, cfg.head_dim)
+        return SlotState(
+            cache=[LayerCache(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)) for _ in range(cfg.num_layers)],
+            tokens=jnp.zeros(b, jnp.int32), positions=jnp.zeros(b, jnp.int32), done=jnp.ones(b, bool),
+            generated=jnp.zeros(b, jnp.int32), max_new=jnp.ones(b, jnp.int32), limit=jnp.zeros(b, jnp.int32),
+            seen=jnp.zeros((b, cfg.vocab_size), bool), eos=jnp.full((b, self.eos_width), -1, jnp.int32),
+            params=jax.tree.map(jnp.asarray, RowParams.of([SamplingParams().resolved()] * b)),
+        )
+
+    def new_state(self) -> SlotState:
+        return self._new_state()
+
+    def kv_bucket(self, reach: int, smallest: int = 256) -> int:
+        """Keys an attention call reads: a power of two >= `smallest` covering `reach` positions,
+        capped at the page table's span (one compile per bucket used)."""
+        return min(bucket(reach, smallest), self.width * self.page_size)
+
+    def decode_keys(self, reach: int) -> int:
+        """Keys a decode call may read. cuDNN's paged kernel reads only each row's own length, so
+        it gets the whole table (one compile); the XLA form gathers what it reads, so buckets."""
+        return self.width * self.page_size if self.attention == "cudnn" else self.kv_bucket(reach)
+
+    def table(self, pages_of_slots: list[list[int]]) -> np.ndarray:
+        """[len, width] page table; unused entries point at the trash page."""
+        out = np.full((len(pages_of_slots), self.width), self.num_pages, np.int32)
+        for i, pages in enumerate(pages_of_slots):
+            out[i, : len(pages)] = pages
+        return out
+
+    def prefill(self, state: SlotState, rows: list[Row], rows_bucket: int, length_bucket: int):
+        """One prefill call over `rows` (padded to rows_bucket x length_bucket). Returns (state,
+        [(token, logprob, done)] per row; meaningful for `last` rows only)."""
+        n, c = rows_bucket, length_bucket
+        # Prefill gathers a row's keys: buckets from 2,048 keep the shapes few.
+        s = self.kv_bucket(max(r.start + r.length for r in rows), 2048)
+        tokens = np.zeros((n, c), np.int32)
+        history = np.full((n, s), -1, np.int32)
+        starts, lengths = np.zeros(n, np.int32), np.zeros(n, np.int32)
+        slots = np.full(n, self.max_seqs, np.int32)  # padding and unfinished rows place nothing
+        max_new, limit, generated = np.ones(n, np.int32), np.zeros(n, np.int32), np.zeros(n, np.int32)
+        eos = np.full((n, self.eos_width), -1, np.int32)
+        params = [SamplingParams().resolved()] * n
+        table = self.table([r.pages for r in rows] + [[]] * (n - len(rows)))
+        for i, r in enumerate(rows):
+            tokens[i, : r.length] = r.history[r.start : r.start + r.length]
+            end = r.start + r.length
+            history[i, :end] = r.history[:end]
+            starts[i], lengths[i] = r.start, r.length
+            if r.last:
+                slots[i] = r.slot
+            max_new[i], limit[i], generated[i] = r.params.max_new_tokens, len(r.pages) * self.page_size, r.generated
+            eos[i, : len(r.eos)] = r.eos
+            params[i] = r.params
+        sampling = any(p.temperature > 0 for p in params)
+        put = self._put
+        state, token, logprob = self._prefill(
+            s, sampling, self.model.params, state, put(slots), put(tokens), put(starts), put(lengths), put(table),
+            put(history), jax.tree.map(put, RowParams.of(params)), put(generated), put(max_new), put(eos), put(limit))
+        done = np.asarray(state.done)
+        token, logprob = np.asarray(token), np.asarray(logprob)
+        return state, [(int(token[i]), float(logprob[i]), bool(r.last and done[r.slot])) for i, r in enumerate(rows)]
+
+    def decode(self, state: SlotState, table: np.ndarray, limit: np.ndarray, stop: np.ndarray, kv_len: int,
+               sampling: bool):
+        """`chunk` decode steps for every slot. Returns (state, tokens [B, chunk] (-1: none),
+        logprobs [B, chunk], done [B])."""
+        put = self._put
+        state, out, out_lp = self._decode(kv_len, sampling, self.model.params, state, put(table), put(limit), put(stop))
+        return state, np.asarray(out), np.asarray(out_lp), np.asarray(state.done)
+
+
+# ----------------------------------------------------------------------------------------------
+# The jitted steps. `graphdef`, the counters and the attention kernels are bound with
+# functools.partial before jit.
+
+
+def _prefill(graphdef, counters, attention, kv_len, sampling, params, state: SlotState, slots, tokens, starts, lengths,
+             table, history, rp: RowParams, generated, max_new, eos, limit):
+    counters.prefill += 1
+    model = nnx.merge(graphdef, params)
+    n, c = tokens.shape
+    positions = starts[:, None] + jnp.arange(c)[None, :]
+    valid = jnp.arange(c)[None, :] < lengths[:, None]
+    kv = PagedCache(table, valid, kv_len, attention)
+    hidden, cache = model.hidden(tokens, positions, state.cache, kv, lengths=starts + lengths)
+    last = jnp.take_along_axis(hidden, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)
+    logits = model.logits(last)[:, 0]
+    rows = jnp.arange(n)
+    seen = jnp.zeros(logits.shape, bool).at[rows[:, None], jnp.maximum(history, 0)].max(history >= 0)
+    token, logprob = sample(logits, seen, rp, generated, sampling)
+    generated = generated + 1
+    done = jnp.any(token[:, None] == eos, axis=-1) | (generated >= max_new)
+
+    def put(big, small):
+        return big.at[slots].set(small.astype(big.dtype), mode="drop")
+
+    state = SlotState(
+        cache=cache,
+        tokens=put(state.tokens, token),
+        positions=put(state.positions, starts + lengths),
+        done=put(state.done, done),
+        generated=put(state.generated, generated),
+        max_new=put(state.max_new, max_new),
+        limit=put(state.limit, limit),
+        seen=put(state.seen, seen.at[rows, token].set(True)),
+        eos=put(state.eos, eos),
+        params=jax.tree.map(put, state.params, rp),
+    )
+    return state, token, logprob
+
+
+def _decode(graphdef, counters, chunk, attention, kv_len, sampling, params, state: SlotState, table, limit, stop):
+    """`chunk` decode steps over all slots. out[b, i] is the i-th new token of slot b in this call,
+    or -1 once the slot is done or paused at its page limit."""
+    counters.decode += 1
+    model = nnx.merge(graphdef, params)
+    b = state.tokens.shape[0]
+    state = state._replace(done=state.done | stop, limit=limit)
+
+    def step(st):
+        active = ~st.done & (st.positions < st.limit)
+        kv = PagedCache(table, active[:, None], kv_len, attention)
+        hidden, cache = model.hidden(st.tokens[:, None], st.positions[:, None], st.cache, kv)
+        logits = model.logits(hidden)[:, 0]
+        token, lp = sample(logits, st.seen, st.params, st.generated, sampling)
+        token = jnp.where(active, token, -1)
+        generated = st.generated + active
+        finished = active & ((generated >= st.max_new) | jnp.any(token[:, None] == st.eos, axis=-1))
+        st = st._replace(
+            cache=cache,
+            tokens=jnp.where(active, token, st.tokens),
+            positions=st.positions + active,
+            done=st.done | finished,
+            generated=generated,
+            seen=st.seen.at[jnp.arange(b), jnp.maximum(token, 0)].max(active),
+        )
+        return st, token, jnp.where(active, lp, 0.0)
+
+    def body(carry):
+        i, st, out, out_lp = carry
+        st, token, lp = step(st)
+        return i + 1, st, out.at[:, i].set(token), out_lp.at[:, i].set(lp)
+
+    out = jnp.full((b, chunk), -1, jnp.int32)
+    out_lp = jnp.zeros((b, chunk), jnp.float32)
+    cond = lambda c: (c[0] < chunk) & ~jnp.all(c[1].done | (c[1].positions >= c[1].limit))  # noqa: E731
+    _, state, out, out_lp = jax.lax.while_loop(cond, body, (jnp.int32(0), state, out, out_lp))
+    return state, out, out_lp
