@@ -10,8 +10,12 @@ def test_bench_runs_and_reports(tmp_path, capsys):
     assert bench.main(["--shape", "tiny", "--quick", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     (r,) = report["results"]
-    for key in ("b1_tokens_per_s", "bN_tokens_per_s", "ttft_s", "offline_tokens_per_s", "cold_start_s", "warm_start_s"):
+    for key in ("b1_tokens_per_s", "bN_tokens_per_s", "ttft_s", "offline_tokens_per_s", "cold_start_s", "warm_start_s",
+                "offline_fresh_cold_tokens_per_s", "offline_fresh_warm_tokens_per_s", "prefix_speedup"):
         assert r[key] > 0, key
+    for n in (64, 80):  # the quick long prompts: first token, decode rate, peak memory vs weights + KV
+        assert r[f"long_{n}"]["ttft_s"] > 0 and r[f"long_{n}"]["weights_plus_kv_bytes"] > 0
+    assert r["prefix_same_tokens"]  # on the CPU (tiny model): the cache changes no token
     assert r["offline_output_tokens"] > 0 and report["bandwidth_bytes_per_s"] > 0
     table = capsys.readouterr().out
     assert "b1 tok/s" in table and "tiny" in table
