@@ -23,6 +23,14 @@ import numpy as np
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import EntryNotFoundError
 
+try:  # the HTTP client of huggingface_hub (httpx2 in 2.x, httpx in 1.x; older ones raise OSErrors)
+    from httpx2 import HTTPError as _HTTPError
+except ImportError:
+    try:
+        from httpx import HTTPError as _HTTPError
+    except ImportError:
+        _HTTPError = OSError
+
 from jaxllm import gguf
 from jaxllm.errors import CheckpointError, ConfigError
 from jaxllm.models import weights
@@ -47,7 +55,7 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
         raise CheckpointError(f"no such file or folder: '{text}'; pass a checkpoint folder, a .gguf file or a hub id like 'org/name'")
     try:
         return Path(snapshot_download(text, allow_patterns=_HUB_PATTERNS))
-    except (OSError, ValueError, EntryNotFoundError) as err:  # offline, unknown or gated repo, network
+    except (OSError, ValueError, EntryNotFoundError, _HTTPError) as err:  # offline, unknown or gated repo, network
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
             f"could not get '{text}' from the Hugging Face hub or its local cache ({type(err).__name__}: {reason[:200]}); "
