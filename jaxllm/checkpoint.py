@@ -11,6 +11,7 @@ bfloat16, the dtype most checkpoints ship in; ml_dtypes gives numpy that dtype.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -20,16 +21,6 @@ from pathlib import Path
 
 import ml_dtypes
 import numpy as np
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import EntryNotFoundError
-
-try:  # the HTTP client of huggingface_hub (httpx2 in 2.x, httpx in 1.x; older ones raise OSErrors)
-    from httpx2 import HTTPError as _HTTPError
-except ImportError:
-    try:
-        from httpx import HTTPError as _HTTPError
-    except ImportError:
-        _HTTPError = OSError
 
 from jaxllm import gguf
 from jaxllm.errors import CheckpointError, ConfigError
@@ -53,14 +44,29 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
     text = str(path_or_id)
     if not _HUB_ID.match(text):
         raise CheckpointError(f"no such file or folder: '{text}'; pass a checkpoint folder, a .gguf file or a hub id like 'org/name'")
+    # huggingface_hub (and its HTTP client) take ~0.3 s to import: only hub ids pay for it.
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError
+
     try:
         return Path(snapshot_download(text, allow_patterns=_HUB_PATTERNS))
-    except (OSError, ValueError, EntryNotFoundError, _HTTPError) as err:  # offline, unknown or gated repo, network
+    except (OSError, ValueError, EntryNotFoundError, _http_error()) as err:  # offline, unknown or gated repo, network
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
             f"could not get '{text}' from the Hugging Face hub or its local cache ({type(err).__name__}: {reason[:200]}); "
             "check the id and your network, or pass a local folder"
         ) from None
+
+
+def _http_error() -> type:
+    """The HTTP client's error class of the installed huggingface_hub (httpx2 in 2.x, httpx in 1.x;
+    older ones raise OSErrors)."""
+    for name in ("httpx2", "httpx"):
+        try:
+            return importlib.import_module(name).HTTPError
+        except ImportError:
+            continue
+    return OSError
 
 
 def read_json(path: Path, what: str) -> dict:
