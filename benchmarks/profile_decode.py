@@ -17,8 +17,15 @@ import sys
 import time
 
 BASE_FLAGS = "--xla_gpu_enable_triton_gemm=false"
+# name: (XLA_FLAGS, Engine keyword arguments)
 VARIANTS = {
     "default": BASE_FLAGS,
+    "xla-attn": (BASE_FLAGS, {"attention": "xla"}),
+    "ps64": (BASE_FLAGS, {"page_size": 64}),
+    "ps128": (BASE_FLAGS, {"page_size": 128}),
+    # XLA's dot merger fuses the q/k/v (and gate/up) products into one by concatenating their
+    # weights, inside the decode loop: every step copies those weights.
+    "nomerge": BASE_FLAGS + " --xla_disable_hlo_passes=dot-merger",
     # The whole while loop as one CUDA graph (conditional nodes), so a token costs no host launches.
     # Matrix-vector products to cuBLAS instead of XLA's reduction kernels (batch-1 decode).
     "nosr": BASE_FLAGS + " --xla_gpu_enable_dot_strength_reduction=false",
@@ -29,7 +36,7 @@ RUNS = [("qwen3-0.6b", 1, "default"), ("qwen3-0.6b", 1, "graphs"), ("llama3-8b",
         ("llama3-8b", 1, "graphs"), ("qwen3-0.6b", 64, "default")]
 
 
-def child(shape: str, batch: int, prompt: int, new: int, trace_dir: str) -> dict:
+def child(shape: str, batch: int, prompt: int, new: int, trace_dir: str, engine_kw: dict) -> dict:
     import jax
     import numpy as np
 
@@ -40,7 +47,7 @@ def child(shape: str, batch: int, prompt: int, new: int, trace_dir: str) -> dict
     model = jax.block_until_ready(random_model(shape, dtype="bfloat16"))
     rng = np.random.default_rng(0)
     p = SamplingParams(max_new_tokens=new, ignore_eos=True).resolved()
-    engine = Engine(model, batch_size=batch, max_len=prompt + new, chunk=64)
+    engine = Engine(model, batch_size=batch, max_len=prompt + new, chunk=64, **engine_kw)
 
     def run():
         reqs = [Request(rng.integers(0, model.config.vocab_size, prompt).tolist(), p, i) for i in range(batch)]
@@ -99,24 +106,28 @@ def summarise(trace_dir: str, steps: float) -> dict:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="profile.json")
-    ap.add_argument("--child", nargs=4, metavar=("SHAPE", "BATCH", "PROMPT", "NEW"))
+    ap.add_argument("--child", nargs=5, metavar=("SHAPE", "BATCH", "PROMPT", "NEW", "ENGINE_KW"))
     ap.add_argument("--trace-dir", default="/tmp/jaxllm-trace")
+    ap.add_argument("--dump", default=None, help="folder for XLA's HLO dumps of the decode step")
     ap.add_argument("--runs", default=None, help="SHAPE:BATCH:VARIANT,... (default: the set in RUNS)")
     args = ap.parse_args()
     if args.child:
-        shape, batch, prompt, new = args.child
-        print("RESULT " + json.dumps(child(shape, int(batch), int(prompt), int(new), args.trace_dir)), flush=True)
+        shape, batch, prompt, new, kw = args.child
+        print("RESULT " + json.dumps(child(shape, int(batch), int(prompt), int(new), args.trace_dir, json.loads(kw))), flush=True)
         return
     results = []
     runs = RUNS
     if args.runs:
         runs = [(r.split(":")[0], int(r.split(":")[1]), r.split(":")[2]) for r in args.runs.split(",")]
     for shape, batch, variant in runs:
-        env = dict(os.environ, XLA_FLAGS=VARIANTS[variant])
+        flags, kw = VARIANTS[variant] if isinstance(VARIANTS[variant], tuple) else (VARIANTS[variant], {})
+        if args.dump:
+            flags += f" --xla_dump_to={args.dump}/{variant} --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*decode.*"
+        env = dict(os.environ, XLA_FLAGS=flags)
         prompt, new = (128, 256) if batch == 1 else (512, 256)
         trace = f"{args.trace_dir}/{shape}-{batch}-{variant}"
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--child", shape, str(batch), str(prompt), str(new),
+        proc = subprocess.run([sys.executable, __file__, "--child", shape, str(batch), str(prompt), str(new), json.dumps(kw),
                                "--trace-dir", trace], env=env, capture_output=True, text=True, timeout=400)
         line = [out for out in proc.stdout.splitlines() if out.startswith("RESULT ")]
         if not line:

@@ -7,8 +7,9 @@ llm_engine, in JAX). The pieces, each in its own small file:
   jaxllm/serving/runner.py         the page pool and the jitted prefill / decode steps (device)
 
 Each `step()` runs this step's prefill chunks (new prompts, long prompts chunk by chunk, sequences
-recomputed after preemption), then up to `chunk` decode steps for every running sequence, so a
-long prompt delays running sequences by one chunk at a time. Requests can be added and aborted
+recomputed after preemption), then up to `chunk` decode steps for every running sequence (only
+`chunk // 16` while a waiting request could start, so free rows fill quickly), so a long prompt
+delays running sequences by one chunk at a time. Requests can be added and aborted
 between steps (`add`, `abort`); `run` serves a list to the end.
 """
 
@@ -71,6 +72,9 @@ class Engine:
             raise GenerationError(f"memory_fraction={memory_fraction} must lie in (0, 1]")
         self.model, self.cfg = model, cfg
         self.batch_size, self.max_len, self.chunk = batch_size, max_len, chunk
+        # Decode steps of a call while a waiting request could start: few, so that it starts soon
+        # (a free row decodes nothing until its sequence is admitted at the next prefill step).
+        self.admit_steps = max(1, chunk // 16)
         eos = sorted(set(cfg.eos_token_ids) | set(token_ids(model.generation_config.get("eos_token_id"))))
         self.eos = np.asarray(eos or [-1], np.int32)
         # Keys that depend on the sequence's length (dynamic NTK, LongRoPE) are neither shared nor
@@ -97,6 +101,7 @@ class Engine:
         self.slot_of: dict[Sequence, int] = {}
         self.index_of: dict[Sequence, int] = {}
         self._next_id = 0
+        self._compiled: set[tuple] = set()  # shapes precompile() has compiled
 
     def _default_pages(self, page_size: int, fraction: float) -> int:
         cfg, dtype = self.cfg, jax.tree.leaves(self.model.params)[0].dtype
@@ -155,6 +160,7 @@ class Engine:
         """Drop a request wherever it is; its pages go back (full ones stay in the prefix cache)."""
         self.scheduler.abort(seq.seq_id)
         self._release(seq)
+        self.index_of.pop(seq, None)  # a long-running server must not keep every cancelled request
 
     def has_work(self) -> bool:
         return self.scheduler.has_work()
@@ -221,10 +227,40 @@ class Engine:
         multiple of 16) and rows from 1, 4, 16 within the budget, so a workload meets few shapes
         (each a compile); a chunk longer than the budget (LongRoPE, dynamic NTK: never split)
         takes a power of two."""
-        lengths = sorted({max(16, -(-self.budget // (16 * d)) * 16) for d in (16, 4, 1)})
-        length = next((n for n in lengths if n >= longest), None) or bucket(longest, 16)
-        allowed = [r for r in (1, 4, 16) if r == 1 or (r * length <= self.budget and r <= self.batch_size)]
+        length = next((n for n in self._call_lengths() if n >= longest), None) or bucket(longest, 16)
+        allowed = self._call_rows(length)
         return next((r for r in allowed if r >= waiting), allowed[-1]), length
+
+    def _call_lengths(self) -> list[int]:
+        return sorted({max(16, -(-self.budget // (16 * d)) * 16) for d in (16, 4, 1)})
+
+    def _call_rows(self, length: int) -> list[int]:
+        return [r for r in (1, 4, 16) if r == 1 or (r * length <= self.budget and r <= self.batch_size)]
+
+    def precompile(self, requests: list[Request]) -> None:
+        """Compile the steps that serving `requests` can meet and that have not run yet: prefill
+        calls of every (rows, length) their chunks may take, the key buckets of their prompts,
+        and the decode step. A server calls it at start-up with typical requests, so no client
+        waits for a compile. (Compiling them on a pool of threads did not make it faster on an
+        H200: qwen3-0.6b offline first run 61 s with, 47 s without; 2026-11-28.)"""
+        if not requests:
+            return
+        if self.state is None:
+            self.state = self.runner.new_state()
+        longest = max(len(r.prompt) for r in requests)
+        chunk = min(longest, self.scheduler.max_chunk)
+        lengths = [n for n in self._call_lengths() if n < chunk] + [self.call_shape(chunk, 1)[1]]
+        most = self.call_shape(lengths[-1], len(requests))[0]  # more rows than chunks never run
+        keys = sorted({self.runner.prefill_keys(n) for n in range(1, longest + 1, 1024)} | {self.runner.prefill_keys(longest)})
+        prefill = [(r, n, s) for n in lengths for r in self._call_rows(n) if r <= max(most, 1) for s in keys]
+        reach = max(len(r.prompt) + r.params.max_new_tokens for r in requests)
+        decode = sorted({self.runner.decode_keys(n) for n in range(1, reach + self.chunk + 1, 256)})
+        sampling = any(r.params.temperature > 0 for r in requests)
+        todo = [shape for shape in prefill if ("prefill", shape, sampling) not in self._compiled]
+        todo_decode = [k for k in decode if ("decode", k, sampling) not in self._compiled]
+        if todo or todo_decode:
+            self.runner.compile(self.state, todo, todo_decode, sampling)
+        self._compiled |= {("prefill", shape, sampling) for shape in todo} | {("decode", k, sampling) for k in todo_decode}
 
     def _prefill(self, chunks: list[PrefillChunk]) -> list[Event]:
         """Run the chunks in calls of `call_shape`s, longest chunks first."""
@@ -265,8 +301,9 @@ class Engine:
                 limit[slot] = min(limit[slot], self.rope_switch)
         reach = max(seq.num_tokens for seq in batch) + self.chunk
         sampling = any(seq.params.temperature > 0 for seq in batch)
+        steps = self.admit_steps if self.scheduler.can_admit() else self.chunk
         self.state, out, out_lp, done = self.runner.decode(self.state, self.runner.table(pages), limit, stop,
-                                                           self.runner.decode_keys(reach), sampling)
+                                                           self.runner.decode_keys(reach), sampling, steps)
         events = []
         for seq in batch:
             slot = self.slot_of[seq]

@@ -89,3 +89,37 @@ def test_prefix_cache_survives_between_calls_and_compiles_are_few(llama):
     _assert_same(llama.generate(prompts, GREEDY, engine=engine), first)
     assert (engine.counters.prefill, engine.counters.decode) == compiled
     assert compiled[1] <= 2 and compiled[0] <= 8
+
+
+def test_precompile_leaves_nothing_to_compile_and_changes_no_token(llama):
+    """engine.precompile(requests) compiles every step shape serving them can meet: the run that
+    follows traces nothing new and gives the tokens of an engine that compiled as it went."""
+    prompts = _workload(3)
+    reqs = [Request(p, GREEDY.resolved(), i) for i, p in enumerate(prompts)]
+    kw = dict(batch_size=4, max_len=128, num_pages=64, page_size=4, prefill_tokens=32, chunk=4)
+    engine = Engine(llama, **kw)
+    engine.precompile(reqs)
+    compiled = (engine.counters.prefill, engine.counters.decode)
+    assert compiled[0] >= 1 and compiled[1] >= 1
+    got = {i: [] for i in range(len(prompts))}
+    for ev in engine.run(reqs):
+        got[ev.index] += ev.tokens
+    assert (engine.counters.prefill, engine.counters.decode) == compiled
+    plain = llama.generate(prompts, GREEDY, engine=Engine(llama, **kw))
+    assert [got[i] for i in range(len(prompts))] == [c.token_ids for c in plain]
+
+
+def test_free_rows_fill_before_long_decode_calls(llama):
+    """While a waiting request could start, a decode call runs only a few steps, so the batch
+    fills within a few steps instead of one prefill budget per long decode call."""
+    engine = Engine(llama, batch_size=8, max_len=128, num_pages=256, page_size=4, prefill_tokens=32, chunk=16)
+    params = jaxllm.SamplingParams(max_new_tokens=40, ignore_eos=True).resolved()
+    rng = np.random.default_rng(4)
+    for i in range(8):  # 16 tokens each: two prompts per 32-token prefill budget
+        engine.add(Request(rng.integers(0, 128, 16).tolist(), params, i))
+    for _ in range(3):  # each step admits two, then decodes admit_steps tokens for those running
+        engine.step()
+    assert len(engine.slot_of) == 6
+    assert max(len(s.output) for s in engine.slot_of) <= 1 + 3 * engine.admit_steps
+    engine.step()
+    assert len(engine.slot_of) == 8 and not engine.scheduler.waiting

@@ -346,7 +346,13 @@ def run_random_operations(draw):
 
 
 def prefill_step(draw, sched, runner):
-    chunks = sched.schedule_prefill()
+    head = sched.waiting[0] if sched.waiting else None
+    try:
+        chunks = sched.schedule_prefill()
+    except GenerationError:  # a preempted sequence that grew past the whole pool: dropped, not retried forever
+        assert head.status is Status.FINISHED and head not in sched.waiting and not sched.running
+        assert sched.block_manager.pages_for(head.num_tokens) > sched.block_manager.num_pages
+        return True
     assert sum(c.length for c in chunks) <= sched.prefill_budget
     for c in chunks:
         assert c.start == c.seq.num_cached and c.length >= 1

@@ -6,7 +6,7 @@ steps (nano-vllm's model runner). The host (engine, scheduler) decides; this onl
                                   (PagedCache), attention over every earlier position; a row whose
                                   chunk ends its prefill samples the next token and is placed in
                                   its decode slot (sampling values, EOS ids, repetition state)
-  decode(kv_len)                  up to `chunk` steps for every slot in a lax.while_loop, each
+  decode(kv_len, steps)           up to `steps` (<= chunk) steps for every slot in a lax.while_loop, each
                                   step writing one token's keys and values into its page
 
 The state (pool and slots) is donated, so XLA updates it in place. Shapes are bucketed (rows,
@@ -138,12 +138,24 @@ class Runner:
             out[i, : len(pages)] = pages
         return out
 
+    def prefill_keys(self, reach: int) -> int:
+        """Keys a prefill call gathers for rows reaching `reach` positions: buckets from 2,048
+        keep the shapes few."""
+        return self.kv_bucket(reach, 2048)
+
     def prefill(self, state: SlotState, rows: list[Row], rows_bucket: int, length_bucket: int):
         """One prefill call over `rows` (padded to rows_bucket x length_bucket). Returns (state,
         [(token, logprob, done)] per row; meaningful for `last` rows only)."""
-        n, c = rows_bucket, length_bucket
-        # Prefill gathers a row's keys: buckets from 2,048 keep the shapes few.
-        s = self.kv_bucket(max(r.start + r.length for r in rows), 2048)
+        s = self.prefill_keys(max(r.start + r.length for r in rows))
+        sampling = any(r.params.temperature > 0 for r in rows)
+        state, token, logprob = self._prefill(s, sampling, self.model.params, state,
+                                              *self._prefill_inputs(rows, rows_bucket, length_bucket, s))
+        done = np.asarray(state.done)
+        token, logprob = np.asarray(token), np.asarray(logprob)
+        return state, [(int(token[i]), float(logprob[i]), bool(r.last and done[r.slot])) for i, r in enumerate(rows)]
+
+    def _prefill_inputs(self, rows: list[Row], n: int, c: int, s: int) -> tuple:
+        """The device inputs of a prefill call after the state: rows padded to n x c, s keys."""
         tokens = np.zeros((n, c), np.int32)
         history = np.full((n, s), -1, np.int32)
         starts, lengths = np.zeros(n, np.int32), np.zeros(n, np.int32)
@@ -162,21 +174,34 @@ class Runner:
             max_new[i], limit[i], generated[i] = r.params.max_new_tokens, len(r.pages) * self.page_size, r.generated
             eos[i, : len(r.eos)] = r.eos
             params[i] = r.params
-        sampling = any(p.temperature > 0 for p in params)
         put = self._put
-        state, token, logprob = self._prefill(
-            s, sampling, self.model.params, state, put(slots), put(tokens), put(starts), put(lengths), put(table),
-            put(history), jax.tree.map(put, RowParams.of(params)), put(generated), put(max_new), put(eos), put(limit))
-        done = np.asarray(state.done)
-        token, logprob = np.asarray(token), np.asarray(logprob)
-        return state, [(int(token[i]), float(logprob[i]), bool(r.last and done[r.slot])) for i, r in enumerate(rows)]
+        return (put(slots), put(tokens), put(starts), put(lengths), put(table), put(history),
+                jax.tree.map(put, RowParams.of(params)), put(generated), put(max_new), put(eos), put(limit))
+
+    def _decode_inputs(self, table: np.ndarray, limit: np.ndarray, stop: np.ndarray, steps: int) -> tuple:
+        put = self._put
+        return put(table), put(limit), put(stop), put(np.int32(steps))
+
+    def compile(self, state: SlotState, prefill_shapes, decode_keys, sampling: bool = False) -> None:
+        """Compile the steps of these shapes ((rows, length, keys) prefill calls; decode calls
+        reading `decode_keys` keys) ahead of their first use; a later call of the same shape finds
+        its program in jit's cache."""
+        spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+        b = self.max_seqs
+        jobs = [functools.partial(self._prefill.lower, s, sampling, self.model.params, spec,
+                                  *self._prefill_inputs([], n, c, s)) for n, c, s in prefill_shapes]
+        jobs += [functools.partial(self._decode.lower, k, sampling, self.model.params, spec,
+                                   *self._decode_inputs(self.table([[]] * b), np.zeros(b, np.int32), np.ones(b, bool), 1))
+                 for k in decode_keys]
+        for job in jobs:
+            job().compile()
 
     def decode(self, state: SlotState, table: np.ndarray, limit: np.ndarray, stop: np.ndarray, kv_len: int,
-               sampling: bool):
-        """`chunk` decode steps for every slot. Returns (state, tokens [B, chunk] (-1: none),
-        logprobs [B, chunk], done [B])."""
-        put = self._put
-        state, out, out_lp = self._decode(kv_len, sampling, self.model.params, state, put(table), put(limit), put(stop))
+               sampling: bool, steps: int):
+        """Up to `steps` (<= chunk) decode steps for every slot. Returns (state, tokens [B, chunk]
+        (-1: none), logprobs [B, chunk], done [B])."""
+        state, out, out_lp = self._decode(kv_len, sampling, self.model.params, state,
+                                          *self._decode_inputs(table, limit, stop, steps))
         return state, np.asarray(out), np.asarray(out_lp), np.asarray(state.done)
 
 
@@ -220,8 +245,9 @@ def _prefill(graphdef, counters, attention, kv_len, sampling, params, state: Slo
     return state, token, logprob
 
 
-def _decode(graphdef, counters, chunk, attention, kv_len, sampling, params, state: SlotState, table, limit, stop):
-    """`chunk` decode steps over all slots. out[b, i] is the i-th new token of slot b in this call,
+def _decode(graphdef, counters, chunk, attention, kv_len, sampling, params, state: SlotState, table, limit, stop,
+            steps):
+    """Up to `steps` (a traced scalar <= chunk) decode steps over all slots. out[b, i] is the i-th new token of slot b in this call,
     or -1 once the slot is done or paused at its page limit."""
     counters.decode += 1
     model = nnx.merge(graphdef, params)
@@ -254,6 +280,6 @@ def _decode(graphdef, counters, chunk, attention, kv_len, sampling, params, stat
 
     out = jnp.full((b, chunk), -1, jnp.int32)
     out_lp = jnp.zeros((b, chunk), jnp.float32)
-    cond = lambda c: (c[0] < chunk) & ~jnp.all(c[1].done | (c[1].positions >= c[1].limit))  # noqa: E731
+    cond = lambda c: (c[0] < jnp.minimum(steps, chunk)) & ~jnp.all(c[1].done | (c[1].positions >= c[1].limit))  # noqa: E731
     _, state, out, out_lp = jax.lax.while_loop(cond, body, (jnp.int32(0), state, out, out_lp))
     return state, out, out_lp

@@ -55,6 +55,10 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
+    def can_admit(self) -> bool:
+        """The first waiting sequence could start now: a free row and pages for its prompt."""
+        return bool(self.waiting) and len(self.running) < self.max_seqs and self.block_manager.can_allocate(self.waiting[0])
+
     def add(self, seq: Sequence) -> None:
         """Queue a new request. Raises GenerationError if its prompt can never fit the pool."""
         self._check_fits(seq)
