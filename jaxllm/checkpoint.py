@@ -15,6 +15,7 @@ import importlib
 import json
 import os
 import re
+import reprlib
 import struct
 from functools import cached_property
 from pathlib import Path
@@ -24,11 +25,12 @@ import numpy as np
 
 from jaxllm import gguf
 from jaxllm.errors import CheckpointError, ConfigError
-from jaxllm.models import weights
+from jaxllm.models import config, weights
 
 _DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U64": np.uint64, "U32": np.uint32, "U16": np.uint16,
+    "U8": np.uint8, "BOOL": np.bool_,
     "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2,
 }
 
@@ -70,25 +72,37 @@ def _http_error() -> type:
 
 
 def read_json(path: Path, what: str) -> dict:
+    """The JSON object in `path`, or a ConfigError naming the file and what is wrong with it."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except FileNotFoundError:
         raise ConfigError(f"{what} not found at {path}: a Hugging Face checkpoint folder needs one") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} at {path} is a folder, not a file: replace it with the JSON file") from None
     except json.JSONDecodeError as err:
         raise ConfigError(f"{what} at {path} is not valid JSON (line {err.lineno}: {err.msg}): fix or replace the file") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{what} at {path} is not UTF-8 text (byte {err.start}): save it as UTF-8 JSON") from None
+    except RecursionError:
+        raise ConfigError(f"{what} at {path} nests too deeply to be a config: fix or replace the file") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read {what} at {path} ({err.strerror or type(err).__name__}): check the file") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{what} at {path} must hold a JSON object")
+        raise ConfigError(f"{what} at {path} must hold a JSON object, not {type(data).__name__}: fix or replace the file")
     return data
 
 
 def read_config(folder: Path) -> dict:
-    return read_json(folder / "config.json", "config.json")
+    """config.json of `folder`, every field the models read checked (jaxllm.models.config.check_config)."""
+    return config.check_config(read_json(folder / "config.json", "config.json"), str(folder / "config.json"))
 
 
 def read_generation_config(folder: Path) -> dict:
     path = folder / "generation_config.json"
-    return read_json(path, "generation_config.json") if path.exists() else {}
+    if not path.exists():
+        return {}
+    return config.check_generation_config(read_json(path, "generation_config.json"), str(path))
 
 
 _DTYPE_NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
@@ -176,20 +190,94 @@ class LazyTensor:
         return x if dtype is None else x.astype(dtype)
 
 
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's limit
+_short = reprlib.Repr()  # header values in messages: long lists cut, tensor names whole
+_short.maxstring, _short.maxother = 200, 60
+
+
+def _unreadable(path: Path, problem: str) -> CheckpointError:
+    return CheckpointError(f"{path} is not a readable safetensors file ({problem}): re-download or re-save it")
+
+
+def _read_header(path: Path) -> tuple[int, dict]:
+    """(bytes before the data, {tensor name: entry}) of a safetensors file; the header's length is
+    checked against the file (and the 100 MB limit) before anything is read or parsed."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            if len(head) < 8:
+                raise _unreadable(path, f"{size} bytes, fewer than the header's 8-byte length")
+            (n,) = struct.unpack("<Q", head)
+            if n > min(MAX_HEADER_BYTES, size - 8):
+                raise _unreadable(path, f"header length {n} is more than the {size - 8} bytes after it or the 100 MB limit")
+            text = f.read(n).decode("utf-8")
+        if not text.startswith("{"):
+            raise ValueError("the header is not a JSON object")
+        header = json.loads(text)
+    except OSError as err:
+        raise _unreadable(path, err.strerror or type(err).__name__) from None
+    except (ValueError, RecursionError) as err:  # bad UTF-8 or JSON, or JSON nested too deep
+        raise _unreadable(path, f"header: {str(err)[:100] or type(err).__name__}") from None
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise _unreadable(path, "__metadata__ must map names to strings")
+    _check_entries(path, header, size - 8 - n)
+    return 8 + n, header
+
+
+def _check_entries(path: Path, header: dict, data_bytes: int) -> None:
+    """What the safetensors library checks: every entry well formed and as long as its dtype and
+    shape say, and the entries tiling the data bytes in order, without gaps or overlaps."""
+    spans = []
+    for name, entry in header.items():
+        problem = _entry_problem(entry)
+        if problem:
+            raise _unreadable(path, f"tensor {_short.repr(name)}: {problem}")
+        spans.append((*entry["data_offsets"], name))
+    end = 0
+    for start, stop, name in sorted(spans):
+        if start != end:
+            where = "overlaps the tensor before it" if start < end else "leaves a gap after the tensor before it"
+            raise _unreadable(path, f"tensor {_short.repr(name)} starts at data byte {start}: it {where} (ending at {end})")
+        end = stop
+    if end != data_bytes:
+        raise _unreadable(path, f"the tensors take {end} data bytes but the file holds {data_bytes} (truncated download?)")
+
+
+def _entry_problem(entry) -> str | None:
+    """What is wrong with one header entry, or None."""
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+        return "its entry needs 'dtype', 'shape' and 'data_offsets'"
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        return f"dtype {_short.repr(dtype)} is not one jaxllm reads ({', '.join(_DTYPES)})"
+    if not _whole_numbers(shape):
+        return f"shape {_short.repr(shape)} is not a list of non-negative integers"
+    if not _whole_numbers(offsets) or len(offsets) != 2 or offsets[0] > offsets[1]:
+        return f"data_offsets {_short.repr(offsets)} are not [start, end] with 0 <= start <= end"
+    elements = 1
+    for d in shape:  # as the safetensors library multiplies: refused once past 64 bits
+        elements *= d
+        if elements >= 2**64:
+            return f"shape {_short.repr(shape)} holds more than 2**64 elements"
+    nbytes = elements * np.dtype(_DTYPES[dtype]).itemsize
+    if offsets[1] - offsets[0] != nbytes:
+        return f"data_offsets {_short.repr(offsets)} span {offsets[1] - offsets[0]} bytes, but {dtype}{_short.repr(shape)} takes {nbytes}"
+    return None
+
+
+def _whole_numbers(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+
+
 class SafetensorsFile:
-    """One .safetensors file: the header at once, tensors lazily."""
+    """One .safetensors file: the header at once (checked as the safetensors library checks it),
+    tensors lazily."""
 
     def __init__(self, path: Path):
         self.path = path
-        try:
-            with open(path, "rb") as f:
-                (n,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(n))
-        except (OSError, struct.error, ValueError, UnicodeDecodeError) as err:
-            raise CheckpointError(f"{path} is not a readable safetensors file ({err}): re-download or re-save it") from None
-        header.pop("__metadata__", None)
-        self.offset = 8 + n
-        self.header = header
+        self.offset, self.header = _read_header(path)
 
     def names(self):
         return self.header.keys()
@@ -199,10 +287,7 @@ class SafetensorsFile:
 
     def get(self, name) -> LazyTensor:
         info = self.header[name]
-        if info["dtype"] not in _DTYPES:
-            raise CheckpointError(f"{self.path}: tensor {name} has unsupported dtype {info['dtype']}")
-        start, _ = info["data_offsets"]
-        return LazyTensor(self.path, self.offset + start, _DTYPES[info["dtype"]], info["shape"])
+        return LazyTensor(self.path, self.offset + info["data_offsets"][0], _DTYPES[info["dtype"]], info["shape"])
 
 
 class SafetensorsCheckpoint:
@@ -212,8 +297,8 @@ class SafetensorsCheckpoint:
         index = folder / "model.safetensors.index.json"
         if index.exists():
             weight_map = read_json(index, "model.safetensors.index.json").get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise CheckpointError(f"{index} has no 'weight_map': re-download the checkpoint's index")
+            if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+                raise CheckpointError(f"{index} has no 'weight_map' of tensor names to file names: re-download the checkpoint's index")
             files = sorted(set(weight_map.values()))
             missing = [f for f in files if not (folder / f).exists()]
             if missing:

@@ -102,8 +102,7 @@ class LoadedModel:
 
 def abstract_model(cfg: ModelConfig, arch: Architecture, dtype):
     """(graphdef, abstract state): the module's structure with shapes, without allocating weights."""
-    model = nnx.eval_shape(lambda: arch.module(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
-    return nnx.split(model)
+    return nnx.split(arch.module(cfg, dtype=dtype, rngs=nnx.Rngs(0)))  # parameters are ShapeDtypeStructs (layers.param)
 
 
 def memory(cfg: ModelConfig, abstract, batch: int, length: int, kv_dtype) -> dict[str, int]:

@@ -45,7 +45,7 @@ class SamplingParams:
         sampled = gen.get("do_sample", False)
         defaults = dict(
             max_new_tokens=gen.get("max_new_tokens") or 256,
-            temperature=float(gen.get("temperature", 1.0)) if sampled else 0.0,
+            temperature=float(1.0 if gen.get("temperature") is None else gen["temperature"]) if sampled else 0.0,
             top_k=int(gen.get("top_k", 50) or 0) if sampled else 0,
             top_p=float(gen.get("top_p", 1.0) or 1.0) if sampled else 1.0,
             min_p=float(gen.get("min_p") or 0.0) if sampled else 0.0,

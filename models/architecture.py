@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from jaxllm.models.config import ModelConfig, from_hf
+from jaxllm.models.config import ModelConfig, check_config, from_hf, require_fields
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,8 @@ class Architecture:
 
     def config(self, raw: dict) -> ModelConfig:
         """The ModelConfig of a config.json dict, validated."""
-        raw = self.common_names(dict(raw))
+        raw = self.common_names(dict(check_config(raw)))
+        require_fields(raw)
         return from_hf(raw, self.name, self.config_defaults(raw))
 
     def ignored(self, cfg: ModelConfig) -> tuple[str, ...]:

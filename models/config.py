@@ -8,15 +8,15 @@ Architecture-specific flags (q/k/v bias, q/k norm, ...) are filled in by the reg
 from __future__ import annotations
 
 import dataclasses
-import math
+import json
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from jaxllm.errors import ConfigError
 
 QK_NORMS = ("none", "per_head", "projection")
+LAYER_TYPES = ("full_attention", "sliding_attention")
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 
 # Keys each rope type needs beyond rope_theta, as transformers validates them.
@@ -124,17 +124,143 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _require(raw: dict, key: str, where: str = "config.json") -> Any:
-    if raw.get(key) is None:
-        raise ConfigError(f"{where} has no '{key}': add it (it is required for this architecture)")
-    return raw[key]
+# ----------------------------------------------------------------------------------------------
+# What each field of config.json and generation_config.json may hold: one table per file, checked
+# before anything reads a field. An absent field takes its default, and so does null unless the
+# table says `null=False`; fields not listed are allowed and ignored.
+
+MAX_SIZE = 2**31 - 1  # sizes, positions and token ids: int32 on the device
+MAX_LAYERS = 1024  # deeper than any released model, and a bound on the (linear) build time
+MAX_EXPERTS = 4096  # the weight map names every expert's tensors
 
 
-def _positive_int(raw: dict, key: str) -> int:
-    value = _require(raw, key)
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"config.json '{key}' must be a positive integer, got {value!r}")
-    return value
+@dataclass(frozen=True)
+class Field:
+    """A field's type (int, float for any finite number, bool, str or dict) and, for numbers, its
+    range [low, high] (`strict`: low itself excluded). `many`: "one" value, a "list" of them, or
+    "either". `null`: whether null is taken as "absent" (False where the code reading the field
+    has a default for absent only)."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    strict: bool = False
+    many: str = "one"
+    null: bool = True
+
+    def accepts(self, value) -> bool:
+        if isinstance(value, list) and self.many != "one":
+            return all(map(self._accepts_one, value))
+        return self.many != "list" and self._accepts_one(value)
+
+    def _accepts_one(self, v) -> bool:
+        if self.kind not in (int, float):
+            return isinstance(v, self.kind)
+        if isinstance(v, bool) or not isinstance(v, int if self.kind is int else (int, float)) or not -1e308 < v < 1e308:
+            return False  # not a number, or one that float() cannot hold (NaN and infinities included)
+        return (self.low is None or v > self.low or (v == self.low and not self.strict)) and (self.high is None or v <= self.high)
+
+    def describe(self) -> str:
+        noun = {int: "integer", float: "number", bool: "boolean (true or false)", str: "string", dict: "JSON object"}[self.kind]
+        sign = {(0, True): "positive ", (0, False): "non-negative ", (1, False): "positive "}.get((self.low, self.strict), "")
+        text = sign + noun + ("s" if self.many == "list" else "") + (f" <= {self.high}" if self.high is not None else "")
+        if self.many == "list":
+            return "a list of " + text
+        text = ("an " if text[0] in "aeiou" else "a ") + text
+        return text + (" or a list of them" if self.many == "either" else "")
+
+
+COUNT, LAYERS, INDEX = Field(int, 1, MAX_SIZE), Field(int, 1, MAX_LAYERS), Field(int, 0, MAX_SIZE)
+EXPERTS = Field(int, 0, MAX_EXPERTS)
+POSITIVE, NON_NEGATIVE = Field(float, 0, strict=True), Field(float, 0)
+FRACTION, PROBABILITY = Field(float, 0, 1, strict=True), Field(float, 0, 1)
+FLAG, NAME, OBJECT = Field(bool), Field(str), Field(dict)
+
+
+def _given(rule: Field) -> Field:
+    return dataclasses.replace(rule, null=False)
+
+
+CONFIG_FIELDS = {
+    "architectures": Field(str, many="list"), "vocab_size": COUNT, "hidden_size": COUNT, "intermediate_size": COUNT,
+    "num_hidden_layers": LAYERS, "num_attention_heads": COUNT, "num_key_value_heads": COUNT, "head_dim": COUNT,
+    "max_position_embeddings": COUNT, "rms_norm_eps": NON_NEGATIVE, "layer_norm_eps": NON_NEGATIVE,
+    "hidden_act": NAME, "tie_word_embeddings": FLAG, "attention_bias": FLAG, "mlp_bias": FLAG,
+    "rope_theta": POSITIVE, "rope_scaling": OBJECT, "rope_parameters": OBJECT, "partial_rotary_factor": FRACTION,
+    "original_max_position_embeddings": COUNT, "sliding_window": COUNT, "use_sliding_window": FLAG,
+    "max_window_layers": _given(INDEX), "layer_types": Field(str, many="list"), "bos_token_id": INDEX,
+    "eos_token_id": Field(int, 0, MAX_SIZE, many="either"), "pad_token_id": Field(int), "dtype": NAME, "torch_dtype": NAME,
+    # Gemma
+    "hidden_activation": NAME, "query_pre_attn_scalar": _given(POSITIVE), "attn_logit_softcapping": POSITIVE,
+    "final_logit_softcapping": POSITIVE, "rope_local_base_freq": _given(POSITIVE),
+    "sliding_window_pattern": _given(COUNT), "_sliding_window_pattern": _given(COUNT),
+    # GPT-NeoX and GPT-2 (its own spellings)
+    "use_parallel_residual": FLAG, "n_embd": COUNT, "n_layer": LAYERS, "n_head": COUNT, "n_positions": COUNT,
+    "n_inner": COUNT, "layer_norm_epsilon": NON_NEGATIVE, "activation_function": NAME, "scale_attn_weights": _given(FLAG),
+    "scale_attn_by_inverse_layer_idx": FLAG,
+    # mixtures of experts
+    "num_local_experts": _given(EXPERTS), "num_experts": _given(EXPERTS), "num_experts_per_tok": _given(COUNT), "moe_intermediate_size": INDEX,
+    "norm_topk_prob": FLAG, "decoder_sparse_step": INDEX, "mlp_only_layers": Field(int, 0, MAX_SIZE, many="list"),
+}
+# Inside rope_parameters / rope_scaling (or each of its per-layer-type entries).
+ROPE_FIELDS = {
+    "rope_type": NAME, "type": NAME, "rope_theta": POSITIVE, "factor": POSITIVE, "partial_rotary_factor": FRACTION,
+    "original_max_position_embeddings": COUNT, "low_freq_factor": POSITIVE, "high_freq_factor": POSITIVE,
+    "attention_factor": POSITIVE, "beta_fast": POSITIVE, "beta_slow": POSITIVE, "mscale": NON_NEGATIVE,
+    "mscale_all_dim": NON_NEGATIVE, "truncate": FLAG, "short_factor": Field(float, 0, strict=True, many="list"),
+    "long_factor": Field(float, 0, strict=True, many="list"),
+}
+GENERATION_FIELDS = {
+    "do_sample": FLAG, "temperature": NON_NEGATIVE, "top_k": INDEX, "top_p": PROBABILITY, "min_p": PROBABILITY,
+    "repetition_penalty": POSITIVE, "max_new_tokens": COUNT, "eos_token_id": CONFIG_FIELDS["eos_token_id"],
+}
+REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+
+
+def check_fields(raw, fields: dict[str, Field], where: str, prefix: str = "") -> dict:
+    """`raw`, or a ConfigError naming the first field whose value `fields` does not allow."""
+    if not isinstance(raw, dict):
+        if prefix:
+            raise _refused(where, prefix[:-1], OBJECT, raw)
+        raise ConfigError(f"{where} must hold a JSON object ({{\"field\": value, ...}}), got {_shown(raw)}: fix the file")
+    for key, rule in fields.items():
+        value = raw.get(key)
+        if (value is not None and not rule.accepts(value)) or (value is None and key in raw and not rule.null):
+            raise _refused(where, prefix + key, rule, value)
+    return raw
+
+
+def check_config(raw, where: str = "config.json") -> dict:
+    """A config.json dict, checked field by field: CONFIG_FIELDS, and ROPE_FIELDS inside its rope
+    settings (which may hold one entry per layer type, as parse_rope reads them)."""
+    check_fields(raw, CONFIG_FIELDS, where)
+    for key in ("rope_parameters", "rope_scaling"):
+        rope = raw.get(key) or {}
+        per_type = isinstance(rope.get("full_attention"), dict)
+        for sub in [t for t in LAYER_TYPES if rope.get(t) is not None] if per_type else [None]:
+            check_fields(rope[sub] if sub else rope, ROPE_FIELDS, where, f"{key}.{sub}." if sub else f"{key}.")
+    return raw
+
+
+def check_generation_config(raw, where: str = "generation_config.json") -> dict:
+    return check_fields(raw, GENERATION_FIELDS, where)
+
+
+def _refused(where: str, name: str, rule: Field, value) -> ConfigError:
+    return ConfigError(f"{where} '{name}' must be {rule.describe()}, got {_shown(value)}: correct that field")
+
+
+def _shown(value) -> str:
+    text = json.dumps(value, default=repr)  # as the file spells it: null, true, "64"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def require_fields(raw: dict, where: str = "config.json") -> tuple:
+    """The REQUIRED fields' values, or a ConfigError naming the first one missing."""
+    for key in REQUIRED:
+        if raw.get(key) is None:
+            raise ConfigError(f"{where} has no '{key}': add it (it is required for this architecture)")
+    return tuple(raw[key] for key in REQUIRED)
 
 
 def token_ids(value) -> tuple[int, ...]:
@@ -157,31 +283,27 @@ def parse_rope(raw: dict, layer_type: str = "full_attention") -> RopeConfig:
             params.setdefault("rope_theta", raw["rope_theta"])
     if isinstance(params.get("full_attention"), dict):
         params = dict(params.get(layer_type) or params["full_attention"])
-    rope_type = params.get("rope_type", params.get("type", "default")) or "default"
+    rope_type = params.get("rope_type") or params.get("type") or "default"
     rope_type = "longrope" if rope_type == "su" else rope_type  # the first Phi-3 releases say "su"
     if rope_type not in ROPE_TYPES:
         raise ConfigError(
             f"config.json rope type '{rope_type}' is not supported; supported: {', '.join(ROPE_TYPES)}"
         )
+    original = "original_max_position_embeddings"
+    if original in _ROPE_REQUIRED[rope_type]:  # transformers: the top-level field, the rope's, max_position_embeddings
+        params[original] = raw.get(original) or params.get(original) or raw.get("max_position_embeddings")
     for key in _ROPE_REQUIRED[rope_type]:
-        if key == "original_max_position_embeddings":
-            # transformers falls back to the top-level field, then to max_position_embeddings.
-            params.setdefault(key, raw.get(key) or raw.get("max_position_embeddings"))
         if params.get(key) is None:
             raise ConfigError(f"config.json rope type '{rope_type}' needs '{key}' in its rope parameters: add it")
-    if "original_max_position_embeddings" in raw and rope_type in ("llama3", "yarn", "longrope"):
-        params["original_max_position_embeddings"] = raw["original_max_position_embeddings"]
     if rope_type == "longrope" and params.get("factor") is None:
-        params["factor"] = raw.get("max_position_embeddings", 2048) / params["original_max_position_embeddings"]
+        params["factor"] = (raw.get("max_position_embeddings") or 2048) / params[original]
     factor = float(params.get("factor") or 1.0)
-    if factor <= 0 or not math.isfinite(factor):
-        raise ConfigError(f"config.json rope 'factor' must be a positive number, got {params.get('factor')!r}")
-    partial = params.get("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0))
+    partial = params.get("partial_rotary_factor") or raw.get("partial_rotary_factor") or 1.0
     return RopeConfig(
         type=rope_type,
-        theta=float(params.get("rope_theta", 10000.0)),
+        theta=float(params.get("rope_theta") or 10000.0),
         factor=factor,
-        partial_rotary_factor=float(partial if partial is not None else 1.0),
+        partial_rotary_factor=float(partial),
         original_max_position_embeddings=params.get("original_max_position_embeddings"),
         low_freq_factor=params.get("low_freq_factor"),
         high_freq_factor=params.get("high_freq_factor"),
@@ -190,7 +312,7 @@ def parse_rope(raw: dict, layer_type: str = "full_attention") -> RopeConfig:
         beta_slow=params.get("beta_slow"),
         mscale=params.get("mscale"),
         mscale_all_dim=params.get("mscale_all_dim"),
-        truncate=bool(params.get("truncate", True)),
+        truncate=params.get("truncate") is not False,
         short_factor=_factors(params, "short_factor"),
         long_factor=_factors(params, "long_factor"),
     )
@@ -198,11 +320,7 @@ def parse_rope(raw: dict, layer_type: str = "full_attention") -> RopeConfig:
 
 def _factors(params: dict, key: str) -> tuple[float, ...] | None:
     value = params.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, (int, float)) for v in value):
-        raise ConfigError(f"config.json rope '{key}' must be a list of numbers, got {value!r}")
-    return tuple(float(v) for v in value)
+    return None if value is None else tuple(float(v) for v in value)
 
 
 def from_hf(raw: dict, architecture: str, defaults: dict | None = None) -> ModelConfig:
@@ -211,13 +329,9 @@ def from_hf(raw: dict, architecture: str, defaults: dict | None = None) -> Model
     `defaults` are architecture flags from the registry (e.g. {"qkv_bias": True}); they win over
     the generic reading of config.json, since they encode what the HF modeling code hard-wires.
     """
-    if not isinstance(raw, dict):
-        raise ConfigError("config.json must hold a JSON object")
-    hidden = _positive_int(raw, "hidden_size")
-    heads = _positive_int(raw, "num_attention_heads")
+    check_config(raw)
+    vocab, hidden, intermediate, layers, heads = require_fields(raw)
     kv_heads = raw.get("num_key_value_heads") or heads
-    if not isinstance(kv_heads, int) or kv_heads <= 0:
-        raise ConfigError(f"config.json 'num_key_value_heads' must be a positive integer, got {kv_heads!r}")
     if heads % kv_heads:
         raise ConfigError(
             f"config.json num_attention_heads={heads} is not divisible by num_key_value_heads={kv_heads}: "
@@ -231,7 +345,6 @@ def from_hf(raw: dict, architecture: str, defaults: dict | None = None) -> Model
                 "set 'head_dim' explicitly"
             )
         head_dim = hidden // heads
-    layers = _positive_int(raw, "num_hidden_layers")
     sliding = raw.get("sliding_window")
     if raw.get("use_sliding_window") is False:
         sliding = None
@@ -245,17 +358,17 @@ def from_hf(raw: dict, architecture: str, defaults: dict | None = None) -> Model
     eos = token_ids(raw.get("eos_token_id"))
     values = dict(
         architecture=architecture,
-        vocab_size=_positive_int(raw, "vocab_size"),
+        vocab_size=vocab,
         hidden_size=hidden,
-        intermediate_size=_positive_int(raw, "intermediate_size"),
+        intermediate_size=intermediate,
         num_layers=layers,
         num_heads=heads,
         num_kv_heads=kv_heads,
         head_dim=int(head_dim),
         max_position_embeddings=int(raw.get("max_position_embeddings") or 2048),
-        norm_eps=float(raw.get("rms_norm_eps", raw.get("layer_norm_eps", 1e-6))),
+        norm_eps=float(next((raw[k] for k in ("rms_norm_eps", "layer_norm_eps") if raw.get(k) is not None), 1e-6)),
         rope=parse_rope(raw),
-        hidden_act=raw.get("hidden_act", "silu"),
+        hidden_act=raw.get("hidden_act") or "silu",
         tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
         qkv_bias=bool(raw.get("attention_bias", False)),
         o_bias=bool(raw.get("attention_bias", False)),
@@ -275,7 +388,7 @@ def _validated(cfg: ModelConfig) -> ModelConfig:
     if cfg.qk_norm not in QK_NORMS:
         raise ValueError(f"qk_norm {cfg.qk_norm!r} is not one of {QK_NORMS}")  # a model file's bug, not the user's
     for t in cfg.layer_types:
-        if t not in ("full_attention", "sliding_attention"):
+        if t not in LAYER_TYPES:
             raise ConfigError(f"config.json layer type '{t}' is not supported; use full_attention or sliding_attention")
     if "sliding_attention" in cfg.layer_types and not cfg.sliding_window:
         raise ConfigError("config.json asks for sliding_attention layers but sets no 'sliding_window': add it")

@@ -14,7 +14,7 @@ from flax import nnx
 
 from jaxllm.models.attention import UNCACHED, Attention, LayerCache
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.layers import Embed, RMSNorm, make_mlp
+from jaxllm.models.layers import Embed, RMSNorm, make_mlp, param
 from jaxllm.models.rope import rotary
 from jaxllm.models.weights import Copy, Linear, WeightSpec
 
@@ -97,9 +97,7 @@ class CausalLM(nnx.Module):
         if cfg.tie_word_embeddings:
             self.lm_head = None
         else:
-            self.lm_head = nnx.Dict(
-                kernel=nnx.Param(jnp.zeros((cfg.vocab_size, cfg.hidden_size), dtype), axes=("vocab_out", "embed"))
-            )
+            self.lm_head = nnx.Dict(kernel=param((cfg.vocab_size, cfg.hidden_size), ("vocab_out", "embed"), dtype))
 
     def hidden(self, tokens, positions, cache: list[LayerCache] | None = None, kv=UNCACHED, lengths=None):
         return self.model(tokens, positions, cache, kv, lengths)

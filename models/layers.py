@@ -7,6 +7,10 @@ X experts.
 
 Every parameter is an `nnx.Param` carrying `axes`, a tuple of logical axis names (one per dim);
 `jaxllm.sharding` maps those names to mesh axes. Model code never mentions a mesh.
+
+Build time is linear in the layers and mostly flax's per-attribute bookkeeping, so the modules
+here are plain graph nodes (`pytree=False`, used only through nnx.split / nnx.merge): that skips
+flax's pytree checks on every attribute, about half of what a layer costs to build.
 """
 
 from __future__ import annotations
@@ -19,19 +23,16 @@ from jaxllm.errors import ConfigError
 from jaxllm.models.config import ModelConfig
 
 
-def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], dtype, init: str = "normal") -> nnx.Param:
-    """A parameter with its logical axis names. Real values come from a checkpoint; init is a placeholder."""
+def param(shape: tuple[int, ...], axes: tuple[str, ...], dtype) -> nnx.Param:
+    """A parameter with its logical axis names, declared by shape and dtype only: modules are built
+    abstractly (loader.abstract_model) and filled from a checkpoint or random_model. No placeholder
+    values are traced: drawing them from `rngs` made every draw scan the whole trace so far (flax
+    asks a tracer for its sharding), so build time grew with the square of the layers (400: 225 s)."""
     assert len(shape) == len(axes), (shape, axes)
-    if init == "ones":
-        value = jnp.ones(shape, dtype)
-    elif init == "zeros":
-        value = jnp.zeros(shape, dtype)
-    else:
-        value = (0.02 * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
-    return nnx.Param(value, axes=axes)
+    return nnx.Param(jax.ShapeDtypeStruct(tuple(shape), dtype), axes=axes)
 
 
-class Dense(nnx.Module):
+class Dense(nnx.Module, pytree=False):
     """y = x . kernel (+ bias), contracting x's last `len(in_shape)` dims.
 
     `axes` names the dims in (in, out) order; the kernel is stored out_shape + in_shape, e.g.
@@ -44,8 +45,8 @@ class Dense(nnx.Module):
     def __init__(self, in_shape, out_shape, axes, *, bias: bool, dtype, rngs: nnx.Rngs):
         self.n_in = len(in_shape)
         axes = tuple(axes[self.n_in :]) + tuple(axes[: self.n_in])
-        self.kernel = param(rngs, tuple(out_shape) + tuple(in_shape), axes, dtype)
-        self.bias = param(rngs, tuple(out_shape), axes[: len(out_shape)], dtype, "zeros") if bias else None
+        self.kernel = param(tuple(out_shape) + tuple(in_shape), axes, dtype)
+        self.bias = param(tuple(out_shape), axes[: len(out_shape)], dtype) if bias else None
 
     def __call__(self, x):
         kernel = self.kernel[...]
@@ -57,7 +58,7 @@ class Dense(nnx.Module):
         return y
 
 
-class RMSNorm(nnx.Module):
+class RMSNorm(nnx.Module, pytree=False):
     """x / rms(x) * w over the last dims (`shape`), in float32. Llama casts back before the scale;
     `upcast_scale` applies the scale in float32, then casts (OLMo 2), and `offset` scales by
     (offset + w) that way (Gemma's 1 + w), each as transformers does."""
@@ -67,7 +68,7 @@ class RMSNorm(nnx.Module):
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         self.eps, self.offset, self.upcast = eps, offset, upcast_scale or bool(offset)
         self.dims = tuple(range(-len(shape), 0))
-        self.weight = param(rngs, shape, tuple(axes), dtype, "zeros" if offset else "ones")
+        self.weight = param(shape, tuple(axes), dtype)
 
     def __call__(self, x):
         dtype = x.dtype
@@ -78,13 +79,13 @@ class RMSNorm(nnx.Module):
         return self.weight[...] * x.astype(dtype)
 
 
-class LayerNorm(nnx.Module):
+class LayerNorm(nnx.Module, pytree=False):
     """(x - mean) / std * w + b over the last dim, in float32, cast back at the end."""
 
     def __init__(self, dim: int, eps: float, *, dtype, rngs: nnx.Rngs):
         self.eps = eps
-        self.weight = param(rngs, (dim,), ("norm",), dtype, "ones")
-        self.bias = param(rngs, (dim,), ("norm",), dtype, "zeros")
+        self.weight = param((dim,), ("norm",), dtype)
+        self.bias = param((dim,), ("norm",), dtype)
 
     def __call__(self, x):
         dtype = x.dtype
@@ -95,10 +96,10 @@ class LayerNorm(nnx.Module):
         return (x * self.weight[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(dtype)
 
 
-class Embed(nnx.Module):
+class Embed(nnx.Module, pytree=False):
     def __init__(self, vocab: int, dim: int, *, dtype, rngs: nnx.Rngs, scale: float = 1.0):
         self.scale = scale  # Gemma multiplies by sqrt(hidden), rounded to the weights' dtype
-        self.embedding = param(rngs, (vocab, dim), ("vocab_in", "embed"), dtype)
+        self.embedding = param((vocab, dim), ("vocab_in", "embed"), dtype)
 
     def __call__(self, tokens):
         x = jnp.take(self.embedding[...], tokens, axis=0, mode="clip")  # ids are checked before; padding may run past
@@ -125,7 +126,7 @@ def activation(name: str):
     return ACTIVATIONS[name]
 
 
-class GatedMLP(nnx.Module):
+class GatedMLP(nnx.Module, pytree=False):
     """down(act(gate(x)) * up(x))."""
 
     def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
@@ -139,7 +140,7 @@ class GatedMLP(nnx.Module):
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
-class MoE(nnx.Module):
+class MoE(nnx.Module, pytree=False):
     """Mixture of experts: a router picks `experts_per_token` of `num_experts` gated MLPs per token.
 
     Dispatch: the (token, expert) assignments are sorted by expert and each expert multiplies only
@@ -152,9 +153,9 @@ class MoE(nnx.Module):
         self.k, self.num_experts, self.norm_topk = cfg.experts_per_token, x, cfg.norm_topk_prob
         self.act = activation(cfg.hidden_act)
         self.gate = Dense((e,), (x,), ("embed", "expert"), bias=False, dtype=dtype, rngs=rngs)  # the router
-        self.gate_proj = param(rngs, (x, e, f), ("expert", "embed", "mlp"), dtype)
-        self.up_proj = param(rngs, (x, e, f), ("expert", "embed", "mlp"), dtype)
-        self.down_proj = param(rngs, (x, f, e), ("expert", "mlp", "embed"), dtype)
+        self.gate_proj = param((x, e, f), ("expert", "embed", "mlp"), dtype)
+        self.up_proj = param((x, e, f), ("expert", "embed", "mlp"), dtype)
+        self.down_proj = param((x, f, e), ("expert", "mlp", "embed"), dtype)
 
     def route(self, x):
         """x [N, E] -> (weights [N, k] float32, expert ids [N, k]): softmax in float32, top k,
@@ -188,7 +189,7 @@ def make_mlp(cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
     return GatedMLP(cfg, dtype=dtype, rngs=rngs)
 
 
-class MLP(nnx.Module):
+class MLP(nnx.Module, pytree=False):
     """Ungated: down(act(up(x))), with biases (GPT-NeoX, GPT-2)."""
 
     def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):

@@ -246,12 +246,22 @@ def load_params(source, specs: Iterable[WeightSpec], abstract_state, dtype, shar
     filled = {}
     for spec in specs:
         leaf = params[spec.path]
-        host = spec.transform(spec.read(source), leaf.shape, jnp.dtype(dtype))
+        host = spec.transform(_floats(spec, spec.read(source)), leaf.shape, jnp.dtype(dtype))
         filled[spec.path] = place(host, (shardings or {}).get(spec.path))
         del host
         if progress is not None:
             progress(spec.hf_names[-1])
     return unflatten_into(abstract_state, filled)
+
+
+def _floats(spec: WeightSpec, tensors):
+    """`tensors` (what spec.read gave), or a CheckpointError naming the first that is not floating
+    point: every parameter is a float weight, and a cast would turn integers into garbage silently."""
+    for name, x in zip(spec.hf_names, tensors if isinstance(spec.hf_name, tuple) else [tensors]):
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise CheckpointError(f"tensor {name} holds {np.dtype(x.dtype).name} values where a float weight belongs: "
+                                  "save it as float32, bfloat16 or float16")
+    return tensors
 
 
 def export_tensors(specs: Iterable[WeightSpec], params: dict[tuple, np.ndarray | jax.Array]):
