@@ -311,6 +311,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--tp", help="instead: compare tensor-parallel degrees, e.g. 1,2 (greedy tokens and batch-1 decode)")
     args = p.parse_args(argv)
+    runtime.quiet()
     runtime.set_gpu_flags()  # read when the backend starts, below
     return run_cli(lambda: _main(args))
 

@@ -9,11 +9,11 @@ with --force, and only once the new one is complete. One process (no multi-host 
 
 from __future__ import annotations
 
-import argparse
+import atexit
+import functools
 import json
 import os
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -21,7 +21,7 @@ from pathlib import Path
 import jax
 
 from jaxllm import checkpoint, converted
-from jaxllm.errors import JaxllmError, run_cli
+from jaxllm.errors import ArgumentParser, CheckpointError, JaxllmError, check_interrupted, handle_signals, run_cli
 from jaxllm.loader import open_checkpoint, plan
 from jaxllm.models import weights
 from jaxllm.progress import Bar
@@ -32,7 +32,7 @@ _SKIP = {"model.safetensors.index.json", "pytorch_model.bin.index.json", "config
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m jaxllm.convert", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m jaxllm.convert", description=__doc__.split("\n\n")[0])
     p.add_argument("src", help="checkpoint folder, hub id or .gguf file (with --to-hf: any of those, or a converted folder)")
     p.add_argument("dst", help="output folder (must not exist unless --force)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the source's dtype, else float32)")
@@ -102,7 +102,8 @@ def _finish(tmp: Path, dst: Path) -> None:
 def convert(src, dst, *, dtype=None, to_hf: bool = False, force: bool = False, mesh=None,
             shard_bytes: int = 5 << 30, progress: bool = True) -> dict:
     """Convert `src` into `dst` (see the module docstring); returns timings and sizes. `dtype`
-    None: the dtype the source stores its weights in, else float32."""
+    None: the dtype the source stores its weights in, else float32. Whatever ends it early (an
+    error, a full or read-only disk, Ctrl-C, SIGTERM), nothing is left behind once it returns."""
     start = time.perf_counter()
     dst = Path(dst).expanduser()
     source = open_checkpoint(src)
@@ -110,47 +111,82 @@ def convert(src, dst, *, dtype=None, to_hf: bool = False, force: bool = False, m
     p = plan(source.raw, dtype or source.dtype, mesh, source)
     dtype_name = jax.numpy.dtype(p.dtype).name
     p.check()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    _clear_stale(dst)
     tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
-    tmp.mkdir()
+    # A last sweep at exit, after the interpreter has joined every writer thread; kept on failure.
+    sweep = functools.partial(_remove, tmp)
+    atexit.register(sweep)
     try:
-        raw = dict(source.raw)
-        if to_hf:
-            for k in [k for k in ("torch_dtype", "dtype") if k in raw] or ["torch_dtype"]:
-                raw[k] = dtype_name
-        _copy_side_files(source.path, tmp, raw)
-        with Bar(len(jax.tree.leaves(p.abstract)), "reading", enabled=progress) as bar:
-            params = p.read(bar)
-            jax.block_until_ready(params)
-        read_s = time.perf_counter() - start
-        if to_hf:
-            specs = p.arch.weight_map(p.config)
-            flat = weights.flat_params(params)
-            del params
-            shapes = weights.hf_layout(specs, {path: v.shape for path, v in flat.items()})
-            layout = {name: (shape, p.dtype) for name, shape in shapes.items()}
-            with Bar(len(layout), "writing", enabled=progress) as bar:
-                files = checkpoint.write_safetensors(tmp, layout, weights.export_tensors(specs, flat), shard_bytes, bar)
-        else:
-            meta = dict(dtype=dtype_name, architecture=p.arch.name, source=str(src))
-            converted.save(tmp, params, meta)
-            files = [converted.PARAMS, converted.MARKER]
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            _clear_stale(dst)
+            tmp.mkdir()
+        except OSError as err:
+            raise _refused(dst, err) from None
+        read_s, files = _write(source, p, tmp, dst, dtype_name, src, to_hf, shard_bytes, progress)
+        check_interrupted()  # a signal whose exception Python swallowed (in a garbage-collection callback)
         _finish(tmp, dst)
+    except OSError as err:
+        _remove(tmp)
+        raise _refused(dst, err, tmp) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
         raise
+    atexit.unregister(sweep)
     size = sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())
     return dict(seconds=time.perf_counter() - start, read_seconds=read_s, bytes=size, files=files, dtype=dtype_name)
 
 
-def _terminate(signum, frame):  # SIGTERM unwinds like Ctrl-C, so the partial output is removed
-    raise SystemExit(128 + signum)
+def _write(source, p, tmp: Path, dst: Path, dtype_name: str, src, to_hf: bool, shard_bytes: int, progress: bool):
+    """Side files, then the parameters, into `tmp`: (seconds reading, the files written)."""
+    start = time.perf_counter()
+    raw = dict(source.raw)
+    if to_hf:
+        for k in [k for k in ("torch_dtype", "dtype") if k in raw] or ["torch_dtype"]:
+            raw[k] = dtype_name
+    _copy_side_files(source.path, tmp, raw)
+    with Bar(len(jax.tree.leaves(p.abstract)), "reading", enabled=progress) as bar:
+        params = p.read(bar)
+        jax.block_until_ready(params)
+    read_s = time.perf_counter() - start
+    if to_hf:
+        specs = p.arch.weight_map(p.config)
+        flat = weights.flat_params(params)
+        del params
+        shapes = weights.hf_layout(specs, {path: v.shape for path, v in flat.items()})
+        layout = {name: (shape, p.dtype) for name, shape in shapes.items()}
+        with Bar(len(layout), "writing", enabled=progress) as bar:
+            files = checkpoint.write_safetensors(tmp, layout, weights.export_tensors(specs, flat), shard_bytes, bar)
+    else:
+        meta = dict(dtype=dtype_name, architecture=p.arch.name, source=str(src))
+        converted.save(tmp, params, meta, shown=dst)
+        files = [converted.PARAMS, converted.MARKER]
+    return read_s, files
+
+
+def _refused(dst: Path, err: OSError, tmp: Path | None = None) -> JaxllmError:
+    """The one-line error, naming `dst`, of a write the system refused (full disk, read-only
+    folder, ...); with `tmp` (the source is being read too), a failure on a file outside `tmp` is
+    a read of the source."""
+    name = os.fsdecode(err.filename) if err.filename is not None else None
+    if tmp is not None and name is not None and not os.path.abspath(name).startswith(os.path.abspath(tmp)):
+        return CheckpointError(f"cannot read {name} ({err.strerror or type(err).__name__}): check the source checkpoint")
+    return converted.write_error(dst, err) or JaxllmError(f"cannot write {dst}: {err.strerror or err}; check the disk "
+                                                           "or choose another output folder")
+
+
+def _remove(folder: Path) -> None:
+    """Remove a partial output for good: again while a write that was already under way when the
+    conversion stopped (inside tensorstore, after its Python thread ended) brings it back."""
+    for _ in range(40):
+        shutil.rmtree(folder, ignore_errors=True)
+        time.sleep(0.02)
+        if not os.path.lexists(folder):
+            return
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    handle_signals()  # SIGTERM unwinds like Ctrl-C, so the partial output is removed (exit 143)
 
     def body() -> int:
         if args.shard_size <= 0:

@@ -13,8 +13,17 @@ without knowing our module tree.
 
 from __future__ import annotations
 
+import concurrent.futures.thread
+import errno
 import json
+import logging
+import os
+import re
+import sys
+import threading
+import time
 from pathlib import Path
+from typing import Callable
 
 import jax
 import numpy as np
@@ -49,15 +58,131 @@ def _checkpointer():
     return ocp.Checkpointer(handler)
 
 
-def save(folder: Path, params, meta: dict) -> None:
-    """Write the parameters (orbax) and then the marker into `folder`, which must be new."""
+def save(folder: Path, params, meta: dict, shown: Path | None = None) -> None:
+    """Write the parameters (orbax) and then the marker into `folder`, which must be new. A write
+    the disk refuses (full, read-only) raises a CheckpointError naming `shown` (default `folder`);
+    on any exception, orbax's writer threads have all ended before it propagates, so the caller
+    can remove `folder` for good."""
     import orbax.checkpoint as ocp
 
     flat = {key(p): v for p, v in flat_params(params).items()}
-    _checkpointer().save((folder / PARAMS).absolute(), args=ocp.args.PyTreeSave(flat))
+    write_to_the_end(lambda: _checkpointer().save((folder / PARAMS).absolute(), args=ocp.args.PyTreeSave(flat)),
+                     shown or folder)
     manifest = {k: {"shape": list(v.shape), "dtype": np.dtype(v.dtype).name} for k, v in flat.items()}
     marker = dict(format=FORMAT, version=VERSION, **meta, params=manifest)
-    (folder / MARKER).write_text(json.dumps(marker, indent=1))
+    try:
+        (folder / MARKER).write_text(json.dumps(marker, indent=1))
+    except OSError as err:
+        raise (write_error(shown or folder, err) or err) from None
+
+
+def write_to_the_end(write: Callable[[], None], shown: Path, timeout: float = 600.0) -> None:
+    """Run `write` (an orbax save) in a thread and wait for it. Orbax writes from threads of its
+    own that an exception in the waiting thread (Ctrl-C, SIGTERM) does not stop, and that go on
+    after a failed write of theirs: whatever ends the wait, every thread the save started is
+    waited for (up to `timeout` seconds; further Ctrl-C are ignored meanwhile) before anything
+    propagates, so nothing writes afterwards. A refused write is a CheckpointError naming `shown`."""
+    before = set(threading.enumerate())
+    failure: list[BaseException] = []
+
+    def run():
+        try:
+            write()
+        except BaseException as err:  # noqa: BLE001 - handed to the waiting thread
+            failure.append(err)
+
+    worker = threading.Thread(target=run, name="jaxllm-save", daemon=True)
+    quiet = _QuietOrbax()  # its threads log a failed write with a traceback each: the error says it once
+    _ignore_closed_loops()
+    logging.getLogger("absl").addFilter(quiet)
+    try:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.05)  # wakes for signals: Ctrl-C raises here
+    finally:
+        _wait_for_writers(worker, before, time.monotonic() + timeout)
+        logging.getLogger("absl").removeFilter(quiet)
+    if failure:
+        err = write_error(shown, failure[0])
+        if err is None:
+            raise failure[0]
+        raise err from None
+
+
+def _wait_for_writers(worker: threading.Thread, before: set, deadline: float) -> None:
+    """Wait until `worker` and every other non-daemon thread started since `before` has ended
+    (idle thread-pool workers aside: they wait for work, not write)."""
+    while time.monotonic() < deadline:
+        writers = [t for t in threading.enumerate() if t not in before and t is not threading.current_thread()
+                   and (t is worker or (not t.daemon and getattr(t, "_target", None) is not _pool_worker))]
+        if not writers:
+            return
+        try:
+            writers[0].join(min(0.1, max(0.0, deadline - time.monotonic())))
+        except KeyboardInterrupt:  # a second Ctrl-C or SIGTERM: the writes still have to end first
+            continue
+
+
+class _QuietOrbax(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+def _ignore_closed_loops() -> None:
+    """When a save fails or is interrupted, tensorstore still completes the writes it had under way
+    and reports each to an event loop orbax has closed: "RuntimeError: Event loop is closed", a
+    traceback apiece through sys.unraisablehook. Those alone are dropped (installed once, for the
+    process: they can come while a failed save is waited for, or later)."""
+    previous = sys.unraisablehook
+    if getattr(previous, "jaxllm_closed_loops", False):
+        return
+
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.jaxllm_closed_loops = True
+    sys.unraisablehook = hook
+
+
+_pool_worker = getattr(concurrent.futures.thread, "_worker", None)
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+_WRITE_FAILURES = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                   errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                   errno.EPERM: "the operation is not permitted", errno.EFBIG: "a file would exceed the size limit",
+                   errno.EIO: "an input/output error"}
+
+
+def write_error(folder: Path, err: BaseException) -> CheckpointError | None:
+    """The CheckpointError of a write into `folder` that the system refused (an OSError, or orbax's
+    and tensorstore's ValueError carrying an os_error_code), or None for anything else (a bug)."""
+    code = err.errno if isinstance(err, OSError) else None
+    if code is None:
+        match = _OS_ERROR_CODE.search(str(err))
+        code = int(match.group(1)) if match else None
+    if code is None:
+        return None
+    reason = _WRITE_FAILURES.get(code) or os.strerror(code)
+    fix = ("free some space there or choose another output folder" if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+           else "choose an output folder you can write to" if code in (errno.EROFS, errno.EACCES, errno.EPERM)
+           else "check the disk or choose another output folder")
+    return CheckpointError(f"cannot write {folder}: {reason} ({os.strerror(code)}, errno {code}); {fix}")
+
+
+def arrays(folder: Path):
+    """(name, numpy array) of every saved parameter, read one at a time (orbax partial restores),
+    so a scan of a large checkpoint holds one tensor in memory."""
+    import orbax.checkpoint as ocp
+
+    checkpointer = _checkpointer()
+    for name in read_marker(folder)["params"]:
+        args = ocp.args.PyTreeRestore(item={name: 0}, restore_args={name: ocp.RestoreArgs(restore_type=np.ndarray)},
+                                      partial_restore=True)
+        try:
+            restored = checkpointer.restore((folder / PARAMS).absolute(), args=args)
+        except (OSError, ValueError, KeyError) as err:  # a damaged or partial folder
+            raise _unreadable(folder, err) from None
+        yield name, restored.pop(name)
 
 
 def read_marker(folder: Path) -> dict:
@@ -84,6 +209,11 @@ def problems(folder: Path, abstract) -> list[str]:
     return found + [f"unexpected {k}" for k in saved if k not in want]
 
 
+def _unreadable(folder: Path, err: BaseException) -> CheckpointError:
+    first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+    return CheckpointError(f"could not read the parameters in {folder / PARAMS} ({type(err).__name__}: {first}); convert again")
+
+
 def restore(folder: Path, abstract, dtype, shardings: dict | None = None, progress=None):
     """The parameter state of `abstract`, read from `folder` in `dtype` (cast on read when the saved
     dtype differs). `shardings` {path: Sharding}: each device reads only its own shards."""
@@ -97,8 +227,7 @@ def restore(folder: Path, abstract, dtype, shardings: dict | None = None, progre
     try:
         restored = _checkpointer().restore((folder / PARAMS).absolute(), args=args)
     except (OSError, ValueError, KeyError) as err:  # how orbax and tensorstore report a damaged or partial folder
-        raise CheckpointError(f"could not read the parameters in {folder / PARAMS} ({type(err).__name__}: "
-                              f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}); convert again") from None
+        raise _unreadable(folder, err) from None
     out = {}
     for p, leaf in flat.items():
         value = restored.pop(key(p))

@@ -15,6 +15,7 @@ between steps (`add`, `abort`); `run` serves a list to the end.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -22,13 +23,15 @@ import jax
 import numpy as np
 
 from jaxllm import runtime
-from jaxllm.errors import GenerationError, check_token_ids
+from jaxllm.errors import GenerationError, available_memory, check_token_ids, size_text
 from jaxllm.models.config import token_ids
 from jaxllm.sampling import SamplingParams
 from jaxllm.serving.block_manager import BlockManager
-from jaxllm.serving.runner import Row, Runner, bucket
+from jaxllm.serving.runner import ERROR, Row, Runner, bucket
 from jaxllm.serving.scheduler import PrefillChunk, Scheduler
 from jaxllm.serving.sequence import Sequence, Status
+
+log = logging.getLogger("jaxllm")
 
 
 @dataclass
@@ -46,6 +49,7 @@ class Event:
     tokens: list[int]
     logprobs: list[float]
     finished: bool = False
+    error: bool = False  # the model's logits turned non-finite: the request ends here, without a token
 
 
 class Engine:
@@ -64,12 +68,19 @@ class Engine:
                  page_size: int = 16, memory_fraction: float = 0.9, prefill_tokens: int = 2048, chunk: int = 16,
                  prefix_caching: bool = True, attention: str | None = None):
         cfg = model.config
-        max_len = max_len or cfg.max_position_embeddings
-        if batch_size < 1 or max_len < 2 or prefill_tokens < 1 or page_size < 1 or chunk < 1:
-            raise GenerationError(f"an engine needs batch_size >= 1, max_len >= 2, page_size, prefill_tokens and chunk >= 1; "
-                                  f"got {batch_size}, {max_len}, {page_size}, {prefill_tokens}, {chunk}")
-        if not 0 < memory_fraction <= 1:
-            raise GenerationError(f"memory_fraction={memory_fraction} must lie in (0, 1]")
+        max_len = cfg.max_position_embeddings if max_len is None else max_len
+        sizes = dict(batch_size=(batch_size, 1), max_len=(max_len, 2), page_size=(page_size, 1),
+                     prefill_tokens=(prefill_tokens, 1), chunk=(chunk, 1), num_pages=(num_pages, 1))
+        for name, (value, least) in sizes.items():
+            if not (value is None and name == "num_pages") and (
+                    not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least):
+                raise GenerationError(f"Engine {name}={value!r} is invalid: use a whole number >= {least}"
+                                      + (" (or None for the model's positions)" if name == "max_len" else "")
+                                      + (" (or None to size the pool from the device's memory)" if name == "num_pages" else ""))
+        if (not isinstance(memory_fraction, (int, float)) or isinstance(memory_fraction, bool)
+                or not 0 < memory_fraction <= 1):
+            raise GenerationError(f"Engine memory_fraction={memory_fraction!r} is invalid: use a number in (0, 1]")
+        batch_size, max_len, page_size, prefill_tokens, chunk = map(int, (batch_size, max_len, page_size, prefill_tokens, chunk))
         self.model, self.cfg = model, cfg
         self.batch_size, self.max_len, self.chunk = batch_size, max_len, chunk
         # Decode steps of a call while a waiting request could start: few, so that it starts soon
@@ -88,7 +99,7 @@ class Engine:
         self.rope_switch = rope.original_max_position_embeddings if (
             rope.type == "longrope" and rope.original_max_position_embeddings < max_len) else None
         self.width = -(-max_len // page_size)
-        num_pages = num_pages or self._default_pages(page_size, memory_fraction)
+        num_pages = self._default_pages(page_size, memory_fraction, num_pages)
         self.blocks = BlockManager(num_pages, page_size, prefix_caching and not length_dependent)
         # Chunks of at most a quarter of the budget, so the prompts of a step share calls of several
         # rows (a 2,050-token prompt is 2,048 + 2, not one row padded to the whole budget).
@@ -96,22 +107,42 @@ class Engine:
         self.scheduler = Scheduler(self.blocks, batch_size, self.budget, chunk, max_chunk)
         self.runner = Runner(model, num_pages=num_pages, page_size=page_size, max_seqs=batch_size, max_len=max_len,
                              chunk=chunk, attention=attention or runtime.attention_impl(), eos_width=len(self.eos))
-        self.counters = self.runner.counters
         self.state = None  # the device state, made on first use and kept (the prefix cache lives in it)
         self.slot_of: dict[Sequence, int] = {}
         self.index_of: dict[Sequence, int] = {}
         self._next_id = 0
         self._compiled: set[tuple] = set()  # shapes precompile() has compiled
 
-    def _default_pages(self, page_size: int, fraction: float) -> int:
+    @property
+    def counters(self):
+        """Compiles of the prefill and decode steps this engine caused (see Runner.counters)."""
+        return self.runner.counters
+
+    def _default_pages(self, page_size: int, fraction: float, num_pages: int | None = None) -> int:
+        """The pool's pages: `num_pages` when given, else `fraction` of the device memory left after
+        the weights (a CPU: a full batch of full-length sequences within 2 GiB). Refused, before
+        anything is allocated, when the device (a CPU: the host) cannot hold them."""
         cfg, dtype = self.cfg, jax.tree.leaves(self.model.params)[0].dtype
-        stats = jax.devices()[0].memory_stats() or {}
-        page_bytes = cfg.kv_cache_bytes(page_size, dtype)
-        if "bytes_limit" not in stats:  # a CPU: a full batch of full-length sequences, within 2 GiB
-            return max(self.width, min(self.batch_size * self.width, (2 << 30) // page_bytes))
+        stats = jax.local_devices()[0].memory_stats() or {}
         mesh = getattr(self.model, "mesh", None)
         tp = mesh.shape["tp"] if mesh is not None else 1
         devices = tp if cfg.num_kv_heads % tp == 0 else 1  # the pool splits over tp like the kv heads
+        page_bytes = cfg.kv_cache_bytes(page_size, dtype)
+        if num_pages is not None or "bytes_limit" not in stats:
+            available, where = available_memory()
+            if num_pages is None:  # a CPU: a full batch of full-length sequences, within 2 GiB (and half the free memory)
+                room = min(2 << 30, available // 2) if available is not None else 2 << 30
+                num_pages = max(self.width, min(self.batch_size * self.width, room // page_bytes))
+            pool = -(-(int(num_pages) + 1) // self.batch_size) * self.batch_size  # as the runner allocates it
+            if available is not None and pool * page_bytes / devices > available:
+                fit = int(available * devices // page_bytes) - self.batch_size
+                raise GenerationError(
+                    f"an engine of {num_pages:,} KV pages of {page_size} tokens ({self.batch_size} x {self.max_len:,}-token "
+                    f"sequences at most) needs {size_text(pool * page_bytes / devices)} but {where} has "
+                    f"{size_text(available)} available: "
+                    + (f"pass num_pages <= {fit:,}, or a smaller max_len" if fit >= self.width else
+                       f"lower max_len (one {self.max_len:,}-token sequence needs {self.width:,} pages)"))
+            return int(num_pages)
         # Room for a prefill step's activations and logits, beside the pool.
         spare = 8 * self.budget * max(cfg.hidden_size * 4, cfg.intermediate_size) * 2 + (1 << 30)
         free = fraction * stats["bytes_limit"] - stats.get("bytes_in_use", 0) - spare
@@ -125,10 +156,13 @@ class Engine:
 
     def check(self, req: Request) -> None:
         """Refuse a request that can never run, before anything is computed."""
-        n = len(req.prompt)
-        if n == 0:
-            raise GenerationError("empty prompt: give at least one token")
-        check_token_ids(req.prompt, self.cfg.vocab_size, "prompt")
+        params = req.params
+        unset = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty")  # resolved() fills them
+        if not isinstance(params, SamplingParams) or any(getattr(params, f) is None for f in unset):
+            raise GenerationError("a Request's params must be resolved SamplingParams: pass "
+                                  "jaxllm.SamplingParams(...).resolved(model.generation_config)")
+        params.validate()
+        n = len(check_token_ids(req.prompt, self.cfg.vocab_size, "prompt", dims=(1,), allow_empty=False))
         total = n + req.params.max_new_tokens
         if total > self.max_len:
             raise GenerationError(
@@ -209,6 +243,14 @@ class Engine:
         batch = [seq for seq in batch if seq in self.slot_of and seq.status is Status.RUNNING]
         return self._decode(batch) if batch else []
 
+    def _error(self, seq: Sequence, tokens: list[int], logprobs: list[float] | None = None) -> Event:
+        """End a request whose logits turned non-finite (NaN or Inf): a warning, and its last event."""
+        index = self.index_of[seq]
+        log.warning("request %d: the model's logits are not finite (NaN or Inf) after %d new tokens; it stops with "
+                    "finish_reason 'error' (check the weights: python -m jaxllm.inspect --scan MODEL)", index, len(seq.output))
+        self._finish(seq)
+        return Event(index, tokens, logprobs or [], True, error=True)
+
     def _release(self, seq: Sequence) -> None:
         self.slot_of.pop(seq, None)
 
@@ -284,6 +326,10 @@ class Engine:
                 if not c.last:
                     self.scheduler.computed(c)
                     continue
+                if token == ERROR:
+                    self.scheduler.computed(c)
+                    events.append(self._error(c.seq, []))
+                    continue
                 self.scheduler.computed(c, token)
                 done = done or len(c.seq.output) >= c.seq.params.max_new_tokens
                 events.append(Event(self.index_of[c.seq], [token], [logprob], done))
@@ -311,6 +357,9 @@ class Engine:
             tokens = out[slot][got].tolist()
             if tokens:
                 self.scheduler.decoded(seq, tokens)
+            if (out[slot] == ERROR).any():
+                events.append(self._error(seq, tokens, out_lp[slot][got].tolist()))
+                continue
             finished = bool(done[slot]) or len(seq.output) >= seq.params.max_new_tokens
             if tokens or finished:
                 events.append(Event(self.index_of[seq], tokens, out_lp[slot][got].tolist(), finished))

@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import jax
+
 from jaxllm.engine import Engine, Request
-from jaxllm.errors import GenerationError, check_token_ids
+from jaxllm.errors import GenerationError, available_memory, check_token_ids, size_text
 from jaxllm.sampling import SamplingParams
 
 
@@ -18,14 +20,16 @@ from jaxllm.sampling import SamplingParams
 class Completion:
     text: str
     token_ids: list[int]
-    finish_reason: str  # "stop": an EOS token or a stop string; "length": max_new_tokens reached
+    finish_reason: str  # "stop": an EOS token or a stop string; "length": max_new_tokens reached; "error": non-finite logits
     prompt_tokens: int
     logprobs: list[float] | None = None  # per generated token, when SamplingParams.logprobs
 
 
-def prepare(model, prompts, params: SamplingParams | None, *, chat=None, system=None):
-    """Token ids and resolved SamplingParams for each prompt (str, or a list of token ids)."""
-    params = (params or SamplingParams()).resolved(model.generation_config)
+def prepare(model, prompts, params: SamplingParams | dict | None, *, chat=None, system=None):
+    """Token ids and resolved SamplingParams for each prompt (str, or token ids: a list, tuple or
+    1-D numpy integer array); `params` may be a dict of SamplingParams fields. Everything is
+    checked here, before any engine is made."""
+    params = SamplingParams.of(params).resolved(model.generation_config)
     tok = model.tokenizer
     if chat is None:
         chat = has_chat_template(tok)
@@ -36,11 +40,22 @@ def prepare(model, prompts, params: SamplingParams | None, *, chat=None, system=
         if isinstance(p, str):
             if tok is None:
                 raise GenerationError("this checkpoint has no tokenizer: pass prompts as lists of token ids")
-            ids.append(encode(tok, p, chat=chat, system=system))
+            for what, text in ((f"prompt {i}", p), ("the system message", system or "")):
+                try:  # lone surrogates: undecodable bytes read with errors="surrogateescape" (stdin in a C locale)
+                    text.encode("utf-8")
+                except UnicodeEncodeError as err:
+                    raise GenerationError(f"{what} is not valid text (character {err.start + 1} stands for an "
+                                          "undecodable byte): give UTF-8 text") from None
+            tokens = encode(tok, p, chat=chat, system=system)
+            if not tokens:
+                raise GenerationError(f"prompt {i} is empty: it encodes to no tokens; give some text")
+            ids.append(tokens)
         else:
             tokens = check_token_ids(p, model.config.vocab_size, f"prompt {i}")
             if tokens.ndim != 1:
-                raise GenerationError(f"prompt {i} must be a string or a flat list of token ids, got shape {tokens.shape}")
+                raise GenerationError(f"prompt {i} must be a string or a flat list of token ids, got shape {list(tokens.shape)}")
+            if not tokens.size:
+                raise GenerationError(f"prompt {i} is empty: give at least one token id")
             ids.append(tokens.tolist())
     return ids, params
 
@@ -48,18 +63,42 @@ def prepare(model, prompts, params: SamplingParams | None, *, chat=None, system=
 def engine_for(model, ids: list[list[int]], params: SamplingParams) -> Engine:
     """An engine just large enough (sequences up to a multiple of 256 tokens, pages for a full
     batch of them), kept on the model so the next call of the same size reuses its compiled steps
-    and prefix cache."""
-    need = max(len(i) for i in ids) + params.max_new_tokens
+    and prefix cache. A request beyond the model's learned positions, or whose KV cache the
+    device's memory cannot hold, is refused before anything is allocated."""
+    cfg, longest, new = model.config, max(len(i) for i in ids), params.max_new_tokens
+    need = longest + new
+    if cfg.position_embedding == "learned" and need > cfg.max_position_embeddings:
+        fix = (f"lower max_new_tokens to at most {cfg.max_position_embeddings - longest}"
+               if longest < cfg.max_position_embeddings else f"shorten the prompt below {cfg.max_position_embeddings} tokens")
+        raise GenerationError(f"prompt of {longest} tokens + max_new_tokens={new} exceeds the "
+                              f"{cfg.max_position_embeddings} positions this model has learned: {fix}")
     batch, max_len = min(len(ids), 8), -(-need // 256) * 256
+    num_pages = batch * max_len // 16
     if (batch, max_len) not in model.engines:
-        model.engines[batch, max_len] = Engine(model, batch_size=batch, max_len=max_len,
-                                               num_pages=batch * max_len // 16, page_size=16)
+        mesh = getattr(model, "mesh", None)
+        tp = mesh.shape["tp"] if mesh is not None else 1
+        shards = tp if cfg.num_kv_heads % tp == 0 else 1  # the pool splits over tp like the kv heads
+        token_bytes = cfg.kv_cache_bytes(1, jax.tree.leaves(model.params)[0].dtype) / shards
+        pool = -(-(num_pages + 1) // batch) * batch * 16  # positions, as the runner allocates them
+        available, where = available_memory()
+        if available is not None and pool * token_bytes > available:
+            fit = (int(available // (token_bytes * batch)) - 16) // 256 * 256 - longest  # as max_len rounds
+            fix = (f"lower max_new_tokens (about {fit:,} fit)" if fit > 0 else "shorten the prompt") + \
+                  (", send fewer prompts at once" if batch > 1 else "") + ", or free memory"
+            raise GenerationError(
+                f"prompt of {longest} tokens + max_new_tokens={new:,} needs a KV cache of {num_pages:,} pages of 16 tokens "
+                f"({size_text(pool * token_bytes)}) for {batch} sequence{'s' if batch > 1 else ''}, but {where} has "
+                f"{size_text(available)} available: {fix}")
+        model.engines[batch, max_len] = Engine(model, batch_size=batch, max_len=max_len, num_pages=num_pages, page_size=16)
     return model.engines[batch, max_len]
 
 
 def _is_single(prompts) -> bool:
     if isinstance(prompts, str):
         return True
+    if isinstance(prompts, (bytes, dict)) or not hasattr(prompts, "__len__") or not hasattr(prompts, "__getitem__"):
+        raise GenerationError(f"prompts must be a string, token ids (a list, tuple or numpy array) or a list of those, "
+                              f"got {type(prompts).__name__}")
     first = prompts[0] if len(prompts) else None
     return first is not None and not isinstance(first, (str, list, tuple)) and getattr(first, "ndim", 0) == 0
 
@@ -75,39 +114,52 @@ def generate(model, prompts: str | Sequence, params: SamplingParams | None = Non
     ids, params = prepare(model, batch, params, chat=chat, system=system)
     engine = engine or engine_for(model, ids, params)
     requests = [Request(p, params, i) for i, p in enumerate(ids)]
-    streams = [TextStream(model.tokenizer, params.stop) if model.tokenizer is not None else None for _ in batch]
-    tokens: list[list[int]] = [[] for _ in batch]
-    logprobs: list[list[float]] = [[] for _ in batch]
-    for ev in engine.run(requests, stop_check=lambda i: streams[i] is not None and streams[i].stopped):
+    outputs = [Output(model.tokenizer, params, set(engine.eos.tolist())) for _ in batch]
+    for ev in engine.run(requests, stop_check=lambda i: outputs[i].finish_reason is not None):
         if on_token and ev.tokens:
             on_token(ev.index, ev.tokens)
-        stream = streams[ev.index]
-        if stream is not None and stream.stopped:
-            continue
-        tokens[ev.index] += ev.tokens
-        logprobs[ev.index] += ev.logprobs
-        if stream is not None:
-            text = stream.push(ev.tokens)
-            if stream.stopped:  # drop the tokens after the one that completed the stop string
-                del tokens[ev.index][stream.kept_tokens:], logprobs[ev.index][stream.kept_tokens:]
+        if outputs[ev.index].finish_reason is None:  # not after a stop string
+            text = outputs[ev.index].push(ev.tokens, ev.logprobs, ev.finished, ev.error)
             if text and on_text:
                 on_text(ev.index, text)
-    eos_ids = set() if params.ignore_eos else set(engine.eos.tolist())
-    out = []
-    for i, s in enumerate(streams):
-        if s is not None and not s.stopped:
-            rest = s.flush()
-            if rest and on_text:
-                on_text(i, rest)
-        eos_end = bool(tokens[i]) and tokens[i][-1] in eos_ids or (s is not None and s.stopped)
-        out.append(Completion(
-            text=s.text if s is not None else "",
-            token_ids=tokens[i],
-            finish_reason="stop" if eos_end else "length",
-            prompt_tokens=len(ids[i]),
-            logprobs=logprobs[i] if params.logprobs else None,
-        ))
+    out = [Completion(o.text, o.tokens, o.finish_reason or "length", len(ids[i]), o.logprobs if params.logprobs else None)
+           for i, o in enumerate(outputs)]
     return out[0] if single else out
+
+
+class Output:
+    """One sequence's answer as the engine's events arrive: its text through a TextStream (stop
+    strings cut it), its tokens and log-probabilities up to the token that completed a stop
+    string, and its finish reason ("stop": EOS or a stop string; "length"; "error": non-finite
+    logits; None while running)."""
+
+    def __init__(self, tokenizer, params: SamplingParams, eos: set[int]):
+        self.stream = TextStream(tokenizer, params.stop) if tokenizer is not None else None
+        self.eos = set() if params.ignore_eos else eos
+        self.tokens: list[int] = []
+        self.logprobs: list[float] = []
+        self.finish_reason: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.stream.text if self.stream is not None else ""
+
+    def push(self, tokens: list[int], logprobs: list[float], finished: bool, error: bool = False) -> str:
+        """Take an event's tokens; returns the text that became final. `error`: the engine ended
+        the sequence because its logits turned non-finite (finish reason "error")."""
+        self.tokens += tokens
+        self.logprobs += logprobs
+        text = ""
+        if self.stream is not None:
+            text = self.stream.push(tokens)
+            if self.stream.stopped:  # drop the tokens after the one that completed the stop string
+                del self.tokens[self.stream.kept_tokens:], self.logprobs[self.stream.kept_tokens:]
+                self.finish_reason = "stop"
+        if finished and self.finish_reason is None:
+            text += self.stream.flush() if self.stream is not None else ""
+            eos_end = bool(self.tokens) and self.tokens[-1] in self.eos
+            self.finish_reason = "error" if error else "stop" if eos_end else "length"
+        return text
 
 
 def has_chat_template(tokenizer) -> bool:
@@ -119,9 +171,15 @@ def encode(tokenizer, prompt: str, *, chat: bool, system: str | None = None) -> 
     system turn) when `chat`, else plain text with the tokenizer's own special tokens."""
     if chat:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return encode_messages(tokenizer, messages)
     return list(tokenizer(prompt)["input_ids"])
+
+
+def encode_messages(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a conversation ({"role", "content"} dicts) through the chat template, ready
+    for the assistant's turn."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 _FFFD = "\ufffd"  # what a decoder shows for the bytes of a character that has not fully arrived

@@ -1,8 +1,11 @@
 """GGUF files (llama.cpp): metadata into a config.json-shaped dict, tensors into HF names and layout.
 
 The result is a tensor source like a safetensors checkpoint, so the usual weight map, checks and
-streaming fill apply unchanged. Quantized tensors (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K, ... anything the
-`gguf` package can dequantize) are dequantized to float32 one tensor at a time.
+streaming fill apply unchanged. Quantized tensors are dequantized to float32 one tensor at a time:
+F16, BF16 and the 32-value block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) by numpy over all blocks
+at once here, anything else the `gguf` package can dequantize (Q4_K, Q6_K, ...) by that package.
+The header is parsed here too (milliseconds; the package's reader takes seconds over a
+vocabulary's strings), once per file, and the tokenizer built from it is cached on disk.
 
 llama.cpp stores Llama-family q/k projections with rows permuted for its rotary layout; we undo it
 so the weights are transformers' again.
@@ -10,7 +13,14 @@ so the weights are transformers' again.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+import math
+import mmap
+import os
 import re
+import shutil
 import struct
 from pathlib import Path
 
@@ -38,24 +48,82 @@ _LAYER_NAMES = {
     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
 }
 _LAYER = re.compile(r"^blk\.(\d+)\.(\w+)\.(weight|bias)$")
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9  # GGUF metadata value types
 
 
-def _reader(path: Path):
+class Header:
+    """A GGUF file's metadata ({key: value}) and tensor table, parsed straight from its bytes (the
+    gguf package's reader takes seconds over a vocabulary's strings; this takes milliseconds)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                self._buf, self._pos = buf, 0
+                self._parse()
+                del self._buf
+        except (OSError, ValueError, KeyError, struct.error) as err:  # ValueError: also bad UTF-8 and an empty file
+            raise CheckpointError(f"{path} is not a readable GGUF file ({type(err).__name__}: {str(err)[:150]})") from None
+
+    def _parse(self) -> None:
+        magic, version = self._take("<4sI")
+        if magic != b"GGUF" or version not in (2, 3):
+            raise ValueError(f"magic {magic!r}, version {version}: not a little-endian GGUF v2/v3 file")
+        n_tensors, n_fields = self._take("<QQ")
+        self.fields = {}
+        for _ in range(n_fields):
+            key = self._string()
+            self.fields[key] = self._value(self._take("<I")[0])
+        self.tensors = []  # (name, dims innermost first, GGML type id, offset from the data start)
+        for _ in range(n_tensors):
+            name = self._string()
+            dims = self._take(f"<{self._take('<I')[0]}Q")
+            self.tensors.append((name, dims, *self._take("<IQ")))
+        align = self.fields.get("general.alignment", 32)
+        if not isinstance(align, int) or align <= 0 or align & (align - 1):
+            raise ValueError(f"general.alignment {align!r} is not a power of two")
+        self.data_start = self._pos + (-self._pos % align)
+
+    def _take(self, fmt: str) -> tuple:
+        out = struct.unpack_from(fmt, self._buf, self._pos)
+        self._pos += struct.calcsize(fmt)
+        return out
+
+    def _bytes(self, n: int) -> bytes:
+        out = self._buf[self._pos : self._pos + n]
+        if len(out) != n:
+            raise ValueError("the file ends early (truncated download?)")
+        self._pos += n
+        return out
+
+    def _string(self) -> str:
+        return self._bytes(self._take("<Q")[0]).decode("utf-8")
+
+    def _value(self, kind: int):
+        if kind == _STRING:
+            return self._string()
+        if kind != _ARRAY:
+            return self._take(_SCALARS[kind])[0]
+        item, n = self._take("<IQ")
+        if item in _SCALARS:  # numbers in one go
+            dtype = np.dtype(_SCALARS[item])
+            return np.frombuffer(self._bytes(n * dtype.itemsize), dtype).tolist()
+        return [self._value(item) for _ in range(n)]
+
+
+@functools.lru_cache(maxsize=1)
+def _header(path: Path, size: int, mtime_ns: int) -> Header:
+    return Header(path)
+
+
+def read_header(path: Path) -> Header:
+    """The file's Header, parsed once while the file is unchanged (the model and its tokenizer share it)."""
     try:
-        from gguf import GGUFReader
-    except ImportError:
-        raise CheckpointError("reading .gguf files needs the gguf package: pip install 'jaxllm[gguf]'") from None
-    try:
-        return GGUFReader(str(path))
-    except (OSError, ValueError, KeyError, IndexError, struct.error) as err:  # how gguf's reader meets a bad file
-        raise CheckpointError(f"{path} is not a readable GGUF file ({type(err).__name__}: {str(err)[:150]})") from None
-
-
-def _field(reader, key, default=None):
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    return f.contents()
+        st = os.stat(path)
+    except OSError as err:
+        raise CheckpointError(f"cannot read {path}: {err.strerror}") from None
+    return _header(Path(path).resolve(), st.st_size, st.st_mtime_ns)
 
 
 def hf_name(name: str) -> str | None:
@@ -67,23 +135,24 @@ def hf_name(name: str) -> str | None:
     return None
 
 
-def config_from_metadata(reader) -> dict:
-    prefix = arch = _field(reader, "general.architecture")
+def config_from_metadata(header: Header) -> dict:
+    fields = header.fields
+    prefix = arch = fields.get("general.architecture")
     if arch not in ARCHITECTURES:
         raise CheckpointError(
             f"GGUF architecture '{arch}' is not supported; supported: {', '.join(sorted(ARCHITECTURES))}"
         )
-    name = str(_field(reader, "general.name", "") or "").lower()
+    name = str(fields.get("general.name", "") or "").lower()
     if arch == "llama" and "mistral" in name:  # llama.cpp files Mistral under llama
         arch = "mistral"
 
     def get(key, default=None):
-        return _field(reader, f"{prefix}.{key}", default)
+        return fields.get(f"{prefix}.{key}", default)
 
     heads = get("attention.head_count")
     hidden = get("embedding_length")
-    tensor_names = {t.name for t in reader.tensors}
-    vocab = get("vocab_size") or len(_field(reader, "tokenizer.ggml.tokens", []))
+    tensor_names = {t[0] for t in header.tensors}
+    vocab = get("vocab_size") or len(fields.get("tokenizer.ggml.tokens", []))
     raw = {
         "architectures": [ARCHITECTURES[arch][0]],
         "vocab_size": vocab,
@@ -96,9 +165,9 @@ def config_from_metadata(reader) -> dict:
         "rms_norm_eps": get("attention.layer_norm_rms_epsilon", 1e-6),
         "rope_theta": get("rope.freq_base", 10000.0),
         "tie_word_embeddings": "output.weight" not in tensor_names,
-        "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
-        "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
-        "pad_token_id": _field(reader, "tokenizer.ggml.padding_token_id"),
+        "bos_token_id": fields.get("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": fields.get("tokenizer.ggml.eos_token_id"),
+        "pad_token_id": fields.get("tokenizer.ggml.padding_token_id"),
         "attention_bias": "blk.0.attn_output.bias" in tensor_names,
     }
     key_length = get("attention.key_length")
@@ -121,28 +190,111 @@ def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, dim, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+# -- dequantization ---------------------------------------------------------------------------
+# GGML type id -> (name, values per block, bytes per block) of the types dequantized here; the
+# 32-value block types as numpy record layouts: d * q (+ m), q = 4 bits (+ a fifth from qh) or int8,
+# less 8 or 16 for the symmetric _0 types. Other types (the K-quants, ...) go through the gguf package.
+_TYPES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 30: ("BF16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20),
+          6: ("Q5_0", 32, 22), 7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34)}
+_BLOCKS = {
+    "Q4_0": np.dtype([("d", "<f2"), ("qs", "u1", 16)]),
+    "Q4_1": np.dtype([("d", "<f2"), ("m", "<f2"), ("qs", "u1", 16)]),
+    "Q5_0": np.dtype([("d", "<f2"), ("qh", "<u4"), ("qs", "u1", 16)]),
+    "Q5_1": np.dtype([("d", "<f2"), ("m", "<f2"), ("qh", "<u4"), ("qs", "u1", 16)]),
+    "Q8_0": np.dtype([("d", "<f2"), ("qs", "i1", 32)]),
+}
+_OFFSET = {"Q4_0": 8, "Q5_0": 16}
+_BITS = np.arange(32, dtype=np.uint32)
+_CHUNK = 1 << 14  # blocks per step: the temporaries stay in cache
+
+
+def _gguf_quants():
+    try:
+        from gguf import constants, quants
+    except ImportError:
+        raise CheckpointError("this GGUF file's quantization needs the gguf package: pip install 'jaxllm[gguf]'") from None
+    return constants, quants
+
+
+def tensor_bytes(type_id: int, shape: tuple[int, ...]) -> int:
+    """Bytes of a tensor of a GGML type (rows are whole blocks)."""
+    if type_id in _TYPES:
+        _, block, size = _TYPES[type_id]
+    else:
+        constants, _ = _gguf_quants()
+        try:
+            block, size = constants.GGML_QUANT_SIZES[constants.GGMLQuantizationType(type_id)]
+        except ValueError:
+            raise CheckpointError(f"unknown GGML tensor type {type_id}: a newer gguf package may read it") from None
+    if shape and shape[-1] % block:
+        raise CheckpointError(f"a tensor of shape {list(shape)} cannot hold rows of {block}-value blocks (GGML type {type_id})")
+    return math.prod(shape) // block * size
+
+
+def dequantize(raw: np.ndarray, type_id: int) -> np.ndarray:
+    """The float32 values (1-D) of a tensor's bytes (uint8, 1-D) of a GGML type: F32, F16, BF16
+    and the 32-value block types here, vectorised over all blocks; any other type through
+    `gguf.quants.dequantize`. Bit-exact with gguf's (tests/test_startup.py)."""
+    kind = _TYPES.get(type_id, ("",))[0]
+    if kind == "F32":
+        return raw.view("<f4").astype(np.float32)
+    if kind == "F16":
+        return raw.view("<f2").astype(np.float32)
+    if kind == "BF16":
+        return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+    if kind not in _BLOCKS:
+        constants, quants = _gguf_quants()
+        return quants.dequantize(raw, constants.GGMLQuantizationType(type_id)).reshape(-1)
+    blocks = raw.view(_BLOCKS[kind])
+    out = np.empty((len(blocks), 32), np.float32)
+    for start in range(0, len(blocks), _CHUNK):
+        _dequantize_blocks(blocks[start : start + _CHUNK], kind, out[start : start + _CHUNK])
+    return out.reshape(-1)
+
+
+def _dequantize_blocks(blocks: np.ndarray, kind: str, out: np.ndarray) -> None:
+    qs = blocks["qs"]
+    if kind == "Q8_0":
+        out[...] = qs
+    else:
+        out[:, :16], out[:, 16:] = qs & 0x0F, qs >> 4
+    if "qh" in blocks.dtype.names:  # bit j of qh is bit 4 of value j
+        out += ((blocks["qh"][:, None] >> _BITS) & 1) << 4
+    if kind in _OFFSET:
+        out -= _OFFSET[kind]
+    out *= blocks["d"].astype(np.float32)[:, None]
+    if "m" in blocks.dtype.names:
+        out += blocks["m"].astype(np.float32)[:, None]
+
+
 class GGUFCheckpoint:
     """Tensors of a GGUF file under their HF names, in HF layout, dequantized on demand."""
 
-    def __init__(self, reader, raw: dict, permuted: bool):
-        self.reader = reader
-        self.tensors = {}
-        for t in reader.tensors:
-            name = hf_name(t.name) or t.name
-            self.tensors[name] = t
+    def __init__(self, header: Header, raw: dict, permuted: bool):
+        with open(header.path, "rb") as f:
+            data = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
+        self.tensors = {}  # HF name -> (shape in HF order, GGML type id, raw bytes)
+        for name, dims, type_id, offset in header.tensors:
+            start = header.data_start + offset
+            shape = tuple(int(d) for d in reversed(dims))  # GGUF lists dims innermost first
+            try:
+                nbytes = tensor_bytes(type_id, shape)
+            except CheckpointError as err:
+                raise CheckpointError(f"{header.path}: tensor {name}: {err}") from None
+            if start + nbytes > len(data):
+                raise CheckpointError(f"{header.path} ends before tensor {name} (truncated download?): re-download it")
+            self.tensors[hf_name(name) or name] = (shape, type_id, data[start : start + nbytes])
         self.heads = {"q_proj": raw["num_attention_heads"], "k_proj": raw["num_key_value_heads"]} if permuted else {}
 
     def names(self):
         return self.tensors.keys()
 
     def shape(self, name):
-        return tuple(int(d) for d in reversed(self.tensors[name].shape))  # GGUF lists dims innermost first
+        return self.tensors[name][0]
 
     def get(self, name) -> np.ndarray:
-        from gguf import dequantize
-
-        t = self.tensors[name]
-        data = dequantize(t.data, t.tensor_type).reshape(self.shape(name))
+        shape, type_id, raw = self.tensors[name]
+        data = dequantize(raw, type_id).reshape(shape)
         proj = name.split(".")[-2] if name.endswith(".weight") or name.endswith(".bias") else ""
         if proj in self.heads:
             data = _unpermute(data, self.heads[proj])
@@ -151,36 +303,73 @@ class GGUFCheckpoint:
 
 def open_checkpoint(path: Path):
     """(tensors under HF names, config.json-shaped dict) of a .gguf file."""
-    reader = _reader(path)
-    raw = config_from_metadata(reader)
-    permuted = ARCHITECTURES[_field(reader, "general.architecture")][1]
-    return GGUFCheckpoint(reader, raw, permuted), raw
+    header = read_header(path)
+    raw = config_from_metadata(header)
+    permuted = ARCHITECTURES[header.fields["general.architecture"]][1]
+    return GGUFCheckpoint(header, raw, permuted), raw
 
 
 def load_tokenizer(path: Path):
-    """transformers' tokenizer for a GGUF file, built by its `convert_gguf_tokenizer` from metadata
-    we read with `gguf`: transformers reads that metadata itself only through a module that imports
-    torch, and the runtime must not need torch."""
-    from transformers import PreTrainedTokenizerFast
+    """transformers' tokenizer for a GGUF file, built by its `convert_gguf_tokenizer` from the
+    metadata we read: transformers reads that metadata itself only through a module that imports
+    torch, and the runtime must not need torch. Importing the conversion costs about a second, so
+    what it gives is kept in TOKENIZER_CACHE (keyed by the file's path, size and mtime and the
+    transformers version), and later loads read that (0.1 s)."""
+    import transformers
 
+    folder = _tokenizer_folder(path, transformers.__version__)
+    try:
+        kwargs = json.loads((folder / "kwargs.json").read_text(encoding="utf-8"))
+        return transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), **kwargs)
+    except Exception:  # not cached yet, or an entry that does not load (tokenizers raises bare Exceptions)
+        backend, kwargs = _convert_tokenizer(path)
+        _save_tokenizer(folder, backend, kwargs)
+        return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, **kwargs)
+
+
+TOKENIZER_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "jaxllm", "tokenizers")  # or $JAXLLM_TOKENIZER_CACHE
+
+
+def _tokenizer_folder(path: Path, version: str) -> Path:
+    st = os.stat(path)
+    key = f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}|transformers {version}"
+    root = os.environ.get("JAXLLM_TOKENIZER_CACHE") or TOKENIZER_CACHE
+    return Path(root) / hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _convert_tokenizer(path: Path):
+    """(tokenizers.Tokenizer, PreTrainedTokenizerFast keyword arguments) from the file's metadata."""
     try:
         from transformers.integrations.gguf import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
     except ImportError:  # transformers before the gguf package split
         from transformers.integrations.ggml import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
 
-    architecture, tokenizer_dict, config = _tokenizer_parts(path, GGUF_TOKENIZER_MAPPING)
+    architecture, tokenizer_dict, config = _tokenizer_parts(read_header(path).fields, GGUF_TOKENIZER_MAPPING)
     backend, extra = convert_gguf_tokenizer(architecture, tokenizer_dict)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, **config, **extra)
+    return backend, {**config, **extra}
 
 
-def _tokenizer_parts(path: Path, mapping: dict) -> tuple[str, dict, dict]:
+def _save_tokenizer(folder: Path, backend, kwargs: dict) -> None:
+    """Write the cache entry under a temporary name and rename it, so an entry is complete or
+    absent; a cache that cannot be written is skipped (the next load builds again)."""
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}")
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        backend.save(str(tmp / "tokenizer.json"))
+        (tmp / "kwargs.json").write_text(json.dumps(kwargs), encoding="utf-8")
+        shutil.rmtree(folder, ignore_errors=True)  # an entry that did not load
+        os.replace(tmp, folder)
+    except (OSError, TypeError):  # TypeError: a keyword argument JSON cannot hold
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _tokenizer_parts(fields: dict, mapping: dict) -> tuple[str, dict, dict]:
     """(architecture, tokenizer dict, tokenizer config) from a GGUF's metadata, named as `mapping`
     (transformers' GGUF_TOKENIZER_MAPPING) says."""
-    reader = _reader(path)
     groups = {group: {} for group in mapping}
     for group, renames in mapping.items():
         for key, name in renames.items():
-            value = _field(reader, f"tokenizer.{key}")
+            value = fields.get(f"tokenizer.{key}")
             if value is not None:
                 groups[group][name] = value
     tokenizer, config = groups["tokenizer"], groups["tokenizer_config"]
@@ -189,4 +378,4 @@ def _tokenizer_parts(path: Path, mapping: dict) -> tuple[str, dict, dict]:
     for name in ("bos", "eos", "unk", "pad"):
         token_id = tokenizer.get(f"{name}_token_id")
         config[f"{name}_token"] = tokenizer["tokens"][token_id] if token_id is not None else None
-    return _field(reader, "general.architecture"), tokenizer, config
+    return fields.get("general.architecture"), tokenizer, config

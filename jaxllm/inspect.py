@@ -2,32 +2,38 @@
 reading a single weight: architecture, config summary, parameter count, memory for a batch and
 context, and every missing, unexpected or mis-shaped tensor against the registered weight map.
 
-`python -m jaxllm.inspect --list` prints the supported architectures. Exit code 0 when the
-checkpoint matches, 1 when tensors do not, 2 on an error (unreadable or unsupported checkpoint).
+`--scan` also reads every tensor's data (one tensor at a time, in blocks) and reports those holding
+NaN or Inf. `python -m jaxllm.inspect --list` prints the supported architectures. Exit code 0 when
+the checkpoint matches (and, with --scan, every value is finite), 1 when tensors do not match or
+hold NaN/Inf, 2 on an error (unreadable or unsupported checkpoint).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 
 import jax
+import numpy as np
 
+from jaxllm import converted
 from jaxllm.converted import ConvertedCheckpoint
-from jaxllm.errors import JaxllmError, run_cli
+from jaxllm.errors import ArgumentParser, JaxllmError, run_cli
 from jaxllm.loader import DTYPES, open_checkpoint, plan
 from jaxllm.models import registry
+from jaxllm.progress import Bar
 
 # What every registered architecture serves, whatever its family.
 SERVES = "completion, chat (where the tokenizer has a template), scoring"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m jaxllm.inspect", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m jaxllm.inspect", description=__doc__.split("\n\n")[0])
     p.add_argument("path", nargs="?", help="checkpoint folder, hub id or .gguf file")
     p.add_argument("--batch", type=int, default=1, help="sequences held at once, for the KV-cache estimate")
     p.add_argument("--context", type=int, default=None, help="tokens per sequence (default: the model's maximum)")
+    p.add_argument("--scan", action="store_true", help="also read every tensor and report those holding NaN or Inf "
+                                                       "(reads the whole checkpoint; the default reads headers only)")
     p.add_argument("--list", action="store_true", help="print the supported architectures and exit")
     return p.parse_args(argv)
 
@@ -66,8 +72,53 @@ def summary(cfg) -> str:
     return ", ".join(parts)
 
 
-def report(path, batch: int = 1, context: int | None = None) -> tuple[str, list[str]]:
-    """(the report text, the tensor problems)."""
+BLOCK_BYTES = 64 << 20  # a scan reads tensors in blocks of rows of about this size
+
+
+def tensors(source):
+    """(name, block iterator) of every tensor of a checkpoint, each block a numpy array read when
+    asked: safetensors by row blocks, GGUF tensors whole (dequantized), converted folders one
+    parameter at a time."""
+    if isinstance(source, ConvertedCheckpoint):
+        for name, array in converted.arrays(source.path):
+            yield name, iter([array])
+        return
+    store = source.tensors
+    for name in sorted(store.names()):
+        yield name, _blocks(store.get(name))
+
+
+def _blocks(tensor):
+    if not hasattr(tensor, "read") or not tensor.shape:  # a GGUF array, or a scalar
+        yield np.asarray(tensor)
+        return
+    row_bytes = tensor.dtype.itemsize * math.prod(tensor.shape[1:])
+    rows = max(1, BLOCK_BYTES // max(row_bytes, 1))
+    for start in range(0, tensor.shape[0], rows):
+        yield tensor.read(start, start + rows)
+
+
+def scan(source, progress=None) -> tuple[int, list[str]]:
+    """(tensors read, a line for each float tensor holding NaN or Inf: its name and the counts)."""
+    found, count = [], 0
+    for name, blocks in tensors(source):
+        count += 1
+        nan = inf = size = 0
+        for block in blocks:
+            size += block.size
+            if block.dtype.kind == "f" or block.dtype.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
+                nan += int(np.count_nonzero(np.isnan(block)))
+                inf += int(np.count_nonzero(np.isinf(block)))
+        if nan or inf:
+            found.append(f"{name}: {nan:,} NaN, {inf:,} Inf of {size:,} values")
+        if progress is not None:
+            progress(name)
+    return count, found
+
+
+def report(path, batch: int = 1, context: int | None = None, scan_data: bool = False) -> tuple[str, list[str]]:
+    """(the report text, the problems: tensors that do not match, and with `scan_data` tensors
+    holding NaN or Inf)."""
     source = open_checkpoint(path)
     plans = {dtype: plan(source.raw, dtype, source=source) for dtype in ("bfloat16", "float32")}
     p = plans["bfloat16"]
@@ -89,6 +140,12 @@ def report(path, batch: int = 1, context: int | None = None) -> tuple[str, list[
     n_tensors = source.size(p.arch, cfg, p.abstract)
     lines.append(f"tensors       {'all ' + str(n_tensors) + ' match the weight map' if not problems else str(len(problems)) + ' problems:'}")
     lines += [f"  {problem}" for problem in problems]
+    if scan_data:
+        with Bar(None, "scanning", delay=1.0) as bar:
+            count, bad = scan(source, bar)
+        lines.append(f"values        {'all finite in ' + str(count) + ' tensors' if not bad else str(len(bad)) + ' tensors hold NaN or Inf:'}")
+        lines += [f"  {line}" for line in bad]
+        problems = problems + bad
     return "\n".join(lines), problems
 
 
@@ -103,7 +160,7 @@ def main(argv=None) -> int:
             raise JaxllmError("give a checkpoint folder, hub id or .gguf file to inspect, or --list")
         if args.batch < 1 or (args.context is not None and args.context < 1):
             raise JaxllmError("--batch and --context must be positive integers")
-        text, problems = report(args.path, args.batch, args.context)
+        text, problems = report(args.path, args.batch, args.context, args.scan)
         print(text)
         return 1 if problems else 0
 

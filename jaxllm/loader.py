@@ -97,6 +97,9 @@ class LoadedModel:
             tokens = tokens[None]
         if tokens.ndim != 2 or tokens.shape[1] == 0:
             raise InputError(f"token_ids must be [batch, seq] with seq >= 1, got shape {tuple(tokens.shape)}")
+        if self.config.position_embedding == "learned" and tokens.shape[1] > self.config.max_position_embeddings:
+            raise InputError(f"token_ids of {tokens.shape[1]} tokens exceed the {self.config.max_position_embeddings} positions "
+                             "this model has learned: score at most that many at once")
         return research.jitted(name, self.mesh)(self.graphdef, self.params, sharding.put_replicated(tokens, self.mesh), *static)
 
 

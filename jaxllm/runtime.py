@@ -21,6 +21,14 @@ GPU_XLA_FLAGS = "--xla_gpu_enable_triton_gemm=false"  # cuBLAS for the matmuls: 
 DEFAULT_COMPILE_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "jaxllm", "xla")
 
 
+def quiet() -> None:
+    """Silence transformers' advisory notices for a command line ("PyTorch was not found ...",
+    which it prints on import when torch is absent, as it is by design here; in 4.x also its
+    TF/Flax notices). An environment variable, set unless the user set it; the command lines call
+    this first. Library code never does: a user's own warnings and logging stay theirs."""
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
 def set_gpu_flags() -> None:
     """Our calibrated XLA flags, unless the user set XLA_FLAGS. Read when the backend starts, so
     call this before the first JAX computation (the CLIs do)."""

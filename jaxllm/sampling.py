@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxllm.errors import GenerationError
 
@@ -38,6 +40,25 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: bool = False
 
+    @classmethod
+    def of(cls, value) -> "SamplingParams":
+        """`value` as SamplingParams: None (every field unset), SamplingParams, or a dict of its
+        fields (`{"temperature": 0.5, "max_new_tokens": 8}`); anything else, or a key that is not a
+        field, is refused naming it. Values are checked by `resolved`."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            names = [f.name for f in dataclasses.fields(cls)]
+            for key in value:
+                if key not in names:
+                    hint = " (did you mean 'max_new_tokens'?)" if key in ("max_tokens", "max_length") else ""
+                    raise GenerationError(f"unknown sampling setting {key!r}: use {', '.join(names)}{hint}")
+            return cls(**value)
+        raise GenerationError(f"sampling params must be a jaxllm.SamplingParams or a dict of its fields, "
+                              f"got {type(value).__name__}")
+
     def resolved(self, generation_config: dict | None = None) -> "SamplingParams":
         """Fill unset fields from generation_config.json (transformers' meaning), then defaults;
         validate everything."""
@@ -52,8 +73,9 @@ class SamplingParams:
             repetition_penalty=float(gen.get("repetition_penalty") or 1.0),
         )
         values = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in defaults.items()}
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
-        out = dataclasses.replace(self, stop=stop, **values)
+        values["seed"] = self.seed
+        values = {k: _plain(v) for k, v in values.items()}
+        out = dataclasses.replace(self, stop=_stop_strings(self.stop), **values)
         out.validate()
         return out
 
@@ -61,11 +83,11 @@ class SamplingParams:
         def bad(name, value, rule):
             raise GenerationError(f"{name}={value!r} is invalid: {rule}")
 
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            bad("max_new_tokens", self.max_new_tokens, "use a whole number >= 1")
+        if not _whole(self.max_new_tokens) or not 1 <= self.max_new_tokens <= MAX_TOKENS:
+            bad("max_new_tokens", self.max_new_tokens, f"use a whole number from 1 to {MAX_TOKENS}")
         if not _finite(self.temperature) or self.temperature < 0:
             bad("temperature", self.temperature, "use 0 for greedy or a positive number")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
+        if not _whole(self.top_k) or self.top_k < 0:
             bad("top_k", self.top_k, "use 0 to disable or a whole number >= 1")
         if not _finite(self.top_p) or not 0 < self.top_p <= 1:
             bad("top_p", self.top_p, "use a number in (0, 1]; 1 disables it")
@@ -73,14 +95,47 @@ class SamplingParams:
             bad("min_p", self.min_p, "use a number in [0, 1]; 0 disables it")
         if not _finite(self.repetition_penalty) or self.repetition_penalty <= 0:
             bad("repetition_penalty", self.repetition_penalty, "use a positive number; 1 disables it")
-        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+        if not _whole(self.seed) or not 0 <= self.seed < 2**32:
             bad("seed", self.seed, "use a whole number in [0, 2**32)")
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            bad("stop", self.stop, "use non-empty strings")
+        if not isinstance(self.stop, tuple) or any(not isinstance(s, str) or not s for s in self.stop):
+            bad("stop", self.stop, "use a non-empty string or a list of them")
+        for name in ("ignore_eos", "logprobs"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                bad(name, getattr(self, name), "use True or False")
+
+
+# The most new tokens a request may ask for: positions are int32 on the device. What the engine's
+# memory holds is checked where an engine is sized (jaxllm.generation.engine_for, Engine).
+MAX_TOKENS = 2**31 - 1
 
 
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _whole(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _plain(x):
+    """numpy scalars as Python numbers (np.int64(8) -> 8, np.float32(0.5) -> 0.5); others unchanged."""
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    return x
+
+
+def _stop_strings(stop):
+    """`stop` as a tuple: a string is one stop string, None none; a list or tuple as it is (its
+    items checked by validate); anything else is kept for validate to refuse."""
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        return (stop,)
+    if isinstance(stop, (list, tuple)):
+        return tuple(stop)
+    return stop
 
 
 class RowParams(NamedTuple):
@@ -95,8 +150,6 @@ class RowParams(NamedTuple):
 
     @staticmethod
     def of(params: list[SamplingParams]) -> "RowParams":
-        import numpy as np
-
         col = lambda name, dtype: np.asarray([getattr(p, name) for p in params], dtype)  # noqa: E731
         return RowParams(
             col("temperature", np.float32), col("top_k", np.int32), col("top_p", np.float32),

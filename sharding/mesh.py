@@ -21,12 +21,16 @@ from jax.sharding import Mesh
 from jaxllm.errors import ConfigError
 
 AXES = ("dp", "fsdp", "tp")
-_ITEM = re.compile(r"^\s*([a-z]+)\s*=\s*(\d+)\s*$")
+_ITEM = re.compile(r"^\s*([A-Za-z_]+)\s*=\s*(-?\d+)\s*$")
 
 
 def parse_spec(spec: str, n_devices: int) -> dict[str, int]:
-    if not isinstance(spec, str) or not spec.strip():
-        raise ConfigError(f"mesh spec {spec!r} is empty: use e.g. 'tp=4', 'dp=2,tp=4' or 'auto'")
+    """{axis: size} of a spec string, or a one-line ConfigError naming the bad part and the fix."""
+    example = "e.g. 'tp=4', 'dp=2,tp=4' or 'auto'"
+    if not isinstance(spec, str):
+        raise ConfigError(f"mesh must be a spec string ({example}) or a jax Mesh, got {type(spec).__name__}")
+    if not spec.strip():
+        raise ConfigError(f"mesh spec is empty: use {example}")
     if spec.strip() == "auto":
         return {"dp": 1, "fsdp": 1, "tp": n_devices}
     sizes = {a: 1 for a in AXES}
@@ -34,21 +38,21 @@ def parse_spec(spec: str, n_devices: int) -> dict[str, int]:
     for item in spec.split(","):
         m = _ITEM.match(item)
         if not m:
-            raise ConfigError(f"mesh spec item {item.strip()!r} is malformed: write axis=size, e.g. 'dp=2,tp=4'")
-        axis, size = m.group(1), int(m.group(2))
+            raise ConfigError(f"mesh spec item {item.strip()!r} of {spec!r} is malformed: write axis=size with axes "
+                              f"{', '.join(AXES)} and whole-number sizes, {example}")
+        axis, size = m.group(1).lower(), m.group(2)
         if axis not in AXES:
-            raise ConfigError(f"mesh axis '{axis}' is unknown: use {', '.join(AXES)}")
+            raise ConfigError(f"mesh axis {m.group(1)!r} in {spec!r} is unknown: use {', '.join(AXES)}")
         if axis in seen:
-            raise ConfigError(f"mesh axis '{axis}' appears twice in {spec!r}")
-        if size < 1:
-            raise ConfigError(f"mesh axis '{axis}' has size {size}: sizes are whole numbers >= 1")
+            raise ConfigError(f"mesh axis '{axis}' appears twice in {spec!r}: give each axis once, e.g. 'dp=2,tp=4'")
+        if not size.isdigit() or int(size) < 1:
+            raise ConfigError(f"mesh axis '{axis}' has size {size} in {spec!r}: sizes are whole numbers >= 1")
         seen.add(axis)
-        sizes[axis] = size
+        sizes[axis] = int(size)
     total = math.prod(sizes.values())
     if total != n_devices:
-        raise ConfigError(
-            f"mesh {spec!r} needs {total} devices but {n_devices} are available: make the sizes multiply to {n_devices}"
-        )
+        raise ConfigError(f"mesh {spec!r} needs {total} devices but {n_devices} are available: make the sizes multiply "
+                          f"to {n_devices}, e.g. 'tp={n_devices}' (or 'auto')")
     return sizes
 
 

@@ -13,6 +13,11 @@ if "JAXLLM_COMPILE_CACHE" not in os.environ:
     import tempfile
 
     os.environ["JAXLLM_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="jaxllm-test-cc-")
+# GGUF tokenizers built by the tests are cached outside the user's home too.
+if "JAXLLM_TOKENIZER_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["JAXLLM_TOKENIZER_CACHE"] = tempfile.mkdtemp(prefix="jaxllm-test-tok-")
 
 
 import pytest  # noqa: E402

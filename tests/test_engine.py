@@ -2,6 +2,10 @@
 (a prompt that is a prefix of another, identical prompts), preemption and cancellation must not
 change any token or log-probability, for every registered architecture."""
 
+import dataclasses
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import reference
@@ -96,7 +100,8 @@ def test_precompile_leaves_nothing_to_compile_and_changes_no_token(llama):
     follows traces nothing new and gives the tokens of an engine that compiled as it went."""
     prompts = _workload(3)
     reqs = [Request(p, GREEDY.resolved(), i) for i, p in enumerate(prompts)]
-    kw = dict(batch_size=4, max_len=128, num_pages=64, page_size=4, prefill_tokens=32, chunk=4)
+    # Shapes no other test meets (compiled steps are shared by every engine of the model).
+    kw = dict(batch_size=3, max_len=120, num_pages=64, page_size=4, prefill_tokens=48, chunk=3)
     engine = Engine(llama, **kw)
     engine.precompile(reqs)
     compiled = (engine.counters.prefill, engine.counters.decode)
@@ -123,3 +128,41 @@ def test_free_rows_fill_before_long_decode_calls(llama):
     assert max(len(s.output) for s in engine.slot_of) <= 1 + 3 * engine.admit_steps
     engine.step()
     assert len(engine.slot_of) == 8 and not engine.scheduler.waiting
+
+
+def test_engines_of_one_model_share_their_compiled_steps(llama):
+    """A new engine of the same shape (a new jaxllm.generate call's, here) compiles nothing: the
+    jitted steps belong to the model's structure, not to an engine."""
+    prompts = _workload(5)[:3]
+    llama.engines.clear()
+    first = llama.generate(prompts, GREEDY)
+    (engine,) = llama.engines.values()
+    compiled = (engine.counters.prefill, engine.counters.decode)
+    llama.engines.clear()
+    again = llama.generate(prompts, GREEDY)
+    assert next(iter(llama.engines.values())) is not engine
+    _assert_same(again, first)
+    assert (engine.counters.prefill, engine.counters.decode) == compiled
+
+
+def test_non_finite_logits_end_a_request_with_an_error(llama, caplog):
+    """NaN logits end the request with finish_reason "error" and a warning, instead of emitting
+    garbage tokens: at prefill (every weight NaN) and mid-decode (only tokens outside the prompt
+    embed to NaN, so the first sampled token poisons the next step)."""
+    prompt = [1, 2, 3, 4]
+
+    def poison(path, x):
+        if "embed_tokens" not in jax.tree_util.keystr(path):
+            return x
+        keep = np.zeros(x.shape[0], bool)
+        keep[prompt] = True
+        return jnp.where(keep[:, None], x, jnp.nan)
+
+    mid = dataclasses.replace(llama, params=jax.tree_util.tree_map_with_path(poison, llama.params), engines={})
+    with caplog.at_level("WARNING", logger="jaxllm"):
+        out = mid.generate(prompt, GREEDY)
+    assert out.finish_reason == "error" and 1 <= len(out.token_ids) < GREEDY.max_new_tokens
+    assert "not finite" in caplog.text
+    at_prefill = dataclasses.replace(llama, params=jax.tree.map(lambda x: x * jnp.nan, llama.params), engines={})
+    out = at_prefill.generate(prompt, GREEDY)
+    assert out.finish_reason == "error" and out.token_ids == []

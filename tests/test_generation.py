@@ -94,10 +94,10 @@ def test_compiles_once_per_prefill_shape_and_decode_once(llama):
     results = llama.generate(_prompts(lengths, seed=1), params, engine=engine)
     assert [len(r.token_ids) for r in results] == [12] * 10
     assert engine.counters.prefill <= 4 * 2
-    assert engine.counters.decode == 1
-    compiled = engine.counters.prefill
+    assert engine.counters.decode <= 1  # none when an earlier engine of this model met the shape
+    compiled = (engine.counters.prefill, engine.counters.decode)
     again = llama.generate(_prompts(lengths, seed=1), params, engine=engine)
-    assert (engine.counters.prefill, engine.counters.decode) == (compiled, 1)
+    assert (engine.counters.prefill, engine.counters.decode) == compiled
     assert [r.token_ids for r in again] == [r.token_ids for r in results]
     # Slots refilled mid-run give the same tokens as a fresh run of each prompt.
     for i in (0, 9):
@@ -148,8 +148,8 @@ def test_kv_length_buckets_give_the_same_tokens(llama):
     prompts = _prompts([230, 20], seed=3)
     params = jaxllm.SamplingParams(max_new_tokens=40, ignore_eos=True)
     wide = Engine(llama, batch_size=2, max_len=1024, chunk=16)
-    tight = Engine(llama, batch_size=2, max_len=288, chunk=16)
     a = llama.generate(prompts, params, engine=wide)
+    assert wide.counters.decode == 2  # the 256 and 512 buckets
+    tight = Engine(llama, batch_size=2, max_len=288, chunk=16)
     b = llama.generate(prompts, params, engine=tight)
     assert [r.token_ids for r in a] == [r.token_ids for r in b]
-    assert wide.counters.decode == 2  # the 256 and 512 buckets

@@ -67,10 +67,10 @@ def test_sharded_matches_single_device(folder, single, spec, kv_split):
 
 @pytest.mark.parametrize("spec, message", [
     ("tp=3", "mesh 'tp=3' needs 3 devices but 8 are available"),
-    ("xp=8", "mesh axis 'xp' is unknown: use dp, fsdp, tp"),
+    ("xp=8", "mesh axis 'xp' in 'xp=8' is unknown: use dp, fsdp, tp"),
     ("tp=4,tp=2", "mesh axis 'tp' appears twice"),
-    ("tp", "mesh spec item 'tp' is malformed"),
-    ("", "mesh spec '' is empty"),
+    ("tp", "mesh spec item 'tp' of 'tp' is malformed: write axis=size"),
+    ("", "mesh spec is empty: use e.g. 'tp=4'"),
 ])
 def test_invalid_mesh_specs(spec, message):
     with pytest.raises(ConfigError, match=message):

@@ -6,15 +6,19 @@ steps (nano-vllm's model runner). The host (engine, scheduler) decides; this onl
                                   (PagedCache), attention over every earlier position; a row whose
                                   chunk ends its prefill samples the next token and is placed in
                                   its decode slot (sampling values, EOS ids, repetition state)
-  decode(kv_len, steps)           up to `steps` (<= chunk) steps for every slot in a lax.while_loop, each
-                                  step writing one token's keys and values into its page
+  decode(kv_len, steps)           up to `steps` (<= chunk) steps for every slot in a
+                                  lax.while_loop, each writing one token's keys and values into
+                                  its page; a row whose logits are not finite ends with ERROR
 
 The state (pool and slots) is donated, so XLA updates it in place. Shapes are bucketed (rows,
-chunk length, keys read) so a workload meets few compiles; `counters` counts them.
+chunk length, keys read) so a workload meets few compiles; the jitted steps belong to the model's
+structure (`_steps`), so every engine of a model shares what was compiled; `counters` counts the
+traces.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -27,6 +31,8 @@ from flax import nnx
 from jaxllm import sharding
 from jaxllm.models.attention import LayerCache, PagedCache
 from jaxllm.sampling import RowParams, SamplingParams, sample
+
+ERROR = -2  # the token of a row whose logits were not finite: it ends there, with an error
 
 
 class SlotState(NamedTuple):
@@ -82,44 +88,26 @@ class Runner:
         self.width = -(-max_len // page_size)  # page-table columns: pages of the longest sequence
         self.eos_width, self.attention = eos_width, attention
         self.dtype = jax.tree.leaves(model.params)[0].dtype
-        self.counters = Counters()
         self.mesh = getattr(model, "mesh", None)
-        prefill = functools.partial(_prefill, model.graphdef, self.counters, attention)
-        decode = functools.partial(_decode, model.graphdef, self.counters, chunk, attention)
-        if self.mesh is None:
-            self._new_state = jax.jit(self._zero_state)
-            self._prefill = jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3)
-            self._decode = jax.jit(decode, static_argnums=(0, 1), donate_argnums=3)
-            return
-        # On a mesh: the pool is split like the kv projections; what the host reads back is
-        # replicated, so every process of a multi-host run can read it.
-        rep = sharding.replicated(self.mesh)
-        pool = sharding.pool_sharding(self.mesh, self.cfg.num_kv_heads)
-        state = jax.tree.map(lambda _: rep, jax.eval_shape(self._zero_state))
-        state = state._replace(cache=[LayerCache(pool, pool)] * self.cfg.num_layers)
-        self._new_state = jax.jit(self._zero_state, out_shardings=state)
-        self._prefill = jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3, out_shardings=(state, rep, rep))
-        self._decode = jax.jit(decode, static_argnums=(0, 1), donate_argnums=3, out_shardings=(state, rep, rep))
+        steps = _steps(model.graphdef, chunk, attention, self.mesh, self.cfg.num_layers, self.cfg.num_kv_heads)
+        self._traces, self._prefill, self._decode, self._zeros = steps
+        self._before = dataclasses.replace(self._traces)  # what engines before this one compiled
+        pool = -(-(num_pages + 1) // max_seqs) * max_seqs
+        self._sizes = (max_seqs, pool, page_size, self.cfg.num_kv_heads, self.cfg.head_dim, self.cfg.num_layers,
+                       self.cfg.vocab_size, eos_width, jnp.dtype(self.dtype).name)
 
     def _put(self, x):
         return sharding.put_replicated(x, self.mesh)
 
-    def _zero_state(self) -> SlotState:
-        b, cfg = self.max_seqs, self.cfg
-        # Past the managed pages: a trash page for padding writes, then rounded up to a multiple of
-        # the batch (cuDNN's paged kernel wants the pool to split evenly over the rows).
-        pool = -(-(self.num_pages + 1) // b) * b
-        shape = (pool, self.page_size, cfg.num_kv_heads, cfg.head_dim)
-        return SlotState(
-            cache=[LayerCache(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)) for _ in range(cfg.num_layers)],
-            tokens=jnp.zeros(b, jnp.int32), positions=jnp.zeros(b, jnp.int32), done=jnp.ones(b, bool),
-            generated=jnp.zeros(b, jnp.int32), max_new=jnp.ones(b, jnp.int32), limit=jnp.zeros(b, jnp.int32),
-            seen=jnp.zeros((b, cfg.vocab_size), bool), eos=jnp.full((b, self.eos_width), -1, jnp.int32),
-            params=jax.tree.map(jnp.asarray, RowParams.of([SamplingParams().resolved()] * b)),
-        )
+    @property
+    def counters(self) -> Counters:
+        """The traces (compiles) of the steps since this runner was made: a new engine whose
+        shapes earlier engines of the model met counts none."""
+        t, b = self._traces, self._before
+        return Counters(t.prefill - b.prefill, t.decode - b.decode)
 
     def new_state(self) -> SlotState:
-        return self._new_state()
+        return self._zeros(*self._sizes)
 
     def kv_bucket(self, reach: int, smallest: int = 256) -> int:
         """Keys an attention call reads: a power of two >= `smallest` covering `reach` positions,
@@ -199,15 +187,53 @@ class Runner:
     def decode(self, state: SlotState, table: np.ndarray, limit: np.ndarray, stop: np.ndarray, kv_len: int,
                sampling: bool, steps: int):
         """Up to `steps` (<= chunk) decode steps for every slot. Returns (state, tokens [B, chunk]
-        (-1: none), logprobs [B, chunk], done [B])."""
+        (-1: none; ERROR: the logits were not finite, the slot is done), logprobs [B, chunk],
+        done [B])."""
         state, out, out_lp = self._decode(kv_len, sampling, self.model.params, state,
                                           *self._decode_inputs(table, limit, stop, steps))
         return state, np.asarray(out), np.asarray(out_lp), np.asarray(state.done)
 
 
 # ----------------------------------------------------------------------------------------------
-# The jitted steps. `graphdef`, the counters and the attention kernels are bound with
-# functools.partial before jit.
+# The jitted steps, made once per (model structure, chunk, kernels, mesh) in a process: every
+# engine of that model shares them, so a second engine, or a new jaxllm.generate call, compiles
+# nothing its shapes have already met. `graphdef`, the counters and the attention kernels are
+# bound with functools.partial before jit.
+
+
+@functools.cache
+def _steps(graphdef, chunk: int, attention: str, mesh, num_layers: int, num_kv_heads: int):
+    """(counters, prefill, decode, zero state) jitted for this model structure."""
+    counters = Counters()
+    prefill = functools.partial(_prefill, graphdef, counters, attention)
+    decode = functools.partial(_decode, graphdef, counters, chunk, attention)
+    sizes = tuple(range(9))  # _zero_state's arguments are all static
+    if mesh is None:
+        return (counters, jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3),
+                jax.jit(decode, static_argnums=(0, 1), donate_argnums=3), jax.jit(_zero_state, static_argnums=sizes))
+    # On a mesh: the pool is split like the kv projections; what the host reads back is
+    # replicated, so every process of a multi-host run can read it.
+    rep = sharding.replicated(mesh)
+    pool = sharding.pool_sharding(mesh, num_kv_heads)
+    state = jax.tree.map(lambda _: rep, jax.eval_shape(lambda: _zero_state(1, 1, 1, 1, 1, num_layers, 1, 1, "float32")))
+    state = state._replace(cache=[LayerCache(pool, pool)] * num_layers)
+    return (counters, jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3, out_shardings=(state, rep, rep)),
+            jax.jit(decode, static_argnums=(0, 1), donate_argnums=3, out_shardings=(state, rep, rep)),
+            jax.jit(_zero_state, static_argnums=sizes, out_shardings=state))
+
+
+def _zero_state(rows, pool, page_size, kv_heads, head_dim, layers, vocab, eos_width, dtype) -> SlotState:
+    """An empty state: `pool` pages per layer (the managed ones, a trash page that unused table
+    entries point at, then rounded up to a multiple of the rows: cuDNN's paged kernel wants the
+    pool to split evenly over them) and `rows` decode slots."""
+    shape = (pool, page_size, kv_heads, head_dim)
+    return SlotState(
+        cache=[LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(layers)],
+        tokens=jnp.zeros(rows, jnp.int32), positions=jnp.zeros(rows, jnp.int32), done=jnp.ones(rows, bool),
+        generated=jnp.zeros(rows, jnp.int32), max_new=jnp.ones(rows, jnp.int32), limit=jnp.zeros(rows, jnp.int32),
+        seen=jnp.zeros((rows, vocab), bool), eos=jnp.full((rows, eos_width), -1, jnp.int32),
+        params=jax.tree.map(jnp.asarray, RowParams.of([SamplingParams().resolved()] * rows)),
+    )
 
 
 def _prefill(graphdef, counters, attention, kv_len, sampling, params, state: SlotState, slots, tokens, starts, lengths,
@@ -224,8 +250,10 @@ def _prefill(graphdef, counters, attention, kv_len, sampling, params, state: Slo
     rows = jnp.arange(n)
     seen = jnp.zeros(logits.shape, bool).at[rows[:, None], jnp.maximum(history, 0)].max(history >= 0)
     token, logprob = sample(logits, seen, rp, generated, sampling)
+    bad = ~jnp.all(jnp.isfinite(logits), axis=-1)
+    token = jnp.where(bad, ERROR, token)
     generated = generated + 1
-    done = jnp.any(token[:, None] == eos, axis=-1) | (generated >= max_new)
+    done = jnp.any(token[:, None] == eos, axis=-1) | (generated >= max_new) | bad
 
     def put(big, small):
         return big.at[slots].set(small.astype(big.dtype), mode="drop")
@@ -238,7 +266,7 @@ def _prefill(graphdef, counters, attention, kv_len, sampling, params, state: Slo
         generated=put(state.generated, generated),
         max_new=put(state.max_new, max_new),
         limit=put(state.limit, limit),
-        seen=put(state.seen, seen.at[rows, token].set(True)),
+        seen=put(state.seen, seen.at[rows, jnp.maximum(token, 0)].set(True)),
         eos=put(state.eos, eos),
         params=jax.tree.map(put, state.params, rp),
     )
@@ -260,9 +288,10 @@ def _decode(graphdef, counters, chunk, attention, kv_len, sampling, params, stat
         hidden, cache = model.hidden(st.tokens[:, None], st.positions[:, None], st.cache, kv)
         logits = model.logits(hidden)[:, 0]
         token, lp = sample(logits, st.seen, st.params, st.generated, sampling)
-        token = jnp.where(active, token, -1)
+        bad = active & ~jnp.all(jnp.isfinite(logits), axis=-1)
+        token = jnp.where(active, jnp.where(bad, ERROR, token), -1)
         generated = st.generated + active
-        finished = active & ((generated >= st.max_new) | jnp.any(token[:, None] == st.eos, axis=-1))
+        finished = active & ((generated >= st.max_new) | jnp.any(token[:, None] == st.eos, axis=-1) | bad)
         st = st._replace(
             cache=cache,
             tokens=jnp.where(active, token, st.tokens),

@@ -1,0 +1,123 @@
+"""Fast start: the GGUF reader (our header parser and numpy dequantization, against the gguf
+package's), the tokenizer cache, and the command lines' quiet imports."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter, quants
+
+from jaxllm import gguf
+
+VECTORISED = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
+
+
+def _random_tensor_bytes(kind: str, rows: int, cols: int, rng) -> np.ndarray:
+    """Bytes of a [rows, cols] tensor of GGML type `kind`: real quantized values for half the rows,
+    random bytes (odd scales, infinities, NaNs) for the other half."""
+    qtype = GGMLQuantizationType[kind]
+    values = rng.standard_normal((rows // 2, cols)).astype(np.float32)
+    real = (quants.quantize(values, qtype) if kind != "F32" else values).view(np.uint8).reshape(rows // 2, -1)
+    noise = rng.integers(0, 256, real.shape, dtype=np.uint8)
+    return np.concatenate([real, noise])
+
+
+@pytest.mark.parametrize("kind", VECTORISED)
+def test_dequantization_is_bit_exact_with_gguf(kind):
+    rng = np.random.default_rng(0)
+    raw = _random_tensor_bytes(kind, 64, 256, rng)
+    with np.errstate(all="ignore"):  # random scales: infinities and NaNs
+        want = quants.dequantize(raw, GGMLQuantizationType[kind]).reshape(-1)
+        got = gguf.dequantize(raw.reshape(-1), GGMLQuantizationType[kind].value)
+    assert got.dtype == want.dtype == np.float32 and got.shape == want.shape
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_other_types_go_through_gguf():
+    raw = np.random.default_rng(1).integers(0, 256, (4, 210), dtype=np.uint8)  # four Q6_K blocks of 256 values
+    with np.errstate(all="ignore"):
+        want = quants.dequantize(raw, GGMLQuantizationType.Q6_K).reshape(-1)
+        got = gguf.dequantize(raw.reshape(-1), GGMLQuantizationType.Q6_K.value)
+    assert got.shape == (1024,) and np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_header_and_tensors_match_the_gguf_reader(tmp_path):
+    """A file with every kind of metadata value and tensors of every vectorised type reads as
+    gguf's own reader reads it."""
+    path = tmp_path / "t.gguf"
+    w = GGUFWriter(path, "llama")
+    w.add_uint32("t.u32", 7)
+    w.add_int32("t.i32", -3)
+    w.add_float32("t.f32", 0.1)
+    w.add_float64("t.f64", 0.1)
+    w.add_bool("t.bool", True)
+    w.add_string("t.str", "héllo ✓")
+    w.add_array("t.strs", ["a", "", "ünï"])
+    w.add_array("t.ints", [1, 2, 3])
+    w.add_array("t.floats", [0.5, -1.25])
+    rng = np.random.default_rng(2)
+    for kind in VECTORISED:
+        raw = _random_tensor_bytes(kind, 6, 64, rng)
+        w.add_tensor(f"blk.0.{kind}.weight", raw, raw_dtype=GGMLQuantizationType[kind])  # shape from the bytes
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    header, reader = gguf.Header(path), GGUFReader(path)
+    assert {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")} == header.fields
+    assert header.fields["t.bool"] is True and header.fields["t.strs"] == ["a", "", "ünï"]
+    ours = gguf.GGUFCheckpoint(header, {}, permuted=False)
+    for t in reader.tensors:
+        assert ours.shape(t.name) == (6, 64)
+        with np.errstate(all="ignore"):
+            want, got = quants.dequantize(t.data, t.tensor_type).reshape(6, 64), ours.get(t.name)
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), t.name
+
+
+@pytest.mark.parametrize("spoil", ["truncated", "not gguf", "empty"])
+def test_bad_gguf_file_is_one_error(tmp_path, gguf_path, spoil):
+    from jaxllm.errors import CheckpointError
+
+    path = tmp_path / "bad.gguf"
+    blob = {"truncated": gguf_path.read_bytes()[:500_000], "not gguf": b"GGML" + bytes(100), "empty": b""}[spoil]
+    path.write_bytes(blob)
+    with pytest.raises(CheckpointError, match="bad.gguf"):
+        gguf.open_checkpoint(path)
+
+
+def test_tokenizer_is_cached_on_disk(tmp_path, monkeypatch, gguf_path):
+    """The second load reads the cache (no conversion) and gives the same tokenizer."""
+    monkeypatch.setenv("JAXLLM_TOKENIZER_CACHE", str(tmp_path))
+    fresh = gguf.load_tokenizer(gguf_path)
+    assert len(list(tmp_path.iterdir())) == 1
+
+    def no_conversion(path):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(gguf, "_convert_tokenizer", no_conversion)
+    cached = gguf.load_tokenizer(gguf_path)
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Héllo 🙂 <|im_end|> 12345\n\tok"}]
+    texts = [tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for tok in (fresh, cached)]
+    ids = [tok(text, add_special_tokens=False)["input_ids"] for tok, text in zip((fresh, cached), texts)]
+    assert texts[0] == texts[1] and ids[0] == ids[1] and fresh.decode(ids[0]) == cached.decode(ids[1])
+    assert cached.all_special_tokens == fresh.all_special_tokens and cached("hi")["input_ids"] == fresh("hi")["input_ids"]
+
+
+HIDE_TORCH = "import sys; sys.modules['torch'] = None; "  # transformers then prints its PyTorch notice
+
+
+def test_cli_prints_no_pytorch_notice(tmp_path):
+    """A command line loads the model (and so transformers) without its notice: the chat, given no
+    turn, loads and quits."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path), JAXLLM_TOKENIZER_CACHE=str(tmp_path / "tok"))
+    bare = subprocess.run([sys.executable, "-c", HIDE_TORCH + "import transformers"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert "PyTorch was not found" in bare.stderr  # the notice this test is about, without runtime.quiet()
+    cli = HIDE_TORCH + "import runpy; sys.argv = ['chat']; runpy.run_module('jaxllm.chat', run_name='__main__')"
+    out = subprocess.run([sys.executable, "-c", cli], input="", capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0 and out.stdout == "", out.stderr[-2000:]
+    assert list((tmp_path / "tok").iterdir())  # the tokenizer was built: transformers was imported
+    assert out.stderr == ""
