@@ -20,7 +20,7 @@ from pathlib import Path
 
 import jax
 
-from jaxllm import checkpoint, converted
+from jaxllm import checkpoint, converted, runtime
 from jaxllm.errors import ArgumentParser, CheckpointError, JaxllmError, check_interrupted, handle_signals, run_cli
 from jaxllm.loader import open_checkpoint, plan
 from jaxllm.models import weights
@@ -186,6 +186,7 @@ def _remove(folder: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    runtime.quiet()
     handle_signals()  # SIGTERM unwinds like Ctrl-C, so the partial output is removed (exit 143)
 
     def body() -> int:

@@ -16,7 +16,7 @@ import sys
 import jax
 import numpy as np
 
-from jaxllm import converted
+from jaxllm import converted, runtime
 from jaxllm.converted import ConvertedCheckpoint
 from jaxllm.errors import ArgumentParser, JaxllmError, run_cli
 from jaxllm.loader import DTYPES, open_checkpoint, plan
@@ -151,6 +151,7 @@ def report(path, batch: int = 1, context: int | None = None, scan_data: bool = F
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    runtime.quiet()
 
     def body() -> int:
         if args.list:
