@@ -16,7 +16,6 @@ caching. `--quick` shrinks every size (for the CPU test).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -28,7 +27,7 @@ import numpy as np
 
 from jaxllm import runtime
 from jaxllm.engine import Engine, Request
-from jaxllm.errors import JaxllmError, run_cli
+from jaxllm.errors import ArgumentParser, JaxllmError, run_cli
 from jaxllm.random_model import SHAPES, random_model
 from jaxllm.sampling import SamplingParams
 from jaxllm.sharding import make_mesh
@@ -302,7 +301,7 @@ def table(results: list[dict], bandwidth: float) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jaxllm.bench", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m jaxllm.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", action="append", help="qwen3-0.6b, llama3-8b or tiny (repeatable)")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--compare", choices=["hf"], help="also run transformers on the same shapes")

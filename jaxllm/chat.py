@@ -16,7 +16,6 @@ turn computes only what is new.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import re
 import signal
@@ -24,7 +23,7 @@ import sys
 
 from jaxllm import progress
 from jaxllm.engine import Engine
-from jaxllm.errors import GenerationError, JaxllmError, run_cli
+from jaxllm.errors import ArgumentParser, GenerationError, JaxllmError, run_cli
 from jaxllm.generation import encode_messages, has_chat_template
 
 CONTEXT = 8192  # tokens a conversation may reach (fewer if the model has fewer positions): the engine's max_len
@@ -32,7 +31,7 @@ COMMANDS = "/reset, /system TEXT, /exit"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m jaxllm.chat", description="Chat with a language model.",
+    p = ArgumentParser(prog="python -m jaxllm.chat", description="Chat with a language model.",
                                 parents=[progress.model_flags()])
     return p.parse_args(argv)
 

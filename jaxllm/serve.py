@@ -11,7 +11,6 @@ SmolLM2-135M-Instruct, as `python -m jaxllm.generate` does.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -19,7 +18,7 @@ import jax
 
 from jaxllm import runtime
 from jaxllm.engine import Engine, Request
-from jaxllm.errors import JaxllmError, run_cli
+from jaxllm.errors import ArgumentParser, JaxllmError, run_cli
 from jaxllm.loader import load
 from jaxllm.progress import Bar
 from jaxllm.sampling import SamplingParams
@@ -33,7 +32,7 @@ except ImportError as err:  # the serve extra is not installed
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m jaxllm.serve", description="Serve a model over OpenAI's HTTP API.")
+    p = ArgumentParser(prog="python -m jaxllm.serve", description="Serve a model over OpenAI's HTTP API.")
     p.add_argument("--model", help="checkpoint folder, .gguf file or hub id (default: SmolLM2-135M-Instruct)")
     p.add_argument("--served-model-name", help="the model's name in the API (default: --model, or the default model's hub id)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bfloat16 on accelerators, float32 on CPU)")
