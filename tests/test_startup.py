@@ -113,6 +113,8 @@ def test_cli_prints_no_pytorch_notice(tmp_path):
     """A command line loads the model (and so transformers) without its notice: the chat, given no
     turn, loads and quits."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path), JAXLLM_TOKENIZER_CACHE=str(tmp_path / "tok"))
+    for quieting in ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "TRANSFORMERS_VERBOSITY"):  # set by CLIs run in-process before
+        env.pop(quieting, None)
     bare = subprocess.run([sys.executable, "-c", HIDE_TORCH + "import transformers"], capture_output=True, text=True,
                           env=env, timeout=300)
     assert "PyTorch was not found" in bare.stderr  # the notice this test is about, without runtime.quiet()
