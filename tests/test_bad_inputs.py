@@ -439,3 +439,20 @@ def test_errno_names_in_write_errors(tmp_path):
                         "or choose another output folder"
     assert "read-only" in str(write_error(tmp_path, OSError(errno.EROFS, "Read-only file system")))
     assert write_error(tmp_path, ValueError("something else")) is None
+
+
+@pytest.mark.parametrize("source", ["stdin", "--batch-file"])
+def test_cli_names_the_undecodable_prompt_line(source, tmp_path):
+    """generate refuses a prompt that is not UTF-8 text before loading anything: one line naming
+    where it came from, the line and the byte."""
+    data = b"What is the capital of France?\nwor\xffld\n"
+    cmd, stdin = [sys.executable, "-m", "jaxllm.generate"], data
+    if source == "--batch-file":
+        batch = tmp_path / "prompts.txt"
+        batch.write_bytes(data)
+        cmd, stdin = cmd + ["--batch-file", str(batch)], b""
+    proc = subprocess.run(cmd, input=stdin, capture_output=True, env=run_env(), timeout=300)
+    assert proc.returncode == 2
+    message = one_line(proc.stderr.decode())
+    assert re.search(r"line 2 is not UTF-8 text \(byte 4 of the line: 0xff\)", message), message
+    assert message.startswith("error: " + ("stdin" if source == "stdin" else "--batch-file"))
