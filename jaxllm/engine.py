@@ -27,7 +27,7 @@ from jaxllm.errors import GenerationError, available_memory, check_token_ids, si
 from jaxllm.models.config import token_ids
 from jaxllm.sampling import SamplingParams
 from jaxllm.serving.block_manager import BlockManager
-from jaxllm.serving.runner import ERROR, Row, Runner, bucket
+from jaxllm.serving.runner import ERROR, Row, Runner, bucket, pool_pages
 from jaxllm.serving.scheduler import PrefillChunk, Scheduler
 from jaxllm.serving.sequence import Sequence, Status
 
@@ -133,7 +133,7 @@ class Engine:
             if num_pages is None:  # a CPU: a full batch of full-length sequences, within 2 GiB (and half the free memory)
                 room = min(2 << 30, available // 2) if available is not None else 2 << 30
                 num_pages = max(self.width, min(self.batch_size * self.width, room // page_bytes))
-            pool = -(-(int(num_pages) + 1) // self.batch_size) * self.batch_size  # as the runner allocates it
+            pool = pool_pages(int(num_pages), self.batch_size)
             if available is not None and pool * page_bytes / devices > available:
                 fit = int(available * devices // page_bytes) - self.batch_size
                 raise GenerationError(

@@ -14,6 +14,7 @@ import jax
 from jaxllm.engine import Engine, Request
 from jaxllm.errors import GenerationError, available_memory, check_token_ids, size_text
 from jaxllm.sampling import SamplingParams
+from jaxllm.serving.runner import pool_pages
 
 
 @dataclass
@@ -79,7 +80,7 @@ def engine_for(model, ids: list[list[int]], params: SamplingParams) -> Engine:
         tp = mesh.shape["tp"] if mesh is not None else 1
         shards = tp if cfg.num_kv_heads % tp == 0 else 1  # the pool splits over tp like the kv heads
         token_bytes = cfg.kv_cache_bytes(1, jax.tree.leaves(model.params)[0].dtype) / shards
-        pool = -(-(num_pages + 1) // batch) * batch * 16  # positions, as the runner allocates them
+        pool = pool_pages(num_pages, batch) * 16  # positions, as the runner allocates them
         available, where = available_memory()
         if available is not None and pool * token_bytes > available:
             fit = (int(available // (token_bytes * batch)) - 16) // 256 * 256 - longest  # as max_len rounds

@@ -72,6 +72,13 @@ class Row:
     generated: int
 
 
+def pool_pages(num_pages: int, rows: int) -> int:
+    """Pages the runner allocates per layer for `num_pages` managed ones: a trash page that unused
+    table entries point at, then rounded up to a multiple of the rows (cuDNN's paged kernel wants
+    the pool to split evenly over them)."""
+    return -(-(num_pages + 1) // rows) * rows
+
+
 def bucket(n: int, smallest: int) -> int:
     """The power of two >= n, at least `smallest`."""
     size = smallest
@@ -92,7 +99,7 @@ class Runner:
         steps = _steps(model.graphdef, chunk, attention, self.mesh, self.cfg.num_layers, self.cfg.num_kv_heads)
         self._traces, self._prefill, self._decode, self._zeros = steps
         self._before = dataclasses.replace(self._traces)  # what engines before this one compiled
-        pool = -(-(num_pages + 1) // max_seqs) * max_seqs
+        pool = pool_pages(num_pages, max_seqs)
         self._sizes = (max_seqs, pool, page_size, self.cfg.num_kv_heads, self.cfg.head_dim, self.cfg.num_layers,
                        self.cfg.vocab_size, eos_width, jnp.dtype(self.dtype).name)
 
