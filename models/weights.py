@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from jaxllm.errors import CheckpointError
+from jaxllm.models import quant
 
 _BLOCK_BYTES = 32 << 20  # Linear transposes in row blocks of about this size
 
@@ -245,12 +246,13 @@ def load_params(source, specs: Iterable[WeightSpec], abstract_state, dtype, shar
     params = flat_params(abstract_state)
     filled = {}
     for spec in specs:
-        leaf = params[spec.path]
-        host = spec.transform(_floats(spec, spec.read(source)), leaf.shape, jnp.dtype(dtype))
-        # wait for the copy: device_put is asynchronous, and on a slow host several tensors' host
-        # buffers could otherwise be alive at once (CI measured 1.7x the largest tensor)
-        filled[spec.path] = jax.block_until_ready(place(host, (shardings or {}).get(spec.path)))
-        del host
+        target = quant.float_target(spec.path, params, jnp.dtype(dtype))
+        host = spec.transform(_floats(spec, spec.read(source)), target.shape, target.dtype)
+        for path, piece in quant.pieces(spec.path, host, params).items():
+            # wait for the copy: device_put is asynchronous, and on a slow host several tensors' host
+            # buffers could otherwise be alive at once (CI measured 1.7x the largest tensor)
+            filled[path] = jax.block_until_ready(place(piece, (shardings or {}).get(path)))
+        del host, piece
         if progress is not None:
             progress(spec.hf_names[-1])
     return unflatten_into(abstract_state, filled)
