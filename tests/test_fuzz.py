@@ -4,6 +4,7 @@ another exception, never a hang (each example has a deadline)."""
 
 import dataclasses
 import json
+import os
 from datetime import timedelta
 from typing import NamedTuple
 
@@ -16,6 +17,7 @@ from test_bad_files import DROP, ST, TINY, join_safetensors, split_safetensors, 
 import jaxllm
 from jaxllm import checkpoint, loader
 from jaxllm.errors import CheckpointError, JaxllmError
+from jaxllm.models import registry
 from jaxllm.models.config import CONFIG_FIELDS, GENERATION_FIELDS, ROPE_FIELDS
 from jaxllm.sampling import SamplingParams
 
@@ -150,3 +152,34 @@ def test_safetensors_file(model, pristine_safetensors, plan, data):
         return
     with safe_open(model / ST, "numpy"):
         pass
+
+
+# ----------------------------------------------------------------------------------------------
+# config.json of every architecture family: each reads its own fields (soft-caps, sliding-window
+# patterns, expert counts, partial rotary, ...), so each is fuzzed from its own full config as
+# transformers writes it. Planning (parse, validate, build the abstract model) is the part that
+# reads the config; test_config_json above covers the rest of a load for one family.
+
+FAMILY_FUZZ = settings(FUZZ, max_examples=int(os.environ.get("JAXLLM_FUZZ_EXAMPLES", 30)))
+
+
+def full_config(arch_name: str) -> dict:
+    import transformers
+
+    arch = registry.get(arch_name)
+    values = dict(arch.tiny_config, architectures=[arch_name])
+    return transformers.AutoConfig.for_model(arch.hf_model_type, **values).to_dict()
+
+
+@pytest.mark.parametrize("arch_name", registry.names())
+def test_config_json_of_every_family(arch_name):
+    base = full_config(arch_name)
+    loader.plan(base)  # the pristine config plans
+
+    @FAMILY_FUZZ
+    @given(changes=mutations(set(base) | set(CONFIG_FIELDS) | {"unknown_field"}))
+    def fuzz(changes):
+        raw = {k: v for k, v in dict(base, **changes).items() if v is not DROP}
+        loads_or_refuses(lambda: loader.plan(raw))
+
+    fuzz()
