@@ -3,8 +3,9 @@ tensors (HFCheckpoint: safetensors here, GGUF through jaxllm.gguf) and the token
 written by `python -m jaxllm.convert` is read by jaxllm.converted behind the same interface.
 
 Tensors are read lazily from safetensors files: `get` returns a LazyTensor, and bytes are read
-(os.pread) only when asked, whole or by row blocks, so a converter can build a transposed copy
-without ever holding a second full copy (nor keeping file pages mapped). We parse the (simple,
+only when asked, whole or by row blocks, as read-only arrays over a memory map of just those bytes
+(no copy out of the page cache; unmapped when the array is dropped, so no file pages stay mapped),
+so a converter can build a transposed copy without ever holding a second full copy. We parse the (simple,
 documented) safetensors header ourselves because safetensors' numpy backend cannot return
 bfloat16, the dtype most checkpoints ship in; ml_dtypes gives numpy that dtype.
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
+import mmap
 import os
 import re
 import reprlib
@@ -166,28 +169,43 @@ def write_safetensors(folder: Path, layout: dict[str, tuple[tuple, np.dtype]], t
 
 
 class LazyTensor:
-    """A tensor in a file, read on demand: `read()` for all of it, `read(a, b)` for rows a..b."""
+    """A tensor in a file, read on demand: `read()` for all of it, `read(a, b)` for rows a..b.
+
+    A read maps just the rows' bytes (page-aligned) and returns a read-only array over the map, so
+    nothing is copied out of the page cache; `populate` False maps lazily (only pages touched are
+    read from disk: a process slicing out its shards reads only those), True reads them all at once
+    (MAP_POPULATE: a reading thread takes the disk's time, not the thread that consumes the array).
+    The map goes away with the last array over it."""
 
     def __init__(self, path: Path, offset: int, dtype, shape):
         self.path, self.offset, self.dtype, self.shape = path, offset, np.dtype(dtype), tuple(shape)
 
-    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+    @property
+    def nbytes(self) -> int:
+        return self.dtype.itemsize * math.prod(self.shape)
+
+    def read(self, start: int = 0, stop: int | None = None, populate: bool = False) -> np.ndarray:
         rows = self.shape[0] if self.shape else 1
         stop = rows if stop is None else min(stop, rows)
-        row_bytes = self.dtype.itemsize * (int(np.prod(self.shape[1:])) if self.shape else 1)
+        start = min(start, stop)
+        row_bytes = self.dtype.itemsize * (math.prod(self.shape[1:]) if self.shape else 1)
         n = (stop - start) * row_bytes
-        buf = bytearray(n)
+        shape = (stop - start,) + self.shape[1:] if self.shape else ()
+        if n == 0:
+            return np.empty(shape, self.dtype)
+        begin = self.offset + start * row_bytes
+        aligned = begin - begin % mmap.ALLOCATIONGRANULARITY
         with open(self.path, "rb", buffering=0) as f:
-            f.seek(self.offset + start * row_bytes)
-            got = f.readinto(buf)
-        if got != n:
-            raise CheckpointError(f"{self.path} ends early (truncated download?): re-download it")
-        out = np.frombuffer(buf, self.dtype)
-        return out.reshape((stop - start,) + self.shape[1:]) if self.shape else out.reshape(())
+            # A file shorter than the header says would fault (SIGBUS) when read through a map.
+            if os.fstat(f.fileno()).st_size < begin + n:
+                raise CheckpointError(f"{self.path} ends early (truncated download?): re-download it")
+            flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
+            mapped = mmap.mmap(f.fileno(), begin + n - aligned, flags=flags, prot=mmap.PROT_READ, offset=aligned)
+        return np.frombuffer(mapped, self.dtype, count=n // self.dtype.itemsize, offset=begin - aligned).reshape(shape)
 
     def __array__(self, dtype=None, copy=None):
         x = self.read()
-        return x if dtype is None else x.astype(dtype)
+        return x.astype(dtype) if dtype is not None else np.array(x) if copy else x
 
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's limit

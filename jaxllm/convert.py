@@ -111,6 +111,11 @@ def convert(src, dst, *, dtype=None, to_hf: bool = False, force: bool = False, m
     p = plan(source.raw, dtype or source.dtype, mesh, source)
     dtype_name = jax.numpy.dtype(p.dtype).name
     p.check()
+    if mesh is None and jax.default_backend() != "cpu":
+        # Onto the host's CPU device: the weights go from the source's pages to the writer without a
+        # round trip through the accelerator, and a model larger than its memory converts too.
+        cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+        p.shardings = {path: cpu for path in weights.flat_params(p.abstract)}
     tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
     # A last sweep at exit, after the interpreter has joined every writer thread; kept on failure.
     sweep = functools.partial(_remove, tmp)

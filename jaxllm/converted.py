@@ -17,6 +17,7 @@ import concurrent.futures.thread
 import errno
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -46,16 +47,23 @@ def key(path: tuple) -> str:
     return ".".join(map(str, path))
 
 
-def _checkpointer():
+def _checkpointer(restore_bytes: int | None = None):
     """Orbax's PyTree checkpointer, uncompressed: zstd saves ~20% of disk on bf16 weights but
-    decoding it made restores ~1.6x slower (benchmarks/convert_timing.py, docs/benchmarks.md)."""
+    decoding it made restores ~1.6x slower (benchmarks/convert_timing.py, docs/benchmarks.md).
+    `restore_bytes`: at most about this many bytes read into host memory at once while restoring
+    (orbax's own default is 96 GB: a whole model on the host before it reaches the devices)."""
     import orbax.checkpoint as ocp
 
-    try:
-        handler = ocp.PyTreeCheckpointHandler(use_compression=False)
-    except TypeError:  # an orbax without the switch: compressed, still readable
-        handler = ocp.PyTreeCheckpointHandler()
-    return ocp.Checkpointer(handler)
+    options = dict(use_compression=False)
+    if restore_bytes:
+        options["restore_concurrent_gb"] = max(1, math.ceil(restore_bytes / 1e9))
+    while True:
+        try:
+            return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(**options))
+        except TypeError:  # an older orbax without one of the switches: compressed, or unbounded, still readable
+            if not options:
+                raise
+            options.popitem()
 
 
 def save(folder: Path, params, meta: dict, shown: Path | None = None) -> None:
@@ -214,27 +222,63 @@ def _unreadable(folder: Path, err: BaseException) -> CheckpointError:
     return CheckpointError(f"could not read the parameters in {folder / PARAMS} ({type(err).__name__}: {first}); convert again")
 
 
+RESTORE_GROUP_BYTES = 512 << 20  # parameters restored per orbax call, at least the largest one
+
+
 def restore(folder: Path, abstract, dtype, shardings: dict | None = None, progress=None):
-    """The parameter state of `abstract`, read from `folder` in `dtype` (cast on read when the saved
-    dtype differs). `shardings` {path: Sharding}: each device reads only its own shards."""
-    flat = flat_params(abstract)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = {key(p): jax.ShapeDtypeStruct(leaf.shape, dtype, sharding=(shardings or {}).get(p, device))
-              for p, leaf in flat.items()}
+    """The parameter state of `abstract`, read from `folder` in its leaves' dtypes (`dtype`, which
+    the abstract's float parameters have; cast on read when the saved dtype differs), straight onto
+    the devices: `shardings` {path: Sharding}, each device reading only its own shards. Host memory stays bounded: parameters are restored in groups of about
+    RESTORE_GROUP_BYTES (at least the largest parameter) and orbax reads at most about that much at
+    once, so no full host copy of the model is ever made. `progress` as in weights.load_params."""
     import orbax.checkpoint as ocp
 
-    args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))
-    try:
-        restored = _checkpointer().restore((folder / PARAMS).absolute(), args=args)
-    except (OSError, ValueError, KeyError) as err:  # how orbax and tensorstore report a damaged or partial folder
-        raise _unreadable(folder, err) from None
+    flat = flat_params(abstract)
+    saved = read_marker(folder)["params"]
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    # Each leaf in the abstract's dtype: `dtype` for the float parameters (cast on read), quantized
+    # integers and their scales in their own.
+    target = {key(p): jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=(shardings or {}).get(p, device))
+              for p, leaf in flat.items()}
+    sizes = {k: max(math.prod(t.shape) * np.dtype(t.dtype).itemsize, _saved_bytes(saved.get(k), t.shape))
+             for k, t in target.items()}
+    group_bytes = max([RESTORE_GROUP_BYTES, *sizes.values()])
+    groups, size = [[]], 0
+    for k in target:
+        if groups[-1] and size + sizes[k] > group_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(k)
+        size += sizes[k]
+    checkpointer = _checkpointer(2 * group_bytes)  # orbax refuses a read larger than its limit
+    counts_bytes = hasattr(progress, "expect_bytes")
+    if counts_bytes:
+        progress.expect_bytes(sum(sizes.values()))
     out = {}
-    for p, leaf in flat.items():
-        value = restored.pop(key(p))
-        out[p] = value
-        if progress is not None:
-            progress(key(p))
-    return unflatten_into(abstract, out)
+    for names in groups:
+        item = {k: target[k] for k in names}
+        args = ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                                      partial_restore=len(groups) > 1)
+        try:
+            restored = checkpointer.restore((folder / PARAMS).absolute(), args=args)
+        except (OSError, ValueError, KeyError) as err:  # how orbax and tensorstore report a damaged or partial folder
+            raise _unreadable(folder, err) from None
+        jax.block_until_ready(restored)
+        for k in names:
+            out[k] = restored.pop(k)
+            if counts_bytes:
+                progress(k, sizes[k])
+            elif progress is not None:
+                progress(k)
+    return unflatten_into(abstract, {p: out[key(p)] for p in flat})
+
+
+def _saved_bytes(entry, shape) -> int:
+    """Bytes of a saved parameter by its marker entry ({shape, dtype}), 0 when unknown."""
+    try:
+        return math.prod(shape) * jax.numpy.dtype(entry["dtype"]).itemsize
+    except (TypeError, KeyError):
+        return 0
 
 
 class ConvertedCheckpoint:

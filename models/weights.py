@@ -9,8 +9,12 @@ same memory order, so a reshape), Conv1D and MoE experts need a transpose.
 
 from __future__ import annotations
 
+import collections
 import math
+import mmap
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -22,7 +26,9 @@ from flax import nnx
 from jaxllm.errors import CheckpointError
 from jaxllm.models import quant
 
-_BLOCK_BYTES = 32 << 20  # Linear transposes in row blocks of about this size
+_BLOCK_BYTES = 32 << 20  # casts and transposes go in row blocks of about this size
+LOAD_THREADS = min(4, os.cpu_count() or 1)  # threads reading, transforming, casting and placing tensors at once
+MIN_BUFFER_BYTES = 64 << 20  # host bytes read ahead: the largest tensor's, at least this
 
 
 def _rows(x, start, stop) -> np.ndarray:
@@ -30,12 +36,24 @@ def _rows(x, start, stop) -> np.ndarray:
     return x.read(start, stop) if hasattr(x, "read") else np.asarray(x[start:stop])
 
 
-def _by_row_blocks(x, hf_shape: tuple[int, int], dtype, transpose: bool) -> np.ndarray:
-    """A 2-D HF tensor (or its transpose) as one fresh array in `dtype`, read in row blocks of about
-    _BLOCK_BYTES: the host holds the output plus one block, never the source in full besides it."""
-    rows, cols = hf_shape
-    out = np.empty((cols, rows) if transpose else (rows, cols), dtype)
-    step = max(1, _BLOCK_BYTES // max(1, cols * np.dtype(dtype).itemsize))
+def _whole(x) -> np.ndarray:
+    return x.read() if hasattr(x, "read") else np.asarray(x)
+
+
+def _convert(x, hf_shape: tuple, dtype, transpose: bool = False) -> np.ndarray:
+    """An HF tensor (2-D when transposed) in `dtype`. Same dtype, not transposed: the tensor itself
+    (from a file, a read-only view of its memory map: no copy). Otherwise one fresh array, read in
+    row blocks of about _BLOCK_BYTES: the host holds the output plus one block, never the source in
+    full besides it."""
+    dtype = np.dtype(dtype)
+    if not transpose and np.dtype(x.dtype) == dtype:
+        return _whole(x).reshape(hf_shape)
+    if not hf_shape:
+        return np.asarray(_whole(x), dtype).reshape(())
+    rows = hf_shape[0]
+    out = np.empty(hf_shape[::-1] if transpose else hf_shape, dtype)
+    row_bytes = max(np.dtype(x.dtype).itemsize, dtype.itemsize) * math.prod(hf_shape[1:])
+    step = max(1, _BLOCK_BYTES // max(1, row_bytes))
     for start in range(0, rows, step):
         block = _rows(x, start, start + step)
         if transpose:
@@ -43,6 +61,11 @@ def _by_row_blocks(x, hf_shape: tuple[int, int], dtype, transpose: bool) -> np.n
         else:
             out[start : start + step] = block
     return out
+
+
+def _by_row_blocks(x, hf_shape: tuple[int, int], dtype, transpose: bool) -> np.ndarray:
+    """A 2-D HF tensor (or its transpose) in `dtype` (see _convert)."""
+    return _convert(x, hf_shape, dtype, transpose)
 
 
 @dataclass(frozen=True)
@@ -55,7 +78,7 @@ class Copy:
         return (math.prod(shape),) if self.flatten else tuple(shape)
 
     def __call__(self, x, shape, dtype) -> np.ndarray:
-        return np.asarray(x).reshape(shape).astype(dtype, copy=False)
+        return _convert(x, tuple(x.shape), dtype).reshape(shape)
 
     def export(self, value: np.ndarray, out: np.ndarray) -> None:
         out[...] = value.reshape(out.shape)
@@ -100,9 +123,11 @@ class _RowRange:
 
     def __init__(self, x, offset: int, n: int):
         self.x, self.offset, self.n = x, offset, n
+        self.dtype, self.shape = x.dtype, (n,) + tuple(x.shape[1:])
 
-    def read(self, start, stop):
-        return _rows(self.x, self.offset + start, self.offset + min(stop, self.n))
+    def read(self, start=0, stop=None):
+        stop = self.n if stop is None else min(stop, self.n)
+        return _rows(self.x, self.offset + start, self.offset + stop)
 
     def __array__(self, dtype=None, copy=None):
         out = self.read(0, self.n)
@@ -233,28 +258,119 @@ def problems(source, specs: Iterable[WeightSpec], abstract_state, ignore: Iterab
 
 def place(host: np.ndarray, sharding=None) -> jax.Array:
     """A host array on devices: the default device, or straight onto the shards of `sharding`
-    (each process builds only its own devices' slices, so this works across hosts)."""
+    (each process builds only its own devices' slices, so this works across hosts; a slice of a
+    file's memory map reads only its pages)."""
     if sharding is None:
-        return jax.device_put(host)
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+        return jax.device_put(_owned(host, jax.devices()[0]))
+    if not isinstance(host, np.ndarray):
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    indices = sharding.addressable_devices_indices_map(host.shape)
+    devices = list(indices)
+    shards = jax.device_put([_owned(host[indices[d]], d) for d in devices], devices)
+    return jax.make_array_from_single_device_arrays(host.shape, sharding, shards)
 
 
-def load_params(source, specs: Iterable[WeightSpec], abstract_state, dtype, shardings: dict | None = None, progress=None):
-    """Fill the abstract state, one HF tensor at a time: read, transform, cast, place (onto
-    shardings[path] when given). Host memory stays near one tensor at a time: each numpy array is
-    dropped once placed."""
+def _owned(x, device):
+    """`x` as device_put may take it for `device`. A CPU device aliases a read-only host array
+    rather than copying it (whatever may_alias says): memory numpy did not allocate (a view of a
+    file's memory map) is copied there into an aligned read-only array of our own, which the
+    device then keeps (one copy, as on an accelerator; never a parameter over a file that may
+    change)."""
+    if device.platform != "cpu" or not isinstance(x, np.ndarray) or not _borrowed(x):
+        return x
+    buf = np.empty(x.nbytes + 64, np.uint8)
+    start = -buf.ctypes.data % 64  # XLA's CPU buffers are 64-byte aligned: then it aliases instead of copying again
+    out = buf[start : start + x.nbytes].view(x.dtype).reshape(x.shape)
+    np.copyto(out, x)
+    out.flags.writeable = False
+    return out
+
+
+def _borrowed(x) -> bool:
+    """Whether `x` views memory numpy did not allocate (a memory map, a buffer)."""
+    while isinstance(x, np.ndarray):
+        if x.base is None:
+            return False
+        x = x.base
+    return True
+
+
+def _prefetch(x) -> None:
+    """Ask the kernel to read ahead the file pages under `x` (a view of a memory map), so that
+    the disk works while earlier tensors are placed; the pages are mapped only when touched."""
+    mapped = x
+    while isinstance(mapped, np.ndarray):
+        mapped = mapped.base
+    if not isinstance(mapped, mmap.mmap) or not hasattr(mmap, "MADV_WILLNEED") or x.size == 0:
+        return
+    try:
+        low, high = _byte_bounds(x)
+        start = low - np.frombuffer(mapped, np.uint8).ctypes.data
+        start -= start % mmap.PAGESIZE
+        mapped.madvise(mmap.MADV_WILLNEED, start, min(high - low + mmap.PAGESIZE, len(mapped) - start))
+    except (OSError, ValueError):  # advice only
+        pass
+
+
+def _byte_bounds(x: np.ndarray) -> tuple[int, int]:
+    try:
+        from numpy.lib.array_utils import byte_bounds  # numpy 2
+    except ImportError:
+        byte_bounds = np.byte_bounds
+    return byte_bounds(x)
+
+
+def _load_one(spec: WeightSpec, target, source, params: dict, shardings: dict) -> dict:
+    """One spec's parameters on their devices, on a loading thread: read, transform, cast, quant's
+    pieces, placed; returns once the copies are complete, so its host buffers are gone with it."""
+    host = spec.transform(_floats(spec, spec.read(source)), target.shape, target.dtype)
+    pieces = quant.pieces(spec.path, host, params)
+    del host
+    for path, piece in pieces.items():
+        sharding = shardings.get(path)
+        if sharding is None or sharding.is_fully_addressable:  # else this process reads only its slices
+            _prefetch(piece)
+    placed = {path: place(piece, shardings.get(path)) for path, piece in pieces.items()}
+    return jax.block_until_ready(placed)  # device_put is asynchronous: the host buffers go only once copied
+
+
+def load_params(source, specs: Iterable[WeightSpec], abstract_state, dtype, shardings: dict | None = None, progress=None,
+                threads: int | None = None, buffer_bytes: int | None = None):
+    """Fill the abstract state, HF tensor by HF tensor: read, transform, cast, place (onto
+    shardings[path] when given), on `threads` loading threads, so that the disk, the host's
+    copies and the transfers to the devices of several tensors overlap.
+
+    Host memory stays near one tensor: a tensor is started only while the host bytes of the
+    tensors started and not yet on their devices stay within `buffer_bytes` (default: the
+    largest tensor's, at least MIN_BUFFER_BYTES; one tensor always goes), and a tensor counts
+    until its copies to the devices are complete. `progress(name)` after each tensor, in order;
+    a progress object with `expect_bytes(total)` gets that first, then `progress(name, nbytes)`."""
     params = flat_params(abstract_state)
-    filled = {}
-    for spec in specs:
-        target = quant.float_target(spec.path, params, jnp.dtype(dtype))
-        host = spec.transform(_floats(spec, spec.read(source)), target.shape, target.dtype)
-        for path, piece in quant.pieces(spec.path, host, params).items():
-            # wait for the copy: device_put is asynchronous, and on a slow host several tensors' host
-            # buffers could otherwise be alive at once (CI measured 1.7x the largest tensor)
-            filled[path] = jax.block_until_ready(place(piece, (shardings or {}).get(path)))
-        del host, piece
-        if progress is not None:
-            progress(spec.hf_names[-1])
+    specs, shardings = list(specs), shardings or {}
+    targets = [quant.float_target(spec.path, params, jnp.dtype(dtype)) for spec in specs]
+    costs = [math.prod(t.shape) * np.dtype(t.dtype).itemsize for t in targets]
+    budget = buffer_bytes or max([MIN_BUFFER_BYTES, *costs])
+    counts_bytes = hasattr(progress, "expect_bytes")
+    if counts_bytes:
+        progress.expect_bytes(sum(costs))
+    filled, pending, in_flight, i = {}, collections.deque(), 0, 0
+    pool = ThreadPoolExecutor(max_workers=threads or LOAD_THREADS, thread_name_prefix="jaxllm-load")
+    try:
+        while i < len(specs) or pending:
+            while i < len(specs) and (not pending or in_flight + costs[i] <= budget):
+                pending.append((specs[i], costs[i], pool.submit(_load_one, specs[i], targets[i], source, params, shardings)))
+                in_flight += costs[i]
+                i += 1
+            spec, cost, future = pending.popleft()
+            filled.update(future.result())
+            in_flight -= cost
+            if counts_bytes:
+                progress(spec.hf_names[-1], cost)
+            elif progress is not None:
+                progress(spec.hf_names[-1])
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # a failure or Ctrl-C: the tensors under way end first
+        pending.clear()
     return unflatten_into(abstract_state, filled)
 
 

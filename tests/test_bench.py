@@ -30,3 +30,23 @@ def test_tensor_parallel_comparison_agrees(capsys):
     """The GPU tp check's code path on 2 of the simulated CPU devices: same greedy tokens at tp=1, 2."""
     assert bench.main(["--shape", "tiny", "--quick", "--tp", "1,2"]) == 0
     assert "tp=2:" in capsys.readouterr().out
+
+
+def test_load_section_runs_and_reports(tmp_path, capsys):
+    """`--load` on the tiny shape: the checkpoint written and loaded in fresh processes (the
+    other steps left out for time), then the convert and orbax steps' code in this process."""
+    out = tmp_path / "load.json"
+    argv = ["--shape", "tiny", "--load", "--repeat", "1", "--skip", "cold,convert,orbax,transformers", "--out", str(out),
+            "--load-dir", str(tmp_path)]
+    assert bench.main(argv) == 0
+    report = json.loads(out.read_text())
+    warm = report["steps"]["safetensors"]["warm"]
+    assert warm["seconds"] > 0 and warm["process_seconds"] >= warm["seconds"] and report["bytes"] > 0
+    assert report["cold_cache"] == "left out (--skip cold)" and report["device"]
+    assert "jaxllm.load, safetensors" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == [out]  # the written checkpoint is gone
+    bench.write_checkpoint(tmp_path / "hf", "tiny", "float32")
+    bench.load_worker(["convert", str(tmp_path / "hf"), "float32", str(tmp_path / "orbax")])
+    bench.load_worker(["orbax", str(tmp_path / "orbax"), "float32"])
+    steps = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(steps) == 2 and all(s["seconds"] > 0 and "peak_rss_above_baseline_bytes" in s for s in steps)
