@@ -37,9 +37,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxllm import runtime
+import jaxllm
+from jaxllm import checkpoint, convert, runtime
 from jaxllm.engine import Engine, Request
 from jaxllm.errors import ArgumentParser, JaxllmError, run_cli
+from jaxllm.loader import plan
+from jaxllm.models import weights
 from jaxllm.random_model import SHAPES, random_model
 from jaxllm.sampling import SamplingParams
 from jaxllm.sharding import make_mesh
@@ -323,10 +326,6 @@ def write_checkpoint(folder, shape: str, dtype: str = "bfloat16", shard_bytes: i
     """A Hugging Face checkpoint of a named shape (random_model.SHAPES) in `folder`: config.json and
     safetensors shards of N(0, 0.02)-like weights (a random block repeated, so writing is as fast
     as the disk) and unit norms. No device is used. Returns the bytes of the safetensors files."""
-    from jaxllm import checkpoint
-    from jaxllm.loader import plan
-    from jaxllm.models import weights
-
     folder = Path(folder)
     raw = dict(SHAPES[shape], torch_dtype=dtype)
     raw.setdefault("model_type", _MODEL_TYPES.get(raw["architectures"][0], "llama"))
@@ -381,9 +380,6 @@ def load_worker(argv=None) -> None:
         out["device"] = torch.cuda.get_device_name() if cuda else "cpu"
     else:
         import orbax.checkpoint  # noqa: F401 - imported before the baseline, as loading a converted folder does
-
-        import jaxllm
-        from jaxllm import convert
 
         jax.numpy.zeros(1).block_until_ready()
         out["device"] = str(jax.devices()[0].device_kind)
