@@ -10,20 +10,22 @@ Each `step()` runs this step's prefill chunks (new prompts, long prompts chunk b
 recomputed after preemption), then up to `chunk` decode steps for every running sequence (only
 `chunk // 16` while a waiting request could start, so free rows fill quickly), so a long prompt
 delays running sequences by one chunk at a time. Requests can be added and aborted
-between steps (`add`, `abort`); `run` serves a list to the end.
+between steps (`add`, `abort`); `run` serves a list to the end; `score` gives teacher-forced
+log-probabilities of a token sequence through the cache (perplexity in the cache's kv_dtype).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import jax
 import numpy as np
 
 from jaxllm import runtime
 from jaxllm.errors import GenerationError, available_memory, check_token_ids, size_text
+from jaxllm.models.attention import check_kv_dtype, kv_cache_bytes
 from jaxllm.models.config import token_ids
 from jaxllm.sampling import SamplingParams
 from jaxllm.serving.block_manager import BlockManager
@@ -52,6 +54,18 @@ class Event:
     error: bool = False  # the model's logits turned non-finite: the request ends here, without a token
 
 
+class Score(NamedTuple):
+    """Engine.score's answer for tokens t_0 .. t_n-1 (teacher-forced: each prefix is the given
+    tokens, never the model's)."""
+
+    logprobs: np.ndarray  # float32 [n - 1]: log p(t_i | t_0 .. t_i-1) for i >= 1
+    greedy: np.ndarray  # int32 [n - 1]: the model's most likely token after t_0 .. t_i-1, i >= 1
+
+    @property
+    def perplexity(self) -> float:
+        return float(np.exp(-np.mean(self.logprobs)))
+
+
 class Engine:
     """Serves requests over one pool of KV pages.
 
@@ -62,12 +76,17 @@ class Engine:
     per-step token budget of prompt chunks. prefix_caching: reuse the pages of earlier prompts'
     shared prefixes (off for models whose keys depend on the sequence length: dynamic NTK and
     LongRoPE rope). `attention`: "cudnn" or "xla" kernels (default: jaxllm.runtime's choice).
+    kv_dtype: how the cache stores keys and values: None the model's dtype, "int8" (a scale per
+    token and kv head) or "fp8" (float8 e4m3); 8-bit halves the bytes of a cached token, so the
+    same memory holds about twice the pages. Default: the model's `kv_dtype` attribute (what
+    jaxllm.load was given), else None.
     """
 
     def __init__(self, model, batch_size: int = 8, max_len: int | None = None, *, num_pages: int | None = None,
                  page_size: int = 16, memory_fraction: float = 0.9, prefill_tokens: int = 2048, chunk: int = 16,
-                 prefix_caching: bool = True, attention: str | None = None):
+                 prefix_caching: bool = True, attention: str | None = None, kv_dtype: str | None = None):
         cfg = model.config
+        self.kv_dtype = check_kv_dtype(getattr(model, "kv_dtype", None) if kv_dtype is None else kv_dtype)
         max_len = cfg.max_position_embeddings if max_len is None else max_len
         sizes = dict(batch_size=(batch_size, 1), max_len=(max_len, 2), page_size=(page_size, 1),
                      prefill_tokens=(prefill_tokens, 1), chunk=(chunk, 1), num_pages=(num_pages, 1))
@@ -99,6 +118,7 @@ class Engine:
         self.rope_switch = rope.original_max_position_embeddings if (
             rope.type == "longrope" and rope.original_max_position_embeddings < max_len) else None
         self.width = -(-max_len // page_size)
+        self.length_dependent = length_dependent
         num_pages = self._default_pages(page_size, memory_fraction, num_pages)
         self.blocks = BlockManager(num_pages, page_size, prefix_caching and not length_dependent)
         # Chunks of at most a quarter of the budget, so the prompts of a step share calls of several
@@ -106,7 +126,8 @@ class Engine:
         max_chunk = None if length_dependent else max(16, prefill_tokens // 4)
         self.scheduler = Scheduler(self.blocks, batch_size, self.budget, chunk, max_chunk)
         self.runner = Runner(model, num_pages=num_pages, page_size=page_size, max_seqs=batch_size, max_len=max_len,
-                             chunk=chunk, attention=attention or runtime.attention_impl(), eos_width=len(self.eos))
+                             chunk=chunk, attention=attention or runtime.attention_impl(), eos_width=len(self.eos),
+                             kv_dtype=self.kv_dtype)
         self.state = None  # the device state, made on first use and kept (the prefix cache lives in it)
         self.slot_of: dict[Sequence, int] = {}
         self.index_of: dict[Sequence, int] = {}
@@ -127,7 +148,7 @@ class Engine:
         mesh = getattr(self.model, "mesh", None)
         tp = mesh.shape["tp"] if mesh is not None else 1
         devices = tp if cfg.num_kv_heads % tp == 0 else 1  # the pool splits over tp like the kv heads
-        page_bytes = cfg.kv_cache_bytes(page_size, dtype)
+        page_bytes = kv_cache_bytes(cfg, page_size, dtype, self.kv_dtype)
         if num_pages is not None or "bytes_limit" not in stats:
             available, where = available_memory()
             if num_pages is None:  # a CPU: a full batch of full-length sequences, within 2 GiB (and half the free memory)
@@ -217,6 +238,34 @@ class Engine:
             for seq in seqs:
                 if seq.status is not Status.FINISHED:
                     self.abort(seq)
+
+    def score(self, tokens, chunk: int | None = None) -> Score:
+        """Teacher-forced scores of a token sequence through the KV cache: the tokens are
+        prefilled `chunk` at a time (default: the largest chunk a prompt is prefilled in) into
+        pages of the pool, each chunk's queries reading the keys and values the chunks before it
+        cached, in the engine's kv_dtype. Models whose keys depend on the length (dynamic NTK,
+        LongRoPE) take the tokens in one chunk. The pages come from the free pool (no
+        prefix-cache hits) and go back at the end."""
+        ids = check_token_ids(tokens, self.cfg.vocab_size, "tokens", dims=(1,), allow_empty=False).tolist()
+        chunk = self.scheduler.max_chunk if chunk is None else chunk
+        if not isinstance(chunk, (int, np.integer)) or isinstance(chunk, bool) or chunk < 1:
+            raise GenerationError(f"score chunk={chunk!r} is invalid: use a whole number >= 1")
+        if len(ids) > self.max_len:
+            raise GenerationError(f"{len(ids)} tokens exceed the engine's max_len {self.max_len}: raise max_len")
+        need = self.blocks.pages_for(len(ids))
+        if need > self.blocks.num_free:
+            raise GenerationError(f"{len(ids)} tokens need {need} KV pages but {self.blocks.num_free} are free: "
+                                  "give the engine more pages, or score when its requests are done")
+        chunk = len(ids) if self.length_dependent else min(int(chunk), len(ids))
+        if self.state is None:
+            self.state = self.runner.new_state()
+        seq = Sequence(-1, ids)
+        self.blocks.allocate(seq, share=False)
+        try:
+            self.state, (logprobs, greedy) = self.runner.score(self.state, ids, seq.pages, chunk)
+        finally:
+            self.blocks.free(seq)
+        return Score(logprobs, greedy)
 
     # -- one step ----------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import jax
 
 from jaxllm.engine import Engine, Request
 from jaxllm.errors import GenerationError, available_memory, check_token_ids, size_text
+from jaxllm.models.attention import check_kv_dtype, kv_cache_bytes
 from jaxllm.sampling import SamplingParams
 from jaxllm.serving.runner import pool_pages
 
@@ -63,9 +64,10 @@ def prepare(model, prompts, params: SamplingParams | dict | None, *, chat=None, 
 
 def engine_for(model, ids: list[list[int]], params: SamplingParams) -> Engine:
     """An engine just large enough (sequences up to a multiple of 256 tokens, pages for a full
-    batch of them), kept on the model so the next call of the same size reuses its compiled steps
-    and prefix cache. A request beyond the model's learned positions, or whose KV cache the
-    device's memory cannot hold, is refused before anything is allocated."""
+    batch of them), its cache in the model's `kv_dtype`, kept on the model so the next call of the
+    same size reuses its compiled steps and prefix cache. A request beyond the model's learned
+    positions, or whose KV cache the device's memory cannot hold, is refused before anything is
+    allocated."""
     cfg, longest, new = model.config, max(len(i) for i in ids), params.max_new_tokens
     need = longest + new
     if cfg.position_embedding == "learned" and need > cfg.max_position_embeddings:
@@ -75,11 +77,13 @@ def engine_for(model, ids: list[list[int]], params: SamplingParams) -> Engine:
                               f"{cfg.max_position_embeddings} positions this model has learned: {fix}")
     batch, max_len = min(len(ids), 8), -(-need // 256) * 256
     num_pages = batch * max_len // 16
-    if (batch, max_len) not in model.engines:
+    kv_dtype = check_kv_dtype(getattr(model, "kv_dtype", None))
+    key = (batch, max_len) if kv_dtype is None else (batch, max_len, kv_dtype)
+    if key not in model.engines:
         mesh = getattr(model, "mesh", None)
         tp = mesh.shape["tp"] if mesh is not None else 1
         shards = tp if cfg.num_kv_heads % tp == 0 else 1  # the pool splits over tp like the kv heads
-        token_bytes = cfg.kv_cache_bytes(1, jax.tree.leaves(model.params)[0].dtype) / shards
+        token_bytes = kv_cache_bytes(cfg, 1, jax.tree.leaves(model.params)[0].dtype, kv_dtype) / shards
         pool = pool_pages(num_pages, batch) * 16  # positions, as the runner allocates them
         available, where = available_memory()
         if available is not None and pool * token_bytes > available:
@@ -90,8 +94,9 @@ def engine_for(model, ids: list[list[int]], params: SamplingParams) -> Engine:
                 f"prompt of {longest} tokens + max_new_tokens={new:,} needs a KV cache of {num_pages:,} pages of 16 tokens "
                 f"({size_text(pool * token_bytes)}) for {batch} sequence{'s' if batch > 1 else ''}, but {where} has "
                 f"{size_text(available)} available: {fix}")
-        model.engines[batch, max_len] = Engine(model, batch_size=batch, max_len=max_len, num_pages=num_pages, page_size=16)
-    return model.engines[batch, max_len]
+        model.engines[key] = Engine(model, batch_size=batch, max_len=max_len, num_pages=num_pages, page_size=16,
+                                    kv_dtype=kv_dtype)
+    return model.engines[key]
 
 
 def _is_single(prompts) -> bool:

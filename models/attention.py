@@ -6,7 +6,8 @@ platform:
   Uncached()             keys are the call's own: scoring a full sequence, the research functions
   PagedCache(...)        one pool of fixed-size pages per layer and a page table per row (the
                          engine's cache): memory-linear prefill chunks, paged decode; `impl`
-                         "cudnn" runs them as cuDNN kernels (jaxllm.runtime decides)
+                         "cudnn" runs them as cuDNN kernels (jaxllm.runtime decides); the pool
+                         may be 8-bit (kv_dtype "int8" or "fp8": `kv_format`)
 
 Shapes: B batch, T query tokens, S key positions, H query heads, K kv heads, G = H // K, D head_dim.
 """
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxllm.errors import GenerationError
 from jaxllm.models import attention_ops
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.layers import Dense, RMSNorm
@@ -27,10 +29,52 @@ from jaxllm.models.rope import Rotary, apply_rotary
 
 
 class LayerCache(NamedTuple):
-    """One layer's keys and values: [B, S, K, D] each."""
+    """One layer's keys and values: [B, S, K, D] each (a page pool: [N, ps, K, D]). An int8 cache
+    also holds a scale per token and kv head, k_scale and v_scale [B, S, K] (`kv_format`)."""
 
     k: jax.Array
     v: jax.Array
+    k_scale: jax.Array | None = None
+    v_scale: jax.Array | None = None
+
+
+# What kv_dtype= may say: None keeps the model's dtype; "fp8" is float8_e4m3fn; a float dtype
+# stores the cache in that dtype.
+KV_DTYPES = {None: None, "int8": "int8", "fp8": "float8_e4m3fn", "float8_e4m3fn": "float8_e4m3fn",
+             "bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
+
+
+def check_kv_dtype(kv_dtype) -> str | None:
+    """The canonical name of a kv_dtype (a name of KV_DTYPES or a dtype: None, "int8",
+    "float8_e4m3fn" or a float's name), or a one-line error."""
+    name = kv_dtype
+    if kv_dtype is not None and not isinstance(kv_dtype, str):
+        try:
+            name = jnp.dtype(kv_dtype).name
+        except TypeError:
+            name = "?"
+    if name not in KV_DTYPES:
+        raise GenerationError(f"kv_dtype must be one of {', '.join(map(repr, KV_DTYPES))}, got {kv_dtype!r}")
+    return KV_DTYPES[name]
+
+
+def kv_format(kv_dtype, dtype) -> tuple[jnp.dtype, jnp.dtype | None]:
+    """(values dtype, scales dtype or None) of the KV cache of a `dtype` model. int8 keeps its
+    scales in the model's dtype where that has float32's range (bfloat16, float32), else in
+    float32 (a float16 scale of a small vector would be subnormal)."""
+    kv_dtype, dtype = check_kv_dtype(kv_dtype), jnp.dtype(dtype)
+    if kv_dtype is None:
+        return dtype, None
+    if kv_dtype == "int8":
+        return jnp.dtype(jnp.int8), dtype if dtype in (jnp.bfloat16, jnp.float32) else jnp.dtype(jnp.float32)
+    return jnp.dtype(kv_dtype), None
+
+
+def kv_cache_bytes(cfg: ModelConfig, tokens: int, dtype, kv_dtype=None) -> int:
+    """Bytes of the keys and values of `tokens` cached positions, every layer (scales included)."""
+    values, scales = kv_format(kv_dtype, dtype)
+    per_head = cfg.head_dim * values.itemsize + (0 if scales is None else scales.itemsize)
+    return 2 * cfg.num_layers * tokens * cfg.num_kv_heads * per_head
 
 
 class AttnSpec(NamedTuple):
@@ -134,7 +178,15 @@ class PagedCache:
     pages (`paged_decode_attention`: cuDNN's paged kernel with impl "cudnn", else gather + mask).
     Several (a prefill chunk at positions start..start+T-1): the row's keys gathered up to
     `num_keys` (static), then `flash_prefill`: cuDNN flash attention in two parts (prefix, chunk)
-    with impl "cudnn", else an online-softmax blocked form; memory linear in the keys either way."""
+    with impl "cudnn", else an online-softmax blocked form; memory linear in the keys either way.
+
+    The pool's dtype is the cache's format (`kv_format`): the model's dtype, or 8-bit (int8 with
+    k_scale, v_scale [N + 1, ps, K], or float8), quantized as it is written and dequantized as it
+    is read: a prefill chunk gathers its keys dequantized; decode reads the 8-bit pages with the
+    XLA form, the scales folded into its products (cuDNN's paged kernel takes only 16-bit pools).
+    int8 keys and values are stored rotated by a fixed orthogonal matrix, the queries rotated to
+    match and the output rotated back (`attention_ops.rotate`: scores and output unchanged,
+    outlier channels spread before one scale per token and head is taken)."""
 
     page_table: jax.Array
     valid: jax.Array
@@ -143,6 +195,14 @@ class PagedCache:
 
     def __call__(self, q, k, v, cache: LayerCache, positions, spec: AttnSpec):
         new = self.write(cache, k, v, positions)
+        if new.k_scale is None:
+            return self.attend(q, k, v, new, positions, spec), new
+        # int8 keys and values are stored rotated: the queries turn alike, the output turns back
+        return attention_ops.rotate(self.attend(attention_ops.rotate(q), k, v, new, positions, spec)), new
+
+    def attend(self, q, k, v, new: LayerCache, positions, spec: AttnSpec):
+        """Attention of q over the cache `new` (k, v [B, T, K, D]: the call's own, as given)."""
+        native = new.k.dtype == q.dtype  # else 8-bit (dequantized as it is read) or another float
         fast = self.impl == "cudnn" and cudnn_decode_fits(q, spec)
         if q.shape[1] == 1:
             # A row without a token this step (finished, paused, padding) reads one key, not its
@@ -150,16 +210,26 @@ class PagedCache:
             lengths = jnp.where(self.valid[:, 0], positions[:, 0] + 1, 1)
             out = attention_ops.paged_decode_attention(
                 q, new.k, new.v, self.page_table, lengths, scale=spec.scale, window=spec.window,
-                softcap=spec.softcap, impl="cudnn_paged" if fast else "xla", num_keys=self.num_keys)
-            return out, new
-        keys = attention_ops.gather_pages(new.k, self.page_table, self.num_keys).astype(q.dtype)
-        values = attention_ops.gather_pages(new.v, self.page_table, self.num_keys).astype(q.dtype)
+                softcap=spec.softcap, impl="cudnn_paged" if fast and native else "xla", num_keys=self.num_keys,
+                k_scales=new.k_scale, v_scales=new.v_scale)
+            return out
+        keys, values = self.gather(new.k, new.k_scale, q.dtype), self.gather(new.v, new.v_scale, q.dtype)
         start = positions[:, 0]
         kv_len = start + jnp.sum(self.valid, axis=1)
+        # The chunk's own keys as cached (in another dtype: sliced from the gathered ones), so every
+        # query reads the keys that later queries will read.
+        k_new, v_new = (k, v) if native else (None, None)
         out = attention_ops.flash_prefill(q, keys, values, start, kv_len, scale=spec.scale, window=spec.window,
                                           softcap=spec.softcap, impl="cudnn" if fast else "blocked",
-                                          k_new=k.astype(q.dtype), v_new=v.astype(q.dtype))
-        return out, new
+                                          k_new=k_new, v_new=v_new)
+        return out
+
+    def gather(self, pool, scales, dtype):
+        """Each row's first `num_keys` cached keys (or values) [B, num_keys, K, D] in `dtype`."""
+        if scales is None:
+            return attention_ops.gather_pages(pool, self.page_table, self.num_keys).astype(dtype)
+        return attention_ops.dequantize_kv(attention_ops.gather_pages(pool, self.page_table, self.num_keys),
+                                           attention_ops.gather_pages(scales, self.page_table, self.num_keys), dtype)
 
     def write(self, cache: LayerCache, k, v, positions) -> LayerCache:
         """k, v [B, T, K, D] into their pages: one scatter per pool, in place when donated.
@@ -167,7 +237,9 @@ class PagedCache:
         collide (a sequence writes only its own pages; a shared prefix page only gets its own
         values again), so the scatter declares its indices unique: XLA's GPU scatter otherwise
         uses atomics, and padding aimed at one trash page serialised on them (2.5 ms per layer
-        of a prefill call, 40% of the offline bench on an H200, 2026-11-28)."""
+        of a prefill call, 40% of the offline bench on an H200, 2026-11-28). The pool's dtype
+        says how values are stored (`attention_ops.quantize_kv`): an int8 pool stores keys
+        and values rotated (`attention_ops.rotate`) and also scatters each token's scales."""
         n, ps = cache.k.shape[:2]
         page = jnp.take_along_axis(self.page_table, positions // ps, axis=1, mode="clip")
         page = jnp.where(self.valid, page, n).reshape(-1)
@@ -177,7 +249,13 @@ class PagedCache:
             x = x.reshape((-1,) + x.shape[2:]).astype(pool.dtype)
             return jnp.asarray(pool).at[page, offset].set(x, mode="drop", unique_indices=True)
 
-        return LayerCache(put(cache.k, k), put(cache.v, v))
+        if cache.k.dtype.itemsize > 1:  # the model's dtype (or another float)
+            return LayerCache(put(cache.k, k), put(cache.v, v))
+        if cache.k_scale is None:  # float8
+            return LayerCache(*(put(pool, attention_ops.quantize_kv(x, pool.dtype)[0]) for pool, x in ((cache.k, k), (cache.v, v))))
+        kq, ks = attention_ops.quantize_kv(attention_ops.rotate(k.astype(jnp.float32)), jnp.int8, cache.k_scale.dtype)
+        vq, vs = attention_ops.quantize_kv(attention_ops.rotate(v.astype(jnp.float32)), jnp.int8, cache.v_scale.dtype)
+        return LayerCache(put(cache.k, kq), put(cache.v, vq), put(cache.k_scale, ks), put(cache.v_scale, vs))
 
 
 UNCACHED = Uncached()

@@ -12,14 +12,20 @@ key s lives at `pages[page_table[s // ps], s % ps]`.
 - `flash_prefill`: a prefill chunk (queries at positions start..start+T-1 over keys 0..) on
   cuDNN when the mask can be expressed there exactly, else `blocked_attention`.
 - `paged_decode_attention`: one query per row straight over the page pool.
+- `quantize_kv` / `dequantize_kv`: an 8-bit KV cache. int8 values with one scale per token and
+  kv head (scale = max|x| / 127 over the head's D values), or a plain cast to float8 e4m3;
+  `rotate`: the orthogonal map an int8 cache applies to keys, values, queries and outputs.
 
 Everything here runs on jax 0.10 and 0.11. The cuDNN and Pallas paths only run on NVIDIA GPUs
 (Pallas GPU kernels also in interpret mode on CPU, which the tests use).
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 _NEG_INF = float("-inf")
@@ -30,11 +36,12 @@ _NEG_INF = float("-inf")
 
 
 def gather_pages(pages, page_table, num_keys: int | None = None):
-    """The contiguous keys (or values) of each row: pages [N, ps, K, D], page_table [B, P] int
-    -> [B, P * ps, K, D], or the first `num_keys` (static) positions. Table entries past a row's
-    length may hold any id: out-of-range ids are clipped to a valid page (their keys must be
-    masked by the caller's lengths anyway)."""
-    n, ps, kv, d = pages.shape
+    """The contiguous keys (or values) of each row: pages [N, ps, ...] (K, D for keys; K for an
+    int8 cache's scales), page_table [B, P] int -> [B, P * ps, ...], or the first `num_keys`
+    (static) positions. Table entries past a row's length may hold any id: out-of-range ids are
+    clipped to a valid page (their keys must be masked by the caller's lengths anyway)."""
+    n, ps = pages.shape[:2]
+    rest = pages.shape[2:]
     b, p = page_table.shape
     if num_keys is not None:
         need = -(-num_keys // ps)
@@ -42,11 +49,79 @@ def gather_pages(pages, page_table, num_keys: int | None = None):
             raise ValueError(f"num_keys={num_keys} needs {need} pages, the table has {p}")
         page_table = page_table[:, :need]
         p = need
-    out = jnp.take(pages, page_table.astype(jnp.int32), axis=0, mode="clip")  # [B, P, ps, K, D]
-    out = out.reshape(b, p * ps, kv, d)
+    out = jnp.take(pages, page_table.astype(jnp.int32), axis=0, mode="clip")  # [B, P, ps, ...]
+    out = out.reshape((b, p * ps) + rest)
     if num_keys is not None and num_keys != p * ps:
         out = out[:, :num_keys]
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# 8-bit KV cache: int8 with per-token-per-head scales, or a float8 cast
+
+INT8_MAX = 127
+
+
+def quantize_kv(x, dtype, scale_dtype=None):
+    """Keys or values x [..., D] as the cache stores them: (values in `dtype`, scales [...] in
+    `scale_dtype`, or None where the cache keeps no scales).
+
+    int8: symmetric, one scale per vector of D (a token's kv head): scale = max|x| / 127, values
+    round(x / scale). The scale is rounded to `scale_dtype` first and the values quantized with
+    the rounded scale, so |x - q * scale| <= scale / 2 per element (the largest element may clip
+    by at most 127 * scale * 2**-9 for bfloat16 scales, well inside that). An all-zero vector
+    gets scale 0 and values 0.
+    float8 (e4m3fn): a plain cast, clipped to the format's +-448 first (it has no infinity:
+    XLA's cast would give NaN). Any other float dtype: a cast."""
+    dtype = jnp.dtype(dtype)
+    if dtype == jnp.int8:
+        xf = x.astype(jnp.float32)
+        amax = jnp.max(jnp.abs(xf), axis=-1)
+        scale = (amax / INT8_MAX).astype(scale_dtype)
+        s = scale.astype(jnp.float32)[..., None]
+        q = jnp.round(xf / jnp.where(s > 0, s, 1.0))
+        return jnp.clip(q, -INT8_MAX, INT8_MAX).astype(jnp.int8), scale
+    if dtype.itemsize == 1:  # float8
+        big = float(jnp.finfo(dtype).max)
+        return jnp.clip(x, -big, big).astype(dtype), None
+    return x.astype(dtype), None
+
+
+@functools.cache
+def _rotation(d: int) -> np.ndarray:
+    h, blocks, left = np.zeros((d, d), np.float32), [], d
+    while left:  # block-diagonal Hadamard matrices of the powers of two that sum to d (64 + 32 for 96)
+        blocks.append(1 << (left.bit_length() - 1))
+        left -= blocks[-1]
+    at = 0
+    for n in blocks:
+        block = np.ones((1, 1), np.float32)
+        while len(block) < n:
+            block = np.block([[block, block], [block, -block]])
+        h[at : at + n, at : at + n] = block / np.sqrt(n)
+        at += n
+    return h
+
+
+def rotate(x):
+    """x [..., D] times a fixed orthogonal, symmetric matrix (normalised Hadamard blocks), so
+    rotate(rotate(x)) == x up to rounding; in x's dtype. An int8 cache stores keys and values
+    rotated: queries turned the same way keep every score q . k, and the attention output turned
+    back is the output over the unrotated values. The rotation spreads a vector's outlier
+    channels over all D, so one scale per token and head fits: on SmolLM2-135M (float32, first
+    256 tokens of tests/data/public_domain.txt, through the cache in chunks of 64) int8 keys and
+    values raised perplexity by 1.9% unrotated, by 1.0% with the keys rotated, by 0.6% with
+    both."""
+    h = jnp.asarray(_rotation(x.shape[-1]))
+    return jnp.einsum("...d,de->...e", x, h, preferred_element_type=jnp.float32).astype(x.dtype)
+
+
+def dequantize_kv(values, scales, dtype):
+    """The float keys or values [..., D] in `dtype` of cached `values` (and their int8 `scales`
+    [...], or None)."""
+    if scales is None:
+        return values.astype(dtype)
+    return (values.astype(jnp.float32) * scales.astype(jnp.float32)[..., None]).astype(dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,11 +398,15 @@ def _pallas_prefill(q, k, v, scale, impl, interpret: bool = False):
 def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: float,
                            impl: str = "xla", window: int | None = None,
                            softcap: float | None = None, num_keys: int | None = None,
-                           interpret: bool = False):
+                           interpret: bool = False, k_scales=None, v_scales=None):
     """One query per row over the page pool. q [B, 1, H, D]; k_pages, v_pages [N, ps, K, D];
     page_table [B, P] int32; lengths [B]: row b's query sits at position lengths[b] - 1 and
     sees keys 0 .. lengths[b] - 1 (within the window when set). num_keys (static) bounds the
     keys read (a bucket >= max(lengths); default P * ps). -> [B, 1, H, D] in q.dtype.
+
+    An 8-bit pool (`quantize_kv`: int8 with k_scales, v_scales [N, ps, K], or float8) is read by
+    the "xla" form whatever `impl` says, the dequantization folded into its products: scores
+    (q . k_int8) * k_scale, and the softmax weights times v_scale before the sum over values.
 
     impl:
     - "xla": gather the row's pages (`gather_pages`), masked float32 softmax (any backend,
@@ -356,6 +435,11 @@ def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: f
     n, ps, kv, _ = k_pages.shape
     p = page_table.shape[1]
     lengths = jnp.asarray(lengths, jnp.int32)
+    if k_pages.dtype.itemsize == 1:
+        keys, values = gather_pages(k_pages, page_table, num_keys), gather_pages(v_pages, page_table, num_keys)
+        if k_scales is not None:
+            k_scales, v_scales = gather_pages(k_scales, page_table, num_keys), gather_pages(v_scales, page_table, num_keys)
+        return _masked_decode(q, keys, values, lengths, scale, window, softcap, k_scales, v_scales)
     if impl in ("cudnn", "cudnn_paged", "pallas") and window is not None:
         impl = "xla"
     if impl in ("cudnn", "cudnn_paged") and softcap is not None:
@@ -382,7 +466,10 @@ def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: f
     return _masked_decode(q, keys, values, lengths, scale, window, softcap)
 
 
-def _masked_decode(q, k, v, lengths, scale, window, softcap):
+def _masked_decode(q, k, v, lengths, scale, window, softcap, k_scales=None, v_scales=None):
+    """k, v [B, S, K, D] in q.dtype, or 8-bit (cast to q.dtype in the products: int8 values and
+    e4m3 floats are exact in bfloat16) with int8 scales [B, S, K] applied to the scores and the
+    weights."""
     b, _, h, d = q.shape
     s, kv = k.shape[1], k.shape[2]
     k_pos = jnp.arange(s, dtype=jnp.int32)[None, :]
@@ -390,15 +477,21 @@ def _masked_decode(q, k, v, lengths, scale, window, softcap):
     if window is not None:
         mask &= k_pos > lengths[:, None] - 1 - window
     qg = q.reshape(b, kv, h // kv, d)
+    narrow = k.dtype.itemsize == 1  # an 8-bit cache
+    k, v_dtype = (k.astype(q.dtype), q.dtype) if narrow else (k, v.dtype)
     scores = jnp.einsum("bkgd,bskd->bkgs", qg, k, preferred_element_type=jnp.float32) * scale
+    if k_scales is not None:
+        scores = scores * jnp.swapaxes(k_scales, 1, 2).astype(jnp.float32)[:, :, None, :]
     if softcap is not None:
         scores = jnp.tanh(scores / softcap) * softcap
     scores = jnp.where(mask[:, None, None, :], scores, _NEG_INF)
     m = jnp.max(scores, axis=-1, keepdims=True)
     p = jnp.exp(scores - jnp.where(m == _NEG_INF, 0.0, m))
     denom = jnp.sum(p, axis=-1, keepdims=True)
-    p = (p / jnp.where(denom > 0, denom, 1.0)).astype(v.dtype)
-    out = jnp.einsum("bkgs,bskd->bkgd", p, v, preferred_element_type=jnp.float32)
+    p = p / jnp.where(denom > 0, denom, 1.0)
+    if v_scales is not None:
+        p = p * jnp.swapaxes(v_scales, 1, 2).astype(jnp.float32)[:, :, None, :]
+    out = jnp.einsum("bkgs,bskd->bkgd", p.astype(v_dtype), v.astype(v_dtype), preferred_element_type=jnp.float32)
     return out.reshape(b, 1, h, d).astype(q.dtype)
 
 

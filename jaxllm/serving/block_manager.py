@@ -106,12 +106,13 @@ class BlockManager:
     def can_allocate(self, seq: Sequence) -> bool:
         return self._fits(seq, self._match(seq))
 
-    def allocate(self, seq: Sequence) -> None:
+    def allocate(self, seq: Sequence, share: bool = True) -> None:
         """Pages for all of seq.tokens: cached prefix pages first (seq.num_cached counts them),
-        fresh pages for the rest."""
+        fresh pages for the rest (all fresh with share=False: a sequence that computes every
+        position, as scoring does)."""
         if seq.pages:
             raise RuntimeError(f"sequence {seq.seq_id} already holds pages")
-        hits = self._match(seq)
+        hits = self._match(seq) if share else []
         if not self._fits(seq, hits):
             raise RuntimeError(f"allocate({seq.seq_id}) without room: check can_allocate first")
         for page, _, _ in hits:
@@ -122,9 +123,10 @@ class BlockManager:
         seq.chain = [(key, uid) for _, key, uid in hits]
         seq.num_cached = len(hits) * self.page_size
         seq.pages += [self._fresh() for _ in range(self.pages_for(seq.num_tokens) - len(hits))]
-        self.stats.lookups += 1
-        self.stats.lookup_tokens += seq.num_tokens
-        self.stats.hit_tokens += seq.num_cached
+        if share:
+            self.stats.lookups += 1
+            self.stats.lookup_tokens += seq.num_tokens
+            self.stats.hit_tokens += seq.num_cached
 
     def _fresh(self) -> int:
         if self._free:

@@ -9,6 +9,13 @@ steps (nano-vllm's model runner). The host (engine, scheduler) decides; this onl
   decode(kv_len, steps)           up to `steps` (<= chunk) steps for every slot in a
                                   lax.while_loop, each writing one token's keys and values into
                                   its page; a row whose logits are not finite ends with ERROR
+  score(tokens, pages, chunk)     teacher-forced log-probabilities of a token sequence, prefilled
+                                  chunk by chunk through the pool (later chunks read the keys the
+                                  earlier ones cached, in the cache's dtype)
+
+The pool holds the model's dtype, or 8-bit keys and values (`kv_dtype` "int8": int8 with a scale
+per token and kv head; "fp8": float8 e4m3), quantized as they are written (models/attention.py
+`kv_format`, `PagedCache`).
 
 The state (pool and slots) is donated, so XLA updates it in place. Shapes are bucketed (rows,
 chunk length, keys read) so a workload meets few compiles; the jitted steps belong to the model's
@@ -29,14 +36,15 @@ import numpy as np
 from flax import nnx
 
 from jaxllm import sharding
-from jaxllm.models.attention import LayerCache, PagedCache
+from jaxllm.models.attention import LayerCache, PagedCache, kv_format
 from jaxllm.sampling import RowParams, SamplingParams, sample
 
 ERROR = -2  # the token of a row whose logits were not finite: it ends there, with an error
 
 
 class SlotState(NamedTuple):
-    cache: list  # per layer LayerCache: k, v [pool, page_size, K, D]; pages >= num_pages are never handed out
+    cache: list  # per layer LayerCache: k, v [pool, page_size, K, D] (int8: and scales [pool, page_size, K]);
+    # pages >= num_pages are never handed out
     tokens: jax.Array  # [B] the last token of each slot, fed at the next step
     positions: jax.Array  # [B] where that token will be written
     done: jax.Array  # [B] bool
@@ -54,6 +62,7 @@ class Counters:
 
     prefill: int = 0
     decode: int = 0
+    score: int = 0
 
 
 @dataclass
@@ -89,19 +98,22 @@ def bucket(n: int, smallest: int) -> int:
 
 class Runner:
     def __init__(self, model, *, num_pages: int, page_size: int, max_seqs: int, max_len: int, chunk: int,
-                 attention: str, eos_width: int):
+                 attention: str, eos_width: int, kv_dtype: str | None = None):
         self.model, self.cfg = model, model.config
         self.num_pages, self.page_size, self.max_seqs, self.max_len = num_pages, page_size, max_seqs, max_len
         self.width = -(-max_len // page_size)  # page-table columns: pages of the longest sequence
         self.eos_width, self.attention = eos_width, attention
         self.dtype = jax.tree.leaves(model.params)[0].dtype
         self.mesh = getattr(model, "mesh", None)
-        steps = _steps(model.graphdef, chunk, attention, self.mesh, self.cfg.num_layers, self.cfg.num_kv_heads)
-        self._traces, self._prefill, self._decode, self._zeros = steps
+        values, scales = kv_format(kv_dtype, self.dtype)
+        self.kv_dtype = (values.name, None if scales is None else scales.name)  # the pool's (values, scales) dtypes
+        steps = _steps(model.graphdef, chunk, attention, self.mesh, self.cfg.num_layers, self.cfg.num_kv_heads,
+                       scales is not None)
+        self._traces, self._prefill, self._decode, self._score, self._zeros = steps
         self._before = dataclasses.replace(self._traces)  # what engines before this one compiled
         pool = pool_pages(num_pages, max_seqs)
         self._sizes = (max_seqs, pool, page_size, self.cfg.num_kv_heads, self.cfg.head_dim, self.cfg.num_layers,
-                       self.cfg.vocab_size, eos_width, jnp.dtype(self.dtype).name)
+                       self.cfg.vocab_size, eos_width, self.kv_dtype)
 
     def _put(self, x):
         return sharding.put_replicated(x, self.mesh)
@@ -111,7 +123,7 @@ class Runner:
         """The traces (compiles) of the steps since this runner was made: a new engine whose
         shapes earlier engines of the model met counts none."""
         t, b = self._traces, self._before
-        return Counters(t.prefill - b.prefill, t.decode - b.decode)
+        return Counters(t.prefill - b.prefill, t.decode - b.decode, t.score - b.score)
 
     def new_state(self) -> SlotState:
         return self._zeros(*self._sizes)
@@ -191,6 +203,27 @@ class Runner:
         for job in jobs:
             job().compile()
 
+    def score(self, state: SlotState, tokens: list[int], pages: list[int], chunk: int):
+        """Teacher-forced scores of `tokens` prefilled `chunk` at a time into `pages` (one compile
+        per key bucket), each chunk's queries reading what the chunks before it cached. Returns
+        (state, log p(tokens[t] | tokens[:t]) for t >= 1 float32 [len - 1], the most likely
+        token after each prefix tokens[:t] for t >= 1, int32 [len - 1])."""
+        table, n, cache, logps, tops = self._put(self.table([pages])), len(tokens), state.cache, [], []
+        for start in range(0, n - 1, chunk):  # the last token is only a target
+            length = min(chunk, n - start)
+            piece, targets = np.zeros((1, chunk), np.int32), np.full((1, chunk), -1, np.int32)
+            piece[0, :length] = tokens[start : start + length]
+            follow = tokens[start + 1 : start + length + 1]
+            targets[0, : len(follow)] = follow
+            cache, (logp, top) = self._score(self.prefill_keys(start + length), self.model.params, cache,
+                                             self._put(piece), self._put(np.int32(start)), self._put(np.int32(length)),
+                                             table, self._put(targets))
+            logps.append(np.asarray(logp)[0, : len(follow)])
+            tops.append(np.asarray(top)[0, : len(follow)])
+        empty = n < 2
+        return state._replace(cache=cache), (np.zeros(0, np.float32) if empty else np.concatenate(logps),
+                                             np.zeros(0, np.int32) if empty else np.concatenate(tops))
+
     def decode(self, state: SlotState, table: np.ndarray, limit: np.ndarray, stop: np.ndarray, kv_len: int,
                sampling: bool, steps: int):
         """Up to `steps` (<= chunk) decode steps for every slot. Returns (state, tokens [B, chunk]
@@ -209,33 +242,46 @@ class Runner:
 
 
 @functools.cache
-def _steps(graphdef, chunk: int, attention: str, mesh, num_layers: int, num_kv_heads: int):
-    """(counters, prefill, decode, zero state) jitted for this model structure."""
+def _steps(graphdef, chunk: int, attention: str, mesh, num_layers: int, num_kv_heads: int, scales: bool = False):
+    """(counters, prefill, decode, score, zero state) jitted for this model structure; `scales`:
+    the pool holds int8 scales (the state's structure on a mesh)."""
     counters = Counters()
     prefill = functools.partial(_prefill, graphdef, counters, attention)
     decode = functools.partial(_decode, graphdef, counters, chunk, attention)
+    score = functools.partial(_score, graphdef, counters, attention)
     sizes = tuple(range(9))  # _zero_state's arguments are all static
     if mesh is None:
         return (counters, jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3),
-                jax.jit(decode, static_argnums=(0, 1), donate_argnums=3), jax.jit(_zero_state, static_argnums=sizes))
-    # On a mesh: the pool is split like the kv projections; what the host reads back is
-    # replicated, so every process of a multi-host run can read it.
+                jax.jit(decode, static_argnums=(0, 1), donate_argnums=3), jax.jit(score, static_argnums=0, donate_argnums=2),
+                jax.jit(_zero_state, static_argnums=sizes))
+    # On a mesh: the pool is split like the kv projections (an int8 pool's scales [pool, page, K]
+    # like its first three dims); what the host reads back is replicated, so every process of a
+    # multi-host run can read it.
     rep = sharding.replicated(mesh)
     pool = sharding.pool_sharding(mesh, num_kv_heads)
-    state = jax.tree.map(lambda _: rep, jax.eval_shape(lambda: _zero_state(1, 1, 1, 1, 1, num_layers, 1, 1, "float32")))
-    state = state._replace(cache=[LayerCache(pool, pool)] * num_layers)
+    spec = tuple(pool.spec) + (None,) * (4 - len(pool.spec))
+    scale = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec[:3])) if scales else None
+    cache = [LayerCache(pool, pool, scale, scale)] * num_layers
+    state = jax.tree.map(lambda _: rep, jax.eval_shape(lambda: _zero_state(1, 1, 1, 1, 1, num_layers, 1, 1, ("float32", None))))
+    state = state._replace(cache=cache)
     return (counters, jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3, out_shardings=(state, rep, rep)),
             jax.jit(decode, static_argnums=(0, 1), donate_argnums=3, out_shardings=(state, rep, rep)),
+            jax.jit(score, static_argnums=0, donate_argnums=2, out_shardings=(cache, (rep, rep))),
             jax.jit(_zero_state, static_argnums=sizes, out_shardings=state))
 
 
-def _zero_state(rows, pool, page_size, kv_heads, head_dim, layers, vocab, eos_width, dtype) -> SlotState:
+def _zero_state(rows, pool, page_size, kv_heads, head_dim, layers, vocab, eos_width, dtypes) -> SlotState:
     """An empty state: `pool` pages per layer (the managed ones, a trash page that unused table
     entries point at, then rounded up to a multiple of the rows: cuDNN's paged kernel wants the
-    pool to split evenly over them) and `rows` decode slots."""
-    shape = (pool, page_size, kv_heads, head_dim)
+    pool to split evenly over them) in dtypes (values, scales or None), and `rows` decode slots."""
+    shape, (values, scales) = (pool, page_size, kv_heads, head_dim), dtypes
+
+    def layer():
+        kv = [jnp.zeros(shape, values) for _ in range(2)]
+        return LayerCache(*kv) if scales is None else LayerCache(*kv, *(jnp.zeros(shape[:3], scales) for _ in range(2)))
+
     return SlotState(
-        cache=[LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(layers)],
+        cache=[layer() for _ in range(layers)],
         tokens=jnp.zeros(rows, jnp.int32), positions=jnp.zeros(rows, jnp.int32), done=jnp.ones(rows, bool),
         generated=jnp.zeros(rows, jnp.int32), max_new=jnp.ones(rows, jnp.int32), limit=jnp.zeros(rows, jnp.int32),
         seen=jnp.zeros((rows, vocab), bool), eos=jnp.full((rows, eos_width), -1, jnp.int32),
@@ -319,3 +365,20 @@ def _decode(graphdef, counters, chunk, attention, kv_len, sampling, params, stat
     cond = lambda c: (c[0] < jnp.minimum(steps, chunk)) & ~jnp.all(c[1].done | (c[1].positions >= c[1].limit))  # noqa: E731
     _, state, out, out_lp = jax.lax.while_loop(cond, body, (jnp.int32(0), state, out, out_lp))
     return state, out, out_lp
+
+
+def _score(graphdef, counters, attention, kv_len, params, cache: list, tokens, start, length, table, targets):
+    """One chunk of a scored sequence: tokens [1, C] at positions start.. (length real) written
+    into the pages of `table` [1, P], attention over everything before; returns the cache and
+    log p(targets[0, i] | the tokens up to position start + i), float32 [1, C], and the most likely
+    token there (greedy) [1, C]."""
+    counters.score += 1
+    model = nnx.merge(graphdef, params)
+    c = tokens.shape[1]
+    positions = start + jnp.arange(c)[None, :]
+    valid = jnp.arange(c)[None, :] < length
+    kv = PagedCache(table, valid, kv_len, attention)
+    hidden, cache = model.hidden(tokens, positions, cache, kv, lengths=(start + length)[None])
+    logp = jax.nn.log_softmax(model.logits(hidden), axis=-1)
+    return cache, (jnp.take_along_axis(logp, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0],
+                   jnp.argmax(logp, axis=-1).astype(jnp.int32))
