@@ -7,6 +7,11 @@ at once here, anything else the `gguf` package can dequantize (Q4_K, Q6_K, ...) 
 The header is parsed here too (milliseconds; the package's reader takes seconds over a
 vocabulary's strings), once per file, and the tokenizer built from it is cached on disk.
 
+Quantized loads (`jaxllm.load(..., quantize=...)`) take Q8_0, Q4_0 and Q4_1 kernels without a
+float detour (`GGUFCheckpoint.blocks`): int8 / int4 values in groups of 32 with the file's float16
+scales (Q4_1's minimum folded into a float32 offset), so the model computes with exactly the
+file's values (d * q, or d * q + m, in float32).
+
 llama.cpp stores Llama-family q/k projections with rows permuted for its rotary layout; we undo it
 so the weights are transformers' again.
 """
@@ -24,9 +29,11 @@ import shutil
 import struct
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 
 from jaxllm.errors import CheckpointError
+from jaxllm.models import quant
 
 # general.architecture -> (HF architecture, whether llama.cpp permuted q/k rows)
 ARCHITECTURES = {
@@ -267,6 +274,32 @@ def _dequantize_blocks(blocks: np.ndarray, kind: str, out: np.ndarray) -> None:
         out += blocks["m"].astype(np.float32)[:, None]
 
 
+# GGML types taken as they are by quantized loads: int8 / int4 (uint4 + offset) groups of 32.
+# Q4_1's d * q + m is stored as d * (q - 8) + (m + 8 d): int4 values, the offset in float32, where
+# m + 8 d is exact, so the float32 result is the file's, rounded once.
+NATIVE = {"Q8_0": quant.Scheme(8, 32, scale_dtype="float16"), "Q4_0": quant.Scheme(4, 32, scale_dtype="float16"),
+          "Q4_1": quant.Scheme(4, 32, offset=True, scale_dtype="float16", offset_dtype="float32")}
+
+
+def blocks(raw: np.ndarray, type_id: int, shape: tuple[int, ...]):
+    """(values, scales, offsets or None) of a Q8_0 / Q4_0 / Q4_1 tensor of `shape` [rows, cols]:
+    values [rows, cols] int8 (Q8_0) or int4 (Q4_0 and Q4_1, less 8), float16 scales [rows, cols / 32]
+    and for Q4_1 float32 offsets m + 8 d; q * d (+ offset) in float32 gives the file's values."""
+    kind = _TYPES[type_id][0]
+    b = raw.view(_BLOCKS[kind])
+    rows, groups = math.prod(shape[:-1]), shape[-1] // 32
+    scale = b["d"].reshape(rows, groups).astype(np.float16)
+    offset = None
+    if kind == "Q4_1":
+        offset = b["m"].reshape(rows, groups).astype(np.float32) + 8 * scale.astype(np.float32)
+    if kind == "Q8_0":
+        return b["qs"].reshape(rows, shape[-1]), scale, offset
+    qs = b["qs"]
+    q = np.empty((len(b), 32), np.int8)
+    q[:, :16], q[:, 16:] = qs & 0x0F, qs >> 4
+    return (q - 8).astype(ml_dtypes.int4).reshape(rows, shape[-1]), scale, offset
+
+
 class GGUFCheckpoint:
     """Tensors of a GGUF file under their HF names, in HF layout, dequantized on demand."""
 
@@ -294,11 +327,27 @@ class GGUFCheckpoint:
 
     def get(self, name) -> np.ndarray:
         shape, type_id, raw = self.tensors[name]
-        data = dequantize(raw, type_id).reshape(shape)
+        return self._unpermuted(name, dequantize(raw, type_id).reshape(shape))
+
+    def _unpermuted(self, name: str, data: np.ndarray) -> np.ndarray:
         proj = name.split(".")[-2] if name.endswith(".weight") or name.endswith(".bias") else ""
-        if proj in self.heads:
-            data = _unpermute(data, self.heads[proj])
-        return data
+        return _unpermute(data, self.heads[proj]) if proj in self.heads else data
+
+    def type_name(self, name) -> str:
+        type_id = self.tensors[name][1]
+        return _TYPES[type_id][0] if type_id in _TYPES else str(type_id)
+
+    def block_scheme(self, name) -> quant.Scheme | None:
+        """The quant.Scheme a 2-D tensor's blocks load as natively, or None (absent, other type)."""
+        if name not in self.tensors or len(self.tensors[name][0]) != 2:
+            return None
+        return NATIVE.get(self.type_name(name))
+
+    def blocks(self, name):
+        """(values, scales, offsets or None) of a Q8_0 / Q4_0 / Q4_1 tensor in HF layout (`blocks`),
+        rows unpermuted as `get` does."""
+        shape, type_id, raw = self.tensors[name]
+        return tuple(None if a is None else self._unpermuted(name, a) for a in blocks(raw, type_id, shape))
 
 
 def open_checkpoint(path: Path):

@@ -13,21 +13,36 @@ import jax
 from tqdm.auto import tqdm
 
 from jaxllm import runtime
-from jaxllm.loader import LoadedModel, load
+from jaxllm.loader import QUANTIZE, LoadedModel, load
+from jaxllm.models.quant import DEFAULT_GROUP, INT8_GROUP
 from jaxllm.sampling import SamplingParams
 
 
 class Bar:
     """Counts named steps (tensors read or written); `bar(name)` after each. `delay`: seconds before
-    the bar first shows, so quick work prints nothing; `enabled` False: never shown."""
+    the bar first shows, so quick work prints nothing; `enabled` False: never shown.
+
+    A loader that knows its bytes calls `expect_bytes(total)` first and then `bar(name, nbytes)`:
+    the bar then counts bytes and shows GB and GB/s, the tensors counted beside them."""
 
     def __init__(self, total: int | None, what: str, unit: str = "tensor", delay: float = 0.0, enabled: bool = True):
         self.bar = tqdm(total=total, desc=what, unit=unit, file=sys.stderr, delay=delay,
                         disable=not (enabled and sys.stderr.isatty()))
+        self.steps, self.total_steps, self.unit, self.by_bytes = 0, total, unit, False
 
-    def __call__(self, name: str) -> None:
-        self.bar.set_postfix_str(name[-40:], refresh=False)
-        self.bar.update()
+    def expect_bytes(self, total: int) -> None:
+        """Count bytes from now on, `total` of them (the steps keep their own count)."""
+        self.by_bytes = True
+        if not self.bar.disable:
+            self.bar.unit, self.bar.unit_scale, self.bar.unit_divisor = "B", True, 1000
+            self.bar.reset(total=total)
+
+    def __call__(self, name: str, nbytes: int | None = None) -> None:
+        self.steps += 1
+        of = f"/{self.total_steps}" if self.total_steps else ""
+        shown = f"{self.steps}{of} {self.unit}s, {name[-40:]}" if self.by_bytes else name[-40:]
+        self.bar.set_postfix_str(shown, refresh=False)
+        self.bar.update(nbytes or 0 if self.by_bytes else 1)
 
     def close(self) -> None:
         self.bar.close()
@@ -41,11 +56,16 @@ class Bar:
 
 def model_flags() -> argparse.ArgumentParser:
     """The flags of every command that generates (an argparse parent): model, dtype, mesh,
-    sampling, stop strings, system message, compile cache."""
+    quantization and KV cache dtype, sampling, stop strings, system message, compile cache."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--model", help="checkpoint folder, .gguf file or hub id (default: SmolLM2-135M-Instruct)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bfloat16 on accelerators, float32 on CPU)")
     p.add_argument("--mesh", help="device mesh: 'tp=4', 'dp=2,tp=4', 'fsdp=8' or 'auto' (all devices on tp)")
+    p.add_argument("--quantize", choices=QUANTIZE, help="quantized weights: int8 or int4 (a scale and offset per "
+                   "--group-size inputs), or gguf (a .gguf file's own Q8_0/Q4_0/Q4_1 blocks, the rest float)")
+    p.add_argument("--group-size", type=int, help=f"--quantize: input values per scale (default: int8 {INT8_GROUP}, "
+                                                  f"int4 {DEFAULT_GROUP})")
+    p.add_argument("--kv-dtype", help="KV cache dtype: int8, float8_e4m3fn (fp8), or a float dtype (default: the model's)")
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--temperature", type=float)
     p.add_argument("--top-p", type=float)
@@ -86,10 +106,13 @@ def is_leader() -> bool:
 
 def load_model(args) -> LoadedModel:
     """The model of --model (default: runtime.default_model()) in --dtype (default: float32 on a
-    CPU, else bfloat16) on --mesh, with a progress bar when loading takes over a second."""
+    CPU, else bfloat16) on --mesh, quantized as --quantize says, with --kv-dtype for its engine; a
+    progress bar when loading takes over a second."""
     dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+    quant = dict(quantize=getattr(args, "quantize", None), group_size=getattr(args, "group_size", None),
+                 kv_dtype=getattr(args, "kv_dtype", None))
     with Bar(None, "loading", delay=1.0, enabled=is_leader()) as bar:
-        return load(args.model or runtime.default_model(), dtype=dtype, mesh=args.mesh, progress=bar)
+        return load(args.model or runtime.default_model(), dtype=dtype, mesh=args.mesh, progress=bar, **quant)
 
 
 _compile_s = [0.0]  # XLA backend compile seconds in this process (jax.monitoring events)

@@ -6,11 +6,16 @@ They take the loading path up to the read (`loader.plan`); weights are then draw
 
 from __future__ import annotations
 
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxllm.loader import LoadedModel, plan
-from jaxllm.models.weights import flat_params, unflatten_into
+from jaxllm.loader import LoadedModel, plan, resolve_kv_dtype
+from jaxllm.models import quant
+from jaxllm.models.weights import flat_params, place, unflatten_into
 
 # HF-shaped configs of well-known models (weights random): name -> config.json fields.
 SHAPES = {
@@ -33,21 +38,56 @@ SHAPES = {
 }
 
 
-def random_model(raw: dict | str, dtype="bfloat16", mesh=None, seed: int = 0) -> LoadedModel:
+def random_model(raw: dict | str, dtype="bfloat16", mesh=None, seed: int = 0, *, quantize: str | None = None,
+                 group_size: int | None = None, kv_dtype=None) -> LoadedModel:
     """A LoadedModel of config `raw` (a config.json dict, or a name in SHAPES) with N(0, 0.02)
-    weights and unit norms."""
-    p = plan(SHAPES[raw] if isinstance(raw, str) else raw, dtype, mesh)
+    weights and unit norms. With `quantize` ("int8", "int4"), kernels are drawn as uniform integers
+    on the devices with scales and offsets that give values of about the same spread (mean 0,
+    standard deviation 0.02), so a quantized 8B shape also takes seconds."""
+    kv_dtype = resolve_kv_dtype(kv_dtype)
+    p = plan(SHAPES[raw] if isinstance(raw, str) else raw, dtype, mesh, quantize=quantize, group_size=group_size)
     # One small jit per distinct (shape, dtype, sharding): one giant init jit compiles for minutes on GPU.
     makers, filled = {}, {}
-    for i, (path, leaf) in enumerate(flat_params(p.abstract).items()):
+    leaves = flat_params(p.abstract)
+    roles = _quant_roles(leaves)
+    for i, (path, leaf) in enumerate(leaves.items()):
         sh = (p.shardings or {}).get(path)
+        role = roles.get(path)
+        if role is not None or len(leaf.shape) == 1:  # constants (norms, scales, offsets): no compile
+            filled[path] = place(_constant(leaf.shape, leaf.dtype, role), sh)
+            continue
         key = (leaf.shape, leaf.dtype, sh)
         if key not in makers:
-            def make(k, shape=leaf.shape, dtype=leaf.dtype, ones=leaf.ndim == 1):  # 1-D: norm weights
-                if ones:
-                    return jnp.ones(shape, dtype)
-                return (0.02 * jax.random.normal(k, shape, jnp.float32)).astype(dtype)
-
-            makers[key] = jax.jit(make, out_shardings=sh)
+            makers[key] = jax.jit(functools.partial(_make, shape=leaf.shape, dtype=leaf.dtype), out_shardings=sh)
         filled[path] = makers[key](jax.random.fold_in(jax.random.PRNGKey(seed), i))
-    return LoadedModel(p.config, p.graphdef, unflatten_into(p.abstract, filled), None, {}, None, p.mesh)
+    return LoadedModel(p.config, p.graphdef, unflatten_into(p.abstract, filled), None, {}, None, p.mesh,
+                       quantize=p.quantize, kv_dtype=kv_dtype)
+
+
+def _quant_roles(leaves: dict) -> dict:
+    """{path: (role, levels)} of the scales and offsets of quantized kernels (role "scale" or
+    "offset", levels the kernel's number of integer values)."""
+    roles = {}
+    for path, leaf in leaves.items():
+        if quant.is_quantized(leaf.dtype):
+            levels = 2 ** quant.bits(leaf.dtype)
+            for role, name in zip(("scale", "offset"), quant.scale_names(path[-1])):
+                roles[path[:-1] + (name,)] = (role, levels)
+    return roles
+
+
+def _constant(shape, dtype, role) -> np.ndarray:
+    """Norm weights (ones), or a quantized kernel's scales and offsets: its integers are uniform over
+    [-levels / 2, levels / 2), of std levels / sqrt(12) and mean -1/2, so these give std 0.02, mean 0."""
+    if role is None:
+        return np.ones(shape, dtype)
+    kind, levels = role
+    scale = 0.02 * math.sqrt(12) / levels
+    return np.full(shape, scale if kind == "scale" else scale / 2, dtype)
+
+
+def _make(k, *, shape, dtype):
+    if quant.is_quantized(dtype):
+        info = jnp.iinfo(dtype)
+        return jax.random.randint(k, shape, int(info.min), int(info.max) + 1, jnp.int32).astype(dtype)
+    return (0.02 * jax.random.normal(k, shape, jnp.float32)).astype(dtype)

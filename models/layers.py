@@ -15,11 +15,14 @@ flax's pytree checks on every attribute, about half of what a layer costs to bui
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxllm.errors import ConfigError
+from jaxllm.models import quant
 from jaxllm.models.config import ModelConfig
 
 
@@ -40,16 +43,45 @@ class Dense(nnx.Module, pytree=False):
     Decode multiplies one row by each kernel, and XLA's GPU kernel for that product reduces over
     the minor dim several times faster than over the major one (H100: a 1024 x 3072 product 8.6
     vs 13.0 us, 3072 x 1024 6.8 vs 48.5 us; benchmarks/matvec_probe.py, docs/benchmarks.md).
+
+    Quantized (`quantize`, called by quant.apply when the model is built with a quantize setting):
+    the kernel holds integers of the same shape and axes, `scale` (and `offset`) [out..., G] one
+    value per group of input values; `__call__` dequantizes (convert, scale, reshape) right before
+    the same product, which XLA fuses. `quantizable` False keeps a layer float (MoE routers).
     """
 
-    def __init__(self, in_shape, out_shape, axes, *, bias: bool, dtype, rngs: nnx.Rngs):
+    def __init__(self, in_shape, out_shape, axes, *, bias: bool, dtype, rngs: nnx.Rngs, quantizable: bool = True):
         self.n_in = len(in_shape)
+        self.quantizable = quantizable
         axes = tuple(axes[self.n_in :]) + tuple(axes[: self.n_in])
         self.kernel = param(tuple(out_shape) + tuple(in_shape), axes, dtype)
         self.bias = param(tuple(out_shape), axes[: len(out_shape)], dtype) if bias else None
+        self.scale = self.offset = None
+
+    def quantize(self, path: tuple, scheme_for) -> None:
+        """Declare the kernel quantized by scheme_for(path of the kernel) (None: stay float)."""
+        scheme = scheme_for(path + ("kernel",))
+        if scheme is None:
+            return
+        shape, axes, dtype = self.kernel.get_value().shape, self.kernel.axes, self.kernel.get_value().dtype
+        n_out = len(shape) - self.n_in
+        groups = scheme.groups(math.prod(shape[n_out:]), ".".join(map(str, path)))
+        scale_axes = axes[:n_out] + (quant.group_axis(axes, n_out, groups),)
+        scale_dtype = scheme.scale_dtype or dtype
+        self.kernel = param(shape, axes, scheme.kernel_dtype)
+        self.scale = param(shape[:n_out] + (groups,), scale_axes, scale_dtype)
+        if scheme.offset:
+            self.offset = param(shape[:n_out] + (groups,), scale_axes, scheme.offset_dtype or dtype)
+
+    def weight(self, dtype):
+        """The kernel as floats of `dtype` (dequantized when quantized)."""
+        kernel = self.kernel[...]
+        if self.scale is None:
+            return kernel
+        return quant.dequantize(kernel, self.scale[...], None if self.offset is None else self.offset[...], dtype)
 
     def __call__(self, x):
-        kernel = self.kernel[...]
+        kernel = self.weight(x.dtype)
         n_out = kernel.ndim - self.n_in
         contract = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(n_out, kernel.ndim)))
         y = jnp.tensordot(x, kernel, axes=contract)
@@ -146,16 +178,49 @@ class MoE(nnx.Module, pytree=False):
     Dispatch: the (token, expert) assignments are sorted by expert and each expert multiplies only
     its own group (`jax.lax.ragged_dot`), so the work is tokens x k expert MLPs, not tokens x all.
     Expert kernels carry the logical "expert" axis: [X, E, F] gate/up, [X, F, E] down.
+    Quantized (`quantize`): each stack holds integers, `{name}_scale` (and `_offset`) [X, G, out]
+    per group of inputs; the stacks are dequantized, then multiplied by the same ragged_dot. The
+    router stays float: a small error there changes which experts run.
     """
+
+    EXPERTS = ("gate_proj", "up_proj", "down_proj")
 
     def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
         e, f, x = cfg.hidden_size, cfg.moe_intermediate_size or cfg.intermediate_size, cfg.num_experts
         self.k, self.num_experts, self.norm_topk = cfg.experts_per_token, x, cfg.norm_topk_prob
         self.act = activation(cfg.hidden_act)
-        self.gate = Dense((e,), (x,), ("embed", "expert"), bias=False, dtype=dtype, rngs=rngs)  # the router
+        self.gate = Dense((e,), (x,), ("embed", "expert"), bias=False, dtype=dtype, rngs=rngs, quantizable=False)  # the router
         self.gate_proj = param((x, e, f), ("expert", "embed", "mlp"), dtype)
         self.up_proj = param((x, e, f), ("expert", "embed", "mlp"), dtype)
         self.down_proj = param((x, f, e), ("expert", "mlp", "embed"), dtype)
+        self.quantizable = True
+        for name in self.EXPERTS:
+            setattr(self, f"{name}_scale", None)
+            setattr(self, f"{name}_offset", None)
+
+    def quantize(self, path: tuple, scheme_for) -> None:
+        """Declare each expert stack quantized by scheme_for(its path) (None: stay float)."""
+        for name in self.EXPERTS:
+            scheme = scheme_for(path + (name,))
+            if scheme is None:
+                continue
+            stack = getattr(self, name)
+            (x, fan_in, out), axes, dtype = stack.get_value().shape, stack.axes, stack.get_value().dtype
+            groups = scheme.groups(fan_in, ".".join(map(str, path + (name,))))
+            scale_axes = (axes[0], quant.group_axis(axes, 1, groups), axes[2])
+            setattr(self, name, param((x, fan_in, out), axes, scheme.kernel_dtype))
+            scale_name, offset_name = quant.scale_names(name)
+            setattr(self, scale_name, param((x, groups, out), scale_axes, scheme.scale_dtype or dtype))
+            if scheme.offset:
+                setattr(self, offset_name, param((x, groups, out), scale_axes, scheme.offset_dtype or dtype))
+
+    def expert_weight(self, name: str, dtype):
+        """An expert stack as floats of `dtype` (dequantized when quantized)."""
+        stack = getattr(self, name)[...]
+        scale, offset = (getattr(self, n) for n in quant.scale_names(name))
+        if scale is None:
+            return stack
+        return quant.dequantize(stack, scale[...], None if offset is None else offset[...], dtype, in_axis=1)
 
     def route(self, x):
         """x [N, E] -> (weights [N, k] float32, expert ids [N, k]): softmax in float32, top k,
@@ -175,8 +240,9 @@ class MoE(nnx.Module, pytree=False):
         token = order // self.k  # the token of each assignment, in expert order
         groups = jnp.bincount(flat, length=self.num_experts).astype(jnp.int32)
         xs = jnp.take(x, token, axis=0)  # [N * k, E]
-        h = self.act(jax.lax.ragged_dot(xs, self.gate_proj[...], groups)) * jax.lax.ragged_dot(xs, self.up_proj[...], groups)
-        y = jax.lax.ragged_dot(h, self.down_proj[...], groups)  # [N * k, E]
+        gate, up, down = (self.expert_weight(name, x.dtype) for name in self.EXPERTS)
+        h = self.act(jax.lax.ragged_dot(xs, gate, groups)) * jax.lax.ragged_dot(xs, up, groups)
+        y = jax.lax.ragged_dot(h, down, groups)  # [N * k, E]
         y = y.astype(jnp.float32) * jnp.take(weights.reshape(-1), order)[:, None]
         out = jnp.zeros(x.shape, jnp.float32).at[token].add(y)
         return out.astype(x.dtype).reshape(shape)

@@ -33,9 +33,14 @@ RULES: dict[str, str | None] = {
     "norm": None,
     "cache_seq": None,
     "expert": None,  # expert parallelism comes with the MoE models
+    # The scales of quantized kernels (models/quant.py), one per group of input values: split like
+    # the inputs they scale, replicated when the mesh axis does not divide the number of groups.
+    "embed_groups": "fsdp",
+    "q_heads_groups": "tp",
+    "mlp_groups": "tp",
 }
 # Logical axes that fall back to replication when their mesh axis does not divide them.
-REPLICATE_IF_UNEVEN = {"kv_heads"}
+REPLICATE_IF_UNEVEN = {"kv_heads", "embed_groups", "q_heads_groups", "mlp_groups"}
 
 
 def spec_for(axes: tuple, shape: tuple, mesh: Mesh, what: str = "") -> PartitionSpec:
