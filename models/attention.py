@@ -14,6 +14,7 @@ Shapes: B batch, T query tokens, S key positions, H query heads, K kv heads, G =
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -157,6 +158,7 @@ def cudnn_decode_fits(q, spec: AttnSpec) -> bool:
 # KV backends: (q, k, v, layer cache, positions, spec) -> (attention output, the layer's new cache)
 
 
+@jax.tree_util.register_static
 @dataclass(frozen=True)
 class Uncached:
     """Attend over the call's own keys (positions say where each is); the keys and values come back
@@ -167,6 +169,7 @@ class Uncached:
         return out, LayerCache(k, v)
 
 
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["page_table", "valid"], meta_fields=["num_keys", "impl"])
 @dataclass(frozen=True)
 class PagedCache:
     """A pool of pages per layer, k and v [N + 1, ps, K, D]; the last page is what unused page

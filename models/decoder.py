@@ -9,6 +9,9 @@ attention's KV backend (models/attention.py).
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -34,6 +37,15 @@ class DecoderLayer(nnx.Module):
         x = x + attn
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, cache
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _call_layer(graphdef, state, x, positions, rot, cache, kv):
+    """A layer as a nested jit: layers of one structure (most models: all of them) share one
+    trace, where inlining them traced each again. Tracing 30 layers of the default model took
+    ~3 s of every start, compile cache warm (2-core CPU); XLA inlines the call, so the compiled
+    program is the same."""
+    return nnx.merge(graphdef, state)(x, positions, rot, cache, kv)
 
 
 def norm_kwargs(cfg: ModelConfig, dtype, rngs, norm_cls=None) -> dict:
@@ -68,7 +80,12 @@ class DecoderModel(nnx.Module):
         for i, layer in enumerate(self.layers):
             if trace is not None:
                 trace.append(x)
-            x, c = layer(x, positions, rots.get(self.cfg.layer_rope(i)), None if cache is None else cache[i], kv)
+            rot, c = rots.get(self.cfg.layer_rope(i)), None if cache is None else cache[i]
+            if trace is None:  # one trace per distinct layer, not per layer (see _call_layer)
+                graphdef, state = nnx.split(layer)
+                x, c = _call_layer(graphdef, state, x, positions, rot, c, kv)
+            else:
+                x, c = layer(x, positions, rot, c, kv)
             new_cache.append(c)
         x = self.norm(x)
         if trace is not None:
