@@ -42,7 +42,8 @@ from jaxllm import checkpoint, convert, runtime
 from jaxllm.engine import Engine, Request
 from jaxllm.errors import ArgumentParser, JaxllmError, run_cli
 from jaxllm.loader import plan
-from jaxllm.models import weights
+from jaxllm.models import quant, weights
+from jaxllm.models.attention import kv_cache_bytes
 from jaxllm.random_model import SHAPES, random_model
 from jaxllm.sampling import SamplingParams
 from jaxllm.sharding import make_mesh
@@ -121,7 +122,7 @@ def bench_long(model, sizes: dict) -> dict:
         prompts = [rng.integers(0, cfg.vocab_size, n).tolist() for _ in range(2)]
         _section(f"long {n} (compile)", lambda e=engine, p=prompts[0]: _run(e, [Request(p, params)]))
         first, total, new = _run(engine, [Request(prompts[1], params)])
-        kv = cfg.kv_cache_bytes(n + sizes["long_new"], jax.tree.leaves(model.params)[0].dtype)
+        kv = kv_cache_bytes(cfg, n + sizes["long_new"], model.dtype, model.kv_dtype)
         out[f"long_{n}"] = dict(ttft_s=first, decode_tokens_per_s=(new - 1) / (total - first), peak_bytes=_peak_bytes(),
                                 weights_plus_kv_bytes=param_bytes + kv)
         del engine
@@ -155,12 +156,12 @@ def bench_prefix(model, sizes: dict) -> dict:
     return out
 
 
-def bench_jax(shape: str, sizes: dict, dtype: str, skip=()) -> dict:
-    model = _section("random weights", lambda: jax.block_until_ready(random_model(shape, dtype=dtype)))
+def bench_jax(shape: str, sizes: dict, dtype: str, skip=(), quantize=None) -> dict:
+    model = _section("random weights", lambda: jax.block_until_ready(random_model(shape, dtype=dtype, quantize=quantize)))
     cfg = model.config
     rng = np.random.default_rng(0)
-    param_bytes = sum(x.nbytes for x in jax.tree.leaves(model.params))
-    out = {"shape": shape, "param_bytes": param_bytes}
+    param_bytes = int(sum(quant.bytes_of(x) for x in jax.tree.leaves(model.params)))  # int4: half a byte
+    out = {"shape": shape, "param_bytes": param_bytes, "quantize": quantize}
 
     def reqs(n, prompt, new):
         p = SamplingParams(max_new_tokens=new, ignore_eos=True).resolved()
@@ -535,6 +536,7 @@ def main(argv=None) -> int:
     p = ArgumentParser(prog="python -m jaxllm.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", action="append", help="qwen3-0.6b, llama3-8b or tiny (repeatable)")
     p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--quantize", choices=["int8", "int4"], help="quantized weights in the main sections (b1, bN, ttft, ...)")
     p.add_argument("--compare", choices=["hf"], help="also run transformers on the same shapes")
     p.add_argument("--skip", default="", help="comma-separated sections to leave out: b1,bN,ttft,offline,long,prefix,start")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
@@ -591,7 +593,7 @@ def _main(args) -> int:
     results = []
     for shape in shapes:
         print(f"{shape}:", file=sys.stderr, flush=True)
-        r = bench_jax(shape, sizes, args.dtype, skip)
+        r = bench_jax(shape, sizes, args.dtype, skip, args.quantize)
         r.update(starts.get(shape, {}))
         if shape in peer:
             r["hf"] = peer[shape]

@@ -22,7 +22,7 @@ import jax
 
 from jaxllm import checkpoint, converted, runtime
 from jaxllm.errors import ArgumentParser, CheckpointError, JaxllmError, check_interrupted, handle_signals, run_cli
-from jaxllm.loader import open_checkpoint, plan
+from jaxllm.loader import QUANTIZE, open_checkpoint, plan
 from jaxllm.models import weights
 from jaxllm.progress import Bar
 
@@ -39,6 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--to-hf", action="store_true", help="write Hugging Face safetensors instead of orbax")
     p.add_argument("--force", action="store_true", help="replace DST if it exists (only once the new one is complete)")
     p.add_argument("--mesh", default=None, help="convert onto a device mesh, e.g. 'tp=4' (default: one device)")
+    p.add_argument("--quantize", choices=QUANTIZE, help="save quantized weights: int8, int4 or gguf (see jaxllm.load)")
+    p.add_argument("--group-size", type=int, help="--quantize: input values per scale")
     p.add_argument("--shard-size", type=float, default=5.0, help="--to-hf: largest safetensors file, in GB (default 5)")
     return p.parse_args(argv)
 
@@ -100,7 +102,8 @@ def _finish(tmp: Path, dst: Path) -> None:
 
 
 def convert(src, dst, *, dtype=None, to_hf: bool = False, force: bool = False, mesh=None,
-            shard_bytes: int = 5 << 30, progress: bool = True) -> dict:
+            shard_bytes: int = 5 << 30, progress: bool = True, quantize: str | None = None,
+            group_size: int | None = None) -> dict:
     """Convert `src` into `dst` (see the module docstring); returns timings and sizes. `dtype`
     None: the dtype the source stores its weights in, else float32. Whatever ends it early (an
     error, a full or read-only disk, Ctrl-C, SIGTERM), nothing is left behind once it returns."""
@@ -108,7 +111,9 @@ def convert(src, dst, *, dtype=None, to_hf: bool = False, force: bool = False, m
     dst = Path(dst).expanduser()
     source = open_checkpoint(src)
     _check_dst(source.path, dst, force)
-    p = plan(source.raw, dtype or source.dtype, mesh, source)
+    if quantize and to_hf:
+        raise JaxllmError("--quantize writes jaxllm's own format: drop --to-hf (Hugging Face files hold float weights)")
+    p = plan(source.raw, dtype or source.dtype, mesh, source, quantize=quantize, group_size=group_size)
     dtype_name = jax.numpy.dtype(p.dtype).name
     p.check()
     if mesh is None and jax.default_backend() != "cpu":
@@ -162,7 +167,7 @@ def _write(source, p, tmp: Path, dst: Path, dtype_name: str, src, to_hf: bool, s
         with Bar(len(layout), "writing", enabled=progress) as bar:
             files = checkpoint.write_safetensors(tmp, layout, weights.export_tensors(specs, flat), shard_bytes, bar)
     else:
-        meta = dict(dtype=dtype_name, architecture=p.arch.name, source=str(src))
+        meta = dict(dtype=dtype_name, architecture=p.arch.name, source=str(src), quantize=p.quantize)
         converted.save(tmp, params, meta, shown=dst)
         files = [converted.PARAMS, converted.MARKER]
     return read_s, files
@@ -198,7 +203,7 @@ def main(argv=None) -> int:
         if args.shard_size <= 0:
             raise JaxllmError("--shard-size must be a positive number of GB")
         out = convert(args.src, args.dst, dtype=args.dtype, to_hf=args.to_hf, force=args.force, mesh=args.mesh,
-                      shard_bytes=int(args.shard_size * 1e9))
+                      shard_bytes=int(args.shard_size * 1e9), quantize=args.quantize, group_size=args.group_size)
         kind = "Hugging Face safetensors" if args.to_hf else "jaxllm (orbax)"
         print(f"wrote {args.dst} ({kind}, {out['dtype']}, {out['bytes'] / 1e9:.2f} GB) in {out['seconds']:.1f}s "
               f"(reading and converting {out['read_seconds']:.1f}s)")

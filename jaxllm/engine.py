@@ -143,7 +143,7 @@ class Engine:
         """The pool's pages: `num_pages` when given, else `fraction` of the device memory left after
         the weights (a CPU: a full batch of full-length sequences within 2 GiB). Refused, before
         anything is allocated, when the device (a CPU: the host) cannot hold them."""
-        cfg, dtype = self.cfg, jax.tree.leaves(self.model.params)[0].dtype
+        cfg, dtype = self.cfg, self.model.dtype
         stats = jax.local_devices()[0].memory_stats() or {}
         mesh = getattr(self.model, "mesh", None)
         tp = mesh.shape["tp"] if mesh is not None else 1

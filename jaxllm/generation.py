@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import jax
-
 from jaxllm.engine import Engine, Request
 from jaxllm.errors import GenerationError, available_memory, check_token_ids, size_text
 from jaxllm.models.attention import check_kv_dtype, kv_cache_bytes
@@ -83,7 +81,7 @@ def engine_for(model, ids: list[list[int]], params: SamplingParams) -> Engine:
         mesh = getattr(model, "mesh", None)
         tp = mesh.shape["tp"] if mesh is not None else 1
         shards = tp if cfg.num_kv_heads % tp == 0 else 1  # the pool splits over tp like the kv heads
-        token_bytes = kv_cache_bytes(cfg, 1, jax.tree.leaves(model.params)[0].dtype, kv_dtype) / shards
+        token_bytes = kv_cache_bytes(cfg, 1, model.dtype, kv_dtype) / shards
         pool = pool_pages(num_pages, batch) * 16  # positions, as the runner allocates them
         available, where = available_memory()
         if available is not None and pool * token_bytes > available:

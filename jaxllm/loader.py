@@ -34,7 +34,7 @@ from jaxllm import checkpoint, converted, generation, gguf, research, sharding
 from jaxllm.errors import CheckpointError, ConfigError, InputError, check_token_ids
 from jaxllm.models import quant, registry, weights
 from jaxllm.models.architecture import Architecture
-from jaxllm.models.attention import check_kv_dtype
+from jaxllm.models.attention import check_kv_dtype, kv_cache_bytes
 from jaxllm.models.config import ModelConfig
 from jaxllm.sampling import SamplingParams
 
@@ -74,6 +74,11 @@ class LoadedModel:
     @property
     def module(self):
         return nnx.merge(self.graphdef, self.params)
+
+    @property
+    def dtype(self):
+        """The dtype the model computes in: its float parameters' (quantized kernels aside)."""
+        return next(x.dtype for x in jax.tree.leaves(self.params) if jnp.issubdtype(x.dtype, jnp.floating))
 
     def generate(self, prompts: str | Sequence, params: SamplingParams | None = None, *, chat: bool | None = None,
                  system: str | None = None, engine=None, on_text: Callable[[int, str], None] | None = None,
@@ -129,19 +134,20 @@ def abstract_model(cfg: ModelConfig, arch: Architecture, dtype, scheme_for=None)
     return nnx.split(module)
 
 
-def memory(cfg: ModelConfig, abstract, batch: int, length: int, kv_dtype) -> dict[str, int]:
+def memory(cfg: ModelConfig, abstract, batch: int, length: int, dtype, kv_dtype=None) -> dict[str, int]:
     """Bytes of the parameters (from the abstract module; int4 packed two to a byte) and of a KV
-    cache holding `batch` sequences of `length` tokens."""
+    cache holding `batch` sequences of `length` tokens (in `kv_dtype`, scales included; None: the
+    model's `dtype`)."""
     params = sum(quant.bytes_of(x) for x in jax.tree.leaves(abstract))
-    return {"params_bytes": int(params), "kv_cache_bytes": cfg.kv_cache_bytes(batch * length, kv_dtype)}
+    return {"params_bytes": int(params), "kv_cache_bytes": kv_cache_bytes(cfg, batch * length, dtype, kv_dtype)}
 
 
 def estimate_memory(cfg: ModelConfig, batch: int, length: int, dtype="bfloat16", quantize=None,
-                    group_size=None) -> dict[str, int]:
+                    group_size=None, kv_dtype=None) -> dict[str, int]:
     """`memory` of a config in `dtype` (weights quantized by `quantize`), before anything is allocated."""
     dtype = resolve_dtype(dtype)
     _, abstract = abstract_model(cfg, registry.get(cfg.architecture), dtype, _uniform(quant.scheme(quantize, group_size)))
-    return memory(cfg, abstract, batch, length, dtype)
+    return memory(cfg, abstract, batch, length, dtype, kv_dtype)
 
 
 def _uniform(scheme):
@@ -178,8 +184,8 @@ class Plan:
             return _read_gguf_blocks(self, progress)
         return self.source.read(self.arch, self.config, self.abstract, self.dtype, self.shardings, progress)
 
-    def memory(self, batch: int, length: int) -> dict[str, int]:
-        return memory(self.config, self.abstract, batch, length, self.dtype)
+    def memory(self, batch: int, length: int, kv_dtype=None) -> dict[str, int]:
+        return memory(self.config, self.abstract, batch, length, self.dtype, kv_dtype)
 
 
 def plan(raw: dict, dtype=None, mesh=None, source=None, *, quantize: str | None = None,

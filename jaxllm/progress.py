@@ -54,9 +54,9 @@ class Bar:
         self.close()
 
 
-def model_flags() -> argparse.ArgumentParser:
-    """The flags of every command that generates (an argparse parent): model, dtype, mesh,
-    quantization and KV cache dtype, sampling, stop strings, system message, compile cache."""
+def load_flags() -> argparse.ArgumentParser:
+    """The flags of every command that loads a model (an argparse parent; `load_model` reads
+    them): model, dtype, mesh, quantization, KV cache dtype."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--model", help="checkpoint folder, .gguf file or hub id (default: SmolLM2-135M-Instruct)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bfloat16 on accelerators, float32 on CPU)")
@@ -66,6 +66,13 @@ def model_flags() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int, help=f"--quantize: input values per scale (default: int8 {INT8_GROUP}, "
                                                   f"int4 {DEFAULT_GROUP})")
     p.add_argument("--kv-dtype", help="KV cache dtype: int8, float8_e4m3fn (fp8), or a float dtype (default: the model's)")
+    return p
+
+
+def model_flags() -> argparse.ArgumentParser:
+    """The flags of every command that generates (an argparse parent): load_flags, sampling, stop
+    strings, system message, compile cache."""
+    p = argparse.ArgumentParser(add_help=False, parents=[load_flags()])
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--temperature", type=float)
     p.add_argument("--top-p", type=float)
@@ -109,10 +116,9 @@ def load_model(args) -> LoadedModel:
     CPU, else bfloat16) on --mesh, quantized as --quantize says, with --kv-dtype for its engine; a
     progress bar when loading takes over a second."""
     dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
-    quant = dict(quantize=getattr(args, "quantize", None), group_size=getattr(args, "group_size", None),
-                 kv_dtype=getattr(args, "kv_dtype", None))
     with Bar(None, "loading", delay=1.0, enabled=is_leader()) as bar:
-        return load(args.model or runtime.default_model(), dtype=dtype, mesh=args.mesh, progress=bar, **quant)
+        return load(args.model or runtime.default_model(), dtype=dtype, mesh=args.mesh, progress=bar,
+                    quantize=args.quantize, group_size=args.group_size, kv_dtype=args.kv_dtype)
 
 
 _compile_s = [0.0]  # XLA backend compile seconds in this process (jax.monitoring events)

@@ -14,13 +14,9 @@ from __future__ import annotations
 import os
 import sys
 
-import jax
-
-from jaxllm import runtime
+from jaxllm import progress, runtime
 from jaxllm.engine import Engine, Request
 from jaxllm.errors import ArgumentParser, JaxllmError, run_cli
-from jaxllm.loader import load
-from jaxllm.progress import Bar
 from jaxllm.sampling import SamplingParams
 
 try:
@@ -32,11 +28,9 @@ except ImportError as err:  # the serve extra is not installed
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(prog="python -m jaxllm.serve", description="Serve a model over OpenAI's HTTP API.")
-    p.add_argument("--model", help="checkpoint folder, .gguf file or hub id (default: SmolLM2-135M-Instruct)")
+    p = ArgumentParser(prog="python -m jaxllm.serve", description="Serve a model over OpenAI's HTTP API.",
+                       parents=[progress.load_flags()])
     p.add_argument("--served-model-name", help="the model's name in the API (default: --model, or the default model's hub id)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bfloat16 on accelerators, float32 on CPU)")
-    p.add_argument("--mesh", help="device mesh: 'tp=4', 'dp=2,tp=4', 'fsdp=8' or 'auto' (all devices on tp)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--batch-size", type=int, default=32, help="sequences decoded at once (default: %(default)s)")
@@ -74,10 +68,8 @@ def _main(args) -> int:
         raise JaxllmError(f"the server needs the serve extra ({_missing}): pip install 'jaxllm[serve]'")
     if args.max_queue < 0:
         raise JaxllmError(f"--max-queue {args.max_queue} is invalid: use 0 or more")
-    dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
     name = args.served_model_name or args.model or runtime.HUB_ID
-    with Bar(None, "loading", delay=1.0) as bar:
-        model = load(args.model or runtime.default_model(), dtype=dtype, mesh=args.mesh, progress=bar)
+    model = progress.load_model(args)
     engine = Engine(model, batch_size=args.batch_size, max_len=args.max_len)
     if not args.no_warmup:
         print("compiling the engine's steps ...", file=sys.stderr, flush=True)

@@ -11,8 +11,6 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from jaxllm.errors import ConfigError
 
 QK_NORMS = ("none", "per_head", "projection")
@@ -115,10 +113,6 @@ class ModelConfig:
 
     def layer_is_moe(self, layer: int) -> bool:
         return self.num_experts > 0 and layer not in self.dense_layers
-
-    def kv_cache_bytes(self, tokens: int, dtype) -> int:
-        """Bytes of the keys and values of `tokens` cached positions, every layer, in `dtype`."""
-        return 2 * self.num_layers * tokens * self.num_kv_heads * self.head_dim * np.dtype(dtype).itemsize
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

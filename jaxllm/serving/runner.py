@@ -103,7 +103,7 @@ class Runner:
         self.num_pages, self.page_size, self.max_seqs, self.max_len = num_pages, page_size, max_seqs, max_len
         self.width = -(-max_len // page_size)  # page-table columns: pages of the longest sequence
         self.eos_width, self.attention = eos_width, attention
-        self.dtype = jax.tree.leaves(model.params)[0].dtype
+        self.dtype = model.dtype
         self.mesh = getattr(model, "mesh", None)
         values, scales = kv_format(kv_dtype, self.dtype)
         self.kv_dtype = (values.name, None if scales is None else scales.name)  # the pool's (values, scales) dtypes
