@@ -115,12 +115,15 @@ notebook(
     "Shard an 8-billion-parameter model over every core of the TPU runtime: each weight matrix is split "
     "over the `tp` mesh axis, so each core holds 1/N of the weights. We check that the model fits, show "
     "the memory on each device, and generate for a batch of prompts at once. Needs a TPU runtime with "
-    "at least 20 GB of TPU memory in all (for example v2-8, v3-8 or v5e-8); set `MODEL` to a smaller "
-    "model on smaller runtimes.",
+    "at least 20 GB of TPU memory in all (for example v2-8, v3-8 or v5e-8). On one chip (a v5e-1 with "
+    "16 GB, or a T4-sized GPU) set `QUANTIZE = \"int8\"`: the weights take about 9 GB instead of 16 "
+    "(int8 values with a scale and offset per 128 inputs, quantized tensor by tensor while loading), and "
+    "`MESH = None`. Or set `MODEL` to a smaller model.",
     '''# Parameters
 MODEL = "Qwen/Qwen3-8B"      # 8B parameters, Apache-2.0, not gated
 DTYPE = "bfloat16"
-MESH = "auto"                # every device on the tensor-parallel axis; or e.g. "dp=2,tp=4"
+MESH = "auto"                # every device on the tensor-parallel axis; or e.g. "dp=2,tp=4"; None: one device
+QUANTIZE = None              # "int8" (about 9 GB for 8B) or "int4" (about 6.5 GB): the one-chip route
 BATCH = 8                    # prompts decoded together
 MAX_NEW_TOKENS = 64''',
     [
@@ -131,16 +134,16 @@ import jaxllm
 from jaxllm import sharding
 from jaxllm.loader import prepare
 
-mesh = sharding.make_mesh(MESH)
-print(sharding.describe(mesh))
+mesh = sharding.make_mesh(MESH) if MESH else None
+print(sharding.describe(mesh) if mesh is not None else f"one device: {jax.devices()[0]}")
 for d in jax.devices():
     stats = d.memory_stats() or {}
     print(d, f"{stats['bytes_limit'] / 1e9:.1f} GB" if "bytes_limit" in stats else "(memory not reported)")''',
         "## Will it fit?\nThe config alone gives the bytes of the weights and of the KV cache; nothing is loaded yet.",
         '''
-plan = prepare(MODEL, dtype=DTYPE, mesh=mesh)  # downloads the checkpoint on first use (16 GB for an 8B model)
+plan = prepare(MODEL, dtype=DTYPE, mesh=mesh, quantize=QUANTIZE)  # downloads the checkpoint on first use (16 GB for an 8B model)
 est = plan.memory(batch=BATCH, length=1024)
-n = mesh.devices.size
+n = mesh.devices.size if mesh is not None else 1
 per_device = (est["params_bytes"] + est["kv_cache_bytes"]) / n
 print(f"weights {est['params_bytes'] / 1e9:.1f} GB + KV cache {est['kv_cache_bytes'] / 1e9:.2f} GB "
       f"= {per_device / 1e9:.2f} GB per device over {n} devices")
@@ -150,7 +153,7 @@ if all(limits) and per_device > 0.9 * min(limits):
                      "choose a smaller MODEL or a runtime with more TPU memory")''',
         '''
 start = time.perf_counter()
-model = jaxllm.load(MODEL, dtype=DTYPE, mesh=mesh)
+model = jaxllm.load(MODEL, dtype=DTYPE, mesh=mesh, quantize=QUANTIZE)
 print(f"loaded and sharded in {time.perf_counter() - start:.1f}s")''',
         "## Memory on each device\nThe bytes of parameter shards that each device holds: about 1/N of the model each.",
         '''

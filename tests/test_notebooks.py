@@ -15,7 +15,7 @@ NOTEBOOKS = sorted(p.stem for p in COLAB.glob("*.ipynb"))
 # Per notebook: what replaces the Colab-sized parameters on a 2-core CPU.
 OVERRIDES = {
     "quickstart": 'DTYPE = "float32"\nMAX_NEW_TOKENS = 12',
-    "sharded_8b_tpu": 'DTYPE = "float32"\nBATCH = 3\nMAX_NEW_TOKENS = 8',
+    "sharded_8b_tpu": 'DTYPE = "float32"\nQUANTIZE = "int8"\nBATCH = 3\nMAX_NEW_TOKENS = 8',
     "research_api": 'DTYPE = "float32"\nMESH = "auto"',  # its functions run sharded too
 }
 # SmolLM2-135M has 9 query and 3 kv heads: 3 devices make a real tensor-parallel mesh for it.
