@@ -156,12 +156,12 @@ def bench_prefix(model, sizes: dict) -> dict:
     return out
 
 
-def bench_jax(shape: str, sizes: dict, dtype: str, skip=(), quantize=None) -> dict:
-    model = _section("random weights", lambda: jax.block_until_ready(random_model(shape, dtype=dtype, quantize=quantize)))
+def bench_jax(shape: str, sizes: dict, dtype: str, skip=(), quantize=None, mesh=None) -> dict:
+    model = _section("random weights", lambda: jax.block_until_ready(random_model(shape, dtype=dtype, mesh=mesh, quantize=quantize)))
     cfg = model.config
     rng = np.random.default_rng(0)
     param_bytes = int(sum(quant.bytes_of(x) for x in jax.tree.leaves(model.params)))  # int4: half a byte
-    out = {"shape": shape, "param_bytes": param_bytes, "quantize": quantize}
+    out = {"shape": shape, "param_bytes": param_bytes, "quantize": quantize, "mesh": mesh}
 
     def reqs(n, prompt, new):
         p = SamplingParams(max_new_tokens=new, ignore_eos=True).resolved()
@@ -217,13 +217,13 @@ def offline_requests(cfg, sizes: dict) -> list[Request]:
             for i, (p, o) in enumerate(zip(prompts, outputs))]
 
 
-def offline_first_run(shape: str, sizes: dict, dtype: str, cache_dir: str) -> float:
+def offline_first_run(shape: str, sizes: dict, dtype: str, cache_dir: str, mesh=None, quantize=None) -> float:
     """Output tokens/s of the offline workload's first run in a fresh process (its compiles
     included; with `cache_dir` warm, loaded from the persistent cache instead)."""
     code = (
         "import json, sys, time; from jaxllm import bench; from jaxllm.runtime import use_compile_cache; "
         f"use_compile_cache({cache_dir!r}); from jaxllm.random_model import random_model; "
-        f"m = random_model({shape!r}, dtype={dtype!r}); sizes = json.loads({json.dumps(sizes)!r}); "
+        f"m = random_model({shape!r}, dtype={dtype!r}, mesh={mesh!r}, quantize={quantize!r}); sizes = json.loads({json.dumps(sizes)!r}); "
         "e = bench._engine(m, sizes, sizes['offline_slots'], 2 * sizes['offline_hi'], pages=None, chunk=64); "
         "_, total, n = bench._run(e, bench.offline_requests(m.config, sizes)); print(n / total)"
     )
@@ -233,14 +233,14 @@ def offline_first_run(shape: str, sizes: dict, dtype: str, cache_dir: str) -> fl
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def start_time(shape: str, sizes: dict, dtype: str, cache_dir: str) -> float:
+def start_time(shape: str, sizes: dict, dtype: str, cache_dir: str, mesh=None, quantize=None) -> float:
     """Seconds for a fresh process to build the model and serve its first token."""
     code = (
         "import time; t=time.perf_counter(); from jaxllm.runtime import use_compile_cache; "
         f"use_compile_cache({cache_dir!r}); "
         "from jaxllm.random_model import random_model; from jaxllm.engine import Engine, Request; "
         "from jaxllm.sampling import SamplingParams; "
-        f"m = random_model({shape!r}, dtype={dtype!r}); "
+        f"m = random_model({shape!r}, dtype={dtype!r}, mesh={mesh!r}, quantize={quantize!r}); "
         f"e = Engine(m, batch_size=1, max_len={sizes['b1_prompt'] + sizes['b1_new']}, num_pages={sizes['b1_prompt'] + sizes['b1_new']}); "
         f"p = SamplingParams(max_new_tokens=2, ignore_eos=True).resolved(); "
         f"list(e.run([Request(list(range(1, {sizes['b1_prompt'] + 1})), p)])); print(time.perf_counter()-t)"
@@ -536,7 +536,8 @@ def main(argv=None) -> int:
     p = ArgumentParser(prog="python -m jaxllm.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", action="append", help="qwen3-0.6b, llama3-8b or tiny (repeatable)")
     p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--quantize", choices=["int8", "int4"], help="quantized weights in the main sections (b1, bN, ttft, ...)")
+    p.add_argument("--quantize", choices=["int8", "int4"], help="quantized weights in every section but --load")
+    p.add_argument("--mesh", help="device mesh for every section but --load and --tp, e.g. 'tp=2', 'dp=2' (default: one device)")
     p.add_argument("--compare", choices=["hf"], help="also run transformers on the same shapes")
     p.add_argument("--skip", default="", help="comma-separated sections to leave out: b1,bN,ttft,offline,long,prefix,start")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
@@ -579,21 +580,21 @@ def _main(args) -> int:
         for shape in shapes:
             cache = tempfile.mkdtemp(prefix="jaxllm-cc-")
             starts[shape] = {
-                "cold_start_s": _section(f"cold start {shape}", lambda: start_time(shape, sizes, args.dtype, cache)),
-                "warm_start_s": _section(f"warm start {shape}", lambda: start_time(shape, sizes, args.dtype, cache)),
+                "cold_start_s": _section(f"cold start {shape}", lambda: start_time(shape, sizes, args.dtype, cache, args.mesh, args.quantize)),
+                "warm_start_s": _section(f"warm start {shape}", lambda: start_time(shape, sizes, args.dtype, cache, args.mesh, args.quantize)),
             }
             if "offline" not in skip:
                 cache = tempfile.mkdtemp(prefix="jaxllm-cc-")
                 starts[shape]["offline_fresh_cold_tokens_per_s"] = _section(
-                    f"offline fresh process, cold {shape}", lambda: offline_first_run(shape, sizes, args.dtype, cache))
+                    f"offline fresh process, cold {shape}", lambda: offline_first_run(shape, sizes, args.dtype, cache, args.mesh, args.quantize))
                 starts[shape]["offline_fresh_warm_tokens_per_s"] = _section(
-                    f"offline fresh process, warm {shape}", lambda: offline_first_run(shape, sizes, args.dtype, cache))
+                    f"offline fresh process, warm {shape}", lambda: offline_first_run(shape, sizes, args.dtype, cache, args.mesh, args.quantize))
     peer = {shape: _section(f"transformers {shape}", lambda: bench_hf(shape, sizes)) for shape in shapes} if args.compare == "hf" else {}
     bandwidth = copy_bandwidth()
     results = []
     for shape in shapes:
         print(f"{shape}:", file=sys.stderr, flush=True)
-        r = bench_jax(shape, sizes, args.dtype, skip, args.quantize)
+        r = bench_jax(shape, sizes, args.dtype, skip, args.quantize, args.mesh)
         r.update(starts.get(shape, {}))
         if shape in peer:
             r["hf"] = peer[shape]
