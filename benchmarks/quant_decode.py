@@ -10,6 +10,7 @@ import sys
 import jax
 
 from jaxllm import bench, runtime
+from jaxllm.models import quant
 
 
 def main(argv=None):
@@ -17,6 +18,8 @@ def main(argv=None):
     p.add_argument("--shape", action="append", default=None)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--bN", action="store_true", help="also batch-N throughput")
+    p.add_argument("--grouped", type=int, default=0, help="also run int8/int4 with quant.FEW_ROWS set to this "
+                   "(products of that many rows or fewer contract per group instead of dequantizing first)")
     p.add_argument("--out")
     args = p.parse_args(argv)
     runtime.set_gpu_flags()
@@ -25,8 +28,12 @@ def main(argv=None):
     rows = []
     for shape in args.shape or ["llama3-8b"]:
         base = None
-        for q in (None, "int8", "int4"):
+        runs = [(None, 0), ("int8", 0), ("int4", 0)] + ([("int8", args.grouped), ("int4", args.grouped)] if args.grouped else [])
+        for q, few in runs:
+            quant.FEW_ROWS = few  # read when the steps are traced: forget every trace of the last run
+            jax.clear_caches()
             r = bench.bench_jax(shape, sizes, args.dtype, skip, q)
+            r["few_rows"] = few
             gc.collect()
             base = base or r
             r["b1_vs_float"] = r["b1_tokens_per_s"] / base["b1_tokens_per_s"]

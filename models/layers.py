@@ -81,6 +81,11 @@ class Dense(nnx.Module, pytree=False):
         return quant.dequantize(kernel, self.scale[...], None if self.offset is None else self.offset[...], dtype)
 
     def __call__(self, x):
+        rows = math.prod(x.shape[: x.ndim - self.n_in])
+        if self.scale is not None and rows <= quant.FEW_ROWS:
+            y = quant.grouped_product(x, self.kernel[...], self.scale[...],
+                                      None if self.offset is None else self.offset[...], self.n_in)
+            return y if self.bias is None else y + self.bias[...]
         kernel = self.weight(x.dtype)
         n_out = kernel.ndim - self.n_in
         contract = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(n_out, kernel.ndim)))

@@ -135,6 +135,35 @@ def dequantize(kernel, scale, offset, dtype, in_axis: int | None = None):
     return w.reshape(kernel.shape).astype(dtype)
 
 
+# Products with at most this many rows (decode steps) contract group by group instead of
+# dequantizing the kernel first (see grouped_product). 0: off, until a GPU measures it against
+# dequantize-then-dot (`benchmarks/quant_decode.py --grouped 16` runs both in one process). The
+# 2-core CPU (busy, noisy; no guide to XLA's GPU fusion) gave both answers: tiny shape int8 0.59x
+# float with it vs 0.31x without, int4 1.21x vs 0.90x; Qwen3-0.6B shape int8 0.34x vs 0.71x.
+FEW_ROWS = 0
+
+
+def grouped_product(x, kernel, scale, offset, n_in: int):
+    """x [..., in...] . dequantize(kernel [out..., in...]) without building the float kernel: each
+    group's integers are contracted with x's matching inputs (int -> float convert fused into that
+    product), then the [rows, out, G] partial sums are scaled, and the offsets times each group's
+    input sums added. For few rows (decode): dequantizing first writes and reads the whole float
+    kernel every step (Llama-3-8B int8 batch-1 decode on an H200: 0.37x bf16). Sums in float32,
+    the result in x's dtype."""
+    n_out = kernel.ndim - n_in
+    out_shape, groups = kernel.shape[:n_out], scale.shape[-1]
+    lead = x.shape[: x.ndim - n_in]
+    xs = x.reshape((-1, groups, math.prod(kernel.shape[n_out:]) // groups))  # [R, G, g]
+    q = kernel.reshape((math.prod(out_shape), groups, -1))  # [O, G, g]
+    partial = jnp.einsum("rGk,oGk->roG", xs, q.astype(x.dtype), preferred_element_type=jnp.float32)
+    s = scale.reshape((-1, groups)).astype(jnp.float32)
+    y = jnp.einsum("roG,oG->ro", partial, s)
+    if offset is not None:
+        sums = jnp.sum(xs.astype(jnp.float32), axis=-1)  # [R, G]
+        y = y + jnp.einsum("rG,oG->ro", sums, offset.reshape((-1, groups)).astype(jnp.float32))
+    return y.astype(x.dtype).reshape(lead + out_shape)
+
+
 def group_axis(axes: tuple, first_in: int, groups: int):
     """The logical axis of a scale's group dim: the kernel's first input axis + "_groups" (the
     sharding rules split it like that axis where the mesh divides the groups), None when G = 1."""

@@ -47,6 +47,28 @@ def _dequantized(params) -> dict:
 
 # -- the quantizer ----------------------------------------------------------------------------
 
+@pytest.mark.parametrize("kernel_shape, n_in, groups, lead", [
+    ((24, 64), 1, 4, (1, 1)),        # q_proj-like, one decode row
+    ((4, 6, 64), 1, 2, (3, 5)),      # out dims (heads, head_dim): 15 rows
+    ((64, 4, 16), 2, 8, (2, 1)),     # o_proj-like: two input dims grouped across heads
+])
+@pytest.mark.parametrize("with_offset", [False, True])
+def test_grouped_product_is_the_dequantized_product(kernel_shape, n_in, groups, lead, with_offset):
+    """Decode's grouped contraction (no float kernel built) equals dequantize-then-tensordot."""
+    rng = np.random.default_rng(3)
+    n_out = len(kernel_shape) - n_in
+    kernel = jnp.asarray(rng.integers(-128, 128, kernel_shape), jnp.int8)
+    scale = jnp.asarray(rng.uniform(0.001, 0.01, kernel_shape[:n_out] + (groups,)), jnp.float32)
+    offset = jnp.asarray(rng.normal(0, 0.01, scale.shape), jnp.float32) if with_offset else None
+    x = jnp.asarray(rng.normal(0, 1, lead + kernel_shape[n_out:]), jnp.float32)
+    got = quant.grouped_product(x, kernel, scale, offset, n_in)
+    w = quant.dequantize(kernel, scale, offset, jnp.float32)
+    axes = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_out, kernel.ndim)))
+    want = jnp.tensordot(x, w, axes=axes, precision="highest")
+    assert got.shape == want.shape
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+
+
 @pytest.mark.parametrize("bits, offset", [(8, False), (8, True), (4, False), (4, True)])
 @pytest.mark.parametrize("shape, scale_shape, in_axis", [
     ((6, 4, 64), (6, 4, 1), None),   # Dense [out..., in], one scale per output channel
