@@ -10,6 +10,22 @@ import transformers
 from jaxllm.random_model import SHAPES
 
 
+def start_device() -> None:
+    """Start CUDA (when there is a GPU) before the load step's baseline is taken."""
+    if torch.cuda.is_available():
+        torch.zeros(1, device="cuda")
+
+
+def load(path, dtype: str) -> str:
+    """`from_pretrained` of the checkpoint folder onto the GPU (else the CPU), for the bench's
+    load section; returns the device's name."""
+    cuda = torch.cuda.is_available()
+    transformers.AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), device_map="cuda" if cuda else None)
+    if cuda:
+        torch.cuda.synchronize()
+    return torch.cuda.get_device_name() if cuda else "cpu"
+
+
 def bench_hf(shape: str, sizes: dict) -> dict:
     """Tokens/s at batch 1 and batch N, after two warm-up runs (compile, then settle)."""
     raw = dict(SHAPES[shape])

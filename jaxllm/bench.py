@@ -251,19 +251,20 @@ def start_time(shape: str, sizes: dict, dtype: str, cache_dir: str, mesh=None, q
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def bench_hf(shape: str, sizes: dict) -> dict:
-    """The transformers peer. It lives outside the package (benchmarks/hf_peer.py in a source
-    checkout), so the runtime never imports torch or transformers' model classes."""
-    import importlib.util
-    from pathlib import Path
-
+def hf_peer():
+    """The transformers peer's module. It lives outside the package (benchmarks/hf_peer.py in a
+    source checkout), so the runtime never imports torch or transformers' model classes."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "hf_peer.py"
     if not path.exists():
-        raise JaxllmError("--compare hf needs a source checkout (benchmarks/hf_peer.py): run from the repository")
+        raise JaxllmError("the transformers peer needs a source checkout (benchmarks/hf_peer.py): run from the repository")
     spec = importlib.util.spec_from_file_location("jaxllm_hf_peer", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.bench_hf(shape, sizes)
+    return module
+
+
+def bench_hf(shape: str, sizes: dict) -> dict:
+    return hf_peer().bench_hf(shape, sizes)
 
 
 def tp_compare(shape: str, degrees: list[int], sizes: dict, dtype: str) -> list[dict]:
@@ -366,19 +367,11 @@ def load_worker(argv=None) -> None:
     step, path, dtype, *rest = argv if argv is not None else sys.argv[1:]
     out = {}
     if step == "transformers":
-        import torch
-        import transformers
-
-        cuda = torch.cuda.is_available()
-        if cuda:
-            torch.zeros(1, device="cuda")
+        peer = hf_peer()
+        peer.start_device()
         base = _memory()
         start = time.perf_counter()
-        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype),
-                                                                  device_map="cuda" if cuda else None)
-        if cuda:
-            torch.cuda.synchronize()
-        out["device"] = torch.cuda.get_device_name() if cuda else "cpu"
+        out["device"] = peer.load(path, dtype)
     else:
         import orbax.checkpoint  # noqa: F401 - imported before the baseline, as loading a converted folder does
 
