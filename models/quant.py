@@ -237,14 +237,13 @@ def quantize_array(w: np.ndarray, kernel_dtype, scale_shape: tuple, scale_dtype,
     Asymmetric values are stored signed too (tensorstore, hence orbax, has no uint4): q runs over
     [-2^(bits-1), 2^(bits-1)) and the offset is min + 2^(bits-1) * scale."""
     kernel_dtype, scale_dtype = np.dtype(kernel_dtype), np.dtype(scale_dtype)
-    bits = ml_dtypes.iinfo(kernel_dtype).bits
+    half = 2 ** (bits(kernel_dtype) - 1)
     a, groups, g, b = _grouped_shape(w.shape, scale_shape, in_axis)
     view = w.reshape(a, groups, g, b)
     q = np.empty((a, groups, g, b), kernel_dtype)
     s = np.empty((a, groups, b), scale_dtype)
     offset_dtype = np.dtype(offset_dtype or scale_dtype)
     o = np.empty((a, groups, b), offset_dtype) if offset else None
-    half = 2 ** (bits - 1)
     step = max(1, _CHUNK // max(1, groups * g * b))
     for start in range(0, a, step):
         rows = slice(start, start + step)
@@ -278,5 +277,4 @@ def dequantize_array(q: np.ndarray, scale: np.ndarray, offset=None, in_axis: int
 def bytes_of(leaf) -> float:
     """Bytes an array of this shape and dtype takes packed (int4: half a byte per value)."""
     dtype = np.dtype(leaf.dtype)
-    bits = ml_dtypes.iinfo(dtype).bits if is_quantized(dtype) else dtype.itemsize * 8
-    return math.prod(leaf.shape) * bits / 8
+    return math.prod(leaf.shape) * (bits(dtype) if is_quantized(dtype) else dtype.itemsize * 8) / 8
