@@ -31,7 +31,7 @@ import numpy as np
 
 from jaxllm.checkpoint import read_config, read_generation_config, read_json
 from jaxllm.errors import CheckpointError
-from jaxllm.models.weights import flat_params, unflatten_into
+from jaxllm.models.weights import flat_params, report, unflatten_into
 
 MARKER = "jaxllm.json"
 FORMAT = "jaxllm-orbax"
@@ -251,8 +251,7 @@ def restore(folder: Path, abstract, dtype, shardings: dict | None = None, progre
         groups[-1].append(k)
         size += sizes[k]
     checkpointer = _checkpointer(2 * group_bytes)  # orbax refuses a read larger than its limit
-    counts_bytes = hasattr(progress, "expect_bytes")
-    if counts_bytes:
+    if hasattr(progress, "expect_bytes"):
         progress.expect_bytes(sum(sizes.values()))
     out = {}
     for names in groups:
@@ -266,10 +265,7 @@ def restore(folder: Path, abstract, dtype, shardings: dict | None = None, progre
         jax.block_until_ready(restored)
         for k in names:
             out[k] = restored.pop(k)
-            if counts_bytes:
-                progress(k, sizes[k])
-            elif progress is not None:
-                progress(k)
+            report(progress, k, sizes[k])
     return unflatten_into(abstract, {p: out[key(p)] for p in flat})
 
 

@@ -280,10 +280,7 @@ def _read_gguf_blocks(p: Plan, progress):
             filled[key] = jax.block_until_ready(weights.place(host, (p.shardings or {}).get(key)))
         nbytes = int(sum(quant.bytes_of(host) for host in parts.values()))
         del q, scale, offset, parts
-        if hasattr(progress, "expect_bytes"):  # a bar that counts bytes (load_params told it the float tensors')
-            progress(name, nbytes)
-        elif progress is not None:
-            progress(name)
+        weights.report(progress, name, nbytes)  # a bar that counts bytes was told the float tensors' by load_params
     return weights.unflatten_into(state, filled)
 
 
@@ -354,7 +351,7 @@ def quantize_model(model: LoadedModel, quantize: str, group_size: int | None = N
         raise ConfigError("quantize_model takes a float model and quantize='int8' or 'int4'")
     arch = registry.get(model.config.architecture)
     scheme = quant.scheme(quantize, group_size)
-    graphdef, abstract = abstract_model(model.config, arch, _dtype_of(model), _uniform(scheme))
+    graphdef, abstract = abstract_model(model.config, arch, model.dtype, _uniform(scheme))
     targets = weights.flat_params(abstract)
     shardings = sharding.param_shardings(abstract, model.mesh) if model.mesh is not None else {}
     filled = {}
@@ -366,7 +363,3 @@ def quantize_model(model: LoadedModel, quantize: str, group_size: int | None = N
     return LoadedModel(model.config, graphdef, params, model.tokenizer, model.generation_config, model.path, model.mesh,
                        quantize=quantize, kv_dtype=model.kv_dtype)
 
-
-def _dtype_of(model: LoadedModel):
-    """The model's float dtype (its norms' and embeddings')."""
-    return next(leaf.dtype for leaf in jax.tree.leaves(model.params) if jnp.issubdtype(leaf.dtype, jnp.floating))

@@ -350,8 +350,7 @@ def load_params(source, specs: Iterable[WeightSpec], abstract_state, dtype, shar
     targets = [quant.float_target(spec.path, params, jnp.dtype(dtype)) for spec in specs]
     costs = [math.prod(t.shape) * np.dtype(t.dtype).itemsize for t in targets]
     budget = buffer_bytes or max([MIN_BUFFER_BYTES, *costs])
-    counts_bytes = hasattr(progress, "expect_bytes")
-    if counts_bytes:
+    if hasattr(progress, "expect_bytes"):
         progress.expect_bytes(sum(costs))
     filled, pending, in_flight, i = {}, collections.deque(), 0, 0
     pool = ThreadPoolExecutor(max_workers=threads or LOAD_THREADS, thread_name_prefix="jaxllm-load")
@@ -364,14 +363,20 @@ def load_params(source, specs: Iterable[WeightSpec], abstract_state, dtype, shar
             spec, cost, future = pending.popleft()
             filled.update(future.result())
             in_flight -= cost
-            if counts_bytes:
-                progress(spec.hf_names[-1], cost)
-            elif progress is not None:
-                progress(spec.hf_names[-1])
+            report(progress, spec.hf_names[-1], cost)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # a failure or Ctrl-C: the tensors under way end first
         pending.clear()
     return unflatten_into(abstract_state, filled)
+
+
+def report(progress, name: str, nbytes: int) -> None:
+    """Tell `progress` that tensor `name` is on its devices: with its bytes when it counts bytes
+    (it has `expect_bytes`, and was told the total), else by name; None: nothing."""
+    if hasattr(progress, "expect_bytes"):
+        progress(name, nbytes)
+    elif progress is not None:
+        progress(name)
 
 
 def _floats(spec: WeightSpec, tensors):
