@@ -76,7 +76,7 @@ def engine_for(model, ids: list[list[int]], params: SamplingParams) -> Engine:
     batch, max_len = min(len(ids), 8), -(-need // 256) * 256
     num_pages = batch * max_len // 16
     kv_dtype = check_kv_dtype(getattr(model, "kv_dtype", None))
-    key = (batch, max_len) if kv_dtype is None else (batch, max_len, kv_dtype)
+    key = (batch, max_len, kv_dtype)
     if key not in model.engines:
         mesh = getattr(model, "mesh", None)
         tp = mesh.shape["tp"] if mesh is not None else 1
