@@ -321,7 +321,7 @@ def table(results: list[dict], bandwidth: float) -> str:
 # Loading: safetensors, orbax, convert and transformers' from_pretrained, each in a fresh process
 
 _MODEL_TYPES = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3"}
-LOAD_STEPS = ("safetensors", "convert", "orbax", "transformers")
+LOAD_STEPS = ("safetensors", "sharded", "convert", "orbax", "transformers")  # sharded: with --mesh
 
 
 def write_checkpoint(folder, shape: str, dtype: str = "bfloat16", shard_bytes: int = 5 << 30) -> int:
@@ -381,8 +381,8 @@ def load_worker(argv=None) -> None:
         start = time.perf_counter()
         if step == "convert":
             convert.convert(path, rest[0], dtype=dtype, progress=False)
-        else:
-            model = jaxllm.load(path, dtype=dtype, tokenizer=False)
+        else:  # safetensors, orbax, or sharded (safetensors onto the mesh rest[0])
+            model = jaxllm.load(path, dtype=dtype, tokenizer=False, mesh=rest[0] if step == "sharded" else None)
             jax.block_until_ready(model.params)
             if jax.default_backend() == "cpu":  # the parameters themselves are host memory here
                 out["placed_bytes"] = sum(x.nbytes for x in jax.tree.leaves(model.params))
@@ -428,8 +428,9 @@ def _fresh(step: str, path, dtype: str, *rest, cold: bool = False, timeout: floa
     return result
 
 
-def load_section(shape: str | None, dtype: str, folder=None, repeat: int = 2, skip=(), workdir=None) -> dict:
-    """Load timings of one checkpoint (see the module docstring); every step in a fresh process."""
+def load_section(shape: str | None, dtype: str, folder=None, repeat: int = 2, skip=(), workdir=None, mesh=None) -> dict:
+    """Load timings of one checkpoint (see the module docstring); every step in a fresh process;
+    with `mesh` (a spec such as "tp=2") also the safetensors load onto that mesh."""
     tmp = Path(tempfile.mkdtemp(prefix="jaxllm-load-", dir=workdir))
     try:
         if folder is None:
@@ -461,6 +462,9 @@ def load_section(shape: str | None, dtype: str, folder=None, repeat: int = 2, sk
         steps = report["steps"]
         if "safetensors" not in skip:
             steps["safetensors"] = measure("safetensors", folder)
+        if mesh and "sharded" not in skip:
+            steps["sharded"] = measure("sharded", folder, mesh)
+            report["mesh"] = mesh
         if "convert" not in skip or "orbax" not in skip:
             clear = lambda: shutil.rmtree(dst, ignore_errors=True)  # noqa: E731 - each conversion writes a new folder
             converted = measure("convert", folder, dst, before=clear)
@@ -479,7 +483,7 @@ def load_section(shape: str | None, dtype: str, folder=None, repeat: int = 2, sk
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-_LOAD_NAMES = {"safetensors": "jaxllm.load, safetensors", "orbax": "jaxllm.load, converted (orbax)",
+_LOAD_NAMES = {"safetensors": "jaxllm.load, safetensors", "sharded": "jaxllm.load, safetensors, --mesh", "orbax": "jaxllm.load, converted (orbax)",
                "convert": "convert (in process)", "transformers": "transformers from_pretrained"}
 
 
@@ -515,7 +519,7 @@ def _load_main(args, shapes) -> int:
     for shape, folder in targets:
         if folder is not None and not Path(folder).is_dir():
             raise JaxllmError(f"--load-folder {folder} is not a folder")
-        report = load_section(shape, args.dtype, folder, args.repeat, skip, args.load_dir)
+        report = load_section(shape, args.dtype, folder, args.repeat, skip, args.load_dir, args.mesh)
         report["date"] = time.strftime("%Y-%m-%d")
         reports.append(report)
         print(load_table(report), flush=True)
@@ -530,7 +534,8 @@ def main(argv=None) -> int:
     p.add_argument("--shape", action="append", help="qwen3-0.6b, llama3-8b or tiny (repeatable)")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--quantize", choices=["int8", "int4"], help="quantized weights in every section but --load")
-    p.add_argument("--mesh", help="device mesh for every section but --load and --tp, e.g. 'tp=2', 'dp=2' (default: one device)")
+    p.add_argument("--mesh", help="device mesh for every section but --tp, e.g. 'tp=2', 'dp=2' (default: one device); "
+                   "with --load: also time the safetensors load onto it")
     p.add_argument("--compare", choices=["hf"], help="also run transformers on the same shapes")
     p.add_argument("--skip", default="", help="comma-separated sections to leave out: b1,bN,ttft,offline,long,prefix,start")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")

@@ -34,7 +34,7 @@ def test_tensor_parallel_comparison_agrees(capsys):
 
 def test_load_section_runs_and_reports(tmp_path, capsys):
     """`--load` on the tiny shape: the checkpoint written and loaded in fresh processes (the
-    other steps left out for time), then the convert and orbax steps' code in this process."""
+    other steps left out for time), then the convert, orbax and sharded (--mesh) steps' code in this process."""
     out = tmp_path / "load.json"
     argv = ["--shape", "tiny", "--load", "--repeat", "1", "--skip", "cold,convert,orbax,transformers", "--out", str(out),
             "--load-dir", str(tmp_path)]
@@ -48,5 +48,6 @@ def test_load_section_runs_and_reports(tmp_path, capsys):
     bench.write_checkpoint(tmp_path / "hf", "tiny", "float32")
     bench.load_worker(["convert", str(tmp_path / "hf"), "float32", str(tmp_path / "orbax")])
     bench.load_worker(["orbax", str(tmp_path / "orbax"), "float32"])
+    bench.load_worker(["sharded", str(tmp_path / "hf"), "float32", "dp=4,tp=2"])  # --mesh's step
     steps = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(steps) == 2 and all(s["seconds"] > 0 and "peak_rss_above_baseline_bytes" in s for s in steps)
+    assert len(steps) == 3 and all(s["seconds"] > 0 and "peak_rss_above_baseline_bytes" in s for s in steps)

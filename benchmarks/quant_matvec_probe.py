@@ -1,0 +1,135 @@
+"""Which form of a quantized product is fastest for decode? Times, per product, on the Llama-3-8B
+layer shapes ([out, in] kernels, as models/layers.py Dense stores them), at 1 and 64 rows:
+
+  bf16              the float product (the baseline: what quantized decode must beat)
+  deq               dequantize (convert, scale, offset, reshape) then the product: today's Dense
+  grouped           quant.grouped_product: per-group contractions, scale/offset on partial sums
+  chan              one symmetric scale per output channel applied to the output: (x . q) * s
+  pallas            benchmarks/quant_matvec_kernel.py (dequantizes in registers), a few tilings
+  ...+triton        the same with XLA's Triton GEMM enabled for this executable only
+                    (jax.jit compiler_options; the process keeps --xla_gpu_enable_triton_gemm=false)
+
+    XLA_FLAGS=--xla_gpu_enable_triton_gemm=false python benchmarks/quant_matvec_probe.py [--out r.json]
+
+Each timed call runs LAYERS products on distinct weights (so nothing stays in L2) and the time is
+divided by LAYERS. Prints one JSON line per case and the GB/s of the kernel's own bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(__file__))
+from quant_matvec_kernel import qmatvec  # noqa: E402
+
+from jaxllm.models import quant  # noqa: E402
+
+SHAPES = {"gate/up": (14336, 4096), "down": (4096, 14336), "q/o": (4096, 4096), "k/v": (1024, 4096)}
+LAYERS = 8
+TRITON = {"xla_gpu_enable_triton_gemm": True}
+
+
+def timed(fn, *args, reps=20):
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(reps):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        best = min(best, (time.perf_counter() - t) / reps)
+    return best
+
+
+def weights(n, k, kind, g, key):
+    """LAYERS kernels of one kind: (kernel, scale, offset) tuples with random values."""
+    out = []
+    for i in range(LAYERS):
+        kk = jax.random.fold_in(key, i)
+        if kind == "bf16":
+            out.append((0.02 * jax.random.normal(kk, (n, k), jnp.float32)).astype(jnp.bfloat16))
+            continue
+        lo, hi, dt = (-128, 127, jnp.int8) if kind == "int8" else (-8, 7, jnp.int4)
+        q = jax.random.randint(kk, (n, k), lo, hi + 1, jnp.int32).astype(dt)
+        groups = 1 if g is None else k // g
+        s = (1e-3 * jax.random.uniform(kk, (n, groups), jnp.float32, 0.5, 1.5)).astype(jnp.bfloat16)
+        o = None if g is None else (1e-3 * jax.random.normal(kk, (n, groups), jnp.float32)).astype(jnp.bfloat16)
+        out.append((q, s, o))
+    return out
+
+
+def product(form):
+    def one(x, w):
+        if form == "bf16":
+            return jnp.einsum("rk,nk->rn", x, w)
+        q, s, o = w
+        if form == "deq":
+            return jnp.einsum("rk,nk->rn", x, quant.dequantize(q, s, o, x.dtype))
+        if form == "grouped":
+            return quant.grouped_product(x, q, s, o, 1)
+        if form == "chan":
+            return (jnp.einsum("rk,nk->rn", x, q.astype(x.dtype), preferred_element_type=jnp.float32)
+                    * s[:, 0].astype(jnp.float32)).astype(x.dtype)
+        raise ValueError(form)
+
+    return lambda x, ws: [one(x, w) for w in ws]
+
+
+def pallas_form(bn, bk, warps):
+    return lambda x, ws: [qmatvec(x, q, s, o, bn=bn, bk=bk, num_warps=warps) for q, s, o in ws]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--out")
+    p.add_argument("--rows", default="1,64")
+    args = p.parse_args(argv)
+    results = []
+    key = jax.random.PRNGKey(0)
+
+    def record(name, shape, rows, kind, fn, x, ws, nbytes):
+        try:
+            t = timed(fn, x, ws) / LAYERS
+            r = dict(case=name, shape=shape, rows=rows, kind=kind, us=round(t * 1e6, 2), gbps=round(nbytes / t / 1e9, 1))
+        except Exception as e:  # a form that does not compile here is a finding, not the end of the probe
+            r = dict(case=name, shape=shape, rows=rows, kind=kind, error=f"{type(e).__name__}: {str(e)[:300]}")
+        print(json.dumps(r), flush=True)
+        results.append(r)
+
+    for rows in [int(r) for r in args.rows.split(",")]:
+        for shape, (n, k) in SHAPES.items():
+            x = jax.random.normal(key, (rows, k), jnp.float32).astype(jnp.bfloat16)
+            for kind, g in (("bf16", None), ("int8", 128), ("int8c", None), ("int4", 32)):
+                ws = weights(n, k, "int8" if kind == "int8c" else kind, g, key)
+                per = {"bf16": 2, "int8": 1, "int8c": 1, "int4": 0.5}[kind]
+                nbytes = n * k * per + (0 if g is None else 2 * 2 * n * (k // g))
+                if kind == "bf16":
+                    forms = {"bf16": product("bf16")}
+                elif kind == "int8c":
+                    forms = {"chan": product("chan")}
+                else:
+                    forms = {"deq": product("deq"), "grouped": product("grouped")}
+                for name, f in list(forms.items()):
+                    record(name, shape, rows, kind, jax.jit(f), x, ws, nbytes)
+                    if kind != "bf16" or rows > 1:
+                        record(name + "+triton", shape, rows, kind, jax.jit(f, compiler_options=TRITON), x, ws, nbytes)
+                if kind in ("int8", "int4") and rows <= 16:
+                    for bn, bk, warps in ((16, 512, 4), (32, 512, 4), (64, 256, 4), (32, 1024, 8), (64, 512, 8), (128, 256, 8)):
+                        record(f"pallas bn={bn} bk={bk} w={warps}", shape, rows, kind,
+                               jax.jit(pallas_form(bn, bk, warps)), x, ws, nbytes)
+                del ws
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
