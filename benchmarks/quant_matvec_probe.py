@@ -105,6 +105,8 @@ def main(argv=None):
 
     for rows in [int(r) for r in args.rows.split(",")]:
         for shape, (n, k) in SHAPES.items():
+            if rows > 16 and shape not in ("gate/up", "down"):
+                continue  # many rows: the two large products say enough
             x = jax.random.normal(key, (rows, k), jnp.float32).astype(jnp.bfloat16)
             for kind, g in (("bf16", None), ("int8", 128), ("int8c", None), ("int4", 32)):
                 ws = weights(n, k, "int8" if kind == "int8c" else kind, g, key)
@@ -121,7 +123,7 @@ def main(argv=None):
                     if kind != "bf16" or rows > 1:
                         record(name + "+triton", shape, rows, kind, jax.jit(f, compiler_options=TRITON), x, ws, nbytes)
                 if kind in ("int8", "int4") and rows <= 16:
-                    for bn, bk, warps in ((16, 512, 4), (32, 512, 4), (64, 256, 4), (32, 1024, 8), (64, 512, 8), (128, 256, 8)):
+                    for bn, bk, warps in ((32, 512, 4), (64, 512, 8), (16, 1024, 4), (128, 256, 8)):
                         record(f"pallas bn={bn} bk={bk} w={warps}", shape, rows, kind,
                                jax.jit(pallas_form(bn, bk, warps)), x, ws, nbytes)
                 del ws
