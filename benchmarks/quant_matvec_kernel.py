@@ -1,10 +1,14 @@
-"""A candidate decode product for quantized kernels, as a Pallas (Triton) kernel: y [R, N] =
-x [R, K] . dequantize(q [N, K] integers, scale [N, G], offset [N, G]), R small (decode rows).
+"""Candidate products for quantized kernels, as Pallas (Triton) kernels: y [R, N] =
+x [R, K] . dequantize(q [N, K] integers, scale [N, G], offset [N, G]).
 
-Each program owns `bn` output channels and streams their integers along K in blocks of `bk`
-(a multiple of the group size g), dequantizing in registers: no float kernel is ever written. A
-bandwidth-bound form for few rows; probed against XLA's forms by benchmarks/quant_matvec_probe.py
-before any model code uses it.
+qmatvec   few rows: each program owns `bn` output channels and streams their integers along K
+          in blocks of `bk`, dequantizing in registers into an elementwise [bn, bk] accumulator
+          that is reduced once at the end (no cross-thread reduction per block).
+qmatmul   any rows: a tiled product (bm x bn tiles, K in blocks of bk) whose weight tile is
+          dequantized in registers to x's dtype and fed to the tensor cores (rows padded to 16).
+
+No float kernel is ever written. Probed against XLA's forms by benchmarks/quant_matvec_probe.py
+before any model code uses them.
 
     python benchmarks/quant_matvec_kernel.py     # correctness in interpret mode (CPU) or on a GPU
 """
@@ -18,56 +22,86 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 
-def _kernel(x_ref, q_ref, s_ref, o_ref, y_ref, *, g: int, bk: int, steps: int):
+def _dequantized(q_ref, s_ref, o_ref, i, bk: int, g: int, dtype):
+    """The [bn, bk] float tile of K block i."""
+    bn, per = q_ref.shape[0], bk // g
+    k0, g0 = pl.multiple_of(i * bk, bk), pl.multiple_of(i * per, per)
+    w = q_ref[:, pl.ds(k0, bk)].astype(jnp.float32).reshape(bn, per, g)
+    w = w * s_ref[:, pl.ds(g0, per)].astype(jnp.float32)[:, :, None]
+    if o_ref is not None:
+        w = w + o_ref[:, pl.ds(g0, per)].astype(jnp.float32)[:, :, None]
+    return w.reshape(bn, bk).astype(dtype)
+
+
+def _matvec_kernel(x_ref, q_ref, s_ref, o_ref, y_ref, *, g: int, bk: int, steps: int):
     bn, rows = q_ref.shape[0], x_ref.shape[0]
-    per = bk // g  # groups per K block
 
     def body(i, acc):
-        k0 = pl.multiple_of(i * bk, bk)
-        g0 = pl.multiple_of(i * per, per)
-        w = q_ref[:, pl.ds(k0, bk)].astype(jnp.float32).reshape(bn, per, g)
-        w = w * s_ref[:, pl.ds(g0, per)].astype(jnp.float32)[:, :, None]
-        if o_ref is not None:
-            w = w + o_ref[:, pl.ds(g0, per)].astype(jnp.float32)[:, :, None]
-        w = w.reshape(bn, bk)
-        xs = x_ref[:, pl.ds(k0, bk)].astype(jnp.float32)  # [R, bk]
-        return acc + jnp.sum(xs[:, None, :] * w[None, :, :], axis=2)
+        w = _dequantized(q_ref, s_ref, o_ref, i, bk, g, jnp.float32)
+        xs = x_ref[:, pl.ds(pl.multiple_of(i * bk, bk), bk)].astype(jnp.float32)  # [R, bk]
+        return tuple(a + w * xs[r][None, :] for r, a in enumerate(acc))
 
-    acc = jax.lax.fori_loop(0, steps, body, jnp.zeros((rows, bn), jnp.float32))
-    y_ref[...] = acc.astype(y_ref.dtype)
+    acc = jax.lax.fori_loop(0, steps, body, tuple(jnp.zeros((bn, bk), jnp.float32) for _ in range(rows)))
+    for r, a in enumerate(acc):
+        y_ref[pl.ds(r, 1), :] = jnp.sum(a, axis=1)[None, :].astype(y_ref.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("bn", "bk", "interpret", "num_warps", "num_stages"))
-def qmatvec(x, q, scale, offset=None, *, bn: int = 32, bk: int = 512, interpret: bool = False,
-            num_warps: int = 4, num_stages: int = 3):
+def _matmul_kernel(x_ref, q_ref, s_ref, o_ref, y_ref, *, g: int, bk: int, steps: int):
+    bm, bn = x_ref.shape[0], q_ref.shape[0]
+
+    def body(i, acc):
+        w = _dequantized(q_ref, s_ref, o_ref, i, bk, g, x_ref.dtype)
+        xs = x_ref[:, pl.ds(pl.multiple_of(i * bk, bk), bk)]  # [bm, bk]
+        return acc + jax.lax.dot_general(xs, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+    y_ref[...] = jax.lax.fori_loop(0, steps, body, jnp.zeros((bm, bn), jnp.float32)).astype(y_ref.dtype)
+
+
+def _call(kernel, x, q, scale, offset, bm, bn, bk, interpret, num_warps, num_stages):
     rows, k = x.shape
     n, groups = scale.shape
     g = k // groups
     bk = min(bk, k)
-    assert k % bk == 0 and bk % g == 0 and n % bn == 0, (x.shape, q.shape, scale.shape, bn, bk)
+    assert k % bk == 0 and bk % g == 0 and n % bn == 0 and rows % bm == 0, (x.shape, q.shape, scale.shape, bm, bn, bk)
     params = {}
     if not interpret:
         from jax.experimental.pallas import triton as plgpu
 
         params = dict(compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages))
-    specs = [pl.BlockSpec((rows, k), lambda j: (0, 0)), pl.BlockSpec((bn, k), lambda j: (j, 0)),
-             pl.BlockSpec((bn, groups), lambda j: (j, 0))]
+    specs = [pl.BlockSpec((bm, k), lambda i, j: (i, 0)), pl.BlockSpec((bn, k), lambda i, j: (j, 0)),
+             pl.BlockSpec((bn, groups), lambda i, j: (j, 0))]
     args = [x, q, scale]
-    kernel = functools.partial(_kernel, g=g, bk=bk, steps=k // bk)
+    body = functools.partial(kernel, g=g, bk=bk, steps=k // bk)
     if offset is not None:
-        specs.append(pl.BlockSpec((bn, groups), lambda j: (j, 0)))
+        specs.append(pl.BlockSpec((bn, groups), lambda i, j: (j, 0)))
         args.append(offset)
+        fn = body
     else:
-        kernel = functools.partial(lambda *refs, **kw: _kernel(*refs[:3], None, refs[3], **kw), g=g, bk=bk, steps=k // bk)
+        fn = lambda x_ref, q_ref, s_ref, y_ref: body(x_ref, q_ref, s_ref, None, y_ref)  # noqa: E731
     return pl.pallas_call(
-        kernel,
-        grid=(n // bn,),
+        fn,
+        grid=(rows // bm, n // bn),
         in_specs=specs,
-        out_specs=pl.BlockSpec((rows, bn), lambda j: (0, j)),
+        out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
         out_shape=jax.ShapeDtypeStruct((rows, n), x.dtype),
         interpret=interpret,
         **params,
     )(*args)
+
+
+@functools.partial(jax.jit, static_argnames=("bn", "bk", "interpret", "num_warps", "num_stages"))
+def qmatvec(x, q, scale, offset=None, *, bn: int = 8, bk: int = 512, interpret: bool = False,
+            num_warps: int = 4, num_stages: int = 3):
+    return _call(_matvec_kernel, x, q, scale, offset, x.shape[0], bn, bk, interpret, num_warps, num_stages)
+
+
+@functools.partial(jax.jit, static_argnames=("bm", "bn", "bk", "interpret", "num_warps", "num_stages"))
+def qmatmul(x, q, scale, offset=None, *, bm: int = 16, bn: int = 64, bk: int = 256, interpret: bool = False,
+            num_warps: int = 4, num_stages: int = 3):
+    rows = x.shape[0]
+    padded = -(-rows // bm) * bm  # Triton's dot needs 16 rows at least
+    xp = x if padded == rows else jnp.zeros((padded, x.shape[1]), x.dtype).at[:rows].set(x)
+    return _call(_matmul_kernel, xp, q, scale, offset, bm, bn, bk, interpret, num_warps, num_stages)[:rows]
 
 
 if __name__ == "__main__":
@@ -76,12 +110,16 @@ if __name__ == "__main__":
     from jaxllm.models import quant
 
     interpret = jax.default_backend() == "cpu"
-    for rows, k, n, g, dt in ((1, 1024, 256, 128, jnp.int8), (2, 3072, 128, 32, jnp.int4), (4, 512, 64, 128, jnp.int8)):
+    for rows, k, n, g, dt in ((1, 1024, 256, 128, jnp.int8), (2, 3072, 128, 32, jnp.int4), (20, 512, 64, 128, jnp.int8)):
         w = np.asarray(0.05 * jax.random.normal(jax.random.PRNGKey(1), (n, k), jnp.float32))
         q, s, o = quant.quantize_array(w, dt, (n, k // g), np.float32, None, True)
         x = jax.random.normal(jax.random.PRNGKey(0), (rows, k), jnp.float32)
         ref = x @ quant.dequantize_array(q, s, o).T
-        got = qmatvec(x, jnp.asarray(q), jnp.asarray(s), jnp.asarray(o), bn=32, bk=256, interpret=interpret)
-        err = float(jnp.abs(got - ref).max() / jnp.abs(ref).max())
-        print(f"R={rows} K={k} N={n} g={g} {np.dtype(dt).name}: max rel err {err:.2e}")
-        assert err < 1e-5
+        args = (x, jnp.asarray(q), jnp.asarray(s), jnp.asarray(o))
+        for name, got in (("qmatvec", qmatvec(*args, bn=32, bk=256, interpret=interpret) if rows <= 4 else None),
+                          ("qmatmul", qmatmul(*args, bm=16, bn=32, bk=256, interpret=interpret))):
+            if got is None:
+                continue
+            err = float(jnp.abs(got - ref).max() / jnp.abs(ref).max())
+            print(f"{name} R={rows} K={k} N={n} g={g} {np.dtype(dt).name}: max rel err {err:.2e}")
+            assert err < 1e-5, err

@@ -5,7 +5,7 @@ layer shapes ([out, in] kernels, as models/layers.py Dense stores them), at 1 an
   deq               dequantize (convert, scale, offset, reshape) then the product: today's Dense
   grouped           quant.grouped_product: per-group contractions, scale/offset on partial sums
   chan              one symmetric scale per output channel applied to the output: (x . q) * s
-  pallas            benchmarks/quant_matvec_kernel.py (dequantizes in registers), a few tilings
+  qmatvec, qmatmul  benchmarks/quant_matvec_kernel.py (dequantize in registers), a few tilings
   ...+triton        the same with XLA's Triton GEMM enabled for this executable only
                     (jax.jit compiler_options; the process keeps --xla_gpu_enable_triton_gemm=false)
 
@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(__file__))
-from quant_matvec_kernel import qmatvec  # noqa: E402
+from quant_matvec_kernel import qmatmul, qmatvec  # noqa: E402
 
 from jaxllm.models import quant  # noqa: E402
 
@@ -82,14 +82,21 @@ def product(form):
     return lambda x, ws: [one(x, w) for w in ws]
 
 
-def pallas_form(bn, bk, warps):
-    return lambda x, ws: [qmatvec(x, q, s, o, bn=bn, bk=bk, num_warps=warps) for q, s, o in ws]
+def pallas_form(kernel, **tiling):
+    return lambda x, ws: [kernel(x, q, s, o, **tiling) for q, s, o in ws]
+
+
+# tilings tried: (bn, bk, warps) for qmatvec at <= 4 rows; (bm, bn, bk, warps, stages) for qmatmul
+MATVEC = ((4, 512, 4), (8, 512, 4), (8, 1024, 4), (16, 256, 4))
+MATMUL = {1: ((16, 32, 256, 4, 3), (16, 64, 128, 4, 4), (16, 64, 256, 4, 3), (16, 128, 128, 4, 3)),
+          64: ((64, 64, 128, 4, 3), (64, 128, 128, 4, 3), (64, 128, 256, 8, 3), (64, 64, 256, 4, 4))}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--out")
     p.add_argument("--rows", default="1,64")
+    p.add_argument("--chan", action="store_true", help="also per-channel int8 with Triton GEMM")
     args = p.parse_args(argv)
     results = []
     key = jax.random.PRNGKey(0)
@@ -108,24 +115,23 @@ def main(argv=None):
             if rows > 16 and shape not in ("gate/up", "down"):
                 continue  # many rows: the two large products say enough
             x = jax.random.normal(key, (rows, k), jnp.float32).astype(jnp.bfloat16)
-            for kind, g in (("bf16", None), ("int8", 128), ("int8c", None), ("int4", 32)):
+            for kind, g in (("bf16", None), ("int8", 128), ("int4", 32)) + ((("int8c", None),) if args.chan else ()):
                 ws = weights(n, k, "int8" if kind == "int8c" else kind, g, key)
                 per = {"bf16": 2, "int8": 1, "int8c": 1, "int4": 0.5}[kind]
                 nbytes = n * k * per + (0 if g is None else 2 * 2 * n * (k // g))
-                if kind == "bf16":
-                    forms = {"bf16": product("bf16")}
-                elif kind == "int8c":
-                    forms = {"chan": product("chan")}
-                else:
-                    forms = {"deq": product("deq"), "grouped": product("grouped")}
-                for name, f in list(forms.items()):
-                    record(name, shape, rows, kind, jax.jit(f), x, ws, nbytes)
-                    if kind != "bf16" or rows > 1:
-                        record(name + "+triton", shape, rows, kind, jax.jit(f, compiler_options=TRITON), x, ws, nbytes)
-                if kind in ("int8", "int4") and rows <= 16:
-                    for bn, bk, warps in ((32, 512, 4), (64, 512, 8), (16, 1024, 4), (128, 256, 8)):
-                        record(f"pallas bn={bn} bk={bk} w={warps}", shape, rows, kind,
-                               jax.jit(pallas_form(bn, bk, warps)), x, ws, nbytes)
+                forms = {"bf16": {"bf16": product("bf16")}, "int8c": {"chan+triton": product("chan")}}.get(
+                    kind, {"deq": product("deq"), "grouped": product("grouped")} if rows > 16 else {"grouped": product("grouped")})
+                for name, f in forms.items():
+                    opts = TRITON if name.endswith("+triton") else None
+                    record(name, shape, rows, kind, jax.jit(f, compiler_options=opts), x, ws, nbytes)
+                if kind in ("int8", "int4"):
+                    for bn, bk, warps in MATVEC if rows <= 4 else ():
+                        record(f"qmatvec bn={bn} bk={bk} w={warps}", shape, rows, kind,
+                               jax.jit(pallas_form(qmatvec, bn=bn, bk=bk, num_warps=warps)), x, ws, nbytes)
+                    for bm, bn, bk, warps, stages in MATMUL[1 if rows <= 16 else 64]:
+                        record(f"qmatmul bm={bm} bn={bn} bk={bk} w={warps} s={stages}", shape, rows, kind,
+                               jax.jit(pallas_form(qmatmul, bm=bm, bn=bn, bk=bk, num_warps=warps, num_stages=stages)),
+                               x, ws, nbytes)
                 del ws
     if args.out:
         with open(args.out, "w") as f:
