@@ -4,6 +4,7 @@ layer shapes ([out, in] kernels, as models/layers.py Dense stores them), at 1 an
   bf16              the float product (the baseline: what quantized decode must beat)
   deq               dequantize (convert, scale, offset, reshape) then the product: today's Dense
   grouped           quant.grouped_product: per-group contractions, scale/offset on partial sums
+  reduce, magic     one row: dequantize in f32 and multiply-reduce (no dot); magic: int8 -> f32 by bits
   chan              one symmetric scale per output channel applied to the output: (x . q) * s
   qmatvec, qmatmul  benchmarks/quant_matvec_kernel.py (dequantize in registers), a few tilings
   ...+triton        the same with XLA's Triton GEMM enabled for this executable only
@@ -74,6 +75,16 @@ def product(form):
             return jnp.einsum("rk,nk->rn", x, quant.dequantize(q, s, o, x.dtype))
         if form == "grouped":
             return quant.grouped_product(x, q, s, o, 1)
+        if form in ("reduce", "magic"):  # multiply-reduce over (G, g): no dot, one fused reduction
+            groups = s.shape[1]
+            if form == "magic" and q.dtype == jnp.int8:  # int8 -> f32 by bits: (q + 128) | 2^23, minus 2^23 + 128
+                u = jax.lax.bitcast_convert_type(q, jnp.uint8).astype(jnp.uint32) ^ 0x80
+                wf = jax.lax.bitcast_convert_type(u | 0x4B000000, jnp.float32) - 8388736.0
+            else:
+                wf = q.astype(jnp.float32)
+            w = wf.reshape(q.shape[0], groups, -1) * s.astype(jnp.float32)[:, :, None] + o.astype(jnp.float32)[:, :, None]
+            xs = x.astype(jnp.float32).reshape(x.shape[0], 1, groups, -1)
+            return jnp.sum(xs * w[None], axis=(2, 3)).astype(x.dtype)
         if form == "chan":
             return (jnp.einsum("rk,nk->rn", x, q.astype(x.dtype), preferred_element_type=jnp.float32)
                     * s[:, 0].astype(jnp.float32)).astype(x.dtype)
@@ -95,7 +106,8 @@ MATMUL = {1: ((16, 32, 256, 4, 3), (16, 64, 128, 4, 4), (16, 64, 256, 4, 3), (16
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--out")
-    p.add_argument("--rows", default="1,64")
+    p.add_argument("--rows", default="1,16,64")
+    p.add_argument("--pallas", action="store_true", help="also the Pallas kernels' tilings")
     p.add_argument("--chan", action="store_true", help="also per-channel int8 with Triton GEMM")
     args = p.parse_args(argv)
     results = []
@@ -112,7 +124,7 @@ def main(argv=None):
 
     for rows in [int(r) for r in args.rows.split(",")]:
         for shape, (n, k) in SHAPES.items():
-            if rows > 16 and shape not in ("gate/up", "down"):
+            if rows > 1 and shape not in ("gate/up", "down"):
                 continue  # many rows: the two large products say enough
             x = jax.random.normal(key, (rows, k), jnp.float32).astype(jnp.bfloat16)
             for kind, g in (("bf16", None), ("int8", 128), ("int4", 32)) + ((("int8c", None),) if args.chan else ()):
@@ -120,15 +132,17 @@ def main(argv=None):
                 per = {"bf16": 2, "int8": 1, "int8c": 1, "int4": 0.5}[kind]
                 nbytes = n * k * per + (0 if g is None else 2 * 2 * n * (k // g))
                 forms = {"bf16": {"bf16": product("bf16")}, "int8c": {"chan+triton": product("chan")}}.get(
-                    kind, {"deq": product("deq"), "grouped": product("grouped")} if rows > 16 else {"grouped": product("grouped")})
+                    kind, {"deq": product("deq"), "grouped": product("grouped")} if rows > 1 else
+                    {"grouped": product("grouped"), "reduce": product("reduce"), "magic": product("magic")} if kind == "int8" else
+                    {"grouped": product("grouped"), "reduce": product("reduce")})
                 for name, f in forms.items():
                     opts = TRITON if name.endswith("+triton") else None
                     record(name, shape, rows, kind, jax.jit(f, compiler_options=opts), x, ws, nbytes)
                 if kind in ("int8", "int4"):
-                    for bn, bk, warps in MATVEC if rows <= 4 else ():
+                    for bn, bk, warps in MATVEC if rows <= 4 and args.pallas else ():
                         record(f"qmatvec bn={bn} bk={bk} w={warps}", shape, rows, kind,
                                jax.jit(pallas_form(qmatvec, bn=bn, bk=bk, num_warps=warps)), x, ws, nbytes)
-                    for bm, bn, bk, warps, stages in MATMUL[1 if rows <= 16 else 64]:
+                    for bm, bn, bk, warps, stages in MATMUL[1 if rows <= 16 else 64] if args.pallas else ():
                         record(f"qmatmul bm={bm} bn={bn} bk={bk} w={warps} s={stages}", shape, rows, kind,
                                jax.jit(pallas_form(qmatmul, bm=bm, bn=bn, bk=bk, num_warps=warps, num_stages=stages)),
                                x, ws, nbytes)
