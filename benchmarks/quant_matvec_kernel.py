@@ -57,36 +57,42 @@ def _matmul_kernel(x_ref, q_ref, s_ref, o_ref, y_ref, *, g: int, bk: int, steps:
     y_ref[...] = jax.lax.fori_loop(0, steps, body, jnp.zeros((bm, bn), jnp.float32)).astype(y_ref.dtype)
 
 
-def _call(kernel, x, q, scale, offset, bm, bn, bk, interpret, num_warps, num_stages):
+def _call(kernel, x, q, scale, offset, bm, bn, bk, interpret, num_warps, num_stages, splits: int = 1):
+    """pallas_call over (row blocks, column blocks, K splits); with splits > 1 each split writes
+    float32 partial sums, added here."""
     rows, k = x.shape
     n, groups = scale.shape
     g = k // groups
-    bk = min(bk, k)
-    assert k % bk == 0 and bk % g == 0 and n % bn == 0 and rows % bm == 0, (x.shape, q.shape, scale.shape, bm, bn, bk)
+    ks, gs = k // splits, groups // splits  # one split's inputs and groups
+    bk = min(bk, ks)
+    assert k % splits == 0 and groups % splits == 0 and ks % bk == 0 and bk % g == 0 and n % bn == 0 and rows % bm == 0, (
+        x.shape, q.shape, scale.shape, bm, bn, bk, splits)
     params = {}
     if not interpret:
         from jax.experimental.pallas import triton as plgpu
 
         params = dict(compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages))
-    specs = [pl.BlockSpec((bm, k), lambda i, j: (i, 0)), pl.BlockSpec((bn, k), lambda i, j: (j, 0)),
-             pl.BlockSpec((bn, groups), lambda i, j: (j, 0))]
+    specs = [pl.BlockSpec((bm, ks), lambda i, j, h: (i, h)), pl.BlockSpec((bn, ks), lambda i, j, h: (j, h)),
+             pl.BlockSpec((bn, gs), lambda i, j, h: (j, h))]
     args = [x, q, scale]
-    body = functools.partial(kernel, g=g, bk=bk, steps=k // bk)
+    body = functools.partial(kernel, g=g, bk=bk, steps=ks // bk)
     if offset is not None:
-        specs.append(pl.BlockSpec((bn, groups), lambda i, j: (j, 0)))
+        specs.append(pl.BlockSpec((bn, gs), lambda i, j, h: (j, h)))
         args.append(offset)
         fn = body
     else:
         fn = lambda x_ref, q_ref, s_ref, y_ref: body(x_ref, q_ref, s_ref, None, y_ref)  # noqa: E731
-    return pl.pallas_call(
+    out_dtype = x.dtype if splits == 1 else jnp.float32
+    y = pl.pallas_call(
         fn,
-        grid=(rows // bm, n // bn),
+        grid=(rows // bm, n // bn, splits),
         in_specs=specs,
-        out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
-        out_shape=jax.ShapeDtypeStruct((rows, n), x.dtype),
+        out_specs=pl.BlockSpec((None, bm, bn), lambda i, j, h: (h, i, j)),
+        out_shape=jax.ShapeDtypeStruct((splits, rows, n), out_dtype),
         interpret=interpret,
         **params,
     )(*args)
+    return y[0] if splits == 1 else y.sum(0).astype(x.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("bn", "bk", "interpret", "num_warps", "num_stages"))
@@ -95,13 +101,13 @@ def qmatvec(x, q, scale, offset=None, *, bn: int = 8, bk: int = 512, interpret: 
     return _call(_matvec_kernel, x, q, scale, offset, x.shape[0], bn, bk, interpret, num_warps, num_stages)
 
 
-@functools.partial(jax.jit, static_argnames=("bm", "bn", "bk", "interpret", "num_warps", "num_stages"))
+@functools.partial(jax.jit, static_argnames=("bm", "bn", "bk", "interpret", "num_warps", "num_stages", "splits"))
 def qmatmul(x, q, scale, offset=None, *, bm: int = 16, bn: int = 64, bk: int = 256, interpret: bool = False,
-            num_warps: int = 4, num_stages: int = 3):
+            num_warps: int = 4, num_stages: int = 3, splits: int = 1):
     rows = x.shape[0]
     padded = -(-rows // bm) * bm  # Triton's dot needs 16 rows at least
     xp = x if padded == rows else jnp.zeros((padded, x.shape[1]), x.dtype).at[:rows].set(x)
-    return _call(_matmul_kernel, xp, q, scale, offset, bm, bn, bk, interpret, num_warps, num_stages)[:rows]
+    return _call(_matmul_kernel, xp, q, scale, offset, bm, bn, bk, interpret, num_warps, num_stages, splits)[:rows]
 
 
 if __name__ == "__main__":
@@ -117,7 +123,8 @@ if __name__ == "__main__":
         ref = x @ quant.dequantize_array(q, s, o).T
         args = (x, jnp.asarray(q), jnp.asarray(s), jnp.asarray(o))
         for name, got in (("qmatvec", qmatvec(*args, bn=32, bk=256, interpret=interpret) if rows <= 4 else None),
-                          ("qmatmul", qmatmul(*args, bm=16, bn=32, bk=256, interpret=interpret))):
+                          ("qmatmul", qmatmul(*args, bm=16, bn=32, bk=256, interpret=interpret)),
+                          ("qmatmul split 4", qmatmul(*args, bm=16, bn=32, bk=128, splits=4, interpret=interpret))):
             if got is None:
                 continue
             err = float(jnp.abs(got - ref).max() / jnp.abs(ref).max())

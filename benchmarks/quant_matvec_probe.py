@@ -97,10 +97,12 @@ def pallas_form(kernel, **tiling):
     return lambda x, ws: [kernel(x, q, s, o, **tiling) for q, s, o in ws]
 
 
-# tilings tried: (bn, bk, warps) for qmatvec at <= 4 rows; (bm, bn, bk, warps, stages) for qmatmul
+# tilings tried: (bn, bk, warps) for qmatvec at <= 4 rows; (bm, bn, bk, warps, stages, K splits) for qmatmul
 MATVEC = ((4, 512, 4), (8, 512, 4), (8, 1024, 4), (16, 256, 4))
-MATMUL = {1: ((16, 32, 256, 4, 3), (16, 64, 128, 4, 4), (16, 64, 256, 4, 3), (16, 128, 128, 4, 3)),
-          64: ((64, 64, 128, 4, 3), (64, 128, 128, 4, 3), (64, 128, 256, 8, 3), (64, 64, 256, 4, 4))}
+MATMUL = {1: ((16, 32, 256, 4, 3, 2), (16, 32, 256, 4, 3, 4), (16, 64, 128, 4, 3, 4), (16, 32, 128, 4, 4, 8),
+              (16, 16, 256, 4, 3, 4), (16, 64, 256, 4, 3, 8)),
+          64: ((64, 64, 128, 4, 3, 2), (64, 64, 128, 4, 3, 4), (64, 128, 128, 8, 3, 4), (64, 64, 256, 4, 3, 4),
+               (64, 128, 256, 8, 3, 2), (64, 32, 256, 4, 3, 4))}
 
 
 def main(argv=None):
@@ -108,6 +110,7 @@ def main(argv=None):
     p.add_argument("--out")
     p.add_argument("--rows", default="1,16,64")
     p.add_argument("--pallas", action="store_true", help="also the Pallas kernels' tilings")
+    p.add_argument("--matvec", action="store_true", help="with --pallas: also qmatvec")
     p.add_argument("--chan", action="store_true", help="also per-channel int8 with Triton GEMM")
     args = p.parse_args(argv)
     results = []
@@ -124,7 +127,7 @@ def main(argv=None):
 
     for rows in [int(r) for r in args.rows.split(",")]:
         for shape, (n, k) in SHAPES.items():
-            if rows > 1 and shape not in ("gate/up", "down"):
+            if rows > 1 and shape not in ("gate/up", "down", "q/o"):
                 continue  # many rows: the two large products say enough
             x = jax.random.normal(key, (rows, k), jnp.float32).astype(jnp.bfloat16)
             for kind, g in (("bf16", None), ("int8", 128), ("int4", 32)) + ((("int8c", None),) if args.chan else ()):
@@ -133,19 +136,20 @@ def main(argv=None):
                 nbytes = n * k * per + (0 if g is None else 2 * 2 * n * (k // g))
                 forms = {"bf16": {"bf16": product("bf16")}, "int8c": {"chan+triton": product("chan")}}.get(
                     kind, {"deq": product("deq"), "grouped": product("grouped")} if rows > 1 else
-                    {"grouped": product("grouped"), "reduce": product("reduce"), "magic": product("magic")} if kind == "int8" else
-                    {"grouped": product("grouped"), "reduce": product("reduce")})
+                    {"grouped": product("grouped")})
                 for name, f in forms.items():
                     opts = TRITON if name.endswith("+triton") else None
                     record(name, shape, rows, kind, jax.jit(f, compiler_options=opts), x, ws, nbytes)
                 if kind in ("int8", "int4"):
-                    for bn, bk, warps in MATVEC if rows <= 4 and args.pallas else ():
+                    for bn, bk, warps in MATVEC if rows <= 4 and args.pallas and args.matvec else ():
                         record(f"qmatvec bn={bn} bk={bk} w={warps}", shape, rows, kind,
                                jax.jit(pallas_form(qmatvec, bn=bn, bk=bk, num_warps=warps)), x, ws, nbytes)
-                    for bm, bn, bk, warps, stages in MATMUL[1 if rows <= 16 else 64] if args.pallas else ():
-                        record(f"qmatmul bm={bm} bn={bn} bk={bk} w={warps} s={stages}", shape, rows, kind,
-                               jax.jit(pallas_form(qmatmul, bm=bm, bn=bn, bk=bk, num_warps=warps, num_stages=stages)),
-                               x, ws, nbytes)
+                    for bm, bn, bk, warps, stages, splits in MATMUL[1 if rows <= 16 else 64] if args.pallas else ():
+                        if kind == "int4" and (bm, bn, bk) not in ((16, 32, 256), (64, 64, 128)):
+                            continue  # int4: two tilings say whether the kernel is near int8's
+                        record(f"qmatmul bm={bm} bn={bn} bk={bk} w={warps} s={stages} S={splits}", shape, rows, kind,
+                               jax.jit(pallas_form(qmatmul, bm=bm, bn=bn, bk=bk, num_warps=warps, num_stages=stages,
+                                                   splits=splits)), x, ws, nbytes)
                 del ws
     if args.out:
         with open(args.out, "w") as f:
