@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.dirname(__file__))
-from quant_matvec_kernel import qmatmul, qmatvec  # noqa: E402
-
-from jaxllm.models import quant  # noqa: E402
+from jaxllm.models import quant
+from jaxllm.models.quant_kernels import qmatmul, qmatvec
 
 SHAPES = {"gate/up": (14336, 4096), "down": (4096, 14336), "q/o": (4096, 4096), "k/v": (1024, 4096)}
 LAYERS = 8

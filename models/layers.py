@@ -46,8 +46,9 @@ class Dense(nnx.Module, pytree=False):
 
     Quantized (`quantize`, called by quant.apply when the model is built with a quantize setting):
     the kernel holds integers of the same shape and axes, `scale` (and `offset`) [out..., G] one
-    value per group of input values; `__call__` dequantizes (convert, scale, reshape) right before
-    the same product, which XLA fuses. `quantizable` False keeps a layer float (MoE routers).
+    value per group of input values; `__call__` takes quant.product's form for its rows (decode on
+    a GPU: no float kernel built), else dequantizes (convert, scale, reshape) right before the
+    same product. `quantizable` False keeps a layer float (MoE routers).
     """
 
     def __init__(self, in_shape, out_shape, axes, *, bias: bool, dtype, rngs: nnx.Rngs, quantizable: bool = True):
@@ -81,11 +82,10 @@ class Dense(nnx.Module, pytree=False):
         return quant.dequantize(kernel, self.scale[...], None if self.offset is None else self.offset[...], dtype)
 
     def __call__(self, x):
-        rows = math.prod(x.shape[: x.ndim - self.n_in])
-        if self.scale is not None and rows <= quant.FEW_ROWS:
-            y = quant.grouped_product(x, self.kernel[...], self.scale[...],
-                                      None if self.offset is None else self.offset[...], self.n_in)
-            return y if self.bias is None else y + self.bias[...]
+        if self.scale is not None:
+            y = quant.product(x, self.kernel[...], self.scale[...], None if self.offset is None else self.offset[...], self.n_in)
+            if y is not None:
+                return y if self.bias is None else y + self.bias[...]
         kernel = self.weight(x.dtype)
         n_out = kernel.ndim - self.n_in
         contract = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(n_out, kernel.ndim)))

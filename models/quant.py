@@ -11,8 +11,8 @@ per group of `g` consecutive input values:
 
 The scale's output dims carry the kernel's logical axes and its group dim "<first input axis>_groups"
 (None when G = 1), so a mesh splits the scales with the channels they scale. Layers dequantize in their `__call__`
-(`dequantize`: convert, multiply, reshape back; XLA fuses it into the consumer) and then run their
-usual product.
+(`dequantize`: convert, multiply, reshape back) and then run their usual product, except where
+`product` has a faster form for the rows at hand (GPUs: decode's few rows).
 
 The loader's seam (weights.load_params): for each parameter path it asks `float_target` what float
 array the weight map's transform should build, then `pieces` what to place: the array itself for a
@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx
 
 from jaxllm.errors import ConfigError
+from jaxllm.models import quant_kernels
 
 MODES = ("int8", "int4")  # what `quantize=` takes, besides "gguf" (a GGUF file's own blocks; jaxllm.loader)
 DEFAULT_GROUP = 32  # int4 input values per scale: measured on SmolLM2-135M (docs/benchmarks.md, Quantization)
@@ -135,12 +136,41 @@ def dequantize(kernel, scale, offset, dtype, in_axis: int | None = None):
     return w.reshape(kernel.shape).astype(dtype)
 
 
-# Products with at most this many rows (decode steps) contract group by group instead of
-# dequantizing the kernel first (see grouped_product). 0: off, until a GPU measures it against
-# dequantize-then-dot (`benchmarks/quant_decode.py --grouped 16` runs both in one process). The
-# 2-core CPU (busy, noisy; no guide to XLA's GPU fusion) gave both answers: tiny shape int8 0.59x
-# float with it vs 0.31x without, int4 1.21x vs 0.90x; Qwen3-0.6B shape int8 0.34x vs 0.71x.
-FEW_ROWS = 0
+# Which form a product with a quantized kernel takes on a GPU (H200, Llama-3-8B shapes, int8,
+# benchmarks/quant_matvec_probe.py; docs/benchmarks.md "Quantization"): at most FEW_ROWS rows
+# (batch-1 decode) grouped_product (gate/up 25 us; bf16 33 us; dequantize-then-dot 108 us); up to
+# quant_kernels.MAX_ROWS rows on one device the Pallas kernel (8 rows 32 us, 64 rows 53 us against
+# 111); otherwise, on a mesh (a Pallas call is not partitioned) and on other backends, dequantize
+# then the float product, which XLA fuses on TPUs and amortizes over a prefill's rows.
+FEW_ROWS = 1
+
+
+def _on_gpu() -> bool:
+    return jax.default_backend() == "gpu"
+
+
+def _one_device() -> bool:
+    return jax.device_count() == 1
+
+
+def product(x, kernel, scale, offset, n_in: int):
+    """x [..., in...] . dequantize(kernel [out..., in...]) by the fastest form for its rows, or
+    None where dequantize-then-product is (the caller's own product)."""
+    if not _on_gpu():
+        return None
+    n_out = kernel.ndim - n_in
+    rows = math.prod(x.shape[: x.ndim - n_in])
+    if rows <= FEW_ROWS:
+        return grouped_product(x, kernel, scale, offset, n_in)
+    if not _one_device():
+        return None
+    n, k = math.prod(kernel.shape[:n_out]), math.prod(kernel.shape[n_out:])
+    tiling = quant_kernels.tiling(rows, n, k, scale.shape[-1])
+    if tiling is None:
+        return None
+    y = quant_kernels.qmatmul(x.reshape(rows, k), kernel.reshape(n, k), scale.reshape(n, -1),
+                              None if offset is None else offset.reshape(n, -1), **tiling)
+    return y.reshape(x.shape[: x.ndim - n_in] + kernel.shape[:n_out])
 
 
 def grouped_product(x, kernel, scale, offset, n_in: int):

@@ -2,6 +2,7 @@
 their float selves, sharding of the scales, the converted format's round trip, GGUF blocks taken
 bit-exactly, one-line errors, and perplexity on the real SmolLM2-135M-Instruct model."""
 
+import math
 from pathlib import Path
 
 import jax
@@ -67,6 +68,37 @@ def test_grouped_product_is_the_dequantized_product(kernel_shape, n_in, groups, 
     want = jnp.tensordot(x, w, axes=axes, precision="highest")
     assert got.shape == want.shape
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+
+
+@pytest.mark.parametrize("dtype, group", [(jnp.int8, 128), (jnp.int4, 32)])
+@pytest.mark.parametrize("kernel_shape, n_in", [((64, 1024), 1), ((4, 16, 1024), 1), ((64, 8, 128), 2)])
+def test_gpu_forms_equal_the_dequantized_product(monkeypatch, dtype, group, kernel_shape, n_in):
+    """quant.product's GPU forms, here on the CPU (the Pallas kernel in interpret mode): one row
+    contracts per group, 3 and 20 rows go through qmatmul's two tilings, 100 rows are left to
+    dequantize-then-dot (None); each equals the dequantized product."""
+    from jaxllm.models import quant_kernels
+
+    monkeypatch.setattr(quant, "_on_gpu", lambda: True)
+    monkeypatch.setattr(quant, "_one_device", lambda: True)
+    kernel_call = quant_kernels.qmatmul
+    calls = []
+    monkeypatch.setattr(quant_kernels, "qmatmul", lambda *a, **kw: calls.append(kw) or kernel_call(*a, **kw, interpret=True))
+    rng = np.random.default_rng(5)
+    n_out = len(kernel_shape) - n_in
+    lo = -128 if dtype == jnp.int8 else -8
+    kernel = jnp.asarray(rng.integers(lo, -lo, kernel_shape), dtype)
+    scale = jnp.asarray(rng.uniform(0.001, 0.01, kernel_shape[:n_out] + (math.prod(kernel_shape[n_out:]) // group,)), jnp.float32)
+    offset = jnp.asarray(rng.normal(0, 0.01, scale.shape), jnp.float32)
+    w = quant.dequantize(kernel, scale, offset, jnp.float32)
+    for rows in (1, 3, 20, 100):
+        x = jnp.asarray(rng.normal(0, 1, (rows,) + kernel_shape[n_out:]), jnp.float32)
+        got = quant.product(x, kernel, scale, offset, n_in)
+        if rows > quant_kernels.MAX_ROWS:
+            assert got is None
+            continue
+        want = jnp.tensordot(x, w, axes=(tuple(range(1, 1 + n_in)), tuple(range(n_out, kernel.ndim))), precision="highest")
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+    assert [kw["bm"] for kw in calls] == [16, 64]  # 3 and 20 rows: the kernel; 1 row: grouped
 
 
 @pytest.mark.parametrize("bits, offset", [(8, False), (8, True), (4, False), (4, True)])

@@ -1,16 +1,19 @@
-"""Candidate products for quantized kernels, as Pallas (Triton) kernels: y [R, N] =
-x [R, K] . dequantize(q [N, K] integers, scale [N, G], offset [N, G]).
+"""Pallas (Triton) kernels for products with quantized kernels on GPUs: y [R, N] =
+x [R, K] . dequantize(q [N, K] integers, scale [N, G], offset [N, G]), the weight tile
+dequantized in registers, so no float kernel is ever written (XLA's dequantize-then-dot writes and
+reads one every step: 0.36x bf16 for Llama-3-8B decode on an H200).
 
-qmatvec   few rows: each program owns `bn` output channels and streams their integers along K
-          in blocks of `bk`, dequantizing in registers into an elementwise [bn, bk] accumulator
-          that is reduced once at the end (no cross-thread reduction per block).
-qmatmul   any rows: a tiled product (bm x bn tiles, K in blocks of bk) whose weight tile is
-          dequantized in registers to x's dtype and fed to the tensor cores (rows padded to 16).
+qmatmul   a tiled product (bm x bn tiles, K in blocks of bk, split over `splits` programs whose
+          float32 partial sums are added), the dequantized tile fed to the tensor cores in x's
+          dtype; rows padded to bm (Triton's dot needs 16 at least). What quant.product uses for
+          2..64 rows on one GPU (benchmarks/quant_matvec_probe.py; docs/benchmarks.md).
+qmatvec   few rows without the tensor cores: an elementwise [bn, bk] accumulator per row reduced
+          once at the end. Probed, not used (slower than quant.grouped_product at one row).
 
-No float kernel is ever written. Probed against XLA's forms by benchmarks/quant_matvec_probe.py
-before any model code uses them.
+Both run in interpret mode on a CPU (tests). `usable` says whether a product's shapes fit qmatmul's
+tiling; shapes that do not take XLA's forms.
 
-    python benchmarks/quant_matvec_kernel.py     # correctness in interpret mode (CPU) or on a GPU
+    python -m jaxllm.models.quant_kernels     # correctness in interpret mode (CPU) or on a GPU
 """
 
 from __future__ import annotations
@@ -110,10 +113,28 @@ def qmatmul(x, q, scale, offset=None, *, bm: int = 16, bn: int = 64, bk: int = 2
     return _call(_matmul_kernel, xp, q, scale, offset, bm, bn, bk, interpret, num_warps, num_stages, splits)[:rows]
 
 
+# (bm, bn, bk, warps, stages, splits) by rows: the best average over Llama-3-8B's q/o, gate/up and
+# down products on an H200 (benchmarks/quant_matvec_probe.py --pallas, 2026-11-28)
+TILINGS = ((16, (16, 32, 256, 4, 3, 4)), (64, (64, 64, 128, 4, 3, 4)))
+MAX_ROWS = TILINGS[-1][0]
+
+
+def tiling(rows: int, n: int, k: int, groups: int):
+    """qmatmul's tiling for this product, or None when its shapes do not fit one (XLA's forms then)."""
+    if rows > MAX_ROWS:
+        return None
+    bm, bn, bk, warps, stages, splits = next(t for r, t in TILINGS if rows <= r)
+    g = k // groups
+    per = bk // g if g and bk % g == 0 else 0
+    fits = (k % groups == 0 and per and per & (per - 1) == 0 and groups % splits == 0
+            and (k // splits) % bk == 0 and n % bn == 0)
+    return dict(bm=bm, bn=bn, bk=bk, num_warps=warps, num_stages=stages, splits=splits) if fits else None
+
+
 if __name__ == "__main__":
     import numpy as np
 
-    from jaxllm.models import quant
+    from jaxllm.models import quant  # noqa: PLC0415 - the self-test's only
 
     interpret = jax.default_backend() == "cpu"
     for rows, k, n, g, dt in ((1, 1024, 256, 128, jnp.int8), (2, 3072, 128, 32, jnp.int4), (20, 512, 64, 128, jnp.int8)):
