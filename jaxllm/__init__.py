@@ -18,6 +18,25 @@ _checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 if _util.find_spec(__name__ + ".models") is None and _os.path.isfile(_os.path.join(_checkout, "models", "layers.py")):
     __path__.append(_checkout)  # noqa: F821
 
+
+def _import_flax() -> None:
+    """Import flax.nnx without IPython: on import, flax asks IPython whether a notebook runs
+    (flax.nnx.reprlib.supports_color), importing it (0.3 s of every start). Where IPython is not
+    imported yet no notebook runs, and flax takes the failed import for that answer."""
+    import sys
+
+    if "IPython" in sys.modules or "flax.nnx" in sys.modules:
+        return
+    sys.modules["IPython"] = None  # an import of it fails while this stands
+    try:
+        import flax.nnx  # noqa: F401
+    finally:
+        if sys.modules.get("IPython", 0) is None:
+            del sys.modules["IPython"]
+
+
+_import_flax()
+
 from jaxllm import research  # noqa: E402  (jaxllm.research.hidden_states etc.)
 from jaxllm.engine import Engine  # noqa: E402
 from jaxllm.errors import CheckpointError, ConfigError, GenerationError, InputError, JaxllmError  # noqa: E402

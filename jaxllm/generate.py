@@ -13,6 +13,8 @@ as it is generated; several print in order. Statistics go to stderr. Compiled pr
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
 import sys
 
 from jaxllm import chat, progress
@@ -91,5 +93,17 @@ def _main(args) -> int:
     return 0
 
 
+def leave(code: int) -> None:
+    """Exit as `sys.exit(code)` does, less the interpreter's teardown (freeing the model and XLA's
+    client: 0.6 s of a 2-core CPU start): exit handlers run and output is flushed, then the process ends."""
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):  # closed, gone or not a file
+            pass
+    os._exit(code if isinstance(code, int) else 1)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())

@@ -32,6 +32,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from jaxllm import tokenizing
 from jaxllm.errors import CheckpointError
 from jaxllm.models import quant
 
@@ -116,7 +117,23 @@ class Header:
         if item in _SCALARS:  # numbers in one go
             dtype = np.dtype(_SCALARS[item])
             return np.frombuffer(self._bytes(n * dtype.itemsize), dtype).tolist()
+        if item == _STRING:
+            return self._strings(n)
         return [self._value(item) for _ in range(n)]
+
+    def _strings(self, n: int) -> list[str]:
+        """n strings in one tight loop (a vocabulary's tokens and merges: 100,000 of them)."""
+        buf, pos, size, out = self._buf, self._pos, len(self._buf), []
+        length = struct.Struct("<Q").unpack_from
+        for _ in range(n):
+            k = length(buf, pos)[0]
+            pos += 8
+            if pos + k > size:
+                raise ValueError("the file ends early (truncated download?)")
+            out.append(buf[pos : pos + k].decode("utf-8"))
+            pos += k
+        self._pos = pos
+        return out
 
 
 @functools.lru_cache(maxsize=1)
@@ -359,27 +376,35 @@ def open_checkpoint(path: Path):
 
 
 def load_tokenizer(path: Path):
-    """transformers' tokenizer for a GGUF file, built by its `convert_gguf_tokenizer` from the
-    metadata we read: transformers reads that metadata itself only through a module that imports
-    torch, and the runtime must not need torch. Importing the conversion costs about a second, so
-    what it gives is kept in TOKENIZER_CACHE (keyed by the file's path, size and mtime and the
-    transformers version), and later loads read that (0.1 s)."""
-    import transformers
+    """The tokenizer of a GGUF file: transformers' (or jaxllm.tokenizing's, which gives the same
+    ids and text without importing transformers), built by transformers' `convert_gguf_tokenizer`
+    from the metadata we read: transformers reads that metadata itself only through a module that
+    imports torch, and the runtime must not need torch. Building it costs about a second, so what
+    it gives is kept in TOKENIZER_CACHE (keyed by the file's path, size and mtime and the
+    transformers version), and later loads read that (0.1 s, without importing transformers)."""
+    folder = _tokenizer_folder(path, tokenizing.transformers_version())
 
-    folder = _tokenizer_folder(path, transformers.__version__)
-    try:
+    def from_entry():
+        import transformers
+
         kwargs = json.loads((folder / "kwargs.json").read_text(encoding="utf-8"))
         return transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), **kwargs)
+
+    try:
+        return tokenizing.load(folder, from_entry)
     except Exception:  # not cached yet, or an entry that does not load (tokenizers raises bare Exceptions)
+        import transformers
+
         backend, kwargs = _convert_tokenizer(path)
-        _save_tokenizer(folder, backend, kwargs)
-        return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, **kwargs)
+        tok = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, **kwargs)
+        _save_tokenizer(folder, tok, kwargs)
+        return tokenizing.wrap(tok)
 
 
 TOKENIZER_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "jaxllm", "tokenizers")  # or $JAXLLM_TOKENIZER_CACHE
 
 
-def _tokenizer_folder(path: Path, version: str) -> Path:
+def _tokenizer_folder(path: Path, version: str | None) -> Path:
     st = os.stat(path)
     key = f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}|transformers {version}"
     root = os.environ.get("JAXLLM_TOKENIZER_CACHE") or TOKENIZER_CACHE
@@ -398,14 +423,16 @@ def _convert_tokenizer(path: Path):
     return backend, {**config, **extra}
 
 
-def _save_tokenizer(folder: Path, backend, kwargs: dict) -> None:
-    """Write the cache entry under a temporary name and rename it, so an entry is complete or
-    absent; a cache that cannot be written is skipped (the next load builds again)."""
+def _save_tokenizer(folder: Path, tok, kwargs: dict) -> None:
+    """Write the cache entry (transformers' tokenizer's backend as it holds it, its keyword
+    arguments and tokenizing.describe's account of it) under a temporary name and rename it, so an
+    entry is complete or absent; a cache that cannot be written is skipped (the next load builds again)."""
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}")
     try:
         tmp.mkdir(parents=True, exist_ok=True)
-        backend.save(str(tmp / "tokenizer.json"))
+        tok.backend_tokenizer.save(str(tmp / "tokenizer.json"))
         (tmp / "kwargs.json").write_text(json.dumps(kwargs), encoding="utf-8")
+        (tmp / tokenizing.META).write_text(json.dumps(tokenizing.describe(tok)), encoding="utf-8")
         shutil.rmtree(folder, ignore_errors=True)  # an entry that did not load
         os.replace(tmp, folder)
     except (OSError, TypeError):  # TypeError: a keyword argument JSON cannot hold

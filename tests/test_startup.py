@@ -123,3 +123,57 @@ def test_cli_prints_no_pytorch_notice(tmp_path):
     assert out.returncode == 0 and out.stdout == "", out.stderr[-2000:]
     assert list((tmp_path / "tok").iterdir())  # the tokenizer was built: transformers was imported
     assert out.stderr == ""
+
+
+CHATS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Héllo 🙂 <|im_end|> 12345\n\tok"}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
+     {"role": "user", "content": "  spaces   and\n\nnewlines  "}],
+    [{"role": "user", "content": ""}],
+]
+TEXTS = ["What is the capital of France?", "", " leading space", "Ünïcödé — 東京 🍮 ok?", "<|im_start|>user\nhi<|im_end|>",
+         "code:\n\tdef f(x):\n\t\treturn x ** 2  # comment", "a . b , c ! d ? e n't f 's"]
+
+
+def test_fast_tokenizer_is_transformers_tokenizer(tmp_path, monkeypatch, gguf_path):
+    """The tokenizer built without transformers (jaxllm.tokenizing) gives transformers' token ids,
+    text and chat-template text, freshly converted and from the cache."""
+    from jaxllm import tokenizing
+
+    monkeypatch.setenv("JAXLLM_TOKENIZER_CACHE", str(tmp_path))
+    fresh, cached = gguf.load_tokenizer(gguf_path), gguf.load_tokenizer(gguf_path)
+    assert isinstance(cached, tokenizing.Tokenizer) and cached._transformers is None
+    for ours in (fresh, cached):
+        ref = ours.transformers
+        assert type(ref).__module__.startswith("transformers")
+        assert ours.chat_template == ref.chat_template and ours.all_special_ids == ref.all_special_ids
+        for chat in CHATS:
+            for prompt in (True, False):
+                text = ours.apply_chat_template(chat, tokenize=False, add_generation_prompt=prompt)
+                assert text == ref.apply_chat_template(chat, tokenize=False, add_generation_prompt=prompt)
+                assert ours(text, add_special_tokens=False)["input_ids"] == ref(text, add_special_tokens=False)["input_ids"]
+        for text in TEXTS:
+            ids = ours(text)["input_ids"]
+            assert ids == ref(text)["input_ids"] and ours.encode(text, add_special_tokens=False) == ref.encode(text, add_special_tokens=False)
+            for skip in (True, False):
+                assert ours.decode(ids, skip_special_tokens=skip) == ref.decode(ids, skip_special_tokens=skip)
+        assert ours.decode(9690) == ref.decode(9690)
+        # what ours does not do itself, transformers' tokenizer does
+        assert ours.convert_ids_to_tokens([1, 2]) == ["<|im_start|>", "<|im_end|>"]
+        assert ours.apply_chat_template(CHATS[0], add_generation_prompt=True)["input_ids"] == \
+            ref.apply_chat_template(CHATS[0], add_generation_prompt=True)["input_ids"]
+
+
+def test_cached_tokenizer_and_import_skip_transformers_and_ipython(tmp_path, gguf_path):
+    """A start with the tokenizer cached imports neither transformers nor IPython (flax's
+    notebook check), and both import as usual afterwards."""
+    env = dict(os.environ, JAXLLM_TOKENIZER_CACHE=str(tmp_path))
+    code = ("import sys; import jaxllm; from jaxllm import gguf; tok = gguf.load_tokenizer(sys.argv[1]); "
+            "print(sorted(m for m in ('transformers', 'IPython') if m in sys.modules)); "
+            "import IPython, flax.nnx; print(tok.decode(tok('Paris')['input_ids']))")
+    runs = [subprocess.run([sys.executable, "-c", code, str(gguf_path)], capture_output=True, text=True, env=env,
+                           timeout=300) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[-1].stderr[-2000:]
+    assert runs[0].stdout.splitlines() == ["['transformers']", "Paris"]  # the first start builds the cache entry
+    assert runs[1].stdout.splitlines() == ["[]", "Paris"]
