@@ -229,8 +229,9 @@ def restore(folder: Path, abstract, dtype, shardings: dict | None = None, progre
     """The parameter state of `abstract`, read from `folder` in its leaves' dtypes (`dtype`, which
     the abstract's float parameters have; cast on read when the saved dtype differs), straight onto
     the devices: `shardings` {path: Sharding}, each device reading only its own shards. Host memory stays bounded: parameters are restored in groups of about
-    RESTORE_GROUP_BYTES (at least the largest parameter) and orbax reads at most about that much at
-    once, so no full host copy of the model is ever made. `progress` as in weights.load_params."""
+    RESTORE_GROUP_BYTES (at least the largest parameter), orbax reads at most about that much at
+    once, and a group's copies to the devices overlap the next group's read (two groups in flight),
+    so no full host copy of the model is ever made. `progress` as in weights.load_params."""
     import orbax.checkpoint as ocp
 
     flat = flat_params(abstract)
@@ -250,10 +251,17 @@ def restore(folder: Path, abstract, dtype, shardings: dict | None = None, progre
             size = 0
         groups[-1].append(k)
         size += sizes[k]
-    checkpointer = _checkpointer(2 * group_bytes)  # orbax refuses a read larger than its limit
+    checkpointer = _checkpointer(group_bytes)  # orbax refuses a read larger than its limit
     if hasattr(progress, "expect_bytes"):
         progress.expect_bytes(sum(sizes.values()))
-    out = {}
+    out, pending = {}, []
+
+    def settle(names, restored):  # a group counts once its copies to the devices are complete
+        jax.block_until_ready(restored)
+        for k in names:
+            out[k] = restored.pop(k)
+            report(progress, k, sizes[k])
+
     for names in groups:
         item = {k: target[k] for k in names}
         args = ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
@@ -262,10 +270,12 @@ def restore(folder: Path, abstract, dtype, shardings: dict | None = None, progre
             restored = checkpointer.restore((folder / PARAMS).absolute(), args=args)
         except (OSError, ValueError, KeyError) as err:  # how orbax and tensorstore report a damaged or partial folder
             raise _unreadable(folder, err) from None
-        jax.block_until_ready(restored)
-        for k in names:
-            out[k] = restored.pop(k)
-            report(progress, k, sizes[k])
+        # Two groups in flight: this one's copies to the devices run while the next is read.
+        if pending:
+            settle(*pending.pop())
+        pending.append((names, restored))
+    for names, restored in pending:
+        settle(names, restored)
     return unflatten_into(abstract, {p: out[key(p)] for p in flat})
 
 
