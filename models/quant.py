@@ -186,11 +186,11 @@ def grouped_product(x, kernel, scale, offset, n_in: int):
     xs = x.reshape((-1, groups, math.prod(kernel.shape[n_out:]) // groups))  # [R, G, g]
     q = kernel.reshape((math.prod(out_shape), groups, -1))  # [O, G, g]
     partial = jnp.einsum("rGk,oGk->roG", xs, q.astype(x.dtype), preferred_element_type=jnp.float32)
-    s = scale.reshape((-1, groups)).astype(jnp.float32)
-    y = jnp.einsum("roG,oG->ro", partial, s)
+    terms = partial * scale.reshape((-1, groups)).astype(jnp.float32)
     if offset is not None:
         sums = jnp.sum(xs.astype(jnp.float32), axis=-1)  # [R, G]
-        y = y + jnp.einsum("rG,oG->ro", sums, offset.reshape((-1, groups)).astype(jnp.float32))
+        terms = terms + sums[:, None, :] * offset.reshape((-1, groups)).astype(jnp.float32)
+    y = jnp.sum(terms, axis=-1)  # one reduction over the groups (a kernel, where two products were two)
     return y.astype(x.dtype).reshape(lead + out_shape)
 
 
