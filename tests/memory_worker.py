@@ -1,5 +1,5 @@
-"""Load a checkpoint and report memory: `python memory_worker.py CHECKPOINT MESH_OR_NONE` prints JSON
-{baseline_mb, peak_mb, placed_mb}. Peak is VmHWM, the high-water mark of this address space
+"""Load a checkpoint and report memory: `python memory_worker.py CHECKPOINT MESH_OR_NONE [QUANTIZE [DTYPE]]`
+prints JSON {baseline_mb, peak_mb, placed_mb}. Peak is VmHWM, the high-water mark of this address space
 (ru_maxrss would not do: it survives exec, so it would report the parent's size at fork)."""
 
 import json
@@ -19,7 +19,9 @@ import jaxllm.models  # noqa: E402,F401  (import cost before the baseline)
 jnp.zeros(1).block_until_ready()  # the backend is up before the baseline
 page = os.sysconf("SC_PAGE_SIZE")
 baseline = int(open("/proc/self/statm").read().split()[1]) * page / 2**20
-model = jaxllm.load(sys.argv[1], mesh=mesh, tokenizer=False)
+quantize = sys.argv[3] if len(sys.argv) > 3 and sys.argv[3] != "none" else None
+dtype = sys.argv[4] if len(sys.argv) > 4 else None
+model = jaxllm.load(sys.argv[1], dtype, mesh=mesh, tokenizer=False, quantize=quantize)
 jax.block_until_ready(model.params)
 status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
 peak = int(status["VmHWM"].split()[0]) / 1024

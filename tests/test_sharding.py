@@ -133,18 +133,19 @@ def _synthetic_checkpoint(folder: Path) -> int:
     return max(sizes)
 
 
-@pytest.mark.parametrize("mesh", ["none", "tp=4"])
-def test_loading_memory_stays_near_one_tensor(tmp_path_factory, mesh):
+@pytest.mark.parametrize("mesh, quantize", [("none", "none"), ("tp=4", "none"), ("none", "int8")])
+def test_loading_memory_stays_near_one_tensor(tmp_path_factory, mesh, quantize):
+    """Placed parameters plus about one tensor at most, also while quantizing on the host."""
     folder = tmp_path_factory.getbasetemp() / "synthetic-1gb"
     if not folder.exists():
         folder.mkdir()
         _synthetic_checkpoint(folder)
     largest_mb = 32768 * 2048 * 4 / 2**20
-    out = subprocess.run([sys.executable, str(HERE / "memory_worker.py"), str(folder), mesh],
+    out = subprocess.run([sys.executable, str(HERE / "memory_worker.py"), str(folder), mesh, quantize],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     m = json.loads(out.stdout.strip().splitlines()[-1])
     extra = m["peak_mb"] - m["baseline_mb"] - m["placed_mb"]
-    print(f"mesh {mesh}: placed {m['placed_mb']:.0f} MB, peak above baseline {m['peak_mb'] - m['baseline_mb']:.0f} MB, "
+    print(f"mesh {mesh}, quantize {quantize}: placed {m['placed_mb']:.0f} MB, peak above baseline {m['peak_mb'] - m['baseline_mb']:.0f} MB, "
           f"transient {extra:.0f} MB = {extra / largest_mb:.2f}x the largest tensor ({largest_mb:.0f} MB)")
     assert m["peak_mb"] - m["baseline_mb"] <= 1.5 * largest_mb + m["placed_mb"]
