@@ -12,6 +12,11 @@ recomputed after preemption), then up to `chunk` decode steps for every running 
 delays running sequences by one chunk at a time. Requests can be added and aborted
 between steps (`add`, `abort`); `run` serves a list to the end; `score` gives teacher-forced
 log-probabilities of a token sequence through the cache (perplexity in the cache's kv_dtype).
+
+On a mesh with dp > 1 the one engine serves dp groups of devices at once: the decode rows and the
+page pool split into dp shards, a sequence runs on one shard (its slot and pages; the scheduler
+balances them), and each step computes every shard's rows in one call, each group on its own
+(jaxllm/serving/runner.py).
 """
 
 from __future__ import annotations
@@ -80,6 +85,11 @@ class Engine:
     token and kv head) or "fp8" (float8 e4m3); 8-bit halves the bytes of a cached token, so the
     same memory holds about twice the pages. Default: the model's `kv_dtype` attribute (what
     jaxllm.load was given), else None.
+
+    On a mesh with dp > 1: batch_size is rounded up to a multiple of dp (batch_size / dp rows per
+    dp group), the pool has dp equal shards of at least one max_len sequence each (num_pages is
+    rounded up to that), and prefill_tokens is the budget of each shard. The prefix cache is per
+    shard: a prefix cached on another shard than the one a sequence is placed on is computed again.
     """
 
     def __init__(self, model, batch_size: int = 8, max_len: int | None = None, *, num_pages: int | None = None,
@@ -100,6 +110,9 @@ class Engine:
                 or not 0 < memory_fraction <= 1):
             raise GenerationError(f"Engine memory_fraction={memory_fraction!r} is invalid: use a number in (0, 1]")
         batch_size, max_len, page_size, prefill_tokens, chunk = map(int, (batch_size, max_len, page_size, prefill_tokens, chunk))
+        mesh = getattr(model, "mesh", None)
+        self.dp = dp = mesh.shape["dp"] if mesh is not None else 1  # data-parallel shards of the rows and pages
+        batch_size = -(-batch_size // dp) * dp
         self.model, self.cfg = model, cfg
         self.batch_size, self.max_len, self.chunk = batch_size, max_len, chunk
         # Decode steps of a call while a waiting request could start: few, so that it starts soon
@@ -120,7 +133,9 @@ class Engine:
         self.width = -(-max_len // page_size)
         self.length_dependent = length_dependent
         num_pages = self._default_pages(page_size, memory_fraction, num_pages)
-        self.blocks = BlockManager(num_pages, page_size, prefix_caching and not length_dependent)
+        if dp > 1:  # equal shards, each of room for at least one sequence of max_len
+            num_pages = dp * max(-(-num_pages // dp), self.width)
+        self.blocks = BlockManager(num_pages, page_size, prefix_caching and not length_dependent, shards=dp)
         # Chunks of at most a quarter of the budget, so the prompts of a step share calls of several
         # rows (a 2,050-token prompt is 2,048 + 2, not one row padded to the whole budget).
         max_chunk = None if length_dependent else max(16, prefill_tokens // 4)
@@ -148,6 +163,7 @@ class Engine:
         mesh = getattr(self.model, "mesh", None)
         tp = mesh.shape["tp"] if mesh is not None else 1
         devices = tp if cfg.num_kv_heads % tp == 0 else 1  # the pool splits over tp like the kv heads
+        devices *= self.dp  # and over dp by pages
         page_bytes = kv_cache_bytes(cfg, page_size, dtype, self.kv_dtype)
         if num_pages is not None or "bytes_limit" not in stats:
             available, where = available_memory()
@@ -193,10 +209,11 @@ class Engine:
             raise GenerationError(
                 f"prompt of {n} tokens + max_new_tokens={req.params.max_new_tokens} exceeds the "
                 f"{self.cfg.max_position_embeddings} positions this model has learned: shorten one of them")
-        if self.blocks.pages_for(total) > self.blocks.num_pages:
+        if self.blocks.pages_for(total) > self.blocks.shard_pages:
+            where = "the pool has" if self.dp == 1 else f"each of the pool's {self.dp} data-parallel shards has"
             raise GenerationError(
                 f"prompt of {n} tokens + max_new_tokens={req.params.max_new_tokens} needs "
-                f"{self.blocks.pages_for(total)} KV pages but the pool has {self.blocks.num_pages}: "
+                f"{self.blocks.pages_for(total)} KV pages but {where} {self.blocks.shard_pages}: "
                 "give the engine more pages (num_pages, memory_fraction) or ask for fewer tokens")
 
     def add(self, req: Request) -> Sequence:
@@ -253,16 +270,18 @@ class Engine:
         if len(ids) > self.max_len:
             raise GenerationError(f"{len(ids)} tokens exceed the engine's max_len {self.max_len}: raise max_len")
         need = self.blocks.pages_for(len(ids))
-        if need > self.blocks.num_free:
-            raise GenerationError(f"{len(ids)} tokens need {need} KV pages but {self.blocks.num_free} are free: "
+        shard = max(range(self.dp), key=self.blocks.free_in)  # the pages of one shard
+        if need > self.blocks.free_in(shard):
+            where = "" if self.dp == 1 else " in one data-parallel shard"
+            raise GenerationError(f"{len(ids)} tokens need {need} KV pages but {self.blocks.free_in(shard)} are free{where}: "
                                   "give the engine more pages, or score when its requests are done")
         chunk = len(ids) if self.length_dependent else min(int(chunk), len(ids))
         if self.state is None:
             self.state = self.runner.new_state()
         seq = Sequence(-1, ids)
-        self.blocks.allocate(seq, share=False)
+        self.blocks.allocate(seq, share=False, shard=shard)
         try:
-            self.state, (logprobs, greedy) = self.runner.score(self.state, ids, seq.pages, chunk)
+            self.state, (logprobs, greedy) = self.runner.score(self.state, ids, seq.pages, chunk, shard)
         finally:
             self.blocks.free(seq)
         return Score(logprobs, greedy)
@@ -308,9 +327,10 @@ class Engine:
         self._release(seq)
         self.index_of.pop(seq, None)
 
-    def _free_slot(self) -> int:
-        used = set(self.slot_of.values())
-        return next(i for i in range(self.batch_size) if i not in used)
+    def _free_slot(self, shard: int) -> int:
+        """A free decode slot of `shard` (slots shard * batch_size / dp ..)."""
+        used, b = set(self.slot_of.values()), self.batch_size // self.dp
+        return next(i for i in range(shard * b, (shard + 1) * b) if i not in used)
 
     def call_shape(self, longest: int, waiting: int) -> tuple[int, int]:
         """(rows, length) of a prefill call whose longest chunk has `longest` tokens, with `waiting`
@@ -326,7 +346,8 @@ class Engine:
         return sorted({max(16, -(-self.budget // (16 * d)) * 16) for d in (16, 4, 1)})
 
     def _call_rows(self, length: int) -> list[int]:
-        return [r for r in (1, 4, 16) if r == 1 or (r * length <= self.budget and r <= self.batch_size)]
+        """Rows of a call (of each dp shard's block: the budget and rows are per shard)."""
+        return [r for r in (1, 4, 16) if r == 1 or (r * length <= self.budget and r <= self.batch_size // self.dp)]
 
     def precompile(self, requests: list[Request]) -> None:
         """Compile the steps that serving `requests` can meet and that have not run yet: prefill
@@ -354,22 +375,28 @@ class Engine:
         self._compiled |= {("prefill", shape, sampling) for shape in todo} | {("decode", k, sampling) for k in todo_decode}
 
     def _prefill(self, chunks: list[PrefillChunk]) -> list[Event]:
-        """Run the chunks in calls of `call_shape`s, longest chunks first."""
-        events = []
+        """Run the chunks in calls of `call_shape`s, longest chunks first (a call: that many rows
+        of each dp shard)."""
+        events, b = [], self.batch_size // self.dp
         chunks = sorted(chunks, key=lambda c: -c.length)
         while chunks:
-            rows, length = self.call_shape(chunks[0].length, len(chunks))
-            group, chunks = chunks[:rows], chunks[rows:]
+            per_shard = [sum(1 for c in chunks if c.seq.shard == i) for i in range(self.dp)]
+            rows, length = self.call_shape(chunks[0].length, max(per_shard))
+            taken, group, rest = [0] * self.dp, [], []
+            for c in chunks:
+                (group if taken[c.seq.shard] < rows else rest).append(c)
+                taken[c.seq.shard] += 1
+            chunks = rest
             work = []
             for c in group:
                 slot = None
                 if c.last:
                     slot = self.slot_of.get(c.seq)
-                    if slot is None:
-                        slot = self.slot_of[c.seq] = self._free_slot()
+                    if slot is None or slot // b != c.seq.shard:
+                        slot = self.slot_of[c.seq] = self._free_slot(c.seq.shard)
                 eos = np.full_like(self.eos, -1) if c.seq.params.ignore_eos else self.eos
                 work.append(Row(slot if slot is not None else -1, c.seq.tokens, c.start, c.length, c.seq.pages, c.last,
-                                c.seq.params, eos, len(c.seq.output)))
+                                c.seq.params, eos, len(c.seq.output), c.seq.shard))
             self.state, results = self.runner.prefill(self.state, work, rows, length)
             for c, (token, logprob, done) in zip(group, results):
                 if not c.last:

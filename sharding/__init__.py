@@ -5,7 +5,7 @@ this package alone decides which mesh axis, if any, each name is split over.
 """
 
 from jaxllm.sharding.mesh import AXES, describe, make_mesh, parse_spec
-from jaxllm.sharding.rules import RULES, param_shardings, pool_sharding, put_replicated, replicated, spec_for
+from jaxllm.sharding.rules import RULES, dp_rows, param_shardings, pool_sharding, put_replicated, replicated, spec_for
 
 __all__ = ["AXES", "RULES", "make_mesh", "parse_spec", "describe", "spec_for", "param_shardings", "pool_sharding",
-           "replicated", "put_replicated"]
+           "dp_rows", "replicated", "put_replicated"]

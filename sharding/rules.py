@@ -22,7 +22,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxllm.errors import ConfigError
 
 RULES: dict[str, str | None] = {
-    "batch": "dp",
+    "batch": "dp",  # rows of a batch: the engine's decode slots and prefill rows
+    "kv_pages": "dp",  # the KV page pool's pages: each dp group owns a contiguous range
     "vocab_in": "tp",
     "vocab_out": "tp",
     "embed": "fsdp",
@@ -90,9 +91,17 @@ def param_shardings(abstract_state, mesh: Mesh) -> dict[tuple, NamedSharding]:
 
 
 def pool_sharding(mesh: Mesh, num_kv_heads: int) -> NamedSharding:
-    """A KV page pool [pages, page_size, K, D]: kv heads split as the kv projections are."""
-    axes = (None, "cache_seq", "kv_heads", "head_dim")
-    return NamedSharding(mesh, spec_for(axes, (1, 1, num_kv_heads, 1), mesh, "the KV page pool"))
+    """A KV page pool [pages, page_size, K, D]: pages split over dp (each dp group's contiguous
+    range: the engine sizes the pool in dp equal parts), kv heads split as the kv projections are."""
+    axes = ("kv_pages", "cache_seq", "kv_heads", "head_dim")
+    pages = mesh.shape[RULES["kv_pages"]] if RULES["kv_pages"] else 1
+    return NamedSharding(mesh, spec_for(axes, (pages, 1, num_kv_heads, 1), mesh, "the KV page pool"))
+
+
+def dp_rows(mesh: Mesh) -> NamedSharding:
+    """Arrays whose leading dimension is rows of a batch (the engine's slots, a call's rows, in dp
+    equal blocks): split over dp, the rest replicated."""
+    return NamedSharding(mesh, spec_for(("batch",), (mesh.shape[RULES["batch"]] if RULES["batch"] else 1,), mesh, "batch rows"))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -6,6 +6,12 @@ sequence walks its pages from the start and reuses every hit. A freed page that 
 stays in the table as evictable cache (LRU); fresh pages come from the truly free pages first,
 then from the least recently used cached page, whose key is dropped.
 
+Data parallelism (`shards` > 1): the pages split into that many equal, contiguous ranges, one
+per shard of the device pool (shard i owns pages i * shard_pages ..). A sequence takes all its
+pages from one shard (`Sequence.shard`, set when it is allocated), and each shard keeps its own
+free list, LRU and prefix-cache table: a prefix cached on another shard is not a hit there, and
+is computed again (the scheduler places a sequence before looking anything up).
+
 Hits are exact, never trusted to the hash: each registered page keeps its token ids and the uid
 of the page before it, and a hit must match both (a uid is never reused, so the whole prefix
 matches by induction). A sequence whose page collides with a different page under the same key
@@ -14,7 +20,7 @@ stops registering there, so no page is ever registered under a prefix it was not
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import ChainMap, OrderedDict, deque
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -42,36 +48,67 @@ class CacheStats:
 
 
 class BlockManager:
-    """`num_pages` pages of `page_size` positions, shared by reference count (see the module doc)."""
+    """`num_pages` pages of `page_size` positions, shared by reference count, in `shards` equal
+    ranges (see the module doc)."""
 
-    def __init__(self, num_pages: int, page_size: int, prefix_caching: bool = True):
-        if num_pages < 1 or page_size < 1:
-            raise GenerationError(f"a page pool needs num_pages >= 1 and page_size >= 1, got {num_pages}, {page_size}")
+    def __init__(self, num_pages: int, page_size: int, prefix_caching: bool = True, shards: int = 1):
+        if num_pages < 1 or page_size < 1 or shards < 1 or num_pages % shards:
+            raise GenerationError(f"a page pool needs num_pages >= 1 and page_size >= 1, and num_pages a multiple of "
+                                  f"its shards, got {num_pages}, {page_size}, {shards} shards")
         self.num_pages, self.page_size, self.prefix_caching = num_pages, page_size, prefix_caching
+        self.shards, self.shard_pages = shards, num_pages // shards
         self.refs = [0] * num_pages
         self.stats = CacheStats()
-        self._free = deque(range(num_pages))  # refcount 0, unregistered
-        self._evictable: OrderedDict[int, None] = OrderedDict()  # refcount 0, registered; LRU first
-        self._table: dict[int, int] = {}  # key -> page
+        n = self.shard_pages
+        self._frees = [deque(range(i * n, (i + 1) * n)) for i in range(shards)]  # refcount 0, unregistered
+        # refcount 0, registered; LRU first
+        self._evictables: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(shards)]
+        self._tables: list[dict[int, int]] = [{} for _ in range(shards)]  # key -> page, per shard
         self._meta: list[_Entry | None] = [None] * num_pages  # a registered page's entry
         self._next_uid = self._first_uid = 0
 
     def reset_prefix_cache(self) -> None:
         """Forget every key: cached pages become free; running sequences stop registering pages."""
-        self._free.extend(self._evictable)
-        self._evictable.clear()
-        self._table.clear()
+        for free, evictable, table in zip(self._frees, self._evictables, self._tables):
+            free.extend(evictable)
+            evictable.clear()
+            table.clear()
         self._meta = [None] * self.num_pages
         self._first_uid = self._next_uid
 
+    # Views over every shard, for inspection: the truly free pages (refcount 0, unregistered), the
+    # evictable ones (refcount 0, registered; each shard's LRU first) and the prefix-cache table.
+    @property
+    def _free(self) -> list[int]:
+        return [page for free in self._frees for page in free]
+
+    @property
+    def _evictable(self) -> list[int]:
+        return [page for evictable in self._evictables for page in evictable]
+
+    @property
+    def _table(self) -> ChainMap:
+        return ChainMap(*self._tables)
+
     @property
     def num_free(self) -> int:
-        """Pages an allocation can take: truly free plus evictable cache."""
-        return len(self._free) + len(self._evictable)
+        """Pages an allocation can take: truly free plus evictable cache (every shard)."""
+        return sum(map(self.free_in, range(self.shards)))
+
+    def free_in(self, shard: int) -> int:
+        """Pages an allocation on `shard` can take."""
+        return len(self._frees[shard]) + len(self._evictables[shard])
+
+    def used_in(self, shard: int) -> int:
+        """Pages of `shard` that running sequences hold."""
+        return self.shard_pages - self.free_in(shard)
+
+    def shard_of(self, page: int) -> int:
+        return page // self.shard_pages
 
     @property
     def num_evictable(self) -> int:
-        return len(self._evictable)
+        return sum(map(len, self._evictables))
 
     def pages_for(self, positions: int) -> int:
         """Pages covering positions [0, positions)."""
@@ -79,18 +116,18 @@ class BlockManager:
 
     # -- admission -------------------------------------------------------------------------------
 
-    def _match(self, seq: Sequence) -> list[tuple[int, int, int]]:
-        """(page, key, uid) of each cached page of seq's prefix, up to the first miss. Only pages
-        entirely before the last token count: that token is always computed (for its logits) and
-        its page is written, so it must never be shared."""
+    def _match(self, seq: Sequence, shard: int) -> list[tuple[int, int, int]]:
+        """(page, key, uid) of each page of seq's prefix cached on `shard`, up to the first miss.
+        Only pages entirely before the last token count: that token is always computed (for its
+        logits) and its page is written, so it must never be shared."""
         if not self.prefix_caching:
             return []
-        tokens, ps, hits = seq.tokens, self.page_size, []
+        tokens, ps, hits, table = seq.tokens, self.page_size, [], self._tables[shard]
         prev_key = prev_uid = None
         for i in range((seq.num_tokens - 1) // ps):
             t = tuple(tokens[i * ps : (i + 1) * ps])
             key = page_key(prev_key, t)
-            page = self._table.get(key)
+            page = table.get(key)
             entry = None if page is None else self._meta[page]
             if entry is None or entry.tokens != t or entry.parent != prev_uid:
                 break
@@ -98,44 +135,50 @@ class BlockManager:
             prev_key, prev_uid = key, entry.uid
         return hits
 
-    def _fits(self, seq: Sequence, hits) -> bool:
+    def _fits(self, seq: Sequence, hits, shard: int) -> bool:
         fresh = self.pages_for(seq.num_tokens) - len(hits)
         reclaimed = sum(1 for page, _, _ in hits if self.refs[page] == 0)  # hits that leave the LRU
-        return fresh <= self.num_free - reclaimed
+        return fresh <= self.free_in(shard) - reclaimed
 
-    def can_allocate(self, seq: Sequence) -> bool:
-        return self._fits(seq, self._match(seq))
+    def can_allocate(self, seq: Sequence, shard: int = 0) -> bool:
+        return self._fits(seq, self._match(seq, shard), shard)
 
-    def allocate(self, seq: Sequence, share: bool = True) -> None:
-        """Pages for all of seq.tokens: cached prefix pages first (seq.num_cached counts them),
-        fresh pages for the rest (all fresh with share=False: a sequence that computes every
+    def hits(self, seq: Sequence, shard: int) -> int:
+        """Pages of seq's prefix that are cached on `shard`."""
+        return len(self._match(seq, shard))
+
+    def allocate(self, seq: Sequence, share: bool = True, shard: int = 0) -> None:
+        """Pages of `shard` for all of seq.tokens: cached prefix pages first (seq.num_cached counts
+        them), fresh pages for the rest (all fresh with share=False: a sequence that computes every
         position, as scoring does)."""
         if seq.pages:
             raise RuntimeError(f"sequence {seq.seq_id} already holds pages")
-        hits = self._match(seq) if share else []
-        if not self._fits(seq, hits):
+        hits = self._match(seq, shard) if share else []
+        if not self._fits(seq, hits, shard):
             raise RuntimeError(f"allocate({seq.seq_id}) without room: check can_allocate first")
+        seq.shard = shard
         for page, _, _ in hits:
             if self.refs[page] == 0:
-                del self._evictable[page]
+                del self._evictables[shard][page]
             self.refs[page] += 1
         seq.pages = [page for page, _, _ in hits]
         seq.chain = [(key, uid) for _, key, uid in hits]
         seq.num_cached = len(hits) * self.page_size
-        seq.pages += [self._fresh() for _ in range(self.pages_for(seq.num_tokens) - len(hits))]
+        seq.pages += [self._fresh(shard) for _ in range(self.pages_for(seq.num_tokens) - len(hits))]
         if share:
             self.stats.lookups += 1
             self.stats.lookup_tokens += seq.num_tokens
             self.stats.hit_tokens += seq.num_cached
 
-    def _fresh(self) -> int:
-        if self._free:
-            page = self._free.popleft()
-        elif self._evictable:
-            page, _ = self._evictable.popitem(last=False)
+    def _fresh(self, shard: int) -> int:
+        free, evictable, table = self._frees[shard], self._evictables[shard], self._tables[shard]
+        if free:
+            page = free.popleft()
+        elif evictable:
+            page, _ = evictable.popitem(last=False)
             entry = self._meta[page]
-            if self._table.get(entry.key) == page:
-                del self._table[entry.key]
+            if table.get(entry.key) == page:
+                del table[entry.key]
             self._meta[page] = None
         else:
             raise RuntimeError("no free page: check can_allocate / can_append first")
@@ -149,13 +192,13 @@ class BlockManager:
         return max(0, self.pages_for(seq.num_tokens + n) - len(seq.pages))
 
     def can_append(self, seq: Sequence, n: int) -> bool:
-        return self.pages_needed(seq, n) <= self.num_free
+        return self.pages_needed(seq, n) <= self.free_in(seq.shard)
 
     def append(self, seq: Sequence, n: int) -> None:
-        """Cover positions < seq.num_tokens + n: the runner writes up to n more tokens."""
+        """Cover positions < seq.num_tokens + n (pages of its shard): the runner writes up to n more tokens."""
         if not self.can_append(seq, n):
             raise RuntimeError(f"append({seq.seq_id}, {n}) without room: check can_append first")
-        seq.pages += [self._fresh() for _ in range(self.pages_needed(seq, n))]
+        seq.pages += [self._fresh(seq.shard) for _ in range(self.pages_needed(seq, n))]
 
     def register_full_pages(self, seq: Sequence) -> None:
         """Register each page of seq that is full and computed (all positions < seq.num_cached),
@@ -164,7 +207,7 @@ class BlockManager:
         names a different page (a hash collision), seq stops registering."""
         if not self.prefix_caching:
             return
-        tokens, ps = None, self.page_size
+        tokens, ps, table = None, self.page_size, self._tables[seq.shard]
         while len(seq.chain) < min(seq.num_cached // ps, len(seq.pages)):
             prev_key, prev_uid = seq.chain[-1] if seq.chain else (None, None)
             if seq.chain and (prev_uid is None or prev_uid < self._first_uid):
@@ -173,11 +216,11 @@ class BlockManager:
             i = len(seq.chain)
             t = tuple(tokens[i * ps : (i + 1) * ps])
             key = page_key(prev_key, t)
-            other = self._table.get(key)
+            other = table.get(key)
             if other is None:
                 uid, self._next_uid = self._next_uid, self._next_uid + 1
                 self._meta[seq.pages[i]] = _Entry(key, t, prev_uid, uid)
-                self._table[key] = seq.pages[i]
+                table[key] = seq.pages[i]
             else:
                 entry = self._meta[other]
                 uid = entry.uid if (entry.tokens, entry.parent) == (t, prev_uid) else None
@@ -190,7 +233,7 @@ class BlockManager:
             self.refs[page] -= 1
             if self.refs[page] == 0:
                 if self._meta[page] is not None:
-                    self._evictable[page] = None
+                    self._evictables[self.shard_of(page)][page] = None
                 else:
-                    self._free.append(page)
+                    self._frees[self.shard_of(page)].append(page)
         seq.pages, seq.num_cached, seq.chain = [], 0, []

@@ -17,6 +17,14 @@ The pool holds the model's dtype, or 8-bit keys and values (`kv_dtype` "int8": i
 per token and kv head; "fp8": float8 e4m3), quantized as they are written (models/attention.py
 `kv_format`, `PagedCache`).
 
+Data parallelism (a mesh with dp > 1): the state splits over 'dp' on its leading dimension, so
+each dp group of devices holds a contiguous range of the pool's pages (its managed pages, its
+trash page, rounding) and of the decode slots, and every call's rows come in dp equal blocks (block
+i: shard i's rows). The steps run under `jax.shard_map` over 'dp' alone (weights replicated over
+it; tp and fsdp stay automatic, split as the rules say), with page ids and slot numbers local to
+the shard: no device reads another's pages or slots, so a step moves nothing across dp (the host
+reads back its few small outputs replicated).
+
 The state (pool and slots) is donated, so XLA updates it in place. Shapes are bucketed (rows,
 chunk length, keys read) so a workload meets few compiles; the jitted steps belong to the model's
 structure (`_steps`), so every engine of a model shares what was compiled; `counters` counts the
@@ -79,6 +87,7 @@ class Row:
     params: SamplingParams
     eos: np.ndarray
     generated: int
+    shard: int = 0  # the data-parallel shard of its pages and slot
 
 
 def pool_pages(num_pages: int, rows: int) -> int:
@@ -105,18 +114,29 @@ class Runner:
         self.eos_width, self.attention = eos_width, attention
         self.dtype = model.dtype
         self.mesh = getattr(model, "mesh", None)
+        self.shards = self.mesh.shape["dp"] if self.mesh is not None else 1
+        if num_pages % self.shards or max_seqs % self.shards:
+            raise ValueError(f"{num_pages} pages and {max_seqs} slots do not split over dp={self.shards}")
+        self.shard_pages, self.shard_seqs = num_pages // self.shards, max_seqs // self.shards  # per dp shard
         values, scales = kv_format(kv_dtype, self.dtype)
         self.kv_dtype = (values.name, None if scales is None else scales.name)  # the pool's (values, scales) dtypes
         steps = _steps(model.graphdef, chunk, attention, self.mesh, self.cfg.num_layers, self.cfg.num_kv_heads,
                        scales is not None)
         self._traces, self._prefill, self._decode, self._score, self._zeros = steps
         self._before = dataclasses.replace(self._traces)  # what engines before this one compiled
-        pool = pool_pages(num_pages, max_seqs)
+        pool = self.shards * pool_pages(self.shard_pages, self.shard_seqs)
         self._sizes = (max_seqs, pool, page_size, self.cfg.num_kv_heads, self.cfg.head_dim, self.cfg.num_layers,
                        self.cfg.vocab_size, eos_width, self.kv_dtype)
 
     def _put(self, x):
         return sharding.put_replicated(x, self.mesh)
+
+    def _put_rows(self, x):
+        """A host array whose leading dimension is dp blocks of rows: each dp group gets its block."""
+        if self.shards == 1:
+            return self._put(x)
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding.dp_rows(self.mesh), lambda index: x[index])
 
     @property
     def counters(self) -> Counters:
@@ -138,11 +158,18 @@ class Runner:
         it gets the whole table (one compile); the XLA form gathers what it reads, so buckets."""
         return self.width * self.page_size if self.attention == "cudnn" else self.kv_bucket(reach)
 
-    def table(self, pages_of_slots: list[list[int]]) -> np.ndarray:
-        """[len, width] page table; unused entries point at the trash page."""
-        out = np.full((len(pages_of_slots), self.width), self.num_pages, np.int32)
-        for i, pages in enumerate(pages_of_slots):
-            out[i, : len(pages)] = pages
+    def table(self, pages_of_rows: list[list[int]], shards: list[int] | None = None) -> np.ndarray:
+        """[len, width] page table of page ids local to each row's shard (default: the decode
+        slots' shards, row i of shard i // slots per shard); unused entries point at the shard's
+        trash page."""
+        n = self.shard_pages
+        out = np.full((len(pages_of_rows), self.width), n, np.int32)
+        for i, pages in enumerate(pages_of_rows):
+            shard = i // self.shard_seqs if shards is None else shards[i]
+            local = np.asarray(pages, np.int64) - shard * n
+            if len(local) and not (0 <= local.min() and local.max() < n):
+                raise RuntimeError(f"row {i} has pages outside its shard {shard}: {pages}")
+            out[i, : len(pages)] = local
         return out
 
     def prefill_keys(self, reach: int) -> int:
@@ -155,39 +182,57 @@ class Runner:
         [(token, logprob, done)] per row; meaningful for `last` rows only)."""
         s = self.prefill_keys(max(r.start + r.length for r in rows))
         sampling = any(r.params.temperature > 0 for r in rows)
-        state, token, logprob = self._prefill(s, sampling, self.model.params, state,
-                                              *self._prefill_inputs(rows, rows_bucket, length_bucket, s))
-        done = np.asarray(state.done)
-        token, logprob = np.asarray(token), np.asarray(logprob)
-        return state, [(int(token[i]), float(logprob[i]), bool(r.last and done[r.slot])) for i, r in enumerate(rows)]
+        where = self._places(rows, rows_bucket)
+        state, token, logprob, done = self._prefill(s, sampling, self.model.params, state,
+                                                    *self._prefill_inputs(rows, rows_bucket, length_bucket, s, where))
+        token, logprob, done = np.asarray(token), np.asarray(logprob), np.asarray(done)
+        return state, [(int(token[i]), float(logprob[i]), bool(r.last and done[i])) for i, r in zip(where, rows)]
 
-    def _prefill_inputs(self, rows: list[Row], n: int, c: int, s: int) -> tuple:
-        """The device inputs of a prefill call after the state: rows padded to n x c, s keys."""
-        tokens = np.zeros((n, c), np.int32)
-        history = np.full((n, s), -1, np.int32)
-        starts, lengths = np.zeros(n, np.int32), np.zeros(n, np.int32)
-        slots = np.full(n, self.max_seqs, np.int32)  # padding and unfinished rows place nothing
-        max_new, limit, generated = np.ones(n, np.int32), np.zeros(n, np.int32), np.zeros(n, np.int32)
-        eos = np.full((n, self.eos_width), -1, np.int32)
-        params = [SamplingParams().resolved()] * n
-        table = self.table([r.pages for r in rows] + [[]] * (n - len(rows)))
-        for i, r in enumerate(rows):
+    def _places(self, rows: list[Row], n: int) -> list[int]:
+        """The row of a call of dp blocks of n rows that each of `rows` takes: its shard's block."""
+        taken, where = [0] * self.shards, []
+        for r in rows:
+            if taken[r.shard] == n:
+                raise RuntimeError(f"more than {n} rows of shard {r.shard} in one prefill call")
+            where.append(r.shard * n + taken[r.shard])
+            taken[r.shard] += 1
+        return where
+
+    def _prefill_inputs(self, rows: list[Row], n: int, c: int, s: int, where: list[int] | None = None) -> tuple:
+        """The device inputs of a prefill call after the state: rows padded to dp blocks of n x c
+        (`where`: each row's place), s keys."""
+        where = self._places(rows, n) if where is None else where
+        m = n * self.shards
+        tokens = np.zeros((m, c), np.int32)
+        history = np.full((m, s), -1, np.int32)
+        starts, lengths = np.zeros(m, np.int32), np.zeros(m, np.int32)
+        slots = np.full(m, self.shard_seqs, np.int32)  # padding and unfinished rows place nothing
+        max_new, limit, generated = np.ones(m, np.int32), np.zeros(m, np.int32), np.zeros(m, np.int32)
+        eos = np.full((m, self.eos_width), -1, np.int32)
+        params = [SamplingParams().resolved()] * m
+        pages, shards = [[] for _ in range(m)], [i // n for i in range(m)]
+        for i, r in zip(where, rows):
+            pages[i] = r.pages
+        table = self.table(pages, shards)
+        for i, r in zip(where, rows):
             tokens[i, : r.length] = r.history[r.start : r.start + r.length]
             end = r.start + r.length
             history[i, :end] = r.history[:end]
             starts[i], lengths[i] = r.start, r.length
             if r.last:
-                slots[i] = r.slot
+                slots[i] = r.slot - r.shard * self.shard_seqs  # local to the shard
+                if not 0 <= slots[i] < self.shard_seqs:
+                    raise RuntimeError(f"slot {r.slot} is not of shard {r.shard}")
             max_new[i], limit[i], generated[i] = r.params.max_new_tokens, len(r.pages) * self.page_size, r.generated
             eos[i, : len(r.eos)] = r.eos
             params[i] = r.params
-        put = self._put
+        put = self._put_rows
         return (put(slots), put(tokens), put(starts), put(lengths), put(table), put(history),
                 jax.tree.map(put, RowParams.of(params)), put(generated), put(max_new), put(eos), put(limit))
 
     def _decode_inputs(self, table: np.ndarray, limit: np.ndarray, stop: np.ndarray, steps: int) -> tuple:
-        put = self._put
-        return put(table), put(limit), put(stop), put(np.int32(steps))
+        put = self._put_rows
+        return put(table), put(limit), put(stop), self._put(np.int32(steps))
 
     def compile(self, state: SlotState, prefill_shapes, decode_keys, sampling: bool = False) -> None:
         """Compile the steps of these shapes ((rows, length, keys) prefill calls; decode calls
@@ -203,23 +248,26 @@ class Runner:
         for job in jobs:
             job().compile()
 
-    def score(self, state: SlotState, tokens: list[int], pages: list[int], chunk: int):
-        """Teacher-forced scores of `tokens` prefilled `chunk` at a time into `pages` (one compile
-        per key bucket), each chunk's queries reading what the chunks before it cached. Returns
-        (state, log p(tokens[t] | tokens[:t]) for t >= 1 float32 [len - 1], the most likely
+    def score(self, state: SlotState, tokens: list[int], pages: list[int], chunk: int, shard: int = 0):
+        """Teacher-forced scores of `tokens` prefilled `chunk` at a time into `pages` (of `shard`;
+        one compile per key bucket), each chunk's queries reading what the chunks before it cached.
+        Returns (state, log p(tokens[t] | tokens[:t]) for t >= 1 float32 [len - 1], the most likely
         token after each prefix tokens[:t] for t >= 1, int32 [len - 1])."""
-        table, n, cache, logps, tops = self._put(self.table([pages])), len(tokens), state.cache, [], []
+        d, put = self.shards, self._put_rows  # one row per shard: the other shards' rows are empty
+        table = put(self.table([pages if i == shard else [] for i in range(d)], list(range(d))))
+        n, cache, logps, tops = len(tokens), state.cache, [], []
         for start in range(0, n - 1, chunk):  # the last token is only a target
             length = min(chunk, n - start)
-            piece, targets = np.zeros((1, chunk), np.int32), np.full((1, chunk), -1, np.int32)
-            piece[0, :length] = tokens[start : start + length]
+            piece, targets = np.zeros((d, chunk), np.int32), np.full((d, chunk), -1, np.int32)
+            piece[shard, :length] = tokens[start : start + length]
             follow = tokens[start + 1 : start + length + 1]
-            targets[0, : len(follow)] = follow
+            targets[shard, : len(follow)] = follow
+            starts, lengths = np.zeros(d, np.int32), np.zeros(d, np.int32)
+            starts[shard], lengths[shard] = start, length
             cache, (logp, top) = self._score(self.prefill_keys(start + length), self.model.params, cache,
-                                             self._put(piece), self._put(np.int32(start)), self._put(np.int32(length)),
-                                             table, self._put(targets))
-            logps.append(np.asarray(logp)[0, : len(follow)])
-            tops.append(np.asarray(top)[0, : len(follow)])
+                                             put(piece), put(starts), put(lengths), table, put(targets))
+            logps.append(np.asarray(logp)[shard, : len(follow)])
+            tops.append(np.asarray(top)[shard, : len(follow)])
         empty = n < 2
         return state._replace(cache=cache), (np.zeros(0, np.float32) if empty else np.concatenate(logps),
                                              np.zeros(0, np.int32) if empty else np.concatenate(tops))
@@ -229,9 +277,9 @@ class Runner:
         """Up to `steps` (<= chunk) decode steps for every slot. Returns (state, tokens [B, chunk]
         (-1: none; ERROR: the logits were not finite, the slot is done), logprobs [B, chunk],
         done [B])."""
-        state, out, out_lp = self._decode(kv_len, sampling, self.model.params, state,
-                                          *self._decode_inputs(table, limit, stop, steps))
-        return state, np.asarray(out), np.asarray(out_lp), np.asarray(state.done)
+        state, out, out_lp, done = self._decode(kv_len, sampling, self.model.params, state,
+                                                *self._decode_inputs(table, limit, stop, steps))
+        return state, np.asarray(out), np.asarray(out_lp), np.asarray(done)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,7 +295,8 @@ def _steps(graphdef, chunk: int, attention: str, mesh, num_layers: int, num_kv_h
     the pool holds int8 scales (the state's structure on a mesh)."""
     counters = Counters()
     prefill = functools.partial(_prefill, graphdef, counters, attention)
-    decode = functools.partial(_decode, graphdef, counters, chunk, attention)
+    dp = "dp" if mesh is not None and mesh.shape["dp"] > 1 else None
+    decode = functools.partial(_decode, graphdef, counters, chunk, attention, dp)
     score = functools.partial(_score, graphdef, counters, attention)
     sizes = tuple(range(9))  # _zero_state's arguments are all static
     if mesh is None:
@@ -255,19 +304,39 @@ def _steps(graphdef, chunk: int, attention: str, mesh, num_layers: int, num_kv_h
                 jax.jit(decode, static_argnums=(0, 1), donate_argnums=3), jax.jit(score, static_argnums=0, donate_argnums=2),
                 jax.jit(_zero_state, static_argnums=sizes))
     # On a mesh: the pool is split like the kv projections (an int8 pool's scales [pool, page, K]
-    # like its first three dims); what the host reads back is replicated, so every process of a
-    # multi-host run can read it.
+    # like its first three dims) and over dp by pages; the slots over dp; what the host reads back
+    # is replicated, so every process of a multi-host run can read it.
     rep = sharding.replicated(mesh)
     pool = sharding.pool_sharding(mesh, num_kv_heads)
     spec = tuple(pool.spec) + (None,) * (4 - len(pool.spec))
     scale = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec[:3])) if scales else None
     cache = [LayerCache(pool, pool, scale, scale)] * num_layers
-    state = jax.tree.map(lambda _: rep, jax.eval_shape(lambda: _zero_state(1, 1, 1, 1, 1, num_layers, 1, 1, ("float32", None))))
+    rows = sharding.dp_rows(mesh)  # replicated when dp = 1
+    state = jax.tree.map(lambda _: rows, jax.eval_shape(lambda: _zero_state(1, 1, 1, 1, 1, num_layers, 1, 1, ("float32", None))))
     state = state._replace(cache=cache)
-    return (counters, jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3, out_shardings=(state, rep, rep)),
-            jax.jit(decode, static_argnums=(0, 1), donate_argnums=3, out_shardings=(state, rep, rep)),
+    if mesh.shape["dp"] > 1:  # each dp shard computes its own rows on its own pages and slots
+        prefill, decode, score = (_per_shard(mesh, f, statics, replicated)
+                                  for f, statics, replicated in ((prefill, 2, ()), (decode, 2, (4,)), (score, 1, ())))
+    return (counters, jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3, out_shardings=(state, rep, rep, rep)),
+            jax.jit(decode, static_argnums=(0, 1), donate_argnums=3, out_shardings=(state, rep, rep, rep)),
             jax.jit(score, static_argnums=0, donate_argnums=2, out_shardings=(cache, (rep, rep))),
             jax.jit(_zero_state, static_argnums=sizes, out_shardings=state))
+
+
+def _per_shard(mesh, step, statics: int, replicated: tuple[int, ...]):
+    """`step` (its first `statics` arguments static, then the weights, then arrays whose leading
+    dimension is dp blocks, but those whose place after the weights, from 0, is in `replicated`) run
+    under shard_map over 'dp': weights replicated over dp, tp and fsdp left to the compiler."""
+    rows, whole = jax.sharding.PartitionSpec("dp"), jax.sharding.PartitionSpec()
+
+    def run(*args):
+        fixed, params, rest = args[:statics], args[statics], args[statics + 1 :]
+        specs = (whole,) + tuple(whole if i in replicated else rows for i in range(len(rest)))
+        body = jax.shard_map(functools.partial(step, *fixed), mesh=mesh, in_specs=specs, out_specs=rows,
+                             axis_names={"dp"}, check_vma=False)
+        return body(params, *rest)
+
+    return run
 
 
 def _zero_state(rows, pool, page_size, kv_heads, head_dim, layers, vocab, eos_width, dtypes) -> SlotState:
@@ -323,13 +392,16 @@ def _prefill(graphdef, counters, attention, kv_len, sampling, params, state: Slo
         eos=put(state.eos, eos),
         params=jax.tree.map(put, state.params, rp),
     )
-    return state, token, logprob
+    return state, token, logprob, done
 
 
-def _decode(graphdef, counters, chunk, attention, kv_len, sampling, params, state: SlotState, table, limit, stop,
+def _decode(graphdef, counters, chunk, attention, dp, kv_len, sampling, params, state: SlotState, table, limit, stop,
             steps):
     """Up to `steps` (a traced scalar <= chunk) decode steps over all slots. out[b, i] is the i-th new token of slot b in this call,
-    or -1 once the slot is done or paused at its page limit."""
+    or -1 once the slot is done or paused at its page limit. `dp`: the mesh axis of the shards
+    (under shard_map) or None: every shard runs as many steps as the busiest, so the devices of
+    all shards meet the same collectives (tp's) the same number of times (one scalar sum over dp
+    per step)."""
     counters.decode += 1
     model = nnx.merge(graphdef, params)
     b = state.tokens.shape[0]
@@ -362,23 +434,28 @@ def _decode(graphdef, counters, chunk, attention, kv_len, sampling, params, stat
 
     out = jnp.full((b, chunk), -1, jnp.int32)
     out_lp = jnp.zeros((b, chunk), jnp.float32)
-    cond = lambda c: (c[0] < jnp.minimum(steps, chunk)) & ~jnp.all(c[1].done | (c[1].positions >= c[1].limit))  # noqa: E731
+    def cond(c):
+        busy = ~jnp.all(c[1].done | (c[1].positions >= c[1].limit))
+        if dp is not None:
+            busy = jax.lax.psum(busy.astype(jnp.int32), dp) > 0
+        return (c[0] < jnp.minimum(steps, chunk)) & busy
+
     _, state, out, out_lp = jax.lax.while_loop(cond, body, (jnp.int32(0), state, out, out_lp))
-    return state, out, out_lp
+    return state, out, out_lp, state.done
 
 
 def _score(graphdef, counters, attention, kv_len, params, cache: list, tokens, start, length, table, targets):
-    """One chunk of a scored sequence: tokens [1, C] at positions start.. (length real) written
-    into the pages of `table` [1, P], attention over everything before; returns the cache and
-    log p(targets[0, i] | the tokens up to position start + i), float32 [1, C], and the most likely
-    token there (greedy) [1, C]."""
+    """One chunk of a scored sequence: tokens [1, C] at positions start[0].. (length[0] real)
+    written into the pages of `table` [1, P], attention over everything before; returns the cache
+    and log p(targets[0, i] | the tokens up to position start + i), float32 [1, C], and the most
+    likely token there (greedy) [1, C]."""
     counters.score += 1
     model = nnx.merge(graphdef, params)
     c = tokens.shape[1]
-    positions = start + jnp.arange(c)[None, :]
-    valid = jnp.arange(c)[None, :] < length
+    positions = start[:, None] + jnp.arange(c)[None, :]
+    valid = jnp.arange(c)[None, :] < length[:, None]
     kv = PagedCache(table, valid, kv_len, attention)
-    hidden, cache = model.hidden(tokens, positions, cache, kv, lengths=(start + length)[None])
+    hidden, cache = model.hidden(tokens, positions, cache, kv, lengths=start + length)
     logp = jax.nn.log_softmax(model.logits(hidden), axis=-1)
     return cache, (jnp.take_along_axis(logp, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0],
                    jnp.argmax(logp, axis=-1).astype(jnp.int32))

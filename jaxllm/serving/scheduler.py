@@ -6,6 +6,13 @@ counts advance and their full pages enter the prefix cache. Pages for a whole pr
 when it is admitted, so prefill never runs out; decode grows page tables by `lookahead` tokens
 and, when the pool is empty, preempts the newest sequence, which is prefilled again later from
 its prompt and output so far (recompute, no swapping). Deterministic: no clocks.
+
+Data parallelism (a BlockManager of `shards` > 1): the decode rows and the pages split into equal
+shards, one per data-parallel group of devices, and a sequence lives on one shard (its rows, its
+pages). A new (or preempted) sequence goes to the shard with the fewest running sequences, then the
+most prefix-cache hits for it, then the fewest used pages (then the lower shard); the budget and
+max_seqs // shards rows are per shard, and preemption frees pages of the shard that ran out. A
+prefix cached on another shard is not a hit: the sequence computes it again on its own.
 """
 
 from __future__ import annotations
@@ -44,8 +51,13 @@ class Scheduler:
         if max_seqs < 1 or prefill_budget < 1 or lookahead < 1:
             raise GenerationError(f"a scheduler needs max_seqs, prefill_budget and lookahead >= 1, got "
                                   f"{max_seqs}, {prefill_budget}, {lookahead}")
+        shards = block_manager.shards
+        if max_seqs % shards:
+            raise GenerationError(f"a scheduler of {shards} data-parallel shards needs max_seqs a multiple of {shards}, "
+                                  f"got {max_seqs}")
         self.block_manager = block_manager
         self.max_seqs, self.prefill_budget, self.lookahead = max_seqs, prefill_budget, lookahead
+        self.shards, self.shard_seqs = shards, max_seqs // shards  # rows per shard
         self.max_chunk = max_chunk or prefill_budget  # the most tokens of one sequence in one step
         self.waiting: deque[Sequence] = deque()  # FIFO; preempted sequences go back to the front
         self.running: list[Sequence] = []  # hold pages: prefilling or decoding, in admission order
@@ -56,8 +68,24 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def can_admit(self) -> bool:
-        """The first waiting sequence could start now: a free row and pages for its prompt."""
-        return bool(self.waiting) and len(self.running) < self.max_seqs and self.block_manager.can_allocate(self.waiting[0])
+        """The first waiting sequence could start now: a free row and pages for its prompt (on one shard)."""
+        return bool(self.waiting) and self._place(self.waiting[0], [1] * self.shards) is not None
+
+    def running_in(self, shard: int) -> int:
+        return sum(1 for s in self.running if s.shard == shard)
+
+    def _place(self, seq: Sequence, budgets: list[int]) -> int | None:
+        """The shard a waiting sequence starts on: one with a free row, token budget left and room
+        for its prompt; the fewest running sequences first, then the most prefix-cache hits, then
+        the fewest used pages. None: no shard can take it now."""
+        bm = self.block_manager
+        if self.shards == 1:
+            ok = budgets[0] > 0 and len(self.running) < self.max_seqs and bm.can_allocate(seq)
+            return 0 if ok else None
+        rows = [self.running_in(i) for i in range(self.shards)]
+        fits = [i for i in range(self.shards)
+                if budgets[i] > 0 and rows[i] < self.shard_seqs and bm.can_allocate(seq, i)]
+        return min(fits, key=lambda i: (rows[i], -bm.hits(seq, i), bm.used_in(i), i), default=None)
 
     def add(self, seq: Sequence) -> None:
         """Queue a new request. Raises GenerationError if its prompt can never fit the pool."""
@@ -71,10 +99,11 @@ class Scheduler:
         if seq.num_tokens == 0:
             raise GenerationError(f"sequence {seq.seq_id} has an empty prompt: give at least one token")
         need = bm.pages_for(seq.num_tokens)
-        if need > bm.num_pages:
+        if need > bm.shard_pages:
+            where = "the pool has" if bm.shards == 1 else f"each of the pool's {bm.shards} data-parallel shards has"
             raise GenerationError(
                 f"sequence {seq.seq_id} needs {need} pages of {bm.page_size} tokens for its {seq.num_tokens} tokens "
-                f"but the pool has {bm.num_pages}: add KV pages or shorten the prompt")
+                f"but {where} {bm.shard_pages}: add KV pages or shorten the prompt")
 
     def abort(self, seq_id: int) -> bool:
         """Drop a request wherever it is, returning its pages; False if it is not queued or running."""
@@ -98,19 +127,19 @@ class Scheduler:
     # -- prefill ---------------------------------------------------------------------------------
 
     def schedule_prefill(self) -> list[PrefillChunk]:
-        """This step's prefill chunks, at most prefill_budget tokens in all: partly prefilled
-        sequences first, then waiting ones FIFO while max_seqs and the page pool allow (a preempted
+        """This step's prefill chunks, at most prefill_budget tokens per shard: partly prefilled
+        sequences first, then waiting ones FIFO while the rows and the page pool allow (a preempted
         sequence is at the front). A prompt longer than the budget left gets a partial chunk."""
-        budget, chunks = self.prefill_budget, []
+        budgets, chunks = [self.prefill_budget] * self.shards, []
         for seq in self.running:
-            if budget == 0:
-                break
-            if seq.prefilling and seq.num_to_compute > 0:
+            budget = budgets[seq.shard]
+            if budget > 0 and seq.prefilling and seq.num_to_compute > 0:
                 chunks.append(PrefillChunk(seq, seq.num_cached, min(seq.num_to_compute, budget, self.max_chunk)))
-                budget -= chunks[-1].length
-        while self.waiting and budget > 0 and len(self.running) < self.max_seqs:
+                budgets[seq.shard] -= chunks[-1].length
+        while self.waiting and any(budgets) and len(self.running) < self.max_seqs:
             seq = self.waiting[0]
-            if not self.block_manager.can_allocate(seq):
+            shard = self._place(seq, budgets)
+            if shard is None:
                 if not self.running:  # an empty pool cannot take it: fail now rather than wait forever
                     try:
                         self._check_fits(seq)
@@ -120,12 +149,12 @@ class Scheduler:
                         raise
                 break
             self.waiting.popleft()
-            self.block_manager.allocate(seq)
+            self.block_manager.allocate(seq, shard=shard)
             seq.status = Status.RUNNING
             self.running.append(seq)
             if seq.prefilling:  # else every token but the last was cached: it decodes right away
-                chunks.append(PrefillChunk(seq, seq.num_cached, min(seq.num_to_compute, budget, self.max_chunk)))
-                budget -= chunks[-1].length
+                chunks.append(PrefillChunk(seq, seq.num_cached, min(seq.num_to_compute, budgets[shard], self.max_chunk)))
+                budgets[shard] -= chunks[-1].length
         return chunks
 
     def computed(self, chunk: PrefillChunk, token: int | None = None) -> None:
@@ -144,21 +173,22 @@ class Scheduler:
     def schedule_decode(self) -> list[Sequence]:
         """The decoding sequences, oldest first, each with pages for `lookahead` more tokens (fewer
         if max_new_tokens ends it sooner). The runner may write a row until its next position
-        reaches len(seq.pages) * page_size. When pages run out the newest running sequence is
-        preempted; a sequence alone in the pool gets what is left (at least one token)."""
+        reaches len(seq.pages) * page_size. When pages run out the newest running sequence of its
+        shard is preempted; a sequence alone in its shard gets what is left (at least one token)."""
         bm, batch = self.block_manager, []
         for seq in sorted((s for s in self.running if not s.prefilling), key=lambda s: s.arrival):
             if seq.status is not Status.RUNNING:
                 continue  # preempted to make room for an older one
             n = self._lookahead(seq)
             while not bm.can_append(seq, n):
-                victim = max(self.running, key=lambda s: s.arrival)
-                if victim is seq and len(self.running) == 1:
+                mates = [s for s in self.running if s.shard == seq.shard]
+                victim = max(mates, key=lambda s: s.arrival)
+                if victim is seq and len(mates) == 1:
                     n = next((m for m in range(n - 1, 0, -1) if bm.can_append(seq, m)), 0)
                     if n == 0:
                         raise GenerationError(
                             f"sequence {seq.seq_id} of {seq.num_tokens} tokens needs another page but the pool's "
-                            f"{bm.num_pages} pages of {bm.page_size} tokens are full: add KV pages or lower max_new_tokens")
+                            f"{bm.shard_pages} pages of {bm.page_size} tokens are full: add KV pages or lower max_new_tokens")
                     break
                 self.preempt(victim)
                 if victim is seq:

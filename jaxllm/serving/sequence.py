@@ -1,6 +1,7 @@
 """One request's host-side state: its tokens, where its K/V live (pages), and how far it is computed.
 
-Position p of a sequence lives in page `pages[p // page_size]`, slot `p % page_size`. The first
+Position p of a sequence lives in page `pages[p // page_size]`, slot `p % page_size`; every page
+is of one data-parallel shard of the pool (`shard`), chosen when the sequence is admitted. The first
 `num_cached` positions have their K/V in those pages (prefix-cache hits plus tokens computed so
 far); the rest must still be computed. A sequence that has produced output and has only its last
 token left to compute is decoding: one step computes that token and samples the next.
@@ -32,6 +33,7 @@ class Sequence:
     pages: list[int] = field(default_factory=list)
     num_cached: int = 0
     arrival: int = 0  # set by Scheduler.add: the larger, the newer (preempted first)
+    shard: int = 0  # the data-parallel shard whose pages and decode slot it holds (set by BlockManager.allocate)
     # Prefix-cache chain of the leading full computed pages: (key, uid) per page, filled by the
     # BlockManager (allocate's hits, register_full_pages); uid None means the chain broke there.
     chain: list[tuple[int, int | None]] = field(default_factory=list, repr=False)
