@@ -115,6 +115,8 @@ class Runner:
         self.dtype = model.dtype
         self.mesh = getattr(model, "mesh", None)
         self.shards = self.mesh.shape["dp"] if self.mesh is not None else 1
+        if self.shards > 1 and attention == "cudnn" and any(n > 1 for a, n in self.mesh.shape.items() if a != "dp"):
+            self.attention = attention = "xla"  # cuDNN's custom partitioning fails under shard_map's partly automatic axes (jax 0.11.2)
         if num_pages % self.shards or max_seqs % self.shards:
             raise ValueError(f"{num_pages} pages and {max_seqs} slots do not split over dp={self.shards}")
         self.shard_pages, self.shard_seqs = num_pages // self.shards, max_seqs // self.shards  # per dp shard
@@ -328,12 +330,16 @@ def _per_shard(mesh, step, statics: int, replicated: tuple[int, ...]):
     dimension is dp blocks, but those whose place after the weights, from 0, is in `replicated`) run
     under shard_map over 'dp': weights replicated over dp, tp and fsdp left to the compiler."""
     rows, whole = jax.sharding.PartitionSpec("dp"), jax.sharding.PartitionSpec()
+    # Only 'dp' manual when other axes split the step; all of them when dp is the only split: a
+    # custom-partitioned op (cuDNN attention) fails to partition under partly automatic axes (jax
+    # 0.11.2 on GPUs), and with every axis manual nothing is left to partition.
+    manual = {"dp"} if any(size > 1 for axis, size in mesh.shape.items() if axis != "dp") else set(mesh.axis_names)
 
     def run(*args):
         fixed, params, rest = args[:statics], args[statics], args[statics + 1 :]
         specs = (whole,) + tuple(whole if i in replicated else rows for i in range(len(rest)))
         body = jax.shard_map(functools.partial(step, *fixed), mesh=mesh, in_specs=specs, out_specs=rows,
-                             axis_names={"dp"}, check_vma=False)
+                             axis_names=manual, check_vma=False)
         return body(params, *rest)
 
     return run
