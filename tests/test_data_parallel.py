@@ -11,7 +11,7 @@ import reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.sharding import PartitionSpec as P
-from test_serving_host import FakeRunner, check_invariants, seq
+from test_serving_host import FakeRunner, check_invariants, decode_step, seq
 
 import jaxllm
 from jaxllm import sharding
@@ -165,7 +165,7 @@ def test_random_operations_on_shards_keep_the_invariants(data):
             next_id += 1
         elif op == "step":
             if not _prefill_step(draw, sched, runner):
-                _decode_step(draw, sched, runner)
+                decode_step(draw, sched, runner)
         elif sched.running:
             s = draw(st.sampled_from(sched.running))
             sched.finish(s) if op == "finish" else sched.abort(s.seq_id)
@@ -187,24 +187,6 @@ def _prefill_step(draw, sched, runner) -> bool:
     for shard in range(sched.shards):  # the token budget is per shard
         assert sum(c.length for c in chunks if c.seq.shard == shard) <= sched.prefill_budget
     return bool(chunks)
-
-
-def _decode_step(draw, sched, runner) -> None:
-    try:
-        batch = sched.schedule_decode()
-    except GenerationError as e:  # a sequence alone in its shard, out of pages
-        (alone,) = [s for s in sched.running if f"sequence {s.seq_id} " in str(e)]
-        assert sched.running_in(alone.shard) == 1
-        sched.abort(alone.seq_id)
-        return
-    for s in batch:
-        room = len(s.pages) * sched.block_manager.page_size - (s.num_tokens - 1)
-        k = draw(st.integers(1, max(1, min(room, s.max_new_tokens - len(s.output)))))
-        new = draw(st.lists(st.integers(0, 1), min_size=k, max_size=k))
-        runner.write(s, s.num_tokens - 1, s.num_tokens - 1 + k, s.tokens + new)
-        sched.decoded(s, new)
-        if len(s.output) >= s.max_new_tokens:
-            sched.finish(s)
 
 
 def _collectives(hlo: str) -> list[tuple[str, list[tuple[int, ...]]]]:

@@ -364,10 +364,13 @@ def prefill_step(draw, sched, runner):
 
 
 def decode_step(draw, sched, runner):
+    """One decode step of random new tokens; a sequence that runs out of pages must be alone in its
+    (data-parallel) shard's pool, and is aborted."""
     try:
         batch = sched.schedule_decode()
-    except GenerationError:
-        (alone,) = sched.running  # only a sequence alone in the pool may fail
+    except GenerationError as e:
+        (alone,) = [s for s in sched.running if f"sequence {s.seq_id} " in str(e)]
+        assert sched.running_in(alone.shard) == 1
         sched.abort(alone.seq_id)
         return
     for s in batch:
