@@ -11,9 +11,8 @@ qmatvec   few rows without the tensor cores: an elementwise [bn, bk] accumulator
           once at the end. Probed, not used (slower than quant.grouped_product at one row).
 
 Both run in interpret mode on a CPU (tests). `usable` says whether a product's shapes fit qmatmul's
-tiling; shapes that do not take XLA's forms.
-
-    python -m jaxllm.models.quant_kernels     # correctness in interpret mode (CPU) or on a GPU
+tiling; shapes that do not take XLA's forms. Tested against the dequantized product in
+tests/test_quant.py (interpret mode).
 """
 
 from __future__ import annotations
@@ -129,25 +128,3 @@ def tiling(rows: int, n: int, k: int, groups: int):
     fits = (k % groups == 0 and per and per & (per - 1) == 0 and groups % splits == 0
             and (k // splits) % bk == 0 and n % bn == 0)
     return dict(bm=bm, bn=bn, bk=bk, num_warps=warps, num_stages=stages, splits=splits) if fits else None
-
-
-if __name__ == "__main__":
-    import numpy as np
-
-    from jaxllm.models import quant  # noqa: PLC0415 - the self-test's only
-
-    interpret = jax.default_backend() == "cpu"
-    for rows, k, n, g, dt in ((1, 1024, 256, 128, jnp.int8), (2, 3072, 128, 32, jnp.int4), (20, 512, 64, 128, jnp.int8)):
-        w = np.asarray(0.05 * jax.random.normal(jax.random.PRNGKey(1), (n, k), jnp.float32))
-        q, s, o = quant.quantize_array(w, dt, (n, k // g), np.float32, None, True)
-        x = jax.random.normal(jax.random.PRNGKey(0), (rows, k), jnp.float32)
-        ref = x @ quant.dequantize_array(q, s, o).T
-        args = (x, jnp.asarray(q), jnp.asarray(s), jnp.asarray(o))
-        for name, got in (("qmatvec", qmatvec(*args, bn=32, bk=256, interpret=interpret) if rows <= 4 else None),
-                          ("qmatmul", qmatmul(*args, bm=16, bn=32, bk=256, interpret=interpret)),
-                          ("qmatmul split 4", qmatmul(*args, bm=16, bn=32, bk=128, splits=4, interpret=interpret))):
-            if got is None:
-                continue
-            err = float(jnp.abs(got - ref).max() / jnp.abs(ref).max())
-            print(f"{name} R={rows} K={k} N={n} g={g} {np.dtype(dt).name}: max rel err {err:.2e}")
-            assert err < 1e-5, err
