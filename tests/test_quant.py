@@ -70,8 +70,9 @@ def test_grouped_product_is_the_dequantized_product(kernel_shape, n_in, groups, 
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
 
 
-@pytest.mark.parametrize("dtype, group", [(jnp.int8, 128), (jnp.int4, 32)])
-@pytest.mark.parametrize("kernel_shape, n_in", [((64, 1024), 1), ((4, 16, 1024), 1), ((64, 8, 128), 2)])
+@pytest.mark.parametrize("dtype, group, kernel_shape, n_in", [
+    (jnp.int8, 128, (64, 1024), 1), (jnp.int8, 128, (4, 16, 1024), 1),  # Dense [out, in]; q_proj-like [H, D, E]
+    (jnp.int8, 128, (64, 8, 128), 2), (jnp.int4, 32, (64, 1024), 1)])    # o_proj-like [E, H, D]; int4
 def test_gpu_forms_equal_the_dequantized_product(monkeypatch, dtype, group, kernel_shape, n_in):
     """quant.product's GPU forms, here on the CPU (the Pallas kernel in interpret mode): one row
     contracts per group, 3 and 20 rows go through qmatmul's two tilings, 100 rows are left to
