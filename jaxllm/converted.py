@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures.thread
 import errno
+import functools
 import json
 import logging
 import math
@@ -29,8 +30,9 @@ from typing import Callable
 import jax
 import numpy as np
 
-from jaxllm.checkpoint import read_config, read_generation_config, read_json
+from jaxllm.checkpoint import LazyTensor, read_config, read_generation_config, read_json
 from jaxllm.errors import CheckpointError
+from jaxllm.models import weights
 from jaxllm.models.weights import flat_params, report, unflatten_into
 
 MARKER = "jaxllm.json"
@@ -222,18 +224,20 @@ def _unreadable(folder: Path, err: BaseException) -> CheckpointError:
     return CheckpointError(f"could not read the parameters in {folder / PARAMS} ({type(err).__name__}: {first}); convert again")
 
 
-RESTORE_GROUP_BYTES = 512 << 20  # parameters restored per orbax call, at least the largest one
+RESTORE_GROUP_BYTES = 512 << 20  # parameters per orbax call (the fallback), at least the largest one
 
 
 def restore(folder: Path, abstract, dtype, shardings: dict | None = None, progress=None):
     """The parameter state of `abstract`, read from `folder` in its leaves' dtypes (`dtype`, which
     the abstract's float parameters have; cast on read when the saved dtype differs), straight onto
-    the devices: `shardings` {path: Sharding}, each device reading only its own shards. Host memory stays bounded: parameters are restored in groups of about
-    RESTORE_GROUP_BYTES (at least the largest parameter), orbax reads at most about that much at
-    once, and a group's copies to the devices overlap the next group's read (two groups in flight),
-    so no full host copy of the model is ever made. `progress` as in weights.load_params."""
-    import orbax.checkpoint as ocp
+    the devices: `shardings` {path: Sharding}, each device reading only its own shards.
 
+    Where orbax stored a parameter the plain way (one uncompressed C-order zarr chunk in its OCDBT
+    data files: what `save` writes), its bytes are mapped from that file and placed like a
+    safetensors tensor, through the same pipeline as weights.load_params (several loading threads,
+    host memory within about the largest parameter, only the pages of this process's shards read).
+    Anything else (another layout, an index tensorstore cannot list) goes through orbax in groups
+    (`_restore_with_orbax`). `progress` as in weights.load_params."""
     flat = flat_params(abstract)
     saved = read_marker(folder)["params"]
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -243,7 +247,117 @@ def restore(folder: Path, abstract, dtype, shardings: dict | None = None, progre
               for p, leaf in flat.items()}
     sizes = {k: max(math.prod(t.shape) * np.dtype(t.dtype).itemsize, _saved_bytes(saved.get(k), t.shape))
              for k, t in target.items()}
-    group_bytes = max([RESTORE_GROUP_BYTES, *sizes.values()])
+    if hasattr(progress, "expect_bytes"):
+        progress.expect_bytes(sum(sizes.values()))
+    stored = _stored(folder, saved)
+    mapped = [k for k in target if k in stored]
+    out = _restore_mapped(stored, {k: target[k] for k in mapped}, sizes, progress) if mapped else {}
+    rest = [k for k in target if k not in out]
+    if rest:
+        out.update(_restore_with_orbax(folder, {k: target[k] for k in rest}, sizes, progress))
+    return unflatten_into(abstract, {p: out[key(p)] for p in flat})
+
+
+def _restore_mapped(stored: dict, target: dict, sizes: dict, progress) -> dict:
+    """{name: array on its devices} of parameters whose bytes `stored` locates: weights.in_order's
+    loading threads, host memory within about the largest parameter, as weights.load_params."""
+    def one(k):  # in the target's dtype (cast in row blocks when the saved one differs), on its devices
+        host = weights.Copy()(stored[k], tuple(target[k].shape), target[k].dtype)
+        return weights.place_ready({k: host}, {k: target[k].sharding})[k]
+
+    jobs = [(k, sizes[k], functools.partial(one, k)) for k in target]
+    return dict(zip(target, weights.in_order(jobs, progress)))
+
+
+_VALUE_REF = re.compile(r"value:([^:]*):(.*):(\d+):(\d+)$")
+
+
+def _stored(folder: Path, saved: dict) -> dict:
+    """{parameter name: its bytes} for each saved parameter stored the plain way: a LazyTensor
+    over its span of an OCDBT data file, or an array of an inline value. Read from the OCDBT index
+    (tensorstore's dump of the manifest and its B+tree nodes); a parameter stored otherwise
+    (compressed, chunked, another dtype or shape than the marker's, its file missing or short) is
+    left out, and so is everything when the index cannot be listed: orbax reads those."""
+    try:
+        import tensorstore as ts
+
+        base = ts.KvStore.open({"driver": "file", "path": str((folder / PARAMS).absolute()) + os.sep}).result()
+        manifest = ts.ocdbt.dump(base).result()
+        versions = manifest.get("versions") or []
+        root = max(versions, key=lambda v: v.get("generation_number", 0)).get("root", {}).get("location") if versions else None
+        values = {}
+        if root:
+            _walk(ts, base, root, values, depth=0)
+    except Exception:  # noqa: BLE001 - an old tensorstore, a damaged index: orbax reads it (and says what is wrong)
+        return {}
+    found = {}
+    for name, entry in saved.items():
+        try:
+            found[name] = _located(folder, name, entry, values)
+        except (KeyError, TypeError, ValueError, OSError):
+            continue
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def _walk(ts, base, location: str, values: dict, depth: int) -> None:
+    """Every key's value (bytes inline, or its "value:..." reference) under a B+tree node."""
+    if depth > 16:
+        raise ValueError("B+tree too deep")
+    node = ts.ocdbt.dump(base, location).result()
+    for entry in node["entries"]:
+        if "inline_value" in entry:
+            values[bytes(entry["key"])] = bytes(entry["inline_value"])
+        elif "indirect_value" in entry:
+            values[bytes(entry["key"])] = entry["indirect_value"]
+        else:  # an interior node's child
+            child = [v for v in entry.values() if isinstance(v, str) and v.startswith("btreenode:")]
+            if len(child) != 1:
+                raise ValueError(f"unknown B+tree entry {sorted(entry)}")
+            _walk(ts, base, child[0], values, depth + 1)
+
+
+def _located(folder: Path, name: str, entry: dict, values: dict):
+    """The bytes of one parameter (see _stored), or None when they are not stored the plain way."""
+    shape, dtype = tuple(entry["shape"]), jax.numpy.dtype(entry["dtype"])
+    meta = json.loads(values[f"{name}/.zarray".encode()])
+    zarr_dtype = meta.get("dtype")
+    if (meta.get("zarr_format") != 2 or meta.get("compressor") is not None or meta.get("filters")
+            or meta.get("order") != "C" or tuple(meta.get("shape", ())) != shape or tuple(meta.get("chunks", ())) != shape
+            or not isinstance(zarr_dtype, str) or _zarr_dtype(zarr_dtype) != dtype):
+        return None
+    nbytes = math.prod(shape) * dtype.itemsize
+    value = values.get((f"{name}/" + (".".join("0" * len(shape)) or "0")).encode())
+    if isinstance(value, bytes):
+        return np.frombuffer(value, dtype).reshape(shape) if len(value) == nbytes else None
+    match = _VALUE_REF.match(value or "")
+    if not match or int(match.group(4)) != nbytes:
+        return None
+    root = (folder / PARAMS).absolute()
+    path = (root / match.group(1) / match.group(2)).resolve()
+    if root.resolve() not in path.parents or path.stat().st_size < int(match.group(3)) + nbytes:
+        return None
+    return LazyTensor(path, int(match.group(3)), dtype, shape)
+
+
+def _zarr_dtype(text: str):
+    """A zarr v2 dtype string ("<f4", "bfloat16", "|i1") as a dtype; None for big-endian or unknown."""
+    try:
+        dtype = np.dtype(text)
+    except TypeError:
+        try:
+            return jax.numpy.dtype(text)
+        except TypeError:
+            return None
+    return dtype if dtype.byteorder in ("=", "<", "|") else None
+
+
+def _restore_with_orbax(folder: Path, target: dict, sizes: dict, progress) -> dict:
+    """{name: array on its devices} of `target`'s parameters, restored by orbax in groups of about
+    RESTORE_GROUP_BYTES (at least the largest parameter): orbax reads at most about that much at
+    once, and a group's copies to the devices overlap the next group's read (two groups in flight)."""
+    import orbax.checkpoint as ocp
+
+    group_bytes = max([RESTORE_GROUP_BYTES, *(sizes[k] for k in target)])
     groups, size = [[]], 0
     for k in target:
         if groups[-1] and size + sizes[k] > group_bytes:
@@ -252,8 +366,6 @@ def restore(folder: Path, abstract, dtype, shardings: dict | None = None, progre
         groups[-1].append(k)
         size += sizes[k]
     checkpointer = _checkpointer(group_bytes)  # orbax refuses a read larger than its limit
-    if hasattr(progress, "expect_bytes"):
-        progress.expect_bytes(sum(sizes.values()))
     out, pending = {}, []
 
     def settle(names, restored):  # a group counts once its copies to the devices are complete
@@ -265,18 +377,23 @@ def restore(folder: Path, abstract, dtype, shardings: dict | None = None, progre
     for names in groups:
         item = {k: target[k] for k in names}
         args = ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-                                      partial_restore=len(groups) > 1)
+                                      partial_restore=True)
         try:
             restored = checkpointer.restore((folder / PARAMS).absolute(), args=args)
-        except (OSError, ValueError, KeyError) as err:  # how orbax and tensorstore report a damaged or partial folder
-            raise _unreadable(folder, err) from None
+        except Exception as err:  # noqa: BLE001 - a damaged or partial folder: orbax raises ValueError, KeyError, or an
+            cause = err.__cause__  # Exception("Encountered error while reading array index") over tensorstore's ValueError
+            if isinstance(err, (OSError, ValueError, KeyError)):
+                raise _unreadable(folder, err) from None
+            if type(err) is Exception and isinstance(cause, (OSError, ValueError)):
+                raise _unreadable(folder, cause) from None
+            raise
         # Two groups in flight: this one's copies to the devices run while the next is read.
         if pending:
             settle(*pending.pop())
         pending.append((names, restored))
     for names, restored in pending:
         settle(names, restored)
-    return unflatten_into(abstract, {p: out[key(p)] for p in flat})
+    return out
 
 
 def _saved_bytes(entry, shape) -> int:

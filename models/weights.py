@@ -10,6 +10,7 @@ same memory order, so a reshape), Conv1D and MoE experts need a transpose.
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import mmap
 import os
@@ -326,12 +327,18 @@ def _load_one(spec: WeightSpec, target, source, params: dict, shardings: dict) -
     host = spec.transform(_floats(spec, spec.read(source)), target.shape, target.dtype)
     pieces = quant.pieces(spec.path, host, params)
     del host
-    for path, piece in pieces.items():
-        sharding = shardings.get(path)
-        if sharding is None or sharding.is_fully_addressable:  # else this process reads only its slices
+    return place_ready(pieces, shardings)
+
+
+def place_ready(pieces: dict, shardings: dict) -> dict:
+    """{key: host array} on their devices (shardings[key], or the default device), the file pages
+    under them read ahead; returns once the copies are complete, so the host buffers can go
+    (device_put is asynchronous). A sharding that spans processes: only this process's slices."""
+    for k, piece in pieces.items():
+        sharding = shardings.get(k)
+        if sharding is None or sharding.is_fully_addressable:
             _prefetch(piece)
-    placed = {path: place(piece, shardings.get(path)) for path, piece in pieces.items()}
-    return jax.block_until_ready(placed)  # device_put is asynchronous: the host buffers go only once copied
+    return jax.block_until_ready({k: place(piece, shardings.get(k)) for k, piece in pieces.items()})
 
 
 def load_params(source, specs: Iterable[WeightSpec], abstract_state, dtype, shardings: dict | None = None, progress=None,
@@ -349,25 +356,41 @@ def load_params(source, specs: Iterable[WeightSpec], abstract_state, dtype, shar
     specs, shardings = list(specs), shardings or {}
     targets = [quant.float_target(spec.path, params, jnp.dtype(dtype)) for spec in specs]
     costs = [math.prod(t.shape) * np.dtype(t.dtype).itemsize for t in targets]
-    budget = buffer_bytes or max([MIN_BUFFER_BYTES, *costs])
     if hasattr(progress, "expect_bytes"):
         progress.expect_bytes(sum(costs))
-    filled, pending, in_flight, i = {}, collections.deque(), 0, 0
+    jobs = [(spec.hf_names[-1], cost, functools.partial(_load_one, spec, target, source, params, shardings))
+            for spec, target, cost in zip(specs, targets, costs)]
+    filled = {}
+    for placed in in_order(jobs, progress, threads, buffer_bytes):
+        filled.update(placed)
+    return unflatten_into(abstract_state, filled)
+
+
+def in_order(jobs, progress=None, threads: int | None = None, budget: int | None = None) -> list:
+    """[fn() for (name, host bytes, fn) in jobs], run on `threads` loading threads (default
+    LOAD_THREADS) so that several overlap, started in order and only while the host bytes of the
+    jobs started and not yet done stay within `budget` (default: the largest job's, at least
+    MIN_BUFFER_BYTES; one job always goes). `report(progress, name, bytes)` after each, in order.
+    A failure (or Ctrl-C) lets the jobs under way end, starts no more, and propagates."""
+    jobs = list(jobs)
+    budget = budget or max([MIN_BUFFER_BYTES, *(cost for _, cost, _ in jobs)])
+    results, pending, in_flight, i = [], collections.deque(), 0, 0
     pool = ThreadPoolExecutor(max_workers=threads or LOAD_THREADS, thread_name_prefix="jaxllm-load")
     try:
-        while i < len(specs) or pending:
-            while i < len(specs) and (not pending or in_flight + costs[i] <= budget):
-                pending.append((specs[i], costs[i], pool.submit(_load_one, specs[i], targets[i], source, params, shardings)))
-                in_flight += costs[i]
+        while i < len(jobs) or pending:
+            while i < len(jobs) and (not pending or in_flight + jobs[i][1] <= budget):
+                name, cost, fn = jobs[i]
+                pending.append((name, cost, pool.submit(fn)))
+                in_flight += cost
                 i += 1
-            spec, cost, future = pending.popleft()
-            filled.update(future.result())
+            name, cost, future = pending.popleft()
+            results.append(future.result())
             in_flight -= cost
-            report(progress, spec.hf_names[-1], cost)
+            report(progress, name, cost)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # a failure or Ctrl-C: the tensors under way end first
+        pool.shutdown(wait=True, cancel_futures=True)  # a failure or Ctrl-C: the jobs under way end first
         pending.clear()
-    return unflatten_into(abstract_state, filled)
+    return results
 
 
 def report(progress, name: str, nbytes: int) -> None:

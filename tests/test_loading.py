@@ -109,11 +109,17 @@ def test_lazy_tensor_reads_rows_and_refuses_a_truncated_file(tmp_path, tiny):
         lazy.read()
 
 
-def test_converted_folder_restores_in_groups(tmp_path, tiny, monkeypatch):
-    """Restored a parameter per orbax call (the groups that bound host memory on large models):
-    the same parameters as the safetensors load, with progress counting the bytes."""
+@pytest.mark.parametrize("how", ["mapped", "orbax"])
+def test_converted_folder_restores_in_groups(tmp_path, tiny, monkeypatch, how):
+    """The converted folder's parameters mapped from orbax's files (every one, as `convert` writes
+    them), or restored a parameter per orbax call (the fallback's groups, which bound host memory
+    on large models): the same parameters as the safetensors load, with progress counting the bytes."""
     convert(tiny, tmp_path / "orbax", progress=False)
-    monkeypatch.setattr(converted, "RESTORE_GROUP_BYTES", 1)
+    saved = converted.read_marker(tmp_path / "orbax")["params"]
+    assert sorted(converted._stored(tmp_path / "orbax", saved)) == sorted(saved)
+    if how == "orbax":
+        monkeypatch.setattr(converted, "_stored", lambda folder, saved: {})
+        monkeypatch.setattr(converted, "RESTORE_GROUP_BYTES", 1)
     counting = Counting(None)
     restored = jaxllm.load(tmp_path / "orbax", tokenizer=False, progress=counting)
     direct = jaxllm.load(tiny, tokenizer=False)
