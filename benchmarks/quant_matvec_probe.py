@@ -4,9 +4,12 @@ layer shapes ([out, in] kernels, as models/layers.py Dense stores them), at 1 an
   bf16              the float product (the baseline: what quantized decode must beat)
   deq               dequantize (convert, scale, offset, reshape) then the product: today's Dense
   grouped           quant.grouped_product: per-group contractions, scale/offset on partial sums
-  reduce, magic     one row: dequantize in f32 and multiply-reduce (no dot); magic: int8 -> f32 by bits
+  reduce, magic     one row: dequantize in f32 and multiply-reduce (no dot); magic: int8 -> f32 by
+                    bits (--reduce)
   chan              one symmetric scale per output channel applied to the output: (x . q) * s
-  qmatvec, qmatmul  benchmarks/quant_matvec_kernel.py (dequantize in registers), a few tilings
+  qmatvec, qmatmul  Pallas kernels that dequantize in registers, a few tilings: qmatmul is
+                    models/quant_kernels.py's; qmatvec (below) a candidate without the tensor
+                    cores, an elementwise accumulator per row reduced once at the end (--matvec)
   ...+triton        the same with XLA's Triton GEMM enabled for this executable only
                     (jax.jit compiler_options; the process keeps --xla_gpu_enable_triton_gemm=false)
 
@@ -19,19 +22,41 @@ divided by LAYERS. Prints one JSON line per case and the GB/s of the kernel's ow
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import pallas as pl
 
 from jaxllm.models import quant
-from jaxllm.models.quant_kernels import qmatmul, qmatvec
+from jaxllm.models.quant_kernels import _call, _dequantized, qmatmul
 
 SHAPES = {"gate/up": (14336, 4096), "down": (4096, 14336), "q/o": (4096, 4096), "k/v": (1024, 4096)}
 LAYERS = 8
 TRITON = {"xla_gpu_enable_triton_gemm": True}
+
+
+def _matvec_kernel(x_ref, q_ref, s_ref, o_ref, y_ref, *, g: int, bk: int, steps: int):
+    bn, rows = q_ref.shape[0], x_ref.shape[0]
+
+    def body(i, acc):
+        w = _dequantized(q_ref, s_ref, o_ref, i, bk, g, jnp.float32)
+        xs = x_ref[:, pl.ds(pl.multiple_of(i * bk, bk), bk)].astype(jnp.float32)  # [R, bk]
+        return tuple(a + w * xs[r][None, :] for r, a in enumerate(acc))
+
+    acc = jax.lax.fori_loop(0, steps, body, tuple(jnp.zeros((bn, bk), jnp.float32) for _ in range(rows)))
+    for r, a in enumerate(acc):
+        y_ref[pl.ds(r, 1), :] = jnp.sum(a, axis=1)[None, :].astype(y_ref.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("bn", "bk", "interpret", "num_warps", "num_stages"))
+def qmatvec(x, q, scale, offset=None, *, bn: int = 8, bk: int = 512, interpret: bool = False,
+            num_warps: int = 4, num_stages: int = 3):
+    """The probe's matvec candidate (probed 2026-11-28: slower than quant.grouped_product at one row)."""
+    return _call(_matvec_kernel, x, q, scale, offset, x.shape[0], bn, bk, interpret, num_warps, num_stages)
 
 
 def timed(fn, *args, reps=20):
@@ -107,6 +132,7 @@ def main(argv=None):
     p.add_argument("--out")
     p.add_argument("--rows", default="1,16,64")
     p.add_argument("--pallas", action="store_true", help="also the Pallas kernels' tilings")
+    p.add_argument("--reduce", action="store_true", help="also the one-row multiply-reduce forms")
     p.add_argument("--matvec", action="store_true", help="with --pallas: also qmatvec")
     p.add_argument("--chan", action="store_true", help="also per-channel int8 with Triton GEMM")
     args = p.parse_args(argv)
@@ -133,7 +159,8 @@ def main(argv=None):
                 nbytes = n * k * per + (0 if g is None else 2 * 2 * n * (k // g))
                 forms = {"bf16": {"bf16": product("bf16")}, "int8c": {"chan+triton": product("chan")}}.get(
                     kind, {"deq": product("deq"), "grouped": product("grouped")} if rows > 1 else
-                    {"grouped": product("grouped")})
+                    dict(grouped=product("grouped"), **({"reduce": product("reduce")} if args.reduce else {}),
+                         **({"magic": product("magic")} if args.reduce and kind == "int8" else {})))
                 for name, f in forms.items():
                     opts = TRITON if name.endswith("+triton") else None
                     record(name, shape, rows, kind, jax.jit(f, compiler_options=opts), x, ws, nbytes)

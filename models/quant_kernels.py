@@ -1,4 +1,4 @@
-"""Pallas (Triton) kernels for products with quantized kernels on GPUs: y [R, N] =
+"""A Pallas (Triton) kernel for products with quantized kernels on GPUs: y [R, N] =
 x [R, K] . dequantize(q [N, K] integers, scale [N, G], offset [N, G]), the weight tile
 dequantized in registers, so no float kernel is ever written (XLA's dequantize-then-dot writes and
 reads one every step: 0.36x bf16 for Llama-3-8B decode on an H200).
@@ -7,12 +7,10 @@ qmatmul   a tiled product (bm x bn tiles, K in blocks of bk, split over `splits`
           float32 partial sums are added), the dequantized tile fed to the tensor cores in x's
           dtype; rows padded to bm (Triton's dot needs 16 at least). What quant.product uses for
           2..64 rows on one GPU (benchmarks/quant_matvec_probe.py; docs/benchmarks.md).
-qmatvec   few rows without the tensor cores: an elementwise [bn, bk] accumulator per row reduced
-          once at the end. Probed, not used (slower than quant.grouped_product at one row).
 
-Both run in interpret mode on a CPU (tests). `usable` says whether a product's shapes fit qmatmul's
-tiling; shapes that do not take XLA's forms. Tested against the dequantized product in
-tests/test_quant.py (interpret mode).
+It runs in interpret mode on a CPU (tests/test_quant.py checks it against the dequantized
+product). `tiling` gives a product's tiling, or None when its shapes fit none: XLA's forms then.
+`_call` and `_dequantized` also serve the probe's matvec candidate (benchmarks/quant_matvec_probe.py).
 """
 
 from __future__ import annotations
@@ -33,19 +31,6 @@ def _dequantized(q_ref, s_ref, o_ref, i, bk: int, g: int, dtype):
     if o_ref is not None:
         w = w + o_ref[:, pl.ds(g0, per)].astype(jnp.float32)[:, :, None]
     return w.reshape(bn, bk).astype(dtype)
-
-
-def _matvec_kernel(x_ref, q_ref, s_ref, o_ref, y_ref, *, g: int, bk: int, steps: int):
-    bn, rows = q_ref.shape[0], x_ref.shape[0]
-
-    def body(i, acc):
-        w = _dequantized(q_ref, s_ref, o_ref, i, bk, g, jnp.float32)
-        xs = x_ref[:, pl.ds(pl.multiple_of(i * bk, bk), bk)].astype(jnp.float32)  # [R, bk]
-        return tuple(a + w * xs[r][None, :] for r, a in enumerate(acc))
-
-    acc = jax.lax.fori_loop(0, steps, body, tuple(jnp.zeros((bn, bk), jnp.float32) for _ in range(rows)))
-    for r, a in enumerate(acc):
-        y_ref[pl.ds(r, 1), :] = jnp.sum(a, axis=1)[None, :].astype(y_ref.dtype)
 
 
 def _matmul_kernel(x_ref, q_ref, s_ref, o_ref, y_ref, *, g: int, bk: int, steps: int):
@@ -95,12 +80,6 @@ def _call(kernel, x, q, scale, offset, bm, bn, bk, interpret, num_warps, num_sta
         **params,
     )(*args)
     return y[0] if splits == 1 else y.sum(0).astype(x.dtype)
-
-
-@functools.partial(jax.jit, static_argnames=("bn", "bk", "interpret", "num_warps", "num_stages"))
-def qmatvec(x, q, scale, offset=None, *, bn: int = 8, bk: int = 512, interpret: bool = False,
-            num_warps: int = 4, num_stages: int = 3):
-    return _call(_matvec_kernel, x, q, scale, offset, x.shape[0], bn, bk, interpret, num_warps, num_stages)
 
 
 @functools.partial(jax.jit, static_argnames=("bm", "bn", "bk", "interpret", "num_warps", "num_stages", "splits"))
