@@ -3,6 +3,10 @@ jax.profiler.ProfileData, summarised per generated token (kernels launched, GPU-
 gaps, the kernels that take the time) for each shape and XLA-flag variant.
 
     python benchmarks/profile_decode.py --out profile.json     # on the device machine
+    python benchmarks/profile_decode.py --runs llama3-8b:1:default:tp=1,llama3-8b:1:default:tp=2
+
+A run's fourth field is a mesh (jaxllm.sharding.make_mesh over the first devices); the summary
+then reads the first GPU's plane only, and counts the collectives' kernels (NCCL's) apart.
 
 Each (shape, batch, flags) variant runs in its own process, since XLA_FLAGS are read at start-up.
 """
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -43,8 +48,11 @@ def child(shape: str, batch: int, prompt: int, new: int, trace_dir: str, engine_
     from jaxllm.engine import Engine, Request
     from jaxllm.random_model import random_model
     from jaxllm.sampling import SamplingParams
+    from jaxllm.sharding import make_mesh
 
-    model = jax.block_until_ready(random_model(shape, dtype="bfloat16"))
+    spec = engine_kw.pop("mesh", None)
+    mesh = make_mesh(spec, devices=jax.devices()[: math.prod(int(a.split("=")[1]) for a in spec.split(","))]) if spec else None
+    model = jax.block_until_ready(random_model(shape, dtype="bfloat16", mesh=mesh))
     rng = np.random.default_rng(0)
     p = SamplingParams(max_new_tokens=new, ignore_eos=True).resolved()
     engine = Engine(model, batch_size=batch, max_len=prompt + new, chunk=64, **engine_kw)
@@ -63,7 +71,7 @@ def child(shape: str, batch: int, prompt: int, new: int, trace_dir: str, engine_
     jax.profiler.start_trace(trace_dir)
     run()
     jax.profiler.stop_trace()
-    out = {"shape": shape, "batch": batch, "tokens_per_s": (n - batch) / (total - first),
+    out = {"shape": shape, "batch": batch, "mesh": spec, "tokens_per_s": (n - batch) / (total - first),
            "ms_per_step": 1e3 * (total - first) / steps, "param_bytes": sum(x.nbytes for x in jax.tree.leaves(model.params))}
     out.update(summarise(trace_dir, steps))
     return out
@@ -77,16 +85,18 @@ def summarise(trace_dir: str, steps: float) -> dict:
 
     path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))[-1]
     data = ProfileData.from_file(path)
-    kernels, lines_seen = {}, []
+    kernels, lines_seen, events = {}, [], []
     first, last = None, None
+    gpus = sorted(plane.name for plane in data.planes if plane.name.startswith("/device:GPU"))
     for plane in data.planes:
-        if not plane.name.startswith("/device:GPU"):
+        if not gpus or plane.name != gpus[0]:  # one device's view: on a mesh each runs the same program
             continue
         for line in plane.lines:
             lines_seen.append(f"{line.name} ({sum(1 for _ in line.events)})")
             if not line.name.startswith("Stream"):
                 continue
             for ev in line.events:
+                events.append((ev.start_ns, ev.start_ns + ev.duration_ns, ev.name))
                 k = kernels.setdefault(ev.name, [0, 0.0])
                 k[0] += 1
                 k[1] += ev.duration_ns
@@ -94,8 +104,26 @@ def summarise(trace_dir: str, steps: float) -> dict:
                 last = ev.start_ns + ev.duration_ns if last is None else max(last, ev.start_ns + ev.duration_ns)
     busy = sum(v[1] for v in kernels.values())
     top = sorted(kernels.items(), key=lambda kv: -kv[1][1])[:15]
+    comm = [v for name, v in kernels.items() if "nccl" in name.lower() or "all_reduce" in name.lower()
+            or "allreduce" in name.lower()]
+    # Idle time between one kernel's end and the next one's start (on any stream), by the kernel
+    # before the gap: where the device waits on the host or on the other devices.
+    events.sort()
+    gaps, reach = {}, None
+    for (start, end, name), nxt in zip(events, events[1:]):
+        reach = end if reach is None else max(reach, end)
+        if nxt[0] > reach:
+            g = gaps.setdefault(name[:60], [0, 0.0])
+            g[0] += 1
+            g[1] += nxt[0] - reach
     return {
+        "gpu_planes": gpus,
+        "idle_us_per_step": sum(g[1] for g in gaps.values()) / 1e3 / steps,
+        "idle_after": [(name, round(c / steps, 2), round(t / 1e3 / steps, 2))
+                       for name, (c, t) in sorted(gaps.items(), key=lambda kv: -kv[1][1])[:8]],
         "gpu_lines": lines_seen,
+        "collective_kernels_per_step": sum(v[0] for v in comm) / steps,
+        "collective_us_per_step": sum(v[1] for v in comm) / 1e3 / steps,
         "kernels_per_step": sum(v[0] for v in kernels.values()) / steps,
         "busy_us_per_step": busy / 1e3 / steps,
         "span_us_per_step": (last - first) / 1e3 / steps if first is not None else None,
@@ -118,14 +146,15 @@ def main():
     results = []
     runs = RUNS
     if args.runs:
-        runs = [(r.split(":")[0], int(r.split(":")[1]), r.split(":")[2]) for r in args.runs.split(",")]
-    for shape, batch, variant in runs:
+        runs = [(r.split(":")[0], int(r.split(":")[1]), *r.split(":")[2:]) for r in args.runs.split(";" if ";" in args.runs else ",")]
+    for shape, batch, variant, *mesh in runs:
         flags, kw = VARIANTS[variant] if isinstance(VARIANTS[variant], tuple) else (VARIANTS[variant], {})
+        kw = dict(kw, mesh=mesh[0]) if mesh else kw
         if args.dump:
             flags += f" --xla_dump_to={args.dump}/{variant} --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*decode.*"
         env = dict(os.environ, XLA_FLAGS=flags)
         prompt, new = (128, 256) if batch == 1 else (512, 256)
-        trace = f"{args.trace_dir}/{shape}-{batch}-{variant}"
+        trace = f"{args.trace_dir}/{shape}-{batch}-{variant}" + (f"-{mesh[0].replace('=', '').replace(',', '-')}" if mesh else "")
         t = time.perf_counter()
         proc = subprocess.run([sys.executable, __file__, "--child", shape, str(batch), str(prompt), str(new), json.dumps(kw),
                                "--trace-dir", trace], env=env, capture_output=True, text=True, timeout=400)
