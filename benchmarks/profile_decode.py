@@ -31,6 +31,17 @@ VARIANTS = {
     # XLA's dot merger fuses the q/k/v (and gate/up) products into one by concatenating their
     # weights, inside the decode loop: every step copies those weights.
     "nomerge": BASE_FLAGS + " --xla_disable_hlo_passes=dot-merger",
+    "nm-xla": (BASE_FLAGS + " --xla_disable_hlo_passes=dot-merger", {"attention": "xla"}),
+    "nm-graphs": BASE_FLAGS + " --xla_disable_hlo_passes=dot-merger --xla_gpu_enable_command_buffer="
+    "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,COLLECTIVES,WHILE,CONDITIONAL --xla_gpu_graph_min_graph_size=1",
+    "nm-graphs-xla": (BASE_FLAGS + " --xla_disable_hlo_passes=dot-merger --xla_gpu_enable_command_buffer="
+                      "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,COLLECTIVES,WHILE,CONDITIONAL --xla_gpu_graph_min_graph_size=1",
+                      {"attention": "xla"}),
+    # Collectives on the compute stream (not async): a while loop with async collectives in it is
+    # not captured into a CUDA graph (tp=2 traced 676 kernels a step with the graphs flags on).
+    "nm-graphs-sync": BASE_FLAGS + " --xla_disable_hlo_passes=dot-merger --xla_gpu_enable_command_buffer="
+    "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,COLLECTIVES,WHILE,CONDITIONAL --xla_gpu_graph_min_graph_size=1"
+    " --xla_gpu_disable_async_collectives=ALLREDUCE,ALLGATHER,REDUCESCATTER,ALLTOALL,COLLECTIVEPERMUTE",
     # The whole while loop as one CUDA graph (conditional nodes), so a token costs no host launches.
     # Matrix-vector products to cuBLAS instead of XLA's reduction kernels (batch-1 decode).
     "nosr": BASE_FLAGS + " --xla_gpu_enable_dot_strength_reduction=false",
@@ -77,37 +88,36 @@ def child(shape: str, batch: int, prompt: int, new: int, trace_dir: str, engine_
     return out
 
 
-def summarise(trace_dir: str, steps: float) -> dict:
-    """Kernel events of the GPU plane, per decode step (the prefill is a small share of the run)."""
-    import glob
+def _union_ns(spans) -> float:
+    """Length of the union of (start, end) intervals: time a line was busy, nested events once."""
+    total, reach = 0, None
+    for start, end in sorted(spans):
+        if reach is None or start > reach:
+            total, reach = total + end - start, end
+        elif end > reach:
+            total, reach = total + end - reach, end
+    return total
 
-    from jax.profiler import ProfileData
 
-    path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))[-1]
-    data = ProfileData.from_file(path)
+def _is_collective(name: str) -> bool:
+    low = name.lower()
+    return "nccl" in low or "all_reduce" in low or "allreduce" in low
+
+
+def _device(plane, steps: float) -> dict:
+    """One GPU's kernels per decode step: busy time, collectives apart, and the idle time between
+    one kernel's end and the next one's start (on any stream) by the kernel before the gap: where
+    the device waits on the host or on the other devices."""
     kernels, lines_seen, events = {}, [], []
-    first, last = None, None
-    gpus = sorted(plane.name for plane in data.planes if plane.name.startswith("/device:GPU"))
-    for plane in data.planes:
-        if not gpus or plane.name != gpus[0]:  # one device's view: on a mesh each runs the same program
+    for line in plane.lines:
+        lines_seen.append(f"{line.name} ({sum(1 for _ in line.events)})")
+        if not line.name.startswith("Stream"):
             continue
-        for line in plane.lines:
-            lines_seen.append(f"{line.name} ({sum(1 for _ in line.events)})")
-            if not line.name.startswith("Stream"):
-                continue
-            for ev in line.events:
-                events.append((ev.start_ns, ev.start_ns + ev.duration_ns, ev.name))
-                k = kernels.setdefault(ev.name, [0, 0.0])
-                k[0] += 1
-                k[1] += ev.duration_ns
-                first = ev.start_ns if first is None else min(first, ev.start_ns)
-                last = ev.start_ns + ev.duration_ns if last is None else max(last, ev.start_ns + ev.duration_ns)
-    busy = sum(v[1] for v in kernels.values())
-    top = sorted(kernels.items(), key=lambda kv: -kv[1][1])[:15]
-    comm = [v for name, v in kernels.items() if "nccl" in name.lower() or "all_reduce" in name.lower()
-            or "allreduce" in name.lower()]
-    # Idle time between one kernel's end and the next one's start (on any stream), by the kernel
-    # before the gap: where the device waits on the host or on the other devices.
+        for ev in line.events:
+            events.append((ev.start_ns, ev.start_ns + ev.duration_ns, ev.name))
+            k = kernels.setdefault(ev.name, [0, 0.0])
+            k[0] += 1
+            k[1] += ev.duration_ns
     events.sort()
     gaps, reach = {}, None
     for (start, end, name), nxt in zip(events, events[1:]):
@@ -116,19 +126,50 @@ def summarise(trace_dir: str, steps: float) -> dict:
             g = gaps.setdefault(name[:60], [0, 0.0])
             g[0] += 1
             g[1] += nxt[0] - reach
+    comm = {name: v for name, v in kernels.items() if _is_collective(name)}
     return {
-        "gpu_planes": gpus,
+        "kernels_per_step": sum(v[0] for v in kernels.values()) / steps,
+        "busy_us_per_step": sum(v[1] for v in kernels.values()) / 1e3 / steps,
+        "span_us_per_step": (max(e[1] for e in events) - events[0][0]) / 1e3 / steps if events else None,
         "idle_us_per_step": sum(g[1] for g in gaps.values()) / 1e3 / steps,
+        "collective_kernels_per_step": sum(v[0] for v in comm.values()) / steps,
+        "collective_us_per_step": sum(v[1] for v in comm.values()) / 1e3 / steps,
+        "collectives": [(name[:60], round(c / steps, 2), round(t / 1e3 / max(c, 1), 1)) for name, (c, t) in comm.items()],
         "idle_after": [(name, round(c / steps, 2), round(t / 1e3 / steps, 2))
                        for name, (c, t) in sorted(gaps.items(), key=lambda kv: -kv[1][1])[:8]],
+        "top": [(name[:90], round(c / steps, 2), round(t / 1e3 / steps, 2))
+                for name, (c, t) in sorted(kernels.items(), key=lambda kv: -kv[1][1])[:15]],
         "gpu_lines": lines_seen,
-        "collective_kernels_per_step": sum(v[0] for v in comm) / steps,
-        "collective_us_per_step": sum(v[1] for v in comm) / 1e3 / steps,
-        "kernels_per_step": sum(v[0] for v in kernels.values()) / steps,
-        "busy_us_per_step": busy / 1e3 / steps,
-        "span_us_per_step": (last - first) / 1e3 / steps if first is not None else None,
-        "top": [(name[:90], round(c / steps, 2), round(t / 1e3 / steps, 2)) for name, (c, t) in top],
     }
+
+
+def summarise(trace_dir: str, steps: float) -> dict:
+    """Per decode step (the prefill is a small share of the run): the first GPU's kernels in full,
+    the others' totals (each runs the same program on a mesh; "collectives" gives each collective
+    kernel's mean microseconds, which include waiting for the slowest device), and the host
+    threads that were busiest (union of their events: launching thunks, waiting on the device)."""
+    import glob
+
+    from jax.profiler import ProfileData
+
+    path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))[-1]
+    data = ProfileData.from_file(path)
+    gpus = sorted((plane for plane in data.planes if plane.name.startswith("/device:GPU")), key=lambda p: p.name)
+    out = {"gpu_planes": [plane.name for plane in gpus]}
+    if gpus:
+        out.update(_device(gpus[0], steps))
+        out["other_gpus"] = [{k: v for k, v in _device(plane, steps).items() if k not in ("top", "gpu_lines", "idle_after")}
+                             for plane in gpus[1:]]
+    threads = []
+    for plane in data.planes:
+        if plane.name.startswith("/device:GPU"):
+            continue
+        for line in plane.lines:
+            spans = [(ev.start_ns, ev.start_ns + ev.duration_ns) for ev in line.events]
+            if spans:
+                threads.append((f"{plane.name} {line.name}"[:80], len(spans) / steps, _union_ns(spans) / 1e3 / steps))
+    out["host_threads"] = [(name, round(n, 1), round(us, 1)) for name, n, us in sorted(threads, key=lambda t: -t[2])[:8]]
+    return out
 
 
 def main():

@@ -25,5 +25,6 @@ model = jaxllm.load(sys.argv[1], dtype, mesh=mesh, tokenizer=False, quantize=qua
 jax.block_until_ready(model.params)
 status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
 peak = int(status["VmHWM"].split()[0]) / 1024
-placed = sum(x.nbytes for x in jax.tree.leaves(model.params)) / 2**20
+# What the devices hold (on CPU devices, host memory): every device's copy of a replicated array.
+placed = sum(s.data.nbytes for x in jax.tree.leaves(model.params) for s in x.addressable_shards) / 2**20
 print(json.dumps({"baseline_mb": baseline, "peak_mb": peak, "placed_mb": placed}))

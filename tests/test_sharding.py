@@ -47,8 +47,9 @@ def test_sharded_matches_single_device(folder, single, spec, kv_split):
     model = jaxllm.load(folder, mesh=spec)
     mesh = model.mesh
     fsdp = "fsdp" if mesh.shape["fsdp"] > 1 else None
-    # The rules, not silent replication: heads, mlp and vocab over tp; embed over fsdp; kv heads (2)
-    # split only where tp divides them.
+    # The rules, not silent replication: heads, mlp and the output head's vocab over tp; embed over
+    # fsdp; kv heads (2) split only where tp divides them; the lookup table's rows whole (a split
+    # table is all-gathered on every GPU decode step, issue 15).
     q = _layer(model, "self_attn", "q_proj", "kernel")
     k = _layer(model, "self_attn", "k_proj", "kernel")
     up = _layer(model, "mlp", "up_proj", "kernel")
@@ -56,7 +57,9 @@ def test_sharded_matches_single_device(folder, single, spec, kv_split):
     assert q.sharding.spec == P("tp", None, fsdp)  # Dense kernels are [out..., in...]
     assert k.sharding.spec == P("tp" if kv_split else None, None, fsdp)
     assert up.sharding.spec == P("tp", fsdp)
-    assert embed.sharding.spec == P("tp", fsdp)
+    assert embed.sharding.spec == P(None, fsdp)
+    if "lm_head" in model.params:
+        assert model.params["lm_head"]["kernel"].sharding.spec == P("tp", fsdp)
     tp = mesh.shape["tp"]
     assert q.addressable_shards[0].data.shape == (8 // tp, 8, 64 // (2 if fsdp else 1))
     err = reference.max_rel_diff(model.logits(tokens), logits)

@@ -107,7 +107,7 @@ def bucket(n: int, smallest: int) -> int:
 
 class Runner:
     def __init__(self, model, *, num_pages: int, page_size: int, max_seqs: int, max_len: int, chunk: int,
-                 attention: str, eos_width: int, kv_dtype: str | None = None):
+                 attention: str, eos_width: int, kv_dtype: str | None = None, decode_options: tuple = ()):
         self.model, self.cfg = model, model.config
         self.num_pages, self.page_size, self.max_seqs, self.max_len = num_pages, page_size, max_seqs, max_len
         self.width = -(-max_len // page_size)  # page-table columns: pages of the longest sequence
@@ -123,7 +123,7 @@ class Runner:
         values, scales = kv_format(kv_dtype, self.dtype)
         self.kv_dtype = (values.name, None if scales is None else scales.name)  # the pool's (values, scales) dtypes
         steps = _steps(model.graphdef, chunk, attention, self.mesh, self.cfg.num_layers, self.cfg.num_kv_heads,
-                       scales is not None)
+                       scales is not None, decode_options)
         self._traces, self._prefill, self._decode, self._score, self._zeros = steps
         self._before = dataclasses.replace(self._traces)  # what engines before this one compiled
         pool = self.shards * pool_pages(self.shard_pages, self.shard_seqs)
@@ -292,18 +292,26 @@ class Runner:
 
 
 @functools.cache
-def _steps(graphdef, chunk: int, attention: str, mesh, num_layers: int, num_kv_heads: int, scales: bool = False):
+def _steps(graphdef, chunk: int, attention: str, mesh, num_layers: int, num_kv_heads: int, scales: bool = False,
+           decode_options: tuple = ()):
     """(counters, prefill, decode, score, zero state) jitted for this model structure; `scales`:
-    the pool holds int8 scales (the state's structure on a mesh)."""
+    the pool holds int8 scales (the state's structure on a mesh); `decode_options`: XLA options
+    of the decode step, (name, value) pairs (jaxllm.runtime.decode_options)."""
+    options = dict(decode_options) or None
     counters = Counters()
-    prefill = functools.partial(_prefill, graphdef, counters, attention)
     dp = "dp" if mesh is not None and mesh.shape["dp"] > 1 else None
-    decode = functools.partial(_decode, graphdef, counters, chunk, attention, dp)
+    # Sampling reads whole rows of logits (max, sum, argmax, top-k over the vocabulary): on a mesh
+    # that splits the vocabulary over tp, gathering the logits once costs one collective, where
+    # sampling on the split rows costs six small ones a step, each a point where the devices wait
+    # for each other (issue 15). Under dp's shard_map the steps see per-shard arrays: left as is.
+    gather = sharding.replicated(mesh) if mesh is not None and dp is None else None
+    prefill = functools.partial(_prefill, graphdef, counters, attention, gather)
+    decode = functools.partial(_decode, graphdef, counters, chunk, attention, dp, gather)
     score = functools.partial(_score, graphdef, counters, attention)
     sizes = tuple(range(9))  # _zero_state's arguments are all static
     if mesh is None:
         return (counters, jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3),
-                jax.jit(decode, static_argnums=(0, 1), donate_argnums=3), jax.jit(score, static_argnums=0, donate_argnums=2),
+                jax.jit(decode, static_argnums=(0, 1), donate_argnums=3, compiler_options=options), jax.jit(score, static_argnums=0, donate_argnums=2),
                 jax.jit(_zero_state, static_argnums=sizes))
     # On a mesh: the pool is split like the kv projections (an int8 pool's scales [pool, page, K]
     # like its first three dims) and over dp by pages; the slots over dp; what the host reads back
@@ -320,7 +328,7 @@ def _steps(graphdef, chunk: int, attention: str, mesh, num_layers: int, num_kv_h
         prefill, decode, score = (_per_shard(mesh, f, statics, replicated)
                                   for f, statics, replicated in ((prefill, 2, ()), (decode, 2, (4,)), (score, 1, ())))
     return (counters, jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3, out_shardings=(state, rep, rep, rep)),
-            jax.jit(decode, static_argnums=(0, 1), donate_argnums=3, out_shardings=(state, rep, rep, rep)),
+            jax.jit(decode, static_argnums=(0, 1), donate_argnums=3, out_shardings=(state, rep, rep, rep), compiler_options=options),
             jax.jit(score, static_argnums=0, donate_argnums=2, out_shardings=(cache, (rep, rep))),
             jax.jit(_zero_state, static_argnums=sizes, out_shardings=state))
 
@@ -364,7 +372,12 @@ def _zero_state(rows, pool, page_size, kv_heads, head_dim, layers, vocab, eos_wi
     )
 
 
-def _prefill(graphdef, counters, attention, kv_len, sampling, params, state: SlotState, slots, tokens, starts, lengths,
+def _whole(logits, gather):
+    """`logits` replicated over the mesh (`gather` a replicated sharding), or as they are (None)."""
+    return logits if gather is None else jax.lax.with_sharding_constraint(logits, gather)
+
+
+def _prefill(graphdef, counters, attention, gather, kv_len, sampling, params, state: SlotState, slots, tokens, starts, lengths,
              table, history, rp: RowParams, generated, max_new, eos, limit):
     counters.prefill += 1
     model = nnx.merge(graphdef, params)
@@ -374,7 +387,7 @@ def _prefill(graphdef, counters, attention, kv_len, sampling, params, state: Slo
     kv = PagedCache(table, valid, kv_len, attention)
     hidden, cache = model.hidden(tokens, positions, state.cache, kv, lengths=starts + lengths)
     last = jnp.take_along_axis(hidden, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)
-    logits = model.logits(last)[:, 0]
+    logits = _whole(model.logits(last)[:, 0], gather)
     rows = jnp.arange(n)
     seen = jnp.zeros(logits.shape, bool).at[rows[:, None], jnp.maximum(history, 0)].max(history >= 0)
     token, logprob = sample(logits, seen, rp, generated, sampling)
@@ -401,7 +414,7 @@ def _prefill(graphdef, counters, attention, kv_len, sampling, params, state: Slo
     return state, token, logprob, done
 
 
-def _decode(graphdef, counters, chunk, attention, dp, kv_len, sampling, params, state: SlotState, table, limit, stop,
+def _decode(graphdef, counters, chunk, attention, dp, gather, kv_len, sampling, params, state: SlotState, table, limit, stop,
             steps):
     """Up to `steps` (a traced scalar <= chunk) decode steps over all slots. out[b, i] is the i-th new token of slot b in this call,
     or -1 once the slot is done or paused at its page limit. `dp`: the mesh axis of the shards
@@ -417,7 +430,7 @@ def _decode(graphdef, counters, chunk, attention, dp, kv_len, sampling, params, 
         active = ~st.done & (st.positions < st.limit)
         kv = PagedCache(table, active[:, None], kv_len, attention)
         hidden, cache = model.hidden(st.tokens[:, None], st.positions[:, None], st.cache, kv)
-        logits = model.logits(hidden)[:, 0]
+        logits = _whole(model.logits(hidden)[:, 0], gather)
         token, lp = sample(logits, st.seen, st.params, st.generated, sampling)
         bad = active & ~jnp.all(jnp.isfinite(logits), axis=-1)
         token = jnp.where(active, jnp.where(bad, ERROR, token), -1)
