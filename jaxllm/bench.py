@@ -13,36 +13,25 @@ shape's positions) producing 256 tokens each, time to first token and peak memor
 requests sharing a 2,000-token prefix (50 tokens of their own, 64 new), with and without prefix
 caching. `--quick` shrinks every size (for the CPU test).
 
-`--load` instead times loading (`load_section`): a random-weight Hugging Face checkpoint of each
---shape (or the checkpoint of --load-folder), each step in a fresh process: `jaxllm.load` of the
-safetensors, `python -m jaxllm.convert`'s work, `jaxllm.load` of the converted (orbax) folder, and
-transformers' `from_pretrained` of the same files (when torch and transformers are installed), with
-the peak host RSS above the process's baseline; warm page cache (best of --repeat) and, where the
-page cache can be dropped (root), cold.
+`--load` instead times loading: jaxllm/bench_load.py.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import math
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 
-import jaxllm
-from jaxllm import checkpoint, convert, runtime
+from jaxllm import runtime
+from jaxllm.bench_load import hf_peer, load_main, section
 from jaxllm.engine import Engine, Request
 from jaxllm.errors import ArgumentParser, JaxllmError, run_cli
-from jaxllm.loader import plan
-from jaxllm.models import quant, weights
+from jaxllm.models import quant
 from jaxllm.models.attention import kv_cache_bytes
 from jaxllm.random_model import SHAPES, random_model
 from jaxllm.sampling import SamplingParams
@@ -85,15 +74,6 @@ def _run(engine, requests):
     return first - start, time.perf_counter() - start, n
 
 
-def _section(name, fn):
-    """Run one measurement, saying how long it took (compiles included) on stderr."""
-    t = time.perf_counter()
-    value = fn()
-    shown = f" -> {value}" if isinstance(value, (dict, float, int)) else ""
-    print(f"  {name}: {time.perf_counter() - t:.1f}s{shown}", file=sys.stderr, flush=True)
-    return value
-
-
 def _engine(model, sizes: dict, batch: int, max_len: int, pages: int | None = "fit", **kw) -> Engine:
     """An engine with the run's page size and prefill budget; pages "fit": just enough for `batch`
     sequences of max_len (None: the default share of device memory)."""
@@ -120,7 +100,7 @@ def bench_long(model, sizes: dict) -> dict:
         engine = _engine(model, sizes, 1, n + sizes["long_new"], chunk=64)
         # A fresh prompt for the timed run: the compile run's pages would be prefix-cache hits.
         prompts = [rng.integers(0, cfg.vocab_size, n).tolist() for _ in range(2)]
-        _section(f"long {n} (compile)", lambda e=engine, p=prompts[0]: _run(e, [Request(p, params)]))
+        section(f"long {n} (compile)", lambda e=engine, p=prompts[0]: _run(e, [Request(p, params)]))
         first, total, new = _run(engine, [Request(prompts[1], params)])
         kv = kv_cache_bytes(cfg, n + sizes["long_new"], model.dtype, model.kv_dtype)
         out[f"long_{n}"] = dict(ttft_s=first, decode_tokens_per_s=(new - 1) / (total - first), peak_bytes=_peak_bytes(),
@@ -142,7 +122,7 @@ def bench_prefix(model, sizes: dict) -> dict:
     out, tokens = {}, {}
     for caching in (True, False):
         engine = _engine(model, sizes, min(sizes["bN"], sizes["prefix_n"]), max_len, prefix_caching=caching, chunk=64)
-        _section(f"prefix caching={caching} (compile run)", lambda e=engine: _run(e, reqs))
+        section(f"prefix caching={caching} (compile run)", lambda e=engine: _run(e, reqs))
         engine.blocks.reset_prefix_cache()
         got = {}
         start = time.perf_counter()
@@ -157,7 +137,7 @@ def bench_prefix(model, sizes: dict) -> dict:
 
 
 def bench_jax(shape: str, sizes: dict, dtype: str, skip=(), quantize=None, mesh=None) -> dict:
-    model = _section("random weights", lambda: jax.block_until_ready(random_model(shape, dtype=dtype, mesh=mesh, quantize=quantize)))
+    model = section("random weights", lambda: jax.block_until_ready(random_model(shape, dtype=dtype, mesh=mesh, quantize=quantize)))
     cfg = model.config
     rng = np.random.default_rng(0)
     param_bytes = int(sum(quant.bytes_of(x) for x in jax.tree.leaves(model.params)))  # int4: half a byte
@@ -168,23 +148,23 @@ def bench_jax(shape: str, sizes: dict, dtype: str, skip=(), quantize=None, mesh=
         return [Request(rng.integers(0, cfg.vocab_size, prompt).tolist(), p, i) for i in range(n)]
 
     def timed(engine, n, prompt, new):
-        _section(f"compile+run b={n} prompt={prompt} new={new}", lambda: _run(engine, reqs(n, prompt, new)))
+        section(f"compile+run b={n} prompt={prompt} new={new}", lambda: _run(engine, reqs(n, prompt, new)))
         return _run(engine, reqs(n, prompt, new))
 
     # Long prompts first: the peak device memory they report is then theirs (it never goes down).
     if "long" not in skip:
-        out.update(_section("long prompts", lambda: bench_long(model, sizes)))
+        out.update(section("long prompts", lambda: bench_long(model, sizes)))
     if "prefix" not in skip:
-        out.update(_section("shared prefix", lambda: bench_prefix(model, sizes)))
+        out.update(section("shared prefix", lambda: bench_prefix(model, sizes)))
     if "b1" not in skip:  # batch 1: decode rate after the first token
         e1 = _engine(model, sizes, 1, sizes["b1_prompt"] + sizes["b1_new"], chunk=64)
         first, total, n = timed(e1, 1, sizes["b1_prompt"], sizes["b1_new"])
-        out["b1_tokens_per_s"] = _section("b1 tokens/s", lambda: (n - 1) / (total - first))
+        out["b1_tokens_per_s"] = section("b1 tokens/s", lambda: (n - 1) / (total - first))
         del e1
     if "bN" not in skip:  # batch N: whole-run throughput, prefill included
         eN = _engine(model, sizes, sizes["bN"], sizes["bN_prompt"] + sizes["bN_new"], chunk=64)
         first, total, n = timed(eN, sizes["bN"], sizes["bN_prompt"], sizes["bN_new"])
-        out["bN_tokens_per_s"] = _section("bN tokens/s", lambda: n / total)
+        out["bN_tokens_per_s"] = section("bN tokens/s", lambda: n / total)
         out["bN_decode_tokens_per_s"] = (n - sizes["bN"]) / (total - first)
         del eN
     if "ttft" not in skip:  # time to first token of one long prompt (warm)
@@ -195,11 +175,11 @@ def bench_jax(shape: str, sizes: dict, dtype: str, skip=(), quantize=None, mesh=
         offline = offline_requests(cfg, sizes)
         eo = _engine(model, sizes, sizes["offline_slots"], 2 * sizes["offline_hi"], pages=None, chunk=64)
         # The first run compiles a prefill per (rows, bucket) it meets; the second compiles nothing.
-        _, first_total, _ = _section("offline, first run", lambda: _run(eo, offline))
+        _, first_total, _ = section("offline, first run", lambda: _run(eo, offline))
         compiles = eo.counters.prefill + eo.counters.decode
         eo.blocks.reset_prefix_cache()  # the same prompts again: no hits from the first run
-        _, total, n = _section("offline", lambda: _run(eo, offline))
-        out["offline_tokens_per_s"] = _section("offline tokens/s", lambda: n / total)
+        _, total, n = section("offline", lambda: _run(eo, offline))
+        out["offline_tokens_per_s"] = section("offline tokens/s", lambda: n / total)
         out["offline_first_run_tokens_per_s"] = n / first_total
         out["offline_compiles"] = compiles
         out["offline_output_tokens"] = int(n)
@@ -249,18 +229,6 @@ def start_time(shape: str, sizes: dict, dtype: str, cache_dir: str, mesh=None, q
     if out.returncode:
         raise RuntimeError(out.stderr[-2000:])
     return float(out.stdout.strip().splitlines()[-1])
-
-
-def hf_peer():
-    """The transformers peer's module. It lives outside the package (benchmarks/hf_peer.py in a
-    source checkout), so the runtime never imports torch or transformers' model classes."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "hf_peer.py"
-    if not path.exists():
-        raise JaxllmError("the transformers peer needs a source checkout (benchmarks/hf_peer.py): run from the repository")
-    spec = importlib.util.spec_from_file_location("jaxllm_hf_peer", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def bench_hf(shape: str, sizes: dict) -> dict:
@@ -317,218 +285,6 @@ def table(results: list[dict], bandwidth: float) -> str:
     return "\n".join(rows)
 
 
-# ----------------------------------------------------------------------------------------------
-# Loading: safetensors, orbax, convert and transformers' from_pretrained, each in a fresh process
-
-_MODEL_TYPES = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3"}
-LOAD_STEPS = ("safetensors", "sharded", "convert", "orbax", "transformers")  # sharded: with --mesh
-
-
-def write_checkpoint(folder, shape: str, dtype: str = "bfloat16", shard_bytes: int = 5 << 30) -> int:
-    """A Hugging Face checkpoint of a named shape (random_model.SHAPES) in `folder`: config.json and
-    safetensors shards of N(0, 0.02)-like weights (a random block repeated, so writing is as fast
-    as the disk) and unit norms. No device is used. Returns the bytes of the safetensors files."""
-    folder = Path(folder)
-    raw = dict(SHAPES[shape], torch_dtype=dtype)
-    raw.setdefault("model_type", _MODEL_TYPES.get(raw["architectures"][0], "llama"))
-    p = plan(raw, dtype)
-    specs = p.arch.weight_map(p.config)
-    shapes = {path: leaf.shape for path, leaf in weights.flat_params(p.abstract).items()}
-    np_dtype = np.dtype(p.dtype)
-    layout = {name: (tuple(s), np_dtype) for name, s in weights.hf_layout(specs, shapes).items()}
-    block = (0.02 * np.random.default_rng(0).standard_normal(1 << 22, np.float32)).astype(np_dtype)
-
-    def tensors():
-        for i, (name, (s, dt)) in enumerate(layout.items()):
-            if len(s) == 1:
-                yield name, np.ones(s, dt)
-                continue
-            start = (i * 7919) % block.size
-            yield name, np.resize(np.concatenate([block[start:], block[:start]]), math.prod(s)).reshape(s)
-
-    folder.mkdir(parents=True, exist_ok=True)
-    files = checkpoint.write_safetensors(folder, layout, tensors(), shard_bytes)
-    (folder / "config.json").write_text(json.dumps(raw, indent=1))
-    return sum((folder / f).stat().st_size for f in files if f.endswith(".safetensors"))
-
-
-def _memory() -> tuple[int, int] | None:
-    """(resident bytes now, high-water mark) of this process (Linux), else None."""
-    try:
-        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-        return int(status["VmRSS"].split()[0]) * 1024, int(status["VmHWM"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return None
-
-
-def load_worker(argv=None) -> None:
-    """One timed step in this (fresh) process: `STEP PATH DTYPE [DST]`; prints JSON {seconds, peak
-    host bytes above the baseline taken after the imports and the backend's start, ...}."""
-    step, path, dtype, *rest = argv if argv is not None else sys.argv[1:]
-    out = {}
-    if step == "transformers":
-        peer = hf_peer()
-        peer.start_device()
-        base = _memory()
-        start = time.perf_counter()
-        out["device"] = peer.load(path, dtype)
-    else:
-        import orbax.checkpoint  # noqa: F401 - imported before the baseline, as loading a converted folder does
-
-        jax.numpy.zeros(1).block_until_ready()
-        out["device"] = str(jax.devices()[0].device_kind)
-        base = _memory()
-        start = time.perf_counter()
-        if step == "convert":
-            convert.convert(path, rest[0], dtype=dtype, progress=False)
-        else:  # safetensors, orbax, or sharded (safetensors onto the mesh rest[0])
-            model = jaxllm.load(path, dtype=dtype, tokenizer=False, mesh=rest[0] if step == "sharded" else None)
-            jax.block_until_ready(model.params)
-            if jax.default_backend() == "cpu":  # the parameters themselves are host memory here
-                out["placed_bytes"] = sum(x.nbytes for x in jax.tree.leaves(model.params))
-    out["seconds"] = time.perf_counter() - start
-    end = _memory()
-    if base and end:
-        out["peak_rss_above_baseline_bytes"] = max(end[1], end[0]) - base[0]
-    print(json.dumps(out), flush=True)
-
-
-def can_drop_page_cache() -> str | None:
-    """None when this process can drop the page cache (Linux, root), else why not."""
-    path = "/proc/sys/vm/drop_caches"
-    if not os.path.exists(path):
-        return "no /proc/sys/vm/drop_caches (not Linux)"
-    if os.geteuid() != 0 or not os.access(path, os.W_OK):
-        return "dropping the page cache needs root (write access to /proc/sys/vm/drop_caches)"
-    try:
-        drop_page_cache()
-    except OSError as err:
-        return f"writing /proc/sys/vm/drop_caches failed ({err.strerror})"
-    return None
-
-
-def drop_page_cache() -> None:
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
-
-
-def _fresh(step: str, path, dtype: str, *rest, cold: bool = False, timeout: float = 1800) -> dict:
-    """Run load_worker in a fresh process (after dropping the page cache when `cold`)."""
-    if cold:
-        drop_page_cache()
-    start = time.perf_counter()
-    cmd = [sys.executable, "-c", "from jaxllm.bench import load_worker; load_worker()", step, str(path), dtype, *map(str, rest)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if out.returncode:
-        last = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise JaxllmError(f"the {step} step failed in its process: {last[:300]}")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["process_seconds"] = time.perf_counter() - start
-    return result
-
-
-def load_section(shape: str | None, dtype: str, folder=None, repeat: int = 2, skip=(), workdir=None, mesh=None) -> dict:
-    """Load timings of one checkpoint (see the module docstring); every step in a fresh process;
-    with `mesh` (a spec such as "tp=2") also the safetensors load onto that mesh."""
-    tmp = Path(tempfile.mkdtemp(prefix="jaxllm-load-", dir=workdir))
-    try:
-        if folder is None:
-            folder = tmp / "hf"
-            _section(f"write {shape} checkpoint", lambda: subprocess.run(
-                [sys.executable, "-c", f"from jaxllm.bench import write_checkpoint; write_checkpoint({str(folder)!r}, {shape!r}, {dtype!r})"],
-                check=True, capture_output=True, timeout=3600))
-        folder = Path(folder)
-        files = sorted(folder.glob("*.safetensors"))
-        report = {"section": "load", "shape": shape, "folder": str(folder) if shape is None else None, "dtype": dtype,
-                  "bytes": sum(f.stat().st_size for f in files), "files": len(files), "repeat": repeat, "steps": {}}
-        why_not = "left out (--skip cold)" if "cold" in skip else can_drop_page_cache()
-        report["cold_cache"] = why_not or "measured"
-        peer = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None
-        dst = tmp / "converted"
-
-        def measure(step, path, *rest, before=None):
-            runs = {}
-            if why_not is None:
-                before and before()
-                runs["cold"] = _section(f"{step}, cold page cache", lambda: _fresh(step, path, dtype, *rest, cold=True))
-            warm = []
-            for _ in range(repeat):
-                before and before()
-                warm.append(_section(f"{step}, warm page cache", lambda: _fresh(step, path, dtype, *rest)))
-            runs["warm"] = min(warm, key=lambda r: r["seconds"])
-            return runs
-
-        steps = report["steps"]
-        if "safetensors" not in skip:
-            steps["safetensors"] = measure("safetensors", folder)
-        if mesh and "sharded" not in skip:
-            steps["sharded"] = measure("sharded", folder, mesh)
-            report["mesh"] = mesh
-        if "convert" not in skip or "orbax" not in skip:
-            clear = lambda: shutil.rmtree(dst, ignore_errors=True)  # noqa: E731 - each conversion writes a new folder
-            converted = measure("convert", folder, dst, before=clear)
-            if "convert" not in skip:
-                steps["convert"] = converted
-            if "orbax" not in skip:
-                steps["orbax"] = measure("orbax", dst)
-        if "transformers" not in skip:
-            if peer:
-                steps["transformers"] = measure("transformers", folder)
-            else:
-                report["transformers"] = "not measured: torch and transformers are not both installed"
-        report["device"] = next((r["warm"].get("device") for k, r in steps.items() if k != "transformers"), None)
-        return report
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-_LOAD_NAMES = {"safetensors": "jaxllm.load, safetensors", "sharded": "jaxllm.load, safetensors, --mesh", "orbax": "jaxllm.load, converted (orbax)",
-               "convert": "convert (in process)", "transformers": "transformers from_pretrained"}
-
-
-def load_table(report: dict) -> str:
-    """The load section's results as text."""
-    gb = report["bytes"] / 1e9
-    what = report["shape"] or report["folder"]
-    rows = [f"load: {what}, {report['dtype']}, {gb:.2f} GB in {report['files']} safetensors files, device {report.get('device')}; "
-            f"warm: best of {report['repeat']}, cold page cache: {report['cold_cache']}"]
-    rows.append(f"{'step':<34} {'warm s':>7} {'GB/s':>6} {'cold s':>7} {'peak RSS GB':>11} {'vs transformers':>15}")
-    peer = report["steps"].get("transformers", {}).get("warm", {}).get("seconds")
-    for step, runs in report["steps"].items():
-        warm, cold = runs["warm"], runs.get("cold")
-        rss = warm.get("peak_rss_above_baseline_bytes")
-        ratio = f"{warm['seconds'] / peer:.2f}x" if peer and step != "transformers" else "-"
-        rows.append(f"{_LOAD_NAMES[step]:<34} {warm['seconds']:>7.2f} {gb / warm['seconds']:>6.2f} "
-                    f"{(format(cold['seconds'], '7.2f') if cold else '-'):>7} {(format(rss / 1e9, '11.2f') if rss is not None else '-'):>11} "
-                    f"{ratio:>15}")
-    if "transformers" in report:
-        rows.append(report["transformers"])
-    return "\n".join(rows)
-
-
-def _load_main(args, shapes) -> int:
-    skip = set(filter(None, args.skip.split(",")))
-    unknown = skip - set(LOAD_STEPS) - {"cold"}
-    if unknown:
-        raise JaxllmError(f"--skip {','.join(sorted(unknown))}: the load section's steps are {', '.join(LOAD_STEPS)} (and cold)")
-    if args.repeat < 1:
-        raise JaxllmError("--repeat must be at least 1")
-    targets = [(None, args.load_folder)] if args.load_folder else [(s, None) for s in shapes]
-    reports = []
-    for shape, folder in targets:
-        if folder is not None and not Path(folder).is_dir():
-            raise JaxllmError(f"--load-folder {folder} is not a folder")
-        report = load_section(shape, args.dtype, folder, args.repeat, skip, args.load_dir, args.mesh)
-        report["date"] = time.strftime("%Y-%m-%d")
-        reports.append(report)
-        print(load_table(report), flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(reports[0] if len(reports) == 1 else reports, f, indent=1)
-    return 0
-
-
 def main(argv=None) -> int:
     p = ArgumentParser(prog="python -m jaxllm.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", action="append", help="qwen3-0.6b, llama3-8b or tiny (repeatable)")
@@ -558,7 +314,7 @@ def _main(args) -> int:
         if s not in SHAPES:
             raise JaxllmError(f"unknown shape '{s}': use one of {', '.join(SHAPES)}")
     if args.load or args.load_folder:  # before anything starts JAX here: each step has the devices to itself
-        return _load_main(args, shapes)
+        return load_main(args, shapes)
     sizes = _sizes(args.quick)
     if args.tp:
         rows = tp_compare(shapes[0], [int(d) for d in args.tp.split(",")], sizes, args.dtype)
@@ -578,16 +334,16 @@ def _main(args) -> int:
         for shape in shapes:
             cache = tempfile.mkdtemp(prefix="jaxllm-cc-")
             starts[shape] = {
-                "cold_start_s": _section(f"cold start {shape}", lambda: start_time(shape, sizes, args.dtype, cache, args.mesh, args.quantize)),
-                "warm_start_s": _section(f"warm start {shape}", lambda: start_time(shape, sizes, args.dtype, cache, args.mesh, args.quantize)),
+                "cold_start_s": section(f"cold start {shape}", lambda: start_time(shape, sizes, args.dtype, cache, args.mesh, args.quantize)),
+                "warm_start_s": section(f"warm start {shape}", lambda: start_time(shape, sizes, args.dtype, cache, args.mesh, args.quantize)),
             }
             if "offline" not in skip:
                 cache = tempfile.mkdtemp(prefix="jaxllm-cc-")
-                starts[shape]["offline_fresh_cold_tokens_per_s"] = _section(
+                starts[shape]["offline_fresh_cold_tokens_per_s"] = section(
                     f"offline fresh process, cold {shape}", lambda: offline_first_run(shape, sizes, args.dtype, cache, args.mesh, args.quantize))
-                starts[shape]["offline_fresh_warm_tokens_per_s"] = _section(
+                starts[shape]["offline_fresh_warm_tokens_per_s"] = section(
                     f"offline fresh process, warm {shape}", lambda: offline_first_run(shape, sizes, args.dtype, cache, args.mesh, args.quantize))
-    peer = {shape: _section(f"transformers {shape}", lambda: bench_hf(shape, sizes)) for shape in shapes} if args.compare == "hf" else {}
+    peer = {shape: section(f"transformers {shape}", lambda: bench_hf(shape, sizes)) for shape in shapes} if args.compare == "hf" else {}
     bandwidth = copy_bandwidth()
     results = []
     for shape in shapes:

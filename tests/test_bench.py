@@ -2,7 +2,7 @@
 
 import json
 
-from jaxllm import bench
+from jaxllm import bench, bench_load
 
 
 def test_bench_runs_and_reports(tmp_path, capsys):
@@ -45,9 +45,9 @@ def test_load_section_runs_and_reports(tmp_path, capsys):
     assert report["cold_cache"] == "left out (--skip cold)" and report["device"]
     assert "jaxllm.load, safetensors" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == [out]  # the written checkpoint is gone
-    bench.write_checkpoint(tmp_path / "hf", "tiny", "float32")
-    bench.load_worker(["convert", str(tmp_path / "hf"), "float32", str(tmp_path / "orbax")])
-    bench.load_worker(["orbax", str(tmp_path / "orbax"), "float32"])
-    bench.load_worker(["sharded", str(tmp_path / "hf"), "float32", "dp=4,tp=2"])  # --mesh's step
+    bench_load.write_checkpoint(tmp_path / "hf", "tiny", "float32")
+    bench_load.load_worker(["convert", str(tmp_path / "hf"), "float32", str(tmp_path / "orbax")])
+    bench_load.load_worker(["orbax", str(tmp_path / "orbax"), "float32"])
+    bench_load.load_worker(["sharded", str(tmp_path / "hf"), "float32", "dp=4,tp=2"])  # --mesh's step
     steps = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(steps) == 3 and all(s["seconds"] > 0 and "peak_rss_above_baseline_bytes" in s for s in steps)

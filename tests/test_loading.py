@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import jaxllm
-from jaxllm import bench, checkpoint, converted, loader
+from jaxllm import bench_load, checkpoint, converted, loader
 from jaxllm.convert import convert
 from jaxllm.errors import CheckpointError
 from jaxllm.models import weights
@@ -20,7 +20,7 @@ from jaxllm.models import weights
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny")
-    bench.write_checkpoint(folder, "tiny", "float32")
+    bench_load.write_checkpoint(folder, "tiny", "float32")
     return folder
 
 
