@@ -17,7 +17,7 @@ import atexit
 import os
 import sys
 
-from jaxllm import chat, progress
+from jaxllm import chat, progress, runtime
 from jaxllm.errors import ArgumentParser, JaxllmError, run_cli, utf8_lines
 from jaxllm.inspect import list_architectures
 
@@ -32,6 +32,10 @@ def parse_args(argv=None):
     p.add_argument("--batch-file", help="file with one prompt per line")
     p.add_argument("--no-stream", action="store_true", help="print each answer when complete")
     p.add_argument("--list-models", action="store_true", help="print the supported architectures and exit")
+    p.add_argument("--distributed", metavar="auto|HOST:PORT,N,ID",
+                   help="one of N processes of a multi-host run (the same command on every host; process 0 prints): "
+                        "'auto', the cluster JAX finds (TPU pod slices, SLURM, Open MPI, Kubernetes), or the "
+                        "coordinator's address, the number of processes and this process's id")
     return p.parse_args(argv)
 
 
@@ -58,7 +62,8 @@ def read_prompts(args) -> list[str]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     progress.start(args)
-    if not (args.list_models or args.prompt or args.batch_file) and sys.stdin is not None and sys.stdin.isatty():
+    interactive = not (args.list_models or args.prompt or args.batch_file) and sys.stdin is not None and sys.stdin.isatty()
+    if interactive and not args.distributed:
         return chat.run_session(args)
     return run_cli(lambda: _main(args))
 
@@ -67,6 +72,10 @@ def _main(args) -> int:
     if args.list_models:
         print(list_architectures())
         return 0
+    if args.distributed:
+        if not (args.prompt or args.batch_file):
+            raise JaxllmError("--distributed needs the prompts as arguments or --batch-file: every process must read the same")
+        runtime.join_cluster(args.distributed)
     prompts = read_prompts(args)
     params = progress.sampling_params(args)
     model = progress.load_model(args)

@@ -15,7 +15,7 @@ from pathlib import Path
 import jax
 
 from jaxllm import checkpoint
-from jaxllm.errors import CheckpointError
+from jaxllm.errors import CheckpointError, ConfigError
 
 GPU_XLA_FLAGS = "--xla_gpu_enable_triton_gemm=false"  # cuBLAS for the matmuls: 2.4x on 8B decode (issue 7)
 DEFAULT_COMPILE_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "jaxllm", "xla")
@@ -61,6 +61,29 @@ def attention_impl() -> str:
         return "xla"
     version = getattr(getattr(jax.devices()[0], "client", None), "platform_version", "")
     return "xla" if "rocm" in str(version).lower() else "cudnn"
+
+
+def join_cluster(spec: str = "auto") -> None:
+    """Join a multi-process run (jax.distributed.initialize), before the backend starts. `spec`:
+    "auto", the cluster JAX finds by itself (TPU pod slices, SLURM, Open MPI, Kubernetes), or
+    "HOST:PORT,NUM_PROCESSES,PROCESS_ID" (process 0 listens at HOST:PORT). On CPUs the processes'
+    collectives go through gloo."""
+    hint = "give --distributed HOST:PORT,NUM_PROCESSES,PROCESS_ID (e.g. 10.0.0.1:8476,2,0) or run where JAX finds the cluster"
+    kwargs = {}
+    if spec != "auto":
+        parts = [p.strip() for p in spec.split(",")]
+        if len(parts) != 3 or ":" not in parts[0] or not parts[1].isdigit() or not parts[2].isdigit():
+            raise ConfigError(f"--distributed {spec!r} is malformed: {hint}")
+        n, rank = int(parts[1]), int(parts[2])
+        if n < 1 or rank >= n:
+            raise ConfigError(f"--distributed {spec!r}: process id {rank} is not below the {n} processes: ids run 0..{n - 1}")
+        kwargs = dict(coordinator_address=parts[0], num_processes=n, process_id=rank)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (ValueError, TypeError, RuntimeError) as err:  # no cluster found, a peer that never came, ...
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ConfigError(f"--distributed {spec}: could not join the processes ({first}): {hint}") from None
 
 
 @functools.cache
