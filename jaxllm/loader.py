@@ -32,7 +32,7 @@ from flax import nnx
 
 from jaxllm import checkpoint, converted, generation, gguf, research, sharding
 from jaxllm.errors import CheckpointError, ConfigError, InputError, check_token_ids
-from jaxllm.models import quant, registry, weights
+from jaxllm.models import layers, quant, registry, weights
 from jaxllm.models.architecture import Architecture
 from jaxllm.models.attention import check_kv_dtype, kv_cache_bytes
 from jaxllm.models.config import ModelConfig
@@ -125,12 +125,14 @@ class LoadedModel:
         return research.jitted(name, self.mesh)(self.graphdef, self.params, sharding.put_replicated(tokens, self.mesh), *static)
 
 
-def abstract_model(cfg: ModelConfig, arch: Architecture, dtype, scheme_for=None):
+def abstract_model(cfg: ModelConfig, arch: Architecture, dtype, scheme_for=None, mesh=None):
     """(graphdef, abstract state): the module's structure with shapes, without allocating weights.
-    `scheme_for(path)` -> quant.Scheme or None: which layers are quantized, and how (quant.apply)."""
+    `scheme_for(path)` -> quant.Scheme or None: which layers are quantized, and how (quant.apply).
+    `mesh`: the Mesh the model is placed on (its MoE blocks run their experts split as the rules say)."""
     module = arch.module(cfg, dtype=dtype, rngs=nnx.Rngs(0))  # parameters are ShapeDtypeStructs (layers.param)
     if scheme_for is not None:
         quant.apply(module, scheme_for)
+    layers.split_experts(module, mesh, sharding.RULES["expert"])
     return nnx.split(module)
 
 
@@ -197,13 +199,13 @@ def plan(raw: dict, dtype=None, mesh=None, source=None, *, quantize: str | None 
     cfg = arch.config(raw)
     dtype = resolve_dtype(dtype or "float32")
     scheme_for, native, quantize = _quantization(arch, cfg, source, quantize, group_size)
-    graphdef, abstract = abstract_model(cfg, arch, dtype, scheme_for)
+    mesh = sharding.make_mesh(mesh) if mesh is not None else None
+    graphdef, abstract = abstract_model(cfg, arch, dtype, scheme_for, mesh)
     if native:  # only kernels the module quantizes (not an untied output head, say)
         leaves = weights.flat_params(abstract)
         native = {path: name for path, name in native.items() if quant.is_quantized(leaves[path].dtype)}
     shardings = None
     if mesh is not None:
-        mesh = sharding.make_mesh(mesh)
         shardings = sharding.param_shardings(abstract, mesh)
     return Plan(arch, cfg, dtype, graphdef, abstract, mesh, shardings, source, quantize, native)
 
@@ -351,7 +353,7 @@ def quantize_model(model: LoadedModel, quantize: str, group_size: int | None = N
         raise ConfigError("quantize_model takes a float model and quantize='int8' or 'int4'")
     arch = registry.get(model.config.architecture)
     scheme = quant.scheme(quantize, group_size)
-    graphdef, abstract = abstract_model(model.config, arch, model.dtype, _uniform(scheme))
+    graphdef, abstract = abstract_model(model.config, arch, model.dtype, _uniform(scheme), model.mesh)
     targets = weights.flat_params(abstract)
     shardings = sharding.param_shardings(abstract, model.mesh) if model.mesh is not None else {}
     filled = {}

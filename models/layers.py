@@ -6,7 +6,8 @@ Shapes: B batch, T tokens, E embed, H query heads, K kv heads, D head_dim, F mlp
 X experts.
 
 Every parameter is an `nnx.Param` carrying `axes`, a tuple of logical axis names (one per dim);
-`jaxllm.sharding` maps those names to mesh axes. Model code never mentions a mesh.
+`jaxllm.sharding` maps those names to mesh axes. Model code never builds or inspects a mesh: the
+one it runs experts over (MoE, expert parallelism) is handed to it by the loader (`split_experts`).
 
 Build time is linear in the layers and mostly flax's per-attribute bookkeeping, so the modules
 here are plain graph nodes (`pytree=False`, used only through nnx.split / nnx.merge): that skips
@@ -185,7 +186,20 @@ class MoE(nnx.Module, pytree=False):
     Expert kernels carry the logical "expert" axis: [X, E, F] gate/up, [X, F, E] down.
     Quantized (`quantize`): each stack holds integers, `{name}_scale` (and `_offset`) [X, G, out]
     per group of inputs; the stacks are dequantized, then multiplied by the same ragged_dot. The
-    router stays float: a small error there changes which experts run.
+    router stays float (a small error there changes which experts run) and replicated (its scores'
+    axis is "router", not "expert"): every device routes every token.
+
+    Expert parallelism: on a mesh whose `expert_axis` (ep, jaxllm.sharding.RULES["expert"]) splits
+    the experts, the loader sets `expert_mesh` (`split_experts`; static, so part of the graphdef).
+    Each device then holds X / ep experts of every stack, scales and offsets included, and runs
+    only those, under `jax.shard_map` over ep alone (dp, fsdp, tp left as they are): it takes the
+    assignments routed to its expert range (the others sort after its groups and count for
+    nothing), runs them through the same three ragged_dots with its local group sizes,
+    scatter-adds its weighted outputs, and the partial outputs are summed over ep (`psum`, in
+    float32 as the one-device sum). Tokens are replicated over ep, as over tp, so that sum is the
+    whole exchange: an all-reduce of [tokens, embed] per MoE layer. When tokens are split over
+    devices, an all-to-all dispatch (each assignment sent to its expert's device and back, k / X
+    of the tokens' rows each way) pays off instead: a follow-up.
     """
 
     EXPERTS = ("gate_proj", "up_proj", "down_proj")
@@ -194,7 +208,7 @@ class MoE(nnx.Module, pytree=False):
         e, f, x = cfg.hidden_size, cfg.moe_intermediate_size or cfg.intermediate_size, cfg.num_experts
         self.k, self.num_experts, self.norm_topk = cfg.experts_per_token, x, cfg.norm_topk_prob
         self.act = activation(cfg.hidden_act)
-        self.gate = Dense((e,), (x,), ("embed", "expert"), bias=False, dtype=dtype, rngs=rngs, quantizable=False)  # the router
+        self.gate = Dense((e,), (x,), ("embed", "router"), bias=False, dtype=dtype, rngs=rngs, quantizable=False)  # the router
         self.gate_proj = param((x, e, f), ("expert", "embed", "mlp"), dtype)
         self.up_proj = param((x, e, f), ("expert", "embed", "mlp"), dtype)
         self.down_proj = param((x, f, e), ("expert", "mlp", "embed"), dtype)
@@ -202,6 +216,7 @@ class MoE(nnx.Module, pytree=False):
         for name in self.EXPERTS:
             setattr(self, f"{name}_scale", None)
             setattr(self, f"{name}_offset", None)
+        self.expert_mesh, self.expert_axis = None, None  # split_experts: the mesh axis the experts are split over
 
     def quantize(self, path: tuple, scheme_for) -> None:
         """Declare each expert stack quantized by scheme_for(its path) (None: stay float)."""
@@ -219,13 +234,22 @@ class MoE(nnx.Module, pytree=False):
             if scheme.offset:
                 setattr(self, offset_name, param((x, groups, out), scale_axes, scheme.offset_dtype or dtype))
 
+    def _stacks(self) -> list[tuple]:
+        """(stack, scale or None, offset or None) of gate, up and down, as arrays."""
+        out = []
+        for name in self.EXPERTS:
+            scale, offset = (getattr(self, n) for n in quant.scale_names(name))
+            out.append((getattr(self, name)[...], None if scale is None else scale[...], None if offset is None else offset[...]))
+        return out
+
+    @staticmethod
+    def _weight(stack, scale, offset, dtype):
+        """An expert stack as floats of `dtype` (dequantized when quantized)."""
+        return stack if scale is None else quant.dequantize(stack, scale, offset, dtype, in_axis=1)
+
     def expert_weight(self, name: str, dtype):
         """An expert stack as floats of `dtype` (dequantized when quantized)."""
-        stack = getattr(self, name)[...]
-        scale, offset = (getattr(self, n) for n in quant.scale_names(name))
-        if scale is None:
-            return stack
-        return quant.dequantize(stack, scale[...], None if offset is None else offset[...], dtype, in_axis=1)
+        return self._weight(*self._stacks()[self.EXPERTS.index(name)], dtype)
 
     def route(self, x):
         """x [N, E] -> (weights [N, k] float32, expert ids [N, k]): softmax in float32, top k,
@@ -240,17 +264,64 @@ class MoE(nnx.Module, pytree=False):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         weights, experts = self.route(x)
+        if self.expert_mesh is None:
+            out = self._experts(x, weights, experts, self._stacks(), None)
+        else:
+            out = self._split_experts(x, weights, experts, self._stacks())
+        return out.astype(x.dtype).reshape(shape)
+
+    def _experts(self, x, weights, experts, stacks, first):
+        """[N, E] float32: each token's outputs of its chosen experts, weighted and summed, over the
+        experts the stacks hold: all of them (`first` None), or first .. first + len(stack) - 1 (a
+        device's range under expert parallelism; assignments to other experts count for nothing)."""
+        local = stacks[0][0].shape[0]
         flat = experts.reshape(-1)  # [N * k] assignments, token-major
-        order = jnp.argsort(flat, stable=True)
+        if first is None:
+            order = jnp.argsort(flat, stable=True)
+            groups = jnp.bincount(flat, length=local).astype(jnp.int32)
+        else:
+            flat = flat - first
+            mine = (flat >= 0) & (flat < local)
+            flat = jnp.where(mine, flat, local)  # others sort after every local group
+            order = jnp.argsort(flat, stable=True)
+            groups = jnp.bincount(flat, length=local + 1)[:local].astype(jnp.int32)
         token = order // self.k  # the token of each assignment, in expert order
-        groups = jnp.bincount(flat, length=self.num_experts).astype(jnp.int32)
         xs = jnp.take(x, token, axis=0)  # [N * k, E]
-        gate, up, down = (self.expert_weight(name, x.dtype) for name in self.EXPERTS)
+        gate, up, down = (self._weight(*s, x.dtype) for s in stacks)
         h = self.act(jax.lax.ragged_dot(xs, gate, groups)) * jax.lax.ragged_dot(xs, up, groups)
         y = jax.lax.ragged_dot(h, down, groups)  # [N * k, E]
         y = y.astype(jnp.float32) * jnp.take(weights.reshape(-1), order)[:, None]
-        out = jnp.zeros(x.shape, jnp.float32).at[token].add(y)
-        return out.astype(x.dtype).reshape(shape)
+        if first is not None:  # rows past the local groups belong to no group: nothing of theirs is added
+            y = jnp.where(jnp.take(mine, order)[:, None], y, 0.0)
+        return jnp.zeros(x.shape, jnp.float32).at[token].add(y)
+
+    def _split_experts(self, x, weights, experts, stacks):
+        """`_experts` with the stacks split over `expert_axis`: each device runs its own experts on
+        every token (tokens, weights and ids replicated over the axis), the partial sums psum'd."""
+        axis = self.expert_axis
+        # Under the engine's shard_map over dp, shard_map takes the context's (abstract) mesh.
+        context = jax.sharding.get_abstract_mesh()
+        mesh = self.expert_mesh if context.empty else context
+        local = stacks[0][0].shape[0] // mesh.shape[axis]
+
+        def body(x, weights, experts, stacks):
+            partial = self._experts(x, weights, experts, stacks, jax.lax.axis_index(axis) * local)
+            return jax.lax.psum(partial, axis)
+
+        whole, split = jax.sharding.PartitionSpec(), jax.sharding.PartitionSpec(axis)
+        specs = (whole, whole, whole, jax.tree.map(lambda _: split, stacks))
+        run = jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=whole, axis_names={axis}, check_vma=False)
+        return run(x, weights, experts, stacks)
+
+
+def split_experts(module, mesh, axis: str | None) -> None:
+    """Tell every MoE block of `module` that mesh axis `axis` of `mesh` splits its experts (the
+    loader, placing a model: axis is jaxllm.sharding.RULES["expert"]); no mesh, no such axis or
+    one of size 1: the blocks run all their experts as on one device."""
+    on = mesh is not None and axis is not None and mesh.shape.get(axis, 1) > 1
+    for _, node in nnx.iter_graph(module):
+        if isinstance(node, MoE):
+            node.expert_mesh, node.expert_axis = (mesh, axis) if on else (None, None)
 
 
 def make_mlp(cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):

@@ -37,7 +37,11 @@ RULES: dict[str, str | None] = {
     "mlp": "tp",
     "norm": None,
     "cache_seq": None,
-    "expert": None,  # expert parallelism comes with the MoE models
+    # Expert stacks [X, ...] and their quantization scales: each ep group of devices holds (and
+    # runs, models/layers.py MoE) X / ep experts. The router's scores over the experts are not
+    # split: every device routes every token.
+    "expert": "ep",
+    "router": None,
     # The scales of quantized kernels (models/quant.py), one per group of input values: split like
     # the inputs they scale, replicated when the mesh axis does not divide the number of groups.
     "embed_groups": "fsdp",
@@ -66,17 +70,18 @@ def spec_for(axes: tuple, shape: tuple, mesh: Mesh, what: str = "") -> Partition
         if name not in RULES:
             raise ConfigError(f"{what}: logical axis '{name}' has no entry in jaxllm.sharding.RULES: add one")
         mesh_axis = RULES[name]
-        if mesh_axis is None or mesh.shape[mesh_axis] == 1:
+        n = mesh.shape.get(mesh_axis, 1) if mesh_axis is not None else 1  # a hand-built Mesh may lack ep
+        if n == 1:
             out.append(None)
             continue
-        n = mesh.shape[mesh_axis]
         if size % n:
             if name in REPLICATE_IF_UNEVEN:
                 out.append(None)
                 continue
+            article = "an" if mesh_axis[0] in "aefhilmnorsx" else "a"  # letters read by name: "an ep", "a tp"
             raise ConfigError(
                 f"{what}: its '{name}' dimension ({size}) is not divisible by {mesh_axis}={n}: "
-                f"choose a {mesh_axis} size that divides {size}"
+                f"choose {article} {mesh_axis} size that divides {size}"
             )
         out.append(mesh_axis)
     return PartitionSpec(*out)

@@ -1,5 +1,7 @@
 """Mixture of experts: routing equals transformers', and the dispatch computes only the chosen
-experts for each token (the grouped matmuls have tokens x k rows, not tokens x experts)."""
+experts for each token (the grouped matmuls have tokens x k rows, not tokens x experts). Expert
+parallelism (mesh axis ep, on the 8 simulated CPU devices of conftest): each device holds and runs
+X / ep experts, and the model gives the one-device logits and greedy tokens."""
 
 import jax
 import jax.numpy as jnp
@@ -9,8 +11,14 @@ import reference
 import torch
 
 import jaxllm
+from jaxllm import sharding
+from jaxllm.errors import ConfigError
+from jaxllm.models.layers import MoE
 
 MOE = ["MixtralForCausalLM", "Qwen3MoeForCausalLM"]
+PROMPTS = [[5, 6, 7, 8, 9], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]]
+GREEDY = jaxllm.SamplingParams(max_new_tokens=8, ignore_eos=True)
+TOKENS = np.random.default_rng(1).integers(0, 128, (2, 20))
 
 
 @pytest.fixture(scope="module", params=MOE)
@@ -69,5 +77,104 @@ def test_sharded_experts_match_one_device(pair):
     sharded = jaxllm.load(model.path, mesh="fsdp=2,tp=4")
     kernel = sharded.params["model"]["layers"][0]["mlp"]["gate_proj"][...]
     assert tuple(kernel.sharding.spec) == (None, "fsdp", "tp")
-    tokens = np.random.default_rng(1).integers(0, 128, (2, 20))
-    assert reference.max_rel_diff(sharded.logits(tokens), model.logits(tokens)) <= 1e-5
+    assert reference.max_rel_diff(sharded.logits(TOKENS), model.logits(TOKENS)) <= 1e-5
+
+
+def _greedy(model, prompts, completions) -> bool:
+    """Whether each completion is what greedy decoding on `model` continues its prompt with: every
+    token the argmax of the logits after the tokens before it (one teacher-forced call; padding
+    on the right is after every position read, so the causal mask keeps it out)."""
+    seqs = [p + c for p, c in zip(prompts, completions)]
+    width = max(map(len, seqs))
+    logits = np.asarray(model.logits([s + [0] * (width - len(s)) for s in seqs]))
+    return all(logits[i, len(p) - 1 : len(s) - 1].argmax(-1).tolist() == c
+               for i, (p, c, s) in enumerate(zip(prompts, completions, seqs)))
+
+
+def _moe_block(model, layer=0):
+    return model.params["model"]["layers"][layer]["mlp"]
+
+
+def _ragged_dots(jaxpr):
+    """The ragged_dot equations of a jaxpr and of the jaxprs nested in it (shard_map's body)."""
+    out = []
+    for e in jaxpr.eqns:
+        if e.primitive.name.startswith("ragged_dot"):
+            out.append(e)
+        for value in e.params.values():
+            inner = getattr(value, "jaxpr", value)
+            if hasattr(inner, "eqns"):
+                out += _ragged_dots(inner)
+    return out
+
+
+def test_mesh_specs_with_ep():
+    assert sharding.parse_spec("ep=2,tp=4", 8) == {"dp": 1, "fsdp": 1, "tp": 4, "ep": 2}
+    assert sharding.parse_spec("dp=2,ep=4", 8)["ep"] == 4
+    assert sharding.parse_spec("auto", 8) == {"dp": 1, "fsdp": 1, "tp": 8, "ep": 1}
+    assert sharding.make_mesh("ep=8").shape["ep"] == 8
+    with pytest.raises(ConfigError, match="unknown: use dp, fsdp, tp, ep$"):
+        sharding.make_mesh("xp=8")
+
+
+@pytest.mark.parametrize("layout", ["ep with tp", "ep with dp"])
+def test_expert_parallel_matches_one_device(pair, layout):
+    """Each device holds X / ep experts of every stack (the router whole) and runs only those; the
+    logits and greedy tokens (the engine; with dp, its shard_map over dp around the one over ep)
+    are one device's."""
+    _, model = pair
+    x = model.config.num_experts
+    spec = "ep=2,tp=4" if layout == "ep with tp" else "dp=2,ep=4" if x % 4 == 0 else "dp=2,fsdp=2,ep=2"
+    sharded = jaxllm.load(model.path, mesh=spec)
+    ep = sharded.mesh.shape["ep"]
+    block = _moe_block(sharded)
+    for name in MoE.EXPERTS:
+        stack = block[name][...]
+        assert stack.sharding.spec[0] == "ep", (name, stack.sharding.spec)
+        assert {s.data.shape[0] for s in stack.addressable_shards} == {x // ep}
+    assert "ep" not in tuple(block["gate"]["kernel"][...].sharding.spec)  # the router: whole on every device
+    # Each device's three grouped products run over its own X / ep experts.
+    moe = sharded.module.model.layers[0].mlp
+    jaxpr = jax.make_jaxpr(lambda h: moe(h))(jnp.zeros((2, 8, model.config.hidden_size), jnp.float32))
+    assert [e.invars[1].aval.shape[0] for e in _ragged_dots(jaxpr.jaxpr)] == [x // ep] * 3
+    err = reference.max_rel_diff(sharded.logits(TOKENS), model.logits(TOKENS))
+    print(f"{model.config.architecture} {spec}: logits max rel diff {err:.1e}")
+    assert err <= 1e-5
+    completions = [r.token_ids for r in sharded.generate(PROMPTS, GREEDY)]
+    assert [len(c) for c in completions] == [GREEDY.max_new_tokens] * len(PROMPTS)
+    assert _greedy(model, PROMPTS, completions)
+
+
+def test_quantized_experts_under_expert_parallelism(pair):
+    """int8 expert stacks and their scales split over ep with the experts: the same quantized
+    model's one-device logits."""
+    _, model = pair
+    one = jaxllm.load(model.path, quantize="int8", group_size=32)
+    split = jaxllm.load(model.path, mesh="ep=2,tp=4", quantize="int8", group_size=32)
+    block = _moe_block(split)
+    assert block["gate_proj"][...].dtype == jnp.int8
+    for name in ("gate_proj", "gate_proj_scale", "gate_proj_offset", "down_proj_scale"):
+        scale = block[name][...]
+        assert scale.sharding.spec[0] == "ep", (name, scale.sharding.spec)
+        assert scale.addressable_shards[0].data.shape[0] == model.config.num_experts // 2
+    assert reference.max_rel_diff(split.logits(TOKENS), one.logits(TOKENS)) <= 1e-5
+
+
+def test_ep_not_dividing_the_experts_is_refused(pair):
+    _, model = pair
+    x = model.config.num_experts
+    ep = next(n for n in (8, 4, 2) if x % n)
+    with pytest.raises(ConfigError) as info:
+        jaxllm.load(model.path, mesh=f"ep={ep},tp={8 // ep}" if ep < 8 else "ep=8")
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"'expert' dimension ({x}) is not divisible by ep={ep}: choose an ep size that divides {x}" in message
+
+
+def test_dense_model_on_an_ep_mesh(llama):
+    """A model without experts is replicated over ep: the engine (shard_map over dp) still runs."""
+    model = jaxllm.load(llama.path, mesh="dp=2,ep=2,tp=2")
+    assert model.params["model"]["layers"][0]["mlp"]["up_proj"]["kernel"][...].sharding.spec[0] == "tp"
+    completions = [r.token_ids for r in model.generate(PROMPTS, GREEDY)]
+    assert [len(c) for c in completions] == [GREEDY.max_new_tokens] * len(PROMPTS)
+    assert _greedy(llama, PROMPTS, completions)
