@@ -44,3 +44,13 @@ def llama(tmp_path_factory):
     folder = tmp_path_factory.mktemp("llama")
     reference.build("LlamaForCausalLM", folder, seed=11)
     return jaxllm.load(folder)
+
+
+@pytest.fixture(autouse=True)
+def _persistent_cache_stays_off():
+    """No test may leave JAX's persistent compilation cache on in this process (a command line run
+    here calls use_compile_cache unless told 'none'): every later compile would be written to it."""
+    yield
+    assert not jax.config.jax_compilation_cache_dir, (
+        "the test switched JAX's persistent compilation cache on in the test process: "
+        "pass --compile-cache none or set JAXLLM_COMPILE_CACHE=none")

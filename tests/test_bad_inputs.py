@@ -278,6 +278,10 @@ def test_refused_in_one_line(kind, case, match, models, tmp_path, monkeypatch, c
         assert "\n" not in message
     else:
         main, argv = case
+        # In this process the command must not switch JAX's persistent compilation cache on: every
+        # later compile of the test session would be written to it (jaxlib 0.10.2 aborted once
+        # serializing a CPU executable there).
+        monkeypatch.setenv("JAXLLM_COMPILE_CACHE", "none")
         capsys.readouterr()
         try:
             code = main(argv(models) if callable(argv) else argv)
