@@ -247,10 +247,6 @@ class MoE(nnx.Module, pytree=False):
         """An expert stack as floats of `dtype` (dequantized when quantized)."""
         return stack if scale is None else quant.dequantize(stack, scale, offset, dtype, in_axis=1)
 
-    def expert_weight(self, name: str, dtype):
-        """An expert stack as floats of `dtype` (dequantized when quantized)."""
-        return self._weight(*self._stacks()[self.EXPERTS.index(name)], dtype)
-
     def route(self, x):
         """x [N, E] -> (weights [N, k] float32, expert ids [N, k]): softmax in float32, top k,
         renormalised when norm_topk_prob, as transformers routes."""

@@ -70,7 +70,7 @@ def make_mesh(spec="auto", devices=None) -> Mesh:
         return spec
     # By process, then id: a tp group no larger than one host's devices stays on that host (its fast
     # links), and the hosts spread over the outer axes.
-    devices = list(sorted(jax.devices(), key=lambda d: (d.process_index, d.id)) if devices is None else devices)
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id)) if devices is None else list(devices)
     sizes = parse_spec(spec, len(devices))
     grid = np.asarray(devices, dtype=object).reshape([sizes[a] for a in _LAYOUT])
     return Mesh(grid, _LAYOUT)
