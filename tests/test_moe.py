@@ -58,7 +58,7 @@ def test_dispatch_computes_only_the_chosen_experts(pair):
     b, t = 4, 16
     x = jnp.zeros((b, t, cfg.hidden_size), jnp.float32)
     jaxpr = jax.make_jaxpr(lambda x: moe(x))(x)
-    grouped = [e for e in jaxpr.eqns if e.primitive.name.startswith("ragged_dot")]
+    grouped = _ragged_dots(jaxpr.jaxpr)
     dense = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
     assert len(grouped) == 3  # gate, up, down: each over the sorted (token, expert) assignments
     rows = {e.invars[0].aval.shape[0] for e in grouped}
