@@ -182,7 +182,8 @@ class MoE(nnx.Module, pytree=False):
     """Mixture of experts: a router picks `experts_per_token` of `num_experts` gated MLPs per token.
 
     Dispatch: the (token, expert) assignments are sorted by expert and each expert multiplies only
-    its own group (`jax.lax.ragged_dot`), so the work is tokens x k expert MLPs, not tokens x all.
+    its own group (`jax.lax.ragged_dot`), so the work is tokens x k expert MLPs, not tokens x all;
+    a decode step with few assignments takes each one's expert matrices instead (`expert_form`).
     Expert kernels carry the logical "expert" axis: [X, E, F] gate/up, [X, F, E] down.
     Quantized (`quantize`): each stack holds integers, `{name}_scale` (and `_offset`) [X, G, out]
     per group of inputs; the stacks are dequantized, then multiplied by the same ragged_dot. The
@@ -266,18 +267,27 @@ class MoE(nnx.Module, pytree=False):
             out = self._split_experts(x, weights, experts, self._stacks())
         return out.astype(x.dtype).reshape(shape)
 
-    def _experts(self, x, weights, experts, stacks, first):
+    def _experts(self, x, weights, experts, stacks, first, form: str | None = None):
         """[N, E] float32: each token's outputs of its chosen experts, weighted and summed, over the
         experts the stacks hold: all of them (`first` None), or first .. first + len(stack) - 1 (a
-        device's range under expert parallelism; assignments to other experts count for nothing)."""
+        device's range under expert parallelism; assignments to other experts count for nothing).
+        `form` (default `expert_form`'s choice): "ragged" or "gather"."""
         local = stacks[0][0].shape[0]
+        form = form or expert_form(experts.size, local)
         flat = experts.reshape(-1)  # [N * k] assignments, token-major
-        if first is None:
+        mine = None
+        if first is not None:
+            flat = flat - first
+            mine = (flat >= 0) & (flat < local)
+        if form == "gather":
+            w = weights.reshape(-1).astype(jnp.float32)
+            if mine is not None:
+                flat, w = jnp.where(mine, flat, 0), jnp.where(mine, w, 0.0)
+            return self._gathered(x, w, flat, stacks)
+        if mine is None:
             order = jnp.argsort(flat, stable=True)
             groups = jnp.bincount(flat, length=local).astype(jnp.int32)
         else:
-            flat = flat - first
-            mine = (flat >= 0) & (flat < local)
             flat = jnp.where(mine, flat, local)  # others sort after every local group
             order = jnp.argsort(flat, stable=True)
             groups = jnp.bincount(flat, length=local + 1)[:local].astype(jnp.int32)
@@ -287,9 +297,19 @@ class MoE(nnx.Module, pytree=False):
         h = self.act(jax.lax.ragged_dot(xs, gate, groups)) * jax.lax.ragged_dot(xs, up, groups)
         y = jax.lax.ragged_dot(h, down, groups)  # [N * k, E]
         y = y.astype(jnp.float32) * jnp.take(weights.reshape(-1), order)[:, None]
-        if first is not None:  # rows past the local groups belong to no group: nothing of theirs is added
+        if mine is not None:  # rows past the local groups belong to no group: nothing of theirs is added
             y = jnp.where(jnp.take(mine, order)[:, None], y, 0.0)
         return jnp.zeros(x.shape, jnp.float32).at[token].add(y)
+
+    def _gathered(self, x, w, flat, stacks):
+        """`_experts` as each assignment's own expert matrices taken from the stacks (reads k
+        experts per token) and one product per assignment. w [N * k] float32, flat [N * k] local ids."""
+        gate, up, down = (self._weight(*(None if a is None else jnp.take(a, flat, axis=0) for a in s), x.dtype)
+                          for s in stacks)  # [N * k, E, F], [N * k, F, E]
+        xs = jnp.repeat(x, self.k, axis=0)
+        h = self.act(jnp.einsum("ne,nef->nf", xs, gate)) * jnp.einsum("ne,nef->nf", xs, up)
+        y = jnp.einsum("nf,nfe->ne", h, down).astype(jnp.float32) * w[:, None]
+        return y.reshape(x.shape[0], self.k, -1).sum(1)
 
     def _split_experts(self, x, weights, experts, stacks):
         """`_experts` with the stacks split over `expert_axis`: each device runs its own experts on
@@ -308,6 +328,20 @@ class MoE(nnx.Module, pytree=False):
         specs = (whole, whole, whole, jax.tree.map(lambda _: split, stacks))
         run = jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=whole, axis_names={axis}, check_vma=False)
         return run(x, weights, experts, stacks)
+
+
+# ragged_dot reads every expert of the stack whatever the tokens (XLA's GPU form pads the groups;
+# on an H200 a Qwen3-30B-A3B layer's experts take 323 us for one token, whose 8 experts are 27 us
+# of reads), so a decode step with few (token, expert) assignments takes each assignment's expert
+# matrices on their own ("gather": 113 us) while GATHER_BELOW times the assignments is under the
+# experts; each gathered assignment costs about 3 expert reads, and the gather loses from there
+# (Mixtral-8x7B, 2 tokens: 1,113 us against 721). benchmarks/moe_probe.py; docs/benchmarks.md.
+GATHER_BELOW = 2
+
+
+def expert_form(assignments: int, experts: int) -> str:
+    """How `MoE._experts` runs `assignments` (token, expert) pairs over `experts` local experts."""
+    return "gather" if assignments * GATHER_BELOW < experts else "ragged"
 
 
 def split_experts(module, mesh, axis: str | None) -> None:

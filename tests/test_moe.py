@@ -13,6 +13,7 @@ import torch
 import jaxllm
 from jaxllm import sharding
 from jaxllm.errors import ConfigError
+from jaxllm.models import layers
 from jaxllm.models.layers import MoE
 
 MOE = ["MixtralForCausalLM", "Qwen3MoeForCausalLM"]
@@ -69,6 +70,40 @@ def test_dispatch_computes_only_the_chosen_experts(pair):
     flops = sum(2 * e.invars[0].aval.shape[0] * e.invars[0].aval.shape[1] * e.outvars[0].aval.shape[1] for e in grouped)
     assert flops == 2 * 3 * b * t * cfg.experts_per_token * cfg.hidden_size * f
     print(f"{cfg.architecture}: expert FLOPs {flops:,} = k/X = {cfg.experts_per_token}/{cfg.num_experts} of dense")
+
+
+def test_gathered_experts_equal_the_grouped_products(pair, monkeypatch):
+    """The decode form (each assignment's expert matrices taken on their own, layers.expert_form)
+    gives ragged_dot's outputs: over all the experts, over one device's range of them (expert
+    parallelism), with int8 stacks, and through the whole model's logits on one device and on
+    meshes that split the experts over tp and over ep."""
+    _, model = pair
+    x_n = model.config.num_experts
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(12, model.config.hidden_size)), jnp.float32)
+    for m in (model, jaxllm.load(model.path, quantize="int8", group_size=32)):
+        moe = m.module.model.layers[0].mlp
+        weights, experts = moe.route(x)
+        stacks = moe._stacks()
+        half = [tuple(None if a is None else a[x_n // 2 :] for a in s) for s in stacks]
+        for s, first in ((stacks, None), (half, x_n // 2)):
+            want = np.asarray(moe._experts(x, weights, experts, s, first, form="ragged"))
+            got = np.asarray(moe._experts(x, weights, experts, s, first, form="gather"))
+            assert np.abs(want).max() > 0
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    want = np.asarray(model.logits(TOKENS[:, :7]))
+    meshes = [jaxllm.load(model.path, mesh=spec) for spec in ("fsdp=2,tp=4", "ep=2,tp=4")]
+    asked = []
+    monkeypatch.setattr(layers, "expert_form", lambda assignments, experts: asked.append(experts) or "gather")
+    jax.clear_caches()  # the jitted logits were traced with the grouped products
+    try:
+        for m in [model] + meshes:
+            err = reference.max_rel_diff(m.logits(TOKENS[:, :7]), want)
+            print(f"{model.config.architecture} {m.mesh.shape if m.mesh else 'one device'}: max rel diff {err:.1e}")
+            assert err <= 1e-5
+        assert set(asked) == {x_n, x_n // 2}  # traced anew through the patched choice, with and without ep
+    finally:
+        monkeypatch.undo()
+        jax.clear_caches()
 
 
 def test_sharded_experts_match_one_device(pair):
