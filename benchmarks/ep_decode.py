@@ -25,6 +25,8 @@ import numpy as np
 
 from jaxllm import bench
 from jaxllm.engine import Request
+from jaxllm.models import quant
+from jaxllm.models.attention import kv_cache_bytes
 from jaxllm.models.weights import flat_params
 from jaxllm.random_model import SHAPES, random_model
 from jaxllm.sampling import SamplingParams
@@ -107,15 +109,14 @@ def step_bytes(model, batch: int, context: int) -> float:
     used = x * (1 - (1 - k / x) ** batch) if x else 0
     total = 0.0
     for path, leaf in flat_params(model.params).items():
+        size = quant.bytes_of(leaf)  # int4: half a byte
         if "embed_tokens" in path:
-            total += batch * leaf.nbytes / leaf.shape[0]
+            total += batch * size / leaf.shape[0]
         elif x and "mlp" in path and leaf.ndim == 3 and leaf.shape[0] == x:
-            total += leaf.nbytes / x * used
+            total += size / x * used
         else:
-            total += leaf.nbytes
-    kv_heads, head_dim = cfg.num_kv_heads, cfg.head_dim
-    kv_bytes = jax.numpy.dtype(model.kv_dtype or model.dtype).itemsize
-    return total + cfg.num_layers * batch * context * 2 * kv_heads * head_dim * kv_bytes
+            total += size
+    return total + kv_cache_bytes(cfg, batch * context, model.dtype, model.kv_dtype)
 
 
 if __name__ == "__main__":
