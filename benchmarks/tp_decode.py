@@ -2,7 +2,11 @@
 (no float32 agreement check: `python -m jaxllm.bench --tp` does that): for A/B runs of XLA and
 NCCL settings, each in its own process.
 
-    XLA_FLAGS=... python benchmarks/tp_decode.py --shape llama3-8b --tp 1,2
+    python benchmarks/tp_decode.py --shape llama3-8b --tp 1,2 [--tp-flags off]
+    XLA_FLAGS=... python benchmarks/tp_decode.py ...     # flags of your own instead
+
+Without XLA_FLAGS it runs with jaxllm.runtime.gpu_flags for the largest degree (the CLIs' flags);
+`--tp-flags off` leaves out the tensor-parallel flags (runtime.TP_GPU_XLA_FLAGS), for the A/B.
 """
 
 import argparse
@@ -13,7 +17,7 @@ import sys
 import jax
 import numpy as np
 
-from jaxllm import bench
+from jaxllm import bench, runtime
 from jaxllm.engine import Request
 from jaxllm.random_model import random_model
 from jaxllm.sampling import SamplingParams
@@ -25,7 +29,10 @@ def main(argv=None):
     p.add_argument("--shape", default="llama3-8b")
     p.add_argument("--tp", default="1,2")
     p.add_argument("--label", default="")
+    p.add_argument("--tp-flags", choices=["on", "off"], default="on")
     args = p.parse_args(argv)
+    top = max(int(t) for t in args.tp.split(","))
+    runtime.set_gpu_flags(f"tp={top}" if args.tp_flags == "on" else None)  # before the backend starts
     sizes = bench._sizes(jax.default_backend() == "cpu")
     rng = np.random.default_rng(0)
     vocab = bench.SHAPES[args.shape]["vocab_size"]

@@ -304,7 +304,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=2, help="with --load: warm runs of each step, the best counted (default 2)")
     args = p.parse_args(argv)
     runtime.quiet()
-    runtime.set_gpu_flags()  # read when the backend starts, below
+    tp = max((int(d) for d in args.tp.split(",") if d.strip().isdigit()), default=1) if args.tp else 1
+    runtime.set_gpu_flags(args.mesh if tp == 1 else f"tp={tp}")  # read when the backend starts, below
     return run_cli(lambda: _main(args))
 
 

@@ -92,7 +92,7 @@ def start(args) -> None:
     """Process settings from the flags, first thing (before transformers is imported and the
     backend starts): quiet imports, GPU flags, the compile cache."""
     runtime.quiet()
-    runtime.set_gpu_flags()
+    runtime.set_gpu_flags(getattr(args, "mesh", None))
     runtime.use_compile_cache(args.compile_cache)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -29,10 +30,37 @@ def quiet() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
-def set_gpu_flags() -> None:
-    """Our calibrated XLA flags, unless the user set XLA_FLAGS. Read when the backend starts, so
-    call this before the first JAX computation (the CLIs do)."""
-    os.environ.setdefault("XLA_FLAGS", GPU_XLA_FLAGS)
+# On a mesh that splits over tp: the all-reduces through NCCL, on the compute stream. XLA picks its
+# own one-shot all-reduce kernel for a decode step's small sums and runs them asynchronously (a
+# stream and events around each of 64 a step); Llama-3-8B tp=2 on 2 H200s, bf16, batch 1: 238.5 ->
+# 257.5 tokens/s, time to first token of 1,024 tokens unchanged (0.037 s). Tried beside them: CUDA
+# graphs of the loop body (--xla_gpu_enable_command_buffer=...,COLLECTIVES: no further gain at batch
+# 1, the first token 0.037 -> 0.070 s; with WHILE the graph failed to instantiate), the same options
+# per executable on the decode step (no effect). Details: docs/benchmarks.md, session 11 (issue 15).
+TP_GPU_XLA_FLAGS = ("--xla_gpu_unsupported_use_all_reduce_one_shot_kernel=false "
+                    "--xla_gpu_disable_async_collectives=ALLREDUCE,ALLGATHER,REDUCESCATTER,ALLTOALL,COLLECTIVEPERMUTE")
+
+
+def splits_tp(mesh) -> bool:
+    """Whether a mesh spec string names tp > 1 ("tp=2", "dp=2,tp=4"); a Mesh: its tp axis."""
+    if mesh is None:
+        return False
+    if not isinstance(mesh, str):
+        return dict(getattr(mesh, "shape", {})).get("tp", 1) > 1
+    match = re.search(r"(?:^|,)\s*tp\s*=\s*(\d+)", mesh)
+    return bool(match) and int(match.group(1)) > 1
+
+
+def gpu_flags(mesh=None) -> str:
+    """The XLA_FLAGS set_gpu_flags sets for a run on `mesh` (a spec string or None)."""
+    return GPU_XLA_FLAGS + (" " + TP_GPU_XLA_FLAGS if splits_tp(mesh) else "")
+
+
+def set_gpu_flags(mesh=None) -> None:
+    """Our calibrated XLA flags for a run on `mesh` (gpu_flags), unless the user set XLA_FLAGS. Read
+    when the backend starts, so call this before the first JAX computation (the CLIs do). They
+    name GPU options only; other backends ignore them."""
+    os.environ.setdefault("XLA_FLAGS", gpu_flags(mesh))
 
 
 def use_compile_cache(folder: str | None = DEFAULT_COMPILE_CACHE) -> None:

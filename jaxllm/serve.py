@@ -58,7 +58,7 @@ def warm_up(engine: Engine) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     runtime.quiet()
-    runtime.set_gpu_flags()  # before the backend starts, below
+    runtime.set_gpu_flags(args.mesh)  # before the backend starts, below
     runtime.use_compile_cache(args.compile_cache)
     return run_cli(lambda: _main(args))
 

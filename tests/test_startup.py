@@ -177,3 +177,24 @@ def test_cached_tokenizer_and_import_skip_transformers_and_ipython(tmp_path, ggu
     assert [r.returncode for r in runs] == [0, 0], runs[-1].stderr[-2000:]
     assert runs[0].stdout.splitlines() == ["['transformers']", "Paris"]  # the first start builds the cache entry
     assert runs[1].stdout.splitlines() == ["[]", "Paris"]
+
+
+def test_gpu_flags_follow_the_mesh(monkeypatch):
+    """The command lines' XLA_FLAGS: cuBLAS matmuls always, the CUDA-graph flags of a decode step
+    only on a mesh that splits over tp, never over the user's own; and XLA (CPU here) starts with
+    them all (an XLA_FLAGS name it does not know would end every run at its start)."""
+    from jaxllm import runtime
+
+    assert runtime.gpu_flags(None) == runtime.gpu_flags("dp=2") == runtime.gpu_flags("tp=1") == runtime.GPU_XLA_FLAGS
+    for spec in ("tp=2", "dp=2,tp=4", "fsdp=2, tp=2"):
+        assert runtime.gpu_flags(spec) == runtime.GPU_XLA_FLAGS + " " + runtime.TP_GPU_XLA_FLAGS
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    runtime.set_gpu_flags("tp=2")
+    assert os.environ["XLA_FLAGS"] == runtime.gpu_flags("tp=2")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/mine")
+    runtime.set_gpu_flags("tp=2")
+    assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/mine"
+    env = dict(os.environ, XLA_FLAGS=runtime.gpu_flags("tp=2"))
+    out = subprocess.run([sys.executable, "-c", "import jax.numpy as jnp; print(int(jnp.ones(3).sum()))"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "3", out.stderr[-2000:]
