@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -28,14 +27,17 @@ import jax
 import numpy as np
 
 from jaxllm import runtime
-from jaxllm.bench_load import hf_peer, load_main, section
+from jaxllm.bench_load import LOAD_SKIPS, check_out, fresh_python, hf_peer, load_main, section, skip_names, why_not_writable, write_json
 from jaxllm.engine import Engine, Request
 from jaxllm.errors import ArgumentParser, JaxllmError, run_cli
+from jaxllm.loader import resolve_dtype
 from jaxllm.models import quant
 from jaxllm.models.attention import kv_cache_bytes
 from jaxllm.random_model import SHAPES, random_model
 from jaxllm.sampling import SamplingParams
-from jaxllm.sharding import make_mesh
+from jaxllm.sharding import make_mesh, parse_spec
+
+SECTIONS = ("b1", "bN", "ttft", "offline", "long", "prefix", "start")  # what --skip takes (without --load)
 
 
 def _sizes(quick: bool) -> dict:
@@ -207,10 +209,7 @@ def offline_first_run(shape: str, sizes: dict, dtype: str, cache_dir: str, mesh=
         "e = bench._engine(m, sizes, sizes['offline_slots'], 2 * sizes['offline_hi'], pages=None, chunk=64); "
         "_, total, n = bench._run(e, bench.offline_requests(m.config, sizes)); print(n / total)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, timeout=900)
-    if out.returncode:
-        raise RuntimeError(out.stderr[-2000:])
-    return float(out.stdout.strip().splitlines()[-1])
+    return float(fresh_python(["-c", code], f"the offline workload of {shape}", 900).strip().splitlines()[-1])
 
 
 def start_time(shape: str, sizes: dict, dtype: str, cache_dir: str, mesh=None, quantize=None) -> float:
@@ -225,10 +224,7 @@ def start_time(shape: str, sizes: dict, dtype: str, cache_dir: str, mesh=None, q
         f"p = SamplingParams(max_new_tokens=2, ignore_eos=True).resolved(); "
         f"list(e.run([Request(list(range(1, {sizes['b1_prompt'] + 1})), p)])); print(time.perf_counter()-t)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, timeout=600)
-    if out.returncode:
-        raise RuntimeError(out.stderr[-2000:])
-    return float(out.stdout.strip().splitlines()[-1])
+    return float(fresh_python(["-c", code], f"the start of {shape}", 600).strip().splitlines()[-1])
 
 
 def bench_hf(shape: str, sizes: dict) -> dict:
@@ -304,28 +300,67 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=2, help="with --load: warm runs of each step, the best counted (default 2)")
     args = p.parse_args(argv)
     runtime.quiet()
-    tp = max((int(d) for d in args.tp.split(",") if d.strip().isdigit()), default=1) if args.tp else 1
-    runtime.set_gpu_flags(args.mesh if tp == 1 else f"tp={tp}")  # read when the backend starts, below
     return run_cli(lambda: _main(args))
+
+
+def tp_degrees(text: str) -> list[int]:
+    """The degrees of --tp ("1,2"), or a JaxllmError saying what it takes."""
+    items = [d.strip() for d in text.split(",")]
+    if not all(d.isascii() and d.isdigit() and int(d) >= 1 for d in items):
+        raise JaxllmError("--tp takes whole numbers >= 1 separated by commas, e.g. 1,2")
+    return [int(d) for d in items]
+
+
+def _fresh_device_count() -> int:
+    """jax.device_count() as a fresh process sees it (the sections that run in one, and --load's
+    steps), without starting JAX in this one: on a GPU that would take most of its memory first."""
+    return int(fresh_python(["-c", "import jax; print(jax.device_count())"], "counting the devices", 300).split()[-1])
+
+
+def check_args(args, shapes: list[str]) -> list[int] | None:
+    """Every value of the command line checked before any work starts: a one-line JaxllmError for
+    the first bad one. Returns the --tp degrees (None without --tp). Sets the XLA flags (before JAX
+    starts), then checks what needs the device count: --tp here, --mesh in a fresh process."""
+    for s in shapes:
+        if s not in SHAPES:
+            raise JaxllmError(f"unknown shape '{s}': use one of {', '.join(SHAPES)}")
+    resolve_dtype(args.dtype)  # the package's check and message: "dtype 'int9' is not supported; use one of ..."
+    if args.repeat < 1:
+        raise JaxllmError(f"--repeat {args.repeat}: give a whole number >= 1 (warm runs of each load step)")
+    load = bool(args.load or args.load_folder)
+    if load:
+        skip_names(args.skip, LOAD_SKIPS, "a --load step", f" (without --load: {', '.join(SECTIONS)})")
+    else:
+        skip_names(args.skip, SECTIONS, "a section", f" (with --load: {', '.join(LOAD_SKIPS)})")
+    degrees = tp_degrees(args.tp) if args.tp is not None and not load else None
+    if args.out is not None:
+        check_out(args.out)
+    if load and args.load_dir is not None and (why := why_not_writable(args.load_dir or ".")):
+        raise JaxllmError(f"cannot use --load-dir {args.load_dir}: {why}: give a folder you can write, or leave --load-dir out")
+    runtime.set_gpu_flags(f"tp={max(degrees)}" if degrees else args.mesh)  # read when the backend starts
+    if degrees:  # tp_compare runs in this process
+        if max(degrees) > jax.device_count():
+            raise JaxllmError(f"--tp {max(degrees)} needs {max(degrees)} devices but {jax.device_count()} are available: "
+                              f"give degrees up to {jax.device_count()}")
+    elif args.mesh is not None:
+        parse_spec(args.mesh, _fresh_device_count())
+    return degrees
 
 
 def _main(args) -> int:
     shapes = args.shape or ["qwen3-0.6b"]
-    for s in shapes:
-        if s not in SHAPES:
-            raise JaxllmError(f"unknown shape '{s}': use one of {', '.join(SHAPES)}")
+    degrees = check_args(args, shapes)
     if args.load or args.load_folder:  # before anything starts JAX here: each step has the devices to itself
         return load_main(args, shapes)
     sizes = _sizes(args.quick)
-    if args.tp:
-        rows = tp_compare(shapes[0], [int(d) for d in args.tp.split(",")], sizes, args.dtype)
+    if degrees:
+        rows = tp_compare(shapes[0], degrees, sizes, args.dtype)
         if args.out:
-            with open(args.out, "w") as f:
-                json.dump({"device": str(jax.devices()[0].device_kind), "shape": shapes[0], "rows": rows}, f, indent=1)
+            write_json(args.out, {"device": str(jax.devices()[0].device_kind), "shape": shapes[0], "rows": rows})
         for r in rows:
             print(f"tp={r['tp']}: {r['b1_tokens_per_s']:.1f} tokens/s at batch 1, greedy tokens same as tp={rows[0]['tp']}: {r['same_greedy_as_first']}")
         return 0 if all(r["same_greedy_as_first"] for r in rows) else 1
-    skip = set(args.skip.split(","))
+    skip = skip_names(args.skip, SECTIONS, "a section")
     # Subprocesses and the peer run first: once this process starts JAX on a GPU, JAX reserves
     # most of the device memory for itself.
     starts = {}
@@ -358,8 +393,7 @@ def _main(args) -> int:
     report = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
               "bandwidth_bytes_per_s": bandwidth, "sizes": sizes, "results": results}
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
+        write_json(args.out, report)
     print(table(results, bandwidth))
     return 0
 

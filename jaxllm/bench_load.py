@@ -7,12 +7,14 @@ each step in a fresh process: `jaxllm.load` of the safetensors, `python -m jaxll
 (when torch and transformers are installed), with the peak host RSS above the process's baseline;
 warm page cache (best of --repeat) and, where the page cache can be dropped (root), cold.
 
-Also the two helpers the speed benchmark shares with it, imported by jaxllm.bench from here (this
-module never imports jaxllm.bench): `section` and `hf_peer`.
+Also the helpers the speed benchmark shares with it, imported by jaxllm.bench from here (this
+module never imports jaxllm.bench): `section`, `hf_peer`, `fresh_python` (a step in a fresh process,
+its failure one line), `check_out` and `write_json` (--out checked before the run, written atomically).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -56,8 +58,85 @@ def hf_peer():
     return module
 
 
+def fresh_python(args: list[str], what: str, timeout: float) -> str:
+    """The stdout of `python ARGS` run in a fresh process, or a one-line JaxllmError naming `what`
+    failed and the child's last line on stderr (its exception), not the child's whole traceback."""
+    try:
+        out = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise JaxllmError(f"{what} did not finish in {timeout:g} s in its process and was stopped: "
+                          "use smaller shapes or --skip that section") from None
+    if out.returncode:
+        last = (out.stderr.strip().splitlines() or ["(no output)"])[-1].strip()
+        code = f"signal {-out.returncode}" if out.returncode < 0 else f"exit {out.returncode}"
+        raise JaxllmError(f"{what} failed in its process ({code}): {last[:300]}")
+    return out.stdout
+
+
+def why_not_writable(folder: str) -> str | None:
+    """None when a new file can be made in `folder`, else why not (tried: permission bits lie for
+    root and on read-only or virtual file systems such as /sys)."""
+    if not os.path.isdir(folder):
+        return f"folder {folder} does not exist" if not os.path.exists(folder) else f"{folder} is not a folder"
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".jaxllm-probe-")
+    except OSError as err:
+        return f"cannot create a file in {folder} ({err.strerror or err})"
+    os.close(fd)
+    os.remove(probe)
+    return None
+
+
+def check_out(path: str, flag: str = "--out") -> None:
+    """A JaxllmError unless `path` can take the results file: not a folder, in a folder that exists
+    and takes new files (where write_json writes its temporary file). Checked before the run."""
+    if not path:
+        raise JaxllmError(f"{flag} is empty: give a file path, e.g. {flag} bench.json")
+    if os.path.isdir(path) or path.endswith(("/", os.sep)):
+        raise JaxllmError(f"cannot write {flag} {path}: it is a folder: give a file path")
+    target = os.path.realpath(path)
+    if os.path.exists(target) and not os.path.isfile(target):  # /dev/null, a pipe: written in place
+        if not os.access(target, os.W_OK):
+            raise JaxllmError(f"cannot write {flag} {path}: no permission: give a path you can write")
+        return
+    why = why_not_writable(os.path.dirname(target))
+    if why:
+        raise JaxllmError(f"cannot write {flag} {path}: {why}: give a path in a folder you can write")
+
+
+def write_json(path: str, value, flag: str = "--out") -> None:
+    """`value` as JSON at `path`, atomically: a temporary file in the same folder, then os.replace,
+    so a failure (or Ctrl-C) never leaves a half-written file. A path that is not a regular file
+    (/dev/null, a pipe) is written in place; a symbolic link keeps pointing at the new file."""
+    target = os.path.realpath(path)
+    try:
+        if os.path.exists(target) and not os.path.isfile(target):
+            with open(target, "w") as f:
+                json.dump(value, f, indent=1)
+            return
+        if os.path.exists(target):
+            mode = os.stat(target).st_mode & 0o7777
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(value, f, indent=1)
+            os.chmod(tmp, mode)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as err:
+        raise JaxllmError(f"cannot write {flag} {path}: {err.strerror or err}: give a path in a folder you can write") from None
+
+
 _MODEL_TYPES = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3"}
 LOAD_STEPS = ("safetensors", "sharded", "convert", "orbax", "transformers")  # sharded: with --mesh
+LOAD_SKIPS = (*LOAD_STEPS, "cold")  # what --load's --skip takes
 
 
 def write_checkpoint(folder, shape: str, dtype: str = "bfloat16", shard_bytes: int = 5 << 30) -> int:
@@ -154,12 +233,8 @@ def _fresh(step: str, path, dtype: str, *rest, cold: bool = False, timeout: floa
     if cold:
         drop_page_cache()
     start = time.perf_counter()
-    cmd = [sys.executable, "-c", "from jaxllm.bench_load import load_worker; load_worker()", step, str(path), dtype, *map(str, rest)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if out.returncode:
-        last = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise JaxllmError(f"the {step} step failed in its process: {last[:300]}")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    cmd = ["-c", "from jaxllm.bench_load import load_worker; load_worker()", step, str(path), dtype, *map(str, rest)]
+    result = json.loads(fresh_python(cmd, f"the {step} step", timeout).strip().splitlines()[-1])
     result["process_seconds"] = time.perf_counter() - start
     return result
 
@@ -171,9 +246,9 @@ def load_section(shape: str | None, dtype: str, folder=None, repeat: int = 2, sk
     try:
         if folder is None:
             folder = tmp / "hf"
-            section(f"write {shape} checkpoint", lambda: subprocess.run(
-                [sys.executable, "-c", f"from jaxllm.bench_load import write_checkpoint; write_checkpoint({str(folder)!r}, {shape!r}, {dtype!r})"],
-                check=True, capture_output=True, timeout=3600))
+            section(f"write {shape} checkpoint", lambda: fresh_python(
+                ["-c", f"from jaxllm.bench_load import write_checkpoint; write_checkpoint({str(folder)!r}, {shape!r}, {dtype!r})"],
+                f"writing the {shape} checkpoint", 3600))
         folder = Path(folder)
         files = sorted(folder.glob("*.safetensors"))
         report = {"section": "load", "shape": shape, "folder": str(folder) if shape is None else None, "dtype": dtype,
@@ -243,13 +318,22 @@ def load_table(report: dict) -> str:
     return "\n".join(rows)
 
 
-def load_main(args, shapes) -> int:
-    skip = set(filter(None, args.skip.split(",")))
-    unknown = skip - set(LOAD_STEPS) - {"cold"}
+def skip_names(text: str, valid: tuple[str, ...], what: str, other: str = "") -> set[str]:
+    """The names of a --skip list ("a,b"), or a JaxllmError naming the unknown ones and listing
+    `valid` (`other`: what the other mode takes, for a name that belongs there)."""
+    names = {n.strip() for n in text.split(",")} - {""}
+    unknown = sorted(names - set(valid))
     if unknown:
-        raise JaxllmError(f"--skip {','.join(sorted(unknown))}: the load section's steps are {', '.join(LOAD_STEPS)} (and cold)")
+        raise JaxllmError(f"--skip {','.join(unknown)}: not {what}: give some of {', '.join(valid)}{other}")
+    return names
+
+
+def load_main(args, shapes) -> int:
+    skip = skip_names(args.skip, LOAD_SKIPS, "a --load step")
     if args.repeat < 1:
-        raise JaxllmError("--repeat must be at least 1")
+        raise JaxllmError(f"--repeat {args.repeat}: give a whole number >= 1 (warm runs of each load step)")
+    if args.out:
+        check_out(args.out)
     targets = [(None, args.load_folder)] if args.load_folder else [(s, None) for s in shapes]
     reports = []
     for shape, folder in targets:
@@ -260,6 +344,5 @@ def load_main(args, shapes) -> int:
         reports.append(report)
         print(load_table(report), flush=True)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(reports[0] if len(reports) == 1 else reports, f, indent=1)
+        write_json(args.out, reports[0] if len(reports) == 1 else reports)
     return 0
