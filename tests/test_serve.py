@@ -16,8 +16,10 @@ import pytest
 import uvicorn
 
 import jaxllm
+from jaxllm import serve
 from jaxllm.api import build_app
-from jaxllm.serve import parse_args
+from jaxllm.errors import JaxllmError
+from jaxllm.serve import check_listen, parse_args
 
 NAME = "smollm2-test"
 NEW = 12  # tokens per answer: small, the whole file runs in a few minutes on a 2-core CPU
@@ -72,6 +74,44 @@ def test_models_health_and_cli_defaults(server):
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
     args = parse_args(["--max-queue", "4"])
     assert (args.host, args.port, args.max_queue, args.batch_size) == ("127.0.0.1", 8000, 4, 32)
+    args = parse_args(["--port", "65535", "--log-level", "DEBUG"])
+    assert (args.port, args.log_level) == (65535, "debug")
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--port", "70000"], "--port"),  # uvicorn would listen on 70000 - 65536 = 4464
+    (["--port", "-1"], "--port"),
+    (["--port", "0"], "--port"),
+    (["--port", "80.5"], "--port"),
+    (["--log-level", "chatty"], "--log-level"),  # uvicorn's KeyError
+])
+def test_cli_refuses_bad_port_and_log_level_in_one_line(capsys, argv, flag):
+    with pytest.raises(SystemExit) as exit:
+        parse_args(argv)
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: argument {flag}: ") and "--help" in err
+
+
+def test_cli_refuses_an_address_it_cannot_listen_on_before_loading(monkeypatch, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(JaxllmError, match=f"^cannot listen on 127.0.0.1:{port}: .*: choose another --port/--host$"):
+            check_listen("127.0.0.1", port)
+        with pytest.raises(JaxllmError, match="^cannot listen on 999.1.1.1:8000: .*: choose another --port/--host$"):
+            check_listen("999.1.1.1", 8000)
+
+        def load_model(args):
+            raise AssertionError("the model was loaded before the address was checked")
+
+        monkeypatch.setattr(serve.progress, "load_model", load_model)
+        monkeypatch.setattr(serve.runtime, "set_gpu_flags", lambda mesh: None)  # main's process-wide settings
+        assert serve.main(["--port", str(port), "--compile-cache", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
+    check_listen("127.0.0.1", port)  # free again: binds, and lets go
 
 
 def test_greedy_answers_equal_generate(server):
@@ -177,6 +217,18 @@ def test_full_server_answers_503_with_retry_after(server):
     (dict(max_tokens=600), None),  # the prompt + max_tokens exceed the engine's 512 positions
     (dict(messages=[]), "messages"),
     (dict(n=100), "n"),  # more sequences than the server holds (batch 8 + queue 32)
+    (dict(n=2**31 - 1), "n"),  # refused before n SamplingParams are built
+    (dict(temperature=1e300), "temperature"),  # beyond float32: inf on the device
+    (dict(messages=[{"role": "wizard", "content": "Hi"}]), "messages[0].role"),
+    (dict(messages=[{"role": "user", "content": "Hi"}, {"role": "function", "content": "x"}]), "messages[1].role"),
+    (dict(extra_body={"stream_options": {"include_usage": "maybe"}}), "stream_options.include_usage"),
+    (dict(logit_bias={"5": 10}), "logit_bias"),
+    (dict(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
+    (dict(tool_choice="required"), "tool_choice"),
+    (dict(functions=[{"name": "f"}]), "functions"),
+    (dict(function_call={"name": "f"}), "function_call"),
+    (dict(response_format={"type": "json_object"}), "response_format"),
+    (dict(presence_penalty=0.5), "presence_penalty"),
 ])
 def test_bad_fields_answer_400_with_openai_error_json(server, fields, param):
     fields = {"model": NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, **fields}
@@ -189,10 +241,59 @@ def test_bad_fields_answer_400_with_openai_error_json(server, fields, param):
 
 def test_malformed_json_and_bad_completions_answer_400(server):
     bodies = {b'{"prompt": "Hi", "max_tokens": 4': None, b"[1, 2]": None, b"": None, b'{"max_tokens": 4}': "prompt",
-              b'{"prompt": "Hi", "logprobs": 3}': "logprobs", b'{"prompt": [5, 99999999]}': None, b'{"prompt": []}': None}
+              b'{"prompt": "Hi", "logprobs": 3}': "logprobs", b'{"prompt": [5, 99999999]}': None, b'{"prompt": []}': None,
+              b'{"prompt": [1, 2.5]}': "prompt", b'{"prompt": "Hi", "best_of": 3}': "best_of", b'{"prompt": "Hi", "echo": true}': "echo",
+              b'{"prompt": "Hi", "suffix": "x"}': "suffix", b'{"prompt": "Hi", "logit_bias": {"5": 1}}': "logit_bias",
+              b'{"prompt": "Hi", "n": 2, "best_of": 1}': "best_of", b'{"prompt": "Hi", "temperature": 1e400}': "temperature"}
     for body, param in bodies.items():
         r = httpx.post(server.url + "/v1/completions", content=body, headers={"Content-Type": "application/json"})
         assert r.status_code == 400, body
         error = r.json()["error"]
         assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
         assert error["param"] == param and error["message"], body
+
+
+def test_bad_input_messages_name_the_fix(server):
+    def message(path, body):
+        r = httpx.post(server.url + path, json=body, timeout=60)
+        assert r.status_code == 400, body
+        return r.json()["error"]["message"]
+
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    assert "'wizard'" in message("/v1/chat/completions", {**chat, "messages": [{"role": "wizard", "content": "Hi"}]})
+    assert "system, user, assistant, tool" in message("/v1/chat/completions", {**chat, "messages": [{"role": "wizard"}]})
+    assert message("/v1/completions", {"prompt": [1, 2.5]}).startswith(
+        "invalid value for 'prompt': token ids must be whole numbers, got 2.5")
+    assert "token ids must be whole numbers, got true" in message("/v1/completions", {"prompt": [[1], [2, True]]})
+    assert message("/v1/completions", {"prompt": "Hi", "n": 100000}).endswith("use n <= 40")
+    assert message("/v1/completions", {"prompt": ["a", "b", "c"], "n": 20}).endswith("use n <= 13")
+    assert "not supported" in message("/v1/chat/completions", {**chat, "tools": [{"type": "function"}]})
+
+
+def test_neutral_values_of_unsupported_fields_and_the_developer_role_are_accepted(server):
+    neutral = dict(logit_bias={}, tools=[], tool_choice="none", response_format={"type": "text"},
+                   extra_body={"functions": [], "function_call": "none", "presence_penalty": 0})
+    used = {}
+    for role in ("system", "developer"):  # developer is read as system
+        out = server.client.chat.completions.create(model=NAME, max_tokens=1, temperature=0, **neutral, messages=[
+            {"role": role, "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+        used[role] = out.usage.prompt_tokens
+    assert used["developer"] == used["system"]
+    out = server.client.completions.create(model=NAME, prompt="Hi", max_tokens=1, temperature=0, n=2, best_of=2,
+                                           logit_bias=None, echo=False)
+    assert len(out.choices) == 2
+    wait_idle(server)
+
+
+def test_unknown_paths_and_wrong_methods_answer_openai_error_json(server):
+    for method, path, status in [("GET", "/v1/nope", 404), ("POST", "/v1/embeddings", 404),
+                                 ("GET", "/v1/completions", 405), ("POST", "/v1/models", 405)]:
+        r = httpx.request(method, server.url + path)
+        assert r.status_code == status, (method, path)
+        error = r.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+        assert error["message"].startswith(f"{method} {path}: ")
+    assert "POST /v1/chat/completions" in httpx.get(server.url + "/v1/nope").json()["error"]["message"]
+    assert httpx.get(server.url + "/v1/completions").headers["Allow"] == "POST"
+    with pytest.raises(openai.NotFoundError):
+        server.client.embeddings.create(model=NAME, input="Hi")

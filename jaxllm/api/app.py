@@ -11,7 +11,8 @@ go through a TextStream (incremental detokenization, stop strings) as events
 arrive, and a choice that meets a stop string is cancelled in the engine. `stream: true` answers
 as server-sent events ending with `data: [DONE]`. A client that disconnects cancels its
 sequences. A full server (more than the batch plus --max-queue sequences) answers 503 with
-Retry-After; a bad request 400 with OpenAI's error JSON.
+Retry-After; a bad request 400, an unknown path 404 and a wrong method 405, each with OpenAI's
+error JSON.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -72,12 +74,14 @@ class Server:
     async def completions(self, request: HTTPRequest) -> Response:
         body = self._parse(CompletionRequest, await request.body())
         prompts = body.prompts(self.tokenizer)
+        self._check_room(len(prompts), body.n)
         params = body.sampling(self.model.generation_config, 16, logprobs=body.logprobs is not None)  # OpenAI's default 16
         fmt = CompletionFormat(self.name, self.token_text, logprobs=body.logprobs is not None, token_ids=body.return_token_ids)
         return await self._answer(request, body, fmt, prompts, params)
 
     async def chat(self, request: HTTPRequest) -> Response:
         body = self._parse(ChatRequest, await request.body())
+        self._check_room(1, body.n)
         prompt = body.prompt(self.tokenizer)
         params = body.sampling(self.model.generation_config, max(1, self.engine.max_len - len(prompt)), logprobs=body.logprobs)
         fmt = ChatFormat(self.name, self.token_text, logprobs=body.logprobs, token_ids=body.return_token_ids)
@@ -91,6 +95,15 @@ class Server:
         body.check()
         return body
 
+    def _check_room(self, prompts: int, n: int) -> None:
+        """Refuse more sequences (prompts x n) than the server can ever hold, before n sampling
+        parameters are built (n=2**31 would take the memory)."""
+        room = self.loop.capacity
+        if prompts * n > room:
+            asked = f"n={n}" if prompts == 1 else f"{prompts} prompts x n={n} = {prompts * n} sequences"
+            fix = f"use n <= {room // prompts}" if room >= prompts else f"send at most {room} prompts per request"
+            raise APIError(400, f"{asked}: more sequences than the {room} this server holds: {fix}", "n" if room >= prompts else "prompt")
+
     async def _answer(self, request: HTTPRequest, body, fmt: Format, prompts: list, params: list[SamplingParams]) -> Response:
         """Submit every (prompt, choice) pair; stream the answer or collect it."""
         requests = [Request(prompt, p) for prompt in prompts for p in params]
@@ -99,8 +112,6 @@ class Server:
                 self.engine.check(req)  # reads only the engine's fixed sizes: safe off its thread
         except JaxllmError as err:
             raise bad_request(err) from None
-        if len(requests) > self.loop.capacity:
-            raise APIError(400, f"{len(requests)} sequences (prompts x n) exceed the {self.loop.capacity} this server holds", "n")
         try:
             sub = self.loop.submit(requests)
         except QueueFull as err:
@@ -158,6 +169,21 @@ def _error_of(err: Exception) -> APIError:
     return APIError(500, str(err), kind="server_error")
 
 
+def _routing_error(request: HTTPRequest, err: HTTPException, routes: list[Route]) -> APIError:
+    """Starlette's own errors (an unknown path: 404, a wrong method: 405) in OpenAI's error JSON,
+    as clients parse every error body, naming the endpoints (or the methods) that exist."""
+    asked = f"{request.method} {request.url.path}"
+    if err.status_code == 404:
+        served = ", ".join(f"{m} {r.path}" for r in routes for m in sorted(r.methods - {"HEAD"}))
+        message = f"{asked}: no such endpoint here: use one of {served}"
+    elif err.status_code == 405:
+        allowed = (err.headers or {}).get("Allow", "")
+        message = f"{asked}: the method is not allowed on {request.url.path}: use {allowed}"
+    else:
+        message = f"{asked}: {err.detail}"
+    return APIError(err.status_code, message, headers=err.headers)
+
+
 async def _unless_disconnected(request: HTTPRequest, work) -> bool:
     """Run `work` to its end (True), or cancel it when the client disconnects first (False)."""
     task = asyncio.ensure_future(work)
@@ -206,7 +232,12 @@ def build_app(model, engine: Engine, *, name: str, max_queue: int = 256) -> Star
         Route("/v1/completions", server.completions, methods=["POST"]),
         Route("/v1/chat/completions", server.chat, methods=["POST"]),
     ]
-    handlers = {APIError: on_api_error, JaxllmError: on_library_error, EngineFailed: on_library_error}
+
+    async def on_http_error(request, err: HTTPException):
+        return _routing_error(request, err, routes).response()
+
+    handlers = {APIError: on_api_error, JaxllmError: on_library_error, EngineFailed: on_library_error,
+                HTTPException: on_http_error}
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     app.state.engine_loop = loop
     return app

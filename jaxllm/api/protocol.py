@@ -8,9 +8,11 @@ this module checks only types and the fields that exist in the API alone (n, log
 from __future__ import annotations
 
 import dataclasses
+import json
 import secrets
 import time
 import uuid
+from typing import Any
 
 import jinja2
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -52,16 +54,48 @@ def bad_request(err: JaxllmError) -> APIError:
 
 
 def parse(model: type[BaseModel], raw: bytes) -> BaseModel:
-    """The request body as `model`, or a 400 naming the first bad field."""
+    """The request body as `model`, or a 400 naming the first bad field by its path
+    ('stream_options.include_usage', 'messages[0].role')."""
     try:
         return model.model_validate_json(raw)
     except ValidationError as err:
-        first = err.errors()[0]
+        errors = err.errors()
+        first = errors[0]
         if first["type"] == "json_invalid":
             raise APIError(400, f"malformed JSON body: {first['msg']}") from None
-        param = str(first["loc"][0]) if first["loc"] else None
+        param = _param(first["loc"])
+        if first["type"] == "missing":
+            raise APIError(400, f"the body lacks '{param}', which this endpoint needs: add it", param) from None
+        if param == "prompt":
+            raise APIError(400, _prompt_error(errors), param) from None
         where = f"'{param}': " if param else "the body: "
         raise APIError(400, f"invalid value for {where}{first['msg']}", param) from None
+
+
+def _param(loc: tuple) -> str | None:
+    """A pydantic error location as the API's path to the field: list indices in brackets,
+    nested fields after dots, and the tags pydantic adds for each member of a union ('str',
+    'list[int]': not field names) left out, so that a bad `stop` is 'stop', not 'stop.str'."""
+    path = ""
+    for item in loc:
+        if isinstance(item, int):
+            path += f"[{item}]"
+        elif item in _FIELD_NAMES:
+            path += f".{item}" if path else item
+        else:
+            break
+    return path or None
+
+
+def _prompt_error(errors: list[dict]) -> str:
+    """One message for a bad `prompt`, a union of four shapes whose first error ('should be a
+    valid string') says nothing of token ids: a value that is not a whole number where ids were
+    given (2.5, true, "a" among ids) is named."""
+    shapes = "give text, a list of texts, or token ids as whole numbers (a list of them, or a list of such lists)"
+    for e in errors:
+        if e["type"].startswith("int_") and not isinstance(e["input"], (list, dict)):
+            return f"invalid value for 'prompt': token ids must be whole numbers, got {json.dumps(e['input'])}: {shapes}"
+    return f"invalid value for 'prompt': {shapes}"
 
 
 # -- requests ----------------------------------------------------------------------------------
@@ -93,16 +127,17 @@ class _Common(_Strict):
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
     return_token_ids: bool = False  # each choice (and stream chunk) carries its new tokens' ids
-    presence_penalty: float = 0.0
+    presence_penalty: float = 0.0  # these and the Any fields: _UNSUPPORTED
     frequency_penalty: float = 0.0
+    logit_bias: Any = None
 
     def check(self) -> None:
         """Refuse (400) what exists in the API alone and is out of range or not served here."""
         if self.n < 1:
             raise APIError(400, f"n={self.n} is invalid: use a whole number >= 1", "n")
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name):
-                raise APIError(400, f"{name} is not supported: use repetition_penalty (an extension) instead", name)
+        for name, (neutral, fix) in _UNSUPPORTED.items():
+            if name in type(self).model_fields and not neutral(getattr(self, name), self):
+                raise APIError(400, f"{name} is not supported by this server: {fix}", name)
 
     def sampling(self, generation_config: dict, max_tokens: int | None, logprobs: bool) -> list[SamplingParams]:
         """Resolved SamplingParams of each of the n choices (seeds seed, seed + 1, ...; random
@@ -125,11 +160,10 @@ class CompletionRequest(_Common):
     logprobs: int | None = None
     echo: bool = False
     suffix: str | None = None
+    best_of: Any = None
 
     def check(self) -> None:
         super().check()
-        if self.echo or self.suffix:
-            raise APIError(400, "echo and suffix are not supported", "echo" if self.echo else "suffix")
         _check_top_logprobs(self.logprobs, "logprobs")
 
     def prompts(self, tokenizer) -> list[list[int]]:
@@ -159,10 +193,18 @@ class Message(_Strict):
 
 
 class ChatRequest(_Common):
+    """A chat completion. Roles are those chat templates render (ROLES); OpenAI's 'developer'
+    (the system message's newer name) is read as 'system', which templates know."""
+
     messages: list[Message]
     logprobs: bool = False
     top_logprobs: int | None = None
     max_completion_tokens: int | None = None  # the newer name of max_tokens
+    tools: Any = None  # these: _UNSUPPORTED
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    response_format: Any = None
 
     def model_post_init(self, _context) -> None:
         if self.max_tokens is None:
@@ -171,6 +213,10 @@ class ChatRequest(_Common):
     def check(self) -> None:
         super().check()
         _check_top_logprobs(self.top_logprobs, "top_logprobs")
+        for i, message in enumerate(self.messages):
+            if message.role not in ROLES and message.role not in ROLE_ALIASES:
+                raise APIError(400, f"messages[{i}].role '{message.role}' is not a role this server takes: use "
+                               f"{', '.join(ROLES)} (or developer, read as system)", f"messages[{i}].role")
 
     def prompt(self, tokenizer) -> list[int]:
         """The messages through the tokenizer's chat template, ready for the assistant's turn."""
@@ -178,11 +224,38 @@ class ChatRequest(_Common):
             raise APIError(400, "this model's tokenizer has no chat template: use /v1/completions", "messages")
         if not self.messages:
             raise APIError(400, "messages is empty: give at least one message", "messages")
-        messages = [{"role": m.role, "content": m.text()} for m in self.messages]
+        messages = [{"role": ROLE_ALIASES.get(m.role, m.role), "content": m.text()} for m in self.messages]
         try:
             return encode_messages(tokenizer, messages)
         except jinja2.TemplateError as err:
             raise APIError(400, f"the chat template refused the messages: {err}", "messages") from None
+
+
+ROLES = ("system", "user", "assistant", "tool")  # those chat templates render (a tool's answer: "tool")
+ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name of the system message; templates know only "system"
+
+
+# OpenAI's fields that this server does not implement: name -> (does this value change nothing
+# (value, request), what to do instead). Each is refused (400) rather than silently ignored,
+# except at the value that changes nothing, which clients may send as their default (the openai
+# client itself sends only what its caller passes): logit_bias {}, best_of = n, tools [], ...
+_UNSUPPORTED = {
+    "presence_penalty": (lambda v, body: v == 0, "use repetition_penalty (an extension) instead"),
+    "frequency_penalty": (lambda v, body: v == 0, "use repetition_penalty (an extension) instead"),
+    "logit_bias": (lambda v, body: v in (None, {}), "leave it out (or send {})"),
+    "echo": (lambda v, body: not v, "leave it out (or send false); the answer holds the new text only"),
+    "suffix": (lambda v, body: not v, "leave it out; this server does not fill in the middle"),
+    "best_of": (lambda v, body: v is None or (type(v) is int and v == body.n),
+                "leave it out (or send n's value): choices are not ranked here; use n for more choices"),
+    "tools": (lambda v, body: v in (None, []), "it calls no tools: leave tools out (or send [])"),
+    "tool_choice": (lambda v, body: v in (None, "none", "auto"), "it calls no tools: leave tool_choice out (or send 'none')"),
+    "functions": (lambda v, body: v in (None, []), "it calls no functions: leave functions out (or send [])"),
+    "function_call": (lambda v, body: v in (None, "none", "auto"),
+                      "it calls no functions: leave function_call out (or send 'none')"),
+    "response_format": (lambda v, body: v in (None, {"type": "text"}),
+                        'answers are free text: leave it out (or send {"type": "text"})'),
+}
+_FIELD_NAMES = {name for m in (CompletionRequest, ChatRequest, Message, ContentPart, StreamOptions) for name in m.model_fields}
 
 
 def _check_top_logprobs(top: int | None, name: str) -> None:
