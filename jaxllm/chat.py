@@ -23,7 +23,7 @@ import sys
 
 from jaxllm import progress
 from jaxllm.engine import Engine
-from jaxllm.errors import ArgumentParser, GenerationError, JaxllmError, run_cli
+from jaxllm.errors import ArgumentParser, GenerationError, InputError, JaxllmError, run_cli
 from jaxllm.generation import encode_messages, has_chat_template
 
 CONTEXT = 8192  # tokens a conversation may reach (fewer if the model has fewer positions): the engine's max_len
@@ -73,7 +73,7 @@ class Chat:
     def __init__(self, model, params, system: str | None = None, context: int = CONTEXT):
         self.model, self.params, self.system = model, params, system
         self.history: list[dict] = []
-        max_len = min(context, model.config.max_position_embeddings)
+        max_len = min(context, model.config.context_length)
         self.engine = Engine(model, batch_size=1, max_len=max_len, num_pages=-(-max_len // 16), page_size=16)  # one conversation's pages
         self._stopping = False
 
@@ -106,7 +106,11 @@ class Chat:
         """Stream the answer to `user` after the conversation so far, then the stats line; the turn
         joins the history (as much of the answer as was shown, if Ctrl-C stopped it)."""
         turn = messages(self.system, self.history, user)
-        ids = encode_messages(self.model.tokenizer, turn)
+        try:
+            ids = encode_messages(self.model.tokenizer, turn)
+        except InputError as err:  # the template refused this conversation: the session goes on
+            _note(f"error: {err} (/reset starts a new conversation)")
+            return
         stats, shown = progress.Stats(), []
 
         def on_text(index, text):
@@ -150,14 +154,30 @@ class Chat:
 
 
 def _read_line(stdin) -> str | None:
-    """The next input line; None at the end of the input, or on Ctrl-C at a terminal's prompt."""
+    """The next input line; None at the end of the input, or on Ctrl-C at a terminal's prompt. A
+    line that is not UTF-8 text is named and skipped (an empty line), not fed to the tokenizer."""
     if not stdin.isatty():
-        return stdin.readline() or None
+        raw = stdin.buffer.readline() if hasattr(stdin, "buffer") else stdin.readline()
+        if not raw:
+            return None
+        return _text(raw) if isinstance(raw, bytes) else _text(raw.encode("utf-8", "surrogateescape"))
     try:
-        return input("> ")
+        return _text(input("> ").encode("utf-8", "surrogateescape"))
+    except UnicodeDecodeError as err:  # a terminal whose encoding is not the bytes typed
+        return _text(err.object)
     except (EOFError, KeyboardInterrupt):
         print()
         return None
+
+
+def _text(raw: bytes) -> str:
+    """`raw` as text, or "" after a one-line note when it is not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        _note(f"error: that line is not UTF-8 text (byte {err.start + 1}: 0x{raw[err.start]:02x}): it was skipped; "
+              "type or send UTF-8")
+        return ""
 
 
 def _note(text: str) -> None:

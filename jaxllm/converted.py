@@ -139,20 +139,31 @@ class _QuietOrbax(logging.Filter):
 
 
 def _ignore_closed_loops() -> None:
-    """When a save fails or is interrupted, tensorstore still completes the writes it had under way
-    and reports each to an event loop orbax has closed: "RuntimeError: Event loop is closed", a
-    traceback apiece through sys.unraisablehook. Those alone are dropped (installed once, for the
-    process: they can come while a failed save is waited for, or later)."""
+    """When a save or a restore fails or is interrupted, tensorstore still completes the reads and
+    writes it had under way and reports each to an event loop orbax has closed ("RuntimeError: Event
+    loop is closed"), orbax's coroutines are left unawaited ("Exception ignored in: <coroutine ...>"),
+    and asyncio logs its tasks' errors ("Task exception was never retrieved"): a traceback apiece,
+    after the one-line error has said it all. Those alone are dropped (installed once, for the
+    process: they can come while a failed save is waited for, or later, when the tasks are freed)."""
     previous = sys.unraisablehook
     if getattr(previous, "jaxllm_closed_loops", False):
         return
 
     def hook(unraisable):
-        if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+        closed = isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
+        code = getattr(unraisable.object, "cr_code", None)
+        if not (closed or (code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename)):
             previous(unraisable)
 
     hook.jaxllm_closed_loops = True
     sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_OrbaxTasks())
+
+
+class _OrbaxTasks(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("never retrieved" in message and f"{os.sep}orbax{os.sep}" in message)
 
 
 _pool_worker = getattr(concurrent.futures.thread, "_worker", None)
@@ -220,6 +231,7 @@ def problems(folder: Path, abstract) -> list[str]:
 
 
 def _unreadable(folder: Path, err: BaseException) -> CheckpointError:
+    _ignore_closed_loops()  # the failed restore's other reads still report, each with a traceback
     first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
     return CheckpointError(f"could not read the parameters in {folder / PARAMS} ({type(err).__name__}: {first}); convert again")
 

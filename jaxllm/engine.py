@@ -41,6 +41,17 @@ from jaxllm.serving.sequence import Sequence, Status
 log = logging.getLogger("jaxllm")
 
 
+def context_error(prompt_tokens: int, max_new: int, cfg) -> str:
+    """The one-line refusal of a request beyond the model's positions (cfg.context_length): learned
+    position tables end there, and rotary models were trained up to it (transformers would compute
+    on, vLLM refuses, as this does)."""
+    limit = cfg.context_length
+    fix = (f"lower max_new_tokens to at most {limit - prompt_tokens:,}" if prompt_tokens < limit
+           else f"shorten the prompt below {limit:,} tokens")
+    what = "positions this model has learned" if cfg.position_embedding == "learned" else "positions of this model's context"
+    return f"prompt of {prompt_tokens:,} tokens + max_new_tokens={max_new:,} exceeds the {limit:,} {what}: {fix}"
+
+
 @dataclass
 class Request:
     prompt: list[int]
@@ -97,7 +108,7 @@ class Engine:
                  prefix_caching: bool = True, attention: str | None = None, kv_dtype: str | None = None):
         cfg = model.config
         self.kv_dtype = check_kv_dtype(getattr(model, "kv_dtype", None) if kv_dtype is None else kv_dtype)
-        max_len = cfg.max_position_embeddings if max_len is None else max_len
+        max_len = cfg.context_length if max_len is None else max_len
         sizes = dict(batch_size=(batch_size, 1), max_len=(max_len, 2), page_size=(page_size, 1),
                      prefill_tokens=(prefill_tokens, 1), chunk=(chunk, 1), num_pages=(num_pages, 1))
         for name, (value, least) in sizes.items():
@@ -205,10 +216,8 @@ class Engine:
             raise GenerationError(
                 f"prompt of {n} tokens + max_new_tokens={req.params.max_new_tokens} exceeds the engine's max_len "
                 f"{self.max_len}: lower max_new_tokens, shorten the prompt, or raise max_len")
-        if self.cfg.position_embedding == "learned" and total > self.cfg.max_position_embeddings:
-            raise GenerationError(
-                f"prompt of {n} tokens + max_new_tokens={req.params.max_new_tokens} exceeds the "
-                f"{self.cfg.max_position_embeddings} positions this model has learned: shorten one of them")
+        if total > self.cfg.context_length:
+            raise GenerationError(context_error(n, req.params.max_new_tokens, self.cfg))
         if self.blocks.pages_for(total) > self.blocks.shard_pages:
             where = "the pool has" if self.dp == 1 else f"each of the pool's {self.dp} data-parallel shards has"
             raise GenerationError(

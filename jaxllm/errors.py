@@ -99,6 +99,13 @@ def check_token_ids(value, vocab_size: int, what: str = "token_ids", dims: tuple
     except (ValueError, TypeError):
         array = None
     if array is None or array.dtype == object:
+        huge = _huge_int(value)
+        if huge is not None:  # a Python int beyond int64, which numpy keeps as an object
+            raise InputError(f"{what} must lie in [0, {vocab_size}), the vocabulary of this model; it holds {huge} "
+                             "(check the tokenizer)")
+        if isinstance(value, dict) or (isinstance(value, (list, tuple)) and any(isinstance(v, dict) for v in value)):
+            raise InputError(f"{what} holds a dict (a chat message?): prompts are text or token ids; pass the "
+                             "message's text (and system=...), or ids from jaxllm.generation.encode_messages")
         got = ("rows of different lengths or values that are not whole numbers" if isinstance(value, (list, tuple, np.ndarray))
                else f"{type(value).__name__}")
         raise InputError(f"{what} must be whole-number token ids in a list, or a list of equally long lists; got {got}")
@@ -121,6 +128,15 @@ def check_token_ids(value, vocab_size: int, what: str = "token_ids", dims: tuple
         raise InputError(f"{what} must lie in [0, {vocab_size}), the vocabulary of this model; it holds "
                          f"{_first(array, bad)} (check the tokenizer)")
     return array.astype(np.int32)
+
+
+def _huge_int(value, depth: int = 0):
+    """The first int beyond int64 in a (nested) list or tuple of ids, or None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if not -2**63 <= value < 2**63 else None
+    if isinstance(value, (list, tuple)) and depth < 2:
+        return next((h for v in value if (h := _huge_int(v, depth + 1)) is not None), None)
+    return None
 
 
 def utf8_lines(data: bytes, where: str) -> list[str]:

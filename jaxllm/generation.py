@@ -12,8 +12,8 @@ from typing import Callable, Sequence
 
 import jax
 
-from jaxllm.engine import Engine, Request
-from jaxllm.errors import GenerationError, available_memory, check_token_ids, size_text
+from jaxllm.engine import Engine, Request, context_error
+from jaxllm.errors import GenerationError, InputError, available_memory, check_token_ids, size_text
 from jaxllm.models.attention import check_kv_dtype, kv_cache_bytes
 from jaxllm.sampling import SamplingParams
 from jaxllm.serving.runner import pool_pages
@@ -38,6 +38,12 @@ def prepare(model, prompts, params: SamplingParams | dict | None, *, chat=None, 
         chat = has_chat_template(tok)
     if chat and not has_chat_template(tok):
         raise GenerationError("this checkpoint's tokenizer has no chat template: use chat=False (--no-chat)")
+    if system is not None and not isinstance(system, str):
+        raise InputError(f"system must be the system message's text (a string), got {type(system).__name__}")
+    if system and not chat:  # it would be dropped without a word
+        raise GenerationError("a system message goes through the chat template: " + (
+            "this checkpoint's tokenizer has none; drop the system message" if not has_chat_template(tok)
+            else "drop chat=False (--no-chat), or the system message"))
     ids = []
     for i, p in enumerate(prompts):
         if isinstance(p, str):
@@ -73,11 +79,8 @@ def engine_for(model, ids: list[list[int]], params: SamplingParams) -> Engine:
     allocated."""
     cfg, longest, new = model.config, max(len(i) for i in ids), params.max_new_tokens
     need = longest + new
-    if cfg.position_embedding == "learned" and need > cfg.max_position_embeddings:
-        fix = (f"lower max_new_tokens to at most {cfg.max_position_embeddings - longest}"
-               if longest < cfg.max_position_embeddings else f"shorten the prompt below {cfg.max_position_embeddings} tokens")
-        raise GenerationError(f"prompt of {longest} tokens + max_new_tokens={new} exceeds the "
-                              f"{cfg.max_position_embeddings} positions this model has learned: {fix}")
+    if need > cfg.context_length:
+        raise GenerationError(context_error(longest, new, cfg))
     batch, max_len = min(len(ids), 8), -(-need // 256) * 256
     num_pages = batch * max_len // 16
     kv_dtype = check_kv_dtype(getattr(model, "kv_dtype", None))
@@ -188,7 +191,16 @@ def encode(tokenizer, prompt: str, *, chat: bool, system: str | None = None) -> 
 def encode_messages(tokenizer, messages: list[dict]) -> list[int]:
     """Token ids of a conversation ({"role", "content"} dicts) through the chat template, ready
     for the assistant's turn."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    import jinja2  # what transformers and jaxllm.tokenizing render templates with
+
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except jinja2.TemplateSyntaxError as err:  # the template itself does not parse
+        raise InputError(f"the tokenizer's chat template is invalid (line {err.lineno}: {err.message}): fix chat_template "
+                         "in its tokenizer_config.json, or generate without it (--no-chat, chat=False)") from None
+    except jinja2.TemplateError as err:  # the template's raise_exception(...): these messages are not for it
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise InputError(f"the chat template refused the messages: {first}") from None
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

@@ -123,7 +123,7 @@ def report(path, batch: int = 1, context: int | None = None, scan_data: bool = F
     plans = {dtype: plan(source.raw, dtype, source=source) for dtype in ("bfloat16", "float32")}
     p = plans["bfloat16"]
     cfg = p.config
-    context = context or cfg.max_position_embeddings
+    context = context or cfg.context_length
     count = sum(math.prod(x.shape) for x in jax.tree.leaves(p.abstract))
     problems = p.problems()
     converted = f" (converted by jaxllm, {source.dtype})" if isinstance(source, ConvertedCheckpoint) else ""

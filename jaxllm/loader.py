@@ -147,6 +147,9 @@ def memory(cfg: ModelConfig, abstract, batch: int, length: int, dtype, kv_dtype=
 def estimate_memory(cfg: ModelConfig, batch: int, length: int, dtype="bfloat16", quantize=None,
                     group_size=None, kv_dtype=None) -> dict[str, int]:
     """`memory` of a config in `dtype` (weights quantized by `quantize`), before anything is allocated."""
+    for name, value in (("batch", batch), ("length", length)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise InputError(f"estimate_memory {name}={value!r} is invalid: use a whole number >= 1")
     dtype = resolve_dtype(dtype)
     _, abstract = abstract_model(cfg, registry.get(cfg.architecture), dtype, _uniform(quant.scheme(quantize, group_size)))
     return memory(cfg, abstract, batch, length, dtype, kv_dtype)
@@ -303,6 +306,9 @@ def prepare(path_or_id, dtype=None, mesh=None, *, quantize: str | None = None, g
     """The Plan of a checkpoint (folder, hub id, .gguf file or converted folder); `dtype` None:
     the checkpoint's own default (a converted folder's saved dtype, else float32)."""
     quant.check(quantize, group_size, QUANTIZE)  # before any file is opened or downloaded
+    if not isinstance(path_or_id, (str, os.PathLike)) or not str(path_or_id).strip():
+        raise InputError(f"path_or_id must be a checkpoint folder, a .gguf file or a hub id (a non-empty string or "
+                         f"path), got {type(path_or_id).__name__} {path_or_id!r}"[:300])
     source = open_checkpoint(path_or_id)
     return plan(source.raw, dtype or source.load_dtype, mesh, source, quantize=quantize, group_size=group_size)
 

@@ -83,6 +83,10 @@ class SamplingParams:
         def bad(name, value, rule):
             raise GenerationError(f"{name}={value!r} is invalid: {rule}")
 
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, (int, float)) and math.isfinite(value) and abs(value) > _FLOAT32_MAX:
+                bad(name, value, "beyond float32, which the device samples in (at most 3.4e38): use a smaller number")
         if not _whole(self.max_new_tokens) or not 1 <= self.max_new_tokens <= MAX_TOKENS:
             bad("max_new_tokens", self.max_new_tokens, f"use a whole number from 1 to {MAX_TOKENS}")
         if not _finite(self.temperature) or self.temperature < 0:
@@ -109,8 +113,12 @@ class SamplingParams:
 MAX_TOKENS = 2**31 - 1
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    """A number that stays finite as the float32 the device computes with (1e300 would be inf)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and abs(x) <= _FLOAT32_MAX
 
 
 def _whole(x) -> bool:

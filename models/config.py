@@ -97,6 +97,18 @@ class ModelConfig:
     pad_token_id: int | None = None
 
     @property
+    def context_length(self) -> int:
+        """Positions a sequence may use, read from the config as vLLM reads its max_model_len:
+        max_position_embeddings, times the factor of linear, dynamic and YaRN rope scaling (whose
+        configs may keep the unscaled length there; YaRN from original_max_position_embeddings);
+        llama3 and LongRoPE configs give the scaled length itself."""
+        rope, n = self.rope, self.max_position_embeddings
+        if rope.type in ("linear", "dynamic", "yarn") and rope.factor > 1:
+            base = rope.original_max_position_embeddings if rope.type == "yarn" and rope.original_max_position_embeddings else n
+            return max(n, int(base * rope.factor))
+        return n
+
+    @property
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.rope.partial_rotary_factor)
 

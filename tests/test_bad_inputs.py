@@ -33,9 +33,10 @@ from jaxllm.errors import JaxllmError, utf8_lines
 from jaxllm.models import weights
 
 # A Llama with the real tokenizer (SmolLM2's 49,152 ids) and a KV cache of 16 KB per token in
-# float32 (2 layers x 4 kv heads x head_dim 256): 10**9 tokens need 16 TB, more than any host.
+# float32 (2 layers x 4 kv heads x head_dim 256): 10**9 tokens need 16 TB, more than any host; 2**30
+# positions, so that such a request meets the memory check, not the context one.
 LLAMA = dict(architectures=["LlamaForCausalLM"], vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=4, head_dim=256, max_position_embeddings=2048, rms_norm_eps=1e-5,
+             num_attention_heads=4, num_key_value_heads=4, head_dim=256, max_position_embeddings=2**30, rms_norm_eps=1e-5,
              tie_word_embeddings=True, eos_token_id=2)
 # GPT-2: learned positions, a hard limit of 64.
 GPT2 = dict(architectures=["GPT2LMHeadModel"], vocab_size=49152, n_embd=32, n_layer=1, n_head=2, n_positions=64,
@@ -190,6 +191,11 @@ CASES = {
                                     "lower max_new_tokens to at most 4"),
     "prompt-longer-than-positions": lib(lambda m: m.gpt2.generate([1] * 70, {"max_new_tokens": 1}),
                                         "exceeds the 64 positions .*: shorten the prompt below 64 tokens"),
+    "beyond-rotary-context": lib(lambda m: m.tiny.generate([1] * 60, {"max_new_tokens": 10}),
+                                 "prompt of 60 tokens \\+ max_new_tokens=10 exceeds the 64 positions of this model's context: "
+                                 "lower max_new_tokens to at most 4"),
+    "engine-request-beyond-context": lib(lambda m: Engine(m.tiny, batch_size=1, max_len=128).add(
+        Request([1] * 70, jaxllm.SamplingParams(max_new_tokens=1).resolved())), "shorten the prompt below 64 tokens"),
     "engine-pages-beyond-memory": lib(lambda m: Engine(m.tiny, batch_size=1, max_len=64, num_pages=10**15),
                                       r"an engine of 1,000,000,000,000,000 KV pages of 16 tokens .* needs .* but the host has"),
     "engine-max-len-beyond-memory": lib(lambda m: Engine(m.llama, batch_size=1, max_len=10**12),
@@ -460,3 +466,56 @@ def test_cli_names_the_undecodable_prompt_line(source, tmp_path):
     message = one_line(proc.stderr.decode())
     assert re.search(r"line 2 is not UTF-8 text \(byte 4 of the line: 0xff\)", message), message
     assert message.startswith("error: " + ("stdin" if source == "stdin" else "--batch-file"))
+
+
+@pytest.mark.parametrize("rope, expected", [
+    (None, 4096),
+    (dict(rope_type="linear", factor=2.0), 8192),
+    (dict(rope_type="dynamic", factor=4.0), 16384),
+    (dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=4096), 16384),  # Qwen2.5's YaRN recipe
+    (dict(rope_type="yarn", factor=40.0, original_max_position_embeddings=4096), 163840),  # the length already scaled
+    (dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=1024), 4096),
+])
+def test_context_length_reads_rope_scaling(rope, expected):
+    """The positions a request may use, as vLLM reads them from a config: scaled by linear, dynamic
+    and YaRN factors (YaRN's from its original length, never below max_position_embeddings)."""
+    from jaxllm.models.config import from_hf
+
+    raw = dict(TINY, max_position_embeddings=163840 if rope and rope.get("factor") == 40.0 else 4096)
+    if rope:
+        raw["rope_scaling"] = rope
+    assert from_hf(raw, "LlamaForCausalLM").context_length == expected
+
+
+@pytest.mark.parametrize("template, match", [
+    ("{{ messages }", r"the tokenizer's chat template is invalid \(line 1: .*\): fix chat_template in its tokenizer_config.json"),
+    ("{{ raise_exception('Conversation roles must alternate') }}",
+     "the chat template refused the messages: Conversation roles must alternate"),
+])
+def test_broken_chat_template_is_one_error(models, monkeypatch, template, match):
+    """A chat template that does not parse, or that refuses the messages: one line, no jinja2 traceback."""
+    monkeypatch.setattr(models.llama_tok.tokenizer, "chat_template", template)
+    with pytest.raises(JaxllmError, match=match):
+        models.llama_tok.generate("hi", {"max_new_tokens": 1}, chat=True)
+
+
+LIBRARY_MISUSE = {
+    "load-none": (lambda m: jaxllm.load(None), "path_or_id must be a checkpoint folder, a .gguf file or a hub id .* got NoneType"),
+    "system-not-text": (lambda m: m.llama_tok.generate("hi", {"max_new_tokens": 1}, system=5),
+                        "system must be the system message's text .* got int"),
+    "system-without-template": (lambda m: m.llama_tok.generate("hi", {"max_new_tokens": 1}, chat=False, system="Be brief."),
+                                r"a system message goes through the chat template: drop chat=False \(--no-chat\)"),
+    "chat-message-as-prompt": (lambda m: m.tiny.generate([{"role": "user", "content": "hi"}], {"max_new_tokens": 1}),
+                               r"prompt 0 holds a dict \(a chat message\?\): prompts are text or token ids"),
+    "token-id-beyond-int64": (lambda m: m.tiny.generate([1, 2**70], {"max_new_tokens": 1}),
+                              r"must lie in \[0, 32\), the vocabulary of this model; it holds 1180591620717411303424"),
+    "estimate-memory-negative": (lambda m: jaxllm.estimate_memory(m.tiny.config, -1, 10, "float32"),
+                                 "estimate_memory batch=-1 is invalid: use a whole number >= 1"),
+}
+
+
+@pytest.mark.parametrize("case", LIBRARY_MISUSE)
+def test_library_misuse_is_one_error(models, case):
+    call, match = LIBRARY_MISUSE[case]
+    with pytest.raises(JaxllmError, match=match):
+        call(models)

@@ -29,7 +29,7 @@ class StandIn:
     def __init__(self, ctrl_c_at=None):
         self.seen, self.ctrl_c_at = [], ctrl_c_at
         self.tokenizer = self
-        self.config = SimpleNamespace(max_position_embeddings=1024)
+        self.config = SimpleNamespace(max_position_embeddings=1024, context_length=1024)
 
     def apply_chat_template(self, messages, tokenize, add_generation_prompt):
         self.seen.append(messages)
@@ -65,6 +65,17 @@ def test_turns_commands_and_history(session, capsys):
     assert model.seen[3] == [{"role": "system", "content": "Be a pirate."}, {"role": "user", "content": "Again"}]
     err = capsys.readouterr().err
     assert "unknown command /help" in err and err.count("[prompt tokens") == 4
+
+
+def test_a_line_that_is_not_utf8_is_named_and_skipped(session, capsys):
+    """Bytes that are not UTF-8 on the chat's input: one line saying so, the session goes on."""
+    model, out = StandIn(), io.StringIO()
+    stdin = io.TextIOWrapper(io.BytesIO(b"Hi\n\xff\xfe\x80bad\nAgain\n/exit\nnever\n"))
+    session(model).run(stdin, out)
+    assert out.getvalue() == "answer 1\nanswer 2\n"
+    assert [m[-1]["content"] for m in model.seen] == ["Hi", "Again"]
+    err = capsys.readouterr().err
+    assert "error: that line is not UTF-8 text (byte 1: 0xff): it was skipped" in err and "Traceback" not in err
 
 
 def test_ctrl_c_stops_the_answer_not_the_chat(session, capsys):

@@ -128,6 +128,15 @@ def test_bad_inputs_give_one_line(tmp_path, capsys):
     with pytest.raises(jaxllm.CheckpointError, match="has shape .* expected"):
         jaxllm.load(tmp_path / "orbax")
     assert not (tmp_path / "out").exists()
+    # Damaged data files: the one line, and none of the tracebacks that orbax's and tensorstore's
+    # reads still in flight leave behind (closed event loop, unawaited coroutines, asyncio's tasks).
+    convert(tmp_path / "hf", tmp_path / "damaged", progress=False)
+    for data in (tmp_path / "damaged" / "params").rglob("d/*"):
+        data.write_bytes(data.read_bytes()[:50])
+    code = f"import gc, jaxllm\ntry:\n    jaxllm.load({str(tmp_path / 'damaged')!r})\nexcept jaxllm.CheckpointError as e:\n    print(e)\ngc.collect()"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "could not read the parameters" in out.stdout and "convert again" in out.stdout
+    assert out.stderr == "", out.stderr[-3000:]
 
 
 def _big_checkpoint(folder):

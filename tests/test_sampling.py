@@ -88,6 +88,8 @@ def test_repetition_penalty_matches_transformers_rule():
     ("repetition_penalty", 0.0, "repetition_penalty=0.0 is invalid"),
     ("max_new_tokens", 0, "max_new_tokens=0 is invalid"),
     ("temperature", float("nan"), "temperature=nan is invalid"),
+    ("temperature", 1e300, "temperature=1e\\+300 is invalid: beyond float32"),  # would be inf on the device
+    ("repetition_penalty", 1e39, "repetition_penalty=1e\\+39 is invalid: beyond float32"),
 ])
 def test_invalid_values(field, value, message):
     with pytest.raises(GenerationError, match=message):
