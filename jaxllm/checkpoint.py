@@ -325,6 +325,9 @@ class SafetensorsCheckpoint:
             files = sorted(p.name for p in folder.glob("*.safetensors"))
         if not files:
             hint = " (PyTorch .bin files are not read: save the model with safetensors)" if list(folder.glob("*.bin")) else ""
+            if (folder / "params").is_dir():  # converted's PARAMS, without the marker written last
+                hint = (" (its params/ folder without jaxllm.json is an unfinished `python -m jaxllm.convert`: "
+                        "convert again)")
             raise CheckpointError(f"no .safetensors files in {folder}{hint}")
         self.files = [SafetensorsFile(folder / f) for f in files]
         self._where = {}

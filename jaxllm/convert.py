@@ -72,6 +72,9 @@ def _check_dst(src: Path, dst: Path, force: bool) -> None:
         raise JaxllmError(f"{dst} already exists: choose another folder, or pass --force to replace it")
     if dst.exists() and not dst.is_dir():
         raise JaxllmError(f"{dst} exists and is not a folder: remove it or choose another output")
+    above = next((p for p in dst.parents if p.exists()), None)  # the nearest part of the path that exists
+    if above is not None and not above.is_dir():
+        raise JaxllmError(f"{above} is a file, not a folder, so {dst} cannot be made: choose another output")
     if src.resolve() == dst.resolve() or dst.resolve() in src.resolve().parents:  # --force would delete the source
         raise JaxllmError(f"the output {dst} holds the source {src}: replacing it would delete the source; choose another folder")
 

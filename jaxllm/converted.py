@@ -163,7 +163,7 @@ def _ignore_closed_loops() -> None:
 class _OrbaxTasks(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not ("never retrieved" in message and f"{os.sep}orbax{os.sep}" in message)
+        return not ("never retrieved" in message and any(word in message for word in ("orbax", "OCDBT", "tensorstore")))
 
 
 _pool_worker = getattr(concurrent.futures.thread, "_worker", None)

@@ -48,7 +48,8 @@ def prepare(model, prompts, params: SamplingParams | dict | None, *, chat=None, 
     for i, p in enumerate(prompts):
         if isinstance(p, str):
             if tok is None:
-                raise GenerationError("this checkpoint has no tokenizer: pass prompts as lists of token ids")
+                raise GenerationError("this checkpoint has no tokenizer: add its tokenizer files (tokenizer.json, "
+                                      "tokenizer_config.json) to the folder, or pass prompts as lists of token ids (library)")
             for what, text in ((f"prompt {i}", p), ("the system message", system or "")):
                 try:  # lone surrogates: undecodable bytes read with errors="surrogateescape" (stdin in a C locale)
                     text.encode("utf-8")

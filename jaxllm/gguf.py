@@ -72,7 +72,8 @@ class Header:
                 self._parse()
                 del self._buf
         except (OSError, ValueError, KeyError, struct.error) as err:  # ValueError: also bad UTF-8 and an empty file
-            raise CheckpointError(f"{path} is not a readable GGUF file ({type(err).__name__}: {str(err)[:150]})") from None
+            raise CheckpointError(f"{path} is not a readable GGUF file ({type(err).__name__}: {str(err)[:150]}): "
+                                  "download it again, or check the path") from None
 
     def _parse(self) -> None:
         magic, version = self._take("<4sI")

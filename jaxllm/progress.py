@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from jaxllm import runtime
 from jaxllm.loader import QUANTIZE, LoadedModel, load
+from jaxllm.models.attention import KV_DTYPES
 from jaxllm.models.quant import DEFAULT_GROUP, INT8_GROUP
 from jaxllm.sampling import SamplingParams
 
@@ -65,7 +66,8 @@ def load_flags() -> argparse.ArgumentParser:
                    "--group-size inputs), or gguf (a .gguf file's own Q8_0/Q4_0/Q4_1 blocks, the rest float)")
     p.add_argument("--group-size", type=int, help=f"--quantize: input values per scale (default: int8 {INT8_GROUP}, "
                                                   f"int4 {DEFAULT_GROUP})")
-    p.add_argument("--kv-dtype", help="KV cache dtype: int8, float8_e4m3fn (fp8), or a float dtype (default: the model's)")
+    p.add_argument("--kv-dtype", choices=[k for k in KV_DTYPES if k is not None],
+                   help="KV cache dtype: int8, float8_e4m3fn (fp8), or a float dtype (default: the model's)")
     return p
 
 
