@@ -56,6 +56,7 @@ def _checkpointer(restore_bytes: int | None = None):
     (orbax's own default is 96 GB: a whole model on the host before it reaches the devices)."""
     import orbax.checkpoint as ocp
 
+    _ignore_closed_loops()  # before any read or write: a failed one's leftovers can report at once
     options = dict(use_compression=False)
     if restore_bytes:
         options["restore_concurrent_gb"] = max(1, math.ceil(restore_bytes / 1e9))
@@ -144,7 +145,8 @@ def _ignore_closed_loops() -> None:
     loop is closed"), orbax's coroutines are left unawaited ("Exception ignored in: <coroutine ...>"),
     and asyncio logs its tasks' errors ("Task exception was never retrieved"): a traceback apiece,
     after the one-line error has said it all. Those alone are dropped (installed once, for the
-    process: they can come while a failed save is waited for, or later, when the tasks are freed)."""
+    process, before orbax's first read or write: they can come as soon as one fails, or later,
+    when the tasks are freed)."""
     previous = sys.unraisablehook
     if getattr(previous, "jaxllm_closed_loops", False):
         return
@@ -231,7 +233,6 @@ def problems(folder: Path, abstract) -> list[str]:
 
 
 def _unreadable(folder: Path, err: BaseException) -> CheckpointError:
-    _ignore_closed_loops()  # the failed restore's other reads still report, each with a traceback
     first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
     return CheckpointError(f"could not read the parameters in {folder / PARAMS} ({type(err).__name__}: {first}); convert again")
 
