@@ -297,3 +297,15 @@ def test_unknown_paths_and_wrong_methods_answer_openai_error_json(server):
     assert httpx.get(server.url + "/v1/completions").headers["Allow"] == "POST"
     with pytest.raises(openai.NotFoundError):
         server.client.embeddings.create(model=NAME, input="Hi")
+
+
+@pytest.mark.parametrize("template, message", [
+    ("{{ raise_exception('Conversation roles must alternate') }}", "the chat template refused the messages: Conversation roles must alternate"),
+    ("{{ messages }", "the tokenizer's chat template is invalid (line 1: "),
+])
+def test_chat_template_errors_answer_400(server, monkeypatch, template, message):
+    """A template that refuses the messages, or does not parse: 400 on 'messages', the server goes on."""
+    monkeypatch.setattr(server.engine.model.tokenizer, "chat_template", template)
+    with pytest.raises(openai.BadRequestError) as err:
+        server.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+    assert err.value.body["param"] == "messages" and message in err.value.body["message"]

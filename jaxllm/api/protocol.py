@@ -14,7 +14,6 @@ import time
 import uuid
 from typing import Any
 
-import jinja2
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.responses import JSONResponse
 
@@ -227,8 +226,8 @@ class ChatRequest(_Common):
         messages = [{"role": ROLE_ALIASES.get(m.role, m.role), "content": m.text()} for m in self.messages]
         try:
             return encode_messages(tokenizer, messages)
-        except jinja2.TemplateError as err:
-            raise APIError(400, f"the chat template refused the messages: {err}", "messages") from None
+        except JaxllmError as err:  # encode_messages: the template refused them, or does not parse
+            raise APIError(400, str(err), "messages") from None
 
 
 ROLES = ("system", "user", "assistant", "tool")  # those chat templates render (a tool's answer: "tool")
