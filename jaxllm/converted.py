@@ -104,7 +104,6 @@ def write_to_the_end(write: Callable[[], None], shown: Path, timeout: float = 60
 
     worker = threading.Thread(target=run, name="jaxllm-save", daemon=True)
     quiet = _QuietOrbax()  # its threads log a failed write with a traceback each: the error says it once
-    _ignore_closed_loops()
     logging.getLogger("absl").addFilter(quiet)
     try:
         worker.start()

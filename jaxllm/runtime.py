@@ -41,12 +41,11 @@ TP_GPU_XLA_FLAGS = ("--xla_gpu_unsupported_use_all_reduce_one_shot_kernel=false 
                     "--xla_gpu_disable_async_collectives=ALLREDUCE,ALLGATHER,REDUCESCATTER,ALLTOALL,COLLECTIVEPERMUTE")
 
 
-def splits_tp(mesh) -> bool:
-    """Whether a mesh spec string names tp > 1 ("tp=2", "dp=2,tp=4"); a Mesh: its tp axis."""
+def splits_tp(mesh: str | None) -> bool:
+    """Whether a mesh spec string names tp > 1 ("tp=2", "dp=2,tp=4"). Read before JAX starts, so
+    without the device count that jaxllm.sharding.parse_spec needs ("auto" is not counted)."""
     if mesh is None:
         return False
-    if not isinstance(mesh, str):
-        return dict(getattr(mesh, "shape", {})).get("tp", 1) > 1
     match = re.search(r"(?:^|,)\s*tp\s*=\s*(\d+)", mesh)
     return bool(match) and int(match.group(1)) > 1
 

@@ -83,7 +83,7 @@ class SamplingParams:
         def bad(name, value, rule):
             raise GenerationError(f"{name}={value!r} is invalid: {rule}")
 
-        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):  # finite, yet inf as float32
             value = getattr(self, name)
             if isinstance(value, (int, float)) and math.isfinite(value) and abs(value) > _FLOAT32_MAX:
                 bad(name, value, "beyond float32, which the device samples in (at most 3.4e38): use a smaller number")
@@ -117,8 +117,7 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _finite(x) -> bool:
-    """A number that stays finite as the float32 the device computes with (1e300 would be inf)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and abs(x) <= _FLOAT32_MAX
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _whole(x) -> bool:
