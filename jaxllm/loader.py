@@ -332,8 +332,8 @@ def load(
     mesh: a jax Mesh or a spec string ("tp=4", "dp=2,tp=4", "auto"): parameters are placed
     straight onto their shards by the rules in jaxllm.sharding, and logits and generation run
     sharded. progress(name) is called after each tensor.
-    quantize: "int8" or "int4" (a scale and an offset per `group_size` input values, default 128
-    for int8 and 32 for int4: quant.scheme) or, for a .gguf file, "gguf" (its own
+    quantize: "int8" (a scale per `group_size` input values, default 128) or "int4" (a scale and
+    an offset per `group_size`, default 32): quant.scheme or, for a .gguf file, "gguf" (its own
     Q8_0 / Q4_0 / Q4_1 blocks as int8 / int4 groups of 32, other tensors float). On a GGUF file,
     "int8" takes Q8_0 blocks and "int4" Q4_0 / Q4_1 blocks as they are (groups of 32, whatever
     `group_size` says) and quantizes the other kernels. Embeddings, the output head, norms, biases and MoE routers stay float. A converted

@@ -80,18 +80,20 @@ def _divisors(n: int) -> list[int]:
 
 
 def scheme(quantize: str | None, group_size: int | None = None) -> Scheme | None:
-    """The Scheme of `quantize=`, or None for float weights. Both modes are asymmetric (min/max:
-    a scale and an offset per group, values over the whole signed range) in groups of `group_size`
-    input values: int8 default INT8_GROUP, int4 DEFAULT_GROUP; a default group size a layer's
-    input size does not divide becomes that layer's largest divisor below it. Measured on
-    SmolLM2-135M (docs/benchmarks.md): int8 per output channel costs +1.2% perplexity symmetric
-    and flips the greedy answer to "What is the capital of France?" asymmetric; int8 in groups of
-    128 costs none. Symmetric int4 in groups of 32 costs +41%, asymmetric none on that model."""
+    """The Scheme of `quantize=`, or None for float weights, in groups of `group_size` input values
+    (int8 default INT8_GROUP, int4 DEFAULT_GROUP; a default group size a layer's input size does not
+    divide becomes that layer's largest divisor below it). int8 is symmetric (a scale per group),
+    int4 asymmetric (min/max: a scale and an offset per group, values over the whole signed range).
+    Measured on SmolLM2-135M (docs/benchmarks.md): int8 per output channel costs +1.2% perplexity
+    symmetric; symmetric in groups of 128 costs none (0.992x one context, 1.003x in windows) and
+    decodes faster than asymmetric (no offset term: Llama-3-8B shape on an H200 1.34x bf16 against
+    1.22x). Symmetric int4 in groups of 32 costs +41%, asymmetric none on that model."""
     check(quantize, group_size)
     if quantize is None:
         return None
-    default = INT8_GROUP if quantize == "int8" else DEFAULT_GROUP
-    return Scheme(8 if quantize == "int8" else 4, group_size or default, offset=True, strict=group_size is not None)
+    if quantize == "int8":
+        return Scheme(8, group_size or INT8_GROUP, offset=False, strict=group_size is not None)
+    return Scheme(4, group_size or DEFAULT_GROUP, offset=True, strict=group_size is not None)
 
 
 def check(quantize, group_size, allowed=MODES) -> None:
@@ -138,7 +140,8 @@ def dequantize(kernel, scale, offset, dtype, in_axis: int | None = None):
 
 # Which form a product with a quantized kernel takes on a GPU (H200, Llama-3-8B shapes, int8,
 # benchmarks/quant_matvec_probe.py; docs/benchmarks.md "Quantization"): at most FEW_ROWS rows
-# (batch-1 decode) grouped_product (gate/up 25 us; bf16 33 us; dequantize-then-dot 108 us); up to
+# (batch-1 decode) grouped_product (in the Llama-3-8B decode step, gate and up together 39 us where
+# bf16 takes 59; dequantize-then-dot 108 us for one of them, benchmarks/profile_decode.py); up to
 # quant_kernels.MAX_ROWS rows on one device the Pallas kernel (8 rows 32 us, 64 rows 53 us against
 # 111); otherwise, on a mesh (a Pallas call is not partitioned) and on other backends, dequantize
 # then the float product, which XLA fuses on TPUs and amortizes over a prefill's rows.
@@ -174,23 +177,34 @@ def product(x, kernel, scale, offset, n_in: int):
 
 
 def grouped_product(x, kernel, scale, offset, n_in: int):
-    """x [..., in...] . dequantize(kernel [out..., in...]) without building the float kernel: each
-    group's integers are contracted with x's matching inputs (int -> float convert fused into that
-    product), then the [rows, out, G] partial sums are scaled, and the offsets times each group's
-    input sums added. For few rows (decode): dequantizing first writes and reads the whole float
-    kernel every step (Llama-3-8B int8 batch-1 decode on an H200: 0.37x bf16). Sums in float32,
-    the result in x's dtype."""
+    """x [..., in...] . dequantize(kernel [out..., in...]) without building the float kernel, for
+    few rows (decode; dequantizing first writes and reads the whole float kernel every step:
+    Llama-3-8B int8 batch-1 decode on an H200 0.37x bf16). Two forms, by the kernel's shape:
+
+    - at least as many outputs as inputs (q/k/v, o, gate/up): one multiply-reduce over all inputs
+      of the integers times their group's scale times x, which XLA fuses into one kernel, and
+      sibling products of one input (gate and up; k and v) into one kernel together;
+    - more inputs than outputs (down): each group's integers contracted with x's matching inputs,
+      then the [rows, out, G] partial sums scaled and summed (the fused form's long rows ran at
+      1.95 TB/s on an H200 where this one ran at 3.0).
+
+    Offsets add the groups' input sums times the offsets. Sums in float32, the result in x's dtype
+    (docs/benchmarks.md, "Quantization": the H200 profile of each form)."""
     n_out = kernel.ndim - n_in
     out_shape, groups = kernel.shape[:n_out], scale.shape[-1]
+    n, k = math.prod(out_shape), math.prod(kernel.shape[n_out:])
     lead = x.shape[: x.ndim - n_in]
-    xs = x.reshape((-1, groups, math.prod(kernel.shape[n_out:]) // groups))  # [R, G, g]
-    q = kernel.reshape((math.prod(out_shape), groups, -1))  # [O, G, g]
-    partial = jnp.einsum("rGk,oGk->roG", xs, q.astype(x.dtype), preferred_element_type=jnp.float32)
-    terms = partial * scale.reshape((-1, groups)).astype(jnp.float32)
-    if offset is not None:
-        sums = jnp.sum(xs.astype(jnp.float32), axis=-1)  # [R, G]
-        terms = terms + sums[:, None, :] * offset.reshape((-1, groups)).astype(jnp.float32)
-    y = jnp.sum(terms, axis=-1)  # one reduction over the groups (a kernel, where two products were two)
+    xs = x.reshape((-1, groups, k // groups))  # [R, G, g]
+    q = kernel.reshape((n, groups, -1))  # [O, G, g]
+    s = scale.reshape((n, groups)).astype(jnp.float32)
+    xf = xs.astype(jnp.float32)
+    off = None if offset is None else jnp.sum(xf, axis=-1)[:, None, :] * offset.reshape((n, groups)).astype(jnp.float32)
+    if n >= k:
+        y = jnp.sum(xf[:, None] * (q.astype(jnp.float32) * s[:, :, None])[None], axis=(2, 3))
+        y = y if off is None else y + jnp.sum(off, axis=-1)
+    else:
+        terms = jnp.einsum("rGk,oGk->roG", xs, q.astype(x.dtype), preferred_element_type=jnp.float32) * s
+        y = jnp.sum(terms if off is None else terms + off, axis=-1)  # one reduction over the groups
     return y.astype(x.dtype).reshape(lead + out_shape)
 
 

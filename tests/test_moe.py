@@ -181,13 +181,13 @@ def test_expert_parallel_matches_one_device(pair, layout):
 
 
 def test_quantized_experts_under_expert_parallelism(pair):
-    """int8 expert stacks and their scales split over ep with the experts: the same quantized
-    model's one-device logits."""
+    """int4 expert stacks (asymmetric: scales and offsets) split over ep with the experts: the same
+    quantized model's one-device logits."""
     _, model = pair
-    one = jaxllm.load(model.path, quantize="int8", group_size=32)
-    split = jaxllm.load(model.path, mesh="ep=2,tp=4", quantize="int8", group_size=32)
+    one = jaxllm.load(model.path, quantize="int4", group_size=32)
+    split = jaxllm.load(model.path, mesh="ep=2,tp=4", quantize="int4", group_size=32)
     block = _moe_block(split)
-    assert block["gate_proj"][...].dtype == jnp.int8
+    assert block["gate_proj"][...].dtype == jnp.int4
     for name in ("gate_proj", "gate_proj_scale", "gate_proj_offset", "down_proj_scale"):
         scale = block[name][...]
         assert scale.sharding.spec[0] == "ep", (name, scale.sharding.spec)

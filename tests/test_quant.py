@@ -332,27 +332,36 @@ def perplexities(gguf_path):
     def ppl(m):
         return float(np.exp(-np.asarray(m.token_logprobs(windows), np.float64).mean()))
 
-    out = {"float": ppl(model), "int8": ppl(loader.quantize_model(model, "int8"))}
+    int8 = loader.quantize_model(model, "int8")
+    out = {"float": ppl(model), "int8": ppl(int8)}
     int4 = loader.quantize_model(model, "int4")
     floats = weights.flat_params(model.params)
     same = all(np.array_equal(v, np.asarray(floats[p])) for p, v in _dequantized(int4.params).items())
     out["int4"] = out["float"] if same else ppl(int4)
     print("perplexity", {k: round(v, 4) for k, v in out.items()}, "(int4 weights identical)" if same else "")
-    return model, out
+    return model, out, int8
 
 
 def test_perplexity_of_the_quantized_real_model(perplexities):
-    _, ppl = perplexities
+    _, ppl, _ = perplexities
     assert ppl["int8"] <= 1.01 * ppl["float"]
     assert ppl["int4"] <= 1.08 * ppl["float"]
 
 
 def test_real_gguf_q4_1_blocks_are_the_files_values(perplexities, gguf_path):
     """quantize="int4" on the Q4_1 file takes its blocks: every kernel as the float load has it."""
-    model, _ = perplexities
+    model, _, _ = perplexities
     native = jaxllm.load(gguf_path, dtype="float32", quantize="int4", tokenizer=False)
     want = weights.flat_params(model.params)
     deq = _dequantized(native.params)
     assert len(deq) == 30 * 7
     for path, value in deq.items():
         assert np.array_equal(value.view(np.uint32), np.asarray(want[path]).view(np.uint32)), path
+
+
+def test_int8_real_model_still_answers(perplexities):
+    """The greedy answer survives int8 (requantized from the float weights). int4 on this file takes
+    its blocks bit for bit (the test above), so it computes the float model's answer."""
+    _, _, int8 = perplexities
+    got = int8.generate("What is the capital of France?", jaxllm.SamplingParams(max_new_tokens=8))
+    assert got.text == "The capital of France is Paris."
