@@ -45,6 +45,8 @@ VARIANTS = {
     # The whole while loop as one CUDA graph (conditional nodes), so a token costs no host launches.
     # Matrix-vector products to cuBLAS instead of XLA's reduction kernels (batch-1 decode).
     "nosr": BASE_FLAGS + " --xla_gpu_enable_dot_strength_reduction=false",
+    "int8": (BASE_FLAGS, {"quantize": "int8"}),
+    "int4": (BASE_FLAGS, {"quantize": "int4"}),
     "graphs": BASE_FLAGS + " --xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
     " --xla_gpu_graph_min_graph_size=1",
 }
@@ -61,9 +63,9 @@ def child(shape: str, batch: int, prompt: int, new: int, trace_dir: str, engine_
     from jaxllm.sampling import SamplingParams
     from jaxllm.sharding import make_mesh
 
-    spec = engine_kw.pop("mesh", None)
+    spec, quantize = engine_kw.pop("mesh", None), engine_kw.pop("quantize", None)
     mesh = make_mesh(spec, devices=jax.devices()[: math.prod(int(a.split("=")[1]) for a in spec.split(","))]) if spec else None
-    model = jax.block_until_ready(random_model(shape, dtype="bfloat16", mesh=mesh))
+    model = jax.block_until_ready(random_model(shape, dtype="bfloat16", mesh=mesh, quantize=quantize))
     rng = np.random.default_rng(0)
     p = SamplingParams(max_new_tokens=new, ignore_eos=True).resolved()
     engine = Engine(model, batch_size=batch, max_len=prompt + new, chunk=64, **engine_kw)
