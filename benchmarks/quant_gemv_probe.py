@@ -1,7 +1,8 @@
 """One row (batch-1 decode): a Pallas kernel, qgemv below (weight tile as the dot's left side, int8
 -> float16 by bits or by a convert, scale/offset on each group's partial sums) against bf16 and
 quant.grouped_product, on the Llama-3-8B layer shapes, a few tilings each. Also checks each case
-against the float32 product of the dequantized kernel (max error / max |y|).
+against the float32 product of the dequantized kernel (max error / max |y|). `--mm 16,64`: instead,
+quant_kernels.qmatmul16's tilings against qmatmul and bf16 at those rows (symmetric int8).
 
     XLA_FLAGS=--xla_gpu_enable_triton_gemm=false python benchmarks/quant_gemv_probe.py [--out r.json]
 """
@@ -22,31 +23,13 @@ sys.path.insert(0, os.path.dirname(__file__))
 from quant_matvec_probe import LAYERS, SHAPES, product, timed, weights  # noqa: E402
 
 from jaxllm.models import quant  # noqa: E402
+from jaxllm.models.quant_kernels import _int8_to_f16, qmatmul16  # noqa: E402
 
 # -- one row (batch-1 decode) -------------------------------------------------------------------
 
-# int8 -> float16, four values per instance: bias each byte to unsigned (q + 128), place it as the
-# low byte of float16 1024 + u (0x64uu: exact, 10-bit mantissa), subtract 1152 from both halves.
-# Five instructions per four values where a convert per value is a quarter-rate instruction.
-_I8_TO_F16 = """{
-.reg .b32 t, m;
-xor.b32 t, $2, 0x80808080;
-prmt.b32 $0, t, 0x64646464, 0x5150;
-prmt.b32 $1, t, 0x64646464, 0x5352;
-mov.b32 m, 0x64806480;
-sub.f16x2 $0, $0, m;
-sub.f16x2 $1, $1, m;
-}"""
-
-
 def _to_f16(q, fast: bool):
     """int8 values as float16 (exact): by bits in inline PTX (`fast`), else a convert."""
-    if not fast or q.dtype != jnp.int8:
-        return q.astype(jnp.float16)
-    from jax.experimental.pallas import triton as plgpu
-
-    return plgpu.elementwise_inline_asm(_I8_TO_F16, args=[q], constraints="=r,=r,r", pack=4,
-                                        result_shape_dtypes=[jax.ShapeDtypeStruct(q.shape, jnp.float16)])[0]
+    return _int8_to_f16(q, interpret=not fast)
 
 
 def _gemv_kernel(x_ref, q_ref, s_ref, o_ref, y_ref, *, g: int, per: int, steps: int, fast: bool):
@@ -110,43 +93,7 @@ def qgemv(x, q, scale, offset=None, *, bn: int = 64, per: int = 1, interpret: bo
     return (y if splits == 1 else y.sum(0, keepdims=True)).astype(x.dtype)
 
 
-# -- a few rows (batch-N decode): float16 tensor-core products of the bit-converted tile ----------
-
-def _mm16_kernel(x_ref, q_ref, s_ref, o_ref, y_ref, *, g: int, bk: int, steps: int, per_group: bool, fast: bool):
-    """x [bm, K] float16 (converted once, outside) . tile: per_group, one dot per group of g inputs
-    with its float32 scale on the [bm, bn] partial sums; else the tile times its scales in float16,
-    one dot per bk inputs. Symmetric kernels only (o_ref None)."""
-    bm, bn, per = x_ref.shape[0], q_ref.shape[0], bk // g
-
-    def body(i, acc):
-        if per_group:
-            for j in range(per):
-                gi = i * per + j
-                k0 = pl.multiple_of(gi * g, g)
-                w = _to_f16(q_ref[:, pl.ds(k0, g)], fast)
-                p = jax.lax.dot_general(x_ref[:, pl.ds(k0, g)], w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-                acc = acc + p * jnp.transpose(s_ref[:, pl.ds(gi, 1)].astype(jnp.float32))
-            return acc
-        k0, g0 = pl.multiple_of(i * bk, bk), pl.multiple_of(i * per, per)
-        w = _to_f16(q_ref[:, pl.ds(k0, bk)], fast).reshape(bn, per, g)
-        w = (w * s_ref[:, pl.ds(g0, per)].astype(jnp.float16)[:, :, None]).reshape(bn, bk)
-        return acc + jax.lax.dot_general(x_ref[:, pl.ds(k0, bk)], w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-
-    y_ref[...] = jax.lax.fori_loop(0, steps, body, jnp.zeros((bm, bn), jnp.float32)).astype(y_ref.dtype)
-
-
-@functools.partial(jax.jit, static_argnames=("bm", "bn", "bk", "num_warps", "num_stages", "splits", "per_group", "interpret"))
-def qmm16(x, q, scale, *, bm=16, bn=64, bk=128, num_warps=4, num_stages=3, splits=1, per_group=True, interpret=False):
-    from jaxllm.models.quant_kernels import _call
-
-    rows = x.shape[0]
-    padded = -(-rows // bm) * bm
-    x16 = x.astype(jnp.float16)
-    x16 = x16 if padded == rows else jnp.zeros((padded, x.shape[1]), jnp.float16).at[:rows].set(x16)
-    kernel = functools.partial(_mm16_kernel, per_group=per_group, fast=not interpret)
-    y = _call(kernel, x16, q, scale, None, bm, bn, bk, interpret, num_warps, num_stages, splits)
-    return y[:rows].astype(x.dtype)
-
+# -- a few rows (batch-N decode): quant_kernels.qmatmul16's tilings ------------------------------
 
 MM16 = {16: ((16, 64, 128, 4, 3, 1, True), (16, 32, 256, 4, 3, 4, True), (16, 64, 256, 4, 3, 2, True),
              (16, 32, 256, 4, 3, 4, False), (16, 64, 256, 4, 3, 2, False)),
@@ -164,7 +111,7 @@ def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--out")
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--mm", default="", help="rows for the qmm16 section, e.g. 16,64 (skips the one-row section)")
+    p.add_argument("--mm", default="", help="rows for the qmatmul16 section, e.g. 16,64 (skips the one-row section)")
     args = p.parse_args(argv)
     results = []
     key = jax.random.PRNGKey(0)
@@ -202,7 +149,7 @@ def main(argv=None):
                 if (k // splits) % bk:
                     continue
                 kw = dict(bm=bm, bn=bn, bk=bk, num_warps=warps, num_stages=stages, splits=splits, per_group=pg)
-                record(f"qmm16 rows={rows} {kw}", shape, "int8", jax.jit(lambda x, ws, kw=kw: [qmm16(x, q, s, **kw) for q, s, _ in ws]),
+                record(f"qmatmul16 rows={rows} {kw}", shape, "int8", jax.jit(lambda x, ws, kw=kw: [qmatmul16(x, q, s, **kw) for q, s, _ in ws]),
                        x, ws, nbytes, ref)
             del ws, ref
     for shape, (n, k) in SHAPES.items() if not args.mm else ():

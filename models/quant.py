@@ -142,8 +142,8 @@ def dequantize(kernel, scale, offset, dtype, in_axis: int | None = None):
 # benchmarks/quant_matvec_probe.py; docs/benchmarks.md "Quantization"): at most FEW_ROWS rows
 # (batch-1 decode) grouped_product (in the Llama-3-8B decode step, gate and up together 39 us where
 # bf16 takes 59; dequantize-then-dot 108 us for one of them, benchmarks/profile_decode.py); up to
-# quant_kernels.MAX_ROWS rows on one device the Pallas kernel (8 rows 32 us, 64 rows 53 us against
-# 111); otherwise, on a mesh (a Pallas call is not partitioned) and on other backends, dequantize
+# quant_kernels.MAX_ROWS rows on one device a Pallas kernel (quant_kernels.matmul: 64 rows of gate/up
+# 42.8 us against 111); otherwise, on a mesh (a Pallas call is not partitioned) and on other backends, dequantize
 # then the float product, which XLA fuses on TPUs and amortizes over a prefill's rows.
 FEW_ROWS = 1
 
@@ -168,12 +168,11 @@ def product(x, kernel, scale, offset, n_in: int):
     if not _one_device():
         return None
     n, k = math.prod(kernel.shape[:n_out]), math.prod(kernel.shape[n_out:])
-    tiling = quant_kernels.tiling(rows, n, k, scale.shape[-1])
-    if tiling is None:
+    if rows > quant_kernels.MAX_ROWS:
         return None
-    y = quant_kernels.qmatmul(x.reshape(rows, k), kernel.reshape(n, k), scale.reshape(n, -1),
-                              None if offset is None else offset.reshape(n, -1), **tiling)
-    return y.reshape(x.shape[: x.ndim - n_in] + kernel.shape[:n_out])
+    y = quant_kernels.matmul(x.reshape(rows, k), kernel.reshape(n, k), scale.reshape(n, -1),
+                             None if offset is None else offset.reshape(n, -1))
+    return None if y is None else y.reshape(x.shape[: x.ndim - n_in] + kernel.shape[:n_out])
 
 
 def grouped_product(x, kernel, scale, offset, n_in: int):

@@ -102,6 +102,38 @@ def test_gpu_forms_equal_the_dequantized_product(monkeypatch, dtype, group, kern
     assert [kw["bm"] for kw in calls] == [16, 64]  # 3 and 20 rows: the kernel; 1 row: grouped
 
 
+@pytest.mark.parametrize("per_group", [True, False])
+def test_float16_int8_kernel_equals_the_dequantized_product(monkeypatch, per_group):
+    """qmatmul16 (symmetric int8, float16 products) in interpret mode on bfloat16 rows, as decode
+    feeds it: x is exact in float16 (X_SHIFT is a power of two), so per group (float32 scales) the
+    product is the dequantized one; with the scales applied in float16 each weight is rounded once
+    (relative 2^-11), which bounds the error by 2^-11 |x| . |w|. quant.product sends symmetric int8
+    of 2..64 rows to it (thresholds lowered to this kernel's 64 outputs)."""
+    from jaxllm.models import quant_kernels
+
+    rng = np.random.default_rng(7)
+    kernel = jnp.asarray(rng.integers(-127, 128, (64, 1024)), jnp.int8)
+    scale = jnp.asarray(rng.uniform(1e-4, 1e-2, (64, 8)), jnp.bfloat16)
+    w = quant.dequantize(kernel, scale, None, jnp.float32)
+    x = jnp.asarray(rng.normal(0, 3, (20, 1024)), jnp.bfloat16)
+    want = jnp.dot(x.astype(jnp.float32), w.T, precision="highest")
+    bound = 2.0 ** -11 * jnp.dot(jnp.abs(x.astype(jnp.float32)), jnp.abs(w).T, precision="highest")
+    got = quant_kernels.qmatmul16(x, kernel, scale, bm=16, bn=32, bk=256, splits=2, per_group=per_group, interpret=True)
+    err = jnp.abs(got.astype(jnp.float32) - want)
+    slack = 2.0 ** -8 * jnp.abs(want) + 1e-6  # the result's own rounding to bfloat16
+    assert bool(jnp.all(err <= (slack if per_group else bound + slack))), float(jnp.max(err - bound - slack))
+
+    monkeypatch.setattr(quant, "_on_gpu", lambda: True)
+    monkeypatch.setattr(quant, "_one_device", lambda: True)
+    monkeypatch.setattr(quant_kernels, "TILINGS16", ((16, 64, (16, 32, 256, 4, 3, 4, True)), (64, 64, (64, 32, 256, 4, 3, 2, False))))
+    calls, kernel16 = [], quant_kernels.qmatmul16
+    monkeypatch.setattr(quant_kernels, "qmatmul16", lambda *a, **kw: calls.append(kw["bm"]) or kernel16(*a, **kw, interpret=True))
+    for rows in (3, 20):
+        got = quant.product(x[:rows], kernel, scale, None, 1)
+        assert float(jnp.max(jnp.abs(got.astype(jnp.float32) - want[:rows]) - bound[:rows] - slack[:rows])) <= 0
+    assert calls == [16, 64]
+
+
 @pytest.mark.parametrize("bits, offset", [(8, False), (8, True), (4, False), (4, True)])
 @pytest.mark.parametrize("shape, scale_shape, in_axis", [
     ((6, 4, 64), (6, 4, 1), None),   # Dense [out..., in], one scale per output channel
