@@ -117,7 +117,7 @@ notebook(
     "the memory on each device, and generate for a batch of prompts at once. Needs a TPU runtime with "
     "at least 20 GB of TPU memory in all (for example v2-8, v3-8 or v5e-8). On one chip (a v5e-1 with "
     "16 GB, or a T4-sized GPU) set `QUANTIZE = \"int8\"`: the weights take about 9 GB instead of 16 "
-    "(int8 values with a scale and offset per 128 inputs, quantized tensor by tensor while loading), and "
+    "(int8 values with a scale per 128 inputs, quantized tensor by tensor while loading), and "
     "`MESH = None`. Or set `MODEL` to a smaller model.",
     '''# Parameters
 MODEL = "Qwen/Qwen3-8B"      # 8B parameters, Apache-2.0, not gated
