@@ -214,7 +214,7 @@ def llama_folder(tmp_path_factory):
     return folder
 
 
-def test_sharded_quantized_logits_equal_unsharded(llama_folder):
+def test_sharded_quantized_logits_equal_unsharded(llama_folder, monkeypatch):
     tokens = np.random.default_rng(0).integers(0, 128, (2, 20))
     single = jaxllm.load(llama_folder, quantize="int4", tokenizer=False)
     model = jaxllm.load(llama_folder, quantize="int4", mesh="fsdp=2,tp=4", tokenizer=False)
@@ -231,6 +231,15 @@ def test_sharded_quantized_logits_equal_unsharded(llama_folder):
     want = np.asarray(single.logits(tokens))
     err = np.abs(np.asarray(model.logits(tokens)) - want).max() / np.abs(want).max()
     assert err <= 1e-5
+    # Decode's one-row forms (quant.grouped_product: folded for gate/up, grouped for down, both
+    # with offsets), as a GPU takes them, partitioned over the same mesh: the float path's logits.
+    monkeypatch.setattr(quant, "_on_gpu", lambda: True)
+    calls, grouped = [], quant.grouped_product
+    monkeypatch.setattr(quant, "grouped_product", lambda *a: calls.append(a[1].shape) or grouped(*a))
+    one = tokens[:1, 3:4]
+    got, want = np.asarray(model.logits(one)), np.asarray(single.logits(one))
+    assert len(calls) == 2 * 7  # traced (not a cached program): 7 products a layer, both models
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
 def test_converted_round_trip_restores_the_quantized_model(llama_folder, tmp_path):
