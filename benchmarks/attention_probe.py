@@ -1,4 +1,4 @@
-"""Probe and time the attention paths of models/attention_ops.py on a GPU (Qwen3-0.6B attention:
+"""Probe and time the attention paths of models/attention_ops.py and models/paged_decode.py on a GPU (Qwen3-0.6B attention:
 H=16, K=8, D=128, bf16). One run prints: semantic checks of what cuDNN / Pallas express (max abs
 diff against blocked_attention), prefill timings (T=32768 at start 0
 T=2048 chunk at start
@@ -6,12 +6,10 @@ T=2048 chunk at start
 
     XLA_FLAGS=--xla_gpu_enable_triton_gemm=false python3 benchmarks/attention_probe.py [--quick]
 
-It loads models/attention_ops.py by path (the package need not import). Results also go to
-$OUT/attention_probe.txt when OUT is set.
+Results also go to $OUT/attention_probe.txt when OUT is set.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import statistics
 import sys
@@ -23,10 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-spec = importlib.util.spec_from_file_location("attention_ops", os.path.join(HERE, "..", "models", "attention_ops.py"))
-ao = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ao)
+from jaxllm.models import attention_ops as ao
+from jaxllm.models import paged_decode as pd
 
 H, K, D = 16, 8, 128
 SCALE = D ** -0.5
@@ -145,10 +141,10 @@ def checks():
     table = jnp.asarray(np.random.default_rng(0).permutation(bb * p).reshape(bb, p), jnp.int32)
     lengths = jnp.array([1, 17, 700, 1024], jnp.int32)
     qd = rnd(ks[0], (bb, 1, H, D))
-    rd = ao.paged_decode_attention(qd, kp, vp, table, lengths, scale=SCALE, impl="xla")
+    rd = pd.paged_decode_attention(qd, kp, vp, table, lengths, scale=SCALE, impl="xla")
     for impl in ("cudnn", "cudnn_paged", "pallas"):
         def c6(impl=impl):
-            o = jax.jit(lambda *a: ao.paged_decode_attention(*a, scale=SCALE, impl=impl))(qd, kp, vp, table, lengths)
+            o = jax.jit(lambda *a: pd.paged_decode_attention(*a, scale=SCALE, impl=impl))(qd, kp, vp, table, lengths)
             log(f"  paged_decode {impl} (lengths 1,17,700,1024): {maxdiff(o, rd):.4f}")
         attempt(f"decode {impl}", c6)
 
@@ -260,8 +256,8 @@ def decode():
                 for impl in impls:
                     def one(q, table, impl=impl, kp=kp, vp=vp, kt=kt, vt=vt, lengths=lengths):
                         if impl == "pallas_knpd":  # pool stored in the kernel's own layout
-                            return ao.pallas_paged_decode(q, kt, vt, table, lengths, scale=SCALE)
-                        return ao.paged_decode_attention(q, kp, vp, table, lengths, scale=SCALE, impl=impl)
+                            return pd.pallas_paged_decode(q, kt, vt, table, lengths, scale=SCALE)
+                        return pd.paged_decode_attention(q, kp, vp, table, lengths, scale=SCALE, impl=impl)
 
                     def loop(q, table, one=one, n=n):
                         # the table moves each step so XLA cannot hoist a gather out of the loop
@@ -276,7 +272,7 @@ def decode():
                     sec, _ = res
                     single = jax.jit(one)(q, table)
                     if ref is None:
-                        ref = ao.paged_decode_attention(q, kp, vp, table, lengths, scale=SCALE, impl="xla")
+                        ref = pd.paged_decode_attention(q, kp, vp, table, lengths, scale=SCALE, impl="xla")
                     d = maxdiff(single, ref)
                     rows.append((b, ctx, ps, impl, sec * 1e6, d))
                     log(f"  B={b:2d} ctx={ctx:5d} ps={ps:3d} {impl:12s} {sec * 1e6:9.1f} us  diff vs xla {d:.4f}")

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxllm.errors import GenerationError
-from jaxllm.models import attention_ops
+from jaxllm.models import attention_ops, kv_quant, paged_decode
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.layers import Dense, RMSNorm
 from jaxllm.models.rope import Rotary, apply_rotary
@@ -188,7 +188,7 @@ class PagedCache:
     is read: a prefill chunk gathers its keys dequantized; decode reads the 8-bit pages with the
     XLA form, the scales folded into its products (cuDNN's paged kernel takes only 16-bit pools).
     int8 keys and values are stored rotated by a fixed orthogonal matrix, the queries rotated to
-    match and the output rotated back (`attention_ops.rotate`: scores and output unchanged,
+    match and the output rotated back (`kv_quant.rotate`: scores and output unchanged,
     outlier channels spread before one scale per token and head is taken)."""
 
     page_table: jax.Array
@@ -201,7 +201,7 @@ class PagedCache:
         if new.k_scale is None:
             return self.attend(q, k, v, new, positions, spec), new
         # int8 keys and values are stored rotated: the queries turn alike, the output turns back
-        return attention_ops.rotate(self.attend(attention_ops.rotate(q), k, v, new, positions, spec)), new
+        return kv_quant.rotate(self.attend(kv_quant.rotate(q), k, v, new, positions, spec)), new
 
     def attend(self, q, k, v, new: LayerCache, positions, spec: AttnSpec):
         """Attention of q over the cache `new` (k, v [B, T, K, D]: the call's own, as given)."""
@@ -211,7 +211,7 @@ class PagedCache:
             # A row without a token this step (finished, paused, padding) reads one key, not its
             # whole history: in a batch where many rows are done that is most of the traffic.
             lengths = jnp.where(self.valid[:, 0], positions[:, 0] + 1, 1)
-            out = attention_ops.paged_decode_attention(
+            out = paged_decode.paged_decode_attention(
                 q, new.k, new.v, self.page_table, lengths, scale=spec.scale, window=spec.window,
                 softcap=spec.softcap, impl="cudnn_paged" if fast and native else "xla", num_keys=self.num_keys,
                 k_scales=new.k_scale, v_scales=new.v_scale)
@@ -231,8 +231,8 @@ class PagedCache:
         """Each row's first `num_keys` cached keys (or values) [B, num_keys, K, D] in `dtype`."""
         if scales is None:
             return attention_ops.gather_pages(pool, self.page_table, self.num_keys).astype(dtype)
-        return attention_ops.dequantize_kv(attention_ops.gather_pages(pool, self.page_table, self.num_keys),
-                                           attention_ops.gather_pages(scales, self.page_table, self.num_keys), dtype)
+        return kv_quant.dequantize_kv(attention_ops.gather_pages(pool, self.page_table, self.num_keys),
+                                      attention_ops.gather_pages(scales, self.page_table, self.num_keys), dtype)
 
     def write(self, cache: LayerCache, k, v, positions) -> LayerCache:
         """k, v [B, T, K, D] into their pages: one scatter per pool, in place when donated.
@@ -241,8 +241,8 @@ class PagedCache:
         values again), so the scatter declares its indices unique: XLA's GPU scatter otherwise
         uses atomics, and padding aimed at one trash page serialised on them (2.5 ms per layer
         of a prefill call, 40% of the offline bench on an H200, 2026-11-28). The pool's dtype
-        says how values are stored (`attention_ops.quantize_kv`): an int8 pool stores keys
-        and values rotated (`attention_ops.rotate`) and also scatters each token's scales."""
+        says how values are stored (`kv_quant.quantize_kv`): an int8 pool stores keys
+        and values rotated (`kv_quant.rotate`) and also scatters each token's scales."""
         n, ps = cache.k.shape[:2]
         page = jnp.take_along_axis(self.page_table, positions // ps, axis=1, mode="clip")
         page = jnp.where(self.valid, page, n).reshape(-1)
@@ -255,9 +255,9 @@ class PagedCache:
         if cache.k.dtype.itemsize > 1:  # the model's dtype (or another float)
             return LayerCache(put(cache.k, k), put(cache.v, v))
         if cache.k_scale is None:  # float8
-            return LayerCache(*(put(pool, attention_ops.quantize_kv(x, pool.dtype)[0]) for pool, x in ((cache.k, k), (cache.v, v))))
-        kq, ks = attention_ops.quantize_kv(attention_ops.rotate(k.astype(jnp.float32)), jnp.int8, cache.k_scale.dtype)
-        vq, vs = attention_ops.quantize_kv(attention_ops.rotate(v.astype(jnp.float32)), jnp.int8, cache.v_scale.dtype)
+            return LayerCache(*(put(pool, kv_quant.quantize_kv(x, pool.dtype)[0]) for pool, x in ((cache.k, k), (cache.v, v))))
+        kq, ks = kv_quant.quantize_kv(kv_quant.rotate(k.astype(jnp.float32)), jnp.int8, cache.k_scale.dtype)
+        vq, vs = kv_quant.quantize_kv(kv_quant.rotate(v.astype(jnp.float32)), jnp.int8, cache.v_scale.dtype)
         return LayerCache(put(cache.k, kq), put(cache.v, vq), put(cache.k_scale, ks), put(cache.v_scale, vs))
 
 

@@ -1,23 +1,16 @@
-"""models/attention_ops.py on the CPU: blocked (online-softmax) attention, page gathers, paged
-decode and the non-cuDNN prefill paths against the materialised masked reference (the same
+"""models/attention_ops.py and models/paged_decode.py on the CPU: blocked (online-softmax)
+attention, page gathers, paged decode and the non-cuDNN prefill paths against the materialised masked reference (the same
 mask and softmax as models/layers.py's attention_mask / attention_probs / attend). The cuDNN
 paths need an NVIDIA GPU (benchmarks/attention_probe.py checks them there); the Pallas GPU
 kernels run here in interpret mode."""
-import importlib.util
-import os
 import zlib
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-try:
-    from jaxllm.models import attention_ops as ao
-except ImportError:  # the package is mid-rewrite elsewhere: the module stands alone
-    _path = os.path.join(os.path.dirname(__file__), "..", "models", "attention_ops.py")
-    _spec = importlib.util.spec_from_file_location("attention_ops", _path)
-    ao = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(ao)
+from jaxllm.models import attention_ops as ao
+from jaxllm.models import paged_decode
 
 
 def _masked_reference(q, k, v, q_pos, kv_len, scale, window=None, softcap=None):
@@ -127,13 +120,13 @@ def test_paged_decode_xla_matches_reference(window, softcap):
     table = jnp.asarray(rng.permutation(17)[: b * p].reshape(b, p), jnp.int32)
     lengths = jnp.asarray([1, 9, 20], jnp.int32)
     q = jnp.asarray(rng.standard_normal((b, 1, h, d)), jnp.float32)
-    out = ao.paged_decode_attention(q, kp, vp, table, lengths, scale=0.3, impl="xla", window=window, softcap=softcap)
+    out = paged_decode.paged_decode_attention(q, kp, vp, table, lengths, scale=0.3, impl="xla", window=window, softcap=softcap)
     keys, values = ao.gather_pages(kp, table), ao.gather_pages(vp, table)
     ref = _masked_reference(q, keys, values, np.asarray(lengths)[:, None] - 1, np.asarray(lengths), 0.3, window,
                             softcap)
     np.testing.assert_allclose(np.asarray(out), ref, atol=2e-6, rtol=1e-5)
     # on the CPU the default picks the XLA path, and num_keys bounds the keys read
-    out2 = ao.paged_decode_attention(q, kp, vp, table, lengths, scale=0.3, window=window, softcap=softcap,
+    out2 = paged_decode.paged_decode_attention(q, kp, vp, table, lengths, scale=0.3, window=window, softcap=softcap,
                                      num_keys=20)
     np.testing.assert_allclose(np.asarray(out2), ref, atol=2e-6, rtol=1e-5)
 
@@ -147,8 +140,8 @@ def test_pallas_paged_decode_interpret():
     table = jnp.asarray(rng.permutation(9)[: b * p].reshape(b, p), jnp.int32)
     lengths = jnp.asarray([3, 16], jnp.int32)
     q = jnp.asarray(rng.standard_normal((b, 1, h, d)), jnp.float32)
-    out = ao.paged_decode_attention(q, kp, vp, table, lengths, scale=0.3, impl="pallas", interpret=True)
-    ref = ao.paged_decode_attention(q, kp, vp, table, lengths, scale=0.3, impl="xla")
+    out = paged_decode.paged_decode_attention(q, kp, vp, table, lengths, scale=0.3, impl="pallas", interpret=True)
+    ref = paged_decode.paged_decode_attention(q, kp, vp, table, lengths, scale=0.3, impl="xla")
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5, rtol=1e-5)
 
 

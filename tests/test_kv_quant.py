@@ -18,6 +18,7 @@ from jaxllm import generation, research
 from jaxllm.engine import Engine
 from jaxllm.errors import GenerationError
 from jaxllm.models import attention_ops as ao
+from jaxllm.models import kv_quant, paged_decode
 from jaxllm.models.attention import AttnSpec, LayerCache, PagedCache, kv_cache_bytes
 
 GREEDY = jaxllm.SamplingParams(max_new_tokens=12, ignore_eos=True, logprobs=True)
@@ -47,23 +48,23 @@ def test_int8_error_is_within_half_a_step_of_each_token_and_head():
     x[0, 0, 0] = 0
     x[1, 2, 3, 7] = 300.0  # an outlier sets its head's step
     for scale_dtype, rtol in ((jnp.float32, 1e-6), (jnp.bfloat16, 2**-8)):
-        q, s = ao.quantize_kv(jnp.asarray(x), jnp.int8, scale_dtype)
+        q, s = kv_quant.quantize_kv(jnp.asarray(x), jnp.int8, scale_dtype)
         assert (q.dtype, s.dtype, s.shape) == (jnp.int8, scale_dtype, x.shape[:-1])
         step = np.asarray(s, np.float32)
         np.testing.assert_allclose(step, np.abs(x).max(-1) / 127, rtol=rtol)
-        back = np.asarray(ao.dequantize_kv(q, s, jnp.float32))
+        back = np.asarray(kv_quant.dequantize_kv(q, s, jnp.float32))
         assert (np.abs(back - x) <= step[..., None] / 2 * (1 + 1e-5)).all()
         assert (back[0, 0, 0] == 0).all() and np.abs(np.asarray(q)).max() == 127
     # int8 keys and values are stored rotated (outlier channels spread over the head), queries
     # turned alike and outputs turned back: an orthogonal map, its own inverse, of any head size
     for d in (64, 96):
         a = rng.standard_normal((5, d)).astype(np.float32)
-        np.testing.assert_allclose(np.asarray(ao.rotate(ao.rotate(jnp.asarray(a)))), a, atol=1e-5)
-        np.testing.assert_allclose(np.linalg.norm(np.asarray(ao.rotate(jnp.asarray(a))), axis=-1),
+        np.testing.assert_allclose(np.asarray(kv_quant.rotate(kv_quant.rotate(jnp.asarray(a)))), a, atol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(np.asarray(kv_quant.rotate(jnp.asarray(a))), axis=-1),
                                    np.linalg.norm(a, axis=-1), rtol=1e-5)
     # float8 e4m3: 3 mantissa bits (relative error <= 2**-4 in its normal range), clipped to +-448
     y = jnp.asarray([1000.0, -1000.0, 3.3, -0.07, 0.5, 0.0])
-    f, none = ao.quantize_kv(y, jnp.float8_e4m3fn)
+    f, none = kv_quant.quantize_kv(y, jnp.float8_e4m3fn)
     back = np.asarray(f, np.float32)
     assert none is None and f.dtype == jnp.float8_e4m3fn
     np.testing.assert_array_equal(back[:2], [448, -448])
@@ -80,9 +81,9 @@ def test_attention_reads_8_bit_pages_as_their_dequantized_values():
     table = jnp.asarray([[3, 0, 7, 8], [5, 1, 2, 6]], jnp.int32)
     lengths = jnp.asarray([5, 13], jnp.int32)
     q = jnp.asarray(rng.standard_normal((2, 1, h, d)), jnp.float32)
-    (kq, ks), (vq, vs) = ao.quantize_kv(jnp.asarray(k), jnp.int8, jnp.float32), ao.quantize_kv(jnp.asarray(v), jnp.int8, jnp.float32)
-    kd, vd = ao.dequantize_kv(kq, ks, jnp.float32), ao.dequantize_kv(vq, vs, jnp.float32)
-    decode = jax.jit(ao.paged_decode_attention, static_argnames=("scale", "impl", "window", "softcap"))
+    (kq, ks), (vq, vs) = kv_quant.quantize_kv(jnp.asarray(k), jnp.int8, jnp.float32), kv_quant.quantize_kv(jnp.asarray(v), jnp.int8, jnp.float32)
+    kd, vd = kv_quant.dequantize_kv(kq, ks, jnp.float32), kv_quant.dequantize_kv(vq, vs, jnp.float32)
+    decode = jax.jit(paged_decode.paged_decode_attention, static_argnames=("scale", "impl", "window", "softcap"))
     opts = dict(scale=0.25, window=3, softcap=5.0)  # the scales apply before the soft cap
     got = decode(q, kq, vq, table, lengths, impl="cudnn_paged", k_scales=ks, v_scales=vs, **opts)
     np.testing.assert_allclose(got, decode(q, kd, vd, table, lengths, impl="xla", **opts), atol=1e-5)
@@ -102,11 +103,11 @@ def test_attention_reads_8_bit_pages_as_their_dequantized_values():
     kc, vc = (jnp.asarray(rng.standard_normal((2, t, kv, d)), jnp.float32) for _ in range(2))
     paged = PagedCache(table, valid, 16)
     out, new = jax.jit(lambda *a: paged(*a, AttnSpec(0.25)))(qc, kc, vc, cache, positions)
-    wq, wscale = ao.quantize_kv(ao.rotate(kc), jnp.int8, jnp.float32)  # int8 keys are stored rotated
+    wq, wscale = kv_quant.quantize_kv(kv_quant.rotate(kc), jnp.int8, jnp.float32)  # int8 keys are stored rotated
     np.testing.assert_array_equal(new.k[7, 0], wq[0, 5])  # row 0's position 8: its third page (7), offset 0
     np.testing.assert_array_equal(new.k_scale[7, 0], wscale[0, 5])
-    want = jax.jit(lambda new: ao.rotate(ao.reference_attention(  # values too: the output turns back
-        ao.rotate(qc), paged.gather(new.k, new.k_scale, jnp.float32), paged.gather(new.v, new.v_scale, jnp.float32),
+    want = jax.jit(lambda new: kv_quant.rotate(ao.reference_attention(  # values too: the output turns back
+        kv_quant.rotate(qc), paged.gather(new.k, new.k_scale, jnp.float32), paged.gather(new.v, new.v_scale, jnp.float32),
         positions, positions[:, 0] + valid.sum(1), scale=0.25)))(new)
     np.testing.assert_allclose(out[0], want[0], atol=1e-5)
     np.testing.assert_allclose(out[1, :4], want[1, :4], atol=1e-5)
