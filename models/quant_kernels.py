@@ -174,9 +174,9 @@ TILINGS16 = ((16, 4096, (16, 32, 256, 4, 3, 4, True)), (64, 8192, (64, 128, 256,
 def matmul(x, q, scale, offset):
     """x [R, K] . dequantize(q [N, K], scale [N, G], offset [N, G] or None) by the kernel and tiling
     for its shapes, or None when none fits (XLA's forms then): qmatmul16 for symmetric int8 with
-    enough outputs, else qmatmul."""
+    enough outputs and 16-bit rows (which float16 holds exactly), else qmatmul."""
     rows, (n, k), groups = x.shape[0], q.shape, scale.shape[-1]
-    if offset is None and q.dtype == jnp.int8 and k % groups == 0:
+    if offset is None and q.dtype == jnp.int8 and x.dtype in (jnp.bfloat16, jnp.float16) and k % groups == 0:
         g = k // groups
         for most, least, (bm, bn, bk, warps, stages, splits, per_group) in TILINGS16:
             if rows <= most and n >= least:

@@ -132,6 +132,11 @@ def test_float16_int8_kernel_equals_the_dequantized_product(monkeypatch, per_gro
         got = quant.product(x[:rows], kernel, scale, None, 1)
         assert float(jnp.max(jnp.abs(got.astype(jnp.float32) - want[:rows]) - bound[:rows] - slack[:rows])) <= 0
     assert calls == [16, 64]
+    # float32 rows would lose bits in float16: they keep qmatmul (dequantized in float32)
+    plain = quant_kernels.qmatmul
+    monkeypatch.setattr(quant_kernels, "qmatmul", lambda *a, **kw: calls.append("qmatmul") or plain(*a, **kw, interpret=True))
+    quant.product(x[:3].astype(jnp.float32), kernel, scale, None, 1)
+    assert calls == [16, 64, "qmatmul"]
 
 
 @pytest.mark.parametrize("bits, offset", [(8, False), (8, True), (4, False), (4, True)])
