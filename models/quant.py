@@ -188,7 +188,7 @@ def grouped_product(x, kernel, scale, offset, n_in: int):
       1.95 TB/s on an H200 where this one ran at 3.0).
 
     Offsets add the groups' input sums times the offsets. Sums in float32, the result in x's dtype
-    (docs/benchmarks.md, "Quantization": the H200 profile of each form)."""
+    (docs/benchmarks.md, session 12: the H200 profile of each form)."""
     n_out = kernel.ndim - n_in
     out_shape, groups = kernel.shape[:n_out], scale.shape[-1]
     n, k = math.prod(out_shape), math.prod(kernel.shape[n_out:])

@@ -180,7 +180,8 @@ def matmul(x, q, scale, offset):
         g = k // groups
         for most, least, (bm, bn, bk, warps, stages, splits, per_group) in TILINGS16:
             if rows <= most and n >= least:
-                if n % bn == 0 and bk % g == 0 and (bk // g) & (bk // g - 1) == 0 and (k // splits) % bk == 0 and g % 16 == 0:
+                if (n % bn == 0 and k % splits == 0 and bk % g == 0 and (bk // g) & (bk // g - 1) == 0
+                        and (k // splits) % bk == 0 and g % 16 == 0):
                     return qmatmul16(x, q, scale, bm=bm, bn=bn, bk=bk, num_warps=warps, num_stages=stages, splits=splits,
                                      per_group=per_group)
                 break
