@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 sys.path.insert(0, os.path.dirname(__file__))
-from quant_matvec_probe import LAYERS, SHAPES, product, timed, weights  # noqa: E402
+from quant_matvec_probe import LAYERS, SHAPES, product, timed, weights, write_results  # noqa: E402
 
 from jaxllm.models import quant  # noqa: E402
 from jaxllm.models.quant_kernels import _int8_to_f16, qmatmul16  # noqa: E402
@@ -170,9 +170,7 @@ def main(argv=None):
                 record(f"qgemv {'asm' if fast else 'cvt'} bn={bn} per={per} w={warps} s={stages} S={splits}",
                        shape, "int8", fn, x, ws, nbytes, ref)
         del ws, ref
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
+    write_results(args.out, results)
     return 0
 
 

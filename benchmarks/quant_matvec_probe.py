@@ -175,10 +175,15 @@ def main(argv=None):
                                jax.jit(pallas_form(qmatmul, bm=bm, bn=bn, bk=bk, num_warps=warps, num_stages=stages,
                                                    splits=splits)), x, ws, nbytes)
                 del ws
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
+    write_results(args.out, results)
     return 0
+
+
+def write_results(path, results) -> None:
+    """The probe's JSON lines as one list, when --out names a file."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":
