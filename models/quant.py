@@ -168,8 +168,6 @@ def product(x, kernel, scale, offset, n_in: int):
     if not _one_device():
         return None
     n, k = math.prod(kernel.shape[:n_out]), math.prod(kernel.shape[n_out:])
-    if rows > quant_kernels.MAX_ROWS:
-        return None
     y = quant_kernels.matmul(x.reshape(rows, k), kernel.reshape(n, k), scale.reshape(n, -1),
                              None if offset is None else offset.reshape(n, -1))
     return None if y is None else y.reshape(x.shape[: x.ndim - n_in] + kernel.shape[:n_out])

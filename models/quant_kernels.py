@@ -86,13 +86,17 @@ def _call(kernel, x, q, scale, offset, bm, bn, bk, interpret, num_warps, num_sta
     return y[0] if splits == 1 else y.sum(0).astype(out_dtype)
 
 
+def _pad_rows(x, bm: int):
+    """x with zero rows added up to a multiple of bm (Triton's dot needs 16 rows at least)."""
+    padded = -(-x.shape[0] // bm) * bm
+    return x if padded == x.shape[0] else jnp.zeros((padded, x.shape[1]), x.dtype).at[: x.shape[0]].set(x)
+
+
 @functools.partial(jax.jit, static_argnames=("bm", "bn", "bk", "interpret", "num_warps", "num_stages", "splits"))
 def qmatmul(x, q, scale, offset=None, *, bm: int = 16, bn: int = 64, bk: int = 256, interpret: bool = False,
             num_warps: int = 4, num_stages: int = 3, splits: int = 1):
-    rows = x.shape[0]
-    padded = -(-rows // bm) * bm  # Triton's dot needs 16 rows at least
-    xp = x if padded == rows else jnp.zeros((padded, x.shape[1]), x.dtype).at[:rows].set(x)
-    return _call(_matmul_kernel, xp, q, scale, offset, bm, bn, bk, interpret, num_warps, num_stages, splits)[:rows]
+    xp = _pad_rows(x, bm)
+    return _call(_matmul_kernel, xp, q, scale, offset, bm, bn, bk, interpret, num_warps, num_stages, splits)[: x.shape[0]]
 
 
 # int8 -> float16, four values per instance: bias each byte to unsigned (q + 128), place it as the
@@ -151,12 +155,10 @@ def qmatmul16(x, q, scale, *, bm: int = 16, bn: int = 64, bk: int = 256, interpr
     """qmatmul for symmetric int8 kernels: the tile converted by bits (_I8_TO_F16) and multiplied in
     float16 (x rounded to float16 after X_SHIFT; the products' 11-bit mantissas hold more than
     bfloat16's 8), float32 sums, the result in x's dtype."""
-    rows = x.shape[0]
-    padded = -(-rows // bm) * bm
-    x16 = (x.astype(jnp.float32) * X_SHIFT).astype(jnp.float16)
-    x16 = x16 if padded == rows else jnp.zeros((padded, x.shape[1]), jnp.float16).at[:rows].set(x16)
+    x16 = _pad_rows((x.astype(jnp.float32) * X_SHIFT).astype(jnp.float16), bm)
     kernel = functools.partial(_f16_kernel, per_group=per_group, interpret=interpret)
-    return _call(kernel, x16, q, scale, None, bm, bn, bk, interpret, num_warps, num_stages, splits, jnp.float32)[:rows].astype(x.dtype)
+    y = _call(kernel, x16, q, scale, None, bm, bn, bk, interpret, num_warps, num_stages, splits, jnp.float32)
+    return y[: x.shape[0]].astype(x.dtype)
 
 
 # (bm, bn, bk, warps, stages, splits) by rows: the best average over Llama-3-8B's q/o, gate/up and
@@ -176,12 +178,10 @@ def matmul(x, q, scale, offset):
     for its shapes, or None when none fits (XLA's forms then): qmatmul16 for symmetric int8 with
     enough outputs and 16-bit rows (which float16 holds exactly), else qmatmul."""
     rows, (n, k), groups = x.shape[0], q.shape, scale.shape[-1]
-    if offset is None and q.dtype == jnp.int8 and x.dtype in (jnp.bfloat16, jnp.float16) and k % groups == 0:
-        g = k // groups
+    if offset is None and q.dtype == jnp.int8 and x.dtype in (jnp.bfloat16, jnp.float16):
         for most, least, (bm, bn, bk, warps, stages, splits, per_group) in TILINGS16:
             if rows <= most and n >= least:
-                if (n % bn == 0 and k % splits == 0 and bk % g == 0 and (bk // g) & (bk // g - 1) == 0
-                        and (k // splits) % bk == 0 and g % 16 == 0):
+                if _fits(n, k, groups, bn, bk, splits) and (k // groups) % 16 == 0:  # a group is a dot's K
                     return qmatmul16(x, q, scale, bm=bm, bn=bn, bk=bk, num_warps=warps, num_stages=stages, splits=splits,
                                      per_group=per_group)
                 break
@@ -194,8 +194,13 @@ def tiling(rows: int, n: int, k: int, groups: int):
     if rows > MAX_ROWS:
         return None
     bm, bn, bk, warps, stages, splits = next(t for r, t in TILINGS if rows <= r)
-    g = k // groups
-    per = bk // g if g and bk % g == 0 else 0
-    fits = (k % groups == 0 and per and per & (per - 1) == 0 and groups % splits == 0
-            and (k // splits) % bk == 0 and n % bn == 0)
+    fits = _fits(n, k, groups, bn, bk, splits)
     return dict(bm=bm, bn=bn, bk=bk, num_warps=warps, num_stages=stages, splits=splits) if fits else None
+
+
+def _fits(n: int, k: int, groups: int, bn: int, bk: int, splits: int) -> bool:
+    """Whether a product [n outputs, k inputs in `groups` groups] tiles by (bn, bk, splits): whole
+    groups, a power of two of them per K block, whole blocks per split, whole column blocks."""
+    g = k // groups
+    per = bk // g if g and k % groups == 0 and bk % g == 0 else 0
+    return bool(per and per & (per - 1) == 0 and groups % splits == 0 and (k // splits) % bk == 0 and n % bn == 0)
