@@ -176,7 +176,7 @@ def reference_attention(q, k, v, q_pos, kv_len=None, *, scale: float, window=Non
 # cuDNN through jax's private wrapper
 
 
-def _cudnn_private():
+def cudnn_private():
     """jax's own cuDNN wrapper (private, present in jax 0.10 and 0.11): it returns the softmax
     log-sum-exp in float32, which the public jax.nn.dot_product_attention casts to the output
     dtype (bf16 is too coarse to merge two partial softmaxes)."""
@@ -281,7 +281,7 @@ def flash_prefill(q, k, v, start=0, kv_len=None, *, scale: float, window: int | 
 def _cudnn_chunk(q, k, v, start, scale, k_new=None, v_new=None):
     """cuDNN prefill of a chunk at a dynamic offset: prefix (padding mask at `start`) and chunk
     (top-left causal) in two flash calls, merged by their float32 log-sum-exps."""
-    fa = _cudnn_private()
+    fa = cudnn_private()
     b, t, h, d = q.shape
     if k_new is None or v_new is None:
         take = jax.vmap(lambda x, s0: lax.dynamic_slice_in_dim(x, s0, t, axis=0))

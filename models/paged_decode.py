@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxllm.models.attention_ops import NEG_INF, _cudnn_private, gather_pages
+from jaxllm.models.attention_ops import NEG_INF, cudnn_private, gather_pages
 
 
 def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: float,
@@ -113,7 +113,7 @@ def _masked_decode(q, k, v, lengths, scale, window, softcap, k_scales=None, v_sc
 
 
 def _cudnn_paged(q, k_pages, v_pages, page_table, lengths, scale):
-    fa = _cudnn_private()
+    fa = cudnn_private()
     b, p = page_table.shape
     n = k_pages.shape[0]
     per_row = n // b
