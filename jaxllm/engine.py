@@ -95,7 +95,10 @@ class Engine:
     kv_dtype: how the cache stores keys and values: None the model's dtype, "int8" (a scale per
     token and kv head) or "fp8" (float8 e4m3); 8-bit halves the bytes of a cached token, so the
     same memory holds about twice the pages. Default: the model's `kv_dtype` attribute (what
-    jaxllm.load was given), else None.
+    jaxllm.load was given), else None. cascade: how decode reads a prompt prefix that running
+    sequences share (cached pages): None reads it once for all of them (cascade attention) when
+    that reads fewer keys than each sequence reading its own (Runner.plan_cascade), True whenever
+    they share a page, False never.
 
     On a mesh with dp > 1: batch_size is rounded up to a multiple of dp (batch_size / dp rows per
     dp group), the pool has dp equal shards of at least one max_len sequence each (num_pages is
@@ -105,7 +108,8 @@ class Engine:
 
     def __init__(self, model, batch_size: int = 8, max_len: int | None = None, *, num_pages: int | None = None,
                  page_size: int = 16, memory_fraction: float = 0.9, prefill_tokens: int = 2048, chunk: int = 16,
-                 prefix_caching: bool = True, attention: str | None = None, kv_dtype: str | None = None):
+                 prefix_caching: bool = True, attention: str | None = None, kv_dtype: str | None = None,
+                 cascade: bool | None = None):
         cfg = model.config
         self.kv_dtype = check_kv_dtype(getattr(model, "kv_dtype", None) if kv_dtype is None else kv_dtype)
         max_len = cfg.context_length if max_len is None else max_len
@@ -117,6 +121,9 @@ class Engine:
                 raise GenerationError(f"Engine {name}={value!r} is invalid: use a whole number >= {least}"
                                       + (" (or None for the model's positions)" if name == "max_len" else "")
                                       + (" (or None to size the pool from the device's memory)" if name == "num_pages" else ""))
+        if cascade not in (None, True, False):
+            raise GenerationError(f"Engine cascade={cascade!r} is invalid: use None (when it reads fewer keys), True or False")
+        self.cascade = cascade
         if (not isinstance(memory_fraction, (int, float)) or isinstance(memory_fraction, bool)
                 or not 0 < memory_fraction <= 1):
             raise GenerationError(f"Engine memory_fraction={memory_fraction!r} is invalid: use a number in (0, 1]")
@@ -433,8 +440,11 @@ class Engine:
         reach = max(seq.num_tokens for seq in batch) + self.chunk
         sampling = any(seq.params.temperature > 0 for seq in batch)
         steps = self.admit_steps if self.scheduler.can_admit() else self.chunk
+        cascade = None if self.cascade is False else self.runner.plan_cascade(
+            {self.slot_of[seq]: (seq.pages, seq.num_tokens - 1) for seq in batch}, self.chunk, force=bool(self.cascade))
+        self.scheduler.stats.cascaded += cascade is not None
         self.state, out, out_lp, done = self.runner.decode(self.state, self.runner.table(pages), limit, stop,
-                                                           self.runner.decode_keys(reach), sampling, steps)
+                                                           self.runner.decode_keys(reach), sampling, steps, cascade)
         events = []
         for seq in batch:
             slot = self.slot_of[seq]

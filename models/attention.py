@@ -169,7 +169,8 @@ class Uncached:
         return out, LayerCache(k, v)
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["page_table", "valid"], meta_fields=["num_keys", "impl"])
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["page_table", "valid", "shared", "offsets"],
+                   meta_fields=["num_keys", "impl", "cascade"])
 @dataclass(frozen=True)
 class PagedCache:
     """A pool of pages per layer, k and v [N + 1, ps, K, D]; the last page is what unused page
@@ -187,6 +188,12 @@ class PagedCache:
     k_scale, v_scale [N + 1, ps, K], or float8), quantized as it is written and dequantized as it
     is read: a prefill chunk gathers its keys dequantized; decode reads the 8-bit pages with the
     XLA form, the scales folded into its products (cuDNN's paged kernel takes only 16-bit pools).
+
+    Cascade decode (`cascade` = (shared_keys, suffix_keys, others), static): rows whose tables
+    begin with the pages `shared` [S / ps] (`offsets` [B]: how many of each row's first keys those
+    are) read those keys once for all of them, then their own
+    (`paged_decode.cascade_decode_attention`); rows with offset 0 read their tables as without
+    it (`others`: whether there are any). Pools in the queries' dtype only; others ignore it.
     int8 keys and values are stored rotated by a fixed orthogonal matrix, the queries rotated to
     match and the output rotated back (`kv_quant.rotate`: scores and output unchanged,
     outlier channels spread before one scale per token and head is taken)."""
@@ -195,6 +202,9 @@ class PagedCache:
     valid: jax.Array
     num_keys: int
     impl: str = "xla"
+    shared: jax.Array | None = None
+    offsets: jax.Array | None = None
+    cascade: tuple[int, int, bool] | None = None
 
     def __call__(self, q, k, v, cache: LayerCache, positions, spec: AttnSpec):
         new = self.write(cache, k, v, positions)
@@ -211,11 +221,23 @@ class PagedCache:
             # A row without a token this step (finished, paused, padding) reads one key, not its
             # whole history: in a batch where many rows are done that is most of the traffic.
             lengths = jnp.where(self.valid[:, 0], positions[:, 0] + 1, 1)
+            cascade = self.cascade is not None and native
+            if cascade:
+                offsets = jnp.where(self.valid[:, 0], self.offsets, 0)
+                shares = offsets > 0
+                by_cudnn = fast and paged_decode.cudnn_paged_fits(new.k.shape[0], q.shape[0], self.page_table.shape[1])
+                both = paged_decode.cascade_decode_attention(
+                    q, new.k, new.v, self.page_table, lengths, self.shared, offsets, scale=spec.scale,
+                    shared_keys=self.cascade[0], suffix_keys=self.cascade[1], window=spec.window, softcap=spec.softcap,
+                    impl="cudnn" if by_cudnn else "xla")
+                if by_cudnn or not self.cascade[2]:  # cuDNN's own part reads other rows whole; or every row shares
+                    return both
+                lengths = jnp.where(shares, 1, lengths)  # the sharing rows' plain reads: one key
             out = paged_decode.paged_decode_attention(
                 q, new.k, new.v, self.page_table, lengths, scale=spec.scale, window=spec.window,
                 softcap=spec.softcap, impl="cudnn_paged" if fast and native else "xla", num_keys=self.num_keys,
                 k_scales=new.k_scale, v_scales=new.v_scale)
-            return out
+            return jnp.where(shares[:, None, None, None], both, out) if cascade else out
         keys, values = self.gather(new.k, new.k_scale, q.dtype), self.gather(new.v, new.v_scale, q.dtype)
         start = positions[:, 0]
         kv_len = start + jnp.sum(self.valid, axis=1)

@@ -63,7 +63,7 @@ def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: f
         impl = "xla"
     if impl == "cudnn_paged":
         need = p if num_keys is None else -(-num_keys // ps)
-        if n % b or n // b < need:
+        if not cudnn_paged_fits(n, b, need):
             impl = "cudnn"
         else:
             return _cudnn_paged(q, k_pages, v_pages, page_table[:, :need], lengths, scale)
@@ -88,31 +88,120 @@ def _masked_decode(q, k, v, lengths, scale, window, softcap, k_scales=None, v_sc
     e4m3 floats are exact in bfloat16) with int8 scales [B, S, K] applied to the scores and the
     weights."""
     b, _, h, d = q.shape
-    s, kv = k.shape[1], k.shape[2]
-    k_pos = jnp.arange(s, dtype=jnp.int32)[None, :]
+    k_pos = jnp.arange(k.shape[1], dtype=jnp.int32)[None, :]
+    out, _ = _decode_part(q, k, v, _visible(k_pos, lengths, window), scale, softcap, k_scales, v_scales)
+    return out.reshape(b, 1, h, d).astype(q.dtype)
+
+
+def _visible(k_pos, lengths, window):
+    """[B, S] whether each row's query (at position lengths - 1) sees the key at k_pos [B or 1, S]."""
     mask = k_pos < lengths[:, None]
     if window is not None:
         mask &= k_pos > lengths[:, None] - 1 - window
+    return mask
+
+
+def _decode_part(q, k, v, mask, scale, softcap, k_scales=None, v_scales=None):
+    """Softmax attention of one query per row over the keys `mask` [B, S] lets it see: k, v
+    [B, S, K, D] per row, or [S, K, D] one set every row reads (a shared prefix). -> (output
+    float32 [B, K, G, D] normalized over these keys, their log-sum-exp float32 [B, K, G]; -inf
+    and zeros for a row that sees none), so parts over disjoint keys merge exactly."""
+    b, _, h, d = q.shape
+    kv = k.shape[-2]
+    shared = k.ndim == 3
     qg = q.reshape(b, kv, h // kv, d)
     narrow = k.dtype.itemsize == 1  # an 8-bit cache
     k, v_dtype = (k.astype(q.dtype), q.dtype) if narrow else (k, v.dtype)
-    scores = jnp.einsum("bkgd,bskd->bkgs", qg, k, preferred_element_type=jnp.float32) * scale
+    scores = jnp.einsum("bkgd,skd->bkgs" if shared else "bkgd,bskd->bkgs", qg, k,
+                        preferred_element_type=jnp.float32) * scale
     if k_scales is not None:
         scores = scores * jnp.swapaxes(k_scales, 1, 2).astype(jnp.float32)[:, :, None, :]
     if softcap is not None:
         scores = jnp.tanh(scores / softcap) * softcap
     scores = jnp.where(mask[:, None, None, :], scores, NEG_INF)
     m = jnp.max(scores, axis=-1, keepdims=True)
-    p = jnp.exp(scores - jnp.where(m == NEG_INF, 0.0, m))
+    m = jnp.where(m == NEG_INF, 0.0, m)
+    p = jnp.exp(scores - m)
     denom = jnp.sum(p, axis=-1, keepdims=True)
     p = p / jnp.where(denom > 0, denom, 1.0)
     if v_scales is not None:
         p = p * jnp.swapaxes(v_scales, 1, 2).astype(jnp.float32)[:, :, None, :]
-    out = jnp.einsum("bkgs,bskd->bkgd", p.astype(v_dtype), v.astype(v_dtype), preferred_element_type=jnp.float32)
+    out = jnp.einsum("bkgs,skd->bkgd" if shared else "bkgs,bskd->bkgd", p.astype(v_dtype), v.astype(v_dtype),
+                     preferred_element_type=jnp.float32)
+    lse = jnp.where(denom[..., 0] > 0, m[..., 0] + jnp.log(jnp.maximum(denom[..., 0], 1e-30)), -jnp.inf)
+    return out, lse
+
+
+def cascade_decode_attention(q, k_pages, v_pages, page_table, lengths, shared_table, offsets, *, scale: float,
+                             shared_keys: int, suffix_keys: int, window: int | None = None,
+                             softcap: float | None = None, impl: str = "xla"):
+    """Decode attention for rows that begin with the same cached pages (a shared prompt prefix),
+    in two parts merged by their log-sum-exps (cascade attention, as FlashInfer and vLLM call
+    it): the shared keys are read once for all rows, then each row's own keys after them.
+
+    q [B, 1, H, D]; pools [N, ps, K, D] in q.dtype; page_table [B, P] and lengths [B] as
+    paged_decode_attention; shared_table [S / ps] the shared pages (ids past the shared ones
+    may be anything: masked); offsets [B] how many of a row's first keys are the shared ones (a
+    multiple of ps: page_table[b, :offsets[b] // ps] equals shared_table's first entries; 0: the
+    row reads only its own table). shared_keys (static) >= max(offsets) and suffix_keys (static)
+    >= max(lengths - offsets) bound the keys read. Same result as paged_decode_attention up to
+    float rounding. -> [B, 1, H, D] in q.dtype.
+
+    impl "xla": both parts gathered, masked float32 softmaxes (any backend, window, softcap).
+    "cudnn": each row's own keys by cuDNN's paged kernel (reading each row's own length; a row
+    with offset 0 reads its whole table there), the shared keys by one cuDNN flash call whose
+    queries are the B rows; both return float32 log-sum-exps. Every sharing row has the same
+    offset (one group). No window or soft-capping, 16-bit pools of N % B == 0 pages (as
+    "cudnn_paged"); else "xla"."""
+    b, _, h, d = q.shape
+    n, ps = k_pages.shape[:2]
+    offsets = jnp.asarray(offsets, jnp.int32)
+    lengths = jnp.asarray(lengths, jnp.int32)
+    cols = jnp.arange(page_table.shape[1], dtype=jnp.int32)[None, :] + (offsets // ps)[:, None]
+    own_table = jnp.take_along_axis(page_table, cols, axis=1, mode="clip")  # the row's pages after the shared
+    if impl == "cudnn" and window is None and softcap is None and cudnn_paged_fits(n, b, page_table.shape[1]):
+        return _cudnn_cascade(q, k_pages, v_pages, own_table, lengths, shared_table, offsets, scale, shared_keys)
+    own_pos = jnp.arange(suffix_keys, dtype=jnp.int32)[None, :] + offsets[:, None]
+    own = _decode_part(q, gather_pages(k_pages, own_table, suffix_keys), gather_pages(v_pages, own_table, suffix_keys),
+                       _visible(own_pos, lengths, window), scale, softcap)
+    pos = jnp.arange(shared_keys, dtype=jnp.int32)[None, :]
+    common = _decode_part(q, gather_pages(k_pages, shared_table[None], shared_keys)[0],
+                          gather_pages(v_pages, shared_table[None], shared_keys)[0],
+                          _visible(pos, lengths, window) & (pos < offsets[:, None]), scale, softcap)
+    (o1, l1), (o2, l2) = own, common
+    lse = jnp.logaddexp(l1, l2)
+    safe = jnp.where(jnp.isfinite(lse), lse, 0.0)
+    out = o1 * jnp.exp(l1 - safe)[..., None] + o2 * jnp.exp(l2 - safe)[..., None]
     return out.reshape(b, 1, h, d).astype(q.dtype)
 
 
-def _cudnn_paged(q, k_pages, v_pages, page_table, lengths, scale):
+def cudnn_paged_fits(pool_pages: int, rows: int, columns: int) -> bool:
+    """Whether jax's cuDNN paged call takes a pool of `pool_pages` pages for a [rows, columns]
+    table (it wants exactly rows * P' pages for a table [rows, P'], P' >= columns)."""
+    return pool_pages % rows == 0 and pool_pages // rows >= columns
+
+
+def _cudnn_cascade(q, k_pages, v_pages, own_table, lengths, shared_table, offsets, scale, shared_keys):
+    fa = cudnn_private()
+    b, _, h, d = q.shape
+    o1, l1 = _cudnn_paged(q, k_pages, v_pages, own_table, lengths - offsets, scale, residual=True)
+    keys = gather_pages(k_pages, shared_table[None], shared_keys)  # [1, S, K, D]
+    values = gather_pages(v_pages, shared_table[None], shared_keys)
+    shared = jnp.maximum(jnp.max(offsets), 1)[None]  # a zero length is replaced, its part weighted 0 below
+    o2, l2 = fa.dot_product_attention(q.reshape(1, b, h, d), keys, values, q_seqlen=jnp.full((1,), b, jnp.int32),
+                                      kv_seqlen=shared, scale=scale, mask_type=fa.MaskType.PADDING,
+                                      return_residual=True)
+    # stats are [batch, H, T] (cuDNN's layout): [B, H, 1] for the rows' own keys, [1, H, B] shared
+    l1 = l1.astype(jnp.float32)[:, :, 0]
+    l2 = jnp.where((offsets > 0)[:, None], jnp.swapaxes(l2.astype(jnp.float32)[0], 0, 1), NEG_INF)
+    lse = jnp.logaddexp(l1, l2)
+    safe = jnp.where(jnp.isfinite(lse), lse, 0.0)
+    w1, w2 = jnp.exp(l1 - safe)[:, None, :, None], jnp.exp(l2 - safe)[:, None, :, None]
+    out = o1.astype(jnp.float32) * w1 + o2.reshape(b, 1, h, d).astype(jnp.float32) * w2
+    return out.astype(q.dtype)
+
+
+def _cudnn_paged(q, k_pages, v_pages, page_table, lengths, scale, residual: bool = False):
     fa = cudnn_private()
     b, p = page_table.shape
     n = k_pages.shape[0]
@@ -122,7 +211,7 @@ def _cudnn_paged(q, k_pages, v_pages, page_table, lengths, scale):
     table = page_table.astype(jnp.int32)[:, None, :, None]
     q_len = jnp.ones((b,), jnp.int32)
     return fa.paged_attention(q, k_pages, v_pages, q_len, lengths, table, table, scale=scale,
-                              mask_type=fa.MaskType.PADDING)
+                              mask_type=fa.MaskType.PADDING, return_residual=residual)
 
 
 def _largest_divisor(n: int, cap: int) -> int:

@@ -131,6 +131,34 @@ def test_paged_decode_xla_matches_reference(window, softcap):
     np.testing.assert_allclose(np.asarray(out2), ref, atol=2e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("window,softcap", [(None, None), (6, None), (None, 4.0)])
+def test_cascade_decode_matches_reference(window, softcap):
+    """Rows whose tables begin with the same pages: shared keys read once, each row's own after
+    them, merged by log-sum-exps; a row that does not share (offset 0), one that reads a single
+    key (inactive) and one whose shared keys are all it has before its own position, against the
+    masked reference over each row's whole table."""
+    b, h, kv, d, ps = 5, 4, 2, 8, 4
+    kp, vp = _pool(8, 31, ps, kv, d)
+    rng = np.random.default_rng(9)
+    ids = rng.permutation(31)
+    shared = ids[:3]  # three pages (12 keys) that rows 0, 1, 2 and 4 begin with
+    own = ids[3:].reshape(-1, 1)
+    table = np.stack([np.concatenate([shared, own[i * 3 : i * 3 + 3, 0]]) for i in range(b)])
+    table[3] = ids[15:21]  # row 3 shares nothing
+    offsets = np.array([12, 12, 12, 0, 12], np.int32)
+    lengths = np.array([19, 24, 13, 10, 1], np.int32)
+    offsets[4] = 0  # a row reading one key (inactive): the engine gives it offset 0
+    q = jnp.asarray(rng.standard_normal((b, 1, h, d)), jnp.float32)
+    shared_table = jnp.asarray(np.concatenate([shared, [30]]), jnp.int32)  # padded past the shared pages
+    out = paged_decode.cascade_decode_attention(q, kp, vp, jnp.asarray(table, jnp.int32), jnp.asarray(lengths),
+                                                shared_table, jnp.asarray(offsets), scale=0.3, shared_keys=16,
+                                                suffix_keys=16, window=window, softcap=softcap)
+    tab = jnp.asarray(table, jnp.int32)
+    keys, values = ao.gather_pages(kp, tab), ao.gather_pages(vp, tab)
+    ref = _masked_reference(q, keys, values, lengths[:, None] - 1, lengths, 0.3, window, softcap)
+    np.testing.assert_allclose(np.asarray(out), ref, atol=2e-6, rtol=1e-5)
+
+
 def test_pallas_paged_decode_interpret():
     """jax.experimental.pallas.ops.gpu.paged_attention in interpret mode (our [N, ps, K, D]
     pool transposed to its [K, N, ps, D])."""

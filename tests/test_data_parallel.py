@@ -213,7 +213,12 @@ def test_decode_step_moves_no_pages_across_devices(folder, spec):
     b = engine.batch_size
     spec_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     args = runner._decode_inputs(runner.table([[]] * b), np.zeros(b, np.int32), np.ones(b, bool), 1)
-    hlo = runner._decode.lower(runner.decode_keys(64), False, model.params, spec_state, *args).compile().as_text()
+    hlo = runner._decode.lower(runner.decode_keys(64), False, None, model.params, spec_state, *args).compile().as_text()
+    # and with a shared prefix read once per shard (cascade attention), some rows reading their own tables
+    args = runner._decode_inputs(runner.table([[]] * b), np.zeros(b, np.int32), np.ones(b, bool), 1,
+                                 np.zeros((dp, 4), np.int32), np.full(b, ps, np.int32))
+    hlo += runner._decode.lower(runner.decode_keys(64), False, (4 * ps, 16, True), model.params, spec_state,
+                                *args).compile().as_text()
     pool = state.cache[0].k  # [pages, ps, K, D]
     local_pool = pool.size // dp // tp
     found = _collectives(hlo)
@@ -225,4 +230,4 @@ def test_decode_step_moves_no_pages_across_devices(folder, spec):
                            for i in range(len(shape))), line  # no gathered pages
     if tp == 1:  # only the decode loop's condition: is any shard busy (a scalar)
         assert all(shapes == [()] for line, shapes in found if "all-reduce" in line), found
-    assert len(found) < 64
+    assert len(found) < 128  # two programs

@@ -46,7 +46,7 @@ def test_mixed_workload_equals_each_prompt_alone(arch, tmp_path):
     reference.build(arch, tmp_path, seed=2)
     model = jaxllm.load(tmp_path)
     prompts = _workload()
-    engine = Engine(model, batch_size=3, max_len=128, num_pages=24, page_size=4, prefill_tokens=16, chunk=4)
+    engine = Engine(model, batch_size=3, max_len=128, num_pages=24, page_size=4, prefill_tokens=16, chunk=4, cascade=True)
     together = model.generate(prompts, GREEDY, engine=engine)
     _assert_same(together, _alone(model, prompts, GREEDY, 16))
     stats = engine.scheduler.stats
@@ -56,6 +56,7 @@ def test_mixed_workload_equals_each_prompt_alone(arch, tmp_path):
     assert engine.blocks.prefix_caching != length_dependent
     if not length_dependent:
         assert engine.blocks.stats.hit_tokens >= 20 + 20, "the repeated prompts hit the prefix cache"
+        assert stats.cascaded > 0, "rows sharing cached pages decode them as one shared part (cascade attention)"
 
 
 def test_cancelled_request_frees_its_pages_and_leaves_the_others(llama):

@@ -105,6 +105,19 @@ def bucket(n: int, smallest: int) -> int:
     return size
 
 
+class Cascade(NamedTuple):
+    """How a decode call reads a prefix that its rows share (Runner.plan_cascade)."""
+
+    keys: tuple[int, int, bool]  # (shared_keys, suffix_keys, some rows do not share): the program's static sizes
+    table: np.ndarray  # [dp, shared_keys / page_size] each shard's shared pages, local ids (trash page past them)
+    offsets: np.ndarray  # [B] the keys each slot reads from its shard's shared pages (0: none)
+
+
+def _common_pages(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
 class Runner:
     def __init__(self, model, *, num_pages: int, page_size: int, max_seqs: int, max_len: int, chunk: int,
                  attention: str, eos_width: int, kv_dtype: str | None = None, decode_options: tuple = ()):
@@ -174,6 +187,48 @@ class Runner:
             out[i, : len(pages)] = local
         return out
 
+    def plan_cascade(self, rows: dict[int, tuple[list[int], int]], steps: int, force: bool = False) -> Cascade | None:
+        """Cascade attention for a decode call of `rows` (slot -> (its pages, its next write
+        position)) running up to `steps` steps. In each dp shard the largest group of rows (two
+        or more) whose tables begin with the same page shares the full pages they all begin with
+        and the call does not write: those keys are read once for the group, then each member's
+        own keys; the other rows read their tables as without a cascade. None when no rows share
+        a page, or (unless `force`) when that would not halve the keys the call reads."""
+        ps, per_shard = self.page_size, {}
+        for slot, (pages, written) in rows.items():
+            if pages:
+                per_shard.setdefault(slot // self.shard_seqs, {}).setdefault(pages[0], []).append(slot)
+        offsets, tables = np.zeros(self.max_seqs, np.int32), {}
+        for shard, groups in per_shard.items():
+            members = max(groups.values(), key=len)
+            if len(members) < 2:
+                continue
+            first = rows[members[0]][0]
+            n = min(min(rows[slot][1] // ps, _common_pages(first, rows[slot][0])) for slot in members)
+            if n:
+                tables[shard] = np.asarray(first[:n], np.int64) - shard * self.shard_pages
+                offsets[members] = n * ps
+        if not tables:
+            return None
+        ends = {slot: written + 1 + steps for slot, (_, written) in rows.items()}  # positions reached by the call
+        sharing = [slot for slot in rows if offsets[slot]]
+        others = [slot for slot in rows if not offsets[slot]]
+        width = min(bucket(max(len(t) for t in tables.values()), max(1, 256 // ps)), self.width)
+        keys = (width * ps, self.kv_bucket(max(ends[slot] - offsets[slot] for slot in sharing)), bool(others))
+        if not force:  # keys read per step, plain and cascaded
+            if self.attention == "cudnn":  # cuDNN's kernels read each row's own length, the shared keys once
+                plain = sum(ends.values())
+                cascaded = max(map(len, tables.values())) * ps + sum(ends[slot] - offsets[slot] for slot in rows)
+            else:  # the gathered form: every slot reads the bucket of the longest
+                plain = self.max_seqs * self.decode_keys(max(ends.values()))
+                cascaded = plain * bool(others) + keys[0] + self.max_seqs * keys[1]
+            if 2 * cascaded > plain:
+                return None
+        table = np.full((self.shards, width), self.shard_pages, np.int32)
+        for shard, pages in tables.items():
+            table[shard, : len(pages)] = pages
+        return Cascade(keys, table, offsets)
+
     def prefill_keys(self, reach: int) -> int:
         """Keys a prefill call gathers for rows reaching `reach` positions: buckets from 2,048
         keep the shapes few."""
@@ -232,9 +287,12 @@ class Runner:
         return (put(slots), put(tokens), put(starts), put(lengths), put(table), put(history),
                 jax.tree.map(put, RowParams.of(params)), put(generated), put(max_new), put(eos), put(limit))
 
-    def _decode_inputs(self, table: np.ndarray, limit: np.ndarray, stop: np.ndarray, steps: int) -> tuple:
+    def _decode_inputs(self, table: np.ndarray, limit: np.ndarray, stop: np.ndarray, steps: int,
+                       shared: np.ndarray | None = None, offsets: np.ndarray | None = None) -> tuple:
         put = self._put_rows
-        return put(table), put(limit), put(stop), self._put(np.int32(steps))
+        shared = np.zeros((self.shards, 1), np.int32) if shared is None else shared
+        offsets = np.zeros(len(limit), np.int32) if offsets is None else offsets
+        return put(table), put(limit), put(stop), self._put(np.int32(steps)), put(shared), put(offsets)
 
     def compile(self, state: SlotState, prefill_shapes, decode_keys, sampling: bool = False) -> None:
         """Compile the steps of these shapes ((rows, length, keys) prefill calls; decode calls
@@ -244,7 +302,7 @@ class Runner:
         b = self.max_seqs
         jobs = [functools.partial(self._prefill.lower, s, sampling, self.model.params, spec,
                                   *self._prefill_inputs([], n, c, s)) for n, c, s in prefill_shapes]
-        jobs += [functools.partial(self._decode.lower, k, sampling, self.model.params, spec,
+        jobs += [functools.partial(self._decode.lower, k, sampling, None, self.model.params, spec,
                                    *self._decode_inputs(self.table([[]] * b), np.zeros(b, np.int32), np.ones(b, bool), 1))
                  for k in decode_keys]
         for job in jobs:
@@ -275,12 +333,13 @@ class Runner:
                                              np.zeros(0, np.int32) if empty else np.concatenate(tops))
 
     def decode(self, state: SlotState, table: np.ndarray, limit: np.ndarray, stop: np.ndarray, kv_len: int,
-               sampling: bool, steps: int):
-        """Up to `steps` (<= chunk) decode steps for every slot. Returns (state, tokens [B, chunk]
-        (-1: none; ERROR: the logits were not finite, the slot is done), logprobs [B, chunk],
-        done [B])."""
-        state, out, out_lp, done = self._decode(kv_len, sampling, self.model.params, state,
-                                                *self._decode_inputs(table, limit, stop, steps))
+               sampling: bool, steps: int, cascade: Cascade | None = None):
+        """Up to `steps` (<= chunk) decode steps for every slot, attention as `cascade` says when
+        given. Returns (state, tokens [B, chunk] (-1: none; ERROR: the logits were not finite,
+        the slot is done), logprobs [B, chunk], done [B])."""
+        keys, shared, offsets = (None, None, None) if cascade is None else (cascade.keys, cascade.table, cascade.offsets)
+        state, out, out_lp, done = self._decode(kv_len, sampling, keys, self.model.params, state,
+                                                *self._decode_inputs(table, limit, stop, steps, shared, offsets))
         return state, np.asarray(out), np.asarray(out_lp), np.asarray(done)
 
 
@@ -311,7 +370,7 @@ def _steps(graphdef, chunk: int, attention: str, mesh, num_layers: int, num_kv_h
     sizes = tuple(range(9))  # _zero_state's arguments are all static
     if mesh is None:
         return (counters, jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3),
-                jax.jit(decode, static_argnums=(0, 1), donate_argnums=3, compiler_options=options), jax.jit(score, static_argnums=0, donate_argnums=2),
+                jax.jit(decode, static_argnums=(0, 1, 2), donate_argnums=4, compiler_options=options), jax.jit(score, static_argnums=0, donate_argnums=2),
                 jax.jit(_zero_state, static_argnums=sizes))
     # On a mesh: the pool is split like the kv projections (an int8 pool's scales [pool, page, K]
     # like its first three dims) and over dp by pages; the slots over dp; what the host reads back
@@ -326,9 +385,9 @@ def _steps(graphdef, chunk: int, attention: str, mesh, num_layers: int, num_kv_h
     state = state._replace(cache=cache)
     if mesh.shape["dp"] > 1:  # each dp shard computes its own rows on its own pages and slots
         prefill, decode, score = (_per_shard(mesh, f, statics, replicated)
-                                  for f, statics, replicated in ((prefill, 2, ()), (decode, 2, (4,)), (score, 1, ())))
+                                  for f, statics, replicated in ((prefill, 2, ()), (decode, 3, (4,)), (score, 1, ())))
     return (counters, jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3, out_shardings=(state, rep, rep, rep)),
-            jax.jit(decode, static_argnums=(0, 1), donate_argnums=3, out_shardings=(state, rep, rep, rep), compiler_options=options),
+            jax.jit(decode, static_argnums=(0, 1, 2), donate_argnums=4, out_shardings=(state, rep, rep, rep), compiler_options=options),
             jax.jit(score, static_argnums=0, donate_argnums=2, out_shardings=(cache, (rep, rep))),
             jax.jit(_zero_state, static_argnums=sizes, out_shardings=state))
 
@@ -414,10 +473,13 @@ def _prefill(graphdef, counters, attention, gather, kv_len, sampling, params, st
     return state, token, logprob, done
 
 
-def _decode(graphdef, counters, chunk, attention, dp, gather, kv_len, sampling, params, state: SlotState, table, limit, stop,
-            steps):
+def _decode(graphdef, counters, chunk, attention, dp, gather, kv_len, sampling, cascade, params, state: SlotState, table,
+            limit, stop, steps, shared, offsets):
     """Up to `steps` (a traced scalar <= chunk) decode steps over all slots. out[b, i] is the i-th new token of slot b in this call,
-    or -1 once the slot is done or paused at its page limit. `dp`: the mesh axis of the shards
+    or -1 once the slot is done or paused at its page limit. `cascade` (static): None, or
+    (shared_keys, suffix_keys, others) for rows that begin with the pages shared [1, S / ps]
+    (`offsets` [B] keys each; 0 for the others, which read their own tables; models/attention.py
+    PagedCache). `dp`: the mesh axis of the shards
     (under shard_map) or None: every shard runs as many steps as the busiest, so the devices of
     all shards meet the same collectives (tp's) the same number of times (one scalar sum over dp
     per step)."""
@@ -428,7 +490,7 @@ def _decode(graphdef, counters, chunk, attention, dp, gather, kv_len, sampling, 
 
     def step(st):
         active = ~st.done & (st.positions < st.limit)
-        kv = PagedCache(table, active[:, None], kv_len, attention)
+        kv = PagedCache(table, active[:, None], kv_len, attention, shared[0], offsets, cascade)
         hidden, cache = model.hidden(st.tokens[:, None], st.positions[:, None], st.cache, kv)
         logits = _whole(model.logits(hidden)[:, 0], gather)
         token, lp = sample(logits, st.seen, st.params, st.generated, sampling)

@@ -43,6 +43,7 @@ class PrefillChunk:
 class SchedulerStats:
     preempted: int = 0  # sequences preempted (pages freed, recomputed later)
     chunked: int = 0  # prefill chunks that left their prompt unfinished
+    cascaded: int = 0  # decode calls that read a prefix their rows share once for all (the engine counts them)
 
 
 class Scheduler:
