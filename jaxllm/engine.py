@@ -350,20 +350,24 @@ class Engine:
 
     def call_shape(self, longest: int, waiting: int) -> tuple[int, int]:
         """(rows, length) of a prefill call whose longest chunk has `longest` tokens, with `waiting`
-        chunks to run. Lengths come from a short menu (the budget / 16, / 4, / 1; rounded to a
-        multiple of 16) and rows from 1, 4, 16 within the budget, so a workload meets few shapes
-        (each a compile); a chunk longer than the budget (LongRoPE, dynamic NTK: never split)
-        takes a power of two."""
+        chunks to run. Lengths come from a short menu (the budget / 16, / 4, / 1, rounded to a
+        multiple of 16, and 128 when the budget / 16 is longer) and rows from 1, 4, 16, 64 within
+        the budget, so a workload meets few shapes (each a compile); a chunk longer than the
+        budget (LongRoPE, dynamic NTK: never split) takes a power of two. The 128 serves prompts
+        that are mostly a cached prefix under a large budget: 64 requests of 50 new tokens behind
+        a shared prompt, budget 8,192, are one call of 64 x 128 positions, not four of 16 x 512
+        (H200, session 14)."""
         length = next((n for n in self._call_lengths() if n >= longest), None) or bucket(longest, 16)
         allowed = self._call_rows(length)
         return next((r for r in allowed if r >= waiting), allowed[-1]), length
 
     def _call_lengths(self) -> list[int]:
-        return sorted({max(16, -(-self.budget // (16 * d)) * 16) for d in (16, 4, 1)})
+        lengths = {max(16, -(-self.budget // (16 * d)) * 16) for d in (16, 4, 1)}
+        return sorted(lengths | {min(128, min(lengths))})
 
     def _call_rows(self, length: int) -> list[int]:
         """Rows of a call (of each dp shard's block: the budget and rows are per shard)."""
-        return [r for r in (1, 4, 16) if r == 1 or (r * length <= self.budget and r <= self.batch_size // self.dp)]
+        return [r for r in (1, 4, 16, 64) if r == 1 or (r * length <= self.budget and r <= self.batch_size // self.dp)]
 
     def precompile(self, requests: list[Request]) -> None:
         """Compile the steps that serving `requests` can meet and that have not run yet: prefill

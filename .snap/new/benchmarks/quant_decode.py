@@ -1,0 +1,56 @@
+"""Batch-1 decode (and optionally batch-N throughput) of random-weight models, float against int8
+and int4 weights, in one process:
+
+    python benchmarks/quant_decode.py --shape llama3-8b [--shape qwen3-0.6b] [--bN] [--xla]
+
+`--xla` also runs int8/int4 with every quantized product dequantizing first (quant.product's GPU
+forms switched off: what the code did before them). Prints one JSON line per (shape, quantize,
+forms) and the ratios to the float run of the same shape."""
+
+import argparse
+import gc
+import json
+import sys
+
+import jax
+
+from jaxllm import bench, runtime
+from jaxllm.models import quant
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--shape", action="append", default=None)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--bN", action="store_true", help="also batch-N throughput")
+    p.add_argument("--xla", action="store_true", help="also int8/int4 with dequantize-then-dot everywhere")
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    runtime.set_gpu_flags()
+    sizes = bench._sizes(jax.default_backend() == "cpu")
+    skip = {"long", "prefix", "ttft", "offline", "start"} | (set() if args.bN else {"bN"})
+    rows, product = [], quant.product
+    for shape in args.shape or ["llama3-8b"]:
+        base = None
+        runs = [(None, "auto"), ("int8", "auto"), ("int4", "auto")] + ([("int8", "xla"), ("int4", "xla")] if args.xla else [])
+        for q, forms in runs:
+            quant.product = product if forms == "auto" else (lambda *a: None)  # read when the steps are traced
+            jax.clear_caches()
+            r = bench.bench_jax(shape, sizes, args.dtype, skip, q)
+            r["forms"] = forms
+            gc.collect()
+            base = base or r
+            r["b1_vs_float"] = r["b1_tokens_per_s"] / base["b1_tokens_per_s"]
+            if args.bN:
+                r["bN_vs_float"] = r["bN_tokens_per_s"] / base["bN_tokens_per_s"]
+            print(json.dumps(r), flush=True)
+            rows.append(r)
+            if args.out:
+                with open(args.out, "w") as f:
+                    json.dump(rows, f, indent=1)
+    quant.product = product
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""The HTTP side of `python -m jaxllm.serve`: a Starlette app with OpenAI's endpoints over one
+EngineLoop (jaxllm/api/engine_loop.py).
+
+    GET  /v1/models            the one model served
+    GET  /health               200 and the engine's counts (running, waiting, free/total pages, compiles)
+    POST /v1/completions       prompts as text (no chat template) or token ids
+    POST /v1/chat/completions  messages through the tokenizer's chat template
+
+A request becomes one sequence per (prompt, choice), submitted together; each choice's tokens
+go through a TextStream (incremental detokenization, stop strings) as events
+arrive, and a choice that meets a stop string is cancelled in the engine. `stream: true` answers
+as server-sent events ending with `data: [DONE]`. A client that disconnects cancels its
+sequences. A full server (more than the batch plus --max-queue sequences) answers 503 with
+Retry-After; a bad request 400, an unknown path 404 and a wrong method 405, each with OpenAI's
+error JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
+from starlette.requests import Request as HTTPRequest
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from jaxllm.api.engine_loop import EngineFailed, EngineLoop, QueueFull, Submission
+from jaxllm.api.protocol import (
+    APIError,
+    ChatFormat,
+    ChatRequest,
+    CompletionFormat,
+    CompletionRequest,
+    Format,
+    Piece,
+    bad_request,
+    parse,
+    usage,
+)
+from jaxllm.engine import Engine, Request
+from jaxllm.errors import JaxllmError
+from jaxllm.generation import Output
+from jaxllm.sampling import SamplingParams
+
+RETRY_AFTER_S = 1
+
+
+class Server:
+    """The endpoints over one model and its EngineLoop."""
+
+    def __init__(self, model, engine_loop: EngineLoop, name: str):
+        self.model, self.loop, self.name = model, engine_loop, name
+        self.engine: Engine = engine_loop.engine
+        self.tokenizer = model.tokenizer
+        self.eos = {int(t) for t in self.engine.eos if t >= 0}
+
+    def token_text(self, token: int) -> str:
+        return self.tokenizer.decode([token]) if self.tokenizer is not None else f"token_id:{token}"
+
+    async def models(self, request: HTTPRequest) -> Response:
+        card = {"id": self.name, "object": "model", "created": 0, "owned_by": "jaxllm", "max_model_len": self.engine.max_len}
+        return JSONResponse({"object": "list", "data": [card]})
+
+    async def health(self, request: HTTPRequest) -> Response:
+        if self.loop.error is not None:
+            return JSONResponse({"status": "error", "error": repr(self.loop.error)}, status_code=503)
+        return JSONResponse({"status": "ok", "active": self.loop.active, **self.loop.stats})
+
+    async def completions(self, request: HTTPRequest) -> Response:
+        body = self._parse(CompletionRequest, await request.body())
+        prompts = body.prompts(self.tokenizer)
+        self._check_room(len(prompts), body.n)
+        params = body.sampling(self.model.generation_config, 16, logprobs=body.logprobs is not None)  # OpenAI's default 16
+        fmt = CompletionFormat(self.name, self.token_text, logprobs=body.logprobs is not None, token_ids=body.return_token_ids)
+        return await self._answer(request, body, fmt, prompts, params)
+
+    async def chat(self, request: HTTPRequest) -> Response:
+        body = self._parse(ChatRequest, await request.body())
+        self._check_room(1, body.n)
+        prompt = body.prompt(self.tokenizer)
+        params = body.sampling(self.model.generation_config, max(1, self.engine.max_len - len(prompt)), logprobs=body.logprobs)
+        fmt = ChatFormat(self.name, self.token_text, logprobs=body.logprobs, token_ids=body.return_token_ids)
+        return await self._answer(request, body, fmt, [prompt], params)
+
+    def _parse(self, kind, raw: bytes):
+        body = parse(kind, raw)
+        if body.model is not None and body.model != self.name:
+            raise APIError(400, f"model '{body.model}' is not served here: this server serves '{self.name}' (GET /v1/models)",
+                           "model", "model_not_found")
+        body.check()
+        return body
+
+    def _check_room(self, prompts: int, n: int) -> None:
+        """Refuse more sequences (prompts x n) than the server can ever hold, before n sampling
+        parameters are built (n=2**31 would take the memory)."""
+        room = self.loop.capacity
+        if prompts * n > room:
+            asked = f"n={n}" if prompts == 1 else f"{prompts} prompts x n={n} = {prompts * n} sequences"
+            fix = f"use n <= {room // prompts}" if room >= prompts else f"send at most {room} prompts per request"
+            raise APIError(400, f"{asked}: more sequences than the {room} this server holds: {fix}", "n" if room >= prompts else "prompt")
+
+    async def _answer(self, request: HTTPRequest, body, fmt: Format, prompts: list, params: list[SamplingParams]) -> Response:
+        """Submit every (prompt, choice) pair; stream the answer or collect it."""
+        requests = [Request(prompt, p) for prompt in prompts for p in params]
+        try:
+            for req in requests[:: len(params)]:
+                self.engine.check(req)  # reads only the engine's fixed sizes: safe off its thread
+        except JaxllmError as err:
+            raise bad_request(err) from None
+        try:
+            sub = self.loop.submit(requests)
+        except QueueFull as err:
+            raise APIError(503, f"the server is full ({err}): retry later", kind="server_error", code="server_overloaded",
+                           headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+        outputs = [Output(self.tokenizer, req.params, self.eos) for req in requests]
+        prompt_tokens = sum(len(p) for p in prompts)
+        if body.stream:
+            include_usage = body.stream_options is not None and body.stream_options.include_usage
+            return StreamingResponse(self._sse(sub, outputs, fmt, prompt_tokens if include_usage else None),
+                                     media_type="text/event-stream", background=BackgroundTask(sub.close))
+        if not await _unless_disconnected(request, self._collect(sub, outputs)):
+            return Response(status_code=499)  # nobody reads it; the sequences were cancelled
+        choices = [fmt.choice(i, Piece(o.text, o.tokens, o.logprobs, o.finish_reason), final=True) for i, o in enumerate(outputs)]
+        return JSONResponse(fmt.envelope(choices, usage(prompt_tokens, sum(len(o.tokens) for o in outputs))))
+
+    async def _pieces(self, sub: Submission, outputs: list[Output]) -> AsyncIterator[tuple[int, Piece]]:
+        """(choice, what it gained) per event; a choice that meets a stop string is cancelled.
+        Every choice still running when this ends (client gone, error) is cancelled."""
+        try:
+            async for choice, ev in sub.events():
+                out, start = outputs[choice], len(outputs[choice].tokens)
+                text = out.push(ev.tokens, ev.logprobs, ev.finished, ev.error)
+                if out.finish_reason is not None and not ev.finished:
+                    sub.cancel(choice)  # a stop string
+                yield choice, Piece(text, out.tokens[start:], out.logprobs[start:], out.finish_reason)
+        finally:
+            sub.close()
+
+    async def _collect(self, sub: Submission, outputs: list[Output]) -> None:
+        async for _ in self._pieces(sub, outputs):
+            pass
+
+    async def _sse(self, sub: Submission, outputs: list[Output], fmt: Format, prompt_tokens: int | None) -> AsyncIterator[str]:
+        try:
+            for chunk in fmt.first_chunks(len(outputs)):
+                yield _event(chunk)
+            async for choice, piece in self._pieces(sub, outputs):
+                if piece.text or piece.finish_reason or (piece.tokens and (fmt.logprobs or fmt.token_ids)):
+                    yield _event(fmt.envelope([fmt.choice(choice, piece, final=False)], chunk=True))
+            if prompt_tokens is not None:
+                yield _event(fmt.envelope([], usage(prompt_tokens, sum(len(o.tokens) for o in outputs)), chunk=True))
+        except (JaxllmError, EngineFailed) as err:  # the status line has gone: the error is the stream's last event
+            yield _event(_error_of(err).body())
+        yield "data: [DONE]\n\n"
+
+
+def _event(payload: dict) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def _error_of(err: Exception) -> APIError:
+    if isinstance(err, JaxllmError):
+        return bad_request(err)
+    return APIError(500, str(err), kind="server_error")
+
+
+def _routing_error(request: HTTPRequest, err: HTTPException, routes: list[Route]) -> APIError:
+    """Starlette's own errors (an unknown path: 404, a wrong method: 405) in OpenAI's error JSON,
+    as clients parse every error body, naming the endpoints (or the methods) that exist."""
+    asked = f"{request.method} {request.url.path}"
+    if err.status_code == 404:
+        served = ", ".join(f"{m} {r.path}" for r in routes for m in sorted(r.methods - {"HEAD"}))
+        message = f"{asked}: no such endpoint here: use one of {served}"
+    elif err.status_code == 405:
+        allowed = (err.headers or {}).get("Allow", "")
+        message = f"{asked}: the method is not allowed on {request.url.path}: use {allowed}"
+    else:
+        message = f"{asked}: {err.detail}"
+    return APIError(err.status_code, message, headers=err.headers)
+
+
+async def _unless_disconnected(request: HTTPRequest, work) -> bool:
+    """Run `work` to its end (True), or cancel it when the client disconnects first (False)."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()  # its sequences are cancelled on the way out
+            await asyncio.wait({task})
+    if task.cancelled():
+        return False
+    task.result()  # raises what the work raised
+    return True
+
+
+async def _disconnect(request: HTTPRequest) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def build_app(model, engine: Engine, *, name: str, max_queue: int = 256) -> Starlette:
+    """The ASGI app serving `model` through `engine`. The engine's thread starts with the app
+    (lifespan) and stops with it; `app.state.engine_loop` is the EngineLoop."""
+    loop = EngineLoop(engine, max_queue)
+    server = Server(model, loop, name)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        loop.start(asyncio.get_running_loop())
+        try:
+            yield
+        finally:
+            loop.stop()
+
+    async def on_api_error(request, err: APIError):
+        return err.response()
+
+    async def on_library_error(request, err: Exception):
+        return _error_of(err).response()
+
+    routes = [
+        Route("/v1/models", server.models, methods=["GET"]),
+        Route("/health", server.health, methods=["GET"]),
+        Route("/v1/completions", server.completions, methods=["POST"]),
+        Route("/v1/chat/completions", server.chat, methods=["POST"]),
+    ]
+
+    async def on_http_error(request, err: HTTPException):
+        return _routing_error(request, err, routes).response()
+
+    handlers = {APIError: on_api_error, JaxllmError: on_library_error, EngineFailed: on_library_error,
+                HTTPException: on_http_error}
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    app.state.engine_loop = loop
+    return app

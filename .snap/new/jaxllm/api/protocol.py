@@ -1,0 +1,338 @@
+"""OpenAI's wire format for jaxllm.serve: the request bodies (pydantic, strict types), their
+translation into prompts and SamplingParams, the error JSON, and the response objects.
+
+Values are validated where the library validates them (`SamplingParams.resolved`, `Engine.check`);
+this module checks only types and the fields that exist in the API alone (n, logprobs, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import secrets
+import time
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.responses import JSONResponse
+
+from jaxllm.errors import JaxllmError
+from jaxllm.generation import encode, encode_messages
+from jaxllm.sampling import SamplingParams
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+class APIError(Exception):
+    """An HTTP error with OpenAI's body: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error", headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind, self.headers = status, message, param, code, kind, headers
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+_API_NAMES = {"max_new_tokens": "max_tokens"}  # SamplingParams field -> the API's name for it
+_PARAM_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
+
+
+def bad_request(err: JaxllmError) -> APIError:
+    """A library error as a 400, in the API's names ("max_new_tokens=0 is invalid" -> param max_tokens)."""
+    message = str(err)
+    for ours, theirs in _API_NAMES.items():
+        message = message.replace(ours, theirs)
+    name = str(err).split("=", 1)[0]
+    return APIError(400, message, _API_NAMES.get(name, name) if name in _PARAM_FIELDS else None)
+
+
+def parse(model: type[BaseModel], raw: bytes) -> BaseModel:
+    """The request body as `model`, or a 400 naming the first bad field by its path
+    ('stream_options.include_usage', 'messages[0].role')."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as err:
+        errors = err.errors()
+        first = errors[0]
+        if first["type"] == "json_invalid":
+            raise APIError(400, f"malformed JSON body: {first['msg']}") from None
+        param = _param(first["loc"])
+        if first["type"] == "missing":
+            raise APIError(400, f"the body lacks '{param}', which this endpoint needs: add it", param) from None
+        if param == "prompt":
+            raise APIError(400, _prompt_error(errors), param) from None
+        where = f"'{param}': " if param else "the body: "
+        raise APIError(400, f"invalid value for {where}{first['msg']}", param) from None
+
+
+def _param(loc: tuple) -> str | None:
+    """A pydantic error location as the API's path to the field: list indices in brackets,
+    nested fields after dots, and the tags pydantic adds for each member of a union ('str',
+    'list[int]': not field names) left out, so that a bad `stop` is 'stop', not 'stop.str'."""
+    path = ""
+    for item in loc:
+        if isinstance(item, int):
+            path += f"[{item}]"
+        elif item in _FIELD_NAMES:
+            path += f".{item}" if path else item
+        else:
+            break
+    return path or None
+
+
+def _prompt_error(errors: list[dict]) -> str:
+    """One message for a bad `prompt`, a union of four shapes whose first error ('should be a
+    valid string') says nothing of token ids: a value that is not a whole number where ids were
+    given (2.5, true, "a" among ids) is named."""
+    shapes = "give text, a list of texts, or token ids as whole numbers (a list of them, or a list of such lists)"
+    for e in errors:
+        if e["type"].startswith("int_") and not isinstance(e["input"], (list, dict)):
+            return f"invalid value for 'prompt': token ids must be whole numbers, got {json.dumps(e['input'])}: {shapes}"
+    return f"invalid value for 'prompt': {shapes}"
+
+
+# -- requests ----------------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class _Common(_Strict):
+    """Fields both endpoints take. top_k, min_p, repetition_penalty, ignore_eos and
+    return_token_ids are extensions (the openai client sends them through `extra_body`)."""
+
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    ignore_eos: bool = False
+    return_token_ids: bool = False  # each choice (and stream chunk) carries its new tokens' ids
+    presence_penalty: float = 0.0  # these and the Any fields: _UNSUPPORTED
+    frequency_penalty: float = 0.0
+    logit_bias: Any = None
+
+    def check(self) -> None:
+        """Refuse (400) what exists in the API alone and is out of range or not served here."""
+        if self.n < 1:
+            raise APIError(400, f"n={self.n} is invalid: use a whole number >= 1", "n")
+        for name, (neutral, fix) in _UNSUPPORTED.items():
+            if name in type(self).model_fields and not neutral(getattr(self, name), self):
+                raise APIError(400, f"{name} is not supported by this server: {fix}", name)
+
+    def sampling(self, generation_config: dict, max_tokens: int | None, logprobs: bool) -> list[SamplingParams]:
+        """Resolved SamplingParams of each of the n choices (seeds seed, seed + 1, ...; random
+        when not given, so that unseeded sampled choices differ)."""
+        seed = self.seed if self.seed is not None else secrets.randbits(32)
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        try:
+            params = SamplingParams(
+                max_new_tokens=max_tokens if self.max_tokens is None else self.max_tokens, temperature=self.temperature,
+                top_k=self.top_k, top_p=self.top_p, min_p=self.min_p, repetition_penalty=self.repetition_penalty, seed=seed,
+                stop=stop, ignore_eos=self.ignore_eos, logprobs=logprobs,
+            ).resolved(generation_config)
+        except JaxllmError as err:
+            raise bad_request(err) from None
+        return [dataclasses.replace(params, seed=(seed + i) % 2**32) for i in range(self.n)]
+
+
+class CompletionRequest(_Common):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = None
+    echo: bool = False
+    suffix: str | None = None
+    best_of: Any = None
+
+    def check(self) -> None:
+        super().check()
+        _check_top_logprobs(self.logprobs, "logprobs")
+
+    def prompts(self, tokenizer) -> list[list[int]]:
+        """Each prompt's token ids: as given, or the text encoded as plain text (no chat template)."""
+        many = isinstance(self.prompt, list) and self.prompt and not isinstance(self.prompt[0], int)
+        batch = self.prompt if many else [self.prompt]
+        if any(isinstance(p, str) for p in batch) and tokenizer is None:
+            raise APIError(400, "this model has no tokenizer: give the prompt as token ids", "prompt")
+        return [encode(tokenizer, p, chat=False) if isinstance(p, str) else p for p in batch]
+
+
+class ContentPart(_Strict):
+    type: str
+    text: str | None = None
+
+
+class Message(_Strict):
+    role: str
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if not isinstance(self.content, list):
+            return self.content or ""
+        if any(part.type != "text" for part in self.content):
+            raise APIError(400, "only text content parts are supported", "messages")
+        return "".join(part.text or "" for part in self.content)
+
+
+class ChatRequest(_Common):
+    """A chat completion. Roles are those chat templates render (ROLES); OpenAI's 'developer'
+    (the system message's newer name) is read as 'system', which templates know."""
+
+    messages: list[Message]
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    max_completion_tokens: int | None = None  # the newer name of max_tokens
+    tools: Any = None  # these: _UNSUPPORTED
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    response_format: Any = None
+
+    def model_post_init(self, _context) -> None:
+        if self.max_tokens is None:
+            self.max_tokens = self.max_completion_tokens
+
+    def check(self) -> None:
+        super().check()
+        _check_top_logprobs(self.top_logprobs, "top_logprobs")
+        for i, message in enumerate(self.messages):
+            if message.role not in ROLES and message.role not in ROLE_ALIASES:
+                raise APIError(400, f"messages[{i}].role '{message.role}' is not a role this server takes: use "
+                               f"{', '.join(ROLES)} (or developer, read as system)", f"messages[{i}].role")
+
+    def prompt(self, tokenizer) -> list[int]:
+        """The messages through the tokenizer's chat template, ready for the assistant's turn."""
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise APIError(400, "this model's tokenizer has no chat template: use /v1/completions", "messages")
+        if not self.messages:
+            raise APIError(400, "messages is empty: give at least one message", "messages")
+        messages = [{"role": ROLE_ALIASES.get(m.role, m.role), "content": m.text()} for m in self.messages]
+        try:
+            return encode_messages(tokenizer, messages)
+        except JaxllmError as err:  # encode_messages: the template refused them, or does not parse
+            raise APIError(400, str(err), "messages") from None
+
+
+ROLES = ("system", "user", "assistant", "tool")  # those chat templates render (a tool's answer: "tool")
+ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name of the system message; templates know only "system"
+
+
+# OpenAI's fields that this server does not implement: name -> (does this value change nothing
+# (value, request), what to do instead). Each is refused (400) rather than silently ignored,
+# except at the value that changes nothing, which clients may send as their default (the openai
+# client itself sends only what its caller passes): logit_bias {}, best_of = n, tools [], ...
+_UNSUPPORTED = {
+    "presence_penalty": (lambda v, body: v == 0, "use repetition_penalty (an extension) instead"),
+    "frequency_penalty": (lambda v, body: v == 0, "use repetition_penalty (an extension) instead"),
+    "logit_bias": (lambda v, body: v in (None, {}), "leave it out (or send {})"),
+    "echo": (lambda v, body: not v, "leave it out (or send false); the answer holds the new text only"),
+    "suffix": (lambda v, body: not v, "leave it out; this server does not fill in the middle"),
+    "best_of": (lambda v, body: v is None or (type(v) is int and v == body.n),
+                "leave it out (or send n's value): choices are not ranked here; use n for more choices"),
+    "tools": (lambda v, body: v in (None, []), "it calls no tools: leave tools out (or send [])"),
+    "tool_choice": (lambda v, body: v in (None, "none", "auto"), "it calls no tools: leave tool_choice out (or send 'none')"),
+    "functions": (lambda v, body: v in (None, []), "it calls no functions: leave functions out (or send [])"),
+    "function_call": (lambda v, body: v in (None, "none", "auto"),
+                      "it calls no functions: leave function_call out (or send 'none')"),
+    "response_format": (lambda v, body: v in (None, {"type": "text"}),
+                        'answers are free text: leave it out (or send {"type": "text"})'),
+}
+_FIELD_NAMES = {name for m in (CompletionRequest, ChatRequest, Message, ContentPart, StreamOptions) for name in m.model_fields}
+
+
+def _check_top_logprobs(top: int | None, name: str) -> None:
+    """We return the chosen token's log-probability only (the engine computes nothing else)."""
+    if top:
+        raise APIError(400, f"{name}={top} is not supported: this server returns the chosen token's log-probability only "
+                       "(chat: logprobs true, top_logprobs 0; completions: logprobs 0)", name)
+
+
+# -- responses ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Piece:
+    """What one choice gained from one engine event: text (final), tokens and their log-probabilities."""
+
+    text: str
+    tokens: list[int]
+    logprobs: list[float]
+    finish_reason: str | None = None
+
+
+class Format:
+    """One endpoint's response objects. `choice` builds a whole answer (final) or a stream chunk's."""
+
+    object = chunk_object = prefix = ""
+
+    def __init__(self, name: str, token_text, *, logprobs: bool, token_ids: bool):
+        self.id, self.created, self.name = f"{self.prefix}-{uuid.uuid4().hex}", int(time.time()), name
+        self.token_text, self.logprobs, self.token_ids = token_text, logprobs, token_ids
+
+    def envelope(self, choices: list[dict], usage: dict | None = None, chunk: bool = False) -> dict:
+        out = {"id": self.id, "object": self.chunk_object if chunk else self.object, "created": self.created,
+               "model": self.name, "choices": choices}
+        if usage is not None:
+            out["usage"] = usage
+        return out
+
+    def choice(self, index: int, piece: Piece, final: bool) -> dict:
+        out = {"index": index, **self.content(piece, final), "finish_reason": piece.finish_reason,
+               "logprobs": self.format_logprobs(piece) if self.logprobs else None}
+        if self.token_ids:
+            out["token_ids"] = piece.tokens
+        return out
+
+    def first_chunks(self, n: int) -> list[dict]:
+        return []
+
+
+class CompletionFormat(Format):
+    object = chunk_object = "text_completion"
+    prefix = "cmpl"
+
+    def content(self, piece: Piece, final: bool) -> dict:
+        return {"text": piece.text}
+
+    def format_logprobs(self, piece: Piece) -> dict:
+        return {"tokens": [self.token_text(t) for t in piece.tokens], "token_logprobs": piece.logprobs, "top_logprobs": None}
+
+
+class ChatFormat(Format):
+    object, chunk_object, prefix = "chat.completion", "chat.completion.chunk", "chatcmpl"
+
+    def content(self, piece: Piece, final: bool) -> dict:
+        if final:
+            return {"message": {"role": "assistant", "content": piece.text}}
+        return {"delta": {"content": piece.text} if piece.text else {}}
+
+    def format_logprobs(self, piece: Piece) -> dict:
+        return {"content": [{"token": s, "logprob": lp, "bytes": list(s.encode()), "top_logprobs": []}
+                            for s, lp in zip(map(self.token_text, piece.tokens), piece.logprobs)]}
+
+    def first_chunks(self, n: int) -> list[dict]:
+        """The role comes first, in a chunk of its own per choice (as OpenAI sends it)."""
+        return [self.envelope([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                "finish_reason": None}], chunk=True) for i in range(n)]
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}

@@ -1,0 +1,188 @@
+"""`python -m jaxllm.chat`: a conversation with a model, through its chat template.
+
+    python -m jaxllm.chat --model HuggingFaceTB/SmolLM2-360M-Instruct --temperature 0.7
+    printf 'What is the capital of France?\\nAnd of Italy?\\n' | python -m jaxllm.chat
+
+Each answer streams as it is generated; a stats line follows on stderr. /reset forgets the
+conversation, /system TEXT sets the system message (and resets), /exit or the end of the input
+quits. Ctrl-C stops an answer and the chat goes on; at the prompt it quits. From a pipe each line
+is one user turn, and stdout holds only the answers. The flags are generate's that apply (model,
+dtype, mesh, sampling, stop strings, system message, compile cache), from one parser;
+`python -m jaxllm.generate` with no prompt on a terminal starts this chat.
+
+One engine serves the whole conversation, so its prefix cache keeps the history's KV pages and a
+turn computes only what is new.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import sys
+
+from jaxllm import progress
+from jaxllm.engine import Engine
+from jaxllm.errors import ArgumentParser, GenerationError, InputError, JaxllmError, run_cli
+from jaxllm.generation import encode_messages, has_chat_template
+
+CONTEXT = 8192  # tokens a conversation may reach (fewer if the model has fewer positions): the engine's max_len
+COMMANDS = "/reset, /system TEXT, /exit"
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(prog="python -m jaxllm.chat", description="Chat with a language model.",
+                                parents=[progress.model_flags()])
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    progress.start(args)
+    return run_session(args)
+
+
+def run_session(args) -> int:
+    """Load the model of the flags and chat on stdin and stdout; the exit code."""
+
+    def body() -> int:
+        params = progress.sampling_params(args)
+        model = progress.load_model(args)
+        if not has_chat_template(model.tokenizer):
+            raise JaxllmError("this checkpoint's tokenizer has no chat template, which a chat needs: "
+                              "use python -m jaxllm.generate --no-chat for plain text")
+        Chat(model, params, args.system).run(sys.stdin, sys.stdout)
+        return 0
+
+    return run_cli(body)
+
+
+def messages(system: str | None, history: list[dict], user: str) -> list[dict]:
+    """What the chat template gets for the next answer: the system message (if any), the
+    conversation so far, the new user turn."""
+    return ([{"role": "system", "content": system}] if system else []) + history + [{"role": "user", "content": user}]
+
+
+class Stopped(Exception):
+    """Ctrl-C during an answer, raised at its next tokens: between engine steps, where stopping is clean."""
+
+
+class Chat:
+    """A conversation: the history, the system message, and one engine that serves every turn."""
+
+    def __init__(self, model, params, system: str | None = None, context: int = CONTEXT):
+        self.model, self.params, self.system = model, params, system
+        self.history: list[dict] = []
+        max_len = min(context, model.config.context_length)
+        self.engine = Engine(model, batch_size=1, max_len=max_len, num_pages=-(-max_len // 16), page_size=16)  # one conversation's pages
+        self._stopping = False
+
+    def run(self, stdin, stdout) -> None:
+        """Turns until /exit or the end of the input (at a terminal also Ctrl-C at the prompt)."""
+        if stdin.isatty():
+            import readline  # noqa: F401  (line editing and history for input())
+        while (line := _read_line(stdin)) is not None and self.handle(line, stdout):
+            pass
+
+    def handle(self, line: str, out) -> bool:
+        """One input line: a command or a user turn. False: quit."""
+        text = line.strip()
+        command, _, rest = text.partition(" ")
+        if command in ("/exit", "/quit"):
+            return False
+        if command == "/reset":
+            self.history = []
+            _note("the conversation is reset")
+        elif command == "/system":
+            self.system, self.history = rest.strip() or None, []
+            _note(f"system message {'set' if self.system else 'removed'}; the conversation is reset")
+        elif re.fullmatch(r"/\w+", command):
+            _note(f"unknown command {command}: the commands are {COMMANDS}")
+        elif text:
+            self.answer(text, out)
+        return True
+
+    def answer(self, user: str, out) -> None:
+        """Stream the answer to `user` after the conversation so far, then the stats line; the turn
+        joins the history (as much of the answer as was shown, if Ctrl-C stopped it)."""
+        turn = messages(self.system, self.history, user)
+        try:
+            ids = encode_messages(self.model.tokenizer, turn)
+        except InputError as err:  # the template refused this conversation: the session goes on
+            _note(f"error: {err} (/reset starts a new conversation)")
+            return
+        stats, shown = progress.Stats(), []
+
+        def on_text(index, text):
+            out.write(text)
+            out.flush()
+            shown.append(text)
+
+        def on_token(index, tokens):
+            stats.on_token(index, tokens)
+            if self._stopping:
+                raise Stopped
+
+        try:
+            with self._ctrl_c_stops():
+                self.model.generate(ids, self.params, engine=self.engine, on_text=on_text, on_token=on_token)
+        except Stopped:
+            out.write(" [stopped]")
+        except GenerationError as err:  # e.g. the conversation outgrew the context
+            _note(f"error: {err} (/reset starts a new conversation)")
+            return
+        out.write("\n")
+        out.flush()
+        self.history += [turn[-1], {"role": "assistant", "content": "".join(shown)}]
+        print(stats.line(len(ids)), file=sys.stderr)
+
+    @contextlib.contextmanager
+    def _ctrl_c_stops(self):
+        """While answering, a first Ctrl-C stops the answer at its next tokens; a second one interrupts."""
+
+        def on_ctrl_c(signum, frame):
+            if self._stopping:
+                raise KeyboardInterrupt
+            self._stopping = True
+
+        self._stopping = False
+        previous = signal.signal(signal.SIGINT, on_ctrl_c)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _read_line(stdin) -> str | None:
+    """The next input line; None at the end of the input, or on Ctrl-C at a terminal's prompt. A
+    line that is not UTF-8 text is named and skipped (an empty line), not fed to the tokenizer."""
+    if not stdin.isatty():
+        raw = stdin.buffer.readline() if hasattr(stdin, "buffer") else stdin.readline()
+        if not raw:
+            return None
+        return _text(raw) if isinstance(raw, bytes) else _text(raw.encode("utf-8", "surrogateescape"))
+    try:
+        return _text(input("> ").encode("utf-8", "surrogateescape"))
+    except UnicodeDecodeError as err:  # a terminal whose encoding is not the bytes typed
+        return _text(err.object)
+    except (EOFError, KeyboardInterrupt):
+        print()
+        return None
+
+
+def _text(raw: bytes) -> str:
+    """`raw` as text, or "" after a one-line note when it is not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        _note(f"error: that line is not UTF-8 text (byte {err.start + 1}: 0x{raw[err.start]:02x}): it was skipped; "
+              "type or send UTF-8")
+        return ""
+
+
+def _note(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,397 @@
+"""Finding a Hugging Face checkpoint and reading its files: config.json, generation_config.json,
+tensors (HFCheckpoint: safetensors here, GGUF through jaxllm.gguf) and the tokenizer. A folder
+written by `python -m jaxllm.convert` is read by jaxllm.converted behind the same interface.
+
+Tensors are read lazily from safetensors files: `get` returns a LazyTensor, and bytes are read
+only when asked, whole or by row blocks, as read-only arrays over a memory map of just those bytes
+(no copy out of the page cache; unmapped when the array is dropped, so no file pages stay mapped),
+so a converter can build a transposed copy without ever holding a second full copy. We parse the (simple,
+documented) safetensors header ourselves because safetensors' numpy backend cannot return
+bfloat16, the dtype most checkpoints ship in; ml_dtypes gives numpy that dtype.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import mmap
+import os
+import re
+import reprlib
+import struct
+from functools import cached_property
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+from jaxllm import gguf
+from jaxllm.errors import CheckpointError, ConfigError
+from jaxllm.models import config, weights
+
+_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U64": np.uint64, "U32": np.uint32, "U16": np.uint16,
+    "U8": np.uint8, "BOOL": np.bool_,
+    "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2,
+}
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+
+
+def resolve(path_or_id: str | os.PathLike) -> Path:
+    """A local file or folder as it is; otherwise a hub id, fetched into (or found in) the HF cache."""
+    path = Path(path_or_id).expanduser()
+    if path.exists():
+        return path
+    text = str(path_or_id)
+    if not _HUB_ID.match(text):
+        raise CheckpointError(f"no such file or folder: '{text}'; pass a checkpoint folder, a .gguf file or a hub id like 'org/name'")
+    # huggingface_hub (and its HTTP client) take ~0.3 s to import: only hub ids pay for it.
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return Path(snapshot_download(text, allow_patterns=_HUB_PATTERNS))
+    except (OSError, ValueError, EntryNotFoundError, _http_error()) as err:  # offline, unknown or gated repo, network
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"could not get '{text}' from the Hugging Face hub or its local cache ({type(err).__name__}: {reason[:200]}); "
+            "check the id and your network, or pass a local folder"
+        ) from None
+
+
+def _http_error() -> type:
+    """The HTTP client's error class of the installed huggingface_hub (httpx2 in 2.x, httpx in 1.x;
+    older ones raise OSErrors)."""
+    for name in ("httpx2", "httpx"):
+        try:
+            return importlib.import_module(name).HTTPError
+        except ImportError:
+            continue
+    return OSError
+
+
+def read_json(path: Path, what: str) -> dict:
+    """The JSON object in `path`, or a ConfigError naming the file and what is wrong with it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found at {path}: a Hugging Face checkpoint folder needs one") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} at {path} is a folder, not a file: replace it with the JSON file") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{what} at {path} is not valid JSON (line {err.lineno}: {err.msg}): fix or replace the file") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{what} at {path} is not UTF-8 text (byte {err.start}): save it as UTF-8 JSON") from None
+    except RecursionError:
+        raise ConfigError(f"{what} at {path} nests too deeply to be a config: fix or replace the file") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read {what} at {path} ({err.strerror or type(err).__name__}): check the file") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} at {path} must hold a JSON object, not {type(data).__name__}: fix or replace the file")
+    return data
+
+
+def read_config(folder: Path) -> dict:
+    """config.json of `folder`, every field the models read checked (jaxllm.models.config.check_config)."""
+    return config.check_config(read_json(folder / "config.json", "config.json"), str(folder / "config.json"))
+
+
+def read_generation_config(folder: Path) -> dict:
+    path = folder / "generation_config.json"
+    if not path.exists():
+        return {}
+    return config.check_generation_config(read_json(path, "generation_config.json"), str(path))
+
+
+_DTYPE_NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
+
+
+def write_safetensors(folder: Path, layout: dict[str, tuple[tuple, np.dtype]], tensors, max_shard_bytes: int = 5 << 30,
+                      progress=None) -> list[str]:
+    """Write tensors as safetensors files in `folder`, streaming: `layout` {name: (shape, dtype)} gives
+    every header up front, `tensors` yields (name, array) in any order, and each array is written
+    and dropped. One model.safetensors, or model-0000i-of-0000n.safetensors shards of at most
+    `max_shard_bytes` plus model.safetensors.index.json. Returns the file names."""
+    groups, size = [[]], 0
+    for name, (shape, dtype) in layout.items():
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if groups[-1] and size + nbytes > max_shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(name)
+        size += nbytes
+    n = len(groups)
+    files = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    handles, where = {}, {}
+    try:
+        for file, names in zip(files, groups):
+            header, offset = {"__metadata__": {"format": "pt"}}, 0
+            for name in names:
+                shape, dtype = layout[name]
+                end = offset + int(np.prod(shape)) * np.dtype(dtype).itemsize
+                header[name] = {"dtype": _DTYPE_NAMES[np.dtype(dtype)], "shape": list(shape), "data_offsets": [offset, end]}
+                offset = end
+            blob = json.dumps(header, separators=(",", ":")).encode()
+            blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
+            f = handles[file] = open(folder / file, "wb")
+            f.write(struct.pack("<Q", len(blob)) + blob)
+            f.truncate(8 + len(blob) + offset)
+            for name in names:
+                where[name] = (f, 8 + len(blob) + header[name]["data_offsets"][0])
+        written = set()
+        for name, array in tensors:
+            shape, dtype = layout[name]
+            if tuple(array.shape) != tuple(shape) or array.dtype != np.dtype(dtype):
+                raise CheckpointError(f"tensor {name} is {array.dtype}{list(array.shape)}, its header says {np.dtype(dtype)}{list(shape)}")
+            f, at = where[name]
+            f.seek(at)
+            f.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
+            written.add(name)
+            if progress is not None:
+                progress(name)
+        missing = set(layout) - written
+        if missing:
+            raise CheckpointError(f"{len(missing)} tensors were never written, e.g. {sorted(missing)[0]}")
+    finally:
+        for f in handles.values():
+            f.close()
+    if n > 1:
+        index = {"metadata": {"total_size": sum(int(np.prod(s)) * np.dtype(d).itemsize for s, d in layout.values())},
+                 "weight_map": {name: file for file, names in zip(files, groups) for name in names}}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        files.append("model.safetensors.index.json")
+    return files
+
+
+class LazyTensor:
+    """A tensor in a file, read on demand: `read()` for all of it, `read(a, b)` for rows a..b.
+
+    A read maps just the rows' bytes (page-aligned) and returns a read-only array over the map, so
+    nothing is copied out of the page cache; `populate` False maps lazily (only pages touched are
+    read from disk: a process slicing out its shards reads only those), True reads them all at once
+    (MAP_POPULATE: a reading thread takes the disk's time, not the thread that consumes the array).
+    The map goes away with the last array over it."""
+
+    def __init__(self, path: Path, offset: int, dtype, shape):
+        self.path, self.offset, self.dtype, self.shape = path, offset, np.dtype(dtype), tuple(shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.dtype.itemsize * math.prod(self.shape)
+
+    def read(self, start: int = 0, stop: int | None = None, populate: bool = False) -> np.ndarray:
+        rows = self.shape[0] if self.shape else 1
+        stop = rows if stop is None else min(stop, rows)
+        start = min(start, stop)
+        row_bytes = self.dtype.itemsize * (math.prod(self.shape[1:]) if self.shape else 1)
+        n = (stop - start) * row_bytes
+        shape = (stop - start,) + self.shape[1:] if self.shape else ()
+        if n == 0:
+            return np.empty(shape, self.dtype)
+        begin = self.offset + start * row_bytes
+        aligned = begin - begin % mmap.ALLOCATIONGRANULARITY
+        with open(self.path, "rb", buffering=0) as f:
+            # A file shorter than the header says would fault (SIGBUS) when read through a map.
+            if os.fstat(f.fileno()).st_size < begin + n:
+                raise CheckpointError(f"{self.path} ends early (truncated download?): re-download it")
+            flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
+            mapped = mmap.mmap(f.fileno(), begin + n - aligned, flags=flags, prot=mmap.PROT_READ, offset=aligned)
+        return np.frombuffer(mapped, self.dtype, count=n // self.dtype.itemsize, offset=begin - aligned).reshape(shape)
+
+    def __array__(self, dtype=None, copy=None):
+        x = self.read()
+        return x.astype(dtype) if dtype is not None else np.array(x) if copy else x
+
+
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's limit
+_short = reprlib.Repr()  # header values in messages: long lists cut, tensor names whole
+_short.maxstring, _short.maxother = 200, 60
+
+
+def _unreadable(path: Path, problem: str) -> CheckpointError:
+    return CheckpointError(f"{path} is not a readable safetensors file ({problem}): re-download or re-save it")
+
+
+def _read_header(path: Path) -> tuple[int, dict]:
+    """(bytes before the data, {tensor name: entry}) of a safetensors file; the header's length is
+    checked against the file (and the 100 MB limit) before anything is read or parsed."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            if len(head) < 8:
+                raise _unreadable(path, f"{size} bytes, fewer than the header's 8-byte length")
+            (n,) = struct.unpack("<Q", head)
+            if n > min(MAX_HEADER_BYTES, size - 8):
+                raise _unreadable(path, f"header length {n} is more than the {size - 8} bytes after it or the 100 MB limit")
+            text = f.read(n).decode("utf-8")
+        if not text.startswith("{"):
+            raise ValueError("the header is not a JSON object")
+        header = json.loads(text)
+    except OSError as err:
+        raise _unreadable(path, err.strerror or type(err).__name__) from None
+    except (ValueError, RecursionError) as err:  # bad UTF-8 or JSON, or JSON nested too deep
+        raise _unreadable(path, f"header: {str(err)[:100] or type(err).__name__}") from None
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise _unreadable(path, "__metadata__ must map names to strings")
+    _check_entries(path, header, size - 8 - n)
+    return 8 + n, header
+
+
+def _check_entries(path: Path, header: dict, data_bytes: int) -> None:
+    """What the safetensors library checks: every entry well formed and as long as its dtype and
+    shape say, and the entries tiling the data bytes in order, without gaps or overlaps."""
+    spans = []
+    for name, entry in header.items():
+        problem = _entry_problem(entry)
+        if problem:
+            raise _unreadable(path, f"tensor {_short.repr(name)}: {problem}")
+        spans.append((*entry["data_offsets"], name))
+    end = 0
+    for start, stop, name in sorted(spans):
+        if start != end:
+            where = "overlaps the tensor before it" if start < end else "leaves a gap after the tensor before it"
+            raise _unreadable(path, f"tensor {_short.repr(name)} starts at data byte {start}: it {where} (ending at {end})")
+        end = stop
+    if end != data_bytes:
+        raise _unreadable(path, f"the tensors take {end} data bytes but the file holds {data_bytes} (truncated download?)")
+
+
+def _entry_problem(entry) -> str | None:
+    """What is wrong with one header entry, or None."""
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+        return "its entry needs 'dtype', 'shape' and 'data_offsets'"
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        return f"dtype {_short.repr(dtype)} is not one jaxllm reads ({', '.join(_DTYPES)})"
+    if not _whole_numbers(shape):
+        return f"shape {_short.repr(shape)} is not a list of non-negative integers"
+    if not _whole_numbers(offsets) or len(offsets) != 2 or offsets[0] > offsets[1]:
+        return f"data_offsets {_short.repr(offsets)} are not [start, end] with 0 <= start <= end"
+    elements = 1
+    for d in shape:  # as the safetensors library multiplies: refused once past 64 bits
+        elements *= d
+        if elements >= 2**64:
+            return f"shape {_short.repr(shape)} holds more than 2**64 elements"
+    nbytes = elements * np.dtype(_DTYPES[dtype]).itemsize
+    if offsets[1] - offsets[0] != nbytes:
+        return f"data_offsets {_short.repr(offsets)} span {offsets[1] - offsets[0]} bytes, but {dtype}{_short.repr(shape)} takes {nbytes}"
+    return None
+
+
+def _whole_numbers(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+
+
+class SafetensorsFile:
+    """One .safetensors file: the header at once (checked as the safetensors library checks it),
+    tensors lazily."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset, self.header = _read_header(path)
+
+    def names(self):
+        return self.header.keys()
+
+    def shape(self, name):
+        return tuple(self.header[name]["shape"])
+
+    def get(self, name) -> LazyTensor:
+        info = self.header[name]
+        return LazyTensor(self.path, self.offset + info["data_offsets"][0], _DTYPES[info["dtype"]], info["shape"])
+
+
+class SafetensorsCheckpoint:
+    """All tensors of a checkpoint folder: one file, or shards listed by model.safetensors.index.json."""
+
+    def __init__(self, folder: Path):
+        index = folder / "model.safetensors.index.json"
+        if index.exists():
+            weight_map = read_json(index, "model.safetensors.index.json").get("weight_map")
+            if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+                raise CheckpointError(f"{index} has no 'weight_map' of tensor names to file names: re-download the checkpoint's index")
+            files = sorted(set(weight_map.values()))
+            missing = [f for f in files if not (folder / f).exists()]
+            if missing:
+                raise CheckpointError(f"{folder} lacks shard(s) {', '.join(missing[:3])} named by its index: download them")
+        else:
+            files = sorted(p.name for p in folder.glob("*.safetensors"))
+        if not files:
+            hint = " (PyTorch .bin files are not read: save the model with safetensors)" if list(folder.glob("*.bin")) else ""
+            if (folder / "params").is_dir():  # converted's PARAMS, without the marker written last
+                hint = (" (its params/ folder without jaxllm.json is an unfinished `python -m jaxllm.convert`: "
+                        "convert again)")
+            raise CheckpointError(f"no .safetensors files in {folder}{hint}")
+        self.files = [SafetensorsFile(folder / f) for f in files]
+        self._where = {}
+        for f in self.files:
+            for name in f.names():
+                self._where[name] = f
+
+    def names(self):
+        return self._where.keys()
+
+    def shape(self, name):
+        return self._where[name].shape(name)
+
+    def get(self, name) -> LazyTensor:
+        return self._where[name].get(name)
+
+
+# ----------------------------------------------------------------------------------------------
+# The two kinds of checkpoint, and the tokenizer they ship
+
+
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+class HFCheckpoint:
+    """Tensors under Hugging Face names: safetensors files in a folder, or a GGUF file."""
+
+    def __init__(self, path: Path, raw: dict, generation_config: dict, tensors=None):
+        self.path, self.raw, self.generation_config = path, raw, generation_config
+        self._tensors = tensors  # None: the folder's safetensors files, opened on first use
+        name = raw.get("dtype") or raw.get("torch_dtype")
+        self.dtype = name if name in FLOAT_DTYPES else None
+        self.load_dtype = "float32"
+
+    @cached_property
+    def tensors(self):
+        """names(), shape(name), get(name) -> lazy tensor."""
+        return self._tensors if self._tensors is not None else SafetensorsCheckpoint(self.path)
+
+    def problems(self, arch, cfg, abstract) -> list[str]:
+        return weights.problems(self.tensors, arch.weight_map(cfg), abstract, arch.ignored(cfg))
+
+    def size(self, arch, cfg, abstract) -> int:
+        return len({name for spec in arch.weight_map(cfg) for name in spec.hf_names})
+
+    def read(self, arch, cfg, abstract, dtype, shardings=None, progress=None):
+        return weights.load_params(self.tensors, arch.weight_map(cfg), abstract, dtype, shardings, progress)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def load_tokenizer(path: Path):
+    """The checkpoint's tokenizer (transformers', for its tokenizer and chat template only), or None
+    when it ships none. `path` is a folder or a .gguf file."""
+    path = Path(path)
+    if path.is_file():  # GGUF: built from the file's metadata
+        return gguf.load_tokenizer(path)
+    if not any((path / f).exists() for f in TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer  # a heavy import, paid only where a tokenizer is loaded
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as err:  # the tokenizers library reports a bad file as a bare Exception
+        raise CheckpointError(f"the tokenizer in {path} could not be loaded ({type(err).__name__}: {str(err)[:200]}): "
+                              "fix or re-download its tokenizer files") from None

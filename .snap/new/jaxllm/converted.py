@@ -1,0 +1,435 @@
+"""jaxllm's own checkpoint format, written by `python -m jaxllm.convert`: Flax parameters saved with
+orbax, beside the Hugging Face config and tokenizer files, so `jaxllm.load` restores it (straight
+onto the shards of a mesh) without converting again.
+
+    DST/
+      config.json, generation_config.json, tokenizer files   as in the HF checkpoint
+      params/      orbax (StandardCheckpointer): {"model.layers.0.self_attn.q_proj.kernel": array, ...}
+      jaxllm.json  format, dtype, architecture, source, and every parameter's shape; written last
+
+Parameters are saved as a flat dict keyed by their dotted path, which any orbax version reads back
+without knowing our module tree.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures.thread
+import errno
+import functools
+import json
+import logging
+import math
+import os
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import numpy as np
+
+from jaxllm.checkpoint import LazyTensor, read_config, read_generation_config, read_json
+from jaxllm.errors import CheckpointError
+from jaxllm.models import weights
+from jaxllm.models.weights import flat_params, report, unflatten_into
+
+MARKER = "jaxllm.json"
+FORMAT = "jaxllm-orbax"
+VERSION = 2  # 2: Dense kernels stored [out..., in...] (version 1 stored [in..., out...])
+PARAMS = "params"
+
+
+def is_converted(path: Path) -> bool:
+    return path.is_dir() and (path / MARKER).exists()
+
+
+def key(path: tuple) -> str:
+    return ".".join(map(str, path))
+
+
+def _checkpointer(restore_bytes: int | None = None):
+    """Orbax's PyTree checkpointer, uncompressed: zstd saves ~20% of disk on bf16 weights but
+    decoding it made restores ~1.6x slower (benchmarks/convert_timing.py, docs/benchmarks.md).
+    `restore_bytes`: at most about this many bytes read into host memory at once while restoring
+    (orbax's own default is 96 GB: a whole model on the host before it reaches the devices)."""
+    import orbax.checkpoint as ocp
+
+    _ignore_closed_loops()  # before any read or write: a failed one's leftovers can report at once
+    options = dict(use_compression=False)
+    if restore_bytes:
+        options["restore_concurrent_gb"] = max(1, math.ceil(restore_bytes / 1e9))
+    while True:
+        try:
+            return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(**options))
+        except TypeError:  # an older orbax without one of the switches: compressed, or unbounded, still readable
+            if not options:
+                raise
+            options.popitem()
+
+
+def save(folder: Path, params, meta: dict, shown: Path | None = None) -> None:
+    """Write the parameters (orbax) and then the marker into `folder`, which must be new. A write
+    the disk refuses (full, read-only) raises a CheckpointError naming `shown` (default `folder`);
+    on any exception, orbax's writer threads have all ended before it propagates, so the caller
+    can remove `folder` for good."""
+    import orbax.checkpoint as ocp
+
+    flat = {key(p): v for p, v in flat_params(params).items()}
+    write_to_the_end(lambda: _checkpointer().save((folder / PARAMS).absolute(), args=ocp.args.PyTreeSave(flat)),
+                     shown or folder)
+    manifest = {k: {"shape": list(v.shape), "dtype": np.dtype(v.dtype).name} for k, v in flat.items()}
+    marker = dict(format=FORMAT, version=VERSION, **meta, params=manifest)
+    try:
+        (folder / MARKER).write_text(json.dumps(marker, indent=1))
+    except OSError as err:
+        raise (write_error(shown or folder, err) or err) from None
+
+
+def write_to_the_end(write: Callable[[], None], shown: Path, timeout: float = 600.0) -> None:
+    """Run `write` (an orbax save) in a thread and wait for it. Orbax writes from threads of its
+    own that an exception in the waiting thread (Ctrl-C, SIGTERM) does not stop, and that go on
+    after a failed write of theirs: whatever ends the wait, every thread the save started is
+    waited for (up to `timeout` seconds; further Ctrl-C are ignored meanwhile) before anything
+    propagates, so nothing writes afterwards. A refused write is a CheckpointError naming `shown`."""
+    before = set(threading.enumerate())
+    failure: list[BaseException] = []
+
+    def run():
+        try:
+            write()
+        except BaseException as err:  # noqa: BLE001 - handed to the waiting thread
+            failure.append(err)
+
+    worker = threading.Thread(target=run, name="jaxllm-save", daemon=True)
+    quiet = _QuietOrbax()  # its threads log a failed write with a traceback each: the error says it once
+    logging.getLogger("absl").addFilter(quiet)
+    try:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.05)  # wakes for signals: Ctrl-C raises here
+    finally:
+        _wait_for_writers(worker, before, time.monotonic() + timeout)
+        logging.getLogger("absl").removeFilter(quiet)
+    if failure:
+        err = write_error(shown, failure[0])
+        if err is None:
+            raise failure[0]
+        raise err from None
+
+
+def _wait_for_writers(worker: threading.Thread, before: set, deadline: float) -> None:
+    """Wait until `worker` and every other non-daemon thread started since `before` has ended
+    (idle thread-pool workers aside: they wait for work, not write)."""
+    while time.monotonic() < deadline:
+        writers = [t for t in threading.enumerate() if t not in before and t is not threading.current_thread()
+                   and (t is worker or (not t.daemon and getattr(t, "_target", None) is not _pool_worker))]
+        if not writers:
+            return
+        try:
+            writers[0].join(min(0.1, max(0.0, deadline - time.monotonic())))
+        except KeyboardInterrupt:  # a second Ctrl-C or SIGTERM: the writes still have to end first
+            continue
+
+
+class _QuietOrbax(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+def _ignore_closed_loops() -> None:
+    """When a save or a restore fails or is interrupted, tensorstore still completes the reads and
+    writes it had under way and reports each to an event loop orbax has closed ("RuntimeError: Event
+    loop is closed"), orbax's coroutines are left unawaited ("Exception ignored in: <coroutine ...>"),
+    and asyncio logs its tasks' errors ("Task exception was never retrieved"): a traceback apiece,
+    after the one-line error has said it all. Those alone are dropped (installed once, for the
+    process, before orbax's first read or write: they can come as soon as one fails, or later,
+    when the tasks are freed)."""
+    previous = sys.unraisablehook
+    if getattr(previous, "jaxllm_closed_loops", False):
+        return
+
+    def hook(unraisable):
+        closed = isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
+        code = getattr(unraisable.object, "cr_code", None)
+        if not (closed or (code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename)):
+            previous(unraisable)
+
+    hook.jaxllm_closed_loops = True
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_OrbaxTasks())
+
+
+class _OrbaxTasks(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("never retrieved" in message and any(word in message for word in ("orbax", "OCDBT", "tensorstore")))
+
+
+_pool_worker = getattr(concurrent.futures.thread, "_worker", None)
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+_WRITE_FAILURES = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                   errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                   errno.EPERM: "the operation is not permitted", errno.EFBIG: "a file would exceed the size limit",
+                   errno.EIO: "an input/output error"}
+
+
+def write_error(folder: Path, err: BaseException) -> CheckpointError | None:
+    """The CheckpointError of a write into `folder` that the system refused (an OSError, or orbax's
+    and tensorstore's ValueError carrying an os_error_code), or None for anything else (a bug)."""
+    code = err.errno if isinstance(err, OSError) else None
+    if code is None:
+        match = _OS_ERROR_CODE.search(str(err))
+        code = int(match.group(1)) if match else None
+    if code is None:
+        return None
+    reason = _WRITE_FAILURES.get(code) or os.strerror(code)
+    fix = ("free some space there or choose another output folder" if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+           else "choose an output folder you can write to" if code in (errno.EROFS, errno.EACCES, errno.EPERM)
+           else "check the disk or choose another output folder")
+    return CheckpointError(f"cannot write {folder}: {reason} ({os.strerror(code)}, errno {code}); {fix}")
+
+
+def arrays(folder: Path):
+    """(name, numpy array) of every saved parameter, read one at a time (orbax partial restores),
+    so a scan of a large checkpoint holds one tensor in memory."""
+    import orbax.checkpoint as ocp
+
+    checkpointer = _checkpointer()
+    for name in read_marker(folder)["params"]:
+        args = ocp.args.PyTreeRestore(item={name: 0}, restore_args={name: ocp.RestoreArgs(restore_type=np.ndarray)},
+                                      partial_restore=True)
+        try:
+            restored = checkpointer.restore((folder / PARAMS).absolute(), args=args)
+        except (OSError, ValueError, KeyError) as err:  # a damaged or partial folder
+            raise _unreadable(folder, err) from None
+        yield name, restored.pop(name)
+
+
+def read_marker(folder: Path) -> dict:
+    marker = read_json(folder / MARKER, MARKER)
+    if marker.get("format") != FORMAT or not isinstance(marker.get("params"), dict):
+        raise CheckpointError(f"{folder / MARKER} is not a jaxllm checkpoint marker: re-run python -m jaxllm.convert")
+    if marker.get("version", 0) != VERSION:
+        newer = marker.get("version", 0) > VERSION
+        raise CheckpointError(f"{folder} was written by {'a newer' if newer else 'an older'} jaxllm (format "
+                              f"{marker.get('version')}, this one reads {VERSION}): "
+                              + ("upgrade jaxllm" if newer else "convert the original checkpoint again"))
+    if not (folder / PARAMS).is_dir():
+        raise CheckpointError(f"{folder} has no {PARAMS}/ folder: the conversion is incomplete; convert again")
+    return marker
+
+
+def problems(folder: Path, abstract) -> list[str]:
+    """Every missing, unexpected and mis-shaped parameter of the saved tree against the model."""
+    saved = read_marker(folder)["params"]
+    want = {key(p): tuple(v.shape) for p, v in flat_params(abstract).items()}
+    found = [f"missing {k} (expected shape {list(s)})" for k, s in want.items() if k not in saved]
+    found += [f"{k} has shape {saved[k]['shape']}, expected {list(s)}"
+              for k, s in want.items() if k in saved and tuple(saved[k]["shape"]) != s]
+    return found + [f"unexpected {k}" for k in saved if k not in want]
+
+
+def _unreadable(folder: Path, err: BaseException) -> CheckpointError:
+    first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+    return CheckpointError(f"could not read the parameters in {folder / PARAMS} ({type(err).__name__}: {first}); convert again")
+
+
+RESTORE_GROUP_BYTES = 512 << 20  # parameters per orbax call (the fallback), at least the largest one
+
+
+def restore(folder: Path, abstract, dtype, shardings: dict | None = None, progress=None):
+    """The parameter state of `abstract`, read from `folder` in its leaves' dtypes (`dtype`, which
+    the abstract's float parameters have; cast on read when the saved dtype differs), straight onto
+    the devices: `shardings` {path: Sharding}, each device reading only its own shards.
+
+    Where orbax stored a parameter the plain way (one uncompressed C-order zarr chunk in its OCDBT
+    data files: what `save` writes), its bytes are mapped from that file and placed like a
+    safetensors tensor, through the same pipeline as weights.load_params (several loading threads,
+    host memory within about the largest parameter, only the pages of this process's shards read).
+    Anything else (another layout, an index tensorstore cannot list) goes through orbax in groups
+    (`_restore_with_orbax`). `progress` as in weights.load_params."""
+    flat = flat_params(abstract)
+    saved = read_marker(folder)["params"]
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    # Each leaf in the abstract's dtype: `dtype` for the float parameters (cast on read), quantized
+    # integers and their scales in their own.
+    target = {key(p): jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=(shardings or {}).get(p, device))
+              for p, leaf in flat.items()}
+    sizes = {k: max(math.prod(t.shape) * np.dtype(t.dtype).itemsize, _saved_bytes(saved.get(k), t.shape))
+             for k, t in target.items()}
+    if hasattr(progress, "expect_bytes"):
+        progress.expect_bytes(sum(sizes.values()))
+    stored = _stored(folder, saved)
+    mapped = [k for k in target if k in stored]
+    out = _restore_mapped(stored, {k: target[k] for k in mapped}, sizes, progress) if mapped else {}
+    rest = [k for k in target if k not in out]
+    if rest:
+        out.update(_restore_with_orbax(folder, {k: target[k] for k in rest}, sizes, progress))
+    return unflatten_into(abstract, {p: out[key(p)] for p in flat})
+
+
+def _restore_mapped(stored: dict, target: dict, sizes: dict, progress) -> dict:
+    """{name: array on its devices} of parameters whose bytes `stored` locates: weights.in_order's
+    loading threads, host memory within about the largest parameter, as weights.load_params."""
+    def one(k):  # in the target's dtype (cast in row blocks when the saved one differs), on its devices
+        host = weights.Copy()(stored[k], tuple(target[k].shape), target[k].dtype)
+        return weights.place_ready({k: host}, {k: target[k].sharding})[k]
+
+    jobs = [(k, sizes[k], functools.partial(one, k)) for k in target]
+    return dict(zip(target, weights.in_order(jobs, progress)))
+
+
+_VALUE_REF = re.compile(r"value:([^:]*):(.*):(\d+):(\d+)$")
+
+
+def _stored(folder: Path, saved: dict) -> dict:
+    """{parameter name: its bytes} for each saved parameter stored the plain way: a LazyTensor
+    over its span of an OCDBT data file, or an array of an inline value. Read from the OCDBT index
+    (tensorstore's dump of the manifest and its B+tree nodes); a parameter stored otherwise
+    (compressed, chunked, another dtype or shape than the marker's, its file missing or short) is
+    left out, and so is everything when the index cannot be listed: orbax reads those."""
+    try:
+        import tensorstore as ts
+
+        base = ts.KvStore.open({"driver": "file", "path": str((folder / PARAMS).absolute()) + os.sep}).result()
+        manifest = ts.ocdbt.dump(base).result()
+        versions = manifest.get("versions") or []
+        root = max(versions, key=lambda v: v.get("generation_number", 0)).get("root", {}).get("location") if versions else None
+        values = {}
+        if root:
+            _walk(ts, base, root, values, depth=0)
+    except Exception:  # noqa: BLE001 - an old tensorstore, a damaged index: orbax reads it (and says what is wrong)
+        return {}
+    found = {}
+    for name, entry in saved.items():
+        try:
+            found[name] = _located(folder, name, entry, values)
+        except (KeyError, TypeError, ValueError, OSError):
+            continue
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def _walk(ts, base, location: str, values: dict, depth: int) -> None:
+    """Every key's value (bytes inline, or its "value:..." reference) under a B+tree node."""
+    if depth > 16:
+        raise ValueError("B+tree too deep")
+    node = ts.ocdbt.dump(base, location).result()
+    for entry in node["entries"]:
+        if "inline_value" in entry:
+            values[bytes(entry["key"])] = bytes(entry["inline_value"])
+        elif "indirect_value" in entry:
+            values[bytes(entry["key"])] = entry["indirect_value"]
+        else:  # an interior node's child
+            child = [v for v in entry.values() if isinstance(v, str) and v.startswith("btreenode:")]
+            if len(child) != 1:
+                raise ValueError(f"unknown B+tree entry {sorted(entry)}")
+            _walk(ts, base, child[0], values, depth + 1)
+
+
+def _located(folder: Path, name: str, entry: dict, values: dict):
+    """The bytes of one parameter (see _stored), or None when they are not stored the plain way."""
+    shape, dtype = tuple(entry["shape"]), jax.numpy.dtype(entry["dtype"])
+    meta = json.loads(values[f"{name}/.zarray".encode()])
+    zarr_dtype = meta.get("dtype")
+    if (meta.get("zarr_format") != 2 or meta.get("compressor") is not None or meta.get("filters")
+            or meta.get("order") != "C" or tuple(meta.get("shape", ())) != shape or tuple(meta.get("chunks", ())) != shape
+            or not isinstance(zarr_dtype, str) or _zarr_dtype(zarr_dtype) != dtype):
+        return None
+    nbytes = math.prod(shape) * dtype.itemsize
+    value = values.get((f"{name}/" + (".".join("0" * len(shape)) or "0")).encode())
+    if isinstance(value, bytes):
+        return np.frombuffer(value, dtype).reshape(shape) if len(value) == nbytes else None
+    match = _VALUE_REF.match(value or "")
+    if not match or int(match.group(4)) != nbytes:
+        return None
+    root = (folder / PARAMS).absolute()
+    path = (root / match.group(1) / match.group(2)).resolve()
+    if root.resolve() not in path.parents or path.stat().st_size < int(match.group(3)) + nbytes:
+        return None
+    return LazyTensor(path, int(match.group(3)), dtype, shape)
+
+
+def _zarr_dtype(text: str):
+    """A zarr v2 dtype string ("<f4", "bfloat16", "|i1") as a dtype; None for big-endian or unknown."""
+    try:
+        dtype = np.dtype(text)
+    except TypeError:
+        try:
+            return jax.numpy.dtype(text)
+        except TypeError:
+            return None
+    return dtype if dtype.byteorder in ("=", "<", "|") else None
+
+
+def _restore_with_orbax(folder: Path, target: dict, sizes: dict, progress) -> dict:
+    """{name: array on its devices} of `target`'s parameters, restored by orbax in groups of about
+    RESTORE_GROUP_BYTES (at least the largest parameter): orbax reads at most about that much at
+    once, and a group's copies to the devices overlap the next group's read (two groups in flight)."""
+    import orbax.checkpoint as ocp
+
+    group_bytes = max([RESTORE_GROUP_BYTES, *(sizes[k] for k in target)])
+    groups, size = [[]], 0
+    for k in target:
+        if groups[-1] and size + sizes[k] > group_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(k)
+        size += sizes[k]
+    checkpointer = _checkpointer(group_bytes)  # orbax refuses a read larger than its limit
+    out, pending = {}, []
+
+    def settle(names, restored):  # a group counts once its copies to the devices are complete
+        jax.block_until_ready(restored)
+        for k in names:
+            out[k] = restored.pop(k)
+            report(progress, k, sizes[k])
+
+    for names in groups:
+        item = {k: target[k] for k in names}
+        args = ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                                      partial_restore=True)
+        try:
+            restored = checkpointer.restore((folder / PARAMS).absolute(), args=args)
+        except Exception as err:  # noqa: BLE001 - a damaged or partial folder: orbax raises ValueError, KeyError, or an
+            cause = err.__cause__  # Exception("Encountered error while reading array index") over tensorstore's ValueError
+            if isinstance(err, (OSError, ValueError, KeyError)):
+                raise _unreadable(folder, err) from None
+            if type(err) is Exception and isinstance(cause, (OSError, ValueError)):
+                raise _unreadable(folder, cause) from None
+            raise
+        # Two groups in flight: this one's copies to the devices run while the next is read.
+        if pending:
+            settle(*pending.pop())
+        pending.append((names, restored))
+    for names, restored in pending:
+        settle(names, restored)
+    return out
+
+
+def _saved_bytes(entry, shape) -> int:
+    """Bytes of a saved parameter by its marker entry ({shape, dtype}), 0 when unknown."""
+    try:
+        return math.prod(shape) * jax.numpy.dtype(entry["dtype"]).itemsize
+    except (TypeError, KeyError):
+        return 0
+
+
+class ConvertedCheckpoint:
+    """A folder written by `python -m jaxllm.convert`: orbax parameters beside the HF side files."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.dtype = self.load_dtype = read_marker(path).get("dtype")
+        self.raw = read_config(path)
+        self.generation_config = read_generation_config(path)
+
+    def problems(self, arch, cfg, abstract) -> list[str]:
+        return problems(self.path, abstract)
+
+    def size(self, arch, cfg, abstract) -> int:
+        return len(jax.tree.leaves(abstract))
+
+    def read(self, arch, cfg, abstract, dtype, shardings=None, progress=None):
+        return restore(self.path, abstract, dtype, shardings, progress)

@@ -1,0 +1,465 @@
+"""The serving engine: requests in, token events out, over a paged KV cache (nano-vllm's
+llm_engine, in JAX). The pieces, each in its own small file:
+
+  jaxllm/serving/block_manager.py  pages, reference counts, the prefix cache (host)
+  jaxllm/serving/scheduler.py      who runs this step: prefill chunks within a token budget,
+                                   the decode batch, preemption when pages run out (host)
+  jaxllm/serving/runner.py         the page pool and the jitted prefill / decode steps (device)
+
+Each `step()` runs this step's prefill chunks (new prompts, long prompts chunk by chunk, sequences
+recomputed after preemption), then up to `chunk` decode steps for every running sequence (only
+`chunk // 16` while a waiting request could start, so free rows fill quickly), so a long prompt
+delays running sequences by one chunk at a time. Requests can be added and aborted
+between steps (`add`, `abort`); `run` serves a list to the end; `score` gives teacher-forced
+log-probabilities of a token sequence through the cache (perplexity in the cache's kv_dtype).
+
+On a mesh with dp > 1 the one engine serves dp groups of devices at once: the decode rows and the
+page pool split into dp shards, a sequence runs on one shard (its slot and pages; the scheduler
+balances them), and each step computes every shard's rows in one call, each group on its own
+(jaxllm/serving/runner.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple
+
+import jax
+import numpy as np
+
+from jaxllm import runtime
+from jaxllm.errors import GenerationError, available_memory, check_token_ids, size_text
+from jaxllm.models.attention import check_kv_dtype, kv_cache_bytes
+from jaxllm.models.config import token_ids
+from jaxllm.sampling import SamplingParams
+from jaxllm.serving.block_manager import BlockManager
+from jaxllm.serving.runner import ERROR, Row, Runner, bucket, pool_pages
+from jaxllm.serving.scheduler import PrefillChunk, Scheduler
+from jaxllm.serving.sequence import Sequence, Status
+
+log = logging.getLogger("jaxllm")
+
+
+def context_error(prompt_tokens: int, max_new: int, cfg) -> str:
+    """The one-line refusal of a request beyond the model's positions (cfg.context_length): learned
+    position tables end there, and rotary models were trained up to it (transformers would compute
+    on, vLLM refuses, as this does)."""
+    limit = cfg.context_length
+    fix = (f"lower max_new_tokens to at most {limit - prompt_tokens:,}" if prompt_tokens < limit
+           else f"shorten the prompt below {limit:,} tokens")
+    what = "positions this model has learned" if cfg.position_embedding == "learned" else "positions of this model's context"
+    return f"prompt of {prompt_tokens:,} tokens + max_new_tokens={max_new:,} exceeds the {limit:,} {what}: {fix}"
+
+
+@dataclass
+class Request:
+    prompt: list[int]
+    params: SamplingParams
+    index: int = 0
+
+
+@dataclass
+class Event:
+    """New tokens of one request, as the host loop sees them."""
+
+    index: int
+    tokens: list[int]
+    logprobs: list[float]
+    finished: bool = False
+    error: bool = False  # the model's logits turned non-finite: the request ends here, without a token
+
+
+class Score(NamedTuple):
+    """Engine.score's answer for tokens t_0 .. t_n-1 (teacher-forced: each prefix is the given
+    tokens, never the model's)."""
+
+    logprobs: np.ndarray  # float32 [n - 1]: log p(t_i | t_0 .. t_i-1) for i >= 1
+    greedy: np.ndarray  # int32 [n - 1]: the model's most likely token after t_0 .. t_i-1, i >= 1
+
+    @property
+    def perplexity(self) -> float:
+        return float(np.exp(-np.mean(self.logprobs)))
+
+
+class Engine:
+    """Serves requests over one pool of KV pages.
+
+    batch_size: sequences decoded at once (at most). max_len: the longest sequence (prompt + new
+    tokens) a request may reach; default the model's positions. Pages: `num_pages` of
+    `page_size` tokens, or by default `memory_fraction` of the device memory left after the
+    weights (on a CPU, which reports none: batch_size full-length sequences). prefill_tokens: the
+    per-step token budget of prompt chunks. prefix_caching: reuse the pages of earlier prompts'
+    shared prefixes (off for models whose keys depend on the sequence length: dynamic NTK and
+    LongRoPE rope). `attention`: "cudnn" or "xla" kernels (default: jaxllm.runtime's choice).
+    kv_dtype: how the cache stores keys and values: None the model's dtype, "int8" (a scale per
+    token and kv head) or "fp8" (float8 e4m3); 8-bit halves the bytes of a cached token, so the
+    same memory holds about twice the pages. Default: the model's `kv_dtype` attribute (what
+    jaxllm.load was given), else None. cascade: how decode reads a prompt prefix that running
+    sequences share (cached pages): None reads it once for all of them (cascade attention) when
+    that reads fewer keys than each sequence reading its own (Runner.plan_cascade), True whenever
+    they share a page, False never.
+
+    On a mesh with dp > 1: batch_size is rounded up to a multiple of dp (batch_size / dp rows per
+    dp group), the pool has dp equal shards of at least one max_len sequence each (num_pages is
+    rounded up to that), and prefill_tokens is the budget of each shard. The prefix cache is per
+    shard: a prefix cached on another shard than the one a sequence is placed on is computed again.
+    """
+
+    def __init__(self, model, batch_size: int = 8, max_len: int | None = None, *, num_pages: int | None = None,
+                 page_size: int = 16, memory_fraction: float = 0.9, prefill_tokens: int = 2048, chunk: int = 16,
+                 prefix_caching: bool = True, attention: str | None = None, kv_dtype: str | None = None,
+                 cascade: bool | None = None):
+        cfg = model.config
+        self.kv_dtype = check_kv_dtype(getattr(model, "kv_dtype", None) if kv_dtype is None else kv_dtype)
+        max_len = cfg.context_length if max_len is None else max_len
+        sizes = dict(batch_size=(batch_size, 1), max_len=(max_len, 2), page_size=(page_size, 1),
+                     prefill_tokens=(prefill_tokens, 1), chunk=(chunk, 1), num_pages=(num_pages, 1))
+        for name, (value, least) in sizes.items():
+            if not (value is None and name == "num_pages") and (
+                    not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least):
+                raise GenerationError(f"Engine {name}={value!r} is invalid: use a whole number >= {least}"
+                                      + (" (or None for the model's positions)" if name == "max_len" else "")
+                                      + (" (or None to size the pool from the device's memory)" if name == "num_pages" else ""))
+        if cascade not in (None, True, False):
+            raise GenerationError(f"Engine cascade={cascade!r} is invalid: use None (when it reads fewer keys), True or False")
+        self.cascade = cascade
+        if (not isinstance(memory_fraction, (int, float)) or isinstance(memory_fraction, bool)
+                or not 0 < memory_fraction <= 1):
+            raise GenerationError(f"Engine memory_fraction={memory_fraction!r} is invalid: use a number in (0, 1]")
+        batch_size, max_len, page_size, prefill_tokens, chunk = map(int, (batch_size, max_len, page_size, prefill_tokens, chunk))
+        mesh = getattr(model, "mesh", None)
+        self.dp = dp = mesh.shape["dp"] if mesh is not None else 1  # data-parallel shards of the rows and pages
+        batch_size = -(-batch_size // dp) * dp
+        self.model, self.cfg = model, cfg
+        self.batch_size, self.max_len, self.chunk = batch_size, max_len, chunk
+        # Decode steps of a call while a waiting request could start: few, so that it starts soon
+        # (a free row decodes nothing until its sequence is admitted at the next prefill step).
+        self.admit_steps = max(1, chunk // 16)
+        eos = sorted(set(cfg.eos_token_ids) | set(token_ids(model.generation_config.get("eos_token_id"))))
+        self.eos = np.asarray(eos or [-1], np.int32)
+        # Keys that depend on the sequence's length (dynamic NTK, LongRoPE) are neither shared nor
+        # computed in chunks: a prompt is prefilled whole, as transformers does.
+        length_dependent = cfg.rope.type in ("dynamic", "longrope") and cfg.position_embedding == "rope"
+        self.budget = max(prefill_tokens, max_len) if length_dependent else prefill_tokens
+        rope = cfg.rope
+        # LongRoPE (Phi-3) switches from its short to its long factors once a sequence outgrows
+        # original_max_position_embeddings, and transformers then recomputes the whole cache with
+        # the long ones: a sequence whose next write position reaches this is recomputed.
+        self.rope_switch = rope.original_max_position_embeddings if (
+            rope.type == "longrope" and rope.original_max_position_embeddings < max_len) else None
+        self.width = -(-max_len // page_size)
+        self.length_dependent = length_dependent
+        num_pages = self._default_pages(page_size, memory_fraction, num_pages)
+        if dp > 1:  # equal shards, each of room for at least one sequence of max_len
+            num_pages = dp * max(-(-num_pages // dp), self.width)
+        self.blocks = BlockManager(num_pages, page_size, prefix_caching and not length_dependent, shards=dp)
+        # Chunks of at most a quarter of the budget, so the prompts of a step share calls of several
+        # rows (a 2,050-token prompt is 2,048 + 2, not one row padded to the whole budget).
+        max_chunk = None if length_dependent else max(16, prefill_tokens // 4)
+        self.scheduler = Scheduler(self.blocks, batch_size, self.budget, chunk, max_chunk)
+        self.runner = Runner(model, num_pages=num_pages, page_size=page_size, max_seqs=batch_size, max_len=max_len,
+                             chunk=chunk, attention=attention or runtime.attention_impl(), eos_width=len(self.eos),
+                             kv_dtype=self.kv_dtype, decode_options=runtime.decode_options())
+        self.state = None  # the device state, made on first use and kept (the prefix cache lives in it)
+        self.slot_of: dict[Sequence, int] = {}
+        self.index_of: dict[Sequence, int] = {}
+        self._next_id = 0
+        self._compiled: set[tuple] = set()  # shapes precompile() has compiled
+
+    @property
+    def counters(self):
+        """Compiles of the prefill and decode steps this engine caused (see Runner.counters)."""
+        return self.runner.counters
+
+    def _default_pages(self, page_size: int, fraction: float, num_pages: int | None = None) -> int:
+        """The pool's pages: `num_pages` when given, else `fraction` of the device memory left after
+        the weights (a CPU: a full batch of full-length sequences within 2 GiB). Refused, before
+        anything is allocated, when the device (a CPU: the host) cannot hold them."""
+        cfg, dtype = self.cfg, self.model.dtype
+        stats = jax.local_devices()[0].memory_stats() or {}
+        mesh = getattr(self.model, "mesh", None)
+        tp = mesh.shape["tp"] if mesh is not None else 1
+        devices = tp if cfg.num_kv_heads % tp == 0 else 1  # the pool splits over tp like the kv heads
+        devices *= self.dp  # and over dp by pages
+        page_bytes = kv_cache_bytes(cfg, page_size, dtype, self.kv_dtype)
+        if num_pages is not None or "bytes_limit" not in stats:
+            available, where = available_memory()
+            if num_pages is None:  # a CPU: a full batch of full-length sequences, within 2 GiB (and half the free memory)
+                room = min(2 << 30, available // 2) if available is not None else 2 << 30
+                num_pages = max(self.width, min(self.batch_size * self.width, room // page_bytes))
+            pool = pool_pages(int(num_pages), self.batch_size)
+            if available is not None and pool * page_bytes / devices > available:
+                fit = int(available * devices // page_bytes) - self.batch_size
+                raise GenerationError(
+                    f"an engine of {num_pages:,} KV pages of {page_size} tokens ({self.batch_size} x {self.max_len:,}-token "
+                    f"sequences at most) needs {size_text(pool * page_bytes / devices)} but {where} has "
+                    f"{size_text(available)} available: "
+                    + (f"pass num_pages <= {fit:,}, or a smaller max_len" if fit >= self.width else
+                       f"lower max_len (one {self.max_len:,}-token sequence needs {self.width:,} pages)"))
+            return int(num_pages)
+        # Room for a prefill step's activations and logits, beside the pool.
+        spare = 8 * self.budget * max(cfg.hidden_size * 4, cfg.intermediate_size) * 2 + (1 << 30)
+        free = fraction * stats["bytes_limit"] - stats.get("bytes_in_use", 0) - spare
+        pages = int(free * devices // page_bytes) - self.batch_size if free > 0 else 0  # the runner rounds up
+        if pages < self.width:
+            raise GenerationError(f"the device has room for {max(pages, 0)} KV pages of {page_size} tokens but one "
+                                  f"{self.max_len}-token sequence needs {self.width}: lower max_len, or free device memory")
+        return pages
+
+    # -- requests ----------------------------------------------------------------------------------
+
+    def check(self, req: Request) -> None:
+        """Refuse a request that can never run, before anything is computed."""
+        params = req.params
+        unset = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty")  # resolved() fills them
+        if not isinstance(params, SamplingParams) or any(getattr(params, f) is None for f in unset):
+            raise GenerationError("a Request's params must be resolved SamplingParams: pass "
+                                  "jaxllm.SamplingParams(...).resolved(model.generation_config)")
+        params.validate()
+        n = len(check_token_ids(req.prompt, self.cfg.vocab_size, "prompt", dims=(1,), allow_empty=False))
+        total = n + req.params.max_new_tokens
+        if total > self.max_len:
+            raise GenerationError(
+                f"prompt of {n} tokens + max_new_tokens={req.params.max_new_tokens} exceeds the engine's max_len "
+                f"{self.max_len}: lower max_new_tokens, shorten the prompt, or raise max_len")
+        if total > self.cfg.context_length:
+            raise GenerationError(context_error(n, req.params.max_new_tokens, self.cfg))
+        if self.blocks.pages_for(total) > self.blocks.shard_pages:
+            where = "the pool has" if self.dp == 1 else f"each of the pool's {self.dp} data-parallel shards has"
+            raise GenerationError(
+                f"prompt of {n} tokens + max_new_tokens={req.params.max_new_tokens} needs "
+                f"{self.blocks.pages_for(total)} KV pages but {where} {self.blocks.shard_pages}: "
+                "give the engine more pages (num_pages, memory_fraction) or ask for fewer tokens")
+
+    def add(self, req: Request) -> Sequence:
+        """Queue a request; its events carry `req.index`. Returns its sequence (for `abort`)."""
+        self.check(req)
+        return self._add(req)
+
+    def _add(self, req: Request) -> Sequence:
+        seq = Sequence(self._next_id, list(req.prompt), req.params)
+        self._next_id += 1
+        self.index_of[seq] = req.index
+        self.scheduler.add(seq)
+        return seq
+
+    def abort(self, seq: Sequence) -> None:
+        """Drop a request wherever it is; its pages go back (full ones stay in the prefix cache)."""
+        self.scheduler.abort(seq.seq_id)
+        self._release(seq)
+        self.index_of.pop(seq, None)  # a long-running server must not keep every cancelled request
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    def run(self, requests: list[Request], stop_check=None) -> Iterator[Event]:
+        """Serve every request to the end, yielding Events as tokens arrive. `stop_check(index)`
+        lets the caller end a request early (stop strings): it is aborted at the next step."""
+        for req in requests:  # all of them before any is queued
+            self.check(req)
+        seqs = [self._add(req) for req in requests]
+        try:
+            while self.has_work():
+                if stop_check is not None:
+                    for seq in seqs:
+                        if seq.status is not Status.FINISHED and stop_check(self.index_of[seq]):
+                            self.abort(seq)
+                yield from self.prefill_step()  # first tokens out before the decode chunk runs
+                yield from self.decode_step()
+        finally:  # a consumer that stops early leaves no request behind
+            for seq in seqs:
+                if seq.status is not Status.FINISHED:
+                    self.abort(seq)
+
+    def score(self, tokens, chunk: int | None = None) -> Score:
+        """Teacher-forced scores of a token sequence through the KV cache: the tokens are
+        prefilled `chunk` at a time (default: the largest chunk a prompt is prefilled in) into
+        pages of the pool, each chunk's queries reading the keys and values the chunks before it
+        cached, in the engine's kv_dtype. Models whose keys depend on the length (dynamic NTK,
+        LongRoPE) take the tokens in one chunk. The pages come from the free pool (no
+        prefix-cache hits) and go back at the end."""
+        ids = check_token_ids(tokens, self.cfg.vocab_size, "tokens", dims=(1,), allow_empty=False).tolist()
+        chunk = self.scheduler.max_chunk if chunk is None else chunk
+        if not isinstance(chunk, (int, np.integer)) or isinstance(chunk, bool) or chunk < 1:
+            raise GenerationError(f"score chunk={chunk!r} is invalid: use a whole number >= 1")
+        if len(ids) > self.max_len:
+            raise GenerationError(f"{len(ids)} tokens exceed the engine's max_len {self.max_len}: raise max_len")
+        need = self.blocks.pages_for(len(ids))
+        shard = max(range(self.dp), key=self.blocks.free_in)  # the pages of one shard
+        if need > self.blocks.free_in(shard):
+            where = "" if self.dp == 1 else " in one data-parallel shard"
+            raise GenerationError(f"{len(ids)} tokens need {need} KV pages but {self.blocks.free_in(shard)} are free{where}: "
+                                  "give the engine more pages, or score when its requests are done")
+        chunk = len(ids) if self.length_dependent else min(int(chunk), len(ids))
+        if self.state is None:
+            self.state = self.runner.new_state()
+        seq = Sequence(-1, ids)
+        self.blocks.allocate(seq, share=False, shard=shard)
+        try:
+            self.state, (logprobs, greedy) = self.runner.score(self.state, ids, seq.pages, chunk, shard)
+        finally:
+            self.blocks.free(seq)
+        return Score(logprobs, greedy)
+
+    # -- one step ----------------------------------------------------------------------------------
+
+    def step(self) -> list[Event]:
+        """One step: this step's prefill chunks, then a decode chunk for the running sequences."""
+        return self.prefill_step() + self.decode_step()
+
+    def prefill_step(self) -> list[Event]:
+        if self.state is None:
+            self.state = self.runner.new_state()
+        chunks = self.scheduler.schedule_prefill()
+        for seq in self.scheduler.running:  # admitted with all but its last token cached: compute that one
+            if seq not in self.slot_of and not seq.prefilling and seq.num_cached == seq.num_tokens - 1:
+                chunks.append(PrefillChunk(seq, seq.num_cached, 1))
+        return self._prefill(chunks) if chunks else []
+
+    def decode_step(self) -> list[Event]:
+        batch = self.scheduler.schedule_decode()
+        for seq in batch:
+            if seq.num_tokens - 1 == self.rope_switch:
+                self.scheduler.preempt(seq)
+        for seq in [s for s in self.slot_of if s.status is not Status.RUNNING]:
+            self._release(seq)  # preempted: recomputed later, in whatever slot is free then
+        batch = [seq for seq in batch if seq in self.slot_of and seq.status is Status.RUNNING]
+        return self._decode(batch) if batch else []
+
+    def _error(self, seq: Sequence, tokens: list[int], logprobs: list[float] | None = None) -> Event:
+        """End a request whose logits turned non-finite (NaN or Inf): a warning, and its last event."""
+        index = self.index_of[seq]
+        log.warning("request %d: the model's logits are not finite (NaN or Inf) after %d new tokens; it stops with "
+                    "finish_reason 'error' (check the weights: python -m jaxllm.inspect --scan MODEL)", index, len(seq.output))
+        self._finish(seq)
+        return Event(index, tokens, logprobs or [], True, error=True)
+
+    def _release(self, seq: Sequence) -> None:
+        self.slot_of.pop(seq, None)
+
+    def _finish(self, seq: Sequence) -> None:
+        self.scheduler.finish(seq)
+        self._release(seq)
+        self.index_of.pop(seq, None)
+
+    def _free_slot(self, shard: int) -> int:
+        """A free decode slot of `shard` (slots shard * batch_size / dp ..)."""
+        used, b = set(self.slot_of.values()), self.batch_size // self.dp
+        return next(i for i in range(shard * b, (shard + 1) * b) if i not in used)
+
+    def call_shape(self, longest: int, waiting: int) -> tuple[int, int]:
+        """(rows, length) of a prefill call whose longest chunk has `longest` tokens, with `waiting`
+        chunks to run. Lengths come from a short menu (the budget / 64, / 16, / 4, / 1; rounded
+        to a multiple of 16) and rows from 1, 4, 16, 64 within the budget, so a workload meets few
+        shapes (each a compile); a chunk longer than the budget (LongRoPE, dynamic NTK: never
+        split) takes a power of two. The short end serves prompts that are mostly a cached prefix:
+        64 requests of 50 new tokens behind a shared prompt are one call of 64 x 128 positions
+        (without / 64 and 64 rows: four calls of 16 x 512, 4x the positions; H200, session 14)."""
+        length = next((n for n in self._call_lengths() if n >= longest), None) or bucket(longest, 16)
+        allowed = self._call_rows(length)
+        return next((r for r in allowed if r >= waiting), allowed[-1]), length
+
+    def _call_lengths(self) -> list[int]:
+        return sorted({max(16, -(-self.budget // (16 * d)) * 16) for d in (64, 16, 4, 1)})
+
+    def _call_rows(self, length: int) -> list[int]:
+        """Rows of a call (of each dp shard's block: the budget and rows are per shard)."""
+        return [r for r in (1, 4, 16, 64) if r == 1 or (r * length <= self.budget and r <= self.batch_size // self.dp)]
+
+    def precompile(self, requests: list[Request]) -> None:
+        """Compile the steps that serving `requests` can meet and that have not run yet: prefill
+        calls of every (rows, length) their chunks may take, the key buckets of their prompts,
+        and the decode step. A server calls it at start-up with typical requests, so no client
+        waits for a compile. (Compiling them on a pool of threads did not make it faster on an
+        H200: qwen3-0.6b offline first run 61 s with, 47 s without; 2026-11-28.)"""
+        if not requests:
+            return
+        if self.state is None:
+            self.state = self.runner.new_state()
+        longest = max(len(r.prompt) for r in requests)
+        chunk = min(longest, self.scheduler.max_chunk)
+        lengths = [n for n in self._call_lengths() if n < chunk] + [self.call_shape(chunk, 1)[1]]
+        most = self.call_shape(lengths[-1], len(requests))[0]  # more rows than chunks never run
+        keys = sorted({self.runner.prefill_keys(n) for n in range(1, longest + 1, 1024)} | {self.runner.prefill_keys(longest)})
+        prefill = [(r, n, s) for n in lengths for r in self._call_rows(n) if r <= max(most, 1) for s in keys]
+        reach = max(len(r.prompt) + r.params.max_new_tokens for r in requests)
+        decode = sorted({self.runner.decode_keys(n) for n in range(1, reach + self.chunk + 1, 256)})
+        sampling = any(r.params.temperature > 0 for r in requests)
+        todo = [shape for shape in prefill if ("prefill", shape, sampling) not in self._compiled]
+        todo_decode = [k for k in decode if ("decode", k, sampling) not in self._compiled]
+        if todo or todo_decode:
+            self.runner.compile(self.state, todo, todo_decode, sampling)
+        self._compiled |= {("prefill", shape, sampling) for shape in todo} | {("decode", k, sampling) for k in todo_decode}
+
+    def _prefill(self, chunks: list[PrefillChunk]) -> list[Event]:
+        """Run the chunks in calls of `call_shape`s, longest chunks first (a call: that many rows
+        of each dp shard)."""
+        events, b = [], self.batch_size // self.dp
+        chunks = sorted(chunks, key=lambda c: -c.length)
+        while chunks:
+            per_shard = [sum(1 for c in chunks if c.seq.shard == i) for i in range(self.dp)]
+            rows, length = self.call_shape(chunks[0].length, max(per_shard))
+            taken, group, rest = [0] * self.dp, [], []
+            for c in chunks:
+                (group if taken[c.seq.shard] < rows else rest).append(c)
+                taken[c.seq.shard] += 1
+            chunks = rest
+            work = []
+            for c in group:
+                slot = None
+                if c.last:
+                    slot = self.slot_of.get(c.seq)
+                    if slot is None or slot // b != c.seq.shard:
+                        slot = self.slot_of[c.seq] = self._free_slot(c.seq.shard)
+                eos = np.full_like(self.eos, -1) if c.seq.params.ignore_eos else self.eos
+                work.append(Row(slot if slot is not None else -1, c.seq.tokens, c.start, c.length, c.seq.pages, c.last,
+                                c.seq.params, eos, len(c.seq.output), c.seq.shard))
+            self.state, results = self.runner.prefill(self.state, work, rows, length)
+            for c, (token, logprob, done) in zip(group, results):
+                if not c.last:
+                    self.scheduler.computed(c)
+                    continue
+                if token == ERROR:
+                    self.scheduler.computed(c)
+                    events.append(self._error(c.seq, []))
+                    continue
+                self.scheduler.computed(c, token)
+                done = done or len(c.seq.output) >= c.seq.params.max_new_tokens
+                events.append(Event(self.index_of[c.seq], [token], [logprob], done))
+                if done:
+                    self._finish(c.seq)
+        return events
+
+    def _decode(self, batch: list[Sequence]) -> list[Event]:
+        b = self.batch_size
+        pages, limit, stop = [[] for _ in range(b)], np.zeros(b, np.int32), np.ones(b, bool)
+        for seq in batch:
+            slot = self.slot_of[seq]
+            pages[slot], limit[slot], stop[slot] = seq.pages, len(seq.pages) * self.blocks.page_size, False
+            if self.rope_switch is not None and seq.num_tokens - 1 < self.rope_switch:
+                limit[slot] = min(limit[slot], self.rope_switch)
+        reach = max(seq.num_tokens for seq in batch) + self.chunk
+        sampling = any(seq.params.temperature > 0 for seq in batch)
+        steps = self.admit_steps if self.scheduler.can_admit() else self.chunk
+        cascade = None if self.cascade is False else self.runner.plan_cascade(
+            {self.slot_of[seq]: (seq.pages, seq.num_tokens - 1) for seq in batch}, self.chunk, force=bool(self.cascade))
+        self.scheduler.stats.cascaded += cascade is not None
+        self.state, out, out_lp, done = self.runner.decode(self.state, self.runner.table(pages), limit, stop,
+                                                           self.runner.decode_keys(reach), sampling, steps, cascade)
+        events = []
+        for seq in batch:
+            slot = self.slot_of[seq]
+            got = out[slot] >= 0
+            tokens = out[slot][got].tolist()
+            if tokens:
+                self.scheduler.decoded(seq, tokens)
+            if (out[slot] == ERROR).any():
+                events.append(self._error(seq, tokens, out_lp[slot][got].tolist()))
+                continue
+            finished = bool(done[slot]) or len(seq.output) >= seq.params.max_new_tokens
+            if tokens or finished:
+                events.append(Event(self.index_of[seq], tokens, out_lp[slot][got].tolist(), finished))
+            if finished:
+                self._finish(seq)
+        return events

@@ -1,0 +1,458 @@
+"""GGUF files (llama.cpp): metadata into a config.json-shaped dict, tensors into HF names and layout.
+
+The result is a tensor source like a safetensors checkpoint, so the usual weight map, checks and
+streaming fill apply unchanged. Quantized tensors are dequantized to float32 one tensor at a time:
+F16, BF16 and the 32-value block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) by numpy over all blocks
+at once here, anything else the `gguf` package can dequantize (Q4_K, Q6_K, ...) by that package.
+The header is parsed here too (milliseconds; the package's reader takes seconds over a
+vocabulary's strings), once per file, and the tokenizer built from it is cached on disk.
+
+Quantized loads (`jaxllm.load(..., quantize=...)`) take Q8_0, Q4_0 and Q4_1 kernels without a
+float detour (`GGUFCheckpoint.blocks`): int8 / int4 values in groups of 32 with the file's float16
+scales (Q4_1's minimum folded into a float32 offset), so the model computes with exactly the
+file's values (d * q, or d * q + m, in float32).
+
+llama.cpp stores Llama-family q/k projections with rows permuted for its rotary layout; we undo it
+so the weights are transformers' again.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import mmap
+import os
+import re
+import shutil
+import struct
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+from jaxllm import tokenizing
+from jaxllm.errors import CheckpointError
+from jaxllm.models import quant
+
+# general.architecture -> (HF architecture, whether llama.cpp permuted q/k rows)
+ARCHITECTURES = {
+    "llama": ("LlamaForCausalLM", True),
+    "mistral": ("MistralForCausalLM", True),
+    "qwen2": ("Qwen2ForCausalLM", False),
+    "qwen3": ("Qwen3ForCausalLM", False),
+}
+
+_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_LAYER_NAMES = {
+    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}
+_LAYER = re.compile(r"^blk\.(\d+)\.(\w+)\.(weight|bias)$")
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9  # GGUF metadata value types
+
+
+class Header:
+    """A GGUF file's metadata ({key: value}) and tensor table, parsed straight from its bytes (the
+    gguf package's reader takes seconds over a vocabulary's strings; this takes milliseconds)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                self._buf, self._pos = buf, 0
+                self._parse()
+                del self._buf
+        except (OSError, ValueError, KeyError, struct.error) as err:  # ValueError: also bad UTF-8 and an empty file
+            raise CheckpointError(f"{path} is not a readable GGUF file ({type(err).__name__}: {str(err)[:150]}): "
+                                  "download it again, or check the path") from None
+
+    def _parse(self) -> None:
+        magic, version = self._take("<4sI")
+        if magic != b"GGUF" or version not in (2, 3):
+            raise ValueError(f"magic {magic!r}, version {version}: not a little-endian GGUF v2/v3 file")
+        n_tensors, n_fields = self._take("<QQ")
+        self.fields = {}
+        for _ in range(n_fields):
+            key = self._string()
+            self.fields[key] = self._value(self._take("<I")[0])
+        self.tensors = []  # (name, dims innermost first, GGML type id, offset from the data start)
+        for _ in range(n_tensors):
+            name = self._string()
+            dims = self._take(f"<{self._take('<I')[0]}Q")
+            self.tensors.append((name, dims, *self._take("<IQ")))
+        align = self.fields.get("general.alignment", 32)
+        if not isinstance(align, int) or align <= 0 or align & (align - 1):
+            raise ValueError(f"general.alignment {align!r} is not a power of two")
+        self.data_start = self._pos + (-self._pos % align)
+
+    def _take(self, fmt: str) -> tuple:
+        out = struct.unpack_from(fmt, self._buf, self._pos)
+        self._pos += struct.calcsize(fmt)
+        return out
+
+    def _bytes(self, n: int) -> bytes:
+        out = self._buf[self._pos : self._pos + n]
+        if len(out) != n:
+            raise ValueError("the file ends early (truncated download?)")
+        self._pos += n
+        return out
+
+    def _string(self) -> str:
+        return self._bytes(self._take("<Q")[0]).decode("utf-8")
+
+    def _value(self, kind: int):
+        if kind == _STRING:
+            return self._string()
+        if kind != _ARRAY:
+            return self._take(_SCALARS[kind])[0]
+        item, n = self._take("<IQ")
+        if item in _SCALARS:  # numbers in one go
+            dtype = np.dtype(_SCALARS[item])
+            return np.frombuffer(self._bytes(n * dtype.itemsize), dtype).tolist()
+        if item == _STRING:
+            return self._strings(n)
+        return [self._value(item) for _ in range(n)]
+
+    def _strings(self, n: int) -> list[str]:
+        """n strings in one tight loop (a vocabulary's tokens and merges: 100,000 of them)."""
+        buf, pos, size, out = self._buf, self._pos, len(self._buf), []
+        length = struct.Struct("<Q").unpack_from
+        for _ in range(n):
+            k = length(buf, pos)[0]
+            pos += 8
+            if pos + k > size:
+                raise ValueError("the file ends early (truncated download?)")
+            out.append(buf[pos : pos + k].decode("utf-8"))
+            pos += k
+        self._pos = pos
+        return out
+
+
+@functools.lru_cache(maxsize=1)
+def _header(path: Path, size: int, mtime_ns: int) -> Header:
+    return Header(path)
+
+
+def read_header(path: Path) -> Header:
+    """The file's Header, parsed once while the file is unchanged (the model and its tokenizer share it)."""
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise CheckpointError(f"cannot read {path}: {err.strerror}") from None
+    return _header(Path(path).resolve(), st.st_size, st.st_mtime_ns)
+
+
+def hf_name(name: str) -> str | None:
+    if name in _NAMES:
+        return _NAMES[name]
+    m = _LAYER.match(name)
+    if m and m.group(2) in _LAYER_NAMES:
+        return f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.{m.group(3)}"
+    return None
+
+
+def config_from_metadata(header: Header) -> dict:
+    fields = header.fields
+    prefix = arch = fields.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(
+            f"GGUF architecture '{arch}' is not supported; supported: {', '.join(sorted(ARCHITECTURES))}"
+        )
+    name = str(fields.get("general.name", "") or "").lower()
+    if arch == "llama" and "mistral" in name:  # llama.cpp files Mistral under llama
+        arch = "mistral"
+
+    def get(key, default=None):
+        return fields.get(f"{prefix}.{key}", default)
+
+    heads = get("attention.head_count")
+    hidden = get("embedding_length")
+    tensor_names = {t[0] for t in header.tensors}
+    vocab = get("vocab_size") or len(fields.get("tokenizer.ggml.tokens", []))
+    raw = {
+        "architectures": [ARCHITECTURES[arch][0]],
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": get("feed_forward_length"),
+        "num_hidden_layers": get("block_count"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": get("attention.head_count_kv", heads),
+        "max_position_embeddings": get("context_length", 2048),
+        "rms_norm_eps": get("attention.layer_norm_rms_epsilon", 1e-6),
+        "rope_theta": get("rope.freq_base", 10000.0),
+        "tie_word_embeddings": "output.weight" not in tensor_names,
+        "bos_token_id": fields.get("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": fields.get("tokenizer.ggml.eos_token_id"),
+        "pad_token_id": fields.get("tokenizer.ggml.padding_token_id"),
+        "attention_bias": "blk.0.attn_output.bias" in tensor_names,
+    }
+    key_length = get("attention.key_length")
+    if key_length:
+        raw["head_dim"] = key_length
+    scaling = get("rope.scaling.type")
+    if scaling and scaling != "none":
+        raw["rope_scaling"] = {"rope_type": scaling, "factor": get("rope.scaling.factor", 1.0)}
+        if get("rope.scaling.original_context_length"):
+            raw["rope_scaling"]["original_max_position_embeddings"] = get("rope.scaling.original_context_length")
+    missing = [k for k, v in raw.items() if v is None and k in ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size")]
+    if missing:
+        raise CheckpointError(f"GGUF metadata lacks {', '.join(missing)}: the file is incomplete or not a language model")
+    return raw
+
+
+def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
+    """Undo llama.cpp's q/k row permutation: rows (head, pair, half) -> (head, half, pair)."""
+    dim = w.shape[0] // heads // 2
+    return w.reshape(heads, dim, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+# -- dequantization ---------------------------------------------------------------------------
+# GGML type id -> (name, values per block, bytes per block) of the types dequantized here; the
+# 32-value block types as numpy record layouts: d * q (+ m), q = 4 bits (+ a fifth from qh) or int8,
+# less 8 or 16 for the symmetric _0 types. Other types (the K-quants, ...) go through the gguf package.
+_TYPES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 30: ("BF16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20),
+          6: ("Q5_0", 32, 22), 7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34)}
+_BLOCKS = {
+    "Q4_0": np.dtype([("d", "<f2"), ("qs", "u1", 16)]),
+    "Q4_1": np.dtype([("d", "<f2"), ("m", "<f2"), ("qs", "u1", 16)]),
+    "Q5_0": np.dtype([("d", "<f2"), ("qh", "<u4"), ("qs", "u1", 16)]),
+    "Q5_1": np.dtype([("d", "<f2"), ("m", "<f2"), ("qh", "<u4"), ("qs", "u1", 16)]),
+    "Q8_0": np.dtype([("d", "<f2"), ("qs", "i1", 32)]),
+}
+_OFFSET = {"Q4_0": 8, "Q5_0": 16}
+_BITS = np.arange(32, dtype=np.uint32)
+_CHUNK = 1 << 14  # blocks per step: the temporaries stay in cache
+
+
+def _gguf_quants():
+    try:
+        from gguf import constants, quants
+    except ImportError:
+        raise CheckpointError("this GGUF file's quantization needs the gguf package: pip install 'jaxllm[gguf]'") from None
+    return constants, quants
+
+
+def tensor_bytes(type_id: int, shape: tuple[int, ...]) -> int:
+    """Bytes of a tensor of a GGML type (rows are whole blocks)."""
+    if type_id in _TYPES:
+        _, block, size = _TYPES[type_id]
+    else:
+        constants, _ = _gguf_quants()
+        try:
+            block, size = constants.GGML_QUANT_SIZES[constants.GGMLQuantizationType(type_id)]
+        except ValueError:
+            raise CheckpointError(f"unknown GGML tensor type {type_id}: a newer gguf package may read it") from None
+    if shape and shape[-1] % block:
+        raise CheckpointError(f"a tensor of shape {list(shape)} cannot hold rows of {block}-value blocks (GGML type {type_id})")
+    return math.prod(shape) // block * size
+
+
+def dequantize(raw: np.ndarray, type_id: int) -> np.ndarray:
+    """The float32 values (1-D) of a tensor's bytes (uint8, 1-D) of a GGML type: F32, F16, BF16
+    and the 32-value block types here, vectorised over all blocks; any other type through
+    `gguf.quants.dequantize`. Bit-exact with gguf's (tests/test_startup.py)."""
+    kind = _TYPES.get(type_id, ("",))[0]
+    if kind == "F32":
+        return raw.view("<f4").astype(np.float32)
+    if kind == "F16":
+        return raw.view("<f2").astype(np.float32)
+    if kind == "BF16":
+        return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+    if kind not in _BLOCKS:
+        constants, quants = _gguf_quants()
+        return quants.dequantize(raw, constants.GGMLQuantizationType(type_id)).reshape(-1)
+    blocks = raw.view(_BLOCKS[kind])
+    out = np.empty((len(blocks), 32), np.float32)
+    for start in range(0, len(blocks), _CHUNK):
+        _dequantize_blocks(blocks[start : start + _CHUNK], kind, out[start : start + _CHUNK])
+    return out.reshape(-1)
+
+
+def _dequantize_blocks(blocks: np.ndarray, kind: str, out: np.ndarray) -> None:
+    qs = blocks["qs"]
+    if kind == "Q8_0":
+        out[...] = qs
+    else:
+        out[:, :16], out[:, 16:] = qs & 0x0F, qs >> 4
+    if "qh" in blocks.dtype.names:  # bit j of qh is bit 4 of value j
+        out += ((blocks["qh"][:, None] >> _BITS) & 1) << 4
+    if kind in _OFFSET:
+        out -= _OFFSET[kind]
+    out *= blocks["d"].astype(np.float32)[:, None]
+    if "m" in blocks.dtype.names:
+        out += blocks["m"].astype(np.float32)[:, None]
+
+
+# GGML types taken as they are by quantized loads: int8 / int4 (uint4 + offset) groups of 32.
+# Q4_1's d * q + m is stored as d * (q - 8) + (m + 8 d): int4 values, the offset in float32, where
+# m + 8 d is exact, so the float32 result is the file's, rounded once.
+NATIVE = {"Q8_0": quant.Scheme(8, 32, scale_dtype="float16"), "Q4_0": quant.Scheme(4, 32, scale_dtype="float16"),
+          "Q4_1": quant.Scheme(4, 32, offset=True, scale_dtype="float16", offset_dtype="float32")}
+
+
+def blocks(raw: np.ndarray, type_id: int, shape: tuple[int, ...]):
+    """(values, scales, offsets or None) of a Q8_0 / Q4_0 / Q4_1 tensor of `shape` [rows, cols]:
+    values [rows, cols] int8 (Q8_0) or int4 (Q4_0 and Q4_1, less 8), float16 scales [rows, cols / 32]
+    and for Q4_1 float32 offsets m + 8 d; q * d (+ offset) in float32 gives the file's values."""
+    kind = _TYPES[type_id][0]
+    b = raw.view(_BLOCKS[kind])
+    rows, groups = math.prod(shape[:-1]), shape[-1] // 32
+    scale = b["d"].reshape(rows, groups).astype(np.float16)
+    offset = None
+    if kind == "Q4_1":
+        offset = b["m"].reshape(rows, groups).astype(np.float32) + 8 * scale.astype(np.float32)
+    if kind == "Q8_0":
+        return b["qs"].reshape(rows, shape[-1]), scale, offset
+    qs = b["qs"]
+    q = np.empty((len(b), 32), np.int8)
+    q[:, :16], q[:, 16:] = qs & 0x0F, qs >> 4
+    return (q - 8).astype(ml_dtypes.int4).reshape(rows, shape[-1]), scale, offset
+
+
+class GGUFCheckpoint:
+    """Tensors of a GGUF file under their HF names, in HF layout, dequantized on demand."""
+
+    def __init__(self, header: Header, raw: dict, permuted: bool):
+        with open(header.path, "rb") as f:
+            data = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
+        self.tensors = {}  # HF name -> (shape in HF order, GGML type id, raw bytes)
+        for name, dims, type_id, offset in header.tensors:
+            start = header.data_start + offset
+            shape = tuple(int(d) for d in reversed(dims))  # GGUF lists dims innermost first
+            try:
+                nbytes = tensor_bytes(type_id, shape)
+            except CheckpointError as err:
+                raise CheckpointError(f"{header.path}: tensor {name}: {err}") from None
+            if start + nbytes > len(data):
+                raise CheckpointError(f"{header.path} ends before tensor {name} (truncated download?): re-download it")
+            self.tensors[hf_name(name) or name] = (shape, type_id, data[start : start + nbytes])
+        self.heads = {"q_proj": raw["num_attention_heads"], "k_proj": raw["num_key_value_heads"]} if permuted else {}
+
+    def names(self):
+        return self.tensors.keys()
+
+    def shape(self, name):
+        return self.tensors[name][0]
+
+    def get(self, name) -> np.ndarray:
+        shape, type_id, raw = self.tensors[name]
+        return self._unpermuted(name, dequantize(raw, type_id).reshape(shape))
+
+    def _unpermuted(self, name: str, data: np.ndarray) -> np.ndarray:
+        proj = name.split(".")[-2] if name.endswith(".weight") or name.endswith(".bias") else ""
+        return _unpermute(data, self.heads[proj]) if proj in self.heads else data
+
+    def type_name(self, name) -> str:
+        type_id = self.tensors[name][1]
+        return _TYPES[type_id][0] if type_id in _TYPES else str(type_id)
+
+    def block_scheme(self, name) -> quant.Scheme | None:
+        """The quant.Scheme a 2-D tensor's blocks load as natively, or None (absent, other type)."""
+        if name not in self.tensors or len(self.tensors[name][0]) != 2:
+            return None
+        return NATIVE.get(self.type_name(name))
+
+    def blocks(self, name):
+        """(values, scales, offsets or None) of a Q8_0 / Q4_0 / Q4_1 tensor in HF layout (`blocks`),
+        rows unpermuted as `get` does."""
+        shape, type_id, raw = self.tensors[name]
+        return tuple(None if a is None else self._unpermuted(name, a) for a in blocks(raw, type_id, shape))
+
+
+def open_checkpoint(path: Path):
+    """(tensors under HF names, config.json-shaped dict) of a .gguf file."""
+    header = read_header(path)
+    raw = config_from_metadata(header)
+    permuted = ARCHITECTURES[header.fields["general.architecture"]][1]
+    return GGUFCheckpoint(header, raw, permuted), raw
+
+
+def load_tokenizer(path: Path):
+    """The tokenizer of a GGUF file: transformers' (or jaxllm.tokenizing's, which gives the same
+    ids and text without importing transformers), built by transformers' `convert_gguf_tokenizer`
+    from the metadata we read: transformers reads that metadata itself only through a module that
+    imports torch, and the runtime must not need torch. Building it costs about a second, so what
+    it gives is kept in TOKENIZER_CACHE (keyed by the file's path, size and mtime and the
+    transformers version), and later loads read that (0.1 s, without importing transformers)."""
+    folder = _tokenizer_folder(path, tokenizing.transformers_version())
+
+    def from_entry():
+        import transformers
+
+        kwargs = json.loads((folder / "kwargs.json").read_text(encoding="utf-8"))
+        return transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), **kwargs)
+
+    try:
+        return tokenizing.load(folder, from_entry)
+    except Exception:  # not cached yet, or an entry that does not load (tokenizers raises bare Exceptions)
+        import transformers
+
+        backend, kwargs = _convert_tokenizer(path)
+        tok = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, **kwargs)
+        _save_tokenizer(folder, tok, kwargs)
+        return tokenizing.wrap(tok)
+
+
+TOKENIZER_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "jaxllm", "tokenizers")  # or $JAXLLM_TOKENIZER_CACHE
+
+
+def _tokenizer_folder(path: Path, version: str | None) -> Path:
+    st = os.stat(path)
+    key = f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}|transformers {version}"
+    root = os.environ.get("JAXLLM_TOKENIZER_CACHE") or TOKENIZER_CACHE
+    return Path(root) / hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _convert_tokenizer(path: Path):
+    """(tokenizers.Tokenizer, PreTrainedTokenizerFast keyword arguments) from the file's metadata."""
+    try:
+        from transformers.integrations.gguf import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
+    except ImportError:  # transformers before the gguf package split
+        from transformers.integrations.ggml import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
+
+    architecture, tokenizer_dict, config = _tokenizer_parts(read_header(path).fields, GGUF_TOKENIZER_MAPPING)
+    backend, extra = convert_gguf_tokenizer(architecture, tokenizer_dict)
+    return backend, {**config, **extra}
+
+
+def _save_tokenizer(folder: Path, tok, kwargs: dict) -> None:
+    """Write the cache entry (transformers' tokenizer's backend as it holds it, its keyword
+    arguments and tokenizing.describe's account of it) under a temporary name and rename it, so an
+    entry is complete or absent; a cache that cannot be written is skipped (the next load builds again)."""
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}")
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        tok.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+        (tmp / "kwargs.json").write_text(json.dumps(kwargs), encoding="utf-8")
+        (tmp / tokenizing.META).write_text(json.dumps(tokenizing.describe(tok)), encoding="utf-8")
+        shutil.rmtree(folder, ignore_errors=True)  # an entry that did not load
+        os.replace(tmp, folder)
+    except (OSError, TypeError):  # TypeError: a keyword argument JSON cannot hold
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _tokenizer_parts(fields: dict, mapping: dict) -> tuple[str, dict, dict]:
+    """(architecture, tokenizer dict, tokenizer config) from a GGUF's metadata, named as `mapping`
+    (transformers' GGUF_TOKENIZER_MAPPING) says."""
+    groups = {group: {} for group in mapping}
+    for group, renames in mapping.items():
+        for key, name in renames.items():
+            value = fields.get(f"tokenizer.{key}")
+            if value is not None:
+                groups[group][name] = value
+    tokenizer, config = groups["tokenizer"], groups["tokenizer_config"]
+    if tokenizer.get("tokenizer_type") == "llama":  # llama.cpp adds BOS to sentencepiece vocabularies
+        config.setdefault("add_bos_token", True)
+    for name in ("bos", "eos", "unk", "pad"):
+        token_id = tokenizer.get(f"{name}_token_id")
+        config[f"{name}_token"] = tokenizer["tokens"][token_id] if token_id is not None else None
+    return fields.get("general.architecture"), tokenizer, config

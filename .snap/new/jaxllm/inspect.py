@@ -1,0 +1,172 @@
+"""`python -m jaxllm.inspect PATH`: what a checkpoint is and whether jaxllm can load it, without
+reading a single weight: architecture, config summary, parameter count, memory for a batch and
+context, and every missing, unexpected or mis-shaped tensor against the registered weight map.
+
+`--scan` also reads every tensor's data (one tensor at a time, in blocks) and reports those holding
+NaN or Inf. `python -m jaxllm.inspect --list` prints the supported architectures. Exit code 0 when
+the checkpoint matches (and, with --scan, every value is finite), 1 when tensors do not match or
+hold NaN/Inf, 2 on an error (unreadable or unsupported checkpoint).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import jax
+import numpy as np
+
+from jaxllm import converted, runtime
+from jaxllm.converted import ConvertedCheckpoint
+from jaxllm.errors import ArgumentParser, JaxllmError, run_cli
+from jaxllm.loader import DTYPES, open_checkpoint, plan
+from jaxllm.models import registry
+from jaxllm.progress import Bar
+
+# What every registered architecture serves, whatever its family.
+SERVES = "completion, chat (where the tokenizer has a template), scoring"
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(prog="python -m jaxllm.inspect", description=__doc__.split("\n\n")[0])
+    p.add_argument("path", nargs="?", help="checkpoint folder, hub id or .gguf file")
+    p.add_argument("--batch", type=int, default=1, help="sequences held at once, for the KV-cache estimate")
+    p.add_argument("--context", type=int, default=None, help="tokens per sequence (default: the model's maximum)")
+    p.add_argument("--scan", action="store_true", help="also read every tensor and report those holding NaN or Inf "
+                                                       "(reads the whole checkpoint; the default reads headers only)")
+    p.add_argument("--list", action="store_true", help="print the supported architectures and exit")
+    return p.parse_args(argv)
+
+
+def list_architectures() -> str:
+    names = registry.names()
+    width = max(len(name) for name in names)
+    return "\n".join(f"{name:<{width}}  {registry.get(name).hf_model_type}: {SERVES}; dtypes {', '.join(DTYPES)}"
+                     for name in names)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+
+
+def summary(cfg) -> str:
+    parts = [f"{cfg.num_layers} layers", f"hidden {cfg.hidden_size}",
+             f"heads {cfg.num_heads} (kv {cfg.num_kv_heads}, head_dim {cfg.head_dim})",
+             f"mlp {cfg.intermediate_size} {cfg.hidden_act}", f"vocab {cfg.vocab_size}",
+             f"max positions {cfg.max_position_embeddings}"]
+    if cfg.num_experts:
+        parts.append(f"{cfg.num_experts} experts, top {cfg.experts_per_token}")
+    if cfg.position_embedding == "rope":
+        rope = cfg.rope
+        parts.append(f"rope {rope.type} theta {rope.theta:g}" + (f" factor {rope.factor:g}" if rope.factor != 1 else ""))
+    else:
+        parts.append("learned positions")
+    windows = {cfg.layer_window(i) for i in range(cfg.num_layers)} - {None}
+    if windows:
+        parts.append(f"sliding window {', '.join(map(str, sorted(windows)))}")
+    if cfg.tie_word_embeddings:
+        parts.append("tied embeddings")
+    return ", ".join(parts)
+
+
+BLOCK_BYTES = 64 << 20  # a scan reads tensors in blocks of rows of about this size
+
+
+def tensors(source):
+    """(name, block iterator) of every tensor of a checkpoint, each block a numpy array read when
+    asked: safetensors by row blocks, GGUF tensors whole (dequantized), converted folders one
+    parameter at a time."""
+    if isinstance(source, ConvertedCheckpoint):
+        for name, array in converted.arrays(source.path):
+            yield name, iter([array])
+        return
+    store = source.tensors
+    for name in sorted(store.names()):
+        yield name, _blocks(store.get(name))
+
+
+def _blocks(tensor):
+    if not hasattr(tensor, "read") or not tensor.shape:  # a GGUF array, or a scalar
+        yield np.asarray(tensor)
+        return
+    row_bytes = tensor.dtype.itemsize * math.prod(tensor.shape[1:])
+    rows = max(1, BLOCK_BYTES // max(row_bytes, 1))
+    for start in range(0, tensor.shape[0], rows):
+        yield tensor.read(start, start + rows)
+
+
+def scan(source, progress=None) -> tuple[int, list[str]]:
+    """(tensors read, a line for each float tensor holding NaN or Inf: its name and the counts)."""
+    found, count = [], 0
+    for name, blocks in tensors(source):
+        count += 1
+        nan = inf = size = 0
+        for block in blocks:
+            size += block.size
+            if block.dtype.kind == "f" or block.dtype.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
+                nan += int(np.count_nonzero(np.isnan(block)))
+                inf += int(np.count_nonzero(np.isinf(block)))
+        if nan or inf:
+            found.append(f"{name}: {nan:,} NaN, {inf:,} Inf of {size:,} values")
+        if progress is not None:
+            progress(name)
+    return count, found
+
+
+def report(path, batch: int = 1, context: int | None = None, scan_data: bool = False) -> tuple[str, list[str]]:
+    """(the report text, the problems: tensors that do not match, and with `scan_data` tensors
+    holding NaN or Inf)."""
+    source = open_checkpoint(path)
+    plans = {dtype: plan(source.raw, dtype, source=source) for dtype in ("bfloat16", "float32")}
+    p = plans["bfloat16"]
+    cfg = p.config
+    context = context or cfg.context_length
+    count = sum(math.prod(x.shape) for x in jax.tree.leaves(p.abstract))
+    problems = p.problems()
+    converted = f" (converted by jaxllm, {source.dtype})" if isinstance(source, ConvertedCheckpoint) else ""
+    lines = [
+        f"checkpoint    {source.path}{converted}",
+        f"architecture  {p.arch.name} ({p.arch.hf_model_type}: {SERVES})",
+        f"config        {summary(cfg)}",
+        f"parameters    {count:,} ({count / 1e9:.2f} B)" if count >= 1e9 else f"parameters    {count:,} ({count / 1e6:.1f} M)",
+    ]
+    for name, each in plans.items():
+        m = each.memory(batch, context)
+        lines.append(f"memory {name:<8} weights {_size(m['params_bytes'])} + KV cache {_size(m['kv_cache_bytes'])} "
+                     f"(batch {batch} x {context} tokens) = {_size(m['params_bytes'] + m['kv_cache_bytes'])}")
+    n_tensors = source.size(p.arch, cfg, p.abstract)
+    lines.append(f"tensors       {'all ' + str(n_tensors) + ' match the weight map' if not problems else str(len(problems)) + ' problems:'}")
+    lines += [f"  {problem}" for problem in problems]
+    if scan_data:
+        with Bar(None, "scanning", delay=1.0) as bar:
+            count, bad = scan(source, bar)
+        lines.append(f"values        {'all finite in ' + str(count) + ' tensors' if not bad else str(len(bad)) + ' tensors hold NaN or Inf:'}")
+        lines += [f"  {line}" for line in bad]
+        problems = problems + bad
+    return "\n".join(lines), problems
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    runtime.quiet()
+
+    def body() -> int:
+        if args.list:
+            print(list_architectures())
+            return 0
+        if not args.path:
+            raise JaxllmError("give a checkpoint folder, hub id or .gguf file to inspect, or --list")
+        if args.batch < 1 or (args.context is not None and args.context < 1):
+            raise JaxllmError("--batch and --context must be positive integers")
+        text, problems = report(args.path, args.batch, args.context, args.scan)
+        print(text)
+        return 1 if problems else 0
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

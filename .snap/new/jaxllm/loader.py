@@ -1,0 +1,373 @@
+"""`jaxllm.load`, what it returns (LoadedModel), and the one path every entry point takes before it
+reads a weight:
+
+    prepare(path or hub id)  resolve the files and read config.json (jaxllm.checkpoint)
+      -> plan(raw config)    architecture (jaxllm.models.registry) -> ModelConfig -> abstract module
+                             (shapes only, no memory) -> shardings on the mesh (jaxllm.sharding)
+    Plan.check()             every missing, unexpected or mis-shaped tensor, in one error
+    Plan.read()              the parameters, streamed one tensor at a time onto their shards
+
+`load`, `python -m jaxllm.convert` and `python -m jaxllm.inspect` start from a checkpoint
+(`prepare`); random-weight models (jaxllm.random_model) from a config dict (`plan`).
+
+Quantized weights (`quantize="int8" | "int4" | "gguf"`, models/quant.py): `plan` builds the module
+with integer kernels and scales (`quant.apply`), and the read quantizes each kernel on the host as
+it streams in. A GGUF file's Q8_0 / Q4_0 / Q4_1 blocks are taken as they are (int8 / int4 groups of
+32 with the file's float16 scales, bit-exact) when the mode asks for their width; a converted
+folder restores the integers it saved.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxllm import checkpoint, converted, generation, gguf, research, sharding
+from jaxllm.errors import CheckpointError, ConfigError, InputError, check_token_ids
+from jaxllm.models import layers, quant, registry, weights
+from jaxllm.models.architecture import Architecture
+from jaxllm.models.attention import check_kv_dtype, kv_cache_bytes
+from jaxllm.models.config import ModelConfig
+from jaxllm.sampling import SamplingParams
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+QUANTIZE = ("int8", "int4", "gguf")  # gguf: a GGUF file's own Q8_0 / Q4_0 / Q4_1 blocks, other tensors float
+
+
+def resolve_dtype(dtype) -> Any:
+    name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
+    if name not in DTYPES:
+        raise ConfigError(f"dtype '{name}' is not supported; use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def resolve_kv_dtype(kv_dtype) -> str | None:
+    """The KV cache dtype's canonical name (None: the model's dtype), checked as the engine checks
+    it (models/attention.py), so a bad value fails before anything is loaded."""
+    return check_kv_dtype(kv_dtype)
+
+
+@dataclass
+class LoadedModel:
+    """A loaded checkpoint. `params` is an nnx.State pytree; `nnx.merge(graphdef, params)` gives
+    the module back, and `module` does it for you."""
+
+    config: ModelConfig
+    graphdef: Any
+    params: Any
+    tokenizer: Any = None
+    generation_config: dict = field(default_factory=dict)
+    path: Path | None = None
+    mesh: Any = None
+    engines: dict = field(default_factory=dict, repr=False)  # generation's engines, reused by shape
+    quantize: str | None = None  # "int8", "int4" or "gguf" when the weights are quantized (models/quant.py)
+    kv_dtype: str | None = None  # the engine's KV cache dtype; None: the model's dtype
+
+    @property
+    def module(self):
+        return nnx.merge(self.graphdef, self.params)
+
+    @property
+    def dtype(self):
+        """The dtype the model computes in: its float parameters' (quantized kernels aside)."""
+        return next(x.dtype for x in jax.tree.leaves(self.params) if jnp.issubdtype(x.dtype, jnp.floating))
+
+    def generate(self, prompts: str | Sequence, params: SamplingParams | None = None, *, chat: bool | None = None,
+                 system: str | None = None, engine=None, on_text: Callable[[int, str], None] | None = None,
+                 on_token: Callable[[int, list[int]], None] | None = None):
+        """Generate for one prompt (returns a Completion) or a list of prompts (a list of them).
+
+        A prompt is a string (the chat template applied when the tokenizer has one, unless
+        chat=False) or a list of token ids. Unset SamplingParams fields come from the checkpoint's
+        generation_config.json. Pass an `engine` (jaxllm.Engine) to choose its size; without one
+        an engine fitted to the request is made. `on_text(index, text)` receives text as it
+        becomes final, `on_token(index, ids)` token ids as they arrive."""
+        return generation.generate(self, prompts, params, chat=chat, system=system, engine=engine,
+                                   on_text=on_text, on_token=on_token)
+
+    def logits(self, token_ids) -> jax.Array:
+        """Full-sequence scoring without a cache: int [batch, seq] -> float32 [batch, seq, vocab]."""
+        return self._run("logits", token_ids)
+
+    def token_logprobs(self, token_ids) -> jax.Array:
+        """log p(token t | tokens before t) for t >= 1: float32 [batch, seq - 1]."""
+        return self._run("token_logprobs", token_ids)
+
+    def hidden_states(self, token_ids) -> tuple[jax.Array, ...]:
+        """num_layers + 1 arrays [batch, seq, hidden]: each layer's input, then the final normed
+        output (transformers' `output_hidden_states`)."""
+        return self._run("hidden_states", token_ids)
+
+    def attention_weights(self, token_ids, layer: int) -> jax.Array:
+        """Attention weights of one layer, float32 [batch, heads, seq, seq] (query rows, key columns)."""
+        n = self.config.num_layers
+        if not isinstance(layer, int) or isinstance(layer, bool) or not -n <= layer < n:
+            raise InputError(f"layer {layer!r} does not exist: this model has layers 0..{n - 1}")
+        return self._run("attention_weights", token_ids, layer % n)
+
+    def _run(self, name: str, token_ids, *static):
+        tokens = check_token_ids(token_ids, self.config.vocab_size)
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+        if tokens.ndim != 2 or tokens.shape[1] == 0:
+            raise InputError(f"token_ids must be [batch, seq] with seq >= 1, got shape {tuple(tokens.shape)}")
+        if self.config.position_embedding == "learned" and tokens.shape[1] > self.config.max_position_embeddings:
+            raise InputError(f"token_ids of {tokens.shape[1]} tokens exceed the {self.config.max_position_embeddings} positions "
+                             "this model has learned: score at most that many at once")
+        return research.jitted(name, self.mesh)(self.graphdef, self.params, sharding.put_replicated(tokens, self.mesh), *static)
+
+
+def abstract_model(cfg: ModelConfig, arch: Architecture, dtype, scheme_for=None, mesh=None):
+    """(graphdef, abstract state): the module's structure with shapes, without allocating weights.
+    `scheme_for(path)` -> quant.Scheme or None: which layers are quantized, and how (quant.apply).
+    `mesh`: the Mesh the model is placed on (its MoE blocks run their experts split as the rules say)."""
+    module = arch.module(cfg, dtype=dtype, rngs=nnx.Rngs(0))  # parameters are ShapeDtypeStructs (layers.param)
+    if scheme_for is not None:
+        quant.apply(module, scheme_for)
+    layers.split_experts(module, mesh, sharding.RULES["expert"])
+    return nnx.split(module)
+
+
+def memory(cfg: ModelConfig, abstract, batch: int, length: int, dtype, kv_dtype=None) -> dict[str, int]:
+    """Bytes of the parameters (from the abstract module; int4 packed two to a byte) and of a KV
+    cache holding `batch` sequences of `length` tokens (in `kv_dtype`, scales included; None: the
+    model's `dtype`)."""
+    params = sum(quant.bytes_of(x) for x in jax.tree.leaves(abstract))
+    return {"params_bytes": int(params), "kv_cache_bytes": kv_cache_bytes(cfg, batch * length, dtype, kv_dtype)}
+
+
+def estimate_memory(cfg: ModelConfig, batch: int, length: int, dtype="bfloat16", quantize=None,
+                    group_size=None, kv_dtype=None) -> dict[str, int]:
+    """`memory` of a config in `dtype` (weights quantized by `quantize`), before anything is allocated."""
+    for name, value in (("batch", batch), ("length", length)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise InputError(f"estimate_memory {name}={value!r} is invalid: use a whole number >= 1")
+    dtype = resolve_dtype(dtype)
+    _, abstract = abstract_model(cfg, registry.get(cfg.architecture), dtype, _uniform(quant.scheme(quantize, group_size)))
+    return memory(cfg, abstract, batch, length, dtype, kv_dtype)
+
+
+def _uniform(scheme):
+    return None if scheme is None else (lambda path: scheme)
+
+
+@dataclass
+class Plan:
+    """A model described down to its parameters' shapes and shards, no weight read yet."""
+
+    arch: Architecture
+    config: ModelConfig
+    dtype: Any
+    graphdef: Any
+    abstract: Any
+    mesh: Any = None
+    shardings: dict | None = None  # {parameter path: NamedSharding} on the mesh
+    source: Any = None  # checkpoint.HFCheckpoint or converted.ConvertedCheckpoint; None for a config alone
+    quantize: str | None = None  # the weights' quantization ("int8", "int4", "gguf"), None: float
+    native: dict = field(default_factory=dict)  # {kernel path: GGUF tensor name} taken as the file's blocks
+
+    def problems(self) -> list[str]:
+        if isinstance(self.source, converted.ConvertedCheckpoint):  # it saved the scales too
+            return self.source.problems(self.arch, self.config, self.abstract)
+        return self.source.problems(self.arch, self.config, quant.float_state(self.abstract))
+
+    def check(self) -> None:
+        """Raise one CheckpointError listing every problem of the checkpoint against the model."""
+        weights.raise_problems(self.problems(), self.source.size(self.arch, self.config, self.abstract))
+
+    def read(self, progress: Callable[[str], None] | None = None):
+        """The parameter state, each tensor placed onto its shards."""
+        if self.native:
+            return _read_gguf_blocks(self, progress)
+        return self.source.read(self.arch, self.config, self.abstract, self.dtype, self.shardings, progress)
+
+    def memory(self, batch: int, length: int, kv_dtype=None) -> dict[str, int]:
+        return memory(self.config, self.abstract, batch, length, self.dtype, kv_dtype)
+
+
+def plan(raw: dict, dtype=None, mesh=None, source=None, *, quantize: str | None = None,
+         group_size: int | None = None) -> Plan:
+    """The Plan of a config.json dict: architecture, ModelConfig, abstract module (quantized as
+    `quantize` says), shardings."""
+    quant.check(quantize, group_size, QUANTIZE)
+    arch = registry.architecture_of(raw)
+    cfg = arch.config(raw)
+    dtype = resolve_dtype(dtype or "float32")
+    scheme_for, native, quantize = _quantization(arch, cfg, source, quantize, group_size)
+    mesh = sharding.make_mesh(mesh) if mesh is not None else None
+    graphdef, abstract = abstract_model(cfg, arch, dtype, scheme_for, mesh)
+    if native:  # only kernels the module quantizes (not an untied output head, say)
+        leaves = weights.flat_params(abstract)
+        native = {path: name for path, name in native.items() if quant.is_quantized(leaves[path].dtype)}
+    shardings = None
+    if mesh is not None:
+        shardings = sharding.param_shardings(abstract, mesh)
+    return Plan(arch, cfg, dtype, graphdef, abstract, mesh, shardings, source, quantize, native)
+
+
+def _quantization(arch, cfg, source, quantize, group_size):
+    """(scheme_for, {kernel path: GGUF tensor name taken natively}, the mode) of a load."""
+    if isinstance(source, converted.ConvertedCheckpoint):
+        return _saved_quantization(source, quantize)
+    tensors = getattr(source, "tensors", None) if getattr(source, "path", None) and source.path.is_file() else None
+    if not isinstance(tensors, gguf.GGUFCheckpoint):
+        if quantize == "gguf":
+            raise ConfigError("quantize='gguf' keeps a GGUF file's own quantized blocks; this checkpoint is not a "
+                              "GGUF file: use quantize='int8' or 'int4'")
+        return _uniform(quant.scheme(quantize, group_size)), {}, quantize
+    if quantize is None:
+        return None, {}, None
+    own = None if quantize == "gguf" else quant.scheme(quantize, group_size)
+    native, schemes = {}, {}
+    for spec in arch.weight_map(cfg):
+        if isinstance(spec.hf_name, str) and isinstance(spec.transform, weights.Linear):
+            block = tensors.block_scheme(spec.hf_name)
+            if block is not None and (quantize == "gguf" or block.bits == own.bits):
+                native[spec.path], schemes[spec.path] = spec.hf_name, block
+    return (lambda path: schemes.get(path, own)), native, quantize
+
+
+def _saved_quantization(source, quantize):
+    """A converted folder's quantization, from the dtypes and shapes its marker lists."""
+    marker = converted.read_marker(source.path)
+    saved, schemes = marker["params"], {}
+    for name, info in saved.items():
+        if not quant.is_quantized(jnp.dtype(info["dtype"])):
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        scale_name, offset_name = (name[: -len(leaf)] + n for n in quant.scale_names(leaf))
+        if scale_name not in saved:
+            continue  # not a layout of ours: problems() reports it
+        shape, scale_shape = info["shape"], saved[scale_name]["shape"]
+        fan_in, groups = ((math.prod(shape[len(scale_shape) - 1 :]), scale_shape[-1]) if leaf == "kernel"
+                          else (shape[1], scale_shape[1]))
+        schemes[name] = quant.Scheme(quant.bits(info["dtype"]), None if groups == 1 else fan_in // groups,
+                                     offset=offset_name in saved, scale_dtype=saved[scale_name]["dtype"],
+                                     offset_dtype=saved[offset_name]["dtype"] if offset_name in saved else None)
+    mode = marker.get("quantize")
+    if schemes and mode is None:
+        widths = {s.bits for s in schemes.values()}
+        mode = "int8" if widths == {8} else "int4" if widths == {4} else "gguf"
+    if quantize is not None and quantize != mode:
+        if mode is None:
+            raise ConfigError(f"{source.path} holds float weights: load it without quantize=, or convert the original "
+                              f"checkpoint again with --quantize {quantize}")
+        raise ConfigError(f"{source.path} holds {mode} weights: load it without quantize= (or with quantize='{mode}'), "
+                          f"or convert the original checkpoint again with --quantize {quantize}")
+    return (lambda path: schemes.get(converted.key(path))) if schemes else None, {}, mode
+
+
+def _read_gguf_blocks(p: Plan, progress):
+    """Plan.read for a GGUF file whose blocks are taken as they are: the float tensors (and kernels
+    quantized by us) through the usual streaming fill, then each native kernel's integers, float16
+    scales (and offsets) straight from the file's blocks, one tensor at a time."""
+    tensors = p.source.tensors
+    specs = p.arch.weight_map(p.config)
+    state = weights.load_params(tensors, [s for s in specs if s.path not in p.native], p.abstract, p.dtype,
+                                p.shardings, progress)
+    leaves = weights.flat_params(p.abstract)
+    filled = {}
+    for path, name in p.native.items():
+        scale_path, offset_path = (path[:-1] + (n,) for n in quant.scale_names(path[-1]))
+        q, scale, offset = tensors.blocks(name)
+        parts = {path: q.reshape(leaves[path].shape), scale_path: scale.reshape(leaves[scale_path].shape)}
+        if offset is not None:
+            parts[offset_path] = offset.reshape(leaves[offset_path].shape)
+        for key, host in parts.items():
+            filled[key] = jax.block_until_ready(weights.place(host, (p.shardings or {}).get(key)))
+        nbytes = int(sum(quant.bytes_of(host) for host in parts.values()))
+        del q, scale, offset, parts
+        weights.report(progress, name, nbytes)  # a bar that counts bytes was told the float tensors' by load_params
+    return weights.unflatten_into(state, filled)
+
+
+def open_checkpoint(path_or_id):
+    """Resolve a folder, hub id or .gguf file and read its config; no tensor is read."""
+    path = checkpoint.resolve(path_or_id)
+    if path.is_file() and path.suffix == ".gguf":
+        tensors, raw = gguf.open_checkpoint(path)
+        return checkpoint.HFCheckpoint(path, raw, {}, tensors)
+    if not path.is_dir():
+        raise CheckpointError(f"'{path}' is neither a checkpoint folder nor a .gguf file: pass one of those or a hub id")
+    if converted.is_converted(path):
+        return converted.ConvertedCheckpoint(path)
+    return checkpoint.HFCheckpoint(path, checkpoint.read_config(path), checkpoint.read_generation_config(path))
+
+
+def prepare(path_or_id, dtype=None, mesh=None, *, quantize: str | None = None, group_size: int | None = None) -> Plan:
+    """The Plan of a checkpoint (folder, hub id, .gguf file or converted folder); `dtype` None:
+    the checkpoint's own default (a converted folder's saved dtype, else float32)."""
+    quant.check(quantize, group_size, QUANTIZE)  # before any file is opened or downloaded
+    if not isinstance(path_or_id, (str, os.PathLike)) or not str(path_or_id).strip():
+        raise InputError(f"path_or_id must be a checkpoint folder, a .gguf file or a hub id (a non-empty string or "
+                         f"path), got {type(path_or_id).__name__} {path_or_id!r}"[:300])
+    source = open_checkpoint(path_or_id)
+    return plan(source.raw, dtype or source.load_dtype, mesh, source, quantize=quantize, group_size=group_size)
+
+
+def load(
+    path_or_id: str | os.PathLike,
+    dtype=None,
+    *,
+    mesh=None,
+    progress: Callable[[str], None] | None = None,
+    tokenizer: bool = True,
+    quantize: str | None = None,
+    group_size: int | None = None,
+    kv_dtype=None,
+) -> LoadedModel:
+    """Load a Hugging Face checkpoint (folder or hub id), a GGUF file, or a folder written by
+    `python -m jaxllm.convert`.
+
+    dtype: "float32", "bfloat16" or "float16"; parameters are cast on the host while loading.
+    Default: the dtype a converted checkpoint was saved in, else float32.
+    mesh: a jax Mesh or a spec string ("tp=4", "dp=2,tp=4", "auto"): parameters are placed
+    straight onto their shards by the rules in jaxllm.sharding, and logits and generation run
+    sharded. progress(name) is called after each tensor.
+    quantize: "int8" (a scale per `group_size` input values, default 128) or "int4" (a scale and
+    an offset per `group_size`, default 32): quant.scheme or, for a .gguf file, "gguf" (its own
+    Q8_0 / Q4_0 / Q4_1 blocks as int8 / int4 groups of 32, other tensors float). On a GGUF file,
+    "int8" takes Q8_0 blocks and "int4" Q4_0 / Q4_1 blocks as they are (groups of 32, whatever
+    `group_size` says) and quantizes the other kernels. Embeddings, the output head, norms, biases and MoE routers stay float. A converted
+    folder loads as it was saved.
+    kv_dtype: the KV cache dtype the engine uses ("int8", "float8_e4m3fn", or a float dtype;
+    None: the model's dtype), kept on the LoadedModel.
+    """
+    kv_dtype = resolve_kv_dtype(kv_dtype)
+    p = prepare(path_or_id, dtype, mesh, quantize=quantize, group_size=group_size)
+    p.check()
+    params = p.read(progress)
+    tok = checkpoint.load_tokenizer(p.source.path) if tokenizer else None
+    return LoadedModel(p.config, p.graphdef, params, tok, p.source.generation_config, p.source.path, p.mesh,
+                       quantize=p.quantize, kv_dtype=kv_dtype)
+
+
+def quantize_model(model: LoadedModel, quantize: str, group_size: int | None = None) -> LoadedModel:
+    """A quantized copy of a float model already in memory (each kernel read back to the host,
+    quantized and placed again, one at a time), for comparing schemes without reading the
+    checkpoint again."""
+    quant.check(quantize, group_size)
+    if quantize is None or model.quantize is not None:
+        raise ConfigError("quantize_model takes a float model and quantize='int8' or 'int4'")
+    arch = registry.get(model.config.architecture)
+    scheme = quant.scheme(quantize, group_size)
+    graphdef, abstract = abstract_model(model.config, arch, model.dtype, _uniform(scheme), model.mesh)
+    targets = weights.flat_params(abstract)
+    shardings = sharding.param_shardings(abstract, model.mesh) if model.mesh is not None else {}
+    filled = {}
+    for path, value in weights.flat_params(model.params).items():
+        host = np.asarray(value, np.float32) if quant.is_quantized(targets[path].dtype) else np.asarray(value)
+        for key, piece in quant.pieces(path, host, targets).items():
+            filled[key] = jax.block_until_ready(weights.place(piece, shardings.get(key)))
+    params = weights.unflatten_into(abstract, filled)
+    return LoadedModel(model.config, graphdef, params, model.tokenizer, model.generation_config, model.path, model.mesh,
+                       quantize=quantize, kv_dtype=model.kv_dtype)
+

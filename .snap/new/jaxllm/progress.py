@@ -1,0 +1,160 @@
+"""What the command lines share: tqdm progress bars (stderr, only on a terminal), the flags of a
+model and its sampling (one parser for `python -m jaxllm.generate` and `python -m jaxllm.chat`),
+loading the model with a bar, and the stats line of an answer."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import jax
+from tqdm.auto import tqdm
+
+from jaxllm import runtime
+from jaxllm.loader import QUANTIZE, LoadedModel, load
+from jaxllm.models.attention import KV_DTYPES
+from jaxllm.models.quant import DEFAULT_GROUP, INT8_GROUP
+from jaxllm.sampling import SamplingParams
+
+
+class Bar:
+    """Counts named steps (tensors read or written); `bar(name)` after each. `delay`: seconds before
+    the bar first shows, so quick work prints nothing; `enabled` False: never shown.
+
+    A loader that knows its bytes calls `expect_bytes(total)` first and then `bar(name, nbytes)`:
+    the bar then counts bytes and shows GB and GB/s, the tensors counted beside them."""
+
+    def __init__(self, total: int | None, what: str, unit: str = "tensor", delay: float = 0.0, enabled: bool = True):
+        self.bar = tqdm(total=total, desc=what, unit=unit, file=sys.stderr, delay=delay,
+                        disable=not (enabled and sys.stderr.isatty()))
+        self.steps, self.total_steps, self.unit, self.by_bytes = 0, total, unit, False
+
+    def expect_bytes(self, total: int) -> None:
+        """Count bytes from now on, `total` of them (the steps keep their own count)."""
+        self.by_bytes = True
+        if not self.bar.disable:
+            self.bar.unit, self.bar.unit_scale, self.bar.unit_divisor = "B", True, 1000
+            self.bar.reset(total=total)
+
+    def __call__(self, name: str, nbytes: int | None = None) -> None:
+        self.steps += 1
+        of = f"/{self.total_steps}" if self.total_steps else ""
+        shown = f"{self.steps}{of} {self.unit}s, {name[-40:]}" if self.by_bytes else name[-40:]
+        self.bar.set_postfix_str(shown, refresh=False)
+        self.bar.update(nbytes or 0 if self.by_bytes else 1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def load_flags() -> argparse.ArgumentParser:
+    """The flags of every command that loads a model (an argparse parent; `load_model` reads
+    them): model, dtype, mesh, quantization, KV cache dtype."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--model", help="checkpoint folder, .gguf file or hub id (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bfloat16 on accelerators, float32 on CPU)")
+    p.add_argument("--mesh", help="device mesh: 'tp=4', 'dp=2,tp=4', 'fsdp=8', 'ep=2,tp=2' (experts over ep) or 'auto' (all devices on tp)")
+    p.add_argument("--quantize", choices=QUANTIZE, help="quantized weights: int8 or int4 (a scale and offset per "
+                   "--group-size inputs), or gguf (a .gguf file's own Q8_0/Q4_0/Q4_1 blocks, the rest float)")
+    p.add_argument("--group-size", type=int, help=f"--quantize: input values per scale (default: int8 {INT8_GROUP}, "
+                                                  f"int4 {DEFAULT_GROUP})")
+    p.add_argument("--kv-dtype", choices=[k for k in KV_DTYPES if k is not None],
+                   help="KV cache dtype: int8, float8_e4m3fn (fp8), or a float dtype (default: the model's)")
+    return p
+
+
+def model_flags() -> argparse.ArgumentParser:
+    """The flags of every command that generates (an argparse parent): load_flags, sampling, stop
+    strings, system message, compile cache."""
+    p = argparse.ArgumentParser(add_help=False, parents=[load_flags()])
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--min-p", type=float)
+    p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable); never printed")
+    p.add_argument("--system", help="system message for the chat template")
+    p.add_argument("--compile-cache", default=os.environ.get("JAXLLM_COMPILE_CACHE", runtime.DEFAULT_COMPILE_CACHE),
+                   help="folder where compiled programs are kept for the next run, or 'none' "
+                        "(default: $JAXLLM_COMPILE_CACHE, else %(default)s)")
+    return p
+
+
+def start(args) -> None:
+    """Process settings from the flags, first thing (before transformers is imported and the
+    backend starts): quiet imports, GPU flags, the compile cache."""
+    runtime.quiet()
+    runtime.set_gpu_flags(getattr(args, "mesh", None))
+    runtime.use_compile_cache(args.compile_cache)
+
+
+def sampling_params(args) -> SamplingParams:
+    """SamplingParams of the flags, every value checked before anything is loaded."""
+    params = SamplingParams(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed, stop=tuple(args.stop),
+    )
+    params.resolved()
+    return params
+
+
+def is_leader() -> bool:
+    """Whether this process prints (under jax.distributed every process runs the command)."""
+    return jax.process_index() == 0
+
+
+def load_model(args) -> LoadedModel:
+    """The model of --model (default: runtime.default_model()) in --dtype (default: float32 on a
+    CPU, else bfloat16) on --mesh, quantized as --quantize says, with --kv-dtype for its engine; a
+    progress bar when loading takes over a second."""
+    dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+    with Bar(None, "loading", delay=1.0, enabled=is_leader()) as bar:
+        return load(args.model or runtime.default_model(), dtype=dtype, mesh=args.mesh, progress=bar,
+                    quantize=args.quantize, group_size=args.group_size, kv_dtype=args.kv_dtype)
+
+
+_compile_s = [0.0]  # XLA backend compile seconds in this process (jax.monitoring events)
+
+
+def _on_event(event, duration, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+        _compile_s[0] += duration
+
+
+class Stats:
+    """The stats line of one generate call: pass `on_token` to it, then `line(prompt_tokens)`.
+    Decode speed leaves out each sequence's first token and the compiles after it."""
+
+    _listening = False
+
+    def __init__(self):
+        if not Stats._listening:
+            jax.monitoring.register_event_duration_secs_listener(_on_event)
+            Stats._listening = True
+        self.start, self.compile_start = time.time(), _compile_s[0]
+        self.first = self.compile_at_first = None
+        self.tokens, self.rows = 0, set()
+
+    def on_token(self, index: int, tokens: list[int]) -> None:
+        if self.first is None:
+            self.first, self.compile_at_first = time.time(), _compile_s[0]
+        self.tokens += len(tokens)
+        self.rows.add(index)
+
+    def line(self, prompt_tokens: int) -> str:
+        end = time.time()
+        first = self.first or end
+        decode_s = end - first - (_compile_s[0] - self.compile_at_first) if self.first else 0.0
+        rate = (self.tokens - len(self.rows)) / decode_s if decode_s > 0 else 0.0
+        return (f"[prompt tokens {prompt_tokens} | new tokens {self.tokens} | time to first token {first - self.start:.2f}s | "
+                f"decode {rate:.1f} tokens/s | compile {_compile_s[0] - self.compile_start:.1f}s]")

@@ -1,0 +1,67 @@
+"""What a researcher asks of a model beyond generation, as pure jitted functions of
+(graphdef, params, tokens): logits, per-token log-probabilities, the hidden states of every layer, and
+one layer's attention weights. Each matches transformers' output (`output_hidden_states`,
+`output_attentions` with eager attention); `LoadedModel` exposes them as methods.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxllm.sharding import replicated
+
+
+def _positions(tokens):
+    return jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+
+
+def logits(graphdef, params, tokens):
+    """float32 [B, T, vocab] of a full sequence, no cache."""
+    out, _ = nnx.merge(graphdef, params)(tokens)
+    return out
+
+
+def token_logprobs(graphdef, params, tokens):
+    """log p(tokens[:, t] | tokens[:, :t]) for t >= 1: float32 [B, T - 1]."""
+    logp = jax.nn.log_softmax(logits(graphdef, params, tokens)[:, :-1], axis=-1)
+    return jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+
+
+def hidden_states(graphdef, params, tokens):
+    """(num_layers + 1) arrays [B, T, E]: the input of each layer, then the final normed output."""
+    model = nnx.merge(graphdef, params)
+    trace = []
+    model.model(tokens, _positions(tokens), trace=trace)
+    return tuple(trace)
+
+
+def attention_weights(graphdef, params, tokens, layer: int):
+    """Layer `layer`'s attention weights, float32 [B, heads, T, T] (row: query, column: key).
+    A layer's attention input is its `input_layernorm` of the layer input (the input itself for
+    layers without one, such as OLMo 2's)."""
+    model = nnx.merge(graphdef, params)
+    trace = []
+    positions = _positions(tokens)
+    model.model(tokens, positions, trace=trace)
+    decoder = model.model
+    block = decoder.layers[layer]
+    x = trace[layer]
+    norm = getattr(block, "input_layernorm", None)
+    if norm is not None:
+        x = norm(x)
+    rot = decoder.rotaries(positions, x.dtype).get(decoder.cfg.layer_rope(layer))
+    return block.self_attn.weights(x, positions, rot)
+
+
+@functools.lru_cache(maxsize=None)
+def jitted(name: str, mesh=None):
+    """The named function, jitted; with a mesh, its outputs are replicated so every process reads them."""
+    fn = {"logits": logits, "token_logprobs": token_logprobs, "hidden_states": hidden_states, "attention_weights": attention_weights}[name]
+    static = (0, 3) if name == "attention_weights" else (0,)
+    if mesh is None:
+        return jax.jit(fn, static_argnums=static)
+    return jax.jit(fn, static_argnums=static, out_shardings=replicated(mesh))

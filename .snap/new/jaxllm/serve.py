@@ -1,0 +1,117 @@
+"""`python -m jaxllm.serve`: an OpenAI-compatible HTTP server (pip install "jaxllm[serve]").
+
+    python -m jaxllm.serve --model HuggingFaceTB/SmolLM2-135M-Instruct --port 8000
+    curl localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+        -d '{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 32}'
+
+One engine serves every client (continuous batching across requests), driven by one thread
+(jaxllm/api/engine_loop.py); the endpoints are jaxllm/api/app.py's. Without --model it serves
+SmolLM2-135M-Instruct, as `python -m jaxllm.generate` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+
+from jaxllm import progress, runtime
+from jaxllm.engine import Engine, Request
+from jaxllm.errors import ArgumentParser, JaxllmError, run_cli
+from jaxllm.sampling import SamplingParams
+
+try:
+    import uvicorn
+
+    from jaxllm.api import build_app
+except ImportError as err:  # the serve extra is not installed
+    uvicorn, build_app, _missing = None, None, err
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's; any other is its KeyError
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(prog="python -m jaxllm.serve", description="Serve a model over OpenAI's HTTP API.",
+                       parents=[progress.load_flags()])
+    p.add_argument("--served-model-name", help="the model's name in the API (default: --model, or the default model's hub id)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=tcp_port, default=8000, help="TCP port, 1 to 65535 (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences decoded at once (default: %(default)s)")
+    p.add_argument("--max-len", type=int, help="longest prompt + answer in tokens (default: the model's positions)")
+    p.add_argument("--max-queue", type=int, default=256,
+                   help="sequences that may wait beyond a full batch; more are refused with 503 (default: %(default)s)")
+    p.add_argument("--no-warmup", action="store_true", help="start serving without compiling the engine's steps first")
+    p.add_argument("--compile-cache", default=os.environ.get("JAXLLM_COMPILE_CACHE", runtime.DEFAULT_COMPILE_CACHE),
+                   help="folder where compiled programs are kept for the next run, or 'none' "
+                        "(default: $JAXLLM_COMPILE_CACHE, else %(default)s)")
+    p.add_argument("--log-level", default="info", type=str.lower, choices=LOG_LEVELS,
+                   help="uvicorn's log level (default: %(default)s)")
+    return p.parse_args(argv)
+
+
+def tcp_port(text: str) -> int:
+    """--port as a TCP port. uvicorn takes any int: 70000 wraps to 4464 (while its log says
+    :70000), -1 fails inside getaddrinfo; so refuse them here, as a usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port: use a whole number from 1 to 65535")
+    return value
+
+
+def check_listen(host: str, port: int) -> None:
+    """Bind (and release) every address `host`:`port` resolves to, as uvicorn's asyncio server
+    will (SO_REUSEADDR), so that a port in use or an address this machine lacks is a one-line
+    error before the model loads, not uvicorn's `[Errno ...]` after it."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in addresses:
+            with socket.socket(family, kind, proto) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(address)
+    except (OSError, UnicodeError) as err:  # socket.gaierror is an OSError; an over-long name a UnicodeError
+        reason = getattr(err, "strerror", None) or str(err)
+        raise JaxllmError(f"cannot listen on {where}: {reason}: choose another --port/--host") from None
+
+
+def warm_up(engine: Engine) -> None:
+    """Compile the steps a first request needs (a short prefill, greedy and sampled decode), so
+    the first client does not wait for them; the prefix cache is emptied afterwards."""
+    for temperature in (0.0, 1.0):
+        params = SamplingParams(max_new_tokens=2, temperature=temperature, ignore_eos=True).resolved()
+        for _ in engine.run([Request([0] * 8, params)]):
+            pass
+    engine.blocks.reset_prefix_cache()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    runtime.quiet()
+    runtime.set_gpu_flags(args.mesh)  # before the backend starts, below
+    runtime.use_compile_cache(args.compile_cache)
+    return run_cli(lambda: _main(args))
+
+
+def _main(args) -> int:
+    if build_app is None:
+        raise JaxllmError(f"the server needs the serve extra ({_missing}): pip install 'jaxllm[serve]'")
+    if args.max_queue < 0:
+        raise JaxllmError(f"--max-queue {args.max_queue} is invalid: use 0 or more")
+    check_listen(args.host, args.port)  # before the model: loading it takes a while
+    name = args.served_model_name or args.model or runtime.HUB_ID
+    model = progress.load_model(args)
+    engine = Engine(model, batch_size=args.batch_size, max_len=args.max_len)
+    if not args.no_warmup:
+        print("compiling the engine's steps ...", file=sys.stderr, flush=True)
+        warm_up(engine)
+    app = build_app(model, engine, name=name, max_queue=args.max_queue)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,10 @@
+"""The paged-KV serving core that jaxllm.engine ties together. The host decides, in plain Python:
+
+  sequence.py       one request's state: tokens, status, page table, how many tokens are cached
+  block_manager.py  the fixed pool of KV pages: reference counts and the prefix cache
+  scheduler.py      each step's work: prefill chunks within a token budget, then the decode batch
+                    (preempting the newest sequence when pages run out)
+
+and the device computes (runner.py: the page pool and the jitted prefill / decode steps), from
+`Sequence.pages` (page table) and `Sequence.num_cached`.
+"""

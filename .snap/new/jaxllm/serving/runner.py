@@ -1,0 +1,542 @@
+"""The device side of the serving core: the KV page pool, per-slot decode state, and two jitted
+steps (nano-vllm's model runner). The host (engine, scheduler) decides; this only computes.
+
+  prefill(rows of chunks [R, C])  each row computes a chunk of one sequence at positions
+                                  start..start+len-1: keys and values written into its pages
+                                  (PagedCache), attention over every earlier position; a row whose
+                                  chunk ends its prefill samples the next token and is placed in
+                                  its decode slot (sampling values, EOS ids, repetition state)
+  decode(kv_len, steps)           up to `steps` (<= chunk) steps for every slot in a
+                                  lax.while_loop, each writing one token's keys and values into
+                                  its page; a row whose logits are not finite ends with ERROR
+  score(tokens, pages, chunk)     teacher-forced log-probabilities of a token sequence, prefilled
+                                  chunk by chunk through the pool (later chunks read the keys the
+                                  earlier ones cached, in the cache's dtype)
+
+The pool holds the model's dtype, or 8-bit keys and values (`kv_dtype` "int8": int8 with a scale
+per token and kv head; "fp8": float8 e4m3), quantized as they are written (models/attention.py
+`kv_format`, `PagedCache`).
+
+Data parallelism (a mesh with dp > 1): the state splits over 'dp' on its leading dimension, so
+each dp group of devices holds a contiguous range of the pool's pages (its managed pages, its
+trash page, rounding) and of the decode slots, and every call's rows come in dp equal blocks (block
+i: shard i's rows). The steps run under `jax.shard_map` over 'dp' alone (weights replicated over
+it; tp and fsdp stay automatic, split as the rules say), with page ids and slot numbers local to
+the shard: no device reads another's pages or slots, so a step moves nothing across dp (the host
+reads back its few small outputs replicated).
+
+The state (pool and slots) is donated, so XLA updates it in place. Shapes are bucketed (rows,
+chunk length, keys read) so a workload meets few compiles; the jitted steps belong to the model's
+structure (`_steps`), so every engine of a model shares what was compiled; `counters` counts the
+traces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxllm import sharding
+from jaxllm.models.attention import LayerCache, PagedCache, kv_format
+from jaxllm.sampling import RowParams, SamplingParams, sample
+
+ERROR = -2  # the token of a row whose logits were not finite: it ends there, with an error
+
+
+class SlotState(NamedTuple):
+    cache: list  # per layer LayerCache: k, v [pool, page_size, K, D] (int8: and scales [pool, page_size, K]);
+    # pages >= num_pages are never handed out
+    tokens: jax.Array  # [B] the last token of each slot, fed at the next step
+    positions: jax.Array  # [B] where that token will be written
+    done: jax.Array  # [B] bool
+    generated: jax.Array  # [B] tokens generated so far
+    max_new: jax.Array  # [B]
+    limit: jax.Array  # [B] a slot pauses (not done) when its next write position reaches this
+    seen: jax.Array  # [B, V] bool: tokens in the sequence (repetition penalty)
+    eos: jax.Array  # [B, E] token ids that end each slot's sequence (-1 pads)
+    params: RowParams
+
+
+@dataclass
+class Counters:
+    """Traces of each jitted step (a trace is a compile); tests assert on these."""
+
+    prefill: int = 0
+    decode: int = 0
+    score: int = 0
+
+
+@dataclass
+class Row:
+    """One prefill row: `tokens` (the chunk) of a sequence whose full token list is `history`, at
+    positions start.. ; `slot` receives the sequence when the chunk ends its prefill (`last`)."""
+
+    slot: int
+    history: list[int]
+    start: int
+    length: int
+    pages: list[int]
+    last: bool
+    params: SamplingParams
+    eos: np.ndarray
+    generated: int
+    shard: int = 0  # the data-parallel shard of its pages and slot
+
+
+def pool_pages(num_pages: int, rows: int) -> int:
+    """Pages the runner allocates per layer for `num_pages` managed ones: a trash page that unused
+    table entries point at, then rounded up to a multiple of the rows (cuDNN's paged kernel wants
+    the pool to split evenly over them)."""
+    return -(-(num_pages + 1) // rows) * rows
+
+
+def bucket(n: int, smallest: int) -> int:
+    """The power of two >= n, at least `smallest`."""
+    size = smallest
+    while size < n:
+        size *= 2
+    return size
+
+
+class Cascade(NamedTuple):
+    """How a decode call reads a prefix that its rows share (Runner.plan_cascade)."""
+
+    keys: tuple[int, int, bool]  # (shared_keys, suffix_keys, some rows do not share): the program's static sizes
+    table: np.ndarray  # [dp, shared_keys / page_size] each shard's shared pages, local ids (trash page past them)
+    offsets: np.ndarray  # [B] the keys each slot reads from its shard's shared pages (0: none)
+
+
+def _common_pages(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+class Runner:
+    def __init__(self, model, *, num_pages: int, page_size: int, max_seqs: int, max_len: int, chunk: int,
+                 attention: str, eos_width: int, kv_dtype: str | None = None, decode_options: tuple = ()):
+        self.model, self.cfg = model, model.config
+        self.num_pages, self.page_size, self.max_seqs, self.max_len = num_pages, page_size, max_seqs, max_len
+        self.width = -(-max_len // page_size)  # page-table columns: pages of the longest sequence
+        self.eos_width, self.attention = eos_width, attention
+        self.dtype = model.dtype
+        self.mesh = getattr(model, "mesh", None)
+        self.shards = self.mesh.shape["dp"] if self.mesh is not None else 1
+        if self.shards > 1 and attention == "cudnn" and any(n > 1 for a, n in self.mesh.shape.items() if a != "dp"):
+            self.attention = attention = "xla"  # cuDNN's custom partitioning fails under shard_map's partly automatic axes (jax 0.11.2)
+        if num_pages % self.shards or max_seqs % self.shards:
+            raise ValueError(f"{num_pages} pages and {max_seqs} slots do not split over dp={self.shards}")
+        self.shard_pages, self.shard_seqs = num_pages // self.shards, max_seqs // self.shards  # per dp shard
+        values, scales = kv_format(kv_dtype, self.dtype)
+        self.kv_dtype = (values.name, None if scales is None else scales.name)  # the pool's (values, scales) dtypes
+        steps = _steps(model.graphdef, chunk, attention, self.mesh, self.cfg.num_layers, self.cfg.num_kv_heads,
+                       scales is not None, decode_options)
+        self._traces, self._prefill, self._decode, self._score, self._zeros = steps
+        self._before = dataclasses.replace(self._traces)  # what engines before this one compiled
+        pool = self.shards * pool_pages(self.shard_pages, self.shard_seqs)
+        self._sizes = (max_seqs, pool, page_size, self.cfg.num_kv_heads, self.cfg.head_dim, self.cfg.num_layers,
+                       self.cfg.vocab_size, eos_width, self.kv_dtype)
+
+    def _put(self, x):
+        return sharding.put_replicated(x, self.mesh)
+
+    def _put_rows(self, x):
+        """A host array whose leading dimension is dp blocks of rows: each dp group gets its block."""
+        if self.shards == 1:
+            return self._put(x)
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding.dp_rows(self.mesh), lambda index: x[index])
+
+    @property
+    def counters(self) -> Counters:
+        """The traces (compiles) of the steps since this runner was made: a new engine whose
+        shapes earlier engines of the model met counts none."""
+        t, b = self._traces, self._before
+        return Counters(t.prefill - b.prefill, t.decode - b.decode, t.score - b.score)
+
+    def new_state(self) -> SlotState:
+        return self._zeros(*self._sizes)
+
+    def kv_bucket(self, reach: int, smallest: int = 256) -> int:
+        """Keys an attention call reads: a power of two >= `smallest` covering `reach` positions,
+        capped at the page table's span (one compile per bucket used)."""
+        return min(bucket(reach, smallest), self.width * self.page_size)
+
+    def decode_keys(self, reach: int) -> int:
+        """Keys a decode call may read. cuDNN's paged kernel reads only each row's own length, so
+        it gets the whole table (one compile); the XLA form gathers what it reads, so buckets."""
+        return self.width * self.page_size if self.attention == "cudnn" else self.kv_bucket(reach)
+
+    def table(self, pages_of_rows: list[list[int]], shards: list[int] | None = None) -> np.ndarray:
+        """[len, width] page table of page ids local to each row's shard (default: the decode
+        slots' shards, row i of shard i // slots per shard); unused entries point at the shard's
+        trash page."""
+        n = self.shard_pages
+        out = np.full((len(pages_of_rows), self.width), n, np.int32)
+        for i, pages in enumerate(pages_of_rows):
+            shard = i // self.shard_seqs if shards is None else shards[i]
+            local = np.asarray(pages, np.int64) - shard * n
+            if len(local) and not (0 <= local.min() and local.max() < n):
+                raise RuntimeError(f"row {i} has pages outside its shard {shard}: {pages}")
+            out[i, : len(pages)] = local
+        return out
+
+    def plan_cascade(self, rows: dict[int, tuple[list[int], int]], steps: int, force: bool = False) -> Cascade | None:
+        """Cascade attention for a decode call of `rows` (slot -> (its pages, its next write
+        position)) running up to `steps` steps. In each dp shard the largest group of rows (two
+        or more) whose tables begin with the same page shares the full pages they all begin with
+        and the call does not write: those keys are read once for the group, then each member's
+        own keys; the other rows read their tables as without a cascade. None when no rows share
+        a page, or (unless `force`) when that would not halve the keys the call reads."""
+        ps, per_shard = self.page_size, {}
+        for slot, (pages, written) in rows.items():
+            if pages:
+                per_shard.setdefault(slot // self.shard_seqs, {}).setdefault(pages[0], []).append(slot)
+        offsets, tables = np.zeros(self.max_seqs, np.int32), {}
+        for shard, groups in per_shard.items():
+            members = max(groups.values(), key=len)
+            if len(members) < 2:
+                continue
+            first = rows[members[0]][0]
+            n = min(min(rows[slot][1] // ps, _common_pages(first, rows[slot][0])) for slot in members)
+            if n:
+                tables[shard] = np.asarray(first[:n], np.int64) - shard * self.shard_pages
+                offsets[members] = n * ps
+        if not tables:
+            return None
+        ends = {slot: written + 1 + steps for slot, (_, written) in rows.items()}  # positions reached by the call
+        sharing = [slot for slot in rows if offsets[slot]]
+        others = [slot for slot in rows if not offsets[slot]]
+        width = min(bucket(max(len(t) for t in tables.values()), max(1, 256 // ps)), self.width)
+        keys = (width * ps, self.kv_bucket(max(ends[slot] - offsets[slot] for slot in sharing)), bool(others))
+        if not force:  # keys read per step, plain and cascaded
+            if self.attention == "cudnn":  # cuDNN's kernels read each row's own length, the shared keys once
+                plain = sum(ends.values())
+                cascaded = max(map(len, tables.values())) * ps + sum(ends[slot] - offsets[slot] for slot in rows)
+            else:  # the gathered form: every slot reads the bucket of the longest
+                plain = self.max_seqs * self.decode_keys(max(ends.values()))
+                cascaded = plain * bool(others) + keys[0] + self.max_seqs * keys[1]
+            if 2 * cascaded > plain:
+                return None
+        table = np.full((self.shards, width), self.shard_pages, np.int32)
+        for shard, pages in tables.items():
+            table[shard, : len(pages)] = pages
+        return Cascade(keys, table, offsets)
+
+    def prefill_keys(self, reach: int) -> int:
+        """Keys a prefill call gathers for rows reaching `reach` positions: buckets from 2,048
+        keep the shapes few."""
+        return self.kv_bucket(reach, 2048)
+
+    def prefill(self, state: SlotState, rows: list[Row], rows_bucket: int, length_bucket: int):
+        """One prefill call over `rows` (padded to rows_bucket x length_bucket). Returns (state,
+        [(token, logprob, done)] per row; meaningful for `last` rows only)."""
+        s = self.prefill_keys(max(r.start + r.length for r in rows))
+        sampling = any(r.params.temperature > 0 for r in rows)
+        where = self._places(rows, rows_bucket)
+        state, token, logprob, done = self._prefill(s, sampling, self.model.params, state,
+                                                    *self._prefill_inputs(rows, rows_bucket, length_bucket, s, where))
+        token, logprob, done = np.asarray(token), np.asarray(logprob), np.asarray(done)
+        return state, [(int(token[i]), float(logprob[i]), bool(r.last and done[i])) for i, r in zip(where, rows)]
+
+    def _places(self, rows: list[Row], n: int) -> list[int]:
+        """The row of a call of dp blocks of n rows that each of `rows` takes: its shard's block."""
+        taken, where = [0] * self.shards, []
+        for r in rows:
+            if taken[r.shard] == n:
+                raise RuntimeError(f"more than {n} rows of shard {r.shard} in one prefill call")
+            where.append(r.shard * n + taken[r.shard])
+            taken[r.shard] += 1
+        return where
+
+    def _prefill_inputs(self, rows: list[Row], n: int, c: int, s: int, where: list[int] | None = None) -> tuple:
+        """The device inputs of a prefill call after the state: rows padded to dp blocks of n x c
+        (`where`: each row's place), s keys."""
+        where = self._places(rows, n) if where is None else where
+        m = n * self.shards
+        tokens = np.zeros((m, c), np.int32)
+        history = np.full((m, s), -1, np.int32)
+        starts, lengths = np.zeros(m, np.int32), np.zeros(m, np.int32)
+        slots = np.full(m, self.shard_seqs, np.int32)  # padding and unfinished rows place nothing
+        max_new, limit, generated = np.ones(m, np.int32), np.zeros(m, np.int32), np.zeros(m, np.int32)
+        eos = np.full((m, self.eos_width), -1, np.int32)
+        params = [SamplingParams().resolved()] * m
+        pages, shards = [[] for _ in range(m)], [i // n for i in range(m)]
+        for i, r in zip(where, rows):
+            pages[i] = r.pages
+        table = self.table(pages, shards)
+        for i, r in zip(where, rows):
+            tokens[i, : r.length] = r.history[r.start : r.start + r.length]
+            end = r.start + r.length
+            history[i, :end] = r.history[:end]
+            starts[i], lengths[i] = r.start, r.length
+            if r.last:
+                slots[i] = r.slot - r.shard * self.shard_seqs  # local to the shard
+                if not 0 <= slots[i] < self.shard_seqs:
+                    raise RuntimeError(f"slot {r.slot} is not of shard {r.shard}")
+            max_new[i], limit[i], generated[i] = r.params.max_new_tokens, len(r.pages) * self.page_size, r.generated
+            eos[i, : len(r.eos)] = r.eos
+            params[i] = r.params
+        put = self._put_rows
+        return (put(slots), put(tokens), put(starts), put(lengths), put(table), put(history),
+                jax.tree.map(put, RowParams.of(params)), put(generated), put(max_new), put(eos), put(limit))
+
+    def _decode_inputs(self, table: np.ndarray, limit: np.ndarray, stop: np.ndarray, steps: int,
+                       shared: np.ndarray | None = None, offsets: np.ndarray | None = None) -> tuple:
+        put = self._put_rows
+        shared = np.zeros((self.shards, 1), np.int32) if shared is None else shared
+        offsets = np.zeros(len(limit), np.int32) if offsets is None else offsets
+        return put(table), put(limit), put(stop), self._put(np.int32(steps)), put(shared), put(offsets)
+
+    def compile(self, state: SlotState, prefill_shapes, decode_keys, sampling: bool = False) -> None:
+        """Compile the steps of these shapes ((rows, length, keys) prefill calls; decode calls
+        reading `decode_keys` keys) ahead of their first use; a later call of the same shape finds
+        its program in jit's cache."""
+        spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+        b = self.max_seqs
+        jobs = [functools.partial(self._prefill.lower, s, sampling, self.model.params, spec,
+                                  *self._prefill_inputs([], n, c, s)) for n, c, s in prefill_shapes]
+        jobs += [functools.partial(self._decode.lower, k, sampling, None, self.model.params, spec,
+                                   *self._decode_inputs(self.table([[]] * b), np.zeros(b, np.int32), np.ones(b, bool), 1))
+                 for k in decode_keys]
+        for job in jobs:
+            job().compile()
+
+    def score(self, state: SlotState, tokens: list[int], pages: list[int], chunk: int, shard: int = 0):
+        """Teacher-forced scores of `tokens` prefilled `chunk` at a time into `pages` (of `shard`;
+        one compile per key bucket), each chunk's queries reading what the chunks before it cached.
+        Returns (state, log p(tokens[t] | tokens[:t]) for t >= 1 float32 [len - 1], the most likely
+        token after each prefix tokens[:t] for t >= 1, int32 [len - 1])."""
+        d, put = self.shards, self._put_rows  # one row per shard: the other shards' rows are empty
+        table = put(self.table([pages if i == shard else [] for i in range(d)], list(range(d))))
+        n, cache, logps, tops = len(tokens), state.cache, [], []
+        for start in range(0, n - 1, chunk):  # the last token is only a target
+            length = min(chunk, n - start)
+            piece, targets = np.zeros((d, chunk), np.int32), np.full((d, chunk), -1, np.int32)
+            piece[shard, :length] = tokens[start : start + length]
+            follow = tokens[start + 1 : start + length + 1]
+            targets[shard, : len(follow)] = follow
+            starts, lengths = np.zeros(d, np.int32), np.zeros(d, np.int32)
+            starts[shard], lengths[shard] = start, length
+            cache, (logp, top) = self._score(self.prefill_keys(start + length), self.model.params, cache,
+                                             put(piece), put(starts), put(lengths), table, put(targets))
+            logps.append(np.asarray(logp)[shard, : len(follow)])
+            tops.append(np.asarray(top)[shard, : len(follow)])
+        empty = n < 2
+        return state._replace(cache=cache), (np.zeros(0, np.float32) if empty else np.concatenate(logps),
+                                             np.zeros(0, np.int32) if empty else np.concatenate(tops))
+
+    def decode(self, state: SlotState, table: np.ndarray, limit: np.ndarray, stop: np.ndarray, kv_len: int,
+               sampling: bool, steps: int, cascade: Cascade | None = None):
+        """Up to `steps` (<= chunk) decode steps for every slot, attention as `cascade` says when
+        given. Returns (state, tokens [B, chunk] (-1: none; ERROR: the logits were not finite,
+        the slot is done), logprobs [B, chunk], done [B])."""
+        keys, shared, offsets = (None, None, None) if cascade is None else (cascade.keys, cascade.table, cascade.offsets)
+        state, out, out_lp, done = self._decode(kv_len, sampling, keys, self.model.params, state,
+                                                *self._decode_inputs(table, limit, stop, steps, shared, offsets))
+        return state, np.asarray(out), np.asarray(out_lp), np.asarray(done)
+
+
+# ----------------------------------------------------------------------------------------------
+# The jitted steps, made once per (model structure, chunk, kernels, mesh) in a process: every
+# engine of that model shares them, so a second engine, or a new jaxllm.generate call, compiles
+# nothing its shapes have already met. `graphdef`, the counters and the attention kernels are
+# bound with functools.partial before jit.
+
+
+@functools.cache
+def _steps(graphdef, chunk: int, attention: str, mesh, num_layers: int, num_kv_heads: int, scales: bool = False,
+           decode_options: tuple = ()):
+    """(counters, prefill, decode, score, zero state) jitted for this model structure; `scales`:
+    the pool holds int8 scales (the state's structure on a mesh); `decode_options`: XLA options
+    of the decode step, (name, value) pairs (jaxllm.runtime.decode_options)."""
+    options = dict(decode_options) or None
+    counters = Counters()
+    dp = "dp" if mesh is not None and mesh.shape["dp"] > 1 else None
+    # Sampling reads whole rows of logits (max, sum, argmax, top-k over the vocabulary): on a mesh
+    # that splits the vocabulary over tp, gathering the logits once costs one collective, where
+    # sampling on the split rows costs six small ones a step, each a point where the devices wait
+    # for each other (issue 15). Under dp's shard_map the steps see per-shard arrays: left as is.
+    gather = sharding.replicated(mesh) if mesh is not None and dp is None else None
+    prefill = functools.partial(_prefill, graphdef, counters, attention, gather)
+    decode = functools.partial(_decode, graphdef, counters, chunk, attention, dp, gather)
+    score = functools.partial(_score, graphdef, counters, attention)
+    sizes = tuple(range(9))  # _zero_state's arguments are all static
+    if mesh is None:
+        return (counters, jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3),
+                jax.jit(decode, static_argnums=(0, 1, 2), donate_argnums=4, compiler_options=options), jax.jit(score, static_argnums=0, donate_argnums=2),
+                jax.jit(_zero_state, static_argnums=sizes))
+    # On a mesh: the pool is split like the kv projections (an int8 pool's scales [pool, page, K]
+    # like its first three dims) and over dp by pages; the slots over dp; what the host reads back
+    # is replicated, so every process of a multi-host run can read it.
+    rep = sharding.replicated(mesh)
+    pool = sharding.pool_sharding(mesh, num_kv_heads)
+    spec = tuple(pool.spec) + (None,) * (4 - len(pool.spec))
+    scale = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec[:3])) if scales else None
+    cache = [LayerCache(pool, pool, scale, scale)] * num_layers
+    rows = sharding.dp_rows(mesh)  # replicated when dp = 1
+    state = jax.tree.map(lambda _: rows, jax.eval_shape(lambda: _zero_state(1, 1, 1, 1, 1, num_layers, 1, 1, ("float32", None))))
+    state = state._replace(cache=cache)
+    if mesh.shape["dp"] > 1:  # each dp shard computes its own rows on its own pages and slots
+        prefill, decode, score = (_per_shard(mesh, f, statics, replicated)
+                                  for f, statics, replicated in ((prefill, 2, ()), (decode, 3, (4,)), (score, 1, ())))
+    return (counters, jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3, out_shardings=(state, rep, rep, rep)),
+            jax.jit(decode, static_argnums=(0, 1, 2), donate_argnums=4, out_shardings=(state, rep, rep, rep), compiler_options=options),
+            jax.jit(score, static_argnums=0, donate_argnums=2, out_shardings=(cache, (rep, rep))),
+            jax.jit(_zero_state, static_argnums=sizes, out_shardings=state))
+
+
+def _per_shard(mesh, step, statics: int, replicated: tuple[int, ...]):
+    """`step` (its first `statics` arguments static, then the weights, then arrays whose leading
+    dimension is dp blocks, but those whose place after the weights, from 0, is in `replicated`) run
+    under shard_map over 'dp': weights replicated over dp, tp and fsdp left to the compiler."""
+    rows, whole = jax.sharding.PartitionSpec("dp"), jax.sharding.PartitionSpec()
+    # Only 'dp' manual when other axes split the step; all of them when dp is the only split: a
+    # custom-partitioned op (cuDNN attention) fails to partition under partly automatic axes (jax
+    # 0.11.2 on GPUs), and with every axis manual nothing is left to partition.
+    manual = {"dp"} if any(size > 1 for axis, size in mesh.shape.items() if axis != "dp") else set(mesh.axis_names)
+
+    def run(*args):
+        fixed, params, rest = args[:statics], args[statics], args[statics + 1 :]
+        specs = (whole,) + tuple(whole if i in replicated else rows for i in range(len(rest)))
+        body = jax.shard_map(functools.partial(step, *fixed), mesh=mesh, in_specs=specs, out_specs=rows,
+                             axis_names=manual, check_vma=False)
+        return body(params, *rest)
+
+    return run
+
+
+def _zero_state(rows, pool, page_size, kv_heads, head_dim, layers, vocab, eos_width, dtypes) -> SlotState:
+    """An empty state: `pool` pages per layer (the managed ones, a trash page that unused table
+    entries point at, then rounded up to a multiple of the rows: cuDNN's paged kernel wants the
+    pool to split evenly over them) in dtypes (values, scales or None), and `rows` decode slots."""
+    shape, (values, scales) = (pool, page_size, kv_heads, head_dim), dtypes
+
+    def layer():
+        kv = [jnp.zeros(shape, values) for _ in range(2)]
+        return LayerCache(*kv) if scales is None else LayerCache(*kv, *(jnp.zeros(shape[:3], scales) for _ in range(2)))
+
+    return SlotState(
+        cache=[layer() for _ in range(layers)],
+        tokens=jnp.zeros(rows, jnp.int32), positions=jnp.zeros(rows, jnp.int32), done=jnp.ones(rows, bool),
+        generated=jnp.zeros(rows, jnp.int32), max_new=jnp.ones(rows, jnp.int32), limit=jnp.zeros(rows, jnp.int32),
+        seen=jnp.zeros((rows, vocab), bool), eos=jnp.full((rows, eos_width), -1, jnp.int32),
+        params=jax.tree.map(jnp.asarray, RowParams.of([SamplingParams().resolved()] * rows)),
+    )
+
+
+def _whole(logits, gather):
+    """`logits` replicated over the mesh (`gather` a replicated sharding), or as they are (None)."""
+    return logits if gather is None else jax.lax.with_sharding_constraint(logits, gather)
+
+
+def _prefill(graphdef, counters, attention, gather, kv_len, sampling, params, state: SlotState, slots, tokens, starts, lengths,
+             table, history, rp: RowParams, generated, max_new, eos, limit):
+    counters.prefill += 1
+    model = nnx.merge(graphdef, params)
+    n, c = tokens.shape
+    positions = starts[:, None] + jnp.arange(c)[None, :]
+    valid = jnp.arange(c)[None, :] < lengths[:, None]
+    kv = PagedCache(table, valid, kv_len, attention)
+    hidden, cache = model.hidden(tokens, positions, state.cache, kv, lengths=starts + lengths)
+    last = jnp.take_along_axis(hidden, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)
+    logits = _whole(model.logits(last)[:, 0], gather)
+    rows = jnp.arange(n)
+    seen = jnp.zeros(logits.shape, bool).at[rows[:, None], jnp.maximum(history, 0)].max(history >= 0)
+    token, logprob = sample(logits, seen, rp, generated, sampling)
+    bad = ~jnp.all(jnp.isfinite(logits), axis=-1)
+    token = jnp.where(bad, ERROR, token)
+    generated = generated + 1
+    done = jnp.any(token[:, None] == eos, axis=-1) | (generated >= max_new) | bad
+
+    def put(big, small):
+        return big.at[slots].set(small.astype(big.dtype), mode="drop")
+
+    state = SlotState(
+        cache=cache,
+        tokens=put(state.tokens, token),
+        positions=put(state.positions, starts + lengths),
+        done=put(state.done, done),
+        generated=put(state.generated, generated),
+        max_new=put(state.max_new, max_new),
+        limit=put(state.limit, limit),
+        seen=put(state.seen, seen.at[rows, jnp.maximum(token, 0)].set(True)),
+        eos=put(state.eos, eos),
+        params=jax.tree.map(put, state.params, rp),
+    )
+    return state, token, logprob, done
+
+
+def _decode(graphdef, counters, chunk, attention, dp, gather, kv_len, sampling, cascade, params, state: SlotState, table,
+            limit, stop, steps, shared, offsets):
+    """Up to `steps` (a traced scalar <= chunk) decode steps over all slots. out[b, i] is the i-th new token of slot b in this call,
+    or -1 once the slot is done or paused at its page limit. `cascade` (static): None, or
+    (shared_keys, suffix_keys, others) for rows that begin with the pages shared [1, S / ps]
+    (`offsets` [B] keys each; 0 for the others, which read their own tables; models/attention.py
+    PagedCache). `dp`: the mesh axis of the shards
+    (under shard_map) or None: every shard runs as many steps as the busiest, so the devices of
+    all shards meet the same collectives (tp's) the same number of times (one scalar sum over dp
+    per step)."""
+    counters.decode += 1
+    model = nnx.merge(graphdef, params)
+    b = state.tokens.shape[0]
+    state = state._replace(done=state.done | stop, limit=limit)
+
+    def step(st):
+        active = ~st.done & (st.positions < st.limit)
+        kv = PagedCache(table, active[:, None], kv_len, attention, shared[0], offsets, cascade)
+        hidden, cache = model.hidden(st.tokens[:, None], st.positions[:, None], st.cache, kv)
+        logits = _whole(model.logits(hidden)[:, 0], gather)
+        token, lp = sample(logits, st.seen, st.params, st.generated, sampling)
+        bad = active & ~jnp.all(jnp.isfinite(logits), axis=-1)
+        token = jnp.where(active, jnp.where(bad, ERROR, token), -1)
+        generated = st.generated + active
+        finished = active & ((generated >= st.max_new) | jnp.any(token[:, None] == st.eos, axis=-1) | bad)
+        st = st._replace(
+            cache=cache,
+            tokens=jnp.where(active, token, st.tokens),
+            positions=st.positions + active,
+            done=st.done | finished,
+            generated=generated,
+            seen=st.seen.at[jnp.arange(b), jnp.maximum(token, 0)].max(active),
+        )
+        return st, token, jnp.where(active, lp, 0.0)
+
+    def body(carry):
+        i, st, out, out_lp = carry
+        st, token, lp = step(st)
+        return i + 1, st, out.at[:, i].set(token), out_lp.at[:, i].set(lp)
+
+    out = jnp.full((b, chunk), -1, jnp.int32)
+    out_lp = jnp.zeros((b, chunk), jnp.float32)
+    def cond(c):
+        busy = ~jnp.all(c[1].done | (c[1].positions >= c[1].limit))
+        if dp is not None:
+            busy = jax.lax.psum(busy.astype(jnp.int32), dp) > 0
+        return (c[0] < jnp.minimum(steps, chunk)) & busy
+
+    _, state, out, out_lp = jax.lax.while_loop(cond, body, (jnp.int32(0), state, out, out_lp))
+    return state, out, out_lp, state.done
+
+
+def _score(graphdef, counters, attention, kv_len, params, cache: list, tokens, start, length, table, targets):
+    """One chunk of a scored sequence: tokens [1, C] at positions start[0].. (length[0] real)
+    written into the pages of `table` [1, P], attention over everything before; returns the cache
+    and log p(targets[0, i] | the tokens up to position start + i), float32 [1, C], and the most
+    likely token there (greedy) [1, C]."""
+    counters.score += 1
+    model = nnx.merge(graphdef, params)
+    c = tokens.shape[1]
+    positions = start[:, None] + jnp.arange(c)[None, :]
+    valid = jnp.arange(c)[None, :] < length[:, None]
+    kv = PagedCache(table, valid, kv_len, attention)
+    hidden, cache = model.hidden(tokens, positions, cache, kv, lengths=start + length)
+    logp = jax.nn.log_softmax(model.logits(hidden), axis=-1)
+    return cache, (jnp.take_along_axis(logp, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0],
+                   jnp.argmax(logp, axis=-1).astype(jnp.int32))

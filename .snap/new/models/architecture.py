@@ -1,0 +1,40 @@
+"""What a model file declares about each architecture it serves: the module class, how
+config.json reads, and how the checkpoint's tensors map onto the parameters.
+
+Model files build these; `jaxllm.models.registry` collects them from `jaxllm.models`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from jaxllm.models.config import ModelConfig, check_config, from_hf, require_fields
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str  # "LlamaForCausalLM", as in config.json's "architectures"
+    module: type  # Flax NNX module class: module(cfg, dtype=..., rngs=...)
+    # cfg -> [WeightSpec]: which HF tensor fills which parameter, and how (jaxllm.models.weights).
+    weight_map: Callable
+    hf_model_type: str  # transformers' model_type, for building the reference in tests
+    # raw config.json dict -> ModelConfig fields the HF modeling code hard-wires for this family.
+    config_defaults: Callable[[dict], dict] = lambda raw: {}
+    # A tiny HF config (dict) for the parity tests; every registered architecture must have one.
+    tiny_config: dict = field(default_factory=dict)
+    # Regexes of HF tensor names that carry nothing we need (e.g. cached rotary buffers).
+    ignore: tuple[str, ...] = (r".*rotary_emb\.inv_freq$",)
+    # raw config.json -> the same with the common key names, for families with their own spelling
+    # (GPT-2's n_embd, n_layer, ...).
+    common_names: Callable[[dict], dict] = lambda raw: raw
+
+    def config(self, raw: dict) -> ModelConfig:
+        """The ModelConfig of a config.json dict, validated."""
+        raw = self.common_names(dict(check_config(raw)))
+        require_fields(raw)
+        return from_hf(raw, self.name, self.config_defaults(raw))
+
+    def ignored(self, cfg: ModelConfig) -> tuple[str, ...]:
+        """Regexes of checkpoint tensors this model does not read (a tied output head among them)."""
+        return self.ignore + ((r"^lm_head\.weight$",) if cfg.tie_word_embeddings else ())

@@ -1,0 +1,333 @@
+"""Attention: the module every architecture uses, and the KV backends that keep its keys and values.
+
+`Attention` projects q, k, v (q/k-normed and rotated where the model says) and hands them to a KV
+backend, which stores them and attends. The caller picks the backend; nothing here probes the
+platform:
+  Uncached()             keys are the call's own: scoring a full sequence, the research functions
+  PagedCache(...)        one pool of fixed-size pages per layer and a page table per row (the
+                         engine's cache): memory-linear prefill chunks, paged decode; `impl`
+                         "cudnn" runs them as cuDNN kernels (jaxllm.runtime decides); the pool
+                         may be 8-bit (kv_dtype "int8" or "fp8": `kv_format`)
+
+Shapes: B batch, T query tokens, S key positions, H query heads, K kv heads, G = H // K, D head_dim.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxllm.errors import GenerationError
+from jaxllm.models import attention_ops, kv_quant, paged_decode
+from jaxllm.models.config import ModelConfig
+from jaxllm.models.layers import Dense, RMSNorm
+from jaxllm.models.rope import Rotary, apply_rotary
+
+
+class LayerCache(NamedTuple):
+    """One layer's keys and values: [B, S, K, D] each (a page pool: [N, ps, K, D]). An int8 cache
+    also holds a scale per token and kv head, k_scale and v_scale [B, S, K] (`kv_format`)."""
+
+    k: jax.Array
+    v: jax.Array
+    k_scale: jax.Array | None = None
+    v_scale: jax.Array | None = None
+
+
+# What kv_dtype= may say: None keeps the model's dtype; "fp8" is float8_e4m3fn; a float dtype
+# stores the cache in that dtype.
+KV_DTYPES = {None: None, "int8": "int8", "fp8": "float8_e4m3fn", "float8_e4m3fn": "float8_e4m3fn",
+             "bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
+
+
+def check_kv_dtype(kv_dtype) -> str | None:
+    """The canonical name of a kv_dtype (a name of KV_DTYPES or a dtype: None, "int8",
+    "float8_e4m3fn" or a float's name), or a one-line error."""
+    name = kv_dtype
+    if kv_dtype is not None and not isinstance(kv_dtype, str):
+        try:
+            name = jnp.dtype(kv_dtype).name
+        except TypeError:
+            name = "?"
+    if name not in KV_DTYPES:
+        raise GenerationError(f"kv_dtype must be one of {', '.join(map(repr, KV_DTYPES))}, got {kv_dtype!r}")
+    return KV_DTYPES[name]
+
+
+def kv_format(kv_dtype, dtype) -> tuple[jnp.dtype, jnp.dtype | None]:
+    """(values dtype, scales dtype or None) of the KV cache of a `dtype` model. int8 keeps its
+    scales in the model's dtype where that has float32's range (bfloat16, float32), else in
+    float32 (a float16 scale of a small vector would be subnormal)."""
+    kv_dtype, dtype = check_kv_dtype(kv_dtype), jnp.dtype(dtype)
+    if kv_dtype is None:
+        return dtype, None
+    if kv_dtype == "int8":
+        return jnp.dtype(jnp.int8), dtype if dtype in (jnp.bfloat16, jnp.float32) else jnp.dtype(jnp.float32)
+    return jnp.dtype(kv_dtype), None
+
+
+def kv_cache_bytes(cfg: ModelConfig, tokens: int, dtype, kv_dtype=None) -> int:
+    """Bytes of the keys and values of `tokens` cached positions, every layer (scales included)."""
+    values, scales = kv_format(kv_dtype, dtype)
+    per_head = cfg.head_dim * values.itemsize + (0 if scales is None else scales.itemsize)
+    return 2 * cfg.num_layers * tokens * cfg.num_kv_heads * per_head
+
+
+class AttnSpec(NamedTuple):
+    """What one layer's attention computes beyond softmax(q k^T) v: the score scale, a sliding
+    window (None: full causal) and tanh soft-capping of the scores (None: off)."""
+
+    scale: float
+    window: int | None = None
+    softcap: float | None = None
+
+
+def attention_mask(q_pos, k_pos, window: int | None):
+    """[B, T, S] True where query at q_pos [B, T] may see key at k_pos [B, S]: causal, and within the
+    sliding window when one is set (kv > q - window, as transformers)."""
+    q, k = q_pos[:, :, None], k_pos[:, None, :]
+    mask = k <= q
+    if window is not None:
+        mask &= k > q - window
+    return mask
+
+
+def attention_probs(q, k, mask, scale: float, softcap: float | None = None):
+    """Softmax weights of grouped-query attention, float32. q [B, T, H, D]; k [B, S, K, D];
+    mask [B, T, S] -> [B, K, G, T, S] (query head h is kv group h // G, member h % G)."""
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, t, kv, h // kv, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) * scale
+    if softcap is not None:
+        scores = jnp.tanh(scores / softcap) * softcap
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(scores, axis=-1)
+
+
+def attend(q, k, v, mask, scale: float, softcap: float | None = None):
+    """Grouped-query attention. q [B, T, H, D]; k, v [B, S, K, D]; mask [B, T, S] -> [B, T, H, D]."""
+    if q.shape[:2] == (1, 1):
+        return _attend_one(q, k, v, mask, scale, softcap)
+    probs = attention_probs(q, k, mask, scale, softcap).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(q.shape)
+
+
+def _attend_one(q, k, v, mask, scale: float, softcap: float | None):
+    """One query of one row (batch-1 decode) as multiply-and-sum, which XLA fuses into reduction
+    kernels over the cache instead of small batched matmuls; scores and sums in float32. A/B on an
+    H100, Qwen3-0.6B shape: batch 1 +3-5% (614-621 -> 637-648 tokens/s); at batch 64 the same
+    form was 12% slower than the matmuls, hence batch 1 only (docs/benchmarks.md)."""
+    b, _, h, d = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, 1, kv, h // kv, d).astype(jnp.float32)
+    scores = jnp.sum(q * k[:, :, :, None, :].astype(jnp.float32), axis=-1) * scale  # [B, S, K, G]
+    if softcap is not None:
+        scores = jnp.tanh(scores / softcap) * softcap
+    scores = jnp.where(mask[:, 0, :, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=1).astype(v.dtype).astype(jnp.float32)
+    out = jnp.sum(probs[..., None] * v[:, :, :, None, :].astype(jnp.float32), axis=1)  # [B, K, G, D]
+    return out.astype(v.dtype).reshape(b, 1, h, d)
+
+
+def decode_attention(q, k, v, lengths, scale: float, implementation: str | None = None):
+    """One query per row over a cache whose first lengths[b] keys are valid (decode: position + 1).
+    q [B, 1, H, D]; k, v [B, S, K, D] -> [B, 1, H, D]. `jax.nn.dot_product_attention`, which on
+    GPUs runs as one cuDNN kernel per layer ("cudnn"): on an H100 that read the batch-64 cache in
+    ~0.6x the time of our score/softmax/sum kernels and took Qwen3-0.6B's batch-64 decode from
+    11,300-11,500 to 15,100-15,200 tokens/s (docs/benchmarks.md)."""
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, key_value_seq_lengths=lengths,
+                                        implementation=implementation)
+
+
+def cudnn_decode_fits(q, spec: AttnSpec) -> bool:
+    """Whether the cuDNN decode kernel computes this layer's attention: 16-bit floats, a head size
+    cuDNN takes, and no sliding window or soft-capping (which that call does not express)."""
+    d = q.shape[-1]
+    return (q.dtype in (jnp.bfloat16, jnp.float16) and d <= 128 and d % 8 == 0
+            and spec.window is None and spec.softcap is None)
+
+
+# ----------------------------------------------------------------------------------------------
+# KV backends: (q, k, v, layer cache, positions, spec) -> (attention output, the layer's new cache)
+
+
+@jax.tree_util.register_static
+@dataclass(frozen=True)
+class Uncached:
+    """Attend over the call's own keys (positions say where each is); the keys and values come back
+    as the layer's cache, for a caller that places them."""
+
+    def __call__(self, q, k, v, cache, positions, spec: AttnSpec):
+        out = attend(q, k, v, attention_mask(positions, positions, spec.window), spec.scale, spec.softcap)
+        return out, LayerCache(k, v)
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["page_table", "valid", "shared", "offsets"],
+                   meta_fields=["num_keys", "impl", "cascade"])
+@dataclass(frozen=True)
+class PagedCache:
+    """A pool of pages per layer, k and v [N + 1, ps, K, D]; the last page is what unused page
+    table entries point at (reads of it are masked). Row b's key at
+    position s lives at page_table[b, s // ps], offset s % ps. Built inside a jitted step:
+    page_table [B, P] int32, valid [B, T] bool (which of the call's tokens are real).
+
+    One query per row (decode): attention over the row's first position + 1 keys straight from the
+    pages (`paged_decode_attention`: cuDNN's paged kernel with impl "cudnn", else gather + mask).
+    Several (a prefill chunk at positions start..start+T-1): the row's keys gathered up to
+    `num_keys` (static), then `flash_prefill`: cuDNN flash attention in two parts (prefix, chunk)
+    with impl "cudnn", else an online-softmax blocked form; memory linear in the keys either way.
+
+    The pool's dtype is the cache's format (`kv_format`): the model's dtype, or 8-bit (int8 with
+    k_scale, v_scale [N + 1, ps, K], or float8), quantized as it is written and dequantized as it
+    is read: a prefill chunk gathers its keys dequantized; decode reads the 8-bit pages with the
+    XLA form, the scales folded into its products (cuDNN's paged kernel takes only 16-bit pools).
+
+    Cascade decode (`cascade` = (shared_keys, suffix_keys, others), static): rows whose tables
+    begin with the pages `shared` [S / ps] (`offsets` [B]: how many of each row's first keys those
+    are) read those keys once for all of them, then their own
+    (`paged_decode.cascade_decode_attention`); rows with offset 0 read their tables as without
+    it (`others`: whether there are any). Pools in the queries' dtype only; others ignore it.
+    int8 keys and values are stored rotated by a fixed orthogonal matrix, the queries rotated to
+    match and the output rotated back (`kv_quant.rotate`: scores and output unchanged,
+    outlier channels spread before one scale per token and head is taken)."""
+
+    page_table: jax.Array
+    valid: jax.Array
+    num_keys: int
+    impl: str = "xla"
+    shared: jax.Array | None = None
+    offsets: jax.Array | None = None
+    cascade: tuple[int, int, bool] | None = None
+
+    def __call__(self, q, k, v, cache: LayerCache, positions, spec: AttnSpec):
+        new = self.write(cache, k, v, positions)
+        if new.k_scale is None:
+            return self.attend(q, k, v, new, positions, spec), new
+        # int8 keys and values are stored rotated: the queries turn alike, the output turns back
+        return kv_quant.rotate(self.attend(kv_quant.rotate(q), k, v, new, positions, spec)), new
+
+    def attend(self, q, k, v, new: LayerCache, positions, spec: AttnSpec):
+        """Attention of q over the cache `new` (k, v [B, T, K, D]: the call's own, as given)."""
+        native = new.k.dtype == q.dtype  # else 8-bit (dequantized as it is read) or another float
+        fast = self.impl == "cudnn" and cudnn_decode_fits(q, spec)
+        if q.shape[1] == 1:
+            # A row without a token this step (finished, paused, padding) reads one key, not its
+            # whole history: in a batch where many rows are done that is most of the traffic.
+            lengths = jnp.where(self.valid[:, 0], positions[:, 0] + 1, 1)
+            cascade = self.cascade is not None and native
+            if cascade:
+                offsets = jnp.where(self.valid[:, 0], self.offsets, 0)
+                shares = offsets > 0
+                by_cudnn = fast and paged_decode.cudnn_paged_fits(new.k.shape[0], q.shape[0], self.page_table.shape[1])
+                both = paged_decode.cascade_decode_attention(
+                    q, new.k, new.v, self.page_table, lengths, self.shared, offsets, scale=spec.scale,
+                    shared_keys=self.cascade[0], suffix_keys=self.cascade[1], window=spec.window, softcap=spec.softcap,
+                    impl="cudnn" if by_cudnn else "xla")
+                if by_cudnn or not self.cascade[2]:  # cuDNN's own part reads other rows whole; or every row shares
+                    return both
+                lengths = jnp.where(shares, 1, lengths)  # the sharing rows' plain reads: one key
+            out = paged_decode.paged_decode_attention(
+                q, new.k, new.v, self.page_table, lengths, scale=spec.scale, window=spec.window,
+                softcap=spec.softcap, impl="cudnn_paged" if fast and native else "xla", num_keys=self.num_keys,
+                k_scales=new.k_scale, v_scales=new.v_scale)
+            return jnp.where(shares[:, None, None, None], both, out) if cascade else out
+        keys, values = self.gather(new.k, new.k_scale, q.dtype), self.gather(new.v, new.v_scale, q.dtype)
+        start = positions[:, 0]
+        kv_len = start + jnp.sum(self.valid, axis=1)
+        # The chunk's own keys as cached (in another dtype: sliced from the gathered ones), so every
+        # query reads the keys that later queries will read.
+        k_new, v_new = (k, v) if native else (None, None)
+        out = attention_ops.flash_prefill(q, keys, values, start, kv_len, scale=spec.scale, window=spec.window,
+                                          softcap=spec.softcap, impl="cudnn" if fast else "blocked",
+                                          k_new=k_new, v_new=v_new)
+        return out
+
+    def gather(self, pool, scales, dtype):
+        """Each row's first `num_keys` cached keys (or values) [B, num_keys, K, D] in `dtype`."""
+        if scales is None:
+            return attention_ops.gather_pages(pool, self.page_table, self.num_keys).astype(dtype)
+        return kv_quant.dequantize_kv(attention_ops.gather_pages(pool, self.page_table, self.num_keys),
+                                      attention_ops.gather_pages(scales, self.page_table, self.num_keys), dtype)
+
+    def write(self, cache: LayerCache, k, v, positions) -> LayerCache:
+        """k, v [B, T, K, D] into their pages: one scatter per pool, in place when donated.
+        Padding tokens and inactive rows are dropped (an out-of-range page). The rest never
+        collide (a sequence writes only its own pages; a shared prefix page only gets its own
+        values again), so the scatter declares its indices unique: XLA's GPU scatter otherwise
+        uses atomics, and padding aimed at one trash page serialised on them (2.5 ms per layer
+        of a prefill call, 40% of the offline bench on an H200, 2026-11-28). The pool's dtype
+        says how values are stored (`kv_quant.quantize_kv`): an int8 pool stores keys
+        and values rotated (`kv_quant.rotate`) and also scatters each token's scales."""
+        n, ps = cache.k.shape[:2]
+        page = jnp.take_along_axis(self.page_table, positions // ps, axis=1, mode="clip")
+        page = jnp.where(self.valid, page, n).reshape(-1)
+        offset = (positions % ps).reshape(-1)
+
+        def put(pool, x):  # a scatter on the pool's own two leading dims: no reshape of the pool
+            x = x.reshape((-1,) + x.shape[2:]).astype(pool.dtype)
+            return jnp.asarray(pool).at[page, offset].set(x, mode="drop", unique_indices=True)
+
+        if cache.k.dtype.itemsize > 1:  # the model's dtype (or another float)
+            return LayerCache(put(cache.k, k), put(cache.v, v))
+        if cache.k_scale is None:  # float8
+            return LayerCache(*(put(pool, kv_quant.quantize_kv(x, pool.dtype)[0]) for pool, x in ((cache.k, k), (cache.v, v))))
+        kq, ks = kv_quant.quantize_kv(kv_quant.rotate(k.astype(jnp.float32)), jnp.int8, cache.k_scale.dtype)
+        vq, vs = kv_quant.quantize_kv(kv_quant.rotate(v.astype(jnp.float32)), jnp.int8, cache.v_scale.dtype)
+        return LayerCache(put(cache.k, kq), put(cache.v, vq), put(cache.k_scale, ks), put(cache.v_scale, vs))
+
+
+UNCACHED = Uncached()
+
+
+class Attention(nnx.Module):
+    """Multi-head attention with grouped kv heads, rotary positions, optional q/k RMSNorm and bias;
+    the keys and values go through the KV backend the caller passes."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
+        e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        scale = (cfg.attn_scale or d**-0.5) / (layer + 1 if cfg.attn_scale_by_layer else 1)
+        self.spec = AttnSpec(scale, cfg.layer_window(layer), cfg.attn_softcap)
+        self.q_proj = Dense((e,), (h, d), ("embed", "q_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
+        self.k_proj = Dense((e,), (k, d), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
+        self.v_proj = Dense((e,), (k, d), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
+        self.o_proj = Dense((h, d), (e,), ("q_heads", "head_dim", "embed"), bias=cfg.o_bias, dtype=dtype, rngs=rngs)
+        if cfg.qk_norm == "none":
+            self.q_norm = self.k_norm = None
+        else:  # per head (Qwen3), or over the whole projection (OLMo 2)
+            norm = dict(dtype=dtype, rngs=rngs, offset=cfg.norm_offset, upcast_scale=cfg.norm_upcast_scale)
+            whole = cfg.qk_norm == "projection"
+            self.q_norm = RMSNorm((h, d) if whole else d, cfg.norm_eps,
+                                  axes=("q_heads", "head_dim") if whole else ("head_dim",), **norm)
+            self.k_norm = RMSNorm((k, d) if whole else d, cfg.norm_eps,
+                                  axes=("kv_heads", "head_dim") if whole else ("head_dim",), **norm)
+
+    def __call__(self, x, positions, rot: Rotary | None, cache: LayerCache | None, kv=UNCACHED):
+        """x [B, T, E] at positions [B, T] -> (output [B, T, E], this layer's cache from `kv`).
+        `rot` None: no rotary positions (models with learned position embeddings)."""
+        q, k, v = self.project(x, rot)
+        out, new = kv(q, k, v, cache, positions, self.spec)
+        return self.o_proj(out), new
+
+    def project(self, x, rot: Rotary | None):
+        """Queries, keys and values of x [B, T, E]: projected, q/k-normed and rotated."""
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rot is not None:
+            q, k = apply_rotary(q, rot), apply_rotary(k, rot)
+        return q, k, v
+
+    def weights(self, x, positions, rot: Rotary | None):
+        """The attention weights of a full sequence x [B, T, E] (no cache): float32 [B, H, T, T]."""
+        q, k, _ = self.project(x, rot)
+        mask = attention_mask(positions, positions, self.spec.window)
+        probs = attention_probs(q, k.astype(q.dtype), mask, self.spec.scale, self.spec.softcap)
+        b, kv, g, t, s = probs.shape
+        return probs.reshape(b, kv * g, t, s)

@@ -1,0 +1,415 @@
+"""ModelConfig: the one description of a model's shape, parsed from a Hugging Face config.json.
+
+Accepts both transformers v4 spellings (`rope_theta`, `rope_scaling`) and v5 (`rope_parameters`).
+Architecture-specific flags (q/k/v bias, q/k norm, ...) are filled in by the registry entry's
+`config_defaults`, so this file knows no architecture by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from jaxllm.errors import ConfigError
+
+QK_NORMS = ("none", "per_head", "projection")
+LAYER_TYPES = ("full_attention", "sliding_attention")
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
+
+# Keys each rope type needs beyond rope_theta, as transformers validates them.
+_ROPE_REQUIRED = {
+    "default": (),
+    "linear": ("factor",),
+    "dynamic": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+    "yarn": ("factor", "original_max_position_embeddings"),
+    "longrope": ("short_factor", "long_factor", "original_max_position_embeddings"),
+}
+
+
+@dataclass(frozen=True)
+class RopeConfig:
+    type: str = "default"
+    theta: float = 10000.0
+    factor: float = 1.0
+    partial_rotary_factor: float = 1.0
+    original_max_position_embeddings: int | None = None
+    # llama3
+    low_freq_factor: float | None = None
+    high_freq_factor: float | None = None
+    # yarn
+    attention_factor: float | None = None
+    beta_fast: float | None = None
+    beta_slow: float | None = None
+    mscale: float | None = None
+    mscale_all_dim: float | None = None
+    truncate: bool = True
+    # longrope (Phi-3): per-frequency factors below / beyond original_max_position_embeddings
+    short_factor: tuple[float, ...] | None = None
+    long_factor: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    max_position_embeddings: int
+    norm_eps: float = 1e-6  # epsilon of every norm: rms_norm_eps, or layer_norm_eps (GPT-NeoX, GPT-2)
+    rope: RopeConfig = field(default_factory=RopeConfig)
+    hidden_act: str = "silu"
+    tie_word_embeddings: bool = False
+    # Attention variants, set per architecture by the registry's config_defaults.
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: str = "none"  # "per_head": RMSNorm of each head (Qwen3); "projection": over all heads (OLMo 2)
+    # Gemma-style variants: embeddings times embed_scale; RMSNorm scales by (norm_offset + w), in float32.
+    embed_scale: float = 1.0
+    norm_offset: float = 0.0
+    norm_upcast_scale: bool = False  # RMSNorm applies its weight in float32 before the cast (OLMo 2)
+    parallel_residual: bool = False  # x + attn(ln1 x) + mlp(ln2 x) (GPT-NeoX)
+    position_embedding: str = "rope"  # or "learned": a table of absolute positions (GPT-2)
+    # Gemma 2/3: attention scale (None: head_dim ** -0.5), tanh soft-capping of scores and logits,
+    # and a rope of their own for the sliding-window layers (None: the same rope everywhere).
+    attn_scale: float | None = None
+    attn_scale_by_layer: bool = False  # the scale divided by (layer index + 1) (GPT-2's scale_attn_by_inverse_layer_idx)
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    local_rope: RopeConfig | None = None
+    # Mixture of experts (Mixtral, Qwen3-MoE): 0 experts means a dense MLP everywhere.
+    num_experts: int = 0
+    experts_per_token: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = True  # renormalise the top-k routing weights to sum to 1
+    dense_layers: tuple[int, ...] = ()  # layers that keep a dense MLP in an MoE model
+    sliding_window: int | None = None
+    # One entry per layer: "full_attention" or "sliding_attention".
+    layer_types: tuple[str, ...] = ()
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+
+    @property
+    def context_length(self) -> int:
+        """Positions a sequence may use, read from the config as vLLM reads its max_model_len:
+        max_position_embeddings, times the factor of linear, dynamic and YaRN rope scaling (whose
+        configs may keep the unscaled length there; YaRN from original_max_position_embeddings);
+        llama3 and LongRoPE configs give the scaled length itself."""
+        rope, n = self.rope, self.max_position_embeddings
+        if rope.type in ("linear", "dynamic", "yarn") and rope.factor > 1:
+            base = rope.original_max_position_embeddings if rope.type == "yarn" and rope.original_max_position_embeddings else n
+            return max(n, int(base * rope.factor))
+        return n
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.rope.partial_rotary_factor)
+
+    def layer_window(self, layer: int) -> int | None:
+        """The sliding window of one layer, or None for full attention."""
+        if self.layer_types and self.layer_types[layer] == "sliding_attention":
+            return self.sliding_window
+        return None
+
+    def layer_rope(self, layer: int) -> RopeConfig:
+        if self.local_rope is not None and self.layer_window(layer) is not None:
+            return self.local_rope
+        return self.rope
+
+    def layer_is_moe(self, layer: int) -> bool:
+        return self.num_experts > 0 and layer not in self.dense_layers
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# ----------------------------------------------------------------------------------------------
+# What each field of config.json and generation_config.json may hold: one table per file, checked
+# before anything reads a field. An absent field takes its default, and so does null unless the
+# table says `null=False`; fields not listed are allowed and ignored.
+
+MAX_SIZE = 2**31 - 1  # sizes, positions and token ids: int32 on the device
+MAX_LAYERS = 1024  # deeper than any released model, and a bound on the (linear) build time
+MAX_EXPERTS = 4096  # the weight map names every expert's tensors
+
+
+@dataclass(frozen=True)
+class Field:
+    """A field's type (int, float for any finite number, bool, str or dict) and, for numbers, its
+    range [low, high] (`strict`: low itself excluded). `many`: "one" value, a "list" of them, or
+    "either". `null`: whether null is taken as "absent" (False where the code reading the field
+    has a default for absent only)."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    strict: bool = False
+    many: str = "one"
+    null: bool = True
+
+    def accepts(self, value) -> bool:
+        if isinstance(value, list) and self.many != "one":
+            return all(map(self._accepts_one, value))
+        return self.many != "list" and self._accepts_one(value)
+
+    def _accepts_one(self, v) -> bool:
+        if self.kind not in (int, float):
+            return isinstance(v, self.kind)
+        if isinstance(v, bool) or not isinstance(v, int if self.kind is int else (int, float)) or not -1e308 < v < 1e308:
+            return False  # not a number, or one that float() cannot hold (NaN and infinities included)
+        return (self.low is None or v > self.low or (v == self.low and not self.strict)) and (self.high is None or v <= self.high)
+
+    def describe(self) -> str:
+        noun = {int: "integer", float: "number", bool: "boolean (true or false)", str: "string", dict: "JSON object"}[self.kind]
+        sign = {(0, True): "positive ", (0, False): "non-negative ", (1, False): "positive "}.get((self.low, self.strict), "")
+        text = sign + noun + ("s" if self.many == "list" else "") + (f" <= {self.high}" if self.high is not None else "")
+        if self.many == "list":
+            return "a list of " + text
+        text = ("an " if text[0] in "aeiou" else "a ") + text
+        return text + (" or a list of them" if self.many == "either" else "")
+
+
+COUNT, LAYERS, INDEX = Field(int, 1, MAX_SIZE), Field(int, 1, MAX_LAYERS), Field(int, 0, MAX_SIZE)
+EXPERTS = Field(int, 0, MAX_EXPERTS)
+POSITIVE, NON_NEGATIVE = Field(float, 0, strict=True), Field(float, 0)
+FRACTION, PROBABILITY = Field(float, 0, 1, strict=True), Field(float, 0, 1)
+FLAG, NAME, OBJECT = Field(bool), Field(str), Field(dict)
+
+
+def _given(rule: Field) -> Field:
+    return dataclasses.replace(rule, null=False)
+
+
+CONFIG_FIELDS = {
+    "architectures": Field(str, many="list"), "vocab_size": COUNT, "hidden_size": COUNT, "intermediate_size": COUNT,
+    "num_hidden_layers": LAYERS, "num_attention_heads": COUNT, "num_key_value_heads": COUNT, "head_dim": COUNT,
+    "max_position_embeddings": COUNT, "rms_norm_eps": NON_NEGATIVE, "layer_norm_eps": NON_NEGATIVE,
+    "hidden_act": NAME, "tie_word_embeddings": FLAG, "attention_bias": FLAG, "mlp_bias": FLAG,
+    "rope_theta": POSITIVE, "rope_scaling": OBJECT, "rope_parameters": OBJECT, "partial_rotary_factor": FRACTION,
+    "original_max_position_embeddings": COUNT, "sliding_window": COUNT, "use_sliding_window": FLAG,
+    "max_window_layers": _given(INDEX), "layer_types": Field(str, many="list"), "bos_token_id": INDEX,
+    "eos_token_id": Field(int, 0, MAX_SIZE, many="either"), "pad_token_id": Field(int), "dtype": NAME, "torch_dtype": NAME,
+    # Gemma
+    "hidden_activation": NAME, "query_pre_attn_scalar": _given(POSITIVE), "attn_logit_softcapping": POSITIVE,
+    "final_logit_softcapping": POSITIVE, "rope_local_base_freq": _given(POSITIVE),
+    "sliding_window_pattern": _given(COUNT), "_sliding_window_pattern": _given(COUNT),
+    # GPT-NeoX and GPT-2 (its own spellings)
+    "use_parallel_residual": FLAG, "n_embd": COUNT, "n_layer": LAYERS, "n_head": COUNT, "n_positions": COUNT,
+    "n_inner": COUNT, "layer_norm_epsilon": NON_NEGATIVE, "activation_function": NAME, "scale_attn_weights": _given(FLAG),
+    "scale_attn_by_inverse_layer_idx": FLAG,
+    # mixtures of experts
+    "num_local_experts": _given(EXPERTS), "num_experts": _given(EXPERTS), "num_experts_per_tok": _given(COUNT), "moe_intermediate_size": INDEX,
+    "norm_topk_prob": FLAG, "decoder_sparse_step": INDEX, "mlp_only_layers": Field(int, 0, MAX_SIZE, many="list"),
+}
+# Inside rope_parameters / rope_scaling (or each of its per-layer-type entries).
+ROPE_FIELDS = {
+    "rope_type": NAME, "type": NAME, "rope_theta": POSITIVE, "factor": POSITIVE, "partial_rotary_factor": FRACTION,
+    "original_max_position_embeddings": COUNT, "low_freq_factor": POSITIVE, "high_freq_factor": POSITIVE,
+    "attention_factor": POSITIVE, "beta_fast": POSITIVE, "beta_slow": POSITIVE, "mscale": NON_NEGATIVE,
+    "mscale_all_dim": NON_NEGATIVE, "truncate": FLAG, "short_factor": Field(float, 0, strict=True, many="list"),
+    "long_factor": Field(float, 0, strict=True, many="list"),
+}
+GENERATION_FIELDS = {
+    "do_sample": FLAG, "temperature": NON_NEGATIVE, "top_k": INDEX, "top_p": PROBABILITY, "min_p": PROBABILITY,
+    "repetition_penalty": POSITIVE, "max_new_tokens": COUNT, "eos_token_id": CONFIG_FIELDS["eos_token_id"],
+}
+REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+
+
+def check_fields(raw, fields: dict[str, Field], where: str, prefix: str = "") -> dict:
+    """`raw`, or a ConfigError naming the first field whose value `fields` does not allow."""
+    if not isinstance(raw, dict):
+        if prefix:
+            raise _refused(where, prefix[:-1], OBJECT, raw)
+        raise ConfigError(f"{where} must hold a JSON object ({{\"field\": value, ...}}), got {_shown(raw)}: fix the file")
+    for key, rule in fields.items():
+        value = raw.get(key)
+        if (value is not None and not rule.accepts(value)) or (value is None and key in raw and not rule.null):
+            raise _refused(where, prefix + key, rule, value)
+    return raw
+
+
+def check_config(raw, where: str = "config.json") -> dict:
+    """A config.json dict, checked field by field: CONFIG_FIELDS, and ROPE_FIELDS inside its rope
+    settings (which may hold one entry per layer type, as parse_rope reads them)."""
+    check_fields(raw, CONFIG_FIELDS, where)
+    for key in ("rope_parameters", "rope_scaling"):
+        rope = raw.get(key) or {}
+        per_type = isinstance(rope.get("full_attention"), dict)
+        for sub in [t for t in LAYER_TYPES if rope.get(t) is not None] if per_type else [None]:
+            check_fields(rope[sub] if sub else rope, ROPE_FIELDS, where, f"{key}.{sub}." if sub else f"{key}.")
+    return raw
+
+
+def check_generation_config(raw, where: str = "generation_config.json") -> dict:
+    return check_fields(raw, GENERATION_FIELDS, where)
+
+
+def _refused(where: str, name: str, rule: Field, value) -> ConfigError:
+    return ConfigError(f"{where} '{name}' must be {rule.describe()}, got {_shown(value)}: correct that field")
+
+
+def _shown(value) -> str:
+    text = json.dumps(value, default=repr)  # as the file spells it: null, true, "64"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def require_fields(raw: dict, where: str = "config.json") -> tuple:
+    """The REQUIRED fields' values, or a ConfigError naming the first one missing."""
+    for key in REQUIRED:
+        if raw.get(key) is None:
+            raise ConfigError(f"{where} has no '{key}': add it (it is required for this architecture)")
+    return tuple(raw[key] for key in REQUIRED)
+
+
+def token_ids(value) -> tuple[int, ...]:
+    """An id field of config.json or generation_config.json (null, one id or a list) as a tuple."""
+    if value is None:
+        return ()
+    if isinstance(value, int):
+        return (value,)
+    return tuple(int(v) for v in value)
+
+
+def parse_rope(raw: dict, layer_type: str = "full_attention") -> RopeConfig:
+    """Rope settings from either spelling: v5 `rope_parameters`, or v4 `rope_theta` + `rope_scaling`.
+    In the per-layer-type form ({"full_attention": {...}, "sliding_attention": {...}}) it reads
+    the entry of `layer_type`."""
+    params = dict(raw.get("rope_parameters") or {})
+    if not params:
+        params = dict(raw.get("rope_scaling") or {})
+        if "rope_theta" in raw:
+            params.setdefault("rope_theta", raw["rope_theta"])
+    if isinstance(params.get("full_attention"), dict):
+        params = dict(params.get(layer_type) or params["full_attention"])
+    rope_type = params.get("rope_type") or params.get("type") or "default"
+    rope_type = "longrope" if rope_type == "su" else rope_type  # the first Phi-3 releases say "su"
+    if rope_type not in ROPE_TYPES:
+        raise ConfigError(
+            f"config.json rope type '{rope_type}' is not supported; supported: {', '.join(ROPE_TYPES)}"
+        )
+    original = "original_max_position_embeddings"
+    if original in _ROPE_REQUIRED[rope_type]:  # transformers: the top-level field, the rope's, max_position_embeddings
+        params[original] = raw.get(original) or params.get(original) or raw.get("max_position_embeddings")
+    for key in _ROPE_REQUIRED[rope_type]:
+        if params.get(key) is None:
+            raise ConfigError(f"config.json rope type '{rope_type}' needs '{key}' in its rope parameters: add it")
+    if rope_type == "longrope" and params.get("factor") is None:
+        params["factor"] = (raw.get("max_position_embeddings") or 2048) / params[original]
+    factor = float(params.get("factor") or 1.0)
+    partial = params.get("partial_rotary_factor") or raw.get("partial_rotary_factor") or 1.0
+    return RopeConfig(
+        type=rope_type,
+        theta=float(params.get("rope_theta") or 10000.0),
+        factor=factor,
+        partial_rotary_factor=float(partial),
+        original_max_position_embeddings=params.get("original_max_position_embeddings"),
+        low_freq_factor=params.get("low_freq_factor"),
+        high_freq_factor=params.get("high_freq_factor"),
+        attention_factor=params.get("attention_factor"),
+        beta_fast=params.get("beta_fast"),
+        beta_slow=params.get("beta_slow"),
+        mscale=params.get("mscale"),
+        mscale_all_dim=params.get("mscale_all_dim"),
+        truncate=params.get("truncate") is not False,
+        short_factor=_factors(params, "short_factor"),
+        long_factor=_factors(params, "long_factor"),
+    )
+
+
+def _factors(params: dict, key: str) -> tuple[float, ...] | None:
+    value = params.get(key)
+    return None if value is None else tuple(float(v) for v in value)
+
+
+def from_hf(raw: dict, architecture: str, defaults: dict | None = None) -> ModelConfig:
+    """Build and validate a ModelConfig from a config.json dict.
+
+    `defaults` are architecture flags from the registry (e.g. {"qkv_bias": True}); they win over
+    the generic reading of config.json, since they encode what the HF modeling code hard-wires.
+    """
+    check_config(raw)
+    vocab, hidden, intermediate, layers, heads = require_fields(raw)
+    kv_heads = raw.get("num_key_value_heads") or heads
+    if heads % kv_heads:
+        raise ConfigError(
+            f"config.json num_attention_heads={heads} is not divisible by num_key_value_heads={kv_heads}: "
+            "grouped-query attention needs a whole number of query heads per kv head"
+        )
+    head_dim = raw.get("head_dim")
+    if head_dim is None:
+        if hidden % heads:
+            raise ConfigError(
+                f"config.json hidden_size={hidden} is not divisible by num_attention_heads={heads}: "
+                "set 'head_dim' explicitly"
+            )
+        head_dim = hidden // heads
+    sliding = raw.get("sliding_window")
+    if raw.get("use_sliding_window") is False:
+        sliding = None
+    layer_types = tuple(raw.get("layer_types") or ())
+    if layer_types and len(layer_types) != layers:
+        raise ConfigError(
+            f"config.json has {len(layer_types)} layer_types for {layers} layers: give one per layer"
+        )
+    if not layer_types:
+        layer_types = ("sliding_attention" if sliding else "full_attention",) * layers
+    eos = token_ids(raw.get("eos_token_id"))
+    values = dict(
+        architecture=architecture,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=int(head_dim),
+        max_position_embeddings=int(raw.get("max_position_embeddings") or 2048),
+        norm_eps=float(next((raw[k] for k in ("rms_norm_eps", "layer_norm_eps") if raw.get(k) is not None), 1e-6)),
+        rope=parse_rope(raw),
+        hidden_act=raw.get("hidden_act") or "silu",
+        tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        qkv_bias=bool(raw.get("attention_bias", False)),
+        o_bias=bool(raw.get("attention_bias", False)),
+        mlp_bias=bool(raw.get("mlp_bias", False)),
+        sliding_window=sliding,
+        layer_types=layer_types,
+        bos_token_id=raw.get("bos_token_id"),
+        eos_token_ids=eos,
+        pad_token_id=raw.get("pad_token_id"),
+    )
+    values.update(defaults or {})
+    return _validated(ModelConfig(**values))
+
+
+def _validated(cfg: ModelConfig) -> ModelConfig:
+    """`cfg`, or a ConfigError naming the first field that contradicts another."""
+    if cfg.qk_norm not in QK_NORMS:
+        raise ValueError(f"qk_norm {cfg.qk_norm!r} is not one of {QK_NORMS}")  # a model file's bug, not the user's
+    for t in cfg.layer_types:
+        if t not in LAYER_TYPES:
+            raise ConfigError(f"config.json layer type '{t}' is not supported; use full_attention or sliding_attention")
+    if "sliding_attention" in cfg.layer_types and not cfg.sliding_window:
+        raise ConfigError("config.json asks for sliding_attention layers but sets no 'sliding_window': add it")
+    if cfg.rotary_dim % 2:
+        raise ConfigError(f"rotary dimension {cfg.rotary_dim} (head_dim x partial_rotary_factor) must be even")
+    for rope in (cfg.rope, cfg.local_rope):
+        for key in ("short_factor", "long_factor"):
+            factors = getattr(rope, key, None)
+            if factors is not None and len(factors) != cfg.rotary_dim // 2:
+                raise ConfigError(
+                    f"config.json rope '{key}' has {len(factors)} entries; rotary dimension {cfg.rotary_dim} needs "
+                    f"{cfg.rotary_dim // 2}"
+                )
+    if cfg.num_experts and not 0 < cfg.experts_per_token <= cfg.num_experts:
+        raise ConfigError(
+            f"config.json num_experts_per_tok={cfg.experts_per_token} must lie in [1, {cfg.num_experts}] (the number of experts)"
+        )
+    return cfg

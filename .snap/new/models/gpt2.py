@@ -1,0 +1,73 @@
+"""GPT-2: learned absolute positions instead of rope, LayerNorm, biased attention and GELU MLP,
+tied embeddings; the decoder layer is GPT-NeoX's sequential one (scale_attn_by_inverse_layer_idx:
+`attn_scale_by_layer`). The checkpoint stores Conv1D
+weights as [in, out] (our layout already) with q/k/v fused along the output columns."""
+
+from jaxllm.errors import ConfigError
+from jaxllm.models.architecture import Architecture
+from jaxllm.models.config import ModelConfig
+from jaxllm.models.decoder import CausalLM
+from jaxllm.models.gpt_neox import NeoXLayer
+from jaxllm.models.layers import LayerNorm
+from jaxllm.models.weights import Copy, Part, Transpose, WeightSpec
+
+
+class GPT2LMHeadModel(CausalLM):
+    layer_cls = NeoXLayer  # with parallel_residual off: GPT-2's sequential layer
+    final_norm = LayerNorm
+
+
+def gpt2_names(raw: dict) -> dict:
+    e = raw.get("n_embd", raw.get("hidden_size"))
+    out = dict(raw)
+    for theirs, ours in (("n_embd", "hidden_size"), ("n_layer", "num_hidden_layers"), ("n_head", "num_attention_heads"),
+                         ("n_positions", "max_position_embeddings"), ("layer_norm_epsilon", "layer_norm_eps"),
+                         ("activation_function", "hidden_act")):
+        if raw.get(theirs) is not None:
+            out.setdefault(ours, raw[theirs])
+    out.setdefault("intermediate_size", raw.get("n_inner") or (4 * e if isinstance(e, int) else None))
+    return out
+
+
+def gpt2_defaults(raw: dict) -> dict:
+    if not raw.get("scale_attn_weights", True):
+        raise ConfigError("config.json scale_attn_weights=false is not supported: GPT-2 checkpoints scale attention")
+    return dict(
+        position_embedding="learned", qkv_bias=True, o_bias=True, tie_word_embeddings=True,
+        attn_scale_by_layer=bool(raw.get("scale_attn_by_inverse_layer_idx")),
+        num_kv_heads=raw["num_attention_heads"],
+    )
+
+
+def gpt2_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
+    e = cfg.hidden_size
+    specs = [
+        WeightSpec("transformer.wte.weight", ("model", "embed_tokens", "embedding")),
+        WeightSpec("transformer.wpe.weight", ("model", "embed_positions", "embedding")),
+        WeightSpec("transformer.ln_f.weight", ("model", "norm", "weight")),
+        WeightSpec("transformer.ln_f.bias", ("model", "norm", "bias")),
+    ]
+    for i in range(cfg.num_layers):
+        hf, ours = f"transformer.h.{i}.", ("model", "layers", i)
+        for theirs, norm in (("ln_1", "input_layernorm"), ("ln_2", "post_attention_layernorm")):
+            specs += [WeightSpec(f"{hf}{theirs}.{p}", ours + (norm, p)) for p in ("weight", "bias")]
+        for part, name in enumerate(("q_proj", "k_proj", "v_proj")):
+            attn = ours + ("self_attn", name)
+            specs.append(WeightSpec(f"{hf}attn.c_attn.weight", attn + ("kernel",), Part(part * e, 3 * e, Transpose(2), axis=1)))
+            specs.append(WeightSpec(f"{hf}attn.c_attn.bias", attn + ("bias",), Part(part * e, 3 * e, Copy(flatten=True))))
+        # HF Conv1D weights are [in, out]; our Dense kernels [out, in] (one output dim for these three)
+        for theirs, path in (("attn.c_proj", ("self_attn", "o_proj")), ("mlp.c_fc", ("mlp", "up_proj")),
+                             ("mlp.c_proj", ("mlp", "down_proj"))):
+            specs.append(WeightSpec(f"{hf}{theirs}.weight", ours + path + ("kernel",), Transpose(1)))
+            specs.append(WeightSpec(f"{hf}{theirs}.bias", ours + path + ("bias",)))
+    return specs
+
+
+ARCHITECTURES = (Architecture(
+    name="GPT2LMHeadModel", module=GPT2LMHeadModel, weight_map=gpt2_weight_map, hf_model_type="gpt2",
+    common_names=gpt2_names, config_defaults=gpt2_defaults,
+    # Old checkpoints keep the causal-mask buffers of each attention block; we build masks ourselves.
+    ignore=(r".*\.attn\.bias$", r".*\.attn\.masked_bias$"),
+    tiny_config=dict(vocab_size=128, n_embd=64, n_layer=3, n_head=4, n_positions=64, activation_function="gelu_new",
+                     bos_token_id=1, eos_token_id=2, layer_norm_epsilon=1e-5),
+),)

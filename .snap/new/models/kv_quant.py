@@ -1,0 +1,75 @@
+"""The 8-bit KV cache's values (pure functions): int8 with one scale per token and kv head
+(scale = max|x| / 127 over the head's D values), or a plain cast to float8 e4m3; `rotate`, the
+orthogonal map an int8 cache applies to keys, values, queries and outputs (models/attention.py).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax.numpy as jnp
+import numpy as np
+
+INT8_MAX = 127
+
+
+def quantize_kv(x, dtype, scale_dtype=None):
+    """Keys or values x [..., D] as the cache stores them: (values in `dtype`, scales [...] in
+    `scale_dtype`, or None where the cache keeps no scales).
+
+    int8: symmetric, one scale per vector of D (a token's kv head): scale = max|x| / 127, values
+    round(x / scale). The scale is rounded to `scale_dtype` first and the values quantized with
+    the rounded scale, so |x - q * scale| <= scale / 2 per element (the largest element may clip
+    by at most 127 * scale * 2**-9 for bfloat16 scales, well inside that). An all-zero vector
+    gets scale 0 and values 0.
+    float8 (e4m3fn): a plain cast, clipped to the format's +-448 first (it has no infinity:
+    XLA's cast would give NaN). Any other float dtype: a cast."""
+    dtype = jnp.dtype(dtype)
+    if dtype == jnp.int8:
+        xf = x.astype(jnp.float32)
+        amax = jnp.max(jnp.abs(xf), axis=-1)
+        scale = (amax / INT8_MAX).astype(scale_dtype)
+        s = scale.astype(jnp.float32)[..., None]
+        q = jnp.round(xf / jnp.where(s > 0, s, 1.0))
+        return jnp.clip(q, -INT8_MAX, INT8_MAX).astype(jnp.int8), scale
+    if dtype.itemsize == 1:  # float8
+        big = float(jnp.finfo(dtype).max)
+        return jnp.clip(x, -big, big).astype(dtype), None
+    return x.astype(dtype), None
+
+
+@functools.cache
+def _rotation(d: int) -> np.ndarray:
+    h, blocks, left = np.zeros((d, d), np.float32), [], d
+    while left:  # block-diagonal Hadamard matrices of the powers of two that sum to d (64 + 32 for 96)
+        blocks.append(1 << (left.bit_length() - 1))
+        left -= blocks[-1]
+    at = 0
+    for n in blocks:
+        block = np.ones((1, 1), np.float32)
+        while len(block) < n:
+            block = np.block([[block, block], [block, -block]])
+        h[at : at + n, at : at + n] = block / np.sqrt(n)
+        at += n
+    return h
+
+
+def rotate(x):
+    """x [..., D] times a fixed orthogonal, symmetric matrix (normalised Hadamard blocks), so
+    rotate(rotate(x)) == x up to rounding; in x's dtype. An int8 cache stores keys and values
+    rotated: queries turned the same way keep every score q . k, and the attention output turned
+    back is the output over the unrotated values. The rotation spreads a vector's outlier
+    channels over all D, so one scale per token and head fits: on SmolLM2-135M (float32, first
+    256 tokens of tests/data/public_domain.txt, through the cache in chunks of 64) int8 keys and
+    values raised perplexity by 1.9% unrotated, by 1.0% with the keys rotated, by 0.6% with
+    both."""
+    h = jnp.asarray(_rotation(x.shape[-1]))
+    return jnp.einsum("...d,de->...e", x, h, preferred_element_type=jnp.float32).astype(x.dtype)
+
+
+def dequantize_kv(values, scales, dtype):
+    """The float keys or values [..., D] in `dtype` of cached `values` (and their int8 `scales`
+    [...], or None)."""
+    if scales is None:
+        return values.astype(dtype)
+    return (values.astype(jnp.float32) * scales.astype(jnp.float32)[..., None]).astype(dtype)

@@ -1,0 +1,374 @@
+"""Building blocks shared by every architecture family: dense layers with logical axes, norms,
+embeddings, activations, gated and plain MLPs, routed experts. Rotary positions are in rope.py,
+attention and its KV backends in attention.py.
+
+Shapes: B batch, T tokens, E embed, H query heads, K kv heads, D head_dim, F mlp hidden, V vocab,
+X experts.
+
+Every parameter is an `nnx.Param` carrying `axes`, a tuple of logical axis names (one per dim);
+`jaxllm.sharding` maps those names to mesh axes. Model code never builds or inspects a mesh: the
+one it runs experts over (MoE, expert parallelism) is handed to it by the loader (`split_experts`).
+
+Build time is linear in the layers and mostly flax's per-attribute bookkeeping, so the modules
+here are plain graph nodes (`pytree=False`, used only through nnx.split / nnx.merge): that skips
+flax's pytree checks on every attribute, about half of what a layer costs to build.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxllm.errors import ConfigError
+from jaxllm.models import quant
+from jaxllm.models.config import ModelConfig
+
+
+def param(shape: tuple[int, ...], axes: tuple[str, ...], dtype) -> nnx.Param:
+    """A parameter with its logical axis names, declared by shape and dtype only: modules are built
+    abstractly (loader.abstract_model) and filled from a checkpoint or random_model. No placeholder
+    values are traced: drawing them from `rngs` made every draw scan the whole trace so far (flax
+    asks a tracer for its sharding), so build time grew with the square of the layers (400: 225 s)."""
+    assert len(shape) == len(axes), (shape, axes)
+    return nnx.Param(jax.ShapeDtypeStruct(tuple(shape), dtype), axes=axes)
+
+
+class Dense(nnx.Module, pytree=False):
+    """y = x . kernel (+ bias), contracting x's last `len(in_shape)` dims.
+
+    `axes` names the dims in (in, out) order; the kernel is stored out_shape + in_shape, e.g.
+    q_proj [H, D, E] ("q_heads", "head_dim", "embed"), o_proj [E, H, D]: HF's [out, in] order.
+    Decode multiplies one row by each kernel, and XLA's GPU kernel for that product reduces over
+    the minor dim several times faster than over the major one (H100: a 1024 x 3072 product 8.6
+    vs 13.0 us, 3072 x 1024 6.8 vs 48.5 us; benchmarks/matvec_probe.py, docs/benchmarks.md).
+
+    Quantized (`quantize`, called by quant.apply when the model is built with a quantize setting):
+    the kernel holds integers of the same shape and axes, `scale` (and `offset`) [out..., G] one
+    value per group of input values; `__call__` takes quant.product's form for its rows (decode on
+    a GPU: no float kernel built), else dequantizes (convert, scale, reshape) right before the
+    same product. `quantizable` False keeps a layer float (MoE routers).
+    """
+
+    def __init__(self, in_shape, out_shape, axes, *, bias: bool, dtype, rngs: nnx.Rngs, quantizable: bool = True):
+        self.n_in = len(in_shape)
+        self.quantizable = quantizable
+        axes = tuple(axes[self.n_in :]) + tuple(axes[: self.n_in])
+        self.kernel = param(tuple(out_shape) + tuple(in_shape), axes, dtype)
+        self.bias = param(tuple(out_shape), axes[: len(out_shape)], dtype) if bias else None
+        self.scale = self.offset = None
+
+    def quantize(self, path: tuple, scheme_for) -> None:
+        """Declare the kernel quantized by scheme_for(path of the kernel) (None: stay float)."""
+        scheme = scheme_for(path + ("kernel",))
+        if scheme is None:
+            return
+        shape, axes, dtype = self.kernel.get_value().shape, self.kernel.axes, self.kernel.get_value().dtype
+        n_out = len(shape) - self.n_in
+        groups = scheme.groups(math.prod(shape[n_out:]), ".".join(map(str, path)))
+        scale_axes = axes[:n_out] + (quant.group_axis(axes, n_out, groups),)
+        scale_dtype = scheme.scale_dtype or dtype
+        self.kernel = param(shape, axes, scheme.kernel_dtype)
+        self.scale = param(shape[:n_out] + (groups,), scale_axes, scale_dtype)
+        if scheme.offset:
+            self.offset = param(shape[:n_out] + (groups,), scale_axes, scheme.offset_dtype or dtype)
+
+    def weight(self, dtype):
+        """The kernel as floats of `dtype` (dequantized when quantized)."""
+        kernel = self.kernel[...]
+        if self.scale is None:
+            return kernel
+        return quant.dequantize(kernel, self.scale[...], None if self.offset is None else self.offset[...], dtype)
+
+    def __call__(self, x):
+        if self.scale is not None:
+            y = quant.product(x, self.kernel[...], self.scale[...], None if self.offset is None else self.offset[...], self.n_in)
+            if y is not None:
+                return y if self.bias is None else y + self.bias[...]
+        kernel = self.weight(x.dtype)
+        n_out = kernel.ndim - self.n_in
+        contract = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(n_out, kernel.ndim)))
+        y = jnp.tensordot(x, kernel, axes=contract)
+        if self.bias is not None:
+            y = y + self.bias[...]
+        return y
+
+
+class RMSNorm(nnx.Module, pytree=False):
+    """x / rms(x) * w over the last dims (`shape`), in float32. Llama casts back before the scale;
+    `upcast_scale` applies the scale in float32, then casts (OLMo 2), and `offset` scales by
+    (offset + w) that way (Gemma's 1 + w), each as transformers does."""
+
+    def __init__(self, shape, eps: float, *, dtype, rngs: nnx.Rngs, axes=("norm",), offset: float = 0.0,
+                 upcast_scale: bool = False):
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        self.eps, self.offset, self.upcast = eps, offset, upcast_scale or bool(offset)
+        self.dims = tuple(range(-len(shape), 0))
+        self.weight = param(shape, tuple(axes), dtype)
+
+    def __call__(self, x):
+        dtype = x.dtype
+        x = x.astype(jnp.float32)
+        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=self.dims, keepdims=True) + self.eps)
+        if self.upcast:
+            return (x * (self.offset + self.weight[...].astype(jnp.float32))).astype(dtype)
+        return self.weight[...] * x.astype(dtype)
+
+
+class LayerNorm(nnx.Module, pytree=False):
+    """(x - mean) / std * w + b over the last dim, in float32, cast back at the end."""
+
+    def __init__(self, dim: int, eps: float, *, dtype, rngs: nnx.Rngs):
+        self.eps = eps
+        self.weight = param((dim,), ("norm",), dtype)
+        self.bias = param((dim,), ("norm",), dtype)
+
+    def __call__(self, x):
+        dtype = x.dtype
+        x = x.astype(jnp.float32)
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        x = (x - mean) * jax.lax.rsqrt(var + self.eps)
+        return (x * self.weight[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(dtype)
+
+
+class Embed(nnx.Module, pytree=False):
+    def __init__(self, vocab: int, dim: int, *, dtype, rngs: nnx.Rngs, scale: float = 1.0):
+        self.scale = scale  # Gemma multiplies by sqrt(hidden), rounded to the weights' dtype
+        self.embedding = param((vocab, dim), ("vocab_in", "embed"), dtype)
+
+    def __call__(self, tokens):
+        x = jnp.take(self.embedding[...], tokens, axis=0, mode="clip")  # ids are checked before; padding may run past
+        return x * jnp.asarray(self.scale, x.dtype) if self.scale != 1.0 else x
+
+    def attend(self, x):
+        """Tied output head: logits = x . embedding^T."""
+        return jnp.einsum("bte,ve->btv", x, self.embedding[...])
+
+
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+
+def activation(name: str):
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"config.json hidden_act '{name}' is not supported; supported: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+class GatedMLP(nnx.Module, pytree=False):
+    """down(act(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+        e, f = cfg.hidden_size, cfg.intermediate_size
+        self.act = activation(cfg.hidden_act)
+        self.gate_proj = Dense((e,), (f,), ("embed", "mlp"), bias=cfg.mlp_bias, dtype=dtype, rngs=rngs)
+        self.up_proj = Dense((e,), (f,), ("embed", "mlp"), bias=cfg.mlp_bias, dtype=dtype, rngs=rngs)
+        self.down_proj = Dense((f,), (e,), ("mlp", "embed"), bias=cfg.mlp_bias, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x):
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MoE(nnx.Module, pytree=False):
+    """Mixture of experts: a router picks `experts_per_token` of `num_experts` gated MLPs per token.
+
+    Dispatch: the (token, expert) assignments are sorted by expert and each expert multiplies only
+    its own group (`jax.lax.ragged_dot`), so the work is tokens x k expert MLPs, not tokens x all;
+    a decode step with few assignments takes each one's expert matrices instead (`expert_form`).
+    Expert kernels carry the logical "expert" axis: [X, E, F] gate/up, [X, F, E] down.
+    Quantized (`quantize`): each stack holds integers, `{name}_scale` (and `_offset`) [X, G, out]
+    per group of inputs; the stacks are dequantized, then multiplied by the same ragged_dot. The
+    router stays float (a small error there changes which experts run) and replicated (its scores'
+    axis is "router", not "expert"): every device routes every token.
+
+    Expert parallelism: on a mesh whose `expert_axis` (ep, jaxllm.sharding.RULES["expert"]) splits
+    the experts, the loader sets `expert_mesh` (`split_experts`; static, so part of the graphdef).
+    Each device then holds X / ep experts of every stack, scales and offsets included, and runs
+    only those, under `jax.shard_map` over ep alone (dp, fsdp, tp left as they are): it takes the
+    assignments routed to its expert range (the others sort after its groups and count for
+    nothing), runs them through the same three ragged_dots with its local group sizes,
+    scatter-adds its weighted outputs, and the partial outputs are summed over ep (`psum`, in
+    float32 as the one-device sum). Tokens are replicated over ep, as over tp, so that sum is the
+    whole exchange: an all-reduce of [tokens, embed] per MoE layer. When tokens are split over
+    devices, an all-to-all dispatch (each assignment sent to its expert's device and back, k / X
+    of the tokens' rows each way) pays off instead: a follow-up.
+    """
+
+    EXPERTS = ("gate_proj", "up_proj", "down_proj")
+
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+        e, f, x = cfg.hidden_size, cfg.moe_intermediate_size or cfg.intermediate_size, cfg.num_experts
+        self.k, self.num_experts, self.norm_topk = cfg.experts_per_token, x, cfg.norm_topk_prob
+        self.act = activation(cfg.hidden_act)
+        self.gate = Dense((e,), (x,), ("embed", "router"), bias=False, dtype=dtype, rngs=rngs, quantizable=False)  # the router
+        self.gate_proj = param((x, e, f), ("expert", "embed", "mlp"), dtype)
+        self.up_proj = param((x, e, f), ("expert", "embed", "mlp"), dtype)
+        self.down_proj = param((x, f, e), ("expert", "mlp", "embed"), dtype)
+        self.quantizable = True
+        for name in self.EXPERTS:
+            setattr(self, f"{name}_scale", None)
+            setattr(self, f"{name}_offset", None)
+        self.expert_mesh, self.expert_axis = None, None  # split_experts: the mesh axis the experts are split over
+
+    def quantize(self, path: tuple, scheme_for) -> None:
+        """Declare each expert stack quantized by scheme_for(its path) (None: stay float)."""
+        for name in self.EXPERTS:
+            scheme = scheme_for(path + (name,))
+            if scheme is None:
+                continue
+            stack = getattr(self, name)
+            (x, fan_in, out), axes, dtype = stack.get_value().shape, stack.axes, stack.get_value().dtype
+            groups = scheme.groups(fan_in, ".".join(map(str, path + (name,))))
+            scale_axes = (axes[0], quant.group_axis(axes, 1, groups), axes[2])
+            setattr(self, name, param((x, fan_in, out), axes, scheme.kernel_dtype))
+            scale_name, offset_name = quant.scale_names(name)
+            setattr(self, scale_name, param((x, groups, out), scale_axes, scheme.scale_dtype or dtype))
+            if scheme.offset:
+                setattr(self, offset_name, param((x, groups, out), scale_axes, scheme.offset_dtype or dtype))
+
+    def _stacks(self) -> list[tuple]:
+        """(stack, scale or None, offset or None) of gate, up and down, as arrays."""
+        out = []
+        for name in self.EXPERTS:
+            scale, offset = (getattr(self, n) for n in quant.scale_names(name))
+            out.append((getattr(self, name)[...], None if scale is None else scale[...], None if offset is None else offset[...]))
+        return out
+
+    @staticmethod
+    def _weight(stack, scale, offset, dtype):
+        """An expert stack as floats of `dtype` (dequantized when quantized)."""
+        return stack if scale is None else quant.dequantize(stack, scale, offset, dtype, in_axis=1)
+
+    def route(self, x):
+        """x [N, E] -> (weights [N, k] float32, expert ids [N, k]): softmax in float32, top k,
+        renormalised when norm_topk_prob, as transformers routes."""
+        probs = jax.nn.softmax(self.gate(x).astype(jnp.float32), axis=-1)
+        weights, experts = jax.lax.top_k(probs, self.k)
+        if self.norm_topk:
+            weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
+        return weights, experts
+
+    def __call__(self, x):
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        weights, experts = self.route(x)
+        if self.expert_mesh is None:
+            out = self._experts(x, weights, experts, self._stacks(), None)
+        else:
+            out = self._split_experts(x, weights, experts, self._stacks())
+        return out.astype(x.dtype).reshape(shape)
+
+    def _experts(self, x, weights, experts, stacks, first, form: str | None = None):
+        """[N, E] float32: each token's outputs of its chosen experts, weighted and summed, over the
+        experts the stacks hold: all of them (`first` None), or first .. first + len(stack) - 1 (a
+        device's range under expert parallelism; assignments to other experts count for nothing).
+        `form` (default `expert_form`'s choice): "ragged" or "gather"."""
+        local = stacks[0][0].shape[0]
+        form = form or expert_form(experts.size, local)
+        flat = experts.reshape(-1)  # [N * k] assignments, token-major
+        mine = None
+        if first is not None:
+            flat = flat - first
+            mine = (flat >= 0) & (flat < local)
+        if form == "gather":
+            w = weights.reshape(-1).astype(jnp.float32)
+            if mine is not None:
+                flat, w = jnp.where(mine, flat, 0), jnp.where(mine, w, 0.0)
+            return self._gathered(x, w, flat, stacks)
+        if mine is None:
+            order = jnp.argsort(flat, stable=True)
+            groups = jnp.bincount(flat, length=local).astype(jnp.int32)
+        else:
+            flat = jnp.where(mine, flat, local)  # others sort after every local group
+            order = jnp.argsort(flat, stable=True)
+            groups = jnp.bincount(flat, length=local + 1)[:local].astype(jnp.int32)
+        token = order // self.k  # the token of each assignment, in expert order
+        xs = jnp.take(x, token, axis=0)  # [N * k, E]
+        gate, up, down = (self._weight(*s, x.dtype) for s in stacks)
+        h = self.act(jax.lax.ragged_dot(xs, gate, groups)) * jax.lax.ragged_dot(xs, up, groups)
+        y = jax.lax.ragged_dot(h, down, groups)  # [N * k, E]
+        y = y.astype(jnp.float32) * jnp.take(weights.reshape(-1), order)[:, None]
+        if mine is not None:  # rows past the local groups belong to no group: nothing of theirs is added
+            y = jnp.where(jnp.take(mine, order)[:, None], y, 0.0)
+        return jnp.zeros(x.shape, jnp.float32).at[token].add(y)
+
+    def _gathered(self, x, w, flat, stacks):
+        """`_experts` as each assignment's own expert matrices taken from the stacks (reads k
+        experts per token) and one product per assignment. w [N * k] float32, flat [N * k] local ids."""
+        gate, up, down = (self._weight(*(None if a is None else jnp.take(a, flat, axis=0) for a in s), x.dtype)
+                          for s in stacks)  # [N * k, E, F], [N * k, F, E]
+        xs = jnp.repeat(x, self.k, axis=0)
+        h = self.act(jnp.einsum("ne,nef->nf", xs, gate)) * jnp.einsum("ne,nef->nf", xs, up)
+        y = jnp.einsum("nf,nfe->ne", h, down).astype(jnp.float32) * w[:, None]
+        return y.reshape(x.shape[0], self.k, -1).sum(1)
+
+    def _split_experts(self, x, weights, experts, stacks):
+        """`_experts` with the stacks split over `expert_axis`: each device runs its own experts on
+        every token (tokens, weights and ids replicated over the axis), the partial sums psum'd."""
+        axis = self.expert_axis
+        # Under the engine's shard_map over dp, shard_map takes the context's (abstract) mesh.
+        context = jax.sharding.get_abstract_mesh()
+        mesh = self.expert_mesh if context.empty else context
+        local = stacks[0][0].shape[0] // mesh.shape[axis]
+
+        def body(x, weights, experts, stacks):
+            partial = self._experts(x, weights, experts, stacks, jax.lax.axis_index(axis) * local)
+            return jax.lax.psum(partial, axis)
+
+        whole, split = jax.sharding.PartitionSpec(), jax.sharding.PartitionSpec(axis)
+        specs = (whole, whole, whole, jax.tree.map(lambda _: split, stacks))
+        run = jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=whole, axis_names={axis}, check_vma=False)
+        return run(x, weights, experts, stacks)
+
+
+# ragged_dot reads every expert of the stack whatever the tokens (XLA's GPU form pads the groups;
+# on an H200 a Qwen3-30B-A3B layer's experts take 323 us for one token, whose 8 experts are 27 us
+# of reads), so a decode step with few (token, expert) assignments takes each assignment's expert
+# matrices on their own ("gather": 113 us) while GATHER_BELOW times the assignments is under the
+# experts; each gathered assignment costs about 3 expert reads, and the gather loses from there
+# (Mixtral-8x7B, 2 tokens: 1,113 us against 721). benchmarks/moe_probe.py; docs/benchmarks.md.
+GATHER_BELOW = 2
+
+
+def expert_form(assignments: int, experts: int) -> str:
+    """How `MoE._experts` runs `assignments` (token, expert) pairs over `experts` local experts."""
+    return "gather" if assignments * GATHER_BELOW < experts else "ragged"
+
+
+def split_experts(module, mesh, axis: str | None) -> None:
+    """Tell every MoE block of `module` that mesh axis `axis` of `mesh` splits its experts (the
+    loader, placing a model: axis is jaxllm.sharding.RULES["expert"]); no mesh, no such axis or
+    one of size 1: the blocks run all their experts as on one device."""
+    on = mesh is not None and axis is not None and mesh.shape.get(axis, 1) > 1
+    for _, node in nnx.iter_graph(module):
+        if isinstance(node, MoE):
+            node.expert_mesh, node.expert_axis = (mesh, axis) if on else (None, None)
+
+
+def make_mlp(cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
+    """The feed-forward block of one decoder layer: routed experts, or a dense gated MLP."""
+    if cfg.layer_is_moe(layer):
+        return MoE(cfg, dtype=dtype, rngs=rngs)
+    return GatedMLP(cfg, dtype=dtype, rngs=rngs)
+
+
+class MLP(nnx.Module, pytree=False):
+    """Ungated: down(act(up(x))), with biases (GPT-NeoX, GPT-2)."""
+
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+        e, f = cfg.hidden_size, cfg.intermediate_size
+        self.act = activation(cfg.hidden_act)
+        self.up_proj = Dense((e,), (f,), ("embed", "mlp"), bias=True, dtype=dtype, rngs=rngs)
+        self.down_proj = Dense((f,), (e,), ("mlp", "embed"), bias=True, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x):
+        return self.down_proj(self.act(self.up_proj(x)))

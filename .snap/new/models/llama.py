@@ -1,0 +1,44 @@
+"""The Llama family: Llama, Mistral (sliding window), Qwen2 (q/k/v bias), Qwen3 (q/k RMSNorm per
+head). All four are the shared decoder (models/decoder.py) with config flags."""
+
+from __future__ import annotations
+
+from jaxllm.models.architecture import Architecture
+from jaxllm.models.decoder import CausalLM, decoder_weight_map
+
+
+def qwen_layer_types(raw: dict) -> dict:
+    """Qwen2/3 (and Qwen3-MoE) enable the window only with use_sliding_window, and only from
+    max_window_layers on."""
+    if raw.get("layer_types") or not raw.get("use_sliding_window"):
+        return {}
+    n = raw["num_hidden_layers"]
+    start = raw.get("max_window_layers", n)
+    return {"layer_types": tuple("sliding_attention" if i >= start else "full_attention" for i in range(n))}
+
+
+_TINY = dict(
+    vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-5, tie_word_embeddings=False,
+)
+
+ARCHITECTURES = (
+    Architecture(
+        name="LlamaForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="llama",
+        tiny_config=dict(_TINY, rope_theta=10000.0, attention_bias=False),
+    ),
+    Architecture(
+        name="MistralForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="mistral",
+        tiny_config=dict(_TINY, sliding_window=8, rope_theta=10000.0),
+    ),
+    Architecture(
+        name="Qwen2ForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="qwen2",
+        config_defaults=lambda raw: dict(qkv_bias=True, o_bias=False, **qwen_layer_types(raw)),
+        tiny_config=dict(_TINY, rope_theta=1000000.0, tie_word_embeddings=True),
+    ),
+    Architecture(
+        name="Qwen3ForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="qwen3",
+        config_defaults=lambda raw: dict(qk_norm="per_head", **qwen_layer_types(raw)),
+        tiny_config=dict(_TINY, head_dim=32, rope_theta=1000000.0),
+    ),
+)

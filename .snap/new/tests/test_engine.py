@@ -1,0 +1,169 @@
+"""The paged serving engine against each prompt run alone: chunked prefill, prefix-cache hits
+(a prompt that is a prefix of another, identical prompts), preemption and cancellation must not
+change any token or log-probability, for every registered architecture."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import reference
+
+import jaxllm
+from jaxllm.engine import Engine, Request
+from jaxllm.models import registry
+
+GREEDY = jaxllm.SamplingParams(max_new_tokens=12, ignore_eos=True, logprobs=True)
+
+
+def _workload(seed=0):
+    """Prompts whose prefill spans several chunks of 16 tokens, share pages of 4 tokens, repeat."""
+    rng = np.random.default_rng(seed)
+    long = rng.integers(0, 128, 41).tolist()
+    other = rng.integers(0, 128, 23).tolist()
+    return [long, long[:20], other, other, rng.integers(0, 128, 7).tolist(), long[:9] + other[:30]]
+
+
+def _alone(model, prompts, params, prefill_tokens):
+    """Each prompt by itself in an engine of the same chunk budget: one sequence at a time, no
+    prefix cache, nothing preempted."""
+    engine = Engine(model, batch_size=1, max_len=128, page_size=4, prefill_tokens=prefill_tokens, prefix_caching=False)
+    return [model.generate(p, params, engine=engine) for p in prompts]
+
+
+def _assert_same(got, want):
+    for g, w in zip(got, want):
+        assert g.token_ids == w.token_ids
+        np.testing.assert_allclose(g.logprobs, w.logprobs, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", registry.names())
+def test_mixed_workload_equals_each_prompt_alone(arch, tmp_path):
+    """Three sequences at a time over 24 pages of 4 tokens: the six prompts need more, so the
+    newest is preempted and recomputed; prompts are prefilled in chunks of at most 16 tokens; the
+    repeated prefixes hit the cache."""
+    reference.build(arch, tmp_path, seed=2)
+    model = jaxllm.load(tmp_path)
+    prompts = _workload()
+    engine = Engine(model, batch_size=3, max_len=128, num_pages=24, page_size=4, prefill_tokens=16, chunk=4, cascade=True)
+    together = model.generate(prompts, GREEDY, engine=engine)
+    _assert_same(together, _alone(model, prompts, GREEDY, 16))
+    stats = engine.scheduler.stats
+    assert stats.preempted > 0, "the workload should run out of pages"
+    length_dependent = model.config.rope.type in ("dynamic", "longrope")  # keys depend on the length
+    assert stats.chunked > 0 or length_dependent, "a prompt longer than the budget is prefilled in chunks"
+    assert engine.blocks.prefix_caching != length_dependent
+    if not length_dependent:
+        assert engine.blocks.stats.hit_tokens >= 20 + 20, "the repeated prompts hit the prefix cache"
+        assert stats.cascaded > 0, "rows sharing cached pages decode them as one shared part (cascade attention)"
+
+
+def test_cancelled_request_frees_its_pages_and_leaves_the_others(llama):
+    prompts = _workload(1)
+    engine = Engine(llama, batch_size=4, max_len=128, num_pages=64, page_size=4, prefill_tokens=32, chunk=4)
+    seqs = [engine.add(Request(p, GREEDY.resolved(), i)) for i, p in enumerate(prompts)]
+    got = {i: [] for i in range(len(prompts))}
+    lps = {i: [] for i in range(len(prompts))}
+    while engine.has_work():
+        for ev in engine.step():
+            got[ev.index] += ev.tokens
+            lps[ev.index] += ev.logprobs
+        if len(got[2]) >= 3 and seqs[2] in engine.index_of:
+            engine.abort(seqs[2])  # mid-stream, between two steps
+    assert 3 <= len(got[2]) < 12
+    assert engine.blocks.num_free == engine.blocks.num_pages  # every page is back
+    alone = _alone(llama, prompts, GREEDY, 32)
+    for i in (0, 1, 3, 4, 5):
+        assert got[i] == alone[i].token_ids
+        np.testing.assert_allclose(lps[i], alone[i].logprobs, atol=1e-5)
+
+
+def test_prefix_cache_survives_between_calls_and_compiles_are_few(llama):
+    """A second call with the same prompts hits the pages the first left cached (its prompts all
+    but their last page) and computes the same tokens; a third call of the same shapes compiles
+    nothing new."""
+    prompts = _workload(2)
+    engine = Engine(llama, batch_size=4, max_len=128, num_pages=256, page_size=4, prefill_tokens=64, chunk=8)
+    first = llama.generate(prompts, GREEDY, engine=engine)
+    hits = engine.blocks.stats.hit_tokens
+    again = llama.generate(prompts, GREEDY, engine=engine)
+    _assert_same(again, first)
+    assert engine.blocks.stats.hit_tokens - hits >= sum(len(p) - 4 for p in prompts)
+    compiled = (engine.counters.prefill, engine.counters.decode)
+    _assert_same(llama.generate(prompts, GREEDY, engine=engine), first)
+    assert (engine.counters.prefill, engine.counters.decode) == compiled
+    assert compiled[1] <= 2 and compiled[0] <= 8
+
+
+def test_precompile_leaves_nothing_to_compile_and_changes_no_token(llama):
+    """engine.precompile(requests) compiles every step shape serving them can meet: the run that
+    follows traces nothing new and gives the tokens of an engine that compiled as it went."""
+    prompts = _workload(3)
+    reqs = [Request(p, GREEDY.resolved(), i) for i, p in enumerate(prompts)]
+    # Shapes no other test meets (compiled steps are shared by every engine of the model).
+    kw = dict(batch_size=3, max_len=120, num_pages=64, page_size=4, prefill_tokens=48, chunk=3)
+    engine = Engine(llama, **kw)
+    engine.precompile(reqs)
+    compiled = (engine.counters.prefill, engine.counters.decode)
+    assert compiled[0] >= 1 and compiled[1] >= 1
+    got = {i: [] for i in range(len(prompts))}
+    for ev in engine.run(reqs):
+        got[ev.index] += ev.tokens
+    assert (engine.counters.prefill, engine.counters.decode) == compiled
+    plain = llama.generate(prompts, GREEDY, engine=Engine(llama, **kw))
+    assert [got[i] for i in range(len(prompts))] == [c.token_ids for c in plain]
+
+
+def test_free_rows_fill_before_long_decode_calls(llama):
+    """While a waiting request could start, a decode call runs only a few steps, so the batch
+    fills within a few steps instead of one prefill budget per long decode call."""
+    engine = Engine(llama, batch_size=8, max_len=128, num_pages=256, page_size=4, prefill_tokens=32, chunk=16)
+    params = jaxllm.SamplingParams(max_new_tokens=40, ignore_eos=True).resolved()
+    rng = np.random.default_rng(4)
+    for i in range(8):  # 16 tokens each: two prompts per 32-token prefill budget
+        engine.add(Request(rng.integers(0, 128, 16).tolist(), params, i))
+    for _ in range(3):  # each step admits two, then decodes admit_steps tokens for those running
+        engine.step()
+    assert len(engine.slot_of) == 6
+    assert max(len(s.output) for s in engine.slot_of) <= 1 + 3 * engine.admit_steps
+    engine.step()
+    assert len(engine.slot_of) == 8 and not engine.scheduler.waiting
+
+
+def test_engines_of_one_model_share_their_compiled_steps(llama):
+    """A new engine of the same shape (a new jaxllm.generate call's, here) compiles nothing: the
+    jitted steps belong to the model's structure, not to an engine."""
+    prompts = _workload(5)[:3]
+    llama.engines.clear()
+    first = llama.generate(prompts, GREEDY)
+    (engine,) = llama.engines.values()
+    compiled = (engine.counters.prefill, engine.counters.decode)
+    llama.engines.clear()
+    again = llama.generate(prompts, GREEDY)
+    assert next(iter(llama.engines.values())) is not engine
+    _assert_same(again, first)
+    assert (engine.counters.prefill, engine.counters.decode) == compiled
+
+
+def test_non_finite_logits_end_a_request_with_an_error(llama, caplog):
+    """NaN logits end the request with finish_reason "error" and a warning, instead of emitting
+    garbage tokens: at prefill (every weight NaN) and mid-decode (only tokens outside the prompt
+    embed to NaN, so the first sampled token poisons the next step)."""
+    prompt = [1, 2, 3, 4]
+
+    def poison(path, x):
+        if "embed_tokens" not in jax.tree_util.keystr(path):
+            return x
+        keep = np.zeros(x.shape[0], bool)
+        keep[prompt] = True
+        return jnp.where(keep[:, None], x, jnp.nan)
+
+    mid = dataclasses.replace(llama, params=jax.tree_util.tree_map_with_path(poison, llama.params), engines={})
+    with caplog.at_level("WARNING", logger="jaxllm"):
+        out = mid.generate(prompt, GREEDY)
+    assert out.finish_reason == "error" and 1 <= len(out.token_ids) < GREEDY.max_new_tokens
+    assert "not finite" in caplog.text
+    at_prefill = dataclasses.replace(llama, params=jax.tree.map(lambda x: x * jnp.nan, llama.params), engines={})
+    out = at_prefill.generate(prompt, GREEDY)
+    assert out.finish_reason == "error" and out.token_ids == []

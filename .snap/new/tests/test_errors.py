@@ -1,0 +1,147 @@
+"""Bad input gets one clear line naming the problem and the fix."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import reference
+
+import jaxllm
+from jaxllm.errors import CheckpointError, ConfigError, InputError
+from jaxllm.models import config
+
+BASE = dict(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=4,
+            num_key_value_heads=2)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(num_key_value_heads=3), "num_attention_heads=4 is not divisible by num_key_value_heads=3"),
+    (dict(hidden_size=18), "hidden_size=18 is not divisible by num_attention_heads=4: set 'head_dim'"),
+    (dict(rope_scaling={"rope_type": "ntk-by-parts", "factor": 2}), "rope type 'ntk-by-parts' is not supported"),
+    (dict(rope_scaling={"rope_type": "llama3", "factor": 2}), "needs 'low_freq_factor'"),
+    (dict(vocab_size=None), "config.json has no 'vocab_size'"),
+    (dict(num_hidden_layers=0), "'num_hidden_layers' must be a positive integer"),
+    (dict(layer_types=["full_attention"] * 2), "2 layer_types for 1 layers"),
+    (dict(layer_types=["sliding_attention"]), "sets no 'sliding_window'"),
+])
+def test_config_validation(change, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        config.from_hf(dict(BASE, **change), "LlamaForCausalLM")
+
+
+def test_config_reads_both_eos_spellings():
+    assert config.from_hf(dict(BASE, eos_token_id=[2, 7]), "X").eos_token_ids == (2, 7)
+    assert config.from_hf(dict(BASE, eos_token_id=2), "X").eos_token_ids == (2,)
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("good")
+    reference.build("LlamaForCausalLM", folder)
+    return folder
+
+
+def _copy(src, dst):
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_missing_path():
+    with pytest.raises(CheckpointError, match="no such file or folder: './nowhere'"):
+        jaxllm.load("./nowhere")
+
+
+def test_missing_config(tmp_path):
+    with pytest.raises(ConfigError, match="config.json not found"):
+        jaxllm.load(tmp_path)
+
+
+def test_malformed_config(tmp_path, good):
+    folder = _copy(good, tmp_path / "m")
+    (folder / "config.json").write_text('{"architectures": ["LlamaForCausalLM"],')
+    with pytest.raises(ConfigError, match=r"is not valid JSON \(line 1"):
+        jaxllm.load(folder)
+
+
+def test_unknown_architecture(tmp_path, good):
+    folder = _copy(good, tmp_path / "u")
+    raw = json.loads((folder / "config.json").read_text())
+    raw["architectures"] = ["FancyNewForCausalLM"]
+    (folder / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match="'FancyNewForCausalLM' is not supported; supported: .*LlamaForCausalLM"):
+        jaxllm.load(folder)
+
+
+def test_tensor_problems_are_reported_together(tmp_path, good):
+    from safetensors.numpy import load_file, save_file
+
+    folder = _copy(good, tmp_path / "t")
+    tensors = load_file(folder / "model.safetensors")
+    del tensors["model.layers.0.mlp.up_proj.weight"]
+    tensors["model.layers.1.self_attn.k_proj.weight"] = np.zeros((3, 64), np.float32)
+    tensors["model.extra.weight"] = np.zeros(2, np.float32)
+    save_file(tensors, folder / "model.safetensors")
+    with pytest.raises(CheckpointError) as info:
+        jaxllm.load(folder)
+    text = str(info.value)
+    assert "\n" not in text
+    assert "3 problems" in text
+    assert "missing model.layers.0.mlp.up_proj.weight (expected shape [96, 64])" in text
+    assert "model.layers.1.self_attn.k_proj.weight has shape [3, 64], expected [32, 64]" in text
+    assert "unexpected model.extra.weight" in text
+
+
+def test_no_safetensors(tmp_path, good):
+    folder = tmp_path / "n"
+    folder.mkdir()
+    (folder / "config.json").write_bytes((good / "config.json").read_bytes())
+    (folder / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="no .safetensors files .*save the model with safetensors"):
+        jaxllm.load(folder)
+
+
+def test_truncated_safetensors(tmp_path, good):
+    folder = _copy(good, tmp_path / "c")
+    (folder / "model.safetensors").write_bytes(b"\x01\x02")
+    with pytest.raises(CheckpointError, match="is not a readable safetensors file"):
+        jaxllm.load(folder)
+
+
+def test_bad_dtype_and_tokens(good):
+    with pytest.raises(ConfigError, match="dtype 'int4' is not supported; use one of float32"):
+        jaxllm.load(good, dtype="int4")
+    model = jaxllm.load(good)
+    with pytest.raises(InputError, match=r"token_ids must lie in \[0, 128\)"):
+        model.logits([[1, 500]])
+
+
+def _load_in_subprocess(name, env):
+    code = f"import jaxllm; m = jaxllm.load({name!r}); print(m.config.architecture, m.path)"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_hub_id_offline_without_cache(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path), HF_HOME=str(tmp_path))
+    out = _load_in_subprocess("someorg/some-model", env)
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert "could not get 'someorg/some-model' from the Hugging Face hub or its local cache" in last
+
+
+def test_hub_id_from_local_cache(tmp_path, good):
+    """The real hub path (snapshot_download) with the HF cache laid out on disk, offline."""
+    snap = tmp_path / "models--someorg--tiny-llama" / "snapshots" / "abc123"
+    snap.parent.mkdir(parents=True)
+    _copy(good, snap)
+    refs = tmp_path / "models--someorg--tiny-llama" / "refs"
+    refs.mkdir()
+    (refs / "main").write_text("abc123")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path), HF_HOME=str(tmp_path))
+    out = _load_in_subprocess("someorg/tiny-llama", env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["LlamaForCausalLM", str(snap)]

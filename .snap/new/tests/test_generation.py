@@ -1,0 +1,155 @@
+"""Generation against transformers: cached decode, greedy tokens, batching, compiles."""
+
+import numpy as np
+import pytest
+import reference
+import torch
+
+import jaxllm
+from jaxllm.engine import Engine
+from jaxllm.errors import GenerationError
+from jaxllm.models import registry
+from jaxllm.models.attention import LayerCache, PagedCache
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module", params=registry.names())
+def pair(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param)
+    ref = reference.build(request.param, folder, seed=3)
+    return ref, jaxllm.load(folder)
+
+
+def test_cached_decode_matches_full_forward(pair):
+    """Prefill 6 tokens into pages of 4 (a scrambled page table), then decode 14 one at a time:
+    every step's logits equal the no-cache forward over the same prefix (the prefix passes
+    Mistral's window of 8)."""
+    _, model = pair
+    cfg = model.config
+    seq = np.random.default_rng(5).integers(0, 128, (2, 20)).astype(np.int32)
+    full = np.asarray(model.logits(seq))
+    module = model.module
+    shape = (13, 4, cfg.num_kv_heads, cfg.head_dim)  # 12 pages and the trash page
+    cache = [LayerCache(np.zeros(shape, np.float32), np.zeros(shape, np.float32)) for _ in range(cfg.num_layers)]
+    table = np.asarray([[7, 2, 9, 0, 4], [1, 11, 3, 8, 5]], np.int32)
+    positions = np.broadcast_to(np.arange(6), (2, 6))
+    hidden, cache = module.hidden(seq[:, :6], positions, cache, PagedCache(table, np.ones((2, 6), bool), 20))
+    worst = reference.max_rel_diff(module.logits(hidden), full[:, :6])
+    for t in range(6, 20):
+        kv = PagedCache(table, np.ones((2, 1), bool), 20)
+        hidden, cache = module.hidden(seq[:, t : t + 1], np.full((2, 1), t), cache, kv)
+        worst = max(worst, reference.max_rel_diff(module.logits(hidden)[:, 0], full[:, t]))
+    print(f"{model.config.architecture}: cached vs full max rel diff {worst:.2e}")
+    assert worst <= TOL
+
+
+def test_greedy_matches_transformers_generate(pair):
+    ref, model = pair
+    prompt = np.random.default_rng(7).integers(0, 128, 9).tolist()
+    got = model.generate(prompt, jaxllm.SamplingParams(max_new_tokens=32, ignore_eos=True))
+    assert got.token_ids == _hf_greedy(ref, prompt, 32)
+    assert got.finish_reason == "length"
+
+
+def _hf_greedy(ref, prompt, n):
+    with torch.no_grad():
+        out = ref.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                           eos_token_id=None, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def test_longrope_switch_mid_generation_matches_transformers(tmp_path):
+    """Phi-3's LongRoPE uses the short factors up to original_max_position_embeddings (16 here)
+    and the long ones beyond; a 9-token prompt generating 32 crosses over during decode, and the
+    padded prefill (bucket 16) must still count 9 tokens, as transformers does."""
+    ref = reference.build("Phi3ForCausalLM", tmp_path, seed=4, original_max_position_embeddings=16)
+    model = jaxllm.load(tmp_path)
+    assert model.config.rope.type == "longrope" and model.config.rope.original_max_position_embeddings == 16
+    prompt = np.random.default_rng(8).integers(0, 128, 9).tolist()
+    got = model.generate(prompt, jaxllm.SamplingParams(max_new_tokens=32, ignore_eos=True))
+    assert got.token_ids == _hf_greedy(ref, prompt, 32)
+
+
+def _prompts(lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 128, n).tolist() for n in lengths]
+
+
+def test_batch_invariance(llama):
+    prompts = _prompts([3, 17, 60, 150])
+    params = jaxllm.SamplingParams(max_new_tokens=24, ignore_eos=True)
+    together = llama.generate(prompts, params)
+    for prompt, batched in zip(prompts, together):
+        assert llama.generate(prompt, params).token_ids == batched.token_ids
+
+
+def test_compiles_once_per_prefill_shape_and_decode_once(llama):
+    """Prompts waiting at the same time are prefilled together in calls of (rows, length) buckets:
+    compiles are bounded by those buckets, and a second run of the same work compiles nothing
+    (prefix caching off: its hits would make the second run's chunks shorter, other work)."""
+    engine = Engine(llama, batch_size=4, max_len=256, page_size=8, prefill_tokens=128, prefix_caching=False)
+    lengths = [2, 5, 9, 15, 20, 31, 40, 63, 100, 127]  # 10 prompts over 4 buckets, more than 4 slots
+    params = jaxllm.SamplingParams(max_new_tokens=12, ignore_eos=True)
+    results = llama.generate(_prompts(lengths, seed=1), params, engine=engine)
+    assert [len(r.token_ids) for r in results] == [12] * 10
+    assert engine.counters.prefill <= 4 * 2
+    assert engine.counters.decode <= 1  # none when an earlier engine of this model met the shape
+    compiled = (engine.counters.prefill, engine.counters.decode)
+    again = llama.generate(_prompts(lengths, seed=1), params, engine=engine)
+    assert (engine.counters.prefill, engine.counters.decode) == compiled
+    assert [r.token_ids for r in again] == [r.token_ids for r in results]
+    # Slots refilled mid-run give the same tokens as a fresh run of each prompt.
+    for i in (0, 9):
+        assert llama.generate(_prompts(lengths, seed=1)[i], params).token_ids == results[i].token_ids
+
+
+@pytest.mark.parametrize("prefill_tokens", [32, 8192])
+def test_prompts_prefilled_together_match_one_by_one(llama, prefill_tokens):
+    """Five prompts prefilled in calls of at most 32 tokens (chunks of the longer ones, two rows
+    of 16) or all in one call: the same tokens and logprobs as each prompt alone."""
+    prompts = _prompts([3, 5, 9, 12, 14], seed=5)
+    params = jaxllm.SamplingParams(max_new_tokens=10, ignore_eos=True, logprobs=True)
+    engine = Engine(llama, batch_size=5, max_len=64, page_size=4, prefill_tokens=prefill_tokens)
+    together = llama.generate(prompts, params, engine=engine)
+    for prompt, got in zip(prompts, together):
+        alone = llama.generate(prompt, params)
+        assert got.token_ids == alone.token_ids
+        np.testing.assert_allclose(got.logprobs, alone.logprobs, atol=1e-5)
+
+
+def test_prompt_longer_than_cache_fails_before_work(llama):
+    engine = Engine(llama, batch_size=1, max_len=64)
+    with pytest.raises(GenerationError, match="prompt of 60 tokens \\+ max_new_tokens=10 exceeds the engine's max_len 64"):
+        llama.generate(_prompts([60])[0], jaxllm.SamplingParams(max_new_tokens=10), engine=engine)
+    assert engine.counters.prefill == 0
+
+
+def test_eos_stops_and_logprobs(llama):
+    prompt = _prompts([5], seed=4)[0]
+    free = llama.generate(prompt, jaxllm.SamplingParams(max_new_tokens=16, ignore_eos=True, logprobs=True))
+    # Make the 4th generated token an EOS id: generation must end right there.
+    eos = free.token_ids[3]
+    llama_eos = jaxllm.LoadedModel(llama.config.replace(eos_token_ids=(eos,)), llama.graphdef, llama.params)
+    first = free.token_ids.index(eos)
+    stopped = llama_eos.generate(prompt, jaxllm.SamplingParams(max_new_tokens=16))
+    assert stopped.token_ids == free.token_ids[: first + 1]
+    assert stopped.finish_reason == "stop"
+    # logprobs are the model's own log-probabilities of the chosen tokens.
+    full = np.asarray(llama.logits([prompt + free.token_ids]))[0]
+    logp = full - np.log(np.exp(full - full.max(-1, keepdims=True)).sum(-1, keepdims=True)) - full.max(-1, keepdims=True)
+    expected = [logp[len(prompt) - 1 + i, t] for i, t in enumerate(free.token_ids)]
+    np.testing.assert_allclose(free.logprobs, expected, atol=1e-4)
+
+
+def test_kv_length_buckets_give_the_same_tokens(llama):
+    """A long page table read in kv-length buckets (256, then 512) decodes the same tokens as a
+    tight one read whole."""
+    prompts = _prompts([230, 20], seed=3)
+    params = jaxllm.SamplingParams(max_new_tokens=40, ignore_eos=True)
+    wide = Engine(llama, batch_size=2, max_len=1024, chunk=16)
+    a = llama.generate(prompts, params, engine=wide)
+    assert wide.counters.decode == 2  # the 256 and 512 buckets
+    tight = Engine(llama, batch_size=2, max_len=288, chunk=16)
+    b = llama.generate(prompts, params, engine=tight)
+    assert [r.token_ids for r in a] == [r.token_ids for r in b]

@@ -1,0 +1,40 @@
+"""`python -m jaxllm.inspect`: reports a checkpoint without loading it, and finds what is wrong."""
+
+import numpy as np
+import reference
+from safetensors.numpy import load_file, save_file
+
+from jaxllm import inspect as jinspect
+
+
+def test_report_of_a_good_checkpoint(tmp_path, capsys):
+    ref = reference.build("Qwen3MoeForCausalLM", tmp_path)
+    assert jinspect.main([str(tmp_path), "--batch", "2", "--context", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "Qwen3MoeForCausalLM" in out and "6 experts, top 2" in out
+    count = sum(p.numel() for p in ref.parameters())
+    assert f"parameters    {count:,}" in out
+    assert "batch 2 x 64 tokens" in out and "match the weight map" in out
+
+
+def test_report_lists_every_problem(tmp_path, capsys):
+    reference.build("LlamaForCausalLM", tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    tensors["model.norm.weight"] = np.ones(7, np.float32)
+    tensors["model.layers.0.extra.weight"] = np.ones(3, np.float32)
+    save_file(tensors, tmp_path / "model.safetensors")
+    assert jinspect.main([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "3 problems" in out
+    assert "missing model.layers.1.mlp.up_proj.weight (expected shape [96, 64])" in out
+    assert "model.norm.weight has shape [7], expected [64]" in out
+    assert "unexpected model.layers.0.extra.weight" in out
+
+
+def test_list_and_bad_input(tmp_path, capsys):
+    assert jinspect.main(["--list"]) == 0
+    assert "Phi3ForCausalLM" in capsys.readouterr().out
+    assert jinspect.main([str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no such file or folder") and "\n" not in err

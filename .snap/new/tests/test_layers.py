@@ -1,0 +1,43 @@
+"""Shared layers: the decode attention paths equal the general one."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxllm import runtime
+from jaxllm.models.attention import AttnSpec, attend, attention_mask, attention_probs, cudnn_decode_fits, decode_attention
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_batch_one_decode_attention_equals_the_matmul_form(softcap):
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.normal(size=(1, 1, 8, 16)), jnp.float32)
+    k, v = (jnp.asarray(rng.normal(size=(1, 40, 2, 16)), jnp.float32) for _ in range(2))
+    mask = jnp.asarray(rng.random((1, 1, 40)) > 0.3)
+    fast = attend(q, k, v, mask, 0.25, softcap)  # takes the batch-1, one-query path
+    probs = attention_probs(q, k, mask, 0.25, softcap)
+    general = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(q.shape)
+    np.testing.assert_allclose(np.asarray(fast), np.asarray(general), atol=1e-6)
+    # two rows take the general path and agree with the one-row result for the first row
+    two = attend(jnp.concatenate([q, q]), jnp.concatenate([k, k]), jnp.concatenate([v, v]), jnp.concatenate([mask, mask]), 0.25, softcap)
+    np.testing.assert_allclose(np.asarray(two[:1]), np.asarray(fast), atol=1e-6)
+
+
+def test_decode_attention_call_equals_the_masked_form():
+    """The call that runs as one cuDNN kernel on GPUs (here its XLA form): grouped heads, keys
+    valid up to each row's position, the same result as attending with our causal mask."""
+    rng = np.random.default_rng(1)
+    b, s, h, kv, d = 3, 40, 8, 2, 16
+    q = jnp.asarray(rng.normal(size=(b, 1, h, d)), jnp.float32)
+    k, v = (jnp.asarray(rng.normal(size=(b, s, kv, d)), jnp.float32) for _ in range(2))
+    positions = jnp.asarray([[0], [17], [39]], jnp.int32)
+    mask = attention_mask(positions, jnp.broadcast_to(jnp.arange(s), (b, s)), None)
+    want = attend(q, k, v, mask, 0.25)
+    got = decode_attention(q, k, v, positions[:, 0] + 1, 0.25, "xla")
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+    # Never on the CPU, nor with a window or soft-capping, nor in float32.
+    assert runtime.attention_impl() == "xla"
+    assert cudnn_decode_fits(q.astype(jnp.bfloat16), AttnSpec(0.25))
+    assert not cudnn_decode_fits(q, AttnSpec(0.25))
+    assert not cudnn_decode_fits(q.astype(jnp.bfloat16), AttnSpec(0.25, window=8))
+    assert not cudnn_decode_fits(q.astype(jnp.bfloat16), AttnSpec(0.25, softcap=3.0))

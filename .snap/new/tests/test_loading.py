@@ -1,0 +1,128 @@
+"""The pipelined load (models/weights.load_params): reading threads stay within their host buffer,
+give the same parameters as one thread, stop cleanly on a failed read, never leave a parameter
+over a file's memory map; the converted folder restored in groups."""
+
+import sys
+import threading
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import jaxllm
+from jaxllm import bench_load, checkpoint, converted, loader
+from jaxllm.convert import convert
+from jaxllm.errors import CheckpointError
+from jaxllm.models import weights
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    bench_load.write_checkpoint(folder, "tiny", "float32")
+    return folder
+
+
+class Counting:
+    """A checkpoint's tensors, counting the bytes read ahead of the placement (progress)."""
+
+    def __init__(self, tensors, fail: str | None = None):
+        self.tensors, self.fail, self.lock = tensors, fail, threading.Lock()
+        self.read = self.placed = self.most_ahead = self.total = 0
+
+    def names(self):
+        return self.tensors.names()
+
+    def shape(self, name):
+        return self.tensors.shape(name)
+
+    def get(self, name):
+        if name == self.fail:
+            raise CheckpointError(f"cannot read {name}")
+        x = self.tensors.get(name)
+        with self.lock:
+            self.read += x.nbytes
+            self.most_ahead = max(self.most_ahead, self.read - self.placed)
+        return x
+
+    def expect_bytes(self, total):
+        self.total = total
+
+    def __call__(self, name, nbytes):
+        with self.lock:
+            self.placed += nbytes
+
+
+def _read(folder, source=None, **kw):
+    p = loader.prepare(folder, "float32")
+    source = source or p.source.tensors
+    return weights.load_params(source, p.arch.weight_map(p.config), p.abstract, p.dtype, **kw), p
+
+
+def test_reading_threads_stay_within_their_buffer_and_match_one_thread(tiny):
+    one, p = _read(tiny, threads=1)
+    largest = max(x.nbytes for x in jax.tree.leaves(one))
+    counting = Counting(p.source.tensors)
+    many, _ = _read(tiny, counting, threads=4, buffer_bytes=largest, progress=counting)
+    assert counting.most_ahead <= largest  # one tensor at most read and not yet placed
+    assert counting.total == counting.placed == sum(x.nbytes for x in jax.tree.leaves(one))
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(many)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    unbounded = Counting(p.source.tensors)
+    _read(tiny, unbounded, threads=4, buffer_bytes=1 << 40, progress=unbounded)
+    assert unbounded.most_ahead >= counting.most_ahead
+
+
+def test_a_failed_read_stops_the_load_and_its_threads(tiny):
+    p = loader.prepare(tiny, "float32")
+    with pytest.raises(CheckpointError, match="cannot read model.layers.0.mlp.up_proj.weight"):
+        _read(tiny, Counting(p.source.tensors, fail="model.layers.0.mlp.up_proj.weight"), threads=2)
+    assert not [t for t in threading.enumerate() if t.name.startswith("jaxllm-load")]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_parameters_do_not_keep_the_files_mapped(tiny):
+    """On a CPU device, jax would alias a read-only array over the file's map: the loader copies
+    it, so no parameter faults when the file is replaced, and nothing of the folder stays mapped."""
+    model = jaxllm.load(tiny, tokenizer=False)
+    jax.block_until_ready(model.params)
+    assert not [line for line in Path("/proc/self/maps").read_text().splitlines() if str(tiny) in line]
+    source = checkpoint.SafetensorsCheckpoint(tiny)
+    embed = model.params["model"]["embed_tokens"]["embedding"]
+    np.testing.assert_array_equal(np.asarray(embed), np.asarray(source.get("model.embed_tokens.weight")))
+
+
+def test_lazy_tensor_reads_rows_and_refuses_a_truncated_file(tmp_path, tiny):
+    source = checkpoint.SafetensorsCheckpoint(tiny)
+    x = source.get("model.embed_tokens.weight")
+    whole = x.read()
+    assert not whole.flags.writeable and whole.shape == x.shape
+    np.testing.assert_array_equal(x.read(3, 7), whole[3:7])
+    assert x.read(5, 5).shape == (0,) + x.shape[1:]
+    copy = tmp_path / "t.safetensors"
+    data = (tiny / "model.safetensors").read_bytes()
+    copy.write_bytes(data)
+    lazy = checkpoint.SafetensorsFile(copy).get("model.embed_tokens.weight")
+    copy.write_bytes(data[: lazy.offset + 10])  # truncated after the header was read
+    with pytest.raises(CheckpointError, match="ends early"):
+        lazy.read()
+
+
+@pytest.mark.parametrize("how", ["mapped", "orbax"])
+def test_converted_folder_restores_in_groups(tmp_path, tiny, monkeypatch, how):
+    """The converted folder's parameters mapped from orbax's files (every one, as `convert` writes
+    them), or restored a parameter per orbax call (the fallback's groups, which bound host memory
+    on large models): the same parameters as the safetensors load, with progress counting the bytes."""
+    convert(tiny, tmp_path / "orbax", progress=False)
+    saved = converted.read_marker(tmp_path / "orbax")["params"]
+    assert sorted(converted._stored(tmp_path / "orbax", saved)) == sorted(saved)
+    if how == "orbax":
+        monkeypatch.setattr(converted, "_stored", lambda folder, saved: {})
+        monkeypatch.setattr(converted, "RESTORE_GROUP_BYTES", 1)
+    counting = Counting(None)
+    restored = jaxllm.load(tmp_path / "orbax", tokenizer=False, progress=counting)
+    direct = jaxllm.load(tiny, tokenizer=False)
+    assert counting.total == counting.placed == sum(x.nbytes for x in jax.tree.leaves(direct.params))
+    for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(direct.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

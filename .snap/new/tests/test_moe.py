@@ -1,0 +1,215 @@
+"""Mixture of experts: routing equals transformers', and the dispatch computes only the chosen
+experts for each token (the grouped matmuls have tokens x k rows, not tokens x experts). Expert
+parallelism (mesh axis ep, on the 8 simulated CPU devices of conftest): each device holds and runs
+X / ep experts, and the model gives the one-device logits and greedy tokens."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import reference
+import torch
+
+import jaxllm
+from jaxllm import sharding
+from jaxllm.errors import ConfigError
+from jaxllm.models import layers
+from jaxllm.models.layers import MoE
+
+MOE = ["MixtralForCausalLM", "Qwen3MoeForCausalLM"]
+PROMPTS = [[5, 6, 7, 8, 9], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]]
+GREEDY = jaxllm.SamplingParams(max_new_tokens=8, ignore_eos=True)
+TOKENS = np.random.default_rng(1).integers(0, 128, (2, 20))
+
+
+@pytest.fixture(scope="module", params=MOE)
+def pair(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param)
+    return reference.build(request.param, folder, seed=5), jaxllm.load(folder)
+
+
+def _hf_router(ref):
+    layer = ref.model.layers[0]
+    block = getattr(layer, "block_sparse_moe", None) or layer.mlp
+    return block.gate
+
+
+def test_routing_matches_transformers(pair):
+    ref, model = pair
+    moe = model.module.model.layers[0].mlp
+    x = np.random.default_rng(0).normal(size=(256, model.config.hidden_size)).astype(np.float32)
+    weights, experts = (np.asarray(a) for a in moe.route(jnp.asarray(x)))
+    with torch.no_grad():
+        _, hf_weights, hf_experts = _hf_router(ref)(torch.as_tensor(x))
+        probs = torch.softmax(torch.as_tensor(x) @ _hf_router(ref).weight.T, -1).numpy()
+    # Only rows where the k-th and (k+1)-th probabilities are clearly apart: no top-k ties.
+    k = model.config.experts_per_token
+    top = -np.sort(-probs, axis=-1)
+    clear = (top[:, k - 1] - top[:, k]) > 1e-4
+    assert clear.sum() >= 200, "the test inputs should route unambiguously"
+    np.testing.assert_array_equal(experts[clear], hf_experts.numpy()[clear])
+    np.testing.assert_allclose(weights[clear], hf_weights.float().numpy()[clear], rtol=1e-5, atol=1e-7)
+    assert np.allclose(weights.sum(-1), 1.0) == model.config.norm_topk_prob
+
+
+def test_dispatch_computes_only_the_chosen_experts(pair):
+    _, model = pair
+    cfg = model.config
+    moe = model.module.model.layers[0].mlp
+    b, t = 4, 16
+    x = jnp.zeros((b, t, cfg.hidden_size), jnp.float32)
+    jaxpr = jax.make_jaxpr(lambda x: moe(x))(x)
+    grouped = _ragged_dots(jaxpr.jaxpr)
+    dense = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
+    assert len(grouped) == 3  # gate, up, down: each over the sorted (token, expert) assignments
+    rows = {e.invars[0].aval.shape[0] for e in grouped}
+    assert rows == {b * t * cfg.experts_per_token}, rows
+    # The only dense matmul is the router's [tokens, embed] x [embed, experts].
+    assert [e.outvars[0].aval.shape for e in dense] == [(b * t, cfg.num_experts)]
+    f = cfg.moe_intermediate_size or cfg.intermediate_size
+    flops = sum(2 * e.invars[0].aval.shape[0] * e.invars[0].aval.shape[1] * e.outvars[0].aval.shape[1] for e in grouped)
+    assert flops == 2 * 3 * b * t * cfg.experts_per_token * cfg.hidden_size * f
+    print(f"{cfg.architecture}: expert FLOPs {flops:,} = k/X = {cfg.experts_per_token}/{cfg.num_experts} of dense")
+
+
+def test_gathered_experts_equal_the_grouped_products(pair, monkeypatch):
+    """The decode form (each assignment's expert matrices taken on their own, layers.expert_form)
+    gives ragged_dot's outputs: over all the experts, over one device's range of them (expert
+    parallelism), with int8 stacks, and through the whole model's logits on one device and on
+    meshes that split the experts over tp and over ep."""
+    _, model = pair
+    x_n = model.config.num_experts
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(12, model.config.hidden_size)), jnp.float32)
+    for m in (model, jaxllm.load(model.path, quantize="int8", group_size=32)):
+        moe = m.module.model.layers[0].mlp
+        weights, experts = moe.route(x)
+        stacks = moe._stacks()
+        half = [tuple(None if a is None else a[x_n // 2 :] for a in s) for s in stacks]
+        for s, first in ((stacks, None), (half, x_n // 2)):
+            want = np.asarray(moe._experts(x, weights, experts, s, first, form="ragged"))
+            got = np.asarray(moe._experts(x, weights, experts, s, first, form="gather"))
+            assert np.abs(want).max() > 0
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    want = np.asarray(model.logits(TOKENS[:, :7]))
+    meshes = [jaxllm.load(model.path, mesh=spec) for spec in ("fsdp=2,tp=4", "ep=2,tp=4")]
+    asked = []
+    monkeypatch.setattr(layers, "expert_form", lambda assignments, experts: asked.append(experts) or "gather")
+    jax.clear_caches()  # the jitted logits were traced with the grouped products
+    try:
+        for m in [model] + meshes:
+            err = reference.max_rel_diff(m.logits(TOKENS[:, :7]), want)
+            print(f"{model.config.architecture} {m.mesh.shape if m.mesh else 'one device'}: max rel diff {err:.1e}")
+            assert err <= 1e-5
+        assert set(asked) == {x_n, x_n // 2}  # traced anew through the patched choice, with and without ep
+    finally:
+        monkeypatch.undo()
+        jax.clear_caches()
+
+
+def test_sharded_experts_match_one_device(pair):
+    """Expert kernels split over tp on their mlp axis (fsdp on embed) give the one-device logits."""
+    _, model = pair
+    sharded = jaxllm.load(model.path, mesh="fsdp=2,tp=4")
+    kernel = sharded.params["model"]["layers"][0]["mlp"]["gate_proj"][...]
+    assert tuple(kernel.sharding.spec) == (None, "fsdp", "tp")
+    assert reference.max_rel_diff(sharded.logits(TOKENS), model.logits(TOKENS)) <= 1e-5
+
+
+def _greedy(model, prompts, completions) -> bool:
+    """Whether each completion is what greedy decoding on `model` continues its prompt with: every
+    token the argmax of the logits after the tokens before it (one teacher-forced call; padding
+    on the right is after every position read, so the causal mask keeps it out)."""
+    seqs = [p + c for p, c in zip(prompts, completions)]
+    width = max(map(len, seqs))
+    logits = np.asarray(model.logits([s + [0] * (width - len(s)) for s in seqs]))
+    return all(logits[i, len(p) - 1 : len(s) - 1].argmax(-1).tolist() == c
+               for i, (p, c, s) in enumerate(zip(prompts, completions, seqs)))
+
+
+def _moe_block(model, layer=0):
+    return model.params["model"]["layers"][layer]["mlp"]
+
+
+def _ragged_dots(jaxpr):
+    """The ragged_dot equations of a jaxpr and of the jaxprs nested in it (shard_map's body)."""
+    out = []
+    for e in jaxpr.eqns:
+        if e.primitive.name.startswith("ragged_dot"):
+            out.append(e)
+        for value in e.params.values():
+            inner = getattr(value, "jaxpr", value)
+            if hasattr(inner, "eqns"):
+                out += _ragged_dots(inner)
+    return out
+
+
+def test_mesh_specs_with_ep():
+    assert sharding.parse_spec("ep=2,tp=4", 8) == {"dp": 1, "fsdp": 1, "tp": 4, "ep": 2}
+    assert sharding.parse_spec("dp=2,ep=4", 8)["ep"] == 4
+    assert sharding.parse_spec("auto", 8) == {"dp": 1, "fsdp": 1, "tp": 8, "ep": 1}
+    assert sharding.make_mesh("ep=8").shape["ep"] == 8
+    with pytest.raises(ConfigError, match="unknown: use dp, fsdp, tp, ep$"):
+        sharding.make_mesh("xp=8")
+
+
+@pytest.mark.parametrize("layout", ["ep with tp", "ep with dp"])
+def test_expert_parallel_matches_one_device(pair, layout):
+    """Each device holds X / ep experts of every stack (the router whole) and runs only those; the
+    logits and greedy tokens (the engine; with dp, its shard_map over dp around the one over ep)
+    are one device's."""
+    _, model = pair
+    x = model.config.num_experts
+    spec = "ep=2,tp=4" if layout == "ep with tp" else "dp=2,ep=4" if x % 4 == 0 else "dp=2,fsdp=2,ep=2"
+    sharded = jaxllm.load(model.path, mesh=spec)
+    ep = sharded.mesh.shape["ep"]
+    block = _moe_block(sharded)
+    for name in MoE.EXPERTS:
+        stack = block[name][...]
+        assert stack.sharding.spec[0] == "ep", (name, stack.sharding.spec)
+        assert {s.data.shape[0] for s in stack.addressable_shards} == {x // ep}
+    assert "ep" not in tuple(block["gate"]["kernel"][...].sharding.spec)  # the router: whole on every device
+    # Each device's three grouped products run over its own X / ep experts.
+    moe = sharded.module.model.layers[0].mlp
+    jaxpr = jax.make_jaxpr(lambda h: moe(h))(jnp.zeros((2, 8, model.config.hidden_size), jnp.float32))
+    assert [e.invars[1].aval.shape[0] for e in _ragged_dots(jaxpr.jaxpr)] == [x // ep] * 3
+    err = reference.max_rel_diff(sharded.logits(TOKENS), model.logits(TOKENS))
+    print(f"{model.config.architecture} {spec}: logits max rel diff {err:.1e}")
+    assert err <= 1e-5
+    completions = [r.token_ids for r in sharded.generate(PROMPTS, GREEDY)]
+    assert [len(c) for c in completions] == [GREEDY.max_new_tokens] * len(PROMPTS)
+    assert _greedy(model, PROMPTS, completions)
+
+
+def test_quantized_experts_under_expert_parallelism(pair):
+    """int4 expert stacks (asymmetric: scales and offsets) split over ep with the experts: the same
+    quantized model's one-device logits."""
+    _, model = pair
+    one = jaxllm.load(model.path, quantize="int4", group_size=32)
+    split = jaxllm.load(model.path, mesh="ep=2,tp=4", quantize="int4", group_size=32)
+    block = _moe_block(split)
+    assert block["gate_proj"][...].dtype == jnp.int4
+    for name in ("gate_proj", "gate_proj_scale", "gate_proj_offset", "down_proj_scale"):
+        scale = block[name][...]
+        assert scale.sharding.spec[0] == "ep", (name, scale.sharding.spec)
+        assert scale.addressable_shards[0].data.shape[0] == model.config.num_experts // 2
+    assert reference.max_rel_diff(split.logits(TOKENS), one.logits(TOKENS)) <= 1e-5
+
+
+def test_ep_not_dividing_the_experts_is_refused(pair):
+    _, model = pair
+    x = model.config.num_experts
+    ep = next(n for n in (8, 4, 2) if x % n)
+    with pytest.raises(ConfigError) as info:
+        jaxllm.load(model.path, mesh=f"ep={ep},tp={8 // ep}" if ep < 8 else "ep=8")
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"'expert' dimension ({x}) is not divisible by ep={ep}: choose an ep size that divides {x}" in message
+
+
+def test_dense_model_on_an_ep_mesh(llama):
+    """A model without experts is replicated over ep: the engine (shard_map over dp) still runs."""
+    model = jaxllm.load(llama.path, mesh="dp=2,ep=2,tp=2")
+    assert model.params["model"]["layers"][0]["mlp"]["up_proj"]["kernel"][...].sharding.spec[0] == "tp"
+    completions = [r.token_ids for r in model.generate(PROMPTS, GREEDY)]
+    assert [len(c) for c in completions] == [GREEDY.max_new_tokens] * len(PROMPTS)
+    assert _greedy(llama, PROMPTS, completions)

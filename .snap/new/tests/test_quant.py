@@ -1,0 +1,414 @@
+"""Quantized weights (models/quant.py): the quantizer's error bound, quantized tiny models against
+their float selves, sharding of the scales, the converted format's round trip, GGUF blocks taken
+bit-exactly, one-line errors, and perplexity on the real SmolLM2-135M-Instruct model."""
+
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType, GGUFWriter, quants
+from jax.sharding import PartitionSpec as P
+
+import jaxllm
+from jaxllm import convert, loader
+from jaxllm.errors import ConfigError
+from jaxllm.models import quant, registry, weights
+from jaxllm.random_model import random_model
+
+TINY = dict(registry.get("LlamaForCausalLM").tiny_config, architectures=["LlamaForCausalLM"])
+TEXT = Path(__file__).parent / "data" / "public_domain.txt"  # Declaration of Independence + Gettysburg Address
+
+
+def _float_model(raw: dict, seed: int) -> loader.LoadedModel:
+    """A float32 model of config `raw` with N(0, 0.02) weights and unit norms, drawn by numpy
+    (random_model compiles one small program per shape: seconds on a loaded 2-core machine)."""
+    p = loader.plan(raw)
+    rng = np.random.default_rng(seed)
+    filled = {path: jnp.ones(leaf.shape, leaf.dtype) if len(leaf.shape) == 1 else
+              jnp.asarray((rng.standard_normal(leaf.shape) * 0.02).astype(np.float32))
+              for path, leaf in weights.flat_params(p.abstract).items()}
+    return loader.LoadedModel(p.config, p.graphdef, weights.unflatten_into(p.abstract, filled))
+
+
+def _dequantized(params) -> dict:
+    """{path: float32 numpy} of every kernel, quantized ones dequantized on the host."""
+    flat = weights.flat_params(params)
+    out = {}
+    for path, value in flat.items():
+        if quant.is_quantized(value.dtype):
+            scale, offset = (flat.get(path[:-1] + (n,)) for n in quant.scale_names(path[-1]))
+            out[path] = quant.dequantize_array(np.asarray(value), np.asarray(scale),
+                                               None if offset is None else np.asarray(offset),
+                                               None if path[-1] == "kernel" else 1)
+    return out
+
+
+# -- the quantizer ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kernel_shape, n_in, groups, lead", [
+    ((24, 64), 1, 4, (1, 1)),        # q_proj-like, one decode row
+    ((4, 6, 64), 1, 2, (3, 5)),      # out dims (heads, head_dim): 15 rows
+    ((64, 4, 16), 2, 8, (2, 1)),     # o_proj-like: two input dims grouped across heads
+])
+@pytest.mark.parametrize("with_offset", [False, True])
+def test_grouped_product_is_the_dequantized_product(kernel_shape, n_in, groups, lead, with_offset):
+    """Decode's grouped contraction (no float kernel built) equals dequantize-then-tensordot."""
+    rng = np.random.default_rng(3)
+    n_out = len(kernel_shape) - n_in
+    kernel = jnp.asarray(rng.integers(-128, 128, kernel_shape), jnp.int8)
+    scale = jnp.asarray(rng.uniform(0.001, 0.01, kernel_shape[:n_out] + (groups,)), jnp.float32)
+    offset = jnp.asarray(rng.normal(0, 0.01, scale.shape), jnp.float32) if with_offset else None
+    x = jnp.asarray(rng.normal(0, 1, lead + kernel_shape[n_out:]), jnp.float32)
+    got = quant.grouped_product(x, kernel, scale, offset, n_in)
+    w = quant.dequantize(kernel, scale, offset, jnp.float32)
+    axes = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_out, kernel.ndim)))
+    want = jnp.tensordot(x, w, axes=axes, precision="highest")
+    assert got.shape == want.shape
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+
+
+@pytest.mark.parametrize("dtype, group, kernel_shape, n_in", [
+    (jnp.int8, 128, (64, 1024), 1), (jnp.int8, 128, (4, 16, 1024), 1),  # Dense [out, in]; q_proj-like [H, D, E]
+    (jnp.int8, 128, (64, 8, 128), 2), (jnp.int4, 32, (64, 1024), 1)])    # o_proj-like [E, H, D]; int4
+def test_gpu_forms_equal_the_dequantized_product(monkeypatch, dtype, group, kernel_shape, n_in):
+    """quant.product's GPU forms, here on the CPU (the Pallas kernel in interpret mode): one row
+    contracts per group, 3 and 20 rows go through qmatmul's two tilings, 100 rows are left to
+    dequantize-then-dot (None); each equals the dequantized product."""
+    from jaxllm.models import quant_kernels
+
+    monkeypatch.setattr(quant, "_on_gpu", lambda: True)
+    monkeypatch.setattr(quant, "_one_device", lambda: True)
+    kernel_call = quant_kernels.qmatmul
+    calls = []
+    monkeypatch.setattr(quant_kernels, "qmatmul", lambda *a, **kw: calls.append(kw) or kernel_call(*a, **kw, interpret=True))
+    rng = np.random.default_rng(5)
+    n_out = len(kernel_shape) - n_in
+    lo = -128 if dtype == jnp.int8 else -8
+    kernel = jnp.asarray(rng.integers(lo, -lo, kernel_shape), dtype)
+    scale = jnp.asarray(rng.uniform(0.001, 0.01, kernel_shape[:n_out] + (math.prod(kernel_shape[n_out:]) // group,)), jnp.float32)
+    offset = jnp.asarray(rng.normal(0, 0.01, scale.shape), jnp.float32)
+    w = quant.dequantize(kernel, scale, offset, jnp.float32)
+    for rows in (1, 3, 20, 100):
+        x = jnp.asarray(rng.normal(0, 1, (rows,) + kernel_shape[n_out:]), jnp.float32)
+        got = quant.product(x, kernel, scale, offset, n_in)
+        if rows > quant_kernels.MAX_ROWS:
+            assert got is None
+            continue
+        want = jnp.tensordot(x, w, axes=(tuple(range(1, 1 + n_in)), tuple(range(n_out, kernel.ndim))), precision="highest")
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+    assert [kw["bm"] for kw in calls] == [16, 64]  # 3 and 20 rows: the kernel; 1 row: grouped
+
+
+@pytest.mark.parametrize("per_group", [True, False])
+def test_float16_int8_kernel_equals_the_dequantized_product(monkeypatch, per_group):
+    """qmatmul16 (symmetric int8, float16 products) in interpret mode on bfloat16 rows, as decode
+    feeds it: x is exact in float16 (X_SHIFT is a power of two), so per group (float32 scales) the
+    product is the dequantized one; with the scales applied in float16 each weight is rounded once
+    (relative 2^-11), which bounds the error by 2^-11 |x| . |w|. quant.product sends symmetric int8
+    of 2..64 rows to it (thresholds lowered to this kernel's 64 outputs)."""
+    from jaxllm.models import quant_kernels
+
+    rng = np.random.default_rng(7)
+    kernel = jnp.asarray(rng.integers(-127, 128, (64, 1024)), jnp.int8)
+    scale = jnp.asarray(rng.uniform(1e-4, 1e-2, (64, 8)), jnp.bfloat16)
+    w = quant.dequantize(kernel, scale, None, jnp.float32)
+    x = jnp.asarray(rng.normal(0, 3, (20, 1024)), jnp.bfloat16)
+    want = jnp.dot(x.astype(jnp.float32), w.T, precision="highest")
+    bound = 2.0 ** -11 * jnp.dot(jnp.abs(x.astype(jnp.float32)), jnp.abs(w).T, precision="highest")
+    got = quant_kernels.qmatmul16(x, kernel, scale, bm=16, bn=32, bk=256, splits=2, per_group=per_group, interpret=True)
+    err = jnp.abs(got.astype(jnp.float32) - want)
+    slack = 2.0 ** -8 * jnp.abs(want) + 1e-6  # the result's own rounding to bfloat16
+    assert bool(jnp.all(err <= (slack if per_group else bound + slack))), float(jnp.max(err - bound - slack))
+
+    monkeypatch.setattr(quant, "_on_gpu", lambda: True)
+    monkeypatch.setattr(quant, "_one_device", lambda: True)
+    monkeypatch.setattr(quant_kernels, "TILINGS16", ((16, 64, (16, 32, 256, 4, 3, 4, True)), (64, 64, (64, 32, 256, 4, 3, 2, False))))
+    calls, kernel16 = [], quant_kernels.qmatmul16
+    monkeypatch.setattr(quant_kernels, "qmatmul16", lambda *a, **kw: calls.append(kw["bm"]) or kernel16(*a, **kw, interpret=True))
+    for rows in (3, 20):
+        got = quant.product(x[:rows], kernel, scale, None, 1)
+        assert float(jnp.max(jnp.abs(got.astype(jnp.float32) - want[:rows]) - bound[:rows] - slack[:rows])) <= 0
+    assert calls == [16, 64]
+    # float32 rows would lose bits in float16: they keep qmatmul (dequantized in float32)
+    plain = quant_kernels.qmatmul
+    monkeypatch.setattr(quant_kernels, "qmatmul", lambda *a, **kw: calls.append("qmatmul") or plain(*a, **kw, interpret=True))
+    quant.product(x[:3].astype(jnp.float32), kernel, scale, None, 1)
+    assert calls == [16, 64, "qmatmul"]
+
+
+@pytest.mark.parametrize("bits, offset", [(8, False), (8, True), (4, False), (4, True)])
+@pytest.mark.parametrize("shape, scale_shape, in_axis", [
+    ((6, 4, 64), (6, 4, 1), None),   # Dense [out..., in], one scale per output channel
+    ((6, 4, 64), (6, 4, 2), None),   # groups of 32
+    ((6, 4, 8), (6, 1), None),       # two input dims (o_proj [E, H, D]), one group over both
+    ((3, 64, 5), (3, 4, 5), 1),      # MoE experts [X, in, out], groups of 16 along `in`
+])
+def test_quantize_then_dequantize_error_is_bounded_per_group(bits, offset, shape, scale_shape, in_axis):
+    rng = np.random.default_rng(bits + offset)
+    w = (rng.standard_t(3, size=shape) * 0.05 + (0.02 if offset else 0.0)).astype(np.float32)  # heavy tails
+    w.reshape(-1)[:7] = 0.25  # a constant run: the first group may be constant
+    dtype = jnp.int8 if bits == 8 else jnp.int4
+    q, s, o = quant.quantize_array(w, dtype, scale_shape, np.float32, in_axis, offset)
+    assert q.dtype == np.dtype(dtype) and q.shape == w.shape and s.shape == scale_shape
+    back = quant.dequantize_array(q, s, o, in_axis)
+    # |w - back| <= scale / 2 in each group (float32 rounding of the product and offset aside)
+    a, groups, g, b = quant._grouped_shape(w.shape, scale_shape, in_axis)
+    err = np.abs(w - back).reshape(a, groups, g, b).max(axis=2)
+    bound = s.reshape(a, groups, b) / 2 * (1 + 1e-5) + 1e-7
+    assert (err <= bound).all(), float((err / bound).max())
+    # the levels are used: the largest |q| of a group with any spread is the top of the range
+    assert np.abs(q.astype(np.int32)).max() >= 2 ** (bits - 1) - 1
+    # the jitted dequantize the layers use gives the same floats
+    got = quant.dequantize(jnp.asarray(q), jnp.asarray(s), None if o is None else jnp.asarray(o), jnp.float32, in_axis)
+    np.testing.assert_allclose(np.asarray(got), back, rtol=1e-6, atol=1e-7)
+
+
+# -- quantized models against float ones ------------------------------------------------------
+
+@pytest.mark.parametrize("arch, modes", [("LlamaForCausalLM", ("int8", "int4")), ("Qwen3MoeForCausalLM", ("int8", "int4")),
+                                         ("Gemma2ForCausalLM", ("int8",))])
+def test_tiny_quantized_models_track_their_float_logits(arch, modes):
+    raw = dict(registry.get(arch).tiny_config, architectures=[arch], num_hidden_layers=2)
+    model = _float_model(raw, seed=1)
+    tokens = np.random.default_rng(0).integers(0, raw["vocab_size"], (2, 12))
+    ref = np.asarray(model.logits(tokens))
+    for mode in modes:
+        q = loader.quantize_model(model, mode)
+        flat = weights.flat_params(q.params)
+        kernels = {p for p, v in flat.items() if quant.is_quantized(v.dtype)}
+        # Dense kernels and expert stacks quantize; embeddings, norms, routers, the output head do not
+        assert ("model", "layers", 0, "self_attn", "q_proj", "kernel") in kernels
+        assert all(p[-1] in ("kernel", "gate_proj", "up_proj", "down_proj") for p in kernels)
+        assert not any("gate" == p[-2] for p in kernels) and ("lm_head", "kernel") not in kernels
+        if arch.startswith("Qwen3Moe"):
+            assert ("model", "layers", 0, "mlp", "gate_proj") in kernels
+        got = np.asarray(q.logits(tokens))
+        # 1. exactly the float model with the dequantized weights (float32 rounding only)
+        deq = _dequantized(q.params)
+        fl = weights.flat_params(model.params)
+        same = loader.LoadedModel(model.config, model.graphdef, weights.unflatten_into(
+            model.params, {p: jnp.asarray(deq.get(p, v)) for p, v in fl.items()}))
+        np.testing.assert_allclose(got, np.asarray(same.logits(tokens)), rtol=1e-5, atol=1e-5)
+        # 2. near the float model: the logits' relative RMS error is a small multiple of the weights'
+        # (to first order each matmul adds its weights' relative error; measured 1.2-2.7x on these
+        # models, int8 and int4 alike); a scale on the wrong axis or a misaligned group is O(1)
+        w_err = np.sqrt(sum(((deq[p] - np.asarray(fl[p])) ** 2).sum() for p in deq)
+                        / sum((np.asarray(fl[p]) ** 2).sum() for p in deq))
+        l_err = np.sqrt(((got - ref) ** 2).mean() / (ref**2).mean())
+        print(f"{arch} {mode}: weights rel RMS error {w_err:.4f}, logits {l_err:.4f}")
+        assert w_err < (0.01 if mode == "int8" else 0.12) and l_err <= 4 * w_err
+
+
+@pytest.fixture(scope="module")
+def llama_folder(tmp_path_factory):
+    """A Hugging Face folder (config.json, model.safetensors) of a random tiny Llama, 8 heads."""
+    import json
+
+    from jaxllm import checkpoint
+
+    raw = dict(TINY, num_attention_heads=8, num_key_value_heads=2, hidden_size=64, num_hidden_layers=2)
+    model = _float_model(raw, seed=4)
+    folder = tmp_path_factory.mktemp("qllama")
+    (folder / "config.json").write_text(json.dumps(dict(raw, model_type="llama")))
+    specs = registry.get("LlamaForCausalLM").weight_map(model.config)
+    flat = weights.flat_params(model.params)
+    layout = {n: (s, np.float32) for n, s in weights.hf_layout(specs, {p: v.shape for p, v in flat.items()}).items()}
+    checkpoint.write_safetensors(folder, layout, weights.export_tensors(specs, flat))
+    return folder
+
+
+def test_sharded_quantized_logits_equal_unsharded(llama_folder, monkeypatch):
+    tokens = np.random.default_rng(0).integers(0, 128, (2, 20))
+    single = jaxllm.load(llama_folder, quantize="int4", tokenizer=False)
+    model = jaxllm.load(llama_folder, quantize="int4", mesh="fsdp=2,tp=4", tokenizer=False)
+    layer = model.params["model"]["layers"][0]
+    # scales split with their channels: out dims as the kernel's; groups (64 / 32 = 2) over fsdp=2,
+    # and replicated where tp=4 does not divide them (o_proj's 2 groups)
+    assert layer["mlp"]["up_proj"]["kernel"].sharding.spec == P("tp", "fsdp")
+    assert layer["mlp"]["up_proj"]["scale"].sharding.spec == P("tp", "fsdp")
+    assert layer["self_attn"]["o_proj"]["kernel"].sharding.spec == P("fsdp", "tp", None)
+    assert layer["self_attn"]["o_proj"]["offset"].sharding.spec == P("fsdp", None)
+    assert layer["mlp"]["down_proj"]["kernel"].dtype == jnp.int4
+    for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(model.params)):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    want = np.asarray(single.logits(tokens))
+    err = np.abs(np.asarray(model.logits(tokens)) - want).max() / np.abs(want).max()
+    assert err <= 1e-5
+    # Decode's one-row forms (quant.grouped_product: folded for gate/up, grouped for down, both
+    # with offsets), as a GPU takes them, partitioned over the same mesh: the float path's logits.
+    monkeypatch.setattr(quant, "_on_gpu", lambda: True)
+    calls, grouped = [], quant.grouped_product
+    monkeypatch.setattr(quant, "grouped_product", lambda *a: calls.append(a[1].shape) or grouped(*a))
+    one = tokens[:1, 3:4]
+    got, want = np.asarray(model.logits(one)), np.asarray(single.logits(one))
+    assert len(calls) == 2 * 7  # traced (not a cached program): 7 products a layer, both models
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_converted_round_trip_restores_the_quantized_model(llama_folder, tmp_path):
+    """What `python -m jaxllm.convert SRC DST --quantize int8` writes loads back as the same
+    integers, scales and logits, without quantizing again."""
+    p = loader.prepare(llama_folder, quantize="int8")
+    p.check()
+    params = p.read()
+    dst = tmp_path / "converted"
+    assert convert.main([str(llama_folder), str(dst), "--quantize", "int8"]) == 0
+    back = jaxllm.load(dst, tokenizer=False)
+    assert back.quantize == "int8"
+    for (path, a), b in zip(weights.flat_params(params).items(), weights.flat_params(back.params).values()):
+        assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b)), path
+    tokens = [[3, 1, 4, 1, 5, 9, 2, 6]]
+    quantized = loader.LoadedModel(p.config, p.graphdef, params)
+    assert np.array_equal(np.asarray(back.logits(tokens)), np.asarray(quantized.logits(tokens)))
+    with pytest.raises(ConfigError, match="holds int8 weights: load it without quantize="):
+        jaxllm.load(dst, quantize="int4")
+
+
+# -- GGUF blocks without a float detour -------------------------------------------------------
+
+def _tiny_gguf(path: Path, kinds: dict[str, str]) -> None:
+    """A 2-layer Llama GGUF (hidden 64) whose kernels are stored as kinds[name] (default F32)."""
+    rng = np.random.default_rng(7)
+    w = GGUFWriter(path, "llama")
+    for key, value in dict(embedding_length=64, block_count=2, feed_forward_length=128, context_length=256,
+                           vocab_size=96).items():
+        w.add_uint32(f"llama.{key}", value)
+    w.add_uint32("llama.attention.head_count", 4)
+    w.add_uint32("llama.attention.head_count_kv", 2)
+    w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+
+    def add(name, shape, kind="F32"):
+        x = (rng.standard_normal(shape) * 0.1).astype(np.float32)
+        if kind == "F32":
+            w.add_tensor(name, x)
+        else:
+            w.add_tensor(name, quants.quantize(x, GGMLQuantizationType[kind]), raw_dtype=GGMLQuantizationType[kind])
+
+    add("token_embd.weight", (96, 64))
+    add("output_norm.weight", (64,))
+    for i in range(2):
+        add(f"blk.{i}.attn_norm.weight", (64,))
+        add(f"blk.{i}.ffn_norm.weight", (64,))
+        for name, shape in dict(attn_q=(64, 64), attn_k=(32, 64), attn_v=(32, 64), attn_output=(64, 64),
+                                ffn_gate=(128, 64), ffn_up=(128, 64), ffn_down=(64, 128)).items():
+            add(f"blk.{i}.{name}.weight", shape, kinds.get(name, "F32"))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_gguf_blocks_load_bit_exact(tmp_path):
+    """Q8_0 as int8, Q4_0 and Q4_1 as int4 groups of 32: the model's dequantized kernels are the
+    float load's bit for bit (q/k rows unpermuted alike); F32 kernels follow the mode."""
+    path = tmp_path / "tiny.gguf"
+    _tiny_gguf(path, dict(attn_q="Q8_0", attn_k="Q4_0", attn_v="Q4_1", ffn_gate="Q4_1", ffn_up="Q8_0", ffn_down="Q4_0"))
+    tokens = [[5, 6, 7, 8, 9, 10]]
+    ref = jaxllm.load(path, tokenizer=False)
+    want = weights.flat_params(ref.params)
+    layer = ("model", "layers", 1)
+    for mode, native in [("gguf", {"q_proj": jnp.int8, "k_proj": jnp.int4, "v_proj": jnp.int4, "up_proj": jnp.int8}),
+                         ("int4", {"k_proj": jnp.int4, "v_proj": jnp.int4, "down_proj": jnp.int4})]:
+        model = jaxllm.load(path, quantize=mode, tokenizer=False)
+        flat = weights.flat_params(model.params)
+        deq = _dequantized(model.params)
+        for name, dtype in native.items():
+            part = "self_attn" if name.endswith(("q_proj", "k_proj", "v_proj")) else "mlp"
+            kernel = layer + (part, name, "kernel")
+            assert flat[kernel].dtype == dtype and flat[kernel[:-1] + ("scale",)].dtype == jnp.float16, (mode, name)
+            assert flat[kernel[:-1] + ("scale",)].shape[-1] == flat[kernel].shape[-1] // 32
+            assert np.array_equal(deq[kernel].view(np.uint32), np.asarray(want[kernel]).view(np.uint32)), (mode, name)
+        assert flat[layer + ("self_attn", "o_proj", "kernel")].dtype == (jnp.float32 if mode == "gguf" else jnp.int4)
+        assert flat[("model", "embed_tokens", "embedding")].dtype == jnp.float32
+        if mode == "gguf":  # the other kernels are F32 and stay float: the same model
+            np.testing.assert_allclose(np.asarray(model.logits(tokens)), np.asarray(ref.logits(tokens)), rtol=1e-5, atol=1e-5)
+
+
+# -- one-line errors and the plumbing ---------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(quantize="int3"), "quantize must be 'int8', 'int4' or 'gguf', got 'int3'"),
+    (dict(quantize="int4", group_size=48), "group_size 48 does not divide the 64 inputs of model.layers.0"),
+    (dict(quantize="int4", group_size=0), "group_size must be a positive whole number"),
+    (dict(group_size=32), "group_size goes with quantize="),
+    (dict(quantize="gguf"), "quantize='gguf' keeps a GGUF file's own quantized blocks; this checkpoint is not a GGUF"),
+])
+def test_bad_quantize_settings_are_one_line_errors(kwargs, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
+        loader.plan(TINY, source=None, **kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_group_size_error_names_what_divides():
+    with pytest.raises(ConfigError) as err:
+        loader.plan(TINY, quantize="int4", group_size=48)
+    assert str(err.value).endswith("choose one that does (8, 16, 32, 64)")
+
+
+def test_kv_dtype_is_kept_and_checked():
+    assert loader.resolve_kv_dtype(None) is None and loader.resolve_kv_dtype("fp8") == "float8_e4m3fn"
+    assert loader.resolve_kv_dtype(jnp.int8) == "int8"
+    with pytest.raises(jaxllm.JaxllmError, match="kv_dtype must be one of .*got 'int2'"):
+        jaxllm.load("/nonexistent", kv_dtype="int2")  # before anything is read
+    model = random_model(dict(TINY, num_hidden_layers=1), "float32", quantize="int4", kv_dtype="int8")
+    assert model.kv_dtype == "int8" and model.quantize == "int4"
+    assert np.isfinite(np.asarray(model.logits([[1, 2, 3]]))).all()
+    # int4 counts half a byte (XLA packs it)
+    assert quant.bytes_of(jax.ShapeDtypeStruct((10, 3), jnp.int4)) == 15
+    mem = {q: loader.estimate_memory(model.config, 1, 16, "float32", quantize=q)["params_bytes"] for q in (None, "int4")}
+    assert mem["int4"] == sum(quant.bytes_of(x) for x in jax.tree.leaves(model.params)) < mem[None] / 2
+
+
+# -- the real model ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def perplexities(gguf_path):
+    """Perplexity of SmolLM2-135M-Instruct on tests/data/public_domain.txt (2,032 tokens, scored
+    in 8 windows of 254: a third of the full-context time on a 2-core CPU), float32 weights vs our
+    int8 and int4 quantizers on them. The file's weights are Q4_1 (asymmetric, groups of 32), and
+    int4's default scheme is the same grid: when its dequantized kernels are the float ones bit
+    for bit, its perplexity is the float model's without another forward pass."""
+    model = jaxllm.load(gguf_path, dtype="float32")
+    ids = np.asarray(model.tokenizer(TEXT.read_text(encoding="utf-8"))["input_ids"])
+    assert len(ids) >= 2000
+    windows = ids[: len(ids) // 8 * 8].reshape(8, -1)
+
+    def ppl(m):
+        return float(np.exp(-np.asarray(m.token_logprobs(windows), np.float64).mean()))
+
+    int8 = loader.quantize_model(model, "int8")
+    out = {"float": ppl(model), "int8": ppl(int8)}
+    int4 = loader.quantize_model(model, "int4")
+    floats = weights.flat_params(model.params)
+    same = all(np.array_equal(v, np.asarray(floats[p])) for p, v in _dequantized(int4.params).items())
+    out["int4"] = out["float"] if same else ppl(int4)
+    print("perplexity", {k: round(v, 4) for k, v in out.items()}, "(int4 weights identical)" if same else "")
+    return model, out, int8
+
+
+def test_perplexity_of_the_quantized_real_model(perplexities):
+    _, ppl, _ = perplexities
+    assert ppl["int8"] <= 1.01 * ppl["float"]
+    assert ppl["int4"] <= 1.08 * ppl["float"]
+
+
+def test_real_gguf_q4_1_blocks_are_the_files_values(perplexities, gguf_path):
+    """quantize="int4" on the Q4_1 file takes its blocks: every kernel as the float load has it."""
+    model, _, _ = perplexities
+    native = jaxllm.load(gguf_path, dtype="float32", quantize="int4", tokenizer=False)
+    want = weights.flat_params(model.params)
+    deq = _dequantized(native.params)
+    assert len(deq) == 30 * 7
+    for path, value in deq.items():
+        assert np.array_equal(value.view(np.uint32), np.asarray(want[path]).view(np.uint32)), path
+
+
+def test_int8_real_model_still_answers(perplexities):
+    """The greedy answer survives int8 (requantized from the float weights). int4 on this file takes
+    its blocks bit for bit (the test above), so it computes the float model's answer."""
+    _, _, int8 = perplexities
+    got = int8.generate("What is the capital of France?", jaxllm.SamplingParams(max_new_tokens=8))
+    assert got.text == "The capital of France is Paris."

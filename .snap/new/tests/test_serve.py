@@ -1,0 +1,311 @@
+"""python -m jaxllm.serve, driven by the real `openai` client on the embedded SmolLM2 (float32, CPU).
+
+One server per module, over an engine that first computed the reference answers with
+`model.generate` (so the server compiles little more); every test leaves the engine idle.
+"""
+
+import asyncio
+import socket
+import threading
+import time
+from types import SimpleNamespace
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+import jaxllm
+from jaxllm import serve
+from jaxllm.api import build_app
+from jaxllm.errors import JaxllmError
+from jaxllm.serve import check_listen, parse_args
+
+NAME = "smollm2-test"
+NEW = 12  # tokens per answer: small, the whole file runs in a few minutes on a 2-core CPU
+CHAT = ["What is the capital of France?", "Name three colors.", "Say hi.", "What is 2 + 2?"]
+TEXT = ["The capital of Italy is", "def add(a, b):"]
+SEED = 7
+
+
+@pytest.fixture(scope="module")
+def server(gguf_path):
+    model = jaxllm.load(gguf_path, dtype="float32")
+    engine = jaxllm.Engine(model, batch_size=8, max_len=512, prefill_tokens=1024)  # prompts fit the 64-token prefill
+    greedy = jaxllm.SamplingParams(max_new_tokens=NEW, temperature=0.0, logprobs=True)
+    refs = {(p, True): model.generate(p, greedy, chat=True, engine=engine) for p in CHAT}  # each alone
+    refs |= {(p, False): model.generate(p, greedy, chat=False, engine=engine) for p in TEXT}
+    sampled = jaxllm.SamplingParams(max_new_tokens=NEW, temperature=1.0, top_p=0.9, top_k=20, seed=SEED)
+    refs["sampled"] = model.generate(CHAT[1], sampled, engine=engine)
+    engine.blocks.reset_prefix_cache()  # the server starts from a cold cache
+
+    app = build_app(model, engine, name=NAME, max_queue=32)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    http = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=http.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not http.started:
+        assert thread.is_alive() and time.time() < deadline, "the server did not start"
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}"
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+    yield SimpleNamespace(url=url, refs=refs, loop=app.state.engine_loop, engine=engine, client=client)
+    client.close()
+    http.should_exit = True
+    thread.join(timeout=60)
+
+
+def wait_idle(server, timeout=60.0) -> dict:
+    """The engine's counts once nothing runs or waits and every page is back (or fail)."""
+    deadline = time.time() + timeout
+    while True:
+        health = httpx.get(server.url + "/health").json()
+        if health["active"] == health["running"] == health["waiting"] == 0 and health["free_pages"] == health["total_pages"]:
+            return health
+        assert time.time() < deadline, f"the engine did not go idle: {health}"
+        time.sleep(0.1)
+
+
+def test_models_health_and_cli_defaults(server):
+    assert [m.id for m in server.client.models.list().data] == [NAME]
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    args = parse_args(["--max-queue", "4"])
+    assert (args.host, args.port, args.max_queue, args.batch_size) == ("127.0.0.1", 8000, 4, 32)
+    args = parse_args(["--port", "65535", "--log-level", "DEBUG"])
+    assert (args.port, args.log_level) == (65535, "debug")
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--port", "70000"], "--port"),  # uvicorn would listen on 70000 - 65536 = 4464
+    (["--port", "-1"], "--port"),
+    (["--port", "0"], "--port"),
+    (["--port", "80.5"], "--port"),
+    (["--log-level", "chatty"], "--log-level"),  # uvicorn's KeyError
+])
+def test_cli_refuses_bad_port_and_log_level_in_one_line(capsys, argv, flag):
+    with pytest.raises(SystemExit) as exit:
+        parse_args(argv)
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: argument {flag}: ") and "--help" in err
+
+
+def test_cli_refuses_an_address_it_cannot_listen_on_before_loading(monkeypatch, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(JaxllmError, match=f"^cannot listen on 127.0.0.1:{port}: .*: choose another --port/--host$"):
+            check_listen("127.0.0.1", port)
+        with pytest.raises(JaxllmError, match="^cannot listen on 999.1.1.1:8000: .*: choose another --port/--host$"):
+            check_listen("999.1.1.1", 8000)
+
+        def load_model(args):
+            raise AssertionError("the model was loaded before the address was checked")
+
+        monkeypatch.setattr(serve.progress, "load_model", load_model)
+        monkeypatch.setattr(serve.runtime, "set_gpu_flags", lambda mesh: None)  # main's process-wide settings
+        assert serve.main(["--port", str(port), "--compile-cache", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
+    check_listen("127.0.0.1", port)  # free again: binds, and lets go
+
+
+def test_greedy_answers_equal_generate(server):
+    ref = server.refs[CHAT[0], True]
+    out = server.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": CHAT[0]}],
+                                                max_tokens=NEW, temperature=0, logprobs=True)
+    choice = out.choices[0]
+    assert (choice.message.content, choice.finish_reason) == (ref.text, ref.finish_reason)
+    assert [c.logprob for c in choice.logprobs.content] == pytest.approx(ref.logprobs, abs=1e-5)
+    assert (out.usage.prompt_tokens, out.usage.completion_tokens) == (ref.prompt_tokens, len(ref.token_ids))
+    assert out.usage.total_tokens == ref.prompt_tokens + len(ref.token_ids)
+
+    refs = [server.refs[p, False] for p in TEXT]
+    out = server.client.completions.create(model=NAME, prompt=TEXT, max_tokens=NEW, temperature=0, logprobs=0)
+    assert [(c.text, c.finish_reason) for c in out.choices] == [(r.text, r.finish_reason) for r in refs]
+    assert out.choices[1].logprobs.token_logprobs == pytest.approx(refs[1].logprobs, abs=1e-5)
+    assert out.usage.prompt_tokens == sum(r.prompt_tokens for r in refs)
+    wait_idle(server)
+
+
+def test_seeded_sampling_n_and_stop_strings(server):
+    ref = server.refs["sampled"]
+    out = server.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": CHAT[1]}], max_tokens=NEW,
+                                                temperature=1.0, top_p=0.9, seed=SEED, extra_body={"top_k": 20})
+    assert out.choices[0].message.content == ref.text  # with n > 1, choice i samples with seed + i
+
+    full = server.refs[CHAT[0], True].text  # "The capital of France is Paris."
+    stop = full.split()[3]
+    out = server.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": CHAT[0]}], max_tokens=NEW,
+                                                temperature=0, n=2, stop=[stop, "zzz"])
+    assert [(c.index, c.message.content, c.finish_reason) for c in out.choices] == [
+        (i, full[: full.index(stop)], "stop") for i in range(2)]
+    assert out.usage.completion_tokens < 2 * len(server.refs[CHAT[0], True].token_ids)
+    wait_idle(server)
+
+
+def test_32_concurrent_streaming_clients(server):
+    async def one(client, i):
+        prompt = CHAT[i % len(CHAT)]
+        stream = await client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": prompt}],
+                                                      max_tokens=NEW, temperature=0, stream=True,
+                                                      stream_options={"include_usage": True})
+        text, finish, used = [], None, None
+        async for chunk in stream:
+            if chunk.usage is not None:
+                used = chunk.usage.completion_tokens
+            for c in chunk.choices:
+                text.append(c.delta.content or "")
+                finish = c.finish_reason or finish
+        return prompt, "".join(text), finish, used
+
+    async def all_clients():
+        async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(32)))
+
+    results = asyncio.run(all_clients())
+    for prompt, text, finish, used in results:
+        ref = server.refs[prompt, True]
+        assert (text, finish, used) == (ref.text, ref.finish_reason, len(ref.token_ids)), prompt
+    wait_idle(server)
+
+
+def test_cancel_mid_stream_frees_the_sequence(server):
+    stream = server.client.completions.create(model=NAME, prompt=TEXT[0], max_tokens=400, temperature=0, stream=True,
+                                              extra_body={"ignore_eos": True})
+    got = 0
+    for chunk in stream:
+        got += bool(chunk.choices[0].text)
+        if got == 2:
+            break
+    assert server.loop.stats["running"] + server.loop.stats["waiting"] == 1  # still going
+    stream.close()  # the client goes away mid-answer
+    health = wait_idle(server)
+    assert health["total_pages"] == server.engine.blocks.num_pages
+
+
+def test_full_server_answers_503_with_retry_after(server):
+    server.loop.max_queue = 0  # room for one batch (8 sequences), none waiting
+    try:
+        body = {"model": NAME, "prompt": TEXT[0], "max_tokens": 400, "n": 8, "stream": True, "ignore_eos": True}
+        with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as held:
+            assert held.status_code == 200  # its 8 sequences are in: the server is full
+            refused = httpx.post(server.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2}, timeout=60)
+            assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1
+            assert refused.json()["error"]["type"] == "server_error"
+    finally:
+        server.loop.max_queue = 32
+    wait_idle(server)
+
+
+@pytest.mark.parametrize("fields, param", [
+    (dict(temperature=-0.5), "temperature"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=1.5), "top_p"),
+    (dict(max_tokens=0), "max_tokens"),
+    (dict(n=0), "n"),
+    (dict(model="gpt-4o"), "model"),
+    (dict(extra_body={"temperature": "hot"}), "temperature"),
+    (dict(extra_body={"max_tokens": 2.5}), "max_tokens"),
+    (dict(extra_body={"stop": [1, 2]}), "stop"),
+    (dict(extra_body={"top_k": -1}), "top_k"),
+    (dict(logprobs=True, top_logprobs=3), "top_logprobs"),
+    (dict(max_tokens=600), None),  # the prompt + max_tokens exceed the engine's 512 positions
+    (dict(messages=[]), "messages"),
+    (dict(n=100), "n"),  # more sequences than the server holds (batch 8 + queue 32)
+    (dict(n=2**31 - 1), "n"),  # refused before n SamplingParams are built
+    (dict(temperature=1e300), "temperature"),  # beyond float32: inf on the device
+    (dict(messages=[{"role": "wizard", "content": "Hi"}]), "messages[0].role"),
+    (dict(messages=[{"role": "user", "content": "Hi"}, {"role": "function", "content": "x"}]), "messages[1].role"),
+    (dict(extra_body={"stream_options": {"include_usage": "maybe"}}), "stream_options.include_usage"),
+    (dict(logit_bias={"5": 10}), "logit_bias"),
+    (dict(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
+    (dict(tool_choice="required"), "tool_choice"),
+    (dict(functions=[{"name": "f"}]), "functions"),
+    (dict(function_call={"name": "f"}), "function_call"),
+    (dict(response_format={"type": "json_object"}), "response_format"),
+    (dict(presence_penalty=0.5), "presence_penalty"),
+])
+def test_bad_fields_answer_400_with_openai_error_json(server, fields, param):
+    fields = {"model": NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, **fields}
+    with pytest.raises(openai.BadRequestError) as err:
+        server.client.chat.completions.create(**fields)
+    assert err.value.status_code == 400
+    assert err.value.body["type"] == "invalid_request_error" and err.value.body["param"] == param
+    assert err.value.body["message"]
+
+
+def test_malformed_json_and_bad_completions_answer_400(server):
+    bodies = {b'{"prompt": "Hi", "max_tokens": 4': None, b"[1, 2]": None, b"": None, b'{"max_tokens": 4}': "prompt",
+              b'{"prompt": "Hi", "logprobs": 3}': "logprobs", b'{"prompt": [5, 99999999]}': None, b'{"prompt": []}': None,
+              b'{"prompt": [1, 2.5]}': "prompt", b'{"prompt": "Hi", "best_of": 3}': "best_of", b'{"prompt": "Hi", "echo": true}': "echo",
+              b'{"prompt": "Hi", "suffix": "x"}': "suffix", b'{"prompt": "Hi", "logit_bias": {"5": 1}}': "logit_bias",
+              b'{"prompt": "Hi", "n": 2, "best_of": 1}': "best_of", b'{"prompt": "Hi", "temperature": 1e400}': "temperature"}
+    for body, param in bodies.items():
+        r = httpx.post(server.url + "/v1/completions", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, body
+        error = r.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+        assert error["param"] == param and error["message"], body
+
+
+def test_bad_input_messages_name_the_fix(server):
+    def message(path, body):
+        r = httpx.post(server.url + path, json=body, timeout=60)
+        assert r.status_code == 400, body
+        return r.json()["error"]["message"]
+
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    assert "'wizard'" in message("/v1/chat/completions", {**chat, "messages": [{"role": "wizard", "content": "Hi"}]})
+    assert "system, user, assistant, tool" in message("/v1/chat/completions", {**chat, "messages": [{"role": "wizard"}]})
+    assert message("/v1/completions", {"prompt": [1, 2.5]}).startswith(
+        "invalid value for 'prompt': token ids must be whole numbers, got 2.5")
+    assert "token ids must be whole numbers, got true" in message("/v1/completions", {"prompt": [[1], [2, True]]})
+    assert message("/v1/completions", {"prompt": "Hi", "n": 100000}).endswith("use n <= 40")
+    assert message("/v1/completions", {"prompt": ["a", "b", "c"], "n": 20}).endswith("use n <= 13")
+    assert "not supported" in message("/v1/chat/completions", {**chat, "tools": [{"type": "function"}]})
+
+
+def test_neutral_values_of_unsupported_fields_and_the_developer_role_are_accepted(server):
+    neutral = dict(logit_bias={}, tools=[], tool_choice="none", response_format={"type": "text"},
+                   extra_body={"functions": [], "function_call": "none", "presence_penalty": 0})
+    used = {}
+    for role in ("system", "developer"):  # developer is read as system
+        out = server.client.chat.completions.create(model=NAME, max_tokens=1, temperature=0, **neutral, messages=[
+            {"role": role, "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+        used[role] = out.usage.prompt_tokens
+    assert used["developer"] == used["system"]
+    out = server.client.completions.create(model=NAME, prompt="Hi", max_tokens=1, temperature=0, n=2, best_of=2,
+                                           logit_bias=None, echo=False)
+    assert len(out.choices) == 2
+    wait_idle(server)
+
+
+def test_unknown_paths_and_wrong_methods_answer_openai_error_json(server):
+    for method, path, status in [("GET", "/v1/nope", 404), ("POST", "/v1/embeddings", 404),
+                                 ("GET", "/v1/completions", 405), ("POST", "/v1/models", 405)]:
+        r = httpx.request(method, server.url + path)
+        assert r.status_code == status, (method, path)
+        error = r.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+        assert error["message"].startswith(f"{method} {path}: ")
+    assert "POST /v1/chat/completions" in httpx.get(server.url + "/v1/nope").json()["error"]["message"]
+    assert httpx.get(server.url + "/v1/completions").headers["Allow"] == "POST"
+    with pytest.raises(openai.NotFoundError):
+        server.client.embeddings.create(model=NAME, input="Hi")
+
+
+@pytest.mark.parametrize("template, message", [
+    ("{{ raise_exception('Conversation roles must alternate') }}", "the chat template refused the messages: Conversation roles must alternate"),
+    ("{{ messages }", "the tokenizer's chat template is invalid (line 1: "),
+])
+def test_chat_template_errors_answer_400(server, monkeypatch, template, message):
+    """A template that refuses the messages, or does not parse: 400 on 'messages', the server goes on."""
+    monkeypatch.setattr(server.engine.model.tokenizer, "chat_template", template)
+    with pytest.raises(openai.BadRequestError) as err:
+        server.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+    assert err.value.body["param"] == "messages" and message in err.value.body["message"]

@@ -1,0 +1,80 @@
+"""The shape of the code: no import cycle among our modules, and no import of our own modules
+hidden inside a function (the way cycles used to be dodged)."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Installed names of the three source folders (pyproject's package-dir).
+PACKAGES = {"jaxllm": "jaxllm", "models": "jaxllm.models", "sharding": "jaxllm.sharding"}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for folder, package in PACKAGES.items():
+        for path in sorted((ROOT / folder).glob("*.py")):
+            out[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _targets(node: ast.AST) -> list[str]:
+    """Our modules an import statement names (`from jaxllm import x` names jaxllm.x when x is a
+    module, else the package itself)."""
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module for a in node.names]
+    else:
+        return []
+    return [n for n in names if n in MODULES]
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in tree.body:
+        for sub in ast.walk(node) if isinstance(node, (ast.If, ast.Try)) else [node]:
+            out.update(_targets(sub))
+    return out
+
+
+def _function_imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    found = []
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                found += [f"{path.name}:{node.lineno} {t}" for t in _targets(node)]
+    return found
+
+
+def test_there_are_modules_to_check():
+    assert {"jaxllm.loader", "jaxllm.models.decoder", "jaxllm.sharding.rules"} <= set(MODULES)
+
+
+def test_no_import_cycle_among_our_modules():
+    graph = {name: _top_level_imports(path) - {"jaxllm"} for name, path in MODULES.items()}
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+
+    def visit(name, path):
+        state[name] = 1
+        for dep in sorted(graph[name]):
+            if state.get(dep) == 1:
+                pytest.fail("import cycle: " + " -> ".join(path[path.index(dep):] + [dep]))
+            if dep not in state:
+                visit(dep, path + [dep])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+
+
+def test_no_function_level_import_of_our_modules():
+    found = [hit for path in MODULES.values() for hit in _function_imports(path)]
+    assert found == []

@@ -1,0 +1,169 @@
+"""`python -m jaxllm.convert SRC DST`: a Hugging Face checkpoint (folder, hub id or .gguf file) into
+jaxllm's orbax format (see jaxllm.converted), which `jaxllm.load(DST)` restores without converting
+again; `--to-hf` writes any loadable checkpoint (typically a converted one) back as HF safetensors.
+
+The output is built in a hidden folder beside DST and renamed into place at the end, so an
+interrupted conversion never leaves a folder that looks complete; an existing DST is replaced only
+with --force, and only once the new one is complete. One process (no multi-host conversion).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import jax
+
+from jaxllm import checkpoint, converted
+from jaxllm.errors import JaxllmError, run_cli
+from jaxllm.loader import open_checkpoint, plan
+from jaxllm.models import weights
+from jaxllm.progress import Bar
+
+# Files of a checkpoint folder that are weights (rewritten by us), not side files to carry over.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
+_SKIP = {"model.safetensors.index.json", "pytorch_model.bin.index.json", "config.json"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m jaxllm.convert", description=__doc__.split("\n\n")[0])
+    p.add_argument("src", help="checkpoint folder, hub id or .gguf file (with --to-hf: any of those, or a converted folder)")
+    p.add_argument("dst", help="output folder (must not exist unless --force)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the source's dtype, else float32)")
+    p.add_argument("--to-hf", action="store_true", help="write Hugging Face safetensors instead of orbax")
+    p.add_argument("--force", action="store_true", help="replace DST if it exists (only once the new one is complete)")
+    p.add_argument("--mesh", default=None, help="convert onto a device mesh, e.g. 'tp=4' (default: one device)")
+    p.add_argument("--shard-size", type=float, default=5.0, help="--to-hf: largest safetensors file, in GB (default 5)")
+    return p.parse_args(argv)
+
+
+def _partial_dirs(dst: Path):
+    return sorted(dst.parent.glob(f".{dst.name}.partial-*"))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clear_stale(dst: Path) -> None:
+    """Remove half-written outputs left by conversions that were killed (their process is gone)."""
+    for folder in _partial_dirs(dst):
+        pid = folder.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _check_dst(src: Path, dst: Path, force: bool) -> None:
+    if dst.exists() and not force:
+        raise JaxllmError(f"{dst} already exists: choose another folder, or pass --force to replace it")
+    if dst.exists() and not dst.is_dir():
+        raise JaxllmError(f"{dst} exists and is not a folder: remove it or choose another output")
+    if src.resolve() == dst.resolve() or dst.resolve() in src.resolve().parents:  # --force would delete the source
+        raise JaxllmError(f"the output {dst} holds the source {src}: replacing it would delete the source; choose another folder")
+
+
+def _copy_side_files(src: Path, folder: Path, raw: dict) -> None:
+    """config.json from `raw`; from a folder also generation_config.json, tokenizer files, licence,
+    README (everything but weights); from a .gguf the tokenizer rebuilt from its metadata."""
+    (folder / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
+    if src.is_dir():
+        for f in sorted(src.iterdir()):
+            if f.is_file() and f.name not in _SKIP and f.name != converted.MARKER and not f.name.endswith(_WEIGHT_SUFFIXES):
+                shutil.copy2(f, folder / f.name)
+    else:
+        tok = checkpoint.load_tokenizer(src)
+        if tok is not None:
+            tok.save_pretrained(str(folder))
+
+
+def _finish(tmp: Path, dst: Path) -> None:
+    """Move the complete output into place; an old DST (--force) goes only after the new one is there."""
+    old = None
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+        dst.rename(old)
+    tmp.rename(dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def convert(src, dst, *, dtype=None, to_hf: bool = False, force: bool = False, mesh=None,
+            shard_bytes: int = 5 << 30, progress: bool = True) -> dict:
+    """Convert `src` into `dst` (see the module docstring); returns timings and sizes. `dtype`
+    None: the dtype the source stores its weights in, else float32."""
+    start = time.perf_counter()
+    dst = Path(dst).expanduser()
+    source = open_checkpoint(src)
+    _check_dst(source.path, dst, force)
+    p = plan(source.raw, dtype or source.dtype, mesh, source)
+    dtype_name = jax.numpy.dtype(p.dtype).name
+    p.check()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    _clear_stale(dst)
+    tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        raw = dict(source.raw)
+        if to_hf:
+            for k in [k for k in ("torch_dtype", "dtype") if k in raw] or ["torch_dtype"]:
+                raw[k] = dtype_name
+        _copy_side_files(source.path, tmp, raw)
+        with Bar(len(jax.tree.leaves(p.abstract)), "reading", enabled=progress) as bar:
+            params = p.read(bar)
+            jax.block_until_ready(params)
+        read_s = time.perf_counter() - start
+        if to_hf:
+            specs = p.arch.weight_map(p.config)
+            flat = weights.flat_params(params)
+            del params
+            shapes = weights.hf_layout(specs, {path: v.shape for path, v in flat.items()})
+            layout = {name: (shape, p.dtype) for name, shape in shapes.items()}
+            with Bar(len(layout), "writing", enabled=progress) as bar:
+                files = checkpoint.write_safetensors(tmp, layout, weights.export_tensors(specs, flat), shard_bytes, bar)
+        else:
+            meta = dict(dtype=dtype_name, architecture=p.arch.name, source=str(src))
+            converted.save(tmp, params, meta)
+            files = [converted.PARAMS, converted.MARKER]
+        _finish(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    size = sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())
+    return dict(seconds=time.perf_counter() - start, read_seconds=read_s, bytes=size, files=files, dtype=dtype_name)
+
+
+def _terminate(signum, frame):  # SIGTERM unwinds like Ctrl-C, so the partial output is removed
+    raise SystemExit(128 + signum)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+
+    def body() -> int:
+        if args.shard_size <= 0:
+            raise JaxllmError("--shard-size must be a positive number of GB")
+        out = convert(args.src, args.dst, dtype=args.dtype, to_hf=args.to_hf, force=args.force, mesh=args.mesh,
+                      shard_bytes=int(args.shard_size * 1e9))
+        kind = "Hugging Face safetensors" if args.to_hf else "jaxllm (orbax)"
+        print(f"wrote {args.dst} ({kind}, {out['dtype']}, {out['bytes'] / 1e9:.2f} GB) in {out['seconds']:.1f}s "
+              f"(reading and converting {out['read_seconds']:.1f}s)")
+        return 0
+
+    return run_cli(body, "interrupted: nothing was written")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

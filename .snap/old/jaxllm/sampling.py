@@ -1,0 +1,149 @@
+"""Sampling: the request-level settings (SamplingParams) and the jitted token choice.
+
+Every setting is a per-row array inside jit, so one compiled step serves any mix of greedy and
+sampled requests. The processing order is transformers': repetition penalty, temperature, top-k,
+top-p, min-p. Randomness is per request: row b draws with fold_in(PRNGKey(seed_b), n_b), where
+n_b counts that row's generated tokens, so a seed reproduces its output whatever the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxllm.errors import GenerationError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What to generate. None means: the checkpoint's generation_config.json, else the default.
+
+    temperature 0 is greedy. top_k 0, top_p 1.0, min_p 0.0 and repetition_penalty 1.0 disable
+    those filters. `stop` strings end a sequence and never appear in its text.
+    """
+
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+    logprobs: bool = False
+
+    def resolved(self, generation_config: dict | None = None) -> "SamplingParams":
+        """Fill unset fields from generation_config.json (transformers' meaning), then defaults;
+        validate everything."""
+        gen = generation_config or {}
+        sampled = gen.get("do_sample", False)
+        defaults = dict(
+            max_new_tokens=gen.get("max_new_tokens") or 256,
+            temperature=float(gen.get("temperature", 1.0)) if sampled else 0.0,
+            top_k=int(gen.get("top_k", 50) or 0) if sampled else 0,
+            top_p=float(gen.get("top_p", 1.0) or 1.0) if sampled else 1.0,
+            min_p=float(gen.get("min_p") or 0.0) if sampled else 0.0,
+            repetition_penalty=float(gen.get("repetition_penalty") or 1.0),
+        )
+        values = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in defaults.items()}
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        out = dataclasses.replace(self, stop=stop, **values)
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        def bad(name, value, rule):
+            raise GenerationError(f"{name}={value!r} is invalid: {rule}")
+
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            bad("max_new_tokens", self.max_new_tokens, "use a whole number >= 1")
+        if not _finite(self.temperature) or self.temperature < 0:
+            bad("temperature", self.temperature, "use 0 for greedy or a positive number")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            bad("top_k", self.top_k, "use 0 to disable or a whole number >= 1")
+        if not _finite(self.top_p) or not 0 < self.top_p <= 1:
+            bad("top_p", self.top_p, "use a number in (0, 1]; 1 disables it")
+        if not _finite(self.min_p) or not 0 <= self.min_p <= 1:
+            bad("min_p", self.min_p, "use a number in [0, 1]; 0 disables it")
+        if not _finite(self.repetition_penalty) or self.repetition_penalty <= 0:
+            bad("repetition_penalty", self.repetition_penalty, "use a positive number; 1 disables it")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            bad("seed", self.seed, "use a whole number in [0, 2**32)")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            bad("stop", self.stop, "use non-empty strings")
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+class RowParams(NamedTuple):
+    """SamplingParams as per-row arrays [B], the form the jitted step takes."""
+
+    temperature: jax.Array
+    top_k: jax.Array
+    top_p: jax.Array
+    min_p: jax.Array
+    repetition_penalty: jax.Array
+    seed: jax.Array
+
+    @staticmethod
+    def of(params: list[SamplingParams]) -> "RowParams":
+        import numpy as np
+
+        col = lambda name, dtype: np.asarray([getattr(p, name) for p in params], dtype)  # noqa: E731
+        return RowParams(
+            col("temperature", np.float32), col("top_k", np.int32), col("top_p", np.float32),
+            col("min_p", np.float32), col("repetition_penalty", np.float32), col("seed", np.uint32),
+        )
+
+
+def sample(logits, seen, rp: RowParams, step, sampling: bool = True):
+    """Choose one token per row.
+
+    logits [B, V] float32; seen [B, V] bool (tokens already in the sequence, for the repetition
+    penalty); step [B] int (tokens generated so far, for the random stream).
+    Returns (tokens [B] int32, logprobs [B] float32: the model's log-probability of the chosen
+    token before any processing). `sampling=False` (static) promises every row is greedy, and
+    skips the vocabulary sort that the filters need.
+    """
+    logprobs = jax.nn.log_softmax(logits, axis=-1)
+    pen = rp.repetition_penalty[:, None]
+    logits = jnp.where(seen, jnp.where(logits < 0, logits * pen, logits / pen), logits)
+    greedy = jnp.argmax(logits, axis=-1)
+
+
+    def draw(logits):
+        scaled = logits / jnp.maximum(rp.temperature, 1e-6)[:, None]
+        keep = filter_mask(scaled, rp.top_k, rp.top_p, rp.min_p)
+        masked = jnp.where(keep, scaled, -jnp.inf)
+        keys = jax.vmap(lambda s, n: jax.random.fold_in(jax.random.PRNGKey(s), n))(rp.seed, step)
+        return jax.vmap(jax.random.categorical)(keys, masked)
+
+    tokens = jnp.where(rp.temperature > 0, draw(logits), greedy) if sampling else greedy
+    tokens = tokens.astype(jnp.int32)
+    return tokens, jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
+
+
+def filter_mask(logits, top_k, top_p, min_p):
+    """[B, V] True for tokens that survive top-k, then top-p, then min-p (each disabled by its
+    neutral value). Each filter is a threshold on the logit, found from one descending sort."""
+    v = logits.shape[-1]
+    ordered = jnp.sort(logits, axis=-1)[:, ::-1]
+    rank = jnp.arange(v)[None, :]
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, v), v)[:, None]
+    ordered = jnp.where(rank < k, ordered, -jnp.inf)
+    kth = jnp.take_along_axis(ordered, k - 1, axis=-1)
+    probs = jax.nn.softmax(ordered, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # probability mass ranked above each token
+    in_p = (before < top_p[:, None]) & (rank < k)
+    p_threshold = jnp.min(jnp.where(in_p, ordered, jnp.inf), axis=-1, keepdims=True)
+    min_p_threshold = ordered[:, :1] + jnp.log(jnp.maximum(min_p, 1e-30))[:, None]
+    min_p_threshold = jnp.where(min_p[:, None] > 0, min_p_threshold, -jnp.inf)
+    return (logits >= kth) & (logits >= p_threshold) & (logits >= min_p_threshold)

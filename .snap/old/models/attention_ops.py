@@ -1,0 +1,464 @@
+"""Memory-linear attention kernels for a paged KV cache (pure functions, no Flax modules).
+
+Layout conventions (as models/layers.py): B rows, T queries, H query heads, K kv heads,
+G = H // K (query head h reads kv head h // G), D head size, S keys; per layer one page pool
+`k_pages, v_pages: [N, ps, K, D]` and per row a page table `[P]` int32 of page ids, so a row's
+key s lives at `pages[page_table[s // ps], s % ps]`.
+
+- `gather_pages`: the contiguous [B, S, K, D] view of each row's keys (one gather).
+- `blocked_attention`: causal / sliding-window / soft-capped grouped-query attention with an
+  online softmax over key blocks (flash-attention style): peak memory O(B*H*Tq*block) instead
+  of the O(B*H*T*S) float32 scores that `attention_probs` materialises. Any backend.
+- `flash_prefill`: a prefill chunk (queries at positions start..start+T-1 over keys 0..) on
+  cuDNN when the mask can be expressed there exactly, else `blocked_attention`.
+- `paged_decode_attention`: one query per row straight over the page pool.
+
+Everything here runs on jax 0.10 and 0.11. The cuDNN and Pallas paths only run on NVIDIA GPUs
+(Pallas GPU kernels also in interpret mode on CPU, which the tests use).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_NEG_INF = float("-inf")
+
+
+# ----------------------------------------------------------------------------------------------
+# Pages
+
+
+def gather_pages(pages, page_table, num_keys: int | None = None):
+    """The contiguous keys (or values) of each row: pages [N, ps, K, D], page_table [B, P] int
+    -> [B, P * ps, K, D], or the first `num_keys` (static) positions. Table entries past a row's
+    length may hold any id: out-of-range ids are clipped to a valid page (their keys must be
+    masked by the caller's lengths anyway)."""
+    n, ps, kv, d = pages.shape
+    b, p = page_table.shape
+    if num_keys is not None:
+        need = -(-num_keys // ps)
+        if need > p:
+            raise ValueError(f"num_keys={num_keys} needs {need} pages, the table has {p}")
+        page_table = page_table[:, :need]
+        p = need
+    out = jnp.take(pages, page_table.astype(jnp.int32), axis=0, mode="clip")  # [B, P, ps, K, D]
+    out = out.reshape(b, p * ps, kv, d)
+    if num_keys is not None and num_keys != p * ps:
+        out = out[:, :num_keys]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Blocked (online-softmax) attention: the portable path
+
+
+def blocked_attention(q, k, v, q_pos, kv_len=None, *, scale: float, window: int | None = None,
+                      softcap: float | None = None, block: int = 512, q_block: int | None = None):
+    """Grouped-query attention with an online softmax over key blocks.
+
+    q [B, T, H, D]; k, v [B, S, K, D] (key s sits at position s); q_pos [B, T] int positions of
+    the queries; kv_len [B] valid keys per row (None: all S). Query t of row b sees key s iff
+    s <= q_pos[b, t], s < kv_len[b] and, with a window, s > q_pos[b, t] - window. Scores are
+    scale * q.k in float32, soft-capped as softcap * tanh(s / softcap) when set. Returns
+    [B, T, H, D] in q.dtype; equal to the masked reference (layers.attention_probs / attend) up
+    to float rounding. A query that sees no key gets zeros (the reference would average all
+    values), never NaN.
+
+    Memory: the scores of one (query block, key block) pair, B*H*Tq*block float32, where Tq is
+    `q_block` (None: all T queries at once). The key loop runs only over blocks that some query
+    of the (query) block can see, from the window's first block to min(kv_len, q_pos + 1), so a
+    causal prefill split into query blocks does about half the work of the full square, and
+    blocks past max(kv_len) cost nothing. `block` need not divide S: the last block is
+    shifted left to end at S and its overlap masked, so nothing is padded or copied.
+    """
+    b, t, h, d = q.shape
+    s, kv = k.shape[1], k.shape[2]
+    if h % kv:
+        raise ValueError(f"{h} query heads do not group over {kv} kv heads")
+    q_pos = jnp.asarray(q_pos, jnp.int32)
+    kv_len = jnp.full((b,), s, jnp.int32) if kv_len is None else jnp.minimum(jnp.asarray(kv_len, jnp.int32), s)
+    block = max(1, min(block, s))
+
+    if q_block is None or q_block >= t:
+        return _blocked_core(q, k, v, q_pos, kv_len, scale, window, softcap, block)
+
+    nq = -(-t // q_block)
+    pad = nq * q_block - t
+    if pad:  # padded queries sit at position -1: they see nothing and are dropped below
+        q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+        q_pos = jnp.pad(q_pos, ((0, 0), (0, pad)), constant_values=-1)
+    qs = q.reshape(b, nq, q_block, h, d).swapaxes(0, 1)
+    ps = q_pos.reshape(b, nq, q_block).swapaxes(0, 1)
+    out = lax.map(lambda qp: _blocked_core(qp[0], k, v, qp[1], kv_len, scale, window, softcap, block), (qs, ps))
+    out = out.swapaxes(0, 1).reshape(b, nq * q_block, h, d)
+    return out[:, :t]
+
+
+def _blocked_core(q, k, v, q_pos, kv_len, scale, window, softcap, block):
+    b, t, h, d = q.shape
+    s, kv = k.shape[1], k.shape[2]
+    g = h // kv
+    nblk = -(-s // block)
+    qg = q.reshape(b, t, kv, g, d)
+
+    # Which key blocks can any query here see: [lo, hi).
+    seen = q_pos >= 0
+    last = jnp.minimum(q_pos + 1, kv_len[:, None])  # one past the last visible key
+    hi_key = jnp.max(jnp.where(seen, last, 0))
+    hi = jnp.minimum((hi_key + block - 1) // block, nblk)
+    if window is None:
+        lo = jnp.int32(0)
+    else:
+        first = jnp.maximum(q_pos - window + 1, 0)
+        lo_key = jnp.min(jnp.where(seen & (last > first), first, s))
+        lo = jnp.minimum(lo_key // block, hi)
+
+    acc = jnp.zeros((b, kv, g, t, d), jnp.float32)
+    m = jnp.full((b, kv, g, t), _NEG_INF, jnp.float32)
+    denom = jnp.zeros((b, kv, g, t), jnp.float32)
+
+    def body(i, carry):
+        acc, m, denom = carry
+        nominal = i * block
+        start = jnp.minimum(nominal, s - block)  # the last block is shifted left to end at S
+        kb = lax.dynamic_slice_in_dim(k, start, block, axis=1)
+        vb = lax.dynamic_slice_in_dim(v, start, block, axis=1)
+        k_idx = start + jnp.arange(block, dtype=jnp.int32)
+        mask = (k_idx[None, None, :] <= q_pos[:, :, None]) & (k_idx[None, None, :] < kv_len[:, None, None])
+        mask &= k_idx[None, None, :] >= nominal  # the overlap of a shifted block was done already
+        if window is not None:
+            mask &= k_idx[None, None, :] > q_pos[:, :, None] - window
+        scores = jnp.einsum("btkgd,bskd->bkgts", qg, kb, preferred_element_type=jnp.float32)
+        scores = scores.astype(jnp.float32) * scale
+        if softcap is not None:
+            scores = jnp.tanh(scores / softcap) * softcap
+        scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
+        m_new = jnp.maximum(m, jnp.max(scores, axis=-1))
+        m_safe = jnp.where(m_new == _NEG_INF, 0.0, m_new)  # nothing seen yet: keep exp() finite
+        p = jnp.exp(scores - m_safe[..., None])
+        corr = jnp.exp(m - m_safe)
+        denom = denom * corr + jnp.sum(p, axis=-1)
+        pv = jnp.einsum("bkgts,bskd->bkgtd", p.astype(v.dtype), vb, preferred_element_type=jnp.float32)
+        acc = acc * corr[..., None] + pv.astype(jnp.float32)
+        return acc, m_new, denom
+
+    acc, m, denom = lax.fori_loop(lo, hi, body, (acc, m, denom))
+    out = acc / jnp.where(denom > 0, denom, 1.0)[..., None]
+    return jnp.einsum("bkgtd->btkgd", out).reshape(b, t, h, d).astype(q.dtype)
+
+
+def reference_attention(q, k, v, q_pos, kv_len=None, *, scale: float, window=None, softcap=None):
+    """The materialised masked reference (O(T*S) float32 scores), same mask as
+    `blocked_attention`; for tests and comparisons only."""
+    b, t, h, d = q.shape
+    s, kv = k.shape[1], k.shape[2]
+    kv_len = jnp.full((b,), s, jnp.int32) if kv_len is None else jnp.asarray(kv_len, jnp.int32)
+    k_pos = jnp.arange(s, dtype=jnp.int32)
+    qp = jnp.asarray(q_pos, jnp.int32)[:, :, None]
+    mask = (k_pos[None, None, :] <= qp) & (k_pos[None, None, :] < kv_len[:, None, None])
+    if window is not None:
+        mask &= k_pos[None, None, :] > qp - window
+    qg = q.reshape(b, t, kv, h // kv, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+    if softcap is not None:
+        scores = jnp.tanh(scores / softcap) * softcap
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
+    return out.reshape(b, t, h, d).astype(q.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backend checks
+
+
+def on_cuda() -> bool:
+    """An NVIDIA GPU backend (ROCm GPUs also report "gpu" but have no cuDNN)."""
+    if jax.default_backend() != "gpu":
+        return False
+    version = getattr(getattr(jax.devices()[0], "client", None), "platform_version", "")
+    return "rocm" not in str(version).lower()
+
+
+def cudnn_supports(q, softcap=None) -> bool:
+    """Whether cuDNN's flash attention takes these inputs: an NVIDIA GPU, 16-bit floats, a head
+    size that is a multiple of 8 and at most 128 (256 on Hopper and later: we stay at 128), no
+    soft-capping (cuDNN has none)."""
+    return (on_cuda() and q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] <= 128
+            and q.shape[-1] % 8 == 0 and softcap is None)
+
+
+def _cudnn_private():
+    """jax's own cuDNN wrapper (private, present in jax 0.10 and 0.11): it returns the softmax
+    log-sum-exp in float32, which the public jax.nn.dot_product_attention casts to the output
+    dtype (bf16 is too coarse to merge two partial softmaxes)."""
+    from jax._src.cudnn import fused_attention_stablehlo as fa
+    return fa
+
+
+# ----------------------------------------------------------------------------------------------
+# Prefill
+
+
+def flash_prefill(q, k, v, start=0, kv_len=None, *, scale: float, window: int | None = None,
+                  softcap: float | None = None, impl: str | None = None, k_new=None, v_new=None,
+                  block: int = 1024, q_block: int | None = 2048):
+    """Attention of a prefill chunk. q [B, T, H, D]: row b's queries sit at positions
+    start[b] .. start[b] + T - 1; k, v [B, S, K, D]: the row's keys at positions 0 .. S - 1,
+    the chunk's own keys included (written at start .. start + T - 1, so S >= start + T);
+    kv_len [B]: valid keys per row (default start + T; a shorter ragged chunk passes
+    start + its length, and its padding queries' outputs are garbage). `start` is a Python int
+    (static) or an int array [B]. Causal (key pos <= query pos), optional sliding window
+    (key pos > query pos - window) and soft-capping. -> [B, T, H, D] in q.dtype.
+
+    impl:
+    - "blocked": `blocked_attention` (any backend, every option), `block` / `q_block` its tiles.
+    - "cudnn": cuDNN flash attention through XLA. jax 0.10/0.11 only give cuDNN a causal mask
+      aligned top-left (query i sees keys <= i), its sequence lengths pad at the end, and its
+      window is counted from the top-left diagonal; none offsets the diagonal. So:
+        * start == 0 (static) and T == S: one call, is_causal=True (plus
+          local_window_size=(window - 1, 0) for a window). Keys past kv_len are only visible to
+          padding queries, so no padding mask is needed.
+        * otherwise (a chunk at start > 0, dynamic start): two calls merged exactly by their
+          float32 log-sum-exps: the chunk's queries over the prefix keys 0 .. start - 1 (no
+          causal mask, key_value_seq_lengths=start: every prefix key is visible), and over the
+          chunk's own keys (k_new, v_new [B, T, K, D]; sliced from k, v at start when not
+          given) with is_causal=True, where top-left alignment is exact. No window here (the
+          prefix part has no way to drop keys from the left): a window falls back to blocked.
+      No soft-capping on cuDNN (falls back to blocked). 16-bit floats only, D % 8 == 0, D <= 128.
+    - "cudnn_mask": one cuDNN call with the mask passed as a dense [B, 1, T, S] boolean (cuDNN
+      reads it as an additive bf16 bias: O(T*S) memory, 2 bytes an entry; a comparison point).
+    - "pallas_triton" / "pallas_mgpu": jax.experimental.pallas.ops.gpu.attention.mha (Triton) /
+      attention_mgpu.attention (Hopper Mosaic GPU). Both have only a top-left causal mask and no
+      lengths (mha's segment_ids are shared by queries and keys, so they need T == S), so they
+      serve start == 0, T == S only, no window / softcap; mha needs K == H (kv heads are
+      repeated), attention_mgpu needs D % 64 == 0 and T, S multiples of its tiles and takes no
+      scale (q is pre-scaled in its dtype, a small rounding). Else: blocked.
+    - None: "cudnn" where `cudnn_supports` and the mask fits it, else "blocked".
+
+    Checked on an H100 (jax 0.11.2, cuDNN 9.19, 2026-11-28): cuDNN's is_causal with T < S is
+    top-left aligned (max diff 0.001 against top-left, 3.6 against the offset mask), and
+    adding query/key_value_seq_lengths (PADDING_CAUSAL) does not move the diagonal either
+    (3.57); the split path matched blocked to 0.0078 (bf16 rounding: blocked bf16 vs float32
+    is 0.0077), a row at start 0 included, no NaN. Times, one layer, B=1, Qwen3-0.6B shape
+    (H=16, K=8, D=128, bf16): T=32768 at start 0: cudnn 6.9 ms (641 TFLOP/s causal),
+    pallas_triton 12.3 ms, blocked 87 ms (q_block=2048, block=1024; 159 ms untiled queries,
+    block 512), pallas_mgpu failed in jax 0.11.2 on bf16 ("src had type bfloat16 and dst had
+    type float16"). T=2048 chunk at start 30720: cudnn split 1.18 ms, cudnn_mask 1.84 ms, the
+    materialised XLA reference 7.7 ms (4 GiB of scores), blocked 10.6 ms (block=1024).
+    """
+    b, t, h, d = q.shape
+    s = k.shape[1]
+    static_zero = isinstance(start, int) and start == 0
+    start_arr = jnp.broadcast_to(jnp.asarray(start, jnp.int32), (b,))
+    if kv_len is None:
+        kv_len = start_arr + t
+    kv_len = jnp.asarray(kv_len, jnp.int32)
+    q_pos = start_arr[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
+
+    def blocked():
+        return blocked_attention(q, k, v, q_pos, kv_len, scale=scale, window=window, softcap=softcap,
+                                 block=block, q_block=q_block)
+
+    square = static_zero and t == s
+    if impl is None:
+        impl = "cudnn" if cudnn_supports(q, softcap) and (square or window is None) else "blocked"
+    if impl == "blocked":
+        return blocked()
+    if impl == "xla":
+        return reference_attention(q, k, v, q_pos, kv_len, scale=scale, window=window, softcap=softcap)
+    if impl == "cudnn_mask":
+        if softcap is not None:
+            return blocked()
+        k_pos = jnp.arange(s, dtype=jnp.int32)
+        mask = (k_pos[None, None, :] <= q_pos[:, :, None]) & (k_pos[None, None, :] < kv_len[:, None, None])
+        if window is not None:
+            mask &= k_pos[None, None, :] > q_pos[:, :, None] - window
+        return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=scale, implementation="cudnn")
+    if impl in ("pallas_triton", "pallas_mgpu"):
+        if not square or window is not None or softcap is not None:
+            return blocked()
+        return _pallas_prefill(q, k, v, scale, impl)
+    if impl != "cudnn":
+        raise ValueError(f"unknown impl {impl!r}")
+    if softcap is not None:
+        return blocked()
+    if square:
+        lw = None if window is None else (window - 1, 0)
+        return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, local_window_size=lw,
+                                            implementation="cudnn")
+    if window is not None:
+        return blocked()
+    return _cudnn_chunk(q, k, v, start_arr, scale, k_new, v_new)
+
+
+def _cudnn_chunk(q, k, v, start, scale, k_new=None, v_new=None):
+    """cuDNN prefill of a chunk at a dynamic offset: prefix (padding mask at `start`) and chunk
+    (top-left causal) in two flash calls, merged by their float32 log-sum-exps."""
+    fa = _cudnn_private()
+    b, t, h, d = q.shape
+    if k_new is None or v_new is None:
+        take = jax.vmap(lambda x, s0: lax.dynamic_slice_in_dim(x, s0, t, axis=0))
+        k_new, v_new = take(k, start), take(v, start)
+    o2, lse2 = fa.dot_product_attention(q, k_new, v_new, scale=scale, mask_type=fa.MaskType.CAUSAL,
+                                        return_residual=True)
+    q_len = jnp.full((b,), t, jnp.int32)
+    prefix_len = jnp.maximum(start, 1)  # a zero length is replaced, and its part weighted 0 below
+    o1, lse1 = fa.dot_product_attention(q, k, v, q_seqlen=q_len, kv_seqlen=prefix_len, scale=scale,
+                                        mask_type=fa.MaskType.PADDING, return_residual=True)
+    # stats are [B, H, T] (cuDNN's layout whatever the input layout): -> [B, T, H, 1]
+    lse1 = jnp.swapaxes(lse1.astype(jnp.float32), 1, 2)[..., None]
+    lse2 = jnp.swapaxes(lse2.astype(jnp.float32), 1, 2)[..., None]
+    has_prefix = (start > 0)[:, None, None, None]
+    lse1 = jnp.where(has_prefix, lse1, _NEG_INF)
+    mx = jnp.maximum(lse1, lse2)
+    w1 = jnp.where(has_prefix, jnp.exp(lse1 - mx), 0.0)
+    w2 = jnp.exp(lse2 - mx)
+    o1 = jnp.where(has_prefix, o1.astype(jnp.float32), 0.0)
+    out = (o1 * w1 + o2.astype(jnp.float32) * w2) / (w1 + w2)
+    return out.astype(q.dtype)
+
+
+def _pallas_prefill(q, k, v, scale, impl, interpret: bool = False):
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    if impl == "pallas_triton":
+        from jax.experimental.pallas.ops.gpu import attention as pa
+        if kv != h:
+            k, v = jnp.repeat(k, h // kv, axis=2), jnp.repeat(v, h // kv, axis=2)
+        sizes = pa.BlockSizes(block_q=min(128, t), block_k=min(64, t))
+        return pa.mha(q, k, v, None, sm_scale=scale, causal=True, block_sizes=sizes, interpret=interpret)
+    from jax.experimental.pallas.ops.gpu import attention_mgpu as am
+    config = am.TuningConfig(block_q=64, block_kv=64, max_concurrent_steps=2, causal=True)
+    return am.attention((q * scale).astype(q.dtype), k, v, config)
+
+
+# ----------------------------------------------------------------------------------------------
+# Paged decode
+
+
+def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: float,
+                           impl: str | None = None, window: int | None = None,
+                           softcap: float | None = None, num_keys: int | None = None,
+                           interpret: bool = False):
+    """One query per row over the page pool. q [B, 1, H, D]; k_pages, v_pages [N, ps, K, D];
+    page_table [B, P] int32; lengths [B]: row b's query sits at position lengths[b] - 1 and
+    sees keys 0 .. lengths[b] - 1 (within the window when set). num_keys (static) bounds the
+    keys read (a bucket >= max(lengths); default P * ps). -> [B, 1, H, D] in q.dtype.
+
+    impl:
+    - "xla": gather the row's pages (`gather_pages`), masked float32 softmax (any backend,
+      window and softcap).
+    - "cudnn": gather, then jax.nn.dot_product_attention(implementation="cudnn",
+      key_value_seq_lengths=lengths): what layers.decode_attention does today.
+    - "cudnn_paged": cuDNN's own paged attention (jax._src.cudnn...paged_attention, private in
+      jax 0.10/0.11): reads pages through the table, no gather. jax requires the pool to hold
+      exactly B * P' pages for a table [B, P']; a pool of N pages with N % B == 0 and
+      N // B >= P works (the table is padded with page 0, masked by lengths); other pools use
+      "cudnn".
+    - "pallas": jax.experimental.pallas.ops.gpu.paged_attention (Triton). Its pool layout is
+      [K, N, ps, D], so ours is transposed on every call here (a full pool copy: an engine that
+      picks this kernel should store that layout and call `pallas_paged_decode` directly).
+    - None: on an NVIDIA GPU for 16-bit floats without window / softcap, "cudnn_paged" where
+      the pool shape allows it (else "cudnn"); elsewhere "xla".
+
+    Measured on an H100 (jax 0.11.2, cuDNN 9.19, 2026-11-28; one layer, Qwen3-0.6B shape H=16,
+    K=8, D=128, bf16, us per call in a chain of 100): batch 64 x 1k context: cudnn_paged
+    97-101 (any page size 16-128), pallas (pool already [K, N, ps, D]) 141-162, cudnn (gather)
+    285, xla 340. Batch 1: 1k context pallas 14-16, xla 19, cudnn_paged 28-42, cudnn 30-33;
+    8k context cudnn_paged 29-40, pallas 30 (ps 16/32), cudnn 54, xla 55-56. Batch 64 x 8k was
+    not measured (out of device time). See benchmarks/attention_probe.py.
+    """
+    b, one, h, d = q.shape
+    n, ps, kv, _ = k_pages.shape
+    p = page_table.shape[1]
+    lengths = jnp.asarray(lengths, jnp.int32)
+    if impl is None:
+        impl = "cudnn_paged" if cudnn_supports(q, softcap) and window is None else "xla"
+    if impl in ("cudnn", "cudnn_paged", "pallas") and window is not None:
+        impl = "xla"
+    if impl in ("cudnn", "cudnn_paged") and softcap is not None:
+        impl = "xla"
+    if impl == "cudnn_paged":
+        need = p if num_keys is None else -(-num_keys // ps)
+        if n % b or n // b < need:
+            impl = "cudnn"
+        else:
+            return _cudnn_paged(q, k_pages, v_pages, page_table[:, :need], lengths, scale)
+    if impl == "pallas":
+        if num_keys is not None:
+            page_table = page_table[:, :-(-num_keys // ps)]
+        kt, vt = jnp.transpose(k_pages, (2, 0, 1, 3)), jnp.transpose(v_pages, (2, 0, 1, 3))
+        return pallas_paged_decode(q, kt, vt, page_table, lengths, scale=scale, softcap=softcap,
+                                   interpret=interpret)
+    keys = gather_pages(k_pages, page_table, num_keys)
+    values = gather_pages(v_pages, page_table, num_keys)
+    if impl == "cudnn":
+        return jax.nn.dot_product_attention(q, keys, values, scale=scale, key_value_seq_lengths=lengths,
+                                            implementation="cudnn")
+    if impl != "xla":
+        raise ValueError(f"unknown impl {impl!r}")
+    return _masked_decode(q, keys, values, lengths, scale, window, softcap)
+
+
+def _masked_decode(q, k, v, lengths, scale, window, softcap):
+    b, _, h, d = q.shape
+    s, kv = k.shape[1], k.shape[2]
+    k_pos = jnp.arange(s, dtype=jnp.int32)[None, :]
+    mask = k_pos < lengths[:, None]
+    if window is not None:
+        mask &= k_pos > lengths[:, None] - 1 - window
+    qg = q.reshape(b, kv, h // kv, d)
+    scores = jnp.einsum("bkgd,bskd->bkgs", qg, k, preferred_element_type=jnp.float32) * scale
+    if softcap is not None:
+        scores = jnp.tanh(scores / softcap) * softcap
+    scores = jnp.where(mask[:, None, None, :], scores, _NEG_INF)
+    m = jnp.max(scores, axis=-1, keepdims=True)
+    p = jnp.exp(scores - jnp.where(m == _NEG_INF, 0.0, m))
+    denom = jnp.sum(p, axis=-1, keepdims=True)
+    p = (p / jnp.where(denom > 0, denom, 1.0)).astype(v.dtype)
+    out = jnp.einsum("bkgs,bskd->bkgd", p, v, preferred_element_type=jnp.float32)
+    return out.reshape(b, 1, h, d).astype(q.dtype)
+
+
+def _cudnn_paged(q, k_pages, v_pages, page_table, lengths, scale):
+    fa = _cudnn_private()
+    b, p = page_table.shape
+    n = k_pages.shape[0]
+    per_row = n // b
+    if per_row > p:
+        page_table = jnp.pad(page_table, ((0, 0), (0, per_row - p)))
+    table = page_table.astype(jnp.int32)[:, None, :, None]
+    q_len = jnp.ones((b,), jnp.int32)
+    return fa.paged_attention(q, k_pages, v_pages, q_len, lengths, table, table, scale=scale,
+                              mask_type=fa.MaskType.PADDING)
+
+
+def _largest_divisor(n: int, cap: int) -> int:
+    for c in range(min(n, cap), 0, -1):
+        if n % c == 0:
+            return c
+    return 1
+
+
+def pallas_paged_decode(q, k_pages, v_pages, page_table, lengths, *, scale: float,
+                        softcap: float | None = None, k_splits: int = 16,
+                        pages_per_compute_block: int = 8, interpret: bool = False):
+    """jax.experimental.pallas.ops.gpu.paged_attention over a pool in ITS layout
+    k_pages, v_pages [K, N, ps, D]. q [B, 1, H, D] -> [B, 1, H, D]. The kernel has no scale
+    (q is pre-scaled, in q's dtype) and no window; it pads each kv group's G query heads to
+    16 rows. k_splits / pages_per_compute_block are cut down to divisors of the table width."""
+    from jax.experimental.pallas.ops.gpu import paged_attention as ppa
+    b, _, h, d = q.shape
+    p = page_table.shape[1]
+    ps = k_pages.shape[2]
+    splits = _largest_divisor(p, k_splits)
+    # keep a compute block at <= 256 keys: 8 pages of 64 (or 128) overflowed the H100's shared
+    # memory (282,624 > 232,448 bytes) in jax 0.11.2
+    per_block = _largest_divisor(p // splits, max(1, min(pages_per_compute_block, 256 // ps)))
+    qs = (q[:, 0].astype(jnp.float32) * scale).astype(q.dtype)
+    out = ppa.paged_attention(qs, k_pages, v_pages, page_table.astype(jnp.int32), lengths.astype(jnp.int32),
+                              k_splits=splits, pages_per_compute_block=per_block,
+                              attn_logits_soft_cap=softcap, interpret=interpret)
+    return out[:, None].astype(q.dtype)

@@ -1,0 +1,150 @@
+"""The decoder most families share: embeddings, a stack of layers, a final norm and an output head
+(or tied embeddings), and its weight map in transformers' Llama naming.
+
+A family with its own layer (Gemma 2's sandwich norms, OLMo 2's post-norms, GPT-NeoX) subclasses
+`CausalLM` and sets `layer_cls`; a family that differs only by config flags uses `CausalLM` as is.
+Every layer is called as layer(x, positions, rot, cache, kv) -> (x, cache), `kv` being the
+attention's KV backend (models/attention.py).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxllm.models.attention import UNCACHED, Attention, LayerCache, SlotCache
+from jaxllm.models.config import ModelConfig
+from jaxllm.models.layers import Embed, RMSNorm, make_mlp
+from jaxllm.models.rope import rotary
+from jaxllm.models.weights import Copy, Linear, WeightSpec
+
+
+class DecoderLayer(nnx.Module):
+    """x + attn(input_norm(x)), then x + mlp(post_attention_norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
+        norm = norm_kwargs(cfg, dtype, rngs)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps, **norm)
+        self.self_attn = Attention(cfg, layer, dtype=dtype, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps, **norm)
+        self.mlp = make_mlp(cfg, layer, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x, positions, rot, cache, kv=UNCACHED):
+        attn, cache = self.self_attn(self.input_layernorm(x), positions, rot, cache, kv)
+        x = x + attn
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, cache
+
+
+def norm_kwargs(cfg: ModelConfig, dtype, rngs, norm_cls=None) -> dict:
+    """Keyword arguments of a layer's norm: RMSNorm takes the model's offset/upcast flags."""
+    if norm_cls not in (None, RMSNorm):
+        return dict(dtype=dtype, rngs=rngs)
+    return dict(dtype=dtype, rngs=rngs, offset=cfg.norm_offset, upcast_scale=cfg.norm_upcast_scale)
+
+
+class DecoderModel(nnx.Module):
+    def __init__(self, cfg: ModelConfig, layer_cls=DecoderLayer, *, dtype, rngs: nnx.Rngs, final_norm=None):
+        self.cfg = cfg
+        self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs, scale=cfg.embed_scale)
+        learned = cfg.position_embedding == "learned"
+        self.embed_positions = Embed(cfg.max_position_embeddings, cfg.hidden_size, dtype=dtype, rngs=rngs) if learned else None
+        self.layers = nnx.List([layer_cls(cfg, i, dtype=dtype, rngs=rngs) for i in range(cfg.num_layers)])
+        self.norm = (final_norm or RMSNorm)(cfg.hidden_size, cfg.norm_eps, **norm_kwargs(cfg, dtype, rngs, final_norm))
+
+    def __call__(self, tokens, positions, cache=None, kv=None, lengths=None, trace: list | None = None):
+        """tokens, positions [B, T] -> hidden [B, T, E], and per-layer caches from the KV backend
+        `kv` (default: Uncached without a cache, a whole-cache SlotCache with one). `lengths` [B]:
+        the real length of each row when positions run past it (padded prefill); see `rotary`.
+        `trace`: a list that receives each layer's input and then the final (normed) output, as
+        transformers' hidden_states."""
+        kv = kv or (UNCACHED if cache is None else SlotCache())
+        x = self.embed_tokens(tokens)
+        if self.embed_positions is not None:
+            x = x + self.embed_positions(positions)
+        rots = self.rotaries(positions, x.dtype, lengths)
+        new_cache = []
+        for i, layer in enumerate(self.layers):
+            if trace is not None:
+                trace.append(x)
+            x, c = layer(x, positions, rots.get(self.cfg.layer_rope(i)), None if cache is None else cache[i], kv)
+            new_cache.append(c)
+        x = self.norm(x)
+        if trace is not None:
+            trace.append(x)
+        return x, new_cache
+
+    def rotaries(self, positions, dtype, lengths=None) -> dict:
+        """One cos/sin table per distinct rope of the layers (Gemma 3's local and global differ);
+        none for learned positions. Layer i uses rotaries[cfg.layer_rope(i)]."""
+        if self.embed_positions is not None:
+            return {}
+        ropes = {self.cfg.layer_rope(i) for i in range(len(self.layers))}
+        return {rope: rotary(self.cfg, positions, dtype, rope, lengths) for rope in ropes}
+
+
+class CausalLM(nnx.Module):
+    """The shared `ForCausalLM` shape: a decoder model and an output head (or tied embeddings).
+    A family with its own decoder layer subclasses this and sets `layer_cls`."""
+
+    layer_cls = DecoderLayer
+    final_norm = None  # RMSNorm unless a family sets another norm class
+
+    def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.model = DecoderModel(cfg, self.layer_cls, dtype=dtype, rngs=rngs, final_norm=self.final_norm)
+        if cfg.tie_word_embeddings:
+            self.lm_head = None
+        else:
+            self.lm_head = nnx.Dict(
+                kernel=nnx.Param(jnp.zeros((cfg.vocab_size, cfg.hidden_size), dtype), axes=("vocab_out", "embed"))
+            )
+
+    def hidden(self, tokens, positions, cache: list[LayerCache] | None = None, kv=None, lengths=None):
+        return self.model(tokens, positions, cache, kv, lengths)
+
+    def logits(self, hidden):
+        """hidden [B, T, E] -> float32 logits [B, T, V] (tanh soft-capped where the model says so)."""
+        if self.lm_head is None:
+            out = self.model.embed_tokens.attend(hidden)
+        else:
+            out = jnp.einsum("bte,ve->btv", hidden, self.lm_head["kernel"][...])
+        out = out.astype(jnp.float32)
+        cap = self.cfg.final_softcap
+        return out if cap is None else jnp.tanh(out / cap) * cap
+
+    def __call__(self, tokens, positions=None, cache=None):
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        hidden, cache = self.hidden(tokens, positions, cache)
+        return self.logits(hidden), cache
+
+
+def decoder_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
+    """transformers' Llama naming (model.layers.N.self_attn.q_proj.weight, ...), which most families
+    share; families start from it and change what is theirs."""
+    specs = [WeightSpec("model.embed_tokens.weight", ("model", "embed_tokens", "embedding"))]
+    specs.append(WeightSpec("model.norm.weight", ("model", "norm", "weight")))
+    if not cfg.tie_word_embeddings:
+        specs.append(WeightSpec("lm_head.weight", ("lm_head", "kernel"), Linear()))
+    for i in range(cfg.num_layers):
+        hf, ours = f"model.layers.{i}.", ("model", "layers", i)
+        specs += [
+            WeightSpec(hf + "input_layernorm.weight", ours + ("input_layernorm", "weight")),
+            WeightSpec(hf + "post_attention_layernorm.weight", ours + ("post_attention_layernorm", "weight")),
+        ]
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            attn = ours + ("self_attn", name)
+            specs.append(WeightSpec(f"{hf}self_attn.{name}.weight", attn + ("kernel",), Linear(2 if name == "o_proj" else 1)))
+            if cfg.o_bias if name == "o_proj" else cfg.qkv_bias:
+                specs.append(WeightSpec(f"{hf}self_attn.{name}.bias", attn + ("bias",), Copy(flatten=name != "o_proj")))
+        if cfg.qk_norm != "none":
+            for name in ("q_norm", "k_norm"):
+                flat = Copy(flatten=cfg.qk_norm == "projection")
+                specs.append(WeightSpec(f"{hf}self_attn.{name}.weight", ours + ("self_attn", name, "weight"), flat))
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            mlp = ours + ("mlp", name)
+            specs.append(WeightSpec(f"{hf}mlp.{name}.weight", mlp + ("kernel",), Linear()))
+            if cfg.mlp_bias:
+                specs.append(WeightSpec(f"{hf}mlp.{name}.bias", mlp + ("bias",)))
+    return specs

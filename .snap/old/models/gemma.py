@@ -1,0 +1,119 @@
+"""Gemma 1, 2 and 3: the shared decoder with GeGLU (tanh GELU), embeddings scaled by sqrt(hidden),
+and RMSNorm scaling by (1 + w) in float32.
+
+Gemma 2 adds a norm after attention and around the MLP ("sandwich" norms), alternating sliding and
+global layers, an attention scale of query_pre_attn_scalar ** -0.5 and tanh soft-capping of the
+attention scores and the final logits. Gemma 3 keeps the layer, drops the soft-capping for q/k
+RMSNorm, and gives its sliding layers a rope base of their own.
+"""
+
+from flax import nnx
+
+from jaxllm.models.architecture import Architecture
+from jaxllm.models.attention import UNCACHED, Attention
+from jaxllm.models.config import ModelConfig, RopeConfig, parse_rope
+from jaxllm.models.decoder import CausalLM, decoder_weight_map, norm_kwargs
+from jaxllm.models.layers import RMSNorm, make_mlp
+from jaxllm.models.weights import WeightSpec
+
+
+def gemma_defaults(raw: dict) -> dict:
+    act = raw.get("hidden_activation") or raw.get("hidden_act") or "gelu_pytorch_tanh"
+    return dict(
+        embed_scale=float(raw["hidden_size"]) ** 0.5,
+        norm_offset=1.0,
+        # transformers maps the legacy "gelu" of the first releases to the tanh approximation.
+        hidden_act="gelu_pytorch_tanh" if act == "gelu" else act,
+    )
+
+
+def _alternating(raw: dict, every: int) -> tuple[str, ...]:
+    """transformers' default layer pattern: every `every`-th layer global, the others sliding."""
+    if raw.get("layer_types"):
+        return tuple(raw["layer_types"])
+    return tuple("full_attention" if (i + 1) % every == 0 else "sliding_attention" for i in range(raw["num_hidden_layers"]))
+
+
+def gemma2_defaults(raw: dict) -> dict:
+    return dict(
+        gemma_defaults(raw),
+        layer_types=_alternating(raw, 2),
+        attn_scale=float(raw.get("query_pre_attn_scalar", 256)) ** -0.5,
+        attn_softcap=raw.get("attn_logit_softcapping", 50.0),
+        final_softcap=raw.get("final_logit_softcapping", 30.0),
+    )
+
+
+def gemma3_defaults(raw: dict) -> dict:
+    rope, local = parse_rope(raw), parse_rope(raw, "sliding_attention")
+    params = raw.get("rope_parameters") or {}
+    if not isinstance(params.get("sliding_attention"), dict):  # v4 spelling: a base of its own, no scaling
+        local = RopeConfig(theta=float(raw.get("rope_local_base_freq", 10000.0)))
+    if "rope_theta" not in raw and not params:
+        rope = RopeConfig(theta=1_000_000.0)  # transformers' default global base for Gemma 3
+    return dict(
+        gemma_defaults(raw),
+        layer_types=_alternating(raw, raw.get("sliding_window_pattern", raw.get("_sliding_window_pattern", 6))),
+        qk_norm="per_head",
+        attn_scale=float(raw.get("query_pre_attn_scalar", 256)) ** -0.5,
+        attn_softcap=raw.get("attn_logit_softcapping"),
+        final_softcap=raw.get("final_logit_softcapping"),
+        rope=rope,
+        local_rope=local,
+    )
+
+
+class SandwichLayer(nnx.Module):
+    """x + post_attn(attn(input(x))), then x + post_ff(mlp(pre_ff(x)))."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
+        norm = norm_kwargs(cfg, dtype, rngs)
+        e, eps = cfg.hidden_size, cfg.norm_eps
+        self.input_layernorm = RMSNorm(e, eps, **norm)
+        self.self_attn = Attention(cfg, layer, dtype=dtype, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(e, eps, **norm)
+        self.pre_feedforward_layernorm = RMSNorm(e, eps, **norm)
+        self.mlp = make_mlp(cfg, layer, dtype=dtype, rngs=rngs)
+        self.post_feedforward_layernorm = RMSNorm(e, eps, **norm)
+
+    def __call__(self, x, positions, rot, cache, kv=UNCACHED):
+        attn, cache = self.self_attn(self.input_layernorm(x), positions, rot, cache, kv)
+        x = x + self.post_attention_layernorm(attn)
+        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x))), cache
+
+
+class Gemma2ForCausalLM(CausalLM):
+    layer_cls = SandwichLayer
+
+
+def sandwich_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
+    specs = decoder_weight_map(cfg)
+    for i in range(cfg.num_layers):
+        for name in ("pre_feedforward_layernorm", "post_feedforward_layernorm"):
+            specs.append(WeightSpec(f"model.layers.{i}.{name}.weight", ("model", "layers", i, name, "weight")))
+    return specs
+
+
+_TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=32, max_position_embeddings=256, rms_norm_eps=1e-6,
+             tie_word_embeddings=True, hidden_activation="gelu_pytorch_tanh", bos_token_id=2, eos_token_id=1,
+             pad_token_id=0)
+
+ARCHITECTURES = (Architecture(
+    name="GemmaForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="gemma",
+    config_defaults=gemma_defaults,
+    tiny_config=dict(_TINY, rope_theta=10000.0, hidden_act="gelu_pytorch_tanh"),
+), Architecture(
+    name="Gemma2ForCausalLM", module=Gemma2ForCausalLM, weight_map=sandwich_weight_map, hf_model_type="gemma2",
+    config_defaults=gemma2_defaults,
+    # Window 8 < the test sequences; a scalar unlike head_dim; soft caps low enough to bite.
+    tiny_config=dict(_TINY, rope_theta=10000.0, sliding_window=8, query_pre_attn_scalar=24,
+                     attn_logit_softcapping=3.0, final_logit_softcapping=5.0),
+), Architecture(
+    name="Gemma3ForCausalLM", module=Gemma2ForCausalLM, weight_map=sandwich_weight_map, hf_model_type="gemma3_text",
+    config_defaults=gemma3_defaults,
+    tiny_config=dict(_TINY, sliding_window=8, query_pre_attn_scalar=24,
+                     layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                     rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 100000.0},
+                                      "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}),
+))

@@ -1,0 +1,92 @@
+"""GPT-NeoX (Pythia): LayerNorm, parallel residual (x + attn(ln1 x) + mlp(ln2 x)), partial rotary,
+an ungated GELU MLP, and q/k/v fused in one matrix interleaved per head ([heads, 3, head_dim])."""
+
+from dataclasses import dataclass
+
+import numpy as np
+from flax import nnx
+
+from jaxllm.models.architecture import Architecture
+from jaxllm.models.attention import UNCACHED, Attention
+from jaxllm.models.config import ModelConfig
+from jaxllm.models.decoder import CausalLM
+from jaxllm.models.layers import MLP, LayerNorm
+from jaxllm.models.weights import Linear, WeightSpec
+
+
+class NeoXLayer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
+        self.input_layernorm = LayerNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype, rngs=rngs)
+        self.post_attention_layernorm = LayerNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype, rngs=rngs)
+        self.self_attn = Attention(cfg, layer, dtype=dtype, rngs=rngs)
+        self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
+        self.parallel = cfg.parallel_residual
+
+    def __call__(self, x, positions, rot, cache, kv=UNCACHED):
+        attn, cache = self.self_attn(self.input_layernorm(x), positions, rot, cache, kv)
+        if self.parallel:
+            return x + attn + self.mlp(self.post_attention_layernorm(x)), cache
+        x = x + attn
+        return x + self.mlp(self.post_attention_layernorm(x)), cache
+
+
+class GPTNeoXForCausalLM(CausalLM):
+    layer_cls = NeoXLayer
+    final_norm = LayerNorm
+
+
+@dataclass(frozen=True)
+class FusedQKV:
+    """One of q, k, v (`part` 0, 1, 2) out of GPT-NeoX's fused [heads * 3 * head_dim, ...] tensor."""
+
+    part: int
+
+    def hf_shape(self, shape):  # our q/k/v kernel [H, D, E] or bias [H, D]
+        h, d = shape[:2]
+        return (3 * h * d,) + tuple(shape[2:])
+
+    def __call__(self, x, shape, dtype):
+        h, d = shape[:2]
+        return np.asarray(x).reshape((h, 3, d) + tuple(shape[2:]))[:, self.part].astype(dtype)
+
+    def export(self, value, out):
+        h, d = value.shape[:2]
+        out.reshape((h, 3, d) + value.shape[2:])[:, self.part] = value  # a view of `out`
+
+
+def neox_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
+    specs = [
+        WeightSpec("gpt_neox.embed_in.weight", ("model", "embed_tokens", "embedding")),
+        WeightSpec("gpt_neox.final_layer_norm.weight", ("model", "norm", "weight")),
+        WeightSpec("gpt_neox.final_layer_norm.bias", ("model", "norm", "bias")),
+        WeightSpec("embed_out.weight", ("lm_head", "kernel"), Linear()),
+    ]
+    for i in range(cfg.num_layers):
+        hf, ours = f"gpt_neox.layers.{i}.", ("model", "layers", i)
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            specs += [WeightSpec(f"{hf}{norm}.{p}", ours + (norm, p)) for p in ("weight", "bias")]
+        for part, name in enumerate(("q_proj", "k_proj", "v_proj")):
+            specs.append(WeightSpec(f"{hf}attention.query_key_value.weight", ours + ("self_attn", name, "kernel"), FusedQKV(part)))
+            specs.append(WeightSpec(f"{hf}attention.query_key_value.bias", ours + ("self_attn", name, "bias"), FusedQKV(part)))
+        specs += [
+            WeightSpec(f"{hf}attention.dense.weight", ours + ("self_attn", "o_proj", "kernel"), Linear(2)),
+            WeightSpec(f"{hf}attention.dense.bias", ours + ("self_attn", "o_proj", "bias")),
+            WeightSpec(f"{hf}mlp.dense_h_to_4h.weight", ours + ("mlp", "up_proj", "kernel"), Linear()),
+            WeightSpec(f"{hf}mlp.dense_h_to_4h.bias", ours + ("mlp", "up_proj", "bias")),
+            WeightSpec(f"{hf}mlp.dense_4h_to_h.weight", ours + ("mlp", "down_proj", "kernel"), Linear()),
+            WeightSpec(f"{hf}mlp.dense_4h_to_h.bias", ours + ("mlp", "down_proj", "bias")),
+        ]
+    return specs
+
+
+ARCHITECTURES = (Architecture(
+    name="GPTNeoXForCausalLM", module=GPTNeoXForCausalLM, weight_map=neox_weight_map, hf_model_type="gpt_neox",
+    config_defaults=lambda raw: dict(
+        qkv_bias=raw.get("attention_bias", True), o_bias=raw.get("attention_bias", True),
+        parallel_residual=raw.get("use_parallel_residual", True), tie_word_embeddings=False,
+    ),
+    tiny_config=dict(vocab_size=128, hidden_size=64, intermediate_size=256, num_hidden_layers=3,
+                     num_attention_heads=4, max_position_embeddings=256, layer_norm_eps=1e-5,
+                     rotary_pct=0.25, rotary_emb_base=10000, hidden_act="gelu", use_parallel_residual=True,
+                     bos_token_id=1, eos_token_id=2),
+),)

@@ -1,0 +1,42 @@
+"""Phi-3: the shared decoder, with q/k/v fused in one `qkv_proj` and gate/up in one `gate_up_proj`
+in the checkpoint (split while loading, so the module is the shared one), and LongRoPE scaling."""
+
+from jaxllm.models.architecture import Architecture
+from jaxllm.models.config import ModelConfig
+from jaxllm.models.decoder import CausalLM, decoder_weight_map
+from jaxllm.models.weights import Linear, Part, WeightSpec
+
+
+def phi3_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
+    q, kv, f = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size
+    fused = {  # our tensor -> (HF fused tensor, rows it starts at, rows of the fused tensor)
+        "self_attn.q_proj": ("self_attn.qkv_proj", 0, q + 2 * kv),
+        "self_attn.k_proj": ("self_attn.qkv_proj", q, q + 2 * kv),
+        "self_attn.v_proj": ("self_attn.qkv_proj", q + kv, q + 2 * kv),
+        "mlp.gate_proj": ("mlp.gate_up_proj", 0, 2 * f),
+        "mlp.up_proj": ("mlp.gate_up_proj", f, 2 * f),
+    }
+    specs = []
+    for spec in decoder_weight_map(cfg):
+        parts = spec.hf_name.split(".")
+        ours = ".".join(parts[3:5]) if parts[0] == "model" and parts[1] == "layers" else None
+        if ours not in fused:
+            specs.append(spec)
+            continue
+        name, offset, total = fused[ours]
+        specs.append(WeightSpec(".".join(parts[:3] + [name, "weight"]), spec.path, Part(offset, total, Linear())))
+    return specs
+
+
+ARCHITECTURES = (Architecture(
+    name="Phi3ForCausalLM", module=CausalLM, weight_map=phi3_weight_map, hf_model_type="phi3",
+    # LongRoPE's long factors from position 4 on, so every test sequence runs on them (the switch
+    # from short to long mid-generation has its own test in test_generation.py).
+    tiny_config=dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                     original_max_position_embeddings=4, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                     bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                     rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                      "short_factor": [1.0 + 0.1 * i for i in range(8)],
+                                      "long_factor": [1.0 + 0.5 * i for i in range(8)]}),
+),)

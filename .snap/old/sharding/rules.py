@@ -1,0 +1,110 @@
+"""Logical axis names -> mesh axes: the one table that decides sharding.
+
+Model code names its parameter axes ("embed", "q_heads", ...); this table says which mesh axis
+splits each. Changing strategy means changing the table, not the models. Names are per direction
+where the two directions may want different splits: the embedding table's rows ("vocab_in", read
+by a lookup) and the output head's ("vocab_out", a matmul).
+
+A dimension that a mesh axis does not divide is an error, except kv heads: models often have
+fewer kv heads than the tensor-parallel degree, and then the kv projections and the KV cache are
+replicated over tp (every device keeps all kv heads; each query head still finds its kv head).
+Two dimensions of one array mapped to the same mesh axis is an error too (a table that would
+silently replicate one of them).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxllm.errors import ConfigError
+
+RULES: dict[str, str | None] = {
+    "batch": "dp",
+    "vocab_in": "tp",
+    "vocab_out": "tp",
+    "embed": "fsdp",
+    "q_heads": "tp",
+    "kv_heads": "tp",
+    "head_dim": None,
+    "mlp": "tp",
+    "norm": None,
+    "cache_seq": None,
+    "expert": None,  # expert parallelism comes with the MoE models
+}
+# Logical axes that fall back to replication when their mesh axis does not divide them.
+REPLICATE_IF_UNEVEN = {"kv_heads"}
+
+
+def spec_for(axes: tuple, shape: tuple, mesh: Mesh, what: str = "") -> PartitionSpec:
+    """The PartitionSpec of an array whose dims carry logical `axes`, under RULES on `mesh`."""
+    what = what or "an array"
+    named = [(name, RULES[name]) for name in axes if name in RULES and RULES[name] is not None]
+    taken = {}
+    for name, mesh_axis in named:
+        if mesh_axis in taken:
+            raise ConfigError(f"{what}: its dimensions '{taken[mesh_axis]}' and '{name}' both map to mesh axis "
+                              f"'{mesh_axis}' in jaxllm.sharding.RULES: map one of them elsewhere")
+        taken[mesh_axis] = name
+    out = []
+    for name, size in zip(axes, shape):
+        if name is None:  # a dimension no rule splits
+            out.append(None)
+            continue
+        if name not in RULES:
+            raise ConfigError(f"{what}: logical axis '{name}' has no entry in jaxllm.sharding.RULES: add one")
+        mesh_axis = RULES[name]
+        if mesh_axis is None or mesh.shape[mesh_axis] == 1:
+            out.append(None)
+            continue
+        n = mesh.shape[mesh_axis]
+        if size % n:
+            if name in REPLICATE_IF_UNEVEN:
+                out.append(None)
+                continue
+            raise ConfigError(
+                f"{what}: its '{name}' dimension ({size}) is not divisible by {mesh_axis}={n}: "
+                f"choose a {mesh_axis} size that divides {size}"
+            )
+        out.append(mesh_axis)
+    return PartitionSpec(*out)
+
+
+def param_shardings(abstract_state, mesh: Mesh) -> dict[tuple, NamedSharding]:
+    """{parameter path: NamedSharding} from the logical `axes` metadata every parameter carries."""
+    out = {}
+    for path, var in nnx.to_flat_state(abstract_state):
+        axes = getattr(var, "axes", None)
+        if axes is None:
+            raise AssertionError(f"parameter {path} has no logical axes")  # a model-file bug
+        shape = var.get_value().shape
+        out[tuple(path)] = NamedSharding(mesh, spec_for(tuple(axes), shape, mesh, "/".join(map(str, path))))
+    return out
+
+
+def cache_sharding(mesh: Mesh, num_kv_heads: int, batch: int | None) -> NamedSharding:
+    """KV cache [B, S, K, D]: batch over dp (batch=None: not split, as for one prefilled prompt),
+    kv heads split as the kv projections are."""
+    axes = ("batch" if batch else None, "cache_seq", "kv_heads", "head_dim")
+    return NamedSharding(mesh, spec_for(axes, (batch or 1, 1, num_kv_heads, 1), mesh, "the KV cache batch"))
+
+
+def pool_sharding(mesh: Mesh, num_kv_heads: int) -> NamedSharding:
+    """A KV page pool [pages, page_size, K, D]: kv heads split as the kv projections are."""
+    axes = (None, "cache_seq", "kv_heads", "head_dim")
+    return NamedSharding(mesh, spec_for(axes, (1, 1, num_kv_heads, 1), mesh, "the KV page pool"))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def put_replicated(x, mesh: Mesh | None):
+    """A host array as a global array copied to every device of the mesh (works across processes:
+    each process supplies its own devices' copies)."""
+    x = np.asarray(x)
+    if mesh is None:
+        return jax.numpy.asarray(x)
+    return jax.make_array_from_callback(x.shape, replicated(mesh), lambda index: x[index])

@@ -1,0 +1,51 @@
+"""Reference models: transformers' PyTorch implementation with seeded random weights, saved as a
+Hugging Face checkpoint folder that jaxllm then loads. Tests only: the run-time package never
+imports torch or transformers' model classes."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import transformers
+
+from jaxllm.models import registry
+
+
+def hf_config(arch_name: str, **overrides):
+    arch = registry.get(arch_name)
+    values = dict(arch.tiny_config, architectures=[arch_name], **overrides)
+    return transformers.AutoConfig.for_model(arch.hf_model_type, **values)
+
+
+def randomize(model: torch.nn.Module, seed: int) -> None:
+    """Weights large enough that every path matters (default init leaves logits near zero):
+    norms near 1, everything else N(0, 0.15)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+            if "norm" in name or "ln" in name.split(".")[-2:][0]:
+                p.copy_(1.0 + 0.1 * noise)
+            else:
+                p.copy_(0.15 * noise)
+
+
+def build(arch_name: str, folder, seed: int = 0, **overrides):
+    """Save a seeded random HF model to `folder`; return the (eval-mode, float32) torch model."""
+    torch.manual_seed(seed)
+    config = hf_config(arch_name, **overrides)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
+    randomize(model, seed)
+    model.eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    return model
+
+
+def torch_logits(model, tokens: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.as_tensor(np.asarray(tokens), dtype=torch.long)).logits.float().numpy()
+
+
+def max_rel_diff(ours, ref) -> float:
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())

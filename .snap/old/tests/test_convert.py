@@ -1,0 +1,171 @@
+"""python -m jaxllm.convert: HF -> orbax -> HF bit-exact, restore onto a mesh, interrupted conversions."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+import reference
+import torch
+
+import jaxllm
+from jaxllm import checkpoint
+from jaxllm.convert import convert, main
+from jaxllm.models import registry
+
+TOKENS = np.array([[3, 17, 42, 7, 99, 5, 64, 12]])
+
+
+def _tensors(folder):
+    """{name: numpy array} of every tensor in a safetensors checkpoint folder."""
+    source = checkpoint.SafetensorsCheckpoint(folder)
+    return {name: np.asarray(source.get(name)) for name in source.names()}
+
+
+def _expected(folder, arch_name):
+    """The source's tensors that the model reads (a tied lm_head and rotary buffers are not)."""
+    import re
+
+    p = jaxllm.loader.prepare(folder)
+    ignore = [re.compile(pattern) for pattern in p.arch.ignored(p.config)]
+    return {k: v for k, v in _tensors(folder).items() if not any(p.match(k) for p in ignore)}
+
+
+@pytest.mark.parametrize("arch_name", registry.names())
+def test_round_trip_is_bit_exact(arch_name, tmp_path):
+    """HF (float32) -> orbax -> HF: the same tensor names, shapes, dtypes and bytes."""
+    reference.build(arch_name, tmp_path / "hf", seed=3)
+    convert(tmp_path / "hf", tmp_path / "orbax", progress=False)
+    convert(tmp_path / "orbax", tmp_path / "back", to_hf=True, progress=False)
+    want, got = _expected(tmp_path / "hf", arch_name), _tensors(tmp_path / "back")
+    assert sorted(got) == sorted(want)
+    for name, value in want.items():
+        assert got[name].dtype == value.dtype and got[name].shape == value.shape, name
+        assert got[name].tobytes() == value.tobytes(), name
+
+
+def test_bfloat16_round_trip_and_transformers_reads_the_export(tmp_path):
+    """A bfloat16 checkpoint stays bfloat16 and bit-exact; the exported folder loads in transformers
+    with the same logits as the original."""
+    model = reference.build("Qwen3ForCausalLM", tmp_path / "f32", seed=4)
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "hf")
+    convert(tmp_path / "hf", tmp_path / "orbax", progress=False)
+    assert jaxllm.load(tmp_path / "orbax").params["model"]["norm"]["weight"].dtype == np.dtype("bfloat16")
+    convert(tmp_path / "orbax", tmp_path / "back", to_hf=True, progress=False, shard_bytes=200_000)
+    assert (tmp_path / "back" / "model.safetensors.index.json").exists()  # sharded export
+    want, got = _expected(tmp_path / "hf", "Qwen3ForCausalLM"), _tensors(tmp_path / "back")
+    assert sorted(got) == sorted(want)
+    assert all(got[k].tobytes() == want[k].tobytes() and got[k].dtype == want[k].dtype for k in want)
+    import transformers
+
+    def hf_logits(folder):
+        loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, attn_implementation="eager")
+        with torch.no_grad():
+            return loaded(torch.as_tensor(TOKENS)).logits
+
+    assert torch.equal(hf_logits(tmp_path / "back"), hf_logits(tmp_path / "hf"))
+
+
+def test_restore_onto_a_mesh_matches_a_direct_load(tmp_path):
+    """Orbax restore onto a 4-device mesh: sharded as the rules say, the same parameters and logits
+    as loading the HF folder onto that mesh (bit for bit), and as one device (to rounding)."""
+    reference.build("LlamaForCausalLM", tmp_path / "hf", seed=5)
+    convert(tmp_path / "hf", tmp_path / "orbax", progress=False)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]).reshape(1, 1, 4), ("dp", "fsdp", "tp"))
+    direct = jaxllm.load(tmp_path / "hf", mesh=mesh)
+    restored = jaxllm.load(tmp_path / "orbax", mesh=mesh)
+    for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(direct.params)):
+        assert a.sharding == b.sharding
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    q = restored.params["model"]["layers"][0]["self_attn"]["q_proj"]["kernel"]
+    assert len(q.sharding.device_set) == 4 and q.sharding.spec[0] == "tp"  # [heads, head_dim, embed]
+    assert q.addressable_shards[0].data.shape[0] == q.shape[0] // 4
+    np.testing.assert_array_equal(np.asarray(restored.logits(TOKENS)), np.asarray(direct.logits(TOKENS)))
+    one_device = jaxllm.load(tmp_path / "hf").logits(TOKENS)
+    assert reference.max_rel_diff(restored.logits(TOKENS), one_device) < 1e-5
+    # a converted checkpoint can be loaded in another dtype (cast on read) and inspected
+    assert jaxllm.load(tmp_path / "orbax", dtype="bfloat16").logits(TOKENS).shape == (1, 8, 128)
+    assert restored.tokenizer is None or restored.tokenizer.__class__ is direct.tokenizer.__class__
+
+
+def test_gguf_converts_with_its_tokenizer(tmp_path, gguf_path):
+    """A GGUF file becomes an orbax folder with config and tokenizer, and generates the same text."""
+    convert(gguf_path, tmp_path / "orbax", dtype="float32", progress=False)
+    assert (tmp_path / "orbax" / "config.json").exists() and (tmp_path / "orbax" / "tokenizer.json").exists()
+    model = jaxllm.load(tmp_path / "orbax")
+    params = jaxllm.SamplingParams(max_new_tokens=12, temperature=0.0)
+    out = model.generate("What is the capital of France?", params)
+    assert "Paris" in out.text
+
+
+def test_refuses_to_overwrite_without_force(tmp_path, capsys):
+    reference.build("LlamaForCausalLM", tmp_path / "hf", seed=6)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    capsys.readouterr()
+    assert main([str(tmp_path / "hf"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    assert main([str(tmp_path / "hf"), str(tmp_path / "out"), "--force"]) == 0
+    assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "jaxllm.json").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert main([str(tmp_path / "hf"), str(tmp_path), "--force"]) == 2  # would delete its own source
+    assert "delete the source" in capsys.readouterr().err and (tmp_path / "hf" / "config.json").exists()
+
+
+def test_bad_inputs_give_one_line(tmp_path, capsys):
+    assert main([str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    reference.build("LlamaForCausalLM", tmp_path / "hf", seed=6)
+    convert(tmp_path / "hf", tmp_path / "orbax", progress=False)
+    (tmp_path / "orbax" / "config.json").write_text((tmp_path / "orbax" / "config.json").read_text()
+                                                    .replace('"hidden_size": 64', '"hidden_size": 32'))
+    with pytest.raises(jaxllm.CheckpointError, match="has shape .* expected"):
+        jaxllm.load(tmp_path / "orbax")
+    assert not (tmp_path / "out").exists()
+
+
+def _big_checkpoint(folder):
+    """A random Llama of about 200 MB: big enough that a conversion takes a while."""
+    reference.build("LlamaForCausalLM", folder, seed=7, vocab_size=32000, hidden_size=512, intermediate_size=1536,
+                    num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4)
+
+
+def _wait_for(predicate, proc, seconds=120):
+    end = time.time() + seconds
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < end, "timed out"
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_interrupted_conversion_leaves_nothing_complete_looking(tmp_path, sig):
+    """Killed mid-way (SIGKILL: no chance to clean up; SIGTERM: cleans up): DST does not exist, only
+    a hidden partial folder may, `jaxllm.load(DST)` fails, and the next conversion succeeds and
+    removes the stale partial output."""
+    _big_checkpoint(tmp_path / "hf")
+    dst = tmp_path / "out"
+    cmd = [sys.executable, "-m", "jaxllm.convert", str(tmp_path / "hf"), str(dst)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    _wait_for(lambda: any((p / "config.json").exists() for p in tmp_path.glob(".out.partial-*")), proc)
+    # Frozen at once (the tensors take ~1.4 s more here), so the signal lands mid-conversion
+    # however fast or loaded the machine is; SIGTERM is handled when it resumes.
+    proc.send_signal(signal.SIGSTOP)
+    proc.send_signal(sig)
+    proc.send_signal(signal.SIGCONT)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert not dst.exists()
+    partial = list(tmp_path.glob(".out.partial-*"))
+    assert (partial != []) == (sig == signal.SIGKILL)
+    with pytest.raises(jaxllm.CheckpointError, match="no such file or folder"):
+        jaxllm.load(dst)
+    convert(tmp_path / "hf", dst, progress=False)
+    assert list(tmp_path.glob(".out.*")) == []
+    assert jaxllm.load(dst, tokenizer=False).config.num_layers == 8

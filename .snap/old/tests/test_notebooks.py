@@ -1,0 +1,67 @@
+"""Every notebook in colab/ runs top to bottom on the CPU, with its parameters cell overridden to the
+embedded default model (SmolLM2-135M-Instruct, GGUF), and is committed with its outputs stripped."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+COLAB = Path(__file__).parent.parent / "colab"
+NOTEBOOKS = sorted(p.stem for p in COLAB.glob("*.ipynb"))
+
+# Per notebook: what replaces the Colab-sized parameters on a 2-core CPU.
+OVERRIDES = {
+    "quickstart": 'DTYPE = "float32"\nMAX_NEW_TOKENS = 12',
+    "sharded_8b_tpu": 'DTYPE = "float32"\nBATCH = 3\nMAX_NEW_TOKENS = 8',
+    "research_api": 'DTYPE = "float32"\nMESH = "auto"',  # its functions run sharded too
+}
+# SmolLM2-135M has 9 query and 3 kv heads: 3 devices make a real tensor-parallel mesh for it.
+DEVICES = {"sharded_8b_tpu": 3, "research_api": 3}
+
+
+def test_there_are_three_notebooks():
+    assert NOTEBOOKS == ["quickstart", "research_api", "sharded_8b_tpu"]
+    assert sorted(OVERRIDES) == NOTEBOOKS
+
+
+def test_notebooks_are_what_build_py_writes(tmp_path):
+    """The committed notebooks are colab/build.py's output: edit the cells there, then rebuild."""
+    subprocess.run([sys.executable, str(COLAB / "build.py"), str(tmp_path)], check=True)
+    for name in NOTEBOOKS:
+        assert (tmp_path / f"{name}.ipynb").read_text() == (COLAB / f"{name}.ipynb").read_text(), (
+            f"colab/{name}.ipynb differs from colab/build.py: run python colab/build.py")
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_is_committed_clean(name):
+    nb = nbformat.read(COLAB / f"{name}.ipynb", as_version=4)
+    nbformat.validate(nb)
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and "colab-badge.svg" in first.source and f"colab/{name}.ipynb" in first.source
+    assert "pip" in nb.cells[1].source and "jax[tpu]" in nb.cells[1].source
+    assert "parameters" in nb.cells[2].metadata.get("tags", [])
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{name}: outputs not stripped"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_on_cpu(name, gguf_path, tmp_path, monkeypatch):
+    nb = nbformat.read(COLAB / f"{name}.ipynb", as_version=4)
+    params = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    override = f"# Parameters injected by tests/test_notebooks.py\nMODEL = {str(gguf_path)!r}\n{OVERRIDES[name]}"
+    nb.cells.insert(params + 1, nbformat.v4.new_code_cell(override))
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend: plots become PNG outputs
+    monkeypatch.setenv("XLA_FLAGS", f"--xla_force_host_platform_device_count={DEVICES.get(name, 1)}")
+    client = NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()  # raises CellExecutionError naming the cell on any error
+    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "Traceback" not in text
+    expect = {"quickstart": "Paris", "sharded_8b_tpu": "tp=3", "research_api": "the model prefers ' Paris.'"}[name]
+    assert expect in text, text[-2000:]
+    plots = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(plots) >= {"quickstart": 1, "sharded_8b_tpu": 1, "research_api": 4}[name]

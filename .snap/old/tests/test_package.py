@@ -1,0 +1,34 @@
+"""The installed package: version, no top-level leak of models/ or sharding/, registry metadata."""
+
+import subprocess
+import sys
+
+import jax
+import reference
+
+import jaxllm
+from jaxllm.engine import Engine
+from jaxllm.models import registry
+
+
+def test_version_and_no_top_level_leak(tmp_path):
+    code = "import jaxllm, jaxllm.models, jaxllm.sharding; print(jaxllm.__version__)\ntry:\n import models\nexcept ImportError: print('no models')\ntry:\n import sharding\nexcept ImportError: print('no sharding')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.stdout.split() == [jaxllm.__version__, "no", "models", "no", "sharding"], out.stderr
+
+
+def test_memory_estimate_matches_what_is_allocated(tmp_path):
+    reference.build("Qwen3ForCausalLM", tmp_path)
+    model = jaxllm.load(tmp_path, dtype="bfloat16")
+    est = jaxllm.estimate_memory(model.config, batch=3, length=64, dtype="bfloat16")
+    assert est["params_bytes"] == sum(x.nbytes for x in jax.tree.leaves(model.params))
+    engine = Engine(model, batch_size=3, max_len=64)
+    cache = engine.new_state().cache
+    assert est["kv_cache_bytes"] == sum(c.k.nbytes + c.v.nbytes for c in cache)
+
+
+def test_list_models_cli():
+    out = subprocess.run([sys.executable, "-m", "jaxllm.generate", "--list-models"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    listed = [line.split()[0] for line in out.stdout.strip().splitlines()]
+    assert listed == registry.names() and "completion" in out.stdout

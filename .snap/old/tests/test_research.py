@@ -1,0 +1,60 @@
+"""The research API (hidden states, attention weights, token log-probabilities) against transformers'
+output_hidden_states / output_attentions (eager attention), for every architecture."""
+
+import numpy as np
+import pytest
+import reference
+import torch
+
+import jaxllm
+from jaxllm.models import registry
+
+TOL = 1e-4
+TOKENS = np.random.default_rng(1).integers(0, 128, (2, 20))  # longer than the tiny sliding windows (8)
+
+
+@pytest.mark.parametrize("arch", registry.names())
+def test_hidden_states_attention_and_logprobs_match_transformers(arch, tmp_path):
+    ref = reference.build(arch, tmp_path, seed=11)
+    model = jaxllm.load(tmp_path)
+    with torch.no_grad():
+        out = ref(torch.as_tensor(TOKENS), output_hidden_states=True, output_attentions=True)
+    hidden = model.hidden_states(TOKENS)
+    assert len(hidden) == len(out.hidden_states) == model.config.num_layers + 1
+    for i, (ours, theirs) in enumerate(zip(hidden, out.hidden_states)):
+        assert reference.max_rel_diff(ours, theirs.numpy()) <= TOL, f"hidden state {i}"
+    for layer in (0, model.config.num_layers - 1):
+        ours = model.attention_weights(TOKENS, layer)
+        theirs = out.attentions[layer].numpy()
+        assert ours.shape == theirs.shape == (2, model.config.num_heads, 20, 20)
+        assert reference.max_rel_diff(ours, theirs) <= TOL, f"attention of layer {layer}"  # the logits' tolerance
+    logp = torch.log_softmax(out.logits[:, :-1].double(), -1).gather(-1, torch.as_tensor(TOKENS)[:, 1:, None])[..., 0]
+    assert np.abs(np.asarray(model.token_logprobs(TOKENS)) - logp.numpy()).max() <= 1e-4
+
+
+def test_sliding_window_shows_in_the_attention_weights(tmp_path):
+    """Mistral's window is 8: a query never attends further back than 7 tokens."""
+    reference.build("MistralForCausalLM", tmp_path)
+    weights = np.asarray(jaxllm.load(tmp_path).attention_weights(TOKENS, 0))
+    q, k = np.indices((20, 20))
+    assert (weights[..., (k > q) | (k <= q - 8)] == 0).all()
+    np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_bad_layer_and_tokens_are_one_line_errors(tmp_path):
+    reference.build("LlamaForCausalLM", tmp_path)
+    model = jaxllm.load(tmp_path)
+    with pytest.raises(jaxllm.InputError, match="layer 3 does not exist: this model has layers 0..2"):
+        model.attention_weights(TOKENS, 3)
+    with pytest.raises(jaxllm.InputError, match="must lie in"):
+        model.hidden_states([[1, 500]])
+    with pytest.raises(jaxllm.InputError, match="seq >= 1"):
+        model.token_logprobs(np.zeros((1, 0), int))
+    assert np.asarray(model.attention_weights(TOKENS, -1)).shape == (2, 4, 20, 20)
+
+
+def test_research_functions_run_sharded(tmp_path):
+    reference.build("Qwen3ForCausalLM", tmp_path)
+    one, sharded = jaxllm.load(tmp_path), jaxllm.load(tmp_path, mesh="dp=2,tp=4")
+    assert reference.max_rel_diff(sharded.hidden_states(TOKENS)[-1], one.hidden_states(TOKENS)[-1]) <= TOL
+    assert reference.max_rel_diff(sharded.attention_weights(TOKENS, 1), one.attention_weights(TOKENS, 1)) <= TOL

@@ -1,0 +1,121 @@
+"""Sampling: filters never leak excluded tokens, seeds reproduce, bad values are refused."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxllm
+from jaxllm.errors import GenerationError
+from jaxllm.sampling import RowParams, SamplingParams, sample
+
+V, N = 40, 4000
+LOGITS = np.random.default_rng(0).normal(0, 2.0, V).astype(np.float32)
+
+
+def draw(**kw):
+    params = SamplingParams(**{"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, **kw}).resolved()
+    rp = jax.tree.map(jnp.asarray, RowParams.of([params] * N))
+    logits = jnp.broadcast_to(LOGITS, (N, V))
+    tokens, _ = jax.jit(sample)(logits, jnp.zeros((N, V), bool), rp, jnp.arange(N))
+    return np.asarray(tokens)
+
+
+def probs(logits):
+    p = np.exp(logits - logits.max())
+    return p / p.sum()
+
+
+def check_distribution(tokens, allowed):
+    """Every draw is allowed, and the frequencies match the renormalised probabilities."""
+    assert set(tokens.tolist()) <= set(allowed.tolist())
+    p = np.zeros(V)
+    p[allowed] = probs(LOGITS)[allowed]
+    p /= p.sum()
+    counts = np.bincount(tokens, minlength=V)
+    sigma = np.sqrt(N * p * (1 - p)) + 1
+    assert np.all(np.abs(counts - N * p) < 5 * sigma)
+
+
+def test_top_k():
+    check_distribution(draw(top_k=5), np.argsort(-LOGITS)[:5])
+
+
+def test_top_p():
+    order = np.argsort(-LOGITS)
+    mass_before = np.cumsum(probs(LOGITS)[order]) - probs(LOGITS)[order]
+    allowed = order[mass_before < 0.7]
+    assert 1 < len(allowed) < V
+    check_distribution(draw(top_p=0.7), allowed)
+
+
+def test_min_p():
+    p = probs(LOGITS)
+    allowed = np.nonzero(p >= 0.1 * p.max())[0]
+    assert 1 < len(allowed) < V
+    check_distribution(draw(min_p=0.1), allowed)
+
+
+def test_filters_compose_in_order():
+    """top-k 8, then top-p over those 8, then min-p: the intersection as transformers applies it."""
+    order = np.argsort(-LOGITS)[:8]
+    p8 = probs(LOGITS[order])
+    kept = order[(np.cumsum(p8) - p8) < 0.9]
+    p = probs(LOGITS)
+    kept = kept[p[kept] >= 0.05 * p.max()]
+    check_distribution(draw(top_k=8, top_p=0.9, min_p=0.05), kept)
+
+
+def test_temperature_zero_is_greedy():
+    assert set(draw(temperature=0.0).tolist()) == {int(LOGITS.argmax())}
+
+
+def test_repetition_penalty_matches_transformers_rule():
+    logits = jnp.asarray([[2.0, -1.0, 1.5, 0.5]])
+    seen = jnp.asarray([[True, True, False, False]])
+    params = SamplingParams(temperature=0.0, repetition_penalty=2.0).resolved()
+    rp = jax.tree.map(jnp.asarray, RowParams.of([params]))
+    token, _ = sample(logits, seen, rp, jnp.zeros(1, jnp.int32))
+    assert int(token[0]) == 2  # 2.0 -> 1.0 (divided), 1.5 untouched, -1 -> -2 (multiplied)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("temperature", -0.5, "temperature=-0.5 is invalid"),
+    ("top_p", 0.0, "top_p=0.0 is invalid: use a number in \\(0, 1\\]"),
+    ("top_p", 1.5, "top_p=1.5 is invalid"),
+    ("top_k", -1, "top_k=-1 is invalid"),
+    ("min_p", 2.0, "min_p=2.0 is invalid"),
+    ("repetition_penalty", 0.0, "repetition_penalty=0.0 is invalid"),
+    ("max_new_tokens", 0, "max_new_tokens=0 is invalid"),
+    ("temperature", float("nan"), "temperature=nan is invalid"),
+])
+def test_invalid_values(field, value, message):
+    with pytest.raises(GenerationError, match=message):
+        SamplingParams(**{field: value}).resolved()
+
+
+def test_generation_config_supplies_defaults():
+    gen = {"do_sample": True, "temperature": 0.6, "top_p": 0.9, "max_new_tokens": 77}
+    p = SamplingParams(top_p=0.5).resolved(gen)
+    assert (p.temperature, p.top_p, p.top_k, p.max_new_tokens) == (0.6, 0.5, 50, 77)
+    assert SamplingParams().resolved({}).temperature == 0.0  # greedy without a generation config
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    import reference
+
+    folder = tmp_path_factory.mktemp("qwen3")
+    reference.build("Qwen3ForCausalLM", folder, seed=2)
+    return jaxllm.load(folder)
+
+
+def test_seed_reproduces_and_is_batch_independent(tiny):
+    prompts = [[1, 2, 3, 4], [9, 8, 7]]
+    params = SamplingParams(max_new_tokens=20, temperature=1.0, top_k=20, seed=5, ignore_eos=True)
+    a = tiny.generate(prompts, params)
+    b = tiny.generate(prompts, params)
+    assert [r.token_ids for r in a] == [r.token_ids for r in b]
+    assert tiny.generate(prompts[1], params).token_ids == a[1].token_ids
+    other = tiny.generate(prompts[0], SamplingParams(**{**params.__dict__, "seed": 6}))
+    assert other.token_ids != a[0].token_ids
