@@ -60,21 +60,19 @@ def check_kernels(rows: int = 64, prefix: int = 2000, own: int = 80, ps: int = 1
               f"{float(jnp.max(jnp.abs(plain.astype(jnp.float32) - ref.astype(jnp.float32)))):.4f})"
               + (f", rows without a shared part {float(jnp.max(jnp.abs(got[:2].astype(jnp.float32) - ref[:2].astype(jnp.float32)))):.4f}"
                  if impl == "cudnn" else ""), flush=True)
-        for _ in range(3):
-            f(*args).block_until_ready()
-        start = time.perf_counter()
-        for _ in range(50):
-            out = f(*args)
-        out.block_until_ready()
-        print(f"  {impl} cascade {1e6 * (time.perf_counter() - start) / 50:.1f} us per call", flush=True)
+        print(f"  {impl} cascade {_per_call_us(f, args):.1f} us per call", flush=True)
     g = jax.jit(lambda *a: paged_decode.paged_decode_attention(*a, scale=0.088, impl="cudnn_paged"))
+    print(f"  cudnn_paged plain {_per_call_us(g, args):.1f} us per call", flush=True)
+
+
+def _per_call_us(f, args, calls: int = 50) -> float:
     for _ in range(3):
-        g(*args).block_until_ready()
+        f(*args).block_until_ready()
     start = time.perf_counter()
-    for _ in range(50):
-        out = g(*args)
+    for _ in range(calls):
+        out = f(*args)
     out.block_until_ready()
-    print(f"  cudnn_paged plain {1e6 * (time.perf_counter() - start) / 50:.1f} us per call", flush=True)
+    return 1e6 * (time.perf_counter() - start) / calls
 
 
 def main() -> None:
