@@ -118,6 +118,26 @@ def test_prompts_prefilled_together_match_one_by_one(llama, prefill_tokens):
         np.testing.assert_allclose(got.logprobs, alone.logprobs, atol=1e-5)
 
 
+def test_a_prompt_sent_again_compiles_nothing(llama):
+    """model.generate with a prompt it has seen: every page but the last is a prefix-cache hit, so
+    what is left is a chunk of a few tokens whose own call shape (here 1 x 48 under the CPU's
+    budget of max_len = 768) was never compiled; it runs padded in the shape the first call
+    compiled (1 x 192) instead, with the same tokens."""
+    prompt = _prompts([100], seed=21)[0]
+    params = jaxllm.SamplingParams(max_new_tokens=500, ignore_eos=True)  # 600 positions: max_len 768
+    llama.engines.clear()
+    first = llama.generate(prompt, params)
+    (engine,) = llama.engines.values()
+    assert engine.budget == 768 and engine.call_shape(100, 1) == (1, 192)
+    compiled = (engine.counters.prefill, engine.counters.decode)
+    hits = engine.blocks.stats.hit_tokens
+    for _ in range(2):
+        assert llama.generate(prompt, params).token_ids == first.token_ids
+    assert engine.blocks.stats.hit_tokens - hits >= 2 * 96
+    assert (engine.counters.prefill, engine.counters.decode) == compiled
+    assert not any(shape[:2] == (1, 48) for shape in engine.runner.compiled_calls())
+
+
 def test_prompt_longer_than_cache_fails_before_work(llama):
     engine = Engine(llama, batch_size=1, max_len=64)
     with pytest.raises(GenerationError, match="prompt of 60 tokens \\+ max_new_tokens=10 exceeds the engine's max_len 64"):

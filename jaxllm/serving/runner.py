@@ -66,11 +66,13 @@ class SlotState(NamedTuple):
 
 @dataclass
 class Counters:
-    """Traces of each jitted step (a trace is a compile); tests assert on these."""
+    """Traces of each jitted step (a trace is a compile); tests assert on these. `calls`: the
+    (rows, length) of every prefill program traced (the steps' own counters only)."""
 
     prefill: int = 0
     decode: int = 0
     score: int = 0
+    calls: set = dataclasses.field(default_factory=set, repr=False, compare=False)
 
 
 @dataclass
@@ -160,6 +162,23 @@ class Runner:
         t, b = self._traces, self._before
         return Counters(t.prefill - b.prefill, t.decode - b.decode, t.score - b.score)
 
+    def compiled_calls(self) -> set[tuple[int, int, int, bool]]:
+        """(rows per dp shard, length, keys, sampling) of the prefill calls compiled for this
+        model so far (by any engine of it; traced under dp's shard_map, the rows are a shard's)."""
+        return set(self._traces.calls)
+
+    def _compiled_length(self, rows: int, length: int, keys: int, sampling: bool) -> int:
+        """`length`, or for a small call (<= 256 positions) whose shape has not been compiled, the
+        shortest compiled length of the same rows, keys and sampling up to 4x longer: the rest of
+        a prompt behind a cached prefix (a prompt sent again, a chat's next turn) would otherwise
+        compile a shape of its own (3.8 s on a 2-core CPU for SmolLM2) for a call that pads
+        cheaply."""
+        compiled = self.compiled_calls()
+        if rows * length > 256 or (rows, length, keys, sampling) in compiled:
+            return length
+        return min((c for n, c, s, smp in compiled if (n, s, smp) == (rows, keys, sampling) and length < c <= 4 * length),
+                   default=length)
+
     def new_state(self) -> SlotState:
         return self._zeros(*self._sizes)
 
@@ -239,6 +258,7 @@ class Runner:
         [(token, logprob, done)] per row; meaningful for `last` rows only)."""
         s = self.prefill_keys(max(r.start + r.length for r in rows))
         sampling = any(r.params.temperature > 0 for r in rows)
+        length_bucket = self._compiled_length(rows_bucket, length_bucket, s, sampling)
         where = self._places(rows, rows_bucket)
         state, token, logprob, done = self._prefill(s, sampling, self.model.params, state,
                                                     *self._prefill_inputs(rows, rows_bucket, length_bucket, s, where))
@@ -439,6 +459,7 @@ def _whole(logits, gather):
 def _prefill(graphdef, counters, attention, gather, kv_len, sampling, params, state: SlotState, slots, tokens, starts, lengths,
              table, history, rp: RowParams, generated, max_new, eos, limit):
     counters.prefill += 1
+    counters.calls.add((*tokens.shape, kv_len, sampling))
     model = nnx.merge(graphdef, params)
     n, c = tokens.shape
     positions = starts[:, None] + jnp.arange(c)[None, :]
