@@ -168,11 +168,15 @@ def cascade_decode_attention(q, k_pages, v_pages, page_table, lengths, shared_ta
     common = _decode_part(q, gather_pages(k_pages, shared_table[None], shared_keys)[0],
                           gather_pages(v_pages, shared_table[None], shared_keys)[0],
                           _visible(pos, lengths, window) & (pos < offsets[:, None]), scale, softcap)
-    (o1, l1), (o2, l2) = own, common
+    return _merge(*own, *common).reshape(b, 1, h, d).astype(q.dtype)
+
+
+def _merge(o1, l1, o2, l2):
+    """Two attention outputs over disjoint keys [..., D] (each normalized over its own keys) and
+    their float32 log-sum-exps [...] (-inf: no key) -> the output over all the keys, float32."""
     lse = jnp.logaddexp(l1, l2)
     safe = jnp.where(jnp.isfinite(lse), lse, 0.0)
-    out = o1 * jnp.exp(l1 - safe)[..., None] + o2 * jnp.exp(l2 - safe)[..., None]
-    return out.reshape(b, 1, h, d).astype(q.dtype)
+    return o1.astype(jnp.float32) * jnp.exp(l1 - safe)[..., None] + o2.astype(jnp.float32) * jnp.exp(l2 - safe)[..., None]
 
 
 def cudnn_paged_fits(pool_pages: int, rows: int, columns: int) -> bool:
@@ -194,11 +198,8 @@ def _cudnn_cascade(q, k_pages, v_pages, own_table, lengths, shared_table, offset
     # stats are [batch, H, T] (cuDNN's layout): [B, H, 1] for the rows' own keys, [1, H, B] shared
     l1 = l1.astype(jnp.float32)[:, :, 0]
     l2 = jnp.where((offsets > 0)[:, None], jnp.swapaxes(l2.astype(jnp.float32)[0], 0, 1), NEG_INF)
-    lse = jnp.logaddexp(l1, l2)
-    safe = jnp.where(jnp.isfinite(lse), lse, 0.0)
-    w1, w2 = jnp.exp(l1 - safe)[:, None, :, None], jnp.exp(l2 - safe)[:, None, :, None]
-    out = o1.astype(jnp.float32) * w1 + o2.reshape(b, 1, h, d).astype(jnp.float32) * w2
-    return out.astype(q.dtype)
+    out = _merge(o1.reshape(b, h, d), l1, o2.reshape(b, h, d), l2)
+    return out.reshape(b, 1, h, d).astype(q.dtype)
 
 
 def _cudnn_paged(q, k_pages, v_pages, page_table, lengths, scale, residual: bool = False):

@@ -67,7 +67,8 @@ class SlotState(NamedTuple):
 @dataclass
 class Counters:
     """Traces of each jitted step (a trace is a compile); tests assert on these. `calls`: the
-    (rows, length) of every prefill program traced (the steps' own counters only)."""
+    (rows, length, keys, sampling) of every prefill program traced (the steps' own counters
+    only; Runner.compiled_calls)."""
 
     prefill: int = 0
     decode: int = 0
