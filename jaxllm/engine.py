@@ -4,6 +4,7 @@ llm_engine, in JAX). The pieces, each in its own small file:
   jaxllm/serving/block_manager.py  pages, reference counts, the prefix cache (host)
   jaxllm/serving/scheduler.py      who runs this step: prefill chunks within a token budget,
                                    the decode batch, preemption when pages run out (host)
+  jaxllm/serving/cascade.py        which cached pages a decode call's rows share, read once (host)
   jaxllm/serving/runner.py         the page pool and the jitted prefill / decode steps (device)
 
 Each `step()` runs this step's prefill chunks (new prompts, long prompts chunk by chunk, sequences
@@ -33,6 +34,7 @@ from jaxllm.errors import GenerationError, available_memory, check_token_ids, si
 from jaxllm.models.attention import check_kv_dtype, kv_cache_bytes
 from jaxllm.models.config import token_ids
 from jaxllm.sampling import SamplingParams
+from jaxllm.serving import cascade as cascade_plan
 from jaxllm.serving.block_manager import BlockManager
 from jaxllm.serving.runner import ERROR, Row, Runner, bucket, pool_pages
 from jaxllm.serving.scheduler import PrefillChunk, Scheduler
@@ -97,7 +99,7 @@ class Engine:
     same memory holds about twice the pages. Default: the model's `kv_dtype` attribute (what
     jaxllm.load was given), else None. cascade: how decode reads a prompt prefix that running
     sequences share (cached pages): None reads it once for all of them (cascade attention) when
-    that reads fewer keys than each sequence reading its own (Runner.plan_cascade), True whenever
+    that reads fewer keys than each sequence reading its own (jaxllm/serving/cascade.py), True whenever
     they share a page, False never.
 
     On a mesh with dp > 1: batch_size is rounded up to a multiple of dp (batch_size / dp rows per
@@ -444,8 +446,9 @@ class Engine:
         reach = max(seq.num_tokens for seq in batch) + self.chunk
         sampling = any(seq.params.temperature > 0 for seq in batch)
         steps = self.admit_steps if self.scheduler.can_admit() else self.chunk
-        cascade = None if self.cascade is False else self.runner.plan_cascade(
-            {self.slot_of[seq]: (seq.pages, seq.num_tokens - 1) for seq in batch}, self.chunk, force=bool(self.cascade))
+        cascade = None if self.cascade is False else cascade_plan.plan(
+            self.runner, {self.slot_of[seq]: (seq.pages, seq.num_tokens - 1) for seq in batch}, self.chunk,
+            force=bool(self.cascade))
         self.scheduler.stats.cascaded += cascade is not None
         self.state, out, out_lp, done = self.runner.decode(self.state, self.runner.table(pages), limit, stop,
                                                            self.runner.decode_keys(reach), sampling, steps, cascade)
