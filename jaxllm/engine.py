@@ -162,7 +162,8 @@ class Engine:
         self.scheduler = Scheduler(self.blocks, batch_size, self.budget, chunk, max_chunk)
         self.runner = Runner(model, num_pages=num_pages, page_size=page_size, max_seqs=batch_size, max_len=max_len,
                              chunk=chunk, attention=attention or runtime.attention_impl(), eos_width=len(self.eos),
-                             kv_dtype=self.kv_dtype, decode_options=runtime.decode_options())
+                             kv_dtype=self.kv_dtype, decode_options=runtime.decode_options(),
+                             small_options=runtime.small_call_options())
         self.state = None  # the device state, made on first use and kept (the prefix cache lives in it)
         self.slot_of: dict[Sequence, int] = {}
         self.index_of: dict[Sequence, int] = {}

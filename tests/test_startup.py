@@ -198,3 +198,22 @@ def test_gpu_flags_follow_the_mesh(monkeypatch):
     out = subprocess.run([sys.executable, "-c", "import jax.numpy as jnp; print(int(jnp.ones(3).sum()))"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "3", out.stderr[-2000:]
+
+
+def test_small_prefill_calls_compile_without_ynnpack_on_cpu():
+    """On a CPU, prefill calls of at most runner.SMALL_CALL positions compile without YNNPACK's
+    fused dots (their first execution in a process builds a pipeline per dot: most of a short
+    prompt's time to first token with a warm compile cache); larger calls keep them. Fails if
+    this XLA stops knowing the option (runtime.small_call_options then runs without it)."""
+    from jaxllm import runtime
+    from jaxllm.serving import runner
+
+    options = runtime.small_call_options()
+    assert options == (("xla_cpu_experimental_ynn_fusion_type", ""),)
+    steps = runner._steps(object(), 8, "xla", None, 2, 1, False, (), options)
+    _, large, small = steps[:3]
+    assert large is not small
+    r = runner.Runner.__new__(runner.Runner)
+    r._prefill_large, r._prefill_small = large, small
+    assert r._prefill(1, runner.SMALL_CALL) is small and r._prefill(4, 64) is small
+    assert r._prefill(1, 2 * runner.SMALL_CALL) is large and r._prefill(16, 64) is large

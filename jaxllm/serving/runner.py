@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from jaxllm.serving.cascade import Cascade
 
 ERROR = -2  # the token of a row whose logits were not finite: it ends there, with an error
+SMALL_CALL = 256  # prefill calls of at most this many positions (rows x length) are small: see Runner._prefill
 
 
 class SlotState(NamedTuple):
@@ -113,7 +114,8 @@ def bucket(n: int, smallest: int) -> int:
 
 class Runner:
     def __init__(self, model, *, num_pages: int, page_size: int, max_seqs: int, max_len: int, chunk: int,
-                 attention: str, eos_width: int, kv_dtype: str | None = None, decode_options: tuple = ()):
+                 attention: str, eos_width: int, kv_dtype: str | None = None, decode_options: tuple = (),
+                 small_options: tuple = ()):
         self.model, self.cfg = model, model.config
         self.num_pages, self.page_size, self.max_seqs, self.max_len = num_pages, page_size, max_seqs, max_len
         self.width = -(-max_len // page_size)  # page-table columns: pages of the longest sequence
@@ -129,8 +131,8 @@ class Runner:
         values, scales = kv_format(kv_dtype, self.dtype)
         self.kv_dtype = (values.name, None if scales is None else scales.name)  # the pool's (values, scales) dtypes
         steps = _steps(model.graphdef, chunk, attention, self.mesh, self.cfg.num_layers, self.cfg.num_kv_heads,
-                       scales is not None, decode_options)
-        self._traces, self._prefill, self._decode, self._score, self._zeros = steps
+                       scales is not None, decode_options, small_options)
+        self._traces, self._prefill_large, self._prefill_small, self._decode, self._score, self._zeros = steps
         self._before = dataclasses.replace(self._traces)  # what engines before this one compiled
         pool = self.shards * pool_pages(self.shard_pages, self.shard_seqs)
         self._sizes = (max_seqs, pool, page_size, self.cfg.num_kv_heads, self.cfg.head_dim, self.cfg.num_layers,
@@ -165,7 +167,7 @@ class Runner:
         compile a shape of its own (3.8 s on a 2-core CPU for SmolLM2) for a call that pads
         cheaply."""
         compiled = self.compiled_calls()
-        if rows * length > 256 or (rows, length, keys, sampling) in compiled:
+        if rows * length > SMALL_CALL or (rows, length, keys, sampling) in compiled:
             return length
         return min((c for n, c, s, smp in compiled if (n, s, smp) == (rows, keys, sampling) and length < c <= 4 * length),
                    default=length)
@@ -209,10 +211,15 @@ class Runner:
         sampling = any(r.params.temperature > 0 for r in rows)
         length_bucket = self._compiled_length(rows_bucket, length_bucket, s, sampling)
         where = self._places(rows, rows_bucket)
-        state, token, logprob, done = self._prefill(s, sampling, self.model.params, state,
+        state, token, logprob, done = self._prefill(rows_bucket, length_bucket)(s, sampling, self.model.params, state,
                                                     *self._prefill_inputs(rows, rows_bucket, length_bucket, s, where))
         token, logprob, done = np.asarray(token), np.asarray(logprob), np.asarray(done)
         return state, [(int(token[i]), float(logprob[i]), bool(r.last and done[i])) for i, r in zip(where, rows)]
+
+    def _prefill(self, rows: int, length: int):
+        """The jitted prefill for calls of `rows` x `length` positions: the small calls' (<= 256
+        positions) compiled with runtime.small_call_options, the others as they are."""
+        return self._prefill_small if rows * length <= SMALL_CALL else self._prefill_large
 
     def _places(self, rows: list[Row], n: int) -> list[int]:
         """The row of a call of dp blocks of n rows that each of `rows` takes: its shard's block."""
@@ -269,7 +276,7 @@ class Runner:
         its program in jit's cache."""
         spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
         b = self.max_seqs
-        jobs = [functools.partial(self._prefill.lower, s, sampling, self.model.params, spec,
+        jobs = [functools.partial(self._prefill(n, c).lower, s, sampling, self.model.params, spec,
                                   *self._prefill_inputs([], n, c, s)) for n, c, s in prefill_shapes]
         jobs += [functools.partial(self._decode.lower, k, sampling, None, self.model.params, spec,
                                    *self._decode_inputs(self.table([[]] * b), np.zeros(b, np.int32), np.ones(b, bool), 1))
@@ -321,11 +328,12 @@ class Runner:
 
 @functools.cache
 def _steps(graphdef, chunk: int, attention: str, mesh, num_layers: int, num_kv_heads: int, scales: bool = False,
-           decode_options: tuple = ()):
-    """(counters, prefill, decode, score, zero state) jitted for this model structure; `scales`:
-    the pool holds int8 scales (the state's structure on a mesh); `decode_options`: XLA options
-    of the decode step, (name, value) pairs (jaxllm.runtime.decode_options)."""
-    options = dict(decode_options) or None
+           decode_options: tuple = (), small_options: tuple = ()):
+    """(counters, prefill, small prefill, decode, score, zero state) jitted for this model
+    structure; `scales`: the pool holds int8 scales (the state's structure on a mesh);
+    `decode_options`, `small_options`: XLA options of the decode step and of small prefill calls,
+    (name, value) pairs (jaxllm.runtime.decode_options, small_call_options)."""
+    options, small = dict(decode_options) or None, dict(small_options) or None
     counters = Counters()
     dp = "dp" if mesh is not None and mesh.shape["dp"] > 1 else None
     # Sampling reads whole rows of logits (max, sum, argmax, top-k over the vocabulary): on a mesh
@@ -338,7 +346,7 @@ def _steps(graphdef, chunk: int, attention: str, mesh, num_layers: int, num_kv_h
     score = functools.partial(_score, graphdef, counters, attention)
     sizes = tuple(range(9))  # _zero_state's arguments are all static
     if mesh is None:
-        return (counters, jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3),
+        return (counters, *(jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3, compiler_options=o) for o in (None, small)),
                 jax.jit(decode, static_argnums=(0, 1, 2), donate_argnums=4, compiler_options=options), jax.jit(score, static_argnums=0, donate_argnums=2),
                 jax.jit(_zero_state, static_argnums=sizes))
     # On a mesh: the pool is split like the kv projections (an int8 pool's scales [pool, page, K]
@@ -355,7 +363,8 @@ def _steps(graphdef, chunk: int, attention: str, mesh, num_layers: int, num_kv_h
     if mesh.shape["dp"] > 1:  # each dp shard computes its own rows on its own pages and slots
         prefill, decode, score = (_per_shard(mesh, f, statics, replicated)
                                   for f, statics, replicated in ((prefill, 2, ()), (decode, 3, (4,)), (score, 1, ())))
-    return (counters, jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3, out_shardings=(state, rep, rep, rep)),
+    return (counters, *(jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3, out_shardings=(state, rep, rep, rep),
+                                compiler_options=o) for o in (None, small)),
             jax.jit(decode, static_argnums=(0, 1, 2), donate_argnums=4, out_shardings=(state, rep, rep, rep), compiler_options=options),
             jax.jit(score, static_argnums=0, donate_argnums=2, out_shardings=(cache, (rep, rep))),
             jax.jit(_zero_state, static_argnums=sizes, out_shardings=state))
