@@ -91,8 +91,9 @@ class SamplingParams:
             bad("max_new_tokens", self.max_new_tokens, f"use a whole number from 1 to {MAX_TOKENS}")
         if not _finite(self.temperature) or self.temperature < 0:
             bad("temperature", self.temperature, "use 0 for greedy or a positive number")
-        if not _whole(self.top_k) or self.top_k < 0:
-            bad("top_k", self.top_k, "use 0 to disable or a whole number >= 1")
+        if not _whole(self.top_k) or not 0 <= self.top_k <= MAX_TOKENS:  # int32 on the device
+            bad("top_k", self.top_k, f"use 0 to disable or a whole number from 1 to {MAX_TOKENS} "
+                                     "(one above the vocabulary's size keeps every token)")
         if not _finite(self.top_p) or not 0 < self.top_p <= 1:
             bad("top_p", self.top_p, "use a number in (0, 1]; 1 disables it")
         if not _finite(self.min_p) or not 0 <= self.min_p <= 1:
@@ -202,7 +203,7 @@ def filter_mask(logits, top_k, top_p, min_p):
     kth = jnp.take_along_axis(ordered, k - 1, axis=-1)
     probs = jax.nn.softmax(ordered, axis=-1)
     before = jnp.cumsum(probs, axis=-1) - probs  # probability mass ranked above each token
-    in_p = (before < top_p[:, None]) & (rank < k)
+    in_p = ((before < top_p[:, None]) | (rank == 0)) & (rank < k)  # the top token always: a top_p that is 0 in float32 keeps it
     p_threshold = jnp.min(jnp.where(in_p, ordered, jnp.inf), axis=-1, keepdims=True)
     min_p_threshold = ordered[:, :1] + jnp.log(jnp.maximum(min_p, 1e-30))[:, None]
     min_p_threshold = jnp.where(min_p[:, None] > 0, min_p_threshold, -jnp.inf)

@@ -37,6 +37,13 @@ def check_distribution(tokens, allowed):
     assert np.all(np.abs(counts - N * p) < 5 * sigma)
 
 
+@pytest.mark.parametrize("top_p", [1e-300, 1e-45, 1e-6])
+def test_a_tiny_top_p_keeps_the_most_likely_token(top_p):
+    """top_p keeps the fewest tokens whose mass reaches it, so always the most likely one, even for
+    a value that is 0 in float32 (1e-300, 1e-45), which once masked every token (token 0 drawn)."""
+    assert set(draw(top_p=top_p).tolist()) == {int(np.argmax(LOGITS))}
+
+
 def test_top_k():
     check_distribution(draw(top_k=5), np.argsort(-LOGITS)[:5])
 
