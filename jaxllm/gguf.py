@@ -163,6 +163,9 @@ def hf_name(name: str) -> str | None:
 def config_from_metadata(header: Header) -> dict:
     fields = header.fields
     prefix = arch = fields.get("general.architecture")
+    if not isinstance(arch, str):
+        raise CheckpointError(f"GGUF general.architecture must be a string, got {str(arch)[:60]}: "
+                              "the file is damaged or not a language model")
     if arch not in ARCHITECTURES:
         raise CheckpointError(
             f"GGUF architecture '{arch}' is not supported; supported: {', '.join(sorted(ARCHITECTURES))}"
@@ -419,8 +422,16 @@ def _convert_tokenizer(path: Path):
     except ImportError:  # transformers before the gguf package split
         from transformers.integrations.ggml import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
 
-    architecture, tokenizer_dict, config = _tokenizer_parts(read_header(path).fields, GGUF_TOKENIZER_MAPPING)
-    backend, extra = convert_gguf_tokenizer(architecture, tokenizer_dict)
+    fields = read_header(path).fields
+    try:
+        architecture, tokenizer_dict, config = _tokenizer_parts(fields, GGUF_TOKENIZER_MAPPING)
+        backend, extra = convert_gguf_tokenizer(architecture, tokenizer_dict)
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:  # what transformers' converter raises on odd metadata
+        kind = fields.get("tokenizer.ggml.model")
+        what = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}" if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"cannot build the tokenizer of {path} (tokenizer.ggml.model {kind!r}; {what}): the file's "
+                              "tokenizer metadata is incomplete or of a kind transformers does not convert; use a GGUF "
+                              "whose tokenizer transformers reads, or pass token ids") from None
     return backend, {**config, **extra}
 
 

@@ -43,7 +43,10 @@ QUANTIZE = ("int8", "int4", "gguf")  # gguf: a GGUF file's own Q8_0 / Q4_0 / Q4_
 
 
 def resolve_dtype(dtype) -> Any:
-    name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
+    try:
+        name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
+    except TypeError:  # not a dtype at all (5, a list, ...)
+        raise ConfigError(f"dtype {dtype!r} is not a dtype; use one of {', '.join(DTYPES)}"[:300]) from None
     if name not in DTYPES:
         raise ConfigError(f"dtype '{name}' is not supported; use one of {', '.join(DTYPES)}")
     return DTYPES[name]
@@ -310,7 +313,15 @@ def prepare(path_or_id, dtype=None, mesh=None, *, quantize: str | None = None, g
         raise InputError(f"path_or_id must be a checkpoint folder, a .gguf file or a hub id (a non-empty string or "
                          f"path), got {type(path_or_id).__name__} {path_or_id!r}"[:300])
     source = open_checkpoint(path_or_id)
-    return plan(source.raw, dtype or source.load_dtype, mesh, source, quantize=quantize, group_size=group_size)
+    try:
+        return plan(source.raw, dtype or source.load_dtype, mesh, source, quantize=quantize, group_size=group_size)
+    except ConfigError as err:  # a GGUF file has no config.json: name the file its fields came from
+        path = getattr(source, "path", None)
+        if path is None or Path(path).suffix != ".gguf" or not str(err).startswith("config.json"):
+            raise
+        what = str(err).removeprefix("config.json ").removesuffix(": correct that field")
+        raise ConfigError(f"{Path(path).name}: its metadata, read as config.json fields, is invalid: {what}: "
+                          "the file is damaged or was written wrongly") from None
 
 
 def load(

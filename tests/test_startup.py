@@ -88,6 +88,51 @@ def test_bad_gguf_file_is_one_error(tmp_path, gguf_path, spoil):
         gguf.open_checkpoint(path)
 
 
+def _tiny_gguf(path, heads=4, tokenizer=None):
+    """A one-layer Llama GGUF with random float32 weights; `tokenizer`: its tokenizer.ggml.* fields."""
+    w = GGUFWriter(str(path), "llama")
+    for key, value in (("embedding_length", 16), ("feed_forward_length", 24), ("block_count", 1),
+                       ("attention.head_count_kv", 2), ("context_length", 64)):
+        w.add_uint32(f"llama.{key}", value)
+    (w.add_array if isinstance(heads, list) else w.add_uint32)("llama.attention.head_count", heads)
+    w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+    w.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(32)])
+    for key, value in (tokenizer or {}).items():
+        (w.add_string if isinstance(value, str) else w.add_array)(f"tokenizer.ggml.{key}", value)
+    rng = np.random.default_rng(0)
+    shapes = {"token_embd.weight": (32, 16), "output_norm.weight": (16,), "output.weight": (32, 16),
+              "blk.0.attn_norm.weight": (16,), "blk.0.ffn_norm.weight": (16,), "blk.0.attn_q.weight": (16, 16),
+              "blk.0.attn_k.weight": (8, 16), "blk.0.attn_v.weight": (8, 16), "blk.0.attn_output.weight": (16, 16),
+              "blk.0.ffn_gate.weight": (24, 16), "blk.0.ffn_up.weight": (24, 16), "blk.0.ffn_down.weight": (16, 24)}
+    for name, shape in shapes.items():
+        w.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(tokenizer=None), "cannot build the tokenizer of .*tiny.gguf \\(tokenizer.ggml.model None; ValueError"),
+    (dict(tokenizer={"model": "bert"}), "tokenizer.ggml.model 'bert'"),
+    (dict(tokenizer={"model": "llama"}), "tokenizer.ggml.model 'llama'; KeyError: 'scores'"),  # no scores
+    (dict(heads=[4]), "^tiny.gguf: its metadata, read as config.json fields, is invalid: 'num_attention_heads' must be a positive "
+                      "integer .*, got \\[4\\]: the file is damaged or was written wrongly$"),
+])
+def test_odd_gguf_metadata_is_one_error(tmp_path, monkeypatch, fields, message):
+    """A GGUF whose tokenizer metadata transformers cannot convert, or whose model metadata is
+    invalid: one JaxllmError naming the file (not transformers' traceback, not a config.json)."""
+    import jaxllm
+    from jaxllm.errors import JaxllmError
+
+    monkeypatch.setenv("JAXLLM_TOKENIZER_CACHE", str(tmp_path / "tokenizers"))
+    path = _tiny_gguf(tmp_path / "tiny.gguf", **fields)
+    with pytest.raises(JaxllmError, match=message) as info:
+        jaxllm.load(path)
+    assert "\n" not in str(info.value)
+
+
 def test_tokenizer_is_cached_on_disk(tmp_path, monkeypatch, gguf_path):
     """The second load reads the cache (no conversion) and gives the same tokenizer."""
     monkeypatch.setenv("JAXLLM_TOKENIZER_CACHE", str(tmp_path))
