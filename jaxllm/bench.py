@@ -303,10 +303,25 @@ def main(argv=None) -> int:
                    "(safetensors, convert, orbax, transformers; --skip any of those, or cold)")
     p.add_argument("--load-folder", help="with --load (implied): time this Hugging Face checkpoint folder instead")
     p.add_argument("--load-dir", help="with --load: where the checkpoint and its conversion are written (default: a temporary folder)")
-    p.add_argument("--repeat", type=int, default=2, help="with --load: warm runs of each step, the best counted (default 2)")
+    p.add_argument("--repeat", type=int, default=REPEAT, help=f"with --load: warm runs of each step, the best counted (default {REPEAT})")
     args = p.parse_args(argv)
     runtime.quiet()
     return run_cli(lambda: _main(args))
+
+
+REPEAT = 2  # --repeat's default
+
+
+def _check_hf_peer() -> None:
+    """--compare hf times transformers on a CUDA GPU: refused before any work when PyTorch, or a
+    GPU it can use, is missing."""
+    try:
+        import torch
+    except ImportError:
+        raise JaxllmError("--compare hf needs PyTorch with CUDA (pip install torch): install it, or drop --compare") from None
+    if not torch.cuda.is_available():
+        raise JaxllmError("--compare hf times transformers on a CUDA GPU, and this PyTorch sees none: run it on a GPU "
+                          "machine with a CUDA build of torch, or drop --compare")
 
 
 def tp_degrees(text: str) -> list[int]:
@@ -334,6 +349,14 @@ def check_args(args, shapes: list[str]) -> list[int] | None:
     if args.repeat < 1:
         raise JaxllmError(f"--repeat {args.repeat}: give a whole number >= 1 (warm runs of each load step)")
     load = bool(args.load or args.load_folder)
+    if not load:
+        given = [flag for flag, value in (("--load-dir", args.load_dir), ("--repeat", args.repeat != REPEAT)) if value]
+        if given:
+            raise JaxllmError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --load: add --load, or drop {', '.join(given)}")
+        if args.compare == "hf":
+            _check_hf_peer()
+    if load and args.quantize:
+        raise JaxllmError("--quantize is not timed by --load (it loads float checkpoints): drop one of them")
     if load:
         skip_names(args.skip, LOAD_SKIPS, "a --load step", f" (without --load: {', '.join(SECTIONS)})")
     else:

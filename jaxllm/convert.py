@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import functools
 import json
+import math
 import os
 import shutil
 import sys
@@ -203,8 +204,8 @@ def main(argv=None) -> int:
     handle_signals()  # SIGTERM unwinds like Ctrl-C, so the partial output is removed (exit 143)
 
     def body() -> int:
-        if args.shard_size <= 0:
-            raise JaxllmError("--shard-size must be a positive number of GB")
+        if not math.isfinite(args.shard_size) or args.shard_size <= 0:
+            raise JaxllmError(f"--shard-size {args.shard_size} is invalid: give a positive, finite number of GB (e.g. 5)")
         out = convert(args.src, args.dst, dtype=args.dtype, to_hf=args.to_hf, force=args.force, mesh=args.mesh,
                       shard_bytes=int(args.shard_size * 1e9), quantize=args.quantize, group_size=args.group_size)
         kind = "Hugging Face safetensors" if args.to_hf else "jaxllm (orbax)"

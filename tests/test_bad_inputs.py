@@ -145,6 +145,8 @@ CASES = {
     "top-p-above-one": lib(sampled(top_p=1.5), "top_p=1.5 is invalid"),
     "top-k-negative": lib(sampled(top_k=-1), "top_k=-1 is invalid"),
     "top-k-bool": lib(sampled(top_k=True), "top_k=True is invalid"),
+    "top-k-beyond-int32": lib(sampled(top_k=2**31), "top_k=2147483648 is invalid: use 0 to disable or a whole number from 1 to 2147483647"),
+    "load-dtype-not-a-dtype": lib(lambda m: jaxllm.load(m.path("tiny"), dtype=5), "dtype 5 is not a dtype; use one of float32"),
     "min-p-negative": lib(sampled(min_p=-0.1), r"min_p=-0.1 is invalid: use a number in \[0, 1\]"),
     "min-p-above-one": lib(sampled(min_p=1.5), "min_p=1.5 is invalid"),
     "repetition-penalty-zero": lib(sampled(repetition_penalty=0), "repetition_penalty=0 is invalid: use a positive number"),
@@ -241,7 +243,9 @@ CASES = {
                                           r"argument --batch: invalid int value: 'abc' \(see python -m jaxllm.inspect --help\)"),
     "cli-inspect-scan-missing": cli(inspect.main, ["nowhere", "--scan"], "no such file or folder: 'nowhere'"),
     "cli-convert-shard-size": cli(convert.main, lambda m: [m.path("tiny"), "out", "--to-hf", "--shard-size", "0"],
-                                  "--shard-size must be a positive number of GB"),
+                                  "--shard-size 0.0 is invalid: give a positive, finite number of GB"),
+    "cli-convert-shard-size-nan": cli(convert.main, lambda m: [m.path("tiny"), "out", "--to-hf", "--shard-size", "nan"],
+                                      "--shard-size nan is invalid: give a positive, finite number of GB"),
     "cli-convert-shard-size-not-a-number": cli(convert.main, ["a", "b", "--shard-size", "big"], "invalid float value: 'big'"),
 }
 

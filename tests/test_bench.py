@@ -71,6 +71,10 @@ def test_load_section_runs_and_reports(tmp_path, capsys):
     (["--skip", "b1,cold"], "--skip cold: not a section"),
     (["--load", "--skip", "b1"], "--skip b1: not a --load step: give some of safetensors, sharded, convert, orbax, transformers, cold"),
     (["--repeat", "0"], "--repeat 0: give a whole number >= 1"),
+    (["--load-dir", "/tmp"], "--load-dir goes with --load: add --load, or drop --load-dir"),
+    (["--repeat", "3", "--load-dir", "/tmp"], "--load-dir, --repeat go with --load"),
+    (["--load", "--quantize", "int8"], "--quantize is not timed by --load"),
+    (["--compare", "hf"], "--compare hf times transformers on a CUDA GPU"),  # this CPU's torch has no CUDA
     (["--shape", "tiny", "--shape", "gpt-9"], "unknown shape 'gpt-9': use one of "),
 ])
 def test_bench_rejects_bad_input_before_running(argv, message, capsys):
