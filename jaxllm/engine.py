@@ -253,6 +253,16 @@ class Engine:
         self._release(seq)
         self.index_of.pop(seq, None)  # a long-running server must not keep every cancelled request
 
+    def reset(self) -> None:
+        """Drop every request and the device state, as after construction (compiled steps are
+        kept): what a server does after a step raised, whose donated state may be gone."""
+        for seq in list(self.scheduler.waiting) + list(self.scheduler.running):
+            self.abort(seq)
+        self.slot_of.clear()
+        self.index_of.clear()
+        self.blocks.reset_prefix_cache()
+        self.state = None
+
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 

@@ -104,6 +104,10 @@ def _main(args) -> int:
     check_listen(args.host, args.port)  # before the model: loading it takes a while
     name = args.served_model_name or args.model or runtime.HUB_ID
     model = progress.load_model(args)
+    positions = model.config.context_length
+    if args.max_len is not None and args.max_len > positions:  # requests beyond it are refused anyway: no pool for them
+        raise JaxllmError(f"--max-len {args.max_len:,} exceeds the model's {positions:,} positions: use at most {positions}, "
+                          "or leave it out")
     engine = Engine(model, batch_size=args.batch_size, max_len=args.max_len)
     if not args.no_warmup:
         print("compiling the engine's steps ...", file=sys.stderr, flush=True)

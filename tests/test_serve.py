@@ -52,7 +52,7 @@ def server(gguf_path):
         time.sleep(0.05)
     url = f"http://127.0.0.1:{port}"
     client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
-    yield SimpleNamespace(url=url, refs=refs, loop=app.state.engine_loop, engine=engine, client=client)
+    yield SimpleNamespace(url=url, refs=refs, loop=app.state.engine_loop, engine=engine, client=client, model=model)
     client.close()
     http.should_exit = True
     thread.join(timeout=60)
@@ -112,6 +112,40 @@ def test_cli_refuses_an_address_it_cannot_listen_on_before_loading(monkeypatch, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
     check_listen("127.0.0.1", port)  # free again: binds, and lets go
+
+
+def test_cli_refuses_a_max_len_beyond_the_models_positions(monkeypatch, capsys, server):
+    """--max-len above the model's positions: one line before any engine is built (requests beyond
+    the positions are refused anyway, so a pool for them would only take memory)."""
+    monkeypatch.setattr(serve.runtime, "set_gpu_flags", lambda mesh: None)  # main's process-wide settings
+    monkeypatch.setattr(serve.progress, "load_model", lambda args: server.model)
+    monkeypatch.setattr(serve, "Engine", lambda *a, **k: (_ for _ in ()).throw(AssertionError("an engine was built")))
+    positions = server.model.config.context_length
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert serve.main(["--port", str(port), "--compile-cache", "none", "--max-len", str(positions + 1)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: --max-len {positions + 1:,} exceeds the model's {positions:,} positions"), err
+
+
+def test_a_failing_step_fails_its_requests_and_the_server_goes_on(server, monkeypatch, capsys):
+    """A step that raises (a bug, a device error) ends the requests in the engine with a 500 and
+    the error; the engine starts again empty, so the next request is answered as before."""
+    real = server.engine.decode_step
+
+    def broken():
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(server.engine, "decode_step", broken)
+    with pytest.raises(openai.InternalServerError, match="injected failure"):
+        server.client.completions.create(model=NAME, prompt=TEXT[0], max_tokens=NEW, temperature=0)
+    monkeypatch.setattr(server.engine, "decode_step", real)
+    out = server.client.completions.create(model=NAME, prompt=TEXT[0], max_tokens=NEW, temperature=0)
+    assert out.choices[0].text == server.refs[TEXT[0], False].text
+    assert httpx.get(server.url + "/health").status_code == 200
+    wait_idle(server)
+    assert "injected failure" in capsys.readouterr().err  # the traceback, for the operator
 
 
 def test_greedy_answers_equal_generate(server):
@@ -213,6 +247,7 @@ def test_full_server_answers_503_with_retry_after(server):
     (dict(extra_body={"max_tokens": 2.5}), "max_tokens"),
     (dict(extra_body={"stop": [1, 2]}), "stop"),
     (dict(extra_body={"top_k": -1}), "top_k"),
+    (dict(extra_body={"top_k": 2**40}), "top_k"),  # beyond int32: once failed the engine, and every request after it
     (dict(logprobs=True, top_logprobs=3), "top_logprobs"),
     (dict(max_tokens=600), None),  # the prompt + max_tokens exceed the engine's 512 positions
     (dict(messages=[]), "messages"),

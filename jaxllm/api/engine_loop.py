@@ -26,7 +26,8 @@ class QueueFull(Exception):
 
 
 class EngineFailed(RuntimeError):
-    """The engine thread raised: requests in flight end with this, and later ones are refused."""
+    """The engine thread raised: requests in flight end with this, and the engine starts again
+    empty (Engine.reset); if that fails too, later requests are refused."""
 
 
 class EngineLoop:
@@ -97,10 +98,11 @@ class EngineLoop:
         if q is not None:
             q.put_nowait(err)
 
-    def _fail(self, err: Exception) -> None:
-        for q in set(self._routes.values()):
+    def _fail(self, err: Exception, indices: set[int]) -> None:
+        """End the sequences `indices` (those the engine held when it raised) with `err`; what was
+        submitted since runs in the engine as it starts again."""
+        for q in {self._routes.pop(i) for i in indices if i in self._routes}:
             q.put_nowait(err)
-        self._routes.clear()
 
     # -- the engine thread ---------------------------------------------------------------------
 
@@ -112,19 +114,27 @@ class EngineLoop:
 
     def _run(self) -> None:
         seqs = {}  # index -> Sequence, for abort
-        try:
-            while self._take(seqs):
-                for step in (self.engine.prefill_step, self.engine.decode_step):  # first tokens out before the decode chunk
-                    events = step()
-                    for ev in events:
-                        if ev.finished:
-                            seqs.pop(ev.index, None)
-                    if events:
-                        self._post(self._deliver, events)
-        except Exception as err:  # a bug: say so, fail what is in flight, refuse the rest
-            traceback.print_exc()
-            self.error = err
-            self._post(self._fail, EngineFailed(f"the engine failed: {err!r}"))
+        while True:
+            try:
+                while self._take(seqs):
+                    for step in (self.engine.prefill_step, self.engine.decode_step):  # first tokens out before the decode chunk
+                        events = step()
+                        for ev in events:
+                            if ev.finished:
+                                seqs.pop(ev.index, None)
+                        if events:
+                            self._post(self._deliver, events)
+                return
+            except Exception as err:  # a bug: say so, fail what is in flight, start again from an empty engine
+                traceback.print_exc()
+                self._post(self._fail, EngineFailed(f"the engine failed: {err!r}"), set(seqs))
+                seqs.clear()
+                try:
+                    self.engine.reset()
+                except Exception as again:  # it cannot start again: refuse the rest
+                    traceback.print_exc()
+                    self.error = again
+                    return
 
     def _take(self, seqs: dict) -> bool:
         """Apply what the inbox holds (sleeping on it while the engine has no work); False: stop."""
