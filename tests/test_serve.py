@@ -148,6 +148,20 @@ def test_a_failing_step_fails_its_requests_and_the_server_goes_on(server, monkey
     assert "injected failure" in capsys.readouterr().err  # the traceback, for the operator
 
 
+def test_prompts_are_tokenized_off_the_event_loop(server, monkeypatch):
+    """Encoding a prompt (and a chat template) runs on the server's tokenizing thread, so a huge
+    prompt does not stop the event loop, and with it every other client's stream."""
+    from jaxllm.api import protocol
+
+    threads = []
+    for name in ("encode", "encode_messages"):
+        real = getattr(protocol, name)
+        monkeypatch.setattr(protocol, name, lambda *a, _real=real, **k: threads.append(threading.current_thread().name) or _real(*a, **k))
+    server.client.completions.create(model=NAME, prompt=TEXT[0], max_tokens=2, temperature=0)
+    server.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": CHAT[0]}], max_tokens=2, temperature=0)
+    assert len(threads) == 2 and all(t.startswith("jaxllm-tokenize") for t in threads), threads
+
+
 def test_greedy_answers_equal_generate(server):
     ref = server.refs[CHAT[0], True]
     out = server.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": CHAT[0]}],
