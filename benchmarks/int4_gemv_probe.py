@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(__file__))
-from quant_matvec_probe import LAYERS, SHAPES, timed, weights  # noqa: E402
+from quant_matvec_probe import LAYERS, SHAPES, product, timed, weights  # noqa: E402
 
 from jaxllm.models import quant  # noqa: E402
 
@@ -63,15 +63,10 @@ def nib(x, q, s, o, magic: bool):
 
 
 def form(name):
-    def one(x, w):
-        if name == "bf16":
-            return jnp.einsum("rk,nk->rn", x, w)
-        q, s, o = w
-        if name == "grouped":
-            return quant.grouped_product(x, q, s, o, 1)
-        return nib(x, q, s, o, name == "nibmagic")
-
-    return jax.jit(lambda x, ws: [one(x, w) for w in ws])
+    """A jitted function of (x, LAYERS weights): the probe's forms, the others quant_matvec_probe's."""
+    if name in ("bf16", "grouped"):
+        return jax.jit(product(name))
+    return jax.jit(lambda x, ws: [nib(x, q, s, o, name == "nibmagic") for q, s, o in ws])
 
 
 def main(argv=None):
