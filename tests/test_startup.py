@@ -256,7 +256,7 @@ def test_small_prefill_calls_compile_without_ynnpack_on_cpu():
     options = runtime.small_call_options()
     assert options == (("xla_cpu_experimental_ynn_fusion_type", ""),)
     steps = runner._steps(object(), 8, "xla", None, 2, 1, False, (), options)
-    _, large, small = steps[:3]
+    large, small = steps.prefill, steps.prefill_small
     assert large is not small
     r = runner.Runner.__new__(runner.Runner)
     r._prefill_large, r._prefill_small = large, small

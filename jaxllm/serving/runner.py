@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -78,6 +78,17 @@ class Counters:
     decode: int = 0
     score: int = 0
     calls: set = dataclasses.field(default_factory=set, repr=False, compare=False)
+
+
+class Steps(NamedTuple):
+    """The jitted steps of one model structure (`_steps`), shared by its runners."""
+
+    counters: Counters
+    prefill: Callable  # prefill calls of more than SMALL_CALL positions
+    prefill_small: Callable  # the others (runtime.small_call_options)
+    decode: Callable
+    score: Callable
+    zeros: Callable  # a zero SlotState
 
 
 @dataclass
@@ -329,8 +340,7 @@ class Runner:
 @functools.cache
 def _steps(graphdef, chunk: int, attention: str, mesh, num_layers: int, num_kv_heads: int, scales: bool = False,
            decode_options: tuple = (), small_options: tuple = ()):
-    """(counters, prefill, small prefill, decode, score, zero state) jitted for this model
-    structure; `scales`: the pool holds int8 scales (the state's structure on a mesh);
+    """The Steps jitted for this model structure; `scales`: the pool holds int8 scales (the state's structure on a mesh);
     `decode_options`, `small_options`: XLA options of the decode step and of small prefill calls,
     (name, value) pairs (jaxllm.runtime.decode_options, small_call_options)."""
     options, small = dict(decode_options) or None, dict(small_options) or None
@@ -346,9 +356,9 @@ def _steps(graphdef, chunk: int, attention: str, mesh, num_layers: int, num_kv_h
     score = functools.partial(_score, graphdef, counters, attention)
     sizes = tuple(range(9))  # _zero_state's arguments are all static
     if mesh is None:
-        return (counters, *(jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3, compiler_options=o) for o in (None, small)),
-                jax.jit(decode, static_argnums=(0, 1, 2), donate_argnums=4, compiler_options=options), jax.jit(score, static_argnums=0, donate_argnums=2),
-                jax.jit(_zero_state, static_argnums=sizes))
+        return Steps(counters, *(jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3, compiler_options=o) for o in (None, small)),
+                     jax.jit(decode, static_argnums=(0, 1, 2), donate_argnums=4, compiler_options=options),
+                     jax.jit(score, static_argnums=0, donate_argnums=2), jax.jit(_zero_state, static_argnums=sizes))
     # On a mesh: the pool is split like the kv projections (an int8 pool's scales [pool, page, K]
     # like its first three dims) and over dp by pages; the slots over dp; what the host reads back
     # is replicated, so every process of a multi-host run can read it.
@@ -363,11 +373,11 @@ def _steps(graphdef, chunk: int, attention: str, mesh, num_layers: int, num_kv_h
     if mesh.shape["dp"] > 1:  # each dp shard computes its own rows on its own pages and slots
         prefill, decode, score = (_per_shard(mesh, f, statics, replicated)
                                   for f, statics, replicated in ((prefill, 2, ()), (decode, 3, (4,)), (score, 1, ())))
-    return (counters, *(jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3, out_shardings=(state, rep, rep, rep),
-                                compiler_options=o) for o in (None, small)),
-            jax.jit(decode, static_argnums=(0, 1, 2), donate_argnums=4, out_shardings=(state, rep, rep, rep), compiler_options=options),
-            jax.jit(score, static_argnums=0, donate_argnums=2, out_shardings=(cache, (rep, rep))),
-            jax.jit(_zero_state, static_argnums=sizes, out_shardings=state))
+    return Steps(counters, *(jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3, out_shardings=(state, rep, rep, rep),
+                                     compiler_options=o) for o in (None, small)),
+                 jax.jit(decode, static_argnums=(0, 1, 2), donate_argnums=4, out_shardings=(state, rep, rep, rep), compiler_options=options),
+                 jax.jit(score, static_argnums=0, donate_argnums=2, out_shardings=(cache, (rep, rep))),
+                 jax.jit(_zero_state, static_argnums=sizes, out_shardings=state))
 
 
 def _per_shard(mesh, step, statics: int, replicated: tuple[int, ...]):
