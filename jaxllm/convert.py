@@ -24,7 +24,7 @@ import jax
 from jaxllm import checkpoint, converted, runtime
 from jaxllm.errors import ArgumentParser, CheckpointError, JaxllmError, check_interrupted, handle_signals, run_cli
 from jaxllm.loader import QUANTIZE, open_checkpoint, plan
-from jaxllm.models import weights
+from jaxllm.models import quant, weights
 from jaxllm.progress import Bar
 
 # Files of a checkpoint folder that are weights (rewritten by us), not side files to carry over.
@@ -164,7 +164,7 @@ def _write(source, p, tmp: Path, dst: Path, dtype_name: str, src, to_hf: bool, s
     read_s = time.perf_counter() - start
     if to_hf:
         specs = p.arch.weight_map(p.config)
-        flat = weights.flat_params(params)
+        flat = quant.Dequantized(weights.flat_params(params), p.dtype)  # a quantized folder writes back its float values
         del params
         shapes = weights.hf_layout(specs, {path: v.shape for path, v in flat.items()})
         layout = {name: (shape, p.dtype) for name, shape in shapes.items()}

@@ -183,6 +183,7 @@ def config_from_metadata(header: Header) -> dict:
     vocab = get("vocab_size") or len(fields.get("tokenizer.ggml.tokens", []))
     raw = {
         "architectures": [ARCHITECTURES[arch][0]],
+        "model_type": arch,  # llama.cpp's names of these four are transformers' model_type (config.json written back needs it)
         "vocab_size": vocab,
         "hidden_size": hidden,
         "intermediate_size": get("feed_forward_length"),
@@ -198,18 +199,29 @@ def config_from_metadata(header: Header) -> dict:
         "pad_token_id": fields.get("tokenizer.ggml.padding_token_id"),
         "attention_bias": "blk.0.attn_output.bias" in tensor_names,
     }
+    for key in ("rms_norm_eps", "rope_theta"):  # float32 in the file: its shortest decimal (1e-05, not 9.999999747378752e-06)
+        raw[key] = _decimal(raw[key])
     key_length = get("attention.key_length")
     if key_length:
         raw["head_dim"] = key_length
     scaling = get("rope.scaling.type")
     if scaling and scaling != "none":
-        raw["rope_scaling"] = {"rope_type": scaling, "factor": get("rope.scaling.factor", 1.0)}
+        raw["rope_scaling"] = {"rope_type": scaling, "factor": _decimal(get("rope.scaling.factor", 1.0))}
         if get("rope.scaling.original_context_length"):
             raw["rope_scaling"]["original_max_position_embeddings"] = get("rope.scaling.original_context_length")
     missing = [k for k, v in raw.items() if v is None and k in ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size")]
     if missing:
         raise CheckpointError(f"GGUF metadata lacks {', '.join(missing)}: the file is incomplete or not a language model")
     return raw
+
+
+def _decimal(value):
+    """A float32 metadata value as the shortest decimal that reads back as the same float32 (what
+    the writer most likely stored: 1e-05 for 9.999999747378752e-06); anything else unchanged, for
+    the config's checks to judge."""
+    if isinstance(value, float) and math.isfinite(value):
+        return float(str(np.float32(value)))
+    return value
 
 
 def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:

@@ -25,6 +25,7 @@ knowledge.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import jax
@@ -313,6 +314,34 @@ def dequantize_array(q: np.ndarray, scale: np.ndarray, offset=None, in_axis: int
     if offset is not None:
         w = w + offset.reshape(a, groups, 1, b).astype(np.float32)
     return w.reshape(q.shape)
+
+
+class Dequantized(Mapping):
+    """A read-only view {path: array} of flat parameters in which every quantized kernel reads
+    as its float values in `dtype` (dequantize_array on the host, one tensor per access) and its
+    scales and offsets are gone: what a float checkpoint of the same model holds (convert --to-hf)."""
+
+    def __init__(self, flat: dict, dtype):
+        self._flat, self._dtype = flat, np.dtype(dtype)
+        quantized = [p for p, v in flat.items() if is_quantized(v.dtype)]
+        self._extra = {p[:-1] + (n,) for p in quantized for n in scale_names(p[-1])}
+
+    def __getitem__(self, path):
+        if path in self._extra:
+            raise KeyError(path)
+        value = self._flat[path]
+        if not is_quantized(value.dtype):
+            return value
+        scale, offset = (self._flat.get(path[:-1] + (n,)) for n in scale_names(path[-1]))
+        w = dequantize_array(np.asarray(value), np.asarray(scale), None if offset is None else np.asarray(offset),
+                             None if path[-1] == "kernel" else 1)
+        return w.astype(self._dtype)
+
+    def __iter__(self):
+        return (p for p in self._flat if p not in self._extra)
+
+    def __len__(self):
+        return len(self._flat) - len(self._extra)
 
 
 def bytes_of(leaf) -> float:

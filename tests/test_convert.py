@@ -1,5 +1,6 @@
 """python -m jaxllm.convert: HF -> orbax -> HF bit-exact, restore onto a mesh, interrupted conversions."""
 
+import json
 import os
 import signal
 import subprocess
@@ -100,6 +101,16 @@ def test_gguf_converts_with_its_tokenizer(tmp_path, gguf_path):
     params = jaxllm.SamplingParams(max_new_tokens=12, temperature=0.0)
     out = model.generate("What is the capital of France?", params)
     assert "Paris" in out.text
+    # written back as Hugging Face files, transformers reads them (config.json names its model_type)
+    import transformers
+
+    convert(tmp_path / "orbax", tmp_path / "hf", to_hf=True, progress=False)
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["rms_norm_eps"] == 1e-05  # the file's float32, as written
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
+    with torch.no_grad():
+        want = hf(torch.as_tensor(TOKENS)).logits.numpy()
+    assert reference.max_rel_diff(model.logits(TOKENS), want) < 1e-4
 
 
 def test_refuses_to_overwrite_without_force(tmp_path, capsys):

@@ -265,6 +265,16 @@ def test_converted_round_trip_restores_the_quantized_model(llama_folder, tmp_pat
     assert np.array_equal(np.asarray(back.logits(tokens)), np.asarray(quantized.logits(tokens)))
     with pytest.raises(ConfigError, match="holds int8 weights: load it without quantize="):
         jaxllm.load(dst, quantize="int4")
+    # back to Hugging Face files: the float values the integers stand for (a float checkpoint that
+    # loads as the quantized model computes, to float32 rounding of the products)
+    assert convert.main([str(dst), str(tmp_path / "hf"), "--to-hf"]) == 0
+    exported = jaxllm.load(tmp_path / "hf", tokenizer=False)
+    assert exported.quantize is None
+    want = _dequantized(params)
+    flat = weights.flat_params(exported.params)
+    assert want and all(np.array_equal(np.asarray(flat[path]), w.astype(np.asarray(flat[path]).dtype)) for path, w in want.items())
+    got, ref = np.asarray(exported.logits(tokens)), np.asarray(quantized.logits(tokens))
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
 # -- GGUF blocks without a float detour -------------------------------------------------------
