@@ -241,7 +241,7 @@ class Engine:
         return self._add(req)
 
     def _add(self, req: Request) -> Sequence:
-        seq = Sequence(self._next_id, list(req.prompt), req.params)
+        seq = Sequence(self._next_id, list(req.prompt), req.params.with_seed())  # unseeded: its own random seed
         self._next_id += 1
         self.index_of[seq] = req.index
         self.scheduler.add(seq)

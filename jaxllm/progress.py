@@ -81,7 +81,7 @@ def model_flags() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int)
     p.add_argument("--min-p", type=float)
     p.add_argument("--repetition-penalty", type=float)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="sampling seed, for a reproducible answer (default: a random one)")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable); never printed")
     p.add_argument("--system", help="system message for the chat template")
     p.add_argument("--compile-cache", default=os.environ.get("JAXLLM_COMPILE_CACHE", runtime.DEFAULT_COMPILE_CACHE),

@@ -3,13 +3,16 @@
 Every setting is a per-row array inside jit, so one compiled step serves any mix of greedy and
 sampled requests. The processing order is transformers': repetition penalty, temperature, top-k,
 top-p, min-p. Randomness is per request: row b draws with fold_in(PRNGKey(seed_b), n_b), where
-n_b counts that row's generated tokens, so a seed reproduces its output whatever the batch.
+n_b counts that row's generated tokens, so a seed reproduces its output whatever the batch. With
+no seed each sequence draws a fresh random one (`with_seed`, when the engine takes it), as
+transformers and vLLM sample afresh unless seeded.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -26,7 +29,8 @@ class SamplingParams:
     """What to generate. None means: the checkpoint's generation_config.json, else the default.
 
     temperature 0 is greedy. top_k 0, top_p 1.0, min_p 0.0 and repetition_penalty 1.0 disable
-    those filters. `stop` strings end a sequence and never appear in its text.
+    those filters. `stop` strings end a sequence and never appear in its text. `seed` None: each
+    sequence samples with a fresh random seed; a number reproduces the output.
     """
 
     max_new_tokens: int | None = None
@@ -35,7 +39,7 @@ class SamplingParams:
     top_p: float | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
-    seed: int = 0
+    seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     logprobs: bool = False
@@ -79,6 +83,10 @@ class SamplingParams:
         out.validate()
         return out
 
+    def with_seed(self) -> "SamplingParams":
+        """These params, a fresh random seed in place of None (the engine calls it per sequence)."""
+        return self if self.seed is not None else dataclasses.replace(self, seed=secrets.randbits(32))
+
     def validate(self) -> None:
         def bad(name, value, rule):
             raise GenerationError(f"{name}={value!r} is invalid: {rule}")
@@ -100,8 +108,8 @@ class SamplingParams:
             bad("min_p", self.min_p, "use a number in [0, 1]; 0 disables it")
         if not _finite(self.repetition_penalty) or self.repetition_penalty <= 0:
             bad("repetition_penalty", self.repetition_penalty, "use a positive number; 1 disables it")
-        if not _whole(self.seed) or not 0 <= self.seed < 2**32:
-            bad("seed", self.seed, "use a whole number in [0, 2**32)")
+        if self.seed is not None and (not _whole(self.seed) or not 0 <= self.seed < 2**32):
+            bad("seed", self.seed, "use a whole number in [0, 2**32), or None for a random one")
         if not isinstance(self.stop, tuple) or any(not isinstance(s, str) or not s for s in self.stop):
             bad("stop", self.stop, "use a non-empty string or a list of them")
         for name in ("ignore_eos", "logprobs"):
@@ -161,7 +169,8 @@ class RowParams(NamedTuple):
         col = lambda name, dtype: np.asarray([getattr(p, name) for p in params], dtype)  # noqa: E731
         return RowParams(
             col("temperature", np.float32), col("top_k", np.int32), col("top_p", np.float32),
-            col("min_p", np.float32), col("repetition_penalty", np.float32), col("seed", np.uint32),
+            col("min_p", np.float32), col("repetition_penalty", np.float32),
+            np.asarray([p.seed or 0 for p in params], np.uint32),  # None: a padding row (a sequence's is set by with_seed)
         )
 
 

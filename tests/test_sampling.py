@@ -128,3 +128,13 @@ def test_seed_reproduces_and_is_batch_independent(tiny):
     assert tiny.generate(prompts[1], params).token_ids == a[1].token_ids
     other = tiny.generate(prompts[0], SamplingParams(**{**params.__dict__, "seed": 6}))
     assert other.token_ids != a[0].token_ids
+
+
+def test_without_a_seed_each_sequence_samples_afresh(tiny):
+    """No seed: every sequence draws its own random seed (transformers' and vLLM's behaviour), so
+    the rows of a batch and two calls differ; an explicit seed still reproduces (above)."""
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, ignore_eos=True)
+    rows = [r.token_ids for r in tiny.generate([[5, 17, 33, 90]] * 4, params)]
+    again = tiny.generate([5, 17, 33, 90], params).token_ids
+    assert len({tuple(r) for r in rows + [again]}) == 5  # 12 tokens from 128: a collision is ~1e-20
+    assert SamplingParams().with_seed().seed is not None and SamplingParams(seed=3).with_seed().seed == 3

@@ -184,7 +184,14 @@ def test_seeded_sampling_n_and_stop_strings(server):
     ref = server.refs["sampled"]
     out = server.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": CHAT[1]}], max_tokens=NEW,
                                                 temperature=1.0, top_p=0.9, seed=SEED, extra_body={"top_k": 20})
-    assert out.choices[0].message.content == ref.text  # with n > 1, choice i samples with seed + i
+    assert out.choices[0].message.content == ref.text  # choice 0 samples with the seed itself
+    # n choices: distinct seeds, none another seed's first choice (seed + 1 once was)
+    from jaxllm.api.protocol import ChatRequest
+
+    seeds = [p.seed for p in ChatRequest(messages=[{"role": "user", "content": "Hi"}], n=4, seed=SEED, temperature=1.0)
+             .sampling({}, 8, False)]
+    assert seeds[0] == SEED and len(set(seeds)) == 4 and SEED + 1 not in seeds
+    assert {p.seed for p in ChatRequest(messages=[{"role": "user", "content": "Hi"}], n=2).sampling({}, 8, False)} == {None}
 
     full = server.refs[CHAT[0], True].text  # "The capital of France is Paris."
     stop = full.split()[3]

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import secrets
 import time
 import uuid
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.responses import JSONResponse
 
@@ -139,9 +139,10 @@ class _Common(_Strict):
                 raise APIError(400, f"{name} is not supported by this server: {fix}", name)
 
     def sampling(self, generation_config: dict, max_tokens: int | None, logprobs: bool) -> list[SamplingParams]:
-        """Resolved SamplingParams of each of the n choices (seeds seed, seed + 1, ...; random
-        when not given, so that unseeded sampled choices differ)."""
-        seed = self.seed if self.seed is not None else secrets.randbits(32)
+        """Resolved SamplingParams of each of the n choices: choice 0 samples with `seed`, choice
+        i > 0 with a seed mixed from (seed, i), so that no choice repeats another request's (seed
+        + 1 would be the next seed's choice 0); each a random one when no seed is given."""
+        seed = self.seed
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         try:
             params = SamplingParams(
@@ -151,7 +152,10 @@ class _Common(_Strict):
             ).resolved(generation_config)
         except JaxllmError as err:
             raise bad_request(err) from None
-        return [dataclasses.replace(params, seed=(seed + i) % 2**32) for i in range(self.n)]
+        if seed is None:  # the engine draws one per sequence
+            return [params] * self.n
+        return [dataclasses.replace(params, seed=seed if i == 0 else int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
+                for i in range(self.n)]
 
 
 class CompletionRequest(_Common):
