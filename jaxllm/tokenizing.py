@@ -186,3 +186,53 @@ def _template(source: str):
     env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt),
                        dict=TemplateDict(), namespace=TemplateNamespace)
     return env.from_string(source)
+
+
+def byte_reader(tokenizer) -> Callable[[int], bytes]:
+    """A function from a token id to the bytes of text it stands for (what OpenAI's logprobs call
+    `bytes`: a character split over tokens gives each token its part, where decode gives U+FFFD).
+    Byte-level BPE tokens (GPT-2's alphabet) map their characters back to bytes; byte-fallback
+    tokens (<0xE2>) are their byte, "▁" a space; other tokenizers, and tokens these rules do not
+    cover, give the UTF-8 of their decoded text."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return lambda token: tokenizer.decode([token]).encode()
+    kinds = _decoder_kinds(json.loads(backend.to_str()).get("decoder"))
+    table = _byte_level_table() if "ByteLevel" in kinds else None
+    fallback = "ByteFallback" in kinds
+    special = set(getattr(tokenizer, "all_special_ids", None) or ())
+
+    def read(token: int) -> bytes:
+        piece = backend.id_to_token(int(token))
+        if piece is not None and token not in special:
+            if table is not None and all(c in table for c in piece):
+                return bytes(table[c] for c in piece)
+            if fallback and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", piece):
+                return bytes([int(piece[3:5], 16)])
+            if fallback or "Metaspace" in kinds:
+                return piece.replace("\u2581", " ").encode()
+        return backend.decode([int(token)], skip_special_tokens=False).encode()
+
+    return read
+
+
+def _decoder_kinds(decoder) -> set[str]:
+    """The types of a tokenizer.json decoder and of every decoder a Sequence holds."""
+    if not isinstance(decoder, dict):
+        return set()
+    return {decoder.get("type")} | {k for d in decoder.get("decoders") or () for k in _decoder_kinds(d)}
+
+
+@functools.cache
+def _byte_level_table() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, character -> byte: printable Latin-1 bytes stand for
+    themselves, the other 68 for the characters from U+0100 on, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1), *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[chr(b)] = b
+        else:
+            table[chr(256 + extra)] = b
+            extra += 1
+    return table

@@ -169,6 +169,9 @@ def test_greedy_answers_equal_generate(server):
     choice = out.choices[0]
     assert (choice.message.content, choice.finish_reason) == (ref.text, ref.finish_reason)
     assert [c.logprob for c in choice.logprobs.content] == pytest.approx(ref.logprobs, abs=1e-5)
+    eos = set(server.engine.eos)  # the end token is listed (and counted), its text is not in the content
+    spoken = [c for c, t in zip(choice.logprobs.content, ref.token_ids) if t not in eos]
+    assert bytes(b for c in spoken for b in c.bytes).decode() == ref.text
     assert (out.usage.prompt_tokens, out.usage.completion_tokens) == (ref.prompt_tokens, len(ref.token_ids))
     assert out.usage.total_tokens == ref.prompt_tokens + len(ref.token_ids)
 

@@ -262,3 +262,31 @@ def test_small_prefill_calls_compile_without_ynnpack_on_cpu():
     r._prefill_large, r._prefill_small = large, small
     assert r._prefill(1, runner.SMALL_CALL) is small and r._prefill(4, 64) is small
     assert r._prefill(1, 2 * runner.SMALL_CALL) is large and r._prefill(16, 64) is large
+
+
+def test_token_bytes_rebuild_the_text(gguf_path):
+    """tokenizing.byte_reader gives each token its own bytes, so a character split over tokens (an
+    emoji, CJK) is rebuilt by joining them (OpenAI's logprobs `bytes`; decode gives U+FFFD per
+    part): SmolLM2's byte-level BPE, and a byte-fallback tokenizer (Llama 2's kind) built here."""
+    import jaxllm
+    from jaxllm import tokenizing
+
+    tok = jaxllm.load(gguf_path).tokenizer
+    read = tokenizing.byte_reader(tok)
+    for text in ("🍗 日本 hi", "The capital of France is Paris.", "naïve café"):
+        ids = tok.encode(text, add_special_tokens=False)
+        assert b"".join(read(i) for i in ids) == text.encode(), text
+    assert read(tok.all_special_ids[0]) == tok.decode([tok.all_special_ids[0]]).encode()
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, **{f"<0x{b:02X}>": 1 + b for b in range(256)}, "\u2581": 257, "\u2581a": 258, "a": 259}
+    backend = Tokenizer(models.BPE(vocab, [("\u2581", "a")], unk_token="<unk>", byte_fallback=True))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    from transformers import PreTrainedTokenizerFast
+
+    hf = PreTrainedTokenizerFast(tokenizer_object=backend)
+    read = tokenizing.byte_reader(hf)
+    ids = hf.encode("a 日", add_special_tokens=False)
+    assert b"".join(read(i) for i in ids) == " a 日".encode() and read(1 + 0xE6) == b"\xe6"

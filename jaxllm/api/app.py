@@ -30,6 +30,7 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from jaxllm import tokenizing
 from jaxllm.api.engine_loop import EngineFailed, EngineLoop, QueueFull, Submission
 from jaxllm.api.protocol import (
     APIError,
@@ -58,6 +59,7 @@ class Server:
         self.model, self.loop, self.name = model, engine_loop, name
         self.engine: Engine = engine_loop.engine
         self.tokenizer = model.tokenizer
+        self.token_bytes = tokenizing.byte_reader(self.tokenizer) if self.tokenizer is not None else None
         self.eos = {int(t) for t in self.engine.eos if t >= 0}
         # Prompts are tokenized (and chat templates applied) off the event loop, one at a time (a
         # tokenizer is not safe to share between threads): a 4.5 MB prompt takes 4 s to encode on
@@ -92,7 +94,8 @@ class Server:
         self._check_room(1, body.n)
         prompt = await self._off_loop(body.prompt, self.tokenizer)
         params = body.sampling(self.model.generation_config, max(1, self.engine.max_len - len(prompt)), logprobs=body.logprobs)
-        fmt = ChatFormat(self.name, self.token_text, logprobs=body.logprobs, token_ids=body.return_token_ids)
+        fmt = ChatFormat(self.name, self.token_text, logprobs=body.logprobs, token_ids=body.return_token_ids,
+                         token_bytes=self.token_bytes)
         return await self._answer(request, body, fmt, [prompt], params)
 
     def _parse(self, kind, raw: bytes):

@@ -286,9 +286,10 @@ class Format:
 
     object = chunk_object = prefix = ""
 
-    def __init__(self, name: str, token_text, *, logprobs: bool, token_ids: bool):
+    def __init__(self, name: str, token_text, *, logprobs: bool, token_ids: bool, token_bytes=None):
         self.id, self.created, self.name = f"{self.prefix}-{uuid.uuid4().hex}", int(time.time()), name
         self.token_text, self.logprobs, self.token_ids = token_text, logprobs, token_ids
+        self.token_bytes = token_bytes or (lambda token: token_text(token).encode())  # a token's own bytes (tokenizing.byte_reader)
 
     def envelope(self, choices: list[dict], usage: dict | None = None, chunk: bool = False) -> dict:
         out = {"id": self.id, "object": self.chunk_object if chunk else self.object, "created": self.created,
@@ -328,8 +329,8 @@ class ChatFormat(Format):
         return {"delta": {"content": piece.text} if piece.text else {}}
 
     def format_logprobs(self, piece: Piece) -> dict:
-        return {"content": [{"token": s, "logprob": lp, "bytes": list(s.encode()), "top_logprobs": []}
-                            for s, lp in zip(map(self.token_text, piece.tokens), piece.logprobs)]}
+        return {"content": [{"token": self.token_text(t), "logprob": lp, "bytes": list(self.token_bytes(t)), "top_logprobs": []}
+                            for t, lp in zip(piece.tokens, piece.logprobs)]}
 
     def first_chunks(self, n: int) -> list[dict]:
         """The role comes first, in a chunk of its own per choice (as OpenAI sends it)."""
