@@ -52,7 +52,8 @@ def server(gguf_path):
         time.sleep(0.05)
     url = f"http://127.0.0.1:{port}"
     client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
-    yield SimpleNamespace(url=url, refs=refs, loop=app.state.engine_loop, engine=engine, client=client, model=model)
+    yield SimpleNamespace(url=url, refs=refs, loop=app.state.engine_loop, engine=engine, client=client, model=model,
+                          app_server=app.state.server)
     client.close()
     http.should_exit = True
     thread.join(timeout=60)
@@ -160,6 +161,28 @@ def test_prompts_are_tokenized_off_the_event_loop(server, monkeypatch):
     server.client.completions.create(model=NAME, prompt=TEXT[0], max_tokens=2, temperature=0)
     server.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": CHAT[0]}], max_tokens=2, temperature=0)
     assert len(threads) == 2 and all(t.startswith("jaxllm-tokenize") for t in threads), threads
+
+
+def test_text_too_long_for_the_context_is_refused_before_encoding(server, monkeypatch):
+    """More bytes of text than max_len tokens can hold (max_len x the longest token's bytes) is a
+    400 naming the field, without encoding it; text at the bound is encoded (and then refused by
+    its token count)."""
+    from jaxllm.api import protocol
+
+    limit = server.app_server.most_text_bytes
+    assert limit >= server.engine.max_len
+    encoded = []
+    real = protocol.encode
+    monkeypatch.setattr(protocol, "encode", lambda tok, text, **k: encoded.append(len(text)) or real(tok, text, **k))
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": "a" * (limit + 1), "max_tokens": 2}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt" and "shorten it" in r.json()["error"]["message"]
+    r = httpx.post(server.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "é" * (limit // 2 + 1)}]},
+                   timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    assert encoded == []
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": "a" * limit, "max_tokens": 2}, timeout=60)
+    assert r.status_code == 400 and encoded == [limit]  # encoded, then too many tokens
+    wait_idle(server)
 
 
 def test_greedy_answers_equal_generate(server):

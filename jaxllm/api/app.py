@@ -60,11 +60,23 @@ class Server:
         self.engine: Engine = engine_loop.engine
         self.tokenizer = model.tokenizer
         self.token_bytes = tokenizing.byte_reader(self.tokenizer) if self.tokenizer is not None else None
+        # A text longer than max_len x the longest token's bytes cannot fit: refused before it is
+        # encoded (tens of MB of text would take a minute of a core and GBs of token lists).
+        self.most_text_bytes = None if self.token_bytes is None else self.engine.max_len * max(
+            len(self.token_bytes(i)) for i in range(self.tokenizer.backend_tokenizer.get_vocab_size()))
         self.eos = {int(t) for t in self.engine.eos if t >= 0}
         # Prompts are tokenized (and chat templates applied) off the event loop, one at a time (a
         # tokenizer is not safe to share between threads): a 4.5 MB prompt takes 4 s to encode on
         # a 2-core CPU, during which every other client's stream would otherwise stop.
         self._tokenizing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxllm-tokenize")
+
+    def _check_texts(self, texts: list[str], field: str) -> None:
+        for text in texts:
+            if self.most_text_bytes is not None and len(text) * 4 > self.most_text_bytes \
+                    and len(text.encode()) > self.most_text_bytes:
+                raise APIError(400, f"the {field} holds {len(text.encode()):,} bytes of text, more than the "
+                               f"{self.engine.max_len:,} tokens this server takes can hold (at most "
+                               f"{self.most_text_bytes:,} bytes): shorten it", field)
 
     async def _off_loop(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._tokenizing, fn, *args)
@@ -83,6 +95,7 @@ class Server:
 
     async def completions(self, request: HTTPRequest) -> Response:
         body = self._parse(CompletionRequest, await request.body())
+        self._check_texts(body.texts(), "prompt")
         prompts = await self._off_loop(body.prompts, self.tokenizer)
         self._check_room(len(prompts), body.n)
         params = body.sampling(self.model.generation_config, 16, logprobs=body.logprobs is not None)  # OpenAI's default 16
@@ -92,6 +105,7 @@ class Server:
     async def chat(self, request: HTTPRequest) -> Response:
         body = self._parse(ChatRequest, await request.body())
         self._check_room(1, body.n)
+        self._check_texts(body.texts(), "messages")
         prompt = await self._off_loop(body.prompt, self.tokenizer)
         params = body.sampling(self.model.generation_config, max(1, self.engine.max_len - len(prompt)), logprobs=body.logprobs)
         fmt = ChatFormat(self.name, self.token_text, logprobs=body.logprobs, token_ids=body.return_token_ids,
@@ -251,5 +265,5 @@ def build_app(model, engine: Engine, *, name: str, max_queue: int = 256) -> Star
     handlers = {APIError: on_api_error, JaxllmError: on_library_error, EngineFailed: on_library_error,
                 HTTPException: on_http_error}
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
-    app.state.engine_loop = loop
+    app.state.engine_loop, app.state.server = loop, server
     return app

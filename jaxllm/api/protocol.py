@@ -169,10 +169,17 @@ class CompletionRequest(_Common):
         super().check()
         _check_top_logprobs(self.logprobs, "logprobs")
 
+    def _batch(self) -> list:
+        many = isinstance(self.prompt, list) and self.prompt and not isinstance(self.prompt[0], int)
+        return self.prompt if many else [self.prompt]
+
+    def texts(self) -> list[str]:
+        """The prompts given as text (each is checked for length before it is encoded)."""
+        return [p for p in self._batch() if isinstance(p, str)]
+
     def prompts(self, tokenizer) -> list[list[int]]:
         """Each prompt's token ids: as given, or the text encoded as plain text (no chat template)."""
-        many = isinstance(self.prompt, list) and self.prompt and not isinstance(self.prompt[0], int)
-        batch = self.prompt if many else [self.prompt]
+        batch = self._batch()
         if any(isinstance(p, str) for p in batch) and tokenizer is None:
             raise APIError(400, "this model has no tokenizer: give the prompt as token ids", "prompt")
         return [encode(tokenizer, p, chat=False) if isinstance(p, str) else p for p in batch]
@@ -220,6 +227,10 @@ class ChatRequest(_Common):
             if message.role not in ROLES and message.role not in ROLE_ALIASES:
                 raise APIError(400, f"messages[{i}].role '{message.role}' is not a role this server takes: use "
                                f"{', '.join(ROLES)} (or developer, read as system)", f"messages[{i}].role")
+
+    def texts(self) -> list[str]:
+        """The messages' text, all of it one prompt (checked for length before it is encoded)."""
+        return ["".join(m.text() for m in self.messages)]
 
     def prompt(self, tokenizer) -> list[int]:
         """The messages through the tokenizer's chat template, ready for the assistant's turn."""
