@@ -255,12 +255,13 @@ class Engine:
 
     def reset(self) -> None:
         """Drop every request and the device state, as after construction (compiled steps are
-        kept): what a server does after a step raised, whose donated state may be gone."""
-        for seq in list(self.scheduler.waiting) + list(self.scheduler.running):
-            self.abort(seq)
+        kept): what a server does after a step raised, whose donated state may be gone and whose
+        host bookkeeping may be half-updated, so the page pool and scheduler are made anew."""
+        b, s = self.blocks, self.scheduler
+        self.blocks = BlockManager(b.num_pages, b.page_size, b.prefix_caching, shards=b.shards)
+        self.scheduler = Scheduler(self.blocks, s.max_seqs, s.prefill_budget, s.lookahead, s.max_chunk)
         self.slot_of.clear()
         self.index_of.clear()
-        self.blocks.reset_prefix_cache()
         self.state = None
 
     def has_work(self) -> bool:
