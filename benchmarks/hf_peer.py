@@ -7,7 +7,15 @@ import time
 import torch
 import transformers
 
+from jaxllm.errors import JaxllmError
 from jaxllm.random_model import SHAPES
+
+
+def check_gpu() -> None:
+    """--compare hf times transformers on a CUDA GPU: a one-line error where torch sees none."""
+    if not torch.cuda.is_available():
+        raise JaxllmError("--compare hf times transformers on a CUDA GPU, and this PyTorch sees none: run it on a GPU "
+                          "machine with a CUDA build of torch, or drop --compare")
 
 
 def start_device() -> None:

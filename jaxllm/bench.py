@@ -314,14 +314,13 @@ REPEAT = 2  # --repeat's default
 
 def _check_hf_peer() -> None:
     """--compare hf times transformers on a CUDA GPU: refused before any work when PyTorch, or a
-    GPU it can use, is missing."""
+    GPU it can use, is missing (the peer, outside the package, checks; jaxllm never imports torch)."""
     try:
-        import torch
-    except ImportError:
-        raise JaxllmError("--compare hf needs PyTorch with CUDA (pip install torch): install it, or drop --compare") from None
-    if not torch.cuda.is_available():
-        raise JaxllmError("--compare hf times transformers on a CUDA GPU, and this PyTorch sees none: run it on a GPU "
-                          "machine with a CUDA build of torch, or drop --compare")
+        peer = hf_peer()
+    except ImportError as err:
+        raise JaxllmError(f"--compare hf needs PyTorch with CUDA and transformers ({err.name} is missing): install "
+                          "them, or drop --compare") from None
+    peer.check_gpu()
 
 
 def tp_degrees(text: str) -> list[int]:
