@@ -164,9 +164,10 @@ def _write(source, p, tmp: Path, dst: Path, dtype_name: str, src, to_hf: bool, s
     read_s = time.perf_counter() - start
     if to_hf:
         specs = p.arch.weight_map(p.config)
-        flat = quant.Dequantized(weights.flat_params(params), p.dtype)  # a quantized folder writes back its float values
+        stored = weights.flat_params(params)
         del params
-        shapes = weights.hf_layout(specs, {path: v.shape for path, v in flat.items()})
+        shapes = weights.hf_layout(specs, {path: v.shape for path, v in stored.items()})  # a kernel's shape whatever its dtype
+        flat = quant.Dequantized(stored, p.dtype)  # a quantized folder writes back its float values, one tensor at a time
         layout = {name: (shape, p.dtype) for name, shape in shapes.items()}
         with Bar(len(layout), "writing", enabled=progress) as bar:
             files = checkpoint.write_safetensors(tmp, layout, weights.export_tensors(specs, flat), shard_bytes, bar)

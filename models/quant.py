@@ -226,9 +226,13 @@ def float_state(state):
     """`state` without the scales and offsets of its quantized kernels: the leaves a checkpoint's
     weight map fills (the kernels themselves keep their shapes)."""
     flat = list(nnx.to_flat_state(state))
-    quantized = [tuple(p) for p, v in flat if is_quantized(v.get_value().dtype)]
-    extra = {p[:-1] + (n,) for p in quantized for n in scale_names(p[-1])}
+    extra = scale_paths(tuple(p) for p, v in flat if is_quantized(v.get_value().dtype))
     return nnx.from_flat_state([(p, v) for p, v in flat if tuple(p) not in extra])
+
+
+def scale_paths(quantized) -> set[tuple]:
+    """The paths of the scales and offsets beside the quantized parameters at the paths `quantized`."""
+    return {p[:-1] + (n,) for p in quantized for n in scale_names(p[-1])}
 
 
 def bits(dtype) -> int:
@@ -323,8 +327,7 @@ class Dequantized(Mapping):
 
     def __init__(self, flat: dict, dtype):
         self._flat, self._dtype = flat, np.dtype(dtype)
-        quantized = [p for p, v in flat.items() if is_quantized(v.dtype)]
-        self._extra = {p[:-1] + (n,) for p in quantized for n in scale_names(p[-1])}
+        self._extra = scale_paths(p for p, v in flat.items() if is_quantized(v.dtype))
 
     def __getitem__(self, path):
         if path in self._extra:
