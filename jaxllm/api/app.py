@@ -71,12 +71,14 @@ class Server:
         self._tokenizing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxllm-tokenize")
 
     def _check_texts(self, texts: list[str], field: str) -> None:
+        most = self.most_text_bytes
+        if most is None:  # no tokenizer: prompts come as token ids
+            return
         for text in texts:
-            if self.most_text_bytes is not None and len(text) * 4 > self.most_text_bytes \
-                    and len(text.encode()) > self.most_text_bytes:
-                raise APIError(400, f"the {field} holds {len(text.encode()):,} bytes of text, more than the "
-                               f"{self.engine.max_len:,} tokens this server takes can hold (at most "
-                               f"{self.most_text_bytes:,} bytes): shorten it", field)
+            size = len(text.encode()) if 4 * len(text) > most else 0  # UTF-8: <= 4 bytes a character
+            if size > most:
+                raise APIError(400, f"the {field} holds {size:,} bytes of text, more than the {self.engine.max_len:,} "
+                               f"tokens this server takes can hold (at most {most:,} bytes): shorten it", field)
 
     async def _off_loop(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._tokenizing, fn, *args)

@@ -142,20 +142,19 @@ class _Common(_Strict):
         """Resolved SamplingParams of each of the n choices: choice 0 samples with `seed`, choice
         i > 0 with a seed mixed from (seed, i), so that no choice repeats another request's (seed
         + 1 would be the next seed's choice 0); each a random one when no seed is given."""
-        seed = self.seed
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         try:
             params = SamplingParams(
                 max_new_tokens=max_tokens if self.max_tokens is None else self.max_tokens, temperature=self.temperature,
-                top_k=self.top_k, top_p=self.top_p, min_p=self.min_p, repetition_penalty=self.repetition_penalty, seed=seed,
+                top_k=self.top_k, top_p=self.top_p, min_p=self.min_p, repetition_penalty=self.repetition_penalty, seed=self.seed,
                 stop=stop, ignore_eos=self.ignore_eos, logprobs=logprobs,
             ).resolved(generation_config)
         except JaxllmError as err:
             raise bad_request(err) from None
-        if seed is None:  # the engine draws one per sequence
+        if self.seed is None:  # the engine draws one per sequence
             return [params] * self.n
-        return [dataclasses.replace(params, seed=seed if i == 0 else int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
-                for i in range(self.n)]
+        return [params] + [dataclasses.replace(params, seed=int(np.random.SeedSequence([self.seed, i]).generate_state(1)[0]))
+                           for i in range(1, self.n)]
 
 
 class CompletionRequest(_Common):
