@@ -35,7 +35,7 @@ from jaxllm.errors import CheckpointError, ConfigError, InputError, check_token_
 from jaxllm.models import layers, quant, registry, weights
 from jaxllm.models.architecture import Architecture
 from jaxllm.models.attention import check_kv_dtype, kv_cache_bytes
-from jaxllm.models.config import ModelConfig
+from jaxllm.models.config import ModelConfig, token_ids
 from jaxllm.sampling import SamplingParams
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -314,7 +314,7 @@ def prepare(path_or_id, dtype=None, mesh=None, *, quantize: str | None = None, g
                          f"path), got {type(path_or_id).__name__} {path_or_id!r}"[:300])
     source = open_checkpoint(path_or_id)
     try:
-        return plan(source.raw, dtype or source.load_dtype, mesh, source, quantize=quantize, group_size=group_size)
+        p = plan(source.raw, dtype or source.load_dtype, mesh, source, quantize=quantize, group_size=group_size)
     except ConfigError as err:  # a GGUF file has no config.json: name the file its fields came from
         path = getattr(source, "path", None)
         if path is None or Path(path).suffix != ".gguf" or not str(err).startswith("config.json"):
@@ -322,6 +322,11 @@ def prepare(path_or_id, dtype=None, mesh=None, *, quantize: str | None = None, g
         what = str(err).removeprefix("config.json ").removesuffix(": correct that field")
         raise ConfigError(f"{Path(path).name}: its metadata, read as config.json fields, is invalid: {what}: "
                           "the file is damaged or was written wrongly") from None
+    outside = [i for i in token_ids(source.generation_config.get("eos_token_id")) if i >= p.config.vocab_size]
+    if outside:
+        raise ConfigError(f"generation_config.json eos_token_id {outside[0]} lies outside the vocabulary ({p.config.vocab_size} "
+                          "tokens), so generation could never stop there: correct eos_token_id")
+    return p
 
 
 def load(

@@ -408,6 +408,10 @@ def _validated(cfg: ModelConfig) -> ModelConfig:
                     f"config.json rope '{key}' has {len(factors)} entries; rotary dimension {cfg.rotary_dim} needs "
                     f"{cfg.rotary_dim // 2}"
                 )
+    outside = [i for i in cfg.eos_token_ids if i >= cfg.vocab_size]
+    if outside:
+        raise ConfigError(f"config.json eos_token_id {outside[0]} lies outside the vocabulary ({cfg.vocab_size} tokens), so "
+                          "generation could never stop there: correct eos_token_id")
     if cfg.num_experts and not 0 < cfg.experts_per_token <= cfg.num_experts:
         raise ConfigError(
             f"config.json num_experts_per_tok={cfg.experts_per_token} must lie in [1, {cfg.num_experts}] (the number of experts)"

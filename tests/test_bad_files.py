@@ -117,6 +117,7 @@ NOT_READABLE = r"model\.safetensors is not a readable safetensors file \("
 
 CASES = [
     # config.json: types, signs, zeros, ranges, cross-field rules
+    ("eos-outside-vocab", config_with(eos_token_id=40), ConfigError, r"config\.json eos_token_id 40 lies outside the vocabulary"),
     ("string-for-int", config_with(hidden_size="16"), ConfigError, r"config\.json 'hidden_size' must be a positive integer .*got \"16\""),
     ("zero-heads", config_with(num_attention_heads=0), ConfigError, r"config\.json 'num_attention_heads' must be a positive integer"),
     ("hidden-not-divisible", config_with(hidden_size=18), ConfigError, "hidden_size=18 is not divisible by num_attention_heads=4: set"),
@@ -158,6 +159,8 @@ CASES = [
     ("gen-top-p-above-one", file("generation_config.json", '{"top_p": 1.5}'), ConfigError, "'top_p' must be a non-negative number <= 1"),
     ("gen-bad-eos", file("generation_config.json", '{"eos_token_id": [1, "x"]}'), ConfigError, "'eos_token_id' must be"),
     ("gen-not-object", file("generation_config.json", "[]"), ConfigError, r"generation_config\.json at .* must hold a JSON object"),
+    ("gen-eos-outside-vocab", file("generation_config.json", '{"eos_token_id": [2, 32]}'), ConfigError,
+     r"generation_config\.json eos_token_id 32 lies outside the vocabulary \(32 tokens\)"),
     # safetensors: the header
     ("st-two-bytes", file(ST, b"\x01\x02"), CheckpointError, NOT_READABLE + "2 bytes, fewer than the header's 8-byte length"),
     ("st-absurd-header-length", tensors(lambda h, d: join_safetensors(h, d, length=2**60)), CheckpointError,
