@@ -219,6 +219,14 @@ def test_seeded_sampling_n_and_stop_strings(server):
     assert seeds[0] == SEED and len(set(seeds)) == 4 and SEED + 1 not in seeds
     assert {p.seed for p in ChatRequest(messages=[{"role": "user", "content": "Hi"}], n=2).sampling({}, 8, False)} == {None}
 
+    # unset values: the checkpoint's where it names them, else OpenAI's (temperature 1, no top-k)
+    hi = [{"role": "user", "content": "Hi"}]
+    (plain,) = ChatRequest(messages=hi).sampling({}, 8, False)
+    assert (plain.temperature, plain.top_p, plain.top_k) == (1.0, 1.0, 0)
+    (own,) = ChatRequest(messages=hi).sampling({"do_sample": False, "temperature": 0.6, "top_k": 20}, 8, False)
+    assert (own.temperature, own.top_k) == (0.6, 20)
+    assert ChatRequest(messages=hi, temperature=0.0).sampling({"temperature": 0.6}, 8, False)[0].temperature == 0.0
+
     full = server.refs[CHAT[0], True].text  # "The capital of France is Paris."
     stop = full.split()[3]
     out = server.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": CHAT[0]}], max_tokens=NEW,

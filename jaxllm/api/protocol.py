@@ -148,13 +148,23 @@ class _Common(_Strict):
                 max_new_tokens=max_tokens if self.max_tokens is None else self.max_tokens, temperature=self.temperature,
                 top_k=self.top_k, top_p=self.top_p, min_p=self.min_p, repetition_penalty=self.repetition_penalty, seed=self.seed,
                 stop=stop, ignore_eos=self.ignore_eos, logprobs=logprobs,
-            ).resolved(generation_config)
+            ).resolved(_server_defaults(generation_config))
         except JaxllmError as err:
             raise bad_request(err) from None
         if self.seed is None:  # the engine draws one per sequence
             return [params] * self.n
         return [params] + [dataclasses.replace(params, seed=int(np.random.SeedSequence([self.seed, i]).generate_state(1)[0]))
                            for i in range(1, self.n)]
+
+
+def _server_defaults(generation_config: dict) -> dict:
+    """The generation config a request's unset values come from: the checkpoint's temperature,
+    top_p, top_k, min_p and repetition penalty where it names them, else OpenAI's defaults
+    (temperature 1, no top-p, top-k or min-p), as vLLM's server does; its `do_sample` is not
+    read, so a request without `temperature` samples, as OpenAI's API does, instead of the
+    greedy default that transformers (and jaxllm.generate) give a config without do_sample."""
+    gen = dict(generation_config or {})
+    return {**gen, "do_sample": True, "top_k": gen.get("top_k") or 0}
 
 
 class CompletionRequest(_Common):
