@@ -5,7 +5,8 @@ llm_engine, in JAX). The pieces, each in its own small file:
   jaxllm/serving/scheduler.py      who runs this step: prefill chunks within a token budget,
                                    the decode batch, preemption when pages run out (host)
   jaxllm/serving/cascade.py        which cached pages a decode call's rows share, read once (host)
-  jaxllm/serving/runner.py         the page pool and the jitted prefill / decode steps (device)
+  jaxllm/serving/runner.py         the page pool and each call's inputs, shapes and buckets (host)
+  jaxllm/serving/steps.py          the jitted prefill / decode / score steps (device)
 
 Each `step()` runs this step's prefill chunks (new prompts, long prompts chunk by chunk, sequences
 recomputed after preemption), then up to `chunk` decode steps for every running sequence (only
@@ -36,9 +37,10 @@ from jaxllm.models.config import token_ids
 from jaxllm.sampling import SamplingParams
 from jaxllm.serving import cascade as cascade_plan
 from jaxllm.serving.block_manager import BlockManager
-from jaxllm.serving.runner import ERROR, Row, Runner, bucket, pool_pages
+from jaxllm.serving.runner import Row, Runner, bucket, pool_pages
 from jaxllm.serving.scheduler import PrefillChunk, Scheduler
 from jaxllm.serving.sequence import Sequence, Status
+from jaxllm.serving.steps import ERROR
 
 log = logging.getLogger("jaxllm")
 

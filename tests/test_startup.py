@@ -252,10 +252,11 @@ def test_small_prefill_calls_compile_without_ynnpack_on_cpu():
     this XLA stops knowing the option (runtime.small_call_options then runs without it)."""
     from jaxllm import runtime
     from jaxllm.serving import runner
+    from jaxllm.serving.steps import steps as make_steps
 
     options = runtime.small_call_options()
     assert options == (("xla_cpu_experimental_ynn_fusion_type", ""),)
-    steps = runner._steps(object(), 8, "xla", None, 2, 1, False, (), options)
+    steps = make_steps(object(), 8, "xla", None, 2, 1, False, (), options)
     large, small = steps.prefill, steps.prefill_small
     assert large is not small
     r = runner.Runner.__new__(runner.Runner)

@@ -27,7 +27,7 @@ reads back its few small outputs replicated).
 
 The state (pool and slots) is donated, so XLA updates it in place. Shapes are bucketed (rows,
 chunk length, keys read) so a workload meets few compiles; the jitted steps belong to the model's
-structure (`_steps`), so every engine of a model shares what was compiled; `counters` counts the
+structure (jaxllm/serving/steps.py), so every engine of a model shares what was compiled; `counters` counts the
 traces.
 """
 
@@ -36,59 +36,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from typing import TYPE_CHECKING
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from jaxllm import sharding
-from jaxllm.models.attention import LayerCache, PagedCache, kv_format
-from jaxllm.sampling import RowParams, SamplingParams, sample
+from jaxllm.models.attention import kv_format
+from jaxllm.sampling import RowParams, SamplingParams
+from jaxllm.serving.steps import Counters, SlotState
+from jaxllm.serving.steps import steps as make_steps
 
 if TYPE_CHECKING:
     from jaxllm.serving.cascade import Cascade
 
-ERROR = -2  # the token of a row whose logits were not finite: it ends there, with an error
 SMALL_CALL = 256  # prefill calls of at most this many positions (rows x length) are small: see Runner._prefill
-
-
-class SlotState(NamedTuple):
-    cache: list  # per layer LayerCache: k, v [pool, page_size, K, D] (int8: and scales [pool, page_size, K]);
-    # pages >= num_pages are never handed out
-    tokens: jax.Array  # [B] the last token of each slot, fed at the next step
-    positions: jax.Array  # [B] where that token will be written
-    done: jax.Array  # [B] bool
-    generated: jax.Array  # [B] tokens generated so far
-    max_new: jax.Array  # [B]
-    limit: jax.Array  # [B] a slot pauses (not done) when its next write position reaches this
-    seen: jax.Array  # [B, V] bool: tokens in the sequence (repetition penalty)
-    eos: jax.Array  # [B, E] token ids that end each slot's sequence (-1 pads)
-    params: RowParams
-
-
-@dataclass
-class Counters:
-    """Traces of each jitted step (a trace is a compile); tests assert on these. `calls`: the
-    (rows, length, keys, sampling) of every prefill program traced (the steps' own counters
-    only; Runner.compiled_calls)."""
-
-    prefill: int = 0
-    decode: int = 0
-    score: int = 0
-    calls: set = dataclasses.field(default_factory=set, repr=False, compare=False)
-
-
-class Steps(NamedTuple):
-    """The jitted steps of one model structure (`_steps`), shared by its runners."""
-
-    counters: Counters
-    prefill: Callable  # prefill calls of more than SMALL_CALL positions
-    prefill_small: Callable  # the others (runtime.small_call_options)
-    decode: Callable
-    score: Callable
-    zeros: Callable  # a zero SlotState
 
 
 @dataclass
@@ -141,7 +103,7 @@ class Runner:
         self.shard_pages, self.shard_seqs = num_pages // self.shards, max_seqs // self.shards  # per dp shard
         values, scales = kv_format(kv_dtype, self.dtype)
         self.kv_dtype = (values.name, None if scales is None else scales.name)  # the pool's (values, scales) dtypes
-        steps = _steps(model.graphdef, chunk, attention, self.mesh, self.cfg.num_layers, self.cfg.num_kv_heads,
+        steps = make_steps(model.graphdef, chunk, attention, self.mesh, self.cfg.num_layers, self.cfg.num_kv_heads,
                        scales is not None, decode_options, small_options)
         self._traces, self._prefill_large, self._prefill_small, self._decode, self._score, self._zeros = steps
         self._before = dataclasses.replace(self._traces)  # what engines before this one compiled
@@ -328,204 +290,3 @@ class Runner:
         state, out, out_lp, done = self._decode(kv_len, sampling, keys, self.model.params, state,
                                                 *self._decode_inputs(table, limit, stop, steps, shared, offsets))
         return state, np.asarray(out), np.asarray(out_lp), np.asarray(done)
-
-
-# ----------------------------------------------------------------------------------------------
-# The jitted steps, made once per (model structure, chunk, kernels, mesh) in a process: every
-# engine of that model shares them, so a second engine, or a new jaxllm.generate call, compiles
-# nothing its shapes have already met. `graphdef`, the counters and the attention kernels are
-# bound with functools.partial before jit.
-
-
-@functools.cache
-def _steps(graphdef, chunk: int, attention: str, mesh, num_layers: int, num_kv_heads: int, scales: bool = False,
-           decode_options: tuple = (), small_options: tuple = ()):
-    """The Steps jitted for this model structure; `scales`: the pool holds int8 scales (the state's structure on a mesh);
-    `decode_options`, `small_options`: XLA options of the decode step and of small prefill calls,
-    (name, value) pairs (jaxllm.runtime.decode_options, small_call_options)."""
-    options, small = dict(decode_options) or None, dict(small_options) or None
-    counters = Counters()
-    dp = "dp" if mesh is not None and mesh.shape["dp"] > 1 else None
-    # Sampling reads whole rows of logits (max, sum, argmax, top-k over the vocabulary): on a mesh
-    # that splits the vocabulary over tp, gathering the logits once costs one collective, where
-    # sampling on the split rows costs six small ones a step, each a point where the devices wait
-    # for each other (issue 15). Under dp's shard_map the steps see per-shard arrays: left as is.
-    gather = sharding.replicated(mesh) if mesh is not None and dp is None else None
-    prefill = functools.partial(_prefill, graphdef, counters, attention, gather)
-    decode = functools.partial(_decode, graphdef, counters, chunk, attention, dp, gather)
-    score = functools.partial(_score, graphdef, counters, attention)
-    sizes = tuple(range(9))  # _zero_state's arguments are all static
-    if mesh is None:
-        return Steps(counters, *(jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3, compiler_options=o) for o in (None, small)),
-                     jax.jit(decode, static_argnums=(0, 1, 2), donate_argnums=4, compiler_options=options),
-                     jax.jit(score, static_argnums=0, donate_argnums=2), jax.jit(_zero_state, static_argnums=sizes))
-    # On a mesh: the pool is split like the kv projections (an int8 pool's scales [pool, page, K]
-    # like its first three dims) and over dp by pages; the slots over dp; what the host reads back
-    # is replicated, so every process of a multi-host run can read it.
-    rep = sharding.replicated(mesh)
-    pool = sharding.pool_sharding(mesh, num_kv_heads)
-    spec = tuple(pool.spec) + (None,) * (4 - len(pool.spec))
-    scale = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec[:3])) if scales else None
-    cache = [LayerCache(pool, pool, scale, scale)] * num_layers
-    rows = sharding.dp_rows(mesh)  # replicated when dp = 1
-    state = jax.tree.map(lambda _: rows, jax.eval_shape(lambda: _zero_state(1, 1, 1, 1, 1, num_layers, 1, 1, ("float32", None))))
-    state = state._replace(cache=cache)
-    if mesh.shape["dp"] > 1:  # each dp shard computes its own rows on its own pages and slots
-        prefill, decode, score = (_per_shard(mesh, f, statics, replicated)
-                                  for f, statics, replicated in ((prefill, 2, ()), (decode, 3, (4,)), (score, 1, ())))
-    return Steps(counters, *(jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3, out_shardings=(state, rep, rep, rep),
-                                     compiler_options=o) for o in (None, small)),
-                 jax.jit(decode, static_argnums=(0, 1, 2), donate_argnums=4, out_shardings=(state, rep, rep, rep), compiler_options=options),
-                 jax.jit(score, static_argnums=0, donate_argnums=2, out_shardings=(cache, (rep, rep))),
-                 jax.jit(_zero_state, static_argnums=sizes, out_shardings=state))
-
-
-def _per_shard(mesh, step, statics: int, replicated: tuple[int, ...]):
-    """`step` (its first `statics` arguments static, then the weights, then arrays whose leading
-    dimension is dp blocks, but those whose place after the weights, from 0, is in `replicated`) run
-    under shard_map over 'dp': weights replicated over dp, tp and fsdp left to the compiler."""
-    rows, whole = jax.sharding.PartitionSpec("dp"), jax.sharding.PartitionSpec()
-    # Only 'dp' manual when other axes split the step; all of them when dp is the only split: a
-    # custom-partitioned op (cuDNN attention) fails to partition under partly automatic axes (jax
-    # 0.11.2 on GPUs), and with every axis manual nothing is left to partition.
-    manual = {"dp"} if any(size > 1 for axis, size in mesh.shape.items() if axis != "dp") else set(mesh.axis_names)
-
-    def run(*args):
-        fixed, params, rest = args[:statics], args[statics], args[statics + 1 :]
-        specs = (whole,) + tuple(whole if i in replicated else rows for i in range(len(rest)))
-        body = jax.shard_map(functools.partial(step, *fixed), mesh=mesh, in_specs=specs, out_specs=rows,
-                             axis_names=manual, check_vma=False)
-        return body(params, *rest)
-
-    return run
-
-
-def _zero_state(rows, pool, page_size, kv_heads, head_dim, layers, vocab, eos_width, dtypes) -> SlotState:
-    """An empty state: `pool` pages per layer (the managed ones, a trash page that unused table
-    entries point at, then rounded up to a multiple of the rows: cuDNN's paged kernel wants the
-    pool to split evenly over them) in dtypes (values, scales or None), and `rows` decode slots."""
-    shape, (values, scales) = (pool, page_size, kv_heads, head_dim), dtypes
-
-    def layer():
-        kv = [jnp.zeros(shape, values) for _ in range(2)]
-        return LayerCache(*kv) if scales is None else LayerCache(*kv, *(jnp.zeros(shape[:3], scales) for _ in range(2)))
-
-    return SlotState(
-        cache=[layer() for _ in range(layers)],
-        tokens=jnp.zeros(rows, jnp.int32), positions=jnp.zeros(rows, jnp.int32), done=jnp.ones(rows, bool),
-        generated=jnp.zeros(rows, jnp.int32), max_new=jnp.ones(rows, jnp.int32), limit=jnp.zeros(rows, jnp.int32),
-        seen=jnp.zeros((rows, vocab), bool), eos=jnp.full((rows, eos_width), -1, jnp.int32),
-        params=jax.tree.map(jnp.asarray, RowParams.of([SamplingParams().resolved()] * rows)),
-    )
-
-
-def _whole(logits, gather):
-    """`logits` replicated over the mesh (`gather` a replicated sharding), or as they are (None)."""
-    return logits if gather is None else jax.lax.with_sharding_constraint(logits, gather)
-
-
-def _prefill(graphdef, counters, attention, gather, kv_len, sampling, params, state: SlotState, slots, tokens, starts, lengths,
-             table, history, rp: RowParams, generated, max_new, eos, limit):
-    counters.prefill += 1
-    counters.calls.add((*tokens.shape, kv_len, sampling))
-    model = nnx.merge(graphdef, params)
-    n, c = tokens.shape
-    positions = starts[:, None] + jnp.arange(c)[None, :]
-    valid = jnp.arange(c)[None, :] < lengths[:, None]
-    kv = PagedCache(table, valid, kv_len, attention)
-    hidden, cache = model.hidden(tokens, positions, state.cache, kv, lengths=starts + lengths)
-    last = jnp.take_along_axis(hidden, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)
-    logits = _whole(model.logits(last)[:, 0], gather)
-    rows = jnp.arange(n)
-    seen = jnp.zeros(logits.shape, bool).at[rows[:, None], jnp.maximum(history, 0)].max(history >= 0)
-    token, logprob = sample(logits, seen, rp, generated, sampling)
-    bad = ~jnp.all(jnp.isfinite(logits), axis=-1)
-    token = jnp.where(bad, ERROR, token)
-    generated = generated + 1
-    done = jnp.any(token[:, None] == eos, axis=-1) | (generated >= max_new) | bad
-
-    def put(big, small):
-        return big.at[slots].set(small.astype(big.dtype), mode="drop")
-
-    state = SlotState(
-        cache=cache,
-        tokens=put(state.tokens, token),
-        positions=put(state.positions, starts + lengths),
-        done=put(state.done, done),
-        generated=put(state.generated, generated),
-        max_new=put(state.max_new, max_new),
-        limit=put(state.limit, limit),
-        seen=put(state.seen, seen.at[rows, jnp.maximum(token, 0)].set(True)),
-        eos=put(state.eos, eos),
-        params=jax.tree.map(put, state.params, rp),
-    )
-    return state, token, logprob, done
-
-
-def _decode(graphdef, counters, chunk, attention, dp, gather, kv_len, sampling, cascade, params, state: SlotState, table,
-            limit, stop, steps, shared, offsets):
-    """Up to `steps` (a traced scalar <= chunk) decode steps over all slots. out[b, i] is the i-th new token of slot b in this call,
-    or -1 once the slot is done or paused at its page limit. `cascade` (static): None, or
-    (shared_keys, suffix_keys, others) for rows that begin with the pages shared [1, S / ps]
-    (`offsets` [B] keys each; 0 for the others, which read their own tables; models/attention.py
-    PagedCache). `dp`: the mesh axis of the shards
-    (under shard_map) or None: every shard runs as many steps as the busiest, so the devices of
-    all shards meet the same collectives (tp's) the same number of times (one scalar sum over dp
-    per step)."""
-    counters.decode += 1
-    model = nnx.merge(graphdef, params)
-    b = state.tokens.shape[0]
-    state = state._replace(done=state.done | stop, limit=limit)
-
-    def step(st):
-        active = ~st.done & (st.positions < st.limit)
-        kv = PagedCache(table, active[:, None], kv_len, attention, shared[0], offsets, cascade)
-        hidden, cache = model.hidden(st.tokens[:, None], st.positions[:, None], st.cache, kv)
-        logits = _whole(model.logits(hidden)[:, 0], gather)
-        token, lp = sample(logits, st.seen, st.params, st.generated, sampling)
-        bad = active & ~jnp.all(jnp.isfinite(logits), axis=-1)
-        token = jnp.where(active, jnp.where(bad, ERROR, token), -1)
-        generated = st.generated + active
-        finished = active & ((generated >= st.max_new) | jnp.any(token[:, None] == st.eos, axis=-1) | bad)
-        st = st._replace(
-            cache=cache,
-            tokens=jnp.where(active, token, st.tokens),
-            positions=st.positions + active,
-            done=st.done | finished,
-            generated=generated,
-            seen=st.seen.at[jnp.arange(b), jnp.maximum(token, 0)].max(active),
-        )
-        return st, token, jnp.where(active, lp, 0.0)
-
-    def body(carry):
-        i, st, out, out_lp = carry
-        st, token, lp = step(st)
-        return i + 1, st, out.at[:, i].set(token), out_lp.at[:, i].set(lp)
-
-    out = jnp.full((b, chunk), -1, jnp.int32)
-    out_lp = jnp.zeros((b, chunk), jnp.float32)
-    def cond(c):
-        busy = ~jnp.all(c[1].done | (c[1].positions >= c[1].limit))
-        if dp is not None:
-            busy = jax.lax.psum(busy.astype(jnp.int32), dp) > 0
-        return (c[0] < jnp.minimum(steps, chunk)) & busy
-
-    _, state, out, out_lp = jax.lax.while_loop(cond, body, (jnp.int32(0), state, out, out_lp))
-    return state, out, out_lp, state.done
-
-
-def _score(graphdef, counters, attention, kv_len, params, cache: list, tokens, start, length, table, targets):
-    """One chunk of a scored sequence: tokens [1, C] at positions start[0].. (length[0] real)
-    written into the pages of `table` [1, P], attention over everything before; returns the cache
-    and log p(targets[0, i] | the tokens up to position start + i), float32 [1, C], and the most
-    likely token there (greedy) [1, C]."""
-    counters.score += 1
-    model = nnx.merge(graphdef, params)
-    c = tokens.shape[1]
-    positions = start[:, None] + jnp.arange(c)[None, :]
-    valid = jnp.arange(c)[None, :] < length[:, None]
-    kv = PagedCache(table, valid, kv_len, attention)
-    hidden, cache = model.hidden(tokens, positions, cache, kv, lengths=start + length)
-    logp = jax.nn.log_softmax(model.logits(hidden), axis=-1)
-    return cache, (jnp.take_along_axis(logp, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0],
-                   jnp.argmax(logp, axis=-1).astype(jnp.int32))
