@@ -6,6 +6,7 @@ Model files build these; `jaxllm.models.registry` collects them from `jaxllm.mod
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -28,13 +29,19 @@ class Architecture:
     # raw config.json -> the same with the common key names, for families with their own spelling
     # (GPT-2's n_embd, n_layer, ...).
     common_names: Callable[[dict], dict] = lambda raw: raw
+    # What this family's transformers config class assumes for a key config.json leaves out, where
+    # it differs from the generic reading (models/config.py from_hf): Mistral's 4,096-token
+    # window, Gemma's tied embeddings, Mixtral's rope base. A key the file gives, null included, wins.
+    hf_defaults: dict = field(default_factory=dict)
+    # The checkpoint's output head, which a tied model does not read (GPT-NeoX: embed_out.weight).
+    head_name: str = "lm_head.weight"
 
     def config(self, raw: dict) -> ModelConfig:
         """The ModelConfig of a config.json dict, validated."""
-        raw = self.common_names(dict(check_config(raw)))
+        raw = self.common_names({**self.hf_defaults, **check_config(raw)})
         require_fields(raw)
         return from_hf(raw, self.name, self.config_defaults(raw))
 
     def ignored(self, cfg: ModelConfig) -> tuple[str, ...]:
         """Regexes of checkpoint tensors this model does not read (a tied output head among them)."""
-        return self.ignore + ((r"^lm_head\.weight$",) if cfg.tie_word_embeddings else ())
+        return self.ignore + ((rf"^{re.escape(self.head_name)}$",) if cfg.tie_word_embeddings else ())

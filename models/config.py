@@ -201,7 +201,7 @@ CONFIG_FIELDS = {
     "final_logit_softcapping": POSITIVE, "rope_local_base_freq": _given(POSITIVE),
     "sliding_window_pattern": _given(COUNT), "_sliding_window_pattern": _given(COUNT),
     # GPT-NeoX and GPT-2 (its own spellings)
-    "use_parallel_residual": FLAG, "n_embd": COUNT, "n_layer": LAYERS, "n_head": COUNT, "n_positions": COUNT,
+    "use_parallel_residual": FLAG, "rotary_pct": FRACTION, "rotary_emb_base": POSITIVE, "n_embd": COUNT, "n_layer": LAYERS, "n_head": COUNT, "n_positions": COUNT,
     "n_inner": COUNT, "layer_norm_epsilon": NON_NEGATIVE, "activation_function": NAME, "scale_attn_weights": _given(FLAG),
     "scale_attn_by_inverse_layer_idx": FLAG,
     # mixtures of experts

@@ -22,9 +22,15 @@ def gemma_defaults(raw: dict) -> dict:
     return dict(
         embed_scale=float(raw["hidden_size"]) ** 0.5,
         norm_offset=1.0,
-        # transformers maps the legacy "gelu" of the first releases to the tanh approximation.
+        # transformers maps the legacy "gelu" of Gemma 1's releases to the tanh approximation.
         hidden_act="gelu_pytorch_tanh" if act == "gelu" else act,
     )
+
+
+def _sandwich_defaults(raw: dict) -> dict:
+    """Gemma 2 and 3: what Gemma 1 shares with them, but the activation as the config names it
+    (transformers maps "gelu" to the tanh form for Gemma 1 only)."""
+    return dict(gemma_defaults(raw), hidden_act=raw.get("hidden_activation") or "gelu_pytorch_tanh")
 
 
 def _alternating(raw: dict, every: int) -> tuple[str, ...]:
@@ -36,7 +42,7 @@ def _alternating(raw: dict, every: int) -> tuple[str, ...]:
 
 def gemma2_defaults(raw: dict) -> dict:
     return dict(
-        gemma_defaults(raw),
+        _sandwich_defaults(raw),
         layer_types=_alternating(raw, 2),
         attn_scale=float(raw.get("query_pre_attn_scalar", 256)) ** -0.5,
         attn_softcap=raw.get("attn_logit_softcapping", 50.0),
@@ -49,14 +55,14 @@ def gemma3_defaults(raw: dict) -> dict:
     params = raw.get("rope_parameters") or {}
     if not isinstance(params.get("sliding_attention"), dict):  # v4 spelling: a base of its own, no scaling
         local = RopeConfig(theta=float(raw.get("rope_local_base_freq", 10000.0)))
-    if "rope_theta" not in raw and not params:
-        rope = RopeConfig(theta=1_000_000.0)  # transformers' default global base for Gemma 3
+    if "rope_theta" not in raw and not params:  # transformers' default global base for Gemma 3, under any v4 rope_scaling
+        rope = parse_rope(dict(raw, rope_theta=1_000_000.0))
     return dict(
-        gemma_defaults(raw),
+        _sandwich_defaults(raw),
         layer_types=_alternating(raw, raw.get("sliding_window_pattern", raw.get("_sliding_window_pattern", 6))),
         qk_norm="per_head",
         attn_scale=float(raw.get("query_pre_attn_scalar", 256)) ** -0.5,
-        attn_softcap=raw.get("attn_logit_softcapping"),
+        attn_softcap=None,  # transformers' Gemma 3 reads attn_logit_softcapping but never applies it
         final_softcap=raw.get("final_logit_softcapping"),
         rope=rope,
         local_rope=local,
@@ -101,16 +107,19 @@ _TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_la
 
 ARCHITECTURES = (Architecture(
     name="GemmaForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="gemma",
+    hf_defaults=dict(tie_word_embeddings=True),
     config_defaults=gemma_defaults,
     tiny_config=dict(_TINY, rope_theta=10000.0, hidden_act="gelu_pytorch_tanh"),
 ), Architecture(
     name="Gemma2ForCausalLM", module=Gemma2ForCausalLM, weight_map=sandwich_weight_map, hf_model_type="gemma2",
+    hf_defaults=dict(tie_word_embeddings=True, sliding_window=4096),
     config_defaults=gemma2_defaults,
     # Window 8 < the test sequences; a scalar unlike head_dim; soft caps low enough to bite.
     tiny_config=dict(_TINY, rope_theta=10000.0, sliding_window=8, query_pre_attn_scalar=24,
                      attn_logit_softcapping=3.0, final_logit_softcapping=5.0),
 ), Architecture(
     name="Gemma3ForCausalLM", module=Gemma2ForCausalLM, weight_map=sandwich_weight_map, hf_model_type="gemma3_text",
+    hf_defaults=dict(tie_word_embeddings=True, sliding_window=4096),
     config_defaults=gemma3_defaults,
     tiny_config=dict(_TINY, sliding_window=8, query_pre_attn_scalar=24,
                      layer_types=["sliding_attention", "sliding_attention", "full_attention"],

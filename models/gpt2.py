@@ -9,7 +9,7 @@ from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM
 from jaxllm.models.gpt_neox import NeoXLayer
 from jaxllm.models.layers import LayerNorm
-from jaxllm.models.weights import Copy, Part, Transpose, WeightSpec
+from jaxllm.models.weights import Copy, Linear, Part, Transpose, WeightSpec
 
 
 class GPT2LMHeadModel(CausalLM):
@@ -33,7 +33,7 @@ def gpt2_defaults(raw: dict) -> dict:
     if not raw.get("scale_attn_weights", True):
         raise ConfigError("config.json scale_attn_weights=false is not supported: GPT-2 checkpoints scale attention")
     return dict(
-        position_embedding="learned", qkv_bias=True, o_bias=True, tie_word_embeddings=True,
+        position_embedding="learned", qkv_bias=True, o_bias=True, tie_word_embeddings=raw.get("tie_word_embeddings") is not False,
         attn_scale_by_layer=bool(raw.get("scale_attn_by_inverse_layer_idx")),
         num_kv_heads=raw["num_attention_heads"],
     )
@@ -60,12 +60,15 @@ def gpt2_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
                              ("mlp.c_proj", ("mlp", "down_proj"))):
             specs.append(WeightSpec(f"{hf}{theirs}.weight", ours + path + ("kernel",), Transpose(1)))
             specs.append(WeightSpec(f"{hf}{theirs}.bias", ours + path + ("bias",)))
+    if not cfg.tie_word_embeddings:
+        specs.append(WeightSpec("lm_head.weight", ("lm_head", "kernel"), Linear()))
     return specs
 
 
 ARCHITECTURES = (Architecture(
     name="GPT2LMHeadModel", module=GPT2LMHeadModel, weight_map=gpt2_weight_map, hf_model_type="gpt2",
     common_names=gpt2_names, config_defaults=gpt2_defaults,
+    hf_defaults=dict(activation_function="gelu_new", layer_norm_epsilon=1e-5, tie_word_embeddings=True),
     # Old checkpoints keep the causal-mask buffers of each attention block; we build masks ourselves.
     ignore=(r".*\.attn\.bias$", r".*\.attn\.masked_bias$"),
     tiny_config=dict(vocab_size=128, n_embd=64, n_layer=3, n_head=4, n_positions=64, activation_function="gelu_new",

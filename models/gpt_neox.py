@@ -54,23 +54,35 @@ class FusedQKV:
         out.reshape((h, 3, d) + value.shape[2:])[:, self.part] = value  # a view of `out`
 
 
+def neox_names(raw: dict) -> dict:
+    """GPT-NeoX's own rope spellings (rotary_pct, rotary_emb_base; transformers' defaults 0.25 and
+    10,000) as the common ones, where the config gives no common one."""
+    out = dict(raw)
+    out.setdefault("partial_rotary_factor", raw.get("rotary_pct", 0.25))
+    out.setdefault("rope_theta", raw.get("rotary_emb_base", 10000.0))
+    return out
+
+
 def neox_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     specs = [
         WeightSpec("gpt_neox.embed_in.weight", ("model", "embed_tokens", "embedding")),
         WeightSpec("gpt_neox.final_layer_norm.weight", ("model", "norm", "weight")),
         WeightSpec("gpt_neox.final_layer_norm.bias", ("model", "norm", "bias")),
-        WeightSpec("embed_out.weight", ("lm_head", "kernel"), Linear()),
     ]
+    if not cfg.tie_word_embeddings:
+        specs.append(WeightSpec("embed_out.weight", ("lm_head", "kernel"), Linear()))
     for i in range(cfg.num_layers):
         hf, ours = f"gpt_neox.layers.{i}.", ("model", "layers", i)
         for norm in ("input_layernorm", "post_attention_layernorm"):
             specs += [WeightSpec(f"{hf}{norm}.{p}", ours + (norm, p)) for p in ("weight", "bias")]
         for part, name in enumerate(("q_proj", "k_proj", "v_proj")):
             specs.append(WeightSpec(f"{hf}attention.query_key_value.weight", ours + ("self_attn", name, "kernel"), FusedQKV(part)))
-            specs.append(WeightSpec(f"{hf}attention.query_key_value.bias", ours + ("self_attn", name, "bias"), FusedQKV(part)))
+            if cfg.qkv_bias:
+                specs.append(WeightSpec(f"{hf}attention.query_key_value.bias", ours + ("self_attn", name, "bias"), FusedQKV(part)))
+        if cfg.o_bias:
+            specs.append(WeightSpec(f"{hf}attention.dense.bias", ours + ("self_attn", "o_proj", "bias")))
         specs += [
             WeightSpec(f"{hf}attention.dense.weight", ours + ("self_attn", "o_proj", "kernel"), Linear(2)),
-            WeightSpec(f"{hf}attention.dense.bias", ours + ("self_attn", "o_proj", "bias")),
             WeightSpec(f"{hf}mlp.dense_h_to_4h.weight", ours + ("mlp", "up_proj", "kernel"), Linear()),
             WeightSpec(f"{hf}mlp.dense_h_to_4h.bias", ours + ("mlp", "up_proj", "bias")),
             WeightSpec(f"{hf}mlp.dense_4h_to_h.weight", ours + ("mlp", "down_proj", "kernel"), Linear()),
@@ -81,9 +93,11 @@ def neox_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
 
 ARCHITECTURES = (Architecture(
     name="GPTNeoXForCausalLM", module=GPTNeoXForCausalLM, weight_map=neox_weight_map, hf_model_type="gpt_neox",
+    common_names=neox_names, head_name="embed_out.weight",
+    hf_defaults=dict(hidden_act="gelu", layer_norm_eps=1e-5, attention_bias=True, use_parallel_residual=True),
     config_defaults=lambda raw: dict(
-        qkv_bias=raw.get("attention_bias", True), o_bias=raw.get("attention_bias", True),
-        parallel_residual=raw.get("use_parallel_residual", True), tie_word_embeddings=False,
+        qkv_bias=raw.get("attention_bias") is not False, o_bias=raw.get("attention_bias") is not False,
+        parallel_residual=raw.get("use_parallel_residual") is not False,
     ),
     tiny_config=dict(vocab_size=128, hidden_size=64, intermediate_size=256, num_hidden_layers=3,
                      num_attention_heads=4, max_position_embeddings=256, layer_norm_eps=1e-5,

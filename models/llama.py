@@ -13,7 +13,7 @@ def qwen_layer_types(raw: dict) -> dict:
     if raw.get("layer_types") or not raw.get("use_sliding_window"):
         return {}
     n = raw["num_hidden_layers"]
-    start = raw.get("max_window_layers", n)
+    start = raw.get("max_window_layers", 28)  # transformers' default
     return {"layer_types": tuple("sliding_attention" if i >= start else "full_attention" for i in range(n))}
 
 
@@ -29,15 +29,18 @@ ARCHITECTURES = (
     ),
     Architecture(
         name="MistralForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="mistral",
+        hf_defaults=dict(sliding_window=4096),
         tiny_config=dict(_TINY, sliding_window=8, rope_theta=10000.0),
     ),
     Architecture(
         name="Qwen2ForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="qwen2",
+        hf_defaults=dict(use_sliding_window=False),
         config_defaults=lambda raw: dict(qkv_bias=True, o_bias=False, **qwen_layer_types(raw)),
         tiny_config=dict(_TINY, rope_theta=1000000.0, tie_word_embeddings=True),
     ),
     Architecture(
         name="Qwen3ForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="qwen3",
+        hf_defaults=dict(use_sliding_window=False),
         config_defaults=lambda raw: dict(qk_norm="per_head", **qwen_layer_types(raw)),
         tiny_config=dict(_TINY, head_dim=32, rope_theta=1000000.0),
     ),

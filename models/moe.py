@@ -9,7 +9,6 @@ and mapping the per-expert checkpoint tensors onto the stacked [expert, ...] ker
 from jaxllm.models.architecture import Architecture
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, decoder_weight_map
-from jaxllm.models.llama import qwen_layer_types
 from jaxllm.models.weights import Linear, Stack, Transpose, WeightSpec
 
 
@@ -48,8 +47,8 @@ def qwen3_moe_defaults(raw: dict) -> dict:
     return dict(
         qk_norm="per_head", num_experts=experts, experts_per_token=raw.get("num_experts_per_tok", 1),
         moe_intermediate_size=raw.get("moe_intermediate_size", 0), norm_topk_prob=bool(raw.get("norm_topk_prob", False)),
-        dense_layers=tuple(sorted(dense)), **qwen_layer_types(raw),
-    )
+        dense_layers=tuple(sorted(dense)),
+    )  # use_sliding_window puts the window on every layer here (transformers has no max_window_layers for it)
 
 
 _TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
@@ -57,10 +56,12 @@ _TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_la
 
 ARCHITECTURES = (Architecture(
     name="MixtralForCausalLM", module=CausalLM, hf_model_type="mixtral", config_defaults=mixtral_defaults,
+    hf_defaults=dict(rope_theta=1_000_000.0, rms_norm_eps=1e-5),
     weight_map=moe_weight_map("block_sparse_moe", {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}),
     tiny_config=dict(_TINY, num_local_experts=4, num_experts_per_tok=2, sliding_window=8, rope_theta=10000.0),
 ), Architecture(
     name="Qwen3MoeForCausalLM", module=CausalLM, hf_model_type="qwen3_moe", config_defaults=qwen3_moe_defaults,
+    hf_defaults=dict(use_sliding_window=False),
     weight_map=moe_weight_map("mlp", {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"}),
     # Layer 1 dense (mlp_only_layers), top-k weights not renormalised: both paths of the family.
     tiny_config=dict(_TINY, head_dim=32, num_experts=6, num_experts_per_tok=2, moe_intermediate_size=32,

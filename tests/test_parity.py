@@ -97,3 +97,58 @@ def test_gpt_neox_sequential_residual(tmp_path):
     model = jaxllm.load(tmp_path)
     assert not model.config.parallel_residual
     assert reference.max_rel_diff(model.logits(TOKENS), reference.torch_logits(ref, TOKENS)) <= TOL
+
+
+def _edit(drop=(), **values):
+    """A config.json edit: keys dropped, then values set (a Hub file's spelling of the same model)."""
+    def edit(raw):
+        for key in drop:
+            raw.pop(key, None)
+        raw.update(values)
+    return edit
+
+
+# Configs as Hub checkpoints spell them: older keys, keys left to the family's transformers
+# defaults. transformers reloads the edited folder as the reference, so a key jaxllm reads
+# differently (or not at all) shows as a difference.
+SPELLINGS = {
+    "neox-rotary-pct": ("GPTNeoXForCausalLM", {}, _edit(("rope_parameters", "partial_rotary_factor", "rope_theta"),
+                                                        rotary_pct=0.5, rotary_emb_base=5000)),
+    "neox-no-rope-keys": ("GPTNeoXForCausalLM", {}, _edit(("rope_parameters", "partial_rotary_factor", "rope_theta",
+                                                           "rotary_pct", "rotary_emb_base", "hidden_act"))),
+    "neox-no-attention-bias": ("GPTNeoXForCausalLM", dict(attention_bias=False), _edit()),
+    "gpt2-untied": ("GPT2LMHeadModel", dict(tie_word_embeddings=False), _edit(("activation_function",))),
+    "qwen2-window-without-flag": ("Qwen2ForCausalLM", dict(sliding_window=8), _edit(("layer_types", "use_sliding_window"))),
+    "qwen2-default-window-layers": ("Qwen2ForCausalLM", dict(num_hidden_layers=30, use_sliding_window=True, sliding_window=8),
+                                    _edit(("layer_types", "max_window_layers"))),
+    "gemma-tied-by-default": ("GemmaForCausalLM", {}, _edit(("tie_word_embeddings",))),
+    "gemma2-exact-gelu": ("Gemma2ForCausalLM", dict(hidden_activation="gelu"), _edit()),
+    "gemma3-v4-scaling-no-theta": ("Gemma3ForCausalLM", {}, _edit(("rope_parameters", "rope_theta"), rope_local_base_freq=10000.0,
+                                                                  rope_scaling={"rope_type": "linear", "factor": 8.0})),
+    "mixtral-default-theta": ("MixtralForCausalLM", {}, _edit(("rope_parameters", "rope_theta"))),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPELLINGS))
+def test_hub_spellings_and_family_defaults_match_transformers(case, tmp_path):
+    import torch
+    import transformers
+
+    arch, overrides, edit = SPELLINGS[case]
+    reference.build(arch, tmp_path, **overrides)
+    path = tmp_path / "config.json"
+    raw = json.loads(path.read_text())
+    edit(raw)
+    path.write_text(json.dumps(raw))
+    ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager", dtype=torch.float32).eval()
+    err = reference.max_rel_diff(jaxllm.load(tmp_path).logits(TOKENS), reference.torch_logits(ref, TOKENS))
+    print(f"{case}: max rel diff {err:.2e}")
+    assert err <= TOL
+
+
+def test_mistral_window_defaults_to_4096_when_the_key_is_absent(tmp_path):
+    reference.build("MistralForCausalLM", tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    del raw["sliding_window"]
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    assert jaxllm.load(tmp_path, tokenizer=False).config.layer_window(0) == 4096  # transformers' MistralConfig default
