@@ -125,6 +125,8 @@ class Engine:
                 raise GenerationError(f"Engine {name}={value!r} is invalid: use a whole number >= {least}"
                                       + (" (or None for the model's positions)" if name == "max_len" else "")
                                       + (" (or None to size the pool from the device's memory)" if name == "num_pages" else ""))
+        if attention not in (None, "cudnn", "xla"):
+            raise GenerationError(f"Engine attention={attention!r} is invalid: use None (the platform's choice), 'cudnn' or 'xla'")
         if cascade not in (None, True, False):
             raise GenerationError(f"Engine cascade={cascade!r} is invalid: use None (when it reads fewer keys), True or False")
         self.cascade = cascade
@@ -132,6 +134,7 @@ class Engine:
                 or not 0 < memory_fraction <= 1):
             raise GenerationError(f"Engine memory_fraction={memory_fraction!r} is invalid: use a number in (0, 1]")
         batch_size, max_len, page_size, prefill_tokens, chunk = map(int, (batch_size, max_len, page_size, prefill_tokens, chunk))
+        max_len = min(max_len, cfg.context_length)  # no request may run past the model's positions (check)
         mesh = getattr(model, "mesh", None)
         self.dp = dp = mesh.shape["dp"] if mesh is not None else 1  # data-parallel shards of the rows and pages
         batch_size = -(-batch_size // dp) * dp
@@ -197,11 +200,12 @@ class Engine:
             if available is not None and pool * page_bytes / devices > available:
                 fit = int(available * devices // page_bytes) - self.batch_size
                 raise GenerationError(
-                    f"an engine of {num_pages:,} KV pages of {page_size} tokens ({self.batch_size} x {self.max_len:,}-token "
-                    f"sequences at most) needs {size_text(pool * page_bytes / devices)} but {where} has "
-                    f"{size_text(available)} available: "
+                    f"an engine of {num_pages:,} KV pages of {page_size} tokens ({self.batch_size:,} x {self.max_len:,}-token "
+                    f"sequences at most; the pool rounds up to a multiple of batch_size) needs "
+                    f"{size_text(pool * page_bytes / devices)} but {where} has {size_text(available)} available: "
                     + (f"pass num_pages <= {fit:,}, or a smaller max_len" if fit >= self.width else
-                       f"lower max_len (one {self.max_len:,}-token sequence needs {self.width:,} pages)"))
+                       f"lower batch_size, page_size or max_len (one {self.max_len:,}-token sequence needs "
+                       f"{self.width:,} pages)"))
             return int(num_pages)
         # Room for a prefill step's activations and logits, beside the pool.
         spare = 8 * self.budget * max(cfg.hidden_size * 4, cfg.intermediate_size) * 2 + (1 << 30)
@@ -250,8 +254,13 @@ class Engine:
         return seq
 
     def abort(self, seq: Sequence) -> None:
-        """Drop a request wherever it is; its pages go back (full ones stay in the prefix cache)."""
-        self.scheduler.abort(seq.seq_id)
+        """Drop a request wherever it is; its pages go back (full ones stay in the prefix cache). A
+        sequence this engine does not hold (finished, aborted, another engine's) is left alone."""
+        if not isinstance(seq, Sequence):
+            raise GenerationError(f"Engine.abort takes the Sequence that Engine.add returned, got {type(seq).__name__}")
+        if seq not in self.index_of:
+            return
+        self.scheduler.abort(seq)
         self._release(seq)
         self.index_of.pop(seq, None)  # a long-running server must not keep every cancelled request
 
@@ -272,6 +281,9 @@ class Engine:
     def run(self, requests: list[Request], stop_check=None) -> Iterator[Event]:
         """Serve every request to the end, yielding Events as tokens arrive. `stop_check(index)`
         lets the caller end a request early (stop strings): it is aborted at the next step."""
+        if self.has_work():  # their events would mix with these requests'
+            raise GenerationError("Engine.run on an engine that holds requests added with Engine.add: serve those with "
+                                  "step() (or abort them) first, or use another engine")
         for req in requests:  # all of them before any is queued
             self.check(req)
         seqs = [self._add(req) for req in requests]
@@ -393,6 +405,8 @@ class Engine:
         H200: qwen3-0.6b offline first run 61 s with, 47 s without; 2026-11-28.)"""
         if not requests:
             return
+        for req in requests:
+            self.check(req)
         if self.state is None:
             self.state = self.runner.new_state()
         longest = max(len(r.prompt) for r in requests)

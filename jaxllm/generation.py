@@ -125,6 +125,9 @@ def generate(model, prompts: str | Sequence, params: SamplingParams | None = Non
     batch = [prompts] if single else list(prompts)
     if not batch:
         return []
+    if engine is not None and (not isinstance(engine, Engine) or engine.model is not model):
+        raise GenerationError("engine= must be a jaxllm.Engine built on this model (Engine(model, ...)), got "
+                              + ("one built on another model" if isinstance(engine, Engine) else type(engine).__name__))
     ids, params = prepare(model, batch, params, chat=chat, system=system)
     engine = engine or engine_for(model, ids, params)
     requests = [Request(p, params, i) for i, p in enumerate(ids)]

@@ -168,7 +168,7 @@ def test_random_operations_on_shards_keep_the_invariants(data):
                 decode_step(draw, sched, runner)
         elif sched.running:
             s = draw(st.sampled_from(sched.running))
-            sched.finish(s) if op == "finish" else sched.abort(s.seq_id)
+            sched.finish(s) if op == "finish" else sched.abort(s)
         check_invariants(sched, runner)
         assert all(sched.running_in(shard) <= sched.shard_seqs for shard in range(shards))
         assert all(bm.shard_of(p) == s.shard for s in sched.running for p in s.pages)

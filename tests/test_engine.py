@@ -167,3 +167,32 @@ def test_non_finite_logits_end_a_request_with_an_error(llama, caplog):
     at_prefill = dataclasses.replace(llama, params=jax.tree.map(lambda x: x * jnp.nan, llama.params), engines={})
     out = at_prefill.generate(prompt, GREEDY)
     assert out.finish_reason == "error" and out.token_ids == []
+
+
+def test_misuse_of_the_public_api_is_refused_or_harmless(llama):
+    from jaxllm.errors import GenerationError, InputError
+
+    sizes = dict(batch_size=4, max_len=128, num_pages=64, page_size=4, prefill_tokens=32, chunk=4)  # the test above's
+    a, b = Engine(llama, **sizes), Engine(llama, **sizes)
+    prompt = _workload(1)[0]
+    mine, theirs = a.add(Request(prompt, GREEDY.resolved())), b.add(Request(prompt, GREEDY.resolved()))
+    assert mine.seq_id == theirs.seq_id  # ids count per engine
+    tokens = [t for ev in a.step() for t in ev.tokens]
+    a.abort(theirs)  # another engine's sequence: left alone, and so is a's own of the same id
+    with pytest.raises(GenerationError, match="takes the Sequence"):
+        a.abort(0)
+    with pytest.raises(GenerationError, match="holds requests added with Engine.add"):
+        llama.generate([prompt], GREEDY, engine=a)  # its events would mix with the added request's
+    while a.has_work():
+        tokens += [t for ev in a.step() for t in ev.tokens]
+    assert tokens == _alone(llama, [prompt], GREEDY, 32)[0].token_ids
+    b.abort(theirs)
+    assert b.blocks.num_free == b.blocks.num_pages and not b.has_work()
+    for engine, what in ((Engine(jaxllm.load(llama.path, tokenizer=False), **sizes), "another model"), ("a", "str")):
+        with pytest.raises(GenerationError, match=what):
+            llama.generate([prompt], GREEDY, engine=engine)
+    with pytest.raises(GenerationError, match="attention='bogus' is invalid"):
+        Engine(llama, attention="bogus", **sizes)
+    assert Engine(llama, **dict(sizes, max_len=10**12)).max_len == llama.config.context_length  # capped, not a 10**12-wide table
+    with pytest.raises(InputError, match="prompt holds no token ids"):
+        a.precompile([Request([], GREEDY.resolved())])

@@ -250,9 +250,10 @@ def test_abort_frees_pages_wherever_the_sequence_is():
     a, b = seq(0, [1, 2, 3]), seq(1, [1, 2, 3])
     sched.add(a), sched.add(b)
     sched.schedule_prefill()
-    assert sched.abort(1) and b.status is Status.FINISHED and not sched.waiting
-    assert sched.abort(0) and a.pages == [] and bm.num_free == 8 and bm.refs == [0] * 8
-    assert not sched.abort(0) and not sched.has_work()
+    assert sched.abort(b) and b.status is Status.FINISHED and not sched.waiting
+    assert not sched.abort(seq(0, [1, 2, 3]))  # an equal sequence that is not this one: left alone
+    assert sched.abort(a) and a.pages == [] and bm.num_free == 8 and bm.refs == [0] * 8
+    assert not sched.abort(a) and not sched.has_work()
     c = seq(2, [4])
     sched.add(c), sched.finish(c)
     assert c.status is Status.FINISHED and not sched.has_work()
@@ -339,7 +340,7 @@ def run_random_operations(draw):
             decode_step(draw, sched, runner)
         elif op in ("finish", "abort") and sched.running:
             s = draw(st.sampled_from(sched.running))
-            sched.finish(s) if op == "finish" else sched.abort(s.seq_id)
+            sched.finish(s) if op == "finish" else sched.abort(s)
         elif op == "reset":
             bm.reset_prefix_cache()
         check_invariants(sched, runner)
@@ -371,7 +372,7 @@ def decode_step(draw, sched, runner):
     except GenerationError as e:
         (alone,) = [s for s in sched.running if f"sequence {s.seq_id} " in str(e)]
         assert sched.running_in(alone.shard) == 1
-        sched.abort(alone.seq_id)
+        sched.abort(alone)
         return
     for s in batch:
         room = len(s.pages) * sched.block_manager.page_size - (s.num_tokens - 1)

@@ -106,15 +106,14 @@ class Scheduler:
                 f"sequence {seq.seq_id} needs {need} pages of {bm.page_size} tokens for its {seq.num_tokens} tokens "
                 f"but {where} {bm.shard_pages}: add KV pages or shorten the prompt")
 
-    def abort(self, seq_id: int) -> bool:
+    def abort(self, seq: Sequence) -> bool:
         """Drop a request wherever it is, returning its pages; False if it is not queued or running."""
         for queue in (self.waiting, self.running):
-            for seq in queue:
-                if seq.seq_id == seq_id:
-                    queue.remove(seq)
-                    self.block_manager.free(seq)
-                    seq.status = Status.FINISHED
-                    return True
+            if any(s is seq for s in queue):
+                queue.remove(seq)  # sequences compare by identity
+                self.block_manager.free(seq)
+                seq.status = Status.FINISHED
+                return True
         return False
 
     def finish(self, seq: Sequence) -> None:
