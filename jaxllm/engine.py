@@ -150,11 +150,11 @@ class Engine:
         length_dependent = cfg.rope.type in ("dynamic", "longrope") and cfg.position_embedding == "rope"
         self.budget = max(prefill_tokens, max_len) if length_dependent else prefill_tokens
         rope = cfg.rope
-        # LongRoPE (Phi-3) switches from its short to its long factors once a sequence outgrows
-        # original_max_position_embeddings, and transformers then recomputes the whole cache with
-        # the long ones: a sequence whose next write position reaches this is recomputed.
+        # LongRoPE switches from its short to its long factors once a sequence outgrows
+        # original_max_position_embeddings, and for Phi-3 transformers then recomputes the whole
+        # cache with the long ones: a sequence whose next write position reaches this is recomputed.
         self.rope_switch = rope.original_max_position_embeddings if (
-            rope.type == "longrope" and rope.original_max_position_embeddings < max_len) else None
+            rope.type == "longrope" and cfg.longrope_recompute and rope.original_max_position_embeddings < max_len) else None
         self.width = -(-max_len // page_size)
         self.length_dependent = length_dependent
         num_pages = self._default_pages(page_size, memory_fraction, num_pages)

@@ -76,6 +76,10 @@ class ModelConfig:
     norm_upcast_scale: bool = False  # RMSNorm applies its weight in float32 before the cast (OLMo 2)
     parallel_residual: bool = False  # x + attn(ln1 x) + mlp(ln2 x) (GPT-NeoX)
     position_embedding: str = "rope"  # or "learned": a table of absolute positions (GPT-2)
+    # LongRoPE: a sequence that outgrows original_max_position_embeddings has its whole cache
+    # recomputed with the long factors (Phi-3's generate does; other families keep the keys cached
+    # under the short ones and rotate only new positions by the long ones).
+    longrope_recompute: bool = False
     # Gemma 2/3: attention scale (None: head_dim ** -0.5), tanh soft-capping of scores and logits,
     # and a rope of their own for the sliding-window layers (None: the same rope everywhere).
     attn_scale: float | None = None

@@ -59,11 +59,20 @@ def _hf_greedy(ref, prompt, n):
     return out[0, len(prompt):].tolist()
 
 
-def test_longrope_switch_mid_generation_matches_transformers(tmp_path):
-    """Phi-3's LongRoPE uses the short factors up to original_max_position_embeddings (16 here)
-    and the long ones beyond; a 9-token prompt generating 32 crosses over during decode, and the
-    padded prefill (bucket 16) must still count 9 tokens, as transformers does."""
-    ref = reference.build("Phi3ForCausalLM", tmp_path, seed=4, original_max_position_embeddings=16)
+LONG_FACTORS = {"short_factor": [1.0 + 0.1 * i for i in range(8)], "long_factor": [1.0 + 0.5 * i for i in range(8)]}
+
+
+@pytest.mark.parametrize("arch, overrides", [
+    ("Phi3ForCausalLM", dict(original_max_position_embeddings=16)),
+    # Llama keeps the keys cached under the short factors (no recompute at the switch, unlike Phi-3)
+    ("LlamaForCausalLM", dict(max_position_embeddings=64, head_dim=16, rope_parameters=dict(
+        rope_type="longrope", original_max_position_embeddings=16, rope_theta=10000.0, **LONG_FACTORS))),
+], ids=["phi3", "llama"])
+def test_longrope_switch_mid_generation_matches_transformers(arch, overrides, tmp_path):
+    """LongRoPE uses the short factors up to original_max_position_embeddings (16 here) and the
+    long ones beyond; a 9-token prompt generating 32 crosses over during decode, and the padded
+    prefill (bucket 16) must still count 9 tokens, as transformers does."""
+    ref = reference.build(arch, tmp_path, seed=4, **overrides)
     model = jaxllm.load(tmp_path)
     assert model.config.rope.type == "longrope" and model.config.rope.original_max_position_embeddings == 16
     prompt = np.random.default_rng(8).integers(0, 128, 9).tolist()
