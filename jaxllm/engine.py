@@ -228,12 +228,12 @@ class Engine:
         params.validate()
         n = len(check_token_ids(req.prompt, self.cfg.vocab_size, "prompt", dims=(1,), allow_empty=False))
         total = n + req.params.max_new_tokens
+        if total > self.cfg.context_length:  # first: raising max_len cannot help here
+            raise GenerationError(context_error(n, req.params.max_new_tokens, self.cfg))
         if total > self.max_len:
             raise GenerationError(
                 f"prompt of {n} tokens + max_new_tokens={req.params.max_new_tokens} exceeds the engine's max_len "
                 f"{self.max_len}: lower max_new_tokens, shorten the prompt, or raise max_len")
-        if total > self.cfg.context_length:
-            raise GenerationError(context_error(n, req.params.max_new_tokens, self.cfg))
         if self.blocks.pages_for(total) > self.blocks.shard_pages:
             where = "the pool has" if self.dp == 1 else f"each of the pool's {self.dp} data-parallel shards has"
             raise GenerationError(
