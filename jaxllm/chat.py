@@ -51,6 +51,11 @@ def run_session(args) -> int:
         if not has_chat_template(model.tokenizer):
             raise JaxllmError("this checkpoint's tokenizer has no chat template, which a chat needs: "
                               "use python -m jaxllm.generate --no-chat for plain text")
+        try:  # a template that refuses the system message, or cannot render at all, fails here, not every turn
+            encode_messages(model.tokenizer, messages(args.system, [], "Hello"))
+        except InputError as err:
+            raise InputError(f"{err}" + (": drop --system (this model's template may take no system message)"
+                                         if args.system else "")) from None
         Chat(model, params, args.system).run(sys.stdin, sys.stdout)
         return 0
 
@@ -94,7 +99,13 @@ class Chat:
             self.history = []
             _note("the conversation is reset")
         elif command == "/system":
-            self.system, self.history = rest.strip() or None, []
+            system = rest.strip() or None
+            try:  # refused now, not at every later turn
+                encode_messages(self.model.tokenizer, messages(system, [], "Hello"))
+            except InputError as err:
+                _note(f"error: {err}; the system message is unchanged")
+                return True
+            self.system, self.history = system, []
             _note(f"system message {'set' if self.system else 'removed'}; the conversation is reset")
         elif re.fullmatch(r"/\w+", command):
             _note(f"unknown command {command}: the commands are {COMMANDS}")

@@ -142,8 +142,12 @@ def _huge_int(value, depth: int = 0):
 def utf8_lines(data: bytes, where: str) -> list[str]:
     """The lines of `data` (prompts read from a file or stdin), or an InputError naming the first
     line that is not UTF-8 text: '`where` line 3 is not UTF-8 text (byte 7: 0xff) ...'."""
-    try:
-        return data.decode("utf-8").splitlines()
+    try:  # lines end at "\n" ("\r\n" too) only: str.splitlines also breaks at U+2028, form feeds, ...
+        text = data.decode("utf-8")
+        lines = text.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        return [line[:-1] if line.endswith("\r") else line for line in lines]
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
         column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1

@@ -40,6 +40,9 @@ def prepare(model, prompts, params: SamplingParams | dict | None, *, chat=None, 
         raise GenerationError("this checkpoint's tokenizer has no chat template: use chat=False (--no-chat)")
     if system is not None and not isinstance(system, str):
         raise InputError(f"system must be the system message's text (a string), got {type(system).__name__}")
+    if system and any(not isinstance(p, str) for p in prompts):  # token ids skip the template: it would be dropped
+        raise GenerationError("a system message goes through the chat template, which token-id prompts skip: pass the "
+                              "prompt as text, or put the system turn into the token ids")
     if system and not chat:  # it would be dropped without a word
         raise GenerationError("a system message goes through the chat template: " + (
             "this checkpoint's tokenizer has none; drop the system message" if not has_chat_template(tok)
@@ -205,6 +208,10 @@ def encode_messages(tokenizer, messages: list[dict]) -> list[int]:
     except jinja2.TemplateError as err:  # the template's raise_exception(...): these messages are not for it
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise InputError(f"the chat template refused the messages: {first}") from None
+    except Exception as err:  # the template failed while rendering (a TypeError inside it, ...)
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise InputError(f"the chat template failed on these messages ({type(err).__name__}: {first}): fix chat_template "
+                         "in its tokenizer_config.json, or generate without it (--no-chat, chat=False)") from None
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

@@ -111,7 +111,7 @@ class SamplingParams:
         if self.seed is not None and (not _whole(self.seed) or not 0 <= self.seed < 2**32):
             bad("seed", self.seed, "use a whole number in [0, 2**32), or None for a random one")
         if not isinstance(self.stop, tuple) or any(not isinstance(s, str) or not s for s in self.stop):
-            bad("stop", self.stop, "use a non-empty string or a list of them")
+            bad("stop", list(self.stop) if isinstance(self.stop, tuple) else self.stop, "use a non-empty string or a list of them")
         for name in ("ignore_eos", "logprobs"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 bad(name, getattr(self, name), "use True or False")

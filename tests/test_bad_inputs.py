@@ -511,6 +511,8 @@ LIBRARY_MISUSE = {
                         "system must be the system message's text .* got int"),
     "system-without-template": (lambda m: m.llama_tok.generate("hi", {"max_new_tokens": 1}, chat=False, system="Be brief."),
                                 r"a system message goes through the chat template: drop chat=False \(--no-chat\)"),
+    "system-with-token-ids": (lambda m: m.llama_tok.generate([5, 6, 7], {"max_new_tokens": 1}, system="Be brief."),
+                              "a system message goes through the chat template, which token-id prompts skip"),
     "chat-message-as-prompt": (lambda m: m.tiny.generate([{"role": "user", "content": "hi"}], {"max_new_tokens": 1}),
                                r"prompt 0 holds a dict \(a chat message\?\): prompts are text or token ids"),
     "token-id-beyond-int64": (lambda m: m.tiny.generate([1, 2**70], {"max_new_tokens": 1}),

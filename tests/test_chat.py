@@ -58,13 +58,46 @@ def test_turns_commands_and_history(session, capsys):
     for line in ["Hi", "", "And now?", "/system Be a pirate.", "Ahoy", "/reset", "/help", "Again", "/exit"]:
         if not talk.handle(line, out):
             break
-    assert out.getvalue() == "answer 1\nanswer 2\nanswer 3\nanswer 4\n"
+    assert out.getvalue() == "answer 1\nanswer 2\nanswer 4\nanswer 5\n"  # seen[2]: /system's trial of the template
     assert model.seen[1] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
                              {"role": "assistant", "content": "answer 1"}, {"role": "user", "content": "And now?"}]
-    assert model.seen[2] == [{"role": "system", "content": "Be a pirate."}, {"role": "user", "content": "Ahoy"}]
-    assert model.seen[3] == [{"role": "system", "content": "Be a pirate."}, {"role": "user", "content": "Again"}]
+    assert model.seen[2][0] == {"role": "system", "content": "Be a pirate."}
+    assert model.seen[3] == [{"role": "system", "content": "Be a pirate."}, {"role": "user", "content": "Ahoy"}]
+    assert model.seen[4] == [{"role": "system", "content": "Be a pirate."}, {"role": "user", "content": "Again"}]
     err = capsys.readouterr().err
     assert "unknown command /help" in err and err.count("[prompt tokens") == 4
+
+
+class NoSystem(StandIn):
+    """A model whose chat template refuses a system message, as Gemma's does."""
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        import jinja2
+
+        if messages[0]["role"] == "system":
+            raise jinja2.TemplateError("System role not supported")
+        return super().apply_chat_template(messages, tokenize, add_generation_prompt)
+
+
+def test_a_template_that_refuses_the_system_message_refuses_system_not_every_turn(session, capsys):
+    model, out = NoSystem(), io.StringIO()
+    talk = session(model)
+    for line in ["/system Be brief.", "Hi"]:
+        talk.handle(line, out)
+    assert out.getvalue() == "answer 1\n" and talk.system is None  # the turn ran without the refused message
+    assert "System role not supported; the system message is unchanged" in capsys.readouterr().err
+
+
+def test_system_flag_that_the_template_refuses_exits_2_at_start(monkeypatch, capsys):
+    from jaxllm import progress
+
+    model = NoSystem()
+    model.chat_template = "{{ raise_exception('System role not supported') }}"  # has_chat_template reads it
+    monkeypatch.setattr(progress, "load_model", lambda args: model)
+    monkeypatch.setattr(progress, "sampling_params", lambda args: SamplingParams())
+    assert chat.run_session(SimpleNamespace(system="Be brief.")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "System role not supported: drop --system" in err
 
 
 def test_a_line_that_is_not_utf8_is_named_and_skipped(session, capsys):

@@ -145,3 +145,34 @@ def test_hub_id_from_local_cache(tmp_path, good):
     out = _load_in_subprocess("someorg/tiny-llama", env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["LlamaForCausalLM", str(snap)]
+
+
+def test_prompt_lines_end_at_newlines_only():
+    from jaxllm.errors import utf8_lines
+
+    assert utf8_lines("a\u2028b\x0cc\nd\r\n\ne\n".encode(), "x") == ["a\u2028b\x0cc", "d", "", "e"]
+
+
+class _Template:
+    """A tokenizer whose chat template fails while rendering, as `{{ content + 1 }}` does."""
+
+    chat_template = "{{ messages[0]['content'] + 1 }}"
+
+    def apply_chat_template(self, messages, **kwargs):
+        raise TypeError('can only concatenate str (not "int") to str')
+
+
+def test_a_template_that_fails_while_rendering_is_an_input_error():
+    from jaxllm.generation import encode_messages
+
+    with pytest.raises(InputError, match=r"the chat template failed on these messages \(TypeError: can only concatenate"):
+        encode_messages(_Template(), [{"role": "user", "content": "Hi"}])
+
+
+def test_text_parts_and_prompt_errors_as_the_api_names_them():
+    from jaxllm.api.protocol import Message, bad_request
+
+    assert Message(role="user", content=[{"type": "text", "text": "One."}, {"type": "text", "text": "Two."}]).text() == "One.\nTwo."
+    assert bad_request(InputError("prompt holds no token ids: give at least one")).param == "prompt"
+    with pytest.raises(jaxllm.GenerationError, match=r"stop=\[''\] is invalid"):
+        jaxllm.SamplingParams(stop=[""]).resolved()

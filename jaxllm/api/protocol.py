@@ -49,6 +49,8 @@ def bad_request(err: JaxllmError) -> APIError:
     for ours, theirs in _API_NAMES.items():
         message = message.replace(ours, theirs)
     name = str(err).split("=", 1)[0]
+    if name not in _PARAM_FIELDS and message.startswith("prompt"):  # "prompt holds no token ids", "prompt of 900 tokens ..."
+        return APIError(400, message, "prompt")
     return APIError(400, message, _API_NAMES.get(name, name) if name in _PARAM_FIELDS else None)
 
 
@@ -208,7 +210,7 @@ class Message(_Strict):
             return self.content or ""
         if any(part.type != "text" for part in self.content):
             raise APIError(400, "only text content parts are supported", "messages")
-        return "".join(part.text or "" for part in self.content)
+        return "\n".join(part.text or "" for part in self.content)  # as vLLM joins text parts
 
 
 class ChatRequest(_Common):
