@@ -36,7 +36,7 @@ def parse_spec(spec: str, n_devices: int) -> dict[str, int]:
         raise ConfigError(f"mesh must be a spec string ({example}) or a jax Mesh, got {type(spec).__name__}")
     if not spec.strip():
         raise ConfigError(f"mesh spec is empty: use {example}")
-    if spec.strip() == "auto":
+    if spec.strip().lower() == "auto":
         return {"dp": 1, "fsdp": 1, "tp": n_devices, "ep": 1}
     sizes = {a: 1 for a in AXES}
     seen = set()
@@ -56,8 +56,11 @@ def parse_spec(spec: str, n_devices: int) -> dict[str, int]:
         sizes[axis] = int(size)
     total = math.prod(sizes.values())
     if total != n_devices:
+        fill = f"dp={n_devices // total}," if n_devices % total == 0 and sizes["dp"] == 1 else ""
+        keep = f", or keep this split with '{fill}{spec.strip()}'" if fill else ""
         raise ConfigError(f"mesh {spec!r} needs {total} devices but {n_devices} are available: make the sizes multiply "
-                          f"to {n_devices}, e.g. 'tp={n_devices}' (or 'auto')")
+                          f"to {n_devices}, e.g. 'tp={n_devices}' (or 'auto'){keep}; or show fewer devices "
+                          "(CUDA_VISIBLE_DEVICES)")
     return sizes
 
 

@@ -49,7 +49,8 @@ RULES: dict[str, str | None] = {
     "mlp_groups": "tp",
 }
 # Logical axes that fall back to replication when their mesh axis does not divide them.
-REPLICATE_IF_UNEVEN = {"kv_heads", "embed_groups", "q_heads_groups", "mlp_groups"}
+REPLICATE_IF_UNEVEN = {"kv_heads", "embed_groups", "q_heads_groups", "mlp_groups",
+                       "vocab_out"}  # an untied head over a vocabulary tp does not divide (131 tokens): whole on each device
 
 
 def spec_for(axes: tuple, shape: tuple, mesh: Mesh, what: str = "") -> PartitionSpec:

@@ -86,6 +86,23 @@ def test_indivisible_heads_are_refused(tmp_path):
         jaxllm.load(tmp_path, mesh="auto")
 
 
+def test_untied_head_over_a_vocabulary_tp_does_not_divide_is_kept_whole(tmp_path):
+    ref = reference.build("LlamaForCausalLM", tmp_path, vocab_size=131, tie_word_embeddings=False)
+    model = jaxllm.load(tmp_path, mesh="dp=4,tp=2")
+    assert model.params["lm_head"]["kernel"].sharding.spec == P(None, None)
+    tokens = np.random.default_rng(0).integers(0, 131, (2, 12))
+    assert reference.max_rel_diff(model.logits(tokens), reference.torch_logits(ref, tokens)) <= 1e-5
+
+
+def test_mesh_spec_case_and_hints():
+    from jaxllm import runtime
+
+    assert sharding.make_mesh("AUTO").shape["tp"] == 8 and sharding.make_mesh("TP=8").shape["tp"] == 8
+    assert runtime.splits_tp("TP=2") and runtime.splits_tp("auto") and not runtime.splits_tp("dp=2,tp=1")
+    with pytest.raises(ConfigError, match="or keep this split with 'dp=4,tp=2'"):
+        sharding.make_mesh("tp=2")
+
+
 def test_two_processes_match_one(folder, single, tmp_path):
     """jax.distributed over 127.0.0.1 with gloo: 2 processes x 2 CPU devices, mesh tp=4."""
     base, _, _, greedy = single
