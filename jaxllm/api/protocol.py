@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.responses import JSONResponse
 
-from jaxllm.errors import JaxllmError
+from jaxllm.errors import InputError, JaxllmError
 from jaxllm.generation import encode, encode_messages
 from jaxllm.sampling import SamplingParams
 
@@ -49,7 +49,7 @@ def bad_request(err: JaxllmError) -> APIError:
     for ours, theirs in _API_NAMES.items():
         message = message.replace(ours, theirs)
     name = str(err).split("=", 1)[0]
-    if name not in _PARAM_FIELDS and message.startswith("prompt"):  # "prompt holds no token ids", "prompt of 900 tokens ..."
+    if isinstance(err, InputError) and message.startswith("prompt"):  # "prompt holds no token ids", ids beyond the vocabulary
         return APIError(400, message, "prompt")
     return APIError(400, message, _API_NAMES.get(name, name) if name in _PARAM_FIELDS else None)
 
