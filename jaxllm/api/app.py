@@ -84,7 +84,11 @@ class Server:
         return await asyncio.get_running_loop().run_in_executor(self._tokenizing, fn, *args)
 
     def token_text(self, token: int) -> str:
-        return self.tokenizer.decode([token]) if self.tokenizer is not None else f"token_id:{token}"
+        """A token's text in logprobs: its own bytes read as UTF-8 (what `bytes` holds, so the two
+        agree; SentencePiece's "▁Hello" is " Hello", where decode([token]) drops the space)."""
+        if self.tokenizer is None:
+            return f"token_id:{token}"
+        return self.token_bytes(token).decode("utf-8", errors="replace")
 
     async def models(self, request: HTTPRequest) -> Response:
         card = {"id": self.name, "object": "model", "created": 0, "owned_by": "jaxllm", "max_model_len": self.engine.max_len}
