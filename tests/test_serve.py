@@ -202,6 +202,8 @@ def test_greedy_answers_equal_generate(server):
     out = server.client.completions.create(model=NAME, prompt=TEXT, max_tokens=NEW, temperature=0, logprobs=0)
     assert [(c.text, c.finish_reason) for c in out.choices] == [(r.text, r.finish_reason) for r in refs]
     assert out.choices[1].logprobs.token_logprobs == pytest.approx(refs[1].logprobs, abs=1e-5)
+    lp = out.choices[1].logprobs  # text_offset: where each token's text starts, as the token texts add up
+    assert lp.text_offset[0] == 0 and all(lp.text_offset[i + 1] - lp.text_offset[i] == len(lp.tokens[i]) for i in range(len(lp.tokens) - 1))
     assert out.usage.prompt_tokens == sum(r.prompt_tokens for r in refs)
     wait_idle(server)
 

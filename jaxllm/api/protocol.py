@@ -322,7 +322,7 @@ class Format:
 
     def choice(self, index: int, piece: Piece, final: bool) -> dict:
         out = {"index": index, **self.content(piece, final), "finish_reason": piece.finish_reason,
-               "logprobs": self.format_logprobs(piece) if self.logprobs else None}
+               "logprobs": self.format_logprobs(index, piece) if self.logprobs else None}
         if self.token_ids:
             out["token_ids"] = piece.tokens
         return out
@@ -335,11 +335,23 @@ class CompletionFormat(Format):
     object = chunk_object = "text_completion"
     prefix = "cmpl"
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._offsets: dict[int, int] = {}  # per choice: the text offset its next token starts at
+
     def content(self, piece: Piece, final: bool) -> dict:
         return {"text": piece.text}
 
-    def format_logprobs(self, piece: Piece) -> dict:
-        return {"tokens": [self.token_text(t) for t in piece.tokens], "token_logprobs": piece.logprobs, "top_logprobs": None}
+    def format_logprobs(self, index: int, piece: Piece) -> dict:
+        """With `text_offset`: where each token's text starts in the choice's text (a stream's
+        chunks go on counting from the last), as the token texts add up."""
+        texts = [self.token_text(t) for t in piece.tokens]
+        offsets, at = [], self._offsets.get(index, 0)
+        for text in texts:
+            offsets.append(at)
+            at += len(text)
+        self._offsets[index] = at
+        return {"tokens": texts, "token_logprobs": piece.logprobs, "top_logprobs": None, "text_offset": offsets}
 
 
 class ChatFormat(Format):
@@ -350,7 +362,7 @@ class ChatFormat(Format):
             return {"message": {"role": "assistant", "content": piece.text}}
         return {"delta": {"content": piece.text} if piece.text else {}}
 
-    def format_logprobs(self, piece: Piece) -> dict:
+    def format_logprobs(self, index: int, piece: Piece) -> dict:
         return {"content": [{"token": self.token_text(t), "logprob": lp, "bytes": list(self.token_bytes(t)), "top_logprobs": []}
                             for t, lp in zip(piece.tokens, piece.logprobs)]}
 
