@@ -147,7 +147,7 @@ class Engine:
         self.eos = np.asarray(eos or [-1], np.int32)
         # Keys that depend on the sequence's length (dynamic NTK, LongRoPE) are neither shared nor
         # computed in chunks: a prompt is prefilled whole, as transformers does.
-        length_dependent = cfg.rope.type in ("dynamic", "longrope") and cfg.position_embedding == "rope"
+        length_dependent = cfg.rope.length_dependent and cfg.position_embedding == "rope"
         self.budget = max(prefill_tokens, max_len) if length_dependent else prefill_tokens
         rope = cfg.rope
         # LongRoPE switches from its short to its long factors once a sequence outgrows

@@ -198,6 +198,7 @@ def config_from_metadata(header: Header) -> dict:
         "eos_token_id": fields.get("tokenizer.ggml.eos_token_id"),
         "pad_token_id": fields.get("tokenizer.ggml.padding_token_id"),
         "attention_bias": "blk.0.attn_output.bias" in tensor_names,
+        "sliding_window": None,  # llama.cpp attends over the whole context: no family default window (Mistral's 4,096)
     }
     for key in ("rms_norm_eps", "rope_theta"):  # float32 in the file: its shortest decimal (1e-05, not 9.999999747378752e-06)
         raw[key] = _decimal(raw[key])
@@ -269,6 +270,22 @@ def tensor_bytes(type_id: int, shape: tuple[int, ...]) -> int:
     if shape and shape[-1] % block:
         raise CheckpointError(f"a tensor of shape {list(shape)} cannot hold rows of {block}-value blocks (GGML type {type_id})")
     return math.prod(shape) // block * size
+
+
+@functools.cache
+def _check_readable(type_id: int) -> None:
+    """A CheckpointError for a GGML type that dequantize cannot read (gguf.quants has no
+    dequantization for some: F64, the integer types, Q8_1, Q8_K), before any tensor is read."""
+    if type_id in _TYPES:
+        return
+    constants, quants = _gguf_quants()
+    qtype = constants.GGMLQuantizationType(type_id)
+    block, size = constants.GGML_QUANT_SIZES[qtype]
+    try:
+        quants.dequantize(np.zeros(size, np.uint8), qtype)
+    except (NotImplementedError, ValueError, TypeError, KeyError):
+        raise CheckpointError(f"its GGML type {qtype.name} is not one jaxllm reads: re-quantize the file to F16, Q8_0 or "
+                              "a K-quant (e.g. Q4_K_M)") from None
 
 
 def dequantize(raw: np.ndarray, type_id: int) -> np.ndarray:
@@ -345,6 +362,7 @@ class GGUFCheckpoint:
             shape = tuple(int(d) for d in reversed(dims))  # GGUF lists dims innermost first
             try:
                 nbytes = tensor_bytes(type_id, shape)
+                _check_readable(type_id)
             except CheckpointError as err:
                 raise CheckpointError(f"{header.path}: tensor {name}: {err}") from None
             if start + nbytes > len(data):
@@ -388,7 +406,25 @@ def open_checkpoint(path: Path):
     header = read_header(path)
     raw = config_from_metadata(header)
     permuted = ARCHITECTURES[header.fields["general.architecture"]][1]
-    return GGUFCheckpoint(header, raw, permuted), raw
+    tensors = GGUFCheckpoint(header, raw, permuted)
+    if "rope_freqs.weight" in tensors.tensors:
+        _rope_freqs(tensors, raw, header.path)
+    return tensors, raw
+
+
+def _rope_freqs(tensors: GGUFCheckpoint, raw: dict, path: Path) -> None:
+    """llama.cpp stores Llama 3.1's rope scaling (and any fixed per-frequency scaling) as a tensor,
+    rope_freqs.weight [head_dim / 2], by which it divides each rotary frequency; no metadata key
+    says so. That is LongRoPE with equal short and long factors and no attention scaling, which
+    is how it is read here (transformers' GGUF loader drops the tensor and the scaling with it)."""
+    shape, type_id, data = tensors.tensors.pop("rope_freqs.weight")
+    factors = dequantize(data, type_id)
+    if raw.get("rope_scaling") or len(shape) != 1 or not np.all(np.isfinite(factors)) or np.any(factors <= 0):
+        raise CheckpointError(f"{path}: rope_freqs.weight {list(shape)} comes with rope scaling metadata or holds "
+                              "non-positive factors: the file is damaged or written by an unknown converter")
+    values = [float(f) for f in factors]
+    raw["rope_scaling"] = {"rope_type": "longrope", "short_factor": values, "long_factor": values, "factor": 1.0,
+                           "attention_factor": 1.0, "original_max_position_embeddings": raw["max_position_embeddings"]}
 
 
 def load_tokenizer(path: Path):
@@ -398,6 +434,8 @@ def load_tokenizer(path: Path):
     imports torch, and the runtime must not need torch. Building it costs about a second, so what
     it gives is kept in TOKENIZER_CACHE (keyed by the file's path, size and mtime and the
     transformers version), and later loads read that (0.1 s, without importing transformers)."""
+    if "tokenizer.ggml.model" not in read_header(path).fields:  # no tokenizer in the file: as a folder without tokenizer files
+        return None
     folder = _tokenizer_folder(path, tokenizing.transformers_version())
 
     def from_entry():
@@ -443,7 +481,7 @@ def _convert_tokenizer(path: Path):
         what = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}" if str(err).strip() else type(err).__name__
         raise CheckpointError(f"cannot build the tokenizer of {path} (tokenizer.ggml.model {kind!r}; {what}): the file's "
                               "tokenizer metadata is incomplete or of a kind transformers does not convert; use a GGUF "
-                              "whose tokenizer transformers reads, or pass token ids") from None
+                              "whose tokenizer transformers reads, or load with tokenizer=False and pass token ids") from None
     return backend, {**config, **extra}
 
 

@@ -49,6 +49,12 @@ class RopeConfig:
     short_factor: tuple[float, ...] | None = None
     long_factor: tuple[float, ...] | None = None
 
+    @property
+    def length_dependent(self) -> bool:
+        """Whether the frequencies depend on the sequence's length: dynamic NTK, and LongRoPE whose
+        short and long factors differ (a GGUF's fixed rope_freqs are LongRoPE with equal ones)."""
+        return self.type == "dynamic" or (self.type == "longrope" and self.short_factor != self.long_factor)
+
 
 @dataclass(frozen=True)
 class ModelConfig:

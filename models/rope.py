@@ -109,7 +109,7 @@ def rotary(cfg: ModelConfig, positions, dtype, rope: RopeConfig | None = None, l
     padding, else its longest position + 1), so a row never depends on the other rows."""
     rope = rope or cfg.rope
     seq_len = None
-    if rope.type in ("dynamic", "longrope"):
+    if rope.length_dependent:
         seq_len = jnp.max(positions, axis=-1, keepdims=True) + 1 if lengths is None else jnp.reshape(lengths, (-1, 1))
     inv, scale = rope_inv_freq(rope, cfg.rotary_dim, cfg.max_position_embeddings, seq_len)
     inv = jnp.asarray(inv, jnp.float32)

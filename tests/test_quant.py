@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec as P
 
 import jaxllm
 from jaxllm import convert, loader
-from jaxllm.errors import ConfigError
+from jaxllm.errors import CheckpointError, ConfigError
 from jaxllm.models import quant, registry, weights
 from jaxllm.random_model import random_model
 
@@ -279,10 +279,13 @@ def test_converted_round_trip_restores_the_quantized_model(llama_folder, tmp_pat
 
 # -- GGUF blocks without a float detour -------------------------------------------------------
 
-def _tiny_gguf(path: Path, kinds: dict[str, str]) -> None:
-    """A 2-layer Llama GGUF (hidden 64) whose kernels are stored as kinds[name] (default F32)."""
+def _tiny_gguf(path: Path, kinds: dict[str, str], rope_freqs=None, name=None) -> None:
+    """A 2-layer Llama GGUF (hidden 64) whose kernels are stored as kinds[name] (default F32);
+    `rope_freqs`: a rope_freqs.weight tensor, as llama.cpp writes Llama 3.1's rope scaling."""
     rng = np.random.default_rng(7)
     w = GGUFWriter(path, "llama")
+    if name is not None:
+        w.add_string("general.name", name)
     for key, value in dict(embedding_length=64, block_count=2, feed_forward_length=128, context_length=256,
                            vocab_size=96).items():
         w.add_uint32(f"llama.{key}", value)
@@ -292,13 +295,15 @@ def _tiny_gguf(path: Path, kinds: dict[str, str]) -> None:
 
     def add(name, shape, kind="F32"):
         x = (rng.standard_normal(shape) * 0.1).astype(np.float32)
-        if kind == "F32":
-            w.add_tensor(name, x)
+        if kind in ("F32", "F64"):
+            w.add_tensor(name, x.astype(np.float64) if kind == "F64" else x)
         else:
             w.add_tensor(name, quants.quantize(x, GGMLQuantizationType[kind]), raw_dtype=GGMLQuantizationType[kind])
 
     add("token_embd.weight", (96, 64))
     add("output_norm.weight", (64,))
+    if rope_freqs is not None:
+        w.add_tensor("rope_freqs.weight", np.asarray(rope_freqs, np.float32))
     for i in range(2):
         add(f"blk.{i}.attn_norm.weight", (64,))
         add(f"blk.{i}.ffn_norm.weight", (64,))
@@ -422,3 +427,54 @@ def test_int8_real_model_still_answers(perplexities):
     _, _, int8 = perplexities
     got = int8.generate("What is the capital of France?", jaxllm.SamplingParams(max_new_tokens=8))
     assert got.text == "The capital of France is Paris."
+
+
+def test_gguf_rope_freqs_are_llama3_scaling(tmp_path):
+    """llama.cpp keeps Llama 3.1's rope scaling only as rope_freqs.weight (each frequency's
+    divisor, from factor 8, low/high frequency factors 1 and 4, 16 original positions here): the
+    file's logits equal the same weights under the llama3 rope config, the engine keeps prefix
+    caching (the factors do not depend on the length), and a file without it has plain rope."""
+    import math
+
+    from jaxllm.engine import Engine
+    from jaxllm.models.config import RopeConfig
+
+    llama3 = RopeConfig(type="llama3", theta=10000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                        original_max_position_embeddings=16)
+    factors = []
+    for i in range(0, 16, 2):  # llama.cpp's convert_hf_to_gguf.py, for head_dim 16
+        wavelen = 2 * math.pi * 10000.0 ** (i / 16)
+        if wavelen < 16 / 4:
+            factors.append(1.0)
+        elif wavelen > 16 / 1:
+            factors.append(8.0)
+        else:
+            smooth = (16 / wavelen - 1) / (4 - 1)
+            factors.append(1 / ((1 - smooth) / 8 + smooth))
+    _tiny_gguf(tmp_path / "freqs.gguf", {}, rope_freqs=factors)
+    _tiny_gguf(tmp_path / "plain.gguf", {})
+    scaled, plain = (jaxllm.load(tmp_path / f"{n}.gguf", tokenizer=False) for n in ("freqs", "plain"))
+    assert plain.config.rope.type == "default" and not scaled.config.rope.length_dependent
+    cfg = plain.config.replace(rope=llama3)
+    graphdef, _ = loader.abstract_model(cfg, registry.get("LlamaForCausalLM"), np.float32)
+    want = loader.LoadedModel(cfg, graphdef, plain.params)
+    tokens = np.random.default_rng(0).integers(0, 96, (1, 40))
+    ref = np.asarray(want.logits(tokens))
+    err = np.abs(np.asarray(scaled.logits(tokens)) - ref).max()
+    assert err <= 1e-5 * np.abs(ref).max()
+    assert np.abs(np.asarray(plain.logits(tokens)) - ref).max() > 100 * max(err, 1e-7)  # the scaling matters here
+    assert Engine(scaled, batch_size=1, max_len=64, num_pages=8).blocks.prefix_caching
+
+
+def test_gguf_without_window_tokenizer_or_readable_types(tmp_path):
+    """A llama file that llama.cpp names Mistral has no window (llama.cpp attends over the whole
+    context; Mistral's config default is 4,096); a file without tokenizer metadata loads with no
+    tokenizer, as a folder without tokenizer files; a tensor type gguf cannot dequantize is
+    refused when the file is opened, naming the tensor."""
+    _tiny_gguf(tmp_path / "nemo.gguf", {}, name="Mistral Nemo Instruct 2407")
+    model = jaxllm.load(tmp_path / "nemo.gguf")
+    assert model.config.architecture == "MistralForCausalLM" and model.config.layer_window(0) is None
+    assert model.tokenizer is None
+    _tiny_gguf(tmp_path / "f64.gguf", {"attn_q": "F64"})
+    with pytest.raises(CheckpointError, match=r"tensor blk\.0\.attn_q\.weight: its GGML type F64 is not one jaxllm reads"):
+        jaxllm.load(tmp_path / "f64.gguf", tokenizer=False)
