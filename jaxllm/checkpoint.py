@@ -56,11 +56,18 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
     try:
         return Path(snapshot_download(text, allow_patterns=_HUB_PATTERNS))
     except (OSError, ValueError, EntryNotFoundError, _http_error()) as err:  # offline, unknown or gated repo, network
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"could not get '{text}' from the Hugging Face hub or its local cache ({type(err).__name__}: {reason[:200]}); "
-            "check the id and your network, or pass a local folder"
-        ) from None
+        reason = " ".join(str(err).split()) or type(err).__name__  # every line: the first is often only a status
+        kind = type(err).__name__
+        if kind == "GatedRepoError":
+            fix = "accept the model's licence on its hub page, then log in (hf auth login, or set HF_TOKEN)"
+        elif os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+            fix = "it is not in the local cache and HF_HUB_OFFLINE is set: unset it, or download the model first"
+        elif isinstance(err, OSError) and getattr(err, "errno", None) == 28:
+            fix = "the disk is full: free space or set HF_HOME to a larger disk"
+        else:
+            fix = "check the id (and revision) and your network, or pass a local folder"
+        raise CheckpointError(f"could not get '{text}' from the Hugging Face hub or its local cache ({kind}: "
+                              f"{reason[:300]}); {fix}") from None
 
 
 def _http_error() -> type:
@@ -224,6 +231,9 @@ def _read_header(path: Path) -> tuple[int, dict]:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             head = f.read(8)
+            if head == b"version ":  # "version https://git-lfs.github.com/spec/v1 ...": a pointer, not the file
+                raise CheckpointError(f"{path} is a Git LFS pointer ({size} bytes), not the weights: run 'git lfs pull' in "
+                                      "the clone, or download the model with huggingface_hub")
             if len(head) < 8:
                 raise _unreadable(path, f"{size} bytes, fewer than the header's 8-byte length")
             (n,) = struct.unpack("<Q", head)
@@ -333,6 +343,10 @@ class SafetensorsCheckpoint:
         self._where = {}
         for f in self.files:
             for name in f.names():
+                if name in self._where:  # which one would win is the sort order: refuse instead
+                    raise CheckpointError(f"tensor {name} is in both {self._where[name].path.name} and {f.path.name} in "
+                                          f"{folder}, which has no model.safetensors.index.json to say which is the "
+                                          "model's: remove the file that is not (an EMA, adapter or consolidated copy)")
                 self._where[name] = f
 
     def names(self):
@@ -393,5 +407,5 @@ def load_tokenizer(path: Path):
     try:
         return AutoTokenizer.from_pretrained(str(path))
     except Exception as err:  # the tokenizers library reports a bad file as a bare Exception
-        raise CheckpointError(f"the tokenizer in {path} could not be loaded ({type(err).__name__}: {str(err)[:200]}): "
+        raise CheckpointError(f"the tokenizer in {path} could not be loaded ({type(err).__name__}: {' '.join(str(err).split())[:200]}): "
                               "fix or re-download its tokenizer files") from None

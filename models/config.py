@@ -250,6 +250,12 @@ def check_config(raw, where: str = "config.json") -> dict:
     """A config.json dict, checked field by field: CONFIG_FIELDS, and ROPE_FIELDS inside its rope
     settings (which may hold one entry per layer type, as parse_rope reads them)."""
     check_fields(raw, CONFIG_FIELDS, where)
+    quantized = raw.get("quantization_config")
+    if quantized is not None:  # FP8 / GPTQ / AWQ / bitsandbytes weights: their tensors are not the float ones we read
+        method = quantized.get("quant_method", "?") if isinstance(quantized, dict) else "?"
+        raise ConfigError(f"{where} has a quantization_config (quant_method {str(method)[:40]!r}): jaxllm reads float "
+                          "(float32, bfloat16, float16) weights; use the model's unquantized checkpoint (quantize='int8' "
+                          "or 'int4' quantizes it while loading)")
     for key in ("rope_parameters", "rope_scaling"):
         rope = raw.get(key) or {}
         per_type = isinstance(rope.get("full_attention"), dict)

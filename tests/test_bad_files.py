@@ -185,6 +185,13 @@ CASES = [
     ("st-truncated", tensors(lambda h, d: join_safetensors(h, d[:-4])), CheckpointError, r"file holds \d+ \(truncated download\?\)"),
     ("st-trailing-bytes", tensors(lambda h, d: join_safetensors(h, d + bytes(16))), CheckpointError, "the tensors take"),
     ("st-folder", file(ST, FOLDER), CheckpointError, NOT_READABLE),
+    # files that are not what they seem
+    ("lfs-pointer", file(ST, "version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n"), CheckpointError,
+     "is a Git LFS pointer .* not the weights: run 'git lfs pull'"),
+    ("tensor-in-two-files", lambda folder: (folder / "model_ema.safetensors").write_bytes((folder / ST).read_bytes()),
+     CheckpointError, r"is in both model\.safetensors and model_ema\.safetensors .* no model\.safetensors\.index\.json"),
+    ("quantized-checkpoint", config_with(quantization_config={"quant_method": "fp8", "weight_block_size": [128, 128]}),
+     ConfigError, r"config\.json has a quantization_config \(quant_method 'fp8'\): jaxllm reads float"),
     # tensors against the model
     ("int-for-float", entry(NORM, dtype="I32"), CheckpointError,
      f"tensor {NORM} holds int32 values where a float weight belongs: save it as float32"),

@@ -131,6 +131,7 @@ def test_hub_id_offline_without_cache(tmp_path):
     assert out.returncode != 0
     last = out.stderr.strip().splitlines()[-1]
     assert "could not get 'someorg/some-model' from the Hugging Face hub or its local cache" in last
+    assert last.endswith("it is not in the local cache and HF_HUB_OFFLINE is set: unset it, or download the model first")
 
 
 def test_hub_id_from_local_cache(tmp_path, good):
@@ -176,3 +177,20 @@ def test_text_parts_and_prompt_errors_as_the_api_names_them():
     assert bad_request(InputError("prompt holds no token ids: give at least one")).param == "prompt"
     with pytest.raises(jaxllm.GenerationError, match=r"stop=\[''\] is invalid"):
         jaxllm.SamplingParams(stop=[""]).resolved()
+
+
+def test_hub_errors_name_their_fix(monkeypatch):
+    import huggingface_hub
+
+    from jaxllm import checkpoint
+
+    class GatedRepoError(OSError):  # huggingface_hub's is an OSError too (an HTTP error)
+        pass
+
+    def gated(*args, **kwargs):
+        raise GatedRepoError("401 Client Error.\n\nCannot access gated repo for url https://huggingface.co/org/x.")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", gated)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(CheckpointError, match=r"Cannot access gated repo .*\); accept the model's licence .* HF_TOKEN\)$"):
+        checkpoint.resolve("org/x")
