@@ -38,7 +38,7 @@ _DTYPES = {
 }
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-_HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+_HUB_FILES = ["*.json", "*.model", "*.txt", "*.jinja", "tokenizer*"]  # config, index, tokenizer, templates
 
 
 def resolve(path_or_id: str | os.PathLike) -> Path:
@@ -54,7 +54,8 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
     from huggingface_hub.errors import EntryNotFoundError
 
     try:
-        return Path(snapshot_download(text, allow_patterns=_HUB_PATTERNS))
+        folder = Path(snapshot_download(text, allow_patterns=_HUB_FILES))
+        return Path(snapshot_download(text, allow_patterns=_HUB_FILES + _hub_weights(folder)))
     except (OSError, ValueError, EntryNotFoundError, _http_error()) as err:  # offline, unknown or gated repo, network
         reason = " ".join(str(err).split()) or type(err).__name__  # every line: the first is often only a status
         kind = type(err).__name__
@@ -68,6 +69,17 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
             fix = "check the id (and revision) and your network, or pass a local folder"
         raise CheckpointError(f"could not get '{text}' from the Hugging Face hub or its local cache ({kind}: "
                               f"{reason[:300]}); {fix}") from None
+
+
+def _hub_weights(folder: Path) -> list[str]:
+    """The weight files to fetch: the shards the index names when there is one (a repo may hold
+    other copies beside them, e.g. Mistral's consolidated.safetensors, twice the bytes), else
+    every .safetensors file."""
+    try:
+        weight_map = json.loads((folder / "model.safetensors.index.json").read_text(encoding="utf-8"))["weight_map"]
+        return sorted({str(f) for f in weight_map.values()})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no index, or one the loader will refuse
+        return ["*.safetensors"]
 
 
 def _http_error() -> type:

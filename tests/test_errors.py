@@ -194,3 +194,13 @@ def test_hub_errors_name_their_fix(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(CheckpointError, match=r"Cannot access gated repo .*\); accept the model's licence .* HF_TOKEN\)$"):
         checkpoint.resolve("org/x")
+
+
+def test_hub_fetches_only_the_shards_the_index_names(tmp_path):
+    from jaxllm import checkpoint
+
+    assert checkpoint._hub_weights(tmp_path) == ["*.safetensors"]  # no index: every .safetensors file
+    index = {"weight_map": {"a": "model-00002-of-00002.safetensors", "b": "model-00001-of-00002.safetensors", "c":
+                            "model-00001-of-00002.safetensors"}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert checkpoint._hub_weights(tmp_path) == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
