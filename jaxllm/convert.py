@@ -78,6 +78,9 @@ def _check_dst(src: Path, dst: Path, force: bool) -> None:
         raise JaxllmError(f"{above} is a file, not a folder, so {dst} cannot be made: choose another output")
     if src.resolve() == dst.resolve() or dst.resolve() in src.resolve().parents:  # --force would delete the source
         raise JaxllmError(f"the output {dst} holds the source {src}: replacing it would delete the source; choose another folder")
+    here = Path.cwd().resolve()
+    if dst.exists() and (dst.resolve() == here or dst.resolve() in here.parents):  # a folder in use cannot be moved aside
+        raise JaxllmError(f"the output {dst} is the current folder or holds it: choose another folder, or run from elsewhere")
 
 
 def _copy_side_files(src: Path, folder: Path, raw: dict) -> None:
@@ -100,7 +103,12 @@ def _finish(tmp: Path, dst: Path) -> None:
     if dst.exists():
         old = dst.parent / f".{dst.name}.old-{os.getpid()}"
         dst.rename(old)
-    tmp.rename(dst)
+    try:
+        tmp.rename(dst)
+    except BaseException:  # interrupted or refused between the two renames: the old output goes back
+        if old is not None and not dst.exists():
+            old.rename(dst)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -113,7 +113,7 @@ def test_gguf_converts_with_its_tokenizer(tmp_path, gguf_path):
     assert reference.max_rel_diff(model.logits(TOKENS), want) < 1e-4
 
 
-def test_refuses_to_overwrite_without_force(tmp_path, capsys):
+def test_refuses_to_overwrite_without_force(tmp_path, capsys, monkeypatch):
     reference.build("LlamaForCausalLM", tmp_path / "hf", seed=6)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
@@ -127,6 +127,31 @@ def test_refuses_to_overwrite_without_force(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert main([str(tmp_path / "hf"), str(tmp_path), "--force"]) == 2  # would delete its own source
     assert "delete the source" in capsys.readouterr().err and (tmp_path / "hf" / "config.json").exists()
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    assert main([str(tmp_path / "hf"), ".", "--force"]) == 2
+    assert "is the current folder" in capsys.readouterr().err
+
+
+def test_force_puts_the_old_output_back_when_the_new_one_cannot_go_in(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from jaxllm import convert as convert_module
+
+    (tmp_path / "new").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("old")
+    real = Path.rename
+
+    def interrupted(self, target):  # Ctrl-C between moving the old output aside and the new one in
+        if self.name == "new":
+            raise KeyboardInterrupt
+        return real(self, target)
+
+    monkeypatch.setattr(Path, "rename", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        convert_module._finish(tmp_path / "new", tmp_path / "out")
+    assert (tmp_path / "out" / "keep.txt").read_text() == "old"
 
 
 def test_bad_inputs_give_one_line(tmp_path, capsys):
