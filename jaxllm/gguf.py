@@ -180,7 +180,9 @@ def config_from_metadata(header: Header) -> dict:
     heads = get("attention.head_count")
     hidden = get("embedding_length")
     tensor_names = {t[0] for t in header.tensors}
-    vocab = get("vocab_size") or len(fields.get("tokenizer.ggml.tokens", []))
+    embedding = next((dims for name, dims, _, _ in header.tensors if name == "token_embd.weight"), None)
+    vocab = (get("vocab_size") or len(fields.get("tokenizer.ggml.tokens", []))
+             or (int(embedding[1]) if embedding is not None and len(embedding) == 2 else None))  # its rows (dims innermost first)
     raw = {
         "architectures": [ARCHITECTURES[arch][0]],
         "model_type": arch,  # llama.cpp's names of these four are transformers' model_type (config.json written back needs it)
@@ -210,9 +212,12 @@ def config_from_metadata(header: Header) -> dict:
         raw["rope_scaling"] = {"rope_type": scaling, "factor": _decimal(get("rope.scaling.factor", 1.0))}
         if get("rope.scaling.original_context_length"):
             raw["rope_scaling"]["original_max_position_embeddings"] = get("rope.scaling.original_context_length")
-    missing = [k for k, v in raw.items() if v is None and k in ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size")]
+    keys = {"hidden_size": "embedding_length", "num_attention_heads": "attention.head_count",
+            "num_hidden_layers": "block_count", "intermediate_size": "feed_forward_length"}
+    missing = [f"{prefix}.{keys[k]}" for k, v in raw.items() if v is None and k in keys]
     if missing:
-        raise CheckpointError(f"GGUF metadata lacks {', '.join(missing)}: the file is incomplete or not a language model")
+        raise CheckpointError(f"GGUF metadata lacks {', '.join(missing)}: the file is incomplete or not a language model; "
+                              "re-convert it with llama.cpp's convert_hf_to_gguf.py")
     return raw
 
 

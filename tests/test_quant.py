@@ -279,7 +279,7 @@ def test_converted_round_trip_restores_the_quantized_model(llama_folder, tmp_pat
 
 # -- GGUF blocks without a float detour -------------------------------------------------------
 
-def _tiny_gguf(path: Path, kinds: dict[str, str], rope_freqs=None, name=None) -> None:
+def _tiny_gguf(path: Path, kinds: dict[str, str], rope_freqs=None, name=None, drop=()) -> None:
     """A 2-layer Llama GGUF (hidden 64) whose kernels are stored as kinds[name] (default F32);
     `rope_freqs`: a rope_freqs.weight tensor, as llama.cpp writes Llama 3.1's rope scaling."""
     rng = np.random.default_rng(7)
@@ -288,8 +288,10 @@ def _tiny_gguf(path: Path, kinds: dict[str, str], rope_freqs=None, name=None) ->
         w.add_string("general.name", name)
     for key, value in dict(embedding_length=64, block_count=2, feed_forward_length=128, context_length=256,
                            vocab_size=96).items():
-        w.add_uint32(f"llama.{key}", value)
-    w.add_uint32("llama.attention.head_count", 4)
+        if key not in drop:
+            w.add_uint32(f"llama.{key}", value)
+    if "attention.head_count" not in drop:
+        w.add_uint32("llama.attention.head_count", 4)
     w.add_uint32("llama.attention.head_count_kv", 2)
     w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
 
@@ -478,3 +480,13 @@ def test_gguf_without_window_tokenizer_or_readable_types(tmp_path):
     _tiny_gguf(tmp_path / "f64.gguf", {"attn_q": "F64"})
     with pytest.raises(CheckpointError, match=r"tensor blk\.0\.attn_q\.weight: its GGML type F64 is not one jaxllm reads"):
         jaxllm.load(tmp_path / "f64.gguf", tokenizer=False)
+
+
+def test_gguf_metadata_gaps(tmp_path):
+    """Without vocab_size or a token list, the vocabulary is the embedding's rows; a missing head
+    count is named by its GGUF key."""
+    _tiny_gguf(tmp_path / "novocab.gguf", {}, drop=("vocab_size",))
+    assert jaxllm.load(tmp_path / "novocab.gguf", tokenizer=False).config.vocab_size == 96
+    _tiny_gguf(tmp_path / "noheads.gguf", {}, drop=("attention.head_count",))
+    with pytest.raises(CheckpointError, match=r"GGUF metadata lacks llama\.attention\.head_count: .* convert_hf_to_gguf"):
+        jaxllm.load(tmp_path / "noheads.gguf", tokenizer=False)
