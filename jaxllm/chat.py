@@ -52,7 +52,7 @@ def run_session(args) -> int:
             raise JaxllmError("this checkpoint's tokenizer has no chat template, which a chat needs: "
                               "use python -m jaxllm.generate --no-chat for plain text")
         try:  # a template that refuses the system message, or cannot render at all, fails here, not every turn
-            encode_messages(model.tokenizer, messages(args.system, [], "Hello"))
+            try_template(model.tokenizer, args.system)
         except InputError as err:
             raise InputError(f"{err}" + (": drop --system (this model's template may take no system message)"
                                          if args.system else "")) from None
@@ -66,6 +66,12 @@ def messages(system: str | None, history: list[dict], user: str) -> list[dict]:
     """What the chat template gets for the next answer: the system message (if any), the
     conversation so far, the new user turn."""
     return ([{"role": "system", "content": system}] if system else []) + history + [{"role": "user", "content": user}]
+
+
+def try_template(tokenizer, system: str | None) -> None:
+    """Render a first turn under `system` through the chat template: its InputError if the
+    template refuses the system message or cannot render at all."""
+    encode_messages(tokenizer, messages(system, [], "Hello"))
 
 
 class Stopped(Exception):
@@ -101,7 +107,7 @@ class Chat:
         elif command == "/system":
             system = rest.strip() or None
             try:  # refused now, not at every later turn
-                encode_messages(self.model.tokenizer, messages(system, [], "Hello"))
+                try_template(self.model.tokenizer, system)
             except InputError as err:
                 _note(f"error: {err}; the system message is unchanged")
                 return True

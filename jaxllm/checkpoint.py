@@ -55,7 +55,7 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
 
     try:
         folder = Path(snapshot_download(text, allow_patterns=_HUB_FILES))
-        return Path(snapshot_download(text, allow_patterns=_HUB_FILES + _hub_weights(folder)))
+        return Path(snapshot_download(text, allow_patterns=_hub_weights(folder)))  # the same snapshot folder
     except (OSError, ValueError, EntryNotFoundError, _http_error()) as err:  # offline, unknown or gated repo, network
         reason = " ".join(str(err).split()) or type(err).__name__  # every line: the first is often only a status
         kind = type(err).__name__

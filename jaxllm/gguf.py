@@ -285,7 +285,7 @@ def _check_readable(type_id: int) -> None:
         return
     constants, quants = _gguf_quants()
     qtype = constants.GGMLQuantizationType(type_id)
-    block, size = constants.GGML_QUANT_SIZES[qtype]
+    _, size = constants.GGML_QUANT_SIZES[qtype]
     try:
         quants.dequantize(np.zeros(size, np.uint8), qtype)
     except (NotImplementedError, ValueError, TypeError, KeyError):

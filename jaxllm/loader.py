@@ -35,7 +35,7 @@ from jaxllm.errors import CheckpointError, ConfigError, InputError, check_token_
 from jaxllm.models import layers, quant, registry, weights
 from jaxllm.models.architecture import Architecture
 from jaxllm.models.attention import check_kv_dtype, kv_cache_bytes
-from jaxllm.models.config import ModelConfig, token_ids
+from jaxllm.models.config import ModelConfig, check_eos, token_ids
 from jaxllm.sampling import SamplingParams
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -322,10 +322,7 @@ def prepare(path_or_id, dtype=None, mesh=None, *, quantize: str | None = None, g
         what = str(err).removeprefix("config.json ").removesuffix(": correct that field")
         raise ConfigError(f"{Path(path).name}: its metadata, read as config.json fields, is invalid: {what}: "
                           "the file is damaged or was written wrongly") from None
-    outside = [i for i in token_ids(source.generation_config.get("eos_token_id")) if i >= p.config.vocab_size]
-    if outside:
-        raise ConfigError(f"generation_config.json eos_token_id {outside[0]} lies outside the vocabulary ({p.config.vocab_size} "
-                          "tokens), so generation could never stop there: correct eos_token_id")
+    check_eos(token_ids(source.generation_config.get("eos_token_id")), p.config.vocab_size, "generation_config.json")
     return p
 
 

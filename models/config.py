@@ -294,6 +294,15 @@ def token_ids(value) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
+def check_eos(ids, vocab_size: int, where: str) -> None:
+    """A ConfigError for an eos_token_id (of config.json or generation_config.json) the model
+    could never emit: generation would never stop there."""
+    outside = [i for i in ids if i >= vocab_size]
+    if outside:
+        raise ConfigError(f"{where} eos_token_id {outside[0]} lies outside the vocabulary ({vocab_size} tokens), so "
+                          "generation could never stop there: correct eos_token_id")
+
+
 def parse_rope(raw: dict, layer_type: str = "full_attention") -> RopeConfig:
     """Rope settings from either spelling: v5 `rope_parameters`, or v4 `rope_theta` + `rope_scaling`.
     In the per-layer-type form ({"full_attention": {...}, "sliding_attention": {...}}) it reads
@@ -424,10 +433,7 @@ def _validated(cfg: ModelConfig) -> ModelConfig:
                     f"config.json rope '{key}' has {len(factors)} entries; rotary dimension {cfg.rotary_dim} needs "
                     f"{cfg.rotary_dim // 2}"
                 )
-    outside = [i for i in cfg.eos_token_ids if i >= cfg.vocab_size]
-    if outside:
-        raise ConfigError(f"config.json eos_token_id {outside[0]} lies outside the vocabulary ({cfg.vocab_size} tokens), so "
-                          "generation could never stop there: correct eos_token_id")
+    check_eos(cfg.eos_token_ids, cfg.vocab_size, "config.json")
     if cfg.num_experts and not 0 < cfg.experts_per_token <= cfg.num_experts:
         raise ConfigError(
             f"config.json num_experts_per_tok={cfg.experts_per_token} must lie in [1, {cfg.num_experts}] (the number of experts)"
