@@ -22,6 +22,7 @@ import sys
 import time
 
 BASE_FLAGS = "--xla_gpu_enable_triton_gemm=false"
+SYNC = " --xla_gpu_disable_async_collectives=ALLREDUCE,ALLGATHER,REDUCESCATTER,ALLTOALL,COLLECTIVEPERMUTE"
 # name: (XLA_FLAGS, Engine keyword arguments)
 VARIANTS = {
     "default": BASE_FLAGS,
@@ -45,6 +46,13 @@ VARIANTS = {
     # The whole while loop as one CUDA graph (conditional nodes), so a token costs no host launches.
     # Matrix-vector products to cuBLAS instead of XLA's reduction kernels (batch-1 decode).
     "nosr": BASE_FLAGS + " --xla_gpu_enable_dot_strength_reduction=false",
+    # Tensor parallel: the CLIs' flags (runtime.TP_GPU_XLA_FLAGS: NCCL all-reduces on the compute
+    # stream); XLA's one-shot all-reduce kernel on the compute stream; NCCL with its LL protocol.
+    # A third element is environment variables for the child.
+    "tp": BASE_FLAGS + " --xla_gpu_unsupported_use_all_reduce_one_shot_kernel=false" + SYNC,
+    "tp-oneshot": BASE_FLAGS + " --xla_gpu_unsupported_use_all_reduce_one_shot_kernel=true" + SYNC,
+    "tp-ll": (BASE_FLAGS + " --xla_gpu_unsupported_use_all_reduce_one_shot_kernel=false" + SYNC, {}, {"NCCL_PROTO": "LL"}),
+    "tp-ll128": (BASE_FLAGS + " --xla_gpu_unsupported_use_all_reduce_one_shot_kernel=false" + SYNC, {}, {"NCCL_PROTO": "LL128"}),
     "int8": (BASE_FLAGS, {"quantize": "int8"}),
     "int4": (BASE_FLAGS, {"quantize": "int4"}),
     "graphs": BASE_FLAGS + " --xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
@@ -191,11 +199,11 @@ def main():
     if args.runs:
         runs = [(r.split(":")[0], int(r.split(":")[1]), *r.split(":")[2:]) for r in args.runs.split(";" if ";" in args.runs else ",")]
     for shape, batch, variant, *mesh in runs:
-        flags, kw = VARIANTS[variant] if isinstance(VARIANTS[variant], tuple) else (VARIANTS[variant], {})
+        flags, kw, extra = (tuple(VARIANTS[variant]) + ({},))[:3] if isinstance(VARIANTS[variant], tuple) else (VARIANTS[variant], {}, {})
         kw = dict(kw, mesh=mesh[0]) if mesh else kw
         if args.dump:
             flags += f" --xla_dump_to={args.dump}/{variant} --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*decode.*"
-        env = dict(os.environ, XLA_FLAGS=flags)
+        env = dict(os.environ, XLA_FLAGS=flags, **extra)
         prompt, new = (128, 256) if batch == 1 else (512, 256)
         trace = f"{args.trace_dir}/{shape}-{batch}-{variant}" + (f"-{mesh[0].replace('=', '').replace(',', '-')}" if mesh else "")
         t = time.perf_counter()
