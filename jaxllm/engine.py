@@ -24,6 +24,7 @@ balances them), and each step computes every shard's rows in one call, each grou
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
@@ -138,7 +139,7 @@ class Engine:
         mesh = getattr(model, "mesh", None)
         self.dp = dp = mesh.shape["dp"] if mesh is not None else 1  # data-parallel shards of the rows and pages
         batch_size = -(-batch_size // dp) * dp
-        self.model, self.cfg = model, cfg
+        self._model, self.cfg = model, cfg
         self.batch_size, self.max_len, self.chunk = batch_size, max_len, chunk
         # Decode steps of a call while a waiting request could start: few, so that it starts soon
         # (a free row decodes nothing until its sequence is admitted at the next prefill step).
@@ -174,6 +175,21 @@ class Engine:
         self.index_of: dict[Sequence, int] = {}
         self._next_id = 0
         self._compiled: set[tuple] = set()  # shapes precompile() has compiled
+
+    @property
+    def model(self):
+        model = self._model() if isinstance(self._model, weakref.ref) else self._model
+        if model is None:
+            raise GenerationError("this engine's model was freed (an engine cached on a model goes with it): "
+                                  "keep a reference to the model, or build your own Engine(model)")
+        return model
+
+    def hold_weakly(self) -> "Engine":
+        """Refer to the model weakly, for an engine kept on the model itself (generate's engines in
+        model.engines): a strong reference back would keep the model, its weights and this pool
+        alive after the user's last reference to it is gone, until Python's cycle collector runs."""
+        self._model = weakref.ref(self._model) if not isinstance(self._model, weakref.ref) else self._model
+        return self
 
     @property
     def counters(self):

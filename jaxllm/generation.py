@@ -106,7 +106,7 @@ def engine_for(model, ids: list[list[int]], params: SamplingParams) -> Engine:
                 f"{size_text(available)} available: {fix}")
         budget = min(2048, max_len) if jax.default_backend() == "cpu" else 2048  # 37 tokens: 0.4 s padded to 64, 0.9 s to 128
         model.engines[key] = Engine(model, batch_size=batch, max_len=max_len, num_pages=num_pages, page_size=16,
-                                    kv_dtype=kv_dtype, prefill_tokens=budget)
+                                    kv_dtype=kv_dtype, prefill_tokens=budget).hold_weakly()
     return model.engines[key]
 
 

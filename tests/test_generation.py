@@ -1,5 +1,9 @@
 """Generation against transformers: cached decode, greedy tokens, batching, compiles."""
 
+import dataclasses
+import gc
+import weakref
+
 import numpy as np
 import pytest
 import reference
@@ -145,6 +149,24 @@ def test_a_prompt_sent_again_compiles_nothing(llama):
     assert engine.blocks.stats.hit_tokens - hits >= 2 * 96
     assert (engine.counters.prefill, engine.counters.decode) == compiled
     assert not any(shape[:2] == (1, 48) for shape in engine.runner.compiled_calls())
+
+
+def test_a_dropped_model_frees_its_cached_engines(llama):
+    """generate's engines live on the model (model.engines) and refer back to it weakly: dropping
+    the last reference frees the model, its weights and its KV pool at once, without waiting for
+    Python's cycle collector (a notebook that loads one model after another on a GPU)."""
+    model = dataclasses.replace(llama, engines={})
+    model.generate([1, 2, 3], jaxllm.SamplingParams(max_new_tokens=2))
+    (engine,) = model.engines.values()
+    alive, freed = weakref.ref(model), weakref.ref(engine)
+    gc.disable()  # freed by reference counts alone
+    try:
+        del model, engine
+        assert alive() is None and freed() is None
+    finally:
+        gc.enable()
+    own = jaxllm.Engine(dataclasses.replace(llama, engines={}))  # an engine the user builds keeps its model
+    assert own.model.config is llama.config
 
 
 def test_prompt_longer_than_cache_fails_before_work(llama):

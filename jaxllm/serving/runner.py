@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -89,7 +90,7 @@ class Runner:
     def __init__(self, model, *, num_pages: int, page_size: int, max_seqs: int, max_len: int, chunk: int,
                  attention: str, eos_width: int, kv_dtype: str | None = None, decode_options: tuple = (),
                  small_options: tuple = ()):
-        self.model, self.cfg = model, model.config
+        self._model, self.cfg = weakref.ref(model), model.config  # its engine keeps it (or not: Engine.hold_weakly)
         self.num_pages, self.page_size, self.max_seqs, self.max_len = num_pages, page_size, max_seqs, max_len
         self.width = -(-max_len // page_size)  # page-table columns: pages of the longest sequence
         self.eos_width, self.attention = eos_width, attention
@@ -110,6 +111,10 @@ class Runner:
         pool = self.shards * pool_pages(self.shard_pages, self.shard_seqs)
         self._sizes = (max_seqs, pool, page_size, self.cfg.num_kv_heads, self.cfg.head_dim, self.cfg.num_layers,
                        self.cfg.vocab_size, eos_width, self.kv_dtype)
+
+    @property
+    def model(self):
+        return self._model()
 
     def _put(self, x):
         return sharding.put_replicated(x, self.mesh)
