@@ -136,12 +136,15 @@ def generate(model, prompts: str | Sequence, params: SamplingParams | None = Non
     requests = [Request(p, params, i) for i, p in enumerate(ids)]
     outputs = [Output(model.tokenizer, params, set(engine.eos.tolist())) for _ in batch]
     for ev in engine.run(requests, stop_check=lambda i: outputs[i].finish_reason is not None):
-        if on_token and ev.tokens:
-            on_token(ev.index, ev.tokens)
-        if outputs[ev.index].finish_reason is None:  # not after a stop string
-            text = outputs[ev.index].push(ev.tokens, ev.logprobs, ev.finished, ev.error)
-            if text and on_text:
-                on_text(ev.index, text)
+        output = outputs[ev.index]
+        if output.finish_reason is not None:  # after a stop string: nothing more counts
+            continue
+        before = len(output.tokens)
+        text = output.push(ev.tokens, ev.logprobs, ev.finished, ev.error)
+        if on_token and len(output.tokens) > before:  # the tokens kept: none past a stop string
+            on_token(ev.index, output.tokens[before:])
+        if text and on_text:
+            on_text(ev.index, text)
     out = [Completion(o.text, o.tokens, o.finish_reason or "length", len(ids[i]), o.logprobs if params.logprobs else None)
            for i, o in enumerate(outputs)]
     return out[0] if single else out

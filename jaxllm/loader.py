@@ -92,7 +92,7 @@ class LoadedModel:
         chat=False) or a list of token ids. Unset SamplingParams fields come from the checkpoint's
         generation_config.json. Pass an `engine` (jaxllm.Engine) to choose its size; without one
         an engine fitted to the request is made. `on_text(index, text)` receives text as it
-        becomes final, `on_token(index, ids)` token ids as they arrive."""
+        becomes final, `on_token(index, ids)` token ids as they arrive (those the answer keeps: none past a stop string)."""
         return generation.generate(self, prompts, params, chat=chat, system=system, engine=engine,
                                    on_text=on_text, on_token=on_token)
 

@@ -85,11 +85,13 @@ def test_logits_match_transformers(ours, theirs):
 
 
 def test_stop_string_and_streaming(ours):
-    pieces = []
+    pieces, ids = [], []
     got = ours.generate("What is the capital of France?", jaxllm.SamplingParams(max_new_tokens=32, stop=("Paris",)),
-                          on_text=lambda i, t: pieces.append(t))
+                        on_text=lambda i, t: pieces.append(t), on_token=lambda i, t: ids.extend(t))
     assert "Paris" not in got.text and got.text.startswith("The capital of France is")
     assert "".join(pieces) == got.text and got.finish_reason == "stop"
+    # the streamed ids are the answer's: up to the one completing "Paris", not the "." and EOS after it
+    assert ids == got.token_ids and ours.tokenizer.decode(ids).endswith("Paris")
 
 
 def test_incremental_detokenization_never_splits_characters(ours):
