@@ -275,7 +275,7 @@ def table(results: list[dict], bandwidth: float) -> str:
     for r in results:
         if r.get("b1_tokens_per_s"):
             r["roofline"] = r["b1_tokens_per_s"] / (bandwidth / r["param_bytes"])
-        r["peak_gb"] = (r.get("peak_device_bytes") or 0) / 1e9
+        r["peak_gb"] = r["peak_device_bytes"] / 1e9 if r.get("peak_device_bytes") else None  # "-" where the device reports none
         rows.append(f"{r['shape']:<12} {f(r, 'b1_tokens_per_s', '9.1f'):>9} {f(r, 'roofline', '8.0%'):>8} "
                     f"{f(r, 'bN_tokens_per_s', '9.1f'):>9} {f(r, 'offline_tokens_per_s', '8.1f'):>8} {f(r, 'ttft_s', '7.3f'):>7} "
                     f"{f(r, 'cold_start_s', '7.1f'):>7} {f(r, 'warm_start_s', '7.1f'):>7} {f(r, 'peak_gb', '8.1f'):>8}")
@@ -348,6 +348,7 @@ def check_args(args, shapes: list[str]) -> list[int] | None:
     if args.repeat < 1:
         raise JaxllmError(f"--repeat {args.repeat}: give a whole number >= 1 (warm runs of each load step)")
     load = bool(args.load or args.load_folder)
+    _check_mode(args, shapes, load)
     if not load:
         given = [flag for flag, value in (("--load-dir", args.load_dir), ("--repeat", args.repeat != REPEAT)) if value]
         if given:
@@ -373,6 +374,21 @@ def check_args(args, shapes: list[str]) -> list[int] | None:
     elif args.mesh is not None:
         parse_spec(args.mesh, _fresh_device_count())
     return degrees
+
+
+def _check_mode(args, shapes: list[str], load: bool) -> None:
+    """--tp and --load are runs of their own: a flag they would ignore is refused, not dropped."""
+    if load and args.tp is not None:
+        raise JaxllmError("--tp and --load are two different runs: give one of them")
+    if args.tp is not None:
+        given = [flag for flag, value in (("--quantize", args.quantize), ("--mesh", args.mesh), ("--compare", args.compare),
+                                          ("--skip", args.skip), ("a second --shape", len(shapes) > 1)) if value]
+        if given:
+            them = "it" if len(given) == 1 else "them"
+            raise JaxllmError(f"{', '.join(given)} do{'es' if len(given) == 1 else ''} not apply to --tp (batch-1 decode and "
+                              f"greedy tokens of one --shape at each degree): drop {them}, or drop --tp")
+    if load and args.compare is not None:
+        raise JaxllmError("--compare does not apply to --load (it times transformers' own load already): drop --compare")
 
 
 def _main(args) -> int:

@@ -76,6 +76,10 @@ def test_load_section_runs_and_reports(tmp_path, capsys):
     (["--load", "--quantize", "int8"], "--quantize is not timed by --load"),
     (["--compare", "hf"], "--compare hf times transformers on a CUDA GPU"),  # this CPU's torch has no CUDA
     (["--shape", "tiny", "--shape", "gpt-9"], "unknown shape 'gpt-9': use one of "),
+    (["--tp", "1", "--quantize", "int8", "--skip", "b1"], "--quantize, --skip do not apply to --tp (batch-1 decode"),
+    (["--tp", "1", "--shape", "qwen3-0.6b"], "a second --shape does not apply to --tp"),
+    (["--load", "--tp", "1,2"], "--tp and --load are two different runs: give one of them"),
+    (["--load", "--compare", "hf"], "--compare does not apply to --load"),
 ])
 def test_bench_rejects_bad_input_before_running(argv, message, capsys):
     """Each bad value: exit 2 and one line naming it, before any section starts (no timing printed)."""
