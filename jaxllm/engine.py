@@ -115,6 +115,9 @@ class Engine:
                  page_size: int = 16, memory_fraction: float = 0.9, prefill_tokens: int = 2048, chunk: int = 16,
                  prefix_caching: bool = True, attention: str | None = None, kv_dtype: str | None = None,
                  cascade: bool | None = None):
+        if not all(hasattr(model, name) for name in ("config", "graphdef", "params")):
+            raise GenerationError(f"Engine(model, ...) takes a model from jaxllm.load, got {type(model).__name__}: "
+                                  "Engine(jaxllm.load(path), ...)")
         cfg = model.config
         self.kv_dtype = check_kv_dtype(getattr(model, "kv_dtype", None) if kv_dtype is None else kv_dtype)
         max_len = cfg.context_length if max_len is None else max_len

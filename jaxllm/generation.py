@@ -37,7 +37,9 @@ def prepare(model, prompts, params: SamplingParams | dict | None, *, chat=None, 
     if chat is None:
         chat = has_chat_template(tok)
     if chat and not has_chat_template(tok):
-        raise GenerationError("this checkpoint's tokenizer has no chat template: use chat=False (--no-chat)")
+        raise GenerationError("this checkpoint has no tokenizer, and a chat needs its chat template: use chat=False "
+                              "(--no-chat) with token-id prompts" if tok is None else
+                              "this checkpoint's tokenizer has no chat template: use chat=False (--no-chat)")
     if system is not None and not isinstance(system, str):
         raise InputError(f"system must be the system message's text (a string), got {type(system).__name__}")
     if system and any(not isinstance(p, str) for p in prompts):  # token ids skip the template: it would be dropped
@@ -116,6 +118,8 @@ def _is_single(prompts) -> bool:
     if isinstance(prompts, (bytes, dict)) or not hasattr(prompts, "__len__") or not hasattr(prompts, "__getitem__"):
         raise GenerationError(f"prompts must be a string, token ids (a list, tuple or numpy array) or a list of those, "
                               f"got {type(prompts).__name__}")
+    if getattr(prompts, "ndim", None) == 1:  # a 1-D array is one prompt's ids, even an empty one
+        return True
     first = prompts[0] if len(prompts) else None
     return first is not None and not isinstance(first, (str, list, tuple)) and getattr(first, "ndim", 0) == 0
 

@@ -137,6 +137,9 @@ def report(path, batch: int = 1, context: int | None = None, scan_data: bool = F
         m = each.memory(batch, context)
         lines.append(f"memory {name:<8} weights {_size(m['params_bytes'])} + KV cache {_size(m['kv_cache_bytes'])} "
                      f"(batch {batch} x {context} tokens) = {_size(m['params_bytes'] + m['kv_cache_bytes'])}")
+    if context > cfg.context_length:
+        lines.append(f"note          --context {context:,} is beyond the {cfg.context_length:,} positions this model serves: "
+                     "the KV cache above is for a length no request can reach")
     n_tensors = source.size(p.arch, cfg, p.abstract)
     lines.append(f"tensors       {'all ' + str(n_tensors) + ' match the weight map' if not problems else str(len(problems)) + ' problems:'}")
     lines += [f"  {problem}" for problem in problems]

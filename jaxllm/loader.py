@@ -20,6 +20,7 @@ folder restores the integers it saved.
 from __future__ import annotations
 
 import math
+import operator
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,19 +113,22 @@ class LoadedModel:
     def attention_weights(self, token_ids, layer: int) -> jax.Array:
         """Attention weights of one layer, float32 [batch, heads, seq, seq] (query rows, key columns)."""
         n = self.config.num_layers
-        if not isinstance(layer, int) or isinstance(layer, bool) or not -n <= layer < n:
-            raise InputError(f"layer {layer!r} does not exist: this model has layers 0..{n - 1}")
+        if isinstance(layer, bool) or not hasattr(type(layer), "__index__") or getattr(layer, "ndim", 0):
+            raise InputError(f"layer must be a whole number (a layer's index), got {layer!r}")
+        layer = operator.index(layer)  # numpy and JAX integer scalars too
+        if not -n <= layer < n:
+            raise InputError(f"layer {layer} does not exist: this model has layers 0..{n - 1}")
         return self._run("attention_weights", token_ids, layer % n)
 
     def _run(self, name: str, token_ids, *static):
+        if isinstance(token_ids, jax.core.Tracer):
+            raise InputError(f"model.{name} checks its token ids on the host, so it cannot be traced (jax.jit, vmap, grad): "
+                             f"trace jaxllm.research.{name}(model.graphdef, model.params, tokens{', layer' if static else ''}) instead")
         tokens = check_token_ids(token_ids, self.config.vocab_size)
         if tokens.ndim == 1:
             tokens = tokens[None]
         if tokens.ndim != 2 or tokens.shape[1] == 0:
             raise InputError(f"token_ids must be [batch, seq] with seq >= 1, got shape {tuple(tokens.shape)}")
-        if self.config.position_embedding == "learned" and tokens.shape[1] > self.config.max_position_embeddings:
-            raise InputError(f"token_ids of {tokens.shape[1]} tokens exceed the {self.config.max_position_embeddings} positions "
-                             "this model has learned: score at most that many at once")
         return research.jitted(name, self.mesh)(self.graphdef, self.params, sharding.put_replicated(tokens, self.mesh), *static)
 
 
@@ -302,6 +306,10 @@ def open_checkpoint(path_or_id):
         raise CheckpointError(f"'{path}' is neither a checkpoint folder nor a .gguf file: pass one of those or a hub id")
     if converted.is_converted(path):
         return converted.ConvertedCheckpoint(path)
+    ggufs = sorted(p.name for p in path.glob("*.gguf"))
+    if ggufs and not (path / "config.json").exists():  # a folder of GGUF files: a file is the checkpoint
+        raise CheckpointError(f"'{path}' has no config.json but holds {len(ggufs)} GGUF file{'s' if len(ggufs) > 1 else ''} "
+                              f"({', '.join(ggufs[:3])}{', ...' if len(ggufs) > 3 else ''}): pass the file, e.g. {path / ggufs[0]}")
     return checkpoint.HFCheckpoint(path, checkpoint.read_config(path), checkpoint.read_generation_config(path))
 
 

@@ -1,7 +1,9 @@
 """What a researcher asks of a model beyond generation, as pure jitted functions of
 (graphdef, params, tokens): logits, per-token log-probabilities, the hidden states of every layer, and
 one layer's attention weights. Each matches transformers' output (`output_hidden_states`,
-`output_attentions` with eager attention); `LoadedModel` exposes them as methods.
+`output_attentions` with eager attention); `LoadedModel` exposes them as methods, which also check
+the ids' values. Here only shapes are checked (at trace time): ids outside the vocabulary give
+unspecified values.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxllm.errors import InputError
 from jaxllm.sharding import replicated
 
 
@@ -19,9 +22,22 @@ def _positions(tokens):
     return jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
 
 
+def _merge(graphdef, params, tokens):
+    """The module, once `tokens`' shape is known to fit it: [B, T] with T within the positions a
+    model with learned position embeddings has (GPT-2's table would be read past its end)."""
+    model = nnx.merge(graphdef, params)
+    cfg = model.cfg
+    if tokens.ndim != 2 or tokens.shape[1] == 0:
+        raise InputError(f"tokens must be [batch, seq] with seq >= 1, got shape {tuple(tokens.shape)}")
+    if cfg.position_embedding == "learned" and tokens.shape[1] > cfg.max_position_embeddings:
+        raise InputError(f"tokens of {tokens.shape[1]} positions exceed the {cfg.max_position_embeddings} positions "
+                         "this model has learned: give at most that many at once")
+    return model
+
+
 def logits(graphdef, params, tokens):
     """float32 [B, T, vocab] of a full sequence, no cache."""
-    out, _ = nnx.merge(graphdef, params)(tokens)
+    out, _ = _merge(graphdef, params, tokens)(tokens)
     return out
 
 
@@ -33,7 +49,7 @@ def token_logprobs(graphdef, params, tokens):
 
 def hidden_states(graphdef, params, tokens):
     """(num_layers + 1) arrays [B, T, E]: the input of each layer, then the final normed output."""
-    model = nnx.merge(graphdef, params)
+    model = _merge(graphdef, params, tokens)
     trace = []
     model.model(tokens, _positions(tokens), trace=trace)
     return tuple(trace)
@@ -43,7 +59,7 @@ def attention_weights(graphdef, params, tokens, layer: int):
     """Layer `layer`'s attention weights, float32 [B, heads, T, T] (row: query, column: key).
     A layer's attention input is its `input_layernorm` of the layer input (the input itself for
     layers without one, such as OLMo 2's)."""
-    model = nnx.merge(graphdef, params)
+    model = _merge(graphdef, params, tokens)
     trace = []
     positions = _positions(tokens)
     model.model(tokens, positions, trace=trace)

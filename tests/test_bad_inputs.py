@@ -23,11 +23,13 @@ import textwrap
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jaxllm
-from jaxllm import checkpoint, convert, generate, inspect, loader
+from jaxllm import checkpoint, convert, generate, inspect, loader, research
 from jaxllm.engine import Engine, Request
 from jaxllm.errors import JaxllmError, utf8_lines
 from jaxllm.models import weights
@@ -90,7 +92,15 @@ def files(tmp_path_factory, gguf_path):
     checkpoint.load_tokenizer(gguf_path).save_pretrained(str(tok))
     return dict(llama=write_checkpoint(root / "llama", LLAMA, tok), gpt2=write_checkpoint(root / "gpt2", GPT2, tok),
                 tiny=write_checkpoint(root / "tiny", TINY), nan=write_checkpoint(root / "nan", TINY, spoil=with_nan),
-                medium=write_checkpoint(root / "medium", MEDIUM), root=root)
+                medium=write_checkpoint(root / "medium", MEDIUM), gguf_folder=_gguf_folder(root / "gguf_folder", gguf_path),
+                root=root)
+
+
+def _gguf_folder(folder: Path, gguf_path: Path) -> Path:
+    """A folder holding one .gguf file and no config.json (a GGUF repository's download)."""
+    folder.mkdir()
+    (folder / "model.gguf").symlink_to(gguf_path)
+    return folder
 
 
 class Models:
@@ -519,6 +529,20 @@ LIBRARY_MISUSE = {
                               r"must lie in \[0, 32\), the vocabulary of this model; it holds 1180591620717411303424"),
     "estimate-memory-negative": (lambda m: jaxllm.estimate_memory(m.tiny.config, -1, 10, "float32"),
                                  "estimate_memory batch=-1 is invalid: use a whole number >= 1"),
+    "one-empty-array-prompt": (lambda m: m.tiny.generate(np.array([], int), {"max_new_tokens": 1}),
+                               "prompt 0 is empty: give at least one token id"),
+    "engine-of-a-path": (lambda m: Engine(m.path("tiny")), r"Engine\(model, ...\) takes a model from jaxllm.load, got str"),
+    "chat-without-tokenizer": (lambda m: m.tiny.generate([1, 2], {"max_new_tokens": 1}, chat=True),
+                               "this checkpoint has no tokenizer, and a chat needs its chat template: use chat=False"),
+    "layer-not-a-number": (lambda m: m.tiny.attention_weights([[1, 2]], 0.5), "layer must be a whole number .* got 0.5"),
+    "layer-beyond": (lambda m: m.tiny.attention_weights([[1, 2]], np.int64(3)), r"layer 3 does not exist: this model has layers 0..0"),
+    "traced-method": (lambda m: jax.vmap(m.tiny.token_logprobs)(jnp.ones((2, 1, 3), jnp.int32)),
+                      r"model.token_logprobs checks its token ids on the host, so it cannot be traced .* "
+                      r"trace jaxllm.research.token_logprobs\(model.graphdef, model.params, tokens\) instead"),
+    "research-beyond-learned-positions": (lambda m: research.logits(m.gpt2.graphdef, m.gpt2.params, jnp.zeros((1, 65), jnp.int32)),
+                                          "tokens of 65 positions exceed the 64 positions this model has learned"),
+    "folder-of-gguf-files": (lambda m: jaxllm.load(m.files["gguf_folder"]),
+                             r"has no config.json but holds 1 GGUF file \(model.gguf\): pass the file, e.g. .*model.gguf"),
 }
 
 

@@ -14,7 +14,10 @@ def test_report_of_a_good_checkpoint(tmp_path, capsys):
     assert "Qwen3MoeForCausalLM" in out and "6 experts, top 2" in out
     count = sum(p.numel() for p in ref.parameters())
     assert f"parameters    {count:,}" in out
-    assert "batch 2 x 64 tokens" in out and "match the weight map" in out
+    assert "batch 2 x 64 tokens" in out and "match the weight map" in out and "note" not in out
+    positions = ref.config.max_position_embeddings
+    assert jinspect.main([str(tmp_path), "--context", str(positions + 1)]) == 0
+    assert f"beyond the {positions:,} positions this model serves" in capsys.readouterr().out
 
 
 def test_report_lists_every_problem(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """The research API (hidden states, attention weights, token log-probabilities) against transformers'
 output_hidden_states / output_attentions (eager attention), for every architecture."""
 
+import jax
 import numpy as np
 import pytest
 import reference
@@ -51,6 +52,9 @@ def test_bad_layer_and_tokens_are_one_line_errors(tmp_path):
     with pytest.raises(jaxllm.InputError, match="seq >= 1"):
         model.token_logprobs(np.zeros((1, 0), int))
     assert np.asarray(model.attention_weights(TOKENS, -1)).shape == (2, 4, 20, 20)
+    # numpy and JAX integer scalars name a layer as an int does
+    for layer in (np.int64(1), jax.numpy.int32(1)):
+        np.testing.assert_array_equal(model.attention_weights(TOKENS, layer), model.attention_weights(TOKENS, 1))
 
 
 def test_research_functions_run_sharded(tmp_path):
