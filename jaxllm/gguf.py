@@ -28,34 +28,98 @@ import re
 import shutil
 import struct
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import ml_dtypes
 import numpy as np
 
 from jaxllm import tokenizing
 from jaxllm.errors import CheckpointError
-from jaxllm.models import quant
+from jaxllm.models import quant, registry
 
-# general.architecture -> (HF architecture, whether llama.cpp permuted q/k rows)
+
+class Family(NamedTuple):
+    """How llama.cpp writes one GGUF architecture, read back as transformers' GGUF loader reads it."""
+
+    hf: str  # the HF architecture (config.json "architectures")
+    permuted: bool = False  # q/k rows permuted for llama.cpp's rotary layout (Llama, Mistral): undone
+    names: dict = {}  # GGUF name -> HF name, over _NAMES and _LAYER_NAMES
+    norm_shift: float = 0.0  # stored as w + this (Gemma's (1 + w) RMSNorm): subtracted, in float32
+    transposed: tuple = ()  # layer weights stored [out, in] where HF keeps [in, out] (GPT-2's Conv1D): transposed
+    config: Callable = lambda get, raw: None  # (metadata getter, config so far): adds the family's own keys
+
+
+def _gemma_config(get, raw: dict) -> None:
+    """Gemma 2 and 3: llama.cpp's attention scale, 1 / sqrt(head_dim) but sqrt(hidden / heads) for the
+    27B, which it tells by its layer count (transformers' GGUF loader keeps its default 256: the
+    same for the 2B-12B, wrong for the 27B); the window, soft caps where the file has them, else
+    the family's defaults (transformers' loader ignores the soft caps, which equal its defaults)."""
+    heads, hidden = raw["num_attention_heads"], raw["hidden_size"]
+    is_27b = raw["num_hidden_layers"] == {"gemma2": 46, "gemma3_text": 62}[raw["model_type"]]
+    raw["query_pre_attn_scalar"] = hidden // heads if is_27b else raw.get("head_dim") or hidden // heads
+    del raw["sliding_window"]
+    for key in ("attention.sliding_window", "attn_logit_softcapping", "final_logit_softcapping"):
+        if get(key) is not None:
+            raw[key.removeprefix("attention.")] = _decimal(get(key))
+
+
+def _phi3_config(get, raw: dict) -> None:
+    """Phi-3 / Phi-4: a rotary part of the head (Phi-4-mini's 3/4), which transformers' GGUF loader
+    drops. Its window: none, as llama.cpp (which disabled it) and transformers' GGUF loader read it."""
+    head_dim = raw.get("head_dim") or raw["hidden_size"] // raw["num_attention_heads"]
+    rotary = get("rope.dimension_count")
+    if rotary and rotary != head_dim:
+        raw["partial_rotary_factor"] = rotary / head_dim
+
+
+def _moe_config(get, raw: dict) -> None:
+    """Qwen3-MoE: every layer routed; the top-k weights renormalised, as llama.cpp does (and
+    transformers' GGUF loader); the experts' width from the file (transformers' loader keeps its
+    default 768, the 30B-A3B's)."""
+    raw.update(num_experts=get("expert_count"), num_experts_per_tok=get("expert_used_count"),
+               moe_intermediate_size=get("expert_feed_forward_length"), norm_topk_prob=True)
+
+
+def _gpt2_config(get, raw: dict) -> None:
+    """GPT-2: LayerNorm's epsilon; learned positions, no rope."""
+    del raw["rms_norm_eps"], raw["rope_theta"]
+    raw["layer_norm_epsilon"] = _decimal(get("attention.layer_norm_epsilon", 1e-5))
+
+
+_GEMMA_NAMES = {"ffn_norm": "pre_feedforward_layernorm", "post_attention_norm": "post_attention_layernorm",
+                "post_ffw_norm": "post_feedforward_layernorm"}
+_GPT2_NAMES = {"token_embd": "transformer.wte", "position_embd": "transformer.wpe", "output_norm": "transformer.ln_f",
+               "blk": "transformer.h", "attn_norm": "ln_1", "attn_qkv": "attn.c_attn", "attn_output": "attn.c_proj",
+               "ffn_norm": "ln_2", "ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"}
+
+# general.architecture -> how its tensors and metadata read (the families transformers' GGUF loader reads too)
 ARCHITECTURES = {
-    "llama": ("LlamaForCausalLM", True),
-    "mistral": ("MistralForCausalLM", True),
-    "qwen2": ("Qwen2ForCausalLM", False),
-    "qwen3": ("Qwen3ForCausalLM", False),
+    "llama": Family("LlamaForCausalLM", permuted=True),
+    "mistral": Family("MistralForCausalLM", permuted=True),
+    "qwen2": Family("Qwen2ForCausalLM"),
+    "qwen3": Family("Qwen3ForCausalLM"),
+    "qwen3moe": Family("Qwen3MoeForCausalLM", config=_moe_config),
+    "phi3": Family("Phi3ForCausalLM", names={"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"},
+                   config=_phi3_config),
+    "gemma2": Family("Gemma2ForCausalLM", names=_GEMMA_NAMES, norm_shift=1.0, config=_gemma_config),
+    "gemma3": Family("Gemma3ForCausalLM", names=_GEMMA_NAMES, norm_shift=1.0, config=_gemma_config),
+    "gpt2": Family("GPT2LMHeadModel", names=_GPT2_NAMES, transposed=("attn_qkv", "attn_output", "ffn_up", "ffn_down"),
+                   config=_gpt2_config),
 }
+# the keys each family cannot do without, besides the shared ones (config_from_metadata)
+_REQUIRED = {"qwen3moe": ("expert_count", "expert_used_count", "expert_feed_forward_length")}
 
-_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
+_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head", "blk": "model.layers"}
 _LAYER_NAMES = {
     "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
     "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
     "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+    # MoE: the router, and the experts stacked on a leading axis, split into HF's one tensor per expert ({})
+    "ffn_gate_inp": "mlp.gate", "ffn_gate_exps": "mlp.experts.{}.gate_proj", "ffn_up_exps": "mlp.experts.{}.up_proj",
+    "ffn_down_exps": "mlp.experts.{}.down_proj",
 }
-_LAYER = re.compile(r"^blk\.(\d+)\.(\w+)\.(weight|bias)$")
+_TENSOR = re.compile(r"^(?:blk\.(\d+)\.)?(\w+)\.(weight|bias)$")
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9  # GGUF metadata value types
 
@@ -151,17 +215,21 @@ def read_header(path: Path) -> Header:
     return _header(Path(path).resolve(), st.st_size, st.st_mtime_ns)
 
 
-def hf_name(name: str) -> str | None:
-    if name in _NAMES:
-        return _NAMES[name]
-    m = _LAYER.match(name)
-    if m and m.group(2) in _LAYER_NAMES:
-        return f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.{m.group(3)}"
-    return None
+def hf_name(name: str, family: Family = ARCHITECTURES["llama"]) -> str | None:
+    """The HF name of a GGUF tensor of `family` (a "{}" in it stands for the expert), or None."""
+    m = _TENSOR.match(name)
+    if not m:
+        return None
+    layer, part, kind = m.groups()
+    names = {**(_NAMES if layer is None else _LAYER_NAMES), **family.names}
+    if part not in names:
+        return None
+    prefix = "" if layer is None else f"{family.names.get('blk', _NAMES['blk'])}.{layer}."
+    return f"{prefix}{names[part]}.{kind}"
 
 
-def config_from_metadata(header: Header) -> dict:
-    fields = header.fields
+def _family(fields: dict) -> tuple[str, str]:
+    """(the ARCHITECTURES key, the metadata key prefix) of a file, or a CheckpointError."""
     prefix = arch = fields.get("general.architecture")
     if not isinstance(arch, str):
         raise CheckpointError(f"GGUF general.architecture must be a string, got {str(arch)[:60]}: "
@@ -170,31 +238,40 @@ def config_from_metadata(header: Header) -> dict:
         raise CheckpointError(
             f"GGUF architecture '{arch}' is not supported; supported: {', '.join(sorted(ARCHITECTURES))}"
         )
+    if arch == "llama" and fields.get("llama.expert_count"):  # transformers reads it as a dense Llama, experts dropped
+        raise CheckpointError(f"GGUF llama file with {fields['llama.expert_count']} experts (Mixtral): not supported "
+                              "from GGUF; load the model's Hugging Face checkpoint instead")
     name = str(fields.get("general.name", "") or "").lower()
     if arch == "llama" and "mistral" in name:  # llama.cpp files Mistral under llama
         arch = "mistral"
+    return arch, prefix
+
+
+def config_from_metadata(header: Header) -> dict:
+    fields = header.fields
+    arch, prefix = _family(fields)
+    family = ARCHITECTURES[arch]
 
     def get(key, default=None):
         return fields.get(f"{prefix}.{key}", default)
 
     heads = get("attention.head_count")
-    hidden = get("embedding_length")
     tensor_names = {t[0] for t in header.tensors}
     embedding = next((dims for name, dims, _, _ in header.tensors if name == "token_embd.weight"), None)
     vocab = (get("vocab_size") or len(fields.get("tokenizer.ggml.tokens", []))
              or (int(embedding[1]) if embedding is not None and len(embedding) == 2 else None))  # its rows (dims innermost first)
     raw = {
-        "architectures": [ARCHITECTURES[arch][0]],
-        "model_type": arch,  # llama.cpp's names of these four are transformers' model_type (config.json written back needs it)
+        "architectures": [family.hf],
+        "model_type": registry.get(family.hf).hf_model_type,  # config.json written back needs it
         "vocab_size": vocab,
-        "hidden_size": hidden,
+        "hidden_size": get("embedding_length"),
         "intermediate_size": get("feed_forward_length"),
         "num_hidden_layers": get("block_count"),
         "num_attention_heads": heads,
         "num_key_value_heads": get("attention.head_count_kv", heads),
         "max_position_embeddings": get("context_length", 2048),
-        "rms_norm_eps": get("attention.layer_norm_rms_epsilon", 1e-6),
-        "rope_theta": get("rope.freq_base", 10000.0),
+        "rms_norm_eps": _decimal(get("attention.layer_norm_rms_epsilon", 1e-6)),  # float32 in the file: its shortest
+        "rope_theta": _decimal(get("rope.freq_base", 10000.0)),  # decimal (1e-05, not 9.999999747378752e-06)
         "tie_word_embeddings": "output.weight" not in tensor_names,
         "bos_token_id": fields.get("tokenizer.ggml.bos_token_id"),
         "eos_token_id": fields.get("tokenizer.ggml.eos_token_id"),
@@ -202,8 +279,6 @@ def config_from_metadata(header: Header) -> dict:
         "attention_bias": "blk.0.attn_output.bias" in tensor_names,
         "sliding_window": None,  # llama.cpp attends over the whole context: no family default window (Mistral's 4,096)
     }
-    for key in ("rms_norm_eps", "rope_theta"):  # float32 in the file: its shortest decimal (1e-05, not 9.999999747378752e-06)
-        raw[key] = _decimal(raw[key])
     key_length = get("attention.key_length")
     if key_length:
         raw["head_dim"] = key_length
@@ -212,13 +287,18 @@ def config_from_metadata(header: Header) -> dict:
         raw["rope_scaling"] = {"rope_type": scaling, "factor": _decimal(get("rope.scaling.factor", 1.0))}
         if get("rope.scaling.original_context_length"):
             raw["rope_scaling"]["original_max_position_embeddings"] = get("rope.scaling.original_context_length")
-    keys = {"hidden_size": "embedding_length", "num_attention_heads": "attention.head_count",
-            "num_hidden_layers": "block_count", "intermediate_size": "feed_forward_length"}
-    missing = [f"{prefix}.{keys[k]}" for k, v in raw.items() if v is None and k in keys]
+    _check_required(get, prefix)
+    family.config(get, raw)
+    return raw
+
+
+def _check_required(get, prefix: str) -> None:
+    """A CheckpointError naming every metadata key the file lacks that its architecture needs."""
+    keys = ("embedding_length", "feed_forward_length", "block_count", "attention.head_count", *_REQUIRED.get(prefix, ()))
+    missing = [f"{prefix}.{key}" for key in keys if get(key) is None]
     if missing:
         raise CheckpointError(f"GGUF metadata lacks {', '.join(missing)}: the file is incomplete or not a language model; "
                               "re-convert it with llama.cpp's convert_hf_to_gguf.py")
-    return raw
 
 
 def _decimal(value):
@@ -358,10 +438,11 @@ def blocks(raw: np.ndarray, type_id: int, shape: tuple[int, ...]):
 class GGUFCheckpoint:
     """Tensors of a GGUF file under their HF names, in HF layout, dequantized on demand."""
 
-    def __init__(self, header: Header, raw: dict, permuted: bool):
+    def __init__(self, header: Header, raw: dict, family: Family = Family("")):
         with open(header.path, "rb") as f:
             data = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
-        self.tensors = {}  # HF name -> (shape in HF order, GGML type id, raw bytes)
+        self.tensors = {}  # HF name -> (shape in the file's order, GGML type id, raw bytes)
+        self.shifted, self.transposed = {}, set()  # HF names whose values llama.cpp changed: {name: shift}, [out, in]
         for name, dims, type_id, offset in header.tensors:
             start = header.data_start + offset
             shape = tuple(int(d) for d in reversed(dims))  # GGUF lists dims innermost first
@@ -372,18 +453,29 @@ class GGUFCheckpoint:
                 raise CheckpointError(f"{header.path}: tensor {name}: {err}") from None
             if start + nbytes > len(data):
                 raise CheckpointError(f"{header.path} ends before tensor {name} (truncated download?): re-download it")
-            self.tensors[hf_name(name) or name] = (shape, type_id, data[start : start + nbytes])
-        self.heads = {"q_proj": raw["num_attention_heads"], "k_proj": raw["num_key_value_heads"]} if permuted else {}
+            hf = hf_name(name, family) or name
+            self.tensors.update(_split_experts(hf, shape, type_id, data[start : start + nbytes]))
+            if family.norm_shift and name.endswith("norm.weight"):  # every norm, as transformers' Gemma2TensorProcessor
+                self.shifted[hf] = family.norm_shift
+            if name.endswith(".weight") and name.split(".")[-2] in family.transposed:
+                self.transposed.add(hf)
+        self.heads = {"q_proj": raw["num_attention_heads"], "k_proj": raw["num_key_value_heads"]} if family.permuted else {}
 
     def names(self):
         return self.tensors.keys()
 
     def shape(self, name):
-        return self.tensors[name][0]
+        shape = self.tensors[name][0]
+        return shape[::-1] if name in self.transposed else shape
 
     def get(self, name) -> np.ndarray:
+        """The tensor in HF layout and values, float32: rows unpermuted, a norm's shift taken off (in
+        float32, as transformers does), a Conv1D weight transposed back."""
         shape, type_id, raw = self.tensors[name]
-        return self._unpermuted(name, dequantize(raw, type_id).reshape(shape))
+        data = self._unpermuted(name, dequantize(raw, type_id).reshape(shape))
+        if name in self.shifted:
+            data -= np.float32(self.shifted[name])
+        return np.ascontiguousarray(data.T) if name in self.transposed else data
 
     def _unpermuted(self, name: str, data: np.ndarray) -> np.ndarray:
         proj = name.split(".")[-2] if name.endswith(".weight") or name.endswith(".bias") else ""
@@ -394,8 +486,9 @@ class GGUFCheckpoint:
         return _TYPES[type_id][0] if type_id in _TYPES else str(type_id)
 
     def block_scheme(self, name) -> quant.Scheme | None:
-        """The quant.Scheme a 2-D tensor's blocks load as natively, or None (absent, other type)."""
-        if name not in self.tensors or len(self.tensors[name][0]) != 2:
+        """The quant.Scheme a 2-D tensor's blocks load as natively, or None (absent, other type,
+        values llama.cpp changed beyond a row order)."""
+        if name not in self.tensors or len(self.tensors[name][0]) != 2 or name in self.shifted or name in self.transposed:
             return None
         return NATIVE.get(self.type_name(name))
 
@@ -406,14 +499,24 @@ class GGUFCheckpoint:
         return tuple(None if a is None else self._unpermuted(name, a) for a in blocks(raw, type_id, shape))
 
 
+def _split_experts(name: str, shape: tuple, type_id: int, raw: np.ndarray) -> dict:
+    """{HF name: (shape, type, bytes)} of a tensor: an expert stack ("{}" in its name) as HF's
+    one tensor per expert (each a run of the stack's bytes), anything else as it is."""
+    if "{}" not in name:
+        return {name: (shape, type_id, raw)}
+    n = len(raw) // shape[0]
+    return {name.format(j): (shape[1:], type_id, raw[j * n : (j + 1) * n]) for j in range(shape[0])}
+
+
 def open_checkpoint(path: Path):
     """(tensors under HF names, config.json-shaped dict) of a .gguf file."""
     header = read_header(path)
     raw = config_from_metadata(header)
-    permuted = ARCHITECTURES[header.fields["general.architecture"]][1]
-    tensors = GGUFCheckpoint(header, raw, permuted)
+    tensors = GGUFCheckpoint(header, raw, ARCHITECTURES[_family(header.fields)[0]])
     if "rope_freqs.weight" in tensors.tensors:
         _rope_freqs(tensors, raw, header.path)
+    if {"rope_factors_long.weight", "rope_factors_short.weight"} & tensors.tensors.keys():
+        _longrope(tensors, raw, header)
     return tensors, raw
 
 
@@ -422,14 +525,41 @@ def _rope_freqs(tensors: GGUFCheckpoint, raw: dict, path: Path) -> None:
     rope_freqs.weight [head_dim / 2], by which it divides each rotary frequency; no metadata key
     says so. That is LongRoPE with equal short and long factors and no attention scaling, which
     is how it is read here (transformers' GGUF loader drops the tensor and the scaling with it)."""
-    shape, type_id, data = tensors.tensors.pop("rope_freqs.weight")
-    factors = dequantize(data, type_id)
-    if raw.get("rope_scaling") or len(shape) != 1 or not np.all(np.isfinite(factors)) or np.any(factors <= 0):
-        raise CheckpointError(f"{path}: rope_freqs.weight {list(shape)} comes with rope scaling metadata or holds "
-                              "non-positive factors: the file is damaged or written by an unknown converter")
-    values = [float(f) for f in factors]
+    values = _factors(tensors, "rope_freqs.weight", raw, path)
     raw["rope_scaling"] = {"rope_type": "longrope", "short_factor": values, "long_factor": values, "factor": 1.0,
                            "attention_factor": 1.0, "original_max_position_embeddings": raw["max_position_embeddings"]}
+
+
+def _longrope(tensors: GGUFCheckpoint, raw: dict, header: Header) -> None:
+    """Phi-3's LongRoPE (the 128k Phi-3s, Phi-3.5, Phi-4-mini): llama.cpp keeps its factors as tensors,
+    rope_factors_long / _short.weight, and the original context and attention factor as metadata:
+    config.json's longrope again (transformers' GGUF loader drops them all for plain rope, so its
+    logits differ at every position). Long or short factors go by the sequence's length, as in
+    transformers (llama.cpp picks them once, by its context size)."""
+    prefix = header.fields["general.architecture"]
+    long, short = (_factors(tensors, f"rope_factors_{kind}.weight", raw, header.path) for kind in ("long", "short"))
+    original = header.fields.get(f"{prefix}.rope.scaling.original_context_length")
+    if not original:
+        raise CheckpointError(f"GGUF metadata lacks {prefix}.rope.scaling.original_context_length (the file has rope "
+                              "factors): the file is incomplete; re-convert it with llama.cpp's convert_hf_to_gguf.py")
+    raw["rope_scaling"] = {"rope_type": "longrope", "short_factor": short, "long_factor": long,
+                           "original_max_position_embeddings": original}
+    attention = header.fields.get(f"{prefix}.rope.scaling.attn_factor")
+    if attention is not None:  # else transformers' own, from the two contexts (the converter's formula too)
+        raw["rope_scaling"]["attention_factor"] = _decimal(attention)
+
+
+def _factors(tensors: GGUFCheckpoint, name: str, raw: dict, path: Path) -> list[float]:
+    """The values of a rope factor tensor, taken out of the tensors (no parameter takes it)."""
+    if name not in tensors.tensors:
+        raise CheckpointError(f"{path} lacks {name} (it has the other rope factors): the file is incomplete; "
+                              "re-convert it with llama.cpp's convert_hf_to_gguf.py")
+    shape, type_id, data = tensors.tensors.pop(name)
+    factors = dequantize(data, type_id)
+    if raw.get("rope_scaling") or len(shape) != 1 or not np.all(np.isfinite(factors)) or np.any(factors <= 0):
+        raise CheckpointError(f"{path}: {name} {list(shape)} comes with rope scaling metadata or holds "
+                              "non-positive factors: the file is damaged or written by an unknown converter")
+    return [float(f) for f in factors]
 
 
 def load_tokenizer(path: Path):

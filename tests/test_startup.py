@@ -69,7 +69,7 @@ def test_header_and_tensors_match_the_gguf_reader(tmp_path):
     header, reader = gguf.Header(path), GGUFReader(path)
     assert {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")} == header.fields
     assert header.fields["t.bool"] is True and header.fields["t.strs"] == ["a", "", "ünï"]
-    ours = gguf.GGUFCheckpoint(header, {}, permuted=False)
+    ours = gguf.GGUFCheckpoint(header, {})
     for t in reader.tensors:
         assert ours.shape(t.name) == (6, 64)
         with np.errstate(all="ignore"):
