@@ -13,7 +13,7 @@ from gguf import GGMLQuantizationType, GGUFWriter, quants
 from jax.sharding import PartitionSpec as P
 
 import jaxllm
-from jaxllm import convert, loader
+from jaxllm import convert, gguf, loader
 from jaxllm.errors import CheckpointError, ConfigError
 from jaxllm.models import quant, registry, weights
 from jaxllm.random_model import random_model
@@ -490,3 +490,113 @@ def test_gguf_metadata_gaps(tmp_path):
     _tiny_gguf(tmp_path / "noheads.gguf", {}, drop=("attention.head_count",))
     with pytest.raises(CheckpointError, match=r"GGUF metadata lacks llama\.attention\.head_count: .* convert_hf_to_gguf"):
         jaxllm.load(tmp_path / "noheads.gguf", tokenizer=False)
+
+
+# -- GGUF architectures against transformers' own GGUF loader ---------------------------------
+
+def _attention(heads: int, kv: int, head_dim: int, e: int = 64) -> dict:
+    return dict(attn_q=(heads * head_dim, e), attn_k=(kv * head_dim, e), attn_v=(kv * head_dim, e),
+                attn_output=(e, heads * head_dim))
+
+
+_MLP = dict(ffn_gate=(128, 64), ffn_up=(128, 64), ffn_down=(64, 128))
+_ROPE = {"attention.head_count": 4, "attention.head_count_kv": 2, "rope.dimension_count": 16,
+         "attention.layer_norm_rms_epsilon": 1e-5, "rope.freq_base": 10000.0}
+_GEMMA = {"attention.head_count": 2, "attention.head_count_kv": 1, "attention.key_length": 256,
+          "attention.value_length": 256, "attention.layer_norm_rms_epsilon": 1e-6, "attention.sliding_window": 4,
+          "rope.freq_base": 10000.0}
+_GEMMA_LAYER = dict(_attention(2, 1, 256), **_MLP, attn_norm=(64,), post_attention_norm=(64,), ffn_norm=(64,),
+                    post_ffw_norm=(64,))
+# general.architecture -> (metadata without the prefix, top-level tensors, one layer's tensors, layers): as
+# llama.cpp's convert_hf_to_gguf.py writes them, shapes [out, in]
+GGUF_ARCHS = {
+    "llama": (_ROPE, dict(output=(96, 64)), dict(_attention(4, 2, 16), **_MLP, attn_norm=(64,), ffn_norm=(64,)), 2),
+    "qwen2": (_ROPE, {}, dict(_attention(4, 2, 16), **_MLP, attn_norm=(64,), ffn_norm=(64,),
+                              **{"attn_q.bias": (64,), "attn_k.bias": (32,), "attn_v.bias": (32,)}), 2),
+    # head_dim 128, as every Qwen3: transformers' GGUF loader reads no key_length for qwen3, its default it must be
+    "qwen3": (dict(_ROPE, **{"attention.key_length": 128, "rope.dimension_count": 128}), dict(output=(96, 64)),
+              dict(_attention(4, 2, 128), **_MLP, attn_norm=(64,), ffn_norm=(64,), attn_q_norm=(128,), attn_k_norm=(128,)), 2),
+    # transformers reads no expert width from the file: its default, 768 (Qwen3-30B-A3B's), it must be
+    "qwen3moe": (dict(_ROPE, **{"attention.key_length": 16, "expert_count": 4, "expert_used_count": 2,
+                                "expert_feed_forward_length": 768}), dict(output=(96, 64)),
+                 dict(_attention(4, 2, 16), attn_norm=(64,), ffn_norm=(64,), attn_q_norm=(16,), attn_k_norm=(16,),
+                      ffn_gate_inp=(4, 64), ffn_gate_exps=(4, 768, 64), ffn_up_exps=(4, 768, 64),
+                      ffn_down_exps=(4, 64, 768)), 2),
+    # Phi-3-mini-4k's window (llama.cpp and transformers' GGUF loader leave it off), fused qkv and gate_up
+    "phi3": (dict(_ROPE, **{"attention.sliding_window": 4, "rope.scaling.original_context_length": 256}),
+             dict(output=(96, 64)), dict(attn_qkv=(128, 64), attn_output=(64, 64), ffn_up=(256, 64), ffn_down=(64, 128),
+                                         attn_norm=(64,), ffn_norm=(64,)), 2),
+    # head_dim 256 as in every Gemma but the 27Bs: llama.cpp's attention scale is transformers' default there
+    "gemma2": (dict(_GEMMA, attn_logit_softcapping=50.0, final_logit_softcapping=30.0), {}, _GEMMA_LAYER, 2),
+    "gemma3": (dict(_GEMMA, **{"rope.freq_base": 1000000.0}), {},
+               dict(_GEMMA_LAYER, attn_q_norm=(256,), attn_k_norm=(256,)), 6),  # layer 5 global
+    "gpt2": ({"attention.head_count": 4, "attention.layer_norm_epsilon": 1e-5}, dict(position_embd=(1024, 64)),
+             {"attn_norm": (64,), "attn_norm.bias": (64,), "attn_qkv": (192, 64), "attn_qkv.bias": (192,),
+              "attn_output": (64, 64), "attn_output.bias": (64,), "ffn_norm": (64,), "ffn_norm.bias": (64,),
+              "ffn_up": (256, 64), "ffn_up.bias": (256,), "ffn_down": (64, 256), "ffn_down.bias": (64,)}, 2),
+}
+_FFN = {"gpt2": 256, "phi3": 128}
+
+
+def _arch_gguf(path: Path, arch: str, drop=(), extra: dict | None = None) -> None:
+    """A tiny GGUF (hidden 64, 96 tokens) of `arch` as GGUF_ARCHS has it, its types llama.cpp's
+    usual ones: 1-D tensors F32, layer 0's matrices Q8_0, the other matrices F16. `drop`: metadata
+    keys (without the prefix) or tensor names left out; `extra`: more tensors {name: float32 array}."""
+    meta, top, layer, layers = GGUF_ARCHS[arch]
+    rng = np.random.default_rng(5)
+    w = GGUFWriter(path, arch)
+    base = dict(embedding_length=64, block_count=layers, feed_forward_length=_FFN.get(arch, 128), context_length=1024,
+                vocab_size=96)
+    for key, value in {**base, **meta}.items():
+        if key not in drop:
+            (w.add_float32 if isinstance(value, float) else w.add_uint32)(f"{arch}.{key}", value)
+    w.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(96)])  # GPT-2's vocabulary size is its length
+    for key, value in dict(padding_token_id=0, bos_token_id=1, eos_token_id=2).items():  # else Phi-3's pad 32000
+        w.add_uint32(f"tokenizer.ggml.{key}", value)
+
+    def add(name, shape, kind):
+        norm = len(shape) == 1 and name.endswith("norm.weight")
+        x = ((1.0 if norm else 0.0) + rng.standard_normal(shape) * (0.1 if norm else 0.15)).astype(np.float32)
+        if name in drop:
+            return
+        if kind == "Q8_0":
+            w.add_tensor(name, quants.quantize(x, GGMLQuantizationType.Q8_0), raw_dtype=GGMLQuantizationType.Q8_0)
+        else:
+            w.add_tensor(name, x if kind == "F32" else x.astype(np.float16))
+
+    for name, shape in dict(token_embd=(96, 64), output_norm=(64,), **top).items():
+        add(name if "." in name else f"{name}.weight", shape, "F32" if len(shape) == 1 else "F16")
+    if arch == "gpt2":
+        add("output_norm.bias", (64,), "F32")
+    for i in range(layers):
+        for name, shape in layer.items():
+            add(f"blk.{i}.{name if '.' in name else name + '.weight'}", shape,
+                "F32" if len(shape) == 1 else "Q8_0" if i == 0 else "F16")
+    for name, value in (extra or {}).items():
+        w.add_tensor(name, np.asarray(value, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+GGUF_TOKENS = np.random.default_rng(1).integers(0, 96, (2, 12))  # longer than the Gemmas' window (4)
+
+
+@pytest.mark.parametrize("arch", sorted(GGUF_ARCHS))
+def test_gguf_logits_match_transformers_gguf_loader(arch, tmp_path):
+    """Each GGUF architecture we read, as transformers reads the same file (its GGUF loader:
+    names, q/k rows, Gemma's norms stored as 1 + w, GPT-2's transposed Conv1D weights, Phi-3's
+    fused tensors, Qwen3-MoE's expert stacks), float32 logits within 1e-4 of its largest."""
+    import reference
+    import torch
+    import transformers
+
+    _arch_gguf(tmp_path / "tiny.gguf", arch)
+    ours = jaxllm.load(tmp_path / "tiny.gguf", tokenizer=False)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="tiny.gguf", dtype=torch.float32,
+                                                               attn_implementation="eager").eval()
+    assert ours.config.architecture == type(theirs).__name__ == gguf.ARCHITECTURES[arch].hf
+    err = reference.max_rel_diff(ours.logits(GGUF_TOKENS), reference.torch_logits(theirs, GGUF_TOKENS))
+    print(f"{arch}: max rel diff {err:.2e}")
+    assert err <= 1e-4
