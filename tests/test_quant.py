@@ -538,16 +538,17 @@ GGUF_ARCHS = {
 _FFN = {"gpt2": 256, "phi3": 128}
 
 
-def _arch_gguf(path: Path, arch: str, drop=(), extra: dict | None = None) -> None:
+def _arch_gguf(path: Path, arch: str, drop=(), extra: dict | None = None, meta: dict | None = None) -> None:
     """A tiny GGUF (hidden 64, 96 tokens) of `arch` as GGUF_ARCHS has it, its types llama.cpp's
     usual ones: 1-D tensors F32, layer 0's matrices Q8_0, the other matrices F16. `drop`: metadata
-    keys (without the prefix) or tensor names left out; `extra`: more tensors {name: float32 array}."""
-    meta, top, layer, layers = GGUF_ARCHS[arch]
+    keys (without the prefix) or tensor names left out; `extra`: more tensors {name: float32 array};
+    `meta`: metadata {key without the prefix: value} over GGUF_ARCHS'."""
+    own, top, layer, layers = GGUF_ARCHS[arch]
     rng = np.random.default_rng(5)
     w = GGUFWriter(path, arch)
     base = dict(embedding_length=64, block_count=layers, feed_forward_length=_FFN.get(arch, 128), context_length=1024,
                 vocab_size=96)
-    for key, value in {**base, **meta}.items():
+    for key, value in {**base, **own, **(meta or {})}.items():
         if key not in drop:
             (w.add_float32 if isinstance(value, float) else w.add_uint32)(f"{arch}.{key}", value)
     w.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(96)])  # GPT-2's vocabulary size is its length
@@ -600,3 +601,92 @@ def test_gguf_logits_match_transformers_gguf_loader(arch, tmp_path):
     err = reference.max_rel_diff(ours.logits(GGUF_TOKENS), reference.torch_logits(theirs, GGUF_TOKENS))
     print(f"{arch}: max rel diff {err:.2e}")
     assert err <= 1e-4
+
+
+@pytest.mark.parametrize("arch", ["bert", "gemma", "gptneox", "olmo2"])
+def test_gguf_architectures_transformers_cannot_read_are_refused(arch, tmp_path):
+    """A GGUF architecture outside the table is refused in one line naming those it holds: BERT
+    (neither jaxllm nor transformers serves it), and Gemma 1, GPT-NeoX and OLMo2, families jaxllm
+    serves from safetensors whose GGUF files transformers does not read (no reference to hold
+    them to)."""
+    w = GGUFWriter(tmp_path / "other.gguf", arch)
+    w.add_uint32(f"{arch}.block_count", 2)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(CheckpointError, match=rf"^GGUF architecture '{arch}' is not supported; supported: gemma2, gemma3, "
+                                              "gpt2, llama, mistral, phi3, qwen2, qwen3, qwen3moe$"):
+        jaxllm.load(tmp_path / "other.gguf", tokenizer=False)
+
+
+def test_gguf_llama_with_experts_is_refused(tmp_path):
+    """A llama file with experts (llama.cpp's Mixtral) is refused in one line: transformers reads it
+    as a dense Llama, its experts dropped."""
+    _arch_gguf(tmp_path / "mixtral.gguf", "llama", meta={"expert_count": 8, "expert_used_count": 2})
+    with pytest.raises(CheckpointError, match=r"^GGUF llama file with 8 experts \(Mixtral\): not supported[^\n]*$"):
+        jaxllm.load(tmp_path / "mixtral.gguf", tokenizer=False)
+
+
+GGUF_GAPS = [  # (architecture, metadata key or tensor left out, the error)
+    ("qwen3moe", "expert_feed_forward_length", r"^GGUF metadata lacks qwen3moe\.expert_feed_forward_length: .* convert_hf_to_gguf"),
+    ("phi3", "attention.head_count", r"^GGUF metadata lacks phi3\.attention\.head_count: "),
+    ("gemma2", "feed_forward_length", r"^GGUF metadata lacks gemma2\.feed_forward_length: "),
+    ("gpt2", "block_count", r"^GGUF metadata lacks gpt2\.block_count: "),
+    ("phi3", "blk.1.attn_qkv.weight", r"\(1 problems\): missing model\.layers\.1\.self_attn\.qkv_proj\.weight \(expected shape \[128, 64\]\)$"),
+    ("gemma3", "blk.0.post_ffw_norm.weight", r"\(1 problems\): missing model\.layers\.0\.post_feedforward_layernorm\.weight "),
+    ("gpt2", "blk.1.attn_qkv.bias", r"\(1 problems\): missing transformer\.h\.1\.attn\.c_attn\.bias \(expected shape \[192\]\)$"),
+    ("qwen3moe", "blk.0.ffn_up_exps.weight", r"\(4 problems\): missing model\.layers\.0\.mlp\.experts\.0\.up_proj\.weight "),
+]
+
+
+@pytest.mark.parametrize("arch, drop, message", GGUF_GAPS, ids=[f"{a}-{d}" for a, d, _ in GGUF_GAPS])
+def test_gguf_gaps_of_new_architectures_are_one_line(arch, drop, message, tmp_path):
+    """A metadata key the architecture needs, or a tensor, left out: one line naming it, before any
+    tensor is read."""
+    _arch_gguf(tmp_path / "gap.gguf", arch, drop=(drop,))
+    with pytest.raises(CheckpointError, match=message) as err:
+        jaxllm.load(tmp_path / "gap.gguf", tokenizer=False)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("arch, meta, want", [
+    # llama.cpp scales Gemma's 27Bs (46 / 62 layers) by hidden / heads, the others by head_dim
+    ("gemma2", {"block_count": 46}, dict(query_pre_attn_scalar=32, attn_logit_softcapping=50.0)),
+    ("gemma3", {"block_count": 62}, dict(query_pre_attn_scalar=32)),
+    ("gemma2", {"final_logit_softcapping": 20.0}, dict(query_pre_attn_scalar=256, final_logit_softcapping=20.0)),
+    ("qwen3moe", {"expert_feed_forward_length": 32}, dict(moe_intermediate_size=32, num_experts=4, norm_topk_prob=True)),
+    ("phi3", {"rope.dimension_count": 12}, dict(partial_rotary_factor=0.75)),  # Phi-4-mini's
+], ids=["gemma2-27b", "gemma3-27b", "gemma2-softcap", "qwen3moe-width", "phi3-partial-rotary"])
+def test_gguf_metadata_transformers_drops_is_read(arch, meta, want, tmp_path):
+    """What llama.cpp reads from these files but transformers' GGUF loader leaves at its config
+    defaults (right for most releases, wrong for the rest), read as llama.cpp does."""
+    _arch_gguf(tmp_path / "meta.gguf", arch, meta=meta)
+    raw = gguf.config_from_metadata(gguf.Header(tmp_path / "meta.gguf"))
+    assert {k: raw.get(k) for k in want} == want
+
+
+def test_gguf_phi3_longrope_factors(tmp_path):
+    """Phi-3's LongRoPE (the 128k models, Phi-3.5, Phi-4-mini, here with its partial rotary factor):
+    llama.cpp's rope_factors_long / _short tensors, original context and attention factor read as
+    the config.json they came from; the logits are that config's on the same weights, and differ
+    from plain rope (which transformers' GGUF loader falls back to)."""
+    from jaxllm.models.config import parse_rope
+
+    rng = np.random.default_rng(3)
+    short, long = (1.0 + rng.uniform(0, 0.5, 4)).astype(np.float32).tolist(), (1.0 + rng.uniform(1, 8, 4)).astype(np.float32).tolist()
+    meta = {"rope.dimension_count": 8, "rope.scaling.original_context_length": 4, "rope.scaling.attn_factor": 1.5}
+    _arch_gguf(tmp_path / "long.gguf", "phi3", meta=meta,
+               extra={"rope_factors_long.weight": long, "rope_factors_short.weight": short})
+    _arch_gguf(tmp_path / "plain.gguf", "phi3", meta=meta)
+    scaled, plain = (jaxllm.load(tmp_path / f"{n}.gguf", tokenizer=False) for n in ("long", "plain"))
+    hf = {"rope_scaling": {"type": "longrope", "short_factor": short, "long_factor": long, "attention_factor": 1.5},
+          "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "max_position_embeddings": 1024,
+          "original_max_position_embeddings": 4}
+    assert scaled.config.rope == parse_rope(hf) and scaled.config.rotary_dim == 8
+    cfg = plain.config.replace(rope=parse_rope(hf))
+    graphdef, _ = loader.abstract_model(cfg, registry.get("Phi3ForCausalLM"), np.float32)
+    ref = np.asarray(loader.LoadedModel(cfg, graphdef, plain.params).logits(GGUF_TOKENS))
+    err = np.abs(np.asarray(scaled.logits(GGUF_TOKENS)) - ref).max()
+    assert err <= 1e-5 * np.abs(ref).max()
+    assert np.abs(np.asarray(plain.logits(GGUF_TOKENS)) - ref).max() > 100 * max(err, 1e-7)
