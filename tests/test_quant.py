@@ -550,7 +550,8 @@ def _arch_gguf(path: Path, arch: str, drop=(), extra: dict | None = None, meta: 
                 vocab_size=96)
     for key, value in {**base, **own, **(meta or {})}.items():
         if key not in drop:
-            (w.add_float32 if isinstance(value, float) else w.add_uint32)(f"{arch}.{key}", value)
+            add = w.add_string if isinstance(value, str) else w.add_float32 if isinstance(value, float) else w.add_uint32
+            add(f"{arch}.{key}", value)
     w.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(96)])  # GPT-2's vocabulary size is its length
     for key, value in dict(padding_token_id=0, bos_token_id=1, eos_token_id=2).items():  # else Phi-3's pad 32000
         w.add_uint32(f"tokenizer.ggml.{key}", value)
@@ -657,13 +658,17 @@ def test_gguf_gaps_of_new_architectures_are_one_line(arch, drop, message, tmp_pa
     ("gemma2", {"final_logit_softcapping": 20.0}, dict(query_pre_attn_scalar=256, final_logit_softcapping=20.0)),
     ("qwen3moe", {"expert_feed_forward_length": 32}, dict(moe_intermediate_size=32, num_experts=4, norm_topk_prob=True)),
     ("phi3", {"rope.dimension_count": 12}, dict(partial_rotary_factor=0.75)),  # Phi-4-mini's
-], ids=["gemma2-27b", "gemma3-27b", "gemma2-softcap", "qwen3moe-width", "phi3-partial-rotary"])
+    # Gemma 3 4B-27B: linear scaling on the global layers (the sliding ones keep their own base)
+    ("gemma3", {"rope.scaling.type": "linear", "rope.scaling.factor": 8.0}, dict(rope_scaling={"rope_type": "linear", "factor": 8.0})),
+], ids=["gemma2-27b", "gemma3-27b", "gemma2-softcap", "qwen3moe-width", "phi3-partial-rotary", "gemma3-rope-scaling"])
 def test_gguf_metadata_transformers_drops_is_read(arch, meta, want, tmp_path):
     """What llama.cpp reads from these files but transformers' GGUF loader leaves at its config
     defaults (right for most releases, wrong for the rest), read as llama.cpp does."""
     _arch_gguf(tmp_path / "meta.gguf", arch, meta=meta)
     raw = gguf.config_from_metadata(gguf.Header(tmp_path / "meta.gguf"))
     assert {k: raw.get(k) for k in want} == want
+    cfg = registry.get(gguf.ARCHITECTURES[arch].hf).config(raw)
+    assert (cfg.rope.factor, cfg.local_rope.factor if cfg.local_rope else 1.0) == ((8.0, 1.0) if "rope_scaling" in want else (1.0, 1.0))
 
 
 def test_gguf_phi3_longrope_factors(tmp_path):
