@@ -12,8 +12,12 @@ float detour (`GGUFCheckpoint.blocks`): int8 / int4 values in groups of 32 with 
 scales (Q4_1's minimum folded into a float32 offset), so the model computes with exactly the
 file's values (d * q, or d * q + m, in float32).
 
-llama.cpp stores Llama-family q/k projections with rows permuted for its rotary layout; we undo it
-so the weights are transformers' again.
+The architectures (ARCHITECTURES) are those jaxllm serves whose GGUF files transformers' GGUF
+loader reads too, and each reads as that loader reads it (tests/test_quant.py holds the two to the
+same logits). What llama.cpp changed on the way in is undone: Llama-family q/k rows permuted for its
+rotary layout, Gemma's norms stored as 1 + w, GPT-2's Conv1D weights transposed, Qwen3-MoE's experts
+stacked in one tensor; where that loader drops metadata llama.cpp reads (Phi-3's LongRoPE, Gemma
+27B's attention scale, ...), we read it as llama.cpp does.
 """
 
 from __future__ import annotations
@@ -50,8 +54,8 @@ class Family(NamedTuple):
 
 
 def _gemma_config(get, raw: dict) -> None:
-    """Gemma 2 and 3: llama.cpp's attention scale, 1 / sqrt(head_dim) but sqrt(hidden / heads) for the
-    27B, which it tells by its layer count (transformers' GGUF loader keeps its default 256: the
+    """Gemma 2 and 3: llama.cpp's attention scale, 1 / sqrt(head_dim) but 1 / sqrt(hidden / heads) for
+    the 27B, which it tells by its layer count (transformers' GGUF loader keeps its default 256: the
     same for the 2B-12B, wrong for the 27B); the window, soft caps where the file has them, else
     the family's defaults (transformers' loader ignores the soft caps, which equal its defaults)."""
     heads, hidden = raw["num_attention_heads"], raw["hidden_size"]
@@ -474,7 +478,7 @@ class GGUFCheckpoint:
         shape, type_id, raw = self.tensors[name]
         data = self._unpermuted(name, dequantize(raw, type_id).reshape(shape))
         if name in self.shifted:
-            data -= np.float32(self.shifted[name])
+            data = data - np.float32(self.shifted[name])
         return np.ascontiguousarray(data.T) if name in self.transposed else data
 
     def _unpermuted(self, name: str, data: np.ndarray) -> np.ndarray:
