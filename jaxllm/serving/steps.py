@@ -81,7 +81,7 @@ def steps(graphdef, chunk: int, attention: str, mesh, num_layers: int, num_kv_he
     # for each other (issue 15). Under dp's shard_map the steps see per-shard arrays: left as is.
     gather = sharding.replicated(mesh) if mesh is not None and dp is None else None
     prefill = functools.partial(_prefill, graphdef, counters, attention, gather)
-    decode = functools.partial(_decode, graphdef, counters, chunk, attention, dp, gather)
+    decode = functools.partial(_decode, graphdef, counters, chunk, attention, gather)
     score = functools.partial(_score, graphdef, counters, attention)
     sizes = tuple(range(9))  # _zero_state's arguments are all static
     if mesh is None:
@@ -191,16 +191,15 @@ def _prefill(graphdef, counters, attention, gather, kv_len, sampling, params, st
     return state, token, logprob, done
 
 
-def _decode(graphdef, counters, chunk, attention, dp, gather, kv_len, sampling, cascade, params, state: SlotState, table,
+def _decode(graphdef, counters, chunk, attention, gather, kv_len, sampling, cascade, params, state: SlotState, table,
             limit, stop, steps, shared, offsets):
     """Up to `steps` (a traced scalar <= chunk) decode steps over all slots. out[b, i] is the i-th new token of slot b in this call,
     or -1 once the slot is done or paused at its page limit. `cascade` (static): None, or
     (shared_keys, suffix_keys, others) for rows that begin with the pages shared [1, S / ps]
     (`offsets` [B] keys each; 0 for the others, which read their own tables; models/attention.py
-    PagedCache). `dp`: the mesh axis of the shards
-    (under shard_map) or None: every shard runs as many steps as the busiest, so the devices of
-    all shards meet the same collectives (tp's) the same number of times (one scalar sum over dp
-    per step)."""
+    PagedCache). Under dp's shard_map each shard loops while its own rows are busy: its devices
+    (a tp group, if any) share its rows, so they meet their collectives equally often, and no
+    shard waits on another's step."""
     counters.decode += 1
     model = nnx.merge(graphdef, params)
     b = state.tokens.shape[0]
@@ -235,8 +234,6 @@ def _decode(graphdef, counters, chunk, attention, dp, gather, kv_len, sampling, 
     out_lp = jnp.zeros((b, chunk), jnp.float32)
     def cond(c):
         busy = ~jnp.all(c[1].done | (c[1].positions >= c[1].limit))
-        if dp is not None:
-            busy = jax.lax.psum(busy.astype(jnp.int32), dp) > 0
         return (c[0] < jnp.minimum(steps, chunk)) & busy
 
     _, state, out, out_lp = jax.lax.while_loop(cond, body, (jnp.int32(0), state, out, out_lp))
