@@ -23,7 +23,8 @@ trash page, rounding) and of the decode slots, and every call's rows come in dp 
 i: shard i's rows). The steps run under `jax.shard_map` over 'dp' alone (weights replicated over
 it; tp and fsdp stay automatic, split as the rules say), with page ids and slot numbers local to
 the shard: no device reads another's pages or slots, so a step moves nothing across dp (the host
-reads back its few small outputs replicated).
+reads back its few small outputs replicated), and a shard's decode loop runs while its own rows
+are busy, never waiting on another shard's step.
 
 The state (pool and slots) is donated, so XLA updates it in place. Shapes are bucketed (rows,
 chunk length, keys read) so a workload meets few compiles; the jitted steps belong to the model's
