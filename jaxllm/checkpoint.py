@@ -406,9 +406,12 @@ class HFCheckpoint:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-def load_tokenizer(path: Path):
+def load_tokenizer(path: Path, vocab_size: int | None = None):
     """The checkpoint's tokenizer (transformers', for its tokenizer and chat template only), or None
-    when it ships none. `path` is a folder or a .gguf file."""
+    when it ships none. `path` is a folder or a .gguf file. With the model's `vocab_size`, a
+    tokenizer of only a few special tokens beside a real vocabulary is refused: transformers builds
+    one, silently, from a tokenizer_config.json whose vocabulary file (tokenizer.model) is missing,
+    and it encodes text to nothing."""
     path = Path(path)
     if path.is_file():  # GGUF: built from the file's metadata
         return gguf.load_tokenizer(path)
@@ -417,7 +420,13 @@ def load_tokenizer(path: Path):
     from transformers import AutoTokenizer  # a heavy import, paid only where a tokenizer is loaded
 
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        tok = AutoTokenizer.from_pretrained(str(path))
     except Exception as err:  # the tokenizers library reports a bad file as a bare Exception
         raise CheckpointError(f"the tokenizer in {path} could not be loaded ({type(err).__name__}: {' '.join(str(err).split())[:200]}): "
                               "fix or re-download its tokenizer files") from None
+    if vocab_size is not None and len(tok) < 32 and len(tok) * 8 < vocab_size:
+        present = [f for f in TOKENIZER_FILES if (path / f).exists()]
+        raise CheckpointError(f"the tokenizer in {path} holds only {len(tok)} tokens where the model has {vocab_size:,} "
+                              f"(its files: {', '.join(present)}): its vocabulary file (tokenizer.json or tokenizer.model) is "
+                              "missing: add it from the original checkpoint, or load with tokenizer=False and pass token ids")
+    return tok

@@ -365,8 +365,8 @@ def load(
     kv_dtype = resolve_kv_dtype(kv_dtype)
     p = prepare(path_or_id, dtype, mesh, quantize=quantize, group_size=group_size)
     p.check()
+    tok = checkpoint.load_tokenizer(p.source.path, p.config.vocab_size) if tokenizer else None  # before the weights: a bad one fails fast
     params = p.read(progress)
-    tok = checkpoint.load_tokenizer(p.source.path) if tokenizer else None
     return LoadedModel(p.config, p.graphdef, params, tok, p.source.generation_config, p.source.path, p.mesh,
                        quantize=p.quantize, kv_dtype=kv_dtype)
 

@@ -248,3 +248,16 @@ def test_deep_model_builds_in_linear_time():
     p = loader.plan(dict(TINY, num_hidden_layers=400))
     assert time.process_time() - start < 5.0
     assert p.config.num_layers == 400
+
+
+def test_a_tokenizer_without_its_vocabulary_is_refused(pristine, tmp_path):
+    """transformers builds a LlamaTokenizer of its 3 special tokens from a tokenizer_config.json
+    whose tokenizer.model is missing, and it encodes any text to no ids: refused by name, before
+    the weights are read."""
+    folder = spoiled(pristine, tmp_path, file("tokenizer_config.json", json.dumps(
+        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})))
+    with pytest.raises(CheckpointError, match=r"the tokenizer in .* holds only 3 tokens where the model has 32 \(its files: "
+                       r"tokenizer_config.json\): its vocabulary file \(tokenizer.json or tokenizer.model\) is missing") as info:
+        jaxllm.load(folder)
+    assert "\n" not in str(info.value)
+    assert jaxllm.load(folder, tokenizer=False).tokenizer is None
