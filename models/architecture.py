@@ -35,13 +35,28 @@ class Architecture:
     hf_defaults: dict = field(default_factory=dict)
     # The checkpoint's output head, which a tied model does not read (GPT-NeoX: embed_out.weight).
     head_name: str = "lm_head.weight"
+    # Whether transformers' modeling code of this family rotates part of each head
+    # (partial_rotary_factor: Phi-3 / Phi-4-mini, GPT-NeoX); the others ignore the key, and so do we.
+    partial_rotary: bool = False
 
     def config(self, raw: dict) -> ModelConfig:
         """The ModelConfig of a config.json dict, validated."""
-        raw = self.common_names({**self.hf_defaults, **check_config(raw)})
+        raw = check_config(raw)
+        if not self.partial_rotary:
+            raw = _without_partial_rotary(raw)
+        raw = self.common_names({**self.hf_defaults, **raw})
         require_fields(raw)
         return from_hf(raw, self.name, self.config_defaults(raw))
 
     def ignored(self, cfg: ModelConfig) -> tuple[str, ...]:
         """Regexes of checkpoint tensors this model does not read (a tied output head among them)."""
         return self.ignore + ((rf"^{re.escape(self.head_name)}$",) if cfg.tie_word_embeddings else ())
+
+
+def _without_partial_rotary(raw: dict) -> dict:
+    """config.json without partial_rotary_factor, top-level or in rope_parameters / rope_scaling."""
+    raw = {k: v for k, v in raw.items() if k != "partial_rotary_factor"}
+    for key in ("rope_parameters", "rope_scaling"):
+        if isinstance(raw.get(key), dict):
+            raw[key] = {k: v for k, v in raw[key].items() if k != "partial_rotary_factor"}
+    return raw

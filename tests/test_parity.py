@@ -126,6 +126,9 @@ SPELLINGS = {
     "gemma3-v4-scaling-no-theta": ("Gemma3ForCausalLM", {}, _edit(("rope_parameters", "rope_theta"), rope_local_base_freq=10000.0,
                                                                   rope_scaling={"rope_type": "linear", "factor": 8.0})),
     "mixtral-default-theta": ("MixtralForCausalLM", {}, _edit(("rope_parameters", "rope_theta"))),
+    # a key the family's modeling code ignores: every head rotates whole (transformers' Llama, Qwen3)
+    "llama-ignores-partial-rotary": ("LlamaForCausalLM", {}, _edit(partial_rotary_factor=0.5)),
+    "qwen3-ignores-partial-rotary": ("Qwen3ForCausalLM", {}, _edit(partial_rotary_factor=0.5)),
 }
 
 
