@@ -210,15 +210,17 @@ def encode_messages(tokenizer, messages: list[dict]) -> list[int]:
     try:
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     except jinja2.TemplateSyntaxError as err:  # the template itself does not parse
-        raise InputError(f"the tokenizer's chat template is invalid (line {err.lineno}: {err.message}): fix chat_template "
-                         "in its tokenizer_config.json, or generate without it (--no-chat, chat=False)") from None
+        raise InputError(f"the tokenizer's chat template is invalid (line {err.lineno}: {err.message}): fix the template "
+                         "(chat_template in tokenizer_config.json, or a GGUF's tokenizer.chat_template), or generate without it "
+                         "(--no-chat, chat=False)") from None
     except jinja2.TemplateError as err:  # the template's raise_exception(...): these messages are not for it
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise InputError(f"the chat template refused the messages: {first}") from None
     except Exception as err:  # the template failed while rendering (a TypeError inside it, ...)
         first = (str(err).strip().splitlines() or [""])[0][:200]
-        raise InputError(f"the chat template failed on these messages ({type(err).__name__}: {first}): fix chat_template "
-                         "in its tokenizer_config.json, or generate without it (--no-chat, chat=False)") from None
+        raise InputError(f"the chat template failed on these messages ({type(err).__name__}: {first}): fix the template "
+                         "(chat_template in tokenizer_config.json, or a GGUF's tokenizer.chat_template), or generate without it "
+                         "(--no-chat, chat=False)") from None
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

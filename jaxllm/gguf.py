@@ -70,9 +70,14 @@ def _gemma_config(get, raw: dict) -> None:
 def _phi3_config(get, raw: dict) -> None:
     """Phi-3 / Phi-4: a rotary part of the head (Phi-4-mini's 3/4), which transformers' GGUF loader
     drops. Its window: none, as llama.cpp (which disabled it) and transformers' GGUF loader read it."""
-    head_dim = raw.get("head_dim") or raw["hidden_size"] // raw["num_attention_heads"]
-    rotary = get("rope.dimension_count")
-    if rotary and rotary != head_dim:
+    hidden, heads, rotary = raw["hidden_size"], raw["num_attention_heads"], get("rope.dimension_count")
+    if rotary is not None and (not isinstance(rotary, int) or isinstance(rotary, bool) or rotary < 1):
+        raise CheckpointError(f"GGUF phi3.rope.dimension_count is {rotary!r}, not a positive whole number: the file is "
+                              "damaged: re-convert it with llama.cpp's convert_hf_to_gguf.py")
+    if not all(isinstance(v, int) and v > 0 for v in (hidden, heads, rotary)) or (not raw.get("head_dim") and hidden % heads):
+        return  # nothing to derive from: the config's checks name the bad value
+    head_dim = raw.get("head_dim") or hidden // heads
+    if rotary != head_dim:
         raw["partial_rotary_factor"] = rotary / head_dim
 
 
@@ -80,7 +85,11 @@ def _moe_config(get, raw: dict) -> None:
     """Qwen3-MoE: every layer routed; the top-k weights renormalised, as llama.cpp does (and
     transformers' GGUF loader); the experts' width from the file (transformers' loader keeps its
     default 768, the 30B-A3B's)."""
-    raw.update(num_experts=get("expert_count"), num_experts_per_tok=get("expert_used_count"),
+    experts = get("expert_count")
+    if not isinstance(experts, int) or isinstance(experts, bool) or experts < 1:
+        raise CheckpointError(f"GGUF qwen3moe.expert_count is {experts!r}: a Qwen3-MoE file has at least one expert; the file "
+                              "is damaged: re-convert it with llama.cpp's convert_hf_to_gguf.py")
+    raw.update(num_experts=experts, num_experts_per_tok=get("expert_used_count"),
                moe_intermediate_size=get("expert_feed_forward_length"), norm_topk_prob=True)
 
 
@@ -548,6 +557,7 @@ def _longrope(tensors: GGUFCheckpoint, raw: dict, header: Header) -> None:
                               "factors): the file is incomplete; re-convert it with llama.cpp's convert_hf_to_gguf.py")
     raw["rope_scaling"] = {"rope_type": "longrope", "short_factor": short, "long_factor": long,
                            "original_max_position_embeddings": original}
+    raw["original_max_position_embeddings"] = original  # where Phi3Config reads it (a config.json written back)
     attention = header.fields.get(f"{prefix}.rope.scaling.attn_factor")
     if attention is not None:  # else transformers' own, from the two contexts (the converter's formula too)
         raw["rope_scaling"]["attention_factor"] = _decimal(attention)
@@ -573,8 +583,13 @@ def load_tokenizer(path: Path):
     imports torch, and the runtime must not need torch. Building it costs about a second, so what
     it gives is kept in TOKENIZER_CACHE (keyed by the file's path, size and mtime and the
     transformers version), and later loads read that (0.1 s, without importing transformers)."""
-    if "tokenizer.ggml.model" not in read_header(path).fields:  # no tokenizer in the file: as a folder without tokenizer files
+    fields = read_header(path).fields
+    if "tokenizer.ggml.model" not in fields:  # no tokenizer in the file: as a folder without tokenizer files
         return None
+    template = fields.get("tokenizer.chat_template")
+    if template is not None and not isinstance(template, str):
+        raise CheckpointError(f"{path.name}: GGUF tokenizer.chat_template is {type(template).__name__}, not text: the file is "
+                              "damaged; re-convert it, or load with tokenizer=False and pass token ids")
     folder = _tokenizer_folder(path, tokenizing.transformers_version())
 
     def from_entry():

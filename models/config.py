@@ -424,7 +424,8 @@ def _validated(cfg: ModelConfig) -> ModelConfig:
     if "sliding_attention" in cfg.layer_types and not cfg.sliding_window:
         raise ConfigError("config.json asks for sliding_attention layers but sets no 'sliding_window': add it")
     if cfg.rotary_dim % 2:
-        raise ConfigError(f"rotary dimension {cfg.rotary_dim} (head_dim x partial_rotary_factor) must be even")
+        raise ConfigError(f"rotary dimension {cfg.rotary_dim} (head_dim {cfg.head_dim} x partial_rotary_factor "
+                          f"{cfg.rope.partial_rotary_factor:g}) must be even: correct partial_rotary_factor")
     for rope in (cfg.rope, cfg.local_rope):
         for key in ("short_factor", "long_factor"):
             factors = getattr(rope, key, None)

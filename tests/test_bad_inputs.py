@@ -504,7 +504,8 @@ def test_context_length_reads_rope_scaling(rope, expected):
 
 
 @pytest.mark.parametrize("template, match", [
-    ("{{ messages }", r"the tokenizer's chat template is invalid \(line 1: .*\): fix chat_template in its tokenizer_config.json"),
+    ("{{ messages }", r"the tokenizer's chat template is invalid \(line 1: .*\): fix the template \(chat_template in "
+                        r"tokenizer_config.json, or a GGUF's tokenizer.chat_template\)"),
     ("{{ raise_exception('Conversation roles must alternate') }}",
      "the chat template refused the messages: Conversation roles must alternate"),
 ])

@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec as P
 
 import jaxllm
 from jaxllm import convert, gguf, loader
-from jaxllm.errors import CheckpointError, ConfigError
+from jaxllm.errors import CheckpointError, ConfigError, JaxllmError
 from jaxllm.models import quant, registry, weights
 from jaxllm.random_model import random_model
 
@@ -651,6 +651,25 @@ def test_gguf_gaps_of_new_architectures_are_one_line(arch, drop, message, tmp_pa
     assert "\n" not in str(err.value)
 
 
+GGUF_BAD_VALUES = [  # (architecture, metadata over GGUF_ARCHS', the error)
+    ("phi3", {"attention.head_count": 0}, r"'num_attention_heads' must be a positive integer .* got 0"),
+    ("phi3", {"attention.head_count": 5, "attention.head_count_kv": 1}, "hidden_size=64 is not divisible by num_attention_heads=5"),
+    ("phi3", {"rope.dimension_count": "16"}, r"GGUF phi3\.rope\.dimension_count is '16', not a positive whole number"),
+    ("phi3", {"rope.dimension_count": 7}, r"rotary dimension 7 \(head_dim 16 x partial_rotary_factor 0\.4375\) must be even"),
+    ("qwen3moe", {"expert_count": 0}, r"GGUF qwen3moe\.expert_count is 0: a Qwen3-MoE file has at least one expert"),
+]
+
+
+@pytest.mark.parametrize("arch, meta, message", GGUF_BAD_VALUES, ids=[f"{a}-{'-'.join(m)}" for a, m, _ in GGUF_BAD_VALUES])
+def test_gguf_bad_metadata_values_are_one_line(arch, meta, message, tmp_path):
+    """Metadata of the wrong type or value, which the family's own reading (Phi-3's rotary part,
+    Qwen3-MoE's experts) meets before the config's checks: one line naming it."""
+    _arch_gguf(tmp_path / "bad.gguf", arch, meta=meta)
+    with pytest.raises(JaxllmError, match=message) as err:
+        jaxllm.load(tmp_path / "bad.gguf", tokenizer=False)
+    assert "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("arch, meta, want", [
     # llama.cpp scales Gemma's 27Bs (46 / 62 layers) by hidden / heads, the others by head_dim
     ("gemma2", {"block_count": 46}, dict(query_pre_attn_scalar=32, attn_logit_softcapping=50.0)),
@@ -695,3 +714,13 @@ def test_gguf_phi3_longrope_factors(tmp_path):
     err = np.abs(np.asarray(scaled.logits(GGUF_TOKENS)) - ref).max()
     assert err <= 1e-5 * np.abs(ref).max()
     assert np.abs(np.asarray(plain.logits(GGUF_TOKENS)) - ref).max() > 100 * max(err, 1e-7)
+    # written back as a Hugging Face folder, transformers reads the same LongRoPE (Phi3Config takes
+    # the original context from the top level of config.json)
+    import torch
+    import transformers
+
+    assert convert.main([str(tmp_path / "long.gguf"), str(tmp_path / "hf"), "--to-hf"]) == 0
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    with torch.no_grad():
+        theirs = hf_model(torch.tensor(GGUF_TOKENS)).logits.numpy()
+    assert np.abs(np.asarray(scaled.logits(GGUF_TOKENS)) - theirs).max() <= 1e-4 * np.abs(theirs).max()

@@ -88,8 +88,9 @@ def test_bad_gguf_file_is_one_error(tmp_path, gguf_path, spoil):
         gguf.open_checkpoint(path)
 
 
-def _tiny_gguf(path, heads=4, tokenizer=None):
-    """A one-layer Llama GGUF with random float32 weights; `tokenizer`: its tokenizer.ggml.* fields."""
+def _tiny_gguf(path, heads=4, tokenizer=None, extra=None):
+    """A one-layer Llama GGUF with random float32 weights; `tokenizer`: its tokenizer.ggml.* fields;
+    `extra`: more metadata {key: int}."""
     w = GGUFWriter(str(path), "llama")
     for key, value in (("embedding_length", 16), ("feed_forward_length", 24), ("block_count", 1),
                        ("attention.head_count_kv", 2), ("context_length", 64)):
@@ -99,6 +100,8 @@ def _tiny_gguf(path, heads=4, tokenizer=None):
     w.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(32)])
     for key, value in (tokenizer or {}).items():
         (w.add_string if isinstance(value, str) else w.add_array)(f"tokenizer.ggml.{key}", value)
+    for key, value in (extra or {}).items():
+        w.add_uint32(key, value)
     rng = np.random.default_rng(0)
     shapes = {"token_embd.weight": (32, 16), "output_norm.weight": (16,), "output.weight": (32, 16),
               "blk.0.attn_norm.weight": (16,), "blk.0.ffn_norm.weight": (16,), "blk.0.attn_q.weight": (16, 16),
@@ -116,6 +119,8 @@ def _tiny_gguf(path, heads=4, tokenizer=None):
 @pytest.mark.parametrize("fields, message", [
     (dict(tokenizer={"model": "bert"}), "tokenizer.ggml.model 'bert'"),
     (dict(tokenizer={"model": "llama"}), "tokenizer.ggml.model 'llama'; KeyError: 'scores'"),  # no scores
+    (dict(tokenizer={"model": "gpt2"}, extra={"tokenizer.chat_template": 5}),
+     "^tiny.gguf: GGUF tokenizer.chat_template is int, not text: the file is damaged"),
     (dict(heads=[4]), "^tiny.gguf: its metadata, read as config.json fields, is invalid: 'num_attention_heads' must be a positive "
                       "integer .*, got \\[4\\]: the file is damaged or was written wrongly$"),
 ])
