@@ -97,6 +97,7 @@ def _gpt2_config(get, raw: dict) -> None:
     """GPT-2: LayerNorm's epsilon; learned positions, no rope."""
     del raw["rms_norm_eps"], raw["rope_theta"]
     raw["layer_norm_epsilon"] = _decimal(get("attention.layer_norm_epsilon", 1e-5))
+    raw["n_inner"] = raw["intermediate_size"]  # GPT2Config's name for it (a config.json written back; it ignores ours)
 
 
 _GEMMA_NAMES = {"ffn_norm": "pre_feedforward_layernorm", "post_attention_norm": "post_attention_layernorm",

@@ -677,9 +677,10 @@ def test_gguf_bad_metadata_values_are_one_line(arch, meta, message, tmp_path):
     ("gemma2", {"final_logit_softcapping": 20.0}, dict(query_pre_attn_scalar=256, final_logit_softcapping=20.0)),
     ("qwen3moe", {"expert_feed_forward_length": 32}, dict(moe_intermediate_size=32, num_experts=4, norm_topk_prob=True)),
     ("phi3", {"rope.dimension_count": 12}, dict(partial_rotary_factor=0.75)),  # Phi-4-mini's
+    ("gpt2", {"feed_forward_length": 128}, dict(intermediate_size=128, n_inner=128)),  # GPT2Config's name, for --to-hf
     # Gemma 3 4B-27B: linear scaling on the global layers (the sliding ones keep their own base)
     ("gemma3", {"rope.scaling.type": "linear", "rope.scaling.factor": 8.0}, dict(rope_scaling={"rope_type": "linear", "factor": 8.0})),
-], ids=["gemma2-27b", "gemma3-27b", "gemma2-softcap", "qwen3moe-width", "phi3-partial-rotary", "gemma3-rope-scaling"])
+], ids=["gemma2-27b", "gemma3-27b", "gemma2-softcap", "qwen3moe-width", "phi3-partial-rotary", "gpt2-width", "gemma3-rope-scaling"])
 def test_gguf_metadata_transformers_drops_is_read(arch, meta, want, tmp_path):
     """What llama.cpp reads from these files but transformers' GGUF loader leaves at its config
     defaults (right for most releases, wrong for the rest), read as llama.cpp does."""
