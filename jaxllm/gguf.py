@@ -501,14 +501,15 @@ class GGUFCheckpoint:
 
     def block_scheme(self, name) -> quant.Scheme | None:
         """The quant.Scheme a 2-D tensor's blocks load as natively, or None (absent, other type,
-        values llama.cpp changed beyond a row order)."""
-        if name not in self.tensors or len(self.tensors[name][0]) != 2 or name in self.shifted or name in self.transposed:
+        values llama.cpp changed beyond a row order). The blocks run along the stored rows, [out,
+        in] (for a `transposed` tensor the reverse of HF's layout)."""
+        if name not in self.tensors or len(self.tensors[name][0]) != 2 or name in self.shifted:
             return None
         return NATIVE.get(self.type_name(name))
 
     def blocks(self, name):
-        """(values, scales, offsets or None) of a Q8_0 / Q4_0 / Q4_1 tensor in HF layout (`blocks`),
-        rows unpermuted as `get` does."""
+        """(values, scales, offsets or None) of a Q8_0 / Q4_0 / Q4_1 tensor as stored, [out, in]
+        (`blocks`), rows unpermuted as `get` does."""
         shape, type_id, raw = self.tensors[name]
         return tuple(None if a is None else self._unpermuted(name, a) for a in blocks(raw, type_id, shape))
 

@@ -24,7 +24,7 @@ import operator
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -235,11 +235,39 @@ def _quantization(arch, cfg, source, quantize, group_size):
     own = None if quantize == "gguf" else quant.scheme(quantize, group_size)
     native, schemes = {}, {}
     for spec in arch.weight_map(cfg):
-        if isinstance(spec.hf_name, str) and isinstance(spec.transform, weights.Linear):
-            block = tensors.block_scheme(spec.hf_name)
-            if block is not None and (quantize == "gguf" or block.bits == own.bits):
-                native[spec.path], schemes[spec.path] = spec.hf_name, block
+        source = _block_source(spec, tensors)
+        blocks = {tensors.block_scheme(name) for name in spec.hf_names}
+        block = blocks.pop() if len(blocks) == 1 else None
+        if source is not None and block is not None and (quantize == "gguf" or block.bits == own.bits):
+            native[spec.path], schemes[spec.path] = source, block
     return (lambda path: schemes.get(path, own)), native, quantize
+
+
+class BlockSource(NamedTuple):
+    """Where a kernel's integers come from in a GGUF file, as stored ([out, in] rows, the groups
+    along in): the tensors (one, or an expert stack's), a Part's rows of a fused one, and whether
+    the kernel keeps them transposed ([in, out]: MoE experts)."""
+
+    names: tuple
+    part: weights.Part | None = None
+    transpose: bool = False
+
+
+def _block_source(spec, tensors) -> BlockSource | None:
+    """The BlockSource of a kernel whose layout the file's blocks fill as they are: nn.Linear
+    weights (whole, or a fused one's rows: Phi-3's qkv_proj, gate_up_proj), Conv1D weights the
+    file stores [out, in] (GPT-2, whole or c_attn's columns), expert stacks; else None."""
+    t, names = spec.transform, spec.hf_names
+    stored_reversed = all(name in tensors.transposed for name in names)  # the file holds HF's [in, out] as [out, in]
+    if isinstance(t, weights.Stack) and t.inner == weights.Transpose(1) and not stored_reversed:
+        return BlockSource(names, transpose=True)
+    if len(names) != 1:
+        return None
+    part = t if isinstance(t, weights.Part) else None
+    inner = part.inner if part else t
+    rows = (isinstance(inner, weights.Linear) and not stored_reversed and (part is None or part.axis == 0)) or (
+        isinstance(inner, weights.Transpose) and stored_reversed and (part is None or part.axis == 1))
+    return BlockSource(names, part) if rows else None
 
 
 def _saved_quantization(source, quantize):
@@ -282,9 +310,9 @@ def _read_gguf_blocks(p: Plan, progress):
                                 p.shardings, progress)
     leaves = weights.flat_params(p.abstract)
     filled = {}
-    for path, name in p.native.items():
+    for path, source in p.native.items():
         scale_path, offset_path = (path[:-1] + (n,) for n in quant.scale_names(path[-1]))
-        q, scale, offset = tensors.blocks(name)
+        q, scale, offset = _stored_blocks(tensors, source, leaves[path].shape)
         parts = {path: q.reshape(leaves[path].shape), scale_path: scale.reshape(leaves[scale_path].shape)}
         if offset is not None:
             parts[offset_path] = offset.reshape(leaves[offset_path].shape)
@@ -292,8 +320,22 @@ def _read_gguf_blocks(p: Plan, progress):
             filled[key] = jax.block_until_ready(weights.place(host, (p.shardings or {}).get(key)))
         nbytes = int(sum(quant.bytes_of(host) for host in parts.values()))
         del q, scale, offset, parts
-        weights.report(progress, name, nbytes)  # a bar that counts bytes was told the float tensors' by load_params
+        weights.report(progress, source.names[0], nbytes)  # a bar that counts bytes was told the float tensors' by load_params
     return weights.unflatten_into(state, filled)
+
+
+def _stored_blocks(tensors, source: BlockSource, shape: tuple) -> tuple:
+    """(values, scales, offsets or None) of a kernel of `shape` from the file's blocks: a Part's
+    rows, or an expert stack's tensors each turned [in, out] and stacked."""
+    if source.transpose:
+        each = [tensors.blocks(name) for name in source.names]
+        return tuple(None if each[0][i] is None else np.stack([np.ascontiguousarray(b[i].T) for b in each]) for i in range(3))
+    blocks = tensors.blocks(source.names[0])
+    if source.part is None:
+        return blocks
+    start = source.part.offset
+    stop = start + source.part.inner.hf_shape(shape)[source.part.axis]
+    return tuple(None if a is None else a[start:stop] for a in blocks)
 
 
 def open_checkpoint(path_or_id):

@@ -538,11 +538,13 @@ GGUF_ARCHS = {
 _FFN = {"gpt2": 256, "phi3": 128}
 
 
-def _arch_gguf(path: Path, arch: str, drop=(), extra: dict | None = None, meta: dict | None = None) -> None:
+def _arch_gguf(path: Path, arch: str, drop=(), extra: dict | None = None, meta: dict | None = None,
+               matrices: str | None = None) -> None:
     """A tiny GGUF (hidden 64, 96 tokens) of `arch` as GGUF_ARCHS has it, its types llama.cpp's
-    usual ones: 1-D tensors F32, layer 0's matrices Q8_0, the other matrices F16. `drop`: metadata
-    keys (without the prefix) or tensor names left out; `extra`: more tensors {name: float32 array};
-    `meta`: metadata {key without the prefix: value} over GGUF_ARCHS'."""
+    usual ones: 1-D tensors F32, layer 0's matrices Q8_0, the other matrices F16 (`matrices`: every
+    layer's matrices of that type instead, e.g. "Q4_1"). `drop`: metadata keys (without the prefix)
+    or tensor names left out; `extra`: more tensors {name: float32 array}; `meta`: metadata {key
+    without the prefix: value} over GGUF_ARCHS'."""
     own, top, layer, layers = GGUF_ARCHS[arch]
     rng = np.random.default_rng(5)
     w = GGUFWriter(path, arch)
@@ -561,8 +563,8 @@ def _arch_gguf(path: Path, arch: str, drop=(), extra: dict | None = None, meta: 
         x = ((1.0 if norm else 0.0) + rng.standard_normal(shape) * (0.1 if norm else 0.15)).astype(np.float32)
         if name in drop:
             return
-        if kind == "Q8_0":
-            w.add_tensor(name, quants.quantize(x, GGMLQuantizationType.Q8_0), raw_dtype=GGMLQuantizationType.Q8_0)
+        if kind.startswith("Q"):
+            w.add_tensor(name, quants.quantize(x, GGMLQuantizationType[kind]), raw_dtype=GGMLQuantizationType[kind])
         else:
             w.add_tensor(name, x if kind == "F32" else x.astype(np.float16))
 
@@ -573,7 +575,7 @@ def _arch_gguf(path: Path, arch: str, drop=(), extra: dict | None = None, meta: 
     for i in range(layers):
         for name, shape in layer.items():
             add(f"blk.{i}.{name if '.' in name else name + '.weight'}", shape,
-                "F32" if len(shape) == 1 else "Q8_0" if i == 0 else "F16")
+                "F32" if len(shape) == 1 else matrices or ("Q8_0" if i == 0 else "F16"))
     for name, value in (extra or {}).items():
         w.add_tensor(name, np.asarray(value, np.float32))
     w.write_header_to_file()
@@ -649,6 +651,22 @@ def test_gguf_gaps_of_new_architectures_are_one_line(arch, drop, message, tmp_pa
     with pytest.raises(CheckpointError, match=message) as err:
         jaxllm.load(tmp_path / "gap.gguf", tokenizer=False)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("arch, kind", [("gpt2", "Q8_0"), ("phi3", "Q4_1"), ("qwen3moe", "Q4_0"), ("gemma2", "Q8_0")])
+def test_gguf_blocks_fill_every_kernel_as_they_are(arch, kind, tmp_path):
+    """quantize="gguf" takes the file's blocks for every layer kernel, whatever its HF layout: GPT-2's
+    Conv1D weights (stored [out, in] in the file), Phi-3's fused qkv / gate_up rows, Qwen3-MoE's
+    expert stacks (each expert turned [in, out]); the logits are the float load's (the same
+    values), and the bytes those of the blocks."""
+    _arch_gguf(tmp_path / "q.gguf", arch, matrices=kind)
+    dense = jaxllm.load(tmp_path / "q.gguf", tokenizer=False)
+    blocks = jaxllm.load(tmp_path / "q.gguf", tokenizer=False, quantize="gguf")
+    floats, packed = weights.flat_params(dense.params), weights.flat_params(blocks.params)
+    kernels = [p for p, x in floats.items() if "layers" in p and x.ndim >= 2 and p[-1] != "bias" and p[-2:] != ("gate", "kernel")]  # routers stay float
+    assert kernels and all(quant.is_quantized(packed[p].dtype) for p in kernels), [p for p in kernels if not quant.is_quantized(packed[p].dtype)]
+    ref = np.asarray(dense.logits(GGUF_TOKENS))
+    assert np.abs(np.asarray(blocks.logits(GGUF_TOKENS)) - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
 GGUF_BAD_VALUES = [  # (architecture, metadata over GGUF_ARCHS', the error)
