@@ -71,8 +71,8 @@ class SamplingParams:
         defaults = dict(
             max_new_tokens=gen.get("max_new_tokens") or 256,
             temperature=float(1.0 if gen.get("temperature") is None else gen["temperature"]) if sampled else 0.0,
-            top_k=int(gen.get("top_k", 50) or 0) if sampled else 0,
-            top_p=float(gen.get("top_p", 1.0) or 1.0) if sampled else 1.0,
+            top_k=(50 if gen.get("top_k") is None else int(gen["top_k"])) if sampled else 0,  # null: transformers' 50
+            top_p=(1.0 if gen.get("top_p") is None else float(gen["top_p"])) if sampled else 1.0,  # 0.0: the top token
             min_p=float(gen.get("min_p") or 0.0) if sampled else 0.0,
             repetition_penalty=float(gen.get("repetition_penalty") or 1.0),
         )
@@ -102,8 +102,8 @@ class SamplingParams:
         if not _whole(self.top_k) or not 0 <= self.top_k <= MAX_TOKENS:  # int32 on the device
             bad("top_k", self.top_k, f"use 0 to disable or a whole number from 1 to {MAX_TOKENS} "
                                      "(one above the vocabulary's size keeps every token)")
-        if not _finite(self.top_p) or not 0 < self.top_p <= 1:
-            bad("top_p", self.top_p, "use a number in (0, 1]; 1 disables it")
+        if not _finite(self.top_p) or not 0 <= self.top_p <= 1:
+            bad("top_p", self.top_p, "use a number in [0, 1]; 1 disables it, 0 keeps only the most likely token")
         if not _finite(self.min_p) or not 0 <= self.min_p <= 1:
             bad("min_p", self.min_p, "use a number in [0, 1]; 0 disables it")
         if not _finite(self.repetition_penalty) or self.repetition_penalty <= 0:
@@ -203,17 +203,22 @@ def sample(logits, seen, rp: RowParams, step, sampling: bool = True):
 
 def filter_mask(logits, top_k, top_p, min_p):
     """[B, V] True for tokens that survive top-k, then top-p, then min-p (each disabled by its
-    neutral value). Each filter is a threshold on the logit, found from one descending sort."""
+    neutral value), as transformers' warpers choose them, ties included: top-k keeps every token
+    tied with the k-th; top-p keeps tokens by rank until the mass above them reaches top_p (of
+    tied tokens only as many as that needs: the later ones in the vocabulary, where transformers'
+    ascending sort puts them last), and is off at 1; min-p keeps what is within a factor of the
+    most likely. One stable sort of the vocabulary per row."""
     v = logits.shape[-1]
-    ordered = jnp.sort(logits, axis=-1)[:, ::-1]
+    order = jnp.argsort(logits, axis=-1, stable=True)[:, ::-1]  # descending; of equal logits the later first
+    ordered = jnp.take_along_axis(logits, order, axis=-1)
     rank = jnp.arange(v)[None, :]
     k = jnp.where(top_k > 0, jnp.minimum(top_k, v), v)[:, None]
-    ordered = jnp.where(rank < k, ordered, -jnp.inf)
-    kth = jnp.take_along_axis(ordered, k - 1, axis=-1)
+    in_k = ordered >= jnp.take_along_axis(ordered, k - 1, axis=-1)
+    ordered = jnp.where(in_k, ordered, -jnp.inf)
     probs = jax.nn.softmax(ordered, axis=-1)
     before = jnp.cumsum(probs, axis=-1) - probs  # probability mass ranked above each token
-    in_p = ((before < top_p[:, None]) | (rank == 0)) & (rank < k)  # the top token always: a top_p that is 0 in float32 keeps it
-    p_threshold = jnp.min(jnp.where(in_p, ordered, jnp.inf), axis=-1, keepdims=True)
+    in_p = (before < top_p[:, None]) | (rank == 0) | (top_p[:, None] >= 1)  # the top token always
     min_p_threshold = ordered[:, :1] + jnp.log(jnp.maximum(min_p, 1e-30))[:, None]
-    min_p_threshold = jnp.where(min_p[:, None] > 0, min_p_threshold, -jnp.inf)
-    return (logits >= kth) & (logits >= p_threshold) & (logits >= min_p_threshold)
+    in_min_p = (min_p[:, None] <= 0) | (ordered >= min_p_threshold)
+    keep = in_k & in_p & in_min_p
+    return jnp.zeros_like(keep).at[jnp.arange(keep.shape[0])[:, None], order].set(keep)  # back to vocabulary order

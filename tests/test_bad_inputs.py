@@ -151,7 +151,7 @@ CASES = {
     "temperature-negative": lib(sampled(temperature=-0.5), "temperature=-0.5 is invalid: use 0 for greedy"),
     "temperature-nan": lib(sampled(temperature=float("nan")), "temperature=nan is invalid"),
     "temperature-string": lib(sampled(temperature="0.5"), "temperature='0.5' is invalid"),
-    "top-p-zero": lib(sampled(top_p=0), r"top_p=0 is invalid: use a number in \(0, 1\]"),
+    "top-p-negative": lib(sampled(top_p=-0.5), r"top_p=-0.5 is invalid: use a number in \[0, 1\]"),
     "top-p-above-one": lib(sampled(top_p=1.5), "top_p=1.5 is invalid"),
     "top-k-negative": lib(sampled(top_k=-1), "top_k=-1 is invalid"),
     "top-k-bool": lib(sampled(top_k=True), "top_k=True is invalid"),
@@ -230,7 +230,7 @@ CASES = {
     "mesh-not-a-string": lib(lambda m: jaxllm.load(m.path("tiny"), mesh=4), "mesh must be a spec string .* or a jax Mesh, got int"),
     # -- command lines: sampling flags (refused before the model loads), prompts, limits, meshes ---
     "cli-temperature": cli(generate.main, ["--temperature", "-1", "hi"], "temperature=-1.0 is invalid"),
-    "cli-top-p": cli(generate.main, ["--top-p", "0", "hi"], "top_p=0.0 is invalid"),
+    "cli-top-p": cli(generate.main, ["--top-p", "1.5", "hi"], "top_p=1.5 is invalid"),
     "cli-top-k": cli(generate.main, ["--top-k", "-1", "hi"], "top_k=-1 is invalid"),
     "cli-min-p": cli(generate.main, ["--min-p", "2", "hi"], "min_p=2.0 is invalid"),
     "cli-repetition-penalty": cli(generate.main, ["--repetition-penalty", "0", "hi"], "repetition_penalty=0.0 is invalid"),

@@ -88,7 +88,7 @@ def test_repetition_penalty_matches_transformers_rule():
 
 @pytest.mark.parametrize("field, value, message", [
     ("temperature", -0.5, "temperature=-0.5 is invalid"),
-    ("top_p", 0.0, "top_p=0.0 is invalid: use a number in \\(0, 1\\]"),
+    ("top_p", -0.1, "top_p=-0.1 is invalid: use a number in \\[0, 1\\]; 1 disables it, 0 keeps only the most likely"),
     ("top_p", 1.5, "top_p=1.5 is invalid"),
     ("top_k", -1, "top_k=-1 is invalid"),
     ("min_p", 2.0, "min_p=2.0 is invalid"),

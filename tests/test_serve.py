@@ -295,7 +295,7 @@ def test_full_server_answers_503_with_retry_after(server):
 
 @pytest.mark.parametrize("fields, param", [
     (dict(temperature=-0.5), "temperature"),
-    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=-0.1), "top_p"),
     (dict(top_p=1.5), "top_p"),
     (dict(max_tokens=0), "max_tokens"),
     (dict(n=0), "n"),

@@ -1,0 +1,315 @@
+"""jaxllm's sampling against transformers' generation: the logits processors that
+GenerationMixin._get_logits_processor builds from a GenerationConfig (its order and its handling of
+top_k=0, top_p=1.0, min_p=None, temperature=1.0), applied to the same logits as jaxllm's `sample`.
+
+What `sample` hands to its draw is captured (jax.debug.callback around jax.random.categorical), so
+the real function is compared, not a copy of it. The ties and special values where the two once
+differed have their own tests at the end; the properties skip inputs where float32 rounding or the
+order among tied tokens decides (`_known_difference`)."""
+
+import itertools
+import math
+import warnings
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from jaxllm.sampling import RowParams, SamplingParams, sample
+
+SETTINGS = settings(max_examples=100, derandomize=True, deadline=None, database=None,
+                    suppress_health_check=list(HealthCheck))
+DENSITY = 1e-6  # probability mass jaxllm may mask that transformers keeps (top_p=1.0's float32 tail)
+# Logits are compared to 2 ulp: XLA's division on CPU is not correctly rounded (1 ulp from numpy's and torch's).
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+_MODEL = []
+
+
+def _hf_model():
+    if not _MODEL:
+        cfg = transformers.LlamaConfig(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                                       num_attention_heads=1, num_key_value_heads=1)
+        _MODEL.append(transformers.LlamaForCausalLM(cfg))
+    return _MODEL[0]
+
+
+def hf_generation_config(gen: dict, **kwargs) -> transformers.GenerationConfig:
+    """What generate() runs with: kwargs over the checkpoint's generation_config over transformers' defaults."""
+    model = _hf_model()
+    model.generation_config = transformers.GenerationConfig(**gen)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return model._prepare_generation_config(None, **kwargs)[0]
+
+
+def hf_process(logits, history, gen: dict, **kwargs) -> np.ndarray:
+    """transformers' processed scores for one row: logits [V], history (prompt + generated ids)."""
+    cfg = hf_generation_config(gen, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        procs = _hf_model()._get_logits_processor(cfg, input_ids_seq_length=max(len(history), 1), device="cpu")
+    ids = torch.tensor([list(history)], dtype=torch.long).reshape(1, -1)
+    return procs(ids, torch.tensor(np.asarray(logits, np.float32))[None]).numpy()[0]
+
+
+_CAPTURED, _CATEGORICAL = [], jax.random.categorical
+
+
+def _spy(key, row):
+    jax.debug.callback(lambda r: _CAPTURED.append(np.asarray(r)), row, ordered=True)
+    return _CATEGORICAL(key, row)
+
+
+_sample = jax.jit(sample, static_argnames="sampling")  # as the engine runs it; traced with _spy in place
+
+
+def jx_process(logits, history, params: SamplingParams):
+    """jaxllm's `sample` on one row: (greedy token, the logits its random draw samples from)."""
+    seen = np.zeros((1, len(logits)), bool)
+    seen[0, list(history)] = True
+    rp = jax.tree.map(jnp.asarray, RowParams.of([params]))
+    args = (jnp.asarray(logits, jnp.float32)[None], jnp.asarray(seen), rp, jnp.zeros(1, jnp.int32))
+    _CAPTURED.clear()
+    with mock.patch.object(jax.random, "categorical", _spy):
+        greedy = int(_sample(*args, sampling=False)[0][0])
+        token = int(_sample(*args, sampling=True)[0][0])
+        jax.effects_barrier()
+    assert len(_CAPTURED) == 1
+    if params.temperature == 0:
+        assert token == greedy
+    return greedy, _CAPTURED[0]
+
+
+def probs(scores):
+    x = np.asarray(scores, np.float64)
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def _penalised(x, history, penalty):
+    x = np.asarray(x, np.float64).copy()
+    idx = sorted(set(history))
+    x[idx] = np.where(x[idx] < 0, x[idx] * penalty, x[idx] / penalty)
+    return x
+
+
+def _known_difference(x, history, kw) -> bool:
+    """Inputs where the order among tied tokens (which of them a cut keeps) or float32 rounding decides
+    a boundary: ties across the top-p cut, ties at the top-k cut with top_p < 1, a cumulative mass or
+    min_p ratio within 1e-5 of its threshold, logits that overflow float32 once scaled."""
+    s = _penalised(x, history, kw["repetition_penalty"]) / kw["temperature"]
+    if not np.isfinite(s).any() or np.any(np.abs(s[np.isfinite(s)]) > 1e37):
+        return True
+    order = np.sort(s)[::-1]
+    k = kw["top_k"] if 0 < kw["top_k"] < len(s) else len(s)
+    kept = order[order >= order[k - 1]]
+    if kw["top_p"] < 1 and len(kept) > k and np.isfinite(kept[-1]):
+        return True
+    p = probs(kept)
+    before = np.cumsum(p) - p
+    if kw["top_p"] < 1 and np.any(np.abs(before[1:] - kw["top_p"]) < 1e-5):
+        return True
+    cut = np.argmax(before >= kw["top_p"]) if np.any(before >= kw["top_p"]) else None
+    if cut and kept[cut] == kept[cut - 1]:
+        return True
+    if kw["min_p"] > 0 and np.any(np.abs((kept - kept[0])[kept < kept[0]] - math.log(kw["min_p"])) < 1e-4):
+        return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------- strategies
+
+F32 = dict(width=32, allow_subnormal=False)
+
+
+def _normal(x):
+    """No values near float32's smallest normal: XLA on CPU flushes subnormal results to zero."""
+    return x if abs(x) > 1e-30 else 0.0
+
+
+@st.composite
+def rows(draw):
+    v = draw(st.sampled_from([2, 3, 5, 8, 40]))  # few shapes: each compiles `sample`
+    kind = draw(st.sampled_from(["normal", "ties", "extreme", "equal"]))
+    if kind == "normal":
+        x = draw(st.lists(st.floats(-20, 20, **F32).map(_normal), min_size=v, max_size=v))
+    elif kind == "ties":
+        x = draw(st.lists(st.sampled_from([-3.0, -1.0, 0.0, 0.5, 1.0, 2.0]), min_size=v, max_size=v))
+    elif kind == "extreme":
+        x = draw(st.lists(st.sampled_from([-np.inf, -1e30, -100.0, 100.0, 1e30]) | st.floats(-50, 50, **F32).map(_normal),
+                          min_size=v, max_size=v))
+        assume(np.isfinite(x).any())
+    else:
+        x = [draw(st.floats(-100, 100, **F32).map(_normal))] * v
+    history = draw(st.lists(st.integers(0, v - 1), max_size=12))
+    return np.asarray(x, np.float32), history
+
+
+@st.composite
+def settings_for(draw, v):
+    return dict(
+        temperature=draw(st.sampled_from([0.3, 0.7, 1.0, 1.5]) | st.floats(0.05, 5)),
+        top_k=draw(st.sampled_from([0, 1, 2, 3, max(v - 1, 1), v, v + 5, 50])),
+        top_p=draw(st.sampled_from([1.0, 0.9, 0.5, 0.1, 1e-6]) | st.floats(1e-6, 1.0)),
+        min_p=draw(st.sampled_from([0.0, 0.0, 0.05, 0.5, 1.0]) | st.floats(0, 1)),
+        repetition_penalty=draw(st.sampled_from([1.0, 1.0, 0.5, 1.3, 2.0])),
+    )
+
+
+# ---------------------------------------------------------------------------------------- properties
+
+
+@SETTINGS
+@given(st.data())
+def test_filters_keep_the_tokens_and_distribution_transformers_does(data):
+    """Penalty, temperature, top-k, top-p, min-p alone and together: the same tokens survive, with
+    the same logits (a tail of total probability below DENSITY aside: see test_top_p_one_keeps_every_token)."""
+    x, history = data.draw(rows())
+    kw = data.draw(settings_for(len(x)))
+    assume(not _known_difference(x, history, kw))
+    ref = hf_process(x, history, {"do_sample": True}, **kw)
+    _, ours = jx_process(x, history, SamplingParams(**kw).resolved({"do_sample": True}))
+    kept = np.isfinite(ours)
+    assert not np.any(kept & ~np.isfinite(ref))  # nothing transformers filters out
+    assert probs(ref)[~kept].sum() < DENSITY  # and only a far tail (p < 1e-6) of what it keeps is lost
+    np.testing.assert_allclose(ours[kept], ref[kept], rtol=5e-7, atol=0)  # the same logits, to 2 ulp
+
+
+@SETTINGS
+@given(rows(), st.sampled_from([0.5, 0.9, 1.0, 1.1, 1.3, 2.0]))
+def test_greedy_applies_the_repetition_penalty_to_prompt_and_generated_tokens(row, penalty):
+    """temperature 0 is transformers' greedy search: the penalty (on every token of the history,
+    however often it occurs) before the argmax."""
+    x, history = row
+    ref = hf_process(x, history, {"do_sample": False}, repetition_penalty=penalty)
+    top2 = np.sort(ref[np.isfinite(ref)])[-2:]
+    assume(len(top2) < 2 or top2[1] == top2[0] or top2[1] - top2[0] > 1e-6 * abs(top2[1]))  # no 1-ulp near-ties
+    greedy, _ = jx_process(x, history, SamplingParams(temperature=0.0, repetition_penalty=penalty).resolved())
+    assert greedy == int(np.argmax(ref))
+    unfiltered = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=penalty).resolved()
+    _, penalised = jx_process(x, history, unfiltered)  # temperature 1 and no filters: the penalised logits
+    fin = np.isfinite(penalised)  # (less a far tail that top_p=1.0 drops: test_top_p_one_keeps_every_token)
+    assert fin[np.argmax(ref)]
+    np.testing.assert_allclose(penalised[fin], ref[fin], rtol=2.5e-7, atol=0)
+
+
+def test_sample_draws_follow_transformers_distribution():
+    """`sample` itself, jitted over 4000 rows with one seed each: frequencies match transformers'."""
+    n, x = 4000, np.random.default_rng(0).normal(0, 1.5, 24).astype(np.float32)
+    history, kw = [3, 3, 7, 11], dict(temperature=0.8, top_k=12, top_p=0.9, min_p=0.05, repetition_penalty=1.3)
+    p = probs(hf_process(x, history, {"do_sample": True}, **kw))
+    params = [SamplingParams(**kw, seed=i).resolved({"do_sample": True}) for i in range(n)]
+    seen = np.zeros((n, len(x)), bool)
+    seen[:, history] = True
+    rp = jax.tree.map(jnp.asarray, RowParams.of(params))
+    tokens, _ = jax.jit(sample)(jnp.broadcast_to(x, (n, len(x))), jnp.asarray(seen), rp, jnp.zeros(n, jnp.int32))
+    counts = np.bincount(np.asarray(tokens), minlength=len(x))
+    assert np.all(counts[p == 0] == 0)
+    assert np.all(np.abs(counts - n * p) < 5 * np.sqrt(n * p * (1 - p)) + 1)
+
+
+def test_generate_penalises_prompt_tokens_as_transformers_does(tmp_path):
+    """End to end, greedy: jaxllm's `seen` holds the prompt and every generated token, as transformers'
+    input_ids do (with penalty 1.8 the prompt's tokens, the unpenalised choices, never come back)."""
+    import jaxllm
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0, 0.3) if p.dim() > 1 else p.fill_(1.0)
+    hf.save_pretrained(tmp_path)
+    model, prompt = jaxllm.load(tmp_path), [5, 9, 5, 9, 12, 5, 7, 30, 31, 5]
+    for penalty in (1.0, 1.8, 0.6):
+        ours = model.generate(prompt, SamplingParams(max_new_tokens=12, temperature=0.0, repetition_penalty=penalty,
+                                                     ignore_eos=True)).token_ids
+        with torch.no_grad():
+            ref = hf.generate(torch.tensor([prompt]), do_sample=False, repetition_penalty=penalty, max_new_tokens=12,
+                              min_new_tokens=12, eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+        assert ours == ref, penalty
+
+
+# ---------------------------------------------------------------------------------------- resolved()
+
+GEN_CHOICES = {"do_sample": [False, True], "temperature": [None, 0.6, 1.0], "top_k": [0, 20],
+               "top_p": [None, 0.9, 1.0], "min_p": [None, 0.1], "repetition_penalty": [None, 1.2]}
+MISSING = object()
+
+
+def _effective_hf(cfg):
+    rep = float(cfg.repetition_penalty if cfg.repetition_penalty is not None else 1.0)
+    if not cfg.do_sample:
+        return (0.0, 0, 1.0, 0.0, rep)
+    return (float(cfg.temperature), int(cfg.top_k or 0), float(cfg.top_p), float(cfg.min_p or 0.0), rep)
+
+
+def _effective_jx(p):
+    if p.temperature == 0:
+        return (0.0, 0, 1.0, 0.0, p.repetition_penalty)
+    return (p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty)
+
+
+def _configs():
+    options = {k: [MISSING] + v for k, v in GEN_CHOICES.items()}
+    for combo in itertools.product(*options.values()):
+        yield {k: v for k, v in zip(options, combo) if v is not MISSING}
+
+
+def test_resolved_reads_generation_config_as_transformers_does():
+    """Every combination of do_sample and each field given or absent (top_k absent: 50 when sampling)."""
+    for gen in _configs():
+        assert _effective_jx(SamplingParams().resolved(gen)) == _effective_hf(hf_generation_config(gen)), gen
+
+
+@pytest.mark.parametrize("user", [dict(top_k=10), dict(top_p=0.5), dict(min_p=0.2), dict(repetition_penalty=1.3),
+                                  dict(temperature=0.7), dict(temperature=0.7, top_k=5)])
+@pytest.mark.parametrize("gen", [{"do_sample": True}, {"do_sample": True, "temperature": 0.6, "top_k": 20, "top_p": 0.9}])
+def test_resolved_request_values_override_a_sampling_config(gen, user):
+    assert _effective_jx(SamplingParams(**user).resolved(gen)) == _effective_hf(hf_generation_config(gen, **user))
+
+
+# ---------------------------------------------------------------------------------------- ties and special values
+
+
+def _kept(x, kw, history=()):
+    ref = hf_process(x, history, {"do_sample": True}, **kw)
+    _, ours = jx_process(x, history, SamplingParams(**kw).resolved({"do_sample": True}))
+    return int(np.isfinite(ref).sum()), int(np.isfinite(ours).sum())
+
+
+def test_top_p_keeps_only_part_of_a_tie_at_its_cut():
+    hf, ours = _kept(np.zeros(4, np.float32), dict(top_k=0, top_p=0.3))
+    assert ours == hf == 2
+
+
+def test_top_p_after_top_k_counts_the_tokens_tied_at_the_k_th_value():
+    hf, ours = _kept(np.asarray([2, 1, 1, 1, 1], np.float32), dict(top_k=2, top_p=0.6))
+    assert ours == hf == 3
+
+
+def test_top_p_one_keeps_every_token():
+    hf, ours = _kept(np.asarray([0, -20], np.float32), dict(top_k=0, top_p=1.0))
+    assert ours == hf == 2
+
+
+def test_resolved_null_top_k_is_transformers_default():
+    gen = {"do_sample": True, "top_k": None}
+    assert SamplingParams().resolved(gen).top_k == hf_generation_config(gen).top_k == 50
+
+
+def test_resolved_top_p_zero_keeps_the_top_token():
+    x, gen = np.asarray([2.0, 1.0, 0.5, 0.0], np.float32), {"do_sample": True, "top_p": 0.0, "top_k": 0}
+    ref = hf_process(x, (), gen)
+    _, ours = jx_process(x, (), SamplingParams().resolved(gen))
+    assert np.array_equal(np.isfinite(ours), np.isfinite(ref))
