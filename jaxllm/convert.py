@@ -17,7 +17,6 @@ import os
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import jax
@@ -212,9 +211,6 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     runtime.quiet()
     handle_signals()  # SIGTERM unwinds like Ctrl-C, so the partial output is removed (exit 143)
-    # A write that failed (a full disk) can leave orbax's writer coroutines unawaited; Python warns
-    # of each as it exits, after our one-line error: nothing the user can act on.
-    warnings.filterwarnings("ignore", r"coroutine .* was never awaited", RuntimeWarning)
 
     def body() -> int:
         if not math.isfinite(args.shard_size) or args.shard_size <= 0:

@@ -24,6 +24,7 @@ import re
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -159,6 +160,9 @@ def _ignore_closed_loops() -> None:
     hook.jaxllm_closed_loops = True
     sys.unraisablehook = hook
     logging.getLogger("asyncio").addFilter(_OrbaxTasks())
+    # and Python's warning for each orbax coroutine the failure left unawaited, when it is freed
+    warnings.filterwarnings("ignore", r"coroutine '[\w.<>]*(Store\._get_array_metadatas|write_fragment)' was never awaited",
+                            RuntimeWarning)
 
 
 class _OrbaxTasks(logging.Filter):
