@@ -236,9 +236,11 @@ def _quantization(arch, cfg, source, quantize, group_size):
     native, schemes = {}, {}
     for spec in arch.weight_map(cfg):
         source = _block_source(spec, tensors)
-        blocks = {tensors.block_scheme(name) for name in spec.hf_names}
-        block = blocks.pop() if len(blocks) == 1 else None
-        if source is not None and block is not None and (quantize == "gguf" or block.bits == own.bits):
+        if source is None:
+            continue
+        blocks = {tensors.block_scheme(name) for name in source.names}
+        block = blocks.pop() if len(blocks) == 1 else None  # an expert stack's tensors all of one type
+        if block is not None and (quantize == "gguf" or block.bits == own.bits):
             native[spec.path], schemes[spec.path] = source, block
     return (lambda path: schemes.get(path, own)), native, quantize
 

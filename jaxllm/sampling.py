@@ -215,10 +215,11 @@ def filter_mask(logits, top_k, top_p, min_p):
     rank = jnp.arange(v)[None, :]
     k = jnp.where(top_k > 0, jnp.minimum(top_k, v), v)[:, None]
     kth = jnp.take_along_axis(ordered, k - 1, axis=-1)
-    ordered = jnp.where(ordered >= kth, ordered, -jnp.inf)  # top-k keeps every token tied with the k-th
+    in_k = ordered >= kth  # top-k keeps every token tied with the k-th
+    ordered = jnp.where(in_k, ordered, -jnp.inf)
     probs = jax.nn.softmax(ordered, axis=-1)
     before = jnp.cumsum(probs, axis=-1) - probs  # probability mass ranked above each token
-    in_p = ((before < top_p[:, None]) | (rank == 0) | (top_p[:, None] >= 1)) & (ordered >= kth)  # the top token always
+    in_p = ((before < top_p[:, None]) | (rank == 0) | (top_p[:, None] >= 1)) & in_k  # the top token always
     keep_n = jnp.sum(in_p, axis=-1, keepdims=True)  # tokens top-p keeps, by rank
     p_threshold = jnp.min(jnp.where(in_p, ordered, jnp.inf), axis=-1, keepdims=True)
     above = logits > p_threshold
