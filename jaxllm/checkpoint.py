@@ -26,7 +26,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from jaxllm import gguf
+from jaxllm import gguf_tokenizer
 from jaxllm.errors import CheckpointError, ConfigError
 from jaxllm.models import config, weights
 
@@ -414,7 +414,7 @@ def load_tokenizer(path: Path, vocab_size: int | None = None):
     and it encodes text to nothing."""
     path = Path(path)
     if path.is_file():  # GGUF: built from the file's metadata
-        return gguf.load_tokenizer(path)
+        return gguf_tokenizer.load_tokenizer(path)
     if not any((path / f).exists() for f in TOKENIZER_FILES):
         return None
     from transformers import AutoTokenizer  # a heavy import, paid only where a tokenizer is loaded

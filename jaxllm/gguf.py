@@ -3,9 +3,10 @@
 The result is a tensor source like a safetensors checkpoint, so the usual weight map, checks and
 streaming fill apply unchanged. Quantized tensors are dequantized to float32 one tensor at a time:
 F16, BF16 and the 32-value block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) by numpy over all blocks
-at once here, anything else the `gguf` package can dequantize (Q4_K, Q6_K, ...) by that package.
+at once, anything else the `gguf` package can dequantize (Q4_K, Q6_K, ...) by that package.
 The header is parsed here too (milliseconds; the package's reader takes seconds over a
-vocabulary's strings), once per file, and the tokenizer built from it is cached on disk.
+vocabulary's strings), once per file. Tensor bytes are decoded in jaxllm/gguf_blocks.py and the
+tokenizer is built and cached on disk in jaxllm/gguf_tokenizer.py.
 
 Quantized loads (`jaxllm.load(..., quantize=...)`) take Q8_0, Q4_0 and Q4_1 kernels without a
 float detour (`GGUFCheckpoint.blocks`): int8 / int4 values in groups of 32 with the file's float16
@@ -23,22 +24,18 @@ stacked in one tensor; where that loader drops metadata llama.cpp reads (Phi-3's
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import math
 import mmap
 import os
 import re
-import shutil
 import struct
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-import ml_dtypes
 import numpy as np
 
-from jaxllm import tokenizing
 from jaxllm.errors import CheckpointError
+from jaxllm.gguf_blocks import NATIVE, TYPES, blocks, check_readable, dequantize, tensor_bytes
 from jaxllm.models import quant, registry
 
 
@@ -330,125 +327,6 @@ def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, dim, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-# -- dequantization ---------------------------------------------------------------------------
-# GGML type id -> (name, values per block, bytes per block) of the types dequantized here; the
-# 32-value block types as numpy record layouts: d * q (+ m), q = 4 bits (+ a fifth from qh) or int8,
-# less 8 or 16 for the symmetric _0 types. Other types (the K-quants, ...) go through the gguf package.
-_TYPES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 30: ("BF16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20),
-          6: ("Q5_0", 32, 22), 7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34)}
-_BLOCKS = {
-    "Q4_0": np.dtype([("d", "<f2"), ("qs", "u1", 16)]),
-    "Q4_1": np.dtype([("d", "<f2"), ("m", "<f2"), ("qs", "u1", 16)]),
-    "Q5_0": np.dtype([("d", "<f2"), ("qh", "<u4"), ("qs", "u1", 16)]),
-    "Q5_1": np.dtype([("d", "<f2"), ("m", "<f2"), ("qh", "<u4"), ("qs", "u1", 16)]),
-    "Q8_0": np.dtype([("d", "<f2"), ("qs", "i1", 32)]),
-}
-_OFFSET = {"Q4_0": 8, "Q5_0": 16}
-_BITS = np.arange(32, dtype=np.uint32)
-_CHUNK = 1 << 14  # blocks per step: the temporaries stay in cache
-
-
-def _gguf_quants():
-    try:
-        from gguf import constants, quants
-    except ImportError:
-        raise CheckpointError("this GGUF file's quantization needs the gguf package: pip install 'jaxllm[gguf]'") from None
-    return constants, quants
-
-
-def tensor_bytes(type_id: int, shape: tuple[int, ...]) -> int:
-    """Bytes of a tensor of a GGML type (rows are whole blocks)."""
-    if type_id in _TYPES:
-        _, block, size = _TYPES[type_id]
-    else:
-        constants, _ = _gguf_quants()
-        try:
-            block, size = constants.GGML_QUANT_SIZES[constants.GGMLQuantizationType(type_id)]
-        except ValueError:
-            raise CheckpointError(f"unknown GGML tensor type {type_id}: a newer gguf package may read it") from None
-    if shape and shape[-1] % block:
-        raise CheckpointError(f"a tensor of shape {list(shape)} cannot hold rows of {block}-value blocks (GGML type {type_id})")
-    return math.prod(shape) // block * size
-
-
-@functools.cache
-def _check_readable(type_id: int) -> None:
-    """A CheckpointError for a GGML type that dequantize cannot read (gguf.quants has no
-    dequantization for some: F64, the integer types, Q8_1, Q8_K), before any tensor is read."""
-    if type_id in _TYPES:
-        return
-    constants, quants = _gguf_quants()
-    qtype = constants.GGMLQuantizationType(type_id)
-    _, size = constants.GGML_QUANT_SIZES[qtype]
-    try:
-        quants.dequantize(np.zeros(size, np.uint8), qtype)
-    except (NotImplementedError, ValueError, TypeError, KeyError):
-        raise CheckpointError(f"its GGML type {qtype.name} is not one jaxllm reads: re-quantize the file to F16, Q8_0 or "
-                              "a K-quant (e.g. Q4_K_M)") from None
-
-
-def dequantize(raw: np.ndarray, type_id: int) -> np.ndarray:
-    """The float32 values (1-D) of a tensor's bytes (uint8, 1-D) of a GGML type: F32, F16, BF16
-    and the 32-value block types here, vectorised over all blocks; any other type through
-    `gguf.quants.dequantize`. Bit-exact with gguf's (tests/test_startup.py)."""
-    kind = _TYPES.get(type_id, ("",))[0]
-    if kind == "F32":
-        return raw.view("<f4").astype(np.float32)
-    if kind == "F16":
-        return raw.view("<f2").astype(np.float32)
-    if kind == "BF16":
-        return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
-    if kind not in _BLOCKS:
-        constants, quants = _gguf_quants()
-        return quants.dequantize(raw, constants.GGMLQuantizationType(type_id)).reshape(-1)
-    blocks = raw.view(_BLOCKS[kind])
-    out = np.empty((len(blocks), 32), np.float32)
-    for start in range(0, len(blocks), _CHUNK):
-        _dequantize_blocks(blocks[start : start + _CHUNK], kind, out[start : start + _CHUNK])
-    return out.reshape(-1)
-
-
-def _dequantize_blocks(blocks: np.ndarray, kind: str, out: np.ndarray) -> None:
-    qs = blocks["qs"]
-    if kind == "Q8_0":
-        out[...] = qs
-    else:
-        out[:, :16], out[:, 16:] = qs & 0x0F, qs >> 4
-    if "qh" in blocks.dtype.names:  # bit j of qh is bit 4 of value j
-        out += ((blocks["qh"][:, None] >> _BITS) & 1) << 4
-    if kind in _OFFSET:
-        out -= _OFFSET[kind]
-    out *= blocks["d"].astype(np.float32)[:, None]
-    if "m" in blocks.dtype.names:
-        out += blocks["m"].astype(np.float32)[:, None]
-
-
-# GGML types taken as they are by quantized loads: int8 / int4 (uint4 + offset) groups of 32.
-# Q4_1's d * q + m is stored as d * (q - 8) + (m + 8 d): int4 values, the offset in float32, where
-# m + 8 d is exact, so the float32 result is the file's, rounded once.
-NATIVE = {"Q8_0": quant.Scheme(8, 32, scale_dtype="float16"), "Q4_0": quant.Scheme(4, 32, scale_dtype="float16"),
-          "Q4_1": quant.Scheme(4, 32, offset=True, scale_dtype="float16", offset_dtype="float32")}
-
-
-def blocks(raw: np.ndarray, type_id: int, shape: tuple[int, ...]):
-    """(values, scales, offsets or None) of a Q8_0 / Q4_0 / Q4_1 tensor of `shape` [rows, cols]:
-    values [rows, cols] int8 (Q8_0) or int4 (Q4_0 and Q4_1, less 8), float16 scales [rows, cols / 32]
-    and for Q4_1 float32 offsets m + 8 d; q * d (+ offset) in float32 gives the file's values."""
-    kind = _TYPES[type_id][0]
-    b = raw.view(_BLOCKS[kind])
-    rows, groups = math.prod(shape[:-1]), shape[-1] // 32
-    scale = b["d"].reshape(rows, groups).astype(np.float16)
-    offset = None
-    if kind == "Q4_1":
-        offset = b["m"].reshape(rows, groups).astype(np.float32) + 8 * scale.astype(np.float32)
-    if kind == "Q8_0":
-        return b["qs"].reshape(rows, shape[-1]), scale, offset
-    qs = b["qs"]
-    q = np.empty((len(b), 32), np.int8)
-    q[:, :16], q[:, 16:] = qs & 0x0F, qs >> 4
-    return (q - 8).astype(ml_dtypes.int4).reshape(rows, shape[-1]), scale, offset
-
-
 class GGUFCheckpoint:
     """Tensors of a GGUF file under their HF names, in HF layout, dequantized on demand."""
 
@@ -462,7 +340,7 @@ class GGUFCheckpoint:
             shape = tuple(int(d) for d in reversed(dims))  # GGUF lists dims innermost first
             try:
                 nbytes = tensor_bytes(type_id, shape)
-                _check_readable(type_id)
+                check_readable(type_id)
             except CheckpointError as err:
                 raise CheckpointError(f"{header.path}: tensor {name}: {err}") from None
             if start + nbytes > len(data):
@@ -497,7 +375,7 @@ class GGUFCheckpoint:
 
     def type_name(self, name) -> str:
         type_id = self.tensors[name][1]
-        return _TYPES[type_id][0] if type_id in _TYPES else str(type_id)
+        return TYPES[type_id][0] if type_id in TYPES else str(type_id)
 
     def block_scheme(self, name) -> quant.Scheme | None:
         """The quant.Scheme a 2-D tensor's blocks load as natively, or None (absent, other type,
@@ -576,100 +454,3 @@ def _factors(tensors: GGUFCheckpoint, name: str, raw: dict, path: Path) -> list[
         raise CheckpointError(f"{path}: {name} {list(shape)} comes with rope scaling metadata or holds "
                               "non-positive factors: the file is damaged or written by an unknown converter")
     return [float(f) for f in factors]
-
-
-def load_tokenizer(path: Path):
-    """The tokenizer of a GGUF file: transformers' (or jaxllm.tokenizing's, which gives the same
-    ids and text without importing transformers), built by transformers' `convert_gguf_tokenizer`
-    from the metadata we read: transformers reads that metadata itself only through a module that
-    imports torch, and the runtime must not need torch. Building it costs about a second, so what
-    it gives is kept in TOKENIZER_CACHE (keyed by the file's path, size and mtime and the
-    transformers version), and later loads read that (0.1 s, without importing transformers)."""
-    fields = read_header(path).fields
-    if "tokenizer.ggml.model" not in fields:  # no tokenizer in the file: as a folder without tokenizer files
-        return None
-    template = fields.get("tokenizer.chat_template")
-    if template is not None and not isinstance(template, str):
-        raise CheckpointError(f"{path.name}: GGUF tokenizer.chat_template is {type(template).__name__}, not text: the file is "
-                              "damaged; re-convert it, or load with tokenizer=False and pass token ids")
-    folder = _tokenizer_folder(path, tokenizing.transformers_version())
-
-    def from_entry():
-        import transformers
-
-        kwargs = json.loads((folder / "kwargs.json").read_text(encoding="utf-8"))
-        return transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), **kwargs)
-
-    try:
-        return tokenizing.load(folder, from_entry)
-    except Exception:  # not cached yet, or an entry that does not load (tokenizers raises bare Exceptions)
-        import transformers
-
-        backend, kwargs = _convert_tokenizer(path)
-        tok = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, **kwargs)
-        _save_tokenizer(folder, tok, kwargs)
-        return tokenizing.wrap(tok)
-
-
-TOKENIZER_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "jaxllm", "tokenizers")  # or $JAXLLM_TOKENIZER_CACHE
-
-
-def _tokenizer_folder(path: Path, version: str | None) -> Path:
-    st = os.stat(path)
-    key = f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}|transformers {version}"
-    root = os.environ.get("JAXLLM_TOKENIZER_CACHE") or TOKENIZER_CACHE
-    return Path(root) / hashlib.sha256(key.encode()).hexdigest()[:32]
-
-
-def _convert_tokenizer(path: Path):
-    """(tokenizers.Tokenizer, PreTrainedTokenizerFast keyword arguments) from the file's metadata."""
-    try:
-        from transformers.integrations.gguf import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
-    except ImportError:  # transformers before the gguf package split
-        from transformers.integrations.ggml import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
-
-    fields = read_header(path).fields
-    try:
-        architecture, tokenizer_dict, config = _tokenizer_parts(fields, GGUF_TOKENIZER_MAPPING)
-        backend, extra = convert_gguf_tokenizer(architecture, tokenizer_dict)
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:  # what transformers' converter raises on odd metadata
-        kind = fields.get("tokenizer.ggml.model")
-        what = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}" if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"cannot build the tokenizer of {path} (tokenizer.ggml.model {kind!r}; {what}): the file's "
-                              "tokenizer metadata is incomplete or of a kind transformers does not convert; use a GGUF "
-                              "whose tokenizer transformers reads, or load with tokenizer=False and pass token ids") from None
-    return backend, {**config, **extra}
-
-
-def _save_tokenizer(folder: Path, tok, kwargs: dict) -> None:
-    """Write the cache entry (transformers' tokenizer's backend as it holds it, its keyword
-    arguments and tokenizing.describe's account of it) under a temporary name and rename it, so an
-    entry is complete or absent; a cache that cannot be written is skipped (the next load builds again)."""
-    tmp = folder.with_name(f".{folder.name}.{os.getpid()}")
-    try:
-        tmp.mkdir(parents=True, exist_ok=True)
-        tok.backend_tokenizer.save(str(tmp / "tokenizer.json"))
-        (tmp / "kwargs.json").write_text(json.dumps(kwargs), encoding="utf-8")
-        (tmp / tokenizing.META).write_text(json.dumps(tokenizing.describe(tok)), encoding="utf-8")
-        shutil.rmtree(folder, ignore_errors=True)  # an entry that did not load
-        os.replace(tmp, folder)
-    except (OSError, TypeError):  # TypeError: a keyword argument JSON cannot hold
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _tokenizer_parts(fields: dict, mapping: dict) -> tuple[str, dict, dict]:
-    """(architecture, tokenizer dict, tokenizer config) from a GGUF's metadata, named as `mapping`
-    (transformers' GGUF_TOKENIZER_MAPPING) says."""
-    groups = {group: {} for group in mapping}
-    for group, renames in mapping.items():
-        for key, name in renames.items():
-            value = fields.get(f"tokenizer.{key}")
-            if value is not None:
-                groups[group][name] = value
-    tokenizer, config = groups["tokenizer"], groups["tokenizer_config"]
-    if tokenizer.get("tokenizer_type") == "llama":  # llama.cpp adds BOS to sentencepiece vocabularies
-        config.setdefault("add_bos_token", True)
-    for name in ("bos", "eos", "unk", "pad"):
-        token_id = tokenizer.get(f"{name}_token_id")
-        config[f"{name}_token"] = tokenizer["tokens"][token_id] if token_id is not None else None
-    return fields.get("general.architecture"), tokenizer, config

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter, quants
 
-from jaxllm import gguf
+from jaxllm import gguf, gguf_blocks, gguf_tokenizer
 
 VECTORISED = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
 
@@ -30,7 +30,7 @@ def test_dequantization_is_bit_exact_with_gguf(kind):
     raw = _random_tensor_bytes(kind, 64, 256, rng)
     with np.errstate(all="ignore"):  # random scales: infinities and NaNs
         want = quants.dequantize(raw, GGMLQuantizationType[kind]).reshape(-1)
-        got = gguf.dequantize(raw.reshape(-1), GGMLQuantizationType[kind].value)
+        got = gguf_blocks.dequantize(raw.reshape(-1), GGMLQuantizationType[kind].value)
     assert got.dtype == want.dtype == np.float32 and got.shape == want.shape
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
 
@@ -39,7 +39,7 @@ def test_other_types_go_through_gguf():
     raw = np.random.default_rng(1).integers(0, 256, (4, 210), dtype=np.uint8)  # four Q6_K blocks of 256 values
     with np.errstate(all="ignore"):
         want = quants.dequantize(raw, GGMLQuantizationType.Q6_K).reshape(-1)
-        got = gguf.dequantize(raw.reshape(-1), GGMLQuantizationType.Q6_K.value)
+        got = gguf_blocks.dequantize(raw.reshape(-1), GGMLQuantizationType.Q6_K.value)
     assert got.shape == (1024,) and np.array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
@@ -140,14 +140,14 @@ def test_odd_gguf_metadata_is_one_error(tmp_path, monkeypatch, fields, message):
 def test_tokenizer_is_cached_on_disk(tmp_path, monkeypatch, gguf_path):
     """The second load reads the cache (no conversion) and gives the same tokenizer."""
     monkeypatch.setenv("JAXLLM_TOKENIZER_CACHE", str(tmp_path))
-    fresh = gguf.load_tokenizer(gguf_path)
+    fresh = gguf_tokenizer.load_tokenizer(gguf_path)
     assert len(list(tmp_path.iterdir())) == 1
 
     def no_conversion(path):
         raise AssertionError("converted again")
 
-    monkeypatch.setattr(gguf, "_convert_tokenizer", no_conversion)
-    cached = gguf.load_tokenizer(gguf_path)
+    monkeypatch.setattr(gguf_tokenizer, "_convert_tokenizer", no_conversion)
+    cached = gguf_tokenizer.load_tokenizer(gguf_path)
     chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Héllo 🙂 <|im_end|> 12345\n\tok"}]
     texts = [tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for tok in (fresh, cached)]
     ids = [tok(text, add_special_tokens=False)["input_ids"] for tok, text in zip((fresh, cached), texts)]
@@ -191,7 +191,7 @@ def test_fast_tokenizer_is_transformers_tokenizer(tmp_path, monkeypatch, gguf_pa
     from jaxllm import tokenizing
 
     monkeypatch.setenv("JAXLLM_TOKENIZER_CACHE", str(tmp_path))
-    fresh, cached = gguf.load_tokenizer(gguf_path), gguf.load_tokenizer(gguf_path)
+    fresh, cached = gguf_tokenizer.load_tokenizer(gguf_path), gguf_tokenizer.load_tokenizer(gguf_path)
     assert isinstance(cached, tokenizing.Tokenizer) and cached._transformers is None
     for ours in (fresh, cached):
         ref = ours.transformers
@@ -218,7 +218,7 @@ def test_cached_tokenizer_and_import_skip_transformers_and_ipython(tmp_path, ggu
     """A start with the tokenizer cached imports neither transformers nor IPython (flax's
     notebook check), and both import as usual afterwards."""
     env = dict(os.environ, JAXLLM_TOKENIZER_CACHE=str(tmp_path))
-    code = ("import sys; import jaxllm; from jaxllm import gguf; tok = gguf.load_tokenizer(sys.argv[1]); "
+    code = ("import sys; import jaxllm; from jaxllm import gguf_tokenizer; tok = gguf_tokenizer.load_tokenizer(sys.argv[1]); "
             "print(sorted(m for m in ('transformers', 'IPython') if m in sys.modules)); "
             "import IPython, flax.nnx; print(tok.decode(tok('Paris')['input_ids']))")
     runs = [subprocess.run([sys.executable, "-c", code, str(gguf_path)], capture_output=True, text=True, env=env,
