@@ -107,6 +107,9 @@ def check(quantize, group_size, allowed=MODES) -> None:
             raise ConfigError(f"group_size must be a positive whole number of input values per scale, got {group_size!r}")
         if quantize is None:
             raise ConfigError("group_size goes with quantize='int4' or 'int8': pass quantize too")
+        if quantize not in MODES:  # "gguf": the file's own blocks, 32 values per scale
+            raise ConfigError(f"group_size goes with quantize='int4' or 'int8'; quantize={quantize!r} keeps the file's "
+                              "own groups of 32: drop group_size")
 
 
 # -- module side ------------------------------------------------------------------------------

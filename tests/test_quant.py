@@ -351,6 +351,7 @@ def test_gguf_blocks_load_bit_exact(tmp_path):
     (dict(quantize="int4", group_size=48), "group_size 48 does not divide the 64 inputs of model.layers.0"),
     (dict(quantize="int4", group_size=0), "group_size must be a positive whole number"),
     (dict(group_size=32), "group_size goes with quantize="),
+    (dict(quantize="gguf", group_size=64), "quantize='gguf' keeps the file's own groups of 32: drop group_size"),
     (dict(quantize="gguf"), "quantize='gguf' keeps a GGUF file's own quantized blocks; this checkpoint is not a GGUF"),
 ])
 def test_bad_quantize_settings_are_one_line_errors(kwargs, message):
