@@ -377,6 +377,29 @@ def test_neutral_values_of_unsupported_fields_and_the_developer_role_are_accepte
     wait_idle(server)
 
 
+def test_null_optional_fields_take_their_defaults(server):
+    """OpenAI's optional fields are nullable: a client that serializes unset values as null (n,
+    stream, presence_penalty, logprobs, echo, ...) gets the defaults, not a 400."""
+    nulls = {k: None for k in ("n", "stream", "stream_options", "presence_penalty", "frequency_penalty", "logit_bias",
+                               "seed", "stop", "top_p", "user", "ignore_eos", "return_token_ids")}
+    ref = server.refs[CHAT[0], True]
+    r = httpx.post(server.url + "/v1/chat/completions", timeout=60, json={
+        **nulls, "messages": [{"role": "user", "content": CHAT[0], "name": None}], "max_tokens": NEW, "temperature": 0,
+        "logprobs": None, "top_logprobs": None, "max_completion_tokens": None, "tools": None})
+    assert r.status_code == 200, r.text
+    (choice,) = r.json()["choices"]
+    assert (choice["message"]["content"], choice["logprobs"]) == (ref.text, None) and "token_ids" not in choice
+    ref = server.refs[TEXT[0], False]
+    r = httpx.post(server.url + "/v1/completions", timeout=60, json={
+        **nulls, "prompt": TEXT[0], "max_tokens": NEW, "temperature": 0, "logprobs": None, "echo": None, "best_of": None,
+        "suffix": None})
+    assert r.status_code == 200, r.text
+    assert [c["text"] for c in r.json()["choices"]] == [ref.text]
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": None, "max_tokens": 2})  # a required field stays required
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    wait_idle(server)
+
+
 def test_unknown_paths_and_wrong_methods_answer_openai_error_json(server):
     for method, path, status in [("GET", "/v1/nope", 404), ("POST", "/v1/embeddings", 404),
                                  ("GET", "/v1/completions", 405), ("POST", "/v1/models", 405)]:

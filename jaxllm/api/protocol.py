@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from starlette.responses import JSONResponse
 
 from jaxllm.errors import InputError, JaxllmError
@@ -104,6 +104,17 @@ def _prompt_error(errors: list[dict]) -> str:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data):
+        """OpenAI's optional fields are nullable ("n": null, "stream": null, "presence_penalty":
+        null, "logprobs": null, "echo": null are valid there): null takes the field's default.
+        A required field (prompt, messages, role) stays null, and is refused as a bad value."""
+        if isinstance(data, dict):
+            fields = cls.model_fields
+            return {k: v for k, v in data.items() if v is not None or k not in fields or fields[k].is_required()}
+        return data
 
 
 class StreamOptions(_Strict):
