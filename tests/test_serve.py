@@ -345,6 +345,29 @@ def test_malformed_json_and_bad_completions_answer_400(server):
         assert error["param"] == param and error["message"], body
 
 
+def test_max_completion_tokens_errors_name_it(server):
+    """A chat request that limits its answer with max_completion_tokens (max_tokens' newer name,
+    what recent clients send) is told about max_completion_tokens, not a max_tokens it never
+    sent; the two names with different values are refused rather than one silently winning."""
+    def error(**fields):
+        r = httpx.post(server.url + "/v1/chat/completions", timeout=60,
+                       json={"messages": [{"role": "user", "content": "Hi"}], "temperature": 0, **fields})
+        assert r.status_code == 400, r.text
+        return r.json()["error"]
+
+    e = error(max_completion_tokens=0)
+    assert e["param"] == "max_completion_tokens" and e["message"].startswith("max_completion_tokens=0 is invalid"), e
+    e = error(max_completion_tokens=600)  # beyond the engine's 512 positions
+    assert "max_completion_tokens=600" in e["message"] and "max_tokens" not in e["message"].replace("max_completion_tokens", ""), e
+    e = error(max_tokens=3, max_completion_tokens=5)
+    assert e["param"] == "max_completion_tokens" and "max_tokens=3 and max_completion_tokens=5" in e["message"], e
+    assert error(max_tokens=0)["param"] == "max_tokens"
+    out = server.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Hi"}], temperature=0,
+                                                max_tokens=2, max_completion_tokens=2)
+    assert out.usage.completion_tokens == 2
+    wait_idle(server)
+
+
 def test_bad_input_messages_name_the_fix(server):
     def message(path, body):
         r = httpx.post(server.url + path, json=body, timeout=60)

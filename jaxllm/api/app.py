@@ -142,7 +142,7 @@ class Server:
             for req in requests[:: len(params)]:
                 self.engine.check(req)  # reads only the engine's fixed sizes: safe off its thread
         except JaxllmError as err:
-            raise bad_request(err) from None
+            raise bad_request(err, body.api_names()) from None
         try:
             sub = self.loop.submit(requests)
         except QueueFull as err:

@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_validator
 from starlette.responses import JSONResponse
 
 from jaxllm.errors import InputError, JaxllmError
@@ -43,15 +43,18 @@ _API_NAMES = {"max_new_tokens": "max_tokens"}  # SamplingParams field -> the API
 _PARAM_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
 
 
-def bad_request(err: JaxllmError) -> APIError:
-    """A library error as a 400, in the API's names ("max_new_tokens=0 is invalid" -> param max_tokens)."""
+def bad_request(err: JaxllmError, names: dict[str, str] | None = None) -> APIError:
+    """A library error as a 400, in the API's names ("max_new_tokens=0 is invalid" -> param
+    max_tokens); `names`: the request's own names where they differ (a chat request's
+    max_completion_tokens)."""
+    names = {**_API_NAMES, **(names or {})}
     message = str(err)
-    for ours, theirs in _API_NAMES.items():
+    for ours, theirs in names.items():
         message = message.replace(ours, theirs)
     name = str(err).split("=", 1)[0]
     if isinstance(err, InputError) and message.startswith("prompt"):  # "prompt holds no token ids", ids beyond the vocabulary
         return APIError(400, message, "prompt")
-    return APIError(400, message, _API_NAMES.get(name, name) if name in _PARAM_FIELDS else None)
+    return APIError(400, message, names.get(name, name) if name in _PARAM_FIELDS else None)
 
 
 def parse(model: type[BaseModel], raw: bytes) -> BaseModel:
@@ -151,6 +154,10 @@ class _Common(_Strict):
             if name in type(self).model_fields and not neutral(getattr(self, name), self):
                 raise APIError(400, f"{name} is not supported by this server: {fix}", name)
 
+    def api_names(self) -> dict[str, str]:
+        """SamplingParams' field names as this request spelled them (errors name what was sent)."""
+        return {}
+
     def sampling(self, generation_config: dict, max_tokens: int | None, logprobs: bool) -> list[SamplingParams]:
         """Resolved SamplingParams of each of the n choices: choice 0 samples with `seed`, choice
         i > 0 with a seed mixed from (seed, i), so that no choice repeats another request's (seed
@@ -163,7 +170,7 @@ class _Common(_Strict):
                 stop=stop, ignore_eos=self.ignore_eos, logprobs=logprobs,
             ).resolved(_server_defaults(generation_config))
         except JaxllmError as err:
-            raise bad_request(err) from None
+            raise bad_request(err, self.api_names()) from None
         if self.seed is None:  # the engine draws one per sequence
             return [params] * self.n
         return [params] + [dataclasses.replace(params, seed=int(np.random.SeedSequence([self.seed, i]).generate_state(1)[0]))
@@ -232,6 +239,7 @@ class ChatRequest(_Common):
     logprobs: bool = False
     top_logprobs: int | None = None
     max_completion_tokens: int | None = None  # the newer name of max_tokens
+    _given_max_tokens: int | None = PrivateAttr(None)  # max_tokens as sent (model_post_init fills it from the newer name)
     tools: Any = None  # these: _UNSUPPORTED
     tool_choice: Any = None
     functions: Any = None
@@ -239,10 +247,19 @@ class ChatRequest(_Common):
     response_format: Any = None
 
     def model_post_init(self, _context) -> None:
+        self._given_max_tokens = self.max_tokens
         if self.max_tokens is None:
             self.max_tokens = self.max_completion_tokens
 
+    def api_names(self) -> dict[str, str]:
+        newer = self._given_max_tokens is None and self.max_completion_tokens is not None
+        return {"max_new_tokens": "max_completion_tokens"} if newer else {}
+
     def check(self) -> None:
+        given, newer = self._given_max_tokens, self.max_completion_tokens
+        if given is not None and newer is not None and given != newer:
+            raise APIError(400, f"max_tokens={given} and max_completion_tokens={newer} disagree: send one of them "
+                           "(max_completion_tokens is max_tokens' newer name)", "max_completion_tokens")
         super().check()
         _check_top_logprobs(self.top_logprobs, "top_logprobs")
         for i, message in enumerate(self.messages):
