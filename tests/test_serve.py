@@ -368,6 +368,18 @@ def test_max_completion_tokens_errors_name_it(server):
     wait_idle(server)
 
 
+def test_chat_without_max_tokens_that_fills_the_context_names_the_messages(server):
+    """Without max_tokens a chat answer may take the rest of the context; messages that leave none
+    are refused on 'messages' with their token count, not as a 'max_tokens=1' the client never sent."""
+    words = server.engine.max_len  # "hi " is one token each: the template's tokens push it past the context
+    r = httpx.post(server.url + "/v1/chat/completions", timeout=60, json={"messages": [{"role": "user", "content": "hi " * words}]})
+    assert r.status_code == 400, r.text
+    e = r.json()["error"]
+    assert (e["param"], e["code"]) == ("messages", "context_length_exceeded") and "max_tokens" not in e["message"], e
+    assert f"{server.engine.max_len:,} tokens of context" in e["message"], e
+    wait_idle(server)
+
+
 def test_bad_input_messages_name_the_fix(server):
     def message(path, body):
         r = httpx.post(server.url + path, json=body, timeout=60)

@@ -113,7 +113,12 @@ class Server:
         self._check_room(1, body.n)
         self._check_texts(body.texts(), "messages")
         prompt = await self._off_loop(body.prompt, self.tokenizer)
-        params = body.sampling(self.model.generation_config, max(1, self.engine.max_len - len(prompt)), logprobs=body.logprobs)
+        room = self.engine.max_len - len(prompt)  # the default max_tokens: the rest of the context
+        if body.max_tokens is None and room < 1:
+            raise APIError(400, f"the messages hold {len(prompt):,} tokens, which leave no room for an answer in the "
+                           f"{self.engine.max_len:,} tokens of context this server takes: shorten them", "messages",
+                           "context_length_exceeded")
+        params = body.sampling(self.model.generation_config, room, logprobs=body.logprobs)
         fmt = ChatFormat(self.name, self.token_text, logprobs=body.logprobs, token_ids=body.return_token_ids,
                          token_bytes=self.token_bytes)
         return await self._answer(request, body, fmt, [prompt], params)
