@@ -321,6 +321,11 @@ def test_full_server_answers_503_with_retry_after(server):
     (dict(function_call={"name": "f"}), "function_call"),
     (dict(response_format={"type": "json_object"}), "response_format"),
     (dict(presence_penalty=0.5), "presence_penalty"),
+    (dict(messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"}]), "messages[1].tool_calls"),  # was dropped silently
+    (dict(messages=[{"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": "{}"}}]),
+     "messages[0].function_call"),
 ])
 def test_bad_fields_answer_400_with_openai_error_json(server, fields, param):
     fields = {"model": NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, **fields}

@@ -222,6 +222,8 @@ class ContentPart(_Strict):
 class Message(_Strict):
     role: str
     content: str | list[ContentPart] | None = None
+    tool_calls: Any = None  # an assistant's calls: refused (check), as the chat template would not see them
+    function_call: Any = None
 
     def text(self) -> str:
         if not isinstance(self.content, list):
@@ -266,6 +268,10 @@ class ChatRequest(_Common):
             if message.role not in ROLES and message.role not in ROLE_ALIASES:
                 raise APIError(400, f"messages[{i}].role '{message.role}' is not a role this server takes: use "
                                f"{', '.join(ROLES)} (or developer, read as system)", f"messages[{i}].role")
+            for name in ("tool_calls", "function_call"):
+                if getattr(message, name) not in (None, []):
+                    raise APIError(400, f"messages[{i}].{name} is not supported: this server calls no tools, and the "
+                                   "model would not see the call; give it as the message's content", f"messages[{i}].{name}")
 
     def texts(self) -> list[str]:
         """The messages' text, all of it one prompt (checked for length before it is encoded)."""
