@@ -72,6 +72,11 @@ def wait_idle(server, timeout=60.0) -> dict:
 
 def test_models_health_and_cli_defaults(server):
     assert [m.id for m in server.client.models.list().data] == [NAME]
+    assert server.client.models.retrieve(NAME).id == NAME  # GET /v1/models/{model}
+    r = httpx.get(server.url + "/v1/models/org/other-model")  # hub ids hold a '/'
+    assert r.status_code == 404 and (r.json()["error"]["code"], r.json()["error"]["param"]) == ("model_not_found", "model")
+    with pytest.raises(openai.NotFoundError):
+        server.client.models.retrieve("gpt-4o")
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
     args = parse_args(["--max-queue", "4"])
     assert (args.host, args.port, args.max_queue, args.batch_size) == ("127.0.0.1", 8000, 4, 32)

@@ -1,7 +1,7 @@
 """The HTTP side of `python -m jaxllm.serve`: a Starlette app with OpenAI's endpoints over one
 EngineLoop (jaxllm/api/engine_loop.py).
 
-    GET  /v1/models            the one model served
+    GET  /v1/models            the one model served (GET /v1/models/{model}: its card)
     GET  /health               200 and the engine's counts (running, waiting, free/total pages, compiles)
     POST /v1/completions       prompts as text (no chat template) or token ids
     POST /v1/chat/completions  messages through the tokenizer's chat template
@@ -90,9 +90,19 @@ class Server:
             return f"token_id:{token}"
         return self.token_bytes(token).decode("utf-8", errors="replace")
 
+    def _card(self) -> dict:
+        return {"id": self.name, "object": "model", "created": 0, "owned_by": "jaxllm", "max_model_len": self.engine.max_len}
+
     async def models(self, request: HTTPRequest) -> Response:
-        card = {"id": self.name, "object": "model", "created": 0, "owned_by": "jaxllm", "max_model_len": self.engine.max_len}
-        return JSONResponse({"object": "list", "data": [card]})
+        return JSONResponse({"object": "list", "data": [self._card()]})
+
+    async def model_card(self, request: HTTPRequest) -> Response:
+        """GET /v1/models/{model} (the openai client's models.retrieve): the card, or 404 as OpenAI answers."""
+        asked = request.path_params["model"]
+        if asked != self.name:
+            raise APIError(404, f"model '{asked}' is not served here: this server serves '{self.name}' (GET /v1/models)",
+                           "model", "model_not_found")
+        return JSONResponse(self._card())
 
     async def health(self, request: HTTPRequest) -> Response:
         if self.loop.error is not None:
@@ -210,7 +220,7 @@ def _routing_error(request: HTTPRequest, err: HTTPException, routes: list[Route]
     as clients parse every error body, naming the endpoints (or the methods) that exist."""
     asked = f"{request.method} {request.url.path}"
     if err.status_code == 404:
-        served = ", ".join(f"{m} {r.path}" for r in routes for m in sorted(r.methods - {"HEAD"}))
+        served = ", ".join(f"{m} {r.path.replace(':path', '')}" for r in routes for m in sorted(r.methods - {"HEAD"}))
         message = f"{asked}: no such endpoint here: use one of {served}"
     elif err.status_code == 405:
         allowed = (err.headers or {}).get("Allow", "")
@@ -265,6 +275,7 @@ def build_app(model, engine: Engine, *, name: str, max_queue: int = 256) -> Star
 
     routes = [
         Route("/v1/models", server.models, methods=["GET"]),
+        Route("/v1/models/{model:path}", server.model_card, methods=["GET"]),  # hub ids hold a '/'
         Route("/health", server.health, methods=["GET"]),
         Route("/v1/completions", server.completions, methods=["POST"]),
         Route("/v1/chat/completions", server.chat, methods=["POST"]),
