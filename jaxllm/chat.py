@@ -84,8 +84,9 @@ class Chat:
     def __init__(self, model, params, system: str | None = None, context: int = CONTEXT):
         self.model, self.params, self.system = model, params, system
         self.history: list[dict] = []
-        max_len = min(context, model.config.context_length)
+        self.max_len = max_len = min(context, model.config.context_length)
         self.engine = Engine(model, batch_size=1, max_len=max_len, num_pages=-(-max_len // 16), page_size=16)  # one conversation's pages
+        self.max_new = params.resolved(getattr(model, "generation_config", None)).max_new_tokens  # what an answer may take
         self._stopping = False
 
     def run(self, stdin, stdout) -> None:
@@ -127,6 +128,12 @@ class Chat:
             ids = encode_messages(self.model.tokenizer, turn)
         except InputError as err:  # the template refused this conversation: the session goes on
             _note(f"error: {err} (/reset starts a new conversation)")
+            return
+        if len(ids) + self.max_new > self.max_len:  # the engine's own message names its max_len, not a flag of this chat
+            what = "the conversation with this message holds" if self.history else "this message holds"
+            fix = "/reset starts a new conversation" if self.history else "send a shorter one"
+            _note(f"error: {what} {len(ids):,} tokens, and an answer may take {self.max_new:,} more (--max-new-tokens): more "
+                  f"than this chat's context of {self.max_len:,} tokens: {fix}")
             return
         stats, shown = progress.Stats(), []
 

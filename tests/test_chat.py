@@ -68,6 +68,26 @@ def test_turns_commands_and_history(session, capsys):
     assert "unknown command /help" in err and err.count("[prompt tokens") == 4
 
 
+def test_a_conversation_that_outgrows_the_context_says_so_and_goes_on(monkeypatch, capsys):
+    """A turn whose conversation plus an answer of --max-new-tokens would pass the chat's context is
+    refused in one line naming the sizes and /reset (not the engine's "raise max_len", which no
+    flag of the chat sets); the history is unchanged and /reset lets the chat go on."""
+    monkeypatch.setattr(chat, "Engine", lambda *args, **kwargs: None)
+    model, out = StandIn(), io.StringIO()  # one token per message: a turn after the first holds 3
+    talk = chat.Chat(model, SamplingParams(max_new_tokens=4), context=6)
+    for line in ["Hi", "And now?", "/reset", "Again"]:
+        talk.handle(line, out)
+    assert out.getvalue() == "answer 1\nanswer 3\n"  # model.seen[1]: the refused turn's rendering
+    err = capsys.readouterr().err
+    assert ("error: the conversation with this message holds 3 tokens, and an answer may take 4 more (--max-new-tokens): "
+            "more than this chat's context of 6 tokens: /reset starts a new conversation\n") in err
+    assert err.count("[prompt tokens") == 2 and "max_len" not in err
+    talk = chat.Chat(model, SamplingParams(max_new_tokens=6), context=6)
+    talk.handle("Hi", out)
+    assert "error: this message holds 1 tokens, and an answer may take 6 more" in capsys.readouterr().err
+    assert talk.history == []
+
+
 class NoSystem(StandIn):
     """A model whose chat template refuses a system message, as Gemma's does."""
 
