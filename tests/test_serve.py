@@ -331,6 +331,14 @@ def test_full_server_answers_503_with_retry_after(server):
         {"role": "tool", "tool_call_id": "c1", "content": "42"}]), "messages[1].tool_calls"),  # was dropped silently
     (dict(messages=[{"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": "{}"}}]),
      "messages[0].function_call"),
+    # fields this server does not declare, that would change the answer: refused, not ignored
+    (dict(modalities=["text", "audio"]), "modalities"),
+    (dict(extra_body={"min_tokens": 3}), "min_tokens"),  # vLLM's extensions
+    (dict(extra_body={"stop_token_ids": [2]}), "stop_token_ids"),
+    (dict(extra_body={"skip_special_tokens": False}), "skip_special_tokens"),
+    (dict(extra_body={"guided_json": {"type": "object"}}), "guided_json"),
+    (dict(extra_body={"continue_final_message": True, "add_generation_prompt": False}), "continue_final_message"),
+    (dict(extra_body={"echo": True}), "echo"),
 ])
 def test_bad_fields_answer_400_with_openai_error_json(server, fields, param):
     fields = {"model": NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, **fields}
@@ -408,8 +416,10 @@ def test_bad_input_messages_name_the_fix(server):
 
 
 def test_neutral_values_of_unsupported_fields_and_the_developer_role_are_accepted(server):
-    neutral = dict(logit_bias={}, tools=[], tool_choice="none", response_format={"type": "text"},
-                   extra_body={"functions": [], "function_call": "none", "presence_penalty": 0})
+    neutral = dict(logit_bias={}, tools=[], tool_choice="none", response_format={"type": "text"}, modalities=["text"],
+                   extra_body={"functions": [], "function_call": "none", "presence_penalty": 0, "min_tokens": 0,
+                               "stop_token_ids": [], "skip_special_tokens": True, "add_generation_prompt": True,
+                               "some_other_field": {"x": 1}})  # one nobody defines: ignored
     used = {}
     for role in ("system", "developer"):  # developer is read as system
         out = server.client.chat.completions.create(model=NAME, max_tokens=1, temperature=0, **neutral, messages=[

@@ -126,7 +126,11 @@ class StreamOptions(_Strict):
 
 class _Common(_Strict):
     """Fields both endpoints take. top_k, min_p, repetition_penalty, ignore_eos and
-    return_token_ids are extensions (the openai client sends them through `extra_body`)."""
+    return_token_ids are extensions (the openai client sends them through `extra_body`). Other
+    fields are kept (extra="allow") only so that check() can refuse those of _UNSUPPORTED that
+    are not declared here (vLLM's extensions); the rest are ignored, as they change nothing."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
 
     model: str | None = None
     max_tokens: int | None = None
@@ -150,8 +154,15 @@ class _Common(_Strict):
         """Refuse (400) what exists in the API alone and is out of range or not served here."""
         if self.n < 1:
             raise APIError(400, f"n={self.n} is invalid: use a whole number >= 1", "n")
+        extra = self.model_extra or {}
         for name, (neutral, fix) in _UNSUPPORTED.items():
-            if name in type(self).model_fields and not neutral(getattr(self, name), self):
+            if name in type(self).model_fields:
+                value = getattr(self, name)
+            elif name in extra:
+                value = extra[name]
+            else:
+                continue
+            if not neutral(value, self):
                 raise APIError(400, f"{name} is not supported by this server: {fix}", name)
 
     def api_names(self) -> dict[str, str]:
@@ -294,7 +305,7 @@ ROLES = ("system", "user", "assistant", "tool")  # those chat templates render (
 ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name of the system message; templates know only "system"
 
 
-# OpenAI's fields that this server does not implement: name -> (does this value change nothing
+# OpenAI's fields (and vLLM's) that this server does not implement: name -> (does this value change nothing
 # (value, request), what to do instead). Each is refused (400) rather than silently ignored,
 # except at the value that changes nothing, which clients may send as their default (the openai
 # client itself sends only what its caller passes): logit_bias {}, best_of = n, tools [], ...
@@ -313,6 +324,28 @@ _UNSUPPORTED = {
                       "it calls no functions: leave function_call out (or send 'none')"),
     "response_format": (lambda v, body: v in (None, {"type": "text"}),
                         'answers are free text: leave it out (or send {"type": "text"})'),
+    "modalities": (lambda v, body: v in (None, ["text"]), 'answers are text only: leave it out (or send ["text"])'),
+    "audio": (lambda v, body: v is None, "answers are text only: leave it out"),
+    "web_search_options": (lambda v, body: v is None, "it searches nothing: leave it out"),
+    # vLLM's extensions beside the ones served here (top_k, min_p, repetition_penalty, ignore_eos):
+    # a client written for vLLM that sends one gets a 400, not an answer that ignored it.
+    "min_tokens": (lambda v, body: v in (None, 0), "leave it out (ignore_eos makes answers run to max_tokens)"),
+    "stop_token_ids": (lambda v, body: v in (None, []), "give the tokens' text in stop instead"),
+    "include_stop_str_in_output": (lambda v, body: v in (None, False), "leave it out: the answer ends before the stop string"),
+    "skip_special_tokens": (lambda v, body: v in (None, True),
+                            "leave it out: special tokens are left out of the text (return_token_ids gives every id)"),
+    "bad_words": (lambda v, body: v in (None, []), "leave it out"),
+    "allowed_token_ids": (lambda v, body: v is None, "leave it out"),
+    "prompt_logprobs": (lambda v, body: v in (None, 0), "leave it out: only the answer's tokens have log-probabilities here"),
+    "truncate_prompt_tokens": (lambda v, body: v is None, "leave it out and shorten the prompt yourself"),
+    "use_beam_search": (lambda v, body: v in (None, False), "leave it out: answers are sampled (temperature 0: greedy)"),
+    **{name: (lambda v, body: v is None, "answers are free text: leave it out")
+       for name in ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs")},
+    "continue_final_message": (lambda v, body: v in (None, False),
+                               "leave it out: a last assistant message is a finished turn, and the answer a new one"),
+    "add_generation_prompt": (lambda v, body: v in (None, True), "leave it out: the answer is the assistant's next turn"),
+    "chat_template": (lambda v, body: v is None, "leave it out: the model's own chat template is used"),
+    "chat_template_kwargs": (lambda v, body: v in (None, {}), "leave it out: the model's own chat template is used as it is"),
 }
 _FIELD_NAMES = {name for m in (CompletionRequest, ChatRequest, Message, ContentPart, StreamOptions) for name in m.model_fields}
 
