@@ -230,6 +230,8 @@ def test_seeded_sampling_n_and_stop_strings(server):
     hi = [{"role": "user", "content": "Hi"}]
     (plain,) = ChatRequest(messages=hi).sampling({}, 8, False)
     assert (plain.temperature, plain.top_p, plain.top_k) == (1.0, 1.0, 0)
+    (vllm,) = ChatRequest(messages=hi, top_k=-1).sampling({"top_k": 20}, 8, False)  # vLLM's -1: no top-k
+    assert vllm.top_k == 0
     (own,) = ChatRequest(messages=hi).sampling({"do_sample": False, "temperature": 0.6, "top_k": 20}, 8, False)
     assert (own.temperature, own.top_k) == (0.6, 20)
     assert ChatRequest(messages=hi, temperature=0.0).sampling({"temperature": 0.6}, 8, False)[0].temperature == 0.0
@@ -308,7 +310,7 @@ def test_full_server_answers_503_with_retry_after(server):
     (dict(extra_body={"temperature": "hot"}), "temperature"),
     (dict(extra_body={"max_tokens": 2.5}), "max_tokens"),
     (dict(extra_body={"stop": [1, 2]}), "stop"),
-    (dict(extra_body={"top_k": -1}), "top_k"),
+    (dict(extra_body={"top_k": -2}), "top_k"),
     (dict(extra_body={"top_k": 2**40}), "top_k"),  # beyond int32: once failed the engine, and every request after it
     (dict(logprobs=True, top_logprobs=3), "top_logprobs"),
     (dict(max_tokens=600), None),  # the prompt + max_tokens exceed the engine's 512 positions

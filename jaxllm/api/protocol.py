@@ -177,7 +177,8 @@ class _Common(_Strict):
         try:
             params = SamplingParams(
                 max_new_tokens=max_tokens if self.max_tokens is None else self.max_tokens, temperature=self.temperature,
-                top_k=self.top_k, top_p=self.top_p, min_p=self.min_p, repetition_penalty=self.repetition_penalty, seed=self.seed,
+                top_k=0 if self.top_k == -1 else self.top_k,  # -1: vLLM's spelling of 'no top-k'
+                top_p=self.top_p, min_p=self.min_p, repetition_penalty=self.repetition_penalty, seed=self.seed,
                 stop=stop, ignore_eos=self.ignore_eos, logprobs=logprobs,
             ).resolved(_server_defaults(generation_config))
         except JaxllmError as err:
