@@ -393,14 +393,20 @@ class HFCheckpoint:
         """names(), shape(name), get(name) -> lazy tensor."""
         return self._tensors if self._tensors is not None else SafetensorsCheckpoint(self.path)
 
+    def named(self, arch, specs):
+        """The tensors under the names the weight map reads (weights.base_model_names)."""
+        return weights.base_model_names(self.tensors, specs, arch.base_prefix)
+
     def problems(self, arch, cfg, abstract) -> list[str]:
-        return weights.problems(self.tensors, arch.weight_map(cfg), abstract, arch.ignored(cfg))
+        specs = arch.weight_map(cfg)
+        return weights.problems(self.named(arch, specs), specs, abstract, arch.ignored(cfg))
 
     def size(self, arch, cfg, abstract) -> int:
         return len({name for spec in arch.weight_map(cfg) for name in spec.hf_names})
 
     def read(self, arch, cfg, abstract, dtype, shardings=None, progress=None):
-        return weights.load_params(self.tensors, arch.weight_map(cfg), abstract, dtype, shardings, progress)
+        specs = arch.weight_map(cfg)
+        return weights.load_params(self.named(arch, specs), specs, abstract, dtype, shardings, progress)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")

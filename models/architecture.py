@@ -35,6 +35,10 @@ class Architecture:
     hf_defaults: dict = field(default_factory=dict)
     # The checkpoint's output head, which a tied model does not read (GPT-NeoX: embed_out.weight).
     head_name: str = "lm_head.weight"
+    # transformers' base_model_prefix: the first part of the base model's tensor names, which a
+    # checkpoint saved from the base model alone leaves out (openai-community/gpt2: h.0.attn...,
+    # not transformer.h.0.attn...); transformers adds it when loading such a checkpoint, and so do we.
+    base_prefix: str = "model"
     # Whether transformers' modeling code of this family rotates part of each head
     # (partial_rotary_factor: Phi-3 / Phi-4-mini, GPT-NeoX); the others ignore the key, and so do we.
     partial_rotary: bool = False

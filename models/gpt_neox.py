@@ -93,7 +93,7 @@ def neox_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
 
 ARCHITECTURES = (Architecture(
     name="GPTNeoXForCausalLM", module=GPTNeoXForCausalLM, weight_map=neox_weight_map, hf_model_type="gpt_neox",
-    common_names=neox_names, head_name="embed_out.weight", partial_rotary=True,
+    common_names=neox_names, head_name="embed_out.weight", base_prefix="gpt_neox", partial_rotary=True,
     hf_defaults=dict(hidden_act="gelu", layer_norm_eps=1e-5, attention_bias=True, use_parallel_residual=True),
     config_defaults=lambda raw: dict(
         qkv_bias=raw.get("attention_bias") is not False, o_bias=raw.get("attention_bias") is not False,

@@ -199,6 +199,37 @@ class WeightSpec:
         return source.get(self.hf_name)
 
 
+class Renamed:
+    """A tensor source read under other names: `renamed` {name read: the source's name}; the
+    source's other names as they are."""
+
+    def __init__(self, source, renamed: dict[str, str]):
+        self.source, self.renamed = source, renamed
+        taken = set(renamed.values())
+        self._names = [n for n in source.names() if n not in taken] + list(renamed)
+
+    def names(self):
+        return self._names
+
+    def shape(self, name):
+        return self.source.shape(self.renamed.get(name, name))
+
+    def get(self, name):
+        return self.source.get(self.renamed.get(name, name))
+
+
+def base_model_names(source, specs: Iterable[WeightSpec], prefix: str):
+    """`source`, each tensor the weight map reads as `prefix.NAME` that it holds as NAME alone read
+    under the prefixed name: a checkpoint saved from the base model (GPT2Model, LlamaModel) names
+    its tensors without transformers' base_model_prefix, which transformers adds per tensor when it
+    loads one into the model with a head (openai-community/gpt2 holds h.0.attn.c_attn.weight)."""
+    start = prefix + "."
+    names = set(source.names())
+    renamed = {n: n[len(start):] for s in specs for n in s.hf_names
+               if n.startswith(start) and n not in names and n[len(start):] in names}
+    return Renamed(source, renamed) if renamed else source
+
+
 def flat_params(state) -> dict[tuple, jax.Array | jax.ShapeDtypeStruct]:
     """{parameter path: leaf} of a parameter state, abstract or filled."""
     return {tuple(path): leaf for path, leaf in _flat_items(state)}

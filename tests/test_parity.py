@@ -108,9 +108,25 @@ def _edit(drop=(), **values):
     return edit
 
 
+def _tensors(rename=lambda name: name, add=dict):
+    """A model.safetensors edit: tensors renamed, then add()'s added (a Hub file's form of the same weights)."""
+    def rewrite(path):
+        from safetensors.torch import load_file, save_file
+        tensors = {rename(name): value for name, value in load_file(path).items()}
+        save_file(dict(tensors, **add()), path, metadata={"format": "pt"})
+    return rewrite
+
+
+def _causal_buffers(name: str, size: int, layers: int = 3):
+    """The causal-mask buffers old checkpoints keep per layer (`name` with {i}), which transformers ignores."""
+    import torch
+    return lambda: {name.format(i=i): torch.tril(torch.ones(1, 1, size, size)) for i in range(layers)}
+
+
 # Configs as Hub checkpoints spell them: older keys, keys left to the family's transformers
-# defaults. transformers reloads the edited folder as the reference, so a key jaxllm reads
-# differently (or not at all) shows as a difference.
+# defaults; and a few forms of their safetensors files (an optional fourth entry rewrites it).
+# transformers reloads the edited folder as the reference, so a key jaxllm reads differently (or
+# not at all) shows as a difference.
 SPELLINGS = {
     "neox-rotary-pct": ("GPTNeoXForCausalLM", {}, _edit(("rope_parameters", "partial_rotary_factor", "rope_theta"),
                                                         rotary_pct=0.5, rotary_emb_base=5000)),
@@ -129,6 +145,11 @@ SPELLINGS = {
     # a key the family's modeling code ignores: every head rotates whole (transformers' Llama, Qwen3)
     "llama-ignores-partial-rotary": ("LlamaForCausalLM", {}, _edit(partial_rotary_factor=0.5)),
     "qwen3-ignores-partial-rotary": ("Qwen3ForCausalLM", {}, _edit(partial_rotary_factor=0.5)),
+    # checkpoints saved from the base model: tensor names without transformers' base_model_prefix
+    # (openai-community/gpt2's form, with its mask buffers), which transformers adds while loading
+    "gpt2-base-model-names": ("GPT2LMHeadModel", {}, _edit(),
+                              _tensors(lambda n: n.removeprefix("transformer."), _causal_buffers("h.{i}.attn.bias", 64))),
+    "qwen2-base-model-names": ("Qwen2ForCausalLM", {}, _edit(), _tensors(lambda n: n.removeprefix("model."))),
 }
 
 
@@ -137,12 +158,14 @@ def test_hub_spellings_and_family_defaults_match_transformers(case, tmp_path):
     import torch
     import transformers
 
-    arch, overrides, edit = SPELLINGS[case]
+    arch, overrides, edit, *rewrite = SPELLINGS[case]
     reference.build(arch, tmp_path, **overrides)
     path = tmp_path / "config.json"
     raw = json.loads(path.read_text())
     edit(raw)
     path.write_text(json.dumps(raw))
+    for tensors in rewrite:
+        tensors(tmp_path / "model.safetensors")
     ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager", dtype=torch.float32).eval()
     err = reference.max_rel_diff(jaxllm.load(tmp_path).logits(TOKENS), reference.torch_logits(ref, TOKENS))
     print(f"{case}: max rel diff {err:.2e}")
