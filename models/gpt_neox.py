@@ -94,6 +94,9 @@ def neox_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
 ARCHITECTURES = (Architecture(
     name="GPTNeoXForCausalLM", module=GPTNeoXForCausalLM, weight_map=neox_weight_map, hf_model_type="gpt_neox",
     common_names=neox_names, head_name="embed_out.weight", base_prefix="gpt_neox", partial_rotary=True,
+    # Checkpoints converted by EleutherAI's tools (Pythia) keep each layer's causal-mask buffers,
+    # which transformers ignores (_keys_to_ignore_on_load_unexpected), beside the rotary inv_freq.
+    ignore=(r".*rotary_emb\.inv_freq$", r".*\.attention\.bias$", r".*\.attention\.masked_bias$"),
     hf_defaults=dict(hidden_act="gelu", layer_norm_eps=1e-5, attention_bias=True, use_parallel_residual=True),
     config_defaults=lambda raw: dict(
         qkv_bias=raw.get("attention_bias") is not False, o_bias=raw.get("attention_bias") is not False,

@@ -117,10 +117,15 @@ def _tensors(rename=lambda name: name, add=dict):
     return rewrite
 
 
-def _causal_buffers(name: str, size: int, layers: int = 3):
-    """The causal-mask buffers old checkpoints keep per layer (`name` with {i}), which transformers ignores."""
+def _causal_buffers(name: str, size: int, layers: int = 3, masked: str | None = None):
+    """The causal-mask buffers old checkpoints keep per layer (`name`, and `masked` for the masked
+    value, with {i}), which transformers ignores."""
     import torch
-    return lambda: {name.format(i=i): torch.tril(torch.ones(1, 1, size, size)) for i in range(layers)}
+
+    def add():
+        out = {name.format(i=i): torch.tril(torch.ones(1, 1, size, size, dtype=torch.bool)) for i in range(layers)}
+        return dict(out, **{masked.format(i=i): torch.tensor(-1e9) for i in range(layers)} if masked else {})
+    return add
 
 
 # Configs as Hub checkpoints spell them: older keys, keys left to the family's transformers
@@ -150,6 +155,9 @@ SPELLINGS = {
     "gpt2-base-model-names": ("GPT2LMHeadModel", {}, _edit(),
                               _tensors(lambda n: n.removeprefix("transformer."), _causal_buffers("h.{i}.attn.bias", 64))),
     "qwen2-base-model-names": ("Qwen2ForCausalLM", {}, _edit(), _tensors(lambda n: n.removeprefix("model."))),
+    # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
+    "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
+        "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
 }
 
 
