@@ -35,18 +35,24 @@ def moe_weight_map(block: str, names: dict):
     return weight_map
 
 
+def _experts(raw: dict, default: int) -> int:
+    """The number of experts, under either name (transformers' MixtralConfig and Qwen3MoeConfig map
+    num_experts onto num_local_experts), or the config class's default."""
+    return raw.get("num_local_experts", raw.get("num_experts", default))
+
+
 def mixtral_defaults(raw: dict) -> dict:
-    return dict(num_experts=raw.get("num_local_experts", 8), experts_per_token=raw.get("num_experts_per_tok", 2))
+    return dict(num_experts=_experts(raw, 8), experts_per_token=raw.get("num_experts_per_tok", 2))
 
 
 def qwen3_moe_defaults(raw: dict) -> dict:
+    """What Qwen3MoeConfig assumes for keys left out: 128 experts, top 8, 768 wide, every layer routed."""
     n = raw["num_hidden_layers"]
-    experts = raw.get("num_experts", raw.get("num_local_experts", 0))
     step = raw.get("decoder_sparse_step", 1) or 1
     dense = set(raw.get("mlp_only_layers") or ()) | {i for i in range(n) if (i + 1) % step}
     return dict(
-        qk_norm="per_head", num_experts=experts, experts_per_token=raw.get("num_experts_per_tok", 1),
-        moe_intermediate_size=raw.get("moe_intermediate_size", 0), norm_topk_prob=bool(raw.get("norm_topk_prob", False)),
+        qk_norm="per_head", num_experts=_experts(raw, 128), experts_per_token=raw.get("num_experts_per_tok", 8),
+        moe_intermediate_size=raw.get("moe_intermediate_size", 768), norm_topk_prob=bool(raw.get("norm_topk_prob", False)),
         dense_layers=tuple(sorted(dense)),
     )  # use_sliding_window puts the window on every layer here (transformers has no max_window_layers for it)
 
