@@ -31,7 +31,9 @@ def phi3_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
 ARCHITECTURES = (Architecture(
     name="Phi3ForCausalLM", module=CausalLM, weight_map=phi3_weight_map, hf_model_type="phi3",
     config_defaults=lambda raw: dict(longrope_recompute=True),
-    hf_defaults=dict(rms_norm_eps=1e-5), partial_rotary=True,
+    # Phi3Config's top-level original_max_position_embeddings (4,096 when left out) is the one
+    # LongRoPE uses: transformers overwrites the rope parameters' own with it.
+    hf_defaults=dict(rms_norm_eps=1e-5, original_max_position_embeddings=4096), partial_rotary=True,
     # LongRoPE's long factors from position 4 on, so every test sequence runs on them (the switch
     # from short to long mid-generation has its own test in test_generation.py).
     tiny_config=dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3,

@@ -147,6 +147,8 @@ SPELLINGS = {
     "gemma3-v4-scaling-no-theta": ("Gemma3ForCausalLM", {}, _edit(("rope_parameters", "rope_theta"), rope_local_base_freq=10000.0,
                                                                   rope_scaling={"rope_type": "linear", "factor": 8.0})),
     "mixtral-default-theta": ("MixtralForCausalLM", {}, _edit(("rope_parameters", "rope_theta"))),
+    "phi3-original-context-in-rope-only": ("Phi3ForCausalLM", {}, lambda raw: raw["rope_parameters"].update(
+        original_max_position_embeddings=raw.pop("original_max_position_embeddings"))),
     "mixtral-num-experts-spelling": ("MixtralForCausalLM", {}, lambda raw: raw.update(num_experts=raw.pop("num_local_experts"))),
     "qwen3moe-default-top-k": ("Qwen3MoeForCausalLM", dict(num_experts=10, num_experts_per_tok=8), _edit(("num_experts_per_tok",))),
     "qwen3moe-default-width": ("Qwen3MoeForCausalLM", dict(moe_intermediate_size=768), _edit(("moe_intermediate_size",))),
