@@ -22,6 +22,7 @@ def gemma_defaults(raw: dict) -> dict:
     return dict(
         embed_scale=float(raw["hidden_size"]) ** 0.5,
         norm_offset=1.0,
+        mlp_bias=False,  # attention_bias is read; the MLP has none whatever the config says
         # transformers maps the legacy "gelu" of Gemma 1's releases to the tanh approximation.
         hidden_act="gelu_pytorch_tanh" if act == "gelu" else act,
     )

@@ -6,6 +6,10 @@ from __future__ import annotations
 from jaxllm.models.architecture import Architecture
 from jaxllm.models.decoder import CausalLM, decoder_weight_map
 
+# The biases of families whose transformers code hard-wires them off: it ignores attention_bias
+# and mlp_bias in their configs, and so do we (Llama's code honours both).
+NO_BIAS = dict(qkv_bias=False, o_bias=False, mlp_bias=False)
+
 
 def qwen_layer_types(raw: dict) -> dict:
     """Qwen2/3 (and Qwen3-MoE) enable the window only with use_sliding_window, and only from
@@ -29,19 +33,19 @@ ARCHITECTURES = (
     ),
     Architecture(
         name="MistralForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="mistral",
-        hf_defaults=dict(sliding_window=4096),
+        hf_defaults=dict(sliding_window=4096), config_defaults=lambda raw: NO_BIAS,
         tiny_config=dict(_TINY, sliding_window=8, rope_theta=10000.0),
     ),
     Architecture(
         name="Qwen2ForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="qwen2",
         hf_defaults=dict(use_sliding_window=False),
-        config_defaults=lambda raw: dict(qkv_bias=True, o_bias=False, **qwen_layer_types(raw)),
+        config_defaults=lambda raw: dict(qkv_bias=True, o_bias=False, mlp_bias=False, **qwen_layer_types(raw)),
         tiny_config=dict(_TINY, rope_theta=1000000.0, tie_word_embeddings=True),
     ),
     Architecture(
         name="Qwen3ForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="qwen3",
         hf_defaults=dict(use_sliding_window=False),
-        config_defaults=lambda raw: dict(qk_norm="per_head", **qwen_layer_types(raw)),
+        config_defaults=lambda raw: dict(qk_norm="per_head", mlp_bias=False, **qwen_layer_types(raw)),
         tiny_config=dict(_TINY, head_dim=32, rope_theta=1000000.0),
     ),
 )

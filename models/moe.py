@@ -9,6 +9,7 @@ and mapping the per-expert checkpoint tensors onto the stacked [expert, ...] ker
 from jaxllm.models.architecture import Architecture
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, decoder_weight_map
+from jaxllm.models.llama import NO_BIAS
 from jaxllm.models.weights import Linear, Stack, Transpose, WeightSpec
 
 
@@ -42,7 +43,7 @@ def _experts(raw: dict, default: int) -> int:
 
 
 def mixtral_defaults(raw: dict) -> dict:
-    return dict(num_experts=_experts(raw, 8), experts_per_token=raw.get("num_experts_per_tok", 2))
+    return dict(NO_BIAS, num_experts=_experts(raw, 8), experts_per_token=raw.get("num_experts_per_tok", 2))
 
 
 def qwen3_moe_defaults(raw: dict) -> dict:
@@ -51,7 +52,7 @@ def qwen3_moe_defaults(raw: dict) -> dict:
     step = raw.get("decoder_sparse_step", 1) or 1
     dense = set(raw.get("mlp_only_layers") or ()) | {i for i in range(n) if (i + 1) % step}
     return dict(
-        qk_norm="per_head", num_experts=_experts(raw, 128), experts_per_token=raw.get("num_experts_per_tok", 8),
+        qk_norm="per_head", mlp_bias=False, num_experts=_experts(raw, 128), experts_per_token=raw.get("num_experts_per_tok", 8),
         moe_intermediate_size=raw.get("moe_intermediate_size", 768), norm_topk_prob=bool(raw.get("norm_topk_prob", False)),
         dense_layers=tuple(sorted(dense)),
     )  # use_sliding_window puts the window on every layer here (transformers has no max_window_layers for it)

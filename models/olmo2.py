@@ -40,7 +40,7 @@ def olmo2_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
 ARCHITECTURES = (Architecture(
     name="Olmo2ForCausalLM", module=Olmo2ForCausalLM, weight_map=olmo2_weight_map, hf_model_type="olmo2",
     hf_defaults=dict(rms_norm_eps=1e-5),
-    config_defaults=lambda raw: dict(qk_norm="projection", norm_upcast_scale=True),
+    config_defaults=lambda raw: dict(qk_norm="projection", norm_upcast_scale=True, mlp_bias=False),
     tiny_config=dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                      rms_norm_eps=1e-6, rope_theta=500000.0, tie_word_embeddings=False,

@@ -4,6 +4,7 @@ in the checkpoint (split while loading, so the module is the shared one), and Lo
 from jaxllm.models.architecture import Architecture
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, decoder_weight_map
+from jaxllm.models.llama import NO_BIAS
 from jaxllm.models.weights import Linear, Part, WeightSpec
 
 
@@ -30,7 +31,7 @@ def phi3_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
 
 ARCHITECTURES = (Architecture(
     name="Phi3ForCausalLM", module=CausalLM, weight_map=phi3_weight_map, hf_model_type="phi3",
-    config_defaults=lambda raw: dict(longrope_recompute=True),
+    config_defaults=lambda raw: dict(NO_BIAS, longrope_recompute=True),
     # Phi3Config's top-level original_max_position_embeddings (4,096 when left out) is the one
     # LongRoPE uses: transformers overwrites the rope parameters' own with it.
     hf_defaults=dict(rms_norm_eps=1e-5, original_max_position_embeddings=4096), partial_rotary=True,

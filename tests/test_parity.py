@@ -155,6 +155,10 @@ SPELLINGS = {
     # a key the family's modeling code ignores: every head rotates whole (transformers' Llama, Qwen3)
     "llama-ignores-partial-rotary": ("LlamaForCausalLM", {}, _edit(partial_rotary_factor=0.5)),
     "qwen3-ignores-partial-rotary": ("Qwen3ForCausalLM", {}, _edit(partial_rotary_factor=0.5)),
+    # bias keys of families whose code hard-wires the biases off (Llama's honours them)
+    "mistral-ignores-bias-keys": ("MistralForCausalLM", {}, _edit(attention_bias=True, mlp_bias=True)),
+    "phi3-ignores-attention-bias": ("Phi3ForCausalLM", {}, _edit(attention_bias=True)),
+    "olmo2-ignores-mlp-bias": ("Olmo2ForCausalLM", {}, _edit(mlp_bias=True)),
     # checkpoints saved from the base model: tensor names without transformers' base_model_prefix
     # (openai-community/gpt2's form, with its mask buffers), which transformers adds while loading
     "gpt2-base-model-names": ("GPT2LMHeadModel", {}, _edit(),
