@@ -68,7 +68,7 @@ def gpt2_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
 ARCHITECTURES = (Architecture(
     name="GPT2LMHeadModel", module=GPT2LMHeadModel, weight_map=gpt2_weight_map, hf_model_type="gpt2",
     common_names=gpt2_names, config_defaults=gpt2_defaults, base_prefix="transformer",
-    hf_defaults=dict(activation_function="gelu_new", layer_norm_epsilon=1e-5, tie_word_embeddings=True),
+    hf_defaults=dict(activation_function="gelu_new", layer_norm_epsilon=1e-5, tie_word_embeddings=True, n_positions=1024),
     # Old checkpoints keep the causal-mask buffers of each attention block; we build masks ourselves.
     ignore=(r".*\.attn\.bias$", r".*\.attn\.masked_bias$"),
     tiny_config=dict(vocab_size=128, n_embd=64, n_layer=3, n_head=4, n_positions=64, activation_function="gelu_new",

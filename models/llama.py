@@ -44,7 +44,7 @@ ARCHITECTURES = (
     ),
     Architecture(
         name="Qwen3ForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="qwen3",
-        hf_defaults=dict(use_sliding_window=False),
+        hf_defaults=dict(use_sliding_window=False, head_dim=128),  # Qwen3Config's head_dim, whatever hidden / heads
         config_defaults=lambda raw: dict(qk_norm="per_head", mlp_bias=False, **qwen_layer_types(raw)),
         tiny_config=dict(_TINY, head_dim=32, rope_theta=1000000.0),
     ),

@@ -143,6 +143,11 @@ SPELLINGS = {
     "qwen2-default-window-layers": ("Qwen2ForCausalLM", dict(num_hidden_layers=30, use_sliding_window=True, sliding_window=8),
                                     _edit(("layer_types", "max_window_layers"))),
     "gemma-tied-by-default": ("GemmaForCausalLM", {}, _edit(("tie_word_embeddings",))),
+    # shapes the config class assumes: Gemma's head_dim 256 and Qwen3's 128 (not hidden / heads), GPT-2's 1,024 positions
+    "gemma2-default-head-dim": ("Gemma2ForCausalLM", dict(head_dim=256), _edit(("head_dim",))),
+    "gemma3-default-head-dim": ("Gemma3ForCausalLM", dict(head_dim=256), _edit(("head_dim",))),
+    "qwen3-default-head-dim": ("Qwen3ForCausalLM", dict(head_dim=128), _edit(("head_dim",))),
+    "gpt2-default-positions": ("GPT2LMHeadModel", dict(n_positions=1024), _edit(("n_positions",))),
     "gemma2-exact-gelu": ("Gemma2ForCausalLM", dict(hidden_activation="gelu"), _edit()),
     "gemma3-v4-scaling-no-theta": ("Gemma3ForCausalLM", {}, _edit(("rope_parameters", "rope_theta"), rope_local_base_freq=10000.0,
                                                                   rope_scaling={"rope_type": "linear", "factor": 8.0})),
