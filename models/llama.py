@@ -13,8 +13,8 @@ NO_BIAS = dict(qkv_bias=False, o_bias=False, mlp_bias=False)
 
 def qwen_layer_types(raw: dict) -> dict:
     """Qwen2/3 (and Qwen3-MoE) enable the window only with use_sliding_window, and only from
-    max_window_layers on."""
-    if raw.get("layer_types") or not raw.get("use_sliding_window"):
+    max_window_layers on; a null sliding_window leaves every layer full, as transformers reads it."""
+    if raw.get("layer_types") or not raw.get("use_sliding_window") or raw.get("sliding_window") is None:
         return {}
     n = raw["num_hidden_layers"]
     start = raw.get("max_window_layers", 28)  # transformers' default
@@ -38,13 +38,13 @@ ARCHITECTURES = (
     ),
     Architecture(
         name="Qwen2ForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="qwen2",
-        hf_defaults=dict(use_sliding_window=False),
+        hf_defaults=dict(use_sliding_window=False, sliding_window=4096),
         config_defaults=lambda raw: dict(qkv_bias=True, o_bias=False, mlp_bias=False, **qwen_layer_types(raw)),
         tiny_config=dict(_TINY, rope_theta=1000000.0, tie_word_embeddings=True),
     ),
     Architecture(
         name="Qwen3ForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="qwen3",
-        hf_defaults=dict(use_sliding_window=False, head_dim=128),  # Qwen3Config's head_dim, whatever hidden / heads
+        hf_defaults=dict(use_sliding_window=False, sliding_window=4096, head_dim=128),  # Qwen3Config's head_dim, whatever hidden / heads
         config_defaults=lambda raw: dict(qk_norm="per_head", mlp_bias=False, **qwen_layer_types(raw)),
         tiny_config=dict(_TINY, head_dim=32, rope_theta=1000000.0),
     ),

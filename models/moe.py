@@ -68,7 +68,7 @@ ARCHITECTURES = (Architecture(
     tiny_config=dict(_TINY, num_local_experts=4, num_experts_per_tok=2, sliding_window=8, rope_theta=10000.0),
 ), Architecture(
     name="Qwen3MoeForCausalLM", module=CausalLM, hf_model_type="qwen3_moe", config_defaults=qwen3_moe_defaults,
-    hf_defaults=dict(use_sliding_window=False),
+    hf_defaults=dict(use_sliding_window=False, sliding_window=4096),
     weight_map=moe_weight_map("mlp", {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"}),
     # Layer 1 dense (mlp_only_layers), top-k weights not renormalised: both paths of the family.
     tiny_config=dict(_TINY, head_dim=32, num_experts=6, num_experts_per_tok=2, moe_intermediate_size=32,

@@ -142,6 +142,10 @@ SPELLINGS = {
     "qwen2-window-without-flag": ("Qwen2ForCausalLM", dict(sliding_window=8), _edit(("layer_types", "use_sliding_window"))),
     "qwen2-default-window-layers": ("Qwen2ForCausalLM", dict(num_hidden_layers=30, use_sliding_window=True, sliding_window=8),
                                     _edit(("layer_types", "max_window_layers"))),
+    "qwen2-window-flag-null-window": ("Qwen2ForCausalLM", dict(use_sliding_window=True, sliding_window=8, max_window_layers=1),
+                                      _edit(("layer_types",), sliding_window=None)),
+    "qwen3-window-flag-default-window": ("Qwen3ForCausalLM", dict(use_sliding_window=True, sliding_window=8, max_window_layers=1),
+                                         _edit(("layer_types", "sliding_window"))),
     "gemma-tied-by-default": ("GemmaForCausalLM", {}, _edit(("tie_word_embeddings",))),
     # shapes the config class assumes: Gemma's head_dim 256 and Qwen3's 128 (not hidden / heads), GPT-2's 1,024 positions
     "gemma2-default-head-dim": ("Gemma2ForCausalLM", dict(head_dim=256), _edit(("head_dim",))),
