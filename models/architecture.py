@@ -39,6 +39,10 @@ class Architecture:
     # checkpoint saved from the base model alone leaves out (openai-community/gpt2: h.0.attn...,
     # not transformer.h.0.attn...); transformers adds it when loading such a checkpoint, and so do we.
     base_prefix: str = "model"
+    # config.json keys this family's transformers code never reads, dropped before anything reads
+    # them: keys another family reads (Mistral's sliding_window, Qwen's layer_types) would
+    # otherwise change what we compute (NO_WINDOW: a family without sliding windows).
+    ignored_keys: tuple[str, ...] = ()
     # Whether transformers' modeling code of this family rotates part of each head
     # (partial_rotary_factor: Phi-3 / Phi-4-mini, GPT-NeoX); the others ignore the key, and so do we.
     partial_rotary: bool = False
@@ -46,6 +50,7 @@ class Architecture:
     def config(self, raw: dict) -> ModelConfig:
         """The ModelConfig of a config.json dict, validated."""
         raw = check_config(raw)
+        raw = {k: v for k, v in raw.items() if k not in self.ignored_keys}
         if not self.partial_rotary:
             raw = _without_partial_rotary(raw)
         raw = self.common_names({**self.hf_defaults, **raw})
@@ -55,6 +60,9 @@ class Architecture:
     def ignored(self, cfg: ModelConfig) -> tuple[str, ...]:
         """Regexes of checkpoint tensors this model does not read (a tied output head among them)."""
         return self.ignore + ((rf"^{re.escape(self.head_name)}$",) if cfg.tie_word_embeddings else ())
+
+
+NO_WINDOW = ("sliding_window", "layer_types")
 
 
 def _without_partial_rotary(raw: dict) -> dict:

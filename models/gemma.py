@@ -9,7 +9,7 @@ RMSNorm, and gives its sliding layers a rope base of their own.
 
 from flax import nnx
 
-from jaxllm.models.architecture import Architecture
+from jaxllm.models.architecture import NO_WINDOW, Architecture
 from jaxllm.models.attention import UNCACHED, Attention
 from jaxllm.models.config import ModelConfig, RopeConfig, parse_rope
 from jaxllm.models.decoder import CausalLM, decoder_weight_map, norm_kwargs
@@ -107,7 +107,7 @@ _TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_la
              pad_token_id=0)
 
 ARCHITECTURES = (Architecture(
-    name="GemmaForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="gemma",
+    name="GemmaForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="gemma", ignored_keys=NO_WINDOW,
     hf_defaults=dict(tie_word_embeddings=True, head_dim=256),  # Gemma configs' head_dim, whatever hidden / heads
     config_defaults=gemma_defaults,
     tiny_config=dict(_TINY, rope_theta=10000.0, hidden_act="gelu_pytorch_tanh"),

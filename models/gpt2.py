@@ -4,7 +4,7 @@ tied embeddings; the decoder layer is GPT-NeoX's sequential one (scale_attn_by_i
 weights as [in, out] (our layout already) with q/k/v fused along the output columns."""
 
 from jaxllm.errors import ConfigError
-from jaxllm.models.architecture import Architecture
+from jaxllm.models.architecture import NO_WINDOW, Architecture
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM
 from jaxllm.models.gpt_neox import NeoXLayer
@@ -66,7 +66,7 @@ def gpt2_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
 
 
 ARCHITECTURES = (Architecture(
-    name="GPT2LMHeadModel", module=GPT2LMHeadModel, weight_map=gpt2_weight_map, hf_model_type="gpt2",
+    name="GPT2LMHeadModel", module=GPT2LMHeadModel, weight_map=gpt2_weight_map, hf_model_type="gpt2", ignored_keys=NO_WINDOW,
     common_names=gpt2_names, config_defaults=gpt2_defaults, base_prefix="transformer",
     hf_defaults=dict(activation_function="gelu_new", layer_norm_epsilon=1e-5, tie_word_embeddings=True, n_positions=1024),
     # Old checkpoints keep the causal-mask buffers of each attention block; we build masks ourselves.

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 from flax import nnx
 
-from jaxllm.models.architecture import Architecture
+from jaxllm.models.architecture import NO_WINDOW, Architecture
 from jaxllm.models.attention import UNCACHED, Attention
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM
@@ -92,7 +92,7 @@ def neox_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
 
 
 ARCHITECTURES = (Architecture(
-    name="GPTNeoXForCausalLM", module=GPTNeoXForCausalLM, weight_map=neox_weight_map, hf_model_type="gpt_neox",
+    name="GPTNeoXForCausalLM", module=GPTNeoXForCausalLM, weight_map=neox_weight_map, hf_model_type="gpt_neox", ignored_keys=NO_WINDOW,
     common_names=neox_names, head_name="embed_out.weight", base_prefix="gpt_neox", partial_rotary=True,
     # Checkpoints converted by EleutherAI's tools (Pythia) keep each layer's causal-mask buffers,
     # which transformers ignores (_keys_to_ignore_on_load_unexpected), beside the rotary inv_freq.

@@ -3,7 +3,7 @@ head). All four are the shared decoder (models/decoder.py) with config flags."""
 
 from __future__ import annotations
 
-from jaxllm.models.architecture import Architecture
+from jaxllm.models.architecture import NO_WINDOW, Architecture
 from jaxllm.models.decoder import CausalLM, decoder_weight_map
 
 # The biases of families whose transformers code hard-wires them off: it ignores attention_bias
@@ -28,7 +28,7 @@ _TINY = dict(
 
 ARCHITECTURES = (
     Architecture(
-        name="LlamaForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="llama",
+        name="LlamaForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="llama", ignored_keys=NO_WINDOW,
         tiny_config=dict(_TINY, rope_theta=10000.0, attention_bias=False),
     ),
     Architecture(

@@ -3,7 +3,7 @@ RMSNorm over the whole projection, and norm scales applied in float32."""
 
 from flax import nnx
 
-from jaxllm.models.architecture import Architecture
+from jaxllm.models.architecture import NO_WINDOW, Architecture
 from jaxllm.models.attention import UNCACHED, Attention
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, decoder_weight_map, norm_kwargs
@@ -38,7 +38,7 @@ def olmo2_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
 
 
 ARCHITECTURES = (Architecture(
-    name="Olmo2ForCausalLM", module=Olmo2ForCausalLM, weight_map=olmo2_weight_map, hf_model_type="olmo2",
+    name="Olmo2ForCausalLM", module=Olmo2ForCausalLM, weight_map=olmo2_weight_map, hf_model_type="olmo2", ignored_keys=NO_WINDOW,
     hf_defaults=dict(rms_norm_eps=1e-5),
     config_defaults=lambda raw: dict(qk_norm="projection", norm_upcast_scale=True, mlp_bias=False),
     tiny_config=dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3,

@@ -31,6 +31,7 @@ def phi3_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
 
 ARCHITECTURES = (Architecture(
     name="Phi3ForCausalLM", module=CausalLM, weight_map=phi3_weight_map, hf_model_type="phi3",
+    ignored_keys=("layer_types",),  # its window (sliding_window) is every layer's
     config_defaults=lambda raw: dict(NO_BIAS, longrope_recompute=True),
     # Phi3Config's top-level original_max_position_embeddings (4,096 when left out) is the one
     # LongRoPE uses: transformers overwrites the rope parameters' own with it.

@@ -168,6 +168,10 @@ SPELLINGS = {
     "mistral-ignores-bias-keys": ("MistralForCausalLM", {}, _edit(attention_bias=True, mlp_bias=True)),
     "phi3-ignores-attention-bias": ("Phi3ForCausalLM", {}, _edit(attention_bias=True)),
     "olmo2-ignores-mlp-bias": ("Olmo2ForCausalLM", {}, _edit(mlp_bias=True)),
+    # window keys of families whose code has no window, or one on every layer (no layer_types)
+    "llama-ignores-window-keys": ("LlamaForCausalLM", {}, _edit(sliding_window=8, layer_types=["sliding_attention"] * 3)),
+    "olmo2-ignores-window": ("Olmo2ForCausalLM", {}, _edit(sliding_window=8)),
+    "mixtral-ignores-layer-types": ("MixtralForCausalLM", {}, _edit(layer_types=["full_attention"] * 3)),
     # checkpoints saved from the base model: tensor names without transformers' base_model_prefix
     # (openai-community/gpt2's form, with its mask buffers), which transformers adds while loading
     "gpt2-base-model-names": ("GPT2LMHeadModel", {}, _edit(),
