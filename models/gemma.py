@@ -9,6 +9,7 @@ RMSNorm, and gives its sliding layers a rope base of their own.
 
 from flax import nnx
 
+from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, Architecture
 from jaxllm.models.attention import UNCACHED, Attention
 from jaxllm.models.config import ModelConfig, RopeConfig, parse_rope
@@ -18,6 +19,10 @@ from jaxllm.models.weights import WeightSpec
 
 
 def gemma_defaults(raw: dict) -> dict:
+    if raw.get("use_bidirectional_attention"):  # transformers' is_causal=False: every token sees the later ones too
+        raise ConfigError("config.json use_bidirectional_attention=true (an encoder's attention, every token seeing the "
+                          "tokens after it) is not supported: jaxllm runs causal language models; remove it or set it "
+                          "to false only if the model was trained with causal attention")
     act = raw.get("hidden_activation") or raw.get("hidden_act") or "gelu_pytorch_tanh"
     return dict(
         embed_scale=float(raw["hidden_size"]) ** 0.5,

@@ -143,6 +143,8 @@ CASES = [
     ("nan-eps", file("config.json", json.dumps(TINY)[:-1] + ', "rms_norm_eps": NaN}'), ConfigError,
      "'rms_norm_eps' must be a non-negative number, got NaN"),
     ("null-expert-count", config_with(num_local_experts=None), ConfigError, "'num_local_experts' must be a non-negative integer"),
+    ("gemma3-bidirectional", config_with(architectures=["Gemma3ForCausalLM"], use_bidirectional_attention=True), ConfigError,
+     "use_bidirectional_attention=true .* is not supported"),
     ("layer-types-length", config_with(architectures=["Qwen2ForCausalLM"], layer_types=["full_attention"] * 2), ConfigError,
      "has 2 layer_types for 1 layers"),  # a family that reads layer_types (Llama's code ignores them)
     # config.json as a file
