@@ -306,14 +306,28 @@ def check_eos(ids, vocab_size: int, where: str) -> None:
 def parse_rope(raw: dict, layer_type: str = "full_attention") -> RopeConfig:
     """Rope settings from either spelling: v5 `rope_parameters`, or v4 `rope_theta` + `rope_scaling`.
     In the per-layer-type form ({"full_attention": {...}, "sliding_attention": {...}}) it reads
-    the entry of `layer_type`."""
+    the entry of `layer_type`.
+
+    Both at once (a v5 config.json given a rope_scaling afterwards, as model cards advise): as
+    transformers' config classes read them, rope_scaling replaces flat rope_parameters, its
+    rope_theta from the top-level key (Gemma 3 takes it into its full_attention entry instead);
+    where that would drop rope_parameters' own rope_theta, the config is refused as ambiguous."""
     params = dict(raw.get("rope_parameters") or {})
-    if not params:
-        params = dict(raw.get("rope_scaling") or {})
-        if "rope_theta" in raw:
-            params.setdefault("rope_theta", raw["rope_theta"])
+    scaling = dict(raw.get("rope_scaling") or {})
     if isinstance(params.get("full_attention"), dict):
         params = dict(params.get(layer_type) or params["full_attention"])
+        if layer_type == "full_attention":
+            params.update(scaling)
+    else:
+        kept = params.get("rope_theta")
+        params = scaling or params
+        if raw.get("rope_theta") is not None:
+            params.setdefault("rope_theta", raw["rope_theta"])
+        theta = float(params.get("rope_theta") or 10000.0)
+        if kept is not None and float(kept) != theta:
+            raise ConfigError(f"config.json has both rope_scaling and rope_parameters: transformers reads rope_scaling alone, "
+                              f"so rope_parameters' rope_theta {kept:g} would give way to {theta:g}: put rope_theta into "
+                              "rope_scaling, or keep only one of the two")
     rope_type = params.get("rope_type") or params.get("type") or "default"
     rope_type = "longrope" if rope_type == "su" else rope_type  # the first Phi-3 releases say "su"
     if rope_type not in ROPE_TYPES:

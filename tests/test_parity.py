@@ -162,6 +162,11 @@ SPELLINGS = {
     "qwen3moe-default-top-k": ("Qwen3MoeForCausalLM", dict(num_experts=10, num_experts_per_tok=8), _edit(("num_experts_per_tok",))),
     "qwen3moe-default-width": ("Qwen3MoeForCausalLM", dict(moe_intermediate_size=768), _edit(("moe_intermediate_size",))),
     # a key the family's modeling code ignores: every head rotates whole (transformers' Llama, Qwen3)
+    # both rope spellings (a v5 config given a rope_scaling, as model cards advise): rope_scaling
+    # wins; a flat rope_parameters without rope_theta takes the top-level one
+    "rope-scaling-beside-rope-parameters": ("LlamaForCausalLM", {}, _edit(rope_scaling={"rope_type": "linear", "factor": 2.0})),
+    "rope-theta-beside-rope-parameters": ("LlamaForCausalLM", dict(rope_parameters={"rope_type": "linear", "factor": 2.0}),
+                                          lambda raw: raw.update(rope_theta=raw["rope_parameters"].pop("rope_theta") / 2)),
     "llama-ignores-partial-rotary": ("LlamaForCausalLM", {}, _edit(partial_rotary_factor=0.5)),
     "qwen3-ignores-partial-rotary": ("Qwen3ForCausalLM", {}, _edit(partial_rotary_factor=0.5)),
     # bias keys of families whose code hard-wires the biases off (Llama's honours them)
