@@ -23,7 +23,7 @@ def gemma_defaults(raw: dict) -> dict:
         raise ConfigError("config.json use_bidirectional_attention=true (an encoder's attention, every token seeing the "
                           "tokens after it) is not supported: jaxllm runs causal language models; remove it or set it "
                           "to false only if the model was trained with causal attention")
-    act = raw.get("hidden_activation") or raw.get("hidden_act") or "gelu_pytorch_tanh"
+    act = raw.get("hidden_act") or "gelu_pytorch_tanh"  # GemmaConfig reads no hidden_activation (Gemma 2/3's key)
     return dict(
         embed_scale=float(raw["hidden_size"]) ** 0.5,
         norm_offset=1.0,

@@ -152,6 +152,7 @@ SPELLINGS = {
     "gemma3-default-head-dim": ("Gemma3ForCausalLM", dict(head_dim=256), _edit(("head_dim",))),
     "qwen3-default-head-dim": ("Qwen3ForCausalLM", dict(head_dim=128), _edit(("head_dim",))),
     "gpt2-default-positions": ("GPT2LMHeadModel", dict(n_positions=1024), _edit(("n_positions",))),
+    "gemma-reads-hidden-act": ("GemmaForCausalLM", dict(hidden_act="silu"), _edit(hidden_activation="gelu_pytorch_tanh")),
     "gemma2-exact-gelu": ("Gemma2ForCausalLM", dict(hidden_activation="gelu"), _edit()),
     "gemma3-v4-scaling-no-theta": ("Gemma3ForCausalLM", {}, _edit(("rope_parameters", "rope_theta"), rope_local_base_freq=10000.0,
                                                                   rope_scaling={"rope_type": "linear", "factor": 8.0})),
