@@ -56,9 +56,10 @@ class FusedQKV:
 
 def neox_names(raw: dict) -> dict:
     """GPT-NeoX's own rope spellings (rotary_pct, rotary_emb_base; transformers' defaults 0.25 and
-    10,000) as the common ones, where the config gives no common one."""
+    10,000) as the common ones, where the config gives no common one. A top-level
+    partial_rotary_factor is not one: GPTNeoXConfig reads the rope parameters' or rotary_pct."""
     out = dict(raw)
-    out.setdefault("partial_rotary_factor", raw.get("rotary_pct", 0.25))
+    out["partial_rotary_factor"] = raw.get("rotary_pct", 0.25)
     out.setdefault("rope_theta", raw.get("rotary_emb_base", 10000.0))
     return out
 

@@ -137,6 +137,8 @@ SPELLINGS = {
                                                         rotary_pct=0.5, rotary_emb_base=5000)),
     "neox-no-rope-keys": ("GPTNeoXForCausalLM", {}, _edit(("rope_parameters", "partial_rotary_factor", "rope_theta",
                                                            "rotary_pct", "rotary_emb_base", "hidden_act"))),
+    "neox-ignores-top-level-partial-rotary": ("GPTNeoXForCausalLM", {}, lambda raw: raw.update(
+        partial_rotary_factor=2 * raw["rope_parameters"].pop("partial_rotary_factor"))),
     "neox-no-attention-bias": ("GPTNeoXForCausalLM", dict(attention_bias=False), _edit()),
     "gpt2-untied": ("GPT2LMHeadModel", dict(tie_word_embeddings=False), _edit(("activation_function",))),
     "qwen2-window-without-flag": ("Qwen2ForCausalLM", dict(sliding_window=8), _edit(("layer_types", "use_sliding_window"))),
