@@ -3,7 +3,6 @@ tied embeddings; the decoder layer is GPT-NeoX's sequential one (scale_attn_by_i
 `attn_scale_by_layer`). The checkpoint stores Conv1D
 weights as [in, out] (our layout already) with q/k/v fused along the output columns."""
 
-from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, Architecture
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM
@@ -30,10 +29,9 @@ def gpt2_names(raw: dict) -> dict:
 
 
 def gpt2_defaults(raw: dict) -> dict:
-    if not raw.get("scale_attn_weights", True):
-        raise ConfigError("config.json scale_attn_weights=false is not supported: GPT-2 checkpoints scale attention")
     return dict(
         position_embedding="learned", qkv_bias=True, o_bias=True, tie_word_embeddings=raw.get("tie_word_embeddings") is not False,
+        attn_scale=None if raw.get("scale_attn_weights", True) else 1.0,  # scale_attn_weights=false: scores unscaled
         attn_scale_by_layer=bool(raw.get("scale_attn_by_inverse_layer_idx")),
         num_kv_heads=raw["num_attention_heads"],
     )

@@ -140,6 +140,7 @@ SPELLINGS = {
     "neox-ignores-top-level-partial-rotary": ("GPTNeoXForCausalLM", {}, lambda raw: raw.update(
         partial_rotary_factor=2 * raw["rope_parameters"].pop("partial_rotary_factor"))),
     "neox-no-attention-bias": ("GPTNeoXForCausalLM", dict(attention_bias=False), _edit()),
+    "gpt2-unscaled-attention": ("GPT2LMHeadModel", dict(scale_attn_weights=False, scale_attn_by_inverse_layer_idx=True), _edit()),
     "gpt2-untied": ("GPT2LMHeadModel", dict(tie_word_embeddings=False), _edit(("activation_function",))),
     "qwen2-window-without-flag": ("Qwen2ForCausalLM", dict(sliding_window=8), _edit(("layer_types", "use_sliding_window"))),
     "qwen2-default-window-layers": ("Qwen2ForCausalLM", dict(num_hidden_layers=30, use_sliding_window=True, sliding_window=8),
