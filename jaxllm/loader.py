@@ -206,7 +206,7 @@ def plan(raw: dict, dtype=None, mesh=None, source=None, *, quantize: str | None 
     `quantize` says), shardings."""
     quant.check(quantize, group_size, QUANTIZE)
     arch = registry.architecture_of(raw)
-    cfg = arch.config(raw)
+    cfg = _own_head(arch, arch.config(raw), source)
     dtype = resolve_dtype(dtype or "float32")
     scheme_for, native, quantize = _quantization(arch, cfg, source, quantize, group_size)
     mesh = sharding.make_mesh(mesh) if mesh is not None else None
@@ -218,6 +218,30 @@ def plan(raw: dict, dtype=None, mesh=None, source=None, *, quantize: str | None 
     if mesh is not None:
         shardings = sharding.param_shardings(abstract, mesh)
     return Plan(arch, cfg, dtype, graphdef, abstract, mesh, shardings, source, quantize, native)
+
+
+EMBEDDING = ("model", "embed_tokens", "embedding")  # every family's input embedding
+
+
+def _own_head(arch: Architecture, cfg: ModelConfig, source) -> ModelConfig:
+    """`cfg`, untied when its config says tie_word_embeddings but the checkpoint holds an output head
+    of its own (values unlike the embeddings'): transformers then keeps the checkpoint's head (the
+    config is wrong about the weights, it warns) instead of tying. A converted folder keeps what
+    its conversion decided (an lm_head parameter saved)."""
+    if not cfg.tie_word_embeddings or source is None:
+        return cfg
+    untied = cfg.replace(tie_word_embeddings=False)
+    if isinstance(source, converted.ConvertedCheckpoint):
+        saved = converted.read_marker(source.path)["params"]
+        return untied if converted.key(("lm_head", "kernel")) in saved else cfg
+    specs = arch.weight_map(untied)
+    tensors = source.named(arch, specs)
+    names = set(tensors.names())
+    embed = next(s.hf_name for s in specs if s.path == EMBEDDING)
+    if arch.head_name not in names or embed not in names:
+        return cfg
+    same = weights.same_values(tensors.get(arch.head_name), tensors.get(embed))
+    return cfg if same else untied
 
 
 def _quantization(arch, cfg, source, quantize, group_size):

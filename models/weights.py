@@ -230,6 +230,22 @@ def base_model_names(source, specs: Iterable[WeightSpec], prefix: str):
     return Renamed(source, renamed) if renamed else source
 
 
+def same_values(a, b) -> bool:
+    """Whether two (lazy) tensors hold the same shape and values (compared as float32, by row
+    blocks, stopping at the first block that differs)."""
+    shape = tuple(a.shape)
+    if shape != tuple(b.shape):
+        return False
+    if not shape:
+        return bool(np.asarray(_whole(a), np.float32) == np.asarray(_whole(b), np.float32))
+    step = max(1, _BLOCK_BYTES // max(1, 4 * math.prod(shape[1:])))
+    for start in range(0, shape[0], step):
+        if not np.array_equal(np.asarray(_rows(a, start, start + step), np.float32),
+                              np.asarray(_rows(b, start, start + step), np.float32)):
+            return False
+    return True
+
+
 def flat_params(state) -> dict[tuple, jax.Array | jax.ShapeDtypeStruct]:
     """{parameter path: leaf} of a parameter state, abstract or filled."""
     return {tuple(path): leaf for path, leaf in _flat_items(state)}

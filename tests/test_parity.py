@@ -108,12 +108,12 @@ def _edit(drop=(), **values):
     return edit
 
 
-def _tensors(rename=lambda name: name, add=dict):
-    """A model.safetensors edit: tensors renamed, then add()'s added (a Hub file's form of the same weights)."""
+def _tensors(rename=lambda name: name, add=lambda tensors: {}):
+    """A model.safetensors edit: tensors renamed, then add(tensors)'s added (a Hub file's form of the same weights)."""
     def rewrite(path):
         from safetensors.torch import load_file, save_file
         tensors = {rename(name): value for name, value in load_file(path).items()}
-        save_file(dict(tensors, **add()), path, metadata={"format": "pt"})
+        save_file(dict(tensors, **add(tensors)), path, metadata={"format": "pt"})
     return rewrite
 
 
@@ -122,10 +122,17 @@ def _causal_buffers(name: str, size: int, layers: int = 3, masked: str | None = 
     value, with {i}), which transformers ignores."""
     import torch
 
-    def add():
+    def add(tensors):
         out = {name.format(i=i): torch.tril(torch.ones(1, 1, size, size, dtype=torch.bool)) for i in range(layers)}
         return dict(out, **{masked.format(i=i): torch.tensor(-1e9) for i in range(layers)} if masked else {})
     return add
+
+
+def _head(copy: bool = False):
+    """An lm_head.weight beside a tied model's embeddings: seeded random values, or a copy of them."""
+    import torch
+    return lambda tensors: {"lm_head.weight": tensors["model.embed_tokens.weight"].clone() if copy else
+                            torch.randn(128, 64, generator=torch.Generator().manual_seed(1))}
 
 
 # Configs as Hub checkpoints spell them: older keys, keys left to the family's transformers
@@ -150,6 +157,8 @@ SPELLINGS = {
     "qwen3-window-flag-default-window": ("Qwen3ForCausalLM", dict(use_sliding_window=True, sliding_window=8, max_window_layers=1),
                                          _edit(("layer_types", "sliding_window"))),
     "gemma-tied-by-default": ("GemmaForCausalLM", {}, _edit(("tie_word_embeddings",))),
+    # tied by its config, yet the file holds a head of its own: transformers keeps that head
+    "llama-tied-config-own-head": ("LlamaForCausalLM", dict(tie_word_embeddings=True), _edit(), _tensors(add=_head())),
     # shapes the config class assumes: Gemma's head_dim 256 and Qwen3's 128 (not hidden / heads), GPT-2's 1,024 positions
     "gemma2-default-head-dim": ("Gemma2ForCausalLM", dict(head_dim=256), _edit(("head_dim",))),
     "gemma3-default-head-dim": ("Gemma3ForCausalLM", dict(head_dim=256), _edit(("head_dim",))),
@@ -209,6 +218,12 @@ def test_hub_spellings_and_family_defaults_match_transformers(case, tmp_path):
     err = reference.max_rel_diff(jaxllm.load(tmp_path).logits(TOKENS), reference.torch_logits(ref, TOKENS))
     print(f"{case}: max rel diff {err:.2e}")
     assert err <= TOL
+
+
+def test_tied_config_with_a_copy_of_the_embeddings_stays_tied(tmp_path):
+    reference.build("LlamaForCausalLM", tmp_path, tie_word_embeddings=True)
+    _tensors(add=_head(copy=True))(tmp_path / "model.safetensors")
+    assert jaxllm.load(tmp_path, tokenizer=False).config.tie_word_embeddings
 
 
 def test_mistral_window_defaults_to_4096_when_the_key_is_absent(tmp_path):
