@@ -40,6 +40,9 @@ def prepare(model, prompts, params: SamplingParams | dict | None, *, chat=None, 
         raise GenerationError("this checkpoint has no tokenizer, and a chat needs its chat template: use chat=False "
                               "(--no-chat) with token-id prompts" if tok is None else
                               "this checkpoint's tokenizer has no chat template: use chat=False (--no-chat)")
+    if params.stop and tok is None:  # stop strings are found in the decoded text: without a tokenizer, never
+        raise GenerationError(f"stop={list(params.stop)!r} needs the decoded text, and this checkpoint has no tokenizer: "
+                              "add its tokenizer files (tokenizer.json, tokenizer_config.json) to the folder, or drop stop")
     if system is not None and not isinstance(system, str):
         raise InputError(f"system must be the system message's text (a string), got {type(system).__name__}")
     if system and any(not isinstance(p, str) for p in prompts):  # token ids skip the template: it would be dropped

@@ -533,6 +533,8 @@ LIBRARY_MISUSE = {
     "one-empty-array-prompt": (lambda m: m.tiny.generate(np.array([], int), {"max_new_tokens": 1}),
                                "prompt 0 is empty: give at least one token id"),
     "engine-of-a-path": (lambda m: Engine(m.path("tiny")), r"Engine\(model, ...\) takes a model from jaxllm.load, got str"),
+    "stop-without-tokenizer": (lambda m: m.tiny.generate([1, 2], {"max_new_tokens": 4, "stop": ["x"]}),
+                               r"stop=\['x'\] needs the decoded text, and this checkpoint has no tokenizer"),
     "chat-without-tokenizer": (lambda m: m.tiny.generate([1, 2], {"max_new_tokens": 1}, chat=True),
                                "this checkpoint has no tokenizer, and a chat needs its chat template: use chat=False"),
     "layer-not-a-number": (lambda m: m.tiny.attention_weights([[1, 2]], 0.5), "layer must be a whole number .* got 0.5"),
