@@ -94,7 +94,8 @@ class Engine:
     tokens) a request may reach; default the model's positions. Pages: `num_pages` of
     `page_size` tokens, or by default `memory_fraction` of the device memory left after the
     weights (on a CPU, which reports none: batch_size full-length sequences). prefill_tokens: the
-    per-step token budget of prompt chunks. prefix_caching: reuse the pages of earlier prompts'
+    per-step token budget of prompt chunks (at most batch_size x max_len: what a step can hold);
+    chunk: decode steps per call (at most max_len). prefix_caching: reuse the pages of earlier prompts'
     shared prefixes (off for models whose keys depend on the sequence length: dynamic NTK and
     LongRoPE rope). `attention`: "cudnn" or "xla" kernels (default: jaxllm.runtime's choice).
     kv_dtype: how the cache stores keys and values: None the model's dtype, "int8" (a scale per
@@ -142,6 +143,10 @@ class Engine:
         mesh = getattr(model, "mesh", None)
         self.dp = dp = mesh.shape["dp"] if mesh is not None else 1  # data-parallel shards of the rows and pages
         batch_size = -(-batch_size // dp) * dp
+        # A step never prefills more than every row's whole sequence, and no sequence decodes past
+        # max_len: larger values would only size the arrays of a call (a budget or chunk of 10**9
+        # allocated gigabytes and failed deep inside XLA).
+        prefill_tokens, chunk = min(prefill_tokens, batch_size // dp * max_len), min(chunk, max_len)
         self._model, self.cfg = model, cfg
         self.batch_size, self.max_len, self.chunk = batch_size, max_len, chunk
         # Decode steps of a call while a waiting request could start: few, so that it starts soon

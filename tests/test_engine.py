@@ -196,3 +196,8 @@ def test_misuse_of_the_public_api_is_refused_or_harmless(llama):
     assert Engine(llama, **dict(sizes, max_len=10**12)).max_len == llama.config.context_length  # capped, not a 10**12-wide table
     with pytest.raises(InputError, match="prompt holds no token ids"):
         a.precompile([Request([], GREEDY.resolved())])
+    # A budget or chunk beyond what the engine can hold is capped, not allocated (10**9 ran out of memory).
+    huge = Engine(llama, **dict(sizes, max_len=4, prefill_tokens=10**9, chunk=10**9))
+    assert (huge.budget, huge.chunk) == (4 * 4, 4)
+    short = dataclasses.replace(GREEDY, max_new_tokens=2)
+    assert llama.generate([5, 6], short, engine=huge).token_ids == llama.generate([5, 6], short, engine=a).token_ids
