@@ -66,13 +66,18 @@ class Request:
 
 @dataclass
 class Event:
-    """New tokens of one request, as the host loop sees them."""
+    """New tokens of one request, as the host loop sees them. A request's events arrive in order;
+    the last one is `finished` and names its `finish_reason`: "stop" (its last token is an EOS id),
+    "length" (max_new_tokens reached) or "error" (non-finite logits). Stop strings are matched in
+    the decoded text, above the engine (jaxllm.generation.Output), and an aborted request gets no
+    last event."""
 
     index: int
     tokens: list[int]
     logprobs: list[float]
     finished: bool = False
     error: bool = False  # the model's logits turned non-finite: the request ends here, without a token
+    finish_reason: str | None = None  # set on the last event: "stop", "length" or "error"
 
 
 class Score(NamedTuple):
@@ -385,7 +390,14 @@ class Engine:
         log.warning("request %d: the model's logits are not finite (NaN or Inf) after %d new tokens; it stops with "
                     "finish_reason 'error' (check the weights: python -m jaxllm.inspect --scan MODEL)", index, len(seq.output))
         self._finish(seq)
-        return Event(index, tokens, logprobs or [], True, error=True)
+        return Event(index, tokens, logprobs or [], True, error=True, finish_reason="error")
+
+    def _reason(self, seq: Sequence, finished: bool) -> str | None:
+        """A finished sequence's finish reason: "stop" when it ended on an EOS id, else "length"."""
+        if not finished:
+            return None
+        eos = () if seq.params.ignore_eos else self.eos.tolist()
+        return "stop" if seq.output and seq.output[-1] in eos else "length"
 
     def _release(self, seq: Sequence) -> None:
         self.slot_of.pop(seq, None)
@@ -482,7 +494,7 @@ class Engine:
                     continue
                 self.scheduler.computed(c, token)
                 done = done or len(c.seq.output) >= c.seq.params.max_new_tokens
-                events.append(Event(self.index_of[c.seq], [token], [logprob], done))
+                events.append(Event(self.index_of[c.seq], [token], [logprob], done, finish_reason=self._reason(c.seq, done)))
                 if done:
                     self._finish(c.seq)
         return events
@@ -516,7 +528,8 @@ class Engine:
                 continue
             finished = bool(done[slot]) or len(seq.output) >= seq.params.max_new_tokens
             if tokens or finished:
-                events.append(Event(self.index_of[seq], tokens, out_lp[slot][got].tolist(), finished))
+                events.append(Event(self.index_of[seq], tokens, out_lp[slot][got].tolist(), finished,
+                                    finish_reason=self._reason(seq, finished)))
             if finished:
                 self._finish(seq)
         return events

@@ -79,6 +79,37 @@ def test_cancelled_request_frees_its_pages_and_leaves_the_others(llama):
         np.testing.assert_allclose(lps[i], alone[i].logprobs, atol=1e-5)
 
 
+def test_events_come_in_order_and_the_last_names_its_finish_reason(llama):
+    """Requests added while others run, one cancelled: each request's events arrive in order, the
+    last (and only it) is finished and says why: "stop" at an EOS id, "length" at max_new_tokens;
+    the cancelled one gets none, and every page goes back."""
+    prompts = _workload(6)[:4]
+    free = llama.generate(prompts[0], GREEDY)
+    eos = free.token_ids[3]  # an EOS id that the first request meets at its 4th token (or sooner)
+    model = jaxllm.LoadedModel(llama.config.replace(eos_token_ids=(eos,)), llama.graphdef, llama.params)
+    engine = Engine(model, batch_size=4, max_len=128, num_pages=64, page_size=4, prefill_tokens=32, chunk=4)
+    stops, lengths = GREEDY.resolved(), dataclasses.replace(GREEDY, max_new_tokens=6).resolved()
+    seqs = [engine.add(Request(prompts[0], dataclasses.replace(stops, ignore_eos=False), 0))]
+    events = {i: [] for i in range(4)}
+    steps = 0
+    while engine.has_work():
+        for ev in engine.step():
+            events[ev.index].append(ev)
+        steps += 1
+        if steps == 1:
+            seqs += [engine.add(Request(p, lengths, i)) for i, p in enumerate(prompts[1:], 1)]
+        if steps == 2:
+            engine.abort(seqs[3])
+    for i, reason in ((0, "stop"), (1, "length"), (2, "length")):
+        *before, last = events[i]
+        assert not any(ev.finished or ev.finish_reason for ev in before)
+        assert last.finished and last.finish_reason == reason
+    assert [t for ev in events[0] for t in ev.tokens] == free.token_ids[: free.token_ids.index(eos) + 1]
+    assert [len([t for ev in events[i] for t in ev.tokens]) for i in (1, 2)] == [6, 6]
+    assert not any(ev.finished for ev in events[3])
+    assert engine.blocks.num_free == engine.blocks.num_pages
+
+
 def test_prefix_cache_survives_between_calls_and_compiles_are_few(llama):
     """A second call with the same prompts hits the pages the first left cached (its prompts all
     but their last page) and computes the same tokens; a third call of the same shapes compiles
