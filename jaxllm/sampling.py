@@ -11,6 +11,7 @@ transformers and vLLM sample afresh unless seeded.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import secrets
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ import numpy as np
 
 from jaxllm.errors import GenerationError
 
+log = logging.getLogger("jaxllm")
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -69,7 +71,7 @@ class SamplingParams:
         gen = generation_config or {}
         sampled = gen.get("do_sample", False)
         defaults = dict(
-            max_new_tokens=gen.get("max_new_tokens") or 256,
+            max_new_tokens=gen.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS,
             temperature=float(1.0 if gen.get("temperature") is None else gen["temperature"]) if sampled else 0.0,
             top_k=(50 if gen.get("top_k") is None else int(gen["top_k"])) if sampled else 0,  # null: transformers' 50
             top_p=(1.0 if gen.get("top_p") is None else float(gen["top_p"])) if sampled else 1.0,  # 0.0: the top token
@@ -81,6 +83,7 @@ class SamplingParams:
         values = {k: _plain(v) for k, v in values.items()}
         out = dataclasses.replace(self, stop=_stop_strings(self.stop), **values)
         out.validate()
+        _warn_unapplied(gen, sampled=out.temperature > 0, length_unset=self.max_new_tokens is None)
         return out
 
     def with_seed(self) -> "SamplingParams":
@@ -116,6 +119,36 @@ class SamplingParams:
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 bad(name, getattr(self, name), "use True or False")
 
+
+# generation_config.json settings of transformers' generate that jaxllm does not apply, with the
+# values that change nothing (transformers' defaults); the second group only applies when sampling.
+_PROCESSORS = {"min_new_tokens": (None, 0), "min_length": (None, 0), "no_repeat_ngram_size": (None, 0),
+               "bad_words_ids": (None, []), "suppress_tokens": (None, []), "begin_suppress_tokens": (None, []),
+               "sequence_bias": (None, {}), "forced_bos_token_id": (None,), "forced_eos_token_id": (None,),
+               "exponential_decay_length_penalty": (None,), "num_beams": (None, 1), "penalty_alpha": (None, 0),
+               "stop_strings": (None, [], "")}
+_WARPERS = {"typical_p": (None, 1), "epsilon_cutoff": (None, 0), "eta_cutoff": (None, 0)}
+_warned: set[str] = set()
+
+
+def _warn_unapplied(gen: Mapping, sampled: bool, length_unset: bool) -> None:
+    """A one-line warning (once per process and message) naming the generation_config.json
+    settings that transformers' generate would apply to this request and jaxllm does not: the
+    answer may differ from transformers'. max_length counts only where it would set the length
+    (no max_new_tokens, neither the request's nor the file's)."""
+    names = {**_PROCESSORS, **(_WARPERS if sampled else {})}
+    unapplied = [f"{k}={gen[k]!r}" for k, neutral in names.items() if k in gen and gen[k] not in neutral]
+    if length_unset and gen.get("max_new_tokens") is None and gen.get("max_length") is not None:
+        unapplied.append(f"max_length={gen['max_length']!r} (prompt + new tokens; jaxllm generates max_new_tokens, "
+                         f"default {DEFAULT_MAX_NEW_TOKENS})")
+    message = (f"generation_config.json sets {', '.join(unapplied)}, which jaxllm does not apply: answers may differ "
+               "from transformers' generate (set max_new_tokens, or remove the setting from the file)") if unapplied else ""
+    if message and message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+
+
+DEFAULT_MAX_NEW_TOKENS = 256
 
 # The most new tokens a request may ask for: positions are int32 on the device. What the engine's
 # memory holds is checked where an engine is sized (jaxllm.generation.engine_for, Engine).

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import jaxllm
+from jaxllm import sampling
 from jaxllm.errors import GenerationError
 from jaxllm.sampling import RowParams, SamplingParams, sample
 
@@ -108,6 +109,24 @@ def test_generation_config_supplies_defaults():
     p = SamplingParams(top_p=0.5).resolved(gen)
     assert (p.temperature, p.top_p, p.top_k, p.max_new_tokens) == (0.6, 0.5, 50, 77)
     assert SamplingParams().resolved({}).temperature == 0.0  # greedy without a generation config
+
+
+def test_generation_config_settings_not_applied_are_named_once(caplog, monkeypatch):
+    """Settings of transformers' generate that jaxllm does not apply are not dropped in silence: one
+    warning names those that would change this request's answer (not neutral values, not sampling
+    filters of a greedy request, not max_length behind a max_new_tokens), once per process."""
+    monkeypatch.setattr(sampling, "_warned", set(), raising=False)  # whatever other tests warned about
+    gen = {"no_repeat_ngram_size": 3, "num_beams": 1, "typical_p": 0.9, "max_length": 100, "min_new_tokens": None}
+    with caplog.at_level("WARNING", logger="jaxllm"):
+        assert SamplingParams().resolved(gen).max_new_tokens == 256
+        SamplingParams().resolved(gen)  # the same message: not again
+        SamplingParams(max_new_tokens=5).resolved({"max_length": 100, "typical_p": 0.9})  # nothing unapplied
+        SamplingParams(temperature=0.5).resolved({"typical_p": 0.9})
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages
+    assert messages[0].startswith("generation_config.json sets no_repeat_ngram_size=3, max_length=100 (prompt + new tokens")
+    assert "num_beams" not in messages[0] and "typical_p" not in messages[0] and "min_new_tokens" not in messages[0]
+    assert messages[1].startswith("generation_config.json sets typical_p=0.9, which jaxllm does not apply")
 
 
 @pytest.fixture(scope="module")
