@@ -23,6 +23,7 @@ balances them), and each step computes every shard's rows in one call, each grou
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import weakref
 from dataclasses import dataclass
@@ -354,7 +355,8 @@ class Engine:
         seq = Sequence(-1, ids)
         self.blocks.allocate(seq, share=False, shard=shard)
         try:
-            self.state, (logprobs, greedy) = self.runner.score(self.state, ids, seq.pages, chunk, shard)
+            with self._donating():
+                self.state, (logprobs, greedy) = self.runner.score(self.state, ids, seq.pages, chunk, shard)
         finally:
             self.blocks.free(seq)
         return Score(logprobs, greedy)
@@ -398,6 +400,24 @@ class Engine:
             return None
         eos = () if seq.params.ignore_eos else self.eos.tolist()
         return "stop" if seq.output and seq.output[-1] in eos else "length"
+
+    @contextlib.contextmanager
+    def _donating(self):
+        """Around a call that donates the device state. If it raises once the state is given away
+        (Ctrl-C while the device computes, which is where a notebook's interrupt lands), the keys
+        and values are gone: the state is made anew at the next step, the prefix cache forgotten,
+        and the running sequences queued to be recomputed from their tokens so far. Before, every
+        later call of the engine (and of model.generate, which keeps it) failed on a deleted buffer."""
+        try:
+            yield
+        except BaseException:
+            if self.state is not None and any(x.is_deleted() for x in jax.tree.leaves(self.state)):
+                self.state = None
+                for seq in sorted(self.scheduler.running, key=lambda s: -s.arrival):  # the oldest ends up first
+                    self.scheduler.preempt(seq)
+                self.slot_of.clear()
+                self.blocks.reset_prefix_cache()
+            raise
 
     def _release(self, seq: Sequence) -> None:
         self.slot_of.pop(seq, None)
@@ -483,7 +503,8 @@ class Engine:
                 eos = np.full_like(self.eos, -1) if c.seq.params.ignore_eos else self.eos
                 work.append(Row(slot if slot is not None else -1, c.seq.tokens, c.start, c.length, c.seq.pages, c.last,
                                 c.seq.params, eos, len(c.seq.output), c.seq.shard))
-            self.state, results = self.runner.prefill(self.state, work, rows, length)
+            with self._donating():
+                self.state, results = self.runner.prefill(self.state, work, rows, length)
             for c, (token, logprob, done) in zip(group, results):
                 if not c.last:
                     self.scheduler.computed(c)
@@ -514,8 +535,9 @@ class Engine:
             self.runner, {self.slot_of[seq]: (seq.pages, seq.num_tokens - 1) for seq in batch}, self.chunk,
             force=bool(self.cascade))
         self.scheduler.stats.cascaded += cascade is not None
-        self.state, out, out_lp, done = self.runner.decode(self.state, self.runner.table(pages), limit, stop,
-                                                           self.runner.decode_keys(reach), sampling, steps, cascade)
+        with self._donating():
+            self.state, out, out_lp, done = self.runner.decode(self.state, self.runner.table(pages), limit, stop,
+                                                               self.runner.decode_keys(reach), sampling, steps, cascade)
         events = []
         for seq in batch:
             slot = self.slot_of[seq]

@@ -110,6 +110,35 @@ def test_events_come_in_order_and_the_last_names_its_finish_reason(llama):
     assert engine.blocks.num_free == engine.blocks.num_pages
 
 
+def test_an_interrupted_step_leaves_the_engine_usable(llama, monkeypatch):
+    """Ctrl-C while a decode call computes: the device state it was given is gone. The engine
+    makes a new one and recomputes the running sequences, which end with the tokens they would
+    have had; before, every later step failed on a deleted buffer."""
+    prompts = _workload(1)[:2]
+    engine = Engine(llama, batch_size=4, max_len=128, num_pages=64, page_size=4, prefill_tokens=32, chunk=4)
+    for i, p in enumerate(prompts):
+        engine.add(Request(p, GREEDY.resolved(), i))
+    got = {0: [], 1: []}
+    while not all(got.values()):  # both decoding: the next step is a decode call only
+        for ev in engine.step():
+            got[ev.index] += ev.tokens
+    real = engine.runner.decode
+
+    def interrupted(*args, **kwargs):
+        real(*args, **kwargs)  # the state is donated, the call's results are lost
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.runner, "decode", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        engine.step()
+    monkeypatch.undo()
+    while engine.has_work():
+        for ev in engine.step():
+            got[ev.index] += ev.tokens
+    assert got == {i: c.token_ids for i, c in enumerate(_alone(llama, prompts, GREEDY, 32))}
+    assert engine.blocks.num_free == engine.blocks.num_pages
+
+
 def test_prefix_cache_survives_between_calls_and_compiles_are_few(llama):
     """A second call with the same prompts hits the pages the first left cached (its prompts all
     but their last page) and computes the same tokens; a third call of the same shapes compiles
