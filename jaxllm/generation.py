@@ -83,7 +83,10 @@ def engine_for(model, ids: list[list[int]], params: SamplingParams) -> Engine:
     batch of them; on a CPU, which computes every padded position, a prefill budget of that length
     too, so a short prompt pads to max_len / 16 or / 4 tokens, not to 128), its cache in the
     model's `kv_dtype`, kept on the model so the next call of the same size reuses its compiled
-    steps and prefix cache. A request beyond the model's learned
+    steps and prefix cache. A kept engine of the same batch up to 4x longer serves the call too,
+    and a new engine replaces the shorter ones of its batch, so the pools kept stay within 4/3 of
+    the longest (one per size grew without bound: prompts growing to 8k tokens kept a pool for
+    every 256 of them). A request beyond the model's learned
     positions, or whose KV cache the device's memory cannot hold, is refused before anything is
     allocated."""
     cfg, longest, new = model.config, max(len(i) for i in ids), params.max_new_tokens
@@ -94,7 +97,12 @@ def engine_for(model, ids: list[list[int]], params: SamplingParams) -> Engine:
     num_pages = batch * max_len // 16
     kv_dtype = check_kv_dtype(getattr(model, "kv_dtype", None))
     key = (batch, max_len, kv_dtype)
+    mates = [k for k in model.engines if (k[0], k[2]) == (batch, kv_dtype)]
+    key = min((k for k in mates if max_len <= k[1] <= 4 * max_len), key=lambda k: k[1], default=key)
     if key not in model.engines:
+        for k in mates:
+            if k[1] < max_len:  # the new engine serves their requests: their pools go
+                del model.engines[k]
         mesh = getattr(model, "mesh", None)
         tp = mesh.shape["tp"] if mesh is not None else 1
         shards = tp if cfg.num_kv_heads % tp == 0 else 1  # the pool splits over tp like the kv heads

@@ -169,6 +169,20 @@ def test_a_dropped_model_frees_its_cached_engines(llama):
     assert own.model.config is llama.config
 
 
+def test_engines_kept_on_the_model_do_not_pile_up(llama):
+    """generate keeps an engine per request size on the model: a longer request's engine replaces
+    the shorter ones of its batch, and serves the shorter requests after it (up to 4x their
+    length) with the same tokens, so the pools kept do not grow with every new size."""
+    model = dataclasses.replace(llama, engines={})
+    params = jaxllm.SamplingParams(max_new_tokens=8, ignore_eos=True)
+    short, long = _prompts([20, 600], seed=8)
+    first = model.generate(short, params)
+    model.generate(long, params)
+    assert [k[1] for k in model.engines] == [768]
+    assert model.generate(short, params).token_ids == first.token_ids
+    assert [k[1] for k in model.engines] == [768]
+
+
 def test_prompt_longer_than_cache_fails_before_work(llama):
     engine = Engine(llama, batch_size=1, max_len=64)
     with pytest.raises(GenerationError, match="prompt of 60 tokens \\+ max_new_tokens=10 exceeds the engine's max_len 64"):
