@@ -82,7 +82,14 @@ class SamplingParams:
         values["seed"] = self.seed
         values = {k: _plain(v) for k, v in values.items()}
         out = dataclasses.replace(self, stop=_stop_strings(self.stop), **values)
-        out.validate()
+        try:
+            out.validate()
+        except GenerationError as err:  # a value the request did not set: say where it came from
+            name = str(err).split("=", 1)[0]
+            if name in defaults and getattr(self, name) is None and gen.get(name) is not None:
+                raise GenerationError(f"{err} (it comes from generation_config.json: correct the file, or set {name} "
+                                      "in the request)") from None
+            raise
         _warn_unapplied(gen, sampled=out.temperature > 0, length_unset=self.max_new_tokens is None)
         return out
 

@@ -104,6 +104,16 @@ def test_invalid_values(field, value, message):
         SamplingParams(**{field: value}).resolved()
 
 
+def test_a_bad_value_from_generation_config_names_the_file():
+    """A value the loader's field check lets through but sampling refuses (beyond float32) says it
+    came from generation_config.json, not from the request that never set it."""
+    with pytest.raises(GenerationError, match=r"temperature=1e\+39 is invalid: .* \(it comes from generation_config.json: "
+                                              r"correct the file, or set temperature in the request\)$"):
+        SamplingParams().resolved({"do_sample": True, "temperature": 1e39})
+    with pytest.raises(GenerationError, match=r"use a smaller number$"):
+        SamplingParams(temperature=1e39).resolved({"do_sample": True, "temperature": 0.5})
+
+
 def test_generation_config_supplies_defaults():
     gen = {"do_sample": True, "temperature": 0.6, "top_p": 0.9, "max_new_tokens": 77}
     p = SamplingParams(top_p=0.5).resolved(gen)
