@@ -175,6 +175,10 @@ class Engine:
         num_pages = self._default_pages(page_size, memory_fraction, num_pages)
         if dp > 1:  # equal shards, each of room for at least one sequence of max_len
             num_pages = dp * max(-(-num_pages // dp), self.width)
+        if batch_size > num_pages:  # the runner rounds the pool up to a multiple of the rows: a batch beyond it
+            raise GenerationError(  # only allocated memory (batch_size=10**6 died in XLA's allocator)
+                f"Engine batch_size={batch_size:,} is more than its {num_pages:,} KV pages of {page_size} tokens: every "
+                f"sequence holds a page at least, so rows beyond them never run; lower batch_size to at most {num_pages:,}")
         self.blocks = BlockManager(num_pages, page_size, prefix_caching and not length_dependent, shards=dp)
         # Chunks of at most a quarter of the budget, so the prompts of a step share calls of several
         # rows (a 2,050-token prompt is 2,048 + 2, not one row padded to the whole budget).

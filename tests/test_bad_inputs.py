@@ -214,6 +214,8 @@ CASES = {
                                         # max_len is capped at the model's positions (2**30 here), still far beyond memory
                                         r"1 x 1,073,741,824-token sequences at most; .* needs .* TB but the host has .* available: "
                                         "lower batch_size, page_size or max_len"),
+    "engine-batch-beyond-pages": lib(lambda m: Engine(m.tiny, batch_size=10**7, max_len=64),
+                                     r"Engine batch_size=10,000,000 is more than its [\d,]+ KV pages of 16 tokens: .* lower batch_size"),
     "engine-zero-pages": lib(lambda m: Engine(m.tiny, num_pages=0), "Engine num_pages=0 is invalid: use a whole number >= 1"),
     "engine-float-batch": lib(lambda m: Engine(m.tiny, batch_size=2.5), "Engine batch_size=2.5 is invalid"),
     "engine-memory-fraction": lib(lambda m: Engine(m.tiny, memory_fraction=1.5), r"memory_fraction=1.5 is invalid: use a number in \(0, 1\]"),
