@@ -265,9 +265,11 @@ class Engine:
         if total > self.cfg.context_length:  # first: raising max_len cannot help here
             raise GenerationError(context_error(n, req.params.max_new_tokens, self.cfg))
         if total > self.max_len:
+            fix = (f"lower max_new_tokens to at most {self.max_len - n:,}" if n < self.max_len
+                   else f"shorten the prompt below {self.max_len:,} tokens")
             raise GenerationError(
                 f"prompt of {n} tokens + max_new_tokens={req.params.max_new_tokens} exceeds the engine's max_len "
-                f"{self.max_len}: lower max_new_tokens, shorten the prompt, or raise max_len")
+                f"{self.max_len}: {fix}, or raise max_len")
         if self.blocks.pages_for(total) > self.blocks.shard_pages:
             where = "the pool has" if self.dp == 1 else f"each of the pool's {self.dp} data-parallel shards has"
             raise GenerationError(

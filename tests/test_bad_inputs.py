@@ -208,6 +208,12 @@ CASES = {
                                  "lower max_new_tokens to at most 4"),
     "engine-request-beyond-context": lib(lambda m: Engine(m.tiny, batch_size=1, max_len=128).add(
         Request([1] * 70, jaxllm.SamplingParams(max_new_tokens=1).resolved())), "shorten the prompt below 64 tokens"),
+    "engine-prompt-at-max-len": lib(lambda m: Engine(m.tiny, batch_size=1, max_len=16).add(
+        Request([1] * 16, jaxllm.SamplingParams(max_new_tokens=1).resolved())),
+        "prompt of 16 tokens \\+ max_new_tokens=1 exceeds the engine's max_len 16: shorten the prompt below 16 tokens, or raise max_len"),
+    "engine-prompt-near-max-len": lib(lambda m: Engine(m.tiny, batch_size=1, max_len=16).add(
+        Request([1] * 15, jaxllm.SamplingParams(max_new_tokens=2).resolved())),
+        "exceeds the engine's max_len 16: lower max_new_tokens to at most 1, or raise max_len"),
     "engine-pages-beyond-memory": lib(lambda m: Engine(m.tiny, batch_size=1, max_len=64, num_pages=10**15),
                                       r"an engine of 1,000,000,000,000,000 KV pages of 16 tokens .* needs .* but the host has"),
     "engine-max-len-beyond-memory": lib(lambda m: Engine(m.llama, batch_size=1, max_len=10**12),
