@@ -252,15 +252,17 @@ class Engine:
 
     # -- requests ----------------------------------------------------------------------------------
 
-    def check(self, req: Request) -> None:
-        """Refuse a request that can never run, before anything is computed."""
+    def check(self, req: Request) -> list[int]:
+        """Refuse a request that can never run, before anything is computed; returns its prompt's
+        ids as Python ints (whatever holds them: a list, a numpy or JAX array)."""
         params = req.params
         unset = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty")  # resolved() fills them
         if not isinstance(params, SamplingParams) or any(getattr(params, f) is None for f in unset):
             raise GenerationError("a Request's params must be resolved SamplingParams: pass "
                                   "jaxllm.SamplingParams(...).resolved(model.generation_config)")
         params.validate()
-        n = len(check_token_ids(req.prompt, self.cfg.vocab_size, "prompt", dims=(1,), allow_empty=False))
+        ids = check_token_ids(req.prompt, self.cfg.vocab_size, "prompt", dims=(1,), allow_empty=False).tolist()
+        n = len(ids)
         total = n + req.params.max_new_tokens
         if total > self.cfg.context_length:  # first: raising max_len cannot help here
             raise GenerationError(context_error(n, req.params.max_new_tokens, self.cfg))
@@ -276,14 +278,14 @@ class Engine:
                 f"prompt of {n} tokens + max_new_tokens={req.params.max_new_tokens} needs "
                 f"{self.blocks.pages_for(total)} KV pages but {where} {self.blocks.shard_pages}: "
                 "give the engine more pages (num_pages, memory_fraction) or ask for fewer tokens")
+        return ids
 
     def add(self, req: Request) -> Sequence:
         """Queue a request; its events carry `req.index`. Returns its sequence (for `abort`)."""
-        self.check(req)
-        return self._add(req)
+        return self._add(req, self.check(req))
 
-    def _add(self, req: Request) -> Sequence:
-        seq = Sequence(self._next_id, list(req.prompt), req.params.with_seed())  # unseeded: its own random seed
+    def _add(self, req: Request, ids: list[int]) -> Sequence:
+        seq = Sequence(self._next_id, ids, req.params.with_seed())  # unseeded: its own random seed
         self._next_id += 1
         self.index_of[seq] = req.index
         self.scheduler.add(seq)
@@ -320,9 +322,8 @@ class Engine:
         if self.has_work():  # their events would mix with these requests'
             raise GenerationError("Engine.run on an engine that holds requests added with Engine.add: serve those with "
                                   "step() (or abort them) first, or use another engine")
-        for req in requests:  # all of them before any is queued
-            self.check(req)
-        seqs = [self._add(req) for req in requests]
+        ids = [self.check(req) for req in requests]  # all of them before any is queued
+        seqs = [self._add(req, i) for req, i in zip(requests, ids)]
         try:
             while self.has_work():
                 if stop_check is not None:

@@ -246,6 +246,9 @@ def test_misuse_of_the_public_api_is_refused_or_harmless(llama):
     while a.has_work():
         tokens += [t for ev in a.step() for t in ev.tokens]
     assert tokens == _alone(llama, [prompt], GREEDY, 32)[0].token_ids
+    c = Engine(llama, **sizes)  # a prompt held in a JAX array (unhashable ids broke the prefix cache)
+    c.add(Request(jnp.asarray(prompt), GREEDY.resolved()))
+    assert [t for _ in iter(c.has_work, False) for ev in c.step() for t in ev.tokens] == tokens
     b.abort(theirs)
     assert b.blocks.num_free == b.blocks.num_pages and not b.has_work()
     for engine, what in ((Engine(jaxllm.load(llama.path, tokenizer=False), **sizes), "another model"), ("a", "str")):
