@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 
@@ -82,7 +83,8 @@ def model_flags() -> argparse.ArgumentParser:
     p.add_argument("--min-p", type=float)
     p.add_argument("--repetition-penalty", type=float)
     p.add_argument("--seed", type=int, help="sampling seed, for a reproducible answer (default: a random one)")
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable); never printed")
+    p.add_argument("--stop", action="append", default=[], type=unescape,
+                   help="stop string (repeatable; \\n, \\t, \\r and \\\\ as in C, so --stop '\\n' ends at a line break); never printed")
     p.add_argument("--system", help="system message for the chat template")
     p.add_argument("--compile-cache", default=os.environ.get("JAXLLM_COMPILE_CACHE", runtime.DEFAULT_COMPILE_CACHE),
                    help="folder where compiled programs are kept for the next run, or 'none' "
@@ -96,6 +98,15 @@ def start(args) -> None:
     runtime.quiet()
     runtime.set_gpu_flags(getattr(args, "mesh", None))
     runtime.use_compile_cache(args.compile_cache)
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    """A --stop value with \\n, \\t, \\r and \\\\ read as the characters they name (a shell passes
+    them as two characters; llama.cpp's --reverse-prompt reads them so too); other text as given."""
+    return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], text)
 
 
 def sampling_params(args) -> SamplingParams:

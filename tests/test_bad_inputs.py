@@ -562,3 +562,12 @@ def test_library_misuse_is_one_error(models, case):
     call, match = LIBRARY_MISUSE[case]
     with pytest.raises(JaxllmError, match=match):
         call(models)
+
+
+def test_stop_flag_reads_c_escapes():
+    """`--stop '\\n'` reaches the shell's argv as a backslash and an n; it ends the answer at a line
+    break (as llama.cpp's flags read it), and a doubled backslash stays one backslash."""
+    from jaxllm import generate
+
+    args = generate.parse_args(["--stop", r"\n", "--stop", r"a\\n\t", "--stop", "é", "hi"])
+    assert args.stop == ["\n", "a\\n\t", "é"]
