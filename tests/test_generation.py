@@ -58,7 +58,8 @@ def test_greedy_matches_transformers_generate(pair):
 
 def _hf_greedy(ref, prompt, n):
     with torch.no_grad():
-        out = ref.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+        ids = torch.tensor([prompt])  # an explicit mask: without one, transformers takes id 0 (the pad id) for padding
+        out = ref.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False,
                            eos_token_id=None, pad_token_id=0)
     return out[0, len(prompt):].tolist()
 

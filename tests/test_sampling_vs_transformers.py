@@ -235,8 +235,9 @@ def test_generate_penalises_prompt_tokens_as_transformers_does(tmp_path):
         ours = model.generate(prompt, SamplingParams(max_new_tokens=12, temperature=0.0, repetition_penalty=penalty,
                                                      ignore_eos=True)).token_ids
         with torch.no_grad():
-            ref = hf.generate(torch.tensor([prompt]), do_sample=False, repetition_penalty=penalty, max_new_tokens=12,
-                              min_new_tokens=12, eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+            ids = torch.tensor([prompt])  # an explicit mask: without one, id 0 (the pad id) would be taken for padding
+            ref = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, repetition_penalty=penalty,
+                              max_new_tokens=12, min_new_tokens=12, eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
         assert ours == ref, penalty
 
 
