@@ -5,6 +5,8 @@ llm_engine, in JAX). The pieces, each in its own small file:
   jaxllm/serving/scheduler.py      who runs this step: prefill chunks within a token budget,
                                    the decode batch, preemption when pages run out (host)
   jaxllm/serving/cascade.py        which cached pages a decode call's rows share, read once (host)
+  jaxllm/serving/shapes.py         the prefill calls' menu of shapes, and the shapes a workload needs (host)
+  jaxllm/serving/memory.py         how many KV pages the pool holds (host, once)
   jaxllm/serving/runner.py         the page pool and each call's inputs, shapes and buckets (host)
   jaxllm/serving/steps.py          the jitted prefill / decode / score steps (device)
 
@@ -33,15 +35,17 @@ import jax
 import numpy as np
 
 from jaxllm import runtime
-from jaxllm.errors import GenerationError, available_memory, check_token_ids, size_text
-from jaxllm.models.attention import check_kv_dtype, kv_cache_bytes
+from jaxllm.errors import GenerationError, check_token_ids
+from jaxllm.models.attention import check_kv_dtype
 from jaxllm.models.config import token_ids
 from jaxllm.sampling import SamplingParams
 from jaxllm.serving import cascade as cascade_plan
+from jaxllm.serving import memory
 from jaxllm.serving.block_manager import BlockManager
-from jaxllm.serving.runner import Row, Runner, bucket, pool_pages
+from jaxllm.serving.runner import Row, Runner
 from jaxllm.serving.scheduler import PrefillChunk, Scheduler
 from jaxllm.serving.sequence import Sequence, Status
+from jaxllm.serving.shapes import CallShapes
 from jaxllm.serving.steps import ERROR
 
 log = logging.getLogger("jaxllm")
@@ -172,7 +176,8 @@ class Engine:
             rope.type == "longrope" and cfg.longrope_recompute and rope.original_max_position_embeddings < max_len) else None
         self.width = -(-max_len // page_size)
         self.length_dependent = length_dependent
-        num_pages = self._default_pages(page_size, memory_fraction, num_pages)
+        num_pages = memory.pool_size(model, self.kv_dtype, page_size, memory_fraction, num_pages, batch_size=batch_size,
+                                     max_len=max_len, budget=self.budget, dp=dp)
         if dp > 1:  # equal shards, each of room for at least one sequence of max_len
             num_pages = dp * max(-(-num_pages // dp), self.width)
         if batch_size > num_pages:  # the runner rounds the pool up to a multiple of the rows: a batch beyond it
@@ -184,6 +189,7 @@ class Engine:
         # rows (a 2,050-token prompt is 2,048 + 2, not one row padded to the whole budget).
         max_chunk = None if length_dependent else max(16, prefill_tokens // 4)
         self.scheduler = Scheduler(self.blocks, batch_size, self.budget, chunk, max_chunk)
+        self.shapes = CallShapes(self.budget, batch_size // dp)  # the prefill calls' menu of shapes
         self.runner = Runner(model, num_pages=num_pages, page_size=page_size, max_seqs=batch_size, max_len=max_len,
                              chunk=chunk, attention=attention or runtime.attention_impl(), eos_width=len(self.eos),
                              kv_dtype=self.kv_dtype, decode_options=runtime.decode_options(),
@@ -213,42 +219,6 @@ class Engine:
     def counters(self):
         """Compiles of the prefill and decode steps this engine caused (see Runner.counters)."""
         return self.runner.counters
-
-    def _default_pages(self, page_size: int, fraction: float, num_pages: int | None = None) -> int:
-        """The pool's pages: `num_pages` when given, else `fraction` of the device memory left after
-        the weights (a CPU: a full batch of full-length sequences within 2 GiB). Refused, before
-        anything is allocated, when the device (a CPU: the host) cannot hold them."""
-        cfg, dtype = self.cfg, self.model.dtype
-        stats = jax.local_devices()[0].memory_stats() or {}
-        mesh = getattr(self.model, "mesh", None)
-        tp = mesh.shape["tp"] if mesh is not None else 1
-        devices = tp if cfg.num_kv_heads % tp == 0 else 1  # the pool splits over tp like the kv heads
-        devices *= self.dp  # and over dp by pages
-        page_bytes = kv_cache_bytes(cfg, page_size, dtype, self.kv_dtype)
-        if num_pages is not None or "bytes_limit" not in stats:
-            available, where = available_memory()
-            if num_pages is None:  # a CPU: a full batch of full-length sequences, within 2 GiB (and half the free memory)
-                room = min(2 << 30, available // 2) if available is not None else 2 << 30
-                num_pages = max(self.width, min(self.batch_size * self.width, room // page_bytes))
-            pool = pool_pages(int(num_pages), self.batch_size)
-            if available is not None and pool * page_bytes / devices > available:
-                fit = int(available * devices // page_bytes) - self.batch_size
-                raise GenerationError(
-                    f"an engine of {num_pages:,} KV pages of {page_size} tokens ({self.batch_size:,} x {self.max_len:,}-token "
-                    f"sequences at most; the pool rounds up to a multiple of batch_size) needs "
-                    f"{size_text(pool * page_bytes / devices)} but {where} has {size_text(available)} available: "
-                    + (f"pass num_pages <= {fit:,}, or a smaller max_len" if fit >= self.width else
-                       f"lower batch_size, page_size or max_len (one {self.max_len:,}-token sequence needs "
-                       f"{self.width:,} pages)"))
-            return int(num_pages)
-        # Room for a prefill step's activations and logits, beside the pool.
-        spare = 8 * self.budget * max(cfg.hidden_size * 4, cfg.intermediate_size) * 2 + (1 << 30)
-        free = fraction * stats["bytes_limit"] - stats.get("bytes_in_use", 0) - spare
-        pages = int(free * devices // page_bytes) - self.batch_size if free > 0 else 0  # the runner rounds up
-        if pages < self.width:
-            raise GenerationError(f"the device has room for {max(pages, 0)} KV pages of {page_size} tokens but one "
-                                  f"{self.max_len}-token sequence needs {self.width}: lower max_len, or free device memory")
-        return pages
 
     # -- requests ----------------------------------------------------------------------------------
 
@@ -439,27 +409,6 @@ class Engine:
         used, b = set(self.slot_of.values()), self.batch_size // self.dp
         return next(i for i in range(shard * b, (shard + 1) * b) if i not in used)
 
-    def call_shape(self, longest: int, waiting: int) -> tuple[int, int]:
-        """(rows, length) of a prefill call whose longest chunk has `longest` tokens, with `waiting`
-        chunks to run. Lengths come from a short menu (the budget / 16, / 4, / 1, rounded to a
-        multiple of 16, and 128 when the budget / 16 is longer) and rows from 1, 4, 16, 64 within
-        the budget, so a workload meets few shapes (each a compile); a chunk longer than the
-        budget (LongRoPE, dynamic NTK: never split) takes a power of two. The 128 serves prompts
-        that are mostly a cached prefix under a large budget: 64 requests of 50 new tokens behind
-        a shared prompt, budget 8,192, are one call of 64 x 128 positions, not four of 16 x 512
-        (H200, session 14)."""
-        length = next((n for n in self._call_lengths() if n >= longest), None) or bucket(longest, 16)
-        allowed = self._call_rows(length)
-        return next((r for r in allowed if r >= waiting), allowed[-1]), length
-
-    def _call_lengths(self) -> list[int]:
-        lengths = {max(16, -(-self.budget // (16 * d)) * 16) for d in (16, 4, 1)}
-        return sorted(lengths | {min(128, min(lengths))})
-
-    def _call_rows(self, length: int) -> list[int]:
-        """Rows of a call (of each dp shard's block: the budget and rows are per shard)."""
-        return [r for r in (1, 4, 16, 64) if r == 1 or (r * length <= self.budget and r <= self.batch_size // self.dp)]
-
     def precompile(self, requests: list[Request]) -> None:
         """Compile the steps that serving `requests` can meet and that have not run yet: prefill
         calls of every (rows, length) their chunks may take, the key buckets of their prompts,
@@ -472,14 +421,9 @@ class Engine:
             self.check(req)
         if self.state is None:
             self.state = self.runner.new_state()
-        longest = max(len(r.prompt) for r in requests)
-        chunk = min(longest, self.scheduler.max_chunk)
-        lengths = [n for n in self._call_lengths() if n < chunk] + [self.call_shape(chunk, 1)[1]]
-        most = self.call_shape(lengths[-1], len(requests))[0]  # more rows than chunks never run
-        keys = sorted({self.runner.prefill_keys(n) for n in range(1, longest + 1, 1024)} | {self.runner.prefill_keys(longest)})
-        prefill = [(r, n, s) for n in lengths for r in self._call_rows(n) if r <= max(most, 1) for s in keys]
-        reach = max(len(r.prompt) + r.params.max_new_tokens for r in requests)
-        decode = sorted({self.runner.decode_keys(n) for n in range(1, reach + self.chunk + 1, 256)})
+        prefill, decode = self.shapes.workload(self.runner, self.scheduler.max_chunk, self.chunk,
+                                               [len(r.prompt) for r in requests],
+                                               [len(r.prompt) + r.params.max_new_tokens for r in requests])
         sampling = any(r.params.temperature > 0 for r in requests)
         todo = [shape for shape in prefill if ("prefill", shape, sampling) not in self._compiled]
         todo_decode = [k for k in decode if ("decode", k, sampling) not in self._compiled]
@@ -488,13 +432,13 @@ class Engine:
         self._compiled |= {("prefill", shape, sampling) for shape in todo} | {("decode", k, sampling) for k in todo_decode}
 
     def _prefill(self, chunks: list[PrefillChunk]) -> list[Event]:
-        """Run the chunks in calls of `call_shape`s, longest chunks first (a call: that many rows
+        """Run the chunks in calls of the menu's shapes (CallShapes.call), longest chunks first (a call: that many rows
         of each dp shard)."""
         events, b = [], self.batch_size // self.dp
         chunks = sorted(chunks, key=lambda c: -c.length)
         while chunks:
             per_shard = [sum(1 for c in chunks if c.seq.shard == i) for i in range(self.dp)]
-            rows, length = self.call_shape(chunks[0].length, max(per_shard))
+            rows, length = self.shapes.call(chunks[0].length, max(per_shard))
             taken, group, rest = [0] * self.dp, [], []
             for c in chunks:
                 (group if taken[c.seq.shard] < rows else rest).append(c)

@@ -142,7 +142,7 @@ def test_a_prompt_sent_again_compiles_nothing(llama):
     llama.engines.clear()
     first = llama.generate(prompt, params)
     (engine,) = llama.engines.values()
-    assert engine.budget == 768 and engine.call_shape(100, 1) == (1, 192)
+    assert engine.budget == 768 and engine.shapes.call(100, 1) == (1, 192)
     compiled = (engine.counters.prefill, engine.counters.decode)
     hits = engine.blocks.stats.hit_tokens
     for _ in range(2):

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 import jaxllm
-from jaxllm import engine as engine_module
 from jaxllm import generation, research
 from jaxllm.engine import Engine
 from jaxllm.errors import GenerationError
 from jaxllm.models import attention_ops as ao
 from jaxllm.models import kv_quant, paged_decode
 from jaxllm.models.attention import AttnSpec, LayerCache, PagedCache, kv_cache_bytes
+from jaxllm.serving import memory as pool_memory
 
 GREEDY = jaxllm.SamplingParams(max_new_tokens=12, ignore_eos=True, logprobs=True)
 TEXT = Path(__file__).parent / "data" / "public_domain.txt"
@@ -141,7 +141,7 @@ def test_the_same_memory_holds_about_twice_the_pages(llama, monkeypatch):
         def memory_stats(self):
             return {"bytes_limit": 3 << 30, "bytes_in_use": 0}
 
-    monkeypatch.setattr(engine_module.jax, "local_devices", lambda: [Device()])
+    monkeypatch.setattr(pool_memory.jax, "local_devices", lambda: [Device()])
     pages = {kv: Engine(llama, batch_size=2, max_len=128, prefill_tokens=64, kv_dtype=kv).blocks.num_pages
              for kv in (None, "int8")}
     assert pages["int8"] / pages[None] == pytest.approx(64 / 20, rel=1e-3)
@@ -154,7 +154,7 @@ def test_the_same_memory_holds_about_twice_the_pages(llama, monkeypatch):
     model.engines = {}
     room = 8 * (256 + 16) * kv_cache_bytes(llama.config, 1, jnp.float32, "int8")
     monkeypatch.setattr(generation, "available_memory", lambda: (room, "the host"))
-    monkeypatch.setattr(engine_module, "available_memory", lambda: (room, "the host"))
+    monkeypatch.setattr(pool_memory, "available_memory", lambda: (room, "the host"))
     prompts = [[1, 2, 3]] * 8
     with pytest.raises(GenerationError, match="needs a KV cache"):
         generation.engine_for(model, prompts, GREEDY.resolved())
