@@ -31,7 +31,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from jaxllm.checkpoint import LazyTensor, read_config, read_generation_config, read_json
+from jaxllm.checkpoint import FLOAT_DTYPES, LazyTensor, read_config, read_generation_config, read_json
 from jaxllm.errors import CheckpointError
 from jaxllm.models import weights
 from jaxllm.models.weights import flat_params, report, unflatten_into
@@ -215,14 +215,40 @@ def read_marker(folder: Path) -> dict:
     marker = read_json(folder / MARKER, MARKER)
     if marker.get("format") != FORMAT or not isinstance(marker.get("params"), dict):
         raise CheckpointError(f"{folder / MARKER} is not a jaxllm checkpoint marker: re-run python -m jaxllm.convert")
-    if marker.get("version", 0) != VERSION:
-        newer = marker.get("version", 0) > VERSION
+    version = marker.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{folder / MARKER} has version {version!r}, not a whole number (the file was edited?): "
+                              "re-run python -m jaxllm.convert")
+    if version != VERSION:
+        newer = version > VERSION
         raise CheckpointError(f"{folder} was written by {'a newer' if newer else 'an older'} jaxllm (format "
                               f"{marker.get('version')}, this one reads {VERSION}): "
                               + ("upgrade jaxllm" if newer else "convert the original checkpoint again"))
     if not (folder / PARAMS).is_dir():
         raise CheckpointError(f"{folder} has no {PARAMS}/ folder: the conversion is incomplete; convert again")
+    problem = _marker_problem(marker)
+    if problem:
+        raise CheckpointError(f"{folder / MARKER} {problem} (the file was edited?): re-run python -m jaxllm.convert")
     return marker
+
+
+def _marker_problem(marker: dict) -> str | None:
+    """What is wrong with a marker's dtype or parameter entries (each {shape, dtype}), or None:
+    the loader reads them before any parameter, and would fail on them with a traceback."""
+    dtype = marker.get("dtype")
+    if dtype is not None and dtype not in FLOAT_DTYPES:
+        return f"has dtype {str(dtype)[:40]!r}, not one of {', '.join(FLOAT_DTYPES)}"
+    for name, entry in marker["params"].items():
+        if not isinstance(entry, dict) or not {"shape", "dtype"} <= entry.keys():
+            return f"has parameter {name[:100]!r} without its 'shape' and 'dtype'"
+        shape = entry["shape"]
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            return f"has parameter {name[:100]!r} with shape {str(shape)[:60]}, not a list of whole numbers"
+        try:
+            jax.numpy.dtype(entry["dtype"])
+        except (TypeError, ValueError):
+            return f"has parameter {name[:100]!r} with dtype {str(entry['dtype'])[:40]!r}, which is not a dtype"
+    return None
 
 
 def problems(folder: Path, abstract) -> list[str]:

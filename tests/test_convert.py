@@ -214,3 +214,28 @@ def test_interrupted_conversion_leaves_nothing_complete_looking(tmp_path, sig):
     convert(tmp_path / "hf", dst, progress=False)
     assert list(tmp_path.glob(".out.*")) == []
     assert jaxllm.load(dst, tokenizer=False).config.num_layers == 8
+
+
+def test_a_hand_edited_marker_is_refused_in_one_line(tmp_path):
+    import shutil
+
+    from jaxllm.errors import CheckpointError
+
+    reference.build("LlamaForCausalLM", tmp_path / "hf", seed=6)
+    convert(tmp_path / "hf", tmp_path / "out", progress=False)
+    edits = {"version as text": (lambda m: m.update(version="2"), "version '2', not a whole number"),
+             "an entry not a dict": (lambda m: m["params"].update({next(iter(m["params"])): [4, 4]}), "without its 'shape'"),
+             "an unknown param dtype": (lambda m: next(iter(m["params"].values())).update(dtype="nope"), "'nope'"),
+             "an unknown dtype": (lambda m: m.update(dtype="float8"), "dtype 'float8'")}
+    for what, (edit, says) in edits.items():
+        folder = tmp_path / what.replace(" ", "_")
+        shutil.copytree(tmp_path / "out", folder)
+        marker = json.loads((folder / "jaxllm.json").read_text())
+        edit(marker)
+        (folder / "jaxllm.json").write_text(json.dumps(marker))
+        with pytest.raises(CheckpointError) as err:
+            jaxllm.load(folder)
+        message = str(err.value)
+        assert says in message and "jaxllm.json" in message and "re-run python -m jaxllm.convert" in message, what
+        assert len(message.splitlines()) == 1
+    assert jaxllm.load(tmp_path / "out").logits(TOKENS).shape[:2] == TOKENS.shape  # the unedited folder loads
