@@ -55,7 +55,7 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
 
     try:
         folder = Path(snapshot_download(text, allow_patterns=_HUB_FILES))
-        return Path(snapshot_download(text, allow_patterns=_hub_weights(folder)))  # the same snapshot folder
+        folder = Path(snapshot_download(text, allow_patterns=_hub_weights(folder)))  # the same snapshot folder
     except (OSError, ValueError, EntryNotFoundError, _http_error()) as err:  # offline, unknown or gated repo, network
         reason = " ".join(str(err).split()) or type(err).__name__  # every line: the first is often only a status
         kind = type(err).__name__
@@ -69,6 +69,26 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
             fix = "check the id (and revision) and your network, or pass a local folder"
         raise CheckpointError(f"could not get '{text}' from the Hugging Face hub or its local cache ({kind}: "
                               f"{reason[:300]}); {fix}") from None
+    _check_weights_cached(text, folder)
+    return folder
+
+
+def _check_weights_cached(repo_id: str, folder: Path) -> None:
+    """Refuse a cached snapshot without its weights: offline (or with the hub unreachable)
+    huggingface_hub returns the snapshot folder as it is, even when a download was interrupted
+    (the weights' links missing, or dangling over a removed or `.incomplete` blob)."""
+    names = _hub_weights(folder)
+    if names == ["*.safetensors"]:
+        names = sorted(p.name for p in folder.glob("*.safetensors")) or names
+    missing = [n for n in names if not (folder / n).exists()]  # exists() follows the links: False when dangling
+    if not missing:
+        return
+    partial = list(folder.parent.parent.glob("blobs/*.incomplete"))
+    why = (f"{len(partial)} .incomplete download(s) in its blobs/" if partial
+           else "an interrupted download, or a repo without safetensors weights")
+    raise CheckpointError(f"the Hugging Face cache's snapshot of '{repo_id}' ({folder}) lacks its weights "
+                          f"({'no .safetensors file' if missing == ['*.safetensors'] else ', '.join(missing[:3])}; {why}): download it again with HF_HUB_OFFLINE unset and the "
+                          f"network up (hf download {repo_id}), or pass a local folder")
 
 
 def _hub_weights(folder: Path) -> list[str]:

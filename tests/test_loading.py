@@ -126,3 +126,52 @@ def test_converted_folder_restores_in_groups(tmp_path, tiny, monkeypatch, how):
     assert counting.total == counting.placed == sum(x.nbytes for x in jax.tree.leaves(direct.params))
     for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(direct.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _hub_cache(home, source, repo="org/name", commit="a" * 40, skip=(), main=True):
+    """A Hugging Face cache under `home` as huggingface_hub lays it out (blobs, refs/main, a
+    snapshot of links to the blobs) holding `source`'s files but `skip`; returns the snapshot."""
+    import hashlib
+    import os
+
+    repo_dir = home / "hub" / ("models--" + repo.replace("/", "--"))
+    snapshot = repo_dir / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo_dir / "blobs").mkdir(exist_ok=True)
+    for f in sorted(source.iterdir()):
+        blob = repo_dir / "blobs" / hashlib.sha256(f.read_bytes()).hexdigest()
+        blob.write_bytes(f.read_bytes())
+        if f.name not in skip:
+            (snapshot / f.name).symlink_to(os.path.relpath(blob, snapshot))
+    if main:
+        (repo_dir / "refs").mkdir(exist_ok=True)
+        (repo_dir / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE=1 and an empty HF cache under tmp_path/hf (huggingface_hub reads both at import)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    return tmp_path / "hf"
+
+
+def test_a_cached_snapshot_without_its_weights_is_refused_in_one_line(tmp_path, tiny, offline):
+    full = _hub_cache(offline, tiny)
+    assert checkpoint.resolve("org/name") == full  # a complete snapshot, offline
+    assert jaxllm.load("org/name", tokenizer=False).params is not None
+    # An interrupted download: the weights' link dangles over an .incomplete blob, or was never made.
+    broken = _hub_cache(offline, tiny, repo="org/broken")
+    blob = (broken / "model.safetensors").resolve()
+    blob.rename(str(blob) + ".incomplete")
+    _hub_cache(offline, tiny, repo="org/configonly", skip=("model.safetensors",))
+    for repo, says in [("org/broken", "model.safetensors; 1 .incomplete"), ("org/configonly", "no .safetensors file")]:
+        with pytest.raises(CheckpointError) as err:
+            checkpoint.resolve(repo)
+        message = str(err.value)
+        assert f"snapshot of '{repo}'" in message and says in message and f"hf download {repo}" in message, message
+        assert len(message.splitlines()) == 1
