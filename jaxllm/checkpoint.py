@@ -44,9 +44,14 @@ _HUB_FILES = ["*.json", "*.model", "*.txt", "*.jinja", "tokenizer*"]  # config, 
 def resolve(path_or_id: str | os.PathLike) -> Path:
     """A local file or folder as it is; otherwise a hub id, fetched into (or found in) the HF cache."""
     path = Path(path_or_id).expanduser()
-    if path.exists():
-        return path
     text = str(path_or_id)
+    if path.exists():
+        if (_HUB_ID.match(text) and path.is_dir() and not (path / "config.json").exists()
+                and not any(path.glob("*.gguf"))):
+            raise CheckpointError(f"'{text}' is a local folder without config.json, which shadows the hub id '{text}': "
+                                  "to load the hub model run from another folder (or rename this one); to load the "
+                                  "folder, add its config.json")
+        return path
     if not _HUB_ID.match(text):
         raise CheckpointError(f"no such file or folder: '{text}'; pass a checkpoint folder, a .gguf file or a hub id like 'org/name'")
     # huggingface_hub (and its HTTP client) take ~0.3 s to import: only hub ids pay for it.
@@ -65,8 +70,13 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
             fix = "it is not in the local cache and HF_HUB_OFFLINE is set: unset it, or download the model first"
         elif isinstance(err, OSError) and getattr(err, "errno", None) == 28:
             fix = "the disk is full: free space or set HF_HOME to a larger disk"
+        elif kind == "LocalEntryNotFoundError":  # not cached, and the hub could not be reached
+            fix = (f"it is not in the local cache and the hub cannot be reached: connect to the network, or download it "
+                   f"where there is one (hf download {text}) and copy the HF cache here, or pass a local folder")
+        elif kind == "RepositoryNotFoundError":
+            fix = "no such repo, or a private one: check the id, or log in (hf auth login, or set HF_TOKEN)"
         else:
-            fix = "check the id (and revision) and your network, or pass a local folder"
+            fix = "check the id and your network, or pass a local folder"
         raise CheckpointError(f"could not get '{text}' from the Hugging Face hub or its local cache ({kind}: "
                               f"{reason[:300]}); {fix}") from None
     _check_weights_cached(text, folder)

@@ -175,3 +175,28 @@ def test_a_cached_snapshot_without_its_weights_is_refused_in_one_line(tmp_path, 
         message = str(err.value)
         assert f"snapshot of '{repo}'" in message and says in message and f"hf download {repo}" in message, message
         assert len(message.splitlines()) == 1
+
+
+def test_hub_id_errors_say_what_to_do(tmp_path, tiny, offline, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    with pytest.raises(CheckpointError, match="not in the local cache and HF_HUB_OFFLINE is set"):
+        checkpoint.resolve("org/nmae")  # a typo, offline
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+
+    def unreachable(*args, **kwargs):  # what huggingface_hub raises online without a network or the repo cached
+        raise LocalEntryNotFoundError("An error happened while trying to locate the files on the Hub")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    with pytest.raises(CheckpointError, match=r"not in the local cache and the hub cannot be reached.*hf download org/x"):
+        checkpoint.resolve("org/x")
+    # A folder named like the hub id, without a checkpoint in it, is not silently taken for the model.
+    (tmp_path / "org" / "x").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="local folder without config.json, which shadows the hub id 'org/x'"):
+        checkpoint.resolve("org/x")
+    import shutil
+
+    shutil.copytree(tiny, tmp_path / "org" / "ok")  # ...but one holding a checkpoint is the checkpoint
+    assert checkpoint.resolve("org/ok") == Path("org/ok")
