@@ -41,11 +41,17 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _HUB_FILES = ["*.json", "*.model", "*.txt", "*.jinja", "tokenizer*"]  # config, index, tokenizer, templates
 
 
-def resolve(path_or_id: str | os.PathLike) -> Path:
-    """A local file or folder as it is; otherwise a hub id, fetched into (or found in) the HF cache."""
+def resolve(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local file or folder as it is; otherwise a hub id, fetched into (or found in) the HF cache,
+    at `revision` (a branch, tag or commit hash; default the repo's main branch)."""
     path = Path(path_or_id).expanduser()
     text = str(path_or_id)
+    if revision is not None and (not isinstance(revision, str) or not revision.strip()):
+        raise CheckpointError(f"revision must be a branch, tag or commit hash of the hub repo (a non-empty string), got {revision!r}")
     if path.exists():
+        if revision is not None:
+            raise CheckpointError(f"revision={revision!r} picks a version of a hub repo, but '{text}' is a local "
+                                  f"{'folder' if path.is_dir() else 'file'}: drop revision, or check out that version there")
         if (_HUB_ID.match(text) and path.is_dir() and not (path / "config.json").exists()
                 and not any(path.glob("*.gguf"))):
             raise CheckpointError(f"'{text}' is a local folder without config.json, which shadows the hub id '{text}': "
@@ -59,8 +65,8 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
     from huggingface_hub.errors import EntryNotFoundError
 
     try:
-        folder = Path(snapshot_download(text, allow_patterns=_HUB_FILES))
-        folder = Path(snapshot_download(text, allow_patterns=_hub_weights(folder)))  # the same snapshot folder
+        folder = Path(snapshot_download(text, revision=revision, allow_patterns=_HUB_FILES))
+        folder = Path(snapshot_download(text, revision=revision, allow_patterns=_hub_weights(folder)))  # the same snapshot
     except (OSError, ValueError, EntryNotFoundError, _http_error()) as err:  # offline, unknown or gated repo, network
         reason = " ".join(str(err).split()) or type(err).__name__  # every line: the first is often only a status
         kind = type(err).__name__
@@ -77,7 +83,8 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
             fix = "no such repo, or a private one: check the id, or log in (hf auth login, or set HF_TOKEN)"
         else:
             fix = "check the id and your network, or pass a local folder"
-        raise CheckpointError(f"could not get '{text}' from the Hugging Face hub or its local cache ({kind}: "
+        at = f" at revision {revision!r}" if revision is not None else ""
+        raise CheckpointError(f"could not get '{text}'{at} from the Hugging Face hub or its local cache ({kind}: "
                               f"{reason[:300]}); {fix}") from None
     _check_weights_cached(text, folder)
     return folder

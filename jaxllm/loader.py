@@ -364,9 +364,9 @@ def _stored_blocks(tensors, source: BlockSource, shape: tuple) -> tuple:
     return tuple(None if a is None else a[start:stop] for a in blocks)
 
 
-def open_checkpoint(path_or_id):
-    """Resolve a folder, hub id or .gguf file and read its config; no tensor is read."""
-    path = checkpoint.resolve(path_or_id)
+def open_checkpoint(path_or_id, revision: str | None = None):
+    """Resolve a folder, hub id (at `revision`) or .gguf file and read its config; no tensor is read."""
+    path = checkpoint.resolve(path_or_id, revision)
     if path.is_file() and path.suffix == ".gguf":
         tensors, raw = gguf.open_checkpoint(path)
         return checkpoint.HFCheckpoint(path, raw, {}, tensors)
@@ -381,14 +381,15 @@ def open_checkpoint(path_or_id):
     return checkpoint.HFCheckpoint(path, checkpoint.read_config(path), checkpoint.read_generation_config(path))
 
 
-def prepare(path_or_id, dtype=None, mesh=None, *, quantize: str | None = None, group_size: int | None = None) -> Plan:
+def prepare(path_or_id, dtype=None, mesh=None, *, quantize: str | None = None, group_size: int | None = None,
+            revision: str | None = None) -> Plan:
     """The Plan of a checkpoint (folder, hub id, .gguf file or converted folder); `dtype` None:
     the checkpoint's own default (a converted folder's saved dtype, else float32)."""
     quant.check(quantize, group_size, QUANTIZE)  # before any file is opened or downloaded
     if not isinstance(path_or_id, (str, os.PathLike)) or not str(path_or_id).strip():
         raise InputError(f"path_or_id must be a checkpoint folder, a .gguf file or a hub id (a non-empty string or "
                          f"path), got {type(path_or_id).__name__} {path_or_id!r}"[:300])
-    source = open_checkpoint(path_or_id)
+    source = open_checkpoint(path_or_id, revision)
     try:
         p = plan(source.raw, dtype or source.load_dtype, mesh, source, quantize=quantize, group_size=group_size)
     except ConfigError as err:  # a GGUF file has no config.json: name the file its fields came from
@@ -412,6 +413,7 @@ def load(
     quantize: str | None = None,
     group_size: int | None = None,
     kv_dtype=None,
+    revision: str | None = None,
 ) -> LoadedModel:
     """Load a Hugging Face checkpoint (folder or hub id), a GGUF file, or a folder written by
     `python -m jaxllm.convert`.
@@ -429,9 +431,10 @@ def load(
     folder loads as it was saved.
     kv_dtype: the KV cache dtype the engine uses ("int8", "float8_e4m3fn", or a float dtype;
     None: the model's dtype), kept on the LoadedModel.
+    revision: for a hub id, the branch, tag or commit hash to load (default: the main branch).
     """
     kv_dtype = resolve_kv_dtype(kv_dtype)
-    p = prepare(path_or_id, dtype, mesh, quantize=quantize, group_size=group_size)
+    p = prepare(path_or_id, dtype, mesh, quantize=quantize, group_size=group_size, revision=revision)
     p.check()
     tok = checkpoint.load_tokenizer(p.source.path, p.config.vocab_size) if tokenizer else None  # before the weights: a bad one fails fast
     params = p.read(progress)

@@ -61,6 +61,7 @@ def load_flags() -> argparse.ArgumentParser:
     them): model, dtype, mesh, quantization, KV cache dtype."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--model", help="checkpoint folder, .gguf file or hub id (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--revision", help="--model as a hub id: the branch, tag or commit hash to load (default: main)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bfloat16 on accelerators, float32 on CPU)")
     p.add_argument("--mesh", help="device mesh: 'tp=4', 'dp=2,tp=4', 'fsdp=8', 'ep=2,tp=2' (experts over ep) or 'auto' (all devices on tp)")
     p.add_argument("--quantize", choices=QUANTIZE, help="quantized weights: int8 or int4 (a scale and offset per "
@@ -131,7 +132,8 @@ def load_model(args) -> LoadedModel:
     dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
     with Bar(None, "loading", delay=1.0, enabled=is_leader()) as bar:
         return load(args.model or runtime.default_model(), dtype=dtype, mesh=args.mesh, progress=bar,
-                    quantize=args.quantize, group_size=args.group_size, kv_dtype=args.kv_dtype)
+                    quantize=args.quantize, group_size=args.group_size, kv_dtype=args.kv_dtype,
+                    revision=getattr(args, "revision", None))
 
 
 _compile_s = [0.0]  # XLA backend compile seconds in this process (jax.monitoring events)

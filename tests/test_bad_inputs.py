@@ -571,3 +571,4 @@ def test_stop_flag_reads_c_escapes():
 
     args = generate.parse_args(["--stop", r"\n", "--stop", r"a\\n\t", "--stop", "é", "hi"])
     assert args.stop == ["\n", "a\\n\t", "é"]
+    assert generate.parse_args(["--revision", "v2", "hi"]).revision == "v2"  # load_model passes it to jaxllm.load

@@ -177,6 +177,23 @@ def test_a_cached_snapshot_without_its_weights_is_refused_in_one_line(tmp_path, 
         assert len(message.splitlines()) == 1
 
 
+def test_revision_picks_a_cached_snapshot(tmp_path, tiny, offline):
+    """revision= (and --revision) loads a branch, tag or commit hash of a hub repo; a revision
+    the cache lacks, or one given with a local folder, is one line."""
+    main = _hub_cache(offline, tiny)
+    other = _hub_cache(offline, tiny, commit="b" * 40, main=False)
+    (other.parent.parent / "refs" / "v2").write_text("b" * 40)
+    assert checkpoint.resolve("org/name") == main
+    assert checkpoint.resolve("org/name", revision="v2") == other == checkpoint.resolve("org/name", revision="b" * 40)
+    assert jaxllm.load("org/name", tokenizer=False, revision="v2").path == other
+    with pytest.raises(CheckpointError, match=r"could not get 'org/name' at revision 'v3' from the Hugging Face hub"):
+        checkpoint.resolve("org/name", revision="v3")
+    with pytest.raises(CheckpointError, match=r"revision='v2' picks a version of a hub repo, but .* is a local folder"):
+        jaxllm.load(tiny, revision="v2")
+    with pytest.raises(CheckpointError, match="revision must be a branch, tag or commit hash"):
+        checkpoint.resolve("org/name", revision="")
+
+
 def test_hub_id_errors_say_what_to_do(tmp_path, tiny, offline, monkeypatch):
     import huggingface_hub
     from huggingface_hub.errors import LocalEntryNotFoundError
