@@ -209,6 +209,9 @@ def plan(raw: dict, dtype=None, mesh=None, source=None, *, quantize: str | None 
     cfg = _own_head(arch, arch.config(raw), source)
     dtype = resolve_dtype(dtype or "float32")
     scheme_for, native, quantize = _quantization(arch, cfg, source, quantize, group_size)
+    if sharding.is_auto(mesh):  # the most devices on tp this model's heads and MLP allow, the rest on dp (ep=1 either way)
+        probe = abstract_model(cfg, arch, dtype, scheme_for)[1]
+        mesh = sharding.fitting_mesh(lambda m: sharding.param_shardings(probe, m))
     mesh = sharding.make_mesh(mesh) if mesh is not None else None
     graphdef, abstract = abstract_model(cfg, arch, dtype, scheme_for, mesh)
     if native:  # only kernels the module quantizes (not an untied output head, say)

@@ -8,7 +8,8 @@ Every mesh has the same four axes, size 1 when the spec leaves one out:
         experts; models without experts are replicated over it)
 so the rules table can name any axis whatever the spec (a Mesh built by hand may leave ep out:
 size 1). Devices are laid out dp, fsdp, ep, tp (tp innermost: neighbouring devices). "auto" puts
-every device on tp, the best layout for decode. The devices are `jax.devices()`: under
+every device on tp, the best layout for decode; for a model (jaxllm.load), the most devices on tp
+that its heads and MLP divide, the rest on dp (fitting_mesh: SmolLM2's 9 heads on 8 devices: dp=8). The devices are `jax.devices()`: under
 jax.distributed that is every process's devices, so one spec describes the whole (multi-host) mesh.
 """
 
@@ -64,6 +65,33 @@ def parse_spec(spec: str, n_devices: int) -> dict[str, int]:
     return sizes
 
 
+def is_auto(spec) -> bool:
+    return isinstance(spec, str) and spec.strip().lower() == "auto"
+
+
+def fitting_mesh(fits, devices=None) -> Mesh:
+    """"auto" for a model: dp x tp over `devices` (default: all) with the largest tp that
+    `fits(mesh)` accepts (it raises ConfigError where tp does not divide the model's heads, MLP...)."""
+    devices = _devices(devices)
+    n = len(devices)
+    for tp in [d for d in range(n, 0, -1) if n % d == 0]:
+        mesh = make_mesh(f"dp={n // tp},tp={tp}", devices)
+        try:
+            fits(mesh)
+        except ConfigError:
+            if tp == 1:
+                raise
+            continue
+        return mesh
+    raise AssertionError("unreachable: tp=1 always returns or raises")
+
+
+def _devices(devices):
+    # By process, then id: a tp group no larger than one host's devices stays on that host (its fast
+    # links), and the hosts spread over the outer axes.
+    return sorted(jax.devices(), key=lambda d: (d.process_index, d.id)) if devices is None else list(devices)
+
+
 def make_mesh(spec="auto", devices=None) -> Mesh:
     """A Mesh over `devices` (default: all of jax.devices()), or `spec` itself if it is a Mesh."""
     if isinstance(spec, Mesh):
@@ -71,9 +99,7 @@ def make_mesh(spec="auto", devices=None) -> Mesh:
         if missing:
             raise ConfigError(f"mesh lacks axes {missing}: build it with jaxllm.sharding.make_mesh or name axes {AXES}")
         return spec
-    # By process, then id: a tp group no larger than one host's devices stays on that host (its fast
-    # links), and the hosts spread over the outer axes.
-    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id)) if devices is None else list(devices)
+    devices = _devices(devices)
     sizes = parse_spec(spec, len(devices))
     grid = np.asarray(devices, dtype=object).reshape([sizes[a] for a in _LAYOUT])
     return Mesh(grid, _LAYOUT)

@@ -83,7 +83,22 @@ def test_invalid_mesh_specs(spec, message):
 def test_indivisible_heads_are_refused(tmp_path):
     reference.build("LlamaForCausalLM", tmp_path, num_attention_heads=4, num_key_value_heads=2, hidden_size=64)
     with pytest.raises(ConfigError, match="'q_heads' dimension \\(4\\) is not divisible by tp=8"):
-        jaxllm.load(tmp_path, mesh="auto")
+        jaxllm.load(tmp_path, mesh="tp=8")
+
+
+@pytest.mark.parametrize("heads, kv_heads, hidden, layout", [(9, 3, 72, {"dp": 8, "tp": 1}), (4, 2, 64, {"dp": 2, "tp": 4})])
+def test_auto_mesh_fits_the_model(tmp_path, heads, kv_heads, hidden, layout):
+    """'auto' puts as many devices on tp as the model's heads allow, the rest on dp: SmolLM2's 9
+    heads (the packaged model) on 8 devices used to be refused ('q_heads' (9) not divisible by tp=8)."""
+    ref = reference.build("LlamaForCausalLM", tmp_path, seed=2, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                          hidden_size=hidden, intermediate_size=96)
+    model = jaxllm.load(tmp_path, mesh="auto")
+    assert {a: model.mesh.shape[a] for a in layout} == layout
+    tokens = np.random.default_rng(0).integers(0, 128, (2, 12))
+    assert reference.max_rel_diff(model.logits(tokens), reference.torch_logits(ref, tokens)) <= 1e-5
+    params = jaxllm.SamplingParams(max_new_tokens=8, ignore_eos=True)
+    alone = jaxllm.load(tmp_path)
+    assert [r.token_ids for r in model.generate(PROMPTS, params)] == [r.token_ids for r in alone.generate(PROMPTS, params)]
 
 
 def test_untied_head_over_a_vocabulary_tp_does_not_divide_is_kept_whole(tmp_path):
