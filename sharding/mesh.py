@@ -20,7 +20,7 @@ import re
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import AxisType, Mesh
 
 from jaxllm.errors import ConfigError
 
@@ -98,6 +98,10 @@ def make_mesh(spec="auto", devices=None) -> Mesh:
         missing = [a for a in AXES if a not in spec.axis_names and a not in _OPTIONAL]
         if missing:
             raise ConfigError(f"mesh lacks axes {missing}: build it with jaxllm.sharding.make_mesh or name axes {AXES}")
+        if any(t != AxisType.Auto for t in spec.axis_types):
+            # jax.make_mesh's default (Explicit) types every array's sharding, and the models' reshapes
+            # and contractions then stop with a ShardingTypeError: the same devices and names, Auto.
+            return Mesh(spec.devices, spec.axis_names, axis_types=(AxisType.Auto,) * len(spec.axis_names))
         return spec
     devices = _devices(devices)
     sizes = parse_spec(spec, len(devices))

@@ -118,6 +118,19 @@ def test_mesh_spec_case_and_hints():
         sharding.make_mesh("tp=2")
 
 
+def test_mesh_from_jax_make_mesh(folder, single):
+    """jax.make_mesh's meshes have Explicit axes (its default since jax 0.7): the model used to fail
+    inside with a ShardingTypeError ("... specify the output sharding via the `out_sharding`"); it runs as
+    on make_mesh's mesh (the same devices and names, Auto axes)."""
+    import jax
+
+    base, tokens, logits, greedy = single
+    model = jaxllm.load(folder, mesh=jax.make_mesh((1, 2, 4), ("dp", "fsdp", "tp")))
+    assert model.mesh.shape["fsdp"] == 2 and model.mesh.shape["tp"] == 4
+    assert reference.max_rel_diff(model.logits(tokens), logits) <= 1e-5
+    assert [r.token_ids for r in model.generate(PROMPTS, GREEDY)] == greedy
+
+
 def test_two_processes_match_one(folder, single, tmp_path):
     """jax.distributed over 127.0.0.1 with gloo: 2 processes x 2 CPU devices, mesh tp=4."""
     base, _, _, greedy = single
