@@ -80,9 +80,12 @@ def spec_for(axes: tuple, shape: tuple, mesh: Mesh, what: str = "") -> Partition
                 out.append(None)
                 continue
             article = "an" if mesh_axis[0] in "aefhilmnorsx" else "a"  # letters read by name: "an ep", "a tp"
+            total = mesh.devices.size  # sizes that divide the dimension but not the device count are no fix
+            fits = ", ".join(f"{mesh_axis}={d}" for d in range(1, total + 1) if total % d == 0 and size % d == 0)
             raise ConfigError(
                 f"{what}: its '{name}' dimension ({size}) is not divisible by {mesh_axis}={n}: "
-                f"choose {article} {mesh_axis} size that divides {size}"
+                f"choose {article} {mesh_axis} size that divides {size} and the {total} devices ({fits})"
+                + (", or mesh 'auto'" if mesh_axis == "tp" else "")
             )
         out.append(mesh_axis)
     return PartitionSpec(*out)

@@ -86,6 +86,16 @@ def test_indivisible_heads_are_refused(tmp_path):
         jaxllm.load(tmp_path, mesh="tp=8")
 
 
+def test_indivisible_heads_error_names_sizes_that_fit(tmp_path):
+    """SmolLM2's 9 heads on 8 devices: 'choose a tp size that divides 9' alone sent users to tp=3,
+    which 8 devices cannot hold; the error lists the sizes that divide both, and 'auto'."""
+    reference.build("LlamaForCausalLM", tmp_path, num_attention_heads=9, num_key_value_heads=3, hidden_size=72)
+    with pytest.raises(ConfigError) as error:
+        jaxllm.load(tmp_path, mesh="dp=4,tp=2")
+    assert str(error.value).endswith("'q_heads' dimension (9) is not divisible by tp=2: choose a tp size that divides 9 "
+                                     "and the 8 devices (tp=1), or mesh 'auto'")
+
+
 @pytest.mark.parametrize("heads, kv_heads, hidden, layout", [(9, 3, 72, {"dp": 8, "tp": 1}), (4, 2, 64, {"dp": 2, "tp": 4})])
 def test_auto_mesh_fits_the_model(tmp_path, heads, kv_heads, hidden, layout):
     """'auto' puts as many devices on tp as the model's heads allow, the rest on dp: SmolLM2's 9
