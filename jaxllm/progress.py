@@ -63,7 +63,7 @@ def load_flags() -> argparse.ArgumentParser:
     p.add_argument("--model", help="checkpoint folder, .gguf file or hub id (default: SmolLM2-135M-Instruct)")
     p.add_argument("--revision", help="--model as a hub id: the branch, tag or commit hash to load (default: main)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bfloat16 on accelerators, float32 on CPU)")
-    p.add_argument("--mesh", help="device mesh: 'tp=4', 'dp=2,tp=4', 'fsdp=8', 'ep=2,tp=2' (experts over ep) or 'auto' (all devices on tp)")
+    p.add_argument("--mesh", help="device mesh: 'tp=4', 'dp=2,tp=4', 'fsdp=8', 'ep=2,tp=2' (experts over ep) or 'auto' (the most devices on tp that the model's heads allow, the rest on dp)")
     p.add_argument("--quantize", choices=QUANTIZE, help="quantized weights: int8 or int4 (a scale and offset per "
                    "--group-size inputs), or gguf (a .gguf file's own Q8_0/Q4_0/Q4_1 blocks, the rest float)")
     p.add_argument("--group-size", type=int, help=f"--quantize: input values per scale (default: int8 {INT8_GROUP}, "

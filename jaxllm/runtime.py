@@ -47,7 +47,7 @@ def splits_tp(mesh: str | None) -> bool:
     without the device count that jaxllm.sharding.parse_spec needs ("auto" is not counted)."""
     if mesh is None:
         return False
-    if mesh.strip().lower() == "auto":  # tp over every device: more than one on a multi-GPU host
+    if mesh.strip().lower() == "auto":  # tp over as many devices as the model allows: usually several on a multi-GPU host
         return True
     match = re.search(r"(?:^|,)\s*tp\s*=\s*(\d+)", mesh, re.IGNORECASE)
     return bool(match) and int(match.group(1)) > 1
