@@ -16,6 +16,7 @@ from jaxllm.engine import Engine, Request, context_error
 from jaxllm.errors import GenerationError, InputError, available_memory, check_token_ids, size_text
 from jaxllm.models.attention import check_kv_dtype, kv_cache_bytes
 from jaxllm.sampling import SamplingParams
+from jaxllm.serving.memory import tp_split
 from jaxllm.serving.runner import pool_pages
 
 
@@ -100,13 +101,7 @@ def engine_for(model, ids: list[list[int]], params: SamplingParams) -> Engine:
     mates = [k for k in model.engines if (k[0], k[2]) == (batch, kv_dtype)]
     key = min((k for k in mates if max_len <= k[1] <= 4 * max_len), key=lambda k: k[1], default=key)
     if key not in model.engines:
-        for k in mates:
-            if k[1] < max_len:  # the new engine serves their requests: their pools go
-                del model.engines[k]
-        mesh = getattr(model, "mesh", None)
-        tp = mesh.shape["tp"] if mesh is not None else 1
-        shards = tp if cfg.num_kv_heads % tp == 0 else 1  # the pool splits over tp like the kv heads
-        token_bytes = kv_cache_bytes(cfg, 1, model.dtype, kv_dtype) / shards
+        token_bytes = kv_cache_bytes(cfg, 1, model.dtype, kv_dtype) / tp_split(model)
         pool = pool_pages(num_pages, batch) * 16  # positions, as the runner allocates them
         available, where = available_memory()
         if available is not None and pool * token_bytes > available:
@@ -118,8 +113,12 @@ def engine_for(model, ids: list[list[int]], params: SamplingParams) -> Engine:
                 f"({size_text(pool * token_bytes)}) for {batch} sequence{'s' if batch > 1 else ''}, but {where} has "
                 f"{size_text(available)} available: {fix}")
         budget = min(2048, max_len) if jax.default_backend() == "cpu" else 2048  # 37 tokens: 0.4 s padded to 64, 0.9 s to 128
-        model.engines[key] = Engine(model, batch_size=batch, max_len=max_len, num_pages=num_pages, page_size=16,
-                                    kv_dtype=kv_dtype, prefill_tokens=budget).hold_weakly()
+        engine = Engine(model, batch_size=batch, max_len=max_len, num_pages=num_pages, page_size=16,
+                        kv_dtype=kv_dtype, prefill_tokens=budget).hold_weakly()
+        for k in mates:  # the new engine serves their requests: their pools go (only once it exists)
+            if k[1] < max_len:
+                del model.engines[k]
+        model.engines[key] = engine
     return model.engines[key]
 
 

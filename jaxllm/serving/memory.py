@@ -11,6 +11,14 @@ from jaxllm.models.attention import kv_cache_bytes
 from jaxllm.serving.runner import pool_pages
 
 
+def tp_split(model) -> int:
+    """Devices each page of the pool splits over: the mesh's tp when it divides the kv heads (the
+    pool splits like the kv projections), else 1 (the pool is whole on each device)."""
+    mesh = getattr(model, "mesh", None)
+    tp = mesh.shape["tp"] if mesh is not None else 1
+    return tp if model.config.num_kv_heads % tp == 0 else 1
+
+
 def pool_size(model, kv_dtype, page_size: int, fraction: float, num_pages: int | None, *, batch_size: int,
               max_len: int, budget: int, dp: int) -> int:
     """The pool's pages: `num_pages` when given, else `fraction` of the device memory left after
@@ -20,10 +28,7 @@ def pool_size(model, kv_dtype, page_size: int, fraction: float, num_pages: int |
     cfg = model.config
     width = -(-max_len // page_size)  # pages of one max_len sequence
     stats = jax.local_devices()[0].memory_stats() or {}
-    mesh = getattr(model, "mesh", None)
-    tp = mesh.shape["tp"] if mesh is not None else 1
-    devices = tp if cfg.num_kv_heads % tp == 0 else 1  # the pool splits over tp like the kv heads
-    devices *= dp  # and over dp by pages
+    devices = tp_split(model) * dp  # over tp like the kv heads, and over dp by pages
     page_bytes = kv_cache_bytes(cfg, page_size, model.dtype, kv_dtype)
     if num_pages is not None or "bytes_limit" not in stats:
         available, where = available_memory()
