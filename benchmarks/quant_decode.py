@@ -4,7 +4,8 @@ and int4 weights, in one process:
     python benchmarks/quant_decode.py --shape llama3-8b [--shape qwen3-0.6b] [--bN] [--xla]
 
 `--xla` also runs int8/int4 with every quantized product dequantizing first (quant.product's GPU
-forms switched off: what the code did before them). Prints one JSON line per (shape, quantize,
+forms switched off: what the code did before them). `--triton` also runs int8 with the Triton
+kernels where Hopper GPUs take quant_hopper's (quant_kernels.HOPPER off). Prints one JSON line per (shape, quantize,
 forms) and the ratios to the float run of the same shape."""
 
 import argparse
@@ -15,7 +16,7 @@ import sys
 import jax
 
 from jaxllm import bench, runtime
-from jaxllm.models import quant
+from jaxllm.models import quant, quant_kernels
 
 
 def main(argv=None):
@@ -24,6 +25,8 @@ def main(argv=None):
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--bN", action="store_true", help="also batch-N throughput")
     p.add_argument("--xla", action="store_true", help="also int8/int4 with dequantize-then-dot everywhere")
+    p.add_argument("--kinds", default="int8,int4", help="the quantized runs beside the float one")
+    p.add_argument("--triton", action="store_true", help="also int8 without the Hopper kernel")
     p.add_argument("--out")
     args = p.parse_args(argv)
     runtime.set_gpu_flags()
@@ -32,9 +35,12 @@ def main(argv=None):
     rows, product = [], quant.product
     for shape in args.shape or ["llama3-8b"]:
         base = None
-        runs = [(None, "auto"), ("int8", "auto"), ("int4", "auto")] + ([("int8", "xla"), ("int4", "xla")] if args.xla else [])
+        kinds = [q for q in args.kinds.split(",") if q]
+        runs = [(None, "auto")] + [(q, "auto") for q in kinds] + ([(q, "xla") for q in kinds] if args.xla else [])
+        runs += [("int8", "triton")] if args.triton else []
         for q, forms in runs:
-            quant.product = product if forms == "auto" else (lambda *a: None)  # read when the steps are traced
+            quant.product = (lambda *a: None) if forms == "xla" else product  # read when the steps are traced
+            quant_kernels.HOPPER = forms != "triton"
             jax.clear_caches()
             r = bench.bench_jax(shape, sizes, args.dtype, skip, q)
             r["forms"] = forms
@@ -48,7 +54,7 @@ def main(argv=None):
             if args.out:
                 with open(args.out, "w") as f:
                     json.dump(rows, f, indent=1)
-    quant.product = product
+    quant.product, quant_kernels.HOPPER = product, True
     return 0
 
 

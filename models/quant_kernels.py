@@ -173,12 +173,42 @@ TILINGS16 = ((16, 4096, (16, 32, 256, 4, 3, 4, True)), (64, 8192, (64, 128, 256,
              (64, 4096, (64, 64, 256, 4, 3, 2, False)))
 
 
+# Whether symmetric int8 products of 2..64 rows take quant_hopper's Mosaic GPU kernel on Hopper GPUs
+# (benchmarks/quant_hopper_probe.py switches it off to time the Triton kernels against it).
+HOPPER = True
+
+
+def _on_hopper() -> bool:
+    return getattr(jax.devices()[0], "compute_capability", None) == "9.0"
+
+
+def hopper_tiling(rows: int, n: int, k: int, groups: int):
+    """quant_hopper.qmatmul's tiling for this product, or None where the Triton kernels measured
+    faster (16 rows or fewer, under 4,096 outputs) or it does not fit: K split until the work items
+    (128 outputs x one split) about fill an H200's 132 multiprocessors, keeping at least two steps
+    per split (benchmarks/quant_hopper_probe.py, docs/benchmarks.md session 19)."""
+    from . import quant_hopper
+
+    if rows <= 16 or n < 4096:
+        return None
+    tile_k, splits = 128, 1
+    while n // 128 * splits < 96 and k % (2 * splits * tile_k) == 0 and k // (2 * splits * tile_k) >= 2:
+        splits *= 2
+    return dict(tile_k=tile_k, splits=splits, stages=4) if quant_hopper.fits(rows, n, k, groups, tile_k, splits) else None
+
+
 def matmul(x, q, scale, offset):
     """x [R, K] . dequantize(q [N, K], scale [N, G], offset [N, G] or None) by the kernel and tiling
-    for its shapes, or None when none fits (XLA's forms then): qmatmul16 for symmetric int8 with
-    enough outputs and 16-bit rows (which float16 holds exactly), else qmatmul."""
+    for its shapes, or None when none fits (XLA's forms then): on Hopper GPUs quant_hopper's kernel
+    for symmetric int8 where it fits; qmatmul16 for symmetric int8 with enough outputs and 16-bit
+    rows (which float16 holds exactly), else qmatmul."""
     rows, (n, k), groups = x.shape[0], q.shape, scale.shape[-1]
     if offset is None and q.dtype == jnp.int8 and x.dtype in (jnp.bfloat16, jnp.float16):
+        kw = hopper_tiling(rows, n, k, groups) if HOPPER and x.dtype == jnp.bfloat16 and _on_hopper() else None
+        if kw is not None:
+            from . import quant_hopper
+
+            return quant_hopper.qmatmul(x, q, scale, **kw)
         for most, least, (bm, bn, bk, warps, stages, splits, per_group) in TILINGS16:
             if rows <= most and n >= least:
                 if _fits(n, k, groups, bn, bk, splits) and (k // groups) % 16 == 0:  # a group is a dot's K

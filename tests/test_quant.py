@@ -2,6 +2,7 @@
 their float selves, sharding of the scales, the converted format's round trip, GGUF blocks taken
 bit-exactly, one-line errors, and perplexity on the real SmolLM2-135M-Instruct model."""
 
+import functools
 import math
 from pathlib import Path
 
@@ -137,6 +138,48 @@ def test_float16_int8_kernel_equals_the_dequantized_product(monkeypatch, per_gro
     monkeypatch.setattr(quant_kernels, "qmatmul", lambda *a, **kw: calls.append("qmatmul") or plain(*a, **kw, interpret=True))
     quant.product(x[:3].astype(jnp.float32), kernel, scale, None, 1)
     assert calls == [16, 64, "qmatmul"]
+
+
+@pytest.mark.parametrize("rows, n, k", [(17, 256, 512), (64, 128, 1024)])
+def test_hopper_int8_kernel_lowers_for_cuda(rows, n, k):
+    """quant_hopper.qmatmul runs only on Hopper GPUs (Mosaic GPU has no interpret mode; checked on
+    an H200 against the float32 product by benchmarks/quant_hopper_probe.py). Here: it traces and
+    Mosaic GPU's layout inference and lowering for sm_90 accept it (both run at lowering time), for
+    padded and full row tiles and K splits, into one Mosaic GPU call."""
+    from jaxllm.models import quant_hopper
+
+    x = jax.ShapeDtypeStruct((rows, k), jnp.bfloat16)
+    q = jax.ShapeDtypeStruct((n, k), jnp.int8)
+    scale = jax.ShapeDtypeStruct((n, k // 128), jnp.bfloat16)
+    fn = functools.partial(quant_hopper.qmatmul, splits=2, cores=132)
+    text = jax.jit(fn).trace(x, q, scale).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("custom_call @mosaic_gpu") == 1 and f"tensor<{rows}x{n}xbf16>" in text
+
+
+def test_hopper_int8_kernel_takes_the_products_it_measured_faster_on(monkeypatch):
+    """quant_kernels.matmul sends symmetric int8 products of 17..64 bfloat16 rows with at least
+    4,096 outputs to quant_hopper on Hopper GPUs (the Llama-3-8B products at 64 rows, docs/
+    benchmarks.md session 19), K split until the work items about fill the multiprocessors;
+    fewer rows, fewer outputs, float16 rows, other GPUs and groups a tile cannot sit inside keep
+    the Triton kernels."""
+    from jaxllm.models import quant_kernels
+
+    tiling = quant_kernels.hopper_tiling
+    assert tiling(64, 14336, 4096, 32) == dict(tile_k=128, splits=1, stages=4)  # gate, up: 112 blocks
+    assert tiling(64, 4096, 14336, 112)["splits"] == 4  # down: 32 blocks x 4
+    assert tiling(33, 4096, 4096, 32)["splits"] == 4  # q, o
+    assert tiling(16, 14336, 4096, 32) is None and tiling(64, 1024, 4096, 32) is None
+    assert tiling(64, 4096, 4096, 64) is None  # groups of 64 inputs: a 128-input tile spans two
+    calls = []
+    monkeypatch.setattr("jaxllm.models.quant_hopper.qmatmul", lambda *a, **kw: calls.append(kw) or "hopper")
+    monkeypatch.setattr(quant_kernels, "qmatmul16", lambda *a, **kw: "triton")
+    x, q, s = jnp.zeros((40, 4096), jnp.bfloat16), jnp.zeros((4096, 4096), jnp.int8), jnp.ones((4096, 32), jnp.bfloat16)
+    monkeypatch.setattr(quant_kernels, "_on_hopper", lambda: False)
+    assert quant_kernels.matmul(x, q, s, None) == "triton"
+    monkeypatch.setattr(quant_kernels, "_on_hopper", lambda: True)
+    assert [quant_kernels.matmul(x[:r], q, s, None) for r in (8, 40)] == ["triton", "hopper"]
+    assert quant_kernels.matmul(x.astype(jnp.float16), q, s, None) == "triton"
+    assert calls == [dict(tile_k=128, splits=4, stages=4)]
 
 
 @pytest.mark.parametrize("bits, offset", [(8, False), (8, True), (4, False), (4, True)])
