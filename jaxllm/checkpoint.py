@@ -377,6 +377,10 @@ class SafetensorsCheckpoint:
             if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
                 raise CheckpointError(f"{index} has no 'weight_map' of tensor names to file names: re-download the checkpoint's index")
             files = sorted(set(weight_map.values()))
+            outside = next((f for f in files if os.path.isabs(f) or os.pardir in Path(f).parts), None)
+            if outside is not None:  # by name: a hub snapshot's shards are links into its blobs/, outside by target
+                raise CheckpointError(f"{index} names shard {outside!r}, outside {folder}: an index names files in its "
+                                      "own folder; move the shard into the folder and name it there")
             missing = [f for f in files if not (folder / f).exists()]
             if missing:
                 raise CheckpointError(f"{folder} lacks shard(s) {', '.join(missing[:3])} named by its index: download them")

@@ -111,6 +111,21 @@ def big_header(folder):
         f.truncate(200_000_000)
 
 
+def outside(name: str):
+    """The weights moved beside the folder, and an index naming them there (`name` relative to the
+    folder, or "/..." for their absolute path)."""
+
+    def spoil(folder):
+        moved = folder.parent / "elsewhere.safetensors"
+        (folder / ST).rename(moved)
+        shard = str(moved) if name.startswith("/") else name
+        header, _ = split_safetensors(moved.read_bytes())
+        index = {"weight_map": {tensor: shard for tensor in header if tensor != "__metadata__"}}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+
+    return spoil
+
+
 EMBED, NORM, LAST_LN = "model.embed_tokens.weight", "model.norm.weight", "model.layers.0.post_attention_layernorm.weight"
 FIRST_LN = "model.layers.0.input_layernorm.weight"
 NOT_READABLE = r"model\.safetensors is not a readable safetensors file \("
@@ -206,6 +221,10 @@ CASES = [
      "has no 'weight_map' of tensor names to file names"),
     ("index-missing-shard", file("model.safetensors.index.json", '{"weight_map": {"a": "model-00002-of-00002.safetensors"}}'),
      CheckpointError, "lacks shard"),
+    ("index-outside-folder", outside("../elsewhere.safetensors"), CheckpointError,
+     r"index\.json names shard '\.\./elsewhere\.safetensors', outside .*: an index names files in its own folder"),
+    ("index-absolute-path", outside("/elsewhere.safetensors"), CheckpointError,
+     r"index\.json names shard '/.*elsewhere\.safetensors', outside .*: an index names files in its own folder"),
 ]
 CLI_CASES = ("string-for-int", "config-not-utf8", "st-absurd-header-length", "int-for-float")
 
