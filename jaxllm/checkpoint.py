@@ -385,7 +385,7 @@ class SafetensorsCheckpoint:
             if missing:
                 raise CheckpointError(f"{folder} lacks shard(s) {', '.join(missing[:3])} named by its index: download them")
         else:
-            files = sorted(p.name for p in folder.glob("*.safetensors"))
+            weight_map, files = {}, sorted(p.name for p in folder.glob("*.safetensors"))
         if not files:
             hint = " (PyTorch .bin files are not read: save the model with safetensors)" if list(folder.glob("*.bin")) else ""
             if (folder / "params").is_dir():  # converted's PARAMS, without the marker written last
@@ -396,10 +396,16 @@ class SafetensorsCheckpoint:
         self._where = {}
         for f in self.files:
             for name in f.names():
-                if name in self._where:  # which one would win is the sort order: refuse instead
-                    raise CheckpointError(f"tensor {name} is in both {self._where[name].path.name} and {f.path.name} in "
-                                          f"{folder}, which has no model.safetensors.index.json to say which is the "
-                                          "model's: remove the file that is not (an EMA, adapter or consolidated copy)")
+                first = self._where.get(name)
+                if first is not None:  # the file the index names for it; without one the sort order would pick: refused
+                    owner = folder / weight_map[name] if name in weight_map else None
+                    if owner not in (first.path, f.path):
+                        why = ("and its model.safetensors.index.json names neither for it: fix the index, or" if weight_map
+                               else "which has no model.safetensors.index.json to say which is the model's:")
+                        raise CheckpointError(f"tensor {name} is in both {first.path.name} and {f.path.name} in {folder}, "
+                                              f"{why} remove the file that is not (an EMA, adapter or consolidated copy)")
+                    if owner == first.path:
+                        continue
                 self._where[name] = f
 
     def names(self):

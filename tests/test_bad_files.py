@@ -286,3 +286,28 @@ def test_a_tokenizer_without_its_vocabulary_is_refused(pristine, tmp_path):
         jaxllm.load(folder)
     assert "\n" not in str(info.value)
     assert jaxllm.load(folder, tokenizer=False).tokenizer is None
+
+
+def test_a_tensor_in_two_indexed_shards_is_read_from_the_one_its_index_names(pristine, tmp_path):
+    """Two shards that both hold a tensor: the index says which is the model's (it was refused,
+    the message claiming there was no index); where it names neither, refused in one line."""
+    folder = spoiled(pristine, tmp_path, lambda folder: None)
+    header, data = split_safetensors((folder / ST).read_bytes())
+    other = np.frombuffer(data, np.float32) * 2  # every value of the second shard doubled
+    (folder / ST).rename(folder / "a.safetensors")
+    (folder / "b.safetensors").write_bytes(join_safetensors(header, other.tobytes()))
+    names = [n for n in header if n != "__metadata__"]
+    index = {"weight_map": {n: "b.safetensors" if n == NORM else "a.safetensors" for n in names}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    got = weights.flat_params(jaxllm.load(folder, tokenizer=False).params)
+    want = weights.flat_params(jaxllm.load(pristine, tokenizer=False).params)
+    for path, value in want.items():
+        scale = 2 if path == ("model", "norm", "weight") else 1
+        np.testing.assert_array_equal(np.asarray(got[path]), np.asarray(value) * scale, err_msg=str(path))
+    index["weight_map"][EMBED] = "c.safetensors"
+    (folder / "c.safetensors").write_bytes(join_safetensors({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}},
+                                                            bytes(4)))
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=rf"^tensor {EMBED} is in both a\.safetensors and b\.safetensors in .*, and its "
+                       r"model\.safetensors\.index\.json names neither for it: [^\n]*$"):
+        jaxllm.load(folder, tokenizer=False)
