@@ -109,8 +109,8 @@ def _finish(tmp: Path, dst: Path) -> None:
         if old is not None and not dst.exists():
             old.rename(dst)
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    if old is not None:  # a link DST (to a folder) is replaced, its target kept; rmtree refuses a link
+        old.unlink() if old.is_symlink() else shutil.rmtree(old, ignore_errors=True)
 
 
 def convert(src, dst, *, dtype=None, to_hf: bool = False, force: bool = False, mesh=None,

@@ -154,6 +154,22 @@ def test_force_puts_the_old_output_back_when_the_new_one_cannot_go_in(tmp_path, 
     assert (tmp_path / "out" / "keep.txt").read_text() == "old"
 
 
+
+def test_force_over_a_link_leaves_nothing_behind(tmp_path):
+    """--force where DST is a symbolic link to a folder: the link is replaced by the new output, its
+    target kept, and no hidden '.out.old-PID' link is left beside it (shutil.rmtree refuses links)."""
+    from jaxllm import convert as convert_module
+
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "made.txt").write_text("new")
+    (tmp_path / "target").mkdir()
+    (tmp_path / "target" / "keep.txt").write_text("old")
+    (tmp_path / "out").symlink_to(tmp_path / "target")
+    convert_module._finish(tmp_path / "new", tmp_path / "out")
+    assert not (tmp_path / "out").is_symlink() and (tmp_path / "out" / "made.txt").read_text() == "new"
+    assert (tmp_path / "target" / "keep.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "target"]
+
 def test_bad_inputs_give_one_line(tmp_path, capsys):
     assert main([str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
