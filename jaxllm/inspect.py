@@ -20,7 +20,7 @@ from jaxllm import converted, runtime
 from jaxllm.converted import ConvertedCheckpoint
 from jaxllm.errors import ArgumentParser, JaxllmError, run_cli
 from jaxllm.loader import DTYPES, open_checkpoint, plan
-from jaxllm.models import registry
+from jaxllm.models import quant, registry
 from jaxllm.progress import Bar
 
 # What every registered architecture serves, whatever its family.
@@ -124,7 +124,7 @@ def report(path, batch: int = 1, context: int | None = None, scan_data: bool = F
     p = plans["bfloat16"]
     cfg = p.config
     context = context or cfg.context_length
-    count = sum(math.prod(x.shape) for x in jax.tree.leaves(p.abstract))
+    count = sum(math.prod(x.shape) for x in jax.tree.leaves(quant.float_state(p.abstract)))  # not the scales
     problems = p.problems()
     converted = f" (converted by jaxllm, {source.dtype})" if isinstance(source, ConvertedCheckpoint) else ""
     lines = [

@@ -41,3 +41,17 @@ def test_list_and_bad_input(tmp_path, capsys):
     assert jinspect.main([str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no such file or folder") and "\n" not in err
+
+
+def test_a_quantized_folder_counts_its_parameters_not_its_scales(tmp_path, capsys):
+    """A folder converted with --quantize reports the model's parameter count, as its source does:
+    the scales and offsets beside the quantized kernels are storage, not parameters."""
+    from jaxllm.convert import convert
+
+    ref = reference.build("LlamaForCausalLM", tmp_path / "hf")
+    count = sum(p.numel() for p in ref.parameters())
+    for quantize in ("int8", "int4"):
+        convert(tmp_path / "hf", tmp_path / quantize, quantize=quantize, progress=False)
+        assert jinspect.main([str(tmp_path / quantize)]) == 0
+        out = capsys.readouterr().out
+        assert f"parameters    {count:,} " in out, out
