@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 import jaxllm
-from jaxllm import checkpoint, convert
+from jaxllm import checkpoint, convert, converted
 from jaxllm.errors import JaxllmError
 from jaxllm.loader import plan
 from jaxllm.models import weights
@@ -339,6 +339,9 @@ def load_main(args, shapes) -> int:
     for shape, folder in targets:
         if folder is not None and not Path(folder).is_dir():
             raise JaxllmError(f"--load-folder {folder} is not a folder")
+        if folder is not None and converted.is_converted(Path(folder)):  # its steps read safetensors, then convert them
+            raise JaxllmError(f"--load-folder {folder} was written by python -m jaxllm.convert: give the Hugging Face "
+                              "folder it came from (the convert and orbax steps time this format)")
         report = load_section(shape, args.dtype, folder, args.repeat, skip, args.load_dir, args.mesh)
         report["date"] = time.strftime("%Y-%m-%d")
         reports.append(report)

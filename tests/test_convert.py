@@ -170,6 +170,22 @@ def test_force_over_a_link_leaves_nothing_behind(tmp_path):
     assert (tmp_path / "target" / "keep.txt").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "target"]
 
+
+def test_bench_load_refuses_a_converted_folder(tmp_path, capsys):
+    """`python -m jaxllm.bench --load-folder` times a Hugging Face folder (its safetensors step,
+    then converts it): a converted folder is refused in one line before any step runs; it was
+    timed as '0.00 GB in 0 safetensors files', its orbax load shown as the safetensors step."""
+    from jaxllm import bench
+
+    reference.build("LlamaForCausalLM", tmp_path / "hf", seed=6)
+    convert(tmp_path / "hf", tmp_path / "orbax", progress=False)
+    capsys.readouterr()
+    argv = ["--load-folder", str(tmp_path / "orbax"), "--repeat", "1", "--skip", "cold,transformers",
+            "--load-dir", str(tmp_path)]
+    assert bench.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --load-folder ") and "written by python -m jaxllm.convert" in err and "\n" not in err
+
 def test_bad_inputs_give_one_line(tmp_path, capsys):
     assert main([str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
