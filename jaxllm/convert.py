@@ -134,6 +134,7 @@ def convert(src, dst, *, dtype=None, to_hf: bool = False, force: bool = False, m
         cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
         p.shardings = {path: cpu for path in weights.flat_params(p.abstract)}
     tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
+    made = [folder for folder in dst.parents if not folder.exists()]  # made here, nearest first: gone on failure
     # A last sweep at exit, after the interpreter has joined every writer thread; kept on failure.
     sweep = functools.partial(_remove, tmp)
     atexit.register(sweep)
@@ -148,10 +149,10 @@ def convert(src, dst, *, dtype=None, to_hf: bool = False, force: bool = False, m
         check_interrupted()  # a signal whose exception Python swallowed (in a garbage-collection callback)
         _finish(tmp, dst)
     except OSError as err:
-        _remove(tmp)
+        _remove(tmp, made)
         raise _refused(dst, err, tmp) from None
     except BaseException:
-        _remove(tmp)
+        _remove(tmp, made)
         raise
     atexit.unregister(sweep)
     size = sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())
@@ -197,14 +198,21 @@ def _refused(dst: Path, err: OSError, tmp: Path | None = None) -> JaxllmError:
                                                            "or choose another output folder")
 
 
-def _remove(folder: Path) -> None:
+def _remove(folder: Path, made: list[Path] = ()) -> None:
     """Remove a partial output for good: again while a write that was already under way when the
-    conversion stopped (inside tensorstore, after its Python thread ended) brings it back."""
+    conversion stopped (inside tensorstore, after its Python thread ended) brings it back; then
+    the folders above it that the conversion `made` (nearest first), while they are empty."""
     for _ in range(40):
         shutil.rmtree(folder, ignore_errors=True)
         time.sleep(0.02)
         if not os.path.lexists(folder):
-            return
+            break
+    for parent in made:
+        try:
+            parent.rmdir()
+        except OSError:  # gone already, or something else was put there meanwhile: kept
+            if parent.exists():
+                return
 
 
 def main(argv=None) -> int:

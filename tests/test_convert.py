@@ -186,6 +186,25 @@ def test_bench_load_refuses_a_converted_folder(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --load-folder ") and "written by python -m jaxllm.convert" in err and "\n" not in err
 
+
+def test_a_failed_conversion_leaves_no_folders_it_made(tmp_path, monkeypatch):
+    """An exception mid-write into DST whose parent folders did not exist: neither DST nor the
+    partial output nor the parent folders the conversion made are left; folders that were there stay."""
+    from jaxllm import converted
+
+    reference.build("LlamaForCausalLM", tmp_path / "hf", seed=6)
+    real = converted.save
+
+    def fails(folder, params, meta, shown=None):
+        real(folder, params, meta, shown)
+        raise RuntimeError("disk gone")
+
+    monkeypatch.setattr(converted, "save", fails)
+    (tmp_path / "there").mkdir()
+    with pytest.raises(RuntimeError, match="disk gone"):
+        convert(tmp_path / "hf", tmp_path / "there" / "new é" / "deeper" / "out", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "there"] and list((tmp_path / "there").iterdir()) == []
+
 def test_bad_inputs_give_one_line(tmp_path, capsys):
     assert main([str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
