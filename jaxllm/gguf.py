@@ -158,10 +158,16 @@ class Header:
         self.fields = {}
         for _ in range(n_fields):
             key = self._string()
+            if key in self.fields:  # which value is meant is unknown (llama.cpp refuses the file too)
+                raise ValueError(f"metadata key {key[:100]!r} appears twice")
             self.fields[key] = self._value(self._take("<I")[0])
         self.tensors = []  # (name, dims innermost first, GGML type id, offset from the data start)
+        names = set()
         for _ in range(n_tensors):
             name = self._string()
+            if name in names:  # which tensor is the model's is unknown (gguf's reader and llama.cpp refuse the file too)
+                raise ValueError(f"tensor {name[:100]!r} appears twice")
+            names.add(name)
             dims = self._take(f"<{self._take('<I')[0]}Q")
             self.tensors.append((name, dims, *self._take("<IQ")))
         align = self.fields.get("general.alignment", 32)

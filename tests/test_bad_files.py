@@ -311,3 +311,28 @@ def test_a_tensor_in_two_indexed_shards_is_read_from_the_one_its_index_names(pri
     with pytest.raises(CheckpointError, match=rf"^tensor {EMBED} is in both a\.safetensors and b\.safetensors in .*, and its "
                        r"model\.safetensors\.index\.json names neither for it: [^\n]*$"):
         jaxllm.load(folder, tokenizer=False)
+
+
+def _gguf(fields: list[tuple[str, str]], tensors: list[str]) -> bytes:
+    """A GGUF v3 file of string metadata `fields` and float32 tensors of 4 values named `tensors`."""
+    def string(text):
+        return struct.pack("<Q", len(text.encode())) + text.encode()
+
+    blob = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(fields))
+    blob += b"".join(string(key) + struct.pack("<I", 8) + string(value) for key, value in fields)
+    blob += b"".join(string(name) + struct.pack("<IQIQ", 1, 4, 0, 16 * i) for i, name in enumerate(tensors))
+    return blob + bytes(-len(blob) % 32) + bytes(16 * len(tensors))
+
+
+@pytest.mark.parametrize("fields, tensors, twice", [
+    ([("general.architecture", "llama")], ["output_norm.weight", "output_norm.weight"], "tensor 'output_norm.weight'"),
+    ([("general.architecture", "llama"), ("general.architecture", "gpt2")], [], "metadata key 'general.architecture'"),
+])
+def test_a_gguf_naming_a_tensor_or_key_twice_is_refused(tmp_path, fields, tensors, twice):
+    """Two tensors (or metadata values) under one name: which one is the model's is unknown (the
+    last was taken, silently; gguf's reader and llama.cpp refuse the file)."""
+    path = tmp_path / "twice.gguf"
+    path.write_bytes(_gguf(fields, tensors))
+    with pytest.raises(CheckpointError, match=rf"^{path} is not a readable GGUF file \(ValueError: {twice} appears twice\)"
+                                              r"[^\n]*$"):
+        jaxllm.load(path, tokenizer=False)
