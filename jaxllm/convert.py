@@ -27,8 +27,10 @@ from jaxllm.loader import QUANTIZE, open_checkpoint, plan
 from jaxllm.models import quant, weights
 from jaxllm.progress import Bar
 
-# Files of a checkpoint folder that are weights (rewritten by us), not side files to carry over.
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
+# Files of a checkpoint folder that are weights (rewritten by us, or another runtime's: rust-bert's
+# .ot, TFLite, ONNX), not side files to carry over.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt", ".ot", ".tflite",
+                    ".onnx", ".onnx_data")
 _SKIP = {"model.safetensors.index.json", "pytorch_model.bin.index.json", "config.json"}
 
 

@@ -205,6 +205,18 @@ def test_a_failed_conversion_leaves_no_folders_it_made(tmp_path, monkeypatch):
         convert(tmp_path / "hf", tmp_path / "there" / "new é" / "deeper" / "out", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "there"] and list((tmp_path / "there").iterdir()) == []
 
+
+def test_other_frameworks_weights_are_not_carried_over(tmp_path):
+    """A clone of a hub repo holds the weights for other runtimes too (gpt2's: rust_model.ot and three
+    .tflite files, 1.4 GB, beside the ONNX export): the side files carried over are the rest."""
+    reference.build("LlamaForCausalLM", tmp_path / "hf", seed=6)
+    weights = ["rust_model.ot", "64-8bits.tflite", "model.onnx", "model.onnx_data", "flax_model.msgpack", "tf_model.h5"]
+    for name in weights + ["README.md", "merges.txt"]:
+        (tmp_path / "hf" / name).write_bytes(b"x" * 64)
+    convert(tmp_path / "hf", tmp_path / "out", progress=False)
+    carried = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"README.md", "merges.txt", "config.json", "jaxllm.json"} <= carried and not carried & set(weights)
+
 def test_bad_inputs_give_one_line(tmp_path, capsys):
     assert main([str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
