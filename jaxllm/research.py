@@ -2,8 +2,8 @@
 (graphdef, params, tokens): logits, per-token log-probabilities, the hidden states of every layer, and
 one layer's attention weights. Each matches transformers' output (`output_hidden_states`,
 `output_attentions` with eager attention); `LoadedModel` exposes them as methods, which also check
-the ids' values. Here only shapes are checked (at trace time): ids outside the vocabulary give
-unspecified values.
+the ids' values. Here only what is known at trace time is checked (shapes and dtypes): ids outside
+the vocabulary give unspecified values.
 """
 
 from __future__ import annotations
@@ -23,33 +23,39 @@ def _positions(tokens):
 
 
 def _merge(graphdef, params, tokens):
-    """The module, once `tokens`' shape is known to fit it: [B, T] with T within the positions a
-    model with learned position embeddings has (GPT-2's table would be read past its end)."""
+    """The module and `tokens` as an array (a list of ids is one), once its dtype and shape are known
+    to fit the module: integer ids [B, T] with T within the positions a model with learned position
+    embeddings has (GPT-2's table would be read past its end)."""
     model = nnx.merge(graphdef, params)
     cfg = model.cfg
+    tokens = jnp.asarray(tokens)
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise InputError(f"tokens must be integer token ids, got {tokens.dtype}: pass the tokenizer's ids (e.g. as int32)")
     if tokens.ndim != 2 or tokens.shape[1] == 0:
         raise InputError(f"tokens must be [batch, seq] with seq >= 1, got shape {tuple(tokens.shape)}")
     if cfg.position_embedding == "learned" and tokens.shape[1] > cfg.max_position_embeddings:
         raise InputError(f"tokens of {tokens.shape[1]} positions exceed the {cfg.max_position_embeddings} positions "
                          "this model has learned: give at most that many at once")
-    return model
+    return model, tokens
 
 
 def logits(graphdef, params, tokens):
     """float32 [B, T, vocab] of a full sequence, no cache."""
-    out, _ = _merge(graphdef, params, tokens)(tokens)
+    model, tokens = _merge(graphdef, params, tokens)
+    out, _ = model(tokens)
     return out
 
 
 def token_logprobs(graphdef, params, tokens):
     """log p(tokens[:, t] | tokens[:, :t]) for t >= 1: float32 [B, T - 1]."""
+    tokens = jnp.asarray(tokens)
     logp = jax.nn.log_softmax(logits(graphdef, params, tokens)[:, :-1], axis=-1)
     return jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
 
 
 def hidden_states(graphdef, params, tokens):
     """(num_layers + 1) arrays [B, T, E]: the input of each layer, then the final normed output."""
-    model = _merge(graphdef, params, tokens)
+    model, tokens = _merge(graphdef, params, tokens)
     trace = []
     model.model(tokens, _positions(tokens), trace=trace)
     return tuple(trace)
@@ -59,7 +65,7 @@ def attention_weights(graphdef, params, tokens, layer: int):
     """Layer `layer`'s attention weights, float32 [B, heads, T, T] (row: query, column: key).
     A layer's attention input is its `input_layernorm` of the layer input (the input itself for
     layers without one, such as OLMo 2's)."""
-    model = _merge(graphdef, params, tokens)
+    model, tokens = _merge(graphdef, params, tokens)
     trace = []
     positions = _positions(tokens)
     model.model(tokens, positions, trace=trace)

@@ -62,3 +62,21 @@ def test_research_functions_run_sharded(tmp_path):
     one, sharded = jaxllm.load(tmp_path), jaxllm.load(tmp_path, mesh="dp=2,tp=4")
     assert reference.max_rel_diff(sharded.hidden_states(TOKENS)[-1], one.hidden_states(TOKENS)[-1]) <= TOL
     assert reference.max_rel_diff(sharded.attention_weights(TOKENS, 1), one.attention_weights(TOKENS, 1)) <= TOL
+
+
+def test_pure_functions_take_token_lists_and_refuse_float_ids_in_one_line(tmp_path):
+    """jaxllm.research checks what it can see at trace time: a list of ids is an array of them, and
+    ids of a float or bool dtype are refused by name (not JAX's 'indices must have an integer type')."""
+    from jaxllm import research
+
+    reference.build("LlamaForCausalLM", tmp_path)
+    model = jaxllm.load(tmp_path)
+    gd, params = model.graphdef, model.params
+    ids = jax.numpy.asarray(TOKENS)
+    np.testing.assert_array_equal(research.logits(gd, params, TOKENS.tolist()), research.logits(gd, params, ids))
+    np.testing.assert_array_equal(research.token_logprobs(gd, params, TOKENS.tolist()), research.token_logprobs(gd, params, ids))
+    for bad, kind in ((np.ones((1, 4), np.float32), "float32"), (jax.numpy.ones((1, 4), bool), "bool")):
+        for name in ("logits", "token_logprobs", "hidden_states"):
+            with pytest.raises(jaxllm.InputError, match=f"tokens must be integer token ids, got {kind}"):
+                getattr(research, name)(gd, params, bad)
+
