@@ -2,13 +2,14 @@
 (graphdef, params, tokens): logits, per-token log-probabilities, the hidden states of every layer, and
 one layer's attention weights. Each matches transformers' output (`output_hidden_states`,
 `output_attentions` with eager attention); `LoadedModel` exposes them as methods, which also check
-the ids' values. Here only what is known at trace time is checked (shapes and dtypes): ids outside
-the vocabulary give unspecified values.
+the ids' values. Here only what is known at trace time is checked (shapes, dtypes, the static layer
+index): ids outside the vocabulary give unspecified values.
 """
 
 from __future__ import annotations
 
 import functools
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +40,20 @@ def _merge(graphdef, params, tokens):
     return model, tokens
 
 
+def check_layer(num_layers: int, layer) -> int:
+    """`layer` as an index in [0, num_layers) (negative ones count from the end), or an InputError:
+    it must be a whole number (numpy and JAX integer scalars too) known before tracing."""
+    if isinstance(layer, jax.core.Tracer):
+        raise InputError("layer is traced: it picks a module, so jit attention_weights with static_argnums=(0, 3) "
+                         "(graphdef and layer), as jaxllm.research.jitted('attention_weights') does")
+    if isinstance(layer, bool) or not hasattr(type(layer), "__index__") or getattr(layer, "ndim", 0):
+        raise InputError(f"layer must be a whole number (a layer's index), got {layer!r}")
+    layer = operator.index(layer)
+    if not -num_layers <= layer < num_layers:
+        raise InputError(f"layer {layer} does not exist: this model has layers 0..{num_layers - 1}")
+    return layer % num_layers
+
+
 def logits(graphdef, params, tokens):
     """float32 [B, T, vocab] of a full sequence, no cache."""
     model, tokens = _merge(graphdef, params, tokens)
@@ -64,8 +79,9 @@ def hidden_states(graphdef, params, tokens):
 def attention_weights(graphdef, params, tokens, layer: int):
     """Layer `layer`'s attention weights, float32 [B, heads, T, T] (row: query, column: key).
     A layer's attention input is its `input_layernorm` of the layer input (the input itself for
-    layers without one, such as OLMo 2's)."""
+    layers without one, such as OLMo 2's). `layer` is static; negative ones count from the end."""
     model, tokens = _merge(graphdef, params, tokens)
+    layer = check_layer(model.cfg.num_layers, layer)
     trace = []
     positions = _positions(tokens)
     model.model(tokens, positions, trace=trace)

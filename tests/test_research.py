@@ -80,3 +80,22 @@ def test_pure_functions_take_token_lists_and_refuse_float_ids_in_one_line(tmp_pa
             with pytest.raises(jaxllm.InputError, match=f"tokens must be integer token ids, got {kind}"):
                 getattr(research, name)(gd, params, bad)
 
+
+def test_pure_attention_weights_checks_its_layer_in_one_line(tmp_path):
+    """The layer is static (static_argnums=(0, 3)): out of range, not an integer, or traced by a jit
+    that did not make it static, it is refused naming the fix; numpy integers name a layer as ints do."""
+    from jaxllm import research
+
+    reference.build("LlamaForCausalLM", tmp_path)
+    model = jaxllm.load(tmp_path)
+    gd, params = model.graphdef, model.params
+    expect = np.asarray(research.attention_weights(gd, params, TOKENS, 1))
+    np.testing.assert_array_equal(research.attention_weights(gd, params, TOKENS, np.int64(1)), expect)
+    np.testing.assert_array_equal(research.attention_weights(gd, params, TOKENS, -2), expect)
+    for layer in (3, -4):
+        with pytest.raises(jaxllm.InputError, match=f"layer {layer} does not exist: this model has layers 0..2"):
+            research.attention_weights(gd, params, TOKENS, layer)
+    with pytest.raises(jaxllm.InputError, match="layer must be a whole number"):
+        research.attention_weights(gd, params, TOKENS, 1.0)
+    with pytest.raises(jaxllm.InputError, match=r"static_argnums=\(0, 3\)"):
+        jax.jit(research.attention_weights, static_argnums=0)(gd, params, TOKENS, 1)
