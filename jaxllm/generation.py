@@ -7,10 +7,12 @@ jaxllm.tokenizing's stand-in for one (a GGUF file's, cached: the same ids and te
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import jax
+import numpy as np
 
 from jaxllm.engine import Engine, Request, context_error
 from jaxllm.errors import GenerationError, InputError, available_memory, check_token_ids, size_text
@@ -145,6 +147,7 @@ def generate(model, prompts: str | Sequence, params: SamplingParams | None = Non
     if engine is not None and (not isinstance(engine, Engine) or engine.model is not model):
         raise GenerationError("engine= must be a jaxllm.Engine built on this model (Engine(model, ...)), got "
                               + ("one built on another model" if isinstance(engine, Engine) else type(engine).__name__))
+    _check_options(chat, on_text, on_token)
     ids, params = prepare(model, batch, params, chat=chat, system=system)
     engine = engine or engine_for(model, ids, params)
     requests = [Request(p, params, i) for i, p in enumerate(ids)]
@@ -162,6 +165,30 @@ def generate(model, prompts: str | Sequence, params: SamplingParams | None = Non
     out = [Completion(o.text, o.tokens, o.finish_reason or "length", len(ids[i]), o.logprobs if params.logprobs else None)
            for i, o in enumerate(outputs)]
     return out[0] if single else out
+
+
+def _check_options(chat, on_text, on_token) -> None:
+    """generate's keyword options, refused in one line before anything runs: a chat flag that is
+    not a bool ("no" would be truthy: the template applied), callbacks that cannot be called as
+    the decode loop calls them."""
+    if chat is not None and not isinstance(chat, (bool, np.bool_)):
+        raise InputError(f"chat must be True, False or None (apply the chat template when the tokenizer has one), got {chat!r}")
+    for name, fn, args in (("on_text", on_text, "(index, text)"), ("on_token", on_token, "(index, token_ids)")):
+        if fn is not None and not _takes_two(fn):
+            raise InputError(f"{name} must be a function taking {args}, e.g. lambda i, x: print(x), got {fn!r}")
+
+
+def _takes_two(fn) -> bool:
+    """Whether `fn` can be called with two positional arguments (as far as its signature tells)."""
+    if not callable(fn):
+        return False
+    try:
+        inspect.signature(fn).bind(0, None)
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (some builtins): take it on trust
+        pass
+    return True
 
 
 class Output:

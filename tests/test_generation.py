@@ -219,3 +219,19 @@ def test_kv_length_buckets_give_the_same_tokens(llama):
     tight = Engine(llama, batch_size=2, max_len=288, chunk=16)
     b = llama.generate(prompts, params, engine=tight)
     assert [r.token_ids for r in a] == [r.token_ids for r in b]
+
+
+def test_callbacks_and_chat_flag_are_checked_before_any_work(llama):
+    """on_text / on_token that cannot be called as f(index, text) / f(index, ids), and a chat flag
+    that is not a bool (chat="no" is truthy), are refused in one line before anything runs, not
+    with a TypeError from inside the decode loop or a silently applied chat template."""
+    params = {"max_new_tokens": 2}
+    for name, bad in (("on_text", 5), ("on_token", "print"), ("on_token", lambda ids: None), ("on_text", lambda: None)):
+        with pytest.raises(jaxllm.InputError, match=f"{name} must be a function taking"):
+            llama.generate([1, 2, 3], params, **{name: bad})
+    for bad in ("no", 1, np.array([True, False])):
+        with pytest.raises(jaxllm.InputError, match="chat must be True, False or None"):
+            llama.generate([1, 2, 3], params, chat=bad)
+    seen = []
+    out = llama.generate([1, 2, 3], params, chat=np.bool_(False), on_token=lambda i, ids, *rest: seen.extend(ids))
+    assert seen == out.token_ids
