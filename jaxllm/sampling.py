@@ -174,10 +174,14 @@ def _whole(x) -> bool:
 
 
 def _plain(x):
-    """numpy scalars as Python numbers (np.int64(8) -> 8, np.float32(0.5) -> 0.5); others unchanged."""
-    if isinstance(x, np.integer):
+    """numpy scalars and 0-d numpy or JAX arrays of numbers as Python numbers (np.int64(8) -> 8,
+    jnp.float32(0.5) -> 0.5); others (bools, arrays of several values, ...) unchanged."""
+    dtype = getattr(x, "dtype", None)
+    if getattr(x, "ndim", None) != 0 or dtype is None or isinstance(x, jax.core.Tracer):
+        return x
+    if jnp.issubdtype(dtype, jnp.integer):
         return int(x)
-    if isinstance(x, np.floating):
+    if jnp.issubdtype(dtype, jnp.floating):
         return float(x)
     return x
 

@@ -167,3 +167,17 @@ def test_without_a_seed_each_sequence_samples_afresh(tiny):
     again = tiny.generate([5, 17, 33, 90], params).token_ids
     assert len({tuple(r) for r in rows + [again]}) == 5  # 12 tokens from 128: a collision is ~1e-20
     assert SamplingParams().with_seed().seed is not None and SamplingParams(seed=3).with_seed().seed == 3
+
+
+def test_zero_dim_array_values_are_numbers():
+    """A 0-d JAX or numpy array (jnp.float32(0.7), np.array(8), what a jitted sweep hands back) is
+    taken as the number it holds, as numpy scalars are, not refused as 'temperature=Array(0.7) is
+    invalid: use ... a positive number'; arrays of several values and bools still are."""
+    p = SamplingParams(max_new_tokens=jnp.int32(8), temperature=jnp.float32(0.5), top_k=np.array(5),
+                       top_p=jnp.bfloat16(0.5), seed=jnp.uint32(3)).resolved()
+    assert (p.max_new_tokens, p.temperature, p.top_k, p.top_p, p.seed) == (8, 0.5, 5, 0.5, 3)
+    assert all(type(getattr(p, f)) in (int, float) for f in ("max_new_tokens", "temperature", "top_k", "top_p", "seed"))
+    with pytest.raises(GenerationError, match="temperature=Array"):
+        SamplingParams(temperature=jnp.array([0.5])).resolved()
+    with pytest.raises(GenerationError, match="top_k=.*True.* is invalid"):
+        SamplingParams(top_k=np.array(True)).resolved()
