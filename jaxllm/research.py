@@ -26,8 +26,17 @@ def _positions(tokens):
 def _merge(graphdef, params, tokens):
     """The module and `tokens` as an array (a list of ids is one), once its dtype and shape are known
     to fit the module: integer ids [B, T] with T within the positions a model with learned position
-    embeddings has (GPT-2's table would be read past its end)."""
-    model = nnx.merge(graphdef, params)
+    embeddings has (GPT-2's table would be read past its end). A graphdef that is not one, or
+    params of another model, are refused here rather than by flax (which prints the whole tree)."""
+    if not isinstance(graphdef, nnx.GraphDef):
+        raise InputError(f"graphdef must be model.graphdef (an nnx.GraphDef), got {type(graphdef).__name__}: "
+                         "pass (model.graphdef, model.params, tokens)")
+    try:
+        model = nnx.merge(graphdef, params)
+    except ValueError as err:
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise InputError(f"params do not fit graphdef ({first}): pass the params of the model the graphdef comes "
+                         "from (model.params, or a tree of the same structure)") from None
     cfg = model.cfg
     tokens = jnp.asarray(tokens)
     if not jnp.issubdtype(tokens.dtype, jnp.integer):

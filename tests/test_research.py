@@ -99,3 +99,22 @@ def test_pure_attention_weights_checks_its_layer_in_one_line(tmp_path):
         research.attention_weights(gd, params, TOKENS, 1.0)
     with pytest.raises(jaxllm.InputError, match=r"static_argnums=\(0, 3\)"):
         jax.jit(research.attention_weights, static_argnums=0)(gd, params, TOKENS, 1)
+
+
+def test_pure_functions_name_a_wrong_graphdef_or_params_in_one_line(tmp_path):
+    """The model, its module or the params where the graphdef goes (or params of another model) are
+    refused naming the call to make, not with flax's TypeError that prints the whole parameter tree."""
+    from jaxllm import research
+
+    reference.build("LlamaForCausalLM", tmp_path / "llama")
+    reference.build("Qwen3ForCausalLM", tmp_path / "qwen")
+    model, other = jaxllm.load(tmp_path / "llama"), jaxllm.load(tmp_path / "qwen")
+    for graphdef, params, got in ((model, model.params, "LoadedModel"), (model.module, model.params, "CausalLM"),
+                                  (model.params, model.graphdef, "State")):
+        with pytest.raises(jaxllm.InputError, match=rf"^graphdef must be model.graphdef \(an nnx.GraphDef\), got {got}: "
+                                                    r"pass \(model.graphdef, model.params, tokens\)$"):
+            research.logits(graphdef, params, TOKENS)
+    for params in (other.params, {}):
+        with pytest.raises(jaxllm.InputError, match=r"^params do not fit graphdef \(Incorrect number of leaves.*\): pass the "
+                                                    "params of the model the graphdef comes from"):
+            research.hidden_states(model.graphdef, params, TOKENS)
