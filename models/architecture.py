@@ -19,7 +19,7 @@ class Architecture:
     module: type  # Flax NNX module class: module(cfg, dtype=..., rngs=...)
     # cfg -> [WeightSpec]: which HF tensor fills which parameter, and how (jaxllm.models.weights).
     weight_map: Callable
-    hf_model_type: str  # transformers' model_type, for building the reference in tests
+    hf_model_type: str  # transformers' model_type: the family of a config.json that names it (registry.architecture_of)
     # raw config.json dict -> ModelConfig fields the HF modeling code hard-wires for this family.
     config_defaults: Callable[[dict], dict] = lambda raw: {}
     # A tiny HF config (dict) for the parity tests; every registered architecture must have one.

@@ -198,7 +198,7 @@ def _given(rule: Field) -> Field:
 
 
 CONFIG_FIELDS = {
-    "architectures": Field(str, many="list"), "vocab_size": COUNT, "hidden_size": COUNT, "intermediate_size": COUNT,
+    "architectures": Field(str, many="list"), "model_type": NAME, "vocab_size": COUNT, "hidden_size": COUNT, "intermediate_size": COUNT,
     "num_hidden_layers": LAYERS, "num_attention_heads": COUNT, "num_key_value_heads": COUNT, "head_dim": COUNT,
     "max_position_embeddings": COUNT, "rms_norm_eps": NON_NEGATIVE, "layer_norm_eps": NON_NEGATIVE,
     "hidden_act": NAME, "tie_word_embeddings": FLAG, "attention_bias": FLAG, "mlp_bias": FLAG,

@@ -72,6 +72,7 @@ def test_unknown_architecture(tmp_path, good):
     folder = _copy(good, tmp_path / "u")
     raw = json.loads((folder / "config.json").read_text())
     raw["architectures"] = ["FancyNewForCausalLM"]
+    del raw["model_type"]  # with it, the family is model_type's (as in transformers), whatever architectures says
     (folder / "config.json").write_text(json.dumps(raw))
     with pytest.raises(ConfigError, match="'FancyNewForCausalLM' is not supported; supported: .*LlamaForCausalLM"):
         jaxllm.load(folder)

@@ -190,6 +190,12 @@ SPELLINGS = {
     "llama-ignores-window-keys": ("LlamaForCausalLM", {}, _edit(sliding_window=8, layer_types=["sliding_attention"] * 3)),
     "olmo2-ignores-window": ("Olmo2ForCausalLM", {}, _edit(sliding_window=8)),
     "mixtral-ignores-layer-types": ("MixtralForCausalLM", {}, _edit(layer_types=["full_attention"] * 3)),
+    # the family comes from model_type, as AutoModelForCausalLM reads it: architectures left out (many
+    # fine-tuned checkpoints), naming another head of the family or a custom class, or another family
+    "no-architectures": ("LlamaForCausalLM", {}, _edit(("architectures",))),
+    "architectures-another-head": ("Qwen2ForCausalLM", {}, _edit(architectures=["Qwen2ForSequenceClassification"])),
+    "architectures-custom-name": ("MistralForCausalLM", {}, _edit(architectures=["MyFineTunedModel"])),
+    "model-type-over-architectures": ("Qwen2ForCausalLM", {}, _edit(architectures=["LlamaForCausalLM"])),
     # checkpoints saved from the base model: tensor names without transformers' base_model_prefix
     # (openai-community/gpt2's form, with its mask buffers), which transformers adds while loading
     "gpt2-base-model-names": ("GPT2LMHeadModel", {}, _edit(),
