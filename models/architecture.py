@@ -31,7 +31,8 @@ class Architecture:
     common_names: Callable[[dict], dict] = lambda raw: raw
     # What this family's transformers config class assumes for a key config.json leaves out, where
     # it differs from the generic reading (models/config.py from_hf): Mistral's 4,096-token
-    # window, Gemma's tied embeddings, Mixtral's rope base. A key the file gives, null included, wins.
+    # window, Gemma's tied embeddings, Mixtral's rope base, num_key_value_heads where the class does
+    # not take num_attention_heads for it. A key the file gives, null included, wins.
     hf_defaults: dict = field(default_factory=dict)
     # The checkpoint's output head, which a tied model does not read (GPT-NeoX: embed_out.weight).
     head_name: str = "lm_head.weight"
