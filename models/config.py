@@ -336,12 +336,12 @@ def parse_rope(raw: dict, layer_type: str = "full_attention") -> RopeConfig:
         )
     original = "original_max_position_embeddings"
     if original in _ROPE_REQUIRED[rope_type]:  # transformers: the top-level field, the rope's, max_position_embeddings
-        params[original] = raw.get(original) or params.get(original) or raw.get("max_position_embeddings")
+        params[original] = raw.get(original) or params.get(original) or _positions(raw)
     for key in _ROPE_REQUIRED[rope_type]:
         if params.get(key) is None:
             raise ConfigError(f"config.json rope type '{rope_type}' needs '{key}' in its rope parameters: add it")
     if rope_type == "longrope" and params.get("factor") is None:
-        params["factor"] = (raw.get("max_position_embeddings") or 2048) / params[original]
+        params["factor"] = _positions(raw) / params[original]
     factor = float(params.get("factor") or 1.0)
     partial = params.get("partial_rotary_factor") or raw.get("partial_rotary_factor") or 1.0
     return RopeConfig(
@@ -361,6 +361,12 @@ def parse_rope(raw: dict, layer_type: str = "full_attention") -> RopeConfig:
         short_factor=_factors(params, "short_factor"),
         long_factor=_factors(params, "long_factor"),
     )
+
+
+def _positions(raw: dict) -> int:
+    """max_position_embeddings, or 2,048 (PretrainedConfig's, Llama's) where config.json and the
+    family's hf_defaults leave it out."""
+    return int(raw.get("max_position_embeddings") or 2048)
 
 
 def _factors(params: dict, key: str) -> tuple[float, ...] | None:
@@ -410,7 +416,7 @@ def from_hf(raw: dict, architecture: str, defaults: dict | None = None) -> Model
         num_heads=heads,
         num_kv_heads=kv_heads,
         head_dim=int(head_dim),
-        max_position_embeddings=int(raw.get("max_position_embeddings") or 2048),
+        max_position_embeddings=_positions(raw),
         norm_eps=float(next((raw[k] for k in ("rms_norm_eps", "layer_norm_eps") if raw.get(k) is not None), 1e-6)),
         rope=parse_rope(raw),
         hidden_act=raw.get("hidden_act") or "silu",

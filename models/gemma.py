@@ -113,19 +113,20 @@ _TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_la
 
 ARCHITECTURES = (Architecture(
     name="GemmaForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="gemma", ignored_keys=NO_WINDOW,
-    hf_defaults=dict(tie_word_embeddings=True, head_dim=256, num_key_value_heads=16),  # Gemma configs' head_dim, whatever hidden / heads
+    # Gemma configs' head_dim, whatever hidden / heads
+    hf_defaults=dict(tie_word_embeddings=True, head_dim=256, num_key_value_heads=16, max_position_embeddings=8192),
     config_defaults=gemma_defaults,
     tiny_config=dict(_TINY, rope_theta=10000.0, hidden_act="gelu_pytorch_tanh"),
 ), Architecture(
     name="Gemma2ForCausalLM", module=Gemma2ForCausalLM, weight_map=sandwich_weight_map, hf_model_type="gemma2",
-    hf_defaults=dict(tie_word_embeddings=True, sliding_window=4096, head_dim=256, num_key_value_heads=4),
+    hf_defaults=dict(tie_word_embeddings=True, sliding_window=4096, head_dim=256, num_key_value_heads=4, max_position_embeddings=8192),
     config_defaults=gemma2_defaults,
     # Window 8 < the test sequences; a scalar unlike head_dim; soft caps low enough to bite.
     tiny_config=dict(_TINY, rope_theta=10000.0, sliding_window=8, query_pre_attn_scalar=24,
                      attn_logit_softcapping=3.0, final_logit_softcapping=5.0),
 ), Architecture(
     name="Gemma3ForCausalLM", module=Gemma2ForCausalLM, weight_map=sandwich_weight_map, hf_model_type="gemma3_text",
-    hf_defaults=dict(tie_word_embeddings=True, sliding_window=4096, head_dim=256, num_key_value_heads=4),
+    hf_defaults=dict(tie_word_embeddings=True, sliding_window=4096, head_dim=256, num_key_value_heads=4, max_position_embeddings=131072),
     config_defaults=gemma3_defaults,
     tiny_config=dict(_TINY, sliding_window=8, query_pre_attn_scalar=24,
                      layer_types=["sliding_attention", "sliding_attention", "full_attention"],

@@ -33,18 +33,19 @@ ARCHITECTURES = (
     ),
     Architecture(
         name="MistralForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="mistral",
-        hf_defaults=dict(sliding_window=4096, num_key_value_heads=8), config_defaults=lambda raw: NO_BIAS,
+        hf_defaults=dict(sliding_window=4096, num_key_value_heads=8, max_position_embeddings=131072), config_defaults=lambda raw: NO_BIAS,
         tiny_config=dict(_TINY, sliding_window=8, rope_theta=10000.0),
     ),
     Architecture(
         name="Qwen2ForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="qwen2",
-        hf_defaults=dict(use_sliding_window=False, sliding_window=4096, num_key_value_heads=32),
+        hf_defaults=dict(use_sliding_window=False, sliding_window=4096, num_key_value_heads=32, max_position_embeddings=32768),
         config_defaults=lambda raw: dict(qkv_bias=True, o_bias=False, mlp_bias=False, **qwen_layer_types(raw)),
         tiny_config=dict(_TINY, rope_theta=1000000.0, tie_word_embeddings=True),
     ),
     Architecture(
         name="Qwen3ForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="qwen3",
-        hf_defaults=dict(use_sliding_window=False, sliding_window=4096, head_dim=128, num_key_value_heads=32),  # Qwen3Config's head_dim, whatever hidden / heads
+        # Qwen3Config's head_dim, whatever hidden / heads
+        hf_defaults=dict(use_sliding_window=False, sliding_window=4096, head_dim=128, num_key_value_heads=32, max_position_embeddings=32768),
         config_defaults=lambda raw: dict(qk_norm="per_head", mlp_bias=False, **qwen_layer_types(raw)),
         tiny_config=dict(_TINY, head_dim=32, rope_theta=1000000.0),
     ),

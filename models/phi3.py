@@ -35,7 +35,7 @@ ARCHITECTURES = (Architecture(
     config_defaults=lambda raw: dict(NO_BIAS, longrope_recompute=True),
     # Phi3Config's top-level original_max_position_embeddings (4,096 when left out) is the one
     # LongRoPE uses: transformers overwrites the rope parameters' own with it.
-    hf_defaults=dict(rms_norm_eps=1e-5, original_max_position_embeddings=4096), partial_rotary=True,
+    hf_defaults=dict(rms_norm_eps=1e-5, original_max_position_embeddings=4096, max_position_embeddings=4096), partial_rotary=True,
     # LongRoPE's long factors from position 4 on, so every test sequence runs on them (the switch
     # from short to long mid-generation has its own test in test_generation.py).
     tiny_config=dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3,

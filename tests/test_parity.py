@@ -175,6 +175,15 @@ SPELLINGS = {
                                _edit(("num_key_value_heads",))),
     "gemma2-default-kv-heads": ("Gemma2ForCausalLM", dict(num_attention_heads=8, num_key_value_heads=4), _edit(("num_key_value_heads",))),
     "gemma3-default-kv-heads": ("Gemma3ForCausalLM", dict(num_attention_heads=8, num_key_value_heads=4), _edit(("num_key_value_heads",))),
+    # max_position_embeddings left out: the config class's own (Phi-3's 4,096 sets LongRoPE's attention
+    # factor; Mistral's 131,072 is YaRN's original length when its rope parameters give none)
+    "phi3-default-positions": ("Phi3ForCausalLM", {}, _edit(("max_position_embeddings",))),
+    "llama-yarn-default-positions": ("LlamaForCausalLM", dict(rope_parameters=dict(ROPE_KINDS["yarn"], rope_theta=10000.0)),
+                                     lambda raw: [raw.pop("max_position_embeddings"),
+                                                  raw["rope_parameters"].pop("original_max_position_embeddings")]),
+    "mistral-yarn-default-positions": ("MistralForCausalLM", dict(rope_parameters=dict(ROPE_KINDS["yarn"], rope_theta=10000.0)),
+                                       lambda raw: [raw.pop("max_position_embeddings"),
+                                                    raw["rope_parameters"].pop("original_max_position_embeddings")]),
     "gpt2-default-positions": ("GPT2LMHeadModel", dict(n_positions=1024), _edit(("n_positions",))),
     "gemma-reads-hidden-act": ("GemmaForCausalLM", dict(hidden_act="silu"), _edit(hidden_activation="gelu_pytorch_tanh")),
     "gemma2-exact-gelu": ("Gemma2ForCausalLM", dict(hidden_activation="gelu"), _edit()),
@@ -250,3 +259,45 @@ def test_mistral_window_defaults_to_4096_when_the_key_is_absent(tmp_path):
     del raw["sliding_window"]
     (tmp_path / "config.json").write_text(json.dumps(raw))
     assert jaxllm.load(tmp_path, tokenizer=False).config.layer_window(0) == 4096  # transformers' MistralConfig default
+
+
+def _as_transformers_reads(arch, raw: dict) -> dict:
+    """What the family's transformers config class makes of config.json `raw`, in ModelConfig's terms."""
+    import transformers
+
+    hf = transformers.CONFIG_MAPPING[arch.hf_model_type].from_dict(dict(raw))
+    kind = arch.hf_model_type
+    act = {"gpt2": "activation_function", "gemma2": "hidden_activation", "gemma3_text": "hidden_activation"}.get(kind, "hidden_act")
+    eps = {"gpt2": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps"}.get(kind, "rms_norm_eps")
+    out = dict(max_position_embeddings=hf.max_position_embeddings, norm_eps=getattr(hf, eps),
+               tie_word_embeddings=hf.tie_word_embeddings, hidden_act=getattr(hf, act))
+    if kind == "gemma" and out["hidden_act"] == "gelu":  # GemmaMLP's legacy mapping
+        out["hidden_act"] = "gelu_pytorch_tanh"
+    if kind != "gpt2":
+        rope = hf.rope_parameters
+        out["rope_theta"] = rope.get("full_attention", rope)["rope_theta"]
+    return out
+
+
+def _as_jaxllm_reads(arch, raw: dict) -> dict:
+    cfg = arch.config(dict(raw))
+    out = dict(max_position_embeddings=cfg.max_position_embeddings, norm_eps=cfg.norm_eps,
+               tie_word_embeddings=cfg.tie_word_embeddings, hidden_act=cfg.hidden_act)
+    if cfg.position_embedding == "rope":
+        out["rope_theta"] = cfg.rope.theta
+    return out
+
+
+LEFT_OUT = ("max_position_embeddings", "n_positions", "rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon",
+            "tie_word_embeddings", "rope_theta", "rope_parameters", "hidden_act", "hidden_activation", "activation_function")
+
+
+@pytest.mark.parametrize("arch", registry.names())
+def test_keys_left_out_read_as_the_transformers_config_class_does(arch):
+    """Each optional key a family's config.json may leave out takes the family's transformers default
+    (Mistral's 131,072 positions, Gemma's tied embeddings, Phi-3's 1e-5 epsilon, ...)."""
+    spec = registry.get(arch)
+    full = dict(spec.tiny_config, model_type=spec.hf_model_type)
+    for key in [k for k in LEFT_OUT if k in full]:
+        raw = {k: v for k, v in full.items() if k != key}
+        assert _as_jaxllm_reads(spec, raw) == pytest.approx(_as_transformers_reads(spec, raw)), f"{arch} without {key}"
