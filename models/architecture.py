@@ -47,11 +47,15 @@ class Architecture:
     # Whether transformers' modeling code of this family rotates part of each head
     # (partial_rotary_factor: Phi-3 / Phi-4-mini, GPT-NeoX); the others ignore the key, and so do we.
     partial_rotary: bool = False
+    # The config.json key of the norms' epsilon this family's transformers code reads (GPT-2's before
+    # common_names); the other spellings (NORM_EPS_KEYS) are dropped, as its code never reads them.
+    norm_eps_key: str = "rms_norm_eps"
 
     def config(self, raw: dict) -> ModelConfig:
         """The ModelConfig of a config.json dict, validated."""
         raw = check_config(raw)
-        raw = {k: v for k, v in raw.items() if k not in self.ignored_keys}
+        raw = {k: v for k, v in raw.items()
+               if k not in self.ignored_keys and (k not in NORM_EPS_KEYS or k == self.norm_eps_key)}
         if not self.partial_rotary:
             raw = _without_partial_rotary(raw)
         raw = self.common_names({**self.hf_defaults, **raw})
@@ -64,6 +68,7 @@ class Architecture:
 
 
 NO_WINDOW = ("sliding_window", "layer_types")
+NORM_EPS_KEYS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")
 
 
 def _without_partial_rotary(raw: dict) -> dict:

@@ -64,8 +64,9 @@ def gpt2_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
 
 
 ARCHITECTURES = (Architecture(
-    name="GPT2LMHeadModel", module=GPT2LMHeadModel, weight_map=gpt2_weight_map, hf_model_type="gpt2", ignored_keys=NO_WINDOW,
-    common_names=gpt2_names, config_defaults=gpt2_defaults, base_prefix="transformer",
+    name="GPT2LMHeadModel", module=GPT2LMHeadModel, weight_map=gpt2_weight_map, hf_model_type="gpt2",
+    ignored_keys=NO_WINDOW + ("hidden_act",),  # its activation is activation_function's (gpt2_names)
+    common_names=gpt2_names, config_defaults=gpt2_defaults, base_prefix="transformer", norm_eps_key="layer_norm_epsilon",
     hf_defaults=dict(activation_function="gelu_new", layer_norm_epsilon=1e-5, tie_word_embeddings=True, n_positions=1024),
     # Old checkpoints keep the causal-mask buffers of each attention block; we build masks ourselves.
     ignore=(r".*\.attn\.bias$", r".*\.attn\.masked_bias$"),

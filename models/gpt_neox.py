@@ -94,7 +94,7 @@ def neox_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
 
 ARCHITECTURES = (Architecture(
     name="GPTNeoXForCausalLM", module=GPTNeoXForCausalLM, weight_map=neox_weight_map, hf_model_type="gpt_neox", ignored_keys=NO_WINDOW,
-    common_names=neox_names, head_name="embed_out.weight", base_prefix="gpt_neox", partial_rotary=True,
+    common_names=neox_names, head_name="embed_out.weight", base_prefix="gpt_neox", partial_rotary=True, norm_eps_key="layer_norm_eps",
     # Checkpoints converted by EleutherAI's tools (Pythia) keep each layer's causal-mask buffers,
     # which transformers ignores (_keys_to_ignore_on_load_unexpected), beside the rotary inv_freq.
     ignore=(r".*rotary_emb\.inv_freq$", r".*\.attention\.bias$", r".*\.attention\.masked_bias$"),

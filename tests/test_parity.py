@@ -207,6 +207,10 @@ SPELLINGS = {
     "mistral-ignores-bias-keys": ("MistralForCausalLM", {}, _edit(attention_bias=True, mlp_bias=True)),
     "phi3-ignores-attention-bias": ("Phi3ForCausalLM", {}, _edit(attention_bias=True)),
     "olmo2-ignores-mlp-bias": ("Olmo2ForCausalLM", {}, _edit(mlp_bias=True)),
+    # norm epsilon and activation keys of other families: each family's code reads one of each
+    "llama-ignores-layer-norm-eps": ("LlamaForCausalLM", {}, _edit(("rms_norm_eps",), layer_norm_eps=0.5)),
+    "neox-ignores-rms-norm-eps": ("GPTNeoXForCausalLM", {}, _edit(rms_norm_eps=0.5)),
+    "gpt2-ignores-common-keys": ("GPT2LMHeadModel", {}, _edit(hidden_act="relu", layer_norm_eps=0.5, rms_norm_eps=0.5)),
     # window keys of families whose code has no window, or one on every layer (no layer_types)
     "llama-ignores-window-keys": ("LlamaForCausalLM", {}, _edit(sliding_window=8, layer_types=["sliding_attention"] * 3)),
     "olmo2-ignores-window": ("Olmo2ForCausalLM", {}, _edit(sliding_window=8)),
