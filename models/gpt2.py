@@ -33,7 +33,6 @@ def gpt2_defaults(raw: dict) -> dict:
         position_embedding="learned", qkv_bias=True, o_bias=True, tie_word_embeddings=raw.get("tie_word_embeddings") is not False,
         attn_scale=None if raw.get("scale_attn_weights", True) else 1.0,  # scale_attn_weights=false: scores unscaled
         attn_scale_by_layer=bool(raw.get("scale_attn_by_inverse_layer_idx")),
-        num_kv_heads=raw["num_attention_heads"],
     )
 
 
@@ -65,7 +64,8 @@ def gpt2_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
 
 ARCHITECTURES = (Architecture(
     name="GPT2LMHeadModel", module=GPT2LMHeadModel, weight_map=gpt2_weight_map, hf_model_type="gpt2",
-    ignored_keys=NO_WINDOW + ("hidden_act",),  # its activation is activation_function's (gpt2_names)
+    # heads of n_embd / n_head, each with its own k/v; the activation is activation_function's (gpt2_names)
+    ignored_keys=NO_WINDOW + ("head_dim", "num_key_value_heads", "hidden_act"),
     common_names=gpt2_names, config_defaults=gpt2_defaults, base_prefix="transformer", norm_eps_key="layer_norm_epsilon",
     hf_defaults=dict(activation_function="gelu_new", layer_norm_epsilon=1e-5, tie_word_embeddings=True, n_positions=1024),
     # Old checkpoints keep the causal-mask buffers of each attention block; we build masks ourselves.

@@ -93,7 +93,9 @@ def neox_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
 
 
 ARCHITECTURES = (Architecture(
-    name="GPTNeoXForCausalLM", module=GPTNeoXForCausalLM, weight_map=neox_weight_map, hf_model_type="gpt_neox", ignored_keys=NO_WINDOW,
+    name="GPTNeoXForCausalLM", module=GPTNeoXForCausalLM, weight_map=neox_weight_map, hf_model_type="gpt_neox",
+    # every head has its own k/v (a head_dim key, which transformers' NeoX rope alone reads, is not ignored: it is refused by shape)
+    ignored_keys=NO_WINDOW + ("num_key_value_heads",),
     common_names=neox_names, head_name="embed_out.weight", base_prefix="gpt_neox", partial_rotary=True, norm_eps_key="layer_norm_eps",
     # Checkpoints converted by EleutherAI's tools (Pythia) keep each layer's causal-mask buffers,
     # which transformers ignores (_keys_to_ignore_on_load_unexpected), beside the rotary inv_freq.

@@ -211,6 +211,9 @@ SPELLINGS = {
     "llama-ignores-layer-norm-eps": ("LlamaForCausalLM", {}, _edit(("rms_norm_eps",), layer_norm_eps=0.5)),
     "neox-ignores-rms-norm-eps": ("GPTNeoXForCausalLM", {}, _edit(rms_norm_eps=0.5)),
     "gpt2-ignores-common-keys": ("GPT2LMHeadModel", {}, _edit(hidden_act="relu", layer_norm_eps=0.5, rms_norm_eps=0.5)),
+    # head shapes of families whose attention takes hidden_size / num_attention_heads, whatever the config says
+    "neox-ignores-kv-heads": ("GPTNeoXForCausalLM", {}, _edit(num_key_value_heads=2)),
+    "gpt2-ignores-head-keys": ("GPT2LMHeadModel", {}, _edit(head_dim=8, num_key_value_heads=2)),
     # window keys of families whose code has no window, or one on every layer (no layer_types)
     "llama-ignores-window-keys": ("LlamaForCausalLM", {}, _edit(sliding_window=8, layer_types=["sliding_attention"] * 3)),
     "olmo2-ignores-window": ("Olmo2ForCausalLM", {}, _edit(sliding_window=8)),
