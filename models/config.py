@@ -209,7 +209,7 @@ CONFIG_FIELDS = {
     # Gemma
     "hidden_activation": NAME, "query_pre_attn_scalar": _given(POSITIVE), "attn_logit_softcapping": POSITIVE,
     "final_logit_softcapping": POSITIVE, "rope_local_base_freq": _given(POSITIVE),
-    "sliding_window_pattern": _given(COUNT), "_sliding_window_pattern": _given(COUNT), "use_bidirectional_attention": FLAG,
+    "sliding_window_pattern": _given(COUNT), "use_bidirectional_attention": FLAG,
     # GPT-NeoX and GPT-2 (its own spellings)
     "use_parallel_residual": FLAG, "rotary_pct": FRACTION, "rotary_emb_base": POSITIVE, "n_embd": COUNT, "n_layer": LAYERS, "n_head": COUNT, "n_positions": COUNT,
     "n_inner": COUNT, "layer_norm_epsilon": NON_NEGATIVE, "activation_function": NAME, "scale_attn_weights": _given(FLAG),

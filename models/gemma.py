@@ -65,7 +65,7 @@ def gemma3_defaults(raw: dict) -> dict:
         rope = parse_rope(dict(raw, rope_theta=1_000_000.0))
     return dict(
         _sandwich_defaults(raw),
-        layer_types=_alternating(raw, raw.get("sliding_window_pattern", raw.get("_sliding_window_pattern", 6))),
+        layer_types=_alternating(raw, raw.get("sliding_window_pattern", 6)),  # not _sliding_window_pattern: transformers overwrites it
         qk_norm="per_head",
         attn_scale=float(raw.get("query_pre_attn_scalar", 256)) ** -0.5,
         attn_softcap=None,  # transformers' Gemma 3 reads attn_logit_softcapping but never applies it

@@ -189,6 +189,9 @@ SPELLINGS = {
     "gemma2-exact-gelu": ("Gemma2ForCausalLM", dict(hidden_activation="gelu"), _edit()),
     "gemma3-v4-scaling-no-theta": ("Gemma3ForCausalLM", {}, _edit(("rope_parameters", "rope_theta"), rope_local_base_freq=10000.0,
                                                                   rope_scaling={"rope_type": "linear", "factor": 8.0})),
+    # Gemma 3's pattern is sliding_window_pattern's (6 without it): transformers sets the private
+    # _sliding_window_pattern from that key, over any value config.json gives it
+    "gemma3-ignores-private-window-pattern": ("Gemma3ForCausalLM", {}, _edit(("layer_types",), _sliding_window_pattern=2)),
     "mixtral-default-theta": ("MixtralForCausalLM", {}, _edit(("rope_parameters", "rope_theta"))),
     "phi3-original-context-in-rope-only": ("Phi3ForCausalLM", {}, lambda raw: raw["rope_parameters"].update(
         original_max_position_embeddings=raw.pop("original_max_position_embeddings"))),
