@@ -12,7 +12,7 @@ from flax import nnx
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, Architecture
 from jaxllm.models.attention import UNCACHED, Attention
-from jaxllm.models.config import ModelConfig, RopeConfig, parse_rope
+from jaxllm.models.config import ModelConfig, parse_rope
 from jaxllm.models.decoder import CausalLM, decoder_weight_map, norm_kwargs
 from jaxllm.models.layers import RMSNorm, make_mlp
 from jaxllm.models.weights import WeightSpec
@@ -56,13 +56,22 @@ def gemma2_defaults(raw: dict) -> dict:
     )
 
 
+def gemma3_rope(raw: dict) -> dict:
+    """config.json with rope_parameters per layer type as Gemma3TextConfig builds them: the file's
+    entries (a flat rope_parameters gives none: transformers ignores it), a v4 rope_scaling merged
+    into full_attention's, and an entry without rope_theta taking rope_theta (1,000,000) for the
+    global layers, rope_local_base_freq (10,000) for the sliding ones."""
+    given = raw.get("rope_parameters") or {}
+    full = dict(given.get("full_attention") or {"rope_type": "default"}, **(raw.get("rope_scaling") or {}))
+    full.setdefault("rope_theta", raw.get("rope_theta") or 1_000_000.0)
+    sliding = dict(given.get("sliding_attention") or {"rope_type": "default"})
+    sliding.setdefault("rope_theta", raw.get("rope_local_base_freq") or 10000.0)
+    return dict(raw, rope_parameters={"full_attention": full, "sliding_attention": sliding}, rope_scaling=None)
+
+
 def gemma3_defaults(raw: dict) -> dict:
-    rope, local = parse_rope(raw), parse_rope(raw, "sliding_attention")
-    params = raw.get("rope_parameters") or {}
-    if not isinstance(params.get("sliding_attention"), dict):  # v4 spelling: a base of its own, no scaling
-        local = RopeConfig(theta=float(raw.get("rope_local_base_freq", 10000.0)))
-    if "rope_theta" not in raw and not params:  # transformers' default global base for Gemma 3, under any v4 rope_scaling
-        rope = parse_rope(dict(raw, rope_theta=1_000_000.0))
+    rope_raw = gemma3_rope(raw)
+    rope, local = parse_rope(rope_raw), parse_rope(rope_raw, "sliding_attention")
     return dict(
         _sandwich_defaults(raw),
         layer_types=_alternating(raw, raw.get("sliding_window_pattern", 6)),  # not _sliding_window_pattern: transformers overwrites it

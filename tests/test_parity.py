@@ -192,6 +192,15 @@ SPELLINGS = {
     # Gemma 3's pattern is sliding_window_pattern's (6 without it): transformers sets the private
     # _sliding_window_pattern from that key, over any value config.json gives it
     "gemma3-ignores-private-window-pattern": ("Gemma3ForCausalLM", {}, _edit(("layer_types",), _sliding_window_pattern=2)),
+    # Gemma 3's rope as Gemma3TextConfig builds it: one entry per layer type, each without rope_theta
+    # taking rope_theta (1e6) or rope_local_base_freq (1e4); a flat rope_parameters is no entry (ignored)
+    "gemma3-ignores-flat-rope-parameters": ("Gemma3ForCausalLM", {}, _edit(
+        rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 100000.0}, rope_local_base_freq=5000.0)),
+    "gemma3-per-layer-rope-top-level-bases": ("Gemma3ForCausalLM", {}, _edit(
+        rope_theta=50000.0, rope_local_base_freq=5000.0,
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0}, "sliding_attention": {"rope_type": "default"}})),
+    "gemma3-per-layer-rope-default-bases": ("Gemma3ForCausalLM", {}, _edit(
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0}})),
     "mixtral-default-theta": ("MixtralForCausalLM", {}, _edit(("rope_parameters", "rope_theta"))),
     "phi3-original-context-in-rope-only": ("Phi3ForCausalLM", {}, lambda raw: raw["rope_parameters"].update(
         original_max_position_embeddings=raw.pop("original_max_position_embeddings"))),
