@@ -41,6 +41,17 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _HUB_FILES = ["*.json", "*.model", "*.txt", "*.jinja", "tokenizer*"]  # config, index, tokenizer, templates
 
 
+
+def is_gguf(path: Path) -> bool:
+    """Whether `path` names a GGUF file by its suffix, in any case (llama.cpp's files are '.gguf'; a
+    copy renamed 'MODEL.GGUF' is the same file)."""
+    return path.suffix.lower() == ".gguf"
+
+
+def gguf_files(folder: Path) -> list[str]:
+    """The names of the GGUF files in `folder`, sorted."""
+    return sorted(p.name for p in folder.iterdir() if is_gguf(p) and p.is_file())
+
 def resolve(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:
     """A local file or folder as it is; otherwise a hub id, fetched into (or found in) the HF cache,
     at `revision` (a branch, tag or commit hash; default the repo's main branch)."""
@@ -53,7 +64,7 @@ def resolve(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:
             raise CheckpointError(f"revision={revision!r} picks a version of a hub repo, but '{text}' is a local "
                                   f"{'folder' if path.is_dir() else 'file'}: drop revision, or check out that version there")
         if (_HUB_ID.match(text) and path.is_dir() and not (path / "config.json").exists()
-                and not any(path.glob("*.gguf"))):
+                and not gguf_files(path)):
             raise CheckpointError(f"'{text}' is a local folder without config.json, which shadows the hub id '{text}': "
                                   "to load the hub model run from another folder (or rename this one); to load the "
                                   "folder, add its config.json")

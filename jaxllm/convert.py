@@ -91,7 +91,7 @@ def _copy_side_files(src: Path, folder: Path, raw: dict) -> None:
     (folder / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
     if src.is_dir():
         for f in sorted(src.iterdir()):
-            if f.is_file() and f.name not in _SKIP and f.name != converted.MARKER and not f.name.endswith(_WEIGHT_SUFFIXES):
+            if f.is_file() and f.name not in _SKIP and f.name != converted.MARKER and not f.name.lower().endswith(_WEIGHT_SUFFIXES):
                 shutil.copy2(f, folder / f.name)
     else:
         tok = checkpoint.load_tokenizer(src)

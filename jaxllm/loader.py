@@ -370,14 +370,14 @@ def _stored_blocks(tensors, source: BlockSource, shape: tuple) -> tuple:
 def open_checkpoint(path_or_id, revision: str | None = None):
     """Resolve a folder, hub id (at `revision`) or .gguf file and read its config; no tensor is read."""
     path = checkpoint.resolve(path_or_id, revision)
-    if path.is_file() and path.suffix == ".gguf":
+    if path.is_file() and checkpoint.is_gguf(path):
         tensors, raw = gguf.open_checkpoint(path)
         return checkpoint.HFCheckpoint(path, raw, {}, tensors)
     if not path.is_dir():
         raise CheckpointError(f"'{path}' is neither a checkpoint folder nor a .gguf file: pass one of those or a hub id")
     if converted.is_converted(path):
         return converted.ConvertedCheckpoint(path)
-    ggufs = sorted(p.name for p in path.glob("*.gguf"))
+    ggufs = checkpoint.gguf_files(path)
     if ggufs and not (path / "config.json").exists():  # a folder of GGUF files: a file is the checkpoint
         raise CheckpointError(f"'{path}' has no config.json but holds {len(ggufs)} GGUF file{'s' if len(ggufs) > 1 else ''} "
                               f"({', '.join(ggufs[:3])}{', ...' if len(ggufs) > 3 else ''}): pass the file, e.g. {path / ggufs[0]}")
@@ -397,7 +397,7 @@ def prepare(path_or_id, dtype=None, mesh=None, *, quantize: str | None = None, g
         p = plan(source.raw, dtype or source.load_dtype, mesh, source, quantize=quantize, group_size=group_size)
     except ConfigError as err:  # a GGUF file has no config.json: name the file its fields came from
         path = getattr(source, "path", None)
-        if path is None or Path(path).suffix != ".gguf" or not str(err).startswith("config.json"):
+        if path is None or not checkpoint.is_gguf(Path(path)) or not str(err).startswith("config.json"):
             raise
         what = str(err).removeprefix("config.json ").removesuffix(": correct that field")
         raise ConfigError(f"{Path(path).name}: its metadata, read as config.json fields, is invalid: {what}: "

@@ -58,6 +58,19 @@ def test_config_read_from_gguf(ours):
     assert ours.tokenizer.chat_template
 
 
+def test_gguf_suffix_in_any_case(ours, gguf_path, tmp_path):
+    """A GGUF file renamed 'MODEL.GGUF' is the same file: it loads as the model (it was refused as
+    'neither a checkpoint folder nor a .gguf file'), and a folder holding only it is pointed at it."""
+    from jaxllm.errors import CheckpointError
+
+    link = tmp_path / "SmolLM2.GGUF"
+    link.symlink_to(gguf_path)
+    model = jaxllm.load(link)
+    assert model.config == ours.config and model.tokenizer.encode("Paris") == ours.tokenizer.encode("Paris")
+    with pytest.raises(CheckpointError, match="SmolLM2.GGUF"):
+        jaxllm.load(tmp_path)
+
+
 def test_greedy_continuations_match_transformers(ours, theirs):
     results = ours.generate(PROMPTS, jaxllm.SamplingParams(max_new_tokens=64))
     from jaxllm.generation import encode
