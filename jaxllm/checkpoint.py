@@ -373,6 +373,9 @@ class SafetensorsFile:
     def shape(self, name):
         return tuple(self.header[name]["shape"])
 
+    def dtype(self, name):
+        return np.dtype(_DTYPES[self.header[name]["dtype"]])
+
     def get(self, name) -> LazyTensor:
         info = self.header[name]
         return LazyTensor(self.path, self.offset + info["data_offsets"][0], _DTYPES[info["dtype"]], info["shape"])
@@ -424,6 +427,9 @@ class SafetensorsCheckpoint:
 
     def shape(self, name):
         return self._where[name].shape(name)
+
+    def dtype(self, name):
+        return self._where[name].dtype(name)
 
     def get(self, name) -> LazyTensor:
         return self._where[name].get(name)

@@ -214,6 +214,9 @@ class Renamed:
     def shape(self, name):
         return self.source.shape(self.renamed.get(name, name))
 
+    def dtype(self, name):
+        return dtype_of(self.source, self.renamed.get(name, name))
+
     def get(self, name):
         return self.source.get(self.renamed.get(name, name))
 
@@ -275,8 +278,24 @@ def raise_problems(found: list[str], n_tensors: int) -> None:
         )
 
 
+def dtype_of(source, name):
+    """The dtype tensor `name` of `source` holds, read from its header (a source without `dtype`,
+    such as a GGUF file's, which dequantizes every tensor to float32: None)."""
+    return source.dtype(name) if hasattr(source, "dtype") else None
+
+
+def not_float(name: str, dtype) -> str | None:
+    """Why tensor `name` cannot fill a float weight (it holds integers or booleans), or None: every
+    parameter is a float weight, and a cast would turn integers into garbage silently."""
+    if dtype is None or jnp.issubdtype(dtype, jnp.floating):
+        return None
+    return (f"tensor {name} holds {np.dtype(dtype).name} values where a float weight belongs: "
+            "save it as float32, bfloat16 or float16")
+
+
 def problems(source, specs: Iterable[WeightSpec], abstract_state, ignore: Iterable[str] = ()) -> list[str]:
-    """Every missing, unexpected and mis-shaped tensor of `source` against the weight map, one line each."""
+    """Every missing, unexpected, mis-shaped and non-float tensor of `source` against the weight
+    map, one line each (what load_params would refuse, from the headers alone)."""
     params = flat_params(abstract_state)
     specs = list(specs)
     found = []
@@ -299,6 +318,9 @@ def problems(source, specs: Iterable[WeightSpec], abstract_state, ignore: Iterab
             got = tuple(source.shape(name))
             if got != want:
                 found.append(f"{name} has shape {list(got)}, expected {list(want)}")
+            wrong = not_float(name, dtype_of(source, name))
+            if wrong:
+                found.append(wrong)
     patterns = [re.compile(p) for p in ignore]
     extra = sorted(n for n in names - expected if not any(p.match(n) for p in patterns))
     return found + [f"unexpected {n}" for n in extra]
@@ -451,11 +473,11 @@ def report(progress, name: str, nbytes: int) -> None:
 
 def _floats(spec: WeightSpec, tensors):
     """`tensors` (what spec.read gave), or a CheckpointError naming the first that is not floating
-    point: every parameter is a float weight, and a cast would turn integers into garbage silently."""
+    point (`not_float`; `problems` reports the same from the headers)."""
     for name, x in zip(spec.hf_names, tensors if isinstance(spec.hf_name, tuple) else [tensors]):
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise CheckpointError(f"tensor {name} holds {np.dtype(x.dtype).name} values where a float weight belongs: "
-                                  "save it as float32, bfloat16 or float16")
+        wrong = not_float(name, x.dtype)
+        if wrong:
+            raise CheckpointError(wrong)
     return tensors
 
 

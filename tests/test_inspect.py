@@ -55,3 +55,25 @@ def test_a_quantized_folder_counts_its_parameters_not_its_scales(tmp_path, capsy
         assert jinspect.main([str(tmp_path / quantize)]) == 0
         out = capsys.readouterr().out
         assert f"parameters    {count:,} " in out, out
+
+
+def test_a_tensor_that_is_not_float_is_a_problem_as_load_says(tmp_path, capsys):
+    """A bool or integer tensor where a float weight belongs: inspect reports it (exit 1) in the
+    words `jaxllm.load` refuses it with, rather than saying everything matches."""
+    import pytest
+
+    import jaxllm
+
+    reference.build("LlamaForCausalLM", tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    tensors["model.norm.weight"] = np.ones(64, np.bool_)
+    tensors["model.layers.0.input_layernorm.weight"] = np.ones(64, np.int64)
+    save_file(tensors, tmp_path / "model.safetensors")
+    assert jinspect.main([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "2 problems" in out and "match the weight map" not in out
+    assert "tensor model.norm.weight holds bool values where a float weight belongs" in out
+    assert "tensor model.layers.0.input_layernorm.weight holds int64 values where a float weight belongs" in out
+    with pytest.raises(jaxllm.CheckpointError, match="holds int64 values where a float weight belongs") as err:
+        jaxllm.load(tmp_path, tokenizer=False)
+    assert "holds bool values" in str(err.value) and "\n" not in str(err.value)
