@@ -20,7 +20,6 @@ folder restores the integers it saved.
 from __future__ import annotations
 
 import math
-import operator
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,13 +111,7 @@ class LoadedModel:
 
     def attention_weights(self, token_ids, layer: int) -> jax.Array:
         """Attention weights of one layer, float32 [batch, heads, seq, seq] (query rows, key columns)."""
-        n = self.config.num_layers
-        if isinstance(layer, bool) or not hasattr(type(layer), "__index__") or getattr(layer, "ndim", 0):
-            raise InputError(f"layer must be a whole number (a layer's index), got {layer!r}")
-        layer = operator.index(layer)  # numpy and JAX integer scalars too
-        if not -n <= layer < n:
-            raise InputError(f"layer {layer} does not exist: this model has layers 0..{n - 1}")
-        return self._run("attention_weights", token_ids, layer % n)
+        return self._run("attention_weights", token_ids, research.check_layer(self.config.num_layers, layer))
 
     def _run(self, name: str, token_ids, *static):
         if isinstance(token_ids, jax.core.Tracer):

@@ -217,3 +217,15 @@ def test_hub_id_errors_say_what_to_do(tmp_path, tiny, offline, monkeypatch):
 
     shutil.copytree(tiny, tmp_path / "org" / "ok")  # ...but one holding a checkpoint is the checkpoint
     assert checkpoint.resolve("org/ok") == Path("org/ok")
+
+
+def test_attention_weights_checks_its_layer_as_research_does(llama):
+    """LoadedModel.attention_weights takes the layer through research.check_layer: a layer traced by a
+    jit around the method is refused in one line naming the fix, not by JAX's integer conversion error."""
+    from jaxllm.errors import InputError
+
+    with pytest.raises(InputError, match="layer is traced"):
+        jax.jit(lambda layer: llama.attention_weights([[1, 2, 3]], layer))(0)
+    n = llama.config.num_layers
+    with pytest.raises(InputError, match=rf"layer {n} does not exist: this model has layers 0\.\.{n - 1}"):
+        llama.attention_weights([[1, 2, 3]], n)
