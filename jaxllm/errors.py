@@ -98,8 +98,10 @@ def check_token_ids(value, vocab_size: int, what: str = "token_ids", dims: tuple
         array = np.asarray(value)
     except (ValueError, TypeError):
         array = None
-    if array is None or array.dtype == object:
-        huge = _huge_int(value)
+    if array is not None and array.dtype == object:
+        array = _whole_objects(array)
+    if array is None:
+        huge = _huge_int(value.tolist() if isinstance(value, np.ndarray) else value)
         if huge is not None:  # a Python int beyond int64, which numpy keeps as an object
             raise InputError(f"{what} must lie in [0, {vocab_size}), the vocabulary of this model; it holds {huge} "
                              "(check the tokenizer)")
@@ -128,6 +130,18 @@ def check_token_ids(value, vocab_size: int, what: str = "token_ids", dims: tuple
         raise InputError(f"{what} must lie in [0, {vocab_size}), the vocabulary of this model; it holds "
                          f"{_first(array, bad)} (check the tokenizer)")
     return array.astype(np.int32)
+
+
+def _whole_objects(array: np.ndarray) -> np.ndarray | None:
+    """An object array (a list mixing Python and numpy ints gives one, so does a pandas column)
+    as int64 when it holds whole numbers only (no bools), else None."""
+    values = array.ravel().tolist()
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        return None
+    values = [int(v) for v in values]
+    if not all(-2**63 <= v < 2**63 for v in values):
+        return None  # beyond int64: _huge_int names it
+    return np.array(values, np.int64).reshape(array.shape)
 
 
 def _huge_int(value, depth: int = 0):

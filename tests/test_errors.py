@@ -205,3 +205,22 @@ def test_hub_fetches_only_the_shards_the_index_names(tmp_path):
                             "model-00001-of-00002.safetensors"}}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
     assert checkpoint._hub_weights(tmp_path) == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+
+
+def test_token_ids_in_an_object_array_are_ids_when_whole():
+    """A numpy object array of whole numbers (what a list mixing Python and numpy ints, or a pandas
+    column, gives) is ids like a list of them; one holding a float, a bool or a number beyond int64
+    is refused naming what it holds."""
+    from jaxllm.errors import check_token_ids
+
+    for value in (np.array([1, 2], dtype=object), np.array([[np.int64(3), 4]], dtype=object)):
+        got = check_token_ids(value, 10)
+        assert got.dtype == np.int32 and got.tolist() == np.asarray(value, np.int64).tolist()
+    assert check_token_ids(np.array([], dtype=object), 10).shape == (0,)
+    with pytest.raises(InputError, match=r"must lie in \[0, 10\).* it holds 12 at 1"):
+        check_token_ids(np.array([1, 12], dtype=object), 10)
+    with pytest.raises(InputError, match=r"must lie in \[0, 10\).* it holds 1180591620717411303424"):
+        check_token_ids(np.array([1, 2**70], dtype=object), 10)
+    for bad in (np.array([1, 2.5], dtype=object), np.array([1, True], dtype=object), np.array([1, "a"], dtype=object)):
+        with pytest.raises(InputError, match="values that are not whole numbers"):
+            check_token_ids(bad, 10)
