@@ -116,10 +116,28 @@ def scan(source, progress=None) -> tuple[int, list[str]]:
     return count, found
 
 
-def report(path, batch: int = 1, context: int | None = None, scan_data: bool = False) -> tuple[str, list[str]]:
+def report(path, batch: int = 1, context: int | None = None, scan_data: bool = False,
+           show=None) -> tuple[str, list[str]]:
     """(the report text, the problems: tensors that do not match, and with `scan_data` tensors
-    holding NaN or Inf)."""
+    holding NaN or Inf). `show(text)`, when given, gets the report of the headers before the scan
+    reads any data (so a scan that fails leaves it shown), and the text returned is the rest."""
     source = open_checkpoint(path)
+    text, problems = _headers(source, batch, context)
+    if show is not None:
+        show(text)
+        text = ""
+    if scan_data:
+        with Bar(None, "scanning", delay=1.0) as bar:
+            count, bad = scan(source, bar)
+        lines = [f"values        {'all finite in ' + str(count) + ' tensors' if not bad else str(len(bad)) + ' tensors hold NaN or Inf:'}"]
+        lines += [f"  {line}" for line in bad]
+        text = "\n".join(([text] if text else []) + lines)
+        problems = problems + bad
+    return text, problems
+
+
+def _headers(source, batch: int, context: int | None) -> tuple[str, list[str]]:
+    """(the report of what the headers say, the tensors that do not match): no data read."""
     plans = {dtype: plan(source.raw, dtype, source=source) for dtype in ("bfloat16", "float32")}
     p = plans["bfloat16"]
     cfg = p.config
@@ -143,12 +161,6 @@ def report(path, batch: int = 1, context: int | None = None, scan_data: bool = F
     n_tensors = source.size(p.arch, cfg, p.abstract)
     lines.append(f"tensors       {'all ' + str(n_tensors) + ' match the weight map' if not problems else str(len(problems)) + ' problems:'}")
     lines += [f"  {problem}" for problem in problems]
-    if scan_data:
-        with Bar(None, "scanning", delay=1.0) as bar:
-            count, bad = scan(source, bar)
-        lines.append(f"values        {'all finite in ' + str(count) + ' tensors' if not bad else str(len(bad)) + ' tensors hold NaN or Inf:'}")
-        lines += [f"  {line}" for line in bad]
-        problems = problems + bad
     return "\n".join(lines), problems
 
 
@@ -164,8 +176,12 @@ def main(argv=None) -> int:
             raise JaxllmError("give a checkpoint folder, hub id or .gguf file to inspect, or --list")
         if args.batch < 1 or (args.context is not None and args.context < 1):
             raise JaxllmError("--batch and --context must be positive integers")
-        text, problems = report(args.path, args.batch, args.context, args.scan)
-        print(text)
+        def show(text):  # before the scan: what the headers say stays shown if the data cannot be read
+            print(text, flush=True)
+
+        text, problems = report(args.path, args.batch, args.context, args.scan, show)
+        if text:
+            print(text)
         return 1 if problems else 0
 
     return run_cli(body)

@@ -77,3 +77,20 @@ def test_a_tensor_that_is_not_float_is_a_problem_as_load_says(tmp_path, capsys):
     with pytest.raises(jaxllm.CheckpointError, match="holds int64 values where a float weight belongs") as err:
         jaxllm.load(tmp_path, tokenizer=False)
     assert "holds bool values" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_scan_of_damaged_data_prints_the_header_report_then_the_error(tmp_path, capsys):
+    """--scan on a converted folder whose data files are damaged: the report of the headers (all
+    there is to know without the data) comes first, then the one-line error of the scan (exit 2)."""
+    from jaxllm.convert import convert
+
+    reference.build("LlamaForCausalLM", tmp_path / "hf", seed=6)
+    convert(tmp_path / "hf", tmp_path / "damaged", progress=False)
+    for data in (tmp_path / "damaged" / "params").rglob("d/*"):
+        data.write_bytes(data.read_bytes()[:50])
+    assert jinspect.main([str(tmp_path / "damaged"), "--scan"]) == 2
+    captured = capsys.readouterr()
+    assert "architecture  LlamaForCausalLM" in captured.out and "match the weight map" in captured.out
+    assert "values" not in captured.out
+    err = captured.err.strip().splitlines()
+    assert err[-1].startswith("error: could not read the parameters") and "convert again" in err[-1]
