@@ -63,8 +63,10 @@ def resolve(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:
         if revision is not None:
             raise CheckpointError(f"revision={revision!r} picks a version of a hub repo, but '{text}' is a local "
                                   f"{'folder' if path.is_dir() else 'file'}: drop revision, or check out that version there")
+        from jaxllm import converted  # imports this module: here, once both are loaded
+
         if (_HUB_ID.match(text) and path.is_dir() and not (path / "config.json").exists()
-                and not gguf_files(path)):
+                and not gguf_files(path) and not converted.is_converted(path)):  # a checkpoint: its own errors say what is missing
             raise CheckpointError(f"'{text}' is a local folder without config.json, which shadows the hub id '{text}': "
                                   "to load the hub model run from another folder (or rename this one); to load the "
                                   "folder, add its config.json")

@@ -229,3 +229,17 @@ def test_attention_weights_checks_its_layer_as_research_does(llama):
     n = llama.config.num_layers
     with pytest.raises(InputError, match=rf"layer {n} does not exist: this model has layers 0\.\.{n - 1}"):
         llama.attention_weights([[1, 2, 3]], n)
+
+
+def test_a_converted_folder_without_its_config_named_like_a_hub_id_says_so(tmp_path, monkeypatch):
+    """A converted folder (known by its marker) that lost its config.json, given as 'cv/x': the
+    missing config.json is named, not the hub id the path happens to look like."""
+    import reference
+
+    reference.build("LlamaForCausalLM", tmp_path / "hf", seed=6)
+    convert(tmp_path / "hf", tmp_path / "cv" / "x", progress=False)
+    (tmp_path / "cv" / "x" / "config.json").unlink()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(jaxllm.ConfigError, match=r"config\.json not found at cv/x/config\.json") as err:
+        jaxllm.load("cv/x")
+    assert "hub" not in str(err.value)
