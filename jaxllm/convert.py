@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import hashlib
 import json
 import math
 import os
@@ -48,8 +49,28 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+_NAME_BYTES = 255  # the longest file name (NAME_MAX) of the usual file systems
+_STEM_BYTES = _NAME_BYTES - len("..partial-") - 10  # what of DST's name a hidden folder beside it keeps (10: a pid's digits)
+
+
+def _hidden(dst: Path, kind: str, pid: int | str = "") -> str:
+    """The name of a hidden folder beside `dst`: `.NAME.KIND-PID`, KIND "partial" (the output being
+    written) or "old" (the output --force replaces). A NAME too long to fit beside the rest is cut,
+    with a hash of the whole name in place of the tail (so another output's folders are not taken
+    for its), so any output name the system takes has its hidden folders too."""
+    name = dst.name
+    if len(os.fsencode(name)) > _STEM_BYTES:
+        digest = hashlib.sha1(os.fsencode(name)).hexdigest()[:16]
+        while len(os.fsencode(name)) > _STEM_BYTES - 1 - len(digest):  # whole characters: orbax takes UTF-8 paths only
+            name = name[:-1]
+        name = f"{name}~{digest}"
+    return f".{name}.{kind}-{pid}"
+
+
 def _partial_dirs(dst: Path):
-    return sorted(dst.parent.glob(f".{dst.name}.partial-*"))
+    prefix = _hidden(dst, "partial")
+    return sorted(p for p in dst.parent.iterdir() if p.name.startswith(prefix)
+                  and p.name[len(prefix):].isascii() and p.name[len(prefix):].isdigit())
 
 
 def _pid_alive(pid: int) -> bool:
@@ -66,7 +87,7 @@ def _clear_stale(dst: Path) -> None:
     """Remove half-written outputs left by conversions that were killed (their process is gone)."""
     for folder in _partial_dirs(dst):
         pid = folder.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if not _pid_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -103,7 +124,7 @@ def _finish(tmp: Path, dst: Path) -> None:
     """Move the complete output into place; an old DST (--force) goes only after the new one is there."""
     old = None
     if dst.exists():
-        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+        old = dst.parent / _hidden(dst, "old", os.getpid())
         dst.rename(old)
     try:
         tmp.rename(dst)
@@ -135,7 +156,7 @@ def convert(src, dst, *, dtype=None, to_hf: bool = False, force: bool = False, m
         # round trip through the accelerator, and a model larger than its memory converts too.
         cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
         p.shardings = {path: cpu for path in weights.flat_params(p.abstract)}
-    tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
+    tmp = dst.parent / _hidden(dst, "partial", os.getpid())
     made = [folder for folder in dst.parents if not folder.exists()]  # made here, nearest first: gone on failure
     # A last sweep at exit, after the interpreter has joined every writer thread; kept on failure.
     sweep = functools.partial(_remove, tmp)

@@ -302,3 +302,23 @@ def test_a_hand_edited_marker_is_refused_in_one_line(tmp_path):
         assert says in message and "jaxllm.json" in message and "re-run python -m jaxllm.convert" in message, what
         assert len(message.splitlines()) == 1
     assert jaxllm.load(tmp_path / "out").logits(TOKENS).shape[:2] == TOKENS.shape  # the unedited folder loads
+
+
+@pytest.mark.parametrize("length", [241, 255])
+def test_an_output_name_as_long_as_the_system_allows_converts(tmp_path, length):
+    """An output name of up to 255 bytes (NAME_MAX): the hidden folders beside it (the partial
+    output, the old one --force replaces) fit too, nothing is left beside it, and a stale partial
+    output of a killed conversion to it is cleared."""
+    from jaxllm import convert as convert_module
+
+    reference.build("LlamaForCausalLM", tmp_path / "hf", seed=6)
+    name = "x" + "é" * ((length - 1) // 2) + "x" * ((length - 1) % 2)  # two-byte characters: cut inside one too
+    assert len(os.fsencode(name)) == length
+    (tmp_path / "out").mkdir()
+    dst = tmp_path / "out" / name
+    convert(tmp_path / "hf", dst, progress=False)
+    stale = dst.parent / convert_module._hidden(dst, "partial", 2**22 + 1)  # beyond any process id: a dead process's
+    stale.mkdir()
+    convert(tmp_path / "hf", dst, progress=False, force=True)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [name]
+    assert jaxllm.load(dst, tokenizer=False).logits(TOKENS).shape[:2] == TOKENS.shape
