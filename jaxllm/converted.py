@@ -33,7 +33,7 @@ import numpy as np
 
 from jaxllm.checkpoint import FLOAT_DTYPES, LazyTensor, read_config, read_generation_config, read_json
 from jaxllm.errors import CheckpointError
-from jaxllm.models import weights
+from jaxllm.models import quant, weights
 from jaxllm.models.weights import flat_params, report, unflatten_into
 
 MARKER = "jaxllm.json"
@@ -252,13 +252,28 @@ def _marker_problem(marker: dict) -> str | None:
 
 
 def problems(folder: Path, abstract) -> list[str]:
-    """Every missing, unexpected and mis-shaped parameter of the saved tree against the model."""
+    """Every missing, unexpected and mis-shaped parameter of the saved tree against the model (a
+    kernel the model quantizes and the folder holds as floats: the float kernel, not its scales)."""
     saved = read_marker(folder)["params"]
-    want = {key(p): tuple(v.shape) for p, v in flat_params(abstract).items()}
+    want = {key(p): tuple(v.shape) for p, v in _read_leaves(flat_params(abstract), saved).items()}
     found = [f"missing {k} (expected shape {list(s)})" for k, s in want.items() if k not in saved]
     found += [f"{k} has shape {saved[k]['shape']}, expected {list(s)}"
               for k, s in want.items() if k in saved and tuple(saved[k]["shape"]) != s]
     return found + [f"unexpected {k}" for k in saved if k not in want]
+
+
+def quantized_here(flat: dict, saved: dict) -> set[tuple]:
+    """The paths of the kernels the model (its abstract leaves `flat`) quantizes that the folder
+    (its marker's `saved` entries) holds as floats: restored as floats, then quantized on the host."""
+    return {p for p, leaf in flat.items() if quant.is_quantized(leaf.dtype) and key(p) in saved
+            and not quant.is_quantized(jax.numpy.dtype(saved[key(p)]["dtype"]))}
+
+
+def _read_leaves(flat: dict, saved: dict) -> dict:
+    """{path: leaf} of what is read from the folder: `flat` without the scales and offsets of the
+    kernels quantized here (quant.pieces makes them from the float kernel)."""
+    made = quant.scale_paths(quantized_here(flat, saved))
+    return {p: leaf for p, leaf in flat.items() if p not in made}
 
 
 def _unreadable(folder: Path, err: BaseException) -> CheckpointError:
@@ -272,7 +287,9 @@ RESTORE_GROUP_BYTES = 512 << 20  # parameters per orbax call (the fallback), at 
 def restore(folder: Path, abstract, dtype, shardings: dict | None = None, progress=None):
     """The parameter state of `abstract`, read from `folder` in its leaves' dtypes (`dtype`, which
     the abstract's float parameters have; cast on read when the saved dtype differs), straight onto
-    the devices: `shardings` {path: Sharding}, each device reading only its own shards.
+    the devices: `shardings` {path: Sharding}, each device reading only its own shards. A kernel the
+    abstract quantizes that the folder holds as floats (quantize= on a float folder) is read in
+    float32 on the host and quantized there (quant.pieces, as weights.load_params does), one at a time.
 
     Where orbax stored a parameter the plain way (one uncompressed C-order zarr chunk in its OCDBT
     data files: what `save` writes), its bytes are mapped from that file and placed like a
@@ -283,32 +300,55 @@ def restore(folder: Path, abstract, dtype, shardings: dict | None = None, progre
     flat = flat_params(abstract)
     saved = read_marker(folder)["params"]
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    # Each leaf in the abstract's dtype: `dtype` for the float parameters (cast on read), quantized
-    # integers and their scales in their own.
-    target = {key(p): jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=(shardings or {}).get(p, device))
-              for p, leaf in flat.items()}
+    placing = _Placing(flat, quantized_here(flat, saved), {p: (shardings or {}).get(p, device) for p in flat})
+    # Each leaf read in the dtype it is placed in: `dtype` for the float parameters (cast on read),
+    # quantized integers and their scales in their own; a kernel quantized here in float32.
+    target = {key(p): quant.float_target(p, flat, leaf.dtype) if p in placing.here else leaf
+              for p, leaf in _read_leaves(flat, saved).items()}
+    target = {k: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=placing.shardings[placing.paths[k]])
+              for k, t in target.items()}
     sizes = {k: max(math.prod(t.shape) * np.dtype(t.dtype).itemsize, _saved_bytes(saved.get(k), t.shape))
              for k, t in target.items()}
     if hasattr(progress, "expect_bytes"):
         progress.expect_bytes(sum(sizes.values()))
     stored = _stored(folder, saved)
     mapped = [k for k in target if k in stored]
-    out = _restore_mapped(stored, {k: target[k] for k in mapped}, sizes, progress) if mapped else {}
+    out = _restore_mapped(stored, {k: target[k] for k in mapped}, sizes, progress, placing) if mapped else {}
     rest = [k for k in target if k not in out]
     if rest:
-        out.update(_restore_with_orbax(folder, {k: target[k] for k in rest}, sizes, progress))
+        out.update(_restore_with_orbax(folder, {k: target[k] for k in rest}, sizes, progress, placing))
     return unflatten_into(abstract, {p: out[key(p)] for p in flat})
 
 
-def _restore_mapped(stored: dict, target: dict, sizes: dict, progress) -> dict:
+class _Placing:
+    """How a parameter read from the folder goes onto its devices: as it is, or (a kernel in
+    `here`, read as floats) quantized on the host into its integers and scales, each placed."""
+
+    def __init__(self, flat: dict, here: set, shardings: dict):
+        self.flat, self.here, self.shardings = flat, here, shardings
+        self.paths = {key(p): p for p in flat}
+
+    def host(self, k: str, host) -> dict:
+        """{name: array on its devices} of parameter `k` from its host value (numpy, or a
+        LazyTensor already in the target dtype); returns once the copies are complete."""
+        path = self.paths[k]
+        pieces = quant.pieces(path, np.asarray(host), self.flat) if path in self.here else {path: host}
+        del host
+        placed = weights.place_ready(pieces, {p: self.shardings[p] for p in pieces})
+        return {key(p): v for p, v in placed.items()}
+
+
+def _restore_mapped(stored: dict, target: dict, sizes: dict, progress, placing: _Placing) -> dict:
     """{name: array on its devices} of parameters whose bytes `stored` locates: weights.in_order's
     loading threads, host memory within about the largest parameter, as weights.load_params."""
     def one(k):  # in the target's dtype (cast in row blocks when the saved one differs), on its devices
-        host = weights.Copy()(stored[k], tuple(target[k].shape), target[k].dtype)
-        return weights.place_ready({k: host}, {k: target[k].sharding})[k]
+        return placing.host(k, weights.Copy()(stored[k], tuple(target[k].shape), target[k].dtype))
 
     jobs = [(k, sizes[k], functools.partial(one, k)) for k in target]
-    return dict(zip(target, weights.in_order(jobs, progress)))
+    out = {}
+    for placed in weights.in_order(jobs, progress):
+        out.update(placed)
+    return out
 
 
 _VALUE_REF = re.compile(r"value:([^:]*):(.*):(\d+):(\d+)$")
@@ -393,10 +433,11 @@ def _zarr_dtype(text: str):
     return dtype if dtype.byteorder in ("=", "<", "|") else None
 
 
-def _restore_with_orbax(folder: Path, target: dict, sizes: dict, progress) -> dict:
+def _restore_with_orbax(folder: Path, target: dict, sizes: dict, progress, placing: _Placing) -> dict:
     """{name: array on its devices} of `target`'s parameters, restored by orbax in groups of about
     RESTORE_GROUP_BYTES (at least the largest parameter): orbax reads at most about that much at
-    once, and a group's copies to the devices overlap the next group's read (two groups in flight)."""
+    once, and a group's copies to the devices overlap the next group's read (two groups in flight).
+    A kernel quantized here is restored onto the host (numpy) and quantized there (`placing`)."""
     import orbax.checkpoint as ocp
 
     group_bytes = max([RESTORE_GROUP_BYTES, *(sizes[k] for k in target)])
@@ -413,13 +454,21 @@ def _restore_with_orbax(folder: Path, target: dict, sizes: dict, progress) -> di
     def settle(names, restored):  # a group counts once its copies to the devices are complete
         jax.block_until_ready(restored)
         for k in names:
-            out[k] = restored.pop(k)
+            value = restored.pop(k)
+            if placing.paths[k] in placing.here:
+                out.update(placing.host(k, value))
+            else:
+                out[k] = value
+            del value
             report(progress, k, sizes[k])
 
     for names in groups:
         item = {k: target[k] for k in names}
-        args = ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-                                      partial_restore=True)
+        restore_args = ocp.checkpoint_utils.construct_restore_args(item)
+        for k in names:
+            if placing.paths[k] in placing.here:  # onto the host, in float32, to be quantized there
+                restore_args[k] = ocp.RestoreArgs(restore_type=np.ndarray, dtype=target[k].dtype)
+        args = ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
         try:
             restored = checkpointer.restore((folder / PARAMS).absolute(), args=args)
         except Exception as err:  # noqa: BLE001 - a damaged or partial folder: orbax raises ValueError, KeyError, or an

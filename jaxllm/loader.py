@@ -14,7 +14,8 @@ Quantized weights (`quantize="int8" | "int4" | "gguf"`, models/quant.py): `plan`
 with integer kernels and scales (`quant.apply`), and the read quantizes each kernel on the host as
 it streams in. A GGUF file's Q8_0 / Q4_0 / Q4_1 blocks are taken as they are (int8 / int4 groups of
 32 with the file's float16 scales, bit-exact) when the mode asks for their width; a converted
-folder restores the integers it saved.
+folder restores the integers it saved, or (converted from float weights) quantizes each kernel on
+the host as it restores it, as from the original checkpoint.
 """
 
 from __future__ import annotations
@@ -240,15 +241,18 @@ def _own_head(arch: Architecture, cfg: ModelConfig, source) -> ModelConfig:
     return cfg if same else untied
 
 
+_NOT_GGUF = ("quantize='gguf' keeps a GGUF file's own quantized blocks; this checkpoint is not a GGUF file: "
+             "use quantize='int8' or 'int4'")
+
+
 def _quantization(arch, cfg, source, quantize, group_size):
     """(scheme_for, {kernel path: GGUF tensor name taken natively}, the mode) of a load."""
     if isinstance(source, converted.ConvertedCheckpoint):
-        return _saved_quantization(source, quantize)
+        return _saved_quantization(source, quantize, group_size)
     tensors = getattr(source, "tensors", None) if getattr(source, "path", None) and source.path.is_file() else None
     if not isinstance(tensors, gguf.GGUFCheckpoint):
         if quantize == "gguf":
-            raise ConfigError("quantize='gguf' keeps a GGUF file's own quantized blocks; this checkpoint is not a "
-                              "GGUF file: use quantize='int8' or 'int4'")
+            raise ConfigError(_NOT_GGUF)
         return _uniform(quant.scheme(quantize, group_size)), {}, quantize
     if quantize is None:
         return None, {}, None
@@ -292,8 +296,9 @@ def _block_source(spec, tensors) -> BlockSource | None:
     return BlockSource(names, part) if rows else None
 
 
-def _saved_quantization(source, quantize):
-    """A converted folder's quantization, from the dtypes and shapes its marker lists."""
+def _saved_quantization(source, quantize, group_size=None):
+    """A converted folder's quantization, from the dtypes and shapes its marker lists; a float
+    folder quantized as `quantize` asks (converted.restore quantizes each kernel as it reads it)."""
     marker = converted.read_marker(source.path)
     saved, schemes = marker["params"], {}
     for name, info in saved.items():
@@ -313,12 +318,14 @@ def _saved_quantization(source, quantize):
     if schemes and mode is None:
         widths = {s.bits for s in schemes.values()}
         mode = "int8" if widths == {8} else "int4" if widths == {4} else "gguf"
+    if mode is None and quantize is not None:  # float weights, quantized as they are read
+        if quantize == "gguf":
+            raise ConfigError(_NOT_GGUF)
+        return _uniform(quant.scheme(quantize, group_size)), {}, quantize
     if quantize is not None and quantize != mode:
-        if mode is None:
-            raise ConfigError(f"{source.path} holds float weights: load it without quantize=, or convert the original "
-                              f"checkpoint again with --quantize {quantize}")
-        raise ConfigError(f"{source.path} holds {mode} weights: load it without quantize= (or with quantize='{mode}'), "
-                          f"or convert the original checkpoint again with --quantize {quantize}")
+        raise ConfigError(f"{source.path} holds {mode} weights: load it without quantize= (or with quantize='{mode}'; "
+                          f"on the command line without --quantize, or --quantize {mode}), or quantize the original "
+                          f"float checkpoint with {quantize}")
     return (lambda path: schemes.get(converted.key(path))) if schemes else None, {}, mode
 
 
@@ -424,7 +431,8 @@ def load(
     Q8_0 / Q4_0 / Q4_1 blocks as int8 / int4 groups of 32, other tensors float). On a GGUF file,
     "int8" takes Q8_0 blocks and "int4" Q4_0 / Q4_1 blocks as they are (groups of 32, whatever
     `group_size` says) and quantizes the other kernels. Embeddings, the output head, norms, biases and MoE routers stay float. A converted
-    folder loads as it was saved.
+    folder loads as it was saved: quantized ones as they are (quantize None or their own mode), float
+    ones quantized as they are restored (the same weights as quantizing the original checkpoint).
     kv_dtype: the KV cache dtype the engine uses ("int8", "float8_e4m3fn", or a float dtype;
     None: the model's dtype), kept on the LoadedModel.
     revision: for a hub id, the branch, tag or commit hash to load (default: the main branch).

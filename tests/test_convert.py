@@ -16,7 +16,7 @@ import torch
 import jaxllm
 from jaxllm import checkpoint
 from jaxllm.convert import convert, main
-from jaxllm.models import registry
+from jaxllm.models import registry, weights
 
 TOKENS = np.array([[3, 17, 42, 7, 99, 5, 64, 12]])
 
@@ -322,3 +322,38 @@ def test_an_output_name_as_long_as_the_system_allows_converts(tmp_path, length):
     convert(tmp_path / "hf", dst, progress=False, force=True)
     assert [p.name for p in (tmp_path / "out").iterdir()] == [name]
     assert jaxllm.load(dst, tokenizer=False).logits(TOKENS).shape[:2] == TOKENS.shape
+
+
+def _same_params(a, b):
+    flat_a, flat_b = weights.flat_params(a.params), weights.flat_params(b.params)
+    assert sorted(flat_a) == sorted(flat_b)
+    for path, x in flat_a.items():
+        y = flat_b[path]
+        assert x.dtype == y.dtype and np.array_equal(np.asarray(x), np.asarray(y)), path
+
+
+@pytest.mark.parametrize("arch_name, how", [("LlamaForCausalLM", "mapped"), ("LlamaForCausalLM", "orbax"),
+                                            ("Qwen3MoeForCausalLM", "mapped")])
+def test_a_converted_float_folder_quantizes_on_load_as_its_source_does(tmp_path, monkeypatch, arch_name, how):
+    """quantize= on a folder converted without --quantize: each kernel restored and quantized on the
+    host, one at a time, into the same integers, scales and logits as quantizing the source; and
+    `convert --quantize` from it writes what converting the source with --quantize writes."""
+    from jaxllm import converted
+    from jaxllm.convert import main
+
+    reference.build(arch_name, tmp_path / "hf", seed=6)
+    convert(tmp_path / "hf", tmp_path / "cv", progress=False)
+    if how == "orbax":  # the fallback: parameters restored by orbax, a parameter per call
+        monkeypatch.setattr(converted, "_stored", lambda folder, saved: {})
+        monkeypatch.setattr(converted, "RESTORE_GROUP_BYTES", 1)
+    for quantize, group_size in (("int8", None), ("int4", 16)):
+        want = jaxllm.load(tmp_path / "hf", quantize=quantize, group_size=group_size, tokenizer=False)
+        got = jaxllm.load(tmp_path / "cv", quantize=quantize, group_size=group_size, tokenizer=False)
+        assert got.quantize == quantize
+        _same_params(got, want)
+        np.testing.assert_array_equal(np.asarray(got.logits(TOKENS)), np.asarray(want.logits(TOKENS)))
+    if how == "mapped":
+        assert main([str(tmp_path / "cv"), str(tmp_path / "q8"), "--quantize", "int8"]) == 0
+        back = jaxllm.load(tmp_path / "q8", tokenizer=False)
+        assert back.quantize == "int8"
+        _same_params(back, jaxllm.load(tmp_path / "hf", quantize="int8", tokenizer=False))
