@@ -17,14 +17,17 @@ class GPT2LMHeadModel(CausalLM):
 
 
 def gpt2_names(raw: dict) -> dict:
-    e = raw.get("n_embd", raw.get("hidden_size"))
+    """GPT-2's own spellings as the common ones. Where config.json gives both, the common one wins
+    (GPT2Config's attribute_map sets hidden_size, ... onto n_embd, ... after the fields); the MLP is
+    n_inner wide, else 4 x hidden_size, whatever intermediate_size says (GPT2MLP never reads it)."""
     out = dict(raw)
     for theirs, ours in (("n_embd", "hidden_size"), ("n_layer", "num_hidden_layers"), ("n_head", "num_attention_heads"),
                          ("n_positions", "max_position_embeddings"), ("layer_norm_epsilon", "layer_norm_eps"),
                          ("activation_function", "hidden_act")):
         if raw.get(theirs) is not None:
             out.setdefault(ours, raw[theirs])
-    out.setdefault("intermediate_size", raw.get("n_inner") or (4 * e if isinstance(e, int) else None))
+    e = out.get("hidden_size")
+    out["intermediate_size"] = raw.get("n_inner") or (4 * e if isinstance(e, int) else None)
     return out
 
 

@@ -226,6 +226,11 @@ SPELLINGS = {
     # head shapes of families whose attention takes hidden_size / num_attention_heads, whatever the config says
     "neox-ignores-kv-heads": ("GPTNeoXForCausalLM", {}, _edit(num_key_value_heads=2)),
     "gpt2-ignores-head-keys": ("GPT2LMHeadModel", {}, _edit(head_dim=8, num_key_value_heads=2)),
+    # both spellings of a GPT-2 key: GPT2Config's attribute_map sets the common one (hidden_size, ...) over
+    # its own (n_embd, ...); intermediate_size it never reads (n_inner, else 4 x hidden_size)
+    "gpt2-common-spellings-win": ("GPT2LMHeadModel", {}, _edit(n_embd=32, hidden_size=64, n_layer=1, num_hidden_layers=3,
+                                                             n_head=2, num_attention_heads=4, n_positions=8,
+                                                             max_position_embeddings=64, intermediate_size=96)),
     # window keys of families whose code has no window, or one on every layer (no layer_types)
     "llama-ignores-window-keys": ("LlamaForCausalLM", {}, _edit(sliding_window=8, layer_types=["sliding_attention"] * 3)),
     "olmo2-ignores-window": ("Olmo2ForCausalLM", {}, _edit(sliding_window=8)),
