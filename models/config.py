@@ -404,6 +404,9 @@ def from_hf(raw: dict, architecture: str, defaults: dict | None = None) -> Model
         raise ConfigError(
             f"config.json has {len(layer_types)} layer_types for {layers} layers: give one per layer"
         )
+    if "sliding_attention" in layer_types and sliding is None and raw.get("sliding_window"):
+        raise ConfigError(f"config.json asks for sliding_attention layers but use_sliding_window=false turns its sliding_window "
+                          f"({raw['sliding_window']}) off: set use_sliding_window to true, or make those layers full_attention")
     if not layer_types:
         layer_types = ("sliding_attention" if sliding else "full_attention",) * layers
     eos = token_ids(raw.get("eos_token_id"))

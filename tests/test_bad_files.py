@@ -171,6 +171,11 @@ CASES = [
      "use_bidirectional_attention=true .* is not supported"),
     ("layer-types-length", config_with(architectures=["Qwen2ForCausalLM"], layer_types=["full_attention"] * 2), ConfigError,
      "has 2 layer_types for 1 layers"),  # a family that reads layer_types (Llama's code ignores them)
+    # Qwen2's use_sliding_window=false drops the window its sliding layers need (transformers crashes in forward)
+    ("qwen2-sliding-layers-window-off", config_with(architectures=["Qwen2ForCausalLM"], layer_types=["sliding_attention"],
+                                                    use_sliding_window=False, sliding_window=8), ConfigError,
+     r"sliding_attention layers but use_sliding_window=false turns its sliding_window \(8\) off: set use_sliding_window "
+     "to true, or make those layers full_attention"),
     # config.json as a file
     ("config-not-utf8", file("config.json", b'{"vocab_size": "\xff\xfe"}'), ConfigError, r"config\.json at .* is not UTF-8 text"),
     ("config-folder", file("config.json", FOLDER), ConfigError, r"config\.json at .* is a folder, not a file"),
