@@ -58,9 +58,10 @@ class Architecture:
                if k not in self.ignored_keys and (k not in NORM_EPS_KEYS or k == self.norm_eps_key)}
         if not self.partial_rotary:
             raw = _without_partial_rotary(raw)
+        defaulted = tuple(k for k in self.hf_defaults if k not in raw)
         raw = self.common_names({**self.hf_defaults, **raw})
         require_fields(raw)
-        return from_hf(raw, self.name, self.config_defaults(raw))
+        return from_hf(raw, self.name, self.config_defaults(raw), defaulted)
 
     def ignored(self, cfg: ModelConfig) -> tuple[str, ...]:
         """Regexes of checkpoint tensors this model does not read (a tied output head among them)."""

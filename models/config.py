@@ -374,16 +374,24 @@ def _factors(params: dict, key: str) -> tuple[float, ...] | None:
     return None if value is None else tuple(float(v) for v in value)
 
 
-def from_hf(raw: dict, architecture: str, defaults: dict | None = None) -> ModelConfig:
+def from_hf(raw: dict, architecture: str, defaults: dict | None = None, family_defaults: tuple[str, ...] = ()) -> ModelConfig:
     """Build and validate a ModelConfig from a config.json dict.
 
     `defaults` are architecture flags from the registry (e.g. {"qkv_bias": True}); they win over
     the generic reading of config.json, since they encode what the HF modeling code hard-wires.
+    `family_defaults`: keys of `raw` the file leaves out, filled from the family's transformers
+    defaults (errors about them say so, rather than name a value the file does not hold).
     """
     check_config(raw)
     vocab, hidden, intermediate, layers, heads = require_fields(raw)
     kv_heads = raw.get("num_key_value_heads") or heads
     if heads % kv_heads:
+        if "num_key_value_heads" in family_defaults:
+            raise ConfigError(
+                f"config.json num_attention_heads={heads} is not divisible by num_key_value_heads={kv_heads}, the "
+                f"{architecture} default transformers takes where config.json leaves it out: set num_key_value_heads "
+                "in config.json (a divisor of num_attention_heads)"
+            )
         raise ConfigError(
             f"config.json num_attention_heads={heads} is not divisible by num_key_value_heads={kv_heads}: "
             "grouped-query attention needs a whole number of query heads per kv head"

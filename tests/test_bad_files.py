@@ -176,6 +176,10 @@ CASES = [
                                                     use_sliding_window=False, sliding_window=8), ConfigError,
      r"sliding_attention layers but use_sliding_window=false turns its sliding_window \(8\) off: set use_sliding_window "
      "to true, or make those layers full_attention"),
+    # num_key_value_heads left out: the family's transformers default (Qwen2's 32), a value the file does not hold
+    ("kv-heads-family-default", config_with(architectures=["Qwen2ForCausalLM"], num_key_value_heads=DROP), ConfigError,
+     r"num_attention_heads=4 is not divisible by num_key_value_heads=32, the Qwen2ForCausalLM default transformers "
+     "takes where config.json leaves it out: set num_key_value_heads in config.json"),
     # config.json as a file
     ("config-not-utf8", file("config.json", b'{"vocab_size": "\xff\xfe"}'), ConfigError, r"config\.json at .* is not UTF-8 text"),
     ("config-folder", file("config.json", FOLDER), ConfigError, r"config\.json at .* is a folder, not a file"),
