@@ -1,6 +1,7 @@
 """Phi-3: the shared decoder, with q/k/v fused in one `qkv_proj` and gate/up in one `gate_up_proj`
 in the checkpoint (split while loading, so the module is the shared one), and LongRoPE scaling."""
 
+from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import Architecture
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, decoder_weight_map
@@ -29,10 +30,26 @@ def phi3_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     return specs
 
 
+def phi3_rope_names(raw: dict) -> dict:
+    """The rope type as Phi3Config reads it (from rope_scaling, else rope_parameters): "su" and
+    "yarn" are the first releases' names of LongRoPE; any type but default and longrope it refuses."""
+    key = "rope_scaling" if raw.get("rope_scaling") else "rope_parameters"
+    rope = raw.get(key)
+    if not isinstance(rope, dict):
+        return raw
+    kind = rope.get("rope_type") or rope.get("type") or "default"
+    if kind in ("su", "yarn"):
+        return dict(raw, **{key: dict({k: v for k, v in rope.items() if k != "type"}, rope_type="longrope")})
+    if kind not in ("default", "longrope") and not isinstance(rope.get("full_attention"), dict):
+        raise ConfigError(f"config.json rope type {str(kind)[:40]!r} is not one Phi3ForCausalLM takes: transformers' Phi3Config "
+                          "allows default or longrope (su and yarn read as longrope): correct the rope type")
+    return raw
+
+
 ARCHITECTURES = (Architecture(
     name="Phi3ForCausalLM", module=CausalLM, weight_map=phi3_weight_map, hf_model_type="phi3",
     ignored_keys=("layer_types",),  # its window (sliding_window) is every layer's
-    config_defaults=lambda raw: dict(NO_BIAS, longrope_recompute=True),
+    config_defaults=lambda raw: dict(NO_BIAS, longrope_recompute=True), common_names=phi3_rope_names,
     # Phi3Config's top-level original_max_position_embeddings (4,096 when left out) is the one
     # LongRoPE uses: transformers overwrites the rope parameters' own with it.
     hf_defaults=dict(rms_norm_eps=1e-5, original_max_position_embeddings=4096, max_position_embeddings=4096), partial_rotary=True,

@@ -180,6 +180,10 @@ CASES = [
     ("kv-heads-family-default", config_with(architectures=["Qwen2ForCausalLM"], num_key_value_heads=DROP), ConfigError,
      r"num_attention_heads=4 is not divisible by num_key_value_heads=32, the Qwen2ForCausalLM default transformers "
      "takes where config.json leaves it out: set num_key_value_heads in config.json"),
+    # Phi3Config validates its rope type: default or longrope (su and yarn read as longrope)
+    ("phi3-linear-rope", config_with(architectures=["Phi3ForCausalLM"], rope_scaling={"rope_type": "linear", "factor": 2.0}),
+     ConfigError, r"config\.json rope type 'linear' is not one Phi3ForCausalLM takes: transformers' Phi3Config allows default "
+     "or longrope"),
     # config.json as a file
     ("config-not-utf8", file("config.json", b'{"vocab_size": "\xff\xfe"}'), ConfigError, r"config\.json at .* is not UTF-8 text"),
     ("config-folder", file("config.json", FOLDER), ConfigError, r"config\.json at .* is a folder, not a file"),

@@ -204,6 +204,10 @@ SPELLINGS = {
     "mixtral-default-theta": ("MixtralForCausalLM", {}, _edit(("rope_parameters", "rope_theta"))),
     "phi3-original-context-in-rope-only": ("Phi3ForCausalLM", {}, lambda raw: raw["rope_parameters"].update(
         original_max_position_embeddings=raw.pop("original_max_position_embeddings"))),
+    # Phi3Config reads rope type "yarn" (like "su") as LongRoPE, its short and long factors
+    "phi3-yarn-is-longrope": ("Phi3ForCausalLM", {}, lambda raw: raw["rope_parameters"].update(rope_type="yarn", factor=4.0)),
+    "phi3-v4-su-is-longrope": ("Phi3ForCausalLM", {}, lambda raw: raw.update(rope_scaling=dict(
+        {k: v for k, v in raw.pop("rope_parameters").items() if k not in ("rope_type", "rope_theta")}, type="su"))),
     "mixtral-num-experts-spelling": ("MixtralForCausalLM", {}, lambda raw: raw.update(num_experts=raw.pop("num_local_experts"))),
     "qwen3moe-default-top-k": ("Qwen3MoeForCausalLM", dict(num_experts=10, num_experts_per_tok=8), _edit(("num_experts_per_tok",))),
     "qwen3moe-default-width": ("Qwen3MoeForCausalLM", dict(moe_intermediate_size=768), _edit(("moe_intermediate_size",))),
