@@ -70,8 +70,7 @@ def gemma3_rope(raw: dict) -> dict:
 
 
 def gemma3_defaults(raw: dict) -> dict:
-    rope_raw = gemma3_rope(raw)
-    rope, local = parse_rope(rope_raw), parse_rope(rope_raw, "sliding_attention")
+    rope, local = parse_rope(raw), parse_rope(raw, "sliding_attention")  # raw as gemma3_rope rewrote it
     return dict(
         _sandwich_defaults(raw),
         layer_types=_alternating(raw, raw.get("sliding_window_pattern", 6)),  # not _sliding_window_pattern: transformers overwrites it
@@ -136,7 +135,7 @@ ARCHITECTURES = (Architecture(
 ), Architecture(
     name="Gemma3ForCausalLM", module=Gemma2ForCausalLM, weight_map=sandwich_weight_map, hf_model_type="gemma3_text",
     hf_defaults=dict(tie_word_embeddings=True, sliding_window=4096, head_dim=256, num_key_value_heads=4, max_position_embeddings=131072),
-    config_defaults=gemma3_defaults,
+    config_defaults=gemma3_defaults, common_names=gemma3_rope,  # before any reading: a flat rope_parameters is never checked
     tiny_config=dict(_TINY, sliding_window=8, query_pre_attn_scalar=24,
                      layer_types=["sliding_attention", "sliding_attention", "full_attention"],
                      rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 100000.0},

@@ -196,6 +196,8 @@ SPELLINGS = {
     # taking rope_theta (1e6) or rope_local_base_freq (1e4); a flat rope_parameters is no entry (ignored)
     "gemma3-ignores-flat-rope-parameters": ("Gemma3ForCausalLM", {}, _edit(
         rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 100000.0}, rope_local_base_freq=5000.0)),
+    "gemma3-ignores-incomplete-flat-rope-parameters": ("Gemma3ForCausalLM", {}, _edit(
+        rope_parameters={"rope_type": "llama3", "factor": 8.0}, rope_theta=100000.0)),
     "gemma3-per-layer-rope-top-level-bases": ("Gemma3ForCausalLM", {}, _edit(
         rope_theta=50000.0, rope_local_base_freq=5000.0,
         rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0}, "sliding_attention": {"rope_type": "default"}})),
