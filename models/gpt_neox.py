@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 from flax import nnx
 
+from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, Architecture
 from jaxllm.models.attention import UNCACHED, Attention
 from jaxllm.models.config import ModelConfig
@@ -61,7 +62,32 @@ def neox_names(raw: dict) -> dict:
     out = dict(raw)
     out["partial_rotary_factor"] = raw.get("rotary_pct", 0.25)
     out.setdefault("rope_theta", raw.get("rotary_emb_base", 10000.0))
+    if out.get("head_dim") is not None:
+        out = _head_dim_as_rotary(out)
     return out
+
+
+def _head_dim_as_rotary(raw: dict) -> dict:
+    """config.json without head_dim, which GPT-NeoX's rotary embedding alone reads: it rotates
+    int(head_dim x partial factor) dims of heads that stay hidden_size / num_attention_heads wide.
+    That many dims as the partial factor of the real heads (half a dim above them, so that
+    int(head x factor) gives them back through float rounding); more than a head, or an odd
+    number, transformers cannot apply (a shape error, or a frequency short), and is refused."""
+    hidden, heads = raw.get("hidden_size"), raw.get("num_attention_heads")
+    if not isinstance(hidden, int) or not isinstance(heads, int) or hidden % heads:
+        return raw  # refused later, by name
+    key = "rope_scaling" if raw.get("rope_scaling") else "rope_parameters"
+    rope = dict(raw.get(key) or {})
+    factor = rope.get("partial_rotary_factor") or raw["partial_rotary_factor"]
+    head, given = hidden // heads, raw["head_dim"]
+    dims = int(given * factor)
+    if dims > head or dims % 2:
+        raise ConfigError(f"config.json head_dim={given} x partial rotary factor {factor:g} rotates {dims} dims of GPT-NeoX's "
+                          f"heads of {head} (hidden_size / num_attention_heads): transformers cannot apply that rotary "
+                          "embedding; remove head_dim")
+    rope["partial_rotary_factor"] = 1.0 if dims == head else (dims + 0.5) / head
+    out = {k: v for k, v in raw.items() if k != "head_dim"}
+    return dict(out, partial_rotary_factor=rope["partial_rotary_factor"], **{key: rope})
 
 
 def neox_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
@@ -94,7 +120,7 @@ def neox_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
 
 ARCHITECTURES = (Architecture(
     name="GPTNeoXForCausalLM", module=GPTNeoXForCausalLM, weight_map=neox_weight_map, hf_model_type="gpt_neox",
-    # every head has its own k/v (a head_dim key, which transformers' NeoX rope alone reads, is not ignored: it is refused by shape)
+    # every head has its own k/v; head_dim sets the rotary dims alone (neox_names)
     ignored_keys=NO_WINDOW + ("num_key_value_heads",),
     common_names=neox_names, head_name="embed_out.weight", base_prefix="gpt_neox", partial_rotary=True, norm_eps_key="layer_norm_eps",
     # Checkpoints converted by EleutherAI's tools (Pythia) keep each layer's causal-mask buffers,

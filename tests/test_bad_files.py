@@ -184,6 +184,9 @@ CASES = [
     ("phi3-linear-rope", config_with(architectures=["Phi3ForCausalLM"], rope_scaling={"rope_type": "linear", "factor": 2.0}),
      ConfigError, r"config\.json rope type 'linear' is not one Phi3ForCausalLM takes: transformers' Phi3Config allows default "
      "or longrope"),
+    ("neox-head-dim-beyond-heads", config_with(architectures=["GPTNeoXForCausalLM"], head_dim=64), ConfigError,
+     r"config\.json head_dim=64 x partial rotary factor 0\.25 rotates 16 dims of GPT-NeoX's heads of 4 \(hidden_size / "
+     r"num_attention_heads\): transformers cannot apply that rotary embedding; remove head_dim"),
     # config.json as a file
     ("config-not-utf8", file("config.json", b'{"vocab_size": "\xff\xfe"}'), ConfigError, r"config\.json at .* is not UTF-8 text"),
     ("config-folder", file("config.json", FOLDER), ConfigError, r"config\.json at .* is a folder, not a file"),

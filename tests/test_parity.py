@@ -231,6 +231,9 @@ SPELLINGS = {
     "gpt2-ignores-common-keys": ("GPT2LMHeadModel", {}, _edit(hidden_act="relu", layer_norm_eps=0.5, rms_norm_eps=0.5)),
     # head shapes of families whose attention takes hidden_size / num_attention_heads, whatever the config says
     "neox-ignores-kv-heads": ("GPTNeoXForCausalLM", {}, _edit(num_key_value_heads=2)),
+    # GPT-NeoX's rotary embedding alone reads head_dim: int(head_dim x rotary_pct) dims rotate, heads stay hidden / heads
+    "neox-head-dim-sets-rotary-dim": ("GPTNeoXForCausalLM", {}, _edit(head_dim=24)),
+    "neox-head-dim-whole-head-rotary": ("GPTNeoXForCausalLM", dict(rotary_pct=0.5), _edit(head_dim=32)),
     "gpt2-ignores-head-keys": ("GPT2LMHeadModel", {}, _edit(head_dim=8, num_key_value_heads=2)),
     # both spellings of a GPT-2 key: GPT2Config's attribute_map sets the common one (hidden_size, ...) over
     # its own (n_embd, ...); intermediate_size it never reads (n_inner, else 4 x hidden_size)
