@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
+from jaxllm.errors import ConfigError
 from jaxllm.models.config import ModelConfig, check_config, from_hf, require_fields
 
 
@@ -50,10 +51,18 @@ class Architecture:
     # The config.json key of the norms' epsilon this family's transformers code reads (GPT-2's before
     # common_names); the other spellings (NORM_EPS_KEYS) are dropped, as its code never reads them.
     norm_eps_key: str = "rms_norm_eps"
+    # config.json keys this family's transformers config class (strict typing) or model construction
+    # refuses as null, where the generic reading would take null as absent: refused here too. rope_theta
+    # only where the rope settings give none of their own (transformers then takes theirs).
+    not_null: tuple[str, ...] = ()
 
     def config(self, raw: dict) -> ModelConfig:
         """The ModelConfig of a config.json dict, validated."""
         raw = check_config(raw)
+        for key in self.not_null:
+            if key in raw and raw[key] is None and not (key == "rope_theta" and _rope_theta(raw) is not None):
+                raise ConfigError(f"config.json '{key}' is null, which transformers refuses for {self.name}: give it a "
+                                  "value, or leave the key out for the family's default")
         raw = {k: v for k, v in raw.items()
                if k not in self.ignored_keys and (k not in NORM_EPS_KEYS or k == self.norm_eps_key)}
         if not self.partial_rotary:
@@ -69,6 +78,15 @@ class Architecture:
 
 
 NO_WINDOW = ("sliding_window", "layer_types")
+# Keys every family's transformers config refuses as null; RMS_NORMED: those of the rope, RMSNorm families beside them.
+NOT_NULL = ("max_position_embeddings", "tie_word_embeddings")
+RMS_NOT_NULL = NOT_NULL + ("rms_norm_eps", "hidden_act", "rope_theta")
+
+
+def _rope_theta(raw: dict):
+    """The rope_theta of config.json's flat rope settings (rope_scaling, else rope_parameters), or None."""
+    rope = raw.get("rope_scaling") or raw.get("rope_parameters") or {}
+    return rope.get("rope_theta") if isinstance(rope, dict) else None
 NORM_EPS_KEYS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")
 
 

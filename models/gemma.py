@@ -10,7 +10,7 @@ RMSNorm, and gives its sliding layers a rope base of their own.
 from flax import nnx
 
 from jaxllm.errors import ConfigError
-from jaxllm.models.architecture import NO_WINDOW, Architecture
+from jaxllm.models.architecture import NO_WINDOW, NOT_NULL, RMS_NOT_NULL, Architecture
 from jaxllm.models.attention import UNCACHED, Attention
 from jaxllm.models.config import ModelConfig, parse_rope
 from jaxllm.models.decoder import CausalLM, decoder_weight_map, norm_kwargs
@@ -119,23 +119,26 @@ _TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_la
              tie_word_embeddings=True, hidden_activation="gelu_pytorch_tanh", bos_token_id=2, eos_token_id=1,
              pad_token_id=0)
 
+# Gemma 2/3 read hidden_activation, not hidden_act; Gemma 3 its rope from per-layer-type entries
+_SANDWICH_NOT_NULL = NOT_NULL + ("rms_norm_eps", "hidden_activation", "num_key_value_heads", "head_dim", "attention_bias")
+
 ARCHITECTURES = (Architecture(
     name="GemmaForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="gemma", ignored_keys=NO_WINDOW,
     # Gemma configs' head_dim, whatever hidden / heads
     hf_defaults=dict(tie_word_embeddings=True, head_dim=256, num_key_value_heads=16, max_position_embeddings=8192),
-    config_defaults=gemma_defaults,
+    config_defaults=gemma_defaults, not_null=RMS_NOT_NULL + ("num_key_value_heads", "head_dim", "attention_bias"),
     tiny_config=dict(_TINY, rope_theta=10000.0, hidden_act="gelu_pytorch_tanh"),
 ), Architecture(
     name="Gemma2ForCausalLM", module=Gemma2ForCausalLM, weight_map=sandwich_weight_map, hf_model_type="gemma2",
     hf_defaults=dict(tie_word_embeddings=True, sliding_window=4096, head_dim=256, num_key_value_heads=4, max_position_embeddings=8192),
-    config_defaults=gemma2_defaults,
+    config_defaults=gemma2_defaults, not_null=_SANDWICH_NOT_NULL + ("rope_theta",),
     # Window 8 < the test sequences; a scalar unlike head_dim; soft caps low enough to bite.
     tiny_config=dict(_TINY, rope_theta=10000.0, sliding_window=8, query_pre_attn_scalar=24,
                      attn_logit_softcapping=3.0, final_logit_softcapping=5.0),
 ), Architecture(
     name="Gemma3ForCausalLM", module=Gemma2ForCausalLM, weight_map=sandwich_weight_map, hf_model_type="gemma3_text",
     hf_defaults=dict(tie_word_embeddings=True, sliding_window=4096, head_dim=256, num_key_value_heads=4, max_position_embeddings=131072),
-    config_defaults=gemma3_defaults, common_names=gemma3_rope,  # before any reading: a flat rope_parameters is never checked
+    config_defaults=gemma3_defaults, common_names=gemma3_rope, not_null=_SANDWICH_NOT_NULL,  # before any reading: a flat rope_parameters is never checked
     tiny_config=dict(_TINY, sliding_window=8, query_pre_attn_scalar=24,
                      layer_types=["sliding_attention", "sliding_attention", "full_attention"],
                      rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 100000.0},

@@ -69,6 +69,8 @@ ARCHITECTURES = (Architecture(
     name="GPT2LMHeadModel", module=GPT2LMHeadModel, weight_map=gpt2_weight_map, hf_model_type="gpt2",
     # heads of n_embd / n_head, each with its own k/v; the activation is activation_function's (gpt2_names)
     ignored_keys=NO_WINDOW + ("head_dim", "num_key_value_heads", "hidden_act"),
+    not_null=("max_position_embeddings", "tie_word_embeddings", "n_embd", "n_layer", "n_head", "n_positions", "layer_norm_epsilon",
+              "activation_function", "scale_attn_by_inverse_layer_idx"),
     common_names=gpt2_names, config_defaults=gpt2_defaults, base_prefix="transformer", norm_eps_key="layer_norm_epsilon",
     hf_defaults=dict(activation_function="gelu_new", layer_norm_epsilon=1e-5, tie_word_embeddings=True, n_positions=1024),
     # Old checkpoints keep the causal-mask buffers of each attention block; we build masks ourselves.

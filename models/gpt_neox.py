@@ -7,7 +7,7 @@ import numpy as np
 from flax import nnx
 
 from jaxllm.errors import ConfigError
-from jaxllm.models.architecture import NO_WINDOW, Architecture
+from jaxllm.models.architecture import NO_WINDOW, NOT_NULL, Architecture
 from jaxllm.models.attention import UNCACHED, Attention
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM
@@ -122,6 +122,7 @@ ARCHITECTURES = (Architecture(
     name="GPTNeoXForCausalLM", module=GPTNeoXForCausalLM, weight_map=neox_weight_map, hf_model_type="gpt_neox",
     # every head has its own k/v; head_dim sets the rotary dims alone (neox_names)
     ignored_keys=NO_WINDOW + ("num_key_value_heads",),
+    not_null=NOT_NULL + ("layer_norm_eps", "hidden_act", "attention_bias", "use_parallel_residual", "rotary_pct", "rotary_emb_base"),
     common_names=neox_names, head_name="embed_out.weight", base_prefix="gpt_neox", partial_rotary=True, norm_eps_key="layer_norm_eps",
     # Checkpoints converted by EleutherAI's tools (Pythia) keep each layer's causal-mask buffers,
     # which transformers ignores (_keys_to_ignore_on_load_unexpected), beside the rotary inv_freq.

@@ -3,7 +3,7 @@ head). All four are the shared decoder (models/decoder.py) with config flags."""
 
 from __future__ import annotations
 
-from jaxllm.models.architecture import NO_WINDOW, Architecture
+from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture
 from jaxllm.models.decoder import CausalLM, decoder_weight_map
 
 # The biases of families whose transformers code hard-wires them off: it ignores attention_bias
@@ -29,17 +29,20 @@ _TINY = dict(
 ARCHITECTURES = (
     Architecture(
         name="LlamaForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="llama", ignored_keys=NO_WINDOW,
+        not_null=RMS_NOT_NULL + ("attention_bias", "mlp_bias"),
         tiny_config=dict(_TINY, rope_theta=10000.0, attention_bias=False),
     ),
     Architecture(
         name="MistralForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="mistral",
         hf_defaults=dict(sliding_window=4096, num_key_value_heads=8, max_position_embeddings=131072), config_defaults=lambda raw: NO_BIAS,
+        not_null=RMS_NOT_NULL + ("num_key_value_heads",),
         tiny_config=dict(_TINY, sliding_window=8, rope_theta=10000.0),
     ),
     Architecture(
         name="Qwen2ForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="qwen2",
         hf_defaults=dict(use_sliding_window=False, sliding_window=4096, num_key_value_heads=32, max_position_embeddings=32768),
         config_defaults=lambda raw: dict(qkv_bias=True, o_bias=False, mlp_bias=False, **qwen_layer_types(raw)),
+        not_null=RMS_NOT_NULL + ("head_dim", "use_sliding_window"),
         tiny_config=dict(_TINY, rope_theta=1000000.0, tie_word_embeddings=True),
     ),
     Architecture(
@@ -47,6 +50,7 @@ ARCHITECTURES = (
         # Qwen3Config's head_dim, whatever hidden / heads
         hf_defaults=dict(use_sliding_window=False, sliding_window=4096, head_dim=128, num_key_value_heads=32, max_position_embeddings=32768),
         config_defaults=lambda raw: dict(qk_norm="per_head", mlp_bias=False, **qwen_layer_types(raw)),
+        not_null=RMS_NOT_NULL + ("head_dim", "use_sliding_window", "attention_bias"),
         tiny_config=dict(_TINY, head_dim=32, rope_theta=1000000.0),
     ),
 )

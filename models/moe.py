@@ -6,7 +6,7 @@ models/layers.py when `cfg.layer_is_moe(layer)`. What is particular here is read
 and mapping the per-expert checkpoint tensors onto the stacked [expert, ...] kernels.
 """
 
-from jaxllm.models.architecture import Architecture
+from jaxllm.models.architecture import RMS_NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, decoder_weight_map
 from jaxllm.models.llama import NO_BIAS
@@ -64,6 +64,7 @@ _TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_la
 ARCHITECTURES = (Architecture(
     name="MixtralForCausalLM", module=CausalLM, hf_model_type="mixtral", config_defaults=mixtral_defaults,
     ignored_keys=("layer_types",),  # its window (sliding_window) is every layer's
+    not_null=RMS_NOT_NULL + ("num_key_value_heads",),
     hf_defaults=dict(rope_theta=1_000_000.0, rms_norm_eps=1e-5, num_key_value_heads=8, max_position_embeddings=131072),
     weight_map=moe_weight_map("block_sparse_moe", {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}),
     tiny_config=dict(_TINY, num_local_experts=4, num_experts_per_tok=2, sliding_window=8, rope_theta=10000.0),
@@ -71,6 +72,8 @@ ARCHITECTURES = (Architecture(
     name="Qwen3MoeForCausalLM", module=CausalLM, hf_model_type="qwen3_moe", config_defaults=qwen3_moe_defaults,
     ignored_keys=("layer_types",),
     hf_defaults=dict(use_sliding_window=False, sliding_window=4096, num_key_value_heads=4, max_position_embeddings=32768),
+    not_null=RMS_NOT_NULL + ("num_key_value_heads", "head_dim", "attention_bias", "use_sliding_window", "moe_intermediate_size",
+                             "norm_topk_prob", "decoder_sparse_step"),
     weight_map=moe_weight_map("mlp", {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"}),
     # Layer 1 dense (mlp_only_layers), top-k weights not renormalised: both paths of the family.
     tiny_config=dict(_TINY, head_dim=32, num_experts=6, num_experts_per_tok=2, moe_intermediate_size=32,

@@ -3,7 +3,7 @@ RMSNorm over the whole projection, and norm scales applied in float32."""
 
 from flax import nnx
 
-from jaxllm.models.architecture import NO_WINDOW, Architecture
+from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture
 from jaxllm.models.attention import UNCACHED, Attention
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, decoder_weight_map, norm_kwargs
@@ -39,7 +39,7 @@ def olmo2_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
 
 ARCHITECTURES = (Architecture(
     name="Olmo2ForCausalLM", module=Olmo2ForCausalLM, weight_map=olmo2_weight_map, hf_model_type="olmo2", ignored_keys=NO_WINDOW,
-    hf_defaults=dict(rms_norm_eps=1e-5),
+    hf_defaults=dict(rms_norm_eps=1e-5), not_null=RMS_NOT_NULL + ("head_dim", "attention_bias"),
     config_defaults=lambda raw: dict(qk_norm="projection", norm_upcast_scale=True, mlp_bias=False),
     tiny_config=dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,

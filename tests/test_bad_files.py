@@ -187,6 +187,8 @@ CASES = [
     ("neox-head-dim-beyond-heads", config_with(architectures=["GPTNeoXForCausalLM"], head_dim=64), ConfigError,
      r"config\.json head_dim=64 x partial rotary factor 0\.25 rotates 16 dims of GPT-NeoX's heads of 4 \(hidden_size / "
      r"num_attention_heads\): transformers cannot apply that rotary embedding; remove head_dim"),
+    ("mistral-null-kv-heads", config_with(architectures=["MistralForCausalLM"], num_key_value_heads=None), ConfigError,
+     "config.json 'num_key_value_heads' is null, which transformers refuses for MistralForCausalLM: give it a value, or leave"),
     # config.json as a file
     ("config-not-utf8", file("config.json", b'{"vocab_size": "\xff\xfe"}'), ConfigError, r"config\.json at .* is not UTF-8 text"),
     ("config-folder", file("config.json", FOLDER), ConfigError, r"config\.json at .* is a folder, not a file"),

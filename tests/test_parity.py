@@ -219,6 +219,10 @@ SPELLINGS = {
     "rope-scaling-beside-rope-parameters": ("LlamaForCausalLM", {}, _edit(rope_scaling={"rope_type": "linear", "factor": 2.0})),
     "rope-theta-beside-rope-parameters": ("LlamaForCausalLM", dict(rope_parameters={"rope_type": "linear", "factor": 2.0}),
                                           lambda raw: raw.update(rope_theta=raw["rope_parameters"].pop("rope_theta") / 2)),
+    # a null rope_theta beside rope settings of their own: transformers takes theirs (refused where they give none)
+    "llama-null-rope-theta-beside-rope-parameters": ("LlamaForCausalLM", dict(rope_parameters={"rope_type": "default", "rope_theta": 5000.0}),
+                                                     _edit(rope_theta=None)),
+    "phi3-null-rope-theta-beside-rope-parameters": ("Phi3ForCausalLM", {}, _edit(rope_theta=None)),
     "llama-ignores-partial-rotary": ("LlamaForCausalLM", {}, _edit(partial_rotary_factor=0.5)),
     "qwen3-ignores-partial-rotary": ("Qwen3ForCausalLM", {}, _edit(partial_rotary_factor=0.5)),
     # bias keys of families whose code hard-wires the biases off (Llama's honours them)
@@ -334,3 +338,63 @@ def test_keys_left_out_read_as_the_transformers_config_class_does(arch):
     for key in [k for k in LEFT_OUT if k in full]:
         raw = {k: v for k, v in full.items() if k != key}
         assert _as_jaxllm_reads(spec, raw) == pytest.approx(_as_transformers_reads(spec, raw)), f"{arch} without {key}"
+
+
+def _transformers_layout(arch, raw: dict):
+    """{tensor name: shape} of the model transformers builds from config.json `raw`, or the
+    exception its config class or model construction raises."""
+    import warnings
+
+    import torch
+    import transformers
+
+    try:
+        with warnings.catch_warnings():  # a deprecation warning (rope_scaling: null) is no refusal
+            warnings.simplefilter("ignore")
+            hf = transformers.CONFIG_MAPPING[arch.hf_model_type].from_dict(json.loads(json.dumps(raw)))
+            with torch.device("meta"):
+                model = transformers.AutoModelForCausalLM.from_config(hf)
+    except Exception as err:  # noqa: BLE001 - any refusal of transformers' is one we must match
+        return err
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}
+
+
+def _jaxllm_layout(raw: dict):
+    """{tensor name: shape} jaxllm reads for config.json `raw`, or its ConfigError."""
+    from jaxllm import loader
+    from jaxllm.errors import ConfigError
+    from jaxllm.models import weights
+
+    try:
+        p = loader.plan(json.loads(json.dumps(raw)))
+    except ConfigError as err:
+        return err
+    shapes = {path: leaf.shape for path, leaf in weights.flat_params(p.abstract).items()}
+    return weights.hf_layout(p.arch.weight_map(p.config), shapes)
+
+
+NULLABLE = [k for k in __import__("jaxllm.models.config", fromlist=["CONFIG_FIELDS"]).CONFIG_FIELDS
+            if k not in ("architectures", "model_type", "dtype", "torch_dtype", "eos_token_id", "bos_token_id", "pad_token_id")]
+
+
+@pytest.mark.parametrize("arch", registry.names())
+def test_a_null_key_reads_as_transformers_reads_it(arch):
+    """Each config.json key set to null: where the family's transformers config class (or its model
+    construction) refuses it, jaxllm refuses it in one line; where it takes a default, jaxllm takes
+    the same (tensor shapes and the scalars of _as_transformers_reads)."""
+    from jaxllm.models.config import CONFIG_FIELDS
+
+    spec = registry.get(arch)
+    for key in NULLABLE:
+        raw = dict(spec.tiny_config, model_type=spec.hf_model_type, **{key: None})
+        theirs, ours = _transformers_layout(spec, raw), _jaxllm_layout(raw)
+        if isinstance(theirs, Exception):
+            assert isinstance(ours, Exception), f"{arch} {key}=null: transformers refuses ({theirs!r:.120}), jaxllm reads it"
+            assert "\n" not in str(ours) and key in str(ours), f"{arch} {key}=null: {ours}"
+            continue
+        if isinstance(ours, Exception) and (not CONFIG_FIELDS[key].null or key == "sliding_window"):
+            continue  # null refused for every family (a key some family reads with a default for absent only); a
+            # null window under Gemma 2/3's sliding layers, which transformers builds but cannot run (a TypeError in forward)
+        assert not isinstance(ours, Exception), f"{arch} {key}=null: transformers reads it, jaxllm refuses: {ours}"
+        assert {n: s for n, s in ours.items() if n in theirs} == {n: theirs[n] for n in ours if n in theirs}, f"{arch} {key}=null"
+        assert _as_jaxllm_reads(spec, raw) == pytest.approx(_as_transformers_reads(spec, raw)), f"{arch} {key}=null"
