@@ -55,6 +55,9 @@ class Architecture:
     # refuses as null, where the generic reading would take null as absent: refused here too. rope_theta
     # only where the rope settings give none of their own (transformers then takes theirs).
     not_null: tuple[str, ...] = ()
+    # Other model_types transformers builds with this very config class and model class (GPT-SW3's
+    # "gpt-sw3": GPT2Config, GPT2LMHeadModel): read as this family.
+    hf_aliases: tuple[str, ...] = ()
 
     def config(self, raw: dict) -> ModelConfig:
         """The ModelConfig of a config.json dict, validated."""

@@ -66,7 +66,7 @@ def gpt2_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
 
 
 ARCHITECTURES = (Architecture(
-    name="GPT2LMHeadModel", module=GPT2LMHeadModel, weight_map=gpt2_weight_map, hf_model_type="gpt2",
+    name="GPT2LMHeadModel", module=GPT2LMHeadModel, weight_map=gpt2_weight_map, hf_model_type="gpt2", hf_aliases=("gpt-sw3",),
     # heads of n_embd / n_head, each with its own k/v; the activation is activation_function's (gpt2_names)
     ignored_keys=NO_WINDOW + ("head_dim", "num_key_value_heads", "hidden_act"),
     not_null=("max_position_embeddings", "tie_word_embeddings", "n_embd", "n_layer", "n_head", "n_positions", "layer_norm_epsilon",

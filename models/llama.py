@@ -3,6 +3,7 @@ head). All four are the shared decoder (models/decoder.py) with config flags."""
 
 from __future__ import annotations
 
+from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture
 from jaxllm.models.decoder import CausalLM, decoder_weight_map
 
@@ -21,6 +22,15 @@ def qwen_layer_types(raw: dict) -> dict:
     return {"layer_types": tuple("sliding_attention" if i >= start else "full_attention" for i in range(n))}
 
 
+def ministral_defaults(raw: dict) -> dict:
+    """Ministral's flags; a config.json without head_dim is refused (MinistralConfig leaves it None,
+    and transformers' model then fails to build)."""
+    if raw.get("head_dim") is None:
+        raise ConfigError("config.json has no 'head_dim': add it (transformers' MinistralForCausalLM needs it; "
+                          "usually hidden_size / num_attention_heads)")
+    return NO_BIAS
+
+
 _TINY = dict(
     vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
     num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-5, tie_word_embeddings=False,
@@ -37,6 +47,15 @@ ARCHITECTURES = (
         hf_defaults=dict(sliding_window=4096, num_key_value_heads=8, max_position_embeddings=131072), config_defaults=lambda raw: NO_BIAS,
         not_null=RMS_NOT_NULL + ("num_key_value_heads",),
         tiny_config=dict(_TINY, sliding_window=8, rope_theta=10000.0),
+    ),
+    # Ministral: Mistral's config and layers (no biases, its defaults) with the window on the layers
+    # layer_types names (every layer, without it): transformers' MinistralForCausalLM is Qwen2's code.
+    Architecture(
+        name="MinistralForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="ministral",
+        hf_defaults=dict(sliding_window=4096, num_key_value_heads=8, max_position_embeddings=131072),
+        config_defaults=ministral_defaults, not_null=RMS_NOT_NULL + ("num_key_value_heads", "head_dim"),
+        tiny_config=dict(_TINY, head_dim=16, sliding_window=8, rope_theta=10000.0,
+                         layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
     ),
     Architecture(
         name="Qwen2ForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="qwen2",

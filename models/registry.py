@@ -15,7 +15,7 @@ for _arch in ARCHITECTURES:
     if _arch.name in _REGISTRY:
         raise ValueError(f"architecture {_arch.name} declared twice")
     _REGISTRY[_arch.name] = _arch
-_BY_MODEL_TYPE = {arch.hf_model_type: arch for arch in _REGISTRY.values()}
+_BY_MODEL_TYPE = {kind: arch for arch in _REGISTRY.values() for kind in (arch.hf_model_type, *arch.hf_aliases)}
 
 
 def get(name: str) -> Architecture:

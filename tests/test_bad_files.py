@@ -189,6 +189,8 @@ CASES = [
      r"num_attention_heads\): transformers cannot apply that rotary embedding; remove head_dim"),
     ("mistral-null-kv-heads", config_with(architectures=["MistralForCausalLM"], num_key_value_heads=None), ConfigError,
      "config.json 'num_key_value_heads' is null, which transformers refuses for MistralForCausalLM: give it a value, or leave"),
+    ("ministral-no-head-dim", config_with(model_type="ministral"), ConfigError,
+     r"config\.json has no 'head_dim': add it \(transformers' MinistralForCausalLM needs it"),
     # config.json as a file
     ("config-not-utf8", file("config.json", b'{"vocab_size": "\xff\xfe"}'), ConfigError, r"config\.json at .* is not UTF-8 text"),
     ("config-folder", file("config.json", FOLDER), ConfigError, r"config\.json at .* is a folder, not a file"),

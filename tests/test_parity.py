@@ -253,6 +253,8 @@ SPELLINGS = {
     "no-architectures": ("LlamaForCausalLM", {}, _edit(("architectures",))),
     "architectures-another-head": ("Qwen2ForCausalLM", {}, _edit(architectures=["Qwen2ForSequenceClassification"])),
     "architectures-custom-name": ("MistralForCausalLM", {}, _edit(architectures=["MyFineTunedModel"])),
+    # model_types transformers builds with one of our families' config and model classes
+    "gpt-sw3-is-gpt2": ("GPT2LMHeadModel", {}, _edit(model_type="gpt-sw3")),
     "model-type-over-architectures": ("Qwen2ForCausalLM", {}, _edit(architectures=["LlamaForCausalLM"])),
     # checkpoints saved from the base model: tensor names without transformers' base_model_prefix
     # (openai-community/gpt2's form, with its mask buffers), which transformers adds while loading
