@@ -481,3 +481,20 @@ def test_chat_template_errors_answer_400(server, monkeypatch, template, message)
     with pytest.raises(openai.BadRequestError) as err:
         server.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
     assert err.value.body["param"] == "messages" and message in err.value.body["message"]
+
+
+def test_stop_lists_are_bounded(server):
+    """Each stop string is searched for at every token of every choice, on the event loop that
+    serves all clients: more than 16 strings, or one over 1,000 characters, is a 400 on 'stop'
+    (a list of 2 million stop strings held every stream for seconds a token)."""
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "temperature": 0}
+    for stop, said in [(["a"] * 17, "stop holds 17 strings"), (["x", "b" * 1001], "stop[1] is 1,001 characters"),
+                       ("c" * 1001, "stop is 1,001 characters")]:
+        r = httpx.post(server.url + "/v1/chat/completions", json={**chat, "stop": stop}, timeout=60)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "stop" and said in r.json()["error"]["message"], r.text
+    stops = ["z" * 999 + chr(ord("A") + i) for i in range(16)]
+    r = httpx.post(server.url + "/v1/chat/completions", json={**chat, "stop": stops}, timeout=60)
+    assert r.status_code == 200, r.text
+    wait_idle(server)
+

@@ -154,6 +154,7 @@ class _Common(_Strict):
         """Refuse (400) what exists in the API alone and is out of range or not served here."""
         if self.n < 1:
             raise APIError(400, f"n={self.n} is invalid: use a whole number >= 1", "n")
+        _check_stop(self.stop)
         extra = self.model_extra or {}
         for name, (neutral, fix) in _UNSUPPORTED.items():
             if name in type(self).model_fields:
@@ -349,6 +350,25 @@ _UNSUPPORTED = {
     "chat_template_kwargs": (lambda v, body: v in (None, {}), "leave it out: the model's own chat template is used as it is"),
 }
 _FIELD_NAMES = {name for m in (CompletionRequest, ChatRequest, Message, ContentPart, StreamOptions) for name in m.model_fields}
+
+
+# Every choice's text is searched for each stop string at each token, on the event loop that
+# serves every client: a list of 2 million stop strings held it for 2 s a token. OpenAI takes
+# at most 4 strings; this leaves room for clients that send a few more (vLLM sets no limit).
+MAX_STOPS = 16
+MAX_STOP_CHARS = 1000
+
+
+def _check_stop(stop: str | list[str] | None) -> None:
+    stops = [stop] if isinstance(stop, str) else stop or []
+    if len(stops) > MAX_STOPS:
+        raise APIError(400, f"stop holds {len(stops):,} strings, more than the {MAX_STOPS} this server takes: "
+                       f"send at most {MAX_STOPS}", "stop")
+    for i, s in enumerate(stops):
+        if len(s) > MAX_STOP_CHARS:
+            where = "stop" if isinstance(stop, str) else f"stop[{i}]"
+            raise APIError(400, f"{where} is {len(s):,} characters long, more than the {MAX_STOP_CHARS:,} this server "
+                           f"takes: shorten it", "stop")
 
 
 def _check_top_logprobs(top: int | None, name: str) -> None:
