@@ -498,3 +498,16 @@ def test_stop_lists_are_bounded(server):
     assert r.status_code == 200, r.text
     wait_idle(server)
 
+
+def test_too_many_prompts_are_refused_before_encoding(server, monkeypatch):
+    """More prompts than the server holds are refused before any is encoded: 100,000 short texts
+    took the tokenizing thread (every client's) over a second only to be refused by their count."""
+    from jaxllm.api import protocol
+
+    encoded = []
+    real = protocol.encode
+    monkeypatch.setattr(protocol, "encode", lambda tok, text, **k: encoded.append(text) or real(tok, text, **k))
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": ["Hi"] * 41, "max_tokens": 1}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt", r.text
+    assert encoded == []
+

@@ -111,9 +111,9 @@ class Server:
 
     async def completions(self, request: HTTPRequest) -> Response:
         body = self._parse(CompletionRequest, await request.body())
+        self._check_room(len(body.batch()), body.n)  # before any prompt is encoded
         self._check_texts(body.texts(), "prompt")
         prompts = await self._off_loop(body.prompts, self.tokenizer)
-        self._check_room(len(prompts), body.n)
         params = body.sampling(self.model.generation_config, 16, logprobs=body.logprobs is not None)  # OpenAI's default 16
         fmt = CompletionFormat(self.name, self.token_text, logprobs=body.logprobs is not None, token_ids=body.return_token_ids)
         return await self._answer(request, body, fmt, prompts, params)

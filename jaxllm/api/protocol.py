@@ -211,17 +211,18 @@ class CompletionRequest(_Common):
         super().check()
         _check_top_logprobs(self.logprobs, "logprobs")
 
-    def _batch(self) -> list:
+    def batch(self) -> list:
+        """The prompts, one an item (text or token ids), not yet encoded."""
         many = isinstance(self.prompt, list) and self.prompt and not isinstance(self.prompt[0], int)
         return self.prompt if many else [self.prompt]
 
     def texts(self) -> list[str]:
         """The prompts given as text (each is checked for length before it is encoded)."""
-        return [p for p in self._batch() if isinstance(p, str)]
+        return [p for p in self.batch() if isinstance(p, str)]
 
     def prompts(self, tokenizer) -> list[list[int]]:
         """Each prompt's token ids: as given, or the text encoded as plain text (no chat template)."""
-        batch = self._batch()
+        batch = self.batch()
         if any(isinstance(p, str) for p in batch) and tokenizer is None:
             raise APIError(400, "this model has no tokenizer: give the prompt as token ids", "prompt")
         return [encode(tokenizer, p, chat=False) if isinstance(p, str) else p for p in batch]
