@@ -511,3 +511,20 @@ def test_too_many_prompts_are_refused_before_encoding(server, monkeypatch):
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt", r.text
     assert encoded == []
 
+
+def test_more_messages_than_the_context_holds_are_refused_before_rendering(server, monkeypatch):
+    """Each message renders to at least one token, so more messages than max_len are refused on
+    'messages' before the chat template runs (100,000 empty messages took 6 s of the tokenizing
+    thread, then were refused by their token count)."""
+    from jaxllm.api import protocol
+
+    rendered = []
+    real = protocol.encode_messages
+    monkeypatch.setattr(protocol, "encode_messages", lambda tok, msgs: rendered.append(len(msgs)) or real(tok, msgs))
+    messages = [{"role": "user", "content": ""}] * (server.engine.max_len + 1)
+    r = httpx.post(server.url + "/v1/chat/completions", json={"messages": messages, "max_tokens": 1}, timeout=60)
+    assert r.status_code == 400, r.text
+    e = r.json()["error"]
+    assert (e["param"], e["code"]) == ("messages", "context_length_exceeded") and f"{len(messages):,} messages" in e["message"], e
+    assert rendered == []
+

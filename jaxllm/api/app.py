@@ -121,6 +121,9 @@ class Server:
     async def chat(self, request: HTTPRequest) -> Response:
         body = self._parse(ChatRequest, await request.body())
         self._check_room(1, body.n)
+        if len(body.messages) > self.engine.max_len:  # each renders to a token or more: refused before the template runs
+            raise APIError(400, f"{len(body.messages):,} messages cannot fit in the {self.engine.max_len:,} tokens of context "
+                           "this server takes (each takes a token or more): send fewer", "messages", "context_length_exceeded")
         self._check_texts(body.texts(), "messages")
         prompt = await self._off_loop(body.prompt, self.tokenizer)
         room = self.engine.max_len - len(prompt)  # the default max_tokens: the rest of the context
