@@ -313,7 +313,7 @@ def test_full_server_answers_503_with_retry_after(server):
     (dict(extra_body={"top_k": -2}), "top_k"),
     (dict(extra_body={"top_k": 2**40}), "top_k"),  # beyond int32: once failed the engine, and every request after it
     (dict(logprobs=True, top_logprobs=3), "top_logprobs"),
-    (dict(max_tokens=600), None),  # the prompt + max_tokens exceed the engine's 512 positions
+    (dict(max_tokens=600), "max_tokens"),  # the prompt + max_tokens exceed the engine's 512 positions
     (dict(messages=[]), "messages"),
     (dict(n=100), "n"),  # more sequences than the server holds (batch 8 + queue 32)
     (dict(n=2**31 - 1), "n"),  # refused before n SamplingParams are built
@@ -527,4 +527,32 @@ def test_more_messages_than_the_context_holds_are_refused_before_rendering(serve
     e = r.json()["error"]
     assert (e["param"], e["code"]) == ("messages", "context_length_exceeded") and f"{len(messages):,} messages" in e["message"], e
     assert rendered == []
+
+
+def test_context_length_errors_name_the_field_to_change(server):
+    """A prompt that does not fit with its max_tokens is refused as OpenAI does: code
+    context_length_exceeded, param the field to change (max_tokens while the prompt leaves room,
+    else the prompt or messages, prompt[i] in a batch), and a fix the client can make (not the
+    server's max_len)."""
+    def error(path, body):
+        r = httpx.post(server.url + path, json=body, timeout=60)
+        assert r.status_code == 400, r.text
+        e = r.json()["error"]
+        assert e["code"] == "context_length_exceeded" and "max_len" not in e["message"] and "\n" not in e["message"], e
+        return e["param"], e["message"]
+
+    chat = "/v1/chat/completions"
+    param, message = error(chat, {"messages": [{"role": "user", "content": "hi " * 400}], "max_tokens": 200})
+    assert param == "max_tokens" and message.startswith("the messages hold 431 tokens") and "max_tokens to at most 81" in message
+    param, message = error(chat, {"messages": [{"role": "user", "content": "hi " * 400}], "max_completion_tokens": 200})
+    assert param == "max_completion_tokens" and "max_completion_tokens to at most 81" in message
+    param, message = error(chat, {"messages": [{"role": "user", "content": "hi " * 600}], "max_tokens": 2})
+    assert param == "messages" and message.startswith("the messages hold 631 tokens")
+    param, message = error("/v1/completions", {"prompt": "hi " * 600, "max_tokens": 2})
+    assert param == "prompt" and message.startswith("the prompt holds 601 tokens")
+    param, message = error("/v1/completions", {"prompt": ["hi", "hi " * 600], "max_tokens": 2})
+    assert param == "prompt[1]" and message.startswith("prompt[1] holds 601 tokens")
+    param, message = error("/v1/completions", {"prompt": [1] * 9000, "max_tokens": 2})  # beyond the model's 8,192 positions too
+    assert param == "prompt" and message.startswith("the prompt holds 9,000 tokens")
+    wait_idle(server)
 

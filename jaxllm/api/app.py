@@ -153,9 +153,31 @@ class Server:
             fix = f"use n <= {room // prompts}" if room >= prompts else f"send at most {room} prompts per request"
             raise APIError(400, f"{asked}: more sequences than the {room} this server holds: {fix}", "n" if room >= prompts else "prompt")
 
+    def _check_context(self, body, prompts: list, max_tokens: int) -> None:
+        """A prompt that does not fit with its answer in the context: OpenAI's context_length_exceeded,
+        on the field to change (max_tokens while the prompt leaves room, else the prompt or the
+        messages) with a fix the client can make (Engine.check would say 'raise max_len')."""
+        limit, chat = self.engine.max_len, isinstance(body, ChatRequest)
+        asked = body.api_names().get("max_new_tokens", "max_tokens")
+        for i, prompt in enumerate(prompts):
+            n = len(prompt)
+            if n + max_tokens <= limit:
+                continue
+            field = "messages" if chat else "prompt" if len(prompts) == 1 else f"prompt[{i}]"
+            held = {"messages": "the messages hold", "prompt": "the prompt holds"}.get(field, f"{field} holds")
+            if n >= limit:
+                raise APIError(400, f"{held} {n:,} tokens, which leave no room for an answer in the {limit:,} tokens of context "
+                               f"this server takes: shorten {'them' if chat else 'it'} below {limit:,} tokens", field,
+                               "context_length_exceeded")
+            default = " (its default)" if body.max_tokens is None else ""
+            raise APIError(400, f"{held} {n:,} tokens and {asked}={max_tokens}{default} asks for {max_tokens:,} more, beyond "
+                           f"the {limit:,} tokens of context this server takes: lower {asked} to at most {limit - n:,}, or "
+                           f"shorten the {field}", asked, "context_length_exceeded")
+
     async def _answer(self, request: HTTPRequest, body, fmt: Format, prompts: list, params: list[SamplingParams]) -> Response:
         """Submit every (prompt, choice) pair; stream the answer or collect it."""
         requests = [Request(prompt, p) for prompt in prompts for p in params]
+        self._check_context(body, prompts, params[0].max_new_tokens)
         try:
             for req in requests[:: len(params)]:
                 self.engine.check(req)  # reads only the engine's fixed sizes: safe off its thread
