@@ -306,7 +306,6 @@ def test_full_server_answers_503_with_retry_after(server):
     (dict(top_p=1.5), "top_p"),
     (dict(max_tokens=0), "max_tokens"),
     (dict(n=0), "n"),
-    (dict(model="gpt-4o"), "model"),
     (dict(extra_body={"temperature": "hot"}), "temperature"),
     (dict(extra_body={"max_tokens": 2.5}), "max_tokens"),
     (dict(extra_body={"stop": [1, 2]}), "stop"),
@@ -555,4 +554,16 @@ def test_context_length_errors_name_the_field_to_change(server):
     param, message = error("/v1/completions", {"prompt": [1] * 9000, "max_tokens": 2})  # beyond the model's 8,192 positions too
     assert param == "prompt" and message.startswith("the prompt holds 9,000 tokens")
     wait_idle(server)
+
+
+def test_a_model_not_served_answers_404(server):
+    """A request for a model this server does not serve is a 404 model_not_found, as OpenAI's and
+    vLLM's servers answer it (the openai client's NotFoundError), not a 400."""
+    for path, body in [("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]}), ("/v1/completions", {"prompt": "Hi"})]:
+        r = httpx.post(server.url + path, json={**body, "model": "gpt-4o", "max_tokens": 1}, timeout=60)
+        assert r.status_code == 404, r.text
+        e = r.json()["error"]
+        assert (e["param"], e["code"]) == ("model", "model_not_found") and f"'{NAME}'" in e["message"], e
+    with pytest.raises(openai.NotFoundError):
+        server.client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
 

@@ -11,7 +11,7 @@ go through a TextStream (incremental detokenization, stop strings) as events
 arrive, and a choice that meets a stop string is cancelled in the engine. `stream: true` answers
 as server-sent events ending with `data: [DONE]`. A client that disconnects cancels its
 sequences. A full server (more than the batch plus --max-queue sequences) answers 503 with
-Retry-After; a bad request 400, an unknown path 404 and a wrong method 405, each with OpenAI's
+Retry-After; a bad request 400, a model not served or an unknown path 404 and a wrong method 405, each with OpenAI's
 error JSON.
 """
 
@@ -138,8 +138,8 @@ class Server:
 
     def _parse(self, kind, raw: bytes):
         body = parse(kind, raw)
-        if body.model is not None and body.model != self.name:
-            raise APIError(400, f"model '{body.model}' is not served here: this server serves '{self.name}' (GET /v1/models)",
+        if body.model is not None and body.model != self.name:  # 404, as OpenAI's and vLLM's servers answer it
+            raise APIError(404, f"model '{body.model}' is not served here: this server serves '{self.name}' (GET /v1/models)",
                            "model", "model_not_found")
         body.check()
         return body
