@@ -567,3 +567,24 @@ def test_a_model_not_served_answers_404(server):
     with pytest.raises(openai.NotFoundError):
         server.client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
 
+
+def test_content_parts(server):
+    """Text parts read as OpenAI's API reads them (one part: the same answer as the string); a part
+    of another type, or a text part without text, is a 400 naming that part and the fix."""
+    ref = server.refs[CHAT[0], True]
+    out = server.client.chat.completions.create(model=NAME, max_tokens=NEW, temperature=0, messages=[
+        {"role": "user", "content": [{"type": "text", "text": CHAT[0]}]}])
+    assert out.choices[0].message.content == ref.text
+
+    def error(content):
+        r = httpx.post(server.url + "/v1/chat/completions", timeout=60, json={
+            "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": content}], "max_tokens": 1})
+        assert r.status_code == 400, r.text
+        return r.json()["error"]["param"], r.json()["error"]["message"]
+
+    param, message = error([{"type": "text", "text": "Hi"}, {"type": "image_url", "image_url": {"url": "http://x/a.png"}}])
+    assert param == "messages[1].content[1].type" and "'image_url'" in message and '"type": "text"' in message, message
+    param, message = error([{"type": "text"}])
+    assert param == "messages[1].content[0].text" and "add its text" in message, message
+    wait_idle(server)
+

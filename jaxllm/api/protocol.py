@@ -242,8 +242,6 @@ class Message(_Strict):
     def text(self) -> str:
         if not isinstance(self.content, list):
             return self.content or ""
-        if any(part.type != "text" for part in self.content):
-            raise APIError(400, "only text content parts are supported", "messages")
         return "\n".join(part.text or "" for part in self.content)  # as vLLM joins text parts
 
 
@@ -282,6 +280,13 @@ class ChatRequest(_Common):
             if message.role not in ROLES and message.role not in ROLE_ALIASES:
                 raise APIError(400, f"messages[{i}].role '{message.role}' is not a role this server takes: use "
                                f"{', '.join(ROLES)} (or developer, read as system)", f"messages[{i}].role")
+            for j, part in enumerate(message.content if isinstance(message.content, list) else []):
+                where = f"messages[{i}].content[{j}]"
+                if part.type != "text":
+                    raise APIError(400, f"{where} is a '{part.type}' part: this server reads text only: give text parts "
+                                   '({"type": "text", "text": "..."}) or the content as a string', f"{where}.type")
+                if part.text is None:
+                    raise APIError(400, f'{where} is a text part without text: add its text ("text": "...")', f"{where}.text")
             for name in ("tool_calls", "function_call"):
                 if getattr(message, name) not in (None, []):
                     raise APIError(400, f"messages[{i}].{name} is not supported: this server calls no tools, and the "
