@@ -588,3 +588,20 @@ def test_content_parts(server):
     assert param == "messages[1].content[0].text" and "add its text" in message, message
     wait_idle(server)
 
+
+def test_an_add_that_raises_fails_its_request_instead_of_hanging(server, monkeypatch, capsys):
+    """Engine.add raising something other than a JaxllmError (a bug) ends that request with a 500,
+    as a failing step does, instead of leaving its client waiting for ever; later requests are served."""
+    real = server.engine.add
+
+    def broken(req):
+        raise RuntimeError("injected add failure")
+
+    monkeypatch.setattr(server.engine, "add", broken)
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": TEXT[0], "max_tokens": 2, "temperature": 0}, timeout=30)
+    assert r.status_code == 500 and "injected add failure" in r.json()["error"]["message"], r.text
+    monkeypatch.setattr(server.engine, "add", real)
+    out = server.client.completions.create(model=NAME, prompt=TEXT[0], max_tokens=NEW, temperature=0)
+    assert out.choices[0].text == server.refs[TEXT[0], False].text
+    wait_idle(server)
+    assert "injected add failure" in capsys.readouterr().err

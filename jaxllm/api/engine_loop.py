@@ -113,7 +113,7 @@ class EngineLoop:
             pass
 
     def _run(self) -> None:
-        seqs = {}  # index -> Sequence, for abort
+        seqs = {}  # index -> Sequence, for abort (None while Engine.add runs)
         while True:
             try:
                 while self._take(seqs):
@@ -151,9 +151,11 @@ class EngineLoop:
                 return False
             kind, arg = msg
             if kind == "add":
+                seqs[arg.index] = None  # an add that raises a bug fails this request with those held (_run)
                 try:
                     seqs[arg.index] = self.engine.add(arg)
                 except JaxllmError as err:
+                    del seqs[arg.index]
                     self._post(self._refuse, arg.index, err)
             elif (seq := seqs.pop(arg, None)) is not None:
                 self.engine.abort(seq)
