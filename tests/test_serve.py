@@ -605,3 +605,15 @@ def test_an_add_that_raises_fails_its_request_instead_of_hanging(server, monkeyp
     assert out.choices[0].text == server.refs[TEXT[0], False].text
     wait_idle(server)
     assert "injected add failure" in capsys.readouterr().err
+
+
+def test_a_bad_prompt_in_a_batch_is_named_by_its_index(server):
+    """Token ids beyond the vocabulary, or an empty prompt, in a batch of prompts: the error names
+    prompt[i] (message and param), so a client with many prompts knows which to fix."""
+    for prompt, said in [([[1, 2], [5, 99999999]], "prompt[1] must lie in [0, "), (["Hi", "there", ""], "prompt[2] holds no token ids")]:
+        r = httpx.post(server.url + "/v1/completions", json={"prompt": prompt, "max_tokens": 1}, timeout=60)
+        assert r.status_code == 400, r.text
+        e = r.json()["error"]
+        assert e["param"] == said[:9] and e["message"].startswith(said), e
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": [5, 99999999], "max_tokens": 1}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt" and r.json()["error"]["message"].startswith("prompt must")

@@ -178,11 +178,14 @@ class Server:
         """Submit every (prompt, choice) pair; stream the answer or collect it."""
         requests = [Request(prompt, p) for prompt in prompts for p in params]
         self._check_context(body, prompts, params[0].max_new_tokens)
-        try:
-            for req in requests[:: len(params)]:
+        for i, req in enumerate(requests[:: len(params)]):
+            try:
                 self.engine.check(req)  # reads only the engine's fixed sizes: safe off its thread
-        except JaxllmError as err:
-            raise bad_request(err, body.api_names()) from None
+            except JaxllmError as err:
+                error = bad_request(err, body.api_names())
+                if error.param == "prompt" and len(prompts) > 1:  # "prompt holds ...": which of the batch
+                    error = APIError(400, f"prompt[{i}]{error.message.removeprefix('prompt')}", f"prompt[{i}]")
+                raise error from None
         try:
             sub = self.loop.submit(requests)
         except QueueFull as err:
