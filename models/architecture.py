@@ -81,6 +81,9 @@ class Architecture:
 
 
 NO_WINDOW = ("sliding_window", "layer_types")
+# Qwen's switch for its window: the families whose transformers config has no such key keep their
+# window whatever a stray use_sliding_window says
+NO_WINDOW_SWITCH = ("use_sliding_window",)
 # Keys every family's transformers config refuses as null; RMS_NORMED: those of the rope, RMSNorm families beside them.
 NOT_NULL = ("max_position_embeddings", "tie_word_embeddings")
 RMS_NOT_NULL = NOT_NULL + ("rms_norm_eps", "hidden_act", "rope_theta")

@@ -10,7 +10,7 @@ RMSNorm, and gives its sliding layers a rope base of their own.
 from flax import nnx
 
 from jaxllm.errors import ConfigError
-from jaxllm.models.architecture import NO_WINDOW, NOT_NULL, RMS_NOT_NULL, Architecture
+from jaxllm.models.architecture import NO_WINDOW, NO_WINDOW_SWITCH, NOT_NULL, RMS_NOT_NULL, Architecture
 from jaxllm.models.attention import UNCACHED, Attention
 from jaxllm.models.config import ModelConfig, parse_rope
 from jaxllm.models.decoder import CausalLM, decoder_weight_map, norm_kwargs
@@ -129,14 +129,14 @@ ARCHITECTURES = (Architecture(
     config_defaults=gemma_defaults, not_null=RMS_NOT_NULL + ("num_key_value_heads", "head_dim", "attention_bias"),
     tiny_config=dict(_TINY, rope_theta=10000.0, hidden_act="gelu_pytorch_tanh"),
 ), Architecture(
-    name="Gemma2ForCausalLM", module=Gemma2ForCausalLM, weight_map=sandwich_weight_map, hf_model_type="gemma2",
+    name="Gemma2ForCausalLM", module=Gemma2ForCausalLM, weight_map=sandwich_weight_map, hf_model_type="gemma2", ignored_keys=NO_WINDOW_SWITCH,
     hf_defaults=dict(tie_word_embeddings=True, sliding_window=4096, head_dim=256, num_key_value_heads=4, max_position_embeddings=8192),
     config_defaults=gemma2_defaults, not_null=_SANDWICH_NOT_NULL + ("rope_theta",),
     # Window 8 < the test sequences; a scalar unlike head_dim; soft caps low enough to bite.
     tiny_config=dict(_TINY, rope_theta=10000.0, sliding_window=8, query_pre_attn_scalar=24,
                      attn_logit_softcapping=3.0, final_logit_softcapping=5.0),
 ), Architecture(
-    name="Gemma3ForCausalLM", module=Gemma2ForCausalLM, weight_map=sandwich_weight_map, hf_model_type="gemma3_text",
+    name="Gemma3ForCausalLM", module=Gemma2ForCausalLM, weight_map=sandwich_weight_map, hf_model_type="gemma3_text", ignored_keys=NO_WINDOW_SWITCH,
     hf_defaults=dict(tie_word_embeddings=True, sliding_window=4096, head_dim=256, num_key_value_heads=4, max_position_embeddings=131072),
     config_defaults=gemma3_defaults, common_names=gemma3_rope, not_null=_SANDWICH_NOT_NULL,  # before any reading: a flat rope_parameters is never checked
     tiny_config=dict(_TINY, sliding_window=8, query_pre_attn_scalar=24,

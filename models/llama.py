@@ -4,7 +4,7 @@ head). All four are the shared decoder (models/decoder.py) with config flags."""
 from __future__ import annotations
 
 from jaxllm.errors import ConfigError
-from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture
+from jaxllm.models.architecture import NO_WINDOW, NO_WINDOW_SWITCH, RMS_NOT_NULL, Architecture
 from jaxllm.models.decoder import CausalLM, decoder_weight_map
 
 # The biases of families whose transformers code hard-wires them off: it ignores attention_bias
@@ -43,7 +43,7 @@ ARCHITECTURES = (
         tiny_config=dict(_TINY, rope_theta=10000.0, attention_bias=False),
     ),
     Architecture(
-        name="MistralForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="mistral",
+        name="MistralForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="mistral", ignored_keys=NO_WINDOW_SWITCH,
         hf_defaults=dict(sliding_window=4096, num_key_value_heads=8, max_position_embeddings=131072), config_defaults=lambda raw: NO_BIAS,
         not_null=RMS_NOT_NULL + ("num_key_value_heads",),
         tiny_config=dict(_TINY, sliding_window=8, rope_theta=10000.0),
@@ -51,7 +51,7 @@ ARCHITECTURES = (
     # Ministral: Mistral's config and layers (no biases, its defaults) with the window on the layers
     # layer_types names (every layer, without it): transformers' MinistralForCausalLM is Qwen2's code.
     Architecture(
-        name="MinistralForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="ministral",
+        name="MinistralForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="ministral", ignored_keys=NO_WINDOW_SWITCH,
         hf_defaults=dict(sliding_window=4096, num_key_value_heads=8, max_position_embeddings=131072),
         config_defaults=ministral_defaults, not_null=RMS_NOT_NULL + ("num_key_value_heads", "head_dim"),
         tiny_config=dict(_TINY, head_dim=16, sliding_window=8, rope_theta=10000.0,

@@ -6,7 +6,7 @@ models/layers.py when `cfg.layer_is_moe(layer)`. What is particular here is read
 and mapping the per-expert checkpoint tensors onto the stacked [expert, ...] kernels.
 """
 
-from jaxllm.models.architecture import RMS_NOT_NULL, Architecture
+from jaxllm.models.architecture import NO_WINDOW_SWITCH, RMS_NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, decoder_weight_map
 from jaxllm.models.llama import NO_BIAS
@@ -63,7 +63,7 @@ _TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_la
 
 ARCHITECTURES = (Architecture(
     name="MixtralForCausalLM", module=CausalLM, hf_model_type="mixtral", config_defaults=mixtral_defaults,
-    ignored_keys=("layer_types",),  # its window (sliding_window) is every layer's
+    ignored_keys=("layer_types",) + NO_WINDOW_SWITCH,  # its window (sliding_window) is every layer's
     not_null=RMS_NOT_NULL + ("num_key_value_heads",),
     hf_defaults=dict(rope_theta=1_000_000.0, rms_norm_eps=1e-5, num_key_value_heads=8, max_position_embeddings=131072),
     weight_map=moe_weight_map("block_sparse_moe", {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}),

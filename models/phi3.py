@@ -2,7 +2,7 @@
 in the checkpoint (split while loading, so the module is the shared one), and LongRoPE scaling."""
 
 from jaxllm.errors import ConfigError
-from jaxllm.models.architecture import NOT_NULL, Architecture
+from jaxllm.models.architecture import NO_WINDOW_SWITCH, NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, decoder_weight_map
 from jaxllm.models.llama import NO_BIAS
@@ -48,7 +48,7 @@ def phi3_rope_names(raw: dict) -> dict:
 
 ARCHITECTURES = (Architecture(
     name="Phi3ForCausalLM", module=CausalLM, weight_map=phi3_weight_map, hf_model_type="phi3",
-    ignored_keys=("layer_types",),  # its window (sliding_window) is every layer's
+    ignored_keys=("layer_types",) + NO_WINDOW_SWITCH,  # its window (sliding_window) is every layer's
     config_defaults=lambda raw: dict(NO_BIAS, longrope_recompute=True), common_names=phi3_rope_names,
     not_null=NOT_NULL + ("rms_norm_eps", "hidden_act", "head_dim", "original_max_position_embeddings", "rope_theta"),
     # Phi3Config's top-level original_max_position_embeddings (4,096 when left out) is the one

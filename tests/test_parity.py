@@ -248,6 +248,10 @@ SPELLINGS = {
     "llama-ignores-window-keys": ("LlamaForCausalLM", {}, _edit(sliding_window=8, layer_types=["sliding_attention"] * 3)),
     "olmo2-ignores-window": ("Olmo2ForCausalLM", {}, _edit(sliding_window=8)),
     "mixtral-ignores-layer-types": ("MixtralForCausalLM", {}, _edit(layer_types=["full_attention"] * 3)),
+    # use_sliding_window is Qwen's switch: families whose transformers config lacks it keep their window
+    **{f"{name}-ignores-window-switch": (arch, dict(sliding_window=8), _edit(use_sliding_window=False)) for name, arch in (
+        ("mistral", "MistralForCausalLM"), ("gemma2", "Gemma2ForCausalLM"), ("mixtral", "MixtralForCausalLM"),
+        ("phi3", "Phi3ForCausalLM"))},
     # the family comes from model_type, as AutoModelForCausalLM reads it: architectures left out (many
     # fine-tuned checkpoints), naming another head of the family or a custom class, or another family
     "no-architectures": ("LlamaForCausalLM", {}, _edit(("architectures",))),
