@@ -225,6 +225,10 @@ def test_seeded_sampling_n_and_stop_strings(server):
              .sampling({}, 8, False)]
     assert seeds[0] == SEED and len(set(seeds)) == 4 and SEED + 1 not in seeds
     assert {p.seed for p in ChatRequest(messages=[{"role": "user", "content": "Hi"}], n=2).sampling({}, 8, False)} == {None}
+    # 64-bit seeds (OpenAI's and vLLM's range, negative too) are mixed down to the engine's 32 bits, the same each time
+    wide = [[p.seed for p in ChatRequest(messages=[{"role": "user", "content": "Hi"}], seed=s, n=2).sampling({}, 8, False)]
+            for s in (2**40, -5, 2**40)]
+    assert wide[0] == wide[2] and wide[0] != wide[1] and all(0 <= s < 2**32 for row in wide for s in row)
 
     # unset values: the checkpoint's where it names them, else OpenAI's (temperature 1, no top-k)
     hi = [{"role": "user", "content": "Hi"}]
@@ -311,6 +315,7 @@ def test_full_server_answers_503_with_retry_after(server):
     (dict(extra_body={"stop": [1, 2]}), "stop"),
     (dict(extra_body={"top_k": -2}), "top_k"),
     (dict(extra_body={"top_k": 2**40}), "top_k"),  # beyond int32: once failed the engine, and every request after it
+    (dict(seed=2**64), "seed"),  # beyond 64 bits (OpenAI and vLLM take int64 seeds)
     (dict(logprobs=True, top_logprobs=3), "top_logprobs"),
     (dict(max_tokens=600), "max_tokens"),  # the prompt + max_tokens exceed the engine's 512 positions
     (dict(messages=[]), "messages"),

@@ -154,6 +154,8 @@ class _Common(_Strict):
         """Refuse (400) what exists in the API alone and is out of range or not served here."""
         if self.n < 1:
             raise APIError(400, f"n={self.n} is invalid: use a whole number >= 1", "n")
+        if self.seed is not None and not -2**63 <= self.seed < 2**63:
+            raise APIError(400, f"seed={self.seed} is invalid: use a whole number that fits 64 bits", "seed")
         _check_stop(self.stop)
         extra = self.model_extra or {}
         for name, (neutral, fix) in _UNSUPPORTED.items():
@@ -170,23 +172,30 @@ class _Common(_Strict):
         """SamplingParams' field names as this request spelled them (errors name what was sent)."""
         return {}
 
+    def _seed(self) -> int | None:
+        if self.seed is None or 0 <= self.seed < 2**32:
+            return self.seed
+        return int(np.random.SeedSequence(self.seed % 2**64).generate_state(1)[0])
+
     def sampling(self, generation_config: dict, max_tokens: int | None, logprobs: bool) -> list[SamplingParams]:
         """Resolved SamplingParams of each of the n choices: choice 0 samples with `seed`, choice
         i > 0 with a seed mixed from (seed, i), so that no choice repeats another request's (seed
-        + 1 would be the next seed's choice 0); each a random one when no seed is given."""
+        + 1 would be the next seed's choice 0); each a random one when no seed is given. A seed
+        outside the engine's 32 bits (OpenAI and vLLM take 64-bit ones, negative too) is mixed
+        down to 32 bits, the same way every time."""
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         try:
             params = SamplingParams(
                 max_new_tokens=max_tokens if self.max_tokens is None else self.max_tokens, temperature=self.temperature,
                 top_k=0 if self.top_k == -1 else self.top_k,  # -1: vLLM's spelling of 'no top-k'
-                top_p=self.top_p, min_p=self.min_p, repetition_penalty=self.repetition_penalty, seed=self.seed,
+                top_p=self.top_p, min_p=self.min_p, repetition_penalty=self.repetition_penalty, seed=self._seed(),
                 stop=stop, ignore_eos=self.ignore_eos, logprobs=logprobs,
             ).resolved(_server_defaults(generation_config))
         except JaxllmError as err:
             raise bad_request(err, self.api_names()) from None
         if self.seed is None:  # the engine draws one per sequence
             return [params] * self.n
-        return [params] + [dataclasses.replace(params, seed=int(np.random.SeedSequence([self.seed, i]).generate_state(1)[0]))
+        return [params] + [dataclasses.replace(params, seed=int(np.random.SeedSequence([params.seed, i]).generate_state(1)[0]))
                            for i in range(1, self.n)]
 
 
