@@ -242,11 +242,12 @@ class Engine:
             raise GenerationError(
                 f"prompt of {n} tokens + max_new_tokens={req.params.max_new_tokens} exceeds the engine's max_len "
                 f"{self.max_len}: {fix}, or raise max_len")
-        if self.blocks.pages_for(total) > self.blocks.shard_pages:
+        pages = self.blocks.pages_for(total - 1)  # the keys written: the last new token is sampled, never written
+        if pages > self.blocks.shard_pages:
             where = "the pool has" if self.dp == 1 else f"each of the pool's {self.dp} data-parallel shards has"
             raise GenerationError(
                 f"prompt of {n} tokens + max_new_tokens={req.params.max_new_tokens} needs "
-                f"{self.blocks.pages_for(total)} KV pages but {where} {self.blocks.shard_pages}: "
+                f"{pages} KV pages but {where} {self.blocks.shard_pages}: "
                 "give the engine more pages (num_pages, memory_fraction) or ask for fewer tokens")
         return ids
 

@@ -40,13 +40,13 @@ def _assert_same(got, want):
 
 @pytest.mark.parametrize("arch", registry.names())
 def test_mixed_workload_equals_each_prompt_alone(arch, tmp_path):
-    """Three sequences at a time over 24 pages of 4 tokens: the six prompts need more, so the
+    """Three sequences at a time over 22 pages of 4 tokens: the six prompts need more, so the
     newest is preempted and recomputed; prompts are prefilled in chunks of at most 16 tokens; the
     repeated prefixes hit the cache."""
     reference.build(arch, tmp_path, seed=2)
     model = jaxllm.load(tmp_path)
     prompts = _workload()
-    engine = Engine(model, batch_size=3, max_len=128, num_pages=24, page_size=4, prefill_tokens=16, chunk=4, cascade=True)
+    engine = Engine(model, batch_size=3, max_len=128, num_pages=22, page_size=4, prefill_tokens=16, chunk=4, cascade=True)
     together = model.generate(prompts, GREEDY, engine=engine)
     _assert_same(together, _alone(model, prompts, GREEDY, 16))
     stats = engine.scheduler.stats
@@ -264,3 +264,17 @@ def test_misuse_of_the_public_api_is_refused_or_harmless(llama):
     assert (huge.budget, huge.chunk) == (4 * 4, 4)
     short = dataclasses.replace(GREEDY, max_new_tokens=2)
     assert llama.generate([5, 6], short, engine=huge).token_ids == llama.generate([5, 6], short, engine=a).token_ids
+
+
+def test_a_request_that_fills_the_pool_exactly_runs(llama):
+    """The last new token is sampled, never written: a request needs pages for its prompt and all
+    but one new token. A 32-token prompt with one new token in a pool of 32 positions, and 28 + 5,
+    run as they do alone; they were refused as needing a 9th page (and a decode reserved a page
+    one token early, preempting sooner than it had to)."""
+    prompt = np.random.default_rng(7).integers(0, 128, 32).tolist()
+    engine = Engine(llama, batch_size=1, max_len=128, num_pages=8, page_size=4, prefill_tokens=32, chunk=4, prefix_caching=False)
+    for n, new in ((32, 1), (28, 5)):
+        params = dataclasses.replace(GREEDY, max_new_tokens=new)
+        _assert_same([llama.generate(prompt[:n], params, engine=engine)], _alone(llama, [prompt[:n]], params, 32))
+    with pytest.raises(jaxllm.GenerationError, match="needs 9 KV pages but the pool has 8"):
+        engine.add(Request(prompt[:29], dataclasses.replace(GREEDY, max_new_tokens=5).resolved()))

@@ -165,13 +165,13 @@ def test_the_same_memory_holds_about_twice_the_pages(llama, monkeypatch):
 
 
 def test_prefix_caching_and_preemption_with_int8_change_nothing(llama):
-    """test_engine's mixed workload with an int8 cache: three sequences at a time over 24 pages
+    """test_engine's mixed workload with an int8 cache: three sequences at a time over 22 pages
     (preemption), repeated prefixes (their cached int8 pages and scales are reused), prompts in
     chunks of 16, against each prompt alone (no prefix cache) in an engine of the same shapes."""
     rng = np.random.default_rng(0)
     long, other = rng.integers(0, 128, 41).tolist(), rng.integers(0, 128, 23).tolist()
     prompts = [long, long[:20], other, other, rng.integers(0, 128, 7).tolist(), long[:9] + other[:30]]
-    shape = dict(batch_size=3, max_len=128, num_pages=24, page_size=4, prefill_tokens=16, chunk=4, kv_dtype="int8")
+    shape = dict(batch_size=3, max_len=128, num_pages=22, page_size=4, prefill_tokens=16, chunk=4, kv_dtype="int8")
     engine = Engine(llama, **shape)
     together = llama.generate(prompts, GREEDY, engine=engine)
     assert engine.scheduler.stats.preempted > 0 and engine.blocks.stats.hit_tokens >= 40

@@ -164,7 +164,9 @@ def test_can_allocate_counts_hits_on_evictable_pages():
     # 3 pages: 2 hits (taken out of the LRU) + 1 fresh; 4 pages would need 2 fresh of the 1 left.
     assert bm.can_allocate(seq(1, [1, 2, 3, 4, 5, 6]))
     assert not bm.can_allocate(seq(2, [1, 2, 3, 4, 5, 6, 7]))
-    assert bm.pages_needed(admitted(bm, seq(3, [1, 2, 3, 4, 5])), 2) == 1
+    b = admitted(bm, seq(3, [1, 2, 3, 4, 5]))
+    # n decode steps write positions 4 .. 4 + n - 1 (the last token sampled is not written)
+    assert (bm.pages_needed(b, 2), bm.pages_needed(b, 3)) == (0, 1)
 
 
 def test_chunked_prefill_respects_the_budget_and_continues_partial_sequences_first():
@@ -218,7 +220,7 @@ def test_a_lone_sequence_gets_what_is_left_then_a_one_line_error():
     a = seq(0, [1, 2, 3, 4])
     sched.add(a)
     sched.computed(sched.schedule_prefill()[0], token=5)
-    assert sched.schedule_decode() == [a] and len(a.pages) == 3  # covers 1 more token, not 4
+    assert sched.schedule_decode() == [a] and len(a.pages) == 3  # covers 2 more writes, not 4
     sched.decoded(a, [6, 7])  # writes positions 4 and 5: the pages' end
     with pytest.raises(GenerationError) as err:
         sched.schedule_decode()
@@ -232,7 +234,7 @@ def test_lookahead_stops_at_max_new_tokens():
     sched.add(a)
     sched.computed(sched.schedule_prefill()[0], token=4)
     sched.schedule_decode()
-    assert len(a.pages) == 3  # positions < 4 + 2 (two more tokens at most), not < 4 + 8
+    assert len(a.pages) == 3  # writes at positions 3 and 4 (two more tokens at most), not 3 .. 10
 
 
 def test_a_prompt_too_large_for_the_pool_is_a_one_line_error():

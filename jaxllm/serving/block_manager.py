@@ -188,14 +188,15 @@ class BlockManager:
     # -- growth ----------------------------------------------------------------------------------
 
     def pages_needed(self, seq: Sequence, n: int) -> int:
-        """Fresh pages seq needs so its page table covers positions < seq.num_tokens + n."""
-        return max(0, self.pages_for(seq.num_tokens + n) - len(seq.pages))
+        """Fresh pages seq needs for n decode steps: they write positions num_tokens - 1 ..
+        num_tokens + n - 2 (the last token sampled is not written), so its page table covers < num_tokens - 1 + n."""
+        return max(0, self.pages_for(seq.num_tokens - 1 + n) - len(seq.pages))
 
     def can_append(self, seq: Sequence, n: int) -> bool:
         return self.pages_needed(seq, n) <= self.free_in(seq.shard)
 
     def append(self, seq: Sequence, n: int) -> None:
-        """Cover positions < seq.num_tokens + n (pages of its shard): the runner writes up to n more tokens."""
+        """Pages (of its shard) for n more decode steps: the runner writes up to n more positions."""
         if not self.can_append(seq, n):
             raise RuntimeError(f"append({seq.seq_id}, {n}) without room: check can_append first")
         seq.pages += [self._fresh(seq.shard) for _ in range(self.pages_needed(seq, n))]
