@@ -41,7 +41,10 @@ def parse_args(argv=None):
 
 def read_prompts(args) -> list[str]:
     if args.prompt:
-        return [" ".join(args.prompt)]
+        prompt = " ".join(args.prompt)
+        if not prompt.strip():  # as a blank input line is: through a chat template it was answered as an empty turn
+            raise JaxllmError('the prompt is empty: give some text, e.g. python -m jaxllm.generate "Hello"')
+        return [prompt]
     if args.batch_file:
         try:
             with open(args.batch_file, "rb") as f:

@@ -248,7 +248,7 @@ CASES = {
     "cli-empty-stop": cli(generate.main, ["--stop", "", "hi"], r"stop=\[''\] is invalid"),
     "cli-huge-max-new-tokens": cli(generate.main, gen(["--max-new-tokens", "1000000000", "hi"]),
                                    r"max_new_tokens=1,000,000,000 needs a KV cache .* but the host has"),
-    "cli-empty-prompt": cli(generate.main, gen(["--no-chat", ""]), "prompt 0 is empty: it encodes to no tokens"),
+    "cli-empty-prompt": cli(generate.main, gen(["--no-chat", ""]), "the prompt is empty: give some text"),
     "cli-beyond-positions": cli(generate.main, lambda m: ["--model", m.path("gpt2"), "--no-chat", "--max-new-tokens", "60", "one two three four five six"],
                                 "exceeds the 64 positions this model has learned: lower max_new_tokens"),
     "cli-prompt-too-long": cli(generate.main, lambda m: ["--model", m.path("gpt2"), "--no-chat", "word " * 100],
@@ -572,3 +572,15 @@ def test_stop_flag_reads_c_escapes():
     args = generate.parse_args(["--stop", r"\n", "--stop", r"a\\n\t", "--stop", "é", "hi"])
     assert args.stop == ["\n", "a\\n\t", "é"]
     assert generate.parse_args(["--revision", "v2", "hi"]).revision == "v2"  # load_model passes it to jaxllm.load
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", "\n\t"])
+def test_cli_refuses_an_empty_argument_prompt(prompt, monkeypatch, capsys):
+    """An empty or blank prompt argument is refused before anything loads, as blank input lines
+    are: through the chat template it was answered as a user turn of nothing."""
+    from jaxllm import generate
+
+    monkeypatch.setattr(os, "environ", dict(os.environ, JAXLLM_COMPILE_CACHE="none"))
+    monkeypatch.setattr(generate.progress, "load_model", lambda args: pytest.fail("loaded a model for an empty prompt"))
+    assert generate.main([prompt]) == 2
+    assert one_line(capsys.readouterr().err).startswith("error: the prompt is empty")
