@@ -50,7 +50,7 @@ def run_session(args) -> int:
         model = progress.load_model(args)
         if not has_chat_template(model.tokenizer):
             raise JaxllmError("this checkpoint's tokenizer has no chat template, which a chat needs: "
-                              "use python -m jaxllm.generate --no-chat for plain text")
+                              'use python -m jaxllm.generate --no-chat "TEXT" for plain text')
         try:  # a template that refuses the system message, or cannot render at all, fails here, not every turn
             try_template(model.tokenizer, args.system)
         except InputError as err:

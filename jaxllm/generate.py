@@ -4,7 +4,7 @@
     echo "Tell me a joke" | python -m jaxllm.generate --model ./my-checkpoint --temperature 0.7
 
 Prompts come from the arguments, else --batch-file, else stdin (one prompt per non-empty line);
-with none of them on a terminal, it starts the chat (`python -m jaxllm.chat`). One prompt streams
+with none of them on a terminal, it starts the chat (`python -m jaxllm.chat`; --no-chat: an error). One prompt streams
 as it is generated; several print in order. Statistics go to stderr. Compiled programs are kept in
 ~/.cache/jaxllm/xla (--compile-cache) for the next run. The library's entry is
 `model.generate(...)` (jaxllm.loader.LoadedModel); this module is the command line only.
@@ -54,6 +54,9 @@ def read_prompts(args) -> list[str]:
     else:
         if sys.stdin is None:
             raise JaxllmError('no prompt: pass one as an argument, e.g. python -m jaxllm.generate "Hello"')
+        if sys.stdin.isatty():  # --no-chat on a terminal (main starts the chat otherwise): no waiting on the keyboard
+            raise JaxllmError('no prompt: --no-chat takes the prompt as an argument, --batch-file or piped stdin, '
+                              'e.g. python -m jaxllm.generate --no-chat "Once upon a time"')
         stdin = getattr(sys.stdin, "buffer", None)  # bytes, so that undecodable input is named by its line
         lines = utf8_lines(stdin.read(), "stdin") if stdin is not None else sys.stdin.read().splitlines()
     prompts = [line for line in lines if line.strip()]
@@ -66,7 +69,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     progress.start(args)
     interactive = not (args.list_models or args.prompt or args.batch_file) and sys.stdin is not None and sys.stdin.isatty()
-    if interactive and not args.distributed:
+    if interactive and not args.distributed and args.chat is not False:  # a chat is the template's: not under --no-chat
         return chat.run_session(args)
     return run_cli(lambda: _main(args))
 

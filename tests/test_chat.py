@@ -165,3 +165,15 @@ def test_chat_through_a_pipe(tmp_path):
     assert "Paris" in answers[0]
     assert stats[1][0] > stats[0][0] + stats[0][1]  # the second prompt holds the first turn
     assert stats[3] == stats[2] and answers[3] == answers[2]  # /reset: the same first turn, under the same system message
+
+
+def test_generate_no_chat_without_a_prompt_on_a_terminal_does_not_chat(monkeypatch, capsys):
+    """--no-chat says: no chat template. With no prompt on a terminal it was ignored and the chat
+    (through the template) started; for a model without a template the chat's own error then
+    pointed back at --no-chat, a loop. It is a one-line error naming where prompts come from."""
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    monkeypatch.setattr(sys, "stdin", SimpleNamespace(isatty=lambda: True))
+    monkeypatch.setattr(chat, "run_session", lambda args: pytest.fail("--no-chat started a chat"))
+    assert generate.main(["--no-chat", "--compile-cache", "none"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and err.startswith("error: no prompt: --no-chat takes the prompt as an argument"), err
