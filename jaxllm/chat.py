@@ -56,6 +56,8 @@ def run_session(args) -> int:
         except InputError as err:
             raise InputError(f"{err}" + (": drop --system (this model's template may take no system message)"
                                          if args.system else "")) from None
+        if note := progress.greedy_note(args, params, getattr(model, "generation_config", None)):
+            print(note, file=sys.stderr)
         Chat(model, params, args.system).run(sys.stdin, sys.stdout)
         return 0
 

@@ -86,6 +86,8 @@ def _main(args) -> int:
     params = progress.sampling_params(args)
     model = progress.load_model(args)
     leader = progress.is_leader()
+    if leader and (note := progress.greedy_note(args, params, model.generation_config)):
+        print(note, file=sys.stderr)
     stream = len(prompts) == 1 and not args.no_stream and leader
 
     def on_text(index, text):

@@ -17,7 +17,7 @@ from jaxllm import runtime
 from jaxllm.loader import QUANTIZE, LoadedModel, load
 from jaxllm.models.attention import KV_DTYPES
 from jaxllm.models.quant import DEFAULT_GROUP, INT8_GROUP
-from jaxllm.sampling import SamplingParams
+from jaxllm.sampling import DEFAULT_MAX_NEW_TOKENS, SamplingParams
 
 
 class Bar:
@@ -77,12 +77,14 @@ def model_flags() -> argparse.ArgumentParser:
     """The flags of every command that generates (an argparse parent): load_flags, sampling, stop
     strings, system message, compile cache."""
     p = argparse.ArgumentParser(add_help=False, parents=[load_flags()])
-    p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--min-p", type=float)
-    p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("--max-new-tokens", type=int, help=f"most tokens an answer may take (default: the checkpoint's "
+                                                          f"generation_config.json, else {DEFAULT_MAX_NEW_TOKENS})")
+    p.add_argument("--temperature", type=float, help="0 is greedy; above 0 samples (default: generation_config.json's "
+                                                     "when it samples, else 0)")
+    p.add_argument("--top-p", type=float, help="when sampling: keep the likeliest tokens whose probabilities add up to this (1 disables)")
+    p.add_argument("--top-k", type=int, help="when sampling: keep the k likeliest tokens (0 disables)")
+    p.add_argument("--min-p", type=float, help="when sampling: drop tokens below this fraction of the top one's probability (0 disables)")
+    p.add_argument("--repetition-penalty", type=float, help="above 1 discourages tokens already seen (1 disables)")
     p.add_argument("--seed", type=int, help="sampling seed, for a reproducible answer (default: a random one)")
     p.add_argument("--stop", action="append", default=[], type=unescape,
                    help="stop string (repeatable; \\n, \\t, \\r and \\\\ as in C, so --stop '\\n' ends at a line break); never printed")
@@ -118,6 +120,19 @@ def sampling_params(args) -> SamplingParams:
     )
     params.resolved()
     return params
+
+
+def greedy_note(args, params: SamplingParams, generation_config: dict | None) -> str | None:
+    """A one-line note naming the sampling flags given that a greedy answer (temperature 0: the
+    default unless generation_config.json samples) ignores, or None."""
+    if params.resolved(generation_config).temperature > 0:
+        return None
+    ignored = [flag for flag, name in (("--top-k", "top_k"), ("--top-p", "top_p"), ("--min-p", "min_p"), ("--seed", "seed"))
+               if getattr(args, name, None) is not None]
+    if not ignored:
+        return None
+    return (f"note: {', '.join(ignored)} do{'es' if len(ignored) == 1 else ''} nothing: the answer is greedy (temperature 0); "
+            "to sample, add --temperature, e.g. --temperature 0.7")
 
 
 def is_leader() -> bool:

@@ -584,3 +584,22 @@ def test_cli_refuses_an_empty_argument_prompt(prompt, monkeypatch, capsys):
     monkeypatch.setattr(generate.progress, "load_model", lambda args: pytest.fail("loaded a model for an empty prompt"))
     assert generate.main([prompt]) == 2
     assert one_line(capsys.readouterr().err).startswith("error: the prompt is empty")
+
+
+def test_cli_notes_sampling_flags_that_a_greedy_answer_ignores():
+    """--top-k 5 (or --top-p, --min-p, --seed) without --temperature: the model's default is greedy,
+    so the flag silently did nothing; one note on stderr says so and what to add."""
+    from jaxllm import generate, progress
+
+    def note(argv, gen=None):
+        args = generate.parse_args(argv + ["hi"])
+        return progress.greedy_note(args, progress.sampling_params(args), gen or {})
+
+    message = note(["--top-k", "5", "--seed", "3"])
+    assert message.startswith("note: --top-k, --seed do nothing: the answer is greedy (temperature 0)") and "\n" not in message
+    assert "--temperature" in message.split(":")[-1]
+    assert note(["--top-k", "5", "--temperature", "0.7"]) is None
+    assert note(["--top-k", "5"], {"do_sample": True, "temperature": 0.6}) is None  # the model samples by default
+    assert note(["--top-p", "0.9"], {"do_sample": True}) is None
+    assert note(["--min-p", "0.1", "--temperature", "0"]) is not None
+    assert note([]) is None
