@@ -25,7 +25,8 @@ from jaxllm.inspect import list_architectures
 def parse_args(argv=None):
     p = ArgumentParser(prog="python -m jaxllm.generate", description="Generate text with a language model.",
                        parents=[progress.model_flags()])
-    p.add_argument("prompt", nargs="*", help="prompt(s); default: --batch-file, else stdin, one per line; "
+    p.add_argument("prompt", nargs="*", help="the prompt (words given apart are joined by spaces: one prompt); "
+                                             "several prompts: --batch-file, else stdin, one per line; "
                                              "none on a terminal: a chat")
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                    help="apply the chat template (default: on when the tokenizer has one)")

@@ -603,3 +603,14 @@ def test_cli_notes_sampling_flags_that_a_greedy_answer_ignores():
     assert note(["--top-p", "0.9"], {"do_sample": True}) is None
     assert note(["--min-p", "0.1", "--temperature", "0"]) is not None
     assert note([]) is None
+
+
+def test_cli_prompt_words_are_one_prompt_as_help_says(capsys):
+    """`generate "Q1" "Q2"` is one prompt, "Q1 Q2": --help said "prompt(s)", promising two answers."""
+    from jaxllm import generate
+
+    assert generate.read_prompts(generate.parse_args(["What is", "2+2?"])) == ["What is 2+2?"]
+    with pytest.raises(SystemExit):
+        generate.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "prompt(s)" not in text and "joined" in text and "several prompts: --batch-file" in text
