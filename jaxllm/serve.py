@@ -37,9 +37,9 @@ def parse_args(argv=None):
     p.add_argument("--served-model-name", help="the model's name in the API (default: --model, or the default model's hub id)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=tcp_port, default=8000, help="TCP port, 1 to 65535 (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32, help="sequences decoded at once (default: %(default)s)")
-    p.add_argument("--max-len", type=int, help="longest prompt + answer in tokens (default: the model's positions)")
-    p.add_argument("--max-queue", type=int, default=256,
+    p.add_argument("--batch-size", type=at_least(1), default=32, help="sequences decoded at once (default: %(default)s)")
+    p.add_argument("--max-len", type=at_least(2), help="longest prompt + answer in tokens (default: the model's positions)")
+    p.add_argument("--max-queue", type=at_least(0), default=256,
                    help="sequences that may wait beyond a full batch; more are refused with 503 (default: %(default)s)")
     p.add_argument("--no-warmup", action="store_true", help="start serving without compiling the engine's steps first")
     p.add_argument("--compile-cache", default=os.environ.get("JAXLLM_COMPILE_CACHE", runtime.DEFAULT_COMPILE_CACHE),
@@ -48,6 +48,21 @@ def parse_args(argv=None):
     p.add_argument("--log-level", default="info", type=str.lower, choices=LOG_LEVELS,
                    help="uvicorn's log level (default: %(default)s)")
     return p.parse_args(argv)
+
+
+def at_least(low: int):
+    """An argparse type: a whole number >= `low`, checked as the flags are read (not after loading the model)."""
+
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} is invalid: use a whole number >= {low}")
+        return value
+
+    return whole
 
 
 def tcp_port(text: str) -> int:
@@ -99,8 +114,6 @@ def main(argv=None) -> int:
 def _main(args) -> int:
     if build_app is None:
         raise JaxllmError(f"the server needs the serve extra ({_missing}): pip install 'jaxllm[serve]'")
-    if args.max_queue < 0:
-        raise JaxllmError(f"--max-queue {args.max_queue} is invalid: use 0 or more")
     check_listen(args.host, args.port)  # before the model: loading it takes a while
     name = args.served_model_name or args.model or runtime.HUB_ID
     model = progress.load_model(args)

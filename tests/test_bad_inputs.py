@@ -614,3 +614,17 @@ def test_cli_prompt_words_are_one_prompt_as_help_says(capsys):
         generate.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "prompt(s)" not in text and "joined" in text and "several prompts: --batch-file" in text
+
+
+@pytest.mark.parametrize("argv, flag", [(["--batch-size", "0"], "--batch-size"), (["--batch-size", "x"], "--batch-size"),
+                                        (["--max-len", "1"], "--max-len"), (["--max-queue", "-1"], "--max-queue")])
+def test_serve_sizes_refused_before_loading(argv, flag, capsys):
+    """serve's sizes are checked as the flags are read, in their own names: --batch-size 0 loaded
+    the whole model first, then failed as 'Engine batch_size=0'."""
+    from jaxllm import serve
+
+    with pytest.raises(SystemExit) as info:
+        serve.parse_args(argv)
+    assert info.value.code == 2
+    message = one_line(capsys.readouterr().err)
+    assert message.startswith(f"error: argument {flag}: ") and "--help" in message, message
