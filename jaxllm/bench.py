@@ -289,8 +289,8 @@ def table(results: list[dict], bandwidth: float) -> str:
 
 def main(argv=None) -> int:
     p = ArgumentParser(prog="python -m jaxllm.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--shape", action="append", help="qwen3-0.6b, llama3-8b or tiny (repeatable)")
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--shape", action="append", help=f"{', '.join(SHAPES)} (repeatable; default: qwen3-0.6b)")
+    p.add_argument("--dtype", default="bfloat16", help="float32, bfloat16 or float16 (default: %(default)s)")
     p.add_argument("--quantize", choices=["int8", "int4"], help="quantized weights in every section but --load")
     p.add_argument("--mesh", help="device mesh for every section but --tp, e.g. 'tp=2', 'dp=2' (default: one device); "
                    "with --load: also time the safetensors load onto it")

@@ -125,3 +125,14 @@ def test_failed_section_process_is_one_line():
     """A section run in a fresh process that fails: its last error line, not its traceback."""
     with pytest.raises(JaxllmError, match=r"^the start of tiny failed in its process \(exit 1\): ValueError: boom$"):
         bench_load.fresh_python(["-c", "raise ValueError('boom')"], "the start of tiny", 60)
+
+
+def test_help_names_every_shape_and_the_default_dtype(capsys):
+    """--help listed three of the shapes --shape takes (not the MoE ones) and no --dtype default."""
+    from jaxllm.random_model import SHAPES
+
+    with pytest.raises(SystemExit):
+        bench.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(shape in text for shape in SHAPES), text
+    assert "default: qwen3-0.6b" in text and "default: bfloat16" in text
