@@ -91,13 +91,21 @@ def _main(args) -> int:
         print(note, file=sys.stderr)
     stream = len(prompts) == 1 and not args.no_stream and leader
 
+    shown = []
+
     def on_text(index, text):
         if stream:
+            shown.append(text)
             sys.stdout.write(text)
             sys.stdout.flush()
 
     stats = progress.Stats()
-    results = model.generate(prompts, params, chat=args.chat, system=args.system, on_text=on_text, on_token=stats.on_token)
+    try:
+        results = model.generate(prompts, params, chat=args.chat, system=args.system, on_text=on_text, on_token=stats.on_token)
+    except KeyboardInterrupt:
+        if shown:  # the text shown stays, on its own line: 'interrupted' (stderr) not glued to it
+            sys.stdout.write("\n")
+        raise
     if not leader:
         return 0
     if stream:

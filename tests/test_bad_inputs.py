@@ -628,3 +628,22 @@ def test_serve_sizes_refused_before_loading(argv, flag, capsys):
     assert info.value.code == 2
     message = one_line(capsys.readouterr().err)
     assert message.startswith(f"error: argument {flag}: ") and "--help" in message, message
+
+
+def test_cli_ctrl_c_mid_answer_keeps_the_text_on_its_own_line(monkeypatch, capsys):
+    """Ctrl-C while an answer streams: exit 130, the text shown kept and ended by a line break, so
+    that 'interrupted' (stderr) is not glued to the answer's last word on a terminal."""
+    from types import SimpleNamespace
+
+    from jaxllm import generate
+
+    def answer(prompts, params, on_text, on_token, **kwargs):
+        on_token(0, [1])
+        on_text(0, "Once upon")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "environ", dict(os.environ, JAXLLM_COMPILE_CACHE="none"))
+    monkeypatch.setattr(generate.progress, "load_model", lambda args: SimpleNamespace(generate=answer, generation_config={}))
+    assert generate.main(["Tell me a story"]) == 130
+    captured = capsys.readouterr()
+    assert captured.out == "Once upon\n" and captured.err == "interrupted\n"
