@@ -58,7 +58,11 @@ def run_session(args) -> int:
                                          if args.system else "")) from None
         if note := progress.greedy_note(args, params, getattr(model, "generation_config", None)):
             print(note, file=sys.stderr)
-        Chat(model, params, args.system).run(sys.stdin, sys.stdout)
+        talk = Chat(model, params, args.system)
+        if talk.max_new >= talk.max_len:  # every message would be refused: say so now, not at each one
+            raise JaxllmError(f"--max-new-tokens {talk.max_new:,} leaves no room for a message in this chat's context of "
+                              f"{talk.max_len:,} tokens: use at most {talk.max_len - 1:,}")
+        talk.run(sys.stdin, sys.stdout)
         return 0
 
     return run_cli(body)

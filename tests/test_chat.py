@@ -177,3 +177,21 @@ def test_generate_no_chat_without_a_prompt_on_a_terminal_does_not_chat(monkeypat
     assert generate.main(["--no-chat", "--compile-cache", "none"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.splitlines() == [err] and err.startswith("error: no prompt: --no-chat takes the prompt as an argument"), err
+
+
+def test_max_new_tokens_beyond_the_context_exits_2_at_start(monkeypatch, capsys):
+    """--max-new-tokens that leaves no room for any message in the chat's context: one line at
+    start (exit 2), not the chat opening and then refusing every message typed."""
+    from jaxllm import progress
+
+    model = StandIn()
+    model.chat_template = "{{ messages }}"  # has_chat_template reads it
+    monkeypatch.setattr(chat, "Engine", lambda *args, **kwargs: None)
+    monkeypatch.setattr(progress, "load_model", lambda args: model)
+    monkeypatch.setattr(progress, "sampling_params", lambda args: SamplingParams(max_new_tokens=1024))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hi\n"))
+    assert chat.run_session(SimpleNamespace(system=None)) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1, captured
+    assert captured.err.startswith("error: --max-new-tokens 1,024 leaves no room for a message in this chat's context "
+                                   "of 1,024 tokens: use at most 1,023"), captured.err
