@@ -89,7 +89,28 @@ def fitting_mesh(fits, devices=None) -> Mesh:
 def _devices(devices):
     # By process, then id: a tp group no larger than one host's devices stays on that host (its fast
     # links), and the hosts spread over the outer axes.
-    return sorted(jax.devices(), key=lambda d: (d.process_index, d.id)) if devices is None else list(devices)
+    if devices is None:
+        return sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    if isinstance(devices, (str, bytes)) or not hasattr(devices, "__iter__"):
+        raise ConfigError(f"mesh devices must be a list of jax devices (e.g. jax.devices()[:4]), got {type(devices).__name__}")
+    devices = list(np.asarray(devices, dtype=object).ravel())
+    _check_devices(devices)
+    return devices
+
+
+def _check_devices(devices) -> None:
+    """A ConfigError unless `devices` are jax devices, at least one, each once (a Mesh of a device
+    twice fails deep inside placement: 'the input arrays must be from distinct devices')."""
+    if not devices:
+        raise ConfigError("mesh devices are none: give at least one device, e.g. jax.devices()")
+    odd = next((d for d in devices if not isinstance(d, jax.Device)), None)
+    if odd is not None:
+        raise ConfigError(f"mesh devices must be jax devices (from jax.devices()), got {type(odd).__name__}")
+    seen = set()
+    for d in devices:
+        if d in seen:
+            raise ConfigError(f"mesh devices repeat {d}: give each device once")
+        seen.add(d)
 
 
 def make_mesh(spec="auto", devices=None) -> Mesh:
@@ -98,6 +119,7 @@ def make_mesh(spec="auto", devices=None) -> Mesh:
         missing = [a for a in AXES if a not in spec.axis_names and a not in _OPTIONAL]
         if missing:
             raise ConfigError(f"mesh lacks axes {missing}: build it with jaxllm.sharding.make_mesh or name axes {AXES}")
+        _check_devices(list(spec.devices.ravel()))
         if any(t != AxisType.Auto for t in spec.axis_types):
             # jax.make_mesh's default (Explicit) types every array's sharding, and the models' reshapes
             # and contractions then stop with a ShardingTypeError: the same devices and names, Auto.

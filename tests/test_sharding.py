@@ -246,3 +246,24 @@ def test_loading_memory_stays_near_one_tensor(tmp_path_factory, mesh, quantize, 
     print(f"{source}, mesh {mesh}, quantize {quantize}: placed {m['placed_mb']:.0f} MB, peak above baseline {m['peak_mb'] - m['baseline_mb']:.0f} MB, "
           f"transient {extra:.0f} MB = {extra / largest_mb:.2f}x the largest tensor ({largest_mb:.0f} MB)")
     assert m["peak_mb"] - m["baseline_mb"] <= 1.5 * largest_mb + m["placed_mb"]
+
+
+@pytest.mark.parametrize("devices, message", [
+    (lambda d: [d[0], d[0]], "mesh devices repeat cpu:0: give each device once"),
+    (lambda d: [], "mesh devices are none: give at least one device"),
+    (lambda d: [0, 1], "mesh devices must be jax devices \\(from jax.devices\\(\\)\\), got int"),
+    (lambda d: d[0], "mesh devices must be a list of jax devices"),
+])
+def test_bad_mesh_devices_are_one_line_errors(devices, message):
+    """make_mesh(spec, devices) used to take a device twice (or ints, or none) and build a Mesh that
+    failed deep in loading ('the input arrays must be from distinct devices') or made 'auto' a Mesh
+    of no axes; a device object alone was a TypeError."""
+    import jax
+
+    with pytest.raises(ConfigError, match=message):
+        sharding.make_mesh("tp=2", devices(jax.devices()))
+    if "repeat" in message:  # a hand-built Mesh of a device twice too
+        from jax.sharding import Mesh
+
+        with pytest.raises(ConfigError, match=message):
+            sharding.make_mesh(Mesh(np.asarray(devices(jax.devices()), dtype=object).reshape(1, 1, 2), ("dp", "fsdp", "tp")))
