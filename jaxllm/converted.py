@@ -299,7 +299,7 @@ def restore(folder: Path, abstract, dtype, shardings: dict | None = None, progre
     (`_restore_with_orbax`). `progress` as in weights.load_params."""
     flat = flat_params(abstract)
     saved = read_marker(folder)["params"]
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     placing = _Placing(flat, quantized_here(flat, saved), {p: (shardings or {}).get(p, device) for p in flat})
     # Each leaf read in the dtype it is placed in: `dtype` for the float parameters (cast on read),
     # quantized integers and their scales in their own; a kernel quantized here in float32.

@@ -331,7 +331,7 @@ def place(host: np.ndarray, sharding=None) -> jax.Array:
     (each process builds only its own devices' slices, so this works across hosts; a slice of a
     file's memory map reads only its pages)."""
     if sharding is None:
-        return jax.device_put(_owned(host, jax.devices()[0]))
+        return jax.device_put(_owned(host, jax.local_devices()[0]))
     if not isinstance(host, np.ndarray):
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
     indices = sharding.addressable_devices_indices_map(host.shape)
