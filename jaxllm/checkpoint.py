@@ -42,6 +42,14 @@ _HUB_FILES = ["*.json", "*.model", "*.txt", "*.jinja", "tokenizer*"]  # config, 
 
 
 
+MARKER = "jaxllm.json"  # a converted folder's marker (jaxllm.converted): its parameters' tree, shapes and dtypes
+
+
+def is_converted(path: Path) -> bool:
+    """Whether `path` is a folder `python -m jaxllm.convert` wrote (it holds the marker)."""
+    return path.is_dir() and (path / MARKER).exists()
+
+
 def is_gguf(path: Path) -> bool:
     """Whether `path` names a GGUF file by its suffix, in any case (llama.cpp's files are '.gguf'; a
     copy renamed 'MODEL.GGUF' is the same file)."""
@@ -63,10 +71,8 @@ def resolve(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:
         if revision is not None:
             raise CheckpointError(f"revision={revision!r} picks a version of a hub repo, but '{text}' is a local "
                                   f"{'folder' if path.is_dir() else 'file'}: drop revision, or check out that version there")
-        from jaxllm import converted  # imports this module: here, once both are loaded
-
         if (_HUB_ID.match(text) and path.is_dir() and not (path / "config.json").exists()
-                and not gguf_files(path) and not converted.is_converted(path)):  # a checkpoint: its own errors say what is missing
+                and not gguf_files(path) and not is_converted(path)):  # a checkpoint: its own errors say what is missing
             raise CheckpointError(f"'{text}' is a local folder without config.json, which shadows the hub id '{text}': "
                                   "to load the hub model run from another folder (or rename this one); to load the "
                                   "folder, add its config.json")

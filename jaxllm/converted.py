@@ -31,19 +31,22 @@ from typing import Callable
 import jax
 import numpy as np
 
-from jaxllm.checkpoint import FLOAT_DTYPES, LazyTensor, read_config, read_generation_config, read_json
+from jaxllm.checkpoint import (
+    FLOAT_DTYPES,
+    MARKER,
+    LazyTensor,
+    is_converted,  # noqa: F401  (read as converted.is_converted)
+    read_config,
+    read_generation_config,
+    read_json,
+)
 from jaxllm.errors import CheckpointError
 from jaxllm.models import quant, weights
 from jaxllm.models.weights import flat_params, report, unflatten_into
 
-MARKER = "jaxllm.json"
 FORMAT = "jaxllm-orbax"
 VERSION = 2  # 2: Dense kernels stored [out..., in...] (version 1 stored [in..., out...])
 PARAMS = "params"
-
-
-def is_converted(path: Path) -> bool:
-    return path.is_dir() and (path / MARKER).exists()
 
 
 def key(path: tuple) -> str:

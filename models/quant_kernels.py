@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from jaxllm.models import quant_hopper
+
 
 def _dequantized(q_ref, s_ref, o_ref, i, bk: int, g: int, dtype):
     """The [bn, bk] float tile of K block i."""
@@ -187,8 +189,6 @@ def hopper_tiling(rows: int, n: int, k: int, groups: int):
     faster (16 rows or fewer, under 4,096 outputs) or it does not fit: K split until the work items
     (128 outputs x one split) about fill an H200's 132 multiprocessors, keeping at least two steps
     per split (benchmarks/quant_hopper_probe.py, docs/benchmarks.md session 19)."""
-    from . import quant_hopper
-
     if rows <= 16 or n < 4096:
         return None
     tile_k, splits = 128, 1
@@ -206,8 +206,6 @@ def matmul(x, q, scale, offset):
     if offset is None and q.dtype == jnp.int8 and x.dtype in (jnp.bfloat16, jnp.float16):
         kw = hopper_tiling(rows, n, k, groups) if HOPPER and x.dtype == jnp.bfloat16 and _on_hopper() else None
         if kw is not None:
-            from . import quant_hopper
-
             return quant_hopper.qmatmul(x, q, scale, **kw)
         for most, least, (bm, bn, bk, warps, stages, splits, per_group) in TILINGS16:
             if rows <= most and n >= least:
