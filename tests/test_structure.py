@@ -22,13 +22,20 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
-def _targets(node: ast.AST) -> list[str]:
-    """Our modules an import statement names (`from jaxllm import x` names jaxllm.x when x is a
-    module, else the package itself)."""
+def _package(path: Path) -> str:
+    return next(name for name, p in MODULES.items() if p == path).rpartition(".")[0] if path.stem != "__init__" else \
+        next(name for name, p in MODULES.items() if p == path)
+
+
+def _targets(node: ast.AST, package: str) -> list[str]:
+    """Our modules an import statement in `package` names (`from jaxllm import x` names jaxllm.x
+    when x is a module, else the package itself; `from . import x` is read from `package`)."""
     if isinstance(node, ast.Import):
         names = [a.name for a in node.names]
-    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-        names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module for a in node.names]
+    elif isinstance(node, ast.ImportFrom) and (node.module or node.level):
+        base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+        module = ".".join(p for p in (base, node.module or "") if p)
+        names = [f"{module}.{a.name}" if f"{module}.{a.name}" in MODULES else module for a in node.names]
     else:
         return []
     return [n for n in names if n in MODULES]
@@ -39,7 +46,7 @@ def _top_level_imports(path: Path) -> set[str]:
     out = set()
     for node in tree.body:
         for sub in ast.walk(node) if isinstance(node, (ast.If, ast.Try)) else [node]:
-            out.update(_targets(sub))
+            out.update(_targets(sub, _package(path)))
     return out
 
 
@@ -49,7 +56,7 @@ def _function_imports(path: Path) -> list[str]:
     for fn in ast.walk(tree):
         if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
             for node in ast.walk(fn):
-                found += [f"{path.name}:{node.lineno} {t}" for t in _targets(node)]
+                found += [f"{path.name}:{node.lineno} {t}" for t in _targets(node, _package(path))]
     return found
 
 
