@@ -40,8 +40,6 @@ _DTYPES = {
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _HUB_FILES = ["*.json", "*.model", "*.txt", "*.jinja", "tokenizer*"]  # config, index, tokenizer, templates
 
-
-
 MARKER = "jaxllm.json"  # a converted folder's marker (jaxllm.converted): its parameters' tree, shapes and dtypes
 
 
@@ -59,6 +57,7 @@ def is_gguf(path: Path) -> bool:
 def gguf_files(folder: Path) -> list[str]:
     """The names of the GGUF files in `folder`, sorted."""
     return sorted(p.name for p in folder.iterdir() if is_gguf(p) and p.is_file())
+
 
 def resolve(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:
     """A local file or folder as it is; otherwise a hub id, fetched into (or found in) the HF cache,

@@ -258,7 +258,8 @@ def problems(folder: Path, abstract) -> list[str]:
     """Every missing, unexpected and mis-shaped parameter of the saved tree against the model (a
     kernel the model quantizes and the folder holds as floats: the float kernel, not its scales)."""
     saved = read_marker(folder)["params"]
-    want = {key(p): tuple(v.shape) for p, v in _read_leaves(flat_params(abstract), saved).items()}
+    flat = flat_params(abstract)
+    want = {key(p): tuple(v.shape) for p, v in _read_leaves(flat, quantized_here(flat, saved)).items()}
     found = [f"missing {k} (expected shape {list(s)})" for k, s in want.items() if k not in saved]
     found += [f"{k} has shape {saved[k]['shape']}, expected {list(s)}"
               for k, s in want.items() if k in saved and tuple(saved[k]["shape"]) != s]
@@ -272,10 +273,10 @@ def quantized_here(flat: dict, saved: dict) -> set[tuple]:
             and not quant.is_quantized(jax.numpy.dtype(saved[key(p)]["dtype"]))}
 
 
-def _read_leaves(flat: dict, saved: dict) -> dict:
+def _read_leaves(flat: dict, here: set[tuple]) -> dict:
     """{path: leaf} of what is read from the folder: `flat` without the scales and offsets of the
-    kernels quantized here (quant.pieces makes them from the float kernel)."""
-    made = quant.scale_paths(quantized_here(flat, saved))
+    kernels quantized here (`here`: quant.pieces makes them from the float kernel)."""
+    made = quant.scale_paths(here)
     return {p: leaf for p, leaf in flat.items() if p not in made}
 
 
@@ -307,7 +308,7 @@ def restore(folder: Path, abstract, dtype, shardings: dict | None = None, progre
     # Each leaf read in the dtype it is placed in: `dtype` for the float parameters (cast on read),
     # quantized integers and their scales in their own; a kernel quantized here in float32.
     target = {key(p): quant.float_target(p, flat, leaf.dtype) if p in placing.here else leaf
-              for p, leaf in _read_leaves(flat, saved).items()}
+              for p, leaf in _read_leaves(flat, placing.here).items()}
     target = {k: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=placing.shardings[placing.paths[k]])
               for k, t in target.items()}
     sizes = {k: max(math.prod(t.shape) * np.dtype(t.dtype).itemsize, _saved_bytes(saved.get(k), t.shape))

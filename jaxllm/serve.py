@@ -50,14 +50,19 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _whole(text: str) -> int | None:
+    """A flag's text as a whole number, or None."""
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
 def at_least(low: int):
     """An argparse type: a whole number >= `low`, checked as the flags are read (not after loading the model)."""
 
     def whole(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
+        value = _whole(text)
         if value is None or value < low:
             raise argparse.ArgumentTypeError(f"{text!r} is invalid: use a whole number >= {low}")
         return value
@@ -68,10 +73,7 @@ def at_least(low: int):
 def tcp_port(text: str) -> int:
     """--port as a TCP port. uvicorn takes any int: 70000 wraps to 4464 (while its log says
     :70000), -1 fails inside getaddrinfo; so refuse them here, as a usage error."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
+    value = _whole(text)
     if value is None or not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port: use a whole number from 1 to 65535")
     return value
