@@ -25,7 +25,8 @@ def main(argv=None):
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--bN", action="store_true", help="also batch-N throughput")
     p.add_argument("--xla", action="store_true", help="also int8/int4 with dequantize-then-dot everywhere")
-    p.add_argument("--kinds", default="int8,int4", help="the quantized runs beside the float one")
+    p.add_argument("--kinds", default="int8,int4", help="the quantized runs beside the float one (int8+tables: "
+                   "quantize_embeddings too)")
     p.add_argument("--triton", action="store_true", help="also int8 without the Hopper kernel")
     p.add_argument("--out")
     args = p.parse_args(argv)
@@ -42,7 +43,8 @@ def main(argv=None):
             quant.product = (lambda *a: None) if forms == "xla" else product  # read when the steps are traced
             quant_kernels.HOPPER = forms != "triton"
             jax.clear_caches()
-            r = bench.bench_jax(shape, sizes, args.dtype, skip, q)
+            q, _, extra = (q or "").partition("+")  # "int8+tables": quantize_embeddings too
+            r = bench.bench_jax(shape, sizes, args.dtype, skip, q or None, tables=extra == "tables")
             r["forms"] = forms
             gc.collect()
             base = base or r

@@ -144,12 +144,14 @@ def bench_prefix(model, sizes: dict) -> dict:
     return out
 
 
-def bench_jax(shape: str, sizes: dict, dtype: str, skip=(), quantize=None, mesh=None) -> dict:
-    model = section("random weights", lambda: jax.block_until_ready(random_model(shape, dtype=dtype, mesh=mesh, quantize=quantize)))
+def bench_jax(shape: str, sizes: dict, dtype: str, skip=(), quantize=None, mesh=None, tables: bool = False) -> dict:
+    """The sections of one shape (`tables`: quantize_embeddings with `quantize`)."""
+    model = section("random weights", lambda: jax.block_until_ready(
+        random_model(shape, dtype=dtype, mesh=mesh, quantize=quantize, quantize_embeddings=tables)))
     cfg = model.config
     rng = np.random.default_rng(0)
     param_bytes = int(sum(quant.bytes_of(x) for x in jax.tree.leaves(model.params)))  # int4: half a byte
-    out = {"shape": shape, "param_bytes": param_bytes, "quantize": quantize, "mesh": mesh}
+    out = {"shape": shape, "param_bytes": param_bytes, "quantize": quantize, "quantize_embeddings": tables, "mesh": mesh}
 
     def reqs(n, prompt, new):
         p = SamplingParams(max_new_tokens=new, ignore_eos=True).resolved()
@@ -205,27 +207,27 @@ def offline_requests(cfg, sizes: dict) -> list[Request]:
             for i, (p, o) in enumerate(zip(prompts, outputs))]
 
 
-def offline_first_run(shape: str, sizes: dict, dtype: str, cache_dir: str, mesh=None, quantize=None) -> float:
+def offline_first_run(shape: str, sizes: dict, dtype: str, cache_dir: str, mesh=None, quantize=None, tables=False) -> float:
     """Output tokens/s of the offline workload's first run in a fresh process (its compiles
     included; with `cache_dir` warm, loaded from the persistent cache instead)."""
     code = (
         "import json, sys, time; from jaxllm import bench; from jaxllm.runtime import use_compile_cache; "
         f"use_compile_cache({cache_dir!r}); from jaxllm.random_model import random_model; "
-        f"m = random_model({shape!r}, dtype={dtype!r}, mesh={mesh!r}, quantize={quantize!r}); sizes = json.loads({json.dumps(sizes)!r}); "
+        f"m = random_model({shape!r}, dtype={dtype!r}, mesh={mesh!r}, quantize={quantize!r}, quantize_embeddings={tables!r}); sizes = json.loads({json.dumps(sizes)!r}); "
         "e = bench._engine(m, sizes, sizes['offline_slots'], 2 * sizes['offline_hi'], pages=None, chunk=64); "
         "_, total, n = bench._run(e, bench.offline_requests(m.config, sizes)); print(n / total)"
     )
     return float(fresh_python(["-c", code], f"the offline workload of {shape}", 900).strip().splitlines()[-1])
 
 
-def start_time(shape: str, sizes: dict, dtype: str, cache_dir: str, mesh=None, quantize=None) -> float:
+def start_time(shape: str, sizes: dict, dtype: str, cache_dir: str, mesh=None, quantize=None, tables=False) -> float:
     """Seconds for a fresh process to build the model and serve its first token."""
     code = (
         "import time; t=time.perf_counter(); from jaxllm.runtime import use_compile_cache; "
         f"use_compile_cache({cache_dir!r}); "
         "from jaxllm.random_model import random_model; from jaxllm.engine import Engine, Request; "
         "from jaxllm.sampling import SamplingParams; "
-        f"m = random_model({shape!r}, dtype={dtype!r}, mesh={mesh!r}, quantize={quantize!r}); "
+        f"m = random_model({shape!r}, dtype={dtype!r}, mesh={mesh!r}, quantize={quantize!r}, quantize_embeddings={tables!r}); "
         f"e = Engine(m, batch_size=1, max_len={sizes['b1_prompt'] + sizes['b1_new']}, num_pages={sizes['b1_prompt'] + sizes['b1_new']}); "
         f"p = SamplingParams(max_new_tokens=2, ignore_eos=True).resolved(); "
         f"list(e.run([Request(list(range(1, {sizes['b1_prompt'] + 1})), p)])); print(time.perf_counter()-t)"
@@ -292,6 +294,8 @@ def main(argv=None) -> int:
     p.add_argument("--shape", action="append", help=f"{', '.join(SHAPES)} (repeatable; default: qwen3-0.6b)")
     p.add_argument("--dtype", default="bfloat16", help="float32, bfloat16 or float16 (default: %(default)s)")
     p.add_argument("--quantize", choices=["int8", "int4"], help="quantized weights in every section but --load")
+    p.add_argument("--quantize-embeddings", action="store_true",
+                   help="with --quantize: the embedding and output head in int8 too")
     p.add_argument("--mesh", help="device mesh for every section but --tp, e.g. 'tp=2', 'dp=2' (default: one device); "
                    "with --load: also time the safetensors load onto it")
     p.add_argument("--compare", choices=["hf"], help="also run transformers on the same shapes")
@@ -355,6 +359,8 @@ def check_args(args, shapes: list[str]) -> list[int] | None:
             raise JaxllmError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --load: add --load, or drop {', '.join(given)}")
         if args.compare == "hf":
             _check_hf_peer()
+    if args.quantize_embeddings and not args.quantize:
+        raise JaxllmError("--quantize-embeddings goes with --quantize int8 or int4: add --quantize")
     if load and args.quantize:
         raise JaxllmError("--quantize is not timed by --load (it loads float checkpoints): drop one of them")
     if load:
@@ -414,21 +420,21 @@ def _main(args) -> int:
         for shape in shapes:
             cache = tempfile.mkdtemp(prefix="jaxllm-cc-")
             starts[shape] = {
-                "cold_start_s": section(f"cold start {shape}", lambda: start_time(shape, sizes, args.dtype, cache, args.mesh, args.quantize)),
-                "warm_start_s": section(f"warm start {shape}", lambda: start_time(shape, sizes, args.dtype, cache, args.mesh, args.quantize)),
+                "cold_start_s": section(f"cold start {shape}", lambda: start_time(shape, sizes, args.dtype, cache, args.mesh, args.quantize, args.quantize_embeddings)),
+                "warm_start_s": section(f"warm start {shape}", lambda: start_time(shape, sizes, args.dtype, cache, args.mesh, args.quantize, args.quantize_embeddings)),
             }
             if "offline" not in skip:
                 cache = tempfile.mkdtemp(prefix="jaxllm-cc-")
                 starts[shape]["offline_fresh_cold_tokens_per_s"] = section(
-                    f"offline fresh process, cold {shape}", lambda: offline_first_run(shape, sizes, args.dtype, cache, args.mesh, args.quantize))
+                    f"offline fresh process, cold {shape}", lambda: offline_first_run(shape, sizes, args.dtype, cache, args.mesh, args.quantize, args.quantize_embeddings))
                 starts[shape]["offline_fresh_warm_tokens_per_s"] = section(
-                    f"offline fresh process, warm {shape}", lambda: offline_first_run(shape, sizes, args.dtype, cache, args.mesh, args.quantize))
+                    f"offline fresh process, warm {shape}", lambda: offline_first_run(shape, sizes, args.dtype, cache, args.mesh, args.quantize, args.quantize_embeddings))
     peer = {shape: section(f"transformers {shape}", lambda: bench_hf(shape, sizes)) for shape in shapes} if args.compare == "hf" else {}
     bandwidth = copy_bandwidth()
     results = []
     for shape in shapes:
         print(f"{shape}:", file=sys.stderr, flush=True)
-        r = bench_jax(shape, sizes, args.dtype, skip, args.quantize, args.mesh)
+        r = bench_jax(shape, sizes, args.dtype, skip, args.quantize, args.mesh, args.quantize_embeddings)
         r.update(starts.get(shape, {}))
         if shape in peer:
             r["hf"] = peer[shape]

@@ -126,13 +126,14 @@ class LoadedModel:
         return research.jitted(name, self.mesh)(self.graphdef, self.params, sharding.put_replicated(tokens, self.mesh), *static)
 
 
-def abstract_model(cfg: ModelConfig, arch: Architecture, dtype, scheme_for=None, mesh=None):
+def abstract_model(cfg: ModelConfig, arch: Architecture, dtype, scheme_for=None, mesh=None, tables=None):
     """(graphdef, abstract state): the module's structure with shapes, without allocating weights.
-    `scheme_for(path)` -> quant.Scheme or None: which layers are quantized, and how (quant.apply).
+    `scheme_for(path)` -> quant.Scheme or None: which layers are quantized, and how (quant.apply);
+    `tables` the same for the token embedding and output head (None: float).
     `mesh`: the Mesh the model is placed on (its MoE blocks run their experts split as the rules say)."""
     module = arch.module(cfg, dtype=dtype, rngs=nnx.Rngs(0))  # parameters are ShapeDtypeStructs (layers.param)
-    if scheme_for is not None:
-        quant.apply(module, scheme_for)
+    if scheme_for is not None or tables is not None:
+        quant.apply(module, scheme_for, tables)
     layers.split_experts(module, mesh, sharding.RULES["expert"])
     return nnx.split(module)
 
@@ -146,18 +147,26 @@ def memory(cfg: ModelConfig, abstract, batch: int, length: int, dtype, kv_dtype=
 
 
 def estimate_memory(cfg: ModelConfig, batch: int, length: int, dtype="bfloat16", quantize=None,
-                    group_size=None, kv_dtype=None) -> dict[str, int]:
+                    group_size=None, kv_dtype=None, quantize_embeddings: bool = False) -> dict[str, int]:
     """`memory` of a config in `dtype` (weights quantized by `quantize`), before anything is allocated."""
     for name, value in (("batch", batch), ("length", length)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
             raise InputError(f"estimate_memory {name}={value!r} is invalid: use a whole number >= 1")
     dtype = resolve_dtype(dtype)
-    _, abstract = abstract_model(cfg, registry.get(cfg.architecture), dtype, _uniform(quant.scheme(quantize, group_size)))
+    _, abstract = abstract_model(cfg, registry.get(cfg.architecture), dtype, _uniform(quant.scheme(quantize, group_size)),
+                                 tables=_tables(quantize, quantize_embeddings))
     return memory(cfg, abstract, batch, length, dtype, kv_dtype)
 
 
 def _uniform(scheme):
     return None if scheme is None else (lambda path: scheme)
+
+
+def _tables(quantize, quantize_embeddings):
+    """The scheme_for of the token embedding and output head: quant.TABLES (int8 in groups, whatever
+    width the other kernels take) when `quantize_embeddings`, else None (float)."""
+    quant.check_tables(quantize, quantize_embeddings)
+    return _uniform(quant.scheme(quant.TABLES)) if quantize_embeddings else None
 
 
 @dataclass
@@ -195,19 +204,20 @@ class Plan:
 
 
 def plan(raw: dict, dtype=None, mesh=None, source=None, *, quantize: str | None = None,
-         group_size: int | None = None) -> Plan:
+         group_size: int | None = None, quantize_embeddings: bool = False) -> Plan:
     """The Plan of a config.json dict: architecture, ModelConfig, abstract module (quantized as
-    `quantize` says), shardings."""
+    `quantize` and `quantize_embeddings` say), shardings."""
     quant.check(quantize, group_size, QUANTIZE)
+    quant.check_tables(quantize, quantize_embeddings)
     arch = registry.architecture_of(raw)
     cfg = _own_head(arch, arch.config(raw), source)
     dtype = resolve_dtype(dtype or "float32")
-    scheme_for, native, quantize = _quantization(arch, cfg, source, quantize, group_size)
+    scheme_for, tables, native, quantize = _quantization(arch, cfg, source, quantize, group_size, quantize_embeddings)
     if sharding.is_auto(mesh):  # the most devices on tp this model's heads and MLP allow, the rest on dp (ep=1 either way)
-        probe = abstract_model(cfg, arch, dtype, scheme_for)[1]
+        probe = abstract_model(cfg, arch, dtype, scheme_for, tables=tables)[1]
         mesh = sharding.fitting_mesh(lambda m: sharding.param_shardings(probe, m))
     mesh = sharding.make_mesh(mesh) if mesh is not None else None
-    graphdef, abstract = abstract_model(cfg, arch, dtype, scheme_for, mesh)
+    graphdef, abstract = abstract_model(cfg, arch, dtype, scheme_for, mesh, tables)
     if native:  # only kernels the module quantizes (not an untied output head, say)
         leaves = weights.flat_params(abstract)
         native = {path: name for path, name in native.items() if quant.is_quantized(leaves[path].dtype)}
@@ -218,6 +228,7 @@ def plan(raw: dict, dtype=None, mesh=None, source=None, *, quantize: str | None 
 
 
 EMBEDDING = ("model", "embed_tokens", "embedding")  # every family's input embedding
+TABLE_PATHS = (EMBEDDING, ("lm_head", "kernel"))  # what quantize_embeddings quantizes (the head when untied)
 
 
 def _own_head(arch: Architecture, cfg: ModelConfig, source) -> ModelConfig:
@@ -245,17 +256,19 @@ _NOT_GGUF = ("quantize='gguf' keeps a GGUF file's own quantized blocks; this che
              "use quantize='int8' or 'int4'")
 
 
-def _quantization(arch, cfg, source, quantize, group_size):
-    """(scheme_for, {kernel path: GGUF tensor name taken natively}, the mode) of a load."""
+def _quantization(arch, cfg, source, quantize, group_size, quantize_embeddings=False):
+    """(scheme_for, the tables' scheme_for, {kernel path: GGUF tensor name taken natively}, the
+    mode) of a load."""
     if isinstance(source, converted.ConvertedCheckpoint):
-        return _saved_quantization(source, quantize, group_size)
+        return _saved_quantization(source, quantize, group_size, quantize_embeddings)
+    tables = _tables(quantize, quantize_embeddings)
     tensors = getattr(source, "tensors", None) if getattr(source, "path", None) and source.path.is_file() else None
     if not isinstance(tensors, gguf.GGUFCheckpoint):
         if quantize == "gguf":
             raise ConfigError(_NOT_GGUF)
-        return _uniform(quant.scheme(quantize, group_size)), {}, quantize
+        return _uniform(quant.scheme(quantize, group_size)), tables, {}, quantize
     if quantize is None:
-        return None, {}, None
+        return None, None, {}, None
     own = None if quantize == "gguf" else quant.scheme(quantize, group_size)
     native, schemes = {}, {}
     for spec in arch.weight_map(cfg):
@@ -266,7 +279,8 @@ def _quantization(arch, cfg, source, quantize, group_size):
         block = blocks.pop() if len(blocks) == 1 else None  # an expert stack's tensors all of one type
         if block is not None and (quantize == "gguf" or block.bits == own.bits):
             native[spec.path], schemes[spec.path] = source, block
-    return (lambda path: schemes.get(path, own)), native, quantize
+    tables_for = None if tables is None else (lambda path: schemes.get(path) or tables(path))  # an untied head's blocks too
+    return (lambda path: schemes.get(path, own)), tables_for, native, quantize
 
 
 class BlockSource(NamedTuple):
@@ -296,9 +310,10 @@ def _block_source(spec, tensors) -> BlockSource | None:
     return BlockSource(names, part) if rows else None
 
 
-def _saved_quantization(source, quantize, group_size=None):
-    """A converted folder's quantization, from the dtypes and shapes its marker lists; a float
-    folder quantized as `quantize` asks (converted.restore quantizes each kernel as it reads it)."""
+def _saved_quantization(source, quantize, group_size=None, quantize_embeddings=False):
+    """A converted folder's quantization (scheme_for, tables' scheme_for, {}, mode), from the dtypes
+    and shapes its marker lists; a float folder quantized as `quantize` and `quantize_embeddings`
+    ask (converted.restore quantizes each kernel as it reads it)."""
     marker = converted.read_marker(source.path)
     saved, schemes = marker["params"], {}
     for name, info in saved.items():
@@ -321,12 +336,16 @@ def _saved_quantization(source, quantize, group_size=None):
     if mode is None and quantize is not None:  # float weights, quantized as they are read
         if quantize == "gguf":
             raise ConfigError(_NOT_GGUF)
-        return _uniform(quant.scheme(quantize, group_size)), {}, quantize
+        return _uniform(quant.scheme(quantize, group_size)), _tables(quantize, quantize_embeddings), {}, quantize
     if quantize is not None and quantize != mode:
         raise ConfigError(f"{source.path} holds {mode} weights: load it without quantize= (or with quantize='{mode}'; "
                           f"on the command line without --quantize, or --quantize {mode}), or quantize the original "
                           f"float checkpoint with {quantize}")
-    return (lambda path: schemes.get(converted.key(path))) if schemes else None, {}, mode
+    saved_for = (lambda path: schemes.get(converted.key(path))) if schemes else None
+    if quantize_embeddings and not any(converted.key(path) in schemes for path in TABLE_PATHS):
+        raise ConfigError(f"{source.path} was converted with float embeddings and output head: load it without "
+                          "quantize_embeddings, or convert the original checkpoint with it")
+    return saved_for, saved_for, {}, mode
 
 
 def _read_gguf_blocks(p: Plan, progress):
@@ -385,16 +404,18 @@ def open_checkpoint(path_or_id, revision: str | None = None):
 
 
 def prepare(path_or_id, dtype=None, mesh=None, *, quantize: str | None = None, group_size: int | None = None,
-            revision: str | None = None) -> Plan:
+            revision: str | None = None, quantize_embeddings: bool = False) -> Plan:
     """The Plan of a checkpoint (folder, hub id, .gguf file or converted folder); `dtype` None:
     the checkpoint's own default (a converted folder's saved dtype, else float32)."""
     quant.check(quantize, group_size, QUANTIZE)  # before any file is opened or downloaded
+    quant.check_tables(quantize, quantize_embeddings)
     if not isinstance(path_or_id, (str, os.PathLike)) or not str(path_or_id).strip():
         raise InputError(f"path_or_id must be a checkpoint folder, a .gguf file or a hub id (a non-empty string or "
                          f"path), got {type(path_or_id).__name__} {path_or_id!r}"[:300])
     source = open_checkpoint(path_or_id, revision)
     try:
-        p = plan(source.raw, dtype or source.load_dtype, mesh, source, quantize=quantize, group_size=group_size)
+        p = plan(source.raw, dtype or source.load_dtype, mesh, source, quantize=quantize, group_size=group_size,
+                 quantize_embeddings=quantize_embeddings)
     except ConfigError as err:  # a GGUF file has no config.json: name the file its fields came from
         path = getattr(source, "path", None)
         if path is None or not checkpoint.is_gguf(Path(path)) or not str(err).startswith("config.json"):
@@ -417,6 +438,7 @@ def load(
     group_size: int | None = None,
     kv_dtype=None,
     revision: str | None = None,
+    quantize_embeddings: bool = False,
 ) -> LoadedModel:
     """Load a Hugging Face checkpoint (folder or hub id), a GGUF file, or a folder written by
     `python -m jaxllm.convert`.
@@ -430,7 +452,10 @@ def load(
     an offset per `group_size`, default 32): quant.scheme or, for a .gguf file, "gguf" (its own
     Q8_0 / Q4_0 / Q4_1 blocks as int8 / int4 groups of 32, other tensors float). On a GGUF file,
     "int8" takes Q8_0 blocks and "int4" Q4_0 / Q4_1 blocks as they are (groups of 32, whatever
-    `group_size` says) and quantizes the other kernels. Embeddings, the output head, norms, biases and MoE routers stay float. A converted
+    `group_size` says) and quantizes the other kernels. Norms, biases and MoE routers stay float.
+    quantize_embeddings: the token embedding and the output head (one table when tied) in int8
+    too, symmetric in groups of 128 along the hidden size, whichever width the other kernels take
+    (they are the most sensitive: docs/benchmarks.md); default False keeps them float. A converted
     folder loads as it was saved: quantized ones as they are (quantize None or their own mode), float
     ones quantized as they are restored (the same weights as quantizing the original checkpoint).
     kv_dtype: the KV cache dtype the engine uses ("int8", "float8_e4m3fn", or a float dtype;
@@ -438,7 +463,8 @@ def load(
     revision: for a hub id, the branch, tag or commit hash to load (default: the main branch).
     """
     kv_dtype = resolve_kv_dtype(kv_dtype)
-    p = prepare(path_or_id, dtype, mesh, quantize=quantize, group_size=group_size, revision=revision)
+    p = prepare(path_or_id, dtype, mesh, quantize=quantize, group_size=group_size, revision=revision,
+                quantize_embeddings=quantize_embeddings)
     p.check()
     tok = checkpoint.load_tokenizer(p.source.path, p.config.vocab_size) if tokenizer else None  # before the weights: a bad one fails fast
     params = p.read(progress)
@@ -446,7 +472,8 @@ def load(
                        quantize=p.quantize, kv_dtype=kv_dtype)
 
 
-def quantize_model(model: LoadedModel, quantize: str, group_size: int | None = None) -> LoadedModel:
+def quantize_model(model: LoadedModel, quantize: str, group_size: int | None = None,
+                   quantize_embeddings: bool = False) -> LoadedModel:
     """A quantized copy of a float model already in memory (each kernel read back to the host,
     quantized and placed again, one at a time), for comparing schemes without reading the
     checkpoint again."""
@@ -455,7 +482,8 @@ def quantize_model(model: LoadedModel, quantize: str, group_size: int | None = N
         raise ConfigError("quantize_model takes a float model and quantize='int8' or 'int4'")
     arch = registry.get(model.config.architecture)
     scheme = quant.scheme(quantize, group_size)
-    graphdef, abstract = abstract_model(model.config, arch, model.dtype, _uniform(scheme), model.mesh)
+    graphdef, abstract = abstract_model(model.config, arch, model.dtype, _uniform(scheme), model.mesh,
+                                        _tables(quantize, quantize_embeddings))
     targets = weights.flat_params(abstract)
     shardings = sharding.param_shardings(abstract, model.mesh) if model.mesh is not None else {}
     filled = {}

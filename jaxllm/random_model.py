@@ -51,13 +51,15 @@ SHAPES = {
 
 
 def random_model(raw: dict | str, dtype="bfloat16", mesh=None, seed: int = 0, *, quantize: str | None = None,
-                 group_size: int | None = None, kv_dtype=None) -> LoadedModel:
+                 group_size: int | None = None, kv_dtype=None, quantize_embeddings: bool = False) -> LoadedModel:
     """A LoadedModel of config `raw` (a config.json dict, or a name in SHAPES) with N(0, 0.02)
     weights and unit norms. With `quantize` ("int8", "int4"), kernels are drawn as uniform integers
     on the devices with scales and offsets that give values of about the same spread (mean 0,
-    standard deviation 0.02), so a quantized 8B shape also takes seconds."""
+    standard deviation 0.02), so a quantized 8B shape also takes seconds; `quantize_embeddings`
+    quantizes the embedding and output head too (jaxllm.load's)."""
     kv_dtype = resolve_kv_dtype(kv_dtype)
-    p = plan(SHAPES[raw] if isinstance(raw, str) else raw, dtype, mesh, quantize=quantize, group_size=group_size)
+    p = plan(SHAPES[raw] if isinstance(raw, str) else raw, dtype, mesh, quantize=quantize, group_size=group_size,
+             quantize_embeddings=quantize_embeddings)
     # One small jit per distinct (shape, dtype, sharding): one giant init jit compiles for minutes on GPU.
     makers, filled = {}, {}
     leaves = flat_params(p.abstract)

@@ -17,7 +17,7 @@ from flax import nnx
 
 from jaxllm.models.attention import UNCACHED, Attention, LayerCache
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.layers import Embed, RMSNorm, make_mlp, param
+from jaxllm.models.layers import Dense, Embed, RMSNorm, make_mlp
 from jaxllm.models.rope import rotary
 from jaxllm.models.weights import Copy, Linear, WeightSpec
 
@@ -58,7 +58,8 @@ def norm_kwargs(cfg: ModelConfig, dtype, rngs, norm_cls=None) -> dict:
 class DecoderModel(nnx.Module):
     def __init__(self, cfg: ModelConfig, layer_cls=DecoderLayer, *, dtype, rngs: nnx.Rngs, final_norm=None):
         self.cfg = cfg
-        self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs, scale=cfg.embed_scale)
+        self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs, scale=cfg.embed_scale,
+                                  quantizable=True)
         learned = cfg.position_embedding == "learned"
         self.embed_positions = Embed(cfg.max_position_embeddings, cfg.hidden_size, dtype=dtype, rngs=rngs) if learned else None
         self.layers = nnx.List([layer_cls(cfg, i, dtype=dtype, rngs=rngs) for i in range(cfg.num_layers)])
@@ -114,7 +115,8 @@ class CausalLM(nnx.Module):
         if cfg.tie_word_embeddings:
             self.lm_head = None
         else:
-            self.lm_head = nnx.Dict(kernel=param((cfg.vocab_size, cfg.hidden_size), ("vocab_out", "embed"), dtype))
+            self.lm_head = Dense((cfg.hidden_size,), (cfg.vocab_size,), ("embed", "vocab_out"), bias=False, dtype=dtype,
+                                 rngs=rngs, table=True)
 
     def hidden(self, tokens, positions, cache: list[LayerCache] | None = None, kv=UNCACHED, lengths=None):
         return self.model(tokens, positions, cache, kv, lengths)
@@ -124,7 +126,7 @@ class CausalLM(nnx.Module):
         if self.lm_head is None:
             out = self.model.embed_tokens.attend(hidden)
         else:
-            out = jnp.einsum("bte,ve->btv", hidden, self.lm_head["kernel"][...])
+            out = self.lm_head(hidden)
         out = out.astype(jnp.float32)
         cap = self.cfg.final_softcap
         return out if cap is None else jnp.tanh(out / cap) * cap

@@ -16,6 +16,7 @@ flax's pytree checks on every attribute, about half of what a layer costs to bui
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -49,12 +50,14 @@ class Dense(nnx.Module, pytree=False):
     the kernel holds integers of the same shape and axes, `scale` (and `offset`) [out..., G] one
     value per group of input values; `__call__` takes quant.product's form for its rows (decode on
     a GPU: no float kernel built), else dequantizes (convert, scale, reshape) right before the
-    same product. `quantizable` False keeps a layer float (MoE routers).
+    same product. `quantizable` False keeps a layer float (MoE routers); `table` marks the output
+    head, quantized only when the load asks for quantized tables (quant.apply).
     """
 
-    def __init__(self, in_shape, out_shape, axes, *, bias: bool, dtype, rngs: nnx.Rngs, quantizable: bool = True):
+    def __init__(self, in_shape, out_shape, axes, *, bias: bool, dtype, rngs: nnx.Rngs, quantizable: bool = True,
+                 table: bool = False):
         self.n_in = len(in_shape)
-        self.quantizable = quantizable
+        self.quantizable, self.table = quantizable, table
         axes = tuple(axes[self.n_in :]) + tuple(axes[: self.n_in])
         self.kernel = param(tuple(out_shape) + tuple(in_shape), axes, dtype)
         self.bias = param(tuple(out_shape), axes[: len(out_shape)], dtype) if bias else None
@@ -135,17 +138,51 @@ class LayerNorm(nnx.Module, pytree=False):
 
 
 class Embed(nnx.Module, pytree=False):
-    def __init__(self, vocab: int, dim: int, *, dtype, rngs: nnx.Rngs, scale: float = 1.0):
+    """A lookup table [vocab, dim]; the token embedding's is also the tied output head (`attend`).
+    `quantizable` (the token embedding, not learned positions) and `table`: quant.apply quantizes
+    it only when the load asks for quantized tables (quantize_embeddings), in groups along dim:
+    a lookup dequantizes just the rows it takes, `attend` is a quantized product."""
+
+    def __init__(self, vocab: int, dim: int, *, dtype, rngs: nnx.Rngs, scale: float = 1.0, quantizable: bool = False):
         self.scale = scale  # Gemma multiplies by sqrt(hidden), rounded to the weights' dtype
+        self.dtype, self.quantizable, self.table = dtype, quantizable, True
         self.embedding = param((vocab, dim), ("vocab_in", "embed"), dtype)
+        self.embedding_scale = self.embedding_offset = None
+
+    def quantize(self, path: tuple, scheme_for) -> None:
+        """Declare the table quantized by scheme_for(its path) (None: stay float)."""
+        scheme = scheme_for(path + ("embedding",))
+        if scheme is None:
+            return
+        (vocab, dim), axes = self.embedding.get_value().shape, self.embedding.axes
+        groups = scheme.groups(dim, ".".join(map(str, path + ("embedding",))))
+        scale_axes = (axes[0], quant.group_axis(axes, 1, groups))
+        self.embedding = param((vocab, dim), axes, scheme.kernel_dtype)
+        self.embedding_scale = param((vocab, groups), scale_axes, scheme.scale_dtype or self.dtype)
+        if scheme.offset:
+            self.embedding_offset = param((vocab, groups), scale_axes, scheme.offset_dtype or self.dtype)
+
+    def _parts(self):
+        scale, offset = self.embedding_scale, self.embedding_offset
+        return self.embedding[...], None if scale is None else scale[...], None if offset is None else offset[...]
 
     def __call__(self, tokens):
-        x = jnp.take(self.embedding[...], tokens, axis=0, mode="clip")  # ids are checked before; padding may run past
+        table, scale, offset = self._parts()
+        x = jnp.take(table, tokens, axis=0, mode="clip")  # ids are checked before; padding may run past
+        if scale is not None:  # only the rows taken are dequantized
+            take = functools.partial(jnp.take, indices=tokens, axis=0, mode="clip")
+            x = quant.dequantize(x, take(scale), None if offset is None else take(offset), self.dtype)
         return x * jnp.asarray(self.scale, x.dtype) if self.scale != 1.0 else x
 
     def attend(self, x):
         """Tied output head: logits = x . embedding^T."""
-        return jnp.einsum("bte,ve->btv", x, self.embedding[...])
+        table, scale, offset = self._parts()
+        if scale is not None:
+            y = quant.product(x, table, scale, offset, 1)
+            if y is not None:
+                return y
+            table = quant.dequantize(table, scale, offset, x.dtype)
+        return jnp.einsum("bte,ve->btv", x, table)
 
 
 ACTIVATIONS = {

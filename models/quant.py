@@ -6,6 +6,7 @@ per group of `g` consecutive input values:
 
     Dense kernel [out..., in...]       scale, offset [out..., G]     G = prod(in) / g
     MoE experts  [X, in, out]          {name}_scale, {name}_offset [X, G, out]
+    token embedding [vocab, embed]     embedding_scale, embedding_offset [vocab, G]  (groups along embed)
 
     w = q * scale (+ offset), per group; one scale per output channel is G = 1.
 
@@ -40,6 +41,7 @@ from jaxllm.models import quant_kernels
 MODES = ("int8", "int4")  # what `quantize=` takes, besides "gguf" (a GGUF file's own blocks; jaxllm.loader)
 DEFAULT_GROUP = 32  # int4 input values per scale: measured on SmolLM2-135M (docs/benchmarks.md, Quantization)
 INT8_GROUP = 128  # int8 input values per scale: likewise (one per output channel costs more, see `scheme`)
+TABLES = "int8"  # the token embedding and output head under quantize_embeddings, whatever the other kernels take
 _CHUNK = 1 << 22  # values quantized per numpy step: temporaries stay small beside the tensor
 
 
@@ -110,6 +112,14 @@ def check(quantize, group_size, allowed=MODES) -> None:
         if quantize not in MODES:  # "gguf": the file's own blocks, 32 values per scale
             raise ConfigError(f"group_size goes with quantize='int4' or 'int8'; quantize={quantize!r} keeps the file's "
                               "own groups of 32: drop group_size")
+
+
+def check_tables(quantize, quantize_embeddings) -> None:
+    """One-line errors for a bad `quantize_embeddings=`."""
+    if not isinstance(quantize_embeddings, (bool, np.bool_)):
+        raise ConfigError(f"quantize_embeddings must be True or False, got {quantize_embeddings!r}"[:200])
+    if quantize_embeddings and quantize is None:
+        raise ConfigError("quantize_embeddings goes with quantize='int8', 'int4' or 'gguf': pass quantize too")
 
 
 # -- module side ------------------------------------------------------------------------------
@@ -215,14 +225,18 @@ def group_axis(axes: tuple, first_in: int, groups: int):
     return f"{axes[first_in]}_groups" if groups > 1 else None
 
 
-def apply(module, scheme_for) -> None:
+def apply(module, scheme_for, tables=None) -> None:
     """Turn the quantizable layers of a freshly built (abstract) `module` into quantized ones:
     `scheme_for(path)` gives the Scheme of the parameter at `path` (a Dense kernel's path ends in
-    "kernel", an expert stack's in its name), or None to keep it float."""
+    "kernel", an expert stack's in its name, the token embedding's in "embedding"), or None to keep
+    it float. The tables (layers marked `table`: the token embedding and the output head) take
+    `tables(path)` instead, and stay float when `tables` is None."""
     layers = [(tuple(path), node) for path, node in nnx.iter_graph(module)
               if getattr(node, "quantizable", False) and hasattr(node, "quantize")]
     for path, node in layers:  # after the walk: quantizing replaces the layer's parameters
-        node.quantize(path, scheme_for)
+        which = tables if getattr(node, "table", False) else scheme_for
+        if which is not None:
+            node.quantize(path, which)
 
 
 def float_state(state):

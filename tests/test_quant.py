@@ -211,21 +211,28 @@ def test_quantize_then_dequantize_error_is_bounded_per_group(bits, offset, shape
 
 # -- quantized models against float ones ------------------------------------------------------
 
-@pytest.mark.parametrize("arch, modes", [("LlamaForCausalLM", ("int8", "int4")), ("Qwen3MoeForCausalLM", ("int8", "int4")),
-                                         ("Gemma2ForCausalLM", ("int8",))])
-def test_tiny_quantized_models_track_their_float_logits(arch, modes):
+@pytest.mark.parametrize("arch, modes, tables", [
+    ("LlamaForCausalLM", ("int8", "int4"), False), ("Qwen3MoeForCausalLM", ("int8", "int4"), False),
+    ("Gemma2ForCausalLM", ("int8",), False),
+    # quantize_embeddings: an untied head and its embedding; a tied, scaled, soft-capped table (Gemma 2)
+    ("LlamaForCausalLM", ("int4",), True), ("Gemma2ForCausalLM", ("int8",), True)])
+def test_tiny_quantized_models_track_their_float_logits(arch, modes, tables):
     raw = dict(registry.get(arch).tiny_config, architectures=[arch], num_hidden_layers=2)
     model = _float_model(raw, seed=1)
     tokens = np.random.default_rng(0).integers(0, raw["vocab_size"], (2, 12))
     ref = np.asarray(model.logits(tokens))
+    table_paths = {("model", "embed_tokens", "embedding")} | ({("lm_head", "kernel")} if "lm_head" in model.params else set())
     for mode in modes:
-        q = loader.quantize_model(model, mode)
+        q = loader.quantize_model(model, mode, quantize_embeddings=tables)
         flat = weights.flat_params(q.params)
         kernels = {p for p, v in flat.items() if quant.is_quantized(v.dtype)}
-        # Dense kernels and expert stacks quantize; embeddings, norms, routers, the output head do not
+        # Dense kernels and expert stacks quantize; norms and routers do not; the embedding and the
+        # output head only under quantize_embeddings, and then in int8 whatever the others take
         assert ("model", "layers", 0, "self_attn", "q_proj", "kernel") in kernels
-        assert all(p[-1] in ("kernel", "gate_proj", "up_proj", "down_proj") for p in kernels)
-        assert not any("gate" == p[-2] for p in kernels) and ("lm_head", "kernel") not in kernels
+        assert all(p[-1] in ("kernel", "gate_proj", "up_proj", "down_proj") for p in kernels - table_paths)
+        assert not any("gate" == p[-2] for p in kernels)
+        assert (kernels & table_paths) == (table_paths if tables else set())
+        assert all(flat[p].dtype == jnp.int8 for p in kernels & table_paths)
         if arch.startswith("Qwen3Moe"):
             assert ("model", "layers", 0, "mlp", "gate_proj") in kernels
         got = np.asarray(q.logits(tokens))
