@@ -133,11 +133,14 @@ _LAYER_NAMES = {
 _TENSOR = re.compile(r"^(?:blk\.(\d+)\.)?(\w+)\.(weight|bias)$")
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9  # GGUF metadata value types
+_MAX_DIMS = 4  # a tensor's dimensions at most (GGML_MAX_DIMS)
 
 
 class Header:
     """A GGUF file's metadata ({key: value}) and tensor table, parsed straight from its bytes (the
-    gguf package's reader takes seconds over a vocabulary's strings; this takes milliseconds)."""
+    gguf package's reader takes seconds over a vocabulary's strings; this takes milliseconds).
+    Every length and count is checked against the bytes left before anything is read or copied,
+    so a damaged header costs no more memory than the file."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -146,7 +149,7 @@ class Header:
                 self._buf, self._pos = buf, 0
                 self._parse()
                 del self._buf
-        except (OSError, ValueError, KeyError, struct.error) as err:  # ValueError: also bad UTF-8 and an empty file
+        except (OSError, ValueError, KeyError) as err:  # ValueError: also bad UTF-8 and an empty file
             raise CheckpointError(f"{path} is not a readable GGUF file ({type(err).__name__}: {str(err)[:150]}): "
                                   "download it again, or check the path") from None
 
@@ -155,12 +158,16 @@ class Header:
         if magic != b"GGUF" or version not in (2, 3):
             raise ValueError(f"magic {magic!r}, version {version}: not a little-endian GGUF v2/v3 file")
         n_tensors, n_fields = self._take("<QQ")
+        # the least a tensor's entry (name length, dims count, type, offset) and a metadata entry (key length, type) take
+        if n_tensors * 24 + n_fields * 12 > self._left():
+            raise ValueError(f"the header counts {n_tensors} tensors and {n_fields} metadata entries, more than the "
+                             f"file's {len(self._buf)} bytes can hold (truncated download?)")
         self.fields = {}
         for _ in range(n_fields):
             key = self._string()
             if key in self.fields:  # which value is meant is unknown (llama.cpp refuses the file too)
                 raise ValueError(f"metadata key {key[:100]!r} appears twice")
-            self.fields[key] = self._value(self._take("<I")[0])
+            self.fields[key] = self._value(self._take("<I")[0], key[:100])
         self.tensors = []  # (name, dims innermost first, GGML type id, offset from the data start)
         names = set()
         for _ in range(n_tensors):
@@ -168,50 +175,67 @@ class Header:
             if name in names:  # which tensor is the model's is unknown (gguf's reader and llama.cpp refuse the file too)
                 raise ValueError(f"tensor {name[:100]!r} appears twice")
             names.add(name)
-            dims = self._take(f"<{self._take('<I')[0]}Q")
+            (n_dims,) = self._take("<I")
+            if n_dims > _MAX_DIMS:  # llama.cpp refuses these too (GGML_MAX_DIMS)
+                raise ValueError(f"tensor {name[:100]!r} has {n_dims} dimensions; GGUF allows at most {_MAX_DIMS}")
+            dims = self._take(f"<{n_dims}Q")
             self.tensors.append((name, dims, *self._take("<IQ")))
         align = self.fields.get("general.alignment", 32)
         if not isinstance(align, int) or align <= 0 or align & (align - 1):
             raise ValueError(f"general.alignment {align!r} is not a power of two")
         self.data_start = self._pos + (-self._pos % align)
 
+    def _left(self) -> int:
+        return len(self._buf) - self._pos
+
     def _take(self, fmt: str) -> tuple:
+        size = struct.calcsize(fmt)
+        if size > self._left():
+            raise ValueError(f"the file ends at byte {len(self._buf)}, inside its header (truncated download?)")
         out = struct.unpack_from(fmt, self._buf, self._pos)
-        self._pos += struct.calcsize(fmt)
+        self._pos += size
         return out
 
     def _bytes(self, n: int) -> bytes:
+        if n > self._left():  # before slicing: a slice would copy the rest of the file first
+            raise ValueError(f"a string of {n} bytes at byte {self._pos}, beyond the end of the file (byte {len(self._buf)})"
+                             if n > len(self._buf) else
+                             f"the file ends at byte {len(self._buf)}, inside its header (truncated download?)")
         out = self._buf[self._pos : self._pos + n]
-        if len(out) != n:
-            raise ValueError("the file ends early (truncated download?)")
         self._pos += n
         return out
 
     def _string(self) -> str:
         return self._bytes(self._take("<Q")[0]).decode("utf-8")
 
-    def _value(self, kind: int):
+    def _value(self, kind: int, key: str):
         if kind == _STRING:
             return self._string()
         if kind != _ARRAY:
             return self._take(_SCALARS[kind])[0]
         item, n = self._take("<IQ")
+        least = struct.calcsize(_SCALARS[item]) if item in _SCALARS else {_STRING: 8, _ARRAY: 12}.get(item, 0)
+        if n * least > self._left():
+            raise ValueError(f"metadata {key!r} is an array of {n} values, more than the {self._left()} bytes after it hold")
         if item in _SCALARS:  # numbers in one go
             dtype = np.dtype(_SCALARS[item])
             return np.frombuffer(self._bytes(n * dtype.itemsize), dtype).tolist()
         if item == _STRING:
             return self._strings(n)
-        return [self._value(item) for _ in range(n)]
+        return [self._value(item, key) for _ in range(n)]
 
     def _strings(self, n: int) -> list[str]:
         """n strings in one tight loop (a vocabulary's tokens and merges: 100,000 of them)."""
         buf, pos, size, out = self._buf, self._pos, len(self._buf), []
         length = struct.Struct("<Q").unpack_from
         for _ in range(n):
+            if pos + 8 > size:
+                raise ValueError(f"the file ends at byte {size}, inside its header (truncated download?)")
             k = length(buf, pos)[0]
             pos += 8
             if pos + k > size:
-                raise ValueError("the file ends early (truncated download?)")
+                self._pos = pos
+                return [self._bytes(k)]  # raises, naming the length
             out.append(buf[pos : pos + k].decode("utf-8"))
             pos += k
         self._pos = pos

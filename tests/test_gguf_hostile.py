@@ -1,0 +1,201 @@
+"""Hostile GGUF files: truncated anywhere, wrong magic or version, absurd counts and lengths,
+unknown or nested value types, tensors outside the file, overlapping or off their alignment,
+expert stacks of no experts, metadata of the wrong type. Each is refused with one CheckpointError
+line (no struct/numpy traceback) without allocating more than the file's size."""
+
+import hashlib
+import resource
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGUFWriter
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import jaxllm
+from jaxllm import gguf, loader
+from jaxllm.errors import CheckpointError, JaxllmError
+
+STRING, ARRAY, U32 = 8, 9, 4
+
+
+def string(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def field(key: str, kind: int, payload: bytes) -> bytes:
+    return string(key) + struct.pack("<I", kind) + payload
+
+
+def gguf_bytes(fields: list[bytes], infos: list[bytes] = (), counts: tuple[int, int] | None = None, magic=b"GGUF",
+               version: int = 3) -> bytes:
+    """A GGUF header of raw `fields` and tensor `infos` (counts: (tensors, fields) as the header states them)."""
+    n_tensors, n_fields = counts or (len(infos), len(fields))
+    return magic + struct.pack("<IQQ", version, n_tensors, n_fields) + b"".join(fields) + b"".join(infos)
+
+
+ARCH = field("general.architecture", STRING, string("llama"))
+LAYER = ("llama.block_count", 1)
+
+
+def tiny_llama(path: Path, shapes: dict | None = None, arch: str = "llama") -> bytes:
+    """A one-layer Llama (or Qwen3-MoE) GGUF of random float32 weights; `shapes` overrides tensors'
+    shapes [out, in]. Returns its bytes."""
+    w = GGUFWriter(str(path), arch)
+    meta = dict(embedding_length=16, feed_forward_length=24, block_count=1, context_length=64, vocab_size=32,
+                **{"attention.head_count": 4, "attention.head_count_kv": 2})
+    if arch == "qwen3moe":
+        meta.update(expert_count=2, expert_used_count=1, expert_feed_forward_length=32)
+    for key, value in meta.items():
+        w.add_uint32(f"{arch}.{key}", value)
+    w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)
+    tensors = {"token_embd.weight": (32, 16), "output_norm.weight": (16,), "output.weight": (32, 16),
+               "blk.0.attn_norm.weight": (16,), "blk.0.ffn_norm.weight": (16,), "blk.0.attn_q.weight": (16, 16),
+               "blk.0.attn_k.weight": (8, 16), "blk.0.attn_v.weight": (8, 16), "blk.0.attn_output.weight": (16, 16)}
+    if arch == "qwen3moe":
+        tensors.update({"blk.0.attn_q_norm.weight": (4,), "blk.0.attn_k_norm.weight": (4,), "blk.0.ffn_gate_inp.weight": (2, 16),
+                        "blk.0.ffn_gate_exps.weight": (2, 32, 16), "blk.0.ffn_up_exps.weight": (2, 32, 16),
+                        "blk.0.ffn_down_exps.weight": (2, 16, 32)})
+    else:
+        tensors.update({"blk.0.ffn_gate.weight": (24, 16), "blk.0.ffn_up.weight": (24, 16), "blk.0.ffn_down.weight": (16, 24)})
+    tensors.update(shapes or {})
+    rng = np.random.default_rng(0)
+    for name, shape in tensors.items():
+        w.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path.read_bytes()
+
+
+def with_offset(blob: bytes, name: str, offset) -> bytes:
+    """The file with tensor `name`'s data offset replaced by offset(old)."""
+    key = string(name)
+    at = blob.index(key) + len(key)
+    (n_dims,) = struct.unpack_from("<I", blob, at)
+    at += 4 + 8 * n_dims + 4
+    (old,) = struct.unpack_from("<Q", blob, at)
+    return blob[:at] + struct.pack("<Q", offset(old)) + blob[at + 8 :]
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> bytes:
+    return tiny_llama(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+
+
+def refused(path: Path, blob: bytes, match: str, error=CheckpointError) -> None:
+    path.write_bytes(blob)
+    with pytest.raises(error, match=match) as info:
+        jaxllm.load(path, tokenizer=False)
+    assert "\n" not in str(info.value)
+
+
+NOT_GGUF = r"is not a readable GGUF file \("
+HEADER_CASES = [
+    ("wrong-magic", b"GGML" + bytes(20), NOT_GGUF + r"ValueError: magic b'GGML', version 0: not a little-endian GGUF v2/v3"),
+    ("version-1", gguf_bytes([], version=1), NOT_GGUF + "ValueError: magic b'GGUF', version 1: not a little-endian"),
+    ("big-endian", b"GGUF" + struct.pack(">IQQ", 3, 0, 0), "version 50331648: not a little-endian"),
+    ("magic-only", b"GGUF", NOT_GGUF + r"ValueError: the file ends at byte 4, inside its header \(truncated download\?\)"),
+    ("cut-in-counts", gguf_bytes([])[:14], r"ends at byte 14, inside its header \(truncated download\?\)"),
+    ("cut-in-key", gguf_bytes([ARCH])[:30], r"counts 0 tensors and 1 metadata entries, more than the file's 30 bytes can "
+                                            r"hold \(truncated download\?\)"),
+    ("cut-in-value", gguf_bytes([ARCH])[:-3], r"ends at byte 66, inside its header \(truncated download\?\)"),
+    ("cut-in-tensor-info", gguf_bytes([ARCH], [string("output_norm.weight") + struct.pack("<IQ", 1, 16)]),
+     r"ends at byte 107, inside its header \(truncated download\?\)"),
+    # counts and lengths far beyond the file: refused before reading (or copying) the rest of it
+    ("absurd-field-count", gguf_bytes([ARCH], counts=(0, 2**63)),
+     r"the header counts 0 tensors and 9223372036854775808 metadata entries, more than the file's 69 bytes can hold"),
+    ("absurd-tensor-count", gguf_bytes([ARCH], counts=(2**40, 1)), r"counts 1099511627776 tensors and 1 metadata entries"),
+    ("absurd-key-length", gguf_bytes([struct.pack("<Q", 2**62) + b"x" * 40]),
+     r"a string of 4611686018427387904 bytes at byte 32, beyond the end of the file \(byte 72\)"),
+    ("absurd-value-length", gguf_bytes([string("general.name") + struct.pack("<IQ", STRING, 2**62)]),
+     r"a string of 4611686018427387904 bytes at byte 56"),
+    ("absurd-array-count", gguf_bytes([field("llama.x", ARRAY, struct.pack("<IQ", U32, 2**61))]),
+     r"metadata 'llama\.x' is an array of 2305843009213693952 values, more than the 0 bytes after it hold"),
+    ("absurd-string-array-count", gguf_bytes([field("tokenizer.ggml.tokens", ARRAY, struct.pack("<IQ", STRING, 2**40))]),
+     r"metadata 'tokenizer\.ggml\.tokens' is an array of 1099511627776 values, more than"),
+    ("absurd-dims", gguf_bytes([ARCH], [string("t.weight") + struct.pack("<I", 2**32 - 1) + bytes(64)]),
+     r"tensor 't\.weight' has 4294967295 dimensions; GGUF allows at most 4"),
+    ("bad-utf8-key", gguf_bytes([struct.pack("<Q", 2) + b"\xff\xfe" + struct.pack("<I", U32) + bytes(4)]), "UnicodeDecodeError"),
+    ("alignment-not-power-of-two", gguf_bytes([ARCH, field("general.alignment", U32, struct.pack("<I", 24))]),
+     r"general\.alignment 24 is not a power of two"),
+    ("metadata-only", gguf_bytes([ARCH]), r"GGUF metadata lacks llama\.embedding_length, llama\.feed_forward_length, llama\.block_count"),
+    ("arch-not-string", gguf_bytes([field("general.architecture", U32, struct.pack("<I", 5))]),
+     "GGUF general.architecture must be a string, got 5"),
+]
+
+
+@pytest.mark.parametrize("blob, message", [c[1:] for c in HEADER_CASES], ids=[c[0] for c in HEADER_CASES])
+def test_a_damaged_header_is_one_line(tmp_path, blob, message):
+    refused(tmp_path / "bad.gguf", blob, message)
+
+
+def test_an_absurd_length_copies_nothing(tmp_path):
+    """A string length beyond the end of a large file is refused without copying the rest of the
+    file (it copied everything after it: a 10 GB file, 10 GB of memory)."""
+    path = tmp_path / "big.gguf"
+    with open(path, "wb") as f:
+        f.write(gguf_bytes([struct.pack("<Q", 2**62)]))
+        f.truncate(512 << 20)  # sparse: no disk used
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CheckpointError, match="a string of 4611686018427387904 bytes at byte 32, beyond the end of the file"):
+        gguf.Header(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 << 10  # KiB: well below the file's 512 MiB
+
+
+TENSOR_CASES = [
+    ("offset-beyond-file", lambda b: with_offset(b, "output.weight", lambda o: 2**62), r"ends before tensor output\.weight"),
+    ("offset-at-max", lambda b: with_offset(b, "output.weight", lambda o: 2**64 - 32), r"ends before tensor output\.weight"),
+    ("data-truncated", lambda b: b[:-100], r"ends before tensor blk\.0\.ffn_down\.weight \(truncated download\?\)"),
+    ("cut-after-header", lambda b: b[:700], r"ends at byte 700, inside its header"),
+]
+
+
+@pytest.mark.parametrize("spoil, message", [c[1:] for c in TENSOR_CASES], ids=[c[0] for c in TENSOR_CASES])
+def test_damaged_tensors_are_one_line(tmp_path, pristine, spoil, message):
+    refused(tmp_path / "bad.gguf", spoil(pristine), message)
+
+
+def test_the_pristine_file_loads(tmp_path, pristine):
+    (tmp_path / "tiny.gguf").write_bytes(pristine)
+    assert jaxllm.load(tmp_path / "tiny.gguf", tokenizer=False).config.num_layers == 1
+
+
+@pytest.mark.parametrize("shapes, arch, message", [
+    ({"blk.0.attn_q.weight": (16, 8)}, "llama", r"model\.layers\.0\.self_attn\.q_proj\.weight has shape \[16, 8\], expected \[16, 16\]"),
+    ({"blk.0.attn_k.weight": (0, 16)}, "llama", r"model\.layers\.0\.self_attn\.k_proj\.weight has shape \[0, 16\], expected \[8, 16\]"),
+], ids=["q-columns", "k-no-rows"])
+def test_tensors_that_disagree_with_the_config_are_one_line(tmp_path, shapes, arch, message):
+    tiny_llama(tmp_path / "bad.gguf", shapes, arch)
+    with pytest.raises(CheckpointError, match=message) as info:
+        jaxllm.load(tmp_path / "bad.gguf", tokenizer=False)
+    assert "\n" not in str(info.value)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzed_header_bytes_are_one_line(tmp_path, pristine, data):
+    """Any bytes of the header (and the first tensor's) changed, cut or left out: the file loads or
+    is refused with one JaxllmError line, never another exception."""
+    head = pristine[:1200]
+    blob = bytearray(head)
+    for _ in range(data.draw(st.integers(1, 6))):
+        at = data.draw(st.integers(0, len(blob) - 1))
+        how = data.draw(st.sampled_from(["byte", "word", "cut"]))
+        if how == "byte":
+            blob[at] = data.draw(st.integers(0, 255))
+        elif how == "word":
+            blob[at : at + 8] = struct.pack("<Q", data.draw(st.sampled_from([0, 1, 2**31, 2**32 - 1, 2**63, 2**64 - 1])))
+        else:
+            del blob[at : at + data.draw(st.integers(1, 64))]
+    blob = bytes(blob) + pristine[1200:]
+    path = tmp_path / f"fuzz-{hashlib.sha256(blob).hexdigest()[:16]}.gguf"  # a new name: no header cached for it
+    path.write_bytes(blob)
+    try:
+        loader.prepare(path).check()
+    except JaxllmError as err:
+        assert "\n" not in str(err)
