@@ -133,7 +133,7 @@ _LAYER_NAMES = {
 _TENSOR = re.compile(r"^(?:blk\.(\d+)\.)?(\w+)\.(weight|bias)$")
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9  # GGUF metadata value types
-_MAX_DIMS = 4  # a tensor's dimensions at most (GGML_MAX_DIMS)
+_MAX_DIMS, _MAX_NESTING = 4, 8  # a tensor's dimensions (GGML_MAX_DIMS); arrays within arrays
 
 
 class Header:
@@ -149,7 +149,7 @@ class Header:
                 self._buf, self._pos = buf, 0
                 self._parse()
                 del self._buf
-        except (OSError, ValueError, KeyError) as err:  # ValueError: also bad UTF-8 and an empty file
+        except (OSError, ValueError) as err:  # ValueError: also bad UTF-8 and an empty file
             raise CheckpointError(f"{path} is not a readable GGUF file ({type(err).__name__}: {str(err)[:150]}): "
                                   "download it again, or check the path") from None
 
@@ -208,13 +208,19 @@ class Header:
     def _string(self) -> str:
         return self._bytes(self._take("<Q")[0]).decode("utf-8")
 
-    def _value(self, kind: int, key: str):
+    def _value(self, kind: int, key: str, depth: int = 0):
         if kind == _STRING:
             return self._string()
         if kind != _ARRAY:
+            if kind not in _SCALARS:
+                raise ValueError(f"metadata {key!r} has value type {kind}, which GGUF does not define")
             return self._take(_SCALARS[kind])[0]
+        if depth == _MAX_NESTING:  # llama.cpp reads no arrays of arrays at all
+            raise ValueError(f"metadata {key!r} nests arrays more than {_MAX_NESTING} deep")
         item, n = self._take("<IQ")
-        least = struct.calcsize(_SCALARS[item]) if item in _SCALARS else {_STRING: 8, _ARRAY: 12}.get(item, 0)
+        least = struct.calcsize(_SCALARS[item]) if item in _SCALARS else {_STRING: 8, _ARRAY: 12}.get(item)
+        if least is None:
+            raise ValueError(f"metadata {key!r} has value type {item}, which GGUF does not define")
         if n * least > self._left():
             raise ValueError(f"metadata {key!r} is an array of {n} values, more than the {self._left()} bytes after it hold")
         if item in _SCALARS:  # numbers in one go
@@ -222,7 +228,7 @@ class Header:
             return np.frombuffer(self._bytes(n * dtype.itemsize), dtype).tolist()
         if item == _STRING:
             return self._strings(n)
-        return [self._value(item, key) for _ in range(n)]
+        return [self._value(item, key, depth + 1) for _ in range(n)]
 
     def _strings(self, n: int) -> list[str]:
         """n strings in one tight loop (a vocabulary's tokens and merges: 100,000 of them)."""

@@ -120,6 +120,13 @@ HEADER_CASES = [
      r"metadata 'tokenizer\.ggml\.tokens' is an array of 1099511627776 values, more than"),
     ("absurd-dims", gguf_bytes([ARCH], [string("t.weight") + struct.pack("<I", 2**32 - 1) + bytes(64)]),
      r"tensor 't\.weight' has 4294967295 dimensions; GGUF allows at most 4"),
+    # value types
+    ("unknown-value-type", gguf_bytes([field("llama.x", 13, bytes(8))]), r"metadata 'llama\.x' has value type 13, which GGUF does "
+                                                                          "not define"),
+    ("unknown-array-type", gguf_bytes([field("llama.x", ARRAY, struct.pack("<IQ", 99, 1) + bytes(8))]),
+     r"metadata 'llama\.x' has value type 99, which GGUF does not define"),
+    ("nested-arrays", gguf_bytes([field("llama.x", ARRAY, struct.pack("<IQ", ARRAY, 1) * 5000 + struct.pack("<IQ", U32, 0))]),
+     r"metadata 'llama\.x' nests arrays more than 8 deep"),
     ("bad-utf8-key", gguf_bytes([struct.pack("<Q", 2) + b"\xff\xfe" + struct.pack("<I", U32) + bytes(4)]), "UnicodeDecodeError"),
     ("alignment-not-power-of-two", gguf_bytes([ARCH, field("general.alignment", U32, struct.pack("<I", 24))]),
      r"general\.alignment 24 is not a power of two"),
