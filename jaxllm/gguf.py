@@ -183,6 +183,10 @@ class Header:
         align = self.fields.get("general.alignment", 32)
         if not isinstance(align, int) or align <= 0 or align & (align - 1):
             raise ValueError(f"general.alignment {align!r} is not a power of two")
+        for name, _, _, offset in self.tensors:  # llama.cpp refuses these too: the table is damaged
+            if offset % align:
+                raise ValueError(f"tensor {name[:100]!r} starts at data offset {offset}, not a multiple of the file's "
+                                 f"alignment ({align})")
         self.data_start = self._pos + (-self._pos % align)
 
     def _left(self) -> int:

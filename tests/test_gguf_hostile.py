@@ -157,6 +157,8 @@ def test_an_absurd_length_copies_nothing(tmp_path):
 TENSOR_CASES = [
     ("offset-beyond-file", lambda b: with_offset(b, "output.weight", lambda o: 2**62), r"ends before tensor output\.weight"),
     ("offset-at-max", lambda b: with_offset(b, "output.weight", lambda o: 2**64 - 32), r"ends before tensor output\.weight"),
+    ("misaligned", lambda b: with_offset(b, "output.weight", lambda o: o + 4),
+     NOT_GGUF + r"ValueError: tensor 'output\.weight' starts at data offset \d+, not a multiple of the file's alignment \(32\)"),
     ("data-truncated", lambda b: b[:-100], r"ends before tensor blk\.0\.ffn_down\.weight \(truncated download\?\)"),
     ("cut-after-header", lambda b: b[:700], r"ends at byte 700, inside its header"),
 ]
