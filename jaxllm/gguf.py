@@ -309,7 +309,11 @@ def config_from_metadata(header: Header) -> dict:
     heads = get("attention.head_count")
     tensor_names = {t[0] for t in header.tensors}
     embedding = next((dims for name, dims, _, _ in header.tensors if name == "token_embd.weight"), None)
-    vocab = (get("vocab_size") or len(fields.get("tokenizer.ggml.tokens", []))
+    tokens = fields.get("tokenizer.ggml.tokens", [])
+    if not isinstance(tokens, list):
+        raise CheckpointError(f"GGUF tokenizer.ggml.tokens is {type(tokens).__name__}, not a list of tokens: the file is "
+                              "damaged; re-convert it with llama.cpp's convert_hf_to_gguf.py")
+    vocab = (get("vocab_size") or len(tokens)
              or (int(embedding[1]) if embedding is not None and len(embedding) == 2 else None))  # its rows (dims innermost first)
     raw = {
         "architectures": [family.hf],

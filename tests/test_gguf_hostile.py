@@ -131,6 +131,8 @@ HEADER_CASES = [
     ("alignment-not-power-of-two", gguf_bytes([ARCH, field("general.alignment", U32, struct.pack("<I", 24))]),
      r"general\.alignment 24 is not a power of two"),
     ("metadata-only", gguf_bytes([ARCH]), r"GGUF metadata lacks llama\.embedding_length, llama\.feed_forward_length, llama\.block_count"),
+    ("tokens-not-a-list", gguf_bytes([ARCH, field("tokenizer.ggml.tokens", U32, struct.pack("<I", 5))]),
+     r"GGUF tokenizer\.ggml\.tokens is int, not a list of tokens: the file is damaged"),
     ("arch-not-string", gguf_bytes([field("general.architecture", U32, struct.pack("<I", 5))]),
      "GGUF general.architecture must be a string, got 5"),
 ]
