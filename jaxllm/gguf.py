@@ -390,6 +390,10 @@ class GGUFCheckpoint:
             if start + nbytes > len(data):
                 raise CheckpointError(f"{header.path} ends before tensor {name} (truncated download?): re-download it")
             hf = hf_name(name, family) or name
+            if "{}" in hf and (len(shape) != 3 or not shape[0]):
+                raise CheckpointError(f"{header.path}: tensor {name} has shape {list(shape)}: an expert stack is [experts, rows, "
+                                      "columns] of at least one expert; the file is damaged: re-convert it with llama.cpp's "
+                                      "convert_hf_to_gguf.py")
             self.tensors.update(_split_experts(hf, shape, type_id, data[start : start + nbytes]))
             if family.norm_shift and name.endswith("norm.weight"):  # every norm, as transformers' Gemma2TensorProcessor
                 self.shifted[hf] = family.norm_shift

@@ -179,7 +179,10 @@ def test_the_pristine_file_loads(tmp_path, pristine):
 @pytest.mark.parametrize("shapes, arch, message", [
     ({"blk.0.attn_q.weight": (16, 8)}, "llama", r"model\.layers\.0\.self_attn\.q_proj\.weight has shape \[16, 8\], expected \[16, 16\]"),
     ({"blk.0.attn_k.weight": (0, 16)}, "llama", r"model\.layers\.0\.self_attn\.k_proj\.weight has shape \[0, 16\], expected \[8, 16\]"),
-], ids=["q-columns", "k-no-rows"])
+    ({"blk.0.ffn_up_exps.weight": (0, 32, 16)}, "qwen3moe",
+     r"tensor blk\.0\.ffn_up_exps\.weight has shape \[0, 32, 16\]: an expert stack is \[experts, rows, columns\] of at least one"),
+    ({"blk.0.ffn_up_exps.weight": (16,)}, "qwen3moe", r"tensor blk\.0\.ffn_up_exps\.weight has shape \[16\]: an expert stack is"),
+], ids=["q-columns", "k-no-rows", "no-experts", "flat-experts"])
 def test_tensors_that_disagree_with_the_config_are_one_line(tmp_path, shapes, arch, message):
     tiny_llama(tmp_path / "bad.gguf", shapes, arch)
     with pytest.raises(CheckpointError, match=message) as info:
