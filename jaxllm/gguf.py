@@ -379,6 +379,7 @@ class GGUFCheckpoint:
             data = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
         self.tensors = {}  # HF name -> (shape in the file's order, GGML type id, raw bytes)
         self.shifted, self.transposed = {}, set()  # HF names whose values llama.cpp changed: {name: shift}, [out, in]
+        spans = []  # (start, end, GGUF name) of each tensor's bytes
         for name, dims, type_id, offset in header.tensors:
             start = header.data_start + offset
             shape = tuple(int(d) for d in reversed(dims))  # GGUF lists dims innermost first
@@ -389,6 +390,7 @@ class GGUFCheckpoint:
                 raise CheckpointError(f"{header.path}: tensor {name}: {err}") from None
             if start + nbytes > len(data):
                 raise CheckpointError(f"{header.path} ends before tensor {name} (truncated download?): re-download it")
+            spans.append((offset, offset + nbytes, name))
             hf = hf_name(name, family) or name
             if "{}" in hf and (len(shape) != 3 or not shape[0]):
                 raise CheckpointError(f"{header.path}: tensor {name} has shape {list(shape)}: an expert stack is [experts, rows, "
@@ -399,6 +401,7 @@ class GGUFCheckpoint:
                 self.shifted[hf] = family.norm_shift
             if name.endswith(".weight") and name.split(".")[-2] in family.transposed:
                 self.transposed.add(hf)
+        _check_disjoint(spans, header.path)
         self.heads = {"q_proj": raw["num_attention_heads"], "k_proj": raw["num_key_value_heads"]} if family.permuted else {}
 
     def names(self):
@@ -438,6 +441,16 @@ class GGUFCheckpoint:
         (`blocks`), rows unpermuted as `get` does."""
         shape, type_id, raw = self.tensors[name]
         return tuple(None if a is None else self._unpermuted(name, a) for a in blocks(raw, type_id, shape))
+
+
+def _check_disjoint(spans: list[tuple[int, int, str]], path: Path) -> None:
+    """A CheckpointError where two tensors' bytes overlap (one tensor's values read as another's:
+    a damaged tensor table; llama.cpp refuses such files too)."""
+    spans = sorted(s for s in spans if s[1] > s[0])  # a tensor of no values takes no bytes
+    for (start, end, name), (next_start, next_end, next_name) in zip(spans, spans[1:]):
+        if next_start < end:
+            raise CheckpointError(f"{path}: tensors {name} and {next_name} share bytes (data offsets {start}-{end} and "
+                                  f"{next_start}-{next_end}): the file is damaged; download it again or re-convert it")
 
 
 def _split_experts(name: str, shape: tuple, type_id: int, raw: np.ndarray) -> dict:

@@ -161,6 +161,10 @@ TENSOR_CASES = [
     ("offset-at-max", lambda b: with_offset(b, "output.weight", lambda o: 2**64 - 32), r"ends before tensor output\.weight"),
     ("misaligned", lambda b: with_offset(b, "output.weight", lambda o: o + 4),
      NOT_GGUF + r"ValueError: tensor 'output\.weight' starts at data offset \d+, not a multiple of the file's alignment \(32\)"),
+    ("overlapping", lambda b: with_offset(b, "output.weight", lambda o: 0),
+     r"tensors output\.weight and token_embd\.weight share bytes \(data offsets 0-2048 and 0-2048\): the file is damaged"),
+    ("overlapping-tail", lambda b: with_offset(b, "output_norm.weight", lambda o: o - 32),
+     r"tensors token_embd\.weight and output_norm\.weight share bytes \(data offsets 0-2048 and 2016-2080\)"),
     ("data-truncated", lambda b: b[:-100], r"ends before tensor blk\.0\.ffn_down\.weight \(truncated download\?\)"),
     ("cut-after-header", lambda b: b[:700], r"ends at byte 700, inside its header"),
 ]
