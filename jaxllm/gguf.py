@@ -55,13 +55,20 @@ def _gemma_config(get, raw: dict) -> None:
     the 27B, which it tells by its layer count (transformers' GGUF loader keeps its default 256: the
     same for the 2B-12B, wrong for the 27B); the window, soft caps where the file has them, else
     the family's defaults (transformers' loader ignores the soft caps, which equal its defaults)."""
-    heads, hidden = raw["num_attention_heads"], raw["hidden_size"]
-    is_27b = raw["num_hidden_layers"] == {"gemma2": 46, "gemma3_text": 62}[raw["model_type"]]
-    raw["query_pre_attn_scalar"] = hidden // heads if is_27b else raw.get("head_dim") or hidden // heads
     del raw["sliding_window"]
     for key in ("attention.sliding_window", "attn_logit_softcapping", "final_logit_softcapping"):
         if get(key) is not None:
             raw[key.removeprefix("attention.")] = _decimal(get(key))
+    heads, hidden, head_dim = raw["num_attention_heads"], raw["hidden_size"], raw.get("head_dim")
+    if not _positive(heads, hidden) or (head_dim is not None and not _positive(head_dim)):
+        return  # nothing to derive from: the config's checks name the bad value
+    is_27b = raw["num_hidden_layers"] == {"gemma2": 46, "gemma3_text": 62}[raw["model_type"]]
+    raw["query_pre_attn_scalar"] = hidden // heads if is_27b else head_dim or hidden // heads
+
+
+def _positive(*values) -> bool:
+    """Whether every value is a positive whole number (metadata read as it is: any type)."""
+    return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
 
 
 def _phi3_config(get, raw: dict) -> None:
@@ -71,9 +78,10 @@ def _phi3_config(get, raw: dict) -> None:
     if rotary is not None and (not isinstance(rotary, int) or isinstance(rotary, bool) or rotary < 1):
         raise CheckpointError(f"GGUF phi3.rope.dimension_count is {rotary!r}, not a positive whole number: the file is "
                               "damaged: re-convert it with llama.cpp's convert_hf_to_gguf.py")
-    if not all(isinstance(v, int) and v > 0 for v in (hidden, heads, rotary)) or (not raw.get("head_dim") and hidden % heads):
+    head_dim = raw.get("head_dim")
+    if not _positive(hidden, heads, rotary) or (head_dim is None and hidden % heads) or not _positive(head_dim or 1):
         return  # nothing to derive from: the config's checks name the bad value
-    head_dim = raw.get("head_dim") or hidden // heads
+    head_dim = head_dim or hidden // heads
     if rotary != head_dim:
         raw["partial_rotary_factor"] = rotary / head_dim
 

@@ -194,6 +194,40 @@ def test_tensors_that_disagree_with_the_config_are_one_line(tmp_path, shapes, ar
     assert "\n" not in str(info.value)
 
 
+def _with_meta(path: Path, arch: str, meta: dict) -> None:
+    """A header-only file of `arch` with the shared required keys, `meta` over them (values of any type)."""
+    keys = {"embedding_length": 64, "feed_forward_length": 128, "block_count": 2, "attention.head_count": 4, **meta}
+    w = GGUFWriter(str(path), arch)
+    for key, value in keys.items():
+        if isinstance(value, str):
+            w.add_string(f"{arch}.{key}", value)
+        elif isinstance(value, list):
+            w.add_array(f"{arch}.{key}", value)
+        else:
+            w.add_uint32(f"{arch}.{key}", value)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.mark.parametrize("arch, meta, message", [
+    ("phi3", {"attention.key_length": "16", "rope.dimension_count": 16},
+     r"'head_dim' must be a positive integer .*got \"16\""),
+    ("phi3", {"attention.key_length": [16], "rope.dimension_count": 16}, r"'head_dim' must be a positive integer .*got \[16\]"),
+    ("gemma2", {"attention.head_count": 0}, r"'num_attention_heads' must be a positive integer .*got 0"),
+    ("gemma3", {"attention.head_count": 0, "block_count": 62}, r"'num_attention_heads' must be a positive integer .*got 0"),
+    ("gemma2", {"attention.head_count": "4"}, r"'num_attention_heads' must be a positive integer .*got \"4\""),
+], ids=["phi3-head-dim-string", "phi3-head-dim-list", "gemma2-no-heads", "gemma3-27b-no-heads", "gemma2-heads-string"])
+def test_metadata_of_the_wrong_type_is_one_line(tmp_path, arch, meta, message):
+    """Values a family's own reading divides by or compares (Phi-3's rotary part, Gemma's attention
+    scale) reach the config's checks, which name them, instead of a TypeError / ZeroDivisionError."""
+    _with_meta(tmp_path / "bad.gguf", arch, meta)
+    with pytest.raises(JaxllmError, match=message) as info:
+        jaxllm.load(tmp_path / "bad.gguf", tokenizer=False)
+    assert "\n" not in str(info.value)
+
+
 @settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzzed_header_bytes_are_one_line(tmp_path, pristine, data):
