@@ -1,0 +1,267 @@
+"""GGUF files against transformers' own GGUF loader, beyond tests/test_quant.py's float and Q8_0
+files: each layout of jaxllm.gguf.ARCHITECTURES (Mistral under llama included) with its tensors
+stored as Q4_0, Q4_1, Q8_0, F16, F32 and the K-quants Q4_K, Q5_K, Q6_K mixed in one file; a Llama
+written from a Hugging Face model as llama.cpp's convert_hf_to_gguf.py writes it (q/k rows
+permuted, head_dim from key_length) against that model itself; and the tokenizer of a GGUF file
+(a sentencepiece `llama` vocabulary and a byte-level `gpt2` one with merges) against
+AutoTokenizer.from_pretrained(gguf_file=...): ids, text, special tokens and the chat template."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import reference
+import torch
+import transformers
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, quants
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+import jaxllm
+from jaxllm import gguf, gguf_tokenizer
+
+E, F, V = 64, 256, 96  # hidden, MLP width (a K-quant's 256-value block fits its down projection), vocabulary
+KINDS = ["Q4_0", "Q4_1", "Q8_0", "F16", "F32"]  # cycled over a file's matrices
+K_QUANTS = ["Q4_K", "Q6_K", "Q5_K"]  # cycled over those whose rows are whole 256-value blocks
+
+
+def _attention(heads: int, kv: int, head_dim: int) -> dict:
+    return dict(attn_q=(heads * head_dim, E), attn_k=(kv * head_dim, E), attn_v=(kv * head_dim, E), attn_output=(E, heads * head_dim))
+
+
+_MLP = dict(ffn_gate=(F, E), ffn_up=(F, E), ffn_down=(E, F), attn_norm=(E,), ffn_norm=(E,))
+_ROPE = {"attention.head_count": 4, "attention.head_count_kv": 2, "rope.dimension_count": 16, "rope.freq_base": 10000.0,
+         "attention.layer_norm_rms_epsilon": 1e-5}
+_GEMMA = {"attention.head_count": 2, "attention.head_count_kv": 1, "attention.key_length": 256, "attention.value_length": 256,
+          "attention.layer_norm_rms_epsilon": 1e-6, "attention.sliding_window": 4, "rope.freq_base": 10000.0}
+_GEMMA_LAYER = dict(_attention(2, 1, 256), **_MLP, post_attention_norm=(E,), post_ffw_norm=(E,))
+# general.architecture -> (metadata without the prefix, top-level tensors besides the embedding and final
+# norm, one layer's tensors [out, in], layers): as convert_hf_to_gguf.py writes them
+FAMILIES = {
+    "llama": (_ROPE, dict(output=(V, E)), dict(_attention(4, 2, 16), **_MLP), 2),
+    "qwen2": (_ROPE, {}, dict(_attention(4, 2, 16), **_MLP, **{"attn_q.bias": (64,), "attn_k.bias": (32,), "attn_v.bias": (32,)}), 2),
+    "qwen3": (dict(_ROPE, **{"attention.key_length": 128, "rope.dimension_count": 128}), dict(output=(V, E)),
+              dict(_attention(4, 2, 128), **_MLP, attn_q_norm=(128,), attn_k_norm=(128,)), 2),
+    "qwen3moe": (dict(_ROPE, **{"attention.key_length": 16, "expert_count": 4, "expert_used_count": 2,
+                                "expert_feed_forward_length": 768}), dict(output=(V, E)),
+                 dict(_attention(4, 2, 16), attn_norm=(E,), ffn_norm=(E,), attn_q_norm=(16,), attn_k_norm=(16,), ffn_gate_inp=(4, E),
+                      ffn_gate_exps=(4, 768, E), ffn_up_exps=(4, 768, E), ffn_down_exps=(4, E, 768)), 2),
+    "phi3": (dict(_ROPE, **{"rope.scaling.original_context_length": 256}), dict(output=(V, E)),
+             dict(attn_qkv=(128, E), attn_output=(E, E), ffn_up=(2 * F, E), ffn_down=(E, F), attn_norm=(E,), ffn_norm=(E,)), 2),
+    "gemma2": (dict(_GEMMA, attn_logit_softcapping=50.0, final_logit_softcapping=30.0), {}, _GEMMA_LAYER, 2),
+    "gemma3": (dict(_GEMMA, **{"rope.freq_base": 1000000.0}), {}, dict(_GEMMA_LAYER, attn_q_norm=(256,), attn_k_norm=(256,)), 6),
+    "gpt2": ({"attention.head_count": 4, "attention.layer_norm_epsilon": 1e-5}, dict(position_embd=(1024, E)),
+             {"attn_norm": (E,), "attn_norm.bias": (E,), "attn_qkv": (3 * E, E), "attn_qkv.bias": (3 * E,), "attn_output": (E, E),
+              "attn_output.bias": (E,), "ffn_norm": (E,), "ffn_norm.bias": (E,), "ffn_up": (F, E), "ffn_up.bias": (F,),
+              "ffn_down": (E, F), "ffn_down.bias": (E,)}, 2),
+}
+
+
+def _k_quant(shape: tuple, kind: str, rng) -> np.ndarray:
+    """Bytes of a K-quant tensor (gguf.quants cannot quantize to these): random quants and sub-block
+    scales under small float16 super-block scales, so the values stay those of a real model."""
+    block, size = GGML_QUANT_SIZES[GGMLQuantizationType[kind]]
+    n = int(np.prod(shape)) // block
+    raw = rng.integers(0, 256, (n, size), dtype=np.uint8)
+    scale = np.full(n, 1e-3, np.float16).view(np.uint8).reshape(n, 2)
+    if kind == "Q6_K":  # d last
+        raw[:, -2:] = scale
+    else:  # d, dmin first
+        raw[:, 0:2] = raw[:, 2:4] = scale
+    return raw.reshape(*shape[:-1], shape[-1] // block * size)
+
+
+def write_family(path: Path, arch: str, name: str | None = None) -> None:
+    """A tiny GGUF of `arch`: 1-D tensors F32, the matrices (embedding included) cycling through KINDS
+    and the K-quants (those whose rows hold whole 256-value blocks)."""
+    own, top, layer, layers = FAMILIES[arch]
+    rng = np.random.default_rng(11)
+    w = GGUFWriter(str(path), arch)
+    if name:
+        w.add_string("general.name", name)
+    base = dict(embedding_length=E, block_count=layers, feed_forward_length=F, context_length=1024, vocab_size=V)
+    for key, value in {**base, **own}.items():
+        (w.add_float32 if isinstance(value, float) else w.add_uint32)(f"{arch}.{key}", value)
+    w.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(V)])  # transformers' GPT-2 vocabulary size: its length
+    for key, value in dict(padding_token_id=0, bos_token_id=1, eos_token_id=2).items():
+        w.add_uint32(f"tokenizer.ggml.{key}", value)
+    tensors = {"token_embd.weight": (V, E), "output_norm.weight": (E,), **{f"{n}.weight": s for n, s in top.items()}}
+    if arch == "gpt2":
+        tensors["output_norm.bias"] = (E,)
+    for i in range(layers):
+        tensors.update({f"blk.{i}.{n if '.' in n else n + '.weight'}": s for n, s in layer.items()})
+    counts = [0, 0]  # matrices of KINDS, of K_QUANTS so far
+    for tensor, shape in tensors.items():
+        norm = len(shape) == 1 and tensor.endswith("norm.weight")
+        x = ((1.0 if norm else 0.0) + rng.standard_normal(shape) * (0.1 if norm else 0.15)).astype(np.float32)
+        kind = "F32"
+        if len(shape) > 1:
+            k = shape[-1] % 256 == 0
+            kind = (K_QUANTS if k else KINDS)[counts[k] % len(K_QUANTS if k else KINDS)]
+            counts[k] += 1
+        if kind in K_QUANTS:
+            w.add_tensor(tensor, _k_quant(shape, kind, rng), raw_dtype=GGMLQuantizationType[kind])
+        elif kind.startswith("Q"):
+            w.add_tensor(tensor, quants.quantize(x, GGMLQuantizationType[kind]), raw_dtype=GGMLQuantizationType[kind])
+        else:
+            w.add_tensor(tensor, x if kind == "F32" else x.astype(np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def transformers_gguf(path: Path):
+    return transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
+                                                             attn_implementation="eager").eval()
+
+
+TOKENS = np.random.default_rng(2).integers(0, V, (2, 12))  # longer than the Gemmas' window (4)
+# the families whose tensors are laid out differently (q/k rows permuted, Gemma's shifted norms, Phi-3's fused rows,
+# GPT-2's transposed Conv1D weights, Qwen3-MoE's expert stacks split by their bytes), and Mistral, which llama.cpp files
+# under llama; Qwen2 / Qwen3 / Gemma 3 lay theirs out as Llama / Gemma 2 do (test_quant.py holds every family's F16
+# and Q8_0 file to transformers)
+CASES = [(arch, None) for arch in ("llama", "qwen3moe", "phi3", "gemma2", "gpt2")] + [("llama", "Mistral 7B Instruct v0.3")]
+
+
+@pytest.mark.parametrize("arch, name", CASES, ids=[a if n is None else "mistral" for a, n in CASES])
+def test_every_tensor_type_matches_transformers(tmp_path, arch, name):
+    """Each family, its tensors Q4_0 / Q4_1 / Q8_0 / F16 / F32 and Q4_K / Q6_K / Q5_K (dequantized by
+    jaxllm's numpy and the gguf package, by transformers' torch code): float32 logits within 1e-4."""
+    path = tmp_path / "tiny.gguf"
+    write_family(path, arch, name)
+    kinds = {GGMLQuantizationType(t[2]).name for t in gguf.read_header(path).tensors}
+    assert set(KINDS) <= kinds and kinds & set(K_QUANTS), kinds
+    ours = jaxllm.load(path, tokenizer=False)
+    assert ours.config.architecture == ("MistralForCausalLM" if name else gguf.ARCHITECTURES[arch].hf)
+    err = reference.max_rel_diff(ours.logits(TOKENS), reference.torch_logits(transformers_gguf(path), TOKENS))
+    assert err <= 1e-4, err
+
+
+def _permute(w: np.ndarray, heads: int) -> np.ndarray:
+    """convert_hf_to_gguf.py's LlamaModel.permute: each head's rotary halves interleaved."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+_LLAMA_NAMES = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+                "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+                "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+
+
+def test_a_converted_llama_is_its_hugging_face_model(tmp_path):
+    """A Hugging Face Llama (head_dim 32, not hidden / heads: Mistral Nemo's kind) written as
+    convert_hf_to_gguf.py writes it, float32: jaxllm's logits are the PyTorch model's, not only
+    transformers' GGUF loader's (which undoes the permutation the same way)."""
+    model = reference.build("LlamaForCausalLM", tmp_path / "hf", seed=4, head_dim=32)
+    cfg, state = model.config, {k: v.numpy() for k, v in model.state_dict().items()}
+    w = GGUFWriter(str(tmp_path / "llama.gguf"), "llama")
+    for key, value in dict(embedding_length=cfg.hidden_size, block_count=cfg.num_hidden_layers, context_length=64,
+                           feed_forward_length=cfg.intermediate_size, vocab_size=cfg.vocab_size, **{
+                               "attention.head_count": cfg.num_attention_heads, "attention.head_count_kv": cfg.num_key_value_heads,
+                               "attention.key_length": 32, "attention.value_length": 32, "rope.dimension_count": 32}).items():
+        w.add_uint32(f"llama.{key}", value)
+    w.add_float32("llama.attention.layer_norm_rms_epsilon", cfg.rms_norm_eps)
+    w.add_float32("llama.rope.freq_base", 10000.0)
+    top = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
+    for hf, value in state.items():
+        if hf in top:
+            w.add_tensor(top[hf], value)
+            continue
+        _, _, layer, *part, kind = hf.split(".")
+        part = ".".join(part)
+        if part == "self_attn.q_proj":
+            value = _permute(value, cfg.num_attention_heads)
+        elif part == "self_attn.k_proj":
+            value = _permute(value, cfg.num_key_value_heads)
+        w.add_tensor(f"blk.{layer}.{_LLAMA_NAMES[part]}.{kind}", np.ascontiguousarray(value))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tokens = np.random.default_rng(3).integers(0, cfg.vocab_size, (2, 12))
+    want = reference.torch_logits(model, tokens)
+    ours = jaxllm.load(tmp_path / "llama.gguf", tokenizer=False)
+    assert ours.config.head_dim == 32
+    assert reference.max_rel_diff(ours.logits(tokens), want) <= 1e-5
+    assert reference.max_rel_diff(reference.torch_logits(transformers_gguf(tmp_path / "llama.gguf"), tokens), want) <= 1e-5
+
+
+# -- the tokenizer --------------------------------------------------------------------------------
+
+TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+SPECIALS = ["<|im_start|>", "<|im_end|>", "<mask>"]  # <mask>: GemmaTokenizer adds it where a vocabulary lacks it
+
+
+def _sentencepiece() -> dict:
+    """A llama.cpp `llama` vocabulary: <unk> <s> </s>, the 256 byte tokens, pieces with scores."""
+    pieces = ["\u2581", "e", "l", "o", "h", "\u2581h", "he", "ll", "\u2581he", "llo", "\u2581hello", "w", "r", "d", "\u2581w", "or",
+              "\u2581wor", "ld", "\u2581world", "a", "b", "\u2581a", "é", "東", "!", "\u2581\u2581"]
+    tokens = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), *pieces, *SPECIALS]
+    types = [2, 3, 3, *[6] * 256, *[1] * len(pieces), *[3] * len(SPECIALS)]
+    scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))] + [0.0] * len(SPECIALS)
+    return {"model": "llama", "tokens": tokens, "scores": scores, "token_type": types, "bos_token_id": 1, "eos_token_id": 2,
+            "unknown_token_id": 0}
+
+
+def _byte_level(pre: str) -> dict:
+    """A llama.cpp `gpt2` vocabulary: the 256 byte-level characters, merges, control tokens."""
+    spell = bytes_to_unicode()
+    merges = ["h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "Ġwor l", "Ġworl d", "Ġ h", "Ġh e", "Ã ©"]
+    tokens = [spell[b] for b in range(256)] + [m.replace(" ", "") for m in merges] + ["<|endoftext|>", *SPECIALS]
+    n = len(tokens)
+    return {"model": "gpt2", "pre": pre, "tokens": tokens, "merges": merges, "token_type": [1] * (n - 4) + [3] * 4,
+            "bos_token_id": n - 4, "eos_token_id": n - 2, "padding_token_id": n - 4}
+
+
+def write_tokenizer(path: Path, arch: str, vocab: dict) -> None:
+    w = GGUFWriter(str(path), arch)
+    w.add_uint32(f"{arch}.block_count", 1)
+    for key, value in vocab.items():
+        if isinstance(value, str):
+            w.add_string(f"tokenizer.ggml.{key}", value)
+        elif isinstance(value, list):
+            w.add_array(f"tokenizer.ggml.{key}", value)
+        else:
+            w.add_uint32(f"tokenizer.ggml.{key}", value)
+    w.add_string("tokenizer.chat_template", TEMPLATE)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+TEXTS = ["hello world", " hello  world ", "héllo 東京 wörld! 🙂", "<|im_start|>user\nhello<|im_end|>", "", "   ", "a\n\nb\tc",
+         "hello</s>world<s><mask>"]
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "  hello  world é 🙂"}]
+TOKENIZERS = [("llama", "spm"), ("llama", "llama-bpe"), ("qwen2", "qwen2"), ("qwen3", "spm"), ("phi3", "spm"),
+              ("gemma2", "spm"), ("gpt2", None)]
+
+
+@pytest.mark.parametrize("arch, kind", TOKENIZERS, ids=[f"{a}-{k}" for a, k in TOKENIZERS])
+def test_tokenizer_matches_transformers_gguf_tokenizer(tmp_path, monkeypatch, arch, kind):
+    """jaxllm's tokenizer of a GGUF file (built from the header we parse, served without
+    transformers) against AutoTokenizer.from_pretrained(gguf_file=...): the family's builder
+    (Phi-3's normalizer, Gemma's merges from token order, the pre-tokenizer's split), special and
+    control tokens, unicode and runs of spaces; ids with and without special tokens, decoding with
+    and without them, and the chat template's text and ids."""
+    monkeypatch.setenv("JAXLLM_TOKENIZER_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "tok.gguf"
+    write_tokenizer(path, arch, _sentencepiece() if kind == "spm" else _byte_level(kind or "gpt-2"))
+    ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    for ours in (gguf_tokenizer.load_tokenizer(path), gguf_tokenizer.load_tokenizer(path)):  # built, then from the cache
+        assert ours.chat_template == ref.chat_template
+        # transformers' GemmaTokenizer names <mask> its mask_token (our tokenizer, transformers' generic one, does not):
+        # a special id more, which encodes and decodes alike (the file marks it a control token for both)
+        mask = [ref.convert_tokens_to_ids("<mask>")] if arch.startswith("gemma") else []
+        assert ours.all_special_ids + mask == ref.all_special_ids
+        for text in TEXTS:
+            for special in (True, False):
+                ids = ours(text, add_special_tokens=special)["input_ids"]
+                assert ids == ref(text, add_special_tokens=special)["input_ids"], (text, special)
+                for skip in (True, False):
+                    assert ours.decode(ids, skip_special_tokens=skip) == ref.decode(ids, skip_special_tokens=skip), (text, skip)
+        for prompt in (True, False):
+            text = ours.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=prompt)
+            assert text == ref.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=prompt)
+            assert ours(text, add_special_tokens=False)["input_ids"] == ref(text, add_special_tokens=False)["input_ids"]
+        assert ours.decode(list(range(len(ref)))) == ref.decode(list(range(len(ref))))
