@@ -77,7 +77,27 @@ def model_check(shape: str):
                           logits_rel_err=round(float(np.abs(la - lb).max() / np.abs(lb).max()), 5))), flush=True)
 
 
+def head_check(shape: str):
+    """The tied or untied head alone on a quantized model's own final hidden states (5 positions):
+    the quantized product, the bf16 product of the dequantized table and both against float32."""
+    m = random_model(shape, dtype="bfloat16", quantize="int8", quantize_embeddings=True)
+    flat = weights.flat_params(m.params)
+    path = ("lm_head", "kernel") if ("lm_head", "kernel") in flat else ("model", "embed_tokens", "embedding")
+    q, s = flat[path], flat[path[:-1] + (quant.scale_names(path[-1])[0],)]
+    rng = np.random.default_rng(0)
+    h = m.hidden_states(np.asarray([rng.integers(1, m.config.vocab_size, 5)]))[-1]
+    ref = h.astype(jnp.float32) @ quant.dequantize(q, s, None, jnp.float32).T
+    got = jax.jit(lambda x, q, s: quant.product(x, q, s, None, 1))(h, q, s).astype(jnp.float32)
+    bf = (h @ quant.dequantize(q, s, None, jnp.bfloat16).T).astype(jnp.float32)
+    top = float(jnp.max(jnp.abs(ref)))
+    print(json.dumps(dict(shape=shape, head=path[0], quantized_vs_f32=round(float(jnp.max(jnp.abs(got - ref))) / top, 5),
+                          bf16_vs_f32=round(float(jnp.max(jnp.abs(bf - ref))) / top, 5),
+                          argmax_equal=bool(jnp.all(jnp.argmax(got, -1) == jnp.argmax(ref, -1))))), flush=True)
+
+
 if __name__ == "__main__":
     runtime.set_gpu_flags()
     products()
-    model_check("qwen3-0.6b")
+    for shape in ("qwen3-0.6b", "llama3-8b"):
+        head_check(shape)
+        model_check(shape)
