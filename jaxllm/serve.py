@@ -41,6 +41,9 @@ def parse_args(argv=None):
     p.add_argument("--max-len", type=at_least(2), help="longest prompt + answer in tokens (default: the model's positions)")
     p.add_argument("--max-queue", type=at_least(0), default=256,
                    help="sequences that may wait beyond a full batch; more are refused with 503 (default: %(default)s)")
+    p.add_argument("--max-request-bytes", type=at_least(1),
+                   help="largest request body taken, in bytes; a larger one is refused with 413 before it is parsed "
+                        "(default: 16 per token of --max-len, at least 1048576)")
     p.add_argument("--no-warmup", action="store_true", help="start serving without compiling the engine's steps first")
     p.add_argument("--compile-cache", default=os.environ.get("JAXLLM_COMPILE_CACHE", runtime.DEFAULT_COMPILE_CACHE),
                    help="folder where compiled programs are kept for the next run, or 'none' "
@@ -127,7 +130,7 @@ def _main(args) -> int:
     if not args.no_warmup:
         print("compiling the engine's steps ...", file=sys.stderr, flush=True)
         warm_up(engine)
-    app = build_app(model, engine, name=name, max_queue=args.max_queue)
+    app = build_app(model, engine, name=name, max_queue=args.max_queue, max_request_bytes=args.max_request_bytes)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

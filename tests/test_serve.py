@@ -17,6 +17,7 @@ import uvicorn
 
 import jaxllm
 from jaxllm import serve
+from jaxllm.api import app as api_app
 from jaxllm.api import build_app
 from jaxllm.errors import JaxllmError
 from jaxllm.serve import check_listen, parse_args
@@ -90,6 +91,7 @@ def test_models_health_and_cli_defaults(server):
     (["--port", "0"], "--port"),
     (["--port", "80.5"], "--port"),
     (["--log-level", "chatty"], "--log-level"),  # uvicorn's KeyError
+    (["--max-request-bytes", "0"], "--max-request-bytes"),
 ])
 def test_cli_refuses_bad_port_and_log_level_in_one_line(capsys, argv, flag):
     with pytest.raises(SystemExit) as exit:
@@ -622,3 +624,32 @@ def test_a_bad_prompt_in_a_batch_is_named_by_its_index(server):
         assert e["param"] == said[:9] and e["message"].startswith(said), e
     r = httpx.post(server.url + "/v1/completions", json={"prompt": [5, 99999999], "max_tokens": 1}, timeout=60)
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt" and r.json()["error"]["message"].startswith("prompt must")
+
+
+def test_request_bodies_over_the_limit_answer_413_before_parsing(server, monkeypatch):
+    """A body over --max-request-bytes (default: 16 bytes per token of context, at least 1 MiB) is
+    refused with a 413 and OpenAI's error JSON before it is parsed (parsing holds the event loop,
+    and every stream: 10 MB of messages took 3 s): by its Content-Length, or counted as a chunked
+    body arrives. A body at the limit is served."""
+    limit = server.app_server.max_request_bytes
+    assert limit == api_app.default_request_bytes(server.engine.max_len) == 1 << 20  # max_len 512: the 1 MiB floor
+    parsed = []
+    real = api_app.parse
+    monkeypatch.setattr(api_app, "parse", lambda kind, raw: parsed.append(len(raw)) or real(kind, raw))
+    small = b'{"prompt": "Hi", "max_tokens": 1, "temperature": 0}'
+    headers = {"Content-Type": "application/json"}
+    for path in ("/v1/completions", "/v1/chat/completions"):
+        r = httpx.post(server.url + path, content=small + b" " * (limit + 1 - len(small)), headers=headers, timeout=60)
+        assert r.status_code == 413, r.text
+        e = r.json()["error"]
+        assert set(e) == {"message", "type", "param", "code"} and e["type"] == "invalid_request_error" and "\n" not in e["message"]
+        assert e["message"].startswith(f"the request body holds {limit + 1:,} bytes, more than the {limit:,}"), e
+        assert "--max-request-bytes" in e["message"], e
+    chunks = iter([small] + [b" " * 65536] * 17)  # chunked: no Content-Length; refused once 1 MiB has come
+    r = httpx.post(server.url + "/v1/completions", content=chunks, headers=headers, timeout=60)
+    assert r.status_code == 413 and f"more than {limit:,} bytes" in r.json()["error"]["message"], r.text
+    assert parsed == []
+    r = httpx.post(server.url + "/v1/completions", content=small + b" " * (limit - len(small)), headers=headers, timeout=60)
+    assert r.status_code == 200 and parsed == [limit], r.text
+    assert parse_args([]).max_request_bytes is None and parse_args(["--max-request-bytes", "4096"]).max_request_bytes == 4096
+    wait_idle(server)

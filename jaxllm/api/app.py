@@ -11,7 +11,7 @@ go through a TextStream (incremental detokenization, stop strings) as events
 arrive, and a choice that meets a stop string is cancelled in the engine. `stream: true` answers
 as server-sent events ending with `data: [DONE]`. A client that disconnects cancels its
 sequences. A full server (more than the batch plus --max-queue sequences) answers 503 with
-Retry-After; a bad request 400, a model not served or an unknown path 404 and a wrong method 405, each with OpenAI's
+Retry-After; a body over --max-request-bytes 413 (before it is parsed); a bad request 400, a model not served or an unknown path 404 and a wrong method 405, each with OpenAI's
 error JSON.
 """
 
@@ -50,14 +50,23 @@ from jaxllm.generation import Output
 from jaxllm.sampling import SamplingParams
 
 RETRY_AFTER_S = 1
+MIN_REQUEST_BYTES = 1 << 20  # the default body limit: 16 bytes per token of context, at least this
+
+
+def default_request_bytes(max_len: int) -> int:
+    """The largest request body taken by default: room for a context of token ids (up to 8 bytes
+    each as JSON: '128255, ') or of escaped text (CJK as '\\uXXXX': 6 bytes a character), twice
+    over, and at least 1 MiB. Parsing a body holds the event loop (and every stream) ~0.3 s a MB."""
+    return max(MIN_REQUEST_BYTES, 16 * max_len)
 
 
 class Server:
     """The endpoints over one model and its EngineLoop."""
 
-    def __init__(self, model, engine_loop: EngineLoop, name: str):
+    def __init__(self, model, engine_loop: EngineLoop, name: str, max_request_bytes: int | None = None):
         self.model, self.loop, self.name = model, engine_loop, name
         self.engine: Engine = engine_loop.engine
+        self.max_request_bytes = max_request_bytes or default_request_bytes(self.engine.max_len)
         self.tokenizer = model.tokenizer
         self.token_bytes = tokenizing.byte_reader(self.tokenizer) if self.tokenizer is not None else None
         # A text longer than max_len x the longest token's bytes cannot fit: refused before it is
@@ -109,8 +118,23 @@ class Server:
             return JSONResponse({"status": "error", "error": repr(self.loop.error)}, status_code=503)
         return JSONResponse({"status": "ok", "active": self.loop.active, **self.loop.stats})
 
+    async def _read(self, request: HTTPRequest) -> bytes:
+        """The request body, refused with a 413 once it is known to exceed max_request_bytes: by its
+        Content-Length before any of it is read, else (chunked) as soon as the bytes read pass it.
+        The event loop parses the body (every stream waits meanwhile): this bounds that wait."""
+        limit = self.max_request_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _too_large(f"{int(declared):,} bytes", limit)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise _too_large(f"more than {limit:,} bytes", limit)
+        return bytes(body)
+
     async def completions(self, request: HTTPRequest) -> Response:
-        body = self._parse(CompletionRequest, await request.body())
+        body = self._parse(CompletionRequest, await self._read(request))
         self._check_room(len(body.batch()), body.n)  # before any prompt is encoded
         self._check_texts(body.texts(), "prompt")
         prompts = await self._off_loop(body.prompts, self.tokenizer)
@@ -119,7 +143,7 @@ class Server:
         return await self._answer(request, body, fmt, prompts, params)
 
     async def chat(self, request: HTTPRequest) -> Response:
-        body = self._parse(ChatRequest, await request.body())
+        body = self._parse(ChatRequest, await self._read(request))
         self._check_room(1, body.n)
         if len(body.messages) > self.engine.max_len:  # each renders to a token or more: refused before the template runs
             raise APIError(400, f"{len(body.messages):,} messages cannot fit in the {self.engine.max_len:,} tokens of context "
@@ -233,6 +257,11 @@ class Server:
         yield "data: [DONE]\n\n"
 
 
+def _too_large(size: str, limit: int) -> APIError:
+    return APIError(413, f"the request body holds {size}, more than the {limit:,} this server takes: send a shorter "
+                    "prompt or fewer messages (the server's --max-request-bytes sets the limit)")
+
+
 def _event(payload: dict) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
@@ -280,11 +309,12 @@ async def _disconnect(request: HTTPRequest) -> None:
         pass
 
 
-def build_app(model, engine: Engine, *, name: str, max_queue: int = 256) -> Starlette:
+def build_app(model, engine: Engine, *, name: str, max_queue: int = 256, max_request_bytes: int | None = None) -> Starlette:
     """The ASGI app serving `model` through `engine`. The engine's thread starts with the app
-    (lifespan) and stops with it; `app.state.engine_loop` is the EngineLoop."""
+    (lifespan) and stops with it; `app.state.engine_loop` is the EngineLoop. Request bodies over
+    `max_request_bytes` (default: default_request_bytes(engine.max_len)) answer 413."""
     loop = EngineLoop(engine, max_queue)
-    server = Server(model, loop, name)
+    server = Server(model, loop, name, max_request_bytes)
 
     @asynccontextmanager
     async def lifespan(app):
