@@ -5,6 +5,7 @@ One server per module, over an engine that first computed the reference answers 
 """
 
 import asyncio
+import logging
 import socket
 import threading
 import time
@@ -652,4 +653,23 @@ def test_request_bodies_over_the_limit_answer_413_before_parsing(server, monkeyp
     r = httpx.post(server.url + "/v1/completions", content=small + b" " * (limit - len(small)), headers=headers, timeout=60)
     assert r.status_code == 200 and parsed == [limit], r.text
     assert parse_args([]).max_request_bytes is None and parse_args(["--max-request-bytes", "4096"]).max_request_bytes == 4096
+    wait_idle(server)
+
+
+def test_a_client_gone_mid_body_logs_no_traceback(server, caplog):
+    """A client that hangs up while sending its body (Content-Length or chunked) is nobody's
+    error: the server logged Starlette's ClientDisconnect as 'Exception in ASGI application' with
+    a 30-line traceback each time, which any client could repeat at will."""
+    log = logging.getLogger("uvicorn.error")
+    log.addHandler(caplog.handler)
+    try:
+        for head in (b"Content-Length: 1000\r\n\r\n", b"Transfer-Encoding: chunked\r\n\r\n5\r\n"):
+            with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1]))) as s:
+                s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + head + b'{"pro')
+                time.sleep(0.3)  # the server reads what came, and waits for the rest
+        out = server.client.completions.create(model=NAME, prompt=TEXT[0], max_tokens=1, temperature=0)  # the server goes on
+        assert out.choices[0].finish_reason == "length"
+    finally:
+        log.removeHandler(caplog.handler)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     wait_idle(server)

@@ -26,6 +26,7 @@ from typing import AsyncIterator
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -342,8 +343,11 @@ def build_app(model, engine: Engine, *, name: str, max_queue: int = 256, max_req
     async def on_http_error(request, err: HTTPException):
         return _routing_error(request, err, routes).response()
 
+    async def on_client_gone(request, err: ClientDisconnect):  # hung up while sending its body: nobody's error
+        return Response(status_code=499)  # nobody reads it; nothing was submitted
+
     handlers = {APIError: on_api_error, JaxllmError: on_library_error, EngineFailed: on_library_error,
-                HTTPException: on_http_error}
+                HTTPException: on_http_error, ClientDisconnect: on_client_gone}
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     app.state.engine_loop, app.state.server = loop, server
     return app
