@@ -673,3 +673,26 @@ def test_a_client_gone_mid_body_logs_no_traceback(server, caplog):
         log.removeHandler(caplog.handler)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     wait_idle(server)
+
+
+def test_a_body_sent_as_another_media_type_answers_415(server, monkeypatch):
+    """A POST whose Content-Type is not JSON (a browser form's, text/plain: what a web page may
+    send cross-site without asking, so any page a user opens could run requests on a server on
+    their machine; curl -d without -H) is refused with a 415 naming the fix, before it is read,
+    as FastAPI (vLLM's server) refuses it; application/json (any parameters), +json types and
+    no Content-Type at all are read as JSON."""
+    parsed = []
+    real = api_app.parse
+    monkeypatch.setattr(api_app, "parse", lambda kind, raw: parsed.append(kind) or real(kind, raw))
+    body = b'{"prompt": "Hi", "max_tokens": 1, "temperature": 0}'
+    for kind in ("text/plain;charset=UTF-8", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        r = httpx.post(server.url + "/v1/completions", content=body, headers={"Content-Type": kind}, timeout=60)
+        assert r.status_code == 415, (kind, r.text)
+        e = r.json()["error"]
+        assert set(e) == {"message", "type", "param", "code"} and e["type"] == "invalid_request_error", e
+        assert kind.split(";")[0] in e["message"] and "Content-Type: application/json" in e["message"] and "\n" not in e["message"], e
+    assert parsed == []
+    for kind in ("application/json; charset=utf-8", "Application/JSON", "application/vnd.api+json", None):
+        r = httpx.post(server.url + "/v1/completions", content=body, headers={"Content-Type": kind} if kind else {}, timeout=60)
+        assert r.status_code == 200, (kind, r.text)
+    wait_idle(server)

@@ -11,7 +11,8 @@ go through a TextStream (incremental detokenization, stop strings) as events
 arrive, and a choice that meets a stop string is cancelled in the engine. `stream: true` answers
 as server-sent events ending with `data: [DONE]`. A client that disconnects cancels its
 sequences. A full server (more than the batch plus --max-queue sequences) answers 503 with
-Retry-After; a body over --max-request-bytes 413 (before it is parsed); a bad request 400, a model not served or an unknown path 404 and a wrong method 405, each with OpenAI's
+Retry-After; a body over --max-request-bytes 413 (before it is parsed), one not sent as JSON
+415; a bad request 400, a model not served or an unknown path 404 and a wrong method 405, each with OpenAI's
 error JSON.
 """
 
@@ -122,7 +123,16 @@ class Server:
     async def _read(self, request: HTTPRequest) -> bytes:
         """The request body, refused with a 413 once it is known to exceed max_request_bytes: by its
         Content-Length before any of it is read, else (chunked) as soon as the bytes read pass it.
-        The event loop parses the body (every stream waits meanwhile): this bounds that wait."""
+        The event loop parses the body (every stream waits meanwhile): this bounds that wait.
+        A body of another media type than JSON is a 415, before it is read: form and text/plain
+        bodies are what a web page may POST cross-site without a CORS preflight, so reading them
+        as JSON let any page a user opened run requests on a server on their machine (FastAPI,
+        vLLM's server, refuses them too; no Content-Type at all is read as JSON, as there)."""
+        kind = request.headers.get("content-type")
+        media = (kind or "").split(";", 1)[0].strip().lower()
+        if kind is not None and media != "application/json" and not media.endswith("+json"):
+            raise APIError(415, f"the request body is sent as '{media}': send it as JSON, with the header "
+                           "Content-Type: application/json (curl: -H 'Content-Type: application/json')")
         limit = self.max_request_bytes
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
