@@ -315,7 +315,7 @@ def test_full_server_answers_503_with_retry_after(server):
     (dict(n=0), "n"),
     (dict(extra_body={"temperature": "hot"}), "temperature"),
     (dict(extra_body={"max_tokens": 2.5}), "max_tokens"),
-    (dict(extra_body={"stop": [1, 2]}), "stop"),
+    (dict(extra_body={"stop": [1, 2]}), "stop[0]"),  # the item at fault
     (dict(extra_body={"top_k": -2}), "top_k"),
     (dict(extra_body={"top_k": 2**40}), "top_k"),  # beyond int32: once failed the engine, and every request after it
     (dict(seed=2**64), "seed"),  # beyond 64 bits (OpenAI and vLLM take int64 seeds)
@@ -696,3 +696,24 @@ def test_a_body_sent_as_another_media_type_answers_415(server, monkeypatch):
         r = httpx.post(server.url + "/v1/completions", content=body, headers={"Content-Type": kind} if kind else {}, timeout=60)
         assert r.status_code == 200, (kind, r.text)
     wait_idle(server)
+
+
+def test_a_bad_value_inside_a_union_field_is_named_where_it_lies(server):
+    """Fields of several shapes (content: a string or a list of parts; stop: a string or a list):
+    the error names the alternative the value took, down to the item at fault, not the first
+    alternative's complaint ("'messages[0].content': Input should be a valid string" for a part
+    without its type sent the client to fix what was right)."""
+    def error(body):
+        r = httpx.post(server.url + "/v1/chat/completions", json={"max_tokens": 1, **body}, timeout=60)
+        assert r.status_code == 400, r.text
+        return r.json()["error"]["param"], r.json()["error"]["message"]
+
+    def user(content):
+        return {"messages": [{"role": "user", "content": content}]}
+
+    assert error(user([{"type": "text", "text": "Hi"}, {"text": "x"}])) == (
+        "messages[0].content[1].type", "the body lacks 'messages[0].content[1].type', which this endpoint needs: add it")
+    assert error(user([{"type": "text", "text": 5}])) == (
+        "messages[0].content[0].text", "invalid value for 'messages[0].content[0].text': Input should be a valid string")
+    assert error({**user("Hi"), "stop": ["a", 5]}) == ("stop[1]", "invalid value for 'stop[1]': Input should be a valid string")
+    assert error(user(5))[0] == "messages[0].content"  # neither shape: the field itself

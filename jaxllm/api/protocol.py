@@ -67,27 +67,46 @@ def parse(model: type[BaseModel], raw: bytes) -> BaseModel:
         first = errors[0]
         if first["type"] == "json_invalid":
             raise APIError(400, f"malformed JSON body: {first['msg']}") from None
+        if _param(first["loc"]) == "prompt":
+            raise APIError(400, _prompt_error(errors), "prompt") from None
+        first = _deepest(errors)
         param = _param(first["loc"])
         if first["type"] == "missing":
             raise APIError(400, f"the body lacks '{param}', which this endpoint needs: add it", param) from None
-        if param == "prompt":
-            raise APIError(400, _prompt_error(errors), param) from None
         where = f"'{param}': " if param else "the body: "
         raise APIError(400, f"invalid value for {where}{first['msg']}", param) from None
+
+
+def _deepest(errors: list[dict]) -> dict:
+    """The error to report: the first, or where it lies in a union (a field of several shapes:
+    `content` a string or a list of parts), the alternative that got furthest into the input. A
+    content part without its type was reported as "'messages[0].content': Input should be a valid
+    string" (the string alternative's error), sending the client to fix what was not wrong."""
+    first = errors[0]
+    at = next((i for i, item in enumerate(first["loc"]) if _is_tag(item)), None)
+    if at is None:
+        return first
+    field = first["loc"][:at]
+    same = [e for e in errors if e["loc"][:at] == field and len(e["loc"]) > at and _is_tag(e["loc"][at])]
+    return max(same, key=lambda e: len(e["loc"]))  # the first of the deepest
+
+
+def _is_tag(item) -> bool:
+    """A location item pydantic adds for a member of a union ('str', 'list[ContentPart]'), not a field or index."""
+    return not isinstance(item, int) and item not in _FIELD_NAMES
 
 
 def _param(loc: tuple) -> str | None:
     """A pydantic error location as the API's path to the field: list indices in brackets,
     nested fields after dots, and the tags pydantic adds for each member of a union ('str',
-    'list[int]': not field names) left out, so that a bad `stop` is 'stop', not 'stop.str'."""
+    'list[int]': not field names) left out, so that a bad `stop` is 'stop', not 'stop.str', and
+    a bad item of a `stop` list 'stop[1]'."""
     path = ""
     for item in loc:
         if isinstance(item, int):
             path += f"[{item}]"
         elif item in _FIELD_NAMES:
             path += f".{item}" if path else item
-        else:
-            break
     return path or None
 
 
