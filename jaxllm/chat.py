@@ -46,26 +46,32 @@ def run_session(args) -> int:
     """Load the model of the flags and chat on stdin and stdout; the exit code."""
 
     def body() -> int:
-        params = progress.sampling_params(args)
-        model = progress.load_model(args)
-        if not has_chat_template(model.tokenizer):
-            raise JaxllmError("this checkpoint's tokenizer has no chat template, which a chat needs: "
-                              'use python -m jaxllm.generate --no-chat "TEXT" for plain text')
-        try:  # a template that refuses the system message, or cannot render at all, fails here, not every turn
-            try_template(model.tokenizer, args.system)
-        except InputError as err:
-            raise InputError(f"{err}" + (": drop --system (this model's template may take no system message)"
-                                         if args.system else "")) from None
-        if note := progress.greedy_note(args, params, getattr(model, "generation_config", None)):
-            print(note, file=sys.stderr)
-        talk = Chat(model, params, args.system)
-        if talk.max_new >= talk.max_len:  # every message would be refused: say so now, not at each one
-            raise JaxllmError(f"--max-new-tokens {talk.max_new:,} leaves no room for a message in this chat's context of "
-                              f"{talk.max_len:,} tokens: use at most {talk.max_len - 1:,}")
-        talk.run(sys.stdin, sys.stdout)
-        return 0
+        with progress.flag_terms():  # the library's messages name its arguments: here, the flags
+            return _session(args)
 
     return run_cli(body)
+
+
+def _session(args) -> int:
+    """run_session's work: the library's errors come out in its terms (run_session names the flags)."""
+    params = progress.sampling_params(args)
+    model = progress.load_model(args)
+    if not has_chat_template(model.tokenizer):
+        raise JaxllmError("this checkpoint's tokenizer has no chat template, which a chat needs: "
+                          'use python -m jaxllm.generate --no-chat "TEXT" for plain text')
+    try:  # a template that refuses the system message, or cannot render at all, fails here, not every turn
+        try_template(model.tokenizer, args.system)
+    except InputError as err:
+        raise InputError(f"{err}" + (": drop --system (this model's template may take no system message)"
+                                     if args.system else "")) from None
+    if note := progress.greedy_note(args, params, getattr(model, "generation_config", None)):
+        print(note, file=sys.stderr)
+    talk = Chat(model, params, args.system)
+    if talk.max_new >= talk.max_len:  # every message would be refused: say so now, not at each one
+        raise JaxllmError(f"--max-new-tokens {talk.max_new:,} leaves no room for a message in this chat's context of "
+                          f"{talk.max_len:,} tokens: use at most {talk.max_len - 1:,}")
+    talk.run(sys.stdin, sys.stdout)
+    return 0
 
 
 def messages(system: str | None, history: list[dict], user: str) -> list[dict]:
@@ -159,7 +165,7 @@ class Chat:
         except Stopped:
             out.write(" [stopped]")
         except GenerationError as err:  # e.g. the conversation outgrew the context
-            _note(f"error: {err} (/reset starts a new conversation)")
+            _note(f"error: {progress.in_flag_terms(str(err))} (/reset starts a new conversation)")
             return
         out.write("\n")
         out.flush()

@@ -26,7 +26,7 @@ from jaxllm import checkpoint, converted, runtime
 from jaxllm.errors import ArgumentParser, CheckpointError, JaxllmError, check_interrupted, handle_signals, run_cli
 from jaxllm.loader import QUANTIZE, open_checkpoint, plan
 from jaxllm.models import quant, weights
-from jaxllm.progress import Bar
+from jaxllm.progress import Bar, flag_terms
 
 # Files of a checkpoint folder that are weights (rewritten by us, or another runtime's: rust-bert's
 # .ot, TFLite, ONNX), not side files to carry over.
@@ -246,8 +246,9 @@ def main(argv=None) -> int:
     def body() -> int:
         if not math.isfinite(args.shard_size) or args.shard_size <= 0:
             raise JaxllmError(f"--shard-size {args.shard_size} is invalid: give a positive, finite number of GB (e.g. 5)")
-        out = convert(args.src, args.dst, dtype=args.dtype, to_hf=args.to_hf, force=args.force, mesh=args.mesh,
-                      shard_bytes=int(args.shard_size * 1e9), quantize=args.quantize, group_size=args.group_size)
+        with flag_terms():  # the library's messages name its arguments: here, the flags
+            out = convert(args.src, args.dst, dtype=args.dtype, to_hf=args.to_hf, force=args.force, mesh=args.mesh,
+                          shard_bytes=int(args.shard_size * 1e9), quantize=args.quantize, group_size=args.group_size)
         kind = "Hugging Face safetensors" if args.to_hf else "jaxllm (orbax)"
         print(f"wrote {args.dst} ({kind}, {out['dtype']}, {out['bytes'] / 1e9:.2f} GB) in {out['seconds']:.1f}s "
               f"(reading and converting {out['read_seconds']:.1f}s)")

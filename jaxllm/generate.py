@@ -45,6 +45,12 @@ def read_prompts(args) -> list[str]:
         prompt = " ".join(args.prompt)
         if not prompt.strip():  # as a blank input line is: through a chat template it was answered as an empty turn
             raise JaxllmError('the prompt is empty: give some text, e.g. python -m jaxllm.generate "Hello"')
+        raw = prompt.encode("utf-8", "surrogateescape")  # argv's bytes: Python keeps undecodable ones as surrogates
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise JaxllmError(f"the prompt is not UTF-8 text (byte {err.start + 1}: 0x{raw[err.start]:02x}): give UTF-8 text "
+                              "(a terminal set to another encoding sends its bytes: check LANG)") from None
         return [prompt]
     if args.batch_file:
         try:
@@ -84,6 +90,11 @@ def _main(args) -> int:
             raise JaxllmError("--distributed needs the prompts as arguments or --batch-file: every process must read the same")
         runtime.join_cluster(args.distributed)
     prompts = read_prompts(args)
+    with progress.flag_terms(len(prompts)):  # the library's messages name its arguments: here, the flags
+        return _answer(args, prompts)
+
+
+def _answer(args, prompts: list[str]) -> int:
     params = progress.sampling_params(args)
     model = progress.load_model(args)
     leader = progress.is_leader()

@@ -5,6 +5,7 @@ loading the model with a bar, and the stats line of an answer."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
@@ -14,6 +15,7 @@ import jax
 from tqdm.auto import tqdm
 
 from jaxllm import runtime
+from jaxllm.errors import JaxllmError
 from jaxllm.loader import QUANTIZE, LoadedModel, load
 from jaxllm.models.attention import KV_DTYPES
 from jaxllm.models.quant import DEFAULT_GROUP, INT8_GROUP
@@ -95,6 +97,47 @@ def model_flags() -> argparse.ArgumentParser:
     return p
 
 
+# The library's names of what the command lines' flags set (SamplingParams' fields, jaxllm.load's
+# arguments), which its messages use: a command line's error names the flag the user typed.
+FLAGS = {"max_new_tokens": "--max-new-tokens", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p",
+         "min_p": "--min-p", "repetition_penalty": "--repetition-penalty", "seed": "--seed", "stop": "--stop",
+         "revision": "--revision", "quantize": "--quantize", "group_size": "--group-size", "kv_dtype": "--kv-dtype",
+         "dtype": "--dtype", "mesh": "--mesh"}
+_NAME = r"(?<![\w.'/-])({})(?![\w/-])"  # not part of a longer name, a flag or a path
+# Where a library name is the subject or object of a message: `name=value` (a keyword argument),
+# the message's first word, `drop name`, `pass name too`; names with an underscore anywhere (no
+# English word has one).
+_NAMED = re.compile("|".join([_NAME.format("|".join(FLAGS)) + "(?==)", "^" + _NAME.format("|".join(FLAGS)),
+                              r"(?:(?<=drop )|(?<=pass )|(?<=without ))" + _NAME.format("|".join(FLAGS)),
+                              _NAME.format("|".join(n for n in FLAGS if "_" in n))]))
+
+
+def in_flag_terms(message: str, prompts: int = 1) -> str:
+    """A library message in the terms of the command line: `temperature=-1.0` as `--temperature
+    -1.0`, `lower max_new_tokens` as `lower --max-new-tokens`, `chat=False` as `--no-chat`, "drop
+    the system message" as "drop --system", None (unset) as leaving the flag out, and `prompt 0` as
+    "the prompt" (one) or `prompt 1` (of `prompts`, counted from 1 as the answers are numbered)."""
+    message = re.sub(r"chat=False \(--no-chat\)|\(--no-chat, chat=False\)|chat=False", lambda m: "(--no-chat)" if
+                     m.group(0).startswith("(") else "--no-chat", message)
+    message = _NAMED.sub(lambda m: FLAGS[next(g for g in m.groups() if g)], message)
+    message = re.sub(r"(--[a-z-]+)=(?=[\s)])", r"\1", message)  # `without quantize=`
+    message = re.sub(r"(--[a-z-]+)=", r"\1 ", message)
+    message = re.sub(r"(?<=drop )the system message\b|(?<=, or )the system message\b", "--system", message)
+    message = message.replace(", or None for a random one", ", or leave it out for a random one")
+    message = message.replace(" in the request)", ")")
+    return re.sub(r"\bprompt (\d+)\b", lambda m: "the prompt" if prompts == 1 else f"prompt {int(m.group(1)) + 1}", message)
+
+
+@contextlib.contextmanager
+def flag_terms(prompts: int = 1):
+    """Errors of the library raised inside, in the terms of the command line (`in_flag_terms`)."""
+    try:
+        yield
+    except JaxllmError as err:
+        err.args = (in_flag_terms(str(err), prompts),)
+        raise
+
+
 def start(args) -> None:
     """Process settings from the flags, first thing (before transformers is imported and the
     backend starts): quiet imports, GPU flags, the compile cache."""
@@ -108,7 +151,10 @@ _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 
 def unescape(text: str) -> str:
     """A --stop value with \\n, \\t, \\r and \\\\ read as the characters they name (a shell passes
-    them as two characters; llama.cpp's --reverse-prompt reads them so too); other text as given."""
+    them as two characters; llama.cpp's --reverse-prompt reads them so too); other text as given.
+    An empty one is refused as the flag is read: it would end every answer before its first word."""
+    if not text:
+        raise argparse.ArgumentTypeError("a stop string cannot be empty: give the text that ends an answer, e.g. --stop '\\n'")
     return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], text)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 import jaxllm
-from jaxllm import checkpoint, convert, generate, inspect, loader, research
+from jaxllm import chat, checkpoint, convert, generate, inspect, loader, progress, research
 from jaxllm.engine import Engine, Request
 from jaxllm.errors import JaxllmError, utf8_lines
 from jaxllm.models import weights
@@ -237,24 +237,37 @@ CASES = {
     "mesh-larger-than-devices": lib(lambda m: jaxllm.load(m.path("tiny"), mesh="dp=4,tp=4"), "needs 16 devices but 8 are available"),
     "mesh-not-a-string": lib(lambda m: jaxllm.load(m.path("tiny"), mesh=4), "mesh must be a spec string .* or a jax Mesh, got int"),
     # -- command lines: sampling flags (refused before the model loads), prompts, limits, meshes ---
-    "cli-temperature": cli(generate.main, ["--temperature", "-1", "hi"], "temperature=-1.0 is invalid"),
-    "cli-top-p": cli(generate.main, ["--top-p", "1.5", "hi"], "top_p=1.5 is invalid"),
-    "cli-top-k": cli(generate.main, ["--top-k", "-1", "hi"], "top_k=-1 is invalid"),
-    "cli-min-p": cli(generate.main, ["--min-p", "2", "hi"], "min_p=2.0 is invalid"),
-    "cli-repetition-penalty": cli(generate.main, ["--repetition-penalty", "0", "hi"], "repetition_penalty=0.0 is invalid"),
-    "cli-max-new-tokens-zero": cli(generate.main, ["--max-new-tokens", "0", "hi"], "max_new_tokens=0 is invalid"),
-    "cli-max-new-tokens-beyond-int32": cli(generate.main, ["--max-new-tokens", str(2**31), "hi"], "max_new_tokens=2147483648 is invalid"),
-    "cli-seed": cli(generate.main, ["--seed", "-1", "hi"], "seed=-1 is invalid"),
-    "cli-empty-stop": cli(generate.main, ["--stop", "", "hi"], r"stop=\[''\] is invalid"),
+    "cli-temperature": cli(generate.main, ["--temperature", "-1", "hi"], "^error: --temperature -1.0 is invalid: use 0 for greedy"),
+    "cli-top-p": cli(generate.main, ["--top-p", "1.5", "hi"], "^error: --top-p 1.5 is invalid"),
+    "cli-top-k": cli(generate.main, ["--top-k", "-1", "hi"], "^error: --top-k -1 is invalid"),
+    "cli-min-p": cli(generate.main, ["--min-p", "2", "hi"], "^error: --min-p 2.0 is invalid"),
+    "cli-repetition-penalty": cli(generate.main, ["--repetition-penalty", "0", "hi"], "^error: --repetition-penalty 0.0 is invalid"),
+    "cli-max-new-tokens-zero": cli(generate.main, ["--max-new-tokens", "0", "hi"], "^error: --max-new-tokens 0 is invalid"),
+    "cli-max-new-tokens-beyond-int32": cli(generate.main, ["--max-new-tokens", str(2**31), "hi"], "--max-new-tokens 2147483648 is invalid"),
+    "cli-seed": cli(generate.main, ["--seed", "-1", "hi"], r"^error: --seed -1 is invalid: .*, or leave it out for a random one$"),
+    "cli-empty-stop": cli(generate.main, ["--stop", "", "hi"], "^error: argument --stop: a stop string cannot be empty"),
     "cli-huge-max-new-tokens": cli(generate.main, gen(["--max-new-tokens", "1000000000", "hi"]),
-                                   r"max_new_tokens=1,000,000,000 needs a KV cache .* but the host has"),
+                                   r"--max-new-tokens 1,000,000,000 needs a KV cache .* but the host has .*: lower --max-new-tokens \(about"),
     "cli-empty-prompt": cli(generate.main, gen(["--no-chat", ""]), "the prompt is empty: give some text"),
     "cli-beyond-positions": cli(generate.main, lambda m: ["--model", m.path("gpt2"), "--no-chat", "--max-new-tokens", "60", "one two three four five six"],
-                                "exceeds the 64 positions this model has learned: lower max_new_tokens"),
+                                "exceeds the 64 positions this model has learned: lower --max-new-tokens to at most"),
     "cli-prompt-too-long": cli(generate.main, lambda m: ["--model", m.path("gpt2"), "--no-chat", "word " * 100],
                                "exceeds the 64 positions .*: shorten the prompt below 64 tokens"),
-    "cli-mesh-not-dividing": cli(generate.main, gen(["--mesh", "tp=3", "hi"]), "mesh 'tp=3' needs 3 devices but 8"),
-    "cli-mesh-malformed": cli(generate.main, gen(["--mesh", "tp:2", "hi"]), "mesh spec item 'tp:2' of 'tp:2' is malformed"),
+    "cli-mesh-not-dividing": cli(generate.main, gen(["--mesh", "tp=3", "hi"]), "--mesh 'tp=3' needs 3 devices but 8"),
+    "cli-revision-of-a-folder": cli(generate.main, gen(["--revision", "v2", "hi"]),
+                                    "^error: --revision 'v2' picks a version of a hub repo, but .* is a local folder: drop --revision,"),
+    "cli-revision-empty": cli(generate.main, gen(["--revision", "", "hi"]), "^error: --revision must be a branch"),
+    "cli-group-size-alone": cli(generate.main, gen(["--group-size", "8", "hi"]),
+                                "^error: --group-size goes with --quantize 'int4' or 'int8': pass --quantize too$"),
+    "cli-group-size-not-dividing": cli(generate.main, gen(["--quantize", "int8", "--group-size", "7", "hi"]),
+                                       "^error: --group-size 7 does not divide the 64 inputs of"),
+    "cli-system-without-template": cli(generate.main, gen(["--no-chat", "--system", "Be brief.", "hi"]),
+                                       "^error: a system message goes through the chat template: drop --no-chat, or --system$"),
+    "cli-prompt-undecodable": cli(generate.main, ["--model", "nowhere", "caf\udce9"], r"^error: the prompt is not UTF-8 text \(byte 4: 0xe9\)"),
+    "cli-chat-temperature": cli(chat.main, ["--temperature", "-1"], "^error: --temperature -1.0 is invalid"),
+    "cli-convert-group-size": cli(convert.main, lambda m: [m.path("tiny"), "out", "--group-size", "8"],
+                                  "^error: --group-size goes with --quantize"),
+    "cli-mesh-malformed": cli(generate.main, gen(["--mesh", "tp:2", "hi"]), "--mesh spec item 'tp:2' of 'tp:2' is malformed"),
     "cli-convert-mesh": cli(convert.main, lambda m: [m.path("tiny"), "out", "--mesh", "fsdp=0"], "mesh axis 'fsdp' has size 0"),
     "cli-convert-read-only": cli(convert.main, lambda m: [m.path("tiny"), str(unwritable_folder() / "out")],
                                  "cannot write .*out: .*; choose an output folder you can write to"),
@@ -647,3 +660,17 @@ def test_cli_ctrl_c_mid_answer_keeps_the_text_on_its_own_line(monkeypatch, capsy
     assert generate.main(["Tell me a story"]) == 130
     captured = capsys.readouterr()
     assert captured.out == "Once upon\n" and captured.err == "interrupted\n"
+
+
+def test_cli_messages_name_flags_not_library_arguments():
+    """The library's messages name its arguments (`top_k=-1`, `lower max_new_tokens`, `prompt 0`,
+    counted from 0); a command line's name the flags typed and the prompts as its answers number
+    them, and leave paths and prose alone."""
+    terms = progress.in_flag_terms
+    assert terms("top_k=-1 is invalid: use 0 (it comes from generation_config.json: correct the file, or set top_k in "
+                 "the request)") == "--top-k -1 is invalid: use 0 (it comes from generation_config.json: correct the file, or set --top-k)"
+    assert terms("prompt 0 is empty") == "the prompt is empty" and terms("prompt 1 is empty", prompts=3) == "prompt 2 is empty"
+    assert terms("load it without quantize= (or with quantize='int4')") == "load it without --quantize (or with --quantize 'int4')"
+    assert terms("fix the template, or generate without it (--no-chat, chat=False)") == "fix the template, or generate without it (--no-chat)"
+    kept = "cannot read /data/top_k/stop.json: the dtype of a mesh is a seed of temperature"
+    assert terms(kept) == kept
