@@ -4,9 +4,9 @@
     printf 'What is the capital of France?\\nAnd of Italy?\\n' | python -m jaxllm.chat
 
 Each answer streams as it is generated; a stats line follows on stderr. /reset forgets the
-conversation, /system TEXT sets the system message (and resets), /exit or the end of the input
-quits. Ctrl-C stops an answer and the chat goes on; at the prompt it quits. From a pipe each line
-is one user turn, and stdout holds only the answers. The flags are generate's that apply (model,
+conversation, /system TEXT sets the system message (and resets), /exit, /quit or the end of the
+input quits, /help lists the commands. Ctrl-C stops an answer and the chat goes on; at the prompt
+it quits. From a pipe each line is one user turn, and stdout holds only the answers. The flags are generate's that apply (model,
 dtype, mesh, sampling, stop strings, system message, compile cache), from one parser;
 `python -m jaxllm.generate` with no prompt on a terminal starts this chat.
 
@@ -27,12 +27,13 @@ from jaxllm.errors import ArgumentParser, GenerationError, InputError, JaxllmErr
 from jaxllm.generation import encode_messages, has_chat_template
 
 CONTEXT = 8192  # tokens a conversation may reach (fewer if the model has fewer positions): the engine's max_len
-COMMANDS = "/reset, /system TEXT, /exit"
+COMMANDS = "/reset (forget the conversation), /system TEXT (set the system message and reset), /exit or /quit, /help"
 
 
 def parse_args(argv=None):
     p = ArgumentParser(prog="python -m jaxllm.chat", description="Chat with a language model.",
-                                parents=[progress.model_flags()])
+                       parents=[progress.model_flags()], epilog=f"In the chat: {COMMANDS}. Ctrl-C stops an answer; "
+                                                                "at the prompt it quits.")
     return p.parse_args(argv)
 
 
@@ -102,7 +103,7 @@ class Chat:
         self._stopping = False
 
     def run(self, stdin, stdout) -> None:
-        """Turns until /exit or the end of the input (at a terminal also Ctrl-C at the prompt)."""
+        """Turns until /exit, /quit or the end of the input (at a terminal also Ctrl-C at the prompt)."""
         if stdin.isatty():
             import readline  # noqa: F401  (line editing and history for input())
         while (line := _read_line(stdin)) is not None and self.handle(line, stdout):
@@ -126,6 +127,8 @@ class Chat:
                 return True
             self.system, self.history = system, []
             _note(f"system message {'set' if self.system else 'removed'}; the conversation is reset")
+        elif command == "/help":
+            _note(f"the commands are {COMMANDS}")
         elif re.fullmatch(r"/\w+", command):
             _note(f"unknown command {command}: the commands are {COMMANDS}")
         elif text:

@@ -55,7 +55,7 @@ def session(monkeypatch):
 def test_turns_commands_and_history(session, capsys):
     model, out = StandIn(), io.StringIO()
     talk = session(model, system="Be brief.")
-    for line in ["Hi", "", "And now?", "/system Be a pirate.", "Ahoy", "/reset", "/help", "Again", "/exit"]:
+    for line in ["Hi", "", "And now?", "/system Be a pirate.", "Ahoy", "/reset", "/what", "Again", "/exit"]:
         if not talk.handle(line, out):
             break
     assert out.getvalue() == "answer 1\nanswer 2\nanswer 4\nanswer 5\n"  # seen[2]: /system's trial of the template
@@ -65,7 +65,7 @@ def test_turns_commands_and_history(session, capsys):
     assert model.seen[3] == [{"role": "system", "content": "Be a pirate."}, {"role": "user", "content": "Ahoy"}]
     assert model.seen[4] == [{"role": "system", "content": "Be a pirate."}, {"role": "user", "content": "Again"}]
     err = capsys.readouterr().err
-    assert "unknown command /help" in err and err.count("[prompt tokens") == 4
+    assert "unknown command /what" in err and err.count("[prompt tokens") == 4
 
 
 def test_a_conversation_that_outgrows_the_context_says_so_and_goes_on(monkeypatch, capsys):
@@ -195,3 +195,15 @@ def test_max_new_tokens_beyond_the_context_exits_2_at_start(monkeypatch, capsys)
     assert captured.out == "" and captured.err.count("\n") == 1, captured
     assert captured.err.startswith("error: --max-new-tokens 1,024 leaves no room for a message in this chat's context "
                                    "of 1,024 tokens: use at most 1,023"), captured.err
+
+
+@pytest.mark.parametrize("command", ["/quit", "/exit"])
+def test_help_lists_every_command(session, command, capsys):
+    """/help (and an unknown command) lists the commands, /quit among them: it quit without being listed."""
+    talk = session(StandIn())
+    assert talk.handle("/help", io.StringIO()) and talk.handle("/what", io.StringIO())
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(command in line and "/reset" in line and "/system TEXT" in line for line in err), err
+    assert not talk.handle(command, io.StringIO())
+    assert command in chat.COMMANDS
+
