@@ -6,7 +6,7 @@
 Each answer streams as it is generated; a stats line follows on stderr. /reset forgets the
 conversation, /system TEXT sets the system message (and resets), /exit, /quit or the end of the
 input quits, /help lists the commands. Ctrl-C stops an answer and the chat goes on; at the prompt
-it quits. From a pipe each line is one user turn, and stdout holds only the answers. The flags are generate's that apply (model,
+it quits (exit code 130). From a pipe each line is one user turn, and stdout holds only the answers. The flags are generate's that apply (model,
 dtype, mesh, sampling, stop strings, system message, compile cache), from one parser;
 `python -m jaxllm.generate` with no prompt on a terminal starts this chat.
 
@@ -103,7 +103,8 @@ class Chat:
         self._stopping = False
 
     def run(self, stdin, stdout) -> None:
-        """Turns until /exit, /quit or the end of the input (at a terminal also Ctrl-C at the prompt)."""
+        """Turns until /exit, /quit or the end of the input (at a terminal, Ctrl-C at the prompt raises
+        KeyboardInterrupt)."""
         if stdin.isatty():
             import readline  # noqa: F401  (line editing and history for input())
         while (line := _read_line(stdin)) is not None and self.handle(line, stdout):
@@ -165,6 +166,10 @@ class Chat:
         try:
             with self._ctrl_c_stops():
                 self.model.generate(ids, self.params, engine=self.engine, on_text=on_text, on_token=on_token)
+        except KeyboardInterrupt:  # a second Ctrl-C: the chat ends; the text shown keeps its own line
+            out.write("\n")
+            out.flush()
+            raise
         except Stopped:
             out.write(" [stopped]")
         except GenerationError as err:  # e.g. the conversation outgrew the context
@@ -193,7 +198,7 @@ class Chat:
 
 
 def _read_line(stdin) -> str | None:
-    """The next input line; None at the end of the input, or on Ctrl-C at a terminal's prompt. A
+    """The next input line; None at the end of the input (KeyboardInterrupt on Ctrl-C at a terminal's prompt). A
     line that is not UTF-8 text is named and skipped (an empty line), not fed to the tokenizer."""
     if not stdin.isatty():
         raw = stdin.buffer.readline() if hasattr(stdin, "buffer") else stdin.readline()
@@ -204,9 +209,12 @@ def _read_line(stdin) -> str | None:
         return _text(input("> ").encode("utf-8", "surrogateescape"))
     except UnicodeDecodeError as err:  # a terminal whose encoding is not the bytes typed
         return _text(err.object)
-    except (EOFError, KeyboardInterrupt):
+    except EOFError:
         print()
         return None
+    except KeyboardInterrupt:  # a user interrupt: exit 130 (run_cli), on a line of its own
+        print()
+        raise
 
 
 def _text(raw: bytes) -> str:

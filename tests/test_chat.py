@@ -207,3 +207,50 @@ def test_help_lists_every_command(session, command, capsys):
     assert not talk.handle(command, io.StringIO())
     assert command in chat.COMMANDS
 
+
+def _terminal_session(monkeypatch, model, keys):
+    """run_session on `model` at a terminal whose user types `keys` (a KeyboardInterrupt: Ctrl-C)."""
+    from jaxllm import progress
+
+    model.chat_template = "{{ messages }}"  # has_chat_template reads it
+    monkeypatch.setattr(chat, "Engine", lambda *args, **kwargs: None)
+    monkeypatch.setattr(progress, "load_model", lambda args: model)
+    monkeypatch.setattr(progress, "sampling_params", lambda args: SamplingParams(max_new_tokens=4))
+    monkeypatch.setattr(sys, "stdin", SimpleNamespace(isatty=lambda: True))
+    typed = iter(keys)
+
+    def type_in(prompt=""):
+        key = next(typed)
+        if isinstance(key, type) and issubclass(key, BaseException):
+            raise key
+        return key
+
+    monkeypatch.setattr("builtins.input", type_in)
+    return chat.run_session(SimpleNamespace(system=None))
+
+
+def test_ctrl_c_at_the_prompt_exits_130(monkeypatch, capsys):
+    """Ctrl-C at the prompt is a user interrupt: exit 130 (as shells expect) with one line, no
+    traceback; it exited 0, as the end of the input does (Ctrl-D: still 0)."""
+    assert _terminal_session(monkeypatch, StandIn(), ["Hi", KeyboardInterrupt]) == 130
+    captured = capsys.readouterr()
+    assert captured.out == "answer 2\n\n"  # (seen[0]: the start's trial of the template) the prompt's line ended, so the shell's prompt starts on its own
+    assert captured.err.splitlines()[-1] == "interrupted" and "Traceback" not in captured.err
+    assert _terminal_session(monkeypatch, StandIn(), ["Hi", EOFError]) == 0
+
+
+class CtrlCTwice(StandIn):
+    """A model at whose second word the user presses Ctrl-C twice: the second interrupts the chat."""
+
+    def generate(self, ids, params, engine, on_text, on_token):
+        on_token(0, [0])
+        on_text(0, "answer ")
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+        on_text(0, "never")
+
+
+def test_a_second_ctrl_c_mid_answer_exits_130_on_its_own_line(monkeypatch, capsys):
+    assert _terminal_session(monkeypatch, CtrlCTwice(), ["Hi", "never read"]) == 130
+    captured = capsys.readouterr()
+    assert captured.out == "answer \n" and captured.err == "interrupted\n", captured
