@@ -82,6 +82,13 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
+    given = [name for name, value in (("a prompt argument", args.prompt), ("--batch-file", args.batch_file)) if value]
+    if args.list_models and given:  # it prints the list and exits: what else was asked would be dropped unsaid
+        raise JaxllmError(f"--list-models prints the supported architectures and exits, so {given[0]} would be ignored: "
+                          "give one or the other")
+    if len(given) == 2:
+        raise JaxllmError("give the prompt as an argument or --batch-file, not both: the words of the command line are "
+                          "one prompt; several go in --batch-file, one a line")
     if args.list_models:
         print(list_architectures())
         return 0

@@ -169,13 +169,17 @@ def main(argv=None) -> int:
     runtime.quiet()
 
     def body() -> int:
+        if args.list and args.path:  # it prints the list and exits: the checkpoint would go uninspected, unsaid
+            raise JaxllmError(f"--list prints the supported architectures and exits, so {args.path} would not be inspected: "
+                              "give one or the other")
         if args.list:
             print(list_architectures())
             return 0
         if not args.path:
             raise JaxllmError("give a checkpoint folder, hub id or .gguf file to inspect, or --list")
-        if args.batch < 1 or (args.context is not None and args.context < 1):
-            raise JaxllmError("--batch and --context must be positive integers")
+        for flag, value, what in (("--batch", args.batch, "sequences"), ("--context", args.context, "tokens")):
+            if value is not None and value < 1:
+                raise JaxllmError(f"{flag} {value} is invalid: give a positive whole number of {what}")
         def show(text):  # before the scan: what the headers say stays shown if the data cannot be read
             print(text, flush=True)
 
