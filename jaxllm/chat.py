@@ -30,11 +30,16 @@ CONTEXT = 8192  # tokens a conversation may reach (fewer if the model has fewer 
 COMMANDS = "/reset (forget the conversation), /system TEXT (set the system message and reset), /exit or /quit, /help"
 
 
-def parse_args(argv=None):
+def parser() -> ArgumentParser:
+    """The command line's flags."""
     p = ArgumentParser(prog="python -m jaxllm.chat", description="Chat with a language model.",
                        parents=[progress.model_flags()], epilog=f"In the chat: {COMMANDS}. Ctrl-C stops an answer; "
                                                                 "at the prompt it quits.")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return parser().parse_args(argv)
 
 
 def main(argv=None) -> int:

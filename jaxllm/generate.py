@@ -22,7 +22,8 @@ from jaxllm.errors import ArgumentParser, JaxllmError, run_cli, utf8_lines
 from jaxllm.inspect import list_architectures
 
 
-def parse_args(argv=None):
+def parser() -> ArgumentParser:
+    """The command line's flags."""
     p = ArgumentParser(prog="python -m jaxllm.generate", description="Generate text with a language model.",
                        parents=[progress.model_flags()])
     p.add_argument("prompt", nargs="*", help="the prompt (words given apart are joined by spaces: one prompt); "
@@ -37,7 +38,11 @@ def parse_args(argv=None):
                    help="one of N processes of a multi-host run (the same command on every host; process 0 prints): "
                         "'auto', the cluster JAX finds (TPU pod slices, SLURM, Open MPI, Kubernetes), or the "
                         "coordinator's address, the number of processes and this process's id")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return parser().parse_args(argv)
 
 
 def read_prompts(args) -> list[str]:

@@ -1,12 +1,15 @@
 """The installed package: version, no top-level leak of models/ or sharding/, registry metadata."""
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import reference
 
 import jaxllm
+from jaxllm import chat, generate
 from jaxllm.engine import Engine
 from jaxllm.models import registry
 
@@ -33,3 +36,23 @@ def test_list_models_cli():
     assert out.returncode == 0
     listed = [line.split()[0] for line in out.stdout.strip().splitlines()]
     assert listed == registry.names() and "completion" in out.stdout
+
+
+
+def _flags(parser) -> set[str]:
+    return {s for a in parser._actions for s in a.option_strings if s.startswith("--") and s != "--help"}
+
+
+def _readme_flags(start: str, end: str) -> set[str]:
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    section = text[text.index(start):]
+    return set(re.findall(r"--[a-z][\w-]*", section[:section.index(end)]))
+
+
+SAMPLING = {"--max-new-tokens", "--temperature", "--top-p", "--top-k", "--min-p", "--repetition-penalty", "--seed"}
+
+
+def test_readme_names_every_flag_of_generate_and_chat():
+    """README's lists of generate's and chat's flags are what their parsers take: none missing, none gone."""
+    assert _readme_flags("Options: `--model", "(`--help` says") == _flags(generate.parser())
+    assert _readme_flags("It takes generate's flags", "One engine") == _flags(chat.parser()) - SAMPLING
