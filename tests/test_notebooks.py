@@ -1,6 +1,7 @@
 """Every notebook in colab/ runs top to bottom on the CPU, with its parameters cell overridden to the
 embedded default model (SmolLM2-135M-Instruct, GGUF), and is committed with its outputs stripped."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,9 @@ def test_notebook_runs_on_cpu(name, gguf_path, tmp_path, monkeypatch):
     params = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     override = f"# Parameters injected by tests/test_notebooks.py\nMODEL = {str(gguf_path)!r}\n{OVERRIDES[name]}"
     nb.cells.insert(params + 1, nbformat.v4.new_code_cell(override))
+    # The kernel imports this checkout's jaxllm (it runs in tmp_path, where a checkout not installed
+    # with pip was not found: the notebook failed at `import jaxllm`, or ran an installed copy).
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(COLAB.parent), os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend: plots become PNG outputs
     monkeypatch.setenv("XLA_FLAGS", f"--xla_force_host_platform_device_count={DEVICES.get(name, 1)}")
