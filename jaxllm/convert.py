@@ -45,6 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--mesh", default=None, help="convert onto a device mesh, e.g. 'tp=4' (default: one device)")
     p.add_argument("--quantize", choices=QUANTIZE, help="save quantized weights: int8, int4 or gguf (see jaxllm.load)")
     p.add_argument("--group-size", type=int, help="--quantize: input values per scale")
+    p.add_argument("--quantize-embeddings", action="store_true",
+                   help="with --quantize: the token embedding and output head in int8 too")
     p.add_argument("--shard-size", type=float, default=5.0, help="--to-hf: largest safetensors file, in GB (default 5)")
     return p.parse_args(argv)
 
@@ -138,7 +140,7 @@ def _finish(tmp: Path, dst: Path) -> None:
 
 def convert(src, dst, *, dtype=None, to_hf: bool = False, force: bool = False, mesh=None,
             shard_bytes: int = 5 << 30, progress: bool = True, quantize: str | None = None,
-            group_size: int | None = None) -> dict:
+            group_size: int | None = None, quantize_embeddings: bool = False) -> dict:
     """Convert `src` into `dst` (see the module docstring); returns timings and sizes. `dtype`
     None: the dtype the source stores its weights in, else float32. Whatever ends it early (an
     error, a full or read-only disk, Ctrl-C, SIGTERM), nothing is left behind once it returns."""
@@ -148,7 +150,8 @@ def convert(src, dst, *, dtype=None, to_hf: bool = False, force: bool = False, m
     _check_dst(source.path, dst, force)
     if quantize and to_hf:
         raise JaxllmError("--quantize writes jaxllm's own format: drop --to-hf (Hugging Face files hold float weights)")
-    p = plan(source.raw, dtype or source.dtype, mesh, source, quantize=quantize, group_size=group_size)
+    p = plan(source.raw, dtype or source.dtype, mesh, source, quantize=quantize, group_size=group_size,
+             quantize_embeddings=quantize_embeddings)
     dtype_name = jax.numpy.dtype(p.dtype).name
     p.check()
     if mesh is None and jax.default_backend() != "cpu":
@@ -248,7 +251,8 @@ def main(argv=None) -> int:
             raise JaxllmError(f"--shard-size {args.shard_size} is invalid: give a positive, finite number of GB (e.g. 5)")
         with flag_terms():  # the library's messages name its arguments: here, the flags
             out = convert(args.src, args.dst, dtype=args.dtype, to_hf=args.to_hf, force=args.force, mesh=args.mesh,
-                          shard_bytes=int(args.shard_size * 1e9), quantize=args.quantize, group_size=args.group_size)
+                          shard_bytes=int(args.shard_size * 1e9), quantize=args.quantize, group_size=args.group_size,
+                          quantize_embeddings=args.quantize_embeddings)
         kind = "Hugging Face safetensors" if args.to_hf else "jaxllm (orbax)"
         print(f"wrote {args.dst} ({kind}, {out['dtype']}, {out['bytes'] / 1e9:.2f} GB) in {out['seconds']:.1f}s "
               f"(reading and converting {out['read_seconds']:.1f}s)")

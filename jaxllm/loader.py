@@ -165,7 +165,7 @@ def _uniform(scheme):
 def _tables(quantize, quantize_embeddings):
     """The scheme_for of the token embedding and output head: quant.TABLES (int8 in groups, whatever
     width the other kernels take) when `quantize_embeddings`, else None (float)."""
-    quant.check_tables(quantize, quantize_embeddings)
+    quant.check_tables(quantize_embeddings, quantize)
     return _uniform(quant.scheme(quant.TABLES)) if quantize_embeddings else None
 
 
@@ -208,7 +208,7 @@ def plan(raw: dict, dtype=None, mesh=None, source=None, *, quantize: str | None 
     """The Plan of a config.json dict: architecture, ModelConfig, abstract module (quantized as
     `quantize` and `quantize_embeddings` say), shardings."""
     quant.check(quantize, group_size, QUANTIZE)
-    quant.check_tables(quantize, quantize_embeddings)
+    quant.check_tables(quantize_embeddings)
     arch = registry.architecture_of(raw)
     cfg = _own_head(arch, arch.config(raw), source)
     dtype = resolve_dtype(dtype or "float32")
@@ -342,6 +342,7 @@ def _saved_quantization(source, quantize, group_size=None, quantize_embeddings=F
                           f"on the command line without --quantize, or --quantize {mode}), or quantize the original "
                           f"float checkpoint with {quantize}")
     saved_for = (lambda path: schemes.get(converted.key(path))) if schemes else None
+    quant.check_tables(quantize_embeddings, mode)
     if quantize_embeddings and not any(converted.key(path) in schemes for path in TABLE_PATHS):
         raise ConfigError(f"{source.path} was converted with float embeddings and output head: load it without "
                           "quantize_embeddings, or convert the original checkpoint with it")
@@ -408,7 +409,7 @@ def prepare(path_or_id, dtype=None, mesh=None, *, quantize: str | None = None, g
     """The Plan of a checkpoint (folder, hub id, .gguf file or converted folder); `dtype` None:
     the checkpoint's own default (a converted folder's saved dtype, else float32)."""
     quant.check(quantize, group_size, QUANTIZE)  # before any file is opened or downloaded
-    quant.check_tables(quantize, quantize_embeddings)
+    quant.check_tables(quantize_embeddings)
     if not isinstance(path_or_id, (str, os.PathLike)) or not str(path_or_id).strip():
         raise InputError(f"path_or_id must be a checkpoint folder, a .gguf file or a hub id (a non-empty string or "
                          f"path), got {type(path_or_id).__name__} {path_or_id!r}"[:300])

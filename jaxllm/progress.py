@@ -70,6 +70,8 @@ def load_flags() -> argparse.ArgumentParser:
                    "--group-size inputs), or gguf (a .gguf file's own Q8_0/Q4_0/Q4_1 blocks, the rest float)")
     p.add_argument("--group-size", type=int, help=f"--quantize: input values per scale (default: int8 {INT8_GROUP}, "
                                                   f"int4 {DEFAULT_GROUP})")
+    p.add_argument("--quantize-embeddings", action="store_true",
+                   help="with --quantize: the token embedding and output head in int8 too (default: float)")
     p.add_argument("--kv-dtype", choices=[k for k in KV_DTYPES if k is not None],
                    help="KV cache dtype: int8, float8_e4m3fn (fp8), or a float dtype (default: the model's)")
     return p
@@ -102,7 +104,7 @@ def model_flags() -> argparse.ArgumentParser:
 FLAGS = {"max_new_tokens": "--max-new-tokens", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p",
          "min_p": "--min-p", "repetition_penalty": "--repetition-penalty", "seed": "--seed", "stop": "--stop",
          "revision": "--revision", "quantize": "--quantize", "group_size": "--group-size", "kv_dtype": "--kv-dtype",
-         "dtype": "--dtype", "mesh": "--mesh"}
+         "dtype": "--dtype", "mesh": "--mesh", "quantize_embeddings": "--quantize-embeddings"}
 _NAME = r"(?<![\w.'/-])({})(?![\w/-])"  # not part of a longer name, a flag or a path
 # Where a library name is the subject or object of a message: `name=value` (a keyword argument),
 # the message's first word, `drop name`, `pass name too`; names with an underscore anywhere (no
@@ -194,6 +196,7 @@ def load_model(args) -> LoadedModel:
     with Bar(None, "loading", delay=1.0, enabled=is_leader()) as bar:
         return load(args.model or runtime.default_model(), dtype=dtype, mesh=args.mesh, progress=bar,
                     quantize=args.quantize, group_size=args.group_size, kv_dtype=args.kv_dtype,
+                    quantize_embeddings=getattr(args, "quantize_embeddings", False),
                     revision=getattr(args, "revision", None))
 
 

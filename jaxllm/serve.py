@@ -45,6 +45,8 @@ def parse_args(argv=None):
                    help="largest request body taken, in bytes; a larger one is refused with 413 before it is parsed "
                         "(default: 16 per token of --max-len, at least 1048576)")
     p.add_argument("--no-warmup", action="store_true", help="start serving without compiling the engine's steps first")
+    p.add_argument("--shutdown-timeout", type=at_least(0), default=10,
+                   help="seconds a stop (Ctrl-C, SIGTERM) waits for open requests before closing them (default: %(default)s)")
     p.add_argument("--compile-cache", default=os.environ.get("JAXLLM_COMPILE_CACHE", runtime.DEFAULT_COMPILE_CACHE),
                    help="folder where compiled programs are kept for the next run, or 'none' "
                         "(default: $JAXLLM_COMPILE_CACHE, else %(default)s)")
@@ -121,17 +123,19 @@ def _main(args) -> int:
         raise JaxllmError(f"the server needs the serve extra ({_missing}): pip install 'jaxllm[serve]'")
     check_listen(args.host, args.port)  # before the model: loading it takes a while
     name = args.served_model_name or args.model or runtime.HUB_ID
-    model = progress.load_model(args)
-    positions = model.config.context_length
-    if args.max_len is not None and args.max_len > positions:  # requests beyond it are refused anyway: no pool for them
-        raise JaxllmError(f"--max-len {args.max_len:,} exceeds the model's {positions:,} positions: use at most {positions}, "
-                          "or leave it out")
-    engine = Engine(model, batch_size=args.batch_size, max_len=args.max_len)
+    with progress.flag_terms():  # a load's or the engine's error names the flag, not the library's argument
+        model = progress.load_model(args)
+        positions = model.config.context_length
+        if args.max_len is not None and args.max_len > positions:  # requests beyond it are refused anyway: no pool for them
+            raise JaxllmError(f"--max-len {args.max_len:,} exceeds the model's {positions:,} positions: use at most "
+                              f"{positions}, or leave it out")
+        engine = Engine(model, batch_size=args.batch_size, max_len=args.max_len)
     if not args.no_warmup:
         print("compiling the engine's steps ...", file=sys.stderr, flush=True)
         warm_up(engine)
     app = build_app(model, engine, name=name, max_queue=args.max_queue, max_request_bytes=args.max_request_bytes)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                timeout_graceful_shutdown=args.shutdown_timeout)
     return 0
 
 

@@ -114,8 +114,9 @@ def check(quantize, group_size, allowed=MODES) -> None:
                               "own groups of 32: drop group_size")
 
 
-def check_tables(quantize, quantize_embeddings) -> None:
-    """One-line errors for a bad `quantize_embeddings=`."""
+def check_tables(quantize_embeddings, quantize="") -> None:
+    """One-line errors for a bad `quantize_embeddings=`; with `quantize` (the load's mode, once
+    known: a converted folder has its own), also for one without quantized weights."""
     if not isinstance(quantize_embeddings, (bool, np.bool_)):
         raise ConfigError(f"quantize_embeddings must be True or False, got {quantize_embeddings!r}"[:200])
     if quantize_embeddings and quantize is None:

@@ -267,6 +267,9 @@ CASES = {
     "cli-chat-temperature": cli(chat.main, ["--temperature", "-1"], "^error: --temperature -1.0 is invalid"),
     "cli-convert-group-size": cli(convert.main, lambda m: [m.path("tiny"), "out", "--group-size", "8"],
                                   "^error: --group-size goes with --quantize"),
+    "cli-quantize-embeddings-alone": cli(generate.main, gen(["--quantize-embeddings", "hi"]),
+                                         "^error: --quantize-embeddings goes with --quantize 'int8', 'int4' or 'gguf': "
+                                         "pass --quantize too$"),
     "cli-mesh-malformed": cli(generate.main, gen(["--mesh", "tp:2", "hi"]), "--mesh spec item 'tp:2' of 'tp:2' is malformed"),
     "cli-convert-mesh": cli(convert.main, lambda m: [m.path("tiny"), "out", "--mesh", "fsdp=0"], "mesh axis 'fsdp' has size 0"),
     "cli-convert-read-only": cli(convert.main, lambda m: [m.path("tiny"), str(unwritable_folder() / "out")],

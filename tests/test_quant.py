@@ -298,16 +298,23 @@ def test_sharded_quantized_logits_equal_unsharded(llama_folder, monkeypatch):
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
-def test_converted_round_trip_restores_the_quantized_model(llama_folder, tmp_path):
-    """What `python -m jaxllm.convert SRC DST --quantize int8` writes loads back as the same
-    integers, scales and logits, without quantizing again."""
-    p = loader.prepare(llama_folder, quantize="int8")
+@pytest.mark.parametrize("tables", [False, True])
+def test_converted_round_trip_restores_the_quantized_model(llama_folder, tmp_path, tables):
+    """What `python -m jaxllm.convert SRC DST --quantize int8 [--quantize-embeddings]` writes loads
+    back as the same integers, scales and logits, without quantizing again."""
+    p = loader.prepare(llama_folder, quantize="int8", quantize_embeddings=tables)
     p.check()
     params = p.read()
     dst = tmp_path / "converted"
-    assert convert.main([str(llama_folder), str(dst), "--quantize", "int8"]) == 0
+    assert convert.main([str(llama_folder), str(dst), "--quantize", "int8"] + ["--quantize-embeddings"] * tables) == 0
     back = jaxllm.load(dst, tokenizer=False)
     assert back.quantize == "int8"
+    if tables:
+        assert back.params["lm_head"]["kernel"].dtype == back.params["model"]["embed_tokens"]["embedding"].dtype == jnp.int8
+        jaxllm.load(dst, tokenizer=False, quantize_embeddings=True)  # what it holds: accepted
+    else:
+        with pytest.raises(ConfigError, match="was converted with float embeddings and output head"):
+            jaxllm.load(dst, tokenizer=False, quantize_embeddings=True)
     for (path, a), b in zip(weights.flat_params(params).items(), weights.flat_params(back.params).values()):
         assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b)), path
     tokens = [[3, 1, 4, 1, 5, 9, 2, 6]]
@@ -403,6 +410,8 @@ def test_gguf_blocks_load_bit_exact(tmp_path):
     (dict(group_size=32), "group_size goes with quantize="),
     (dict(quantize="gguf", group_size=64), "quantize='gguf' keeps the file's own groups of 32: drop group_size"),
     (dict(quantize="gguf"), "quantize='gguf' keeps a GGUF file's own quantized blocks; this checkpoint is not a GGUF"),
+    (dict(quantize_embeddings=True), "quantize_embeddings goes with quantize='int8', 'int4' or 'gguf': pass quantize too"),
+    (dict(quantize="int8", quantize_embeddings="yes"), "quantize_embeddings must be True or False, got 'yes'"),
 ])
 def test_bad_quantize_settings_are_one_line_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
