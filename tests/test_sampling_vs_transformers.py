@@ -314,3 +314,22 @@ def test_resolved_top_p_zero_keeps_the_top_token():
     ref = hf_process(x, (), gen)
     _, ours = jx_process(x, (), SamplingParams().resolved(gen))
     assert np.array_equal(np.isfinite(ours), np.isfinite(ref))
+
+
+@pytest.mark.parametrize("temperature", [1e-7, 1e-12, 1e-30])
+def test_a_tiny_temperature_divides_as_transformers_does(temperature):
+    """Below 1e-6 too (a floor there once made 1e-7 draw the token 1 ulp below the top 28% of the
+    time, where transformers draws it at odds of 1e-4): the same logits, to 2 ulp."""
+    x = np.asarray([10.0, np.nextafter(np.float32(10.0), np.float32(0)), 3.0, -np.inf], np.float32)
+    kw = dict(temperature=temperature, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
+    ref = hf_process(x, (), {"do_sample": True}, **kw)
+    _, ours = jx_process(x, (), SamplingParams(**kw).resolved({"do_sample": True}))
+    np.testing.assert_allclose(ours, ref, rtol=5e-7, atol=0)
+
+
+def test_a_temperature_that_would_overflow_float32_still_draws_the_top_token():
+    """At 1e-36 these logits divided overflow to inf in float32 (transformers' draw then fails on NaN
+    probabilities); ours stay finite, so the draw is the most likely token, not the first inf."""
+    x = np.asarray([2000.0, 3000.0, -5.0], np.float32)
+    _, ours = jx_process(x, (), SamplingParams(temperature=1e-36, top_k=0, top_p=1.0, min_p=0.0).resolved())
+    assert np.isfinite(ours[:2]).all() and int(np.argmax(ours)) == 1
