@@ -343,16 +343,22 @@ class TextStream:
         """The rest of the text, at the end of the sequence."""
         if self._stopped_text is not None:
             out = self._stopped_text[self.emitted :]
-        elif self._dirty:
+            self.emitted += len(out)
+            return out
+        # text still provisional comes out too: later pushes skip what it was
+        rest = self._unsent + self._provisional
+        out = rest[max(0, self.emitted - (self._final_len - len(self._unsent))) :]
+        self._unsent = ""
+        self.emitted += len(out)
+        if self._dirty:
+            # The windows' text is not the whole decode's (byte-fallback bytes that formed no character turned
+            # characters already streamed into U+FFFD): `text` becomes the whole decode, while what comes out goes on
+            # from what was streamed (the whole decode's tail from the streamed length repeated or skipped text), and
+            # later pushes go on after the whole decode.
             whole = self._whole_decode(len(self.tokens))
             self._parts, self._provisional, self._dirty = [whole], "", False
-            self._final_len, self._unsent, self._fresh, self._tail = len(whole), "", "", ""
-            out = whole[self.emitted :]
-        else:  # text still provisional comes out too: later pushes skip what it was
-            rest = self._unsent + self._provisional
-            out = rest[max(0, self.emitted - (self._final_len - len(self._unsent))) :]
-            self._unsent = ""
-        self.emitted += len(out)
+            self._final_len, self._fresh, self._tail = len(whole), "", ""
+            self.emitted = len(whole)
         return out
 
     # -- detokenization ----------------------------------------------------------------------
@@ -442,11 +448,13 @@ class TextStream:
     def _stop_at(self, position: int, kept: int) -> str:
         self.stopped, self.kept_tokens = True, kept
         text = self.text
-        if self._dirty:
+        out = text[self.emitted : position]  # what comes out goes on from what was streamed
+        if self._dirty:  # `text` is the whole decode's, cut at its stop string (see flush)
             text = self._whole_decode(kept)
             position = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=position)
         self._stopped_text = text[:position]
-        return self.flush()
+        self.emitted = max(self.emitted + len(out), len(self._stopped_text))
+        return out
 
     def _whole_decode(self, n: int) -> str:
         return self.tokenizer.decode(self.tokens[:n], skip_special_tokens=True)

@@ -4,6 +4,7 @@ SmolLM2 GGUF's (byte-level BPE), a SentencePiece one as a Llama GGUF gives, byte
 WordPiece (with transformers' space cleanup) trained here. Nothing comes from the hub."""
 
 import random
+import re
 import string
 
 import pytest
@@ -321,3 +322,34 @@ def test_a_push_after_flush_goes_on_where_it_stopped(byte_bpe):
     second = "".join(s.push([t]) for t in ids[cut:]) + s.flush()
     assert s.text == tok.decode(ids)
     assert len(first) + len(second) == len(s.text)  # nothing twice
+
+
+def _fffd_runs_as_wildcards(whole: str) -> str:
+    """A regex of `whole` in which each run of U+FFFD stands for any text."""
+    return "".join(".+?" if run[0] == "\ufffd" else re.escape(run) for run in re.findall("\ufffd+|[^\ufffd]+", whole))
+
+
+def test_streamed_text_goes_on_from_what_it_streamed_after_broken_bytes(sentencepiece):
+    """A stray byte after characters of byte tokens turns them all into U+FFFD in the whole decode,
+    after they were streamed: `text` is the whole decode, and what comes out after goes on from what
+    was streamed, neither repeating the whole decode's tail (" the worldld") nor skipping it."""
+    tok = sentencepiece
+    byte = lambda b: tok.convert_tokens_to_ids(f"<0x{b:02X}>")  # noqa: E731
+    ids = tok("Hello", add_special_tokens=False)["input_ids"] + [byte(b) for b in "東京".encode() + b"\xe6"]
+    ids += tok(" the world", add_special_tokens=False)["input_ids"]
+    whole = tok.decode(ids, skip_special_tokens=True)
+    assert whole == "Hello" + "\ufffd" * 7 + " the world"
+    for stop, text in (((), whole), (("world",), whole[: -len("world")])):
+        s, pieces, rest = stream(tok, ids, stop)
+        assert s.text == text and "".join(pieces) + rest == "Hello東京\ufffd\ufffd\ufffd" + text[len("Hello") + 7 :]
+    rng = random.Random(4)
+    for _ in range(100):  # stray bytes in text: what is streamed is the whole decode, but for its U+FFFD runs
+        ids = tok(rng.choice(TEXTS), add_special_tokens=False)["input_ids"]
+        for _ in range(rng.randint(1, 3)):
+            ids.insert(rng.randint(0, len(ids)), rng.randrange(3, 259))  # a byte token
+        full = tok.decode(ids, skip_special_tokens=True)
+        stop = tuple(x for x in (full[j : j + rng.randint(1, 4)] for j in rng.sample(range(len(full)), 2)) if "\ufffd" not in x)
+        s, pieces, rest = stream(tok, ids, stop, sizes=3, rng=rng)
+        want_text, want_kept = brute_force(tok, ids, stop)
+        assert s.text == want_text and s.kept_tokens == (want_kept or len(ids))
+        assert re.fullmatch(_fffd_runs_as_wildcards(s.text), "".join(pieces) + rest, re.S), (ids, stop)
