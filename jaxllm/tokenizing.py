@@ -111,7 +111,8 @@ class Tokenizer:
         if kwargs or clean_up_tokenization_spaces:
             return self.transformers.decode(token_ids, skip_special_tokens=skip_special_tokens,
                                             clean_up_tokenization_spaces=clean_up_tokenization_spaces, **kwargs)
-        ids = [int(token_ids)] if not hasattr(token_ids, "__len__") else [int(t) for t in token_ids]
+        one = not hasattr(token_ids, "__len__") or getattr(token_ids, "ndim", None) == 0  # an id: int, numpy scalar, 0-d array
+        ids = [int(token_ids)] if one else [int(t) for t in token_ids]
         return self.backend_tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def apply_chat_template(self, conversation, tokenize: bool = True, add_generation_prompt: bool = False, **kwargs):
