@@ -71,6 +71,11 @@ class Tokenizer:
     built on first use."""
 
     def __init__(self, backend, meta: dict, build: Callable[[], Any]):
+        # transformers turns a tokenizer.json's own truncation and padding off for each call that does
+        # not ask for them (a file saved with them on would cut prompts and pad them); off once here,
+        # so encoding never changes the backend's settings (threads encode and decode at once)
+        backend.no_truncation()
+        backend.no_padding()
         self.backend_tokenizer = backend
         self.chat_template = meta["chat_template"]
         self.special_tokens_map = meta["special_tokens_map"]
