@@ -298,6 +298,27 @@ def test_sharded_quantized_logits_equal_unsharded(llama_folder, monkeypatch):
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
+def test_sharded_quantized_tables_equal_unsharded(llama_folder, monkeypatch):
+    """quantize_embeddings on a mesh: the tables' integers and scales split as their float tables
+    did (the head's rows over tp, the embedding's hidden dim over fsdp), the same logits as on one
+    device, prefill and (as a GPU takes it) the one-row head product."""
+    tokens = np.random.default_rng(0).integers(0, 128, (2, 20))
+    single = jaxllm.load(llama_folder, quantize="int8", quantize_embeddings=True, tokenizer=False)
+    model = jaxllm.load(llama_folder, quantize="int8", quantize_embeddings=True, mesh="fsdp=2,tp=4", tokenizer=False)
+    head, embed = model.params["lm_head"], model.params["model"]["embed_tokens"]
+    assert head["kernel"].dtype == embed["embedding"].dtype == jnp.int8
+    assert head["kernel"].sharding.spec == P("tp", "fsdp") and head["scale"].sharding.spec == P("tp", None)
+    assert embed["embedding"].sharding.spec == P(None, "fsdp")
+    for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(model.params)):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    want = np.asarray(single.logits(tokens))
+    assert np.abs(np.asarray(model.logits(tokens)) - want).max() <= 1e-5 * np.abs(want).max()
+    monkeypatch.setattr(quant, "_on_gpu", lambda: True)
+    one = tokens[:1, 3:4]
+    got, want = np.asarray(model.logits(one)), np.asarray(single.logits(one))
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
 @pytest.mark.parametrize("tables", [False, True])
 def test_converted_round_trip_restores_the_quantized_model(llama_folder, tmp_path, tables):
     """What `python -m jaxllm.convert SRC DST --quantize int8 [--quantize-embeddings]` writes loads
