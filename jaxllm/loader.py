@@ -270,14 +270,15 @@ def _quantization(arch, cfg, source, quantize, group_size, quantize_embeddings=F
     if quantize is None:
         return None, None, {}, None
     own = None if quantize == "gguf" else quant.scheme(quantize, group_size)
-    native, schemes = {}, {}
+    native, schemes, table_bits = {}, {}, quant.scheme(quant.TABLES).bits
     for spec in arch.weight_map(cfg):
         source = _block_source(spec, tensors)
         if source is None:
             continue
         blocks = {tensors.block_scheme(name) for name in source.names}
         block = blocks.pop() if len(blocks) == 1 else None  # an expert stack's tensors all of one type
-        if block is not None and (quantize == "gguf" or block.bits == own.bits):
+        bits = table_bits if spec.path in TABLE_PATHS else None if own is None else own.bits  # what the load asks for
+        if block is not None and (quantize == "gguf" or block.bits == bits):
             native[spec.path], schemes[spec.path] = source, block
     tables_for = None if tables is None else (lambda path: schemes.get(path) or tables(path))  # an untied head's blocks too
     return (lambda path: schemes.get(path, own)), tables_for, native, quantize
@@ -296,8 +297,11 @@ class BlockSource(NamedTuple):
 def _block_source(spec, tensors) -> BlockSource | None:
     """The BlockSource of a kernel whose layout the file's blocks fill as they are: nn.Linear
     weights (whole, or a fused one's rows: Phi-3's qkv_proj, gate_up_proj), Conv1D weights the
-    file stores [out, in] (GPT-2, whole or c_attn's columns), expert stacks; else None."""
+    file stores [out, in] (GPT-2, whole or c_attn's columns), expert stacks, the token embedding
+    ([vocab, hidden] rows, its blocks along hidden); else None."""
     t, names = spec.transform, spec.hf_names
+    if spec.path == EMBEDDING:
+        return BlockSource(names) if len(names) == 1 and t == weights.Copy() and names[0] not in tensors.transposed else None
     stored_reversed = all(name in tensors.transposed for name in names)  # the file holds HF's [in, out] as [out, in]
     if isinstance(t, weights.Stack) and t.inner == weights.Transpose(1) and not stored_reversed:
         return BlockSource(names, transpose=True)

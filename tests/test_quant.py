@@ -502,6 +502,15 @@ def test_real_gguf_q4_1_blocks_are_the_files_values(perplexities, gguf_path):
     assert len(deq) == 30 * 7
     for path, value in deq.items():
         assert np.array_equal(value.view(np.uint32), np.asarray(want[path]).view(np.uint32)), path
+    # quantize_embeddings on "gguf": the tied table's Q8_0 blocks as they are (float16 scales per 32)
+    tables = jaxllm.load(gguf_path, dtype="float32", quantize="gguf", quantize_embeddings=True, tokenizer=False)
+    embed = tables.params["model"]["embed_tokens"]
+    assert embed["embedding"].dtype == jnp.int8 and embed["embedding_scale"].dtype == jnp.float16
+    assert embed["embedding_scale"].shape == (49152, 576 // 32)
+    deq = _dequantized(tables.params)
+    assert len(deq) == 30 * 7 + 1
+    for path, value in deq.items():
+        assert np.array_equal(value.view(np.uint32), np.asarray(want[path]).view(np.uint32)), path
 
 
 def test_int8_real_model_still_answers(perplexities):
