@@ -139,12 +139,16 @@ class LayerNorm(nnx.Module, pytree=False):
 
 class Embed(nnx.Module, pytree=False):
     """A lookup table [vocab, dim]; the token embedding's is also the tied output head (`attend`).
+    Rows are multiplied by `scale`: Gemma's sqrt(hidden) rounded to the weights' dtype first (a
+    tensor of that dtype in transformers); `exact_scale` multiplies by the scale itself in float32,
+    then casts (Granite's embedding_multiplier, a Python float in transformers).
     `quantizable` (the token embedding, not learned positions) and `table`: quant.apply quantizes
     it only when the load asks for quantized tables (quantize_embeddings), in groups along dim:
     a lookup dequantizes just the rows it takes, `attend` is a quantized product."""
 
-    def __init__(self, vocab: int, dim: int, *, dtype, rngs: nnx.Rngs, scale: float = 1.0, quantizable: bool = False):
-        self.scale = scale  # Gemma multiplies by sqrt(hidden), rounded to the weights' dtype
+    def __init__(self, vocab: int, dim: int, *, dtype, rngs: nnx.Rngs, scale: float = 1.0, exact_scale: bool = False,
+                 quantizable: bool = False):
+        self.scale, self.exact = scale, exact_scale
         self.dtype, self.quantizable, self.table = dtype, quantizable, True
         self.embedding = param((vocab, dim), ("vocab_in", "embed"), dtype)
         self.embedding_scale = self.embedding_offset = None
@@ -172,7 +176,11 @@ class Embed(nnx.Module, pytree=False):
         if scale is not None:  # only the rows taken are dequantized
             take = functools.partial(jnp.take, indices=tokens, axis=0, mode="clip")
             x = quant.dequantize(x, take(scale), None if offset is None else take(offset), self.dtype)
-        return x * jnp.asarray(self.scale, x.dtype) if self.scale != 1.0 else x
+        if self.scale == 1.0:
+            return x
+        if self.exact:
+            return (x.astype(jnp.float32) * self.scale).astype(x.dtype)
+        return x * jnp.asarray(self.scale, x.dtype)
 
     def attend(self, x):
         """Tied output head: logits = x . embedding^T."""

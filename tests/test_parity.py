@@ -265,6 +265,14 @@ SPELLINGS = {
     "gpt2-base-model-names": ("GPT2LMHeadModel", {}, _edit(),
                               _tensors(lambda n: n.removeprefix("transformer."), _causal_buffers("h.{i}.attn.bias", 64))),
     "qwen2-base-model-names": ("Qwen2ForCausalLM", {}, _edit(), _tensors(lambda n: n.removeprefix("model."))),
+    # Granite: multipliers left out are 1.0 (the attention scale too, not head_dim ** -0.5); the Hub's
+    # v4 rope keys; an untied head divided by logits_scaling; keys its code never reads
+    "granite-default-multipliers": ("GraniteForCausalLM", {}, _edit(("embedding_multiplier", "residual_multiplier",
+                                                                     "attention_multiplier", "logits_scaling"))),
+    "granite-v4-rope-keys": ("GraniteForCausalLM", {}, lambda raw: raw.update(
+        rope_theta=raw.pop("rope_parameters")["rope_theta"] / 2, rope_scaling=None)),
+    "granite-untied": ("GraniteForCausalLM", dict(tie_word_embeddings=False, mlp_bias=True), _edit()),
+    "granite-ignores-other-keys": ("GraniteForCausalLM", {}, _edit(partial_rotary_factor=0.5, sliding_window=8, layer_norm_eps=0.5)),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
