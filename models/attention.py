@@ -25,7 +25,7 @@ from flax import nnx
 from jaxllm.errors import GenerationError
 from jaxllm.models import attention_ops, kv_quant, paged_decode
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.layers import Dense, RMSNorm
+from jaxllm.models.layers import Dense, LayerNorm, RMSNorm
 from jaxllm.models.rope import Rotary, apply_rotary
 
 
@@ -287,7 +287,7 @@ UNCACHED = Uncached()
 
 
 class Attention(nnx.Module):
-    """Multi-head attention with grouped kv heads, rotary positions, optional q/k RMSNorm and bias;
+    """Multi-head attention with grouped kv heads, rotary positions, optional q/k norms and bias;
     the keys and values go through the KV backend the caller passes."""
 
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
@@ -300,7 +300,10 @@ class Attention(nnx.Module):
         self.o_proj = Dense((h, d), (e,), ("q_heads", "head_dim", "embed"), bias=cfg.o_bias, dtype=dtype, rngs=rngs)
         if cfg.qk_norm == "none":
             self.q_norm = self.k_norm = None
-        else:  # per head (Qwen3), or over the whole projection (OLMo 2)
+        elif cfg.qk_norm == "layernorm":  # LayerNorm of each head (Phi)
+            self.q_norm = LayerNorm(d, cfg.norm_eps, dtype=dtype, rngs=rngs, axes=("head_dim",))
+            self.k_norm = LayerNorm(d, cfg.norm_eps, dtype=dtype, rngs=rngs, axes=("head_dim",))
+        else:  # RMSNorm per head (Qwen3), or over the whole projection (OLMo 2)
             norm = dict(dtype=dtype, rngs=rngs, offset=cfg.norm_offset, upcast_scale=cfg.norm_upcast_scale)
             whole = cfg.qk_norm == "projection"
             self.q_norm = RMSNorm((h, d) if whole else d, cfg.norm_eps,

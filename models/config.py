@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from jaxllm.errors import ConfigError
 
-QK_NORMS = ("none", "per_head", "projection")
+QK_NORMS = ("none", "per_head", "projection", "layernorm")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 
@@ -75,7 +75,9 @@ class ModelConfig:
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
-    qk_norm: str = "none"  # "per_head": RMSNorm of each head (Qwen3); "projection": over all heads (OLMo 2)
+    # "per_head": RMSNorm of each head (Qwen3); "projection": over all heads (OLMo 2); "layernorm":
+    # LayerNorm, weight and bias, of each head (Phi's qk_layernorm)
+    qk_norm: str = "none"
     # Gemma-style variants: embeddings times embed_scale; RMSNorm scales by (norm_offset + w), in float32.
     embed_scale: float = 1.0
     norm_offset: float = 0.0
@@ -217,9 +219,9 @@ CONFIG_FIELDS = {
     "use_parallel_residual": FLAG, "rotary_pct": FRACTION, "rotary_emb_base": POSITIVE, "n_embd": COUNT, "n_layer": LAYERS, "n_head": COUNT, "n_positions": COUNT,
     "n_inner": COUNT, "layer_norm_epsilon": NON_NEGATIVE, "activation_function": NAME, "scale_attn_weights": _given(FLAG),
     "scale_attn_by_inverse_layer_idx": FLAG,
-    # Granite's scalings
+    # Granite's scalings; Phi's q/k LayerNorm
     "embedding_multiplier": POSITIVE, "residual_multiplier": POSITIVE, "attention_multiplier": POSITIVE,
-    "logits_scaling": POSITIVE,
+    "logits_scaling": POSITIVE, "qk_layernorm": FLAG,
     # mixtures of experts
     "num_local_experts": _given(EXPERTS), "num_experts": _given(EXPERTS), "num_experts_per_tok": _given(COUNT), "moe_intermediate_size": INDEX,
     "norm_topk_prob": FLAG, "decoder_sparse_step": INDEX, "mlp_only_layers": Field(int, 0, MAX_SIZE, many="list"),

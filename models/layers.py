@@ -121,12 +121,13 @@ class RMSNorm(nnx.Module, pytree=False):
 
 
 class LayerNorm(nnx.Module, pytree=False):
-    """(x - mean) / std * w + b over the last dim, in float32, cast back at the end."""
+    """(x - mean) / std * w + b over the last dim, in float32, cast back at the end. `axes`: the
+    logical axis of w and b (("head_dim",) for a norm of each attention head, Phi's q/k norms)."""
 
-    def __init__(self, dim: int, eps: float, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, dim: int, eps: float, *, dtype, rngs: nnx.Rngs, axes=("norm",)):
         self.eps = eps
-        self.weight = param((dim,), ("norm",), dtype)
-        self.bias = param((dim,), ("norm",), dtype)
+        self.weight = param((dim,), tuple(axes), dtype)
+        self.bias = param((dim,), tuple(axes), dtype)
 
     def __call__(self, x):
         dtype = x.dtype

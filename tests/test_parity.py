@@ -273,6 +273,18 @@ SPELLINGS = {
         rope_theta=raw.pop("rope_parameters")["rope_theta"] / 2, rope_scaling=None)),
     "granite-untied": ("GraniteForCausalLM", dict(tie_word_embeddings=False, mlp_bias=True), _edit()),
     "granite-ignores-other-keys": ("GraniteForCausalLM", {}, _edit(partial_rotary_factor=0.5, sliding_window=8, layer_norm_eps=0.5)),
+    # Phi: phi-2's v4 keys (partial_rotary_factor and rope_theta top-level, rope_scaling null); 0.5 of each
+    # head rotates where no key says; a tied head keeps its bias; qk_layernorm off when left out; keys
+    # its code never reads (it hard-wires every bias on)
+    "phi-v4-rope-keys": ("PhiForCausalLM", {}, lambda raw: raw.update(
+        rope_theta=raw["rope_parameters"]["rope_theta"] / 2, partial_rotary_factor=0.25, rope_scaling=None,
+        rope_parameters=None)),
+    "phi-default-partial-rotary": ("PhiForCausalLM", dict(partial_rotary_factor=0.25),
+                                   lambda raw: raw["rope_parameters"].pop("partial_rotary_factor")),
+    "phi-tied-head-keeps-its-bias": ("PhiForCausalLM", dict(tie_word_embeddings=True), _edit()),
+    "phi-no-qk-layernorm-by-default": ("PhiForCausalLM", dict(qk_layernorm=False), _edit(("qk_layernorm",))),
+    "phi-ignores-other-keys": ("PhiForCausalLM", {}, _edit(attention_bias=False, mlp_bias=False, rms_norm_eps=0.5,
+                                                           sliding_window=8, layer_types=["sliding_attention"] * 3)),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
@@ -319,7 +331,7 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     hf = transformers.CONFIG_MAPPING[arch.hf_model_type].from_dict(dict(raw))
     kind = arch.hf_model_type
     act = {"gpt2": "activation_function", "gemma2": "hidden_activation", "gemma3_text": "hidden_activation"}.get(kind, "hidden_act")
-    eps = {"gpt2": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps"}.get(kind, "rms_norm_eps")
+    eps = {"gpt2": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps"}.get(kind, "rms_norm_eps")
     out = dict(max_position_embeddings=hf.max_position_embeddings, norm_eps=getattr(hf, eps),
                tie_word_embeddings=hf.tie_word_embeddings, hidden_act=getattr(hf, act))
     if kind == "gemma" and out["hidden_act"] == "gelu":  # GemmaMLP's legacy mapping

@@ -1,0 +1,96 @@
+"""Phi (phi-1, phi-1.5, phi-2): attention and MLP in parallel off one LayerNorm
+(x + attn(ln x) + mlp(ln x)), partial rotary (half of each head unless partial_rotary_factor says
+otherwise), biased q/k/v/dense, an optional LayerNorm of each query and key head (qk_layernorm), an
+ungated fc1/fc2 MLP, a final LayerNorm and an output head with a bias (kept when the head is tied)."""
+
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxllm.errors import ConfigError
+from jaxllm.models.architecture import NO_WINDOW, NOT_NULL, Architecture
+from jaxllm.models.attention import UNCACHED, Attention
+from jaxllm.models.config import ModelConfig
+from jaxllm.models.decoder import CausalLM
+from jaxllm.models.layers import MLP, LayerNorm, param
+from jaxllm.models.weights import Copy, Linear, WeightSpec
+
+
+class PhiDecoderLayer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
+        self.input_layernorm = LayerNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype, rngs=rngs)
+        self.self_attn = Attention(cfg, layer, dtype=dtype, rngs=rngs)
+        self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x, positions, rot, cache, kv=UNCACHED):
+        h = self.input_layernorm(x)
+        attn, cache = self.self_attn(h, positions, rot, cache, kv)
+        return attn + self.mlp(h) + x, cache  # transformers' order of the sum
+
+
+class PhiForCausalLM(CausalLM):
+    """The shared causal LM with a bias on the output head, tied head or not."""
+
+    layer_cls = PhiDecoderLayer
+    final_norm = LayerNorm
+
+    def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        super().__init__(cfg, dtype=dtype, rngs=rngs)
+        head = {} if self.lm_head is None else dict(kernel=self.lm_head["kernel"])
+        # nnx.data: a tied head was None (a static attribute) before
+        self.lm_head = nnx.data(nnx.Dict(bias=param((cfg.vocab_size,), ("vocab_out",), dtype), **head))
+
+    def logits(self, hidden):
+        if "kernel" in self.lm_head:
+            out = jnp.einsum("bte,ve->btv", hidden, self.lm_head["kernel"][...])
+        else:
+            out = self.model.embed_tokens.attend(hidden)
+        return (out + self.lm_head["bias"][...]).astype(jnp.float32)
+
+
+def phi_defaults(raw: dict) -> dict:
+    heads, head = raw["num_attention_heads"], raw.get("head_dim")
+    if raw.get("qk_layernorm") and head is not None and head * heads != raw["hidden_size"]:
+        raise ConfigError(f"config.json head_dim={head} with qk_layernorm: transformers' Phi normalizes heads of "
+                          f"hidden_size / num_attention_heads = {raw['hidden_size'] / heads:g} values and cannot run "
+                          "other heads; remove head_dim")
+    return dict(qkv_bias=True, o_bias=True, qk_norm="layernorm" if raw.get("qk_layernorm") else "none")
+
+
+def phi_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
+    specs = [
+        WeightSpec("model.embed_tokens.weight", ("model", "embed_tokens", "embedding")),
+        WeightSpec("model.final_layernorm.weight", ("model", "norm", "weight")),
+        WeightSpec("model.final_layernorm.bias", ("model", "norm", "bias")),
+        WeightSpec("lm_head.bias", ("lm_head", "bias")),
+    ]
+    if not cfg.tie_word_embeddings:
+        specs.append(WeightSpec("lm_head.weight", ("lm_head", "kernel"), Linear()))
+    for i in range(cfg.num_layers):
+        hf, ours = f"model.layers.{i}.", ("model", "layers", i)
+        specs += [WeightSpec(f"{hf}input_layernorm.{p}", ours + ("input_layernorm", p)) for p in ("weight", "bias")]
+        for theirs, name in (("q_proj", "q_proj"), ("k_proj", "k_proj"), ("v_proj", "v_proj"), ("dense", "o_proj")):
+            attn = ours + ("self_attn", name)
+            specs.append(WeightSpec(f"{hf}self_attn.{theirs}.weight", attn + ("kernel",), Linear(2 if name == "o_proj" else 1)))
+            specs.append(WeightSpec(f"{hf}self_attn.{theirs}.bias", attn + ("bias",), Copy(flatten=name != "o_proj")))
+        if cfg.qk_norm != "none":
+            for theirs, name in (("q_layernorm", "q_norm"), ("k_layernorm", "k_norm")):
+                specs += [WeightSpec(f"{hf}self_attn.{theirs}.{p}", ours + ("self_attn", name, p)) for p in ("weight", "bias")]
+        for theirs, name in (("fc1", "up_proj"), ("fc2", "down_proj")):
+            specs.append(WeightSpec(f"{hf}mlp.{theirs}.weight", ours + ("mlp", name, "kernel"), Linear()))
+            specs.append(WeightSpec(f"{hf}mlp.{theirs}.bias", ours + ("mlp", name, "bias")))
+    return specs
+
+
+ARCHITECTURES = (Architecture(
+    name="PhiForCausalLM", module=PhiForCausalLM, weight_map=phi_weight_map, hf_model_type="phi",
+    ignored_keys=NO_WINDOW, config_defaults=phi_defaults, partial_rotary=True, norm_eps_key="layer_norm_eps",
+    # PhiConfig has no head_dim (a null one reaches its attention as None); a null partial_rotary_factor
+    # leaves its rope parameters without one, which its attention then fails to find
+    not_null=NOT_NULL + ("layer_norm_eps", "hidden_act", "rope_theta", "head_dim", "partial_rotary_factor", "qk_layernorm"),
+    hf_defaults=dict(layer_norm_eps=1e-5, hidden_act="gelu_new", partial_rotary_factor=0.5),
+    # GQA and q/k LayerNorm, which phi-1/1.5/2 leave off; partial rotary 0.5 of heads of 16
+    tiny_config=dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                     num_key_value_heads=2, max_position_embeddings=256, layer_norm_eps=1e-5, hidden_act="gelu_new",
+                     partial_rotary_factor=0.5, rope_theta=10000.0, qk_layernorm=True, tie_word_embeddings=False,
+                     bos_token_id=1, eos_token_id=2),
+),)
