@@ -121,13 +121,13 @@ class CausalLM(nnx.Module):
     def hidden(self, tokens, positions, cache: list[LayerCache] | None = None, kv=UNCACHED, lengths=None):
         return self.model(tokens, positions, cache, kv, lengths)
 
+    def head(self, hidden):
+        """hidden [B, T, E] -> logits [B, T, V] in the model's dtype: the output head, or the tied embeddings."""
+        return self.model.embed_tokens.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
+
     def logits(self, hidden):
         """hidden [B, T, E] -> float32 logits [B, T, V] (tanh soft-capped where the model says so)."""
-        if self.lm_head is None:
-            out = self.model.embed_tokens.attend(hidden)
-        else:
-            out = self.lm_head(hidden)
-        out = out.astype(jnp.float32)
+        out = self.head(hidden).astype(jnp.float32)
         cap = self.cfg.final_softcap
         return out if cap is None else jnp.tanh(out / cap) * cap
 

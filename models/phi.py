@@ -11,7 +11,7 @@ from jaxllm.models.architecture import NO_WINDOW, NOT_NULL, Architecture
 from jaxllm.models.attention import UNCACHED, Attention
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM
-from jaxllm.models.layers import MLP, LayerNorm, param
+from jaxllm.models.layers import MLP, Dense, LayerNorm, param
 from jaxllm.models.weights import Copy, Linear, WeightSpec
 
 
@@ -35,16 +35,16 @@ class PhiForCausalLM(CausalLM):
 
     def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         super().__init__(cfg, dtype=dtype, rngs=rngs)
-        head = {} if self.lm_head is None else dict(kernel=self.lm_head["kernel"])
-        # nnx.data: a tied head was None (a static attribute) before
-        self.lm_head = nnx.data(nnx.Dict(bias=param((cfg.vocab_size,), ("vocab_out",), dtype), **head))
-
-    def logits(self, hidden):
-        if "kernel" in self.lm_head:
-            out = jnp.einsum("bte,ve->btv", hidden, self.lm_head["kernel"][...])
+        if self.lm_head is None:  # tied: the head's bias alone (nnx.data: a tied head was None, a static attribute)
+            self.lm_head = nnx.data(nnx.Dict(bias=param((cfg.vocab_size,), ("vocab_out",), dtype)))
         else:
-            out = self.model.embed_tokens.attend(hidden)
-        return (out + self.lm_head["bias"][...]).astype(jnp.float32)
+            self.lm_head = Dense((cfg.hidden_size,), (cfg.vocab_size,), ("embed", "vocab_out"), bias=True, dtype=dtype,
+                                 rngs=rngs, table=True)
+
+    def head(self, hidden):
+        if isinstance(self.lm_head, Dense):
+            return self.lm_head(hidden)
+        return self.model.embed_tokens.attend(hidden) + self.lm_head["bias"][...]
 
 
 def phi_defaults(raw: dict) -> dict:

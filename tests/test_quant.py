@@ -215,7 +215,8 @@ def test_quantize_then_dequantize_error_is_bounded_per_group(bits, offset, shape
     ("LlamaForCausalLM", ("int8", "int4"), False), ("Qwen3MoeForCausalLM", ("int8", "int4"), False),
     ("Gemma2ForCausalLM", ("int8",), False),
     # quantize_embeddings: an untied head and its embedding; a tied, scaled, soft-capped table (Gemma 2)
-    ("LlamaForCausalLM", ("int4",), True), ("Gemma2ForCausalLM", ("int8",), True)])
+    ("LlamaForCausalLM", ("int4",), True), ("Gemma2ForCausalLM", ("int8",), True),
+    ("PhiForCausalLM", ("int8",), True)])  # a head with a bias
 def test_tiny_quantized_models_track_their_float_logits(arch, modes, tables):
     raw = dict(registry.get(arch).tiny_config, architectures=[arch], num_hidden_layers=2)
     model = _float_model(raw, seed=1)
