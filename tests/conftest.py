@@ -33,6 +33,14 @@ def gguf_path():
     return path
 
 
+@pytest.fixture(scope="session")
+def smollm2(gguf_path):
+    """The real model's tokenizer (jaxllm's, over the GGUF's vocabulary and chat template)."""
+    from jaxllm.checkpoint import load_tokenizer
+
+    return load_tokenizer(gguf_path)
+
+
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
     """A tiny Llama with seeded random weights, saved by transformers and loaded by jaxllm (one per

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gguf import GGUFWriter
+from gguf_files import add_fields
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -198,13 +199,7 @@ def _with_meta(path: Path, arch: str, meta: dict) -> None:
     """A header-only file of `arch` with the shared required keys, `meta` over them (values of any type)."""
     keys = {"embedding_length": 64, "feed_forward_length": 128, "block_count": 2, "attention.head_count": 4, **meta}
     w = GGUFWriter(str(path), arch)
-    for key, value in keys.items():
-        if isinstance(value, str):
-            w.add_string(f"{arch}.{key}", value)
-        elif isinstance(value, list):
-            w.add_array(f"{arch}.{key}", value)
-        else:
-            w.add_uint32(f"{arch}.{key}", value)
+    add_fields(w, arch, keys)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

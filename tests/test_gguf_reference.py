@@ -14,6 +14,7 @@ import reference
 import torch
 import transformers
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, quants
+from gguf_files import add_fields
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 import jaxllm
@@ -216,13 +217,7 @@ def _byte_level(pre: str) -> dict:
 def write_tokenizer(path: Path, arch: str, vocab: dict) -> None:
     w = GGUFWriter(str(path), arch)
     w.add_uint32(f"{arch}.block_count", 1)
-    for key, value in vocab.items():
-        if isinstance(value, str):
-            w.add_string(f"tokenizer.ggml.{key}", value)
-        elif isinstance(value, list):
-            w.add_array(f"tokenizer.ggml.{key}", value)
-        else:
-            w.add_uint32(f"tokenizer.ggml.{key}", value)
+    add_fields(w, "tokenizer.ggml", vocab)
     w.add_string("tokenizer.chat_template", TEMPLATE)
     w.write_header_to_file()
     w.write_kv_data_to_file()

