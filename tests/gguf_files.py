@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 
 def add_fields(writer, prefix: str, fields: dict) -> None:
     """Metadata `prefix.key = value` by the value's type: a string, an array (a list), else a uint32."""
@@ -12,3 +14,14 @@ def add_fields(writer, prefix: str, fields: dict) -> None:
             writer.add_array(f"{prefix}.{key}", value)
         else:
             writer.add_uint32(f"{prefix}.{key}", value)
+
+
+def write_random(writer, shapes: dict, seed: int = 0) -> None:
+    """Add a float32 tensor of N(0, 1) values per {name: shape}, write the file and close it."""
+    rng = np.random.default_rng(seed)
+    for name, shape in shapes.items():
+        writer.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()

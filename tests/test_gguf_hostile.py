@@ -8,10 +8,9 @@ import resource
 import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 from gguf import GGUFWriter
-from gguf_files import add_fields
+from gguf_files import add_fields, write_random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -63,13 +62,7 @@ def tiny_llama(path: Path, shapes: dict | None = None, arch: str = "llama") -> b
     else:
         tensors.update({"blk.0.ffn_gate.weight": (24, 16), "blk.0.ffn_up.weight": (24, 16), "blk.0.ffn_down.weight": (16, 24)})
     tensors.update(shapes or {})
-    rng = np.random.default_rng(0)
-    for name, shape in tensors.items():
-        w.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_random(w, tensors)
     return path.read_bytes()
 
 

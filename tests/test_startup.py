@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter, quants
+from gguf_files import write_random
 
 from jaxllm import gguf, gguf_blocks, gguf_tokenizer
 
@@ -102,17 +103,10 @@ def _tiny_gguf(path, heads=4, tokenizer=None, extra=None):
         (w.add_string if isinstance(value, str) else w.add_array)(f"tokenizer.ggml.{key}", value)
     for key, value in (extra or {}).items():
         w.add_uint32(key, value)
-    rng = np.random.default_rng(0)
-    shapes = {"token_embd.weight": (32, 16), "output_norm.weight": (16,), "output.weight": (32, 16),
-              "blk.0.attn_norm.weight": (16,), "blk.0.ffn_norm.weight": (16,), "blk.0.attn_q.weight": (16, 16),
-              "blk.0.attn_k.weight": (8, 16), "blk.0.attn_v.weight": (8, 16), "blk.0.attn_output.weight": (16, 16),
-              "blk.0.ffn_gate.weight": (24, 16), "blk.0.ffn_up.weight": (24, 16), "blk.0.ffn_down.weight": (16, 24)}
-    for name, shape in shapes.items():
-        w.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_random(w, {"token_embd.weight": (32, 16), "output_norm.weight": (16,), "output.weight": (32, 16),
+                     "blk.0.attn_norm.weight": (16,), "blk.0.ffn_norm.weight": (16,), "blk.0.attn_q.weight": (16, 16),
+                     "blk.0.attn_k.weight": (8, 16), "blk.0.attn_v.weight": (8, 16), "blk.0.attn_output.weight": (16, 16),
+                     "blk.0.ffn_gate.weight": (24, 16), "blk.0.ffn_up.weight": (24, 16), "blk.0.ffn_down.weight": (16, 24)})
     return path
 
 
