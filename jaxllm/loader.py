@@ -270,17 +270,19 @@ def _quantization(arch, cfg, source, quantize, group_size, quantize_embeddings=F
     if quantize is None:
         return None, None, {}, None
     own = None if quantize == "gguf" else quant.scheme(quantize, group_size)
-    native, schemes, table_bits = {}, {}, quant.scheme(quant.TABLES).bits
+    table = None if tables is None else tables(EMBEDDING)  # quant.TABLES' Scheme, whatever width `own` has
+    native, schemes = {}, {}
     for spec in arch.weight_map(cfg):
-        source = _block_source(spec, tensors)
+        is_table = spec.path in TABLE_PATHS
+        width = table if is_table else own  # the blocks of this width load as they are (any under "gguf")
+        source = None if is_table and table is None else _block_source(spec, tensors)  # float tables: no blocks
         if source is None:
             continue
         blocks = {tensors.block_scheme(name) for name in source.names}
         block = blocks.pop() if len(blocks) == 1 else None  # an expert stack's tensors all of one type
-        bits = table_bits if spec.path in TABLE_PATHS else None if own is None else own.bits  # what the load asks for
-        if block is not None and (quantize == "gguf" or block.bits == bits):
+        if block is not None and (quantize == "gguf" or block.bits == width.bits):
             native[spec.path], schemes[spec.path] = source, block
-    tables_for = None if tables is None else (lambda path: schemes.get(path) or tables(path))  # an untied head's blocks too
+    tables_for = None if tables is None else (lambda path: schemes.get(path) or tables(path))
     return (lambda path: schemes.get(path, own)), tables_for, native, quantize
 
 
@@ -297,16 +299,16 @@ class BlockSource(NamedTuple):
 def _block_source(spec, tensors) -> BlockSource | None:
     """The BlockSource of a kernel whose layout the file's blocks fill as they are: nn.Linear
     weights (whole, or a fused one's rows: Phi-3's qkv_proj, gate_up_proj), Conv1D weights the
-    file stores [out, in] (GPT-2, whole or c_attn's columns), expert stacks, the token embedding
-    ([vocab, hidden] rows, its blocks along hidden); else None."""
+    file stores [out, in] (GPT-2, whole or c_attn's columns), expert stacks, token embeddings
+    ([vocab, hidden], quantized under quantize_embeddings); else None."""
     t, names = spec.transform, spec.hf_names
-    if spec.path == EMBEDDING:
-        return BlockSource(names) if len(names) == 1 and t == weights.Copy() and names[0] not in tensors.transposed else None
     stored_reversed = all(name in tensors.transposed for name in names)  # the file holds HF's [in, out] as [out, in]
     if isinstance(t, weights.Stack) and t.inner == weights.Transpose(1) and not stored_reversed:
         return BlockSource(names, transpose=True)
     if len(names) != 1:
         return None
+    if t == weights.Copy() and not stored_reversed:  # a table [vocab, hidden] as stored: its groups run along hidden
+        return BlockSource(names)
     part = t if isinstance(t, weights.Part) else None
     inner = part.inner if part else t
     rows = (isinstance(inner, weights.Linear) and not stored_reversed and (part is None or part.axis == 0)) or (
