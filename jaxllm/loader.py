@@ -81,8 +81,11 @@ class LoadedModel:
 
     @property
     def dtype(self):
-        """The dtype the model computes in: its float parameters' (quantized kernels aside)."""
-        return next(x.dtype for x in jax.tree.leaves(self.params) if jnp.issubdtype(x.dtype, jnp.floating))
+        """The dtype the model computes in: its float parameters' (quantized kernels and their scales
+        and offsets aside: a GGUF block's are float16 in a float32 or bfloat16 model)."""
+        flat = weights.flat_params(self.params)
+        scales = quant.scale_paths(path for path, x in flat.items() if quant.is_quantized(x.dtype))
+        return next(x.dtype for path, x in flat.items() if path not in scales and jnp.issubdtype(x.dtype, jnp.floating))
 
     def generate(self, prompts: str | Sequence, params: SamplingParams | None = None, *, chat: bool | None = None,
                  system: str | None = None, engine=None, on_text: Callable[[int, str], None] | None = None,

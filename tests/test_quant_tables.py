@@ -97,3 +97,16 @@ def test_gguf_tables_take_the_files_blocks_of_their_width(tmp_path, output, mode
     np.testing.assert_allclose(np.asarray(model.logits(tokens)), np.asarray(_with_values(model, ref).logits(tokens)),
                                rtol=1e-5, atol=1e-5)
 
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_model_dtype_is_not_a_tables_scale_dtype(tmp_path, dtype):
+    """A GGUF Q8_0 output and embedding keep the file's float16 scales, and the head's scale was
+    the first float leaf: model.dtype said float16, so the engine built a float16 KV cache for a
+    float32 or bfloat16 model. The dtype the model computes in is its float parameters', scales aside."""
+    path = tmp_path / "tiny.gguf"
+    _gguf(path, "Q8_0", "Q8_0")
+    model = jaxllm.load(path, dtype, quantize="int8", quantize_embeddings=True, tokenizer=False)
+    assert model.params["lm_head"]["scale"].dtype == jnp.float16
+    assert model.dtype == jnp.dtype(dtype)
+    engine = jaxllm.Engine(model, batch_size=1, max_len=16)
+    assert engine.runner.kv_dtype[0] == dtype
