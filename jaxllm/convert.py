@@ -148,8 +148,10 @@ def convert(src, dst, *, dtype=None, to_hf: bool = False, force: bool = False, m
     dst = Path(dst).expanduser()
     source = open_checkpoint(src)
     _check_dst(source.path, dst, force)
-    if quantize and to_hf:
-        raise JaxllmError("--quantize writes jaxllm's own format: drop --to-hf (Hugging Face files hold float weights)")
+    given = [flag for flag, value in (("--quantize", quantize), ("--quantize-embeddings", quantize_embeddings)) if value]
+    if given and to_hf:  # a quantized converted folder exports its float values whatever they say: refused, not dropped
+        raise JaxllmError(f"{' and '.join(given)} write{'s' if len(given) == 1 else ''} jaxllm's own format: drop --to-hf "
+                          "(Hugging Face files hold float weights)")
     p = plan(source.raw, dtype or source.dtype, mesh, source, quantize=quantize, group_size=group_size,
              quantize_embeddings=quantize_embeddings)
     dtype_name = jax.numpy.dtype(p.dtype).name

@@ -6,10 +6,11 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference
 from gguf import GGMLQuantizationType, GGUFWriter, quants
 
 import jaxllm
-from jaxllm import loader
+from jaxllm import convert, loader
 from jaxllm.models import quant, weights
 
 EMBEDDING, HEAD = ("model", "embed_tokens", "embedding"), ("lm_head", "kernel")
@@ -110,3 +111,27 @@ def test_model_dtype_is_not_a_tables_scale_dtype(tmp_path, dtype):
     assert model.dtype == jnp.dtype(dtype)
     engine = jaxllm.Engine(model, batch_size=1, max_len=16)
     assert engine.runner.kv_dtype[0] == dtype
+
+
+# -- converted folders ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """(a tiny Gemma 2 HF folder: tied, scaled and soft-capped; its conversion with
+    --quantize int4 --quantize-embeddings)."""
+    root = tmp_path_factory.mktemp("tables")
+    reference.build("Gemma2ForCausalLM", root / "hf", seed=2, hidden_size=256, num_hidden_layers=2)
+    assert convert.main([str(root / "hf"), str(root / "int4"), "--quantize", "int4", "--quantize-embeddings"]) == 0
+    return root / "hf", root / "int4"
+
+
+def test_to_hf_refuses_quantize_embeddings(folders, tmp_path, capsys):
+    """--to-hf writes float weights: --quantize-embeddings with it is refused in one line, as
+    --quantize is (on a quantized converted folder it was dropped unsaid), and nothing is written."""
+    capsys.readouterr()
+    for src in folders:
+        assert convert.main([str(src), str(tmp_path / "out"), "--to-hf", "--quantize-embeddings"]) == 2
+        err = capsys.readouterr().err
+        assert err == ("error: --quantize-embeddings writes jaxllm's own format: drop --to-hf "
+                       "(Hugging Face files hold float weights)\n")
+        assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
