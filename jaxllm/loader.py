@@ -465,7 +465,8 @@ def load(
     `group_size` says) and quantizes the other kernels. Norms, biases and MoE routers stay float.
     quantize_embeddings: the token embedding and the output head (one table when tied) in int8
     too, symmetric in groups of 128 along the hidden size, whichever width the other kernels take
-    (they are the most sensitive: docs/benchmarks.md); default False keeps them float. A converted
+    (they are the most sensitive: docs/benchmarks.md); default False keeps them float. A GGUF
+    file's Q8_0 tables load as their blocks, bit-exact (under "gguf" any of its blocks). A converted
     folder loads as it was saved: quantized ones as they are (quantize None or their own mode), float
     ones quantized as they are restored (the same weights as quantizing the original checkpoint).
     kv_dtype: the KV cache dtype the engine uses ("int8", "float8_e4m3fn", or a float dtype;
