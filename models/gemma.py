@@ -137,7 +137,10 @@ ARCHITECTURES = (Architecture(
                      attn_logit_softcapping=3.0, final_logit_softcapping=5.0),
 ), Architecture(
     name="Gemma3ForCausalLM", module=Gemma2ForCausalLM, weight_map=sandwich_weight_map, hf_model_type="gemma3_text", ignored_keys=NO_WINDOW_SWITCH,
-    hf_defaults=dict(tie_word_embeddings=True, sliding_window=4096, head_dim=256, num_key_value_heads=4, max_position_embeddings=131072),
+    # Gemma3TextConfig's defaults: a multimodal checkpoint's text_config, saved as its difference from them, leaves out most keys
+    hf_defaults=dict(tie_word_embeddings=True, sliding_window=4096, head_dim=256, num_key_value_heads=4, max_position_embeddings=131072,
+                     vocab_size=262_208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
+                     bos_token_id=2, eos_token_id=1, pad_token_id=0),
     config_defaults=gemma3_defaults, common_names=gemma3_rope, not_null=_SANDWICH_NOT_NULL,  # before any reading: a flat rope_parameters is never checked
     tiny_config=dict(_TINY, sliding_window=8, query_pre_attn_scalar=24,
                      layer_types=["sliding_attention", "sliding_attention", "full_attention"],

@@ -324,6 +324,19 @@ def test_mistral_window_defaults_to_4096_when_the_key_is_absent(tmp_path):
     assert jaxllm.load(tmp_path, tokenizer=False).config.layer_window(0) == 4096  # transformers' MistralConfig default
 
 
+def test_gemma3_text_config_of_model_type_alone_reads_as_gemma3_text_config_does():
+    """Every key left to Gemma3TextConfig's defaults, the shapes and token ids among them: a
+    multimodal checkpoint's text_config (google/gemma-3-4b-it's) holds only the keys whose values
+    differ from them, as transformers saves a nested config."""
+    import transformers
+
+    cfg, hf = registry.get("Gemma3ForCausalLM").config({"model_type": "gemma3_text"}), transformers.Gemma3TextConfig()
+    assert (cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+            cfg.sliding_window, list(cfg.layer_types), cfg.bos_token_id, cfg.eos_token_ids, cfg.pad_token_id) == (
+        hf.vocab_size, hf.hidden_size, hf.intermediate_size, hf.num_hidden_layers, hf.num_attention_heads, hf.num_key_value_heads,
+        hf.head_dim, hf.sliding_window, hf.layer_types, hf.bos_token_id, (hf.eos_token_id,), hf.pad_token_id)
+
+
 def _as_transformers_reads(arch, raw: dict) -> dict:
     """What the family's transformers config class makes of config.json `raw`, in ModelConfig's terms."""
     import transformers
