@@ -28,7 +28,7 @@ import numpy as np
 
 from jaxllm import gguf_tokenizer
 from jaxllm.errors import CheckpointError, ConfigError
-from jaxllm.models import config, weights
+from jaxllm.models import config, registry, weights
 
 _DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
@@ -450,9 +450,15 @@ FLOAT_DTYPES = ("float32", "bfloat16", "float16")
 
 
 class HFCheckpoint:
-    """Tensors under Hugging Face names: safetensors files in a folder, or a GGUF file."""
+    """Tensors under Hugging Face names: safetensors files in a folder, or a GGUF file.
+
+    A multimodal checkpoint whose language model we serve (a registered Wrapper's config.json:
+    Gemma3ForConditionalGeneration) is read as that text model: `raw` is its text config
+    (registry.unwrap; what a conversion writes as config.json), `wrapper` the wrapper, and its
+    tensors are read under the text model's names, the other modules' (vision tower) left unread."""
 
     def __init__(self, path: Path, raw: dict, generation_config: dict, tensors=None):
+        raw, self.wrapper = registry.unwrap(raw)
         self.path, self.raw, self.generation_config = path, raw, generation_config
         self._tensors = tensors  # None: the folder's safetensors files, opened on first use
         name = raw.get("dtype") or raw.get("torch_dtype")
@@ -465,12 +471,20 @@ class HFCheckpoint:
         return self._tensors if self._tensors is not None else SafetensorsCheckpoint(self.path)
 
     def named(self, arch, specs):
-        """The tensors under the names the weight map reads (weights.base_model_names)."""
-        return weights.base_model_names(self.tensors, specs, arch.base_prefix)
+        """The tensors under the names the weight map reads (weights.base_model_names; a wrapper's
+        text model's, weights.wrapped_names)."""
+        tensors = self.tensors
+        if self.wrapper is not None:
+            tensors = weights.wrapped_names(tensors, specs, self.wrapper.text_module, arch.base_prefix)
+        return weights.base_model_names(tensors, specs, arch.base_prefix)
+
+    def ignored(self, arch, cfg) -> tuple[str, ...]:
+        """Regexes of the tensors the model does not read: the architecture's, and a wrapper's other modules'."""
+        return arch.ignored(cfg) + (self.wrapper.ignore(arch.base_prefix) if self.wrapper is not None else ())
 
     def problems(self, arch, cfg, abstract) -> list[str]:
         specs = arch.weight_map(cfg)
-        return weights.problems(self.named(arch, specs), specs, abstract, arch.ignored(cfg))
+        return weights.problems(self.named(arch, specs), specs, abstract, self.ignored(arch, cfg))
 
     def size(self, arch, cfg, abstract) -> int:
         return len({name for spec in arch.weight_map(cfg) for name in spec.hf_names})

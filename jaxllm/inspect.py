@@ -11,6 +11,7 @@ hold NaN/Inf, 2 on an error (unreadable or unsupported checkpoint).
 from __future__ import annotations
 
 import math
+import re
 import sys
 
 import jax
@@ -39,10 +40,16 @@ def parse_args(argv=None):
 
 
 def list_architectures() -> str:
+    """One line per architecture; a family whose text model multimodal checkpoints hold names their classes."""
     names = registry.names()
     width = max(len(name) for name in names)
+
+    def wrapped(arch) -> str:
+        return "".join(f"; also the language model of {w.name} ({w.model_type}) checkpoints, its "
+                       f"{', '.join(w.other_modules)} not loaded" for w in arch.wrappers)
+
     return "\n".join(f"{name:<{width}}  {registry.get(name).hf_model_type}: {SERVES}; dtypes {', '.join(DTYPES)}"
-                     for name in names)
+                     f"{wrapped(registry.get(name))}" for name in names)
 
 
 def _size(n: float) -> str:
@@ -148,6 +155,7 @@ def _headers(source, batch: int, context: int | None) -> tuple[str, list[str]]:
     lines = [
         f"checkpoint    {source.path}{converted}",
         f"architecture  {p.arch.name} ({p.arch.hf_model_type}: {SERVES})",
+        *_wrapped(source, p.arch),
         f"config        {summary(cfg)}",
         f"parameters    {count:,} ({count / 1e9:.2f} B)" if count >= 1e9 else f"parameters    {count:,} ({count / 1e6:.1f} M)",
     ]
@@ -162,6 +170,18 @@ def _headers(source, batch: int, context: int | None) -> tuple[str, list[str]]:
     lines.append(f"tensors       {'all ' + str(n_tensors) + ' match the weight map' if not problems else str(len(problems)) + ' problems:'}")
     lines += [f"  {problem}" for problem in problems]
     return "\n".join(lines), problems
+
+
+def _wrapped(source, arch) -> list[str]:
+    """The line of a multimodal checkpoint read as its language model: the wrapper, and how many
+    tensors of its other modules (vision tower, projector) are left unread."""
+    wrapper = getattr(source, "wrapper", None)
+    if wrapper is None:
+        return []
+    patterns = [re.compile(p) for p in wrapper.ignore(arch.base_prefix)]
+    others = sum(1 for name in source.tensors.names() if any(p.match(name) for p in patterns))
+    return [f"multimodal    {wrapper.name} ({wrapper.model_type}): its language model, for text alone; the "
+            f"{others} tensors of its {', '.join(wrapper.other_modules)} are not read"]
 
 
 def main(argv=None) -> int:

@@ -15,6 +15,58 @@ from jaxllm.models.config import ModelConfig, check_config, from_hf, require_fie
 
 
 @dataclass(frozen=True)
+class Wrapper:
+    """A transformers multimodal class whose checkpoints hold one of our text models, loaded as
+    that text model for text generation. Its config.json nests the text model's config under
+    `text_key`; its safetensors name the text model's tensors under `text_module`, as transformers
+    4.x saves them (and 5.x still writes them: language_model.model.layers.0...,
+    language_model.lm_head.weight) or as 5.x's classes name them (model.language_model.layers.0...,
+    lm_head.weight), beside the tensors of `other_modules` (vision tower, projector), never read.
+
+    A family declares the wrappers of its text model in its Architecture's `wrappers`
+    (Gemma 3's Gemma3ForConditionalGeneration); the registry unwraps such a config.json
+    (registry.unwrap) and reads the text model as the family of the text config's model_type."""
+
+    name: str  # "Gemma3ForConditionalGeneration", as in config.json's "architectures"
+    model_type: str  # the wrapper config's model_type ("gemma3")
+    text_model_type: str  # the text config's model_type where it gives none ("gemma3_text")
+    # Whether the wrapper's config class builds the text config with one class whatever its model_type
+    # says (Gemma3Config: Gemma3TextConfig); False: with the class of that model_type (LlavaConfig's AutoConfig)
+    fixed_text_type: bool = True
+    text_key: str = "text_config"
+    text_module: str = "language_model"  # the wrapper's attribute holding the text model
+    other_modules: tuple[str, ...] = ("vision_tower", "multi_modal_projector")
+    # Keys the wrapper's transformers code reads from the top level of config.json for the text model,
+    # with its config class's default for a key left out (Gemma3Config's tie_word_embeddings, true: the
+    # wrapper ties its own lm_head, whatever the text config says); a null flag is off, as transformers reads it
+    top_level: dict = field(default_factory=dict)
+    # Text config keys the wrapper's modeling code never applies, set to the value that means "off"
+    # (Gemma3ForConditionalGeneration's head applies no final_logit_softcapping)
+    text_overrides: dict = field(default_factory=dict)
+
+    def text_config(self, raw: dict) -> dict:
+        """The text model's config.json, as the wrapper's transformers classes build and run it: the
+        `text_key` object (null: every key the text config class's default), the model_type its config
+        class reads, the wrapper's `top_level` keys, the top-level token ids and dtype where given (what
+        transformers' generation and loading read first), and the `text_overrides`."""
+        text = check_config(raw.get(self.text_key) or {}, prefix=self.text_key + ".")
+        out = {k: v for k, v in text.items() if k != "architectures"}
+        out["model_type"] = (None if self.fixed_text_type else text.get("model_type")) or self.text_model_type
+        for key, default in self.top_level.items():
+            value = raw.get(key, default)
+            out[key] = False if value is None and isinstance(default, bool) else value
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id", "dtype", "torch_dtype"):
+            if raw.get(key) is not None:
+                out[key] = raw[key]
+        return dict(out, **self.text_overrides)
+
+    def ignore(self, base_prefix: str) -> tuple[str, ...]:
+        """Regexes of the other modules' tensors, under either spelling (vision_tower.*, model.vision_tower.*)."""
+        others = "|".join(map(re.escape, self.other_modules))
+        return (rf"^(?:{re.escape(base_prefix)}\.)?(?:{others})\.",) if others else ()
+
+
+@dataclass(frozen=True)
 class Architecture:
     name: str  # "LlamaForCausalLM", as in config.json's "architectures"
     module: type  # Flax NNX module class: module(cfg, dtype=..., rngs=...)
@@ -58,6 +110,8 @@ class Architecture:
     # Other model_types transformers builds with this very config class and model class (GPT-SW3's
     # "gpt-sw3": GPT2Config, GPT2LMHeadModel): read as this family.
     hf_aliases: tuple[str, ...] = ()
+    # Multimodal classes whose checkpoints hold this family's text model (Wrapper): loaded as this model.
+    wrappers: tuple[Wrapper, ...] = ()
 
     def config(self, raw: dict) -> ModelConfig:
         """The ModelConfig of a config.json dict, validated."""

@@ -254,10 +254,11 @@ def check_fields(raw, fields: dict[str, Field], where: str, prefix: str = "") ->
     return raw
 
 
-def check_config(raw, where: str = "config.json") -> dict:
+def check_config(raw, where: str = "config.json", prefix: str = "") -> dict:
     """A config.json dict, checked field by field: CONFIG_FIELDS, and ROPE_FIELDS inside its rope
-    settings (which may hold one entry per layer type, as parse_rope reads them)."""
-    check_fields(raw, CONFIG_FIELDS, where)
+    settings (which may hold one entry per layer type, as parse_rope reads them). `prefix`: where
+    the dict lies in the file ("text_config." for a multimodal model's text config), for the errors."""
+    check_fields(raw, CONFIG_FIELDS, where, prefix)
     quantized = raw.get("quantization_config")
     if quantized is not None:  # FP8 / GPTQ / AWQ / bitsandbytes weights: their tensors are not the float ones we read
         method = quantized.get("quant_method", "?") if isinstance(quantized, dict) else "?"
@@ -268,7 +269,7 @@ def check_config(raw, where: str = "config.json") -> dict:
         rope = raw.get(key) or {}
         per_type = isinstance(rope.get("full_attention"), dict)
         for sub in [t for t in LAYER_TYPES if rope.get(t) is not None] if per_type else [None]:
-            check_fields(rope[sub] if sub else rope, ROPE_FIELDS, where, f"{key}.{sub}." if sub else f"{key}.")
+            check_fields(rope[sub] if sub else rope, ROPE_FIELDS, where, f"{prefix}{key}.{sub}." if sub else f"{prefix}{key}.")
     return raw
 
 

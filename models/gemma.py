@@ -10,7 +10,7 @@ RMSNorm, and gives its sliding layers a rope base of their own.
 from flax import nnx
 
 from jaxllm.errors import ConfigError
-from jaxllm.models.architecture import NO_WINDOW, NO_WINDOW_SWITCH, NOT_NULL, RMS_NOT_NULL, Architecture
+from jaxllm.models.architecture import NO_WINDOW, NO_WINDOW_SWITCH, NOT_NULL, RMS_NOT_NULL, Architecture, Wrapper
 from jaxllm.models.attention import UNCACHED, Attention
 from jaxllm.models.config import ModelConfig, parse_rope
 from jaxllm.models.decoder import CausalLM, decoder_weight_map, norm_kwargs
@@ -122,6 +122,12 @@ _TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_la
 # Gemma 2/3 read hidden_activation, not hidden_act; Gemma 3 its rope from per-layer-type entries
 _SANDWICH_NOT_NULL = NOT_NULL + ("rms_norm_eps", "hidden_activation", "num_key_value_heads", "head_dim", "attention_bias")
 
+# google/gemma-3-4b-it, -12b-it, -27b-it (and -pt): the text model of the multimodal checkpoints.
+# Gemma3Config ties the wrapper's own lm_head by its top-level tie_word_embeddings (true by default),
+# and Gemma3ForConditionalGeneration's forward never applies final_logit_softcapping.
+GEMMA3_MULTIMODAL = Wrapper(name="Gemma3ForConditionalGeneration", model_type="gemma3", text_model_type="gemma3_text",
+                            top_level=dict(tie_word_embeddings=True), text_overrides=dict(final_logit_softcapping=None))
+
 ARCHITECTURES = (Architecture(
     name="GemmaForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="gemma", ignored_keys=NO_WINDOW,
     # Gemma configs' head_dim, whatever hidden / heads
@@ -142,6 +148,7 @@ ARCHITECTURES = (Architecture(
                      vocab_size=262_208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
                      bos_token_id=2, eos_token_id=1, pad_token_id=0),
     config_defaults=gemma3_defaults, common_names=gemma3_rope, not_null=_SANDWICH_NOT_NULL,  # before any reading: a flat rope_parameters is never checked
+    wrappers=(GEMMA3_MULTIMODAL,),
     tiny_config=dict(_TINY, sliding_window=8, query_pre_attn_scalar=24,
                      layer_types=["sliding_attention", "sliding_attention", "full_attention"],
                      rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 100000.0},

@@ -233,6 +233,23 @@ def base_model_names(source, specs: Iterable[WeightSpec], prefix: str):
     return Renamed(source, renamed) if renamed else source
 
 
+def wrapped_names(source, specs: Iterable[WeightSpec], module: str, prefix: str):
+    """`source`, each tensor the weight map reads as NAME that it holds as a multimodal wrapper
+    holds its text model's, read under NAME: `module.NAME` (the text model with its head as the
+    wrapper's attribute `module`, as transformers 4.x saves it and 5.x still writes it:
+    language_model.model.layers.0..., language_model.lm_head.weight), or for NAME = `prefix.REST`
+    (the base model's tensors) `prefix.module.REST` (5.x's classes: model.language_model.layers.0...;
+    their head is the wrapper's own, lm_head.weight, as the weight map names it)."""
+    names = set(source.names())
+    renamed = {}
+    for n in (n for s in specs for n in s.hf_names if n not in names):
+        stored = [f"{module}.{n}"] + ([f"{prefix}.{module}.{n[len(prefix) + 1:]}"] if n.startswith(prefix + ".") else [])
+        found = next((m for m in stored if m in names), None)
+        if found is not None:
+            renamed[n] = found
+    return Renamed(source, renamed) if renamed else source
+
+
 def same_values(a, b) -> bool:
     """Whether two (lazy) tensors hold the same shape and values (compared as float32, by row
     blocks, stopping at the first block that differs)."""
