@@ -95,6 +95,8 @@ class ModelConfig:
     attn_softcap: float | None = None
     final_softcap: float | None = None
     local_rope: RopeConfig | None = None
+    # Layers that take no rotary positions at all (SmolLM3's NoPE layers): layer_rope is None for them.
+    nope_layers: tuple[int, ...] = ()
     # Granite: each residual branch times residual_scale before the add, the logits divided by logits_divisor.
     residual_scale: float = 1.0
     logits_divisor: float = 1.0
@@ -133,7 +135,11 @@ class ModelConfig:
             return self.sliding_window
         return None
 
-    def layer_rope(self, layer: int) -> RopeConfig:
+    def layer_rope(self, layer: int) -> RopeConfig | None:
+        """The rope of one layer: local_rope on sliding-window layers where the model has one, None
+        on a layer without rotary positions (nope_layers)."""
+        if layer in self.nope_layers:
+            return None
         if self.local_rope is not None and self.layer_window(layer) is not None:
             return self.local_rope
         return self.rope
@@ -222,6 +228,8 @@ CONFIG_FIELDS = {
     # Granite's scalings; Phi's q/k LayerNorm
     "embedding_multiplier": POSITIVE, "residual_multiplier": POSITIVE, "attention_multiplier": POSITIVE,
     "logits_scaling": POSITIVE, "qk_layernorm": FLAG,
+    # SmolLM3's layers without rotary positions: a 0 per NoPE layer, else one every no_rope_layer_interval
+    "no_rope_layers": Field(int, 0, 1, many="list"), "no_rope_layer_interval": COUNT,
     # mixtures of experts
     "num_local_experts": _given(EXPERTS), "num_experts": _given(EXPERTS), "num_experts_per_tok": _given(COUNT), "moe_intermediate_size": INDEX,
     "norm_topk_prob": FLAG, "decoder_sparse_step": INDEX, "mlp_only_layers": Field(int, 0, MAX_SIZE, many="list"),

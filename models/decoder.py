@@ -95,10 +95,11 @@ class DecoderModel(nnx.Module):
 
     def rotaries(self, positions, dtype, lengths=None) -> dict:
         """One cos/sin table per distinct rope of the layers (Gemma 3's local and global differ);
-        none for learned positions. Layer i uses rotaries[cfg.layer_rope(i)]."""
+        none for learned positions, nor for layers without rotary positions (SmolLM3's NoPE layers,
+        whose layer_rope is None). Layer i uses rotaries.get(cfg.layer_rope(i)): None for those."""
         if self.embed_positions is not None:
             return {}
-        ropes = {self.cfg.layer_rope(i) for i in range(len(self.layers))}
+        ropes = {self.cfg.layer_rope(i) for i in range(len(self.layers))} - {None}
         return {rope: rotary(self.cfg, positions, dtype, rope, lengths) for rope in ropes}
 
 

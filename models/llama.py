@@ -1,5 +1,6 @@
 """The Llama family: Llama, Mistral (sliding window), Qwen2 (q/k/v bias), Qwen3 (q/k RMSNorm per
-head). All four are the shared decoder (models/decoder.py) with config flags."""
+head), SmolLM3 (layers without rotary positions). All are the shared decoder (models/decoder.py)
+with config flags."""
 
 from __future__ import annotations
 
@@ -29,6 +30,27 @@ def ministral_defaults(raw: dict) -> dict:
         raise ConfigError("config.json has no 'head_dim': add it (transformers' MinistralForCausalLM needs it; "
                           "usually hidden_size / num_attention_heads)")
     return NO_BIAS
+
+
+def smollm3_defaults(raw: dict) -> dict:
+    """SmolLM3's NoPE layers and windows as SmolLM3Config builds them: no_rope_layers holds a flag
+    per layer (0: no rotary positions), else every no_rope_layer_interval-th layer (4th) is NoPE;
+    without layer_types, the window (use_sliding_window with a sliding_window) is on the NoPE
+    layers only."""
+    n = raw["num_hidden_layers"]
+    flags = raw.get("no_rope_layers")
+    if flags is None:
+        every = raw["no_rope_layer_interval"]  # hf_defaults: 4 where config.json leaves it out
+        flags = [int((i + 1) % every != 0) for i in range(n)]
+    elif len(flags) < n:
+        raise ConfigError(f"config.json no_rope_layers has {len(flags)} entries for {n} layers: give one per layer "
+                          "(1: the layer uses rotary positions, 0: it uses none)")
+    nope = tuple(i for i in range(n) if not flags[i])
+    if raw.get("layer_types"):
+        return dict(nope_layers=nope)
+    window = bool(raw.get("use_sliding_window")) and raw.get("sliding_window") is not None
+    return dict(nope_layers=nope,
+                layer_types=tuple("sliding_attention" if window and i in nope else "full_attention" for i in range(n)))
 
 
 _TINY = dict(
@@ -71,5 +93,17 @@ ARCHITECTURES = (
         config_defaults=lambda raw: dict(qk_norm="per_head", mlp_bias=False, **qwen_layer_types(raw)),
         not_null=RMS_NOT_NULL + ("head_dim", "use_sliding_window", "attention_bias"),
         tiny_config=dict(_TINY, head_dim=32, rope_theta=1000000.0),
+    ),
+    # SmolLM3: Llama with NoPE layers (and windows on them); its biases as attention_bias / mlp_bias say
+    Architecture(
+        name="SmolLM3ForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="smollm3",
+        hf_defaults=dict(use_sliding_window=False, no_rope_layer_interval=4, rope_theta=2_000_000.0, tie_word_embeddings=True,
+                         num_key_value_heads=4, max_position_embeddings=32768),
+        config_defaults=smollm3_defaults,
+        not_null=RMS_NOT_NULL + ("attention_bias", "mlp_bias", "head_dim", "use_sliding_window", "no_rope_layer_interval"),
+        # rope layers and a NoPE layer with the window, tied (as SmolLM3-3B); SPELLINGS has a NoPE layer without it
+        tiny_config=dict(_TINY, rope_theta=10000.0, tie_word_embeddings=True, use_sliding_window=True, sliding_window=8,
+                         no_rope_layers=[1, 0, 1], layer_types=["full_attention", "sliding_attention", "full_attention"],
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0),
     ),
 )

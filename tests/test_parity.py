@@ -285,6 +285,15 @@ SPELLINGS = {
     "phi-no-qk-layernorm-by-default": ("PhiForCausalLM", dict(qk_layernorm=False), _edit(("qk_layernorm",))),
     "phi-ignores-other-keys": ("PhiForCausalLM", {}, _edit(attention_bias=False, mlp_bias=False, rms_norm_eps=0.5,
                                                            sliding_window=8, layer_types=["sliding_attention"] * 3)),
+    # SmolLM3: NoPE layers from no_rope_layer_interval (4 where left out), the window on those alone
+    # (layer_types left out); the window off where use_sliding_window is left out; the Hub's v4 keys,
+    # its tied head and 2e6 rope base where left out; keys its code never reads
+    "smollm3-default-nope-interval": ("SmolLM3ForCausalLM", dict(num_hidden_layers=4, no_rope_layers=None, layer_types=None),
+                                      _edit(("no_rope_layers", "layer_types", "no_rope_layer_interval"))),
+    "smollm3-window-off-by-default": ("SmolLM3ForCausalLM", dict(no_rope_layers=None, layer_types=None, no_rope_layer_interval=2),
+                                      _edit(("no_rope_layers", "layer_types", "use_sliding_window"))),
+    "smollm3-hub-keys": ("SmolLM3ForCausalLM", {}, _edit(("rope_parameters", "tie_word_embeddings"), rope_scaling=None,
+                                                         max_window_layers=1, partial_rotary_factor=0.5)),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
