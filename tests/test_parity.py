@@ -294,6 +294,17 @@ SPELLINGS = {
                                       _edit(("no_rope_layers", "layer_types", "use_sliding_window"))),
     "smollm3-hub-keys": ("SmolLM3ForCausalLM", {}, _edit(("rope_parameters", "tie_word_embeddings"), rope_scaling=None,
                                                          max_window_layers=1, partial_rotary_factor=0.5)),
+    # OLMo 3: the Hub's v4 rope keys (rope_scaling goes to the full layers; a top-level rope_theta too, the
+    # sliding ones keep 500,000); its default pattern and window (layer_types, sliding_window left out); a flat
+    # rope_parameters (no entry: ignored) and keys its code never reads
+    "olmo3-v4-rope-keys": ("Olmo3ForCausalLM", {}, lambda raw: raw.update(
+        rope_theta=raw["rope_parameters"]["full_attention"].pop("rope_theta"), rope_parameters=None,
+        rope_scaling=raw["rope_parameters"]["full_attention"])),
+    "olmo3-default-layer-types-and-window": ("Olmo3ForCausalLM", dict(num_hidden_layers=4, layer_types=None),
+                                             _edit(("layer_types", "sliding_window", "rms_norm_eps"))),
+    "olmo3-ignores-other-keys": ("Olmo3ForCausalLM", {}, _edit(
+        rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1234.0}, mlp_bias=True, use_sliding_window=False,
+        partial_rotary_factor=0.5)),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
