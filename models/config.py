@@ -97,6 +97,9 @@ class ModelConfig:
     local_rope: RopeConfig | None = None
     # Layers that take no rotary positions at all (SmolLM3's NoPE layers): layer_rope is None for them.
     nope_layers: tuple[int, ...] = ()
+    # cos/sin kept in float32 and q/k rotated in float32, then cast back (OLMo 2 and 3's rotary
+    # embedding returns float32 tables); else the tables are cast to the model's dtype first (Llama's).
+    rope_float32: bool = False
     # Granite: each residual branch times residual_scale before the add, the logits divided by logits_divisor.
     residual_scale: float = 1.0
     logits_divisor: float = 1.0

@@ -100,6 +100,7 @@ class DecoderModel(nnx.Module):
         if self.embed_positions is not None:
             return {}
         ropes = {self.cfg.layer_rope(i) for i in range(len(self.layers))} - {None}
+        dtype = jnp.float32 if self.cfg.rope_float32 else dtype
         return {rope: rotary(self.cfg, positions, dtype, rope, lengths) for rope in ropes}
 
 

@@ -41,7 +41,8 @@ def olmo2_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     return specs
 
 
-OLMO2_FLAGS = dict(qk_norm="projection", norm_upcast_scale=True, mlp_bias=False)  # its MLP has no bias whatever mlp_bias says
+# its MLP has no bias whatever mlp_bias says; its rotary tables stay float32 (q/k rotated in float32)
+OLMO2_FLAGS = dict(qk_norm="projection", norm_upcast_scale=True, mlp_bias=False, rope_float32=True)
 OLMO3_THETA = 500_000.0  # Olmo3Config.default_theta
 
 

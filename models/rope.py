@@ -129,5 +129,5 @@ def apply_rotary(x, rot: Rotary):
     cos, sin = rot.cos[:, :, None, :], rot.sin[:, :, None, :]
     half = r // 2
     rotated = jnp.concatenate([-x_rot[..., half:], x_rot[..., :half]], axis=-1)
-    out = x_rot * cos + rotated * sin
+    out = (x_rot * cos + rotated * sin).astype(x.dtype)  # float32 tables (rope_float32): rotated in float32, cast back
     return jnp.concatenate([out, x_pass], axis=-1) if x_pass.shape[-1] else out

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from jaxllm import runtime
+from jaxllm.models import registry
 from jaxllm.models.attention import AttnSpec, attend, attention_mask, attention_probs, cudnn_decode_fits, decode_attention
+from jaxllm.models.rope import apply_rotary
 
 
 @pytest.mark.parametrize("softcap", [None, 3.0])
@@ -41,3 +43,35 @@ def test_decode_attention_call_equals_the_masked_form():
     assert not cudnn_decode_fits(q, AttnSpec(0.25))
     assert not cudnn_decode_fits(q.astype(jnp.bfloat16), AttnSpec(0.25, window=8))
     assert not cudnn_decode_fits(q.astype(jnp.bfloat16), AttnSpec(0.25, softcap=3.0))
+
+
+@pytest.mark.parametrize("arch, float32_tables", [("Olmo2ForCausalLM", True), ("Olmo3ForCausalLM", True),
+                                                  ("LlamaForCausalLM", False)])
+def test_bfloat16_rotation_is_transformers(arch, float32_tables):
+    """OLMo 2 and 3's rotary embedding returns float32 cos/sin, so transformers rotates bfloat16 q/k
+    in float32 and casts back; Llama's casts the tables to bfloat16 first. Both bit for bit."""
+    import inspect
+
+    import torch
+    import transformers
+    from flax import nnx
+
+    a = registry.get(arch)
+    raw = dict(a.tiny_config, architectures=[arch])
+    cfg = a.config(raw)
+    module = a.module(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    positions = np.arange(300, 309)[None]
+    rot = module.model.rotaries(jnp.asarray(positions), jnp.bfloat16)[cfg.rope]  # the full-attention layers
+    assert (rot.cos.dtype == jnp.float32) == float32_tables
+    q = np.random.default_rng(0).standard_normal((1, 9, cfg.num_heads, cfg.head_dim)).astype(np.float32)
+    q = jnp.asarray(q, jnp.bfloat16)
+    ours = np.asarray(apply_rotary(q, rot).astype(jnp.float32))
+    hf_cfg = transformers.AutoConfig.for_model(a.hf_model_type, **{k: v for k, v in raw.items() if k not in ("architectures", "model_type")})
+    family = transformers.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[hf_cfg.model_type]
+    modeling = __import__(getattr(transformers, family).__module__, fromlist=["x"])
+    rotary = next(v for k, v in vars(modeling).items() if k.endswith("RotaryEmbedding"))(hf_cfg)
+    qt = torch.from_numpy(np.asarray(q.astype(jnp.float32))).to(torch.bfloat16).transpose(1, 2)  # [B, H, T, D]
+    by_type = "layer_type" in inspect.signature(rotary.forward).parameters  # OLMo 3: a rope per layer type
+    cos, sin = rotary(qt, torch.from_numpy(positions), **({"layer_type": "full_attention"} if by_type else {}))
+    want, _ = modeling.apply_rotary_pos_emb(qt, qt, cos, sin)
+    np.testing.assert_array_equal(ours, want.transpose(1, 2).float().numpy())
