@@ -6,6 +6,7 @@ models/layers.py when `cfg.layer_is_moe(layer)`. What is particular here is read
 and mapping the per-expert checkpoint tensors onto the stacked [expert, ...] kernels.
 """
 
+from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW_SWITCH, RMS_NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, decoder_weight_map
@@ -46,15 +47,24 @@ def mixtral_defaults(raw: dict) -> dict:
     return dict(NO_BIAS, num_experts=_experts(raw, 8), experts_per_token=raw.get("num_experts_per_tok", 2))
 
 
+def dense_layers(raw: dict, experts: int) -> tuple[int, ...]:
+    """The layers Qwen2/3-MoE give a dense MLP: those mlp_only_layers names, and every layer i with
+    (i + 1) % decoder_sparse_step != 0 (all of them without experts), as their decoder layers choose."""
+    only, step = set(raw.get("mlp_only_layers") or ()), raw.get("decoder_sparse_step", 1)
+    routed = [i for i in range(raw["num_hidden_layers"]) if i not in only and experts > 0]
+    if routed and step == 0:
+        raise ConfigError("config.json decoder_sparse_step is 0, which leaves no layer a step (transformers fails "
+                          "dividing by it): set it to 1 for experts in every layer, n for every n-th")
+    return tuple(i for i in range(raw["num_hidden_layers"]) if i not in routed or (i + 1) % step)
+
+
 def qwen3_moe_defaults(raw: dict) -> dict:
     """What Qwen3MoeConfig assumes for keys left out: 128 experts, top 8, 768 wide, every layer routed."""
-    n = raw["num_hidden_layers"]
-    step = raw.get("decoder_sparse_step", 1) or 1
-    dense = set(raw.get("mlp_only_layers") or ()) | {i for i in range(n) if (i + 1) % step}
+    experts = _experts(raw, 128)
     return dict(
-        qk_norm="per_head", mlp_bias=False, num_experts=_experts(raw, 128), experts_per_token=raw.get("num_experts_per_tok", 8),
+        qk_norm="per_head", mlp_bias=False, num_experts=experts, experts_per_token=raw.get("num_experts_per_tok", 8),
         moe_intermediate_size=raw.get("moe_intermediate_size", 768), norm_topk_prob=bool(raw.get("norm_topk_prob", False)),
-        dense_layers=tuple(sorted(dense)),
+        dense_layers=dense_layers(raw, experts),
     )  # use_sliding_window puts the window on every layer here (transformers has no max_window_layers for it)
 
 

@@ -13,7 +13,7 @@ import torch
 import jaxllm
 from jaxllm import sharding
 from jaxllm.errors import ConfigError
-from jaxllm.models import layers
+from jaxllm.models import layers, registry
 from jaxllm.models.layers import MoE
 
 MOE = ["MixtralForCausalLM", "Qwen3MoeForCausalLM"]
@@ -213,3 +213,13 @@ def test_dense_model_on_an_ep_mesh(llama):
     completions = [r.token_ids for r in model.generate(PROMPTS, GREEDY)]
     assert [len(c) for c in completions] == [GREEDY.max_new_tokens] * len(PROMPTS)
     assert _greedy(llama, PROMPTS, completions)
+
+
+def test_decoder_sparse_step_zero_is_refused():
+    """transformers divides by decoder_sparse_step choosing each layer's block: 0 fails there (a
+    ZeroDivisionError), and is refused in one line here; with no layer left to route, it is unread."""
+    spec = registry.get("Qwen3MoeForCausalLM")
+    with pytest.raises(ConfigError, match="decoder_sparse_step is 0, which leaves no layer a step") as info:
+        spec.config(dict(spec.tiny_config, decoder_sparse_step=0))
+    assert "\n" not in str(info.value)
+    assert spec.config(dict(spec.tiny_config, decoder_sparse_step=0, mlp_only_layers=[0, 1, 2])).dense_layers == (0, 1, 2)
