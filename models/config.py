@@ -109,6 +109,9 @@ class ModelConfig:
     moe_intermediate_size: int = 0
     norm_topk_prob: bool = True  # renormalise the top-k routing weights to sum to 1
     dense_layers: tuple[int, ...] = ()  # layers that keep a dense MLP in an MoE model
+    # A shared expert beside the routed ones (Qwen2-MoE): a gated MLP this wide that every token
+    # runs, its output times sigmoid(shared_expert_gate(x)); 0: none.
+    shared_expert_intermediate_size: int = 0
     sliding_window: int | None = None
     # One entry per layer: "full_attention" or "sliding_attention".
     layer_types: tuple[str, ...] = ()
@@ -236,6 +239,7 @@ CONFIG_FIELDS = {
     # mixtures of experts
     "num_local_experts": _given(EXPERTS), "num_experts": _given(EXPERTS), "num_experts_per_tok": _given(COUNT), "moe_intermediate_size": INDEX,
     "norm_topk_prob": FLAG, "decoder_sparse_step": INDEX, "mlp_only_layers": Field(int, 0, MAX_SIZE, many="list"),
+    "shared_expert_intermediate_size": COUNT, "qkv_bias": FLAG,  # Qwen2-MoE (a shared expert of width 0 is refused)
 }
 # Inside rope_parameters / rope_scaling (or each of its per-layer-type entries).
 ROPE_FIELDS = {

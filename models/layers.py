@@ -247,6 +247,11 @@ class MoE(nnx.Module, pytree=False):
     whole exchange: an all-reduce of [tokens, embed] per MoE layer. When tokens are split over
     devices, an all-to-all dispatch (each assignment sent to its expert's device and back, k / X
     of the tokens' rows each way) pays off instead: a follow-up.
+
+    Shared expert (`cfg.shared_expert_intermediate_size`, Qwen2-MoE): a gated MLP every token runs
+    beside the routed ones, its output times sigmoid(`shared_expert_gate`(x)) and added to theirs
+    in the model's dtype, as transformers adds them. It is dense layers (quantized and split over
+    tp as any MLP, whole on each ep group); its gate, one score a token, stays float as the router.
     """
 
     EXPERTS = ("gate_proj", "up_proj", "down_proj")
@@ -264,6 +269,12 @@ class MoE(nnx.Module, pytree=False):
             setattr(self, f"{name}_scale", None)
             setattr(self, f"{name}_offset", None)
         self.expert_mesh, self.expert_axis = None, None  # split_experts: the mesh axis the experts are split over
+        self.shared_expert = self.shared_expert_gate = None
+        if cfg.shared_expert_intermediate_size:
+            shared = cfg.replace(intermediate_size=cfg.shared_expert_intermediate_size)
+            self.shared_expert = GatedMLP(shared, dtype=dtype, rngs=rngs)
+            self.shared_expert_gate = Dense((e,), (1,), ("embed", "router"), bias=False, dtype=dtype, rngs=rngs,
+                                            quantizable=False)
 
     def quantize(self, path: tuple, scheme_for) -> None:
         """Declare each expert stack quantized by scheme_for(its path) (None: stay float)."""
@@ -311,7 +322,10 @@ class MoE(nnx.Module, pytree=False):
             out = self._experts(x, weights, experts, self._stacks(), None)
         else:
             out = self._split_experts(x, weights, experts, self._stacks())
-        return out.astype(x.dtype).reshape(shape)
+        out = out.astype(x.dtype)
+        if self.shared_expert is not None:
+            out = out + jax.nn.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+        return out.reshape(shape)
 
     def _experts(self, x, weights, experts, stacks, first, form: str | None = None):
         """[N, E] float32: each token's outputs of its chosen experts, weighted and summed, over the

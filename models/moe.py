@@ -1,5 +1,6 @@
-"""Mixture-of-experts decoders: Mixtral (Mistral with routed experts) and Qwen3-MoE (Qwen3 with
-routed experts, optional top-k renormalisation, and dense layers where the config asks).
+"""Mixture-of-experts decoders: Mixtral (Mistral with routed experts), Qwen3-MoE (Qwen3 with
+routed experts, optional top-k renormalisation, and dense layers where the config asks) and
+Qwen2-MoE (Qwen2's attention, Qwen3-MoE's routing and a gated shared expert beside the experts).
 
 The module is the shared decoder's: `make_mlp` gives a layer the routed `MoE` block of
 models/layers.py when `cfg.layer_is_moe(layer)`. What is particular here is reading the config
@@ -32,6 +33,10 @@ def moe_weight_map(block: str, names: dict):
             for name, theirs in names.items():
                 experts = tuple(f"{hf}experts.{j}.{theirs}.weight" for j in range(cfg.num_experts))
                 specs.append(WeightSpec(experts, ours + (name,), Stack(Transpose(1))))
+            if cfg.shared_expert_intermediate_size:  # Qwen2-MoE: {block}.shared_expert.*_proj, {block}.shared_expert_gate
+                for name in ("gate_proj", "up_proj", "down_proj"):
+                    specs.append(WeightSpec(f"{hf}shared_expert.{name}.weight", ours + ("shared_expert", name, "kernel"), Linear()))
+                specs.append(WeightSpec(hf + "shared_expert_gate.weight", ours + ("shared_expert_gate", "kernel"), Linear()))
         return specs
 
     return weight_map
@@ -68,6 +73,27 @@ def qwen3_moe_defaults(raw: dict) -> dict:
     )  # use_sliding_window puts the window on every layer here (transformers has no max_window_layers for it)
 
 
+def qwen2_moe_defaults(raw: dict) -> dict:
+    """Qwen2-MoE's flags, its config class's defaults already in `raw` (hf_defaults): q/k/v biases as
+    qkv_bias says (attention_bias it never reads), the routed experts and the shared one, and its
+    windows: with use_sliding_window and no layer_types, layers 0, 2, 4, ... below max_window_layers
+    (Qwen2MoeConfig's reading, not Qwen2's layers from max_window_layers on)."""
+    if raw["use_sliding_window"] and raw["sliding_window"] is None:
+        raise ConfigError("config.json sets use_sliding_window but its sliding_window is null (transformers' Qwen2-MoE "
+                          "then fails building its masks): give sliding_window a value, or set use_sliding_window to false")
+    window = {}
+    if raw["use_sliding_window"] and not raw.get("layer_types"):
+        below = raw["max_window_layers"]
+        window["layer_types"] = tuple("sliding_attention" if i % 2 == 0 and i < below else "full_attention"
+                                      for i in range(raw["num_hidden_layers"]))
+    return dict(
+        qkv_bias=raw["qkv_bias"], o_bias=False, mlp_bias=False, num_experts=raw["num_experts"],
+        experts_per_token=raw["num_experts_per_tok"], moe_intermediate_size=raw["moe_intermediate_size"],
+        norm_topk_prob=raw["norm_topk_prob"], dense_layers=dense_layers(raw, raw["num_experts"]),
+        shared_expert_intermediate_size=raw["shared_expert_intermediate_size"], **window,
+    )
+
+
 _TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=False)
 
@@ -88,4 +114,19 @@ ARCHITECTURES = (Architecture(
     # Layer 1 dense (mlp_only_layers), top-k weights not renormalised: both paths of the family.
     tiny_config=dict(_TINY, head_dim=32, num_experts=6, num_experts_per_tok=2, moe_intermediate_size=32,
                      norm_topk_prob=False, mlp_only_layers=[1], decoder_sparse_step=1, rope_theta=1000000.0),
+), Architecture(
+    name="Qwen2MoeForCausalLM", module=CausalLM, hf_model_type="qwen2_moe", config_defaults=qwen2_moe_defaults,
+    ignored_keys=("num_local_experts",),  # Mixtral's spelling: Qwen2MoeConfig has no attribute_map for it
+    # Qwen2MoeConfig's field defaults (Qwen1.5-MoE-A2.7B's shapes)
+    hf_defaults=dict(use_sliding_window=False, sliding_window=4096, max_window_layers=28, num_key_value_heads=16,
+                     max_position_embeddings=32768, num_experts=60, num_experts_per_tok=4, moe_intermediate_size=1408,
+                     shared_expert_intermediate_size=5632, norm_topk_prob=False, qkv_bias=True),
+    not_null=RMS_NOT_NULL + ("num_key_value_heads", "head_dim", "use_sliding_window", "moe_intermediate_size", "norm_topk_prob",
+                             "decoder_sparse_step", "shared_expert_intermediate_size", "qkv_bias"),
+    weight_map=moe_weight_map("mlp", {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"}),
+    # Layer 1 dense; layers 0 and 2 routed, with a shared expert, and windowed (use_sliding_window:
+    # the even layers below max_window_layers); q/k/v biases; top-k weights not renormalised.
+    tiny_config=dict(_TINY, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=64,
+                     norm_topk_prob=False, mlp_only_layers=[1], decoder_sparse_step=1, use_sliding_window=True,
+                     sliding_window=8, max_window_layers=3, qkv_bias=True, rope_theta=1000000.0),
 ))

@@ -215,11 +215,42 @@ def test_dense_model_on_an_ep_mesh(llama):
     assert _greedy(llama, PROMPTS, completions)
 
 
-def test_decoder_sparse_step_zero_is_refused():
+def test_shared_expert_on_an_ep_tp_fsdp_mesh(tmp_path):
+    """Qwen2-MoE's shared expert (a gated MLP beside the routed experts, scaled by a sigmoid gate) on
+    an ep=2, tp=2, fsdp=2 mesh: its kernels split as any MLP's (tp, fsdp) and whole on each ep group
+    while the expert stacks split over ep; its gate float under int4. Logits are one device's, float and int4."""
+    reference.build("Qwen2MoeForCausalLM", tmp_path, seed=5)
+    spec = "ep=2,tp=2,fsdp=2"
+    for quantize in (None, "int4"):
+        one = jaxllm.load(tmp_path, quantize=quantize, group_size=32 if quantize else None)
+        split = jaxllm.load(tmp_path, mesh=spec, quantize=quantize, group_size=32 if quantize else None)
+        block = _moe_block(split)
+        assert block["gate_proj"][...].sharding.spec[0] == "ep"
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            kernel = block["shared_expert"][name]["kernel"][...]
+            assert set(kernel.sharding.spec) == {"tp", "fsdp"}, (name, kernel.sharding.spec)
+            assert kernel.dtype == (jnp.int4 if quantize else jnp.float32)
+        assert block["shared_expert_gate"]["kernel"][...].dtype == jnp.float32
+        err = reference.max_rel_diff(split.logits(TOKENS), one.logits(TOKENS))
+        print(f"Qwen2-MoE {spec} {quantize or 'float'}: logits max rel diff {err:.1e}")
+        assert err <= 1e-5
+
+
+@pytest.mark.parametrize("arch", ["Qwen3MoeForCausalLM", "Qwen2MoeForCausalLM"])
+def test_decoder_sparse_step_zero_is_refused(arch):
     """transformers divides by decoder_sparse_step choosing each layer's block: 0 fails there (a
     ZeroDivisionError), and is refused in one line here; with no layer left to route, it is unread."""
-    spec = registry.get("Qwen3MoeForCausalLM")
+    spec = registry.get(arch)
     with pytest.raises(ConfigError, match="decoder_sparse_step is 0, which leaves no layer a step") as info:
         spec.config(dict(spec.tiny_config, decoder_sparse_step=0))
     assert "\n" not in str(info.value)
     assert spec.config(dict(spec.tiny_config, decoder_sparse_step=0, mlp_only_layers=[0, 1, 2])).dense_layers == (0, 1, 2)
+
+
+def test_qwen2_moe_window_switched_on_without_a_window_is_refused():
+    """Qwen2-MoE's forward builds the sliding mask whatever the layers, and fails on a null window
+    (use_sliding_window true); refused in one line here, as every layer's window would be unset."""
+    spec = registry.get("Qwen2MoeForCausalLM")
+    with pytest.raises(ConfigError, match="sets use_sliding_window but its sliding_window is null") as info:
+        spec.config(dict(spec.tiny_config, sliding_window=None))
+    assert "\n" not in str(info.value)

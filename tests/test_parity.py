@@ -213,6 +213,20 @@ SPELLINGS = {
     "mixtral-num-experts-spelling": ("MixtralForCausalLM", {}, lambda raw: raw.update(num_experts=raw.pop("num_local_experts"))),
     "qwen3moe-default-top-k": ("Qwen3MoeForCausalLM", dict(num_experts=10, num_experts_per_tok=8), _edit(("num_experts_per_tok",))),
     "qwen3moe-default-width": ("Qwen3MoeForCausalLM", dict(moe_intermediate_size=768), _edit(("moe_intermediate_size",))),
+    # Qwen2MoeConfig's defaults: 60 experts, top 4, no renormalisation, q/k/v biases, 16 kv heads; Mixtral's
+    # num_local_experts and Llama's attention_bias it never reads
+    "qwen2moe-default-experts": ("Qwen2MoeForCausalLM", dict(num_experts=60, num_experts_per_tok=4, norm_topk_prob=False, qkv_bias=True,
+                                                             num_attention_heads=16, num_key_value_heads=16),
+                                 _edit(("num_experts", "num_experts_per_tok", "norm_topk_prob", "qkv_bias", "num_key_value_heads"),
+                                       num_local_experts=2, attention_bias=False)),
+    # its widths (1,408 routed, 5,632 shared), experts every other layer (decoder_sparse_step)
+    "qwen2moe-default-widths-sparse-step": ("Qwen2MoeForCausalLM", dict(moe_intermediate_size=1408, shared_expert_intermediate_size=5632,
+                                                                        decoder_sparse_step=2, mlp_only_layers=[]),
+                                            _edit(("moe_intermediate_size", "shared_expert_intermediate_size"))),
+    # its window layers without layer_types: the even ones below max_window_layers (28), not Qwen2's from it on;
+    # qkv_bias false drops the biases
+    "qwen2moe-window-layers-qkv-bias-off": ("Qwen2MoeForCausalLM", dict(max_window_layers=1, qkv_bias=False),
+                                            _edit(("layer_types", "max_window_layers"), attention_bias=True)),
     # a key the family's modeling code ignores: every head rotates whole (transformers' Llama, Qwen3)
     # both rope spellings (a v5 config given a rope_scaling, as model cards advise): rope_scaling
     # wins; a flat rope_parameters without rope_theta takes the top-level one

@@ -213,6 +213,7 @@ def test_quantize_then_dequantize_error_is_bounded_per_group(bits, offset, shape
 
 @pytest.mark.parametrize("arch, modes, tables", [
     ("LlamaForCausalLM", ("int8", "int4"), False), ("Qwen3MoeForCausalLM", ("int8", "int4"), False),
+    ("Qwen2MoeForCausalLM", ("int8", "int4"), False),
     ("Gemma2ForCausalLM", ("int8",), False),
     # quantize_embeddings: an untied head and its embedding; a tied, scaled, soft-capped table (Gemma 2)
     ("LlamaForCausalLM", ("int4",), True), ("Gemma2ForCausalLM", ("int8",), True),
