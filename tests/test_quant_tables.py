@@ -8,25 +8,13 @@ import numpy as np
 import pytest
 import reference
 from gguf import GGMLQuantizationType, GGUFWriter, quants
+from test_quant import _dequantized
 
 import jaxllm
 from jaxllm import convert, loader
 from jaxllm.models import quant, weights
 
 EMBEDDING, HEAD = ("model", "embed_tokens", "embedding"), ("lm_head", "kernel")
-
-
-def _dequantized(params) -> dict:
-    """{path: float32 numpy} of every quantized parameter, dequantized on the host."""
-    flat = weights.flat_params(params)
-    out = {}
-    for path, value in flat.items():
-        if quant.is_quantized(value.dtype):
-            scale, offset = (flat.get(path[:-1] + (n,)) for n in quant.scale_names(path[-1]))
-            out[path] = quant.dequantize_array(np.asarray(value), np.asarray(scale),
-                                               None if offset is None else np.asarray(offset),
-                                               None if path[-1] == "kernel" else 1)
-    return out
 
 
 def _with_values(model: loader.LoadedModel, float_model: loader.LoadedModel) -> loader.LoadedModel:
