@@ -138,7 +138,7 @@ def test_cli_default_model_answers(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--temperature", "-1", "hi"], "error: temperature=-1.0 is invalid"),
+    (["--temperature", "-1", "hi"], "error: --temperature -1.0 is invalid"),
     (["--model", "/no/such/dir", "hi"], "error: no such file or folder: '/no/such/dir'"),
     (["--batch-file", "/no/such/file"], "error: cannot read --batch-file /no/such/file"),
 ])
