@@ -54,6 +54,21 @@ def llama(tmp_path_factory):
     return jaxllm.load(folder)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _compiled_programs_freed_per_module():
+    """Each of XLA's CPU executables maps a few pages of its own (about 6 a compile), and a whole
+    run's compiles in one process reached Linux's vm.max_map_count (65,530): XLA's compiler then
+    segfaulted mapping the next one, in whichever test came next (test_kv_quant, at 46% of the
+    suite, once five model families were added). Each module's programs are freed after it."""
+    yield
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
+
+
 @pytest.fixture(autouse=True)
 def _persistent_cache_stays_off():
     """No test may leave JAX's persistent compilation cache on in this process (a command line run
