@@ -37,6 +37,18 @@ def param(shape: tuple[int, ...], axes: tuple[str, ...], dtype) -> nnx.Param:
     return nnx.Param(jax.ShapeDtypeStruct(tuple(shape), dtype), axes=axes)
 
 
+def quantized(value: nnx.Param, n_in: int, scheme, where: str) -> tuple:
+    """(integers, scale, offset or None): the parameters that replace a float one [out..., in...]
+    (its last `n_in` dims the inputs) under `scheme`: the same shape and axes, the scale and offset
+    [out..., G] in the float's dtype unless the scheme names one, their group dim on its own axis."""
+    shape, axes, dtype = value.get_value().shape, value.axes, value.get_value().dtype
+    n_out = len(shape) - n_in
+    groups = scheme.groups(math.prod(shape[n_out:]), where)
+    scale_shape, scale_axes = shape[:n_out] + (groups,), axes[:n_out] + (quant.group_axis(axes, n_out, groups),)
+    offset = param(scale_shape, scale_axes, scheme.offset_dtype or dtype) if scheme.offset else None
+    return param(shape, axes, scheme.kernel_dtype), param(scale_shape, scale_axes, scheme.scale_dtype or dtype), offset
+
+
 class Dense(nnx.Module, pytree=False):
     """y = x . kernel (+ bias), contracting x's last `len(in_shape)` dims.
 
@@ -68,15 +80,7 @@ class Dense(nnx.Module, pytree=False):
         scheme = scheme_for(path + ("kernel",))
         if scheme is None:
             return
-        shape, axes, dtype = self.kernel.get_value().shape, self.kernel.axes, self.kernel.get_value().dtype
-        n_out = len(shape) - self.n_in
-        groups = scheme.groups(math.prod(shape[n_out:]), ".".join(map(str, path)))
-        scale_axes = axes[:n_out] + (quant.group_axis(axes, n_out, groups),)
-        scale_dtype = scheme.scale_dtype or dtype
-        self.kernel = param(shape, axes, scheme.kernel_dtype)
-        self.scale = param(shape[:n_out] + (groups,), scale_axes, scale_dtype)
-        if scheme.offset:
-            self.offset = param(shape[:n_out] + (groups,), scale_axes, scheme.offset_dtype or dtype)
+        self.kernel, self.scale, self.offset = quantized(self.kernel, self.n_in, scheme, ".".join(map(str, path)))
 
     def weight(self, dtype):
         """The kernel as floats of `dtype` (dequantized when quantized)."""
@@ -159,13 +163,8 @@ class Embed(nnx.Module, pytree=False):
         scheme = scheme_for(path + ("embedding",))
         if scheme is None:
             return
-        (vocab, dim), axes = self.embedding.get_value().shape, self.embedding.axes
-        groups = scheme.groups(dim, ".".join(map(str, path + ("embedding",))))
-        scale_axes = (axes[0], quant.group_axis(axes, 1, groups))
-        self.embedding = param((vocab, dim), axes, scheme.kernel_dtype)
-        self.embedding_scale = param((vocab, groups), scale_axes, scheme.scale_dtype or self.dtype)
-        if scheme.offset:
-            self.embedding_offset = param((vocab, groups), scale_axes, scheme.offset_dtype or self.dtype)
+        where = ".".join(map(str, path + ("embedding",)))
+        self.embedding, self.embedding_scale, self.embedding_offset = quantized(self.embedding, 1, scheme, where)
 
     def _parts(self):
         scale, offset = self.embedding_scale, self.embedding_offset
