@@ -16,9 +16,10 @@ file's values (d * q, or d * q + m, in float32).
 The architectures (ARCHITECTURES) are those jaxllm serves whose GGUF files transformers' GGUF
 loader reads too, and each reads as that loader reads it (tests/test_quant.py holds the two to the
 same logits). What llama.cpp changed on the way in is undone: Llama-family q/k rows permuted for its
-rotary layout, Gemma's norms stored as 1 + w, GPT-2's Conv1D weights transposed, Qwen3-MoE's experts
-stacked in one tensor; where that loader drops metadata llama.cpp reads (Phi-3's LongRoPE, Gemma
-27B's attention scale, ...), we read it as llama.cpp does.
+rotary layout, Gemma's norms stored as 1 + w, GPT-2's Conv1D weights transposed, the MoE experts
+stacked in one tensor, Qwen2-MoE's shared-expert gate squeezed to a vector; where that loader drops
+metadata llama.cpp reads (Phi-3's LongRoPE, Gemma 27B's attention scale, the MoE experts' widths,
+...), we read it as llama.cpp does.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Family(NamedTuple):
     names: dict = {}  # GGUF name -> HF name, over _NAMES and _LAYER_NAMES
     norm_shift: float = 0.0  # stored as w + this (Gemma's (1 + w) RMSNorm): subtracted, in float32
     transposed: tuple = ()  # layer weights stored [out, in] where HF keeps [in, out] (GPT-2's Conv1D): transposed
+    squeezed: tuple = ()  # layer weights [1, in] in HF that converters may store as [in] (Qwen2-MoE's shared-expert gate)
     config: Callable = lambda get, raw: None  # (metadata getter, config so far): adds the family's own keys
 
 
@@ -87,15 +89,36 @@ def _phi3_config(get, raw: dict) -> None:
 
 
 def _moe_config(get, raw: dict) -> None:
-    """Qwen3-MoE: every layer routed; the top-k weights renormalised, as llama.cpp does (and
-    transformers' GGUF loader); the experts' width from the file (transformers' loader keeps its
-    default 768, the 30B-A3B's)."""
+    """The routed experts of Qwen3-MoE and Qwen2-MoE, every layer routed (llama.cpp reads no dense
+    layers for either): their count, top k and width from the file (transformers' GGUF loader keeps
+    its config's default width: Qwen3-30B-A3B's 768, Qwen1.5-MoE-A2.7B's 1408 and 5632 shared)."""
+    prefix, name = {"qwen3_moe": ("qwen3moe", "Qwen3-MoE"), "qwen2_moe": ("qwen2moe", "Qwen2-MoE")}[raw["model_type"]]
     experts = get("expert_count")
     if not isinstance(experts, int) or isinstance(experts, bool) or experts < 1:
-        raise CheckpointError(f"GGUF qwen3moe.expert_count is {experts!r}: a Qwen3-MoE file has at least one expert; the file "
+        raise CheckpointError(f"GGUF {prefix}.expert_count is {experts!r}: a {name} file has at least one expert; the file "
                               "is damaged: re-convert it with llama.cpp's convert_hf_to_gguf.py")
     raw.update(num_experts=experts, num_experts_per_tok=get("expert_used_count"),
-               moe_intermediate_size=get("expert_feed_forward_length"), norm_topk_prob=True)
+               moe_intermediate_size=get("expert_feed_forward_length"))
+
+
+def _qwen3_moe_config(get, raw: dict) -> None:
+    """Qwen3-MoE: the top-k weights renormalised, as llama.cpp does (and transformers' GGUF loader)."""
+    _moe_config(get, raw)
+    raw["norm_topk_prob"] = True
+
+
+def _qwen2_moe_config(get, raw: dict) -> None:
+    """Qwen2-MoE: the top-k weights as the router gives them (llama.cpp, and Qwen2MoeConfig's default);
+    a shared expert in every layer. Widths the file leaves out are llama.cpp's: the experts'
+    feed_forward_length / expert_used_count (the files written before expert_feed_forward_length
+    existed: Qwen1.5-MoE's 5632 / 4 = 1408), the shared expert's feed_forward_length (0 too, as llama.cpp)."""
+    _moe_config(get, raw)
+    used, ffn = raw["num_experts_per_tok"], raw["intermediate_size"]
+    if raw["moe_intermediate_size"] in (None, 0) and _positive(used, ffn):  # else the config's checks name the bad value
+        raw["moe_intermediate_size"] = ffn // used
+    raw["norm_topk_prob"] = False
+    shared = get("expert_shared_feed_forward_length")
+    raw["shared_expert_intermediate_size"] = ffn if shared in (None, 0) else shared
 
 
 def _gpt2_config(get, raw: dict) -> None:
@@ -107,6 +130,9 @@ def _gpt2_config(get, raw: dict) -> None:
 
 _GEMMA_NAMES = {"ffn_norm": "pre_feedforward_layernorm", "post_attention_norm": "post_attention_layernorm",
                 "post_ffw_norm": "post_feedforward_layernorm"}
+# Qwen2-MoE's shared expert and its gate (one score a token), beside the routed experts
+_QWEN2_MOE_NAMES = {"ffn_gate_shexp": "mlp.shared_expert.gate_proj", "ffn_up_shexp": "mlp.shared_expert.up_proj",
+                    "ffn_down_shexp": "mlp.shared_expert.down_proj", "ffn_gate_inp_shexp": "mlp.shared_expert_gate"}
 _GPT2_NAMES = {"token_embd": "transformer.wte", "position_embd": "transformer.wpe", "output_norm": "transformer.ln_f",
                "blk": "transformer.h", "attn_norm": "ln_1", "attn_qkv": "attn.c_attn", "attn_output": "attn.c_proj",
                "ffn_norm": "ln_2", "ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"}
@@ -117,7 +143,9 @@ ARCHITECTURES = {
     "mistral": Family("MistralForCausalLM", permuted=True),
     "qwen2": Family("Qwen2ForCausalLM"),
     "qwen3": Family("Qwen3ForCausalLM"),
-    "qwen3moe": Family("Qwen3MoeForCausalLM", config=_moe_config),
+    "qwen3moe": Family("Qwen3MoeForCausalLM", config=_qwen3_moe_config),
+    "qwen2moe": Family("Qwen2MoeForCausalLM", names=_QWEN2_MOE_NAMES, squeezed=("ffn_gate_inp_shexp",),
+                       config=_qwen2_moe_config),
     "phi3": Family("Phi3ForCausalLM", names={"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"},
                    config=_phi3_config),
     "gemma2": Family("Gemma2ForCausalLM", names=_GEMMA_NAMES, norm_shift=1.0, config=_gemma_config),
@@ -126,7 +154,8 @@ ARCHITECTURES = {
                    config=_gpt2_config),
 }
 # the keys each family cannot do without, besides the shared ones (config_from_metadata)
-_REQUIRED = {"qwen3moe": ("expert_count", "expert_used_count", "expert_feed_forward_length")}
+_REQUIRED = {"qwen3moe": ("expert_count", "expert_used_count", "expert_feed_forward_length"),
+             "qwen2moe": ("expert_count", "expert_used_count")}
 
 _NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head", "blk": "model.layers"}
 _LAYER_NAMES = {
@@ -391,6 +420,8 @@ class GGUFCheckpoint:
         for name, dims, type_id, offset in header.tensors:
             start = header.data_start + offset
             shape = tuple(int(d) for d in reversed(dims))  # GGUF lists dims innermost first
+            if len(shape) == 1 and name.endswith(".weight") and name.split(".")[-2] in family.squeezed:
+                shape = (1, *shape)  # HF's [1, in]: the same bytes
             try:
                 nbytes = tensor_bytes(type_id, shape)
                 check_readable(type_id)

@@ -6,6 +6,7 @@ permuted, head_dim from key_length) against that model itself; and the tokenizer
 (a sentencepiece `llama` vocabulary and a byte-level `gpt2` one with merges) against
 AutoTokenizer.from_pretrained(gguf_file=...): ids, text, special tokens and the chat template."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,8 @@ from gguf_files import add_fields
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 import jaxllm
-from jaxllm import gguf, gguf_tokenizer
+from jaxllm import gguf, gguf_blocks, gguf_tokenizer
+from jaxllm.models import quant, weights
 
 E, F, V = 64, 256, 96  # hidden, MLP width (a K-quant's 256-value block fits its down projection), vocabulary
 KINDS = ["Q4_0", "Q4_1", "Q8_0", "F16", "F32"]  # cycled over a file's matrices
@@ -46,6 +48,13 @@ FAMILIES = {
                                 "expert_feed_forward_length": 768}), dict(output=(V, E)),
                  dict(_attention(4, 2, 16), attn_norm=(E,), ffn_norm=(E,), attn_q_norm=(16,), attn_k_norm=(16,), ffn_gate_inp=(4, E),
                       ffn_gate_exps=(4, 768, E), ffn_up_exps=(4, 768, E), ffn_down_exps=(4, E, 768)), 2),
+    # transformers reads neither expert width from the file: Qwen2MoeConfig's defaults (1408, 5632) they must be; the shared
+    # expert's gate a vector, as llama.cpp's converter wrote it before it kept HF's [1, hidden] (transformers reads only that)
+    "qwen2moe": (dict(_ROPE, **{"expert_count": 4, "expert_used_count": 2, "expert_feed_forward_length": 1408,
+                                "expert_shared_feed_forward_length": 5632}), dict(output=(V, E)),
+                 dict(_attention(4, 2, 16), attn_norm=(E,), ffn_norm=(E,), **{"attn_q.bias": (64,), "attn_k.bias": (32,), "attn_v.bias": (32,)},
+                      ffn_gate_inp=(4, E), ffn_gate_exps=(4, 1408, E), ffn_up_exps=(4, 1408, E), ffn_down_exps=(4, E, 1408),
+                      ffn_gate_inp_shexp=(E,), ffn_gate_shexp=(5632, E), ffn_up_shexp=(5632, E), ffn_down_shexp=(E, 5632)), 2),
     "phi3": (dict(_ROPE, **{"rope.scaling.original_context_length": 256}), dict(output=(V, E)),
              dict(attn_qkv=(128, E), attn_output=(E, E), ffn_up=(2 * F, E), ffn_down=(E, F), attn_norm=(E,), ffn_norm=(E,)), 2),
     "gemma2": (dict(_GEMMA, attn_logit_softcapping=50.0, final_logit_softcapping=30.0), {}, _GEMMA_LAYER, 2),
@@ -71,10 +80,12 @@ def _k_quant(shape: tuple, kind: str, rng) -> np.ndarray:
     return raw.reshape(*shape[:-1], shape[-1] // block * size)
 
 
-def write_family(path: Path, arch: str, name: str | None = None) -> None:
+def write_family(path: Path, arch: str, name: str | None = None, shapes: dict | None = None) -> None:
     """A tiny GGUF of `arch`: 1-D tensors F32, the matrices (embedding included) cycling through KINDS
-    and the K-quants (those whose rows hold whole 256-value blocks)."""
+    and the K-quants (those whose rows hold whole 256-value blocks). `shapes`: layer tensors stored
+    in another shape of the same values, type and bytes ({name in FAMILIES: shape})."""
     own, top, layer, layers = FAMILIES[arch]
+    shapes = shapes or {}
     rng = np.random.default_rng(11)
     w = GGUFWriter(str(path), arch)
     if name:
@@ -88,8 +99,10 @@ def write_family(path: Path, arch: str, name: str | None = None) -> None:
     tensors = {"token_embd.weight": (V, E), "output_norm.weight": (E,), **{f"{n}.weight": s for n, s in top.items()}}
     if arch == "gpt2":
         tensors["output_norm.bias"] = (E,)
+    stored = {}  # tensor -> the shape it is written in, where `shapes` sets one
     for i in range(layers):
         tensors.update({f"blk.{i}.{n if '.' in n else n + '.weight'}": s for n, s in layer.items()})
+        stored.update({f"blk.{i}.{n if '.' in n else n + '.weight'}": s for n, s in shapes.items()})
     counts = [0, 0]  # matrices of KINDS, of K_QUANTS so far
     for tensor, shape in tensors.items():
         norm = len(shape) == 1 and tensor.endswith("norm.weight")
@@ -100,11 +113,14 @@ def write_family(path: Path, arch: str, name: str | None = None) -> None:
             kind = (K_QUANTS if k else KINDS)[counts[k] % len(K_QUANTS if k else KINDS)]
             counts[k] += 1
         if kind in K_QUANTS:
-            w.add_tensor(tensor, _k_quant(shape, kind, rng), raw_dtype=GGMLQuantizationType[kind])
+            data = _k_quant(shape, kind, rng)
         elif kind.startswith("Q"):
-            w.add_tensor(tensor, quants.quantize(x, GGMLQuantizationType[kind]), raw_dtype=GGMLQuantizationType[kind])
+            data = quants.quantize(x, GGMLQuantizationType[kind])
         else:
-            w.add_tensor(tensor, x if kind == "F32" else x.astype(np.float16))
+            data = x if kind == "F32" else x.astype(np.float16)
+        if tensor in stored:
+            data = data.reshape(*stored[tensor][:-1], -1)  # the rows' bytes (a block type's) as they are
+        w.add_tensor(tensor, data, raw_dtype=GGMLQuantizationType[kind] if kind.startswith("Q") else None)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -118,10 +134,10 @@ def transformers_gguf(path: Path):
 
 TOKENS = np.random.default_rng(2).integers(0, V, (2, 12))  # longer than the Gemmas' window (4)
 # the families whose tensors are laid out differently (q/k rows permuted, Gemma's shifted norms, Phi-3's fused rows,
-# GPT-2's transposed Conv1D weights, Qwen3-MoE's expert stacks split by their bytes), and Mistral, which llama.cpp files
-# under llama; Qwen2 / Qwen3 / Gemma 3 lay theirs out as Llama / Gemma 2 do (test_quant.py holds every family's F16
-# and Q8_0 file to transformers)
-CASES = [(arch, None) for arch in ("llama", "qwen3moe", "phi3", "gemma2", "gpt2")] + [("llama", "Mistral 7B Instruct v0.3")]
+# GPT-2's transposed Conv1D weights, the MoE expert stacks split by their bytes, Qwen2-MoE's shared expert and its gate
+# stored as a vector), and Mistral, which llama.cpp files under llama; Qwen2 / Qwen3 / Gemma 3 lay theirs out as Llama /
+# Gemma 2 do (test_quant.py holds every family's F16 and Q8_0 file to transformers, all but Qwen2-MoE, held here only)
+CASES = [(arch, None) for arch in ("llama", "qwen3moe", "qwen2moe", "phi3", "gemma2", "gpt2")] + [("llama", "Mistral 7B Instruct v0.3")]
 
 
 @pytest.mark.parametrize("arch, name", CASES, ids=[a if n is None else "mistral" for a, n in CASES])
@@ -136,6 +152,44 @@ def test_every_tensor_type_matches_transformers(tmp_path, arch, name):
     assert ours.config.architecture == ("MistralForCausalLM" if name else gguf.ARCHITECTURES[arch].hf)
     err = reference.max_rel_diff(ours.logits(TOKENS), reference.torch_logits(transformers_gguf(path), TOKENS))
     assert err <= 1e-4, err
+
+
+def test_qwen2moe_blocks_and_a_shared_gate_of_one_row(tmp_path):
+    """Qwen2-MoE's file with the shared expert's gate [1, hidden], as llama.cpp's converter writes it
+    since it stopped squeezing tensors (transformers' loader reads only the squeezed vector; it makes
+    the row [1, 1, hidden] and refuses the file), loaded with quantize="gguf": its Q8_0 / Q4_0 / Q4_1
+    expert stacks and shared-expert kernels taken as their blocks, and transformers' logits of the
+    squeezed file within 1e-4."""
+    write_family(tmp_path / "vector.gguf", "qwen2moe")
+    write_family(tmp_path / "row.gguf", "qwen2moe", shapes={"ffn_gate_inp_shexp": (1, E)})
+    ours = jaxllm.load(tmp_path / "row.gguf", tokenizer=False, quantize="gguf")
+    params, native = weights.flat_params(ours.params), []
+    for name, _, kind, _ in gguf.read_header(tmp_path / "row.gguf").tensors:
+        m = re.fullmatch(r"blk\.(\d+)\.ffn_(gate|up|down)_(exps|shexp)\.weight", name)
+        if m is None or GGMLQuantizationType(kind).name not in gguf_blocks.NATIVE:
+            continue
+        layer, part, proj = m.groups()
+        path = ("model", "layers", int(layer), "mlp", *(("shared_expert", f"{part}_proj", "kernel") if proj == "shexp" else (f"{part}_proj",)))
+        native.append(quant.is_quantized(params[path].dtype))
+    assert len(native) >= 4 and all(native), native
+    want = reference.torch_logits(transformers_gguf(tmp_path / "vector.gguf"), TOKENS)
+    assert reference.max_rel_diff(ours.logits(TOKENS), want) <= 1e-4
+
+
+@pytest.mark.parametrize("widths", [{}, {"expert_feed_forward_length": 0, "expert_shared_feed_forward_length": 0}])
+def test_qwen2moe_widths_the_file_leaves_out_are_llama_cpps(tmp_path, widths):
+    """A Qwen2-MoE file without its experts' widths (written before the keys existed), or with them 0:
+    llama.cpp's, feed_forward_length / expert_used_count and feed_forward_length (Qwen1.5-MoE-A2.7B:
+    5632 / 4 = 1408 and 5632, its own widths), not Qwen2MoeConfig's defaults, which fit that model alone."""
+    w = GGUFWriter(str(tmp_path / "w.gguf"), "qwen2moe")
+    add_fields(w, "qwen2moe", dict(embedding_length=2048, feed_forward_length=5632, block_count=24, expert_count=60,
+                                   expert_used_count=4, **{"attention.head_count": 16}, **widths))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    raw = gguf.config_from_metadata(gguf.read_header(tmp_path / "w.gguf"))
+    assert (raw["moe_intermediate_size"], raw["shared_expert_intermediate_size"], raw["norm_topk_prob"]) == (1408, 5632, False)
 
 
 def _permute(w: np.ndarray, heads: int) -> np.ndarray:
