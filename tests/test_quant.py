@@ -711,7 +711,7 @@ def test_gguf_architectures_transformers_cannot_read_are_refused(arch, tmp_path)
     w.write_tensors_to_file()
     w.close()
     with pytest.raises(CheckpointError, match=rf"^GGUF architecture '{arch}' is not supported; supported: gemma2, gemma3, "
-                                              "gpt2, llama, mistral, phi3, qwen2, qwen3, qwen3moe$"):
+                                              "gpt2, llama, mistral, phi3, qwen2, qwen2moe, qwen3, qwen3moe$"):
         jaxllm.load(tmp_path / "other.gguf", tokenizer=False)
 
 
