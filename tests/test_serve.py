@@ -329,6 +329,7 @@ def test_full_server_answers_503_with_retry_after(server):
     (dict(messages=[{"role": "wizard", "content": "Hi"}]), "messages[0].role"),
     (dict(messages=[{"role": "user", "content": "Hi"}, {"role": "function", "content": "x"}]), "messages[1].role"),
     (dict(extra_body={"stream_options": {"include_usage": "maybe"}}), "stream_options.include_usage"),
+    (dict(stream_options={"include_usage": True}), "stream_options"),  # without stream: true, as OpenAI answers
     (dict(logit_bias={"5": 10}), "logit_bias"),
     (dict(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
     (dict(tool_choice="required"), "tool_choice"),
@@ -364,7 +365,8 @@ def test_malformed_json_and_bad_completions_answer_400(server):
               b'{"prompt": "Hi", "logprobs": 3}': "logprobs", b'{"prompt": [5, 99999999]}': "prompt", b'{"prompt": []}': "prompt",
               b'{"prompt": [1, 2.5]}': "prompt", b'{"prompt": "Hi", "best_of": 3}': "best_of", b'{"prompt": "Hi", "echo": true}': "echo",
               b'{"prompt": "Hi", "suffix": "x"}': "suffix", b'{"prompt": "Hi", "logit_bias": {"5": 1}}': "logit_bias",
-              b'{"prompt": "Hi", "n": 2, "best_of": 1}': "best_of", b'{"prompt": "Hi", "temperature": 1e400}': "temperature"}
+              b'{"prompt": "Hi", "n": 2, "best_of": 1}': "best_of", b'{"prompt": "Hi", "temperature": 1e400}': "temperature",
+              b'{"prompt": "Hi", "stream": false, "stream_options": {"include_usage": true}}': "stream_options"}
     for body, param in bodies.items():
         r = httpx.post(server.url + "/v1/completions", content=body, headers={"Content-Type": "application/json"})
         assert r.status_code == 400, body

@@ -173,6 +173,9 @@ class _Common(_Strict):
         """Refuse (400) what exists in the API alone and is out of range or not served here."""
         if self.n < 1:
             raise APIError(400, f"n={self.n} is invalid: use a whole number >= 1", "n")
+        if self.stream_options is not None and not self.stream:  # OpenAI's and vLLM's 400 too
+            raise APIError(400, "stream_options is only allowed when stream is true: send stream: true, or leave "
+                           "stream_options out", "stream_options")
         if self.seed is not None and not -2**63 <= self.seed < 2**63:
             raise APIError(400, f"seed={self.seed} is invalid: use a whole number that fits 64 bits", "seed")
         _check_stop(self.stop)
