@@ -10,6 +10,7 @@ hold NaN/Inf, 2 on an error (unreadable or unsupported checkpoint).
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 import sys
@@ -17,7 +18,7 @@ import sys
 import jax
 import numpy as np
 
-from jaxllm import converted, runtime
+from jaxllm import converted, progress, runtime
 from jaxllm.converted import ConvertedCheckpoint
 from jaxllm.errors import ArgumentParser, JaxllmError, run_cli
 from jaxllm.loader import DTYPES, open_checkpoint, plan
@@ -28,8 +29,23 @@ from jaxllm.progress import Bar
 SERVES = "completion, chat (where the tokenizer has a template), scoring"
 
 
+# The loading flags that change the memory estimate, declared once for every command (progress.load_flags).
+ESTIMATE_FLAGS = ("--quantize", "--group-size", "--quantize-embeddings", "--kv-dtype")
+
+
+def estimate_flags() -> argparse.ArgumentParser:
+    """An argparse parent holding load_flags' ESTIMATE_FLAGS as generate, serve and convert declare
+    them (the same choices, defaults and help), without --model (inspect takes a path)."""
+    shared = progress.load_flags()
+    p = argparse.ArgumentParser(add_help=False)
+    for action in shared._actions:
+        if set(action.option_strings) & set(ESTIMATE_FLAGS):
+            p._add_action(action)
+    return p
+
+
 def parse_args(argv=None):
-    p = ArgumentParser(prog="python -m jaxllm.inspect", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m jaxllm.inspect", description=__doc__.split("\n\n")[0], parents=[estimate_flags()])
     p.add_argument("path", nargs="?", help="checkpoint folder, hub id or .gguf file")
     p.add_argument("--batch", type=int, default=1, help="sequences held at once, for the KV-cache estimate")
     p.add_argument("--context", type=int, default=None, help="tokens per sequence (default: the model's maximum)")
@@ -124,12 +140,14 @@ def scan(source, progress=None) -> tuple[int, list[str]]:
 
 
 def report(path, batch: int = 1, context: int | None = None, scan_data: bool = False,
-           show=None) -> tuple[str, list[str]]:
+           show=None, **load) -> tuple[str, list[str]]:
     """(the report text, the problems: tensors that do not match, and with `scan_data` tensors
     holding NaN or Inf). `show(text)`, when given, gets the report of the headers before the scan
-    reads any data (so a scan that fails leaves it shown), and the text returned is the rest."""
+    reads any data (so a scan that fails leaves it shown), and the text returned is the rest.
+    `load`: jaxllm.load's quantize, group_size, quantize_embeddings and kv_dtype, which the memory
+    estimate follows (the weights as that load would hold them, the KV cache in kv_dtype)."""
     source = open_checkpoint(path)
-    text, problems = _headers(source, batch, context)
+    text, problems = _headers(source, batch, context, **load)
     if show is not None:
         show(text)
         text = ""
@@ -143,9 +161,11 @@ def report(path, batch: int = 1, context: int | None = None, scan_data: bool = F
     return text, problems
 
 
-def _headers(source, batch: int, context: int | None) -> tuple[str, list[str]]:
+def _headers(source, batch: int, context: int | None, quantize=None, group_size=None, quantize_embeddings=False,
+             kv_dtype=None) -> tuple[str, list[str]]:
     """(the report of what the headers say, the tensors that do not match): no data read."""
-    plans = {dtype: plan(source.raw, dtype, source=source) for dtype in ("bfloat16", "float32")}
+    plans = {dtype: plan(source.raw, dtype, source=source, quantize=quantize, group_size=group_size,
+                         quantize_embeddings=quantize_embeddings) for dtype in ("bfloat16", "float32")}
     p = plans["bfloat16"]
     cfg = p.config
     context = context or cfg.context_length
@@ -159,10 +179,11 @@ def _headers(source, batch: int, context: int | None) -> tuple[str, list[str]]:
         f"config        {summary(cfg)}",
         f"parameters    {count:,} ({count / 1e9:.2f} B)" if count >= 1e9 else f"parameters    {count:,} ({count / 1e6:.1f} M)",
     ]
+    held = _held(p, quantize_embeddings, kv_dtype)
     for name, each in plans.items():
-        m = each.memory(batch, context)
+        m = each.memory(batch, context, kv_dtype)
         lines.append(f"memory {name:<8} weights {_size(m['params_bytes'])} + KV cache {_size(m['kv_cache_bytes'])} "
-                     f"(batch {batch} x {context} tokens) = {_size(m['params_bytes'] + m['kv_cache_bytes'])}")
+                     f"(batch {batch} x {context} tokens{held}) = {_size(m['params_bytes'] + m['kv_cache_bytes'])}")
     if context > cfg.context_length:
         lines.append(f"note          --context {context:,} is beyond the {cfg.context_length:,} positions this model serves: "
                      "the KV cache above is for a length no request can reach")
@@ -170,6 +191,14 @@ def _headers(source, batch: int, context: int | None) -> tuple[str, list[str]]:
     lines.append(f"tensors       {'all ' + str(n_tensors) + ' match the weight map' if not problems else str(len(problems)) + ' problems:'}")
     lines += [f"  {problem}" for problem in problems]
     return "\n".join(lines), problems
+
+
+def _held(p, quantize_embeddings: bool, kv_dtype) -> str:
+    """What the memory lines assume beyond the dtype: the weights' quantization, the KV cache's dtype."""
+    said = ""
+    if p.quantize is not None:
+        said += f"; weights {p.quantize}" + (", embeddings int8" if quantize_embeddings else "")
+    return said + (f"; KV cache {kv_dtype}" if kv_dtype is not None else "")
 
 
 def _wrapped(source, arch) -> list[str]:
@@ -203,7 +232,10 @@ def main(argv=None) -> int:
         def show(text):  # before the scan: what the headers say stays shown if the data cannot be read
             print(text, flush=True)
 
-        text, problems = report(args.path, args.batch, args.context, args.scan, show)
+        with progress.flag_terms():  # quantize='int8' said as --quantize int8
+            text, problems = report(args.path, args.batch, args.context, args.scan, show, quantize=args.quantize,
+                                    group_size=args.group_size, quantize_embeddings=args.quantize_embeddings,
+                                    kv_dtype=args.kv_dtype)
         if text:
             print(text)
         return 1 if problems else 0

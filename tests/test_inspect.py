@@ -1,10 +1,13 @@
 """`python -m jaxllm.inspect`: reports a checkpoint without loading it, and finds what is wrong."""
 
+import json
+
 import numpy as np
 import reference
 from safetensors.numpy import load_file, save_file
 
 from jaxllm import inspect as jinspect
+from jaxllm.loader import estimate_memory, plan
 
 
 def test_report_of_a_good_checkpoint(tmp_path, capsys):
@@ -94,3 +97,46 @@ def test_scan_of_damaged_data_prints_the_header_report_then_the_error(tmp_path, 
     assert "values" not in captured.out
     err = captured.err.strip().splitlines()
     assert err[-1].startswith("error: could not read the parameters") and "convert again" in err[-1]
+
+
+def test_memory_estimate_follows_the_quantize_and_kv_dtype_flags(tmp_path, capsys):
+    """--quantize, --group-size, --quantize-embeddings and --kv-dtype (generate's, serve's, convert's
+    flags) change the memory lines as jaxllm.load would hold the model: the bytes estimate_memory
+    gives for those arguments, weights smaller int8 -> int4 -> with int8 tables, the KV cache
+    smaller in int8; bad combinations are one-line errors in the flags' terms."""
+    ref = reference.build("LlamaForCausalLM", tmp_path)
+    cfg = plan(json.loads((tmp_path / "config.json").read_text())).config
+
+    def memory(*flags):
+        assert jinspect.main([str(tmp_path), "--batch", "2", "--context", "64", *flags]) == 0
+        lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("memory ")]
+        return {line.split()[1]: line for line in lines}
+
+    kernels = sum(p.numel() for name, p in ref.named_parameters() if name.endswith("proj.weight"))
+    sizes = {}
+    for flags, load in [((), {}), (("--quantize", "int8"), dict(quantize="int8")),
+                        (("--quantize", "int4"), dict(quantize="int4")),
+                        (("--quantize", "int4", "--group-size", "16"), dict(quantize="int4", group_size=16)),
+                        (("--quantize", "int4", "--quantize-embeddings"), dict(quantize="int4", quantize_embeddings=True)),
+                        (("--kv-dtype", "int8"), dict(kv_dtype="int8"))]:
+        lines = memory(*flags)
+        for dtype in ("bfloat16", "float32"):
+            m = estimate_memory(cfg, 2, 64, dtype, **load)
+            total = m["params_bytes"] + m["kv_cache_bytes"]
+            expected = f"weights {jinspect._size(m['params_bytes'])} + KV cache {jinspect._size(m['kv_cache_bytes'])}"
+            assert expected in lines[dtype] and lines[dtype].endswith(f"= {jinspect._size(total)}"), (flags, lines[dtype])
+        sizes[flags] = estimate_memory(cfg, 2, 64, "bfloat16", **load)
+    (base, int8, int4, int4_g16, tables, kv8) = sizes.values()
+    # int8 keeps a byte per kernel value where bfloat16 keeps two, a scale per 128 inputs (64 here) beside it
+    assert 0.9 * kernels < base["params_bytes"] - int8["params_bytes"] < kernels
+    assert int8["params_bytes"] > int4["params_bytes"] > tables["params_bytes"]
+    assert int4_g16["params_bytes"] > int4["params_bytes"]  # more groups: more scales
+    assert 0.5 * base["kv_cache_bytes"] < kv8["kv_cache_bytes"] < 0.6 * base["kv_cache_bytes"]
+    assert "weights int4, embeddings int8" in memory("--quantize", "int4", "--quantize-embeddings")["bfloat16"]
+
+    for flags, said in [(["--quantize-embeddings"], "--quantize-embeddings goes with --quantize"),
+                        (["--group-size", "16"], "--group-size goes with --quantize"),
+                        (["--quantize", "gguf"], "this checkpoint is not a GGUF file")]:
+        assert jinspect.main([str(tmp_path), *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and said in err and "\n" not in err, err
