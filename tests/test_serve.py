@@ -350,6 +350,10 @@ def test_full_server_answers_503_with_retry_after(server):
     (dict(extra_body={"guided_json": {"type": "object"}}), "guided_json"),
     (dict(extra_body={"continue_final_message": True, "add_generation_prompt": False}), "continue_final_message"),
     (dict(extra_body={"echo": True}), "echo"),
+    (dict(reasoning_effort="high"), "reasoning_effort"),
+    # fields nobody defines (a misspelt one): refused as OpenAI's API refuses them, not ignored
+    (dict(extra_body={"temprature": 0}), "temprature"),
+    (dict(extra_body={"some_other_field": None}), "some_other_field"),
 ])
 def test_bad_fields_answer_400_with_openai_error_json(server, fields, param):
     fields = {"model": NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, **fields}
@@ -366,7 +370,8 @@ def test_malformed_json_and_bad_completions_answer_400(server):
               b'{"prompt": [1, 2.5]}': "prompt", b'{"prompt": "Hi", "best_of": 3}': "best_of", b'{"prompt": "Hi", "echo": true}': "echo",
               b'{"prompt": "Hi", "suffix": "x"}': "suffix", b'{"prompt": "Hi", "logit_bias": {"5": 1}}': "logit_bias",
               b'{"prompt": "Hi", "n": 2, "best_of": 1}': "best_of", b'{"prompt": "Hi", "temperature": 1e400}': "temperature",
-              b'{"prompt": "Hi", "stream": false, "stream_options": {"include_usage": true}}': "stream_options"}
+              b'{"prompt": "Hi", "stream": false, "stream_options": {"include_usage": true}}': "stream_options",
+              b'{"prompt": "Hi", "max_token": 5}': "max_token", b'{"prompt": "Hi", "store": true}': "store"}
     for body, param in bodies.items():
         r = httpx.post(server.url + "/v1/completions", content=body, headers={"Content-Type": "application/json"})
         assert r.status_code == 400, body
@@ -425,13 +430,19 @@ def test_bad_input_messages_name_the_fix(server):
     assert message("/v1/completions", {"prompt": "Hi", "n": 100000}).endswith("use n <= 40")
     assert message("/v1/completions", {"prompt": ["a", "b", "c"], "n": 20}).endswith("use n <= 13")
     assert "not supported" in message("/v1/chat/completions", {**chat, "tools": [{"type": "function"}]})
+    assert message("/v1/chat/completions", {**chat, "temprature": 0}) == (
+        "Unrecognized request argument supplied: temprature (did you mean 'temperature'?): fix its name, or leave it out")
+    assert message("/v1/completions", {"prompt": "Hi", "max_token": 5}).startswith(
+        "Unrecognized request argument supplied: max_token (did you mean 'max_tokens'?)")
 
 
 def test_neutral_values_of_unsupported_fields_and_the_developer_role_are_accepted(server):
     neutral = dict(logit_bias={}, tools=[], tool_choice="none", response_format={"type": "text"}, modalities=["text"],
                    extra_body={"functions": [], "function_call": "none", "presence_penalty": 0, "min_tokens": 0,
                                "stop_token_ids": [], "skip_special_tokens": True, "add_generation_prompt": True,
-                               "some_other_field": {"x": 1}})  # one nobody defines: ignored
+                               "verbosity": "medium"},
+                   # OpenAI's fields that change no answer here: accepted
+                   user="u1", store=False, metadata={"k": "v"}, service_tier="auto", parallel_tool_calls=False)
     used = {}
     for role in ("system", "developer"):  # developer is read as system
         out = server.client.chat.completions.create(model=NAME, max_tokens=1, temperature=0, **neutral, messages=[
@@ -439,7 +450,7 @@ def test_neutral_values_of_unsupported_fields_and_the_developer_role_are_accepte
         used[role] = out.usage.prompt_tokens
     assert used["developer"] == used["system"]
     out = server.client.completions.create(model=NAME, prompt="Hi", max_tokens=1, temperature=0, n=2, best_of=2,
-                                           logit_bias=None, echo=False)
+                                           logit_bias=None, echo=False, user="u1")
     assert len(out.choices) == 2
     wait_idle(server)
 

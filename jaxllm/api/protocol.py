@@ -8,10 +8,11 @@ this module checks only types and the fields that exist in the API alone (n, log
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import time
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_validator
@@ -146,10 +147,14 @@ class StreamOptions(_Strict):
 class _Common(_Strict):
     """Fields both endpoints take. top_k, min_p, repetition_penalty, ignore_eos and
     return_token_ids are extensions (the openai client sends them through `extra_body`). Other
-    fields are kept (extra="allow") only so that check() can refuse those of _UNSUPPORTED that
-    are not declared here (vLLM's extensions); the rest are ignored, as they change nothing."""
+    fields are kept (extra="allow") so that check() can refuse them: those of _UNSUPPORTED unless
+    at their neutral value, NO_OP's never, any other as OpenAI's API does ("Unrecognized request
+    argument supplied"): a misspelt field ("temprature": 0, "max_token": 5) was ignored, and the
+    answer sampled, or ran to the end of the context, with nothing to tell the client why."""
 
     model_config = ConfigDict(strict=True, extra="allow")
+    # OpenAI's fields of this endpoint that change no answer here (billing, storage, caching, routing)
+    NO_OP: ClassVar[frozenset[str]] = frozenset({"user"})
 
     model: str | None = None
     max_tokens: int | None = None
@@ -180,6 +185,13 @@ class _Common(_Strict):
             raise APIError(400, f"seed={self.seed} is invalid: use a whole number that fits 64 bits", "seed")
         _check_stop(self.stop)
         extra = self.model_extra or {}
+        known = set(type(self).model_fields) | set(_UNSUPPORTED) | self.NO_OP
+        for name in extra:
+            if name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise APIError(400, f"Unrecognized request argument supplied: {name}{hint}: fix its name, or leave it out",
+                               name)
         for name, (neutral, fix) in _UNSUPPORTED.items():
             if name in type(self).model_fields:
                 value = getattr(self, name)
@@ -285,6 +297,8 @@ class ChatRequest(_Common):
     top_logprobs: int | None = None
     max_completion_tokens: int | None = None  # the newer name of max_tokens
     _given_max_tokens: int | None = PrivateAttr(None)  # max_tokens as sent (model_post_init fills it from the newer name)
+    NO_OP: ClassVar[frozenset[str]] = frozenset({"user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key",
+                                                 "prompt_cache_options", "prompt_cache_retention", "parallel_tool_calls", "prediction"})
     tools: Any = None  # these: _UNSUPPORTED
     tool_choice: Any = None
     functions: Any = None
@@ -366,6 +380,9 @@ _UNSUPPORTED = {
     "modalities": (lambda v, body: v in (None, ["text"]), 'answers are text only: leave it out (or send ["text"])'),
     "audio": (lambda v, body: v is None, "answers are text only: leave it out"),
     "web_search_options": (lambda v, body: v is None, "it searches nothing: leave it out"),
+    "moderation": (lambda v, body: v is None, "nothing is moderated here: leave it out"),
+    "reasoning_effort": (lambda v, body: v is None, "the model's reasoning is not controlled here: leave it out"),
+    "verbosity": (lambda v, body: v in (None, "medium"), "leave it out (or send 'medium'): ask for brevity in the messages"),
     # vLLM's extensions beside the ones served here (top_k, min_p, repetition_penalty, ignore_eos):
     # a client written for vLLM that sends one gets a 400, not an answer that ignored it.
     "min_tokens": (lambda v, body: v in (None, 0), "leave it out (ignore_eos makes answers run to max_tokens)"),
