@@ -328,6 +328,7 @@ def test_full_server_answers_503_with_retry_after(server):
     (dict(temperature=1e300), "temperature"),  # beyond float32: inf on the device
     (dict(messages=[{"role": "wizard", "content": "Hi"}]), "messages[0].role"),
     (dict(messages=[{"role": "user", "content": "Hi"}, {"role": "function", "content": "x"}]), "messages[1].role"),
+    (dict(messages=[{"role": "user", "contents": "Hi"}]), "messages[0].content"),  # was read as an empty message
     (dict(extra_body={"stream_options": {"include_usage": "maybe"}}), "stream_options.include_usage"),
     (dict(stream_options={"include_usage": True}), "stream_options"),  # without stream: true, as OpenAI answers
     (dict(logit_bias={"5": 10}), "logit_bias"),

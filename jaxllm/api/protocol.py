@@ -325,6 +325,9 @@ class ChatRequest(_Common):
             if message.role not in ROLES and message.role not in ROLE_ALIASES:
                 raise APIError(400, f"messages[{i}].role '{message.role}' is not a role this server takes: use "
                                f"{', '.join(ROLES)} (or developer, read as system)", f"messages[{i}].role")
+            if message.content is None and message.role != "assistant":  # OpenAI's API requires it there too
+                raise APIError(400, f"messages[{i}] ({message.role}) has no content: give its text as \"content\"",
+                               f"messages[{i}].content")
             for j, part in enumerate(message.content if isinstance(message.content, list) else []):
                 where = f"messages[{i}].content[{j}]"
                 if part.type != "text":
