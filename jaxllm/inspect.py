@@ -10,7 +10,6 @@ hold NaN/Inf, 2 on an error (unreadable or unsupported checkpoint).
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import sys
@@ -29,23 +28,8 @@ from jaxllm.progress import Bar
 SERVES = "completion, chat (where the tokenizer has a template), scoring"
 
 
-# The loading flags that change the memory estimate, declared once for every command (progress.load_flags).
-ESTIMATE_FLAGS = ("--quantize", "--group-size", "--quantize-embeddings", "--kv-dtype")
-
-
-def estimate_flags() -> argparse.ArgumentParser:
-    """An argparse parent holding load_flags' ESTIMATE_FLAGS as generate, serve and convert declare
-    them (the same choices, defaults and help), without --model (inspect takes a path)."""
-    shared = progress.load_flags()
-    p = argparse.ArgumentParser(add_help=False)
-    for action in shared._actions:
-        if set(action.option_strings) & set(ESTIMATE_FLAGS):
-            p._add_action(action)
-    return p
-
-
 def parse_args(argv=None):
-    p = ArgumentParser(prog="python -m jaxllm.inspect", description=__doc__.split("\n\n")[0], parents=[estimate_flags()])
+    p = ArgumentParser(prog="python -m jaxllm.inspect", description=__doc__.split("\n\n")[0], parents=[progress.weight_flags()])
     p.add_argument("path", nargs="?", help="checkpoint folder, hub id or .gguf file")
     p.add_argument("--batch", type=int, default=1, help="sequences held at once, for the KV-cache estimate")
     p.add_argument("--context", type=int, default=None, help="tokens per sequence (default: the model's maximum)")

@@ -58,16 +58,16 @@ class Bar:
         self.close()
 
 
-def load_flags() -> argparse.ArgumentParser:
-    """The flags of every command that loads a model (an argparse parent; `load_model` reads
-    them): model, dtype, mesh, quantization, KV cache dtype."""
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--model", help="checkpoint folder, .gguf file or hub id (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--revision", help="--model as a hub id: the branch, tag or commit hash to load (default: main)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bfloat16 on accelerators, float32 on CPU)")
-    p.add_argument("--mesh", help="device mesh: 'tp=4', 'dp=2,tp=4', 'fsdp=8', 'ep=2,tp=2' (experts over ep) or 'auto' (the most devices on tp that the model's heads allow, the rest on dp)")
-    p.add_argument("--quantize", choices=QUANTIZE, help="quantized weights: int8 or int4 (a scale and offset per "
-                   "--group-size inputs), or gguf (a .gguf file's own Q8_0/Q4_0/Q4_1 blocks, the rest float)")
+def weight_flags() -> argparse.ArgumentParser:
+    """The flags that set the bytes a loaded model holds (an argparse parent): quantization and the
+    KV cache dtype. Part of load_flags; `python -m jaxllm.inspect` takes them alone for its estimate."""
+    return add_weight_flags(argparse.ArgumentParser(add_help=False))
+
+
+def add_weight_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Declare weight_flags on `p` (after the flags it already has, so help lists them in that order)."""
+    p.add_argument("--quantize", choices=QUANTIZE, help="quantized weights: int8 or int4 (a scale per --group-size inputs, and for int4 an offset), "
+                   "or gguf (a .gguf file's own Q8_0/Q4_0/Q4_1 blocks, the rest float)")
     p.add_argument("--group-size", type=int, help=f"--quantize: input values per scale (default: int8 {INT8_GROUP}, "
                                                   f"int4 {DEFAULT_GROUP})")
     p.add_argument("--quantize-embeddings", action="store_true",
@@ -75,6 +75,17 @@ def load_flags() -> argparse.ArgumentParser:
     p.add_argument("--kv-dtype", choices=[k for k in KV_DTYPES if k is not None],
                    help="KV cache dtype: int8, float8_e4m3fn (fp8), or a float dtype (default: the model's)")
     return p
+
+
+def load_flags() -> argparse.ArgumentParser:
+    """The flags of every command that loads a model (an argparse parent; `load_model` reads
+    them): model, dtype, mesh, and weight_flags (quantization, KV cache dtype)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--model", help="checkpoint folder, .gguf file or hub id (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--revision", help="--model as a hub id: the branch, tag or commit hash to load (default: main)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bfloat16 on accelerators, float32 on CPU)")
+    p.add_argument("--mesh", help="device mesh: 'tp=4', 'dp=2,tp=4', 'fsdp=8', 'ep=2,tp=2' (experts over ep) or 'auto' (the most devices on tp that the model's heads allow, the rest on dp)")
+    return add_weight_flags(p)
 
 
 def model_flags() -> argparse.ArgumentParser:
