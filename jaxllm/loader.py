@@ -193,8 +193,31 @@ class Plan:
         return self.source.problems(self.arch, self.config, quant.float_state(self.abstract))
 
     def check(self) -> None:
-        """Raise one CheckpointError listing every problem of the checkpoint against the model."""
-        weights.raise_problems(self.problems(), self.source.size(self.arch, self.config, self.abstract))
+        """Raise one CheckpointError listing every problem of the checkpoint against the model, and
+        what to do about them."""
+        found = self.problems()
+        if not found:
+            return
+        path = Path(self.source.path)
+        gguf_file = path.is_file()
+        weights.raise_problems(found, self.source.size(self.arch, self.config, self.abstract), str(path),
+                               "metadata" if gguf_file else "config.json", self._fix(found, gguf_file))
+
+    def _fix(self, found: list[str], gguf_file: bool) -> str:
+        """What to do about the problems `found` (each line of a tensor whose dtype is not float
+        says its own fix)."""
+        if all(weights.FLOAT_ONLY in line for line in found):
+            return ""
+        if isinstance(self.source, converted.ConvertedCheckpoint):
+            return "was its config.json or jaxllm.json edited? convert the original checkpoint again"
+        if gguf_file:
+            return "the file is damaged or was written wrongly: download or convert it again"
+        fix = ("check that config.json describes these weights (its sizes, num_hidden_layers and architecture) and that "
+               "every weight file downloaded whole")
+        if not self.config.tie_word_embeddings and any(line.startswith(f"missing {self.arch.head_name} ") for line in found):
+            # transformers fills the head with random values (a warning) where the config forgot to tie it
+            fix = 'if the output head shares the token embeddings, set "tie_word_embeddings": true in config.json; else ' + fix
+        return fix
 
     def read(self, progress: Callable[[str], None] | None = None):
         """The parameter state, each tensor placed onto its shards."""

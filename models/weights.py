@@ -286,13 +286,15 @@ def _flat_items(state):
     return out
 
 
-def raise_problems(found: list[str], n_tensors: int) -> None:
-    """Raise one CheckpointError listing every problem `problems` found (none: return)."""
+def raise_problems(found: list[str], n_tensors: int, where: str = "the checkpoint", described_by: str = "config.json",
+                   fix: str = "") -> None:
+    """Raise one CheckpointError listing every problem `problems` found (none: return): what `where`
+    holds against the `n_tensors`-tensor model `described_by` describes, then `fix`."""
     if found:
         shown = "; ".join(found[:12]) + (f"; and {len(found) - 12} more" if len(found) > 12 else "")
-        raise CheckpointError(
-            f"checkpoint does not match the {n_tensors}-tensor model layout ({len(found)} problems): {shown}"
-        )
+        count = f"{len(found)} problem{'s' if len(found) > 1 else ''}"
+        raise CheckpointError(f"{where} does not match the {n_tensors}-tensor model its {described_by} describes ({count}): "
+                              f"{shown}" + (f"; {fix}" if fix else ""))
 
 
 def dtype_of(source, name):
@@ -301,12 +303,15 @@ def dtype_of(source, name):
     return source.dtype(name) if hasattr(source, "dtype") else None
 
 
+FLOAT_ONLY = "values where a float weight belongs"  # in each not_float line
+
+
 def not_float(name: str, dtype) -> str | None:
     """Why tensor `name` cannot fill a float weight (it holds integers or booleans), or None: every
     parameter is a float weight, and a cast would turn integers into garbage silently."""
     if dtype is None or jnp.issubdtype(dtype, jnp.floating):
         return None
-    return (f"tensor {name} holds {np.dtype(dtype).name} values where a float weight belongs: "
+    return (f"tensor {name} holds {np.dtype(dtype).name} {FLOAT_ONLY}: "
             "save it as float32, bfloat16 or float16")
 
 

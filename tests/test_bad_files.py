@@ -104,6 +104,29 @@ def shifted(name: str, by: int):
     return tensors(edit)
 
 
+def without(name: str):
+    """One tensor removed (the others' bytes moved up to close the gap)."""
+
+    def edit(header, data):
+        start, stop = header.pop(name)["data_offsets"]
+        for entry in header.values():
+            if isinstance(entry, dict) and "data_offsets" in entry and entry["data_offsets"][0] >= stop:
+                entry["data_offsets"] = [o - (stop - start) for o in entry["data_offsets"]]
+        return join_safetensors(header, data[:start] + data[stop:])
+
+    return tensors(edit)
+
+
+def extra(name: str, shape=(4,)):
+    """One float32 tensor of zeros appended."""
+
+    def edit(header, data):
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [len(data), len(data) + 4 * int(np.prod(shape))]}
+        return join_safetensors(header, data + bytes(4 * int(np.prod(shape))))
+
+    return tensors(edit)
+
+
 def big_header(folder):
     """A header length above the 100 MB limit, in a (sparse) file long enough to hold it."""
     with open(folder / ST, "r+b") as f:
@@ -242,7 +265,17 @@ CASES = [
     # tensors against the model
     ("int-for-float", entry(NORM, dtype="I32"), CheckpointError,
      f"tensor {NORM} holds int32 values where a float weight belongs: save it as float32"),
-    ("wrong-shape", entry(EMBED, shape=[16, 32]), CheckpointError, rf"{EMBED} has shape \[16, 32\], expected \[32, 16\]"),
+    ("wrong-shape", entry(EMBED, shape=[16, 32]), CheckpointError,
+     rf"/model does not match the 12-tensor model its config\.json describes \(1 problem\): {EMBED} has shape \[16, 32\], expected \[32, 16\]; check that "
+     "config.json describes these weights"),
+    # transformers gives an untied model without lm_head.weight a random head (a warning): refused, with the likely fix
+    ("head-missing-untied", without("lm_head.weight"), CheckpointError,
+     r"missing lm_head\.weight \(expected shape \[32, 16\]\); if the output head shares the token embeddings, set "
+     r'"tie_word_embeddings": true in config\.json'),
+    # transformers drops it with a warning; it is more often a config.json with too few layers: refused, saying so
+    ("unexpected-layer", extra("model.layers.1.mlp.up_proj.weight"), CheckpointError,
+     r"unexpected model\.layers\.1\.mlp\.up_proj\.weight; check that config\.json describes these weights \(its sizes, "
+     "num_hidden_layers"),
     ("index-bad-map", file("model.safetensors.index.json", '{"weight_map": {"a": 1}}'), CheckpointError,
      "has no 'weight_map' of tensor names to file names"),
     ("index-missing-shard", file("model.safetensors.index.json", '{"weight_map": {"a": "model-00002-of-00002.safetensors"}}'),
