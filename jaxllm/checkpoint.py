@@ -388,8 +388,14 @@ class SafetensorsFile:
         return LazyTensor(self.path, self.offset + info["data_offsets"][0], _DTYPES[info["dtype"]], info["shape"])
 
 
+SAFE_WEIGHTS = "model.safetensors"  # transformers' one-file checkpoint: beside it, other .safetensors files are not the model's
+
+
 class SafetensorsCheckpoint:
-    """All tensors of a checkpoint folder: one file, or shards listed by model.safetensors.index.json."""
+    """All tensors of a checkpoint folder: the shards model.safetensors.index.json lists, else
+    model.safetensors alone where there is one (as transformers reads a folder: an adapter, EMA or
+    consolidated copy beside it is not the model), else every .safetensors file (one tensor in two
+    of them is refused: neither says which is the model's)."""
 
     def __init__(self, folder: Path):
         index = folder / "model.safetensors.index.json"
@@ -406,7 +412,8 @@ class SafetensorsCheckpoint:
             if missing:
                 raise CheckpointError(f"{folder} lacks shard(s) {', '.join(missing[:3])} named by its index: download them")
         else:
-            weight_map, files = {}, sorted(p.name for p in folder.glob("*.safetensors"))
+            weight_map = {}
+            files = [SAFE_WEIGHTS] if (folder / SAFE_WEIGHTS).exists() else sorted(p.name for p in folder.glob("*.safetensors"))
         if not files:
             hint = " (PyTorch .bin files are not read: save the model with safetensors)" if list(folder.glob("*.bin")) else ""
             if (folder / "params").is_dir():  # converted's PARAMS, without the marker written last
@@ -422,7 +429,8 @@ class SafetensorsCheckpoint:
                     owner = folder / weight_map[name] if name in weight_map else None
                     if owner not in (first.path, f.path):
                         why = ("and its model.safetensors.index.json names neither for it: fix the index, or" if weight_map
-                               else "which has no model.safetensors.index.json to say which is the model's:")
+                               else "which has neither a model.safetensors.index.json nor a model.safetensors to say which "
+                                    "is the model's:")
                         raise CheckpointError(f"tensor {name} is in both {first.path.name} and {f.path.name} in {folder}, "
                                               f"{why} remove the file that is not (an EMA, adapter or consolidated copy)")
                     if owner == first.path:

@@ -258,8 +258,10 @@ CASES = [
     # files that are not what they seem
     ("lfs-pointer", file(ST, "version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n"), CheckpointError,
      "is a Git LFS pointer .* not the weights: run 'git lfs pull'"),
-    ("tensor-in-two-files", lambda folder: (folder / "model_ema.safetensors").write_bytes((folder / ST).read_bytes()),
-     CheckpointError, r"is in both model\.safetensors and model_ema\.safetensors .* no model\.safetensors\.index\.json"),
+    ("tensor-in-two-files", lambda folder: ((folder / ST).rename(folder / "weights.safetensors"),
+                                            (folder / "weights_ema.safetensors").write_bytes((folder / "weights.safetensors").read_bytes())),
+     CheckpointError, r"is in both weights\.safetensors and weights_ema\.safetensors .* neither a model\.safetensors\.index\.json "
+     r"nor a model\.safetensors to say which is the model's: remove the file that is not"),
     ("quantized-checkpoint", config_with(quantization_config={"quant_method": "fp8", "weight_block_size": [128, 128]}),
      ConfigError, r"config\.json has a quantization_config \(quant_method 'fp8'\): jaxllm reads float"),
     # tensors against the model
@@ -345,6 +347,19 @@ def test_a_tokenizer_without_its_vocabulary_is_refused(pristine, tmp_path):
         jaxllm.load(folder)
     assert "\n" not in str(info.value)
     assert jaxllm.load(folder, tokenizer=False).tokenizer is None
+
+
+def test_other_safetensors_files_beside_model_safetensors_are_not_read(pristine, tmp_path):
+    """transformers reads model.safetensors alone where a folder has no index: an adapter (PEFT), an
+    EMA copy or a consolidated file beside it is not the model; they were read too, and refused
+    ('unexpected base_model.model...lora_A.weight', or the same tensor in two files)."""
+    folder = spoiled(pristine, tmp_path, lambda folder: None)
+    (folder / "model_ema.safetensors").write_bytes((folder / ST).read_bytes())
+    lora = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    checkpoint.write_safetensors(tmp_path, {lora: ((4, 16), np.float32)}, [(lora, np.zeros((4, 16), np.float32))])
+    (tmp_path / ST).rename(folder / "adapter_model.safetensors")
+    want = jaxllm.load(pristine, tokenizer=False).logits([[1, 2, 3]])
+    np.testing.assert_array_equal(jaxllm.load(folder, tokenizer=False).logits([[1, 2, 3]]), want)
 
 
 def test_a_tensor_in_two_indexed_shards_is_read_from_the_one_its_index_names(pristine, tmp_path):
