@@ -388,6 +388,32 @@ class SafetensorsFile:
         return LazyTensor(self.path, self.offset + info["data_offsets"][0], _DTYPES[info["dtype"]], info["shape"])
 
 
+def _no_weights(folder: Path, index: Path | None) -> str:
+    """Why a folder has no safetensors weights to read, and what to do: an empty index, PyTorch's
+    pickles, another framework's files, a GGUF file, an unfinished conversion, or nothing at all."""
+    if index is not None:
+        return f"{index} lists no tensors (its weight_map is empty): re-download the checkpoint's index"
+    if (folder / "params").is_dir():  # converted's PARAMS, without the marker written last
+        return (f"no .safetensors files in {folder} (its params/ folder without jaxllm.json is an unfinished "
+                "`python -m jaxllm.convert`: convert again)")
+
+    def found(*suffixes):  # the names of the folder's files of these kinds, the first few
+        names = sorted(p.name for p in folder.iterdir() if p.name.lower().endswith(suffixes))
+        return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+    if found(".bin"):
+        return (f"no .safetensors files in {folder}: it holds PyTorch weights ({found('.bin')}), which jaxllm does not "
+                "read (unpickling them can run code): save the model with safetensors (transformers' "
+                "AutoModelForCausalLM.from_pretrained(folder).save_pretrained(new_folder)), or download the repo's .safetensors files")
+    if found(".pth", ".pt", ".ckpt"):
+        return (f"no .safetensors files in {folder}: it holds {found('.pth', '.pt', '.ckpt')}, a training framework's own "
+                "format, not a Hugging Face checkpoint: use the model's Hugging Face release (config.json and .safetensors files)")
+    if gguf_files(folder):
+        return f"no .safetensors files in {folder}, but a GGUF file: pass the file itself, e.g. {folder / gguf_files(folder)[0]}"
+    return (f"no .safetensors files in {folder}: download the model's weights into it (model.safetensors, or "
+            "model.safetensors.index.json and the shards it names)")
+
+
 SAFE_WEIGHTS = "model.safetensors"  # transformers' one-file checkpoint: beside it, other .safetensors files are not the model's
 
 
@@ -415,11 +441,7 @@ class SafetensorsCheckpoint:
             weight_map = {}
             files = [SAFE_WEIGHTS] if (folder / SAFE_WEIGHTS).exists() else sorted(p.name for p in folder.glob("*.safetensors"))
         if not files:
-            hint = " (PyTorch .bin files are not read: save the model with safetensors)" if list(folder.glob("*.bin")) else ""
-            if (folder / "params").is_dir():  # converted's PARAMS, without the marker written last
-                hint = (" (its params/ folder without jaxllm.json is an unfinished `python -m jaxllm.convert`: "
-                        "convert again)")
-            raise CheckpointError(f"no .safetensors files in {folder}{hint}")
+            raise CheckpointError(_no_weights(folder, index if index.exists() else None))
         self.files = [SafetensorsFile(folder / f) for f in files]
         self._where = {}
         for f in self.files:

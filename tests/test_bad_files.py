@@ -278,6 +278,15 @@ CASES = [
     ("unexpected-layer", extra("model.layers.1.mlp.up_proj.weight"), CheckpointError,
      r"unexpected model\.layers\.1\.mlp\.up_proj\.weight; check that config\.json describes these weights \(its sizes, "
      "num_hidden_layers"),
+    # no weights jaxllm reads: each says what to do
+    ("pytorch-bin-only", lambda folder: (folder / ST).rename(folder / "pytorch_model.bin"), CheckpointError,
+     r"it holds PyTorch weights \(pytorch_model\.bin\), which jaxllm does not read .*: save the model with safetensors"),
+    ("original-pth-only", lambda folder: (folder / ST).rename(folder / "consolidated.00.pth"), CheckpointError,
+     r"it holds consolidated\.00\.pth, a training framework's own format, not a Hugging Face checkpoint: use the model's "
+     "Hugging Face release"),
+    ("no-weights", file(ST, MISSING), CheckpointError, r"no \.safetensors files in .*: download the model's weights into it"),
+    ("index-empty", file("model.safetensors.index.json", '{"weight_map": {}}'), CheckpointError,
+     r"index\.json lists no tensors \(its weight_map is empty\): re-download the checkpoint's index"),
     ("index-bad-map", file("model.safetensors.index.json", '{"weight_map": {"a": 1}}'), CheckpointError,
      "has no 'weight_map' of tensor names to file names"),
     ("index-missing-shard", file("model.safetensors.index.json", '{"weight_map": {"a": "model-00002-of-00002.safetensors"}}'),
