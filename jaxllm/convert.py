@@ -94,10 +94,10 @@ def _clear_stale(dst: Path) -> None:
 
 
 def _check_dst(src: Path, dst: Path, force: bool) -> None:
+    if dst.exists() and not dst.is_dir():  # --force replaces folders only: not offered here
+        raise JaxllmError(f"{dst} exists and is a file, not a folder: remove it or choose another output")
     if dst.exists() and not force:
         raise JaxllmError(f"{dst} already exists: choose another folder, or pass --force to replace it")
-    if dst.exists() and not dst.is_dir():
-        raise JaxllmError(f"{dst} exists and is not a folder: remove it or choose another output")
     above = next((p for p in dst.parents if p.exists()), None)  # the nearest part of the path that exists
     if above is not None and not above.is_dir():
         raise JaxllmError(f"{above} is a file, not a folder, so {dst} cannot be made: choose another output")

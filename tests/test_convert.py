@@ -122,6 +122,13 @@ def test_refuses_to_overwrite_without_force(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "already exists" in err and "--force" in err and len(err.strip().splitlines()) == 1
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    (tmp_path / "afile").write_text("mine")  # not a folder: --force would not do either, so it is not offered
+    for force in ([], ["--force"]):
+        assert main([str(tmp_path / "hf"), str(tmp_path / "afile"), *force]) == 2
+        err = capsys.readouterr().err
+        assert "afile exists and is a file, not a folder: remove it or choose another output" in err and "--force" not in err
+    assert (tmp_path / "afile").read_text() == "mine"
+    (tmp_path / "afile").unlink()
     assert main([str(tmp_path / "hf"), str(tmp_path / "out"), "--force"]) == 0
     assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "jaxllm.json").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
