@@ -478,9 +478,12 @@ def _validated(cfg: ModelConfig) -> ModelConfig:
             raise ConfigError(f"config.json layer type '{t}' is not supported; use full_attention or sliding_attention")
     if "sliding_attention" in cfg.layer_types and not cfg.sliding_window:
         raise ConfigError("config.json asks for sliding_attention layers but sets no 'sliding_window': add it")
-    if cfg.rotary_dim % 2:
-        raise ConfigError(f"rotary dimension {cfg.rotary_dim} (head_dim {cfg.head_dim} x partial_rotary_factor "
-                          f"{cfg.rope.partial_rotary_factor:g}) must be even: correct partial_rotary_factor")
+    rotary = cfg.position_embedding == "rope" and any(cfg.layer_rope(i) is not None for i in range(cfg.num_layers))
+    if rotary and cfg.rotary_dim % 2:  # rotated in pairs; learned positions (GPT-2) and NoPE layers rotate nothing
+        fix = ("correct partial_rotary_factor" if cfg.rope.partial_rotary_factor != 1 else
+               "correct head_dim (hidden_size / num_attention_heads where config.json gives no head_dim)")
+        raise ConfigError(f"config.json rotary dimension {cfg.rotary_dim} (head_dim {cfg.head_dim} x partial_rotary_factor "
+                          f"{cfg.rope.partial_rotary_factor:g}) must be even, as rotary embeddings turn pairs of values: {fix}")
     for rope in (cfg.rope, cfg.local_rope):
         for key in ("short_factor", "long_factor"):
             factors = getattr(rope, key, None)

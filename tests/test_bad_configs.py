@@ -1,0 +1,39 @@
+"""config.json values at the edges of what transformers takes: a value it runs loads with its
+results, one it cannot run is refused in one line naming the field and the fix."""
+
+import numpy as np
+import pytest
+import reference
+
+import jaxllm
+from jaxllm import loader
+from jaxllm.errors import ConfigError
+
+TOKENS = np.array([[3, 17, 42, 7, 99, 5]])
+
+
+def test_odd_heads_without_rotary_positions_load_as_transformers_runs_them(tmp_path):
+    """GPT-2's learned positions rotate nothing: heads of 5 values run in transformers, and were
+    refused as an odd rotary dimension ('correct partial_rotary_factor', a field GPT-2 has not)."""
+    model = reference.build("GPT2LMHeadModel", tmp_path, seed=2, n_embd=20, n_head=4, n_layer=1)
+    ours = jaxllm.load(tmp_path, tokenizer=False)
+    assert ours.config.head_dim == 5
+    assert reference.max_rel_diff(ours.logits(TOKENS), reference.torch_logits(model, TOKENS)) < 1e-5
+
+
+QWEN3 = dict(model_type="qwen3", vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+             num_attention_heads=4, num_key_value_heads=2, head_dim=4)
+
+
+@pytest.mark.parametrize("raw, fix", [
+    (dict(QWEN3, head_dim=5), r"\(head_dim 5 x partial_rotary_factor 1\) must be even.*: correct head_dim"),
+    ({**{k: v for k, v in QWEN3.items() if k != "head_dim"}, "model_type": "llama", "hidden_size": 20},
+     r"\(head_dim 5 x partial_rotary_factor 1\) must be even.*: correct head_dim \(hidden_size / num_attention_heads where "
+     r"config\.json gives no head_dim\)"),
+    (({**{k: v for k, v in QWEN3.items() if k != "head_dim"}, "model_type": "phi", "hidden_size": 24, "partial_rotary_factor": 0.25}),
+     r"1 \(head_dim 6 x partial_rotary_factor 0\.25\) must be even.*: correct partial_rotary_factor"),
+], ids=["head-dim", "derived-head-dim", "partial-factor"])
+def test_an_odd_rotary_dimension_names_the_field_to_correct(raw, fix):
+    with pytest.raises(ConfigError, match=r"^config\.json rotary dimension .*" + fix) as info:
+        loader.plan(raw)
+    assert "\n" not in str(info.value)
