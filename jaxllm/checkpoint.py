@@ -502,11 +502,13 @@ class HFCheckpoint:
 
     def named(self, arch, specs):
         """The tensors under the names the weight map reads (weights.base_model_names; a wrapper's
-        text model's, weights.wrapped_names)."""
+        text model's, weights.wrapped_names; a tied embedding kept under the head's name,
+        weights.tied_names)."""
+        specs = list(specs)
         tensors = self.tensors
         if self.wrapper is not None:
             tensors = weights.wrapped_names(tensors, specs, self.wrapper.text_module, arch.base_prefix)
-        return weights.base_model_names(tensors, specs, arch.base_prefix)
+        return weights.tied_names(weights.base_model_names(tensors, specs, arch.base_prefix), specs, arch.head_name)
 
     def ignored(self, arch, cfg) -> tuple[str, ...]:
         """Regexes of the tensors the model does not read: the architecture's, and a wrapper's other modules'."""

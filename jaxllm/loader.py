@@ -253,7 +253,7 @@ def plan(raw: dict, dtype=None, mesh=None, source=None, *, quantize: str | None 
     return Plan(arch, cfg, dtype, graphdef, abstract, mesh, shardings, source, quantize, native)
 
 
-EMBEDDING = ("model", "embed_tokens", "embedding")  # every family's input embedding
+EMBEDDING = weights.EMBEDDING  # every family's input embedding
 TABLE_PATHS = (EMBEDDING, ("lm_head", "kernel"))  # what quantize_embeddings quantizes (the head when untied)
 
 

@@ -250,6 +250,22 @@ def wrapped_names(source, specs: Iterable[WeightSpec], module: str, prefix: str)
     return Renamed(source, renamed) if renamed else source
 
 
+EMBEDDING = ("model", "embed_tokens", "embedding")  # every family's input embedding, as a parameter path
+
+
+def tied_names(source, specs: Iterable[WeightSpec], head: str):
+    """`source`, a tied model's token embedding read from its output head's tensor `head` where the
+    checkpoint holds that name alone (saved by a tool that kept the head's name of the shared
+    tensor): transformers ties the two whichever name the file keeps. An untied model (its weight
+    map reads `head`) or a checkpoint with its embedding: `source` as it is."""
+    specs = list(specs)
+    embed = next((s.hf_name for s in specs if s.path == EMBEDDING), None)
+    names = set(source.names())
+    if embed is None or embed in names or head not in names or any(head in s.hf_names for s in specs):
+        return source
+    return Renamed(source, {embed: head})
+
+
 def same_values(a, b) -> bool:
     """Whether two (lazy) tensors hold the same shape and values (compared as float32, by row
     blocks, stopping at the first block that differs)."""

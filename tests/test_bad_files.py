@@ -371,6 +371,19 @@ def test_other_safetensors_files_beside_model_safetensors_are_not_read(pristine,
     np.testing.assert_array_equal(jaxllm.load(folder, tokenizer=False).logits([[1, 2, 3]]), want)
 
 
+def test_a_tied_checkpoint_keeping_only_the_head_loads_as_transformers_ties_it(pristine, tmp_path):
+    """tie_word_embeddings with the shared tensor saved as lm_head.weight alone: transformers ties the
+    embedding to it; it was refused as 'missing model.embed_tokens.weight'."""
+    import torch
+    import transformers
+
+    folder = spoiled(pristine, tmp_path, without(EMBED))
+    (folder / "config.json").write_text(json.dumps(dict(TINY, model_type="llama", tie_word_embeddings=True)))
+    want = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)(torch.tensor([[1, 2, 3]])).logits
+    got = jaxllm.load(folder, tokenizer=False).logits([[1, 2, 3]])
+    np.testing.assert_allclose(np.asarray(got), want.detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_a_tensor_in_two_indexed_shards_is_read_from_the_one_its_index_names(pristine, tmp_path):
     """Two shards that both hold a tensor: the index says which is the model's (it was refused,
     the message claiming there was no index); where it names neither, refused in one line."""
