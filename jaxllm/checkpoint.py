@@ -38,7 +38,10 @@ _DTYPES = {
 }
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-_HUB_FILES = ["*.json", "*.model", "*.txt", "*.jinja", "tokenizer*"]  # config, index, tokenizer, templates
+# transformers' one-file checkpoint: where a folder (or hub repo) has it, it is the model, whatever
+# else is there (an index and its shards, an adapter, an EMA or consolidated copy)
+SAFE_WEIGHTS = "model.safetensors"
+_HUB_FILES = ["*.json", "*.model", "*.txt", "*.jinja", "tokenizer*", SAFE_WEIGHTS]  # config, index, tokenizer, templates
 
 MARKER = "jaxllm.json"  # a converted folder's marker (jaxllm.converted): its parameters' tree, shapes and dtypes
 
@@ -127,9 +130,12 @@ def _check_weights_cached(repo_id: str, folder: Path) -> None:
 
 
 def _hub_weights(folder: Path) -> list[str]:
-    """The weight files to fetch: the shards the index names when there is one (a repo may hold
-    other copies beside them, e.g. Mistral's consolidated.safetensors, twice the bytes), else
-    every .safetensors file."""
+    """The weight files to fetch (as transformers picks them): model.safetensors where the repo has
+    it (fetched with the config; a link, even a dangling one, says so), else the shards the index
+    names when there is one (a repo may hold other copies beside them, e.g. Mistral's
+    consolidated.safetensors, twice the bytes), else every .safetensors file."""
+    if os.path.lexists(folder / SAFE_WEIGHTS):
+        return [SAFE_WEIGHTS]
     try:
         weight_map = json.loads((folder / "model.safetensors.index.json").read_text(encoding="utf-8"))["weight_map"]
         return sorted({str(f) for f in weight_map.values()})
@@ -414,18 +420,17 @@ def _no_weights(folder: Path, index: Path | None) -> str:
             "model.safetensors.index.json and the shards it names)")
 
 
-SAFE_WEIGHTS = "model.safetensors"  # transformers' one-file checkpoint: beside it, other .safetensors files are not the model's
-
-
 class SafetensorsCheckpoint:
-    """All tensors of a checkpoint folder: the shards model.safetensors.index.json lists, else
-    model.safetensors alone where there is one (as transformers reads a folder: an adapter, EMA or
-    consolidated copy beside it is not the model), else every .safetensors file (one tensor in two
-    of them is refused: neither says which is the model's)."""
+    """All tensors of a checkpoint folder, from the files transformers reads: model.safetensors alone
+    where there is one (an index and shards, an adapter, an EMA or consolidated copy beside it are
+    not the model), else the shards model.safetensors.index.json lists, else every .safetensors
+    file (one tensor in two of them is refused: neither says which is the model's)."""
 
     def __init__(self, folder: Path):
         index = folder / "model.safetensors.index.json"
-        if index.exists():
+        if (folder / SAFE_WEIGHTS).exists():
+            weight_map, files = {}, [SAFE_WEIGHTS]
+        elif index.exists():
             weight_map = read_json(index, "model.safetensors.index.json").get("weight_map")
             if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
                 raise CheckpointError(f"{index} has no 'weight_map' of tensor names to file names: re-download the checkpoint's index")
@@ -438,8 +443,7 @@ class SafetensorsCheckpoint:
             if missing:
                 raise CheckpointError(f"{folder} lacks shard(s) {', '.join(missing[:3])} named by its index: download them")
         else:
-            weight_map = {}
-            files = [SAFE_WEIGHTS] if (folder / SAFE_WEIGHTS).exists() else sorted(p.name for p in folder.glob("*.safetensors"))
+            weight_map, files = {}, sorted(p.name for p in folder.glob("*.safetensors"))
         if not files:
             raise CheckpointError(_no_weights(folder, index if index.exists() else None))
         self.files = [SafetensorsFile(folder / f) for f in files]

@@ -127,6 +127,17 @@ def extra(name: str, shape=(4,)):
     return tensors(edit)
 
 
+def index(text: str):
+    """The weights as a shard, under model.safetensors.index.json holding `text` (without
+    model.safetensors, which transformers would read instead of any index)."""
+
+    def spoil(folder):
+        (folder / ST).rename(folder / "model-00001-of-00002.safetensors")
+        (folder / "model.safetensors.index.json").write_text(text)
+
+    return spoil
+
+
 def big_header(folder):
     """A header length above the 100 MB limit, in a (sparse) file long enough to hold it."""
     with open(folder / ST, "r+b") as f:
@@ -285,11 +296,11 @@ CASES = [
      r"it holds consolidated\.00\.pth, a training framework's own format, not a Hugging Face checkpoint: use the model's "
      "Hugging Face release"),
     ("no-weights", file(ST, MISSING), CheckpointError, r"no \.safetensors files in .*: download the model's weights into it"),
-    ("index-empty", file("model.safetensors.index.json", '{"weight_map": {}}'), CheckpointError,
+    ("index-empty", index('{"weight_map": {}}'), CheckpointError,
      r"index\.json lists no tensors \(its weight_map is empty\): re-download the checkpoint's index"),
-    ("index-bad-map", file("model.safetensors.index.json", '{"weight_map": {"a": 1}}'), CheckpointError,
+    ("index-bad-map", index('{"weight_map": {"a": 1}}'), CheckpointError,
      "has no 'weight_map' of tensor names to file names"),
-    ("index-missing-shard", file("model.safetensors.index.json", '{"weight_map": {"a": "model-00002-of-00002.safetensors"}}'),
+    ("index-missing-shard", index('{"weight_map": {"a": "model-00002-of-00002.safetensors"}}'),
      CheckpointError, "lacks shard"),
     ("index-outside-folder", outside("../elsewhere.safetensors"), CheckpointError,
      r"index\.json names shard '\.\./elsewhere\.safetensors', outside .*: an index names files in its own folder"),
@@ -369,6 +380,22 @@ def test_other_safetensors_files_beside_model_safetensors_are_not_read(pristine,
     (tmp_path / ST).rename(folder / "adapter_model.safetensors")
     want = jaxllm.load(pristine, tokenizer=False).logits([[1, 2, 3]])
     np.testing.assert_array_equal(jaxllm.load(folder, tokenizer=False).logits([[1, 2, 3]]), want)
+
+
+def test_model_safetensors_is_read_before_an_index_as_transformers_reads_them(pristine, tmp_path):
+    """A folder (or hub snapshot) with model.safetensors and an index of other shards (left from an
+    earlier save) is model.safetensors, as transformers picks it: the index's shards were read
+    instead (other values), or refused when missing."""
+    folder = spoiled(pristine, tmp_path, lambda folder: None)
+    stale = {name: np.zeros(shape, np.float32) for name, shape in
+             ((n, checkpoint.SafetensorsFile(folder / ST).shape(n)) for n in checkpoint.SafetensorsFile(folder / ST).names())}
+    checkpoint.write_safetensors(tmp_path, {n: (a.shape, np.float32) for n, a in stale.items()}, stale.items())
+    (tmp_path / ST).rename(folder / "model-00001-of-00002.safetensors")
+    weight_map = dict.fromkeys(stale, "model-00001-of-00002.safetensors") | {EMBED: "model-00002-of-00002.safetensors"}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    want = jaxllm.load(pristine, tokenizer=False).logits([[1, 2, 3]])
+    np.testing.assert_array_equal(jaxllm.load(folder, tokenizer=False).logits([[1, 2, 3]]), want)
+    assert checkpoint._hub_weights(folder) == [ST]  # what a hub download fetches: not the index's shards
 
 
 def test_a_tied_checkpoint_keeping_only_the_head_loads_as_transformers_ties_it(pristine, tmp_path):
