@@ -207,30 +207,37 @@ def write_safetensors(folder: Path, layout: dict[str, tuple[tuple, np.dtype]], t
         size += nbytes
     n = len(groups)
     files = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-    handles, where = {}, {}
-    try:
-        for file, names in zip(files, groups):
-            header, offset = {"__metadata__": {"format": "pt"}}, 0
-            for name in names:
-                shape, dtype = layout[name]
-                end = offset + int(np.prod(shape)) * np.dtype(dtype).itemsize
-                header[name] = {"dtype": _DTYPE_NAMES[np.dtype(dtype)], "shape": list(shape), "data_offsets": [offset, end]}
-                offset = end
-            blob = json.dumps(header, separators=(",", ":")).encode()
-            blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
-            f = handles[file] = open(folder / file, "wb")
+    where = {}
+    for file, names in zip(files, groups):  # every header, each file at its full length (sparse until written)
+        header, offset = {"__metadata__": {"format": "pt"}}, 0
+        for name in names:
+            shape, dtype = layout[name]
+            end = offset + int(np.prod(shape)) * np.dtype(dtype).itemsize
+            header[name] = {"dtype": _DTYPE_NAMES[np.dtype(dtype)], "shape": list(shape), "data_offsets": [offset, end]}
+            offset = end
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
+        with open(folder / file, "wb") as f:
             f.write(struct.pack("<Q", len(blob)) + blob)
             f.truncate(8 + len(blob) + offset)
-            for name in names:
-                where[name] = (f, 8 + len(blob) + header[name]["data_offsets"][0])
+        for name in names:
+            where[name] = (file, 8 + len(blob) + header[name]["data_offsets"][0])
+    # One file open at a time (a tensor's file opened when it differs from the last one's): small
+    # shards of a large model (--shard-size) would take more descriptors than the process may open.
+    handle, open_file = None, None
+    try:
         written = set()
         for name, array in tensors:
             shape, dtype = layout[name]
             if tuple(array.shape) != tuple(shape) or array.dtype != np.dtype(dtype):
                 raise CheckpointError(f"tensor {name} is {array.dtype}{list(array.shape)}, its header says {np.dtype(dtype)}{list(shape)}")
-            f, at = where[name]
-            f.seek(at)
-            f.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
+            file, at = where[name]
+            if file != open_file:
+                if handle is not None:
+                    handle.close()
+                handle, open_file = open(folder / file, "r+b"), file
+            handle.seek(at)
+            handle.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
             written.add(name)
             if progress is not None:
                 progress(name)
@@ -238,8 +245,8 @@ def write_safetensors(folder: Path, layout: dict[str, tuple[tuple, np.dtype]], t
         if missing:
             raise CheckpointError(f"{len(missing)} tensors were never written, e.g. {sorted(missing)[0]}")
     finally:
-        for f in handles.values():
-            f.close()
+        if handle is not None:
+            handle.close()
     if n > 1:
         index = {"metadata": {"total_size": sum(int(np.prod(s)) * np.dtype(d).itemsize for s, d in layout.values())},
                  "weight_map": {name: file for file, names in zip(files, groups) for name in names}}

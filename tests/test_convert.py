@@ -364,3 +364,22 @@ def test_a_converted_float_folder_quantizes_on_load_as_its_source_does(tmp_path,
         back = jaxllm.load(tmp_path / "q8", tokenizer=False)
         assert back.quantize == "int8"
         _same_params(back, jaxllm.load(tmp_path / "hf", quantize="int8", tokenizer=False))
+
+
+def test_many_small_shards_take_one_file_descriptor_at_a_time(tmp_path):
+    """--to-hf with a small --shard-size on a large model: every shard was held open until the last
+    tensor was written, so more shards than the process may open failed ('Too many open files',
+    reported as a disk problem). Now one is open at a time: 300 shards under a limit of 64."""
+    import resource
+
+    layout = {f"t{i}": ((4,), np.float32) for i in range(300)}
+    values = {name: np.full(4, i, np.float32) for i, name in enumerate(layout)}
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+    try:
+        files = checkpoint.write_safetensors(tmp_path, layout, iter(values.items()), max_shard_bytes=16)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(files) == 301 and files[-1] == "model.safetensors.index.json"
+    got = _tensors(tmp_path)
+    assert sorted(got) == sorted(values) and all(np.array_equal(got[k], v) for k, v in values.items())
