@@ -162,7 +162,10 @@ class Engine:
         # Decode steps of a call while a waiting request could start: few, so that it starts soon
         # (a free row decodes nothing until its sequence is admitted at the next prefill step).
         self.admit_steps = max(1, chunk // 16)
-        eos = sorted(set(cfg.eos_token_ids) | set(token_ids(model.generation_config.get("eos_token_id"))))
+        # transformers' generate stops at generation_config.json's eos_token_id when the file names one (Llama 3
+        # Instruct's lists more ids than config.json, some checkpoints fewer), else at config.json's: stopping at
+        # the union ended answers early at an id transformers generates through.
+        eos = sorted(set(token_ids(model.generation_config.get("eos_token_id")) or cfg.eos_token_ids))
         self.eos = np.asarray(eos or [-1], np.int32)
         # Keys that depend on the sequence's length (dynamic NTK, LongRoPE) are neither shared nor
         # computed in chunks: a prompt is prefilled whole, as transformers does.

@@ -2,12 +2,15 @@
 
 import dataclasses
 import gc
+import json
+import shutil
 import weakref
 
 import numpy as np
 import pytest
 import reference
 import torch
+import transformers
 
 import jaxllm
 from jaxllm.engine import Engine
@@ -206,6 +209,33 @@ def test_eos_stops_and_logprobs(llama):
     logp = full - np.log(np.exp(full - full.max(-1, keepdims=True)).sum(-1, keepdims=True)) - full.max(-1, keepdims=True)
     expected = [logp[len(prompt) - 1 + i, t] for i, t in enumerate(free.token_ids)]
     np.testing.assert_allclose(free.logprobs, expected, atol=1e-4)
+
+
+def test_generation_config_eos_ids_replace_config_json_ones(llama, tmp_path):
+    """transformers' generate stops at generation_config.json's eos_token_id when the file names
+    one, not at config.json's as well: a config.json listing [2, X] with a generation_config.json
+    of 2 generates through X, as transformers does (the union stopped at X); without the file,
+    config.json's list is the one."""
+    shutil.copytree(llama.path, tmp_path, dirs_exist_ok=True)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    prompt, run = [5, 9, 17, 33, 42], dict(max_new_tokens=12, do_sample=False)
+    free = hf.generate(torch.tensor([prompt]), eos_token_id=None, **run)[0, len(prompt):].tolist()
+    x = next(t for t in free[3:] if t != 2)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "eos_token_id": [2, x]}))
+    (tmp_path / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    assert hf.generate(torch.tensor([prompt]), **run)[0, len(prompt):].tolist() == free
+    loaded = jaxllm.load(tmp_path)
+    # the files' settings on the fixture's module structure: its compiled steps serve (a config of other
+    # stop ids is another structure, compiled anew)
+    model = jaxllm.LoadedModel(loaded.config, llama.graphdef, llama.params, generation_config=loaded.generation_config)
+    got = model.generate(prompt, {"max_new_tokens": 12})
+    assert (got.token_ids, got.finish_reason) == (free, "length")
+    (tmp_path / "generation_config.json").unlink()  # transformers then stops at config.json's ids, so does the engine
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    assert hf.generate(torch.tensor([prompt]), **run)[0, len(prompt):].tolist() == free[: free.index(x) + 1]
+    assert Engine(jaxllm.load(tmp_path), batch_size=1, max_len=64).eos.tolist() == sorted([2, x])
 
 
 def test_kv_length_buckets_give_the_same_tokens(llama):
