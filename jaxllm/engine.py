@@ -49,6 +49,7 @@ from jaxllm.serving.shapes import CallShapes
 from jaxllm.serving.steps import ERROR
 
 log = logging.getLogger("jaxllm")
+_NONE = object()  # a missing entry (a request's index may be None)
 
 
 def context_error(prompt_tokens: int, max_new: int, cfg) -> str:
@@ -200,6 +201,7 @@ class Engine:
         self.state = None  # the device state, made on first use and kept (the prefix cache lives in it)
         self.slot_of: dict[Sequence, int] = {}
         self.index_of: dict[Sequence, int] = {}
+        self._seq_of: dict = {}  # index -> the held sequence of that index (index_of reversed)
         self._next_id = 0
         self._compiled: set[tuple] = set()  # shapes precompile() has compiled
 
@@ -255,15 +257,40 @@ class Engine:
         return ids
 
     def add(self, req: Request) -> Sequence:
-        """Queue a request; its events carry `req.index`. Returns its sequence (for `abort`)."""
-        return self._add(req, self.check(req))
+        """Queue a request; its events carry `req.index`, which no other request the engine holds
+        (queued or running) may have. Returns its sequence (for `abort`)."""
+        ids = self.check(req)
+        self._check_indices([req])
+        return self._add(req, ids)
+
+    def _check_indices(self, requests: list[Request]) -> None:
+        """Refuse an index that a held request, or an earlier one of `requests`, already has: events name
+        their request by index alone, so two streams under one index could not be told apart."""
+        taken = set(self._seq_of)
+        for req in requests:
+            try:
+                hash(req.index)
+            except TypeError:
+                raise GenerationError(f"a Request's index must be hashable (a number or a string: its events carry it), "
+                                      f"got {type(req.index).__name__}") from None
+            if req.index in taken:
+                raise GenerationError(f"request index {req.index!r} is already used by a request this engine holds: "
+                                      "their events could not be told apart; give each request its own index")
+            taken.add(req.index)
 
     def _add(self, req: Request, ids: list[int]) -> Sequence:
         seq = Sequence(self._next_id, ids, req.params.with_seed())  # unseeded: its own random seed
+        self.scheduler.add(seq)
         self._next_id += 1
         self.index_of[seq] = req.index
-        self.scheduler.add(seq)
+        self._seq_of[req.index] = seq
         return seq
+
+    def _forget(self, seq: Sequence) -> None:
+        """Drop a sequence that ended (finished or aborted) from the index maps: its index is free again."""
+        index = self.index_of.pop(seq, _NONE)
+        if index is not _NONE and self._seq_of.get(index) is seq:
+            del self._seq_of[index]
 
     def abort(self, seq: Sequence) -> None:
         """Drop a request wherever it is; its pages go back (full ones stay in the prefix cache). A
@@ -274,7 +301,7 @@ class Engine:
             return
         self.scheduler.abort(seq)
         self._release(seq)
-        self.index_of.pop(seq, None)  # a long-running server must not keep every cancelled request
+        self._forget(seq)  # a long-running server must not keep every cancelled request
 
     def reset(self) -> None:
         """Drop every request and the device state, as after construction (compiled steps are
@@ -285,6 +312,7 @@ class Engine:
         self.scheduler = Scheduler(self.blocks, s.max_seqs, s.prefill_budget, s.lookahead, s.max_chunk)
         self.slot_of.clear()
         self.index_of.clear()
+        self._seq_of.clear()
         self.state = None
 
     def has_work(self) -> bool:
@@ -297,6 +325,7 @@ class Engine:
             raise GenerationError("Engine.run on an engine that holds requests added with Engine.add: serve those with "
                                   "step() (or abort them) first, or use another engine")
         ids = [self.check(req) for req in requests]  # all of them before any is queued
+        self._check_indices(requests)
         seqs = [self._add(req, i) for req, i in zip(requests, ids)]
         try:
             while self.has_work():
@@ -406,7 +435,7 @@ class Engine:
     def _finish(self, seq: Sequence) -> None:
         self.scheduler.finish(seq)
         self._release(seq)
-        self.index_of.pop(seq, None)
+        self._forget(seq)
 
     def _free_slot(self, shard: int) -> int:
         """A free decode slot of `shard` (slots shard * batch_size / dp ..)."""

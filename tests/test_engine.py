@@ -278,3 +278,28 @@ def test_a_request_that_fills_the_pool_exactly_runs(llama):
         _assert_same([llama.generate(prompt[:n], params, engine=engine)], _alone(llama, [prompt[:n]], params, 32))
     with pytest.raises(jaxllm.GenerationError, match="needs 9 KV pages but the pool has 8"):
         engine.add(Request(prompt[:29], dataclasses.replace(GREEDY, max_new_tokens=5).resolved()))
+
+
+def test_an_index_a_held_request_has_is_refused(llama):
+    """Events name their request by `index` alone: a second request under the index of one the
+    engine still holds (Request's default 0, twice) would make the two streams indistinguishable.
+    It is refused in one line, before anything is queued (in run, before any request of the list);
+    once the first is finished or aborted, its index is free again."""
+    sizes = dict(batch_size=4, max_len=128, num_pages=64, page_size=4, prefill_tokens=32, chunk=4)
+    engine, params = Engine(llama, **sizes), dataclasses.replace(GREEDY, max_new_tokens=2).resolved()
+    prompt = _workload(1)[0]
+    first = engine.add(Request(prompt, params))
+    with pytest.raises(jaxllm.GenerationError, match="index 0 is already used by a request this engine holds"):
+        engine.add(Request(prompt, params))
+    assert len(engine.index_of) == 1 and len(engine.scheduler.waiting) == 1
+    engine.abort(first)
+    with pytest.raises(jaxllm.GenerationError, match="index 3 is already used"):
+        list(engine.run([Request(prompt, params, 3), Request(prompt, params, 3)]))
+    assert not engine.has_work()
+    with pytest.raises(jaxllm.GenerationError, match="index must be hashable"):
+        engine.add(Request(prompt, params, [0]))
+    engine.add(Request(prompt, params))  # free again after the abort, and after the request finishes
+    while engine.has_work():
+        engine.step()
+    engine.add(Request(prompt, params))
+    assert len(engine.index_of) == 1
