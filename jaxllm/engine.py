@@ -322,8 +322,9 @@ class Engine:
         """Serve every request to the end, yielding Events as tokens arrive. `stop_check(index)`
         lets the caller end a request early (stop strings): it is aborted at the next step."""
         if self.has_work():  # their events would mix with these requests'
-            raise GenerationError("Engine.run on an engine that holds requests added with Engine.add: serve those with "
-                                  "step() (or abort them) first, or use another engine")
+            raise GenerationError("Engine.run on an engine that holds requests added with Engine.add, or by a run() not "
+                                  "iterated to its end: serve those with step() (or abort them; close() that run) first, "
+                                  "or use another engine")
         ids = [self.check(req) for req in requests]  # all of them before any is queued
         self._check_indices(requests)
         seqs = [self._add(req, i) for req, i in zip(requests, ids)]

@@ -303,3 +303,10 @@ def test_an_index_a_held_request_has_is_refused(llama):
         engine.step()
     engine.add(Request(prompt, params))
     assert len(engine.index_of) == 1
+    engine.abort(next(iter(engine.index_of)))
+    run = engine.run([Request(prompt, params)])
+    next(run)  # a run left half iterated holds its requests: the error says so, and close() gives them back
+    with pytest.raises(jaxllm.GenerationError, match="or by a run\\(\\) not iterated to its end"):
+        llama.generate(prompt, params, engine=engine)
+    run.close()
+    assert not engine.has_work() and not engine.index_of
