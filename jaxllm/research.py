@@ -38,7 +38,7 @@ def _merge(graphdef, params, tokens):
         raise InputError(f"params do not fit graphdef ({first}): pass the params of the model the graphdef comes "
                          "from (model.params, or a tree of the same structure)") from None
     cfg = model.cfg
-    tokens = jnp.asarray(tokens)
+    tokens = _as_array(tokens)
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
         raise InputError(f"tokens must be integer token ids, got {tokens.dtype}: pass the tokenizer's ids (e.g. as int32)")
     if tokens.ndim != 2 or tokens.shape[1] == 0:
@@ -47,6 +47,19 @@ def _merge(graphdef, params, tokens):
         raise InputError(f"tokens of {tokens.shape[1]} positions exceed the {cfg.max_position_embeddings} positions "
                          "this model has learned: give at most that many at once")
     return model, tokens
+
+
+def _as_array(tokens):
+    """`tokens` as a JAX array; a nested list that is not one (rows of different lengths, values
+    that are not numbers) is refused by name rather than by numpy's 'inhomogeneous shape'."""
+    try:
+        return jnp.asarray(tokens)
+    except OverflowError as err:
+        raise InputError(f"tokens must be ids in the model's vocabulary ({str(err)[:120]}): check the tokenizer") from None
+    except (ValueError, TypeError) as err:
+        first = (str(err).strip().splitlines() or [""])[0][:120]
+        raise InputError(f"tokens must be integer token ids in an array or a list of equally long lists ({first}): "
+                         "pad the rows to one length, or score them one at a time") from None
 
 
 def check_layer(num_layers: int, layer) -> int:
@@ -72,7 +85,7 @@ def logits(graphdef, params, tokens):
 
 def token_logprobs(graphdef, params, tokens):
     """log p(tokens[:, t] | tokens[:, :t]) for t >= 1: float32 [B, T - 1]."""
-    tokens = jnp.asarray(tokens)
+    tokens = _as_array(tokens)
     logp = jax.nn.log_softmax(logits(graphdef, params, tokens)[:, :-1], axis=-1)
     return jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
 
