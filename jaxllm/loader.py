@@ -101,7 +101,8 @@ class LoadedModel:
                                    on_text=on_text, on_token=on_token)
 
     def logits(self, token_ids) -> jax.Array:
-        """Full-sequence scoring without a cache: int [batch, seq] -> float32 [batch, seq, vocab]."""
+        """Full-sequence scoring without a cache: int [batch, seq] -> float32 [batch, seq, vocab]. Each of
+        these methods also takes one sequence [seq] and then returns its results without the batch axis."""
         return self._run("logits", token_ids)
 
     def token_logprobs(self, token_ids) -> jax.Array:
@@ -122,10 +123,8 @@ class LoadedModel:
             raise InputError(f"model.{name} checks its token ids on the host, so it cannot be traced (jax.jit, vmap, grad): "
                              f"trace jaxllm.research.{name}(model.graphdef, model.params, tokens{', layer' if static else ''}) instead")
         tokens = check_token_ids(token_ids, self.config.vocab_size)
-        if tokens.ndim == 1:
-            tokens = tokens[None]
-        if tokens.ndim != 2 or tokens.shape[1] == 0:
-            raise InputError(f"token_ids must be [batch, seq] with seq >= 1, got shape {tuple(tokens.shape)}")
+        if tokens.ndim not in (1, 2) or tokens.shape[-1] == 0:  # one sequence [seq]: results without the batch axis
+            raise InputError(f"token_ids must be [batch, seq] or [seq] with seq >= 1, got shape {tuple(tokens.shape)}")
         return research.jitted(name, self.mesh)(self.graphdef, self.params, sharding.put_replicated(tokens, self.mesh), *static)
 
 

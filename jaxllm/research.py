@@ -4,6 +4,9 @@ one layer's attention weights. Each matches transformers' output (`output_hidden
 `output_attentions` with eager attention); `LoadedModel` exposes them as methods, which also check
 the ids' values. Here only what is known at trace time is checked (shapes, dtypes, the static layer
 index): ids outside the vocabulary give unspecified values.
+
+Token ids are [batch, seq], or one sequence [seq] whose results come without the batch axis (so
+`jax.vmap` over a batch of sequences gives the batch's shapes).
 """
 
 from __future__ import annotations
@@ -39,10 +42,10 @@ def _merge(graphdef, params, tokens):
                          "from (model.params, or a tree of the same structure)") from None
     cfg = model.cfg
     tokens = _as_array(tokens)
+    if tokens.ndim != 2 or tokens.shape[1] == 0:
+        raise InputError(f"tokens must be [batch, seq] or [seq] with seq >= 1, got shape {tuple(tokens.shape)}")
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
         raise InputError(f"tokens must be integer token ids, got {tokens.dtype}: pass the tokenizer's ids (e.g. as int32)")
-    if tokens.ndim != 2 or tokens.shape[1] == 0:
-        raise InputError(f"tokens must be [batch, seq] with seq >= 1, got shape {tuple(tokens.shape)}")
     if cfg.position_embedding == "learned" and tokens.shape[1] > cfg.max_position_embeddings:
         raise InputError(f"tokens of {tokens.shape[1]} positions exceed the {cfg.max_position_embeddings} positions "
                          "this model has learned: give at most that many at once")
@@ -76,13 +79,30 @@ def check_layer(num_layers: int, layer) -> int:
     return layer % num_layers
 
 
+def _one_or_batch(fn):
+    """`fn` of ids [B, T], also taking one sequence [T]: then its outputs lose the batch axis too
+    ([T, vocab], [T - 1], [T, E] each, [heads, T, T]), as numpy functions keep the rank they are
+    given, so that jax.vmap over a batch of sequences gives the batch's shapes."""
+
+    @functools.wraps(fn)
+    def one_or_batch(graphdef, params, tokens, *args, **kwargs):
+        tokens = _as_array(tokens)
+        if tokens.ndim != 1 or tokens.shape[0] == 0:  # _merge refuses every other shape by name
+            return fn(graphdef, params, tokens, *args, **kwargs)
+        return jax.tree.map(lambda x: x[0], fn(graphdef, params, tokens[None], *args, **kwargs))
+
+    return one_or_batch
+
+
+@_one_or_batch
 def logits(graphdef, params, tokens):
-    """float32 [B, T, vocab] of a full sequence, no cache."""
+    """float32 [B, T, vocab] of a full sequence, no cache (tokens [T]: [T, vocab])."""
     model, tokens = _merge(graphdef, params, tokens)
     out, _ = model(tokens)
     return out
 
 
+@_one_or_batch
 def token_logprobs(graphdef, params, tokens):
     """log p(tokens[:, t] | tokens[:, :t]) for t >= 1: float32 [B, T - 1]."""
     tokens = _as_array(tokens)
@@ -90,6 +110,7 @@ def token_logprobs(graphdef, params, tokens):
     return jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
 
 
+@_one_or_batch
 def hidden_states(graphdef, params, tokens):
     """(num_layers + 1) arrays [B, T, E]: the input of each layer, then the final normed output."""
     model, tokens = _merge(graphdef, params, tokens)
@@ -98,6 +119,7 @@ def hidden_states(graphdef, params, tokens):
     return tuple(trace)
 
 
+@_one_or_batch
 def attention_weights(graphdef, params, tokens, layer: int):
     """Layer `layer`'s attention weights, float32 [B, heads, T, T] (row: query, column: key).
     A layer's attention input is its `input_layernorm` of the layer input (the input itself for
