@@ -100,32 +100,40 @@ class LoadedModel:
         return generation.generate(self, prompts, params, chat=chat, system=system, engine=engine,
                                    on_text=on_text, on_token=on_token)
 
-    def logits(self, token_ids) -> jax.Array:
+    def logits(self, token_ids, *, attention_mask=None) -> jax.Array:
         """Full-sequence scoring without a cache: int [batch, seq] -> float32 [batch, seq, vocab]. Each of
-        these methods also takes one sequence [seq] and then returns its results without the batch axis."""
-        return self._run("logits", token_ids)
+        these methods also takes one sequence [seq] and then returns its results without the batch axis,
+        and a padded batch with `attention_mask` (the ids' shape, 1 at tokens, 0 at padding, as
+        transformers takes it): a row's results at its tokens are then those of the row alone
+        (jaxllm.research says how)."""
+        return self._run("logits", token_ids, attention_mask=attention_mask)
 
-    def token_logprobs(self, token_ids) -> jax.Array:
-        """log p(token t | tokens before t) for t >= 1: float32 [batch, seq - 1]."""
-        return self._run("token_logprobs", token_ids)
+    def token_logprobs(self, token_ids, *, attention_mask=None) -> jax.Array:
+        """log p(token t | tokens before t) for t >= 1: float32 [batch, seq - 1] (0 where token t or
+        t - 1 is padding)."""
+        return self._run("token_logprobs", token_ids, attention_mask=attention_mask)
 
-    def hidden_states(self, token_ids) -> tuple[jax.Array, ...]:
+    def hidden_states(self, token_ids, *, attention_mask=None) -> tuple[jax.Array, ...]:
         """num_layers + 1 arrays [batch, seq, hidden]: each layer's input, then the final normed
         output (transformers' `output_hidden_states`)."""
-        return self._run("hidden_states", token_ids)
+        return self._run("hidden_states", token_ids, attention_mask=attention_mask)
 
-    def attention_weights(self, token_ids, layer: int) -> jax.Array:
+    def attention_weights(self, token_ids, layer: int, *, attention_mask=None) -> jax.Array:
         """Attention weights of one layer, float32 [batch, heads, seq, seq] (query rows, key columns)."""
-        return self._run("attention_weights", token_ids, research.check_layer(self.config.num_layers, layer))
+        return self._run("attention_weights", token_ids, research.check_layer(self.config.num_layers, layer),
+                         attention_mask=attention_mask)
 
-    def _run(self, name: str, token_ids, *static):
-        if isinstance(token_ids, jax.core.Tracer):
+    def _run(self, name: str, token_ids, *static, attention_mask=None):
+        if isinstance(token_ids, jax.core.Tracer) or isinstance(attention_mask, jax.core.Tracer):
             raise InputError(f"model.{name} checks its token ids on the host, so it cannot be traced (jax.jit, vmap, grad): "
                              f"trace jaxllm.research.{name}(model.graphdef, model.params, tokens{', layer' if static else ''}) instead")
         tokens = check_token_ids(token_ids, self.config.vocab_size)
         if tokens.ndim not in (1, 2) or tokens.shape[-1] == 0:  # one sequence [seq]: results without the batch axis
             raise InputError(f"token_ids must be [batch, seq] or [seq] with seq >= 1, got shape {tuple(tokens.shape)}")
-        return research.jitted(name, self.mesh)(self.graphdef, self.params, sharding.put_replicated(tokens, self.mesh), *static)
+        mask = {}  # none passed without one: the same compiled call as research.jitted(name)(graphdef, params, ids)
+        if attention_mask is not None:  # its shape and dtype are checked with the ids' (jaxllm.research)
+            mask["attention_mask"] = sharding.put_replicated(np.asarray(research.as_array(attention_mask, "attention_mask")), self.mesh)
+        return research.jitted(name, self.mesh)(self.graphdef, self.params, sharding.put_replicated(tokens, self.mesh), *static, **mask)
 
 
 def abstract_model(cfg: ModelConfig, arch: Architecture, dtype, scheme_for=None, mesh=None, tables=None):

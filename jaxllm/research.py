@@ -7,30 +7,37 @@ index): ids outside the vocabulary give unspecified values.
 
 Token ids are [batch, seq], or one sequence [seq] whose results come without the batch axis (so
 `jax.vmap` over a batch of sequences gives the batch's shapes).
+
+Padded batches: `attention_mask` (keyword, the shape of the ids; 1 or True: a token, 0 or False:
+padding, on the left, the right or both) as transformers takes it. Padding is hidden from every
+token's attention, and positions count a row's tokens only (as transformers' generate sets
+position_ids), so at a row's tokens the results are those of the row alone, unpadded, whatever
+padding surrounds it; at padding positions they are unspecified (token_logprobs: 0 where a token
+or the one before it is padding).
 """
 
 from __future__ import annotations
 
 import functools
 import operator
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxllm.errors import InputError
+from jaxllm.models.attention import UNCACHED, LayerCache, attend, attention_probs
+from jaxllm.models.attention import attention_mask as causal_mask
 from jaxllm.sharding import replicated
 
 
-def _positions(tokens):
-    return jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-
-
-def _merge(graphdef, params, tokens):
-    """The module and `tokens` as an array (a list of ids is one), once its dtype and shape are known
-    to fit the module: integer ids [B, T] with T within the positions a model with learned position
-    embeddings has (GPT-2's table would be read past its end). A graphdef that is not one, or
-    params of another model, are refused here rather than by flax (which prints the whole tree)."""
+def _merge(graphdef, params, tokens, attention_mask=None):
+    """The module, `tokens` as an array (a list of ids is one) and `attention_mask` as a bool array
+    (None: no padding), once their dtypes and shapes are known to fit the module: integer ids
+    [B, T] with T within the positions a model with learned position embeddings has (GPT-2's table
+    would be read past its end), a mask of their shape. A graphdef that is not one, or params of
+    another model, are refused here rather than by flax (which prints the whole tree)."""
     if not isinstance(graphdef, nnx.GraphDef):
         raise InputError(f"graphdef must be model.graphdef (an nnx.GraphDef), got {type(graphdef).__name__}: "
                          "pass (model.graphdef, model.params, tokens)")
@@ -41,7 +48,7 @@ def _merge(graphdef, params, tokens):
         raise InputError(f"params do not fit graphdef ({first}): pass the params of the model the graphdef comes "
                          "from (model.params, or a tree of the same structure)") from None
     cfg = model.cfg
-    tokens = _as_array(tokens)
+    tokens = as_array(tokens)
     if tokens.ndim != 2 or tokens.shape[1] == 0:
         raise InputError(f"tokens must be [batch, seq] or [seq] with seq >= 1, got shape {tuple(tokens.shape)}")
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
@@ -49,20 +56,58 @@ def _merge(graphdef, params, tokens):
     if cfg.position_embedding == "learned" and tokens.shape[1] > cfg.max_position_embeddings:
         raise InputError(f"tokens of {tokens.shape[1]} positions exceed the {cfg.max_position_embeddings} positions "
                          "this model has learned: give at most that many at once")
-    return model, tokens
+    if attention_mask is not None:
+        attention_mask = as_array(attention_mask, "attention_mask")
+        if attention_mask.shape != tokens.shape:
+            raise InputError(f"attention_mask must have the shape of the token ids {tuple(tokens.shape)}, got "
+                             f"{tuple(attention_mask.shape)}: 1 (or True) at each token, 0 at each padding position")
+        if not (attention_mask.dtype == jnp.bool_ or jnp.issubdtype(attention_mask.dtype, jnp.integer)):
+            raise InputError(f"attention_mask must hold 1 (or True) at each token and 0 at padding, as integers or bools; "
+                             f"got {attention_mask.dtype}")
+        attention_mask = attention_mask != 0
+    return model, tokens, attention_mask
 
 
-def _as_array(tokens):
-    """`tokens` as a JAX array; a nested list that is not one (rows of different lengths, values
-    that are not numbers) is refused by name rather than by numpy's 'inhomogeneous shape'."""
+def as_array(tokens, what: str = "tokens"):
+    """`tokens` (or an attention mask: `what`) as a JAX array; a nested list that is not one (rows
+    of different lengths, values that are not numbers) is refused by name rather than by numpy's
+    'inhomogeneous shape'."""
     try:
         return jnp.asarray(tokens)
     except OverflowError as err:
-        raise InputError(f"tokens must be ids in the model's vocabulary ({str(err)[:120]}): check the tokenizer") from None
+        raise InputError(f"{what} must be ids in the model's vocabulary ({str(err)[:120]}): check the tokenizer") from None
     except (ValueError, TypeError) as err:
         first = (str(err).strip().splitlines() or [""])[0][:120]
-        raise InputError(f"tokens must be integer token ids in an array or a list of equally long lists ({first}): "
+        held = "integer token ids" if what == "tokens" else "0s and 1s (or bools)"
+        raise InputError(f"{what} must be {held} in an array or a list of equally long lists ({first}): "
                          "pad the rows to one length, or score them one at a time") from None
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["keep"], meta_fields=[])
+@dataclass(frozen=True)
+class Padded:
+    """The KV backend of padded rows: models/attention.py's Uncached (the call's own keys), with
+    the keys at padding (`keep` [B, T] False) hidden from every query."""
+
+    keep: jax.Array
+
+    def mask(self, positions, window):
+        return causal_mask(positions, positions, window) & self.keep[:, None, :]
+
+    def __call__(self, q, k, v, cache, positions, spec):
+        return attend(q, k, v, self.mask(positions, spec.window), spec.scale, spec.softcap), LayerCache(k, v)
+
+
+def _decoder(model, tokens, keep, trace=None):
+    """(the decoder's output [B, T, E], positions [B, T], the KV backend) of ids [B, T], padded
+    where `keep` is False (None: nowhere). Positions count each row's tokens (padding takes its
+    row's last position, or 0 before the first token), so a row's tokens sit where they would alone."""
+    if keep is None:
+        positions, kv, cache = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape), UNCACHED, None
+    else:  # a cache list: the decoder pairs None with Uncached only; Padded ignores it
+        positions, kv, cache = jnp.maximum(jnp.cumsum(keep, axis=1) - 1, 0), Padded(keep), [None] * model.cfg.num_layers
+    hidden, _ = model.model(tokens, positions, cache, kv, trace=trace)
+    return hidden, positions, kv
 
 
 def check_layer(num_layers: int, layer) -> int:
@@ -82,61 +127,68 @@ def check_layer(num_layers: int, layer) -> int:
 def _one_or_batch(fn):
     """`fn` of ids [B, T], also taking one sequence [T]: then its outputs lose the batch axis too
     ([T, vocab], [T - 1], [T, E] each, [heads, T, T]), as numpy functions keep the rank they are
-    given, so that jax.vmap over a batch of sequences gives the batch's shapes."""
+    given, so that jax.vmap over a batch of sequences gives the batch's shapes. The attention mask
+    of one sequence is [T] too."""
 
     @functools.wraps(fn)
-    def one_or_batch(graphdef, params, tokens, *args, **kwargs):
-        tokens = _as_array(tokens)
+    def one_or_batch(graphdef, params, tokens, *args, attention_mask=None):
+        tokens = as_array(tokens)
         if tokens.ndim != 1 or tokens.shape[0] == 0:  # _merge refuses every other shape by name
-            return fn(graphdef, params, tokens, *args, **kwargs)
-        return jax.tree.map(lambda x: x[0], fn(graphdef, params, tokens[None], *args, **kwargs))
+            return fn(graphdef, params, tokens, *args, attention_mask=attention_mask)
+        if attention_mask is not None:
+            attention_mask = as_array(attention_mask, "attention_mask")[None]
+        return jax.tree.map(lambda x: x[0], fn(graphdef, params, tokens[None], *args, attention_mask=attention_mask))
 
     return one_or_batch
 
 
 @_one_or_batch
-def logits(graphdef, params, tokens):
+def logits(graphdef, params, tokens, *, attention_mask=None):
     """float32 [B, T, vocab] of a full sequence, no cache (tokens [T]: [T, vocab])."""
-    model, tokens = _merge(graphdef, params, tokens)
-    out, _ = model(tokens)
-    return out
+    model, tokens, keep = _merge(graphdef, params, tokens, attention_mask)
+    return model.logits(_decoder(model, tokens, keep)[0])
 
 
 @_one_or_batch
-def token_logprobs(graphdef, params, tokens):
-    """log p(tokens[:, t] | tokens[:, :t]) for t >= 1: float32 [B, T - 1]."""
-    tokens = _as_array(tokens)
-    logp = jax.nn.log_softmax(logits(graphdef, params, tokens)[:, :-1], axis=-1)
-    return jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+def token_logprobs(graphdef, params, tokens, *, attention_mask=None):
+    """log p(tokens[:, t] | tokens[:, :t]) for t >= 1: float32 [B, T - 1] (0 where token t or
+    t - 1 is padding)."""
+    _, tokens, keep = _merge(graphdef, params, tokens, attention_mask)
+    logp = jax.nn.log_softmax(logits(graphdef, params, tokens, attention_mask=keep)[:, :-1], axis=-1)
+    out = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+    return out if keep is None else jnp.where(keep[:, 1:] & keep[:, :-1], out, 0.0)
 
 
 @_one_or_batch
-def hidden_states(graphdef, params, tokens):
+def hidden_states(graphdef, params, tokens, *, attention_mask=None):
     """(num_layers + 1) arrays [B, T, E]: the input of each layer, then the final normed output."""
-    model, tokens = _merge(graphdef, params, tokens)
+    model, tokens, keep = _merge(graphdef, params, tokens, attention_mask)
     trace = []
-    model.model(tokens, _positions(tokens), trace=trace)
+    _decoder(model, tokens, keep, trace)
     return tuple(trace)
 
 
 @_one_or_batch
-def attention_weights(graphdef, params, tokens, layer: int):
+def attention_weights(graphdef, params, tokens, layer: int, *, attention_mask=None):
     """Layer `layer`'s attention weights, float32 [B, heads, T, T] (row: query, column: key).
     A layer's attention input is its `input_layernorm` of the layer input (the input itself for
     layers without one, such as OLMo 2's). `layer` is static; negative ones count from the end."""
-    model, tokens = _merge(graphdef, params, tokens)
+    model, tokens, keep = _merge(graphdef, params, tokens, attention_mask)
     layer = check_layer(model.cfg.num_layers, layer)
     trace = []
-    positions = _positions(tokens)
-    model.model(tokens, positions, trace=trace)
+    _, positions, kv = _decoder(model, tokens, keep, trace)
     decoder = model.model
     block = decoder.layers[layer]
     x = trace[layer]
     norm = getattr(block, "input_layernorm", None)
     if norm is not None:
         x = norm(x)
-    rot = decoder.rotaries(positions, x.dtype).get(decoder.cfg.layer_rope(layer))
-    return block.self_attn.weights(x, positions, rot)
+    attn = block.self_attn
+    q, k, _ = attn.project(x, decoder.rotaries(positions, x.dtype).get(decoder.cfg.layer_rope(layer)))
+    mask = causal_mask(positions, positions, attn.spec.window) if keep is None else kv.mask(positions, attn.spec.window)
+    probs = attention_probs(q, k.astype(q.dtype), mask, attn.spec.scale, attn.spec.softcap)
+    b, groups, members, t, s = probs.shape
+    return probs.reshape(b, groups * members, t, s)
 
 
 @functools.lru_cache(maxsize=None)

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import reference
+import torch
 
 import jaxllm
 from jaxllm import research
@@ -47,7 +48,8 @@ def test_one_sequence_gives_its_results_without_the_batch_axis(llama, pure):
     model, _ = llama
     for name in NAMES:
         batch = jax.tree.leaves(call(name, model, TOKENS, pure))
-        for row, ids in ((0, TOKENS[0].tolist()), (1, jnp.asarray(TOKENS[1], jnp.uint8))):
+        # numpy int64 and a list (the methods) or a JAX uint8 array: one compiled shape (int32 [12])
+        for row, ids in ((0, TOKENS[0] if pure else TOKENS[0].tolist()), (1, jnp.asarray(TOKENS[1], jnp.int32 if pure else jnp.uint8))):
             one = jax.tree.leaves(call(name, model, ids, pure))
             assert [x.shape for x in one] == [x.shape[1:] for x in batch], name
             for x, y in zip(one, batch):
@@ -68,3 +70,60 @@ def test_vmap_over_sequences_gives_the_batch_results(llama):
     for name, out in zip(NAMES, got):
         for x, y in zip(jax.tree.leaves(out), jax.tree.leaves(call(name, model, TOKENS))):
             assert reference.max_rel_diff(x, y) <= 1e-5, name
+
+
+PADDED = np.random.default_rng(3).integers(0, 128, (2, 16))
+MASK = np.array([[0] * 3 + [1] * 13, [1] * 11 + [0] * 5])  # left padding (13 tokens: past the window of 8), right padding
+
+
+@pytest.mark.parametrize("arch", ("Gemma2ForCausalLM", "GPT2LMHeadModel"))
+def test_padded_batches_match_transformers_and_each_row_alone(arch, tmp_path):
+    """attention_mask as transformers takes it (with its generate's position_ids: each row's tokens
+    counted from 0), left and right padding in one batch: at the tokens, every function equals
+    transformers' output and the row scored alone. Gemma 2: a sliding window (layer 0), soft caps
+    and grouped kv heads; GPT-2: learned positions. The four in one jit, as research code runs them."""
+    ref = reference.build(arch, tmp_path, seed=7)
+    model = jaxllm.load(tmp_path)
+    gd, keep = model.graphdef, MASK.astype(bool)
+    positions = np.maximum(np.cumsum(MASK, 1) - 1, 0)
+    with torch.no_grad():
+        out = ref(torch.as_tensor(PADDED), attention_mask=torch.as_tensor(MASK), position_ids=torch.as_tensor(positions),
+                  output_hidden_states=True, output_attentions=True)
+
+    @jax.jit
+    def every(params, ids, mask):
+        return (research.hidden_states(gd, params, ids, attention_mask=mask), research.logits(gd, params, ids, attention_mask=mask),
+                research.attention_weights(gd, params, ids, 0, attention_mask=mask),
+                research.token_logprobs(gd, params, ids, attention_mask=mask))
+
+    hidden, logits, weights, logprobs = jax.tree.map(np.asarray, every(model.params, PADDED, MASK))
+    for i, (ours, theirs) in enumerate(zip(hidden, out.hidden_states, strict=True)):
+        assert reference.max_rel_diff(ours[keep], theirs.numpy()[keep]) <= 1e-5, f"hidden state {i}"
+    assert reference.max_rel_diff(logits[keep], out.logits.numpy()[keep]) <= 1e-5
+    rows = np.broadcast_to(keep[:, None, :, None], weights.shape)  # the tokens' queries
+    assert reference.max_rel_diff(weights[rows], out.attentions[0].numpy()[rows]) <= 1e-5
+    assert (weights[np.broadcast_to(~keep[:, None, None, :], weights.shape)] == 0).all()  # padding is never attended
+    if arch != "GPT2LMHeadModel":  # the window of 8 bites: row 0's last token (position 12) sees positions 5..12
+        assert (weights[0, :, -1, 3:8] == 0).all() and (weights[0, :, -1, 8:] > 0).all()
+    logp = torch.log_softmax(out.logits[:, :-1].double(), -1).gather(-1, torch.as_tensor(PADDED)[:, 1:, None])[..., 0].numpy()
+    pairs = keep[:, 1:] & keep[:, :-1]
+    assert np.abs(logprobs[pairs] - logp[pairs]).max() <= 1e-4 and (logprobs[~pairs] == 0).all()
+    assert reference.max_rel_diff(logits[0, 3:], model.logits(PADDED[0, 3:])) <= 1e-5  # the left-padded row alone
+
+
+def test_methods_take_the_mask_and_refuse_a_bad_one_in_one_line(llama):
+    """The methods pass attention_mask on (a list, for one sequence [seq] too); a mask of another
+    shape, of floats or ragged is refused naming the fix, by the methods and the pure functions."""
+    model, _ = llama
+    mask = [0, 0] + [1] * 10
+    np.testing.assert_allclose(model.token_logprobs(TOKENS[0], attention_mask=mask)[2:], model.token_logprobs(TOKENS[0, 2:]),
+                               rtol=1e-5, atol=1e-5)
+    assert (np.asarray(model.token_logprobs(TOKENS[0], attention_mask=mask))[:2] == 0).all()
+    for pure in (True, False):
+        for bad, match in ((np.ones((2, 11), int), r"the shape of the token ids \(2, 12\), got \(2, 11\)"),
+                           (np.ones((2, 12), np.float32), "integers or bools; got float32"), ([[1] * 12, [1]], "equally long lists")):
+            with pytest.raises(jaxllm.InputError, match=rf"attention_mask .*{match}"):
+                if pure:
+                    research.hidden_states(model.graphdef, model.params, TOKENS, attention_mask=bad)
+                else:
+                    model.attention_weights(TOKENS, 0, attention_mask=bad)
