@@ -127,3 +127,33 @@ def test_methods_take_the_mask_and_refuse_a_bad_one_in_one_line(llama):
                     research.hidden_states(model.graphdef, model.params, TOKENS, attention_mask=bad)
                 else:
                     model.attention_weights(TOKENS, 0, attention_mask=bad)
+
+
+def test_grad_through_the_logits_matches_torch_autograd_and_takes_edited_params(llama):
+    """jax.grad of a loss through research.token_logprobs w.r.t. the params: finite, equal to torch
+    autograd of the same loss (float32); a modified pytree (scaled params) is used as given."""
+    model, ref = llama
+    gd, ids = model.graphdef, jnp.asarray(TOKENS)
+
+    def loss(params):
+        return -research.token_logprobs(gd, params, ids).sum()
+
+    grad = jax.jit(jax.value_and_grad(loss))
+    value, grads = grad(model.params)
+    assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+    ref.zero_grad()
+    theirs = -torch.log_softmax(ref(torch.as_tensor(TOKENS)).logits[:, :-1], -1).gather(-1, torch.as_tensor(TOKENS)[:, 1:, None]).sum()
+    theirs.backward()
+    assert abs(float(value) - theirs.item()) <= 1e-4 * abs(theirs.item())
+    attn = ref.model.layers[1].self_attn
+    for ours, want in ((grads["model"]["embed_tokens"]["embedding"], ref.model.embed_tokens.weight.grad),
+                       (grads["model"]["layers"][1]["self_attn"]["q_proj"]["kernel"], attn.q_proj.weight.grad)):
+        assert reference.max_rel_diff(np.asarray(ours).reshape(want.shape), want.numpy()) <= 1e-4
+    with torch.no_grad():  # half the weights: the loss of the pytree given, through the same compiled grad
+        for p in ref.parameters():
+            p.mul_(0.5)
+        want = -torch.log_softmax(ref(torch.as_tensor(TOKENS)).logits[:, :-1], -1).gather(-1, torch.as_tensor(TOKENS)[:, 1:, None]).sum()
+        for p in ref.parameters():
+            p.mul_(2.0)
+    value_half, _ = grad(jax.tree.map(lambda x: x * 0.5, model.params))
+    assert abs(float(value_half) - want.item()) <= 1e-4 * abs(want.item()) and abs(want.item() - theirs.item()) > 1
