@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import functools
 import operator
-from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxllm.errors import InputError
-from jaxllm.models.attention import UNCACHED, LayerCache, attend, attention_probs
-from jaxllm.models.attention import attention_mask as causal_mask
+from jaxllm.models.attention import UNCACHED, Uncached
 from jaxllm.sharding import replicated
 
 
@@ -83,30 +81,15 @@ def as_array(tokens, what: str = "tokens"):
                          "pad the rows to one length, or score them one at a time") from None
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["keep"], meta_fields=[])
-@dataclass(frozen=True)
-class Padded:
-    """The KV backend of padded rows: models/attention.py's Uncached (the call's own keys), with
-    the keys at padding (`keep` [B, T] False) hidden from every query."""
-
-    keep: jax.Array
-
-    def mask(self, positions, window):
-        return causal_mask(positions, positions, window) & self.keep[:, None, :]
-
-    def __call__(self, q, k, v, cache, positions, spec):
-        return attend(q, k, v, self.mask(positions, spec.window), spec.scale, spec.softcap), LayerCache(k, v)
-
-
 def _decoder(model, tokens, keep, trace=None):
     """(the decoder's output [B, T, E], positions [B, T], the KV backend) of ids [B, T], padded
     where `keep` is False (None: nowhere). Positions count each row's tokens (padding takes its
     row's last position, or 0 before the first token), so a row's tokens sit where they would alone."""
     if keep is None:
-        positions, kv, cache = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape), UNCACHED, None
-    else:  # a cache list: the decoder pairs None with Uncached only; Padded ignores it
-        positions, kv, cache = jnp.maximum(jnp.cumsum(keep, axis=1) - 1, 0), Padded(keep), [None] * model.cfg.num_layers
-    hidden, _ = model.model(tokens, positions, cache, kv, trace=trace)
+        positions, kv = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape), UNCACHED
+    else:
+        positions, kv = jnp.maximum(jnp.cumsum(keep, axis=1) - 1, 0), Uncached(keep)
+    hidden, _ = model.model(tokens, positions, None, kv, trace=trace)
     return hidden, positions, kv
 
 
@@ -183,12 +166,8 @@ def attention_weights(graphdef, params, tokens, layer: int, *, attention_mask=No
     norm = getattr(block, "input_layernorm", None)
     if norm is not None:
         x = norm(x)
-    attn = block.self_attn
-    q, k, _ = attn.project(x, decoder.rotaries(positions, x.dtype).get(decoder.cfg.layer_rope(layer)))
-    mask = causal_mask(positions, positions, attn.spec.window) if keep is None else kv.mask(positions, attn.spec.window)
-    probs = attention_probs(q, k.astype(q.dtype), mask, attn.spec.scale, attn.spec.softcap)
-    b, groups, members, t, s = probs.shape
-    return probs.reshape(b, groups * members, t, s)
+    rot = decoder.rotaries(positions, x.dtype).get(decoder.cfg.layer_rope(layer))
+    return block.self_attn.weights(x, positions, rot, kv)
 
 
 @functools.lru_cache(maxsize=None)

@@ -158,15 +158,22 @@ def cudnn_decode_fits(q, spec: AttnSpec) -> bool:
 # KV backends: (q, k, v, layer cache, positions, spec) -> (attention output, the layer's new cache)
 
 
-@jax.tree_util.register_static
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["keep"], meta_fields=[])
 @dataclass(frozen=True)
 class Uncached:
     """Attend over the call's own keys (positions say where each is); the keys and values come back
-    as the layer's cache, for a caller that places them."""
+    as the layer's cache, for a caller that places them. `keep` [B, T] bool (None: every key)
+    hides the keys where it is False from every query: a padded batch's padding."""
+
+    keep: jax.Array | None = None
+
+    def mask(self, positions, window):
+        """[B, T, T] bool: which of the call's keys each query reads."""
+        mask = attention_mask(positions, positions, window)
+        return mask if self.keep is None else mask & self.keep[:, None, :]
 
     def __call__(self, q, k, v, cache, positions, spec: AttnSpec):
-        out = attend(q, k, v, attention_mask(positions, positions, spec.window), spec.scale, spec.softcap)
-        return out, LayerCache(k, v)
+        return attend(q, k, v, self.mask(positions, spec.window), spec.scale, spec.softcap), LayerCache(k, v)
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["page_table", "valid", "shared", "offsets"],
@@ -327,10 +334,10 @@ class Attention(nnx.Module):
             q, k = apply_rotary(q, rot), apply_rotary(k, rot)
         return q, k, v
 
-    def weights(self, x, positions, rot: Rotary | None):
-        """The attention weights of a full sequence x [B, T, E] (no cache): float32 [B, H, T, T]."""
+    def weights(self, x, positions, rot: Rotary | None, kv: Uncached = UNCACHED):
+        """The attention weights of a full sequence x [B, T, E] (no cache; `kv` may hide padding
+        keys): float32 [B, H, T, T]."""
         q, k, _ = self.project(x, rot)
-        mask = attention_mask(positions, positions, self.spec.window)
-        probs = attention_probs(q, k.astype(q.dtype), mask, self.spec.scale, self.spec.softcap)
+        probs = attention_probs(q, k.astype(q.dtype), kv.mask(positions, self.spec.window), self.spec.scale, self.spec.softcap)
         b, kv, g, t, s = probs.shape
         return probs.reshape(b, kv * g, t, s)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxllm.models.attention import UNCACHED, Attention, LayerCache
+from jaxllm.models.attention import UNCACHED, Attention, LayerCache, Uncached
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.layers import Dense, Embed, RMSNorm, make_mlp
 from jaxllm.models.rope import rotary
@@ -71,7 +71,7 @@ class DecoderModel(nnx.Module):
         the real length of each row when positions run past it (padded prefill); see `rotary`.
         `trace`: a list that receives each layer's input and then the final (normed) output, as
         transformers' hidden_states."""
-        if (cache is None) != (kv is UNCACHED):
+        if (cache is None) != isinstance(kv, Uncached):
             raise ValueError("a cache goes with its KV backend (PagedCache), no cache with Uncached")
         x = self.embed_tokens(tokens)
         if self.embed_positions is not None:
