@@ -728,9 +728,11 @@ GGUF_GAPS = [  # (architecture, metadata key or tensor left out, the error)
     ("phi3", "attention.head_count", r"^GGUF metadata lacks phi3\.attention\.head_count: "),
     ("gemma2", "feed_forward_length", r"^GGUF metadata lacks gemma2\.feed_forward_length: "),
     ("gpt2", "block_count", r"^GGUF metadata lacks gpt2\.block_count: "),
-    ("phi3", "blk.1.attn_qkv.weight", r"\(1 problems\): missing model\.layers\.1\.self_attn\.qkv_proj\.weight \(expected shape \[128, 64\]\)$"),
-    ("gemma3", "blk.0.post_ffw_norm.weight", r"\(1 problems\): missing model\.layers\.0\.post_feedforward_layernorm\.weight "),
-    ("gpt2", "blk.1.attn_qkv.bias", r"\(1 problems\): missing transformer\.h\.1\.attn\.c_attn\.bias \(expected shape \[192\]\)$"),
+    ("phi3", "blk.1.attn_qkv.weight", r"\(1 problem\): missing model\.layers\.1\.self_attn\.qkv_proj\.weight \(expected shape \[128, 64\]\)"
+     r"; the file is damaged or was written wrongly: download or convert it again$"),
+    ("gemma3", "blk.0.post_ffw_norm.weight", r"\(1 problem\): missing model\.layers\.0\.post_feedforward_layernorm\.weight "),
+    ("gpt2", "blk.1.attn_qkv.bias", r"\(1 problem\): missing transformer\.h\.1\.attn\.c_attn\.bias \(expected shape \[192\]\)"
+     r"; the file is damaged or was written wrongly: download or convert it again$"),
     ("qwen3moe", "blk.0.ffn_up_exps.weight", r"\(4 problems\): missing model\.layers\.0\.mlp\.experts\.0\.up_proj\.weight "),
 ]
 
