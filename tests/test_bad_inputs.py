@@ -368,7 +368,7 @@ def test_sampling_params_from_a_dict(models):
     assert models.tiny.generate(tuple(ids), params, engine=engine).token_ids == want
     assert models.tiny.generate(np.array(ids, np.int64), params, engine=engine).token_ids == want
     assert [c.token_ids for c in models.tiny.generate(np.array([ids, ids], np.int32), params, engine=engine)] == [want, want]
-    assert models.tiny.logits(np.array(ids, np.uint16)).shape == (1, 3, 32)
+    assert models.tiny.logits(np.array(ids, np.uint16)).shape == (3, 32)  # one sequence: no batch axis
 
 
 def test_inspect_scan_reports_non_finite_tensors(models, tmp_path, capsys):
