@@ -49,7 +49,6 @@ from jaxllm.serving.shapes import CallShapes
 from jaxllm.serving.steps import ERROR
 
 log = logging.getLogger("jaxllm")
-_NONE = object()  # a missing entry (a request's index may be None)
 
 
 def context_error(prompt_tokens: int, max_new: int, cfg) -> str:
@@ -201,7 +200,6 @@ class Engine:
         self.state = None  # the device state, made on first use and kept (the prefix cache lives in it)
         self.slot_of: dict[Sequence, int] = {}
         self.index_of: dict[Sequence, int] = {}
-        self._seq_of: dict = {}  # index -> the held sequence of that index (index_of reversed)
         self._next_id = 0
         self._compiled: set[tuple] = set()  # shapes precompile() has compiled
 
@@ -266,7 +264,7 @@ class Engine:
     def _check_indices(self, requests: list[Request]) -> None:
         """Refuse an index that a held request, or an earlier one of `requests`, already has: events name
         their request by index alone, so two streams under one index could not be told apart."""
-        taken = set(self._seq_of)
+        taken = set(self.index_of.values())
         for req in requests:
             try:
                 hash(req.index)
@@ -283,14 +281,7 @@ class Engine:
         self.scheduler.add(seq)
         self._next_id += 1
         self.index_of[seq] = req.index
-        self._seq_of[req.index] = seq
         return seq
-
-    def _forget(self, seq: Sequence) -> None:
-        """Drop a sequence that ended (finished or aborted) from the index maps: its index is free again."""
-        index = self.index_of.pop(seq, _NONE)
-        if index is not _NONE and self._seq_of.get(index) is seq:
-            del self._seq_of[index]
 
     def abort(self, seq: Sequence) -> None:
         """Drop a request wherever it is; its pages go back (full ones stay in the prefix cache). A
@@ -301,7 +292,7 @@ class Engine:
             return
         self.scheduler.abort(seq)
         self._release(seq)
-        self._forget(seq)  # a long-running server must not keep every cancelled request
+        self.index_of.pop(seq, None)  # a long-running server must not keep every cancelled request; its index is free again
 
     def reset(self) -> None:
         """Drop every request and the device state, as after construction (compiled steps are
@@ -312,7 +303,6 @@ class Engine:
         self.scheduler = Scheduler(self.blocks, s.max_seqs, s.prefill_budget, s.lookahead, s.max_chunk)
         self.slot_of.clear()
         self.index_of.clear()
-        self._seq_of.clear()
         self.state = None
 
     def has_work(self) -> bool:
@@ -436,7 +426,7 @@ class Engine:
     def _finish(self, seq: Sequence) -> None:
         self.scheduler.finish(seq)
         self._release(seq)
-        self._forget(seq)
+        self.index_of.pop(seq, None)
 
     def _free_slot(self, shard: int) -> int:
         """A free decode slot of `shard` (slots shard * batch_size / dp ..)."""
