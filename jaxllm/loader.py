@@ -132,7 +132,7 @@ class LoadedModel:
             raise InputError(f"token_ids must be [batch, seq] or [seq] with seq >= 1, got shape {tuple(tokens.shape)}")
         mask = {}  # none passed without one: the same compiled call as research.jitted(name)(graphdef, params, ids)
         if attention_mask is not None:  # its shape and dtype are checked with the ids' (jaxllm.research)
-            mask["attention_mask"] = sharding.put_replicated(np.asarray(research.as_array(attention_mask, "attention_mask")), self.mesh)
+            mask["attention_mask"] = sharding.put_replicated(research.as_array(attention_mask, "attention_mask"), self.mesh)
         return research.jitted(name, self.mesh)(self.graphdef, self.params, sharding.put_replicated(tokens, self.mesh), *static, **mask)
 
 

@@ -136,8 +136,8 @@ def logits(graphdef, params, tokens, *, attention_mask=None):
 def token_logprobs(graphdef, params, tokens, *, attention_mask=None):
     """log p(tokens[:, t] | tokens[:, :t]) for t >= 1: float32 [B, T - 1] (0 where token t or
     t - 1 is padding)."""
-    _, tokens, keep = _merge(graphdef, params, tokens, attention_mask)
-    logp = jax.nn.log_softmax(logits(graphdef, params, tokens, attention_mask=keep)[:, :-1], axis=-1)
+    model, tokens, keep = _merge(graphdef, params, tokens, attention_mask)
+    logp = jax.nn.log_softmax(model.logits(_decoder(model, tokens, keep)[0])[:, :-1], axis=-1)
     out = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
     return out if keep is None else jnp.where(keep[:, 1:] & keep[:, :-1], out, 0.0)
 

@@ -339,5 +339,5 @@ class Attention(nnx.Module):
         keys): float32 [B, H, T, T]."""
         q, k, _ = self.project(x, rot)
         probs = attention_probs(q, k.astype(q.dtype), kv.mask(positions, self.spec.window), self.spec.scale, self.spec.softcap)
-        b, kv, g, t, s = probs.shape
-        return probs.reshape(b, kv * g, t, s)
+        b, groups, members, t, s = probs.shape
+        return probs.reshape(b, groups * members, t, s)
