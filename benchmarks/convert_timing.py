@@ -33,7 +33,7 @@ print(min(times))
 
 
 def write_hf(folder: Path, shape: str, dtype: str) -> int:
-    from jaxllm import checkpoint
+    from jaxllm import safetensors_io
     from jaxllm.models import weights
     from jaxllm.random_model import SHAPES, random_model
 
@@ -46,7 +46,7 @@ def write_hf(folder: Path, shape: str, dtype: str) -> int:
     flat = weights.flat_params(model.params)
     layout = {n: (s, flat[next(iter(flat))].dtype) for n, s in weights.hf_layout(specs, {p: v.shape for p, v in flat.items()}).items()}
     folder.mkdir(parents=True)
-    checkpoint.write_safetensors(folder, layout, weights.export_tensors(specs, flat))
+    safetensors_io.write_safetensors(folder, layout, weights.export_tensors(specs, flat))
     (folder / "config.json").write_text(json.dumps(raw))
     return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
 

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 import jaxllm
-from jaxllm import checkpoint, convert, converted
+from jaxllm import convert, converted, safetensors_io
 from jaxllm.errors import JaxllmError
 from jaxllm.loader import plan
 from jaxllm.models import weights
@@ -162,7 +162,7 @@ def write_checkpoint(folder, shape: str, dtype: str = "bfloat16", shard_bytes: i
             yield name, np.resize(np.concatenate([block[start:], block[:start]]), math.prod(s)).reshape(s)
 
     folder.mkdir(parents=True, exist_ok=True)
-    files = checkpoint.write_safetensors(folder, layout, tensors(), shard_bytes)
+    files = safetensors_io.write_safetensors(folder, layout, tensors(), shard_bytes)
     (folder / "config.json").write_text(json.dumps(raw, indent=1))
     return sum((folder / f).stat().st_size for f in files if f.endswith(".safetensors"))
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import jax
 
-from jaxllm import checkpoint, converted, runtime
+from jaxllm import checkpoint, converted, runtime, safetensors_io
 from jaxllm.errors import ArgumentParser, CheckpointError, JaxllmError, check_interrupted, handle_signals, run_cli
 from jaxllm.loader import QUANTIZE, open_checkpoint, plan
 from jaxllm.models import quant, weights
@@ -207,7 +207,7 @@ def _write(source, p, tmp: Path, dst: Path, dtype_name: str, src, to_hf: bool, s
         flat = quant.Dequantized(stored, p.dtype)  # a quantized folder writes back its float values, one tensor at a time
         layout = {name: (shape, p.dtype) for name, shape in shapes.items()}
         with Bar(len(layout), "writing", enabled=progress) as bar:
-            files = checkpoint.write_safetensors(tmp, layout, weights.export_tensors(specs, flat), shard_bytes, bar)
+            files = safetensors_io.write_safetensors(tmp, layout, weights.export_tensors(specs, flat), shard_bytes, bar)
     else:
         meta = dict(dtype=dtype_name, architecture=p.arch.name, source=str(src), quantize=p.quantize)
         converted.save(tmp, params, meta, shown=dst)

@@ -34,7 +34,6 @@ import numpy as np
 from jaxllm.checkpoint import (
     FLOAT_DTYPES,
     MARKER,
-    LazyTensor,
     is_converted,  # noqa: F401  (read as converted.is_converted)
     read_config,
     read_generation_config,
@@ -43,6 +42,7 @@ from jaxllm.checkpoint import (
 from jaxllm.errors import CheckpointError
 from jaxllm.models import quant, weights
 from jaxllm.models.weights import flat_params, report, unflatten_into
+from jaxllm.safetensors_io import LazyTensor
 
 FORMAT = "jaxllm-orbax"
 VERSION = 2  # 2: Dense kernels stored [out..., in...] (version 1 stored [in..., out...])

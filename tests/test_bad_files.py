@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import jaxllm
-from jaxllm import checkpoint, loader
+from jaxllm import checkpoint, loader, safetensors_io
 from jaxllm.errors import CheckpointError, ConfigError
 from jaxllm.models import weights
 
@@ -31,7 +31,7 @@ def write_tiny(folder: Path, raw: dict = TINY) -> Path:
     shapes = {path: leaf.shape for path, leaf in weights.flat_params(p.abstract).items()}
     layout = {name: (shape, np.float32) for name, shape in weights.hf_layout(p.arch.weight_map(p.config), shapes).items()}
     rng = np.random.default_rng(0)
-    checkpoint.write_safetensors(folder, layout, ((n, rng.standard_normal(s, np.float32)) for n, (s, _) in layout.items()))
+    safetensors_io.write_safetensors(folder, layout, ((n, rng.standard_normal(s, np.float32)) for n, (s, _) in layout.items()))
     (folder / "config.json").write_text(json.dumps(raw))
     return folder
 
@@ -376,7 +376,7 @@ def test_other_safetensors_files_beside_model_safetensors_are_not_read(pristine,
     folder = spoiled(pristine, tmp_path, lambda folder: None)
     (folder / "model_ema.safetensors").write_bytes((folder / ST).read_bytes())
     lora = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
-    checkpoint.write_safetensors(tmp_path, {lora: ((4, 16), np.float32)}, [(lora, np.zeros((4, 16), np.float32))])
+    safetensors_io.write_safetensors(tmp_path, {lora: ((4, 16), np.float32)}, [(lora, np.zeros((4, 16), np.float32))])
     (tmp_path / ST).rename(folder / "adapter_model.safetensors")
     want = jaxllm.load(pristine, tokenizer=False).logits([[1, 2, 3]])
     np.testing.assert_array_equal(jaxllm.load(folder, tokenizer=False).logits([[1, 2, 3]]), want)
@@ -388,8 +388,8 @@ def test_model_safetensors_is_read_before_an_index_as_transformers_reads_them(pr
     instead (other values), or refused when missing."""
     folder = spoiled(pristine, tmp_path, lambda folder: None)
     stale = {name: np.zeros(shape, np.float32) for name, shape in
-             ((n, checkpoint.SafetensorsFile(folder / ST).shape(n)) for n in checkpoint.SafetensorsFile(folder / ST).names())}
-    checkpoint.write_safetensors(tmp_path, {n: (a.shape, np.float32) for n, a in stale.items()}, stale.items())
+             ((n, safetensors_io.SafetensorsFile(folder / ST).shape(n)) for n in safetensors_io.SafetensorsFile(folder / ST).names())}
+    safetensors_io.write_safetensors(tmp_path, {n: (a.shape, np.float32) for n, a in stale.items()}, stale.items())
     (tmp_path / ST).rename(folder / "model-00001-of-00002.safetensors")
     weight_map = dict.fromkeys(stale, "model-00001-of-00002.safetensors") | {EMBED: "model-00002-of-00002.safetensors"}
     (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))

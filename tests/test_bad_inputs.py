@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 import jaxllm
-from jaxllm import chat, checkpoint, convert, generate, inspect, loader, progress, research
+from jaxllm import chat, checkpoint, convert, generate, inspect, loader, progress, research, safetensors_io
 from jaxllm.engine import Engine, Request
 from jaxllm.errors import JaxllmError, utf8_lines
 from jaxllm.models import weights
@@ -69,7 +69,7 @@ def write_checkpoint(folder: Path, raw: dict, tokenizer: Path | None = None, spo
             array = (rng.random(shape, np.float32) - 0.5) * 0.04
             yield name, spoil(name, array) if spoil else array
 
-    checkpoint.write_safetensors(folder, layout, arrays())
+    safetensors_io.write_safetensors(folder, layout, arrays())
     (folder / "config.json").write_text(json.dumps(raw))
     for f in (tokenizer.iterdir() if tokenizer else ()):
         (folder / f.name).write_bytes(f.read_bytes())

@@ -14,7 +14,7 @@ import reference
 import torch
 
 import jaxllm
-from jaxllm import checkpoint
+from jaxllm import checkpoint, safetensors_io
 from jaxllm.convert import convert, main
 from jaxllm.models import registry, weights
 
@@ -377,7 +377,7 @@ def test_many_small_shards_take_one_file_descriptor_at_a_time(tmp_path):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
     try:
-        files = checkpoint.write_safetensors(tmp_path, layout, iter(values.items()), max_shard_bytes=16)
+        files = safetensors_io.write_safetensors(tmp_path, layout, iter(values.items()), max_shard_bytes=16)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert len(files) == 301 and files[-1] == "model.safetensors.index.json"

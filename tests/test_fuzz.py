@@ -15,7 +15,7 @@ from safetensors import safe_open
 from test_bad_files import DROP, ST, TINY, join_safetensors, split_safetensors, write_tiny
 
 import jaxllm
-from jaxllm import checkpoint, loader
+from jaxllm import checkpoint, loader, safetensors_io
 from jaxllm.errors import CheckpointError, JaxllmError
 from jaxllm.models import registry
 from jaxllm.models.config import CONFIG_FIELDS, GENERATION_FIELDS, ROPE_FIELDS
@@ -147,7 +147,7 @@ def test_safetensors_file(model, pristine_safetensors, plan, data):
     p = dataclasses.replace(plan, source=source)
     loads_or_refuses(lambda: (p.check(), p.read()))
     try:  # never laxer than the safetensors library: what our reader takes, it opens too
-        checkpoint.SafetensorsFile(model / ST)
+        safetensors_io.SafetensorsFile(model / ST)
     except CheckpointError:
         return
     with safe_open(model / ST, "numpy"):

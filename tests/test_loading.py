@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import jaxllm
-from jaxllm import bench_load, checkpoint, converted, loader
+from jaxllm import bench_load, checkpoint, converted, loader, safetensors_io
 from jaxllm.convert import convert
 from jaxllm.errors import CheckpointError
 from jaxllm.models import weights
@@ -103,7 +103,7 @@ def test_lazy_tensor_reads_rows_and_refuses_a_truncated_file(tmp_path, tiny):
     copy = tmp_path / "t.safetensors"
     data = (tiny / "model.safetensors").read_bytes()
     copy.write_bytes(data)
-    lazy = checkpoint.SafetensorsFile(copy).get("model.embed_tokens.weight")
+    lazy = safetensors_io.SafetensorsFile(copy).get("model.embed_tokens.weight")
     copy.write_bytes(data[: lazy.offset + 10])  # truncated after the header was read
     with pytest.raises(CheckpointError, match="ends early"):
         lazy.read()

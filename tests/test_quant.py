@@ -259,7 +259,7 @@ def llama_folder(tmp_path_factory):
     """A Hugging Face folder (config.json, model.safetensors) of a random tiny Llama, 8 heads."""
     import json
 
-    from jaxllm import checkpoint
+    from jaxllm import safetensors_io
 
     raw = dict(TINY, num_attention_heads=8, num_key_value_heads=2, hidden_size=64, num_hidden_layers=2)
     model = _float_model(raw, seed=4)
@@ -268,7 +268,7 @@ def llama_folder(tmp_path_factory):
     specs = registry.get("LlamaForCausalLM").weight_map(model.config)
     flat = weights.flat_params(model.params)
     layout = {n: (s, np.float32) for n, s in weights.hf_layout(specs, {p: v.shape for p, v in flat.items()}).items()}
-    checkpoint.write_safetensors(folder, layout, weights.export_tensors(specs, flat))
+    safetensors_io.write_safetensors(folder, layout, weights.export_tensors(specs, flat))
     return folder
 
 
