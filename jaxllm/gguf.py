@@ -5,169 +5,32 @@ streaming fill apply unchanged. Quantized tensors are dequantized to float32 one
 F16, BF16 and the 32-value block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) by numpy over all blocks
 at once, anything else the `gguf` package can dequantize (Q4_K, Q6_K, ...) by that package.
 The header is parsed here too (milliseconds; the package's reader takes seconds over a
-vocabulary's strings), once per file. Tensor bytes are decoded in jaxllm/gguf_blocks.py and the
-tokenizer is built and cached on disk in jaxllm/gguf_tokenizer.py.
+vocabulary's strings), once per file. The families (what each general.architecture means: tensor
+names, values llama.cpp changed, metadata keys) are in jaxllm/gguf_families.py, tensor bytes are
+decoded in jaxllm/gguf_blocks.py and the tokenizer is built and cached on disk in
+jaxllm/gguf_tokenizer.py.
 
 Quantized loads (`jaxllm.load(..., quantize=...)`) take Q8_0, Q4_0 and Q4_1 kernels without a
 float detour (`GGUFCheckpoint.blocks`): int8 / int4 values in groups of 32 with the file's float16
 scales (Q4_1's minimum folded into a float32 offset), so the model computes with exactly the
 file's values (d * q, or d * q + m, in float32).
-
-The architectures (ARCHITECTURES) are those jaxllm serves whose GGUF files transformers' GGUF
-loader reads too, and each reads as that loader reads it (tests/test_quant.py holds the two to the
-same logits). What llama.cpp changed on the way in is undone: Llama-family q/k rows permuted for its
-rotary layout, Gemma's norms stored as 1 + w, GPT-2's Conv1D weights transposed, the MoE experts
-stacked in one tensor, Qwen2-MoE's shared-expert gate squeezed to a vector; where that loader drops
-metadata llama.cpp reads (Phi-3's LongRoPE, Gemma 27B's attention scale, the MoE experts' widths,
-...), we read it as llama.cpp does.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import mmap
 import os
-import re
 import struct
 from pathlib import Path
-from typing import Callable, NamedTuple
 
 import numpy as np
 
 from jaxllm.errors import CheckpointError
 from jaxllm.gguf_blocks import NATIVE, TYPES, blocks, check_readable, dequantize, tensor_bytes
+from jaxllm.gguf_families import ARCHITECTURES, Family, check_required, decimal, family_of, hf_name
 from jaxllm.models import quant, registry
 
-
-class Family(NamedTuple):
-    """How llama.cpp writes one GGUF architecture, read back as transformers' GGUF loader reads it."""
-
-    hf: str  # the HF architecture (config.json "architectures")
-    permuted: bool = False  # q/k rows permuted for llama.cpp's rotary layout (Llama, Mistral): undone
-    names: dict = {}  # GGUF name -> HF name, over _NAMES and _LAYER_NAMES
-    norm_shift: float = 0.0  # stored as w + this (Gemma's (1 + w) RMSNorm): subtracted, in float32
-    transposed: tuple = ()  # layer weights stored [out, in] where HF keeps [in, out] (GPT-2's Conv1D): transposed
-    squeezed: tuple = ()  # layer weights [1, in] in HF that converters may store as [in] (Qwen2-MoE's shared-expert gate)
-    config: Callable = lambda get, raw: None  # (metadata getter, config so far): adds the family's own keys
-
-
-def _gemma_config(get, raw: dict) -> None:
-    """Gemma 2 and 3: llama.cpp's attention scale, 1 / sqrt(head_dim) but 1 / sqrt(hidden / heads) for
-    the 27B, which it tells by its layer count (transformers' GGUF loader keeps its default 256: the
-    same for the 2B-12B, wrong for the 27B); the window, soft caps where the file has them, else
-    the family's defaults (transformers' loader ignores the soft caps, which equal its defaults)."""
-    del raw["sliding_window"]
-    for key in ("attention.sliding_window", "attn_logit_softcapping", "final_logit_softcapping"):
-        if get(key) is not None:
-            raw[key.removeprefix("attention.")] = _decimal(get(key))
-    heads, hidden, head_dim = raw["num_attention_heads"], raw["hidden_size"], raw.get("head_dim")
-    if not _positive(heads, hidden) or (head_dim is not None and not _positive(head_dim)):
-        return  # nothing to derive from: the config's checks name the bad value
-    is_27b = raw["num_hidden_layers"] == {"gemma2": 46, "gemma3_text": 62}[raw["model_type"]]
-    raw["query_pre_attn_scalar"] = hidden // heads if is_27b else head_dim or hidden // heads
-
-
-def _positive(*values) -> bool:
-    """Whether every value is a positive whole number (metadata read as it is: any type)."""
-    return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
-
-
-def _phi3_config(get, raw: dict) -> None:
-    """Phi-3 / Phi-4: a rotary part of the head (Phi-4-mini's 3/4), which transformers' GGUF loader
-    drops. Its window: none, as llama.cpp (which disabled it) and transformers' GGUF loader read it."""
-    hidden, heads, rotary = raw["hidden_size"], raw["num_attention_heads"], get("rope.dimension_count")
-    if rotary is not None and (not isinstance(rotary, int) or isinstance(rotary, bool) or rotary < 1):
-        raise CheckpointError(f"GGUF phi3.rope.dimension_count is {rotary!r}, not a positive whole number: the file is "
-                              "damaged: re-convert it with llama.cpp's convert_hf_to_gguf.py")
-    head_dim = raw.get("head_dim")
-    if not _positive(hidden, heads, rotary) or (head_dim is None and hidden % heads) or not _positive(head_dim or 1):
-        return  # nothing to derive from: the config's checks name the bad value
-    head_dim = head_dim or hidden // heads
-    if rotary != head_dim:
-        raw["partial_rotary_factor"] = rotary / head_dim
-
-
-def _moe_config(get, raw: dict) -> None:
-    """The routed experts of Qwen3-MoE and Qwen2-MoE, every layer routed (llama.cpp reads no dense
-    layers for either): their count, top k and width from the file (transformers' GGUF loader keeps
-    its config's default width: Qwen3-30B-A3B's 768, Qwen1.5-MoE-A2.7B's 1408 and 5632 shared)."""
-    prefix, name = {"qwen3_moe": ("qwen3moe", "Qwen3-MoE"), "qwen2_moe": ("qwen2moe", "Qwen2-MoE")}[raw["model_type"]]
-    experts = get("expert_count")
-    if not isinstance(experts, int) or isinstance(experts, bool) or experts < 1:
-        raise CheckpointError(f"GGUF {prefix}.expert_count is {experts!r}: a {name} file has at least one expert; the file "
-                              "is damaged: re-convert it with llama.cpp's convert_hf_to_gguf.py")
-    raw.update(num_experts=experts, num_experts_per_tok=get("expert_used_count"),
-               moe_intermediate_size=get("expert_feed_forward_length"))
-
-
-def _qwen3_moe_config(get, raw: dict) -> None:
-    """Qwen3-MoE: the top-k weights renormalised, as llama.cpp does (and transformers' GGUF loader)."""
-    _moe_config(get, raw)
-    raw["norm_topk_prob"] = True
-
-
-def _qwen2_moe_config(get, raw: dict) -> None:
-    """Qwen2-MoE: the top-k weights as the router gives them (llama.cpp, and Qwen2MoeConfig's default);
-    a shared expert in every layer. Widths the file leaves out are llama.cpp's: the experts'
-    feed_forward_length / expert_used_count (the files written before expert_feed_forward_length
-    existed: Qwen1.5-MoE's 5632 / 4 = 1408), the shared expert's feed_forward_length (0 too, as llama.cpp)."""
-    _moe_config(get, raw)
-    used, ffn = raw["num_experts_per_tok"], raw["intermediate_size"]
-    if raw["moe_intermediate_size"] in (None, 0) and _positive(used, ffn):  # else the config's checks name the bad value
-        raw["moe_intermediate_size"] = ffn // used
-    raw["norm_topk_prob"] = False
-    shared = get("expert_shared_feed_forward_length")
-    raw["shared_expert_intermediate_size"] = ffn if shared in (None, 0) else shared
-
-
-def _gpt2_config(get, raw: dict) -> None:
-    """GPT-2: LayerNorm's epsilon; learned positions, no rope."""
-    del raw["rms_norm_eps"], raw["rope_theta"]
-    raw["layer_norm_epsilon"] = _decimal(get("attention.layer_norm_epsilon", 1e-5))
-    raw["n_inner"] = raw["intermediate_size"]  # GPT2Config's name for it (a config.json written back; it ignores ours)
-
-
-_GEMMA_NAMES = {"ffn_norm": "pre_feedforward_layernorm", "post_attention_norm": "post_attention_layernorm",
-                "post_ffw_norm": "post_feedforward_layernorm"}
-# Qwen2-MoE's shared expert and its gate (one score a token), beside the routed experts
-_QWEN2_MOE_NAMES = {"ffn_gate_shexp": "mlp.shared_expert.gate_proj", "ffn_up_shexp": "mlp.shared_expert.up_proj",
-                    "ffn_down_shexp": "mlp.shared_expert.down_proj", "ffn_gate_inp_shexp": "mlp.shared_expert_gate"}
-_GPT2_NAMES = {"token_embd": "transformer.wte", "position_embd": "transformer.wpe", "output_norm": "transformer.ln_f",
-               "blk": "transformer.h", "attn_norm": "ln_1", "attn_qkv": "attn.c_attn", "attn_output": "attn.c_proj",
-               "ffn_norm": "ln_2", "ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"}
-
-# general.architecture -> how its tensors and metadata read (the families transformers' GGUF loader reads too)
-ARCHITECTURES = {
-    "llama": Family("LlamaForCausalLM", permuted=True),
-    "mistral": Family("MistralForCausalLM", permuted=True),
-    "qwen2": Family("Qwen2ForCausalLM"),
-    "qwen3": Family("Qwen3ForCausalLM"),
-    "qwen3moe": Family("Qwen3MoeForCausalLM", config=_qwen3_moe_config),
-    "qwen2moe": Family("Qwen2MoeForCausalLM", names=_QWEN2_MOE_NAMES, squeezed=("ffn_gate_inp_shexp",),
-                       config=_qwen2_moe_config),
-    "phi3": Family("Phi3ForCausalLM", names={"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"},
-                   config=_phi3_config),
-    "gemma2": Family("Gemma2ForCausalLM", names=_GEMMA_NAMES, norm_shift=1.0, config=_gemma_config),
-    "gemma3": Family("Gemma3ForCausalLM", names=_GEMMA_NAMES, norm_shift=1.0, config=_gemma_config),
-    "gpt2": Family("GPT2LMHeadModel", names=_GPT2_NAMES, transposed=("attn_qkv", "attn_output", "ffn_up", "ffn_down"),
-                   config=_gpt2_config),
-}
-# the keys each family cannot do without, besides the shared ones (config_from_metadata)
-_REQUIRED = {"qwen3moe": ("expert_count", "expert_used_count", "expert_feed_forward_length"),
-             "qwen2moe": ("expert_count", "expert_used_count")}
-
-_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head", "blk": "model.layers"}
-_LAYER_NAMES = {
-    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
-    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-    # MoE: the router, and the experts stacked on a leading axis, split into HF's one tensor per expert ({})
-    "ffn_gate_inp": "mlp.gate", "ffn_gate_exps": "mlp.experts.{}.gate_proj", "ffn_up_exps": "mlp.experts.{}.up_proj",
-    "ffn_down_exps": "mlp.experts.{}.down_proj",
-}
-_TENSOR = re.compile(r"^(?:blk\.(\d+)\.)?(\w+)\.(weight|bias)$")
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9  # GGUF metadata value types
 _MAX_DIMS, _MAX_NESTING = 4, 8  # a tensor's dimensions (GGML_MAX_DIMS); arrays within arrays
@@ -303,41 +166,10 @@ def read_header(path: Path) -> Header:
     return _header(Path(path).resolve(), st.st_size, st.st_mtime_ns)
 
 
-def hf_name(name: str, family: Family = ARCHITECTURES["llama"]) -> str | None:
-    """The HF name of a GGUF tensor of `family` (a "{}" in it stands for the expert), or None."""
-    m = _TENSOR.match(name)
-    if not m:
-        return None
-    layer, part, kind = m.groups()
-    names = {**(_NAMES if layer is None else _LAYER_NAMES), **family.names}
-    if part not in names:
-        return None
-    prefix = "" if layer is None else f"{family.names.get('blk', _NAMES['blk'])}.{layer}."
-    return f"{prefix}{names[part]}.{kind}"
-
-
-def _family(fields: dict) -> tuple[str, str]:
-    """(the ARCHITECTURES key, the metadata key prefix) of a file, or a CheckpointError."""
-    prefix = arch = fields.get("general.architecture")
-    if not isinstance(arch, str):
-        raise CheckpointError(f"GGUF general.architecture must be a string, got {str(arch)[:60]}: "
-                              "the file is damaged or not a language model")
-    if arch not in ARCHITECTURES:
-        raise CheckpointError(
-            f"GGUF architecture '{arch}' is not supported; supported: {', '.join(sorted(ARCHITECTURES))}"
-        )
-    if arch == "llama" and fields.get("llama.expert_count"):  # transformers reads it as a dense Llama, experts dropped
-        raise CheckpointError(f"GGUF llama file with {fields['llama.expert_count']} experts (Mixtral): not supported "
-                              "from GGUF; load the model's Hugging Face checkpoint instead")
-    name = str(fields.get("general.name", "") or "").lower()
-    if arch == "llama" and "mistral" in name:  # llama.cpp files Mistral under llama
-        arch = "mistral"
-    return arch, prefix
-
 
 def config_from_metadata(header: Header) -> dict:
     fields = header.fields
-    arch, prefix = _family(fields)
+    arch, prefix = family_of(fields)
     family = ARCHITECTURES[arch]
 
     def get(key, default=None):
@@ -362,8 +194,8 @@ def config_from_metadata(header: Header) -> dict:
         "num_attention_heads": heads,
         "num_key_value_heads": get("attention.head_count_kv", heads),
         "max_position_embeddings": get("context_length", 2048),
-        "rms_norm_eps": _decimal(get("attention.layer_norm_rms_epsilon", 1e-6)),  # float32 in the file: its shortest
-        "rope_theta": _decimal(get("rope.freq_base", 10000.0)),  # decimal (1e-05, not 9.999999747378752e-06)
+        "rms_norm_eps": decimal(get("attention.layer_norm_rms_epsilon", 1e-6)),  # float32 in the file: its shortest
+        "rope_theta": decimal(get("rope.freq_base", 10000.0)),  # decimal (1e-05, not 9.999999747378752e-06)
         "tie_word_embeddings": "output.weight" not in tensor_names,
         "bos_token_id": fields.get("tokenizer.ggml.bos_token_id"),
         "eos_token_id": fields.get("tokenizer.ggml.eos_token_id"),
@@ -376,30 +208,13 @@ def config_from_metadata(header: Header) -> dict:
         raw["head_dim"] = key_length
     scaling = get("rope.scaling.type")
     if scaling and scaling != "none":
-        raw["rope_scaling"] = {"rope_type": scaling, "factor": _decimal(get("rope.scaling.factor", 1.0))}
+        raw["rope_scaling"] = {"rope_type": scaling, "factor": decimal(get("rope.scaling.factor", 1.0))}
         if get("rope.scaling.original_context_length"):
             raw["rope_scaling"]["original_max_position_embeddings"] = get("rope.scaling.original_context_length")
-    _check_required(get, prefix)
+    check_required(get, prefix)
     family.config(get, raw)
     return raw
 
-
-def _check_required(get, prefix: str) -> None:
-    """A CheckpointError naming every metadata key the file lacks that its architecture needs."""
-    keys = ("embedding_length", "feed_forward_length", "block_count", "attention.head_count", *_REQUIRED.get(prefix, ()))
-    missing = [f"{prefix}.{key}" for key in keys if get(key) is None]
-    if missing:
-        raise CheckpointError(f"GGUF metadata lacks {', '.join(missing)}: the file is incomplete or not a language model; "
-                              "re-convert it with llama.cpp's convert_hf_to_gguf.py")
-
-
-def _decimal(value):
-    """A float32 metadata value as the shortest decimal that reads back as the same float32 (what
-    the writer most likely stored: 1e-05 for 9.999999747378752e-06); anything else unchanged, for
-    the config's checks to judge."""
-    if isinstance(value, float) and math.isfinite(value):
-        return float(str(np.float32(value)))
-    return value
 
 
 def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
@@ -505,7 +320,7 @@ def open_checkpoint(path: Path):
     """(tensors under HF names, config.json-shaped dict) of a .gguf file."""
     header = read_header(path)
     raw = config_from_metadata(header)
-    tensors = GGUFCheckpoint(header, raw, ARCHITECTURES[_family(header.fields)[0]])
+    tensors = GGUFCheckpoint(header, raw, ARCHITECTURES[family_of(header.fields)[0]])
     if "rope_freqs.weight" in tensors.tensors:
         _rope_freqs(tensors, raw, header.path)
     if {"rope_factors_long.weight", "rope_factors_short.weight"} & tensors.tensors.keys():
@@ -540,7 +355,7 @@ def _longrope(tensors: GGUFCheckpoint, raw: dict, header: Header) -> None:
     raw["original_max_position_embeddings"] = original  # where Phi3Config reads it (a config.json written back)
     attention = header.fields.get(f"{prefix}.rope.scaling.attn_factor")
     if attention is not None:  # else transformers' own, from the two contexts (the converter's formula too)
-        raw["rope_scaling"]["attention_factor"] = _decimal(attention)
+        raw["rope_scaling"]["attention_factor"] = decimal(attention)
 
 
 def _factors(tensors: GGUFCheckpoint, name: str, raw: dict, path: Path) -> list[float]:

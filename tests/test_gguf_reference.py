@@ -1,5 +1,5 @@
 """GGUF files against transformers' own GGUF loader, beyond tests/test_quant.py's float and Q8_0
-files: each layout of jaxllm.gguf.ARCHITECTURES (Mistral under llama included) with its tensors
+files: each layout of jaxllm.gguf_families.ARCHITECTURES (Mistral under llama included) with its tensors
 stored as Q4_0, Q4_1, Q8_0, F16, F32 and the K-quants Q4_K, Q5_K, Q6_K mixed in one file; a Llama
 written from a Hugging Face model as llama.cpp's convert_hf_to_gguf.py writes it (q/k rows
 permuted, head_dim from key_length) against that model itself; and the tokenizer of a GGUF file
@@ -19,7 +19,7 @@ from gguf_files import add_fields
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 import jaxllm
-from jaxllm import gguf, gguf_blocks, gguf_tokenizer
+from jaxllm import gguf, gguf_blocks, gguf_families, gguf_tokenizer
 from jaxllm.models import quant, weights
 
 E, F, V = 64, 256, 96  # hidden, MLP width (a K-quant's 256-value block fits its down projection), vocabulary
@@ -149,7 +149,7 @@ def test_every_tensor_type_matches_transformers(tmp_path, arch, name):
     kinds = {GGMLQuantizationType(t[2]).name for t in gguf.read_header(path).tensors}
     assert set(KINDS) <= kinds and kinds & set(K_QUANTS), kinds
     ours = jaxllm.load(path, tokenizer=False)
-    assert ours.config.architecture == ("MistralForCausalLM" if name else gguf.ARCHITECTURES[arch].hf)
+    assert ours.config.architecture == ("MistralForCausalLM" if name else gguf_families.ARCHITECTURES[arch].hf)
     err = reference.max_rel_diff(ours.logits(TOKENS), reference.torch_logits(transformers_gguf(path), TOKENS))
     assert err <= 1e-4, err
 

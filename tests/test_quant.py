@@ -14,7 +14,7 @@ from gguf import GGMLQuantizationType, GGUFWriter, quants
 from jax.sharding import PartitionSpec as P
 
 import jaxllm
-from jaxllm import convert, gguf, loader
+from jaxllm import convert, gguf, gguf_families, loader
 from jaxllm.errors import CheckpointError, ConfigError, JaxllmError
 from jaxllm.models import quant, registry, weights
 from jaxllm.random_model import random_model
@@ -692,7 +692,7 @@ def test_gguf_logits_match_transformers_gguf_loader(arch, tmp_path):
     ours = jaxllm.load(tmp_path / "tiny.gguf", tokenizer=False)
     theirs = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="tiny.gguf", dtype=torch.float32,
                                                                attn_implementation="eager").eval()
-    assert ours.config.architecture == type(theirs).__name__ == gguf.ARCHITECTURES[arch].hf
+    assert ours.config.architecture == type(theirs).__name__ == gguf_families.ARCHITECTURES[arch].hf
     err = reference.max_rel_diff(ours.logits(GGUF_TOKENS), reference.torch_logits(theirs, GGUF_TOKENS))
     print(f"{arch}: max rel diff {err:.2e}")
     assert err <= 1e-4
@@ -799,7 +799,7 @@ def test_gguf_metadata_transformers_drops_is_read(arch, meta, want, tmp_path):
     _arch_gguf(tmp_path / "meta.gguf", arch, meta=meta)
     raw = gguf.config_from_metadata(gguf.Header(tmp_path / "meta.gguf"))
     assert {k: raw.get(k) for k in want} == want
-    cfg = registry.get(gguf.ARCHITECTURES[arch].hf).config(raw)
+    cfg = registry.get(gguf_families.ARCHITECTURES[arch].hf).config(raw)
     assert (cfg.rope.factor, cfg.local_rope.factor if cfg.local_rope else 1.0) == ((8.0, 1.0) if "rope_scaling" in want else (1.0, 1.0))
 
 
