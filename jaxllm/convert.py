@@ -22,7 +22,7 @@ from pathlib import Path
 
 import jax
 
-from jaxllm import checkpoint, converted, runtime, safetensors_io
+from jaxllm import checkpoint, converted, orbax_writing, runtime, safetensors_io
 from jaxllm.errors import ArgumentParser, CheckpointError, JaxllmError, check_interrupted, handle_signals, run_cli
 from jaxllm.loader import QUANTIZE, open_checkpoint, plan
 from jaxllm.models import quant, weights
@@ -222,8 +222,8 @@ def _refused(dst: Path, err: OSError, tmp: Path | None = None) -> JaxllmError:
     name = os.fsdecode(err.filename) if err.filename is not None else None
     if tmp is not None and name is not None and not os.path.abspath(name).startswith(os.path.abspath(tmp)):
         return CheckpointError(f"cannot read {name} ({err.strerror or type(err).__name__}): check the source checkpoint")
-    return converted.write_error(dst, err) or JaxllmError(f"cannot write {dst}: {err.strerror or err}; check the disk "
-                                                           "or choose another output folder")
+    return orbax_writing.write_error(dst, err) or JaxllmError(f"cannot write {dst}: {err.strerror or err}; check the disk "
+                                                               "or choose another output folder")
 
 
 def _remove(folder: Path, made: list[Path] = ()) -> None:

@@ -8,25 +8,18 @@ onto the shards of a mesh) without converting again.
       jaxllm.json  format, dtype, architecture, source, and every parameter's shape; written last
 
 Parameters are saved as a flat dict keyed by their dotted path, which any orbax version reads back
-without knowing our module tree.
+without knowing our module tree. The write is waited for to its end, and a refused one reported in
+one line, by jaxllm/orbax_writing.py.
 """
 
 from __future__ import annotations
 
-import concurrent.futures.thread
-import errno
 import functools
 import json
-import logging
 import math
 import os
 import re
-import sys
-import threading
-import time
-import warnings
 from pathlib import Path
-from typing import Callable
 
 import jax
 import numpy as np
@@ -42,6 +35,7 @@ from jaxllm.checkpoint import (
 from jaxllm.errors import CheckpointError
 from jaxllm.models import quant, weights
 from jaxllm.models.weights import flat_params, report, unflatten_into
+from jaxllm.orbax_writing import ignore_closed_loops, write_error, write_to_the_end
 from jaxllm.safetensors_io import LazyTensor
 
 FORMAT = "jaxllm-orbax"
@@ -60,7 +54,7 @@ def _checkpointer(restore_bytes: int | None = None):
     (orbax's own default is 96 GB: a whole model on the host before it reaches the devices)."""
     import orbax.checkpoint as ocp
 
-    _ignore_closed_loops()  # before any read or write: a failed one's leftovers can report at once
+    ignore_closed_loops()  # before any read or write: a failed one's leftovers can report at once
     options = dict(use_compression=False)
     if restore_bytes:
         options["restore_concurrent_gb"] = max(1, math.ceil(restore_bytes / 1e9))
@@ -89,113 +83,6 @@ def save(folder: Path, params, meta: dict, shown: Path | None = None) -> None:
         (folder / MARKER).write_text(json.dumps(marker, indent=1))
     except OSError as err:
         raise (write_error(shown or folder, err) or err) from None
-
-
-def write_to_the_end(write: Callable[[], None], shown: Path, timeout: float = 600.0) -> None:
-    """Run `write` (an orbax save) in a thread and wait for it. Orbax writes from threads of its
-    own that an exception in the waiting thread (Ctrl-C, SIGTERM) does not stop, and that go on
-    after a failed write of theirs: whatever ends the wait, every thread the save started is
-    waited for (up to `timeout` seconds; further Ctrl-C are ignored meanwhile) before anything
-    propagates, so nothing writes afterwards. A refused write is a CheckpointError naming `shown`."""
-    before = set(threading.enumerate())
-    failure: list[BaseException] = []
-
-    def run():
-        try:
-            write()
-        except BaseException as err:  # noqa: BLE001 - handed to the waiting thread
-            failure.append(err)
-
-    worker = threading.Thread(target=run, name="jaxllm-save", daemon=True)
-    quiet = _QuietOrbax()  # its threads log a failed write with a traceback each: the error says it once
-    logging.getLogger("absl").addFilter(quiet)
-    try:
-        worker.start()
-        while worker.is_alive():
-            worker.join(0.05)  # wakes for signals: Ctrl-C raises here
-    finally:
-        _wait_for_writers(worker, before, time.monotonic() + timeout)
-        logging.getLogger("absl").removeFilter(quiet)
-    if failure:
-        err = write_error(shown, failure[0])
-        if err is None:
-            raise failure[0]
-        raise err from None
-
-
-def _wait_for_writers(worker: threading.Thread, before: set, deadline: float) -> None:
-    """Wait until `worker` and every other non-daemon thread started since `before` has ended
-    (idle thread-pool workers aside: they wait for work, not write)."""
-    while time.monotonic() < deadline:
-        writers = [t for t in threading.enumerate() if t not in before and t is not threading.current_thread()
-                   and (t is worker or (not t.daemon and getattr(t, "_target", None) is not _pool_worker))]
-        if not writers:
-            return
-        try:
-            writers[0].join(min(0.1, max(0.0, deadline - time.monotonic())))
-        except KeyboardInterrupt:  # a second Ctrl-C or SIGTERM: the writes still have to end first
-            continue
-
-
-class _QuietOrbax(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return f"{os.sep}orbax{os.sep}" not in record.pathname
-
-
-def _ignore_closed_loops() -> None:
-    """When a save or a restore fails or is interrupted, tensorstore still completes the reads and
-    writes it had under way and reports each to an event loop orbax has closed ("RuntimeError: Event
-    loop is closed"), orbax's coroutines are left unawaited ("Exception ignored in: <coroutine ...>"),
-    and asyncio logs its tasks' errors ("Task exception was never retrieved"): a traceback apiece,
-    after the one-line error has said it all. Those alone are dropped (installed once, for the
-    process, before orbax's first read or write: they can come as soon as one fails, or later,
-    when the tasks are freed)."""
-    previous = sys.unraisablehook
-    if getattr(previous, "jaxllm_closed_loops", False):
-        return
-
-    def hook(unraisable):
-        closed = isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
-        code = getattr(unraisable.object, "cr_code", None)
-        if not (closed or (code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename)):
-            previous(unraisable)
-
-    hook.jaxllm_closed_loops = True
-    sys.unraisablehook = hook
-    logging.getLogger("asyncio").addFilter(_OrbaxTasks())
-    # and Python's warning for each orbax coroutine the failure left unawaited, when it is freed
-    warnings.filterwarnings("ignore", r"coroutine '[\w.<>]*(Store\._get_array_metadatas|write_fragment)' was never awaited",
-                            RuntimeWarning)
-
-
-class _OrbaxTasks(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not ("never retrieved" in message and any(word in message for word in ("orbax", "OCDBT", "tensorstore")))
-
-
-_pool_worker = getattr(concurrent.futures.thread, "_worker", None)
-_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
-_WRITE_FAILURES = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-                   errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-                   errno.EPERM: "the operation is not permitted", errno.EFBIG: "a file would exceed the size limit",
-                   errno.EIO: "an input/output error"}
-
-
-def write_error(folder: Path, err: BaseException) -> CheckpointError | None:
-    """The CheckpointError of a write into `folder` that the system refused (an OSError, or orbax's
-    and tensorstore's ValueError carrying an os_error_code), or None for anything else (a bug)."""
-    code = err.errno if isinstance(err, OSError) else None
-    if code is None:
-        match = _OS_ERROR_CODE.search(str(err))
-        code = int(match.group(1)) if match else None
-    if code is None:
-        return None
-    reason = _WRITE_FAILURES.get(code) or os.strerror(code)
-    fix = ("free some space there or choose another output folder" if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-           else "choose an output folder you can write to" if code in (errno.EROFS, errno.EACCES, errno.EPERM)
-           else "check the disk or choose another output folder")
-    return CheckpointError(f"cannot write {folder}: {reason} ({os.strerror(code)}, errno {code}); {fix}")
 
 
 def arrays(folder: Path):

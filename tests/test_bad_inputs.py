@@ -490,7 +490,7 @@ def test_closed_stdout_ends_quietly(files):
 def test_errno_names_in_write_errors(tmp_path):
     """The write errors convert reports, for each kind of refused write (OSError or tensorstore's
     message with an os_error_code)."""
-    from jaxllm.converted import write_error
+    from jaxllm.orbax_writing import write_error
 
     full = write_error(tmp_path, ValueError("RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']"))
     assert str(full) == f"cannot write {tmp_path}: the disk is full (No space left on device, errno 28); free some space there " \
