@@ -20,7 +20,7 @@ def test_bench_runs_and_reports(tmp_path, capsys):
     for n in (64, 80):  # the quick long prompts: first token, decode rate, peak memory vs weights + KV
         assert r[f"long_{n}"]["ttft_s"] > 0 and r[f"long_{n}"]["weights_plus_kv_bytes"] > 0
     assert r["prefix_same_tokens"]  # on the CPU (tiny model): the cache changes no token
-    assert r["offline_output_tokens"] > 0 and report["bandwidth_bytes_per_s"] > 0
+    assert r["offline_output_tokens"] > 0 and report["bandwidth_bytes_per_s"] > 0 and report["read_bytes_per_s"] > 0
     table = capsys.readouterr().out
     assert "b1 tok/s" in table and "tiny" in table
 
