@@ -220,7 +220,10 @@ CONFIG_FIELDS = {
     "max_position_embeddings": COUNT, "rms_norm_eps": NON_NEGATIVE, "layer_norm_eps": NON_NEGATIVE,
     "hidden_act": NAME, "tie_word_embeddings": FLAG, "attention_bias": FLAG, "mlp_bias": FLAG,
     "rope_theta": POSITIVE, "rope_scaling": OBJECT, "rope_parameters": OBJECT, "partial_rotary_factor": FRACTION,
-    "original_max_position_embeddings": COUNT, "sliding_window": COUNT, "use_sliding_window": FLAG,
+    "original_max_position_embeddings": COUNT, "use_sliding_window": FLAG,
+    # 0 is what transformers' Qwen2-MoE config saves for a window turned off (use_sliding_window false);
+    # a window of 0 on a sliding layer is refused (_validated)
+    "sliding_window": INDEX,
     "max_window_layers": _given(INDEX), "layer_types": Field(str, many="list"), "bos_token_id": INDEX,
     "eos_token_id": Field(int, 0, MAX_SIZE, many="either"), "pad_token_id": Field(int), "dtype": NAME, "torch_dtype": NAME,
     # Gemma
@@ -440,7 +443,7 @@ def from_hf(raw: dict, architecture: str, defaults: dict | None = None, family_d
         raise ConfigError(f"config.json asks for sliding_attention layers but use_sliding_window=false turns its sliding_window "
                           f"({raw['sliding_window']}) off: set use_sliding_window to true, or make those layers full_attention")
     if not layer_types:
-        layer_types = ("sliding_attention" if sliding else "full_attention",) * layers
+        layer_types = ("sliding_attention" if sliding is not None else "full_attention",) * layers
     eos = token_ids(raw.get("eos_token_id"))
     values = dict(
         architecture=architecture,
@@ -476,6 +479,10 @@ def _validated(cfg: ModelConfig) -> ModelConfig:
     for t in cfg.layer_types:
         if t not in LAYER_TYPES:
             raise ConfigError(f"config.json layer type '{t}' is not supported; use full_attention or sliding_attention")
+    if "sliding_attention" in cfg.layer_types and cfg.sliding_window == 0:
+        raise ConfigError("config.json sliding_window is 0, a window in which a token sees no key at all (transformers fails "
+                          "running it): set it to the window's width in tokens, or turn the window off (Qwen: "
+                          "use_sliding_window false; Mistral, Mixtral, Phi-3: sliding_window null)")
     if "sliding_attention" in cfg.layer_types and not cfg.sliding_window:
         raise ConfigError("config.json asks for sliding_attention layers but sets no 'sliding_window': add it")
     rotary = cfg.position_embedding == "rope" and any(cfg.layer_rope(i) is not None for i in range(cfg.num_layers))

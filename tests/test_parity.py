@@ -225,6 +225,8 @@ SPELLINGS = {
                                             _edit(("moe_intermediate_size", "shared_expert_intermediate_size"))),
     # its window layers without layer_types: the even ones below max_window_layers (28), not Qwen2's from it on;
     # qkv_bias false drops the biases
+    # the window turned off as transformers 5 saves it: "sliding_window": 0 beside "use_sliding_window": false
+    "qwen2moe-window-off-saved-as-zero": ("Qwen2MoeForCausalLM", dict(use_sliding_window=False), _edit()),
     "qwen2moe-window-layers-qkv-bias-off": ("Qwen2MoeForCausalLM", dict(max_window_layers=1, qkv_bias=False),
                                             _edit(("layer_types", "max_window_layers"), attention_bias=True)),
     # a key the family's modeling code ignores: every head rotates whole (transformers' Llama, Qwen3)
