@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import sys
 
@@ -30,7 +29,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 sys.path.insert(0, os.path.dirname(__file__))
-from quant_matvec_probe import LAYERS, SHAPES, timed, write_results  # noqa: E402
+from quant_matvec_probe import LAYERS, SHAPES, measure, write_results  # noqa: E402
 
 from jaxllm.models import quant  # noqa: E402
 from jaxllm.models.quant_kernels import _int8_to_f16  # noqa: E402
@@ -135,17 +134,7 @@ def main(argv=None):
     results = []
 
     def record(name, shape, fn, x, ws, nbytes, ref=None):
-        try:
-            out = fn(x, ws)
-            err = None
-            if ref is not None:
-                err = max(float(jnp.max(jnp.abs(o.astype(jnp.float32) - r)) / jnp.max(jnp.abs(r))) for o, r in zip(out, ref))
-            t = timed(fn, x, ws) / LAYERS
-            r = dict(case=name, shape=shape, us=round(t * 1e6, 2), tbps=round(nbytes / t / 1e12, 2), err=err)
-        except Exception as e:
-            r = dict(case=name, shape=shape, error=f"{type(e).__name__}: {str(e)[:300]}")
-        print(json.dumps(r), flush=True)
-        results.append(r)
+        results.append(measure(dict(case=name, shape=shape), fn, x, ws, nbytes, ref))
 
     for shape, (n, k) in SHAPES.items():
         x = jax.random.normal(key, (1, k), jnp.float32).astype(jnp.bfloat16)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import sys
 
@@ -20,7 +19,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 sys.path.insert(0, os.path.dirname(__file__))
-from quant_matvec_probe import LAYERS, SHAPES, product, timed, weights, write_results  # noqa: E402
+from quant_matvec_probe import SHAPES, measure, product, weights, write_results  # noqa: E402
 
 from jaxllm.models import quant  # noqa: E402
 from jaxllm.models.quant_kernels import _int8_to_f16, qmatmul16  # noqa: E402
@@ -117,17 +116,7 @@ def main(argv=None):
     key = jax.random.PRNGKey(0)
 
     def record(name, shape, kind, fn, x, ws, nbytes, ref=None):
-        try:
-            out = fn(x, ws)
-            err = None
-            if ref is not None:
-                err = max(float(jnp.max(jnp.abs(o.astype(jnp.float32) - r)) / jnp.max(jnp.abs(r))) for o, r in zip(out, ref))
-            t = timed(fn, x, ws) / LAYERS
-            r = dict(case=name, shape=shape, kind=kind, us=round(t * 1e6, 2), gbps=round(nbytes / t / 1e9, 1), err=err)
-        except Exception as e:
-            r = dict(case=name, shape=shape, kind=kind, error=f"{type(e).__name__}: {str(e)[:400]}")
-        print(json.dumps(r), flush=True)
-        results.append(r)
+        results.append(measure(dict(case=name, shape=shape, kind=kind), fn, x, ws, nbytes, ref))
 
     for rows in [int(r) for r in args.mm.split(",") if r]:
         from jaxllm.models.quant_kernels import qmatmul, tiling

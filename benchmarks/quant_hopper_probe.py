@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(__file__))
-from quant_matvec_probe import LAYERS, SHAPES, product, timed, weights, write_results  # noqa: E402
+from quant_matvec_probe import SHAPES, measure, product, weights, write_results  # noqa: E402
 
 from jaxllm.models import quant, quant_hopper, quant_kernels  # noqa: E402
 
@@ -36,16 +36,7 @@ def main(argv=None):
     results, key = [], jax.random.PRNGKey(0)
 
     def record(name, shape, rows, fn, x, ws, nbytes, ref=None):
-        try:
-            out = fn(x, ws)
-            err = None if ref is None else max(
-                float(jnp.max(jnp.abs(o.astype(jnp.float32) - r)) / jnp.max(jnp.abs(r))) for o, r in zip(out, ref))
-            t = timed(fn, x, ws) / LAYERS
-            r = dict(case=name, shape=shape, rows=rows, us=round(t * 1e6, 2), gbps=round(nbytes / t / 1e9, 1), err=err)
-        except Exception as e:  # a tiling the kernel refuses: recorded, the probe goes on
-            r = dict(case=name, shape=shape, rows=rows, error=f"{type(e).__name__}: {str(e)[:600]}")
-        print(json.dumps(r), flush=True)
-        results.append(r)
+        results.append(measure(dict(case=name, shape=shape, rows=rows), fn, x, ws, nbytes, ref))
 
     for rows in [int(r) for r in args.rows.split(",")]:
         for shape in args.shapes.split(","):

@@ -71,6 +71,22 @@ def timed(fn, *args, reps=20):
     return best
 
 
+def measure(fields: dict, fn, x, ws, nbytes, ref=None) -> dict:
+    """One case, printed as a JSON line: `fields` plus microseconds per product, GB/s of the
+    kernel's own bytes and (with `ref`, the float32 products) the largest error relative to the
+    largest output; or the error that stopped it (a form that does not compile is a finding)."""
+    try:
+        out = fn(x, ws)
+        err = None if ref is None else max(
+            float(jnp.max(jnp.abs(o.astype(jnp.float32) - r)) / jnp.max(jnp.abs(r))) for o, r in zip(out, ref))
+        t = timed(fn, x, ws) / LAYERS
+        r = dict(fields, us=round(t * 1e6, 2), gbps=round(nbytes / t / 1e9, 1), err=err)
+    except Exception as e:
+        r = dict(fields, error=f"{type(e).__name__}: {str(e)[:600]}")
+    print(json.dumps(r), flush=True)
+    return r
+
+
 def weights(n, k, kind, g, key):
     """LAYERS kernels of one kind: (kernel, scale, offset) tuples with random values."""
     out = []
@@ -140,13 +156,7 @@ def main(argv=None):
     key = jax.random.PRNGKey(0)
 
     def record(name, shape, rows, kind, fn, x, ws, nbytes):
-        try:
-            t = timed(fn, x, ws) / LAYERS
-            r = dict(case=name, shape=shape, rows=rows, kind=kind, us=round(t * 1e6, 2), gbps=round(nbytes / t / 1e9, 1))
-        except Exception as e:  # a form that does not compile here is a finding, not the end of the probe
-            r = dict(case=name, shape=shape, rows=rows, kind=kind, error=f"{type(e).__name__}: {str(e)[:300]}")
-        print(json.dumps(r), flush=True)
-        results.append(r)
+        results.append(measure(dict(case=name, shape=shape, rows=rows, kind=kind), fn, x, ws, nbytes))
 
     for rows in [int(r) for r in args.rows.split(",")]:
         for shape, (n, k) in SHAPES.items():
