@@ -61,6 +61,9 @@ def run_session(args) -> int:
 def _session(args) -> int:
     """run_session's work: the library's errors come out in its terms (run_session names the flags)."""
     params = progress.sampling_params(args)
+    if sys.stdin is None:  # `<&-`: no turn could ever be read; said before the model loads
+        raise JaxllmError("stdin is closed, and the chat reads its turns from it: type them at a terminal or pipe them in, "
+                          "e.g. printf 'Hello\\n' | python -m jaxllm.chat")
     model = progress.load_model(args)
     if not has_chat_template(model.tokenizer):
         raise JaxllmError("this checkpoint's tokenizer has no chat template, which a chat needs: "
