@@ -64,6 +64,7 @@ def _session(args) -> int:
     if sys.stdin is None:  # `<&-`: no turn could ever be read; said before the model loads
         raise JaxllmError("stdin is closed, and the chat reads its turns from it: type them at a terminal or pipe them in, "
                           "e.g. printf 'Hello\\n' | python -m jaxllm.chat")
+    out = progress.output()
     model = progress.load_model(args)
     if not has_chat_template(model.tokenizer):
         raise JaxllmError("this checkpoint's tokenizer has no chat template, which a chat needs: "
@@ -79,7 +80,7 @@ def _session(args) -> int:
     if talk.max_new >= talk.max_len:  # every message would be refused: say so now, not at each one
         raise JaxllmError(f"--max-new-tokens {talk.max_new:,} leaves no room for a message in this chat's context of "
                           f"{talk.max_len:,} tokens: use at most {talk.max_len - 1:,}")
-    talk.run(sys.stdin, sys.stdout)
+    talk.run(sys.stdin, out)
     return 0
 
 
@@ -162,8 +163,7 @@ class Chat:
         stats, shown = progress.Stats(), []
 
         def on_text(index, text):
-            out.write(text)
-            out.flush()
+            progress.write(out, text)
             shown.append(text)
 
         def on_token(index, tokens):
@@ -175,16 +175,14 @@ class Chat:
             with self._ctrl_c_stops():
                 self.model.generate(ids, self.params, engine=self.engine, on_text=on_text, on_token=on_token)
         except KeyboardInterrupt:  # a second Ctrl-C: the chat ends; the text shown keeps its own line
-            out.write("\n")
-            out.flush()
+            progress.write(out, "\n")
             raise
         except Stopped:
-            out.write(" [stopped]")
+            progress.write(out, " [stopped]")
         except GenerationError as err:  # e.g. the conversation outgrew the context
             _note(f"error: {progress.in_flag_terms(str(err))} (/reset starts a new conversation)")
             return
-        out.write("\n")
-        out.flush()
+        progress.write(out, "\n")
         self.history += [turn[-1], {"role": "assistant", "content": "".join(shown)}]
         print(stats.line(len(ids)), file=sys.stderr)
 

@@ -108,6 +108,7 @@ def _main(args) -> int:
 
 def _answer(args, prompts: list[str]) -> int:
     params = progress.sampling_params(args)
+    out = progress.output()
     model = progress.load_model(args)
     leader = progress.is_leader()
     if leader and (note := progress.greedy_note(args, params, model.generation_config)):
@@ -119,25 +120,22 @@ def _answer(args, prompts: list[str]) -> int:
     def on_text(index, text):
         if stream:
             shown.append(text)
-            sys.stdout.write(text)
-            sys.stdout.flush()
+            progress.write(out, text)
 
     stats = progress.Stats()
     try:
         results = model.generate(prompts, params, chat=args.chat, system=args.system, on_text=on_text, on_token=stats.on_token)
     except KeyboardInterrupt:
         if shown:  # the text shown stays, on its own line: 'interrupted' (stderr) not glued to it
-            sys.stdout.write("\n")
+            progress.write(out, "\n")
         raise
     if not leader:
         return 0
     if stream:
-        sys.stdout.write("\n")
+        progress.write(out, "\n")
     else:
         for i, r in enumerate(results):
-            if len(results) > 1:
-                print(f"### {i + 1}")
-            print(r.text)
+            progress.write(out, (f"### {i + 1}\n" if len(results) > 1 else "") + r.text + "\n")
     print(stats.line(sum(r.prompt_tokens for r in results)), file=sys.stderr)
     return 0
 

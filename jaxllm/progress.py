@@ -194,6 +194,33 @@ def greedy_note(args, params: SamplingParams, generation_config: dict | None) ->
             "to sample, add --temperature, e.g. --temperature 0.7")
 
 
+def output():
+    """sys.stdout, where the answers go; a JaxllmError when it is closed (`>&-`), said before anything loads."""
+    if sys.stdout is None:
+        raise JaxllmError("stdout is closed (>&-), and the answers go there: redirect it to a file or to /dev/null")
+    return sys.stdout
+
+
+def write(out, text: str) -> None:
+    """`text` on `out` (stdout) now, flushed, so an answer shows as it is generated. A closed pipe
+    stays a BrokenPipeError (run_cli ends quietly, as `| head` expects); any other failure to write
+    (a full disk, a closed file) is a JaxllmError naming it, and the text not written is dropped
+    (the interpreter's last flush would fail on it again)."""
+    try:
+        out.write(text)
+        out.flush()
+    except BrokenPipeError:
+        raise
+    except (OSError, ValueError) as err:
+        try:  # the file descriptor to /dev/null: what is still buffered goes nowhere, quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, out.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+        raise JaxllmError(f"cannot write the answer to stdout: {getattr(err, 'strerror', None) or err}") from None
+
+
 def is_leader() -> bool:
     """Whether this process prints (under jax.distributed every process runs the command)."""
     return jax.process_index() == 0

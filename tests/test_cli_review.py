@@ -2,13 +2,15 @@
 output that cannot be written, files and pipes that start with a byte order mark. A stand-in model
 answers, so nothing is loaded or compiled."""
 
+import errno
+import io
 import os
 import sys
 from types import SimpleNamespace
 
 import pytest
 
-from jaxllm import chat, progress
+from jaxllm import chat, generate, progress
 
 
 class StandIn:
@@ -55,4 +57,61 @@ def test_chat_with_stdin_closed_is_one_line_before_loading(stand_in, monkeypatch
     assert chat.main(["--compile-cache", "none"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "stdin" in err, err
+    assert stand_in.loads == []
+
+
+class Disk(io.RawIOBase):
+    """A file on a disk that fills up: writes fail with ENOSPC while `full`."""
+
+    def __init__(self):
+        self.full, self.data = True, b""
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        if self.full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.data += bytes(b)
+        return len(b)
+
+
+@pytest.mark.parametrize("argv", [["Hi"], ["--no-stream", "Hi"]])
+def test_generate_to_a_full_disk_is_one_line(stand_in, monkeypatch, capsys, argv):
+    """`python -m jaxllm.generate "Hi" > /dev/full`: the answer cannot be written. It was an
+    OSError traceback (from the stream's write, or run_cli's flush under --no-stream)."""
+    disk = Disk()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BufferedWriter(disk), encoding="utf-8"))
+    try:
+        assert generate.main(["--compile-cache", "none", *argv]) == 2
+    finally:
+        disk.full = False  # what is left in the buffer may go now
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "stdout" in err and "No space left on device" in err, err
+
+
+def test_chat_to_a_full_disk_is_one_line(stand_in, monkeypatch, capsys):
+    disk = Disk()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"Hi\nAgain\n")))
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BufferedWriter(disk), encoding="utf-8"))
+    try:
+        assert chat.main(["--compile-cache", "none"]) == 2
+    finally:
+        disk.full = False
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "stdout" in err and "No space left on device" in err, err
+    assert len(stand_in.model.prompts) == 1  # the chat ends at the first answer it cannot write
+
+
+@pytest.mark.parametrize("main", [generate.main, chat.main])
+def test_stdout_closed_is_one_line_before_loading(stand_in, monkeypatch, capsys, main):
+    """`... >&-`: nowhere to write the answer. It was an AttributeError traceback once the model
+    had loaded and answered."""
+    monkeypatch.setattr(sys, "stdout", None)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"Hi\n")))
+    assert main(["--compile-cache", "none", "Hi"] if main is generate.main else ["--compile-cache", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "stdout" in err, err
     assert stand_in.loads == []
