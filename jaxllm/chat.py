@@ -116,8 +116,12 @@ class Chat:
         KeyboardInterrupt)."""
         if stdin.isatty():
             import readline  # noqa: F401  (line editing and history for input())
-        while (line := _read_line(stdin)) is not None and self.handle(line, stdout):
-            pass
+        first = True
+        while (line := _read_line(stdin)) is not None:
+            if first:  # a byte order mark ("UTF-8 with BOM" input) is not part of the first turn, nor hides a /command
+                line, first = line.removeprefix("\ufeff"), False
+            if not self.handle(line, stdout):
+                break
 
     def handle(self, line: str, out) -> bool:
         """One input line: a command or a user turn. False: quit."""

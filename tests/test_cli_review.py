@@ -115,3 +115,26 @@ def test_stdout_closed_is_one_line_before_loading(stand_in, monkeypatch, capsys,
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "stdout" in err, err
     assert stand_in.loads == []
+
+
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_a_byte_order_mark_is_not_part_of_the_first_prompt(stand_in, monkeypatch, tmp_path, source):
+    """A prompts file saved as 'UTF-8 with BOM' (Windows Notepad, PowerShell's Out-File): the
+    first prompt began with U+FEFF, three more tokens in SmolLM2's tokenizer than the line's
+    text, so it was answered as another prompt than the one written."""
+    data = b"\xef\xbb\xbfHi\r\n\r\n  \r\nBye\r\n"
+    argv = ["--compile-cache", "none", "--no-stream"]
+    if source == "file":
+        (tmp_path / "p.txt").write_bytes(data)
+        argv += ["--batch-file", str(tmp_path / "p.txt")]
+    else:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    assert generate.main(argv) == 0
+    assert stand_in.model.prompts == [["Hi", "Bye"]]
+
+
+def test_a_byte_order_mark_does_not_reach_the_chat(stand_in, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("\ufeff/help\nHi \ufeff\n".encode())))
+    assert chat.main(["--compile-cache", "none"]) == 0
+    assert "the commands are" in capsys.readouterr().err  # /help, not a user turn
+    assert [m[-1]["content"] for m in stand_in.model.seen[1:]] == ["Hi \ufeff"]  # seen[0]: the template's trial
