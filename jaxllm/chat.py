@@ -73,7 +73,7 @@ def _session(args) -> int:
         try_template(model.tokenizer, args.system)
     except InputError as err:
         raise InputError(f"{err}" + (": drop --system (this model's template may take no system message)"
-                                     if args.system else "")) from None
+                                     if args.system is not None else "")) from None
     if note := progress.greedy_note(args, params, getattr(model, "generation_config", None)):
         print(note, file=sys.stderr)
     talk = Chat(model, params, args.system)
@@ -86,8 +86,9 @@ def _session(args) -> int:
 
 def messages(system: str | None, history: list[dict], user: str) -> list[dict]:
     """What the chat template gets for the next answer: the system message (if any), the
-    conversation so far, the new user turn."""
-    return ([{"role": "system", "content": system}] if system else []) + history + [{"role": "user", "content": user}]
+    conversation so far, the new user turn. An empty system message is a turn too (it leaves out
+    the template's default one); None is none."""
+    return ([{"role": "system", "content": system}] if system is not None else []) + history + [{"role": "user", "content": user}]
 
 
 def try_template(tokenizer, system: str | None) -> None:

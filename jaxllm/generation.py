@@ -48,10 +48,10 @@ def prepare(model, prompts, params: SamplingParams | dict | None, *, chat=None, 
                               "add its tokenizer files (tokenizer.json, tokenizer_config.json) to the folder, or drop stop")
     if system is not None and not isinstance(system, str):
         raise InputError(f"system must be the system message's text (a string), got {type(system).__name__}")
-    if system and any(not isinstance(p, str) for p in prompts):  # token ids skip the template: it would be dropped
+    if system is not None and any(not isinstance(p, str) for p in prompts):  # token ids skip the template: it would be dropped
         raise GenerationError("a system message goes through the chat template, which token-id prompts skip: pass the "
                               "prompt as text, or put the system turn into the token ids")
-    if system and not chat:  # it would be dropped without a word
+    if system is not None and not chat:  # it would be dropped without a word
         raise GenerationError("a system message goes through the chat template: " + (
             "this checkpoint's tokenizer has none; drop the system message" if not has_chat_template(tok)
             else "drop chat=False (--no-chat), or the system message"))
@@ -231,10 +231,11 @@ def has_chat_template(tokenizer) -> bool:
 
 
 def encode(tokenizer, prompt: str, *, chat: bool, system: str | None = None) -> list[int]:
-    """Token ids of a prompt: through the chat template (as one user turn, after an optional
-    system turn) when `chat`, else plain text with the tokenizer's own special tokens."""
+    """Token ids of a prompt: through the chat template (as one user turn, after a system turn
+    when `system` is not None, even "") when `chat`, else plain text with the tokenizer's own special tokens."""
     if chat:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        # an empty system message is a turn too: it is how a template's default system prompt is left out
+        messages = ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": prompt}]
         return encode_messages(tokenizer, messages)
     return list(tokenizer(prompt)["input_ids"])
 

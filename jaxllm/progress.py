@@ -103,7 +103,8 @@ def model_flags() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="sampling seed, for a reproducible answer (default: a random one)")
     p.add_argument("--stop", action="append", default=[], type=unescape,
                    help="stop string (repeatable; \\n, \\t, \\r and \\\\ as in C, so --stop '\\n' ends at a line break); never printed")
-    p.add_argument("--system", help="system message for the chat template")
+    p.add_argument("--system", help="system message for the chat template ('': an empty one, which leaves out a "
+                                     "template's default system message)")
     p.add_argument("--compile-cache", default=os.environ.get("JAXLLM_COMPILE_CACHE", runtime.DEFAULT_COMPILE_CACHE),
                    help="folder where compiled programs are kept for the next run, or 'none' "
                         "(default: $JAXLLM_COMPILE_CACHE, else %(default)s)")

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from jaxllm import chat, generate, progress
+from jaxllm.generation import encode, encode_messages
 
 
 class StandIn:
@@ -138,3 +139,17 @@ def test_a_byte_order_mark_does_not_reach_the_chat(stand_in, monkeypatch, capsys
     assert chat.main(["--compile-cache", "none"]) == 0
     assert "the commands are" in capsys.readouterr().err  # /help, not a user turn
     assert [m[-1]["content"] for m in stand_in.model.seen[1:]] == ["Hi \ufeff"]  # seen[0]: the template's trial
+
+
+def test_an_empty_system_message_is_a_turn_not_the_templates_default(smollm2, stand_in, monkeypatch):
+    """--system '' is how a user drops a template's default system prompt (SmolLM2's 'You are a
+    helpful AI assistant named SmolLM...'): it was taken as no system message, so the default
+    came back without a word. An empty system turn is rendered as the template renders it."""
+    user, empty = {"role": "user", "content": "Hi"}, {"role": "system", "content": ""}
+    ids = encode(smollm2, "Hi", chat=True, system="")
+    assert ids == encode_messages(smollm2, [empty, user]) != encode(smollm2, "Hi", chat=True)
+    assert "SmolLM" not in smollm2.decode(ids) and "SmolLM" in smollm2.decode(encode(smollm2, "Hi", chat=True))
+    assert chat.messages("", [], "Hi") == [empty, user]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"Hi\n")))
+    assert chat.main(["--compile-cache", "none", "--system", ""]) == 0
+    assert stand_in.model.seen[-1] == [empty, user]
