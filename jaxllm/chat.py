@@ -66,6 +66,9 @@ def _session(args) -> int:
                           "e.g. printf 'Hello\\n' | python -m jaxllm.chat")
     out = progress.output()
     model = progress.load_model(args)
+    if model.tokenizer is None:  # weights alone: no text in or out at all
+        raise JaxllmError("this checkpoint has no tokenizer, which a chat needs for its text and chat template: add its "
+                          "tokenizer files (tokenizer.json, tokenizer_config.json) to the folder")
     if not has_chat_template(model.tokenizer):
         raise JaxllmError("this checkpoint's tokenizer has no chat template, which a chat needs: "
                           'use python -m jaxllm.generate --no-chat "TEXT" for plain text')

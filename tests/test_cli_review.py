@@ -153,3 +153,13 @@ def test_an_empty_system_message_is_a_turn_not_the_templates_default(smollm2, st
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"Hi\n")))
     assert chat.main(["--compile-cache", "none", "--system", ""]) == 0
     assert stand_in.model.seen[-1] == [empty, user]
+
+
+def test_chat_on_a_checkpoint_without_a_tokenizer_says_so(stand_in, monkeypatch, capsys):
+    """A folder of weights and config.json alone: the chat said its tokenizer had no chat
+    template, and to use --no-chat for plain text, which needs the tokenizer as well."""
+    stand_in.model.tokenizer = None
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"Hi\n")))
+    assert chat.main(["--compile-cache", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no tokenizer" in err and "tokenizer.json" in err, err
