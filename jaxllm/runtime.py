@@ -102,10 +102,20 @@ def join_cluster(spec: str = "auto") -> None:
     kwargs = {}
     if spec != "auto":
         parts = [p.strip() for p in spec.split(",")]
-        if len(parts) != 3 or ":" not in parts[0] or not parts[1].isdigit() or not parts[2].isdigit():
+        if len(parts) != 3 or ":" not in parts[0] or not all(p.isascii() and p.isdigit() for p in parts[1:]):  # not "²"
             raise ConfigError(f"--distributed {spec!r} is malformed: {hint}")
+        # Checked here: JAX hands the address to gRPC as it is, and a port that is not a number
+        # crashed the process (a segmentation fault), while port 0 or an empty host left every
+        # process waiting for a coordinator nobody could reach, until JAX's timeout (5 minutes).
+        host, port = parts[0].rsplit(":", 1)
+        if not host.strip("[]"):
+            raise ConfigError(f"--distributed {spec!r}: the coordinator's host is empty: {hint}")
+        if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ConfigError(f"--distributed {spec!r}: port {port!r} is not a number from 1 to 65535: {hint}")
         n, rank = int(parts[1]), int(parts[2])
-        if n < 1 or rank >= n:
+        if n < 1:
+            raise ConfigError(f"--distributed {spec!r}: the number of processes is {n}: run at least 1")
+        if rank >= n:
             raise ConfigError(f"--distributed {spec!r}: process id {rank} is not below the {n} processes: ids run 0..{n - 1}")
         kwargs = dict(coordinator_address=parts[0], num_processes=n, process_id=rank)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
