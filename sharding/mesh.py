@@ -6,8 +6,8 @@ Every mesh has the same four axes, size 1 when the spec leaves one out:
   tp    tensor parallel: attention heads, MLP hidden, vocabulary
   ep    expert parallel: a mixture of experts' expert stacks (each device holds and runs its
         experts; models without experts are replicated over it)
-so the rules table can name any axis whatever the spec (a Mesh built by hand may leave ep out:
-size 1). Devices are laid out dp, fsdp, ep, tp (tp innermost: neighbouring devices). "auto" puts
+so the rules table can name any axis whatever the spec (a Mesh built by hand gets the ones it
+leaves out, of size 1). Devices are laid out dp, fsdp, ep, tp (tp innermost: neighbouring devices). "auto" puts
 every device on tp, the best layout for decode; for a model (jaxllm.load), the most devices on tp
 that its heads and MLP divide, the rest on dp (fitting_mesh: SmolLM2's 9 heads on 8 devices: dp=8). The devices are `jax.devices()`: under
 jax.distributed that is every process's devices, so one spec describes the whole (multi-host) mesh.
@@ -26,7 +26,6 @@ from jaxllm.errors import ConfigError
 
 AXES = ("dp", "fsdp", "tp", "ep")
 _LAYOUT = ("dp", "fsdp", "ep", "tp")  # the device grid's order: tp innermost
-_OPTIONAL = ("ep",)  # axes a hand-built Mesh may lack (meshes named before expert parallelism)
 _ITEM = re.compile(r"^\s*([A-Za-z_]+)\s*=\s*(-?\d+)\s*$")
 
 
@@ -114,21 +113,35 @@ def _check_devices(devices) -> None:
 
 
 def make_mesh(spec="auto", devices=None) -> Mesh:
-    """A Mesh over `devices` (default: all of jax.devices()), or `spec` itself if it is a Mesh."""
+    """A Mesh over `devices` (default: all of jax.devices()), or `spec` itself if it is a Mesh (with
+    the axes it leaves out, of size 1, and Auto axis types: _own_mesh)."""
     if isinstance(spec, Mesh):
-        missing = [a for a in AXES if a not in spec.axis_names and a not in _OPTIONAL]
-        if missing:
-            raise ConfigError(f"mesh lacks axes {missing}: build it with jaxllm.sharding.make_mesh or name axes {AXES}")
-        _check_devices(list(spec.devices.ravel()))
-        if any(t != AxisType.Auto for t in spec.axis_types):
-            # jax.make_mesh's default (Explicit) types every array's sharding, and the models' reshapes
-            # and contractions then stop with a ShardingTypeError: the same devices and names, Auto.
-            return Mesh(spec.devices, spec.axis_names, axis_types=(AxisType.Auto,) * len(spec.axis_names))
-        return spec
+        return _own_mesh(spec)
     devices = _devices(devices)
     sizes = parse_spec(spec, len(devices))
     grid = np.asarray(devices, dtype=object).reshape([sizes[a] for a in _LAYOUT])
     return Mesh(grid, _LAYOUT)
+
+
+def _own_mesh(mesh: Mesh) -> Mesh:
+    """A hand-built Mesh as the models take it: the axes of AXES it leaves out added with size 1
+    (jax.make_mesh((2, 4), ("dp", "tp")) is dp=2,tp=4), and Auto axis types. An axis of another
+    name is refused where it has more than one device: nothing would be split over it, so its
+    devices would silently hold and compute copies (a "model" axis meant as tp)."""
+    foreign = [f"'{a}' (size {n})" for a, n in mesh.shape.items() if a not in AXES and n > 1]
+    if foreign:
+        axes, are = ("axes", "are none") if len(foreign) > 1 else ("axis", "is not one")
+        raise ConfigError(f"mesh {axes} {', '.join(foreign)} {are} of {', '.join(AXES)}, so nothing would be split over "
+                          "them: name the mesh's axes dp (batch), fsdp, tp (heads, MLP) or ep (experts), or build it with "
+                          "jaxllm.sharding.make_mesh('dp=2,tp=4')")
+    _check_devices(list(mesh.devices.ravel()))
+    missing = tuple(a for a in AXES if a not in mesh.axis_names)
+    if not missing and all(t == AxisType.Auto for t in mesh.axis_types):
+        return mesh
+    # jax.make_mesh's default (Explicit) types every array's sharding, and the models' reshapes and
+    # contractions then stop with a ShardingTypeError: the same devices and names, Auto.
+    names = tuple(mesh.axis_names) + missing
+    return Mesh(mesh.devices.reshape(mesh.devices.shape + (1,) * len(missing)), names, axis_types=(AxisType.Auto,) * len(names))
 
 
 def describe(mesh: Mesh) -> str:

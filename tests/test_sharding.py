@@ -138,7 +138,35 @@ def test_mesh_from_jax_make_mesh(folder, single):
     model = jaxllm.load(folder, mesh=jax.make_mesh((1, 2, 4), ("dp", "fsdp", "tp")))
     assert model.mesh.shape["fsdp"] == 2 and model.mesh.shape["tp"] == 4
     assert reference.max_rel_diff(model.logits(tokens), logits) <= 1e-5
+    model = jaxllm.load(folder, mesh=jax.make_mesh((2, 4), ("dp", "tp")))  # fsdp and ep left out: size 1
+    assert reference.max_rel_diff(model.logits(tokens), logits) <= 1e-5
     assert [r.token_ids for r in model.generate(PROMPTS, GREEDY)] == greedy
+
+
+@pytest.mark.parametrize("shape, names, want", [((2, 4), ("dp", "tp"), {"dp": 2, "tp": 4}), ((8,), ("tp",), {"tp": 8}),
+                                               ((2, 1, 4), ("dp", "pipeline", "tp"), {"dp": 2, "tp": 4})])
+def test_hand_built_mesh_may_leave_axes_out(shape, names, want):
+    """jax.make_mesh((2, 4), ("dp", "tp")) was refused ("mesh lacks axes ['fsdp']"): the axes it
+    leaves out are added with size 1 (an axis of another name of size 1 is harmless)."""
+    import jax
+
+    mesh = sharding.make_mesh(jax.make_mesh(shape, names))
+    assert dict(mesh.shape) == {"dp": 1, "fsdp": 1, "tp": 1, "ep": 1, **dict(zip(names, shape)), **want}
+    assert list(mesh.devices.ravel()) == list(jax.make_mesh(shape, names).devices.ravel())
+    assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
+
+
+@pytest.mark.parametrize("shape, names, message", [
+    ((2, 4), ("data", "model"), "mesh axes 'data' \\(size 2\\), 'model' \\(size 4\\) are none of dp, fsdp, tp, ep"),
+    ((2, 1, 4), ("dp", "tp", "heads"), "mesh axis 'heads' \\(size 4\\) is not one of dp, fsdp, tp, ep, so nothing would be split"),
+])
+def test_hand_built_mesh_with_other_axis_names_is_refused(shape, names, message):
+    """An axis of another name spanning devices used to be taken (after naming the missing axes) and
+    the model replicated over it: its devices each held and computed a copy."""
+    import jax
+
+    with pytest.raises(ConfigError, match=message):
+        sharding.make_mesh(jax.make_mesh(shape, names))
 
 
 def test_two_processes_match_one(folder, single, tmp_path):
