@@ -448,12 +448,14 @@ class Engine:
         prefill, decode = self.shapes.workload(self.runner, self.scheduler.max_chunk, self.chunk,
                                                [len(r.prompt) for r in requests],
                                                [len(r.prompt) + r.params.max_new_tokens for r in requests])
-        sampling = any(r.params.temperature > 0 for r in requests)
-        todo = [shape for shape in prefill if ("prefill", shape, sampling) not in self._compiled]
-        todo_decode = [k for k in decode if ("decode", k, sampling) not in self._compiled]
-        if todo or todo_decode:
-            self.runner.compile(self.state, todo, todo_decode, sampling)
-        self._compiled |= {("prefill", shape, sampling) for shape in todo} | {("decode", k, sampling) for k in todo_decode}
+        # A call samples when any of its rows does: requests that mix greedy and sampled rows meet
+        # calls of either kind (a greedy prompt prefilled alone, decode once the sampled ones end).
+        for sampling in sorted({r.params.temperature > 0 for r in requests}):
+            todo = [shape for shape in prefill if ("prefill", shape, sampling) not in self._compiled]
+            todo_decode = [k for k in decode if ("decode", k, sampling) not in self._compiled]
+            if todo or todo_decode:
+                self.runner.compile(self.state, todo, todo_decode, sampling)
+            self._compiled |= {("prefill", shape, sampling) for shape in todo} | {("decode", k, sampling) for k in todo_decode}
 
     def _prefill(self, chunks: list[PrefillChunk]) -> list[Event]:
         """Run the chunks in calls of the menu's shapes (CallShapes.call), longest chunks first (a call: that many rows
