@@ -12,7 +12,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import jaxllm
@@ -63,6 +63,7 @@ def tiny(llama):
 @HOST
 @given(budget=st.sampled_from([16, 48, 64, 256, 512]), batch=st.integers(1, 24),
        lengths=st.lists(st.integers(1, 120), min_size=1, max_size=24), sampled=st.lists(st.booleans(), min_size=24, max_size=24))
+@example(budget=256, batch=16, lengths=[20] + [10] * 9, sampled=[False] * 24)  # a 4 x 64 call, then 6 chunks: 16 x 16
 def test_precompile_compiles_every_prefill_call_a_workload_makes(tiny, budget, batch, lengths, sampled):
     """Prompts of any lengths, greedy and sampled mixed: each prefill call (its rows, length,
     keys and sampling) is one precompile compiled. It missed the greedy programs of a mix (a

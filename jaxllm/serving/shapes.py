@@ -50,8 +50,10 @@ class CallShapes:
         longest = max(prompts)
         chunk = min(longest, max_chunk)
         lengths = [n for n in self.lengths() if n < chunk] + [self.call(chunk, 1)[1]]
-        most = self.call(lengths[-1], len(prompts))[0]  # more rows than chunks never run
         keys = sorted({runner.prefill_keys(n) for n in range(1, longest + 1, 1024)} | {runner.prefill_keys(longest)})
-        prefill = [(r, n, s) for n in lengths for r in self.rows(n) if r <= max(most, 1) for s in keys]
+        # A call of length n takes up to call(n, chunks waiting)'s rows, and a step has at most one
+        # chunk per request: more rows than that never run. Each length has its own rows (a shorter
+        # one more: the short chunks left behind a call of the longest take a call of their own).
+        prefill = [(r, n, s) for n in lengths for r in self.rows(n) if r <= self.call(n, len(prompts))[0] for s in keys]
         decode = sorted({runner.decode_keys(n) for n in range(1, max(reaches) + decode_chunk + 1, 256)})
         return prefill, decode
