@@ -10,13 +10,16 @@
   end, and nothing compiles after the first examples.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 import jaxllm
 from jaxllm.engine import Engine, Request
+from jaxllm.serving.sequence import Status
 
 HOST = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -57,7 +60,8 @@ class Tiny:
 
 @pytest.fixture(scope="module")
 def tiny(llama):
-    return Tiny(llama)
+    """The tiny Llama, ending at a token it often generates (94) besides its own EOS id (2)."""
+    return Tiny(dataclasses.replace(llama, generation_config=dict(llama.generation_config, eos_token_id=[2, 94]), engines={}))
 
 
 @HOST
@@ -80,3 +84,130 @@ def test_precompile_compiles_every_prefill_call_a_workload_makes(tiny, budget, b
     for _ in engine.run(reqs):
         pass
     assert recorder.calls <= recorder.compiled, sorted(recorder.calls - recorder.compiled)
+
+
+# -- the tiny Llama, every example through one engine shape ----------------------------------------
+
+# 7 pages of 4 tokens: a 23-token request needs 6, so two long ones preempt each other; a prefill
+# budget of 16 tokens chunks the longer prompts. Every engine here (and each request's engine
+# alone) has these shapes, so the examples share their compiled programs.
+SHAPE = dict(batch_size=3, max_len=24, page_size=4, num_pages=7, prefill_tokens=16, chunk=4)
+MODEL = settings(max_examples=25, deadline=None, derandomize=True, database=None,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def served_alone(tiny, prompt, params):
+    """A request's (tokens, logprobs, finish_reason) served by itself: no companion, no prefix cache,
+    nothing preempted (memoized per model)."""
+    key = (tuple(prompt), params)
+    cache = tiny.__dict__.setdefault("alone", {})
+    if key not in cache:
+        engine = Engine(tiny.model, **dict(SHAPE, prefix_caching=False))
+        tokens, logprobs, reason = [], [], None
+        for ev in engine.run([Request(list(prompt), params)]):
+            tokens, logprobs, reason = tokens + ev.tokens, logprobs + ev.logprobs, ev.finish_reason
+        cache[key] = tokens, logprobs, reason
+    return cache[key]
+
+
+def check_pool(engine):
+    """The page pool's bookkeeping against the sequences the engine holds."""
+    bm, sched, ps = engine.blocks, engine.scheduler, engine.blocks.page_size
+    holders = {}
+    for s in sched.running:
+        assert s.status is Status.RUNNING and len(set(s.pages)) == len(s.pages) and s.num_cached <= len(s.pages) * ps
+        for i, page in enumerate(s.pages):
+            holders.setdefault(page, []).append((s, i))
+    assert all(s.status is Status.WAITING and not s.pages for s in sched.waiting)
+    assert bm.refs == [len(holders.get(p, ())) for p in range(bm.num_pages)]  # a reference per holder
+    free, cached = set(bm._free), set(bm._evictable)
+    assert len(free) == len(bm._free) and not free & cached and not (free | cached) & set(holders)
+    assert len(free) + len(cached) + len(holders) == bm.num_pages
+    for page, held in holders.items():  # shared: the same prefix, computed, registered, written by none
+        if len(held) > 1:
+            (i,) = {i for _, i in held}
+            assert bm._meta[page] is not None and len({tuple(s.tokens[i * ps : (i + 1) * ps]) for s, _ in held}) == 1
+            assert all((i + 1) * ps <= min(s.num_cached, s.num_tokens - 1) for s, _ in held)
+    slots = list(engine.slot_of.values())
+    assert len(set(slots)) == len(slots) and all(s.status is Status.RUNNING for s in engine.slot_of)
+    assert set(engine.index_of) == set(sched.running) | set(sched.waiting)
+
+
+def requests(draw):
+    """2 to 5 requests: lengths 1, a page, a page +- 1, beyond the budget, up to max_len - 1; a
+    prefix of an earlier prompt (ending mid-page or on a page boundary) or the same prompt; as many
+    new tokens as fit, 1, or a few; greedy or seeded sampling; EOS stops or not. The token ids come
+    from a drawn seed (hypothesis' own draws shrink to zeros: every prompt alike)."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**16), "tokens"))
+    base, prompts, out = rng.integers(0, 128, 23).tolist(), [], []
+    for _ in range(draw(st.integers(2, 5), "requests")):
+        kind = draw(st.sampled_from(["prefix", "same", "length"] if prompts else ["prefix", "length"]))
+        if kind == "same":
+            prompt = draw(st.sampled_from(prompts))
+        else:
+            n = draw(st.sampled_from([1, 3, 4, 5, 8, 12, 17, 20, 23]))
+            prompt = base[:n] if kind == "prefix" else rng.integers(0, 128, n).tolist()
+        prompts.append(prompt)
+        room = SHAPE["max_len"] - len(prompt)
+        new = draw(st.sampled_from(sorted({room, 1, min(room, 3)}, reverse=True)))
+        sampled = draw(st.booleans())
+        params = jaxllm.SamplingParams(max_new_tokens=new, ignore_eos=draw(st.booleans()), logprobs=True,
+                                       temperature=0.9 if sampled else 0.0, top_k=5 if sampled else None,
+                                       seed=int(rng.integers(2**32)) if sampled else None).resolved()
+        when = draw(st.sampled_from([0, 2, 4]))  # the step it arrives before
+        abort = draw(st.sampled_from([None] * 6 + ["before", "prefilling", "decoding", "finished", 0, 2]))
+        out.append((prompt, params, when, abort))
+    return out
+
+
+@MODEL
+@given(st.data())
+def test_random_workloads_equal_each_request_alone(tiny, data):
+    reqs = requests(data.draw)
+    engine = Engine(tiny.model, **dict(SHAPE, prefix_caching=data.draw(st.sampled_from([True, True, False]), "prefix_caching"),
+                                       cascade=data.draw(st.sampled_from([None, True, False]), "cascade")))
+    got = {i: ([], [], None) for i in range(len(reqs))}
+    seqs, done, aborted, step = {}, set(), set(), 0
+    while engine.has_work() or step <= max(when for _, _, when, _ in reqs):
+        for i, (prompt, params, when, abort) in enumerate(reqs):
+            if when == step:
+                seqs[i] = engine.add(Request(prompt, params, i))
+            s = seqs.get(i)
+            if s is None or i in aborted:
+                continue
+            if (abort == "before" and when == step or abort == "prefilling" and s.status is Status.RUNNING and s.prefilling
+                    and s.num_cached or abort == "decoding" and got[i][0] or abort == "finished" and i in done
+                    or isinstance(abort, int) and step == when + abort):
+                engine.abort(s)  # a finished one is left alone
+                aborted.add(i)
+        check_pool(engine)
+        for ev in engine.step():
+            assert ev.index not in done, "an event after the last"
+            tokens, logprobs, _ = got[ev.index]
+            got[ev.index] = tokens + ev.tokens, logprobs + ev.logprobs, ev.finish_reason
+            if ev.finished:
+                done.add(ev.index)
+        check_pool(engine)
+        step += 1
+        assert step < 200, "the engine stopped making progress"
+    bm = engine.blocks
+    assert bm.num_free == bm.num_pages and not any(bm.refs) and not engine.slot_of and not engine.index_of
+    for i, (prompt, params, _, abort) in enumerate(reqs):
+        tokens, logprobs, reason = got[i]
+        want = served_alone(tiny, prompt, params)
+        if i in aborted and i not in done:  # what it got before it was aborted
+            want = want[0][: len(tokens)], want[1][: len(tokens)], None
+        assert tokens == want[0] and reason == want[2], (i, tokens, reason, want)
+        np.testing.assert_allclose(logprobs, want[1], atol=1e-5)
+    stats = engine.scheduler.stats  # what the examples met: pytest --hypothesis-show-statistics
+    for what, met in (("preempted", stats.preempted), ("chunked", stats.chunked), ("cascaded", stats.cascaded),
+                      ("prefix hits", bm.stats.hit_tokens), ("aborted", aborted - done),
+                      ("stopped at EOS", any(r == "stop" for _, _, r in got.values()))):
+        if met:
+            event(what)
+    again = engine.add(Request(reqs[0][0], reqs[0][1], 0))  # the indices are free again, the pool whole
+    while engine.has_work():
+        engine.step()
+    assert again.status is Status.FINISHED and engine.blocks.num_free == engine.blocks.num_pages
+    # Every prefill call took a shape of the menu: one row of 16 positions reading the 24 keys.
+    assert {(rows, length, keys) for rows, length, keys, _ in engine.runner.compiled_calls()} == {(1, 16, 24)}
