@@ -142,6 +142,8 @@ class Engine:
                                       + (" (or None to size the pool from the device's memory)" if name == "num_pages" else ""))
         if attention not in (None, "cudnn", "xla"):
             raise GenerationError(f"Engine attention={attention!r} is invalid: use None (the platform's choice), 'cudnn' or 'xla'")
+        if not isinstance(prefix_caching, (bool, np.bool_)):  # "no" is true, None false: neither is meant
+            raise GenerationError(f"Engine prefix_caching={prefix_caching!r} is invalid: use True or False")
         if cascade not in (None, True, False):
             raise GenerationError(f"Engine cascade={cascade!r} is invalid: use None (when it reads fewer keys), True or False")
         self.cascade = cascade

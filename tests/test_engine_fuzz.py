@@ -211,3 +211,35 @@ def test_random_workloads_equal_each_request_alone(tiny, data):
     assert again.status is Status.FINISHED and engine.blocks.num_free == engine.blocks.num_pages
     # Every prefill call took a shape of the menu: one row of 16 positions reading the 24 keys.
     assert {(rows, length, keys) for rows, length, keys, _ in engine.runner.compiled_calls()} == {(1, 16, 24)}
+
+
+BAD_ENGINES = [dict(batch_size=0), dict(batch_size=-1), dict(batch_size=2.0), dict(batch_size=True), dict(max_len=1),
+               dict(page_size=0), dict(page_size="4"), dict(num_pages=0), dict(num_pages=1), dict(num_pages=10**12),
+               dict(prefill_tokens=0), dict(chunk=-3), dict(memory_fraction=float("nan")), dict(kv_dtype="int4"),
+               dict(cascade="yes"), dict(attention=5), dict(prefix_caching="no"), dict(prefix_caching=None)]
+
+
+@pytest.mark.parametrize("bad", BAD_ENGINES, ids=lambda bad: "-".join(f"{k}={v!r}" for k, v in bad.items()))
+def test_bad_engine_sizes_are_refused_in_one_line(tiny, bad):
+    """Zero, negative, fractional, huge or mistyped settings: one line naming the setting, before
+    anything is allocated. prefix_caching='no' was taken as true (a string), None as false."""
+    with pytest.raises(jaxllm.GenerationError) as err:
+        Engine(tiny.model, **dict(SHAPE, **bad))
+    message = str(err.value)
+    named = "KV pages" if bad == dict(num_pages=1) else next(iter(bad))  # fewer pages than rows: says both
+    assert "\n" not in message and named in message, message
+
+
+def test_bad_requests_are_refused_in_one_line(tiny):
+    """Empty prompts, ids outside the vocabulary, text, nesting, floats, prompts beyond max_len,
+    unresolved params: each refused in one line, and nothing is queued."""
+    engine, params = Engine(tiny.model, **SHAPE), jaxllm.SamplingParams(max_new_tokens=2).resolved()
+    bad = [([], params, "holds no token ids"), ([128], params, "vocabulary"), ([-1], params, "vocabulary"),
+           ("hello", params, "got text"), ([[1, 2]], params, "shape"), ([1.5], params, "whole-number"), ([True], params, "bool"),
+           ([2**70], params, "vocabulary"), ([1] * 24, params, "max_len"), ([1] * 23, params, "max_new_tokens to at most 1"),
+           ([1], jaxllm.SamplingParams(max_new_tokens=2), "resolved"), ([1], None, "resolved")]
+    for prompt, p, what in bad:
+        with pytest.raises(jaxllm.JaxllmError) as err:
+            engine.add(Request(prompt, p))
+        assert "\n" not in str(err.value) and what in str(err.value), (prompt, str(err.value))
+    assert not engine.has_work() and not engine.index_of
