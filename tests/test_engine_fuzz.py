@@ -92,7 +92,7 @@ def test_precompile_compiles_every_prefill_call_a_workload_makes(tiny, budget, b
 # budget of 16 tokens chunks the longer prompts. Every engine here (and each request's engine
 # alone) has these shapes, so the examples share their compiled programs.
 SHAPE = dict(batch_size=3, max_len=24, page_size=4, num_pages=7, prefill_tokens=16, chunk=4)
-MODEL = settings(max_examples=25, deadline=None, derandomize=True, database=None,
+MODEL = settings(max_examples=20, deadline=None, derandomize=True, database=None,
                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
