@@ -56,10 +56,20 @@ def context_error(prompt_tokens: int, max_new: int, cfg) -> str:
     position tables end there, and rotary models were trained up to it (transformers would compute
     on, vLLM refuses, as this does)."""
     limit = cfg.context_length
-    fix = (f"lower max_new_tokens to at most {limit - prompt_tokens:,}" if prompt_tokens < limit
-           else f"shorten the prompt below {limit:,} tokens")
+    fix = _fit(prompt_tokens, max_new, limit)
     what = "positions this model has learned" if cfg.position_embedding == "learned" else "positions of this model's context"
     return f"prompt of {prompt_tokens:,} tokens + max_new_tokens={max_new:,} exceeds the {limit:,} {what}: {fix}"
+
+
+def _fit(prompt_tokens: int, max_new: int, limit: int) -> str:
+    """What makes a prompt and its max_new_tokens fit `limit` positions, so that following it does
+    not meet a second refusal: fewer new tokens where the prompt leaves room, else a prompt short
+    enough for the new tokens asked for."""
+    if prompt_tokens < limit:
+        return f"lower max_new_tokens to at most {limit - prompt_tokens:,}"
+    if max_new < limit:
+        return f"shorten the prompt to at most {limit - max_new:,} tokens"
+    return f"shorten the prompt and lower max_new_tokens (together at most {limit:,} tokens)"
 
 
 @dataclass
@@ -242,11 +252,9 @@ class Engine:
         if total > self.cfg.context_length:  # first: raising max_len cannot help here
             raise GenerationError(context_error(n, req.params.max_new_tokens, self.cfg))
         if total > self.max_len:
-            fix = (f"lower max_new_tokens to at most {self.max_len - n:,}" if n < self.max_len
-                   else f"shorten the prompt below {self.max_len:,} tokens")
             raise GenerationError(
                 f"prompt of {n} tokens + max_new_tokens={req.params.max_new_tokens} exceeds the engine's max_len "
-                f"{self.max_len}: {fix}, or raise max_len")
+                f"{self.max_len}: {_fit(n, req.params.max_new_tokens, self.max_len)}, or raise max_len")
         pages = self.blocks.pages_for(total - 1)  # the keys written: the last new token is sampled, never written
         if pages > self.blocks.shard_pages:
             where = "the pool has" if self.dp == 1 else f"each of the pool's {self.dp} data-parallel shards has"

@@ -202,15 +202,17 @@ CASES = {
                                     "prompt of 60 tokens \\+ max_new_tokens=10 exceeds the 64 positions this model has learned: "
                                     "lower max_new_tokens to at most 4"),
     "prompt-longer-than-positions": lib(lambda m: m.gpt2.generate([1] * 70, {"max_new_tokens": 1}),
-                                        "exceeds the 64 positions .*: shorten the prompt below 64 tokens"),
+                                        "exceeds the 64 positions .*: shorten the prompt to at most 63 tokens"),
+    "prompt-and-new-tokens-beyond-positions": lib(lambda m: m.gpt2.generate([1] * 70, {"max_new_tokens": 10}),
+                                                  "exceeds the 64 positions .*: shorten the prompt to at most 54 tokens"),
     "beyond-rotary-context": lib(lambda m: m.tiny.generate([1] * 60, {"max_new_tokens": 10}),
                                  "prompt of 60 tokens \\+ max_new_tokens=10 exceeds the 64 positions of this model's context: "
                                  "lower max_new_tokens to at most 4"),
     "engine-request-beyond-context": lib(lambda m: Engine(m.tiny, batch_size=1, max_len=128).add(
-        Request([1] * 70, jaxllm.SamplingParams(max_new_tokens=1).resolved())), "shorten the prompt below 64 tokens"),
+        Request([1] * 70, jaxllm.SamplingParams(max_new_tokens=1).resolved())), "shorten the prompt to at most 63 tokens"),
     "engine-prompt-at-max-len": lib(lambda m: Engine(m.tiny, batch_size=1, max_len=16).add(
         Request([1] * 16, jaxllm.SamplingParams(max_new_tokens=1).resolved())),
-        "prompt of 16 tokens \\+ max_new_tokens=1 exceeds the engine's max_len 16: shorten the prompt below 16 tokens, or raise max_len"),
+        "prompt of 16 tokens \\+ max_new_tokens=1 exceeds the engine's max_len 16: shorten the prompt to at most 15 tokens, or raise max_len"),
     "engine-prompt-near-max-len": lib(lambda m: Engine(m.tiny, batch_size=1, max_len=16).add(
         Request([1] * 15, jaxllm.SamplingParams(max_new_tokens=2).resolved())),
         "exceeds the engine's max_len 16: lower max_new_tokens to at most 1, or raise max_len"),
@@ -252,7 +254,7 @@ CASES = {
     "cli-beyond-positions": cli(generate.main, lambda m: ["--model", m.path("gpt2"), "--no-chat", "--max-new-tokens", "60", "one two three four five six"],
                                 "exceeds the 64 positions this model has learned: lower --max-new-tokens to at most"),
     "cli-prompt-too-long": cli(generate.main, lambda m: ["--model", m.path("gpt2"), "--no-chat", "word " * 100],
-                               "exceeds the 64 positions .*: shorten the prompt below 64 tokens"),
+                               r"exceeds the 64 positions .*: shorten the prompt and lower --max-new-tokens \(together at most 64 tokens\)"),
     "cli-mesh-not-dividing": cli(generate.main, gen(["--mesh", "tp=3", "hi"]), "--mesh 'tp=3' needs 3 devices but 8"),
     "cli-revision-of-a-folder": cli(generate.main, gen(["--revision", "v2", "hi"]),
                                     "^error: --revision 'v2' picks a version of a hub repo, but .* is a local folder: drop --revision,"),
