@@ -23,7 +23,7 @@ import sys
 
 from jaxllm import progress
 from jaxllm.engine import Engine
-from jaxllm.errors import ArgumentParser, GenerationError, InputError, JaxllmError, run_cli
+from jaxllm.errors import BOM, ArgumentParser, GenerationError, InputError, JaxllmError, run_cli
 from jaxllm.generation import encode_messages, has_chat_template
 
 CONTEXT = 8192  # tokens a conversation may reach (fewer if the model has fewer positions): the engine's max_len
@@ -123,7 +123,7 @@ class Chat:
         first = True
         while (line := _read_line(stdin)) is not None:
             if first:  # a byte order mark ("UTF-8 with BOM" input) is not part of the first turn, nor hides a /command
-                line, first = line.removeprefix("\ufeff"), False
+                line, first = line.removeprefix(BOM), False
             if not self.handle(line, stdout):
                 break
 

@@ -153,9 +153,14 @@ def _huge_int(value, depth: int = 0):
     return None
 
 
+BOM = "\ufeff"  # what a "UTF-8 with BOM" text starts with
+
+
 def utf8_lines(data: bytes, where: str) -> list[str]:
     """The lines of `data` (prompts read from a file or stdin), or an InputError naming the first
-    line that is not UTF-8 text: '`where` line 3 is not UTF-8 text (byte 7: 0xff) ...'."""
+    line that is not UTF-8 text: '`where` line 3 is not UTF-8 text (byte 7: 0xff) ...'. A byte
+    order mark at the start ("UTF-8 with BOM": Notepad, PowerShell's Out-File) is a mark, not text."""
+    data = data.removeprefix(BOM.encode())
     try:  # lines end at "\n" ("\r\n" too) only: str.splitlines also breaks at U+2028, form feeds, ...
         text = data.decode("utf-8")
         lines = text.split("\n")

@@ -18,7 +18,7 @@ import os
 import sys
 
 from jaxllm import chat, progress, runtime
-from jaxllm.errors import ArgumentParser, JaxllmError, run_cli, utf8_lines
+from jaxllm.errors import BOM, ArgumentParser, JaxllmError, run_cli, utf8_lines
 from jaxllm.inspect import list_architectures
 
 
@@ -60,7 +60,7 @@ def read_prompts(args) -> list[str]:
     if args.batch_file:
         try:
             with open(args.batch_file, "rb") as f:
-                lines = _lines(f.read(), f"--batch-file {args.batch_file}")
+                lines = utf8_lines(f.read(), f"--batch-file {args.batch_file}")
         except OSError as err:
             raise JaxllmError(f"cannot read --batch-file {args.batch_file}: {err.strerror}") from None
     else:
@@ -70,19 +70,11 @@ def read_prompts(args) -> list[str]:
             raise JaxllmError('no prompt: --no-chat takes the prompt as an argument, --batch-file or piped stdin, '
                               'e.g. python -m jaxllm.generate --no-chat "Once upon a time"')
         stdin = getattr(sys.stdin, "buffer", None)  # bytes, so that undecodable input is named by its line
-        lines = _lines(stdin.read(), "stdin") if stdin is not None else sys.stdin.read().removeprefix(BOM).splitlines()
+        lines = utf8_lines(stdin.read(), "stdin") if stdin is not None else sys.stdin.read().removeprefix(BOM).splitlines()
     prompts = [line for line in lines if line.strip()]
     if not prompts:
         raise JaxllmError("no prompt: the input held only empty lines")
     return prompts
-
-
-BOM = "\ufeff"  # what "UTF-8 with BOM" files (Notepad, PowerShell's Out-File) start with: a mark, not text
-
-
-def _lines(data: bytes, where: str) -> list[str]:
-    """The lines of prompts read from a file or stdin (utf8_lines), less a byte order mark at the start."""
-    return utf8_lines(data.removeprefix(BOM.encode()), where)
 
 
 def main(argv=None) -> int:

@@ -61,7 +61,11 @@ class Tiny:
 @pytest.fixture(scope="module")
 def tiny(llama):
     """The tiny Llama, ending at a token it often generates (94) besides its own EOS id (2)."""
-    return Tiny(dataclasses.replace(llama, generation_config=dict(llama.generation_config, eos_token_id=[2, 94]), engines={}))
+    tiny = Tiny(dataclasses.replace(llama, generation_config=dict(llama.generation_config, eos_token_id=[2, 94]), engines={}))
+    # Compiled steps belong to the model's graph, which the session's other tiny-Llama tests share
+    # (in this worker, before this file): the calls they compiled are not this file's.
+    tiny.before = Engine(tiny.model, **SHAPE).runner.compiled_calls()
+    return tiny
 
 
 @HOST
@@ -210,7 +214,9 @@ def test_random_workloads_equal_each_request_alone(tiny, data):
         engine.step()
     assert again.status is Status.FINISHED and engine.blocks.num_free == engine.blocks.num_pages
     # Every prefill call took a shape of the menu: one row of 16 positions reading the 24 keys.
-    assert {(rows, length, keys) for rows, length, keys, _ in engine.runner.compiled_calls()} == {(1, 16, 24)}
+    made = engine.runner.compiled_calls()
+    assert {(rows, length, keys) for rows, length, keys, _ in made - tiny.before} <= {(1, 16, 24)}
+    assert (1, 16, 24) in {(rows, length, keys) for rows, length, keys, _ in made}
 
 
 BAD_ENGINES = [dict(batch_size=0), dict(batch_size=-1), dict(batch_size=2.0), dict(batch_size=True), dict(max_len=1),
