@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 sys.path.insert(0, os.path.dirname(__file__))
-from quant_matvec_probe import LAYERS, SHAPES, measure, write_results  # noqa: E402
+from quant_matvec_probe import LAYERS, SHAPES, measure, weights, write_results  # noqa: E402
 
 from jaxllm.models import quant  # noqa: E402
 from jaxllm.models.quant_kernels import _int8_to_f16  # noqa: E402
@@ -102,13 +102,8 @@ TILINGS = ((32, 128, 1, 4, 3), (64, 128, 1, 4, 3), (16, 256, 1, 4, 3), (32, 256,
 
 
 def int8_weights(n, k, key):
-    out = []
-    for i in range(LAYERS):
-        kk = jax.random.fold_in(key, i)
-        q = jax.random.randint(kk, (n, k), -127, 128, jnp.int32).astype(jnp.int8)
-        s = (1e-3 * jax.random.uniform(kk, (n, k // 128), jnp.float32, 0.5, 1.5)).astype(jnp.bfloat16)
-        out.append((q, s))
-    return out
+    """LAYERS symmetric int8 kernels in groups of 128: the probe's weights without their offsets."""
+    return [(q, s) for q, s, _ in weights(n, k, "int8", 128, key)]
 
 
 def main(argv=None):
