@@ -38,7 +38,7 @@ class StandIn:
         for i, word in enumerate(["answer ", str(len(self.seen))]):
             on_token(0, [i])
             on_text(0, word)
-        return [SimpleNamespace(text="answer", prompt_tokens=1)] * (1 if isinstance(prompts, list) else 1)
+        return [SimpleNamespace(text="answer", prompt_tokens=1)]
 
 
 @pytest.fixture
