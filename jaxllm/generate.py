@@ -122,9 +122,24 @@ def _answer(args, prompts: list[str]) -> int:
             shown.append(text)
             progress.write(out, text)
 
+    # Answers not streamed are written in the prompts' order, each as soon as it and those before it are done.
+    done: dict[int, str] = {}
+    written = 0
+
+    def write_done():
+        nonlocal written
+        while leader and not stream and written in done:
+            progress.write(out, (f"### {written + 1}\n" if len(prompts) > 1 else "") + done.pop(written) + "\n")
+            written += 1
+
+    def on_finish(index, completion):
+        done[index] = completion.text
+        write_done()
+
     stats = progress.Stats()
     try:
-        results = model.generate(prompts, params, chat=args.chat, system=args.system, on_text=on_text, on_token=stats.on_token)
+        results = model.generate(prompts, params, chat=args.chat, system=args.system, on_text=on_text, on_token=stats.on_token,
+                                 on_finish=on_finish)
     except KeyboardInterrupt:
         if shown:  # the text shown stays, on its own line: 'interrupted' (stderr) not glued to it
             progress.write(out, "\n")
@@ -133,9 +148,8 @@ def _answer(args, prompts: list[str]) -> int:
         return 0
     if stream:
         progress.write(out, "\n")
-    else:
-        for i, r in enumerate(results):
-            progress.write(out, (f"### {i + 1}\n" if len(results) > 1 else "") + r.text + "\n")
+    done.update((i, r.text) for i, r in enumerate(results) if i >= written)  # any the engine ended without a last event
+    write_done()
     print(stats.line(sum(r.prompt_tokens for r in results)), file=sys.stderr)
     return 0
 

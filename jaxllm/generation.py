@@ -138,7 +138,8 @@ def _is_single(prompts) -> bool:
 
 def generate(model, prompts: str | Sequence, params: SamplingParams | None = None, *, chat: bool | None = None,
              system: str | None = None, engine: Engine | None = None,
-             on_text: Callable[[int, str], None] | None = None, on_token: Callable[[int, list[int]], None] | None = None):
+             on_text: Callable[[int, str], None] | None = None, on_token: Callable[[int, list[int]], None] | None = None,
+             on_finish: Callable[[int, Completion], None] | None = None):
     """See LoadedModel.generate."""
     single = _is_single(prompts)
     batch = [prompts] if single else list(prompts)
@@ -147,11 +148,16 @@ def generate(model, prompts: str | Sequence, params: SamplingParams | None = Non
     if engine is not None and (not isinstance(engine, Engine) or engine.model is not model):
         raise GenerationError("engine= must be a jaxllm.Engine built on this model (Engine(model, ...)), got "
                               + ("one built on another model" if isinstance(engine, Engine) else type(engine).__name__))
-    _check_options(chat, on_text, on_token)
+    _check_options(chat, on_text, on_token, on_finish)
     ids, params = prepare(model, batch, params, chat=chat, system=system)
     engine = engine or engine_for(model, ids, params)
     requests = [Request(p, params, i) for i, p in enumerate(ids)]
     outputs = [Output(model.tokenizer, params, set(engine.eos.tolist())) for _ in batch]
+
+    def completion(i):
+        o = outputs[i]
+        return Completion(o.text, o.tokens, o.finish_reason or "length", len(ids[i]), o.logprobs if params.logprobs else None)
+
     for ev in engine.run(requests, stop_check=lambda i: outputs[i].finish_reason is not None):
         output = outputs[ev.index]
         if output.finish_reason is not None:  # after a stop string: nothing more counts
@@ -162,18 +168,20 @@ def generate(model, prompts: str | Sequence, params: SamplingParams | None = Non
             on_token(ev.index, output.tokens[before:])
         if text and on_text:
             on_text(ev.index, text)
-    out = [Completion(o.text, o.tokens, o.finish_reason or "length", len(ids[i]), o.logprobs if params.logprobs else None)
-           for i, o in enumerate(outputs)]
+        if on_finish and output.finish_reason is not None:  # this event ended it (finished ones are skipped above)
+            on_finish(ev.index, completion(ev.index))
+    out = [completion(i) for i in range(len(batch))]
     return out[0] if single else out
 
 
-def _check_options(chat, on_text, on_token) -> None:
+def _check_options(chat, on_text, on_token, on_finish) -> None:
     """generate's keyword options, refused in one line before anything runs: a chat flag that is
     not a bool ("no" would be truthy: the template applied), callbacks that cannot be called as
     the decode loop calls them."""
     if chat is not None and not isinstance(chat, (bool, np.bool_)):
         raise InputError(f"chat must be True, False or None (apply the chat template when the tokenizer has one), got {chat!r}")
-    for name, fn, args in (("on_text", on_text, "(index, text)"), ("on_token", on_token, "(index, token_ids)")):
+    for name, fn, args in (("on_text", on_text, "(index, text)"), ("on_token", on_token, "(index, token_ids)"),
+                           ("on_finish", on_finish, "(index, completion)")):
         if fn is not None and not _takes_two(fn):
             raise InputError(f"{name} must be a function taking {args}, e.g. lambda i, x: print(x), got {fn!r}")
 

@@ -23,6 +23,7 @@ class StandIn:
 
     def __init__(self):
         self.seen, self.prompts = [], []
+        self.finish_order, self.written = None, []  # the order prompts finish in; stdout after each
         self.tokenizer = self
         self.config = SimpleNamespace(context_length=1024)
 
@@ -33,12 +34,16 @@ class StandIn:
     def __call__(self, text, add_special_tokens):  # the tokenizer: one id per character
         return {"input_ids": list(range(len(text)))}
 
-    def generate(self, prompts, params, chat=None, system=None, engine=None, on_text=None, on_token=None):
+    def generate(self, prompts, params, chat=None, system=None, engine=None, on_text=None, on_token=None, on_finish=None):
         self.prompts.append(prompts)
         for i, word in enumerate(["answer ", str(len(self.seen))]):
             on_token(0, [i])
             on_text(0, word)
-        return [SimpleNamespace(text="answer", prompt_tokens=1)]
+        results = [SimpleNamespace(text=f"answer {i}", prompt_tokens=1) for i in range(len(prompts))]
+        for i in (self.finish_order or range(len(prompts))) if on_finish else ():
+            on_finish(i, results[i])
+            self.written.append(sys.stdout.getvalue() if isinstance(sys.stdout, io.StringIO) else None)
+        return results
 
 
 @pytest.fixture
@@ -163,3 +168,15 @@ def test_chat_on_a_checkpoint_without_a_tokenizer_says_so(stand_in, monkeypatch,
     assert chat.main(["--compile-cache", "none"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has no tokenizer" in err and "tokenizer.json" in err, err
+
+
+def test_a_batchs_answers_are_written_as_they_finish_in_order(stand_in, monkeypatch, tmp_path, capsys):
+    """--batch-file with many prompts printed nothing until the whole batch was done. Each answer
+    is now written once it and every answer before it are done, in the prompts' order."""
+    (tmp_path / "p.txt").write_text("a\nb\nc\nd\n")
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    stand_in.model.finish_order = [1, 0, 3, 2]
+    assert generate.main(["--compile-cache", "none", "--batch-file", str(tmp_path / "p.txt")]) == 0
+    first, second = "### 1\nanswer 0\n", "### 2\nanswer 1\n"
+    assert stand_in.model.written == ["", first + second, first + second, first + second + "### 3\nanswer 2\n### 4\nanswer 3\n"]
+    assert sys.stdout.getvalue() == stand_in.model.written[-1]

@@ -96,7 +96,12 @@ def _prompts(lengths, seed=0):
 def test_batch_invariance(llama):
     prompts = _prompts([3, 17, 60, 150])
     params = jaxllm.SamplingParams(max_new_tokens=24, ignore_eos=True)
-    together = llama.generate(prompts, params)
+    events = []
+    together = llama.generate(prompts, params, on_token=lambda i, ids: events.append(("token", i)),
+                              on_finish=lambda i, c: events.append(("finish", i, c)))
+    finished = [e for e in events if e[0] == "finish"]  # once each, with the Completion returned, after its last token
+    assert sorted(e[1] for e in finished) == list(range(len(prompts)))
+    assert all(c == together[i] and ("token", i) not in events[events.index(("finish", i, c)):] for _, i, c in finished)
     for prompt, batched in zip(prompts, together):
         assert llama.generate(prompt, params).token_ids == batched.token_ids
 
@@ -256,7 +261,8 @@ def test_callbacks_and_chat_flag_are_checked_before_any_work(llama):
     that is not a bool (chat="no" is truthy), are refused in one line before anything runs, not
     with a TypeError from inside the decode loop or a silently applied chat template."""
     params = {"max_new_tokens": 2}
-    for name, bad in (("on_text", 5), ("on_token", "print"), ("on_token", lambda ids: None), ("on_text", lambda: None)):
+    for name, bad in (("on_text", 5), ("on_token", "print"), ("on_token", lambda ids: None), ("on_text", lambda: None),
+                      ("on_finish", lambda c: None)):
         with pytest.raises(jaxllm.InputError, match=f"{name} must be a function taking"):
             llama.generate([1, 2, 3], params, **{name: bad})
     for bad in ("no", 1, np.array([True, False])):
