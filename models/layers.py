@@ -200,6 +200,7 @@ ACTIVATIONS = {
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "relu": jax.nn.relu,
+    "relu2": lambda x: jnp.square(jax.nn.relu(x)),  # squared ReLU (Arcee, Nemotron)
 }
 
 
@@ -414,20 +415,23 @@ def split_experts(module, mesh, axis: str | None) -> None:
 
 
 def make_mlp(cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
-    """The feed-forward block of one decoder layer: routed experts, or a dense gated MLP."""
+    """The feed-forward block of one decoder layer: routed experts, a dense gated MLP, or an
+    ungated one (`cfg.gated_mlp` False: Arcee), its biases as mlp_bias says."""
     if cfg.layer_is_moe(layer):
         return MoE(cfg, dtype=dtype, rngs=rngs)
+    if not cfg.gated_mlp:
+        return MLP(cfg, dtype=dtype, rngs=rngs, bias=cfg.mlp_bias)
     return GatedMLP(cfg, dtype=dtype, rngs=rngs)
 
 
 class MLP(nnx.Module, pytree=False):
-    """Ungated: down(act(up(x))), with biases (GPT-NeoX, GPT-2)."""
+    """Ungated: down(act(up(x))), with biases (GPT-NeoX, GPT-2) or as `bias` says (Arcee's mlp_bias)."""
 
-    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs, bias: bool = True):
         e, f = cfg.hidden_size, cfg.intermediate_size
         self.act = activation(cfg.hidden_act)
-        self.up_proj = Dense((e,), (f,), ("embed", "mlp"), bias=True, dtype=dtype, rngs=rngs)
-        self.down_proj = Dense((f,), (e,), ("mlp", "embed"), bias=True, dtype=dtype, rngs=rngs)
+        self.up_proj = Dense((e,), (f,), ("embed", "mlp"), bias=bias, dtype=dtype, rngs=rngs)
+        self.down_proj = Dense((f,), (e,), ("mlp", "embed"), bias=bias, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
         return self.down_proj(self.act(self.up_proj(x)))

@@ -1,6 +1,6 @@
 """The Llama family: Llama, Mistral (sliding window), Qwen2 (q/k/v bias), Qwen3 (q/k RMSNorm per
-head), SmolLM3 (layers without rotary positions). All are the shared decoder (models/decoder.py)
-with config flags."""
+head), SmolLM3 (layers without rotary positions), Seed-OSS (q/k/v and o biases apart), Arcee (an
+ungated squared-ReLU MLP). All are the shared decoder (models/decoder.py) with config flags."""
 
 from __future__ import annotations
 
@@ -104,6 +104,27 @@ ARCHITECTURES = (
         # rope layers and a NoPE layer with the window, tied (as SmolLM3-3B); SPELLINGS has a NoPE layer without it
         tiny_config=dict(_TINY, rope_theta=10000.0, tie_word_embeddings=True, use_sliding_window=True, sliding_window=8,
                          no_rope_layers=[1, 0, 1], layer_types=["full_attention", "sliding_attention", "full_attention"],
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0),
+    ),
+    # Seed-OSS: Llama with attention_bias for q/k/v alone (on by default) and attention_out_bias for
+    # o_proj (off by default); mlp_bias as Llama reads it
+    Architecture(
+        name="SeedOssForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="seed_oss", ignored_keys=NO_WINDOW,
+        hf_defaults=dict(attention_bias=True, attention_out_bias=False, head_dim=128, num_key_value_heads=8,
+                         max_position_embeddings=524288),
+        config_defaults=lambda raw: dict(qkv_bias=bool(raw["attention_bias"]), o_bias=bool(raw["attention_out_bias"])),
+        not_null=RMS_NOT_NULL + ("attention_bias", "attention_out_bias", "mlp_bias"),
+        tiny_config=dict(_TINY, head_dim=32, rope_theta=10000.0, attention_bias=True, attention_out_bias=True, mlp_bias=True,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0),
+    ),
+    # Arcee (AFM): Llama with Nemotron's ungated MLP, down(relu(up(x))^2) by default; its biases as
+    # attention_bias (q/k/v and o) and mlp_bias say
+    Architecture(
+        name="ArceeForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="arcee", ignored_keys=NO_WINDOW,
+        hf_defaults=dict(hidden_act="relu2", rms_norm_eps=1e-5, max_position_embeddings=4096),
+        config_defaults=lambda raw: dict(gated_mlp=False),
+        not_null=RMS_NOT_NULL + ("attention_bias", "mlp_bias"),
+        tiny_config=dict(_TINY, rope_theta=10000.0, hidden_act="relu2", attention_bias=True, mlp_bias=True,
                          bos_token_id=1, eos_token_id=2, pad_token_id=0),
     ),
 )

@@ -321,6 +321,13 @@ SPELLINGS = {
     "olmo3-ignores-other-keys": ("Olmo3ForCausalLM", {}, _edit(
         rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1234.0}, mlp_bias=True, use_sliding_window=False,
         partial_rotary_factor=0.5)),
+    # Seed-OSS: q/k/v biases on and o_proj's off, head_dim 128 and 8 kv heads where left out (SeedOssConfig)
+    "seedoss-default-biases-and-shapes": ("SeedOssForCausalLM", dict(attention_bias=True, attention_out_bias=False, head_dim=128,
+                                                                     num_attention_heads=16, num_key_value_heads=8),
+                                          _edit(("attention_bias", "attention_out_bias", "head_dim", "num_key_value_heads"))),
+    # Arcee: squared ReLU and no biases where left out; a key its code never reads
+    "arcee-defaults": ("ArceeForCausalLM", dict(attention_bias=False, mlp_bias=False),
+                       _edit(("hidden_act", "attention_bias", "mlp_bias"), sliding_window=8)),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
