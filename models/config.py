@@ -173,7 +173,8 @@ class Field:
     """A field's type (int, float for any finite number, bool, str or dict) and, for numbers, its
     range [low, high] (`strict`: low itself excluded). `many`: "one" value, a "list" of them, or
     "either". `null`: whether null is taken as "absent" (False where the code reading the field
-    has a default for absent only)."""
+    has a default for absent only). `or_text`: a string is accepted as well (EXAONE 4's "LLLG"
+    window pattern beside a number)."""
 
     kind: type
     low: float | None = None
@@ -181,6 +182,7 @@ class Field:
     strict: bool = False
     many: str = "one"
     null: bool = True
+    or_text: bool = False
 
     def accepts(self, value) -> bool:
         if isinstance(value, list) and self.many != "one":
@@ -188,6 +190,8 @@ class Field:
         return self.many != "list" and self._accepts_one(value)
 
     def _accepts_one(self, v) -> bool:
+        if self.or_text and isinstance(v, str):
+            return True
         if self.kind not in (int, float):
             return isinstance(v, self.kind)
         if isinstance(v, bool) or not isinstance(v, int if self.kind is int else (int, float)) or not -1e308 < v < 1e308:
@@ -201,7 +205,7 @@ class Field:
         if self.many == "list":
             return "a list of " + text
         text = ("an " if text[0] in "aeiou" else "a ") + text
-        return text + (" or a list of them" if self.many == "either" else "")
+        return text + (" or a list of them" if self.many == "either" else "") + (" or a string" if self.or_text else "")
 
 
 COUNT, LAYERS, INDEX = Field(int, 1, MAX_SIZE), Field(int, 1, MAX_LAYERS), Field(int, 0, MAX_SIZE)
@@ -231,7 +235,9 @@ CONFIG_FIELDS = {
     # Gemma
     "hidden_activation": NAME, "query_pre_attn_scalar": _given(POSITIVE), "attn_logit_softcapping": POSITIVE,
     "final_logit_softcapping": POSITIVE, "rope_local_base_freq": _given(POSITIVE),
-    "sliding_window_pattern": _given(COUNT), "use_bidirectional_attention": FLAG,
+    # a number (Gemma 3, EXAONE 4; 0 as EXAONE 4 saves it without a window) or EXAONE 4's "LLLG", read only
+    # where layer_types is left out (gemma.alternating refuses what transformers cannot apply)
+    "sliding_window_pattern": Field(int, 0, MAX_SIZE, null=False, or_text=True), "use_bidirectional_attention": FLAG,
     # GPT-NeoX and GPT-2 (its own spellings)
     "use_parallel_residual": FLAG, "rotary_pct": FRACTION, "rotary_emb_base": POSITIVE, "n_embd": COUNT, "n_layer": LAYERS, "n_head": COUNT, "n_positions": COUNT,
     "n_inner": COUNT, "layer_norm_epsilon": NON_NEGATIVE, "activation_function": NAME, "scale_attn_weights": _given(FLAG),

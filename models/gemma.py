@@ -39,17 +39,22 @@ def _sandwich_defaults(raw: dict) -> dict:
     return dict(gemma_defaults(raw), hidden_act=raw.get("hidden_activation") or "gelu_pytorch_tanh")
 
 
-def _alternating(raw: dict, every: int) -> tuple[str, ...]:
-    """transformers' default layer pattern: every `every`-th layer global, the others sliding."""
+def alternating(raw: dict, every) -> tuple[str, ...]:
+    """transformers' default layer pattern: every `every`-th layer global, the others sliding
+    (layer_types where config.json gives them; a pattern other than a positive integer, which
+    transformers cannot apply, refused)."""
     if raw.get("layer_types"):
         return tuple(raw["layer_types"])
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ConfigError(f"config.json sliding_window_pattern {every!r} cannot set the layers' attention (transformers "
+                          "needs a positive integer n: every n-th layer full): give that, or the layer_types")
     return tuple("full_attention" if (i + 1) % every == 0 else "sliding_attention" for i in range(raw["num_hidden_layers"]))
 
 
 def gemma2_defaults(raw: dict) -> dict:
     return dict(
         _sandwich_defaults(raw),
-        layer_types=_alternating(raw, 2),
+        layer_types=alternating(raw, 2),
         attn_scale=float(raw.get("query_pre_attn_scalar", 256)) ** -0.5,
         attn_softcap=raw.get("attn_logit_softcapping", 50.0),
         final_softcap=raw.get("final_logit_softcapping", 30.0),
@@ -73,7 +78,7 @@ def gemma3_defaults(raw: dict) -> dict:
     rope, local = parse_rope(raw), parse_rope(raw, "sliding_attention")  # raw as gemma3_rope rewrote it
     return dict(
         _sandwich_defaults(raw),
-        layer_types=_alternating(raw, raw.get("sliding_window_pattern", 6)),  # not _sliding_window_pattern: transformers overwrites it
+        layer_types=alternating(raw, raw.get("sliding_window_pattern", 6)),  # not _sliding_window_pattern: transformers overwrites it
         qk_norm="per_head",
         attn_scale=float(raw.get("query_pre_attn_scalar", 256)) ** -0.5,
         attn_softcap=None,  # transformers' Gemma 3 reads attn_logit_softcapping but never applies it

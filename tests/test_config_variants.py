@@ -28,3 +28,17 @@ def test_a_window_of_zero_turned_off_reads_as_no_window():
         spec = registry.get(arch)
         cfg = spec.config(dict(spec.tiny_config, sliding_window=0, **changes))
         assert all(cfg.layer_window(i) is None for i in range(cfg.num_layers)), arch
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(sliding_window=None), r"sliding_window is null and gives no layer_types"),
+    (dict(sliding_window_pattern="LLLG"), r"sliding_window_pattern 'LLLG' cannot set the layers' attention"),
+    (dict(sliding_window_pattern=0), r"sliding_window_pattern 0 cannot set the layers' attention"),
+])
+def test_exaone4_layers_transformers_cannot_build_are_refused(changes, message):
+    """Without layer_types, Exaone4Config divides by the pattern (0 where the window is null): a
+    ZeroDivisionError or TypeError in transformers, one line here."""
+    spec = registry.get("Exaone4ForCausalLM")
+    with pytest.raises(ConfigError, match=message) as info:
+        spec.config(dict(spec.tiny_config, **changes))
+    assert "\n" not in str(info.value)

@@ -328,6 +328,14 @@ SPELLINGS = {
     # Arcee: squared ReLU and no biases where left out; a key its code never reads
     "arcee-defaults": ("ArceeForCausalLM", dict(attention_bias=False, mlp_bias=False),
                        _edit(("hidden_act", "attention_bias", "mlp_bias"), sliding_window=8)),
+    # EXAONE 4: its default pattern (every 4th layer full, without rotary positions) where layer_types is left
+    # out; the Hub's "LLLG" beside layer_types; no window: every layer full and rotated; keys its code never reads
+    "exaone4-default-pattern": ("Exaone4ForCausalLM", dict(num_hidden_layers=4, sliding_window_pattern=4),
+                                _edit(("layer_types", "sliding_window_pattern"))),
+    "exaone4-hub-pattern-string": ("Exaone4ForCausalLM", {}, _edit(sliding_window_pattern="LLLG")),
+    "exaone4-no-window": ("Exaone4ForCausalLM", dict(sliding_window=None, layer_types=["full_attention"] * 3), _edit()),
+    "exaone4-ignores-other-keys": ("Exaone4ForCausalLM", {}, _edit(attention_bias=True, mlp_bias=True, use_sliding_window=False,
+                                                                   partial_rotary_factor=0.5)),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
