@@ -424,14 +424,35 @@ def make_mlp(cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
     return GatedMLP(cfg, dtype=dtype, rngs=rngs)
 
 
+class XIELU(nnx.Module, pytree=False):
+    """xIELU, an activation with parameters of its own in each layer (Apertus): beta x, plus
+    softplus(alpha_p) x^2 where x > 0, else (expm1(min(x, eps)) - x) (beta + softplus(alpha_n)).
+    alpha_p, alpha_n [1] and the scalars beta, eps come from the checkpoint; computed in the
+    dtype of x and the parameters (the model's), as transformers' Python form."""
+
+    def __init__(self, *, dtype):
+        self.alpha_p = param((1,), ("norm",), dtype)
+        self.alpha_n = param((1,), ("norm",), dtype)
+        self.beta = param((), (), dtype)
+        self.eps = param((), (), dtype)
+
+    def __call__(self, x):
+        beta = self.beta[...]
+        alpha_p, alpha_n = jax.nn.softplus(self.alpha_p[...]), beta + jax.nn.softplus(self.alpha_n[...])
+        return jnp.where(x > 0, alpha_p * x * x + beta * x, (jnp.expm1(jnp.minimum(x, self.eps[...])) - x) * alpha_n + beta * x)
+
+
 class MLP(nnx.Module, pytree=False):
-    """Ungated: down(act(up(x))), with biases (GPT-NeoX, GPT-2) or as `bias` says (Arcee's mlp_bias)."""
+    """Ungated: down(act(up(x))), with biases (GPT-NeoX, GPT-2) or as `bias` says (Arcee's mlp_bias).
+    hidden_act "xielu": the activation is `act_fn`, an XIELU of the layer's own parameters."""
 
     def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs, bias: bool = True):
         e, f = cfg.hidden_size, cfg.intermediate_size
-        self.act = activation(cfg.hidden_act)
+        self.act_fn = XIELU(dtype=dtype) if cfg.hidden_act == "xielu" else None
+        self.act = activation(cfg.hidden_act) if self.act_fn is None else None
         self.up_proj = Dense((e,), (f,), ("embed", "mlp"), bias=bias, dtype=dtype, rngs=rngs)
         self.down_proj = Dense((f,), (e,), ("mlp", "embed"), bias=bias, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
-        return self.down_proj(self.act(self.up_proj(x)))
+        h = self.up_proj(x)
+        return self.down_proj(self.act(h) if self.act_fn is None else self.act_fn(h))

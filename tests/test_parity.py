@@ -135,6 +135,13 @@ def _head(copy: bool = False):
                             torch.randn(128, 64, generator=torch.Generator().manual_seed(1))}
 
 
+def _xielu_constants(tensors):
+    """xIELU's beta and eps of each layer, unlike their initial values (0.5, -1e-6) that the seeded weights keep."""
+    import torch
+    return {f"model.layers.{i}.mlp.act_fn.{name}": torch.tensor(value) for i in range(3) for name, value in
+            (("beta", 0.3 + 0.1 * i), ("eps", -0.2))}
+
+
 # Configs as Hub checkpoints spell them: older keys, keys left to the family's transformers
 # defaults; and a few forms of their safetensors files (an optional fourth entry rewrites it).
 # transformers reloads the edited folder as the reference, so a key jaxllm reads differently (or
@@ -336,6 +343,14 @@ SPELLINGS = {
     "exaone4-no-window": ("Exaone4ForCausalLM", dict(sliding_window=None, layer_types=["full_attention"] * 3), _edit()),
     "exaone4-ignores-other-keys": ("Exaone4ForCausalLM", {}, _edit(attention_bias=True, mlp_bias=True, use_sliding_window=False,
                                                                    partial_rotary_factor=0.5)),
+    # Apertus: without rope settings, Llama 3 scaling of a 12,000,000 base (a top-level rope_theta unread); the
+    # v4 keys; xIELU's beta and eps as the file holds them; no attention biases where left out; keys its code never reads
+    "apertus-default-rope": ("ApertusForCausalLM", {}, _edit(("rope_parameters",), rope_theta=5000.0)),
+    "apertus-v4-rope-keys": ("ApertusForCausalLM", {}, lambda raw: raw.update(
+        rope_theta=raw["rope_parameters"].pop("rope_theta") / 2, rope_scaling=raw.pop("rope_parameters"))),
+    "apertus-xielu-constants-from-file": ("ApertusForCausalLM", {}, _edit(), _tensors(add=_xielu_constants)),
+    "apertus-defaults-and-other-keys": ("ApertusForCausalLM", dict(attention_bias=False), _edit(
+        ("attention_bias", "hidden_act"), mlp_bias=True, sliding_window=8, layer_types=["sliding_attention"] * 3)),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
