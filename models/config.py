@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from jaxllm.errors import ConfigError
 
-QK_NORMS = ("none", "per_head", "projection", "layernorm")
+QK_NORMS = ("none", "per_head", "projection", "layernorm", "layernorm_per_head")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 
@@ -77,7 +77,8 @@ class ModelConfig:
     mlp_bias: bool = False
     gated_mlp: bool = True  # False: the decoder's MLP is down(act(up(x))), no gate_proj (Arcee)
     # "per_head": RMSNorm of each head (Qwen3); "projection": over all heads (OLMo 2); "layernorm":
-    # LayerNorm, weight and bias, of each head (Phi's qk_layernorm)
+    # LayerNorm, weight and bias, of each head (Phi's qk_layernorm); "layernorm_per_head": a LayerNorm
+    # without bias, each head its own weights (StableLM's qk_layernorm; its attention, models/stablelm.py)
     qk_norm: str = "none"
     # Gemma-style variants: embeddings times embed_scale; RMSNorm scales by (norm_offset + w), in float32.
     embed_scale: float = 1.0
@@ -245,6 +246,8 @@ CONFIG_FIELDS = {
     # Granite's scalings; Phi's q/k LayerNorm
     "embedding_multiplier": POSITIVE, "residual_multiplier": POSITIVE, "attention_multiplier": POSITIVE,
     "logits_scaling": POSITIVE, "qk_layernorm": FLAG,
+    # StarCoder 2's epsilon and biases; StableLM's q/k/v biases
+    "norm_epsilon": NON_NEGATIVE, "use_bias": FLAG, "use_qkv_bias": FLAG,
     # SmolLM3's layers without rotary positions: a 0 per NoPE layer, else one every no_rope_layer_interval
     "no_rope_layers": Field(int, 0, 1, many="list"), "no_rope_layer_interval": COUNT,
     # mixtures of experts

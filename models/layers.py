@@ -126,20 +126,24 @@ class RMSNorm(nnx.Module, pytree=False):
 
 class LayerNorm(nnx.Module, pytree=False):
     """(x - mean) / std * w + b over the last dim, in float32, cast back at the end. `axes`: the
-    logical axis of w and b (("head_dim",) for a norm of each attention head, Phi's q/k norms)."""
+    logical axes of w and b (("head_dim",) for a norm of each attention head, Phi's q/k norms).
+    `shape` (default `dim`) is w's: leading dims give each slice of x its own weights, the norm
+    still over the last dim (StableLM's q/k norms, one per head: (heads, head_dim)). `bias`
+    False: no b (StableLM's q/k norms)."""
 
-    def __init__(self, dim: int, eps: float, *, dtype, rngs: nnx.Rngs, axes=("norm",)):
+    def __init__(self, dim: int, eps: float, *, dtype, rngs: nnx.Rngs, axes=("norm",), shape=None, bias: bool = True):
         self.eps = eps
-        self.weight = param((dim,), tuple(axes), dtype)
-        self.bias = param((dim,), tuple(axes), dtype)
+        shape = (dim,) if shape is None else tuple(shape)
+        self.weight = param(shape, tuple(axes), dtype)
+        self.bias = param(shape, tuple(axes), dtype) if bias else None
 
     def __call__(self, x):
         dtype = x.dtype
         x = x.astype(jnp.float32)
         mean = jnp.mean(x, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-        x = (x - mean) * jax.lax.rsqrt(var + self.eps)
-        return (x * self.weight[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(dtype)
+        x = (x - mean) * jax.lax.rsqrt(var + self.eps) * self.weight[...].astype(jnp.float32)
+        return (x if self.bias is None else x + self.bias[...].astype(jnp.float32)).astype(dtype)
 
 
 class Embed(nnx.Module, pytree=False):

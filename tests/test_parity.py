@@ -410,7 +410,8 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     hf = transformers.CONFIG_MAPPING[arch.hf_model_type].from_dict(dict(raw))
     kind = arch.hf_model_type
     act = {"gpt2": "activation_function", "gemma2": "hidden_activation", "gemma3_text": "hidden_activation"}.get(kind, "hidden_act")
-    eps = {"gpt2": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps"}.get(kind, "rms_norm_eps")
+    eps = {"gpt2": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps",
+           "starcoder2": "norm_epsilon"}.get(kind, "rms_norm_eps")
     out = dict(max_position_embeddings=hf.max_position_embeddings, norm_eps=getattr(hf, eps),
                tie_word_embeddings=hf.tie_word_embeddings, hidden_act=getattr(hf, act))
     if kind == "gemma" and out["hidden_act"] == "gelu":  # GemmaMLP's legacy mapping
@@ -430,7 +431,7 @@ def _as_jaxllm_reads(arch, raw: dict) -> dict:
     return out
 
 
-LEFT_OUT = ("max_position_embeddings", "n_positions", "rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon",
+LEFT_OUT = ("max_position_embeddings", "n_positions", "rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_epsilon",
             "tie_word_embeddings", "rope_theta", "rope_parameters", "hidden_act", "hidden_activation", "activation_function")
 
 

@@ -1,0 +1,119 @@
+"""StableLM (stablelm-3b-4e1t, StableLM 2): the shared decoder with LayerNorms (weight and bias),
+partial rotary (a quarter of each head unless partial_rotary_factor says otherwise), q/k/v biases
+where use_qkv_bias says (never on o_proj nor the gated MLP), a LayerNorm without bias of each query
+and key head, each head its own weights, where qk_layernorm says (StableLM 2 12B), and with
+use_parallel_residual x + attn(ln x) + mlp(ln x) off the one input norm (no post-attention norm).
+
+The LayerNorm layer and its weight map also serve StarCoder 2 (models/starcoder2.py)."""
+
+from flax import nnx
+
+from jaxllm.errors import ConfigError
+from jaxllm.models.architecture import NO_WINDOW, NO_WINDOW_SWITCH, NOT_NULL, Architecture
+from jaxllm.models.attention import UNCACHED, Attention
+from jaxllm.models.config import ModelConfig, parse_rope
+from jaxllm.models.decoder import CausalLM, decoder_weight_map
+from jaxllm.models.layers import GatedMLP, LayerNorm
+from jaxllm.models.weights import Stack, WeightSpec
+
+
+class StableLmAttention(Attention):
+    """The shared attention; qk_norm "layernorm_per_head" makes its q/k norms LayerNorms over each
+    head's dims with one weight row per head and no bias (StableLmLayerNormPerHead)."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
+        super().__init__(cfg.replace(qk_norm="none"), layer, dtype=dtype, rngs=rngs)
+        if cfg.qk_norm == "layernorm_per_head":
+            norm = dict(dtype=dtype, rngs=rngs, bias=False)
+            d = cfg.head_dim
+            # nnx.data: the base class left them None, a static attribute
+            self.q_norm = nnx.data(LayerNorm(d, cfg.norm_eps, shape=(cfg.num_heads, d), axes=("q_heads", "head_dim"), **norm))
+            self.k_norm = nnx.data(LayerNorm(d, cfg.norm_eps, shape=(cfg.num_kv_heads, d), axes=("kv_heads", "head_dim"), **norm))
+
+
+class LayerNormDecoderLayer(nnx.Module):
+    """x + attn(ln1 x), then x + mlp(ln2 x); with parallel_residual x + attn(ln1 x) + mlp(ln1 x),
+    no ln2. The feed-forward block is `feed_forward`'s (StableLM's gated MLP)."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
+        self.input_layernorm = LayerNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype, rngs=rngs)
+        self.self_attn = StableLmAttention(cfg, layer, dtype=dtype, rngs=rngs)
+        self.post_attention_layernorm = (None if cfg.parallel_residual else
+                                         LayerNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype, rngs=rngs))
+        self.mlp = self.feed_forward(cfg, dtype=dtype, rngs=rngs)
+
+    def feed_forward(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+        return GatedMLP(cfg, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x, positions, rot, cache, kv=UNCACHED):
+        h = self.input_layernorm(x)
+        attn, cache = self.self_attn(h, positions, rot, cache, kv)
+        if self.post_attention_layernorm is None:
+            return x + attn + self.mlp(h), cache  # transformers' order of the sum
+        x = x + attn
+        return x + self.mlp(self.post_attention_layernorm(x)), cache
+
+
+class StableLmForCausalLM(CausalLM):
+    layer_cls = LayerNormDecoderLayer
+    final_norm = LayerNorm
+
+
+def layernorm_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
+    """transformers' Llama naming with a bias beside each norm's weight (its LayerNorms), less the
+    post-attention norms of a parallel-residual model and the q/k norms (their own naming)."""
+    specs = []
+    for spec in decoder_weight_map(cfg):
+        name = spec.hf_names[0]
+        if "_norm." in name or (cfg.parallel_residual and "post_attention_layernorm" in name):
+            continue
+        specs.append(spec)
+        if name.endswith("norm.weight"):
+            specs.append(WeightSpec(name.removesuffix("weight") + "bias", spec.path[:-1] + ("bias",)))
+    return specs
+
+
+def stablelm_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
+    specs = layernorm_weight_map(cfg)
+    if cfg.qk_norm == "layernorm_per_head":
+        for i in range(cfg.num_layers):
+            hf, ours = f"model.layers.{i}.self_attn.", ("model", "layers", i, "self_attn")
+            for name, heads in (("q", cfg.num_heads), ("k", cfg.num_kv_heads)):
+                per_head = tuple(f"{hf}{name}_layernorm.norms.{h}.weight" for h in range(heads))
+                specs.append(WeightSpec(per_head, ours + (f"{name}_norm", "weight"), Stack()))
+    return specs
+
+
+def stablelm_defaults(raw: dict) -> dict:
+    """StableLM's flags. Its attention takes heads of hidden_size / num_attention_heads whatever
+    head_dim says; its rotary embedding reads head_dim, which transformers can run only where it
+    gives the same rotary dims (refused otherwise)."""
+    hidden, heads = raw["hidden_size"], raw["num_attention_heads"]
+    if hidden % heads:
+        raise ConfigError(f"config.json hidden_size={hidden} is not divisible by num_attention_heads={heads}, which "
+                          "transformers' StableLM needs (its heads are hidden_size / num_attention_heads): correct either")
+    head, factor = hidden // heads, parse_rope(raw).partial_rotary_factor
+    given = raw.get("head_dim")
+    if given is not None and int(given * factor) != int(head * factor):
+        raise ConfigError(f"config.json head_dim={given} gives StableLM's rotary embedding {int(given * factor)} dims where its "
+                          f"heads of {head} (hidden_size / num_attention_heads) rotate {int(head * factor)}: transformers "
+                          "cannot run that; remove head_dim")
+    return dict(head_dim=head, qkv_bias=bool(raw.get("use_qkv_bias")), o_bias=False, mlp_bias=False,
+                qk_norm="layernorm_per_head" if raw.get("qk_layernorm") else "none",
+                parallel_residual=bool(raw.get("use_parallel_residual")))
+
+
+ARCHITECTURES = (Architecture(
+    name="StableLmForCausalLM", module=StableLmForCausalLM, weight_map=stablelm_weight_map, hf_model_type="stablelm",
+    ignored_keys=NO_WINDOW + NO_WINDOW_SWITCH, config_defaults=stablelm_defaults, partial_rotary=True,
+    norm_eps_key="layer_norm_eps",
+    not_null=NOT_NULL + ("layer_norm_eps", "hidden_act", "rope_theta", "partial_rotary_factor", "num_key_value_heads",
+                         "use_qkv_bias", "qk_layernorm", "use_parallel_residual"),
+    hf_defaults=dict(layer_norm_eps=1e-5, partial_rotary_factor=0.25, num_key_value_heads=32, max_position_embeddings=4096),
+    # StableLM 2 12B's form (q/k norms of each head, parallel residual) with q/k/v biases (StableLM 2 1.6B's) and
+    # GQA; SPELLINGS has the sequential layer without q/k norms
+    tiny_config=dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                     num_key_value_heads=2, max_position_embeddings=256, layer_norm_eps=1e-5, hidden_act="silu",
+                     partial_rotary_factor=0.25, rope_theta=10000.0, use_qkv_bias=True, qk_layernorm=True,
+                     use_parallel_residual=True, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2),
+),)
