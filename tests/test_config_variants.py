@@ -42,3 +42,17 @@ def test_exaone4_layers_transformers_cannot_build_are_refused(changes, message):
     with pytest.raises(ConfigError, match=message) as info:
         spec.config(dict(spec.tiny_config, **changes))
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(head_dim=24), r"head_dim=24 gives StableLM's rotary embedding 6 dims where its heads of 16 .* rotate 4.*remove head_dim"),
+    (dict(hidden_size=66, head_dim=16), r"hidden_size=66 is not divisible by num_attention_heads=4.*correct either"),
+])
+def test_stablelm_heads_transformers_cannot_run_are_refused(changes, message):
+    """StableLM's attention takes heads of hidden_size / num_attention_heads (a ValueError in transformers where
+    that is no whole number); its rotary embedding reads head_dim (a shape error in forward where that rotates
+    other dims). A head_dim rotating the same dims loads: test_parity.py's SPELLINGS."""
+    spec = registry.get("StableLmForCausalLM")
+    with pytest.raises(ConfigError, match=message) as info:
+        spec.config(dict(spec.tiny_config, **changes))
+    assert "\n" not in str(info.value)

@@ -351,6 +351,25 @@ SPELLINGS = {
     "apertus-xielu-constants-from-file": ("ApertusForCausalLM", {}, _edit(), _tensors(add=_xielu_constants)),
     "apertus-defaults-and-other-keys": ("ApertusForCausalLM", dict(attention_bias=False), _edit(
         ("attention_bias", "hidden_act"), mlp_bias=True, sliding_window=8, layer_types=["sliding_attention"] * 3)),
+    # StarCoder 2: the Hub's keys (starcoder2-3b: v4 rope_theta, tie_word_embeddings left out: tied, dropouts and
+    # keys of its own no code reads); use_bias off, untied, no window; keys of other families its code never reads
+    "starcoder2-hub-keys": ("Starcoder2ForCausalLM", {}, _edit(("tie_word_embeddings", "rope_parameters"), rope_theta=999999.44,
+                                                               norm_type="layer_norm", mlp_type="default", residual_dropout=0.1)),
+    "starcoder2-no-bias-untied-no-window": ("Starcoder2ForCausalLM", dict(use_bias=False, tie_word_embeddings=False, sliding_window=None),
+                                            _edit()),
+    "starcoder2-ignores-other-keys": ("Starcoder2ForCausalLM", {}, _edit(
+        rms_norm_eps=0.5, layer_norm_eps=0.5, attention_bias=False, mlp_bias=False, use_sliding_window=False,
+        layer_types=["full_attention"] * 3, partial_rotary_factor=0.5)),
+    # StableLM: StableLM 2 1.6B's form (sequential, no q/k norms, q/k/v biases) in the Hub's v4 keys; stablelm-3b-4e1t's
+    # (every flag off) with the flags and the partial factor left to StableLmConfig (off, 0.25); a head_dim giving the
+    # same rotary dims (its attention takes hidden / heads) and keys its code never reads
+    "stablelm-2-hub-keys": ("StableLmForCausalLM", dict(use_parallel_residual=False, qk_layernorm=False), lambda raw: raw.update(
+        rope_theta=raw["rope_parameters"]["rope_theta"] / 2, partial_rotary_factor=0.5, rope_parameters=None, rope_scaling=None)),
+    "stablelm-default-flags": ("StableLmForCausalLM", dict(use_parallel_residual=False, qk_layernorm=False, use_qkv_bias=False),
+                               lambda raw: [raw.pop(k) for k in ("use_parallel_residual", "qk_layernorm", "use_qkv_bias")]
+                               + [raw["rope_parameters"].pop("partial_rotary_factor")]),
+    "stablelm-ignores-other-keys": ("StableLmForCausalLM", {}, _edit(
+        head_dim=17, attention_bias=True, mlp_bias=True, rms_norm_eps=0.5, sliding_window=8, layer_types=["sliding_attention"] * 3)),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
