@@ -213,6 +213,7 @@ def config_from_metadata(header: Header) -> dict:
             raw["rope_scaling"]["original_max_position_embeddings"] = get("rope.scaling.original_context_length")
     check_required(get, prefix)
     family.config(get, raw)
+    family.tensors(tensor_names, raw)
     return raw
 
 

@@ -33,6 +33,7 @@ class Family(NamedTuple):
     transposed: tuple = ()  # layer weights stored [out, in] where HF keeps [in, out] (GPT-2's Conv1D): transposed
     squeezed: tuple = ()  # layer weights [1, in] in HF that converters may store as [in] (Qwen2-MoE's shared-expert gate)
     config: Callable = lambda get, raw: None  # (metadata getter, config so far): adds the family's own keys
+    tensors: Callable = lambda names, raw: None  # (the file's tensor names, config so far): flags read off which it holds
 
 
 def _gemma_config(get, raw: dict) -> None:
@@ -56,19 +57,55 @@ def _positive(*values) -> bool:
     return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
 
 
-def _phi3_config(get, raw: dict) -> None:
-    """Phi-3 / Phi-4: a rotary part of the head (Phi-4-mini's 3/4), which transformers' GGUF loader
-    drops. Its window: none, as llama.cpp (which disabled it) and transformers' GGUF loader read it."""
+def _rotary_part(get, raw: dict, prefix: str) -> float | None:
+    """rope.dimension_count over the head's dims (llama.cpp's rotary part of each head), or None
+    where the file gives nothing to derive it from (the config's checks name a bad shape)."""
     hidden, heads, rotary = raw["hidden_size"], raw["num_attention_heads"], get("rope.dimension_count")
     if rotary is not None and (not isinstance(rotary, int) or isinstance(rotary, bool) or rotary < 1):
-        raise CheckpointError(f"GGUF phi3.rope.dimension_count is {rotary!r}, not a positive whole number: the file is "
+        raise CheckpointError(f"GGUF {prefix}.rope.dimension_count is {rotary!r}, not a positive whole number: the file is "
                               "damaged: re-convert it with llama.cpp's convert_hf_to_gguf.py")
     head_dim = raw.get("head_dim")
     if not _positive(hidden, heads, rotary) or (head_dim is None and hidden % heads) or not _positive(head_dim or 1):
-        return  # nothing to derive from: the config's checks name the bad value
-    head_dim = head_dim or hidden // heads
-    if rotary != head_dim:
-        raw["partial_rotary_factor"] = rotary / head_dim
+        return None
+    return rotary / (head_dim or hidden // heads)
+
+
+def _phi3_config(get, raw: dict) -> None:
+    """Phi-3 / Phi-4: a rotary part of the head (Phi-4-mini's 3/4), which transformers' GGUF loader
+    drops. Its window: none, as llama.cpp (which disabled it) and transformers' GGUF loader read it."""
+    part = _rotary_part(get, raw, "phi3")
+    if part is not None and part != 1:
+        raw["partial_rotary_factor"] = part
+
+
+def _stablelm_config(get, raw: dict) -> None:
+    """StableLM: LayerNorm's epsilon; the rotary part of each head from rope.dimension_count, as
+    llama.cpp reads it (transformers' GGUF loader drops the key for StableLmConfig's 0.25)."""
+    del raw["rms_norm_eps"], raw["attention_bias"]
+    raw["layer_norm_eps"] = decimal(get("attention.layer_norm_epsilon", 1e-5))
+    part = _rotary_part(get, raw, "stablelm")
+    if part is not None:
+        raw["partial_rotary_factor"] = part
+
+
+def _stablelm_tensors(names: set, raw: dict) -> None:
+    """StableLM's flags as transformers' GGUF loader reads them off the tensors: q/k/v biases where
+    the file has them, the parallel residual where it has no ffn_norm. Per-head q/k norms (StableLM
+    2 12B) are refused: that loader drops them (no reference to hold them to)."""
+    if "blk.0.attn_q_norm.weight" in names:
+        raise CheckpointError("GGUF stablelm file with per-head q/k norms (StableLM 2 12B): not supported from GGUF; load "
+                              "the model's Hugging Face checkpoint instead")
+    raw["use_qkv_bias"] = "blk.0.attn_q.bias" in names
+    raw["use_parallel_residual"] = "blk.0.ffn_norm.weight" not in names
+
+
+def _starcoder2_config(get, raw: dict) -> None:
+    """StarCoder 2: LayerNorm's epsilon (norm_epsilon); its biases (use_bias) where the file has
+    them, as llama.cpp reads them (transformers' GGUF loader assumes them); the file's rope base,
+    as llama.cpp reads it (that loader keeps StarCoder2Config's 10,000: the 3B's is 999,999)."""
+    del raw["rms_norm_eps"]
+    raw["norm_epsilon"] = decimal(get("attention.layer_norm_epsilon", 1e-5))
+    raw["use_bias"] = raw.pop("attention_bias")
 
 
 def _moe_config(get, raw: dict) -> None:
@@ -135,6 +172,8 @@ ARCHITECTURES = {
     "gemma3": Family("Gemma3ForCausalLM", names=_GEMMA_NAMES, norm_shift=1.0, config=_gemma_config),
     "gpt2": Family("GPT2LMHeadModel", names=_GPT2_NAMES, transposed=("attn_qkv", "attn_output", "ffn_up", "ffn_down"),
                    config=_gpt2_config),
+    "stablelm": Family("StableLmForCausalLM", config=_stablelm_config, tensors=_stablelm_tensors),
+    "starcoder2": Family("Starcoder2ForCausalLM", names={"ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"}, config=_starcoder2_config),
 }
 # the keys each family cannot do without, besides the shared ones (check_required)
 _REQUIRED = {"qwen3moe": ("expert_count", "expert_used_count", "expert_feed_forward_length"),

@@ -626,6 +626,18 @@ GGUF_ARCHS = {
              {"attn_norm": (64,), "attn_norm.bias": (64,), "attn_qkv": (192, 64), "attn_qkv.bias": (192,),
               "attn_output": (64, 64), "attn_output.bias": (64,), "ffn_norm": (64,), "ffn_norm.bias": (64,),
               "ffn_up": (256, 64), "ffn_up.bias": (256,), "ffn_down": (64, 256), "ffn_down.bias": (64,)}, 2),
+    # StableLM 2 1.6B's form: LayerNorms with biases, q/k/v biases, a quarter of each head rotated, sequential (ffn_norm)
+    "stablelm": ({"attention.head_count": 4, "attention.head_count_kv": 2, "rope.dimension_count": 4,
+                  "attention.layer_norm_epsilon": 1e-5, "rope.freq_base": 10000.0}, {"output": (96, 64), "output_norm.bias": (64,)},
+                 dict(_attention(4, 2, 16), **_MLP, **{"attn_norm": (64,), "attn_norm.bias": (64,), "ffn_norm": (64,),
+                                                       "ffn_norm.bias": (64,), "attn_q.bias": (64,), "attn_k.bias": (32,),
+                                                       "attn_v.bias": (32,)}), 2),
+    # StarCoder 2's: biases everywhere, ungated MLP, tied; transformers' GGUF loader reads no rope base (10,000 it must be)
+    "starcoder2": ({"attention.head_count": 4, "attention.head_count_kv": 2, "attention.layer_norm_epsilon": 1e-5,
+                    "rope.freq_base": 10000.0}, {"output_norm.bias": (64,)},
+                   dict(_attention(4, 2, 16), **{f"{n}.bias": (s[0],) for n, s in _attention(4, 2, 16).items()},
+                        **{"attn_norm": (64,), "attn_norm.bias": (64,), "ffn_norm": (64,), "ffn_norm.bias": (64,),
+                           "ffn_up": (128, 64), "ffn_up.bias": (128,), "ffn_down": (64, 128), "ffn_down.bias": (64,)}), 2),
 }
 _FFN = {"gpt2": 256, "phi3": 128}
 
@@ -711,7 +723,7 @@ def test_gguf_architectures_transformers_cannot_read_are_refused(arch, tmp_path)
     w.write_tensors_to_file()
     w.close()
     with pytest.raises(CheckpointError, match=rf"^GGUF architecture '{arch}' is not supported; supported: gemma2, gemma3, "
-                                              "gpt2, llama, mistral, phi3, qwen2, qwen2moe, qwen3, qwen3moe$"):
+                                              "gpt2, llama, mistral, phi3, qwen2, qwen2moe, qwen3, qwen3moe, stablelm, starcoder2$"):
         jaxllm.load(tmp_path / "other.gguf", tokenizer=False)
 
 
@@ -792,7 +804,10 @@ def test_gguf_bad_metadata_values_are_one_line(arch, meta, message, tmp_path):
     ("gpt2", {"feed_forward_length": 128}, dict(intermediate_size=128, n_inner=128)),  # GPT2Config's name, for --to-hf
     # Gemma 3 4B-27B: linear scaling on the global layers (the sliding ones keep their own base)
     ("gemma3", {"rope.scaling.type": "linear", "rope.scaling.factor": 8.0}, dict(rope_scaling={"rope_type": "linear", "factor": 8.0})),
-], ids=["gemma2-27b", "gemma3-27b", "gemma2-softcap", "qwen3moe-width", "phi3-partial-rotary", "gpt2-width", "gemma3-rope-scaling"])
+    ("stablelm", {"rope.dimension_count": 8}, dict(partial_rotary_factor=0.5)),
+    ("starcoder2", {"rope.freq_base": 999999.0}, dict(rope_theta=999999.0)),  # StarCoder 2 3B's (999,999.44 in its config)
+], ids=["gemma2-27b", "gemma3-27b", "gemma2-softcap", "qwen3moe-width", "phi3-partial-rotary", "gpt2-width", "gemma3-rope-scaling",
+        "stablelm-partial-rotary", "starcoder2-rope-base"])
 def test_gguf_metadata_transformers_drops_is_read(arch, meta, want, tmp_path):
     """What llama.cpp reads from these files but transformers' GGUF loader leaves at its config
     defaults (right for most releases, wrong for the rest), read as llama.cpp does."""
@@ -801,6 +816,29 @@ def test_gguf_metadata_transformers_drops_is_read(arch, meta, want, tmp_path):
     assert {k: raw.get(k) for k in want} == want
     cfg = registry.get(gguf_families.ARCHITECTURES[arch].hf).config(raw)
     assert (cfg.rope.factor, cfg.local_rope.factor if cfg.local_rope else 1.0) == ((8.0, 1.0) if "rope_scaling" in want else (1.0, 1.0))
+
+
+def test_gguf_stablelm_flags_are_read_off_the_tensors(tmp_path):
+    """StableLM's q/k/v biases and parallel residual, which its GGUF metadata does not say: off, and
+    on, where the file has no attn_q.bias and no ffn_norm, as transformers' GGUF loader reads them
+    (logits within 1e-4 of its); per-head q/k norms (StableLM 2 12B), which that loader drops, are
+    refused in one line."""
+    import reference
+    import torch
+    import transformers
+
+    drop = tuple(f"blk.{i}.{n}" for i in range(2) for n in ("ffn_norm.weight", "ffn_norm.bias", "attn_q.bias", "attn_k.bias", "attn_v.bias"))
+    _arch_gguf(tmp_path / "tiny.gguf", "stablelm", drop=drop)
+    ours = jaxllm.load(tmp_path / "tiny.gguf", tokenizer=False)
+    assert (ours.config.qkv_bias, ours.config.parallel_residual) == (False, True)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="tiny.gguf", dtype=torch.float32,
+                                                               attn_implementation="eager").eval()
+    assert reference.max_rel_diff(ours.logits(GGUF_TOKENS), reference.torch_logits(theirs, GGUF_TOKENS)) <= 1e-4
+    _arch_gguf(tmp_path / "qk.gguf", "stablelm", extra={f"blk.{i}.attn_{x}_norm.weight": np.ones((4 if x == "q" else 2, 16))
+                                                        for i in range(2) for x in "qk"})
+    with pytest.raises(CheckpointError, match=r"^GGUF stablelm file with per-head q/k norms \(StableLM 2 12B\): not supported "
+                                              r"from GGUF; load the model's Hugging Face checkpoint instead$"):
+        jaxllm.load(tmp_path / "qk.gguf", tokenizer=False)
 
 
 def test_gguf_phi3_longrope_factors(tmp_path):
