@@ -65,7 +65,7 @@ def layernorm_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     specs = []
     for spec in decoder_weight_map(cfg):
         name = spec.hf_names[0]
-        if "_norm." in name or (cfg.parallel_residual and "post_attention_layernorm" in name):
+        if spec.path[-2] in ("q_norm", "k_norm") or (cfg.parallel_residual and "post_attention_layernorm" in spec.path):
             continue
         specs.append(spec)
         if name.endswith("norm.weight"):
