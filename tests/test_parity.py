@@ -352,11 +352,12 @@ SPELLINGS = {
     "apertus-defaults-and-other-keys": ("ApertusForCausalLM", dict(attention_bias=False), _edit(
         ("attention_bias", "hidden_act"), mlp_bias=True, sliding_window=8, layer_types=["sliding_attention"] * 3)),
     # StarCoder 2: the Hub's keys (starcoder2-3b: v4 rope_theta, tie_word_embeddings left out: tied, dropouts and
-    # keys of its own no code reads); use_bias off, untied, no window; keys of other families its code never reads
+    # keys of its own no code reads); use_bias off, untied, no window, heads wider than hidden / heads (head_dim, which
+    # its attention and rotary embedding read); keys of other families its code never reads
     "starcoder2-hub-keys": ("Starcoder2ForCausalLM", {}, _edit(("tie_word_embeddings", "rope_parameters"), rope_theta=999999.44,
                                                                norm_type="layer_norm", mlp_type="default", residual_dropout=0.1)),
-    "starcoder2-no-bias-untied-no-window": ("Starcoder2ForCausalLM", dict(use_bias=False, tie_word_embeddings=False, sliding_window=None),
-                                            _edit()),
+    "starcoder2-no-bias-untied-no-window-head-dim": ("Starcoder2ForCausalLM", dict(use_bias=False, tie_word_embeddings=False,
+                                                                                  sliding_window=None, head_dim=32), _edit()),
     "starcoder2-ignores-other-keys": ("Starcoder2ForCausalLM", {}, _edit(
         rms_norm_eps=0.5, layer_norm_eps=0.5, attention_bias=False, mlp_bias=False, use_sliding_window=False,
         layer_types=["full_attention"] * 3, partial_rotary_factor=0.5)),
