@@ -1,8 +1,25 @@
 """Model files, one per architecture family; each declares its `ARCHITECTURES`, collected here
 for jaxllm.models.registry. Shared pieces: layers.py, rope.py, attention.py, decoder.py."""
 
-from jaxllm.models import apertus, exaone, gemma, gpt2, gpt_neox, granite, llama, moe, olmo2, phi, phi3, stablelm, starcoder2
+from jaxllm.models import (
+    apertus,
+    exaone,
+    gemma,
+    gpt2,
+    gpt_neox,
+    granite,
+    granitemoe,
+    llama,
+    moe,
+    olmo2,
+    olmoe,
+    phi,
+    phi3,
+    stablelm,
+    starcoder2,
+)
 
-ARCHITECTURES = tuple(a for family in (llama, gemma, phi3, moe, olmo2, gpt_neox, gpt2, granite, phi, exaone, apertus,
-                                       stablelm, starcoder2)
-                      for a in family.ARCHITECTURES)
+FAMILIES = (
+    llama, gemma, phi3, moe, olmo2, gpt_neox, gpt2, granite, phi, exaone, apertus, stablelm, starcoder2, olmoe, granitemoe,
+)
+ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

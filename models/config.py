@@ -110,10 +110,14 @@ class ModelConfig:
     experts_per_token: int = 0
     moe_intermediate_size: int = 0
     norm_topk_prob: bool = True  # renormalise the top-k routing weights to sum to 1
+    # The router's order: softmax over every expert, then the top k (Mixtral, Qwen, OLMoE); True:
+    # the top k logits, then softmax over those k (GraniteMoE)
+    router_topk_first: bool = False
     dense_layers: tuple[int, ...] = ()  # layers that keep a dense MLP in an MoE model
     # A shared expert beside the routed ones (Qwen2-MoE): a gated MLP this wide that every token
     # runs, its output times sigmoid(shared_expert_gate(x)); 0: none.
     shared_expert_intermediate_size: int = 0
+    shared_expert_gated: bool = True  # False: the shared expert's output added as it is (GraniteMoeShared)
     sliding_window: int | None = None
     # One entry per layer: "full_attention" or "sliding_attention".
     layer_types: tuple[str, ...] = ()
@@ -254,6 +258,7 @@ CONFIG_FIELDS = {
     "num_local_experts": _given(EXPERTS), "num_experts": _given(EXPERTS), "num_experts_per_tok": _given(COUNT), "moe_intermediate_size": INDEX,
     "norm_topk_prob": FLAG, "decoder_sparse_step": INDEX, "mlp_only_layers": Field(int, 0, MAX_SIZE, many="list"),
     "shared_expert_intermediate_size": COUNT, "qkv_bias": FLAG,  # Qwen2-MoE (a shared expert of width 0 is refused)
+    "shared_intermediate_size": INDEX,  # GraniteMoeShared's (0: none)
 }
 # Inside rope_parameters / rope_scaling (or each of its per-layer-type entries).
 ROPE_FIELDS = {

@@ -254,7 +254,8 @@ class MoE(nnx.Module, pytree=False):
 
     Shared expert (`cfg.shared_expert_intermediate_size`, Qwen2-MoE): a gated MLP every token runs
     beside the routed ones, its output times sigmoid(`shared_expert_gate`(x)) and added to theirs
-    in the model's dtype, as transformers adds them. It is dense layers (quantized and split over
+    in the model's dtype, as transformers adds them; without `cfg.shared_expert_gated` (GraniteMoeShared)
+    added as it is, no gate. It is dense layers (quantized and split over
     tp as any MLP, whole on each ep group); its gate, one score a token, stays float as the router.
     """
 
@@ -263,6 +264,7 @@ class MoE(nnx.Module, pytree=False):
     def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
         e, f, x = cfg.hidden_size, cfg.moe_intermediate_size or cfg.intermediate_size, cfg.num_experts
         self.k, self.num_experts, self.norm_topk = cfg.experts_per_token, x, cfg.norm_topk_prob
+        self.topk_first = cfg.router_topk_first
         self.act = activation(cfg.hidden_act)
         self.gate = Dense((e,), (x,), ("embed", "router"), bias=False, dtype=dtype, rngs=rngs, quantizable=False)  # the router
         self.gate_proj = param((x, e, f), ("expert", "embed", "mlp"), dtype)
@@ -277,8 +279,9 @@ class MoE(nnx.Module, pytree=False):
         if cfg.shared_expert_intermediate_size:
             shared = cfg.replace(intermediate_size=cfg.shared_expert_intermediate_size)
             self.shared_expert = GatedMLP(shared, dtype=dtype, rngs=rngs)
-            self.shared_expert_gate = Dense((e,), (1,), ("embed", "router"), bias=False, dtype=dtype, rngs=rngs,
-                                            quantizable=False)
+            if cfg.shared_expert_gated:
+                self.shared_expert_gate = Dense((e,), (1,), ("embed", "router"), bias=False, dtype=dtype, rngs=rngs,
+                                                quantizable=False)
 
     def quantize(self, path: tuple, scheme_for) -> None:
         """Declare each expert stack quantized by scheme_for(its path) (None: stay float)."""
@@ -311,8 +314,13 @@ class MoE(nnx.Module, pytree=False):
 
     def route(self, x):
         """x [N, E] -> (weights [N, k] float32, expert ids [N, k]): softmax in float32, top k,
-        renormalised when norm_topk_prob, as transformers routes."""
-        probs = jax.nn.softmax(self.gate(x).astype(jnp.float32), axis=-1)
+        renormalised when norm_topk_prob, as transformers routes; `topk_first`: the top k logits,
+        then softmax over those k (GraniteMoE's order)."""
+        logits = self.gate(x).astype(jnp.float32)
+        if self.topk_first:
+            top, experts = jax.lax.top_k(logits, self.k)
+            return jax.nn.softmax(top, axis=-1), experts
+        probs = jax.nn.softmax(logits, axis=-1)
         weights, experts = jax.lax.top_k(probs, self.k)
         if self.norm_topk:
             weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
@@ -327,8 +335,10 @@ class MoE(nnx.Module, pytree=False):
         else:
             out = self._split_experts(x, weights, experts, self._stacks())
         out = out.astype(x.dtype)
-        if self.shared_expert is not None:
+        if self.shared_expert_gate is not None:
             out = out + jax.nn.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+        elif self.shared_expert is not None:
+            out = out + self.shared_expert(x)
         return out.reshape(shape)
 
     def _experts(self, x, weights, experts, stacks, first, form: str | None = None):

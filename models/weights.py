@@ -183,6 +183,27 @@ class Stack:
 
 
 @dataclass(frozen=True)
+class Stacked:
+    """One HF tensor holding every expert's on its leading axis ([X, ...]: GraniteMoE's fused
+    input_linear [X, 2F, E]), each expert's slice through `inner` (read one expert at a time)."""
+
+    inner: Callable = Copy()
+
+    def hf_shape(self, shape):
+        return (shape[0],) + tuple(self.inner.hf_shape(shape[1:]))
+
+    def __call__(self, x, shape, dtype) -> np.ndarray:
+        out = np.empty(shape, dtype)
+        for i in range(shape[0]):
+            out[i] = self.inner(_rows(x, i, i + 1)[0], shape[1:], dtype)
+        return out
+
+    def export(self, value: np.ndarray, out: np.ndarray) -> None:
+        for i in range(value.shape[0]):
+            self.inner.export(value[i], out[i])  # a view of the stacked tensor
+
+
+@dataclass(frozen=True)
 class WeightSpec:
     hf_name: str | tuple[str, ...]  # e.g. "model.layers.3.self_attn.q_proj.weight"; a tuple for Stack
     path: tuple  # e.g. ("model", "layers", 3, "self_attn", "q_proj", "kernel")

@@ -1,0 +1,67 @@
+"""IBM GraniteMoE (PowerMoE, granite-3.0 MoE) and GraniteMoeShared: Granite's decoder and its four
+multipliers (models/granite.py) with routed experts in every layer. The router takes the top k
+logits, then softmax over those k (`cfg.router_topk_first`). GraniteMoeShared adds a gated MLP every
+token runs (`shared_mlp`), its output added to the experts' without a gate, before the residual
+multiplier.
+
+The checkpoint keeps every expert in one tensor per block: input_linear [X, 2F, E] (gate rows, then
+up rows: `chunk(2)` in transformers), output_linear [X, E, F], the router at router.layer; the
+shared MLP's input_linear [2S, E] is gate then up as well."""
+
+from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture
+from jaxllm.models.config import ModelConfig
+from jaxllm.models.decoder import decoder_weight_map
+from jaxllm.models.granite import MULTIPLIERS, GraniteForCausalLM, granite_defaults
+from jaxllm.models.weights import Linear, Part, Stacked, Transpose, WeightSpec
+
+
+def granitemoe_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
+    specs = [s for s in decoder_weight_map(cfg) if ".mlp." not in s.hf_names[0]]  # every layer is routed
+    f, s = cfg.intermediate_size, cfg.shared_expert_intermediate_size
+    for i in range(cfg.num_layers):
+        hf, ours = f"model.layers.{i}.", ("model", "layers", i, "mlp")
+        fused, down = hf + "block_sparse_moe.input_linear.weight", hf + "block_sparse_moe.output_linear.weight"
+        specs += [
+            WeightSpec(hf + "block_sparse_moe.router.layer.weight", ours + ("gate", "kernel"), Linear()),
+            WeightSpec(fused, ours + ("gate_proj",), Stacked(Part(0, 2 * f, Transpose(1)))),
+            WeightSpec(fused, ours + ("up_proj",), Stacked(Part(f, 2 * f, Transpose(1)))),
+            WeightSpec(down, ours + ("down_proj",), Stacked(Transpose(1))),
+        ]
+        if s:
+            shared = ours + ("shared_expert",)
+            specs += [
+                WeightSpec(hf + "shared_mlp.input_linear.weight", shared + ("gate_proj", "kernel"), Part(0, 2 * s, Linear())),
+                WeightSpec(hf + "shared_mlp.input_linear.weight", shared + ("up_proj", "kernel"), Part(s, 2 * s, Linear())),
+                WeightSpec(hf + "shared_mlp.output_linear.weight", shared + ("down_proj", "kernel"), Linear()),
+            ]
+    return specs
+
+
+def granitemoe_defaults(raw: dict) -> dict:
+    """Granite's multipliers; experts (GraniteMoeConfig's defaults in `raw`: 8, top 2) whose
+    weights, a softmax over the k chosen, sum to 1; the shared MLP's width (0: none)."""
+    return dict(granite_defaults(raw), mlp_bias=False, num_experts=raw["num_local_experts"],
+                experts_per_token=raw["num_experts_per_tok"], router_topk_first=True, norm_topk_prob=True,
+                shared_expert_intermediate_size=raw.get("shared_intermediate_size", 0), shared_expert_gated=False)
+
+
+_TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=32, num_hidden_layers=3, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=10000.0,
+             num_local_experts=6, num_experts_per_tok=2, embedding_multiplier=3.0, residual_multiplier=0.6,
+             attention_multiplier=0.1, logits_scaling=4.0, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+_NOT_NULL = RMS_NOT_NULL + ("attention_bias", "head_dim") + MULTIPLIERS
+_DEFAULTS = dict(num_local_experts=8, num_experts_per_tok=2)  # GraniteMoeConfig's (the multipliers' 1.0: granite_defaults)
+
+ARCHITECTURES = (Architecture(
+    name="GraniteMoeForCausalLM", module=GraniteForCausalLM, weight_map=granitemoe_weight_map, hf_model_type="granitemoe",
+    ignored_keys=NO_WINDOW + ("shared_intermediate_size",), config_defaults=granitemoe_defaults, hf_defaults=_DEFAULTS,
+    not_null=_NOT_NULL,
+    # 6 experts, top 2; GQA; tied (granite-3.0-1b-a400m); multipliers unlike 1 and unlike 1 / sqrt(head_dim)
+    tiny_config=dict(_TINY, tie_word_embeddings=True, attention_bias=False),
+), Architecture(
+    name="GraniteMoeSharedForCausalLM", module=GraniteForCausalLM, weight_map=granitemoe_weight_map,
+    hf_model_type="granitemoeshared", ignored_keys=NO_WINDOW, config_defaults=granitemoe_defaults,
+    hf_defaults=_DEFAULTS, not_null=_NOT_NULL + ("shared_intermediate_size",),
+    # the shared MLP wider than the experts; untied, attention biases
+    tiny_config=dict(_TINY, shared_intermediate_size=48, tie_word_embeddings=False, attention_bias=True),
+))
