@@ -31,11 +31,15 @@ def pair(request, tmp_path_factory):
 def _hf_router(ref):
     layer = ref.model.layers[0]
     block = getattr(layer, "block_sparse_moe", None) or layer.mlp
-    return block.gate
+    return getattr(block, "gate", None) or block.router  # GraniteMoE's router.layer
 
 
 def test_routing_matches_transformers(pair):
-    ref, model = pair
+    _check_routing(*pair)
+
+
+def _check_routing(ref, model):
+    """Layer 0's expert ids and weights are transformers' on 256 random rows."""
     moe = model.module.model.layers[0].mlp
     x = np.random.default_rng(0).normal(size=(256, model.config.hidden_size)).astype(np.float32)
     weights, experts = (np.asarray(a) for a in moe.route(jnp.asarray(x)))
@@ -254,3 +258,35 @@ def test_qwen2_moe_window_switched_on_without_a_window_is_refused():
     with pytest.raises(ConfigError, match="sets use_sliding_window but its sliding_window is null") as info:
         spec.config(dict(spec.tiny_config, sliding_window=None))
     assert "\n" not in str(info.value)
+
+
+def test_granite_routing_and_shared_mlp_on_an_ep_mesh(tmp_path):
+    """GraniteMoeShared: the router's top k logits, then softmax over those k, gives transformers'
+    expert ids and weights; on an ep=2, tp=2, fsdp=2 mesh the expert stacks (read from the fused
+    input_linear) split over ep and the shared MLP (no gate) as any MLP: one device's logits."""
+    ref = reference.build("GraniteMoeSharedForCausalLM", tmp_path, seed=5)
+    model = jaxllm.load(tmp_path)
+    assert model.config.router_topk_first and not model.config.shared_expert_gated
+    _check_routing(ref, model)
+    split = jaxllm.load(tmp_path, mesh="ep=2,tp=2,fsdp=2")
+    block = _moe_block(split)
+    assert block["up_proj"][...].sharding.spec[0] == "ep"
+    assert set(block["shared_expert"]["up_proj"]["kernel"][...].sharding.spec) == {"tp", "fsdp"}
+    assert "shared_expert_gate" not in block
+    err = reference.max_rel_diff(split.logits(TOKENS), model.logits(TOKENS))
+    print(f"GraniteMoeShared ep=2,tp=2,fsdp=2: logits max rel diff {err:.1e}")
+    assert err <= 1e-5
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(clip_qkv=8.0), r"clip_qkv 8\.0 \(a clamp of OLMoE's queries, keys and values\) is not supported"),
+    (dict(head_dim=8), r"head_dim 8 with hidden_size 64 and 4 heads: OLMoE's q_norm spans hidden_size"),
+])
+def test_olmoe_configs_it_cannot_run_are_refused(change, message):
+    """OLMoE's q/k/v clamp (clip_qkv, null on the Hub) is not implemented; a head_dim whose heads do
+    not span hidden_size fails transformers' q_norm: each refused in one line. A null clamp is none."""
+    spec = registry.get("OlmoeForCausalLM")
+    with pytest.raises(ConfigError, match=message) as info:
+        spec.config(dict(spec.tiny_config, **change))
+    assert "\n" not in str(info.value)
+    assert spec.config(dict(spec.tiny_config, clip_qkv=None, head_dim=16)).head_dim == 16

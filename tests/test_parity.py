@@ -371,6 +371,22 @@ SPELLINGS = {
                                + [raw["rope_parameters"].pop("partial_rotary_factor")]),
     "stablelm-ignores-other-keys": ("StableLmForCausalLM", {}, _edit(
         head_dim=17, attention_bias=True, mlp_bias=True, rms_norm_eps=0.5, sliding_window=8, layer_types=["sliding_attention"] * 3)),
+    # OLMoE: OlmoeConfig's routing where left out (64 experts, top 8, not renormalised); Mixtral's spelling
+    # of the expert count (its attribute_map); keys its code never reads (its mask has no window)
+    "olmoe-default-routing": ("OlmoeForCausalLM", dict(num_experts=64, num_experts_per_tok=8, norm_topk_prob=False),
+                              _edit(("num_experts", "num_experts_per_tok", "norm_topk_prob"))),
+    "olmoe-num-local-experts-spelling": ("OlmoeForCausalLM", {}, lambda raw: raw.update(num_local_experts=raw.pop("num_experts"))),
+    "olmoe-ignores-other-keys": ("OlmoeForCausalLM", {}, _edit(sliding_window=4, layer_types=["sliding_attention"] * 3,
+                                                               mlp_bias=True, partial_rotary_factor=0.5)),
+    # GraniteMoE: 8 experts, top 2, multipliers 1.0 where left out; keys its code never reads (the shared
+    # MLP's width is GraniteMoeShared's); GraniteMoeShared without shared_intermediate_size: no shared MLP
+    "granitemoe-defaults": ("GraniteMoeForCausalLM", dict(num_local_experts=8, num_experts_per_tok=2), _edit((
+        "num_local_experts", "num_experts_per_tok", "embedding_multiplier", "residual_multiplier", "attention_multiplier",
+        "logits_scaling"))),
+    "granitemoe-ignores-other-keys": ("GraniteMoeForCausalLM", {}, _edit(num_experts=3, shared_intermediate_size=16, sliding_window=4,
+                                                                         mlp_bias=True, partial_rotary_factor=0.5)),
+    "granitemoeshared-none-by-default": ("GraniteMoeSharedForCausalLM", dict(shared_intermediate_size=0),
+                                         _edit(("shared_intermediate_size",))),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
