@@ -15,11 +15,14 @@ from jaxllm.models import (
     olmoe,
     phi,
     phi3,
+    phimoe,
     stablelm,
     starcoder2,
 )
 
 FAMILIES = (
     llama, gemma, phi3, moe, olmo2, gpt_neox, gpt2, granite, phi, exaone, apertus, stablelm, starcoder2, olmoe, granitemoe,
+    phimoe,
 )
+ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

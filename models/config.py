@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from jaxllm.errors import ConfigError
 
 QK_NORMS = ("none", "per_head", "projection", "layernorm", "layernorm_per_head")
+ROUTERS = ("softmax_topk", "topk_softmax", "sparsemixer")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 
@@ -105,14 +106,17 @@ class ModelConfig:
     # Granite: each residual branch times residual_scale before the add, the logits divided by logits_divisor.
     residual_scale: float = 1.0
     logits_divisor: float = 1.0
+    head_bias: bool = False  # a bias on the output head (PhiMoE's lm_head_bias; Phi's head hard-wires one)
     # Mixture of experts (Mixtral, Qwen3-MoE): 0 experts means a dense MLP everywhere.
     num_experts: int = 0
     experts_per_token: int = 0
     moe_intermediate_size: int = 0
     norm_topk_prob: bool = True  # renormalise the top-k routing weights to sum to 1
-    # The router's order: softmax over every expert, then the top k (Mixtral, Qwen, OLMoE); True:
-    # the top k logits, then softmax over those k (GraniteMoE)
-    router_topk_first: bool = False
+    # How the router picks: "softmax_topk" (softmax over every expert, then the top k: Mixtral, Qwen,
+    # OLMoE), "topk_softmax" (the top k logits, then softmax over those k: GraniteMoE), "sparsemixer"
+    # (PhiMoE's two picks, each a softmax over the logits within router_jitter of the best left)
+    router: str = "softmax_topk"
+    router_jitter: float = 0.0
     dense_layers: tuple[int, ...] = ()  # layers that keep a dense MLP in an MoE model
     # A shared expert beside the routed ones (Qwen2-MoE): a gated MLP this wide that every token
     # runs, its output times sigmoid(shared_expert_gate(x)); 0: none.
@@ -259,6 +263,7 @@ CONFIG_FIELDS = {
     "norm_topk_prob": FLAG, "decoder_sparse_step": INDEX, "mlp_only_layers": Field(int, 0, MAX_SIZE, many="list"),
     "shared_expert_intermediate_size": COUNT, "qkv_bias": FLAG,  # Qwen2-MoE (a shared expert of width 0 is refused)
     "shared_intermediate_size": INDEX,  # GraniteMoeShared's (0: none)
+    "router_jitter_noise": NON_NEGATIVE, "lm_head_bias": FLAG,  # PhiMoE's
 }
 # Inside rope_parameters / rope_scaling (or each of its per-layer-type entries).
 ROPE_FIELDS = {
@@ -492,6 +497,8 @@ def _validated(cfg: ModelConfig) -> ModelConfig:
     """`cfg`, or a ConfigError naming the first field that contradicts another."""
     if cfg.qk_norm not in QK_NORMS:
         raise ValueError(f"qk_norm {cfg.qk_norm!r} is not one of {QK_NORMS}")  # a model file's bug, not the user's
+    if cfg.router not in ROUTERS:
+        raise ValueError(f"router {cfg.router!r} is not one of {ROUTERS}")
     for t in cfg.layer_types:
         if t not in LAYER_TYPES:
             raise ConfigError(f"config.json layer type '{t}' is not supported; use full_attention or sliding_attention")

@@ -1,6 +1,6 @@
 """IBM GraniteMoE (PowerMoE, granite-3.0 MoE) and GraniteMoeShared: Granite's decoder and its four
 multipliers (models/granite.py) with routed experts in every layer. The router takes the top k
-logits, then softmax over those k (`cfg.router_topk_first`). GraniteMoeShared adds a gated MLP every
+logits, then softmax over those k (`cfg.router` "topk_softmax"). GraniteMoeShared adds a gated MLP every
 token runs (`shared_mlp`), its output added to the experts' without a gate, before the residual
 multiplier.
 
@@ -41,7 +41,7 @@ def granitemoe_defaults(raw: dict) -> dict:
     """Granite's multipliers; experts (GraniteMoeConfig's defaults in `raw`: 8, top 2) whose
     weights, a softmax over the k chosen, sum to 1; the shared MLP's width (0: none)."""
     return dict(granite_defaults(raw), mlp_bias=False, num_experts=raw["num_local_experts"],
-                experts_per_token=raw["num_experts_per_tok"], router_topk_first=True, norm_topk_prob=True,
+                experts_per_token=raw["num_experts_per_tok"], router="topk_softmax", norm_topk_prob=True,
                 shared_expert_intermediate_size=raw.get("shared_intermediate_size", 0), shared_expert_gated=False)
 
 

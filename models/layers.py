@@ -264,7 +264,7 @@ class MoE(nnx.Module, pytree=False):
     def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
         e, f, x = cfg.hidden_size, cfg.moe_intermediate_size or cfg.intermediate_size, cfg.num_experts
         self.k, self.num_experts, self.norm_topk = cfg.experts_per_token, x, cfg.norm_topk_prob
-        self.topk_first = cfg.router_topk_first
+        self.router, self.jitter = cfg.router, cfg.router_jitter
         self.act = activation(cfg.hidden_act)
         self.gate = Dense((e,), (x,), ("embed", "router"), bias=False, dtype=dtype, rngs=rngs, quantizable=False)  # the router
         self.gate_proj = param((x, e, f), ("expert", "embed", "mlp"), dtype)
@@ -314,12 +314,14 @@ class MoE(nnx.Module, pytree=False):
 
     def route(self, x):
         """x [N, E] -> (weights [N, k] float32, expert ids [N, k]): softmax in float32, top k,
-        renormalised when norm_topk_prob, as transformers routes; `topk_first`: the top k logits,
-        then softmax over those k (GraniteMoE's order)."""
+        renormalised when norm_topk_prob, as transformers routes; or as `cfg.router` says: the top k
+        logits, then softmax over those k (GraniteMoE), or `sparsemixer` (PhiMoE)."""
         logits = self.gate(x).astype(jnp.float32)
-        if self.topk_first:
+        if self.router == "topk_softmax":
             top, experts = jax.lax.top_k(logits, self.k)
             return jax.nn.softmax(top, axis=-1), experts
+        if self.router == "sparsemixer":
+            return sparsemixer(logits, self.jitter)
         probs = jax.nn.softmax(logits, axis=-1)
         weights, experts = jax.lax.top_k(probs, self.k)
         if self.norm_topk:
@@ -402,6 +404,23 @@ class MoE(nnx.Module, pytree=False):
         specs = (whole, whole, whole, jax.tree.map(lambda _: split, stacks))
         run = jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=whole, axis_names={axis}, check_vma=False)
         return run(x, weights, experts, stacks)
+
+
+def sparsemixer(logits, jitter: float):
+    """PhiMoE's router in inference (transformers' `sparsemixer`, training off): two picks, the best
+    logit, then the best of the others. Each pick's weight is its softmax over the logits s it keeps:
+    those not yet taken with (best - s) / max(|s|, best) <= 2 * jitter. logits [N, X] float32 ->
+    (weights [N, 2], expert ids [N, 2])."""
+
+    def pick(scores):  # scores: the logits, those already taken at -inf
+        best = jnp.max(scores, axis=-1, keepdims=True)
+        kept = jnp.where((best - logits) / jnp.maximum(jnp.abs(logits), best) > 2 * jitter, -jnp.inf, scores)
+        expert = jnp.argmax(scores, axis=-1)
+        return jnp.take_along_axis(jax.nn.softmax(kept, axis=-1), expert[:, None], axis=-1)[:, 0], expert
+
+    w1, first = pick(logits)
+    w2, second = pick(jnp.where(jax.nn.one_hot(first, logits.shape[-1], dtype=bool), -jnp.inf, logits))
+    return jnp.stack([w1, w2], axis=-1), jnp.stack([first, second], axis=-1)
 
 
 # ragged_dot reads every expert of the stack whatever the tokens (XLA's GPU form pads the groups;

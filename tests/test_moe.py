@@ -39,7 +39,7 @@ def test_routing_matches_transformers(pair):
 
 
 def _check_routing(ref, model):
-    """Layer 0's expert ids and weights are transformers' on 256 random rows."""
+    """Layer 0's expert ids and weights are transformers' on 256 random rows; returns the weights."""
     moe = model.module.model.layers[0].mlp
     x = np.random.default_rng(0).normal(size=(256, model.config.hidden_size)).astype(np.float32)
     weights, experts = (np.asarray(a) for a in moe.route(jnp.asarray(x)))
@@ -54,6 +54,7 @@ def _check_routing(ref, model):
     np.testing.assert_array_equal(experts[clear], hf_experts.numpy()[clear])
     np.testing.assert_allclose(weights[clear], hf_weights.float().numpy()[clear], rtol=1e-5, atol=1e-7)
     assert np.allclose(weights.sum(-1), 1.0) == model.config.norm_topk_prob
+    return weights
 
 
 def test_dispatch_computes_only_the_chosen_experts(pair):
@@ -266,7 +267,7 @@ def test_granite_routing_and_shared_mlp_on_an_ep_mesh(tmp_path):
     input_linear) split over ep and the shared MLP (no gate) as any MLP: one device's logits."""
     ref = reference.build("GraniteMoeSharedForCausalLM", tmp_path, seed=5)
     model = jaxllm.load(tmp_path)
-    assert model.config.router_topk_first and not model.config.shared_expert_gated
+    assert model.config.router == "topk_softmax" and not model.config.shared_expert_gated
     _check_routing(ref, model)
     split = jaxllm.load(tmp_path, mesh="ep=2,tp=2,fsdp=2")
     block = _moe_block(split)
@@ -278,15 +279,36 @@ def test_granite_routing_and_shared_mlp_on_an_ep_mesh(tmp_path):
     assert err <= 1e-5
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(clip_qkv=8.0), r"clip_qkv 8\.0 \(a clamp of OLMoE's queries, keys and values\) is not supported"),
-    (dict(head_dim=8), r"head_dim 8 with hidden_size 64 and 4 heads: OLMoE's q_norm spans hidden_size"),
+LONGROPE = dict(type="longrope", short_factor=[1.0] * 8, long_factor=[2.0] * 8, original_max_position_embeddings=8)
+
+
+@pytest.mark.parametrize("arch, change, message", [
+    ("OlmoeForCausalLM", dict(clip_qkv=8.0), r"clip_qkv 8\.0 \(a clamp of OLMoE's queries, keys and values\) is not supported"),
+    ("OlmoeForCausalLM", dict(head_dim=8), r"head_dim 8 with hidden_size 64 and 4 heads: OLMoE's q_norm spans hidden_size"),
+    ("PhimoeForCausalLM", dict(rope_scaling=dict(LONGROPE, short_mscale=1.2, long_mscale=1.3)),
+     r"short_mscale 1\.2 and long_mscale 1\.3: PhimoeForCausalLM needs both, and jaxllm reads them equal"),
+    ("PhimoeForCausalLM", dict(rope_scaling=LONGROPE), r"short_mscale None and long_mscale None"),
+    ("PhimoeForCausalLM", dict(rope_scaling=dict(type="linear", factor=2.0)), r"rope type 'linear' for PhimoeForCausalLM"),
+    ("PhimoeForCausalLM", dict(num_local_experts=1), r"num_local_experts=1: PhiMoE's router picks two experts"),
 ])
-def test_olmoe_configs_it_cannot_run_are_refused(change, message):
-    """OLMoE's q/k/v clamp (clip_qkv, null on the Hub) is not implemented; a head_dim whose heads do
-    not span hidden_size fails transformers' q_norm: each refused in one line. A null clamp is none."""
-    spec = registry.get("OlmoeForCausalLM")
+def test_moe_configs_it_cannot_run_are_refused(arch, change, message):
+    """Each in one line: OLMoE's q/k/v clamp (clip_qkv, null on the Hub), not implemented; a head_dim
+    whose heads do not span hidden_size (transformers' q_norm fails); PhiMoE's rope scaled by unequal
+    or missing mscales (transformers refuses them missing), any rope but default and LongRoPE, and
+    fewer than the two experts its router picks. A null clamp is none."""
+    spec = registry.get(arch)
     with pytest.raises(ConfigError, match=message) as info:
         spec.config(dict(spec.tiny_config, **change))
     assert "\n" not in str(info.value)
-    assert spec.config(dict(spec.tiny_config, clip_qkv=None, head_dim=16)).head_dim == 16
+    olmoe = registry.get("OlmoeForCausalLM")
+    assert olmoe.config(dict(olmoe.tiny_config, clip_qkv=None, head_dim=16)).head_dim == 16
+
+
+def test_phimoe_sparsemixer_matches_transformers(tmp_path):
+    """PhiMoE's router (sparsemixer, inference): two picks, each weighted by its softmax over the
+    logits within the jitter of the best left: transformers' ids and weights, on rows where the
+    softmax keeps the pick alone (weight 1) and where it keeps others beside it, for both picks."""
+    ref = reference.build("PhimoeForCausalLM", tmp_path, seed=5)
+    weights = _check_routing(ref, jaxllm.load(tmp_path))
+    alone = np.isclose(weights, 1.0, rtol=0, atol=1e-7)
+    assert alone.any(0).all() and (~alone).any(0).all(), alone.mean(0)

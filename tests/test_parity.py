@@ -387,6 +387,15 @@ SPELLINGS = {
                                                                          mlp_bias=True, partial_rotary_factor=0.5)),
     "granitemoeshared-none-by-default": ("GraniteMoeSharedForCausalLM", dict(shared_intermediate_size=0),
                                          _edit(("shared_intermediate_size",))),
+    # PhiMoE: Phi-3.5-MoE's v4 LongRoPE keys, sequences past original_max_position_embeddings (transformers
+    # keeps the short factors there, and the tables times long_mscale); PhimoeConfig's router, expert count
+    # and unbiased head where left out; a tied head keeps its bias
+    "phimoe-longrope-hub-keys": ("PhimoeForCausalLM", {}, lambda raw: raw.update(rope_parameters=None, rope_theta=5000.0, rope_scaling={
+        "type": "longrope", "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.1, 3.8], "long_factor": [1.0, 2.0, 4, 6, 8, 10, 12, 14],
+        "short_mscale": 1.2, "long_mscale": 1.2, "original_max_position_embeddings": 8})),
+    "phimoe-defaults": ("PhimoeForCausalLM", dict(num_local_experts=16, router_jitter_noise=0.01, lm_head_bias=False),
+                        _edit(("num_local_experts", "router_jitter_noise", "lm_head_bias"))),
+    "phimoe-tied-head-keeps-its-bias": ("PhimoeForCausalLM", dict(tie_word_embeddings=True), _edit()),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
