@@ -3,6 +3,7 @@ for jaxllm.models.registry. Shared pieces: layers.py, rope.py, attention.py, dec
 
 from jaxllm.models import (
     apertus,
+    cohere,
     exaone,
     gemma,
     gpt2,
@@ -22,7 +23,6 @@ from jaxllm.models import (
 
 FAMILIES = (
     llama, gemma, phi3, moe, olmo2, gpt_neox, gpt2, granite, phi, exaone, apertus, stablelm, starcoder2, olmoe, granitemoe,
-    phimoe,
+    phimoe, cohere,
 )
-ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

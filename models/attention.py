@@ -301,6 +301,7 @@ class Attention(nnx.Module):
         e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         scale = (cfg.attn_scale or d**-0.5) / (layer + 1 if cfg.attn_scale_by_layer else 1)
         self.spec = AttnSpec(scale, cfg.layer_window(layer), cfg.attn_softcap)
+        self.rope_interleaved = cfg.rope_interleaved
         self.q_proj = Dense((e,), (h, d), ("embed", "q_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
         self.k_proj = Dense((e,), (k, d), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
         self.v_proj = Dense((e,), (k, d), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
@@ -331,7 +332,7 @@ class Attention(nnx.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rot is not None:
-            q, k = apply_rotary(q, rot), apply_rotary(k, rot)
+            q, k = apply_rotary(q, rot, self.rope_interleaved), apply_rotary(k, rot, self.rope_interleaved)
         return q, k, v
 
     def weights(self, x, positions, rot: Rotary | None, kv: Uncached = UNCACHED):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from jaxllm.errors import ConfigError
 
-QK_NORMS = ("none", "per_head", "projection", "layernorm", "layernorm_per_head")
+QK_NORMS = ("none", "per_head", "projection", "layernorm", "layernorm_per_head", "head_layernorm")
 ROUTERS = ("softmax_topk", "topk_softmax", "sparsemixer")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
@@ -80,6 +80,7 @@ class ModelConfig:
     # "per_head": RMSNorm of each head (Qwen3); "projection": over all heads (OLMo 2); "layernorm":
     # LayerNorm, weight and bias, of each head (Phi's qk_layernorm); "layernorm_per_head": a LayerNorm
     # without bias, each head its own weights (StableLM's qk_layernorm; its attention, models/stablelm.py)
+    # "head_layernorm": LayerNorm without bias of each head, a weight per head (Cohere's use_qk_norm, built by models/cohere.py's attention)
     qk_norm: str = "none"
     # Gemma-style variants: embeddings times embed_scale; RMSNorm scales by (norm_offset + w), in float32.
     embed_scale: float = 1.0
@@ -103,10 +104,13 @@ class ModelConfig:
     # cos/sin kept in float32 and q/k rotated in float32, then cast back (OLMo 2 and 3's rotary
     # embedding returns float32 tables); else the tables are cast to the model's dtype first (Llama's).
     rope_float32: bool = False
+    # Rotary pairs are adjacent dims (2i, 2i + 1), not (i, i + rotary_dim / 2) (Cohere, GLM, ERNIE 4.5)
+    rope_interleaved: bool = False
     # Granite: each residual branch times residual_scale before the add, the logits divided by logits_divisor.
     residual_scale: float = 1.0
     logits_divisor: float = 1.0
     head_bias: bool = False  # a bias on the output head (PhiMoE's lm_head_bias; Phi's head hard-wires one)
+    logit_scale: float = 1.0  # Cohere: the logits times logit_scale
     # Mixture of experts (Mixtral, Qwen3-MoE): 0 experts means a dense MLP everywhere.
     num_experts: int = 0
     experts_per_token: int = 0
@@ -264,6 +268,8 @@ CONFIG_FIELDS = {
     "shared_expert_intermediate_size": COUNT, "qkv_bias": FLAG,  # Qwen2-MoE (a shared expert of width 0 is refused)
     "shared_intermediate_size": INDEX,  # GraniteMoeShared's (0: none)
     "router_jitter_noise": NON_NEGATIVE, "lm_head_bias": FLAG,  # PhiMoE's
+    # Cohere's logit scale (null: its forward fails) and q/k LayerNorm; ERNIE 4.5's biases
+    "logit_scale": _given(POSITIVE), "use_qk_norm": FLAG,
 }
 # Inside rope_parameters / rope_scaling (or each of its per-layer-type entries).
 ROPE_FIELDS = {

@@ -126,14 +126,13 @@ class RMSNorm(nnx.Module, pytree=False):
 
 class LayerNorm(nnx.Module, pytree=False):
     """(x - mean) / std * w + b over the last dim, in float32, cast back at the end. `axes`: the
-    logical axes of w and b (("head_dim",) for a norm of each attention head, Phi's q/k norms).
-    `shape` (default `dim`) is w's: leading dims give each slice of x its own weights, the norm
-    still over the last dim (StableLM's q/k norms, one per head: (heads, head_dim)). `bias`
-    False: no b (StableLM's q/k norms)."""
+    logical axes of w and b (("head_dim",) for a norm of each attention head, Phi's q/k norms);
+    `shape` may be several dims (Cohere's q/k norms: a weight per head [heads, head_dim]), still
+    normalizing over the last; `bias` False: no b (Cohere)."""
 
-    def __init__(self, dim: int, eps: float, *, dtype, rngs: nnx.Rngs, axes=("norm",), shape=None, bias: bool = True):
+    def __init__(self, shape, eps: float, *, dtype, rngs: nnx.Rngs, axes=("norm",), bias: bool = True):
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
         self.eps = eps
-        shape = (dim,) if shape is None else tuple(shape)
         self.weight = param(shape, tuple(axes), dtype)
         self.bias = param(shape, tuple(axes), dtype) if bias else None
 

@@ -122,12 +122,20 @@ def rotary(cfg: ModelConfig, positions, dtype, rope: RopeConfig | None = None, l
     return Rotary((jnp.cos(emb) * scale).astype(dtype), (jnp.sin(emb) * scale).astype(dtype))
 
 
-def apply_rotary(x, rot: Rotary):
-    """x: [B, T, N, D]; rotates the first rotary_dim dims in transformers' rotate-half layout."""
+def apply_rotary(x, rot: Rotary, interleaved: bool = False):
+    """x: [B, T, N, D]; rotates the first rotary_dim dims in transformers' rotate-half layout (pairs
+    (i, i + rotary_dim / 2)), or `interleaved`: pairs (2i, 2i + 1), each turned by frequency i, as
+    Cohere, GLM and ERNIE 4.5 rotate ("rotate every two"; cfg.rope_interleaved). The tables are the
+    same either way: their first half holds one angle per pair."""
     r = rot.cos.shape[-1]
     x_rot, x_pass = x[..., :r], x[..., r:]
     cos, sin = rot.cos[:, :, None, :], rot.sin[:, :, None, :]
     half = r // 2
-    rotated = jnp.concatenate([-x_rot[..., half:], x_rot[..., :half]], axis=-1)
-    out = (x_rot * cos + rotated * sin).astype(x.dtype)  # float32 tables (rope_float32): rotated in float32, cast back
+    if interleaved:
+        pairs = x_rot.reshape(x_rot.shape[:-1] + (half, 2))
+        even, odd, c, s = pairs[..., 0], pairs[..., 1], cos[..., :half], sin[..., :half]
+        out = jnp.stack([even * c - odd * s, odd * c + even * s], axis=-1).reshape(x_rot.shape).astype(x.dtype)
+    else:
+        rotated = jnp.concatenate([-x_rot[..., half:], x_rot[..., :half]], axis=-1)
+        out = (x_rot * cos + rotated * sin).astype(x.dtype)  # float32 tables (rope_float32): rotated in float32, cast back
     return jnp.concatenate([out, x_pass], axis=-1) if x_pass.shape[-1] else out

@@ -27,8 +27,8 @@ class StableLmAttention(Attention):
             norm = dict(dtype=dtype, rngs=rngs, bias=False)
             d = cfg.head_dim
             # nnx.data: the base class left them None, a static attribute
-            self.q_norm = nnx.data(LayerNorm(d, cfg.norm_eps, shape=(cfg.num_heads, d), axes=("q_heads", "head_dim"), **norm))
-            self.k_norm = nnx.data(LayerNorm(d, cfg.norm_eps, shape=(cfg.num_kv_heads, d), axes=("kv_heads", "head_dim"), **norm))
+            self.q_norm = nnx.data(LayerNorm((cfg.num_heads, d), cfg.norm_eps, axes=("q_heads", "head_dim"), **norm))
+            self.k_norm = nnx.data(LayerNorm((cfg.num_kv_heads, d), cfg.norm_eps, axes=("kv_heads", "head_dim"), **norm))
 
 
 class LayerNormDecoderLayer(nnx.Module):

@@ -456,7 +456,8 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     kind = arch.hf_model_type
     act = {"gpt2": "activation_function", "gemma2": "hidden_activation", "gemma3_text": "hidden_activation"}.get(kind, "hidden_act")
     eps = {"gpt2": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps",
-           "starcoder2": "norm_epsilon"}.get(kind, "rms_norm_eps")
+           "starcoder2": "norm_epsilon",
+           "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps"}.get(kind, "rms_norm_eps")
     out = dict(max_position_embeddings=hf.max_position_embeddings, norm_eps=getattr(hf, eps),
                tie_word_embeddings=hf.tie_word_embeddings, hidden_act=getattr(hf, act))
     if kind == "gemma" and out["hidden_act"] == "gelu":  # GemmaMLP's legacy mapping
@@ -524,6 +525,22 @@ def _jaxllm_layout(raw: dict):
     return weights.hf_layout(p.arch.weight_map(p.config), shapes)
 
 
+def _forward_fails(arch, raw: dict) -> bool:
+    """Whether transformers' model of config.json `raw` fails in its forward pass (a null it builds
+    a model of but cannot run)."""
+    import torch
+    import transformers
+
+    hf = transformers.CONFIG_MAPPING[arch.hf_model_type].from_dict(json.loads(json.dumps(raw)))
+    model = transformers.AutoModelForCausalLM.from_config(hf, attn_implementation="eager")
+    try:
+        with torch.no_grad():
+            model(torch.tensor([[1, 2, 3]]))
+    except Exception:  # noqa: BLE001 - any failure: transformers cannot run it
+        return True
+    return False
+
+
 NULLABLE = [k for k in __import__("jaxllm.models.config", fromlist=["CONFIG_FIELDS"]).CONFIG_FIELDS
             if k not in ("architectures", "model_type", "dtype", "torch_dtype", "eos_token_id", "bos_token_id", "pad_token_id")]
 
@@ -550,9 +567,11 @@ def test_a_null_key_reads_as_transformers_reads_it(arch):
             assert isinstance(ours, Exception), f"{arch} {key}=null: transformers refuses ({theirs!r:.120}), jaxllm reads it"
             assert "\n" not in str(ours) and key in str(ours), f"{arch} {key}=null: {ours}"
             continue
-        if isinstance(ours, Exception) and (not CONFIG_FIELDS[key].null or key == "sliding_window" or (arch, key) in BUILT_NOT_RUN):
+        if isinstance(ours, Exception) and (not CONFIG_FIELDS[key].null or key == "sliding_window" or (arch, key) in BUILT_NOT_RUN
+                                          or _forward_fails(spec, raw)):
             continue  # null refused for every family (a key some family reads with a default for absent only); a
-            # null window under Gemma 2/3's sliding layers, which transformers builds but cannot run (a TypeError in forward)
+            # null window under Gemma 2/3's sliding layers, which transformers builds but cannot run (a TypeError in forward);
+            # a null transformers builds a model of but cannot run (Cohere's layer_norm_eps)
         assert not isinstance(ours, Exception), f"{arch} {key}=null: transformers reads it, jaxllm refuses: {ours}"
         assert {n: s for n, s in ours.items() if n in theirs} == {n: theirs[n] for n in ours if n in theirs}, f"{arch} {key}=null"
         assert _as_jaxllm_reads(spec, raw) == pytest.approx(_as_transformers_reads(spec, raw)), f"{arch} {key}=null"

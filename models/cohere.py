@@ -1,0 +1,97 @@
+"""Cohere (Command-R, Command-R+) and Cohere 2 (Command-R7B, Command-A): attention and a gated MLP
+in parallel off one LayerNorm without bias (x + attn(ln x) + mlp(ln x)), rotary positions on
+interleaved pairs (rope_interleaved), the logits times logit_scale, a final LayerNorm without bias.
+
+Cohere: an optional LayerNorm (no bias) of each query and key head, with a weight per head
+(use_qk_norm: Command-R+). Cohere 2: no q/k norms; sliding-window layers (three of every four
+by default) and full-attention layers, which take no rotary positions at all (nope_layers)."""
+
+import functools
+
+from flax import nnx
+
+from jaxllm.models.architecture import NO_WINDOW, NO_WINDOW_SWITCH, NOT_NULL, Architecture
+from jaxllm.models.attention import UNCACHED, Attention
+from jaxllm.models.config import ModelConfig
+from jaxllm.models.decoder import CausalLM, decoder_weight_map
+from jaxllm.models.layers import GatedMLP, LayerNorm
+from jaxllm.models.weights import WeightSpec
+
+NormNoBias = functools.partial(LayerNorm, bias=False)
+
+
+class CohereAttention(Attention):
+    """The shared attention; qk_norm "head_layernorm": a LayerNorm (no bias) of each head with a
+    weight per head, [heads, head_dim] (transformers' CohereLayerNorm of shape (heads, head_dim))."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
+        super().__init__(cfg.replace(qk_norm="none"), layer, dtype=dtype, rngs=rngs)
+        if cfg.qk_norm == "head_layernorm":
+            h, k, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+            # nnx.data: the shared attention's q_norm / k_norm were None, a static attribute
+            self.q_norm = nnx.data(NormNoBias((h, d), cfg.norm_eps, dtype=dtype, rngs=rngs, axes=("q_heads", "head_dim")))
+            self.k_norm = nnx.data(NormNoBias((k, d), cfg.norm_eps, dtype=dtype, rngs=rngs, axes=("kv_heads", "head_dim")))
+
+
+class CohereDecoderLayer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
+        self.input_layernorm = NormNoBias(cfg.hidden_size, cfg.norm_eps, dtype=dtype, rngs=rngs)
+        self.self_attn = CohereAttention(cfg, layer, dtype=dtype, rngs=rngs)
+        self.mlp = GatedMLP(cfg, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x, positions, rot, cache, kv=UNCACHED):
+        h = self.input_layernorm(x)
+        attn, cache = self.self_attn(h, positions, rot, cache, kv)
+        return x + attn + self.mlp(h), cache  # transformers' order of the sum
+
+
+class CohereForCausalLM(CausalLM):
+    layer_cls = CohereDecoderLayer
+    final_norm = NormNoBias
+
+    def logits(self, hidden):
+        out = super().logits(hidden)
+        return out if self.cfg.logit_scale == 1.0 else out * self.cfg.logit_scale
+
+
+def cohere_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
+    """transformers' Llama naming without a post-attention norm (q/k norms [heads, head_dim] as they are)."""
+    return [s for s in decoder_weight_map(cfg) if "post_attention_layernorm" not in s.hf_names[0]]
+
+
+def _flags(raw: dict) -> dict:
+    # the MLP has no bias whatever mlp_bias says; attention_bias is read (q/k/v and o)
+    return dict(mlp_bias=False, rope_interleaved=True, logit_scale=float(raw.get("logit_scale", 0.0625)))
+
+
+def cohere2_defaults(raw: dict) -> dict:
+    """layer_types, else Cohere2Config's pattern (every sliding_window_pattern-th layer full, 4 without
+    it); the full layers rotate nothing."""
+    every = raw.get("sliding_window_pattern", 4)
+    types = raw.get("layer_types") or ["sliding_attention" if (i + 1) % every else "full_attention"
+                                       for i in range(raw["num_hidden_layers"])]
+    nope = tuple(i for i, t in enumerate(types) if t == "full_attention")
+    return dict(_flags(raw), layer_types=tuple(types), nope_layers=nope)
+
+
+_NOT_NULL = NOT_NULL + ("layer_norm_eps", "hidden_act", "rope_theta", "attention_bias", "head_dim")
+_TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=256, layer_norm_eps=1e-5, logit_scale=0.25,
+             tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+ARCHITECTURES = (Architecture(
+    name="CohereForCausalLM", module=CohereForCausalLM, weight_map=cohere_weight_map, hf_model_type="cohere",
+    ignored_keys=NO_WINDOW, norm_eps_key="layer_norm_eps", not_null=_NOT_NULL,
+    hf_defaults=dict(layer_norm_eps=1e-5, tie_word_embeddings=True, max_position_embeddings=8192, rope_theta=500000.0),
+    config_defaults=lambda raw: dict(_flags(raw), qk_norm="head_layernorm" if raw.get("use_qk_norm") else "none"),
+    # Command-R+'s q/k norms, biases, a logit scale unlike the default 0.0625
+    tiny_config=dict(_TINY, rope_theta=10000.0, use_qk_norm=True, attention_bias=True),
+), Architecture(
+    name="Cohere2ForCausalLM", module=CohereForCausalLM, weight_map=cohere_weight_map, hf_model_type="cohere2",
+    ignored_keys=NO_WINDOW_SWITCH, norm_eps_key="layer_norm_eps", not_null=_NOT_NULL,
+    hf_defaults=dict(layer_norm_eps=1e-5, tie_word_embeddings=True, max_position_embeddings=8192, sliding_window=4096),
+    config_defaults=cohere2_defaults,
+    # sliding (rotary) and full (no rotary) layers, a window shorter than the test sequences, untied
+    tiny_config=dict(_TINY, rope_theta=10000.0, sliding_window=8, tie_word_embeddings=False,
+                     layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
+))
