@@ -4,8 +4,10 @@ for jaxllm.models.registry. Shared pieces: layers.py, rope.py, attention.py, dec
 from jaxllm.models import (
     apertus,
     cohere,
+    ernie,
     exaone,
     gemma,
+    glm,
     gpt2,
     gpt_neox,
     granite,
@@ -23,6 +25,6 @@ from jaxllm.models import (
 
 FAMILIES = (
     llama, gemma, phi3, moe, olmo2, gpt_neox, gpt2, granite, phi, exaone, apertus, stablelm, starcoder2, olmoe, granitemoe,
-    phimoe, cohere,
+    phimoe, cohere, glm, ernie,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

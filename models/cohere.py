@@ -61,7 +61,7 @@ def cohere_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
 
 def _flags(raw: dict) -> dict:
     # the MLP has no bias whatever mlp_bias says; attention_bias is read (q/k/v and o)
-    return dict(mlp_bias=False, rope_interleaved=True, logit_scale=float(raw.get("logit_scale", 0.0625)))
+    return dict(mlp_bias=False, rope_interleaved=True, rope_float32_rotation=True, logit_scale=float(raw.get("logit_scale", 0.0625)))
 
 
 def cohere2_defaults(raw: dict) -> dict:

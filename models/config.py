@@ -104,6 +104,8 @@ class ModelConfig:
     # cos/sin kept in float32 and q/k rotated in float32, then cast back (OLMo 2 and 3's rotary
     # embedding returns float32 tables); else the tables are cast to the model's dtype first (Llama's).
     rope_float32: bool = False
+    # q/k rotated in float32 by tables rounded to the model's dtype (Cohere casts its tables, then upcasts q/k)
+    rope_float32_rotation: bool = False
     # Rotary pairs are adjacent dims (2i, 2i + 1), not (i, i + rotary_dim / 2) (Cohere, GLM, ERNIE 4.5)
     rope_interleaved: bool = False
     # Granite: each residual branch times residual_scale before the add, the logits divided by logits_divisor.
@@ -268,7 +270,7 @@ CONFIG_FIELDS = {
     "shared_expert_intermediate_size": COUNT, "qkv_bias": FLAG,  # Qwen2-MoE (a shared expert of width 0 is refused)
     "shared_intermediate_size": INDEX,  # GraniteMoeShared's (0: none)
     "router_jitter_noise": NON_NEGATIVE, "lm_head_bias": FLAG,  # PhiMoE's
-    # Cohere's logit scale (null: its forward fails) and q/k LayerNorm; ERNIE 4.5's biases
+    # Cohere's logit scale (null: its forward fails) and q/k LayerNorm (use_bias: StableLM's, ERNIE 4.5's above)
     "logit_scale": _given(POSITIVE), "use_qk_norm": FLAG,
 }
 # Inside rope_parameters / rope_scaling (or each of its per-layer-type entries).

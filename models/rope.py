@@ -119,7 +119,10 @@ def rotary(cfg: ModelConfig, positions, dtype, rope: RopeConfig | None = None, l
         inv = inv.reshape(-1, 1, inv.shape[-1])
     freqs = positions[..., None].astype(jnp.float32) * inv
     emb = jnp.concatenate([freqs, freqs], axis=-1)
-    return Rotary((jnp.cos(emb) * scale).astype(dtype), (jnp.sin(emb) * scale).astype(dtype))
+    cos, sin = (jnp.cos(emb) * scale).astype(dtype), (jnp.sin(emb) * scale).astype(dtype)
+    if cfg.rope_float32_rotation:  # rounded to the model's dtype, then float32: apply_rotary rotates in float32
+        cos, sin = cos.astype(jnp.float32), sin.astype(jnp.float32)
+    return Rotary(cos, sin)
 
 
 def apply_rotary(x, rot: Rotary, interleaved: bool = False):

@@ -46,10 +46,12 @@ def test_decode_attention_call_equals_the_masked_form():
 
 
 @pytest.mark.parametrize("arch, float32_tables", [("Olmo2ForCausalLM", True), ("Olmo3ForCausalLM", True),
-                                                  ("LlamaForCausalLM", False)])
+                                                  ("LlamaForCausalLM", False), ("CohereForCausalLM", True),
+                                                  ("Glm4ForCausalLM", False), ("Ernie4_5ForCausalLM", True)])
 def test_bfloat16_rotation_is_transformers(arch, float32_tables):
     """OLMo 2 and 3's rotary embedding returns float32 cos/sin, so transformers rotates bfloat16 q/k
-    in float32 and casts back; Llama's casts the tables to bfloat16 first. Both bit for bit."""
+    in float32 and casts back; Llama's casts the tables to bfloat16 first; Cohere's casts them to bfloat16,
+    then rotates in float32. GLM and ERNIE 4.5 rotate interleaved pairs. Each bit for bit."""
     import inspect
 
     import torch
@@ -65,7 +67,7 @@ def test_bfloat16_rotation_is_transformers(arch, float32_tables):
     assert (rot.cos.dtype == jnp.float32) == float32_tables
     q = np.random.default_rng(0).standard_normal((1, 9, cfg.num_heads, cfg.head_dim)).astype(np.float32)
     q = jnp.asarray(q, jnp.bfloat16)
-    ours = np.asarray(apply_rotary(q, rot).astype(jnp.float32))
+    ours = np.asarray(apply_rotary(q, rot, cfg.rope_interleaved).astype(jnp.float32))
     hf_cfg = transformers.AutoConfig.for_model(a.hf_model_type, **{k: v for k, v in raw.items() if k not in ("architectures", "model_type")})
     family = transformers.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[hf_cfg.model_type]
     modeling = __import__(getattr(transformers, family).__module__, fromlist=["x"])

@@ -396,6 +396,29 @@ SPELLINGS = {
     "phimoe-defaults": ("PhimoeForCausalLM", dict(num_local_experts=16, router_jitter_noise=0.01, lm_head_bias=False),
                         _edit(("num_local_experts", "router_jitter_noise", "lm_head_bias"))),
     "phimoe-tied-head-keeps-its-bias": ("PhimoeForCausalLM", dict(tie_word_embeddings=True), _edit()),
+    # Cohere: logit_scale 0.0625, no q/k norms and a rope base of 500,000 where left out (the Hub's v4 keys); head_dim
+    # read where given; keys its code never reads. Cohere 2: its default pattern (every 4th layer full, or
+    # sliding_window_pattern's), tied by default; Cohere's q/k norm key and Qwen's window switch it never reads
+    "cohere-default-scale-qk-norm-theta": ("CohereForCausalLM", dict(use_qk_norm=False), _edit(("logit_scale", "use_qk_norm", "rope_parameters"))),
+    "cohere-head-dim": ("CohereForCausalLM", dict(head_dim=8), _edit()),
+    "cohere-ignores-other-keys": ("CohereForCausalLM", {}, _edit(mlp_bias=True, rms_norm_eps=0.5, sliding_window=8, partial_rotary_factor=0.5)),
+    "cohere2-default-pattern": ("Cohere2ForCausalLM", dict(num_hidden_layers=4, layer_types=None, tie_word_embeddings=True),
+                                _edit(("layer_types", "tie_word_embeddings"))),
+    "cohere2-window-pattern": ("Cohere2ForCausalLM", dict(num_hidden_layers=4, layer_types=None), _edit(("layer_types",), sliding_window_pattern=2)),
+    "cohere2-ignores-other-keys": ("Cohere2ForCausalLM", {}, _edit(use_qk_norm=True, use_sliding_window=False, mlp_bias=True)),
+    # GLM and GLM-4: half of each head rotates and heads of 128 where left out, 2 kv heads (not num_attention_heads);
+    # the Hub's v4 keys (partial_rotary_factor and rope_theta top-level); attention_bias off; keys their code never reads
+    "glm-default-partial-rotary-head-dim-kv-heads": ("GlmForCausalLM", dict(head_dim=128), lambda raw: [
+        raw.pop("head_dim"), raw.pop("num_key_value_heads"), raw["rope_parameters"].pop("partial_rotary_factor")]),
+    "glm4-v4-rope-keys": ("Glm4ForCausalLM", {}, _edit(("rope_parameters",), rope_theta=5000.0, partial_rotary_factor=0.25)),
+    "glm4-no-attention-bias": ("Glm4ForCausalLM", dict(attention_bias=False), _edit()),
+    "glm4-ignores-other-keys": ("Glm4ForCausalLM", {}, _edit(mlp_bias=True, layer_norm_eps=0.5, sliding_window=8,
+                                                             layer_types=["sliding_attention"] * 3)),
+    # ERNIE 4.5: tied, heads of 128, 2 kv heads and a rope base of 500,000 where left out; biases off by default
+    "ernie-defaults": ("Ernie4_5ForCausalLM", dict(head_dim=128, use_bias=False), _edit(
+        ("tie_word_embeddings", "head_dim", "num_key_value_heads", "rope_parameters", "use_bias"))),
+    "ernie-ignores-other-keys": ("Ernie4_5ForCausalLM", {}, _edit(attention_bias=False, mlp_bias=False, partial_rotary_factor=0.5,
+                                                                  sliding_window=8)),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
