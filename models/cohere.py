@@ -11,10 +11,11 @@ import functools
 from flax import nnx
 
 from jaxllm.models.architecture import NO_WINDOW, NO_WINDOW_SWITCH, NOT_NULL, Architecture
-from jaxllm.models.attention import UNCACHED, Attention
+from jaxllm.models.attention import Attention
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, decoder_weight_map
 from jaxllm.models.layers import GatedMLP, LayerNorm
+from jaxllm.models.phi import PhiDecoderLayer
 from jaxllm.models.weights import WeightSpec
 
 NormNoBias = functools.partial(LayerNorm, bias=False)
@@ -33,16 +34,14 @@ class CohereAttention(Attention):
             self.k_norm = nnx.data(NormNoBias((k, d), cfg.norm_eps, dtype=dtype, rngs=rngs, axes=("kv_heads", "head_dim")))
 
 
-class CohereDecoderLayer(nnx.Module):
+class CohereDecoderLayer(PhiDecoderLayer):
+    """Phi's parallel layer, x + attn(ln x) + mlp(ln x), with Cohere's norm, attention and gated MLP.
+    (transformers' Cohere adds x first, Phi's last: the same sum up to rounding.)"""
+
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
         self.input_layernorm = NormNoBias(cfg.hidden_size, cfg.norm_eps, dtype=dtype, rngs=rngs)
         self.self_attn = CohereAttention(cfg, layer, dtype=dtype, rngs=rngs)
         self.mlp = GatedMLP(cfg, dtype=dtype, rngs=rngs)
-
-    def __call__(self, x, positions, rot, cache, kv=UNCACHED):
-        h = self.input_layernorm(x)
-        attn, cache = self.self_attn(h, positions, rot, cache, kv)
-        return x + attn + self.mlp(h), cache  # transformers' order of the sum
 
 
 class CohereForCausalLM(CausalLM):

@@ -10,6 +10,7 @@ from jaxllm.models import registry
 @pytest.mark.parametrize("arch, changes", [
     ("MistralForCausalLM", dict(sliding_window=0)),
     ("Gemma2ForCausalLM", dict(sliding_window=0)),
+    ("Cohere2ForCausalLM", dict(sliding_window=0)),
     ("Qwen2ForCausalLM", dict(use_sliding_window=True, max_window_layers=1, sliding_window=0)),
 ])
 def test_a_window_of_zero_on_sliding_layers_is_refused(arch, changes):
