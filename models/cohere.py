@@ -1,6 +1,7 @@
 """Cohere (Command-R, Command-R+) and Cohere 2 (Command-R7B, Command-A): attention and a gated MLP
 in parallel off one LayerNorm without bias (x + attn(ln x) + mlp(ln x)), rotary positions on
-interleaved pairs (rope_interleaved), the logits times logit_scale, a final LayerNorm without bias.
+interleaved pairs (rope_interleaved), q/k rotated in float32 by tables rounded to the model's dtype
+(rope_float32_rotation), the logits times logit_scale, a final LayerNorm without bias.
 
 Cohere: an optional LayerNorm (no bias) of each query and key head, with a weight per head
 (use_qk_norm: Command-R+). Cohere 2: no q/k norms; sliding-window layers (three of every four
