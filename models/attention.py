@@ -311,6 +311,10 @@ class Attention(nnx.Module):
         elif cfg.qk_norm == "layernorm":  # LayerNorm of each head (Phi)
             self.q_norm = LayerNorm(d, cfg.norm_eps, dtype=dtype, rngs=rngs, axes=("head_dim",))
             self.k_norm = LayerNorm(d, cfg.norm_eps, dtype=dtype, rngs=rngs, axes=("head_dim",))
+        elif cfg.qk_norm == "layernorm_per_head":  # LayerNorm of each head, no bias, a weight row per head (StableLM, Cohere)
+            norm = dict(dtype=dtype, rngs=rngs, bias=False)
+            self.q_norm = LayerNorm((h, d), cfg.norm_eps, axes=("q_heads", "head_dim"), **norm)
+            self.k_norm = LayerNorm((k, d), cfg.norm_eps, axes=("kv_heads", "head_dim"), **norm)
         else:  # RMSNorm per head (Qwen3), or over the whole projection (OLMo 2)
             norm = dict(dtype=dtype, rngs=rngs, offset=cfg.norm_offset, upcast_scale=cfg.norm_upcast_scale)
             whole = cfg.qk_norm == "projection"

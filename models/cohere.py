@@ -22,26 +22,13 @@ from jaxllm.models.weights import WeightSpec
 NormNoBias = functools.partial(LayerNorm, bias=False)
 
 
-class CohereAttention(Attention):
-    """The shared attention; qk_norm "head_layernorm": a LayerNorm (no bias) of each head with a
-    weight per head, [heads, head_dim] (transformers' CohereLayerNorm of shape (heads, head_dim))."""
-
-    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
-        super().__init__(cfg.replace(qk_norm="none"), layer, dtype=dtype, rngs=rngs)
-        if cfg.qk_norm == "head_layernorm":
-            h, k, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-            # nnx.data: the shared attention's q_norm / k_norm were None, a static attribute
-            self.q_norm = nnx.data(NormNoBias((h, d), cfg.norm_eps, dtype=dtype, rngs=rngs, axes=("q_heads", "head_dim")))
-            self.k_norm = nnx.data(NormNoBias((k, d), cfg.norm_eps, dtype=dtype, rngs=rngs, axes=("kv_heads", "head_dim")))
-
-
 class CohereDecoderLayer(PhiDecoderLayer):
     """Phi's parallel layer, x + attn(ln x) + mlp(ln x), with Cohere's norm, attention and gated MLP.
     (transformers' Cohere adds x first, Phi's last: the same sum up to rounding.)"""
 
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
         self.input_layernorm = NormNoBias(cfg.hidden_size, cfg.norm_eps, dtype=dtype, rngs=rngs)
-        self.self_attn = CohereAttention(cfg, layer, dtype=dtype, rngs=rngs)
+        self.self_attn = Attention(cfg, layer, dtype=dtype, rngs=rngs)
         self.mlp = GatedMLP(cfg, dtype=dtype, rngs=rngs)
 
 
@@ -83,7 +70,7 @@ ARCHITECTURES = (Architecture(
     name="CohereForCausalLM", module=CohereForCausalLM, weight_map=cohere_weight_map, hf_model_type="cohere",
     ignored_keys=NO_WINDOW, norm_eps_key="layer_norm_eps", not_null=_NOT_NULL,
     hf_defaults=dict(layer_norm_eps=1e-5, tie_word_embeddings=True, max_position_embeddings=8192, rope_theta=500000.0),
-    config_defaults=lambda raw: dict(_flags(raw), qk_norm="head_layernorm" if raw.get("use_qk_norm") else "none"),
+    config_defaults=lambda raw: dict(_flags(raw), qk_norm="layernorm_per_head" if raw.get("use_qk_norm") else "none"),
     # Command-R+'s q/k norms, biases, a logit scale unlike the default 0.0625
     tiny_config=dict(_TINY, rope_theta=10000.0, use_qk_norm=True, attention_bias=True),
 ), Architecture(

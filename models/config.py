@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from jaxllm.errors import ConfigError
 
-QK_NORMS = ("none", "per_head", "projection", "layernorm", "layernorm_per_head", "head_layernorm")
+QK_NORMS = ("none", "per_head", "projection", "layernorm", "layernorm_per_head")
 ROUTERS = ("softmax_topk", "topk_softmax", "sparsemixer")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
@@ -79,8 +79,7 @@ class ModelConfig:
     gated_mlp: bool = True  # False: the decoder's MLP is down(act(up(x))), no gate_proj (Arcee)
     # "per_head": RMSNorm of each head (Qwen3); "projection": over all heads (OLMo 2); "layernorm":
     # LayerNorm, weight and bias, of each head (Phi's qk_layernorm); "layernorm_per_head": a LayerNorm
-    # without bias, each head its own weights (StableLM's qk_layernorm; its attention, models/stablelm.py)
-    # "head_layernorm": LayerNorm without bias of each head, a weight per head (Cohere's use_qk_norm, built by models/cohere.py's attention)
+    # without bias, each head its own weights (StableLM's qk_layernorm, Cohere's use_qk_norm)
     qk_norm: str = "none"
     # Gemma-style variants: embeddings times embed_scale; RMSNorm scales by (norm_offset + w), in float32.
     embed_scale: float = 1.0

@@ -17,27 +17,13 @@ from jaxllm.models.layers import GatedMLP, LayerNorm
 from jaxllm.models.weights import Stack, WeightSpec
 
 
-class StableLmAttention(Attention):
-    """The shared attention; qk_norm "layernorm_per_head" makes its q/k norms LayerNorms over each
-    head's dims with one weight row per head and no bias (StableLmLayerNormPerHead)."""
-
-    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
-        super().__init__(cfg.replace(qk_norm="none"), layer, dtype=dtype, rngs=rngs)
-        if cfg.qk_norm == "layernorm_per_head":
-            norm = dict(dtype=dtype, rngs=rngs, bias=False)
-            d = cfg.head_dim
-            # nnx.data: the base class left them None, a static attribute
-            self.q_norm = nnx.data(LayerNorm((cfg.num_heads, d), cfg.norm_eps, axes=("q_heads", "head_dim"), **norm))
-            self.k_norm = nnx.data(LayerNorm((cfg.num_kv_heads, d), cfg.norm_eps, axes=("kv_heads", "head_dim"), **norm))
-
-
 class LayerNormDecoderLayer(nnx.Module):
     """x + attn(ln1 x), then x + mlp(ln2 x); with parallel_residual x + attn(ln1 x) + mlp(ln1 x),
     no ln2. The feed-forward block is `feed_forward`'s (StableLM's gated MLP)."""
 
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
         self.input_layernorm = LayerNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype, rngs=rngs)
-        self.self_attn = StableLmAttention(cfg, layer, dtype=dtype, rngs=rngs)
+        self.self_attn = Attention(cfg, layer, dtype=dtype, rngs=rngs)
         self.post_attention_layernorm = (None if cfg.parallel_residual else
                                          LayerNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype, rngs=rngs))
         self.mlp = self.feed_forward(cfg, dtype=dtype, rngs=rngs)
