@@ -268,7 +268,7 @@ CONFIG_FIELDS = {
     "norm_topk_prob": FLAG, "decoder_sparse_step": INDEX, "mlp_only_layers": Field(int, 0, MAX_SIZE, many="list"),
     "shared_expert_intermediate_size": COUNT, "qkv_bias": FLAG,  # Qwen2-MoE (a shared expert of width 0 is refused)
     "shared_intermediate_size": INDEX,  # GraniteMoeShared's (0: none)
-    "router_jitter_noise": NON_NEGATIVE, "lm_head_bias": FLAG,  # PhiMoE's
+    "router_jitter_noise": _given(NON_NEGATIVE), "lm_head_bias": FLAG,  # PhiMoE's (null: MixtralConfig refuses it)
     # Cohere's logit scale (null: its forward fails) and q/k LayerNorm (use_bias: StableLM's, ERNIE 4.5's above)
     "logit_scale": _given(POSITIVE), "use_qk_norm": FLAG,
 }
