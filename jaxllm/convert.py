@@ -194,6 +194,7 @@ def _write(source, p, tmp: Path, dst: Path, dtype_name: str, src, to_hf: bool, s
     if to_hf:
         for k in [k for k in ("torch_dtype", "dtype") if k in raw] or ["torch_dtype"]:
             raw[k] = dtype_name
+        raw.pop("quantization_config", None)  # gpt-oss's MXFP4 experts are written back dequantized, as floats
     _copy_side_files(source.path, tmp, raw)
     with Bar(len(jax.tree.leaves(p.abstract)), "reading", enabled=progress) as bar:
         params = p.read(bar)

@@ -10,6 +10,7 @@ from jaxllm.models import (
     glm,
     gpt2,
     gpt_neox,
+    gpt_oss,
     granite,
     granitemoe,
     llama,
@@ -25,6 +26,6 @@ from jaxllm.models import (
 
 FAMILIES = (
     llama, gemma, phi3, moe, olmo2, gpt_neox, gpt2, granite, phi, exaone, apertus, stablelm, starcoder2, olmoe, granitemoe,
-    phimoe, cohere, glm, ernie,
+    phimoe, cohere, glm, ernie, gpt_oss,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

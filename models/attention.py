@@ -25,7 +25,7 @@ from flax import nnx
 from jaxllm.errors import GenerationError
 from jaxllm.models import attention_ops, kv_quant, paged_decode
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.layers import Dense, LayerNorm, RMSNorm
+from jaxllm.models.layers import Dense, LayerNorm, RMSNorm, param
 from jaxllm.models.rope import Rotary, apply_rotary
 
 
@@ -80,11 +80,15 @@ def kv_cache_bytes(cfg: ModelConfig, tokens: int, dtype, kv_dtype=None) -> int:
 
 class AttnSpec(NamedTuple):
     """What one layer's attention computes beyond softmax(q k^T) v: the score scale, a sliding
-    window (None: full causal) and tanh soft-capping of the scores (None: off)."""
+    window (None: full causal), tanh soft-capping of the scores (None: off) and attention sinks
+    (None: none; else float [H], the layer's learned logit per query head that joins the
+    softmax's denominator and takes no value: gpt-oss; `Attention` puts its parameter here
+    for each call)."""
 
     scale: float
     window: int | None = None
     softcap: float | None = None
+    sinks: jax.Array | None = None
 
 
 def attention_mask(q_pos, k_pos, window: int | None):
@@ -97,9 +101,10 @@ def attention_mask(q_pos, k_pos, window: int | None):
     return mask
 
 
-def attention_probs(q, k, mask, scale: float, softcap: float | None = None):
+def attention_probs(q, k, mask, scale: float, softcap: float | None = None, sinks=None):
     """Softmax weights of grouped-query attention, float32. q [B, T, H, D]; k [B, S, K, D];
-    mask [B, T, S] -> [B, K, G, T, S] (query head h is kv group h // G, member h % G)."""
+    mask [B, T, S] -> [B, K, G, T, S] (query head h is kv group h // G, member h % G).
+    `sinks` [H]: each head's sink logit joins the denominator (the weights then sum below 1)."""
     b, t, h, d = q.shape
     kv = k.shape[2]
     q = q.reshape(b, t, kv, h // kv, d)
@@ -107,19 +112,19 @@ def attention_probs(q, k, mask, scale: float, softcap: float | None = None):
     if softcap is not None:
         scores = jnp.tanh(scores / softcap) * softcap
     scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    return jax.nn.softmax(scores, axis=-1)
+    return attention_ops.softmax_with_sinks(scores, sinks)
 
 
-def attend(q, k, v, mask, scale: float, softcap: float | None = None):
+def attend(q, k, v, mask, scale: float, softcap: float | None = None, sinks=None):
     """Grouped-query attention. q [B, T, H, D]; k, v [B, S, K, D]; mask [B, T, S] -> [B, T, H, D]."""
     if q.shape[:2] == (1, 1):
-        return _attend_one(q, k, v, mask, scale, softcap)
-    probs = attention_probs(q, k, mask, scale, softcap).astype(v.dtype)
+        return _attend_one(q, k, v, mask, scale, softcap, sinks)
+    probs = attention_probs(q, k, mask, scale, softcap, sinks).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
     return out.reshape(q.shape)
 
 
-def _attend_one(q, k, v, mask, scale: float, softcap: float | None):
+def _attend_one(q, k, v, mask, scale: float, softcap: float | None, sinks=None):
     """One query of one row (batch-1 decode) as multiply-and-sum, which XLA fuses into reduction
     kernels over the cache instead of small batched matmuls; scores and sums in float32. A/B on an
     H100, Qwen3-0.6B shape: batch 1 +3-5% (614-621 -> 637-648 tokens/s); at batch 64 the same
@@ -131,7 +136,12 @@ def _attend_one(q, k, v, mask, scale: float, softcap: float | None):
     if softcap is not None:
         scores = jnp.tanh(scores / softcap) * softcap
     scores = jnp.where(mask[:, 0, :, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=1).astype(v.dtype).astype(jnp.float32)
+    if sinks is None:
+        probs = jax.nn.softmax(scores, axis=1)
+    else:  # the sink as one more key, its weight dropped
+        sink = attention_ops.sink_logits(sinks, kv, (b, kv, h // kv))[:, None]
+        probs = jax.nn.softmax(jnp.concatenate([scores, sink], axis=1), axis=1)[:, :-1]
+    probs = probs.astype(v.dtype).astype(jnp.float32)
     out = jnp.sum(probs[..., None] * v[:, :, :, None, :].astype(jnp.float32), axis=1)  # [B, K, G, D]
     return out.astype(v.dtype).reshape(b, 1, h, d)
 
@@ -148,10 +158,10 @@ def decode_attention(q, k, v, lengths, scale: float, implementation: str | None 
 
 def cudnn_decode_fits(q, spec: AttnSpec) -> bool:
     """Whether the cuDNN decode kernel computes this layer's attention: 16-bit floats, a head size
-    cuDNN takes, and no sliding window or soft-capping (which that call does not express)."""
+    cuDNN takes, and no sliding window, soft-capping or sinks (which that call does not express)."""
     d = q.shape[-1]
     return (q.dtype in (jnp.bfloat16, jnp.float16) and d <= 128 and d % 8 == 0
-            and spec.window is None and spec.softcap is None)
+            and spec.window is None and spec.softcap is None and spec.sinks is None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -173,7 +183,7 @@ class Uncached:
         return mask if self.keep is None else mask & self.keep[:, None, :]
 
     def __call__(self, q, k, v, cache, positions, spec: AttnSpec):
-        return attend(q, k, v, self.mask(positions, spec.window), spec.scale, spec.softcap), LayerCache(k, v)
+        return attend(q, k, v, self.mask(positions, spec.window), spec.scale, spec.softcap, spec.sinks), LayerCache(k, v)
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["page_table", "valid", "shared", "offsets"],
@@ -236,14 +246,14 @@ class PagedCache:
                 both = paged_decode.cascade_decode_attention(
                     q, new.k, new.v, self.page_table, lengths, self.shared, offsets, scale=spec.scale,
                     shared_keys=self.cascade[0], suffix_keys=self.cascade[1], window=spec.window, softcap=spec.softcap,
-                    impl="cudnn" if by_cudnn else "xla")
+                    impl="cudnn" if by_cudnn else "xla", sinks=spec.sinks)
                 if by_cudnn or not self.cascade[2]:  # cuDNN's own part reads other rows whole; or every row shares
                     return both
                 lengths = jnp.where(shares, 1, lengths)  # the sharing rows' plain reads: one key
             out = paged_decode.paged_decode_attention(
                 q, new.k, new.v, self.page_table, lengths, scale=spec.scale, window=spec.window,
                 softcap=spec.softcap, impl="cudnn_paged" if fast and native else "xla", num_keys=self.num_keys,
-                k_scales=new.k_scale, v_scales=new.v_scale)
+                k_scales=new.k_scale, v_scales=new.v_scale, sinks=spec.sinks)
             return jnp.where(shares[:, None, None, None], both, out) if cascade else out
         keys, values = self.gather(new.k, new.k_scale, q.dtype), self.gather(new.v, new.v_scale, q.dtype)
         start = positions[:, 0]
@@ -253,7 +263,7 @@ class PagedCache:
         k_new, v_new = (k, v) if native else (None, None)
         out = attention_ops.flash_prefill(q, keys, values, start, kv_len, scale=spec.scale, window=spec.window,
                                           softcap=spec.softcap, impl="cudnn" if fast else "blocked",
-                                          k_new=k_new, v_new=v_new)
+                                          k_new=k_new, v_new=v_new, sinks=spec.sinks)
         return out
 
     def gather(self, pool, scales, dtype):
@@ -322,13 +332,19 @@ class Attention(nnx.Module):
                                   axes=("q_heads", "head_dim") if whole else ("head_dim",), **norm)
             self.k_norm = RMSNorm((k, d) if whole else d, cfg.norm_eps,
                                   axes=("kv_heads", "head_dim") if whole else ("head_dim",), **norm)
+        # gpt-oss: a learned logit per query head in every softmax's denominator (AttnSpec.sinks)
+        self.sinks = param((h,), ("q_heads",), dtype) if cfg.attn_sinks else None
 
     def __call__(self, x, positions, rot: Rotary | None, cache: LayerCache | None, kv=UNCACHED):
         """x [B, T, E] at positions [B, T] -> (output [B, T, E], this layer's cache from `kv`).
         `rot` None: no rotary positions (models with learned position embeddings)."""
         q, k, v = self.project(x, rot)
-        out, new = kv(q, k, v, cache, positions, self.spec)
+        out, new = kv(q, k, v, cache, positions, self.call_spec())
         return self.o_proj(out), new
+
+    def call_spec(self) -> AttnSpec:
+        """The layer's AttnSpec with its sinks' values (float32), where it has sinks."""
+        return self.spec if self.sinks is None else self.spec._replace(sinks=self.sinks[...].astype(jnp.float32))
 
     def project(self, x, rot: Rotary | None):
         """Queries, keys and values of x [B, T, E]: projected, q/k-normed and rotated."""
@@ -343,6 +359,7 @@ class Attention(nnx.Module):
         """The attention weights of a full sequence x [B, T, E] (no cache; `kv` may hide padding
         keys): float32 [B, H, T, T]."""
         q, k, _ = self.project(x, rot)
-        probs = attention_probs(q, k.astype(q.dtype), kv.mask(positions, self.spec.window), self.spec.scale, self.spec.softcap)
+        spec = self.call_spec()
+        probs = attention_probs(q, k.astype(q.dtype), kv.mask(positions, spec.window), spec.scale, spec.softcap, spec.sinks)
         b, groups, members, t, s = probs.shape
         return probs.reshape(b, groups * members, t, s)

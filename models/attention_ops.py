@@ -57,7 +57,7 @@ def gather_pages(pages, page_table, num_keys: int | None = None):
 
 
 def blocked_attention(q, k, v, q_pos, kv_len=None, *, scale: float, window: int | None = None,
-                      softcap: float | None = None, block: int = 512, q_block: int | None = None):
+                      softcap: float | None = None, block: int = 512, q_block: int | None = None, sinks=None):
     """Grouped-query attention with an online softmax over key blocks.
 
     q [B, T, H, D]; k, v [B, S, K, D] (key s sits at position s); q_pos [B, T] int positions of
@@ -66,7 +66,9 @@ def blocked_attention(q, k, v, q_pos, kv_len=None, *, scale: float, window: int 
     scale * q.k in float32, soft-capped as softcap * tanh(s / softcap) when set. Returns
     [B, T, H, D] in q.dtype; equal to the masked reference (layers.attention_probs / attend) up
     to float rounding. A query that sees no key gets zeros (the reference would average all
-    values), never NaN.
+    values), never NaN. `sinks` [H] (None: none): a learned logit per query head that joins
+    every softmax's denominator and takes no value (gpt-oss's attention sinks); the online
+    softmax starts from it (running max = the sink, denominator 1) instead of from nothing.
 
     Memory: the scores of one (query block, key block) pair, B*H*Tq*block float32, where Tq is
     `q_block` (None: all T queries at once). The key loop runs only over blocks that some query
@@ -84,7 +86,7 @@ def blocked_attention(q, k, v, q_pos, kv_len=None, *, scale: float, window: int 
     block = max(1, min(block, s))
 
     if q_block is None or q_block >= t:
-        return _blocked_core(q, k, v, q_pos, kv_len, scale, window, softcap, block)
+        return _blocked_core(q, k, v, q_pos, kv_len, scale, window, softcap, block, sinks)
 
     nq = -(-t // q_block)
     pad = nq * q_block - t
@@ -93,12 +95,19 @@ def blocked_attention(q, k, v, q_pos, kv_len=None, *, scale: float, window: int 
         q_pos = jnp.pad(q_pos, ((0, 0), (0, pad)), constant_values=-1)
     qs = q.reshape(b, nq, q_block, h, d).swapaxes(0, 1)
     ps = q_pos.reshape(b, nq, q_block).swapaxes(0, 1)
-    out = lax.map(lambda qp: _blocked_core(qp[0], k, v, qp[1], kv_len, scale, window, softcap, block), (qs, ps))
+    out = lax.map(lambda qp: _blocked_core(qp[0], k, v, qp[1], kv_len, scale, window, softcap, block, sinks), (qs, ps))
     out = out.swapaxes(0, 1).reshape(b, nq * q_block, h, d)
     return out[:, :t]
 
 
-def _blocked_core(q, k, v, q_pos, kv_len, scale, window, softcap, block):
+def sink_logits(sinks, kv: int, shape: tuple):
+    """Sinks [H] as float32 [..., K, G, ...] logits broadcast to `shape`, whose dims after the
+    leading batch are (K, G, ...)."""
+    s = jnp.asarray(sinks, jnp.float32).reshape((1, kv, -1) + (1,) * (len(shape) - 3))
+    return jnp.broadcast_to(s, shape)
+
+
+def _blocked_core(q, k, v, q_pos, kv_len, scale, window, softcap, block, sinks=None):
     b, t, h, d = q.shape
     s, kv = k.shape[1], k.shape[2]
     g = h // kv
@@ -118,8 +127,12 @@ def _blocked_core(q, k, v, q_pos, kv_len, scale, window, softcap, block):
         lo = jnp.minimum(lo_key // block, hi)
 
     acc = jnp.zeros((b, kv, g, t, d), jnp.float32)
-    m = jnp.full((b, kv, g, t), NEG_INF, jnp.float32)
-    denom = jnp.zeros((b, kv, g, t), jnp.float32)
+    if sinks is None:
+        m = jnp.full((b, kv, g, t), NEG_INF, jnp.float32)
+        denom = jnp.zeros((b, kv, g, t), jnp.float32)
+    else:  # the sink is the first "key": its logit the running max, exp(0) = 1 the denominator, no value
+        m = sink_logits(sinks, kv, (b, kv, g, t))
+        denom = jnp.ones((b, kv, g, t), jnp.float32)
 
     def body(i, carry):
         acc, m, denom = carry
@@ -151,8 +164,8 @@ def _blocked_core(q, k, v, q_pos, kv_len, scale, window, softcap, block):
     return jnp.einsum("bkgtd->btkgd", out).reshape(b, t, h, d).astype(q.dtype)
 
 
-def reference_attention(q, k, v, q_pos, kv_len=None, *, scale: float, window=None, softcap=None):
-    """The materialised masked reference (O(T*S) float32 scores), same mask as
+def reference_attention(q, k, v, q_pos, kv_len=None, *, scale: float, window=None, softcap=None, sinks=None):
+    """The materialised masked reference (O(T*S) float32 scores), same mask (and sinks) as
     `blocked_attention`; for tests and comparisons only."""
     b, t, h, d = q.shape
     s, kv = k.shape[1], k.shape[2]
@@ -167,9 +180,19 @@ def reference_attention(q, k, v, q_pos, kv_len=None, *, scale: float, window=Non
     if softcap is not None:
         scores = jnp.tanh(scores / softcap) * softcap
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    probs = softmax_with_sinks(scores, sinks).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
     return out.reshape(b, t, h, d).astype(q.dtype)
+
+
+def softmax_with_sinks(scores, sinks=None):
+    """Softmax over the last axis of float32 scores [B, K, G, ...]; with `sinks` [H] (H = K * G),
+    each head's sink logit joins the denominator as one more column, dropped from the result
+    (its weight goes to no value), as transformers' gpt-oss eager attention."""
+    if sinks is None:
+        return jax.nn.softmax(scores, axis=-1)
+    sink = sink_logits(sinks, scores.shape[1], scores.shape[:-1] + (1,))
+    return jax.nn.softmax(jnp.concatenate([scores, sink], axis=-1), axis=-1)[..., :-1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,14 +213,15 @@ def cudnn_private():
 
 def flash_prefill(q, k, v, start=0, kv_len=None, *, scale: float, window: int | None = None,
                   softcap: float | None = None, impl: str = "blocked", k_new=None, v_new=None,
-                  block: int = 1024, q_block: int | None = 2048):
+                  block: int = 1024, q_block: int | None = 2048, sinks=None):
     """Attention of a prefill chunk. q [B, T, H, D]: row b's queries sit at positions
     start[b] .. start[b] + T - 1; k, v [B, S, K, D]: the row's keys at positions 0 .. S - 1,
     the chunk's own keys included (written at start .. start + T - 1, so S >= start + T);
     kv_len [B]: valid keys per row (default start + T; a shorter ragged chunk passes
     start + its length, and its padding queries' outputs are garbage). `start` is a Python int
     (static) or an int array [B]. Causal (key pos <= query pos), optional sliding window
-    (key pos > query pos - window) and soft-capping. -> [B, T, H, D] in q.dtype.
+    (key pos > query pos - window), soft-capping and attention sinks (`sinks` [H], see
+    `blocked_attention`). -> [B, T, H, D] in q.dtype.
 
     impl:
     - "blocked": `blocked_attention` (any backend, every option), `block` / `q_block` its tiles.
@@ -223,6 +247,8 @@ def flash_prefill(q, k, v, start=0, kv_len=None, *, scale: float, window: int | 
       repeated), attention_mgpu needs D % 64 == 0 and T, S multiples of its tiles and takes no
       scale (q is pre-scaled in its dtype, a small rounding). Else: blocked.
     The caller chooses (jaxllm.runtime decides the platform's kernels; nothing here probes it).
+    Sinks: "blocked" and "xla" only; every other impl falls back to blocked (no cuDNN or Pallas
+    call here takes a sink).
 
     Checked on an H100 (jax 0.11.2, cuDNN 9.19, 2026-11-28): cuDNN's is_causal with T < S is
     top-left aligned (max diff 0.001 against top-left, 3.6 against the offset mask), and
@@ -246,13 +272,13 @@ def flash_prefill(q, k, v, start=0, kv_len=None, *, scale: float, window: int | 
 
     def blocked():
         return blocked_attention(q, k, v, q_pos, kv_len, scale=scale, window=window, softcap=softcap,
-                                 block=block, q_block=q_block)
+                                 block=block, q_block=q_block, sinks=sinks)
 
     square = static_zero and t == s
-    if impl == "blocked":
-        return blocked()
     if impl == "xla":
-        return reference_attention(q, k, v, q_pos, kv_len, scale=scale, window=window, softcap=softcap)
+        return reference_attention(q, k, v, q_pos, kv_len, scale=scale, window=window, softcap=softcap, sinks=sinks)
+    if impl == "blocked" or (sinks is not None and impl in ("cudnn", "cudnn_mask", "pallas_triton", "pallas_mgpu")):
+        return blocked()
     if impl == "cudnn_mask":
         if softcap is not None:
             return blocked()

@@ -127,6 +127,17 @@ class ModelConfig:
     # runs, its output times sigmoid(shared_expert_gate(x)); 0: none.
     shared_expert_intermediate_size: int = 0
     shared_expert_gated: bool = True  # False: the shared expert's output added as it is (GraniteMoeShared)
+    # gpt-oss's experts: a router with a bias that takes the top k of its logits and softmaxes
+    # those k (router_topk_first; else softmax, then top k), biases on the experts' projections, and
+    # the clamped SwiGLU (swiglu_limit not None: gate clamped above at the limit, up to [-limit,
+    # limit], out = (up + 1) * gate * sigmoid(swiglu_alpha * gate)) in place of act(gate) * up.
+    router_bias: bool = False
+    router_topk_first: bool = False
+    expert_bias: bool = False
+    swiglu_limit: float | None = None
+    swiglu_alpha: float = 1.0
+    # gpt-oss: a learned logit per query head that joins every attention softmax's denominator
+    attn_sinks: bool = False
     sliding_window: int | None = None
     # One entry per layer: "full_attention" or "sliding_attention".
     layer_types: tuple[str, ...] = ()
@@ -271,7 +282,11 @@ CONFIG_FIELDS = {
     "router_jitter_noise": _given(NON_NEGATIVE), "lm_head_bias": FLAG,  # PhiMoE's (null: MixtralConfig refuses it)
     # Cohere's logit scale (null: its forward fails) and q/k LayerNorm (use_bias: StableLM's, ERNIE 4.5's above)
     "logit_scale": _given(POSITIVE), "use_qk_norm": FLAG,
+    "swiglu_alpha": _given(POSITIVE), "swiglu_limit": _given(POSITIVE),  # gpt-oss's clamped SwiGLU
 }
+# quantization_config methods whose checkpoints jaxllm reads (dequantized as they load) for the
+# families (model_type) that ship them: gpt-oss's MXFP4 experts (weights.mxfp4_names).
+READ_QUANT_METHODS = {"mxfp4": ("gpt_oss",)}
 # Inside rope_parameters / rope_scaling (or each of its per-layer-type entries).
 ROPE_FIELDS = {
     "rope_type": NAME, "type": NAME, "rope_theta": POSITIVE, "factor": POSITIVE, "partial_rotary_factor": FRACTION,
@@ -306,7 +321,7 @@ def check_config(raw, where: str = "config.json", prefix: str = "") -> dict:
     the dict lies in the file ("text_config." for a multimodal model's text config), for the errors."""
     check_fields(raw, CONFIG_FIELDS, where, prefix)
     quantized = raw.get("quantization_config")
-    if quantized is not None:  # FP8 / GPTQ / AWQ / bitsandbytes weights: their tensors are not the float ones we read
+    if quantized is not None and not read_quantized(raw):  # FP8 / GPTQ / AWQ / bitsandbytes weights: their tensors are not the float ones we read
         method = quantized.get("quant_method", "?") if isinstance(quantized, dict) else "?"
         raise ConfigError(f"{where} has a quantization_config (quant_method {str(method)[:40]!r}): jaxllm reads float "
                           "(float32, bfloat16, float16) weights; use the model's unquantized checkpoint (quantize='int8' "
@@ -317,6 +332,14 @@ def check_config(raw, where: str = "config.json", prefix: str = "") -> dict:
         for sub in [t for t in LAYER_TYPES if rope.get(t) is not None] if per_type else [None]:
             check_fields(rope[sub] if sub else rope, ROPE_FIELDS, where, f"{prefix}{key}.{sub}." if sub else f"{prefix}{key}.")
     return raw
+
+
+def read_quantized(raw: dict) -> str | None:
+    """The quant_method of config.json's quantization_config where jaxllm reads such checkpoints
+    for its model_type (READ_QUANT_METHODS), else None."""
+    quantized = raw.get("quantization_config")
+    method = quantized.get("quant_method") if isinstance(quantized, dict) else None
+    return method if raw.get("model_type") in READ_QUANT_METHODS.get(method, ()) else None
 
 
 def check_generation_config(raw, where: str = "generation_config.json") -> dict:

@@ -207,6 +207,14 @@ ACTIVATIONS = {
 }
 
 
+def clamped_swiglu(gate, up, alpha: float, limit: float):
+    """gpt-oss's expert activation: gate clamped above at `limit`, up to [-limit, limit], then
+    (up + 1) * gate * sigmoid(alpha * gate)."""
+    gate = jnp.minimum(gate, limit)
+    up = jnp.clip(up, -limit, limit)
+    return (up + 1) * (gate * jax.nn.sigmoid(gate * alpha))
+
+
 def activation(name: str):
     if name not in ACTIVATIONS:
         raise ConfigError(f"config.json hidden_act '{name}' is not supported; supported: {', '.join(ACTIVATIONS)}")
@@ -256,6 +264,12 @@ class MoE(nnx.Module, pytree=False):
     in the model's dtype, as transformers adds them; without `cfg.shared_expert_gated` (GraniteMoeShared)
     added as it is, no gate. It is dense layers (quantized and split over
     tp as any MLP, whole on each ep group); its gate, one score a token, stays float as the router.
+
+    gpt-oss (config flags, each off for the other families): the router has a bias and takes the
+    top k of its logits, then softmaxes those k (`router_topk_first`); each expert projection has
+    a bias (`expert_bias`: `{name}_bias` [X, out], float, split over ep with its stack), added to
+    each assignment's product; the activation is the clamped SwiGLU (`swiglu_limit`,
+    `clamped_swiglu`) in place of act(gate) * up.
     """
 
     EXPERTS = ("gate_proj", "up_proj", "down_proj")
@@ -265,10 +279,18 @@ class MoE(nnx.Module, pytree=False):
         self.k, self.num_experts, self.norm_topk = cfg.experts_per_token, x, cfg.norm_topk_prob
         self.router, self.jitter = cfg.router, cfg.router_jitter
         self.act = activation(cfg.hidden_act)
-        self.gate = Dense((e,), (x,), ("embed", "router"), bias=False, dtype=dtype, rngs=rngs, quantizable=False)  # the router
+        self.topk_first = cfg.router_topk_first
+        self.swiglu = None if cfg.swiglu_limit is None else (cfg.swiglu_alpha, cfg.swiglu_limit)
+        self.gate = Dense((e,), (x,), ("embed", "router"), bias=cfg.router_bias, dtype=dtype, rngs=rngs,
+                          quantizable=False)  # the router
         self.gate_proj = param((x, e, f), ("expert", "embed", "mlp"), dtype)
         self.up_proj = param((x, e, f), ("expert", "embed", "mlp"), dtype)
         self.down_proj = param((x, f, e), ("expert", "mlp", "embed"), dtype)
+        self.gate_proj_bias = self.up_proj_bias = self.down_proj_bias = None
+        if cfg.expert_bias:
+            self.gate_proj_bias = param((x, f), ("expert", "mlp"), dtype)
+            self.up_proj_bias = param((x, f), ("expert", "mlp"), dtype)
+            self.down_proj_bias = param((x, e), ("expert", "embed"), dtype)
         self.quantizable = True
         for name in self.EXPERTS:
             setattr(self, f"{name}_scale", None)
@@ -299,12 +321,21 @@ class MoE(nnx.Module, pytree=False):
                 setattr(self, offset_name, param((x, groups, out), scale_axes, scheme.offset_dtype or dtype))
 
     def _stacks(self) -> list[tuple]:
-        """(stack, scale or None, offset or None) of gate, up and down, as arrays."""
+        """(stack, scale or None, offset or None) of gate, up and down, as arrays; with expert
+        biases, a fourth entry: the biases of gate, up and down."""
         out = []
         for name in self.EXPERTS:
             scale, offset = (getattr(self, n) for n in quant.scale_names(name))
             out.append((getattr(self, name)[...], None if scale is None else scale[...], None if offset is None else offset[...]))
+        if self.gate_proj_bias is not None:
+            out.append(tuple(getattr(self, f"{name}_bias")[...] for name in self.EXPERTS))
         return out
+
+    def _glu(self, gate, up):
+        """The experts' hidden activations from their gate and up products."""
+        if self.swiglu is None:
+            return self.act(gate) * up
+        return clamped_swiglu(gate, up, *self.swiglu)
 
     @staticmethod
     def _weight(stack, scale, offset, dtype):
@@ -321,6 +352,9 @@ class MoE(nnx.Module, pytree=False):
             return jax.nn.softmax(top, axis=-1), experts
         if self.router == "sparsemixer":
             return sparsemixer(logits, self.jitter)
+        if self.topk_first:  # gpt-oss: the top k logits, softmaxed among themselves
+            logits, experts = jax.lax.top_k(logits, self.k)
+            return jax.nn.softmax(logits, axis=-1), experts
         probs = jax.nn.softmax(logits, axis=-1)
         weights, experts = jax.lax.top_k(probs, self.k)
         if self.norm_topk:
@@ -349,6 +383,7 @@ class MoE(nnx.Module, pytree=False):
         `form` (default `expert_form`'s choice): "ragged" or "gather"."""
         local = stacks[0][0].shape[0]
         form = form or expert_form(experts.size, local)
+        stacks, biases = stacks[:3], (stacks[3] if len(stacks) > 3 else None)
         flat = experts.reshape(-1)  # [N * k] assignments, token-major
         mine = None
         if first is not None:
@@ -358,7 +393,7 @@ class MoE(nnx.Module, pytree=False):
             w = weights.reshape(-1).astype(jnp.float32)
             if mine is not None:
                 flat, w = jnp.where(mine, flat, 0), jnp.where(mine, w, 0.0)
-            return self._gathered(x, w, flat, stacks)
+            return self._gathered(x, w, flat, stacks, biases)
         if mine is None:
             order = jnp.argsort(flat, stable=True)
             groups = jnp.bincount(flat, length=local).astype(jnp.int32)
@@ -369,21 +404,28 @@ class MoE(nnx.Module, pytree=False):
         token = order // self.k  # the token of each assignment, in expert order
         xs = jnp.take(x, token, axis=0)  # [N * k, E]
         gate, up, down = (self._weight(*s, x.dtype) for s in stacks)
-        h = self.act(jax.lax.ragged_dot(xs, gate, groups)) * jax.lax.ragged_dot(xs, up, groups)
-        y = jax.lax.ragged_dot(h, down, groups)  # [N * k, E]
+        g, u = jax.lax.ragged_dot(xs, gate, groups), jax.lax.ragged_dot(xs, up, groups)
+        if biases is not None:  # each assignment's expert's biases (rows past the local groups: masked below)
+            ids = jnp.take(flat, order)
+            bias = [jnp.take(b_, ids, axis=0, mode="clip") for b_ in biases]
+            g, u = g + bias[0], u + bias[1]
+        y = jax.lax.ragged_dot(self._glu(g, u), down, groups)  # [N * k, E]
+        if biases is not None:
+            y = y + bias[2]
         y = y.astype(jnp.float32) * jnp.take(weights.reshape(-1), order)[:, None]
         if mine is not None:  # rows past the local groups belong to no group: nothing of theirs is added
             y = jnp.where(jnp.take(mine, order)[:, None], y, 0.0)
         return jnp.zeros(x.shape, jnp.float32).at[token].add(y)
 
-    def _gathered(self, x, w, flat, stacks):
+    def _gathered(self, x, w, flat, stacks, biases=None):
         """`_experts` as each assignment's own expert matrices taken from the stacks (reads k
         experts per token) and one product per assignment. w [N * k] float32, flat [N * k] local ids."""
         gate, up, down = (self._weight(*(None if a is None else jnp.take(a, flat, axis=0) for a in s), x.dtype)
                           for s in stacks)  # [N * k, E, F], [N * k, F, E]
+        bias = [0, 0, 0] if biases is None else [jnp.take(b_, flat, axis=0) for b_ in biases]
         xs = jnp.repeat(x, self.k, axis=0)
-        h = self.act(jnp.einsum("ne,nef->nf", xs, gate)) * jnp.einsum("ne,nef->nf", xs, up)
-        y = jnp.einsum("nf,nfe->ne", h, down).astype(jnp.float32) * w[:, None]
+        h = self._glu(jnp.einsum("ne,nef->nf", xs, gate) + bias[0], jnp.einsum("ne,nef->nf", xs, up) + bias[1])
+        y = (jnp.einsum("nf,nfe->ne", h, down) + bias[2]).astype(jnp.float32) * w[:, None]
         return y.reshape(x.shape[0], self.k, -1).sum(1)
 
     def _split_experts(self, x, weights, experts, stacks):

@@ -15,7 +15,7 @@ from jaxllm.models.attention_ops import NEG_INF, cudnn_private, gather_pages
 def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: float,
                            impl: str = "xla", window: int | None = None,
                            softcap: float | None = None, num_keys: int | None = None,
-                           interpret: bool = False, k_scales=None, v_scales=None):
+                           interpret: bool = False, k_scales=None, v_scales=None, sinks=None):
     """One query per row over the page pool. q [B, 1, H, D]; k_pages, v_pages [N, ps, K, D];
     page_table [B, P] int32; lengths [B]: row b's query sits at position lengths[b] - 1 and
     sees keys 0 .. lengths[b] - 1 (within the window when set). num_keys (static) bounds the
@@ -39,7 +39,8 @@ def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: f
       [K, N, ps, D], so ours is transposed on every call here (a full pool copy: an engine that
       picks this kernel should store that layout and call `pallas_paged_decode` directly).
     The caller chooses (jaxllm.runtime decides the platform's kernels; nothing here probes it);
-    cuDNN choices fall back to "xla" for a window or soft-capping.
+    cuDNN choices fall back to "xla" for a window or soft-capping, and every choice for attention
+    sinks (`sinks` [H]: a logit per query head in the softmax's denominator, `with_sinks`).
 
     Measured on an H100 (jax 0.11.2, cuDNN 9.19, 2026-11-28; one layer, Qwen3-0.6B shape H=16,
     K=8, D=128, bf16, us per call in a chain of 100): batch 64 x 1k context: cudnn_paged
@@ -56,8 +57,8 @@ def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: f
         keys, values = gather_pages(k_pages, page_table, num_keys), gather_pages(v_pages, page_table, num_keys)
         if k_scales is not None:
             k_scales, v_scales = gather_pages(k_scales, page_table, num_keys), gather_pages(v_scales, page_table, num_keys)
-        return _masked_decode(q, keys, values, lengths, scale, window, softcap, k_scales, v_scales)
-    if impl in ("cudnn", "cudnn_paged", "pallas") and window is not None:
+        return _masked_decode(q, keys, values, lengths, scale, window, softcap, k_scales, v_scales, sinks)
+    if impl in ("cudnn", "cudnn_paged", "pallas") and (window is not None or sinks is not None):
         impl = "xla"
     if impl in ("cudnn", "cudnn_paged") and softcap is not None:
         impl = "xla"
@@ -80,17 +81,28 @@ def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: f
                                             implementation="cudnn")
     if impl != "xla":
         raise ValueError(f"unknown impl {impl!r}")
-    return _masked_decode(q, keys, values, lengths, scale, window, softcap)
+    return _masked_decode(q, keys, values, lengths, scale, window, softcap, sinks=sinks)
 
 
-def _masked_decode(q, k, v, lengths, scale, window, softcap, k_scales=None, v_scales=None):
+def _masked_decode(q, k, v, lengths, scale, window, softcap, k_scales=None, v_scales=None, sinks=None):
     """k, v [B, S, K, D] in q.dtype, or 8-bit (cast to q.dtype in the products: int8 values and
     e4m3 floats are exact in bfloat16) with int8 scales [B, S, K] applied to the scores and the
     weights."""
     b, _, h, d = q.shape
     k_pos = jnp.arange(k.shape[1], dtype=jnp.int32)[None, :]
-    out, _ = _decode_part(q, k, v, _visible(k_pos, lengths, window), scale, softcap, k_scales, v_scales)
-    return out.reshape(b, 1, h, d).astype(q.dtype)
+    out, lse = _decode_part(q, k, v, _visible(k_pos, lengths, window), scale, softcap, k_scales, v_scales)
+    return with_sinks(out, lse, sinks).reshape(b, 1, h, d).astype(q.dtype)
+
+
+def with_sinks(out, lse, sinks):
+    """An attention output float32 [B, K, G, D] normalized over its keys, whose scores' float32
+    log-sum-exp is lse [B, K, G], with each query head's sink logit (sinks [H]; None: `out`)
+    joining the softmax's denominator: out * exp(lse) / (exp(lse) + exp(sink)), sigmoid(lse - sink)."""
+    if sinks is None:
+        return out
+    b, kv, g = lse.shape
+    sink = jnp.asarray(sinks, jnp.float32).reshape(1, kv, g)
+    return out * jax.nn.sigmoid(lse - sink)[..., None]
 
 
 def _visible(k_pos, lengths, window):
@@ -134,7 +146,7 @@ def _decode_part(q, k, v, mask, scale, softcap, k_scales=None, v_scales=None):
 
 def cascade_decode_attention(q, k_pages, v_pages, page_table, lengths, shared_table, offsets, *, scale: float,
                              shared_keys: int, suffix_keys: int, window: int | None = None,
-                             softcap: float | None = None, impl: str = "xla"):
+                             softcap: float | None = None, impl: str = "xla", sinks=None):
     """Decode attention for rows that begin with the same cached pages (a shared prompt prefix),
     in two parts merged by their log-sum-exps (cascade attention, as FlashInfer and vLLM call
     it): the shared keys are read once for all rows, then each row's own keys after them.
@@ -151,15 +163,15 @@ def cascade_decode_attention(q, k_pages, v_pages, page_table, lengths, shared_ta
     "cudnn": each row's own keys by cuDNN's paged kernel (reading each row's own length; a row
     with offset 0 reads its whole table there), the shared keys by one cuDNN flash call whose
     queries are the B rows; both return float32 log-sum-exps. Every sharing row has the same
-    offset (one group). No window or soft-capping, 16-bit pools of N % B == 0 pages (as
-    "cudnn_paged"); else "xla"."""
+    offset (one group). No window, soft-capping or sinks, 16-bit pools of N % B == 0 pages (as
+    "cudnn_paged"); else "xla". `sinks` [H]: as paged_decode_attention, joined after the merge."""
     b, _, h, d = q.shape
     n, ps = k_pages.shape[:2]
     offsets = jnp.asarray(offsets, jnp.int32)
     lengths = jnp.asarray(lengths, jnp.int32)
     cols = jnp.arange(page_table.shape[1], dtype=jnp.int32)[None, :] + (offsets // ps)[:, None]
     own_table = jnp.take_along_axis(page_table, cols, axis=1, mode="clip")  # the row's pages after the shared
-    if impl == "cudnn" and window is None and softcap is None and cudnn_paged_fits(n, b, page_table.shape[1]):
+    if impl == "cudnn" and window is None and softcap is None and sinks is None and cudnn_paged_fits(n, b, page_table.shape[1]):
         return _cudnn_cascade(q, k_pages, v_pages, own_table, lengths, shared_table, offsets, scale, shared_keys)
     own_pos = jnp.arange(suffix_keys, dtype=jnp.int32)[None, :] + offsets[:, None]
     own = _decode_part(q, gather_pages(k_pages, own_table, suffix_keys), gather_pages(v_pages, own_table, suffix_keys),
@@ -168,7 +180,8 @@ def cascade_decode_attention(q, k_pages, v_pages, page_table, lengths, shared_ta
     common = _decode_part(q, gather_pages(k_pages, shared_table[None], shared_keys)[0],
                           gather_pages(v_pages, shared_table[None], shared_keys)[0],
                           _visible(pos, lengths, window) & (pos < offsets[:, None]), scale, softcap)
-    return _merge(*own, *common).reshape(b, 1, h, d).astype(q.dtype)
+    out = with_sinks(_merge(*own, *common), jnp.logaddexp(own[1], common[1]), sinks)
+    return out.reshape(b, 1, h, d).astype(q.dtype)
 
 
 def _merge(o1, l1, o2, l2):

@@ -204,6 +204,30 @@ class Stacked:
 
 
 @dataclass(frozen=True)
+class Strided:
+    """Every `step`-th entry of the HF tensor's last axis from `offset`: one of several parameters
+    interleaved column by column in a fused tensor (gpt-oss's experts.gate_up_proj [X, E, 2F]: gate
+    in the even columns, up in the odd), read by blocks of its leading dim."""
+
+    offset: int
+    step: int
+
+    def hf_shape(self, shape):
+        return tuple(shape[:-1]) + (shape[-1] * self.step,)
+
+    def __call__(self, x, shape, dtype) -> np.ndarray:
+        out = np.empty(shape, dtype)
+        row_bytes = max(np.dtype(x.dtype).itemsize, np.dtype(dtype).itemsize) * math.prod(self.hf_shape(shape)[1:])
+        step = max(1, _BLOCK_BYTES // max(1, row_bytes))
+        for start in range(0, shape[0], step):
+            out[start : start + step] = _rows(x, start, start + step)[..., self.offset :: self.step]
+        return out
+
+    def export(self, value: np.ndarray, out: np.ndarray) -> None:
+        out[..., self.offset :: self.step] = value
+
+
+@dataclass(frozen=True)
 class WeightSpec:
     hf_name: str | tuple[str, ...]  # e.g. "model.layers.3.self_attn.q_proj.weight"; a tuple for Stack
     path: tuple  # e.g. ("model", "layers", 3, "self_attn", "q_proj", "kernel")
@@ -269,6 +293,99 @@ def wrapped_names(source, specs: Iterable[WeightSpec], module: str, prefix: str)
         if found is not None:
             renamed[n] = found
     return Renamed(source, renamed) if renamed else source
+
+
+# MXFP4 (the OCP microscaling format gpt-oss's checkpoints store their experts in): 32 values
+# share a power-of-two scale, an e8m0 byte (2 ** (byte - 127)); each value is a 4-bit float e2m1,
+# two to a byte, the low nibble first. The 16 e2m1 values by code:
+FP4_E2M1 = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], np.float32)
+
+
+def mxfp4_dequantize(blocks: np.ndarray, scales: np.ndarray, dtype) -> np.ndarray:
+    """blocks [X, out, G, 16] uint8 and scales [X, out, G] uint8 (gpt-oss's `*_blocks`,
+    `*_scales`) -> the weights [X, G * 32, out] ([X, in, out], as the float checkpoint stores
+    them) in `dtype`: each value times its scale in float32 (exact: a power of two times an e2m1
+    value, as transformers' ldexp), then rounded once to `dtype`. One expert at a time."""
+    x, rows, groups, nbytes = blocks.shape
+    out = np.empty((x, groups * nbytes * 2, rows), dtype)
+    for i in range(x):
+        b = np.asarray(blocks[i], np.uint8)
+        values = np.empty((rows, groups, nbytes * 2), np.float32)
+        values[..., 0::2], values[..., 1::2] = FP4_E2M1[b & 0x0F], FP4_E2M1[b >> 4]
+        scale = np.ldexp(np.float32(1.0), np.asarray(scales[i], np.int32) - 127).astype(np.float32)  # 2 ** 128: inf
+        with np.errstate(over="ignore", invalid="ignore"):
+            out[i] = (values * scale[..., None]).reshape(rows, -1).T.astype(dtype)
+    return out
+
+
+class Mxfp4Tensor:
+    """A float tensor [X, in, out] that the checkpoint stores as MXFP4 `blocks` and `scales`,
+    dequantized (to bfloat16, which holds every such value exactly) as its rows are read."""
+
+    dtype = np.dtype(jnp.bfloat16)
+
+    def __init__(self, blocks, scales):
+        self.blocks, self.scales = blocks, scales
+        x, rows, groups, nbytes = blocks.shape
+        self.shape = (x, groups * nbytes * 2, rows)
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        stop = self.shape[0] if stop is None else min(stop, self.shape[0])
+        return mxfp4_dequantize(_rows(self.blocks, start, stop), _rows(self.scales, start, stop), self.dtype)
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.read()
+        return out if dtype is None else out.astype(dtype)
+
+
+class Mxfp4Names:
+    """A tensor source whose MXFP4 pairs `NAME_blocks`, `NAME_scales` read as the float tensor
+    NAME (`Mxfp4Tensor`), for each NAME the weight map reads that the source lacks (gpt-oss's
+    experts.gate_up_proj and experts.down_proj); its other tensors as they are."""
+
+    def __init__(self, source, names: list[str]):
+        self.source, self.packed = source, {}
+        for name in names:
+            blocks, scales = (source.shape(name + s) for s in ("_blocks", "_scales"))
+            if len(blocks) != 4 or tuple(blocks[:3]) != tuple(scales):
+                raise CheckpointError(f"MXFP4 tensors {name}_blocks {list(blocks)} and {name}_scales {list(scales)} do not "
+                                      "pair up (blocks [experts, out, groups, 16], scales [experts, out, groups]): "
+                                      "download the checkpoint again")
+            for suffix in ("_blocks", "_scales"):
+                wrong = dtype_of(source, name + suffix)
+                if wrong is not None and np.dtype(wrong) != np.uint8:
+                    raise CheckpointError(f"MXFP4 tensor {name}{suffix} holds {np.dtype(wrong).name}, not uint8: "
+                                          "download the checkpoint again")
+            self.packed[name] = (name + "_blocks", name + "_scales")
+        taken = {n for pair in self.packed.values() for n in pair}
+        self._names = [n for n in source.names() if n not in taken] + list(self.packed)
+
+    def names(self):
+        return self._names
+
+    def get(self, name):
+        if name in self.packed:
+            return Mxfp4Tensor(*(self.source.get(n) for n in self.packed[name]))
+        return self.source.get(name)
+
+    def shape(self, name):
+        if name in self.packed:
+            x, rows, groups, nbytes = self.source.shape(self.packed[name][0])
+            return (x, groups * nbytes * 2, rows)
+        return self.source.shape(name)
+
+    def dtype(self, name):
+        return Mxfp4Tensor.dtype if name in self.packed else dtype_of(self.source, name)
+
+
+def mxfp4_names(source, specs: Iterable[WeightSpec]):
+    """`source`, each tensor the weight map reads that it holds as an MXFP4 pair (NAME_blocks,
+    NAME_scales) read as that float tensor, dequantized (a checkpoint whose config.json says
+    quant_method mxfp4: gpt-oss's experts, as transformers dequantizes them without its kernels)."""
+    names = set(source.names())
+    packed = [n for s in specs for n in s.hf_names
+              if n not in names and n + "_blocks" in names and n + "_scales" in names]
+    return Mxfp4Names(source, packed) if packed else source
 
 
 EMBEDDING = ("model", "embed_tokens", "embedding")  # every family's input embedding, as a parameter path
