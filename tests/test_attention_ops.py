@@ -9,13 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxllm.models import attention, kv_quant, paged_decode
 from jaxllm.models import attention_ops as ao
-from jaxllm.models import paged_decode
 
 
-def _masked_reference(q, k, v, q_pos, kv_len, scale, window=None, softcap=None):
+def _masked_reference(q, k, v, q_pos, kv_len, scale, window=None, softcap=None, sinks=None):
     """layers.attention_mask & key < kv_len, then layers.attention_probs / attend, in numpy
-    float64 (independent of the module under test)."""
+    float64 (independent of the module under test). `sinks` [H]: one more score column per head
+    (transformers' gpt-oss eager attention), its softmax weight dropped."""
     q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
     b, t, h, d = q.shape
     s, kv = k.shape[1], k.shape[2]
@@ -29,9 +30,14 @@ def _masked_reference(q, k, v, q_pos, kv_len, scale, window=None, softcap=None):
     if softcap is not None:
         scores = np.tanh(scores / softcap) * softcap
     scores = np.where(mask[:, None, None], scores, np.finfo(np.float32).min)
+    if sinks is not None:
+        sink = np.broadcast_to(np.asarray(sinks, np.float64).reshape(1, kv, h // kv, 1, 1), scores.shape[:-1] + (1,))
+        scores = np.concatenate([scores, sink], axis=-1)
     scores = scores - scores.max(-1, keepdims=True)
     probs = np.exp(scores)
     probs /= probs.sum(-1, keepdims=True)
+    if sinks is not None:
+        probs = probs[..., :-1]
     return np.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, d)
 
 
@@ -200,3 +206,77 @@ def test_pallas_triton_prefill_interpret():
     out = ao._pallas_prefill(q, k, v, 0.3, "pallas_triton", interpret=True)
     ref = _masked_reference(q, k, v, np.arange(16)[None], np.array([16]), 0.3)
     np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention sinks (gpt-oss): a logit per query head in every softmax's denominator, on every path
+
+SINKS = jnp.asarray([0.5, -1.0, 2.0, 0.0], jnp.float32)  # 4 query heads; large enough to matter
+
+
+@pytest.mark.parametrize("window,q_block", [(None, None), (4, 3)])
+def test_sinks_blocked_reference_and_prefill_paths(window, q_block):
+    """Blocked (key blocks, query blocks, a window), the materialised reference and flash_prefill
+    with every impl: those without sinks (cuDNN, Pallas) take the blocked path."""
+    q, k, v = _qkv(11, 2, 6, 13, 4, 2, 8)
+    start = np.array([0, 7])
+    q_pos, kv_len = start[:, None] + np.arange(6), start + 6
+    ref = _masked_reference(q, k, v, q_pos, kv_len, 0.3, window, None, SINKS)
+    plain = _masked_reference(q, k, v, q_pos, kv_len, 0.3, window)
+    assert np.abs(ref - plain).max() > 0.05  # the sinks change the output
+    outs = [ao.blocked_attention(q, k, v, jnp.asarray(q_pos), jnp.asarray(kv_len), scale=0.3, window=window, block=4,
+                                 q_block=q_block, sinks=SINKS),
+            ao.reference_attention(q, k, v, jnp.asarray(q_pos), jnp.asarray(kv_len), scale=0.3, window=window, sinks=SINKS)]
+    outs += [ao.flash_prefill(q, k, v, jnp.asarray(start, jnp.int32), scale=0.3, window=window, impl=impl, block=4, sinks=SINKS)
+             for impl in ("blocked", "xla", "cudnn", "cudnn_mask", "pallas_triton")]
+    for out in outs:
+        np.testing.assert_allclose(np.asarray(out), ref, atol=2e-6, rtol=1e-5)
+
+
+def test_sinks_masked_attention_of_the_module():
+    """models/attention.py's own forms (attention_probs / attend, and the one-query form batch-1
+    decode takes) with sinks: the weights sum below 1, the output is the reference's."""
+    q, k, v = _qkv(12, 1, 5, 5, 4, 2, 8)
+    pos = jnp.arange(5)[None]
+    mask = attention.attention_mask(pos, pos, None)
+    ref = _masked_reference(q, k, v, np.asarray(pos), np.array([5]), 0.3, sinks=SINKS)
+    np.testing.assert_allclose(np.asarray(attention.attend(q, k, v, mask, 0.3, sinks=SINKS)), ref, atol=2e-6, rtol=1e-5)
+    probs = np.asarray(attention.attention_probs(q, k, mask, 0.3, sinks=SINKS))
+    assert (probs.sum(-1) < 1 - 1e-3).all()
+    one = attention.attend(q[:, 4:], k, v, mask[:, 4:], 0.3, sinks=SINKS)  # _attend_one
+    np.testing.assert_allclose(np.asarray(one), ref[:, 4:], atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("window", [None, 6])
+def test_sinks_paged_and_cascade_decode(window):
+    """Paged decode (XLA form; cuDNN and Pallas choices fall back to it with sinks), an int8 pool,
+    and cascade decode (shared pages read once, the sinks joined after the merge) against the
+    masked reference over each row's whole table."""
+    b, h, kv, d, ps = 4, 4, 2, 8, 4
+    kp, vp = _pool(13, 25, ps, kv, d)
+    rng = np.random.default_rng(14)
+    ids = rng.permutation(25)
+    shared = ids[:2]  # rows 0, 1, 3 begin with these two pages
+    table = np.stack([np.concatenate([shared, ids[2 + 3 * i : 5 + 3 * i]]) for i in range(b)])
+    table[2] = ids[14:19]  # row 2 shares nothing
+    offsets = np.array([8, 8, 0, 8], np.int32)
+    lengths = jnp.asarray([13, 20, 9, 8], jnp.int32)
+    q = jnp.asarray(rng.standard_normal((b, 1, h, d)), jnp.float32)
+    tab = jnp.asarray(table, jnp.int32)
+    keys, values = ao.gather_pages(kp, tab), ao.gather_pages(vp, tab)
+    ref = _masked_reference(q, keys, values, np.asarray(lengths)[:, None] - 1, np.asarray(lengths), 0.3, window, None, SINKS)
+    for impl in ("xla", "cudnn", "cudnn_paged", "pallas"):
+        out = paged_decode.paged_decode_attention(q, kp, vp, tab, lengths, scale=0.3, impl=impl, window=window, sinks=SINKS)
+        np.testing.assert_allclose(np.asarray(out), ref, atol=2e-6, rtol=1e-5)
+    for impl in ("xla", "cudnn"):
+        out = paged_decode.cascade_decode_attention(q, kp, vp, tab, lengths, jnp.asarray(shared, jnp.int32),
+                                                    jnp.asarray(offsets), scale=0.3, shared_keys=8, suffix_keys=12,
+                                                    window=window, impl=impl, sinks=SINKS)
+        np.testing.assert_allclose(np.asarray(out), ref, atol=2e-6, rtol=1e-5)
+    kq, ks = kv_quant.quantize_kv(kp, jnp.int8, jnp.float32)
+    vq, vs = kv_quant.quantize_kv(vp, jnp.int8, jnp.float32)
+    out = paged_decode.paged_decode_attention(q, kq, vq, tab, lengths, scale=0.3, window=window, k_scales=ks, v_scales=vs,
+                                              sinks=SINKS)
+    deq = [kv_quant.dequantize_kv(ao.gather_pages(x, tab), ao.gather_pages(sc, tab), jnp.float32) for x, sc in ((kq, ks), (vq, vs))]
+    ref8 = _masked_reference(q, *deq, np.asarray(lengths)[:, None] - 1, np.asarray(lengths), 0.3, window, None, SINKS)
+    np.testing.assert_allclose(np.asarray(out), ref8, atol=1e-5, rtol=1e-5)
