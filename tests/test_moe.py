@@ -16,7 +16,7 @@ from jaxllm.errors import ConfigError
 from jaxllm.models import layers, registry
 from jaxllm.models.layers import MoE
 
-MOE = ["MixtralForCausalLM", "Qwen3MoeForCausalLM"]
+MOE = ["MixtralForCausalLM", "Qwen3MoeForCausalLM", "GptOssForCausalLM"]
 PROMPTS = [[5, 6, 7, 8, 9], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]]
 GREEDY = jaxllm.SamplingParams(max_new_tokens=8, ignore_eos=True)
 TOKENS = np.random.default_rng(1).integers(0, 128, (2, 20))
@@ -31,7 +31,7 @@ def pair(request, tmp_path_factory):
 def _hf_router(ref):
     layer = ref.model.layers[0]
     block = getattr(layer, "block_sparse_moe", None) or layer.mlp
-    return getattr(block, "gate", None) or block.router  # GraniteMoE's router.layer
+    return getattr(block, "gate", None) or block.router  # GraniteMoE's router.layer; gpt-oss's mlp.router, with a bias
 
 
 def test_routing_matches_transformers(pair):
@@ -45,7 +45,8 @@ def _check_routing(ref, model):
     weights, experts = (np.asarray(a) for a in moe.route(jnp.asarray(x)))
     with torch.no_grad():
         _, hf_weights, hf_experts = _hf_router(ref)(torch.as_tensor(x))
-        probs = torch.softmax(torch.as_tensor(x) @ _hf_router(ref).weight.T, -1).numpy()
+        router = _hf_router(ref)
+        probs = torch.softmax(torch.nn.functional.linear(torch.as_tensor(x), router.weight, router.bias), -1).numpy()
     # Only rows where the k-th and (k+1)-th probabilities are clearly apart: no top-k ties.
     k = model.config.experts_per_token
     top = -np.sort(-probs, axis=-1)
