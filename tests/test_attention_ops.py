@@ -214,23 +214,21 @@ def test_pallas_triton_prefill_interpret():
 SINKS = jnp.asarray([0.5, -1.0, 2.0, 0.0], jnp.float32)  # 4 query heads; large enough to matter
 
 
-@pytest.mark.parametrize("window,q_block", [(None, None), (4, 3)])
-def test_sinks_blocked_reference_and_prefill_paths(window, q_block):
-    """Blocked (key blocks, query blocks, a window), the materialised reference and flash_prefill
-    with every impl: those without sinks (cuDNN, Pallas) take the blocked path."""
+def test_sinks_blocked_reference_and_prefill_paths():
+    """Blocked (key blocks, query blocks, a window; whole, without one), the materialised reference
+    and flash_prefill (cuDNN, which takes no sink, falls back to the blocked path)."""
     q, k, v = _qkv(11, 2, 6, 13, 4, 2, 8)
     start = np.array([0, 7])
     q_pos, kv_len = start[:, None] + np.arange(6), start + 6
-    ref = _masked_reference(q, k, v, q_pos, kv_len, 0.3, window, None, SINKS)
-    plain = _masked_reference(q, k, v, q_pos, kv_len, 0.3, window)
-    assert np.abs(ref - plain).max() > 0.05  # the sinks change the output
-    outs = [ao.blocked_attention(q, k, v, jnp.asarray(q_pos), jnp.asarray(kv_len), scale=0.3, window=window, block=4,
-                                 q_block=q_block, sinks=SINKS),
-            ao.reference_attention(q, k, v, jnp.asarray(q_pos), jnp.asarray(kv_len), scale=0.3, window=window, sinks=SINKS)]
-    outs += [ao.flash_prefill(q, k, v, jnp.asarray(start, jnp.int32), scale=0.3, window=window, impl=impl, block=4, sinks=SINKS)
-             for impl in ("blocked", "xla", "cudnn", "cudnn_mask", "pallas_triton")]
-    for out in outs:
-        np.testing.assert_allclose(np.asarray(out), ref, atol=2e-6, rtol=1e-5)
+    for window in (None, 4):
+        ref = _masked_reference(q, k, v, q_pos, kv_len, 0.3, window, None, SINKS)
+        plain = _masked_reference(q, k, v, q_pos, kv_len, 0.3, window)
+        assert np.abs(ref - plain).max() > 0.05  # the sinks change the output
+        outs = [ao.reference_attention(q, k, v, jnp.asarray(q_pos), jnp.asarray(kv_len), scale=0.3, window=window, sinks=SINKS)]
+        outs += [ao.flash_prefill(q, k, v, jnp.asarray(start, jnp.int32), scale=0.3, window=window, impl=impl, block=4,
+                                  q_block=3 if window else None, sinks=SINKS) for impl in ("blocked", "cudnn")]
+        for out in outs:
+            np.testing.assert_allclose(np.asarray(out), ref, atol=2e-6, rtol=1e-5)
 
 
 def test_sinks_masked_attention_of_the_module():
@@ -247,12 +245,11 @@ def test_sinks_masked_attention_of_the_module():
     np.testing.assert_allclose(np.asarray(one), ref[:, 4:], atol=2e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("window", [None, 6])
-def test_sinks_paged_and_cascade_decode(window):
+def test_sinks_paged_and_cascade_decode():
     """Paged decode (XLA form; cuDNN and Pallas choices fall back to it with sinks), an int8 pool,
     and cascade decode (shared pages read once, the sinks joined after the merge) against the
     masked reference over each row's whole table."""
-    b, h, kv, d, ps = 4, 4, 2, 8, 4
+    b, h, kv, d, ps, window = 4, 4, 2, 8, 4, 6
     kp, vp = _pool(13, 25, ps, kv, d)
     rng = np.random.default_rng(14)
     ids = rng.permutation(25)
@@ -265,7 +262,7 @@ def test_sinks_paged_and_cascade_decode(window):
     tab = jnp.asarray(table, jnp.int32)
     keys, values = ao.gather_pages(kp, tab), ao.gather_pages(vp, tab)
     ref = _masked_reference(q, keys, values, np.asarray(lengths)[:, None] - 1, np.asarray(lengths), 0.3, window, None, SINKS)
-    for impl in ("xla", "cudnn", "cudnn_paged", "pallas"):
+    for impl in ("xla", "cudnn_paged"):
         out = paged_decode.paged_decode_attention(q, kp, vp, tab, lengths, scale=0.3, impl=impl, window=window, sinks=SINKS)
         np.testing.assert_allclose(np.asarray(out), ref, atol=2e-6, rtol=1e-5)
     for impl in ("xla", "cudnn"):
@@ -280,3 +277,25 @@ def test_sinks_paged_and_cascade_decode(window):
     deq = [kv_quant.dequantize_kv(ao.gather_pages(x, tab), ao.gather_pages(sc, tab), jnp.float32) for x, sc in ((kq, ks), (vq, vs))]
     ref8 = _masked_reference(q, *deq, np.asarray(lengths)[:, None] - 1, np.asarray(lengths), 0.3, window, None, SINKS)
     np.testing.assert_allclose(np.asarray(out), ref8, atol=1e-5, rtol=1e-5)
+
+
+def test_sinks_send_the_cudnn_backend_to_the_sink_paths():
+    """The engine's KV backend with impl "cudnn" (what NVIDIA GPUs run) on a 16-bit layer with
+    sinks: cuDNN's decode kernel would fit the layer but takes no sink, so prefill and decode take
+    the blocked and XLA forms, here on the CPU as on a GPU, and give the reference's output."""
+    b, h, kv, d, ps, t = 2, 4, 2, 16, 4, 6
+    spec = attention.AttnSpec(0.25, None, None, SINKS)
+    q, k, v = _qkv(15, b, t + 1, t + 1, h, kv, d, jnp.bfloat16)
+    assert attention.cudnn_decode_fits(q, spec._replace(sinks=None)) and not attention.cudnn_decode_fits(q, spec)
+    table = jnp.asarray([[0, 1], [2, 3]], jnp.int32)
+    outs = {}
+    for impl in ("cudnn", "xla"):
+        cache = attention.LayerCache(*(jnp.zeros((5, ps, kv, d), jnp.bfloat16) for _ in range(2)))
+        pos = jnp.broadcast_to(jnp.arange(t), (b, t))
+        first, cache = attention.PagedCache(table, jnp.ones((b, t), bool), 8, impl)(q[:, :t], k[:, :t], v[:, :t], cache, pos, spec)
+        step, _ = attention.PagedCache(table, jnp.ones((b, 1), bool), 8, impl)(q[:, t:], k[:, t:], v[:, t:], cache,
+                                                                                jnp.full((b, 1), t), spec)
+        outs[impl] = np.asarray(jnp.concatenate([first, step], axis=1), np.float32)
+    np.testing.assert_array_equal(outs["cudnn"], outs["xla"])
+    ref = _masked_reference(q, k, v, np.broadcast_to(np.arange(t + 1), (b, t + 1)), np.full(b, t + 1), 0.25, sinks=SINKS)
+    np.testing.assert_allclose(outs["cudnn"], ref, atol=3e-2)
