@@ -43,6 +43,14 @@ SHAPES = {
         max_position_embeddings=40960, rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=False,
         num_experts=128, num_experts_per_tok=8, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
     ),
+    # gpt-oss-20b's config (~42 GB in bfloat16; its Hub checkpoint packs the experts in MXFP4):
+    # sinks, sliding (128) and full layers alternating, 32 experts top 4, YaRN (the family's default)
+    "gpt-oss-20b": dict(
+        architectures=["GptOssForCausalLM"], model_type="gpt_oss", vocab_size=201088, hidden_size=2880,
+        intermediate_size=2880, num_hidden_layers=24, num_attention_heads=64, num_key_value_heads=8, head_dim=64,
+        num_local_experts=32, num_experts_per_tok=4, sliding_window=128, max_position_embeddings=131072,
+        rms_norm_eps=1e-5, tie_word_embeddings=False,
+    ),
     "tiny": dict(
         architectures=["LlamaForCausalLM"], vocab_size=256, hidden_size=64, intermediate_size=128,
         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,

@@ -46,7 +46,7 @@ def _check_routing(ref, model):
     with torch.no_grad():
         _, hf_weights, hf_experts = _hf_router(ref)(torch.as_tensor(x))
         router = _hf_router(ref)
-        probs = torch.softmax(torch.nn.functional.linear(torch.as_tensor(x), router.weight, router.bias), -1).numpy()
+        probs = torch.softmax(torch.nn.functional.linear(torch.as_tensor(x), router.weight, getattr(router, "bias", None)), -1).numpy()
     # Only rows where the k-th and (k+1)-th probabilities are clearly apart: no top-k ties.
     k = model.config.experts_per_token
     top = -np.sort(-probs, axis=-1)
