@@ -15,6 +15,7 @@ from transformers.integrations.mxfp4 import convert_moe_packed_tensors
 
 import jaxllm
 from jaxllm.convert import convert
+from jaxllm.engine import Engine
 from jaxllm.errors import CheckpointError, ConfigError
 from jaxllm.models import weights
 
@@ -126,3 +127,12 @@ def test_bad_mxfp4_files_are_one_line_errors(packed, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match=r"quantization_config \(quant_method 'mxfp4'\): jaxllm reads float"):
         jaxllm.load(tmp_path)
+
+
+def test_engine_runs_sink_layers_by_the_xla_forms_whatever_the_platform_says(packed):
+    """An engine asked for cuDNN kernels runs a model with sinks by the XLA forms (no cuDNN call
+    takes a sink), so a decode step reads a bucket of the keys in use, not the page table's span."""
+    folder, _, _ = packed
+    engine = Engine(jaxllm.load(folder), batch_size=2, max_len=4096, page_size=16, attention="cudnn")
+    assert engine.runner.attention == "xla"
+    assert engine.runner.decode_keys(40) == 256
