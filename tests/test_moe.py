@@ -169,7 +169,8 @@ def test_expert_parallel_matches_one_device(pair, layout):
     sharded = jaxllm.load(model.path, mesh=spec)
     ep = sharded.mesh.shape["ep"]
     block = _moe_block(sharded)
-    for name in MoE.EXPERTS:
+    biases = [f"{name}_bias" for name in MoE.EXPERTS] if model.config.expert_bias else []  # gpt-oss: split with their stacks
+    for name in list(MoE.EXPERTS) + biases:
         stack = block[name][...]
         assert stack.sharding.spec[0] == "ep", (name, stack.sharding.spec)
         assert {s.data.shape[0] for s in stack.addressable_shards} == {x // ep}
