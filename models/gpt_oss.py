@@ -57,17 +57,21 @@ def gpt_oss_defaults(raw: dict) -> dict:
     )
 
 
-def _experts(raw: dict) -> dict:
-    """GptOssConfig's attribute_map reads num_experts as num_local_experts."""
-    if "num_local_experts" not in raw and raw.get("num_experts") is not None:
-        raw = dict(raw, num_local_experts=raw["num_experts"])
+def gpt_oss_names(raw: dict) -> dict:
+    """config.json as GptOssConfig reads it: num_experts is num_local_experts (its attribute_map),
+    and null rope settings (rope_parameters, with no rope_scaling) are its default YaRN, as
+    __post_init__ fills them, not plain rope."""
+    if "num_local_experts" not in raw:  # else the class's 128
+        raw = dict(raw, num_local_experts=raw["num_experts"] if raw.get("num_experts") is not None else 128)
+    if raw.get("rope_parameters") is None and not raw.get("rope_scaling"):
+        raw = dict(raw, rope_parameters=GPT_OSS_DEFAULTS["rope_parameters"])
     return raw
 
 
-# GptOssConfig's field defaults (gpt-oss-120b's shapes but its 36 layers), its default rope
+# GptOssConfig's field defaults (gpt-oss-120b's shapes; num_local_experts' 128 in gpt_oss_names), its default rope
 # (YaRN x32 from 4,096 positions, not truncated) and default_theta
 GPT_OSS_DEFAULTS = dict(
-    num_hidden_layers=36, num_local_experts=128, vocab_size=201088, hidden_size=2880, intermediate_size=2880, head_dim=64,
+    num_hidden_layers=36, vocab_size=201088, hidden_size=2880, intermediate_size=2880, head_dim=64,
     num_attention_heads=64, num_key_value_heads=8, sliding_window=128, tie_word_embeddings=False, hidden_act="silu",
     max_position_embeddings=131072, rms_norm_eps=1e-5, num_experts_per_tok=4, swiglu_alpha=1.702, swiglu_limit=7.0,
     attention_bias=True, rope_theta=150000.0,
@@ -77,7 +81,7 @@ GPT_OSS_DEFAULTS = dict(
 
 ARCHITECTURES = (Architecture(
     name="GptOssForCausalLM", module=CausalLM, weight_map=gpt_oss_weight_map, hf_model_type="gpt_oss",
-    config_defaults=gpt_oss_defaults, common_names=_experts, hf_defaults=GPT_OSS_DEFAULTS,
+    config_defaults=gpt_oss_defaults, common_names=gpt_oss_names, hf_defaults=GPT_OSS_DEFAULTS,
     ignored_keys=("use_sliding_window", "mlp_bias", "norm_topk_prob"),
     not_null=RMS_NOT_NULL + ("num_key_value_heads", "head_dim", "attention_bias", "num_local_experts", "num_experts_per_tok",
                              "intermediate_size", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",

@@ -420,13 +420,14 @@ SPELLINGS = {
     "ernie-ignores-other-keys": ("Ernie4_5ForCausalLM", {}, _edit(attention_bias=False, mlp_bias=False, partial_rotary_factor=0.5,
                                                                   sliding_window=8)),
     # gpt-oss: the Hub's v4 rope keys (rope_scaling, a top-level rope_theta) and keys its code never
-    # reads; its defaults (YaRN x32 from 4,096 at base 150,000, sliding and full layers alternating,
-    # biases, the SwiGLU limit) where left out
+    # reads; its defaults (YaRN x32 from 4,096 at base 150,000 for null rope settings, sliding and
+    # full layers alternating, biases, the SwiGLU limit) where left out; num_experts for num_local_experts
     "gpt-oss-hub-keys": ("GptOssForCausalLM", {}, lambda raw: raw.update(
         rope_theta=raw["rope_parameters"].pop("rope_theta"), rope_scaling=raw.pop("rope_parameters"), use_sliding_window=False,
         mlp_bias=True, norm_topk_prob=False, experts_per_token=3, initial_context_length=64)),
     "gpt-oss-defaults": ("GptOssForCausalLM", dict(num_hidden_layers=4, layer_types=None),
-                         _edit(("rope_parameters", "layer_types", "attention_bias", "swiglu_limit"))),
+                         _edit(("layer_types", "attention_bias", "swiglu_limit", "num_local_experts"), rope_parameters=None,
+                               num_experts=4)),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
