@@ -216,6 +216,8 @@ class Strided:
         return tuple(shape[:-1]) + (shape[-1] * self.step,)
 
     def __call__(self, x, shape, dtype) -> np.ndarray:
+        if hasattr(x, "columns"):  # a tensor that reads only those columns (MXFP4: dequantizes only those)
+            return Copy()(x.columns(self.offset, self.step), shape, dtype)
         out = np.empty(shape, dtype)
         row_bytes = max(np.dtype(x.dtype).itemsize, np.dtype(dtype).itemsize) * math.prod(self.hf_shape(shape)[1:])
         step = max(1, _BLOCK_BYTES // max(1, row_bytes))
@@ -305,33 +307,40 @@ def mxfp4_dequantize(blocks: np.ndarray, scales: np.ndarray, dtype) -> np.ndarra
     """blocks [X, out, G, 16] uint8 and scales [X, out, G] uint8 (gpt-oss's `*_blocks`,
     `*_scales`) -> the weights [X, G * 32, out] ([X, in, out], as the float checkpoint stores
     them) in `dtype`: each value times its scale in float32 (exact: a power of two times an e2m1
-    value, as transformers' ldexp), then rounded once to `dtype`. One expert at a time."""
+    value, as transformers' ldexp), then rounded once to `dtype`. One expert at a time, its
+    bytes transposed first (out last), so that the expanded values are written in place."""
     x, rows, groups, nbytes = blocks.shape
-    out = np.empty((x, groups * nbytes * 2, rows), dtype)
+    out = np.empty((x, groups, nbytes, 2, rows), dtype)  # [X, in, out], in = (group, byte, nibble)
     for i in range(x):
-        b = np.asarray(blocks[i], np.uint8)
-        values = np.empty((rows, groups, nbytes * 2), np.float32)
-        values[..., 0::2], values[..., 1::2] = FP4_E2M1[b & 0x0F], FP4_E2M1[b >> 4]
-        scale = np.ldexp(np.float32(1.0), np.asarray(scales[i], np.int32) - 127).astype(np.float32)  # 2 ** 128: inf
+        b = np.ascontiguousarray(np.asarray(blocks[i], np.uint8).transpose(1, 2, 0))  # [G, 16, out]
+        shift = np.asarray(scales[i], np.int32).T - 127
+        scale = np.ldexp(np.float32(1.0), shift).astype(np.float32)[:, None, :]  # 2 ** 128: inf, as transformers' pow
         with np.errstate(over="ignore", invalid="ignore"):
-            out[i] = (values * scale[..., None]).reshape(rows, -1).T.astype(dtype)
-    return out
+            out[i, :, :, 0] = FP4_E2M1[b & 0x0F] * scale
+            out[i, :, :, 1] = FP4_E2M1[b >> 4] * scale
+    return out.reshape(x, groups * nbytes * 2, rows)
 
 
 class Mxfp4Tensor:
     """A float tensor [X, in, out] that the checkpoint stores as MXFP4 `blocks` and `scales`,
-    dequantized (to bfloat16, which holds every such value exactly) as its rows are read."""
+    dequantized (to bfloat16, which holds every such value exactly) as its rows are read.
+    `columns(offset, step)`: the same tensor's every step-th out column from offset, for which
+    only those columns' blocks are dequantized (`Strided` takes gate and up so)."""
 
     dtype = np.dtype(jnp.bfloat16)
 
-    def __init__(self, blocks, scales):
-        self.blocks, self.scales = blocks, scales
+    def __init__(self, blocks, scales, cols: tuple[int, int] = (0, 1)):
+        self.blocks, self.scales, self.cols = blocks, scales, cols
         x, rows, groups, nbytes = blocks.shape
-        self.shape = (x, groups * nbytes * 2, rows)
+        self.shape = (x, groups * nbytes * 2, len(range(cols[0], rows, cols[1])))
+
+    def columns(self, offset: int, step: int) -> "Mxfp4Tensor":
+        return Mxfp4Tensor(self.blocks, self.scales, (self.cols[0] + offset * self.cols[1], self.cols[1] * step))
 
     def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         stop = self.shape[0] if stop is None else min(stop, self.shape[0])
-        return mxfp4_dequantize(_rows(self.blocks, start, stop), _rows(self.scales, start, stop), self.dtype)
+        pick = slice(self.cols[0], None, self.cols[1])
+        return mxfp4_dequantize(_rows(self.blocks, start, stop)[:, pick], _rows(self.scales, start, stop)[:, pick], self.dtype)
 
     def __array__(self, dtype=None, copy=None):
         out = self.read()
