@@ -127,12 +127,10 @@ class ModelConfig:
     # runs, its output times sigmoid(shared_expert_gate(x)); 0: none.
     shared_expert_intermediate_size: int = 0
     shared_expert_gated: bool = True  # False: the shared expert's output added as it is (GraniteMoeShared)
-    # gpt-oss's experts: a router with a bias that takes the top k of its logits and softmaxes
-    # those k (router_topk_first; else softmax, then top k), biases on the experts' projections, and
+    # gpt-oss's experts: a router with a bias (its router "topk_softmax"), biases on the experts' projections, and
     # the clamped SwiGLU (swiglu_limit not None: gate clamped above at the limit, up to [-limit,
     # limit], out = (up + 1) * gate * sigmoid(swiglu_alpha * gate)) in place of act(gate) * up.
     router_bias: bool = False
-    router_topk_first: bool = False
     expert_bias: bool = False
     swiglu_limit: float | None = None
     swiglu_alpha: float = 1.0

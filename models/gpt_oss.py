@@ -50,7 +50,7 @@ def gpt_oss_defaults(raw: dict) -> dict:
     return dict(
         attn_sinks=True, qkv_bias=bias, o_bias=bias, mlp_bias=False, norm_upcast_scale=True,
         num_experts=raw["num_local_experts"], experts_per_token=raw["num_experts_per_tok"],
-        moe_intermediate_size=raw["intermediate_size"], router_bias=True, router_topk_first=True, expert_bias=True,
+        moe_intermediate_size=raw["intermediate_size"], router_bias=True, router="topk_softmax", expert_bias=True,
         swiglu_limit=float(raw["swiglu_limit"]), swiglu_alpha=float(raw["swiglu_alpha"]),
         layer_types=tuple(raw.get("layer_types") or ("sliding_attention" if i % 2 == 0 else "full_attention"
                                                       for i in range(raw["num_hidden_layers"]))),

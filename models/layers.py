@@ -266,7 +266,7 @@ class MoE(nnx.Module, pytree=False):
     tp as any MLP, whole on each ep group); its gate, one score a token, stays float as the router.
 
     gpt-oss (config flags, each off for the other families): the router has a bias and takes the
-    top k of its logits, then softmaxes those k (`router_topk_first`); each expert projection has
+    top k of its logits, then softmaxes those k (`router` "topk_softmax"); each expert projection has
     a bias (`expert_bias`: `{name}_bias` [X, out], float, split over ep with its stack), added to
     each assignment's product; the activation is the clamped SwiGLU (`swiglu_limit`,
     `clamped_swiglu`) in place of act(gate) * up.
@@ -279,7 +279,6 @@ class MoE(nnx.Module, pytree=False):
         self.k, self.num_experts, self.norm_topk = cfg.experts_per_token, x, cfg.norm_topk_prob
         self.router, self.jitter = cfg.router, cfg.router_jitter
         self.act = activation(cfg.hidden_act)
-        self.topk_first = cfg.router_topk_first
         self.swiglu = None if cfg.swiglu_limit is None else (cfg.swiglu_alpha, cfg.swiglu_limit)
         self.gate = Dense((e,), (x,), ("embed", "router"), bias=cfg.router_bias, dtype=dtype, rngs=rngs,
                           quantizable=False)  # the router
@@ -345,16 +344,13 @@ class MoE(nnx.Module, pytree=False):
     def route(self, x):
         """x [N, E] -> (weights [N, k] float32, expert ids [N, k]): softmax in float32, top k,
         renormalised when norm_topk_prob, as transformers routes; or as `cfg.router` says: the top k
-        logits, then softmax over those k (GraniteMoE), or `sparsemixer` (PhiMoE)."""
+        logits, then softmax over those k (GraniteMoE, gpt-oss), or `sparsemixer` (PhiMoE)."""
         logits = self.gate(x).astype(jnp.float32)
         if self.router == "topk_softmax":
             top, experts = jax.lax.top_k(logits, self.k)
             return jax.nn.softmax(top, axis=-1), experts
         if self.router == "sparsemixer":
             return sparsemixer(logits, self.jitter)
-        if self.topk_first:  # gpt-oss: the top k logits, softmaxed among themselves
-            logits, experts = jax.lax.top_k(logits, self.k)
-            return jax.nn.softmax(logits, axis=-1), experts
         probs = jax.nn.softmax(logits, axis=-1)
         weights, experts = jax.lax.top_k(probs, self.k)
         if self.norm_topk:
