@@ -413,6 +413,8 @@ def parse_rope(raw: dict, layer_type: str = "full_attention") -> RopeConfig:
     original = "original_max_position_embeddings"
     if original in _ROPE_REQUIRED[rope_type]:  # transformers: the top-level field, the rope's, max_position_embeddings
         params[original] = raw.get(original) or params.get(original) or _positions(raw)
+    if rope_type == "yarn" and "factor" in params and params["factor"] is None:  # given as null: transformers derives it
+        params["factor"] = _positions(raw) / params[original]
     for key in _ROPE_REQUIRED[rope_type]:
         if params.get(key) is None:
             raise ConfigError(f"config.json rope type '{rope_type}' needs '{key}' in its rope parameters: add it")

@@ -191,6 +191,10 @@ SPELLINGS = {
     "mistral-yarn-default-positions": ("MistralForCausalLM", dict(rope_parameters=dict(ROPE_KINDS["yarn"], rope_theta=10000.0)),
                                        lambda raw: [raw.pop("max_position_embeddings"),
                                                     raw["rope_parameters"].pop("original_max_position_embeddings")]),
+    # YaRN's factor given as null: transformers takes max_position_embeddings / original_max_position_embeddings (4)
+    "llama-yarn-null-factor": ("LlamaForCausalLM", dict(rope_parameters=dict(ROPE_KINDS["yarn"], original_max_position_embeddings=256,
+                                                                             rope_theta=10000.0)),
+                               lambda raw: raw["rope_parameters"].update(factor=None)),
     "gpt2-default-positions": ("GPT2LMHeadModel", dict(n_positions=1024), _edit(("n_positions",))),
     "gemma-reads-hidden-act": ("GemmaForCausalLM", dict(hidden_act="silu"), _edit(hidden_activation="gelu_pytorch_tanh")),
     "gemma2-exact-gelu": ("Gemma2ForCausalLM", dict(hidden_activation="gelu"), _edit()),
