@@ -23,13 +23,15 @@ from jaxllm.models.weights import Copy, Linear, WeightSpec
 
 
 class DecoderLayer(nnx.Module):
-    """x + attn(input_norm(x)), then x + mlp(post_attention_norm(x))."""
+    """x + attn(input_norm(x)), then x + mlp(post_attention_norm(x)); the norms are `norm_cls`'s."""
+
+    norm_cls = RMSNorm
 
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
-        norm = norm_kwargs(cfg, dtype, rngs)
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps, **norm)
+        norm = norm_kwargs(cfg, dtype, rngs, self.norm_cls)
+        self.input_layernorm = self.norm_cls(cfg.hidden_size, cfg.norm_eps, **norm)
         self.self_attn = Attention(cfg, layer, dtype=dtype, rngs=rngs)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps, **norm)
+        self.post_attention_layernorm = self.norm_cls(cfg.hidden_size, cfg.norm_eps, **norm)
         self.mlp = make_mlp(cfg, layer, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, positions, rot, cache, kv=UNCACHED):
@@ -138,6 +140,18 @@ class CausalLM(nnx.Module):
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         hidden, cache = self.hidden(tokens, positions, cache)
         return self.logits(hidden), cache
+
+
+def with_norm_biases(specs: list[WeightSpec]) -> list[WeightSpec]:
+    """`specs`, each norm's weight (an HF name ending in norm.weight) followed by its bias, same name
+    and path ending in bias: the weight map of a family whose norms are LayerNorms."""
+    out = []
+    for spec in specs:
+        out.append(spec)
+        name = spec.hf_names[0]
+        if name.endswith("norm.weight"):
+            out.append(WeightSpec(name.removesuffix("weight") + "bias", spec.path[:-1] + ("bias",)))
+    return out
 
 
 def decoder_weight_map(cfg: ModelConfig) -> list[WeightSpec]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxllm.models.attention_ops import NEG_INF, cudnn_private, gather_pages
+from jaxllm.models.attention_ops import NEG_INF, cudnn_private, gather_pages, sink_logits
 
 
 def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: float,
@@ -100,9 +100,7 @@ def with_sinks(out, lse, sinks):
     joining the softmax's denominator: out * exp(lse) / (exp(lse) + exp(sink)), sigmoid(lse - sink)."""
     if sinks is None:
         return out
-    b, kv, g = lse.shape
-    sink = jnp.asarray(sinks, jnp.float32).reshape(1, kv, g)
-    return out * jax.nn.sigmoid(lse - sink)[..., None]
+    return out * jax.nn.sigmoid(lse - sink_logits(sinks, lse.shape[1], lse.shape))[..., None]
 
 
 def _visible(k_pos, lengths, window):

@@ -15,7 +15,7 @@ from flax import nnx
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW_SWITCH, RMS_NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig, parse_rope
-from jaxllm.models.decoder import CausalLM, DecoderLayer
+from jaxllm.models.decoder import CausalLM, DecoderLayer, with_norm_biases
 from jaxllm.models.layers import LayerNorm
 from jaxllm.models.moe import moe_weight_map
 from jaxllm.models.phi import PhiForCausalLM
@@ -25,10 +25,7 @@ from jaxllm.models.weights import WeightSpec
 class PhimoeDecoderLayer(DecoderLayer):
     """The shared layer with LayerNorms in place of its RMSNorms."""
 
-    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
-        super().__init__(cfg, layer, dtype=dtype, rngs=rngs)
-        self.input_layernorm = LayerNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype, rngs=rngs)
-        self.post_attention_layernorm = LayerNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype, rngs=rngs)
+    norm_cls = LayerNorm
 
 
 class PhimoeForCausalLM(PhiForCausalLM):
@@ -48,11 +45,7 @@ class PhimoeForCausalLM(PhiForCausalLM):
 
 
 def phimoe_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
-    specs = moe_weight_map("block_sparse_moe", {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"})(cfg)
-    specs.append(WeightSpec("model.norm.bias", ("model", "norm", "bias")))
-    for i in range(cfg.num_layers):
-        for norm in ("input_layernorm", "post_attention_layernorm"):
-            specs.append(WeightSpec(f"model.layers.{i}.{norm}.bias", ("model", "layers", i, norm, "bias")))
+    specs = with_norm_biases(moe_weight_map("block_sparse_moe", {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"})(cfg))
     if cfg.head_bias:
         specs.append(WeightSpec("lm_head.bias", ("lm_head", "bias")))
     return specs

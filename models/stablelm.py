@@ -12,7 +12,7 @@ from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, NO_WINDOW_SWITCH, NOT_NULL, Architecture
 from jaxllm.models.attention import UNCACHED, Attention
 from jaxllm.models.config import ModelConfig, parse_rope
-from jaxllm.models.decoder import CausalLM, decoder_weight_map
+from jaxllm.models.decoder import CausalLM, decoder_weight_map, with_norm_biases
 from jaxllm.models.layers import GatedMLP, LayerNorm
 from jaxllm.models.weights import Stack, WeightSpec
 
@@ -48,15 +48,8 @@ class StableLmForCausalLM(CausalLM):
 def layernorm_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     """transformers' Llama naming with a bias beside each norm's weight (its LayerNorms), less the
     post-attention norms of a parallel-residual model and the q/k norms (their own naming)."""
-    specs = []
-    for spec in decoder_weight_map(cfg):
-        name = spec.hf_names[0]
-        if spec.path[-2] in ("q_norm", "k_norm") or (cfg.parallel_residual and "post_attention_layernorm" in spec.path):
-            continue
-        specs.append(spec)
-        if name.endswith("norm.weight"):
-            specs.append(WeightSpec(name.removesuffix("weight") + "bias", spec.path[:-1] + ("bias",)))
-    return specs
+    return with_norm_biases([spec for spec in decoder_weight_map(cfg) if not (
+        spec.path[-2] in ("q_norm", "k_norm") or (cfg.parallel_residual and "post_attention_layernorm" in spec.path))])
 
 
 def stablelm_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
