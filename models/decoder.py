@@ -19,7 +19,7 @@ from jaxllm.models.attention import UNCACHED, Attention, LayerCache, Uncached
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.layers import Dense, Embed, RMSNorm, make_mlp
 from jaxllm.models.rope import rotary
-from jaxllm.models.weights import Copy, Linear, WeightSpec
+from jaxllm.models.weights import Copy, Linear, Part, WeightSpec
 
 
 class DecoderLayer(nnx.Module):
@@ -140,6 +140,22 @@ class CausalLM(nnx.Module):
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         hidden, cache = self.hidden(tokens, positions, cache)
         return self.logits(hidden), cache
+
+
+def fused_weight_map(cfg: ModelConfig, fused: dict) -> list[WeightSpec]:
+    """decoder_weight_map with some of each layer's weights read as rows of one fused checkpoint
+    tensor: `fused` maps our tensor ("mlp.gate_proj") to (the fused HF tensor "mlp.gate_up_proj", the
+    row it starts at, the fused tensor's rows) (Phi-3's qkv_proj and gate_up_proj, GLM's gate_up_proj)."""
+    specs = []
+    for spec in decoder_weight_map(cfg):
+        parts = spec.hf_name.split(".")
+        ours = ".".join(parts[3:5]) if parts[0] == "model" and parts[1] == "layers" else None
+        if ours not in fused:
+            specs.append(spec)
+            continue
+        name, offset, total = fused[ours]
+        specs.append(WeightSpec(".".join(parts[:3] + [name, "weight"]), spec.path, Part(offset, total, Linear())))
+    return specs
 
 
 def with_norm_biases(specs: list[WeightSpec]) -> list[WeightSpec]:

@@ -9,21 +9,15 @@ the one before the MLP, post_mlp_layernorm the one after it)."""
 
 from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.decoder import CausalLM, decoder_weight_map
+from jaxllm.models.decoder import CausalLM, fused_weight_map
 from jaxllm.models.gemma import Gemma2ForCausalLM
-from jaxllm.models.weights import Linear, Part, WeightSpec
+from jaxllm.models.weights import WeightSpec
 
 
 def glm_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     """Llama's naming, gate_proj and up_proj the two halves of mlp.gate_up_proj."""
-    f, specs = cfg.intermediate_size, []
-    for spec in decoder_weight_map(cfg):
-        name = spec.hf_names[0]
-        for i, part in enumerate(("gate_proj", "up_proj")):
-            if name.endswith(f".mlp.{part}.weight"):
-                spec = WeightSpec(name.replace(part, "gate_up_proj"), spec.path, Part(i * f, 2 * f, Linear()))
-        specs.append(spec)
-    return specs
+    f = cfg.intermediate_size
+    return fused_weight_map(cfg, {"mlp.gate_proj": ("mlp.gate_up_proj", 0, 2 * f), "mlp.up_proj": ("mlp.gate_up_proj", f, 2 * f)})
 
 
 def glm4_weight_map(cfg: ModelConfig) -> list[WeightSpec]:

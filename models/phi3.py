@@ -4,9 +4,9 @@ in the checkpoint (split while loading, so the module is the shared one), and Lo
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW_SWITCH, NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.decoder import CausalLM, decoder_weight_map
+from jaxllm.models.decoder import CausalLM, fused_weight_map
 from jaxllm.models.llama import NO_BIAS
-from jaxllm.models.weights import Linear, Part, WeightSpec
+from jaxllm.models.weights import WeightSpec
 
 
 def phi3_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
@@ -18,16 +18,7 @@ def phi3_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
         "mlp.gate_proj": ("mlp.gate_up_proj", 0, 2 * f),
         "mlp.up_proj": ("mlp.gate_up_proj", f, 2 * f),
     }
-    specs = []
-    for spec in decoder_weight_map(cfg):
-        parts = spec.hf_name.split(".")
-        ours = ".".join(parts[3:5]) if parts[0] == "model" and parts[1] == "layers" else None
-        if ours not in fused:
-            specs.append(spec)
-            continue
-        name, offset, total = fused[ours]
-        specs.append(WeightSpec(".".join(parts[:3] + [name, "weight"]), spec.path, Part(offset, total, Linear())))
-    return specs
+    return fused_weight_map(cfg, fused)
 
 
 def phi3_rope_names(raw: dict) -> dict:
