@@ -18,7 +18,7 @@ from pathlib import Path
 
 from jaxllm import gguf_tokenizer
 from jaxllm.errors import CheckpointError, ConfigError
-from jaxllm.models import config, registry, weights
+from jaxllm.models import config, mxfp4, registry, weights
 from jaxllm.safetensors_io import LazyTensor, SafetensorsFile
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -285,11 +285,11 @@ class HFCheckpoint:
     def named(self, arch, specs):
         """The tensors under the names the weight map reads (weights.base_model_names; a wrapper's
         text model's, weights.wrapped_names; a tied embedding kept under the head's name,
-        weights.tied_names; MXFP4 experts dequantized, weights.mxfp4_names)."""
+        weights.tied_names; MXFP4 experts dequantized, mxfp4.mxfp4_names)."""
         specs = list(specs)
         tensors = self.tensors
         if config.read_quantized(self.raw) == "mxfp4":
-            tensors = weights.mxfp4_names(tensors, specs)
+            tensors = mxfp4.mxfp4_names(tensors, specs)
         if self.wrapper is not None:
             tensors = weights.wrapped_names(tensors, specs, self.wrapper.text_module, arch.base_prefix)
         return weights.tied_names(weights.base_model_names(tensors, specs, arch.base_prefix), specs, arch.head_name)

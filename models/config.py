@@ -283,7 +283,7 @@ CONFIG_FIELDS = {
     "swiglu_alpha": _given(POSITIVE), "swiglu_limit": _given(POSITIVE),  # gpt-oss's clamped SwiGLU
 }
 # quantization_config methods whose checkpoints jaxllm reads (dequantized as they load) for the
-# families (model_type) that ship them: gpt-oss's MXFP4 experts (weights.mxfp4_names).
+# families (model_type) that ship them: gpt-oss's MXFP4 experts (mxfp4.mxfp4_names).
 READ_QUANT_METHODS = {"mxfp4": ("gpt_oss",)}
 # Inside rope_parameters / rope_scaling (or each of its per-layer-type entries).
 ROPE_FIELDS = {

@@ -13,7 +13,7 @@ What differs from the closest family (Mixtral), each traced to transformers' mod
   into the shared MoE block's separate gate / up stacks (`Strided`), its config flags on.
 - Checkpoints on the Hub store the expert weights as MXFP4 (`*_blocks`, `*_scales`, config.json
   quantization_config quant_method "mxfp4"): dequantized to floats as they load
-  (weights.mxfp4_names); `convert --to-hf` writes them back as floats.
+  (mxfp4.mxfp4_names); `convert --to-hf` writes them back as floats.
 """
 
 from jaxllm.models.architecture import RMS_NOT_NULL, Architecture

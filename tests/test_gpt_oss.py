@@ -17,7 +17,7 @@ import jaxllm
 from jaxllm.convert import convert
 from jaxllm.engine import Engine
 from jaxllm.errors import CheckpointError, ConfigError
-from jaxllm.models import weights
+from jaxllm.models import mxfp4
 
 ARCH = "GptOssForCausalLM"
 TOKENS = np.random.default_rng(2).integers(0, 128, (2, 12))
@@ -35,7 +35,7 @@ def test_dequantize_equals_transformers_for_every_code_and_scale():
     blocks[0, 0, :16] = np.arange(256, dtype=np.uint8).reshape(16, 16)  # every byte: both nibbles' codes
     scales = np.resize(np.arange(255, dtype=np.uint8), (3, 5, 17))
     for ours_dtype, theirs_dtype in ((np.float32, torch.float32), (np.dtype("bfloat16"), torch.bfloat16)):
-        got = weights.mxfp4_dequantize(blocks, scales, ours_dtype)
+        got = mxfp4.mxfp4_dequantize(blocks, scales, ours_dtype)
         want = _theirs(blocks, scales, theirs_dtype)
         assert got.shape == want.shape == (3, 17 * 32, 5)
         np.testing.assert_array_equal(got.astype(np.float32).view(np.uint32), want.view(np.uint32))  # bits, signed zeros too
