@@ -9,27 +9,20 @@ by default) and full-attention layers, which take no rotary positions at all (no
 
 import functools
 
-from flax import nnx
-
 from jaxllm.models.architecture import NO_WINDOW, NO_WINDOW_SWITCH, NOT_NULL, Architecture
-from jaxllm.models.attention import Attention
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.decoder import CausalLM, decoder_weight_map
-from jaxllm.models.layers import GatedMLP, LayerNorm
-from jaxllm.models.phi import PhiDecoderLayer
+from jaxllm.models.decoder import CausalLM, DecoderLayer, decoder_weight_map
+from jaxllm.models.layers import LayerNorm
 from jaxllm.models.weights import WeightSpec
 
 NormNoBias = functools.partial(LayerNorm, bias=False)
 
 
-class CohereDecoderLayer(PhiDecoderLayer):
-    """Phi's parallel layer, x + attn(ln x) + mlp(ln x), with Cohere's norm, attention and gated MLP.
-    (transformers' Cohere adds x first, Phi's last: the same sum up to rounding.)"""
+class CohereDecoderLayer(DecoderLayer):
+    """The shared layer, parallel (x + attn(ln x) + mlp(ln x)), with Cohere's norm. (transformers'
+    Cohere adds x first, the shared layer last: the same sum up to rounding.)"""
 
-    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
-        self.input_layernorm = NormNoBias(cfg.hidden_size, cfg.norm_eps, dtype=dtype, rngs=rngs)
-        self.self_attn = Attention(cfg, layer, dtype=dtype, rngs=rngs)
-        self.mlp = GatedMLP(cfg, dtype=dtype, rngs=rngs)
+    norm_cls = NormNoBias
 
 
 class CohereForCausalLM(CausalLM):
@@ -48,7 +41,7 @@ def cohere_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
 
 def _flags(raw: dict) -> dict:
     # the MLP has no bias whatever mlp_bias says; attention_bias is read (q/k/v and o)
-    return dict(mlp_bias=False, rope_interleaved=True, rope_float32_rotation=True, logit_scale=float(raw.get("logit_scale", 0.0625)))
+    return dict(mlp_bias=False, parallel_residual=True, rope_interleaved=True, rope_float32_rotation=True, logit_scale=float(raw.get("logit_scale", 0.0625)))
 
 
 def cohere2_defaults(raw: dict) -> dict:

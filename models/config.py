@@ -85,7 +85,8 @@ class ModelConfig:
     embed_scale: float = 1.0
     norm_offset: float = 0.0
     norm_upcast_scale: bool = False  # RMSNorm applies its weight in float32 before the cast (OLMo 2)
-    parallel_residual: bool = False  # x + attn(ln1 x) + mlp(ln2 x) (GPT-NeoX)
+    parallel_residual: bool = False  # x + attn(ln1 x) + mlp(ln1 x) (Phi, GPT-J), or mlp(ln2 x) where parallel_mlp_norm
+    parallel_mlp_norm: bool = False  # a parallel layer's MLP reads a norm of its own (GPT-NeoX, Falcon's ln_mlp)
     position_embedding: str = "rope"  # or "learned": a table of absolute positions (GPT-2)
     # LongRoPE: a sequence that outgrows original_max_position_embeddings has its whole cache
     # recomputed with the long factors (Phi-3's generate does; other families keep the keys cached
@@ -264,7 +265,7 @@ CONFIG_FIELDS = {
     # GPT-NeoX and GPT-2 (its own spellings)
     "use_parallel_residual": FLAG, "rotary_pct": FRACTION, "rotary_emb_base": POSITIVE, "n_embd": COUNT, "n_layer": LAYERS, "n_head": COUNT, "n_positions": COUNT,
     "n_inner": COUNT, "layer_norm_epsilon": NON_NEGATIVE, "activation_function": NAME, "scale_attn_weights": _given(FLAG),
-    "scale_attn_by_inverse_layer_idx": FLAG,
+    "scale_attn_by_inverse_layer_idx": FLAG, "multi_query": FLAG,  # GPTBigCode's and Falcon's one kv head
     # Granite's scalings; Phi's q/k LayerNorm
     "embedding_multiplier": POSITIVE, "residual_multiplier": POSITIVE, "attention_multiplier": POSITIVE,
     "logits_scaling": POSITIVE, "qk_layernorm": FLAG,

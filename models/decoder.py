@@ -17,13 +17,16 @@ from flax import nnx
 
 from jaxllm.models.attention import UNCACHED, Attention, LayerCache, Uncached
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.layers import Dense, Embed, RMSNorm, make_mlp
+from jaxllm.models.layers import Dense, Embed, LayerNorm, RMSNorm, make_mlp
 from jaxllm.models.rope import rotary
 from jaxllm.models.weights import Copy, Linear, Part, WeightSpec
 
 
 class DecoderLayer(nnx.Module):
-    """x + attn(input_norm(x)), then x + mlp(post_attention_norm(x)); the norms are `norm_cls`'s."""
+    """x + attn(input_norm(x)), then x + mlp(post_attention_norm(x)); the norms are `norm_cls`'s, the
+    feed-forward block make_mlp's. With cfg.parallel_residual, x + attn(input_norm(x)) + mlp(...) off
+    the input norm (Phi, GPT-J, Cohere, StableLM, Falcon-7B), or off the post-attention norm of x where
+    cfg.parallel_mlp_norm (GPT-NeoX, Falcon's ln_mlp); a layer without that norm has none."""
 
     norm_cls = RMSNorm
 
@@ -31,14 +34,25 @@ class DecoderLayer(nnx.Module):
         norm = norm_kwargs(cfg, dtype, rngs, self.norm_cls)
         self.input_layernorm = self.norm_cls(cfg.hidden_size, cfg.norm_eps, **norm)
         self.self_attn = Attention(cfg, layer, dtype=dtype, rngs=rngs)
-        self.post_attention_layernorm = self.norm_cls(cfg.hidden_size, cfg.norm_eps, **norm)
+        own = not cfg.parallel_residual or cfg.parallel_mlp_norm
+        self.post_attention_layernorm = self.norm_cls(cfg.hidden_size, cfg.norm_eps, **norm) if own else None
         self.mlp = make_mlp(cfg, layer, dtype=dtype, rngs=rngs)
+        self.parallel = cfg.parallel_residual
 
     def __call__(self, x, positions, rot, cache, kv=UNCACHED):
-        attn, cache = self.self_attn(self.input_layernorm(x), positions, rot, cache, kv)
+        h = self.input_layernorm(x)
+        attn, cache = self.self_attn(h, positions, rot, cache, kv)
+        if self.parallel:
+            return x + attn + self.mlp(h if self.post_attention_layernorm is None else self.post_attention_layernorm(x)), cache
         x = x + attn
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, cache
+
+
+class LayerNormDecoderLayer(DecoderLayer):
+    """The shared layer with LayerNorms (weight and bias) in place of its RMSNorms."""
+
+    norm_cls = LayerNorm
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -1,18 +1,17 @@
 """GPT-2: learned absolute positions instead of rope, LayerNorm, biased attention and GELU MLP,
-tied embeddings; the decoder layer is GPT-NeoX's sequential one (scale_attn_by_inverse_layer_idx:
+tied embeddings; the decoder layer is the shared sequential one with LayerNorms (scale_attn_by_inverse_layer_idx:
 `attn_scale_by_layer`). The checkpoint stores Conv1D
 weights as [in, out] (our layout already) with q/k/v fused along the output columns."""
 
 from jaxllm.models.architecture import NO_WINDOW, Architecture
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.decoder import CausalLM
-from jaxllm.models.gpt_neox import NeoXLayer
+from jaxllm.models.decoder import CausalLM, LayerNormDecoderLayer
 from jaxllm.models.layers import LayerNorm
 from jaxllm.models.weights import Copy, Linear, Part, Transpose, WeightSpec
 
 
 class GPT2LMHeadModel(CausalLM):
-    layer_cls = NeoXLayer  # with parallel_residual off: GPT-2's sequential layer
+    layer_cls = LayerNormDecoderLayer
     final_norm = LayerNorm
 
 
@@ -33,7 +32,7 @@ def gpt2_names(raw: dict) -> dict:
 
 def gpt2_defaults(raw: dict) -> dict:
     return dict(
-        position_embedding="learned", qkv_bias=True, o_bias=True, tie_word_embeddings=raw.get("tie_word_embeddings") is not False,
+        position_embedding="learned", qkv_bias=True, o_bias=True, gated_mlp=False, mlp_bias=True, tie_word_embeddings=raw.get("tie_word_embeddings") is not False,
         attn_scale=None if raw.get("scale_attn_weights", True) else 1.0,  # scale_attn_weights=false: scores unscaled
         attn_scale_by_layer=bool(raw.get("scale_attn_by_inverse_layer_idx")),
     )

@@ -1,58 +1,17 @@
 """GPT-NeoX (Pythia): LayerNorm, parallel residual (x + attn(ln1 x) + mlp(ln2 x)), partial rotary,
 an ungated GELU MLP, and q/k/v fused in one matrix interleaved per head ([heads, 3, head_dim])."""
 
-from dataclasses import dataclass
-
-import numpy as np
-from flax import nnx
-
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, NOT_NULL, Architecture
-from jaxllm.models.attention import UNCACHED, Attention
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.decoder import CausalLM
-from jaxllm.models.layers import MLP, LayerNorm
-from jaxllm.models.weights import Linear, WeightSpec
-
-
-class NeoXLayer(nnx.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
-        self.input_layernorm = LayerNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype, rngs=rngs)
-        self.post_attention_layernorm = LayerNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype, rngs=rngs)
-        self.self_attn = Attention(cfg, layer, dtype=dtype, rngs=rngs)
-        self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
-        self.parallel = cfg.parallel_residual
-
-    def __call__(self, x, positions, rot, cache, kv=UNCACHED):
-        attn, cache = self.self_attn(self.input_layernorm(x), positions, rot, cache, kv)
-        if self.parallel:
-            return x + attn + self.mlp(self.post_attention_layernorm(x)), cache
-        x = x + attn
-        return x + self.mlp(self.post_attention_layernorm(x)), cache
+from jaxllm.models.decoder import CausalLM, LayerNormDecoderLayer
+from jaxllm.models.layers import LayerNorm
+from jaxllm.models.weights import FusedQKV, Linear, WeightSpec
 
 
 class GPTNeoXForCausalLM(CausalLM):
-    layer_cls = NeoXLayer
+    layer_cls = LayerNormDecoderLayer  # parallel: the MLP off a norm of its own (parallel_mlp_norm)
     final_norm = LayerNorm
-
-
-@dataclass(frozen=True)
-class FusedQKV:
-    """One of q, k, v (`part` 0, 1, 2) out of GPT-NeoX's fused [heads * 3 * head_dim, ...] tensor."""
-
-    part: int
-
-    def hf_shape(self, shape):  # our q/k/v kernel [H, D, E] or bias [H, D]
-        h, d = shape[:2]
-        return (3 * h * d,) + tuple(shape[2:])
-
-    def __call__(self, x, shape, dtype):
-        h, d = shape[:2]
-        return np.asarray(x).reshape((h, 3, d) + tuple(shape[2:]))[:, self.part].astype(dtype)
-
-    def export(self, value, out):
-        h, d = value.shape[:2]
-        out.reshape((h, 3, d) + value.shape[2:])[:, self.part] = value  # a view of `out`
 
 
 def neox_names(raw: dict) -> dict:
@@ -130,7 +89,7 @@ ARCHITECTURES = (Architecture(
     hf_defaults=dict(hidden_act="gelu", layer_norm_eps=1e-5, attention_bias=True, use_parallel_residual=True),
     config_defaults=lambda raw: dict(
         qkv_bias=raw.get("attention_bias") is not False, o_bias=raw.get("attention_bias") is not False,
-        parallel_residual=raw.get("use_parallel_residual") is not False,
+        parallel_residual=raw.get("use_parallel_residual") is not False, parallel_mlp_norm=True, gated_mlp=False, mlp_bias=True,
     ),
     tiny_config=dict(vocab_size=128, hidden_size=64, intermediate_size=256, num_hidden_layers=3,
                      num_attention_heads=4, max_position_embeddings=256, layer_norm_eps=1e-5,

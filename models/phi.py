@@ -8,29 +8,16 @@ from flax import nnx
 
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, NOT_NULL, Architecture
-from jaxllm.models.attention import UNCACHED, Attention
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.decoder import CausalLM
-from jaxllm.models.layers import MLP, Dense, LayerNorm, param
+from jaxllm.models.decoder import CausalLM, LayerNormDecoderLayer
+from jaxllm.models.layers import Dense, LayerNorm, param
 from jaxllm.models.weights import Copy, Linear, WeightSpec
-
-
-class PhiDecoderLayer(nnx.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
-        self.input_layernorm = LayerNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype, rngs=rngs)
-        self.self_attn = Attention(cfg, layer, dtype=dtype, rngs=rngs)
-        self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
-
-    def __call__(self, x, positions, rot, cache, kv=UNCACHED):
-        h = self.input_layernorm(x)
-        attn, cache = self.self_attn(h, positions, rot, cache, kv)
-        return attn + self.mlp(h) + x, cache  # transformers' order of the sum
 
 
 class PhiForCausalLM(CausalLM):
     """The shared causal LM with a bias on the output head, tied head or not."""
 
-    layer_cls = PhiDecoderLayer
+    layer_cls = LayerNormDecoderLayer  # parallel (cfg.parallel_residual) with an ungated MLP
     final_norm = LayerNorm
 
     def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
@@ -53,7 +40,8 @@ def phi_defaults(raw: dict) -> dict:
         raise ConfigError(f"config.json head_dim={head} with qk_layernorm: transformers' Phi normalizes heads of "
                           f"hidden_size / num_attention_heads = {raw['hidden_size'] / heads:g} values and cannot run "
                           "other heads; remove head_dim")
-    return dict(qkv_bias=True, o_bias=True, qk_norm="layernorm" if raw.get("qk_layernorm") else "none")
+    return dict(qkv_bias=True, o_bias=True, qk_norm="layernorm" if raw.get("qk_layernorm") else "none", parallel_residual=True,
+                gated_mlp=False, mlp_bias=True)
 
 
 def phi_weight_map(cfg: ModelConfig) -> list[WeightSpec]:

@@ -15,24 +15,17 @@ from flax import nnx
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW_SWITCH, RMS_NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig, parse_rope
-from jaxllm.models.decoder import CausalLM, DecoderLayer, with_norm_biases
-from jaxllm.models.layers import LayerNorm
+from jaxllm.models.decoder import CausalLM, LayerNormDecoderLayer, with_norm_biases
 from jaxllm.models.moe import moe_weight_map
 from jaxllm.models.phi import PhiForCausalLM
 from jaxllm.models.weights import WeightSpec
-
-
-class PhimoeDecoderLayer(DecoderLayer):
-    """The shared layer with LayerNorms in place of its RMSNorms."""
-
-    norm_cls = LayerNorm
 
 
 class PhimoeForCausalLM(PhiForCausalLM):
     """Phi's final LayerNorm; its biased output head where lm_head_bias says (`cfg.head_bias`), else
     the shared head."""
 
-    layer_cls = PhimoeDecoderLayer
+    layer_cls = LayerNormDecoderLayer
 
     def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         if cfg.head_bias:

@@ -4,40 +4,15 @@ where use_qkv_bias says (never on o_proj nor the gated MLP), a LayerNorm without
 and key head, each head its own weights, where qk_layernorm says (StableLM 2 12B), and with
 use_parallel_residual x + attn(ln x) + mlp(ln x) off the one input norm (no post-attention norm).
 
-The LayerNorm layer and its weight map also serve StarCoder 2 (models/starcoder2.py)."""
-
-from flax import nnx
+The layer is the shared one with LayerNorms (decoder.LayerNormDecoderLayer, parallel as
+cfg.parallel_residual says); its weight map also serves StarCoder 2 (models/starcoder2.py)."""
 
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, NO_WINDOW_SWITCH, NOT_NULL, Architecture
-from jaxllm.models.attention import UNCACHED, Attention
 from jaxllm.models.config import ModelConfig, parse_rope
-from jaxllm.models.decoder import CausalLM, decoder_weight_map, with_norm_biases
-from jaxllm.models.layers import GatedMLP, LayerNorm
+from jaxllm.models.decoder import CausalLM, LayerNormDecoderLayer, decoder_weight_map, with_norm_biases
+from jaxllm.models.layers import LayerNorm
 from jaxllm.models.weights import Stack, WeightSpec
-
-
-class LayerNormDecoderLayer(nnx.Module):
-    """x + attn(ln1 x), then x + mlp(ln2 x); with parallel_residual x + attn(ln1 x) + mlp(ln1 x),
-    no ln2. The feed-forward block is `feed_forward`'s (StableLM's gated MLP)."""
-
-    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
-        self.input_layernorm = LayerNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype, rngs=rngs)
-        self.self_attn = Attention(cfg, layer, dtype=dtype, rngs=rngs)
-        self.post_attention_layernorm = (None if cfg.parallel_residual else
-                                         LayerNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype, rngs=rngs))
-        self.mlp = self.feed_forward(cfg, dtype=dtype, rngs=rngs)
-
-    def feed_forward(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
-        return GatedMLP(cfg, dtype=dtype, rngs=rngs)
-
-    def __call__(self, x, positions, rot, cache, kv=UNCACHED):
-        h = self.input_layernorm(x)
-        attn, cache = self.self_attn(h, positions, rot, cache, kv)
-        if self.post_attention_layernorm is None:
-            return x + attn + self.mlp(h), cache  # transformers' order of the sum
-        x = x + attn
-        return x + self.mlp(self.post_attention_layernorm(x)), cache
 
 
 class StableLmForCausalLM(CausalLM):

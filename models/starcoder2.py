@@ -1,25 +1,18 @@
-"""StarCoder 2: the LayerNorm decoder layer of models/stablelm.py (sequential residual) with
+"""StarCoder 2: the shared decoder layer with LayerNorms (sequential residual) with
 biases on q/k/v/o and an ungated c_fc/c_proj MLP (all as use_bias says, on by default), the
 norms' epsilon spelled norm_epsilon, a sliding window on every layer where sliding_window is set
 (no layer_types), whole-head rotary and tied embeddings by default."""
 
-from flax import nnx
-
 from jaxllm.models.architecture import NO_WINDOW_SWITCH, NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.decoder import CausalLM
-from jaxllm.models.layers import MLP, LayerNorm
-from jaxllm.models.stablelm import LayerNormDecoderLayer, layernorm_weight_map
+from jaxllm.models.decoder import CausalLM, LayerNormDecoderLayer
+from jaxllm.models.layers import LayerNorm
+from jaxllm.models.stablelm import layernorm_weight_map
 from jaxllm.models.weights import Linear, WeightSpec
 
 
-class Starcoder2DecoderLayer(LayerNormDecoderLayer):
-    def feed_forward(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
-        return MLP(cfg, dtype=dtype, rngs=rngs, bias=cfg.mlp_bias)
-
-
 class Starcoder2ForCausalLM(CausalLM):
-    layer_cls = Starcoder2DecoderLayer
+    layer_cls = LayerNormDecoderLayer
     final_norm = LayerNorm
 
 
@@ -41,7 +34,7 @@ def starcoder2_names(raw: dict) -> dict:
 
 def starcoder2_defaults(raw: dict) -> dict:
     bias = raw.get("use_bias") is not False
-    return dict(qkv_bias=bias, o_bias=bias, mlp_bias=bias, parallel_residual=False)
+    return dict(qkv_bias=bias, o_bias=bias, mlp_bias=bias, gated_mlp=False, parallel_residual=False)
 
 
 ARCHITECTURES = (Architecture(

@@ -230,6 +230,36 @@ class Strided:
 
 
 @dataclass(frozen=True)
+class FusedQKV:
+    """One of q, k, v (`part` 0, 1, 2) out of one fused [K * (G + 2) * head_dim, ...] tensor: for each
+    of the K kv heads, its G = `group` query heads, then its key, then its value. G = 1 is GPT-NeoX's
+    (and Falcon's, GPTBigCode's without multi-query) per-head [heads, 3, head_dim]; K = 1 the
+    multi-query q | k | v rows (Falcon-7B, StarCoder); else Falcon's new decoder's grouped layout."""
+
+    part: int
+    group: int = 1
+
+    def _grouped(self, shape) -> tuple:
+        """Our q ([H, D, ...]) or k / v ([K, D, ...]) shape as the fused tensor's [K, G + 2, D, ...]."""
+        kv = shape[0] // self.group if self.part == 0 else shape[0]
+        return (kv, self.group + 2) + tuple(shape[1:])
+
+    def _index(self):
+        return slice(0, self.group) if self.part == 0 else self.group + self.part - 1
+
+    def hf_shape(self, shape):
+        kv, per, d, *rest = self._grouped(shape)
+        return (kv * per * d, *rest)
+
+    def __call__(self, x, shape, dtype):
+        return np.asarray(x).reshape(self._grouped(shape))[:, self._index()].reshape(shape).astype(dtype)
+
+    def export(self, value, out):
+        view = out.reshape(self._grouped(value.shape))[:, self._index()]  # a view of `out`
+        view[...] = value.reshape(view.shape)
+
+
+@dataclass(frozen=True)
 class WeightSpec:
     hf_name: str | tuple[str, ...]  # e.g. "model.layers.3.self_attn.q_proj.weight"; a tuple for Stack
     path: tuple  # e.g. ("model", "layers", 3, "self_attn", "q_proj", "kernel")
