@@ -9,8 +9,10 @@ from jaxllm.models import (
     gemma,
     glm,
     gpt2,
+    gpt_bigcode,
     gpt_neox,
     gpt_oss,
+    gptj,
     granite,
     granitemoe,
     llama,
@@ -26,6 +28,6 @@ from jaxllm.models import (
 
 FAMILIES = (
     llama, gemma, phi3, moe, olmo2, gpt_neox, gpt2, granite, phi, exaone, apertus, stablelm, starcoder2, olmoe, granitemoe,
-    phimoe, cohere, glm, ernie, gpt_oss,
+    phimoe, cohere, glm, ernie, gpt_oss, gpt_bigcode, gptj,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -265,7 +265,7 @@ CONFIG_FIELDS = {
     # GPT-NeoX and GPT-2 (its own spellings)
     "use_parallel_residual": FLAG, "rotary_pct": FRACTION, "rotary_emb_base": POSITIVE, "n_embd": COUNT, "n_layer": LAYERS, "n_head": COUNT, "n_positions": COUNT,
     "n_inner": COUNT, "layer_norm_epsilon": NON_NEGATIVE, "activation_function": NAME, "scale_attn_weights": _given(FLAG),
-    "scale_attn_by_inverse_layer_idx": FLAG, "multi_query": FLAG,  # GPTBigCode's and Falcon's one kv head
+    "scale_attn_by_inverse_layer_idx": FLAG, "rotary_dim": COUNT, "multi_query": FLAG,  # GPTBigCode's and Falcon's one kv head
     # Granite's scalings; Phi's q/k LayerNorm
     "embedding_multiplier": POSITIVE, "residual_multiplier": POSITIVE, "attention_multiplier": POSITIVE,
     "logits_scaling": POSITIVE, "qk_layernorm": FLAG,
@@ -440,6 +440,13 @@ def parse_rope(raw: dict, layer_type: str = "full_attention") -> RopeConfig:
         short_factor=_factors(params, "short_factor"),
         long_factor=_factors(params, "long_factor"),
     )
+
+
+def rotary_fraction(dims: int, head: int) -> float:
+    """The partial_rotary_factor that rotates `dims` of a head of `head` values: half a dim above
+    dims / head, so that int(head x factor) gives dims back through float rounding (GPT-J's
+    rotary_dim, GPT-NeoX's head_dim)."""
+    return 1.0 if dims == head else (dims + 0.5) / head
 
 
 def _positions(raw: dict) -> int:

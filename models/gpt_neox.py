@@ -3,7 +3,7 @@ an ungated GELU MLP, and q/k/v fused in one matrix interleaved per head ([heads,
 
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, NOT_NULL, Architecture
-from jaxllm.models.config import ModelConfig
+from jaxllm.models.config import ModelConfig, rotary_fraction
 from jaxllm.models.decoder import CausalLM, LayerNormDecoderLayer
 from jaxllm.models.layers import LayerNorm
 from jaxllm.models.weights import FusedQKV, Linear, WeightSpec
@@ -44,7 +44,7 @@ def _head_dim_as_rotary(raw: dict) -> dict:
         raise ConfigError(f"config.json head_dim={given} x partial rotary factor {factor:g} rotates {dims} dims of GPT-NeoX's "
                           f"heads of {head} (hidden_size / num_attention_heads): transformers cannot apply that rotary "
                           "embedding; remove head_dim")
-    rope["partial_rotary_factor"] = 1.0 if dims == head else (dims + 0.5) / head
+    rope["partial_rotary_factor"] = rotary_fraction(dims, head)
     out = {k: v for k, v in raw.items() if k != "head_dim"}
     return dict(out, partial_rotary_factor=rope["partial_rotary_factor"], **{key: rope})
 

@@ -432,6 +432,22 @@ SPELLINGS = {
     "gpt-oss-defaults": ("GptOssForCausalLM", dict(num_hidden_layers=4, layer_types=None),
                          _edit(("layer_types", "attention_bias", "swiglu_limit", "num_local_experts"), rope_parameters=None,
                                num_experts=4)),
+    # GPTBigCode: SantaCoder-style multi-head c_attn ([heads, 3, head_dim]); multi-query, the tanh GELU and a 4 x n_embd MLP
+    # where left out; untied, unscaled scores; keys its code never reads (GPT-2's layer-index scaling, kv heads, head_dim)
+    "bigcode-multi-head": ("GPTBigCodeForCausalLM", dict(multi_query=False), _edit()),
+    "bigcode-defaults": ("GPTBigCodeForCausalLM", dict(n_inner=256), _edit(("multi_query", "activation_function", "n_inner"))),
+    "bigcode-untied-unscaled-ignores-other-keys": ("GPTBigCodeForCausalLM", dict(tie_word_embeddings=False, scale_attn_weights=False),
+                                                   _edit(scale_attn_by_inverse_layer_idx=True, num_key_value_heads=4, head_dim=8,
+                                                         hidden_act="relu", layer_norm_eps=0.5)),
+    # GPT-J: rotary_dim 64, gelu_new and an untied head where left out; a tied head keeps its bias, whole heads rotate;
+    # rope keys (its base is fixed) and others its code never reads; GPT-J 6B's mask buffers
+    "gptj-defaults": ("GPTJForCausalLM", dict(n_embd=128, n_head=2, rotary_dim=64), _edit(("rotary_dim", "activation_function",
+                                                                                           "tie_word_embeddings"))),
+    "gptj-tied-whole-head-rotary": ("GPTJForCausalLM", dict(tie_word_embeddings=True, rotary_dim=16), _edit()),
+    "gptj-ignores-other-keys": ("GPTJForCausalLM", {}, _edit(rope_theta=5000.0, rope_parameters={"rope_type": "linear", "factor": 2.0},
+                                                             partial_rotary_factor=0.5, num_key_value_heads=2, head_dim=8,
+                                                             hidden_act="relu", rms_norm_eps=0.5),
+                                _tensors(add=_causal_buffers("transformer.h.{i}.attn.bias", 64, masked="transformer.h.{i}.attn.masked_bias"))),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
@@ -490,15 +506,17 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
 
     hf = transformers.CONFIG_MAPPING[arch.hf_model_type].from_dict(dict(raw))
     kind = arch.hf_model_type
-    act = {"gpt2": "activation_function", "gemma2": "hidden_activation", "gemma3_text": "hidden_activation"}.get(kind, "hidden_act")
-    eps = {"gpt2": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps",
+    act = {"gpt2": "activation_function", "gpt_bigcode": "activation_function", "gptj": "activation_function", "gemma2": "hidden_activation", "gemma3_text": "hidden_activation"}.get(kind, "hidden_act")
+    eps = {"gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps",
            "starcoder2": "norm_epsilon",
            "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps"}.get(kind, "rms_norm_eps")
     out = dict(max_position_embeddings=hf.max_position_embeddings, norm_eps=getattr(hf, eps),
                tie_word_embeddings=hf.tie_word_embeddings, hidden_act=getattr(hf, act))
     if kind == "gemma" and out["hidden_act"] == "gelu":  # GemmaMLP's legacy mapping
         out["hidden_act"] = "gelu_pytorch_tanh"
-    if kind != "gpt2":
+    if kind == "gptj":
+        out["rope_theta"] = 10000.0  # GPT-J's fixed base
+    elif kind not in ("gpt2", "gpt_bigcode"):
         rope = hf.rope_parameters
         out["rope_theta"] = rope.get("full_attention", rope)["rope_theta"]
     return out

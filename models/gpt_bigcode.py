@@ -1,0 +1,54 @@
+"""GPTBigCode (StarCoder 1, SantaCoder): GPT-2's model (learned positions, LayerNorms, biased
+attention and GELU MLP, tied embeddings, its config spellings) with nn.Linear weights ([out, in],
+not Conv1D's [in, out]) and multi-query attention: one key/value head where multi_query says (on by
+default), read out of c_attn's fused q | k | v rows; without it, c_attn holds [heads, 3, head_dim]."""
+
+from jaxllm.models.architecture import NO_WINDOW, Architecture
+from jaxllm.models.config import ModelConfig
+from jaxllm.models.gpt2 import GPT2LMHeadModel, gpt2_defaults, gpt2_names
+from jaxllm.models.weights import Copy, FusedQKV, Linear, WeightSpec
+
+
+def bigcode_defaults(raw: dict) -> dict:
+    """GPT-2's flags, one kv head with multi_query (GPTBigCodeConfig sets num_key_value_heads from it)."""
+    return dict(gpt2_defaults(raw), num_kv_heads=1 if raw["multi_query"] else raw["num_attention_heads"])
+
+
+def bigcode_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
+    group = cfg.num_heads // cfg.num_kv_heads
+    specs = [
+        WeightSpec("transformer.wte.weight", ("model", "embed_tokens", "embedding")),
+        WeightSpec("transformer.wpe.weight", ("model", "embed_positions", "embedding")),
+        WeightSpec("transformer.ln_f.weight", ("model", "norm", "weight")),
+        WeightSpec("transformer.ln_f.bias", ("model", "norm", "bias")),
+    ]
+    if not cfg.tie_word_embeddings:
+        specs.append(WeightSpec("lm_head.weight", ("lm_head", "kernel"), Linear()))
+    for i in range(cfg.num_layers):
+        hf, ours = f"transformer.h.{i}.", ("model", "layers", i)
+        for theirs, norm in (("ln_1", "input_layernorm"), ("ln_2", "post_attention_layernorm")):
+            specs += [WeightSpec(f"{hf}{theirs}.{p}", ours + (norm, p)) for p in ("weight", "bias")]
+        for part, name in enumerate(("q_proj", "k_proj", "v_proj")):
+            attn = ours + ("self_attn", name)
+            specs.append(WeightSpec(f"{hf}attn.c_attn.weight", attn + ("kernel",), FusedQKV(part, group)))
+            specs.append(WeightSpec(f"{hf}attn.c_attn.bias", attn + ("bias",), FusedQKV(part, group)))
+        for theirs, path, n_in in (("attn.c_proj", ("self_attn", "o_proj"), 2), ("mlp.c_fc", ("mlp", "up_proj"), 1),
+                                   ("mlp.c_proj", ("mlp", "down_proj"), 1)):
+            specs.append(WeightSpec(f"{hf}{theirs}.weight", ours + path + ("kernel",), Linear(n_in)))
+            specs.append(WeightSpec(f"{hf}{theirs}.bias", ours + path + ("bias",), Copy()))
+    return specs
+
+
+ARCHITECTURES = (Architecture(
+    name="GPTBigCodeForCausalLM", module=GPT2LMHeadModel, weight_map=bigcode_weight_map, hf_model_type="gpt_bigcode",
+    # heads of n_embd / n_head, its kv heads multi_query's; GPT-2's layer-index scaling its code never applies
+    ignored_keys=NO_WINDOW + ("head_dim", "num_key_value_heads", "hidden_act", "scale_attn_by_inverse_layer_idx"),
+    not_null=("max_position_embeddings", "tie_word_embeddings", "n_embd", "n_layer", "n_head", "n_positions", "layer_norm_epsilon",
+              "activation_function", "multi_query"),
+    common_names=gpt2_names, config_defaults=bigcode_defaults, base_prefix="transformer", norm_eps_key="layer_norm_epsilon",
+    hf_defaults=dict(activation_function="gelu_pytorch_tanh", layer_norm_epsilon=1e-5, tie_word_embeddings=True, n_positions=1024,
+                     multi_query=True),
+    # StarCoder's form: multi-query, n_inner unlike 4 x n_embd; SPELLINGS has the multi-head layout
+    tiny_config=dict(vocab_size=128, n_embd=64, n_layer=3, n_head=4, n_inner=96, n_positions=64, activation_function="gelu_pytorch_tanh",
+                     multi_query=True, bos_token_id=1, eos_token_id=2, layer_norm_epsilon=1e-5),
+),)
