@@ -6,6 +6,7 @@ from jaxllm.models import (
     cohere,
     ernie,
     exaone,
+    falcon,
     gemma,
     glm,
     gpt2,
@@ -28,6 +29,6 @@ from jaxllm.models import (
 
 FAMILIES = (
     llama, gemma, phi3, moe, olmo2, gpt_neox, gpt2, granite, phi, exaone, apertus, stablelm, starcoder2, olmoe, granitemoe,
-    phimoe, cohere, glm, ernie, gpt_oss, gpt_bigcode, gptj,
+    phimoe, cohere, glm, ernie, gpt_oss, gpt_bigcode, gptj, falcon,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

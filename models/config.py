@@ -266,6 +266,9 @@ CONFIG_FIELDS = {
     "use_parallel_residual": FLAG, "rotary_pct": FRACTION, "rotary_emb_base": POSITIVE, "n_embd": COUNT, "n_layer": LAYERS, "n_head": COUNT, "n_positions": COUNT,
     "n_inner": COUNT, "layer_norm_epsilon": NON_NEGATIVE, "activation_function": NAME, "scale_attn_weights": _given(FLAG),
     "scale_attn_by_inverse_layer_idx": FLAG, "rotary_dim": COUNT, "multi_query": FLAG,  # GPTBigCode's and Falcon's one kv head
+    # Falcon's own keys
+    "n_embed": COUNT, "num_kv_heads": COUNT, "ffn_hidden_size": COUNT, "activation": NAME, "bias": FLAG, "parallel_attn": FLAG,
+    "new_decoder_architecture": FLAG, "alibi": FLAG, "num_ln_in_parallel_attn": COUNT,
     # Granite's scalings; Phi's q/k LayerNorm
     "embedding_multiplier": POSITIVE, "residual_multiplier": POSITIVE, "attention_multiplier": POSITIVE,
     "logits_scaling": POSITIVE, "qk_layernorm": FLAG,

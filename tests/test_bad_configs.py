@@ -37,3 +37,19 @@ def test_an_odd_rotary_dimension_names_the_field_to_correct(raw, fix):
     with pytest.raises(ConfigError, match=r"^config\.json rotary dimension .*" + fix) as info:
         loader.plan(raw)
     assert "\n" not in str(info.value)
+
+
+FALCON = dict(model_type="falcon", vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=4)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(alibi=True), r"alibi=true \(ALiBi attention biases, Falcon-RW's\) is not supported"),
+    (dict(new_decoder_architecture=True, parallel_attn=False), r"new_decoder_architecture=true with parallel_attn false"),
+    (dict(num_ln_in_parallel_attn=2), r"num_ln_in_parallel_attn=2: transformers' Falcon runs 2"),
+    (dict(multi_query=False, num_kv_heads=2), r"num_kv_heads=2 without multi_query or new_decoder_architecture"),
+], ids=["alibi", "new-decoder-sequential", "two-norms-old-decoder", "kv-heads-old-decoder"])
+def test_falcon_layers_it_cannot_run_are_refused(change, message):
+    """ALiBi is not implemented; the other three transformers' Falcon builds but cannot run."""
+    with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
+        loader.plan(dict(FALCON, **change))
+    assert "\n" not in str(info.value)

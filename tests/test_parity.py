@@ -448,6 +448,19 @@ SPELLINGS = {
                                                              partial_rotary_factor=0.5, num_key_value_heads=2, head_dim=8,
                                                              hidden_act="relu", rms_norm_eps=0.5),
                                 _tensors(add=_causal_buffers("transformer.h.{i}.attn.bias", 64, masked="transformer.h.{i}.attn.masked_bias"))),
+    # Falcon: Falcon-7B's layer (multi-query, parallel off one norm, old decoder) from FalconConfig's defaults; the sequential
+    # layer with every head's own k/v; the new decoder with one norm; its width, activation and tied head where left out,
+    # n_embed (older configs), the v4 rope keys and keys its code never reads
+    "falcon-7b-defaults": ("FalconForCausalLM", dict(new_decoder_architecture=False, num_kv_heads=None),
+                           _edit(("num_kv_heads", "multi_query", "parallel_attn", "new_decoder_architecture", "alibi"))),
+    "falcon-sequential-multi-head": ("FalconForCausalLM", dict(new_decoder_architecture=False, parallel_attn=False, multi_query=False,
+                                                               num_kv_heads=None), _edit()),
+    "falcon-new-decoder-one-norm": ("FalconForCausalLM", dict(num_ln_in_parallel_attn=1), _edit()),
+    "falcon-defaults-and-other-keys": ("FalconForCausalLM", dict(ffn_hidden_size=256, tie_word_embeddings=True), _edit(
+        ("ffn_hidden_size", "activation", "tie_word_embeddings"), intermediate_size=32, hidden_act="relu", num_key_value_heads=1,
+        attention_bias=False, mlp_bias=False, sliding_window=8, rms_norm_eps=0.5, layer_norm_eps=0.5, partial_rotary_factor=0.5)),
+    "falcon-n-embed-v4-rope": ("FalconForCausalLM", {}, lambda raw: raw.update(
+        n_embed=raw.pop("hidden_size"), rope_theta=raw.pop("rope_parameters")["rope_theta"] / 2, rope_scaling=None)),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
@@ -506,8 +519,8 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
 
     hf = transformers.CONFIG_MAPPING[arch.hf_model_type].from_dict(dict(raw))
     kind = arch.hf_model_type
-    act = {"gpt2": "activation_function", "gpt_bigcode": "activation_function", "gptj": "activation_function", "gemma2": "hidden_activation", "gemma3_text": "hidden_activation"}.get(kind, "hidden_act")
-    eps = {"gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps",
+    act = {"falcon": "activation", "gpt2": "activation_function", "gpt_bigcode": "activation_function", "gptj": "activation_function", "gemma2": "hidden_activation", "gemma3_text": "hidden_activation"}.get(kind, "hidden_act")
+    eps = {"falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps",
            "starcoder2": "norm_epsilon",
            "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps"}.get(kind, "rms_norm_eps")
     out = dict(max_position_embeddings=hf.max_position_embeddings, norm_eps=getattr(hf, eps),
