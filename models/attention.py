@@ -311,7 +311,7 @@ class Attention(nnx.Module):
         e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         scale = (cfg.attn_scale or d**-0.5) / (layer + 1 if cfg.attn_scale_by_layer else 1)
         self.spec = AttnSpec(scale, cfg.layer_window(layer), cfg.attn_softcap)
-        self.rope_interleaved = cfg.rope_interleaved
+        self.rope_interleaved, self.clip = cfg.rope_interleaved, cfg.clip_qkv
         self.q_proj = Dense((e,), (h, d), ("embed", "q_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
         self.k_proj = Dense((e,), (k, d), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
         self.v_proj = Dense((e,), (k, d), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
@@ -347,10 +347,13 @@ class Attention(nnx.Module):
         return self.spec if self.sinks is None else self.spec._replace(sinks=self.sinks[...].astype(jnp.float32))
 
     def project(self, x, rot: Rotary | None):
-        """Queries, keys and values of x [B, T, E]: projected, q/k-normed and rotated."""
+        """Queries, keys and values of x [B, T, E]: projected, q/k-normed, clamped to [-clip_qkv, clip_qkv]
+        where the model says (OLMo, OLMoE) and rotated."""
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        if self.clip is not None:
+            q, k, v = (jnp.clip(t, -self.clip, self.clip) for t in (q, k, v))
         if rot is not None:
             q, k = apply_rotary(q, rot, self.rope_interleaved), apply_rotary(k, rot, self.rope_interleaved)
         return q, k, v

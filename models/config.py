@@ -137,6 +137,7 @@ class ModelConfig:
     swiglu_alpha: float = 1.0
     # gpt-oss: a learned logit per query head that joins every attention softmax's denominator
     attn_sinks: bool = False
+    clip_qkv: float | None = None  # OLMo, OLMoE: q, k and v clamped to [-clip_qkv, clip_qkv] after their projections (and q/k norms)
     sliding_window: int | None = None
     # One entry per layer: "full_attention" or "sliding_attention".
     layer_types: tuple[str, ...] = ()
@@ -266,6 +267,7 @@ CONFIG_FIELDS = {
     "use_parallel_residual": FLAG, "rotary_pct": FRACTION, "rotary_emb_base": POSITIVE, "n_embd": COUNT, "n_layer": LAYERS, "n_head": COUNT, "n_positions": COUNT,
     "n_inner": COUNT, "layer_norm_epsilon": NON_NEGATIVE, "activation_function": NAME, "scale_attn_weights": _given(FLAG),
     "scale_attn_by_inverse_layer_idx": FLAG, "rotary_dim": COUNT, "multi_query": FLAG,  # GPTBigCode's and Falcon's one kv head
+    "clip_qkv": POSITIVE,  # OLMo's and OLMoE's clamp of q, k and v
     # Falcon's own keys
     "n_embed": COUNT, "num_kv_heads": COUNT, "ffn_hidden_size": COUNT, "activation": NAME, "bias": FLAG, "parallel_attn": FLAG,
     "new_decoder_architecture": FLAG, "alibi": FLAG, "num_ln_in_parallel_attn": COUNT,

@@ -128,12 +128,13 @@ class LayerNorm(nnx.Module, pytree=False):
     """(x - mean) / std * w + b over the last dim, in float32, cast back at the end. `axes`: the
     logical axes of w and b (("head_dim",) for a norm of each attention head, Phi's q/k norms);
     `shape` may be several dims (Cohere's q/k norms: a weight per head [heads, head_dim]), still
-    normalizing over the last; `bias` False: no b (Cohere)."""
+    normalizing over the last; `bias` False: no b (Cohere); `weight` False: no w either (OLMo's
+    non-parametric norms)."""
 
-    def __init__(self, shape, eps: float, *, dtype, rngs: nnx.Rngs, axes=("norm",), bias: bool = True):
+    def __init__(self, shape, eps: float, *, dtype, rngs: nnx.Rngs, axes=("norm",), bias: bool = True, weight: bool = True):
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         self.eps = eps
-        self.weight = param(shape, tuple(axes), dtype)
+        self.weight = param(shape, tuple(axes), dtype) if weight else None
         self.bias = param(shape, tuple(axes), dtype) if bias else None
 
     def __call__(self, x):
@@ -141,7 +142,9 @@ class LayerNorm(nnx.Module, pytree=False):
         x = x.astype(jnp.float32)
         mean = jnp.mean(x, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-        x = (x - mean) * jax.lax.rsqrt(var + self.eps) * self.weight[...].astype(jnp.float32)
+        x = (x - mean) * jax.lax.rsqrt(var + self.eps)
+        if self.weight is not None:
+            x = x * self.weight[...].astype(jnp.float32)
         return (x if self.bias is None else x + self.bias[...].astype(jnp.float32)).astype(dtype)
 
 

@@ -3,27 +3,26 @@ OLMo 2's but Llama's RMSNorm (the scale applied after the cast back), and routed
 layer: softmax over all experts, the top k, renormalised when norm_topk_prob (Qwen2-MoE's router).
 
 Its checkpoints keep each expert's matrices apart (mlp.experts.{j}.gate_proj, ...), the router at
-mlp.gate: Qwen3-MoE's names, so its weight map. clip_qkv (a clamp of q, k and v, null on the Hub's
-OLMoE checkpoints) is refused."""
+mlp.gate: Qwen3-MoE's names, so its weight map. clip_qkv (null on the Hub's OLMoE checkpoints)
+clamps q, k and v after the q/k norms (the shared attention's option, as OLMo's)."""
 
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture
 from jaxllm.models.decoder import CausalLM
 from jaxllm.models.moe import moe_weight_map
+from jaxllm.models.olmo import clip_qkv
 
 EXPERTS = {name: name for name in ("gate_proj", "up_proj", "down_proj")}
 
 
 def olmoe_defaults(raw: dict) -> dict:
-    if raw.get("clip_qkv") is not None:
-        raise ConfigError(f"config.json clip_qkv {raw['clip_qkv']!r} (a clamp of OLMoE's queries, keys and values) is not "
-                          "supported: set it to null if the checkpoint was trained without it")
     heads, hidden = raw["num_attention_heads"], raw["hidden_size"]
     if raw.get("head_dim") not in (None, hidden // heads) or hidden % heads:
         raise ConfigError(f"config.json head_dim {raw.get('head_dim')} with hidden_size {hidden} and {heads} heads: OLMoE's "
                           "q_norm spans hidden_size, so num_attention_heads x head_dim must equal hidden_size: correct them")
     return dict(qk_norm="projection", mlp_bias=False, num_experts=raw.get("num_local_experts", raw["num_experts"]),
-                experts_per_token=raw["num_experts_per_tok"], norm_topk_prob=raw["norm_topk_prob"])
+                experts_per_token=raw["num_experts_per_tok"], norm_topk_prob=raw["norm_topk_prob"],
+                clip_qkv=clip_qkv(raw))
 
 
 ARCHITECTURES = (Architecture(

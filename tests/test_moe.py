@@ -285,7 +285,6 @@ LONGROPE = dict(type="longrope", short_factor=[1.0] * 8, long_factor=[2.0] * 8, 
 
 
 @pytest.mark.parametrize("arch, change, message", [
-    ("OlmoeForCausalLM", dict(clip_qkv=8.0), r"clip_qkv 8\.0 \(a clamp of OLMoE's queries, keys and values\) is not supported"),
     ("OlmoeForCausalLM", dict(head_dim=8), r"head_dim 8 with hidden_size 64 and 4 heads: OLMoE's q_norm spans hidden_size"),
     ("PhimoeForCausalLM", dict(rope_scaling=dict(LONGROPE, short_mscale=1.2, long_mscale=1.3)),
      r"short_mscale 1\.2 and long_mscale 1\.3: PhimoeForCausalLM needs both, and jaxllm reads them equal"),
@@ -294,10 +293,10 @@ LONGROPE = dict(type="longrope", short_factor=[1.0] * 8, long_factor=[2.0] * 8, 
     ("PhimoeForCausalLM", dict(num_local_experts=1), r"num_local_experts=1: PhiMoE's router picks two experts"),
 ])
 def test_moe_configs_it_cannot_run_are_refused(arch, change, message):
-    """Each in one line: OLMoE's q/k/v clamp (clip_qkv, null on the Hub), not implemented; a head_dim
+    """Each in one line: OLMoE's head_dim
     whose heads do not span hidden_size (transformers' q_norm fails); PhiMoE's rope scaled by unequal
     or missing mscales (transformers refuses them missing), any rope but default and LongRoPE, and
-    fewer than the two experts its router picks. A null clamp is none."""
+    fewer than the two experts its router picks. A null clamp (clip_qkv) is none."""
     spec = registry.get(arch)
     with pytest.raises(ConfigError, match=message) as info:
         spec.config(dict(spec.tiny_config, **change))

@@ -461,6 +461,13 @@ SPELLINGS = {
         attention_bias=False, mlp_bias=False, sliding_window=8, rms_norm_eps=0.5, layer_norm_eps=0.5, partial_rotary_factor=0.5)),
     "falcon-n-embed-v4-rope": ("FalconForCausalLM", {}, lambda raw: raw.update(
         n_embed=raw.pop("hidden_size"), rope_theta=raw.pop("rope_parameters")["rope_theta"] / 2, rope_scaling=None)),
+    # OLMo: no clamp, no biases where left out (OLMo-7B-hf's form), the Hub's v4 rope keys; keys its code never reads
+    "olmo-defaults-v4-rope": ("OlmoForCausalLM", dict(attention_bias=False), lambda raw: [raw.pop(k) for k in ("clip_qkv", "attention_bias")]
+                              + [raw.update(rope_theta=raw.pop("rope_parameters")["rope_theta"] / 2, rope_scaling=None)]),
+    "olmo-ignores-other-keys": ("OlmoForCausalLM", {}, _edit(mlp_bias=True, rms_norm_eps=0.5, layer_norm_eps=0.5, sliding_window=8,
+                                                             partial_rotary_factor=0.5)),
+    # OLMoE with clip_qkv: the clamp after the q/k norms
+    "olmoe-clip-qkv": ("OlmoeForCausalLM", dict(clip_qkv=0.5), _edit()),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
@@ -523,7 +530,7 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     eps = {"falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps",
            "starcoder2": "norm_epsilon",
            "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps"}.get(kind, "rms_norm_eps")
-    out = dict(max_position_embeddings=hf.max_position_embeddings, norm_eps=getattr(hf, eps),
+    out = dict(max_position_embeddings=hf.max_position_embeddings, norm_eps=1e-5 if kind == "olmo" else getattr(hf, eps),
                tie_word_embeddings=hf.tie_word_embeddings, hidden_act=getattr(hf, act))
     if kind == "gemma" and out["hidden_act"] == "gelu":  # GemmaMLP's legacy mapping
         out["hidden_act"] = "gelu_pytorch_tanh"
