@@ -5,7 +5,7 @@ float32 with q/k rotated in float32 (rope_float32, as OLMo 2), and q, k, v clamp
 
 import functools
 
-from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture
+from jaxllm.models.architecture import NO_WINDOW, NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, DecoderLayer, decoder_weight_map
 from jaxllm.models.layers import LayerNorm
@@ -38,8 +38,10 @@ def olmo_defaults(raw: dict) -> dict:
 
 
 ARCHITECTURES = (Architecture(
-    name="OlmoForCausalLM", module=OlmoForCausalLM, weight_map=olmo_weight_map, hf_model_type="olmo", ignored_keys=NO_WINDOW,
-    config_defaults=olmo_defaults, not_null=RMS_NOT_NULL + ("attention_bias", "head_dim"),
+    name="OlmoForCausalLM", module=OlmoForCausalLM, weight_map=olmo_weight_map, hf_model_type="olmo",
+    # its norms' epsilon is fixed (1e-5)
+    ignored_keys=NO_WINDOW + ("rms_norm_eps",), config_defaults=olmo_defaults,
+    not_null=NOT_NULL + ("hidden_act", "rope_theta", "attention_bias", "head_dim"),
     hf_defaults=dict(max_position_embeddings=2048, pad_token_id=1, eos_token_id=50279),
     # a clamp that bites (the seeded weights' q/k/v reach past it), q/k/v/o biases, GQA
     tiny_config=dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
