@@ -18,6 +18,7 @@ from jaxllm.models import (
     granitemoe,
     llama,
     moe,
+    nemotron,
     olmo,
     olmo2,
     olmoe,
@@ -30,6 +31,6 @@ from jaxllm.models import (
 
 FAMILIES = (
     llama, gemma, phi3, moe, olmo2, gpt_neox, gpt2, granite, phi, exaone, apertus, stablelm, starcoder2, olmoe, granitemoe,
-    phimoe, cohere, glm, ernie, gpt_oss, gpt_bigcode, gptj, falcon, olmo,
+    phimoe, cohere, glm, ernie, gpt_oss, gpt_bigcode, gptj, falcon, olmo, nemotron,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

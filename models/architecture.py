@@ -147,7 +147,7 @@ def _rope_theta(raw: dict):
     """The rope_theta of config.json's flat rope settings (rope_scaling, else rope_parameters), or None."""
     rope = raw.get("rope_scaling") or raw.get("rope_parameters") or {}
     return rope.get("rope_theta") if isinstance(rope, dict) else None
-NORM_EPS_KEYS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_epsilon")
+NORM_EPS_KEYS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_epsilon", "norm_eps")
 
 
 def _without_partial_rotary(raw: dict) -> dict:

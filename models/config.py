@@ -268,6 +268,7 @@ CONFIG_FIELDS = {
     "n_inner": COUNT, "layer_norm_epsilon": NON_NEGATIVE, "activation_function": NAME, "scale_attn_weights": _given(FLAG),
     "scale_attn_by_inverse_layer_idx": FLAG, "rotary_dim": COUNT, "multi_query": FLAG,  # GPTBigCode's and Falcon's one kv head
     "clip_qkv": POSITIVE,  # OLMo's and OLMoE's clamp of q, k and v
+    "norm_eps": NON_NEGATIVE,  # Nemotron's
     # Falcon's own keys
     "n_embed": COUNT, "num_kv_heads": COUNT, "ffn_hidden_size": COUNT, "activation": NAME, "bias": FLAG, "parallel_attn": FLAG,
     "new_decoder_architecture": FLAG, "alibi": FLAG, "num_ln_in_parallel_attn": COUNT,

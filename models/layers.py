@@ -129,11 +129,12 @@ class LayerNorm(nnx.Module, pytree=False):
     logical axes of w and b (("head_dim",) for a norm of each attention head, Phi's q/k norms);
     `shape` may be several dims (Cohere's q/k norms: a weight per head [heads, head_dim]), still
     normalizing over the last; `bias` False: no b (Cohere); `weight` False: no w either (OLMo's
-    non-parametric norms)."""
+    non-parametric norms); `offset` scales by (offset + w) (Nemotron's layernorm1p: 1 + w)."""
 
-    def __init__(self, shape, eps: float, *, dtype, rngs: nnx.Rngs, axes=("norm",), bias: bool = True, weight: bool = True):
+    def __init__(self, shape, eps: float, *, dtype, rngs: nnx.Rngs, axes=("norm",), bias: bool = True, weight: bool = True,
+                 offset: float = 0.0):
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        self.eps = eps
+        self.eps, self.offset = eps, offset
         self.weight = param(shape, tuple(axes), dtype) if weight else None
         self.bias = param(shape, tuple(axes), dtype) if bias else None
 
@@ -144,7 +145,7 @@ class LayerNorm(nnx.Module, pytree=False):
         var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
         x = (x - mean) * jax.lax.rsqrt(var + self.eps)
         if self.weight is not None:
-            x = x * self.weight[...].astype(jnp.float32)
+            x = x * (self.offset + self.weight[...].astype(jnp.float32))
         return (x if self.bias is None else x + self.bias[...].astype(jnp.float32)).astype(dtype)
 
 

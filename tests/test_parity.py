@@ -468,6 +468,14 @@ SPELLINGS = {
                                                              partial_rotary_factor=0.5)),
     # OLMoE with clip_qkv: the clamp after the q/k norms
     "olmoe-clip-qkv": ("OlmoeForCausalLM", dict(clip_qkv=0.5), _edit()),
+    # Nemotron: squared ReLU, half of each head rotated, no biases where left out; the v4 rope keys (partial_rotary_factor
+    # and rope_theta top-level); heads wider than hidden / heads; keys its code never reads
+    "nemotron-defaults": ("NemotronForCausalLM", dict(attention_bias=False, mlp_bias=False), lambda raw: [
+        raw.pop(k) for k in ("hidden_act", "norm_eps", "attention_bias", "mlp_bias")] + [raw["rope_parameters"].pop("partial_rotary_factor")]),
+    "nemotron-v4-rope-keys-head-dim": ("NemotronForCausalLM", dict(head_dim=32), lambda raw: raw.update(
+        rope_theta=raw.pop("rope_parameters")["rope_theta"] / 2, partial_rotary_factor=0.25, rope_scaling=None)),
+    "nemotron-ignores-other-keys": ("NemotronForCausalLM", {}, _edit(rms_norm_eps=0.5, layer_norm_eps=0.5, sliding_window=8,
+                                                                     layer_types=["sliding_attention"] * 3)),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
@@ -527,7 +535,7 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     hf = transformers.CONFIG_MAPPING[arch.hf_model_type].from_dict(dict(raw))
     kind = arch.hf_model_type
     act = {"falcon": "activation", "gpt2": "activation_function", "gpt_bigcode": "activation_function", "gptj": "activation_function", "gemma2": "hidden_activation", "gemma3_text": "hidden_activation"}.get(kind, "hidden_act")
-    eps = {"falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps",
+    eps = {"nemotron": "norm_eps", "falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps",
            "starcoder2": "norm_epsilon",
            "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps"}.get(kind, "rms_norm_eps")
     out = dict(max_position_embeddings=hf.max_position_embeddings, norm_eps=1e-5 if kind == "olmo" else getattr(hf, eps),
