@@ -476,6 +476,17 @@ SPELLINGS = {
         rope_theta=raw.pop("rope_parameters")["rope_theta"] / 2, partial_rotary_factor=0.25, rope_scaling=None)),
     "nemotron-ignores-other-keys": ("NemotronForCausalLM", {}, _edit(rms_norm_eps=0.5, layer_norm_eps=0.5, sliding_window=8,
                                                                      layer_types=["sliding_attention"] * 3)),
+    # Helium: heads of 128 and 20 kv heads where left out; no biases and a 1e-8 epsilon where left out, the v4 rope keys;
+    # keys its code never reads
+    "helium-default-head-dim": ("HeliumForCausalLM", dict(hidden_size=256, num_attention_heads=2, num_key_value_heads=1, head_dim=128),
+                                _edit(("head_dim",))),
+    "helium-default-kv-heads": ("HeliumForCausalLM", dict(hidden_size=320, num_attention_heads=20, num_key_value_heads=20),
+                                _edit(("num_key_value_heads",))),
+    "helium-defaults-v4-rope": ("HeliumForCausalLM", dict(attention_bias=False, mlp_bias=False), lambda raw: [
+        raw.pop(k) for k in ("attention_bias", "mlp_bias", "rms_norm_eps")] + [raw.update(
+            rope_theta=raw.pop("rope_parameters")["rope_theta"] / 2, rope_scaling=None)]),
+    "helium-ignores-other-keys": ("HeliumForCausalLM", {}, _edit(partial_rotary_factor=0.5, sliding_window=8, layer_norm_eps=0.5,
+                                                                 attention_out_bias=True)),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
