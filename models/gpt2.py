@@ -15,16 +15,23 @@ class GPT2LMHeadModel(CausalLM):
     final_norm = LayerNorm
 
 
-def gpt2_names(raw: dict) -> dict:
-    """GPT-2's own spellings as the common ones. Where config.json gives both, the common one wins
-    (GPT2Config's attribute_map sets hidden_size, ... onto n_embd, ... after the fields); the MLP is
-    n_inner wide, else 4 x hidden_size, whatever intermediate_size says (GPT2MLP never reads it)."""
+def spelled(raw: dict, spellings) -> dict:
+    """`raw` with each (family's key, common key) of `spellings` read as the common one where config.json
+    gives only the family's (where it gives both, the common one wins: the config classes' attribute_map
+    sets the family's attribute from it after the fields)."""
     out = dict(raw)
-    for theirs, ours in (("n_embd", "hidden_size"), ("n_layer", "num_hidden_layers"), ("n_head", "num_attention_heads"),
-                         ("n_positions", "max_position_embeddings"), ("layer_norm_epsilon", "layer_norm_eps"),
-                         ("activation_function", "hidden_act")):
+    for theirs, ours in spellings:
         if raw.get(theirs) is not None:
             out.setdefault(ours, raw[theirs])
+    return out
+
+
+def gpt2_names(raw: dict) -> dict:
+    """GPT-2's own spellings as the common ones; the MLP is n_inner wide, else 4 x hidden_size,
+    whatever intermediate_size says (GPT2MLP never reads it)."""
+    out = spelled(raw, (("n_embd", "hidden_size"), ("n_layer", "num_hidden_layers"), ("n_head", "num_attention_heads"),
+                        ("n_positions", "max_position_embeddings"), ("layer_norm_epsilon", "layer_norm_eps"),
+                        ("activation_function", "hidden_act")))
     e = out.get("hidden_size")
     out["intermediate_size"] = raw.get("n_inner") or (4 * e if isinstance(e, int) else None)
     return out
@@ -32,14 +39,17 @@ def gpt2_names(raw: dict) -> dict:
 
 def gpt2_defaults(raw: dict) -> dict:
     return dict(
-        position_embedding="learned", qkv_bias=True, o_bias=True, gated_mlp=False, mlp_bias=True, tie_word_embeddings=raw.get("tie_word_embeddings") is not False,
+        position_embedding="learned", qkv_bias=True, o_bias=True, gated_mlp=False, mlp_bias=True,
+        tie_word_embeddings=raw.get("tie_word_embeddings") is not False,
         attn_scale=None if raw.get("scale_attn_weights", True) else 1.0,  # scale_attn_weights=false: scores unscaled
         attn_scale_by_layer=bool(raw.get("scale_attn_by_inverse_layer_idx")),
     )
 
 
-def gpt2_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
-    e = cfg.hidden_size
+def gpt2_layout(cfg: ModelConfig, mlp_weight, attention) -> list[WeightSpec]:
+    """The weight map of GPT-2's module tree, shared by GPTBigCode and GPT-Neo: embeddings, learned
+    positions, ln_1 / ln_2 / ln_f, the c_fc / c_proj MLP read by `mlp_weight` (Conv1D's Transpose(1)
+    or nn.Linear's Linear()), and attention(hf prefix, our path) -> each layer's attention specs."""
     specs = [
         WeightSpec("transformer.wte.weight", ("model", "embed_tokens", "embedding")),
         WeightSpec("transformer.wpe.weight", ("model", "embed_positions", "embedding")),
@@ -50,18 +60,29 @@ def gpt2_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
         hf, ours = f"transformer.h.{i}.", ("model", "layers", i)
         for theirs, norm in (("ln_1", "input_layernorm"), ("ln_2", "post_attention_layernorm")):
             specs += [WeightSpec(f"{hf}{theirs}.{p}", ours + (norm, p)) for p in ("weight", "bias")]
+        specs += attention(hf, ours)
+        for theirs, name in (("c_fc", "up_proj"), ("c_proj", "down_proj")):
+            specs.append(WeightSpec(f"{hf}mlp.{theirs}.weight", ours + ("mlp", name, "kernel"), mlp_weight))
+            specs.append(WeightSpec(f"{hf}mlp.{theirs}.bias", ours + ("mlp", name, "bias")))
+    if not cfg.tie_word_embeddings:
+        specs.append(WeightSpec("lm_head.weight", ("lm_head", "kernel"), Linear()))
+    return specs
+
+
+def gpt2_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
+    """HF Conv1D weights are [in, out], our Dense kernels [out, in]; q/k/v fused along c_attn's columns."""
+    e = cfg.hidden_size
+
+    def attention(hf, ours):
+        specs = []
         for part, name in enumerate(("q_proj", "k_proj", "v_proj")):
             attn = ours + ("self_attn", name)
             specs.append(WeightSpec(f"{hf}attn.c_attn.weight", attn + ("kernel",), Part(part * e, 3 * e, Transpose(2), axis=1)))
             specs.append(WeightSpec(f"{hf}attn.c_attn.bias", attn + ("bias",), Part(part * e, 3 * e, Copy(flatten=True))))
-        # HF Conv1D weights are [in, out]; our Dense kernels [out, in] (one output dim for these three)
-        for theirs, path in (("attn.c_proj", ("self_attn", "o_proj")), ("mlp.c_fc", ("mlp", "up_proj")),
-                             ("mlp.c_proj", ("mlp", "down_proj"))):
-            specs.append(WeightSpec(f"{hf}{theirs}.weight", ours + path + ("kernel",), Transpose(1)))
-            specs.append(WeightSpec(f"{hf}{theirs}.bias", ours + path + ("bias",)))
-    if not cfg.tie_word_embeddings:
-        specs.append(WeightSpec("lm_head.weight", ("lm_head", "kernel"), Linear()))
-    return specs
+        return specs + [WeightSpec(f"{hf}attn.c_proj.weight", ours + ("self_attn", "o_proj", "kernel"), Transpose(1)),
+                        WeightSpec(f"{hf}attn.c_proj.bias", ours + ("self_attn", "o_proj", "bias"))]
+
+    return gpt2_layout(cfg, Transpose(1), attention)
 
 
 ARCHITECTURES = (Architecture(

@@ -5,8 +5,8 @@ default), read out of c_attn's fused q | k | v rows; without it, c_attn holds [h
 
 from jaxllm.models.architecture import NO_WINDOW, Architecture
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.gpt2 import GPT2LMHeadModel, gpt2_defaults, gpt2_names
-from jaxllm.models.weights import Copy, FusedQKV, Linear, WeightSpec
+from jaxllm.models.gpt2 import GPT2LMHeadModel, gpt2_defaults, gpt2_layout, gpt2_names
+from jaxllm.models.weights import FusedQKV, Linear, WeightSpec
 
 
 def bigcode_defaults(raw: dict) -> dict:
@@ -16,27 +16,14 @@ def bigcode_defaults(raw: dict) -> dict:
 
 def bigcode_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     group = cfg.num_heads // cfg.num_kv_heads
-    specs = [
-        WeightSpec("transformer.wte.weight", ("model", "embed_tokens", "embedding")),
-        WeightSpec("transformer.wpe.weight", ("model", "embed_positions", "embedding")),
-        WeightSpec("transformer.ln_f.weight", ("model", "norm", "weight")),
-        WeightSpec("transformer.ln_f.bias", ("model", "norm", "bias")),
-    ]
-    if not cfg.tie_word_embeddings:
-        specs.append(WeightSpec("lm_head.weight", ("lm_head", "kernel"), Linear()))
-    for i in range(cfg.num_layers):
-        hf, ours = f"transformer.h.{i}.", ("model", "layers", i)
-        for theirs, norm in (("ln_1", "input_layernorm"), ("ln_2", "post_attention_layernorm")):
-            specs += [WeightSpec(f"{hf}{theirs}.{p}", ours + (norm, p)) for p in ("weight", "bias")]
-        for part, name in enumerate(("q_proj", "k_proj", "v_proj")):
-            attn = ours + ("self_attn", name)
-            specs.append(WeightSpec(f"{hf}attn.c_attn.weight", attn + ("kernel",), FusedQKV(part, group)))
-            specs.append(WeightSpec(f"{hf}attn.c_attn.bias", attn + ("bias",), FusedQKV(part, group)))
-        for theirs, path, n_in in (("attn.c_proj", ("self_attn", "o_proj"), 2), ("mlp.c_fc", ("mlp", "up_proj"), 1),
-                                   ("mlp.c_proj", ("mlp", "down_proj"), 1)):
-            specs.append(WeightSpec(f"{hf}{theirs}.weight", ours + path + ("kernel",), Linear(n_in)))
-            specs.append(WeightSpec(f"{hf}{theirs}.bias", ours + path + ("bias",), Copy()))
-    return specs
+
+    def attention(hf, ours):
+        specs = [WeightSpec(f"{hf}attn.c_attn.{p}", ours + ("self_attn", name, kind), FusedQKV(part, group))
+                 for part, name in enumerate(("q_proj", "k_proj", "v_proj")) for p, kind in (("weight", "kernel"), ("bias", "bias"))]
+        return specs + [WeightSpec(f"{hf}attn.c_proj.weight", ours + ("self_attn", "o_proj", "kernel"), Linear(2)),
+                        WeightSpec(f"{hf}attn.c_proj.bias", ours + ("self_attn", "o_proj", "bias"))]
+
+    return gpt2_layout(cfg, Linear(), attention)
 
 
 ARCHITECTURES = (Architecture(
