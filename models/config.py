@@ -269,6 +269,7 @@ CONFIG_FIELDS = {
     "scale_attn_by_inverse_layer_idx": FLAG, "rotary_dim": COUNT, "multi_query": FLAG,  # GPTBigCode's and Falcon's one kv head
     "clip_qkv": POSITIVE,  # OLMo's and OLMoE's clamp of q, k and v
     "norm_eps": NON_NEGATIVE,  # Nemotron's
+    "num_layers": LAYERS, "num_heads": COUNT, "window_size": COUNT,  # GPT-Neo's (its attention_types: gpt_neo.neo_layer_types)
     # Falcon's own keys
     "n_embed": COUNT, "num_kv_heads": COUNT, "ffn_hidden_size": COUNT, "activation": NAME, "bias": FLAG, "parallel_attn": FLAG,
     "new_decoder_architecture": FLAG, "alibi": FLAG, "num_ln_in_parallel_attn": COUNT,

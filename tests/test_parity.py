@@ -487,6 +487,14 @@ SPELLINGS = {
             rope_theta=raw.pop("rope_parameters")["rope_theta"] / 2, rope_scaling=None)]),
     "helium-ignores-other-keys": ("HeliumForCausalLM", {}, _edit(partial_rotary_factor=0.5, sliding_window=8, layer_norm_eps=0.5,
                                                                  attention_out_bias=True)),
+    # GPT-Neo: 24 layers alternating global and local, a window of 256, gelu_new, a 4 x hidden_size MLP and a tied head where
+    # left out; untied; window keys of other families and keys its code never reads; GPT-Neo 125M's mask buffers
+    "gptneo-defaults": ("GPTNeoForCausalLM", dict(num_layers=24, attention_types=[[["global", "local"], 12]], intermediate_size=256),
+                        _edit(("attention_types", "window_size", "activation_function", "intermediate_size", "tie_word_embeddings"))),
+    "gptneo-untied-ignores-other-keys": ("GPTNeoForCausalLM", dict(tie_word_embeddings=False), _edit(
+        sliding_window=4, layer_types=["full_attention"] * 3, use_sliding_window=True, head_dim=8, num_key_value_heads=2,
+        hidden_act="relu", layer_norm_eps=0.5), _tensors(add=_causal_buffers("transformer.h.{i}.attn.attention.bias", 64,
+                                                                           masked="transformer.h.{i}.attn.attention.masked_bias"))),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
@@ -545,8 +553,8 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
 
     hf = transformers.CONFIG_MAPPING[arch.hf_model_type].from_dict(dict(raw))
     kind = arch.hf_model_type
-    act = {"falcon": "activation", "gpt2": "activation_function", "gpt_bigcode": "activation_function", "gptj": "activation_function", "gemma2": "hidden_activation", "gemma3_text": "hidden_activation"}.get(kind, "hidden_act")
-    eps = {"nemotron": "norm_eps", "falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps",
+    act = {"gpt_neo": "activation_function", "falcon": "activation", "gpt2": "activation_function", "gpt_bigcode": "activation_function", "gptj": "activation_function", "gemma2": "hidden_activation", "gemma3_text": "hidden_activation"}.get(kind, "hidden_act")
+    eps = {"gpt_neo": "layer_norm_epsilon", "nemotron": "norm_eps", "falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps",
            "starcoder2": "norm_epsilon",
            "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps"}.get(kind, "rms_norm_eps")
     out = dict(max_position_embeddings=hf.max_position_embeddings, norm_eps=1e-5 if kind == "olmo" else getattr(hf, eps),
@@ -555,7 +563,7 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
         out["hidden_act"] = "gelu_pytorch_tanh"
     if kind == "gptj":
         out["rope_theta"] = 10000.0  # GPT-J's fixed base
-    elif kind not in ("gpt2", "gpt_bigcode"):
+    elif kind not in ("gpt2", "gpt_bigcode", "gpt_neo"):
         rope = hf.rope_parameters
         out["rope_theta"] = rope.get("full_attention", rope)["rope_theta"]
     return out
