@@ -172,6 +172,21 @@ def fused_weight_map(cfg: ModelConfig, fused: dict) -> list[WeightSpec]:
     return specs
 
 
+def model_ends(cfg: ModelConfig, embed: str, norm: str, head: str = "lm_head.weight") -> list[WeightSpec]:
+    """The specs outside the layers of a family with LayerNorms: the token embedding `embed`, the final
+    norm (`norm`.weight and .bias) and, untied, the output head `head`."""
+    specs = [WeightSpec(embed, ("model", "embed_tokens", "embedding"))]
+    specs += [WeightSpec(f"{norm}.{p}", ("model", "norm", p)) for p in ("weight", "bias")]
+    return specs if cfg.tie_word_embeddings else specs + [WeightSpec(head, ("lm_head", "kernel"), Linear())]
+
+
+def dense(hf: str, path: tuple, transform=Linear(), bias: bool = True) -> list[WeightSpec]:
+    """The specs of one projection: `hf`.weight into `path`'s kernel through `transform`, and where
+    `bias`, `hf`.bias into its bias (a flat one into [heads, head_dim] where ours is that)."""
+    specs = [WeightSpec(f"{hf}.weight", path + ("kernel",), transform)]
+    return specs + [WeightSpec(f"{hf}.bias", path + ("bias",), Copy(flatten=True))] if bias else specs
+
+
 def with_norm_biases(specs: list[WeightSpec]) -> list[WeightSpec]:
     """`specs`, each norm's weight (an HF name ending in norm.weight) followed by its bias, same name
     and path ending in bias: the weight map of a family whose norms are LayerNorms."""

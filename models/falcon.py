@@ -13,9 +13,9 @@ ALiBi position biases (alibi, Falcon-RW) are not implemented: refused."""
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.decoder import CausalLM, LayerNormDecoderLayer
+from jaxllm.models.decoder import CausalLM, LayerNormDecoderLayer, dense, model_ends
 from jaxllm.models.layers import LayerNorm
-from jaxllm.models.weights import Copy, FusedQKV, Linear, WeightSpec
+from jaxllm.models.weights import FusedQKV, Linear, WeightSpec
 
 
 class FalconForCausalLM(CausalLM):
@@ -62,13 +62,7 @@ def falcon_defaults(raw: dict) -> dict:
 
 
 def falcon_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
-    specs = [
-        WeightSpec("transformer.word_embeddings.weight", ("model", "embed_tokens", "embedding")),
-        WeightSpec("transformer.ln_f.weight", ("model", "norm", "weight")),
-        WeightSpec("transformer.ln_f.bias", ("model", "norm", "bias")),
-    ]
-    if not cfg.tie_word_embeddings:
-        specs.append(WeightSpec("lm_head.weight", ("lm_head", "kernel"), Linear()))
+    specs = model_ends(cfg, "transformer.word_embeddings.weight", "transformer.ln_f")
     if not cfg.parallel_residual:
         norms = (("input_layernorm", "input_layernorm"), ("post_attention_layernorm", "post_attention_layernorm"))
     else:
@@ -85,9 +79,7 @@ def falcon_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
                 specs.append(WeightSpec(f"{hf}self_attention.query_key_value.bias", attn + ("bias",), FusedQKV(part, group)))
         for theirs, path, n_in in (("self_attention.dense", ("self_attn", "o_proj"), 2), ("mlp.dense_h_to_4h", ("mlp", "up_proj"), 1),
                                    ("mlp.dense_4h_to_h", ("mlp", "down_proj"), 1)):
-            specs.append(WeightSpec(f"{hf}{theirs}.weight", ours + path + ("kernel",), Linear(n_in)))
-            if cfg.o_bias:  # bias, one switch for every projection
-                specs.append(WeightSpec(f"{hf}{theirs}.bias", ours + path + ("bias",), Copy()))
+            specs += dense(hf + theirs, ours + path, Linear(n_in), cfg.o_bias)  # bias: one switch for every projection
     return specs
 
 

@@ -5,9 +5,9 @@ weights as [in, out] (our layout already) with q/k/v fused along the output colu
 
 from jaxllm.models.architecture import NO_WINDOW, Architecture
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.decoder import CausalLM, LayerNormDecoderLayer
+from jaxllm.models.decoder import CausalLM, LayerNormDecoderLayer, dense, model_ends
 from jaxllm.models.layers import LayerNorm
-from jaxllm.models.weights import Copy, Linear, Part, Transpose, WeightSpec
+from jaxllm.models.weights import Copy, Part, Transpose, WeightSpec
 
 
 class GPT2LMHeadModel(CausalLM):
@@ -50,22 +50,14 @@ def gpt2_layout(cfg: ModelConfig, mlp_weight, attention) -> list[WeightSpec]:
     """The weight map of GPT-2's module tree, shared by GPTBigCode and GPT-Neo: embeddings, learned
     positions, ln_1 / ln_2 / ln_f, the c_fc / c_proj MLP read by `mlp_weight` (Conv1D's Transpose(1)
     or nn.Linear's Linear()), and attention(hf prefix, our path) -> each layer's attention specs."""
-    specs = [
-        WeightSpec("transformer.wte.weight", ("model", "embed_tokens", "embedding")),
-        WeightSpec("transformer.wpe.weight", ("model", "embed_positions", "embedding")),
-        WeightSpec("transformer.ln_f.weight", ("model", "norm", "weight")),
-        WeightSpec("transformer.ln_f.bias", ("model", "norm", "bias")),
-    ]
+    specs = model_ends(cfg, "transformer.wte.weight", "transformer.ln_f")
+    specs.append(WeightSpec("transformer.wpe.weight", ("model", "embed_positions", "embedding")))
     for i in range(cfg.num_layers):
         hf, ours = f"transformer.h.{i}.", ("model", "layers", i)
         for theirs, norm in (("ln_1", "input_layernorm"), ("ln_2", "post_attention_layernorm")):
             specs += [WeightSpec(f"{hf}{theirs}.{p}", ours + (norm, p)) for p in ("weight", "bias")]
         specs += attention(hf, ours)
-        for theirs, name in (("c_fc", "up_proj"), ("c_proj", "down_proj")):
-            specs.append(WeightSpec(f"{hf}mlp.{theirs}.weight", ours + ("mlp", name, "kernel"), mlp_weight))
-            specs.append(WeightSpec(f"{hf}mlp.{theirs}.bias", ours + ("mlp", name, "bias")))
-    if not cfg.tie_word_embeddings:
-        specs.append(WeightSpec("lm_head.weight", ("lm_head", "kernel"), Linear()))
+        specs += dense(f"{hf}mlp.c_fc", ours + ("mlp", "up_proj"), mlp_weight) + dense(f"{hf}mlp.c_proj", ours + ("mlp", "down_proj"), mlp_weight)
     return specs
 
 
@@ -79,8 +71,7 @@ def gpt2_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
             attn = ours + ("self_attn", name)
             specs.append(WeightSpec(f"{hf}attn.c_attn.weight", attn + ("kernel",), Part(part * e, 3 * e, Transpose(2), axis=1)))
             specs.append(WeightSpec(f"{hf}attn.c_attn.bias", attn + ("bias",), Part(part * e, 3 * e, Copy(flatten=True))))
-        return specs + [WeightSpec(f"{hf}attn.c_proj.weight", ours + ("self_attn", "o_proj", "kernel"), Transpose(1)),
-                        WeightSpec(f"{hf}attn.c_proj.bias", ours + ("self_attn", "o_proj", "bias"))]
+        return specs + dense(f"{hf}attn.c_proj", ours + ("self_attn", "o_proj"), Transpose(1))
 
     return gpt2_layout(cfg, Transpose(1), attention)
 

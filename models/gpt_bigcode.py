@@ -5,6 +5,7 @@ default), read out of c_attn's fused q | k | v rows; without it, c_attn holds [h
 
 from jaxllm.models.architecture import NO_WINDOW, Architecture
 from jaxllm.models.config import ModelConfig
+from jaxllm.models.decoder import dense
 from jaxllm.models.gpt2 import GPT2LMHeadModel, gpt2_defaults, gpt2_layout, gpt2_names
 from jaxllm.models.weights import FusedQKV, Linear, WeightSpec
 
@@ -20,8 +21,7 @@ def bigcode_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     def attention(hf, ours):
         specs = [WeightSpec(f"{hf}attn.c_attn.{p}", ours + ("self_attn", name, kind), FusedQKV(part, group))
                  for part, name in enumerate(("q_proj", "k_proj", "v_proj")) for p, kind in (("weight", "kernel"), ("bias", "bias"))]
-        return specs + [WeightSpec(f"{hf}attn.c_proj.weight", ours + ("self_attn", "o_proj", "kernel"), Linear(2)),
-                        WeightSpec(f"{hf}attn.c_proj.bias", ours + ("self_attn", "o_proj", "bias"))]
+        return specs + dense(f"{hf}attn.c_proj", ours + ("self_attn", "o_proj"), Linear(2))
 
     return gpt2_layout(cfg, Linear(), attention)
 

@@ -6,6 +6,7 @@ unbiased q/k/v, a biased out_proj, scores not scaled by head_dim ** -0.5, and la
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, Architecture
 from jaxllm.models.config import ModelConfig
+from jaxllm.models.decoder import dense
 from jaxllm.models.gpt2 import GPT2LMHeadModel, gpt2_layout, spelled
 from jaxllm.models.weights import Linear, WeightSpec
 
@@ -44,10 +45,9 @@ def neo_names(raw: dict) -> dict:
 
 def neo_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     def attention(hf, ours):
-        specs = [WeightSpec(f"{hf}attn.attention.{name}.weight", ours + ("self_attn", name, "kernel"), Linear())
-                 for name in ("q_proj", "k_proj", "v_proj")]
-        return specs + [WeightSpec(f"{hf}attn.attention.out_proj.weight", ours + ("self_attn", "o_proj", "kernel"), Linear(2)),
-                        WeightSpec(f"{hf}attn.attention.out_proj.bias", ours + ("self_attn", "o_proj", "bias"))]
+        specs = [s for name in ("q_proj", "k_proj", "v_proj") for s in dense(f"{hf}attn.attention.{name}", ours + ("self_attn", name),
+                                                                           bias=False)]
+        return specs + dense(f"{hf}attn.attention.out_proj", ours + ("self_attn", "o_proj"), Linear(2))
 
     return gpt2_layout(cfg, Linear(), attention)
 

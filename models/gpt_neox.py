@@ -4,7 +4,7 @@ an ungated GELU MLP, and q/k/v fused in one matrix interleaved per head ([heads,
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig, rotary_fraction
-from jaxllm.models.decoder import CausalLM, LayerNormDecoderLayer
+from jaxllm.models.decoder import CausalLM, LayerNormDecoderLayer, model_ends
 from jaxllm.models.layers import LayerNorm
 from jaxllm.models.weights import FusedQKV, Linear, WeightSpec
 
@@ -50,13 +50,7 @@ def _head_dim_as_rotary(raw: dict) -> dict:
 
 
 def neox_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
-    specs = [
-        WeightSpec("gpt_neox.embed_in.weight", ("model", "embed_tokens", "embedding")),
-        WeightSpec("gpt_neox.final_layer_norm.weight", ("model", "norm", "weight")),
-        WeightSpec("gpt_neox.final_layer_norm.bias", ("model", "norm", "bias")),
-    ]
-    if not cfg.tie_word_embeddings:
-        specs.append(WeightSpec("embed_out.weight", ("lm_head", "kernel"), Linear()))
+    specs = model_ends(cfg, "gpt_neox.embed_in.weight", "gpt_neox.final_layer_norm", head="embed_out.weight")
     for i in range(cfg.num_layers):
         hf, ours = f"gpt_neox.layers.{i}.", ("model", "layers", i)
         for norm in ("input_layernorm", "post_attention_layernorm"):

@@ -5,10 +5,9 @@ output head with a bias (Phi's causal LM). Its config keys are GPT-2's (n_embd, 
 
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, Architecture
-from jaxllm.models.config import ModelConfig, RopeConfig, rotary_fraction
+from jaxllm.models.config import RopeConfig, rotary_fraction
 from jaxllm.models.gpt2 import gpt2_names
-from jaxllm.models.phi import PhiForCausalLM
-from jaxllm.models.weights import Linear, WeightSpec
+from jaxllm.models.phi import PhiForCausalLM, parallel_layout
 
 
 def gptj_defaults(raw: dict) -> dict:
@@ -21,28 +20,12 @@ def gptj_defaults(raw: dict) -> dict:
                 parallel_residual=True, gated_mlp=False, mlp_bias=True, qkv_bias=False, o_bias=False)
 
 
-def gptj_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
-    specs = [
-        WeightSpec("transformer.wte.weight", ("model", "embed_tokens", "embedding")),
-        WeightSpec("transformer.ln_f.weight", ("model", "norm", "weight")),
-        WeightSpec("transformer.ln_f.bias", ("model", "norm", "bias")),
-        WeightSpec("lm_head.bias", ("lm_head", "bias")),
-    ]
-    if not cfg.tie_word_embeddings:
-        specs.append(WeightSpec("lm_head.weight", ("lm_head", "kernel"), Linear()))
-    for i in range(cfg.num_layers):
-        hf, ours = f"transformer.h.{i}.", ("model", "layers", i)
-        specs += [WeightSpec(f"{hf}ln_1.{p}", ours + ("input_layernorm", p)) for p in ("weight", "bias")]
-        for theirs, name in (("q_proj", "q_proj"), ("k_proj", "k_proj"), ("v_proj", "v_proj"), ("out_proj", "o_proj")):
-            specs.append(WeightSpec(f"{hf}attn.{theirs}.weight", ours + ("self_attn", name, "kernel"), Linear(2 if name == "o_proj" else 1)))
-        for theirs, name in (("fc_in", "up_proj"), ("fc_out", "down_proj")):
-            specs.append(WeightSpec(f"{hf}mlp.{theirs}.weight", ours + ("mlp", name, "kernel"), Linear()))
-            specs.append(WeightSpec(f"{hf}mlp.{theirs}.bias", ours + ("mlp", name, "bias")))
-    return specs
+GPTJ_NAMES = dict(embed="transformer.wte.weight", norm="transformer.ln_f", layers="transformer.h", ln="ln_1", attn="attn",
+                  out="out_proj", mlp=("fc_in", "fc_out"))
 
 
 ARCHITECTURES = (Architecture(
-    name="GPTJForCausalLM", module=PhiForCausalLM, weight_map=gptj_weight_map, hf_model_type="gptj",
+    name="GPTJForCausalLM", module=PhiForCausalLM, weight_map=lambda cfg: parallel_layout(cfg, GPTJ_NAMES), hf_model_type="gptj",
     # heads of n_embd / n_head, each with its own k/v; rotary_dim and a fixed base its only rope settings
     ignored_keys=NO_WINDOW + ("head_dim", "num_key_value_heads", "hidden_act", "rope_parameters", "rope_scaling", "rope_theta"),
     not_null=("max_position_embeddings", "tie_word_embeddings", "n_embd", "n_layer", "n_head", "n_positions", "layer_norm_epsilon",

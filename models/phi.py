@@ -9,9 +9,9 @@ from flax import nnx
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.decoder import CausalLM, LayerNormDecoderLayer
+from jaxllm.models.decoder import CausalLM, LayerNormDecoderLayer, dense, model_ends
 from jaxllm.models.layers import Dense, LayerNorm, param
-from jaxllm.models.weights import Copy, Linear, WeightSpec
+from jaxllm.models.weights import Linear, WeightSpec
 
 
 class PhiForCausalLM(CausalLM):
@@ -44,33 +44,33 @@ def phi_defaults(raw: dict) -> dict:
                 gated_mlp=False, mlp_bias=True)
 
 
-def phi_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
-    specs = [
-        WeightSpec("model.embed_tokens.weight", ("model", "embed_tokens", "embedding")),
-        WeightSpec("model.final_layernorm.weight", ("model", "norm", "weight")),
-        WeightSpec("model.final_layernorm.bias", ("model", "norm", "bias")),
-        WeightSpec("lm_head.bias", ("lm_head", "bias")),
-    ]
-    if not cfg.tie_word_embeddings:
-        specs.append(WeightSpec("lm_head.weight", ("lm_head", "kernel"), Linear()))
+# Phi's module names; GPT-J's (models/gptj.py) are the same tree spelled its own way
+PHI_NAMES = dict(embed="model.embed_tokens.weight", norm="model.final_layernorm", layers="model.layers", ln="input_layernorm",
+                 attn="self_attn", out="dense", mlp=("fc1", "fc2"))
+
+
+def parallel_layout(cfg: ModelConfig, names: dict) -> list[WeightSpec]:
+    """The weight map of Phi's module tree under `names`: embeddings, the final norm, the output head
+    and its bias, each layer's one LayerNorm, q/k/v and output projections (biased as the config
+    says), q/k LayerNorms where it has them, and the fc1 / fc2 MLP."""
+    specs = model_ends(cfg, names["embed"], names["norm"]) + [WeightSpec("lm_head.bias", ("lm_head", "bias"))]
     for i in range(cfg.num_layers):
-        hf, ours = f"model.layers.{i}.", ("model", "layers", i)
-        specs += [WeightSpec(f"{hf}input_layernorm.{p}", ours + ("input_layernorm", p)) for p in ("weight", "bias")]
-        for theirs, name in (("q_proj", "q_proj"), ("k_proj", "k_proj"), ("v_proj", "v_proj"), ("dense", "o_proj")):
-            attn = ours + ("self_attn", name)
-            specs.append(WeightSpec(f"{hf}self_attn.{theirs}.weight", attn + ("kernel",), Linear(2 if name == "o_proj" else 1)))
-            specs.append(WeightSpec(f"{hf}self_attn.{theirs}.bias", attn + ("bias",), Copy(flatten=name != "o_proj")))
+        hf, ours = f"{names['layers']}.{i}.", ("model", "layers", i)
+        specs += [WeightSpec(f"{hf}{names['ln']}.{p}", ours + ("input_layernorm", p)) for p in ("weight", "bias")]
+        for theirs, name in (("q_proj", "q_proj"), ("k_proj", "k_proj"), ("v_proj", "v_proj"), (names["out"], "o_proj")):
+            out = name == "o_proj"
+            specs += dense(f"{hf}{names['attn']}.{theirs}", ours + ("self_attn", name), Linear(2 if out else 1),
+                           cfg.o_bias if out else cfg.qkv_bias)
         if cfg.qk_norm != "none":
             for theirs, name in (("q_layernorm", "q_norm"), ("k_layernorm", "k_norm")):
-                specs += [WeightSpec(f"{hf}self_attn.{theirs}.{p}", ours + ("self_attn", name, p)) for p in ("weight", "bias")]
-        for theirs, name in (("fc1", "up_proj"), ("fc2", "down_proj")):
-            specs.append(WeightSpec(f"{hf}mlp.{theirs}.weight", ours + ("mlp", name, "kernel"), Linear()))
-            specs.append(WeightSpec(f"{hf}mlp.{theirs}.bias", ours + ("mlp", name, "bias")))
+                specs += [WeightSpec(f"{hf}{names['attn']}.{theirs}.{p}", ours + ("self_attn", name, p)) for p in ("weight", "bias")]
+        for theirs, name in zip(names["mlp"], ("up_proj", "down_proj")):
+            specs += dense(f"{hf}mlp.{theirs}", ours + ("mlp", name))
     return specs
 
 
 ARCHITECTURES = (Architecture(
-    name="PhiForCausalLM", module=PhiForCausalLM, weight_map=phi_weight_map, hf_model_type="phi",
+    name="PhiForCausalLM", module=PhiForCausalLM, weight_map=lambda cfg: parallel_layout(cfg, PHI_NAMES), hf_model_type="phi",
     ignored_keys=NO_WINDOW, config_defaults=phi_defaults, partial_rotary=True, norm_eps_key="layer_norm_eps",
     # PhiConfig has no head_dim (a null one reaches its attention as None); a null partial_rotary_factor
     # leaves its rope parameters without one, which its attention then fails to find
