@@ -4,6 +4,7 @@ for jaxllm.models.registry. Shared pieces: layers.py, rope.py, attention.py, dec
 from jaxllm.models import (
     apertus,
     cohere,
+    deepseek,
     ernie,
     exaone,
     falcon,
@@ -33,6 +34,6 @@ from jaxllm.models import (
 
 FAMILIES = (
     llama, gemma, phi3, moe, olmo2, gpt_neox, gpt2, granite, phi, exaone, apertus, stablelm, starcoder2, olmoe, granitemoe,
-    phimoe, cohere, glm, ernie, gpt_oss, gpt_bigcode, gptj, falcon, olmo, nemotron, helium, gpt_neo,
+    phimoe, cohere, glm, ernie, gpt_oss, gpt_bigcode, gptj, falcon, olmo, nemotron, helium, gpt_neo, deepseek,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

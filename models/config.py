@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 from jaxllm.errors import ConfigError
 
 QK_NORMS = ("none", "per_head", "projection", "layernorm", "layernorm_per_head")
-ROUTERS = ("softmax_topk", "topk_softmax", "sparsemixer")
+ROUTERS = ("softmax_topk", "topk_softmax", "sparsemixer", "sigmoid_topk")
+# How a group-limited router (router_groups > 1) scores each group of experts: "max" of its scores
+# (DeepSeek-V2's group_limited_greedy), or the "top2" sum (DeepSeek-V3)
+GROUP_SCORES = ("max", "top2")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 
@@ -55,6 +58,25 @@ class RopeConfig:
         """Whether the frequencies depend on the sequence's length: dynamic NTK, and LongRoPE whose
         short and long factors differ (a GGUF's fixed rope_freqs are LongRoPE with equal ones)."""
         return self.type == "dynamic" or (self.type == "longrope" and self.short_factor != self.long_factor)
+
+
+@dataclass(frozen=True)
+class MlaConfig:
+    """Multi-head latent attention (DeepSeek-V2/V3, models/mla.py): queries through a rank
+    `q_lora_rank` bottleneck (None: one q_proj), keys and values decompressed from a shared latent
+    of `kv_lora_rank` per token; each key head is qk_nope_head_dim values without rotation and
+    qk_rope_head_dim rotated ones (one rotated part shared by every head), each value head v_head_dim."""
+
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+    q_lora_rank: int | None = None
+    norm_eps: float = 1e-6  # the epsilon of q_a_layernorm and kv_a_layernorm (transformers leaves them at 1e-6)
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
 
 
 @dataclass(frozen=True)
@@ -121,8 +143,17 @@ class ModelConfig:
     # How the router picks: "softmax_topk" (softmax over every expert, then the top k: Mixtral, Qwen,
     # OLMoE), "topk_softmax" (the top k logits, then softmax over those k: GraniteMoE), "sparsemixer"
     # (PhiMoE's two picks, each a softmax over the logits within router_jitter of the best left)
+    # "sigmoid_topk" (DeepSeek-V3): sigmoid scores, the top k chosen by score plus router_score_bias.
     router: str = "softmax_topk"
     router_jitter: float = 0.0
+    # Group-limited routing (DeepSeek): the experts split into router_groups groups, each scored by
+    # router_group_score; only the experts of the best router_topk_groups groups may be chosen.
+    router_groups: int = 1
+    router_topk_groups: int = 1
+    router_group_score: str = "max"
+    # DeepSeek-V3's e_score_correction_bias: a float [X] added to the scores for choosing only
+    router_score_bias: bool = False
+    routed_scaling: float = 1.0  # the routing weights times this (DeepSeek's routed_scaling_factor)
     dense_layers: tuple[int, ...] = ()  # layers that keep a dense MLP in an MoE model
     # A shared expert beside the routed ones (Qwen2-MoE): a gated MLP this wide that every token
     # runs, its output times sigmoid(shared_expert_gate(x)); 0: none.
@@ -138,6 +169,9 @@ class ModelConfig:
     # gpt-oss: a learned logit per query head that joins every attention softmax's denominator
     attn_sinks: bool = False
     clip_qkv: float | None = None  # OLMo, OLMoE: q, k and v clamped to [-clip_qkv, clip_qkv] after their projections (and q/k norms)
+    # Multi-head latent attention (DeepSeek); None: the usual q/k/v projections. With it, head_dim is
+    # the cached key and value heads' width, max(qk_head_dim, v_head_dim) (models/mla.py pads to it)
+    mla: MlaConfig | None = None
     sliding_window: int | None = None
     # One entry per layer: "full_attention" or "sliding_attention".
     layer_types: tuple[str, ...] = ()
@@ -159,6 +193,8 @@ class ModelConfig:
 
     @property
     def rotary_dim(self) -> int:
+        if self.mla is not None:
+            return self.mla.qk_rope_head_dim
         return int(self.head_dim * self.rope.partial_rotary_factor)
 
     def layer_window(self, layer: int) -> int | None:
@@ -289,6 +325,10 @@ CONFIG_FIELDS = {
     # Cohere's logit scale (null: its forward fails) and q/k LayerNorm (use_bias: StableLM's, ERNIE 4.5's above)
     "logit_scale": _given(POSITIVE), "use_qk_norm": FLAG,
     "swiglu_alpha": _given(POSITIVE), "swiglu_limit": _given(POSITIVE),  # gpt-oss's clamped SwiGLU
+    # DeepSeek's multi-head latent attention (a null q_lora_rank: one q_proj) and routing
+    "q_lora_rank": COUNT, "kv_lora_rank": COUNT, "qk_nope_head_dim": COUNT, "qk_rope_head_dim": COUNT, "v_head_dim": COUNT,
+    "rope_interleave": FLAG, "n_routed_experts": EXPERTS, "n_shared_experts": INDEX, "first_k_dense_replace": INDEX,
+    "routed_scaling_factor": POSITIVE, "n_group": COUNT, "topk_group": COUNT, "topk_method": NAME,
 }
 # quantization_config methods whose checkpoints jaxllm reads (dequantized as they load) for the
 # families (model_type) that ship them: gpt-oss's MXFP4 experts (mxfp4.mxfp4_names).
@@ -544,6 +584,8 @@ def _validated(cfg: ModelConfig) -> ModelConfig:
         raise ValueError(f"qk_norm {cfg.qk_norm!r} is not one of {QK_NORMS}")  # a model file's bug, not the user's
     if cfg.router not in ROUTERS:
         raise ValueError(f"router {cfg.router!r} is not one of {ROUTERS}")
+    if cfg.router_group_score not in GROUP_SCORES:
+        raise ValueError(f"router_group_score {cfg.router_group_score!r} is not one of {GROUP_SCORES}")
     for t in cfg.layer_types:
         if t not in LAYER_TYPES:
             raise ConfigError(f"config.json layer type '{t}' is not supported; use full_attention or sliding_attention")
@@ -554,6 +596,9 @@ def _validated(cfg: ModelConfig) -> ModelConfig:
     if "sliding_attention" in cfg.layer_types and not cfg.sliding_window:
         raise ConfigError("config.json asks for sliding_attention layers but sets no 'sliding_window': add it")
     rotary = cfg.position_embedding == "rope" and any(cfg.layer_rope(i) is not None for i in range(cfg.num_layers))
+    if rotary and cfg.mla is not None and cfg.rotary_dim % 2:
+        raise ConfigError(f"config.json qk_rope_head_dim {cfg.rotary_dim} must be even, as rotary embeddings turn pairs of "
+                          "values: correct qk_rope_head_dim")
     if rotary and cfg.rotary_dim % 2:  # rotated in pairs; learned positions (GPT-2) and NoPE layers rotate nothing
         fix = ("correct partial_rotary_factor" if cfg.rope.partial_rotary_factor != 1 else
                "correct head_dim (hidden_size / num_attention_heads where config.json gives no head_dim)")
@@ -572,4 +617,22 @@ def _validated(cfg: ModelConfig) -> ModelConfig:
         raise ConfigError(
             f"config.json num_experts_per_tok={cfg.experts_per_token} must lie in [1, {cfg.num_experts}] (the number of experts)"
         )
+    if cfg.num_experts and cfg.router_groups > 1:
+        _check_groups(cfg)
     return cfg
+
+
+def _check_groups(cfg: ModelConfig) -> None:
+    """A ConfigError where group-limited routing cannot split or pick the groups (transformers fails there)."""
+    groups, picked, experts = cfg.router_groups, cfg.router_topk_groups, cfg.num_experts
+    if experts % groups:
+        raise ConfigError(f"config.json n_group={groups} does not divide the {experts} routed experts into equal groups: "
+                          "set n_group to a divisor of n_routed_experts")
+    if picked > groups:
+        raise ConfigError(f"config.json topk_group={picked} picks more groups than n_group={groups}: set topk_group <= n_group")
+    if cfg.router_group_score == "top2" and experts // groups < 2:
+        raise ConfigError(f"config.json n_group={groups} leaves {experts // groups} expert per group, and each group is scored "
+                          "by its best two: set n_group to at most n_routed_experts / 2")
+    if cfg.router_group_score == "top2" and cfg.experts_per_token > picked * (experts // groups):
+        raise ConfigError(f"config.json num_experts_per_tok={cfg.experts_per_token} is more than the {picked * (experts // groups)} "
+                          f"experts of the topk_group={picked} groups it may choose from: raise topk_group or lower num_experts_per_tok")

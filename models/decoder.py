@@ -26,14 +26,16 @@ class DecoderLayer(nnx.Module):
     """x + attn(input_norm(x)), then x + mlp(post_attention_norm(x)); the norms are `norm_cls`'s, the
     feed-forward block make_mlp's. With cfg.parallel_residual, x + attn(input_norm(x)) + mlp(...) off
     the input norm (Phi, GPT-J, Cohere, StableLM, Falcon-7B), or off the post-attention norm of x where
-    cfg.parallel_mlp_norm (GPT-NeoX, Falcon's ln_mlp); a layer without that norm has none."""
+    cfg.parallel_mlp_norm (GPT-NeoX, Falcon's ln_mlp); a layer without that norm has none.
+    The attention is `attn_cls`'s (DeepSeek's latent attention: models/mla.py)."""
 
     norm_cls = RMSNorm
+    attn_cls = Attention
 
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
         norm = norm_kwargs(cfg, dtype, rngs, self.norm_cls)
         self.input_layernorm = self.norm_cls(cfg.hidden_size, cfg.norm_eps, **norm)
-        self.self_attn = Attention(cfg, layer, dtype=dtype, rngs=rngs)
+        self.self_attn = self.attn_cls(cfg, layer, dtype=dtype, rngs=rngs)
         own = not cfg.parallel_residual or cfg.parallel_mlp_norm
         self.post_attention_layernorm = self.norm_cls(cfg.hidden_size, cfg.norm_eps, **norm) if own else None
         self.mlp = make_mlp(cfg, layer, dtype=dtype, rngs=rngs)

@@ -282,6 +282,10 @@ class MoE(nnx.Module, pytree=False):
         e, f, x = cfg.hidden_size, cfg.moe_intermediate_size or cfg.intermediate_size, cfg.num_experts
         self.k, self.num_experts, self.norm_topk = cfg.experts_per_token, x, cfg.norm_topk_prob
         self.router, self.jitter = cfg.router, cfg.router_jitter
+        self.groups = (cfg.router_groups, cfg.router_topk_groups, cfg.router_group_score) if cfg.router_groups > 1 else None
+        self.routed_scaling = cfg.routed_scaling
+        # DeepSeek-V3's e_score_correction_bias: added to the scores for the choice, not to the weights
+        self.e_score_correction_bias = param((x,), ("router",), dtype) if cfg.router_score_bias else None
         self.act = activation(cfg.hidden_act)
         self.swiglu = None if cfg.swiglu_limit is None else (cfg.swiglu_alpha, cfg.swiglu_limit)
         self.gate = Dense((e,), (x,), ("embed", "router"), bias=cfg.router_bias, dtype=dtype, rngs=rngs,
@@ -348,18 +352,24 @@ class MoE(nnx.Module, pytree=False):
     def route(self, x):
         """x [N, E] -> (weights [N, k] float32, expert ids [N, k]): softmax in float32, top k,
         renormalised when norm_topk_prob, as transformers routes; or as `cfg.router` says: the top k
-        logits, then softmax over those k (GraniteMoE, gpt-oss), or `sparsemixer` (PhiMoE)."""
+        logits, then softmax over those k (GraniteMoE, gpt-oss), or `sparsemixer` (PhiMoE), or
+        sigmoid scores (DeepSeek-V3); DeepSeek's choice within the best groups and with a score
+        bias (`limited_top_k`), and its weights times routed_scaling."""
         logits = self.gate(x).astype(jnp.float32)
         if self.router == "topk_softmax":
             top, experts = jax.lax.top_k(logits, self.k)
             return jax.nn.softmax(top, axis=-1), experts
         if self.router == "sparsemixer":
             return sparsemixer(logits, self.jitter)
-        probs = jax.nn.softmax(logits, axis=-1)
-        weights, experts = jax.lax.top_k(probs, self.k)
+        probs = jax.nn.sigmoid(logits) if self.router == "sigmoid_topk" else jax.nn.softmax(logits, axis=-1)
+        if self.groups is None and self.e_score_correction_bias is None:
+            weights, experts = jax.lax.top_k(probs, self.k)
+        else:
+            bias = None if self.e_score_correction_bias is None else self.e_score_correction_bias[...].astype(jnp.float32)
+            weights, experts = limited_top_k(probs, self.k, bias, self.groups)
         if self.norm_topk:
             weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
-        return weights, experts
+        return weights * self.routed_scaling if self.routed_scaling != 1 else weights, experts
 
     def __call__(self, x):
         shape = x.shape
@@ -445,6 +455,29 @@ class MoE(nnx.Module, pytree=False):
         specs = (whole, whole, whole, jax.tree.map(lambda _: split, stacks))
         run = jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=whole, axis_names={axis}, check_vma=False)
         return run(x, weights, experts, stacks)
+
+
+def limited_top_k(scores, k: int, bias=None, groups: tuple | None = None):
+    """DeepSeek's choice of k experts by `scores` [N, X] float32 -> (weights [N, k], expert ids [N, k]).
+    `bias` [X] (DeepSeek-V3's e_score_correction_bias) is added to the scores for choosing only; the
+    weights are the scores of the chosen. `groups` (n_group, topk_group, score), None for none:
+    the experts split into n_group equal groups, each scored by its "max" (DeepSeek-V2's
+    group_limited_greedy: the other groups' scores set to 0, the weights taken from those) or the
+    sum of its best two (DeepSeek-V3: the other groups' experts never chosen, the weights their
+    unmasked scores); only the topk_group best groups' experts may be chosen."""
+    choice = scores if bias is None else scores + bias
+    if groups is not None:
+        n_group, picked, score = groups
+        grouped = choice.reshape(choice.shape[0], n_group, -1)
+        group_scores = jnp.max(grouped, axis=-1) if score == "max" else jnp.sum(jax.lax.top_k(grouped, 2)[0], axis=-1)
+        best = jax.lax.top_k(group_scores, picked)[1]
+        allowed = jnp.repeat(jnp.sum(jax.nn.one_hot(best, n_group, dtype=jnp.int32), axis=-2) > 0, grouped.shape[-1], axis=-1)
+        if score == "max":
+            scores = choice = jnp.where(allowed, choice, 0.0)
+        else:
+            choice = jnp.where(allowed, choice, -jnp.inf)
+    experts = jax.lax.top_k(choice, k)[1]
+    return jnp.take_along_axis(scores, experts, axis=-1), experts
 
 
 def sparsemixer(logits, jitter: float):

@@ -15,13 +15,15 @@ from jaxllm.models.llama import NO_BIAS
 from jaxllm.models.weights import Linear, Stack, Transpose, WeightSpec
 
 
-def moe_weight_map(block: str, names: dict):
+def moe_weight_map(block: str, names: dict, base=decoder_weight_map, shared: str = "shared_expert"):
     """A weight map for MoE checkpoints whose layer i keeps its router at `{block}.gate` and expert
-    j's matrices at `{block}.experts.{j}.{names[ours]}`."""
+    j's matrices at `{block}.experts.{j}.{names[ours]}`, the rest as `base` names them; a shared
+    expert at `{block}.{shared}` (its gate at `{block}.shared_expert_gate` where gated), DeepSeek-V3's
+    score bias at `{block}.gate.e_score_correction_bias`."""
 
     def weight_map(cfg: ModelConfig) -> list[WeightSpec]:
         specs = []
-        for spec in decoder_weight_map(cfg):
+        for spec in base(cfg):
             parts = spec.hf_names[0].split(".")
             if not (parts[1] == "layers" and parts[3] == "mlp" and cfg.layer_is_moe(int(parts[2]))):
                 specs.append(spec)
@@ -30,12 +32,17 @@ def moe_weight_map(block: str, names: dict):
                 continue
             hf, ours = f"model.layers.{i}.{block}.", ("model", "layers", i, "mlp")
             specs.append(WeightSpec(hf + "gate.weight", ours + ("gate", "kernel"), Linear()))
+            if cfg.router_score_bias:
+                specs.append(WeightSpec(hf + "gate.e_score_correction_bias", ours + ("e_score_correction_bias",)))
             for name, theirs in names.items():
                 experts = tuple(f"{hf}experts.{j}.{theirs}.weight" for j in range(cfg.num_experts))
                 specs.append(WeightSpec(experts, ours + (name,), Stack(Transpose(1))))
             if cfg.shared_expert_intermediate_size:  # Qwen2-MoE: {block}.shared_expert.*_proj, {block}.shared_expert_gate
                 for name in ("gate_proj", "up_proj", "down_proj"):
-                    specs.append(WeightSpec(f"{hf}shared_expert.{name}.weight", ours + ("shared_expert", name, "kernel"), Linear()))
+                    specs.append(WeightSpec(f"{hf}{shared}.{name}.weight", ours + ("shared_expert", name, "kernel"), Linear()))
+                    if cfg.mlp_bias:
+                        specs.append(WeightSpec(f"{hf}{shared}.{name}.bias", ours + ("shared_expert", name, "bias")))
+            if cfg.shared_expert_intermediate_size and cfg.shared_expert_gated:
                 specs.append(WeightSpec(hf + "shared_expert_gate.weight", ours + ("shared_expert_gate", "kernel"), Linear()))
         return specs
 

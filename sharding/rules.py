@@ -34,6 +34,8 @@ RULES: dict[str, str | None] = {
     "q_heads": "tp",
     "kv_heads": "tp",
     "head_dim": None,
+    # DeepSeek's latent attention: the low-rank q and kv latents every head reads (models/mla.py), whole on each device
+    "latent": None,
     "mlp": "tp",
     "norm": None,
     "cache_seq": None,
@@ -47,6 +49,7 @@ RULES: dict[str, str | None] = {
     "embed_groups": "fsdp",
     "q_heads_groups": "tp",
     "mlp_groups": "tp",
+    "latent_groups": None,
 }
 # Logical axes that fall back to replication when their mesh axis does not divide them.
 REPLICATE_IF_UNEVEN = {"kv_heads", "embed_groups", "q_heads_groups", "mlp_groups",
