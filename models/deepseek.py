@@ -79,13 +79,13 @@ def deepseek_v2_defaults(raw: dict) -> dict:
                 norm_topk_prob=False, **groups)
 
 
-def mla_names(key: str):
-    """config.json as the family's config class reads it: `key` (its attribute_map's spelling of
-    n_routed_experts) for n_routed_experts where that is left out; head_dim (which the class sets to
+def mla_names(key: str, experts: int):
+    """config.json as the family's config class reads it: n_routed_experts, else `key` (its
+    attribute_map's spelling of it), else `experts`; head_dim (which the class sets to
     qk_rope_head_dim, whatever the file says) the width of the cached heads (models/mla.py)."""
     def names(raw: dict) -> dict:
-        if raw.get(key) is not None and "n_routed_experts" not in raw:
-            raw = dict(raw, n_routed_experts=raw[key])
+        if "n_routed_experts" not in raw:
+            raw = dict(raw, n_routed_experts=raw.get(key, experts))
         return dict(raw, head_dim=max(raw["qk_nope_head_dim"] + raw["qk_rope_head_dim"], raw["v_head_dim"]))
     return names
 
@@ -100,13 +100,13 @@ _TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, moe_intermedi
 
 ARCHITECTURES = (Architecture(
     name="DeepseekV3ForCausalLM", module=LatentCausalLM, weight_map=weight_map, hf_model_type="deepseek_v3",
-    config_defaults=deepseek_v3_defaults, common_names=mla_names("num_local_experts"),
+    config_defaults=deepseek_v3_defaults, common_names=mla_names("num_local_experts", 256),
     ignored_keys=NO_WINDOW + ("mlp_bias", "topk_method", "head_dim"),
     # transformers ignores the multi-token prediction layer DeepSeek-V3's checkpoints keep as layer 61
     ignore=(r".*rotary_emb\.inv_freq$", r"^model\.layers\.61\."),
-    # DeepseekV3Config's field defaults (DeepSeek-V3's shapes)
+    # DeepseekV3Config's field defaults (DeepSeek-V3's shapes; n_routed_experts' in mla_names)
     hf_defaults=dict(vocab_size=129280, hidden_size=7168, intermediate_size=18432, moe_intermediate_size=2048,
-                     num_hidden_layers=61, num_attention_heads=128, n_shared_experts=1, n_routed_experts=256,
+                     num_hidden_layers=61, num_attention_heads=128, n_shared_experts=1,
                      routed_scaling_factor=2.5, kv_lora_rank=512, q_lora_rank=1536, qk_rope_head_dim=64, v_head_dim=128,
                      qk_nope_head_dim=128, n_group=8, topk_group=4, num_experts_per_tok=8, first_k_dense_replace=3,
                      norm_topk_prob=True, max_position_embeddings=4096, rms_norm_eps=1e-6, bos_token_id=0, eos_token_id=1,
@@ -119,12 +119,12 @@ ARCHITECTURES = (Architecture(
                      routed_scaling_factor=2.5, norm_topk_prob=True, rope_interleave=True, attention_bias=True),
 ), Architecture(
     name="DeepseekV2ForCausalLM", module=LatentCausalLM, weight_map=weight_map, hf_model_type="deepseek_v2",
-    config_defaults=deepseek_v2_defaults, common_names=mla_names("num_experts"),
+    config_defaults=deepseek_v2_defaults, common_names=mla_names("num_experts", 64),
     ignored_keys=NO_WINDOW + ("rope_interleave", "norm_topk_prob", "head_dim"),
-    # DeepseekV2Config's field defaults (DeepSeek-V2-Lite's attention, DeepSeek-V2's experts)
+    # DeepseekV2Config's field defaults (DeepSeek-V2-Lite's attention, DeepSeek-V2's experts; n_routed_experts' in mla_names)
     hf_defaults=dict(vocab_size=102400, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                      max_position_embeddings=2048, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2, attention_bias=False,
-                     mlp_bias=False, first_k_dense_replace=0, kv_lora_rank=512, q_lora_rank=1536, n_routed_experts=64,
+                     mlp_bias=False, first_k_dense_replace=0, kv_lora_rank=512, q_lora_rank=1536,
                      n_shared_experts=2, qk_nope_head_dim=128, qk_rope_head_dim=64, routed_scaling_factor=1.0,
                      topk_method="greedy", v_head_dim=128, moe_intermediate_size=1407),
     not_null=_NOT_NULL + ("mlp_bias",),

@@ -281,6 +281,28 @@ def test_granite_routing_and_shared_mlp_on_an_ep_mesh(tmp_path):
     assert err <= 1e-5
 
 
+@pytest.mark.parametrize("arch", ["DeepseekV3ForCausalLM", "DeepseekV2ForCausalLM"])
+def test_deepseek_routing_matches_transformers(arch, tmp_path):
+    """DeepSeek's group-limited routers give transformers' expert ids and weights on 256 random rows:
+    V3's sigmoid scores, chosen with a score bias (random here) among the best groups by their top-two
+    sums, renormalised and scaled; V2's softmax scores within the groups of the highest score, scaled."""
+    ref = reference.build(arch, tmp_path, seed=5)
+    router = ref.model.layers[1].mlp.gate
+    if arch == "DeepseekV3ForCausalLM":
+        with torch.no_grad():
+            router.e_score_correction_bias.copy_(0.3 * torch.randn(8, generator=torch.Generator().manual_seed(3)))
+        ref.save_pretrained(tmp_path)
+    moe = jaxllm.load(tmp_path).module.model.layers[1].mlp
+    x = np.random.default_rng(0).normal(size=(256, moe.gate.kernel.shape[-1])).astype(np.float32)
+    weights, experts = (np.asarray(a) for a in moe.route(jnp.asarray(x)))
+    with torch.no_grad():
+        _, hf_weights, hf_experts = router(torch.as_tensor(x))
+    mine, theirs = np.argsort(experts, -1), np.argsort(hf_experts.numpy(), -1)  # transformers' top k is unsorted
+    np.testing.assert_array_equal(np.take_along_axis(experts, mine, -1), np.take_along_axis(hf_experts.numpy(), theirs, -1))
+    np.testing.assert_allclose(np.take_along_axis(weights, mine, -1), np.take_along_axis(hf_weights.numpy(), theirs, -1),
+                               rtol=1e-5, atol=1e-7)
+
+
 LONGROPE = dict(type="longrope", short_factor=[1.0] * 8, long_factor=[2.0] * 8, original_max_position_embeddings=8)
 
 
@@ -291,12 +313,22 @@ LONGROPE = dict(type="longrope", short_factor=[1.0] * 8, long_factor=[2.0] * 8, 
     ("PhimoeForCausalLM", dict(rope_scaling=LONGROPE), r"short_mscale None and long_mscale None"),
     ("PhimoeForCausalLM", dict(rope_scaling=dict(type="linear", factor=2.0)), r"rope type 'linear' for PhimoeForCausalLM"),
     ("PhimoeForCausalLM", dict(num_local_experts=1), r"num_local_experts=1: PhiMoE's router picks two experts"),
+    ("DeepseekV3ForCausalLM", dict(n_group=3), r"n_group=3 does not divide the 8 routed experts into equal groups"),
+    ("DeepseekV3ForCausalLM", dict(n_group=8, topk_group=2), r"n_group=8 leaves 1 expert per group, and each group is scored"),
+    ("DeepseekV3ForCausalLM", dict(topk_group=1, num_experts_per_tok=3), r"num_experts_per_tok=3 is more than the 2 experts"),
+    ("DeepseekV3ForCausalLM", dict(topk_group=5), r"topk_group=5 picks more groups than n_group=4"),
+    ("DeepseekV3ForCausalLM", dict(num_key_value_heads=2), r"num_key_value_heads=2 with 4 attention heads: latent attention"),
+    ("DeepseekV2ForCausalLM", dict(topk_method="noaux_tc"), r"topk_method 'noaux_tc' is not supported; supported: greedy, "),
+    ("DeepseekV2ForCausalLM", dict(n_group=None), r"group_limited_greedy needs n_group and topk_group"),
 ])
 def test_moe_configs_it_cannot_run_are_refused(arch, change, message):
     """Each in one line: OLMoE's head_dim
     whose heads do not span hidden_size (transformers' q_norm fails); PhiMoE's rope scaled by unequal
     or missing mscales (transformers refuses them missing), any rope but default and LongRoPE, and
-    fewer than the two experts its router picks. A null clamp (clip_qkv) is none."""
+    fewer than the two experts its router picks; DeepSeek's groups that do not split the experts, that
+    the router cannot score or pick, or that leave fewer experts than it chooses (transformers fails or
+    chooses outside them), kv heads other than the heads, V3's topk_method on V2 and V2's
+    group-limited routing without groups. A null clamp (clip_qkv) is none."""
     spec = registry.get(arch)
     with pytest.raises(ConfigError, match=message) as info:
         spec.config(dict(spec.tiny_config, **change))

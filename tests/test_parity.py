@@ -495,6 +495,27 @@ SPELLINGS = {
         sliding_window=4, layer_types=["full_attention"] * 3, use_sliding_window=True, head_dim=8, num_key_value_heads=2,
         hidden_act="relu", layer_norm_eps=0.5), _tensors(add=_causal_buffers("transformer.h.{i}.attn.attention.bias", 64,
                                                                            masked="transformer.h.{i}.attn.attention.masked_bias"))),
+    # DeepSeek-V3: the Hub's v4 YaRN keys (rope_scaling with mscale and mscale_all_dim, which also scales the
+    # softmax), past original_max_position_embeddings; a score bias that changes the choice; one q_proj with
+    # rope on halves (rope_interleave false); DeepseekV3Config's routing where left out (8 groups, top 4, k 8)
+    "deepseek-v3-hub-yarn": ("DeepseekV3ForCausalLM", dict(rope_parameters=dict(
+        rope_type="yarn", factor=4.0, mscale=1.0, mscale_all_dim=0.8, original_max_position_embeddings=8, beta_fast=32,
+        beta_slow=1, rope_theta=10000.0)), lambda raw: raw.update(
+            rope_theta=raw["rope_parameters"].pop("rope_theta"), rope_scaling=dict(raw.pop("rope_parameters"), type="yarn"))),
+    "deepseek-v3-score-bias": ("DeepseekV3ForCausalLM", {}, _edit(), _tensors(add=lambda tensors: {
+        f"model.layers.{i}.mlp.gate.e_score_correction_bias": 0.3 * __import__("torch").randn(
+            8, generator=__import__("torch").Generator().manual_seed(i)) for i in (1, 2)})),
+    "deepseek-v3-q-proj-rope-halves": ("DeepseekV3ForCausalLM", dict(q_lora_rank=None, rope_interleave=False), _edit()),
+    "deepseek-v3-default-routing": ("DeepseekV3ForCausalLM", dict(n_routed_experts=16), _edit((
+        "n_group", "topk_group", "num_experts_per_tok", "routed_scaling_factor", "norm_topk_prob", "rope_interleave",
+        "n_shared_experts"))),
+    # DeepSeek-V2: greedy routing, no dense layer, two shared experts, unscaled weights and no MLP biases where
+    # left out; queries through q_lora_rank; keys its code never reads (norm_topk_prob, rope_interleave), the
+    # experts under num_experts (its attribute_map's spelling)
+    "deepseek-v2-defaults": ("DeepseekV2ForCausalLM", dict(q_lora_rank=16, first_k_dense_replace=0, mlp_bias=False), lambda raw: [
+        raw.pop(k) for k in ("topk_method", "n_group", "topk_group", "routed_scaling_factor", "n_shared_experts",
+                             "first_k_dense_replace", "mlp_bias")] and raw.update(
+            norm_topk_prob=True, rope_interleave=False, num_experts=raw.pop("n_routed_experts"))),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
