@@ -5,11 +5,13 @@ from jaxllm.models import (
     apertus,
     cohere,
     deepseek,
+    dots1,
     ernie,
     exaone,
     falcon,
     gemma,
     glm,
+    glm4_moe,
     gpt2,
     gpt_bigcode,
     gpt_neo,
@@ -35,5 +37,6 @@ from jaxllm.models import (
 FAMILIES = (
     llama, gemma, phi3, moe, olmo2, gpt_neox, gpt2, granite, phi, exaone, apertus, stablelm, starcoder2, olmoe, granitemoe,
     phimoe, cohere, glm, ernie, gpt_oss, gpt_bigcode, gptj, falcon, olmo, nemotron, helium, gpt_neo, deepseek,
+    glm4_moe, dots1,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

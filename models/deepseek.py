@@ -23,6 +23,33 @@ EXPERTS = {name: name for name in ("gate_proj", "up_proj", "down_proj")}
 weight_map = moe_weight_map("mlp", EXPERTS, base=mla_weight_map, shared="shared_experts")
 
 
+def routed_experts(raw: dict) -> dict:
+    """DeepSeek's MoE layout, which GLM-4-MoE and dots.llm1 share: dense MLPs in the first
+    first_k_dense_replace layers, then n_routed_experts routed experts (moe_intermediate_size wide)
+    beside n_shared_experts ungated shared ones (one MLP as wide as them all), weights times
+    routed_scaling_factor."""
+    for key in ("n_routed_experts", "n_shared_experts", "num_experts_per_tok"):
+        if raw.get(key) is None:
+            raise ConfigError(f"config.json has no '{key}' (transformers' MoE layers then fail): add it")
+        if raw[key] == 0:
+            raise ConfigError(f"config.json {key} 0 is not supported (every MoE layer routes to experts beside shared "
+                              f"ones): give the checkpoint's {key}")
+    return dict(
+        num_experts=raw["n_routed_experts"], experts_per_token=raw["num_experts_per_tok"],
+        moe_intermediate_size=raw["moe_intermediate_size"],
+        dense_layers=tuple(range(min(raw["first_k_dense_replace"], raw["num_hidden_layers"]))),
+        shared_expert_intermediate_size=raw["moe_intermediate_size"] * raw["n_shared_experts"], shared_expert_gated=False,
+        routed_scaling=float(raw["routed_scaling_factor"]),
+    )
+
+
+def sigmoid_router(raw: dict) -> dict:
+    """DeepSeek-V3's router (GLM-4-MoE's, dots.llm1's): sigmoid scores, e_score_correction_bias for the
+    choice, n_group groups scored by their best two, topk_group of them; norm_topk_prob (null: off)."""
+    return dict(router="sigmoid_topk", router_score_bias=True, router_groups=raw["n_group"], router_topk_groups=raw["topk_group"],
+                router_group_score="top2", norm_topk_prob=bool(raw.get("norm_topk_prob")))
+
+
 def mla_defaults(raw: dict) -> dict:
     """The latent attention and expert layout both versions read the same way."""
     heads = raw["num_attention_heads"]
@@ -30,32 +57,15 @@ def mla_defaults(raw: dict) -> dict:
         raise ConfigError(f"config.json num_key_value_heads={raw['num_key_value_heads']} with {heads} attention heads: latent "
                           "attention decompresses a key and value for every head (transformers' eager attention fails "
                           "otherwise): set num_key_value_heads to num_attention_heads")
-    if raw["n_routed_experts"] == 0:
-        raise ConfigError("config.json n_routed_experts 0 is not supported (DeepSeek's MoE layers route to experts): give "
-                          "the checkpoint's number of routed experts")
-    if raw["n_shared_experts"] == 0:
-        raise ConfigError("config.json n_shared_experts 0 is not supported (DeepSeek's MoE layers have at least one shared "
-                          "expert): use a checkpoint with n_shared_experts >= 1")
     mla = MlaConfig(kv_lora_rank=raw["kv_lora_rank"], qk_nope_head_dim=raw["qk_nope_head_dim"],
                     qk_rope_head_dim=raw["qk_rope_head_dim"], v_head_dim=raw["v_head_dim"], q_lora_rank=raw.get("q_lora_rank"))
-    experts, k = raw["n_routed_experts"], raw.get("num_experts_per_tok")
-    if k is None:
-        raise ConfigError("config.json has no num_experts_per_tok (transformers' router then fails): add it")
     bias = bool(raw["attention_bias"])
-    return dict(
-        mla=mla, num_kv_heads=heads, qkv_bias=bias, o_bias=bias,
-        num_experts=experts, experts_per_token=k, moe_intermediate_size=raw["moe_intermediate_size"],
-        dense_layers=tuple(range(min(raw["first_k_dense_replace"], raw["num_hidden_layers"]))),
-        shared_expert_intermediate_size=raw["moe_intermediate_size"] * raw["n_shared_experts"], shared_expert_gated=False,
-        routed_scaling=float(raw["routed_scaling_factor"]),
-    )
+    return dict(routed_experts(raw), mla=mla, num_kv_heads=heads, qkv_bias=bias, o_bias=bias)
 
 
 def deepseek_v3_defaults(raw: dict) -> dict:
     """V3's sigmoid router with its score bias and groups; no MLP biases; rope_interleave (null: halves)."""
-    return dict(mla_defaults(raw), mlp_bias=False, rope_interleaved=bool(raw.get("rope_interleave")), router="sigmoid_topk",
-                router_score_bias=True, router_groups=raw["n_group"], router_topk_groups=raw["topk_group"],
-                router_group_score="top2", norm_topk_prob=bool(raw.get("norm_topk_prob")))
+    return dict(mla_defaults(raw), **sigmoid_router(raw), mlp_bias=False, rope_interleaved=bool(raw.get("rope_interleave")))
 
 
 TOPK_METHODS = ("greedy", "group_limited_greedy")
@@ -79,13 +89,19 @@ def deepseek_v2_defaults(raw: dict) -> dict:
                 norm_topk_prob=False, **groups)
 
 
-def mla_names(key: str, experts: int):
+def expert_names(key: str, experts: int | None):
     """config.json as the family's config class reads it: n_routed_experts, else `key` (its
-    attribute_map's spelling of it), else `experts`; head_dim (which the class sets to
-    qk_rope_head_dim, whatever the file says) the width of the cached heads (models/mla.py)."""
+    attribute_map's spelling of it), else `experts` (the class's default)."""
     def names(raw: dict) -> dict:
-        if "n_routed_experts" not in raw:
-            raw = dict(raw, n_routed_experts=raw.get(key, experts))
+        return raw if "n_routed_experts" in raw else dict(raw, n_routed_experts=raw.get(key, experts))
+    return names
+
+
+def mla_names(key: str, experts: int):
+    """`expert_names`, and head_dim (which DeepSeek's config classes set to qk_rope_head_dim, whatever
+    the file says) the width of the cached heads (models/mla.py)."""
+    def names(raw: dict) -> dict:
+        raw = expert_names(key, experts)(raw)
         return dict(raw, head_dim=max(raw["qk_nope_head_dim"] + raw["qk_rope_head_dim"], raw["v_head_dim"]))
     return names
 

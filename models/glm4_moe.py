@@ -1,0 +1,40 @@
+"""GLM-4.5 / GLM-4.6 (Glm4MoeForCausalLM): the shared decoder (Llama's layer) with q/k/v biases
+(attention_bias) and none on o_proj, optional per-head q/k RMSNorm (use_qk_norm), rotary on the
+first half of each head (partial_rotary_factor 0.5 unless the config says otherwise, halves not
+pairs), and DeepSeek-V3's experts: dense first layers, routed experts beside shared ones, the
+sigmoid router with its score bias and groups (models/deepseek.py). Its checkpoints keep the
+multi-token-prediction layer (46 or 92) that transformers does not read; neither do we."""
+
+from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture
+from jaxllm.models.decoder import CausalLM
+from jaxllm.models.deepseek import EXPERTS, expert_names, routed_experts, sigmoid_router
+from jaxllm.models.moe import moe_weight_map
+
+
+def glm4_moe_defaults(raw: dict) -> dict:
+    return dict(routed_experts(raw), **sigmoid_router(raw), qkv_bias=bool(raw["attention_bias"]), o_bias=False, mlp_bias=False,
+                qk_norm="per_head" if raw["use_qk_norm"] else "none")
+
+
+ARCHITECTURES = (Architecture(
+    name="Glm4MoeForCausalLM", module=CausalLM, hf_model_type="glm4_moe", config_defaults=glm4_moe_defaults,
+    weight_map=moe_weight_map("mlp", EXPERTS, shared="shared_experts"), common_names=expert_names("num_local_experts", 128),
+    ignored_keys=NO_WINDOW + ("mlp_bias",), partial_rotary=True,
+    ignore=(r".*rotary_emb\.inv_freq$", r"^model\.layers\.(46|92)\."),
+    # Glm4MoeConfig's field defaults (n_routed_experts' in expert_names)
+    hf_defaults=dict(num_key_value_heads=8, max_position_embeddings=131072, rms_norm_eps=1e-5, attention_bias=False,
+                     partial_rotary_factor=0.5, moe_intermediate_size=1408, num_experts_per_tok=8, n_shared_experts=1,
+                     routed_scaling_factor=1.0, n_group=1, topk_group=1, first_k_dense_replace=1, norm_topk_prob=True,
+                     use_qk_norm=False),
+    not_null=RMS_NOT_NULL + ("num_key_value_heads", "head_dim", "attention_bias", "moe_intermediate_size", "num_experts_per_tok",
+                             "n_shared_experts", "n_routed_experts", "routed_scaling_factor", "n_group", "topk_group",
+                             "first_k_dense_replace", "norm_topk_prob", "use_qk_norm"),
+    # a dense layer, then 8 experts in 2 groups (top 2 from the best group) beside a shared one, weights
+    # renormalised and scaled; GQA; q/k/v biases and q/k norms; a quarter of each head rotated
+    tiny_config=dict(vocab_size=128, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=3,
+                     num_attention_heads=4, num_key_value_heads=2, head_dim=32, partial_rotary_factor=0.25,
+                     max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
+                     attention_bias=True, use_qk_norm=True, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
+                     n_group=2, topk_group=1, first_k_dense_replace=1, routed_scaling_factor=1.5, norm_topk_prob=True,
+                     bos_token_id=1, eos_token_id=2, pad_token_id=0),
+),)
