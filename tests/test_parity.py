@@ -516,6 +516,20 @@ SPELLINGS = {
         raw.pop(k) for k in ("topk_method", "n_group", "topk_group", "routed_scaling_factor", "n_shared_experts",
                              "first_k_dense_replace", "mlp_bias")] and raw.update(
             norm_topk_prob=True, rope_interleave=False, num_experts=raw.pop("n_routed_experts"))),
+    # GLM-4-MoE: half of each head rotated, no q/k norms, no groups, unscaled and renormalised weights where left out;
+    # the experts under num_local_experts; a score bias that changes the choice
+    "glm4-moe-defaults": ("Glm4MoeForCausalLM", dict(use_qk_norm=False), lambda raw: [
+        raw.pop(k) for k in ("use_qk_norm", "n_group", "topk_group", "routed_scaling_factor", "norm_topk_prob")] and [
+            raw["rope_parameters"].pop("partial_rotary_factor", None), raw.pop("partial_rotary_factor", None),
+            raw.update(num_local_experts=raw.pop("n_routed_experts"))]),
+    "glm4-moe-score-bias": ("Glm4MoeForCausalLM", {}, _edit(), _tensors(add=lambda tensors: {
+        f"model.layers.{i}.mlp.gate.e_score_correction_bias": 0.3 * __import__("torch").randn(
+            8, generator=__import__("torch").Generator().manual_seed(i)) for i in (1, 2)})),
+    # dots.llm1: the window on the layers from max_window_layers on where layer_types is left out (none without a
+    # sliding_window); no groups, unscaled weights not renormalised where left out; Qwen's window switch it never reads
+    "dots1-window-layers-defaults": ("Dots1ForCausalLM", {}, _edit(("layer_types", "n_group", "topk_group", "routed_scaling_factor",
+                                                                    "norm_topk_prob"), use_sliding_window=False)),
+    "dots1-no-window": ("Dots1ForCausalLM", {}, _edit(("layer_types",), sliding_window=None)),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
