@@ -57,6 +57,10 @@ def mla_defaults(raw: dict) -> dict:
         raise ConfigError(f"config.json num_key_value_heads={raw['num_key_value_heads']} with {heads} attention heads: latent "
                           "attention decompresses a key and value for every head (transformers' eager attention fails "
                           "otherwise): set num_key_value_heads to num_attention_heads")
+    rope = raw.get("rope_scaling") or raw.get("rope_parameters") or {}
+    if rope.get("mscale_all_dim") and "factor" in rope and rope["factor"] is None:
+        raise ConfigError("config.json rope factor is null beside mscale_all_dim, which transformers' latent attention scales "
+                          "its softmax by (it fails on the null): give the rope's factor")
     mla = MlaConfig(kv_lora_rank=raw["kv_lora_rank"], qk_nope_head_dim=raw["qk_nope_head_dim"],
                     qk_rope_head_dim=raw["qk_rope_head_dim"], v_head_dim=raw["v_head_dim"], q_lora_rank=raw.get("q_lora_rank"))
     bias = bool(raw["attention_bias"])

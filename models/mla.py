@@ -57,7 +57,7 @@ class LatentAttention(Attention):
     always for V2): transformers' V3 writes the rotated pairs back de-interleaved, in both q and k,
     which permutes the same dims of both and leaves every score as it is."""
 
-    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):  # noqa: D107 - Attention's own __init__ builds q/k/v_proj
+    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):  # not Attention's: that builds q/k/v_proj
         mla, e, h = cfg.mla, cfg.hidden_size, cfg.num_heads
         self.head_dim, self.nope, self.v_dim, self.kv_rank = cfg.head_dim, mla.qk_nope_head_dim, mla.v_head_dim, mla.kv_lora_rank
         self.spec = AttnSpec(mla_scale(cfg), cfg.layer_window(layer), cfg.attn_softcap)

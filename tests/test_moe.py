@@ -320,6 +320,8 @@ LONGROPE = dict(type="longrope", short_factor=[1.0] * 8, long_factor=[2.0] * 8, 
     ("DeepseekV3ForCausalLM", dict(num_key_value_heads=2), r"num_key_value_heads=2 with 4 attention heads: latent attention"),
     ("DeepseekV2ForCausalLM", dict(topk_method="noaux_tc"), r"topk_method 'noaux_tc' is not supported; supported: greedy, "),
     ("DeepseekV2ForCausalLM", dict(n_group=None), r"group_limited_greedy needs n_group and topk_group"),
+    ("DeepseekV3ForCausalLM", dict(rope_parameters=dict(rope_type="yarn", factor=None, mscale_all_dim=1.0, rope_theta=1e4,
+                                                         original_max_position_embeddings=64)), r"rope factor is null beside mscale_all_dim"),
 ])
 def test_moe_configs_it_cannot_run_are_refused(arch, change, message):
     """Each in one line: OLMoE's head_dim
@@ -327,8 +329,9 @@ def test_moe_configs_it_cannot_run_are_refused(arch, change, message):
     or missing mscales (transformers refuses them missing), any rope but default and LongRoPE, and
     fewer than the two experts its router picks; DeepSeek's groups that do not split the experts, that
     the router cannot score or pick, or that leave fewer experts than it chooses (transformers fails or
-    chooses outside them), kv heads other than the heads, V3's topk_method on V2 and V2's
-    group-limited routing without groups. A null clamp (clip_qkv) is none."""
+    chooses outside them), kv heads other than the heads, V3's topk_method on V2, V2's
+    group-limited routing without groups, and a null YaRN factor beside mscale_all_dim (which
+    transformers' DeepSeek attention scales by). A null clamp (clip_qkv) is none."""
     spec = registry.get(arch)
     with pytest.raises(ConfigError, match=message) as info:
         spec.config(dict(spec.tiny_config, **change))
