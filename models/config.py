@@ -154,6 +154,9 @@ class ModelConfig:
     # DeepSeek-V3's e_score_correction_bias: a float [X] added to the scores for choosing only
     router_score_bias: bool = False
     routed_scaling: float = 1.0  # the routing weights times this (DeepSeek's routed_scaling_factor)
+    # The router's weights (and score bias) kept in float32 whatever the model's dtype, its logits a
+    # float32 product (transformers' _keep_in_fp32_modules_strict: DeepSeek, GLM-4-MoE, dots.llm1)
+    router_float32: bool = False
     dense_layers: tuple[int, ...] = ()  # layers that keep a dense MLP in an MoE model
     # A shared expert beside the routed ones (Qwen2-MoE): a gated MLP this wide that every token
     # runs, its output times sigmoid(shared_expert_gate(x)); 0: none.

@@ -10,8 +10,8 @@ renormalised. Both multiply the weights by routed_scaling_factor.
 
 Rotary: V2 turns interleaved pairs in float32 (complex products); V3 interleaved pairs too where
 rope_interleave (its default), else halves, in the model's dtype. The softmax scale takes YaRN's
-mscale_all_dim (`mla.mla_scale`). Router weights and V3's score bias are read in the model's
-dtype (transformers keeps them float32), so a bfloat16 load may pick other experts on near ties."""
+mscale_all_dim (`mla.mla_scale`). Router weights and V3's score bias stay float32 in a bfloat16
+model and the router's product is a float32 one, as transformers keeps them (`router_float32`)."""
 
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture
@@ -46,8 +46,8 @@ def routed_experts(raw: dict) -> dict:
 def sigmoid_router(raw: dict) -> dict:
     """DeepSeek-V3's router (GLM-4-MoE's, dots.llm1's): sigmoid scores, e_score_correction_bias for the
     choice, n_group groups scored by their best two, topk_group of them; norm_topk_prob (null: off)."""
-    return dict(router="sigmoid_topk", router_score_bias=True, router_groups=raw["n_group"], router_topk_groups=raw["topk_group"],
-                router_group_score="top2", norm_topk_prob=bool(raw.get("norm_topk_prob")))
+    return dict(router="sigmoid_topk", router_score_bias=True, router_float32=True, router_groups=raw["n_group"],
+                router_topk_groups=raw["topk_group"], router_group_score="top2", norm_topk_prob=bool(raw.get("norm_topk_prob")))
 
 
 def mla_defaults(raw: dict) -> dict:
@@ -90,7 +90,7 @@ def deepseek_v2_defaults(raw: dict) -> dict:
                               "router fails without them): give both")
         groups = dict(router_groups=raw["n_group"], router_topk_groups=raw["topk_group"], router_group_score="max")
     return dict(mla_defaults(raw), mlp_bias=bool(raw.get("mlp_bias")), rope_interleaved=True, rope_float32=True,
-                norm_topk_prob=False, **groups)
+                norm_topk_prob=False, router_float32=True, **groups)
 
 
 def expert_names(key: str, experts: int | None):

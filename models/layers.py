@@ -249,7 +249,8 @@ class MoE(nnx.Module, pytree=False):
     Quantized (`quantize`): each stack holds integers, `{name}_scale` (and `_offset`) [X, G, out]
     per group of inputs; the stacks are dequantized, then multiplied by the same ragged_dot. The
     router stays float (a small error there changes which experts run) and replicated (its scores'
-    axis is "router", not "expert"): every device routes every token.
+    axis is "router", not "expert"): every device routes every token; float32 in a 16-bit model
+    where `cfg.router_float32` says (its kernel, score bias and product, as transformers keeps DeepSeek's).
 
     Expert parallelism: on a mesh whose `expert_axis` (ep, jaxllm.sharding.RULES["expert"]) splits
     the experts, the loader sets `expert_mesh` (`split_experts`; static, so part of the graphdef).
@@ -284,11 +285,12 @@ class MoE(nnx.Module, pytree=False):
         self.router, self.jitter = cfg.router, cfg.router_jitter
         self.groups = (cfg.router_groups, cfg.router_topk_groups, cfg.router_group_score) if cfg.router_groups > 1 else None
         self.routed_scaling = cfg.routed_scaling
+        self.router_dtype = jnp.float32 if cfg.router_float32 else dtype
         # DeepSeek-V3's e_score_correction_bias: added to the scores for the choice, not to the weights
-        self.e_score_correction_bias = param((x,), ("router",), dtype) if cfg.router_score_bias else None
+        self.e_score_correction_bias = param((x,), ("router",), self.router_dtype) if cfg.router_score_bias else None
         self.act = activation(cfg.hidden_act)
         self.swiglu = None if cfg.swiglu_limit is None else (cfg.swiglu_alpha, cfg.swiglu_limit)
-        self.gate = Dense((e,), (x,), ("embed", "router"), bias=cfg.router_bias, dtype=dtype, rngs=rngs,
+        self.gate = Dense((e,), (x,), ("embed", "router"), bias=cfg.router_bias, dtype=self.router_dtype, rngs=rngs,
                           quantizable=False)  # the router
         self.gate_proj = param((x, e, f), ("expert", "embed", "mlp"), dtype)
         self.up_proj = param((x, e, f), ("expert", "embed", "mlp"), dtype)
@@ -355,7 +357,7 @@ class MoE(nnx.Module, pytree=False):
         logits, then softmax over those k (GraniteMoE, gpt-oss), or `sparsemixer` (PhiMoE), or
         sigmoid scores (DeepSeek-V3); DeepSeek's choice within the best groups and with a score
         bias (`limited_top_k`), and its weights times routed_scaling."""
-        logits = self.gate(x).astype(jnp.float32)
+        logits = self.gate(x.astype(self.router_dtype)).astype(jnp.float32)
         if self.router == "topk_softmax":
             top, experts = jax.lax.top_k(logits, self.k)
             return jax.nn.softmax(top, axis=-1), experts

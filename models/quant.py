@@ -261,9 +261,11 @@ def bits(dtype) -> int:
 
 def float_target(path: tuple, params: dict, dtype) -> jax.ShapeDtypeStruct:
     """The float array the transform builds for the parameter at `path` of `params` {path: leaf}:
-    float32 for a kernel that is quantized next (quantized from full precision), else `dtype`."""
+    float32 for a kernel that is quantized next (quantized from full precision) and for a parameter
+    the module declares float32 whatever the model's dtype (DeepSeek's routers: `cfg.router_float32`),
+    else `dtype`."""
     leaf = params[path]
-    return jax.ShapeDtypeStruct(leaf.shape, jnp.float32 if is_quantized(leaf.dtype) else dtype)
+    return jax.ShapeDtypeStruct(leaf.shape, jnp.float32 if is_quantized(leaf.dtype) or leaf.dtype == jnp.float32 else dtype)
 
 
 def pieces(path: tuple, host: np.ndarray, params: dict) -> dict[tuple, np.ndarray]:
@@ -341,7 +343,9 @@ def dequantize_array(q: np.ndarray, scale: np.ndarray, offset=None, in_axis: int
 class Dequantized(Mapping):
     """A read-only view {path: array} of flat parameters in which every quantized kernel reads
     as its float values in `dtype` (dequantize_array on the host, one tensor per access) and its
-    scales and offsets are gone: what a float checkpoint of the same model holds (convert --to-hf)."""
+    scales and offsets are gone, and a float parameter of another dtype (a float32 router in a
+    bfloat16 model: `float_target`) reads in `dtype`: what a float checkpoint of the same model
+    holds (convert --to-hf)."""
 
     def __init__(self, flat: dict, dtype):
         self._flat, self._dtype = flat, np.dtype(dtype)
@@ -352,7 +356,7 @@ class Dequantized(Mapping):
             raise KeyError(path)
         value = self._flat[path]
         if not is_quantized(value.dtype):
-            return value
+            return value if value.dtype == self._dtype else value.astype(self._dtype)
         scale, offset = (self._flat.get(path[:-1] + (n,)) for n in scale_names(path[-1]))
         w = dequantize_array(np.asarray(value), np.asarray(scale), None if offset is None else np.asarray(offset),
                              None if path[-1] == "kernel" else 1)

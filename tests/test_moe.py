@@ -301,6 +301,13 @@ def test_deepseek_routing_matches_transformers(arch, tmp_path):
     np.testing.assert_array_equal(np.take_along_axis(experts, mine, -1), np.take_along_axis(hf_experts.numpy(), theirs, -1))
     np.testing.assert_allclose(np.take_along_axis(weights, mine, -1), np.take_along_axis(hf_weights.numpy(), theirs, -1),
                                rtol=1e-5, atol=1e-7)
+    # A bfloat16 load keeps the router float32 (transformers' _keep_in_fp32_modules_strict): the float32
+    # model's routing of the same bfloat16 hidden states
+    half = jaxllm.load(tmp_path, dtype="bfloat16").module.model.layers[1].mlp
+    assert half.gate.kernel[...].dtype == jnp.float32 and half.gate_proj[...].dtype == jnp.bfloat16
+    xh = jnp.asarray(x, jnp.bfloat16)
+    for got, want in zip(half.route(xh), moe.route(xh.astype(jnp.float32))):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 LONGROPE = dict(type="longrope", short_factor=[1.0] * 8, long_factor=[2.0] * 8, original_max_position_embeddings=8)
