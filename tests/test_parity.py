@@ -505,6 +505,9 @@ SPELLINGS = {
     "deepseek-v3-score-bias": ("DeepseekV3ForCausalLM", {}, _edit(), _tensors(add=lambda tensors: {
         f"model.layers.{i}.mlp.gate.e_score_correction_bias": 0.3 * __import__("torch").randn(
             8, generator=__import__("torch").Generator().manual_seed(i)) for i in (1, 2)})),
+    # DeepSeek-V3's Hub files keep the multi-token-prediction layer as layer 61, which transformers does not read
+    "deepseek-v3-mtp-layer": ("DeepseekV3ForCausalLM", {}, _edit(), _tensors(add=lambda tensors: {
+        f"model.layers.61.{name}": tensors[f"model.layers.1.{name}"].clone() for name in ("input_layernorm.weight", "mlp.gate.weight")})),
     "deepseek-v3-q-proj-rope-halves": ("DeepseekV3ForCausalLM", dict(q_lora_rank=None, rope_interleave=False), _edit()),
     "deepseek-v3-default-routing": ("DeepseekV3ForCausalLM", dict(n_routed_experts=16), _edit((
         "n_group", "topk_group", "num_experts_per_tok", "routed_scaling_factor", "norm_topk_prob", "rope_interleave",
