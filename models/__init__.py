@@ -21,6 +21,7 @@ from jaxllm.models import (
     granite,
     granitemoe,
     helium,
+    hunyuan,
     llama,
     moe,
     nemotron,
@@ -37,6 +38,6 @@ from jaxllm.models import (
 FAMILIES = (
     llama, gemma, phi3, moe, olmo2, gpt_neox, gpt2, granite, phi, exaone, apertus, stablelm, starcoder2, olmoe, granitemoe,
     phimoe, cohere, glm, ernie, gpt_oss, gpt_bigcode, gptj, falcon, olmo, nemotron, helium, gpt_neo, deepseek,
-    glm4_moe, dots1,
+    glm4_moe, dots1, hunyuan,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

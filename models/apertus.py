@@ -7,7 +7,7 @@ post_attention_layernorm). Its rope without rope settings in config.json is Llam
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.decoder import CausalLM, decoder_weight_map
+from jaxllm.models.decoder import CausalLM, decoder_weight_map, renamed
 from jaxllm.models.weights import WeightSpec
 
 APERTUS_THETA = 12_000_000.0  # ApertusConfig.default_theta
@@ -36,12 +36,7 @@ def apertus_rope(raw: dict) -> dict:
 
 def apertus_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     """decoder_weight_map with Apertus' norm names, and each layer's xIELU parameters."""
-    specs = []
-    for s in decoder_weight_map(cfg):
-        name = s.hf_name
-        for ours, theirs in NORM_NAMES.items():
-            name = name.replace(f".{ours}.", f".{theirs}.")
-        specs.append(WeightSpec(name, s.path, s.transform))
+    specs = renamed(decoder_weight_map(cfg), NORM_NAMES)
     if cfg.hidden_act == "xielu":
         for i in range(cfg.num_layers):
             specs += [WeightSpec(f"model.layers.{i}.mlp.act_fn.{p}", ("model", "layers", i, "mlp", "act_fn", p))

@@ -24,7 +24,7 @@ from flax import nnx
 
 from jaxllm.errors import GenerationError
 from jaxllm.models import attention_ops, kv_quant, paged_decode
-from jaxllm.models.config import ModelConfig
+from jaxllm.models.config import ModelConfig, QueryScale
 from jaxllm.models.layers import Dense, LayerNorm, RMSNorm, param
 from jaxllm.models.rope import Rotary, apply_rotary
 
@@ -332,13 +332,16 @@ class Attention(nnx.Module):
                                   axes=("q_heads", "head_dim") if whole else ("head_dim",), **norm)
             self.k_norm = RMSNorm((k, d) if whole else d, cfg.norm_eps,
                                   axes=("kv_heads", "head_dim") if whole else ("head_dim",), **norm)
+        self.norm_after_rope = cfg.qk_norm_after_rope
+        layers = cfg.query_scale_layers
+        self.query_scale = cfg.query_scale if layers is None or layer in layers else None
         # gpt-oss: a learned logit per query head in every softmax's denominator (AttnSpec.sinks)
         self.sinks = param((h,), ("q_heads",), dtype) if cfg.attn_sinks else None
 
     def __call__(self, x, positions, rot: Rotary | None, cache: LayerCache | None, kv=UNCACHED):
         """x [B, T, E] at positions [B, T] -> (output [B, T, E], this layer's cache from `kv`).
         `rot` None: no rotary positions (models with learned position embeddings)."""
-        q, k, v = self.project(x, rot)
+        q, k, v = self.project(x, positions, rot)
         out, new = kv(q, k, v, cache, positions, self.call_spec())
         return self.o_proj(out), new
 
@@ -346,23 +349,38 @@ class Attention(nnx.Module):
         """The layer's AttnSpec with its sinks' values (float32), where it has sinks."""
         return self.spec if self.sinks is None else self.spec._replace(sinks=self.sinks[...].astype(jnp.float32))
 
-    def project(self, x, rot: Rotary | None):
-        """Queries, keys and values of x [B, T, E]: projected, q/k-normed, clamped to [-clip_qkv, clip_qkv]
-        where the model says (OLMo, OLMoE) and rotated."""
+    def project(self, x, positions, rot: Rotary | None):
+        """Queries, keys and values of x [B, T, E] at positions [B, T]: projected, q/k-normed, clamped
+        to [-clip_qkv, clip_qkv] where the model says (OLMo, OLMoE) and rotated (normed after rotating
+        where the model says), queries scaled by their position where the model says (`query_scale`)."""
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if self.q_norm is not None:
+        if self.q_norm is not None and not self.norm_after_rope:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.clip is not None:
             q, k, v = (jnp.clip(t, -self.clip, self.clip) for t in (q, k, v))
         if rot is not None:
             q, k = apply_rotary(q, rot, self.rope_interleaved), apply_rotary(k, rot, self.rope_interleaved)
+        if self.q_norm is not None and self.norm_after_rope:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.query_scale is not None:
+            q = scale_queries(q, positions, self.query_scale)
         return q, k, v
 
     def weights(self, x, positions, rot: Rotary | None, kv: Uncached = UNCACHED):
         """The attention weights of a full sequence x [B, T, E] (no cache; `kv` may hide padding
         keys): float32 [B, H, T, T]."""
-        q, k, _ = self.project(x, rot)
+        q, k, _ = self.project(x, positions, rot)
         spec = self.call_spec()
         probs = attention_probs(q, k.astype(q.dtype), kv.mask(positions, spec.window), spec.scale, spec.softcap, spec.sinks)
         b, groups, members, t, s = probs.shape
         return probs.reshape(b, groups * members, t, s)
+
+
+def scale_queries(q, positions, qs: QueryScale):
+    """q [B, T, H, D] times 1 + beta * log(1 + floor((positions + offset) / floor)) per token
+    (`QueryScale`: Ministral 3's and Llama 4's position-dependent query scaling)."""
+    steps = jnp.floor((positions.astype(jnp.float32) + qs.offset) / qs.floor)
+    scale = (1.0 + qs.beta * jnp.log1p(steps))[:, :, None, None]
+    if qs.in_float32:
+        return (q.astype(jnp.float32) * scale).astype(q.dtype)
+    return q * scale.astype(q.dtype)

@@ -52,12 +52,30 @@ class RopeConfig:
     # longrope (Phi-3): per-frequency factors below / beyond original_max_position_embeddings
     short_factor: tuple[float, ...] | None = None
     long_factor: tuple[float, ...] | None = None
+    # dynamic with a fixed NTK alpha (HunYuan's "ntk_alpha"): the base times alpha ** (d / (d - 2)),
+    # whatever the sequence's length; set by the families that read it (parse_rope never does)
+    alpha: float | None = None
 
     @property
     def length_dependent(self) -> bool:
-        """Whether the frequencies depend on the sequence's length: dynamic NTK, and LongRoPE whose
-        short and long factors differ (a GGUF's fixed rope_freqs are LongRoPE with equal ones)."""
-        return self.type == "dynamic" or (self.type == "longrope" and self.short_factor != self.long_factor)
+        """Whether the frequencies depend on the sequence's length: dynamic NTK (without a fixed
+        alpha), and LongRoPE whose short and long factors differ (a GGUF's fixed rope_freqs are
+        LongRoPE with equal ones)."""
+        return (self.type == "dynamic" and not self.alpha) or (self.type == "longrope" and self.short_factor != self.long_factor)
+
+
+@dataclass(frozen=True)
+class QueryScale:
+    """Queries times 1 + beta * log(1 + floor((position + offset) / floor)), after their rotary
+    positions: Ministral 3's llama_4_scaling_beta over original_max_position_embeddings, Llama 4's
+    attention temperature (attn_scale over floor_scale, positions counted from 1). `in_float32`:
+    the product taken in float32, then cast (Llama 4); else the scale is cast to the queries' dtype
+    first (Ministral 3)."""
+
+    beta: float
+    floor: float
+    offset: int = 0
+    in_float32: bool = False
 
 
 @dataclass(frozen=True)
@@ -103,6 +121,10 @@ class ModelConfig:
     # LayerNorm, weight and bias, of each head (Phi's qk_layernorm); "layernorm_per_head": a LayerNorm
     # without bias, each head its own weights (StableLM's qk_layernorm, Cohere's use_qk_norm)
     qk_norm: str = "none"
+    qk_norm_after_rope: bool = False  # q/k normed after their rotary positions (HunYuan), not before
+    # Queries scaled by their position (QueryScale) on the layers query_scale_layers names (None: all)
+    query_scale: QueryScale | None = None
+    query_scale_layers: tuple[int, ...] | None = None
     # Gemma-style variants: embeddings times embed_scale; RMSNorm scales by (norm_offset + w), in float32.
     embed_scale: float = 1.0
     norm_offset: float = 0.0
@@ -151,12 +173,14 @@ class ModelConfig:
     router_groups: int = 1
     router_topk_groups: int = 1
     router_group_score: str = "max"
-    # DeepSeek-V3's e_score_correction_bias: a float [X] added to the scores for choosing only
+    # e_score_correction_bias: a float [X] added to the scores for choosing only, the weights still
+    # the scores themselves (DeepSeek-V3's sigmoid scores, ERNIE 4.5 MoE's softmax ones)
     router_score_bias: bool = False
     routed_scaling: float = 1.0  # the routing weights times this (DeepSeek's routed_scaling_factor)
     # The router's weights (and score bias) kept in float32 whatever the model's dtype, its logits a
     # float32 product (transformers' _keep_in_fp32_modules_strict: DeepSeek, GLM-4-MoE, dots.llm1)
     router_float32: bool = False
+    router_norm_min: float = 0.0  # the renormalised weights divided by max(their sum, this) (ERNIE's moe_norm_min)
     dense_layers: tuple[int, ...] = ()  # layers that keep a dense MLP in an MoE model
     # A shared expert beside the routed ones (Qwen2-MoE): a gated MLP this wide that every token
     # runs, its output times sigmoid(shared_expert_gate(x)); 0: none.
@@ -332,6 +356,7 @@ CONFIG_FIELDS = {
     "q_lora_rank": COUNT, "kv_lora_rank": COUNT, "qk_nope_head_dim": COUNT, "qk_rope_head_dim": COUNT, "v_head_dim": COUNT,
     "rope_interleave": FLAG, "n_routed_experts": EXPERTS, "n_shared_experts": INDEX, "first_k_dense_replace": INDEX,
     "routed_scaling_factor": POSITIVE, "n_group": COUNT, "topk_group": COUNT, "topk_method": NAME,
+    "moe_topk": Field(int, 1, MAX_SIZE, many="either"),  # HunYuan's experts per token (a list: one per layer)
 }
 # quantization_config methods whose checkpoints jaxllm reads (dequantized as they load) for the
 # families (model_type) that ship them: gpt-oss's MXFP4 experts (mxfp4.mxfp4_names).
@@ -343,6 +368,8 @@ ROPE_FIELDS = {
     "attention_factor": POSITIVE, "beta_fast": POSITIVE, "beta_slow": POSITIVE, "mscale": NON_NEGATIVE,
     "mscale_all_dim": NON_NEGATIVE, "truncate": FLAG, "short_factor": Field(float, 0, strict=True, many="list"),
     "long_factor": Field(float, 0, strict=True, many="list"),
+    "alpha": NON_NEGATIVE,  # HunYuan's NTK alpha (0: none)
+    "llama_4_scaling_beta": NON_NEGATIVE,  # Ministral 3's query scaling
 }
 GENERATION_FIELDS = {
     "do_sample": FLAG, "temperature": NON_NEGATIVE, "top_k": INDEX, "top_p": PROBABILITY, "min_p": PROBABILITY,

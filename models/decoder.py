@@ -189,6 +189,19 @@ def dense(hf: str, path: tuple, transform=Linear(), bias: bool = True) -> list[W
     return specs + [WeightSpec(f"{hf}.bias", path + ("bias",), Copy(flatten=True))] if bias else specs
 
 
+def renamed(specs: list[WeightSpec], names: dict) -> list[WeightSpec]:
+    """`specs` with each checkpoint name's module `.{ours}.` read as `.{theirs}.` (`names` {ours:
+    theirs}): a family whose checkpoints name a module their own way (Apertus' attention_layernorm,
+    HunYuan's query_layernorm)."""
+    def rename(name):
+        for ours, theirs in names.items():
+            name = name.replace(f".{ours}.", f".{theirs}.")
+        return name
+
+    return [WeightSpec(tuple(map(rename, s.hf_name)) if isinstance(s.hf_name, tuple) else rename(s.hf_name), s.path, s.transform)
+            for s in specs]
+
+
 def with_norm_biases(specs: list[WeightSpec]) -> list[WeightSpec]:
     """`specs`, each norm's weight (an HF name ending in norm.weight) followed by its bias, same name
     and path ending in bias: the weight map of a family whose norms are LayerNorms."""

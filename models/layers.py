@@ -282,11 +282,11 @@ class MoE(nnx.Module, pytree=False):
     def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
         e, f, x = cfg.hidden_size, cfg.moe_intermediate_size or cfg.intermediate_size, cfg.num_experts
         self.k, self.num_experts, self.norm_topk = cfg.experts_per_token, x, cfg.norm_topk_prob
-        self.router, self.jitter = cfg.router, cfg.router_jitter
+        self.router, self.jitter, self.norm_min = cfg.router, cfg.router_jitter, cfg.router_norm_min
         self.groups = (cfg.router_groups, cfg.router_topk_groups, cfg.router_group_score) if cfg.router_groups > 1 else None
         self.routed_scaling = cfg.routed_scaling
         self.router_dtype = jnp.float32 if cfg.router_float32 else dtype
-        # DeepSeek-V3's e_score_correction_bias: added to the scores for the choice, not to the weights
+        # DeepSeek-V3's and ERNIE 4.5 MoE's e_score_correction_bias: added to the scores for the choice, not to the weights
         self.e_score_correction_bias = param((x,), ("router",), self.router_dtype) if cfg.router_score_bias else None
         self.act = activation(cfg.hidden_act)
         self.swiglu = None if cfg.swiglu_limit is None else (cfg.swiglu_alpha, cfg.swiglu_limit)
@@ -353,10 +353,10 @@ class MoE(nnx.Module, pytree=False):
 
     def route(self, x):
         """x [N, E] -> (weights [N, k] float32, expert ids [N, k]): softmax in float32, top k,
-        renormalised when norm_topk_prob, as transformers routes; or as `cfg.router` says: the top k
+        renormalised when norm_topk_prob (the sum at least router_norm_min: ERNIE), as transformers routes; or as `cfg.router` says: the top k
         logits, then softmax over those k (GraniteMoE, gpt-oss), or `sparsemixer` (PhiMoE), or
         sigmoid scores (DeepSeek-V3); DeepSeek's choice within the best groups and with a score
-        bias (`limited_top_k`), and its weights times routed_scaling."""
+        bias (`limited_top_k`; ERNIE's softmax scores take the bias too), and its weights times routed_scaling."""
         logits = self.gate(x.astype(self.router_dtype)).astype(jnp.float32)
         if self.router == "topk_softmax":
             top, experts = jax.lax.top_k(logits, self.k)
@@ -370,7 +370,7 @@ class MoE(nnx.Module, pytree=False):
             bias = None if self.e_score_correction_bias is None else self.e_score_correction_bias[...].astype(jnp.float32)
             weights, experts = limited_top_k(probs, self.k, bias, self.groups)
         if self.norm_topk:
-            weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
+            weights = weights / jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), self.norm_min)
         return weights * self.routed_scaling if self.routed_scaling != 1 else weights, experts
 
     def __call__(self, x):

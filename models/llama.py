@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, NO_WINDOW_SWITCH, RMS_NOT_NULL, Architecture
+from jaxllm.models.config import QueryScale
 from jaxllm.models.decoder import CausalLM, decoder_weight_map
 
 # The biases of families whose transformers code hard-wires them off: it ignores attention_bias
@@ -30,6 +31,33 @@ def ministral_defaults(raw: dict) -> dict:
         raise ConfigError("config.json has no 'head_dim': add it (transformers' MinistralForCausalLM needs it; "
                           "usually hidden_size / num_attention_heads)")
     return NO_BIAS
+
+
+# Ministral3Config's rope where config.json gives none (rope_parameters and rope_scaling null or left out;
+# a top-level rope_theta then counts for nothing): YaRN x16 from 16,384 positions, the query scaling's beta
+MINISTRAL3_ROPE = {"rope_type": "yarn", "rope_theta": 1_000_000.0, "factor": 16.0, "original_max_position_embeddings": 16384,
+                   "beta_fast": 32.0, "beta_slow": 1.0, "mscale_all_dim": 1.0, "mscale": 1.0, "llama_4_scaling_beta": 0.1}
+
+
+def ministral3_rope(raw: dict) -> dict:
+    if raw.get("rope_parameters") is None and raw.get("rope_scaling") is None:
+        return dict(raw, rope_parameters=MINISTRAL3_ROPE)
+    return raw
+
+
+def ministral3_defaults(raw: dict) -> dict:
+    """Ministral 3: Mistral's layers (a window on every layer where sliding_window is set), queries
+    scaled by 1 + llama_4_scaling_beta * log(1 + floor(position / original_max_position_embeddings)),
+    both read from the rope settings, which transformers' forward needs."""
+    rope, original = dict(raw.get("rope_scaling") or raw["rope_parameters"]), "original_max_position_embeddings"
+    if original in raw and (rope.get("rope_type") or rope.get("type")) in ("llama3", "yarn", "longrope"):
+        rope[original] = raw[original]  # transformers moves the top-level key into these rope types' settings
+    for key in ("llama_4_scaling_beta", original):
+        if rope.get(key) is None:
+            raise ConfigError(f"config.json gives no '{key}' in its rope settings, which Ministral3ForCausalLM's query "
+                              "scaling needs (transformers fails without it): add it to rope_parameters")
+    scale = QueryScale(float(rope["llama_4_scaling_beta"]), float(rope[original]))
+    return dict(NO_BIAS, query_scale=scale)
 
 
 def smollm3_defaults(raw: dict) -> dict:
@@ -78,6 +106,17 @@ ARCHITECTURES = (
         config_defaults=ministral_defaults, not_null=RMS_NOT_NULL + ("num_key_value_heads", "head_dim"),
         tiny_config=dict(_TINY, head_dim=16, sliding_window=8, rope_theta=10000.0,
                          layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
+    ),
+    # Ministral 3: Mistral's layers with queries scaled by their position (QueryScale)
+    Architecture(
+        name="Ministral3ForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="ministral3",
+        ignored_keys=("layer_types",) + NO_WINDOW_SWITCH, common_names=ministral3_rope, config_defaults=ministral3_defaults,
+        hf_defaults=dict(num_key_value_heads=8, head_dim=128, max_position_embeddings=262144, rms_norm_eps=1e-5),
+        not_null=RMS_NOT_NULL + ("num_key_value_heads", "head_dim"),
+        # YaRN as the Hub's, its original length short enough that the scaling steps within 20 tokens; a window
+        tiny_config=dict(_TINY, head_dim=16, sliding_window=8, rope_parameters={
+            "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 4, "beta_fast": 32.0,
+            "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.1}),
     ),
     Architecture(
         name="Qwen2ForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="qwen2",

@@ -77,12 +77,12 @@ class LatentAttention(Attention):
         self.o_proj = Dense((h, self.v_dim), (e,), heads + ("embed",), bias=cfg.o_bias, **dense)
 
     def __call__(self, x, positions, rot: Rotary | None, cache: LayerCache | None, kv=UNCACHED):
-        q, k, v = self.project(x, rot)
+        q, k, v = self.project(x, positions, rot)
         out, new = kv(q, k, v, cache, positions, self.spec)
         return self.o_proj(out[..., : self.v_dim]), new
 
-    def project(self, x, rot: Rotary | None):
-        """Queries, keys and values [B, T, H, head_dim] of x [B, T, E]: decompressed, the rotary
+    def project(self, x, positions, rot: Rotary | None):
+        """Queries, keys and values [B, T, H, head_dim] of x [B, T, E] (at `positions`, unused): decompressed, the rotary
         parts rotated, each zero-padded to head_dim."""
         q = self.q_proj(x) if self.q_proj is not None else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
         latent = self.kv_a_proj_with_mqa(x)

@@ -12,14 +12,18 @@ from jaxllm.models.architecture import NO_WINDOW_SWITCH, RMS_NOT_NULL, Architect
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, decoder_weight_map
 from jaxllm.models.llama import NO_BIAS
-from jaxllm.models.weights import Linear, Stack, Transpose, WeightSpec
+from jaxllm.models.weights import Copy, Linear, Stack, Transpose, WeightSpec
 
 
-def moe_weight_map(block: str, names: dict, base=decoder_weight_map, shared: str = "shared_expert"):
-    """A weight map for MoE checkpoints whose layer i keeps its router at `{block}.gate` and expert
-    j's matrices at `{block}.experts.{j}.{names[ours]}`, the rest as `base` names them; a shared
-    expert at `{block}.{shared}` (its gate at `{block}.shared_expert_gate` where gated), DeepSeek-V3's
-    score bias at `{block}.gate.e_score_correction_bias`."""
+def moe_weight_map(block: str, names: dict, base=decoder_weight_map, router: str = "gate.weight", shared: str = "shared_expert",
+                   score_bias: tuple = ("gate.e_score_correction_bias", Copy())):
+    """A weight map for MoE checkpoints whose layer i keeps its router at `{block}.{router}`
+    (HunYuan: gate.wg.weight), expert j's matrices at `{block}.experts.{j}.{names[ours]}`, the rest as
+    `base` names them; a shared expert at `{block}.{shared}.*_proj` (Qwen2-MoE's shared_expert, with
+    its gate shared_expert_gate; ERNIE's shared_experts, HunYuan's shared_mlp, ungated; their biases
+    where mlp_bias) and the router's score bias (DeepSeek-V3's, ERNIE 4.5 MoE's e_score_correction_bias)
+    at `{block}.{score_bias[0]}`, read by its transform (ERNIE: moe_statics.e_score_correction_bias,
+    [1, X]: Copy(lead=1))."""
 
     def weight_map(cfg: ModelConfig) -> list[WeightSpec]:
         specs = []
@@ -31,19 +35,20 @@ def moe_weight_map(block: str, names: dict, base=decoder_weight_map, shared: str
             if not cfg.layer_is_moe(i):
                 continue
             hf, ours = f"model.layers.{i}.{block}.", ("model", "layers", i, "mlp")
-            specs.append(WeightSpec(hf + "gate.weight", ours + ("gate", "kernel"), Linear()))
+            specs.append(WeightSpec(hf + router, ours + ("gate", "kernel"), Linear()))
             if cfg.router_score_bias:
-                specs.append(WeightSpec(hf + "gate.e_score_correction_bias", ours + ("e_score_correction_bias",)))
+                specs.append(WeightSpec(hf + score_bias[0], ours + ("e_score_correction_bias",), score_bias[1]))
             for name, theirs in names.items():
                 experts = tuple(f"{hf}experts.{j}.{theirs}.weight" for j in range(cfg.num_experts))
                 specs.append(WeightSpec(experts, ours + (name,), Stack(Transpose(1))))
-            if cfg.shared_expert_intermediate_size:  # Qwen2-MoE: {block}.shared_expert.*_proj, {block}.shared_expert_gate
+            if cfg.shared_expert_intermediate_size:
                 for name in ("gate_proj", "up_proj", "down_proj"):
-                    specs.append(WeightSpec(f"{hf}{shared}.{name}.weight", ours + ("shared_expert", name, "kernel"), Linear()))
+                    path = ours + ("shared_expert", name)
+                    specs.append(WeightSpec(f"{hf}{shared}.{name}.weight", path + ("kernel",), Linear()))
                     if cfg.mlp_bias:
-                        specs.append(WeightSpec(f"{hf}{shared}.{name}.bias", ours + ("shared_expert", name, "bias")))
-            if cfg.shared_expert_intermediate_size and cfg.shared_expert_gated:
-                specs.append(WeightSpec(hf + "shared_expert_gate.weight", ours + ("shared_expert_gate", "kernel"), Linear()))
+                        specs.append(WeightSpec(f"{hf}{shared}.{name}.bias", path + ("bias",)))
+                if cfg.shared_expert_gated:
+                    specs.append(WeightSpec(hf + "shared_expert_gate.weight", ours + ("shared_expert_gate", "kernel"), Linear()))
         return specs
 
     return weight_map

@@ -21,6 +21,9 @@ def rope_inv_freq(rope: RopeConfig, rotary_dim: int, max_positions: int, seq_len
     """
     exponents = np.arange(0, rotary_dim, 2, dtype=np.int64).astype(np.float32) / rotary_dim
     base = rope.theta
+    if rope.type == "dynamic" and rope.alpha:  # HunYuan's fixed NTK alpha: a larger base, static
+        base = rope.theta * rope.alpha ** (rotary_dim / (rotary_dim - 2))
+        return (1.0 / (base ** exponents)).astype(np.float32), 1.0
     if rope.type == "dynamic":
         seq = jnp.maximum(jnp.asarray(seq_len if seq_len is not None else max_positions, jnp.float32), max_positions)
         dyn_base = base * ((rope.factor * seq / max_positions) - (rope.factor - 1)) ** (rotary_dim / (rotary_dim - 2))

@@ -71,12 +71,14 @@ def _by_row_blocks(x, hf_shape: tuple[int, int], dtype, transpose: bool) -> np.n
 
 @dataclass(frozen=True)
 class Copy:
-    """Same layout; only the number of dims may differ: `flatten` reads a [H*D] bias into [H, D]."""
+    """Same layout; only the number of dims may differ: `flatten` reads a [H*D] bias into [H, D],
+    `lead` dims of size 1 before ours are dropped (ERNIE's [1, X] e_score_correction_bias into [X])."""
 
     flatten: bool = False
+    lead: int = 0
 
     def hf_shape(self, shape):
-        return (math.prod(shape),) if self.flatten else tuple(shape)
+        return (1,) * self.lead + ((math.prod(shape),) if self.flatten else tuple(shape))
 
     def __call__(self, x, shape, dtype) -> np.ndarray:
         return _convert(x, tuple(x.shape), dtype).reshape(shape)

@@ -533,6 +533,30 @@ SPELLINGS = {
     "dots1-window-layers-defaults": ("Dots1ForCausalLM", {}, _edit(("layer_types", "n_group", "topk_group", "routed_scaling_factor",
                                                                     "norm_topk_prob"), use_sliding_window=False)),
     "dots1-no-window": ("Dots1ForCausalLM", {}, _edit(("layer_types",), sliding_window=None)),
+    # Ministral 3: Ministral3Config's rope where none is given (YaRN x16 from 16,384 at base 1,000,000, a
+    # top-level rope_theta unread), heads of 128 and 8 kv heads; the v4 keys (rope_scaling and rope_theta);
+    # a top-level original_max_position_embeddings, which replaces the YaRN settings' own (the query
+    # scaling's too); keys its code never reads (its window is every layer's)
+    "ministral3-defaults": ("Ministral3ForCausalLM", dict(head_dim=128, num_attention_heads=8, num_key_value_heads=8),
+                            _edit(("head_dim", "num_key_value_heads", "rope_parameters"), rope_theta=5000.0)),
+    "ministral3-v4-rope-keys": ("Ministral3ForCausalLM", {}, lambda raw: raw.update(
+        rope_theta=raw["rope_parameters"].pop("rope_theta") / 2, rope_scaling=dict(raw.pop("rope_parameters"), llama_4_scaling_beta=0.3))),
+    "ministral3-top-level-original-length": ("Ministral3ForCausalLM", {}, _edit(original_max_position_embeddings=6)),
+    "ministral3-ignores-other-keys": ("Ministral3ForCausalLM", {}, _edit(layer_types=["full_attention"] * 3, use_sliding_window=False,
+                                                                         attention_bias=True, mlp_bias=True)),
+    # HunYuan: the Hub's v4 rope keys (dynamic with an NTK alpha, YaRN's keys beside it, a top-level rope_theta);
+    # HunYuanDenseV1Config's defaults where left out (a plain rope of base 10,000, no attention biases); the
+    # MoE's one expert, top 1; num_experts_per_tok for moe_topk (its attribute_map) and Hub keys its code never reads
+    "hunyuan-dense-v4-rope-keys": ("HunYuanDenseV1ForCausalLM", {}, _edit(("rope_parameters",), rope_theta=5000.0, rope_scaling={
+        "type": "dynamic", "alpha": 100.0, "factor": 1.0, "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0})),
+    "hunyuan-dense-defaults": ("HunYuanDenseV1ForCausalLM", dict(attention_bias=False),
+                               _edit(("rope_parameters", "attention_bias", "rms_norm_eps"))),
+    "hunyuan-dense-plain-dynamic": ("HunYuanDenseV1ForCausalLM", dict(max_position_embeddings=12), _edit(
+        rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})),
+    "hunyuan-moe-defaults": ("HunYuanMoEV1ForCausalLM", dict(num_experts=1, moe_topk=1), _edit(("num_experts", "moe_topk"))),
+    "hunyuan-moe-hub-keys": ("HunYuanMoEV1ForCausalLM", {}, lambda raw: raw.update(
+        num_experts_per_tok=raw.pop("moe_topk")[0], use_qk_norm=True, use_mixed_mlp_moe=True, num_shared_expert=[1, 1, 1],
+        mlp_bias=True, sliding_window=4)),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
