@@ -357,6 +357,9 @@ CONFIG_FIELDS = {
     "rope_interleave": FLAG, "n_routed_experts": EXPERTS, "n_shared_experts": INDEX, "first_k_dense_replace": INDEX,
     "routed_scaling_factor": POSITIVE, "n_group": COUNT, "topk_group": COUNT, "topk_method": NAME,
     "moe_topk": Field(int, 1, MAX_SIZE, many="either"),  # HunYuan's experts per token (a list: one per layer)
+    # ERNIE 4.5 MoE's experts and where they are (moe_layer_end_index -1: the last layer)
+    "moe_num_experts": EXPERTS, "moe_k": COUNT, "moe_num_shared_experts": INDEX, "moe_layer_start_index": INDEX,
+    "moe_layer_end_index": Field(int, -1, MAX_SIZE), "moe_layer_interval": INDEX, "moe_norm_min": NON_NEGATIVE,
 }
 # quantization_config methods whose checkpoints jaxllm reads (dequantized as they load) for the
 # families (model_type) that ship them: gpt-oss's MXFP4 experts (mxfp4.mxfp4_names).

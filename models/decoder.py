@@ -17,7 +17,7 @@ from flax import nnx
 
 from jaxllm.models.attention import UNCACHED, Attention, LayerCache, Uncached
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.layers import Dense, Embed, LayerNorm, RMSNorm, make_mlp
+from jaxllm.models.layers import Dense, Embed, LayerNorm, RMSNorm, make_mlp, param
 from jaxllm.models.rope import rotary
 from jaxllm.models.weights import Copy, Linear, Part, WeightSpec
 
@@ -132,18 +132,22 @@ class CausalLM(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.cfg = cfg
         self.model = DecoderModel(cfg, self.layer_cls, dtype=dtype, rngs=rngs, final_norm=self.final_norm)
-        if cfg.tie_word_embeddings:
-            self.lm_head = None
+        if cfg.tie_word_embeddings:  # tied: no head, or the head's bias alone (cfg.head_bias; nnx.data: a None head is static)
+            self.lm_head = nnx.data(nnx.Dict(bias=param((cfg.vocab_size,), ("vocab_out",), dtype))) if cfg.head_bias else None
         else:
-            self.lm_head = Dense((cfg.hidden_size,), (cfg.vocab_size,), ("embed", "vocab_out"), bias=False, dtype=dtype,
+            self.lm_head = Dense((cfg.hidden_size,), (cfg.vocab_size,), ("embed", "vocab_out"), bias=cfg.head_bias, dtype=dtype,
                                  rngs=rngs, table=True)
 
     def hidden(self, tokens, positions, cache: list[LayerCache] | None = None, kv=UNCACHED, lengths=None):
         return self.model(tokens, positions, cache, kv, lengths)
 
     def head(self, hidden):
-        """hidden [B, T, E] -> logits [B, T, V] in the model's dtype: the output head, or the tied embeddings."""
-        return self.model.embed_tokens.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
+        """hidden [B, T, E] -> logits [B, T, V] in the model's dtype: the output head, or the tied
+        embeddings (plus the head's bias where the model has one)."""
+        if isinstance(self.lm_head, Dense):
+            return self.lm_head(hidden)
+        logits = self.model.embed_tokens.attend(hidden)
+        return logits if self.lm_head is None else logits + self.lm_head["bias"][...]
 
     def logits(self, hidden):
         """hidden [B, T, E] -> float32 logits [B, T, V] (tanh soft-capped where the model says so)."""
@@ -221,6 +225,8 @@ def decoder_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     specs.append(WeightSpec("model.norm.weight", ("model", "norm", "weight")))
     if not cfg.tie_word_embeddings:
         specs.append(WeightSpec("lm_head.weight", ("lm_head", "kernel"), Linear()))
+    if cfg.head_bias:
+        specs.append(WeightSpec("lm_head.bias", ("lm_head", "bias")))
     for i in range(cfg.num_layers):
         hf, ours = f"model.layers.{i}.", ("model", "layers", i)
         specs += [

@@ -17,7 +17,7 @@ def gptj_defaults(raw: dict) -> dict:
         raise ConfigError(f"config.json rotary_dim={dims} is wider than GPT-J's heads of {head} (n_embd / n_head): transformers "
                           "cannot apply that rotary embedding; set rotary_dim to at most the head size")
     return dict(rope=RopeConfig(theta=10000.0, partial_rotary_factor=rotary_fraction(dims, head)), rope_interleaved=True,
-                parallel_residual=True, gated_mlp=False, mlp_bias=True, qkv_bias=False, o_bias=False)
+                parallel_residual=True, gated_mlp=False, mlp_bias=True, qkv_bias=False, o_bias=False, head_bias=True)
 
 
 GPTJ_NAMES = dict(embed="transformer.wte.weight", norm="transformer.ln_f", layers="transformer.h", ln="ln_1", attn="attn",

@@ -3,35 +3,21 @@
 otherwise), biased q/k/v/dense, an optional LayerNorm of each query and key head (qk_layernorm), an
 ungated fc1/fc2 MLP, a final LayerNorm and an output head with a bias (kept when the head is tied)."""
 
-import jax.numpy as jnp
-from flax import nnx
 
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, LayerNormDecoderLayer, dense, model_ends
-from jaxllm.models.layers import Dense, LayerNorm, param
+from jaxllm.models.layers import LayerNorm
 from jaxllm.models.weights import Linear, WeightSpec
 
 
 class PhiForCausalLM(CausalLM):
-    """The shared causal LM with a bias on the output head, tied head or not."""
+    """The shared causal LM with Phi's layer and final LayerNorm; its head's bias, tied head or not,
+    is the shared head_bias (phi_defaults)."""
 
     layer_cls = LayerNormDecoderLayer  # parallel (cfg.parallel_residual) with an ungated MLP
     final_norm = LayerNorm
-
-    def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
-        super().__init__(cfg, dtype=dtype, rngs=rngs)
-        if self.lm_head is None:  # tied: the head's bias alone (nnx.data: a tied head was None, a static attribute)
-            self.lm_head = nnx.data(nnx.Dict(bias=param((cfg.vocab_size,), ("vocab_out",), dtype)))
-        else:
-            self.lm_head = Dense((cfg.hidden_size,), (cfg.vocab_size,), ("embed", "vocab_out"), bias=True, dtype=dtype,
-                                 rngs=rngs, table=True)
-
-    def head(self, hidden):
-        if isinstance(self.lm_head, Dense):
-            return self.lm_head(hidden)
-        return self.model.embed_tokens.attend(hidden) + self.lm_head["bias"][...]
 
 
 def phi_defaults(raw: dict) -> dict:
@@ -40,7 +26,7 @@ def phi_defaults(raw: dict) -> dict:
         raise ConfigError(f"config.json head_dim={head} with qk_layernorm: transformers' Phi normalizes heads of "
                           f"hidden_size / num_attention_heads = {raw['hidden_size'] / heads:g} values and cannot run "
                           "other heads; remove head_dim")
-    return dict(qkv_bias=True, o_bias=True, qk_norm="layernorm" if raw.get("qk_layernorm") else "none", parallel_residual=True,
+    return dict(qkv_bias=True, o_bias=True, head_bias=True, qk_norm="layernorm" if raw.get("qk_layernorm") else "none", parallel_residual=True,
                 gated_mlp=False, mlp_bias=True)
 
 

@@ -9,39 +9,23 @@ original_max_position_embeddings; unequal mscales are refused (Phi-3.5-MoE's are
 
 import dataclasses
 
-import jax.numpy as jnp
-from flax import nnx
-
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW_SWITCH, RMS_NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig, parse_rope
-from jaxllm.models.decoder import CausalLM, LayerNormDecoderLayer, with_norm_biases
+from jaxllm.models.decoder import LayerNormDecoderLayer, with_norm_biases
 from jaxllm.models.moe import moe_weight_map
 from jaxllm.models.phi import PhiForCausalLM
 from jaxllm.models.weights import WeightSpec
 
 
 class PhimoeForCausalLM(PhiForCausalLM):
-    """Phi's final LayerNorm; its biased output head where lm_head_bias says (`cfg.head_bias`), else
-    the shared head."""
+    """Phi's final LayerNorm; its output head biased where lm_head_bias says (`cfg.head_bias`)."""
 
     layer_cls = LayerNormDecoderLayer
 
-    def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
-        if cfg.head_bias:
-            super().__init__(cfg, dtype=dtype, rngs=rngs)
-        else:
-            CausalLM.__init__(self, cfg, dtype=dtype, rngs=rngs)
-
-    def head(self, hidden):
-        return super().head(hidden) if self.cfg.head_bias else CausalLM.head(self, hidden)
-
 
 def phimoe_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
-    specs = with_norm_biases(moe_weight_map("block_sparse_moe", {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"})(cfg))
-    if cfg.head_bias:
-        specs.append(WeightSpec("lm_head.bias", ("lm_head", "bias")))
-    return specs
+    return with_norm_biases(moe_weight_map("block_sparse_moe", {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"})(cfg))
 
 
 def phimoe_defaults(raw: dict) -> dict:

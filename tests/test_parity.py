@@ -557,6 +557,21 @@ SPELLINGS = {
     "hunyuan-moe-hub-keys": ("HunYuanMoEV1ForCausalLM", {}, lambda raw: raw.update(
         num_experts_per_tok=raw.pop("moe_topk")[0], use_qk_norm=True, use_mixed_mlp_moe=True, num_shared_expert=[1, 1, 1],
         mlp_bias=True, sliding_window=4)),
+    # ERNIE 4.5 MoE: Ernie4_5_MoeConfig's defaults where left out (tied, 4 kv heads, a rope base of 500,000, two
+    # shared experts, experts from layer 1 on in every layer; 64 experts, top 6); num_experts and num_experts_per_tok
+    # (its attribute_map); experts on the layers start..end index names; a moe_norm_min above the top-k sums; keys
+    # its code never reads
+    "ernie-moe-defaults": ("Ernie4_5_MoeForCausalLM", dict(tie_word_embeddings=True, num_key_value_heads=4, moe_num_shared_experts=2),
+                           _edit(("tie_word_embeddings", "num_key_value_heads", "rope_parameters", "moe_num_shared_experts",
+                                  "moe_layer_start_index", "moe_layer_end_index", "moe_layer_interval", "moe_norm_min"))),
+    "ernie-moe-default-experts": ("Ernie4_5_MoeForCausalLM", dict(moe_num_experts=64, moe_k=6), _edit(("moe_num_experts", "moe_k"))),
+    "ernie-moe-spellings": ("Ernie4_5_MoeForCausalLM", {}, lambda raw: raw.update(num_experts=raw.pop("moe_num_experts"),
+                                                                                  num_experts_per_tok=raw.pop("moe_k"))),
+    "ernie-moe-layer-placement": ("Ernie4_5_MoeForCausalLM", dict(moe_layer_start_index=0, moe_layer_end_index=1), _edit()),
+    "ernie-moe-every-second-layer": ("Ernie4_5_MoeForCausalLM", dict(moe_layer_start_index=0, moe_layer_interval=2), _edit()),
+    "ernie-moe-norm-min": ("Ernie4_5_MoeForCausalLM", dict(moe_norm_min=0.9), _edit()),
+    "ernie-moe-ignores-other-keys": ("Ernie4_5_MoeForCausalLM", {}, _edit(attention_bias=False, mlp_bias=False, sliding_window=8,
+                                                                          norm_topk_prob=False, partial_rotary_factor=0.5)),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
