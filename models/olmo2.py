@@ -11,7 +11,8 @@ from jaxllm.models.architecture import NO_WINDOW, NO_WINDOW_SWITCH, NOT_NULL, RM
 from jaxllm.models.attention import UNCACHED, Attention
 from jaxllm.models.config import ModelConfig, parse_rope
 from jaxllm.models.decoder import CausalLM, decoder_weight_map, norm_kwargs
-from jaxllm.models.layers import GatedMLP, RMSNorm
+from jaxllm.models.layers import RMSNorm, make_mlp
+from jaxllm.models.moe import moe_weight_map
 from jaxllm.models.weights import WeightSpec
 
 
@@ -20,7 +21,7 @@ class Olmo2DecoderLayer(nnx.Module):
         norm = norm_kwargs(cfg, dtype, rngs)
         self.self_attn = Attention(cfg, layer, dtype=dtype, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps, **norm)
-        self.mlp = GatedMLP(cfg, dtype=dtype, rngs=rngs)
+        self.mlp = make_mlp(cfg, layer, dtype=dtype, rngs=rngs)  # FlexOlmo: routed experts
         self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps, **norm)
 
     def __call__(self, x, positions, rot, cache, kv=UNCACHED):
@@ -33,12 +34,31 @@ class Olmo2ForCausalLM(CausalLM):
     layer_cls = Olmo2DecoderLayer
 
 
-def olmo2_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
-    specs = [s for s in decoder_weight_map(cfg) if "input_layernorm" not in s.hf_names[0]]
+def post_norms(specs: list[WeightSpec], cfg: ModelConfig) -> list[WeightSpec]:
+    """A pre-norm layer's weight map (`specs`) as OLMo 2's layer reads it: no input_layernorm, a
+    post_feedforward_layernorm."""
+    specs = [s for s in specs if "input_layernorm" not in s.hf_names[0]]
     for i in range(cfg.num_layers):
         specs.append(WeightSpec(f"model.layers.{i}.post_feedforward_layernorm.weight",
                                 ("model", "layers", i, "post_feedforward_layernorm", "weight")))
     return specs
+
+
+def olmo2_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
+    return post_norms(decoder_weight_map(cfg), cfg)
+
+
+_flex_olmo_map = moe_weight_map("mlp", {name: name for name in ("gate_proj", "up_proj", "down_proj")})
+
+
+def flex_olmo_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
+    return post_norms(_flex_olmo_map(cfg), cfg)
+
+
+def flex_olmo_defaults(raw: dict) -> dict:
+    """OLMo 2's flags and OLMoE's experts (intermediate_size wide, in every layer)."""
+    return dict(OLMO2_FLAGS, num_experts=raw.get("num_local_experts", raw["num_experts"]),
+                experts_per_token=raw["num_experts_per_tok"], norm_topk_prob=bool(raw["norm_topk_prob"]))
 
 
 # its MLP has no bias whatever mlp_bias says; its rotary tables stay float32 (q/k rotated in float32)
@@ -94,5 +114,17 @@ ARCHITECTURES = (Architecture(
                                                          "attention_factor": 1.2, "beta_fast": 32.0, "beta_slow": 1.0,
                                                          "rope_theta": 50000.0},
                                       "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+                     bos_token_id=1, eos_token_id=2, pad_token_id=0),
+), Architecture(
+    name="FlexOlmoForCausalLM", module=Olmo2ForCausalLM, weight_map=flex_olmo_weight_map, hf_model_type="flex_olmo",
+    ignored_keys=NO_WINDOW, config_defaults=flex_olmo_defaults,  # its masks are causal, no window
+    # FlexOlmoConfig's field defaults (FlexOlmo-7x7B's routing); rms_norm_eps 1e-6 as the generic reading
+    hf_defaults=dict(max_position_embeddings=4096, rope_theta=500000.0, num_experts=7, num_experts_per_tok=5, norm_topk_prob=False,
+                     pad_token_id=100277, eos_token_id=100257),
+    not_null=RMS_NOT_NULL + ("attention_bias", "num_experts_per_tok", "norm_topk_prob", "head_dim"),
+    # 4 experts, top 2, renormalised (FlexOlmo's own: not); GQA; q/k/v/o biases
+    tiny_config=dict(vocab_size=128, hidden_size=64, intermediate_size=32, num_hidden_layers=3, num_attention_heads=4,
+                     num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=10000.0,
+                     tie_word_embeddings=False, num_experts=4, num_experts_per_tok=2, norm_topk_prob=True, attention_bias=True,
                      bos_token_id=1, eos_token_id=2, pad_token_id=0),
 ),)

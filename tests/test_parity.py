@@ -572,6 +572,13 @@ SPELLINGS = {
     "ernie-moe-norm-min": ("Ernie4_5_MoeForCausalLM", dict(moe_norm_min=0.9), _edit()),
     "ernie-moe-ignores-other-keys": ("Ernie4_5_MoeForCausalLM", {}, _edit(attention_bias=False, mlp_bias=False, sliding_window=8,
                                                                           norm_topk_prob=False, partial_rotary_factor=0.5)),
+    # FlexOlmo: FlexOlmoConfig's routing where left out (7 experts, top 5, not renormalised); Mixtral's spelling of
+    # the expert count (its attribute_map); keys its code never reads (its mask has no window)
+    "flex-olmo-default-routing": ("FlexOlmoForCausalLM", dict(num_experts=7, num_experts_per_tok=5, norm_topk_prob=False),
+                                  _edit(("num_experts", "num_experts_per_tok", "norm_topk_prob"))),
+    "flex-olmo-num-local-experts-spelling": ("FlexOlmoForCausalLM", {}, lambda raw: raw.update(num_local_experts=raw.pop("num_experts"))),
+    "flex-olmo-ignores-other-keys": ("FlexOlmoForCausalLM", {}, _edit(sliding_window=4, layer_types=["sliding_attention"] * 3,
+                                                                      mlp_bias=True, partial_rotary_factor=0.5)),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
