@@ -72,8 +72,11 @@ def summary(cfg) -> str:
     else:
         parts.append("learned positions")
     windows = {cfg.layer_window(i) for i in range(cfg.num_layers)} - {None}
-    if windows:
-        parts.append(f"sliding window {', '.join(map(str, sorted(windows)))}")
+    sliding = sorted(w for w in windows if isinstance(w, int))
+    if sliding:
+        parts.append(f"sliding window {', '.join(map(str, sliding))}")
+    if cfg.attention_chunk and "chunked_attention" in cfg.layer_types:
+        parts.append(f"attention chunks of {cfg.attention_chunk}")
     if cfg.tie_word_embeddings:
         parts.append("tied embeddings")
     return ", ".join(parts)

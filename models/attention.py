@@ -97,7 +97,7 @@ def attention_mask(q_pos, k_pos, window: int | None):
     q, k = q_pos[:, :, None], k_pos[:, None, :]
     mask = k <= q
     if window is not None:
-        mask &= k > q - window
+        mask &= k >= attention_ops.first_visible(q, window)
     return mask
 
 
@@ -316,8 +316,10 @@ class Attention(nnx.Module):
         self.k_proj = Dense((e,), (k, d), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
         self.v_proj = Dense((e,), (k, d), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
         self.o_proj = Dense((h, d), (e,), ("q_heads", "head_dim", "embed"), bias=cfg.o_bias, dtype=dtype, rngs=rngs)
-        if cfg.qk_norm == "none":
+        if cfg.qk_norm == "none" or (cfg.qk_norm_layers is not None and layer not in cfg.qk_norm_layers):
             self.q_norm = self.k_norm = None
+        elif cfg.qk_norm == "l2":  # a weightless RMSNorm of each head (Llama 4)
+            self.q_norm, self.k_norm = (RMSNorm(d, cfg.norm_eps, dtype=dtype, rngs=rngs, weight=False) for _ in "qk")
         elif cfg.qk_norm == "layernorm":  # LayerNorm of each head (Phi)
             self.q_norm = LayerNorm(d, cfg.norm_eps, dtype=dtype, rngs=rngs, axes=("head_dim",))
             self.k_norm = LayerNorm(d, cfg.norm_eps, dtype=dtype, rngs=rngs, axes=("head_dim",))

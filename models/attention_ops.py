@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxllm.models.config import Chunked
+
 NEG_INF = float("-inf")
 
 
@@ -107,6 +109,14 @@ def sink_logits(sinks, kv: int, shape: tuple):
     return jnp.broadcast_to(s, shape)
 
 
+def first_visible(q_pos, window):
+    """The first key position a query at q_pos sees under `window` (not None): a sliding window's
+    q_pos - window + 1, or under chunked attention (Chunked: Llama 4) the start of its chunk."""
+    if isinstance(window, Chunked):
+        return q_pos - q_pos % window.size
+    return q_pos - window + 1
+
+
 def _blocked_core(q, k, v, q_pos, kv_len, scale, window, softcap, block, sinks=None):
     b, t, h, d = q.shape
     s, kv = k.shape[1], k.shape[2]
@@ -122,7 +132,7 @@ def _blocked_core(q, k, v, q_pos, kv_len, scale, window, softcap, block, sinks=N
     if window is None:
         lo = jnp.int32(0)
     else:
-        first = jnp.maximum(q_pos - window + 1, 0)
+        first = jnp.maximum(first_visible(q_pos, window), 0)
         lo_key = jnp.min(jnp.where(seen & (last > first), first, s))
         lo = jnp.minimum(lo_key // block, hi)
 
@@ -144,7 +154,7 @@ def _blocked_core(q, k, v, q_pos, kv_len, scale, window, softcap, block, sinks=N
         mask = (k_idx[None, None, :] <= q_pos[:, :, None]) & (k_idx[None, None, :] < kv_len[:, None, None])
         mask &= k_idx[None, None, :] >= nominal  # the overlap of a shifted block was done already
         if window is not None:
-            mask &= k_idx[None, None, :] > q_pos[:, :, None] - window
+            mask &= k_idx[None, None, :] >= first_visible(q_pos[:, :, None], window)
         scores = jnp.einsum("btkgd,bskd->bkgts", qg, kb, preferred_element_type=jnp.float32)
         scores = scores.astype(jnp.float32) * scale
         if softcap is not None:
@@ -174,7 +184,7 @@ def reference_attention(q, k, v, q_pos, kv_len=None, *, scale: float, window=Non
     qp = jnp.asarray(q_pos, jnp.int32)[:, :, None]
     mask = (k_pos[None, None, :] <= qp) & (k_pos[None, None, :] < kv_len[:, None, None])
     if window is not None:
-        mask &= k_pos[None, None, :] > qp - window
+        mask &= k_pos[None, None, :] >= first_visible(qp, window)
     qg = q.reshape(b, t, kv, h // kv, d)
     scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
     if softcap is not None:
@@ -285,7 +295,7 @@ def flash_prefill(q, k, v, start=0, kv_len=None, *, scale: float, window: int | 
         k_pos = jnp.arange(s, dtype=jnp.int32)
         mask = (k_pos[None, None, :] <= q_pos[:, :, None]) & (k_pos[None, None, :] < kv_len[:, None, None])
         if window is not None:
-            mask &= k_pos[None, None, :] > q_pos[:, :, None] - window
+            mask &= k_pos[None, None, :] >= first_visible(q_pos[:, :, None], window)
         return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=scale, implementation="cudnn")
     if impl in ("pallas_triton", "pallas_mgpu"):
         if not square or window is not None or softcap is not None:
@@ -294,6 +304,8 @@ def flash_prefill(q, k, v, start=0, kv_len=None, *, scale: float, window: int | 
     if impl != "cudnn":
         raise ValueError(f"unknown impl {impl!r}")
     if softcap is not None:
+        return blocked()
+    if isinstance(window, Chunked):  # cuDNN's windows slide
         return blocked()
     if square:
         lw = None if window is None else (window - 1, 0)

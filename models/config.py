@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 
 from jaxllm.errors import ConfigError
 
-QK_NORMS = ("none", "per_head", "projection", "layernorm", "layernorm_per_head")
-ROUTERS = ("softmax_topk", "topk_softmax", "sparsemixer", "sigmoid_topk")
+QK_NORMS = ("none", "per_head", "projection", "layernorm", "layernorm_per_head", "l2")
+ROUTERS = ("softmax_topk", "topk_softmax", "sparsemixer", "sigmoid_topk", "topk_sigmoid")
 # How a group-limited router (router_groups > 1) scores each group of experts: "max" of its scores
 # (DeepSeek-V2's group_limited_greedy), or the "top2" sum (DeepSeek-V3)
 GROUP_SCORES = ("max", "top2")
-LAYER_TYPES = ("full_attention", "sliding_attention")
+LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention")
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 
 # Keys each rope type needs beyond rope_theta, as transformers validates them.
@@ -62,6 +62,15 @@ class RopeConfig:
         alpha), and LongRoPE whose short and long factors differ (a GGUF's fixed rope_freqs are
         LongRoPE with equal ones)."""
         return (self.type == "dynamic" and not self.alpha) or (self.type == "longrope" and self.short_factor != self.long_factor)
+
+
+@dataclass(frozen=True)
+class Chunked:
+    """The window of a chunked-attention layer (Llama 4): a query sees the keys of its own chunk of
+    `size` positions, from position - position % size, causally; `ModelConfig.layer_window` gives it
+    where a sliding layer's is an int."""
+
+    size: int
 
 
 @dataclass(frozen=True)
@@ -119,9 +128,11 @@ class ModelConfig:
     gated_mlp: bool = True  # False: the decoder's MLP is down(act(up(x))), no gate_proj (Arcee)
     # "per_head": RMSNorm of each head (Qwen3); "projection": over all heads (OLMo 2); "layernorm":
     # LayerNorm, weight and bias, of each head (Phi's qk_layernorm); "layernorm_per_head": a LayerNorm
-    # without bias, each head its own weights (StableLM's qk_layernorm, Cohere's use_qk_norm)
+    # without bias, each head its own weights (StableLM's qk_layernorm, Cohere's use_qk_norm); "l2": an
+    # RMSNorm of each head without a weight (Llama 4's L2 norm)
     qk_norm: str = "none"
-    qk_norm_after_rope: bool = False  # q/k normed after their rotary positions (HunYuan), not before
+    qk_norm_after_rope: bool = False  # q/k normed after their rotary positions (HunYuan, Llama 4), not before
+    qk_norm_layers: tuple[int, ...] | None = None  # the layers with q/k norms (None: all; Llama 4: its rope layers)
     # Queries scaled by their position (QueryScale) on the layers query_scale_layers names (None: all)
     query_scale: QueryScale | None = None
     query_scale_layers: tuple[int, ...] | None = None
@@ -164,7 +175,8 @@ class ModelConfig:
     norm_topk_prob: bool = True  # renormalise the top-k routing weights to sum to 1
     # How the router picks: "softmax_topk" (softmax over every expert, then the top k: Mixtral, Qwen,
     # OLMoE), "topk_softmax" (the top k logits, then softmax over those k: GraniteMoE), "sparsemixer"
-    # (PhiMoE's two picks, each a softmax over the logits within router_jitter of the best left)
+    # (PhiMoE's two picks, each a softmax over the logits within router_jitter of the best left),
+    # "topk_sigmoid" (the top k logits, each weight its sigmoid: Llama 4),
     # "sigmoid_topk" (DeepSeek-V3): sigmoid scores, the top k chosen by score plus router_score_bias.
     router: str = "softmax_topk"
     router_jitter: float = 0.0
@@ -180,6 +192,8 @@ class ModelConfig:
     # The router's weights (and score bias) kept in float32 whatever the model's dtype, its logits a
     # float32 product (transformers' _keep_in_fp32_modules_strict: DeepSeek, GLM-4-MoE, dots.llm1)
     router_float32: bool = False
+    # Each expert's input is the token times its weight, the outputs summed unweighted (Llama 4)
+    router_scales_input: bool = False
     router_norm_min: float = 0.0  # the renormalised weights divided by max(their sum, this) (ERNIE's moe_norm_min)
     dense_layers: tuple[int, ...] = ()  # layers that keep a dense MLP in an MoE model
     # A shared expert beside the routed ones (Qwen2-MoE): a gated MLP this wide that every token
@@ -200,7 +214,8 @@ class ModelConfig:
     # the cached key and value heads' width, max(qk_head_dim, v_head_dim) (models/mla.py pads to it)
     mla: MlaConfig | None = None
     sliding_window: int | None = None
-    # One entry per layer: "full_attention" or "sliding_attention".
+    attention_chunk: int | None = None  # the chunk of "chunked_attention" layers (Llama 4's attention_chunk_size)
+    # One entry per layer: "full_attention", "sliding_attention" or "chunked_attention".
     layer_types: tuple[str, ...] = ()
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
@@ -224,10 +239,14 @@ class ModelConfig:
             return self.mla.qk_rope_head_dim
         return int(self.head_dim * self.rope.partial_rotary_factor)
 
-    def layer_window(self, layer: int) -> int | None:
-        """The sliding window of one layer, or None for full attention."""
-        if self.layer_types and self.layer_types[layer] == "sliding_attention":
+    def layer_window(self, layer: int) -> int | Chunked | None:
+        """The sliding window of one layer, its chunk (Chunked) on a chunked-attention layer, or None
+        for full attention."""
+        kind = self.layer_types[layer] if self.layer_types else None
+        if kind == "sliding_attention":
             return self.sliding_window
+        if kind == "chunked_attention":
+            return Chunked(self.attention_chunk)
         return None
 
     def layer_rope(self, layer: int) -> RopeConfig | None:
@@ -357,6 +376,9 @@ CONFIG_FIELDS = {
     "rope_interleave": FLAG, "n_routed_experts": EXPERTS, "n_shared_experts": INDEX, "first_k_dense_replace": INDEX,
     "routed_scaling_factor": POSITIVE, "n_group": COUNT, "topk_group": COUNT, "topk_method": NAME,
     "moe_topk": Field(int, 1, MAX_SIZE, many="either"),  # HunYuan's experts per token (a list: one per layer)
+    # Llama 4: dense layers' width, expert layers, q/k L2 norm, chunked attention, NoPE layers' temperature tuning
+    "intermediate_size_mlp": COUNT, "interleave_moe_layer_step": INDEX, "moe_layers": Field(int, 0, MAX_SIZE, many="list"),
+    "attention_chunk_size": COUNT, "attn_temperature_tuning": FLAG, "floor_scale": POSITIVE, "attn_scale": NON_NEGATIVE,
     # ERNIE 4.5 MoE's experts and where they are (moe_layer_end_index -1: the last layer)
     "moe_num_experts": EXPERTS, "moe_k": COUNT, "moe_num_shared_experts": INDEX, "moe_layer_start_index": INDEX,
     "moe_layer_end_index": Field(int, -1, MAX_SIZE), "moe_layer_interval": INDEX, "moe_norm_min": NON_NEGATIVE,
@@ -621,13 +643,15 @@ def _validated(cfg: ModelConfig) -> ModelConfig:
         raise ValueError(f"router_group_score {cfg.router_group_score!r} is not one of {GROUP_SCORES}")
     for t in cfg.layer_types:
         if t not in LAYER_TYPES:
-            raise ConfigError(f"config.json layer type '{t}' is not supported; use full_attention or sliding_attention")
+            raise ConfigError(f"config.json layer type '{t}' is not supported; use {', '.join(LAYER_TYPES)}")
     if "sliding_attention" in cfg.layer_types and cfg.sliding_window == 0:
         raise ConfigError("config.json sliding_window is 0, a window in which a token sees no key at all (transformers fails "
                           "running it): set it to the window's width in tokens, or turn the window off (Qwen: "
                           "use_sliding_window false; Mistral, Mixtral, Phi-3: sliding_window null)")
     if "sliding_attention" in cfg.layer_types and not cfg.sliding_window:
         raise ConfigError("config.json asks for sliding_attention layers but sets no 'sliding_window': add it")
+    if "chunked_attention" in cfg.layer_types and not cfg.attention_chunk:
+        raise ConfigError("config.json asks for chunked_attention layers but sets no 'attention_chunk_size': add it")
     rotary = cfg.position_embedding == "rope" and any(cfg.layer_rope(i) is not None for i in range(cfg.num_layers))
     if rotary and cfg.mla is not None and cfg.rotary_dim % 2:
         raise ConfigError(f"config.json qk_rope_head_dim {cfg.rotary_dim} must be even, as rotary embeddings turn pairs of "

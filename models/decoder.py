@@ -238,7 +238,7 @@ def decoder_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
             specs.append(WeightSpec(f"{hf}self_attn.{name}.weight", attn + ("kernel",), Linear(2 if name == "o_proj" else 1)))
             if cfg.o_bias if name == "o_proj" else cfg.qkv_bias:
                 specs.append(WeightSpec(f"{hf}self_attn.{name}.bias", attn + ("bias",), Copy(flatten=name != "o_proj")))
-        if cfg.qk_norm != "none":
+        if cfg.qk_norm not in ("none", "l2") and (cfg.qk_norm_layers is None or i in cfg.qk_norm_layers):  # l2: no weights
             for name in ("q_norm", "k_norm"):
                 flat = Copy(flatten=cfg.qk_norm == "projection")
                 specs.append(WeightSpec(f"{hf}self_attn.{name}.weight", ours + ("self_attn", name, "weight"), flat))

@@ -109,16 +109,18 @@ class RMSNorm(nnx.Module, pytree=False):
     (offset + w) that way (Gemma's 1 + w), each as transformers does."""
 
     def __init__(self, shape, eps: float, *, dtype, rngs: nnx.Rngs, axes=("norm",), offset: float = 0.0,
-                 upcast_scale: bool = False):
+                 upcast_scale: bool = False, weight: bool = True):
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         self.eps, self.offset, self.upcast = eps, offset, upcast_scale or bool(offset)
         self.dims = tuple(range(-len(shape), 0))
-        self.weight = param(shape, tuple(axes), dtype)
+        self.weight = param(shape, tuple(axes), dtype) if weight else None  # None: no scale (Llama 4's L2 norm)
 
     def __call__(self, x):
         dtype = x.dtype
         x = x.astype(jnp.float32)
         x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=self.dims, keepdims=True) + self.eps)
+        if self.weight is None:
+            return x.astype(dtype)
         if self.upcast:
             return (x * (self.offset + self.weight[...].astype(jnp.float32))).astype(dtype)
         return self.weight[...] * x.astype(dtype)
@@ -288,6 +290,7 @@ class MoE(nnx.Module, pytree=False):
         self.router_dtype = jnp.float32 if cfg.router_float32 else dtype
         # DeepSeek-V3's and ERNIE 4.5 MoE's e_score_correction_bias: added to the scores for the choice, not to the weights
         self.e_score_correction_bias = param((x,), ("router",), self.router_dtype) if cfg.router_score_bias else None
+        self.scales_input = cfg.router_scales_input  # Llama 4: the weight scales the expert's input, not its output
         self.act = activation(cfg.hidden_act)
         self.swiglu = None if cfg.swiglu_limit is None else (cfg.swiglu_alpha, cfg.swiglu_limit)
         self.gate = Dense((e,), (x,), ("embed", "router"), bias=cfg.router_bias, dtype=self.router_dtype, rngs=rngs,
@@ -353,14 +356,15 @@ class MoE(nnx.Module, pytree=False):
 
     def route(self, x):
         """x [N, E] -> (weights [N, k] float32, expert ids [N, k]): softmax in float32, top k,
-        renormalised when norm_topk_prob (the sum at least router_norm_min: ERNIE), as transformers routes; or as `cfg.router` says: the top k
-        logits, then softmax over those k (GraniteMoE, gpt-oss), or `sparsemixer` (PhiMoE), or
-        sigmoid scores (DeepSeek-V3); DeepSeek's choice within the best groups and with a score
-        bias (`limited_top_k`; ERNIE's softmax scores take the bias too), and its weights times routed_scaling."""
+        renormalised when norm_topk_prob (the sum at least router_norm_min: ERNIE), as transformers
+        routes; or as `cfg.router` says: the top k logits, then softmax over those k (GraniteMoE,
+        gpt-oss) or the sigmoid of each (Llama 4), or `sparsemixer` (PhiMoE), or sigmoid scores
+        (DeepSeek-V3); DeepSeek's choice within the best groups and with a score bias
+        (`limited_top_k`; ERNIE's softmax scores take the bias too), its weights times routed_scaling."""
         logits = self.gate(x.astype(self.router_dtype)).astype(jnp.float32)
-        if self.router == "topk_softmax":
+        if self.router in ("topk_softmax", "topk_sigmoid"):
             top, experts = jax.lax.top_k(logits, self.k)
-            return jax.nn.softmax(top, axis=-1), experts
+            return (jax.nn.softmax(top, axis=-1) if self.router == "topk_softmax" else jax.nn.sigmoid(top)), experts
         if self.router == "sparsemixer":
             return sparsemixer(logits, self.jitter)
         probs = jax.nn.sigmoid(logits) if self.router == "sigmoid_topk" else jax.nn.softmax(logits, axis=-1)
@@ -415,6 +419,9 @@ class MoE(nnx.Module, pytree=False):
             groups = jnp.bincount(flat, length=local + 1)[:local].astype(jnp.int32)
         token = order // self.k  # the token of each assignment, in expert order
         xs = jnp.take(x, token, axis=0)  # [N * k, E]
+        w = jnp.take(weights.reshape(-1), order)
+        if self.scales_input:  # Llama 4: each assignment's input times its weight, its output unweighted
+            xs, w = xs * w[:, None].astype(x.dtype), jnp.ones_like(w)
         gate, up, down = (self._weight(*s, x.dtype) for s in stacks)
         g, u = jax.lax.ragged_dot(xs, gate, groups), jax.lax.ragged_dot(xs, up, groups)
         if biases is not None:  # each assignment's expert's biases (rows past the local groups: masked below)
@@ -424,7 +431,7 @@ class MoE(nnx.Module, pytree=False):
         y = jax.lax.ragged_dot(self._glu(g, u), down, groups)  # [N * k, E]
         if biases is not None:
             y = y + bias[2]
-        y = y.astype(jnp.float32) * jnp.take(weights.reshape(-1), order)[:, None]
+        y = y.astype(jnp.float32) * w[:, None]
         if mine is not None:  # rows past the local groups belong to no group: nothing of theirs is added
             y = jnp.where(jnp.take(mine, order)[:, None], y, 0.0)
         return jnp.zeros(x.shape, jnp.float32).at[token].add(y)
@@ -436,6 +443,8 @@ class MoE(nnx.Module, pytree=False):
                           for s in stacks)  # [N * k, E, F], [N * k, F, E]
         bias = [0, 0, 0] if biases is None else [jnp.take(b_, flat, axis=0) for b_ in biases]
         xs = jnp.repeat(x, self.k, axis=0)
+        if self.scales_input:  # Llama 4: see _experts
+            xs, w = xs * w[:, None].astype(x.dtype), jnp.ones_like(w)
         h = self._glu(jnp.einsum("ne,nef->nf", xs, gate) + bias[0], jnp.einsum("ne,nef->nf", xs, up) + bias[1])
         y = (jnp.einsum("nf,nfe->ne", h, down) + bias[2]).astype(jnp.float32) * w[:, None]
         return y.reshape(x.shape[0], self.k, -1).sum(1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxllm.models.attention_ops import NEG_INF, cudnn_private, gather_pages, sink_logits
+from jaxllm.models.attention_ops import NEG_INF, cudnn_private, first_visible, gather_pages, sink_logits
 
 
 def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: float,
@@ -107,7 +107,7 @@ def _visible(k_pos, lengths, window):
     """[B, S] whether each row's query (at position lengths - 1) sees the key at k_pos [B or 1, S]."""
     mask = k_pos < lengths[:, None]
     if window is not None:
-        mask &= k_pos > lengths[:, None] - 1 - window
+        mask &= k_pos >= first_visible(lengths[:, None] - 1, window)
     return mask
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from jaxllm.models import attention, kv_quant, paged_decode
 from jaxllm.models import attention_ops as ao
+from jaxllm.models.config import Chunked
 
 
 def _masked_reference(q, k, v, q_pos, kv_len, scale, window=None, softcap=None, sinks=None):
@@ -23,7 +24,9 @@ def _masked_reference(q, k, v, q_pos, kv_len, scale, window=None, softcap=None, 
     qp = np.asarray(q_pos)[:, :, None]
     kp = np.arange(s)[None, None, :]
     mask = (kp <= qp) & (kp < np.asarray(kv_len)[:, None, None])
-    if window is not None:
+    if isinstance(window, Chunked):  # the query's own chunk
+        mask &= kp // window.size == qp // window.size
+    elif window is not None:
         mask &= kp > qp - window
     qg = q.reshape(b, t, kv, h // kv, d)
     scores = np.einsum("btkgd,bskd->bkgts", qg, k) * scale
@@ -54,6 +57,7 @@ CASES = [  # name, start per row, chunk T, S, window, softcap, block, q_block, g
     ("offset_chunk", [9, 9], 5, 16, None, None, 4, None, 2),
     ("ragged_rows", [0, 7], 6, 16, None, None, 8, None, 2),
     ("sliding_window", [3, 10], 6, 16, 4, None, 4, None, 1),
+    ("chunked", [3, 10], 6, 16, Chunked(4), None, 4, None, 2),
     ("softcap", [2, 5], 6, 12, None, 5.0, 4, None, 2),
     ("block_not_dividing_S", [4, 1], 7, 13, None, None, 5, None, 2),
     ("query_blocks", [0, 3], 9, 13, 5, 7.0, 3, 4, 2),
@@ -118,7 +122,7 @@ def test_gather_pages_matches_manual_gather():
     np.testing.assert_array_equal(part, manual[:, :6])
 
 
-@pytest.mark.parametrize("window,softcap", [(None, None), (5, None), (None, 4.0)])
+@pytest.mark.parametrize("window,softcap", [(None, None), (5, None), (None, 4.0), (Chunked(6), None)])
 def test_paged_decode_xla_matches_reference(window, softcap):
     b, h, kv, d, ps, p = 3, 4, 2, 8, 4, 5
     kp, vp = _pool(4, 17, ps, kv, d)

@@ -355,3 +355,13 @@ def test_phimoe_sparsemixer_matches_transformers(tmp_path):
     weights = _check_routing(ref, jaxllm.load(tmp_path))
     alone = np.isclose(weights, 1.0, rtol=0, atol=1e-7)
     assert alone.any(0).all() and (~alone).any(0).all(), alone.mean(0)
+
+
+@pytest.mark.parametrize("arch", ["Ernie4_5_MoeForCausalLM", "Llama4ForCausalLM"])
+def test_router_options_under_expert_parallelism(arch, tmp_path):
+    """ERNIE 4.5's selection bias (replicated with the router) and Llama 4's sigmoid weights scaling
+    each expert's input (applied inside each device's expert range) split over ep: one device's logits."""
+    reference.build(arch, tmp_path, seed=5)
+    one, split = jaxllm.load(tmp_path), jaxllm.load(tmp_path, mesh="ep=2,tp=4")
+    assert _moe_block(split, layer=1)["gate_proj"][...].sharding.spec[0] == "ep"  # layer 1: routed in both tiny configs
+    assert reference.max_rel_diff(split.logits(TOKENS), one.logits(TOKENS)) <= 1e-5

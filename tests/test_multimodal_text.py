@@ -200,3 +200,18 @@ def test_a_bad_text_config_is_named_in_one_line(text_config, named):
     with pytest.raises(ConfigError) as err:
         registry.unwrap(dict(GEMMA3_4B, text_config=text_config))
     assert named in str(err.value) and "\n" not in str(err.value)
+
+
+def test_llama4_wrapper_loads_its_text_model(tmp_path):
+    """Llama4ForConditionalGeneration (a one-layer vision model): its language_model's logits (transformers'
+    wrapper cannot run on token ids alone), the text config's tie_word_embeddings deciding the head."""
+    torch.manual_seed(0)
+    text = dict(registry.get("Llama4ForCausalLM").tiny_config, tie_word_embeddings=True)
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14,
+                  vision_output_dim=16, projector_input_dim=16, projector_output_dim=16, pixel_shuffle_ratio=0.5)
+    ref = transformers.Llama4ForConditionalGeneration(transformers.Llama4Config(text_config=text, vision_config=vision))
+    reference.randomize(ref, 0)
+    ref.float().eval().save_pretrained(tmp_path)
+    model = jaxllm.load(tmp_path)
+    assert model.config.architecture == "Llama4ForCausalLM" and model.config.tie_word_embeddings
+    assert reference.max_rel_diff(model.logits(TOKENS), reference.torch_logits(ref.language_model, TOKENS)) <= TOL

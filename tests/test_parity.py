@@ -579,6 +579,19 @@ SPELLINGS = {
     "flex-olmo-num-local-experts-spelling": ("FlexOlmoForCausalLM", {}, lambda raw: raw.update(num_local_experts=raw.pop("num_experts"))),
     "flex-olmo-ignores-other-keys": ("FlexOlmoForCausalLM", {}, _edit(sliding_window=4, layer_types=["sliding_attention"] * 3,
                                                                       mlp_bias=True, partial_rotary_factor=0.5)),
+    # Llama 4: NoPE, chunked and MoE layers derived from no_rope_layer_interval and interleave_moe_layer_step where
+    # config.json lists none (an empty no_rope_layers as well); Llama4TextConfig's defaults where left out (a rope
+    # base of 500,000, chunks of 8,192, q/k norms and temperature tuning on); each switched off; the Hub's v4 llama3
+    # rope keys; keys its code never reads
+    "llama4-derived-layers": ("Llama4ForCausalLM", {}, _edit(("layer_types", "moe_layers", "no_rope_layers"), no_rope_layer_interval=3)),
+    "llama4-empty-no-rope-layers": ("Llama4ForCausalLM", {}, _edit(("layer_types",), no_rope_layers=[], no_rope_layer_interval=2)),
+    "llama4-defaults": ("Llama4ForCausalLM", dict(floor_scale=8192, attention_chunk_size=8192), _edit((
+        "floor_scale", "attn_scale", "attention_chunk_size", "layer_types", "use_qk_norm", "attn_temperature_tuning", "rope_parameters"))),
+    "llama4-switches-off": ("Llama4ForCausalLM", dict(use_qk_norm=False, attn_temperature_tuning=False, attention_chunk_size=None), _edit()),
+    "llama4-v4-rope-keys": ("Llama4ForCausalLM", {}, _edit(("rope_parameters",), rope_theta=5000.0, rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 16})),
+    "llama4-ignores-other-keys": ("Llama4ForCausalLM", {}, _edit(sliding_window=4, use_sliding_window=True, mlp_bias=True,
+                                                                 router_jitter_noise=0.5, partial_rotary_factor=0.5)),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
