@@ -60,7 +60,10 @@ ARCHITECTURES = (Architecture(
     # Ernie4_5_MoeConfig (ERNIE-4.5-21B-A3B's routing): 4 kv heads; its expert count and k: ernie_moe_defaults
     hf_defaults=dict(_DEFAULTS, num_key_value_heads=4, moe_intermediate_size=1536, moe_num_shared_experts=2,
                      moe_layer_start_index=1, moe_layer_end_index=-1, moe_layer_interval=1, moe_norm_min=1e-12),
-    config_defaults=ernie_moe_defaults, not_null=RMS_NOT_NULL + ("num_key_value_heads", "head_dim"),
+    config_defaults=ernie_moe_defaults,
+    not_null=RMS_NOT_NULL + ("num_key_value_heads", "head_dim", "moe_k", "moe_num_experts", "moe_intermediate_size",
+                             "moe_num_shared_experts", "moe_layer_start_index", "moe_layer_end_index", "moe_layer_interval",
+                             "moe_norm_min"),
     # layer 0 dense, 1 and 2 routed (4 experts, top 2) beside a shared expert; biases on; untied
     tiny_config=dict(_TINY, use_bias=True, tie_word_embeddings=False, moe_num_experts=4, moe_k=2, moe_intermediate_size=32,
                      moe_num_shared_experts=1, moe_layer_start_index=1, moe_layer_end_index=-1, moe_layer_interval=1,
