@@ -635,12 +635,9 @@ def from_hf(raw: dict, architecture: str, defaults: dict | None = None, family_d
 
 def _validated(cfg: ModelConfig) -> ModelConfig:
     """`cfg`, or a ConfigError naming the first field that contradicts another."""
-    if cfg.qk_norm not in QK_NORMS:
-        raise ValueError(f"qk_norm {cfg.qk_norm!r} is not one of {QK_NORMS}")  # a model file's bug, not the user's
-    if cfg.router not in ROUTERS:
-        raise ValueError(f"router {cfg.router!r} is not one of {ROUTERS}")
-    if cfg.router_group_score not in GROUP_SCORES:
-        raise ValueError(f"router_group_score {cfg.router_group_score!r} is not one of {GROUP_SCORES}")
+    for name, allowed in (("qk_norm", QK_NORMS), ("router", ROUTERS), ("router_group_score", GROUP_SCORES)):
+        if getattr(cfg, name) not in allowed:  # a model file's bug, not the user's
+            raise ValueError(f"{name} {getattr(cfg, name)!r} is not one of {allowed}")
     for t in cfg.layer_types:
         if t not in LAYER_TYPES:
             raise ConfigError(f"config.json layer type '{t}' is not supported; use {', '.join(LAYER_TYPES)}")
@@ -653,10 +650,10 @@ def _validated(cfg: ModelConfig) -> ModelConfig:
     if "chunked_attention" in cfg.layer_types and not cfg.attention_chunk:
         raise ConfigError("config.json asks for chunked_attention layers but sets no 'attention_chunk_size': add it")
     rotary = cfg.position_embedding == "rope" and any(cfg.layer_rope(i) is not None for i in range(cfg.num_layers))
-    if rotary and cfg.mla is not None and cfg.rotary_dim % 2:
-        raise ConfigError(f"config.json qk_rope_head_dim {cfg.rotary_dim} must be even, as rotary embeddings turn pairs of "
-                          "values: correct qk_rope_head_dim")
     if rotary and cfg.rotary_dim % 2:  # rotated in pairs; learned positions (GPT-2) and NoPE layers rotate nothing
+        if cfg.mla is not None:
+            raise ConfigError(f"config.json qk_rope_head_dim {cfg.rotary_dim} must be even, as rotary embeddings turn pairs of "
+                              "values: correct qk_rope_head_dim")
         fix = ("correct partial_rotary_factor" if cfg.rope.partial_rotary_factor != 1 else
                "correct head_dim (hidden_size / num_attention_heads where config.json gives no head_dim)")
         raise ConfigError(f"config.json rotary dimension {cfg.rotary_dim} (head_dim {cfg.head_dim} x partial_rotary_factor "

@@ -5,7 +5,7 @@ the whole head (rope_interleaved), its tables kept in float32 and q/k rotated in
 ERNIE 4.5 MoE (ERNIE-4.5-21B-A3B): the same layers, routed experts on the layers from
 moe_layer_start_index to moe_layer_end_index every moe_layer_interval-th, dense MLPs on the others.
 Its router softmaxes, chooses the top k by the scores plus a learned bias per expert
-(moe_statics.e_score_correction_bias: router_selection_bias) and weights them by the scores
+(moe_statics.e_score_correction_bias: router_score_bias) and weights them by the scores
 renormalised (the sum at least moe_norm_min); moe_num_shared_experts experts' width of shared MLP
 (biased as use_bias says) is added ungated. use_bias biases its output head too."""
 
@@ -33,7 +33,7 @@ def ernie_moe_defaults(raw: dict) -> dict:
     end = n - 1 if end == -1 else end
     routed = [i for i in range(n) if (i + 1) % interval == 0 and start <= i <= end]
     return dict(ernie_defaults(raw), num_experts=experts, experts_per_token=k, moe_intermediate_size=raw["moe_intermediate_size"],
-                head_bias=bool(raw.get("use_bias")), norm_topk_prob=True, router_selection_bias=True, router_norm_min=float(raw["moe_norm_min"]),
+                head_bias=bool(raw.get("use_bias")), norm_topk_prob=True, router_score_bias=True, router_norm_min=float(raw["moe_norm_min"]),
                 dense_layers=tuple(i for i in range(n) if i not in routed),
                 shared_expert_intermediate_size=raw["moe_intermediate_size"] * raw["moe_num_shared_experts"],
                 shared_expert_gated=False)
@@ -56,7 +56,7 @@ ARCHITECTURES = (Architecture(
 ), Architecture(
     name="Ernie4_5_MoeForCausalLM", module=CausalLM, hf_model_type="ernie4_5_moe", ignored_keys=NO_WINDOW,
     weight_map=moe_weight_map("mlp", EXPERTS, shared="shared_experts",
-                              selection_bias=("moe_statics.e_score_correction_bias", Copy(lead=1))),
+                              score_bias=("moe_statics.e_score_correction_bias", Copy(lead=1))),
     # Ernie4_5_MoeConfig (ERNIE-4.5-21B-A3B's routing): 4 kv heads; its expert count and k: ernie_moe_defaults
     hf_defaults=dict(_DEFAULTS, num_key_value_heads=4, moe_intermediate_size=1536, moe_num_shared_experts=2,
                      moe_layer_start_index=1, moe_layer_end_index=-1, moe_layer_interval=1, moe_norm_min=1e-12),
