@@ -161,13 +161,16 @@ def attention_weights(graphdef, params, tokens, layer: int, *, attention_mask=No
     trace = []
     _, positions, kv = _decoder(model, tokens, keep, trace)
     decoder = model.model
-    block = decoder.layers[layer]
-    x = trace[layer]
-    norm = getattr(block, "input_layernorm", None)
-    if norm is not None:
-        x = norm(x)
-    rot = decoder.rotaries(positions, x.dtype).get(decoder.cfg.layer_rope(layer))
-    return block.self_attn.weights(x, positions, rot, kv)
+    rot = decoder.rotaries(positions, trace[0].dtype).get(decoder.cfg.layer_rope(layer))
+
+    def attention_input(i):
+        norm = getattr(decoder.layers[i], "input_layernorm", None)
+        return trace[i] if norm is None else norm(trace[i])
+
+    # a layer reading another's keys (Gemma 4's shared kv layers): that layer's keys, same rope
+    source = decoder.cfg.kv_source(layer)
+    keys = None if source == layer else decoder.layers[source].self_attn.project(attention_input(source), rot)[1]
+    return decoder.layers[layer].self_attn.weights(attention_input(layer), positions, rot, kv, keys)
 
 
 @functools.lru_cache(maxsize=None)

@@ -74,8 +74,8 @@ def kv_format(kv_dtype, dtype) -> tuple[jnp.dtype, jnp.dtype | None]:
 def kv_cache_bytes(cfg: ModelConfig, tokens: int, dtype, kv_dtype=None) -> int:
     """Bytes of the keys and values of `tokens` cached positions, every layer (scales included)."""
     values, scales = kv_format(kv_dtype, dtype)
-    per_head = cfg.head_dim * values.itemsize + (0 if scales is None else scales.itemsize)
-    return 2 * cfg.num_layers * tokens * cfg.num_kv_heads * per_head
+    shapes = [shape for shape in map(cfg.kv_shape, range(cfg.num_layers)) if shape is not None]
+    return 2 * tokens * sum(k * (d * values.itemsize + (0 if scales is None else scales.itemsize)) for k, d in shapes)
 
 
 class AttnSpec(NamedTuple):
@@ -183,7 +183,12 @@ class Uncached:
         return mask if self.keep is None else mask & self.keep[:, None, :]
 
     def __call__(self, q, k, v, cache, positions, spec: AttnSpec):
-        return attend(q, k, v, self.mask(positions, spec.window), spec.scale, spec.softcap, spec.sinks), LayerCache(k, v)
+        return self.read(q, LayerCache(k, v), positions, spec), LayerCache(k, v)
+
+    def read(self, q, cache: LayerCache, positions, spec: AttnSpec, k=None, v=None):
+        """Attention of q over another layer's keys and values of this call (`cache`, as its call
+        returned them): a layer that shares them (ModelConfig.kv_source)."""
+        return attend(q, cache.k, cache.v, self.mask(positions, spec.window), spec.scale, spec.softcap, spec.sinks)
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["page_table", "valid", "shared", "offsets"],
@@ -225,10 +230,15 @@ class PagedCache:
 
     def __call__(self, q, k, v, cache: LayerCache, positions, spec: AttnSpec):
         new = self.write(cache, k, v, positions)
-        if new.k_scale is None:
-            return self.attend(q, k, v, new, positions, spec), new
+        return self.read(q, new, positions, spec, k, v), new
+
+    def read(self, q, cache: LayerCache, positions, spec: AttnSpec, k=None, v=None):
+        """Attention of q over the pool `cache` as it stands (this call's keys already written;
+        k, v: those keys as computed, or None: a layer reading another layer's pool, ModelConfig.kv_source)."""
+        if cache.k_scale is None:
+            return self.attend(q, k, v, cache, positions, spec)
         # int8 keys and values are stored rotated: the queries turn alike, the output turns back
-        return kv_quant.rotate(self.attend(kv_quant.rotate(q), k, v, new, positions, spec)), new
+        return kv_quant.rotate(self.attend(kv_quant.rotate(q), k, v, cache, positions, spec))
 
     def attend(self, q, k, v, new: LayerCache, positions, spec: AttnSpec):
         """Attention of q over the cache `new` (k, v [B, T, K, D]: the call's own, as given)."""
@@ -260,7 +270,7 @@ class PagedCache:
         kv_len = start + jnp.sum(self.valid, axis=1)
         # The chunk's own keys as cached (in another dtype: sliced from the gathered ones), so every
         # query reads the keys that later queries will read.
-        k_new, v_new = (k, v) if native else (None, None)
+        k_new, v_new = (k, v) if native and k is not None else (None, None)
         out = attention_ops.flash_prefill(q, keys, values, start, kv_len, scale=spec.scale, window=spec.window,
                                           softcap=spec.softcap, impl="cudnn" if fast else "blocked",
                                           k_new=k_new, v_new=v_new, sinks=spec.sinks)
@@ -308,13 +318,19 @@ class Attention(nnx.Module):
     the keys and values go through the KV backend the caller passes."""
 
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
-        e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.layer_kv_heads(layer), cfg.layer_head_dim(layer)
         scale = (cfg.attn_scale or d**-0.5) / (layer + 1 if cfg.attn_scale_by_layer else 1)
         self.spec = AttnSpec(scale, cfg.layer_window(layer), cfg.attn_softcap)
         self.rope_interleaved, self.clip = cfg.rope_interleaved, cfg.clip_qkv
+        # A layer reading another layer's keys and values projects none (Gemma 4's shared kv layers);
+        # one whose values are its keys' projection has no v_proj (attention_k_eq_v)
+        own = cfg.kv_shape(layer) is not None
+        self.reads_shared_kv = not own
+        kv = dict(bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
         self.q_proj = Dense((e,), (h, d), ("embed", "q_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
-        self.k_proj = Dense((e,), (k, d), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
-        self.v_proj = Dense((e,), (k, d), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
+        self.k_proj = Dense((e,), (k, d), ("embed", "kv_heads", "head_dim"), **kv) if own else None
+        self.v_proj = Dense((e,), (k, d), ("embed", "kv_heads", "head_dim"), **kv) if own and not cfg.layer_values_are_keys(layer) else None
+        self.v_norm = RMSNorm(d, cfg.norm_eps, dtype=dtype, rngs=rngs, weight=False) if cfg.v_norm and own else None
         self.o_proj = Dense((h, d), (e,), ("q_heads", "head_dim", "embed"), bias=cfg.o_bias, dtype=dtype, rngs=rngs)
         if cfg.qk_norm == "none" or (cfg.qk_norm_layers is not None and layer not in cfg.qk_norm_layers):
             self.q_norm = self.k_norm = None
@@ -333,7 +349,7 @@ class Attention(nnx.Module):
             self.q_norm = RMSNorm((h, d) if whole else d, cfg.norm_eps,
                                   axes=("q_heads", "head_dim") if whole else ("head_dim",), **norm)
             self.k_norm = RMSNorm((k, d) if whole else d, cfg.norm_eps,
-                                  axes=("kv_heads", "head_dim") if whole else ("head_dim",), **norm)
+                                  axes=("kv_heads", "head_dim") if whole else ("head_dim",), **norm) if own else None
         self.norm_after_rope = cfg.qk_norm_after_rope
         layers = cfg.query_scale_layers
         self.query_scale = cfg.query_scale if layers is None or layer in layers else None
@@ -342,8 +358,12 @@ class Attention(nnx.Module):
 
     def __call__(self, x, positions, rot: Rotary | None, cache: LayerCache | None, kv=UNCACHED):
         """x [B, T, E] at positions [B, T] -> (output [B, T, E], this layer's cache from `kv`).
-        `rot` None: no rotary positions (models with learned position embeddings)."""
+        `rot` None: no rotary positions (models with learned position embeddings). A layer that
+        reads another's keys and values (`reads_shared_kv`) is given that layer's new cache as
+        `cache`, attends over it and returns None: it keeps none."""
         q, k, v = self.project(x, positions, rot)
+        if self.reads_shared_kv:
+            return self.o_proj(kv.read(q, cache, positions, self.call_spec())), None
         out, new = kv(q, k, v, cache, positions, self.call_spec())
         return self.o_proj(out), new
 
@@ -352,26 +372,41 @@ class Attention(nnx.Module):
         return self.spec if self.sinks is None else self.spec._replace(sinks=self.sinks[...].astype(jnp.float32))
 
     def project(self, x, positions, rot: Rotary | None):
-        """Queries, keys and values of x [B, T, E] at positions [B, T]: projected, q/k-normed, clamped
-        to [-clip_qkv, clip_qkv] where the model says (OLMo, OLMoE) and rotated (normed after rotating
-        where the model says), queries scaled by their position where the model says (`query_scale`)."""
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if self.q_norm is not None and not self.norm_after_rope:
-            q, k = self.q_norm(q), self.k_norm(k)
+        """Queries, keys and values of x [B, T, E] at positions [B, T]: projected, q/k-normed (v-normed
+        where the model says: Gemma 4), clamped to [-clip_qkv, clip_qkv] where the model says (OLMo,
+        OLMoE) and rotated (q/k-normed after rotating where the model says), queries scaled by their
+        position where the model says (`query_scale`); keys and values None in a layer that reads
+        another's (Gemma 4's shared kv layers)."""
+        q, k, v = self.q_proj(x), None, None
+        if not self.reads_shared_kv:
+            k = self.k_proj(x)
+            v = k if self.v_proj is None else self.v_proj(x)
+        if not self.norm_after_rope:
+            q, k = self._qk_norm(q, k)
+        if self.v_norm is not None and v is not None:
+            v = self.v_norm(v)
         if self.clip is not None:
-            q, k, v = (jnp.clip(t, -self.clip, self.clip) for t in (q, k, v))
+            q, k, v = (t if t is None else jnp.clip(t, -self.clip, self.clip) for t in (q, k, v))
         if rot is not None:
-            q, k = apply_rotary(q, rot, self.rope_interleaved), apply_rotary(k, rot, self.rope_interleaved)
-        if self.q_norm is not None and self.norm_after_rope:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q = apply_rotary(q, rot, self.rope_interleaved)
+            k = k if k is None else apply_rotary(k, rot, self.rope_interleaved)
+        if self.norm_after_rope:
+            q, k = self._qk_norm(q, k)
         if self.query_scale is not None:
             q = scale_queries(q, positions, self.query_scale)
         return q, k, v
 
-    def weights(self, x, positions, rot: Rotary | None, kv: Uncached = UNCACHED):
+    def _qk_norm(self, q, k):
+        """q and k (None: none) through the layer's q/k norms, where it has them."""
+        q = q if self.q_norm is None else self.q_norm(q)
+        return q, (k if k is None or self.k_norm is None else self.k_norm(k))
+
+    def weights(self, x, positions, rot: Rotary | None, kv: Uncached = UNCACHED, keys=None):
         """The attention weights of a full sequence x [B, T, E] (no cache; `kv` may hide padding
-        keys): float32 [B, H, T, T]."""
+        keys): float32 [B, H, T, T]. `keys`: the keys of the layer whose keys this one reads, where
+        it reads another's (`reads_shared_kv`)."""
         q, k, _ = self.project(x, positions, rot)
+        k = keys if self.reads_shared_kv else k
         spec = self.call_spec()
         probs = attention_probs(q, k.astype(q.dtype), kv.mask(positions, spec.window), spec.scale, spec.softcap, spec.sinks)
         b, groups, members, t, s = probs.shape

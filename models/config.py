@@ -19,7 +19,7 @@ ROUTERS = ("softmax_topk", "topk_softmax", "sparsemixer", "sigmoid_topk", "topk_
 # (DeepSeek-V2's group_limited_greedy), or the "top2" sum (DeepSeek-V3)
 GROUP_SCORES = ("max", "top2")
 LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention")
-ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope", "proportional")
 
 # Keys each rope type needs beyond rope_theta, as transformers validates them.
 _ROPE_REQUIRED = {
@@ -29,6 +29,7 @@ _ROPE_REQUIRED = {
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
     "yarn": ("factor", "original_max_position_embeddings"),
     "longrope": ("short_factor", "long_factor", "original_max_position_embeddings"),
+    "proportional": (),
 }
 
 
@@ -55,6 +56,9 @@ class RopeConfig:
     # dynamic with a fixed NTK alpha (HunYuan's "ntk_alpha"): the base times alpha ** (d / (d - 2)),
     # whatever the sequence's length; set by the families that read it (parse_rope never does)
     alpha: float | None = None
+    # The head size of the layers this rope turns where it differs from the model's head_dim (Gemma 4's
+    # full-attention layers); None: head_dim.
+    head_dim: int | None = None
 
     @property
     def length_dependent(self) -> bool:
@@ -213,6 +217,20 @@ class ModelConfig:
     # Multi-head latent attention (DeepSeek); None: the usual q/k/v projections. With it, head_dim is
     # the cached key and value heads' width, max(qk_head_dim, v_head_dim) (models/mla.py pads to it)
     mla: MlaConfig | None = None
+    # Gemma 4: full-attention layers with heads of their own size and kv heads (None: as the others');
+    # values that are the keys' projection there (attention_k_eq_v: no v_proj); values RMS-normed
+    # without a scale (v_norm); the last kv_shared_layers layers projecting no keys or values but
+    # attending over those of the last earlier layer of their type (kv_source), their MLP twice as
+    # wide where double_wide_mlp; per-layer embeddings of per_layer_input_size per layer (0: none)
+    # from a table of per_layer_vocab_size tokens (models/gemma4.py).
+    global_head_dim: int | None = None
+    global_kv_heads: int | None = None
+    attn_k_eq_v: bool = False
+    v_norm: bool = False
+    kv_shared_layers: int = 0
+    double_wide_mlp: bool = False
+    per_layer_input_size: int = 0
+    per_layer_vocab_size: int = 0
     sliding_window: int | None = None
     attention_chunk: int | None = None  # the chunk of "chunked_attention" layers (Llama 4's attention_chunk_size)
     # One entry per layer: "full_attention", "sliding_attention" or "chunked_attention".
@@ -237,7 +255,40 @@ class ModelConfig:
     def rotary_dim(self) -> int:
         if self.mla is not None:
             return self.mla.qk_rope_head_dim
-        return int(self.head_dim * self.rope.partial_rotary_factor)
+        return self.rope_dim(self.rope)
+
+    def rope_dim(self, rope: RopeConfig) -> int:
+        """The dims of each head `rope` turns: its head size times the partial factor; all of them
+        for proportional rope, whose frequencies past the factor's share are zero (transformers)."""
+        dim = rope.head_dim or self.head_dim
+        return dim if rope.type == "proportional" else int(dim * rope.partial_rotary_factor)
+
+    def layer_is_full(self, layer: int) -> bool:
+        return not self.layer_types or self.layer_types[layer] != "sliding_attention"
+
+    def layer_head_dim(self, layer: int) -> int:
+        return self.global_head_dim if self.global_head_dim and self.layer_is_full(layer) else self.head_dim
+
+    def layer_kv_heads(self, layer: int) -> int:
+        return self.global_kv_heads if self.global_kv_heads and self.layer_is_full(layer) else self.num_kv_heads
+
+    def kv_source(self, layer: int) -> int:
+        """The layer whose keys and values `layer` attends over: itself, or for the last
+        kv_shared_layers layers the last layer of the same type before them (Gemma 4)."""
+        first = self.num_layers - self.kv_shared_layers
+        if layer < first:
+            return layer
+        kind = self.layer_types[layer] if self.layer_types else None
+        return max(i for i in range(first) if (self.layer_types[i] if self.layer_types else None) == kind)
+
+    def kv_shape(self, layer: int) -> tuple[int, int] | None:
+        """(kv heads, head_dim) of the keys and values `layer` caches; None: it caches none (it reads
+        another layer's: kv_source)."""
+        return None if self.kv_source(layer) != layer else (self.layer_kv_heads(layer), self.layer_head_dim(layer))
+
+    def layer_values_are_keys(self, layer: int) -> bool:
+        """Whether the layer's values are its keys' projection (no v_proj: Gemma 4's attention_k_eq_v)."""
+        return self.attn_k_eq_v and self.layer_is_full(layer)
 
     def layer_window(self, layer: int) -> int | Chunked | None:
         """The sliding window of one layer, its chunk (Chunked) on a chunked-attention layer, or None
@@ -344,7 +395,12 @@ CONFIG_FIELDS = {
     "final_logit_softcapping": POSITIVE, "rope_local_base_freq": _given(POSITIVE),
     # a number (Gemma 3, EXAONE 4; 0 as EXAONE 4 saves it without a window) or EXAONE 4's "LLLG", read only
     # where layer_types is left out (gemma.alternating refuses what transformers cannot apply)
-    "sliding_window_pattern": Field(int, 0, MAX_SIZE, null=False, or_text=True), "use_bidirectional_attention": FLAG,
+    "sliding_window_pattern": Field(int, 0, MAX_SIZE, null=False, or_text=True),
+    "use_bidirectional_attention": Field(bool, or_text=True),  # Gemma 4's: "vision" or "all"
+    # Gemma 4: per-layer embeddings, values as keys, shared kv layers, experts beside the MLP, the full layers' heads
+    "vocab_size_per_layer_input": COUNT, "hidden_size_per_layer_input": INDEX, "attention_k_eq_v": FLAG,
+    "num_kv_shared_layers": INDEX, "enable_moe_block": FLAG, "use_double_wide_mlp": FLAG, "top_k_experts": COUNT,
+    "global_head_dim": COUNT, "num_global_key_value_heads": COUNT, "per_layer_config": OBJECT,
     # GPT-NeoX and GPT-2 (its own spellings)
     "use_parallel_residual": FLAG, "rotary_pct": FRACTION, "rotary_emb_base": POSITIVE, "n_embd": COUNT, "n_layer": LAYERS, "n_head": COUNT, "n_positions": COUNT,
     "n_inner": COUNT, "layer_norm_epsilon": NON_NEGATIVE, "activation_function": NAME, "scale_attn_weights": _given(FLAG),
@@ -363,7 +419,7 @@ CONFIG_FIELDS = {
     # SmolLM3's layers without rotary positions: a 0 per NoPE layer, else one every no_rope_layer_interval
     "no_rope_layers": Field(int, 0, 1, many="list"), "no_rope_layer_interval": COUNT,
     # mixtures of experts
-    "num_local_experts": _given(EXPERTS), "num_experts": _given(EXPERTS), "num_experts_per_tok": _given(COUNT), "moe_intermediate_size": INDEX,
+    "num_local_experts": _given(EXPERTS), "num_experts": EXPERTS,  # null: Gemma 4's dense models (not_null elsewhere) "num_experts_per_tok": _given(COUNT), "moe_intermediate_size": INDEX,
     "norm_topk_prob": FLAG, "decoder_sparse_step": INDEX, "mlp_only_layers": Field(int, 0, MAX_SIZE, many="list"),
     "shared_expert_intermediate_size": COUNT, "qkv_bias": FLAG,  # Qwen2-MoE (a shared expert of width 0 is refused)
     "shared_intermediate_size": INDEX,  # GraniteMoeShared's (0: none)

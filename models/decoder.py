@@ -58,12 +58,13 @@ class LayerNormDecoderLayer(DecoderLayer):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _call_layer(graphdef, state, x, positions, rot, cache, kv):
+def _call_layer(graphdef, state, x, positions, rot, cache, kv, *extra):
     """A layer as a nested jit: layers of one structure (most models: all of them) share one
     trace, where inlining them traced each again. Tracing 30 layers of the default model took
     ~3 s of every start, compile cache warm (2-core CPU); XLA inlines the call, so the compiled
-    program is the same."""
-    return nnx.merge(graphdef, state)(x, positions, rot, cache, kv)
+    program is the same. `extra`: the layer's own input beside x, where the model has one
+    (DecoderModel.layer_inputs)."""
+    return nnx.merge(graphdef, state)(x, positions, rot, cache, kv, *extra)
 
 
 def norm_kwargs(cfg: ModelConfig, dtype, rngs, norm_cls=None) -> dict:
@@ -95,21 +96,30 @@ class DecoderModel(nnx.Module):
         if self.embed_positions is not None:
             x = x + self.embed_positions(positions)
         rots = self.rotaries(positions, x.dtype, lengths)
+        inputs = self.layer_inputs(tokens, x)
         new_cache = []
         for i, layer in enumerate(self.layers):
             if trace is not None:
                 trace.append(x)
-            rot, c = rots.get(self.cfg.layer_rope(i)), None if cache is None else cache[i]
+            # a layer reading another's keys and values gets that layer's new cache (and keeps none)
+            source = self.cfg.kv_source(i)
+            c = new_cache[source] if source != i else None if cache is None else cache[i]
+            rot, extra = rots.get(self.cfg.layer_rope(i)), () if inputs is None else (inputs[:, :, i],)
             if trace is None:  # one trace per distinct layer, not per layer (see _call_layer)
                 graphdef, state = nnx.split(layer)
-                x, c = _call_layer(graphdef, state, x, positions, rot, c, kv)
+                x, c = _call_layer(graphdef, state, x, positions, rot, c, kv, *extra)
             else:
-                x, c = layer(x, positions, rot, c, kv)
+                x, c = layer(x, positions, rot, c, kv, *extra)
             new_cache.append(c)
         x = self.norm(x)
         if trace is not None:
             trace.append(x)
         return x, new_cache
+
+    def layer_inputs(self, tokens, x):
+        """Each layer's own input beside the hidden states, [B, T, layers, ...] (Gemma 4's per-layer
+        embeddings), passed to layer i as its last argument; None: the layers take none."""
+        return None
 
     def rotaries(self, positions, dtype, lengths=None) -> dict:
         """One cos/sin table per distinct rope of the layers (Gemma 3's local and global differ);
@@ -127,11 +137,12 @@ class CausalLM(nnx.Module):
     A family with its own decoder layer subclasses this and sets `layer_cls`."""
 
     layer_cls = DecoderLayer
+    model_cls = DecoderModel  # a family whose layers take inputs of their own subclasses it (DecoderModel.layer_inputs)
     final_norm = None  # RMSNorm unless a family sets another norm class
 
     def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.model = DecoderModel(cfg, self.layer_cls, dtype=dtype, rngs=rngs, final_norm=self.final_norm)
+        self.model = self.model_cls(cfg, self.layer_cls, dtype=dtype, rngs=rngs, final_norm=self.final_norm)
         if cfg.tie_word_embeddings:  # tied: no head, or the head's bias alone (cfg.head_bias; nnx.data: a None head is static)
             self.lm_head = nnx.data(nnx.Dict(bias=param((cfg.vocab_size,), ("vocab_out",), dtype))) if cfg.head_bias else None
         else:
@@ -233,13 +244,14 @@ def decoder_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
             WeightSpec(hf + "input_layernorm.weight", ours + ("input_layernorm", "weight")),
             WeightSpec(hf + "post_attention_layernorm.weight", ours + ("post_attention_layernorm", "weight")),
         ]
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        projections = ("q_proj", "o_proj") + kv_projections(cfg, i)
+        for name in [n for n in ("q_proj", "k_proj", "v_proj", "o_proj") if n in projections]:
             attn = ours + ("self_attn", name)
             specs.append(WeightSpec(f"{hf}self_attn.{name}.weight", attn + ("kernel",), Linear(2 if name == "o_proj" else 1)))
             if cfg.o_bias if name == "o_proj" else cfg.qkv_bias:
                 specs.append(WeightSpec(f"{hf}self_attn.{name}.bias", attn + ("bias",), Copy(flatten=name != "o_proj")))
         if cfg.qk_norm not in ("none", "l2") and (cfg.qk_norm_layers is None or i in cfg.qk_norm_layers):  # l2: no weights
-            for name in ("q_norm", "k_norm"):
+            for name in ("q_norm", "k_norm") if cfg.kv_shape(i) is not None else ("q_norm",):
                 flat = Copy(flatten=cfg.qk_norm == "projection")
                 specs.append(WeightSpec(f"{hf}self_attn.{name}.weight", ours + ("self_attn", name, "weight"), flat))
         for name in ("gate_proj", "up_proj", "down_proj") if cfg.gated_mlp else ("up_proj", "down_proj"):
@@ -248,3 +260,11 @@ def decoder_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
             if cfg.mlp_bias:
                 specs.append(WeightSpec(f"{hf}mlp.{name}.bias", mlp + ("bias",)))
     return specs
+
+
+def kv_projections(cfg: ModelConfig, layer: int) -> tuple[str, ...]:
+    """The key and value projections a layer has: none where it reads another layer's keys and
+    values, no v_proj where its values are its keys' projection (Gemma 4)."""
+    if cfg.kv_shape(layer) is None:
+        return ()
+    return ("k_proj",) if cfg.layer_values_are_keys(layer) else ("k_proj", "v_proj")

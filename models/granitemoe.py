@@ -12,7 +12,8 @@ from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import decoder_weight_map
 from jaxllm.models.granite import MULTIPLIERS, GraniteForCausalLM, granite_defaults
-from jaxllm.models.weights import Linear, Part, Stacked, Transpose, WeightSpec
+from jaxllm.models.moe import fused_expert_specs
+from jaxllm.models.weights import Linear, Part, WeightSpec
 
 
 def granitemoe_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
@@ -21,12 +22,8 @@ def granitemoe_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     for i in range(cfg.num_layers):
         hf, ours = f"model.layers.{i}.", ("model", "layers", i, "mlp")
         fused, down = hf + "block_sparse_moe.input_linear.weight", hf + "block_sparse_moe.output_linear.weight"
-        specs += [
-            WeightSpec(hf + "block_sparse_moe.router.layer.weight", ours + ("gate", "kernel"), Linear()),
-            WeightSpec(fused, ours + ("gate_proj",), Stacked(Part(0, 2 * f, Transpose(1)))),
-            WeightSpec(fused, ours + ("up_proj",), Stacked(Part(f, 2 * f, Transpose(1)))),
-            WeightSpec(down, ours + ("down_proj",), Stacked(Transpose(1))),
-        ]
+        specs.append(WeightSpec(hf + "block_sparse_moe.router.layer.weight", ours + ("gate", "kernel"), Linear()))
+        specs += fused_expert_specs(fused, down, ours, f)
         if s:
             shared = ours + ("shared_expert",)
             specs += [

@@ -106,14 +106,15 @@ class Dense(nnx.Module, pytree=False):
 class RMSNorm(nnx.Module, pytree=False):
     """x / rms(x) * w over the last dims (`shape`), in float32. Llama casts back before the scale;
     `upcast_scale` applies the scale in float32, then casts (OLMo 2), and `offset` scales by
-    (offset + w) that way (Gemma's 1 + w), each as transformers does."""
+    (offset + w) that way (Gemma's 1 + w), each as transformers does. `scale` False: no weight, x / rms(x)
+    cast back (Gemma 4's v_norm and router norm)."""
 
     def __init__(self, shape, eps: float, *, dtype, rngs: nnx.Rngs, axes=("norm",), offset: float = 0.0,
                  upcast_scale: bool = False, weight: bool = True):
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         self.eps, self.offset, self.upcast = eps, offset, upcast_scale or bool(offset)
         self.dims = tuple(range(-len(shape), 0))
-        self.weight = param(shape, tuple(axes), dtype) if weight else None  # None: no scale (Llama 4's L2 norm)
+        self.weight = param(shape, tuple(axes), dtype) if weight else None  # None: no scale (Llama 4's L2 norm, Gemma 4's v_norm)
 
     def __call__(self, x):
         dtype = x.dtype
@@ -377,10 +378,12 @@ class MoE(nnx.Module, pytree=False):
             weights = weights / jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), self.norm_min)
         return weights * self.routed_scaling if self.routed_scaling != 1 else weights, experts
 
-    def __call__(self, x):
+    def __call__(self, x, route_from=None):
+        """The experts' output for x [..., E]; routed by `route_from` (same shape) where given, else
+        by x itself (Gemma 4 routes the layer's input and feeds the experts its normed form)."""
         shape = x.shape
         x = x.reshape(-1, shape[-1])
-        weights, experts = self.route(x)
+        weights, experts = self.route(x if route_from is None else route_from.reshape(-1, shape[-1]))
         if self.expert_mesh is None:
             out = self._experts(x, weights, experts, self._stacks(), None)
         else:

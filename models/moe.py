@@ -12,7 +12,7 @@ from jaxllm.models.architecture import NO_WINDOW_SWITCH, RMS_NOT_NULL, Architect
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, decoder_weight_map
 from jaxllm.models.llama import NO_BIAS
-from jaxllm.models.weights import Copy, Linear, Stack, Transpose, WeightSpec
+from jaxllm.models.weights import Copy, Linear, Part, Stack, Stacked, Transpose, WeightSpec
 
 
 def moe_weight_map(block: str, names: dict, base=decoder_weight_map, router: str = "gate.weight", shared: str = "shared_expert",
@@ -52,6 +52,15 @@ def moe_weight_map(block: str, names: dict, base=decoder_weight_map, router: str
         return specs
 
     return weight_map
+
+
+def fused_expert_specs(gate_up: str, down: str, ours: tuple, width: int) -> list[WeightSpec]:
+    """An MoE block's expert stacks `ours` + (gate_proj / up_proj / down_proj) out of one checkpoint
+    tensor [X, 2F, E] of every expert's gate rows then up rows (`gate_up`, F = `width`) and one
+    [X, E, F] of their down projections (`down`): GraniteMoE's input_linear, Gemma 4's gate_up_proj."""
+    return [WeightSpec(gate_up, ours + ("gate_proj",), Stacked(Part(0, 2 * width, Transpose(1)))),
+            WeightSpec(gate_up, ours + ("up_proj",), Stacked(Part(width, 2 * width, Transpose(1)))),
+            WeightSpec(down, ours + ("down_proj",), Stacked(Transpose(1)))]
 
 
 def _experts(raw: dict, default: int) -> int:
@@ -112,7 +121,7 @@ _TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_la
 ARCHITECTURES = (Architecture(
     name="MixtralForCausalLM", module=CausalLM, hf_model_type="mixtral", config_defaults=mixtral_defaults,
     ignored_keys=("layer_types",) + NO_WINDOW_SWITCH,  # its window (sliding_window) is every layer's
-    not_null=RMS_NOT_NULL + ("num_key_value_heads",),
+    not_null=RMS_NOT_NULL + ("num_key_value_heads", "num_experts"),
     hf_defaults=dict(rope_theta=1_000_000.0, rms_norm_eps=1e-5, num_key_value_heads=8, max_position_embeddings=131072),
     weight_map=moe_weight_map("block_sparse_moe", {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}),
     tiny_config=dict(_TINY, num_local_experts=4, num_experts_per_tok=2, sliding_window=8, rope_theta=10000.0),
@@ -121,7 +130,7 @@ ARCHITECTURES = (Architecture(
     ignored_keys=("layer_types",),
     hf_defaults=dict(use_sliding_window=False, sliding_window=4096, num_key_value_heads=4, max_position_embeddings=32768),
     not_null=RMS_NOT_NULL + ("num_key_value_heads", "head_dim", "attention_bias", "use_sliding_window", "moe_intermediate_size",
-                             "norm_topk_prob", "decoder_sparse_step"),
+                             "norm_topk_prob", "decoder_sparse_step", "num_experts"),
     weight_map=moe_weight_map("mlp", {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"}),
     # Layer 1 dense (mlp_only_layers), top-k weights not renormalised: both paths of the family.
     tiny_config=dict(_TINY, head_dim=32, num_experts=6, num_experts_per_tok=2, moe_intermediate_size=32,
@@ -134,7 +143,7 @@ ARCHITECTURES = (Architecture(
                      max_position_embeddings=32768, num_experts=60, num_experts_per_tok=4, moe_intermediate_size=1408,
                      shared_expert_intermediate_size=5632, norm_topk_prob=False, qkv_bias=True),
     not_null=RMS_NOT_NULL + ("num_key_value_heads", "head_dim", "use_sliding_window", "moe_intermediate_size", "norm_topk_prob",
-                             "decoder_sparse_step", "shared_expert_intermediate_size", "qkv_bias"),
+                             "decoder_sparse_step", "shared_expert_intermediate_size", "qkv_bias", "num_experts"),
     weight_map=moe_weight_map("mlp", {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"}),
     # Layer 1 dense; layers 0 and 2 routed, with a shared expert, and windowed (use_sliding_window:
     # the even layers below max_window_layers); q/k/v biases; top-k weights not renormalised.

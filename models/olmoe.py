@@ -31,7 +31,7 @@ ARCHITECTURES = (Architecture(
     # OlmoeConfig's field defaults (OLMoE-1B-7B's routing)
     hf_defaults=dict(rms_norm_eps=1e-5, max_position_embeddings=4096, num_experts=64, num_experts_per_tok=8, norm_topk_prob=False,
                      pad_token_id=1, eos_token_id=50279),
-    not_null=RMS_NOT_NULL + ("attention_bias", "norm_topk_prob", "head_dim"),
+    not_null=RMS_NOT_NULL + ("attention_bias", "norm_topk_prob", "head_dim", "num_experts"),
     # 6 experts, top 2, renormalised (Qwen3-MoE's tiny config takes the other path); GQA; q/k/v/o biases
     tiny_config=dict(vocab_size=128, hidden_size=64, intermediate_size=32, num_hidden_layers=3, num_attention_heads=4,
                      num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=10000.0,

@@ -39,7 +39,19 @@ def rope_inv_freq(rope: RopeConfig, rotary_dim: int, max_positions: int, seq_len
         return _yarn_inv_freq(rope, rotary_dim)
     if rope.type == "longrope":
         return _longrope_inv_freq(rope, exponents, seq_len)
+    if rope.type == "proportional":
+        return _proportional_inv_freq(rope, rotary_dim), 1.0
     raise ValueError(rope.type)
+
+
+def _proportional_inv_freq(rope: RopeConfig, dim: int) -> np.ndarray:
+    """Gemma 4's proportional rope over a whole head of `dim`: the first int(partial * dim // 2)
+    frequencies base ** (-2i / dim), the rest zero (those pairs stay as they are), all divided by
+    the factor (transformers' _compute_proportional_rope_parameters)."""
+    angles = int(rope.partial_rotary_factor * dim // 2)
+    inv = 1.0 / (rope.theta ** (np.arange(0, 2 * angles, 2, dtype=np.int64).astype(np.float32) / dim))
+    inv = np.concatenate([inv, np.zeros(dim // 2 - angles, np.float32)])
+    return (inv / rope.factor).astype(np.float32)
 
 
 def _longrope_inv_freq(rope: RopeConfig, exponents: np.ndarray, seq_len):
@@ -114,7 +126,7 @@ def rotary(cfg: ModelConfig, positions, dtype, rope: RopeConfig | None = None, l
     seq_len = None
     if rope.length_dependent:
         seq_len = jnp.max(positions, axis=-1, keepdims=True) + 1 if lengths is None else jnp.reshape(lengths, (-1, 1))
-    inv, scale = rope_inv_freq(rope, cfg.rotary_dim, cfg.max_position_embeddings, seq_len)
+    inv, scale = rope_inv_freq(rope, cfg.rope_dim(rope), cfg.max_position_embeddings, seq_len)
     inv = jnp.asarray(inv, jnp.float32)
     if inv.ndim == 1:
         inv = inv[None, None, :]

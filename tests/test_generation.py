@@ -37,8 +37,8 @@ def test_cached_decode_matches_full_forward(pair):
     seq = np.random.default_rng(5).integers(0, 128, (2, 20)).astype(np.int32)
     full = np.asarray(model.logits(seq))
     module = model.module
-    shape = (13, 4, cfg.num_kv_heads, cfg.head_dim)  # 12 pages and the trash page
-    cache = [LayerCache(np.zeros(shape, np.float32), np.zeros(shape, np.float32)) for _ in range(cfg.num_layers)]
+    shapes = [None if kv is None else (13, 4) + kv for kv in map(cfg.kv_shape, range(cfg.num_layers))]  # 12 pages and the trash page
+    cache = [None if s is None else LayerCache(np.zeros(s, np.float32), np.zeros(s, np.float32)) for s in shapes]
     table = np.asarray([[7, 2, 9, 0, 4], [1, 11, 3, 8, 5]], np.int32)
     positions = np.broadcast_to(np.arange(6), (2, 6))
     hidden, cache = module.hidden(seq[:, :6], positions, cache, PagedCache(table, np.ones((2, 6), bool), 20))

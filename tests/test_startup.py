@@ -254,7 +254,7 @@ def test_small_prefill_calls_compile_without_ynnpack_on_cpu():
 
     options = runtime.small_call_options()
     assert options == (("xla_cpu_experimental_ynn_fusion_type", ""),)
-    steps = make_steps(object(), 8, "xla", None, 2, 1, False, (), options)
+    steps = make_steps(object(), 8, "xla", None, ((1, 4), (1, 4)), False, (), options)
     large, small = steps.prefill, steps.prefill_small
     assert large is not small
     r = runner.Runner.__new__(runner.Runner)

@@ -12,11 +12,12 @@ from jaxllm.serving.runner import pool_pages
 
 
 def tp_split(model) -> int:
-    """Devices each page of the pool splits over: the mesh's tp when it divides the kv heads (the
-    pool splits like the kv projections), else 1 (the pool is whole on each device)."""
-    mesh = getattr(model, "mesh", None)
+    """Devices each page of the pool splits over: the mesh's tp when it divides every layer's kv
+    heads (the pool splits like the kv projections), else 1 (the pool is whole on each device)."""
+    mesh, cfg = getattr(model, "mesh", None), model.config
     tp = mesh.shape["tp"] if mesh is not None else 1
-    return tp if model.config.num_kv_heads % tp == 0 else 1
+    heads = {shape[0] for shape in map(cfg.kv_shape, range(cfg.num_layers)) if shape is not None}
+    return tp if all(k % tp == 0 for k in heads) else 1
 
 
 def pool_size(model, kv_dtype, page_size: int, fraction: float, num_pages: int | None, *, batch_size: int,

@@ -107,13 +107,13 @@ class Runner:
         self.shard_pages, self.shard_seqs = num_pages // self.shards, max_seqs // self.shards  # per dp shard
         values, scales = kv_format(kv_dtype, self.dtype)
         self.kv_dtype = (values.name, None if scales is None else scales.name)  # the pool's (values, scales) dtypes
-        steps = make_steps(model.graphdef, chunk, attention, self.mesh, self.cfg.num_layers, self.cfg.num_kv_heads,
-                       scales is not None, decode_options, small_options)
+        kv_shapes = tuple(map(self.cfg.kv_shape, range(self.cfg.num_layers)))
+        steps = make_steps(model.graphdef, chunk, attention, self.mesh, kv_shapes, scales is not None, decode_options,
+                           small_options)
         self._traces, self._prefill_large, self._prefill_small, self._decode, self._score, self._zeros = steps
         self._before = dataclasses.replace(self._traces)  # what engines before this one compiled
         pool = self.shards * pool_pages(self.shard_pages, self.shard_seqs)
-        self._sizes = (max_seqs, pool, page_size, self.cfg.num_kv_heads, self.cfg.head_dim, self.cfg.num_layers,
-                       self.cfg.vocab_size, eos_width, self.kv_dtype)
+        self._sizes = (max_seqs, pool, page_size, kv_shapes, self.cfg.vocab_size, eos_width, self.kv_dtype)
 
     @property
     def model(self):

@@ -67,9 +67,10 @@ class Steps(NamedTuple):
 
 
 @functools.cache
-def steps(graphdef, chunk: int, attention: str, mesh, num_layers: int, num_kv_heads: int, scales: bool = False,
+def steps(graphdef, chunk: int, attention: str, mesh, kv_shapes: tuple, scales: bool = False,
            decode_options: tuple = (), small_options: tuple = ()):
-    """The Steps jitted for this model structure; `scales`: the pool holds int8 scales (the state's structure on a mesh);
+    """The Steps jitted for this model structure; `kv_shapes`: each layer's (kv heads, head_dim), None
+    for a layer that caches nothing (ModelConfig.kv_shape); `scales`: the pool holds int8 scales (the state's structure on a mesh);
     `decode_options`, `small_options`: XLA options of the decode step and of small prefill calls,
     (name, value) pairs (jaxllm.runtime.decode_options, small_call_options)."""
     options, small = dict(decode_options) or None, dict(small_options) or None
@@ -83,7 +84,7 @@ def steps(graphdef, chunk: int, attention: str, mesh, num_layers: int, num_kv_he
     prefill = functools.partial(_prefill, graphdef, counters, attention, gather)
     decode = functools.partial(_decode, graphdef, counters, chunk, attention, gather)
     score = functools.partial(_score, graphdef, counters, attention)
-    sizes = tuple(range(9))  # _zero_state's arguments are all static
+    sizes = tuple(range(7))  # _zero_state's arguments are all static
     if mesh is None:
         return Steps(counters, *(jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3, compiler_options=o) for o in (None, small)),
                      jax.jit(decode, static_argnums=(0, 1, 2), donate_argnums=4, compiler_options=options),
@@ -92,12 +93,18 @@ def steps(graphdef, chunk: int, attention: str, mesh, num_layers: int, num_kv_he
     # like its first three dims) and over dp by pages; the slots over dp; what the host reads back
     # is replicated, so every process of a multi-host run can read it.
     rep = sharding.replicated(mesh)
-    pool = sharding.pool_sharding(mesh, num_kv_heads)
-    spec = tuple(pool.spec) + (None,) * (4 - len(pool.spec))
-    scale = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec[:3])) if scales else None
-    cache = [LayerCache(pool, pool, scale, scale)] * num_layers
+
+    def layer_cache(shape):
+        if shape is None:
+            return None
+        pool = sharding.pool_sharding(mesh, shape[0])
+        spec = tuple(pool.spec) + (None,) * (4 - len(pool.spec))
+        scale = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec[:3])) if scales else None
+        return LayerCache(pool, pool, scale, scale)
+
+    cache = [layer_cache(shape) for shape in kv_shapes]
     rows = sharding.dp_rows(mesh)  # replicated when dp = 1
-    state = jax.tree.map(lambda _: rows, jax.eval_shape(lambda: _zero_state(1, 1, 1, 1, 1, num_layers, 1, 1, ("float32", None))))
+    state = jax.tree.map(lambda _: rows, jax.eval_shape(lambda: _zero_state(1, 1, 1, (), 1, 1, ("float32", None))))
     state = state._replace(cache=cache)
     if mesh.shape["dp"] > 1:  # each dp shard computes its own rows on its own pages and slots
         prefill, decode, score = (_per_shard(mesh, f, statics, replicated)
@@ -129,18 +136,22 @@ def _per_shard(mesh, step, statics: int, replicated: tuple[int, ...]):
     return run
 
 
-def _zero_state(rows, pool, page_size, kv_heads, head_dim, layers, vocab, eos_width, dtypes) -> SlotState:
+def _zero_state(rows, pool, page_size, kv_shapes, vocab, eos_width, dtypes) -> SlotState:
     """An empty state: `pool` pages per layer (the managed ones, a trash page that unused table
     entries point at, then rounded up to a multiple of the rows: cuDNN's paged kernel wants the
-    pool to split evenly over them) in dtypes (values, scales or None), and `rows` decode slots."""
-    shape, (values, scales) = (pool, page_size, kv_heads, head_dim), dtypes
+    pool to split evenly over them) of each layer's (kv heads, head_dim) in `kv_shapes` (None: the
+    layer caches nothing) in dtypes (values, scales or None), and `rows` decode slots."""
+    values, scales = dtypes
 
-    def layer():
+    def layer(kv_shape):
+        if kv_shape is None:
+            return None
+        shape = (pool, page_size) + tuple(kv_shape)
         kv = [jnp.zeros(shape, values) for _ in range(2)]
         return LayerCache(*kv) if scales is None else LayerCache(*kv, *(jnp.zeros(shape[:3], scales) for _ in range(2)))
 
     return SlotState(
-        cache=[layer() for _ in range(layers)],
+        cache=[layer(shape) for shape in kv_shapes],
         tokens=jnp.zeros(rows, jnp.int32), positions=jnp.zeros(rows, jnp.int32), done=jnp.ones(rows, bool),
         generated=jnp.zeros(rows, jnp.int32), max_new=jnp.ones(rows, jnp.int32), limit=jnp.zeros(rows, jnp.int32),
         seen=jnp.zeros((rows, vocab), bool), eos=jnp.full((rows, eos_width), -1, jnp.int32),
