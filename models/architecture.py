@@ -112,6 +112,9 @@ class Architecture:
     hf_aliases: tuple[str, ...] = ()
     # Multimodal classes whose checkpoints hold this family's text model (Wrapper): loaded as this model.
     wrappers: tuple[Wrapper, ...] = ()
+    # cfg -> regexes of further tensors this config's model does not read, beside `ignore` (Gemma 4:
+    # the k/v projections its checkpoints keep for the layers that share another's keys and values).
+    ignore_for: Callable = lambda cfg: ()
 
     def config(self, raw: dict) -> ModelConfig:
         """The ModelConfig of a config.json dict, validated."""
@@ -131,7 +134,7 @@ class Architecture:
 
     def ignored(self, cfg: ModelConfig) -> tuple[str, ...]:
         """Regexes of checkpoint tensors this model does not read (a tied output head among them)."""
-        return self.ignore + ((rf"^{re.escape(self.head_name)}$",) if cfg.tie_word_embeddings else ())
+        return self.ignore + tuple(self.ignore_for(cfg)) + ((rf"^{re.escape(self.head_name)}$",) if cfg.tie_word_embeddings else ())
 
 
 NO_WINDOW = ("sliding_window", "layer_types")

@@ -137,6 +137,9 @@ def gemma4_defaults(raw: dict) -> dict:
     if bidirectional not in (None, False, "vision"):  # "vision": image tokens see each other; text stays causal
         raise ConfigError(f"config.json use_bidirectional_attention={bidirectional!r} (every token seeing the tokens after "
                           "it) is not supported: jaxllm runs causal text generation; use null or \"vision\"")
+    if "rope_scaling" in raw:  # transformers' config takes it for a flat rope_parameters, which Gemma 4 cannot run
+        raise ConfigError("config.json has rope_scaling, which transformers' Gemma 4 takes for its rope_parameters and then "
+                          "fails to read per layer type: remove it (give rope_parameters per layer type)")
     raw = {k: v for k, v in raw.items() if k != "use_bidirectional_attention"}
     types = gemma4_layer_types(raw)
     shapes = _type_shapes(raw, types)
@@ -269,6 +272,13 @@ def gemma4_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     return specs
 
 
+def shared_kv_tensors(cfg: ModelConfig) -> tuple[str, ...]:
+    """Regexes of the k/v projections and norms of the layers that read another's keys and values:
+    transformers ignores them (_keys_to_ignore_on_load_unexpected), which checkpoints may keep."""
+    shared = "|".join(str(i) for i in range(cfg.num_layers) if cfg.kv_shape(i) is None)
+    return (rf"^(?:.*\.)?layers\.(?:{shared})\.self_attn\.(?:k_proj|v_proj|k_norm|v_norm)\.",) if shared else ()
+
+
 # google/gemma-4-*: Gemma4Config ties the wrapper's lm_head by its top-level tie_word_embeddings (true
 # by default); Gemma4ForConditionalGeneration applies final_logit_softcapping as the text model does.
 GEMMA4_MULTIMODAL = Wrapper(name="Gemma4ForConditionalGeneration", model_type="gemma4", text_model_type="gemma4_text",
@@ -286,10 +296,9 @@ _HF_DEFAULTS = dict(vocab_size=262_144, hidden_size=2304, intermediate_size=9216
 ARCHITECTURES = (Architecture(
     name="Gemma4ForCausalLM", module=Gemma4ForCausalLM, weight_map=gemma4_weight_map, hf_model_type="gemma4_text",
     # keys Gemma 4's code never reads (its rope from rope_parameters alone, its pattern a constant 6, scale 1.0)
-    ignored_keys=NO_WINDOW_SWITCH + ("rope_theta", "rope_scaling", "rope_local_base_freq", "sliding_window_pattern",
+    ignored_keys=NO_WINDOW_SWITCH + ("rope_theta", "rope_local_base_freq", "sliding_window_pattern",
                                      "query_pre_attn_scalar", "attn_logit_softcapping", "hidden_act", "num_experts_per_tok"),
-    # the Hub's checkpoints keep k/v projections and norms of the shared kv layers, which transformers ignores
-    ignore=(r".*rotary_emb\.inv_freq$", r".*layers\.\d+\.self_attn\.(?:k_proj|v_proj|k_norm)\.weight$"),
+    ignore_for=shared_kv_tensors,
     hf_defaults=_HF_DEFAULTS, config_defaults=gemma4_defaults, wrappers=(GEMMA4_MULTIMODAL,),
     not_null=_SANDWICH_NOT_NULL + ("sliding_window", "vocab_size_per_layer_input", "hidden_size_per_layer_input",
                                    "attention_k_eq_v", "num_kv_shared_layers", "enable_moe_block", "use_double_wide_mlp"),

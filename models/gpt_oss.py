@@ -83,7 +83,7 @@ ARCHITECTURES = (Architecture(
     name="GptOssForCausalLM", module=CausalLM, weight_map=gpt_oss_weight_map, hf_model_type="gpt_oss",
     config_defaults=gpt_oss_defaults, common_names=gpt_oss_names, hf_defaults=GPT_OSS_DEFAULTS,
     ignored_keys=("use_sliding_window", "mlp_bias", "norm_topk_prob"),
-    not_null=RMS_NOT_NULL + ("num_key_value_heads", "head_dim", "attention_bias", "num_local_experts", "num_experts_per_tok",
+    not_null=RMS_NOT_NULL + ("num_key_value_heads", "head_dim", "attention_bias", "num_local_experts", "num_experts", "num_experts_per_tok",
                              "intermediate_size", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                              "original_max_position_embeddings"),  # null: its YaRN rope fails in transformers
     # sinks, sliding / full alternation (window 8), biases, 4 experts top 2, GQA, YaRN (not
