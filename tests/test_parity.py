@@ -117,6 +117,24 @@ def _tensors(rename=lambda name: name, add=lambda tensors: {}):
     return rewrite
 
 
+def _gemma4_as_hub_spells_it(raw):
+    """A saved tiny Gemma 4 config.json as google/gemma-4-*'s files spell it."""
+    layers = raw.pop("per_layer_config")
+    full = layers[next(iter(layers))]
+    raw.update(global_head_dim=full["head_dim"], num_global_key_value_heads=full["num_key_value_heads"],
+               use_bidirectional_attention="vision")
+    for key in ("tie_word_embeddings", "rms_norm_eps", "hidden_activation", "attention_bias", "max_position_embeddings"):
+        raw.pop(key)
+
+
+def _gemma4_shared_kv_tensors(tensors):
+    """k/v projections and norms of Gemma 4's shared-kv layers (3 and 4 of the tiny config), which transformers ignores."""
+    import torch
+
+    return {f"model.layers.{i}.self_attn.{name}.weight": torch.ones(shape) for i in (3, 4)
+            for name, shape in (("k_proj", (32, 64)), ("v_proj", (32, 64)), ("k_norm", (32,)))}
+
+
 def _causal_buffers(name: str, size: int, layers: int = 3, masked: str | None = None):
     """The causal-mask buffers old checkpoints keep per layer (`name`, and `masked` for the masked
     value, with {i}), which transformers ignores."""
@@ -592,6 +610,21 @@ SPELLINGS = {
         "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 16})),
     "llama4-ignores-other-keys": ("Llama4ForCausalLM", {}, _edit(sliding_window=4, use_sliding_window=True, mlp_bias=True,
                                                                  router_jitter_noise=0.5, partial_rotary_factor=0.5)),
+    # Gemma 4 as the Hub's files spell it: global_head_dim / num_global_key_value_heads (no
+    # per_layer_config), keys at Gemma4TextConfig's defaults left out, "vision" bidirectional
+    # attention (text stays causal), and the k/v projections of the shared-kv layers kept
+    "gemma4-hub-spelling": ("Gemma4ForCausalLM", {}, _gemma4_as_hub_spells_it, _tensors(add=_gemma4_shared_kv_tensors)),
+    # values of their own on full layers (k_eq_v off: their kv heads stay num_key_value_heads), no
+    # per-layer embeddings, no experts (nulls as transformers saves them), no soft cap; no kv sharing,
+    # which transformers' forward cannot run without per-layer embeddings (it slices their None)
+    "gemma4-dense-without-ple": ("Gemma4ForCausalLM", dict(attention_k_eq_v=False, hidden_size_per_layer_input=0, num_kv_shared_layers=0,
+                                                          enable_moe_block=False, num_experts=None, top_k_experts=None,
+                                                          moe_intermediate_size=None, final_logit_softcapping=None), _edit()),
+    # Gemma4TextConfig's layer pattern (every 6th full, the last forced full) and default ropes
+    # (proportional 0.25 at 1e6 on full layers) where left out
+    "gemma4-default-layers-and-rope": ("Gemma4ForCausalLM", dict(num_hidden_layers=7, num_kv_shared_layers=1, layer_types=None,
+                                                                rope_parameters=None),
+                                       _edit(("layer_types", "rope_parameters"))),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
