@@ -1,0 +1,90 @@
+"""Gemma 4 beyond the generic parity tests (which run its tiny config: sliding and full layers of
+different head sizes, values as keys, shared-kv layers, per-layer embeddings, experts beside the
+MLP): the multimodal checkpoint read as its text model with learned layer scalars, the router
+against transformers', the shared-kv layers keeping no pages, and what is refused."""
+
+import json
+
+import numpy as np
+import pytest
+import reference
+import torch
+import transformers
+
+import jaxllm
+from jaxllm.engine import Engine
+from jaxllm.errors import ConfigError
+from jaxllm.models import registry
+from jaxllm.models.attention import kv_cache_bytes
+
+TOKENS = np.random.default_rng(0).integers(0, 128, (2, 20))
+ARCH = registry.get("Gemma4ForCausalLM")
+VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+              head_dim=8, patch_size=4, pooling_kernel_size=2, position_embedding_size=64)
+
+
+def test_multimodal_checkpoint_with_layer_scalars_loads_as_its_text_model(tmp_path):
+    """Gemma4ForConditionalGeneration (a vision tower beside the text model) called with token ids
+    alone, every layer_scalar away from 1 (randomize leaves buffers at their init): the same logits
+    and greedy tokens."""
+    torch.manual_seed(0)
+    config = transformers.Gemma4Config(text_config=dict(ARCH.tiny_config), vision_config=VISION)
+    ref = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
+    reference.randomize(ref, 0)
+    with torch.no_grad():
+        for name, buffer in ref.named_buffers():
+            if name.endswith("layer_scalar"):
+                buffer.copy_(0.5 + torch.rand(1))
+    ref.eval().save_pretrained(tmp_path)
+    model = jaxllm.load(tmp_path)
+    assert model.config.architecture == "Gemma4ForCausalLM" and model.config.final_softcap == 5.0
+    assert reference.max_rel_diff(model.logits(TOKENS), reference.torch_logits(ref, TOKENS)) <= 1e-4
+    prompt = TOKENS[0, :9].tolist()
+    with torch.no_grad():
+        ids = torch.tensor([prompt])
+        want = ref.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False, eos_token_id=None,
+                            pad_token_id=0)[0, 9:].tolist()
+    assert model.generate(prompt, jaxllm.SamplingParams(max_new_tokens=8, ignore_eos=True)).token_ids == want
+
+
+def test_routing_matches_transformers(tmp_path):
+    """The router (scale-free norm, learned scale, softmax, top k renormalised, per-expert scales)
+    gives transformers' expert ids and weights."""
+    ref = reference.build("Gemma4ForCausalLM", tmp_path, seed=4)
+    experts = jaxllm.load(tmp_path).module.model.layers[0].experts
+    x = np.random.default_rng(0).normal(size=(256, 64)).astype(np.float32)
+    weights, ids = (np.asarray(a) for a in experts.route(x))
+    with torch.no_grad():
+        _, hf_weights, hf_ids = ref.model.layers[0].router(torch.as_tensor(x))
+    np.testing.assert_array_equal(np.sort(ids, -1), np.sort(hf_ids.numpy(), -1))
+    np.testing.assert_allclose(np.sort(weights, -1), np.sort(hf_weights.numpy(), -1), rtol=1e-5, atol=1e-7)
+
+
+def test_shared_kv_layers_keep_no_pages(tmp_path):
+    """Layers 3 and 4 read layers 1's and 2's keys and values: the engine's pool holds none of
+    theirs, and the KV bytes count only the three layers that cache (16-wide sliding heads x 2,
+    a 32-wide full head x 1)."""
+    reference.build("Gemma4ForCausalLM", tmp_path)
+    model = jaxllm.load(tmp_path)
+    cfg = model.config
+    assert [cfg.kv_shape(i) for i in range(5)] == [(2, 16), (2, 16), (1, 32), None, None]
+    assert kv_cache_bytes(cfg, 1, np.float32) == 2 * 4 * (2 * 16 + 2 * 16 + 32)
+    engine = Engine(model, batch_size=2, max_len=64, page_size=4)
+    assert [c is None for c in engine.runner.new_state().cache] == [False, False, False, True, True]
+
+
+@pytest.mark.parametrize("change, key", [
+    (dict(use_bidirectional_attention="all"), "use_bidirectional_attention"),
+    (dict(rope_scaling={"rope_type": "linear", "factor": 2.0}), "rope_scaling"),
+    (dict(num_kv_shared_layers=5), "num_kv_shared_layers"),
+    (dict(num_kv_shared_layers=3), "num_kv_shared_layers"),  # layer 2 (full) then shares no earlier full layer
+    (dict(per_layer_config={"2": {"intermediate_size": 8}}), "intermediate_size"),
+    (dict(per_layer_config={"2": {"head_dim": 64}}), "per_layer_config"),  # full layers of two head sizes
+    (dict(global_head_dim=None), "global_head_dim"),
+    (dict(enable_moe_block=True, num_experts=None), "num_experts"),
+])
+def test_what_transformers_cannot_run_is_refused_in_one_line(change, key):
+    raw = json.loads(json.dumps(dict(ARCH.tiny_config, model_type="gemma4_text", **change)))
+    with pytest.raises(ConfigError, match=key) as err:
+        ARCH.config(raw)
+    assert "\n" not in str(err.value)
