@@ -103,7 +103,7 @@ def gemma4_rope(raw: dict, types, shapes) -> dict:
                               f"reads for its {kind} layers: give one per layer type")
         if entry["rope_type"] == "default":
             entry = dict(entry, partial_rotary_factor=1.0)
-        rope = parse_rope({"rope_parameters": {"full_attention": entry}})
+        rope = parse_rope({"rope_parameters": {"full_attention": entry}, "max_position_embeddings": raw.get("max_position_embeddings")})
         out[kind] = dataclasses.replace(rope, head_dim=shapes[kind][0])
     return out
 
