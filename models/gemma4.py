@@ -161,7 +161,7 @@ def gemma4_defaults(raw: dict) -> dict:
     )
 
 
-class Gemma4Experts(MoE):
+class Gemma4Experts(MoE, pytree=False):
     """Routed experts whose router RMS-normalizes its input (no weight), scales it by a learned
     vector times hidden ** -0.5, then softmax, top k, renormalised, each weight times its expert's
     learned scale (Gemma4TextRouter)."""
