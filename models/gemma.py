@@ -33,7 +33,7 @@ def gemma_defaults(raw: dict) -> dict:
     )
 
 
-def _sandwich_defaults(raw: dict) -> dict:
+def sandwich_defaults(raw: dict) -> dict:
     """Gemma 2 and 3: what Gemma 1 shares with them, but the activation as the config names it
     (transformers maps "gelu" to the tanh form for Gemma 1 only)."""
     return dict(gemma_defaults(raw), hidden_act=raw.get("hidden_activation") or "gelu_pytorch_tanh")
@@ -53,7 +53,7 @@ def alternating(raw: dict, every) -> tuple[str, ...]:
 
 def gemma2_defaults(raw: dict) -> dict:
     return dict(
-        _sandwich_defaults(raw),
+        sandwich_defaults(raw),
         layer_types=alternating(raw, 2),
         attn_scale=float(raw.get("query_pre_attn_scalar", 256)) ** -0.5,
         attn_softcap=raw.get("attn_logit_softcapping", 50.0),
@@ -77,7 +77,7 @@ def gemma3_rope(raw: dict) -> dict:
 def gemma3_defaults(raw: dict) -> dict:
     rope, local = parse_rope(raw), parse_rope(raw, "sliding_attention")  # raw as gemma3_rope rewrote it
     return dict(
-        _sandwich_defaults(raw),
+        sandwich_defaults(raw),
         layer_types=alternating(raw, raw.get("sliding_window_pattern", 6)),  # not _sliding_window_pattern: transformers overwrites it
         qk_norm="per_head",
         attn_scale=float(raw.get("query_pre_attn_scalar", 256)) ** -0.5,
@@ -119,13 +119,13 @@ def sandwich_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     return specs
 
 
-_TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
              num_key_value_heads=2, head_dim=32, max_position_embeddings=256, rms_norm_eps=1e-6,
              tie_word_embeddings=True, hidden_activation="gelu_pytorch_tanh", bos_token_id=2, eos_token_id=1,
              pad_token_id=0)
 
 # Gemma 2/3 read hidden_activation, not hidden_act; Gemma 3 its rope from per-layer-type entries
-_SANDWICH_NOT_NULL = NOT_NULL + ("rms_norm_eps", "hidden_activation", "num_key_value_heads", "head_dim", "attention_bias")
+SANDWICH_NOT_NULL = NOT_NULL + ("rms_norm_eps", "hidden_activation", "num_key_value_heads", "head_dim", "attention_bias")
 
 # google/gemma-3-4b-it, -12b-it, -27b-it (and -pt): the text model of the multimodal checkpoints.
 # Gemma3Config ties the wrapper's own lm_head by its top-level tie_word_embeddings (true by default),
@@ -138,13 +138,13 @@ ARCHITECTURES = (Architecture(
     # Gemma configs' head_dim, whatever hidden / heads
     hf_defaults=dict(tie_word_embeddings=True, head_dim=256, num_key_value_heads=16, max_position_embeddings=8192),
     config_defaults=gemma_defaults, not_null=RMS_NOT_NULL + ("num_key_value_heads", "head_dim", "attention_bias"),
-    tiny_config=dict(_TINY, rope_theta=10000.0, hidden_act="gelu_pytorch_tanh"),
+    tiny_config=dict(TINY, rope_theta=10000.0, hidden_act="gelu_pytorch_tanh"),
 ), Architecture(
     name="Gemma2ForCausalLM", module=Gemma2ForCausalLM, weight_map=sandwich_weight_map, hf_model_type="gemma2", ignored_keys=NO_WINDOW_SWITCH,
     hf_defaults=dict(tie_word_embeddings=True, sliding_window=4096, head_dim=256, num_key_value_heads=4, max_position_embeddings=8192),
-    config_defaults=gemma2_defaults, not_null=_SANDWICH_NOT_NULL + ("rope_theta",),
+    config_defaults=gemma2_defaults, not_null=SANDWICH_NOT_NULL + ("rope_theta",),
     # Window 8 < the test sequences; a scalar unlike head_dim; soft caps low enough to bite.
-    tiny_config=dict(_TINY, rope_theta=10000.0, sliding_window=8, query_pre_attn_scalar=24,
+    tiny_config=dict(TINY, rope_theta=10000.0, sliding_window=8, query_pre_attn_scalar=24,
                      attn_logit_softcapping=3.0, final_logit_softcapping=5.0),
 ), Architecture(
     name="Gemma3ForCausalLM", module=Gemma2ForCausalLM, weight_map=sandwich_weight_map, hf_model_type="gemma3_text", ignored_keys=NO_WINDOW_SWITCH,
@@ -152,9 +152,9 @@ ARCHITECTURES = (Architecture(
     hf_defaults=dict(tie_word_embeddings=True, sliding_window=4096, head_dim=256, num_key_value_heads=4, max_position_embeddings=131072,
                      vocab_size=262_208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
                      bos_token_id=2, eos_token_id=1, pad_token_id=0),
-    config_defaults=gemma3_defaults, common_names=gemma3_rope, not_null=_SANDWICH_NOT_NULL,  # before any reading: a flat rope_parameters is never checked
+    config_defaults=gemma3_defaults, common_names=gemma3_rope, not_null=SANDWICH_NOT_NULL,  # before any reading: a flat rope_parameters is never checked
     wrappers=(GEMMA3_MULTIMODAL,),
-    tiny_config=dict(_TINY, sliding_window=8, query_pre_attn_scalar=24,
+    tiny_config=dict(TINY, sliding_window=8, query_pre_attn_scalar=24,
                      layer_types=["sliding_attention", "sliding_attention", "full_attention"],
                      rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 100000.0},
                                       "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}),

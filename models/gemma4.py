@@ -25,9 +25,9 @@ from flax import nnx
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW_SWITCH, Architecture, Wrapper
 from jaxllm.models.attention import UNCACHED, Attention
-from jaxllm.models.config import ModelConfig, parse_rope
+from jaxllm.models.config import LAYER_TYPES, ModelConfig, parse_rope
 from jaxllm.models.decoder import CausalLM, DecoderModel, norm_kwargs
-from jaxllm.models.gemma import _SANDWICH_NOT_NULL, _TINY, _sandwich_defaults, sandwich_weight_map
+from jaxllm.models.gemma import SANDWICH_NOT_NULL, TINY, sandwich_defaults, sandwich_weight_map
 from jaxllm.models.layers import Dense, Embed, GatedMLP, MoE, RMSNorm, activation, param
 from jaxllm.models.moe import fused_expert_specs
 from jaxllm.models.weights import Linear, WeightSpec
@@ -41,6 +41,9 @@ def gemma4_layer_types(raw: dict) -> tuple[str, ...]:
     """Gemma4TextConfig's layer types: the file's, else every 6th layer full; the last layer full whatever they say."""
     types = list(raw.get("layer_types") or ("sliding_attention" if (i + 1) % 6 else "full_attention"
                                             for i in range(raw["num_hidden_layers"])))
+    for kind in types:
+        if kind not in LAYER_TYPES:
+            raise ConfigError(f"config.json layer type '{kind}' is not supported; use full_attention or sliding_attention")
     return tuple(types[:-1] + ["full_attention"])
 
 
@@ -147,7 +150,7 @@ def gemma4_defaults(raw: dict) -> dict:
     local = shapes.get("sliding_attention", shapes["full_attention"])
     full = shapes["full_attention"]
     return dict(
-        _sandwich_defaults(raw),
+        sandwich_defaults(raw),
         norm_offset=0.0, norm_upcast_scale=True,  # Gemma4RMSNorm: x * w in float32, then the cast
         layer_types=types, qk_norm="per_head", v_norm=True, attn_scale=1.0, attn_softcap=None,
         final_softcap=raw.get("final_logit_softcapping"),
@@ -300,12 +303,12 @@ ARCHITECTURES = (Architecture(
                                      "query_pre_attn_scalar", "attn_logit_softcapping", "hidden_act", "num_experts_per_tok"),
     ignore_for=shared_kv_tensors,
     hf_defaults=_HF_DEFAULTS, config_defaults=gemma4_defaults, wrappers=(GEMMA4_MULTIMODAL,),
-    not_null=_SANDWICH_NOT_NULL + ("sliding_window", "vocab_size_per_layer_input", "hidden_size_per_layer_input",
+    not_null=SANDWICH_NOT_NULL + ("sliding_window", "vocab_size_per_layer_input", "hidden_size_per_layer_input",
                                    "attention_k_eq_v", "num_kv_shared_layers", "enable_moe_block", "use_double_wide_mlp"),
     # Sliding layers of 16-wide heads (2 kv heads), full ones of 32 (1 kv head, values = keys, proportional
     # rope); the last two layers share the kv of layers 1 and 2 (MLP twice as wide); per-layer embeddings;
     # 4 experts (top 2) beside each MLP; a soft cap on the logits.
-    tiny_config=dict(_TINY, num_hidden_layers=5, head_dim=16, global_head_dim=32, num_global_key_value_heads=1,
+    tiny_config=dict(TINY, num_hidden_layers=5, head_dim=16, global_head_dim=32, num_global_key_value_heads=1,
                      sliding_window=8, layer_types=["sliding_attention", "sliding_attention", "full_attention",
                                                     "sliding_attention", "full_attention"],
                      rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},

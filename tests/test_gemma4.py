@@ -88,3 +88,15 @@ def test_what_transformers_cannot_run_is_refused_in_one_line(change, key):
     with pytest.raises(ConfigError, match=key) as err:
         ARCH.config(raw)
     assert "\n" not in str(err.value)
+
+
+def test_data_and_tensor_parallel_engine_matches_one_device(tmp_path):
+    """On a dp=4, tp=2 mesh the engine's per-layer pools (two shapes, none for the shared-kv layers)
+    split over dp by pages and over tp by kv heads where they divide: the same greedy tokens."""
+    reference.build("Gemma4ForCausalLM", tmp_path, seed=2)
+    prompts = [list(range(3, 30)), list(range(5, 17)), list(range(9, 20))]
+    params = jaxllm.SamplingParams(max_new_tokens=6, ignore_eos=True)
+    want = [r.token_ids for r in jaxllm.load(tmp_path).generate(prompts, params)]
+    model = jaxllm.load(tmp_path, mesh="dp=4,tp=2")
+    engine = Engine(model, batch_size=4, max_len=64, page_size=4)
+    assert [r.token_ids for r in model.generate(prompts, params, engine=engine)] == want
