@@ -73,6 +73,22 @@ def test_shared_kv_layers_keep_no_pages(tmp_path):
     assert [c is None for c in engine.runner.new_state().cache] == [False, False, False, True, True]
 
 
+def test_text_config_of_model_type_alone_reads_as_gemma4_text_config_does():
+    """Every key left to Gemma4TextConfig's defaults (a multimodal checkpoint's text_config may hold
+    only the others): the full layers' 512-wide heads, the layer pattern, ropes and per-layer embeddings."""
+    cfg, hf = ARCH.config({"model_type": "gemma4_text"}), transformers.Gemma4TextConfig()
+    full = hf.per_layer_config[hf.layer_types.index("full_attention")]
+    assert (cfg.layer_head_dim(5), cfg.layer_kv_heads(5), cfg.head_dim, cfg.num_kv_heads) == (
+        full.head_dim, full.num_key_value_heads, hf.per_layer_config[0].head_dim, hf.per_layer_config[0].num_key_value_heads)
+    assert list(cfg.layer_types) == hf.layer_types and cfg.sliding_window == hf.sliding_window
+    rope = hf.rope_parameters
+    assert (cfg.rope.type, cfg.rope.theta, cfg.rope.partial_rotary_factor, cfg.local_rope.theta) == (
+        "proportional", rope["full_attention"]["rope_theta"], rope["full_attention"]["partial_rotary_factor"],
+        rope["sliding_attention"]["rope_theta"])
+    assert (cfg.per_layer_input_size, cfg.per_layer_vocab_size, cfg.num_experts) == (
+        hf.hidden_size_per_layer_input, hf.vocab_size_per_layer_input, 0)
+
+
 @pytest.mark.parametrize("change, key", [
     (dict(use_bidirectional_attention="all"), "use_bidirectional_attention"),
     (dict(rope_scaling={"rope_type": "linear", "factor": 2.0}), "rope_scaling"),
