@@ -5,9 +5,15 @@ engine's greedy tokens in bfloat16 with the GPU's attention kernels against the 
     JAX_DEFAULT_MATMUL_PRECISION=highest PYTHONPATH=$PWD:$PWD/tests python benchmarks/gpu_arch_check.py [--only A,B]
 
 Prints one line per architecture; the float32 line holds to the parity tests' 1e-4.
+
+Where the GPU machine's transformers is older than the one the tests pin (it may lack a family, or
+read a config otherwise), build the models and their reference logits on the CPU machine and carry
+them: `--save DIR` there (writes DIR/<name>/ with the checkpoint and reference.npz), `--saved DIR`
+on the GPU (compares against those logits; transformers is not imported).
 """
 
 import argparse
+import os
 import tempfile
 
 import numpy as np
@@ -32,10 +38,19 @@ def engine_tokens(model, prompts, impl):
     return [got[i] for i in range(len(prompts))]
 
 
-def check(name: str, folder: str) -> bool:
+def save(name: str, folder: str) -> None:
+    """The tiny checkpoint of `name` in `folder`, with transformers' float32 logits of fixed tokens."""
     ref = reference.build(name, folder)
     tokens = np.random.default_rng(0).integers(0, 128, (2, 20))
-    err = reference.max_rel_diff(jaxllm.load(folder).logits(tokens), reference.torch_logits(ref, tokens))
+    np.savez(os.path.join(folder, "reference.npz"), tokens=tokens, logits=reference.torch_logits(ref, tokens))
+
+
+def check(name: str, folder: str, saved: bool = False) -> bool:
+    if not saved:
+        save(name, folder)
+    want = np.load(os.path.join(folder, "reference.npz"))
+    tokens = want["tokens"]
+    err = reference.max_rel_diff(jaxllm.load(folder).logits(tokens), want["logits"])
     model = jaxllm.load(folder, dtype="bfloat16")
     rng = np.random.default_rng(1)
     prompts = [rng.integers(0, 128, n).tolist() for n in (5, 30, 70, 100)]
@@ -49,12 +64,27 @@ def check(name: str, folder: str) -> bool:
     return ok
 
 
+def _checked(name: str, saved: str | None) -> bool:
+    """check(), a failure printed in one line and counted, so the other architectures still run."""
+    try:
+        return check(name, os.path.join(saved, name), saved=True) if saved else check(name, tempfile.mkdtemp())
+    except Exception as e:  # noqa: BLE001 - a report line per architecture
+        print(f"{name:34s} FAILED: {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
+        return False
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--only", default="", help="comma-separated architecture names (default: every registered one)")
+    p.add_argument("--save", help="build the models and reference logits into this folder, and stop (a CPU machine)")
+    p.add_argument("--saved", help="check the models that --save wrote into this folder")
     args = p.parse_args()
-    names = [n for n in args.only.split(",") if n] or registry.names()
-    failed = [n for n in names if not check(n, tempfile.mkdtemp())]
+    names = [n for n in args.only.split(",") if n] or (sorted(os.listdir(args.saved)) if args.saved else registry.names())
+    if args.save:
+        for n in names:
+            save(n, os.path.join(args.save, n))
+        return
+    failed = [n for n in names if not _checked(n, args.saved)]
     print(f"{len(names) - len(failed)}/{len(names)} within {TOL} in float32" + (f"; failed: {failed}" if failed else ""))
 
 

@@ -253,13 +253,14 @@ class ModelConfig:
 
     @property
     def rotary_dim(self) -> int:
-        if self.mla is not None:
-            return self.mla.qk_rope_head_dim
         return self.rope_dim(self.rope)
 
     def rope_dim(self, rope: RopeConfig) -> int:
         """The dims of each head `rope` turns: its head size times the partial factor; all of them
-        for proportional rope, whose frequencies past the factor's share are zero (transformers)."""
+        for proportional rope, whose frequencies past the factor's share are zero (transformers);
+        latent attention's rope part (qk_rope_head_dim) under MLA."""
+        if self.mla is not None:
+            return self.mla.qk_rope_head_dim
         dim = rope.head_dim or self.head_dim
         return dim if rope.type == "proportional" else int(dim * rope.partial_rotary_factor)
 
