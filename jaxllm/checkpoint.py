@@ -18,7 +18,7 @@ from pathlib import Path
 
 from jaxllm import gguf_tokenizer
 from jaxllm.errors import CheckpointError, ConfigError
-from jaxllm.models import config, mxfp4, registry, weights
+from jaxllm.models import config_fields, mxfp4, registry, weights
 from jaxllm.safetensors_io import LazyTensor, SafetensorsFile
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -161,15 +161,15 @@ def read_json(path: Path, what: str) -> dict:
 
 
 def read_config(folder: Path) -> dict:
-    """config.json of `folder`, every field the models read checked (jaxllm.models.config.check_config)."""
-    return config.check_config(read_json(folder / "config.json", "config.json"), str(folder / "config.json"))
+    """config.json of `folder`, every field the models read checked (jaxllm.models.config_fields.check_config)."""
+    return config_fields.check_config(read_json(folder / "config.json", "config.json"), str(folder / "config.json"))
 
 
 def read_generation_config(folder: Path) -> dict:
     path = folder / "generation_config.json"
     if not path.exists():
         return {}
-    return config.check_generation_config(read_json(path, "generation_config.json"), str(path))
+    return config_fields.check_generation_config(read_json(path, "generation_config.json"), str(path))
 
 
 def _no_weights(folder: Path, index: Path | None) -> str:
@@ -288,7 +288,7 @@ class HFCheckpoint:
         weights.tied_names; MXFP4 experts dequantized, mxfp4.mxfp4_names)."""
         specs = list(specs)
         tensors = self.tensors
-        if config.read_quantized(self.raw) == "mxfp4":
+        if config_fields.read_quantized(self.raw) == "mxfp4":
             tensors = mxfp4.mxfp4_names(tensors, specs)
         if self.wrapper is not None:
             tensors = weights.wrapped_names(tensors, specs, self.wrapper.text_module, arch.base_prefix)

@@ -37,7 +37,7 @@ import numpy as np
 from jaxllm import runtime
 from jaxllm.errors import GenerationError, check_token_ids
 from jaxllm.models.attention import check_kv_dtype
-from jaxllm.models.config import token_ids
+from jaxllm.models.config_fields import token_ids
 from jaxllm.sampling import SamplingParams
 from jaxllm.serving import cascade as cascade_plan
 from jaxllm.serving import memory

@@ -37,7 +37,8 @@ from jaxllm.load_quantized import quantization, read_gguf_blocks, table_schemes,
 from jaxllm.models import layers, quant, registry, weights
 from jaxllm.models.architecture import Architecture
 from jaxllm.models.attention import check_kv_dtype, kv_cache_bytes
-from jaxllm.models.config import ModelConfig, check_eos, token_ids
+from jaxllm.models.config import ModelConfig
+from jaxllm.models.config_fields import check_eos, token_ids
 from jaxllm.sampling import SamplingParams
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from jaxllm.errors import ConfigError
-from jaxllm.models.config import ModelConfig, check_config, from_hf, require_fields
+from jaxllm.models.config import ModelConfig, from_hf
+from jaxllm.models.config_fields import check_config, require_fields
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,7 @@ ARCHITECTURES = (Architecture(
                      mlp_bias=False, first_k_dense_replace=0, kv_lora_rank=512, q_lora_rank=1536,
                      n_shared_experts=2, qk_nope_head_dim=128, qk_rope_head_dim=64, routed_scaling_factor=1.0,
                      topk_method="greedy", v_head_dim=128, moe_intermediate_size=1407),
-    not_null=_NOT_NULL + ("mlp_bias",),
+    not_null=_NOT_NULL + ("mlp_bias", "num_experts"),
     # a dense layer, then MoE layers of 6 experts in 3 groups (group_limited_greedy, top 2 of the best two
     # groups) beside two shared experts, weights scaled; one q_proj (q_lora_rank null); MLP biases
     tiny_config=dict(_TINY, q_lora_rank=None, n_routed_experts=6, n_shared_experts=2, n_group=3, topk_group=2,

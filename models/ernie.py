@@ -61,7 +61,7 @@ ARCHITECTURES = (Architecture(
     hf_defaults=dict(_DEFAULTS, num_key_value_heads=4, moe_intermediate_size=1536, moe_num_shared_experts=2,
                      moe_layer_start_index=1, moe_layer_end_index=-1, moe_layer_interval=1, moe_norm_min=1e-12),
     config_defaults=ernie_moe_defaults,
-    not_null=RMS_NOT_NULL + ("num_key_value_heads", "head_dim", "moe_k", "moe_num_experts", "moe_intermediate_size",
+    not_null=RMS_NOT_NULL + ("num_key_value_heads", "head_dim", "moe_k", "moe_num_experts", "num_experts", "moe_intermediate_size",
                              "moe_num_shared_experts", "moe_layer_start_index", "moe_layer_end_index", "moe_layer_interval",
                              "moe_norm_min"),
     # layer 0 dense, 1 and 2 routed (4 experts, top 2) beside a shared expert; biases on; untied

@@ -25,7 +25,8 @@ from flax import nnx
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW_SWITCH, Architecture, Wrapper
 from jaxllm.models.attention import UNCACHED, Attention
-from jaxllm.models.config import LAYER_TYPES, ModelConfig, parse_rope
+from jaxllm.models.config import ModelConfig, parse_rope
+from jaxllm.models.config_fields import LAYER_TYPES
 from jaxllm.models.decoder import CausalLM, DecoderModel, norm_kwargs
 from jaxllm.models.gemma import SANDWICH_NOT_NULL, TINY, sandwich_defaults, sandwich_weight_map
 from jaxllm.models.layers import Dense, Embed, GatedMLP, MoE, RMSNorm, activation, param

@@ -121,7 +121,7 @@ ARCHITECTURES = (Architecture(
     # FlexOlmoConfig's field defaults (FlexOlmo-7x7B's routing); rms_norm_eps 1e-6 as the generic reading
     hf_defaults=dict(max_position_embeddings=4096, rope_theta=500000.0, num_experts=7, num_experts_per_tok=5, norm_topk_prob=False,
                      pad_token_id=100277, eos_token_id=100257),
-    not_null=RMS_NOT_NULL + ("attention_bias", "num_experts_per_tok", "norm_topk_prob", "head_dim"),
+    not_null=RMS_NOT_NULL + ("num_experts", "attention_bias", "num_experts_per_tok", "norm_topk_prob", "head_dim"),
     # 4 experts, top 2, renormalised (FlexOlmo's own: not); GQA; q/k/v/o biases
     tiny_config=dict(vocab_size=128, hidden_size=64, intermediate_size=32, num_hidden_layers=3, num_attention_heads=4,
                      num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=10000.0,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from jaxllm.errors import ConfigError
 from jaxllm.models import ARCHITECTURES
 from jaxllm.models.architecture import Architecture, Wrapper
-from jaxllm.models.config import check_config
+from jaxllm.models.config_fields import check_config
 
 _REGISTRY: dict[str, Architecture] = {}
 for _arch in ARCHITECTURES:

@@ -18,7 +18,7 @@ import jaxllm
 from jaxllm import checkpoint, loader, safetensors_io
 from jaxllm.errors import CheckpointError, JaxllmError
 from jaxllm.models import registry
-from jaxllm.models.config import CONFIG_FIELDS, GENERATION_FIELDS, ROPE_FIELDS
+from jaxllm.models.config_fields import CONFIG_FIELDS, GENERATION_FIELDS, ROPE_FIELDS
 from jaxllm.sampling import SamplingParams
 
 FUZZ = settings(max_examples=200, deadline=timedelta(seconds=10), database=None,

@@ -773,7 +773,7 @@ def _forward_fails(arch, raw: dict) -> bool:
     return False
 
 
-NULLABLE = [k for k in __import__("jaxllm.models.config", fromlist=["CONFIG_FIELDS"]).CONFIG_FIELDS
+NULLABLE = [k for k in __import__("jaxllm.models.config_fields", fromlist=["CONFIG_FIELDS"]).CONFIG_FIELDS
             if k not in ("architectures", "model_type", "dtype", "torch_dtype", "eos_token_id", "bos_token_id", "pad_token_id")]
 
 
@@ -789,7 +789,7 @@ def test_a_null_key_reads_as_transformers_reads_it(arch):
     """Each config.json key set to null: where the family's transformers config class (or its model
     construction) refuses it, jaxllm refuses it in one line; where it takes a default, jaxllm takes
     the same (tensor shapes and the scalars of _as_transformers_reads)."""
-    from jaxllm.models.config import CONFIG_FIELDS
+    from jaxllm.models.config_fields import CONFIG_FIELDS
 
     spec = registry.get(arch)
     for key in NULLABLE:

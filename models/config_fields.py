@@ -1,0 +1,239 @@
+"""What each field of config.json and generation_config.json may hold, checked before anything
+reads a field (`check_config`, `check_generation_config`), and the option values the model files may
+set (QK_NORMS, ROUTERS, ...). models/config.py parses the checked fields into a ModelConfig."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+from jaxllm.errors import ConfigError
+
+QK_NORMS = ("none", "per_head", "projection", "layernorm", "layernorm_per_head", "l2")
+ROUTERS = ("softmax_topk", "topk_softmax", "sparsemixer", "sigmoid_topk", "topk_sigmoid")
+# How a group-limited router (router_groups > 1) scores each group of experts: "max" of its scores
+# (DeepSeek-V2's group_limited_greedy), or the "top2" sum (DeepSeek-V3)
+GROUP_SCORES = ("max", "top2")
+LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention")
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope", "proportional")
+
+# What each field of config.json and generation_config.json may hold: one table per file, checked
+# before anything reads a field. An absent field takes its default, and so does null unless the
+# table says `null=False`; fields not listed are allowed and ignored.
+
+MAX_SIZE = 2**31 - 1  # sizes, positions and token ids: int32 on the device
+MAX_LAYERS = 1024  # deeper than any released model, and a bound on the (linear) build time
+MAX_EXPERTS = 4096  # the weight map names every expert's tensors
+
+
+@dataclass(frozen=True)
+class Field:
+    """A field's type (int, float for any finite number, bool, str or dict) and, for numbers, its
+    range [low, high] (`strict`: low itself excluded). `many`: "one" value, a "list" of them, or
+    "either". `null`: whether null is taken as "absent" (False where the code reading the field
+    has a default for absent only). `or_text`: a string is accepted as well (EXAONE 4's "LLLG"
+    window pattern beside a number)."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    strict: bool = False
+    many: str = "one"
+    null: bool = True
+    or_text: bool = False
+
+    def accepts(self, value) -> bool:
+        if isinstance(value, list) and self.many != "one":
+            return all(map(self._accepts_one, value))
+        return self.many != "list" and self._accepts_one(value)
+
+    def _accepts_one(self, v) -> bool:
+        if self.or_text and isinstance(v, str):
+            return True
+        if self.kind not in (int, float):
+            return isinstance(v, self.kind)
+        if isinstance(v, bool) or not isinstance(v, int if self.kind is int else (int, float)) or not -1e308 < v < 1e308:
+            return False  # not a number, or one that float() cannot hold (NaN and infinities included)
+        return (self.low is None or v > self.low or (v == self.low and not self.strict)) and (self.high is None or v <= self.high)
+
+    def describe(self) -> str:
+        noun = {int: "integer", float: "number", bool: "boolean (true or false)", str: "string", dict: "JSON object"}[self.kind]
+        sign = {(0, True): "positive ", (0, False): "non-negative ", (1, False): "positive "}.get((self.low, self.strict), "")
+        text = sign + noun + ("s" if self.many == "list" else "") + (f" <= {self.high}" if self.high is not None else "")
+        if self.many == "list":
+            return "a list of " + text
+        text = ("an " if text[0] in "aeiou" else "a ") + text
+        return text + (" or a list of them" if self.many == "either" else "") + (" or a string" if self.or_text else "")
+
+
+COUNT, LAYERS, INDEX = Field(int, 1, MAX_SIZE), Field(int, 1, MAX_LAYERS), Field(int, 0, MAX_SIZE)
+EXPERTS = Field(int, 0, MAX_EXPERTS)
+POSITIVE, NON_NEGATIVE = Field(float, 0, strict=True), Field(float, 0)
+FRACTION, PROBABILITY = Field(float, 0, 1, strict=True), Field(float, 0, 1)
+FLAG, NAME, OBJECT = Field(bool), Field(str), Field(dict)
+
+
+def _given(rule: Field) -> Field:
+    return dataclasses.replace(rule, null=False)
+
+
+CONFIG_FIELDS = {
+    "architectures": Field(str, many="list"), "model_type": NAME, "vocab_size": COUNT, "hidden_size": COUNT, "intermediate_size": COUNT,
+    "num_hidden_layers": LAYERS, "num_attention_heads": COUNT, "num_key_value_heads": COUNT, "head_dim": COUNT,
+    "max_position_embeddings": COUNT, "rms_norm_eps": NON_NEGATIVE, "layer_norm_eps": NON_NEGATIVE,
+    "hidden_act": NAME, "tie_word_embeddings": FLAG, "attention_bias": FLAG, "mlp_bias": FLAG,
+    "attention_out_bias": FLAG,  # Seed-OSS: o_proj's bias apart from q/k/v's
+    "rope_theta": POSITIVE, "rope_scaling": OBJECT, "rope_parameters": OBJECT, "partial_rotary_factor": FRACTION,
+    "original_max_position_embeddings": COUNT, "use_sliding_window": FLAG,
+    # 0 is what transformers' Qwen2-MoE config saves for a window turned off (use_sliding_window false);
+    # a window of 0 on a sliding layer is refused (_validated)
+    "sliding_window": INDEX,
+    "max_window_layers": _given(INDEX), "layer_types": Field(str, many="list"), "bos_token_id": INDEX,
+    "eos_token_id": Field(int, 0, MAX_SIZE, many="either"), "pad_token_id": Field(int), "dtype": NAME, "torch_dtype": NAME,
+    # Gemma
+    "hidden_activation": NAME, "query_pre_attn_scalar": _given(POSITIVE), "attn_logit_softcapping": POSITIVE,
+    "final_logit_softcapping": POSITIVE, "rope_local_base_freq": _given(POSITIVE),
+    # a number (Gemma 3, EXAONE 4; 0 as EXAONE 4 saves it without a window) or EXAONE 4's "LLLG", read only
+    # where layer_types is left out (gemma.alternating refuses what transformers cannot apply)
+    "sliding_window_pattern": Field(int, 0, MAX_SIZE, null=False, or_text=True),
+    "use_bidirectional_attention": Field(bool, or_text=True),  # Gemma 4's: "vision" or "all"
+    # Gemma 4: per-layer embeddings, values as keys, shared kv layers, experts beside the MLP, the full layers' heads
+    "vocab_size_per_layer_input": COUNT, "hidden_size_per_layer_input": INDEX, "attention_k_eq_v": FLAG,
+    "num_kv_shared_layers": INDEX, "enable_moe_block": FLAG, "use_double_wide_mlp": FLAG, "top_k_experts": COUNT,
+    "global_head_dim": COUNT, "num_global_key_value_heads": COUNT, "per_layer_config": OBJECT,
+    # GPT-NeoX and GPT-2 (its own spellings)
+    "use_parallel_residual": FLAG, "rotary_pct": FRACTION, "rotary_emb_base": POSITIVE, "n_embd": COUNT, "n_layer": LAYERS, "n_head": COUNT, "n_positions": COUNT,
+    "n_inner": COUNT, "layer_norm_epsilon": NON_NEGATIVE, "activation_function": NAME, "scale_attn_weights": _given(FLAG),
+    "scale_attn_by_inverse_layer_idx": FLAG, "rotary_dim": COUNT, "multi_query": FLAG,  # GPTBigCode's and Falcon's one kv head
+    "clip_qkv": POSITIVE,  # OLMo's and OLMoE's clamp of q, k and v
+    "norm_eps": NON_NEGATIVE,  # Nemotron's
+    "num_layers": LAYERS, "num_heads": COUNT, "window_size": COUNT,  # GPT-Neo's (its attention_types: gpt_neo.neo_layer_types)
+    # Falcon's own keys
+    "n_embed": COUNT, "num_kv_heads": COUNT, "ffn_hidden_size": COUNT, "activation": NAME, "bias": FLAG, "parallel_attn": FLAG,
+    "new_decoder_architecture": FLAG, "alibi": FLAG, "num_ln_in_parallel_attn": COUNT,
+    # Granite's scalings; Phi's q/k LayerNorm
+    "embedding_multiplier": POSITIVE, "residual_multiplier": POSITIVE, "attention_multiplier": POSITIVE,
+    "logits_scaling": POSITIVE, "qk_layernorm": FLAG,
+    # StarCoder 2's epsilon and biases; StableLM's q/k/v biases
+    "norm_epsilon": NON_NEGATIVE, "use_bias": FLAG, "use_qkv_bias": FLAG,
+    # SmolLM3's layers without rotary positions: a 0 per NoPE layer, else one every no_rope_layer_interval
+    "no_rope_layers": Field(int, 0, 1, many="list"), "no_rope_layer_interval": COUNT,
+    # mixtures of experts
+    "num_local_experts": _given(EXPERTS), "num_experts": EXPERTS,  # null: Gemma 4's dense models (not_null elsewhere) "num_experts_per_tok": _given(COUNT), "moe_intermediate_size": INDEX,
+    "norm_topk_prob": FLAG, "decoder_sparse_step": INDEX, "mlp_only_layers": Field(int, 0, MAX_SIZE, many="list"),
+    "shared_expert_intermediate_size": COUNT, "qkv_bias": FLAG,  # Qwen2-MoE (a shared expert of width 0 is refused)
+    "shared_intermediate_size": INDEX,  # GraniteMoeShared's (0: none)
+    "router_jitter_noise": _given(NON_NEGATIVE), "lm_head_bias": FLAG,  # PhiMoE's (null: MixtralConfig refuses it)
+    # Cohere's logit scale (null: its forward fails) and q/k LayerNorm (use_bias: StableLM's, ERNIE 4.5's above)
+    "logit_scale": _given(POSITIVE), "use_qk_norm": FLAG,
+    "swiglu_alpha": _given(POSITIVE), "swiglu_limit": _given(POSITIVE),  # gpt-oss's clamped SwiGLU
+    # DeepSeek's multi-head latent attention (a null q_lora_rank: one q_proj) and routing
+    "q_lora_rank": COUNT, "kv_lora_rank": COUNT, "qk_nope_head_dim": COUNT, "qk_rope_head_dim": COUNT, "v_head_dim": COUNT,
+    "rope_interleave": FLAG, "n_routed_experts": EXPERTS, "n_shared_experts": INDEX, "first_k_dense_replace": INDEX,
+    "routed_scaling_factor": POSITIVE, "n_group": COUNT, "topk_group": COUNT, "topk_method": NAME,
+    "moe_topk": Field(int, 1, MAX_SIZE, many="either"),  # HunYuan's experts per token (a list: one per layer)
+    # Llama 4: dense layers' width, expert layers, q/k L2 norm, chunked attention, NoPE layers' temperature tuning
+    "intermediate_size_mlp": COUNT, "interleave_moe_layer_step": INDEX, "moe_layers": Field(int, 0, MAX_SIZE, many="list"),
+    "attention_chunk_size": COUNT, "attn_temperature_tuning": FLAG, "floor_scale": POSITIVE, "attn_scale": NON_NEGATIVE,
+    # ERNIE 4.5 MoE's experts and where they are (moe_layer_end_index -1: the last layer)
+    "moe_num_experts": EXPERTS, "moe_k": COUNT, "moe_num_shared_experts": INDEX, "moe_layer_start_index": INDEX,
+    "moe_layer_end_index": Field(int, -1, MAX_SIZE), "moe_layer_interval": INDEX, "moe_norm_min": NON_NEGATIVE,
+}
+# quantization_config methods whose checkpoints jaxllm reads (dequantized as they load) for the
+# families (model_type) that ship them: gpt-oss's MXFP4 experts (mxfp4.mxfp4_names).
+READ_QUANT_METHODS = {"mxfp4": ("gpt_oss",)}
+# Inside rope_parameters / rope_scaling (or each of its per-layer-type entries).
+ROPE_FIELDS = {
+    "rope_type": NAME, "type": NAME, "rope_theta": POSITIVE, "factor": POSITIVE, "partial_rotary_factor": FRACTION,
+    "original_max_position_embeddings": COUNT, "low_freq_factor": POSITIVE, "high_freq_factor": POSITIVE,
+    "attention_factor": POSITIVE, "beta_fast": POSITIVE, "beta_slow": POSITIVE, "mscale": NON_NEGATIVE,
+    "mscale_all_dim": NON_NEGATIVE, "truncate": FLAG, "short_factor": Field(float, 0, strict=True, many="list"),
+    "long_factor": Field(float, 0, strict=True, many="list"),
+    "alpha": NON_NEGATIVE,  # HunYuan's NTK alpha (0: none)
+    "llama_4_scaling_beta": NON_NEGATIVE,  # Ministral 3's query scaling
+}
+GENERATION_FIELDS = {
+    "do_sample": FLAG, "temperature": NON_NEGATIVE, "top_k": INDEX, "top_p": PROBABILITY, "min_p": PROBABILITY,
+    "repetition_penalty": POSITIVE, "max_new_tokens": COUNT, "eos_token_id": CONFIG_FIELDS["eos_token_id"],
+}
+REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+
+
+def check_fields(raw, fields: dict[str, Field], where: str, prefix: str = "") -> dict:
+    """`raw`, or a ConfigError naming the first field whose value `fields` does not allow."""
+    if not isinstance(raw, dict):
+        if prefix:
+            raise _refused(where, prefix[:-1], OBJECT, raw)
+        raise ConfigError(f"{where} must hold a JSON object ({{\"field\": value, ...}}), got {_shown(raw)}: fix the file")
+    for key, rule in fields.items():
+        value = raw.get(key)
+        if (value is not None and not rule.accepts(value)) or (value is None and key in raw and not rule.null):
+            raise _refused(where, prefix + key, rule, value)
+    return raw
+
+
+def check_config(raw, where: str = "config.json", prefix: str = "") -> dict:
+    """A config.json dict, checked field by field: CONFIG_FIELDS, and ROPE_FIELDS inside its rope
+    settings (which may hold one entry per layer type, as parse_rope reads them). `prefix`: where
+    the dict lies in the file ("text_config." for a multimodal model's text config), for the errors."""
+    check_fields(raw, CONFIG_FIELDS, where, prefix)
+    quantized = raw.get("quantization_config")
+    if quantized is not None and not read_quantized(raw):  # FP8 / GPTQ / AWQ / bitsandbytes weights: their tensors are not the float ones we read
+        method = quantized.get("quant_method", "?") if isinstance(quantized, dict) else "?"
+        raise ConfigError(f"{where} has a quantization_config (quant_method {str(method)[:40]!r}): jaxllm reads float "
+                          "(float32, bfloat16, float16) weights; use the model's unquantized checkpoint (quantize='int8' "
+                          "or 'int4' quantizes it while loading)")
+    for key in ("rope_parameters", "rope_scaling"):
+        rope = raw.get(key) or {}
+        per_type = isinstance(rope.get("full_attention"), dict)
+        for sub in [t for t in LAYER_TYPES if rope.get(t) is not None] if per_type else [None]:
+            check_fields(rope[sub] if sub else rope, ROPE_FIELDS, where, f"{prefix}{key}.{sub}." if sub else f"{prefix}{key}.")
+    return raw
+
+
+def read_quantized(raw: dict) -> str | None:
+    """The quant_method of config.json's quantization_config where jaxllm reads such checkpoints
+    for its model_type (READ_QUANT_METHODS), else None."""
+    quantized = raw.get("quantization_config")
+    method = quantized.get("quant_method") if isinstance(quantized, dict) else None
+    return method if raw.get("model_type") in READ_QUANT_METHODS.get(method, ()) else None
+
+
+def check_generation_config(raw, where: str = "generation_config.json") -> dict:
+    return check_fields(raw, GENERATION_FIELDS, where)
+
+
+def _refused(where: str, name: str, rule: Field, value) -> ConfigError:
+    return ConfigError(f"{where} '{name}' must be {rule.describe()}, got {_shown(value)}: correct that field")
+
+
+def _shown(value) -> str:
+    text = json.dumps(value, default=repr)  # as the file spells it: null, true, "64"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def require_fields(raw: dict, where: str = "config.json") -> tuple:
+    """The REQUIRED fields' values, or a ConfigError naming the first one missing."""
+    for key in REQUIRED:
+        if raw.get(key) is None:
+            raise ConfigError(f"{where} has no '{key}': add it (it is required for this architecture)")
+    return tuple(raw[key] for key in REQUIRED)
+
+
+def token_ids(value) -> tuple[int, ...]:
+    """An id field of config.json or generation_config.json (null, one id or a list) as a tuple."""
+    if value is None:
+        return ()
+    if isinstance(value, int):
+        return (value,)
+    return tuple(int(v) for v in value)
+
+
+def check_eos(ids, vocab_size: int, where: str) -> None:
+    """A ConfigError for an eos_token_id (of config.json or generation_config.json) the model
+    could never emit: generation would never stop there."""
+    outside = [i for i in ids if i >= vocab_size]
+    if outside:
+        raise ConfigError(f"{where} eos_token_id {outside[0]} lies outside the vocabulary ({vocab_size} tokens), so "
+                          "generation could never stop there: correct eos_token_id")
