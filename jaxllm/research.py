@@ -169,7 +169,7 @@ def attention_weights(graphdef, params, tokens, layer: int, *, attention_mask=No
 
     # a layer reading another's keys (Gemma 4's shared kv layers): that layer's keys, same rope
     source = decoder.cfg.kv_source(layer)
-    keys = None if source == layer else decoder.layers[source].self_attn.project(attention_input(source), rot)[1]
+    keys = None if source == layer else decoder.layers[source].self_attn.project(attention_input(source), positions, rot)[1]
     return decoder.layers[layer].self_attn.weights(attention_input(layer), positions, rot, kv, keys)
 
 
