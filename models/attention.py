@@ -406,7 +406,7 @@ class Attention(nnx.Module):
         keys): float32 [B, H, T, T]. `keys`: the keys of the layer whose keys this one reads, where
         it reads another's (`reads_shared_kv`)."""
         q, k, _ = self.project(x, positions, rot)
-        k = keys if self.reads_shared_kv else k
+        k = k if keys is None else keys
         spec = self.call_spec()
         probs = attention_probs(q, k.astype(q.dtype), kv.mask(positions, spec.window), spec.scale, spec.softcap, spec.sinks)
         b, groups, members, t, s = probs.shape

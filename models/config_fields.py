@@ -120,7 +120,8 @@ CONFIG_FIELDS = {
     # SmolLM3's layers without rotary positions: a 0 per NoPE layer, else one every no_rope_layer_interval
     "no_rope_layers": Field(int, 0, 1, many="list"), "no_rope_layer_interval": COUNT,
     # mixtures of experts
-    "num_local_experts": _given(EXPERTS), "num_experts": EXPERTS,  # null: Gemma 4's dense models (not_null elsewhere) "num_experts_per_tok": _given(COUNT), "moe_intermediate_size": INDEX,
+    "num_local_experts": _given(EXPERTS), "num_experts": EXPERTS,  # null: Gemma 4's dense models (not_null elsewhere)
+    "num_experts_per_tok": _given(COUNT), "moe_intermediate_size": INDEX,
     "norm_topk_prob": FLAG, "decoder_sparse_step": INDEX, "mlp_only_layers": Field(int, 0, MAX_SIZE, many="list"),
     "shared_expert_intermediate_size": COUNT, "qkv_bias": FLAG,  # Qwen2-MoE (a shared expert of width 0 is refused)
     "shared_intermediate_size": INDEX,  # GraniteMoeShared's (0: none)
