@@ -22,10 +22,10 @@ from flax import nnx
 
 from jaxllm.models.attention import UNCACHED, Attention, AttnSpec, LayerCache
 from jaxllm.models.config import ModelConfig, RopeConfig
-from jaxllm.models.decoder import CausalLM, DecoderLayer, decoder_weight_map
+from jaxllm.models.decoder import CausalLM, DecoderLayer, decoder_weight_map, dense
 from jaxllm.models.layers import Dense, RMSNorm
 from jaxllm.models.rope import Rotary, apply_rotary
-from jaxllm.models.weights import Linear, WeightSpec
+from jaxllm.models.weights import WeightSpec
 
 
 def mla_scale(cfg: ModelConfig) -> float:
@@ -114,9 +114,7 @@ def mla_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     for i in range(cfg.num_layers):
         hf, ours = f"model.layers.{i}.self_attn.", ("model", "layers", i, "self_attn")
         for name in names:
-            specs.append(WeightSpec(f"{hf}{name}.weight", ours + (name, "kernel"), Linear()))
-            if name in biased:
-                specs.append(WeightSpec(f"{hf}{name}.bias", ours + (name, "bias")))
+            specs += dense(f"{hf}{name}", ours + (name,), bias=name in biased)
         for name in ("kv_a_layernorm",) + (() if cfg.mla.q_lora_rank is None else ("q_a_layernorm",)):
             specs.append(WeightSpec(f"{hf}{name}.weight", ours + (name, "weight")))
     return specs

@@ -10,7 +10,7 @@ and mapping the per-expert checkpoint tensors onto the stacked [expert, ...] ker
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW_SWITCH, RMS_NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.decoder import CausalLM, decoder_weight_map
+from jaxllm.models.decoder import CausalLM, decoder_weight_map, dense
 from jaxllm.models.llama import NO_BIAS
 from jaxllm.models.weights import Copy, Linear, Part, Stack, Stacked, Transpose, WeightSpec
 
@@ -43,10 +43,7 @@ def moe_weight_map(block: str, names: dict, base=decoder_weight_map, router: str
                 specs.append(WeightSpec(experts, ours + (name,), Stack(Transpose(1))))
             if cfg.shared_expert_intermediate_size:
                 for name in ("gate_proj", "up_proj", "down_proj"):
-                    path = ours + ("shared_expert", name)
-                    specs.append(WeightSpec(f"{hf}{shared}.{name}.weight", path + ("kernel",), Linear()))
-                    if cfg.mlp_bias:
-                        specs.append(WeightSpec(f"{hf}{shared}.{name}.bias", path + ("bias",)))
+                    specs += dense(f"{hf}{shared}.{name}", ours + ("shared_expert", name), bias=cfg.mlp_bias)
                 if cfg.shared_expert_gated:
                     specs.append(WeightSpec(hf + "shared_expert_gate.weight", ours + ("shared_expert_gate", "kernel"), Linear()))
         return specs

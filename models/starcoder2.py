@@ -5,10 +5,10 @@ norms' epsilon spelled norm_epsilon, a sliding window on every layer where slidi
 
 from jaxllm.models.architecture import NO_WINDOW_SWITCH, NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.decoder import CausalLM, LayerNormDecoderLayer
+from jaxllm.models.decoder import CausalLM, LayerNormDecoderLayer, dense
 from jaxllm.models.layers import LayerNorm
 from jaxllm.models.stablelm import layernorm_weight_map
-from jaxllm.models.weights import Linear, WeightSpec
+from jaxllm.models.weights import WeightSpec
 
 
 class Starcoder2ForCausalLM(CausalLM):
@@ -21,9 +21,7 @@ def starcoder2_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     for i in range(cfg.num_layers):
         hf, ours = f"model.layers.{i}.mlp.", ("model", "layers", i, "mlp")
         for theirs, name in (("c_fc", "up_proj"), ("c_proj", "down_proj")):
-            specs.append(WeightSpec(f"{hf}{theirs}.weight", ours + (name, "kernel"), Linear()))
-            if cfg.mlp_bias:
-                specs.append(WeightSpec(f"{hf}{theirs}.bias", ours + (name, "bias")))
+            specs += dense(f"{hf}{theirs}", ours + (name,), bias=cfg.mlp_bias)
     return specs
 
 
