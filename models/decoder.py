@@ -191,10 +191,12 @@ def fused_weight_map(cfg: ModelConfig, fused: dict) -> list[WeightSpec]:
 
 def model_ends(cfg: ModelConfig, embed: str, norm: str, head: str = "lm_head.weight") -> list[WeightSpec]:
     """The specs outside the layers of a family with LayerNorms: the token embedding `embed`, the final
-    norm (`norm`.weight and .bias) and, untied, the output head `head`."""
+    norm (`norm`.weight and .bias), untied the output head `head`, and its bias where cfg.head_bias
+    (kept when the head is tied: Phi, GPT-J), as decoder_weight_map reads it."""
     specs = [WeightSpec(embed, ("model", "embed_tokens", "embedding"))]
     specs += [WeightSpec(f"{norm}.{p}", ("model", "norm", p)) for p in ("weight", "bias")]
-    return specs if cfg.tie_word_embeddings else specs + [WeightSpec(head, ("lm_head", "kernel"), Linear())]
+    specs += [] if cfg.tie_word_embeddings else [WeightSpec(head, ("lm_head", "kernel"), Linear())]
+    return specs + [WeightSpec("lm_head.bias", ("lm_head", "bias"))] if cfg.head_bias else specs
 
 
 def dense(hf: str, path: tuple, transform=Linear(), bias: bool = True) -> list[WeightSpec]:

@@ -39,7 +39,7 @@ def parallel_layout(cfg: ModelConfig, names: dict) -> list[WeightSpec]:
     """The weight map of Phi's module tree under `names`: embeddings, the final norm, the output head
     and its bias, each layer's one LayerNorm, q/k/v and output projections (biased as the config
     says), q/k LayerNorms where it has them, and the fc1 / fc2 MLP."""
-    specs = model_ends(cfg, names["embed"], names["norm"]) + [WeightSpec("lm_head.bias", ("lm_head", "bias"))]
+    specs = model_ends(cfg, names["embed"], names["norm"])
     for i in range(cfg.num_layers):
         hf, ours = f"{names['layers']}.{i}.", ("model", "layers", i)
         specs += [WeightSpec(f"{hf}{names['ln']}.{p}", ours + ("input_layernorm", p)) for p in ("weight", "bias")]
