@@ -25,10 +25,13 @@ def _workload(seed=0):
     return [long, long[:20], other, other, rng.integers(0, 128, 7).tolist(), long[:9] + other[:30]]
 
 
-def _alone(model, prompts, params, prefill_tokens):
+def _alone(model, prompts, params, prefill_tokens, **sizes):
     """Each prompt by itself in an engine of the same chunk budget: one sequence at a time, no
-    prefix cache, nothing preempted."""
-    engine = Engine(model, batch_size=1, max_len=128, page_size=4, prefill_tokens=prefill_tokens, prefix_caching=False)
+    prefix cache, nothing preempted. `sizes` (batch_size, num_pages, chunk) may repeat the engine
+    under test's, so the programs it compiled serve this run too: the prompts still run one at a
+    time, each in a pool it has to itself."""
+    sizes = {"batch_size": 1, **sizes}
+    engine = Engine(model, max_len=128, page_size=4, prefill_tokens=prefill_tokens, prefix_caching=False, **sizes)
     return [model.generate(p, params, engine=engine) for p in prompts]
 
 
@@ -48,7 +51,7 @@ def test_mixed_workload_equals_each_prompt_alone(arch, tmp_path):
     prompts = _workload()
     engine = Engine(model, batch_size=3, max_len=128, num_pages=22, page_size=4, prefill_tokens=16, chunk=4, cascade=True)
     together = model.generate(prompts, GREEDY, engine=engine)
-    _assert_same(together, _alone(model, prompts, GREEDY, 16))
+    _assert_same(together, _alone(model, prompts, GREEDY, 16, batch_size=3, num_pages=22, chunk=4))
     stats = engine.scheduler.stats
     assert stats.preempted > 0, "the workload should run out of pages"
     length_dependent = model.config.rope.length_dependent  # keys depend on the length (not HunYuan's fixed NTK alpha)
