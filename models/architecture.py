@@ -30,7 +30,9 @@ class Wrapper:
 
     name: str  # "Gemma3ForConditionalGeneration", as in config.json's "architectures"
     model_type: str  # the wrapper config's model_type ("gemma3")
-    text_model_type: str  # the text config's model_type where it gives none ("gemma3_text")
+    # the text config's model_type where it gives none ("gemma3_text"), or whatever it gives where fixed_text_type:
+    # a registered family's, which reads the text config (Qwen2-VL's text model: "qwen2", Qwen2's layers)
+    text_model_type: str
     # Whether the wrapper's config class builds the text config with one class whatever its model_type
     # says (Gemma3Config: Gemma3TextConfig); False: with the class of that model_type (LlavaConfig's AutoConfig)
     fixed_text_type: bool = True
@@ -41,25 +43,49 @@ class Wrapper:
     # with its config class's default for a key left out (Gemma3Config's tie_word_embeddings, true: the
     # wrapper ties its own lm_head, whatever the text config says); a null flag is off, as transformers reads it
     top_level: dict = field(default_factory=dict)
+    # Flags the wrapper's config turns on where its top level says so, else the text config's value stands
+    # (LlavaConfig and Qwen2VLConfig forward a true text_config.tie_word_embeddings to their own, false by default)
+    top_level_or: tuple[str, ...] = ()
     # Text config keys the wrapper's modeling code never applies, set to the value that means "off"
     # (Gemma3ForConditionalGeneration's head applies no final_logit_softcapping)
     text_overrides: dict = field(default_factory=dict)
+    # The text config where `text_key` is null or left out: these values (Mistral3Config's init_kwargs, model_type
+    # among them) or, where flat_keys are named, those of the top level's keys (Qwen2VLConfig reads a flat
+    # config.json's text keys off its top level, as Qwen2-VL's Hub checkpoints spell it)
+    null_text: dict = field(default_factory=dict)
+    flat_keys: tuple[str, ...] = ()
+    # {text model_type: the defaults of the class the wrapper builds its text config with, where the family's reading
+    # has none or others}: a key the text config leaves out reads as these (Qwen2VLTextConfig's shapes and rope base
+    # beside Qwen2Config's; LLaVA's text configs, saved as their difference from LlamaConfig's defaults, give no shape)
+    text_defaults: dict = field(default_factory=dict)
+    # The text config -> the same as the wrapper's text config class and text model read it, or a ConfigError
+    # (Qwen2-VL's "mrope" rope, plain rope for text alone)
+    edit: Callable[[dict], dict] = lambda text: text
 
     def text_config(self, raw: dict) -> dict:
         """The text model's config.json, as the wrapper's transformers classes build and run it: the
-        `text_key` object (null: every key the text config class's default), the model_type its config
-        class reads, the wrapper's `top_level` keys, the top-level token ids and dtype where given (what
-        transformers' generation and loading read first), and the `text_overrides`."""
-        text = check_config(raw.get(self.text_key) or {}, prefix=self.text_key + ".")
-        out = {k: v for k, v in text.items() if k != "architectures"}
-        out["model_type"] = (None if self.fixed_text_type else text.get("model_type")) or self.text_model_type
+        `text_key` object (null: `null_text`, or the top level's `flat_keys`) over the `text_defaults`, the
+        model_type its config class reads, the wrapper's `top_level` and `top_level_or` keys, the top-level
+        token ids and dtype where given (what transformers' generation and loading read first), and the
+        `text_overrides`, through `edit`."""
+        given = raw.get(self.text_key)
+        if given is None and self.flat_keys:
+            text = check_config({k: raw[k] for k in self.flat_keys if k in raw})
+        else:
+            text = check_config(self.null_text if given is None else given, prefix=self.text_key + ".")
+        model_type = (None if self.fixed_text_type else text.get("model_type")) or self.text_model_type
+        out = dict(self.text_defaults.get(model_type, {}), **{k: v for k, v in text.items() if k != "architectures"})
+        out["model_type"] = model_type
         for key, default in self.top_level.items():
             value = raw.get(key, default)
             out[key] = False if value is None and isinstance(default, bool) else value
+        for key in self.top_level_or:
+            if raw.get(key):
+                out[key] = True
         for key in ("bos_token_id", "eos_token_id", "pad_token_id", "dtype", "torch_dtype"):
             if raw.get(key) is not None:
                 out[key] = raw[key]
-        return dict(out, **self.text_overrides)
+        return self.edit(dict(out, **self.text_overrides))
 
     def ignore(self, base_prefix: str) -> tuple[str, ...]:
         """Regexes of the other modules' tensors, under either spelling (vision_tower.*, model.vision_tower.*)."""
@@ -138,6 +164,10 @@ class Architecture:
         return self.ignore + tuple(self.ignore_for(cfg)) + ((rf"^{re.escape(self.head_name)}$",) if cfg.tie_word_embeddings else ())
 
 
+# What a wrapper whose own bias-free lm_head gives the logits (LlavaForConditionalGeneration) makes of the text
+# config's head settings, whichever family it names: Gemma 2's soft-capping, Cohere's logit_scale, Granite's
+# logits_scaling and PhiMoE's head bias belong to those families' ForCausalLM heads, which it never builds
+OWN_HEAD = dict(final_logit_softcapping=None, logit_scale=1.0, logits_scaling=1.0, lm_head_bias=False)
 NO_WINDOW = ("sliding_window", "layer_types")
 # Qwen's switch for its window: the families whose transformers config has no such key keep their
 # window whatever a stray use_sliding_window says

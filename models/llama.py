@@ -5,7 +5,7 @@ ungated squared-ReLU MLP). All are the shared decoder (models/decoder.py) with c
 from __future__ import annotations
 
 from jaxllm.errors import ConfigError
-from jaxllm.models.architecture import NO_WINDOW, NO_WINDOW_SWITCH, RMS_NOT_NULL, Architecture
+from jaxllm.models.architecture import NO_WINDOW, NO_WINDOW_SWITCH, OWN_HEAD, RMS_NOT_NULL, Architecture, Wrapper
 from jaxllm.models.config import QueryScale
 from jaxllm.models.decoder import CausalLM, decoder_weight_map
 
@@ -81,6 +81,87 @@ def smollm3_defaults(raw: dict) -> dict:
                 layer_types=tuple("sliding_attention" if window and i in nope else "full_attention" for i in range(n)))
 
 
+# The shapes and token ids of LlamaConfig, MistralConfig, Ministral3Config and Qwen2Config where a text config leaves them
+# out: multimodal checkpoints save their text config as its difference from these (llava-hf/llava-1.5-7b-hf's gives no shape)
+_SHAPE = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32)
+CLASS_DEFAULTS = {
+    "llama": dict(_SHAPE, vocab_size=32000, intermediate_size=11008, max_position_embeddings=2048, rms_norm_eps=1e-6,
+                  bos_token_id=1, eos_token_id=2),
+    "mistral": dict(_SHAPE, vocab_size=32000, intermediate_size=14336, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2),
+    "ministral3": dict(_SHAPE, vocab_size=131072, intermediate_size=14336, num_hidden_layers=34, bos_token_id=1, eos_token_id=2,
+                       pad_token_id=11),
+    "qwen2": dict(_SHAPE, vocab_size=151936, intermediate_size=22016, rms_norm_eps=1e-6),
+}
+
+# Mistral Small 3.1 / 3.2, Magistral Small, Devstral Small, Ministral 3 (which ships only inside it): Mistral3Config builds
+# its text_config by its model_type (mistral where it gives none; ministral3), a null one from its own values; it ties
+# the wrapper's lm_head by its top-level tie_word_embeddings, true where config.json leaves it out
+MISTRAL3 = Wrapper(name="Mistral3ForConditionalGeneration", model_type="mistral3", text_model_type="mistral", fixed_text_type=False,
+                   top_level=dict(tie_word_embeddings=True), text_defaults=CLASS_DEFAULTS,
+                   null_text=dict(model_type="mistral", head_dim=128, hidden_size=5120, intermediate_size=32768,
+                                  max_position_embeddings=131072, num_attention_heads=32, num_hidden_layers=40,
+                                  num_key_value_heads=8, rms_norm_eps=1e-5, rope_theta=1e9, sliding_window=None, vocab_size=131072))
+# LLaVA 1.5 and the checkpoints saved in its layout (llava-hf/*, Pixtral-12B): LlavaConfig builds the text_config by
+# its model_type (llama where it gives none or none at all); the wrapper's own lm_head gives the logits (OWN_HEAD),
+# tied where its top-level or its text config's tie_word_embeddings says so
+LLAVA = Wrapper(name="LlavaForConditionalGeneration", model_type="llava", text_model_type="llama", fixed_text_type=False,
+                top_level_or=("tie_word_embeddings",), text_overrides=OWN_HEAD, text_defaults=CLASS_DEFAULTS)
+
+
+def mrope_as_rope(text: dict, split: bool = True) -> dict:
+    """The text config of Qwen2-VL / Qwen2.5-VL (split) or Qwen3-VL (interleaved) as its text model reads it for
+    text alone. Their multimodal rope (M-RoPE) computes the frequencies once per axis of three position ids
+    (time, height, width) and takes each frequency from one axis: contiguous mrope_section parts (split) or every
+    third one (interleaved). Text alone gives the three axes the same positions (get_rope_index: arange), so every
+    frequency is the one plain rope computes with the same inv_freq: rope of the same type and base. Qwen2-VL's
+    config class reads the rope type "mrope" as "default"; its rope splits the frequencies into the mrope_section
+    parts, which must cover them (transformers fails otherwise), and its attention takes hidden / heads per head."""
+    key = "rope_scaling" if text.get("rope_scaling") else "rope_parameters"
+    rope = dict(text.get(key) or {})
+    if not split:
+        return dict(text, **{key: {k: v for k, v in rope.items() if not k.startswith("mrope_")}}) if rope else text
+    dim = text["hidden_size"] // text["num_attention_heads"]
+    if text.get("head_dim") not in (None, dim):
+        raise ConfigError(f"config.json text head_dim {text['head_dim']} is not hidden_size / num_attention_heads ({dim}), "
+                          "which Qwen2-VL's attention takes (its rope would take head_dim: transformers fails): remove head_dim")
+    section = rope.get("mrope_section") or [16, 24, 24]
+    if sum(section) != dim // 2:
+        raise ConfigError(f"config.json rope mrope_section {section} sums to {sum(section)}, not half the head size ({dim // 2}), "
+                          "which Qwen2-VL's rope splits into those parts (transformers fails): give parts summing to it")
+    if (rope.get("rope_type") or rope.get("type")) == "mrope":
+        rope = dict({k: v for k, v in rope.items() if k != "type"}, rope_type="default")
+    text = {k: v for k, v in text.items() if k != "head_dim"}
+    return dict(text, **{key: {k: v for k, v in rope.items() if k != "mrope_section"}})
+
+
+# Qwen2VLTextConfig's keys, which Qwen2VLConfig reads off the top level of a config.json without text_config
+# (Qwen/Qwen2-VL-*, Qwen/Qwen2.5-VL-*), and its defaults where they differ from Qwen2Config's
+QWEN2_VL_FLAT = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                 "hidden_act", "max_position_embeddings", "rms_norm_eps", "use_sliding_window", "sliding_window", "max_window_layers",
+                 "layer_types", "rope_parameters", "rope_scaling", "rope_theta", "bos_token_id", "eos_token_id", "pad_token_id")
+QWEN2_VL_DEFAULTS = dict(vocab_size=152064, hidden_size=8192, intermediate_size=29568, num_hidden_layers=80, num_attention_heads=64,
+                         num_key_value_heads=8, rms_norm_eps=1e-5, rope_theta=1e6, max_window_layers=80, bos_token_id=151643,
+                         eos_token_id=151645)
+
+
+def qwen2_vl(name: str, model_type: str) -> Wrapper:
+    """Qwen2-VL's and Qwen2.5-VL's wrapper: Qwen2's layers (q/k/v biases, the window from max_window_layers) under
+    M-RoPE (mrope_as_rope); the head tied where the top level's or the text config's tie_word_embeddings says so;
+    the vision model (visual) unread."""
+    return Wrapper(name=name, model_type=model_type, text_model_type="qwen2", other_modules=("visual",),
+                   top_level_or=("tie_word_embeddings",), flat_keys=QWEN2_VL_FLAT, text_defaults={"qwen2": QWEN2_VL_DEFAULTS},
+                   edit=mrope_as_rope)
+
+
+# Qwen3-VL: Qwen3's layers (q/k norms, attention_bias on q/k/v/o, no window) under interleaved M-RoPE; Qwen3VLConfig ties
+# the head by its top-level tie_word_embeddings alone (false where left out); Qwen3VLTextConfig's defaults
+QWEN3_VL = Wrapper(name="Qwen3VLForConditionalGeneration", model_type="qwen3_vl", text_model_type="qwen3", other_modules=("visual",),
+                   top_level=dict(tie_word_embeddings=False), text_overrides=dict(use_sliding_window=False, layer_types=None),
+                   text_defaults={"qwen3": dict(_SHAPE, vocab_size=151936, intermediate_size=22016, num_key_value_heads=32, head_dim=128,
+                                                max_position_embeddings=128000, rms_norm_eps=1e-6, rope_theta=500000.0,
+                                                attention_bias=False)},
+                   edit=lambda text: mrope_as_rope(text, split=False))
+
 _TINY = dict(
     vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
     num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-5, tie_word_embeddings=False,
@@ -89,7 +170,7 @@ _TINY = dict(
 ARCHITECTURES = (
     Architecture(
         name="LlamaForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="llama", ignored_keys=NO_WINDOW,
-        not_null=RMS_NOT_NULL + ("attention_bias", "mlp_bias"),
+        not_null=RMS_NOT_NULL + ("attention_bias", "mlp_bias"), wrappers=(LLAVA,),
         tiny_config=dict(_TINY, rope_theta=10000.0, attention_bias=False),
     ),
     Architecture(
@@ -112,7 +193,7 @@ ARCHITECTURES = (
         name="Ministral3ForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="ministral3",
         ignored_keys=("layer_types",) + NO_WINDOW_SWITCH, common_names=ministral3_rope, config_defaults=ministral3_defaults,
         hf_defaults=dict(num_key_value_heads=8, head_dim=128, max_position_embeddings=262144, rms_norm_eps=1e-5),
-        not_null=RMS_NOT_NULL + ("num_key_value_heads", "head_dim"),
+        not_null=RMS_NOT_NULL + ("num_key_value_heads", "head_dim"), wrappers=(MISTRAL3,),
         # YaRN as the Hub's, its original length short enough that the scaling steps within 20 tokens; a window
         tiny_config=dict(_TINY, head_dim=16, sliding_window=8, rope_parameters={
             "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 4, "beta_fast": 32.0,
@@ -123,6 +204,7 @@ ARCHITECTURES = (
         hf_defaults=dict(use_sliding_window=False, sliding_window=4096, num_key_value_heads=32, max_position_embeddings=32768),
         config_defaults=lambda raw: dict(qkv_bias=True, o_bias=False, mlp_bias=False, **qwen_layer_types(raw)),
         not_null=RMS_NOT_NULL + ("head_dim", "use_sliding_window"),
+        wrappers=(qwen2_vl("Qwen2VLForConditionalGeneration", "qwen2_vl"), qwen2_vl("Qwen2_5_VLForConditionalGeneration", "qwen2_5_vl")),
         tiny_config=dict(_TINY, rope_theta=1000000.0, tie_word_embeddings=True),
     ),
     Architecture(
@@ -130,7 +212,7 @@ ARCHITECTURES = (
         # Qwen3Config's head_dim, whatever hidden / heads
         hf_defaults=dict(use_sliding_window=False, sliding_window=4096, head_dim=128, num_key_value_heads=32, max_position_embeddings=32768),
         config_defaults=lambda raw: dict(qk_norm="per_head", mlp_bias=False, **qwen_layer_types(raw)),
-        not_null=RMS_NOT_NULL + ("head_dim", "use_sliding_window", "attention_bias"),
+        not_null=RMS_NOT_NULL + ("head_dim", "use_sliding_window", "attention_bias"), wrappers=(QWEN3_VL,),
         tiny_config=dict(_TINY, head_dim=32, rope_theta=1000000.0),
     ),
     # SmolLM3: Llama with NoPE layers (and windows on them); its biases as attention_bias / mlp_bias say

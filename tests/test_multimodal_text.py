@@ -38,8 +38,8 @@ def build(folder, seed: int = 0, text=None, **top):
     return model
 
 
-def reload(folder):
-    return transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager", dtype=torch.float32).eval()
+def reload(folder, cls=transformers.AutoModelForCausalLM):
+    return cls.from_pretrained(folder, attn_implementation="eager", dtype=torch.float32).eval()
 
 
 @pytest.fixture(scope="module")
@@ -215,3 +215,215 @@ def test_llama4_wrapper_loads_its_text_model(tmp_path):
     model = jaxllm.load(tmp_path)
     assert model.config.architecture == "Llama4ForCausalLM" and model.config.tie_word_embeddings
     assert reference.max_rel_diff(model.logits(TOKENS), reference.torch_logits(ref.language_model, TOKENS)) <= TOL
+
+
+# ------------------------------------------------------------------------------------------------
+# Mistral 3, LLaVA, Qwen2-VL, Qwen2.5-VL, Qwen3-VL: one-layer vision towers beside the tiny text configs
+
+PIXTRAL = dict(model_type="pixtral", hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+               image_size=28, patch_size=14, head_dim=8)
+CLIP = dict(model_type="clip_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+            image_size=28, patch_size=14, projection_dim=16)
+QWEN2_VISION = dict(depth=1, embed_dim=16, hidden_size=64, num_heads=2, mlp_ratio=2)
+QWEN25_VISION = dict(depth=1, hidden_size=16, out_hidden_size=64, intermediate_size=32, num_heads=2, fullatt_block_indexes=[0])
+QWEN3_VISION = dict(depth=1, hidden_size=16, out_hidden_size=64, intermediate_size=32, num_heads=2, num_position_embeddings=16,
+                    deepstack_visual_indexes=[0])
+IDS = dict(bos_token_id=1, eos_token_id=2)  # within the tiny vocabulary (the Qwen-VL text configs' defaults lie past it)
+
+
+def _text(arch, **changes):
+    return dict(registry.get(arch).tiny_config, **changes)
+
+
+# Qwen2-VL's M-RoPE in parts covering the 8 frequencies of its 16-wide heads; layers 1 and 2 windowed (max_window_layers)
+QWEN2_VL_TEXT = _text("Qwen2ForCausalLM", **IDS, use_sliding_window=True, sliding_window=8, max_window_layers=1,
+                      rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]})
+QWEN3_VL_TEXT = {k: v for k, v in _text("Qwen3ForCausalLM", **IDS, attention_bias=True).items() if k != "rope_theta"}
+QWEN3_VL_TEXT["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6], "mrope_interleaved": True}
+
+# wrapper class, its config (text config, vision config, top-level keys), the text architecture it loads as
+WRAPPED = {
+    "mistral3-ministral3": ("Mistral3ForConditionalGeneration", lambda: transformers.Mistral3Config(
+        text_config=_text("Ministral3ForCausalLM", model_type="ministral3"), vision_config=PIXTRAL, tie_word_embeddings=False),
+        "Ministral3ForCausalLM"),
+    "llava-qwen2-tied-by-text": ("LlavaForConditionalGeneration", lambda: transformers.LlavaConfig(
+        text_config=_text("Qwen2ForCausalLM", model_type="qwen2"), vision_config=CLIP), "Qwen2ForCausalLM"),
+    "llava-gemma2-uncapped": ("LlavaForConditionalGeneration", lambda: transformers.LlavaConfig(
+        text_config=_text("Gemma2ForCausalLM", model_type="gemma2"), vision_config=CLIP), "Gemma2ForCausalLM"),
+    "qwen2-vl": ("Qwen2VLForConditionalGeneration", lambda: transformers.Qwen2VLConfig(
+        text_config=QWEN2_VL_TEXT, vision_config=QWEN2_VISION), "Qwen2ForCausalLM"),
+    "qwen2.5-vl": ("Qwen2_5_VLForConditionalGeneration", lambda: transformers.Qwen2_5_VLConfig(
+        text_config=dict(QWEN2_VL_TEXT, tie_word_embeddings=False), vision_config=QWEN25_VISION), "Qwen2ForCausalLM"),
+    "qwen3-vl": ("Qwen3VLForConditionalGeneration", lambda: transformers.Qwen3VLConfig(
+        text_config=QWEN3_VL_TEXT, vision_config=QWEN3_VISION, tie_word_embeddings=True), "Qwen3ForCausalLM"),
+}
+
+
+def build_wrapped(case: str, folder, seed: int = 0):
+    """transformers' multimodal model of WRAPPED[case], seeded random weights, saved to `folder`: the float32 model."""
+    name, config, _ = WRAPPED[case]
+    torch.manual_seed(seed)
+    model = getattr(transformers, name)(config())
+    reference.randomize(model, seed)
+    model.float().eval().save_pretrained(folder)
+    return model
+
+
+def _greedy(ref, prompt, n=12):
+    with torch.no_grad():
+        ids = torch.tensor([prompt])
+        out = ref.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                           eos_token_id=None, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("case", sorted(WRAPPED))
+def test_wrapped_text_models_match_transformers_multimodal_model(case, tmp_path):
+    """Logits against the multimodal model itself fed token ids alone: its text config read as its config
+    class reads it, its head (tied or not, never soft-capped by LLaVA); Qwen-VL's M-RoPE, which for text
+    alone is plain rope (llama.mrope_as_rope), in greedy decoding too (transformers' decode positions
+    come from its rope_deltas)."""
+    ref = build_wrapped(case, tmp_path)
+    model = jaxllm.load(tmp_path, tokenizer=False)
+    assert model.config.architecture == WRAPPED[case][2]
+    assert model.config.tie_word_embeddings == ref.config.tie_word_embeddings
+    err = reference.max_rel_diff(model.logits(TOKENS), reference.torch_logits(ref, TOKENS))
+    assert err <= TOL, err
+    if case not in ("qwen2-vl", "qwen3-vl"):  # M-RoPE split and interleaved (Qwen2.5-VL's is Qwen2-VL's)
+        return
+    prompt = np.random.default_rng(7).integers(3, 128, 9).tolist()
+    got = model.generate(prompt, jaxllm.SamplingParams(max_new_tokens=12, ignore_eos=True))
+    assert got.token_ids == _greedy(ref, prompt)
+
+
+# The Hub's config.json files of these wrappers (vision_config left out: never read), as their repositories spell them
+MINISTRAL3_3B = {
+    "architectures": ["Mistral3ForConditionalGeneration"], "image_token_index": 10, "model_type": "mistral3",
+    "multimodal_projector_bias": False, "projector_hidden_act": "gelu", "spatial_merge_size": 2, "torch_dtype": "bfloat16",
+    "text_config": {"head_dim": 128, "hidden_act": "silu", "hidden_size": 3072, "intermediate_size": 9216,
+                    "max_position_embeddings": 262144, "model_type": "ministral3", "num_attention_heads": 32, "num_hidden_layers": 26,
+                    "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "sliding_window": None, "tie_word_embeddings": True,
+                    "vocab_size": 131072, "rope_parameters": {
+                        "beta_fast": 32.0, "beta_slow": 1.0, "factor": 16.0, "llama_4_scaling_beta": 0.1, "mscale": 1.0,
+                        "mscale_all_dim": 1.0, "original_max_position_embeddings": 16384, "rope_theta": 1000000.0, "rope_type": "yarn"}},
+}
+MISTRAL_SMALL_31 = {
+    "architectures": ["Mistral3ForConditionalGeneration"], "image_token_index": 10, "model_type": "mistral3", "torch_dtype": "bfloat16",
+    "text_config": {"head_dim": 128, "hidden_size": 5120, "intermediate_size": 32768, "max_position_embeddings": 131072,
+                    "model_type": "mistral", "num_hidden_layers": 40, "num_key_value_heads": 8, "rms_norm_eps": 1e-05,
+                    "rope_theta": 1000000000.0, "sliding_window": None, "vocab_size": 131072},
+}
+LLAVA_15_7B = {
+    "architectures": ["LlavaForConditionalGeneration"], "ignore_index": -100, "image_token_index": 32000, "model_type": "llava",
+    "pad_token_id": 32001, "projector_hidden_act": "gelu", "tie_word_embeddings": False, "torch_dtype": "float16",
+    "text_config": {"_name_or_path": "lmsys/vicuna-7b-v1.5", "architectures": ["LlamaForCausalLM"], "max_position_embeddings": 4096,
+                    "model_type": "llama", "rms_norm_eps": 1e-05, "torch_dtype": "float16", "vocab_size": 32064},
+    "vision_feature_layer": -2, "vision_feature_select_strategy": "default", "vocab_size": 32064,
+}
+PIXTRAL_12B_TEXT = {"head_dim": 128, "hidden_act": "silu", "hidden_size": 5120, "intermediate_size": 14336, "is_composition": True,
+                    "max_position_embeddings": 1024000, "model_type": "mistral", "num_hidden_layers": 40, "num_key_value_heads": 8,
+                    "rms_norm_eps": 1e-05, "rope_theta": 1000000000.0, "sliding_window": None, "vocab_size": 131072}
+QWEN2_VL_7B = {
+    "architectures": ["Qwen2VLForConditionalGeneration"], "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151645,
+    "vision_start_token_id": 151652, "vision_end_token_id": 151653, "vision_token_id": 151654, "image_token_id": 151655,
+    "video_token_id": 151656, "hidden_act": "silu", "hidden_size": 3584, "initializer_range": 0.02, "intermediate_size": 18944,
+    "max_position_embeddings": 32768, "max_window_layers": 28, "model_type": "qwen2_vl", "num_attention_heads": 28,
+    "num_hidden_layers": 28, "num_key_value_heads": 4, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768,
+    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "transformers_version": "4.41.2", "use_cache": True,
+    "use_sliding_window": False, "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}, "vocab_size": 152064,
+}
+QWEN2_VL_2B = dict(QWEN2_VL_7B, hidden_size=1536, intermediate_size=8960, num_attention_heads=12, num_key_value_heads=2,
+                   tie_word_embeddings=True, vocab_size=151936)
+QWEN3_VL_4B = {
+    "architectures": ["Qwen3VLForConditionalGeneration"], "image_token_id": 151655, "model_type": "qwen3_vl", "tie_word_embeddings": True,
+    "text_config": {"attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 151643, "dtype": "bfloat16",
+                    "eos_token_id": 151645, "head_dim": 128, "hidden_act": "silu", "hidden_size": 2560, "initializer_range": 0.02,
+                    "intermediate_size": 9728, "max_position_embeddings": 262144, "model_type": "qwen3_vl_text", "num_attention_heads": 32,
+                    "num_hidden_layers": 36, "num_key_value_heads": 8, "rms_norm_eps": 1e-06,
+                    "rope_scaling": {"mrope_interleaved": True, "mrope_section": [24, 20, 20], "rope_type": "default"},
+                    "rope_theta": 5000000, "tie_word_embeddings": True, "use_cache": True, "vocab_size": 151936},
+    "video_token_id": 151656, "vision_end_token_id": 151653, "vision_start_token_id": 151652,
+}
+HUB = {
+    "ministral-3-3b": MINISTRAL3_3B, "mistral-small-3.1": MISTRAL_SMALL_31, "mistral3-null-text-config": {"model_type": "mistral3"},
+    "mistral3-untied": dict(MISTRAL_SMALL_31, tie_word_embeddings=False),
+    "llava-1.5-7b": LLAVA_15_7B, "pixtral-12b": dict(LLAVA_15_7B, text_config=PIXTRAL_12B_TEXT, pad_token_id=11),
+    "llava-null-text-config": {"model_type": "llava"},
+    "llava-tied-by-text": dict(LLAVA_15_7B, text_config=dict(LLAVA_15_7B["text_config"], tie_word_embeddings=True)),
+    "qwen2-vl-7b": QWEN2_VL_7B, "qwen2-vl-2b": QWEN2_VL_2B, "qwen2.5-vl-7b": dict(QWEN2_VL_7B, model_type="qwen2_5_vl"),
+    # a text_config given: the top-level keys count for nothing; one leaving keys out gets Qwen2VLTextConfig's
+    # (80 layers, the window from layer 80 on, rope base 1e6): 90 layers, the window on the last 10
+    "qwen2.5-vl-nested": dict(QWEN2_VL_7B, model_type="qwen2_5_vl", text_config={
+        "num_hidden_layers": 90, "use_sliding_window": True, "tie_word_embeddings": True, "rope_scaling": {"type": "mrope"}}),
+    "qwen2-vl-null-text-config": {"model_type": "qwen2_vl", "text_config": None},
+    "qwen3-vl-4b": QWEN3_VL_4B, "qwen3-vl-untied-top-level": dict(QWEN3_VL_4B, tie_word_embeddings=False),
+    "qwen3-vl-null-text-config": {"model_type": "qwen3_vl"},
+}
+CONFIG_CLASSES = {"mistral3": "Mistral3Config", "llava": "LlavaConfig", "qwen2_vl": "Qwen2VLConfig", "qwen2_5_vl": "Qwen2_5_VLConfig",
+                  "qwen3_vl": "Qwen3VLConfig"}
+
+
+def _window(t, layer: int):
+    types = getattr(t, "layer_types", None)
+    window = getattr(t, "sliding_window", None)
+    return window if not types or types[layer] == "sliding_attention" else None
+
+
+@pytest.mark.parametrize("case", sorted(HUB))
+def test_wrapper_hub_configs_read_as_transformers_reads_them(case):
+    """The text model's shape, window per layer, rope, tie and stop tokens, as transformers' wrapper config
+    class builds its text config from the Hub's file (a text_config left out or null, flat Qwen2-VL files)."""
+    raw = json.loads(json.dumps(HUB[case]))
+    text, wrapper = registry.unwrap(json.loads(json.dumps(raw)))
+    cfg = registry.architecture_of(text).config(text)
+    hf = getattr(transformers, CONFIG_CLASSES[raw["model_type"]])(**raw)
+    t = hf.text_config
+    head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
+    assert (cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+            cfg.max_position_embeddings, cfg.norm_eps) == (
+        t.vocab_size, t.hidden_size, t.intermediate_size, t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads, head_dim,
+        t.max_position_embeddings, t.rms_norm_eps)
+    assert [cfg.layer_window(i) for i in range(cfg.num_layers)] == [_window(t, i) for i in range(t.num_hidden_layers)]
+    rope = t.rope_parameters
+    assert (cfg.rope.type, cfg.rope.theta, cfg.rope.factor) == (rope["rope_type"], rope["rope_theta"], rope.get("factor", 1.0))
+    assert cfg.tie_word_embeddings == hf.tie_word_embeddings
+    stop = transformers.GenerationConfig.from_model_config(hf).eos_token_id
+    assert set(cfg.eos_token_ids) == set([] if stop is None else [stop] if isinstance(stop, int) else stop)
+
+
+def _flat(raw):
+    """Qwen2-VL's config.json as Qwen/Qwen2-VL-* spell it: the text keys at the top level, no text_config, the
+    rope as v4's rope_theta and rope_scaling {"type": "mrope", "mrope_section": ...}."""
+    text = raw.pop("text_config")
+    rope = text.pop("rope_parameters")
+    raw.update({k: v for k, v in text.items() if k != "model_type"}, rope_theta=rope["rope_theta"],
+               rope_scaling={"type": "mrope", "mrope_section": rope["mrope_section"]})
+
+
+def test_qwen2_vl_flat_config_and_conversion_give_its_text_model(tmp_path):
+    """A flat config.json (the Hub's Qwen2-VL files; transformers reloads it as the reference) reads the same,
+    and the Hugging Face export is Qwen2ForCausalLM with plain rope, whose logits transformers matches."""
+    ref = build_wrapped("qwen2-vl", tmp_path / "wrapped", seed=2)
+    _edit_config(tmp_path / "wrapped", _flat)
+    raw = json.loads((tmp_path / "wrapped" / "config.json").read_text())
+    assert "text_config" not in raw and raw["rope_scaling"]["type"] == "mrope"
+    expected = reference.torch_logits(reload(tmp_path / "wrapped", transformers.Qwen2VLForConditionalGeneration), TOKENS)
+    assert reference.max_rel_diff(expected, reference.torch_logits(ref, TOKENS)) <= TOL
+    assert reference.max_rel_diff(jaxllm.load(tmp_path / "wrapped", tokenizer=False).logits(TOKENS), expected) <= TOL
+    convert(tmp_path / "wrapped", tmp_path / "orbax", progress=False)
+    convert(tmp_path / "orbax", tmp_path / "back", to_hf=True, progress=False)
+    back = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert (back["model_type"], back["architectures"], back["rope_scaling"]["rope_type"]) == ("qwen2", ["Qwen2ForCausalLM"], "default")
+    text = reload(tmp_path / "back")
+    assert type(text).__name__ == "Qwen2ForCausalLM"
+    assert reference.max_rel_diff(reference.torch_logits(text, TOKENS), expected) <= TOL
+
+
+@pytest.mark.parametrize("raw, named", [
+    (dict(QWEN2_VL_7B, rope_scaling={"type": "mrope", "mrope_section": [16, 24, 16]}), "mrope_section [16, 24, 16] sums to 56"),
+    (dict(QWEN2_VL_7B, model_type="qwen2_5_vl", text_config={"hidden_size": 1024, "num_attention_heads": 8, "head_dim": 64}),
+     "head_dim 64 is not hidden_size / num_attention_heads (128)")])
+def test_qwen_vl_text_configs_transformers_cannot_run_are_named_in_one_line(raw, named):
+    with pytest.raises(ConfigError) as err:
+        registry.unwrap(raw)
+    assert named in str(err.value) and "\n" not in str(err.value)
