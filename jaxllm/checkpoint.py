@@ -291,7 +291,7 @@ class HFCheckpoint:
         if config_fields.read_quantized(self.raw) == "mxfp4":
             tensors = mxfp4.mxfp4_names(tensors, specs)
         if self.wrapper is not None:
-            tensors = weights.wrapped_names(tensors, specs, self.wrapper.text_module, arch.base_prefix)
+            tensors = weights.wrapped_names(self.wrapper.tensors(tensors), specs, self.wrapper.text_module, arch.base_prefix)
         return weights.tied_names(weights.base_model_names(tensors, specs, arch.base_prefix), specs, arch.head_name)
 
     def ignored(self, arch, cfg) -> tuple[str, ...]:

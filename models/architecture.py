@@ -61,6 +61,9 @@ class Wrapper:
     # The text config -> the same as the wrapper's text config class and text model read it, or a ConfigError
     # (Qwen2-VL's "mrope" rope, plain rope for text alone)
     edit: Callable[[dict], dict] = lambda text: text
+    # The checkpoint's tensor source -> the same with the text model's tensors as its family's weight map names
+    # them, before they are looked up under the wrapper's names (Qwen3-VL-MoE's fused experts: weights.split_experts)
+    tensors: Callable = lambda source: source
 
     def text_config(self, raw: dict) -> dict:
         """The text model's config.json, as the wrapper's transformers classes build and run it: the

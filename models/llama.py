@@ -83,14 +83,14 @@ def smollm3_defaults(raw: dict) -> dict:
 
 # The shapes and token ids of LlamaConfig, MistralConfig, Ministral3Config and Qwen2Config where a text config leaves them
 # out: multimodal checkpoints save their text config as its difference from these (llava-hf/llava-1.5-7b-hf's gives no shape)
-_SHAPE = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32)
+SHAPE = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32)
 CLASS_DEFAULTS = {
-    "llama": dict(_SHAPE, vocab_size=32000, intermediate_size=11008, max_position_embeddings=2048, rms_norm_eps=1e-6,
+    "llama": dict(SHAPE, vocab_size=32000, intermediate_size=11008, max_position_embeddings=2048, rms_norm_eps=1e-6,
                   bos_token_id=1, eos_token_id=2),
-    "mistral": dict(_SHAPE, vocab_size=32000, intermediate_size=14336, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2),
-    "ministral3": dict(_SHAPE, vocab_size=131072, intermediate_size=14336, num_hidden_layers=34, bos_token_id=1, eos_token_id=2,
+    "mistral": dict(SHAPE, vocab_size=32000, intermediate_size=14336, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2),
+    "ministral3": dict(SHAPE, vocab_size=131072, intermediate_size=14336, num_hidden_layers=34, bos_token_id=1, eos_token_id=2,
                        pad_token_id=11),
-    "qwen2": dict(_SHAPE, vocab_size=151936, intermediate_size=22016, rms_norm_eps=1e-6),
+    "qwen2": dict(SHAPE, vocab_size=151936, intermediate_size=22016, rms_norm_eps=1e-6),
 }
 
 # Mistral Small 3.1 / 3.2, Magistral Small, Devstral Small, Ministral 3 (which ships only inside it): Mistral3Config builds
@@ -157,7 +157,7 @@ def qwen2_vl(name: str, model_type: str) -> Wrapper:
 # the head by its top-level tie_word_embeddings alone (false where left out); Qwen3VLTextConfig's defaults
 QWEN3_VL = Wrapper(name="Qwen3VLForConditionalGeneration", model_type="qwen3_vl", text_model_type="qwen3", other_modules=("visual",),
                    top_level=dict(tie_word_embeddings=False), text_overrides=dict(use_sliding_window=False, layer_types=None),
-                   text_defaults={"qwen3": dict(_SHAPE, vocab_size=151936, intermediate_size=22016, num_key_value_heads=32, head_dim=128,
+                   text_defaults={"qwen3": dict(SHAPE, vocab_size=151936, intermediate_size=22016, num_key_value_heads=32, head_dim=128,
                                                 max_position_embeddings=128000, rms_norm_eps=1e-6, rope_theta=500000.0,
                                                 attention_bias=False)},
                    edit=lambda text: mrope_as_rope(text, split=False))

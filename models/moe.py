@@ -8,11 +8,11 @@ and mapping the per-expert checkpoint tensors onto the stacked [expert, ...] ker
 """
 
 from jaxllm.errors import ConfigError
-from jaxllm.models.architecture import NO_WINDOW_SWITCH, RMS_NOT_NULL, Architecture
+from jaxllm.models.architecture import NO_WINDOW_SWITCH, RMS_NOT_NULL, Architecture, Wrapper
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, decoder_weight_map, dense
-from jaxllm.models.llama import NO_BIAS
-from jaxllm.models.weights import Copy, Linear, Part, Stack, Stacked, Transpose, WeightSpec
+from jaxllm.models.llama import NO_BIAS, mrope_as_rope
+from jaxllm.models.weights import Copy, Linear, Part, Stack, Stacked, Transpose, WeightSpec, split_experts
 
 
 def moe_weight_map(block: str, names: dict, base=decoder_weight_map, router: str = "gate.weight", shared: str = "shared_expert",
@@ -112,6 +112,19 @@ def qwen2_moe_defaults(raw: dict) -> dict:
     )
 
 
+# Qwen3-VL-MoE: Qwen3-MoE's layers (top-k weights always renormalised, no window) under interleaved M-RoPE, its
+# experts fused in the checkpoint (split_experts); Qwen3VLMoeConfig ties the head by its top-level tie_word_embeddings
+# alone (false where left out); Qwen3VLMoeTextConfig's defaults
+QWEN3_VL_MOE = Wrapper(name="Qwen3VLMoeForConditionalGeneration", model_type="qwen3_vl_moe", text_model_type="qwen3_moe",
+                       other_modules=("visual",), top_level=dict(tie_word_embeddings=False), tensors=split_experts,
+                       text_overrides=dict(norm_topk_prob=True, use_sliding_window=False, layer_types=None),
+                       text_defaults={"qwen3_moe": dict(vocab_size=151936, hidden_size=2048, intermediate_size=5632,
+                                                        num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16,
+                                                        max_position_embeddings=128000, rms_norm_eps=1e-6, rope_theta=500000.0,
+                                                        attention_bias=False, num_experts=60, num_experts_per_tok=4,
+                                                        moe_intermediate_size=1408)},
+                       edit=lambda text: mrope_as_rope(text, split=False))
+
 _TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=False)
 
@@ -128,7 +141,7 @@ ARCHITECTURES = (Architecture(
     hf_defaults=dict(use_sliding_window=False, sliding_window=4096, num_key_value_heads=4, max_position_embeddings=32768),
     not_null=RMS_NOT_NULL + ("num_key_value_heads", "head_dim", "attention_bias", "use_sliding_window", "moe_intermediate_size",
                              "norm_topk_prob", "decoder_sparse_step", "num_experts"),
-    weight_map=moe_weight_map("mlp", {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"}),
+    weight_map=moe_weight_map("mlp", {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"}), wrappers=(QWEN3_VL_MOE,),
     # Layer 1 dense (mlp_only_layers), top-k weights not renormalised: both paths of the family.
     tiny_config=dict(_TINY, head_dim=32, num_experts=6, num_experts_per_tok=2, moe_intermediate_size=32,
                      norm_topk_prob=False, mlp_only_layers=[1], decoder_sparse_step=1, rope_theta=1000000.0),

@@ -300,6 +300,83 @@ class Renamed:
         return self.source.get(self.renamed.get(name, name))
 
 
+class _ExpertWeight:
+    """Expert j's nn.Linear weight [out, in] within a fused experts tensor `fused` [X, out', in] (rows
+    [lo, hi) of its slice), or, `transposed`, [X, in, out'] (the columns, transposed); read lazily, one
+    expert's slice at a time."""
+
+    def __init__(self, fused, j: int, lo: int, hi: int, transposed: bool):
+        self.fused, self.j, self.lo, self.hi, self.transposed = fused, j, lo, hi, transposed
+        self.dtype = fused.dtype
+        self.shape = (hi - lo, fused.shape[1] if transposed else fused.shape[2])
+
+    def read(self, start=0, stop=None):
+        whole = np.asarray(_rows(self.fused, self.j, self.j + 1)[0])
+        part = whole[:, self.lo : self.hi].T if self.transposed else whole[self.lo : self.hi]
+        return part[start : self.shape[0] if stop is None else stop]
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.read()
+        return out if dtype is None else out.astype(dtype)
+
+
+def split_experts(source):
+    """`source`, each pair of fused expert tensors `P.gate_up_proj` [X, 2F, E] (every expert's gate rows, then
+    its up rows) and `P.down_proj` [X, E, F] read as the per-expert nn.Linear weights `P.{j}.gate_proj.weight`,
+    `P.{j}.up_proj.weight`, `P.{j}.down_proj.weight` (Qwen3-VL-MoE's experts, as transformers 5 saves them), or
+    the same transposed, [X, E, 2F] and [X, F, E] (as Qwen's released checkpoints hold them; told apart by how
+    the pair's shapes fit, as transformers' loading does by its parameters' shapes); its other tensors as they are."""
+    names = source.names()
+    split = {}
+    for fused in (n for n in names if n.endswith(".gate_up_proj")):
+        prefix = fused[: -len("gate_up_proj")]
+        if prefix + "down_proj" not in names:
+            continue
+        (x, a, b), (_, c, d) = source.shape(fused), source.shape(prefix + "down_proj")
+        if (a, b) == (2 * d, c):
+            transposed, width, embed = False, d, c
+        elif (a, b) == (d, 2 * c):
+            transposed, width, embed = True, c, d
+        else:
+            raise CheckpointError(f"fused experts {fused} {[x, a, b]} and {prefix}down_proj {[x, c, d]} do not pair up "
+                                  "([experts, 2 x width, hidden] and [experts, hidden, width], or both transposed): "
+                                  "download the checkpoint again")
+        for j in range(x):
+            split[f"{prefix}{j}.gate_proj.weight"] = (fused, j, 0, width, transposed)
+            split[f"{prefix}{j}.up_proj.weight"] = (fused, j, width, 2 * width, transposed)
+            split[f"{prefix}{j}.down_proj.weight"] = (prefix + "down_proj", j, 0, embed, transposed)
+    return _SplitExperts(source, split) if split else source
+
+
+class _SplitExperts:
+    """A tensor source with the per-expert weights `split` names ({name: (fused name, expert, lo, hi,
+    transposed)}) in place of their fused tensors (split_experts)."""
+
+    def __init__(self, source, split: dict):
+        self.source, self.split = source, split
+        taken = {part[0] for part in split.values()}
+        self._names = [n for n in source.names() if n not in taken] + list(split)
+
+    def names(self):
+        return self._names
+
+    def get(self, name):
+        if name in self.split:
+            fused, *where = self.split[name]
+            return _ExpertWeight(self.source.get(fused), *where)
+        return self.source.get(name)
+
+    def shape(self, name):
+        if name in self.split:
+            fused, _, lo, hi, transposed = self.split[name]
+            shape = self.source.shape(fused)
+            return (hi - lo, shape[1] if transposed else shape[2])
+        return self.source.shape(name)
+
+    def dtype(self, name):
+        return dtype_of(self.source, self.split[name][0] if name in self.split else name)
+
+
 def base_model_names(source, specs: Iterable[WeightSpec], prefix: str):
     """`source`, each tensor the weight map reads as `prefix.NAME` that it holds as NAME alone read
     under the prefixed name: a checkpoint saved from the base model (GPT2Model, LlamaModel) names

@@ -240,6 +240,10 @@ QWEN2_VL_TEXT = _text("Qwen2ForCausalLM", **IDS, use_sliding_window=True, slidin
                       rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]})
 QWEN3_VL_TEXT = {k: v for k, v in _text("Qwen3ForCausalLM", **IDS, attention_bias=True).items() if k != "rope_theta"}
 QWEN3_VL_TEXT["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6], "mrope_interleaved": True}
+# Qwen3-VL-MoE: Qwen3-MoE's tiny layers (layer 1 dense), experts 16 wide (2 x 16 != hidden: the fused layouts differ)
+QWEN3_VL_MOE_TEXT = {k: v for k, v in _text("Qwen3MoeForCausalLM", **IDS, moe_intermediate_size=16).items()
+                     if k not in ("rope_theta", "norm_topk_prob")}
+QWEN3_VL_MOE_TEXT["rope_parameters"] = QWEN3_VL_TEXT["rope_parameters"]
 
 # wrapper class, its config (text config, vision config, top-level keys), the text architecture it loads as
 WRAPPED = {
@@ -256,6 +260,8 @@ WRAPPED = {
         text_config=dict(QWEN2_VL_TEXT, tie_word_embeddings=False), vision_config=QWEN25_VISION), "Qwen2ForCausalLM"),
     "qwen3-vl": ("Qwen3VLForConditionalGeneration", lambda: transformers.Qwen3VLConfig(
         text_config=QWEN3_VL_TEXT, vision_config=QWEN3_VISION, tie_word_embeddings=True), "Qwen3ForCausalLM"),
+    "qwen3-vl-moe": ("Qwen3VLMoeForConditionalGeneration", lambda: transformers.Qwen3VLMoeConfig(
+        text_config=QWEN3_VL_MOE_TEXT, vision_config=QWEN3_VISION), "Qwen3MoeForCausalLM"),
 }
 
 
@@ -344,6 +350,14 @@ QWEN3_VL_4B = {
                     "rope_theta": 5000000, "tie_word_embeddings": True, "use_cache": True, "vocab_size": 151936},
     "video_token_id": 151656, "vision_end_token_id": 151653, "vision_start_token_id": 151652,
 }
+QWEN3_VL_30B_A3B = dict(QWEN3_VL_4B, architectures=["Qwen3VLMoeForConditionalGeneration"], model_type="qwen3_vl_moe",
+                        tie_word_embeddings=False, text_config={
+    "attention_bias": False, "bos_token_id": 151643, "decoder_sparse_step": 1, "dtype": "bfloat16", "eos_token_id": 151645,
+    "head_dim": 128, "hidden_act": "silu", "hidden_size": 2048, "intermediate_size": 6144, "max_position_embeddings": 262144,
+    "mlp_only_layers": [], "model_type": "qwen3_vl_moe_text", "moe_intermediate_size": 768, "norm_topk_prob": True,
+    "num_attention_heads": 32, "num_experts": 128, "num_experts_per_tok": 8, "num_hidden_layers": 48, "num_key_value_heads": 4,
+    "rms_norm_eps": 1e-06, "rope_scaling": {"mrope_interleaved": True, "mrope_section": [24, 20, 20], "rope_type": "default"},
+    "rope_theta": 5000000, "use_cache": True, "vocab_size": 151936})
 HUB = {
     "ministral-3-3b": MINISTRAL3_3B, "mistral-small-3.1": MISTRAL_SMALL_31, "mistral3-null-text-config": {"model_type": "mistral3"},
     "mistral3-untied": dict(MISTRAL_SMALL_31, tie_word_embeddings=False),
@@ -358,9 +372,10 @@ HUB = {
     "qwen2-vl-null-text-config": {"model_type": "qwen2_vl", "text_config": None},
     "qwen3-vl-4b": QWEN3_VL_4B, "qwen3-vl-untied-top-level": dict(QWEN3_VL_4B, tie_word_embeddings=False),
     "qwen3-vl-null-text-config": {"model_type": "qwen3_vl"},
+    "qwen3-vl-30b-a3b": QWEN3_VL_30B_A3B, "qwen3-vl-moe-null-text-config": {"model_type": "qwen3_vl_moe"},
 }
 CONFIG_CLASSES = {"mistral3": "Mistral3Config", "llava": "LlavaConfig", "qwen2_vl": "Qwen2VLConfig", "qwen2_5_vl": "Qwen2_5_VLConfig",
-                  "qwen3_vl": "Qwen3VLConfig"}
+                  "qwen3_vl": "Qwen3VLConfig", "qwen3_vl_moe": "Qwen3VLMoeConfig"}
 
 
 def _window(t, layer: int):
@@ -389,6 +404,9 @@ def test_wrapper_hub_configs_read_as_transformers_reads_them(case):
     assert cfg.tie_word_embeddings == hf.tie_word_embeddings
     stop = transformers.GenerationConfig.from_model_config(hf).eos_token_id
     assert set(cfg.eos_token_ids) == set([] if stop is None else [stop] if isinstance(stop, int) else stop)
+    if raw["model_type"] == "qwen3_vl_moe":  # its router renormalises the top-k weights whatever norm_topk_prob says
+        assert (cfg.num_experts, cfg.experts_per_token, cfg.moe_intermediate_size, cfg.norm_topk_prob) == (
+            t.num_experts, t.num_experts_per_tok, t.moe_intermediate_size, True)
 
 
 def _flat(raw):
@@ -427,3 +445,28 @@ def test_qwen_vl_text_configs_transformers_cannot_run_are_named_in_one_line(raw,
     with pytest.raises(ConfigError) as err:
         registry.unwrap(raw)
     assert named in str(err.value) and "\n" not in str(err.value)
+
+
+def _as_released(name, tensor):
+    """Qwen3-VL-MoE's fused experts as Qwen's released checkpoints hold them: [X, hidden, 2F] and [X, F, hidden]."""
+    return tensor.transpose(1, 2).contiguous() if name.endswith(("experts.gate_up_proj", "experts.down_proj")) else tensor
+
+
+def test_qwen3_vl_moe_released_expert_layout_and_conversion(tmp_path):
+    """The fused experts transposed as the Hub's files hold them (transformers reloads them as the reference,
+    transposing by its parameters' shapes) read the same; the export is Qwen3MoeForCausalLM with per-expert
+    tensors, whose logits transformers matches."""
+    ref = build_wrapped("qwen3-vl-moe", tmp_path / "wrapped", seed=3)
+    path = tmp_path / "wrapped" / "model.safetensors"
+    tensors = load_file(path)
+    assert tensors["model.language_model.layers.0.mlp.experts.gate_up_proj"].shape == (6, 32, 64)  # [X, 2F, hidden], as saved
+    save_file({k: _as_released(k, v) for k, v in tensors.items()}, path, metadata={"format": "pt"})
+    expected = reference.torch_logits(reload(tmp_path / "wrapped", transformers.Qwen3VLMoeForConditionalGeneration), TOKENS)
+    assert reference.max_rel_diff(expected, reference.torch_logits(ref, TOKENS)) <= TOL
+    assert reference.max_rel_diff(jaxllm.load(tmp_path / "wrapped", tokenizer=False).logits(TOKENS), expected) <= TOL
+    convert(tmp_path / "wrapped", tmp_path / "orbax", progress=False)
+    convert(tmp_path / "orbax", tmp_path / "back", to_hf=True, progress=False)
+    assert "model.layers.0.mlp.experts.5.down_proj.weight" in load_file(tmp_path / "back" / "model.safetensors")
+    text = reload(tmp_path / "back")
+    assert type(text).__name__ == "Qwen3MoeForCausalLM"
+    assert reference.max_rel_diff(reference.torch_logits(text, TOKENS), expected) <= TOL
