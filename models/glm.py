@@ -7,10 +7,11 @@ GLM-4 adds a norm after attention and one after the MLP: Gemma 2's sandwich laye
 read GLM-4's tensors (post_self_attn_layernorm is the norm after attention, post_attention_layernorm
 the one before the MLP, post_mlp_layernorm the one after it)."""
 
-from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture
+from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture, Wrapper
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, fused_weight_map
 from jaxllm.models.gemma import Gemma2ForCausalLM
+from jaxllm.models.llama import mrope_as_rope
 from jaxllm.models.weights import WeightSpec
 
 
@@ -47,12 +48,22 @@ _TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_la
              partial_rotary_factor=0.5, attention_bias=True, tie_word_embeddings=False, bos_token_id=1,
              eos_token_id=2, pad_token_id=0)
 
+# GLM-4.1V / GLM-4.5V's dense sibling (zai-org/GLM-4.1V-9B-*): GLM-4's layers under M-RoPE (mrope_as_rope, over the
+# rotated part of each head), heads hidden / heads wide, q/k/v biases hard-wired; Glm4vConfig ties the head where its
+# top-level or its text config's tie_word_embeddings says so; Glm4vTextConfig's defaults (the whole head rotated)
+GLM4V = Wrapper(name="Glm4vForConditionalGeneration", model_type="glm4v", text_model_type="glm4", other_modules=("visual",),
+                top_level_or=("tie_word_embeddings",), text_overrides=dict(attention_bias=True),
+                text_defaults={"glm4": dict(vocab_size=151552, hidden_size=4096, intermediate_size=13696, num_hidden_layers=40,
+                                            num_attention_heads=32, num_key_value_heads=2, max_position_embeddings=32768,
+                                            rms_norm_eps=1e-5, partial_rotary_factor=1.0)},
+                edit=lambda text: mrope_as_rope(text, partial=True))
+
 ARCHITECTURES = (Architecture(
     name="GlmForCausalLM", module=CausalLM, weight_map=glm_weight_map, hf_model_type="glm", ignored_keys=NO_WINDOW,
     hf_defaults=_DEFAULTS, config_defaults=glm_defaults, partial_rotary=True, not_null=_NOT_NULL,
     tiny_config=_TINY,
 ), Architecture(
     name="Glm4ForCausalLM", module=Gemma2ForCausalLM, weight_map=glm4_weight_map, hf_model_type="glm4", ignored_keys=NO_WINDOW,
-    hf_defaults=_DEFAULTS, config_defaults=glm_defaults, partial_rotary=True, not_null=_NOT_NULL,
+    hf_defaults=_DEFAULTS, config_defaults=glm_defaults, partial_rotary=True, not_null=_NOT_NULL, wrappers=(GLM4V,),
     tiny_config=_TINY,
 ))

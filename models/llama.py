@@ -108,14 +108,15 @@ LLAVA = Wrapper(name="LlavaForConditionalGeneration", model_type="llava", text_m
                 top_level_or=("tie_word_embeddings",), text_overrides=OWN_HEAD, text_defaults=CLASS_DEFAULTS)
 
 
-def mrope_as_rope(text: dict, split: bool = True) -> dict:
+def mrope_as_rope(text: dict, split: bool = True, partial: bool = False) -> dict:
     """The text config of Qwen2-VL / Qwen2.5-VL (split) or Qwen3-VL (interleaved) as its text model reads it for
     text alone. Their multimodal rope (M-RoPE) computes the frequencies once per axis of three position ids
     (time, height, width) and takes each frequency from one axis: contiguous mrope_section parts (split) or every
     third one (interleaved). Text alone gives the three axes the same positions (get_rope_index: arange), so every
     frequency is the one plain rope computes with the same inv_freq: rope of the same type and base. Qwen2-VL's
     config class reads the rope type "mrope" as "default"; its rope splits the frequencies into the mrope_section
-    parts, which must cover them (transformers fails otherwise), and its attention takes hidden / heads per head."""
+    parts, which must cover them (transformers fails otherwise), and its attention takes hidden / heads per head;
+    GLM-4.1V's (`partial`) the same over the rotated part of each head (partial_rotary_factor, 1 where left out)."""
     key = "rope_scaling" if text.get("rope_scaling") else "rope_parameters"
     rope = dict(text.get(key) or {})
     if not split:
@@ -124,14 +125,14 @@ def mrope_as_rope(text: dict, split: bool = True) -> dict:
     if text.get("head_dim") not in (None, dim):
         raise ConfigError(f"config.json text head_dim {text['head_dim']} is not hidden_size / num_attention_heads ({dim}), "
                           "which Qwen2-VL's attention takes (its rope would take head_dim: transformers fails): remove head_dim")
-    section = rope.get("mrope_section") or [16, 24, 24]
-    if sum(section) != dim // 2:
-        raise ConfigError(f"config.json rope mrope_section {section} sums to {sum(section)}, not half the head size ({dim // 2}), "
-                          "which Qwen2-VL's rope splits into those parts (transformers fails): give parts summing to it")
-    if (rope.get("rope_type") or rope.get("type")) == "mrope":
+    section = rope.get("mrope_section") or ([8, 12, 12] if partial else [16, 24, 24])
+    rotated = int(dim * float(rope.get("partial_rotary_factor") or text.get("partial_rotary_factor") or 1.0)) if partial else dim
+    if sum(section) != rotated // 2:
+        raise ConfigError(f"config.json rope mrope_section {section} sums to {sum(section)}, not half the rotated head size "
+                          f"({rotated // 2}), which the model's rope splits into those parts (transformers fails): give parts summing to it")
+    if not partial and (rope.get("rope_type") or rope.get("type")) == "mrope":
         rope = dict({k: v for k, v in rope.items() if k != "type"}, rope_type="default")
-    text = {k: v for k, v in text.items() if k != "head_dim"}
-    return dict(text, **{key: {k: v for k, v in rope.items() if k != "mrope_section"}})
+    return dict(text, head_dim=dim, **{key: {k: v for k, v in rope.items() if k != "mrope_section"}})
 
 
 # Qwen2VLTextConfig's keys, which Qwen2VLConfig reads off the top level of a config.json without text_config
@@ -152,6 +153,11 @@ def qwen2_vl(name: str, model_type: str) -> Wrapper:
                    top_level_or=("tie_word_embeddings",), flat_keys=QWEN2_VL_FLAT, text_defaults={"qwen2": QWEN2_VL_DEFAULTS},
                    edit=mrope_as_rope)
 
+
+# InternVL (OpenGVLab/InternVL3-*-hf): LLaVA's layout, InternVLConfig's text_config by its model_type (qwen2 where it
+# gives none); it ties the wrapper's lm_head by its top-level tie_word_embeddings, true where left out
+INTERNVL = Wrapper(name="InternVLForConditionalGeneration", model_type="internvl", text_model_type="qwen2", fixed_text_type=False,
+                   top_level=dict(tie_word_embeddings=True), text_overrides=OWN_HEAD, text_defaults=CLASS_DEFAULTS)
 
 # Qwen3-VL: Qwen3's layers (q/k norms, attention_bias on q/k/v/o, no window) under interleaved M-RoPE; Qwen3VLConfig ties
 # the head by its top-level tie_word_embeddings alone (false where left out); Qwen3VLTextConfig's defaults
@@ -204,7 +210,8 @@ ARCHITECTURES = (
         hf_defaults=dict(use_sliding_window=False, sliding_window=4096, num_key_value_heads=32, max_position_embeddings=32768),
         config_defaults=lambda raw: dict(qkv_bias=True, o_bias=False, mlp_bias=False, **qwen_layer_types(raw)),
         not_null=RMS_NOT_NULL + ("head_dim", "use_sliding_window"),
-        wrappers=(qwen2_vl("Qwen2VLForConditionalGeneration", "qwen2_vl"), qwen2_vl("Qwen2_5_VLForConditionalGeneration", "qwen2_5_vl")),
+        wrappers=(qwen2_vl("Qwen2VLForConditionalGeneration", "qwen2_vl"), qwen2_vl("Qwen2_5_VLForConditionalGeneration", "qwen2_5_vl"),
+                  INTERNVL),
         tiny_config=dict(_TINY, rope_theta=1000000.0, tie_word_embeddings=True),
     ),
     Architecture(

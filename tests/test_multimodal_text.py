@@ -228,6 +228,8 @@ QWEN2_VISION = dict(depth=1, embed_dim=16, hidden_size=64, num_heads=2, mlp_rati
 QWEN25_VISION = dict(depth=1, hidden_size=16, out_hidden_size=64, intermediate_size=32, num_heads=2, fullatt_block_indexes=[0])
 QWEN3_VISION = dict(depth=1, hidden_size=16, out_hidden_size=64, intermediate_size=32, num_heads=2, num_position_embeddings=16,
                     deepstack_visual_indexes=[0])
+INTERNVL_VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=[28, 28],
+                       patch_size=[14, 14])
 IDS = dict(bos_token_id=1, eos_token_id=2)  # within the tiny vocabulary (the Qwen-VL text configs' defaults lie past it)
 
 
@@ -244,6 +246,10 @@ QWEN3_VL_TEXT["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.
 QWEN3_VL_MOE_TEXT = {k: v for k, v in _text("Qwen3MoeForCausalLM", **IDS, moe_intermediate_size=16).items()
                      if k not in ("rope_theta", "norm_topk_prob")}
 QWEN3_VL_MOE_TEXT["rope_parameters"] = QWEN3_VL_TEXT["rope_parameters"]
+# GLM-4.1V: GLM-4's tiny layers with heads hidden / heads wide (16), half of each rotated, in M-RoPE parts covering its 4 frequencies
+GLM4V_TEXT = dict(_text("Glm4ForCausalLM"), head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                                            "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1]})
+GLM4V_VISION = dict(depth=1, hidden_size=16, out_hidden_size=64, intermediate_size=32, num_heads=2)
 
 # wrapper class, its config (text config, vision config, top-level keys), the text architecture it loads as
 WRAPPED = {
@@ -260,6 +266,11 @@ WRAPPED = {
         text_config=dict(QWEN2_VL_TEXT, tie_word_embeddings=False), vision_config=QWEN25_VISION), "Qwen2ForCausalLM"),
     "qwen3-vl": ("Qwen3VLForConditionalGeneration", lambda: transformers.Qwen3VLConfig(
         text_config=QWEN3_VL_TEXT, vision_config=QWEN3_VISION, tie_word_embeddings=True), "Qwen3ForCausalLM"),
+    "internvl-qwen2": ("InternVLForConditionalGeneration", lambda: transformers.InternVLConfig(
+        text_config=_text("Qwen2ForCausalLM", model_type="qwen2", tie_word_embeddings=False), vision_config=INTERNVL_VISION),
+        "Qwen2ForCausalLM"),
+    "glm4v": ("Glm4vForConditionalGeneration", lambda: transformers.Glm4vConfig(
+        text_config=GLM4V_TEXT, vision_config=GLM4V_VISION), "Glm4ForCausalLM"),
     "qwen3-vl-moe": ("Qwen3VLMoeForConditionalGeneration", lambda: transformers.Qwen3VLMoeConfig(
         text_config=QWEN3_VL_MOE_TEXT, vision_config=QWEN3_VISION), "Qwen3MoeForCausalLM"),
 }
@@ -358,6 +369,23 @@ QWEN3_VL_30B_A3B = dict(QWEN3_VL_4B, architectures=["Qwen3VLMoeForConditionalGen
     "num_attention_heads": 32, "num_experts": 128, "num_experts_per_tok": 8, "num_hidden_layers": 48, "num_key_value_heads": 4,
     "rms_norm_eps": 1e-06, "rope_scaling": {"mrope_interleaved": True, "mrope_section": [24, 20, 20], "rope_type": "default"},
     "rope_theta": 5000000, "use_cache": True, "vocab_size": 151936})
+INTERNVL3_1B = {
+    "architectures": ["InternVLForConditionalGeneration"], "downsample_ratio": 0.5, "image_seq_length": 256, "image_token_id": 151667,
+    "model_type": "internvl", "projector_hidden_act": "gelu", "torch_dtype": "bfloat16",
+    "text_config": {"architectures": ["Qwen2ForCausalLM"], "bos_token_id": 151643, "eos_token_id": 151645, "hidden_size": 896,
+                    "intermediate_size": 4864, "max_position_embeddings": 32768, "max_window_layers": 70, "model_type": "qwen2",
+                    "num_attention_heads": 14, "num_hidden_layers": 24, "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
+                    "rope_theta": 1000000.0, "sliding_window": 32768, "tie_word_embeddings": False, "use_sliding_window": False,
+                    "vocab_size": 151674},
+}
+GLM41V_9B = {
+    "architectures": ["Glm4vForConditionalGeneration"], "model_type": "glm4v", "image_token_id": 151343, "video_token_id": 151344,
+    "text_config": {"attention_bias": True, "eos_token_id": [151329, 151336, 151338], "hidden_act": "silu", "hidden_size": 4096,
+                    "intermediate_size": 13696, "max_position_embeddings": 65536, "model_type": "glm4v_text", "num_attention_heads": 32,
+                    "num_hidden_layers": 40, "num_key_value_heads": 2, "pad_token_id": 151329, "partial_rotary_factor": 0.5,
+                    "rms_norm_eps": 1e-05, "rope_scaling": {"type": "default", "mrope_section": [8, 12, 12]}, "rope_theta": 10000.0,
+                    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "vocab_size": 151552},
+}
 HUB = {
     "ministral-3-3b": MINISTRAL3_3B, "mistral-small-3.1": MISTRAL_SMALL_31, "mistral3-null-text-config": {"model_type": "mistral3"},
     "mistral3-untied": dict(MISTRAL_SMALL_31, tie_word_embeddings=False),
@@ -372,10 +400,12 @@ HUB = {
     "qwen2-vl-null-text-config": {"model_type": "qwen2_vl", "text_config": None},
     "qwen3-vl-4b": QWEN3_VL_4B, "qwen3-vl-untied-top-level": dict(QWEN3_VL_4B, tie_word_embeddings=False),
     "qwen3-vl-null-text-config": {"model_type": "qwen3_vl"},
+    "internvl3-1b": INTERNVL3_1B, "internvl-null-text-config": {"model_type": "internvl"}, "glm-4.1v-9b": GLM41V_9B,
     "qwen3-vl-30b-a3b": QWEN3_VL_30B_A3B, "qwen3-vl-moe-null-text-config": {"model_type": "qwen3_vl_moe"},
 }
 CONFIG_CLASSES = {"mistral3": "Mistral3Config", "llava": "LlavaConfig", "qwen2_vl": "Qwen2VLConfig", "qwen2_5_vl": "Qwen2_5_VLConfig",
-                  "qwen3_vl": "Qwen3VLConfig", "qwen3_vl_moe": "Qwen3VLMoeConfig"}
+                  "qwen3_vl": "Qwen3VLConfig", "qwen3_vl_moe": "Qwen3VLMoeConfig", "internvl": "InternVLConfig",
+                  "glm4v": "Glm4vConfig"}
 
 
 def _window(t, layer: int):
@@ -401,6 +431,8 @@ def test_wrapper_hub_configs_read_as_transformers_reads_them(case):
     assert [cfg.layer_window(i) for i in range(cfg.num_layers)] == [_window(t, i) for i in range(t.num_hidden_layers)]
     rope = t.rope_parameters
     assert (cfg.rope.type, cfg.rope.theta, cfg.rope.factor) == (rope["rope_type"], rope["rope_theta"], rope.get("factor", 1.0))
+    if raw["model_type"] == "glm4v":  # the rotated part of each head
+        assert cfg.rope.partial_rotary_factor == rope.get("partial_rotary_factor", 1.0)
     assert cfg.tie_word_embeddings == hf.tie_word_embeddings
     stop = transformers.GenerationConfig.from_model_config(hf).eos_token_id
     assert set(cfg.eos_token_ids) == set([] if stop is None else [stop] if isinstance(stop, int) else stop)
@@ -440,7 +472,9 @@ def test_qwen2_vl_flat_config_and_conversion_give_its_text_model(tmp_path):
 @pytest.mark.parametrize("raw, named", [
     (dict(QWEN2_VL_7B, rope_scaling={"type": "mrope", "mrope_section": [16, 24, 16]}), "mrope_section [16, 24, 16] sums to 56"),
     (dict(QWEN2_VL_7B, model_type="qwen2_5_vl", text_config={"hidden_size": 1024, "num_attention_heads": 8, "head_dim": 64}),
-     "head_dim 64 is not hidden_size / num_attention_heads (128)")])
+     "head_dim 64 is not hidden_size / num_attention_heads (128)"),
+    # Glm4vTextConfig's defaults rotate the whole 128-wide head, which its default parts [8, 12, 12] do not cover
+    ({"model_type": "glm4v"}, "mrope_section [8, 12, 12] sums to 32, not half the rotated head size (64)")])
 def test_qwen_vl_text_configs_transformers_cannot_run_are_named_in_one_line(raw, named):
     with pytest.raises(ConfigError) as err:
         registry.unwrap(raw)
