@@ -191,7 +191,7 @@ class Uncached:
         return attend(q, cache.k, cache.v, self.mask(positions, spec.window), spec.scale, spec.softcap, spec.sinks)
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["page_table", "valid", "shared", "offsets"],
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["page_table", "valid", "shared", "offsets", "state_rows"],
                    meta_fields=["num_keys", "impl", "cascade"])
 @dataclass(frozen=True)
 class PagedCache:
@@ -227,6 +227,9 @@ class PagedCache:
     shared: jax.Array | None = None
     offsets: jax.Array | None = None
     cascade: tuple[int, int, bool] | None = None
+    # [B] the recurrent-state row of each row (linear-attention layers: models/linear_attention.py);
+    # None: row b's is row b (decode, whose rows are the slots)
+    state_rows: jax.Array | None = None
 
     def __call__(self, q, k, v, cache: LayerCache, positions, spec: AttnSpec):
         new = self.write(cache, k, v, positions)
@@ -332,6 +335,9 @@ class Attention(nnx.Module):
         self.v_proj = Dense((e,), (k, d), ("embed", "kv_heads", "head_dim"), **kv) if own and not cfg.layer_values_are_keys(layer) else None
         self.v_norm = RMSNorm(d, cfg.norm_eps, dtype=dtype, rngs=rngs, weight=False) if cfg.v_norm and own else None
         self.o_proj = Dense((h, d), (e,), ("q_heads", "head_dim", "embed"), bias=cfg.o_bias, dtype=dtype, rngs=rngs)
+        # Qwen3-Next's gated attention: a gate per query head and dim (read out of its q_proj), the output times its sigmoid
+        self.gate_proj = Dense((e,), (h, d), ("embed", "q_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype,
+                               rngs=rngs) if cfg.attn_output_gate else None
         if cfg.qk_norm == "none" or (cfg.qk_norm_layers is not None and layer not in cfg.qk_norm_layers):
             self.q_norm = self.k_norm = None
         elif cfg.qk_norm == "l2":  # a weightless RMSNorm of each head (Llama 4)
@@ -363,9 +369,13 @@ class Attention(nnx.Module):
         `cache`, attends over it and returns None: it keeps none."""
         q, k, v = self.project(x, positions, rot)
         if self.reads_shared_kv:
-            return self.o_proj(kv.read(q, cache, positions, self.call_spec())), None
+            return self.o_proj(self.gated(kv.read(q, cache, positions, self.call_spec()), x)), None
         out, new = kv(q, k, v, cache, positions, self.call_spec())
-        return self.o_proj(out), new
+        return self.o_proj(self.gated(out, x)), new
+
+    def gated(self, out, x):
+        """The attention output [B, T, H, D], times sigmoid(gate_proj(x)) where the layer has an output gate."""
+        return out if self.gate_proj is None else out * jax.nn.sigmoid(self.gate_proj(x))
 
     def call_spec(self) -> AttnSpec:
         """The layer's AttnSpec with its sinks' values (float32), where it has sinks."""

@@ -233,6 +233,17 @@ class ModelConfig:
     double_wide_mlp: bool = False
     per_layer_input_size: int = 0
     per_layer_vocab_size: int = 0
+    # Gated DeltaNet (Qwen3-Next, Qwen3.5): "linear_attention" layers (models/linear_attention.py) of
+    # linear_key_heads query/key heads and linear_value_heads value heads, a causal conv of
+    # linear_conv_kernel taps over their q|k|v channels, and a recurrent state per sequence; 0 heads: none.
+    # attn_output_gate: the full-attention layers' q_proj also gives a gate per query head, the output
+    # times its sigmoid before o_proj (Qwen3-Next's gated attention).
+    linear_conv_kernel: int = 0
+    linear_key_head_dim: int = 0
+    linear_value_head_dim: int = 0
+    linear_key_heads: int = 0
+    linear_value_heads: int = 0
+    attn_output_gate: bool = False
     sliding_window: int | None = None
     attention_chunk: int | None = None  # the chunk of "chunked_attention" layers (Llama 4's attention_chunk_size)
     # One entry per layer: "full_attention", "sliding_attention" or "chunked_attention".
@@ -286,8 +297,28 @@ class ModelConfig:
 
     def kv_shape(self, layer: int) -> tuple[int, int] | None:
         """(kv heads, head_dim) of the keys and values `layer` caches; None: it caches none (it reads
-        another layer's: kv_source)."""
-        return None if self.kv_source(layer) != layer else (self.layer_kv_heads(layer), self.layer_head_dim(layer))
+        another layer's: kv_source; or it is a linear-attention layer, which keeps a recurrent state)."""
+        if self.layer_is_linear(layer) or self.kv_source(layer) != layer:
+            return None
+        return self.layer_kv_heads(layer), self.layer_head_dim(layer)
+
+    def layer_is_linear(self, layer: int) -> bool:
+        """A gated-DeltaNet layer (models/linear_attention.py): no keys cached, a recurrent state per sequence."""
+        return bool(self.layer_types) and self.layer_types[layer] == "linear_attention"
+
+    @property
+    def recurrent(self) -> bool:
+        """Whether some layer keeps a recurrent state per sequence (the engine's state slots, no prefix cache)."""
+        return any(map(self.layer_is_linear, range(self.num_layers)))
+
+    def recurrent_shape(self, layer: int) -> tuple[int, int, int, int, int] | None:
+        """A linear-attention layer's state: (conv taps kept, conv channels, value heads, key dim, value
+        dim); None for the other layers."""
+        if not self.layer_is_linear(layer):
+            return None
+        k, v = self.linear_key_heads * self.linear_key_head_dim, self.linear_value_heads * self.linear_value_head_dim
+        return (self.linear_conv_kernel - 1, 2 * k + v, self.linear_value_heads, self.linear_key_head_dim,
+                self.linear_value_head_dim)
 
     def layer_values_are_keys(self, layer: int) -> bool:
         """Whether the layer's values are its keys' projection (no v_proj: Gemma 4's attention_k_eq_v)."""
@@ -478,6 +509,12 @@ def _validated(cfg: ModelConfig) -> ModelConfig:
     for t in cfg.layer_types:
         if t not in LAYER_TYPES:
             raise ConfigError(f"config.json layer type '{t}' is not supported; use {', '.join(LAYER_TYPES)}")
+    if "linear_attention" in cfg.layer_types and not cfg.linear_key_heads:
+        raise ConfigError(f"config.json asks for linear_attention layers, which jaxllm's {cfg.architecture} does not have "
+                          "(only Qwen3-Next and Qwen3.5 run them): use full_attention or sliding_attention")
+    if cfg.linear_key_heads and cfg.linear_value_heads % cfg.linear_key_heads:
+        raise ConfigError(f"config.json linear_num_value_heads={cfg.linear_value_heads} is not a multiple of "
+                          f"linear_num_key_heads={cfg.linear_key_heads}: each key head must serve a whole number of value heads")
     if "sliding_attention" in cfg.layer_types and cfg.sliding_window == 0:
         raise ConfigError("config.json sliding_window is 0, a window in which a token sees no key at all (transformers fails "
                           "running it): set it to the window's width in tokens, or turn the window off (Qwen: "

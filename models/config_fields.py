@@ -15,7 +15,9 @@ ROUTERS = ("softmax_topk", "topk_softmax", "sparsemixer", "sigmoid_topk", "topk_
 # How a group-limited router (router_groups > 1) scores each group of experts: "max" of its scores
 # (DeepSeek-V2's group_limited_greedy), or the "top2" sum (DeepSeek-V3)
 GROUP_SCORES = ("max", "top2")
-LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention")
+# "linear_attention": a gated-DeltaNet layer (models/linear_attention.py), for the families that set
+# ModelConfig.linear_key_heads; refused elsewhere (config._validated)
+LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention", "linear_attention")
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope", "proportional")
 
 # What each field of config.json and generation_config.json may hold: one table per file, checked
@@ -140,6 +142,9 @@ CONFIG_FIELDS = {
     # ERNIE 4.5 MoE's experts and where they are (moe_layer_end_index -1: the last layer)
     "moe_num_experts": EXPERTS, "moe_k": COUNT, "moe_num_shared_experts": INDEX, "moe_layer_start_index": INDEX,
     "moe_layer_end_index": Field(int, -1, MAX_SIZE), "moe_layer_interval": INDEX, "moe_norm_min": NON_NEGATIVE,
+    # Qwen3-Next / Qwen3.5's gated-DeltaNet layers and where they are (every full_attention_interval-th layer full)
+    "linear_conv_kernel_dim": _given(COUNT), "linear_key_head_dim": _given(COUNT), "linear_value_head_dim": _given(COUNT),
+    "linear_num_key_heads": _given(COUNT), "linear_num_value_heads": _given(COUNT), "full_attention_interval": COUNT,
 }
 # quantization_config methods whose checkpoints jaxllm reads (dequantized as they load) for the
 # families (model_type) that ship them: gpt-oss's MXFP4 experts (mxfp4.mxfp4_names).

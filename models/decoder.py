@@ -18,6 +18,7 @@ from flax import nnx
 from jaxllm.models.attention import UNCACHED, Attention, LayerCache, Uncached
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.layers import Dense, Embed, LayerNorm, RMSNorm, make_mlp, param
+from jaxllm.models.linear_attention import GatedDeltaNet
 from jaxllm.models.rope import rotary
 from jaxllm.models.weights import Copy, Linear, Part, WeightSpec
 
@@ -35,7 +36,10 @@ class DecoderLayer(nnx.Module):
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
         norm = norm_kwargs(cfg, dtype, rngs, self.norm_cls)
         self.input_layernorm = self.norm_cls(cfg.hidden_size, cfg.norm_eps, **norm)
-        self.self_attn = self.attn_cls(cfg, layer, dtype=dtype, rngs=rngs)
+        # a linear-attention layer (Qwen3-Next, Qwen3.5) mixes tokens by its gated DeltaNet in place of attention
+        linear = cfg.layer_is_linear(layer)
+        self.self_attn = None if linear else self.attn_cls(cfg, layer, dtype=dtype, rngs=rngs)
+        self.linear_attn = GatedDeltaNet(cfg, layer, dtype=dtype, rngs=rngs) if linear else None
         own = not cfg.parallel_residual or cfg.parallel_mlp_norm
         self.post_attention_layernorm = self.norm_cls(cfg.hidden_size, cfg.norm_eps, **norm) if own else None
         self.mlp = make_mlp(cfg, layer, dtype=dtype, rngs=rngs)
@@ -43,7 +47,10 @@ class DecoderLayer(nnx.Module):
 
     def __call__(self, x, positions, rot, cache, kv=UNCACHED):
         h = self.input_layernorm(x)
-        attn, cache = self.self_attn(h, positions, rot, cache, kv)
+        if self.linear_attn is not None:
+            attn, cache = self.linear_attn(h, positions, cache, kv)
+        else:
+            attn, cache = self.self_attn(h, positions, rot, cache, kv)
         if self.parallel:
             return x + attn + self.mlp(h if self.post_attention_layernorm is None else self.post_attention_layernorm(x)), cache
         x = x + attn

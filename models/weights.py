@@ -232,6 +232,42 @@ class Strided:
 
 
 @dataclass(frozen=True)
+class Regrouped:
+    """Rows of a fused HF tensor of `blocks` equal blocks, each the pieces of `sizes` rows one after
+    the other: ours is the pieces `take` of every block, piece by piece (piece i of block 0, of
+    block 1, ..., then the next piece), through `inner` (Qwen3-Next's q_proj: per head the query,
+    then its gate; in_proj_qkvz: per key head q, k, v, z; in_proj_ba: per key head b, a)."""
+
+    blocks: int
+    sizes: tuple[int, ...]
+    take: tuple[int, ...]
+    inner: Callable = Linear()
+
+    def hf_shape(self, shape):
+        rows, *rest = self.inner.hf_shape(shape)
+        return (self.blocks * sum(self.sizes), *rest)
+
+    def _pieces(self, x):
+        """Views of x [blocks * sum(sizes), ...] as each taken piece [blocks, size, ...]."""
+        x = x.reshape(self.blocks, sum(self.sizes), *x.shape[1:])
+        starts = np.cumsum((0,) + tuple(self.sizes))
+        return [x[:, starts[i] : starts[i] + self.sizes[i]] for i in self.take]
+
+    def __call__(self, x, shape, dtype) -> np.ndarray:
+        pieces = self._pieces(np.asarray(_whole(x)))
+        return self.inner(np.concatenate([p.reshape(-1, *p.shape[2:]) for p in pieces]), shape, dtype)
+
+    def export(self, value: np.ndarray, out: np.ndarray) -> None:
+        ours = np.empty(self.inner.hf_shape(value.shape), out.dtype)
+        self.inner.export(value, ours)
+        start = 0
+        for view in self._pieces(out):  # views of `out`
+            n = view.shape[0] * view.shape[1]
+            view[...] = ours[start : start + n].reshape(view.shape)
+            start += n
+
+
+@dataclass(frozen=True)
 class FusedQKV:
     """One of q, k, v (`part` 0, 1, 2) out of one fused [K * (G + 2) * head_dim, ...] tensor: for each
     of the K kv heads, its G = `group` query heads, then its key, then its value. G = 1 is GPT-NeoX's

@@ -37,6 +37,9 @@ RULES: dict[str, str | None] = {
     # DeepSeek's latent attention: the low-rank q and kv latents every head reads (models/mla.py), whole on each device
     "latent": None,
     "mlp": "tp",
+    # Gated DeltaNet's projections, conv and heads (models/linear_attention.py): whole on each device
+    # (its q | k | v conv channels are not grouped by head, so a tp split would not follow the heads)
+    "linear": None,
     "norm": None,
     "cache_seq": None,
     # Expert stacks [X, ...] and their quantization scales: each ep group of devices holds (and

@@ -1,0 +1,187 @@
+"""Gated DeltaNet linear attention (Qwen3-Next, Qwen3.5: transformers' Qwen3NextGatedDeltaNet) and
+the recurrent state it keeps per sequence.
+
+A linear-attention layer caches no keys: each sequence carries a `RecurrentState`, the last
+`kernel - 1` inputs of its causal depthwise conv and a [value heads, key dim, value dim] matrix
+that the delta rule updates token by token. The serving engine keeps one state row per decode slot
+(plus a scratch row) for each such layer, beside the page pool (jaxllm/serving/steps.py); a call's
+KV backend says which rows its rows use (`PagedCache.state_rows`; None: row b is state row b, as in
+decode). A row whose first position is 0 starts from a zero state (a new or recomputed sequence);
+tokens marked invalid (padding, finished rows) leave the state as it was.
+
+The delta rule runs in transformers' chunked form (torch_chunk_gated_delta_rule): chunks of
+`CHUNK` tokens, a triangular solve within each and a scan over them, so memory grows with the
+tokens times CHUNK, never their square; one token (decode) is one chunk of one.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxllm.models.config import ModelConfig
+from jaxllm.models.layers import Dense, param
+
+CHUNK = 64  # tokens per chunk of the delta rule (transformers' chunk_size)
+
+
+class RecurrentState(NamedTuple):
+    """One linear-attention layer's state for S rows (sequences): `conv` [S, kernel - 1, channels] the
+    conv's last inputs (the model's dtype), `ssm` [S, value heads, key dim, value dim] float32."""
+
+    conv: jax.Array
+    ssm: jax.Array
+
+
+def zero_state(shape: tuple[int, int, int, int, int], rows: int, dtype) -> RecurrentState:
+    """A zero state of `rows` rows for a layer of ModelConfig.recurrent_shape `shape`."""
+    taps, channels, heads, dk, dv = shape
+    return RecurrentState(jnp.zeros((rows, taps, channels), dtype), jnp.zeros((rows, heads, dk, dv), jnp.float32))
+
+
+def state_bytes(cfg: ModelConfig, dtype) -> int:
+    """Bytes of one sequence's recurrent state, every layer."""
+    total = 0
+    for shape in filter(None, map(cfg.recurrent_shape, range(cfg.num_layers))):
+        taps, channels, heads, dk, dv = shape
+        total += taps * channels * jnp.dtype(dtype).itemsize + heads * dk * dv * 4
+    return total
+
+
+def l2norm(x, eps: float = 1e-6):
+    """x / sqrt(sum x^2 + eps) over the last dim (transformers' l2norm, FLA's)."""
+    return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
+
+
+def gated_delta_rule(q, k, v, g, beta, state, chunk: int = CHUNK):
+    """The gated delta rule over T tokens in chunks (torch_chunk_gated_delta_rule with its q/k L2
+    norm): q, k [B, T, H, Dk], v [B, T, H, Dv], g (log decay, <= 0) and beta [B, T, H], state [B, H,
+    Dk, Dv] float32 -> (output [B, T, H, Dv] float32, the state after the T tokens). A token with
+    beta 0 and g 0 changes nothing (padding)."""
+    b, t, h, dk = k.shape
+    q, k, v, g, beta = (jnp.swapaxes(x.astype(jnp.float32), 1, 2) for x in (q, k, v, g, beta))  # [B, H, T, ...]
+    q, k = l2norm(q) * dk**-0.5, l2norm(k)
+    c = min(chunk, t)
+    pad = -t % c
+    if pad:
+        q, k, v = (jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0))) for x in (q, k, v))
+        g, beta = (jnp.pad(x, ((0, 0), (0, 0), (0, pad))) for x in (g, beta))
+    n = (t + pad) // c
+
+    def chunks(x):
+        return x.reshape(b, h, n, c, *x.shape[3:])
+
+    q, k, v, g, beta = map(chunks, (q, k, v, g, beta))
+    k_beta, v_beta = k * beta[..., None], v * beta[..., None]
+    decay = jnp.cumsum(g, axis=-1)  # [B, H, N, C]
+    lower = jnp.tril(jnp.ones((c, c), bool))
+    pairwise = jnp.exp(jnp.where(lower, decay[..., :, None] - decay[..., None, :], -jnp.inf))
+    system = (k_beta @ jnp.swapaxes(k, -1, -2)) * pairwise  # its strict lower part, unit diagonal
+    solve = jax.scipy.linalg.solve_triangular
+    values = solve(system, v_beta, lower=True, unit_diagonal=True)
+    k_decayed = solve(system, k_beta * jnp.exp(decay)[..., None], lower=True, unit_diagonal=True)
+    intra = (q @ jnp.swapaxes(k, -1, -2)) * pairwise
+    q = q * jnp.exp(decay)[..., None]
+    k = k * jnp.exp(decay[..., -1:] - decay)[..., None]
+    total = jnp.exp(decay[..., -1])[..., None, None]  # [B, H, N, 1, 1]
+
+    def step(s, xs):
+        values, k_decayed, q, intra, k, total = xs
+        fresh = values - k_decayed @ s
+        out = q @ s + intra @ fresh
+        return s * total + jnp.swapaxes(k, -1, -2) @ fresh, out
+
+    along = (values, k_decayed, q, intra, k, total)
+    state, out = jax.lax.scan(step, state.astype(jnp.float32), tuple(jnp.moveaxis(x, 2, 0) for x in along))
+    out = jnp.moveaxis(out, 0, 2).reshape(b, h, n * c, -1)[:, :, :t]
+    return jnp.swapaxes(out, 1, 2), state
+
+
+def causal_conv(x, conv_state, weight, valid):
+    """Depthwise causal conv of x [B, T, C] after the `conv_state` [B, kernel - 1, C] inputs before
+    it, weight [C, kernel]; silu of the sums, and the new state: the last kernel - 1 inputs up to
+    each row's last valid token (valid [B, T], a prefix of each row)."""
+    taps = weight.shape[1] - 1
+    full = jnp.concatenate([conv_state.astype(x.dtype), x], axis=1)  # [B, taps + T, C]
+    t = x.shape[1]
+    w = weight.astype(jnp.float32)
+    out = sum(full[:, j : j + t].astype(jnp.float32) * w[:, j] for j in range(taps + 1))
+    lengths = jnp.sum(valid, axis=1)
+    new = jax.vmap(lambda row, n: jax.lax.dynamic_slice_in_dim(row, n, taps, axis=0))(full, lengths)
+    return jax.nn.silu(out).astype(x.dtype), new
+
+
+class GatedRMSNorm(nnx.Module, pytree=False):
+    """RMSNorm of each value head times w, then times silu(gate) in float32 (Qwen3NextRMSNormGated)."""
+
+    def __init__(self, dim: int, eps: float, *, dtype):
+        self.eps = eps
+        self.weight = param((dim,), ("norm",), dtype)
+
+    def __call__(self, x, gate):
+        dtype = x.dtype
+        y = x.astype(jnp.float32)
+        y = y * jax.lax.rsqrt(jnp.mean(y * y, axis=-1, keepdims=True) + self.eps)
+        y = self.weight[...] * y.astype(dtype)
+        return (y * jax.nn.silu(gate.astype(jnp.float32))).astype(dtype)
+
+
+class GatedDeltaNet(nnx.Module):
+    """A linear-attention layer in Qwen3.5's naming: in_proj_qkv (the conv's q | k | v channels),
+    in_proj_z (the output gate), in_proj_b (beta), in_proj_a (the decay's input), conv1d, dt_bias,
+    A_log, a gated norm per value head and out_proj. Called as the shared layer calls its attention:
+    (x, positions, cache, kv) -> (output, the layer's new RecurrentState; None without a cache)."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
+        e, hk, hv = cfg.hidden_size, cfg.linear_key_heads, cfg.linear_value_heads
+        dk, dv = cfg.linear_key_head_dim, cfg.linear_value_head_dim
+        self.heads, self.key_heads, self.dk, self.dv = hv, hk, dk, dv
+        channels = 2 * hk * dk + hv * dv
+        self.channels, self.taps = channels, cfg.linear_conv_kernel - 1
+        dense = dict(bias=False, dtype=dtype, rngs=rngs)
+        self.in_proj_qkv = Dense((e,), (channels,), ("embed", "linear"), **dense)
+        self.in_proj_z = Dense((e,), (hv, dv), ("embed", "linear", "head_dim"), **dense)
+        self.in_proj_b = Dense((e,), (hv,), ("embed", "linear"), quantizable=False, **dense)
+        self.in_proj_a = Dense((e,), (hv,), ("embed", "linear"), quantizable=False, **dense)
+        self.conv1d = nnx.Dict(weight=param((channels, 1, cfg.linear_conv_kernel), ("linear", "norm", "norm"), dtype))  # HF's [C, 1, K]
+        self.dt_bias = param((hv,), ("linear",), dtype)
+        self.A_log = param((hv,), ("linear",), dtype)
+        self.norm = GatedRMSNorm(dv, cfg.norm_eps, dtype=dtype)
+        self.out_proj = Dense((hv, dv), (e,), ("linear", "head_dim", "embed"), **dense)
+
+    def __call__(self, x, positions, cache: RecurrentState | None, kv):
+        b, t, _ = x.shape
+        valid = getattr(kv, "valid", None)
+        valid = jnp.ones((b, t), bool) if valid is None else valid
+        rows = getattr(kv, "state_rows", None)
+        rows = jnp.arange(b) if rows is None else rows
+        if cache is None:
+            conv0 = jnp.zeros((b, self.taps, self.channels), x.dtype)
+            ssm0 = jnp.zeros((b, self.heads, self.dk, self.dv), jnp.float32)
+        else:  # a row at position 0 starts a sequence: from zeros, whatever its state row held
+            fresh = positions[:, 0] == 0
+            conv0 = jnp.where(fresh[:, None, None], 0, cache.conv[rows]).astype(x.dtype)
+            ssm0 = jnp.where(fresh[:, None, None, None], 0, cache.ssm[rows])
+        mixed, conv = causal_conv(self.in_proj_qkv(x), conv0, self.conv1d["weight"][:, 0], valid)
+        kd = self.key_heads * self.dk
+        q = mixed[..., :kd].reshape(b, t, self.key_heads, self.dk)
+        k = mixed[..., kd : 2 * kd].reshape(b, t, self.key_heads, self.dk)
+        v = mixed[..., 2 * kd :].reshape(b, t, self.heads, self.dv)
+        if self.heads != self.key_heads:  # each key head serves heads / key_heads value heads, in order
+            q, k = (jnp.repeat(y, self.heads // self.key_heads, axis=2) for y in (q, k))
+        beta = jax.nn.sigmoid(self.in_proj_b(x).astype(jnp.float32))
+        a = self.in_proj_a(x).astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32)
+        g = -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(a)
+        beta, g = jnp.where(valid[..., None], beta, 0.0), jnp.where(valid[..., None], g, 0.0)
+        out, ssm = gated_delta_rule(q, k, v, g, beta, ssm0)
+        out = self.norm(out.astype(x.dtype), self.in_proj_z(x))
+        out = self.out_proj(out)
+        if cache is None:
+            return out, None
+        keep = jnp.any(valid, axis=1)  # a row without a token this call (finished, padding) keeps its state
+        conv = jnp.where(keep[:, None, None], conv, conv0).astype(cache.conv.dtype)
+        ssm = jnp.where(keep[:, None, None, None], ssm, ssm0)
+        return out, RecurrentState(cache.conv.at[rows].set(conv, mode="drop"), cache.ssm.at[rows].set(ssm, mode="drop"))
