@@ -509,12 +509,7 @@ def _validated(cfg: ModelConfig) -> ModelConfig:
     for t in cfg.layer_types:
         if t not in LAYER_TYPES:
             raise ConfigError(f"config.json layer type '{t}' is not supported; use {', '.join(LAYER_TYPES)}")
-    if "linear_attention" in cfg.layer_types and not cfg.linear_key_heads:
-        raise ConfigError(f"config.json asks for linear_attention layers, which jaxllm's {cfg.architecture} does not have "
-                          "(only Qwen3-Next and Qwen3.5 run them): use full_attention or sliding_attention")
-    if cfg.linear_key_heads and cfg.linear_value_heads % cfg.linear_key_heads:
-        raise ConfigError(f"config.json linear_num_value_heads={cfg.linear_value_heads} is not a multiple of "
-                          f"linear_num_key_heads={cfg.linear_key_heads}: each key head must serve a whole number of value heads")
+    _check_linear(cfg)
     if "sliding_attention" in cfg.layer_types and cfg.sliding_window == 0:
         raise ConfigError("config.json sliding_window is 0, a window in which a token sees no key at all (transformers fails "
                           "running it): set it to the window's width in tokens, or turn the window off (Qwen: "
@@ -548,6 +543,16 @@ def _validated(cfg: ModelConfig) -> ModelConfig:
     if cfg.num_experts and cfg.router_groups > 1:
         _check_groups(cfg)
     return cfg
+
+
+def _check_linear(cfg: ModelConfig) -> None:
+    """A ConfigError for linear-attention layers the family has none of, or heads they cannot group."""
+    if "linear_attention" in cfg.layer_types and not cfg.linear_key_heads:
+        raise ConfigError(f"config.json asks for linear_attention layers, which jaxllm's {cfg.architecture} does not have "
+                          "(only Qwen3-Next and Qwen3.5 run them): use full_attention or sliding_attention")
+    if cfg.linear_key_heads and cfg.linear_value_heads % cfg.linear_key_heads:
+        raise ConfigError(f"config.json linear_num_value_heads={cfg.linear_value_heads} is not a multiple of "
+                          f"linear_num_key_heads={cfg.linear_key_heads}: each key head must serve a whole number of value heads")
 
 
 def _check_groups(cfg: ModelConfig) -> None:

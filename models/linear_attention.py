@@ -9,9 +9,13 @@ KV backend says which rows its rows use (`PagedCache.state_rows`; None: row b is
 decode). A row whose first position is 0 starts from a zero state (a new or recomputed sequence);
 tokens marked invalid (padding, finished rows) leave the state as it was.
 
-The delta rule runs in transformers' chunked form (torch_chunk_gated_delta_rule): chunks of
-`CHUNK` tokens, a triangular solve within each and a scan over them, so memory grows with the
-tokens times CHUNK, never their square; one token (decode) is one chunk of one.
+A whole sequence without a cache (full forward, research functions) runs the delta rule in
+transformers' chunked form (torch_chunk_gated_delta_rule): chunks of `CHUNK` tokens, a triangular
+solve within each and a scan over them, so memory grows with the tokens times CHUNK, never their
+square. With a cache (the engine's prefill chunks and decode) it runs token by token
+(`recurrent_delta_rule`, a lax.scan): the state a sequence reaches is then the same arithmetic
+however its prompt was split into chunks and whatever shared its calls, as the engine's results
+must be; a long prompt's prefill is sequential in its tokens on those layers.
 """
 
 from __future__ import annotations
@@ -100,6 +104,26 @@ def gated_delta_rule(q, k, v, g, beta, state, chunk: int = CHUNK):
     return jnp.swapaxes(out, 1, 2), state
 
 
+def recurrent_delta_rule(q, k, v, g, beta, state):
+    """The gated delta rule token by token (torch_recurrent_gated_delta_rule with its q/k L2 norm):
+    same arguments and results as gated_delta_rule. Each token's update is the same arithmetic however
+    the tokens are split into calls, so a sequence prefilled in any chunks, then decoded, gets the
+    same state (the engine's results do not depend on what else it runs); memory is the state's."""
+    dk = k.shape[-1]
+    q, k, v, g, beta = (jnp.moveaxis(x.astype(jnp.float32), 1, 0) for x in (q, k, v, g, beta))  # [T, B, H, ...]
+    q, k = l2norm(q) * dk**-0.5, l2norm(k)
+
+    def step(s, xs):
+        q, k, v, g, beta = xs
+        s = s * jnp.exp(g)[..., None, None]
+        delta = (v - jnp.einsum("bhkv,bhk->bhv", s, k)) * beta[..., None]
+        s = s + k[..., :, None] * delta[..., None, :]
+        return s, jnp.einsum("bhkv,bhk->bhv", s, q)
+
+    state, out = jax.lax.scan(step, state.astype(jnp.float32), (q, k, v, g, beta))
+    return jnp.moveaxis(out, 0, 1), state
+
+
 def causal_conv(x, conv_state, weight, valid):
     """Depthwise causal conv of x [B, T, C] after the `conv_state` [B, kernel - 1, C] inputs before
     it, weight [C, kernel]; silu of the sums, and the new state: the last kernel - 1 inputs up to
@@ -163,8 +187,9 @@ class GatedDeltaNet(nnx.Module):
             ssm0 = jnp.zeros((b, self.heads, self.dk, self.dv), jnp.float32)
         else:  # a row at position 0 starts a sequence: from zeros, whatever its state row held
             fresh = positions[:, 0] == 0
-            conv0 = jnp.where(fresh[:, None, None], 0, cache.conv[rows]).astype(x.dtype)
-            ssm0 = jnp.where(fresh[:, None, None, None], 0, cache.ssm[rows])
+            held = RecurrentState(cache.conv[rows], cache.ssm[rows])
+            conv0 = jnp.where(fresh[:, None, None], 0, held.conv).astype(x.dtype)
+            ssm0 = jnp.where(fresh[:, None, None, None], 0, held.ssm)
         mixed, conv = causal_conv(self.in_proj_qkv(x), conv0, self.conv1d["weight"][:, 0], valid)
         kd = self.key_heads * self.dk
         q = mixed[..., :kd].reshape(b, t, self.key_heads, self.dk)
@@ -176,12 +201,15 @@ class GatedDeltaNet(nnx.Module):
         a = self.in_proj_a(x).astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32)
         g = -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(a)
         beta, g = jnp.where(valid[..., None], beta, 0.0), jnp.where(valid[..., None], g, 0.0)
-        out, ssm = gated_delta_rule(q, k, v, g, beta, ssm0)
+        # uncached (a whole sequence at once): the chunked form, as transformers' prefill; with a cache, token by token
+        out, ssm = (gated_delta_rule if cache is None else recurrent_delta_rule)(q, k, v, g, beta, ssm0)
         out = self.norm(out.astype(x.dtype), self.in_proj_z(x))
         out = self.out_proj(out)
         if cache is None:
             return out, None
-        keep = jnp.any(valid, axis=1)  # a row without a token this call (finished, padding) keeps its state
-        conv = jnp.where(keep[:, None, None], conv, conv0).astype(cache.conv.dtype)
-        ssm = jnp.where(keep[:, None, None, None], ssm, ssm0)
+        # a row without a token this call (finished, paused, a slot whose sequence is still prefilling) keeps
+        # the state it held, whatever its position says
+        keep = jnp.any(valid, axis=1)
+        conv = jnp.where(keep[:, None, None], conv.astype(cache.conv.dtype), held.conv)
+        ssm = jnp.where(keep[:, None, None, None], ssm, held.ssm)
         return out, RecurrentState(cache.conv.at[rows].set(conv, mode="drop"), cache.ssm.at[rows].set(ssm, mode="drop"))

@@ -108,12 +108,17 @@ class Runner:
         values, scales = kv_format(kv_dtype, self.dtype)
         self.kv_dtype = (values.name, None if scales is None else scales.name)  # the pool's (values, scales) dtypes
         kv_shapes = tuple(map(self.cfg.kv_shape, range(self.cfg.num_layers)))
+        # Linear-attention layers' recurrent states: a row per decode slot, then a scratch row (padding
+        # rows and scoring write there), per dp shard; slot s of shard i is its row s (local)
+        recurrent = tuple(map(self.cfg.recurrent_shape, range(self.cfg.num_layers))) if self.cfg.recurrent else ()
+        self.scratch_row = self.shard_seqs  # each shard's scratch row, local
         steps = make_steps(model.graphdef, chunk, attention, self.mesh, kv_shapes, scales is not None, decode_options,
-                           small_options)
+                           small_options, recurrent)
         self._traces, self._prefill_large, self._prefill_small, self._decode, self._score, self._zeros = steps
         self._before = dataclasses.replace(self._traces)  # what engines before this one compiled
         pool = self.shards * pool_pages(self.shard_pages, self.shard_seqs)
-        self._sizes = (max_seqs, pool, page_size, kv_shapes, self.cfg.vocab_size, eos_width, self.kv_dtype)
+        self._sizes = (max_seqs, pool, page_size, kv_shapes, self.cfg.vocab_size, eos_width, self.kv_dtype, recurrent,
+                       self.shards * (self.shard_seqs + 1) if recurrent else 0, np.dtype(self.dtype).name)
 
     @property
     def model(self):
@@ -221,6 +226,7 @@ class Runner:
         history = np.full((m, s), -1, np.int32)
         starts, lengths = np.zeros(m, np.int32), np.zeros(m, np.int32)
         slots = np.full(m, self.shard_seqs, np.int32)  # padding and unfinished rows place nothing
+        state_rows = np.full(m, self.scratch_row, np.int32)  # a row's recurrent state: its slot's (padding: scratch)
         max_new, limit, generated = np.ones(m, np.int32), np.zeros(m, np.int32), np.zeros(m, np.int32)
         eos = np.full((m, self.eos_width), -1, np.int32)
         params = [SamplingParams().resolved()] * m
@@ -233,16 +239,19 @@ class Runner:
             end = r.start + r.length
             history[i, :end] = r.history[:end]
             starts[i], lengths[i] = r.start, r.length
-            if r.last:
-                slots[i] = r.slot - r.shard * self.shard_seqs  # local to the shard
-                if not 0 <= slots[i] < self.shard_seqs:
+            if r.slot >= 0:  # the last chunk's slot; every chunk's, for a model with recurrent state
+                local = r.slot - r.shard * self.shard_seqs  # local to the shard
+                if not 0 <= local < self.shard_seqs:
                     raise RuntimeError(f"slot {r.slot} is not of shard {r.shard}")
+                state_rows[i] = local
+                if r.last:
+                    slots[i] = local
             max_new[i], limit[i], generated[i] = r.params.max_new_tokens, len(r.pages) * self.page_size, r.generated
             eos[i, : len(r.eos)] = r.eos
             params[i] = r.params
         put = self._put_rows
         return (put(slots), put(tokens), put(starts), put(lengths), put(table), put(history),
-                jax.tree.map(put, RowParams.of(params)), put(generated), put(max_new), put(eos), put(limit))
+                jax.tree.map(put, RowParams.of(params)), put(generated), put(max_new), put(eos), put(limit), put(state_rows))
 
     def _decode_inputs(self, table: np.ndarray, limit: np.ndarray, stop: np.ndarray, steps: int,
                        shared: np.ndarray | None = None, offsets: np.ndarray | None = None) -> tuple:
@@ -282,7 +291,8 @@ class Runner:
             starts, lengths = np.zeros(d, np.int32), np.zeros(d, np.int32)
             starts[shard], lengths[shard] = start, length
             cache, (logp, top) = self._score(self.prefill_keys(start + length), self.model.params, cache,
-                                             put(piece), put(starts), put(lengths), table, put(targets))
+                                             put(piece), put(starts), put(lengths), table, put(targets),
+                                             put(np.full(d, self.scratch_row, np.int32)))
             logps.append(np.asarray(logp)[shard, : len(follow)])
             tops.append(np.asarray(top)[shard, : len(follow)])
         empty = n < 2

@@ -17,6 +17,7 @@ from flax import nnx
 
 from jaxllm import sharding
 from jaxllm.models.attention import LayerCache, PagedCache
+from jaxllm.models.linear_attention import RecurrentState, zero_state
 from jaxllm.sampling import RowParams, SamplingParams, sample
 
 ERROR = -2  # the token of a row whose logits were not finite: it ends there, with an error
@@ -24,7 +25,8 @@ ERROR = -2  # the token of a row whose logits were not finite: it ends there, wi
 
 class SlotState(NamedTuple):
     cache: list  # per layer LayerCache: k, v [pool, page_size, K, D] (int8: and scales [pool, page_size, K]);
-    # pages >= num_pages are never handed out
+    # pages >= num_pages are never handed out. A linear-attention layer's: its RecurrentState, a row per
+    # decode slot and a scratch row per dp shard (models/linear_attention.py)
     tokens: jax.Array  # [B] the last token of each slot, fed at the next step
     positions: jax.Array  # [B] where that token will be written
     done: jax.Array  # [B] bool
@@ -68,11 +70,12 @@ class Steps(NamedTuple):
 
 @functools.cache
 def steps(graphdef, chunk: int, attention: str, mesh, kv_shapes: tuple, scales: bool = False,
-           decode_options: tuple = (), small_options: tuple = ()):
+           decode_options: tuple = (), small_options: tuple = (), recurrent: tuple = ()):
     """The Steps jitted for this model structure; `kv_shapes`: each layer's (kv heads, head_dim), None
     for a layer that caches nothing (ModelConfig.kv_shape); `scales`: the pool holds int8 scales (the state's structure on a mesh);
     `decode_options`, `small_options`: XLA options of the decode step and of small prefill calls,
-    (name, value) pairs (jaxllm.runtime.decode_options, small_call_options)."""
+    (name, value) pairs (jaxllm.runtime.decode_options, small_call_options); `recurrent`: each layer's
+    ModelConfig.recurrent_shape (None: it keeps no recurrent state), or () for a model without any."""
     options, small = dict(decode_options) or None, dict(small_options) or None
     counters = Counters()
     dp = "dp" if mesh is not None and mesh.shape["dp"] > 1 else None
@@ -84,7 +87,7 @@ def steps(graphdef, chunk: int, attention: str, mesh, kv_shapes: tuple, scales: 
     prefill = functools.partial(_prefill, graphdef, counters, attention, gather)
     decode = functools.partial(_decode, graphdef, counters, chunk, attention, gather)
     score = functools.partial(_score, graphdef, counters, attention)
-    sizes = tuple(range(7))  # _zero_state's arguments are all static
+    sizes = tuple(range(10))  # _zero_state's arguments are all static
     if mesh is None:
         return Steps(counters, *(jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3, compiler_options=o) for o in (None, small)),
                      jax.jit(decode, static_argnums=(0, 1, 2), donate_argnums=4, compiler_options=options),
@@ -94,7 +97,9 @@ def steps(graphdef, chunk: int, attention: str, mesh, kv_shapes: tuple, scales: 
     # is replicated, so every process of a multi-host run can read it.
     rep = sharding.replicated(mesh)
 
-    def layer_cache(shape):
+    def layer_cache(shape, state):
+        if state is not None:  # recurrent state rows: over dp like the slots
+            return RecurrentState(rows, rows)
         if shape is None:
             return None
         pool = sharding.pool_sharding(mesh, shape[0])
@@ -102,8 +107,8 @@ def steps(graphdef, chunk: int, attention: str, mesh, kv_shapes: tuple, scales: 
         scale = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec[:3])) if scales else None
         return LayerCache(pool, pool, scale, scale)
 
-    cache = [layer_cache(shape) for shape in kv_shapes]
     rows = sharding.dp_rows(mesh)  # replicated when dp = 1
+    cache = [layer_cache(shape, state) for shape, state in zip(kv_shapes, recurrent or (None,) * len(kv_shapes))]
     state = jax.tree.map(lambda _: rows, jax.eval_shape(lambda: _zero_state(1, 1, 1, (), 1, 1, ("float32", None))))
     state = state._replace(cache=cache)
     if mesh.shape["dp"] > 1:  # each dp shard computes its own rows on its own pages and slots
@@ -136,14 +141,18 @@ def _per_shard(mesh, step, statics: int, replicated: tuple[int, ...]):
     return run
 
 
-def _zero_state(rows, pool, page_size, kv_shapes, vocab, eos_width, dtypes) -> SlotState:
+def _zero_state(rows, pool, page_size, kv_shapes, vocab, eos_width, dtypes, recurrent=(), state_rows=0,
+                model_dtype="float32") -> SlotState:
     """An empty state: `pool` pages per layer (the managed ones, a trash page that unused table
     entries point at, then rounded up to a multiple of the rows: cuDNN's paged kernel wants the
     pool to split evenly over them) of each layer's (kv heads, head_dim) in `kv_shapes` (None: the
-    layer caches nothing) in dtypes (values, scales or None), and `rows` decode slots."""
+    layer caches nothing) in dtypes (values, scales or None), and `rows` decode slots; a layer with a
+    `recurrent` shape keeps a zero RecurrentState of `state_rows` rows (its conv inputs in `model_dtype`)."""
     values, scales = dtypes
 
-    def layer(kv_shape):
+    def layer(kv_shape, state):
+        if state is not None:
+            return zero_state(state, state_rows, model_dtype)
         if kv_shape is None:
             return None
         shape = (pool, page_size) + tuple(kv_shape)
@@ -151,7 +160,7 @@ def _zero_state(rows, pool, page_size, kv_shapes, vocab, eos_width, dtypes) -> S
         return LayerCache(*kv) if scales is None else LayerCache(*kv, *(jnp.zeros(shape[:3], scales) for _ in range(2)))
 
     return SlotState(
-        cache=[layer(shape) for shape in kv_shapes],
+        cache=[layer(shape, state) for shape, state in zip(kv_shapes, recurrent or (None,) * len(kv_shapes))],
         tokens=jnp.zeros(rows, jnp.int32), positions=jnp.zeros(rows, jnp.int32), done=jnp.ones(rows, bool),
         generated=jnp.zeros(rows, jnp.int32), max_new=jnp.ones(rows, jnp.int32), limit=jnp.zeros(rows, jnp.int32),
         seen=jnp.zeros((rows, vocab), bool), eos=jnp.full((rows, eos_width), -1, jnp.int32),
@@ -165,14 +174,14 @@ def _whole(logits, gather):
 
 
 def _prefill(graphdef, counters, attention, gather, kv_len, sampling, params, state: SlotState, slots, tokens, starts, lengths,
-             table, history, rp: RowParams, generated, max_new, eos, limit):
+             table, history, rp: RowParams, generated, max_new, eos, limit, state_rows):
     counters.prefill += 1
     counters.calls.add((*tokens.shape, kv_len, sampling))
     model = nnx.merge(graphdef, params)
     n, c = tokens.shape
     positions = starts[:, None] + jnp.arange(c)[None, :]
     valid = jnp.arange(c)[None, :] < lengths[:, None]
-    kv = PagedCache(table, valid, kv_len, attention)
+    kv = PagedCache(table, valid, kv_len, attention, state_rows=state_rows)  # state_rows: each row's recurrent state
     hidden, cache = model.hidden(tokens, positions, state.cache, kv, lengths=starts + lengths)
     last = jnp.take_along_axis(hidden, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)
     logits = _whole(model.logits(last)[:, 0], gather)
@@ -251,17 +260,17 @@ def _decode(graphdef, counters, chunk, attention, gather, kv_len, sampling, casc
     return state, out, out_lp, state.done
 
 
-def _score(graphdef, counters, attention, kv_len, params, cache: list, tokens, start, length, table, targets):
+def _score(graphdef, counters, attention, kv_len, params, cache: list, tokens, start, length, table, targets, state_rows):
     """One chunk of a scored sequence: tokens [1, C] at positions start[0].. (length[0] real)
     written into the pages of `table` [1, P], attention over everything before; returns the cache
     and log p(targets[0, i] | the tokens up to position start + i), float32 [1, C], and the most
-    likely token there (greedy) [1, C]."""
+    likely token there (greedy) [1, C]. `state_rows` [1]: the recurrent-state row it uses (a scratch row)."""
     counters.score += 1
     model = nnx.merge(graphdef, params)
     c = tokens.shape[1]
     positions = start[:, None] + jnp.arange(c)[None, :]
     valid = jnp.arange(c)[None, :] < length[:, None]
-    kv = PagedCache(table, valid, kv_len, attention)
+    kv = PagedCache(table, valid, kv_len, attention, state_rows=state_rows)
     hidden, cache = model.hidden(tokens, positions, cache, kv, lengths=start + length)
     logp = jax.nn.log_softmax(model.logits(hidden), axis=-1)
     return cache, (jnp.take_along_axis(logp, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0],
