@@ -178,8 +178,10 @@ class GatedDeltaNet(nnx.Module):
 
     def __call__(self, x, positions, cache: RecurrentState | None, kv):
         b, t, _ = x.shape
-        valid = getattr(kv, "valid", None)
+        valid = getattr(kv, "valid", None)  # PagedCache's real tokens, or Uncached's keep (a padded batch's)
+        valid = getattr(kv, "keep", None) if valid is None else valid
         valid = jnp.ones((b, t), bool) if valid is None else valid
+        x = jnp.where(valid[..., None], x, 0).astype(x.dtype)  # padding feeds the conv nothing (apply_mask_to_padding_states)
         rows = getattr(kv, "state_rows", None)
         rows = jnp.arange(b) if rows is None else rows
         if cache is None:

@@ -24,9 +24,16 @@ def test_hidden_states_attention_and_logprobs_match_transformers(arch, tmp_path)
     assert len(hidden) == len(out.hidden_states) == model.config.num_layers + 1
     for i, (ours, theirs) in enumerate(zip(hidden, out.hidden_states)):
         assert reference.max_rel_diff(ours, theirs.numpy()) <= TOL, f"hidden state {i}"
-    for layer in (0, model.config.num_layers - 1):
+    # transformers records the attention layers' weights alone; a linear-attention layer's are refused in one line
+    cfg = model.config
+    full = [i for i in range(cfg.num_layers) if not cfg.layer_is_linear(i)]
+    if len(full) < cfg.num_layers:
+        linear = next(i for i in range(cfg.num_layers) if cfg.layer_is_linear(i))
+        with pytest.raises(jaxllm.InputError, match=f"layer {linear} is a linear-attention"):
+            model.attention_weights(TOKENS, linear)
+    for layer in (full[0], full[-1]):
         ours = model.attention_weights(TOKENS, layer)
-        theirs = out.attentions[layer].numpy()
+        theirs = out.attentions[full.index(layer)].numpy()
         assert ours.shape == theirs.shape == (2, model.config.num_heads, 20, 20)
         assert reference.max_rel_diff(ours, theirs) <= TOL, f"attention of layer {layer}"  # the logits' tolerance
     logp = torch.log_softmax(out.logits[:, :-1].double(), -1).gather(-1, torch.as_tensor(TOKENS)[:, 1:, None])[..., 0]
