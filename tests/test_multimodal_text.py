@@ -504,3 +504,15 @@ def test_qwen3_vl_moe_released_expert_layout_and_conversion(tmp_path):
     text = reload(tmp_path / "back")
     assert type(text).__name__ == "Qwen3MoeForCausalLM"
     assert reference.max_rel_diff(reference.torch_logits(text, TOKENS), expected) <= TOL
+def test_qwen3_5_wrapper_loads_its_text_model(tmp_path):
+    """Qwen3_5ForConditionalGeneration (a one-layer vision model): its language model's logits, hybrid layers and all."""
+    torch.manual_seed(0)
+    text = registry.get("Qwen3_5ForCausalLM").tiny_config
+    vision = dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=64, patch_size=14)
+    ref = transformers.Qwen3_5ForConditionalGeneration(transformers.Qwen3_5Config(text_config=text, vision_config=vision))
+    reference.randomize(ref, 0)
+    ref.float().eval().save_pretrained(tmp_path)
+    model = jaxllm.load(tmp_path)
+    assert model.config.architecture == "Qwen3_5ForCausalLM" and model.config.recurrent
+    theirs = ref.lm_head(ref.model.language_model(torch.as_tensor(TOKENS)).last_hidden_state).detach().numpy()
+    assert reference.max_rel_diff(model.logits(TOKENS), theirs) <= TOL

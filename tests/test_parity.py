@@ -625,6 +625,13 @@ SPELLINGS = {
     "gemma4-default-layers-and-rope": ("Gemma4ForCausalLM", dict(num_hidden_layers=7, num_kv_shared_layers=1, layer_types=None,
                                                                 rope_parameters=None),
                                        _edit(("layer_types", "rope_parameters"))),
+    # Qwen3-Next / Qwen3.5: layer types from full_attention_interval (or its default, every 4th layer full) where
+    # config.json lists none; the rope as top-level keys, or left out (theta 10,000, a quarter of each head turned)
+    "qwen3-next-interval-and-flat-rope": ("Qwen3NextForCausalLM", {}, _edit(("layer_types", "rope_parameters"),
+                                                                             full_attention_interval=2, rope_theta=5000.0,
+                                                                             partial_rotary_factor=0.5)),
+    "qwen3_5-default-layers-and-rope": ("Qwen3_5ForCausalLM", dict(layer_types=["linear_attention"] * 3 + ["full_attention"]),
+                                        _edit(("layer_types", "rope_parameters"))),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
