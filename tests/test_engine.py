@@ -43,7 +43,7 @@ def _assert_same(got, want):
 
 @pytest.mark.parametrize("arch", registry.names())
 def test_mixed_workload_equals_each_prompt_alone(arch, tmp_path):
-    """Three sequences at a time over 22 pages of 4 tokens: the six prompts need more, so the
+    """Three sequences at a time over 22 pages of 4 tokens (20 beside recurrent layers): the six prompts need more, so the
     newest is preempted and recomputed; prompts are prefilled in chunks of at most 16 tokens; the
     repeated prefixes hit the cache."""
     reference.build(arch, tmp_path, seed=2)
@@ -54,7 +54,7 @@ def test_mixed_workload_equals_each_prompt_alone(arch, tmp_path):
     pages = 20 if model.config.recurrent else 22
     engine = Engine(model, batch_size=3, max_len=128, num_pages=pages, page_size=4, prefill_tokens=16, chunk=4, cascade=True)
     together = model.generate(prompts, GREEDY, engine=engine)
-    _assert_same(together, _alone(model, prompts, GREEDY, 16, batch_size=3, num_pages=22, chunk=4))
+    _assert_same(together, _alone(model, prompts, GREEDY, 16, batch_size=3, num_pages=pages, chunk=4))
     stats = engine.scheduler.stats
     assert stats.preempted > 0, "the workload should run out of pages"
     length_dependent = model.config.rope.length_dependent  # keys depend on the length (not HunYuan's fixed NTK alpha)
