@@ -30,6 +30,7 @@ from jaxllm.models import (
     olmo,
     olmo2,
     olmoe,
+    opt,
     phi,
     phi3,
     phimoe,
@@ -41,6 +42,6 @@ from jaxllm.models import (
 FAMILIES = (
     llama, gemma, phi3, moe, olmo2, gpt_neox, gpt2, granite, phi, exaone, apertus, stablelm, starcoder2, olmoe, granitemoe,
     phimoe, cohere, glm, ernie, gpt_oss, gpt_bigcode, gptj, falcon, olmo, nemotron, helium, gpt_neo, deepseek,
-    glm4_moe, dots1, hunyuan, llama4, gemma4, qwen3_next,
+    glm4_moe, dots1, hunyuan, llama4, gemma4, qwen3_next, opt,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

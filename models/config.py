@@ -144,11 +144,24 @@ class ModelConfig:
     query_scale_layers: tuple[int, ...] | None = None
     # Gemma-style variants: embeddings times embed_scale; RMSNorm scales by (norm_offset + w), in float32.
     embed_scale: float = 1.0
+    # the embeddings times embed_scale itself in float32, then cast (a Python float in transformers: Granite's
+    # embedding_multiplier, BioGPT's and XGLM's sqrt(hidden)); else the scale rounded to the dtype first (Gemma's)
+    embed_scale_exact: bool = False
     norm_offset: float = 0.0
     norm_upcast_scale: bool = False  # RMSNorm applies its weight in float32 before the cast (OLMo 2)
     parallel_residual: bool = False  # x + attn(ln1 x) + mlp(ln1 x) (Phi, GPT-J), or mlp(ln2 x) where parallel_mlp_norm
     parallel_mlp_norm: bool = False  # a parallel layer's MLP reads a norm of its own (GPT-NeoX, Falcon's ln_mlp)
-    position_embedding: str = "rope"  # or "learned": a table of absolute positions (GPT-2)
+    # "rope", "learned" (a table of absolute positions: GPT-2, OPT, BioGPT) or "sinusoidal" (fixed sin | cos
+    # rows: XGLM, the row of pad_token_id zeroed, as its padding_idx); position p reads row p + position_offset
+    # (OPT's, BioGPT's and XGLM's 2), the learned table max_position_embeddings + position_offset rows long
+    position_embedding: str = "rope"
+    position_offset: int = 0
+    # The token embedding's width where it differs from hidden_size (OPT's word_embed_proj_dim): project_in
+    # to hidden_size after the lookup, project_out back after the final norm, the output head this wide
+    embed_dim: int | None = None
+    final_norm: bool = True  # False: no norm after the last layer (OPT's post-norm layers, _remove_final_layer_norm)
+    norm_affine: bool = True  # False: LayerNorms without weight or bias (OPT's layer_norm_elementwise_affine)
+    norm_after_residual: bool = False  # each residual sum normed, the post-LN layer (OPT's do_layer_norm_before false)
     # LongRoPE: a sequence that outgrows original_max_position_embeddings has its whole cache
     # recomputed with the long factors (Phi-3's generate does; other families keep the keys cached
     # under the short ones and rotate only new positions by the long ones).

@@ -145,6 +145,11 @@ CONFIG_FIELDS = {
     # Qwen3-Next / Qwen3.5's gated-DeltaNet layers and where they are (every full_attention_interval-th layer full)
     "linear_conv_kernel_dim": _given(COUNT), "linear_key_head_dim": _given(COUNT), "linear_value_head_dim": _given(COUNT),
     "linear_num_key_heads": _given(COUNT), "linear_num_value_heads": _given(COUNT), "full_attention_interval": COUNT,
+    # fairseq's decoders: OPT's norm placement, biases, affine norms, token embedding width, final norm; XGLM's
+    # own spellings; the embeddings times sqrt(hidden) (BioGPT, XGLM)
+    "ffn_dim": COUNT, "do_layer_norm_before": FLAG, "enable_bias": FLAG, "layer_norm_elementwise_affine": FLAG,
+    "word_embed_proj_dim": COUNT, "_remove_final_layer_norm": FLAG, "d_model": COUNT, "attention_heads": COUNT,
+    "scale_embedding": FLAG,
 }
 # quantization_config methods whose checkpoints jaxllm reads (dequantized as they load) for the
 # families (model_type) that ship them: gpt-oss's MXFP4 experts (mxfp4.mxfp4_names).

@@ -17,7 +17,7 @@ from flax import nnx
 
 from jaxllm.models.attention import UNCACHED, Attention, LayerCache, Uncached
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.layers import Dense, Embed, LayerNorm, RMSNorm, make_mlp, param
+from jaxllm.models.layers import Dense, Embed, LayerNorm, RMSNorm, SinusoidalPositions, make_mlp, param
 from jaxllm.models.linear_attention import GatedDeltaNet
 from jaxllm.models.rope import rotary
 from jaxllm.models.weights import Copy, Linear, Part, WeightSpec
@@ -75,21 +75,36 @@ def _call_layer(graphdef, state, x, positions, rot, cache, kv, *extra):
 
 
 def norm_kwargs(cfg: ModelConfig, dtype, rngs, norm_cls=None) -> dict:
-    """Keyword arguments of a layer's norm: RMSNorm takes the model's offset/upcast flags."""
+    """Keyword arguments of a layer's norm: RMSNorm takes the model's offset/upcast flags, a LayerNorm
+    neither weight nor bias where the model's norms have none (cfg.norm_affine)."""
     if norm_cls not in (None, RMSNorm):
-        return dict(dtype=dtype, rngs=rngs)
+        return dict(dtype=dtype, rngs=rngs) if cfg.norm_affine else dict(dtype=dtype, rngs=rngs, weight=False, bias=False)
     return dict(dtype=dtype, rngs=rngs, offset=cfg.norm_offset, upcast_scale=cfg.norm_upcast_scale)
+
+
+def position_embeddings(cfg: ModelConfig, dtype, rngs):
+    """The module adding absolute positions to the embeddings (cfg.position_embedding): a learned
+    table of max_position_embeddings + position_offset rows, fixed sinusoidal rows, or None (rotary)."""
+    if cfg.position_embedding == "learned":
+        return Embed(cfg.max_position_embeddings + cfg.position_offset, cfg.hidden_size, dtype=dtype, rngs=rngs)
+    if cfg.position_embedding == "sinusoidal":
+        return SinusoidalPositions(cfg.hidden_size, cfg.pad_token_id, dtype)
+    return None
 
 
 class DecoderModel(nnx.Module):
     def __init__(self, cfg: ModelConfig, layer_cls=DecoderLayer, *, dtype, rngs: nnx.Rngs, final_norm=None):
         self.cfg = cfg
-        self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs, scale=cfg.embed_scale,
-                                  quantizable=True)
-        learned = cfg.position_embedding == "learned"
-        self.embed_positions = Embed(cfg.max_position_embeddings, cfg.hidden_size, dtype=dtype, rngs=rngs) if learned else None
+        e, width = cfg.hidden_size, cfg.embed_dim or cfg.hidden_size
+        self.embed_tokens = Embed(cfg.vocab_size, width, dtype=dtype, rngs=rngs, scale=cfg.embed_scale,
+                                  exact_scale=cfg.embed_scale_exact, quantizable=True)
+        # a token embedding narrower or wider than the layers (OPT-350m): projected in and out, without biases
+        projected = dict(bias=False, dtype=dtype, rngs=rngs, quantizable=False)
+        self.project_in = Dense((width,), (e,), ("word_embed", "embed"), **projected) if width != e else None
+        self.embed_positions = position_embeddings(cfg, dtype, rngs)
         self.layers = nnx.List([layer_cls(cfg, i, dtype=dtype, rngs=rngs) for i in range(cfg.num_layers)])
-        self.norm = (final_norm or RMSNorm)(cfg.hidden_size, cfg.norm_eps, **norm_kwargs(cfg, dtype, rngs, final_norm))
+        self.norm = (final_norm or RMSNorm)(e, cfg.norm_eps, **norm_kwargs(cfg, dtype, rngs, final_norm)) if cfg.final_norm else None
+        self.project_out = Dense((e,), (width,), ("embed", "word_embed"), **projected) if width != e else None
 
     def __call__(self, tokens, positions, cache=None, kv=UNCACHED, lengths=None, trace: list | None = None):
         """tokens, positions [B, T] -> hidden [B, T, E], and per-layer caches from the KV backend
@@ -100,8 +115,10 @@ class DecoderModel(nnx.Module):
         if (cache is None) != isinstance(kv, Uncached):
             raise ValueError("a cache goes with its KV backend (PagedCache), no cache with Uncached")
         x = self.embed_tokens(tokens)
-        if self.embed_positions is not None:
-            x = x + self.embed_positions(positions)
+        if self.project_in is not None:
+            x = self.project_in(x)
+        if self.embed_positions is not None:  # the engine's positions of each sequence, offset into the table
+            x = x + self.embed_positions(positions + self.cfg.position_offset)
         rots = self.rotaries(positions, x.dtype, lengths)
         inputs = self.layer_inputs(tokens, x)
         new_cache = []
@@ -118,7 +135,10 @@ class DecoderModel(nnx.Module):
             else:
                 x, c = layer(x, positions, rot, c, kv, *extra)
             new_cache.append(c)
-        x = self.norm(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.project_out is not None:
+            x = self.project_out(x)
         if trace is not None:
             trace.append(x)
         return x, new_cache
@@ -153,8 +173,8 @@ class CausalLM(nnx.Module):
         if cfg.tie_word_embeddings:  # tied: no head, or the head's bias alone (cfg.head_bias; nnx.data: a None head is static)
             self.lm_head = nnx.data(nnx.Dict(bias=param((cfg.vocab_size,), ("vocab_out",), dtype))) if cfg.head_bias else None
         else:
-            self.lm_head = Dense((cfg.hidden_size,), (cfg.vocab_size,), ("embed", "vocab_out"), bias=cfg.head_bias, dtype=dtype,
-                                 rngs=rngs, table=True)
+            self.lm_head = Dense((cfg.embed_dim or cfg.hidden_size,), (cfg.vocab_size,), ("embed", "vocab_out"), bias=cfg.head_bias,
+                                 dtype=dtype, rngs=rngs, table=True)
 
     def hidden(self, tokens, positions, cache: list[LayerCache] | None = None, kv=UNCACHED, lengths=None):
         return self.model(tokens, positions, cache, kv, lengths)

@@ -38,10 +38,6 @@ class GraniteDecoderLayer(DecoderLayer):
 class GraniteForCausalLM(CausalLM):
     layer_cls = GraniteDecoderLayer
 
-    def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
-        super().__init__(cfg, dtype=dtype, rngs=rngs)
-        self.model.embed_tokens.exact = True  # embedding_multiplier unrounded (Gemma's sqrt(hidden) is rounded to the dtype first)
-
     def logits(self, hidden):
         out = super().logits(hidden)
         return out if self.cfg.logits_divisor == 1.0 else out / self.cfg.logits_divisor
@@ -49,7 +45,7 @@ class GraniteForCausalLM(CausalLM):
 
 def granite_defaults(raw: dict) -> dict:
     return dict(
-        embed_scale=float(raw.get("embedding_multiplier", 1.0)),
+        embed_scale=float(raw.get("embedding_multiplier", 1.0)), embed_scale_exact=True,  # unrounded (Gemma's sqrt(hidden) is rounded)
         residual_scale=float(raw.get("residual_multiplier", 1.0)),
         attn_scale=float(raw.get("attention_multiplier", 1.0)),
         logits_divisor=float(raw.get("logits_scaling", 1.0)),

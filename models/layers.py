@@ -203,6 +203,25 @@ class Embed(nnx.Module, pytree=False):
         return jnp.einsum("bte,ve->btv", x, table)
 
 
+class SinusoidalPositions(nnx.Module, pytree=False):
+    """Fixed position embeddings, no parameters (XGLM's, fairseq's): row p is sin(p f) | cos(p f) over
+    the dim // 2 frequencies f_i = exp(-i log(10000) / (dim // 2 - 1)), a zero column after them where
+    dim is odd, and the row `padding_idx` all zeros; computed in float32 for the rows asked for (any
+    position: transformers grows its table as a sequence needs), cast to `dtype`."""
+
+    def __init__(self, dim: int, padding_idx: int | None, dtype):
+        self.dim, self.padding_idx, self.dtype = dim, padding_idx, dtype
+
+    def __call__(self, rows):
+        half = self.dim // 2
+        freqs = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(math.log(10000) / (half - 1)))
+        angles = rows.astype(jnp.float32)[..., None] * freqs
+        out = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)] + [jnp.zeros_like(angles[..., :1])] * (self.dim % 2), axis=-1)
+        if self.padding_idx is not None:
+            out = jnp.where((rows == self.padding_idx)[..., None], 0.0, out)
+        return out.astype(self.dtype)
+
+
 ACTIVATIONS = {
     "silu": jax.nn.silu,
     "swish": jax.nn.silu,

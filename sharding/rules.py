@@ -31,6 +31,9 @@ RULES: dict[str, str | None] = {
     "vocab_in": None,
     "vocab_out": "tp",
     "embed": "fsdp",
+    # the token embedding's own width where it differs from the layers' (OPT's word_embed_proj_dim): its
+    # projections in and out are small, whole on each device
+    "word_embed": None,
     "q_heads": "tp",
     "kv_heads": "tp",
     "head_dim": None,

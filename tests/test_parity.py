@@ -397,6 +397,13 @@ SPELLINGS = {
     # of the expert count (its attribute_map); keys its code never reads (its mask has no window)
     "olmoe-default-routing": ("OlmoeForCausalLM", dict(num_experts=64, num_experts_per_tok=8, norm_topk_prob=False),
                               _edit(("num_experts", "num_experts_per_tok", "norm_topk_prob"))),
+    # OPT: opt-125m's config.json (pre-LN, word_embed_proj_dim = hidden_size; no tie_word_embeddings, enable_bias or
+    # layer_norm_elementwise_affine: tied, biased, affine); the switches off; the final norm removed
+    "opt-125m-hub-keys": ("OPTForCausalLM", dict(do_layer_norm_before=True, word_embed_proj_dim=64),
+                          _edit(("tie_word_embeddings", "enable_bias", "layer_norm_elementwise_affine"))),
+    "opt-no-bias-no-affine-untied": ("OPTForCausalLM", dict(do_layer_norm_before=True, enable_bias=False, tie_word_embeddings=False,
+                                                            layer_norm_elementwise_affine=False), _edit(layer_norm_eps=0.5, hidden_act="gelu")),
+    "opt-removed-final-norm": ("OPTForCausalLM", dict(do_layer_norm_before=True, _remove_final_layer_norm=True), _edit()),
     "olmoe-num-local-experts-spelling": ("OlmoeForCausalLM", {}, lambda raw: raw.update(num_local_experts=raw.pop("num_experts"))),
     "olmoe-ignores-other-keys": ("OlmoeForCausalLM", {}, _edit(sliding_window=4, layer_types=["sliding_attention"] * 3,
                                                                mlp_bias=True, partial_rotary_factor=0.5)),
@@ -690,18 +697,20 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
 
     hf = transformers.CONFIG_MAPPING[arch.hf_model_type].from_dict(dict(raw))
     kind = arch.hf_model_type
-    act = {"gpt_neo": "activation_function", "falcon": "activation", "gpt2": "activation_function", "gpt_bigcode": "activation_function", "gptj": "activation_function", "gemma2": "hidden_activation", "gemma3_text": "hidden_activation",
+    act = {"gpt_neo": "activation_function", "falcon": "activation", "gpt2": "activation_function", "gpt_bigcode": "activation_function", "gptj": "activation_function", "codegen": "activation_function",
+           "opt": "activation_function", "xglm": "activation_function", "gemma2": "hidden_activation", "gemma3_text": "hidden_activation",
            "gemma4_text": "hidden_activation"}.get(kind, "hidden_act")
-    eps = {"gpt_neo": "layer_norm_epsilon", "nemotron": "norm_eps", "falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps",
+    eps = {"gpt_neo": "layer_norm_epsilon", "nemotron": "norm_eps", "falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "codegen": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps",
            "starcoder2": "norm_epsilon",
            "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps"}.get(kind, "rms_norm_eps")
-    out = dict(max_position_embeddings=hf.max_position_embeddings, norm_eps=1e-5 if kind == "olmo" else getattr(hf, eps),
+    fixed_eps = kind in ("olmo", "opt", "biogpt", "xglm")  # nn.LayerNorm's 1e-5, whatever the config says
+    out = dict(max_position_embeddings=hf.max_position_embeddings, norm_eps=1e-5 if fixed_eps else getattr(hf, eps),
                tie_word_embeddings=hf.tie_word_embeddings, hidden_act=getattr(hf, act))
     if kind == "gemma" and out["hidden_act"] == "gelu":  # GemmaMLP's legacy mapping
         out["hidden_act"] = "gelu_pytorch_tanh"
-    if kind == "gptj":
-        out["rope_theta"] = 10000.0  # GPT-J's fixed base
-    elif kind not in ("gpt2", "gpt_bigcode", "gpt_neo"):
+    if kind in ("gptj", "codegen"):
+        out["rope_theta"] = 10000.0  # GPT-J's and CodeGen's fixed base
+    elif kind not in ("gpt2", "gpt_bigcode", "gpt_neo", "opt", "biogpt", "xglm"):
         rope = hf.rope_parameters
         out["rope_theta"] = rope.get("full_attention", rope)["rope_theta"]
     return out
