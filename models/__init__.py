@@ -3,6 +3,7 @@ for jaxllm.models.registry. Shared pieces: layers.py, rope.py, attention.py, dec
 
 from jaxllm.models import (
     apertus,
+    biogpt,
     cohere,
     deepseek,
     dots1,
@@ -37,11 +38,12 @@ from jaxllm.models import (
     qwen3_next,
     stablelm,
     starcoder2,
+    xglm,
 )
 
 FAMILIES = (
     llama, gemma, phi3, moe, olmo2, gpt_neox, gpt2, granite, phi, exaone, apertus, stablelm, starcoder2, olmoe, granitemoe,
     phimoe, cohere, glm, ernie, gpt_oss, gpt_bigcode, gptj, falcon, olmo, nemotron, helium, gpt_neo, deepseek,
-    glm4_moe, dots1, hunyuan, llama4, gemma4, qwen3_next, opt,
+    glm4_moe, dots1, hunyuan, llama4, gemma4, qwen3_next, opt, biogpt, xglm,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -404,6 +404,13 @@ SPELLINGS = {
     "opt-no-bias-no-affine-untied": ("OPTForCausalLM", dict(do_layer_norm_before=True, enable_bias=False, tie_word_embeddings=False,
                                                             layer_norm_elementwise_affine=False), _edit(layer_norm_eps=0.5, hidden_act="gelu")),
     "opt-removed-final-norm": ("OPTForCausalLM", dict(do_layer_norm_before=True, _remove_final_layer_norm=True), _edit()),
+    # BioGPT: microsoft/biogpt's config.json (its unread layer_norm_eps 1e-12; tied, scaled, gelu where left out);
+    # unscaled and untied; XGLM: facebook/xglm-564M's (pad_token_id 1 where left out: no position row zeroed)
+    "biogpt-hub-keys": ("BioGptForCausalLM", {}, _edit(("tie_word_embeddings", "scale_embedding", "hidden_act"), layer_norm_eps=1e-12)),
+    "biogpt-unscaled-untied": ("BioGptForCausalLM", dict(scale_embedding=False, tie_word_embeddings=False), _edit(rms_norm_eps=0.5)),
+    "xglm-hub-keys": ("XGLMForCausalLM", {}, _edit(("tie_word_embeddings", "scale_embedding", "activation_function", "pad_token_id"))),
+    "xglm-unscaled-untied": ("XGLMForCausalLM", dict(scale_embedding=False, tie_word_embeddings=False),
+                             _edit(layer_norm_eps=0.5, hidden_act="relu")),
     "olmoe-num-local-experts-spelling": ("OlmoeForCausalLM", {}, lambda raw: raw.update(num_local_experts=raw.pop("num_experts"))),
     "olmoe-ignores-other-keys": ("OlmoeForCausalLM", {}, _edit(sliding_window=4, layer_types=["sliding_attention"] * 3,
                                                                mlp_bias=True, partial_rotary_factor=0.5)),
