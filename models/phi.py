@@ -38,12 +38,17 @@ PHI_NAMES = dict(embed="model.embed_tokens.weight", norm="model.final_layernorm"
 def parallel_layout(cfg: ModelConfig, names: dict) -> list[WeightSpec]:
     """The weight map of Phi's module tree under `names`: embeddings, the final norm, the output head
     and its bias, each layer's one LayerNorm, q/k/v and output projections (biased as the config
-    says), q/k LayerNorms where it has them, and the fc1 / fc2 MLP."""
+    says), q/k LayerNorms where it has them, and the fc1 / fc2 MLP. `names["qkv"]`, where given, is
+    (the one fused tensor q, k and v come from, {"q_proj": its transform, ...}): CodeGen's qkv_proj."""
     specs = model_ends(cfg, names["embed"], names["norm"])
+    fused, parts = names.get("qkv", (None, {}))
     for i in range(cfg.num_layers):
         hf, ours = f"{names['layers']}.{i}.", ("model", "layers", i)
         specs += [WeightSpec(f"{hf}{names['ln']}.{p}", ours + ("input_layernorm", p)) for p in ("weight", "bias")]
+        specs += [WeightSpec(f"{hf}{names['attn']}.{fused}.weight", ours + ("self_attn", name, "kernel"), read) for name, read in parts.items()]
         for theirs, name in (("q_proj", "q_proj"), ("k_proj", "k_proj"), ("v_proj", "v_proj"), (names["out"], "o_proj")):
+            if name in parts:
+                continue
             out = name == "o_proj"
             specs += dense(f"{hf}{names['attn']}.{theirs}", ours + ("self_attn", name), Linear(2 if out else 1),
                            cfg.o_bias if out else cfg.qkv_bias)

@@ -298,6 +298,33 @@ class FusedQKV:
 
 
 @dataclass(frozen=True)
+class Blocks:
+    """Piece `part` of each of `blocks` equal blocks of rows, each block `parts` equal pieces, then `inner`
+    (2-D reads, Linear()): one of several parameters fused block by block (CodeGen's qkv_proj, [4 blocks
+    of q | v | k] for its mp_num = 4), ours the blocks' pieces in order."""
+
+    part: int
+    parts: int
+    blocks: int
+    inner: Callable = Linear()
+
+    def _pieces(self, shape):
+        rows, *rest = self.inner.hf_shape(shape)
+        return (self.blocks, self.parts, rows // self.blocks, *rest)
+
+    def hf_shape(self, shape):
+        rows, *rest = self.inner.hf_shape(shape)
+        return (rows * self.parts, *rest)
+
+    def __call__(self, x, shape, dtype):
+        piece = np.asarray(x).reshape(self._pieces(shape))[:, self.part]
+        return self.inner(piece.reshape(self.inner.hf_shape(shape)), shape, dtype)
+
+    def export(self, value, out):
+        self.inner.export(value, out.reshape(self._pieces(value.shape))[:, self.part])  # a view of `out`
+
+
+@dataclass(frozen=True)
 class WeightSpec:
     hf_name: str | tuple[str, ...]  # e.g. "model.layers.3.self_attn.q_proj.weight"; a tuple for Stack
     path: tuple  # e.g. ("model", "layers", 3, "self_attn", "q_proj", "kernel")

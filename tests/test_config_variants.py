@@ -57,3 +57,11 @@ def test_stablelm_heads_transformers_cannot_run_are_refused(changes, message):
     with pytest.raises(ConfigError, match=message) as info:
         spec.config(dict(spec.tiny_config, **changes))
     assert "\n" not in str(info.value)
+
+
+def test_codegen_width_its_fused_qkv_cannot_split_is_refused():
+    """CodeGen splits qkv_proj into mp_num = 4 blocks of n_embd / 4 rows (transformers' view fails otherwise)."""
+    spec = registry.get("CodeGenForCausalLM")
+    with pytest.raises(ConfigError, match=r"n_embd=66 is not divisible by 4.*correct n_embd") as info:
+        spec.config(dict(spec.tiny_config, n_embd=66, n_head=6, rotary_dim=2))
+    assert "\n" not in str(info.value)

@@ -411,6 +411,9 @@ SPELLINGS = {
     "xglm-hub-keys": ("XGLMForCausalLM", {}, _edit(("tie_word_embeddings", "scale_embedding", "activation_function", "pad_token_id"))),
     "xglm-unscaled-untied": ("XGLMForCausalLM", dict(scale_embedding=False, tie_word_embeddings=False),
                              _edit(layer_norm_eps=0.5, hidden_act="relu")),
+    # CodeGen: Salesforce/codegen-350M-mono's keys (n_inner null: 4 x n_embd; n_ctx and scale_attn_weights unread)
+    "codegen-hub-keys": ("CodeGenForCausalLM", dict(n_inner=None), _edit(("activation_function",), n_ctx=64, scale_attn_weights=True,
+                                                                       hidden_act="relu")),
     "olmoe-num-local-experts-spelling": ("OlmoeForCausalLM", {}, lambda raw: raw.update(num_local_experts=raw.pop("num_experts"))),
     "olmoe-ignores-other-keys": ("OlmoeForCausalLM", {}, _edit(sliding_window=4, layer_types=["sliding_attention"] * 3,
                                                                mlp_bias=True, partial_rotary_factor=0.5)),
