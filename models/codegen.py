@@ -5,9 +5,8 @@ block q | v | k for a quarter of the hidden size (CodeGenAttention's view(..., -
 split: `Blocks`), no biases on qkv_proj or out_proj."""
 
 from jaxllm.errors import ConfigError
-from jaxllm.models.architecture import NO_WINDOW, Architecture
-from jaxllm.models.gpt2 import gpt2_names
-from jaxllm.models.gptj import GPTJ_NAMES, gptj_defaults
+from jaxllm.models.architecture import Architecture
+from jaxllm.models.gptj import GPTJ_NAMES, GPTJ_READING, gptj_defaults
 from jaxllm.models.phi import PhiForCausalLM, parallel_layout
 from jaxllm.models.weights import Blocks
 
@@ -26,12 +25,7 @@ def codegen_defaults(raw: dict) -> dict:
 
 ARCHITECTURES = (Architecture(
     name="CodeGenForCausalLM", module=PhiForCausalLM, weight_map=lambda cfg: parallel_layout(cfg, CODEGEN_NAMES), hf_model_type="codegen",
-    # heads of n_embd / n_head, each with its own k/v; rotary_dim and a fixed base its only rope settings
-    ignored_keys=NO_WINDOW + ("head_dim", "num_key_value_heads", "hidden_act", "rope_parameters", "rope_scaling", "rope_theta"),
-    not_null=("max_position_embeddings", "tie_word_embeddings", "n_embd", "n_layer", "n_head", "n_positions", "layer_norm_epsilon",
-              "activation_function", "rotary_dim"),
-    common_names=gpt2_names, config_defaults=codegen_defaults, base_prefix="transformer", norm_eps_key="layer_norm_epsilon",
-    hf_defaults=dict(activation_function="gelu_new", layer_norm_epsilon=1e-5, tie_word_embeddings=False, n_positions=2048, rotary_dim=64),
+    config_defaults=codegen_defaults, **GPTJ_READING,
     # the causal-mask buffers of each attention block old checkpoints keep (transformers ignores them)
     ignore=(r".*\.attn\.causal_mask$", r".*\.attn\.masked_bias$"),
     # heads of 8, so each of qkv_proj's blocks (16 rows of q) spans two heads; a quarter of each head rotates

@@ -24,14 +24,19 @@ GPTJ_NAMES = dict(embed="transformer.wte.weight", norm="transformer.ln_f", layer
                   out="out_proj", mlp=("fc_in", "fc_out"))
 
 
-ARCHITECTURES = (Architecture(
-    name="GPTJForCausalLM", module=PhiForCausalLM, weight_map=lambda cfg: parallel_layout(cfg, GPTJ_NAMES), hf_model_type="gptj",
+# How GPT-J's config.json reads, CodeGen's too (CodeGenConfig is GPTJConfig's copy)
+GPTJ_READING = dict(
     # heads of n_embd / n_head, each with its own k/v; rotary_dim and a fixed base its only rope settings
     ignored_keys=NO_WINDOW + ("head_dim", "num_key_value_heads", "hidden_act", "rope_parameters", "rope_scaling", "rope_theta"),
     not_null=("max_position_embeddings", "tie_word_embeddings", "n_embd", "n_layer", "n_head", "n_positions", "layer_norm_epsilon",
               "activation_function", "rotary_dim"),
-    common_names=gpt2_names, config_defaults=gptj_defaults, base_prefix="transformer", norm_eps_key="layer_norm_epsilon",
+    common_names=gpt2_names, base_prefix="transformer", norm_eps_key="layer_norm_epsilon",
     hf_defaults=dict(activation_function="gelu_new", layer_norm_epsilon=1e-5, tie_word_embeddings=False, n_positions=2048, rotary_dim=64),
+)
+
+ARCHITECTURES = (Architecture(
+    name="GPTJForCausalLM", module=PhiForCausalLM, weight_map=lambda cfg: parallel_layout(cfg, GPTJ_NAMES), hf_model_type="gptj",
+    config_defaults=gptj_defaults, **GPTJ_READING,
     # GPT-J 6B keeps the causal-mask buffers of each attention block (transformers ignores them)
     ignore=(r".*\.attn\.bias$", r".*\.attn\.masked_bias$"),
     # a quarter of each head of 16 rotates (GPT-J 6B: 64 of 256)
