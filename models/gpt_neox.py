@@ -4,7 +4,7 @@ an ungated GELU MLP, and q/k/v fused in one matrix interleaved per head ([heads,
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig, rotary_fraction
-from jaxllm.models.decoder import CausalLM, LayerNormDecoderLayer, model_ends
+from jaxllm.models.decoder import CausalLM, LayerNormDecoderLayer, dense, model_ends
 from jaxllm.models.layers import LayerNorm
 from jaxllm.models.weights import FusedQKV, Linear, WeightSpec
 
@@ -49,30 +49,36 @@ def _head_dim_as_rotary(raw: dict) -> dict:
     return dict(out, partial_rotary_factor=rope["partial_rotary_factor"], **{key: rope})
 
 
-def neox_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
-    specs = model_ends(cfg, "gpt_neox.embed_in.weight", "gpt_neox.final_layer_norm", head="embed_out.weight")
+# GPT-NeoX's module names; Persimmon's (models/persimmon.py) are the same tree spelled its own way
+NEOX_NAMES = dict(embed="gpt_neox.embed_in.weight", norm="gpt_neox.final_layer_norm", head="embed_out.weight", layers="gpt_neox.layers",
+                  attn="attention")
+
+
+def neox_layout(cfg: ModelConfig, names: dict) -> list[WeightSpec]:
+    """The weight map of GPT-NeoX's module tree under `names`: embeddings, the final norm, the output
+    head, each layer's two LayerNorms, q/k/v fused per head in query_key_value, the dense output
+    projection (biased as the config says), Phi's q/k LayerNorms (q_layernorm, k_layernorm) where the
+    model has them, and the dense_h_to_4h / dense_4h_to_h MLP."""
+    specs = model_ends(cfg, names["embed"], names["norm"], head=names["head"])
     for i in range(cfg.num_layers):
-        hf, ours = f"gpt_neox.layers.{i}.", ("model", "layers", i)
+        hf, ours = f"{names['layers']}.{i}.", ("model", "layers", i)
+        attn = f"{hf}{names['attn']}."
         for norm in ("input_layernorm", "post_attention_layernorm"):
             specs += [WeightSpec(f"{hf}{norm}.{p}", ours + (norm, p)) for p in ("weight", "bias")]
         for part, name in enumerate(("q_proj", "k_proj", "v_proj")):
-            specs.append(WeightSpec(f"{hf}attention.query_key_value.weight", ours + ("self_attn", name, "kernel"), FusedQKV(part)))
+            specs.append(WeightSpec(f"{attn}query_key_value.weight", ours + ("self_attn", name, "kernel"), FusedQKV(part)))
             if cfg.qkv_bias:
-                specs.append(WeightSpec(f"{hf}attention.query_key_value.bias", ours + ("self_attn", name, "bias"), FusedQKV(part)))
-        if cfg.o_bias:
-            specs.append(WeightSpec(f"{hf}attention.dense.bias", ours + ("self_attn", "o_proj", "bias")))
-        specs += [
-            WeightSpec(f"{hf}attention.dense.weight", ours + ("self_attn", "o_proj", "kernel"), Linear(2)),
-            WeightSpec(f"{hf}mlp.dense_h_to_4h.weight", ours + ("mlp", "up_proj", "kernel"), Linear()),
-            WeightSpec(f"{hf}mlp.dense_h_to_4h.bias", ours + ("mlp", "up_proj", "bias")),
-            WeightSpec(f"{hf}mlp.dense_4h_to_h.weight", ours + ("mlp", "down_proj", "kernel"), Linear()),
-            WeightSpec(f"{hf}mlp.dense_4h_to_h.bias", ours + ("mlp", "down_proj", "bias")),
-        ]
+                specs.append(WeightSpec(f"{attn}query_key_value.bias", ours + ("self_attn", name, "bias"), FusedQKV(part)))
+        specs += dense(f"{attn}dense", ours + ("self_attn", "o_proj"), Linear(2), cfg.o_bias)
+        if cfg.qk_norm == "layernorm":
+            specs += [WeightSpec(f"{attn}{theirs}_layernorm.{p}", ours + ("self_attn", f"{theirs}_norm", p)) for theirs in "qk"
+                      for p in ("weight", "bias")]
+        specs += dense(f"{hf}mlp.dense_h_to_4h", ours + ("mlp", "up_proj")) + dense(f"{hf}mlp.dense_4h_to_h", ours + ("mlp", "down_proj"))
     return specs
 
 
 ARCHITECTURES = (Architecture(
-    name="GPTNeoXForCausalLM", module=GPTNeoXForCausalLM, weight_map=neox_weight_map, hf_model_type="gpt_neox",
+    name="GPTNeoXForCausalLM", module=GPTNeoXForCausalLM, weight_map=lambda cfg: neox_layout(cfg, NEOX_NAMES), hf_model_type="gpt_neox",
     # every head has its own k/v; head_dim sets the rotary dims alone (neox_names)
     ignored_keys=NO_WINDOW + ("num_key_value_heads",),
     not_null=NOT_NULL + ("layer_norm_eps", "hidden_act", "attention_bias", "use_parallel_residual", "rotary_pct", "rotary_emb_base"),

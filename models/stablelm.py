@@ -38,21 +38,26 @@ def stablelm_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     return specs
 
 
-def stablelm_defaults(raw: dict) -> dict:
-    """StableLM's flags. Its attention takes heads of hidden_size / num_attention_heads whatever
-    head_dim says; its rotary embedding reads head_dim, which transformers can run only where it
-    gives the same rotary dims (refused otherwise)."""
+def hidden_heads(raw: dict, family: str) -> int:
+    """hidden_size / num_attention_heads: the heads of a family whose attention takes that whatever
+    head_dim says while its rotary embedding reads head_dim (StableLM, Persimmon), which transformers
+    can run only where it gives the same rotary dims (refused otherwise)."""
     hidden, heads = raw["hidden_size"], raw["num_attention_heads"]
     if hidden % heads:
         raise ConfigError(f"config.json hidden_size={hidden} is not divisible by num_attention_heads={heads}, which "
-                          "transformers' StableLM needs (its heads are hidden_size / num_attention_heads): correct either")
+                          f"transformers' {family} needs (its heads are hidden_size / num_attention_heads): correct either")
     head, factor = hidden // heads, parse_rope(raw).partial_rotary_factor
     given = raw.get("head_dim")
     if given is not None and int(given * factor) != int(head * factor):
-        raise ConfigError(f"config.json head_dim={given} gives StableLM's rotary embedding {int(given * factor)} dims where its "
+        raise ConfigError(f"config.json head_dim={given} gives {family}'s rotary embedding {int(given * factor)} dims where its "
                           f"heads of {head} (hidden_size / num_attention_heads) rotate {int(head * factor)}: transformers "
                           "cannot run that; remove head_dim")
-    return dict(head_dim=head, qkv_bias=bool(raw.get("use_qkv_bias")), o_bias=False, mlp_bias=False,
+    return head
+
+
+def stablelm_defaults(raw: dict) -> dict:
+    """StableLM's flags; its heads hidden_heads'."""
+    return dict(head_dim=hidden_heads(raw, "StableLM"), qkv_bias=bool(raw.get("use_qkv_bias")), o_bias=False, mlp_bias=False,
                 qk_norm="layernorm_per_head" if raw.get("qk_layernorm") else "none",
                 parallel_residual=bool(raw.get("use_parallel_residual")))
 

@@ -414,6 +414,13 @@ SPELLINGS = {
     # CodeGen: Salesforce/codegen-350M-mono's keys (n_inner null: 4 x n_embd; n_ctx and scale_attn_weights unread)
     "codegen-hub-keys": ("CodeGenForCausalLM", dict(n_inner=None), _edit(("activation_function",), n_ctx=64, scale_attn_weights=True,
                                                                        hidden_act="relu")),
+    # Persimmon: persimmon-8b's v4 keys (rope_theta and partial_rotary_factor top-level, rope_scaling null); half of each
+    # head rotating where no key says, q/k LayerNorms off, and keys its code never reads
+    "persimmon-v4-rope-keys": ("PersimmonForCausalLM", {}, lambda raw: raw.update(
+        rope_theta=raw["rope_parameters"]["rope_theta"] / 2, partial_rotary_factor=0.25, rope_scaling=None, rope_parameters=None)),
+    "persimmon-default-partial-no-qk-norm": ("PersimmonForCausalLM", dict(partial_rotary_factor=0.25, qk_layernorm=False),
+                                             lambda raw: [raw["rope_parameters"].pop("partial_rotary_factor"),
+                                                          raw.update(attention_bias=False, num_key_value_heads=2, rms_norm_eps=0.5)]),
     "olmoe-num-local-experts-spelling": ("OlmoeForCausalLM", {}, lambda raw: raw.update(num_local_experts=raw.pop("num_experts"))),
     "olmoe-ignores-other-keys": ("OlmoeForCausalLM", {}, _edit(sliding_window=4, layer_types=["sliding_attention"] * 3,
                                                                mlp_bias=True, partial_rotary_factor=0.5)),
@@ -710,7 +717,7 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     act = {"gpt_neo": "activation_function", "falcon": "activation", "gpt2": "activation_function", "gpt_bigcode": "activation_function", "gptj": "activation_function", "codegen": "activation_function",
            "opt": "activation_function", "xglm": "activation_function", "gemma2": "hidden_activation", "gemma3_text": "hidden_activation",
            "gemma4_text": "hidden_activation"}.get(kind, "hidden_act")
-    eps = {"gpt_neo": "layer_norm_epsilon", "nemotron": "norm_eps", "falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "codegen": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps",
+    eps = {"gpt_neo": "layer_norm_epsilon", "nemotron": "norm_eps", "falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "codegen": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps", "persimmon": "layer_norm_eps",
            "starcoder2": "norm_epsilon",
            "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps"}.get(kind, "rms_norm_eps")
     fixed_eps = kind in ("olmo", "opt", "biogpt", "xglm")  # nn.LayerNorm's 1e-5, whatever the config says
