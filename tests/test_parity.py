@@ -421,6 +421,12 @@ SPELLINGS = {
     "persimmon-default-partial-no-qk-norm": ("PersimmonForCausalLM", dict(partial_rotary_factor=0.25, qk_layernorm=False),
                                              lambda raw: [raw["rope_parameters"].pop("partial_rotary_factor"),
                                                           raw.update(attention_bias=False, num_key_value_heads=2, rms_norm_eps=0.5)]),
+    # VaultGemma: v4 rope_theta, soft caps off (null), a use_bidirectional_attention its code never reads; its default
+    # layer pattern and tied head where left out
+    "vaultgemma-v4-keys-no-caps": ("VaultGemmaForCausalLM", {}, lambda raw: raw.update(
+        rope_theta=raw.pop("rope_parameters")["rope_theta"], attn_logit_softcapping=None, final_logit_softcapping=None,
+        use_bidirectional_attention=True)),
+    "vaultgemma-default-pattern": ("VaultGemmaForCausalLM", {}, _edit(("layer_types", "tie_word_embeddings"))),
     "olmoe-num-local-experts-spelling": ("OlmoeForCausalLM", {}, lambda raw: raw.update(num_local_experts=raw.pop("num_experts"))),
     "olmoe-ignores-other-keys": ("OlmoeForCausalLM", {}, _edit(sliding_window=4, layer_types=["sliding_attention"] * 3,
                                                                mlp_bias=True, partial_rotary_factor=0.5)),
@@ -715,7 +721,7 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     hf = transformers.CONFIG_MAPPING[arch.hf_model_type].from_dict(dict(raw))
     kind = arch.hf_model_type
     act = {"gpt_neo": "activation_function", "falcon": "activation", "gpt2": "activation_function", "gpt_bigcode": "activation_function", "gptj": "activation_function", "codegen": "activation_function",
-           "opt": "activation_function", "xglm": "activation_function", "gemma2": "hidden_activation", "gemma3_text": "hidden_activation",
+           "opt": "activation_function", "xglm": "activation_function", "gemma2": "hidden_activation", "vaultgemma": "hidden_activation", "gemma3_text": "hidden_activation",
            "gemma4_text": "hidden_activation"}.get(kind, "hidden_act")
     eps = {"gpt_neo": "layer_norm_epsilon", "nemotron": "norm_eps", "falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "codegen": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps", "persimmon": "layer_norm_eps",
            "starcoder2": "norm_epsilon",
