@@ -150,6 +150,8 @@ CONFIG_FIELDS = {
     "ffn_dim": COUNT, "do_layer_norm_before": FLAG, "enable_bias": FLAG, "layer_norm_elementwise_affine": FLAG,
     "word_embed_proj_dim": COUNT, "_remove_final_layer_norm": FLAG, "d_model": COUNT, "attention_heads": COUNT,
     "scale_embedding": FLAG,
+    # DBRX's own spellings and nested configs (their fields: models/dbrx.py)
+    "n_heads": COUNT, "n_layers": LAYERS, "max_seq_len": COUNT, "attn_config": OBJECT, "ffn_config": OBJECT,
 }
 # quantization_config methods whose checkpoints jaxllm reads (dequantized as they load) for the
 # families (model_type) that ship them: gpt-oss's MXFP4 experts (mxfp4.mxfp4_names).

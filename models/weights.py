@@ -187,22 +187,35 @@ class Stack:
 @dataclass(frozen=True)
 class Stacked:
     """One HF tensor holding every expert's on its leading axis ([X, ...]: GraniteMoE's fused
-    input_linear [X, 2F, E]), each expert's slice through `inner` (read one expert at a time)."""
+    input_linear [X, 2F, E]), each expert's slice through `inner` (read one expert at a time).
+    `flat`: the experts' tensors one after another along the first axis instead ([X * F, E]: DBRX's
+    w1, v1, w2)."""
 
     inner: Callable = Copy()
+    flat: bool = False
 
     def hf_shape(self, shape):
-        return (shape[0],) + tuple(self.inner.hf_shape(shape[1:]))
+        one = tuple(self.inner.hf_shape(shape[1:]))
+        return (shape[0] * one[0],) + one[1:] if self.flat else (shape[0],) + one
+
+    def _expert(self, x, i: int, shape):
+        """Expert i's part of `x` (an array or a lazy tensor)."""
+        if not self.flat:
+            return x[i]
+        n = self.inner.hf_shape(shape[1:])[0]
+        return x[i * n : (i + 1) * n]
 
     def __call__(self, x, shape, dtype) -> np.ndarray:
         out = np.empty(shape, dtype)
+        n = self.inner.hf_shape(shape[1:])[0] if self.flat else 1
         for i in range(shape[0]):
-            out[i] = self.inner(_rows(x, i, i + 1)[0], shape[1:], dtype)
+            rows = _rows(x, i * n, (i + 1) * n)
+            out[i] = self.inner(rows if self.flat else rows[0], shape[1:], dtype)
         return out
 
     def export(self, value: np.ndarray, out: np.ndarray) -> None:
         for i in range(value.shape[0]):
-            self.inner.export(value[i], out[i])  # a view of the stacked tensor
+            self.inner.export(value[i], self._expert(out, i, value.shape))  # a view of the stacked tensor
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,9 @@ def randomize(model: torch.nn.Module, seed: int) -> None:
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
-            if "norm" in name or "ln" in name.split(".")[-2:][0]:
+            # a norm's weight: its module's name (or its list's: StableLM's norms.0) says norm; not every module below
+            # one named so (DBRX's attention inside norm_attn_norm, whose ~1 weights would make its q/k/v ill-conditioned)
+            if any("norm" in part for part in name.split(".")[-3:-1]) or "ln" in name.split(".")[-2:][0]:
                 p.copy_(1.0 + 0.1 * noise)
             else:
                 p.copy_(0.15 * noise)

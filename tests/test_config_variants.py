@@ -65,3 +65,12 @@ def test_codegen_width_its_fused_qkv_cannot_split_is_refused():
     with pytest.raises(ConfigError, match=r"n_embd=66 is not divisible by 4.*correct n_embd") as info:
         spec.config(dict(spec.tiny_config, n_embd=66, n_head=6, rotary_dim=2))
     assert "\n" not in str(info.value)
+
+
+def test_dbrx_weight_norms_other_than_the_sum_are_refused():
+    """DBRX divides its chosen experts' weights by their p-norm (moe_normalize_expert_weights): 1 (the sum) or none served."""
+    spec = registry.get("DbrxForCausalLM")
+    ffn = dict(spec.tiny_config["ffn_config"], moe_normalize_expert_weights=2.0)
+    with pytest.raises(ConfigError, match=r"moe_normalize_expert_weights=2.0.*not supported") as info:
+        spec.config(dict(spec.tiny_config, ffn_config=ffn))
+    assert "\n" not in str(info.value)

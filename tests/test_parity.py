@@ -427,6 +427,13 @@ SPELLINGS = {
         rope_theta=raw.pop("rope_parameters")["rope_theta"], attn_logit_softcapping=None, final_logit_softcapping=None,
         use_bidirectional_attention=True)),
     "vaultgemma-default-pattern": ("VaultGemmaForCausalLM", {}, _edit(("layer_types", "tie_word_embeddings"))),
+    # DBRX: dbrx-instruct's keys (no rope keys, attn_config's rope_theta unread; ffn_config without ffn_act_fn or
+    # moe_normalize_expert_weights: silu, weights summing to 1; a training-only jitter); the weights left unnormalised
+    "dbrx-hub-keys": ("DbrxForCausalLM", {}, lambda raw: [raw.pop("rope_parameters"), raw.update(router_aux_loss_coef=0.05), raw.update(
+        ffn_config={k: v for k, v in raw["ffn_config"].items() if k not in ("ffn_act_fn", "moe_normalize_expert_weights")}
+        | dict(moe_jitter_eps=0.01))]),
+    "dbrx-unnormalised-weights": ("DbrxForCausalLM", dict(ffn_config=dict(ffn_hidden_size=32, moe_num_experts=4, moe_top_k=2,
+                                                                          moe_normalize_expert_weights=None)), _edit()),
     "olmoe-num-local-experts-spelling": ("OlmoeForCausalLM", {}, lambda raw: raw.update(num_local_experts=raw.pop("num_experts"))),
     "olmoe-ignores-other-keys": ("OlmoeForCausalLM", {}, _edit(sliding_window=4, layer_types=["sliding_attention"] * 3,
                                                                mlp_bias=True, partial_rotary_factor=0.5)),
@@ -726,9 +733,10 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     eps = {"gpt_neo": "layer_norm_epsilon", "nemotron": "norm_eps", "falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "codegen": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps", "persimmon": "layer_norm_eps",
            "starcoder2": "norm_epsilon",
            "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps"}.get(kind, "rms_norm_eps")
-    fixed_eps = kind in ("olmo", "opt", "biogpt", "xglm")  # nn.LayerNorm's 1e-5, whatever the config says
+    fixed_eps = kind in ("olmo", "opt", "biogpt", "xglm", "dbrx")  # nn.LayerNorm's 1e-5, whatever the config says
     out = dict(max_position_embeddings=hf.max_position_embeddings, norm_eps=1e-5 if fixed_eps else getattr(hf, eps),
-               tie_word_embeddings=hf.tie_word_embeddings, hidden_act=getattr(hf, act))
+               tie_word_embeddings=hf.tie_word_embeddings,
+               hidden_act=hf.ffn_config.ffn_act_fn["name"] if kind == "dbrx" else getattr(hf, act))
     if kind == "gemma" and out["hidden_act"] == "gelu":  # GemmaMLP's legacy mapping
         out["hidden_act"] = "gelu_pytorch_tanh"
     if kind in ("gptj", "codegen"):
@@ -823,6 +831,11 @@ BUILT_NOT_RUN = {(arch, key) for arch in ("GraniteMoeForCausalLM", "GraniteMoeSh
                  for key in ("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling")}
 
 
+# A null context length DbrxConfig takes (int | None) and leaves unbounded (its rotary positions need none);
+# jaxllm sizes its engine by it and refuses the null in one line.
+UNBOUNDED = {("DbrxForCausalLM", key) for key in ("max_seq_len", "max_position_embeddings")}
+
+
 @pytest.mark.parametrize("arch", registry.names())
 def test_a_null_key_reads_as_transformers_reads_it(arch):
     """Each config.json key set to null: where the family's transformers config class (or its model
@@ -838,7 +851,7 @@ def test_a_null_key_reads_as_transformers_reads_it(arch):
             assert isinstance(ours, Exception), f"{arch} {key}=null: transformers refuses ({theirs!r:.120}), jaxllm reads it"
             assert "\n" not in str(ours) and key in str(ours), f"{arch} {key}=null: {ours}"
             continue
-        if isinstance(ours, Exception) and (not CONFIG_FIELDS[key].null or key == "sliding_window" or (arch, key) in BUILT_NOT_RUN
+        if isinstance(ours, Exception) and (not CONFIG_FIELDS[key].null or key == "sliding_window" or (arch, key) in BUILT_NOT_RUN | UNBOUNDED
                                           or _forward_fails(spec, raw)):
             continue  # null refused for every family (a key some family reads with a default for absent only); a
             # null window under Gemma 2/3's sliding layers, which transformers builds but cannot run (a TypeError in forward);
