@@ -404,6 +404,8 @@ SPELLINGS = {
     "opt-no-bias-no-affine-untied": ("OPTForCausalLM", dict(do_layer_norm_before=True, enable_bias=False, tie_word_embeddings=False,
                                                             layer_norm_elementwise_affine=False), _edit(layer_norm_eps=0.5, hidden_act="gelu")),
     "opt-removed-final-norm": ("OPTForCausalLM", dict(do_layer_norm_before=True, _remove_final_layer_norm=True), _edit()),
+    # facebook/opt-*'s files, saved from OPTModel: decoder.* without the model. prefix
+    "opt-base-model-names": ("OPTForCausalLM", {}, _edit(), _tensors(lambda n: n.removeprefix("model."))),
     # BioGPT: microsoft/biogpt's config.json (its unread layer_norm_eps 1e-12; tied, scaled, gelu where left out);
     # unscaled and untied; XGLM: facebook/xglm-564M's (pad_token_id 1 where left out: no position row zeroed)
     "biogpt-hub-keys": ("BioGptForCausalLM", {}, _edit(("tie_word_embeddings", "scale_embedding", "hidden_act"), layer_norm_eps=1e-12)),
