@@ -317,3 +317,25 @@ def test_an_index_a_held_request_has_is_refused(llama):
         llama.generate(prompt, params, engine=engine)
     run.close()
     assert not engine.has_work() and not engine.index_of
+
+
+def test_pool_leaves_room_for_recurrent_states(tmp_path, monkeypatch):
+    """A model with linear-attention layers keeps a state per sequence beside the pages: sizing the
+    pool from the device's memory takes it out first, so a larger batch gets fewer pages by its states."""
+    from jaxllm.models.attention import kv_cache_bytes
+    from jaxllm.models.linear_attention import state_bytes
+    from jaxllm.serving import memory
+
+    reference.build("Qwen3NextForCausalLM", tmp_path)
+    model = jaxllm.load(tmp_path)
+
+    class Device:
+        def memory_stats(self):
+            return {"bytes_limit": 2 << 30, "bytes_in_use": 0}
+
+    monkeypatch.setattr(memory.jax, "local_devices", lambda: [Device()])
+    sizes = dict(page_size=16, fraction=0.9, num_pages=None, max_len=128, budget=64, dp=1)
+    few, many = (memory.pool_size(model, None, batch_size=b, **sizes) for b in (2, 202))
+    states, page = 200 * state_bytes(model.config, model.dtype), kv_cache_bytes(model.config, 16, model.dtype)
+    assert states > page  # the tiny model's states are worth pages
+    assert few - many - 200 == pytest.approx(states / page, abs=1)

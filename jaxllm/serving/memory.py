@@ -8,6 +8,7 @@ import jax
 
 from jaxllm.errors import GenerationError, available_memory, size_text
 from jaxllm.models.attention import kv_cache_bytes
+from jaxllm.models.linear_attention import state_bytes
 from jaxllm.serving.runner import pool_pages
 
 
@@ -24,31 +25,33 @@ def pool_size(model, kv_dtype, page_size: int, fraction: float, num_pages: int |
               max_len: int, budget: int, dp: int) -> int:
     """The pool's pages: `num_pages` when given, else `fraction` of the device memory left after
     the weights (a CPU: a full batch of full-length sequences within 2 GiB), beside room for a
-    prefill step of `budget` tokens. Refused in one line, before anything is allocated, when the
+    prefill step of `budget` tokens and the recurrent states of models with linear-attention layers
+    (a row per sequence and one per dp shard, whole on each device). Refused in one line, before anything is allocated, when the
     device cannot hold them (or one sequence of `max_len`)."""
     cfg = model.config
     width = -(-max_len // page_size)  # pages of one max_len sequence
     stats = jax.local_devices()[0].memory_stats() or {}
     devices = tp_split(model) * dp  # over tp like the kv heads, and over dp by pages
     page_bytes = kv_cache_bytes(cfg, page_size, model.dtype, kv_dtype)
+    states = (batch_size + dp) * state_bytes(cfg, model.dtype) // dp  # each device's rows (0 without recurrent layers)
     if num_pages is not None or "bytes_limit" not in stats:
         available, where = available_memory()
         if num_pages is None:  # a CPU: a full batch of full-length sequences, within 2 GiB (and half the free memory)
             room = min(2 << 30, available // 2) if available is not None else 2 << 30
             num_pages = max(width, min(batch_size * width, room // page_bytes))
         pool = pool_pages(int(num_pages), batch_size)
-        if available is not None and pool * page_bytes / devices > available:
-            fit = int(available * devices // page_bytes) - batch_size
+        if available is not None and pool * page_bytes / devices + states > available:
+            fit = int((available - states) * devices // page_bytes) - batch_size
             raise GenerationError(
                 f"an engine of {num_pages:,} KV pages of {page_size} tokens ({batch_size:,} x {max_len:,}-token "
                 f"sequences at most; the pool rounds up to a multiple of batch_size) needs "
-                f"{size_text(pool * page_bytes / devices)} but {where} has {size_text(available)} available: "
+                f"{size_text(pool * page_bytes / devices + states)} but {where} has {size_text(available)} available: "
                 + (f"pass num_pages <= {fit:,}, or a smaller max_len" if fit >= width else
                    f"lower batch_size, page_size or max_len (one {max_len:,}-token sequence needs {width:,} pages)"))
         return int(num_pages)
     # Room for a prefill step's activations and logits, beside the pool.
     spare = 8 * budget * max(cfg.hidden_size * 4, cfg.intermediate_size) * 2 + (1 << 30)
-    free = fraction * stats["bytes_limit"] - stats.get("bytes_in_use", 0) - spare
+    free = fraction * stats["bytes_limit"] - stats.get("bytes_in_use", 0) - spare - states
     pages = int(free * devices // page_bytes) - batch_size if free > 0 else 0  # the runner rounds up
     if pages < width:
         raise GenerationError(f"the device has room for {max(pages, 0)} KV pages of {page_size} tokens but one "
