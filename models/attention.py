@@ -24,7 +24,7 @@ from flax import nnx
 
 from jaxllm.errors import GenerationError
 from jaxllm.models import attention_ops, kv_quant, paged_decode
-from jaxllm.models.config import ModelConfig, QueryScale
+from jaxllm.models.config import Alibi, ModelConfig, QueryScale
 from jaxllm.models.layers import Dense, LayerNorm, RMSNorm, param
 from jaxllm.models.rope import Rotary, apply_rotary
 
@@ -83,12 +83,13 @@ class AttnSpec(NamedTuple):
     window (None: full causal), tanh soft-capping of the scores (None: off) and attention sinks
     (None: none; else float [H], the layer's learned logit per query head that joins the
     softmax's denominator and takes no value: gpt-oss; `Attention` puts its parameter here
-    for each call)."""
+    for each call) and ALiBi's position biases (None: none; config.Alibi: BLOOM, MPT, Falcon-RW)."""
 
     scale: float
     window: int | None = None
     softcap: float | None = None
     sinks: jax.Array | None = None
+    alibi: Alibi | None = None
 
 
 def attention_mask(q_pos, k_pos, window: int | None):
@@ -101,30 +102,40 @@ def attention_mask(q_pos, k_pos, window: int | None):
     return mask
 
 
-def attention_probs(q, k, mask, scale: float, softcap: float | None = None, sinks=None):
+def attention_probs(q, k, mask, scale: float, softcap: float | None = None, sinks=None, bias=None):
     """Softmax weights of grouped-query attention, float32. q [B, T, H, D]; k [B, S, K, D];
     mask [B, T, S] -> [B, K, G, T, S] (query head h is kv group h // G, member h % G).
-    `sinks` [H]: each head's sink logit joins the denominator (the weights then sum below 1)."""
+    `sinks` [H]: each head's sink logit joins the denominator (the weights then sum below 1).
+    `bias` float32 [B, H, T, S] (None: none): added to the scores (ALiBi's: `score_bias`)."""
     b, t, h, d = q.shape
     kv = k.shape[2]
     q = q.reshape(b, t, kv, h // kv, d)
     scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) * scale
     if softcap is not None:
         scores = jnp.tanh(scores / softcap) * softcap
+    if bias is not None:
+        scores = scores + attention_ops.grouped(bias, kv)
     scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
     return attention_ops.softmax_with_sinks(scores, sinks)
 
 
-def attend(q, k, v, mask, scale: float, softcap: float | None = None, sinks=None):
-    """Grouped-query attention. q [B, T, H, D]; k, v [B, S, K, D]; mask [B, T, S] -> [B, T, H, D]."""
+def score_bias(spec: AttnSpec, q_pos, k_pos):
+    """The float32 bias [B, H, T, S] a layer adds to its scores for queries at q_pos [B, T] over keys
+    at k_pos [B, S]: ALiBi's where the spec has it, else None."""
+    return None if spec.alibi is None else attention_ops.alibi_bias(spec.alibi, q_pos, k_pos)
+
+
+def attend(q, k, v, mask, scale: float, softcap: float | None = None, sinks=None, bias=None):
+    """Grouped-query attention. q [B, T, H, D]; k, v [B, S, K, D]; mask [B, T, S] -> [B, T, H, D].
+    `bias` [B, H, T, S]: as attention_probs."""
     if q.shape[:2] == (1, 1):
-        return _attend_one(q, k, v, mask, scale, softcap, sinks)
-    probs = attention_probs(q, k, mask, scale, softcap, sinks).astype(v.dtype)
+        return _attend_one(q, k, v, mask, scale, softcap, sinks, bias)
+    probs = attention_probs(q, k, mask, scale, softcap, sinks, bias).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
     return out.reshape(q.shape)
 
 
-def _attend_one(q, k, v, mask, scale: float, softcap: float | None, sinks=None):
+def _attend_one(q, k, v, mask, scale: float, softcap: float | None, sinks=None, bias=None):
     """One query of one row (batch-1 decode) as multiply-and-sum, which XLA fuses into reduction
     kernels over the cache instead of small batched matmuls; scores and sums in float32. A/B on an
     H100, Qwen3-0.6B shape: batch 1 +3-5% (614-621 -> 637-648 tokens/s); at batch 64 the same
@@ -135,6 +146,8 @@ def _attend_one(q, k, v, mask, scale: float, softcap: float | None, sinks=None):
     scores = jnp.sum(q * k[:, :, :, None, :].astype(jnp.float32), axis=-1) * scale  # [B, S, K, G]
     if softcap is not None:
         scores = jnp.tanh(scores / softcap) * softcap
+    if bias is not None:  # [B, H, 1, S] -> [B, S, K, G]
+        scores = scores + jnp.moveaxis(attention_ops.grouped(bias[:, :, 0], kv), -1, 1)
     scores = jnp.where(mask[:, 0, :, None, None], scores, jnp.finfo(jnp.float32).min)
     if sinks is None:
         probs = jax.nn.softmax(scores, axis=1)
@@ -158,10 +171,20 @@ def decode_attention(q, k, v, lengths, scale: float, implementation: str | None 
 
 def cudnn_decode_fits(q, spec: AttnSpec) -> bool:
     """Whether the cuDNN decode kernel computes this layer's attention: 16-bit floats, a head size
-    cuDNN takes, and no sliding window, soft-capping or sinks (which that call does not express)."""
+    cuDNN takes, and no sliding window, soft-capping, sinks or ALiBi (which that call does not
+    express). The one place a layer's spec sends the paged cache's prefill and decode to the
+    blocked and XLA forms, which take every option (the engine's runner sends whole models there:
+    `cudnn_serves`)."""
     d = q.shape[-1]
     return (q.dtype in (jnp.bfloat16, jnp.float16) and d <= 128 and d % 8 == 0
-            and spec.window is None and spec.softcap is None and spec.sinks is None)
+            and spec.window is None and spec.softcap is None and spec.sinks is None and spec.alibi is None)
+
+
+def cudnn_serves(cfg: ModelConfig) -> bool:
+    """Whether cuDNN's kernels can serve a model at all: not with attention sinks (gpt-oss) or ALiBi
+    (BLOOM, MPT, Falcon-RW), which no cuDNN decode call takes; the engine runs such a model by the
+    XLA and blocked forms, whose reads are bucketed to the keys in use."""
+    return not cfg.attn_sinks and cfg.alibi is None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,7 +211,8 @@ class Uncached:
     def read(self, q, cache: LayerCache, positions, spec: AttnSpec, k=None, v=None):
         """Attention of q over another layer's keys and values of this call (`cache`, as its call
         returned them): a layer that shares them (ModelConfig.kv_source)."""
-        return attend(q, cache.k, cache.v, self.mask(positions, spec.window), spec.scale, spec.softcap, spec.sinks)
+        return attend(q, cache.k, cache.v, self.mask(positions, spec.window), spec.scale, spec.softcap, spec.sinks,
+                      score_bias(spec, positions, positions))
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["page_table", "valid", "shared", "offsets", "state_rows"],
@@ -259,14 +283,14 @@ class PagedCache:
                 both = paged_decode.cascade_decode_attention(
                     q, new.k, new.v, self.page_table, lengths, self.shared, offsets, scale=spec.scale,
                     shared_keys=self.cascade[0], suffix_keys=self.cascade[1], window=spec.window, softcap=spec.softcap,
-                    impl="cudnn" if by_cudnn else "xla", sinks=spec.sinks)
+                    impl="cudnn" if by_cudnn else "xla", sinks=spec.sinks, alibi=spec.alibi)
                 if by_cudnn or not self.cascade[2]:  # cuDNN's own part reads other rows whole; or every row shares
                     return both
                 lengths = jnp.where(shares, 1, lengths)  # the sharing rows' plain reads: one key
             out = paged_decode.paged_decode_attention(
                 q, new.k, new.v, self.page_table, lengths, scale=spec.scale, window=spec.window,
                 softcap=spec.softcap, impl="cudnn_paged" if fast and native else "xla", num_keys=self.num_keys,
-                k_scales=new.k_scale, v_scales=new.v_scale, sinks=spec.sinks)
+                k_scales=new.k_scale, v_scales=new.v_scale, sinks=spec.sinks, alibi=spec.alibi)
             return jnp.where(shares[:, None, None, None], both, out) if cascade else out
         keys, values = self.gather(new.k, new.k_scale, q.dtype), self.gather(new.v, new.v_scale, q.dtype)
         start = positions[:, 0]
@@ -276,7 +300,7 @@ class PagedCache:
         k_new, v_new = (k, v) if native and k is not None else (None, None)
         out = attention_ops.flash_prefill(q, keys, values, start, kv_len, scale=spec.scale, window=spec.window,
                                           softcap=spec.softcap, impl="cudnn" if fast else "blocked",
-                                          k_new=k_new, v_new=v_new, sinks=spec.sinks)
+                                          k_new=k_new, v_new=v_new, sinks=spec.sinks, alibi=spec.alibi)
         return out
 
     def gather(self, pool, scales, dtype):
@@ -323,7 +347,7 @@ class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
         e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.layer_kv_heads(layer), cfg.layer_head_dim(layer)
         scale = (cfg.attn_scale or d**-0.5) / (layer + 1 if cfg.attn_scale_by_layer else 1)
-        self.spec = AttnSpec(scale, cfg.layer_window(layer), cfg.attn_softcap)
+        self.spec = AttnSpec(scale, cfg.layer_window(layer), cfg.attn_softcap, alibi=cfg.alibi)
         self.rope_interleaved, self.clip = cfg.rope_interleaved, cfg.clip_qkv
         # A layer reading another layer's keys and values projects none (Gemma 4's shared kv layers);
         # one whose values are its keys' projection has no v_proj (attention_k_eq_v)
@@ -418,7 +442,8 @@ class Attention(nnx.Module):
         q, k, _ = self.project(x, positions, rot)
         k = k if keys is None else keys
         spec = self.call_spec()
-        probs = attention_probs(q, k.astype(q.dtype), kv.mask(positions, spec.window), spec.scale, spec.softcap, spec.sinks)
+        probs = attention_probs(q, k.astype(q.dtype), kv.mask(positions, spec.window), spec.scale, spec.softcap, spec.sinks,
+                                score_bias(spec, positions, positions))
         b, groups, members, t, s = probs.shape
         return probs.reshape(b, groups * members, t, s)
 

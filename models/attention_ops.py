@@ -6,7 +6,7 @@ G = H // K (query head h reads kv head h // G), D head size, S keys; per layer o
 key s lives at `pages[page_table[s // ps], s % ps]`.
 
 - `gather_pages`: the contiguous [B, S, K, D] view of each row's keys (one gather).
-- `blocked_attention`: causal / sliding-window / soft-capped grouped-query attention with an
+- `blocked_attention`: causal / sliding-window / soft-capped / ALiBi-biased grouped-query attention with an
   online softmax over key blocks (flash-attention style): peak memory O(B*H*Tq*block) instead
   of the O(B*H*T*S) float32 scores that `attention_probs` materialises. Any backend.
 - `flash_prefill`: a prefill chunk (queries at positions start..start+T-1 over keys 0..) on
@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxllm.models.config import Chunked
+from jaxllm.models.config import Alibi, Chunked
 
 NEG_INF = float("-inf")
 
@@ -59,7 +59,8 @@ def gather_pages(pages, page_table, num_keys: int | None = None):
 
 
 def blocked_attention(q, k, v, q_pos, kv_len=None, *, scale: float, window: int | None = None,
-                      softcap: float | None = None, block: int = 512, q_block: int | None = None, sinks=None):
+                      softcap: float | None = None, block: int = 512, q_block: int | None = None, sinks=None,
+                      alibi: Alibi | None = None):
     """Grouped-query attention with an online softmax over key blocks.
 
     q [B, T, H, D]; k, v [B, S, K, D] (key s sits at position s); q_pos [B, T] int positions of
@@ -71,6 +72,7 @@ def blocked_attention(q, k, v, q_pos, kv_len=None, *, scale: float, window: int 
     values), never NaN. `sinks` [H] (None: none): a learned logit per query head that joins
     every softmax's denominator and takes no value (gpt-oss's attention sinks); the online
     softmax starts from it (running max = the sink, denominator 1) instead of from nothing.
+    `alibi` (None: none): ALiBi's bias (`alibi_bias`) added to the scores, after any soft-capping.
 
     Memory: the scores of one (query block, key block) pair, B*H*Tq*block float32, where Tq is
     `q_block` (None: all T queries at once). The key loop runs only over blocks that some query
@@ -88,7 +90,7 @@ def blocked_attention(q, k, v, q_pos, kv_len=None, *, scale: float, window: int 
     block = max(1, min(block, s))
 
     if q_block is None or q_block >= t:
-        return _blocked_core(q, k, v, q_pos, kv_len, scale, window, softcap, block, sinks)
+        return _blocked_core(q, k, v, q_pos, kv_len, scale, window, softcap, block, sinks, alibi)
 
     nq = -(-t // q_block)
     pad = nq * q_block - t
@@ -97,7 +99,7 @@ def blocked_attention(q, k, v, q_pos, kv_len=None, *, scale: float, window: int 
         q_pos = jnp.pad(q_pos, ((0, 0), (0, pad)), constant_values=-1)
     qs = q.reshape(b, nq, q_block, h, d).swapaxes(0, 1)
     ps = q_pos.reshape(b, nq, q_block).swapaxes(0, 1)
-    out = lax.map(lambda qp: _blocked_core(qp[0], k, v, qp[1], kv_len, scale, window, softcap, block, sinks), (qs, ps))
+    out = lax.map(lambda qp: _blocked_core(qp[0], k, v, qp[1], kv_len, scale, window, softcap, block, sinks, alibi), (qs, ps))
     out = out.swapaxes(0, 1).reshape(b, nq * q_block, h, d)
     return out[:, :t]
 
@@ -109,6 +111,26 @@ def sink_logits(sinks, kv: int, shape: tuple):
     return jnp.broadcast_to(s, shape)
 
 
+def alibi_bias(alibi: Alibi, q_pos, k_pos):
+    """ALiBi's score bias, float32 [B, H, T, S], of queries at q_pos [B, T] over keys at k_pos
+    [B or 1, S] (config.Alibi): slopes[h] * (key - query position), or Falcon-RW's bfloat16-rounded
+    slopes[h] * key position times its scale (`Alibi.bf16`; softmax drops the per-query constant,
+    so both are transformers' biases). Every attention path adds this to its scaled scores."""
+    slopes = jnp.asarray(alibi.slopes, jnp.float32)[None, :, None, None]
+    k_pos = jnp.asarray(k_pos, jnp.int32)[:, None, None, :]
+    q_pos = jnp.asarray(q_pos, jnp.int32)[:, None, :, None]
+    if alibi.bf16:  # transformers: slopes.bfloat16() * positions, a bfloat16 product; then / sqrt(head_dim)
+        slopes = slopes.astype(jnp.bfloat16).astype(jnp.float32)
+        bias = (slopes * k_pos.astype(jnp.float32)).astype(jnp.bfloat16).astype(jnp.float32) * alibi.scale
+        return jnp.broadcast_to(bias, (max(bias.shape[0], q_pos.shape[0]),) + bias.shape[1:2] + q_pos.shape[2:3] + bias.shape[3:])
+    return (k_pos - q_pos).astype(jnp.float32) * (slopes * alibi.scale)
+
+
+def grouped(bias, kv: int):
+    """A per-query-head [B, H, ...] array as [B, K, G, ...] (query head h is kv group h // G)."""
+    return bias.reshape((bias.shape[0], kv, -1) + bias.shape[2:])
+
+
 def first_visible(q_pos, window):
     """The first key position a query at q_pos sees under `window` (not None): a sliding window's
     q_pos - window + 1, or under chunked attention (Chunked: Llama 4) the start of its chunk."""
@@ -117,7 +139,7 @@ def first_visible(q_pos, window):
     return q_pos - window + 1
 
 
-def _blocked_core(q, k, v, q_pos, kv_len, scale, window, softcap, block, sinks=None):
+def _blocked_core(q, k, v, q_pos, kv_len, scale, window, softcap, block, sinks=None, alibi=None):
     b, t, h, d = q.shape
     s, kv = k.shape[1], k.shape[2]
     g = h // kv
@@ -159,6 +181,8 @@ def _blocked_core(q, k, v, q_pos, kv_len, scale, window, softcap, block, sinks=N
         scores = scores.astype(jnp.float32) * scale
         if softcap is not None:
             scores = jnp.tanh(scores / softcap) * softcap
+        if alibi is not None:
+            scores = scores + grouped(alibi_bias(alibi, q_pos, k_idx[None]), kv)
         scores = jnp.where(mask[:, None, None, :, :], scores, NEG_INF)
         m_new = jnp.maximum(m, jnp.max(scores, axis=-1))
         m_safe = jnp.where(m_new == NEG_INF, 0.0, m_new)  # nothing seen yet: keep exp() finite
@@ -174,8 +198,8 @@ def _blocked_core(q, k, v, q_pos, kv_len, scale, window, softcap, block, sinks=N
     return jnp.einsum("bkgtd->btkgd", out).reshape(b, t, h, d).astype(q.dtype)
 
 
-def reference_attention(q, k, v, q_pos, kv_len=None, *, scale: float, window=None, softcap=None, sinks=None):
-    """The materialised masked reference (O(T*S) float32 scores), same mask (and sinks) as
+def reference_attention(q, k, v, q_pos, kv_len=None, *, scale: float, window=None, softcap=None, sinks=None, alibi=None):
+    """The materialised masked reference (O(T*S) float32 scores), same mask (sinks, ALiBi) as
     `blocked_attention`; for tests and comparisons only."""
     b, t, h, d = q.shape
     s, kv = k.shape[1], k.shape[2]
@@ -189,6 +213,8 @@ def reference_attention(q, k, v, q_pos, kv_len=None, *, scale: float, window=Non
     scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
     if softcap is not None:
         scores = jnp.tanh(scores / softcap) * softcap
+    if alibi is not None:
+        scores = scores + grouped(alibi_bias(alibi, qp[:, :, 0], k_pos[None]), kv)
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = softmax_with_sinks(scores, sinks).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
@@ -223,15 +249,15 @@ def cudnn_private():
 
 def flash_prefill(q, k, v, start=0, kv_len=None, *, scale: float, window: int | None = None,
                   softcap: float | None = None, impl: str = "blocked", k_new=None, v_new=None,
-                  block: int = 1024, q_block: int | None = 2048, sinks=None):
+                  block: int = 1024, q_block: int | None = 2048, sinks=None, alibi: Alibi | None = None):
     """Attention of a prefill chunk. q [B, T, H, D]: row b's queries sit at positions
     start[b] .. start[b] + T - 1; k, v [B, S, K, D]: the row's keys at positions 0 .. S - 1,
     the chunk's own keys included (written at start .. start + T - 1, so S >= start + T);
     kv_len [B]: valid keys per row (default start + T; a shorter ragged chunk passes
     start + its length, and its padding queries' outputs are garbage). `start` is a Python int
     (static) or an int array [B]. Causal (key pos <= query pos), optional sliding window
-    (key pos > query pos - window), soft-capping and attention sinks (`sinks` [H], see
-    `blocked_attention`). -> [B, T, H, D] in q.dtype.
+    (key pos > query pos - window), soft-capping, attention sinks (`sinks` [H], see
+    `blocked_attention`) and ALiBi (`alibi`: `alibi_bias` on the scores). -> [B, T, H, D] in q.dtype.
 
     impl:
     - "blocked": `blocked_attention` (any backend, every option), `block` / `q_block` its tiles.
@@ -258,7 +284,11 @@ def flash_prefill(q, k, v, start=0, kv_len=None, *, scale: float, window: int | 
       scale (q is pre-scaled in its dtype, a small rounding). Else: blocked.
     The caller chooses (jaxllm.runtime decides the platform's kernels; nothing here probes it).
     Sinks: "blocked" and "xla" only; every other impl falls back to blocked (no cuDNN or Pallas
-    call here takes a sink).
+    call here takes a sink). ALiBi: cuDNN takes it as an additive bias in q's dtype, "cudnn_mask"
+    [B, H, T, S] beside its mask, "cudnn" only in its one-call square form, [1, H, T, S] (the row
+    offsets of a chunk would make the prefix part's bias per row; chunks fall back to blocked, as
+    Pallas does). The bias is relative (key - query position): near the diagonal, where the
+    softmax weight is, it keeps bfloat16's precision (transformers' BLOOM rounds absolute ones).
 
     Checked on an H100 (jax 0.11.2, cuDNN 9.19, 2026-11-28): cuDNN's is_causal with T < S is
     top-left aligned (max diff 0.001 against top-left, 3.6 against the offset mask), and
@@ -282,23 +312,25 @@ def flash_prefill(q, k, v, start=0, kv_len=None, *, scale: float, window: int | 
 
     def blocked():
         return blocked_attention(q, k, v, q_pos, kv_len, scale=scale, window=window, softcap=softcap,
-                                 block=block, q_block=q_block, sinks=sinks)
+                                 block=block, q_block=q_block, sinks=sinks, alibi=alibi)
 
     square = static_zero and t == s
+    k_pos = jnp.arange(s, dtype=jnp.int32)
     if impl == "xla":
-        return reference_attention(q, k, v, q_pos, kv_len, scale=scale, window=window, softcap=softcap, sinks=sinks)
+        return reference_attention(q, k, v, q_pos, kv_len, scale=scale, window=window, softcap=softcap, sinks=sinks,
+                                   alibi=alibi)
     if impl == "blocked" or (sinks is not None and impl in ("cudnn", "cudnn_mask", "pallas_triton", "pallas_mgpu")):
         return blocked()
     if impl == "cudnn_mask":
         if softcap is not None:
             return blocked()
-        k_pos = jnp.arange(s, dtype=jnp.int32)
         mask = (k_pos[None, None, :] <= q_pos[:, :, None]) & (k_pos[None, None, :] < kv_len[:, None, None])
         if window is not None:
             mask &= k_pos[None, None, :] >= first_visible(q_pos[:, :, None], window)
-        return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=scale, implementation="cudnn")
+        bias = None if alibi is None else alibi_bias(alibi, q_pos, k_pos[None]).astype(q.dtype)
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask[:, None], scale=scale, implementation="cudnn")
     if impl in ("pallas_triton", "pallas_mgpu"):
-        if not square or window is not None or softcap is not None:
+        if not square or window is not None or softcap is not None or alibi is not None:
             return blocked()
         return _pallas_prefill(q, k, v, scale, impl)
     if impl != "cudnn":
@@ -309,9 +341,10 @@ def flash_prefill(q, k, v, start=0, kv_len=None, *, scale: float, window: int | 
         return blocked()
     if square:
         lw = None if window is None else (window - 1, 0)
-        return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, local_window_size=lw,
+        bias = None if alibi is None else alibi_bias(alibi, k_pos[None], k_pos[None]).astype(q.dtype)  # one for every row
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale, is_causal=True, local_window_size=lw,
                                             implementation="cudnn")
-    if window is not None:
+    if window is not None or alibi is not None:
         return blocked()
     return _cudnn_chunk(q, k, v, start_arr, scale, k_new, v_new)
 

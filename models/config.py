@@ -80,6 +80,20 @@ class Chunked:
 
 
 @dataclass(frozen=True)
+class Alibi:
+    """ALiBi position biases in place of rotary positions (BLOOM, MPT, Falcon-RW): each query head h
+    adds slopes[h] * (key position - query position) to its scores, after the scale (softmax drops
+    the per-query constant, so this is transformers' slope * key position of BLOOM and MPT).
+    `bf16`: Falcon-RW's form, the slope rounded to bfloat16 times the key position, that product
+    rounded to bfloat16, then times `scale` (transformers' build_alibi_tensor `.bfloat16()` and its
+    division by sqrt(head_dim)). `attention_ops.alibi_bias` computes it for every attention path."""
+
+    slopes: tuple[float, ...]
+    bf16: bool = False
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
 class QueryScale:
     """Queries times 1 + beta * log(1 + floor((position + offset) / floor)), after their rotary
     positions: Ministral 3's llama_4_scaling_beta over original_max_position_embeddings, Llama 4's
@@ -151,8 +165,9 @@ class ModelConfig:
     norm_upcast_scale: bool = False  # RMSNorm applies its weight in float32 before the cast (OLMo 2)
     parallel_residual: bool = False  # x + attn(ln1 x) + mlp(ln1 x) (Phi, GPT-J), or mlp(ln2 x) where parallel_mlp_norm
     parallel_mlp_norm: bool = False  # a parallel layer's MLP reads a norm of its own (GPT-NeoX, Falcon's ln_mlp)
-    # "rope", "learned" (a table of absolute positions: GPT-2, OPT, BioGPT) or "sinusoidal" (fixed sin | cos
-    # rows: XGLM, the row of pad_token_id zeroed, as its padding_idx); position p reads row p + position_offset
+    # "rope", "learned" (a table of absolute positions: GPT-2, OPT, BioGPT), "sinusoidal" (fixed sin | cos
+    # rows: XGLM, the row of pad_token_id zeroed, as its padding_idx) or "alibi" (score biases: `alibi`);
+    # position p reads row p + position_offset
     # (OPT's, BioGPT's and XGLM's 2), the learned table max_position_embeddings + position_offset rows long
     position_embedding: str = "rope"
     position_offset: int = 0
@@ -162,6 +177,8 @@ class ModelConfig:
     final_norm: bool = True  # False: no norm after the last layer (OPT's post-norm layers, _remove_final_layer_norm)
     norm_affine: bool = True  # False: LayerNorms without weight or bias (OPT's layer_norm_elementwise_affine)
     norm_after_residual: bool = False  # each residual sum normed, the post-LN layer (OPT's do_layer_norm_before false)
+    alibi: Alibi | None = None  # ALiBi's slopes (BLOOM, MPT, Falcon-RW), with position_embedding "alibi"
+    embed_norm: bool = False  # a norm of the token embeddings before the first layer (BLOOM's word_embeddings_layernorm)
     # LongRoPE: a sequence that outgrows original_max_position_embeddings has its whole cache
     # recomputed with the long factors (Phi-3's generate does; other families keep the keys cached
     # under the short ones and rotate only new positions by the long ones).

@@ -102,6 +102,9 @@ class DecoderModel(nnx.Module):
         projected = dict(bias=False, dtype=dtype, rngs=rngs, quantizable=False)
         self.project_in = Dense((width,), (e,), ("word_embed", "embed"), **projected) if width != e else None
         self.embed_positions = position_embeddings(cfg, dtype, rngs)
+        # BLOOM's word_embeddings_layernorm: the embeddings through a norm of the final norm's class
+        self.embed_norm = (final_norm or RMSNorm)(cfg.hidden_size, cfg.norm_eps, **norm_kwargs(cfg, dtype, rngs, final_norm)) \
+            if cfg.embed_norm else None
         self.layers = nnx.List([layer_cls(cfg, i, dtype=dtype, rngs=rngs) for i in range(cfg.num_layers)])
         self.norm = (final_norm or RMSNorm)(e, cfg.norm_eps, **norm_kwargs(cfg, dtype, rngs, final_norm)) if cfg.final_norm else None
         self.project_out = Dense((e,), (width,), ("embed", "word_embed"), **projected) if width != e else None
@@ -119,6 +122,8 @@ class DecoderModel(nnx.Module):
             x = self.project_in(x)
         if self.embed_positions is not None:  # the engine's positions of each sequence, offset into the table
             x = x + self.embed_positions(positions + self.cfg.position_offset)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
         rots = self.rotaries(positions, x.dtype, lengths)
         inputs = self.layer_inputs(tokens, x)
         new_cache = []
@@ -151,8 +156,9 @@ class DecoderModel(nnx.Module):
     def rotaries(self, positions, dtype, lengths=None) -> dict:
         """One cos/sin table per distinct rope of the layers (Gemma 3's local and global differ);
         none for learned positions, nor for layers without rotary positions (SmolLM3's NoPE layers,
-        whose layer_rope is None). Layer i uses rotaries.get(cfg.layer_rope(i)): None for those."""
-        if self.embed_positions is not None:
+        whose layer_rope is None), nor for ALiBi's position biases. Layer i uses rotaries.get(cfg.layer_rope(i)): None
+        for those."""
+        if self.cfg.position_embedding != "rope":
             return {}
         ropes = {self.cfg.layer_rope(i) for i in range(len(self.layers))} - {None}
         dtype = jnp.float32 if self.cfg.rope_float32 else dtype

@@ -9,13 +9,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxllm.models.attention_ops import NEG_INF, cudnn_private, first_visible, gather_pages, sink_logits
+from jaxllm.models.attention_ops import NEG_INF, alibi_bias, cudnn_private, first_visible, gather_pages, grouped, sink_logits
 
 
 def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: float,
                            impl: str = "xla", window: int | None = None,
                            softcap: float | None = None, num_keys: int | None = None,
-                           interpret: bool = False, k_scales=None, v_scales=None, sinks=None):
+                           interpret: bool = False, k_scales=None, v_scales=None, sinks=None, alibi=None):
     """One query per row over the page pool. q [B, 1, H, D]; k_pages, v_pages [N, ps, K, D];
     page_table [B, P] int32; lengths [B]: row b's query sits at position lengths[b] - 1 and
     sees keys 0 .. lengths[b] - 1 (within the window when set). num_keys (static) bounds the
@@ -40,7 +40,9 @@ def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: f
       picks this kernel should store that layout and call `pallas_paged_decode` directly).
     The caller chooses (jaxllm.runtime decides the platform's kernels; nothing here probes it);
     cuDNN choices fall back to "xla" for a window or soft-capping, and every choice for attention
-    sinks (`sinks` [H]: a logit per query head in the softmax's denominator, `with_sinks`).
+    sinks (`sinks` [H]: a logit per query head in the softmax's denominator, `with_sinks`) and
+    for ALiBi (`alibi`: attention_ops.alibi_bias on the scores; cuDNN's paged kernel and Pallas's
+    take no bias).
 
     Measured on an H100 (jax 0.11.2, cuDNN 9.19, 2026-11-28; one layer, Qwen3-0.6B shape H=16,
     K=8, D=128, bf16, us per call in a chain of 100): batch 64 x 1k context: cudnn_paged
@@ -57,8 +59,8 @@ def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: f
         keys, values = gather_pages(k_pages, page_table, num_keys), gather_pages(v_pages, page_table, num_keys)
         if k_scales is not None:
             k_scales, v_scales = gather_pages(k_scales, page_table, num_keys), gather_pages(v_scales, page_table, num_keys)
-        return _masked_decode(q, keys, values, lengths, scale, window, softcap, k_scales, v_scales, sinks)
-    if impl in ("cudnn", "cudnn_paged", "pallas") and (window is not None or sinks is not None):
+        return _masked_decode(q, keys, values, lengths, scale, window, softcap, k_scales, v_scales, sinks, alibi)
+    if impl in ("cudnn", "cudnn_paged", "pallas") and (window is not None or sinks is not None or alibi is not None):
         impl = "xla"
     if impl in ("cudnn", "cudnn_paged") and softcap is not None:
         impl = "xla"
@@ -81,16 +83,17 @@ def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: f
                                             implementation="cudnn")
     if impl != "xla":
         raise ValueError(f"unknown impl {impl!r}")
-    return _masked_decode(q, keys, values, lengths, scale, window, softcap, sinks=sinks)
+    return _masked_decode(q, keys, values, lengths, scale, window, softcap, sinks=sinks, alibi=alibi)
 
 
-def _masked_decode(q, k, v, lengths, scale, window, softcap, k_scales=None, v_scales=None, sinks=None):
+def _masked_decode(q, k, v, lengths, scale, window, softcap, k_scales=None, v_scales=None, sinks=None, alibi=None):
     """k, v [B, S, K, D] in q.dtype, or 8-bit (cast to q.dtype in the products: int8 values and
     e4m3 floats are exact in bfloat16) with int8 scales [B, S, K] applied to the scores and the
     weights."""
     b, _, h, d = q.shape
     k_pos = jnp.arange(k.shape[1], dtype=jnp.int32)[None, :]
-    out, lse = _decode_part(q, k, v, _visible(k_pos, lengths, window), scale, softcap, k_scales, v_scales)
+    out, lse = _decode_part(q, k, v, _visible(k_pos, lengths, window), scale, softcap, k_scales, v_scales,
+                            _decode_bias(alibi, lengths, k_pos, h // k.shape[2]))
     return with_sinks(out, lse, sinks).reshape(b, 1, h, d).astype(q.dtype)
 
 
@@ -103,6 +106,15 @@ def with_sinks(out, lse, sinks):
     return out * jax.nn.sigmoid(lse - sink_logits(sinks, lse.shape[1], lse.shape))[..., None]
 
 
+def _decode_bias(alibi, lengths, k_pos, groups: int):
+    """ALiBi's bias [B, K, G, S] of each row's query (at position lengths - 1) over the keys at k_pos
+    [B or 1, S]; None without ALiBi."""
+    if alibi is None:
+        return None
+    bias = alibi_bias(alibi, lengths[:, None] - 1, k_pos)[:, :, 0]  # [B, H, S]
+    return grouped(bias, bias.shape[1] // groups)
+
+
 def _visible(k_pos, lengths, window):
     """[B, S] whether each row's query (at position lengths - 1) sees the key at k_pos [B or 1, S]."""
     mask = k_pos < lengths[:, None]
@@ -111,9 +123,10 @@ def _visible(k_pos, lengths, window):
     return mask
 
 
-def _decode_part(q, k, v, mask, scale, softcap, k_scales=None, v_scales=None):
+def _decode_part(q, k, v, mask, scale, softcap, k_scales=None, v_scales=None, bias=None):
     """Softmax attention of one query per row over the keys `mask` [B, S] lets it see: k, v
-    [B, S, K, D] per row, or [S, K, D] one set every row reads (a shared prefix). -> (output
+    [B, S, K, D] per row, or [S, K, D] one set every row reads (a shared prefix); `bias` float32
+    [B, K, G, S] (None: none) added to the scores (ALiBi's, `_decode_bias`). -> (output
     float32 [B, K, G, D] normalized over these keys, their log-sum-exp float32 [B, K, G]; -inf
     and zeros for a row that sees none), so parts over disjoint keys merge exactly."""
     b, _, h, d = q.shape
@@ -128,6 +141,8 @@ def _decode_part(q, k, v, mask, scale, softcap, k_scales=None, v_scales=None):
         scores = scores * jnp.swapaxes(k_scales, 1, 2).astype(jnp.float32)[:, :, None, :]
     if softcap is not None:
         scores = jnp.tanh(scores / softcap) * softcap
+    if bias is not None:
+        scores = scores + bias
     scores = jnp.where(mask[:, None, None, :], scores, NEG_INF)
     m = jnp.max(scores, axis=-1, keepdims=True)
     m = jnp.where(m == NEG_INF, 0.0, m)
@@ -144,7 +159,7 @@ def _decode_part(q, k, v, mask, scale, softcap, k_scales=None, v_scales=None):
 
 def cascade_decode_attention(q, k_pages, v_pages, page_table, lengths, shared_table, offsets, *, scale: float,
                              shared_keys: int, suffix_keys: int, window: int | None = None,
-                             softcap: float | None = None, impl: str = "xla", sinks=None):
+                             softcap: float | None = None, impl: str = "xla", sinks=None, alibi=None):
     """Decode attention for rows that begin with the same cached pages (a shared prompt prefix),
     in two parts merged by their log-sum-exps (cascade attention, as FlashInfer and vLLM call
     it): the shared keys are read once for all rows, then each row's own keys after them.
@@ -161,23 +176,27 @@ def cascade_decode_attention(q, k_pages, v_pages, page_table, lengths, shared_ta
     "cudnn": each row's own keys by cuDNN's paged kernel (reading each row's own length; a row
     with offset 0 reads its whole table there), the shared keys by one cuDNN flash call whose
     queries are the B rows; both return float32 log-sum-exps. Every sharing row has the same
-    offset (one group). No window, soft-capping or sinks, 16-bit pools of N % B == 0 pages (as
-    "cudnn_paged"); else "xla". `sinks` [H]: as paged_decode_attention, joined after the merge."""
+    offset (one group). No window, soft-capping, sinks or ALiBi, 16-bit pools of N % B == 0 pages (as
+    "cudnn_paged"); else "xla". `sinks` [H]: as paged_decode_attention, joined after the merge;
+    `alibi`: as paged_decode_attention, each part's bias at its keys' positions."""
     b, _, h, d = q.shape
     n, ps = k_pages.shape[:2]
     offsets = jnp.asarray(offsets, jnp.int32)
     lengths = jnp.asarray(lengths, jnp.int32)
     cols = jnp.arange(page_table.shape[1], dtype=jnp.int32)[None, :] + (offsets // ps)[:, None]
     own_table = jnp.take_along_axis(page_table, cols, axis=1, mode="clip")  # the row's pages after the shared
-    if impl == "cudnn" and window is None and softcap is None and sinks is None and cudnn_paged_fits(n, b, page_table.shape[1]):
+    plain = window is None and softcap is None and sinks is None and alibi is None
+    if impl == "cudnn" and plain and cudnn_paged_fits(n, b, page_table.shape[1]):
         return _cudnn_cascade(q, k_pages, v_pages, own_table, lengths, shared_table, offsets, scale, shared_keys)
     own_pos = jnp.arange(suffix_keys, dtype=jnp.int32)[None, :] + offsets[:, None]
+    groups = h // k_pages.shape[2]
     own = _decode_part(q, gather_pages(k_pages, own_table, suffix_keys), gather_pages(v_pages, own_table, suffix_keys),
-                       _visible(own_pos, lengths, window), scale, softcap)
+                       _visible(own_pos, lengths, window), scale, softcap, bias=_decode_bias(alibi, lengths, own_pos, groups))
     pos = jnp.arange(shared_keys, dtype=jnp.int32)[None, :]
     common = _decode_part(q, gather_pages(k_pages, shared_table[None], shared_keys)[0],
                           gather_pages(v_pages, shared_table[None], shared_keys)[0],
-                          _visible(pos, lengths, window) & (pos < offsets[:, None]), scale, softcap)
+                          _visible(pos, lengths, window) & (pos < offsets[:, None]), scale, softcap,
+                          bias=_decode_bias(alibi, lengths, pos, groups))
     out = with_sinks(_merge(*own, *common), jnp.logaddexp(own[1], common[1]), sinks)
     return out.reshape(b, 1, h, d).astype(q.dtype)
 

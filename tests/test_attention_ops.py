@@ -5,19 +5,23 @@ paths need an NVIDIA GPU (benchmarks/attention_probe.py checks them there); the 
 kernels run here in interpret mode."""
 import zlib
 
+import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 
 from jaxllm.models import attention, kv_quant, paged_decode
 from jaxllm.models import attention_ops as ao
-from jaxllm.models.config import Chunked
+from jaxllm.models.config import Alibi, Chunked
 
 
-def _masked_reference(q, k, v, q_pos, kv_len, scale, window=None, softcap=None, sinks=None):
+def _masked_reference(q, k, v, q_pos, kv_len, scale, window=None, softcap=None, sinks=None, alibi=None):
     """layers.attention_mask & key < kv_len, then layers.attention_probs / attend, in numpy
     float64 (independent of the module under test). `sinks` [H]: one more score column per head
-    (transformers' gpt-oss eager attention), its softmax weight dropped."""
+    (transformers' gpt-oss eager attention), its softmax weight dropped. `alibi` (config.Alibi):
+    slope * (key - query position) on each head's scores, or Falcon-RW's bfloat16 products of
+    slope and key position times its scale (transformers' build_alibi_tensor)."""
     q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
     b, t, h, d = q.shape
     s, kv = k.shape[1], k.shape[2]
@@ -32,6 +36,13 @@ def _masked_reference(q, k, v, q_pos, kv_len, scale, window=None, softcap=None, 
     scores = np.einsum("btkgd,bskd->bkgts", qg, k) * scale
     if softcap is not None:
         scores = np.tanh(scores / softcap) * softcap
+    if alibi is not None:
+        slopes = np.asarray(alibi.slopes, np.float64).reshape(1, kv, h // kv, 1, 1)
+        if alibi.bf16:
+            slopes = slopes.astype(ml_dtypes.bfloat16).astype(np.float64)
+            scores = scores + (slopes * kp[:, None, None]).astype(ml_dtypes.bfloat16).astype(np.float64) * alibi.scale
+        else:
+            scores = scores + slopes * alibi.scale * (kp - qp)[:, None, None]
     scores = np.where(mask[:, None, None], scores, np.finfo(np.float32).min)
     if sinks is not None:
         sink = np.broadcast_to(np.asarray(sinks, np.float64).reshape(1, kv, h // kv, 1, 1), scores.shape[:-1] + (1,))
@@ -303,3 +314,94 @@ def test_sinks_send_the_cudnn_backend_to_the_sink_paths():
     np.testing.assert_array_equal(outs["cudnn"], outs["xla"])
     ref = _masked_reference(q, k, v, np.broadcast_to(np.arange(t + 1), (b, t + 1)), np.full(b, t + 1), 0.25, sinks=SINKS)
     np.testing.assert_allclose(outs["cudnn"], ref, atol=3e-2)
+
+
+# ----------------------------------------------------------------------------------------------
+# ALiBi (BLOOM, MPT, Falcon-RW): a per-head linear bias on the scores, on every path
+
+ALIBIS = {"relative": Alibi((0.5, 0.3, 0.125, 0.07)),  # BLOOM's and MPT's: slope * (key - query)
+          "falcon_bf16": Alibi((0.59, 0.35, 0.125, 0.07), bf16=True, scale=8 ** -0.5)}  # rounded products of key positions
+
+
+@pytest.mark.parametrize("form", sorted(ALIBIS))
+def test_alibi_blocked_reference_and_prefill_paths(form):
+    """Blocked (key blocks, query blocks, a window), the materialised reference and flash_prefill
+    (a chunk at an offset: cuDNN's split form and Pallas fall back to blocked)."""
+    alibi = ALIBIS[form]
+    q, k, v = _qkv(16, 2, 6, 30, 4, 2, 8)
+    start = np.array([0, 23])
+    q_pos, kv_len = start[:, None] + np.arange(6), start + 6
+    for window in (None, 4):
+        ref = _masked_reference(q, k, v, q_pos, kv_len, 0.3, window, alibi=alibi)
+        assert np.abs(ref - _masked_reference(q, k, v, q_pos, kv_len, 0.3, window)).max() > 0.05  # the bias matters
+        outs = [ao.reference_attention(q, k, v, jnp.asarray(q_pos), jnp.asarray(kv_len), scale=0.3, window=window, alibi=alibi)]
+        outs += [ao.flash_prefill(q, k, v, jnp.asarray(start, jnp.int32), scale=0.3, window=window, impl=impl, block=4,
+                                  q_block=3 if window else None, alibi=alibi) for impl in ("blocked", "xla", "cudnn", "pallas_triton")]
+        for out in outs:
+            np.testing.assert_allclose(np.asarray(out), ref, atol=2e-6, rtol=1e-5)
+
+
+def test_alibi_cudnn_bias_forms(monkeypatch):
+    """The bias flash_prefill hands cuDNN (the square one-call form, [1, H, T, S], with and without
+    a window; "cudnn_mask"'s [B, H, T, S] beside its mask), through the same call with jax's XLA
+    implementation (cuDNN itself needs an NVIDIA GPU)."""
+    call = jax.nn.dot_product_attention
+    monkeypatch.setattr(jax.nn, "dot_product_attention", lambda *a, implementation=None, **kw: call(*a, implementation="xla", **kw))
+    alibi = ALIBIS["relative"]
+    q, k, v = _qkv(17, 2, 12, 12, 4, 2, 8)
+    q_pos = np.broadcast_to(np.arange(12), (2, 12))
+    for window in (None, 5):
+        ref = _masked_reference(q, k, v, q_pos, np.full(2, 12), 0.3, window, alibi=alibi)
+        for impl in ("cudnn", "cudnn_mask"):
+            out = ao.flash_prefill(q, k, v, 0, scale=0.3, window=window, impl=impl, alibi=alibi)
+            np.testing.assert_allclose(np.asarray(out), ref, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("form", sorted(ALIBIS))
+def test_alibi_masked_attention_of_the_module(form):
+    """models/attention.py's own forms (attention_probs / attend, and the one-query form batch-1
+    decode takes) with the spec's ALiBi bias (score_bias)."""
+    alibi = ALIBIS[form]
+    q, k, v = _qkv(18, 1, 5, 5, 4, 2, 8)
+    pos = jnp.arange(5)[None]
+    mask, bias = attention.attention_mask(pos, pos, None), attention.score_bias(attention.AttnSpec(0.3, alibi=alibi), pos, pos)
+    ref = _masked_reference(q, k, v, np.asarray(pos), np.array([5]), 0.3, alibi=alibi)
+    np.testing.assert_allclose(np.asarray(attention.attend(q, k, v, mask, 0.3, bias=bias)), ref, atol=2e-6, rtol=1e-5)
+    one = attention.attend(q[:, 4:], k, v, mask[:, 4:], 0.3, bias=bias[:, :, 4:])  # _attend_one
+    np.testing.assert_allclose(np.asarray(one), ref[:, 4:], atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("form", sorted(ALIBIS))
+def test_alibi_paged_and_cascade_decode(form):
+    """Paged decode (XLA form; cuDNN and Pallas choices fall back to it with ALiBi), an int8 pool,
+    and cascade decode (each part biased at its keys' positions) against the masked reference."""
+    alibi = ALIBIS[form]
+    b, h, kv, d, ps, window = 4, 4, 2, 8, 4, 6
+    kp, vp = _pool(19, 25, ps, kv, d)
+    rng = np.random.default_rng(20)
+    ids = rng.permutation(25)
+    shared = ids[:2]  # rows 0, 1, 3 begin with these two pages
+    table = np.stack([np.concatenate([shared, ids[2 + 3 * i : 5 + 3 * i]]) for i in range(b)])
+    table[2] = ids[14:19]  # row 2 shares nothing
+    offsets = np.array([8, 8, 0, 8], np.int32)
+    lengths = jnp.asarray([13, 20, 9, 8], jnp.int32)
+    q = jnp.asarray(rng.standard_normal((b, 1, h, d)), jnp.float32)
+    tab = jnp.asarray(table, jnp.int32)
+    keys, values = ao.gather_pages(kp, tab), ao.gather_pages(vp, tab)
+    last = np.asarray(lengths)[:, None] - 1
+    for win in (None, window):
+        ref = _masked_reference(q, keys, values, last, np.asarray(lengths), 0.3, win, alibi=alibi)
+        for impl in ("xla", "cudnn_paged", "pallas"):
+            out = paged_decode.paged_decode_attention(q, kp, vp, tab, lengths, scale=0.3, impl=impl, window=win, alibi=alibi)
+            np.testing.assert_allclose(np.asarray(out), ref, atol=2e-6, rtol=1e-5)
+        for impl in ("xla", "cudnn"):
+            out = paged_decode.cascade_decode_attention(q, kp, vp, tab, lengths, jnp.asarray(shared, jnp.int32),
+                                                        jnp.asarray(offsets), scale=0.3, shared_keys=8, suffix_keys=12,
+                                                        window=win, impl=impl, alibi=alibi)
+            np.testing.assert_allclose(np.asarray(out), ref, atol=2e-6, rtol=1e-5)
+    kq, ks = kv_quant.quantize_kv(kp, jnp.int8, jnp.float32)
+    vq, vs = kv_quant.quantize_kv(vp, jnp.int8, jnp.float32)
+    out = paged_decode.paged_decode_attention(q, kq, vq, tab, lengths, scale=0.3, k_scales=ks, v_scales=vs, alibi=alibi)
+    deq = [kv_quant.dequantize_kv(ao.gather_pages(x, tab), ao.gather_pages(sc, tab), jnp.float32) for x, sc in ((kq, ks), (vq, vs))]
+    ref8 = _masked_reference(q, *deq, last, np.asarray(lengths), 0.3, alibi=alibi)
+    np.testing.assert_allclose(np.asarray(out), ref8, atol=1e-5, rtol=1e-5)

@@ -7,6 +7,7 @@ import pytest
 from jaxllm import runtime
 from jaxllm.models import registry
 from jaxllm.models.attention import AttnSpec, attend, attention_mask, attention_probs, cudnn_decode_fits, decode_attention
+from jaxllm.models.config import Alibi
 from jaxllm.models.rope import apply_rotary
 
 
@@ -43,6 +44,7 @@ def test_decode_attention_call_equals_the_masked_form():
     assert not cudnn_decode_fits(q, AttnSpec(0.25))
     assert not cudnn_decode_fits(q.astype(jnp.bfloat16), AttnSpec(0.25, window=8))
     assert not cudnn_decode_fits(q.astype(jnp.bfloat16), AttnSpec(0.25, softcap=3.0))
+    assert not cudnn_decode_fits(q.astype(jnp.bfloat16), AttnSpec(0.25, alibi=Alibi((0.5,) * q.shape[2])))  # ALiBi: the XLA forms
 
 
 @pytest.mark.parametrize("arch, float32_tables", [("Olmo2ForCausalLM", True), ("Olmo3ForCausalLM", True),

@@ -44,7 +44,7 @@ import jax
 import numpy as np
 
 from jaxllm import sharding
-from jaxllm.models.attention import kv_format
+from jaxllm.models.attention import cudnn_serves, kv_format
 from jaxllm.sampling import RowParams, SamplingParams
 from jaxllm.serving.steps import Counters, SlotState
 from jaxllm.serving.steps import steps as make_steps
@@ -100,8 +100,8 @@ class Runner:
         self.shards = self.mesh.shape["dp"] if self.mesh is not None else 1
         if self.shards > 1 and attention == "cudnn" and any(n > 1 for a, n in self.mesh.shape.items() if a != "dp"):
             self.attention = attention = "xla"  # cuDNN's custom partitioning fails under shard_map's partly automatic axes (jax 0.11.2)
-        if self.cfg.attn_sinks:  # no cuDNN call takes a sink: every layer runs the XLA / blocked forms, whose reads
-            self.attention = attention = "xla"  # are bucketed to the keys in use (decode_keys), not the table's span
+        if not cudnn_serves(self.cfg):  # sinks or ALiBi, which no cuDNN decode call takes: every layer runs the XLA /
+            self.attention = attention = "xla"  # blocked forms, whose reads are bucketed to the keys in use (decode_keys)
         if num_pages % self.shards or max_seqs % self.shards:
             raise ValueError(f"{num_pages} pages and {max_seqs} slots do not split over dp={self.shards}")
         self.shard_pages, self.shard_seqs = num_pages // self.shards, max_seqs // self.shards  # per dp shard
