@@ -4,6 +4,7 @@ for jaxllm.models.registry. Shared pieces: layers.py, rope.py, attention.py, dec
 from jaxllm.models import (
     apertus,
     biogpt,
+    bloom,
     codegen,
     cohere,
     dbrx,
@@ -29,6 +30,7 @@ from jaxllm.models import (
     llama,
     llama4,
     moe,
+    mpt,
     nemotron,
     olmo,
     olmo2,
@@ -48,6 +50,6 @@ from jaxllm.models import (
 FAMILIES = (
     llama, gemma, phi3, moe, olmo2, gpt_neox, gpt2, granite, phi, exaone, apertus, stablelm, starcoder2, olmoe, granitemoe,
     phimoe, cohere, glm, ernie, gpt_oss, gpt_bigcode, gptj, falcon, olmo, nemotron, helium, gpt_neo, deepseek,
-    glm4_moe, dots1, hunyuan, llama4, gemma4, qwen3_next, opt, biogpt, xglm, codegen, persimmon, vaultgemma, dbrx,
+    glm4_moe, dots1, hunyuan, llama4, gemma4, qwen3_next, opt, biogpt, xglm, codegen, persimmon, vaultgemma, dbrx, bloom, mpt,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -54,7 +54,7 @@ def cohere2_defaults(raw: dict) -> dict:
     return dict(_flags(raw), layer_types=tuple(types), nope_layers=nope)
 
 
-_NOT_NULL = NOT_NULL + ("layer_norm_eps", "hidden_act", "rope_theta", "attention_bias", "head_dim")
+_NOT_NULL = NOT_NULL + ("layer_norm_eps", "hidden_act", "rope_theta", "attention_bias", "head_dim", "logit_scale")
 _TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=256, layer_norm_eps=1e-5, logit_scale=0.25,
              tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)

@@ -114,6 +114,10 @@ CONFIG_FIELDS = {
     # Falcon's own keys
     "n_embed": COUNT, "num_kv_heads": COUNT, "ffn_hidden_size": COUNT, "activation": NAME, "bias": FLAG, "parallel_attn": FLAG,
     "new_decoder_architecture": FLAG, "alibi": FLAG, "num_ln_in_parallel_attn": COUNT,
+    # MPT's own keys (its attention's, nested in attn_config: mpt.ATTN_FIELDS)
+    "d_model": COUNT, "n_heads": COUNT, "n_layers": LAYERS, "max_seq_len": COUNT, "expansion_ratio": COUNT, "no_bias": FLAG,
+    "learned_pos_emb": FLAG, "attn_config": OBJECT,
+    "apply_residual_connection_post_layernorm": FLAG, "pretraining_tp": COUNT, "slow_but_exact": FLAG,  # BLOOM's
     # Granite's scalings; Phi's q/k LayerNorm
     "embedding_multiplier": POSITIVE, "residual_multiplier": POSITIVE, "attention_multiplier": POSITIVE,
     "logits_scaling": POSITIVE, "qk_layernorm": FLAG,
@@ -128,8 +132,9 @@ CONFIG_FIELDS = {
     "shared_expert_intermediate_size": COUNT, "qkv_bias": FLAG,  # Qwen2-MoE (a shared expert of width 0 is refused)
     "shared_intermediate_size": INDEX,  # GraniteMoeShared's (0: none)
     "router_jitter_noise": _given(NON_NEGATIVE), "lm_head_bias": FLAG,  # PhiMoE's (null: MixtralConfig refuses it)
-    # Cohere's logit scale (null: its forward fails) and q/k LayerNorm (use_bias: StableLM's, ERNIE 4.5's above)
-    "logit_scale": _given(POSITIVE), "use_qk_norm": FLAG,
+    # Cohere's logit scale (null: its forward fails: Cohere's not_null; MPT's null default) and q/k LayerNorm
+    # (use_bias: StableLM's, ERNIE 4.5's above)
+    "logit_scale": POSITIVE, "use_qk_norm": FLAG,
     "swiglu_alpha": _given(POSITIVE), "swiglu_limit": _given(POSITIVE),  # gpt-oss's clamped SwiGLU
     # DeepSeek's multi-head latent attention (a null q_lora_rank: one q_proj) and routing
     "q_lora_rank": COUNT, "kv_lora_rank": COUNT, "qk_nope_head_dim": COUNT, "qk_rope_head_dim": COUNT, "v_head_dim": COUNT,
@@ -146,12 +151,12 @@ CONFIG_FIELDS = {
     "linear_conv_kernel_dim": _given(COUNT), "linear_key_head_dim": _given(COUNT), "linear_value_head_dim": _given(COUNT),
     "linear_num_key_heads": _given(COUNT), "linear_num_value_heads": _given(COUNT), "full_attention_interval": COUNT,
     # fairseq's decoders: OPT's norm placement, biases, affine norms, token embedding width, final norm; XGLM's
-    # own spellings; the embeddings times sqrt(hidden) (BioGPT, XGLM)
+    # own spellings (d_model: MPT's above); the embeddings times sqrt(hidden) (BioGPT, XGLM)
     "ffn_dim": COUNT, "do_layer_norm_before": FLAG, "enable_bias": FLAG, "layer_norm_elementwise_affine": FLAG,
-    "word_embed_proj_dim": COUNT, "_remove_final_layer_norm": FLAG, "d_model": COUNT, "attention_heads": COUNT,
+    "word_embed_proj_dim": COUNT, "_remove_final_layer_norm": FLAG, "attention_heads": COUNT,
     "scale_embedding": FLAG,
-    # DBRX's own spellings and nested configs (their fields: models/dbrx.py)
-    "n_heads": COUNT, "n_layers": LAYERS, "max_seq_len": COUNT, "attn_config": OBJECT, "ffn_config": OBJECT,
+    # DBRX's nested ffn_config (its fields: models/dbrx.py); its other spellings are MPT's, above
+    "ffn_config": OBJECT,
 }
 # quantization_config methods whose checkpoints jaxllm reads (dequantized as they load) for the
 # families (model_type) that ship them: gpt-oss's MXFP4 experts (mxfp4.mxfp4_names).

@@ -8,11 +8,20 @@ where `bias` says, and q/k/v fused in query_key_value, all through the shared la
   ([heads, 3, head_dim]); attention and MLP in parallel off input_layernorm (parallel_attn), or
   sequential with a post_attention_layernorm.
 
-ALiBi position biases (alibi, Falcon-RW) are not implemented: refused."""
+With alibi (Falcon-RW-1B/7B) ALiBi position biases replace the rotary positions (`ModelConfig.alibi`,
+which every attention path takes): BLOOM's slopes, each rounded to bfloat16 and its product with the
+key position rounded to bfloat16 again, divided by sqrt(head_dim) (transformers' build_alibi_tensor
+and FalconModel, as the RefinedWeb code trained them). That is transformers' sdpa attention, which
+adds the bias once; its eager attention adds it twice in 5.x (once to the scores, once in the mask
+it builds with the bias inside), so tests compare against sdpa."""
+
+import math
+
+import numpy as np
 
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, NOT_NULL, Architecture
-from jaxllm.models.config import ModelConfig
+from jaxllm.models.config import Alibi, ModelConfig
 from jaxllm.models.decoder import CausalLM, LayerNormDecoderLayer, dense, model_ends
 from jaxllm.models.layers import LayerNorm
 from jaxllm.models.weights import FusedQKV, Linear, WeightSpec
@@ -38,9 +47,6 @@ def falcon_names(raw: dict) -> dict:
 
 
 def falcon_defaults(raw: dict) -> dict:
-    if raw.get("alibi"):
-        raise ConfigError("config.json alibi=true (ALiBi attention biases, Falcon-RW's) is not supported: jaxllm runs Falcon's "
-                          "rotary positions only (alibi false)")
     if "head_dim" in raw:
         raise ConfigError(f"config.json head_dim={raw['head_dim']}: FalconConfig derives head_dim (hidden_size / num_attention_heads) "
                           "and transformers refuses the key; remove it")
@@ -57,8 +63,10 @@ def falcon_defaults(raw: dict) -> dict:
         raise ConfigError(f"config.json num_kv_heads={kv} without multi_query or new_decoder_architecture: transformers' Falcon "
                           f"then gives every one of the {heads} heads its own key and value; remove num_kv_heads")
     bias = bool(raw.get("bias"))
+    alibi = dict(position_embedding="alibi", alibi=Alibi(bloom_slopes(heads), bf16=True, scale=(raw["hidden_size"] // heads) ** -0.5)) \
+        if raw.get("alibi") else {}
     return dict(num_kv_heads=kv if new else 1 if raw.get("multi_query") else heads, parallel_residual=parallel,
-                parallel_mlp_norm=new and norms in (None, 2), gated_mlp=False, qkv_bias=bias, o_bias=bias, mlp_bias=bias)
+                parallel_mlp_norm=new and norms in (None, 2), gated_mlp=False, qkv_bias=bias, o_bias=bias, mlp_bias=bias, **alibi)
 
 
 def falcon_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
@@ -98,3 +106,16 @@ ARCHITECTURES = (Architecture(
                      new_decoder_architecture=True, ffn_hidden_size=96, activation="gelu", bias=True, layer_norm_epsilon=1e-5,
                      max_position_embeddings=256, rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2),
 ),)
+
+
+def bloom_slopes(heads: int) -> tuple[float, ...]:
+    """ALiBi's slope per head as transformers' BLOOM and Falcon compute them (_get_alibi_slopes,
+    float32): powers of 2^(-8 / n) for the largest power of two n <= heads, then every other power
+    of 2^(-4 / n) for the heads beyond it."""
+    closest = 2 ** math.floor(math.log2(heads))
+    base = np.float32(2 ** (-(2 ** -(math.log2(closest) - 3))))
+    slopes = list(np.power(base, np.arange(1, 1 + closest, dtype=np.float32)))
+    if closest != heads:
+        extra = np.float32(2 ** (-(2 ** -(math.log2(2 * closest) - 3))))
+        slopes += list(np.power(extra, np.arange(1, 1 + 2 * min(closest, heads - closest), 2, dtype=np.float32)))
+    return tuple(float(s) for s in slopes)

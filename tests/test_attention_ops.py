@@ -260,40 +260,6 @@ def test_sinks_masked_attention_of_the_module():
     np.testing.assert_allclose(np.asarray(one), ref[:, 4:], atol=2e-6, rtol=1e-5)
 
 
-def test_sinks_paged_and_cascade_decode():
-    """Paged decode (XLA form; cuDNN and Pallas choices fall back to it with sinks), an int8 pool,
-    and cascade decode (shared pages read once, the sinks joined after the merge) against the
-    masked reference over each row's whole table."""
-    b, h, kv, d, ps, window = 4, 4, 2, 8, 4, 6
-    kp, vp = _pool(13, 25, ps, kv, d)
-    rng = np.random.default_rng(14)
-    ids = rng.permutation(25)
-    shared = ids[:2]  # rows 0, 1, 3 begin with these two pages
-    table = np.stack([np.concatenate([shared, ids[2 + 3 * i : 5 + 3 * i]]) for i in range(b)])
-    table[2] = ids[14:19]  # row 2 shares nothing
-    offsets = np.array([8, 8, 0, 8], np.int32)
-    lengths = jnp.asarray([13, 20, 9, 8], jnp.int32)
-    q = jnp.asarray(rng.standard_normal((b, 1, h, d)), jnp.float32)
-    tab = jnp.asarray(table, jnp.int32)
-    keys, values = ao.gather_pages(kp, tab), ao.gather_pages(vp, tab)
-    ref = _masked_reference(q, keys, values, np.asarray(lengths)[:, None] - 1, np.asarray(lengths), 0.3, window, None, SINKS)
-    for impl in ("xla", "cudnn_paged"):
-        out = paged_decode.paged_decode_attention(q, kp, vp, tab, lengths, scale=0.3, impl=impl, window=window, sinks=SINKS)
-        np.testing.assert_allclose(np.asarray(out), ref, atol=2e-6, rtol=1e-5)
-    for impl in ("xla", "cudnn"):
-        out = paged_decode.cascade_decode_attention(q, kp, vp, tab, lengths, jnp.asarray(shared, jnp.int32),
-                                                    jnp.asarray(offsets), scale=0.3, shared_keys=8, suffix_keys=12,
-                                                    window=window, impl=impl, sinks=SINKS)
-        np.testing.assert_allclose(np.asarray(out), ref, atol=2e-6, rtol=1e-5)
-    kq, ks = kv_quant.quantize_kv(kp, jnp.int8, jnp.float32)
-    vq, vs = kv_quant.quantize_kv(vp, jnp.int8, jnp.float32)
-    out = paged_decode.paged_decode_attention(q, kq, vq, tab, lengths, scale=0.3, window=window, k_scales=ks, v_scales=vs,
-                                              sinks=SINKS)
-    deq = [kv_quant.dequantize_kv(ao.gather_pages(x, tab), ao.gather_pages(sc, tab), jnp.float32) for x, sc in ((kq, ks), (vq, vs))]
-    ref8 = _masked_reference(q, *deq, np.asarray(lengths)[:, None] - 1, np.asarray(lengths), 0.3, window, None, SINKS)
-    np.testing.assert_allclose(np.asarray(out), ref8, atol=1e-5, rtol=1e-5)
-
-
 def test_sinks_send_the_cudnn_backend_to_the_sink_paths():
     """The engine's KV backend with impl "cudnn" (what NVIDIA GPUs run) on a 16-bit layer with
     sinks: cuDNN's decode kernel would fit the layer but takes no sink, so prefill and decode take
@@ -371,14 +337,19 @@ def test_alibi_masked_attention_of_the_module(form):
     np.testing.assert_allclose(np.asarray(one), ref[:, 4:], atol=2e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("form", sorted(ALIBIS))
-def test_alibi_paged_and_cascade_decode(form):
-    """Paged decode (XLA form; cuDNN and Pallas choices fall back to it with ALiBi), an int8 pool,
-    and cascade decode (each part biased at its keys' positions) against the masked reference."""
-    alibi = ALIBIS[form]
-    b, h, kv, d, ps, window = 4, 4, 2, 8, 4, 6
-    kp, vp = _pool(19, 25, ps, kv, d)
-    rng = np.random.default_rng(20)
+OPTIONS = {"sinks": dict(sinks=SINKS), **{f"alibi-{form}": dict(alibi=alibi) for form, alibi in ALIBIS.items()}}
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_sinks_and_alibi_paged_and_cascade_decode(option):
+    """Paged decode (XLA form; cuDNN and Pallas choices fall back to it with sinks or ALiBi), an
+    int8 pool, and cascade decode (shared pages read once, each part biased at its keys'
+    positions, the sinks joined after the merge) against the masked reference over each row's
+    whole table."""
+    kw = OPTIONS[option]
+    b, h, kv, d, ps = 4, 4, 2, 8, 4
+    kp, vp = _pool(13, 25, ps, kv, d)
+    rng = np.random.default_rng(14)
     ids = rng.permutation(25)
     shared = ids[:2]  # rows 0, 1, 3 begin with these two pages
     table = np.stack([np.concatenate([shared, ids[2 + 3 * i : 5 + 3 * i]]) for i in range(b)])
@@ -389,19 +360,19 @@ def test_alibi_paged_and_cascade_decode(form):
     tab = jnp.asarray(table, jnp.int32)
     keys, values = ao.gather_pages(kp, tab), ao.gather_pages(vp, tab)
     last = np.asarray(lengths)[:, None] - 1
-    for win in (None, window):
-        ref = _masked_reference(q, keys, values, last, np.asarray(lengths), 0.3, win, alibi=alibi)
+    for window in (None, 6):
+        ref = _masked_reference(q, keys, values, last, np.asarray(lengths), 0.3, window, **kw)
         for impl in ("xla", "cudnn_paged", "pallas"):
-            out = paged_decode.paged_decode_attention(q, kp, vp, tab, lengths, scale=0.3, impl=impl, window=win, alibi=alibi)
+            out = paged_decode.paged_decode_attention(q, kp, vp, tab, lengths, scale=0.3, impl=impl, window=window, **kw)
             np.testing.assert_allclose(np.asarray(out), ref, atol=2e-6, rtol=1e-5)
         for impl in ("xla", "cudnn"):
             out = paged_decode.cascade_decode_attention(q, kp, vp, tab, lengths, jnp.asarray(shared, jnp.int32),
                                                         jnp.asarray(offsets), scale=0.3, shared_keys=8, suffix_keys=12,
-                                                        window=win, impl=impl, alibi=alibi)
+                                                        window=window, impl=impl, **kw)
             np.testing.assert_allclose(np.asarray(out), ref, atol=2e-6, rtol=1e-5)
     kq, ks = kv_quant.quantize_kv(kp, jnp.int8, jnp.float32)
     vq, vs = kv_quant.quantize_kv(vp, jnp.int8, jnp.float32)
-    out = paged_decode.paged_decode_attention(q, kq, vq, tab, lengths, scale=0.3, k_scales=ks, v_scales=vs, alibi=alibi)
+    out = paged_decode.paged_decode_attention(q, kq, vq, tab, lengths, scale=0.3, window=6, k_scales=ks, v_scales=vs, **kw)
     deq = [kv_quant.dequantize_kv(ao.gather_pages(x, tab), ao.gather_pages(sc, tab), jnp.float32) for x, sc in ((kq, ks), (vq, vs))]
-    ref8 = _masked_reference(q, *deq, last, np.asarray(lengths), 0.3, alibi=alibi)
+    ref8 = _masked_reference(q, *deq, last, np.asarray(lengths), 0.3, 6, **kw)
     np.testing.assert_allclose(np.asarray(out), ref8, atol=1e-5, rtol=1e-5)

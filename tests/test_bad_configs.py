@@ -43,13 +43,44 @@ FALCON = dict(model_type="falcon", vocab_size=32, hidden_size=16, num_hidden_lay
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(alibi=True), r"alibi=true \(ALiBi attention biases, Falcon-RW's\) is not supported"),
     (dict(new_decoder_architecture=True, parallel_attn=False), r"new_decoder_architecture=true with parallel_attn false"),
     (dict(num_ln_in_parallel_attn=2), r"num_ln_in_parallel_attn=2: transformers' Falcon runs 2"),
     (dict(multi_query=False, num_kv_heads=2), r"num_kv_heads=2 without multi_query or new_decoder_architecture"),
-], ids=["alibi", "new-decoder-sequential", "two-norms-old-decoder", "kv-heads-old-decoder"])
+], ids=["new-decoder-sequential", "two-norms-old-decoder", "kv-heads-old-decoder"])
 def test_falcon_layers_it_cannot_run_are_refused(change, message):
-    """ALiBi is not implemented; the other three transformers' Falcon builds but cannot run."""
+    """Layers transformers' Falcon builds but cannot run."""
     with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
         loader.plan(dict(FALCON, **change))
+    assert "\n" not in str(info.value)
+
+
+MPT = dict(model_type="mpt", vocab_size=32, d_model=16, n_layers=1, n_heads=4)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(attn_config=dict(attn_type="multiquery_attention")), r"attn_config\.attn_type='multiquery_attention'"),
+    (dict(attn_config=dict(qk_ln=True)), r"attn_config\.qk_ln=true"),
+    (dict(attn_config=dict(prefix_lm=True)), r"attn_config\.prefix_lm=true"),
+    (dict(attn_config=dict(alibi=False)), r"attn_config\.alibi=false"),
+    (dict(attn_config=dict(alibi_bias_max=16)), r"attn_config\.alibi_bias_max=16"),
+    (dict(attn_config=dict(clip_qkv="6")), r"'attn_config\.clip_qkv' must be a positive number"),
+    (dict(no_bias=False), r"no_bias=false"),
+    (dict(expansion_ratio=2), r"expansion_ratio=2"),
+    (dict(logit_scale=0.5), r"logit_scale: transformers' MPT never scales"),
+], ids=["multiquery", "qk-ln", "prefix-lm", "no-alibi", "alibi-bias-max", "clip-type", "biases", "expansion", "logit-scale"])
+def test_mpt_options_transformers_does_not_run_as_trained_are_refused(change, message):
+    """MosaicML's options transformers' MPT ignores (computing another model than the checkpoint's)
+    or cannot load, and attn_config's field types, each refused in one line."""
+    with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
+        loader.plan(dict(MPT, **change))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(apply_residual_connection_post_layernorm=True), r"apply_residual_connection_post_layernorm=true .* not supported"),
+    (dict(slow_but_exact=True, pretraining_tp=2), r"slow_but_exact=true with pretraining_tp=2: .* drops their biases"),
+], ids=["residual-after-norm", "slow-but-exact"])
+def test_bloom_layers_transformers_runs_otherwise_are_refused(change, message):
+    with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
+        loader.plan(dict(model_type="bloom", vocab_size=32, hidden_size=16, n_layer=1, n_head=4, **change))
     assert "\n" not in str(info.value)

@@ -518,6 +518,27 @@ SPELLINGS = {
         attention_bias=False, mlp_bias=False, sliding_window=8, rms_norm_eps=0.5, layer_norm_eps=0.5, partial_rotary_factor=0.5)),
     "falcon-n-embed-v4-rope": ("FalconForCausalLM", {}, lambda raw: raw.update(
         n_embed=raw.pop("hidden_size"), rope_theta=raw.pop("rope_parameters")["rope_theta"] / 2, rope_scaling=None)),
+    # BLOOM: n_embed (bigscience/bloom's spelling), its epsilon, tied head and residual where left out; an untied head;
+    # keys its code never reads, and pretraining_tp's sliced output projections (the same sums)
+    "bloom-n-embed-defaults": ("BloomForCausalLM", {}, lambda raw: [raw.pop(k) for k in (
+        "layer_norm_epsilon", "tie_word_embeddings", "apply_residual_connection_post_layernorm")] + [raw.update(n_embed=raw.pop("hidden_size"))]),
+    "bloom-untied": ("BloomForCausalLM", dict(tie_word_embeddings=False), _edit()),
+    "bloom-ignores-other-keys": ("BloomForCausalLM", {}, _edit(intermediate_size=32, hidden_act="relu", num_key_value_heads=2, head_dim=4,
+                                                               rope_theta=5000.0, max_position_embeddings=8, sliding_window=4, rms_norm_eps=0.5,
+                                                               layer_norm_eps=0.5, attention_bias=False, mlp_bias=False, pretraining_tp=2,
+                                                               offset_alibi=100, n_inner=None)),
+    # MPT: attn_config left out (no clamp, 1/sqrt(head_dim)), its epsilon, tied head and flags where left out; mpt-7b's
+    # config.json (every attn_config key, the training keys); keys its code never reads (OLMo's clip_qkv among them)
+    "mpt-defaults": ("MptForCausalLM", {}, _edit(("attn_config", "layer_norm_epsilon", "tie_word_embeddings", "no_bias",
+                                                  "expansion_ratio", "learned_pos_emb", "logit_scale"))),
+    "mpt-7b-spelling": ("MptForCausalLM", {}, _edit(
+        attn_config=dict(alibi=True, alibi_bias_max=8, attn_impl="torch", attn_pdrop=0, attn_type="multihead_attention",
+                         attn_uses_sequence_id=False, clip_qkv=None, prefix_lm=False, qk_ln=False, softmax_scale=None),
+        learned_pos_emb=True, logit_scale=None, no_bias=True, norm_type="low_precision_layernorm", init_device="cpu",
+        embedding_fraction=1.0, emb_pdrop=0, resid_pdrop=0, verbose=0, use_cache=False, expansion_ratio=4)),
+    "mpt-ignores-other-keys": ("MptForCausalLM", {}, _edit(intermediate_size=32, hidden_act="relu", num_key_value_heads=2, head_dim=4,
+                                                           max_position_embeddings=8, clip_qkv=0.1, rope_theta=5000.0, sliding_window=4,
+                                                           rms_norm_eps=0.5, layer_norm_eps=0.5, attention_bias=True, mlp_bias=True)),
     # OLMo: no clamp, no biases where left out (OLMo-7B-hf's form), the Hub's v4 rope keys; keys its code never reads
     "olmo-defaults-v4-rope": ("OlmoForCausalLM", dict(attention_bias=False), lambda raw: [raw.pop(k) for k in ("clip_qkv", "attention_bias")]
                               + [raw.update(rope_theta=raw.pop("rope_parameters")["rope_theta"] / 2, rope_scaling=None)]),
@@ -696,6 +717,29 @@ def test_hub_spellings_and_family_defaults_match_transformers(case, tmp_path):
     assert err <= TOL
 
 
+def test_falcon_rw_alibi_matches_transformers_sdpa(tmp_path):
+    """Falcon-RW's layer (sequential, every head's own k/v, biases) with ALiBi: 12 heads, whose
+    slopes and products with the positions round in bfloat16 as transformers builds them; full
+    forward, and greedy tokens through the engine's paged cache. Against transformers' sdpa
+    attention: its eager one adds the bias twice (to the scores and in the mask built with it)."""
+    import torch
+    import transformers
+
+    reference.build("FalconForCausalLM", tmp_path, alibi=True, new_decoder_architecture=False, parallel_attn=False,
+                    multi_query=False, num_kv_heads=None, hidden_size=96, num_attention_heads=12)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="sdpa", dtype=torch.float32).eval()
+    model = jaxllm.load(tmp_path)
+    assert model.config.alibi is not None and model.config.alibi.bf16
+    tokens = np.random.default_rng(4).integers(0, 128, (2, 40))
+    assert reference.max_rel_diff(model.logits(tokens), reference.torch_logits(ref, tokens)) <= TOL
+    prompt = tokens[0, :9].tolist()
+    with torch.no_grad():
+        ids = torch.tensor([prompt])
+        want = ref.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, min_new_tokens=24, do_sample=False,
+                            eos_token_id=None, pad_token_id=0)[0, 9:].tolist()
+    assert model.generate(prompt, jaxllm.SamplingParams(max_new_tokens=24, ignore_eos=True)).token_ids == want
+
+
 def test_tied_config_with_a_copy_of_the_embeddings_stays_tied(tmp_path):
     reference.build("LlamaForCausalLM", tmp_path, tie_word_embeddings=True)
     _tensors(add=_head(copy=True))(tmp_path / "model.safetensors")
@@ -733,17 +777,21 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
            "opt": "activation_function", "xglm": "activation_function", "gemma2": "hidden_activation", "vaultgemma": "hidden_activation", "gemma3_text": "hidden_activation",
            "gemma4_text": "hidden_activation"}.get(kind, "hidden_act")
     eps = {"gpt_neo": "layer_norm_epsilon", "nemotron": "norm_eps", "falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "codegen": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps", "persimmon": "layer_norm_eps",
-           "starcoder2": "norm_epsilon",
+           "starcoder2": "norm_epsilon", "bloom": "layer_norm_epsilon", "mpt": "layer_norm_epsilon",
            "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps"}.get(kind, "rms_norm_eps")
     fixed_eps = kind in ("olmo", "opt", "biogpt", "xglm", "dbrx")  # nn.LayerNorm's 1e-5, whatever the config says
-    out = dict(max_position_embeddings=hf.max_position_embeddings, norm_eps=1e-5 if fixed_eps else getattr(hf, eps),
-               tie_word_embeddings=hf.tie_word_embeddings,
-               hidden_act=hf.ffn_config.ffn_act_fn["name"] if kind == "dbrx" else getattr(hf, act))
+    # ALiBi families: BLOOM's has no length (jaxllm's 2,048 positions are its context alone), MPT's bias table max_seq_len;
+    # their MLPs hard-wire the activation (BloomGelu's tanh form, MptMLP's exact GELU)
+    positions = {"bloom": 2048, "mpt": getattr(hf, "max_seq_len", None)}.get(kind) or getattr(hf, "max_position_embeddings", None)
+    hard_act = {"bloom": "gelu_pytorch_tanh", "mpt": "gelu"}
+    act_of = hard_act.get(kind) or (hf.ffn_config.ffn_act_fn["name"] if kind == "dbrx" else getattr(hf, act))
+    out = dict(max_position_embeddings=positions, norm_eps=1e-5 if fixed_eps else getattr(hf, eps),
+               tie_word_embeddings=hf.tie_word_embeddings, hidden_act=act_of)
     if kind == "gemma" and out["hidden_act"] == "gelu":  # GemmaMLP's legacy mapping
         out["hidden_act"] = "gelu_pytorch_tanh"
     if kind in ("gptj", "codegen"):
         out["rope_theta"] = 10000.0  # GPT-J's and CodeGen's fixed base
-    elif kind not in ("gpt2", "gpt_bigcode", "gpt_neo", "opt", "biogpt", "xglm"):
+    elif kind not in ("gpt2", "gpt_bigcode", "gpt_neo", "opt", "biogpt", "xglm", "bloom", "mpt"):
         rope = hf.rope_parameters
         out["rope_theta"] = rope.get("full_attention", rope)["rope_theta"]
     return out
