@@ -224,6 +224,11 @@ def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, dim, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def _per_head(w: np.ndarray, heads: int) -> np.ndarray:
+    """Fused q | k | v rows (or a bias) as HF keeps them per head: rows (3, head, dim) -> (head, 3, dim)."""
+    return w.reshape(3, heads, -1, *w.shape[1:]).swapaxes(0, 1).reshape(w.shape)
+
+
 class GGUFCheckpoint:
     """Tensors of a GGUF file under their HF names, in HF layout, dequantized on demand."""
 
@@ -232,6 +237,7 @@ class GGUFCheckpoint:
             data = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
         self.tensors = {}  # HF name -> (shape in the file's order, GGML type id, raw bytes)
         self.shifted, self.transposed = {}, set()  # HF names whose values llama.cpp changed: {name: shift}, [out, in]
+        self.per_head = set()  # HF names of fused q | k | v rows (and biases) HF keeps per head
         spans = []  # (start, end, GGUF name) of each tensor's bytes
         for name, dims, type_id, offset in header.tensors:
             start = header.data_start + offset
@@ -256,8 +262,11 @@ class GGUFCheckpoint:
                 self.shifted[hf] = family.norm_shift
             if name.endswith(".weight") and name.split(".")[-2] in family.transposed:
                 self.transposed.add(hf)
+            if name.split(".")[-2] in family.per_head_qkv:
+                self.per_head.add(hf)
         _check_disjoint(spans, header.path)
         self.heads = {"q_proj": raw["num_attention_heads"], "k_proj": raw["num_key_value_heads"]} if family.permuted else {}
+        self.qkv_heads = raw["num_attention_heads"]
 
     def names(self):
         return self.tensors.keys()
@@ -276,6 +285,8 @@ class GGUFCheckpoint:
         return np.ascontiguousarray(data.T) if name in self.transposed else data
 
     def _unpermuted(self, name: str, data: np.ndarray) -> np.ndarray:
+        if name in self.per_head:
+            return _per_head(data, self.qkv_heads)
         proj = name.split(".")[-2] if name.endswith(".weight") or name.endswith(".bias") else ""
         return _unpermute(data, self.heads[proj]) if proj in self.heads else data
 

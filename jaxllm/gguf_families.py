@@ -6,7 +6,7 @@ share. jaxllm/gguf.py reads the files by it.
 The architectures (ARCHITECTURES) are those jaxllm serves whose GGUF files transformers' GGUF
 loader reads too, and each reads as that loader reads it (tests/test_quant.py holds the two to the
 same logits). What llama.cpp changed on the way in is undone: Llama-family q/k rows permuted for its
-rotary layout, Gemma's norms stored as 1 + w, GPT-2's Conv1D weights transposed, the MoE experts
+rotary layout, BLOOM's per-head q/k/v rows grouped as q | k | v, Gemma's norms stored as 1 + w, GPT-2's Conv1D weights transposed, the MoE experts
 stacked in one tensor, Qwen2-MoE's shared-expert gate squeezed to a vector; where that loader drops
 metadata llama.cpp reads (Phi-3's LongRoPE, Gemma 27B's attention scale, the MoE experts' widths,
 ...), we read it as llama.cpp does.
@@ -32,6 +32,7 @@ class Family(NamedTuple):
     norm_shift: float = 0.0  # stored as w + this (Gemma's (1 + w) RMSNorm): subtracted, in float32
     transposed: tuple = ()  # layer weights stored [out, in] where HF keeps [in, out] (GPT-2's Conv1D): transposed
     squeezed: tuple = ()  # layer weights [1, in] in HF that converters may store as [in] (Qwen2-MoE's shared-expert gate)
+    per_head_qkv: tuple = ()  # fused q | k | v rows that HF keeps per head, [heads, 3, head_dim] (BLOOM's attn_qkv): regrouped
     config: Callable = lambda get, raw: None  # (metadata getter, config so far): adds the family's own keys
     tensors: Callable = lambda names, raw: None  # (the file's tensor names, config so far): flags read off which it holds
 
@@ -148,11 +149,24 @@ def _gpt2_config(get, raw: dict) -> None:
     raw["n_inner"] = raw["intermediate_size"]  # GPT2Config's name for it (a config.json written back; it ignores ours)
 
 
+def _bloom_config(get, raw: dict) -> None:
+    """BLOOM: LayerNorm's epsilon; ALiBi, no rope; the head tied to the embeddings, as transformers'
+    GGUF loader ties bloom's (llama.cpp's files hold a copy as output; one of other values unties the
+    head, there as in every family: loader._own_head)."""
+    del raw["rms_norm_eps"], raw["rope_theta"]
+    raw["layer_norm_epsilon"] = decimal(get("attention.layer_norm_epsilon", 1e-5))
+    raw["tie_word_embeddings"] = True
+
+
 _GEMMA_NAMES = {"ffn_norm": "pre_feedforward_layernorm", "post_attention_norm": "post_attention_layernorm",
                 "post_ffw_norm": "post_feedforward_layernorm"}
 # Qwen2-MoE's shared expert and its gate (one score a token), beside the routed experts
 _QWEN2_MOE_NAMES = {"ffn_gate_shexp": "mlp.shared_expert.gate_proj", "ffn_up_shexp": "mlp.shared_expert.up_proj",
                     "ffn_down_shexp": "mlp.shared_expert.down_proj", "ffn_gate_inp_shexp": "mlp.shared_expert_gate"}
+_BLOOM_NAMES = {"token_embd": "transformer.word_embeddings", "token_embd_norm": "transformer.word_embeddings_layernorm",
+                "output_norm": "transformer.ln_f", "blk": "transformer.h", "attn_norm": "input_layernorm",
+                "attn_qkv": "self_attention.query_key_value", "attn_output": "self_attention.dense",
+                "ffn_norm": "post_attention_layernorm", "ffn_up": "mlp.dense_h_to_4h", "ffn_down": "mlp.dense_4h_to_h"}
 _GPT2_NAMES = {"token_embd": "transformer.wte", "position_embd": "transformer.wpe", "output_norm": "transformer.ln_f",
                "blk": "transformer.h", "attn_norm": "ln_1", "attn_qkv": "attn.c_attn", "attn_output": "attn.c_proj",
                "ffn_norm": "ln_2", "ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"}
@@ -173,6 +187,7 @@ ARCHITECTURES = {
     "gpt2": Family("GPT2LMHeadModel", names=_GPT2_NAMES, transposed=("attn_qkv", "attn_output", "ffn_up", "ffn_down"),
                    config=_gpt2_config),
     "stablelm": Family("StableLmForCausalLM", config=_stablelm_config, tensors=_stablelm_tensors),
+    "bloom": Family("BloomForCausalLM", names=_BLOOM_NAMES, per_head_qkv=("attn_qkv",), config=_bloom_config),
     "starcoder2": Family("Starcoder2ForCausalLM", names={"ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"}, config=_starcoder2_config),
 }
 # the keys each family cannot do without, besides the shared ones (check_required)

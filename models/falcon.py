@@ -32,6 +32,19 @@ class FalconForCausalLM(CausalLM):
     final_norm = LayerNorm
 
 
+def bloom_slopes(heads: int) -> tuple[float, ...]:
+    """ALiBi's slope per head as transformers' BLOOM and Falcon compute them (_get_alibi_slopes,
+    float32): powers of 2^(-8 / n) for the largest power of two n <= heads, then every other power
+    of 2^(-4 / n) for the heads beyond it."""
+    closest = 2 ** math.floor(math.log2(heads))
+    base = np.float32(2 ** (-(2 ** -(math.log2(closest) - 3))))
+    slopes = list(np.power(base, np.arange(1, 1 + closest, dtype=np.float32)))
+    if closest != heads:
+        extra = np.float32(2 ** (-(2 ** -(math.log2(2 * closest) - 3))))
+        slopes += list(np.power(extra, np.arange(1, 1 + 2 * min(closest, heads - closest), 2, dtype=np.float32)))
+    return tuple(float(s) for s in slopes)
+
+
 def falcon_names(raw: dict) -> dict:
     """Falcon's spellings as the common ones: n_embed (older configs; it wins over hidden_size, as
     FalconConfig reads it), ffn_hidden_size (4 x hidden_size where null or left out), activation,
@@ -107,15 +120,3 @@ ARCHITECTURES = (Architecture(
                      max_position_embeddings=256, rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2),
 ),)
 
-
-def bloom_slopes(heads: int) -> tuple[float, ...]:
-    """ALiBi's slope per head as transformers' BLOOM and Falcon compute them (_get_alibi_slopes,
-    float32): powers of 2^(-8 / n) for the largest power of two n <= heads, then every other power
-    of 2^(-4 / n) for the heads beyond it."""
-    closest = 2 ** math.floor(math.log2(heads))
-    base = np.float32(2 ** (-(2 ** -(math.log2(closest) - 3))))
-    slopes = list(np.power(base, np.arange(1, 1 + closest, dtype=np.float32)))
-    if closest != heads:
-        extra = np.float32(2 ** (-(2 ** -(math.log2(2 * closest) - 3))))
-        slopes += list(np.power(extra, np.arange(1, 1 + 2 * min(closest, heads - closest), 2, dtype=np.float32)))
-    return tuple(float(s) for s in slopes)

@@ -63,6 +63,12 @@ FAMILIES = {
              {"attn_norm": (E,), "attn_norm.bias": (E,), "attn_qkv": (3 * E, E), "attn_qkv.bias": (3 * E,), "attn_output": (E, E),
               "attn_output.bias": (E,), "ffn_norm": (E,), "ffn_norm.bias": (E,), "ffn_up": (F, E), "ffn_up.bias": (F,),
               "ffn_down": (E, F), "ffn_down.bias": (E,)}, 2),
+    # BLOOM: q | k | v rows (HF's per head, regrouped), the embeddings' LayerNorm, biases everywhere, tied
+    "bloom": ({"attention.head_count": 4, "attention.layer_norm_epsilon": 1e-5},
+              {"token_embd_norm": (E,), "token_embd_norm.bias": (E,), "output_norm.bias": (E,)},
+              {"attn_norm": (E,), "attn_norm.bias": (E,), "attn_qkv": (3 * E, E), "attn_qkv.bias": (3 * E,), "attn_output": (E, E),
+               "attn_output.bias": (E,), "ffn_norm": (E,), "ffn_norm.bias": (E,), "ffn_up": (F, E), "ffn_up.bias": (F,),
+               "ffn_down": (E, F), "ffn_down.bias": (E,)}, 2),
 }
 
 
@@ -96,7 +102,7 @@ def write_family(path: Path, arch: str, name: str | None = None, shapes: dict | 
     w.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(V)])  # transformers' GPT-2 vocabulary size: its length
     for key, value in dict(padding_token_id=0, bos_token_id=1, eos_token_id=2).items():
         w.add_uint32(f"tokenizer.ggml.{key}", value)
-    tensors = {"token_embd.weight": (V, E), "output_norm.weight": (E,), **{f"{n}.weight": s for n, s in top.items()}}
+    tensors = {"token_embd.weight": (V, E), "output_norm.weight": (E,), **{n if "." in n else f"{n}.weight": s for n, s in top.items()}}
     if arch == "gpt2":
         tensors["output_norm.bias"] = (E,)
     stored = {}  # tensor -> the shape it is written in, where `shapes` sets one
@@ -135,9 +141,9 @@ def transformers_gguf(path: Path):
 TOKENS = np.random.default_rng(2).integers(0, V, (2, 12))  # longer than the Gemmas' window (4)
 # the families whose tensors are laid out differently (q/k rows permuted, Gemma's shifted norms, Phi-3's fused rows,
 # GPT-2's transposed Conv1D weights, the MoE expert stacks split by their bytes, Qwen2-MoE's shared expert and its gate
-# stored as a vector), and Mistral, which llama.cpp files under llama; Qwen2 / Qwen3 / Gemma 3 lay theirs out as Llama /
+# stored as a vector, BLOOM's q/k/v rows regrouped per head), and Mistral, which llama.cpp files under llama; Qwen2 / Qwen3 / Gemma 3 lay theirs out as Llama /
 # Gemma 2 do (test_quant.py holds every family's F16 and Q8_0 file to transformers, all but Qwen2-MoE, held here only)
-CASES = [(arch, None) for arch in ("llama", "qwen3moe", "qwen2moe", "phi3", "gemma2", "gpt2")] + [("llama", "Mistral 7B Instruct v0.3")]
+CASES = [(arch, None) for arch in ("llama", "qwen3moe", "qwen2moe", "phi3", "gemma2", "gpt2", "bloom")] + [("llama", "Mistral 7B Instruct v0.3")]
 
 
 @pytest.mark.parametrize("arch, name", CASES, ids=[a if n is None else "mistral" for a, n in CASES])

@@ -638,8 +638,15 @@ GGUF_ARCHS = {
                    dict(_attention(4, 2, 16), **{f"{n}.bias": (s[0],) for n, s in _attention(4, 2, 16).items()},
                         **{"attn_norm": (64,), "attn_norm.bias": (64,), "ffn_norm": (64,), "ffn_norm.bias": (64,),
                            "ffn_up": (128, 64), "ffn_up.bias": (128,), "ffn_down": (64, 128), "ffn_down.bias": (64,)}), 2),
+    # BLOOM's: q/k/v rows grouped q | k | v (HF's per head), the embeddings' norm, biases everywhere; an output of its own
+    # values (llama.cpp writes a copy of the embeddings; other values untie the head, in transformers too)
+    "bloom": ({"attention.head_count": 4, "attention.layer_norm_epsilon": 1e-5},
+              {"token_embd_norm": (64,), "token_embd_norm.bias": (64,), "output_norm.bias": (64,), "output": (96, 64)},
+              {"attn_norm": (64,), "attn_norm.bias": (64,), "attn_qkv": (192, 64), "attn_qkv.bias": (192,),
+               "attn_output": (64, 64), "attn_output.bias": (64,), "ffn_norm": (64,), "ffn_norm.bias": (64,),
+               "ffn_up": (256, 64), "ffn_up.bias": (256,), "ffn_down": (64, 256), "ffn_down.bias": (64,)}, 2),
 }
-_FFN = {"gpt2": 256, "phi3": 128}
+_FFN = {"gpt2": 256, "phi3": 128, "bloom": 256}
 
 
 def _arch_gguf(path: Path, arch: str, drop=(), extra: dict | None = None, meta: dict | None = None,
@@ -722,7 +729,7 @@ def test_gguf_architectures_transformers_cannot_read_are_refused(arch, tmp_path)
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with pytest.raises(CheckpointError, match=rf"^GGUF architecture '{arch}' is not supported; supported: gemma2, gemma3, "
+    with pytest.raises(CheckpointError, match=rf"^GGUF architecture '{arch}' is not supported; supported: bloom, gemma2, gemma3, "
                                               "gpt2, llama, mistral, phi3, qwen2, qwen2moe, qwen3, qwen3moe, stablelm, starcoder2$"):
         jaxllm.load(tmp_path / "other.gguf", tokenizer=False)
 
