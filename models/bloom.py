@@ -67,7 +67,8 @@ ARCHITECTURES = (Architecture(
     # its training length); the MLP and its activation hard-wired
     ignored_keys=NO_WINDOW + ("num_key_value_heads", "head_dim", "hidden_act", "intermediate_size", "attention_bias", "mlp_bias",
                               "rope_theta", "rope_scaling", "rope_parameters", "partial_rotary_factor", "max_position_embeddings"),
-    not_null=("tie_word_embeddings", "n_layer", "n_head", "layer_norm_epsilon", "apply_residual_connection_post_layernorm"),
+    not_null=("tie_word_embeddings", "n_layer", "n_head", "layer_norm_epsilon", "apply_residual_connection_post_layernorm",
+              "slow_but_exact"),
     common_names=bloom_names, config_defaults=bloom_defaults, base_prefix="transformer", norm_eps_key="layer_norm_epsilon",
     hf_defaults=dict(layer_norm_epsilon=1e-5, tie_word_embeddings=True, apply_residual_connection_post_layernorm=False,
                      bos_token_id=1, eos_token_id=2),

@@ -117,7 +117,7 @@ CONFIG_FIELDS = {
     # MPT's own keys (its attention's, nested in attn_config: mpt.ATTN_FIELDS)
     "d_model": COUNT, "n_heads": COUNT, "n_layers": LAYERS, "max_seq_len": COUNT, "expansion_ratio": COUNT, "no_bias": FLAG,
     "learned_pos_emb": FLAG, "attn_config": OBJECT,
-    "apply_residual_connection_post_layernorm": FLAG, "pretraining_tp": COUNT, "slow_but_exact": FLAG,  # BLOOM's
+    "apply_residual_connection_post_layernorm": FLAG, "pretraining_tp": _given(COUNT), "slow_but_exact": FLAG,  # BLOOM's
     # Granite's scalings; Phi's q/k LayerNorm
     "embedding_multiplier": POSITIVE, "residual_multiplier": POSITIVE, "attention_multiplier": POSITIVE,
     "logits_scaling": POSITIVE, "qk_layernorm": FLAG,
