@@ -266,7 +266,7 @@ class GGUFCheckpoint:
                 self.per_head.add(hf)
         _check_disjoint(spans, header.path)
         self.heads = {"q_proj": raw["num_attention_heads"], "k_proj": raw["num_key_value_heads"]} if family.permuted else {}
-        self.qkv_heads = raw["num_attention_heads"]
+        self.qkv_heads = raw["num_attention_heads"] if family.per_head_qkv else None
 
     def names(self):
         return self.tensors.keys()
