@@ -8,6 +8,7 @@ import reference
 
 import jaxllm
 from jaxllm import research
+from jaxllm.engine import Engine
 from jaxllm.models import registry
 
 TOL = 1e-4  # max |ours - ref| <= TOL * max |ref|, float32
@@ -720,7 +721,8 @@ def test_hub_spellings_and_family_defaults_match_transformers(case, tmp_path):
 def test_falcon_rw_alibi_matches_transformers_sdpa(tmp_path):
     """Falcon-RW's layer (sequential, every head's own k/v, biases) with ALiBi: 12 heads, whose
     slopes and products with the positions round in bfloat16 as transformers builds them; full
-    forward, and greedy tokens through the engine's paged cache. Against transformers' sdpa
+    forward, and greedy tokens through the engine's paged cache (the XLA forms, whatever the
+    platform's kernels). Against transformers' sdpa
     attention: its eager one adds the bias twice (to the scores and in the mask built with it)."""
     import torch
     import transformers
@@ -738,6 +740,8 @@ def test_falcon_rw_alibi_matches_transformers_sdpa(tmp_path):
         want = ref.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, min_new_tokens=24, do_sample=False,
                             eos_token_id=None, pad_token_id=0)[0, 9:].tolist()
     assert model.generate(prompt, jaxllm.SamplingParams(max_new_tokens=24, ignore_eos=True)).token_ids == want
+    # no cuDNN decode call takes the bias: an engine asked for cuDNN runs the model by the XLA forms (attention.cudnn_serves)
+    assert Engine(model, batch_size=2, max_len=256, page_size=16, attention="cudnn").runner.attention == "xla"
 
 
 def test_tied_config_with_a_copy_of_the_embeddings_stays_tied(tmp_path):
