@@ -5,7 +5,7 @@ the dispatch forms a decode step could use, on one device, bf16, random weights 
 - `gather`: each assignment's expert matrices taken from the stacks (`jnp.take`), then batched
   matrix-vector products: reads k experts per token, wasteful once tokens share experts;
 
-Both are `jaxllm.models.layers.MoE._experts`'s forms (`expert_form` picks one). A third form
+Both are `jaxllm.models.experts.MoE._experts`'s forms (`expert_form` picks one). A third form
 measured on 2026-11-28 (every expert on every token, hidden units weighted by the routing) lost to
 ragged_dot at every size on an H200 (Qwen3-30B-A3B 852-1,260 us, Mixtral 1,873-2,811 us) and
 was dropped.
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm import bench
-from jaxllm.models.layers import MoE
+from jaxllm.models.experts import MoE
 from jaxllm.random_model import SHAPES
 
 LAYERS = 8

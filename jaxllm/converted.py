@@ -33,7 +33,7 @@ from jaxllm.checkpoint import (
     read_json,
 )
 from jaxllm.errors import CheckpointError
-from jaxllm.models import quant, weights
+from jaxllm.models import quant, transforms, weights
 from jaxllm.models.weights import flat_params, report, unflatten_into
 from jaxllm.orbax_writing import ignore_closed_loops, write_error, write_to_the_end
 from jaxllm.safetensors_io import LazyTensor
@@ -233,7 +233,7 @@ def _restore_mapped(stored: dict, target: dict, sizes: dict, progress, placing: 
     """{name: array on its devices} of parameters whose bytes `stored` locates: weights.in_order's
     loading threads, host memory within about the largest parameter, as weights.load_params."""
     def one(k):  # in the target's dtype (cast in row blocks when the saved one differs), on its devices
-        return placing.host(k, weights.Copy()(stored[k], tuple(target[k].shape), target[k].dtype))
+        return placing.host(k, transforms.Copy()(stored[k], tuple(target[k].shape), target[k].dtype))
 
     jobs = [(k, sizes[k], functools.partial(one, k)) for k in target]
     out = {}

@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxllm import converted, gguf
 from jaxllm.errors import ConfigError
-from jaxllm.models import quant, weights
+from jaxllm.models import quant, transforms, weights
 
 TABLE_PATHS = (weights.EMBEDDING, ("lm_head", "kernel"))  # what quantize_embeddings quantizes (the head when untied)
 _NOT_GGUF = ("quantize='gguf' keeps a GGUF file's own quantized blocks; this checkpoint is not a GGUF file: "
@@ -75,7 +75,7 @@ class BlockSource(NamedTuple):
     the kernel keeps them transposed ([in, out]: MoE experts)."""
 
     names: tuple
-    part: weights.Part | None = None
+    part: transforms.Part | None = None
     transpose: bool = False
 
 
@@ -86,16 +86,16 @@ def _block_source(spec, tensors) -> BlockSource | None:
     ([vocab, hidden], quantized under quantize_embeddings); else None."""
     t, names = spec.transform, spec.hf_names
     stored_reversed = all(name in tensors.transposed for name in names)  # the file holds HF's [in, out] as [out, in]
-    if isinstance(t, weights.Stack) and t.inner == weights.Transpose(1) and not stored_reversed:
+    if isinstance(t, transforms.Stack) and t.inner == transforms.Transpose(1) and not stored_reversed:
         return BlockSource(names, transpose=True)
     if len(names) != 1:
         return None
-    if t == weights.Copy() and not stored_reversed:  # a table [vocab, hidden] as stored: its groups run along hidden
+    if t == transforms.Copy() and not stored_reversed:  # a table [vocab, hidden] as stored: its groups run along hidden
         return BlockSource(names)
-    part = t if isinstance(t, weights.Part) else None
+    part = t if isinstance(t, transforms.Part) else None
     inner = part.inner if part else t
-    rows = (isinstance(inner, weights.Linear) and not stored_reversed and (part is None or part.axis == 0)) or (
-        isinstance(inner, weights.Transpose) and stored_reversed and (part is None or part.axis == 1))
+    rows = (isinstance(inner, transforms.Linear) and not stored_reversed and (part is None or part.axis == 0)) or (
+        isinstance(inner, transforms.Transpose) and stored_reversed and (part is None or part.axis == 1))
     return BlockSource(names, part) if rows else None
 
 

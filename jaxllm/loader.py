@@ -34,7 +34,7 @@ from flax import nnx
 from jaxllm import checkpoint, converted, generation, gguf, research, sharding
 from jaxllm.errors import CheckpointError, ConfigError, InputError, check_token_ids
 from jaxllm.load_quantized import quantization, read_gguf_blocks, table_schemes, uniform
-from jaxllm.models import layers, quant, registry, weights
+from jaxllm.models import experts, quant, registry, weights
 from jaxllm.models.architecture import Architecture
 from jaxllm.models.attention import check_kv_dtype, kv_cache_bytes
 from jaxllm.models.config import ModelConfig
@@ -148,7 +148,7 @@ def abstract_model(cfg: ModelConfig, arch: Architecture, dtype, scheme_for=None,
     module = arch.module(cfg, dtype=dtype, rngs=nnx.Rngs(0))  # parameters are ShapeDtypeStructs (layers.param)
     if scheme_for is not None or tables is not None:
         quant.apply(module, scheme_for, tables)
-    layers.split_experts(module, mesh, sharding.RULES["expert"])
+    experts.split_experts(module, mesh, sharding.RULES["expert"])
     return nnx.split(module)
 
 

@@ -8,7 +8,7 @@ from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import Architecture
 from jaxllm.models.gptj import GPTJ_NAMES, GPTJ_READING, gptj_defaults
 from jaxllm.models.phi import PhiForCausalLM, parallel_layout
-from jaxllm.models.weights import Blocks
+from jaxllm.models.transforms import Blocks
 
 MP_NUM = 4  # CodeGenAttention's mp_num: the blocks of its fused qkv_proj, hard-wired
 # each block's pieces in their order: query, value, key

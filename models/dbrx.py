@@ -18,7 +18,8 @@ from jaxllm.models.config_fields import EXPERTS, NON_NEGATIVE, OBJECT, POSITIVE,
 from jaxllm.models.decoder import CausalLM, DecoderLayer
 from jaxllm.models.gpt2 import spelled
 from jaxllm.models.layers import LayerNorm
-from jaxllm.models.weights import Copy, Linear, Part, Stacked, Transpose, WeightSpec
+from jaxllm.models.transforms import Copy, Linear, Part, Stacked, Transpose
+from jaxllm.models.weights import WeightSpec
 
 BiasFreeNorm = functools.partial(LayerNorm, bias=False)
 

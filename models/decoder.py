@@ -17,10 +17,12 @@ from flax import nnx
 
 from jaxllm.models.attention import UNCACHED, Attention, LayerCache, Uncached
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.layers import Dense, Embed, LayerNorm, RMSNorm, SinusoidalPositions, make_mlp, param
+from jaxllm.models.experts import make_mlp
+from jaxllm.models.layers import Dense, Embed, LayerNorm, RMSNorm, SinusoidalPositions, param
 from jaxllm.models.linear_attention import GatedDeltaNet
 from jaxllm.models.rope import rotary
-from jaxllm.models.weights import Copy, Linear, Part, WeightSpec
+from jaxllm.models.transforms import Copy, Linear, Part
+from jaxllm.models.weights import WeightSpec
 
 
 class DecoderLayer(nnx.Module):

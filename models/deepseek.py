@@ -2,7 +2,7 @@
 decoder with multi-head latent attention (models/mla.py) in every layer, dense MLPs in the first
 first_k_dense_replace layers and routed experts beside n_shared_experts ungated shared ones after.
 
-Routing (models/layers.py MoE, `limited_top_k`): V3 takes sigmoid scores, chooses the top k by
+Routing (models/experts.py MoE, `limited_top_k`): V3 takes sigmoid scores, chooses the top k by
 score plus e_score_correction_bias among the topk_group best of n_group groups (each scored by
 its best two), renormalises where norm_topk_prob; V2 takes softmax scores, the top k (greedy) or
 the top k within the topk_group groups of the highest score (group_limited_greedy), never

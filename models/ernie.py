@@ -13,7 +13,7 @@ from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture
 from jaxllm.models.decoder import CausalLM, decoder_weight_map
 from jaxllm.models.moe import moe_weight_map
-from jaxllm.models.weights import Copy
+from jaxllm.models.transforms import Copy
 
 
 def ernie_defaults(raw: dict) -> dict:

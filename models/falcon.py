@@ -24,7 +24,8 @@ from jaxllm.models.architecture import NO_WINDOW, NOT_NULL, Architecture
 from jaxllm.models.config import Alibi, ModelConfig
 from jaxllm.models.decoder import CausalLM, LayerNormDecoderLayer, dense, model_ends
 from jaxllm.models.layers import LayerNorm
-from jaxllm.models.weights import FusedQKV, Linear, WeightSpec
+from jaxllm.models.transforms import FusedQKV, Linear
+from jaxllm.models.weights import WeightSpec
 
 
 class FalconForCausalLM(CausalLM):

@@ -28,10 +28,12 @@ from jaxllm.models.attention import UNCACHED, Attention
 from jaxllm.models.config import ModelConfig, parse_rope
 from jaxllm.models.config_fields import LAYER_TYPES
 from jaxllm.models.decoder import CausalLM, DecoderModel, norm_kwargs
+from jaxllm.models.experts import MoE
 from jaxllm.models.gemma import SANDWICH_NOT_NULL, TINY, sandwich_defaults, sandwich_weight_map
-from jaxllm.models.layers import Dense, Embed, GatedMLP, MoE, RMSNorm, activation, param
+from jaxllm.models.layers import Dense, Embed, GatedMLP, RMSNorm, activation, param
 from jaxllm.models.moe import fused_expert_specs
-from jaxllm.models.weights import Linear, WeightSpec
+from jaxllm.models.transforms import Linear
+from jaxllm.models.weights import WeightSpec
 
 LAYER_CONFIG_KEYS = ("head_dim", "num_key_value_heads")  # what per_layer_config may change, as Gemma 4 uses it
 _DEFAULT_ROPE = {"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},

@@ -7,7 +7,8 @@ from jaxllm.models.architecture import NO_WINDOW, Architecture
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, LayerNormDecoderLayer, dense, model_ends
 from jaxllm.models.layers import LayerNorm
-from jaxllm.models.weights import Copy, Part, Transpose, WeightSpec
+from jaxllm.models.transforms import Copy, Part, Transpose
+from jaxllm.models.weights import WeightSpec
 
 
 class GPT2LMHeadModel(CausalLM):

@@ -7,7 +7,8 @@ from jaxllm.models.architecture import NO_WINDOW, Architecture
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import dense
 from jaxllm.models.gpt2 import GPT2LMHeadModel, gpt2_defaults, gpt2_layout, gpt2_names
-from jaxllm.models.weights import FusedQKV, Linear, WeightSpec
+from jaxllm.models.transforms import FusedQKV, Linear
+from jaxllm.models.weights import WeightSpec
 
 
 def bigcode_defaults(raw: dict) -> dict:

@@ -8,7 +8,8 @@ from jaxllm.models.architecture import NO_WINDOW, Architecture
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import dense
 from jaxllm.models.gpt2 import GPT2LMHeadModel, gpt2_layout, spelled
-from jaxllm.models.weights import Linear, WeightSpec
+from jaxllm.models.transforms import Linear
+from jaxllm.models.weights import WeightSpec
 
 LAYER_TYPES = {"global": "full_attention", "local": "sliding_attention"}
 

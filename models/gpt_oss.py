@@ -19,7 +19,8 @@ What differs from the closest family (Mixtral), each traced to transformers' mod
 from jaxllm.models.architecture import RMS_NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, decoder_weight_map
-from jaxllm.models.weights import Copy, Linear, Strided, WeightSpec
+from jaxllm.models.transforms import Copy, Linear, Strided
+from jaxllm.models.weights import WeightSpec
 
 
 def gpt_oss_weight_map(cfg: ModelConfig) -> list[WeightSpec]:

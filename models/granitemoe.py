@@ -13,7 +13,8 @@ from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import decoder_weight_map
 from jaxllm.models.granite import MULTIPLIERS, GraniteForCausalLM, granite_defaults
 from jaxllm.models.moe import fused_expert_specs
-from jaxllm.models.weights import Linear, Part, WeightSpec
+from jaxllm.models.transforms import Linear, Part
+from jaxllm.models.weights import WeightSpec
 
 
 def granitemoe_weight_map(cfg: ModelConfig) -> list[WeightSpec]:

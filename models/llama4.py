@@ -18,7 +18,8 @@ from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import RMS_NOT_NULL, Architecture, Wrapper
 from jaxllm.models.config import ModelConfig, QueryScale
 from jaxllm.models.decoder import CausalLM, decoder_weight_map, renamed
-from jaxllm.models.weights import Copy, Linear, Part, Stacked, WeightSpec
+from jaxllm.models.transforms import Copy, Linear, Part, Stacked
+from jaxllm.models.weights import WeightSpec
 
 LLAMA4_TYPES = ("full_attention", "chunked_attention")
 

@@ -3,7 +3,7 @@ routed experts, optional top-k renormalisation, and dense layers where the confi
 Qwen2-MoE (Qwen2's attention, Qwen3-MoE's routing and a gated shared expert beside the experts).
 
 The module is the shared decoder's: `make_mlp` gives a layer the routed `MoE` block of
-models/layers.py when `cfg.layer_is_moe(layer)`. What is particular here is reading the config
+models/experts.py when `cfg.layer_is_moe(layer)`. What is particular here is reading the config
 and mapping the per-expert checkpoint tensors onto the stacked [expert, ...] kernels.
 """
 
@@ -12,7 +12,8 @@ from jaxllm.models.architecture import NO_WINDOW_SWITCH, RMS_NOT_NULL, Architect
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, decoder_weight_map, dense
 from jaxllm.models.llama import NO_BIAS, mrope_as_rope
-from jaxllm.models.weights import Copy, Linear, Part, Stack, Stacked, Transpose, WeightSpec, split_experts
+from jaxllm.models.transforms import Copy, Linear, Part, Stack, Stacked, Transpose
+from jaxllm.models.weights import WeightSpec, split_experts
 
 
 def moe_weight_map(block: str, names: dict, base=decoder_weight_map, router: str = "gate.weight", shared: str = "shared_expert",

@@ -22,7 +22,8 @@ from jaxllm.models.config import Alibi, ModelConfig
 from jaxllm.models.config_fields import FLAG, NAME, POSITIVE, Field, check_fields
 from jaxllm.models.decoder import CausalLM, DecoderLayer, dense, model_ends
 from jaxllm.models.gpt2 import spelled
-from jaxllm.models.weights import Linear, Part, WeightSpec
+from jaxllm.models.transforms import Linear, Part
+from jaxllm.models.weights import WeightSpec
 
 # What attn_config's fields may hold (MptAttentionConfig's types)
 ATTN_FIELDS = {"attn_type": NAME, "clip_qkv": POSITIVE, "softmax_scale": POSITIVE, "prefix_lm": FLAG, "qk_ln": FLAG,

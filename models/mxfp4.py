@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.errors import CheckpointError
-from jaxllm.models.weights import WeightSpec, _rows, dtype_of
+from jaxllm.models.transforms import read_rows
+from jaxllm.models.weights import WeightSpec, dtype_of
 
 # MXFP4 (the OCP microscaling format gpt-oss's checkpoints store their experts in): 32 values
 # share a power-of-two scale, an e8m0 byte (2 ** (byte - 127)); each value is a 4-bit float e2m1,
@@ -55,7 +56,7 @@ class Mxfp4Tensor:
     def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         stop = self.shape[0] if stop is None else min(stop, self.shape[0])
         pick = slice(self.cols[0], None, self.cols[1])
-        return mxfp4_dequantize(_rows(self.blocks, start, stop)[:, pick], _rows(self.scales, start, stop)[:, pick], self.dtype)
+        return mxfp4_dequantize(read_rows(self.blocks, start, stop)[:, pick], read_rows(self.scales, start, stop)[:, pick], self.dtype)
 
     def __array__(self, dtype=None, copy=None):
         out = self.read()

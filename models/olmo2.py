@@ -11,7 +11,8 @@ from jaxllm.models.architecture import NO_WINDOW, NO_WINDOW_SWITCH, NOT_NULL, RM
 from jaxllm.models.attention import UNCACHED, Attention
 from jaxllm.models.config import ModelConfig, parse_rope
 from jaxllm.models.decoder import CausalLM, decoder_weight_map, norm_kwargs
-from jaxllm.models.layers import RMSNorm, make_mlp
+from jaxllm.models.experts import make_mlp
+from jaxllm.models.layers import RMSNorm
 from jaxllm.models.moe import moe_weight_map
 from jaxllm.models.weights import WeightSpec
 

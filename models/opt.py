@@ -12,9 +12,11 @@ from jaxllm.models.architecture import NO_WINDOW, NOT_NULL, Architecture
 from jaxllm.models.attention import UNCACHED, Attention
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, LayerNormDecoderLayer, dense, norm_kwargs
+from jaxllm.models.experts import make_mlp
 from jaxllm.models.gpt2 import spelled
-from jaxllm.models.layers import LayerNorm, make_mlp
-from jaxllm.models.weights import Linear, WeightSpec
+from jaxllm.models.layers import LayerNorm
+from jaxllm.models.transforms import Linear
+from jaxllm.models.weights import WeightSpec
 
 
 class PostNormDecoderLayer(nnx.Module):

@@ -9,7 +9,8 @@ from jaxllm.models.architecture import NO_WINDOW, NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, LayerNormDecoderLayer, dense, model_ends
 from jaxllm.models.layers import LayerNorm
-from jaxllm.models.weights import Linear, WeightSpec
+from jaxllm.models.transforms import Linear
+from jaxllm.models.weights import WeightSpec
 
 
 class PhiForCausalLM(CausalLM):

@@ -1,6 +1,6 @@
 """PhiMoE (Phi-3.5-MoE): Mixtral's decoder with LayerNorms (weight and bias; rms_norm_eps their
 epsilon), optional q/k/v/o biases and output head bias (lm_head_bias), and PhiMoE's router:
-sparsemixer in inference, two experts whatever num_experts_per_tok says (models/layers.py).
+sparsemixer in inference, two experts whatever num_experts_per_tok says (models/experts.py).
 
 Its rope, as transformers' PhimoeRotaryEmbedding computes it: LongRoPE with the short factors at
 every length (the rope function is called without the sequence length, so the long factors are

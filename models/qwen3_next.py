@@ -21,7 +21,8 @@ from jaxllm.models.architecture import NO_WINDOW_SWITCH, RMS_NOT_NULL, Architect
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, decoder_weight_map, dense
 from jaxllm.models.moe import dense_layers, moe_weight_map
-from jaxllm.models.weights import Copy, Linear, Regrouped, WeightSpec
+from jaxllm.models.transforms import Copy, Linear, Regrouped
+from jaxllm.models.weights import WeightSpec
 
 HYBRID_TYPES = ("linear_attention", "full_attention")
 

@@ -12,7 +12,8 @@ from jaxllm.models.architecture import NO_WINDOW, NO_WINDOW_SWITCH, NOT_NULL, Ar
 from jaxllm.models.config import ModelConfig, parse_rope
 from jaxllm.models.decoder import CausalLM, LayerNormDecoderLayer, decoder_weight_map, with_norm_biases
 from jaxllm.models.layers import LayerNorm
-from jaxllm.models.weights import Stack, WeightSpec
+from jaxllm.models.transforms import Stack
+from jaxllm.models.weights import WeightSpec
 
 
 class StableLmForCausalLM(CausalLM):

@@ -46,7 +46,7 @@ RULES: dict[str, str | None] = {
     "norm": None,
     "cache_seq": None,
     # Expert stacks [X, ...] and their quantization scales: each ep group of devices holds (and
-    # runs, models/layers.py MoE) X / ep experts. The router's scores over the experts are not
+    # runs, models/experts.py MoE) X / ep experts. The router's scores over the experts are not
     # split: every device routes every token.
     "expert": "ep",
     "router": None,

@@ -13,8 +13,8 @@ import torch
 import jaxllm
 from jaxllm import sharding
 from jaxllm.errors import ConfigError
-from jaxllm.models import layers, registry
-from jaxllm.models.layers import MoE
+from jaxllm.models import registry
+from jaxllm.models.experts import MoE
 
 MOE = ["MixtralForCausalLM", "Qwen3MoeForCausalLM", "GptOssForCausalLM"]
 PROMPTS = [[5, 6, 7, 8, 9], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]]
@@ -79,7 +79,7 @@ def test_dispatch_computes_only_the_chosen_experts(pair):
 
 
 def test_gathered_experts_equal_the_grouped_products(pair, monkeypatch):
-    """The decode form (each assignment's expert matrices taken on their own, layers.expert_form)
+    """The decode form (each assignment's expert matrices taken on their own, experts.expert_form)
     gives ragged_dot's outputs: over all the experts, over one device's range of them (expert
     parallelism), with int8 stacks, and through the whole model's logits on one device and on
     meshes that split the experts over tp and over ep."""
@@ -99,7 +99,7 @@ def test_gathered_experts_equal_the_grouped_products(pair, monkeypatch):
     want = np.asarray(model.logits(TOKENS[:, :7]))
     meshes = [jaxllm.load(model.path, mesh=spec) for spec in ("fsdp=2,tp=4", "ep=2,tp=4")]
     asked = []
-    monkeypatch.setattr(layers, "expert_form", lambda assignments, experts: asked.append(experts) or "gather")
+    monkeypatch.setattr("jaxllm.models.experts.expert_form", lambda assignments, experts: asked.append(experts) or "gather")
     jax.clear_caches()  # the jitted logits were traced with the grouped products
     try:
         for m in [model] + meshes:

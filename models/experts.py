@@ -1,0 +1,319 @@
+"""Routed experts (a mixture of experts: the router, the expert dispatch, expert parallelism) and
+the choice of a decoder layer's feed-forward block (`make_mlp`: experts or a dense MLP). The dense
+MLPs and the Dense layer the experts are built from are in layers.py.
+
+Shapes: B batch, T tokens, E embed, F expert hidden, X experts.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxllm.models import quant
+from jaxllm.models.config import ModelConfig
+from jaxllm.models.layers import MLP, Dense, GatedMLP, activation, clamped_swiglu, param
+
+
+class MoE(nnx.Module, pytree=False):
+    """Mixture of experts: a router picks `experts_per_token` of `num_experts` gated MLPs per token.
+
+    Dispatch: the (token, expert) assignments are sorted by expert and each expert multiplies only
+    its own group (`jax.lax.ragged_dot`), so the work is tokens x k expert MLPs, not tokens x all;
+    a decode step with few assignments takes each one's expert matrices instead (`expert_form`).
+    Expert kernels carry the logical "expert" axis: [X, E, F] gate/up, [X, F, E] down.
+    Quantized (`quantize`): each stack holds integers, `{name}_scale` (and `_offset`) [X, G, out]
+    per group of inputs; the stacks are dequantized, then multiplied by the same ragged_dot. The
+    router stays float (a small error there changes which experts run) and replicated (its scores'
+    axis is "router", not "expert"): every device routes every token; float32 in a 16-bit model
+    where `cfg.router_float32` says (its kernel, score bias and product, as transformers keeps DeepSeek's).
+
+    Expert parallelism: on a mesh whose `expert_axis` (ep, jaxllm.sharding.RULES["expert"]) splits
+    the experts, the loader sets `expert_mesh` (`split_experts`; static, so part of the graphdef).
+    Each device then holds X / ep experts of every stack, scales and offsets included, and runs
+    only those, under `jax.shard_map` over ep alone (dp, fsdp, tp left as they are): it takes the
+    assignments routed to its expert range (the others sort after its groups and count for
+    nothing), runs them through the same three ragged_dots with its local group sizes,
+    scatter-adds its weighted outputs, and the partial outputs are summed over ep (`psum`, in
+    float32 as the one-device sum). Tokens are replicated over ep, as over tp, so that sum is the
+    whole exchange: an all-reduce of [tokens, embed] per MoE layer. When tokens are split over
+    devices, an all-to-all dispatch (each assignment sent to its expert's device and back, k / X
+    of the tokens' rows each way) pays off instead: a follow-up.
+
+    Shared expert (`cfg.shared_expert_intermediate_size`, Qwen2-MoE): a gated MLP every token runs
+    beside the routed ones, its output times sigmoid(`shared_expert_gate`(x)) and added to theirs
+    in the model's dtype, as transformers adds them; without `cfg.shared_expert_gated` (GraniteMoeShared)
+    added as it is, no gate. It is dense layers (quantized and split over
+    tp as any MLP, whole on each ep group); its gate, one score a token, stays float as the router.
+
+    gpt-oss (config flags, each off for the other families): the router has a bias and takes the
+    top k of its logits, then softmaxes those k (`router` "topk_softmax"); each expert projection has
+    a bias (`expert_bias`: `{name}_bias` [X, out], float, split over ep with its stack), added to
+    each assignment's product; the activation is the clamped SwiGLU (`swiglu_limit`,
+    `clamped_swiglu`) in place of act(gate) * up.
+    """
+
+    EXPERTS = ("gate_proj", "up_proj", "down_proj")
+
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+        e, f, x = cfg.hidden_size, cfg.moe_intermediate_size or cfg.intermediate_size, cfg.num_experts
+        self.k, self.num_experts, self.norm_topk = cfg.experts_per_token, x, cfg.norm_topk_prob
+        self.router, self.jitter, self.norm_min = cfg.router, cfg.router_jitter, cfg.router_norm_min
+        self.groups = (cfg.router_groups, cfg.router_topk_groups, cfg.router_group_score) if cfg.router_groups > 1 else None
+        self.routed_scaling = cfg.routed_scaling
+        self.router_dtype = jnp.float32 if cfg.router_float32 else dtype
+        # DeepSeek-V3's and ERNIE 4.5 MoE's e_score_correction_bias: added to the scores for the choice, not to the weights
+        self.e_score_correction_bias = param((x,), ("router",), self.router_dtype) if cfg.router_score_bias else None
+        self.scales_input = cfg.router_scales_input  # Llama 4: the weight scales the expert's input, not its output
+        self.act = activation(cfg.hidden_act)
+        self.swiglu = None if cfg.swiglu_limit is None else (cfg.swiglu_alpha, cfg.swiglu_limit)
+        self.gate = Dense((e,), (x,), ("embed", "router"), bias=cfg.router_bias, dtype=self.router_dtype, rngs=rngs,
+                          quantizable=False)  # the router
+        self.gate_proj = param((x, e, f), ("expert", "embed", "mlp"), dtype)
+        self.up_proj = param((x, e, f), ("expert", "embed", "mlp"), dtype)
+        self.down_proj = param((x, f, e), ("expert", "mlp", "embed"), dtype)
+        self.gate_proj_bias = self.up_proj_bias = self.down_proj_bias = None
+        if cfg.expert_bias:
+            self.gate_proj_bias = param((x, f), ("expert", "mlp"), dtype)
+            self.up_proj_bias = param((x, f), ("expert", "mlp"), dtype)
+            self.down_proj_bias = param((x, e), ("expert", "embed"), dtype)
+        self.quantizable = True
+        for name in self.EXPERTS:
+            setattr(self, f"{name}_scale", None)
+            setattr(self, f"{name}_offset", None)
+        self.expert_mesh, self.expert_axis = None, None  # split_experts: the mesh axis the experts are split over
+        self.shared_expert = self.shared_expert_gate = None
+        if cfg.shared_expert_intermediate_size:
+            shared = cfg.replace(intermediate_size=cfg.shared_expert_intermediate_size)
+            self.shared_expert = GatedMLP(shared, dtype=dtype, rngs=rngs)
+            if cfg.shared_expert_gated:
+                self.shared_expert_gate = Dense((e,), (1,), ("embed", "router"), bias=False, dtype=dtype, rngs=rngs,
+                                                quantizable=False)
+
+    def quantize(self, path: tuple, scheme_for) -> None:
+        """Declare each expert stack quantized by scheme_for(its path) (None: stay float)."""
+        for name in self.EXPERTS:
+            scheme = scheme_for(path + (name,))
+            if scheme is None:
+                continue
+            stack = getattr(self, name)
+            (x, fan_in, out), axes, dtype = stack.get_value().shape, stack.axes, stack.get_value().dtype
+            groups = scheme.groups(fan_in, ".".join(map(str, path + (name,))))
+            scale_axes = (axes[0], quant.group_axis(axes, 1, groups), axes[2])
+            setattr(self, name, param((x, fan_in, out), axes, scheme.kernel_dtype))
+            scale_name, offset_name = quant.scale_names(name)
+            setattr(self, scale_name, param((x, groups, out), scale_axes, scheme.scale_dtype or dtype))
+            if scheme.offset:
+                setattr(self, offset_name, param((x, groups, out), scale_axes, scheme.offset_dtype or dtype))
+
+    def _stacks(self) -> list[tuple]:
+        """(stack, scale or None, offset or None) of gate, up and down, as arrays; with expert
+        biases, a fourth entry: the biases of gate, up and down."""
+        out = []
+        for name in self.EXPERTS:
+            scale, offset = (getattr(self, n) for n in quant.scale_names(name))
+            out.append((getattr(self, name)[...], None if scale is None else scale[...], None if offset is None else offset[...]))
+        if self.gate_proj_bias is not None:
+            out.append(tuple(getattr(self, f"{name}_bias")[...] for name in self.EXPERTS))
+        return out
+
+    def _glu(self, gate, up):
+        """The experts' hidden activations from their gate and up products."""
+        if self.swiglu is None:
+            return self.act(gate) * up
+        return clamped_swiglu(gate, up, *self.swiglu)
+
+    @staticmethod
+    def _weight(stack, scale, offset, dtype):
+        """An expert stack as floats of `dtype` (dequantized when quantized)."""
+        return stack if scale is None else quant.dequantize(stack, scale, offset, dtype, in_axis=1)
+
+    def route(self, x):
+        """x [N, E] -> (weights [N, k] float32, expert ids [N, k]): softmax in float32, top k,
+        renormalised when norm_topk_prob (the sum at least router_norm_min: ERNIE), as transformers
+        routes; or as `cfg.router` says: the top k logits, then softmax over those k (GraniteMoE,
+        gpt-oss) or the sigmoid of each (Llama 4), or `sparsemixer` (PhiMoE), or sigmoid scores
+        (DeepSeek-V3); DeepSeek's choice within the best groups and with a score bias
+        (`limited_top_k`; ERNIE's softmax scores take the bias too), its weights times routed_scaling."""
+        logits = self.gate(x.astype(self.router_dtype)).astype(jnp.float32)
+        if self.router in ("topk_softmax", "topk_sigmoid"):
+            top, experts = jax.lax.top_k(logits, self.k)
+            return (jax.nn.softmax(top, axis=-1) if self.router == "topk_softmax" else jax.nn.sigmoid(top)), experts
+        if self.router == "sparsemixer":
+            return sparsemixer(logits, self.jitter)
+        probs = jax.nn.sigmoid(logits) if self.router == "sigmoid_topk" else jax.nn.softmax(logits, axis=-1)
+        if self.groups is None and self.e_score_correction_bias is None:
+            weights, experts = jax.lax.top_k(probs, self.k)
+        else:
+            bias = None if self.e_score_correction_bias is None else self.e_score_correction_bias[...].astype(jnp.float32)
+            weights, experts = limited_top_k(probs, self.k, bias, self.groups)
+        if self.norm_topk:
+            weights = weights / jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), self.norm_min)
+        return weights * self.routed_scaling if self.routed_scaling != 1 else weights, experts
+
+    def __call__(self, x, route_from=None):
+        """The experts' output for x [..., E]; routed by `route_from` (same shape) where given, else
+        by x itself (Gemma 4 routes the layer's input and feeds the experts its normed form)."""
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        weights, experts = self.route(x if route_from is None else route_from.reshape(-1, shape[-1]))
+        if self.expert_mesh is None:
+            out = self._experts(x, weights, experts, self._stacks(), None)
+        else:
+            out = self._split_experts(x, weights, experts, self._stacks())
+        out = out.astype(x.dtype)
+        if self.shared_expert_gate is not None:
+            out = out + jax.nn.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+        elif self.shared_expert is not None:
+            out = out + self.shared_expert(x)
+        return out.reshape(shape)
+
+    def _experts(self, x, weights, experts, stacks, first, form: str | None = None):
+        """[N, E] float32: each token's outputs of its chosen experts, weighted and summed, over the
+        experts the stacks hold: all of them (`first` None), or first .. first + len(stack) - 1 (a
+        device's range under expert parallelism; assignments to other experts count for nothing).
+        `form` (default `expert_form`'s choice): "ragged" or "gather"."""
+        local = stacks[0][0].shape[0]
+        form = form or expert_form(experts.size, local)
+        stacks, biases = stacks[:3], (stacks[3] if len(stacks) > 3 else None)
+        flat = experts.reshape(-1)  # [N * k] assignments, token-major
+        mine = None
+        if first is not None:
+            flat = flat - first
+            mine = (flat >= 0) & (flat < local)
+        if form == "gather":
+            w = weights.reshape(-1).astype(jnp.float32)
+            if mine is not None:
+                flat, w = jnp.where(mine, flat, 0), jnp.where(mine, w, 0.0)
+            return self._gathered(x, w, flat, stacks, biases)
+        if mine is None:
+            order = jnp.argsort(flat, stable=True)
+            groups = jnp.bincount(flat, length=local).astype(jnp.int32)
+        else:
+            flat = jnp.where(mine, flat, local)  # others sort after every local group
+            order = jnp.argsort(flat, stable=True)
+            groups = jnp.bincount(flat, length=local + 1)[:local].astype(jnp.int32)
+        token = order // self.k  # the token of each assignment, in expert order
+        xs = jnp.take(x, token, axis=0)  # [N * k, E]
+        w = jnp.take(weights.reshape(-1), order)
+        if self.scales_input:  # Llama 4: each assignment's input times its weight, its output unweighted
+            xs, w = xs * w[:, None].astype(x.dtype), jnp.ones_like(w)
+        gate, up, down = (self._weight(*s, x.dtype) for s in stacks)
+        g, u = jax.lax.ragged_dot(xs, gate, groups), jax.lax.ragged_dot(xs, up, groups)
+        if biases is not None:  # each assignment's expert's biases (rows past the local groups: masked below)
+            ids = jnp.take(flat, order)
+            bias = [jnp.take(b_, ids, axis=0, mode="clip") for b_ in biases]
+            g, u = g + bias[0], u + bias[1]
+        y = jax.lax.ragged_dot(self._glu(g, u), down, groups)  # [N * k, E]
+        if biases is not None:
+            y = y + bias[2]
+        y = y.astype(jnp.float32) * w[:, None]
+        if mine is not None:  # rows past the local groups belong to no group: nothing of theirs is added
+            y = jnp.where(jnp.take(mine, order)[:, None], y, 0.0)
+        return jnp.zeros(x.shape, jnp.float32).at[token].add(y)
+
+    def _gathered(self, x, w, flat, stacks, biases=None):
+        """`_experts` as each assignment's own expert matrices taken from the stacks (reads k
+        experts per token) and one product per assignment. w [N * k] float32, flat [N * k] local ids."""
+        gate, up, down = (self._weight(*(None if a is None else jnp.take(a, flat, axis=0) for a in s), x.dtype)
+                          for s in stacks)  # [N * k, E, F], [N * k, F, E]
+        bias = [0, 0, 0] if biases is None else [jnp.take(b_, flat, axis=0) for b_ in biases]
+        xs = jnp.repeat(x, self.k, axis=0)
+        if self.scales_input:  # Llama 4: see _experts
+            xs, w = xs * w[:, None].astype(x.dtype), jnp.ones_like(w)
+        h = self._glu(jnp.einsum("ne,nef->nf", xs, gate) + bias[0], jnp.einsum("ne,nef->nf", xs, up) + bias[1])
+        y = (jnp.einsum("nf,nfe->ne", h, down) + bias[2]).astype(jnp.float32) * w[:, None]
+        return y.reshape(x.shape[0], self.k, -1).sum(1)
+
+    def _split_experts(self, x, weights, experts, stacks):
+        """`_experts` with the stacks split over `expert_axis`: each device runs its own experts on
+        every token (tokens, weights and ids replicated over the axis), the partial sums psum'd."""
+        axis = self.expert_axis
+        # Under the engine's shard_map over dp, shard_map takes the context's (abstract) mesh.
+        context = jax.sharding.get_abstract_mesh()
+        mesh = self.expert_mesh if context.empty else context
+        local = stacks[0][0].shape[0] // mesh.shape[axis]
+
+        def body(x, weights, experts, stacks):
+            partial = self._experts(x, weights, experts, stacks, jax.lax.axis_index(axis) * local)
+            return jax.lax.psum(partial, axis)
+
+        whole, split = jax.sharding.PartitionSpec(), jax.sharding.PartitionSpec(axis)
+        specs = (whole, whole, whole, jax.tree.map(lambda _: split, stacks))
+        run = jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=whole, axis_names={axis}, check_vma=False)
+        return run(x, weights, experts, stacks)
+
+
+def limited_top_k(scores, k: int, bias=None, groups: tuple | None = None):
+    """DeepSeek's choice of k experts by `scores` [N, X] float32 -> (weights [N, k], expert ids [N, k]).
+    `bias` [X] (DeepSeek-V3's e_score_correction_bias) is added to the scores for choosing only; the
+    weights are the scores of the chosen. `groups` (n_group, topk_group, score), None for none:
+    the experts split into n_group equal groups, each scored by its "max" (DeepSeek-V2's
+    group_limited_greedy: the other groups' scores set to 0, the weights taken from those) or the
+    sum of its best two (DeepSeek-V3: the other groups' experts never chosen, the weights their
+    unmasked scores); only the topk_group best groups' experts may be chosen."""
+    choice = scores if bias is None else scores + bias
+    if groups is not None:
+        n_group, picked, score = groups
+        grouped = choice.reshape(choice.shape[0], n_group, -1)
+        group_scores = jnp.max(grouped, axis=-1) if score == "max" else jnp.sum(jax.lax.top_k(grouped, 2)[0], axis=-1)
+        best = jax.lax.top_k(group_scores, picked)[1]
+        allowed = jnp.repeat(jnp.sum(jax.nn.one_hot(best, n_group, dtype=jnp.int32), axis=-2) > 0, grouped.shape[-1], axis=-1)
+        if score == "max":
+            scores = choice = jnp.where(allowed, choice, 0.0)
+        else:
+            choice = jnp.where(allowed, choice, -jnp.inf)
+    experts = jax.lax.top_k(choice, k)[1]
+    return jnp.take_along_axis(scores, experts, axis=-1), experts
+
+
+def sparsemixer(logits, jitter: float):
+    """PhiMoE's router in inference (transformers' `sparsemixer`, training off): two picks, the best
+    logit, then the best of the others. Each pick's weight is its softmax over the logits s it keeps:
+    those not yet taken with (best - s) / max(|s|, best) <= 2 * jitter. logits [N, X] float32 ->
+    (weights [N, 2], expert ids [N, 2])."""
+
+    def pick(scores):  # scores: the logits, those already taken at -inf
+        best = jnp.max(scores, axis=-1, keepdims=True)
+        kept = jnp.where((best - logits) / jnp.maximum(jnp.abs(logits), best) > 2 * jitter, -jnp.inf, scores)
+        expert = jnp.argmax(scores, axis=-1)
+        return jnp.take_along_axis(jax.nn.softmax(kept, axis=-1), expert[:, None], axis=-1)[:, 0], expert
+
+    w1, first = pick(logits)
+    w2, second = pick(jnp.where(jax.nn.one_hot(first, logits.shape[-1], dtype=bool), -jnp.inf, logits))
+    return jnp.stack([w1, w2], axis=-1), jnp.stack([first, second], axis=-1)
+
+
+# ragged_dot reads every expert of the stack whatever the tokens (XLA's GPU form pads the groups;
+# on an H200 a Qwen3-30B-A3B layer's experts take 323 us for one token, whose 8 experts are 27 us
+# of reads), so a decode step with few (token, expert) assignments takes each assignment's expert
+# matrices on their own ("gather": 113 us) while GATHER_BELOW times the assignments is under the
+# experts; each gathered assignment costs about 3 expert reads, and the gather loses from there
+# (Mixtral-8x7B, 2 tokens: 1,113 us against 721). benchmarks/moe_probe.py; docs/benchmarks.md.
+GATHER_BELOW = 2
+
+
+def expert_form(assignments: int, experts: int) -> str:
+    """How `MoE._experts` runs `assignments` (token, expert) pairs over `experts` local experts."""
+    return "gather" if assignments * GATHER_BELOW < experts else "ragged"
+
+
+def split_experts(module, mesh, axis: str | None) -> None:
+    """Tell every MoE block of `module` that mesh axis `axis` of `mesh` splits its experts (the
+    loader, placing a model: axis is jaxllm.sharding.RULES["expert"]); no mesh, no such axis or
+    one of size 1: the blocks run all their experts as on one device."""
+    on = mesh is not None and axis is not None and mesh.shape.get(axis, 1) > 1
+    for _, node in nnx.iter_graph(module):
+        if isinstance(node, MoE):
+            node.expert_mesh, node.expert_axis = (mesh, axis) if on else (None, None)
+
+
+def make_mlp(cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
+    """The feed-forward block of one decoder layer: routed experts, a dense gated MLP, or an
+    ungated one (`cfg.gated_mlp` False: Arcee), its biases as mlp_bias says."""
+    if cfg.layer_is_moe(layer):
+        return MoE(cfg, dtype=dtype, rngs=rngs)
+    if not cfg.gated_mlp:
+        return MLP(cfg, dtype=dtype, rngs=rngs, bias=cfg.mlp_bias)
+    return GatedMLP(cfg, dtype=dtype, rngs=rngs)
