@@ -287,7 +287,7 @@ class HFCheckpoint:
         text model's, weights.wrapped_names; a tied embedding kept under the head's name,
         weights.tied_names; MXFP4 experts dequantized, mxfp4.mxfp4_names)."""
         specs = list(specs)
-        tensors = self.tensors
+        tensors = arch.tensors(self.tensors)
         if config_fields.read_quantized(self.raw) == "mxfp4":
             tensors = mxfp4.mxfp4_names(tensors, specs)
         if self.wrapper is not None:

@@ -145,6 +145,9 @@ class Architecture:
     # cfg -> regexes of further tensors this config's model does not read, beside `ignore` (Gemma 4:
     # the k/v projections its checkpoints keep for the layers that share another's keys and values).
     ignore_for: Callable = lambda cfg: ()
+    # The checkpoint's tensor source -> the same as the weight map names it (Qwen3.5-MoE's fused experts, which
+    # transformers also reads: weights.split_experts); a wrapper's `tensors` apply after these
+    tensors: Callable = lambda source: source
 
     def config(self, raw: dict) -> ModelConfig:
         """The ModelConfig of a config.json dict, validated."""

@@ -13,7 +13,12 @@ The shared decoder with:
   projections fused per key head (in_proj_qkvz, in_proj_ba: read apart by `Regrouped`);
 - Qwen3.5 (dense MLP): the linear projections apart (in_proj_qkv, in_proj_z, in_proj_b,
   in_proj_a); its text model also loads out of Qwen3_5ForConditionalGeneration checkpoints. Its
-  multimodal rope (mrope) turns text positions as plain rope does, which is what is computed here.
+  multimodal rope (mrope) turns text positions as plain rope does, which is what is computed here;
+- Qwen3.5-MoE (modeling_qwen3_5_moe.py): Qwen3.5's layers with Qwen3-Next's routed experts and gated
+  shared expert in every layer (its config has no mlp_only_layers, decoder_sparse_step, norm_topk_prob
+  nor intermediate_size: the router always renormalises its top k); the experts per expert
+  (experts.{j}.gate_proj, as transformers saves them) or fused (experts.gate_up_proj [X, 2F, E],
+  experts.down_proj [X, E, F], transformers' parameters; weights.split_experts reads them apart).
 """
 
 from jaxllm.errors import ConfigError
@@ -22,7 +27,7 @@ from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, decoder_weight_map, dense
 from jaxllm.models.moe import dense_layers, moe_weight_map
 from jaxllm.models.transforms import Copy, Linear, Regrouped
-from jaxllm.models.weights import WeightSpec
+from jaxllm.models.weights import WeightSpec, split_experts
 
 HYBRID_TYPES = ("linear_attention", "full_attention")
 
@@ -48,11 +53,28 @@ def hybrid_defaults(raw: dict) -> dict:
     )
 
 
+def _routed_defaults(raw: dict, norm_topk_prob: bool, dense: tuple[int, ...]) -> dict:
+    """The hybrid layers with routed experts and the gated shared expert."""
+    return dict(hybrid_defaults(raw), num_experts=raw["num_experts"], experts_per_token=raw["num_experts_per_tok"],
+                moe_intermediate_size=raw["moe_intermediate_size"], norm_topk_prob=norm_topk_prob, dense_layers=dense,
+                shared_expert_intermediate_size=raw["shared_expert_intermediate_size"])
+
+
 def qwen3_next_defaults(raw: dict) -> dict:
-    experts = raw["num_experts"]
-    return dict(hybrid_defaults(raw), num_experts=experts, experts_per_token=raw["num_experts_per_tok"],
-                moe_intermediate_size=raw["moe_intermediate_size"], norm_topk_prob=bool(raw["norm_topk_prob"]),
-                dense_layers=dense_layers(raw, experts), shared_expert_intermediate_size=raw["shared_expert_intermediate_size"])
+    return _routed_defaults(raw, bool(raw["norm_topk_prob"]), dense_layers(raw, raw["num_experts"]))
+
+
+def qwen3_5_moe_defaults(raw: dict) -> dict:
+    """Every layer routed, the top k always renormalised (Qwen3_5MoeTopKRouter)."""
+    if not raw["num_experts"] or not raw["num_experts_per_tok"]:
+        raise ConfigError("config.json num_experts / num_experts_per_tok is 0, but every Qwen3.5-MoE layer routes its "
+                          "tokens to experts (transformers cannot pick from none): give both a positive value")
+    return _routed_defaults(raw, True, ())
+
+
+def _moe_width(raw: dict) -> dict:
+    """Qwen3_5MoeTextConfig has no intermediate_size (no layer is dense): the experts' width stands for it."""
+    return dict(raw, intermediate_size=raw["moe_intermediate_size"])
 
 
 def _linear_specs(cfg: ModelConfig, layer: int, fused: bool) -> list[WeightSpec]:
@@ -120,6 +142,16 @@ _TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_la
 QWEN3_5_MULTIMODAL = Wrapper(name="Qwen3_5ForConditionalGeneration", model_type="qwen3_5", text_model_type="qwen3_5_text",
                              other_modules=("visual",), top_level=dict(tie_word_embeddings=False))
 
+# Qwen3_5MoeTextConfig's field defaults (Qwen3.5-35B-A3B's shapes)
+_QWEN3_5_MOE_DEFAULTS = dict({k: v for k, v in _NEXT_DEFAULTS.items() if k != "intermediate_size"}, vocab_size=248320,
+                             num_hidden_layers=40, num_experts=256, num_experts_per_tok=8, moe_intermediate_size=512,
+                             shared_expert_intermediate_size=512)
+QWEN3_5_MOE_MULTIMODAL = Wrapper(name="Qwen3_5MoeForConditionalGeneration", model_type="qwen3_5_moe",
+                                 text_model_type="qwen3_5_moe_text", other_modules=("visual",),
+                                 top_level=dict(tie_word_embeddings=False))
+_ROUTED = {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"}
+_ROUTED_NOT_NULL = ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "shared_expert_intermediate_size")
+
 ARCHITECTURES = (Architecture(
     name="Qwen3_5ForCausalLM", module=CausalLM, weight_map=hybrid_weight_map(fused=False), hf_model_type="qwen3_5_text",
     config_defaults=hybrid_defaults, hf_defaults=_QWEN3_5_DEFAULTS, partial_rotary=True, not_null=_HYBRID_NOT_NULL,
@@ -129,14 +161,25 @@ ARCHITECTURES = (Architecture(
     tiny_config=_TINY,
 ), Architecture(
     name="Qwen3NextForCausalLM", module=CausalLM, hf_model_type="qwen3_next", config_defaults=qwen3_next_defaults,
-    weight_map=moe_weight_map("mlp", {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"},
-                              base=hybrid_weight_map(fused=True)),
+    weight_map=moe_weight_map("mlp", _ROUTED, base=hybrid_weight_map(fused=True)),
     hf_defaults=dict(_NEXT_DEFAULTS, num_experts=512, num_experts_per_tok=10, moe_intermediate_size=512,
                      shared_expert_intermediate_size=512, norm_topk_prob=True, decoder_sparse_step=1),
     partial_rotary=True, ignored_keys=("sliding_window",) + NO_WINDOW_SWITCH, ignore=(r".*rotary_emb\.inv_freq$", r"^mtp\."),
-    not_null=_HYBRID_NOT_NULL + ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
-                                 "decoder_sparse_step", "shared_expert_intermediate_size"),
+    not_null=_HYBRID_NOT_NULL + _ROUTED_NOT_NULL + ("norm_topk_prob", "decoder_sparse_step"),
     # layer 1 dense (mlp_only_layers), the others routed with the gated shared expert
     tiny_config=dict(_TINY, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48,
                      norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[1]),
+), Architecture(
+    name="Qwen3_5MoeForCausalLM", module=CausalLM, hf_model_type="qwen3_5_moe_text", config_defaults=qwen3_5_moe_defaults,
+    weight_map=moe_weight_map("mlp", _ROUTED, base=hybrid_weight_map(fused=False)), hf_defaults=_QWEN3_5_MOE_DEFAULTS,
+    common_names=_moe_width, partial_rotary=True, not_null=_HYBRID_NOT_NULL + _ROUTED_NOT_NULL,
+    # keys Qwen3_5MoeTextConfig dropped from Qwen3NextConfig, which its modeling never reads
+    ignored_keys=("sliding_window", "intermediate_size", "norm_topk_prob", "decoder_sparse_step", "mlp_only_layers")
+    + NO_WINDOW_SWITCH, ignore=(r".*rotary_emb\.inv_freq$", r"^mtp\."), wrappers=(QWEN3_5_MOE_MULTIMODAL,),
+    tensors=split_experts,
+    # Qwen3.5's tiny layers, every one routed, with an mrope rope as Qwen3.5-MoE's text configs spell it
+    tiny_config=dict({k: v for k, v in _TINY.items() if k != "intermediate_size"}, num_experts=4, num_experts_per_tok=2,
+                     moe_intermediate_size=32, shared_expert_intermediate_size=48,
+                     rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+                                      "mrope_section": [2, 1, 1], "mrope_interleaved": True}),
 ))

@@ -51,3 +51,22 @@ def torch_logits(model, tokens: np.ndarray) -> np.ndarray:
 def max_rel_diff(ours, ref) -> float:
     ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
     return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+def fused_experts(tensors: dict) -> dict:
+    """Per-expert tensors (experts.{j}.gate_proj.weight, ...) fused as transformers' Qwen3_5MoeExperts holds
+    them: experts.gate_up_proj [X, 2F, hidden] (each expert's gate rows, then up rows), experts.down_proj [X, hidden, F]."""
+    out, groups = {}, {}
+    for name, tensor in tensors.items():
+        head, sep, tail = name.partition(".experts.")
+        if not sep:
+            out[name] = tensor
+            continue
+        j, proj, _ = tail.split(".")
+        groups.setdefault(head, {}).setdefault(proj, {})[int(j)] = tensor
+    for head, projs in groups.items():
+        count = len(projs["down_proj"])
+        out[head + ".experts.gate_up_proj"] = torch.stack([torch.cat([projs["gate_proj"][j], projs["up_proj"][j]]) for j in range(count)])
+        out[head + ".experts.down_proj"] = torch.stack([projs["down_proj"][j] for j in range(count)])
+    return out
+

@@ -118,6 +118,11 @@ def _tensors(rename=lambda name: name, add=lambda tensors: {}):
     return rewrite
 
 
+def _fuse(path):
+    from safetensors.torch import load_file, save_file
+    save_file(reference.fused_experts(load_file(path)), path, metadata={"format": "pt"})
+
+
 def _gemma4_as_hub_spells_it(raw):
     """A saved tiny Gemma 4 config.json as google/gemma-4-*'s files spell it."""
     layers = raw.pop("per_layer_config")
@@ -693,6 +698,14 @@ SPELLINGS = {
                                                                              partial_rotary_factor=0.5)),
     "qwen3_5-default-layers-and-rope": ("Qwen3_5ForCausalLM", dict(layer_types=["linear_attention"] * 3 + ["full_attention"]),
                                         _edit(("layer_types", "rope_parameters"))),
+    # Qwen3.5-MoE: the layer types left out (every 4th full), and the Qwen3-Next keys its config class dropped, which
+    # its modeling never reads (top k always renormalised, every layer routed, no dense width)
+    "qwen3_5_moe-default-layers-and-dropped-keys": ("Qwen3_5MoeForCausalLM",
+                                                    dict(layer_types=["linear_attention"] * 3 + ["full_attention"]),
+                                                    _edit(("layer_types",), norm_topk_prob=False, mlp_only_layers=[1],
+                                                          decoder_sparse_step=2, intermediate_size=96)),
+    # its experts fused, as transformers' Qwen3_5MoeExperts holds them (gate_up_proj [X, 2F, hidden], down_proj)
+    "qwen3_5_moe-fused-experts": ("Qwen3_5MoeForCausalLM", {}, _edit(), _fuse),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
