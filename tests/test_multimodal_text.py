@@ -504,34 +504,26 @@ def test_qwen3_vl_moe_released_expert_layout_and_conversion(tmp_path):
     text = reload(tmp_path / "back")
     assert type(text).__name__ == "Qwen3MoeForCausalLM"
     assert reference.max_rel_diff(reference.torch_logits(text, TOKENS), expected) <= TOL
-def test_qwen3_5_wrapper_loads_its_text_model(tmp_path):
-    """Qwen3_5ForConditionalGeneration (a one-layer vision model): its language model's logits, hybrid layers and all."""
-    torch.manual_seed(0)
-    text = registry.get("Qwen3_5ForCausalLM").tiny_config
-    vision = dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=64, patch_size=14)
-    ref = transformers.Qwen3_5ForConditionalGeneration(transformers.Qwen3_5Config(text_config=text, vision_config=vision))
-    reference.randomize(ref, 0)
-    ref.float().eval().save_pretrained(tmp_path)
-    model = jaxllm.load(tmp_path)
-    assert model.config.architecture == "Qwen3_5ForCausalLM" and model.config.recurrent
-    theirs = ref.lm_head(ref.model.language_model(torch.as_tensor(TOKENS)).last_hidden_state).detach().numpy()
-    assert reference.max_rel_diff(model.logits(TOKENS), theirs) <= TOL
 
 
-def test_qwen3_5_moe_wrapper_loads_its_text_model_with_fused_experts(tmp_path):
-    """Qwen3_5MoeForConditionalGeneration (a one-layer vision model) with its experts fused in the file, as
-    transformers' parameters hold them: its language model's logits."""
+@pytest.mark.parametrize("family, fused", [("Qwen3_5", False), ("Qwen3_5Moe", True)])
+def test_qwen3_5_wrappers_load_their_text_model(family, fused, tmp_path):
+    """Qwen3_5ForConditionalGeneration and Qwen3_5MoeForConditionalGeneration (a one-layer vision model): the
+    language model's logits, hybrid layers and all; Qwen3.5-MoE's experts fused in the file, as transformers'
+    parameters hold them (gate_up_proj [X, 2F, hidden], down_proj [X, hidden, F])."""
     torch.manual_seed(0)
-    text = registry.get("Qwen3_5MoeForCausalLM").tiny_config
+    text = registry.get(f"{family}ForCausalLM").tiny_config
     vision = dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=64, patch_size=14)
-    ref = transformers.Qwen3_5MoeForConditionalGeneration(transformers.Qwen3_5MoeConfig(text_config=text, vision_config=vision))
+    config = getattr(transformers, f"{family}Config")(text_config=text, vision_config=vision)
+    ref = getattr(transformers, f"{family}ForConditionalGeneration")(config)
     reference.randomize(ref, 0)
     ref.float().eval().save_pretrained(tmp_path)
-    path = tmp_path / "model.safetensors"
-    tensors = reference.fused_experts(load_file(path))
-    assert tensors["model.language_model.layers.0.mlp.experts.gate_up_proj"].shape == (4, 64, 64)  # [X, 2F, hidden]
-    save_file(tensors, path, metadata={"format": "pt"})
+    if fused:
+        path = tmp_path / "model.safetensors"
+        tensors = reference.fused_experts(load_file(path))
+        assert tensors["model.language_model.layers.0.mlp.experts.gate_up_proj"].shape == (4, 64, 64)
+        save_file(tensors, path, metadata={"format": "pt"})
     model = jaxllm.load(tmp_path)
-    assert model.config.architecture == "Qwen3_5MoeForCausalLM" and model.config.recurrent
+    assert model.config.architecture == f"{family}ForCausalLM" and model.config.recurrent
     theirs = ref.lm_head(ref.model.language_model(torch.as_tensor(TOKENS)).last_hidden_state).detach().numpy()
     assert reference.max_rel_diff(model.logits(TOKENS), theirs) <= TOL
