@@ -1,6 +1,7 @@
 """The serving engine: requests in, token events out, over a paged KV cache (nano-vllm's
 llm_engine, in JAX). The pieces, each in its own small file:
 
+  jaxllm/serving/requests.py       Request, Event, Score: what goes in and comes out
   jaxllm/serving/block_manager.py  pages, reference counts, the prefix cache (host)
   jaxllm/serving/scheduler.py      who runs this step: prefill chunks within a token budget,
                                    the decode batch, preemption when pages run out (host)
@@ -28,8 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import weakref
-from dataclasses import dataclass
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
 import jax
 import numpy as np
@@ -42,6 +42,7 @@ from jaxllm.sampling import SamplingParams
 from jaxllm.serving import cascade as cascade_plan
 from jaxllm.serving import memory
 from jaxllm.serving.block_manager import BlockManager
+from jaxllm.serving.requests import Event, Request, Score, context_error, fit_advice
 from jaxllm.serving.runner import Row, Runner
 from jaxllm.serving.scheduler import PrefillChunk, Scheduler
 from jaxllm.serving.sequence import Sequence, Status
@@ -49,62 +50,6 @@ from jaxllm.serving.shapes import CallShapes
 from jaxllm.serving.steps import ERROR
 
 log = logging.getLogger("jaxllm")
-
-
-def context_error(prompt_tokens: int, max_new: int, cfg) -> str:
-    """The one-line refusal of a request beyond the model's positions (cfg.context_length): learned
-    position tables end there, and rotary models were trained up to it (transformers would compute
-    on, vLLM refuses, as this does)."""
-    limit = cfg.context_length
-    fix = _fit(prompt_tokens, max_new, limit)
-    what = "positions this model has learned" if cfg.position_embedding == "learned" else "positions of this model's context"
-    return f"prompt of {prompt_tokens:,} tokens + max_new_tokens={max_new:,} exceeds the {limit:,} {what}: {fix}"
-
-
-def _fit(prompt_tokens: int, max_new: int, limit: int) -> str:
-    """What makes a prompt and its max_new_tokens fit `limit` positions, so that following it does
-    not meet a second refusal: fewer new tokens where the prompt leaves room, else a prompt short
-    enough for the new tokens asked for."""
-    if prompt_tokens < limit:
-        return f"lower max_new_tokens to at most {limit - prompt_tokens:,}"
-    if max_new < limit:
-        return f"shorten the prompt to at most {limit - max_new:,} tokens"
-    return f"shorten the prompt and lower max_new_tokens (together at most {limit:,} tokens)"
-
-
-@dataclass
-class Request:
-    prompt: list[int]
-    params: SamplingParams
-    index: int = 0
-
-
-@dataclass
-class Event:
-    """New tokens of one request, as the host loop sees them. A request's events arrive in order;
-    the last one is `finished` and names its `finish_reason`: "stop" (its last token is an EOS id),
-    "length" (max_new_tokens reached) or "error" (non-finite logits). Stop strings are matched in
-    the decoded text, above the engine (jaxllm.generation.Output), and an aborted request gets no
-    last event."""
-
-    index: int
-    tokens: list[int]
-    logprobs: list[float]
-    finished: bool = False
-    error: bool = False  # the model's logits turned non-finite: the request ends here, without a token
-    finish_reason: str | None = None  # set on the last event: "stop", "length" or "error"
-
-
-class Score(NamedTuple):
-    """Engine.score's answer for tokens t_0 .. t_n-1 (teacher-forced: each prefix is the given
-    tokens, never the model's)."""
-
-    logprobs: np.ndarray  # float32 [n - 1]: log p(t_i | t_0 .. t_i-1) for i >= 1
-    greedy: np.ndarray  # int32 [n - 1]: the model's most likely token after t_0 .. t_i-1, i >= 1
-
-    @property
-    def perplexity(self) -> float:
-        return float(np.exp(-np.mean(self.logprobs)))
 
 
 class Engine:
@@ -258,7 +203,7 @@ class Engine:
         if total > self.max_len:
             raise GenerationError(
                 f"prompt of {n} tokens + max_new_tokens={req.params.max_new_tokens} exceeds the engine's max_len "
-                f"{self.max_len}: {_fit(n, req.params.max_new_tokens, self.max_len)}, or raise max_len")
+                f"{self.max_len}: {fit_advice(n, req.params.max_new_tokens, self.max_len)}, or raise max_len")
         pages = self.blocks.pages_for(total - 1)  # the keys written: the last new token is sampled, never written
         if pages > self.blocks.shard_pages:
             where = "the pool has" if self.dp == 1 else f"each of the pool's {self.dp} data-parallel shards has"
