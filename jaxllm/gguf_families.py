@@ -6,7 +6,7 @@ share. jaxllm/gguf.py reads the files by it.
 The architectures (ARCHITECTURES) are those jaxllm serves whose GGUF files transformers' GGUF
 loader reads too, and each reads as that loader reads it (tests/test_quant.py holds the two to the
 same logits). What llama.cpp changed on the way in is undone: Llama-family q/k rows permuted for its
-rotary layout, BLOOM's per-head q/k/v rows grouped as q | k | v, Gemma's norms stored as 1 + w, GPT-2's Conv1D weights transposed, the MoE experts
+rotary layout, BLOOM's per-head q/k/v rows grouped as q | k | v, Gemma's and Nemotron's norms stored as 1 + w, GPT-2's Conv1D weights transposed, the MoE experts
 stacked in one tensor, Qwen2-MoE's shared-expert gate squeezed to a vector; where that loader drops
 metadata llama.cpp reads (Phi-3's LongRoPE, Gemma 27B's attention scale, the MoE experts' widths,
 ...), we read it as llama.cpp does.
@@ -158,15 +158,44 @@ def _bloom_config(get, raw: dict) -> None:
     raw["tie_word_embeddings"] = True
 
 
+def _falcon_config(get, raw: dict) -> None:
+    """Falcon: the layout transformers' GGUF loader reads (FalconConfig's defaults: Falcon-7B's one kv
+    head, attention and MLP in parallel off one LayerNorm, no biases, rotary positions), its MLP
+    width and LayerNorm epsilon from the file as llama.cpp reads them (that loader keeps 4 x hidden and
+    1e-5: Falcon-7B's own); the head tied, as that loader ties falcon's. Falcon-40B/180B's new
+    decoder (kv groups, ln_attn and ln_mlp) is refused: that loader reads it as Falcon-7B's."""
+    kv = get("attention.head_count_kv")
+    if kv != 1:
+        raise CheckpointError(f"GGUF falcon file with {kv} kv heads (Falcon-40B/180B's new decoder): not supported from GGUF "
+                              "(transformers' GGUF loader reads only Falcon-7B's one kv head); load the model's Hugging Face "
+                              "checkpoint instead")
+    del raw["rms_norm_eps"], raw["attention_bias"], raw["intermediate_size"]
+    raw.update(ffn_hidden_size=get("feed_forward_length"), activation="gelu", multi_query=True, parallel_attn=True,
+               new_decoder_architecture=False, bias=False, alibi=False, tie_word_embeddings=True,
+               layer_norm_epsilon=decimal(get("attention.layer_norm_epsilon", 1e-5)))
+
+
+def _nemotron_config(get, raw: dict) -> None:
+    """Nemotron: LayerNorm's epsilon as llama.cpp reads it (attention.layer_norm_epsilon; transformers'
+    GGUF loader looks for an RMS one llama.cpp does not write and keeps 1e-5), and the rotary part of
+    each head from rope.dimension_count (that loader keeps NemotronConfig's 0.5, every Nemotron's)."""
+    del raw["rms_norm_eps"]
+    raw["norm_eps"] = decimal(get("attention.layer_norm_epsilon", 1e-5))
+    part = _rotary_part(get, raw, "nemotron")
+    if part is not None:
+        raw["partial_rotary_factor"] = part
+
+
 _GEMMA_NAMES = {"ffn_norm": "pre_feedforward_layernorm", "post_attention_norm": "post_attention_layernorm",
                 "post_ffw_norm": "post_feedforward_layernorm"}
 # Qwen2-MoE's shared expert and its gate (one score a token), beside the routed experts
 _QWEN2_MOE_NAMES = {"ffn_gate_shexp": "mlp.shared_expert.gate_proj", "ffn_up_shexp": "mlp.shared_expert.up_proj",
                     "ffn_down_shexp": "mlp.shared_expert.down_proj", "ffn_gate_inp_shexp": "mlp.shared_expert_gate"}
-_BLOOM_NAMES = {"token_embd": "transformer.word_embeddings", "token_embd_norm": "transformer.word_embeddings_layernorm",
-                "output_norm": "transformer.ln_f", "blk": "transformer.h", "attn_norm": "input_layernorm",
-                "attn_qkv": "self_attention.query_key_value", "attn_output": "self_attention.dense",
-                "ffn_norm": "post_attention_layernorm", "ffn_up": "mlp.dense_h_to_4h", "ffn_down": "mlp.dense_4h_to_h"}
+_FALCON_NAMES = {"token_embd": "transformer.word_embeddings", "output_norm": "transformer.ln_f", "blk": "transformer.h",
+                 "attn_norm": "input_layernorm", "attn_qkv": "self_attention.query_key_value",
+                 "attn_output": "self_attention.dense", "ffn_up": "mlp.dense_h_to_4h", "ffn_down": "mlp.dense_4h_to_h"}
+# BLOOM: Falcon's names, the embeddings' LayerNorm and a sequential layer's second norm
+_BLOOM_NAMES = {**_FALCON_NAMES, "token_embd_norm": "transformer.word_embeddings_layernorm", "ffn_norm": "post_attention_layernorm"}
 _GPT2_NAMES = {"token_embd": "transformer.wte", "position_embd": "transformer.wpe", "output_norm": "transformer.ln_f",
                "blk": "transformer.h", "attn_norm": "ln_1", "attn_qkv": "attn.c_attn", "attn_output": "attn.c_proj",
                "ffn_norm": "ln_2", "ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"}
@@ -188,6 +217,8 @@ ARCHITECTURES = {
                    config=_gpt2_config),
     "stablelm": Family("StableLmForCausalLM", config=_stablelm_config, tensors=_stablelm_tensors),
     "bloom": Family("BloomForCausalLM", names=_BLOOM_NAMES, per_head_qkv=("attn_qkv",), config=_bloom_config),
+    "falcon": Family("FalconForCausalLM", names=_FALCON_NAMES, config=_falcon_config),
+    "nemotron": Family("NemotronForCausalLM", norm_shift=1.0, config=_nemotron_config),
     "starcoder2": Family("Starcoder2ForCausalLM", names={"ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"}, config=_starcoder2_config),
 }
 # the keys each family cannot do without, besides the shared ones (check_required)

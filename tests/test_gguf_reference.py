@@ -69,6 +69,15 @@ FAMILIES = {
               {"attn_norm": (E,), "attn_norm.bias": (E,), "attn_qkv": (3 * E, E), "attn_qkv.bias": (3 * E,), "attn_output": (E, E),
                "attn_output.bias": (E,), "ffn_norm": (E,), "ffn_norm.bias": (E,), "ffn_up": (F, E), "ffn_up.bias": (F,),
                "ffn_down": (E, F), "ffn_down.bias": (E,)}, 2),
+    # Falcon-7B: one kv head's q | k | v rows, attention and MLP in parallel off one LayerNorm, no biases, tied
+    "falcon": ({"attention.head_count": 4, "attention.head_count_kv": 1, "attention.layer_norm_epsilon": 1e-5, "rope.freq_base": 10000.0},
+               {"output_norm.bias": (E,)}, {"attn_norm": (E,), "attn_norm.bias": (E,), "attn_qkv": (E + 2 * 16, E), "attn_output": (E, E),
+                                            "ffn_up": (F, E), "ffn_down": (E, F)}, 2),
+    # Nemotron: LayerNorms with biases stored as 1 + w, half of each head rotated, an ungated MLP
+    "nemotron": ({"attention.head_count": 4, "attention.head_count_kv": 2, "rope.dimension_count": 8, "rope.freq_base": 10000.0,
+                  "attention.layer_norm_epsilon": 1e-5}, {"output": (V, E), "output_norm.bias": (E,)},
+                 dict(_attention(4, 2, 16), ffn_up=(F, E), ffn_down=(E, F), **{"attn_norm": (E,), "attn_norm.bias": (E,),
+                                                                              "ffn_norm": (E,), "ffn_norm.bias": (E,)}), 2),
 }
 
 
@@ -141,9 +150,9 @@ def transformers_gguf(path: Path):
 TOKENS = np.random.default_rng(2).integers(0, V, (2, 12))  # longer than the Gemmas' window (4)
 # the families whose tensors are laid out differently (q/k rows permuted, Gemma's shifted norms, Phi-3's fused rows,
 # GPT-2's transposed Conv1D weights, the MoE expert stacks split by their bytes, Qwen2-MoE's shared expert and its gate
-# stored as a vector, BLOOM's q/k/v rows regrouped per head), and Mistral, which llama.cpp files under llama; Qwen2 / Qwen3 / Gemma 3 lay theirs out as Llama /
+# stored as a vector, BLOOM's q/k/v rows regrouped per head, Falcon's names, Nemotron's shifted norms with biases), and Mistral, which llama.cpp files under llama; Qwen2 / Qwen3 / Gemma 3 lay theirs out as Llama /
 # Gemma 2 do (test_quant.py holds every family's F16 and Q8_0 file to transformers, all but Qwen2-MoE, held here only)
-CASES = [(arch, None) for arch in ("llama", "qwen3moe", "qwen2moe", "phi3", "gemma2", "gpt2", "bloom")] + [("llama", "Mistral 7B Instruct v0.3")]
+CASES = [(arch, None) for arch in ("llama", "qwen3moe", "qwen2moe", "phi3", "gemma2", "gpt2", "bloom", "falcon", "nemotron")] + [("llama", "Mistral 7B Instruct v0.3")]
 
 
 @pytest.mark.parametrize("arch, name", CASES, ids=[a if n is None else "mistral" for a, n in CASES])

@@ -645,8 +645,19 @@ GGUF_ARCHS = {
               {"attn_norm": (64,), "attn_norm.bias": (64,), "attn_qkv": (192, 64), "attn_qkv.bias": (192,),
                "attn_output": (64, 64), "attn_output.bias": (64,), "ffn_norm": (64,), "ffn_norm.bias": (64,),
                "ffn_up": (256, 64), "ffn_up.bias": (256,), "ffn_down": (64, 256), "ffn_down.bias": (64,)}, 2),
+    # Falcon-7B's: one kv head (q | k | v rows), attention and MLP in parallel off one LayerNorm, no biases; an output of
+    # its own values, as BLOOM's
+    "falcon": ({"attention.head_count": 4, "attention.head_count_kv": 1, "attention.layer_norm_epsilon": 1e-5,
+                "rope.freq_base": 10000.0}, {"output_norm.bias": (64,), "output": (96, 64)},
+               {"attn_norm": (64,), "attn_norm.bias": (64,), "attn_qkv": (96, 64), "attn_output": (64, 64),
+                "ffn_up": (256, 64), "ffn_down": (64, 256)}, 2),
+    # Nemotron's: LayerNorms with biases stored as 1 + w, GQA, half of each head rotated, an ungated squared-ReLU MLP
+    "nemotron": ({"attention.head_count": 4, "attention.head_count_kv": 2, "rope.dimension_count": 8,
+                  "attention.layer_norm_epsilon": 1e-5, "rope.freq_base": 10000.0}, {"output": (96, 64), "output_norm.bias": (64,)},
+                 dict(_attention(4, 2, 16), ffn_up=(128, 64), ffn_down=(64, 128), **{"attn_norm": (64,), "attn_norm.bias": (64,),
+                                                                                    "ffn_norm": (64,), "ffn_norm.bias": (64,)}), 2),
 }
-_FFN = {"gpt2": 256, "phi3": 128, "bloom": 256}
+_FFN = {"gpt2": 256, "phi3": 128, "bloom": 256, "falcon": 256}
 
 
 def _arch_gguf(path: Path, arch: str, drop=(), extra: dict | None = None, meta: dict | None = None,
@@ -729,8 +740,9 @@ def test_gguf_architectures_transformers_cannot_read_are_refused(arch, tmp_path)
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with pytest.raises(CheckpointError, match=rf"^GGUF architecture '{arch}' is not supported; supported: bloom, gemma2, gemma3, "
-                                              "gpt2, llama, mistral, phi3, qwen2, qwen2moe, qwen3, qwen3moe, stablelm, starcoder2$"):
+    with pytest.raises(CheckpointError, match=rf"^GGUF architecture '{arch}' is not supported; supported: bloom, falcon, gemma2, "
+                                              "gemma3, gpt2, llama, mistral, nemotron, phi3, qwen2, qwen2moe, qwen3, qwen3moe, stablelm, "
+                                              "starcoder2$"):
         jaxllm.load(tmp_path / "other.gguf", tokenizer=False)
 
 
@@ -740,6 +752,14 @@ def test_gguf_llama_with_experts_is_refused(tmp_path):
     _arch_gguf(tmp_path / "mixtral.gguf", "llama", meta={"expert_count": 8, "expert_used_count": 2})
     with pytest.raises(CheckpointError, match=r"^GGUF llama file with 8 experts \(Mixtral\): not supported[^\n]*$"):
         jaxllm.load(tmp_path / "mixtral.gguf", tokenizer=False)
+
+
+def test_gguf_falcon_new_decoder_is_refused(tmp_path):
+    """A falcon file with kv groups (Falcon-40B/180B's new decoder) is refused in one line:
+    transformers' GGUF loader reads every falcon file as Falcon-7B's one kv head."""
+    _arch_gguf(tmp_path / "falcon40b.gguf", "falcon", meta={"attention.head_count_kv": 2})
+    with pytest.raises(CheckpointError, match=r"^GGUF falcon file with 2 kv heads \(Falcon-40B/180B's new decoder\): not supported[^\n]*$"):
+        jaxllm.load(tmp_path / "falcon40b.gguf", tokenizer=False)
 
 
 GGUF_GAPS = [  # (architecture, metadata key or tensor left out, the error)
