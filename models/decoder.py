@@ -104,11 +104,11 @@ class DecoderModel(nnx.Module):
         projected = dict(bias=False, dtype=dtype, rngs=rngs, quantizable=False)
         self.project_in = Dense((width,), (e,), ("word_embed", "embed"), **projected) if width != e else None
         self.embed_positions = position_embeddings(cfg, dtype, rngs)
+        norm_cls, norm = final_norm or RMSNorm, norm_kwargs(cfg, dtype, rngs, final_norm)
         # BLOOM's word_embeddings_layernorm: the embeddings through a norm of the final norm's class
-        self.embed_norm = (final_norm or RMSNorm)(cfg.hidden_size, cfg.norm_eps, **norm_kwargs(cfg, dtype, rngs, final_norm)) \
-            if cfg.embed_norm else None
+        self.embed_norm = norm_cls(e, cfg.norm_eps, **norm) if cfg.embed_norm else None
         self.layers = nnx.List([layer_cls(cfg, i, dtype=dtype, rngs=rngs) for i in range(cfg.num_layers)])
-        self.norm = (final_norm or RMSNorm)(e, cfg.norm_eps, **norm_kwargs(cfg, dtype, rngs, final_norm)) if cfg.final_norm else None
+        self.norm = norm_cls(e, cfg.norm_eps, **norm) if cfg.final_norm else None
         self.project_out = Dense((e,), (width,), ("embed", "word_embed"), **projected) if width != e else None
 
     def __call__(self, tokens, positions, cache=None, kv=UNCACHED, lengths=None, trace: list | None = None):

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.layers import Dense, param
+from jaxllm.models.layers import Dense, RMSNorm, param
 
 CHUNK = 64  # tokens per chunk of the delta rule (transformers' chunk_size)
 
@@ -138,19 +138,12 @@ def causal_conv(x, conv_state, weight, valid):
     return jax.nn.silu(out).astype(x.dtype), new
 
 
-class GatedRMSNorm(nnx.Module, pytree=False):
-    """RMSNorm of each value head times w, then times silu(gate) in float32 (Qwen3NextRMSNormGated)."""
-
-    def __init__(self, dim: int, eps: float, *, dtype):
-        self.eps = eps
-        self.weight = param((dim,), ("norm",), dtype)
+class GatedRMSNorm(RMSNorm):
+    """The shared RMSNorm of each value head (its weight applied after the cast back, as Llama's),
+    then times silu(gate) in float32 (Qwen3NextRMSNormGated)."""
 
     def __call__(self, x, gate):
-        dtype = x.dtype
-        y = x.astype(jnp.float32)
-        y = y * jax.lax.rsqrt(jnp.mean(y * y, axis=-1, keepdims=True) + self.eps)
-        y = self.weight[...] * y.astype(dtype)
-        return (y * jax.nn.silu(gate.astype(jnp.float32))).astype(dtype)
+        return (super().__call__(x) * jax.nn.silu(gate.astype(jnp.float32))).astype(x.dtype)
 
 
 class GatedDeltaNet(nnx.Module):
@@ -173,7 +166,7 @@ class GatedDeltaNet(nnx.Module):
         self.conv1d = nnx.Dict(weight=param((channels, 1, cfg.linear_conv_kernel), ("linear", "norm", "norm"), dtype))  # HF's [C, 1, K]
         self.dt_bias = param((hv,), ("linear",), dtype)
         self.A_log = param((hv,), ("linear",), dtype)
-        self.norm = GatedRMSNorm(dv, cfg.norm_eps, dtype=dtype)
+        self.norm = GatedRMSNorm(dv, cfg.norm_eps, dtype=dtype, rngs=rngs)
         self.out_proj = Dense((hv, dv), (e,), ("linear", "head_dim", "embed"), **dense)
 
     def __call__(self, x, positions, cache: RecurrentState | None, kv):
