@@ -5,8 +5,9 @@ weights in bfloat16, in one process.
 
     python benchmarks/hybrid_prefill_probe.py [--prompts 512,2048,8192] [--new 128]
 
-With a cache the engine runs the delta rule as a scan over tokens (models/linear_attention.py), so
-a prompt's prefill on those layers is as many sequential steps as it has tokens.
+With a cache the engine runs the delta rule token by token: on one GPU as one Pallas kernel per layer
+call (models/delta_rule_gpu.py), with --scan as a lax.scan (session 25), as many sequential steps
+as the prompt has tokens.
 """
 
 import argparse
@@ -17,6 +18,7 @@ import numpy as np
 
 import jaxllm
 from jaxllm.engine import Engine
+from jaxllm.models import delta_rule_gpu
 from jaxllm.random_model import random_model
 
 QWEN3_5 = dict(architectures=["Qwen3_5ForCausalLM"], model_type="qwen3_5_text")  # the config class's defaults
@@ -50,10 +52,14 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--prompts", default="512,2048,8192")
     p.add_argument("--new", type=int, default=128)
+    p.add_argument("--scan", action="store_true", help="the delta rule as a lax.scan (before session 26), not the Pallas kernel")
+    p.add_argument("--only", default="llama3-8b,qwen3.5-9b")
     a = p.parse_args()
+    delta_rule_gpu.ENABLED = not a.scan
     lengths = [int(x) for x in a.prompts.split(",")]
-    measure("llama3-8b", "llama3-8b", lengths, a.new)
-    measure("qwen3.5-9b", QWEN3_5, lengths, a.new)
+    shapes = {"llama3-8b": "llama3-8b", "qwen3.5-9b": QWEN3_5}
+    for name in a.only.split(","):
+        measure(name + (" (scan)" if a.scan and name != "llama3-8b" else ""), shapes[name], lengths, a.new)
 
 
 if __name__ == "__main__":

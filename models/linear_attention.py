@@ -13,7 +13,7 @@ A whole sequence without a cache (full forward, research functions) runs the del
 transformers' chunked form (torch_chunk_gated_delta_rule): chunks of `CHUNK` tokens, a triangular
 solve within each and a scan over them, so memory grows with the tokens times CHUNK, never their
 square. With a cache (the engine's prefill chunks and decode) it runs token by token
-(`recurrent_delta_rule`, a lax.scan): the state a sequence reaches is then the same arithmetic
+(`recurrent_delta_rule`: a lax.scan, on one GPU a Pallas kernel, models/delta_rule_gpu.py): the state a sequence reaches is then the same arithmetic
 however its prompt was split into chunks and whatever shared its calls, as the engine's results
 must be; a long prompt's prefill is sequential in its tokens on those layers.
 """
@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxllm.models import delta_rule_gpu
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.layers import Dense, RMSNorm, param
 
@@ -110,6 +111,9 @@ def recurrent_delta_rule(q, k, v, g, beta, state):
     the tokens are split into calls, so a sequence prefilled in any chunks, then decoded, gets the
     same state (the engine's results do not depend on what else it runs); memory is the state's."""
     dk = k.shape[-1]
+    if delta_rule_gpu.fits(dk, v.shape[-1]):  # one kernel for all T tokens
+        q, k = (l2norm(x.astype(jnp.float32)) for x in (q, k))
+        return delta_rule_gpu.delta_rule(q * dk**-0.5, k, v, g, beta, state)
     q, k, v, g, beta = (jnp.moveaxis(x.astype(jnp.float32), 1, 0) for x in (q, k, v, g, beta))  # [T, B, H, ...]
     q, k = l2norm(q) * dk**-0.5, l2norm(k)
 
