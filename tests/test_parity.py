@@ -849,12 +849,39 @@ def _transformers_layout(arch, raw: dict):
     try:
         with warnings.catch_warnings():  # a deprecation warning (rope_scaling: null) is no refusal
             warnings.simplefilter("ignore")
-            hf = transformers.CONFIG_MAPPING[arch.hf_model_type].from_dict(json.loads(json.dumps(raw)))
-            with torch.device("meta"):
-                model = transformers.AutoModelForCausalLM.from_config(hf)
+            config_class = transformers.CONFIG_MAPPING[arch.hf_model_type]
+            hf = config_class.from_dict(json.loads(json.dumps(raw)))
+            key = _built_from(config_class, hf)
+            if key not in _HF_LAYOUTS:
+                with torch.device("meta"):
+                    model = transformers.AutoModelForCausalLM.from_config(hf)
+                _HF_LAYOUTS[key] = {name: tuple(p.shape) for name, p in model.named_parameters()}
     except Exception as err:  # noqa: BLE001 - any refusal of transformers' is one we must match
         return err
-    return {name: tuple(p.shape) for name, p in model.named_parameters()}
+    return _HF_LAYOUTS[key]
+
+
+_HF_LAYOUTS, _LAYOUTS, _ATTRIBUTES = {}, {}, {}
+
+
+def _built_from(config_class, hf) -> str:
+    """What transformers' model construction may read of config `hf`, as one key for the layouts
+    already built: its attributes, less those that are None and that neither its config class
+    defines nor its modeling code or transformers' shared modeling and rope code names (a key of
+    another family set to null, which nothing building this family's model reads)."""
+    import inspect
+    import re
+    import sys
+
+    import transformers
+
+    if config_class not in _ATTRIBUTES:
+        model_class = transformers.MODEL_FOR_CAUSAL_LM_MAPPING[config_class]
+        code = "".join(inspect.getsource(sys.modules[m]) for m in (model_class.__module__, "transformers.modeling_utils",
+                                                                   "transformers.modeling_rope_utils", "transformers.configuration_utils"))
+        _ATTRIBUTES[config_class] = set(config_class().to_dict()) | set(re.findall(r"\w+", code))
+    known = _ATTRIBUTES[config_class]
+    return json.dumps({k: v for k, v in hf.to_dict().items() if k in known or v is not None}, sort_keys=True, default=str)
 
 
 def _jaxllm_layout(raw: dict):
@@ -864,11 +891,16 @@ def _jaxllm_layout(raw: dict):
     from jaxllm.models import weights
 
     try:
-        p = loader.plan(json.loads(json.dumps(raw)))
+        raw = json.loads(json.dumps(raw))
+        arch = registry.architecture_of(raw)
+        cfg = arch.config(raw)
+        if repr(cfg) not in _LAYOUTS:  # the module is a function of its ModelConfig: built once per distinct one
+            _, abstract = loader.abstract_model(cfg, arch, loader.resolve_dtype("float32"))
+            shapes = {path: leaf.shape for path, leaf in weights.flat_params(abstract).items()}
+            _LAYOUTS[repr(cfg)] = weights.hf_layout(arch.weight_map(cfg), shapes)
     except ConfigError as err:
         return err
-    shapes = {path: leaf.shape for path, leaf in weights.flat_params(p.abstract).items()}
-    return weights.hf_layout(p.arch.weight_map(p.config), shapes)
+    return _LAYOUTS[repr(cfg)]
 
 
 def _forward_fails(arch, raw: dict) -> bool:
