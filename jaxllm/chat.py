@@ -73,13 +73,13 @@ def _session(args) -> int:
         raise JaxllmError("this checkpoint's tokenizer has no chat template, which a chat needs: "
                           'use python -m jaxllm.generate --no-chat "TEXT" for plain text')
     try:  # a template that refuses the system message, or cannot render at all, fails here, not every turn
-        try_template(model.tokenizer, args.system)
+        try_template(model.tokenizer, args.system, args.chat_template_kwargs)
     except InputError as err:
         raise InputError(f"{err}" + (": drop --system (this model's template may take no system message)"
                                      if args.system is not None else "")) from None
     if note := progress.greedy_note(args, params, getattr(model, "generation_config", None)):
         print(note, file=sys.stderr)
-    talk = Chat(model, params, args.system)
+    talk = Chat(model, params, args.system, template_kwargs=args.chat_template_kwargs)
     if talk.max_new >= talk.max_len:  # every message would be refused: say so now, not at each one
         raise JaxllmError(f"--max-new-tokens {talk.max_new:,} leaves no room for a message in this chat's context of "
                           f"{talk.max_len:,} tokens: use at most {talk.max_len - 1:,}")
@@ -94,10 +94,10 @@ def messages(system: str | None, history: list[dict], user: str) -> list[dict]:
     return ([{"role": "system", "content": system}] if system is not None else []) + history + [{"role": "user", "content": user}]
 
 
-def try_template(tokenizer, system: str | None) -> None:
+def try_template(tokenizer, system: str | None, template_kwargs: dict | None = None) -> None:
     """Render a first turn under `system` through the chat template: its InputError if the
     template refuses the system message or cannot render at all."""
-    encode_messages(tokenizer, messages(system, [], "Hello"))
+    encode_messages(tokenizer, messages(system, [], "Hello"), template_kwargs)
 
 
 class Stopped(Exception):
@@ -107,8 +107,8 @@ class Stopped(Exception):
 class Chat:
     """A conversation: the history, the system message, and one engine that serves every turn."""
 
-    def __init__(self, model, params, system: str | None = None, context: int = CONTEXT):
-        self.model, self.params, self.system = model, params, system
+    def __init__(self, model, params, system: str | None = None, context: int = CONTEXT, template_kwargs: dict | None = None):
+        self.model, self.params, self.system, self.template_kwargs = model, params, system, template_kwargs
         self.history: list[dict] = []
         self.max_len = max_len = min(context, model.config.context_length)
         self.engine = Engine(model, batch_size=1, max_len=max_len, num_pages=-(-max_len // 16), page_size=16)  # one conversation's pages
@@ -139,7 +139,7 @@ class Chat:
         elif command == "/system":
             system = rest.strip() or None
             try:  # refused now, not at every later turn
-                try_template(self.model.tokenizer, system)
+                try_template(self.model.tokenizer, system, self.template_kwargs)
             except InputError as err:
                 _note(f"error: {err}; the system message is unchanged")
                 return True
@@ -158,7 +158,7 @@ class Chat:
         joins the history (as much of the answer as was shown, if Ctrl-C stopped it)."""
         turn = messages(self.system, self.history, user)
         try:
-            ids = encode_messages(self.model.tokenizer, turn)
+            ids = encode_messages(self.model.tokenizer, turn, self.template_kwargs)
         except InputError as err:  # the template refused this conversation: the session goes on
             _note(f"error: {err} (/reset starts a new conversation)")
             return

@@ -138,7 +138,8 @@ def _answer(args, prompts: list[str]) -> int:
 
     stats = progress.Stats()
     try:
-        results = model.generate(prompts, params, chat=args.chat, system=args.system, on_text=on_text, on_token=stats.on_token,
+        results = model.generate(prompts, params, chat=args.chat, system=args.system, chat_template_kwargs=args.chat_template_kwargs,
+                                 on_text=on_text, on_token=stats.on_token,
                                  on_finish=on_finish)
     except KeyboardInterrupt:
         if shown:  # the text shown stays, on its own line: 'interrupted' (stderr) not glued to it

@@ -31,10 +31,11 @@ class Completion:
     logprobs: list[float] | None = None  # per generated token, when SamplingParams.logprobs
 
 
-def prepare(model, prompts, params: SamplingParams | dict | None, *, chat=None, system=None):
+def prepare(model, prompts, params: SamplingParams | dict | None, *, chat=None, system=None, chat_template_kwargs=None):
     """Token ids and resolved SamplingParams for each prompt (str, or token ids: a list, tuple or
     1-D numpy integer array); `params` may be a dict of SamplingParams fields. Everything is
     checked here, before any engine is made."""
+    template_kwargs = check_template_kwargs(chat_template_kwargs)
     params = SamplingParams.of(params).resolved(model.generation_config)
     tok = model.tokenizer
     if chat is None:
@@ -46,15 +47,7 @@ def prepare(model, prompts, params: SamplingParams | dict | None, *, chat=None, 
     if params.stop and tok is None:  # stop strings are found in the decoded text: without a tokenizer, never
         raise GenerationError(f"stop={list(params.stop)!r} needs the decoded text, and this checkpoint has no tokenizer: "
                               "add its tokenizer files (tokenizer.json, tokenizer_config.json) to the folder, or drop stop")
-    if system is not None and not isinstance(system, str):
-        raise InputError(f"system must be the system message's text (a string), got {type(system).__name__}")
-    if system is not None and any(not isinstance(p, str) for p in prompts):  # token ids skip the template: it would be dropped
-        raise GenerationError("a system message goes through the chat template, which token-id prompts skip: pass the "
-                              "prompt as text, or put the system turn into the token ids")
-    if system is not None and not chat:  # it would be dropped without a word
-        raise GenerationError("a system message goes through the chat template: " + (
-            "this checkpoint's tokenizer has none; drop the system message" if not has_chat_template(tok)
-            else "drop chat=False (--no-chat), or the system message"))
+    _check_template_inputs(tok, prompts, chat, system, template_kwargs)
     ids = []
     for i, p in enumerate(prompts):
         if isinstance(p, str):
@@ -67,7 +60,7 @@ def prepare(model, prompts, params: SamplingParams | dict | None, *, chat=None, 
                 except UnicodeEncodeError as err:
                     raise GenerationError(f"{what} is not valid text (character {err.start + 1} stands for an "
                                           "undecodable byte): give UTF-8 text") from None
-            tokens = encode(tok, p, chat=chat, system=system)
+            tokens = encode(tok, p, chat=chat, system=system, template_kwargs=template_kwargs)
             if not tokens:
                 raise GenerationError(f"prompt {i} is empty: it encodes to no tokens; give some text")
             ids.append(tokens)
@@ -137,7 +130,7 @@ def _is_single(prompts) -> bool:
 
 
 def generate(model, prompts: str | Sequence, params: SamplingParams | None = None, *, chat: bool | None = None,
-             system: str | None = None, engine: Engine | None = None,
+             system: str | None = None, chat_template_kwargs: dict | None = None, engine: Engine | None = None,
              on_text: Callable[[int, str], None] | None = None, on_token: Callable[[int, list[int]], None] | None = None,
              on_finish: Callable[[int, Completion], None] | None = None):
     """See LoadedModel.generate."""
@@ -149,7 +142,7 @@ def generate(model, prompts: str | Sequence, params: SamplingParams | None = Non
         raise GenerationError("engine= must be a jaxllm.Engine built on this model (Engine(model, ...)), got "
                               + ("one built on another model" if isinstance(engine, Engine) else type(engine).__name__))
     _check_options(chat, on_text, on_token, on_finish)
-    ids, params = prepare(model, batch, params, chat=chat, system=system)
+    ids, params = prepare(model, batch, params, chat=chat, system=system, chat_template_kwargs=chat_template_kwargs)
     engine = engine or engine_for(model, ids, params)
     requests = [Request(p, params, i) for i, p in enumerate(ids)]
     outputs = [Output(model.tokenizer, params, set(engine.eos.tolist())) for _ in batch]
@@ -238,23 +231,60 @@ def has_chat_template(tokenizer) -> bool:
     return tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
 
 
-def encode(tokenizer, prompt: str, *, chat: bool, system: str | None = None) -> list[int]:
+def _check_template_inputs(tok, prompts, chat: bool, system, template_kwargs: dict) -> None:
+    """A system message and template variables go through the chat template: refused in one line
+    where it would not run (chat=False, no template) or token-id prompts skip it."""
+    if system is not None and not isinstance(system, str):
+        raise InputError(f"system must be the system message's text (a string), got {type(system).__name__}")
+    for what, the, given in (("a system message", "the system message", system is not None),
+                             ("chat_template_kwargs", "chat_template_kwargs", bool(template_kwargs))):
+        if given and any(not isinstance(p, str) for p in prompts):  # token ids skip the template: it would be dropped
+            raise GenerationError(f"{what} goes through the chat template, which token-id prompts skip: pass the "
+                                  "prompt as text" + (", or put the system turn into the token ids" if system is not None else ""))
+        if given and not chat:  # it would be dropped without a word
+            raise GenerationError(f"{what} goes through the chat template: " + (
+                f"this checkpoint's tokenizer has none; drop {the}" if not has_chat_template(tok)
+                else f"drop chat=False (--no-chat), or {the}"))
+
+
+def encode(tokenizer, prompt: str, *, chat: bool, system: str | None = None, template_kwargs: dict | None = None) -> list[int]:
     """Token ids of a prompt: through the chat template (as one user turn, after a system turn
     when `system` is not None, even "") when `chat`, else plain text with the tokenizer's own special tokens."""
     if chat:
         # an empty system message is a turn too: it is how a template's default system prompt is left out
         messages = ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": prompt}]
-        return encode_messages(tokenizer, messages)
+        return encode_messages(tokenizer, messages, template_kwargs)
     return list(tokenizer(prompt)["input_ids"])
 
 
-def encode_messages(tokenizer, messages: list[dict]) -> list[int]:
+# apply_chat_template's own arguments and the names it gives the template itself: not template variables
+_TEMPLATE_OWN = ("messages", "conversation", "tools", "documents", "chat_template", "add_generation_prompt", "continue_final_message",
+                 "tokenize", "padding", "truncation", "max_length", "return_tensors", "return_dict", "return_assistant_tokens_mask",
+                 "tokenizer_kwargs", "sanitize_control_tokens")
+
+
+def check_template_kwargs(kwargs) -> dict:
+    """`chat_template_kwargs` (variables the chat template reads, as transformers' apply_chat_template
+    passes them: Qwen3's enable_thinking, gpt-oss's reasoning_effort), checked in one line; {} for None."""
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) and k.isidentifier() for k in kwargs):
+        raise InputError(f"chat_template_kwargs must map the chat template's variable names to values, e.g. "
+                         f'{{"enable_thinking": false}}, got {str(kwargs)[:80]}')
+    own = [k for k in kwargs if k in _TEMPLATE_OWN]
+    if own:
+        raise InputError(f"chat_template_kwargs {own[0]!r} is not a template variable but how the template is applied, "
+                         "which jaxllm decides: leave it out")
+    return dict(kwargs)
+
+
+def encode_messages(tokenizer, messages: list[dict], template_kwargs: dict | None = None) -> list[int]:
     """Token ids of a conversation ({"role", "content"} dicts) through the chat template, ready
-    for the assistant's turn."""
+    for the assistant's turn; `template_kwargs` the template's own variables (check_template_kwargs)."""
     import jinja2  # what transformers and jaxllm.tokenizing render templates with
 
     try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **check_template_kwargs(template_kwargs))
     except jinja2.TemplateSyntaxError as err:  # the template itself does not parse
         raise InputError(f"the tokenizer's chat template is invalid (line {err.lineno}: {err.message}): fix the template "
                          "(chat_template in tokenizer_config.json, or a GGUF's tokenizer.chat_template), or generate without it "

@@ -90,18 +90,19 @@ class LoadedModel:
         return next(x.dtype for path, x in flat.items() if path not in scales and jnp.issubdtype(x.dtype, jnp.floating))
 
     def generate(self, prompts: str | Sequence, params: SamplingParams | None = None, *, chat: bool | None = None,
-                 system: str | None = None, engine=None, on_text: Callable[[int, str], None] | None = None,
+                 system: str | None = None, chat_template_kwargs: dict | None = None, engine=None, on_text: Callable[[int, str], None] | None = None,
                  on_token: Callable[[int, list[int]], None] | None = None,
                  on_finish: Callable[[int, generation.Completion], None] | None = None):
         """Generate for one prompt (returns a Completion) or a list of prompts (a list of them).
 
         A prompt is a string (the chat template applied when the tokenizer has one, unless
-        chat=False) or a list of token ids. Unset SamplingParams fields come from the checkpoint's
+        chat=False; `system` a system turn before it, `chat_template_kwargs` variables the template
+        reads, e.g. {"enable_thinking": False}) or a list of token ids. Unset SamplingParams fields come from the checkpoint's
         generation_config.json. Pass an `engine` (jaxllm.Engine) to choose its size; without one
         an engine fitted to the request is made. `on_text(index, text)` receives text as it
         becomes final, `on_token(index, ids)` token ids as they arrive (those the answer keeps: none past a stop string),
         `on_finish(index, completion)` each prompt's Completion as soon as that prompt is done."""
-        return generation.generate(self, prompts, params, chat=chat, system=system, engine=engine,
+        return generation.generate(self, prompts, params, chat=chat, system=system, chat_template_kwargs=chat_template_kwargs, engine=engine,
                                    on_text=on_text, on_token=on_token, on_finish=on_finish)
 
     def logits(self, token_ids, *, attention_mask=None) -> jax.Array:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import sys
@@ -14,7 +15,7 @@ import time
 import jax
 from tqdm.auto import tqdm
 
-from jaxllm import runtime
+from jaxllm import generation, runtime
 from jaxllm.errors import JaxllmError
 from jaxllm.loader import QUANTIZE, LoadedModel, load
 from jaxllm.models.attention import KV_DTYPES
@@ -105,6 +106,9 @@ def model_flags() -> argparse.ArgumentParser:
                    help="stop string (repeatable; \\n, \\t, \\r and \\\\ as in C, so --stop '\\n' ends at a line break); never printed")
     p.add_argument("--system", help="system message for the chat template ('': an empty one, which leaves out a "
                                      "template's default system message)")
+    p.add_argument("--chat-template-kwargs", type=template_kwargs, metavar="JSON",
+                   help='variables the chat template reads, as a JSON object: \'{"enable_thinking": false}\' (Qwen3), '
+                        '\'{"reasoning_effort": "low"}\' (gpt-oss)')
     p.add_argument("--compile-cache", default=os.environ.get("JAXLLM_COMPILE_CACHE", runtime.DEFAULT_COMPILE_CACHE),
                    help="folder where compiled programs are kept for the next run, or 'none' "
                         "(default: $JAXLLM_COMPILE_CACHE, else %(default)s)")
@@ -116,7 +120,8 @@ def model_flags() -> argparse.ArgumentParser:
 FLAGS = {"max_new_tokens": "--max-new-tokens", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p",
          "min_p": "--min-p", "repetition_penalty": "--repetition-penalty", "seed": "--seed", "stop": "--stop",
          "revision": "--revision", "quantize": "--quantize", "group_size": "--group-size", "kv_dtype": "--kv-dtype",
-         "dtype": "--dtype", "mesh": "--mesh", "quantize_embeddings": "--quantize-embeddings"}
+         "dtype": "--dtype", "mesh": "--mesh", "quantize_embeddings": "--quantize-embeddings",
+         "chat_template_kwargs": "--chat-template-kwargs"}
 _NAME = r"(?<![\w.'/-])({})(?![\w/-])"  # not part of a longer name, a flag or a path
 # Where a library name is the subject or object of a message: `name=value` (a keyword argument),
 # the message's first word, `drop name`, `pass name too`; names with an underscore anywhere (no
@@ -170,6 +175,19 @@ def unescape(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("a stop string cannot be empty: give the text that ends an answer, e.g. --stop '\\n'")
     return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], text)
+
+
+def template_kwargs(text: str) -> dict:
+    """A --chat-template-kwargs value: a JSON object of the chat template's variables, checked as the
+    flag is read (generation.check_template_kwargs)."""
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"is not JSON ({err}): give an object, e.g. '{{\"enable_thinking\": false}}'") from None
+    try:
+        return generation.check_template_kwargs(value)
+    except JaxllmError as err:
+        raise argparse.ArgumentTypeError(in_flag_terms(str(err))) from None
 
 
 def sampling_params(args) -> SamplingParams:

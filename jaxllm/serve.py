@@ -44,6 +44,9 @@ def parse_args(argv=None):
     p.add_argument("--max-request-bytes", type=at_least(1),
                    help="largest request body taken, in bytes; a larger one is refused with 413 before it is parsed "
                         "(default: 16 per token of --max-len, at least 1048576)")
+    p.add_argument("--chat-template-kwargs", type=progress.template_kwargs, metavar="JSON",
+                   help="variables the chat template reads for every chat request, as a JSON object (a request's own "
+                        'chat_template_kwargs go over them): \'{"enable_thinking": false}\'')
     p.add_argument("--no-warmup", action="store_true", help="start serving without compiling the engine's steps first")
     p.add_argument("--shutdown-timeout", type=at_least(0), default=10,
                    help="seconds a stop (Ctrl-C, SIGTERM) waits for open requests before closing them (default: %(default)s)")
@@ -133,7 +136,8 @@ def _main(args) -> int:
     if not args.no_warmup:
         print("compiling the engine's steps ...", file=sys.stderr, flush=True)
         warm_up(engine)
-    app = build_app(model, engine, name=name, max_queue=args.max_queue, max_request_bytes=args.max_request_bytes)
+    app = build_app(model, engine, name=name, max_queue=args.max_queue, max_request_bytes=args.max_request_bytes,
+                    template_kwargs=args.chat_template_kwargs)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=args.shutdown_timeout)
     return 0

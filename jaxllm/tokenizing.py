@@ -122,8 +122,10 @@ class Tokenizer:
 
     def apply_chat_template(self, conversation, tokenize: bool = True, add_generation_prompt: bool = False, **kwargs):
         """The template's text for one conversation of {"role": str, "content": str} messages
-        (tokenize=False, no other options) as transformers renders it; anything else through transformers."""
-        plain = (not tokenize and not kwargs and isinstance(self.chat_template, str) and isinstance(conversation, list)
+        (tokenize=False, template variables of JSON values in `kwargs`) as transformers renders it;
+        anything else through transformers."""
+        plain = (not tokenize and all(k not in _APPLY_OPTIONS and _json_plain(v) for k, v in kwargs.items())
+                 and isinstance(self.chat_template, str) and isinstance(conversation, list)
                  and conversation and not _GENERATION_TAG.search(self.chat_template)
                  and all(type(m) is dict and all(type(k) is str and type(v) is str and k not in _REASONING
                                                  for k, v in m.items()) for m in conversation))
@@ -132,8 +134,23 @@ class Tokenizer:
                                                          add_generation_prompt=add_generation_prompt, **kwargs)
         # transformers: the special tokens' map, then messages with plain copies of their values
         return _template(self.chat_template).render(**{
-            **self.special_tokens_map, "messages": [dict(m) for m in conversation], "tools": None, "documents": None,
+            **self.special_tokens_map, **kwargs, "messages": [dict(m) for m in conversation], "tools": None, "documents": None,
             "add_generation_prompt": add_generation_prompt})
+
+
+# apply_chat_template's arguments that are not template variables (transformers 5.24)
+_APPLY_OPTIONS = ("tools", "documents", "chat_template", "continue_final_message", "sanitize_control_tokens", "padding",
+                  "truncation", "max_length", "return_tensors", "return_dict", "return_assistant_tokens_mask", "tokenizer_kwargs")
+
+
+def _json_plain(value) -> bool:
+    """Whether a template variable is made of exact JSON types, which transformers hands the template
+    as they are (its _plain_template_data rebuilds anything else)."""
+    if value is None or type(value) in (str, int, float, bool):
+        return True
+    if type(value) is dict:
+        return all(type(k) is str and _json_plain(v) for k, v in value.items())
+    return type(value) is list and all(map(_json_plain, value))
 
 
 def _jinja_ok() -> bool:

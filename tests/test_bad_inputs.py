@@ -265,6 +265,13 @@ CASES = {
                                        "^error: --group-size 7 does not divide the 64 inputs of"),
     "cli-system-without-template": cli(generate.main, gen(["--no-chat", "--system", "Be brief.", "hi"]),
                                        "^error: a system message goes through the chat template: drop --no-chat, or --system$"),
+    "cli-template-kwargs-not-json": cli(generate.main, gen(["--chat-template-kwargs", "{enable_thinking: false}", "hi"]),
+                                        "argument --chat-template-kwargs: is not JSON .*: give an object"),
+    "cli-template-kwargs-a-list": cli(generate.main, gen(["--chat-template-kwargs", "[1]", "hi"]),
+                                      "argument --chat-template-kwargs: --chat-template-kwargs must map the chat template's"),
+    "cli-template-kwargs-without-template": cli(generate.main, gen(["--no-chat", "--chat-template-kwargs", '{"a": 1}', "hi"]),
+                                               "^error: --chat-template-kwargs goes through the chat template: drop --no-chat, or "
+                                               "--chat-template-kwargs$"),
     "cli-prompt-undecodable": cli(generate.main, ["--model", "nowhere", "caf\udce9"], r"^error: the prompt is not UTF-8 text \(byte 4: 0xe9\)"),
     "cli-chat-temperature": cli(chat.main, ["--temperature", "-1"], "^error: --temperature -1.0 is invalid"),
     "cli-convert-group-size": cli(convert.main, lambda m: [m.path("tiny"), "out", "--group-size", "8"],
@@ -550,6 +557,23 @@ def test_broken_chat_template_is_one_error(models, monkeypatch, template, match)
         models.llama_tok.generate("hi", {"max_new_tokens": 1}, chat=True)
 
 
+def test_chat_template_kwargs_reach_the_template(models, monkeypatch):
+    """chat_template_kwargs are variables the template reads (Qwen3's enable_thinking): the prompt is
+    the template's text with them, as transformers renders it."""
+    from jaxllm import generation
+
+    tok = models.llama_tok.tokenizer
+    monkeypatch.setattr(tok, "chat_template", "{% if enable_thinking is defined and not enable_thinking %}/no_think {% endif %}"
+                                              "{{ messages[-1]['content'] }}")
+    turn = [{"role": "user", "content": "hi there"}]
+    for variables, text in (({"enable_thinking": False}, "/no_think hi there"), ({"enable_thinking": True}, "hi there"), (None, "hi there")):
+        want = list(tok(text, add_special_tokens=False)["input_ids"])
+        assert generation.encode_messages(tok, turn, variables) == want
+        assert generation.prepare(models.llama_tok, ["hi there"], {"max_new_tokens": 1}, chat=True,
+                                  chat_template_kwargs=variables)[0] == [want]
+    assert want != list(tok("/no_think hi there", add_special_tokens=False)["input_ids"])
+
+
 LIBRARY_MISUSE = {
     "load-none": (lambda m: jaxllm.load(None), "path_or_id must be a checkpoint folder, a .gguf file or a hub id .* got NoneType"),
     "system-not-text": (lambda m: m.llama_tok.generate("hi", {"max_new_tokens": 1}, system=5),
@@ -558,6 +582,17 @@ LIBRARY_MISUSE = {
                                 r"a system message goes through the chat template: drop chat=False \(--no-chat\)"),
     "system-with-token-ids": (lambda m: m.llama_tok.generate([5, 6, 7], {"max_new_tokens": 1}, system="Be brief."),
                               "a system message goes through the chat template, which token-id prompts skip"),
+    "template-kwargs-not-a-dict": (lambda m: m.llama_tok.generate("hi", {"max_new_tokens": 1}, chat_template_kwargs=["enable_thinking"]),
+                                   "chat_template_kwargs must map the chat template's variable names to values"),
+    "template-kwargs-own-argument": (lambda m: m.llama_tok.generate("hi", {"max_new_tokens": 1}, chat_template_kwargs={"tokenize": True}),
+                                     "chat_template_kwargs 'tokenize' is not a template variable but how the template is applied"),
+    "template-kwargs-without-template": (lambda m: m.llama_tok.generate("hi", {"max_new_tokens": 1}, chat=False,
+                                                                        chat_template_kwargs={"enable_thinking": False}),
+                                         r"chat_template_kwargs goes through the chat template: drop chat=False \(--no-chat\), or "
+                                         "chat_template_kwargs$"),
+    "template-kwargs-with-token-ids": (lambda m: m.llama_tok.generate([5, 6], {"max_new_tokens": 1}, chat_template_kwargs={"x": 1}),
+                                       "chat_template_kwargs goes through the chat template, which token-id prompts skip: pass "
+                                       "the prompt as text$"),
     "chat-message-as-prompt": (lambda m: m.tiny.generate([{"role": "user", "content": "hi"}], {"max_new_tokens": 1}),
                                r"prompt 0 holds a dict \(a chat message\?\): prompts are text or token ids"),
     "token-id-beyond-int64": (lambda m: m.tiny.generate([1, 2**70], {"max_new_tokens": 1}),

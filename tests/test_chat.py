@@ -115,7 +115,7 @@ def test_system_flag_that_the_template_refuses_exits_2_at_start(monkeypatch, cap
     model.chat_template = "{{ raise_exception('System role not supported') }}"  # has_chat_template reads it
     monkeypatch.setattr(progress, "load_model", lambda args: model)
     monkeypatch.setattr(progress, "sampling_params", lambda args: SamplingParams())
-    assert chat.run_session(SimpleNamespace(system="Be brief.")) == 2
+    assert chat.run_session(SimpleNamespace(system="Be brief.", chat_template_kwargs=None)) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "System role not supported: drop --system" in err
 
@@ -190,7 +190,7 @@ def test_max_new_tokens_beyond_the_context_exits_2_at_start(monkeypatch, capsys)
     monkeypatch.setattr(progress, "load_model", lambda args: model)
     monkeypatch.setattr(progress, "sampling_params", lambda args: SamplingParams(max_new_tokens=1024))
     monkeypatch.setattr(sys, "stdin", io.StringIO("Hi\n"))
-    assert chat.run_session(SimpleNamespace(system=None)) == 2
+    assert chat.run_session(SimpleNamespace(system=None, chat_template_kwargs=None)) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1, captured
     assert captured.err.startswith("error: --max-new-tokens 1,024 leaves no room for a message in this chat's context "
@@ -226,7 +226,7 @@ def _terminal_session(monkeypatch, model, keys):
         return key
 
     monkeypatch.setattr("builtins.input", type_in)
-    return chat.run_session(SimpleNamespace(system=None))
+    return chat.run_session(SimpleNamespace(system=None, chat_template_kwargs=None))
 
 
 def test_ctrl_c_at_the_prompt_exits_130(monkeypatch, capsys):

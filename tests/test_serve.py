@@ -508,6 +508,23 @@ def test_chat_template_errors_answer_400(server, monkeypatch, template, message)
     assert err.value.body["param"] == "messages" and message in err.value.body["message"]
 
 
+def test_chat_template_kwargs_reach_the_template(server, monkeypatch):
+    """A request's chat_template_kwargs (vLLM's field) are variables its chat template reads; a bad
+    one answers 400 on that field."""
+    tok = server.engine.model.tokenizer
+    monkeypatch.setattr(tok, "chat_template", "{% if enable_thinking is defined and not enable_thinking %}/no_think {% endif %}"
+                                              "{{ messages[-1]['content'] }}")
+    for variables, text in (({"enable_thinking": False}, "/no_think Hi"), (None, "Hi")):
+        out = server.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=1,
+                                                    extra_body={"chat_template_kwargs": variables})
+        assert out.usage.prompt_tokens == len(tok(text, add_special_tokens=False)["input_ids"])
+    for bad, said in (([1], "chat_template_kwargs': Input should be an object"), ({"add_generation_prompt": False}, "is not a template variable")):
+        with pytest.raises(openai.BadRequestError) as err:
+            server.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=1,
+                                                  extra_body={"chat_template_kwargs": bad})
+        assert err.value.body["param"] == "chat_template_kwargs" and said in err.value.body["message"], err.value.body
+
+
 def test_stop_lists_are_bounded(server):
     """Each stop string is searched for at every token of every choice, on the event loop that
     serves all clients: more than 16 strings, or one over 1,000 characters, is a 400 on 'stop'

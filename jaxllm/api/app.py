@@ -48,7 +48,7 @@ from jaxllm.api.protocol import (
 )
 from jaxllm.engine import Engine, Request
 from jaxllm.errors import JaxllmError
-from jaxllm.generation import Output
+from jaxllm.generation import Output, check_template_kwargs
 from jaxllm.sampling import SamplingParams
 
 RETRY_AFTER_S = 1
@@ -65,8 +65,9 @@ def default_request_bytes(max_len: int) -> int:
 class Server:
     """The endpoints over one model and its EngineLoop."""
 
-    def __init__(self, model, engine_loop: EngineLoop, name: str, max_request_bytes: int | None = None):
-        self.model, self.loop, self.name = model, engine_loop, name
+    def __init__(self, model, engine_loop: EngineLoop, name: str, max_request_bytes: int | None = None,
+                 template_kwargs: dict | None = None):
+        self.model, self.loop, self.name, self.template_kwargs = model, engine_loop, name, template_kwargs
         self.engine: Engine = engine_loop.engine
         self.max_request_bytes = max_request_bytes or default_request_bytes(self.engine.max_len)
         self.tokenizer = model.tokenizer
@@ -160,7 +161,7 @@ class Server:
             raise APIError(400, f"{len(body.messages):,} messages cannot fit in the {self.engine.max_len:,} tokens of context "
                            "this server takes (each takes a token or more): send fewer", "messages", "context_length_exceeded")
         self._check_texts(body.texts(), "messages")
-        prompt = await self._off_loop(body.prompt, self.tokenizer)
+        prompt = await self._off_loop(body.prompt, self.tokenizer, self.template_kwargs)
         room = self.engine.max_len - len(prompt)  # the default max_tokens: the rest of the context
         if body.max_tokens is None and room < 1:
             raise APIError(400, f"the messages hold {len(prompt):,} tokens, which leave no room for an answer in the "
@@ -320,12 +321,14 @@ async def _disconnect(request: HTTPRequest) -> None:
         pass
 
 
-def build_app(model, engine: Engine, *, name: str, max_queue: int = 256, max_request_bytes: int | None = None) -> Starlette:
+def build_app(model, engine: Engine, *, name: str, max_queue: int = 256, max_request_bytes: int | None = None,
+              template_kwargs: dict | None = None) -> Starlette:
     """The ASGI app serving `model` through `engine`. The engine's thread starts with the app
     (lifespan) and stops with it; `app.state.engine_loop` is the EngineLoop. Request bodies over
-    `max_request_bytes` (default: default_request_bytes(engine.max_len)) answer 413."""
+    `max_request_bytes` (default: default_request_bytes(engine.max_len)) answer 413. `template_kwargs`:
+    the chat template's variables for every chat request, under each request's own chat_template_kwargs."""
     loop = EngineLoop(engine, max_queue)
-    server = Server(model, loop, name, max_request_bytes)
+    server = Server(model, loop, name, max_request_bytes, check_template_kwargs(template_kwargs))
 
     @asynccontextmanager
     async def lifespan(app):

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_
 from starlette.responses import JSONResponse
 
 from jaxllm.errors import InputError, JaxllmError
-from jaxllm.generation import encode, encode_messages
+from jaxllm.generation import check_template_kwargs, encode, encode_messages
 from jaxllm.sampling import SamplingParams
 
 # -- errors ------------------------------------------------------------------------------------
@@ -304,6 +304,7 @@ class ChatRequest(_Common):
     functions: Any = None
     function_call: Any = None
     response_format: Any = None
+    chat_template_kwargs: dict | None = None  # variables the chat template reads (vLLM's field): enable_thinking, ...
 
     def model_post_init(self, _context) -> None:
         self._given_max_tokens = self.max_tokens
@@ -344,15 +345,20 @@ class ChatRequest(_Common):
         """The messages' text, all of it one prompt (checked for length before it is encoded)."""
         return ["".join(m.text() for m in self.messages)]
 
-    def prompt(self, tokenizer) -> list[int]:
-        """The messages through the tokenizer's chat template, ready for the assistant's turn."""
+    def prompt(self, tokenizer, template_defaults: dict | None = None) -> list[int]:
+        """The messages through the tokenizer's chat template, ready for the assistant's turn, its
+        variables `chat_template_kwargs` over the server's `template_defaults`."""
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise APIError(400, "this model's tokenizer has no chat template: use /v1/completions", "messages")
         if not self.messages:
             raise APIError(400, "messages is empty: give at least one message", "messages")
         messages = [{"role": ROLE_ALIASES.get(m.role, m.role), "content": m.text()} for m in self.messages]
         try:
-            return encode_messages(tokenizer, messages)
+            variables = {**(template_defaults or {}), **check_template_kwargs(self.chat_template_kwargs)}
+        except JaxllmError as err:
+            raise APIError(400, str(err), "chat_template_kwargs") from None
+        try:
+            return encode_messages(tokenizer, messages, variables)
         except JaxllmError as err:  # encode_messages: the template refused them, or does not parse
             raise APIError(400, str(err), "messages") from None
 
@@ -404,7 +410,6 @@ _UNSUPPORTED = {
                                "leave it out: a last assistant message is a finished turn, and the answer a new one"),
     "add_generation_prompt": (lambda v, body: v in (None, True), "leave it out: the answer is the assistant's next turn"),
     "chat_template": (lambda v, body: v is None, "leave it out: the model's own chat template is used"),
-    "chat_template_kwargs": (lambda v, body: v in (None, {}), "leave it out: the model's own chat template is used as it is"),
 }
 _FIELD_NAMES = {name for m in (CompletionRequest, ChatRequest, Message, ContentPart, StreamOptions) for name in m.model_fields}
 
