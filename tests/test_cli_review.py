@@ -34,7 +34,7 @@ class StandIn:
     def __call__(self, text, add_special_tokens):  # the tokenizer: one id per character
         return {"input_ids": list(range(len(text)))}
 
-    def generate(self, prompts, params, chat=None, system=None, engine=None, on_text=None, on_token=None, on_finish=None):
+    def generate(self, prompts, params, chat=None, system=None, chat_template_kwargs=None, engine=None, on_text=None, on_token=None, on_finish=None):
         self.prompts.append(prompts)
         for i, word in enumerate(["answer ", str(len(self.seen))]):
             on_token(0, [i])
