@@ -291,12 +291,13 @@ class HFCheckpoint:
         if config_fields.read_quantized(self.raw) == "mxfp4":
             tensors = mxfp4.mxfp4_names(tensors, specs)
         if self.wrapper is not None:
-            tensors = weights.wrapped_names(self.wrapper.tensors(tensors), specs, self.wrapper.text_module, arch.base_prefix)
+            tensors = weights.wrapped_names(self.wrapper.tensors(tensors), specs, self.wrapper.text_module, arch.base_prefix,
+                                            arch.head_name)
         return weights.tied_names(weights.base_model_names(tensors, specs, arch.base_prefix), specs, arch.head_name)
 
     def ignored(self, arch, cfg) -> tuple[str, ...]:
         """Regexes of the tensors the model does not read: the architecture's, and a wrapper's other modules'."""
-        return arch.ignored(cfg) + (self.wrapper.ignore(arch.base_prefix) if self.wrapper is not None else ())
+        return arch.ignored(cfg) + (self.wrapper.ignore() if self.wrapper is not None else ())
 
     def problems(self, arch, cfg, abstract) -> list[str]:
         specs = arch.weight_map(cfg)

@@ -194,7 +194,7 @@ def _wrapped(source, arch) -> list[str]:
     wrapper = getattr(source, "wrapper", None)
     if wrapper is None:
         return []
-    patterns = [re.compile(p) for p in wrapper.ignore(arch.base_prefix)]
+    patterns = [re.compile(p) for p in wrapper.ignore()]
     others = sum(1 for name in source.tensors.names() if any(p.match(name) for p in patterns))
     return [f"multimodal    {wrapper.name} ({wrapper.model_type}): its language model, for text alone; the "
             f"{others} tensors of its {', '.join(wrapper.other_modules)} are not read"]

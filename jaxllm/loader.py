@@ -261,6 +261,8 @@ def _own_head(arch: Architecture, cfg: ModelConfig, source) -> ModelConfig:
     its conversion decided (an lm_head parameter saved)."""
     if not cfg.tie_word_embeddings or source is None:
         return cfg
+    if getattr(source, "wrapper", None) is not None:
+        source.wrapper.check_tie(arch, arch.weight_map(cfg))
     untied = cfg.replace(tie_word_embeddings=False)
     if isinstance(source, converted.ConvertedCheckpoint):
         saved = converted.read_marker(source.path)["params"]

@@ -13,6 +13,7 @@ from typing import Callable
 from jaxllm.errors import ConfigError
 from jaxllm.models.config import ModelConfig, from_hf
 from jaxllm.models.config_fields import check_config, require_fields
+from jaxllm.models.weights import EMBEDDING
 
 
 @dataclass(frozen=True)
@@ -90,10 +91,23 @@ class Wrapper:
                 out[key] = raw[key]
         return self.edit(dict(out, **self.text_overrides))
 
-    def ignore(self, base_prefix: str) -> tuple[str, ...]:
-        """Regexes of the other modules' tensors, under either spelling (vision_tower.*, model.vision_tower.*)."""
+    def ignore(self) -> tuple[str, ...]:
+        """Regexes of the other modules' tensors, under either spelling (vision_tower.*, model.vision_tower.*:
+        the wrapper's base model is `model` whatever its text family's prefix), a module's parameter of its own
+        among them (LLaVA-NeXT's image_newline)."""
         others = "|".join(map(re.escape, self.other_modules))
-        return (rf"^(?:{re.escape(base_prefix)}\.)?(?:{others})\.",) if others else ()
+        return (rf"^(?:model\.)?(?:{others})(?:\.|$)",) if others else ()
+
+
+    def check_tie(self, arch: Architecture, specs) -> None:
+        """A tied head: transformers ties the wrapper's lm_head to its text model's embed_tokens (_tied_weights_keys
+        model.language_model.embed_tokens.weight), which a text model whose embedding is named otherwise (GPT-2's wte,
+        GPT-NeoX's embed_in) does not have: transformers fails to build it, refused here in one line."""
+        embed = next(s.hf_name for s in specs if s.path == EMBEDDING)
+        if embed != f"{arch.base_prefix}.embed_tokens.weight":
+            raise ConfigError(f"config.json ties {self.name}'s lm_head to its language model's embed_tokens, which "
+                              f"{arch.hf_model_type}'s model does not have ({embed}; transformers fails to build it): "
+                              "set tie_word_embeddings false, with the head's tensor in the checkpoint")
 
 
 @dataclass(frozen=True)

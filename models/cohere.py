@@ -9,7 +9,7 @@ by default) and full-attention layers, which take no rotary positions at all (no
 
 import functools
 
-from jaxllm.models.architecture import NO_WINDOW, NO_WINDOW_SWITCH, NOT_NULL, Architecture
+from jaxllm.models.architecture import NO_WINDOW, NO_WINDOW_SWITCH, NOT_NULL, OWN_HEAD, Architecture, Wrapper
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, DecoderLayer, decoder_weight_map
 from jaxllm.models.layers import LayerNorm
@@ -59,6 +59,15 @@ _TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_la
              num_key_value_heads=2, max_position_embeddings=256, layer_norm_eps=1e-5, logit_scale=0.25,
              tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
+# Aya Vision (CohereLabs/aya-vision-*) and Command A Vision (Cohere2VisionForConditionalGeneration): the text_config by
+# its model_type's class (cohere2 where it gives none: Cohere2Config's shapes where it leaves them out), the wrapper's own
+# lm_head (no logit_scale: OWN_HEAD), tied by the top-level tie_word_embeddings alone, true where left out
+_VISION = dict(text_model_type="cohere2", fixed_text_type=False, top_level=dict(tie_word_embeddings=True), text_overrides=OWN_HEAD,
+               text_defaults={"cohere2": dict(vocab_size=256000, hidden_size=8192, intermediate_size=22528, num_hidden_layers=40,
+                                              num_attention_heads=64, bos_token_id=5, eos_token_id=255001, pad_token_id=0)})
+AYA_VISION = Wrapper(name="AyaVisionForConditionalGeneration", model_type="aya_vision", **_VISION)
+COHERE2_VISION = Wrapper(name="Cohere2VisionForConditionalGeneration", model_type="cohere2_vision", **_VISION)
+
 ARCHITECTURES = (Architecture(
     name="CohereForCausalLM", module=CohereForCausalLM, weight_map=cohere_weight_map, hf_model_type="cohere",
     ignored_keys=NO_WINDOW, norm_eps_key="layer_norm_eps", not_null=_NOT_NULL,
@@ -70,7 +79,7 @@ ARCHITECTURES = (Architecture(
     name="Cohere2ForCausalLM", module=CohereForCausalLM, weight_map=cohere_weight_map, hf_model_type="cohere2",
     ignored_keys=NO_WINDOW_SWITCH, norm_eps_key="layer_norm_eps", not_null=_NOT_NULL,
     hf_defaults=dict(layer_norm_eps=1e-5, tie_word_embeddings=True, max_position_embeddings=8192, sliding_window=4096),
-    config_defaults=cohere2_defaults,
+    config_defaults=cohere2_defaults, wrappers=(AYA_VISION, COHERE2_VISION),
     # sliding (rotary) and full (no rotary) layers, a window shorter than the test sequences, untied
     tiny_config=dict(_TINY, rope_theta=10000.0, sliding_window=8, tie_word_embeddings=False,
                      layer_types=["sliding_attention", "full_attention", "sliding_attention"]),

@@ -5,9 +5,10 @@ pairs), and DeepSeek-V3's experts: dense first layers, routed experts beside sha
 sigmoid router with its score bias and groups (models/deepseek.py). Its checkpoints keep the
 multi-token-prediction layer (46 or 92) that transformers does not read; neither do we."""
 
-from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture
+from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture, Wrapper
 from jaxllm.models.decoder import CausalLM
 from jaxllm.models.deepseek import EXPERTS, expert_names, routed_experts, sigmoid_router
+from jaxllm.models.llama import mrope_as_rope
 from jaxllm.models.moe import moe_weight_map
 
 
@@ -16,10 +17,20 @@ def glm4_moe_defaults(raw: dict) -> dict:
                 qk_norm="per_head" if raw["use_qk_norm"] else "none")
 
 
+# GLM-4.5V (zai-org/GLM-4.5V, Glm4vMoeForConditionalGeneration): GLM-4.5's layers without q/k norms whatever use_qk_norm
+# says, under M-RoPE (mrope_as_rope over the rotated part of head_dim); Glm4vMoeConfig ties the head where its top level's
+# or its text config's tie_word_embeddings says so; Glm4vMoeTextConfig's defaults (half of each head rotated)
+GLM4V_MOE = Wrapper(name="Glm4vMoeForConditionalGeneration", model_type="glm4v_moe", text_model_type="glm4_moe", other_modules=("visual",),
+                    top_level_or=("tie_word_embeddings",), text_overrides=dict(use_qk_norm=False),
+                    text_defaults={"glm4_moe": dict(vocab_size=151424, hidden_size=4096, intermediate_size=10944, num_hidden_layers=46,
+                                                    num_attention_heads=96, max_position_embeddings=65536, attention_bias=True,
+                                                    partial_rotary_factor=0.5)},
+                    edit=lambda text: mrope_as_rope(text, partial=True, own_head_dim=True))
+
 ARCHITECTURES = (Architecture(
     name="Glm4MoeForCausalLM", module=CausalLM, hf_model_type="glm4_moe", config_defaults=glm4_moe_defaults,
     weight_map=moe_weight_map("mlp", EXPERTS, shared="shared_experts"), common_names=expert_names("num_local_experts", 128),
-    ignored_keys=NO_WINDOW + ("mlp_bias",), partial_rotary=True,
+    ignored_keys=NO_WINDOW + ("mlp_bias",), partial_rotary=True, wrappers=(GLM4V_MOE,),
     ignore=(r".*rotary_emb\.inv_freq$", r"^model\.layers\.(46|92)\."),
     # Glm4MoeConfig's field defaults (n_routed_experts' in expert_names)
     hf_defaults=dict(num_key_value_heads=8, max_position_embeddings=131072, rms_norm_eps=1e-5, attention_bias=False,

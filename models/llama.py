@@ -101,14 +101,32 @@ MISTRAL3 = Wrapper(name="Mistral3ForConditionalGeneration", model_type="mistral3
                    null_text=dict(model_type="mistral", head_dim=128, hidden_size=5120, intermediate_size=32768,
                                   max_position_embeddings=131072, num_attention_heads=32, num_hidden_layers=40,
                                   num_key_value_heads=8, rms_norm_eps=1e-5, rope_theta=1e9, sliding_window=None, vocab_size=131072))
+def llava_like(name: str, model_type: str, text_model_type: str = "llama", tie_from_text: bool = True, **layout) -> Wrapper:
+    """LLaVA's reading of a text config (its model_type's class, `text_model_type` where it gives none; the
+    wrapper's own lm_head) for the classes that copy it: LLaVA-NeXT (and its image_newline parameter), LLaVA-NeXT-Video,
+    LLaVA-OneVision (Qwen2 by default), Idefics3 / SmolVLM (`layout`: text_model, vision_model and connector under model.*;
+    LlamaConfig with rms_norm_eps 1e-5 for a null text_config). The head is tied where the top level's
+    tie_word_embeddings says so, or (`tie_from_text`: the config classes that forward it) the text config's."""
+    tie = dict(top_level_or=("tie_word_embeddings",)) if tie_from_text else dict(top_level=dict(tie_word_embeddings=False))
+    return Wrapper(name=name, model_type=model_type, text_model_type=text_model_type, fixed_text_type=False,
+                   text_overrides=OWN_HEAD, text_defaults=CLASS_DEFAULTS, **tie, **layout)
+
+
 # LLaVA 1.5 and the checkpoints saved in its layout (llava-hf/*, Pixtral-12B): LlavaConfig builds the text_config by
 # its model_type (llama where it gives none or none at all); the wrapper's own lm_head gives the logits (OWN_HEAD),
 # tied where its top-level or its text config's tie_word_embeddings says so
-LLAVA = Wrapper(name="LlavaForConditionalGeneration", model_type="llava", text_model_type="llama", fixed_text_type=False,
-                top_level_or=("tie_word_embeddings",), text_overrides=OWN_HEAD, text_defaults=CLASS_DEFAULTS)
+LLAVA = llava_like("LlavaForConditionalGeneration", "llava")
+# LLaVA-NeXT and Idefics3 / SmolVLM tie by the top level alone (their config classes do not forward the text config's)
+NEXT = ("vision_tower", "multi_modal_projector", "image_newline")
+IDEFICS3 = dict(text_module="text_model", other_modules=("vision_model", "connector"), null_text=dict(model_type="llama", rms_norm_eps=1e-5))
+LLAVA_LIKE = (llava_like("LlavaNextForConditionalGeneration", "llava_next", tie_from_text=False, other_modules=NEXT),
+              llava_like("LlavaNextVideoForConditionalGeneration", "llava_next_video", other_modules=NEXT),
+              llava_like("LlavaOnevisionForConditionalGeneration", "llava_onevision", "qwen2", other_modules=NEXT),
+              llava_like("Idefics3ForConditionalGeneration", "idefics3", tie_from_text=False, **IDEFICS3),
+              llava_like("SmolVLMForConditionalGeneration", "smolvlm", tie_from_text=False, **IDEFICS3))
 
 
-def mrope_as_rope(text: dict, split: bool = True, partial: bool = False) -> dict:
+def mrope_as_rope(text: dict, split: bool = True, partial: bool = False, own_head_dim: bool = False) -> dict:
     """The text config of Qwen2-VL / Qwen2.5-VL (split) or Qwen3-VL (interleaved) as its text model reads it for
     text alone. Their multimodal rope (M-RoPE) computes the frequencies once per axis of three position ids
     (time, height, width) and takes each frequency from one axis: contiguous mrope_section parts (split) or every
@@ -116,13 +134,16 @@ def mrope_as_rope(text: dict, split: bool = True, partial: bool = False) -> dict
     frequency is the one plain rope computes with the same inv_freq: rope of the same type and base. Qwen2-VL's
     config class reads the rope type "mrope" as "default"; its rope splits the frequencies into the mrope_section
     parts, which must cover them (transformers fails otherwise), and its attention takes hidden / heads per head;
-    GLM-4.1V's (`partial`) the same over the rotated part of each head (partial_rotary_factor, 1 where left out)."""
+    GLM-4.1V's (`partial`) the same over the rotated part of each head (partial_rotary_factor, 1 where left out);
+    GLM-4.5V's (`own_head_dim`) attention and rope take head_dim where the config gives it."""
     key = "rope_scaling" if text.get("rope_scaling") else "rope_parameters"
     rope = dict(text.get(key) or {})
     if not split:
         return dict(text, **{key: {k: v for k, v in rope.items() if not k.startswith("mrope_")}}) if rope else text
     dim = text["hidden_size"] // text["num_attention_heads"]
-    if text.get("head_dim") not in (None, dim):
+    if own_head_dim:
+        dim = text.get("head_dim") or dim
+    elif text.get("head_dim") not in (None, dim):
         raise ConfigError(f"config.json text head_dim {text['head_dim']} is not hidden_size / num_attention_heads ({dim}), "
                           "which Qwen2-VL's attention takes (its rope would take head_dim: transformers fails): remove head_dim")
     section = rope.get("mrope_section") or ([8, 12, 12] if partial else [16, 24, 24])
@@ -176,7 +197,7 @@ _TINY = dict(
 ARCHITECTURES = (
     Architecture(
         name="LlamaForCausalLM", module=CausalLM, weight_map=decoder_weight_map, hf_model_type="llama", ignored_keys=NO_WINDOW,
-        not_null=RMS_NOT_NULL + ("attention_bias", "mlp_bias"), wrappers=(LLAVA,),
+        not_null=RMS_NOT_NULL + ("attention_bias", "mlp_bias"), wrappers=(LLAVA, *LLAVA_LIKE),
         tiny_config=dict(_TINY, rope_theta=10000.0, attention_bias=False),
     ),
     Architecture(

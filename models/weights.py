@@ -160,17 +160,24 @@ def base_model_names(source, specs: Iterable[WeightSpec], prefix: str):
     return Renamed(source, renamed) if renamed else source
 
 
-def wrapped_names(source, specs: Iterable[WeightSpec], module: str, prefix: str):
+def wrapped_names(source, specs: Iterable[WeightSpec], module: str, prefix: str, head: str = "lm_head.weight"):
     """`source`, each tensor the weight map reads as NAME that it holds as a multimodal wrapper
     holds its text model's, read under NAME: `module.NAME` (the text model with its head as the
-    wrapper's attribute `module`, as transformers 4.x saves it and 5.x still writes it:
-    language_model.model.layers.0..., language_model.lm_head.weight), or for NAME = `prefix.REST`
-    (the base model's tensors) `prefix.module.REST` (5.x's classes: model.language_model.layers.0...;
-    their head is the wrapper's own, lm_head.weight, as the weight map names it)."""
+    wrapper's attribute `module`, as transformers 4.x saves it: language_model.model.layers.0...,
+    language_model.lm_head.weight), or for NAME = `prefix.REST` (the base model's tensors, `prefix`
+    the family's base_model_prefix) `module.model.REST` (what 5.x writes, whatever the family's
+    prefix: language_model.model.h.0... for GPT-2's transformer.h.0...) or `model.module.REST` (5.x's
+    classes: model.language_model.layers.0...); the family's head `head` (GPT-NeoX's embed_out.weight)
+    as the wrapper's own, `module.lm_head.weight` or lm_head.weight."""
     names = set(source.names())
     renamed = {}
     for n in (n for s in specs for n in s.hf_names if n not in names):
-        stored = [f"{module}.{n}"] + ([f"{prefix}.{module}.{n[len(prefix) + 1:]}"] if n.startswith(prefix + ".") else [])
+        stored = [f"{module}.{n}"]
+        if n.startswith(prefix + "."):
+            rest = n[len(prefix) + 1:]
+            stored += [f"{module}.model.{rest}", f"model.{module}.{rest}"]
+        elif n == head:
+            stored += [f"{module}.lm_head.weight", "lm_head.weight"]
         found = next((m for m in stored if m in names), None)
         if found is not None:
             renamed[n] = found

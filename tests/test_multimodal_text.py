@@ -230,6 +230,8 @@ QWEN3_VISION = dict(depth=1, hidden_size=16, out_hidden_size=64, intermediate_si
                     deepstack_visual_indexes=[0])
 INTERNVL_VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=[28, 28],
                        patch_size=[14, 14])
+SIGLIP = dict(VISION, projection_dim=16)
+IDEFICS3_VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14)
 IDS = dict(bos_token_id=1, eos_token_id=2)  # within the tiny vocabulary (the Qwen-VL text configs' defaults lie past it)
 
 
@@ -249,6 +251,10 @@ QWEN3_VL_MOE_TEXT["rope_parameters"] = QWEN3_VL_TEXT["rope_parameters"]
 # GLM-4.1V: GLM-4's tiny layers with heads hidden / heads wide (16), half of each rotated, in M-RoPE parts covering its 4 frequencies
 GLM4V_TEXT = dict(_text("Glm4ForCausalLM"), head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                                             "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1]})
+# GLM-4.5V: GLM-4.5's tiny MoE layers (q/k norms off: Glm4vMoe has none), a quarter of each 32-wide head rotated in parts
+# covering its 4 frequencies
+GLM4V_MOE_TEXT = {k: v for k, v in _text("Glm4MoeForCausalLM").items() if k not in ("use_qk_norm", "rope_theta", "partial_rotary_factor")}
+GLM4V_MOE_TEXT["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25, "mrope_section": [2, 1, 1]}
 GLM4V_VISION = dict(depth=1, hidden_size=16, out_hidden_size=64, intermediate_size=32, num_heads=2)
 
 # wrapper class, its config (text config, vision config, top-level keys), the text architecture it loads as
@@ -271,6 +277,33 @@ WRAPPED = {
         "Qwen2ForCausalLM"),
     "glm4v": ("Glm4vForConditionalGeneration", lambda: transformers.Glm4vConfig(
         text_config=GLM4V_TEXT, vision_config=GLM4V_VISION), "Glm4ForCausalLM"),
+    # LLaVA-NeXT ties by its top level alone: the text config's tie is not the head's
+    "llava-next-llama-tied-by-text-only": ("LlavaNextForConditionalGeneration", lambda: transformers.LlavaNextConfig(
+        text_config=_text("LlamaForCausalLM", model_type="llama", tie_word_embeddings=True), vision_config=CLIP), "LlamaForCausalLM"),
+    "llava-next-video-gemma2": ("LlavaNextVideoForConditionalGeneration", lambda: transformers.LlavaNextVideoConfig(
+        text_config=_text("Gemma2ForCausalLM", model_type="gemma2"), vision_config=CLIP), "Gemma2ForCausalLM"),
+    "llava-onevision-qwen2-tied": ("LlavaOnevisionForConditionalGeneration", lambda: transformers.LlavaOnevisionConfig(
+        text_config=_text("Qwen2ForCausalLM"), vision_config=SIGLIP), "Qwen2ForCausalLM"),
+    "idefics3-llama": ("Idefics3ForConditionalGeneration", lambda: transformers.Idefics3Config(
+        text_config=_text("LlamaForCausalLM", model_type="llama"), vision_config=IDEFICS3_VISION, scale_factor=1), "LlamaForCausalLM"),
+    "smolvlm-llama-tied": ("SmolVLMForConditionalGeneration", lambda: transformers.SmolVLMConfig(
+        text_config=_text("LlamaForCausalLM", model_type="llama"), vision_config=IDEFICS3_VISION, scale_factor=1,
+        tie_word_embeddings=True), "LlamaForCausalLM"),
+    # Cohere2's text model under the wrapper's own head: no logit_scale; tied by the top level (true by default)
+    "aya-vision-cohere2": ("AyaVisionForConditionalGeneration", lambda: transformers.AyaVisionConfig(
+        text_config=_text("Cohere2ForCausalLM", model_type="cohere2"), vision_config=SIGLIP, downsample_factor=1), "Cohere2ForCausalLM"),
+    "cohere2-vision-untied": ("Cohere2VisionForConditionalGeneration", lambda: transformers.Cohere2VisionConfig(
+        text_config=_text("Cohere2ForCausalLM", model_type="cohere2"), vision_config=SIGLIP, downsample_factor=1,
+        alignment_intermediate_size=32, tie_word_embeddings=False), "Cohere2ForCausalLM"),
+    # text families of another base prefix and head name (GPT-2's transformer.*, GPT-NeoX's gpt_neox.* and embed_out):
+    # saved as language_model.model.* and language_model.lm_head, as every LLaVA text model
+    "llava-gpt2-untied": ("LlavaForConditionalGeneration", lambda: transformers.LlavaConfig(
+        text_config=_text("GPT2LMHeadModel", model_type="gpt2", tie_word_embeddings=False), vision_config=CLIP), "GPT2LMHeadModel"),
+    "llava-next-gpt-neox": ("LlavaNextForConditionalGeneration", lambda: transformers.LlavaNextConfig(
+        text_config=_text("GPTNeoXForCausalLM", model_type="gpt_neox", tie_word_embeddings=False), vision_config=CLIP),
+        "GPTNeoXForCausalLM"),
+    "glm4v-moe": ("Glm4vMoeForConditionalGeneration", lambda: transformers.Glm4vMoeConfig(
+        text_config=GLM4V_MOE_TEXT, vision_config=GLM4V_VISION), "Glm4MoeForCausalLM"),
     "qwen3-vl-moe": ("Qwen3VLMoeForConditionalGeneration", lambda: transformers.Qwen3VLMoeConfig(
         text_config=QWEN3_VL_MOE_TEXT, vision_config=QWEN3_VISION), "Qwen3MoeForCausalLM"),
 }
@@ -479,6 +512,27 @@ def test_qwen_vl_text_configs_transformers_cannot_run_are_named_in_one_line(raw,
     with pytest.raises(ConfigError) as err:
         registry.unwrap(raw)
     assert named in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_tied_text_model_without_embed_tokens_is_refused_in_one_line(tmp_path):
+    """LLaVA ties its lm_head to model.language_model.embed_tokens, which GPT-2's text model lacks (wte): transformers
+    fails to build such a model, so a config.json saying tied is refused by name, not loaded with some other head."""
+    build_wrapped("llava-gpt2-untied", tmp_path)
+    _edit_config(tmp_path, lambda raw: raw.update(tie_word_embeddings=True))
+    with pytest.raises(AttributeError, match="embed_tokens"):
+        transformers.LlavaForConditionalGeneration(transformers.LlavaConfig(**json.loads((tmp_path / "config.json").read_text())))
+    for drop_head in (False, True):  # the head's tensor kept (transformers' tie would fail first) or left out
+        if drop_head:
+            _drop_tensor(tmp_path, "language_model.lm_head.weight")
+        with pytest.raises(ConfigError) as err:
+            jaxllm.load(tmp_path, tokenizer=False)
+        assert "ties LlavaForConditionalGeneration's lm_head" in str(err.value) and "transformer.wte.weight" in str(err.value)
+        assert "\n" not in str(err.value)
+
+
+def _drop_tensor(folder, name):
+    path = folder / "model.safetensors"
+    save_file({k: v for k, v in load_file(path).items() if k != name}, path, metadata={"format": "pt"})
 
 
 def _as_released(name, tensor):
