@@ -55,6 +55,9 @@ class Wrapper:
     # config.json's text keys off its top level, as Qwen2-VL's Hub checkpoints spell it)
     null_text: dict = field(default_factory=dict)
     flat_keys: tuple[str, ...] = ()
+    # {text config model_type: the wrapper whose reading of a text config applies}: its text_model_type, text_defaults,
+    # text_overrides and edit (GLM-4.6V's text_config is GLM-4.1V's or GLM-4.5V's, by its model_type)
+    text_readings: dict = field(default_factory=dict)
     # {text model_type: the defaults of the class the wrapper builds its text config with, where the family's reading
     # has none or others}: a key the text config leaves out reads as these (Qwen2VLTextConfig's shapes and rope base
     # beside Qwen2Config's; LLaVA's text configs, saved as their difference from LlamaConfig's defaults, give no shape)
@@ -69,7 +72,7 @@ class Wrapper:
     def text_config(self, raw: dict) -> dict:
         """The text model's config.json, as the wrapper's transformers classes build and run it: the
         `text_key` object (null: `null_text`, or the top level's `flat_keys`) over the `text_defaults`, the
-        model_type its config class reads, the wrapper's `top_level` and `top_level_or` keys, the top-level
+        model_type its config class reads (a `text_readings` wrapper's reading where it names one), the wrapper's `top_level` and `top_level_or` keys, the top-level
         token ids and dtype where given (what transformers' generation and loading read first), and the
         `text_overrides`, through `edit`."""
         given = raw.get(self.text_key)
@@ -78,7 +81,9 @@ class Wrapper:
         else:
             text = check_config(self.null_text if given is None else given, prefix=self.text_key + ".")
         model_type = (None if self.fixed_text_type else text.get("model_type")) or self.text_model_type
-        out = dict(self.text_defaults.get(model_type, {}), **{k: v for k, v in text.items() if k != "architectures"})
+        reading = self.text_readings.get(model_type, self)
+        model_type = model_type if reading is self else reading.text_model_type
+        out = dict(reading.text_defaults.get(model_type, {}), **{k: v for k, v in text.items() if k != "architectures"})
         out["model_type"] = model_type
         for key, default in self.top_level.items():
             value = raw.get(key, default)
@@ -89,7 +94,7 @@ class Wrapper:
         for key in ("bos_token_id", "eos_token_id", "pad_token_id", "dtype", "torch_dtype"):
             if raw.get(key) is not None:
                 out[key] = raw[key]
-        return self.edit(dict(out, **self.text_overrides))
+        return reading.edit(dict(out, **reading.text_overrides))
 
     def ignore(self) -> tuple[str, ...]:
         """Regexes of the other modules' tensors, under either spelling (vision_tower.*, model.vision_tower.*:

@@ -8,8 +8,10 @@ multi-token-prediction layer (46 or 92) that transformers does not read; neither
 from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture, Wrapper
 from jaxllm.models.decoder import CausalLM
 from jaxllm.models.deepseek import EXPERTS, expert_names, routed_experts, sigmoid_router
+from jaxllm.models.glm import GLM4V
 from jaxllm.models.llama import mrope_as_rope
 from jaxllm.models.moe import moe_weight_map
+from jaxllm.models.weights import split_experts
 
 
 def glm4_moe_defaults(raw: dict) -> dict:
@@ -27,10 +29,17 @@ GLM4V_MOE = Wrapper(name="Glm4vMoeForConditionalGeneration", model_type="glm4v_m
                                                     partial_rotary_factor=0.5)},
                     edit=lambda text: mrope_as_rope(text, partial=True, own_head_dim=True))
 
+# GLM-4.6V (Glm46VForConditionalGeneration): its text_config is GLM-4.1V's (glm4v_text, where it gives none) or GLM-4.5V's
+# (glm4v_moe_text), read as theirs, its experts fused as transformers 5 saves them (split_experts); Glm46VConfig ties the
+# head by its top-level tie_word_embeddings alone, false by default
+GLM46V = Wrapper(name="Glm46VForConditionalGeneration", model_type="glm46v", text_model_type="glm4v_text", fixed_text_type=False,
+                 other_modules=("visual",), top_level=dict(tie_word_embeddings=False), tensors=split_experts,
+                 text_readings={"glm4v_text": GLM4V, "glm4v_moe_text": GLM4V_MOE})
+
 ARCHITECTURES = (Architecture(
     name="Glm4MoeForCausalLM", module=CausalLM, hf_model_type="glm4_moe", config_defaults=glm4_moe_defaults,
     weight_map=moe_weight_map("mlp", EXPERTS, shared="shared_experts"), common_names=expert_names("num_local_experts", 128),
-    ignored_keys=NO_WINDOW + ("mlp_bias",), partial_rotary=True, wrappers=(GLM4V_MOE,),
+    ignored_keys=NO_WINDOW + ("mlp_bias",), partial_rotary=True, wrappers=(GLM4V_MOE, GLM46V),
     ignore=(r".*rotary_emb\.inv_freq$", r"^model\.layers\.(46|92)\."),
     # Glm4MoeConfig's field defaults (n_routed_experts' in expert_names)
     hf_defaults=dict(num_key_value_heads=8, max_position_embeddings=131072, rms_norm_eps=1e-5, attention_bias=False,

@@ -24,6 +24,13 @@ for _arch in _REGISTRY.values():
         _WRAPPERS[_wrapper.model_type] = _wrapper
 
 
+# Multimodal model_types whose language model is not a causal one for text: refused with the reason, not read as one
+NOT_CAUSAL = {
+    "paligemma": "PaliGemma's language model attends bidirectionally over the whole prompt (a prefix LM: its processor "
+                 "requires images and marks the prompt token_type_ids 0), which a causal text model does not compute",
+}
+
+
 def get(name: str) -> Architecture:
     if name not in _REGISTRY:
         raise ConfigError(
@@ -61,6 +68,8 @@ def architecture_of(raw: dict) -> Architecture:
     if model_type in _WRAPPERS:  # a caller's slip: every checkpoint unwraps its config.json as it reads it
         raise ConfigError(f"config.json model_type '{model_type}' is {_WRAPPERS[model_type].name}'s, whose language model's "
                           "config lies in its text_config: read it through registry.unwrap (jaxllm.load does)")
+    if model_type in NOT_CAUSAL:
+        raise ConfigError(f"config.json model_type '{model_type}' is not supported: {NOT_CAUSAL[model_type]}")
     if model_type is not None:
         if model_type not in _BY_MODEL_TYPE:
             raise ConfigError(f"config.json model_type '{model_type}' is not supported; supported: "

@@ -304,6 +304,12 @@ WRAPPED = {
         "GPTNeoXForCausalLM"),
     "glm4v-moe": ("Glm4vMoeForConditionalGeneration", lambda: transformers.Glm4vMoeConfig(
         text_config=GLM4V_MOE_TEXT, vision_config=GLM4V_VISION), "Glm4MoeForCausalLM"),
+    "glm46v-glm4v-text": ("Glm46VForConditionalGeneration", lambda: transformers.Glm46VConfig(
+        text_config=dict(GLM4V_TEXT, model_type="glm4v_text"), vision_config=dict(GLM4V_VISION, model_type="glm4v_vision")),
+        "Glm4ForCausalLM"),
+    "glm46v-moe-text": ("Glm46VForConditionalGeneration", lambda: transformers.Glm46VConfig(
+        text_config=dict(GLM4V_MOE_TEXT, model_type="glm4v_moe_text"), vision_config=dict(GLM4V_VISION, model_type="glm4v_vision")),
+        "Glm4MoeForCausalLM"),
     "qwen3-vl-moe": ("Qwen3VLMoeForConditionalGeneration", lambda: transformers.Qwen3VLMoeConfig(
         text_config=QWEN3_VL_MOE_TEXT, vision_config=QWEN3_VISION), "Qwen3MoeForCausalLM"),
 }
@@ -419,6 +425,47 @@ GLM41V_9B = {
                     "rms_norm_eps": 1e-05, "rope_scaling": {"type": "default", "mrope_section": [8, 12, 12]}, "rope_theta": 10000.0,
                     "tie_word_embeddings": False, "torch_dtype": "bfloat16", "vocab_size": 151552},
 }
+LLAVA_NEXT_MISTRAL_7B = {
+    "architectures": ["LlavaNextForConditionalGeneration"], "ignore_index": -100, "image_token_index": 32000, "model_type": "llava_next",
+    "projector_hidden_act": "gelu", "torch_dtype": "float16", "use_image_newline_parameter": True, "vision_feature_layer": -2,
+    "vision_feature_select_strategy": "default", "vocab_size": 32064,
+    "text_config": {"_name_or_path": "mistralai/Mistral-7B-Instruct-v0.2", "architectures": ["MistralForCausalLM"],
+                    "intermediate_size": 14336, "max_position_embeddings": 32768, "model_type": "mistral", "num_key_value_heads": 8,
+                    "rms_norm_eps": 1e-05, "rope_theta": 1000000.0, "sliding_window": None, "torch_dtype": "bfloat16", "vocab_size": 32064},
+}
+LLAVA_ONEVISION_05B = {
+    "architectures": ["LlavaOnevisionForConditionalGeneration"], "image_token_index": 151646, "model_type": "llava_onevision",
+    "torch_dtype": "float16", "video_token_index": 151647, "vision_aspect_ratio": "anyres_max_9",
+    "text_config": {"_name_or_path": "Qwen/Qwen2-0.5B-Instruct", "architectures": ["Qwen2ForCausalLM"], "bos_token_id": 151643,
+                    "eos_token_id": 151645, "hidden_size": 896, "intermediate_size": 4864, "max_position_embeddings": 32768,
+                    "max_window_layers": 24, "model_type": "qwen2", "num_attention_heads": 14, "num_hidden_layers": 24,
+                    "num_key_value_heads": 2, "rope_theta": 1000000.0, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+                    "vocab_size": 152000},
+}
+SMOLVLM2_500M = {
+    "architectures": ["SmolVLMForConditionalGeneration"], "image_token_id": 49190, "model_type": "smolvlm", "scale_factor": 4,
+    "pad_token_id": 128002, "vocab_size": 49280,
+    "text_config": {"architectures": ["VLlama3ForCausalLM"], "head_dim": 64, "hidden_size": 960, "intermediate_size": 2560,
+                    "max_position_embeddings": 8192, "model_type": "llama", "num_attention_heads": 15, "num_hidden_layers": 32,
+                    "num_key_value_heads": 5, "rms_norm_eps": 1e-05, "rope_theta": 100000, "vocab_size": 49280},
+}
+# Cohere2 text configs as their difference from Cohere2Config's defaults (Command R7B's shape)
+AYA_VISION_8B = {"architectures": ["AyaVisionForConditionalGeneration"], "model_type": "aya_vision", "downsample_factor": 2,
+                 "image_token_index": 255036, "text_config": {
+                     "hidden_size": 4096, "intermediate_size": 14336, "model_type": "cohere2", "num_attention_heads": 32,
+                     "num_hidden_layers": 32, "num_key_value_heads": 8, "logit_scale": 0.25, "rope_theta": 50000, "vocab_size": 256000}}
+GLM45V = {
+    "architectures": ["Glm4vMoeForConditionalGeneration"], "model_type": "glm4v_moe", "image_token_id": 151363, "video_token_id": 151364,
+    "tie_word_embeddings": False, "transformers_version": "4.57.1",
+    "text_config": {"model_type": "glm4v_moe_text", "pad_token_id": 151329, "vocab_size": 151552, "eos_token_id": [151329, 151336, 151338],
+                    "head_dim": 128, "attention_bias": True, "attention_dropout": 0.0, "first_k_dense_replace": 1, "hidden_act": "silu",
+                    "hidden_size": 4096, "initializer_range": 0.02, "intermediate_size": 10944, "max_position_embeddings": 65536,
+                    "moe_intermediate_size": 1408, "n_group": 1, "n_routed_experts": 128, "n_shared_experts": 1, "norm_topk_prob": True,
+                    "num_attention_heads": 96, "num_experts_per_tok": 8, "num_hidden_layers": 46, "num_key_value_heads": 8,
+                    "partial_rotary_factor": 0.5, "rms_norm_eps": 1e-05, "dtype": "bfloat16",
+                    "rope_scaling": {"rope_type": "default", "mrope_section": [8, 12, 12]}, "rope_theta": 10000.0,
+                    "routed_scaling_factor": 1.0, "topk_group": 1, "use_cache": True, "use_qk_norm": False},
+}
 HUB = {
     "ministral-3-3b": MINISTRAL3_3B, "mistral-small-3.1": MISTRAL_SMALL_31, "mistral3-null-text-config": {"model_type": "mistral3"},
     "mistral3-untied": dict(MISTRAL_SMALL_31, tie_word_embeddings=False),
@@ -435,10 +482,29 @@ HUB = {
     "qwen3-vl-null-text-config": {"model_type": "qwen3_vl"},
     "internvl3-1b": INTERNVL3_1B, "internvl-null-text-config": {"model_type": "internvl"}, "glm-4.1v-9b": GLM41V_9B,
     "qwen3-vl-30b-a3b": QWEN3_VL_30B_A3B, "qwen3-vl-moe-null-text-config": {"model_type": "qwen3_vl_moe"},
+    "llava-v1.6-mistral-7b": LLAVA_NEXT_MISTRAL_7B, "llava-next-null-text-config": {"model_type": "llava_next"},
+    # LLaVA-NeXT does not forward the text config's tie; LLaVA-NeXT-Video does
+    "llava-next-tied-by-text": dict(LLAVA_NEXT_MISTRAL_7B, text_config=dict(LLAVA_NEXT_MISTRAL_7B["text_config"], tie_word_embeddings=True)),
+    "llava-next-video-tied-by-text": dict(LLAVA_NEXT_MISTRAL_7B, model_type="llava_next_video", text_config=dict(
+        LLAVA_NEXT_MISTRAL_7B["text_config"], tie_word_embeddings=True)),
+    "llava-onevision-qwen2-0.5b": LLAVA_ONEVISION_05B, "llava-onevision-null-text-config": {"model_type": "llava_onevision"},
+    "smolvlm2-500m": SMOLVLM2_500M, "idefics3-null-text-config": {"model_type": "idefics3"},
+    "smolvlm-tied-top-level": dict(SMOLVLM2_500M, tie_word_embeddings=True),
+    "aya-vision-8b": AYA_VISION_8B, "aya-vision-null-text-config": {"model_type": "aya_vision"},
+    "cohere2-vision-untied": dict(AYA_VISION_8B, model_type="cohere2_vision", tie_word_embeddings=False),
+    "glm-4.5v": GLM45V, "glm-4.5v-tied-by-text": dict({k: v for k, v in GLM45V.items() if k != "tie_word_embeddings"}, text_config=dict(
+        GLM45V["text_config"], tie_word_embeddings=True)),
+    # Glm46VConfig: its text_config GLM-4.1V's or GLM-4.5V's by model_type, tied by the top level alone
+    "glm46v-moe-text": dict(GLM45V, model_type="glm46v", architectures=["Glm46VForConditionalGeneration"]),
+    "glm46v-dense-text-tied-by-text-only": dict(GLM41V_9B, model_type="glm46v", architectures=["Glm46VForConditionalGeneration"],
+                                                text_config=dict(GLM41V_9B["text_config"], tie_word_embeddings=True)),
 }
 CONFIG_CLASSES = {"mistral3": "Mistral3Config", "llava": "LlavaConfig", "qwen2_vl": "Qwen2VLConfig", "qwen2_5_vl": "Qwen2_5_VLConfig",
                   "qwen3_vl": "Qwen3VLConfig", "qwen3_vl_moe": "Qwen3VLMoeConfig", "internvl": "InternVLConfig",
-                  "glm4v": "Glm4vConfig"}
+                  "glm4v": "Glm4vConfig", "llava_next": "LlavaNextConfig", "llava_next_video": "LlavaNextVideoConfig",
+                  "llava_onevision": "LlavaOnevisionConfig", "idefics3": "Idefics3Config", "smolvlm": "SmolVLMConfig",
+                  "aya_vision": "AyaVisionConfig", "cohere2_vision": "Cohere2VisionConfig", "glm4v_moe": "Glm4vMoeConfig",
+                  "glm46v": "Glm46VConfig"}
 
 
 def _window(t, layer: int):
@@ -460,11 +526,11 @@ def test_wrapper_hub_configs_read_as_transformers_reads_them(case):
     assert (cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
             cfg.max_position_embeddings, cfg.norm_eps) == (
         t.vocab_size, t.hidden_size, t.intermediate_size, t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads, head_dim,
-        t.max_position_embeddings, t.rms_norm_eps)
+        t.max_position_embeddings, getattr(t, "rms_norm_eps", None) or t.layer_norm_eps)
     assert [cfg.layer_window(i) for i in range(cfg.num_layers)] == [_window(t, i) for i in range(t.num_hidden_layers)]
     rope = t.rope_parameters
     assert (cfg.rope.type, cfg.rope.theta, cfg.rope.factor) == (rope["rope_type"], rope["rope_theta"], rope.get("factor", 1.0))
-    if raw["model_type"] == "glm4v":  # the rotated part of each head
+    if raw["model_type"] in ("glm4v", "glm4v_moe", "glm46v"):  # the rotated part of each head
         assert cfg.rope.partial_rotary_factor == rope.get("partial_rotary_factor", 1.0)
     assert cfg.tie_word_embeddings == hf.tie_word_embeddings
     stop = transformers.GenerationConfig.from_model_config(hf).eos_token_id
@@ -472,6 +538,9 @@ def test_wrapper_hub_configs_read_as_transformers_reads_them(case):
     if raw["model_type"] == "qwen3_vl_moe":  # its router renormalises the top-k weights whatever norm_topk_prob says
         assert (cfg.num_experts, cfg.experts_per_token, cfg.moe_intermediate_size, cfg.norm_topk_prob) == (
             t.num_experts, t.num_experts_per_tok, t.moe_intermediate_size, True)
+    if t.model_type == "glm4v_moe_text":
+        assert (cfg.num_experts, cfg.experts_per_token, cfg.moe_intermediate_size, cfg.qk_norm) == (
+            t.n_routed_experts, t.num_experts_per_tok, t.moe_intermediate_size, "none")
 
 
 def _flat(raw):
@@ -507,7 +576,10 @@ def test_qwen2_vl_flat_config_and_conversion_give_its_text_model(tmp_path):
     (dict(QWEN2_VL_7B, model_type="qwen2_5_vl", text_config={"hidden_size": 1024, "num_attention_heads": 8, "head_dim": 64}),
      "head_dim 64 is not hidden_size / num_attention_heads (128)"),
     # Glm4vTextConfig's defaults rotate the whole 128-wide head, which its default parts [8, 12, 12] do not cover
-    ({"model_type": "glm4v"}, "mrope_section [8, 12, 12] sums to 32, not half the rotated head size (64)")])
+    ({"model_type": "glm4v"}, "mrope_section [8, 12, 12] sums to 32, not half the rotated head size (64)"),
+    ({"model_type": "glm46v"}, "mrope_section [8, 12, 12] sums to 32, not half the rotated head size (64)"),  # GLM-4.1V's reading
+    # Glm4vMoeTextConfig's 96 heads of 4096 / 96 = 42 (no head_dim), half rotated: 10 frequencies
+    ({"model_type": "glm4v_moe"}, "mrope_section [8, 12, 12] sums to 32, not half the rotated head size (10)")])
 def test_qwen_vl_text_configs_transformers_cannot_run_are_named_in_one_line(raw, named):
     with pytest.raises(ConfigError) as err:
         registry.unwrap(raw)
@@ -528,6 +600,39 @@ def test_a_tied_text_model_without_embed_tokens_is_refused_in_one_line(tmp_path)
             jaxllm.load(tmp_path, tokenizer=False)
         assert "ties LlavaForConditionalGeneration's lm_head" in str(err.value) and "transformer.wte.weight" in str(err.value)
         assert "\n" not in str(err.value)
+
+
+def test_paligemma_is_refused_as_not_causal(tmp_path):
+    """PaliGemma's prompt (its processor's token_type_ids 0) attends both ways: the first token's logits change with
+    the next ones, which no causal text model computes; its checkpoint is refused in one line saying so."""
+    torch.manual_seed(0)
+    config = transformers.PaliGemmaConfig(text_config=_text("GemmaForCausalLM", model_type="gemma"), vision_config=SIGLIP)
+    ref = transformers.PaliGemmaForConditionalGeneration(config).eval()
+    reference.randomize(ref, 0)
+    ids = torch.as_tensor(TOKENS[:1])
+    with torch.no_grad():
+        prefix = ref(input_ids=ids, token_type_ids=torch.zeros_like(ids)).logits[0, 0]
+        changed = ids.clone()
+        changed[0, 1:] = (changed[0, 1:] + 1) % 128
+        assert not torch.allclose(prefix, ref(input_ids=changed, token_type_ids=torch.zeros_like(ids)).logits[0, 0])
+    ref.save_pretrained(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        jaxllm.load(tmp_path, tokenizer=False)
+    assert "'paligemma' is not supported" in str(err.value) and "bidirectionally" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_wrapped_class_names_load_the_same(tmp_path):
+    """transformers 5.x's class names (model.language_model.* whatever the text family's prefix, model.image_newline,
+    lm_head for GPT-NeoX's embed_out; Idefics3 and Command A Vision save these), which transformers reloads as the
+    reference, read as the names it writes."""
+    case = "llava-next-gpt-neox"
+    ref = build_wrapped(case, tmp_path)
+    _rename(tmp_path, _as_class_names)
+    names = set(load_file(tmp_path / "model.safetensors"))
+    assert "lm_head.weight" in names and not any(n.startswith("language_model.") for n in names)
+    expected = reference.torch_logits(reload(tmp_path, getattr(transformers, WRAPPED[case][0])), TOKENS)
+    assert reference.max_rel_diff(expected, reference.torch_logits(ref, TOKENS)) <= TOL
+    assert reference.max_rel_diff(jaxllm.load(tmp_path, tokenizer=False).logits(TOKENS), expected) <= TOL
 
 
 def _drop_tensor(folder, name):
