@@ -257,6 +257,8 @@ GLM4V_MOE_TEXT = {k: v for k, v in _text("Glm4MoeForCausalLM").items() if k not 
 GLM4V_MOE_TEXT["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25, "mrope_section": [2, 1, 1]}
 GLM4V_VISION = dict(depth=1, hidden_size=16, out_hidden_size=64, intermediate_size=32, num_heads=2)
 
+COHERE2_VISION = dict(text_config=_text("Cohere2ForCausalLM", model_type="cohere2"), vision_config=SIGLIP, downsample_factor=1)
+
 # wrapper class, its config (text config, vision config, top-level keys), the text architecture it loads as
 WRAPPED = {
     "mistral3-ministral3": ("Mistral3ForConditionalGeneration", lambda: transformers.Mistral3Config(
@@ -290,11 +292,10 @@ WRAPPED = {
         text_config=_text("LlamaForCausalLM", model_type="llama"), vision_config=IDEFICS3_VISION, scale_factor=1,
         tie_word_embeddings=True), "LlamaForCausalLM"),
     # Cohere2's text model under the wrapper's own head: no logit_scale; tied by the top level (true by default)
-    "aya-vision-cohere2": ("AyaVisionForConditionalGeneration", lambda: transformers.AyaVisionConfig(
-        text_config=_text("Cohere2ForCausalLM", model_type="cohere2"), vision_config=SIGLIP, downsample_factor=1), "Cohere2ForCausalLM"),
+    "aya-vision-cohere2": ("AyaVisionForConditionalGeneration", lambda: transformers.AyaVisionConfig(**COHERE2_VISION),
+                           "Cohere2ForCausalLM"),
     "cohere2-vision-untied": ("Cohere2VisionForConditionalGeneration", lambda: transformers.Cohere2VisionConfig(
-        text_config=_text("Cohere2ForCausalLM", model_type="cohere2"), vision_config=SIGLIP, downsample_factor=1,
-        alignment_intermediate_size=32, tie_word_embeddings=False), "Cohere2ForCausalLM"),
+        **COHERE2_VISION, alignment_intermediate_size=32, tie_word_embeddings=False), "Cohere2ForCausalLM"),
     # text families of another base prefix and head name (GPT-2's transformer.*, GPT-NeoX's gpt_neox.* and embed_out):
     # saved as language_model.model.* and language_model.lm_head, as every LLaVA text model
     "llava-gpt2-untied": ("LlavaForConditionalGeneration", lambda: transformers.LlavaConfig(
