@@ -9,7 +9,7 @@ import jax
 from jaxllm.errors import GenerationError, available_memory, size_text
 from jaxllm.models.attention import kv_cache_bytes
 from jaxllm.models.linear_attention import state_bytes
-from jaxllm.serving.runner import pool_pages
+from jaxllm.serving.runner import pool_pages, recurrent_rows
 
 
 def tp_split(model) -> int:
@@ -26,14 +26,15 @@ def pool_size(model, kv_dtype, page_size: int, fraction: float, num_pages: int |
     """The pool's pages: `num_pages` when given, else `fraction` of the device memory left after
     the weights (a CPU: a full batch of full-length sequences within 2 GiB), beside room for a
     prefill step of `budget` tokens and the recurrent states of models with linear-attention layers
-    (a row per sequence and one per dp shard, whole on each device). Refused in one line, before anything is allocated, when the
+    (runner.recurrent_rows over dp, counted whole on each device). Refused in one line, before anything is allocated, when the
     device cannot hold them (or one sequence of `max_len`)."""
     cfg = model.config
     width = -(-max_len // page_size)  # pages of one max_len sequence
     stats = jax.local_devices()[0].memory_stats() or {}
     devices = tp_split(model) * dp  # over tp like the kv heads, and over dp by pages
     page_bytes = kv_cache_bytes(cfg, page_size, model.dtype, kv_dtype)
-    states = (batch_size + dp) * state_bytes(cfg, model.dtype) // dp  # each device's rows (0 without recurrent layers)
+    # each device's rows of recurrent state (0 without recurrent layers), counted whole though tp splits their heads
+    states = recurrent_rows(batch_size, dp) * state_bytes(cfg, model.dtype) // dp
     if num_pages is not None or "bytes_limit" not in stats:
         available, where = available_memory()
         if num_pages is None:  # a CPU: a full batch of full-length sequences, within 2 GiB (and half the free memory)

@@ -79,6 +79,12 @@ def pool_pages(num_pages: int, rows: int) -> int:
     return -(-(num_pages + 1) // rows) * rows
 
 
+def recurrent_rows(slots: int, shards: int) -> int:
+    """Rows of each linear-attention layer's recurrent state for `slots` decode slots over `shards` dp
+    shards: per shard a row per slot of it, then its scratch row (padding rows and scoring write there)."""
+    return shards * (slots // shards + 1)
+
+
 def bucket(n: int, smallest: int) -> int:
     """The power of two >= n, at least `smallest`."""
     size = smallest
@@ -108,8 +114,7 @@ class Runner:
         values, scales = kv_format(kv_dtype, self.dtype)
         self.kv_dtype = (values.name, None if scales is None else scales.name)  # the pool's (values, scales) dtypes
         kv_shapes = tuple(map(self.cfg.kv_shape, range(self.cfg.num_layers)))
-        # Linear-attention layers' recurrent states: a row per decode slot, then a scratch row (padding
-        # rows and scoring write there), per dp shard; slot s of shard i is its row s (local)
+        # Linear-attention layers' recurrent states (recurrent_rows): slot s of shard i is its row s (local)
         recurrent = tuple(map(self.cfg.recurrent_shape, range(self.cfg.num_layers))) if self.cfg.recurrent else ()
         self.scratch_row = self.shard_seqs  # each shard's scratch row, local
         steps = make_steps(model.graphdef, chunk, attention, self.mesh, kv_shapes, scales is not None, decode_options,
@@ -118,7 +123,7 @@ class Runner:
         self._before = dataclasses.replace(self._traces)  # what engines before this one compiled
         pool = self.shards * pool_pages(self.shard_pages, self.shard_seqs)
         self._sizes = (max_seqs, pool, page_size, kv_shapes, self.cfg.vocab_size, eos_width, self.kv_dtype, recurrent,
-                       self.shards * (self.shard_seqs + 1) if recurrent else 0, np.dtype(self.dtype).name)
+                       recurrent_rows(max_seqs, self.shards) if recurrent else 0, np.dtype(self.dtype).name)
 
     @property
     def model(self):
