@@ -35,10 +35,16 @@ CHUNK = 64  # tokens per chunk of the delta rule (transformers' chunk_size)
 
 class RecurrentState(NamedTuple):
     """One linear-attention layer's state for S rows (sequences): `conv` [S, kernel - 1, channels] the
-    conv's last inputs (the model's dtype), `ssm` [S, value heads, key dim, value dim] float32."""
+    conv's last inputs (the model's dtype; channels grouped by key head, as GatedDeltaNet's), `ssm`
+    [S, value heads, key dim, value dim] float32."""
 
     conv: jax.Array
     ssm: jax.Array
+
+
+# Its arrays' logical axes (jaxllm.sharding.RULES): rows as the engine's slots, the conv's channels and the
+# value heads split over tp as the layer's projections are (whole key heads where tp divides them)
+STATE_AXES = RecurrentState(("batch", None, "linear_channels"), ("batch", "linear_v_heads", None, None))
 
 
 def zero_state(shape: tuple[int, int, int, int, int], rows: int, dtype) -> RecurrentState:
@@ -151,7 +157,8 @@ class GatedRMSNorm(RMSNorm):
 
 
 class GatedDeltaNet(nnx.Module):
-    """A linear-attention layer in Qwen3.5's naming: in_proj_qkv (the conv's q | k | v channels),
+    """A linear-attention layer in Qwen3.5's naming: in_proj_qkv (the conv's channels: per key head
+    its q, its k and its value heads' v),
     in_proj_z (the output gate), in_proj_b (beta), in_proj_a (the decay's input), conv1d, dt_bias,
     A_log, a gated norm per value head and out_proj. Called as the shared layer calls its attention:
     (x, positions, cache, kv) -> (output, the layer's new RecurrentState; None without a cache)."""
@@ -160,18 +167,22 @@ class GatedDeltaNet(nnx.Module):
         e, hk, hv = cfg.hidden_size, cfg.linear_key_heads, cfg.linear_value_heads
         dk, dv = cfg.linear_key_head_dim, cfg.linear_value_head_dim
         self.heads, self.key_heads, self.dk, self.dv = hv, hk, dk, dv
-        channels = 2 * hk * dk + hv * dv
-        self.channels, self.taps = channels, cfg.linear_conv_kernel - 1
+        per_head = 2 * dk + hv // hk * dv  # a key head's channels: its q, its k, its value heads' v
+        self.channels, self.taps = hk * per_head, cfg.linear_conv_kernel - 1
         dense = dict(bias=False, dtype=dtype, rngs=rngs)
-        self.in_proj_qkv = Dense((e,), (channels,), ("embed", "linear"), **dense)
-        self.in_proj_z = Dense((e,), (hv, dv), ("embed", "linear", "head_dim"), **dense)
-        self.in_proj_b = Dense((e,), (hv,), ("embed", "linear"), quantizable=False, **dense)
-        self.in_proj_a = Dense((e,), (hv,), ("embed", "linear"), quantizable=False, **dense)
-        self.conv1d = nnx.Dict(weight=param((channels, 1, cfg.linear_conv_kernel), ("linear", "norm", "norm"), dtype))  # HF's [C, 1, K]
-        self.dt_bias = param((hv,), ("linear",), dtype)
-        self.A_log = param((hv,), ("linear",), dtype)
+        # The conv's channels key head by key head (HF's q | k | v regrouped on load: transforms.ByHead), so
+        # tensor parallelism splits the projections, the conv and the state by head (sharding.RULES); its
+        # weight [key heads, channels of one, 1, K] (a folder converted before the regrouping: refused by its shape)
+        self.in_proj_qkv = Dense((e,), (self.channels,), ("embed", "linear_channels"), **dense)
+        self.in_proj_z = Dense((e,), (hv, dv), ("embed", "linear_v_heads", "head_dim"), **dense)
+        self.in_proj_b = Dense((e,), (hv,), ("embed", "linear_v_heads"), quantizable=False, **dense)
+        self.in_proj_a = Dense((e,), (hv,), ("embed", "linear_v_heads"), quantizable=False, **dense)
+        self.conv1d = nnx.Dict(weight=param((hk, per_head, 1, cfg.linear_conv_kernel),  # HF's [C, 1, K]
+                                            ("linear_k_heads", "head_dim", "norm", "norm"), dtype))
+        self.dt_bias = param((hv,), ("linear_v_heads",), dtype)
+        self.A_log = param((hv,), ("linear_v_heads",), dtype)
         self.norm = GatedRMSNorm(dv, cfg.norm_eps, dtype=dtype, rngs=rngs)
-        self.out_proj = Dense((hv, dv), (e,), ("linear", "head_dim", "embed"), **dense)
+        self.out_proj = Dense((hv, dv), (e,), ("linear_v_heads", "head_dim", "embed"), **dense)
 
     def __call__(self, x, positions, cache: RecurrentState | None, kv):
         b, t, _ = x.shape
@@ -189,11 +200,11 @@ class GatedDeltaNet(nnx.Module):
             held = RecurrentState(cache.conv[rows], cache.ssm[rows])
             conv0 = jnp.where(fresh[:, None, None], 0, held.conv).astype(x.dtype)
             ssm0 = jnp.where(fresh[:, None, None, None], 0, held.ssm)
-        mixed, conv = causal_conv(self.in_proj_qkv(x), conv0, self.conv1d["weight"][:, 0], valid)
-        kd = self.key_heads * self.dk
-        q = mixed[..., :kd].reshape(b, t, self.key_heads, self.dk)
-        k = mixed[..., kd : 2 * kd].reshape(b, t, self.key_heads, self.dk)
-        v = mixed[..., 2 * kd :].reshape(b, t, self.heads, self.dv)
+        weight = self.conv1d["weight"][..., 0, :].reshape(self.channels, -1)
+        mixed, conv = causal_conv(self.in_proj_qkv(x), conv0, weight, valid)
+        mixed = mixed.reshape(b, t, self.key_heads, -1)  # per key head: q, k, then its value heads' v
+        q, k = mixed[..., : self.dk], mixed[..., self.dk : 2 * self.dk]
+        v = mixed[..., 2 * self.dk :].reshape(b, t, self.heads, self.dv)
         if self.heads != self.key_heads:  # each key head serves heads / key_heads value heads, in order
             q, k = (jnp.repeat(y, self.heads // self.key_heads, axis=2) for y in (q, k))
         beta = jax.nn.sigmoid(self.in_proj_b(x).astype(jnp.float32))

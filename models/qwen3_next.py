@@ -21,12 +21,14 @@ The shared decoder with:
   experts.down_proj [X, E, F], transformers' parameters; weights.split_experts reads them apart).
 """
 
+import dataclasses
+
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW_SWITCH, RMS_NOT_NULL, Architecture, Wrapper
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, decoder_weight_map, dense
 from jaxllm.models.moe import dense_layers, moe_weight_map
-from jaxllm.models.transforms import Copy, Linear, Regrouped
+from jaxllm.models.transforms import ByHead, Copy, Linear, Regrouped
 from jaxllm.models.weights import WeightSpec, split_experts
 
 HYBRID_TYPES = ("linear_attention", "full_attention")
@@ -80,18 +82,22 @@ def _moe_width(raw: dict) -> dict:
 def _linear_specs(cfg: ModelConfig, layer: int, fused: bool) -> list[WeightSpec]:
     """A linear-attention layer's tensors: Qwen3.5's apart, or Qwen3-Next's fused per key head (`fused`)."""
     hf, ours = f"model.layers.{layer}.linear_attn.", ("model", "layers", layer, "linear_attn")
-    specs = [WeightSpec(hf + "conv1d.weight", ours + ("conv1d", "weight")), WeightSpec(hf + "dt_bias", ours + ("dt_bias",)),
+    hk, dk, dv = cfg.linear_key_heads, cfg.linear_key_head_dim, cfg.linear_value_head_dim
+    group = cfg.linear_value_heads // hk
+    # the conv's channels q | k | v (each head by head), ours per key head (GatedDeltaNet)
+    qkv = ByHead(hk, (dk, dk, group * dv), (0, 1, 2))
+    specs = [WeightSpec(hf + "conv1d.weight", ours + ("conv1d", "weight"), dataclasses.replace(qkv, lead=2)),
+             WeightSpec(hf + "dt_bias", ours + ("dt_bias",)),
              WeightSpec(hf + "A_log", ours + ("A_log",)), WeightSpec(hf + "norm.weight", ours + ("norm", "weight"))]
     specs += dense(hf + "out_proj", ours + ("out_proj",), Linear(2), bias=False)
     if not fused:
-        for name in ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a"):
+        specs += dense(hf + "in_proj_qkv", ours + ("in_proj_qkv",), qkv, bias=False)
+        for name in ("in_proj_z", "in_proj_b", "in_proj_a"):
             specs += dense(hf + name, ours + (name,), bias=False)
         return specs
-    hk, dk, dv = cfg.linear_key_heads, cfg.linear_key_head_dim, cfg.linear_value_head_dim
-    group = cfg.linear_value_heads // hk
     qkvz, ba = (dk, dk, group * dv, group * dv), (group, group)
     return specs + [
-        WeightSpec(hf + "in_proj_qkvz.weight", ours + ("in_proj_qkv", "kernel"), Regrouped(hk, qkvz, (0, 1, 2))),
+        WeightSpec(hf + "in_proj_qkvz.weight", ours + ("in_proj_qkv", "kernel"), ByHead(hk, qkvz, (0, 1, 2), interleaved=True)),
         WeightSpec(hf + "in_proj_qkvz.weight", ours + ("in_proj_z", "kernel"), Regrouped(hk, qkvz, (3,))),
         WeightSpec(hf + "in_proj_ba.weight", ours + ("in_proj_b", "kernel"), Regrouped(hk, ba, (0,))),
         WeightSpec(hf + "in_proj_ba.weight", ours + ("in_proj_a", "kernel"), Regrouped(hk, ba, (1,))),

@@ -265,6 +265,44 @@ class Regrouped:
 
 
 @dataclass(frozen=True)
+class ByHead:
+    """Rows of an HF tensor made of pieces of `sizes` rows per head, for `heads` heads, regrouped head
+    by head: ours holds each head's rows of the `take` pieces in turn, then the next head's, so a split
+    of our rows over devices gives each its heads' rows of every piece (gated DeltaNet's q | k | v
+    channels, models/linear_attention.py); ours has the rows on its first dim, or on its first two
+    (`lead` 2: [heads, rows of a head, ...]). The HF rows come head by head (`interleaved`: each head's
+    pieces together, Qwen3-Next's in_proj_qkvz) or piece by piece (each piece's heads together:
+    Qwen3.5's in_proj_qkv, and both models' conv1d). The dims after the rows are the same in both."""
+
+    heads: int
+    sizes: tuple[int, ...]
+    take: tuple[int, ...]
+    interleaved: bool = False
+    lead: int = 1
+
+    def hf_shape(self, shape):
+        return (self.heads * sum(self.sizes), *shape[self.lead :])
+
+    def _pieces(self, x):
+        """Views of the HF-shaped x as each taken piece [heads, size, ...]."""
+        starts = np.cumsum((0,) + tuple(self.sizes))
+        if self.interleaved:
+            x = x.reshape(self.heads, sum(self.sizes), *x.shape[1:])
+            return [x[:, starts[i] : starts[i + 1]] for i in self.take]
+        return [x[self.heads * starts[i] : self.heads * starts[i + 1]].reshape(self.heads, self.sizes[i], *x.shape[1:])
+                for i in self.take]
+
+    def __call__(self, x, shape, dtype) -> np.ndarray:
+        return np.concatenate(self._pieces(np.asarray(read_whole(x))), axis=1).astype(dtype, copy=False).reshape(shape)
+
+    def export(self, value: np.ndarray, out: np.ndarray) -> None:
+        value, start = value.reshape(self.heads, -1, *out.shape[1:]), 0
+        for view in self._pieces(out):  # views of `out`
+            view[...] = value[:, start : start + view.shape[1]]
+            start += view.shape[1]
+
+
+@dataclass(frozen=True)
 class FusedQKV:
     """One of q, k, v (`part` 0, 1, 2) out of one fused [K * (G + 2) * head_dim, ...] tensor: for each
     of the K kv heads, its G = `group` query heads, then its key, then its value. G = 1 is GPT-NeoX's

@@ -8,6 +8,7 @@ by a lookup) and the output head's ("vocab_out", a matmul).
 A dimension that a mesh axis does not divide is an error, except kv heads: models often have
 fewer kv heads than the tensor-parallel degree, and then the kv projections and the KV cache are
 replicated over tp (every device keeps all kv heads; each query head still finds its kv head).
+Linear-attention heads and quantization scale groups do the same (REPLICATE_IF_UNEVEN).
 Two dimensions of one array mapped to the same mesh axis is an error too (a table that would
 silently replicate one of them).
 """
@@ -40,9 +41,14 @@ RULES: dict[str, str | None] = {
     # DeepSeek's latent attention: the low-rank q and kv latents every head reads (models/mla.py), whole on each device
     "latent": None,
     "mlp": "tp",
-    # Gated DeltaNet's projections, conv and heads (models/linear_attention.py): whole on each device
-    # (its q | k | v conv channels are not grouped by head, so a tp split would not follow the heads)
-    "linear": None,
+    # Gated DeltaNet (models/linear_attention.py), split by head as attention is: its value heads (z,
+    # b, a, the decay, out_proj's inputs, the delta rule's state), its key heads (the conv's weight),
+    # and the conv's channels (in_proj_qkv's outputs, the conv state: per key head its q, k and its
+    # value heads' v, so a tp that divides the key heads splits them at heads; one that does not,
+    # where they fall, still correct: the layer's heads are then whole on each device)
+    "linear_k_heads": "tp",
+    "linear_v_heads": "tp",
+    "linear_channels": "tp",
     "norm": None,
     "cache_seq": None,
     # Expert stacks [X, ...] and their quantization scales: each ep group of devices holds (and
@@ -56,9 +62,12 @@ RULES: dict[str, str | None] = {
     "q_heads_groups": "tp",
     "mlp_groups": "tp",
     "latent_groups": None,
+    "linear_v_heads_groups": "tp",
 }
 # Logical axes that fall back to replication when their mesh axis does not divide them.
-REPLICATE_IF_UNEVEN = {"kv_heads", "embed_groups", "q_heads_groups", "mlp_groups",
+REPLICATE_IF_UNEVEN = {"kv_heads", "embed_groups", "q_heads_groups", "mlp_groups", "linear_v_heads_groups",
+                       # fewer linear-attention heads than tp (as kv heads): that layer whole on each device
+                       "linear_k_heads", "linear_v_heads", "linear_channels",
                        "vocab_out"}  # an untied head over a vocabulary tp does not divide (131 tokens): whole on each device
 
 

@@ -17,7 +17,7 @@ from flax import nnx
 
 from jaxllm import sharding
 from jaxllm.models.attention import LayerCache, PagedCache
-from jaxllm.models.linear_attention import RecurrentState, zero_state
+from jaxllm.models.linear_attention import STATE_AXES, RecurrentState, zero_state
 from jaxllm.sampling import RowParams, SamplingParams, sample
 
 ERROR = -2  # the token of a row whose logits were not finite: it ends there, with an error
@@ -26,7 +26,7 @@ ERROR = -2  # the token of a row whose logits were not finite: it ends there, wi
 class SlotState(NamedTuple):
     cache: list  # per layer LayerCache: k, v [pool, page_size, K, D] (int8: and scales [pool, page_size, K]);
     # pages >= num_pages are never handed out. A linear-attention layer's: its RecurrentState, a row per
-    # decode slot and a scratch row per dp shard (models/linear_attention.py)
+    # decode slot and a scratch row per dp shard (runner.recurrent_rows; models/linear_attention.py)
     tokens: jax.Array  # [B] the last token of each slot, fed at the next step
     positions: jax.Array  # [B] where that token will be written
     done: jax.Array  # [B] bool
@@ -98,8 +98,10 @@ def steps(graphdef, chunk: int, attention: str, mesh, kv_shapes: tuple, scales: 
     rep = sharding.replicated(mesh)
 
     def layer_cache(shape, state):
-        if state is not None:  # recurrent state rows: over dp like the slots
-            return RecurrentState(rows, rows)
+        if state is not None:  # recurrent state rows: over dp like the slots, their heads over tp as the layer's
+            zeros = jax.eval_shape(lambda: zero_state(state, mesh.shape["dp"], jnp.float32))
+            return RecurrentState(*(jax.sharding.NamedSharding(mesh, sharding.spec_for(axes, z.shape, mesh, "a recurrent state"))
+                                    for axes, z in zip(STATE_AXES, zeros)))
         if shape is None:
             return None
         pool = sharding.pool_sharding(mesh, shape[0])
