@@ -217,10 +217,15 @@ def test_quantize_then_dequantize_error_is_bounded_per_group(bits, offset, shape
     ("Gemma2ForCausalLM", ("int8",), False),
     # quantize_embeddings: an untied head and its embedding; a tied, scaled, soft-capped table (Gemma 2)
     ("LlamaForCausalLM", ("int4",), True), ("Gemma2ForCausalLM", ("int8",), True),
-    ("PhiForCausalLM", ("int8",), True)])  # a head with a bias
+    ("PhiForCausalLM", ("int8",), True),  # a head with a bias
+    # a gated-DeltaNet layer, then a full one: its projections quantize, beta's and the decay's stay float
+    ("Qwen3_5ForCausalLM", ("int8", "int4"), False), ("Qwen3NextForCausalLM", ("int8",), False)])
 def test_tiny_quantized_models_track_their_float_logits(arch, modes, tables):
     raw = dict(registry.get(arch).tiny_config, architectures=[arch], num_hidden_layers=2)
+    if "layer_types" in raw:
+        raw["layer_types"] = raw["layer_types"][:2]
     model = _float_model(raw, seed=1)
+    attn = next(i for i in range(2) if not model.config.layer_is_linear(i))
     tokens = np.random.default_rng(0).integers(0, raw["vocab_size"], (2, 12))
     ref = np.asarray(model.logits(tokens))
     table_paths = {("model", "embed_tokens", "embedding")} | ({("lm_head", "kernel")} if "lm_head" in model.params else set())
@@ -230,7 +235,11 @@ def test_tiny_quantized_models_track_their_float_logits(arch, modes, tables):
         kernels = {p for p, v in flat.items() if quant.is_quantized(v.dtype)}
         # Dense kernels and expert stacks quantize; norms and routers do not; the embedding and the
         # output head only under quantize_embeddings, and then in int8 whatever the others take
-        assert ("model", "layers", 0, "self_attn", "q_proj", "kernel") in kernels
+        assert ("model", "layers", attn, "self_attn", "q_proj", "kernel") in kernels
+        if model.config.recurrent:
+            linear = ("model", "layers", 0, "linear_attn")
+            assert {linear + (n, "kernel") for n in ("in_proj_qkv", "in_proj_z", "out_proj")} <= kernels
+            assert not {linear + (n, "kernel") for n in ("in_proj_b", "in_proj_a")} & kernels
         assert all(p[-1] in ("kernel", "gate_proj", "up_proj", "down_proj") for p in kernels - table_paths)
         assert not any("gate" == p[-2] for p in kernels)
         assert (kernels & table_paths) == (table_paths if tables else set())
