@@ -158,9 +158,9 @@ def attention_weights(graphdef, params, tokens, layer: int, *, attention_mask=No
     layers without one, such as OLMo 2's). `layer` is static; negative ones count from the end."""
     model, tokens, keep = _merge(graphdef, params, tokens, attention_mask)
     layer = check_layer(model.cfg.num_layers, layer)
-    if model.cfg.layer_is_linear(layer):
-        full = [i for i in range(model.cfg.num_layers) if not model.cfg.layer_is_linear(i)]
-        raise InputError(f"layer {layer} is a linear-attention (gated DeltaNet) layer, which has no attention weights: "
+    if model.cfg.layer_is_recurrent(layer):
+        full = [i for i in range(model.cfg.num_layers) if not model.cfg.layer_is_recurrent(i)]
+        raise InputError(f"layer {layer} is a recurrent ({model.cfg.layer_mixer(layer)}) layer, which has no attention weights: "
                          f"pick a full-attention layer ({', '.join(map(str, full))})")
     trace = []
     _, positions, kv = _decoder(model, tokens, keep, trace)

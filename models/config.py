@@ -15,6 +15,7 @@ from jaxllm.models.config_fields import (
     GROUP_SCORES,
     LAYER_TYPES,
     QK_NORMS,
+    RECURRENT_TYPES,
     ROUTERS,
     check_config,
     check_eos,
@@ -170,12 +171,16 @@ class ModelConfig:
     double_wide_mlp: bool = False
     per_layer_input_size: int = 0
     per_layer_vocab_size: int = 0
+    # Recurrent layers (models/recurrent.py, models/mixers.py): the layer types of recurrent_kinds the family
+    # builds (config_fields.RECURRENT_TYPES), each keeping a state per sequence instead of keys; their causal
+    # conv of linear_conv_kernel taps, with a bias where conv_bias (LFM2's short conv).
     # Gated DeltaNet (Qwen3-Next, Qwen3.5): "linear_attention" layers (models/linear_attention.py) of
-    # linear_key_heads query/key heads and linear_value_heads value heads, a causal conv of
-    # linear_conv_kernel taps over their q|k|v channels, and a recurrent state per sequence; 0 heads: none.
+    # linear_key_heads query/key heads and linear_value_heads value heads, the conv over their q|k|v channels.
     # attn_output_gate: the full-attention layers' q_proj also gives a gate per query head, the output
     # times its sigmoid before o_proj (Qwen3-Next's gated attention).
+    recurrent_kinds: tuple[str, ...] = ()
     linear_conv_kernel: int = 0
+    conv_bias: bool = False
     linear_key_head_dim: int = 0
     linear_value_head_dim: int = 0
     linear_key_heads: int = 0
@@ -234,28 +239,29 @@ class ModelConfig:
 
     def kv_shape(self, layer: int) -> tuple[int, int] | None:
         """(kv heads, head_dim) of the keys and values `layer` caches; None: it caches none (it reads
-        another layer's: kv_source; or it is a linear-attention layer, which keeps a recurrent state)."""
-        if self.layer_is_linear(layer) or self.kv_source(layer) != layer:
+        another layer's: kv_source; or it is a recurrent layer, which keeps a state instead)."""
+        if self.layer_is_recurrent(layer) or self.kv_source(layer) != layer:
             return None
         return self.layer_kv_heads(layer), self.layer_head_dim(layer)
 
+    def layer_mixer(self, layer: int) -> str | None:
+        """The recurrent kind of `layer` (its layer type, one of RECURRENT_TYPES: models/mixers.py), or
+        None for an attention layer."""
+        kind = self.layer_types[layer] if self.layer_types else None
+        return kind if kind in RECURRENT_TYPES else None
+
+    def layer_is_recurrent(self, layer: int) -> bool:
+        """A recurrent layer: no keys cached, a state per sequence (models/recurrent.py)."""
+        return self.layer_mixer(layer) is not None
+
     def layer_is_linear(self, layer: int) -> bool:
-        """A gated-DeltaNet layer (models/linear_attention.py): no keys cached, a recurrent state per sequence."""
-        return bool(self.layer_types) and self.layer_types[layer] == "linear_attention"
+        """A gated-DeltaNet layer (models/linear_attention.py)."""
+        return self.layer_mixer(layer) == "linear_attention"
 
     @property
     def recurrent(self) -> bool:
         """Whether some layer keeps a recurrent state per sequence (the engine's state slots, no prefix cache)."""
-        return any(map(self.layer_is_linear, range(self.num_layers)))
-
-    def recurrent_shape(self, layer: int) -> tuple[int, int, int, int, int] | None:
-        """A linear-attention layer's state: (conv taps kept, conv channels, value heads, key dim, value
-        dim); None for the other layers."""
-        if not self.layer_is_linear(layer):
-            return None
-        k, v = self.linear_key_heads * self.linear_key_head_dim, self.linear_value_heads * self.linear_value_head_dim
-        return (self.linear_conv_kernel - 1, 2 * k + v, self.linear_value_heads, self.linear_key_head_dim,
-                self.linear_value_head_dim)
+        return any(map(self.layer_is_recurrent, range(self.num_layers)))
 
     def layer_values_are_keys(self, layer: int) -> bool:
         """Whether the layer's values are its keys' projection (no v_proj: Gemma 4's attention_k_eq_v)."""
@@ -366,7 +372,7 @@ def _validated(cfg: ModelConfig) -> ModelConfig:
     for t in cfg.layer_types:
         if t not in LAYER_TYPES:
             raise ConfigError(f"config.json layer type '{t}' is not supported; use {', '.join(LAYER_TYPES)}")
-    _check_linear(cfg)
+    _check_recurrent(cfg)
     if "sliding_attention" in cfg.layer_types and cfg.sliding_window == 0:
         raise ConfigError("config.json sliding_window is 0, a window in which a token sees no key at all (transformers fails "
                           "running it): set it to the window's width in tokens, or turn the window off (Qwen: "
@@ -402,11 +408,12 @@ def _validated(cfg: ModelConfig) -> ModelConfig:
     return cfg
 
 
-def _check_linear(cfg: ModelConfig) -> None:
-    """A ConfigError for linear-attention layers the family has none of, or heads they cannot group."""
-    if "linear_attention" in cfg.layer_types and not cfg.linear_key_heads:
-        raise ConfigError(f"config.json asks for linear_attention layers, which jaxllm's {cfg.architecture} does not have "
-                          "(only Qwen3-Next and Qwen3.5 run them): use full_attention or sliding_attention")
+def _check_recurrent(cfg: ModelConfig) -> None:
+    """A ConfigError for recurrent layers of a kind the family does not build, or heads they cannot group."""
+    for kind in sorted(set(cfg.layer_types) & set(RECURRENT_TYPES) - set(cfg.recurrent_kinds)):
+        runs = f"it runs {', '.join(cfg.recurrent_kinds)} layers" if cfg.recurrent_kinds else "it has no recurrent layers"
+        raise ConfigError(f"config.json asks for {kind} layers, which jaxllm's {cfg.architecture} does not have ({runs}): "
+                          "use full_attention" + (" or those" if cfg.recurrent_kinds else " or sliding_attention"))
     if cfg.linear_key_heads and cfg.linear_value_heads % cfg.linear_key_heads:
         raise ConfigError(f"config.json linear_num_value_heads={cfg.linear_value_heads} is not a multiple of "
                           f"linear_num_key_heads={cfg.linear_key_heads}: each key head must serve a whole number of value heads")

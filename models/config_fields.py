@@ -15,9 +15,11 @@ ROUTERS = ("softmax_topk", "topk_softmax", "sparsemixer", "sigmoid_topk", "topk_
 # How a group-limited router (router_groups > 1) scores each group of experts: "max" of its scores
 # (DeepSeek-V2's group_limited_greedy), or the "top2" sum (DeepSeek-V3)
 GROUP_SCORES = ("max", "top2")
-# "linear_attention": a gated-DeltaNet layer (models/linear_attention.py), for the families that set
-# ModelConfig.linear_key_heads; refused elsewhere (config._validated)
-LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention", "linear_attention")
+# Recurrent layer types (models/mixers.py): "linear_attention", a gated-DeltaNet layer
+# (models/linear_attention.py); "conv", LFM2's gated short conv (models/short_conv.py); each only in the
+# families whose ModelConfig.recurrent_kinds names it, refused elsewhere (config._validated)
+RECURRENT_TYPES = ("linear_attention", "conv")
+LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention") + RECURRENT_TYPES
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope", "proportional")
 
 # What each field of config.json and generation_config.json may hold: one table per file, checked

@@ -19,7 +19,7 @@ from jaxllm.models.attention import UNCACHED, Attention, LayerCache, Uncached
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.experts import make_mlp
 from jaxllm.models.layers import Dense, Embed, LayerNorm, RMSNorm, SinusoidalPositions, param
-from jaxllm.models.linear_attention import GatedDeltaNet
+from jaxllm.models.mixers import mixer_cls
 from jaxllm.models.rope import rotary
 from jaxllm.models.transforms import Copy, Linear, Part
 from jaxllm.models.weights import WeightSpec
@@ -38,10 +38,13 @@ class DecoderLayer(nnx.Module):
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
         norm = norm_kwargs(cfg, dtype, rngs, self.norm_cls)
         self.input_layernorm = self.norm_cls(cfg.hidden_size, cfg.norm_eps, **norm)
-        # a linear-attention layer (Qwen3-Next, Qwen3.5) mixes tokens by its gated DeltaNet in place of attention
-        linear = cfg.layer_is_linear(layer)
-        self.self_attn = None if linear else self.attn_cls(cfg, layer, dtype=dtype, rngs=rngs)
-        self.linear_attn = GatedDeltaNet(cfg, layer, dtype=dtype, rngs=rngs) if linear else None
+        # a recurrent layer (Qwen3-Next's gated DeltaNet, LFM2's short conv) mixes tokens by its recurrent mixer
+        # in place of attention, under the attribute transformers names it by (models/mixers.py)
+        mixer = mixer_cls(cfg, layer)
+        self.self_attn = None if mixer else self.attn_cls(cfg, layer, dtype=dtype, rngs=rngs)
+        self.mixer = None if mixer is None else mixer.attr
+        if mixer is not None:
+            setattr(self, mixer.attr, mixer(cfg, layer, dtype=dtype, rngs=rngs))
         own = not cfg.parallel_residual or cfg.parallel_mlp_norm
         self.post_attention_layernorm = self.norm_cls(cfg.hidden_size, cfg.norm_eps, **norm) if own else None
         self.mlp = make_mlp(cfg, layer, dtype=dtype, rngs=rngs)
@@ -49,8 +52,8 @@ class DecoderLayer(nnx.Module):
 
     def __call__(self, x, positions, rot, cache, kv=UNCACHED):
         h = self.input_layernorm(x)
-        if self.linear_attn is not None:
-            attn, cache = self.linear_attn(h, positions, cache, kv)
+        if self.mixer is not None:
+            attn, cache = getattr(self, self.mixer)(h, positions, cache, kv)
         else:
             attn, cache = self.self_attn(h, positions, rot, cache, kv)
         if self.parallel:
@@ -281,13 +284,14 @@ def decoder_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
             WeightSpec(hf + "input_layernorm.weight", ours + ("input_layernorm", "weight")),
             WeightSpec(hf + "post_attention_layernorm.weight", ours + ("post_attention_layernorm", "weight")),
         ]
-        projections = ("q_proj", "o_proj") + kv_projections(cfg, i)
+        # a recurrent layer has no attention tensors: its family adds its mixer's
+        projections = () if cfg.layer_is_recurrent(i) else ("q_proj", "o_proj") + kv_projections(cfg, i)
         for name in [n for n in ("q_proj", "k_proj", "v_proj", "o_proj") if n in projections]:
             attn = ours + ("self_attn", name)
             specs.append(WeightSpec(f"{hf}self_attn.{name}.weight", attn + ("kernel",), Linear(2 if name == "o_proj" else 1)))
             if cfg.o_bias if name == "o_proj" else cfg.qkv_bias:
                 specs.append(WeightSpec(f"{hf}self_attn.{name}.bias", attn + ("bias",), Copy(flatten=name != "o_proj")))
-        if cfg.qk_norm not in ("none", "l2") and (cfg.qk_norm_layers is None or i in cfg.qk_norm_layers):  # l2: no weights
+        if projections and cfg.qk_norm not in ("none", "l2") and (cfg.qk_norm_layers is None or i in cfg.qk_norm_layers):  # l2: no weights
             for name in ("q_norm", "k_norm") if cfg.kv_shape(i) is not None else ("q_norm",):
                 flat = Copy(flatten=cfg.qk_norm == "projection")
                 specs.append(WeightSpec(f"{hf}self_attn.{name}.weight", ours + ("self_attn", name, "weight"), flat))

@@ -1,13 +1,9 @@
 """Gated DeltaNet linear attention (Qwen3-Next, Qwen3.5: transformers' Qwen3NextGatedDeltaNet) and
 the recurrent state it keeps per sequence.
 
-A linear-attention layer caches no keys: each sequence carries a `RecurrentState`, the last
-`kernel - 1` inputs of its causal depthwise conv and a [value heads, key dim, value dim] matrix
-that the delta rule updates token by token. The serving engine keeps one state row per decode slot
-(plus a scratch row) for each such layer, beside the page pool (jaxllm/serving/steps.py); a call's
-KV backend says which rows its rows use (`PagedCache.state_rows`; None: row b is state row b, as in
-decode). A row whose first position is 0 starts from a zero state (a new or recomputed sequence);
-tokens marked invalid (padding, finished rows) leave the state as it was.
+A linear-attention layer is a recurrent mixer (models/recurrent.py): it caches no keys, each
+sequence carries a `RecurrentState`, the last `kernel - 1` inputs of its causal depthwise conv and a
+[value heads, key dim, value dim] matrix that the delta rule updates token by token.
 
 A whole sequence without a cache (full forward, research functions) runs the delta rule in
 transformers' chunked form (torch_chunk_gated_delta_rule): chunks of `CHUNK` tokens, a triangular
@@ -20,8 +16,6 @@ must be; a long prompt's prefill is sequential in its tokens on those layers.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -29,37 +23,14 @@ from flax import nnx
 from jaxllm.models import delta_rule_gpu
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.layers import Dense, RMSNorm, param
+from jaxllm.models.recurrent import RecurrentMixer, RecurrentState, StateShape, causal_conv
 
 CHUNK = 64  # tokens per chunk of the delta rule (transformers' chunk_size)
 
 
-class RecurrentState(NamedTuple):
-    """One linear-attention layer's state for S rows (sequences): `conv` [S, kernel - 1, channels] the
-    conv's last inputs (the model's dtype; channels grouped by key head, as GatedDeltaNet's), `ssm`
-    [S, value heads, key dim, value dim] float32."""
-
-    conv: jax.Array
-    ssm: jax.Array
-
-
-# Its arrays' logical axes (jaxllm.sharding.RULES): rows as the engine's slots, the conv's channels and the
-# value heads split over tp as the layer's projections are (whole key heads where tp divides them)
+# A layer's state arrays' logical axes (jaxllm.sharding.RULES): rows as the engine's slots, the conv's channels
+# and the value heads split over tp as the layer's projections are (whole key heads where tp divides them)
 STATE_AXES = RecurrentState(("batch", None, "linear_channels"), ("batch", "linear_v_heads", None, None))
-
-
-def zero_state(shape: tuple[int, int, int, int, int], rows: int, dtype) -> RecurrentState:
-    """A zero state of `rows` rows for a layer of ModelConfig.recurrent_shape `shape`."""
-    taps, channels, heads, dk, dv = shape
-    return RecurrentState(jnp.zeros((rows, taps, channels), dtype), jnp.zeros((rows, heads, dk, dv), jnp.float32))
-
-
-def state_bytes(cfg: ModelConfig, dtype) -> int:
-    """Bytes of one sequence's recurrent state, every layer."""
-    total = 0
-    for shape in filter(None, map(cfg.recurrent_shape, range(cfg.num_layers))):
-        taps, channels, heads, dk, dv = shape
-        total += taps * channels * jnp.dtype(dtype).itemsize + heads * dk * dv * 4
-    return total
 
 
 def l2norm(x, eps: float = 1e-6):
@@ -134,20 +105,6 @@ def recurrent_delta_rule(q, k, v, g, beta, state):
     return jnp.moveaxis(out, 0, 1), state
 
 
-def causal_conv(x, conv_state, weight, valid):
-    """Depthwise causal conv of x [B, T, C] after the `conv_state` [B, kernel - 1, C] inputs before
-    it, weight [C, kernel]; silu of the sums, and the new state: the last kernel - 1 inputs up to
-    each row's last valid token (valid [B, T], a prefix of each row)."""
-    taps = weight.shape[1] - 1
-    full = jnp.concatenate([conv_state.astype(x.dtype), x], axis=1)  # [B, taps + T, C]
-    t = x.shape[1]
-    w = weight.astype(jnp.float32)
-    out = sum(full[:, j : j + t].astype(jnp.float32) * w[:, j] for j in range(taps + 1))
-    lengths = jnp.sum(valid, axis=1)
-    new = jax.vmap(lambda row, n: jax.lax.dynamic_slice_in_dim(row, n, taps, axis=0))(full, lengths)
-    return jax.nn.silu(out).astype(x.dtype), new
-
-
 class GatedRMSNorm(RMSNorm):
     """The shared RMSNorm of each value head (its weight applied after the cast back, as Llama's),
     then times silu(gate) in float32 (Qwen3NextRMSNormGated)."""
@@ -156,19 +113,30 @@ class GatedRMSNorm(RMSNorm):
         return (super().__call__(x) * jax.nn.silu(gate.astype(jnp.float32))).astype(x.dtype)
 
 
-class GatedDeltaNet(nnx.Module):
+class GatedDeltaNet(RecurrentMixer):
     """A linear-attention layer in Qwen3.5's naming: in_proj_qkv (the conv's channels: per key head
     its q, its k and its value heads' v),
     in_proj_z (the output gate), in_proj_b (beta), in_proj_a (the decay's input), conv1d, dt_bias,
     A_log, a gated norm per value head and out_proj. Called as the shared layer calls its attention:
     (x, positions, cache, kv) -> (output, the layer's new RecurrentState; None without a cache)."""
 
+    attr = "linear_attn"
+
+    @classmethod
+    def state_shape(cls, cfg: ModelConfig, layer: int) -> StateShape:
+        """The conv's last inputs over its channels (grouped by key head), and a [key dim, value dim]
+        matrix per value head; split over tp by head (STATE_AXES)."""
+        k, v = cfg.linear_key_heads * cfg.linear_key_head_dim, cfg.linear_value_heads * cfg.linear_value_head_dim
+        return StateShape((cfg.linear_conv_kernel - 1, 2 * k + v),
+                          (cfg.linear_value_heads, cfg.linear_key_head_dim, cfg.linear_value_head_dim), STATE_AXES)
+
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
         e, hk, hv = cfg.hidden_size, cfg.linear_key_heads, cfg.linear_value_heads
         dk, dv = cfg.linear_key_head_dim, cfg.linear_value_head_dim
         self.heads, self.key_heads, self.dk, self.dv = hv, hk, dk, dv
         per_head = 2 * dk + hv // hk * dv  # a key head's channels: its q, its k, its value heads' v
-        self.channels, self.taps = hk * per_head, cfg.linear_conv_kernel - 1
+        self.channels = hk * per_head
+        self.state_dims = self.state_shape(cfg, layer)
         dense = dict(bias=False, dtype=dtype, rngs=rngs)
         # The conv's channels key head by key head (HF's q | k | v regrouped on load: transforms.ByHead), so
         # tensor parallelism splits the projections, the conv and the state by head (sharding.RULES); its
@@ -186,22 +154,9 @@ class GatedDeltaNet(nnx.Module):
 
     def __call__(self, x, positions, cache: RecurrentState | None, kv):
         b, t, _ = x.shape
-        valid = getattr(kv, "valid", None)  # PagedCache's real tokens, or Uncached's keep (a padded batch's)
-        valid = getattr(kv, "keep", None) if valid is None else valid
-        valid = jnp.ones((b, t), bool) if valid is None else valid
-        x = jnp.where(valid[..., None], x, 0).astype(x.dtype)  # padding feeds the conv nothing (apply_mask_to_padding_states)
-        rows = getattr(kv, "state_rows", None)
-        rows = jnp.arange(b) if rows is None else rows
-        if cache is None:
-            conv0 = jnp.zeros((b, self.taps, self.channels), x.dtype)
-            ssm0 = jnp.zeros((b, self.heads, self.dk, self.dv), jnp.float32)
-        else:  # a row at position 0 starts a sequence: from zeros, whatever its state row held
-            fresh = positions[:, 0] == 0
-            held = RecurrentState(cache.conv[rows], cache.ssm[rows])
-            conv0 = jnp.where(fresh[:, None, None], 0, held.conv).astype(x.dtype)
-            ssm0 = jnp.where(fresh[:, None, None, None], 0, held.ssm)
+        x, valid, rows, held, start = self.state_in(x, positions, cache, kv)
         weight = self.conv1d["weight"][..., 0, :].reshape(self.channels, -1)
-        mixed, conv = causal_conv(self.in_proj_qkv(x), conv0, weight, valid)
+        mixed, conv = causal_conv(self.in_proj_qkv(x), start.conv, weight, valid)
         mixed = mixed.reshape(b, t, self.key_heads, -1)  # per key head: q, k, then its value heads' v
         q, k = mixed[..., : self.dk], mixed[..., self.dk : 2 * self.dk]
         v = mixed[..., 2 * self.dk :].reshape(b, t, self.heads, self.dv)
@@ -212,14 +167,6 @@ class GatedDeltaNet(nnx.Module):
         g = -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(a)
         beta, g = jnp.where(valid[..., None], beta, 0.0), jnp.where(valid[..., None], g, 0.0)
         # uncached (a whole sequence at once): the chunked form, as transformers' prefill; with a cache, token by token
-        out, ssm = (gated_delta_rule if cache is None else recurrent_delta_rule)(q, k, v, g, beta, ssm0)
-        out = self.norm(out.astype(x.dtype), self.in_proj_z(x))
-        out = self.out_proj(out)
-        if cache is None:
-            return out, None
-        # a row without a token this call (finished, paused, a slot whose sequence is still prefilling) keeps
-        # the state it held, whatever its position says
-        keep = jnp.any(valid, axis=1)
-        conv = jnp.where(keep[:, None, None], conv.astype(cache.conv.dtype), held.conv)
-        ssm = jnp.where(keep[:, None, None, None], ssm, held.ssm)
-        return out, RecurrentState(cache.conv.at[rows].set(conv, mode="drop"), cache.ssm.at[rows].set(ssm, mode="drop"))
+        out, ssm = (gated_delta_rule if cache is None else recurrent_delta_rule)(q, k, v, g, beta, start.ssm)
+        out = self.out_proj(self.norm(out.astype(x.dtype), self.in_proj_z(x)))
+        return out, None if cache is None else self.state_out(cache, rows, held, RecurrentState(conv, ssm), valid)

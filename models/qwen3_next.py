@@ -49,6 +49,7 @@ def hybrid_layer_types(raw: dict) -> tuple[str, ...]:
 def hybrid_defaults(raw: dict) -> dict:
     return dict(
         qk_norm="per_head", norm_offset=1.0, attn_output_gate=True, mlp_bias=False, layer_types=hybrid_layer_types(raw),
+        recurrent_kinds=("linear_attention",),
         linear_conv_kernel=raw["linear_conv_kernel_dim"], linear_key_head_dim=raw["linear_key_head_dim"],
         linear_value_head_dim=raw["linear_value_head_dim"], linear_key_heads=raw["linear_num_key_heads"],
         linear_value_heads=raw["linear_num_value_heads"],
@@ -105,7 +106,7 @@ def _linear_specs(cfg: ModelConfig, layer: int, fused: bool) -> list[WeightSpec]
 
 
 def hybrid_weight_map(fused: bool, base=decoder_weight_map):
-    """`base`'s map without attention tensors on the linear layers, theirs added; each full layer's
+    """`base`'s map (no attention tensors on the linear layers), theirs added; each full layer's
     q_proj read as its query rows and its gate rows (per head: query, then gate)."""
 
     def weight_map(cfg: ModelConfig) -> list[WeightSpec]:
@@ -113,8 +114,6 @@ def hybrid_weight_map(fused: bool, base=decoder_weight_map):
         for spec in base(cfg):
             parts = spec.hf_names[0].split(".")
             if len(parts) > 4 and parts[1] == "layers" and parts[3] == "self_attn":
-                if cfg.layer_is_linear(int(parts[2])):
-                    continue
                 if parts[4] == "q_proj":
                     inner = Linear() if parts[5] == "weight" else Copy(flatten=True)
                     path = spec.path[:-2]

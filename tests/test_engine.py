@@ -323,7 +323,7 @@ def test_pool_leaves_room_for_recurrent_states(tmp_path, monkeypatch):
     """A model with linear-attention layers keeps a state per sequence beside the pages: sizing the
     pool from the device's memory takes it out first, so a larger batch gets fewer pages by its states."""
     from jaxllm.models.attention import kv_cache_bytes
-    from jaxllm.models.linear_attention import state_bytes
+    from jaxllm.models.mixers import state_bytes
     from jaxllm.serving import memory
 
     reference.build("Qwen3NextForCausalLM", tmp_path)

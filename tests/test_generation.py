@@ -17,7 +17,8 @@ from jaxllm.engine import Engine
 from jaxllm.errors import GenerationError
 from jaxllm.models import registry
 from jaxllm.models.attention import LayerCache, PagedCache
-from jaxllm.models.linear_attention import zero_state
+from jaxllm.models.mixers import state_shape
+from jaxllm.models.recurrent import zero_state
 
 TOL = 1e-4
 
@@ -40,8 +41,8 @@ def test_cached_decode_matches_full_forward(pair):
     module = model.module
     shapes = [None if kv is None else (13, 4) + kv for kv in map(cfg.kv_shape, range(cfg.num_layers))]  # 12 pages and the trash page
     cache = [None if s is None else LayerCache(np.zeros(s, np.float32), np.zeros(s, np.float32)) for s in shapes]
-    # a linear-attention layer's recurrent state instead: a row per sequence (row b's is row b)
-    recurrent = map(cfg.recurrent_shape, range(cfg.num_layers))
+    # a recurrent layer's state instead: a row per sequence (row b's is row b)
+    recurrent = (state_shape(cfg, i) for i in range(cfg.num_layers))
     cache = [c if r is None else zero_state(r, 2, np.float32) for c, r in zip(cache, recurrent)]
     table = np.asarray([[7, 2, 9, 0, 4], [1, 11, 3, 8, 5]], np.int32)
     positions = np.broadcast_to(np.arange(6), (2, 6))

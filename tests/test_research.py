@@ -24,12 +24,12 @@ def test_hidden_states_attention_and_logprobs_match_transformers(arch, tmp_path)
     assert len(hidden) == len(out.hidden_states) == model.config.num_layers + 1
     for i, (ours, theirs) in enumerate(zip(hidden, out.hidden_states)):
         assert reference.max_rel_diff(ours, theirs.numpy()) <= TOL, f"hidden state {i}"
-    # transformers records the attention layers' weights alone; a linear-attention layer's are refused in one line
+    # transformers records the attention layers' weights alone; a recurrent layer's are refused in one line
     cfg = model.config
-    full = [i for i in range(cfg.num_layers) if not cfg.layer_is_linear(i)]
+    full = [i for i in range(cfg.num_layers) if not cfg.layer_is_recurrent(i)]
     if len(full) < cfg.num_layers:
-        linear = next(i for i in range(cfg.num_layers) if cfg.layer_is_linear(i))
-        with pytest.raises(jaxllm.InputError, match=f"layer {linear} is a linear-attention"):
+        linear = next(i for i in range(cfg.num_layers) if cfg.layer_is_recurrent(i))
+        with pytest.raises(jaxllm.InputError, match=f"layer {linear} is a recurrent"):
             model.attention_weights(TOKENS, linear)
     for layer in (full[0], full[-1]):
         ours = model.attention_weights(TOKENS, layer)

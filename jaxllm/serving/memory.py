@@ -8,7 +8,7 @@ import jax
 
 from jaxllm.errors import GenerationError, available_memory, size_text
 from jaxllm.models.attention import kv_cache_bytes
-from jaxllm.models.linear_attention import state_bytes
+from jaxllm.models.mixers import state_bytes
 from jaxllm.serving.runner import pool_pages, recurrent_rows
 
 
@@ -25,7 +25,7 @@ def pool_size(model, kv_dtype, page_size: int, fraction: float, num_pages: int |
               max_len: int, budget: int, dp: int) -> int:
     """The pool's pages: `num_pages` when given, else `fraction` of the device memory left after
     the weights (a CPU: a full batch of full-length sequences within 2 GiB), beside room for a
-    prefill step of `budget` tokens and the recurrent states of models with linear-attention layers
+    prefill step of `budget` tokens and the recurrent states of models with recurrent layers
     (runner.recurrent_rows over dp, counted whole on each device). Refused in one line, before anything is allocated, when the
     device cannot hold them (or one sequence of `max_len`)."""
     cfg = model.config

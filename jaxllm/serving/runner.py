@@ -45,6 +45,7 @@ import numpy as np
 
 from jaxllm import sharding
 from jaxllm.models.attention import cudnn_serves, kv_format
+from jaxllm.models.mixers import state_shapes
 from jaxllm.sampling import RowParams, SamplingParams
 from jaxllm.serving.steps import Counters, SlotState
 from jaxllm.serving.steps import steps as make_steps
@@ -114,8 +115,8 @@ class Runner:
         values, scales = kv_format(kv_dtype, self.dtype)
         self.kv_dtype = (values.name, None if scales is None else scales.name)  # the pool's (values, scales) dtypes
         kv_shapes = tuple(map(self.cfg.kv_shape, range(self.cfg.num_layers)))
-        # Linear-attention layers' recurrent states (recurrent_rows): slot s of shard i is its row s (local)
-        recurrent = tuple(map(self.cfg.recurrent_shape, range(self.cfg.num_layers))) if self.cfg.recurrent else ()
+        # Recurrent layers' states (recurrent_rows): slot s of shard i is its row s (local)
+        recurrent = state_shapes(self.cfg)
         self.scratch_row = self.shard_seqs  # each shard's scratch row, local
         steps = make_steps(model.graphdef, chunk, attention, self.mesh, kv_shapes, scales is not None, decode_options,
                            small_options, recurrent)

@@ -17,7 +17,7 @@ from flax import nnx
 
 from jaxllm import sharding
 from jaxllm.models.attention import LayerCache, PagedCache
-from jaxllm.models.linear_attention import STATE_AXES, RecurrentState, zero_state
+from jaxllm.models.recurrent import RecurrentState, zero_state
 from jaxllm.sampling import RowParams, SamplingParams, sample
 
 ERROR = -2  # the token of a row whose logits were not finite: it ends there, with an error
@@ -25,8 +25,8 @@ ERROR = -2  # the token of a row whose logits were not finite: it ends there, wi
 
 class SlotState(NamedTuple):
     cache: list  # per layer LayerCache: k, v [pool, page_size, K, D] (int8: and scales [pool, page_size, K]);
-    # pages >= num_pages are never handed out. A linear-attention layer's: its RecurrentState, a row per
-    # decode slot and a scratch row per dp shard (runner.recurrent_rows; models/linear_attention.py)
+    # pages >= num_pages are never handed out. A recurrent layer's: its RecurrentState, a row per
+    # decode slot and a scratch row per dp shard (runner.recurrent_rows; models/recurrent.py)
     tokens: jax.Array  # [B] the last token of each slot, fed at the next step
     positions: jax.Array  # [B] where that token will be written
     done: jax.Array  # [B] bool
@@ -75,7 +75,7 @@ def steps(graphdef, chunk: int, attention: str, mesh, kv_shapes: tuple, scales: 
     for a layer that caches nothing (ModelConfig.kv_shape); `scales`: the pool holds int8 scales (the state's structure on a mesh);
     `decode_options`, `small_options`: XLA options of the decode step and of small prefill calls,
     (name, value) pairs (jaxllm.runtime.decode_options, small_call_options); `recurrent`: each layer's
-    ModelConfig.recurrent_shape (None: it keeps no recurrent state), or () for a model without any."""
+    recurrent StateShape (models/mixers.state_shapes; None: it keeps no recurrent state), or () for a model without any."""
     options, small = dict(decode_options) or None, dict(small_options) or None
     counters = Counters()
     dp = "dp" if mesh is not None and mesh.shape["dp"] > 1 else None
@@ -101,7 +101,7 @@ def steps(graphdef, chunk: int, attention: str, mesh, kv_shapes: tuple, scales: 
         if state is not None:  # recurrent state rows: over dp like the slots, their heads over tp as the layer's
             zeros = jax.eval_shape(lambda: zero_state(state, mesh.shape["dp"], jnp.float32))
             return RecurrentState(*(jax.sharding.NamedSharding(mesh, sharding.spec_for(axes, z.shape, mesh, "a recurrent state"))
-                                    for axes, z in zip(STATE_AXES, zeros)))
+                                    for axes, z in zip(state.logical_axes(), zeros)))
         if shape is None:
             return None
         pool = sharding.pool_sharding(mesh, shape[0])

@@ -1,0 +1,34 @@
+"""The recurrent mixer of each recurrent layer type (models/recurrent.py), and what the decoder, the
+engine and its memory sizing ask of a model's recurrent layers without knowing their kind."""
+
+from __future__ import annotations
+
+from jaxllm.models.config import ModelConfig
+from jaxllm.models.linear_attention import GatedDeltaNet
+from jaxllm.models.recurrent import RecurrentMixer, StateShape, shape_bytes
+from jaxllm.models.short_conv import ShortConv
+
+# layer type (ModelConfig.layer_types; config_fields.RECURRENT_TYPES) -> its mixer
+MIXERS: dict[str, type[RecurrentMixer]] = {"linear_attention": GatedDeltaNet, "conv": ShortConv}
+
+
+def mixer_cls(cfg: ModelConfig, layer: int) -> type[RecurrentMixer] | None:
+    """The recurrent mixer class of `layer`, or None for an attention layer."""
+    kind = cfg.layer_mixer(layer)
+    return None if kind is None else MIXERS[kind]
+
+
+def state_shape(cfg: ModelConfig, layer: int) -> StateShape | None:
+    """The recurrent state of `layer` per sequence, or None where it keeps none."""
+    cls = mixer_cls(cfg, layer)
+    return None if cls is None else cls.state_shape(cfg, layer)
+
+
+def state_shapes(cfg: ModelConfig) -> tuple:
+    """Every layer's state_shape, or () for a model without recurrent layers (the engine's steps' key)."""
+    return tuple(state_shape(cfg, i) for i in range(cfg.num_layers)) if cfg.recurrent else ()
+
+
+def state_bytes(cfg: ModelConfig, dtype) -> int:
+    """Bytes of one sequence's recurrent state, every layer (conv inputs in `dtype`)."""
+    return sum(shape_bytes(shape, dtype) for shape in state_shapes(cfg) if shape is not None)
