@@ -62,7 +62,7 @@ class Engine:
     per-step token budget of prompt chunks (at most batch_size x max_len: what a step can hold);
     chunk: decode steps per call (at most max_len). prefix_caching: reuse the pages of earlier prompts'
     shared prefixes (off for models whose keys depend on the sequence length: dynamic NTK and
-    LongRoPE rope, and for models with recurrent layers: Qwen3-Next, Qwen3.5). `attention`: "cudnn" or "xla" kernels (default: jaxllm.runtime's choice).
+    LongRoPE rope, and for models with recurrent layers: Qwen3-Next, Qwen3.5, LFM2). `attention`: "cudnn" or "xla" kernels (default: jaxllm.runtime's choice).
     kv_dtype: how the cache stores keys and values: None the model's dtype, "int8" (a scale per
     token and kv head) or "fp8" (float8 e4m3); 8-bit halves the bytes of a cached token, so the
     same memory holds about twice the pages. Default: the model's `kv_dtype` attribute (what
@@ -144,7 +144,7 @@ class Engine:
             raise GenerationError(  # only allocated memory (batch_size=10**6 died in XLA's allocator)
                 f"Engine batch_size={batch_size:,} is more than its {num_pages:,} KV pages of {page_size} tokens: every "
                 f"sequence holds a page at least, so rows beyond them never run; lower batch_size to at most {num_pages:,}")
-        # Prefix caching shares pages of keys and values; a model with recurrent layers (Qwen3-Next, Qwen3.5) would
+        # Prefix caching shares pages of keys and values; a model with recurrent layers (Qwen3-Next, LFM2) would
         # also need each layer's state at the page's end, which no page holds: such models cache no prefixes.
         self.recurrent = cfg.recurrent
         self.blocks = BlockManager(num_pages, page_size, prefix_caching and not length_dependent and not self.recurrent,

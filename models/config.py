@@ -139,6 +139,7 @@ class ModelConfig:
     # Each expert's input is the token times its weight, the outputs summed unweighted (Llama 4)
     router_scales_input: bool = False
     router_norm_min: float = 0.0  # the renormalised weights divided by max(their sum, this) (ERNIE's moe_norm_min)
+    router_norm_eps: float = 0.0  # ... by their sum plus this (LFM2-MoE's 1e-6)
     dense_layers: tuple[int, ...] = ()  # layers that keep a dense MLP in an MoE model
     # A shared expert beside the routed ones (Qwen2-MoE): a gated MLP this wide that every token
     # runs, its output times sigmoid(shared_expert_gate(x)); 0: none.

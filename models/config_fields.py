@@ -152,6 +152,11 @@ CONFIG_FIELDS = {
     # Qwen3-Next / Qwen3.5's gated-DeltaNet layers and where they are (every full_attention_interval-th layer full)
     "linear_conv_kernel_dim": _given(COUNT), "linear_key_head_dim": _given(COUNT), "linear_value_head_dim": _given(COUNT),
     "linear_num_key_heads": _given(COUNT), "linear_num_value_heads": _given(COUNT), "full_attention_interval": COUNT,
+    # LFM2's short convs and where they are (without layer_types: attention on full_attn_idxs), its MLP width's
+    # adjustment, its older spellings of tie_word_embeddings and intermediate_size; LFM2-MoE's dense layers, expert bias
+    "conv_L_cache": COUNT, "conv_bias": FLAG, "full_attn_idxs": Field(int, 0, MAX_SIZE, many="list"),
+    "block_auto_adjust_ff_dim": FLAG, "block_ffn_dim_multiplier": POSITIVE, "block_multiple_of": COUNT,
+    "tie_embedding": FLAG, "block_ff_dim": COUNT, "num_dense_layers": INDEX, "use_expert_bias": FLAG,
     # fairseq's decoders: OPT's norm placement, biases, affine norms, token embedding width, final norm; XGLM's
     # own spellings (d_model: MPT's above); the embeddings times sqrt(hidden) (BioGPT, XGLM)
     "ffn_dim": COUNT, "do_layer_norm_before": FLAG, "enable_bias": FLAG, "layer_norm_elementwise_affine": FLAG,

@@ -59,7 +59,7 @@ class MoE(nnx.Module, pytree=False):
     def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
         e, f, x = cfg.hidden_size, cfg.moe_intermediate_size or cfg.intermediate_size, cfg.num_experts
         self.k, self.num_experts, self.norm_topk = cfg.experts_per_token, x, cfg.norm_topk_prob
-        self.router, self.jitter, self.norm_min = cfg.router, cfg.router_jitter, cfg.router_norm_min
+        self.router, self.jitter, self.norm_min, self.norm_eps = cfg.router, cfg.router_jitter, cfg.router_norm_min, cfg.router_norm_eps
         self.groups = (cfg.router_groups, cfg.router_topk_groups, cfg.router_group_score) if cfg.router_groups > 1 else None
         self.routed_scaling = cfg.routed_scaling
         self.router_dtype = jnp.float32 if cfg.router_float32 else dtype
@@ -131,7 +131,7 @@ class MoE(nnx.Module, pytree=False):
 
     def route(self, x):
         """x [N, E] -> (weights [N, k] float32, expert ids [N, k]): softmax in float32, top k,
-        renormalised when norm_topk_prob (the sum at least router_norm_min: ERNIE), as transformers
+        renormalised when norm_topk_prob (the sum plus router_norm_eps, at least router_norm_min: ERNIE), as transformers
         routes; or as `cfg.router` says: the top k logits, then softmax over those k (GraniteMoE,
         gpt-oss) or the sigmoid of each (Llama 4), or `sparsemixer` (PhiMoE), or sigmoid scores
         (DeepSeek-V3); DeepSeek's choice within the best groups and with a score bias
@@ -149,7 +149,7 @@ class MoE(nnx.Module, pytree=False):
             bias = None if self.e_score_correction_bias is None else self.e_score_correction_bias[...].astype(jnp.float32)
             weights, experts = limited_top_k(probs, self.k, bias, self.groups)
         if self.norm_topk:
-            weights = weights / jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), self.norm_min)
+            weights = weights / jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True) + self.norm_eps, self.norm_min)
         return weights * self.routed_scaling if self.routed_scaling != 1 else weights, experts
 
     def __call__(self, x, route_from=None):

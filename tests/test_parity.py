@@ -706,6 +706,20 @@ SPELLINGS = {
                                                           decoder_sparse_step=2, intermediate_size=96)),
     # its experts fused, as transformers' Qwen3_5MoeExperts holds them (gate_up_proj [X, 2F, hidden], down_proj)
     "qwen3_5_moe-fused-experts": ("Qwen3_5MoeForCausalLM", {}, _edit(), _fuse),
+    # LFM2 as LiquidAI/LFM2-1.2B's files spell it (transformers 4.54's keys): the attention layers by full_attn_idxs, the
+    # older tie_embedding and block_ff_dim (winning over tie_word_embeddings and intermediate_size), a flat rope_theta
+    "lfm2-attention-indices-and-older-keys": ("Lfm2ForCausalLM", {}, _edit(("layer_types", "rope_parameters"), full_attn_idxs=[1],
+                                                                          tie_embedding=False, tie_word_embeddings=True,
+                                                                          block_ff_dim=96, intermediate_size=640, rope_theta=5000.0)),
+    # LFM2's MLP width adjustment and rope left to Lfm2Config's defaults (2/3 of 384 to a multiple of 256; theta 1e6)
+    "lfm2-default-width-and-rope": ("Lfm2ForCausalLM", dict(intermediate_size=384, block_multiple_of=256, block_ffn_dim_multiplier=1.0),
+                                    _edit(("block_multiple_of", "block_ffn_dim_multiplier", "block_auto_adjust_ff_dim",
+                                           "rope_parameters", "norm_eps"))),
+    # LFM2-MoE: tie_embedding, a flat rope_theta, the routing keys left to Lfm2MoeConfig's defaults (expert bias on,
+    # renormalised, scaling 1) and an LFM2 block_ff_dim its config class never reads
+    "lfm2_moe-older-keys-and-default-routing": ("Lfm2MoeForCausalLM", {}, _edit(
+        ("rope_parameters", "tie_word_embeddings", "use_expert_bias", "norm_topk_prob", "routed_scaling_factor"),
+        tie_embedding=False, rope_theta=5000.0, block_ff_dim=640)),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
@@ -795,12 +809,12 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
            "gemma4_text": "hidden_activation"}.get(kind, "hidden_act")
     eps = {"gpt_neo": "layer_norm_epsilon", "nemotron": "norm_eps", "falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "codegen": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps", "persimmon": "layer_norm_eps",
            "starcoder2": "norm_epsilon", "bloom": "layer_norm_epsilon", "mpt": "layer_norm_epsilon",
-           "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps"}.get(kind, "rms_norm_eps")
+           "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps", "lfm2": "norm_eps", "lfm2_moe": "norm_eps"}.get(kind, "rms_norm_eps")
     fixed_eps = kind in ("olmo", "opt", "biogpt", "xglm", "dbrx")  # nn.LayerNorm's 1e-5, whatever the config says
     # ALiBi families: BLOOM's has no length (jaxllm's 2,048 positions are its context alone), MPT's bias table max_seq_len;
-    # their MLPs hard-wire the activation (BloomGelu's tanh form, MptMLP's exact GELU)
+    # their MLPs hard-wire the activation (BloomGelu's tanh form, MptMLP's exact GELU; LFM2's silu)
     positions = {"bloom": 2048, "mpt": getattr(hf, "max_seq_len", None)}.get(kind) or getattr(hf, "max_position_embeddings", None)
-    hard_act = {"bloom": "gelu_pytorch_tanh", "mpt": "gelu"}
+    hard_act = {"bloom": "gelu_pytorch_tanh", "mpt": "gelu", "lfm2": "silu", "lfm2_moe": "silu"}
     act_of = hard_act.get(kind) or (hf.ffn_config.ffn_act_fn["name"] if kind == "dbrx" else getattr(hf, act))
     out = dict(max_position_embeddings=positions, norm_eps=1e-5 if fixed_eps else getattr(hf, eps),
                tie_word_embeddings=hf.tie_word_embeddings, hidden_act=act_of)
