@@ -182,6 +182,13 @@ class ModelConfig:
     recurrent_kinds: tuple[str, ...] = ()
     linear_conv_kernel: int = 0
     conv_bias: bool = False
+    # Mamba2 (Granite 4.0): "mamba" layers (models/mamba2.py) of mamba_heads heads of mamba_head_dim, a state of
+    # mamba_state per head dim, B and C shared by the heads of each of mamba_groups groups; in/out biases
+    mamba_heads: int = 0
+    mamba_head_dim: int = 0
+    mamba_state: int = 0
+    mamba_groups: int = 1
+    mamba_proj_bias: bool = False
     linear_key_head_dim: int = 0
     linear_value_head_dim: int = 0
     linear_key_heads: int = 0
@@ -415,6 +422,9 @@ def _check_recurrent(cfg: ModelConfig) -> None:
         runs = f"it runs {', '.join(cfg.recurrent_kinds)} layers" if cfg.recurrent_kinds else "it has no recurrent layers"
         raise ConfigError(f"config.json asks for {kind} layers, which jaxllm's {cfg.architecture} does not have ({runs}): "
                           "use full_attention" + (" or those" if cfg.recurrent_kinds else " or sliding_attention"))
+    if cfg.mamba_heads % cfg.mamba_groups:
+        raise ConfigError(f"config.json mamba_n_heads={cfg.mamba_heads} is not a multiple of mamba_n_groups={cfg.mamba_groups}: "
+                          "each group's B and C must serve a whole number of heads")
     if cfg.linear_key_heads and cfg.linear_value_heads % cfg.linear_key_heads:
         raise ConfigError(f"config.json linear_num_value_heads={cfg.linear_value_heads} is not a multiple of "
                           f"linear_num_key_heads={cfg.linear_key_heads}: each key head must serve a whole number of value heads")

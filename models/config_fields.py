@@ -16,9 +16,10 @@ ROUTERS = ("softmax_topk", "topk_softmax", "sparsemixer", "sigmoid_topk", "topk_
 # (DeepSeek-V2's group_limited_greedy), or the "top2" sum (DeepSeek-V3)
 GROUP_SCORES = ("max", "top2")
 # Recurrent layer types (models/mixers.py): "linear_attention", a gated-DeltaNet layer
-# (models/linear_attention.py); "conv", LFM2's gated short conv (models/short_conv.py); each only in the
-# families whose ModelConfig.recurrent_kinds names it, refused elsewhere (config._validated)
-RECURRENT_TYPES = ("linear_attention", "conv")
+# (models/linear_attention.py); "conv", LFM2's gated short conv (models/short_conv.py); "mamba", a Mamba2
+# layer (models/mamba2.py); each only in the families whose ModelConfig.recurrent_kinds names it, refused
+# elsewhere (config._validated)
+RECURRENT_TYPES = ("linear_attention", "conv", "mamba")
 LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention") + RECURRENT_TYPES
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope", "proportional")
 
@@ -157,6 +158,12 @@ CONFIG_FIELDS = {
     "conv_L_cache": COUNT, "conv_bias": FLAG, "full_attn_idxs": Field(int, 0, MAX_SIZE, many="list"),
     "block_auto_adjust_ff_dim": FLAG, "block_ffn_dim_multiplier": POSITIVE, "block_multiple_of": COUNT,
     "tie_embedding": FLAG, "block_ff_dim": COUNT, "num_dense_layers": INDEX, "use_expert_bias": FLAG,
+    # Granite 4.0's Mamba2 layers (mamba_d_head: a number or "auto"; time_step_limit, holding Infinity: granitemoehybrid.py),
+    # its rope switch (null: no positions)
+    "mamba_n_heads": _given(COUNT), "mamba_n_groups": _given(COUNT), "mamba_d_state": _given(COUNT),
+    "mamba_d_head": Field(int, 1, MAX_SIZE, null=False, or_text=True), "mamba_d_conv": _given(COUNT),
+    "mamba_expand": _given(COUNT), "mamba_chunk_size": COUNT, "mamba_conv_bias": _given(FLAG), "mamba_proj_bias": _given(FLAG),
+    "position_embedding_type": NAME, "layers_block_type": Field(str, many="list"),
     # fairseq's decoders: OPT's norm placement, biases, affine norms, token embedding width, final norm; XGLM's
     # own spellings (d_model: MPT's above); the embeddings times sqrt(hidden) (BioGPT, XGLM)
     "ffn_dim": COUNT, "do_layer_norm_before": FLAG, "enable_bias": FLAG, "layer_norm_elementwise_affine": FLAG,

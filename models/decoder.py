@@ -50,12 +50,15 @@ class DecoderLayer(nnx.Module):
         self.mlp = make_mlp(cfg, layer, dtype=dtype, rngs=rngs)
         self.parallel = cfg.parallel_residual
 
+    def mix(self, h, positions, rot, cache, kv):
+        """The layer's token mixing of its normed input h: attention, or its recurrent mixer -> (output, cache)."""
+        if self.mixer is not None:
+            return getattr(self, self.mixer)(h, positions, cache, kv)
+        return self.self_attn(h, positions, rot, cache, kv)
+
     def __call__(self, x, positions, rot, cache, kv=UNCACHED):
         h = self.input_layernorm(x)
-        if self.mixer is not None:
-            attn, cache = getattr(self, self.mixer)(h, positions, cache, kv)
-        else:
-            attn, cache = self.self_attn(h, positions, rot, cache, kv)
+        attn, cache = self.mix(h, positions, rot, cache, kv)
         if self.parallel:
             return x + attn + self.mlp(h if self.post_attention_layernorm is None else self.post_attention_layernorm(x)), cache
         x = x + attn

@@ -29,7 +29,7 @@ class GraniteDecoderLayer(DecoderLayer):
         self.residual_scale = cfg.residual_scale
 
     def __call__(self, x, positions, rot, cache, kv=UNCACHED):
-        attn, cache = self.self_attn(self.input_layernorm(x), positions, rot, cache, kv)
+        attn, cache = self.mix(self.input_layernorm(x), positions, rot, cache, kv)
         x = x + _scaled(attn, self.residual_scale, x.dtype)
         x = x + _scaled(self.mlp(self.post_attention_layernorm(x)), self.residual_scale, x.dtype)
         return x, cache

@@ -26,13 +26,16 @@ def granitemoe_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
         specs.append(WeightSpec(hf + "block_sparse_moe.router.layer.weight", ours + ("gate", "kernel"), Linear()))
         specs += fused_expert_specs(fused, down, ours, f)
         if s:
-            shared = ours + ("shared_expert",)
-            specs += [
-                WeightSpec(hf + "shared_mlp.input_linear.weight", shared + ("gate_proj", "kernel"), Part(0, 2 * s, Linear())),
-                WeightSpec(hf + "shared_mlp.input_linear.weight", shared + ("up_proj", "kernel"), Part(s, 2 * s, Linear())),
-                WeightSpec(hf + "shared_mlp.output_linear.weight", shared + ("down_proj", "kernel"), Linear()),
-            ]
+            specs += shared_mlp_specs(hf + "shared_mlp.", ours + ("shared_expert",), s)
     return specs
+
+
+def shared_mlp_specs(hf: str, ours: tuple, width: int) -> list[WeightSpec]:
+    """A gated MLP `ours` read from GraniteMoeShared's shared_mlp at `hf`: input_linear [2S, E] (gate rows,
+    then up rows; S = `width`), output_linear."""
+    return [WeightSpec(hf + "input_linear.weight", ours + ("gate_proj", "kernel"), Part(0, 2 * width, Linear())),
+            WeightSpec(hf + "input_linear.weight", ours + ("up_proj", "kernel"), Part(width, 2 * width, Linear())),
+            WeightSpec(hf + "output_linear.weight", ours + ("down_proj", "kernel"), Linear())]
 
 
 def granitemoe_defaults(raw: dict) -> dict:

@@ -720,6 +720,14 @@ SPELLINGS = {
     "lfm2_moe-older-keys-and-default-routing": ("Lfm2MoeForCausalLM", {}, _edit(
         ("rope_parameters", "tie_word_embeddings", "use_expert_bias", "norm_topk_prob", "routed_scaling_factor"),
         tie_embedding=False, rope_theta=5000.0, block_ff_dim=640)),
+    # Granite 4.0-H as ibm-granite/granite-4.0-h-*'s files spell it: layers_block_type of mamba / attention, no rotary
+    # positions ("nope"), a numeric mamba_d_head, time_step_limit holding Infinity
+    "granitemoehybrid-hub-spelling": ("GraniteMoeHybridForCausalLM", {}, _edit(("layer_types", "rope_parameters"),
+                                                                              layers_block_type=["mamba", "attention", "mamba"],
+                                                                              position_embedding_type="nope", mamba_d_head=16,
+                                                                              rope_theta=10000.0, time_step_limit=[0.0, float("inf")])),
+    # Granite 4.0-H without experts (granite-4.0-h-micro): the shared MLP alone
+    "granitemoehybrid-dense": ("GraniteMoeHybridForCausalLM", dict(num_local_experts=0), _edit()),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),

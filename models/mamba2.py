@@ -1,0 +1,101 @@
+"""The Mamba2 mixer (transformers' BambaMixer, GraniteMoeHybridMambaLayer), a recurrent mixer
+(models/recurrent.py): in_proj gives the gate z, the conv's x | B | C channels and a time step per
+head; the causal depthwise conv (mamba_d_conv taps, its bias, then hidden_act: silu) runs over x | B | C; the selective
+state space then keeps per head a [head dim, state] float32 matrix,
+
+    s <- s * exp(dt * A) + dt * x B^T,    y = s C + D * x,    dt = softplus(dt + dt_bias), A = -exp(A_log),
+
+B and C shared by the heads of each of mamba_n_groups groups; y times silu(z) is RMS-normed per group
+(BambaRMSNormGated) and projected back by out_proj. Its state is the conv's last inputs and those matrices.
+
+The recurrence runs token by token (a lax.scan) with a cache and without: a sequence reaches the same
+state however its prompt was split into chunks (the engine's results must not depend on what else it
+runs). transformers' prefill computes the same sums in chunks (mamba2_chunk_scan); its decode step,
+token by token, is this form. A token marked invalid (padding, a finished row) gets a time step of 0
+and a zero input, so it leaves the state as it was.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxllm.models.config import ModelConfig
+from jaxllm.models.layers import Dense, activation, param
+from jaxllm.models.recurrent import RecurrentMixer, RecurrentState, StateShape, causal_conv
+
+
+def selective_scan(x, dt, a, b, c, d, state):
+    """Mamba2's recurrence token by token: x [B, T, H, P], dt [B, T, H] (after softplus), a [H] (negative),
+    b, c [B, T, H, N] (each head's group's), d [H], state [B, H, P, N] float32 -> (y [B, T, H, P] float32,
+    the state after the T tokens)."""
+    x, dt, b, c = (jnp.moveaxis(v.astype(jnp.float32), 1, 0) for v in (x, dt, b, c))  # [T, B, ...]
+
+    def step(s, xs):
+        x, dt, b, c = xs
+        s = s * jnp.exp(dt * a)[..., None, None] + (dt[..., None] * x)[..., :, None] * b[..., None, :]
+        return s, jnp.einsum("bhpn,bhn->bhp", s, c) + d[:, None] * x
+
+    state, y = jax.lax.scan(step, state.astype(jnp.float32), (x, dt, b, c))
+    return jnp.moveaxis(y, 0, 1), state
+
+
+class Mamba2(RecurrentMixer):
+    """A Mamba2 layer in transformers' naming: in_proj, conv1d (HF's [C, 1, K]; its bias where
+    conv_bias), dt_bias, A_log, D, norm (the gated RMSNorm per group) and out_proj (in_proj's and
+    out_proj's biases where mamba_proj_bias)."""
+
+    attr = "mamba"
+
+    @classmethod
+    def state_shape(cls, cfg: ModelConfig, layer: int) -> StateShape:
+        """The conv's last inputs over x | B | C, and a [head dim, state] matrix per head."""
+        inner = cfg.mamba_heads * cfg.mamba_head_dim
+        return StateShape((cfg.linear_conv_kernel - 1, inner + 2 * cfg.mamba_groups * cfg.mamba_state),
+                          (cfg.mamba_heads, cfg.mamba_head_dim, cfg.mamba_state))
+
+    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
+        e, h, p = cfg.hidden_size, cfg.mamba_heads, cfg.mamba_head_dim
+        self.heads, self.head_dim, self.groups, self.n = h, p, cfg.mamba_groups, cfg.mamba_state
+        self.state_dims = self.state_shape(cfg, layer)
+        self.inner, channels = h * p, self.state_dims.conv[1]
+        self.eps, self.act = cfg.norm_eps, activation(cfg.hidden_act)  # the conv's activation: the model's hidden_act
+        dense = dict(bias=cfg.mamba_proj_bias, dtype=dtype, rngs=rngs)
+        self.in_proj = Dense((e,), (self.inner + channels + h,), ("embed", "linear"), **dense)
+        conv = dict(weight=param((channels, 1, cfg.linear_conv_kernel), ("linear", "norm", "norm"), dtype))
+        if cfg.conv_bias:
+            conv["bias"] = param((channels,), ("linear",), dtype)
+        self.conv1d = nnx.Dict(conv)
+        self.dt_bias = param((h,), ("linear",), dtype)
+        self.A_log = param((h,), ("linear",), dtype)
+        self.D = param((h,), ("linear",), dtype)
+        self.norm = nnx.Dict(weight=param((self.inner,), ("linear",), dtype))
+        self.out_proj = Dense((self.inner,), (e,), ("linear", "embed"), **dense)
+
+    def gated_norm(self, y, z, dtype):
+        """BambaRMSNormGated: y times silu(z) in float32, RMS-normed over each group's channels, cast, times the weight."""
+        y = y * jax.nn.silu(z.astype(jnp.float32))
+        grouped = y.reshape(*y.shape[:-1], self.groups, -1)
+        grouped = grouped * jax.lax.rsqrt(jnp.mean(grouped * grouped, axis=-1, keepdims=True) + self.eps)
+        return self.norm["weight"][...] * grouped.reshape(y.shape).astype(dtype)
+
+    def __call__(self, x, positions, cache: RecurrentState | None, kv):
+        b, t, _ = x.shape
+        x, valid, rows, held, start = self.state_in(x, positions, cache, kv)
+        proj = self.in_proj(x)
+        z, xbc, dt = proj[..., : self.inner], proj[..., self.inner : -self.heads], proj[..., -self.heads :]
+        bias = self.conv1d["bias"][...] if "bias" in self.conv1d else None
+        xbc, conv = causal_conv(xbc, start.conv, self.conv1d["weight"][:, 0], valid, bias, self.act)
+        xbc = jnp.where(valid[..., None], xbc, 0).astype(x.dtype)  # apply_mask_to_padding_states after the conv
+        gn = self.groups * self.n
+        xs = xbc[..., : self.inner].reshape(b, t, self.heads, self.head_dim)
+        bm, cm = (xbc[..., self.inner + i * gn : self.inner + (i + 1) * gn].reshape(b, t, self.groups, self.n)
+                  for i in range(2))
+        bm, cm = (jnp.repeat(m, self.heads // self.groups, axis=2) for m in (bm, cm))  # each head its group's
+        dt = jax.nn.softplus(dt.astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32))
+        dt = jnp.where(valid[..., None], dt, 0.0)
+        a = -jnp.exp(self.A_log[...].astype(jnp.float32))
+        y, ssm = selective_scan(xs, dt, a, bm, cm, self.D[...].astype(jnp.float32), start.ssm)
+        out = self.out_proj(self.gated_norm(y.reshape(b, t, self.inner), z, x.dtype))
+        return out, None if cache is None else self.state_out(cache, rows, held, RecurrentState(conv, ssm), valid)
