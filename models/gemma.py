@@ -103,7 +103,7 @@ class SandwichLayer(nnx.Module):
         self.post_feedforward_layernorm = RMSNorm(e, eps, **norm)
 
     def __call__(self, x, positions, rot, cache, kv=UNCACHED):
-        attn, cache = self.mix(self.input_layernorm(x), positions, rot, cache, kv)
+        attn, cache = self.self_attn(self.input_layernorm(x), positions, rot, cache, kv)
         x = x + self.post_attention_layernorm(attn)
         return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x))), cache
 

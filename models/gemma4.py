@@ -212,7 +212,7 @@ class Gemma4Layer(nnx.Module):
         self.layer_scalar = param((1,), ("norm",), dtype)
 
     def __call__(self, x, positions, rot, cache, kv=UNCACHED, per_layer=None):
-        attn, cache = self.mix(self.input_layernorm(x), positions, rot, cache, kv)
+        attn, cache = self.self_attn(self.input_layernorm(x), positions, rot, cache, kv)
         x = x + self.post_attention_layernorm(attn)
         h = self.mlp(self.pre_feedforward_layernorm(x))
         if self.experts is not None:

@@ -6,19 +6,16 @@ state per sequence, no keys; no prefix cache: docs/architecture.md).
 - layer types from layer_types (or layers_block_type): "mamba" / "linear_attention" Mamba2, "attention" /
   "full_attention" attention (transformers' remap of the older names); every layer Mamba2 without either;
 - rotary positions only where position_embedding_type is "rope" (granite-4.0-h's "nope": none);
-- mamba_d_head "auto": mamba_expand * hidden_size / mamba_n_heads; the conv's activation is hidden_act;
-- time_step_limit other than (0, inf) is refused: transformers clamps the time steps of its prefill by it
-  but not those of its decode steps, two answers for one model.
+- the Mamba2 keys as models/mamba2.py's mamba_fields reads them.
 """
-
-import math
 
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.decoder import decoder_weight_map, dense
+from jaxllm.models.decoder import decoder_weight_map
 from jaxllm.models.granite import MULTIPLIERS, GraniteForCausalLM
 from jaxllm.models.granitemoe import granitemoe_defaults, granitemoe_weight_map, shared_mlp_specs
+from jaxllm.models.mamba2 import mamba_fields, mamba_specs
 from jaxllm.models.weights import WeightSpec
 
 _TYPES = {"mamba": "mamba", "linear_attention": "mamba", "attention": "full_attention", "full_attention": "full_attention"}
@@ -33,34 +30,9 @@ def _layer_types(raw: dict) -> tuple[str, ...]:
     return tuple(_TYPES[kind] for kind in types)
 
 
-def _number(value):
-    """A number of config.json, or transformers 5's spelling of a float JSON cannot hold ({"__float__": "Infinity"})."""
-    if isinstance(value, dict) and set(value) == {"__float__"}:
-        try:
-            return float(value["__float__"])
-        except (TypeError, ValueError):
-            return value
-    return value
-
-
-def _mamba(raw: dict) -> dict:
-    """The Mamba2 layers' shapes, refused where GraniteMoeHybridConfig refuses them."""
-    heads, inner, limit = raw["mamba_n_heads"], raw["mamba_expand"] * raw["hidden_size"], raw.get("time_step_limit")
-    head = inner // heads if raw["mamba_d_head"] == "auto" else raw["mamba_d_head"]
-    if isinstance(head, str) or inner % heads or head * heads != inner:
-        raise ConfigError(f"config.json mamba_d_head={raw['mamba_d_head']!r} x mamba_n_heads={heads} is not mamba_expand x "
-                          f"hidden_size = {inner} (transformers refuses it): set mamba_d_head to {inner // heads or 1} or \"auto\"")
-    if limit is not None and [_number(v) for v in limit] != [0, math.inf]:
-        raise ConfigError(f"config.json time_step_limit={limit} is not implemented (transformers clamps its prefill's time "
-                          "steps by it, not its decode steps'): remove it, or set it to [0.0, Infinity]")
-    return dict(mamba_heads=heads, mamba_head_dim=head, mamba_state=raw["mamba_d_state"], mamba_groups=raw["mamba_n_groups"],
-                linear_conv_kernel=raw["mamba_d_conv"], conv_bias=bool(raw["mamba_conv_bias"]),
-                mamba_proj_bias=bool(raw["mamba_proj_bias"]))
-
-
 def hybrid_defaults(raw: dict) -> dict:
     types = _layer_types(raw)
-    out = dict(granitemoe_defaults(raw), **_mamba(raw), layer_types=types, recurrent_kinds=("mamba",))
+    out = dict(granitemoe_defaults(raw), **mamba_fields(raw), layer_types=types, recurrent_kinds=("mamba",))
     if raw["position_embedding_type"] != "rope":  # GraniteMoeHybridModel builds no rotary embedding
         out["nope_layers"] = tuple(range(len(types)))
     if not raw["num_local_experts"]:  # the shared MLP alone: our dense MLP of its width
@@ -76,14 +48,7 @@ def hybrid_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
         specs = [s for s in decoder_weight_map(cfg) if ".mlp." not in s.hf_names[0]]
         for i in range(cfg.num_layers):
             specs += shared_mlp_specs(f"model.layers.{i}.shared_mlp.", ("model", "layers", i, "mlp"), cfg.intermediate_size)
-    for i in filter(cfg.layer_is_recurrent, range(cfg.num_layers)):
-        hf, ours = f"model.layers.{i}.mamba.", ("model", "layers", i, "mamba")
-        specs += dense(hf + "in_proj", ours + ("in_proj",), bias=cfg.mamba_proj_bias)
-        specs += dense(hf + "out_proj", ours + ("out_proj",), bias=cfg.mamba_proj_bias)
-        specs += [WeightSpec(hf + "conv1d." + p, ours + ("conv1d", p)) for p in ("weight", "bias")[: 1 + cfg.conv_bias]]
-        specs += [WeightSpec(hf + name, ours + (name,)) for name in ("dt_bias", "A_log", "D")]
-        specs.append(WeightSpec(hf + "norm.weight", ours + ("norm", "weight")))
-    return specs
+    return specs + mamba_specs(cfg)
 
 
 # GraniteMoeHybridConfig's field defaults (the multipliers' 1.0: granite_defaults)

@@ -17,13 +17,18 @@ and a zero input, so it leaves the state as it was.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxllm.errors import ConfigError
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.layers import Dense, activation, param
 from jaxllm.models.recurrent import RecurrentMixer, RecurrentState, StateShape, causal_conv
+from jaxllm.models.transforms import Linear
+from jaxllm.models.weights import WeightSpec
 
 
 def selective_scan(x, dt, a, b, c, d, state):
@@ -99,3 +104,45 @@ class Mamba2(RecurrentMixer):
         y, ssm = selective_scan(xs, dt, a, bm, cm, self.D[...].astype(jnp.float32), start.ssm)
         out = self.out_proj(self.gated_norm(y.reshape(b, t, self.inner), z, x.dtype))
         return out, None if cache is None else self.state_out(cache, rows, held, RecurrentState(conv, ssm), valid)
+
+
+def _number(value):
+    """A number of config.json, or transformers 5's spelling of a float JSON cannot hold ({"__float__": "Infinity"})."""
+    if isinstance(value, dict) and set(value) == {"__float__"}:
+        try:
+            return float(value["__float__"])
+        except (TypeError, ValueError):
+            return value
+    return value
+
+
+def mamba_fields(raw: dict) -> dict:
+    """The Mamba2 layers' ModelConfig fields from config.json's mamba_* keys (Bamba's, Granite 4.0-H's), refused where
+    their config classes refuse them: mamba_d_head "auto" is mamba_expand * hidden_size / mamba_n_heads; a
+    time_step_limit other than (0, inf) is not implemented (transformers clamps its prefill's time steps by it, not
+    its decode steps': two answers for one model)."""
+    heads, inner, limit = raw["mamba_n_heads"], raw["mamba_expand"] * raw["hidden_size"], raw.get("time_step_limit")
+    head = inner // heads if raw["mamba_d_head"] == "auto" else raw["mamba_d_head"]
+    if isinstance(head, str) or inner % heads or head * heads != inner:
+        raise ConfigError(f"config.json mamba_d_head={raw['mamba_d_head']!r} x mamba_n_heads={heads} is not mamba_expand x "
+                          f"hidden_size = {inner} (transformers refuses it): set mamba_d_head to {inner // heads or 1} or \"auto\"")
+    if limit is not None and [_number(v) for v in limit] != [0, math.inf]:
+        raise ConfigError(f"config.json time_step_limit={limit} is not implemented (transformers clamps its prefill's time "
+                          "steps by it, not its decode steps'): remove it, or set it to [0.0, Infinity]")
+    return dict(mamba_heads=heads, mamba_head_dim=head, mamba_state=raw["mamba_d_state"], mamba_groups=raw["mamba_n_groups"],
+                linear_conv_kernel=raw["mamba_d_conv"], conv_bias=bool(raw["mamba_conv_bias"]),
+                mamba_proj_bias=bool(raw["mamba_proj_bias"]))
+
+
+def mamba_specs(cfg: ModelConfig) -> list[WeightSpec]:
+    """Each Mamba2 layer's tensors, at model.layers.{i}.mamba as transformers names them."""
+    specs = []
+    for i in filter(cfg.layer_is_recurrent, range(cfg.num_layers)):
+        hf, ours = f"model.layers.{i}.mamba.", ("model", "layers", i, "mamba")
+        for proj in ("in_proj", "out_proj"):
+            specs.append(WeightSpec(f"{hf}{proj}.weight", ours + (proj, "kernel"), Linear()))
+            specs += [WeightSpec(f"{hf}{proj}.bias", ours + (proj, "bias"))] if cfg.mamba_proj_bias else []
+        specs += [WeightSpec(hf + "conv1d." + p, ours + ("conv1d", p)) for p in ("weight", "bias")[: 1 + cfg.conv_bias]]
+        specs += [WeightSpec(hf + name, ours + (name,)) for name in ("dt_bias", "A_log", "D")]
+        specs.append(WeightSpec(hf + "norm.weight", ours + ("norm", "weight")))
+    return specs

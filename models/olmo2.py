@@ -26,7 +26,7 @@ class Olmo2DecoderLayer(nnx.Module):
         self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps, **norm)
 
     def __call__(self, x, positions, rot, cache, kv=UNCACHED):
-        attn, cache = self.mix(x, positions, rot, cache, kv)
+        attn, cache = self.self_attn(x, positions, rot, cache, kv)
         x = x + self.post_attention_layernorm(attn)
         return x + self.post_feedforward_layernorm(self.mlp(x)), cache
 

@@ -31,7 +31,7 @@ class PostNormDecoderLayer(nnx.Module):
         self.final_layer_norm = LayerNorm(cfg.hidden_size, cfg.norm_eps, **norm)
 
     def __call__(self, x, positions, rot, cache, kv=UNCACHED):
-        attn, cache = self.mix(x, positions, rot, cache, kv)
+        attn, cache = self.self_attn(x, positions, rot, cache, kv)
         x = self.self_attn_layer_norm(x + attn)
         return self.final_layer_norm(x + self.mlp(x)), cache
 
