@@ -3,6 +3,7 @@ for jaxllm.models.registry. Shared pieces: layers.py, rope.py, attention.py, dec
 
 from jaxllm.models import (
     apertus,
+    bamba,
     biogpt,
     bloom,
     codegen,
@@ -53,6 +54,6 @@ FAMILIES = (
     llama, gemma, phi3, moe, olmo2, gpt_neox, gpt2, granite, phi, exaone, apertus, stablelm, starcoder2, olmoe, granitemoe,
     phimoe, cohere, glm, ernie, gpt_oss, gpt_bigcode, gptj, falcon, olmo, nemotron, helium, gpt_neo, deepseek,
     glm4_moe, dots1, hunyuan, llama4, gemma4, qwen3_next, opt, biogpt, xglm, codegen, persimmon, vaultgemma, dbrx, bloom, mpt,
-    lfm2, granitemoehybrid,
+    lfm2, granitemoehybrid, bamba,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -163,7 +163,7 @@ CONFIG_FIELDS = {
     "mamba_n_heads": _given(COUNT), "mamba_n_groups": _given(COUNT), "mamba_d_state": _given(COUNT),
     "mamba_d_head": Field(int, 1, MAX_SIZE, null=False, or_text=True), "mamba_d_conv": _given(COUNT),
     "mamba_expand": _given(COUNT), "mamba_chunk_size": COUNT, "mamba_conv_bias": _given(FLAG), "mamba_proj_bias": _given(FLAG),
-    "position_embedding_type": NAME, "layers_block_type": Field(str, many="list"),
+    "position_embedding_type": NAME, "attn_layer_indices": Field(int, 0, MAX_SIZE, many="list"),  # Bamba's attention layers "layers_block_type": Field(str, many="list"),
     # fairseq's decoders: OPT's norm placement, biases, affine norms, token embedding width, final norm; XGLM's
     # own spellings (d_model: MPT's above); the embeddings times sqrt(hidden) (BioGPT, XGLM)
     "ffn_dim": COUNT, "do_layer_norm_before": FLAG, "enable_bias": FLAG, "layer_norm_elementwise_affine": FLAG,

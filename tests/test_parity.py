@@ -728,6 +728,12 @@ SPELLINGS = {
                                                                               rope_theta=10000.0, time_step_limit=[0.0, float("inf")])),
     # Granite 4.0-H without experts (granite-4.0-h-micro): the shared MLP alone
     "granitemoehybrid-dense": ("GraniteMoeHybridForCausalLM", dict(num_local_experts=0), _edit()),
+    # Bamba: BambaConfig's rotary half of each head whatever a top-level partial_rotary_factor says (flat rope keys, as
+    # ibm-ai-platform/Bamba-9B's files spell them); a factor of the rope settings' own wins
+    "bamba-flat-rope-half-rotary": ("BambaForCausalLM", {}, _edit(("rope_parameters",), rope_theta=5000.0,
+                                                                  partial_rotary_factor=0.25)),
+    "bamba-own-rope-factor": ("BambaForCausalLM", {}, _edit(rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                                             "partial_rotary_factor": 1.0})),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
