@@ -91,8 +91,11 @@ class Mamba2(RecurrentMixer):
         proj = self.in_proj(x)
         z, xbc, dt = proj[..., : self.inner], proj[..., self.inner : -self.heads], proj[..., -self.heads :]
         bias = self.conv1d["bias"][...] if "bias" in self.conv1d else None
+        # the conv's input at padding is zero, as in the row alone (transformers zeroes x alone, which leaves in_proj's
+        # biases there); its output there too (apply_mask_to_padding_states after the conv)
+        xbc = jnp.where(valid[..., None], xbc, 0).astype(x.dtype)
         xbc, conv = causal_conv(xbc, start.conv, self.conv1d["weight"][:, 0], valid, bias, self.act)
-        xbc = jnp.where(valid[..., None], xbc, 0).astype(x.dtype)  # apply_mask_to_padding_states after the conv
+        xbc = jnp.where(valid[..., None], xbc, 0).astype(x.dtype)
         gn = self.groups * self.n
         xs = xbc[..., : self.inner].reshape(b, t, self.heads, self.head_dim)
         bm, cm = (xbc[..., self.inner + i * gn : self.inner + (i + 1) * gn].reshape(b, t, self.groups, self.n)
