@@ -67,16 +67,16 @@ class Mamba2(RecurrentMixer):
         self.inner, channels = h * p, self.state_dims.conv[1]
         self.eps, self.act = cfg.norm_eps, activation(cfg.hidden_act)  # the conv's activation: the model's hidden_act
         dense = dict(bias=cfg.mamba_proj_bias, dtype=dtype, rngs=rngs)
-        self.in_proj = Dense((e,), (self.inner + channels + h,), ("embed", "linear"), **dense)
-        conv = dict(weight=param((channels, 1, cfg.linear_conv_kernel), ("linear", "norm", "norm"), dtype))
+        self.in_proj = Dense((e,), (self.inner + channels + h,), ("embed", "recurrent"), **dense)
+        conv = dict(weight=param((channels, 1, cfg.linear_conv_kernel), ("recurrent", "norm", "norm"), dtype))
         if cfg.conv_bias:
-            conv["bias"] = param((channels,), ("linear",), dtype)
+            conv["bias"] = param((channels,), ("recurrent",), dtype)
         self.conv1d = nnx.Dict(conv)
-        self.dt_bias = param((h,), ("linear",), dtype)
-        self.A_log = param((h,), ("linear",), dtype)
-        self.D = param((h,), ("linear",), dtype)
-        self.norm = nnx.Dict(weight=param((self.inner,), ("linear",), dtype))
-        self.out_proj = Dense((self.inner,), (e,), ("linear", "embed"), **dense)
+        self.dt_bias = param((h,), ("recurrent",), dtype)
+        self.A_log = param((h,), ("recurrent",), dtype)
+        self.D = param((h,), ("recurrent",), dtype)
+        self.norm = nnx.Dict(weight=param((self.inner,), ("recurrent",), dtype))
+        self.out_proj = Dense((self.inner,), (e,), ("recurrent", "embed"), **dense)
 
     def gated_norm(self, y, z, dtype):
         """BambaRMSNormGated: y times silu(z) in float32, RMS-normed over each group's channels, cast, times the weight."""

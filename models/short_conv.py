@@ -28,12 +28,12 @@ class ShortConv(RecurrentMixer):
         e, k = cfg.hidden_size, cfg.linear_conv_kernel
         self.state_dims = self.state_shape(cfg, layer)
         dense = dict(bias=cfg.conv_bias, dtype=dtype, rngs=rngs)
-        self.in_proj = Dense((e,), (3, e), ("embed", "norm", "linear"), **dense)
-        conv = dict(weight=param((e, 1, k), ("linear", "norm", "norm"), dtype))
+        self.in_proj = Dense((e,), (3, e), ("embed", "norm", "recurrent"), **dense)
+        conv = dict(weight=param((e, 1, k), ("recurrent", "norm", "norm"), dtype))
         if cfg.conv_bias:
-            conv["bias"] = param((e,), ("linear",), dtype)
+            conv["bias"] = param((e,), ("recurrent",), dtype)
         self.conv = nnx.Dict(conv)
-        self.out_proj = Dense((e,), (e,), ("linear", "embed"), **dense)
+        self.out_proj = Dense((e,), (e,), ("recurrent", "embed"), **dense)
 
     def __call__(self, x, positions, cache: RecurrentState | None, kv):
         x, valid, rows, held, start = self.state_in(x, positions, cache, kv)

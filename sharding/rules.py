@@ -49,6 +49,8 @@ RULES: dict[str, str | None] = {
     "linear_k_heads": "tp",
     "linear_v_heads": "tp",
     "linear_channels": "tp",
+    # The short conv's (LFM2) and Mamba2's channels, heads and states: whole on each device
+    "recurrent": None,
     "norm": None,
     "cache_seq": None,
     # Expert stacks [X, ...] and their quantization scales: each ep group of devices holds (and
@@ -63,6 +65,7 @@ RULES: dict[str, str | None] = {
     "mlp_groups": "tp",
     "latent_groups": None,
     "linear_v_heads_groups": "tp",
+    "recurrent_groups": None,
 }
 # Logical axes that fall back to replication when their mesh axis does not divide them.
 REPLICATE_IF_UNEVEN = {"kv_heads", "embed_groups", "q_heads_groups", "mlp_groups", "linear_v_heads_groups",

@@ -147,3 +147,16 @@ def test_sharded_quantized_linear_layers_equal_unsharded(folders):
     for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(model.params)):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     assert reference.max_rel_diff(model.logits(TOKENS), single.logits(TOKENS)) <= 1e-5
+
+
+@pytest.mark.parametrize("arch", ["Lfm2ForCausalLM", "GraniteMoeHybridForCausalLM"])
+def test_short_conv_and_mamba2_layers_run_whole_on_each_device(tmp_path, arch):
+    """LFM2's short conv and Mamba2 keep their layers whole on each device (sharding.RULES' "recurrent"),
+    int8 too (their quantized out_proj's scales included): logits on dp=2,tp=2 equal one device's."""
+    reference.build(arch, tmp_path, seed=3)
+    single = jaxllm.load(tmp_path, quantize="int8", tokenizer=False)
+    model = jaxllm.load(tmp_path, quantize="int8", mesh=_mesh("dp=2,tp=2"), tokenizer=False)
+    layer = next(x for x in model.params["model"]["layers"].values() if "conv" in x or "mamba" in x)
+    mixer = layer.get("conv") or layer["mamba"]
+    assert mixer["out_proj"]["kernel"].dtype == jnp.int8 and mixer["out_proj"]["scale"].sharding.spec == P(None, None)
+    assert reference.max_rel_diff(model.logits(TOKENS), single.logits(TOKENS)) <= 1e-5
