@@ -22,6 +22,8 @@ from jaxllm.models import delta_rule_gpu
 from jaxllm.random_model import random_model
 
 QWEN3_5 = dict(architectures=["Qwen3_5ForCausalLM"], model_type="qwen3_5_text")  # the config class's defaults
+# BambaConfig's defaults (hidden 4096, 32 layers, Mamba2 heads of 64 x 256 state) with Bamba-9B's attention layers
+BAMBA = dict(architectures=["BambaForCausalLM"], model_type="bamba", attn_layer_indices=[9, 18, 27])
 
 
 def measure(name, raw, lengths, new):
@@ -53,11 +55,11 @@ def main():
     p.add_argument("--prompts", default="512,2048,8192")
     p.add_argument("--new", type=int, default=128)
     p.add_argument("--scan", action="store_true", help="the delta rule as a lax.scan (before session 26), not the Pallas kernel")
-    p.add_argument("--only", default="llama3-8b,qwen3.5-9b")
+    p.add_argument("--only", default="llama3-8b,qwen3.5-9b,bamba-9b")
     a = p.parse_args()
     delta_rule_gpu.ENABLED = not a.scan
     lengths = [int(x) for x in a.prompts.split(",")]
-    shapes = {"llama3-8b": "llama3-8b", "qwen3.5-9b": QWEN3_5}
+    shapes = {"llama3-8b": "llama3-8b", "qwen3.5-9b": QWEN3_5, "bamba-9b": BAMBA}
     for name in a.only.split(","):
         measure(name + (" (scan)" if a.scan and name != "llama3-8b" else ""), shapes[name], lengths, a.new)
 

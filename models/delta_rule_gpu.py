@@ -1,4 +1,5 @@
-"""The gated delta rule token by token as one Pallas (Triton) kernel on GPUs: the engine's
+"""The gated delta rule (and Mamba2's selective state space, the same recurrence without the delta
+rule's subtraction) token by token as one Pallas (Triton) kernel on GPUs: the engine's
 linear-attention layers under a cache (models/linear_attention.recurrent_delta_rule).
 
 As a lax.scan each token is a few XLA kernels launched one after another, so a 2,048-token prefill
@@ -37,14 +38,15 @@ def fits(dk: int, dv: int) -> bool:
     return ENABLED and jax.default_backend() == "gpu" and jax.device_count() == 1 and _pow2(dk) and _pow2(dv)
 
 
-def _kernel(q_ref, k_ref, v_ref, gb_ref, s_ref, o_ref, s_out_ref, *, steps: int):
+def _kernel(q_ref, k_ref, v_ref, gb_ref, s_ref, o_ref, s_out_ref, *, steps: int, subtract: bool):
     def body(t, s):
         row = pl.ds(t, 1)
         q = jnp.transpose(q_ref[row, :])  # [Dk, 1]
         k = jnp.transpose(k_ref[row, :])
         beta = gb_ref[row, pl.ds(1, 1)]  # [1, 1]
         s = s * jnp.exp(gb_ref[row, pl.ds(0, 1)])  # the token's decay
-        delta = (v_ref[row, :] - jnp.sum(s * k, axis=0, keepdims=True)) * beta  # [1, bv]
+        v = v_ref[row, :]  # [1, bv]
+        delta = ((v - jnp.sum(s * k, axis=0, keepdims=True)) if subtract else v) * beta
         s = s + k * delta
         o_ref[row, :] = jnp.sum(s * q, axis=0, keepdims=True)
         return s
@@ -52,9 +54,19 @@ def _kernel(q_ref, k_ref, v_ref, gb_ref, s_ref, o_ref, s_out_ref, *, steps: int)
     s_out_ref[...] = jax.lax.fori_loop(0, steps, body, s_ref[...])
 
 
-@functools.partial(jax.jit, static_argnames=("interpret", "bv", "num_warps"))
-def delta_rule(q, k, v, g, beta, state, *, interpret: bool = False, bv: int = BV, num_warps: int = 8):
+def delta_rule(q, k, v, g, beta, state, **options):
     """recurrent_delta_rule's results (output [B, T, H, Dv] float32, the new state) in one kernel."""
+    return recurrence(q, k, v, g, beta, state, subtract=True, **options)
+
+
+@functools.partial(jax.jit, static_argnames=("subtract", "interpret", "bv", "num_warps"))
+def recurrence(q, k, v, g, beta, state, *, subtract: bool, interpret: bool = False, bv: int = BV, num_warps: int = 8):
+    """The gated linear recurrence both mixers run, per row and head, state S [Dk, Dv] float32:
+
+        S <- S * exp(g_t) + k_t (x) d_t,    o_t = q_t . S    (after the update),
+
+    d_t = beta_t * (v_t - k_t . S) for the delta rule (`subtract`), beta_t * v_t else (Mamba2's
+    selective state space: k = B, q = C, v = x, beta = dt, g = dt * A, S its state transposed)."""
     b, steps, h, dk = k.shape
     dv = v.shape[-1]
     bv = min(bv, dv)
@@ -71,7 +83,7 @@ def delta_rule(q, k, v, g, beta, state, *, interpret: bool = False, bv: int = BV
     cols = lambda: pl.BlockSpec((None, None, t, bv), lambda i, j, c: (i, j, 0, c))  # noqa: E731
     block = lambda: pl.BlockSpec((None, None, dk, bv), lambda i, j, c: (i, j, 0, c))  # noqa: E731
     out, new = pl.pallas_call(
-        functools.partial(_kernel, steps=steps),
+        functools.partial(_kernel, steps=steps, subtract=subtract),
         grid=(b, h, dv // bv),
         in_specs=[seq(dk), seq(dk), cols(), seq(2), block()],
         out_specs=[cols(), block()],

@@ -8,7 +8,8 @@ state space then keeps per head a [head dim, state] float32 matrix,
 B and C shared by the heads of each of mamba_n_groups groups; y times silu(z) is RMS-normed per group
 (BambaRMSNormGated) and projected back by out_proj. Its state is the conv's last inputs and those matrices.
 
-The recurrence runs token by token (a lax.scan) with a cache and without: a sequence reaches the same
+The recurrence runs token by token (a lax.scan; on one GPU one Pallas kernel, models/delta_rule_gpu.py)
+with a cache and without: a sequence reaches the same
 state however its prompt was split into chunks (the engine's results must not depend on what else it
 runs). transformers' prefill computes the same sums in chunks (mamba2_chunk_scan); its decode step,
 token by token, is this form. A token marked invalid (padding, a finished row) gets a time step of 0
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxllm.errors import ConfigError
+from jaxllm.models import delta_rule_gpu
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.layers import Dense, activation, param
 from jaxllm.models.recurrent import RecurrentMixer, RecurrentState, StateShape, causal_conv
@@ -35,6 +37,9 @@ def selective_scan(x, dt, a, b, c, d, state):
     """Mamba2's recurrence token by token: x [B, T, H, P], dt [B, T, H] (after softplus), a [H] (negative),
     b, c [B, T, H, N] (each head's group's), d [H], state [B, H, P, N] float32 -> (y [B, T, H, P] float32,
     the state after the T tokens)."""
+    if delta_rule_gpu.fits(b.shape[-1], x.shape[-1]):  # one kernel for all T tokens: the state [N, P] per head
+        y, state = delta_rule_gpu.recurrence(c, b, x, dt * a, dt, jnp.swapaxes(state, -1, -2), subtract=False)
+        return y + d[:, None] * x.astype(jnp.float32), jnp.swapaxes(state, -1, -2)
     x, dt, b, c = (jnp.moveaxis(v.astype(jnp.float32), 1, 0) for v in (x, dt, b, c))  # [T, B, ...]
 
     def step(s, xs):

@@ -33,3 +33,21 @@ def test_kernel_matches_scan_and_ignores_chunking():
     first, mid = run(slice(0, cut), s0)
     second, end = run(slice(cut, None), mid)
     assert jnp.array_equal(jnp.concatenate([first, second], axis=1), out) and jnp.array_equal(end, state)
+
+
+def test_kernel_without_the_subtraction_is_mamba2s_selective_scan():
+    """recurrence(subtract=False) with C as queries, B as keys, x as values, dt as beta and dt * A as the
+    log decay, its state transposed: Mamba2's selective state space (models/mamba2.py's scan), D * x added."""
+    from jaxllm.models import mamba2
+
+    b, t, h, p, n = 2, 9, 3, 16, 32
+    ks = jax.random.split(jax.random.PRNGKey(1), 6)
+    x, bm, cm = (jax.random.normal(k, s) for k, s in zip(ks[:3], [(b, t, h, p), (b, t, h, n), (b, t, h, n)]))
+    dt = jax.nn.softplus(jax.random.normal(ks[3], (b, t, h))).at[:, -1].set(0.0)  # a padding token: dt 0
+    a, d = -jnp.exp(jax.random.normal(ks[4], (h,))), jnp.arange(1.0, h + 1)
+    s0 = jax.random.normal(ks[5], (b, h, p, n))
+    want_y, want_state = mamba2.selective_scan(x, dt, a, bm, cm, d, s0)
+    y, state = delta_rule_gpu.recurrence(cm, bm, x, dt * a, dt, jnp.swapaxes(s0, -1, -2), subtract=False,
+                                         interpret=jax.default_backend() != "gpu")
+    for got, want in ((y + d[:, None] * x, want_y), (jnp.swapaxes(state, -1, -2), want_state)):
+        assert float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want))) < 1e-5
