@@ -32,6 +32,7 @@ from jaxllm.models import (
     lfm2,
     llama,
     llama4,
+    minimax_m2,
     moe,
     mpt,
     nemotron,
@@ -55,5 +56,6 @@ FAMILIES = (
     phimoe, cohere, glm, ernie, gpt_oss, gpt_bigcode, gptj, falcon, olmo, nemotron, helium, gpt_neo, deepseek,
     glm4_moe, dots1, hunyuan, llama4, gemma4, qwen3_next, opt, biogpt, xglm, codegen, persimmon, vaultgemma, dbrx, bloom, mpt,
     lfm2, granitemoehybrid, bamba,
+    minimax_m2,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -159,6 +159,14 @@ def _head(copy: bool = False):
                             torch.randn(128, 64, generator=torch.Generator().manual_seed(1))}
 
 
+def _score_biases(block: str, layers, experts: int):
+    """Seeded random e_score_correction_bias of the MoE `block` in `layers` (the saved ones are zeros), large
+    enough to change which experts are chosen."""
+    import torch
+    return lambda tensors: {f"model.layers.{i}.{block}.e_score_correction_bias": 0.3 * torch.randn(
+        experts, generator=torch.Generator().manual_seed(i)) for i in layers}
+
+
 def _xielu_constants(tensors):
     """xIELU's beta and eps of each layer, unlike their initial values (0.5, -1e-6) that the seeded weights keep."""
     import torch
@@ -586,9 +594,7 @@ SPELLINGS = {
         rope_type="yarn", factor=4.0, mscale=1.0, mscale_all_dim=0.8, original_max_position_embeddings=8, beta_fast=32,
         beta_slow=1, rope_theta=10000.0)), lambda raw: raw.update(
             rope_theta=raw["rope_parameters"].pop("rope_theta"), rope_scaling=dict(raw.pop("rope_parameters"), type="yarn"))),
-    "deepseek-v3-score-bias": ("DeepseekV3ForCausalLM", {}, _edit(), _tensors(add=lambda tensors: {
-        f"model.layers.{i}.mlp.gate.e_score_correction_bias": 0.3 * __import__("torch").randn(
-            8, generator=__import__("torch").Generator().manual_seed(i)) for i in (1, 2)})),
+    "deepseek-v3-score-bias": ("DeepseekV3ForCausalLM", {}, _edit(), _tensors(add=_score_biases("mlp.gate", (1, 2), 8))),
     # DeepSeek-V3's Hub files keep the multi-token-prediction layer as layer 61, which transformers does not read
     "deepseek-v3-mtp-layer": ("DeepseekV3ForCausalLM", {}, _edit(), _tensors(add=lambda tensors: {
         f"model.layers.61.{name}": tensors[f"model.layers.1.{name}"].clone() for name in ("input_layernorm.weight", "mlp.gate.weight")})),
@@ -609,9 +615,17 @@ SPELLINGS = {
         raw.pop(k) for k in ("use_qk_norm", "n_group", "topk_group", "routed_scaling_factor", "norm_topk_prob")] and [
             raw["rope_parameters"].pop("partial_rotary_factor", None), raw.pop("partial_rotary_factor", None),
             raw.update(num_local_experts=raw.pop("n_routed_experts"))]),
-    "glm4-moe-score-bias": ("Glm4MoeForCausalLM", {}, _edit(), _tensors(add=lambda tensors: {
-        f"model.layers.{i}.mlp.gate.e_score_correction_bias": 0.3 * __import__("torch").randn(
-            8, generator=__import__("torch").Generator().manual_seed(i)) for i in (1, 2)})),
+    "glm4-moe-score-bias": ("Glm4MoeForCausalLM", {}, _edit(), _tensors(add=_score_biases("mlp.gate", (1, 2), 8))),
+    # MiniMax-M2's Hub config.json: rotary_dim for the rotated part (no partial_rotary_factor), a top-level rope_theta,
+    # the experts under num_experts (its attribute_map's spelling), and the keys of MiniMax's own code at the values
+    # transformers hard-wires; its shapes and token ids left to MiniMaxM2Config's defaults where the file omits them
+    "minimax-m2-hub-config": ("MiniMaxM2ForCausalLM", {}, _edit(
+        ("rope_parameters",), rope_theta=5000.0, num_experts=6, use_qk_norm=True, qk_norm_type="per_layer",
+        scoring_func="sigmoid", use_routing_bias=True, shared_intermediate_size=0, attn_type_list=[1, 1, 1],
+        rope_scaling=None)),
+    "minimax-m2-default-head-dim": ("MiniMaxM2ForCausalLM", dict(head_dim=128, rotary_dim=64), _edit(("head_dim",))),
+    "minimax-m2-factor-beside-rotary-dim": ("MiniMaxM2ForCausalLM", {}, lambda raw: raw.update(rotary_dim=4)),
+    "minimax-m2-score-bias": ("MiniMaxM2ForCausalLM", {}, _edit(), _tensors(add=_score_biases("block_sparse_moe", (0, 1, 2), 6))),
     # dots.llm1: the window on the layers from max_window_layers on where layer_types is left out (none without a
     # sliding_window); no groups, unscaled weights not renormalised where left out; Qwen's window switch it never reads
     "dots1-window-layers-defaults": ("Dots1ForCausalLM", {}, _edit(("layer_types", "n_group", "topk_group", "routed_scaling_factor",
