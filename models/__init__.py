@@ -18,6 +18,7 @@ from jaxllm.models import (
     gemma4,
     glm,
     glm4_moe,
+    glm4_moe_lite,
     gpt2,
     gpt_bigcode,
     gpt_neo,
@@ -57,5 +58,6 @@ FAMILIES = (
     glm4_moe, dots1, hunyuan, llama4, gemma4, qwen3_next, opt, biogpt, xglm, codegen, persimmon, vaultgemma, dbrx, bloom, mpt,
     lfm2, granitemoehybrid, bamba,
     minimax_m2,
+    minimax_m2, glm4_moe_lite,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

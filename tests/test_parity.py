@@ -619,6 +619,19 @@ SPELLINGS = {
     # MiniMax-M2's Hub config.json: rotary_dim for the rotated part (no partial_rotary_factor), a top-level rope_theta,
     # the experts under num_experts (its attribute_map's spelling), and the keys of MiniMax's own code at the values
     # transformers hard-wires; its shapes and token ids left to MiniMaxM2Config's defaults where the file omits them
+    # GLM-4.7-Flash's Hub config.json: first_k_dense_replace (which transformers never reads) and no mlp_layer_types,
+    # keys of its own code (topk_method, num_nextn_predict_layers), a top-level rope_theta and partial_rotary_factor 1;
+    # its multi-token-prediction layer 47 kept in the checkpoint
+    "glm4-moe-lite-hub-config": ("Glm4MoeLiteForCausalLM", dict(mlp_layer_types=["dense", "sparse", "sparse"]), _edit(
+        ("mlp_layer_types", "rope_parameters"), first_k_dense_replace=1, topk_method="noaux_tc", num_nextn_predict_layers=1,
+        rope_theta=5000.0, partial_rotary_factor=1.0, rope_scaling=None), _tensors(add=lambda tensors: {
+            f"model.layers.47.{name}": tensors[f"model.layers.1.{name}"].clone() for name in ("input_layernorm.weight", "mlp.gate.weight")})),
+    # head_dim names qk_rope_head_dim (Glm4MoeLiteConfig's attribute_map); routing, rope and shared experts left to its defaults
+    "glm4-moe-lite-head-dim-spelling": ("Glm4MoeLiteForCausalLM", {}, lambda raw: raw.update(head_dim=raw.pop("qk_rope_head_dim"))),
+    "glm4-moe-lite-defaults": ("Glm4MoeLiteForCausalLM", dict(n_routed_experts=4, num_experts_per_tok=4), _edit((
+        "n_group", "topk_group", "routed_scaling_factor", "norm_topk_prob", "rope_interleave", "n_shared_experts",
+        "num_experts_per_tok"))),
+    "glm4-moe-lite-score-bias": ("Glm4MoeLiteForCausalLM", {}, _edit(), _tensors(add=_score_biases("mlp.gate", (1,), 8))),
     "minimax-m2-hub-config": ("MiniMaxM2ForCausalLM", {}, _edit(
         ("rope_parameters",), rope_theta=5000.0, num_experts=6, use_qk_norm=True, qk_norm_type="per_layer",
         scoring_func="sigmoid", use_routing_bias=True, shared_intermediate_size=0, attn_type_list=[1, 1, 1],
