@@ -8,6 +8,7 @@ from jaxllm.models import (
     bloom,
     codegen,
     cohere,
+    cwm,
     dbrx,
     deepseek,
     dots1,
@@ -59,5 +60,6 @@ FAMILIES = (
     lfm2, granitemoehybrid, bamba,
     minimax_m2,
     minimax_m2, glm4_moe_lite,
+    minimax_m2, glm4_moe_lite, cwm,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

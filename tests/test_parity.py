@@ -632,6 +632,14 @@ SPELLINGS = {
         "n_group", "topk_group", "routed_scaling_factor", "norm_topk_prob", "rope_interleave", "n_shared_experts",
         "num_experts_per_tok"))),
     "glm4-moe-lite-score-bias": ("Glm4MoeLiteForCausalLM", {}, _edit(), _tensors(add=_score_biases("mlp.gate", (1,), 8))),
+    # CWM: CwmConfig's pattern (every 4th layer full from the first) and window where left out, its Llama 3 rope where
+    # no rope settings are given (a top-level rope_theta then unread); the v4 spelling of its rope
+    "cwm-default-layers-and-rope": ("CwmForCausalLM", {}, _edit(("layer_types", "sliding_window", "rope_parameters"),
+                                                                rope_theta=5000.0, attention_bias=True)),
+    "cwm-v4-rope": ("CwmForCausalLM", {}, lambda raw: raw.update(
+        rope_theta=raw["rope_parameters"].pop("rope_theta"), rope_scaling=raw.pop("rope_parameters"))),
+    "cwm-window-on-layers-it-names": ("CwmForCausalLM", dict(layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
+                                      _edit()),
     "minimax-m2-hub-config": ("MiniMaxM2ForCausalLM", {}, _edit(
         ("rope_parameters",), rope_theta=5000.0, num_experts=6, use_qk_norm=True, qk_norm_type="per_layer",
         scoring_func="sigmoid", use_routing_bias=True, shared_intermediate_size=0, attn_type_list=[1, 1, 1],
