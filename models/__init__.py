@@ -37,6 +37,7 @@ from jaxllm.models import (
     minimax_m2,
     moe,
     mpt,
+    nanochat,
     nemotron,
     olmo,
     olmo2,
@@ -61,5 +62,6 @@ FAMILIES = (
     minimax_m2,
     minimax_m2, glm4_moe_lite,
     minimax_m2, glm4_moe_lite, cwm,
+    minimax_m2, glm4_moe_lite, cwm, nanochat,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

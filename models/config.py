@@ -107,6 +107,8 @@ class ModelConfig:
     rope_float32_rotation: bool = False
     # Rotary pairs are adjacent dims (2i, 2i + 1), not (i, i + rotary_dim / 2) (Cohere, GLM, ERNIE 4.5)
     rope_interleaved: bool = False
+    # Every rotary angle negated, each pair turned the other way (NanoChat's rotate_half: cat(x2, -x1))
+    rope_reversed: bool = False
     # Granite: each residual branch times residual_scale before the add, the logits divided by logits_divisor.
     residual_scale: float = 1.0
     logits_divisor: float = 1.0

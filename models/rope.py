@@ -135,6 +135,8 @@ def rotary(cfg: ModelConfig, positions, dtype, rope: RopeConfig | None = None, l
     freqs = positions[..., None].astype(jnp.float32) * inv
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     cos, sin = (jnp.cos(emb) * scale).astype(dtype), (jnp.sin(emb) * scale).astype(dtype)
+    if cfg.rope_reversed:  # NanoChat: q cos - rotate_half(q) sin
+        sin = -sin
     if cfg.rope_float32_rotation:  # rounded to the model's dtype, then float32: apply_rotary rotates in float32
         cos, sin = cos.astype(jnp.float32), sin.astype(jnp.float32)
     return Rotary(cos, sin)

@@ -640,6 +640,10 @@ SPELLINGS = {
         rope_theta=raw["rope_parameters"].pop("rope_theta"), rope_scaling=raw.pop("rope_parameters"))),
     "cwm-window-on-layers-it-names": ("CwmForCausalLM", dict(layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
                                       _edit()),
+    # NanoChat: soft-capping at 15, squared ReLU, no biases and a kv head per head where left out; soft-capping off (null)
+    "nanochat-defaults": ("NanoChatForCausalLM", dict(num_key_value_heads=4, attention_bias=False), _edit((
+        "final_logit_softcapping", "hidden_act", "attention_bias", "num_key_value_heads"))),
+    "nanochat-no-softcap": ("NanoChatForCausalLM", dict(final_logit_softcapping=None), _edit()),
     "minimax-m2-hub-config": ("MiniMaxM2ForCausalLM", {}, _edit(
         ("rope_parameters",), rope_theta=5000.0, num_experts=6, use_qk_norm=True, qk_norm_type="per_layer",
         scoring_func="sigmoid", use_routing_bias=True, shared_intermediate_size=0, attn_type_list=[1, 1, 1],
