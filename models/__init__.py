@@ -14,6 +14,7 @@ from jaxllm.models import (
     dots1,
     ernie,
     exaone,
+    exaone3,
     falcon,
     gemma,
     gemma4,
@@ -63,5 +64,6 @@ FAMILIES = (
     minimax_m2, glm4_moe_lite,
     minimax_m2, glm4_moe_lite, cwm,
     minimax_m2, glm4_moe_lite, cwm, nanochat,
+    minimax_m2, glm4_moe_lite, cwm, nanochat, exaone3,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

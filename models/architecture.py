@@ -151,7 +151,8 @@ class Architecture:
     partial_rotary: bool = False
     # The config.json key of the norms' epsilon this family's transformers code reads (GPT-2's before
     # common_names); the other spellings (NORM_EPS_KEYS) are dropped, as its code never reads them.
-    norm_eps_key: str = "rms_norm_eps"
+    # A tuple: several keys the config class reads (EXAONE 3's layer_norm_epsilon, an attribute_map alias of rms_norm_eps).
+    norm_eps_key: str | tuple[str, ...] = "rms_norm_eps"
     # config.json keys this family's transformers config class (strict typing) or model construction
     # refuses as null, where the generic reading would take null as absent: refused here too. rope_theta
     # only where the rope settings give none of their own (transformers then takes theirs).
@@ -176,7 +177,7 @@ class Architecture:
                 raise ConfigError(f"config.json '{key}' is null, which transformers refuses for {self.name}: give it a "
                                   "value, or leave the key out for the family's default")
         raw = {k: v for k, v in raw.items()
-               if k not in self.ignored_keys and (k not in NORM_EPS_KEYS or k == self.norm_eps_key)}
+               if k not in self.ignored_keys and (k not in NORM_EPS_KEYS or k in _keys(self.norm_eps_key))}
         if not self.partial_rotary:
             raw = _without_partial_rotary(raw)
         defaulted = tuple(k for k in self.hf_defaults if k not in raw)
@@ -200,6 +201,10 @@ NO_WINDOW_SWITCH = ("use_sliding_window",)
 # Keys every family's transformers config refuses as null; RMS_NORMED: those of the rope, RMSNorm families beside them.
 NOT_NULL = ("max_position_embeddings", "tie_word_embeddings")
 RMS_NOT_NULL = NOT_NULL + ("rms_norm_eps", "hidden_act", "rope_theta")
+
+
+def _keys(key: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (key,) if isinstance(key, str) else key
 
 
 def _rope_theta(raw: dict):

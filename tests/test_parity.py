@@ -644,6 +644,17 @@ SPELLINGS = {
     "nanochat-defaults": ("NanoChatForCausalLM", dict(num_key_value_heads=4, attention_bias=False), _edit((
         "final_logit_softcapping", "hidden_act", "attention_bias", "num_key_value_heads"))),
     "nanochat-no-softcap": ("NanoChatForCausalLM", dict(final_logit_softcapping=None), _edit()),
+    # EXAONE 3.5's Hub config.json: ExaoneConfig's aliases (num_layers, layer_norm_epsilon, activation_function) and a v4
+    # llama3 rope; its shapes and rope base left to the class's defaults where the file omits them
+    "exaone3-hub-config": ("ExaoneForCausalLM", dict(rope_parameters=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                                                                          high_freq_factor=4.0, original_max_position_embeddings=16,
+                                                                          rope_theta=10000.0)), lambda raw: raw.update(
+        num_layers=raw.pop("num_hidden_layers"), layer_norm_epsilon=raw.pop("rms_norm_eps"), activation_function=raw.pop("hidden_act"),
+        rope_theta=raw["rope_parameters"].pop("rope_theta"), rope_scaling=raw.pop("rope_parameters"))),
+    "exaone3-aliases-win": ("ExaoneForCausalLM", dict(num_hidden_layers=2), lambda raw: raw.update(
+        num_layers=2, num_hidden_layers=3, layer_norm_epsilon=1e-2, activation_function="gelu")),
+    "exaone3-defaults": ("ExaoneForCausalLM", dict(num_key_value_heads=8, num_attention_heads=8), _edit((
+        "num_key_value_heads", "rope_parameters", "rms_norm_eps"))),
     "minimax-m2-hub-config": ("MiniMaxM2ForCausalLM", {}, _edit(
         ("rope_parameters",), rope_theta=5000.0, num_experts=6, use_qk_norm=True, qk_norm_type="per_layer",
         scoring_func="sigmoid", use_routing_bias=True, shared_intermediate_size=0, attn_type_list=[1, 1, 1],
