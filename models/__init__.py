@@ -49,6 +49,7 @@ from jaxllm.models import (
     phi3,
     phimoe,
     qwen3_next,
+    solar_open,
     stablelm,
     starcoder2,
     vaultgemma,
@@ -65,5 +66,6 @@ FAMILIES = (
     minimax_m2, glm4_moe_lite, cwm,
     minimax_m2, glm4_moe_lite, cwm, nanochat,
     minimax_m2, glm4_moe_lite, cwm, nanochat, exaone3,
+    minimax_m2, glm4_moe_lite, cwm, nanochat, exaone3, solar_open,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

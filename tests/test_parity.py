@@ -655,6 +655,13 @@ SPELLINGS = {
         num_layers=2, num_hidden_layers=3, layer_norm_epsilon=1e-2, activation_function="gelu")),
     "exaone3-defaults": ("ExaoneForCausalLM", dict(num_key_value_heads=8, num_attention_heads=8), _edit((
         "num_key_value_heads", "rope_parameters", "rms_norm_eps"))),
+    # Solar Open: GLM-4-MoE's keys its code never reads (a dense width, first_k_dense_replace, use_qk_norm), a whole-head
+    # partial_rotary_factor, the experts under num_local_experts; routing and shared experts left to its defaults
+    "solar-open-ignored-keys": ("SolarOpenForCausalLM", {}, lambda raw: raw.update(
+        intermediate_size=96, first_k_dense_replace=1, use_qk_norm=True, partial_rotary_factor=1.0, num_local_experts=raw.pop("n_routed_experts"))),
+    "solar-open-defaults": ("SolarOpenForCausalLM", dict(num_experts_per_tok=8, attention_bias=False), _edit((
+        "n_group", "topk_group", "routed_scaling_factor", "norm_topk_prob", "n_shared_experts", "num_experts_per_tok",
+        "attention_bias", "rope_parameters"))),
     "minimax-m2-hub-config": ("MiniMaxM2ForCausalLM", {}, _edit(
         ("rope_parameters",), rope_theta=5000.0, num_experts=6, use_qk_norm=True, qk_norm_type="per_layer",
         scoring_func="sigmoid", use_routing_bias=True, shared_intermediate_size=0, attn_type_list=[1, 1, 1],
