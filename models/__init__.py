@@ -54,6 +54,7 @@ from jaxllm.models import (
     starcoder2,
     vaultgemma,
     xglm,
+    youtu,
 )
 
 FAMILIES = (
@@ -67,5 +68,6 @@ FAMILIES = (
     minimax_m2, glm4_moe_lite, cwm, nanochat,
     minimax_m2, glm4_moe_lite, cwm, nanochat, exaone3,
     minimax_m2, glm4_moe_lite, cwm, nanochat, exaone3, solar_open,
+    minimax_m2, glm4_moe_lite, cwm, nanochat, exaone3, solar_open, youtu,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -52,6 +52,11 @@ def sigmoid_router(raw: dict) -> dict:
 
 def mla_defaults(raw: dict) -> dict:
     """The latent attention and expert layout both versions read the same way."""
+    return dict(routed_experts(raw), **latent_attention(raw))
+
+
+def latent_attention(raw: dict) -> dict:
+    """The latent attention's fields (Youtu's too): its shapes, a kv head per head, biases as attention_bias says."""
     heads = raw["num_attention_heads"]
     if raw.get("num_key_value_heads") not in (None, heads):
         raise ConfigError(f"config.json num_key_value_heads={raw['num_key_value_heads']} with {heads} attention heads: latent "
@@ -64,7 +69,7 @@ def mla_defaults(raw: dict) -> dict:
     mla = MlaConfig(kv_lora_rank=raw["kv_lora_rank"], qk_nope_head_dim=raw["qk_nope_head_dim"],
                     qk_rope_head_dim=raw["qk_rope_head_dim"], v_head_dim=raw["v_head_dim"], q_lora_rank=raw.get("q_lora_rank"))
     bias = bool(raw["attention_bias"])
-    return dict(routed_experts(raw), mla=mla, num_kv_heads=heads, qkv_bias=bias, o_bias=bias)
+    return dict(mla=mla, num_kv_heads=heads, qkv_bias=bias, o_bias=bias)
 
 
 def deepseek_v3_defaults(raw: dict) -> dict:
@@ -104,10 +109,12 @@ def expert_names(key: str, experts: int | None):
 def mla_names(key: str, experts: int):
     """`expert_names`, and head_dim (which DeepSeek's config classes set to qk_rope_head_dim, whatever
     the file says) the width of the cached heads (models/mla.py)."""
-    def names(raw: dict) -> dict:
-        raw = expert_names(key, experts)(raw)
-        return dict(raw, head_dim=max(raw["qk_nope_head_dim"] + raw["qk_rope_head_dim"], raw["v_head_dim"]))
-    return names
+    return lambda raw: latent_head_dim(expert_names(key, experts)(raw))
+
+
+def latent_head_dim(raw: dict) -> dict:
+    """config.json with head_dim the width of latent attention's cached heads, max(qk_head_dim, v_head_dim)."""
+    return dict(raw, head_dim=max(raw["qk_nope_head_dim"] + raw["qk_rope_head_dim"], raw["v_head_dim"]))
 
 
 _NOT_NULL = RMS_NOT_NULL + ("attention_bias", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",

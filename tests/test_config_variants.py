@@ -74,3 +74,27 @@ def test_dbrx_weight_norms_other_than_the_sum_are_refused():
     with pytest.raises(ConfigError, match=r"moe_normalize_expert_weights=2.0.*not supported") as info:
         spec.config(dict(spec.tiny_config, ffn_config=ffn))
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("arch, changes, message", [
+    # MiniMax's own keys, which transformers never reads, asking for other than what it runs
+    ("MiniMaxM2ForCausalLM", dict(use_qk_norm=False), r"use_qk_norm=False is not supported.*set it to True"),
+    ("MiniMaxM2ForCausalLM", dict(scoring_func="softmax"), r"scoring_func='softmax' is not supported.*'sigmoid'"),
+    ("MiniMaxM2ForCausalLM", dict(qk_norm_type="per_head"), r"qk_norm_type='per_head' is not supported"),
+    ("MiniMaxM2ForCausalLM", dict(shared_intermediate_size=16), r"shared_intermediate_size=16 asks for a shared expert"),
+    ("MiniMaxM2ForCausalLM", dict(attn_type_list=[0, 1, 1]), r"attn_type_list asks for lightning-attention layers"),
+    # rotary on part of the rotary part (a shape error in transformers' attention)
+    ("Glm4MoeLiteForCausalLM", dict(partial_rotary_factor=0.5), r"partial_rotary_factor 0.5 rotates part"),
+    ("SolarOpenForCausalLM", dict(partial_rotary_factor=0.5), r"partial_rotary_factor 0.5 asks to rotate part"),
+    # the checkpoint's dense layers as first_k_dense_replace says, which transformers' GLM-4.7-Flash never reads
+    ("Glm4MoeLiteForCausalLM", dict(mlp_layer_types=None, first_k_dense_replace=2), r"first_k_dense_replace=2 without mlp_layer_types"),
+    ("Glm4MoeLiteForCausalLM", dict(mlp_layer_types=["dense", "moe", "dense"]), r"mlp_layer_types .* must give one of dense, sparse"),
+    ("YoutuForCausalLM", dict(head_dim=16), r"head_dim=16 differs from qk_rope_head_dim=8"),
+])
+def test_options_the_new_families_do_not_run_are_refused(arch, changes, message):
+    """Config values transformers' code of these families cannot run, or never reads where the checkpoint's own code would
+    run something else: one line naming the key and the fix, not a model of something else."""
+    spec = registry.get(arch)
+    with pytest.raises(ConfigError, match=message) as info:
+        spec.config(dict(spec.tiny_config, **changes))
+    assert "\n" not in str(info.value)

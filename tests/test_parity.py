@@ -662,6 +662,13 @@ SPELLINGS = {
     "solar-open-defaults": ("SolarOpenForCausalLM", dict(num_experts_per_tok=8, attention_bias=False), _edit((
         "n_group", "topk_group", "routed_scaling_factor", "norm_topk_prob", "n_shared_experts", "num_experts_per_tok",
         "attention_bias", "rope_parameters"))),
+    # Youtu: interleaved rope and tied embeddings where left out, DeepSeek-V3's expert keys its config class drops (its
+    # code reads none), head_dim left out; rope on halves; one q_proj (q_lora_rank null). No pad_token_id: transformers'
+    # Youtu zeroes the padding row of the embeddings it loads (its _init_weights writes through .data, past the
+    # loaded-weight guard), so a reloaded reference would not be the saved model
+    "youtu-defaults-and-unread-keys": ("YoutuForCausalLM", dict(pad_token_id=None), _edit((
+        "rope_interleave", "tie_word_embeddings", "head_dim"), n_routed_experts=8, num_experts_per_tok=2, first_k_dense_replace=1)),
+    "youtu-rope-halves-one-q-proj": ("YoutuForCausalLM", dict(rope_interleave=False, q_lora_rank=None, pad_token_id=None), _edit()),
     "minimax-m2-hub-config": ("MiniMaxM2ForCausalLM", {}, _edit(
         ("rope_parameters",), rope_theta=5000.0, num_experts=6, use_qk_norm=True, qk_norm_type="per_layer",
         scoring_func="sigmoid", use_routing_bias=True, shared_intermediate_size=0, attn_type_list=[1, 1, 1],
