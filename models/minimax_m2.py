@@ -22,8 +22,10 @@ HARD_WIRED = dict(use_qk_norm=True, qk_norm_type="per_layer", scoring_func="sigm
 
 
 def minimax_m2_names(raw: dict) -> dict:
-    """The Hub's rotary_dim as MiniMaxM2Config reads it: partial_rotary_factor rotary_dim / head_dim
-    where the file gives no factor of its own."""
+    """config.json as MiniMaxM2Config reads it: the experts under num_experts (its attribute_map's alias,
+    which wins), else num_local_experts, else 256; the Hub's rotary_dim as partial_rotary_factor
+    rotary_dim / head_dim where the file gives no factor of its own."""
+    raw = dict(raw, num_local_experts=raw["num_experts"] if "num_experts" in raw else raw.get("num_local_experts", 256))
     rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
     if raw.get("rotary_dim") is None or "partial_rotary_factor" in raw or "partial_rotary_factor" in rope:
         return raw
@@ -49,12 +51,12 @@ ARCHITECTURES = (Architecture(
     name="MiniMaxM2ForCausalLM", module=CausalLM, hf_model_type="minimax_m2", config_defaults=minimax_m2_defaults,
     weight_map=moe_weight_map("block_sparse_moe", {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"},
                               score_bias=("e_score_correction_bias", Copy())),
-    common_names=lambda raw: minimax_m2_names(dict(raw, num_local_experts=raw.get("num_local_experts", raw.get("num_experts")))),
+    common_names=minimax_m2_names,
     ignored_keys=NO_WINDOW + ("attention_bias", "mlp_bias", "moe_intermediate_size"), partial_rotary=True,
-    # MiniMaxM2Config's field defaults (MiniMax-M2's shapes; its rope base default_theta)
+    # MiniMaxM2Config's field defaults (MiniMax-M2's shapes; its rope base default_theta; num_local_experts' in minimax_m2_names)
     hf_defaults=dict(vocab_size=200064, hidden_size=3072, intermediate_size=1536, num_hidden_layers=62, num_attention_heads=48,
                      num_key_value_heads=8, head_dim=128, max_position_embeddings=196608, rms_norm_eps=1e-6,
-                     rope_theta=5_000_000.0, num_experts_per_tok=8, num_local_experts=256, bos_token_id=200034,
+                     rope_theta=5_000_000.0, num_experts_per_tok=8, bos_token_id=200034,
                      eos_token_id=200020),
     not_null=RMS_NOT_NULL + ("num_key_value_heads", "head_dim", "num_experts_per_tok", "num_local_experts", "num_experts"),
     # 6 experts, top 2, in every layer; GQA; q/k norms over the projection; half of each head rotated (rotary_dim)

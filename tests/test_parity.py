@@ -670,7 +670,7 @@ SPELLINGS = {
         "rope_interleave", "tie_word_embeddings", "head_dim"), n_routed_experts=8, num_experts_per_tok=2, first_k_dense_replace=1)),
     "youtu-rope-halves-one-q-proj": ("YoutuForCausalLM", dict(rope_interleave=False, q_lora_rank=None, pad_token_id=None), _edit()),
     "minimax-m2-hub-config": ("MiniMaxM2ForCausalLM", {}, _edit(
-        ("rope_parameters",), rope_theta=5000.0, num_experts=6, use_qk_norm=True, qk_norm_type="per_layer",
+        ("rope_parameters", "num_local_experts"), rope_theta=5000.0, num_experts=6, use_qk_norm=True, qk_norm_type="per_layer",
         scoring_func="sigmoid", use_routing_bias=True, shared_intermediate_size=0, attn_type_list=[1, 1, 1],
         rope_scaling=None)),
     "minimax-m2-default-head-dim": ("MiniMaxM2ForCausalLM", dict(head_dim=128, rotary_dim=64), _edit(("head_dim",))),
