@@ -15,22 +15,13 @@ from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, Architecture
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.config_fields import EXPERTS, NON_NEGATIVE, OBJECT, POSITIVE, Field, check_fields
-from jaxllm.models.decoder import CausalLM, DecoderLayer
+from jaxllm.models.decoder import normed_causal_lm
 from jaxllm.models.gpt2 import spelled
 from jaxllm.models.layers import LayerNorm
 from jaxllm.models.transforms import Copy, Linear, Part, Stacked, Transpose
 from jaxllm.models.weights import WeightSpec
 
-BiasFreeNorm = functools.partial(LayerNorm, bias=False)
-
-
-class DbrxLayer(DecoderLayer):
-    norm_cls = BiasFreeNorm
-
-
-class DbrxForCausalLM(CausalLM):
-    layer_cls = DbrxLayer
-    final_norm = BiasFreeNorm
+DbrxForCausalLM = normed_causal_lm(functools.partial(LayerNorm, bias=False), "DbrxForCausalLM")
 
 
 # The nested configs' fields transformers' DbrxAttentionConfig and DbrxFFNConfig type (ints never null)

@@ -214,6 +214,13 @@ class CausalLM(nnx.Module):
         return self.logits(hidden), cache
 
 
+def normed_causal_lm(norm_cls, name: str) -> type[CausalLM]:
+    """The shared `CausalLM` (named `name`) with `norm_cls` as the class of every norm, its layers' and its
+    final one: OLMo's LayerNorm without parameters, DBRX's without bias, NanoChat's RMSNorm without weight."""
+    layer = type(name.replace("ForCausalLM", "DecoderLayer"), (DecoderLayer,), {"norm_cls": norm_cls})
+    return type(name, (CausalLM,), {"layer_cls": layer, "final_norm": norm_cls})
+
+
 def fused_weight_map(cfg: ModelConfig, fused: dict) -> list[WeightSpec]:
     """decoder_weight_map with some of each layer's weights read as rows of one fused checkpoint
     tensor: `fused` maps our tensor ("mlp.gate_proj") to (the fused HF tensor "mlp.gate_up_proj", the

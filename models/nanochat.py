@@ -10,21 +10,12 @@ import functools
 
 from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.decoder import CausalLM, DecoderLayer, renamed
+from jaxllm.models.decoder import normed_causal_lm, renamed
 from jaxllm.models.layers import RMSNorm
 from jaxllm.models.olmo import olmo_weight_map
 from jaxllm.models.weights import WeightSpec
 
-WeightlessNorm = functools.partial(RMSNorm, weight=False)
-
-
-class NanoChatDecoderLayer(DecoderLayer):
-    norm_cls = WeightlessNorm
-
-
-class NanoChatForCausalLM(CausalLM):
-    layer_cls = NanoChatDecoderLayer
-    final_norm = WeightlessNorm
+NanoChatForCausalLM = normed_causal_lm(functools.partial(RMSNorm, weight=False), "NanoChatForCausalLM")
 
 
 def nanochat_weight_map(cfg: ModelConfig) -> list[WeightSpec]:

@@ -7,20 +7,11 @@ import functools
 
 from jaxllm.models.architecture import NO_WINDOW, NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.decoder import CausalLM, DecoderLayer, decoder_weight_map
+from jaxllm.models.decoder import decoder_weight_map, normed_causal_lm
 from jaxllm.models.layers import LayerNorm
 from jaxllm.models.weights import WeightSpec
 
-NonParametricNorm = functools.partial(LayerNorm, weight=False, bias=False)
-
-
-class OlmoDecoderLayer(DecoderLayer):
-    norm_cls = NonParametricNorm
-
-
-class OlmoForCausalLM(CausalLM):
-    layer_cls = OlmoDecoderLayer
-    final_norm = NonParametricNorm
+OlmoForCausalLM = normed_causal_lm(functools.partial(LayerNorm, weight=False, bias=False), "OlmoForCausalLM")
 
 
 def olmo_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
