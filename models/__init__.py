@@ -15,6 +15,7 @@ from jaxllm.models import (
     ernie,
     exaone,
     exaone3,
+    exaone_moe,
     falcon,
     gemma,
     gemma4,
@@ -69,5 +70,6 @@ FAMILIES = (
     minimax_m2, glm4_moe_lite, cwm, nanochat, exaone3,
     minimax_m2, glm4_moe_lite, cwm, nanochat, exaone3, solar_open,
     minimax_m2, glm4_moe_lite, cwm, nanochat, exaone3, solar_open, youtu,
+    minimax_m2, glm4_moe_lite, cwm, nanochat, exaone3, solar_open, youtu, exaone_moe,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -14,11 +14,12 @@ from jaxllm.models.mla import LatentCausalLM
 MLP_TYPES = ("dense", "sparse")
 
 
-def mlp_layer_types(raw: dict) -> list[str]:
-    """Glm4MoeLiteConfig's mlp_layer_types: the file's, else the first layer dense and the rest sparse."""
+def mlp_layer_types(raw: dict, dense: int) -> list[str]:
+    """mlp_layer_types as GLM-4.7-Flash's and K-EXAONE's config classes read it: the file's, else the first
+    `dense` layers dense and the rest sparse."""
     n, types = raw["num_hidden_layers"], raw.get("mlp_layer_types")
     if types is None:
-        return ["dense"] + ["sparse"] * (n - 1)
+        return ["dense"] * min(dense, n) + ["sparse"] * max(n - dense, 0)
     if len(types) != n or any(t not in MLP_TYPES for t in types):
         raise ConfigError(f"config.json mlp_layer_types {types!r:.80} must give one of {', '.join(MLP_TYPES)} for each of the "
                           f"{n} layers: correct it")
@@ -34,7 +35,7 @@ def lite_names(raw: dict) -> dict:
 
 
 def glm4_moe_lite_defaults(raw: dict) -> dict:
-    types = mlp_layer_types(raw)
+    types = mlp_layer_types(raw, 1)
     first = raw.get("first_k_dense_replace")
     if raw.get("mlp_layer_types") is None and first is not None and min(first, len(types)) != 1:
         raise ConfigError(f"config.json first_k_dense_replace={first} without mlp_layer_types: transformers reads "

@@ -669,6 +669,15 @@ SPELLINGS = {
     "youtu-defaults-and-unread-keys": ("YoutuForCausalLM", dict(pad_token_id=None), _edit((
         "rope_interleave", "tie_word_embeddings", "head_dim"), n_routed_experts=8, num_experts_per_tok=2, first_k_dense_replace=1)),
     "youtu-rope-halves-one-q-proj": ("YoutuForCausalLM", dict(rope_interleave=False, q_lora_rank=None, pad_token_id=None), _edit()),
+    # K-EXAONE: the layers' attention from sliding_window_pattern and the dense ones from first_k_dense_replace where their
+    # lists are left out; its multi-token-prediction module (mtp.*) in the checkpoint; a score bias that changes the choice
+    "exaone-moe-layer-defaults-and-mtp": ("ExaoneMoeForCausalLM", dict(mlp_layer_types=["dense", "dense", "sparse"],
+                                                                        first_k_dense_replace=2),
+                                          _edit(("layer_types", "mlp_layer_types")), _tensors(add=lambda tensors: {
+                                              "mtp.layers.0.input_layernorm.weight": tensors["model.norm.weight"].clone()})),
+    "exaone-moe-routing-defaults": ("ExaoneMoeForCausalLM", dict(num_experts_per_tok=8), _edit((
+        "n_group", "topk_group", "routed_scaling_factor", "norm_topk_prob", "num_shared_experts", "num_experts_per_tok"))),
+    "exaone-moe-score-bias": ("ExaoneMoeForCausalLM", {}, _edit(), _tensors(add=_score_biases("mlp", (1, 2), 8))),
     "minimax-m2-hub-config": ("MiniMaxM2ForCausalLM", {}, _edit(
         ("rope_parameters", "num_local_experts"), rope_theta=5000.0, num_experts=6, use_qk_norm=True, qk_norm_type="per_layer",
         scoring_func="sigmoid", use_routing_bias=True, shared_intermediate_size=0, attn_type_list=[1, 1, 1],
