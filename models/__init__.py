@@ -36,6 +36,7 @@ from jaxllm.models import (
     lfm2,
     llama,
     llama4,
+    minicpm3,
     minimax_m2,
     moe,
     mpt,
@@ -71,5 +72,6 @@ FAMILIES = (
     minimax_m2, glm4_moe_lite, cwm, nanochat, exaone3, solar_open,
     minimax_m2, glm4_moe_lite, cwm, nanochat, exaone3, solar_open, youtu,
     minimax_m2, glm4_moe_lite, cwm, nanochat, exaone3, solar_open, youtu, exaone_moe,
+    minicpm3,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -112,6 +112,17 @@ def mla_names(key: str, experts: int):
     return lambda raw: latent_head_dim(expert_names(key, experts)(raw))
 
 
+def rope_head_dim(raw: dict) -> dict:
+    """`latent_head_dim` for the families whose config class sets head_dim to qk_rope_head_dim, the width their
+    rotary embedding turns (Youtu, MiniCPM3), where the file's own head_dim replaces it: another is refused,
+    as transformers fails on it (a shape error)."""
+    given, rope = raw.get("head_dim"), raw["qk_rope_head_dim"]
+    if given is not None and given != rope:
+        raise ConfigError(f"config.json head_dim={given} differs from qk_rope_head_dim={rope}, the rotary part transformers "
+                          "rotates head_dim values of (a shape error): remove head_dim or set it to qk_rope_head_dim")
+    return latent_head_dim(raw)
+
+
 def latent_head_dim(raw: dict) -> dict:
     """config.json with head_dim the width of latent attention's cached heads, max(qk_head_dim, v_head_dim)."""
     return dict(raw, head_dim=max(raw["qk_nope_head_dim"] + raw["qk_rope_head_dim"], raw["v_head_dim"]))

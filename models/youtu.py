@@ -4,24 +4,12 @@ interleaved pairs where rope_interleave says, by default) and a dense gated MLP 
 every layer; tied embeddings by default. YoutuConfig drops DeepSeek-V3's expert keys (its code reads
 none of them)."""
 
-from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture
-from jaxllm.models.deepseek import _TINY, latent_attention, latent_head_dim
+from jaxllm.models.deepseek import _TINY, latent_attention, rope_head_dim
 from jaxllm.models.mla import LatentCausalLM, mla_weight_map
 
 EXPERT_KEYS = ("n_shared_experts", "n_routed_experts", "num_local_experts", "routed_scaling_factor", "n_group", "topk_group",
                "num_experts_per_tok", "first_k_dense_replace", "norm_topk_prob", "moe_intermediate_size", "topk_method")
-
-
-def youtu_names(raw: dict) -> dict:
-    """head_dim as the cached heads' width (`latent_head_dim`); the file's own must be qk_rope_head_dim, the
-    width YoutuConfig gives it and its rotary embedding turns (another: a shape error in transformers)."""
-    given, rope = raw.get("head_dim"), raw["qk_rope_head_dim"]
-    if given is not None and given != rope:
-        raise ConfigError(f"config.json head_dim={given} differs from qk_rope_head_dim={rope}, and transformers' Youtu rotates "
-                          "head_dim values of each head's rotary part (a shape error): remove head_dim or set it to "
-                          "qk_rope_head_dim")
-    return latent_head_dim(raw)
 
 
 def youtu_defaults(raw: dict) -> dict:
@@ -30,7 +18,7 @@ def youtu_defaults(raw: dict) -> dict:
 
 ARCHITECTURES = (Architecture(
     name="YoutuForCausalLM", module=LatentCausalLM, weight_map=mla_weight_map, hf_model_type="youtu",
-    config_defaults=youtu_defaults, common_names=youtu_names,
+    config_defaults=youtu_defaults, common_names=rope_head_dim,
     ignored_keys=NO_WINDOW + ("mlp_bias",) + EXPERT_KEYS,
     # YoutuConfig's field defaults (Youtu-LLM-2B's shapes)
     hf_defaults=dict(vocab_size=128256, hidden_size=2048, intermediate_size=6144, num_hidden_layers=32, num_attention_heads=16,

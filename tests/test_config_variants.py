@@ -90,6 +90,7 @@ def test_dbrx_weight_norms_other_than_the_sum_are_refused():
     ("Glm4MoeLiteForCausalLM", dict(mlp_layer_types=None, first_k_dense_replace=2), r"first_k_dense_replace=2 without mlp_layer_types"),
     ("Glm4MoeLiteForCausalLM", dict(mlp_layer_types=["dense", "moe", "dense"]), r"mlp_layer_types .* must give one of dense, sparse"),
     ("YoutuForCausalLM", dict(head_dim=16), r"head_dim=16 differs from qk_rope_head_dim=8"),
+    ("MiniCPM3ForCausalLM", dict(logits_scaling=4.0), r"sets logits_scaling, which MiniCPM3Config derives"),
 ])
 def test_options_the_new_families_do_not_run_are_refused(arch, changes, message):
     """Config values transformers' code of these families cannot run, or never reads where the checkpoint's own code would

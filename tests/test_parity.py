@@ -678,6 +678,17 @@ SPELLINGS = {
     "exaone-moe-routing-defaults": ("ExaoneMoeForCausalLM", dict(num_experts_per_tok=8), _edit((
         "n_group", "topk_group", "routed_scaling_factor", "norm_topk_prob", "num_shared_experts", "num_experts_per_tok"))),
     "exaone-moe-score-bias": ("ExaoneMoeForCausalLM", {}, _edit(), _tensors(add=_score_biases("mlp", (1, 2), 8))),
+    # MiniCPM3-4B's Hub config.json: a v4 longrope rope_scaling (short and long factors, no factor: 1) with a top-level
+    # rope_theta, two EOS ids, no v_head_dim (hidden / heads) nor head_dim; its scales and shapes left to the class's
+    # defaults where left out, and null scale_depth / dim_model_base (no-op scales)
+    "minicpm3-hub-longrope": ("MiniCPM3ForCausalLM", dict(v_head_dim=16), lambda raw: [raw.pop(k) for k in (
+        "v_head_dim", "head_dim", "rope_parameters")] and raw.update(rope_theta=10000.0, eos_token_id=[2, 3], rope_scaling=dict(
+            type="longrope", original_max_position_embeddings=256, short_factor=[1.0, 1.1, 1.3, 1.5],
+            long_factor=[2.0, 3.0, 4.0, 5.0]))),
+    "minicpm3-defaults": ("MiniCPM3ForCausalLM", dict(scale_emb=12, scale_depth=1.4, dim_model_base=256, hidden_size=64,
+                                                       num_key_value_heads=4), _edit(("scale_emb", "scale_depth", "dim_model_base",
+                                                                                      "tie_word_embeddings"))),
+    "minicpm3-null-scales": ("MiniCPM3ForCausalLM", dict(scale_depth=None, dim_model_base=None), _edit()),
     "minimax-m2-hub-config": ("MiniMaxM2ForCausalLM", {}, _edit(
         ("rope_parameters", "num_local_experts"), rope_theta=5000.0, num_experts=6, use_qk_norm=True, qk_norm_type="per_layer",
         scoring_func="sigmoid", use_routing_bias=True, shared_intermediate_size=0, attn_type_list=[1, 1, 1],
