@@ -8,6 +8,8 @@ checkpoint keeps the score bias at mlp.e_score_correction_bias and a multi-token
 under mtp.*, which transformers does not read; neither do we."""
 
 from jaxllm.models.architecture import NO_WINDOW_SWITCH, RMS_NOT_NULL, Architecture
+from jaxllm.models.config_fields import EXPERTS as EXPERT_COUNT
+from jaxllm.models.config_fields import check_fields
 from jaxllm.models.decoder import CausalLM
 from jaxllm.models.deepseek import EXPERTS, routed_experts, sigmoid_router
 from jaxllm.models.exaone import exaone4_defaults
@@ -18,6 +20,7 @@ from jaxllm.models.transforms import Copy
 
 def exaone_moe_names(raw: dict) -> dict:
     """The expert keys under DeepSeek's names (routed_experts reads those)."""
+    check_fields(raw, {"num_shared_experts": EXPERT_COUNT}, "config.json")
     return dict(raw, n_routed_experts=raw["num_experts"], n_shared_experts=raw["num_shared_experts"])
 
 

@@ -8,6 +8,7 @@ multi-token-prediction layer 47, which transformers does not read; neither do we
 
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture
+from jaxllm.models.config_fields import Field, check_fields
 from jaxllm.models.deepseek import _TINY, deepseek_v3_defaults, mla_names, weight_map
 from jaxllm.models.mla import LatentCausalLM
 
@@ -17,7 +18,7 @@ MLP_TYPES = ("dense", "sparse")
 def mlp_layer_types(raw: dict, dense: int) -> list[str]:
     """mlp_layer_types as GLM-4.7-Flash's and K-EXAONE's config classes read it: the file's, else the first
     `dense` layers dense and the rest sparse."""
-    n, types = raw["num_hidden_layers"], raw.get("mlp_layer_types")
+    n, types = raw["num_hidden_layers"], check_fields(raw, {"mlp_layer_types": Field(str, many="list")}, "config.json").get("mlp_layer_types")
     if types is None:
         return ["dense"] * min(dense, n) + ["sparse"] * max(n - dense, 0)
     if len(types) != n or any(t not in MLP_TYPES for t in types):

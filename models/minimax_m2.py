@@ -12,11 +12,15 @@ transformers hard-wires, the checkpoint is refused in one line rather than run a
 
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture
+from jaxllm.models.config_fields import FLAG, NAME, Field, check_fields
 from jaxllm.models.decoder import CausalLM
 from jaxllm.models.llama import NO_BIAS
 from jaxllm.models.moe import moe_weight_map
 from jaxllm.models.transforms import Copy
 
+# MiniMax's own keys, typed as its code reads them
+OWN_FIELDS = {"use_qk_norm": FLAG, "qk_norm_type": NAME, "scoring_func": NAME, "use_routing_bias": FLAG,
+              "attn_type_list": Field(int, many="list")}
 # MiniMax's keys transformers never reads, and the one value each may take in what transformers runs
 HARD_WIRED = dict(use_qk_norm=True, qk_norm_type="per_layer", scoring_func="sigmoid", use_routing_bias=True)
 
@@ -25,6 +29,7 @@ def minimax_m2_names(raw: dict) -> dict:
     """config.json as MiniMaxM2Config reads it: the experts under num_experts (its attribute_map's alias,
     which wins), else num_local_experts, else 256; the Hub's rotary_dim as partial_rotary_factor
     rotary_dim / head_dim where the file gives no factor of its own."""
+    check_fields(raw, OWN_FIELDS, "config.json")
     raw = dict(raw, num_local_experts=raw["num_experts"] if "num_experts" in raw else raw.get("num_local_experts", 256))
     rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
     if raw.get("rotary_dim") is None or "partial_rotary_factor" in raw or "partial_rotary_factor" in rope:

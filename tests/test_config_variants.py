@@ -91,6 +91,11 @@ def test_dbrx_weight_norms_other_than_the_sum_are_refused():
     ("Glm4MoeLiteForCausalLM", dict(mlp_layer_types=["dense", "moe", "dense"]), r"mlp_layer_types .* must give one of dense, sparse"),
     ("YoutuForCausalLM", dict(head_dim=16), r"head_dim=16 differs from qk_rope_head_dim=8"),
     ("MiniCPM3ForCausalLM", dict(logits_scaling=4.0), r"sets logits_scaling, which MiniCPM3Config derives"),
+    # the families' own keys, typed
+    ("MiniMaxM2ForCausalLM", dict(attn_type_list="1"), r"'attn_type_list' must be a list of integers"),
+    ("Glm4MoeLiteForCausalLM", dict(mlp_layer_types="dense"), r"'mlp_layer_types' must be a list of strings"),
+    ("ExaoneMoeForCausalLM", dict(num_shared_experts="1"), r"'num_shared_experts' must be a non-negative integer"),
+    ("MiniCPM3ForCausalLM", dict(scale_emb="12"), r"'scale_emb' must be a positive number"),
 ])
 def test_options_the_new_families_do_not_run_are_refused(arch, changes, message):
     """Config values transformers' code of these families cannot run, or never reads where the checkpoint's own code would
