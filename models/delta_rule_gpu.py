@@ -8,7 +8,10 @@ its first token 4-5x later than Llama-3-8B's). Here one program per (row, head, 
 columns) keeps its [Dk, bv] slice of the state in registers across all T tokens and writes each
 token's output as it goes. The arithmetic per token is fixed (the same loads, products and
 reductions whatever T is), and the state between calls is the float32 state itself, so a sequence
-gets the same results however its prompt is split into calls, as the engine requires.
+gets the same results however its prompt is split into calls, as the engine requires. A decode step
+(one token) runs XLA's scan step instead (`fits`), whose rounding differs from the kernel's in the last
+bits: a sequence recomputed after preemption (its generated tokens then prefilled) can differ from its
+first run at that level (the engine test's 1e-5 on log-probabilities holds on the H200).
 
 Inputs as recurrent_delta_rule takes them after its L2 norms: q, k [B, T, H, Dk], v [B, T, H, Dv],
 g, beta [B, T, H] (float32; a padding token has g = beta = 0 and leaves the state as it was),
@@ -32,10 +35,13 @@ def _pow2(n: int) -> bool:
     return n >= 16 and n & (n - 1) == 0
 
 
-def fits(dk: int, dv: int) -> bool:
-    """Whether the kernel runs heads of these sizes here: on one GPU (a Pallas call is not
-    partitioned over a mesh), sizes powers of two from 16."""
-    return ENABLED and jax.default_backend() == "gpu" and jax.device_count() == 1 and _pow2(dk) and _pow2(dv)
+def fits(dk: int, dv: int, tokens: int) -> bool:
+    """Whether the kernel runs a call of `tokens` tokens with heads of these sizes here: on one GPU (a
+    Pallas call is not partitioned over a mesh), sizes powers of two from 16, more than one token (a
+    decode step's one token is faster as XLA's fused step: a Bamba-9B shape decoded 7-9% slower in the
+    kernel on an H200, docs/benchmarks.md)."""
+    return (ENABLED and tokens > 1 and jax.default_backend() == "gpu" and jax.device_count() == 1
+            and _pow2(dk) and _pow2(dv))
 
 
 def _kernel(q_ref, k_ref, v_ref, gb_ref, s_ref, o_ref, s_out_ref, *, steps: int, subtract: bool):

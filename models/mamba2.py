@@ -37,7 +37,7 @@ def selective_scan(x, dt, a, b, c, d, state):
     """Mamba2's recurrence token by token: x [B, T, H, P], dt [B, T, H] (after softplus), a [H] (negative),
     b, c [B, T, H, N] (each head's group's), d [H], state [B, H, P, N] float32 -> (y [B, T, H, P] float32,
     the state after the T tokens)."""
-    if delta_rule_gpu.fits(b.shape[-1], x.shape[-1]):  # one kernel for all T tokens: the state [N, P] per head
+    if delta_rule_gpu.fits(b.shape[-1], x.shape[-1], x.shape[1]):  # one kernel for all T tokens: the state [N, P] per head
         y, state = delta_rule_gpu.recurrence(c, b, x, dt * a, dt, jnp.swapaxes(state, -1, -2), subtract=False)
         return y + d[:, None] * x.astype(jnp.float32), jnp.swapaxes(state, -1, -2)
     x, dt, b, c = (jnp.moveaxis(v.astype(jnp.float32), 1, 0) for v in (x, dt, b, c))  # [T, B, ...]
