@@ -20,6 +20,7 @@ from jaxllm.models.attention import check_kv_dtype, kv_cache_bytes
 from jaxllm.sampling import SamplingParams
 from jaxllm.serving.memory import tp_split
 from jaxllm.serving.runner import pool_pages
+from jaxllm.tokenizing import APPLY_OPTIONS
 
 
 @dataclass
@@ -258,9 +259,7 @@ def encode(tokenizer, prompt: str, *, chat: bool, system: str | None = None, tem
 
 
 # apply_chat_template's own arguments and the names it gives the template itself: not template variables
-_TEMPLATE_OWN = ("messages", "conversation", "tools", "documents", "chat_template", "add_generation_prompt", "continue_final_message",
-                 "tokenize", "padding", "truncation", "max_length", "return_tensors", "return_dict", "return_assistant_tokens_mask",
-                 "tokenizer_kwargs", "sanitize_control_tokens")
+_TEMPLATE_OWN = APPLY_OPTIONS + ("messages", "conversation", "tokenize", "add_generation_prompt")
 
 
 def check_template_kwargs(kwargs) -> dict:

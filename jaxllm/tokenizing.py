@@ -124,7 +124,7 @@ class Tokenizer:
         """The template's text for one conversation of {"role": str, "content": str} messages
         (tokenize=False, template variables of JSON values in `kwargs`) as transformers renders it;
         anything else through transformers."""
-        plain = (not tokenize and all(k not in _APPLY_OPTIONS and _json_plain(v) for k, v in kwargs.items())
+        plain = (not tokenize and all(k not in APPLY_OPTIONS and _json_plain(v) for k, v in kwargs.items())
                  and isinstance(self.chat_template, str) and isinstance(conversation, list)
                  and conversation and not _GENERATION_TAG.search(self.chat_template)
                  and all(type(m) is dict and all(type(k) is str and type(v) is str and k not in _REASONING
@@ -138,8 +138,9 @@ class Tokenizer:
             "add_generation_prompt": add_generation_prompt})
 
 
-# apply_chat_template's arguments that are not template variables (transformers 5.24)
-_APPLY_OPTIONS = ("tools", "documents", "chat_template", "continue_final_message", "sanitize_control_tokens", "padding",
+# apply_chat_template's arguments that are not template variables (transformers 5.24), beside those
+# jaxllm's own calls always pass (tokenize, add_generation_prompt)
+APPLY_OPTIONS = ("tools", "documents", "chat_template", "continue_final_message", "sanitize_control_tokens", "padding",
                   "truncation", "max_length", "return_tensors", "return_dict", "return_assistant_tokens_mask", "tokenizer_kwargs")
 
 
