@@ -134,9 +134,9 @@ class GatedDeltaNet(RecurrentMixer):
         e, hk, hv = cfg.hidden_size, cfg.linear_key_heads, cfg.linear_value_heads
         dk, dv = cfg.linear_key_head_dim, cfg.linear_value_head_dim
         self.heads, self.key_heads, self.dk, self.dv = hv, hk, dk, dv
-        per_head = 2 * dk + hv // hk * dv  # a key head's channels: its q, its k, its value heads' v
-        self.channels = hk * per_head
         self.state_dims = self.state_shape(cfg, layer)
+        self.channels = self.state_dims.conv[1]
+        per_head = self.channels // hk  # a key head's channels: its q, its k, its value heads' v
         dense = dict(bias=False, dtype=dtype, rngs=rngs)
         # The conv's channels key head by key head (HF's q | k | v regrouped on load: transforms.ByHead), so
         # tensor parallelism splits the projections, the conv and the state by head (sharding.RULES); its
