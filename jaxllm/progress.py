@@ -15,7 +15,7 @@ import time
 import jax
 from tqdm.auto import tqdm
 
-from jaxllm import generation, runtime
+from jaxllm import chat_template, runtime
 from jaxllm.errors import JaxllmError
 from jaxllm.loader import QUANTIZE, LoadedModel, load
 from jaxllm.models.attention import KV_DTYPES
@@ -179,13 +179,13 @@ def unescape(text: str) -> str:
 
 def template_kwargs(text: str) -> dict:
     """A --chat-template-kwargs value: a JSON object of the chat template's variables, checked as the
-    flag is read (generation.check_template_kwargs)."""
+    flag is read (chat_template.check_template_kwargs)."""
     try:
         value = json.loads(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"is not JSON ({err}): give an object, e.g. '{{\"enable_thinking\": false}}'") from None
     try:
-        return generation.check_template_kwargs(value)
+        return chat_template.check_template_kwargs(value)
     except JaxllmError as err:
         raise argparse.ArgumentTypeError(in_flag_terms(str(err))) from None
 

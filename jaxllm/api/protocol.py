@@ -18,8 +18,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_validator
 from starlette.responses import JSONResponse
 
+from jaxllm.chat_template import check_template_kwargs, encode, encode_messages
 from jaxllm.errors import InputError, JaxllmError
-from jaxllm.generation import check_template_kwargs, encode, encode_messages
 from jaxllm.sampling import SamplingParams
 
 # -- errors ------------------------------------------------------------------------------------
