@@ -101,6 +101,10 @@ def model_flags() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, help="when sampling: keep the k likeliest tokens (0 disables)")
     p.add_argument("--min-p", type=float, help="when sampling: drop tokens below this fraction of the top one's probability (0 disables)")
     p.add_argument("--repetition-penalty", type=float, help="above 1 discourages tokens already seen (1 disables)")
+    p.add_argument("--presence-penalty", type=float, default=0.0,
+                   help="OpenAI's presence penalty, in [-2, 2]: subtracted once from the logit of each token already generated (0 disables)")
+    p.add_argument("--frequency-penalty", type=float, default=0.0,
+                   help="OpenAI's frequency penalty, in [-2, 2]: subtracted from a token's logit per time it was generated (0 disables)")
     p.add_argument("--seed", type=int, help="sampling seed, for a reproducible answer (default: a random one)")
     p.add_argument("--stop", action="append", default=[], type=unescape,
                    help="stop string (repeatable; \\n, \\t, \\r and \\\\ as in C, so --stop '\\n' ends at a line break); never printed")
@@ -118,7 +122,8 @@ def model_flags() -> argparse.ArgumentParser:
 # The library's names of what the command lines' flags set (SamplingParams' fields, jaxllm.load's
 # arguments), which its messages use: a command line's error names the flag the user typed.
 FLAGS = {"max_new_tokens": "--max-new-tokens", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p",
-         "min_p": "--min-p", "repetition_penalty": "--repetition-penalty", "seed": "--seed", "stop": "--stop",
+         "min_p": "--min-p", "repetition_penalty": "--repetition-penalty", "seed": "--seed",
+         "presence_penalty": "--presence-penalty", "frequency_penalty": "--frequency-penalty", "stop": "--stop",
          "revision": "--revision", "quantize": "--quantize", "group_size": "--group-size", "kv_dtype": "--kv-dtype",
          "dtype": "--dtype", "mesh": "--mesh", "quantize_embeddings": "--quantize-embeddings",
          "chat_template_kwargs": "--chat-template-kwargs"}
@@ -195,6 +200,7 @@ def sampling_params(args) -> SamplingParams:
     params = SamplingParams(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed, stop=tuple(args.stop),
+        presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
     )
     params.resolved()
     return params

@@ -25,8 +25,9 @@ def pool_size(model, kv_dtype, page_size: int, fraction: float, num_pages: int |
               max_len: int, budget: int, dp: int) -> int:
     """The pool's pages: `num_pages` when given, else `fraction` of the device memory left after
     the weights (a CPU: a full batch of full-length sequences within 2 GiB), beside room for a
-    prefill step of `budget` tokens and the recurrent states of models with recurrent layers
-    (runner.recurrent_rows over dp, counted whole on each device). Refused in one line, before anything is allocated, when the
+    prefill step of `budget` tokens, the rows' token sets and counts over the vocabulary, and the
+    recurrent states of models with recurrent layers (runner.recurrent_rows over dp, counted whole
+    on each device). Refused in one line, before anything is allocated, when the
     device cannot hold them (or one sequence of `max_len`)."""
     cfg = model.config
     width = -(-max_len // page_size)  # pages of one max_len sequence
@@ -35,6 +36,7 @@ def pool_size(model, kv_dtype, page_size: int, fraction: float, num_pages: int |
     page_bytes = kv_cache_bytes(cfg, page_size, model.dtype, kv_dtype)
     # each device's rows of recurrent state (0 without recurrent layers), counted whole though tp splits their heads
     states = recurrent_rows(batch_size, dp) * state_bytes(cfg, model.dtype) // dp
+    states += batch_size // dp * cfg.vocab_size * 3  # each row's seen tokens (bool) and output counts (int16): SlotState
     if num_pages is not None or "bytes_limit" not in stats:
         available, where = available_memory()
         if num_pages is None:  # a CPU: a full batch of full-length sequences, within 2 GiB (and half the free memory)
