@@ -195,6 +195,10 @@ class Engine:
             raise GenerationError("a Request's params must be resolved SamplingParams: pass "
                                   "jaxllm.SamplingParams(...).resolved(model.generation_config)")
         params.validate()
+        beyond = [t for t, _ in params.logit_bias if t >= self.cfg.vocab_size]
+        if beyond:
+            raise GenerationError(f"logit_bias={dict(params.logit_bias)} is invalid: token {beyond[0]} is beyond the model's "
+                                  f"{self.cfg.vocab_size:,} tokens: use ids below {self.cfg.vocab_size:,}")
         ids = check_token_ids(req.prompt, self.cfg.vocab_size, "prompt", dims=(1,), allow_empty=False).tolist()
         n = len(ids)
         total = n + req.params.max_new_tokens

@@ -256,11 +256,12 @@ class _OpenAIPenalties(transformers.LogitsProcessor):
         return scores - self.frequency * counts - self.presence * (counts > 0)
 
 
-def test_presence_and_frequency_penalties_match_vllms_rule_end_to_end(tmp_path):
-    """Greedy under OpenAI's penalties, beside the repetition penalty, in an engine short of pages:
-    three prompts at a time preempt one another (a recomputed sequence counts its output again
-    from its tokens), and each answer equals transformers' greedy generate with the penalties as
-    vLLM applies them; zero penalties change nothing."""
+def test_penalties_and_logit_bias_match_vllms_rule_end_to_end(tmp_path):
+    """Greedy under OpenAI's penalties and logit bias, beside the repetition penalty, in an engine
+    short of pages: three prompts at a time preempt one another (a recomputed sequence counts its
+    output again from its tokens), and each answer equals transformers' greedy generate with the
+    bias as its sequence_bias (applied first, as vLLM does) and the penalties as vLLM applies them;
+    zero penalties change nothing."""
     import jaxllm
     from jaxllm.engine import Engine
 
@@ -279,8 +280,11 @@ def test_presence_and_frequency_penalties_match_vllms_rule_end_to_end(tmp_path):
     unpenalised = [c.token_ids for c in model.generate(prompts, plain, engine=engine)]
     zero = dataclasses.replace(plain, presence_penalty=0.0, frequency_penalty=0.0)
     assert not zero.resolved().processed and [c.token_ids for c in model.generate(prompts, zero, engine=engine)] == unpenalised
-    for presence, frequency, repetition in [(1.5, 0.0, 1.0), (-0.5, 1.2, 1.3), (2.0, -2.0, 1.0)]:
-        params = dataclasses.replace(plain, presence_penalty=presence, frequency_penalty=frequency, repetition_penalty=repetition)
+    banned = unpenalised[0][0]  # the first answer's first token
+    for presence, frequency, repetition, bias in [(1.5, 0.0, 1.0, {}), (-0.5, 1.2, 1.3, {}),
+                                                  (2.0, -2.0, 1.0, {banned: -100.0, 7: 3.5, 45: 2.5})]:
+        params = dataclasses.replace(plain, presence_penalty=presence, frequency_penalty=frequency, repetition_penalty=repetition,
+                                     logit_bias=bias)
         preempted = engine.scheduler.stats.preempted
         ours = [c.token_ids for c in model.generate(prompts, params, engine=engine)]
         assert engine.scheduler.stats.preempted > preempted, "the pool should run out of pages"
@@ -289,9 +293,11 @@ def test_presence_and_frequency_penalties_match_vllms_rule_end_to_end(tmp_path):
             with torch.no_grad():
                 ids = torch.tensor([prompt])  # an explicit mask: without one, id 0 (the pad id) would be taken for padding
                 want = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, repetition_penalty=repetition,
+                                   sequence_bias={(t,): b for t, b in bias.items()} or None,
                                    logits_processor=[_OpenAIPenalties(len(prompt), presence, frequency)], max_new_tokens=12,
                                    min_new_tokens=12, eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
-            assert got == want, (presence, frequency, repetition, prompt)
+            assert got == want, (presence, frequency, repetition, bias, prompt)
+            assert not bias or banned not in got
 
 
 # ---------------------------------------------------------------------------------------- resolved()

@@ -336,7 +336,7 @@ def test_full_server_answers_503_with_retry_after(server):
     (dict(messages=[{"role": "user", "contents": "Hi"}]), "messages[0].content"),  # was read as an empty message
     (dict(extra_body={"stream_options": {"include_usage": "maybe"}}), "stream_options.include_usage"),
     (dict(stream_options={"include_usage": True}), "stream_options"),  # without stream: true, as OpenAI answers
-    (dict(logit_bias={"5": 10}), "logit_bias"),
+    (dict(logit_bias={"5": -100.5}), "logit_bias"),
     (dict(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
     (dict(tool_choice="required"), "tool_choice"),
     (dict(functions=[{"name": "f"}]), "functions"),
@@ -375,7 +375,8 @@ def test_malformed_json_and_bad_completions_answer_400(server):
     bodies = {b'{"prompt": "Hi", "max_tokens": 4': None, b"[1, 2]": None, b"": None, b'{"max_tokens": 4}': "prompt",
               b'{"prompt": "Hi", "logprobs": 3}': "logprobs", b'{"prompt": [5, 99999999]}': "prompt", b'{"prompt": []}': "prompt",
               b'{"prompt": [1, 2.5]}': "prompt", b'{"prompt": "Hi", "best_of": 3}': "best_of", b'{"prompt": "Hi", "echo": true}': "echo",
-              b'{"prompt": "Hi", "suffix": "x"}': "suffix", b'{"prompt": "Hi", "logit_bias": {"5": 1}}': "logit_bias",
+              b'{"prompt": "Hi", "suffix": "x"}': "suffix", b'{"prompt": "Hi", "logit_bias": {"5": 101}}': "logit_bias",
+              b'{"prompt": "Hi", "logit_bias": {"five": 1}}': "logit_bias", b'{"prompt": "Hi", "logit_bias": {"99999999": 1}}': "logit_bias",
               b'{"prompt": "Hi", "n": 2, "best_of": 1}': "best_of", b'{"prompt": "Hi", "temperature": 1e400}': "temperature",
               b'{"prompt": "Hi", "stream": false, "stream_options": {"include_usage": true}}': "stream_options",
               b'{"prompt": "Hi", "max_token": 5}': "max_token", b'{"prompt": "Hi", "store": true}': "store"}
