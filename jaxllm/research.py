@@ -160,8 +160,8 @@ def attention_weights(graphdef, params, tokens, layer: int, *, attention_mask=No
     layer = check_layer(model.cfg.num_layers, layer)
     if model.cfg.layer_is_recurrent(layer):
         full = [i for i in range(model.cfg.num_layers) if not model.cfg.layer_is_recurrent(i)]
-        raise InputError(f"layer {layer} is a recurrent ({model.cfg.layer_mixer(layer)}) layer, which has no attention weights: "
-                         f"pick a full-attention layer ({', '.join(map(str, full))})")
+        fix = f"pick a full-attention layer ({', '.join(map(str, full))})" if full else "this model has no attention layer (Mamba)"
+        raise InputError(f"layer {layer} is a recurrent ({model.cfg.layer_mixer(layer)}) layer, which has no attention weights: {fix}")
     trace = []
     _, positions, kv = _decoder(model, tokens, keep, trace)
     decoder = model.model

@@ -74,7 +74,8 @@ class ModelConfig:
     parallel_residual: bool = False  # x + attn(ln1 x) + mlp(ln1 x) (Phi, GPT-J), or mlp(ln2 x) where parallel_mlp_norm
     parallel_mlp_norm: bool = False  # a parallel layer's MLP reads a norm of its own (GPT-NeoX, Falcon's ln_mlp)
     # "rope", "learned" (a table of absolute positions: GPT-2, OPT, BioGPT), "sinusoidal" (fixed sin | cos
-    # rows: XGLM, the row of pad_token_id zeroed, as its padding_idx) or "alibi" (score biases: `alibi`);
+    # rows: XGLM, the row of pad_token_id zeroed, as its padding_idx), "alibi" (score biases: `alibi`) or "none"
+    # (no positions at all: Mamba, Jamba, whose recurrent layers give the order);
     # position p reads row p + position_offset
     # (OPT's, BioGPT's and XGLM's 2), the learned table max_position_embeddings + position_offset rows long
     position_embedding: str = "rope"
@@ -191,6 +192,16 @@ class ModelConfig:
     mamba_state: int = 0
     mamba_groups: int = 1
     mamba_proj_bias: bool = False
+    # Mamba (v1: Mamba, FalconMamba, Jamba): "mamba1" layers (models/mamba1.py) of mamba_inner channels, each a state of
+    # mamba_state; the time step's rank mamba_dt_rank; the time step, B and C RMS-normed (mamba_bcdt_norm "weightless":
+    # FalconMamba's, "weighted": Jamba's, epsilon mamba_norm_eps) or not ("none")
+    # Mamba's residual_in_fp32: the residual stream kept in float32 under a lower-precision model, each layer's norm
+    # reading it cast back, the head reading the final norm's output cast back
+    residual_float32: bool = False
+    mamba_inner: int = 0
+    mamba_dt_rank: int = 0
+    mamba_bcdt_norm: str = "none"
+    mamba_norm_eps: float = 1e-6
     linear_key_head_dim: int = 0
     linear_value_head_dim: int = 0
     linear_key_heads: int = 0

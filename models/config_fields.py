@@ -17,9 +17,9 @@ ROUTERS = ("softmax_topk", "topk_softmax", "sparsemixer", "sigmoid_topk", "topk_
 GROUP_SCORES = ("max", "top2")
 # Recurrent layer types (models/mixers.py): "linear_attention", a gated-DeltaNet layer
 # (models/linear_attention.py); "conv", LFM2's gated short conv (models/short_conv.py); "mamba", a Mamba2
-# layer (models/mamba2.py); each only in the families whose ModelConfig.recurrent_kinds names it, refused
+# layer (models/mamba2.py); "mamba1", a Mamba (v1) layer (models/mamba1.py); each only in the families whose ModelConfig.recurrent_kinds names it, refused
 # elsewhere (config._validated)
-RECURRENT_TYPES = ("linear_attention", "conv", "mamba")
+RECURRENT_TYPES = ("linear_attention", "conv", "mamba", "mamba1")
 LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention") + RECURRENT_TYPES
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope", "proportional")
 
@@ -164,6 +164,12 @@ CONFIG_FIELDS = {
     "mamba_d_head": Field(int, 1, MAX_SIZE, null=False, or_text=True), "mamba_d_conv": _given(COUNT),
     "mamba_expand": _given(COUNT), "mamba_chunk_size": COUNT, "mamba_conv_bias": _given(FLAG), "mamba_proj_bias": _given(FLAG),
     "position_embedding_type": NAME, "attn_layer_indices": Field(int, 0, MAX_SIZE, many="list"),  # Bamba's attention layers "layers_block_type": Field(str, many="list"),
+    # Mamba's and FalconMamba's own keys (time_step_rank: a number or "auto"), Jamba's layer pattern and Mamba keys
+    "state_size": _given(COUNT), "expand": _given(POSITIVE), "conv_kernel": _given(COUNT), "use_conv_bias": _given(FLAG),
+    "time_step_rank": Field(int, 1, MAX_SIZE, null=False, or_text=True), "residual_in_fp32": _given(FLAG),
+    "mixer_rms_eps": _given(NON_NEGATIVE), "attn_layer_period": _given(COUNT), "attn_layer_offset": _given(INDEX),
+    "expert_layer_period": _given(COUNT), "expert_layer_offset": _given(INDEX),
+    "mamba_dt_rank": Field(int, 1, MAX_SIZE, null=False, or_text=True),
     # fairseq's decoders: OPT's norm placement, biases, affine norms, token embedding width, final norm; XGLM's
     # own spellings (d_model: MPT's above); the embeddings times sqrt(hidden) (BioGPT, XGLM)
     "ffn_dim": COUNT, "do_layer_norm_before": FLAG, "enable_bias": FLAG, "layer_norm_elementwise_affine": FLAG,

@@ -101,6 +101,10 @@ def position_embeddings(cfg: ModelConfig, dtype, rngs):
 
 
 class DecoderModel(nnx.Module):
+    # what `trace` records of the layers: each one's input (transformers' hidden states for most families), or each
+    # one's output (Mamba's: its first hidden state is the first layer's output, not the embeddings)
+    trace_outputs = False
+
     def __init__(self, cfg: ModelConfig, layer_cls=DecoderLayer, *, dtype, rngs: nnx.Rngs, final_norm=None):
         self.cfg = cfg
         e, width = cfg.hidden_size, cfg.embed_dim or cfg.hidden_size
@@ -121,8 +125,8 @@ class DecoderModel(nnx.Module):
         """tokens, positions [B, T] -> hidden [B, T, E], and per-layer caches from the KV backend
         `kv` (Uncached: the call's own keys; PagedCache with a cache). `lengths` [B]:
         the real length of each row when positions run past it (padded prefill); see `rotary`.
-        `trace`: a list that receives each layer's input and then the final (normed) output, as
-        transformers' hidden_states."""
+        `trace`: a list that receives each layer's input (its output where trace_outputs) and then the final
+        (normed) output, as transformers' hidden_states."""
         if (cache is None) != isinstance(kv, Uncached):
             raise ValueError("a cache goes with its KV backend (PagedCache), no cache with Uncached")
         x = self.embed_tokens(tokens)
@@ -136,7 +140,7 @@ class DecoderModel(nnx.Module):
         inputs = self.layer_inputs(tokens, x)
         new_cache = []
         for i, layer in enumerate(self.layers):
-            if trace is not None:
+            if trace is not None and not self.trace_outputs:
                 trace.append(x)
             # a layer reading another's keys and values gets that layer's new cache (and keeps none)
             source = self.cfg.kv_source(i)
@@ -148,6 +152,8 @@ class DecoderModel(nnx.Module):
             else:
                 x, c = layer(x, positions, rot, c, kv, *extra)
             new_cache.append(c)
+            if trace is not None and self.trace_outputs:
+                trace.append(x)
         if self.norm is not None:
             x = self.norm(x)
         if self.project_out is not None:

@@ -37,6 +37,8 @@ def pool_size(model, kv_dtype, page_size: int, fraction: float, num_pages: int |
     # each device's rows of recurrent state (0 without recurrent layers), counted whole though tp splits their heads
     states = recurrent_rows(batch_size, dp) * state_bytes(cfg, model.dtype) // dp
     states += batch_size // dp * cfg.vocab_size * 3  # each row's seen tokens (bool) and output counts (int16): SlotState
+    if not page_bytes:  # no attention layer (Mamba): the pages hold no keys, only the engine's count of positions
+        return _states_alone(states, num_pages if num_pages is not None else batch_size * width)
     if num_pages is not None or "bytes_limit" not in stats:
         available, where = available_memory()
         if num_pages is None:  # a CPU: a full batch of full-length sequences, within 2 GiB (and half the free memory)
@@ -60,3 +62,13 @@ def pool_size(model, kv_dtype, page_size: int, fraction: float, num_pages: int |
         raise GenerationError(f"the device has room for {max(pages, 0)} KV pages of {page_size} tokens but one "
                               f"{max_len}-token sequence needs {width}: lower max_len, or free device memory")
     return pages
+
+
+def _states_alone(states: int, num_pages: int) -> int:
+    """`num_pages` of a model whose pages hold nothing, or a one-line refusal where the device cannot hold the
+    recurrent states (`states` bytes on each device)."""
+    available, where = available_memory()
+    if available is not None and states > available:
+        raise GenerationError(f"an engine's recurrent states need {size_text(states)} but {where} has {size_text(available)} "
+                              "available: lower batch_size")
+    return int(num_pages)
