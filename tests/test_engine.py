@@ -339,3 +339,29 @@ def test_pool_leaves_room_for_recurrent_states(tmp_path, monkeypatch):
     states, page = 200 * state_bytes(model.config, model.dtype), kv_cache_bytes(model.config, 16, model.dtype)
     assert states > page  # the tiny model's states are worth pages
     assert few - many - 200 == pytest.approx(states / page, abs=1)
+
+
+def test_pool_of_a_model_without_attention_holds_only_its_states(monkeypatch):
+    """Mamba caches no keys (pages of 0 bytes): its pool is a full batch of full-length sequences, whatever the memory,
+    and a batch whose recurrent states the device cannot hold is refused in one line."""
+    from types import SimpleNamespace
+
+    from jaxllm.errors import GenerationError
+    from jaxllm.models.mixers import state_bytes
+    from jaxllm.serving import memory
+
+    arch = registry.get("MambaForCausalLM")
+    model = SimpleNamespace(config=arch.config(dict(arch.tiny_config)), dtype=np.float32, mesh=None)
+    one = state_bytes(model.config, np.float32)
+
+    class Device:
+        device_kind, id = "GPU", 0
+
+        def memory_stats(self):
+            return {"bytes_limit": 100 * one, "bytes_in_use": 0}
+
+    monkeypatch.setattr(jax, "local_devices", lambda: [Device()])
+    sizes = dict(page_size=16, fraction=0.9, num_pages=None, max_len=128, budget=64, dp=1)
+    assert memory.pool_size(model, None, batch_size=4, **sizes) == 4 * 128 // 16
+    with pytest.raises(GenerationError, match="recurrent states need .* lower batch_size$"):
+        memory.pool_size(model, None, batch_size=200, **sizes)

@@ -823,6 +823,12 @@ SPELLINGS = {
     # (n_layer, fused_add_norm, rms_norm, pad_vocab_size_multiple); an inner width of intermediate_size, not expand's
     "mamba-hub-spelling": ("MambaForCausalLM", dict(time_step_rank=4, tie_word_embeddings=True, intermediate_size=96), _edit(
         ("tie_word_embeddings",), time_step_rank="auto", n_layer=3, fused_add_norm=True, rms_norm=True, pad_vocab_size_multiple=8)),
+    # Jamba as ai21labs' files spell it: num_local_experts (the alias wins over num_experts), mamba_dt_rank "auto", untied by
+    # default, use_mamba_kernels; its experts fused as transformers 5 holds them; one expert: a dense MLP on every layer
+    "jamba-hub-spelling": ("JambaForCausalLM", dict(mamba_dt_rank=4), _edit(("tie_word_embeddings",), num_local_experts=4,
+                                                                           num_experts=8, mamba_dt_rank="auto", use_mamba_kernels=False)),
+    "jamba-fused-experts": ("JambaForCausalLM", {}, _edit(), _fuse),
+    "jamba-one-expert": ("JambaForCausalLM", dict(num_experts=1), _edit()),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
@@ -928,7 +934,7 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
         out["hidden_act"] = "gelu_pytorch_tanh"
     if kind in ("gptj", "codegen"):
         out["rope_theta"] = 10000.0  # GPT-J's and CodeGen's fixed base
-    elif kind not in ("gpt2", "gpt_bigcode", "gpt_neo", "opt", "biogpt", "xglm", "bloom", "mpt", "mamba", "falcon_mamba"):
+    elif kind not in ("gpt2", "gpt_bigcode", "gpt_neo", "opt", "biogpt", "xglm", "bloom", "mpt", "mamba", "falcon_mamba", "jamba"):
         rope = hf.rope_parameters
         out["rope_theta"] = rope.get("full_attention", rope)["rope_theta"]
     return out
