@@ -46,6 +46,7 @@ from jaxllm.models import (
     nemotron,
     olmo,
     olmo2,
+    olmo_hybrid,
     olmoe,
     opt,
     persimmon,
@@ -67,5 +68,6 @@ FAMILIES = (
     glm4_moe, dots1, hunyuan, llama4, gemma4, qwen3_next, opt, biogpt, xglm, codegen, persimmon, vaultgemma, dbrx, bloom, mpt,
     lfm2, granitemoehybrid, bamba,
     minimax_m2, glm4_moe_lite, cwm, nanochat, exaone3, solar_open, youtu, exaone_moe, minicpm3, mamba, jamba,
+    olmo_hybrid,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -206,6 +206,11 @@ class ModelConfig:
     linear_value_head_dim: int = 0
     linear_key_heads: int = 0
     linear_value_heads: int = 0
+    # OLMo Hybrid's gated DeltaNet: q_proj, k_proj, v_proj apart (not one in_proj_qkv), beta times
+    # linear_beta_scale (2.0: linear_allow_neg_eigval), its gated norm's own epsilon (None: norm_eps)
+    linear_qkv_apart: bool = False
+    linear_beta_scale: float = 1.0
+    linear_norm_eps: float | None = None
     attn_output_gate: bool = False
     sliding_window: int | None = None
     attention_chunk: int | None = None  # the chunk of "chunked_attention" layers (Llama 4's attention_chunk_size)

@@ -151,8 +151,10 @@ CONFIG_FIELDS = {
     "moe_num_experts": EXPERTS, "moe_k": COUNT, "moe_num_shared_experts": INDEX, "moe_layer_start_index": INDEX,
     "moe_layer_end_index": Field(int, -1, MAX_SIZE), "moe_layer_interval": INDEX, "moe_norm_min": NON_NEGATIVE,
     # Qwen3-Next / Qwen3.5's gated-DeltaNet layers and where they are (every full_attention_interval-th layer full)
-    "linear_conv_kernel_dim": _given(COUNT), "linear_key_head_dim": _given(COUNT), "linear_value_head_dim": _given(COUNT),
-    "linear_num_key_heads": _given(COUNT), "linear_num_value_heads": _given(COUNT), "full_attention_interval": COUNT,
+    # (null: OLMo Hybrid derives the heads' counts and sizes; Qwen's not_null), OLMo Hybrid's beta in [0, 2]
+    "linear_conv_kernel_dim": _given(COUNT), "linear_key_head_dim": COUNT, "linear_value_head_dim": COUNT,
+    "linear_num_key_heads": COUNT, "linear_num_value_heads": COUNT, "full_attention_interval": COUNT,
+    "linear_allow_neg_eigval": _given(FLAG),
     # LFM2's short convs and where they are (without layer_types: attention on full_attn_idxs), its MLP width's
     # adjustment, its older spellings of tie_word_embeddings and intermediate_size; LFM2-MoE's dense layers, expert bias
     "conv_L_cache": COUNT, "conv_bias": FLAG, "full_attn_idxs": Field(int, 0, MAX_SIZE, many="list"),
@@ -275,3 +277,12 @@ def check_eos(ids, vocab_size: int, where: str) -> None:
     if outside:
         raise ConfigError(f"{where} eos_token_id {outside[0]} lies outside the vocabulary ({vocab_size} tokens), so "
                           "generation could never stop there: correct eos_token_id")
+
+
+def known_layer_types(types, allowed: tuple[str, ...], family: str, why: str) -> tuple[str, ...]:
+    """`types` as a tuple, or a ConfigError for the first that is not one of `allowed`, the layer types
+    `family`'s layers run (`why`: what transformers does with another)."""
+    for kind in types:
+        if kind not in allowed:
+            raise ConfigError(f"config.json layer type '{kind}' is not one {family} layers run ({why}): use {' or '.join(allowed)}")
+    return tuple(types)

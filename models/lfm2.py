@@ -19,6 +19,7 @@ The shared decoder with:
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW_SWITCH, NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig
+from jaxllm.models.config_fields import known_layer_types
 from jaxllm.models.decoder import CausalLM, decoder_weight_map, dense, renamed
 from jaxllm.models.moe import moe_weight_map
 from jaxllm.models.transforms import Copy
@@ -51,11 +52,7 @@ def _layer_types(raw: dict, every: bool) -> tuple[str, ...]:
     if types is None:
         raise ConfigError("config.json gives no layer_types, without which transformers' Lfm2MoeForCausalLM cannot build its "
                           "layers: list full_attention or conv for each layer")
-    for kind in types:
-        if kind not in LFM2_TYPES:
-            raise ConfigError(f"config.json layer type '{kind}' is not one LFM2 layers run (transformers has no mask for it): "
-                              "use full_attention or conv")
-    return tuple(types)
+    return known_layer_types(types, LFM2_TYPES, "LFM2", "transformers has no mask for it")
 
 
 def _common(raw: dict, every: bool) -> dict:

@@ -22,7 +22,7 @@ from flax import nnx
 
 from jaxllm.models import delta_rule_gpu
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.layers import Dense, RMSNorm, param
+from jaxllm.models.layers import Dense, RMSNorm, activation, param
 from jaxllm.models.recurrent import RecurrentMixer, RecurrentState, StateShape, causal_conv
 
 CHUNK = 64  # tokens per chunk of the delta rule (transformers' chunk_size)
@@ -141,7 +141,14 @@ class GatedDeltaNet(RecurrentMixer):
         # The conv's channels key head by key head (HF's q | k | v regrouped on load: transforms.ByHead), so
         # tensor parallelism splits the projections, the conv and the state by head (sharding.RULES); its
         # weight [key heads, channels of one, 1, K] (a folder converted before the regrouping: refused by its shape)
-        self.in_proj_qkv = Dense((e,), (self.channels,), ("embed", "linear_channels"), **dense)
+        self.apart = cfg.linear_qkv_apart
+        if self.apart:  # OLMo Hybrid: q, k, v projected apart, joined per key head at the call
+            self.q_proj = Dense((e,), (hk, dk), ("embed", "linear_k_heads", "head_dim"), **dense)
+            self.k_proj = Dense((e,), (hk, dk), ("embed", "linear_k_heads", "head_dim"), **dense)
+            self.v_proj = Dense((e,), (hv, dv), ("embed", "linear_v_heads", "head_dim"), **dense)
+        else:
+            self.in_proj_qkv = Dense((e,), (self.channels,), ("embed", "linear_channels"), **dense)
+        self.beta_scale, self.conv_act = cfg.linear_beta_scale, activation(cfg.hidden_act)  # the conv's (transformers': hidden_act)
         self.in_proj_z = Dense((e,), (hv, dv), ("embed", "linear_v_heads", "head_dim"), **dense)
         self.in_proj_b = Dense((e,), (hv,), ("embed", "linear_v_heads"), quantizable=False, **dense)
         self.in_proj_a = Dense((e,), (hv,), ("embed", "linear_v_heads"), quantizable=False, **dense)
@@ -149,20 +156,29 @@ class GatedDeltaNet(RecurrentMixer):
                                             ("linear_k_heads", "head_dim", "norm", "norm"), dtype))
         self.dt_bias = param((hv,), ("linear_v_heads",), dtype)
         self.A_log = param((hv,), ("linear_v_heads",), dtype)
-        self.norm = GatedRMSNorm(dv, cfg.norm_eps, dtype=dtype, rngs=rngs)
+        eps = cfg.norm_eps if cfg.linear_norm_eps is None else cfg.linear_norm_eps
+        self.norm = GatedRMSNorm(dv, eps, dtype=dtype, rngs=rngs)
         self.out_proj = Dense((hv, dv), (e,), ("linear_v_heads", "head_dim", "embed"), **dense)
+
+    def qkv(self, x):
+        """The conv's input channels [B, T, channels]: per key head its q, its k, its value heads' v."""
+        if not self.apart:
+            return self.in_proj_qkv(x)
+        b, t, _ = x.shape
+        v = self.v_proj(x).reshape(b, t, self.key_heads, -1)  # each key head's value heads, in order
+        return jnp.concatenate([self.q_proj(x), self.k_proj(x), v], axis=-1).reshape(b, t, self.channels)
 
     def __call__(self, x, positions, cache: RecurrentState | None, kv):
         b, t, _ = x.shape
         x, valid, rows, held, start = self.state_in(x, positions, cache, kv)
         weight = self.conv1d["weight"][..., 0, :].reshape(self.channels, -1)
-        mixed, conv = causal_conv(self.in_proj_qkv(x), start.conv, weight, valid)
+        mixed, conv = causal_conv(self.qkv(x), start.conv, weight, valid, act=self.conv_act)
         mixed = mixed.reshape(b, t, self.key_heads, -1)  # per key head: q, k, then its value heads' v
         q, k = mixed[..., : self.dk], mixed[..., self.dk : 2 * self.dk]
         v = mixed[..., 2 * self.dk :].reshape(b, t, self.heads, self.dv)
         if self.heads != self.key_heads:  # each key head serves heads / key_heads value heads, in order
             q, k = (jnp.repeat(y, self.heads // self.key_heads, axis=2) for y in (q, k))
-        beta = jax.nn.sigmoid(self.in_proj_b(x).astype(jnp.float32))
+        beta = jax.nn.sigmoid(self.in_proj_b(x).astype(jnp.float32)) * self.beta_scale
         a = self.in_proj_a(x).astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32)
         g = -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(a)
         beta, g = jnp.where(valid[..., None], beta, 0.0), jnp.where(valid[..., None], g, 0.0)

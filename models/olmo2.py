@@ -35,11 +35,13 @@ class Olmo2ForCausalLM(CausalLM):
     layer_cls = Olmo2DecoderLayer
 
 
-def post_norms(specs: list[WeightSpec], cfg: ModelConfig) -> list[WeightSpec]:
+def post_norms(specs: list[WeightSpec], cfg: ModelConfig, layers=None) -> list[WeightSpec]:
     """A pre-norm layer's weight map (`specs`) as OLMo 2's layer reads it: no input_layernorm, a
-    post_feedforward_layernorm."""
-    specs = [s for s in specs if "input_layernorm" not in s.hf_names[0]]
-    for i in range(cfg.num_layers):
+    post_feedforward_layernorm; on the `layers` given (None: all: OLMo Hybrid's attention layers alone)."""
+    layers = range(cfg.num_layers) if layers is None else layers
+    dropped = {f"model.layers.{i}.input_layernorm.weight" for i in layers}
+    specs = [s for s in specs if s.hf_names[0] not in dropped]
+    for i in layers:
         specs.append(WeightSpec(f"model.layers.{i}.post_feedforward_layernorm.weight",
                                 ("model", "layers", i, "post_feedforward_layernorm", "weight")))
     return specs

@@ -26,9 +26,10 @@ import dataclasses
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW_SWITCH, RMS_NOT_NULL, Architecture, Wrapper
 from jaxllm.models.config import ModelConfig
+from jaxllm.models.config_fields import known_layer_types
 from jaxllm.models.decoder import CausalLM, decoder_weight_map, dense
 from jaxllm.models.moe import dense_layers, moe_weight_map
-from jaxllm.models.transforms import ByHead, Copy, Linear, Regrouped
+from jaxllm.models.transforms import ByHead, Concatenated, Copy, Linear, Regrouped
 from jaxllm.models.weights import WeightSpec, split_experts
 
 HYBRID_TYPES = ("linear_attention", "full_attention")
@@ -37,13 +38,9 @@ HYBRID_TYPES = ("linear_attention", "full_attention")
 def hybrid_layer_types(raw: dict) -> tuple[str, ...]:
     """The config class's layer types: the file's, else linear but every full_attention_interval-th (4th) layer."""
     every = raw.get("full_attention_interval") or 4
-    types = tuple(raw.get("layer_types") or ("linear_attention" if (i + 1) % every else "full_attention"
-                                              for i in range(raw["num_hidden_layers"])))
-    for kind in types:
-        if kind not in HYBRID_TYPES:
-            raise ConfigError(f"config.json layer type '{kind}' is not one Qwen3-Next / Qwen3.5 layers run (transformers "
-                              "builds no mixer for it): use linear_attention or full_attention")
-    return types
+    types = raw.get("layer_types") or ["linear_attention" if (i + 1) % every else "full_attention"
+                                       for i in range(raw["num_hidden_layers"])]
+    return known_layer_types(types, HYBRID_TYPES, "Qwen3-Next / Qwen3.5", "transformers builds no mixer for it")
 
 
 def hybrid_defaults(raw: dict) -> dict:
@@ -80,19 +77,27 @@ def _moe_width(raw: dict) -> dict:
     return dict(raw, intermediate_size=raw["moe_intermediate_size"])
 
 
-def _linear_specs(cfg: ModelConfig, layer: int, fused: bool) -> list[WeightSpec]:
-    """A linear-attention layer's tensors: Qwen3.5's apart, or Qwen3-Next's fused per key head (`fused`)."""
+def linear_specs(cfg: ModelConfig, layer: int, fused: bool = False) -> list[WeightSpec]:
+    """A linear-attention layer's tensors: Qwen3.5's apart, or Qwen3-Next's fused per key head (`fused`);
+    q_proj, k_proj and v_proj where the layer projects them apart (cfg.linear_qkv_apart: OLMo Hybrid)."""
     hf, ours = f"model.layers.{layer}.linear_attn.", ("model", "layers", layer, "linear_attn")
     hk, dk, dv = cfg.linear_key_heads, cfg.linear_key_head_dim, cfg.linear_value_head_dim
     group = cfg.linear_value_heads // hk
     # the conv's channels q | k | v (each head by head), ours per key head (GatedDeltaNet)
     qkv = ByHead(hk, (dk, dk, group * dv), (0, 1, 2))
-    specs = [WeightSpec(hf + "conv1d.weight", ours + ("conv1d", "weight"), dataclasses.replace(qkv, lead=2)),
-             WeightSpec(hf + "dt_bias", ours + ("dt_bias",)),
+    conv = dataclasses.replace(qkv, lead=2)
+    if cfg.linear_qkv_apart:  # the conv's weight as q, k and v tensors (OLMo Hybrid's checkpoints, transformers' Concatenate)
+        specs = [WeightSpec(tuple(f"{hf}{p}_conv1d.weight" for p in "qkv"), ours + ("conv1d", "weight"), Concatenated(3, conv))]
+    else:
+        specs = [WeightSpec(hf + "conv1d.weight", ours + ("conv1d", "weight"), conv)]
+    specs += [WeightSpec(hf + "dt_bias", ours + ("dt_bias",)),
              WeightSpec(hf + "A_log", ours + ("A_log",)), WeightSpec(hf + "norm.weight", ours + ("norm", "weight"))]
     specs += dense(hf + "out_proj", ours + ("out_proj",), Linear(2), bias=False)
     if not fused:
-        specs += dense(hf + "in_proj_qkv", ours + ("in_proj_qkv",), qkv, bias=False)
+        for name in ("q_proj", "k_proj", "v_proj") if cfg.linear_qkv_apart else ():
+            specs += dense(hf + name, ours + (name,), bias=False)
+        if not cfg.linear_qkv_apart:
+            specs += dense(hf + "in_proj_qkv", ours + ("in_proj_qkv",), qkv, bias=False)
         for name in ("in_proj_z", "in_proj_b", "in_proj_a"):
             specs += dense(hf + name, ours + (name,), bias=False)
         return specs
@@ -123,7 +128,7 @@ def hybrid_weight_map(fused: bool, base=decoder_weight_map):
             specs.append(spec)
         for i in range(cfg.num_layers):
             if cfg.layer_is_linear(i):
-                specs += _linear_specs(cfg, i, fused)
+                specs += linear_specs(cfg, i, fused)
         return specs
 
     return weight_map

@@ -303,6 +303,36 @@ class ByHead:
 
 
 @dataclass(frozen=True)
+class Concatenated:
+    """Several HF tensors (a tuple hf_name) joined along their first dim, then `inner`: transformers'
+    Concatenate(dim=0) on load (OLMo Hybrid's q_conv1d, k_conv1d, v_conv1d into its conv1d). Read
+    whatever rows each holds (the sum must be the whole's); written as transformers saves them,
+    torch.chunk's parts of ceil(rows / parts) rows (`hf_shapes`)."""
+
+    parts: int
+    inner: Callable = Copy()
+
+    def hf_shape(self, shape):
+        """The joined tensor's shape."""
+        return self.inner.hf_shape(shape)
+
+    def hf_shapes(self, shape) -> list[tuple]:
+        """Each tensor's shape as written."""
+        rows, *rest = self.hf_shape(shape)
+        size = -(-rows // self.parts)
+        return [(min(size, rows - i * size), *rest) for i in range(self.parts)]
+
+    def __call__(self, xs, shape, dtype) -> np.ndarray:
+        return self.inner(np.concatenate([np.asarray(read_whole(x)) for x in xs]), shape, dtype)
+
+    def export(self, value: np.ndarray, outs: list) -> None:
+        whole = np.empty(self.hf_shape(value.shape), outs[0].dtype)
+        self.inner.export(value, whole)
+        for out, part in zip(outs, np.split(whole, np.cumsum([o.shape[0] for o in outs])[:-1])):
+            out[...] = part
+
+
+@dataclass(frozen=True)
 class FusedQKV:
     """One of q, k, v (`part` 0, 1, 2) out of one fused [K * (G + 2) * head_dim, ...] tensor: for each
     of the K kv heads, its G = `group` query heads, then its key, then its value. G = 1 is GPT-NeoX's

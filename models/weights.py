@@ -280,6 +280,10 @@ def problems(source, specs: Iterable[WeightSpec], abstract_state, ignore: Iterab
     reported = set()
     for s in specs:
         want = s.transform.hf_shape(params[s.path].shape)
+        if hasattr(s.transform, "hf_shapes"):  # several tensors joined (transforms.Concatenated): their sum checked
+            found += _joined_problems(s, want, source, names)
+            reported.update(s.hf_names)
+            continue
         for name in s.hf_names:
             if name in reported:  # a fused tensor feeds several parameters; report it once
                 continue
@@ -453,6 +457,25 @@ def _floats(spec: WeightSpec, tensors):
     return tensors
 
 
+def _joined_problems(spec: WeightSpec, want: tuple, source, names) -> list[str]:
+    """What is wrong with the tensors a Concatenated spec joins: one missing, or rows that do not add up to `want`."""
+    missing = [f"missing {n} (part of {list(want)} joined)" for n in spec.hf_names if n not in names]
+    if missing:
+        return missing
+    shapes = [tuple(source.shape(n)) for n in spec.hf_names]
+    if any(s[1:] != tuple(want[1:]) for s in shapes) or sum(s[0] for s in shapes) != want[0]:
+        return [f"{' + '.join(spec.hf_names)} have shapes {[list(s) for s in shapes]}, expected {list(want)} joined along "
+                "the first dim"]
+    return [w for w in (not_float(n, dtype_of(source, n)) for n in spec.hf_names) if w]
+
+
+def _hf_shapes(spec: WeightSpec, shape) -> list[tuple]:
+    """The HF shape of each of the spec's tensors, from our parameter's shape."""
+    if hasattr(spec.transform, "hf_shapes"):
+        return spec.transform.hf_shapes(shape)
+    return [spec.transform.hf_shape(shape)] * len(spec.hf_names)
+
+
 def export_tensors(specs: Iterable[WeightSpec], params: dict[tuple, np.ndarray | jax.Array]):
     """The inverse of load_params: yield (HF name, HF-layout numpy array) for every tensor of the
     weight map, built from our parameters {path: array} by each transform's `export`. A fused HF
@@ -465,8 +488,7 @@ def export_tensors(specs: Iterable[WeightSpec], params: dict[tuple, np.ndarray |
     pending: dict[str, np.ndarray] = {}
     for i, spec in enumerate(specs):
         value = np.asarray(params[spec.path])
-        hf_shape = spec.transform.hf_shape(value.shape)
-        outs = [pending.setdefault(name, np.empty(hf_shape, value.dtype)) for name in spec.hf_names]
+        outs = [pending.setdefault(name, np.empty(shape, value.dtype)) for name, shape in zip(spec.hf_names, _hf_shapes(spec, value.shape))]
         spec.transform.export(value, outs if isinstance(spec.hf_name, tuple) else outs[0])
         del value
         for name in spec.hf_names:
@@ -476,7 +498,7 @@ def export_tensors(specs: Iterable[WeightSpec], params: dict[tuple, np.ndarray |
 
 def hf_layout(specs: Iterable[WeightSpec], shapes: dict[tuple, tuple]) -> dict[str, tuple]:
     """{HF name: HF shape} of every tensor the weight map reads, from our parameter shapes."""
-    return {name: tuple(spec.transform.hf_shape(shapes[spec.path])) for spec in specs for name in spec.hf_names}
+    return {name: tuple(shape) for spec in specs for name, shape in zip(spec.hf_names, _hf_shapes(spec, shapes[spec.path]))}
 
 
 def unflatten_into(abstract_state, flat: dict[tuple, object]):

@@ -91,7 +91,12 @@ def test_dbrx_weight_norms_other_than_the_sum_are_refused():
     ("Glm4MoeLiteForCausalLM", dict(mlp_layer_types=["dense", "moe", "dense"]), r"mlp_layer_types .* must give one of dense, sparse"),
     ("YoutuForCausalLM", dict(head_dim=16), r"head_dim=16 differs from qk_rope_head_dim=8"),
     ("MiniCPM3ForCausalLM", dict(logits_scaling=4.0), r"sets logits_scaling, which MiniCPM3Config derives"),
+    # OLMo Hybrid: OlmoHybridConfig refuses a model without both layer kinds; its layers are linear or full attention
+    ("OlmoHybridForCausalLM", dict(layer_types=["linear_attention"] * 4), r"has no full_attention layer"),
+    ("OlmoHybridForCausalLM", dict(layer_types=["linear_attention", "sliding_attention"] * 2),
+     r"'sliding_attention' is not one OLMo Hybrid layers run.*use linear_attention or full_attention"),
     # the families' own keys, typed
+    ("OlmoHybridForCausalLM", dict(linear_allow_neg_eigval="yes"), r"'linear_allow_neg_eigval' must be"),
     ("MiniMaxM2ForCausalLM", dict(attn_type_list="1"), r"'attn_type_list' must be a list of integers"),
     ("Glm4MoeLiteForCausalLM", dict(mlp_layer_types="dense"), r"'mlp_layer_types' must be a list of strings"),
     ("ExaoneMoeForCausalLM", dict(num_shared_experts="1"), r"'num_shared_experts' must be a non-negative integer"),

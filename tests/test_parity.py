@@ -124,6 +124,21 @@ def _fuse(path):
     save_file(reference.fused_experts(load_file(path)), path, metadata={"format": "pt"})
 
 
+def _olmo_hybrid_as_hub_holds_it(path):
+    """OLMo Hybrid's tensors as its Hub files hold them: each conv's q, k and v weights at their own sizes (16, 16
+    and 48 rows of the tiny config; transformers saves torch.chunk's equal thirds), the norms under transformers'
+    own names (input_layernorm, post_attention_layernorm), which it reads as well."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors = {n.replace("attention_layer_norm", "input_layernorm").replace("feedforward_layer_norm", "post_attention_layernorm"): t
+               for n, t in load_file(path).items()}
+    for conv in [n[: -len("q_conv1d.weight")] for n in tensors if n.endswith("q_conv1d.weight")]:
+        whole = torch.cat([tensors.pop(f"{conv}{p}_conv1d.weight") for p in "qkv"])
+        tensors.update({f"{conv}{p}_conv1d.weight": part.contiguous() for p, part in zip("qkv", torch.split(whole, [16, 16, 48]))})
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
 def _gemma4_as_hub_spells_it(raw):
     """A saved tiny Gemma 4 config.json as google/gemma-4-*'s files spell it."""
     layers = raw.pop("per_layer_config")
@@ -789,6 +804,15 @@ SPELLINGS = {
                                                     dict(layer_types=["linear_attention"] * 3 + ["full_attention"]),
                                                     _edit(("layer_types",), norm_topk_prob=False, mlp_only_layers=[1],
                                                           decoder_sparse_step=2, intermediate_size=96)),
+    # OLMo Hybrid as allenai's files spell it: no rope (rope_theta null), the layer types and the linear heads' sizes
+    # left to OlmoHybridConfig (every fourth layer full; heads as attention's, key dim 0.75 hidden / heads, value dim 2x)
+    "olmo_hybrid-nope-default-layers-and-heads": ("OlmoHybridForCausalLM", dict(
+        layer_types=["linear_attention"] * 3 + ["full_attention"], linear_num_key_heads=None, linear_num_value_heads=None,
+        linear_key_head_dim=None, linear_value_head_dim=None), _edit(("layer_types", "rope_parameters", "linear_num_key_heads",
+                                                                      "linear_num_value_heads", "linear_key_head_dim",
+                                                                      "linear_value_head_dim"), rope_theta=None)),
+    "olmo_hybrid-hub-conv-sizes-and-norm-names": ("OlmoHybridForCausalLM", dict(linear_allow_neg_eigval=False), _edit(),
+                                                  _olmo_hybrid_as_hub_holds_it),
     # its experts fused, as transformers' Qwen3_5MoeExperts holds them (gate_up_proj [X, 2F, hidden], down_proj)
     "qwen3_5_moe-fused-experts": ("Qwen3_5MoeForCausalLM", {}, _edit(), _fuse),
     # LFM2 as LiquidAI/LFM2-1.2B's files spell it (transformers 4.54's keys): the attention layers by full_attn_idxs, the
