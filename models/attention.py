@@ -359,9 +359,13 @@ class Attention(nnx.Module):
         self.v_proj = Dense((e,), (k, d), ("embed", "kv_heads", "head_dim"), **kv) if own and not cfg.layer_values_are_keys(layer) else None
         self.v_norm = RMSNorm(d, cfg.norm_eps, dtype=dtype, rngs=rngs, weight=False) if cfg.v_norm and own else None
         self.o_proj = Dense((h, d), (e,), ("q_heads", "head_dim", "embed"), bias=cfg.o_bias, dtype=dtype, rngs=rngs)
-        # Qwen3-Next's gated attention: a gate per query head and dim (read out of its q_proj), the output times its sigmoid
-        self.gate_proj = Dense((e,), (h, d), ("embed", "q_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype,
-                               rngs=rngs) if cfg.attn_output_gate else None
+        # Qwen3-Next's gated attention: a gate per query head and dim (read out of its q_proj), the output times its
+        # sigmoid; LFM3's (attn_head_gate): one gate per query head, its own projection without bias
+        if cfg.attn_head_gate:
+            self.gate_proj = Dense((e,), (h,), ("embed", "q_heads"), bias=False, dtype=dtype, rngs=rngs)
+        else:
+            self.gate_proj = Dense((e,), (h, d), ("embed", "q_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype,
+                                   rngs=rngs) if cfg.attn_output_gate else None
         if cfg.qk_norm == "none" or (cfg.qk_norm_layers is not None and layer not in cfg.qk_norm_layers):
             self.q_norm = self.k_norm = None
         elif cfg.qk_norm == "l2":  # a weightless RMSNorm of each head (Llama 4)
@@ -398,8 +402,12 @@ class Attention(nnx.Module):
         return self.o_proj(self.gated(out, x)), new
 
     def gated(self, out, x):
-        """The attention output [B, T, H, D], times sigmoid(gate_proj(x)) where the layer has an output gate."""
-        return out if self.gate_proj is None else out * jax.nn.sigmoid(self.gate_proj(x))
+        """The attention output [B, T, H, D], times sigmoid(gate_proj(x)) where the layer has an output gate (one
+        per head and dim, or per head)."""
+        if self.gate_proj is None:
+            return out
+        gate = jax.nn.sigmoid(self.gate_proj(x))
+        return out * (gate if gate.ndim == out.ndim else gate[..., None])
 
     def call_spec(self) -> AttnSpec:
         """The layer's AttnSpec with its sinks' values (float32), where it has sinks."""

@@ -212,6 +212,8 @@ class ModelConfig:
     linear_beta_scale: float = 1.0
     linear_norm_eps: float | None = None
     attn_output_gate: bool = False
+    sandwich_norms: bool = False  # LFM3's use_sandwich_norm: norms on the mixer's and the MLP's outputs too (gemma.SandwichLayer)
+    attn_head_gate: bool = False  # LFM3's: the output times sigmoid of one gate per head (its own [H, E] projection)
     sliding_window: int | None = None
     attention_chunk: int | None = None  # the chunk of "chunked_attention" layers (Llama 4's attention_chunk_size)
     # One entry per layer: "full_attention", "sliding_attention" or "chunked_attention".

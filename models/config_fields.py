@@ -160,6 +160,7 @@ CONFIG_FIELDS = {
     "conv_L_cache": COUNT, "conv_bias": FLAG, "full_attn_idxs": Field(int, 0, MAX_SIZE, many="list"),
     "block_auto_adjust_ff_dim": FLAG, "block_ffn_dim_multiplier": POSITIVE, "block_multiple_of": COUNT,
     "tie_embedding": FLAG, "block_ff_dim": COUNT, "num_dense_layers": INDEX, "use_expert_bias": FLAG,
+    "use_sandwich_norm": FLAG, "use_attention_gate": FLAG,  # LFM3's (null: not_null)
     # Granite 4.0's Mamba2 layers (mamba_d_head: a number or "auto"; time_step_limit, holding Infinity: granitemoehybrid.py),
     # its rope switch (null: no positions)
     "mamba_n_heads": _given(COUNT), "mamba_n_groups": _given(COUNT), "mamba_d_state": _given(COUNT),

@@ -11,10 +11,9 @@ from flax import nnx
 
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, NO_WINDOW_SWITCH, NOT_NULL, RMS_NOT_NULL, Architecture, Wrapper
-from jaxllm.models.attention import UNCACHED, Attention
+from jaxllm.models.attention import UNCACHED
 from jaxllm.models.config import ModelConfig, parse_rope
-from jaxllm.models.decoder import CausalLM, decoder_weight_map, norm_kwargs
-from jaxllm.models.experts import make_mlp
+from jaxllm.models.decoder import CausalLM, DecoderLayer, decoder_weight_map, norm_kwargs
 from jaxllm.models.layers import RMSNorm
 from jaxllm.models.weights import WeightSpec
 
@@ -89,21 +88,18 @@ def gemma3_defaults(raw: dict) -> dict:
     )
 
 
-class SandwichLayer(nnx.Module):
-    """x + post_attn(attn(input(x))), then x + post_ff(mlp(pre_ff(x)))."""
+class SandwichLayer(DecoderLayer):
+    """x + post_attn(mix(input(x))), then x + post_ff(mlp(pre_ff(x))): the shared layer's norms and token mixing
+    (attention, or a recurrent layer's mixer: LFM3), its post_attention_layernorm on the mixer's output."""
 
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
+        super().__init__(cfg, layer, dtype=dtype, rngs=rngs)
         norm = norm_kwargs(cfg, dtype, rngs)
-        e, eps = cfg.hidden_size, cfg.norm_eps
-        self.input_layernorm = RMSNorm(e, eps, **norm)
-        self.self_attn = Attention(cfg, layer, dtype=dtype, rngs=rngs)
-        self.post_attention_layernorm = RMSNorm(e, eps, **norm)
-        self.pre_feedforward_layernorm = RMSNorm(e, eps, **norm)
-        self.mlp = make_mlp(cfg, layer, dtype=dtype, rngs=rngs)
-        self.post_feedforward_layernorm = RMSNorm(e, eps, **norm)
+        self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps, **norm)
+        self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps, **norm)
 
     def __call__(self, x, positions, rot, cache, kv=UNCACHED):
-        attn, cache = self.self_attn(self.input_layernorm(x), positions, rot, cache, kv)
+        attn, cache = self.mix(self.input_layernorm(x), positions, rot, cache, kv)
         x = x + self.post_attention_layernorm(attn)
         return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x))), cache
 

@@ -96,16 +96,17 @@ def _type_shapes(raw: dict, types) -> dict[str, tuple[int, int]]:
     return shapes
 
 
-def gemma4_rope(raw: dict, types, shapes) -> dict:
-    """The rope of each layer type, as Gemma 4's rotary embedding reads rope_parameters (its defaults
-    where null): the entry of each type its layers use, with rope_type and rope_theta; the default
-    type ignores partial_rotary_factor there, proportional keeps it; each turns its type's heads."""
-    given = raw.get("rope_parameters") or _DEFAULT_ROPE
+def gemma4_rope(raw: dict, types, shapes, default=_DEFAULT_ROPE, family: str = "Gemma 4") -> dict:
+    """The rope of each layer type, as Gemma 4's rotary embedding reads rope_parameters (`default`
+    where null; LFM3's the same way): the entry of each type its layers use (`types`: attention layers'),
+    with rope_type and rope_theta; the default type ignores partial_rotary_factor there, proportional
+    keeps it; each turns its type's heads (shapes[type][0] wide)."""
+    given = raw.get("rope_parameters") or default
     out = {}
     for kind in set(types):
         entry = given.get(kind)
         if not isinstance(entry, dict) or entry.get("rope_theta") is None or entry.get("rope_type") is None:
-            raise ConfigError(f"config.json rope_parameters has no {kind} entry with rope_type and rope_theta, which Gemma 4 "
+            raise ConfigError(f"config.json rope_parameters has no {kind} entry with rope_type and rope_theta, which {family} "
                               f"reads for its {kind} layers: give one per layer type")
         if entry["rope_type"] == "default":
             entry = dict(entry, partial_rotary_factor=1.0)

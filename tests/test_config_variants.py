@@ -95,6 +95,11 @@ def test_dbrx_weight_norms_other_than_the_sum_are_refused():
     ("OlmoHybridForCausalLM", dict(layer_types=["linear_attention"] * 4), r"has no full_attention layer"),
     ("OlmoHybridForCausalLM", dict(layer_types=["linear_attention", "sliding_attention"] * 2),
      r"'sliding_attention' is not one OLMo Hybrid layers run.*use linear_attention or full_attention"),
+    # LFM3: its rotary embedding reads one rope per attention layer type (a flat one fails there); no Mamba layers
+    ("Lfm3ForCausalLM", dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
+     r"rope_parameters has no (full|sliding)_attention entry.*which LFM3 reads"),
+    ("Lfm3ForCausalLM", dict(layer_types=["conv", "mamba", "full_attention", "conv"]), r"'mamba' is not one LFM3 layers run"),
+    ("Lfm3ForCausalLM", dict(use_attention_gate="yes"), r"'use_attention_gate' must be"),
     # the families' own keys, typed
     ("OlmoHybridForCausalLM", dict(linear_allow_neg_eigval="yes"), r"'linear_allow_neg_eigval' must be"),
     ("MiniMaxM2ForCausalLM", dict(attn_type_list="1"), r"'attn_type_list' must be a list of integers"),

@@ -820,6 +820,16 @@ SPELLINGS = {
     "lfm2-attention-indices-and-older-keys": ("Lfm2ForCausalLM", {}, _edit(("layer_types", "rope_parameters"), full_attn_idxs=[1],
                                                                           tie_embedding=False, tie_word_embeddings=True,
                                                                           block_ff_dim=96, intermediate_size=640, rope_theta=5000.0)),
+    # LFM3 with Lfm3Config's defaults: layer types (5 layers: conv, conv, full, conv, sliding), the per-type rope (a flat
+    # rope_theta unread), the window, sandwich norms and the head gate; rms_norm_eps, its alias of norm_eps, winning
+    "lfm3-default-layers-rope-and-flags": ("Lfm3ForCausalLM", dict(num_hidden_layers=5, sliding_window=256, norm_eps=1e-3,
+                                                                  layer_types=["conv", "conv", "full_attention", "conv",
+                                                                               "sliding_attention"], rope_parameters=None),
+                                           _edit(("layer_types", "rope_parameters", "sliding_window", "use_sandwich_norm",
+                                                  "use_attention_gate"), rope_theta=5000.0, rms_norm_eps=1e-3, norm_eps=1e-5)),
+    # LFM3 without its sandwich norms and head gate (LFM2's layer), with q/k/v/o biases
+    "lfm3-no-sandwich-no-gate-biases": ("Lfm3ForCausalLM", dict(use_sandwich_norm=False, use_attention_gate=False,
+                                                               attention_bias=True), _edit()),
     # LFM2's MLP width adjustment and rope left to Lfm2Config's defaults (2/3 of 384 to a multiple of 256; theta 1e6)
     "lfm2-default-width-and-rope": ("Lfm2ForCausalLM", dict(intermediate_size=384, block_multiple_of=256, block_ffn_dim_multiplier=1.0),
                                     _edit(("block_multiple_of", "block_ffn_dim_multiplier", "block_auto_adjust_ff_dim",
@@ -942,7 +952,7 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
            "gemma4_text": "hidden_activation"}.get(kind, "hidden_act")
     eps = {"gpt_neo": "layer_norm_epsilon", "nemotron": "norm_eps", "falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "codegen": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps", "persimmon": "layer_norm_eps",
            "starcoder2": "norm_epsilon", "bloom": "layer_norm_epsilon", "mpt": "layer_norm_epsilon",
-           "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps", "lfm2": "norm_eps", "lfm2_moe": "norm_eps",
+           "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps", "lfm2": "norm_eps", "lfm2_moe": "norm_eps", "lfm3": "norm_eps",
            "mamba": "layer_norm_epsilon", "falcon_mamba": "layer_norm_epsilon"}.get(kind, "rms_norm_eps")
     fixed_eps = kind in ("olmo", "opt", "biogpt", "xglm", "dbrx")  # nn.LayerNorm's 1e-5, whatever the config says
     # ALiBi families: BLOOM's has no length (jaxllm's 2,048 positions are its context alone), MPT's bias table max_seq_len;
@@ -950,7 +960,7 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     # Mamba's: none (its positions bound nothing; jaxllm's MAMBA_POSITIONS bound its requests)
     positions = ({"bloom": 2048, "mpt": getattr(hf, "max_seq_len", None), "mamba": MAMBA_POSITIONS, "falcon_mamba": MAMBA_POSITIONS}.get(kind)
                  or getattr(hf, "max_position_embeddings", None))
-    hard_act = {"bloom": "gelu_pytorch_tanh", "mpt": "gelu", "lfm2": "silu", "lfm2_moe": "silu"}
+    hard_act = {"bloom": "gelu_pytorch_tanh", "mpt": "gelu", "lfm2": "silu", "lfm2_moe": "silu", "lfm3": "silu"}
     act_of = hard_act.get(kind) or (hf.ffn_config.ffn_act_fn["name"] if kind == "dbrx" else getattr(hf, act))
     out = dict(max_position_embeddings=positions, norm_eps=1e-5 if fixed_eps else getattr(hf, eps),
                tie_word_embeddings=hf.tie_word_embeddings, hidden_act=act_of)
