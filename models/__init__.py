@@ -39,6 +39,7 @@ from jaxllm.models import (
     llama4,
     mamba,
     minicpm3,
+    minimax,
     minimax_m2,
     moe,
     mpt,
@@ -69,5 +70,6 @@ FAMILIES = (
     lfm2, granitemoehybrid, bamba,
     minimax_m2, glm4_moe_lite, cwm, nanochat, exaone3, solar_open, youtu, exaone_moe, minicpm3, mamba, jamba,
     olmo_hybrid,
+    minimax,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -212,6 +212,9 @@ class ModelConfig:
     linear_beta_scale: float = 1.0
     linear_norm_eps: float | None = None
     attn_output_gate: bool = False
+    # MiniMax-Text-01's layer: residuals from the normed input, each branch's sum residual * alpha + output * beta:
+    # (full attention's alpha, beta, lightning attention's alpha, beta, the MLP's alpha, beta); () elsewhere
+    residual_factors: tuple[float, ...] = ()
     sandwich_norms: bool = False  # LFM3's use_sandwich_norm: norms on the mixer's and the MLP's outputs too (gemma.SandwichLayer)
     attn_head_gate: bool = False  # LFM3's: the output times sigmoid of one gate per head (its own [H, E] projection)
     sliding_window: int | None = None

@@ -17,9 +17,10 @@ ROUTERS = ("softmax_topk", "topk_softmax", "sparsemixer", "sigmoid_topk", "topk_
 GROUP_SCORES = ("max", "top2")
 # Recurrent layer types (models/mixers.py): "linear_attention", a gated-DeltaNet layer
 # (models/linear_attention.py); "conv", LFM2's gated short conv (models/short_conv.py); "mamba", a Mamba2
-# layer (models/mamba2.py); "mamba1", a Mamba (v1) layer (models/mamba1.py); each only in the families whose ModelConfig.recurrent_kinds names it, refused
-# elsewhere (config._validated)
-RECURRENT_TYPES = ("linear_attention", "conv", "mamba", "mamba1")
+# layer (models/mamba2.py); "mamba1", a Mamba (v1) layer (models/mamba1.py); "lightning_attention", MiniMax's
+# (models/lightning_attention.py: its config's "linear_attention", read as this); each only in the families whose
+# ModelConfig.recurrent_kinds names it, refused elsewhere (config._validated)
+RECURRENT_TYPES = ("linear_attention", "conv", "mamba", "mamba1", "lightning_attention")
 LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention") + RECURRENT_TYPES
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope", "proportional")
 
@@ -161,6 +162,8 @@ CONFIG_FIELDS = {
     "block_auto_adjust_ff_dim": FLAG, "block_ffn_dim_multiplier": POSITIVE, "block_multiple_of": COUNT,
     "tie_embedding": FLAG, "block_ff_dim": COUNT, "num_dense_layers": INDEX, "use_expert_bias": FLAG,
     "use_sandwich_norm": FLAG, "use_attention_gate": FLAG,  # LFM3's (null: not_null)
+    # MiniMax-Text-01's lightning attention blocks and residual factors (its layer: models/minimax.py)
+    "block_size": COUNT, **{f"{part}_{ab}_factor": Field(float) for part in ("full_attn", "linear_attn", "mlp") for ab in ("alpha", "beta")},
     # Granite 4.0's Mamba2 layers (mamba_d_head: a number or "auto"; time_step_limit, holding Infinity: granitemoehybrid.py),
     # its rope switch (null: no positions)
     "mamba_n_heads": _given(COUNT), "mamba_n_groups": _given(COUNT), "mamba_d_state": _given(COUNT),

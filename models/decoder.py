@@ -40,10 +40,14 @@ class DecoderLayer(nnx.Module):
         self.input_layernorm = self.norm_cls(cfg.hidden_size, cfg.norm_eps, **norm)
         # a recurrent layer (Qwen3-Next's gated DeltaNet, LFM2's short conv) mixes tokens by its recurrent mixer
         # in place of attention, under the attribute transformers names it by (models/mixers.py)
+        # (MiniMax's lightning attention under self_attn itself)
         mixer = mixer_cls(cfg, layer)
-        self.self_attn = None if mixer else self.attn_cls(cfg, layer, dtype=dtype, rngs=rngs)
         self.mixer = None if mixer is None else mixer.attr
-        if mixer is not None:
+        if mixer is None:
+            self.self_attn = self.attn_cls(cfg, layer, dtype=dtype, rngs=rngs)
+        else:
+            if mixer.attr != "self_attn":
+                self.self_attn = None
             setattr(self, mixer.attr, mixer(cfg, layer, dtype=dtype, rngs=rngs))
         own = not cfg.parallel_residual or cfg.parallel_mlp_norm
         self.post_attention_layernorm = self.norm_cls(cfg.hidden_size, cfg.norm_eps, **norm) if own else None

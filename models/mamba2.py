@@ -25,10 +25,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxllm.errors import ConfigError
-from jaxllm.models import delta_rule_gpu
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.layers import Dense, activation, param
-from jaxllm.models.recurrent import RecurrentMixer, RecurrentState, StateShape, causal_conv
+from jaxllm.models.recurrent import RecurrentMixer, RecurrentState, StateShape, causal_conv, gated_recurrence
 from jaxllm.models.transforms import Linear
 from jaxllm.models.weights import WeightSpec
 
@@ -37,18 +36,9 @@ def selective_scan(x, dt, a, b, c, d, state):
     """Mamba2's recurrence token by token: x [B, T, H, P], dt [B, T, H] (after softplus), a [H] (negative),
     b, c [B, T, H, N] (each head's group's), d [H], state [B, H, P, N] float32 -> (y [B, T, H, P] float32,
     the state after the T tokens)."""
-    if delta_rule_gpu.fits(b.shape[-1], x.shape[-1], x.shape[1]):  # one kernel for all T tokens: the state [N, P] per head
-        y, state = delta_rule_gpu.recurrence(c, b, x, dt * a, dt, jnp.swapaxes(state, -1, -2), subtract=False)
-        return y + d[:, None] * x.astype(jnp.float32), jnp.swapaxes(state, -1, -2)
-    x, dt, b, c = (jnp.moveaxis(v.astype(jnp.float32), 1, 0) for v in (x, dt, b, c))  # [T, B, ...]
-
-    def step(s, xs):
-        x, dt, b, c = xs
-        s = s * jnp.exp(dt * a)[..., None, None] + (dt[..., None] * x)[..., :, None] * b[..., None, :]
-        return s, jnp.einsum("bhpn,bhn->bhp", s, c) + d[:, None] * x
-
-    state, y = jax.lax.scan(step, state.astype(jnp.float32), (x, dt, b, c))
-    return jnp.moveaxis(y, 0, 1), state
+    # the shared gated recurrence over the state transposed, [N, P] per head: C as queries, B as keys, x as values
+    y, state = gated_recurrence(c, b, x, dt * a, dt, jnp.swapaxes(state, -1, -2))
+    return y + d[:, None] * x.astype(jnp.float32), jnp.swapaxes(state, -1, -2)
 
 
 class Mamba2(RecurrentMixer):

@@ -4,6 +4,7 @@ engine and its memory sizing ask of a model's recurrent layers without knowing t
 from __future__ import annotations
 
 from jaxllm.models.config import ModelConfig
+from jaxllm.models.lightning_attention import LightningAttention
 from jaxllm.models.linear_attention import GatedDeltaNet
 from jaxllm.models.mamba1 import Mamba
 from jaxllm.models.mamba2 import Mamba2
@@ -12,7 +13,7 @@ from jaxllm.models.short_conv import ShortConv
 
 # layer type (ModelConfig.layer_types; config_fields.RECURRENT_TYPES) -> its mixer
 MIXERS: dict[str, type[RecurrentMixer]] = {"linear_attention": GatedDeltaNet, "conv": ShortConv, "mamba": Mamba2,
-                                            "mamba1": Mamba}
+                                            "mamba1": Mamba, "lightning_attention": LightningAttention}
 
 
 def mixer_cls(cfg: ModelConfig, layer: int) -> type[RecurrentMixer] | None:

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxllm.models import delta_rule_gpu
+
 
 class RecurrentState(NamedTuple):
     """One recurrent layer's state for S rows (sequences): `conv` [S, kernel - 1, channels] the
@@ -69,6 +71,56 @@ def causal_conv(x, conv_state, weight, valid, bias=None, act=jax.nn.silu):
     lengths = jnp.sum(valid, axis=1)
     new = jax.vmap(lambda row, n: jax.lax.dynamic_slice_in_dim(row, n, taps, axis=0))(full, lengths)
     return (out if act is None else act(out)).astype(x.dtype), new
+
+
+def gated_recurrence(q, k, v, g, beta, state):
+    """The gated linear recurrence token by token, per row and head: S <- S * exp(g_t) + k_t (x) (beta_t v_t),
+    o_t = q_t . S after the update; q, k [B, T, H, Dk], v [B, T, H, Dv], g, beta [B, T, H], state [B, H, Dk,
+    Dv] float32 -> (o [B, T, H, Dv] float32, the state after the T tokens). A token with g = beta = 0 leaves
+    the state as it was. Mamba2's selective state space (C, B, x as q, k, v, dt * A and dt as g and beta, its
+    state transposed) and MiniMax's lightning attention (g its head's -slope, beta 1); one GPU kernel where
+    it fits (delta_rule_gpu.recurrence without the delta rule's subtraction), else a lax.scan."""
+    if delta_rule_gpu.fits(k.shape[-1], v.shape[-1], v.shape[1]):
+        return delta_rule_gpu.recurrence(q, k, v, g, beta, state, subtract=False)
+    q, k, v, g, beta = (jnp.moveaxis(x.astype(jnp.float32), 1, 0) for x in (q, k, v, g, beta))  # [T, B, ...]
+
+    def step(s, xs):
+        q, k, v, g, beta = xs
+        s = s * jnp.exp(g)[..., None, None] + k[..., :, None] * (beta[..., None] * v)[..., None, :]
+        return s, jnp.einsum("bhkv,bhk->bhv", s, q)
+
+    state, out = jax.lax.scan(step, state.astype(jnp.float32), (q, k, v, g, beta))
+    return jnp.moveaxis(out, 0, 1), state
+
+
+def chunked_recurrence(q, k, v, g, state, chunk: int = 64):
+    """gated_recurrence's results (beta 1) for a whole sequence in chunks of `chunk` tokens, as linear
+    attention's block form (transformers' MiniMax lightning attention): within a chunk the decayed
+    products q_i k_j (j <= i) times v, across chunks the state; memory grows with T times `chunk`."""
+    b, t, h, dk = k.shape
+    q, k, v, g = (jnp.swapaxes(x.astype(jnp.float32), 1, 2) for x in (q, k, v, g))  # [B, H, T, ...]
+    c = min(chunk, t)
+    pad = -t % c
+    if pad:
+        q, k, v = (jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0))) for x in (q, k, v))
+        g = jnp.pad(g, ((0, 0), (0, 0), (0, pad)))
+    n = (t + pad) // c
+    q, k, v, g = (x.reshape(b, h, n, c, *x.shape[3:]) for x in (q, k, v, g))
+    decay = jnp.cumsum(g, axis=-1)  # [B, H, N, C]: each token's decay since the chunk's start
+    lower = jnp.tril(jnp.ones((c, c), bool))
+    intra = (q @ jnp.swapaxes(k, -1, -2)) * jnp.exp(jnp.where(lower, decay[..., :, None] - decay[..., None, :], -jnp.inf))
+    q = q * jnp.exp(decay)[..., None]
+    k = k * jnp.exp(decay[..., -1:] - decay)[..., None]
+    total = jnp.exp(decay[..., -1])[..., None, None]
+
+    def step(s, xs):
+        q, k, v, intra, total = xs
+        return s * total + jnp.swapaxes(k, -1, -2) @ v, q @ s + intra @ v
+
+    along = (q, k, v, intra, total)
+    state, out = jax.lax.scan(step, state.astype(jnp.float32), tuple(jnp.moveaxis(x, 2, 0) for x in along))
+    out = jnp.moveaxis(out, 0, 2).reshape(b, h, n * c, -1)[:, :, :t]
+    return jnp.swapaxes(out, 1, 2), state
 
 
 class RecurrentMixer(nnx.Module):

@@ -100,7 +100,11 @@ def test_dbrx_weight_norms_other_than_the_sum_are_refused():
      r"rope_parameters has no (full|sliding)_attention entry.*which LFM3 reads"),
     ("Lfm3ForCausalLM", dict(layer_types=["conv", "mamba", "full_attention", "conv"]), r"'mamba' is not one LFM3 layers run"),
     ("Lfm3ForCausalLM", dict(use_attention_gate="yes"), r"'use_attention_gate' must be"),
+    # MiniMax: its layers are full or (lightning) linear attention
+    ("MiniMaxForCausalLM", dict(layer_types=["full_attention", "mamba"] * 2), r"'mamba' is not one MiniMax layers run"),
     # the families' own keys, typed
+    ("MiniMaxForCausalLM", dict(mlp_beta_factor="2"), r"'mlp_beta_factor' must be a number"),
+    ("MiniMaxForCausalLM", dict(block_size=0), r"'block_size' must be a positive integer"),
     ("OlmoHybridForCausalLM", dict(linear_allow_neg_eigval="yes"), r"'linear_allow_neg_eigval' must be"),
     ("MiniMaxM2ForCausalLM", dict(attn_type_list="1"), r"'attn_type_list' must be a list of integers"),
     ("Glm4MoeLiteForCausalLM", dict(mlp_layer_types="dense"), r"'mlp_layer_types' must be a list of strings"),

@@ -830,6 +830,14 @@ SPELLINGS = {
     # LFM3 without its sandwich norms and head gate (LFM2's layer), with q/k/v/o biases
     "lfm3-no-sandwich-no-gate-biases": ("Lfm3ForCausalLM", dict(use_sandwich_norm=False, use_attention_gate=False,
                                                                attention_bias=True), _edit()),
+    # MiniMax-Text-01 with MiniMaxConfig's defaults (layers alternating from a full one, residual factors 1, blocks of 256,
+    # no window, rope base 1e6), its experts under num_experts (the alias), keys only MiniMax's own code reads
+    "minimax-defaults-and-aliases": ("MiniMaxForCausalLM", dict(sliding_window=None, block_size=256, rope_theta=1_000_000.0,
+                                                               **{f"{p}_{ab}_factor": 1 for p in ("full_attn", "linear_attn", "mlp")
+                                                                  for ab in ("alpha", "beta")}),
+                                     _edit(("layer_types", "sliding_window", "block_size", "rope_parameters", "num_local_experts")
+                                           + tuple(f"{p}_{ab}_factor" for p in ("full_attn", "linear_attn", "mlp") for ab in ("alpha", "beta")),
+                                           num_experts=4, rotary_dim=8, attn_type_list=[1, 0, 1, 0], postnorm=True)),
     # LFM2's MLP width adjustment and rope left to Lfm2Config's defaults (2/3 of 384 to a multiple of 256; theta 1e6)
     "lfm2-default-width-and-rope": ("Lfm2ForCausalLM", dict(intermediate_size=384, block_multiple_of=256, block_ffn_dim_multiplier=1.0),
                                     _edit(("block_multiple_of", "block_ffn_dim_multiplier", "block_auto_adjust_ff_dim",
