@@ -69,7 +69,7 @@ def summary(cfg) -> str:
     if cfg.position_embedding == "rope":
         rope = cfg.rope
         parts.append(f"rope {rope.type} theta {rope.theta:g}" + (f" factor {rope.factor:g}" if rope.factor != 1 else ""))
-    else:
+    elif cfg.position_embedding != "none":
         parts.append("ALiBi position biases" if cfg.position_embedding == "alibi" else f"{cfg.position_embedding} positions")  # learned (GPT-2, OPT) or sinusoidal (XGLM)
     windows = {cfg.layer_window(i) for i in range(cfg.num_layers)} - {None}
     sliding = sorted(w for w in windows if isinstance(w, int))

@@ -74,7 +74,8 @@ class ModelConfig:
     parallel_residual: bool = False  # x + attn(ln1 x) + mlp(ln1 x) (Phi, GPT-J), or mlp(ln2 x) where parallel_mlp_norm
     parallel_mlp_norm: bool = False  # a parallel layer's MLP reads a norm of its own (GPT-NeoX, Falcon's ln_mlp)
     # "rope", "learned" (a table of absolute positions: GPT-2, OPT, BioGPT), "sinusoidal" (fixed sin | cos
-    # rows: XGLM, the row of pad_token_id zeroed, as its padding_idx) or "alibi" (score biases: `alibi`);
+    # rows: XGLM, the row of pad_token_id zeroed, as its padding_idx), "alibi" (score biases: `alibi`) or "none"
+    # (no positions at all: Nemotron-H's attention, Mamba2);
     # position p reads row p + position_offset
     # (OPT's, BioGPT's and XGLM's 2), the learned table max_position_embeddings + position_offset rows long
     position_embedding: str = "rope"
@@ -118,6 +119,7 @@ class ModelConfig:
     num_experts: int = 0
     experts_per_token: int = 0
     moe_intermediate_size: int = 0
+    moe_latent_size: int = 0  # the experts' width in and out, projected from and to hidden_size (Nemotron-H; 0: hidden_size)
     norm_topk_prob: bool = True  # renormalise the top-k routing weights to sum to 1
     # How the router picks: "softmax_topk" (softmax over every expert, then the top k: Mixtral, Qwen,
     # OLMoE), "topk_softmax" (the top k logits, then softmax over those k: GraniteMoE), "sparsemixer"
@@ -191,6 +193,12 @@ class ModelConfig:
     mamba_state: int = 0
     mamba_groups: int = 1
     mamba_proj_bias: bool = False
+    mamba_act: str | None = None  # the conv's activation (None: hidden_act; Nemotron-H's mamba_hidden_act beside its relu2 MLP)
+    # the time steps' floor: softplus(dt + dt_bias) clamped below at it (Nemotron-H's time_step_min, as its prefill clamps)
+    mamba_dt_min: float = 0.0
+    # Layers of one block each (Nemotron-H, Mamba2: x + block(norm(x))): these layers' block is their feed-forward
+    # alone (no token mixing, nothing cached), the others' their token mixer alone (no MLP); None: every layer both
+    feed_forward_layers: tuple[int, ...] | None = None
     linear_key_head_dim: int = 0
     linear_value_head_dim: int = 0
     linear_key_heads: int = 0
@@ -250,14 +258,26 @@ class ModelConfig:
     def kv_shape(self, layer: int) -> tuple[int, int] | None:
         """(kv heads, head_dim) of the keys and values `layer` caches; None: it caches none (it reads
         another layer's: kv_source; or it is a recurrent layer, which keeps a state instead)."""
-        if self.layer_is_recurrent(layer) or self.kv_source(layer) != layer:
+        if self.layer_is_recurrent(layer) or not self.layer_has_mixer(layer) or self.kv_source(layer) != layer:
             return None
         return self.layer_kv_heads(layer), self.layer_head_dim(layer)
+
+    def layer_has_mixer(self, layer: int) -> bool:
+        """Whether `layer` mixes tokens (attention or a recurrent mixer): all but feed_forward_layers' blocks."""
+        return self.feed_forward_layers is None or layer not in self.feed_forward_layers
+
+    def layer_has_mlp(self, layer: int) -> bool:
+        """Whether `layer` has a feed-forward block: every layer, or where each layer is one block, feed_forward_layers'."""
+        return self.feed_forward_layers is None or layer in self.feed_forward_layers
+
+    def layer_is_attention(self, layer: int) -> bool:
+        """Whether `layer` mixes tokens by attention (neither a recurrent mixer nor a feed-forward block alone)."""
+        return self.layer_has_mixer(layer) and not self.layer_is_recurrent(layer)
 
     def layer_mixer(self, layer: int) -> str | None:
         """The recurrent kind of `layer` (its layer type, one of RECURRENT_TYPES: models/mixers.py), or
         None for an attention layer."""
-        kind = self.layer_types[layer] if self.layer_types else None
+        kind = self.layer_types[layer] if self.layer_types and self.layer_has_mixer(layer) else None
         return kind if kind in RECURRENT_TYPES else None
 
     def layer_is_recurrent(self, layer: int) -> bool:

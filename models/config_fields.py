@@ -163,7 +163,15 @@ CONFIG_FIELDS = {
     "mamba_n_heads": _given(COUNT), "mamba_n_groups": _given(COUNT), "mamba_d_state": _given(COUNT),
     "mamba_d_head": Field(int, 1, MAX_SIZE, null=False, or_text=True), "mamba_d_conv": _given(COUNT),
     "mamba_expand": _given(COUNT), "mamba_chunk_size": COUNT, "mamba_conv_bias": _given(FLAG), "mamba_proj_bias": _given(FLAG),
-    "position_embedding_type": NAME, "attn_layer_indices": Field(int, 0, MAX_SIZE, many="list"),  # Bamba's attention layers "layers_block_type": Field(str, many="list"),
+    "position_embedding_type": NAME, "attn_layer_indices": Field(int, 0, MAX_SIZE, many="list"),  # Bamba's attention layers
+    "layers_block_type": Field(str, many="list"),
+    # Nemotron-H's blocks (hybrid_override_pattern: a string of M, *, - and E; nemotron_h.py) and Mamba2 keys, shared with
+    # Mamba2's own (num_heads, head_dim, state_size: mamba2.py); its MLP's and its mixers' activations
+    "hybrid_override_pattern": Field(str, null=False), "mamba_num_heads": _given(COUNT), "mamba_head_dim": _given(COUNT),
+    "ssm_state_size": _given(COUNT), "state_size": _given(COUNT), "n_groups": _given(COUNT), "conv_kernel": _given(COUNT),
+    "expand": _given(COUNT), "use_conv_bias": _given(FLAG), "time_step_min": _given(NON_NEGATIVE), "mlp_hidden_act": _given(NAME),
+    "mamba_hidden_act": _given(NAME), "mamba_dt_min": _given(NON_NEGATIVE), "residual_in_fp32": FLAG,
+    "moe_shared_expert_intermediate_size": _given(INDEX), "moe_latent_size": COUNT,
     # fairseq's decoders: OPT's norm placement, biases, affine norms, token embedding width, final norm; XGLM's
     # own spellings (d_model: MPT's above); the embeddings times sqrt(hidden) (BioGPT, XGLM)
     "ffn_dim": COUNT, "do_layer_norm_before": FLAG, "enable_bias": FLAG, "layer_norm_elementwise_affine": FLAG,

@@ -41,13 +41,16 @@ class DecoderLayer(nnx.Module):
         # a recurrent layer (Qwen3-Next's gated DeltaNet, LFM2's short conv) mixes tokens by its recurrent mixer
         # in place of attention, under the attribute transformers names it by (models/mixers.py)
         mixer = mixer_cls(cfg, layer)
-        self.self_attn = None if mixer else self.attn_cls(cfg, layer, dtype=dtype, rngs=rngs)
+        self.self_attn = self.attn_cls(cfg, layer, dtype=dtype, rngs=rngs) if cfg.layer_is_attention(layer) else None
         self.mixer = None if mixer is None else mixer.attr
         if mixer is not None:
             setattr(self, mixer.attr, mixer(cfg, layer, dtype=dtype, rngs=rngs))
-        own = not cfg.parallel_residual or cfg.parallel_mlp_norm
+        # a layer of one block (cfg.feed_forward_layers: Nemotron-H, Mamba2) is x + block(input_layernorm(x)), its
+        # block the token mixer or the feed-forward alone
+        self.mixes, feeds = cfg.layer_has_mixer(layer), cfg.layer_has_mlp(layer)
+        own = (not cfg.parallel_residual or cfg.parallel_mlp_norm) and self.mixes and feeds
         self.post_attention_layernorm = self.norm_cls(cfg.hidden_size, cfg.norm_eps, **norm) if own else None
-        self.mlp = make_mlp(cfg, layer, dtype=dtype, rngs=rngs)
+        self.mlp = make_mlp(cfg, layer, dtype=dtype, rngs=rngs) if feeds else None
         self.parallel = cfg.parallel_residual
 
     def mix(self, h, positions, rot, cache, kv):
@@ -58,7 +61,11 @@ class DecoderLayer(nnx.Module):
 
     def __call__(self, x, positions, rot, cache, kv=UNCACHED):
         h = self.input_layernorm(x)
+        if not self.mixes:
+            return x + self.mlp(h), cache
         attn, cache = self.mix(h, positions, rot, cache, kv)
+        if self.mlp is None:
+            return x + attn, cache
         if self.parallel:
             return x + attn + self.mlp(h if self.post_attention_layernorm is None else self.post_attention_layernorm(x)), cache
         x = x + attn
@@ -290,12 +297,11 @@ def decoder_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
         specs.append(WeightSpec("lm_head.bias", ("lm_head", "bias")))
     for i in range(cfg.num_layers):
         hf, ours = f"model.layers.{i}.", ("model", "layers", i)
-        specs += [
-            WeightSpec(hf + "input_layernorm.weight", ours + ("input_layernorm", "weight")),
-            WeightSpec(hf + "post_attention_layernorm.weight", ours + ("post_attention_layernorm", "weight")),
-        ]
-        # a recurrent layer has no attention tensors: its family adds its mixer's
-        projections = () if cfg.layer_is_recurrent(i) else ("q_proj", "o_proj") + kv_projections(cfg, i)
+        specs.append(WeightSpec(hf + "input_layernorm.weight", ours + ("input_layernorm", "weight")))
+        if cfg.layer_has_mixer(i) and cfg.layer_has_mlp(i):
+            specs.append(WeightSpec(hf + "post_attention_layernorm.weight", ours + ("post_attention_layernorm", "weight")))
+        # a recurrent layer has no attention tensors (its family adds its mixer's), a feed-forward block alone none either
+        projections = ("q_proj", "o_proj") + kv_projections(cfg, i) if cfg.layer_is_attention(i) else ()
         for name in [n for n in ("q_proj", "k_proj", "v_proj", "o_proj") if n in projections]:
             attn = ours + ("self_attn", name)
             specs.append(WeightSpec(f"{hf}self_attn.{name}.weight", attn + ("kernel",), Linear(2 if name == "o_proj" else 1)))
@@ -305,7 +311,7 @@ def decoder_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
             for name in ("q_norm", "k_norm") if cfg.kv_shape(i) is not None else ("q_norm",):
                 flat = Copy(flatten=cfg.qk_norm == "projection")
                 specs.append(WeightSpec(f"{hf}self_attn.{name}.weight", ours + ("self_attn", name, "weight"), flat))
-        for name in ("gate_proj", "up_proj", "down_proj") if cfg.gated_mlp else ("up_proj", "down_proj"):
+        for name in (() if not cfg.layer_has_mlp(i) else ("gate_proj", "up_proj", "down_proj") if cfg.gated_mlp else ("up_proj", "down_proj")):
             mlp = ours + ("mlp", name)
             specs.append(WeightSpec(f"{hf}mlp.{name}.weight", mlp + ("kernel",), Linear()))
             if cfg.mlp_bias:

@@ -70,7 +70,8 @@ class Mamba2(RecurrentMixer):
         self.heads, self.head_dim, self.groups, self.n = h, p, cfg.mamba_groups, cfg.mamba_state
         self.state_dims = self.state_shape(cfg, layer)
         self.inner, channels = h * p, self.state_dims.conv[1]
-        self.eps, self.act = cfg.norm_eps, activation(cfg.hidden_act)  # the conv's activation: the model's hidden_act
+        # the conv's activation: the model's hidden_act, or the mixer's own (Nemotron-H's mamba_hidden_act)
+        self.eps, self.act, self.dt_min = cfg.norm_eps, activation(cfg.mamba_act or cfg.hidden_act), cfg.mamba_dt_min
         dense = dict(bias=cfg.mamba_proj_bias, dtype=dtype, rngs=rngs)
         self.in_proj = Dense((e,), (self.inner + channels + h,), ("embed", "recurrent"), **dense)
         conv = dict(weight=param((channels, 1, cfg.linear_conv_kernel), ("recurrent", "norm", "norm"), dtype))
@@ -107,6 +108,7 @@ class Mamba2(RecurrentMixer):
                   for i in range(2))
         bm, cm = (jnp.repeat(m, self.heads // self.groups, axis=2) for m in (bm, cm))  # each head its group's
         dt = jax.nn.softplus(dt.astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32))
+        dt = jnp.maximum(dt, self.dt_min) if self.dt_min else dt
         dt = jnp.where(valid[..., None], dt, 0.0)
         a = -jnp.exp(self.A_log[...].astype(jnp.float32))
         y, ssm = selective_scan(xs, dt, a, bm, cm, self.D[...].astype(jnp.float32), start.ssm)
@@ -142,11 +144,11 @@ def mamba_fields(raw: dict) -> dict:
                 mamba_proj_bias=bool(raw["mamba_proj_bias"]))
 
 
-def mamba_specs(cfg: ModelConfig) -> list[WeightSpec]:
-    """Each Mamba2 layer's tensors, at model.layers.{i}.mamba as transformers names them."""
+def mamba_specs(cfg: ModelConfig, module: str = "model.layers.{i}.mamba") -> list[WeightSpec]:
+    """Each Mamba2 layer's tensors, at `module` as transformers names them (Nemotron-H's model.layers.{i}.mixer)."""
     specs = []
     for i in filter(cfg.layer_is_recurrent, range(cfg.num_layers)):
-        hf, ours = f"model.layers.{i}.mamba.", ("model", "layers", i, "mamba")
+        hf, ours = module.format(i=i) + ".", ("model", "layers", i, "mamba")
         for proj in ("in_proj", "out_proj"):
             specs.append(WeightSpec(f"{hf}{proj}.weight", ours + (proj, "kernel"), Linear()))
             specs += [WeightSpec(f"{hf}{proj}.bias", ours + (proj, "bias"))] if cfg.mamba_proj_bias else []

@@ -818,6 +818,19 @@ SPELLINGS = {
                                                                   partial_rotary_factor=0.25)),
     "bamba-own-rope-factor": ("BambaForCausalLM", {}, _edit(rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                                              "partial_rotary_factor": 1.0})),
+    # Nemotron-H as nvidia/Nemotron-H-*'s and NVIDIA-Nemotron-*'s files spell it: hybrid_override_pattern (a
+    # num_hidden_layers it ignores), the older mamba_* spellings, a tied flag NemotronHForCausalLM never applies; a list of
+    # the legacy block names with a stray rope and hidden_act
+    "nemotron_h-hub-pattern-and-older-keys": ("NemotronHForCausalLM", {}, _edit(
+        ("layers_block_type", "n_groups", "conv_kernel", "use_conv_bias", "time_step_min"), hybrid_override_pattern="ME*M-",
+        num_hidden_layers=52, mamba_n_groups=2, mamba_d_conv=4, mamba_conv_bias=True, mamba_dt_min=0.01,
+        tie_word_embeddings=True, time_step_limit=[0.0, float("inf")])),
+    "nemotron_h-legacy-block-names": ("NemotronHForCausalLM", {}, _edit(
+        layers_block_type=["mamba", "moe", "attention", "mamba", "mlp"], rope_theta=5000.0, hidden_act="gelu")),
+    # Nemotron 3 Super's latent experts (moe_latent_size), the router's score bias, tensors named model.* as transformers'
+    # classes name them
+    "nemotron_h-latent-experts-model-prefix": ("NemotronHForCausalLM", dict(moe_latent_size=24), _edit(), _tensors(
+        rename=lambda n: n.replace("backbone.", "model."), add=_score_biases("mixer.gate", [1], 4))),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
@@ -904,10 +917,11 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     kind = arch.hf_model_type
     act = {"gpt_neo": "activation_function", "falcon": "activation", "gpt2": "activation_function", "gpt_bigcode": "activation_function", "gptj": "activation_function", "codegen": "activation_function",
            "opt": "activation_function", "xglm": "activation_function", "gemma2": "hidden_activation", "vaultgemma": "hidden_activation", "gemma3_text": "hidden_activation",
-           "gemma4_text": "hidden_activation"}.get(kind, "hidden_act")
+           "gemma4_text": "hidden_activation", "nemotron_h": "mlp_hidden_act"}.get(kind, "hidden_act")
     eps = {"gpt_neo": "layer_norm_epsilon", "nemotron": "norm_eps", "falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "codegen": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps", "persimmon": "layer_norm_eps",
            "starcoder2": "norm_epsilon", "bloom": "layer_norm_epsilon", "mpt": "layer_norm_epsilon",
-           "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps", "lfm2": "norm_eps", "lfm2_moe": "norm_eps"}.get(kind, "rms_norm_eps")
+           "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps", "lfm2": "norm_eps", "lfm2_moe": "norm_eps",
+           "nemotron_h": "layer_norm_epsilon"}.get(kind, "rms_norm_eps")
     fixed_eps = kind in ("olmo", "opt", "biogpt", "xglm", "dbrx")  # nn.LayerNorm's 1e-5, whatever the config says
     # ALiBi families: BLOOM's has no length (jaxllm's 2,048 positions are its context alone), MPT's bias table max_seq_len;
     # their MLPs hard-wire the activation (BloomGelu's tanh form, MptMLP's exact GELU; LFM2's silu)
@@ -920,7 +934,7 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
         out["hidden_act"] = "gelu_pytorch_tanh"
     if kind in ("gptj", "codegen"):
         out["rope_theta"] = 10000.0  # GPT-J's and CodeGen's fixed base
-    elif kind not in ("gpt2", "gpt_bigcode", "gpt_neo", "opt", "biogpt", "xglm", "bloom", "mpt"):
+    elif kind not in ("gpt2", "gpt_bigcode", "gpt_neo", "opt", "biogpt", "xglm", "bloom", "mpt", "nemotron_h"):
         rope = hf.rope_parameters
         out["rope_theta"] = rope.get("full_attention", rope)["rope_theta"]
     return out
