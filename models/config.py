@@ -199,6 +199,24 @@ class ModelConfig:
     # Layers of one block each (Nemotron-H, Mamba2: x + block(norm(x))): these layers' block is their feed-forward
     # alone (no token mixing, nothing cached), the others' their token mixer alone (no MLP); None: every layer both
     feed_forward_layers: tuple[int, ...] | None = None
+    # Falcon-H1: every attention layer also runs a mixer of this recurrent kind beside its attention on the same normed
+    # input, x + attn_out_scale * attn + mamba_out_scale * mixer; its cache (LayerCache, RecurrentState)
+    parallel_mixer: str | None = None
+    attn_out_scale: float = 1.0
+    mamba_out_scale: float = 1.0
+    # Falcon-H1's muP multipliers: the attention's input (attention_in_multiplier) and keys (key_multiplier) scaled,
+    # the gated MLP's gate product and output (mlp_multipliers); the Mamba2 mixer's input (ssm_in_multiplier) and its
+    # in_proj's z | x | B | C | dt parts (ssm_multipliers)
+    attn_input_scale: float = 1.0
+    key_scale: float = 1.0
+    mlp_scales: tuple[float, float] = (1.0, 1.0)
+    mamba_in_scale: float = 1.0
+    mamba_proj_scales: tuple[float, ...] | None = None
+    # The Mamba2 output's gated RMSNorm per group: "gate_first" (y silu(z), then normed: Bamba, Granite, Nemotron-H),
+    # "norm_first" (normed, then times silu(z): Falcon-H1's mamba_norm_before_gate) or "none" (y silu(z) alone:
+    # Falcon-H1 without mamba_rms_norm); out_proj's bias apart from in_proj's (None: mamba_proj_bias; Falcon-H1's projectors_bias)
+    mamba_norm: str = "gate_first"
+    mamba_out_bias: bool | None = None
     linear_key_head_dim: int = 0
     linear_value_head_dim: int = 0
     linear_key_heads: int = 0
@@ -288,10 +306,14 @@ class ModelConfig:
         """A gated-DeltaNet layer (models/linear_attention.py)."""
         return self.layer_mixer(layer) == "linear_attention"
 
+    def layer_state_kind(self, layer: int) -> str | None:
+        """The recurrent kind whose state `layer` keeps: its mixer's, or an attention layer's parallel_mixer (Falcon-H1)."""
+        return self.layer_mixer(layer) or (self.parallel_mixer if self.layer_is_attention(layer) else None)
+
     @property
     def recurrent(self) -> bool:
         """Whether some layer keeps a recurrent state per sequence (the engine's state slots, no prefix cache)."""
-        return any(map(self.layer_is_recurrent, range(self.num_layers)))
+        return any(map(self.layer_state_kind, range(self.num_layers)))
 
     def layer_values_are_keys(self, layer: int) -> bool:
         """Whether the layer's values are its keys' projection (no v_proj: Gemma 4's attention_k_eq_v)."""

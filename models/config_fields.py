@@ -172,6 +172,11 @@ CONFIG_FIELDS = {
     "expand": _given(COUNT), "use_conv_bias": _given(FLAG), "time_step_min": _given(NON_NEGATIVE), "mlp_hidden_act": _given(NAME),
     "mamba_hidden_act": _given(NAME), "mamba_dt_min": _given(NON_NEGATIVE), "residual_in_fp32": FLAG,
     "moe_shared_expert_intermediate_size": _given(INDEX), "moe_latent_size": COUNT,
+    # Falcon-H1's Mamba2 width, its gated norm, out_proj's bias and its muP multipliers (falcon_h1.py)
+    "mamba_d_ssm": COUNT, "mamba_rms_norm": FLAG, "mamba_norm_before_gate": FLAG, "projectors_bias": FLAG,
+    "lm_head_multiplier": Field(float), "key_multiplier": Field(float), "attention_in_multiplier": Field(float),
+    "attention_out_multiplier": Field(float), "ssm_in_multiplier": Field(float), "ssm_out_multiplier": Field(float),
+    "mlp_multipliers": Field(float, many="list"), "ssm_multipliers": Field(float, many="list"),
     # fairseq's decoders: OPT's norm placement, biases, affine norms, token embedding width, final norm; XGLM's
     # own spellings (d_model: MPT's above); the embeddings times sqrt(hidden) (BioGPT, XGLM)
     "ffn_dim": COUNT, "do_layer_norm_before": FLAG, "enable_bias": FLAG, "layer_norm_elementwise_affine": FLAG,

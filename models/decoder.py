@@ -19,7 +19,7 @@ from jaxllm.models.attention import UNCACHED, Attention, LayerCache, Uncached
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.experts import make_mlp
 from jaxllm.models.layers import Dense, Embed, LayerNorm, RMSNorm, SinusoidalPositions, param
-from jaxllm.models.mixers import mixer_cls
+from jaxllm.models.mixers import MIXERS, mixer_cls
 from jaxllm.models.rope import rotary
 from jaxllm.models.transforms import Copy, Linear, Part
 from jaxllm.models.weights import WeightSpec
@@ -42,7 +42,12 @@ class DecoderLayer(nnx.Module):
         # in place of attention, under the attribute transformers names it by (models/mixers.py)
         mixer = mixer_cls(cfg, layer)
         self.self_attn = self.attn_cls(cfg, layer, dtype=dtype, rngs=rngs) if cfg.layer_is_attention(layer) else None
-        self.mixer = None if mixer is None else mixer.attr
+        # Falcon-H1: a recurrent mixer beside the attention on the same input (cfg.parallel_mixer), the two branches summed
+        # times attn_out_scale and mamba_out_scale; the layer's cache the pair (attention's, mixer's)
+        parallel = MIXERS[cfg.parallel_mixer] if cfg.parallel_mixer and self.self_attn is not None else None
+        mixer = mixer or parallel
+        self.mixer, self.parallel_mixer = None if mixer is None else mixer.attr, parallel is not None
+        self.branch_scales = (cfg.attn_out_scale, cfg.mamba_out_scale)
         if mixer is not None:
             setattr(self, mixer.attr, mixer(cfg, layer, dtype=dtype, rngs=rngs))
         # a layer of one block (cfg.feed_forward_layers: Nemotron-H, Mamba2) is x + block(input_layernorm(x)), its
@@ -54,7 +59,13 @@ class DecoderLayer(nnx.Module):
         self.parallel = cfg.parallel_residual
 
     def mix(self, h, positions, rot, cache, kv):
-        """The layer's token mixing of its normed input h: attention, or its recurrent mixer -> (output, cache)."""
+        """The layer's token mixing of its normed input h: attention, its recurrent mixer, or both -> (output, cache)."""
+        if self.parallel_mixer:
+            pages, state = (None, None) if cache is None else cache
+            attn, pages = self.self_attn(h, positions, rot, pages, kv)
+            mixed, state = getattr(self, self.mixer)(h, positions, state, kv)
+            out = attn * self.branch_scales[0] + mixed * self.branch_scales[1]
+            return out, None if cache is None else (pages, state)
         if self.mixer is not None:
             return getattr(self, self.mixer)(h, positions, cache, kv)
         return self.self_attn(h, positions, rot, cache, kv)
@@ -209,8 +220,10 @@ class CausalLM(nnx.Module):
         return logits if self.lm_head is None else logits + self.lm_head["bias"][...]
 
     def logits(self, hidden):
-        """hidden [B, T, E] -> float32 logits [B, T, V] (tanh soft-capped where the model says so)."""
+        """hidden [B, T, E] -> float32 logits [B, T, V], times logit_scale (Cohere's, Falcon-H1's lm_head_multiplier) and
+        tanh soft-capped where the model says so."""
         out = self.head(hidden).astype(jnp.float32)
+        out = out if self.cfg.logit_scale == 1.0 else out * self.cfg.logit_scale
         cap = self.cfg.final_softcap
         return out if cap is None else jnp.tanh(out / cap) * cap
 

@@ -831,6 +831,17 @@ SPELLINGS = {
     # classes name them
     "nemotron_h-latent-experts-model-prefix": ("NemotronHForCausalLM", dict(moe_latent_size=24), _edit(), _tensors(
         rename=lambda n: n.replace("backbone.", "model."), add=_score_biases("mixer.gate", [1], 4))),
+    # Falcon-H1 as tiiuae/Falcon-H1-*'s files spell it: a flat rope_theta, head_dim and a numeric mamba_d_head given,
+    # time_step_limit holding Infinity, keys its code never reads; the muP multipliers left out (1.0 each); the mixer's
+    # output gated without a norm, or gated before its norm
+    "falcon_h1-hub-keys": ("FalconH1ForCausalLM", {}, _edit(("rope_parameters",), rope_theta=1e11, head_dim=16, mamba_d_head=16,
+                                                           time_step_limit=[0.0, float("inf")], mamba_use_mlp=True,
+                                                           mamba_chunk_size=128, num_logits_to_keep=1)),
+    "falcon_h1-default-multipliers": ("FalconH1ForCausalLM", {}, _edit((
+        "embedding_multiplier", "lm_head_multiplier", "key_multiplier", "attention_in_multiplier", "attention_out_multiplier",
+        "ssm_in_multiplier", "ssm_out_multiplier", "mlp_multipliers", "ssm_multipliers"))),
+    "falcon_h1-no-mamba-norm": ("FalconH1ForCausalLM", dict(mamba_rms_norm=False), _edit()),
+    "falcon_h1-gate-before-norm": ("FalconH1ForCausalLM", dict(mamba_norm_before_gate=False), _edit()),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
