@@ -144,7 +144,8 @@ def token_logprobs(graphdef, params, tokens, *, attention_mask=None):
 
 @_one_or_batch
 def hidden_states(graphdef, params, tokens, *, attention_mask=None):
-    """(num_layers + 1) arrays [B, T, E]: the input of each layer, then the final normed output."""
+    """(num_layers + 1) arrays [B, T, E]: the input of each layer (its output where the model's transformers class
+    records that: Mamba2), then the final normed output."""
     model, tokens, keep = _merge(graphdef, params, tokens, attention_mask)
     trace = []
     _decoder(model, tokens, keep, trace)

@@ -37,6 +37,7 @@ from jaxllm.models import (
     lfm2,
     llama,
     llama4,
+    mamba2_lm,
     minicpm3,
     minimax_m2,
     moe,
@@ -65,7 +66,7 @@ FAMILIES = (
     llama, gemma, phi3, moe, olmo2, gpt_neox, gpt2, granite, phi, exaone, apertus, stablelm, starcoder2, olmoe, granitemoe,
     phimoe, cohere, glm, ernie, gpt_oss, gpt_bigcode, gptj, falcon, olmo, nemotron, helium, gpt_neo, deepseek,
     glm4_moe, dots1, hunyuan, llama4, gemma4, qwen3_next, opt, biogpt, xglm, codegen, persimmon, vaultgemma, dbrx, bloom, mpt,
-    lfm2, granitemoehybrid, bamba, nemotron_h, falcon_h1,
+    lfm2, granitemoehybrid, bamba, nemotron_h, falcon_h1, mamba2_lm,
     minimax_m2, glm4_moe_lite, cwm, nanochat, exaone3, solar_open, youtu, exaone_moe, minicpm3,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -24,10 +24,10 @@ def bamba_names(raw: dict) -> dict:
     return raw if ropes else dict(raw, partial_rotary_factor=0.5)
 
 
-def no_layer_types(raw: dict, config: str, fix: str) -> None:
-    """A ConfigError where config.json gives layer_types or layers_block_type, which `config` (transformers' class) cannot
-    set (a property without a setter: BambaConfig, FalconH1Config); `fix` says what to do instead."""
-    for key in ("layer_types", "layers_block_type"):
+def no_layer_types(raw: dict, config: str, fix: str, keys=("layer_types", "layers_block_type")) -> None:
+    """A ConfigError where config.json gives one of `keys`, which `config` (transformers' class) cannot set (a property
+    without a setter: BambaConfig, FalconH1Config; Mamba2Config's layer_types); `fix` says what to do instead."""
+    for key in keys:
         if key in raw:
             raise ConfigError(f"config.json gives '{key}', which {config} cannot set (transformers refuses it): {fix}")
 

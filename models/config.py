@@ -199,6 +199,9 @@ class ModelConfig:
     # Layers of one block each (Nemotron-H, Mamba2: x + block(norm(x))): these layers' block is their feed-forward
     # alone (no token mixing, nothing cached), the others' their token mixer alone (no MLP); None: every layer both
     feed_forward_layers: tuple[int, ...] | None = None
+    # The hidden states research.hidden_states gives: each layer's output (transformers' Mamba2 records them so), not
+    # its input, before the final normed output
+    hidden_states_after_layers: bool = False
     # Falcon-H1: every attention layer also runs a mixer of this recurrent kind beside its attention on the same normed
     # input, x + attn_out_scale * attn + mamba_out_scale * mixer; its cache (LayerCache, RecurrentState)
     parallel_mixer: str | None = None

@@ -139,8 +139,8 @@ class DecoderModel(nnx.Module):
         """tokens, positions [B, T] -> hidden [B, T, E], and per-layer caches from the KV backend
         `kv` (Uncached: the call's own keys; PagedCache with a cache). `lengths` [B]:
         the real length of each row when positions run past it (padded prefill); see `rotary`.
-        `trace`: a list that receives each layer's input and then the final (normed) output, as
-        transformers' hidden_states."""
+        `trace`: a list that receives each layer's input (its output where cfg.hidden_states_after_layers) and then
+        the final (normed) output, as transformers' hidden_states."""
         if (cache is None) != isinstance(kv, Uncached):
             raise ValueError("a cache goes with its KV backend (PagedCache), no cache with Uncached")
         x = self.embed_tokens(tokens)
@@ -153,8 +153,9 @@ class DecoderModel(nnx.Module):
         rots = self.rotaries(positions, x.dtype, lengths)
         inputs = self.layer_inputs(tokens, x)
         new_cache = []
+        after = self.cfg.hidden_states_after_layers  # the trace takes each layer's output, not its input (Mamba2)
         for i, layer in enumerate(self.layers):
-            if trace is not None:
+            if trace is not None and not after:
                 trace.append(x)
             # a layer reading another's keys and values gets that layer's new cache (and keeps none)
             source = self.cfg.kv_source(i)
@@ -165,6 +166,8 @@ class DecoderModel(nnx.Module):
                 x, c = _call_layer(graphdef, state, x, positions, rot, c, kv, *extra)
             else:
                 x, c = layer(x, positions, rot, c, kv, *extra)
+                if after:
+                    trace.append(x)
             new_cache.append(c)
         if self.norm is not None:
             x = self.norm(x)

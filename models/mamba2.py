@@ -140,6 +140,14 @@ def _number(value):
     return value
 
 
+def check_time_step_limit(limit) -> None:
+    """A ConfigError for a time_step_limit other than (0, inf) (None: left out), which is not implemented: transformers
+    clamps its prefill's time steps by it, not its decode steps' (two answers for one model)."""
+    if limit is not None and (not isinstance(limit, list) or [_number(v) for v in limit] != [0, math.inf]):
+        raise ConfigError(f"config.json time_step_limit={limit} is not implemented (transformers clamps its prefill's time "
+                          "steps by it, not its decode steps'): remove it, or set it to [0.0, Infinity]")
+
+
 def mamba_fields(raw: dict) -> dict:
     """The Mamba2 layers' ModelConfig fields from config.json's mamba_* keys (Bamba's, Granite 4.0-H's), refused where
     their config classes refuse them: mamba_d_head "auto" is mamba_expand * hidden_size / mamba_n_heads; a
@@ -155,9 +163,7 @@ def mamba_fields(raw: dict) -> dict:
     if isinstance(head, str) or inner % heads or head * heads != inner:
         raise ConfigError(f"config.json mamba_d_head={raw['mamba_d_head']!r} x mamba_n_heads={heads} is not {width} = {inner} "
                           f"(transformers refuses it): set mamba_d_head to {inner // heads or 1} or \"auto\"")
-    if limit is not None and [_number(v) for v in limit] != [0, math.inf]:
-        raise ConfigError(f"config.json time_step_limit={limit} is not implemented (transformers clamps its prefill's time "
-                          "steps by it, not its decode steps'): remove it, or set it to [0.0, Infinity]")
+    check_time_step_limit(limit)
     return dict(mamba_heads=heads, mamba_head_dim=head, mamba_state=raw["mamba_d_state"], mamba_groups=raw["mamba_n_groups"],
                 linear_conv_kernel=raw["mamba_d_conv"], conv_bias=bool(raw["mamba_conv_bias"]),
                 mamba_proj_bias=bool(raw["mamba_proj_bias"]))

@@ -90,10 +90,11 @@ def nemotron_h_defaults(raw: dict) -> dict:
 
 def nemotron_h_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     """Llama's names for the blocks (attention, MLP) under each layer's `mixer`, its norm `norm`; embeddings and the
-    final norm as NemotronHModel names them; the Mamba2 layers' tensors at model.layers.{i}.mixer."""
+    final norm as NemotronHModel (and Mamba2Model) names them, under `backbone`; the Mamba2 layers' tensors at
+    backbone.layers.{i}.mixer; the head where untied (Mamba2's may be tied)."""
     specs = [WeightSpec("backbone.embeddings.weight", ("model", "embed_tokens", "embedding")),
-             WeightSpec("backbone.norm_f.weight", ("model", "norm", "weight")),
-             WeightSpec("lm_head.weight", ("lm_head", "kernel"), Linear())]
+             WeightSpec("backbone.norm_f.weight", ("model", "norm", "weight"))]
+    specs += [] if cfg.tie_word_embeddings else [WeightSpec("lm_head.weight", ("lm_head", "kernel"), Linear())]
     layers = [s for s in _EXPERTS(cfg) if s.hf_names[0].startswith("model.layers.")]
     names = {"self_attn": "mixer", "mlp": "mixer", "input_layernorm": "norm"}
     layers = renamed([WeightSpec(tuple(n.replace("model.", "backbone.", 1) for n in s.hf_names), s.path, s.transform)

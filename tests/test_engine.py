@@ -339,3 +339,26 @@ def test_pool_leaves_room_for_recurrent_states(tmp_path, monkeypatch):
     states, page = 200 * state_bytes(model.config, model.dtype), kv_cache_bytes(model.config, 16, model.dtype)
     assert states > page  # the tiny model's states are worth pages
     assert few - many - 200 == pytest.approx(states / page, abs=1)
+
+
+@pytest.mark.parametrize("stats", [None, {"bytes_limit": 2 << 30, "bytes_in_use": 0}], ids=["host", "device"])
+def test_a_model_without_attention_sizes_its_pool_by_its_states(tmp_path, monkeypatch, stats):
+    """Mamba2 caches no keys: its pages cost nothing and only count positions, so the pool asked for by default is a
+    full batch of full-length sequences (on the host, or on a device by its memory), its states alone taking memory;
+    states that do not fit are refused in one line."""
+    from jaxllm.serving import memory
+
+    reference.build("Mamba2ForCausalLM", tmp_path)
+    model = jaxllm.load(tmp_path)
+
+    class Device:
+        def memory_stats(self):
+            return stats
+
+    monkeypatch.setattr(memory.jax, "local_devices", lambda: [Device()])
+    sizes = dict(page_size=16, fraction=0.9, num_pages=None, max_len=128, budget=64, dp=1)
+    assert memory.pool_size(model, None, batch_size=3, **sizes) == 3 * 8
+    if stats is not None:
+        stats["bytes_in_use"] = 2 << 30
+        with pytest.raises(jaxllm.GenerationError, match="no room for the recurrent states of 3 sequences"):
+            memory.pool_size(model, None, batch_size=3, **sizes)

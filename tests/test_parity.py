@@ -842,6 +842,11 @@ SPELLINGS = {
         "ssm_in_multiplier", "ssm_out_multiplier", "mlp_multipliers", "ssm_multipliers"))),
     "falcon_h1-no-mamba-norm": ("FalconH1ForCausalLM", dict(mamba_rms_norm=False), _edit()),
     "falcon_h1-gate-before-norm": ("FalconH1ForCausalLM", dict(mamba_norm_before_gate=False), _edit()),
+    # Mamba2: a tied head; keys its code never reads (residual_in_fp32: a float32 residual stream in 16-bit models
+    # alone), time_step_limit holding Infinity
+    "mamba2-tied": ("Mamba2ForCausalLM", dict(tie_word_embeddings=True), _edit()),
+    "mamba2-hub-keys": ("Mamba2ForCausalLM", {}, _edit(residual_in_fp32=True, time_step_limit=[0.0, float("inf")],
+                                                      num_attention_heads=3, intermediate_size=7, chunk_size=8)),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
@@ -932,11 +937,13 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     eps = {"gpt_neo": "layer_norm_epsilon", "nemotron": "norm_eps", "falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "codegen": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps", "persimmon": "layer_norm_eps",
            "starcoder2": "norm_epsilon", "bloom": "layer_norm_epsilon", "mpt": "layer_norm_epsilon",
            "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps", "lfm2": "norm_eps", "lfm2_moe": "norm_eps",
-           "nemotron_h": "layer_norm_epsilon"}.get(kind, "rms_norm_eps")
+           "nemotron_h": "layer_norm_epsilon", "mamba2": "layer_norm_epsilon"}.get(kind, "rms_norm_eps")
     fixed_eps = kind in ("olmo", "opt", "biogpt", "xglm", "dbrx")  # nn.LayerNorm's 1e-5, whatever the config says
     # ALiBi families: BLOOM's has no length (jaxllm's 2,048 positions are its context alone), MPT's bias table max_seq_len;
     # their MLPs hard-wire the activation (BloomGelu's tanh form, MptMLP's exact GELU; LFM2's silu)
-    positions = {"bloom": 2048, "mpt": getattr(hf, "max_seq_len", None)}.get(kind) or getattr(hf, "max_position_embeddings", None)
+    # Mamba2's has no positions at all (jaxllm's 2 ** 20 its context alone)
+    positions = {"bloom": 2048, "mpt": getattr(hf, "max_seq_len", None), "mamba2": 2**20}.get(kind) or \
+        getattr(hf, "max_position_embeddings", None)
     hard_act = {"bloom": "gelu_pytorch_tanh", "mpt": "gelu", "lfm2": "silu", "lfm2_moe": "silu"}
     act_of = hard_act.get(kind) or (hf.ffn_config.ffn_act_fn["name"] if kind == "dbrx" else getattr(hf, act))
     out = dict(max_position_embeddings=positions, norm_eps=1e-5 if fixed_eps else getattr(hf, eps),
@@ -945,7 +952,7 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
         out["hidden_act"] = "gelu_pytorch_tanh"
     if kind in ("gptj", "codegen"):
         out["rope_theta"] = 10000.0  # GPT-J's and CodeGen's fixed base
-    elif kind not in ("gpt2", "gpt_bigcode", "gpt_neo", "opt", "biogpt", "xglm", "bloom", "mpt", "nemotron_h"):
+    elif kind not in ("gpt2", "gpt_bigcode", "gpt_neo", "opt", "biogpt", "xglm", "bloom", "mpt", "nemotron_h", "mamba2"):
         rope = hf.rope_parameters
         out["rope_theta"] = rope.get("full_attention", rope)["rope_theta"]
     return out
