@@ -22,9 +22,9 @@ import signal
 import sys
 
 from jaxllm import progress
+from jaxllm.chat_template import encode_messages, has_chat_template
 from jaxllm.engine import Engine
 from jaxllm.errors import BOM, ArgumentParser, GenerationError, InputError, JaxllmError, run_cli
-from jaxllm.generation import encode_messages, has_chat_template
 
 CONTEXT = 8192  # tokens a conversation may reach (fewer if the model has fewer positions): the engine's max_len
 COMMANDS = "/reset (forget the conversation), /system TEXT (set the system message and reset), /exit or /quit, /help"

@@ -195,6 +195,10 @@ class Engine:
             raise GenerationError("a Request's params must be resolved SamplingParams: pass "
                                   "jaxllm.SamplingParams(...).resolved(model.generation_config)")
         params.validate()
+        beyond = [t for t, _ in params.logit_bias if t >= self.cfg.vocab_size]
+        if beyond:
+            raise GenerationError(f"logit_bias={dict(params.logit_bias)} is invalid: token {beyond[0]} is beyond the model's "
+                                  f"{self.cfg.vocab_size:,} tokens: use ids below {self.cfg.vocab_size:,}")
         ids = check_token_ids(req.prompt, self.cfg.vocab_size, "prompt", dims=(1,), allow_empty=False).tolist()
         n = len(ids)
         total = n + req.params.max_new_tokens
@@ -412,7 +416,7 @@ class Engine:
                                                [len(r.prompt) + r.params.max_new_tokens for r in requests])
         # A call samples when any of its rows does: requests that mix greedy and sampled rows meet
         # calls of either kind (a greedy prompt prefilled alone, decode once the sampled ones end).
-        for sampling in sorted({r.params.temperature > 0 for r in requests}):
+        for sampling in sorted({r.params.processed for r in requests}):
             todo = [shape for shape in prefill if ("prefill", shape, sampling) not in self._compiled]
             todo_decode = [k for k in decode if ("decode", k, sampling) not in self._compiled]
             if todo or todo_decode:
@@ -470,7 +474,7 @@ class Engine:
             if self.rope_switch is not None and seq.num_tokens - 1 < self.rope_switch:
                 limit[slot] = min(limit[slot], self.rope_switch)
         reach = max(seq.num_tokens for seq in batch) + self.chunk
-        sampling = any(seq.params.temperature > 0 for seq in batch)
+        sampling = any(seq.params.processed for seq in batch)
         steps = self.admit_steps if self.scheduler.can_admit() else self.chunk
         cascade = None if self.cascade is False else cascade_plan.plan(
             self.runner, {self.slot_of[seq]: (seq.pages, seq.num_tokens - 1) for seq in batch}, self.chunk,

@@ -107,7 +107,7 @@ def check_token_ids(value, vocab_size: int, what: str = "token_ids", dims: tuple
                              "(check the tokenizer)")
         if isinstance(value, dict) or (isinstance(value, (list, tuple)) and any(isinstance(v, dict) for v in value)):
             raise InputError(f"{what} holds a dict (a chat message?): prompts are text or token ids; pass the "
-                             "message's text (and system=...), or ids from jaxllm.generation.encode_messages")
+                             "message's text (and system=...), or ids from jaxllm.chat_template.encode_messages")
         got = ("rows of different lengths or values that are not whole numbers" if isinstance(value, (list, tuple, np.ndarray))
                else f"{type(value).__name__}")
         raise InputError(f"{what} must be whole-number token ids in a list, or a list of equally long lists; got {got}")

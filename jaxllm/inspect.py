@@ -69,8 +69,9 @@ def summary(cfg) -> str:
     if cfg.position_embedding == "rope":
         rope = cfg.rope
         parts.append(f"rope {rope.type} theta {rope.theta:g}" + (f" factor {rope.factor:g}" if rope.factor != 1 else ""))
-    elif cfg.position_embedding != "none":
-        parts.append("ALiBi position biases" if cfg.position_embedding == "alibi" else f"{cfg.position_embedding} positions")  # learned (GPT-2, OPT) or sinusoidal (XGLM)
+    else:
+        kind = cfg.position_embedding  # learned (GPT-2, OPT) or sinusoidal (XGLM) positions, or none (Mamba)
+        parts.append({"alibi": "ALiBi position biases", "none": "no positions"}.get(kind, f"{kind} positions"))
     windows = {cfg.layer_window(i) for i in range(cfg.num_layers)} - {None}
     sliding = sorted(w for w in windows if isinstance(w, int))
     if sliding:

@@ -15,7 +15,7 @@ import time
 import jax
 from tqdm.auto import tqdm
 
-from jaxllm import generation, runtime
+from jaxllm import chat_template, runtime
 from jaxllm.errors import JaxllmError
 from jaxllm.loader import QUANTIZE, LoadedModel, load
 from jaxllm.models.attention import KV_DTYPES
@@ -101,6 +101,13 @@ def model_flags() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, help="when sampling: keep the k likeliest tokens (0 disables)")
     p.add_argument("--min-p", type=float, help="when sampling: drop tokens below this fraction of the top one's probability (0 disables)")
     p.add_argument("--repetition-penalty", type=float, help="above 1 discourages tokens already seen (1 disables)")
+    p.add_argument("--presence-penalty", type=float, default=0.0,
+                   help="OpenAI's presence penalty, in [-2, 2]: subtracted once from the logit of each token already generated (0 disables)")
+    p.add_argument("--frequency-penalty", type=float, default=0.0,
+                   help="OpenAI's frequency penalty, in [-2, 2]: subtracted from a token's logit per time it was generated (0 disables)")
+    p.add_argument("--logit-bias", type=logit_bias, metavar="JSON", default={},
+                   help='OpenAI\'s logit bias, a JSON object of token ids to numbers in [-100, 100] added to their logits: '
+                        '\'{"50256": -100}\' bans token 50256')
     p.add_argument("--seed", type=int, help="sampling seed, for a reproducible answer (default: a random one)")
     p.add_argument("--stop", action="append", default=[], type=unescape,
                    help="stop string (repeatable; \\n, \\t, \\r and \\\\ as in C, so --stop '\\n' ends at a line break); never printed")
@@ -118,7 +125,8 @@ def model_flags() -> argparse.ArgumentParser:
 # The library's names of what the command lines' flags set (SamplingParams' fields, jaxllm.load's
 # arguments), which its messages use: a command line's error names the flag the user typed.
 FLAGS = {"max_new_tokens": "--max-new-tokens", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p",
-         "min_p": "--min-p", "repetition_penalty": "--repetition-penalty", "seed": "--seed", "stop": "--stop",
+         "min_p": "--min-p", "repetition_penalty": "--repetition-penalty", "seed": "--seed",
+         "presence_penalty": "--presence-penalty", "frequency_penalty": "--frequency-penalty", "logit_bias": "--logit-bias", "stop": "--stop",
          "revision": "--revision", "quantize": "--quantize", "group_size": "--group-size", "kv_dtype": "--kv-dtype",
          "dtype": "--dtype", "mesh": "--mesh", "quantize_embeddings": "--quantize-embeddings",
          "chat_template_kwargs": "--chat-template-kwargs"}
@@ -179,15 +187,27 @@ def unescape(text: str) -> str:
 
 def template_kwargs(text: str) -> dict:
     """A --chat-template-kwargs value: a JSON object of the chat template's variables, checked as the
-    flag is read (generation.check_template_kwargs)."""
+    flag is read (chat_template.check_template_kwargs)."""
     try:
         value = json.loads(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"is not JSON ({err}): give an object, e.g. '{{\"enable_thinking\": false}}'") from None
     try:
-        return generation.check_template_kwargs(value)
+        return chat_template.check_template_kwargs(value)
     except JaxllmError as err:
         raise argparse.ArgumentTypeError(in_flag_terms(str(err))) from None
+
+
+def logit_bias(text: str) -> dict:
+    """A --logit-bias value: a JSON object of token ids to biases (checked with the other sampling
+    values, sampling_params)."""
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"is not JSON ({err}): give an object, e.g. '{{\"50256\": -100}}'") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object of token ids to biases, e.g. '{{\"50256\": -100}}', got {text[:80]}")
+    return value
 
 
 def sampling_params(args) -> SamplingParams:
@@ -195,6 +215,7 @@ def sampling_params(args) -> SamplingParams:
     params = SamplingParams(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed, stop=tuple(args.stop),
+        presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty, logit_bias=args.logit_bias,
     )
     params.resolved()
     return params

@@ -2,7 +2,9 @@
 
 Every setting is a per-row array inside jit, so one compiled step serves any mix of greedy and
 sampled requests. The processing order is transformers': repetition penalty, temperature, top-k,
-top-p, min-p. Randomness is per request: row b draws with fold_in(PRNGKey(seed_b), n_b), where
+top-p, min-p. OpenAI's logit bias and presence and frequency penalties, which transformers lacks,
+come as vLLM applies them: the bias first, the penalties right after the repetition penalty
+(counting generated tokens only). Randomness is per request: row b draws with fold_in(PRNGKey(seed_b), n_b), where
 n_b counts that row's generated tokens, so a seed reproduces its output whatever the batch. With
 no seed each sequence draws a fresh random one (`with_seed`, when the engine takes it), as
 transformers and vLLM sample afresh unless seeded.
@@ -31,7 +33,10 @@ class SamplingParams:
     """What to generate. None means: the checkpoint's generation_config.json, else the default.
 
     temperature 0 is greedy. top_k 0, top_p 1.0, min_p 0.0 and repetition_penalty 1.0 disable
-    those filters. `stop` strings end a sequence and never appear in its text. `seed` None: each
+    those filters. presence_penalty and frequency_penalty (OpenAI's, in [-2, 2]; 0 disables) subtract
+    from a token's logit once if it was generated before, and once per time it was. logit_bias
+    (OpenAI's) maps token ids to a number in [-100, 100] added to their logits (at most
+    LOGIT_BIAS_MAX of them; -100 in effect bans a token, 100 forces it). `stop` strings end a sequence and never appear in its text. `seed` None: each
     sequence samples with a fresh random seed; a number reproduces the output.
     """
 
@@ -41,6 +46,9 @@ class SamplingParams:
     top_p: float | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
+    presence_penalty: float | None = 0.0  # None: 0
+    frequency_penalty: float | None = 0.0
+    logit_bias: Mapping[int, float] | tuple = ()  # resolved: ((token id, bias), ...) sorted
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
@@ -79,9 +87,10 @@ class SamplingParams:
             repetition_penalty=float(gen.get("repetition_penalty") or 1.0),
         )
         values = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in defaults.items()}
-        values["seed"] = self.seed
+        values.update(seed=self.seed, **{k: 0.0 if getattr(self, k) is None else getattr(self, k)
+                                         for k in ("presence_penalty", "frequency_penalty")})
         values = {k: _plain(v) for k, v in values.items()}
-        out = dataclasses.replace(self, stop=_stop_strings(self.stop), **values)
+        out = dataclasses.replace(self, stop=_stop_strings(self.stop), logit_bias=_bias_pairs(self.logit_bias), **values)
         try:
             out.validate()
         except GenerationError as err:  # a value the request did not set: say where it came from
@@ -93,6 +102,13 @@ class SamplingParams:
         _warn_unapplied(gen, sampled=out.temperature > 0, length_unset=self.max_new_tokens is None)
         return out
 
+    @property
+    def processed(self) -> bool:
+        """Whether choosing a token takes more than the (repetition-penalized) argmax: a draw at a
+        temperature above 0, or presence / frequency penalties, which the token counts of the
+        sequence's output serve. A step's rows all greedy and unpenalized compile without either."""
+        return self.temperature > 0 or self.presence_penalty != 0 or self.frequency_penalty != 0 or bool(self.logit_bias)
+
     def with_seed(self) -> "SamplingParams":
         """These params, a fresh random seed in place of None (the engine calls it per sequence)."""
         return self if self.seed is not None else dataclasses.replace(self, seed=secrets.randbits(32))
@@ -101,30 +117,37 @@ class SamplingParams:
         def bad(name, value, rule):
             raise GenerationError(f"{name}={value!r} is invalid: {rule}")
 
-        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):  # finite, yet inf as float32
+        for name in _RANGES:  # finite, yet inf as float32
             value = getattr(self, name)
             if isinstance(value, (int, float)) and math.isfinite(value) and abs(value) > _FLOAT32_MAX:
                 bad(name, value, "beyond float32, which the device samples in (at most 3.4e38): use a smaller number")
         if not _whole(self.max_new_tokens) or not 1 <= self.max_new_tokens <= MAX_TOKENS:
             bad("max_new_tokens", self.max_new_tokens, f"use a whole number from 1 to {MAX_TOKENS}")
-        if not _finite(self.temperature) or self.temperature < 0:
-            bad("temperature", self.temperature, "use 0 for greedy or a positive number")
+        for name, (ok, rule) in _RANGES.items():  # finite numbers within each setting's range
+            if not _finite(getattr(self, name)) or not ok(getattr(self, name)):
+                bad(name, getattr(self, name), rule)
         if not _whole(self.top_k) or not 0 <= self.top_k <= MAX_TOKENS:  # int32 on the device
             bad("top_k", self.top_k, f"use 0 to disable or a whole number from 1 to {MAX_TOKENS} "
                                      "(one above the vocabulary's size keeps every token)")
-        if not _finite(self.top_p) or not 0 <= self.top_p <= 1:
-            bad("top_p", self.top_p, "use a number in [0, 1]; 1 disables it, 0 keeps only the most likely token")
-        if not _finite(self.min_p) or not 0 <= self.min_p <= 1:
-            bad("min_p", self.min_p, "use a number in [0, 1]; 0 disables it")
-        if not _finite(self.repetition_penalty) or self.repetition_penalty <= 0:
-            bad("repetition_penalty", self.repetition_penalty, "use a positive number; 1 disables it")
         if self.seed is not None and (not _whole(self.seed) or not 0 <= self.seed < 2**32):
             bad("seed", self.seed, "use a whole number in [0, 2**32), or None for a random one")
+        _check_bias(self.logit_bias, bad)
         if not isinstance(self.stop, tuple) or any(not isinstance(s, str) or not s for s in self.stop):
             bad("stop", list(self.stop) if isinstance(self.stop, tuple) else self.stop, "use a non-empty string or a list of them")
         for name in ("ignore_eos", "logprobs"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 bad(name, getattr(self, name), "use True or False")
+
+
+# Each float setting's range, and how a value outside it is refused
+_RANGES = {
+    "temperature": (lambda v: v >= 0, "use 0 for greedy or a positive number"),
+    "top_p": (lambda v: 0 <= v <= 1, "use a number in [0, 1]; 1 disables it, 0 keeps only the most likely token"),
+    "min_p": (lambda v: 0 <= v <= 1, "use a number in [0, 1]; 0 disables it"),
+    "repetition_penalty": (lambda v: v > 0, "use a positive number; 1 disables it"),
+    "presence_penalty": (lambda v: -2 <= v <= 2, "use a number in [-2, 2] (OpenAI's range); 0 disables it"),
+    "frequency_penalty": (lambda v: -2 <= v <= 2, "use a number in [-2, 2] (OpenAI's range); 0 disables it"),
+}
 
 
 # generation_config.json settings of transformers' generate that jaxllm does not apply, with the
@@ -186,6 +209,41 @@ def _plain(x):
     return x
 
 
+LOGIT_BIAS_MAX = 300  # biased tokens a request may name (OpenAI's own limit): the steps hold that many per row
+
+
+def _bias_pairs(bias):
+    """`logit_bias` as sorted ((token id, bias), ...): a mapping's items (JSON's string keys "50256"
+    read as ids) or pairs as they are; anything else is kept for validate to refuse."""
+    if bias is None:
+        return ()
+    if isinstance(bias, Mapping):
+        items = []
+        for k, v in bias.items():
+            if isinstance(k, str) and k.strip().lstrip("-").isdigit():
+                k = int(k)
+            items.append((_plain(k), _plain(v)))
+        bias = items
+    if isinstance(bias, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in bias):
+        pairs = tuple((k, v) for k, v in bias)
+        return tuple(sorted(pairs, key=lambda p: p[0])) if all(_whole(k) for k, _ in pairs) else pairs
+    return bias
+
+
+def _check_bias(bias, bad) -> None:
+    if not isinstance(bias, tuple) or not all(isinstance(p, tuple) and len(p) == 2 for p in bias):
+        bad("logit_bias", bias, "use a mapping of token ids to numbers in [-100, 100], e.g. {50256: -100}")
+    for token, value in bias:
+        if not _whole(token) or token < 0:
+            bad("logit_bias", dict(bias), f"token id {token!r} is not a token id: use whole numbers >= 0")
+        if not _finite(value) or not -100 <= value <= 100:
+            bad("logit_bias", dict(bias), f"the bias of token {token} is {value!r}: use a number in [-100, 100]")
+    if len(bias) > LOGIT_BIAS_MAX:
+        bad("logit_bias", f"<{len(bias)} tokens>", f"name at most {LOGIT_BIAS_MAX} tokens")
+    if len({t for t, _ in bias}) < len(bias):
+        bad("logit_bias", dict(bias), "a token id is named twice: give each one bias")
+
+
 def _stop_strings(stop):
     """`stop` as a tuple: a string is one stop string, None none; a list or tuple as it is (its
     items checked by validate); anything else is kept for validate to refuse."""
@@ -206,6 +264,10 @@ class RowParams(NamedTuple):
     top_p: jax.Array
     min_p: jax.Array
     repetition_penalty: jax.Array
+    presence_penalty: jax.Array
+    frequency_penalty: jax.Array
+    bias_ids: jax.Array  # [B, LOGIT_BIAS_MAX] the logit bias's token ids, -1 padding
+    bias: jax.Array  # [B, LOGIT_BIAS_MAX] their biases
     seed: jax.Array
 
     @staticmethod
@@ -214,22 +276,38 @@ class RowParams(NamedTuple):
         return RowParams(
             col("temperature", np.float32), col("top_k", np.int32), col("top_p", np.float32),
             col("min_p", np.float32), col("repetition_penalty", np.float32),
+            col("presence_penalty", np.float32), col("frequency_penalty", np.float32),
+            *_bias_columns(params),
             np.asarray([p.seed or 0 for p in params], np.uint32),  # None: a padding row (a sequence's is set by with_seed)
         )
 
 
-def sample(logits, seen, rp: RowParams, step, sampling: bool = True):
+def _bias_columns(params: list[SamplingParams]) -> tuple[np.ndarray, np.ndarray]:
+    ids, values = np.full((len(params), LOGIT_BIAS_MAX), -1, np.int32), np.zeros((len(params), LOGIT_BIAS_MAX), np.float32)
+    for row, p in enumerate(params):
+        for i, (token, value) in enumerate(p.logit_bias):
+            ids[row, i], values[row, i] = token, value
+    return ids, values
+
+
+def sample(logits, seen, rp: RowParams, step, sampling: bool = True, counts=None):
     """Choose one token per row.
 
     logits [B, V] float32; seen [B, V] bool (tokens already in the sequence, for the repetition
-    penalty); step [B] int (tokens generated so far, for the random stream).
+    penalty); step [B] int (tokens generated so far, for the random stream); counts [B, V] int
+    (times each token was generated, for the presence and frequency penalties; None: none).
     Returns (tokens [B] int32, logprobs [B] float32: the model's log-probability of the chosen
-    token before any processing). `sampling=False` (static) promises every row is greedy, and
-    skips the vocabulary sort that the filters need.
+    token before any processing). `sampling=False` (static) promises every row is greedy and
+    unpenalized (SamplingParams.processed), and skips the vocabulary sort that the filters need.
     """
     logprobs = jax.nn.log_softmax(logits, axis=-1)
+    if sampling:  # OpenAI's logit bias, before the penalties (vLLM's order); padding ids (-1) are dropped
+        rows = jnp.arange(logits.shape[0])[:, None]
+        logits = logits.at[rows, jnp.where(rp.bias_ids < 0, logits.shape[1], rp.bias_ids)].add(rp.bias, mode="drop")
     pen = rp.repetition_penalty[:, None]
     logits = jnp.where(seen, jnp.where(logits < 0, logits * pen, logits / pen), logits)
+    if sampling and counts is not None:
+        logits = logits - rp.frequency_penalty[:, None] * counts - rp.presence_penalty[:, None] * (counts > 0)
     greedy = jnp.argmax(logits, axis=-1)
 
 

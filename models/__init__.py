@@ -34,9 +34,11 @@ from jaxllm.models import (
     granitemoehybrid,
     helium,
     hunyuan,
+    jamba,
     lfm2,
     llama,
     llama4,
+    mamba,
     mamba2_lm,
     minicpm3,
     minimax_m2,
@@ -67,6 +69,6 @@ FAMILIES = (
     phimoe, cohere, glm, ernie, gpt_oss, gpt_bigcode, gptj, falcon, olmo, nemotron, helium, gpt_neo, deepseek,
     glm4_moe, dots1, hunyuan, llama4, gemma4, qwen3_next, opt, biogpt, xglm, codegen, persimmon, vaultgemma, dbrx, bloom, mpt,
     lfm2, granitemoehybrid, bamba, nemotron_h, falcon_h1, mamba2_lm,
-    minimax_m2, glm4_moe_lite, cwm, nanochat, exaone3, solar_open, youtu, exaone_moe, minicpm3,
+    minimax_m2, glm4_moe_lite, cwm, nanochat, exaone3, solar_open, youtu, exaone_moe, minicpm3, mamba, jamba,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

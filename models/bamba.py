@@ -24,16 +24,11 @@ def bamba_names(raw: dict) -> dict:
     return raw if ropes else dict(raw, partial_rotary_factor=0.5)
 
 
-def no_layer_types(raw: dict, config: str, fix: str, keys=("layer_types", "layers_block_type")) -> None:
-    """A ConfigError where config.json gives one of `keys`, which `config` (transformers' class) cannot set (a property
-    without a setter: BambaConfig, FalconH1Config; Mamba2Config's layer_types); `fix` says what to do instead."""
-    for key in keys:
-        if key in raw:
-            raise ConfigError(f"config.json gives '{key}', which {config} cannot set (transformers refuses it): {fix}")
-
-
 def bamba_defaults(raw: dict) -> dict:
-    no_layer_types(raw, "BambaConfig", "name the attention layers in attn_layer_indices instead")
+    for key in ("layer_types", "layers_block_type"):
+        if key in raw:
+            raise ConfigError(f"config.json gives '{key}', which BambaConfig cannot set (transformers refuses it): name the "
+                              "attention layers in attn_layer_indices instead")
     attn = set(raw.get("attn_layer_indices") or ())
     types = tuple("full_attention" if i in attn else "mamba" for i in range(raw["num_hidden_layers"]))
     return dict(mamba_fields(raw), layer_types=types, recurrent_kinds=("mamba",), qkv_bias=bool(raw["attention_bias"]),

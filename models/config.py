@@ -75,7 +75,7 @@ class ModelConfig:
     parallel_mlp_norm: bool = False  # a parallel layer's MLP reads a norm of its own (GPT-NeoX, Falcon's ln_mlp)
     # "rope", "learned" (a table of absolute positions: GPT-2, OPT, BioGPT), "sinusoidal" (fixed sin | cos
     # rows: XGLM, the row of pad_token_id zeroed, as its padding_idx), "alibi" (score biases: `alibi`) or "none"
-    # (no positions at all: Nemotron-H's attention, Mamba2);
+    # (no positions at all: Mamba, Jamba, Mamba2, whose recurrent layers give the order; Nemotron-H's attention);
     # position p reads row p + position_offset
     # (OPT's, BioGPT's and XGLM's 2), the learned table max_position_embeddings + position_offset rows long
     position_embedding: str = "rope"
@@ -199,9 +199,6 @@ class ModelConfig:
     # Layers of one block each (Nemotron-H, Mamba2: x + block(norm(x))): these layers' block is their feed-forward
     # alone (no token mixing, nothing cached), the others' their token mixer alone (no MLP); None: every layer both
     feed_forward_layers: tuple[int, ...] | None = None
-    # The hidden states research.hidden_states gives: each layer's output (transformers' Mamba2 records them so), not
-    # its input, before the final normed output
-    hidden_states_after_layers: bool = False
     # Falcon-H1: every attention layer also runs a mixer of this recurrent kind beside its attention on the same normed
     # input, x + attn_out_scale * attn + mamba_out_scale * mixer; its cache (LayerCache, RecurrentState)
     parallel_mixer: str | None = None
@@ -220,6 +217,16 @@ class ModelConfig:
     # Falcon-H1 without mamba_rms_norm); out_proj's bias apart from in_proj's (None: mamba_proj_bias; Falcon-H1's projectors_bias)
     mamba_norm: str = "gate_first"
     mamba_out_bias: bool | None = None
+    # Mamba (v1: Mamba, FalconMamba, Jamba): "mamba1" layers (models/mamba1.py) of mamba_inner channels, each a state of
+    # mamba_state; the time step's rank mamba_dt_rank; the time step, B and C RMS-normed (mamba_bcdt_norm "weightless":
+    # FalconMamba's, "weighted": Jamba's, epsilon mamba_norm_eps) or not ("none")
+    # Mamba's residual_in_fp32: the residual stream kept in float32 under a lower-precision model, each layer's norm
+    # reading it cast back, the head reading the final norm's output cast back
+    residual_float32: bool = False
+    mamba_inner: int = 0
+    mamba_dt_rank: int = 0
+    mamba_bcdt_norm: str = "none"
+    mamba_norm_eps: float = 1e-6
     linear_key_head_dim: int = 0
     linear_value_head_dim: int = 0
     linear_key_heads: int = 0

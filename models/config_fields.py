@@ -17,9 +17,9 @@ ROUTERS = ("softmax_topk", "topk_softmax", "sparsemixer", "sigmoid_topk", "topk_
 GROUP_SCORES = ("max", "top2")
 # Recurrent layer types (models/mixers.py): "linear_attention", a gated-DeltaNet layer
 # (models/linear_attention.py); "conv", LFM2's gated short conv (models/short_conv.py); "mamba", a Mamba2
-# layer (models/mamba2.py); each only in the families whose ModelConfig.recurrent_kinds names it, refused
+# layer (models/mamba2.py); "mamba1", a Mamba (v1) layer (models/mamba1.py); each only in the families whose ModelConfig.recurrent_kinds names it, refused
 # elsewhere (config._validated)
-RECURRENT_TYPES = ("linear_attention", "conv", "mamba")
+RECURRENT_TYPES = ("linear_attention", "conv", "mamba", "mamba1")
 LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention") + RECURRENT_TYPES
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope", "proportional")
 
@@ -166,17 +166,22 @@ CONFIG_FIELDS = {
     "position_embedding_type": NAME, "attn_layer_indices": Field(int, 0, MAX_SIZE, many="list"),  # Bamba's attention layers
     "layers_block_type": Field(str, many="list"),
     # Nemotron-H's blocks (hybrid_override_pattern: a string of M, *, - and E; nemotron_h.py) and Mamba2 keys, shared with
-    # Mamba2's own (num_heads, head_dim, state_size: mamba2.py); its MLP's and its mixers' activations
+    # Mamba2's own (num_heads, head_dim; state_size, conv_kernel, expand as Mamba's below); its MLP's and mixers' activations
     "hybrid_override_pattern": Field(str, null=False), "mamba_num_heads": _given(COUNT), "mamba_head_dim": _given(COUNT),
-    "ssm_state_size": _given(COUNT), "state_size": _given(COUNT), "n_groups": _given(COUNT), "conv_kernel": _given(COUNT),
-    "expand": _given(COUNT), "use_conv_bias": _given(FLAG), "time_step_min": _given(NON_NEGATIVE), "mlp_hidden_act": _given(NAME),
-    "mamba_hidden_act": _given(NAME), "mamba_dt_min": _given(NON_NEGATIVE), "residual_in_fp32": FLAG,
+    "ssm_state_size": _given(COUNT), "n_groups": _given(COUNT), "time_step_min": _given(NON_NEGATIVE),
+    "mlp_hidden_act": _given(NAME), "mamba_hidden_act": _given(NAME), "mamba_dt_min": _given(NON_NEGATIVE),
     "moe_shared_expert_intermediate_size": _given(INDEX), "moe_latent_size": COUNT,
     # Falcon-H1's Mamba2 width, its gated norm, out_proj's bias and its muP multipliers (falcon_h1.py)
     "mamba_d_ssm": COUNT, "mamba_rms_norm": FLAG, "mamba_norm_before_gate": FLAG, "projectors_bias": FLAG,
     "lm_head_multiplier": Field(float), "key_multiplier": Field(float), "attention_in_multiplier": Field(float),
     "attention_out_multiplier": Field(float), "ssm_in_multiplier": Field(float), "ssm_out_multiplier": Field(float),
     "mlp_multipliers": Field(float, many="list"), "ssm_multipliers": Field(float, many="list"),
+    # Mamba's and FalconMamba's own keys (time_step_rank: a number or "auto"), Jamba's layer pattern and Mamba keys
+    "state_size": _given(COUNT), "expand": _given(POSITIVE), "conv_kernel": _given(COUNT), "use_conv_bias": _given(FLAG),
+    "time_step_rank": Field(int, 1, MAX_SIZE, null=False, or_text=True), "residual_in_fp32": _given(FLAG),
+    "mixer_rms_eps": _given(NON_NEGATIVE), "attn_layer_period": _given(COUNT), "attn_layer_offset": _given(INDEX),
+    "expert_layer_period": _given(COUNT), "expert_layer_offset": _given(INDEX),
+    "mamba_dt_rank": Field(int, 1, MAX_SIZE, null=False, or_text=True),
     # fairseq's decoders: OPT's norm placement, biases, affine norms, token embedding width, final norm; XGLM's
     # own spellings (d_model: MPT's above); the embeddings times sqrt(hidden) (BioGPT, XGLM)
     "ffn_dim": COUNT, "do_layer_norm_before": FLAG, "enable_bias": FLAG, "layer_norm_elementwise_affine": FLAG,

@@ -119,6 +119,10 @@ def position_embeddings(cfg: ModelConfig, dtype, rngs):
 
 
 class DecoderModel(nnx.Module):
+    # what `trace` records of the layers: each one's input (transformers' hidden states for most families), or each
+    # one's output (Mamba's: its first hidden state is the first layer's output, not the embeddings)
+    trace_outputs = False
+
     def __init__(self, cfg: ModelConfig, layer_cls=DecoderLayer, *, dtype, rngs: nnx.Rngs, final_norm=None):
         self.cfg = cfg
         e, width = cfg.hidden_size, cfg.embed_dim or cfg.hidden_size
@@ -139,8 +143,8 @@ class DecoderModel(nnx.Module):
         """tokens, positions [B, T] -> hidden [B, T, E], and per-layer caches from the KV backend
         `kv` (Uncached: the call's own keys; PagedCache with a cache). `lengths` [B]:
         the real length of each row when positions run past it (padded prefill); see `rotary`.
-        `trace`: a list that receives each layer's input (its output where cfg.hidden_states_after_layers) and then
-        the final (normed) output, as transformers' hidden_states."""
+        `trace`: a list that receives each layer's input (its output where trace_outputs) and then the final
+        (normed) output, as transformers' hidden_states."""
         if (cache is None) != isinstance(kv, Uncached):
             raise ValueError("a cache goes with its KV backend (PagedCache), no cache with Uncached")
         x = self.embed_tokens(tokens)
@@ -153,9 +157,8 @@ class DecoderModel(nnx.Module):
         rots = self.rotaries(positions, x.dtype, lengths)
         inputs = self.layer_inputs(tokens, x)
         new_cache = []
-        after = self.cfg.hidden_states_after_layers  # the trace takes each layer's output, not its input (Mamba2)
         for i, layer in enumerate(self.layers):
-            if trace is not None and not after:
+            if trace is not None and not self.trace_outputs:
                 trace.append(x)
             # a layer reading another's keys and values gets that layer's new cache (and keeps none)
             source = self.cfg.kv_source(i)
@@ -166,9 +169,9 @@ class DecoderModel(nnx.Module):
                 x, c = _call_layer(graphdef, state, x, positions, rot, c, kv, *extra)
             else:
                 x, c = layer(x, positions, rot, c, kv, *extra)
-                if after:
-                    trace.append(x)
             new_cache.append(c)
+            if trace is not None and self.trace_outputs:
+                trace.append(x)
         if self.norm is not None:
             x = self.norm(x)
         if self.project_out is not None:

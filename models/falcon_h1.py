@@ -13,8 +13,9 @@ mamba_norm_before_gate, not at all (y silu(z) alone) without mamba_rms_norm; out
 
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import RMS_NOT_NULL, Architecture
-from jaxllm.models.bamba import bamba_weight_map, no_layer_types
+from jaxllm.models.bamba import bamba_weight_map
 from jaxllm.models.decoder import CausalLM
+from jaxllm.models.mamba import refuse_layer_types
 from jaxllm.models.mamba2 import mamba_fields
 
 _ONE = ("embedding_multiplier", "lm_head_multiplier", "key_multiplier", "attention_in_multiplier", "attention_out_multiplier",
@@ -32,7 +33,8 @@ def _multipliers(raw: dict, key: str, count: int) -> tuple[float, ...]:
 
 
 def falcon_h1_defaults(raw: dict) -> dict:
-    no_layer_types(raw, "FalconH1Config", "remove it (every Falcon-H1 layer is attention beside a Mamba2 mixer)")
+    refuse_layer_types(raw, "remove it (every Falcon-H1 layer is attention beside a Mamba2 mixer)",
+                       keys=("layer_types", "layers_block_type"))
     one = {key: 1.0 if raw.get(key) is None else float(raw[key]) for key in _ONE}
     norm = "none" if not raw["mamba_rms_norm"] else "norm_first" if raw["mamba_norm_before_gate"] else "gate_first"
     return dict(mamba_fields(raw), layer_types=("full_attention",) * raw["num_hidden_layers"], parallel_mixer="mamba",

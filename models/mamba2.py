@@ -169,11 +169,12 @@ def mamba_fields(raw: dict) -> dict:
                 mamba_proj_bias=bool(raw["mamba_proj_bias"]))
 
 
-def mamba_specs(cfg: ModelConfig, module: str = "model.layers.{i}.mamba") -> list[WeightSpec]:
-    """Each Mamba2 layer's tensors, at `module` as transformers names them (Nemotron-H's model.layers.{i}.mixer)."""
+def mamba_specs(cfg: ModelConfig, module: str = "model.layers.{i}.mamba", attr: str = "mamba") -> list[WeightSpec]:
+    """Each Mamba2 layer's tensors, at `module` as transformers names them (Nemotron-H's backbone.layers.{i}.mixer), into
+    the layer's `attr` (the shared layer's mamba, MambaBlock's mixer)."""
     specs = []
     for i in (i for i in range(cfg.num_layers) if cfg.layer_state_kind(i) == "mamba"):
-        hf, ours = module.format(i=i) + ".", ("model", "layers", i, "mamba")
+        hf, ours = module.format(i=i) + ".", ("model", "layers", i, attr)
         out_bias = cfg.mamba_proj_bias if cfg.mamba_out_bias is None else cfg.mamba_out_bias
         for proj, bias in (("in_proj", cfg.mamba_proj_bias), ("out_proj", out_bias)):
             specs.append(WeightSpec(f"{hf}{proj}.weight", ours + (proj, "kernel"), Linear()))

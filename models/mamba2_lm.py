@@ -1,25 +1,18 @@
-"""Mamba2 (transformers' Mamba2ForCausalLM: mistralai/Mamba-Codestral-7B-v0.1, state-spaces' Mamba2 converted): a stack
-of Mamba2 blocks alone, x + mixer(norm(x)) (the shared `DecoderLayer` with `feed_forward_layers` empty: no MLP, no
-attention, no positions), Nemotron-H's names under `backbone` (its weight map), the head tied where tie_word_embeddings
-says. The mixer is models/mamba2.py's: num_heads heads of head_dim (their product expand x hidden_size, as Mamba2Config
-validates), a state of state_size, n_groups groups, a conv of conv_kernel taps (use_conv_bias), in/out biases (use_bias),
-hidden_act the conv's activation; a time_step_limit other than (0, inf) is refused (mamba2.check_time_step_limit).
-
-Nothing is cached per position: the engine keeps a state per sequence and no KV pages (its pages cost nothing and only
-count positions; docs/architecture.md), and the context is unbounded (config.json's max_position_embeddings where given,
-else 2 ** 20 positions). residual_in_fp32 keeps transformers' residual stream in float32 in a 16-bit model; ours stays in
-the model's dtype (a rounding difference; float32 runs are the same). Its hidden states, as transformers' output_hidden_states
-gives them, are each block's output, then the final normed one.
+"""Mamba2 (transformers' Mamba2ForCausalLM: mistralai/Mamba-Codestral-7B-v0.1): a stack of Mamba2 blocks alone, Mamba's
+module (models/mamba.py: x + mixer(norm(x)), no MLP, no attention, no positions; the residual stream in float32 where
+residual_in_fp32, true by default; hidden states each block's output, as transformers records them) and weight map
+(`backbone.*`, the head tied where tie_word_embeddings says) with models/mamba2.py's mixer: num_heads heads of head_dim
+(their product expand x hidden_size, as Mamba2Config validates), a state of state_size, n_groups groups, a conv of
+conv_kernel taps (use_conv_bias), in/out biases (use_bias), hidden_act the conv's activation; a time_step_limit other
+than (0, inf) is refused (mamba2.check_time_step_limit). Nothing is cached per position: the engine keeps a state per
+sequence and pages of 0 bytes (serving/memory.py); the context is MAMBA_POSITIONS unless config.json gives
+max_position_embeddings.
 """
 
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import Architecture
-from jaxllm.models.bamba import no_layer_types
-from jaxllm.models.decoder import CausalLM
+from jaxllm.models.mamba import MAMBA_POSITIONS, MambaForCausalLM, mamba_weight_map, refuse_layer_types
 from jaxllm.models.mamba2 import check_time_step_limit
-from jaxllm.models.nemotron_h import nemotron_h_weight_map
-
-UNBOUNDED = 2**20
 
 
 def mamba2_names(raw: dict) -> dict:
@@ -27,11 +20,11 @@ def mamba2_names(raw: dict) -> dict:
     only fill the required keys), the MLP width its inner width (no layer has an MLP)."""
     raw = dict(raw, rms_norm_eps=raw.get("layer_norm_epsilon"), num_attention_heads=raw.get("num_heads"),
                num_key_value_heads=raw.get("num_heads"), intermediate_size=raw.get("expand", 0) * raw.get("hidden_size", 0))
-    return raw if raw.get("max_position_embeddings") else dict(raw, max_position_embeddings=UNBOUNDED)
+    return raw if raw.get("max_position_embeddings") else dict(raw, max_position_embeddings=MAMBA_POSITIONS)
 
 
 def mamba2_defaults(raw: dict) -> dict:
-    no_layer_types(raw, "Mamba2Config", "remove it (every Mamba2 layer is a Mamba2 block)", keys=("layer_types",))
+    refuse_layer_types(raw, "remove it (every layer is a Mamba2 block)")
     heads, head, inner = raw["num_heads"], raw["head_dim"], raw["expand"] * raw["hidden_size"]
     if heads * head != inner:
         raise ConfigError(f"config.json num_heads={heads} x head_dim={head} is not expand x hidden_size = {inner} (transformers "
@@ -41,9 +34,8 @@ def mamba2_defaults(raw: dict) -> dict:
                           "must serve a whole number of heads")
     check_time_step_limit(raw.get("time_step_limit"))
     layers = raw["num_hidden_layers"]
-    return dict(layer_types=("mamba",) * layers, recurrent_kinds=("mamba",), feed_forward_layers=(), position_embedding="none",
-                hidden_states_after_layers=True,
-                mamba_heads=heads, mamba_head_dim=head, mamba_state=raw["state_size"], mamba_groups=raw["n_groups"],
+    return dict(layer_types=("mamba",) * layers, recurrent_kinds=("mamba",), position_embedding="none",
+                residual_float32=bool(raw.get("residual_in_fp32", True)), mamba_heads=heads, mamba_head_dim=head, mamba_state=raw["state_size"], mamba_groups=raw["n_groups"],
                 linear_conv_kernel=raw["conv_kernel"], conv_bias=bool(raw["use_conv_bias"]), mamba_proj_bias=bool(raw["use_bias"]))
 
 
@@ -55,12 +47,12 @@ _NOT_NULL = ("tie_word_embeddings", "residual_in_fp32", "layer_types", "num_head
                         "layer_norm_epsilon", "expand", "conv_kernel", "n_groups", "use_bias", "use_conv_bias", "hidden_act")
 
 ARCHITECTURES = (Architecture(
-    name="Mamba2ForCausalLM", module=CausalLM, weight_map=nemotron_h_weight_map, hf_model_type="mamba2",
+    name="Mamba2ForCausalLM", module=MambaForCausalLM, weight_map=mamba_weight_map, hf_model_type="mamba2",
     config_defaults=mamba2_defaults, common_names=mamba2_names, hf_defaults=_DEFAULTS, norm_eps_key="layer_norm_epsilon",
     base_prefix="backbone",
     ignored_keys=("sliding_window", "use_sliding_window", "rope_theta", "rope_parameters", "rope_scaling",
                   "partial_rotary_factor", "num_attention_heads", "num_key_value_heads", "intermediate_size", "attention_bias",
-                  "mlp_bias", "residual_in_fp32", "chunk_size", "time_step_rank", "rms_norm_eps"),
+                  "mlp_bias", "chunk_size", "time_step_rank", "rms_norm_eps"),
     not_null=_NOT_NULL,
     # 3 Mamba2 blocks of 8 heads of 16 in 2 groups, the conv's and the projections' biases; untied head
     tiny_config=dict(vocab_size=128, hidden_size=64, num_hidden_layers=3, num_heads=8, head_dim=16, expand=2, n_groups=2,

@@ -84,3 +84,26 @@ def test_bloom_layers_transformers_runs_otherwise_are_refused(change, message):
     with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
         loader.plan(dict(model_type="bloom", vocab_size=32, hidden_size=16, n_layer=1, n_head=4, **change))
     assert "\n" not in str(info.value)
+
+
+MAMBA = dict(model_type="mamba", vocab_size=32, hidden_size=16, num_hidden_layers=2, state_size=4)
+JAMBA = dict(model_type="jamba", vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2)
+
+
+@pytest.mark.parametrize("raw, message", [
+    (dict(MAMBA, layer_types=["linear_attention"] * 2), r"gives 'layer_types', which mamba config cannot set"),
+    (dict(JAMBA, layers_block_type=["mamba", "attention"]), r"gives 'layers_block_type', which jamba config cannot set"),
+    (dict(JAMBA, attn_layer_period=2, attn_layer_offset=2), r"attn_layer_offset=2 is not smaller than attn_layer_period=2"),
+    (dict(JAMBA, expert_layer_period=1, expert_layer_offset=1), r"expert_layer_offset=1 is not smaller than expert_layer_period=1"),
+], ids=["mamba-layer-types", "jamba-block-types", "jamba-attention-offset", "jamba-expert-offset"])
+def test_mamba_layer_patterns_transformers_refuses_are_refused(raw, message):
+    """Layer patterns the Mamba and Jamba config classes refuse (properties they cannot set, offsets past their period)."""
+    import transformers
+    from huggingface_hub.errors import StrictDataclassError
+
+    with pytest.raises((AttributeError, StrictDataclassError)):
+        transformers.CONFIG_MAPPING[raw["model_type"]].from_dict(dict(raw))
+    with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
+        loader.plan(raw)
+    assert "\n" not in str(info.value)

@@ -341,24 +341,27 @@ def test_pool_leaves_room_for_recurrent_states(tmp_path, monkeypatch):
     assert few - many - 200 == pytest.approx(states / page, abs=1)
 
 
-@pytest.mark.parametrize("stats", [None, {"bytes_limit": 2 << 30, "bytes_in_use": 0}], ids=["host", "device"])
-def test_a_model_without_attention_sizes_its_pool_by_its_states(tmp_path, monkeypatch, stats):
-    """Mamba2 caches no keys: its pages cost nothing and only count positions, so the pool asked for by default is a
-    full batch of full-length sequences (on the host, or on a device by its memory), its states alone taking memory;
-    states that do not fit are refused in one line."""
+def test_pool_of_a_model_without_attention_holds_only_its_states(monkeypatch):
+    """Mamba caches no keys (pages of 0 bytes): its pool is a full batch of full-length sequences, whatever the memory,
+    and a batch whose recurrent states the device cannot hold is refused in one line."""
+    from types import SimpleNamespace
+
+    from jaxllm.errors import GenerationError
+    from jaxllm.models.mixers import state_bytes
     from jaxllm.serving import memory
 
-    reference.build("Mamba2ForCausalLM", tmp_path)
-    model = jaxllm.load(tmp_path)
+    arch = registry.get("MambaForCausalLM")
+    model = SimpleNamespace(config=arch.config(dict(arch.tiny_config)), dtype=np.float32, mesh=None)
+    one = state_bytes(model.config, np.float32)
 
     class Device:
-        def memory_stats(self):
-            return stats
+        device_kind, id = "GPU", 0
 
-    monkeypatch.setattr(memory.jax, "local_devices", lambda: [Device()])
+        def memory_stats(self):
+            return {"bytes_limit": 100 * one, "bytes_in_use": 0}
+
+    monkeypatch.setattr(jax, "local_devices", lambda: [Device()])
     sizes = dict(page_size=16, fraction=0.9, num_pages=None, max_len=128, budget=64, dp=1)
-    assert memory.pool_size(model, None, batch_size=3, **sizes) == 3 * 8
-    if stats is not None:
-        stats["bytes_in_use"] = 2 << 30
-        with pytest.raises(jaxllm.GenerationError, match="no room for the recurrent states of 3 sequences"):
-            memory.pool_size(model, None, batch_size=3, **sizes)
+    assert memory.pool_size(model, None, batch_size=4, **sizes) == 4 * 128 // 16
+    with pytest.raises(GenerationError, match="recurrent states need .* lower batch_size$"):
+        memory.pool_size(model, None, batch_size=200, **sizes)

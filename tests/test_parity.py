@@ -10,6 +10,7 @@ import jaxllm
 from jaxllm import research
 from jaxllm.engine import Engine
 from jaxllm.models import registry
+from jaxllm.models.mamba import MAMBA_POSITIONS
 
 TOL = 1e-4  # max |ours - ref| <= TOL * max |ref|, float32
 
@@ -847,6 +848,16 @@ SPELLINGS = {
     "mamba2-tied": ("Mamba2ForCausalLM", dict(tie_word_embeddings=True), _edit()),
     "mamba2-hub-keys": ("Mamba2ForCausalLM", {}, _edit(residual_in_fp32=True, time_step_limit=[0.0, float("inf")],
                                                       num_attention_heads=3, intermediate_size=7, chunk_size=8)),
+    # Mamba as state-spaces/mamba-*-hf's files spell it: tied by default, time_step_rank "auto", the original code's keys
+    # (n_layer, fused_add_norm, rms_norm, pad_vocab_size_multiple); an inner width of intermediate_size, not expand's
+    "mamba-hub-spelling": ("MambaForCausalLM", dict(time_step_rank=4, tie_word_embeddings=True, intermediate_size=96), _edit(
+        ("tie_word_embeddings",), time_step_rank="auto", n_layer=3, fused_add_norm=True, rms_norm=True, pad_vocab_size_multiple=8)),
+    # Jamba as ai21labs' files spell it: num_local_experts (the alias wins over num_experts), mamba_dt_rank "auto", untied by
+    # default, use_mamba_kernels; its experts fused as transformers 5 holds them; one expert: a dense MLP on every layer
+    "jamba-hub-spelling": ("JambaForCausalLM", dict(mamba_dt_rank=4), _edit(("tie_word_embeddings",), num_local_experts=4,
+                                                                           num_experts=8, mamba_dt_rank="auto", use_mamba_kernels=False)),
+    "jamba-fused-experts": ("JambaForCausalLM", {}, _edit(), _fuse),
+    "jamba-one-expert": ("JambaForCausalLM", dict(num_experts=1), _edit()),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
@@ -937,13 +948,14 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     eps = {"gpt_neo": "layer_norm_epsilon", "nemotron": "norm_eps", "falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "codegen": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps", "persimmon": "layer_norm_eps",
            "starcoder2": "norm_epsilon", "bloom": "layer_norm_epsilon", "mpt": "layer_norm_epsilon",
            "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps", "lfm2": "norm_eps", "lfm2_moe": "norm_eps",
-           "nemotron_h": "layer_norm_epsilon", "mamba2": "layer_norm_epsilon"}.get(kind, "rms_norm_eps")
+           "mamba": "layer_norm_epsilon", "falcon_mamba": "layer_norm_epsilon", "nemotron_h": "layer_norm_epsilon",
+           "mamba2": "layer_norm_epsilon"}.get(kind, "rms_norm_eps")
     fixed_eps = kind in ("olmo", "opt", "biogpt", "xglm", "dbrx")  # nn.LayerNorm's 1e-5, whatever the config says
     # ALiBi families: BLOOM's has no length (jaxllm's 2,048 positions are its context alone), MPT's bias table max_seq_len;
     # their MLPs hard-wire the activation (BloomGelu's tanh form, MptMLP's exact GELU; LFM2's silu)
-    # Mamba2's has no positions at all (jaxllm's 2 ** 20 its context alone)
-    positions = {"bloom": 2048, "mpt": getattr(hf, "max_seq_len", None), "mamba2": 2**20}.get(kind) or \
-        getattr(hf, "max_position_embeddings", None)
+    # Mamba's and Mamba2's: none (its positions bound nothing; jaxllm's MAMBA_POSITIONS bound its requests)
+    positions = ({"bloom": 2048, "mpt": getattr(hf, "max_seq_len", None), "mamba": MAMBA_POSITIONS, "falcon_mamba": MAMBA_POSITIONS,
+                  "mamba2": MAMBA_POSITIONS}.get(kind) or getattr(hf, "max_position_embeddings", None))
     hard_act = {"bloom": "gelu_pytorch_tanh", "mpt": "gelu", "lfm2": "silu", "lfm2_moe": "silu"}
     act_of = hard_act.get(kind) or (hf.ffn_config.ffn_act_fn["name"] if kind == "dbrx" else getattr(hf, act))
     out = dict(max_position_embeddings=positions, norm_eps=1e-5 if fixed_eps else getattr(hf, eps),
@@ -952,7 +964,8 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
         out["hidden_act"] = "gelu_pytorch_tanh"
     if kind in ("gptj", "codegen"):
         out["rope_theta"] = 10000.0  # GPT-J's and CodeGen's fixed base
-    elif kind not in ("gpt2", "gpt_bigcode", "gpt_neo", "opt", "biogpt", "xglm", "bloom", "mpt", "nemotron_h", "mamba2"):
+    elif kind not in ("gpt2", "gpt_bigcode", "gpt_neo", "opt", "biogpt", "xglm", "bloom", "mpt", "mamba", "falcon_mamba", "jamba",
+                      "nemotron_h", "mamba2"):
         rope = hf.rope_parameters
         out["rope_theta"] = rope.get("full_attention", rope)["rope_theta"]
     return out

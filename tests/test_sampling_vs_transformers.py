@@ -7,6 +7,7 @@ the real function is compared, not a copy of it. The ties and special values whe
 differed have their own tests at the end; the properties skip inputs where float32 rounding or the
 order among tied tokens decides (`_known_difference`)."""
 
+import dataclasses
 import itertools
 import math
 import warnings
@@ -239,6 +240,64 @@ def test_generate_penalises_prompt_tokens_as_transformers_does(tmp_path):
             ref = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, repetition_penalty=penalty,
                               max_new_tokens=12, min_new_tokens=12, eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
         assert ours == ref, penalty
+
+
+class _OpenAIPenalties(transformers.LogitsProcessor):
+    """OpenAI's presence and frequency penalties as vLLM applies them (transformers has neither):
+    counted over the generated tokens only, after the repetition penalty (transformers runs a
+    custom processor after its own)."""
+
+    def __init__(self, prompt_len: int, presence: float, frequency: float):
+        self.prompt_len, self.presence, self.frequency = prompt_len, presence, frequency
+
+    def __call__(self, input_ids, scores):
+        out = input_ids[:, self.prompt_len :]
+        counts = torch.zeros_like(scores).scatter_add_(1, out, torch.ones_like(out, dtype=scores.dtype))
+        return scores - self.frequency * counts - self.presence * (counts > 0)
+
+
+def test_penalties_and_logit_bias_match_vllms_rule_end_to_end(tmp_path):
+    """Greedy under OpenAI's penalties and logit bias, beside the repetition penalty, in an engine
+    short of pages: three prompts at a time preempt one another (a recomputed sequence counts its
+    output again from its tokens), and each answer equals transformers' greedy generate with the
+    bias as its sequence_bias (applied first, as vLLM does) and the penalties as vLLM applies them;
+    zero penalties change nothing."""
+    import jaxllm
+    from jaxllm.engine import Engine
+
+    torch.manual_seed(1)
+    cfg = transformers.LlamaConfig(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0, 0.3) if p.dim() > 1 else p.fill_(1.0)
+    hf.save_pretrained(tmp_path)
+    model = jaxllm.load(tmp_path)
+    prompts = [[5, 9, 5, 9, 12, 5, 7, 30], [3, 3, 3, 40, 41], [17, 2, 8, 8, 1, 44, 20, 21, 22, 5, 6]]
+    plain = SamplingParams(max_new_tokens=12, temperature=0.0, ignore_eos=True)
+    engine = Engine(model, batch_size=3, max_len=32, num_pages=12, page_size=4, prefill_tokens=8, chunk=4)
+    unpenalised = [c.token_ids for c in model.generate(prompts, plain, engine=engine)]
+    zero = dataclasses.replace(plain, presence_penalty=0.0, frequency_penalty=0.0)
+    assert not zero.resolved().processed and [c.token_ids for c in model.generate(prompts, zero, engine=engine)] == unpenalised
+    banned = unpenalised[0][0]  # the first answer's first token
+    for presence, frequency, repetition, bias in [(1.5, 0.0, 1.0, {}), (-0.5, 1.2, 1.3, {}),
+                                                  (2.0, -2.0, 1.0, {banned: -100.0, 7: 3.5, 45: 2.5})]:
+        params = dataclasses.replace(plain, presence_penalty=presence, frequency_penalty=frequency, repetition_penalty=repetition,
+                                     logit_bias=bias)
+        preempted = engine.scheduler.stats.preempted
+        ours = [c.token_ids for c in model.generate(prompts, params, engine=engine)]
+        assert engine.scheduler.stats.preempted > preempted, "the pool should run out of pages"
+        assert ours != unpenalised, "the penalties should change the answers"
+        for prompt, got in zip(prompts, ours):
+            with torch.no_grad():
+                ids = torch.tensor([prompt])  # an explicit mask: without one, id 0 (the pad id) would be taken for padding
+                want = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, repetition_penalty=repetition,
+                                   sequence_bias={(t,): b for t, b in bias.items()} or None,
+                                   logits_processor=[_OpenAIPenalties(len(prompt), presence, frequency)], max_new_tokens=12,
+                                   min_new_tokens=12, eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+            assert got == want, (presence, frequency, repetition, bias, prompt)
+            assert not bias or banned not in got
 
 
 # ---------------------------------------------------------------------------------------- resolved()

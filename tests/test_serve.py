@@ -37,7 +37,8 @@ def server(gguf_path):
     greedy = jaxllm.SamplingParams(max_new_tokens=NEW, temperature=0.0, logprobs=True)
     refs = {(p, True): model.generate(p, greedy, chat=True, engine=engine) for p in CHAT}  # each alone
     refs |= {(p, False): model.generate(p, greedy, chat=False, engine=engine) for p in TEXT}
-    sampled = jaxllm.SamplingParams(max_new_tokens=NEW, temperature=1.0, top_p=0.9, top_k=20, seed=SEED)
+    sampled = jaxllm.SamplingParams(max_new_tokens=NEW, temperature=1.0, top_p=0.9, top_k=20, seed=SEED, presence_penalty=0.5,
+                                    frequency_penalty=0.25)
     refs["sampled"] = model.generate(CHAT[1], sampled, engine=engine)
     # The text prompts as one request: float32 logprobs of rows batched together differ from each row alone by
     # ~1e-5 in a 30-layer model, by how the CPU's kernels split the sums (1.07e-5 on an AMD EPYC with AVX-512)
@@ -223,8 +224,9 @@ def test_greedy_answers_equal_generate(server):
 def test_seeded_sampling_n_and_stop_strings(server):
     ref = server.refs["sampled"]
     out = server.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": CHAT[1]}], max_tokens=NEW,
-                                                temperature=1.0, top_p=0.9, seed=SEED, extra_body={"top_k": 20})
-    assert out.choices[0].message.content == ref.text  # choice 0 samples with the seed itself
+                                                temperature=1.0, top_p=0.9, seed=SEED, presence_penalty=0.5, frequency_penalty=0.25,
+                                                extra_body={"top_k": 20})
+    assert out.choices[0].message.content == ref.text  # choice 0 samples with the seed itself, under the same penalties
     # n choices: distinct seeds, none another seed's first choice (seed + 1 once was)
     from jaxllm.api.protocol import ChatRequest
 
@@ -334,13 +336,14 @@ def test_full_server_answers_503_with_retry_after(server):
     (dict(messages=[{"role": "user", "contents": "Hi"}]), "messages[0].content"),  # was read as an empty message
     (dict(extra_body={"stream_options": {"include_usage": "maybe"}}), "stream_options.include_usage"),
     (dict(stream_options={"include_usage": True}), "stream_options"),  # without stream: true, as OpenAI answers
-    (dict(logit_bias={"5": 10}), "logit_bias"),
+    (dict(logit_bias={"5": -100.5}), "logit_bias"),
     (dict(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
     (dict(tool_choice="required"), "tool_choice"),
     (dict(functions=[{"name": "f"}]), "functions"),
     (dict(function_call={"name": "f"}), "function_call"),
     (dict(response_format={"type": "json_object"}), "response_format"),
-    (dict(presence_penalty=0.5), "presence_penalty"),
+    (dict(presence_penalty=2.5), "presence_penalty"),  # beyond OpenAI's [-2, 2]
+    (dict(frequency_penalty=-3), "frequency_penalty"),
     (dict(messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None, "tool_calls": [
         {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "42"}]), "messages[1].tool_calls"),  # was dropped silently
@@ -372,7 +375,8 @@ def test_malformed_json_and_bad_completions_answer_400(server):
     bodies = {b'{"prompt": "Hi", "max_tokens": 4': None, b"[1, 2]": None, b"": None, b'{"max_tokens": 4}': "prompt",
               b'{"prompt": "Hi", "logprobs": 3}': "logprobs", b'{"prompt": [5, 99999999]}': "prompt", b'{"prompt": []}': "prompt",
               b'{"prompt": [1, 2.5]}': "prompt", b'{"prompt": "Hi", "best_of": 3}': "best_of", b'{"prompt": "Hi", "echo": true}': "echo",
-              b'{"prompt": "Hi", "suffix": "x"}': "suffix", b'{"prompt": "Hi", "logit_bias": {"5": 1}}': "logit_bias",
+              b'{"prompt": "Hi", "suffix": "x"}': "suffix", b'{"prompt": "Hi", "logit_bias": {"5": 101}}': "logit_bias",
+              b'{"prompt": "Hi", "logit_bias": {"five": 1}}': "logit_bias", b'{"prompt": "Hi", "logit_bias": {"99999999": 1}}': "logit_bias",
               b'{"prompt": "Hi", "n": 2, "best_of": 1}': "best_of", b'{"prompt": "Hi", "temperature": 1e400}': "temperature",
               b'{"prompt": "Hi", "stream": false, "stream_options": {"include_usage": true}}': "stream_options",
               b'{"prompt": "Hi", "max_token": 5}': "max_token", b'{"prompt": "Hi", "store": true}': "store"}

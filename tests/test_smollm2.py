@@ -108,7 +108,7 @@ def test_stop_string_and_streaming(ours):
 
 
 def test_incremental_detokenization_never_splits_characters(ours):
-    from jaxllm.generation import TextStream
+    from jaxllm.text_stream import TextStream
 
     tok = ours.tokenizer
     text = "Crème brûlée 🍮 costs 5€ — 東京で食べた"

@@ -9,7 +9,7 @@ import string
 
 import pytest
 
-from jaxllm.generation import TextStream
+from jaxllm.text_stream import TextStream
 
 TEXTS = [
     "Hello world, this is a test. It's fine, isn't it?",

@@ -46,9 +46,10 @@ from jaxllm.api.protocol import (
     parse,
     usage,
 )
+from jaxllm.chat_template import check_template_kwargs
 from jaxllm.engine import Engine, Request
 from jaxllm.errors import JaxllmError
-from jaxllm.generation import Output, check_template_kwargs
+from jaxllm.generation import Output
 from jaxllm.sampling import SamplingParams
 
 RETRY_AFTER_S = 1

@@ -18,8 +18,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_validator
 from starlette.responses import JSONResponse
 
+from jaxllm.chat_template import check_template_kwargs, encode, encode_messages
 from jaxllm.errors import InputError, JaxllmError
-from jaxllm.generation import check_template_kwargs, encode, encode_messages
 from jaxllm.sampling import SamplingParams
 
 # -- errors ------------------------------------------------------------------------------------
@@ -170,9 +170,9 @@ class _Common(_Strict):
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
     return_token_ids: bool = False  # each choice (and stream chunk) carries its new tokens' ids
-    presence_penalty: float = 0.0  # these and the Any fields: _UNSUPPORTED
-    frequency_penalty: float = 0.0
-    logit_bias: Any = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: Any = None  # token ids (JSON's string keys) -> a bias in [-100, 100], as OpenAI's
 
     def check(self) -> None:
         """Refuse (400) what exists in the API alone and is out of range or not served here."""
@@ -223,6 +223,7 @@ class _Common(_Strict):
                 max_new_tokens=max_tokens if self.max_tokens is None else self.max_tokens, temperature=self.temperature,
                 top_k=0 if self.top_k == -1 else self.top_k,  # -1: vLLM's spelling of 'no top-k'
                 top_p=self.top_p, min_p=self.min_p, repetition_penalty=self.repetition_penalty, seed=self._seed(),
+                presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty, logit_bias=self.logit_bias,
                 stop=stop, ignore_eos=self.ignore_eos, logprobs=logprobs,
             ).resolved(_server_defaults(generation_config))
         except JaxllmError as err:
@@ -370,11 +371,8 @@ ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name of the system mess
 # OpenAI's fields (and vLLM's) that this server does not implement: name -> (does this value change nothing
 # (value, request), what to do instead). Each is refused (400) rather than silently ignored,
 # except at the value that changes nothing, which clients may send as their default (the openai
-# client itself sends only what its caller passes): logit_bias {}, best_of = n, tools [], ...
+# client itself sends only what its caller passes): best_of = n, tools [], ...
 _UNSUPPORTED = {
-    "presence_penalty": (lambda v, body: v == 0, "use repetition_penalty (an extension) instead"),
-    "frequency_penalty": (lambda v, body: v == 0, "use repetition_penalty (an extension) instead"),
-    "logit_bias": (lambda v, body: v in (None, {}), "leave it out (or send {})"),
     "echo": (lambda v, body: not v, "leave it out (or send false); the answer holds the new text only"),
     "suffix": (lambda v, body: not v, "leave it out; this server does not fill in the middle"),
     "best_of": (lambda v, body: v is None or (type(v) is int and v == body.n),

@@ -25,26 +25,28 @@ def pool_size(model, kv_dtype, page_size: int, fraction: float, num_pages: int |
               max_len: int, budget: int, dp: int) -> int:
     """The pool's pages: `num_pages` when given, else `fraction` of the device memory left after
     the weights (a CPU: a full batch of full-length sequences within 2 GiB), beside room for a
-    prefill step of `budget` tokens and the recurrent states of models with recurrent layers
-    (runner.recurrent_rows over dp, counted whole on each device). Refused in one line, before anything is allocated, when the
+    prefill step of `budget` tokens, the rows' token sets and counts over the vocabulary, and the
+    recurrent states of models with recurrent layers (runner.recurrent_rows over dp, counted whole
+    on each device). Refused in one line, before anything is allocated, when the
     device cannot hold them (or one sequence of `max_len`)."""
     cfg = model.config
     width = -(-max_len // page_size)  # pages of one max_len sequence
     stats = jax.local_devices()[0].memory_stats() or {}
     devices = tp_split(model) * dp  # over tp like the kv heads, and over dp by pages
-    # a model without attention layers (Mamba2) caches no keys: its pages cost nothing, only count positions, and the
-    # pool holds a full batch of full-length sequences; the recurrent states alone take memory
     page_bytes = kv_cache_bytes(cfg, page_size, model.dtype, kv_dtype)
     # each device's rows of recurrent state (0 without recurrent layers), counted whole though tp splits their heads
     states = recurrent_rows(batch_size, dp) * state_bytes(cfg, model.dtype) // dp
+    states += batch_size // dp * cfg.vocab_size * 3  # each row's seen tokens (bool) and output counts (int16): SlotState
+    if not page_bytes:  # no attention layer (Mamba): the pages hold no keys, only the engine's count of positions
+        return _states_alone(states, num_pages if num_pages is not None else batch_size * width)
     if num_pages is not None or "bytes_limit" not in stats:
         available, where = available_memory()
         if num_pages is None:  # a CPU: a full batch of full-length sequences, within 2 GiB (and half the free memory)
             room = min(2 << 30, available // 2) if available is not None else 2 << 30
-            num_pages = max(width, min(batch_size * width, room // page_bytes if page_bytes else batch_size * width))
+            num_pages = max(width, min(batch_size * width, room // page_bytes))
         pool = pool_pages(int(num_pages), batch_size)
         if available is not None and pool * page_bytes / devices + states > available:
-            fit = int((available - states) * devices // page_bytes) - batch_size if page_bytes else -1
+            fit = int((available - states) * devices // page_bytes) - batch_size
             raise GenerationError(
                 f"an engine of {num_pages:,} KV pages of {page_size} tokens ({batch_size:,} x {max_len:,}-token "
                 f"sequences at most; the pool rounds up to a multiple of batch_size) needs "
@@ -55,13 +57,18 @@ def pool_size(model, kv_dtype, page_size: int, fraction: float, num_pages: int |
     # Room for a prefill step's activations and logits, beside the pool.
     spare = 8 * budget * max(cfg.hidden_size * 4, cfg.intermediate_size) * 2 + (1 << 30)
     free = fraction * stats["bytes_limit"] - stats.get("bytes_in_use", 0) - spare - states
-    if not page_bytes:  # pages cost nothing: the recurrent states must fit
-        if free <= 0:
-            raise GenerationError(f"the device has no room for the recurrent states of {batch_size:,} sequences "
-                                  f"({size_text(states)}): lower batch_size, or free device memory")
-        return batch_size * width
     pages = int(free * devices // page_bytes) - batch_size if free > 0 else 0  # the runner rounds up
     if pages < width:
         raise GenerationError(f"the device has room for {max(pages, 0)} KV pages of {page_size} tokens but one "
                               f"{max_len}-token sequence needs {width}: lower max_len, or free device memory")
     return pages
+
+
+def _states_alone(states: int, num_pages: int) -> int:
+    """`num_pages` of a model whose pages hold nothing, or a one-line refusal where the device cannot hold the
+    recurrent states (`states` bytes on each device)."""
+    available, where = available_memory()
+    if available is not None and states > available:
+        raise GenerationError(f"an engine's recurrent states need {size_text(states)} but {where} has {size_text(available)} "
+                              "available: lower batch_size")
+    return int(num_pages)

@@ -36,6 +36,8 @@ class SlotState(NamedTuple):
     max_new: jax.Array  # [B]
     limit: jax.Array  # [B] a slot pauses (not done) when its next write position reaches this
     seen: jax.Array  # [B, V] bool: tokens in the sequence (repetition penalty)
+    counts: jax.Array  # [B, V] int16: times each token was generated (presence / frequency penalties; kept by
+    # the steps that sample, which every row with a penalty takes: SamplingParams.processed)
     eos: jax.Array  # [B, E] token ids that end each slot's sequence (-1 pads)
     params: RowParams
 
@@ -168,9 +170,19 @@ def _zero_state(rows, pool, page_size, kv_shapes, vocab, eos_width, dtypes, recu
         cache=[layer(shape, state) for shape, state in zip(kv_shapes, recurrent or (None,) * len(kv_shapes))],
         tokens=jnp.zeros(rows, jnp.int32), positions=jnp.zeros(rows, jnp.int32), done=jnp.ones(rows, bool),
         generated=jnp.zeros(rows, jnp.int32), max_new=jnp.ones(rows, jnp.int32), limit=jnp.zeros(rows, jnp.int32),
-        seen=jnp.zeros((rows, vocab), bool), eos=jnp.full((rows, eos_width), -1, jnp.int32),
+        seen=jnp.zeros((rows, vocab), bool), counts=jnp.zeros((rows, vocab), jnp.int16), eos=jnp.full((rows, eos_width), -1, jnp.int32),
         params=jax.tree.map(jnp.asarray, RowParams.of([SamplingParams().resolved()] * rows)),
     )
+
+
+COUNT_MAX = 2**15 - 1  # a token's count saturates here (int16): its penalty is already beyond any logit
+
+
+def _counted(counts, token, mask):
+    """`counts` [B, V] with each row's `token` [B] counted once more where `mask` [B] (saturating at COUNT_MAX)."""
+    rows, token = jnp.arange(counts.shape[0]), jnp.maximum(token, 0)
+    now = jnp.minimum(counts[rows, token].astype(jnp.int32) + mask, COUNT_MAX)
+    return counts.at[rows, token].set(now.astype(counts.dtype))
 
 
 def _whole(logits, gather):
@@ -192,7 +204,13 @@ def _prefill(graphdef, counters, attention, gather, kv_len, sampling, params, st
     logits = _whole(model.logits(last)[:, 0], gather)
     rows = jnp.arange(n)
     seen = jnp.zeros(logits.shape, bool).at[rows[:, None], jnp.maximum(history, 0)].max(history >= 0)
-    token, logprob = sample(logits, seen, rp, generated, sampling)
+    counts = None
+    if sampling:  # the output's token counts: the history's last `generated` tokens (a recomputed sequence's output)
+        at, end = jnp.arange(history.shape[1])[None, :], (starts + lengths)[:, None]
+        output = (history >= 0) & (at >= end - generated[:, None]) & (at < end)
+        counts = jnp.zeros(logits.shape, jnp.int32).at[rows[:, None], jnp.maximum(history, 0)].add(output)
+        counts = jnp.minimum(counts, COUNT_MAX).astype(jnp.int16)
+    token, logprob = sample(logits, seen, rp, generated, sampling, counts)
     bad = ~jnp.all(jnp.isfinite(logits), axis=-1)
     token = jnp.where(bad, ERROR, token)
     generated = generated + 1
@@ -210,6 +228,7 @@ def _prefill(graphdef, counters, attention, gather, kv_len, sampling, params, st
         max_new=put(state.max_new, max_new),
         limit=put(state.limit, limit),
         seen=put(state.seen, seen.at[rows, jnp.maximum(token, 0)].set(True)),
+        counts=state.counts if counts is None else put(state.counts, _counted(counts, token, token >= 0)),
         eos=put(state.eos, eos),
         params=jax.tree.map(put, state.params, rp),
     )
@@ -235,7 +254,7 @@ def _decode(graphdef, counters, chunk, attention, gather, kv_len, sampling, casc
         kv = PagedCache(table, active[:, None], kv_len, attention, shared[0], offsets, cascade)
         hidden, cache = model.hidden(st.tokens[:, None], st.positions[:, None], st.cache, kv)
         logits = _whole(model.logits(hidden)[:, 0], gather)
-        token, lp = sample(logits, st.seen, st.params, st.generated, sampling)
+        token, lp = sample(logits, st.seen, st.params, st.generated, sampling, st.counts if sampling else None)
         bad = active & ~jnp.all(jnp.isfinite(logits), axis=-1)
         token = jnp.where(active, jnp.where(bad, ERROR, token), -1)
         generated = st.generated + active
@@ -247,6 +266,7 @@ def _decode(graphdef, counters, chunk, attention, gather, kv_len, sampling, casc
             done=st.done | finished,
             generated=generated,
             seen=st.seen.at[jnp.arange(b), jnp.maximum(token, 0)].max(active),
+            counts=_counted(st.counts, token, active & (token >= 0)) if sampling else st.counts,
         )
         return st, token, jnp.where(active, lp, 0.0)
 
