@@ -144,7 +144,8 @@ def token_logprobs(graphdef, params, tokens, *, attention_mask=None):
 
 @_one_or_batch
 def hidden_states(graphdef, params, tokens, *, attention_mask=None):
-    """(num_layers + 1) arrays [B, T, E]: the input of each layer, then the final normed output."""
+    """(num_layers + 1) arrays [B, T, E]: the input of each layer (its output where the model's transformers class
+    records that: Mamba2), then the final normed output."""
     model, tokens, keep = _merge(graphdef, params, tokens, attention_mask)
     trace = []
     _decoder(model, tokens, keep, trace)
@@ -158,10 +159,11 @@ def attention_weights(graphdef, params, tokens, layer: int, *, attention_mask=No
     layers without one, such as OLMo 2's). `layer` is static; negative ones count from the end."""
     model, tokens, keep = _merge(graphdef, params, tokens, attention_mask)
     layer = check_layer(model.cfg.num_layers, layer)
-    if model.cfg.layer_is_recurrent(layer):
-        full = [i for i in range(model.cfg.num_layers) if not model.cfg.layer_is_recurrent(i)]
-        fix = f"pick a full-attention layer ({', '.join(map(str, full))})" if full else "this model has no attention layer (Mamba)"
-        raise InputError(f"layer {layer} is a recurrent ({model.cfg.layer_mixer(layer)}) layer, which has no attention weights: {fix}")
+    if not model.cfg.layer_is_attention(layer):
+        full = [i for i in range(model.cfg.num_layers) if model.cfg.layer_is_attention(i)]
+        kind = f"a recurrent ({model.cfg.layer_mixer(layer)})" if model.cfg.layer_is_recurrent(layer) else "a feed-forward"
+        pick = f"pick an attention layer ({', '.join(map(str, full))})" if full else "this model has no attention layer"
+        raise InputError(f"layer {layer} is {kind} layer, which has no attention weights: {pick}")
     trace = []
     _, positions, kv = _decoder(model, tokens, keep, trace)
     decoder = model.model

@@ -349,6 +349,7 @@ class Attention(nnx.Module):
         scale = (cfg.attn_scale or d**-0.5) / (layer + 1 if cfg.attn_scale_by_layer else 1)
         self.spec = AttnSpec(scale, cfg.layer_window(layer), cfg.attn_softcap, alibi=cfg.alibi)
         self.rope_interleaved, self.clip = cfg.rope_interleaved, cfg.clip_qkv
+        self.input_scale, self.key_scale = cfg.attn_input_scale, cfg.key_scale  # Falcon-H1's muP multipliers
         # A layer reading another layer's keys and values projects none (Gemma 4's shared kv layers);
         # one whose values are its keys' projection has no v_proj (attention_k_eq_v)
         own = cfg.kv_shape(layer) is not None
@@ -418,11 +419,13 @@ class Attention(nnx.Module):
         where the model says: Gemma 4), clamped to [-clip_qkv, clip_qkv] where the model says (OLMo,
         OLMoE) and rotated (q/k-normed after rotating where the model says), queries scaled by their
         position where the model says (`query_scale`); keys and values None in a layer that reads
-        another's (Gemma 4's shared kv layers)."""
+        another's (Gemma 4's shared kv layers). Falcon-H1: x times `input_scale`, the keys times `key_scale`."""
+        x = x if self.input_scale == 1 else x * self.input_scale
         q, k, v = self.q_proj(x), None, None
         if not self.reads_shared_kv:
             k = self.k_proj(x)
             v = k if self.v_proj is None else self.v_proj(x)
+            k = k if self.key_scale == 1 else k * self.key_scale
         if not self.norm_after_rope:
             q, k = self._qk_norm(q, k)
         if self.v_norm is not None and v is not None:

@@ -29,10 +29,6 @@ class CohereForCausalLM(CausalLM):
     layer_cls = CohereDecoderLayer
     final_norm = NormNoBias
 
-    def logits(self, hidden):
-        out = super().logits(hidden)
-        return out if self.cfg.logit_scale == 1.0 else out * self.cfg.logit_scale
-
 
 def cohere_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     """transformers' Llama naming without a post-attention norm (q/k norms [heads, head_dim] as they are)."""

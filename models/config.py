@@ -75,7 +75,7 @@ class ModelConfig:
     parallel_mlp_norm: bool = False  # a parallel layer's MLP reads a norm of its own (GPT-NeoX, Falcon's ln_mlp)
     # "rope", "learned" (a table of absolute positions: GPT-2, OPT, BioGPT), "sinusoidal" (fixed sin | cos
     # rows: XGLM, the row of pad_token_id zeroed, as its padding_idx), "alibi" (score biases: `alibi`) or "none"
-    # (no positions at all: Mamba, Jamba, whose recurrent layers give the order);
+    # (no positions at all: Mamba, Jamba, Mamba2, whose recurrent layers give the order; Nemotron-H's attention);
     # position p reads row p + position_offset
     # (OPT's, BioGPT's and XGLM's 2), the learned table max_position_embeddings + position_offset rows long
     position_embedding: str = "rope"
@@ -119,6 +119,7 @@ class ModelConfig:
     num_experts: int = 0
     experts_per_token: int = 0
     moe_intermediate_size: int = 0
+    moe_latent_size: int = 0  # the experts' width in and out, projected from and to hidden_size (Nemotron-H; 0: hidden_size)
     norm_topk_prob: bool = True  # renormalise the top-k routing weights to sum to 1
     # How the router picks: "softmax_topk" (softmax over every expert, then the top k: Mixtral, Qwen,
     # OLMoE), "topk_softmax" (the top k logits, then softmax over those k: GraniteMoE), "sparsemixer"
@@ -192,6 +193,30 @@ class ModelConfig:
     mamba_state: int = 0
     mamba_groups: int = 1
     mamba_proj_bias: bool = False
+    mamba_act: str | None = None  # the conv's activation (None: hidden_act; Nemotron-H's mamba_hidden_act beside its relu2 MLP)
+    # the time steps' floor: softplus(dt + dt_bias) clamped below at it (Nemotron-H's time_step_min, as its prefill clamps)
+    mamba_dt_min: float = 0.0
+    # Layers of one block each (Nemotron-H, Mamba2: x + block(norm(x))): these layers' block is their feed-forward
+    # alone (no token mixing, nothing cached), the others' their token mixer alone (no MLP); None: every layer both
+    feed_forward_layers: tuple[int, ...] | None = None
+    # Falcon-H1: every attention layer also runs a mixer of this recurrent kind beside its attention on the same normed
+    # input, x + attn_out_scale * attn + mamba_out_scale * mixer; its cache (LayerCache, RecurrentState)
+    parallel_mixer: str | None = None
+    attn_out_scale: float = 1.0
+    mamba_out_scale: float = 1.0
+    # Falcon-H1's muP multipliers: the attention's input (attention_in_multiplier) and keys (key_multiplier) scaled,
+    # the gated MLP's gate product and output (mlp_multipliers); the Mamba2 mixer's input (ssm_in_multiplier) and its
+    # in_proj's z | x | B | C | dt parts (ssm_multipliers)
+    attn_input_scale: float = 1.0
+    key_scale: float = 1.0
+    mlp_scales: tuple[float, float] = (1.0, 1.0)
+    mamba_in_scale: float = 1.0
+    mamba_proj_scales: tuple[float, ...] | None = None
+    # The Mamba2 output's gated RMSNorm per group: "gate_first" (y silu(z), then normed: Bamba, Granite, Nemotron-H),
+    # "norm_first" (normed, then times silu(z): Falcon-H1's mamba_norm_before_gate) or "none" (y silu(z) alone:
+    # Falcon-H1 without mamba_rms_norm); out_proj's bias apart from in_proj's (None: mamba_proj_bias; Falcon-H1's projectors_bias)
+    mamba_norm: str = "gate_first"
+    mamba_out_bias: bool | None = None
     # Mamba (v1: Mamba, FalconMamba, Jamba): "mamba1" layers (models/mamba1.py) of mamba_inner channels, each a state of
     # mamba_state; the time step's rank mamba_dt_rank; the time step, B and C RMS-normed (mamba_bcdt_norm "weightless":
     # FalconMamba's, "weighted": Jamba's, epsilon mamba_norm_eps) or not ("none")
@@ -271,14 +296,26 @@ class ModelConfig:
     def kv_shape(self, layer: int) -> tuple[int, int] | None:
         """(kv heads, head_dim) of the keys and values `layer` caches; None: it caches none (it reads
         another layer's: kv_source; or it is a recurrent layer, which keeps a state instead)."""
-        if self.layer_is_recurrent(layer) or self.kv_source(layer) != layer:
+        if self.layer_is_recurrent(layer) or not self.layer_has_mixer(layer) or self.kv_source(layer) != layer:
             return None
         return self.layer_kv_heads(layer), self.layer_head_dim(layer)
+
+    def layer_has_mixer(self, layer: int) -> bool:
+        """Whether `layer` mixes tokens (attention or a recurrent mixer): all but feed_forward_layers' blocks."""
+        return self.feed_forward_layers is None or layer not in self.feed_forward_layers
+
+    def layer_has_mlp(self, layer: int) -> bool:
+        """Whether `layer` has a feed-forward block: every layer, or where each layer is one block, feed_forward_layers'."""
+        return self.feed_forward_layers is None or layer in self.feed_forward_layers
+
+    def layer_is_attention(self, layer: int) -> bool:
+        """Whether `layer` mixes tokens by attention (neither a recurrent mixer nor a feed-forward block alone)."""
+        return self.layer_has_mixer(layer) and not self.layer_is_recurrent(layer)
 
     def layer_mixer(self, layer: int) -> str | None:
         """The recurrent kind of `layer` (its layer type, one of RECURRENT_TYPES: models/mixers.py), or
         None for an attention layer."""
-        kind = self.layer_types[layer] if self.layer_types else None
+        kind = self.layer_types[layer] if self.layer_types and self.layer_has_mixer(layer) else None
         return kind if kind in RECURRENT_TYPES else None
 
     def layer_is_recurrent(self, layer: int) -> bool:
@@ -289,10 +326,14 @@ class ModelConfig:
         """A gated-DeltaNet layer (models/linear_attention.py)."""
         return self.layer_mixer(layer) == "linear_attention"
 
+    def layer_state_kind(self, layer: int) -> str | None:
+        """The recurrent kind whose state `layer` keeps: its mixer's, or an attention layer's parallel_mixer (Falcon-H1)."""
+        return self.layer_mixer(layer) or (self.parallel_mixer if self.layer_is_attention(layer) else None)
+
     @property
     def recurrent(self) -> bool:
         """Whether some layer keeps a recurrent state per sequence (the engine's state slots, no prefix cache)."""
-        return any(map(self.layer_is_recurrent, range(self.num_layers)))
+        return any(map(self.layer_state_kind, range(self.num_layers)))
 
     def layer_values_are_keys(self, layer: int) -> bool:
         """Whether the layer's values are its keys' projection (no v_proj: Gemma 4's attention_k_eq_v)."""

@@ -169,7 +169,19 @@ CONFIG_FIELDS = {
     "mamba_n_heads": _given(COUNT), "mamba_n_groups": _given(COUNT), "mamba_d_state": _given(COUNT),
     "mamba_d_head": Field(int, 1, MAX_SIZE, null=False, or_text=True), "mamba_d_conv": _given(COUNT),
     "mamba_expand": _given(COUNT), "mamba_chunk_size": COUNT, "mamba_conv_bias": _given(FLAG), "mamba_proj_bias": _given(FLAG),
-    "position_embedding_type": NAME, "attn_layer_indices": Field(int, 0, MAX_SIZE, many="list"),  # Bamba's attention layers "layers_block_type": Field(str, many="list"),
+    "position_embedding_type": NAME, "attn_layer_indices": Field(int, 0, MAX_SIZE, many="list"),  # Bamba's attention layers
+    "layers_block_type": Field(str, many="list"),
+    # Nemotron-H's blocks (hybrid_override_pattern: a string of M, *, - and E; nemotron_h.py) and Mamba2 keys, shared with
+    # Mamba2's own (num_heads, head_dim; state_size, conv_kernel, expand as Mamba's below); its MLP's and mixers' activations
+    "hybrid_override_pattern": Field(str, null=False), "mamba_num_heads": _given(COUNT), "mamba_head_dim": _given(COUNT),
+    "ssm_state_size": _given(COUNT), "n_groups": _given(COUNT), "time_step_min": _given(NON_NEGATIVE),
+    "mlp_hidden_act": _given(NAME), "mamba_hidden_act": _given(NAME), "mamba_dt_min": _given(NON_NEGATIVE),
+    "moe_shared_expert_intermediate_size": _given(INDEX), "moe_latent_size": COUNT,
+    # Falcon-H1's Mamba2 width, its gated norm, out_proj's bias and its muP multipliers (falcon_h1.py)
+    "mamba_d_ssm": COUNT, "mamba_rms_norm": FLAG, "mamba_norm_before_gate": FLAG, "projectors_bias": FLAG,
+    "lm_head_multiplier": Field(float), "key_multiplier": Field(float), "attention_in_multiplier": Field(float),
+    "attention_out_multiplier": Field(float), "ssm_in_multiplier": Field(float), "ssm_out_multiplier": Field(float),
+    "mlp_multipliers": Field(float, many="list"), "ssm_multipliers": Field(float, many="list"),
     # Mamba's and FalconMamba's own keys (time_step_rank: a number or "auto"), Jamba's layer pattern and Mamba keys
     "state_size": _given(COUNT), "expand": _given(POSITIVE), "conv_kernel": _given(COUNT), "use_conv_bias": _given(FLAG),
     "time_step_rank": Field(int, 1, MAX_SIZE, null=False, or_text=True), "residual_in_fp32": _given(FLAG),

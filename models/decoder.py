@@ -19,7 +19,7 @@ from jaxllm.models.attention import UNCACHED, Attention, LayerCache, Uncached
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.experts import make_mlp
 from jaxllm.models.layers import Dense, Embed, LayerNorm, RMSNorm, SinusoidalPositions, param
-from jaxllm.models.mixers import mixer_cls
+from jaxllm.models.mixers import MIXERS, mixer_cls
 from jaxllm.models.rope import rotary
 from jaxllm.models.transforms import Copy, Linear, Part
 from jaxllm.models.weights import WeightSpec
@@ -42,27 +42,46 @@ class DecoderLayer(nnx.Module):
         # in place of attention, under the attribute transformers names it by (models/mixers.py)
         # (MiniMax's lightning attention under self_attn itself)
         mixer = mixer_cls(cfg, layer)
-        self.mixer = None if mixer is None else mixer.attr
-        if mixer is None:
+        attention = cfg.layer_is_attention(layer)
+        if attention:
             self.self_attn = self.attn_cls(cfg, layer, dtype=dtype, rngs=rngs)
-        else:
-            if mixer.attr != "self_attn":
-                self.self_attn = None
+        elif mixer is None or mixer.attr != "self_attn":  # a None attribute nnx would keep static: not where a mixer goes
+            self.self_attn = None
+        # Falcon-H1: a recurrent mixer beside the attention on the same input (cfg.parallel_mixer), the two branches summed
+        # times attn_out_scale and mamba_out_scale; the layer's cache the pair (attention's, mixer's)
+        parallel = MIXERS[cfg.parallel_mixer] if cfg.parallel_mixer and attention else None
+        mixer = mixer or parallel
+        self.mixer, self.parallel_mixer = None if mixer is None else mixer.attr, parallel is not None
+        self.branch_scales = (cfg.attn_out_scale, cfg.mamba_out_scale)
+        if mixer is not None:
             setattr(self, mixer.attr, mixer(cfg, layer, dtype=dtype, rngs=rngs))
-        own = not cfg.parallel_residual or cfg.parallel_mlp_norm
+        # a layer of one block (cfg.feed_forward_layers: Nemotron-H, Mamba2) is x + block(input_layernorm(x)), its
+        # block the token mixer or the feed-forward alone
+        self.mixes, feeds = cfg.layer_has_mixer(layer), cfg.layer_has_mlp(layer)
+        own = (not cfg.parallel_residual or cfg.parallel_mlp_norm) and self.mixes and feeds
         self.post_attention_layernorm = self.norm_cls(cfg.hidden_size, cfg.norm_eps, **norm) if own else None
-        self.mlp = make_mlp(cfg, layer, dtype=dtype, rngs=rngs)
+        self.mlp = make_mlp(cfg, layer, dtype=dtype, rngs=rngs) if feeds else None
         self.parallel = cfg.parallel_residual
 
     def mix(self, h, positions, rot, cache, kv):
-        """The layer's token mixing of its normed input h: attention, or its recurrent mixer -> (output, cache)."""
+        """The layer's token mixing of its normed input h: attention, its recurrent mixer, or both -> (output, cache)."""
+        if self.parallel_mixer:
+            pages, state = (None, None) if cache is None else cache
+            attn, pages = self.self_attn(h, positions, rot, pages, kv)
+            mixed, state = getattr(self, self.mixer)(h, positions, state, kv)
+            out = attn * self.branch_scales[0] + mixed * self.branch_scales[1]
+            return out, None if cache is None else (pages, state)
         if self.mixer is not None:
             return getattr(self, self.mixer)(h, positions, cache, kv)
         return self.self_attn(h, positions, rot, cache, kv)
 
     def __call__(self, x, positions, rot, cache, kv=UNCACHED):
         h = self.input_layernorm(x)
+        if not self.mixes:
+            return x + self.mlp(h), cache
         attn, cache = self.mix(h, positions, rot, cache, kv)
+        if self.mlp is None:
+            return x + attn, cache
         if self.parallel:
             return x + attn + self.mlp(h if self.post_attention_layernorm is None else self.post_attention_layernorm(x)), cache
         x = x + attn
@@ -212,8 +231,10 @@ class CausalLM(nnx.Module):
         return logits if self.lm_head is None else logits + self.lm_head["bias"][...]
 
     def logits(self, hidden):
-        """hidden [B, T, E] -> float32 logits [B, T, V] (tanh soft-capped where the model says so)."""
+        """hidden [B, T, E] -> float32 logits [B, T, V], times logit_scale (Cohere's, Falcon-H1's lm_head_multiplier) and
+        tanh soft-capped where the model says so."""
         out = self.head(hidden).astype(jnp.float32)
+        out = out if self.cfg.logit_scale == 1.0 else out * self.cfg.logit_scale
         cap = self.cfg.final_softcap
         return out if cap is None else jnp.tanh(out / cap) * cap
 
@@ -300,12 +321,11 @@ def decoder_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
         specs.append(WeightSpec("lm_head.bias", ("lm_head", "bias")))
     for i in range(cfg.num_layers):
         hf, ours = f"model.layers.{i}.", ("model", "layers", i)
-        specs += [
-            WeightSpec(hf + "input_layernorm.weight", ours + ("input_layernorm", "weight")),
-            WeightSpec(hf + "post_attention_layernorm.weight", ours + ("post_attention_layernorm", "weight")),
-        ]
-        # a recurrent layer has no attention tensors: its family adds its mixer's
-        projections = () if cfg.layer_is_recurrent(i) else ("q_proj", "o_proj") + kv_projections(cfg, i)
+        specs.append(WeightSpec(hf + "input_layernorm.weight", ours + ("input_layernorm", "weight")))
+        if cfg.layer_has_mixer(i) and cfg.layer_has_mlp(i):
+            specs.append(WeightSpec(hf + "post_attention_layernorm.weight", ours + ("post_attention_layernorm", "weight")))
+        # a recurrent layer has no attention tensors (its family adds its mixer's), a feed-forward block alone none either
+        projections = ("q_proj", "o_proj") + kv_projections(cfg, i) if cfg.layer_is_attention(i) else ()
         for name in [n for n in ("q_proj", "k_proj", "v_proj", "o_proj") if n in projections]:
             attn = ours + ("self_attn", name)
             specs.append(WeightSpec(f"{hf}self_attn.{name}.weight", attn + ("kernel",), Linear(2 if name == "o_proj" else 1)))
@@ -315,7 +335,7 @@ def decoder_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
             for name in ("q_norm", "k_norm") if cfg.kv_shape(i) is not None else ("q_norm",):
                 flat = Copy(flatten=cfg.qk_norm == "projection")
                 specs.append(WeightSpec(f"{hf}self_attn.{name}.weight", ours + ("self_attn", name, "weight"), flat))
-        for name in ("gate_proj", "up_proj", "down_proj") if cfg.gated_mlp else ("up_proj", "down_proj"):
+        for name in (() if not cfg.layer_has_mlp(i) else ("gate_proj", "up_proj", "down_proj") if cfg.gated_mlp else ("up_proj", "down_proj")):
             mlp = ours + ("mlp", name)
             specs.append(WeightSpec(f"{hf}mlp.{name}.weight", mlp + ("kernel",), Linear()))
             if cfg.mlp_bias:

@@ -58,6 +58,15 @@ class MoE(nnx.Module, pytree=False):
 
     def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
         e, f, x = cfg.hidden_size, cfg.moe_intermediate_size or cfg.intermediate_size, cfg.num_experts
+        # ungated experts (cfg.gated_mlp False: Nemotron-H's down(act(up(x)))): no gate stack
+        self.names = self.EXPERTS if cfg.gated_mlp else self.EXPERTS[1:]
+        # Nemotron-H's latent experts (moe_latent_size): their input fc1_latent_proj(x), their sum through fc2_latent_proj
+        self.fc1_latent_proj = self.fc2_latent_proj = None
+        if cfg.moe_latent_size:
+            latent = dict(bias=cfg.mlp_bias, dtype=dtype, rngs=rngs)
+            self.fc1_latent_proj = Dense((e,), (cfg.moe_latent_size,), ("embed", "latent"), **latent)
+            self.fc2_latent_proj = Dense((cfg.moe_latent_size,), (e,), ("latent", "embed"), **latent)
+            e = cfg.moe_latent_size
         self.k, self.num_experts, self.norm_topk = cfg.experts_per_token, x, cfg.norm_topk_prob
         self.router, self.jitter, self.norm_min, self.norm_eps = cfg.router, cfg.router_jitter, cfg.router_norm_min, cfg.router_norm_eps
         self.groups = (cfg.router_groups, cfg.router_topk_groups, cfg.router_group_score) if cfg.router_groups > 1 else None
@@ -68,9 +77,9 @@ class MoE(nnx.Module, pytree=False):
         self.scales_input = cfg.router_scales_input  # Llama 4: the weight scales the expert's input, not its output
         self.act = activation(cfg.hidden_act)
         self.swiglu = None if cfg.swiglu_limit is None else (cfg.swiglu_alpha, cfg.swiglu_limit)
-        self.gate = Dense((e,), (x,), ("embed", "router"), bias=cfg.router_bias, dtype=self.router_dtype, rngs=rngs,
+        self.gate = Dense((cfg.hidden_size,), (x,), ("embed", "router"), bias=cfg.router_bias, dtype=self.router_dtype, rngs=rngs,
                           quantizable=False)  # the router
-        self.gate_proj = param((x, e, f), ("expert", "embed", "mlp"), dtype)
+        self.gate_proj = param((x, e, f), ("expert", "embed", "mlp"), dtype) if cfg.gated_mlp else None
         self.up_proj = param((x, e, f), ("expert", "embed", "mlp"), dtype)
         self.down_proj = param((x, f, e), ("expert", "mlp", "embed"), dtype)
         self.gate_proj_bias = self.up_proj_bias = self.down_proj_bias = None
@@ -79,21 +88,22 @@ class MoE(nnx.Module, pytree=False):
             self.up_proj_bias = param((x, f), ("expert", "mlp"), dtype)
             self.down_proj_bias = param((x, e), ("expert", "embed"), dtype)
         self.quantizable = True
-        for name in self.EXPERTS:
+        for name in self.names:
             setattr(self, f"{name}_scale", None)
             setattr(self, f"{name}_offset", None)
         self.expert_mesh, self.expert_axis = None, None  # split_experts: the mesh axis the experts are split over
         self.shared_expert = self.shared_expert_gate = None
         if cfg.shared_expert_intermediate_size:
             shared = cfg.replace(intermediate_size=cfg.shared_expert_intermediate_size)
-            self.shared_expert = GatedMLP(shared, dtype=dtype, rngs=rngs)
+            self.shared_expert = GatedMLP(shared, dtype=dtype, rngs=rngs) if cfg.gated_mlp else MLP(shared, dtype=dtype, rngs=rngs,
+                                                                                                     bias=cfg.mlp_bias)
             if cfg.shared_expert_gated:
                 self.shared_expert_gate = Dense((e,), (1,), ("embed", "router"), bias=False, dtype=dtype, rngs=rngs,
                                                 quantizable=False)
 
     def quantize(self, path: tuple, scheme_for) -> None:
         """Declare each expert stack quantized by scheme_for(its path) (None: stay float)."""
-        for name in self.EXPERTS:
+        for name in self.names:
             scheme = scheme_for(path + (name,))
             if scheme is None:
                 continue
@@ -108,18 +118,21 @@ class MoE(nnx.Module, pytree=False):
                 setattr(self, offset_name, param((x, groups, out), scale_axes, scheme.offset_dtype or dtype))
 
     def _stacks(self) -> list[tuple]:
-        """(stack, scale or None, offset or None) of gate, up and down, as arrays; with expert
+        """(stack, scale or None, offset or None) of gate (where gated), up and down, as arrays; with expert
         biases, a fourth entry: the biases of gate, up and down."""
         out = []
-        for name in self.EXPERTS:
+        for name in self.names:
             scale, offset = (getattr(self, n) for n in quant.scale_names(name))
             out.append((getattr(self, name)[...], None if scale is None else scale[...], None if offset is None else offset[...]))
         if self.gate_proj_bias is not None:
             out.append(tuple(getattr(self, f"{name}_bias")[...] for name in self.EXPERTS))
         return out
 
-    def _glu(self, gate, up):
-        """The experts' hidden activations from their gate and up products."""
+    def _glu(self, *products):
+        """The experts' hidden activations from their gate and up products (up's alone: act(up), ungated)."""
+        if len(products) == 1:
+            return self.act(products[0])
+        gate, up = products
         if self.swiglu is None:
             return self.act(gate) * up
         return clamped_swiglu(gate, up, *self.swiglu)
@@ -158,11 +171,13 @@ class MoE(nnx.Module, pytree=False):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         weights, experts = self.route(x if route_from is None else route_from.reshape(-1, shape[-1]))
+        xs = x if self.fc1_latent_proj is None else self.fc1_latent_proj(x)
         if self.expert_mesh is None:
-            out = self._experts(x, weights, experts, self._stacks(), None)
+            out = self._experts(xs, weights, experts, self._stacks(), None)
         else:
-            out = self._split_experts(x, weights, experts, self._stacks())
+            out = self._split_experts(xs, weights, experts, self._stacks())
         out = out.astype(x.dtype)
+        out = out if self.fc2_latent_proj is None else self.fc2_latent_proj(out)
         if self.shared_expert_gate is not None:
             out = out + jax.nn.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
         elif self.shared_expert is not None:
@@ -174,9 +189,9 @@ class MoE(nnx.Module, pytree=False):
         experts the stacks hold: all of them (`first` None), or first .. first + len(stack) - 1 (a
         device's range under expert parallelism; assignments to other experts count for nothing).
         `form` (default `expert_form`'s choice): "ragged" or "gather"."""
-        local = stacks[0][0].shape[0]
+        local, n = stacks[0][0].shape[0], len(self.names)
         form = form or expert_form(experts.size, local)
-        stacks, biases = stacks[:3], (stacks[3] if len(stacks) > 3 else None)
+        stacks, biases = stacks[:n], (stacks[n] if len(stacks) > n else None)
         flat = experts.reshape(-1)  # [N * k] assignments, token-major
         mine = None
         if first is not None:
@@ -199,13 +214,13 @@ class MoE(nnx.Module, pytree=False):
         w = jnp.take(weights.reshape(-1), order)
         if self.scales_input:  # Llama 4: each assignment's input times its weight, its output unweighted
             xs, w = xs * w[:, None].astype(x.dtype), jnp.ones_like(w)
-        gate, up, down = (self._weight(*s, x.dtype) for s in stacks)
-        g, u = jax.lax.ragged_dot(xs, gate, groups), jax.lax.ragged_dot(xs, up, groups)
+        *ins, down = (self._weight(*s, x.dtype) for s in stacks)
+        products = [jax.lax.ragged_dot(xs, w, groups) for w in ins]  # gate (where gated) and up
         if biases is not None:  # each assignment's expert's biases (rows past the local groups: masked below)
             ids = jnp.take(flat, order)
             bias = [jnp.take(b_, ids, axis=0, mode="clip") for b_ in biases]
-            g, u = g + bias[0], u + bias[1]
-        y = jax.lax.ragged_dot(self._glu(g, u), down, groups)  # [N * k, E]
+            products = [p + b_ for p, b_ in zip(products, bias)]
+        y = jax.lax.ragged_dot(self._glu(*products), down, groups)  # [N * k, E]
         if biases is not None:
             y = y + bias[2]
         y = y.astype(jnp.float32) * w[:, None]
@@ -216,14 +231,14 @@ class MoE(nnx.Module, pytree=False):
     def _gathered(self, x, w, flat, stacks, biases=None):
         """`_experts` as each assignment's own expert matrices taken from the stacks (reads k
         experts per token) and one product per assignment. w [N * k] float32, flat [N * k] local ids."""
-        gate, up, down = (self._weight(*(None if a is None else jnp.take(a, flat, axis=0) for a in s), x.dtype)
-                          for s in stacks)  # [N * k, E, F], [N * k, F, E]
-        bias = [0, 0, 0] if biases is None else [jnp.take(b_, flat, axis=0) for b_ in biases]
+        *ins, down = (self._weight(*(None if a is None else jnp.take(a, flat, axis=0) for a in s), x.dtype)
+                      for s in stacks)  # [N * k, E, F] gate (where gated) and up, [N * k, F, E] down
+        bias = [0] * (len(ins) + 1) if biases is None else [jnp.take(b_, flat, axis=0) for b_ in biases]
         xs = jnp.repeat(x, self.k, axis=0)
         if self.scales_input:  # Llama 4: see _experts
             xs, w = xs * w[:, None].astype(x.dtype), jnp.ones_like(w)
-        h = self._glu(jnp.einsum("ne,nef->nf", xs, gate) + bias[0], jnp.einsum("ne,nef->nf", xs, up) + bias[1])
-        y = (jnp.einsum("nf,nfe->ne", h, down) + bias[2]).astype(jnp.float32) * w[:, None]
+        h = self._glu(*(jnp.einsum("ne,nef->nf", xs, m) + b_ for m, b_ in zip(ins, bias)))
+        y = (jnp.einsum("nf,nfe->ne", h, down) + bias[-1]).astype(jnp.float32) * w[:, None]
         return y.reshape(x.shape[0], self.k, -1).sum(1)
 
     def _split_experts(self, x, weights, experts, stacks):

@@ -249,17 +249,20 @@ def activation(name: str):
 
 
 class GatedMLP(nnx.Module, pytree=False):
-    """down(act(gate(x)) * up(x))."""
+    """down(act(gate(x)) * up(x)); with cfg.mlp_scales (g, d) (Falcon-H1's mlp_multipliers) down(act(g gate(x)) * up(x)) d."""
 
     def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
         e, f = cfg.hidden_size, cfg.intermediate_size
-        self.act = activation(cfg.hidden_act)
+        self.act, self.scales = activation(cfg.hidden_act), cfg.mlp_scales
         self.gate_proj = Dense((e,), (f,), ("embed", "mlp"), bias=cfg.mlp_bias, dtype=dtype, rngs=rngs)
         self.up_proj = Dense((e,), (f,), ("embed", "mlp"), bias=cfg.mlp_bias, dtype=dtype, rngs=rngs)
         self.down_proj = Dense((f,), (e,), ("mlp", "embed"), bias=cfg.mlp_bias, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        gate, down = self.scales
+        if gate == down == 1:
+            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.gate_proj(x) * gate) * self.up_proj(x)) * down
 
 
 class XIELU(nnx.Module, pytree=False):

@@ -24,7 +24,9 @@ from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, DecoderModel, norm_kwargs
 from jaxllm.models.gpt2 import spelled
 from jaxllm.models.layers import RMSNorm
-from jaxllm.models.mamba1 import Mamba, mamba1_fields, mamba1_specs
+from jaxllm.models.mamba1 import mamba1_fields, mamba1_specs
+from jaxllm.models.mamba2 import mamba_specs
+from jaxllm.models.mixers import mixer_cls
 from jaxllm.models.transforms import Linear
 from jaxllm.models.weights import WeightSpec
 
@@ -33,11 +35,12 @@ MAMBA_POSITIONS = 1 << 20
 
 
 class MambaBlock(nnx.Module):
-    """x + mixer(norm(x)): transformers' MambaBlock (its `norm` our input_layernorm), no MLP."""
+    """x + mixer(norm(x)): transformers' MambaBlock (its `norm` our input_layernorm), no MLP; the mixer the layer type's
+    (Mamba's, or Mamba2's: models/mamba2_lm.py)."""
 
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps, **norm_kwargs(cfg, dtype, rngs))
-        self.mixer = Mamba(cfg, layer, dtype=dtype, rngs=rngs)
+        self.mixer = mixer_cls(cfg, layer)(cfg, layer, dtype=dtype, rngs=rngs)
         self.dtype, self.residual_float32 = dtype, cfg.residual_float32
 
     def __call__(self, x, positions, rot, cache, kv=UNCACHED):
@@ -99,8 +102,8 @@ def mamba_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     for i in range(cfg.num_layers):
         hf, ours = f"backbone.layers.{i}.", ("model", "layers", i)
         specs.append(WeightSpec(hf + "norm.weight", ours + ("input_layernorm", "weight")))
-        specs += mamba1_specs(cfg, hf + "mixer.", ours + ("mixer",))
-    return specs
+        specs += mamba1_specs(cfg, hf + "mixer.", ours + ("mixer",)) if cfg.layer_types[i] == "mamba1" else []
+    return specs + mamba_specs(cfg, "backbone.layers.{i}.mixer", attr="mixer")  # Mamba2's layers
 
 
 # MambaConfig's field defaults (state-spaces/mamba-2.8b's block, 768 wide)

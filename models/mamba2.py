@@ -60,9 +60,12 @@ class Mamba2(RecurrentMixer):
         self.heads, self.head_dim, self.groups, self.n = h, p, cfg.mamba_groups, cfg.mamba_state
         self.state_dims = self.state_shape(cfg, layer)
         self.inner, channels = h * p, self.state_dims.conv[1]
-        self.eps, self.act = cfg.norm_eps, activation(cfg.hidden_act)  # the conv's activation: the model's hidden_act
+        # the conv's activation: the model's hidden_act, or the mixer's own (Nemotron-H's mamba_hidden_act)
+        self.eps, self.act, self.dt_min = cfg.norm_eps, activation(cfg.mamba_act or cfg.hidden_act), cfg.mamba_dt_min
         dense = dict(bias=cfg.mamba_proj_bias, dtype=dtype, rngs=rngs)
         self.in_proj = Dense((e,), (self.inner + channels + h,), ("embed", "recurrent"), **dense)
+        # Falcon-H1's muP: the input times in_scale, in_proj's z | x | B | C | dt parts each times its own scale
+        self.in_scale, self.proj_scales = cfg.mamba_in_scale, cfg.mamba_proj_scales
         conv = dict(weight=param((channels, 1, cfg.linear_conv_kernel), ("recurrent", "norm", "norm"), dtype))
         if cfg.conv_bias:
             conv["bias"] = param((channels,), ("recurrent",), dtype)
@@ -70,20 +73,32 @@ class Mamba2(RecurrentMixer):
         self.dt_bias = param((h,), ("recurrent",), dtype)
         self.A_log = param((h,), ("recurrent",), dtype)
         self.D = param((h,), ("recurrent",), dtype)
-        self.norm = nnx.Dict(weight=param((self.inner,), ("recurrent",), dtype))
-        self.out_proj = Dense((self.inner,), (e,), ("recurrent", "embed"), **dense)
+        self.norm_kind = cfg.mamba_norm
+        self.norm = None if cfg.mamba_norm == "none" else nnx.Dict(weight=param((self.inner,), ("recurrent",), dtype))
+        out_bias = cfg.mamba_proj_bias if cfg.mamba_out_bias is None else cfg.mamba_out_bias
+        self.out_proj = Dense((self.inner,), (e,), ("recurrent", "embed"), **dict(dense, bias=out_bias))
 
     def gated_norm(self, y, z, dtype):
-        """BambaRMSNormGated: y times silu(z) in float32, RMS-normed over each group's channels, cast, times the weight."""
-        y = y * jax.nn.silu(z.astype(jnp.float32))
+        """BambaRMSNormGated: y times silu(z) in float32, RMS-normed over each group's channels, cast, times the weight;
+        norm_kind "norm_first" (FalconH1RMSNormGated's norm_before_gate): normed, times the weight in float32, times
+        silu(z), cast; "none" (Falcon-H1 without mamba_rms_norm): y times silu(z), cast."""
+        gate = jax.nn.silu(z.astype(jnp.float32))
+        if self.norm_kind == "none":
+            return (y * gate).astype(dtype)
+        y = y * gate if self.norm_kind == "gate_first" else y
         grouped = y.reshape(*y.shape[:-1], self.groups, -1)
         grouped = grouped * jax.lax.rsqrt(jnp.mean(grouped * grouped, axis=-1, keepdims=True) + self.eps)
-        return self.norm["weight"][...] * grouped.reshape(y.shape).astype(dtype)
+        if self.norm_kind == "gate_first":
+            return self.norm["weight"][...] * grouped.reshape(y.shape).astype(dtype)
+        return (self.norm["weight"][...].astype(jnp.float32) * grouped.reshape(y.shape) * gate).astype(dtype)
 
     def __call__(self, x, positions, cache: RecurrentState | None, kv):
         b, t, _ = x.shape
         x, valid, rows, held, start = self.state_in(x, positions, cache, kv)
-        proj = self.in_proj(x)
+        proj = self.in_proj(x if self.in_scale == 1 else x * self.in_scale)
+        if self.proj_scales is not None:
+            widths = (self.inner, self.inner, self.groups * self.n, self.groups * self.n, self.heads)
+            proj = proj * jnp.concatenate([jnp.full((w,), s, proj.dtype) for s, w in zip(self.proj_scales, widths)])
         z, xbc, dt = proj[..., : self.inner], proj[..., self.inner : -self.heads], proj[..., -self.heads :]
         bias = self.conv1d["bias"][...] if "bias" in self.conv1d else None
         # the conv's input at padding is zero, as in the row alone (transformers zeroes x alone, which leaves in_proj's
@@ -97,6 +112,7 @@ class Mamba2(RecurrentMixer):
                   for i in range(2))
         bm, cm = (jnp.repeat(m, self.heads // self.groups, axis=2) for m in (bm, cm))  # each head its group's
         dt = jax.nn.softplus(dt.astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32))
+        dt = jnp.maximum(dt, self.dt_min) if self.dt_min else dt
         dt = jnp.where(valid[..., None], dt, 0.0)
         a = -jnp.exp(self.A_log[...].astype(jnp.float32))
         y, ssm = selective_scan(xs, dt, a, bm, cm, self.D[...].astype(jnp.float32), start.ssm)
@@ -114,33 +130,46 @@ def _number(value):
     return value
 
 
+def check_time_step_limit(limit) -> None:
+    """A ConfigError for a time_step_limit other than (0, inf) (None: left out), which is not implemented: transformers
+    clamps its prefill's time steps by it, not its decode steps' (two answers for one model)."""
+    if limit is not None and (not isinstance(limit, list) or [_number(v) for v in limit] != [0, math.inf]):
+        raise ConfigError(f"config.json time_step_limit={limit} is not implemented (transformers clamps its prefill's time "
+                          "steps by it, not its decode steps'): remove it, or set it to [0.0, Infinity]")
+
+
 def mamba_fields(raw: dict) -> dict:
     """The Mamba2 layers' ModelConfig fields from config.json's mamba_* keys (Bamba's, Granite 4.0-H's), refused where
     their config classes refuse them: mamba_d_head "auto" is mamba_expand * hidden_size / mamba_n_heads; a
     time_step_limit other than (0, inf) is not implemented (transformers clamps its prefill's time steps by it, not
     its decode steps': two answers for one model)."""
-    heads, inner, limit = raw["mamba_n_heads"], raw["mamba_expand"] * raw["hidden_size"], raw.get("time_step_limit")
+    heads, limit = raw["mamba_n_heads"], raw.get("time_step_limit")
+    # Falcon-H1's mamba_d_ssm: the mixer's width where given, else mamba_expand x hidden_size
+    inner, width = raw.get("mamba_d_ssm"), "mamba_d_ssm"
+    if inner is None:
+        inner, width = raw["mamba_expand"] * raw["hidden_size"], "mamba_expand x hidden_size" + (" (mamba_d_ssm null)" if
+                                                                                                 "mamba_d_ssm" in raw else "")
     head = inner // heads if raw["mamba_d_head"] == "auto" else raw["mamba_d_head"]
     if isinstance(head, str) or inner % heads or head * heads != inner:
-        raise ConfigError(f"config.json mamba_d_head={raw['mamba_d_head']!r} x mamba_n_heads={heads} is not mamba_expand x "
-                          f"hidden_size = {inner} (transformers refuses it): set mamba_d_head to {inner // heads or 1} or \"auto\"")
-    if limit is not None and [_number(v) for v in limit] != [0, math.inf]:
-        raise ConfigError(f"config.json time_step_limit={limit} is not implemented (transformers clamps its prefill's time "
-                          "steps by it, not its decode steps'): remove it, or set it to [0.0, Infinity]")
+        raise ConfigError(f"config.json mamba_d_head={raw['mamba_d_head']!r} x mamba_n_heads={heads} is not {width} = {inner} "
+                          f"(transformers refuses it): set mamba_d_head to {inner // heads or 1} or \"auto\"")
+    check_time_step_limit(limit)
     return dict(mamba_heads=heads, mamba_head_dim=head, mamba_state=raw["mamba_d_state"], mamba_groups=raw["mamba_n_groups"],
                 linear_conv_kernel=raw["mamba_d_conv"], conv_bias=bool(raw["mamba_conv_bias"]),
                 mamba_proj_bias=bool(raw["mamba_proj_bias"]))
 
 
-def mamba_specs(cfg: ModelConfig) -> list[WeightSpec]:
-    """Each Mamba2 layer's tensors, at model.layers.{i}.mamba as transformers names them."""
+def mamba_specs(cfg: ModelConfig, module: str = "model.layers.{i}.mamba", attr: str = "mamba") -> list[WeightSpec]:
+    """Each Mamba2 layer's tensors, at `module` as transformers names them (Nemotron-H's backbone.layers.{i}.mixer), into
+    the layer's `attr` (the shared layer's mamba, MambaBlock's mixer)."""
     specs = []
-    for i in filter(cfg.layer_is_recurrent, range(cfg.num_layers)):
-        hf, ours = f"model.layers.{i}.mamba.", ("model", "layers", i, "mamba")
-        for proj in ("in_proj", "out_proj"):
+    for i in (i for i in range(cfg.num_layers) if cfg.layer_state_kind(i) == "mamba"):
+        hf, ours = module.format(i=i) + ".", ("model", "layers", i, attr)
+        out_bias = cfg.mamba_proj_bias if cfg.mamba_out_bias is None else cfg.mamba_out_bias
+        for proj, bias in (("in_proj", cfg.mamba_proj_bias), ("out_proj", out_bias)):
             specs.append(WeightSpec(f"{hf}{proj}.weight", ours + (proj, "kernel"), Linear()))
-            specs += [WeightSpec(f"{hf}{proj}.bias", ours + (proj, "bias"))] if cfg.mamba_proj_bias else []
+            specs += [WeightSpec(f"{hf}{proj}.bias", ours + (proj, "bias"))] if bias else []
         specs += [WeightSpec(hf + "conv1d." + p, ours + ("conv1d", p)) for p in ("weight", "bias")[: 1 + cfg.conv_bias]]
         specs += [WeightSpec(hf + name, ours + (name,)) for name in ("dt_bias", "A_log", "D")]
-        specs.append(WeightSpec(hf + "norm.weight", ours + ("norm", "weight")))
+        specs += [WeightSpec(hf + "norm.weight", ours + ("norm", "weight"))] if cfg.mamba_norm != "none" else []
     return specs

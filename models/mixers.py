@@ -23,9 +23,10 @@ def mixer_cls(cfg: ModelConfig, layer: int) -> type[RecurrentMixer] | None:
 
 
 def state_shape(cfg: ModelConfig, layer: int) -> StateShape | None:
-    """The recurrent state of `layer` per sequence, or None where it keeps none."""
-    cls = mixer_cls(cfg, layer)
-    return None if cls is None else cls.state_shape(cfg, layer)
+    """The recurrent state of `layer` per sequence (its mixer's, or its parallel mixer's beside attention: Falcon-H1),
+    or None where it keeps none."""
+    kind = cfg.layer_state_kind(layer)
+    return None if kind is None else MIXERS[kind].state_shape(cfg, layer)
 
 
 def state_shapes(cfg: ModelConfig) -> tuple:
@@ -36,3 +37,9 @@ def state_shapes(cfg: ModelConfig) -> tuple:
 def state_bytes(cfg: ModelConfig, dtype) -> int:
     """Bytes of one sequence's recurrent state, every layer (conv inputs in `dtype`)."""
     return sum(shape_bytes(shape, dtype) for shape in state_shapes(cfg) if shape is not None)
+
+
+def layer_parts(kv, state):
+    """A layer's cache: its pages of keys and values (a LayerCache), its RecurrentState, or both (Falcon-H1's attention
+    and Mamba2 mixer in one layer: the pair (pages, state), as DecoderLayer.mix reads it); None for neither."""
+    return state if kv is None else kv if state is None else (kv, state)

@@ -36,6 +36,8 @@ def moe_weight_map(block: str, names: dict, base=decoder_weight_map, router: str
             if not cfg.layer_is_moe(i):
                 continue
             hf, ours = f"model.layers.{i}.{block}.", ("model", "layers", i, "mlp")
+            for name in ("fc1_latent_proj", "fc2_latent_proj") if cfg.moe_latent_size else ():  # Nemotron-H's latent experts
+                specs += dense(hf + name, ours + (name,), bias=cfg.mlp_bias)
             specs.append(WeightSpec(hf + router, ours + ("gate", "kernel"), Linear()))
             if cfg.router_score_bias:
                 specs.append(WeightSpec(hf + score_bias[0], ours + ("e_score_correction_bias",), score_bias[1]))
@@ -43,7 +45,7 @@ def moe_weight_map(block: str, names: dict, base=decoder_weight_map, router: str
                 experts = tuple(f"{hf}experts.{j}.{theirs}.weight" for j in range(cfg.num_experts))
                 specs.append(WeightSpec(experts, ours + (name,), Stack(Transpose(1))))
             if cfg.shared_expert_intermediate_size:
-                for name in ("gate_proj", "up_proj", "down_proj"):
+                for name in ("gate_proj", "up_proj", "down_proj")[not cfg.gated_mlp:]:  # ungated: up and down (Nemotron-H)
                     specs += dense(f"{hf}{shared}.{name}", ours + ("shared_expert", name), bias=cfg.mlp_bias)
                 if cfg.shared_expert_gated:
                     specs.append(WeightSpec(hf + "shared_expert_gate.weight", ours + ("shared_expert_gate", "kernel"), Linear()))

@@ -148,6 +148,13 @@ class _SplitExperts:
         return dtype_of(self.source, self.split[name][0] if name in self.split else name)
 
 
+def prefix_renamed(source, theirs: str, ours: str):
+    """`source`, each tensor it names `theirs`... read as `ours`... (Nemotron-H's and Mamba2's Hub checkpoints name the
+    base model backbone., transformers' classes model.: its conversion_mapping's WeightRenaming)."""
+    renamed = {ours + n[len(theirs):]: n for n in source.names() if n.startswith(theirs)}
+    return Renamed(source, renamed) if renamed else source
+
+
 def base_model_names(source, specs: Iterable[WeightSpec], prefix: str):
     """`source`, each tensor the weight map reads as `prefix.NAME` that it holds as NAME alone read
     under the prefixed name: a checkpoint saved from the base model (GPT2Model, LlamaModel) names

@@ -107,3 +107,22 @@ def test_mamba_layer_patterns_transformers_refuses_are_refused(raw, message):
     with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
         loader.plan(raw)
     assert "\n" not in str(info.value)
+
+
+NEMOTRON_H = dict(model_type="nemotron_h", vocab_size=32, hidden_size=16, intermediate_size=24, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=4, mamba_num_heads=4, mamba_head_dim=8, n_groups=2, ssm_state_size=4)
+
+
+@pytest.mark.parametrize("raw, message", [
+    (dict(NEMOTRON_H, hybrid_override_pattern="M*X"), r"hybrid_override_pattern 'M\*X' is not a string of M \(Mamba2\)"),
+    (dict(NEMOTRON_H, hybrid_override_pattern="ME", n_routed_experts=0), r"n_routed_experts is 0 beside MoE \(E\) blocks"),
+    (dict(NEMOTRON_H, hybrid_override_pattern="M", n_groups=3), r"mamba_num_heads=4 is not a multiple of n_groups=3"),
+    (dict(model_type="falcon_h1", vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=4,
+          mamba_d_ssm=32, mamba_n_heads=4, ssm_multipliers=[1.0, 2.0]), r"ssm_multipliers has 2 values where Falcon-H1 reads 5"),
+    (dict(model_type="mamba2", vocab_size=32, hidden_size=16, num_hidden_layers=1, num_heads=4, head_dim=4, n_groups=1),
+     r"num_heads=4 x head_dim=4 is not expand x hidden_size = 32"),
+], ids=["nemotron-h-pattern", "nemotron-h-no-experts", "nemotron-h-groups", "falcon-h1-multipliers", "mamba2-heads"])
+def test_mamba2_hybrids_refuse_what_transformers_cannot_run(raw, message):
+    with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
+        loader.plan(raw)
+    assert "\n" not in str(info.value)

@@ -18,7 +18,7 @@ from jaxllm.engine import Engine
 from jaxllm.errors import GenerationError
 from jaxllm.models import registry
 from jaxllm.models.attention import LayerCache, PagedCache
-from jaxllm.models.mixers import state_shape
+from jaxllm.models.mixers import layer_parts, state_shape
 from jaxllm.models.recurrent import zero_state
 
 TOL = 1e-4
@@ -42,9 +42,9 @@ def test_cached_decode_matches_full_forward(pair):
     module = model.module
     shapes = [None if kv is None else (13, 4) + kv for kv in map(cfg.kv_shape, range(cfg.num_layers))]  # 12 pages and the trash page
     cache = [None if s is None else LayerCache(np.zeros(s, np.float32), np.zeros(s, np.float32)) for s in shapes]
-    # a recurrent layer's state instead: a row per sequence (row b's is row b)
+    # a recurrent layer's state instead (or beside its pages: Falcon-H1): a row per sequence (row b's is row b)
     recurrent = (state_shape(cfg, i) for i in range(cfg.num_layers))
-    cache = [c if r is None else zero_state(r, 2, np.float32) for c, r in zip(cache, recurrent)]
+    cache = [layer_parts(c, None if r is None else zero_state(r, 2, np.float32)) for c, r in zip(cache, recurrent)]
     table = np.asarray([[7, 2, 9, 0, 4], [1, 11, 3, 8, 5]], np.int32)
     positions = np.broadcast_to(np.arange(6), (2, 6))
     # one compiled call per shape (prefill, decode), as the engine runs them, not op by op

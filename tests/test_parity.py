@@ -861,6 +861,35 @@ SPELLINGS = {
                                                                   partial_rotary_factor=0.25)),
     "bamba-own-rope-factor": ("BambaForCausalLM", {}, _edit(rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                                              "partial_rotary_factor": 1.0})),
+    # Nemotron-H as nvidia/Nemotron-H-*'s and NVIDIA-Nemotron-*'s files spell it: hybrid_override_pattern (a
+    # num_hidden_layers it ignores), the older mamba_* spellings, a tied flag NemotronHForCausalLM never applies; a list of
+    # the legacy block names with a stray rope and hidden_act
+    "nemotron_h-hub-pattern-and-older-keys": ("NemotronHForCausalLM", {}, _edit(
+        ("layers_block_type", "n_groups", "conv_kernel", "use_conv_bias", "time_step_min"), hybrid_override_pattern="ME*M-",
+        num_hidden_layers=52, mamba_n_groups=2, mamba_d_conv=4, mamba_conv_bias=True, mamba_dt_min=0.01,
+        tie_word_embeddings=True, time_step_limit=[0.0, float("inf")])),
+    "nemotron_h-legacy-block-names": ("NemotronHForCausalLM", {}, _edit(
+        layers_block_type=["mamba", "moe", "attention", "mamba", "mlp"], rope_theta=5000.0, hidden_act="gelu")),
+    # Nemotron 3 Super's latent experts (moe_latent_size), the router's score bias, tensors named model.* as transformers'
+    # classes name them
+    "nemotron_h-latent-experts-model-prefix": ("NemotronHForCausalLM", dict(moe_latent_size=24), _edit(), _tensors(
+        rename=lambda n: n.replace("backbone.", "model."), add=_score_biases("mixer.gate", [1], 4))),
+    # Falcon-H1 as tiiuae/Falcon-H1-*'s files spell it: a flat rope_theta, head_dim and a numeric mamba_d_head given,
+    # time_step_limit holding Infinity, keys its code never reads; the muP multipliers left out (1.0 each); the mixer's
+    # output gated without a norm, or gated before its norm
+    "falcon_h1-hub-keys": ("FalconH1ForCausalLM", {}, _edit(("rope_parameters",), rope_theta=1e11, head_dim=16, mamba_d_head=16,
+                                                           time_step_limit=[0.0, float("inf")], mamba_use_mlp=True,
+                                                           mamba_chunk_size=128, num_logits_to_keep=1)),
+    "falcon_h1-default-multipliers": ("FalconH1ForCausalLM", {}, _edit((
+        "embedding_multiplier", "lm_head_multiplier", "key_multiplier", "attention_in_multiplier", "attention_out_multiplier",
+        "ssm_in_multiplier", "ssm_out_multiplier", "mlp_multipliers", "ssm_multipliers"))),
+    "falcon_h1-no-mamba-norm": ("FalconH1ForCausalLM", dict(mamba_rms_norm=False), _edit()),
+    "falcon_h1-gate-before-norm": ("FalconH1ForCausalLM", dict(mamba_norm_before_gate=False), _edit()),
+    # Mamba2: a tied head; keys its code never reads (residual_in_fp32: a float32 residual stream in 16-bit models
+    # alone), time_step_limit holding Infinity
+    "mamba2-tied": ("Mamba2ForCausalLM", dict(tie_word_embeddings=True), _edit()),
+    "mamba2-hub-keys": ("Mamba2ForCausalLM", {}, _edit(residual_in_fp32=True, time_step_limit=[0.0, float("inf")],
+                                                      num_attention_heads=3, intermediate_size=7, chunk_size=8)),
     # Mamba as state-spaces/mamba-*-hf's files spell it: tied by default, time_step_rank "auto", the original code's keys
     # (n_layer, fused_add_norm, rms_norm, pad_vocab_size_multiple); an inner width of intermediate_size, not expand's
     "mamba-hub-spelling": ("MambaForCausalLM", dict(time_step_rank=4, tie_word_embeddings=True, intermediate_size=96), _edit(
@@ -957,17 +986,18 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     kind = arch.hf_model_type
     act = {"gpt_neo": "activation_function", "falcon": "activation", "gpt2": "activation_function", "gpt_bigcode": "activation_function", "gptj": "activation_function", "codegen": "activation_function",
            "opt": "activation_function", "xglm": "activation_function", "gemma2": "hidden_activation", "vaultgemma": "hidden_activation", "gemma3_text": "hidden_activation",
-           "gemma4_text": "hidden_activation"}.get(kind, "hidden_act")
+           "gemma4_text": "hidden_activation", "nemotron_h": "mlp_hidden_act"}.get(kind, "hidden_act")
     eps = {"gpt_neo": "layer_norm_epsilon", "nemotron": "norm_eps", "falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "codegen": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps", "persimmon": "layer_norm_eps",
            "starcoder2": "norm_epsilon", "bloom": "layer_norm_epsilon", "mpt": "layer_norm_epsilon",
            "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps", "lfm2": "norm_eps", "lfm2_moe": "norm_eps", "lfm3": "norm_eps",
-           "mamba": "layer_norm_epsilon", "falcon_mamba": "layer_norm_epsilon"}.get(kind, "rms_norm_eps")
+           "mamba": "layer_norm_epsilon", "falcon_mamba": "layer_norm_epsilon", "nemotron_h": "layer_norm_epsilon",
+           "mamba2": "layer_norm_epsilon"}.get(kind, "rms_norm_eps")
     fixed_eps = kind in ("olmo", "opt", "biogpt", "xglm", "dbrx")  # nn.LayerNorm's 1e-5, whatever the config says
     # ALiBi families: BLOOM's has no length (jaxllm's 2,048 positions are its context alone), MPT's bias table max_seq_len;
     # their MLPs hard-wire the activation (BloomGelu's tanh form, MptMLP's exact GELU; LFM2's silu)
-    # Mamba's: none (its positions bound nothing; jaxllm's MAMBA_POSITIONS bound its requests)
-    positions = ({"bloom": 2048, "mpt": getattr(hf, "max_seq_len", None), "mamba": MAMBA_POSITIONS, "falcon_mamba": MAMBA_POSITIONS}.get(kind)
-                 or getattr(hf, "max_position_embeddings", None))
+    # Mamba's and Mamba2's: none (its positions bound nothing; jaxllm's MAMBA_POSITIONS bound its requests)
+    positions = ({"bloom": 2048, "mpt": getattr(hf, "max_seq_len", None), "mamba": MAMBA_POSITIONS, "falcon_mamba": MAMBA_POSITIONS,
+                  "mamba2": MAMBA_POSITIONS}.get(kind) or getattr(hf, "max_position_embeddings", None))
     hard_act = {"bloom": "gelu_pytorch_tanh", "mpt": "gelu", "lfm2": "silu", "lfm2_moe": "silu", "lfm3": "silu"}
     act_of = hard_act.get(kind) or (hf.ffn_config.ffn_act_fn["name"] if kind == "dbrx" else getattr(hf, act))
     out = dict(max_position_embeddings=positions, norm_eps=1e-5 if fixed_eps else getattr(hf, eps),
@@ -976,7 +1006,8 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
         out["hidden_act"] = "gelu_pytorch_tanh"
     if kind in ("gptj", "codegen"):
         out["rope_theta"] = 10000.0  # GPT-J's and CodeGen's fixed base
-    elif kind not in ("gpt2", "gpt_bigcode", "gpt_neo", "opt", "biogpt", "xglm", "bloom", "mpt", "mamba", "falcon_mamba", "jamba"):
+    elif kind not in ("gpt2", "gpt_bigcode", "gpt_neo", "opt", "biogpt", "xglm", "bloom", "mpt", "mamba", "falcon_mamba", "jamba",
+                      "nemotron_h", "mamba2"):
         rope = hf.rope_parameters
         out["rope_theta"] = rope.get("full_attention", rope)["rope_theta"]
     return out

@@ -24,13 +24,14 @@ def test_hidden_states_attention_and_logprobs_match_transformers(arch, tmp_path)
     assert len(hidden) == len(out.hidden_states) == model.config.num_layers + 1
     for i, (ours, theirs) in enumerate(zip(hidden, out.hidden_states)):
         assert reference.max_rel_diff(ours, theirs.numpy()) <= TOL, f"hidden state {i}"
-    # transformers records the attention layers' weights alone; a recurrent layer's are refused in one line
+    # transformers records the attention layers' weights alone; a recurrent or feed-forward layer's are refused in one line
     cfg = model.config
-    full = [i for i in range(cfg.num_layers) if not cfg.layer_is_recurrent(i)]
-    if len(full) < cfg.num_layers:
-        linear = next(i for i in range(cfg.num_layers) if cfg.layer_is_recurrent(i))
-        with pytest.raises(jaxllm.InputError, match=f"layer {linear} is a recurrent"):
-            model.attention_weights(TOKENS, linear)
+    full = [i for i in range(cfg.num_layers) if cfg.layer_is_attention(i)]
+    for other, kind in ((cfg.layer_is_recurrent, "recurrent"), (lambda i: not cfg.layer_has_mixer(i), "feed-forward")):
+        layer = next(filter(other, range(cfg.num_layers)), None)
+        if layer is not None:
+            with pytest.raises(jaxllm.InputError, match=f"layer {layer} is a {kind}"):
+                model.attention_weights(TOKENS, layer)
     # (MiniMax records its lightning layers too, their [head dim, head dim] states: there the attention layers' are by layer)
     recorded = full if not full or len(out.attentions) == len(full) else list(range(cfg.num_layers))
     for layer in (full[0], full[-1]) if full else ():  # none in Mamba

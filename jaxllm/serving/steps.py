@@ -17,6 +17,7 @@ from flax import nnx
 
 from jaxllm import sharding
 from jaxllm.models.attention import LayerCache, PagedCache
+from jaxllm.models.mixers import layer_parts
 from jaxllm.models.recurrent import RecurrentState, zero_state
 from jaxllm.sampling import RowParams, SamplingParams, sample
 
@@ -26,7 +27,8 @@ ERROR = -2  # the token of a row whose logits were not finite: it ends there, wi
 class SlotState(NamedTuple):
     cache: list  # per layer LayerCache: k, v [pool, page_size, K, D] (int8: and scales [pool, page_size, K]);
     # pages >= num_pages are never handed out. A recurrent layer's: its RecurrentState, a row per
-    # decode slot and a scratch row per dp shard (runner.recurrent_rows; models/recurrent.py)
+    # decode slot and a scratch row per dp shard (runner.recurrent_rows; models/recurrent.py); a layer
+    # with both (Falcon-H1's attention beside a Mamba2 mixer): the pair (layer_parts)
     tokens: jax.Array  # [B] the last token of each slot, fed at the next step
     positions: jax.Array  # [B] where that token will be written
     done: jax.Array  # [B] bool
@@ -100,16 +102,17 @@ def steps(graphdef, chunk: int, attention: str, mesh, kv_shapes: tuple, scales: 
     rep = sharding.replicated(mesh)
 
     def layer_cache(shape, state):
+        rec = None
         if state is not None:  # recurrent state rows: over dp like the slots, their heads over tp as the layer's
             zeros = jax.eval_shape(lambda: zero_state(state, mesh.shape["dp"], jnp.float32))
-            return RecurrentState(*(jax.sharding.NamedSharding(mesh, sharding.spec_for(axes, z.shape, mesh, "a recurrent state"))
-                                    for axes, z in zip(state.logical_axes(), zeros)))
+            rec = RecurrentState(*(jax.sharding.NamedSharding(mesh, sharding.spec_for(axes, z.shape, mesh, "a recurrent state"))
+                                   for axes, z in zip(state.logical_axes(), zeros)))
         if shape is None:
-            return None
+            return layer_parts(None, rec)
         pool = sharding.pool_sharding(mesh, shape[0])
         spec = tuple(pool.spec) + (None,) * (4 - len(pool.spec))
         scale = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec[:3])) if scales else None
-        return LayerCache(pool, pool, scale, scale)
+        return layer_parts(LayerCache(pool, pool, scale, scale), rec)
 
     rows = sharding.dp_rows(mesh)  # replicated when dp = 1
     cache = [layer_cache(shape, state) for shape, state in zip(kv_shapes, recurrent or (None,) * len(kv_shapes))]
@@ -155,13 +158,13 @@ def _zero_state(rows, pool, page_size, kv_shapes, vocab, eos_width, dtypes, recu
     values, scales = dtypes
 
     def layer(kv_shape, state):
-        if state is not None:
-            return zero_state(state, state_rows, model_dtype)
+        rec = None if state is None else zero_state(state, state_rows, model_dtype)
         if kv_shape is None:
-            return None
+            return layer_parts(None, rec)
         shape = (pool, page_size) + tuple(kv_shape)
         kv = [jnp.zeros(shape, values) for _ in range(2)]
-        return LayerCache(*kv) if scales is None else LayerCache(*kv, *(jnp.zeros(shape[:3], scales) for _ in range(2)))
+        return layer_parts(LayerCache(*kv) if scales is None else LayerCache(*kv, *(jnp.zeros(shape[:3], scales) for _ in range(2))),
+                           rec)
 
     return SlotState(
         cache=[layer(shape, state) for shape, state in zip(kv_shapes, recurrent or (None,) * len(kv_shapes))],
