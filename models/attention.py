@@ -362,6 +362,8 @@ class Attention(nnx.Module):
         # Qwen3-Next's gated attention: a gate per query head and dim (read out of its q_proj), the output times its sigmoid
         self.gate_proj = Dense((e,), (h, d), ("embed", "q_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype,
                                rngs=rngs) if cfg.attn_output_gate else None
+        # BitNet: an RMSNorm of the output over every head before o_proj
+        self.attn_sub_norm = RMSNorm((h, d), cfg.norm_eps, dtype=dtype, rngs=rngs, axes=("q_heads", "head_dim")) if cfg.sub_norms else None
         if cfg.qk_norm == "none" or (cfg.qk_norm_layers is not None and layer not in cfg.qk_norm_layers):
             self.q_norm = self.k_norm = None
         elif cfg.qk_norm == "l2":  # a weightless RMSNorm of each head (Llama 4)
@@ -393,13 +395,15 @@ class Attention(nnx.Module):
         `cache`, attends over it and returns None: it keeps none."""
         q, k, v = self.project(x, positions, rot)
         if self.reads_shared_kv:
-            return self.o_proj(self.gated(kv.read(q, cache, positions, self.call_spec()), x)), None
+            return self.output(kv.read(q, cache, positions, self.call_spec()), x), None
         out, new = kv(q, k, v, cache, positions, self.call_spec())
-        return self.o_proj(self.gated(out, x)), new
+        return self.output(out, x), new
 
-    def gated(self, out, x):
-        """The attention output [B, T, H, D], times sigmoid(gate_proj(x)) where the layer has an output gate."""
-        return out if self.gate_proj is None else out * jax.nn.sigmoid(self.gate_proj(x))
+    def output(self, out, x):
+        """The attention output [B, T, H, D] through o_proj: first times sigmoid(gate_proj(x)) where the layer has
+        an output gate, RMS-normed over every head where it has a sub-norm (BitNet)."""
+        out = out if self.gate_proj is None else out * jax.nn.sigmoid(self.gate_proj(x))
+        return self.o_proj(out if self.attn_sub_norm is None else self.attn_sub_norm(out))
 
     def call_spec(self) -> AttnSpec:
         """The layer's AttnSpec with its sinks' values (float32), where it has sinks."""

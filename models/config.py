@@ -54,6 +54,9 @@ class ModelConfig:
     o_bias: bool = False
     mlp_bias: bool = False
     gated_mlp: bool = True  # False: the decoder's MLP is down(act(up(x))), no gate_proj (Arcee)
+    # BitNet: an RMSNorm of the attention output before o_proj (attn_sub_norm, over every head) and of the
+    # gated MLP's product before down_proj (ffn_sub_norm)
+    sub_norms: bool = False
     # "per_head": RMSNorm of each head (Qwen3); "projection": over all heads (OLMo 2); "layernorm":
     # LayerNorm, weight and bias, of each head (Phi's qk_layernorm); "layernorm_per_head": a LayerNorm
     # without bias, each head its own weights (StableLM's qk_layernorm, Cohere's use_qk_norm); "l2": an

@@ -249,7 +249,7 @@ def activation(name: str):
 
 
 class GatedMLP(nnx.Module, pytree=False):
-    """down(act(gate(x)) * up(x))."""
+    """down(act(gate(x)) * up(x)); down(norm(act(gate(x)) * up(x))) where cfg.sub_norms (BitNet's ffn_sub_norm)."""
 
     def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
         e, f = cfg.hidden_size, cfg.intermediate_size
@@ -257,9 +257,11 @@ class GatedMLP(nnx.Module, pytree=False):
         self.gate_proj = Dense((e,), (f,), ("embed", "mlp"), bias=cfg.mlp_bias, dtype=dtype, rngs=rngs)
         self.up_proj = Dense((e,), (f,), ("embed", "mlp"), bias=cfg.mlp_bias, dtype=dtype, rngs=rngs)
         self.down_proj = Dense((f,), (e,), ("mlp", "embed"), bias=cfg.mlp_bias, dtype=dtype, rngs=rngs)
+        self.ffn_sub_norm = RMSNorm(f, cfg.norm_eps, dtype=dtype, rngs=rngs, axes=("mlp",)) if cfg.sub_norms else None
 
     def __call__(self, x):
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        h = self.act(self.gate_proj(x)) * self.up_proj(x)
+        return self.down_proj(h if self.ffn_sub_norm is None else self.ffn_sub_norm(h))
 
 
 class XIELU(nnx.Module, pytree=False):

@@ -84,3 +84,16 @@ def test_bloom_layers_transformers_runs_otherwise_are_refused(change, message):
     with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
         loader.plan(dict(model_type="bloom", vocab_size=32, hidden_size=16, n_layer=1, n_head=4, **change))
     assert "\n" not in str(info.value)
+
+
+SMALL = dict(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)
+
+
+@pytest.mark.parametrize("raw, message", [
+    (dict(SMALL, model_type="bitnet", head_dim=8), r"num_attention_heads=4 x head_dim=8 is not hidden_size=16: .*attn_sub_norm"),
+], ids=["bitnet-heads"])
+def test_shapes_a_family_cannot_run_are_refused(raw, message):
+    """Shapes transformers builds a family's model of but cannot run (or refuses), each refused in one line."""
+    with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
+        loader.plan(raw)
+    assert "\n" not in str(info.value)

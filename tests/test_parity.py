@@ -818,6 +818,9 @@ SPELLINGS = {
                                                                   partial_rotary_factor=0.25)),
     "bamba-own-rope-factor": ("BambaForCausalLM", {}, _edit(rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                                              "partial_rotary_factor": 1.0})),
+    # BitNet: a rope base of 500,000, squared ReLU and no biases where left out (BitNetConfig); keys its code never reads
+    "bitnet-defaults": ("BitNetForCausalLM", dict(attention_bias=False), _edit(("rope_parameters", "hidden_act", "attention_bias"),
+                                                                           mlp_bias=True, sliding_window=8)),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
