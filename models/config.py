@@ -57,6 +57,9 @@ class ModelConfig:
     # BitNet: an RMSNorm of the attention output before o_proj (attn_sub_norm, over every head) and of the
     # gated MLP's product before down_proj (ffn_sub_norm)
     sub_norms: bool = False
+    # DiffLlama's differential attention (models/diffllama.py): two softmax maps' outputs subtracted; its cache holds
+    # values twice head_dim wide (each kv head's value beside its pair's, the keys zero-padded alike)
+    differential_attention: bool = False
     # "per_head": RMSNorm of each head (Qwen3); "projection": over all heads (OLMo 2); "layernorm":
     # LayerNorm, weight and bias, of each head (Phi's qk_layernorm); "layernorm_per_head": a LayerNorm
     # without bias, each head its own weights (StableLM's qk_layernorm, Cohere's use_qk_norm); "l2": an
@@ -255,7 +258,7 @@ class ModelConfig:
         another layer's: kv_source; or it is a recurrent layer, which keeps a state instead)."""
         if self.layer_is_recurrent(layer) or self.kv_source(layer) != layer:
             return None
-        return self.layer_kv_heads(layer), self.layer_head_dim(layer)
+        return self.layer_kv_heads(layer), self.layer_head_dim(layer) * (2 if self.differential_attention else 1)
 
     def layer_mixer(self, layer: int) -> str | None:
         """The recurrent kind of `layer` (its layer type, one of RECURRENT_TYPES: models/mixers.py), or

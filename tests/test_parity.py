@@ -821,6 +821,9 @@ SPELLINGS = {
     # BitNet: a rope base of 500,000, squared ReLU and no biases where left out (BitNetConfig); keys its code never reads
     "bitnet-defaults": ("BitNetForCausalLM", dict(attention_bias=False), _edit(("rope_parameters", "hidden_act", "attention_bias"),
                                                                            mlp_bias=True, sliding_window=8)),
+    # DiffLlama: as many kv heads as heads where left out or null (DiffLlamaConfig), no biases, silu
+    "diffllama-defaults": ("DiffLlamaForCausalLM", dict(num_key_value_heads=4, attention_bias=False),
+                           _edit(("num_key_value_heads", "attention_bias", "hidden_act"), mlp_bias=True, sliding_window=8)),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
