@@ -824,6 +824,8 @@ SPELLINGS = {
     # DiffLlama: as many kv heads as heads where left out or null (DiffLlamaConfig), no biases, silu
     "diffllama-defaults": ("DiffLlamaForCausalLM", dict(num_key_value_heads=4, attention_bias=False),
                            _edit(("num_key_value_heads", "attention_bias", "hidden_act"), mlp_bias=True, sliding_window=8)),
+    # Jais 2: squared ReLU and biases everywhere where left out (Jais2Config); an RMSNorm epsilon and window it never reads
+    "jais2-defaults": ("Jais2ForCausalLM", {}, _edit(("hidden_act", "attention_bias", "mlp_bias"), rms_norm_eps=0.5, sliding_window=8)),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
@@ -913,7 +915,7 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
            "gemma4_text": "hidden_activation"}.get(kind, "hidden_act")
     eps = {"gpt_neo": "layer_norm_epsilon", "nemotron": "norm_eps", "falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "codegen": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps", "persimmon": "layer_norm_eps",
            "starcoder2": "norm_epsilon", "bloom": "layer_norm_epsilon", "mpt": "layer_norm_epsilon",
-           "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps", "lfm2": "norm_eps", "lfm2_moe": "norm_eps"}.get(kind, "rms_norm_eps")
+           "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps", "jais2": "layer_norm_eps", "lfm2": "norm_eps", "lfm2_moe": "norm_eps"}.get(kind, "rms_norm_eps")
     fixed_eps = kind in ("olmo", "opt", "biogpt", "xglm", "dbrx")  # nn.LayerNorm's 1e-5, whatever the config says
     # ALiBi families: BLOOM's has no length (jaxllm's 2,048 positions are its context alone), MPT's bias table max_seq_len;
     # their MLPs hard-wire the activation (BloomGelu's tanh form, MptMLP's exact GELU; LFM2's silu)
