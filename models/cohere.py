@@ -27,11 +27,7 @@ class CohereDecoderLayer(DecoderLayer):
 
 class CohereForCausalLM(CausalLM):
     layer_cls = CohereDecoderLayer
-    final_norm = NormNoBias
-
-    def logits(self, hidden):
-        out = super().logits(hidden)
-        return out if self.cfg.logit_scale == 1.0 else out * self.cfg.logit_scale
+    final_norm = NormNoBias  # the logits times logit_scale: the shared CausalLM.logits
 
 
 def cohere_weight_map(cfg: ModelConfig) -> list[WeightSpec]:

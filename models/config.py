@@ -117,6 +117,7 @@ class ModelConfig:
     rope_reversed: bool = False
     # Granite: each residual branch times residual_scale before the add, the logits divided by logits_divisor.
     residual_scale: float = 1.0
+    branch_norms: bool = False  # each residual branch RMS-normed before its scale and add (HyperCLOVAX's use_post_norm)
     logits_divisor: float = 1.0
     head_bias: bool = False  # a bias on the output head (PhiMoE's lm_head_bias; Phi's head hard-wires one)
     logit_scale: float = 1.0  # Cohere: the logits times logit_scale

@@ -202,8 +202,11 @@ class CausalLM(nnx.Module):
         return logits if self.lm_head is None else logits + self.lm_head["bias"][...]
 
     def logits(self, hidden):
-        """hidden [B, T, E] -> float32 logits [B, T, V] (tanh soft-capped where the model says so)."""
+        """hidden [B, T, E] -> float32 logits [B, T, V]: times logit_scale (Cohere, HyperCLOVAX), divided by
+        logits_divisor (Granite), tanh soft-capped where the model says so."""
         out = self.head(hidden).astype(jnp.float32)
+        out = out if self.cfg.logit_scale == 1.0 else out * self.cfg.logit_scale
+        out = out if self.cfg.logits_divisor == 1.0 else out / self.cfg.logits_divisor
         cap = self.cfg.final_softcap
         return out if cap is None else jnp.tanh(out / cap) * cap
 
@@ -309,6 +312,8 @@ def decoder_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
             specs.append(WeightSpec(f"{hf}self_attn.attn_sub_norm.weight", ours + ("self_attn", "attn_sub_norm", "weight"), Copy(flatten=True)))
         if cfg.sub_norms:
             specs.append(WeightSpec(f"{hf}mlp.ffn_sub_norm.weight", ours + ("mlp", "ffn_sub_norm", "weight")))
+        for name in ("post_norm1", "post_norm2") if cfg.branch_norms else ():  # HyperCLOVAX's
+            specs.append(WeightSpec(f"{hf}{name}.weight", ours + (name, "weight")))
         for name in ("gate_proj", "up_proj", "down_proj") if cfg.gated_mlp else ("up_proj", "down_proj"):
             mlp = ours + ("mlp", name)
             specs.append(WeightSpec(f"{hf}mlp.{name}.weight", mlp + ("kernel",), Linear()))

@@ -92,7 +92,8 @@ SMALL = dict(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_lay
 @pytest.mark.parametrize("raw, message", [
     (dict(SMALL, model_type="bitnet", head_dim=8), r"num_attention_heads=4 x head_dim=8 is not hidden_size=16: .*attn_sub_norm"),
     (dict(SMALL, model_type="diffllama", num_key_value_heads=1), r"num_key_value_heads=1 is odd: .*give an even number"),
-], ids=["bitnet-heads", "diffllama-odd-kv-heads"])
+    (dict(SMALL, model_type="hyperclovax", hidden_size=18, head_dim=4), r"hidden_size=18 is not a multiple of num_attention_heads=4"),
+], ids=["bitnet-heads", "diffllama-odd-kv-heads", "hyperclovax-heads"])
 def test_shapes_a_family_cannot_run_are_refused(raw, message):
     """Shapes transformers builds a family's model of but cannot run (or refuses), each refused in one line."""
     with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:

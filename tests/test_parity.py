@@ -826,6 +826,11 @@ SPELLINGS = {
                            _edit(("num_key_value_heads", "attention_bias", "hidden_act"), mlp_bias=True, sliding_window=8)),
     # Jais 2: squared ReLU and biases everywhere where left out (Jais2Config); an RMSNorm epsilon and window it never reads
     "jais2-defaults": ("Jais2ForCausalLM", {}, _edit(("hidden_act", "attention_bias", "mlp_bias"), rms_norm_eps=0.5, sliding_window=8)),
+    # HyperCLOVAX: the attention scale head_dim ** -0.5 and the branch norms on where left out or null (HyperCLOVAXConfig);
+    # without them (use_post_norm false); keys its code never reads
+    "hyperclovax-defaults": ("HyperCLOVAXForCausalLM", {}, _edit(("attention_multiplier", "use_post_norm"), sliding_window=8)),
+    "hyperclovax-null-attention-multiplier": ("HyperCLOVAXForCausalLM", {}, _edit(attention_multiplier=None)),
+    "hyperclovax-no-post-norms": ("HyperCLOVAXForCausalLM", dict(use_post_norm=False), _edit()),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
