@@ -154,6 +154,9 @@ class ModelConfig:
     # runs, its output times sigmoid(shared_expert_gate(x)); 0: none.
     shared_expert_intermediate_size: int = 0
     shared_expert_gated: bool = True  # False: the shared expert's output added as it is (GraniteMoeShared)
+    shared_expert_average: bool = False  # an ungated shared expert's output and the routed one's averaged (Cohere2-MoE)
+    # Cohere2-MoE: RMSNorms where config.json gives rms_norm_eps, else its LayerNorms without bias (its module's choice)
+    rms_norms: bool = False
     # gpt-oss's experts: a router with a bias (its router "topk_softmax"), biases on the experts' projections, and
     # the clamped SwiGLU (swiglu_limit not None: gate clamped above at the limit, up to [-limit,
     # limit], out = (up + 1) * gate * sigmoid(swiglu_alpha * gate)) in place of act(gate) * up.

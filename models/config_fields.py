@@ -134,6 +134,9 @@ CONFIG_FIELDS = {
     "norm_topk_prob": FLAG, "decoder_sparse_step": INDEX, "mlp_only_layers": Field(int, 0, MAX_SIZE, many="list"),
     "shared_expert_intermediate_size": COUNT, "qkv_bias": FLAG,  # Qwen2-MoE (a shared expert of width 0 is refused)
     "shared_intermediate_size": INDEX,  # GraniteMoeShared's (0: none)
+    # Cohere2-MoE's shared experts, router, dense prefix layers (their width and window pattern)
+    "num_shared_experts": INDEX, "shared_expert_combination_strategy": NAME, "expert_selection_fn": NAME,
+    "prefix_dense_intermediate_size": COUNT, "prefix_dense_sliding_window_pattern": COUNT,
     "router_jitter_noise": _given(NON_NEGATIVE), "lm_head_bias": FLAG,  # PhiMoE's (null: MixtralConfig refuses it)
     # Cohere's logit scale (null: its forward fails: Cohere's not_null; MPT's null default) and q/k LayerNorm
     # (use_bias: StableLM's, ERNIE 4.5's above)

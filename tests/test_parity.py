@@ -831,6 +831,14 @@ SPELLINGS = {
     "hyperclovax-defaults": ("HyperCLOVAXForCausalLM", {}, _edit(("attention_multiplier", "use_post_norm"), sliding_window=8)),
     "hyperclovax-null-attention-multiplier": ("HyperCLOVAXForCausalLM", {}, _edit(attention_multiplier=None)),
     "hyperclovax-no-post-norms": ("HyperCLOVAXForCausalLM", dict(use_post_norm=False), _edit()),
+    # Cohere2-MoE: RMSNorms where rms_norm_eps is set; the sigmoid router, renormalised or not; the shared expert summed;
+    # layer_types and mlp_layer_types from first_k_dense_replace and the two window patterns (the prefix's 1: full, rotated)
+    "cohere2_moe-rms-sigmoid-sum": ("Cohere2MoeForCausalLM", dict(rms_norm_eps=1e-5, expert_selection_fn="sigmoid",
+                                                                  shared_expert_combination_strategy="sum"), _edit()),
+    "cohere2_moe-sigmoid-unnormalised": ("Cohere2MoeForCausalLM", dict(expert_selection_fn="sigmoid", norm_topk_prob=False), _edit()),
+    "cohere2_moe-default-patterns": ("Cohere2MoeForCausalLM", dict(num_hidden_layers=5, layer_types=None, mlp_layer_types=None,
+                                                                   first_k_dense_replace=2, sliding_window_pattern=2),
+                                     _edit(("layer_types", "mlp_layer_types"), first_k_dense_replace=2, use_qk_norm=True)),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
@@ -927,6 +935,8 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     positions = {"bloom": 2048, "mpt": getattr(hf, "max_seq_len", None)}.get(kind) or getattr(hf, "max_position_embeddings", None)
     hard_act = {"bloom": "gelu_pytorch_tanh", "mpt": "gelu", "lfm2": "silu", "lfm2_moe": "silu"}
     act_of = hard_act.get(kind) or (hf.ffn_config.ffn_act_fn["name"] if kind == "dbrx" else getattr(hf, act))
+    if kind == "cohere2_moe":  # RMSNorms of rms_norm_eps where it is set, else LayerNorms of layer_norm_eps
+        eps = "rms_norm_eps" if hf.rms_norm_eps is not None else "layer_norm_eps"
     out = dict(max_position_embeddings=positions, norm_eps=1e-5 if fixed_eps else getattr(hf, eps),
                tie_word_embeddings=hf.tie_word_embeddings, hidden_act=act_of)
     if kind == "gemma" and out["hidden_act"] == "gelu":  # GemmaMLP's legacy mapping
