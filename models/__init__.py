@@ -31,6 +31,7 @@ from jaxllm.models import (
     gpt_oss,
     gptj,
     granite,
+    granite_swa,
     granitemoe,
     granitemoehybrid,
     helium,
@@ -69,6 +70,6 @@ FAMILIES = (
     glm4_moe, dots1, hunyuan, llama4, gemma4, qwen3_next, opt, biogpt, xglm, codegen, persimmon, vaultgemma, dbrx, bloom, mpt,
     lfm2, granitemoehybrid, bamba,
     minimax_m2, glm4_moe_lite, cwm, nanochat, exaone3, solar_open, youtu, exaone_moe, minicpm3,
-    bitnet, diffllama, jais2, hyperclovax,
+    bitnet, diffllama, jais2, hyperclovax, granite_swa,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

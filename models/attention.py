@@ -387,6 +387,7 @@ class Attention(nnx.Module):
         self.query_scale = cfg.query_scale if layers is None or layer in layers else None
         # gpt-oss: a learned logit per query head in every softmax's denominator (AttnSpec.sinks)
         self.sinks = param((h,), ("q_heads",), dtype) if cfg.attn_sinks else None
+        self.sinks_outside_weights = cfg.sinks_outside_weights
 
     def __call__(self, x, positions, rot: Rotary | None, cache: LayerCache | None, kv=UNCACHED):
         """x [B, T, E] at positions [B, T] -> (output [B, T, E], this layer's cache from `kv`).
@@ -446,7 +447,8 @@ class Attention(nnx.Module):
         q, k, _ = self.project(x, positions, rot)
         k = k if keys is None else keys
         spec = self.call_spec()
-        probs = attention_probs(q, k.astype(q.dtype), kv.mask(positions, spec.window), spec.scale, spec.softcap, spec.sinks,
+        sinks = None if self.sinks_outside_weights else spec.sinks
+        probs = attention_probs(q, k.astype(q.dtype), kv.mask(positions, spec.window), spec.scale, spec.softcap, sinks,
                                 score_bias(spec, positions, positions))
         b, groups, members, t, s = probs.shape
         return probs.reshape(b, groups * members, t, s)

@@ -106,6 +106,8 @@ class ModelConfig:
     local_rope: RopeConfig | None = None
     # Layers that take no rotary positions at all (SmolLM3's NoPE layers): layer_rope is None for them.
     nope_layers: tuple[int, ...] = ()
+    # Each layer's rope base in place of rope.theta (Granite SWA's layer_rope_theta; its 0s are nope_layers); (): rope.theta
+    rope_thetas: tuple[float, ...] = ()
     # cos/sin kept in float32 and q/k rotated in float32, then cast back (OLMo 2 and 3's rotary
     # embedding returns float32 tables); else the tables are cast to the model's dtype first (Llama's).
     rope_float32: bool = False
@@ -166,6 +168,9 @@ class ModelConfig:
     swiglu_alpha: float = 1.0
     # gpt-oss: a learned logit per query head that joins every attention softmax's denominator
     attn_sinks: bool = False
+    # Granite SWA: the sink scales each output by sigmoid(logsumexp(scores) - sink) (the same attention), so the
+    # attention weights transformers reports (research) are the softmax without it
+    sinks_outside_weights: bool = False
     clip_qkv: float | None = None  # OLMo, OLMoE: q, k and v clamped to [-clip_qkv, clip_qkv] after their projections (and q/k norms)
     # Multi-head latent attention (DeepSeek); None: the usual q/k/v projections. With it, head_dim is
     # the cached key and value heads' width, max(qk_head_dim, v_head_dim) (models/mla.py pads to it)
@@ -304,7 +309,7 @@ class ModelConfig:
             return None
         if self.local_rope is not None and self.layer_window(layer) is not None:
             return self.local_rope
-        return self.rope
+        return dataclasses.replace(self.rope, theta=self.rope_thetas[layer]) if self.rope_thetas else self.rope
 
     def layer_is_moe(self, layer: int) -> bool:
         return self.num_experts > 0 and layer not in self.dense_layers

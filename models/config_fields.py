@@ -124,6 +124,7 @@ CONFIG_FIELDS = {
     # Granite's scalings; Phi's q/k LayerNorm
     "embedding_multiplier": POSITIVE, "residual_multiplier": POSITIVE, "attention_multiplier": POSITIVE,
     "logits_scaling": POSITIVE, "qk_layernorm": FLAG, "use_post_norm": FLAG,  # HyperCLOVAX's norms of each residual branch
+    "layer_rope_theta": Field(float, 0, many="list"),  # Granite SWA's rope base per layer (0: no rotary positions)
     # StarCoder 2's epsilon and biases; StableLM's q/k/v biases
     "norm_epsilon": NON_NEGATIVE, "use_bias": FLAG, "use_qkv_bias": FLAG,
     # SmolLM3's layers without rotary positions: a 0 per NoPE layer, else one every no_rope_layer_interval

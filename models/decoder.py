@@ -308,6 +308,8 @@ def decoder_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
             for name in ("q_norm", "k_norm") if cfg.kv_shape(i) is not None else ("q_norm",):
                 flat = Copy(flatten=cfg.qk_norm == "projection")
                 specs.append(WeightSpec(f"{hf}self_attn.{name}.weight", ours + ("self_attn", name, "weight"), flat))
+        if cfg.attn_sinks and projections:  # a learned logit per query head (gpt-oss, Granite SWA)
+            specs.append(WeightSpec(f"{hf}self_attn.sinks", ours + ("self_attn", "sinks")))
         if cfg.sub_norms and projections:  # BitNet's: the attention's over every head, flat in the checkpoint
             specs.append(WeightSpec(f"{hf}self_attn.attn_sub_norm.weight", ours + ("self_attn", "attn_sub_norm", "weight"), Copy(flatten=True)))
         if cfg.sub_norms:

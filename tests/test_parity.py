@@ -839,6 +839,12 @@ SPELLINGS = {
     "cohere2_moe-default-patterns": ("Cohere2MoeForCausalLM", dict(num_hidden_layers=5, layer_types=None, mlp_layer_types=None,
                                                                    first_k_dense_replace=2, sliding_window_pattern=2),
                                      _edit(("layer_types", "mlp_layer_types"), first_k_dense_replace=2, use_qk_norm=True)),
+    # Granite SWA: each 4th layer full from the first and every layer on the rope base where layer_types and
+    # layer_rope_theta are left out; Granite MoE SWA without a shared MLP where shared_intermediate_size is left out
+    "granite_swa-default-pattern": ("GraniteSWAForCausalLM", dict(num_hidden_layers=5, layer_types=None, layer_rope_theta=None),
+                                    _edit(("layer_types", "layer_rope_theta"), use_sliding_window=False)),
+    "granitemoe_swa-defaults": ("GraniteMoeSWAForCausalLM", dict(shared_intermediate_size=0, layer_rope_theta=None),
+                                _edit(("shared_intermediate_size", "layer_rope_theta"))),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
