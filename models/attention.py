@@ -344,6 +344,8 @@ class Attention(nnx.Module):
     """Multi-head attention with grouped kv heads, rotary positions, optional q/k norms and bias;
     the keys and values go through the KV backend the caller passes."""
 
+    sinks_outside_weights = False  # the attention weights reported without the sinks (ModelConfig.sinks_outside_weights)
+
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
         e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.layer_kv_heads(layer), cfg.layer_head_dim(layer)
         scale = (cfg.attn_scale or d**-0.5) / (layer + 1 if cfg.attn_scale_by_layer else 1)
