@@ -344,6 +344,8 @@ class Attention(nnx.Module):
     """Multi-head attention with grouped kv heads, rotary positions, optional q/k norms and bias;
     the keys and values go through the KV backend the caller passes."""
 
+    sinks_outside_weights = False  # the attention weights reported without the sinks (ModelConfig.sinks_outside_weights)
+
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
         e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.layer_kv_heads(layer), cfg.layer_head_dim(layer)
         scale = (cfg.attn_scale or d**-0.5) / (layer + 1 if cfg.attn_scale_by_layer else 1)
@@ -367,6 +369,8 @@ class Attention(nnx.Module):
         else:
             self.gate_proj = Dense((e,), (h, d), ("embed", "q_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype,
                                    rngs=rngs) if cfg.attn_output_gate else None
+        # BitNet: an RMSNorm of the output over every head before o_proj
+        self.attn_sub_norm = RMSNorm((h, d), cfg.norm_eps, dtype=dtype, rngs=rngs, axes=("q_heads", "head_dim")) if cfg.sub_norms else None
         if cfg.qk_norm == "none" or (cfg.qk_norm_layers is not None and layer not in cfg.qk_norm_layers):
             self.q_norm = self.k_norm = None
         elif cfg.qk_norm == "l2":  # a weightless RMSNorm of each head (Llama 4)
@@ -390,6 +394,7 @@ class Attention(nnx.Module):
         self.query_scale = cfg.query_scale if layers is None or layer in layers else None
         # gpt-oss: a learned logit per query head in every softmax's denominator (AttnSpec.sinks)
         self.sinks = param((h,), ("q_heads",), dtype) if cfg.attn_sinks else None
+        self.sinks_outside_weights = cfg.sinks_outside_weights
 
     def __call__(self, x, positions, rot: Rotary | None, cache: LayerCache | None, kv=UNCACHED):
         """x [B, T, E] at positions [B, T] -> (output [B, T, E], this layer's cache from `kv`).
@@ -398,17 +403,18 @@ class Attention(nnx.Module):
         `cache`, attends over it and returns None: it keeps none."""
         q, k, v = self.project(x, positions, rot)
         if self.reads_shared_kv:
-            return self.o_proj(self.gated(kv.read(q, cache, positions, self.call_spec()), x)), None
+            return self.output(kv.read(q, cache, positions, self.call_spec()), x), None
         out, new = kv(q, k, v, cache, positions, self.call_spec())
-        return self.o_proj(self.gated(out, x)), new
+        return self.output(out, x), new
 
-    def gated(self, out, x):
-        """The attention output [B, T, H, D], times sigmoid(gate_proj(x)) where the layer has an output gate (one
-        per head and dim, or per head)."""
-        if self.gate_proj is None:
-            return out
-        gate = jax.nn.sigmoid(self.gate_proj(x))
-        return out * (gate if gate.ndim == out.ndim else gate[..., None])
+    def output(self, out, x):
+        """The attention output [B, T, H, D] through o_proj: first times sigmoid(gate_proj(x)) where the layer has
+        an output gate (one per head and dim, or per head: LFM3), RMS-normed over every head where it has a
+        sub-norm (BitNet)."""
+        if self.gate_proj is not None:
+            gate = jax.nn.sigmoid(self.gate_proj(x))
+            out = out * (gate if gate.ndim == out.ndim else gate[..., None])
+        return self.o_proj(out if self.attn_sub_norm is None else self.attn_sub_norm(out))
 
     def call_spec(self) -> AttnSpec:
         """The layer's AttnSpec with its sinks' values (float32), where it has sinks."""
@@ -453,7 +459,8 @@ class Attention(nnx.Module):
         q, k, _ = self.project(x, positions, rot)
         k = k if keys is None else keys
         spec = self.call_spec()
-        probs = attention_probs(q, k.astype(q.dtype), kv.mask(positions, spec.window), spec.scale, spec.softcap, spec.sinks,
+        sinks = None if self.sinks_outside_weights else spec.sinks
+        probs = attention_probs(q, k.astype(q.dtype), kv.mask(positions, spec.window), spec.scale, spec.softcap, sinks,
                                 score_bias(spec, positions, positions))
         b, groups, members, t, s = probs.shape
         return probs.reshape(b, groups * members, t, s)

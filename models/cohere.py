@@ -9,10 +9,13 @@ by default) and full-attention layers, which take no rotary positions at all (no
 
 import functools
 
+from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, NO_WINDOW_SWITCH, NOT_NULL, OWN_HEAD, Architecture, Wrapper
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, DecoderLayer, decoder_weight_map
+from jaxllm.models.glm4_moe_lite import mlp_layer_types
 from jaxllm.models.layers import LayerNorm
+from jaxllm.models.moe import moe_weight_map
 from jaxllm.models.weights import WeightSpec
 
 NormNoBias = functools.partial(LayerNorm, bias=False)
@@ -27,7 +30,7 @@ class CohereDecoderLayer(DecoderLayer):
 
 class CohereForCausalLM(CausalLM):
     layer_cls = CohereDecoderLayer
-    final_norm = NormNoBias
+    final_norm = NormNoBias  # the logits times logit_scale: the shared CausalLM.logits
 
 
 def cohere_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
@@ -48,6 +51,53 @@ def cohere2_defaults(raw: dict) -> dict:
                                        for i in range(raw["num_hidden_layers"])]
     nope = tuple(i for i, t in enumerate(types) if t == "full_attention")
     return dict(_flags(raw), layer_types=tuple(types), nope_layers=nope)
+
+
+def cohere2_moe_module(cfg: ModelConfig, **kwargs) -> CausalLM:
+    """Cohere2-MoE's model: the parallel layer with RMSNorms where config.json gives rms_norm_eps, else Cohere's
+    LayerNorms without bias (final norm alike)."""
+    return (CausalLM if cfg.rms_norms else CohereForCausalLM)(cfg, **kwargs)
+
+
+def every_nth_full(count: int, every, key: str) -> list[str]:
+    """`count` layer types, every `every`-th full and the others sliding (Cohere2-MoE's patterns), or a ConfigError."""
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ConfigError(f"config.json {key} {every!r} cannot set the layers' attention (transformers needs a positive "
+                          "integer n: every n-th layer full): give that, or the layer_types")
+    return ["full_attention" if (i + 1) % every == 0 else "sliding_attention" for i in range(count)]
+
+
+def cohere2_moe_defaults(raw: dict) -> dict:
+    """Cohere2MoeConfig's reading: the first `first_k_dense_replace` layers dense (mlp_layer_types where given), their
+    windows every prefix_dense_sliding_window_pattern-th layer full, the others' every sliding_window_pattern-th;
+    rotary positions on the sliding layers, and on dense ones where that prefix pattern is 1 (force_rope); routed
+    experts `intermediate_size` wide, the top k logits softmaxed or their sigmoids (renormalised where
+    norm_topk_prob: expert_selection_fn), shared experts num_shared_experts x as wide, summed or averaged with them."""
+    n, first = raw["num_hidden_layers"], raw.get("first_k_dense_replace") or 0
+    prefix = raw.get("prefix_dense_sliding_window_pattern", 1)
+    types = raw.get("layer_types") or (every_nth_full(min(first, n), prefix, "prefix_dense_sliding_window_pattern")
+                                       + every_nth_full(n - min(first, n), raw.get("sliding_window_pattern", 4), "sliding_window_pattern"))
+    mlp = mlp_layer_types(raw, first)
+    dense = tuple(i for i, t in enumerate(mlp) if t == "dense")
+    nope = tuple(i for i, t in enumerate(types) if t == "full_attention" and not (i in dense and prefix == 1))
+    select, combine, shared = raw.get("expert_selection_fn", "softmax"), raw.get("shared_expert_combination_strategy", "average"), \
+        raw.get("num_shared_experts") or 0
+    if select not in ("softmax", "sigmoid"):
+        raise ConfigError(f"config.json expert_selection_fn {select!r:.40} is not one transformers' Cohere2-MoE runs: use "
+                          "softmax or sigmoid")
+    if shared and combine not in ("sum", "average"):
+        raise ConfigError(f"config.json shared_expert_combination_strategy {combine!r:.40} is not one transformers' Cohere2-MoE "
+                          "runs: use sum or average")
+    experts = raw.get("num_experts", 8)
+    if experts == 0 and len(dense) < n:
+        raise ConfigError("config.json num_experts is 0 but mlp_layer_types has sparse layers (transformers fails routing "
+                          "them): give the experts, or make every layer dense")
+    width = raw["intermediate_size"]
+    return dict(_flags(raw), layer_types=tuple(types), nope_layers=nope, rms_norms=raw.get("rms_norm_eps") is not None,
+                intermediate_size=raw.get("prefix_dense_intermediate_size") or width, moe_intermediate_size=width,
+                num_experts=experts, experts_per_token=raw.get("num_experts_per_tok", 2), dense_layers=dense,
+                router="topk_softmax" if select == "softmax" else "topk_sigmoid", norm_topk_prob=raw.get("norm_topk_prob", True),
+                shared_expert_intermediate_size=width * shared, shared_expert_gated=False, shared_expert_average=combine == "average")
 
 
 _NOT_NULL = NOT_NULL + ("layer_norm_eps", "hidden_act", "rope_theta", "attention_bias", "head_dim", "logit_scale")
@@ -79,4 +129,20 @@ ARCHITECTURES = (Architecture(
     # sliding (rotary) and full (no rotary) layers, a window shorter than the test sequences, untied
     tiny_config=dict(_TINY, rope_theta=10000.0, sliding_window=8, tie_word_embeddings=False,
                      layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
+), Architecture(
+    name="Cohere2MoeForCausalLM", module=cohere2_moe_module, hf_model_type="cohere2_moe", ignored_keys=NO_WINDOW_SWITCH,
+    weight_map=moe_weight_map("mlp", {name: name for name in ("gate_proj", "up_proj", "down_proj")}, base=cohere_weight_map,
+                              shared="shared_experts"),
+    norm_eps_key=("rms_norm_eps", "layer_norm_eps"), config_defaults=cohere2_moe_defaults,
+    not_null=NOT_NULL + ("layer_norm_eps", "hidden_act", "rope_theta", "attention_bias", "head_dim", "logit_scale", "num_experts",
+                         "num_experts_per_tok", "norm_topk_prob", "num_shared_experts", "prefix_dense_sliding_window_pattern",
+                         "sliding_window_pattern", "expert_selection_fn", "shared_expert_combination_strategy", "rope_parameters"),
+    # Cohere2MoeConfig's
+    hf_defaults=dict(layer_norm_eps=1e-5, tie_word_embeddings=True, max_position_embeddings=8192, sliding_window=4096, head_dim=128,
+                     rope_theta=10000.0, bos_token_id=5, eos_token_id=255001, pad_token_id=0),
+    # a dense first layer (full, rotated: force_rope), routed layers sliding (rotated) and full (not), a shared expert averaged
+    # with the routed ones, LayerNorms; SPELLINGS: RMSNorms, the sigmoid router, the summed shared expert, the default patterns
+    tiny_config=dict(_TINY, head_dim=16, intermediate_size=32, prefix_dense_intermediate_size=96, rope_theta=10000.0, sliding_window=8,
+                     tie_word_embeddings=False, num_experts=4, num_experts_per_tok=2, num_shared_experts=1,
+                     layer_types=["full_attention", "sliding_attention", "full_attention"], mlp_layer_types=["dense", "sparse", "sparse"]),
 ))

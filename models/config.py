@@ -54,6 +54,12 @@ class ModelConfig:
     o_bias: bool = False
     mlp_bias: bool = False
     gated_mlp: bool = True  # False: the decoder's MLP is down(act(up(x))), no gate_proj (Arcee)
+    # BitNet: an RMSNorm of the attention output before o_proj (attn_sub_norm, over every head) and of the
+    # gated MLP's product before down_proj (ffn_sub_norm)
+    sub_norms: bool = False
+    # DiffLlama's differential attention (models/diffllama.py): two softmax maps' outputs subtracted; its cache holds
+    # values twice head_dim wide (each kv head's value beside its pair's, the keys zero-padded alike)
+    differential_attention: bool = False
     # "per_head": RMSNorm of each head (Qwen3); "projection": over all heads (OLMo 2); "layernorm":
     # LayerNorm, weight and bias, of each head (Phi's qk_layernorm); "layernorm_per_head": a LayerNorm
     # without bias, each head its own weights (StableLM's qk_layernorm, Cohere's use_qk_norm); "l2": an
@@ -101,6 +107,8 @@ class ModelConfig:
     local_rope: RopeConfig | None = None
     # Layers that take no rotary positions at all (SmolLM3's NoPE layers): layer_rope is None for them.
     nope_layers: tuple[int, ...] = ()
+    # Each layer's rope base in place of rope.theta (Granite SWA's layer_rope_theta; its 0s are nope_layers); (): rope.theta
+    rope_thetas: tuple[float, ...] = ()
     # cos/sin kept in float32 and q/k rotated in float32, then cast back (OLMo 2 and 3's rotary
     # embedding returns float32 tables); else the tables are cast to the model's dtype first (Llama's).
     rope_float32: bool = False
@@ -112,6 +120,7 @@ class ModelConfig:
     rope_reversed: bool = False
     # Granite: each residual branch times residual_scale before the add, the logits divided by logits_divisor.
     residual_scale: float = 1.0
+    branch_norms: bool = False  # each residual branch RMS-normed before its scale and add (HyperCLOVAX's use_post_norm)
     logits_divisor: float = 1.0
     head_bias: bool = False  # a bias on the output head (PhiMoE's lm_head_bias; Phi's head hard-wires one)
     logit_scale: float = 1.0  # Cohere: the logits times logit_scale
@@ -149,6 +158,9 @@ class ModelConfig:
     # runs, its output times sigmoid(shared_expert_gate(x)); 0: none.
     shared_expert_intermediate_size: int = 0
     shared_expert_gated: bool = True  # False: the shared expert's output added as it is (GraniteMoeShared)
+    shared_expert_average: bool = False  # an ungated shared expert's output and the routed one's averaged (Cohere2-MoE)
+    # Cohere2-MoE: RMSNorms where config.json gives rms_norm_eps, else its LayerNorms without bias (its module's choice)
+    rms_norms: bool = False
     # gpt-oss's experts: a router with a bias (its router "topk_softmax"), biases on the experts' projections, and
     # the clamped SwiGLU (swiglu_limit not None: gate clamped above at the limit, up to [-limit,
     # limit], out = (up + 1) * gate * sigmoid(swiglu_alpha * gate)) in place of act(gate) * up.
@@ -158,6 +170,9 @@ class ModelConfig:
     swiglu_alpha: float = 1.0
     # gpt-oss: a learned logit per query head that joins every attention softmax's denominator
     attn_sinks: bool = False
+    # Granite SWA: the sink scales each output by sigmoid(logsumexp(scores) - sink) (the same attention), so the
+    # attention weights transformers reports (research) are the softmax without it
+    sinks_outside_weights: bool = False
     clip_qkv: float | None = None  # OLMo, OLMoE: q, k and v clamped to [-clip_qkv, clip_qkv] after their projections (and q/k norms)
     # Multi-head latent attention (DeepSeek); None: the usual q/k/v projections. With it, head_dim is
     # the cached key and value heads' width, max(qk_head_dim, v_head_dim) (models/mla.py pads to it)
@@ -298,7 +313,7 @@ class ModelConfig:
         another layer's: kv_source; or it is a recurrent layer, which keeps a state instead)."""
         if self.layer_is_recurrent(layer) or not self.layer_has_mixer(layer) or self.kv_source(layer) != layer:
             return None
-        return self.layer_kv_heads(layer), self.layer_head_dim(layer)
+        return self.layer_kv_heads(layer), self.layer_head_dim(layer) * (2 if self.differential_attention else 1)
 
     def layer_has_mixer(self, layer: int) -> bool:
         """Whether `layer` mixes tokens (attention or a recurrent mixer): all but feed_forward_layers' blocks."""
@@ -356,7 +371,7 @@ class ModelConfig:
             return None
         if self.local_rope is not None and self.layer_window(layer) is not None:
             return self.local_rope
-        return self.rope
+        return dataclasses.replace(self.rope, theta=self.rope_thetas[layer]) if self.rope_thetas else self.rope
 
     def layer_is_moe(self, layer: int) -> bool:
         return self.num_experts > 0 and layer not in self.dense_layers

@@ -124,7 +124,8 @@ CONFIG_FIELDS = {
     "apply_residual_connection_post_layernorm": FLAG, "pretraining_tp": _given(COUNT), "slow_but_exact": FLAG,  # BLOOM's
     # Granite's scalings; Phi's q/k LayerNorm
     "embedding_multiplier": POSITIVE, "residual_multiplier": POSITIVE, "attention_multiplier": POSITIVE,
-    "logits_scaling": POSITIVE, "qk_layernorm": FLAG,
+    "logits_scaling": POSITIVE, "qk_layernorm": FLAG, "use_post_norm": FLAG,  # HyperCLOVAX's norms of each residual branch
+    "layer_rope_theta": Field(float, 0, many="list"),  # Granite SWA's rope base per layer (0: no rotary positions)
     # StarCoder 2's epsilon and biases; StableLM's q/k/v biases
     "norm_epsilon": NON_NEGATIVE, "use_bias": FLAG, "use_qkv_bias": FLAG,
     # SmolLM3's layers without rotary positions: a 0 per NoPE layer, else one every no_rope_layer_interval
@@ -135,6 +136,9 @@ CONFIG_FIELDS = {
     "norm_topk_prob": FLAG, "decoder_sparse_step": INDEX, "mlp_only_layers": Field(int, 0, MAX_SIZE, many="list"),
     "shared_expert_intermediate_size": COUNT, "qkv_bias": FLAG,  # Qwen2-MoE (a shared expert of width 0 is refused)
     "shared_intermediate_size": INDEX,  # GraniteMoeShared's (0: none)
+    # Cohere2-MoE's shared experts, router, dense prefix layers (their width and window pattern)
+    "num_shared_experts": INDEX, "shared_expert_combination_strategy": NAME, "expert_selection_fn": NAME,
+    "prefix_dense_intermediate_size": COUNT, "prefix_dense_sliding_window_pattern": COUNT,
     "router_jitter_noise": _given(NON_NEGATIVE), "lm_head_bias": FLAG,  # PhiMoE's (null: MixtralConfig refuses it)
     # Cohere's logit scale (null: its forward fails: Cohere's not_null; MPT's null default) and q/k LayerNorm
     # (use_bias: StableLM's, ERNIE 4.5's above)

@@ -231,10 +231,12 @@ class CausalLM(nnx.Module):
         return logits if self.lm_head is None else logits + self.lm_head["bias"][...]
 
     def logits(self, hidden):
-        """hidden [B, T, E] -> float32 logits [B, T, V], times logit_scale (Cohere's, Falcon-H1's lm_head_multiplier) and
-        tanh soft-capped where the model says so."""
+        """hidden [B, T, E] -> float32 logits [B, T, V]: times logit_scale (Cohere, HyperCLOVAX,
+        Falcon-H1's lm_head_multiplier), divided by
+        logits_divisor (Granite), tanh soft-capped where the model says so."""
         out = self.head(hidden).astype(jnp.float32)
         out = out if self.cfg.logit_scale == 1.0 else out * self.cfg.logit_scale
+        out = out if self.cfg.logits_divisor == 1.0 else out / self.cfg.logits_divisor
         cap = self.cfg.final_softcap
         return out if cap is None else jnp.tanh(out / cap) * cap
 
@@ -335,6 +337,14 @@ def decoder_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
             for name in ("q_norm", "k_norm") if cfg.kv_shape(i) is not None else ("q_norm",):
                 flat = Copy(flatten=cfg.qk_norm == "projection")
                 specs.append(WeightSpec(f"{hf}self_attn.{name}.weight", ours + ("self_attn", name, "weight"), flat))
+        if cfg.attn_sinks and projections:  # a learned logit per query head (gpt-oss, Granite SWA)
+            specs.append(WeightSpec(f"{hf}self_attn.sinks", ours + ("self_attn", "sinks")))
+        if cfg.sub_norms and projections:  # BitNet's: the attention's over every head, flat in the checkpoint
+            specs.append(WeightSpec(f"{hf}self_attn.attn_sub_norm.weight", ours + ("self_attn", "attn_sub_norm", "weight"), Copy(flatten=True)))
+        if cfg.sub_norms:
+            specs.append(WeightSpec(f"{hf}mlp.ffn_sub_norm.weight", ours + ("mlp", "ffn_sub_norm", "weight")))
+        for name in ("post_norm1", "post_norm2") if cfg.branch_norms else ():  # HyperCLOVAX's
+            specs.append(WeightSpec(f"{hf}{name}.weight", ours + (name, "weight")))
         for name in (() if not cfg.layer_has_mlp(i) else ("gate_proj", "up_proj", "down_proj") if cfg.gated_mlp else ("up_proj", "down_proj")):
             mlp = ours + ("mlp", name)
             specs.append(WeightSpec(f"{hf}mlp.{name}.weight", mlp + ("kernel",), Linear()))

@@ -44,7 +44,7 @@ class MoE(nnx.Module, pytree=False):
     Shared expert (`cfg.shared_expert_intermediate_size`, Qwen2-MoE): a gated MLP every token runs
     beside the routed ones, its output times sigmoid(`shared_expert_gate`(x)) and added to theirs
     in the model's dtype, as transformers adds them; without `cfg.shared_expert_gated` (GraniteMoeShared)
-    added as it is, no gate. It is dense layers (quantized and split over
+    added as it is, no gate, or (`cfg.shared_expert_average`, Cohere2-MoE) the two outputs' mean. It is dense layers (quantized and split over
     tp as any MLP, whole on each ep group); its gate, one score a token, stays float as the router.
 
     gpt-oss (config flags, each off for the other families): the router has a bias and takes the
@@ -93,6 +93,7 @@ class MoE(nnx.Module, pytree=False):
             setattr(self, f"{name}_offset", None)
         self.expert_mesh, self.expert_axis = None, None  # split_experts: the mesh axis the experts are split over
         self.shared_expert = self.shared_expert_gate = None
+        self.shared_average = cfg.shared_expert_average
         if cfg.shared_expert_intermediate_size:
             shared = cfg.replace(intermediate_size=cfg.shared_expert_intermediate_size)
             self.shared_expert = GatedMLP(shared, dtype=dtype, rngs=rngs) if cfg.gated_mlp else MLP(shared, dtype=dtype, rngs=rngs,
@@ -152,7 +153,10 @@ class MoE(nnx.Module, pytree=False):
         logits = self.gate(x.astype(self.router_dtype)).astype(jnp.float32)
         if self.router in ("topk_softmax", "topk_sigmoid"):
             top, experts = jax.lax.top_k(logits, self.k)
-            return (jax.nn.softmax(top, axis=-1) if self.router == "topk_softmax" else jax.nn.sigmoid(top)), experts
+            if self.router == "topk_softmax":
+                return jax.nn.softmax(top, axis=-1), experts
+            weights = jax.nn.sigmoid(top)  # renormalised where norm_topk_prob (Cohere2-MoE's; Llama 4's never)
+            return (weights / jnp.sum(weights, axis=-1, keepdims=True) if self.norm_topk else weights), experts
         if self.router == "sparsemixer":
             return sparsemixer(logits, self.jitter)
         probs = jax.nn.sigmoid(logits) if self.router == "sigmoid_topk" else jax.nn.softmax(logits, axis=-1)
@@ -182,6 +186,7 @@ class MoE(nnx.Module, pytree=False):
             out = out + jax.nn.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
         elif self.shared_expert is not None:
             out = out + self.shared_expert(x)
+            out = out / 2 if self.shared_average else out
         return out.reshape(shape)
 
     def _experts(self, x, weights, experts, stacks, first, form: str | None = None):

@@ -24,14 +24,13 @@ from jaxllm.models.weights import WeightSpec
 
 
 def gpt_oss_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
-    """The Llama naming for embeddings, norms and attention (with biases), plus each layer's
-    sinks, router (mlp.router) and fused experts (mlp.experts.*)."""
+    """The Llama naming for embeddings, norms and attention (with biases and sinks), plus each layer's
+    router (mlp.router) and fused experts (mlp.experts.*)."""
     specs = [s for s in decoder_weight_map(cfg) if ".mlp." not in s.hf_names[0]]
     for i in range(cfg.num_layers):
         hf, ours = f"model.layers.{i}.", ("model", "layers", i)
         moe = ours + ("mlp",)
         specs += [
-            WeightSpec(hf + "self_attn.sinks", ours + ("self_attn", "sinks")),
             WeightSpec(hf + "mlp.router.weight", moe + ("gate", "kernel"), Linear()),
             WeightSpec(hf + "mlp.router.bias", moe + ("gate", "bias")),
         ]

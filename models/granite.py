@@ -11,7 +11,8 @@ from flax import nnx
 from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture
 from jaxllm.models.attention import UNCACHED
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.decoder import CausalLM, DecoderLayer, decoder_weight_map
+from jaxllm.models.decoder import CausalLM, DecoderLayer, decoder_weight_map, norm_kwargs
+from jaxllm.models.layers import RMSNorm
 
 MULTIPLIERS = ("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling")
 
@@ -22,25 +23,29 @@ def _scaled(branch, scale: float, dtype):
 
 
 class GraniteDecoderLayer(DecoderLayer):
-    """x + r * attn(input_norm(x)), then x + r * mlp(post_attention_norm(x))."""
+    """x + r * attn(input_norm(x)), then x + r * mlp(post_attention_norm(x)); with cfg.branch_norms each branch
+    RMS-normed before its scale (HyperCLOVAX's post_norm1 and post_norm2)."""
 
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
         super().__init__(cfg, layer, dtype=dtype, rngs=rngs)
         self.residual_scale = cfg.residual_scale
+        norm = norm_kwargs(cfg, dtype, rngs)
+        self.post_norm1, self.post_norm2 = (RMSNorm(cfg.hidden_size, cfg.norm_eps, **norm) if cfg.branch_norms else None
+                                            for _ in range(2))
 
     def __call__(self, x, positions, rot, cache, kv=UNCACHED):
         attn, cache = self.mix(self.input_layernorm(x), positions, rot, cache, kv)
-        x = x + _scaled(attn, self.residual_scale, x.dtype)
-        x = x + _scaled(self.mlp(self.post_attention_layernorm(x)), self.residual_scale, x.dtype)
+        x = x + _scaled(_normed(self.post_norm1, attn), self.residual_scale, x.dtype)
+        x = x + _scaled(_normed(self.post_norm2, self.mlp(self.post_attention_layernorm(x))), self.residual_scale, x.dtype)
         return x, cache
 
 
-class GraniteForCausalLM(CausalLM):
-    layer_cls = GraniteDecoderLayer
+def _normed(norm, x):
+    return x if norm is None else norm(x)
 
-    def logits(self, hidden):
-        out = super().logits(hidden)
-        return out if self.cfg.logits_divisor == 1.0 else out / self.cfg.logits_divisor
+
+class GraniteForCausalLM(CausalLM):
+    layer_cls = GraniteDecoderLayer  # the logits divided by logits_divisor: the shared CausalLM.logits
 
 
 def granite_defaults(raw: dict) -> dict:

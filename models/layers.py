@@ -249,7 +249,8 @@ def activation(name: str):
 
 
 class GatedMLP(nnx.Module, pytree=False):
-    """down(act(gate(x)) * up(x)); with cfg.mlp_scales (g, d) (Falcon-H1's mlp_multipliers) down(act(g gate(x)) * up(x)) d."""
+    """down(act(gate(x)) * up(x)); with cfg.mlp_scales (g, d) (Falcon-H1's mlp_multipliers) down(act(g gate(x)) * up(x)) d;
+    down(norm(act(gate(x)) * up(x))) where cfg.sub_norms (BitNet's ffn_sub_norm)."""
 
     def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
         e, f = cfg.hidden_size, cfg.intermediate_size
@@ -257,12 +258,14 @@ class GatedMLP(nnx.Module, pytree=False):
         self.gate_proj = Dense((e,), (f,), ("embed", "mlp"), bias=cfg.mlp_bias, dtype=dtype, rngs=rngs)
         self.up_proj = Dense((e,), (f,), ("embed", "mlp"), bias=cfg.mlp_bias, dtype=dtype, rngs=rngs)
         self.down_proj = Dense((f,), (e,), ("mlp", "embed"), bias=cfg.mlp_bias, dtype=dtype, rngs=rngs)
+        self.ffn_sub_norm = RMSNorm(f, cfg.norm_eps, dtype=dtype, rngs=rngs, axes=("mlp",)) if cfg.sub_norms else None
 
     def __call__(self, x):
         gate, down = self.scales
-        if gate == down == 1:
-            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
-        return self.down_proj(self.act(self.gate_proj(x) * gate) * self.up_proj(x)) * down
+        g = self.gate_proj(x)
+        h = self.act(g if gate == 1 else g * gate) * self.up_proj(x)
+        out = self.down_proj(h if self.ffn_sub_norm is None else self.ffn_sub_norm(h))
+        return out if down == 1 else out * down
 
 
 class XIELU(nnx.Module, pytree=False):

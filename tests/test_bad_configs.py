@@ -126,3 +126,23 @@ def test_mamba2_hybrids_refuse_what_transformers_cannot_run(raw, message):
     with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
         loader.plan(raw)
     assert "\n" not in str(info.value)
+
+
+SMALL = dict(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)
+
+
+@pytest.mark.parametrize("raw, message", [
+    (dict(SMALL, model_type="bitnet", head_dim=8), r"num_attention_heads=4 x head_dim=8 is not hidden_size=16: .*attn_sub_norm"),
+    (dict(SMALL, model_type="diffllama", num_key_value_heads=1), r"num_key_value_heads=1 is odd: .*give an even number"),
+    (dict(SMALL, model_type="hyperclovax", hidden_size=18, head_dim=4), r"hidden_size=18 is not a multiple of num_attention_heads=4"),
+    (dict(SMALL, model_type="cohere2_moe", expert_selection_fn="relu"), r"expert_selection_fn 'relu' is not one .*: use softmax or sigmoid"),
+    (dict(SMALL, model_type="cohere2_moe", num_shared_experts=1, shared_expert_combination_strategy="max"),
+     r"shared_expert_combination_strategy 'max' is not one .*: use sum or average"),
+    (dict(SMALL, model_type="granite_swa", num_hidden_layers=2, layer_rope_theta=[1e4]), r"layer_rope_theta has 1 entries for 2 layers"),
+], ids=["bitnet-heads", "diffllama-odd-kv-heads", "hyperclovax-heads", "cohere2-moe-selection", "cohere2-moe-combination",
+        "granite-swa-thetas"])
+def test_shapes_a_family_cannot_run_are_refused(raw, message):
+    """Shapes transformers builds a family's model of but cannot run (or refuses), each refused in one line."""
+    with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
+        loader.plan(raw)
+    assert "\n" not in str(info.value)

@@ -900,6 +900,33 @@ SPELLINGS = {
                                                                            num_experts=8, mamba_dt_rank="auto", use_mamba_kernels=False)),
     "jamba-fused-experts": ("JambaForCausalLM", {}, _edit(), _fuse),
     "jamba-one-expert": ("JambaForCausalLM", dict(num_experts=1), _edit()),
+    # BitNet: a rope base of 500,000, squared ReLU and no biases where left out (BitNetConfig); keys its code never reads
+    "bitnet-defaults": ("BitNetForCausalLM", dict(attention_bias=False), _edit(("rope_parameters", "hidden_act", "attention_bias"),
+                                                                           mlp_bias=True, sliding_window=8)),
+    # DiffLlama: as many kv heads as heads where left out or null (DiffLlamaConfig), no biases, silu
+    "diffllama-defaults": ("DiffLlamaForCausalLM", dict(num_key_value_heads=4, attention_bias=False),
+                           _edit(("num_key_value_heads", "attention_bias", "hidden_act"), mlp_bias=True, sliding_window=8)),
+    # Jais 2: squared ReLU and biases everywhere where left out (Jais2Config); an RMSNorm epsilon and window it never reads
+    "jais2-defaults": ("Jais2ForCausalLM", {}, _edit(("hidden_act", "attention_bias", "mlp_bias"), rms_norm_eps=0.5, sliding_window=8)),
+    # HyperCLOVAX: the attention scale head_dim ** -0.5 and the branch norms on where left out or null (HyperCLOVAXConfig);
+    # without them (use_post_norm false); keys its code never reads
+    "hyperclovax-defaults": ("HyperCLOVAXForCausalLM", {}, _edit(("attention_multiplier", "use_post_norm"), sliding_window=8)),
+    "hyperclovax-null-attention-multiplier": ("HyperCLOVAXForCausalLM", {}, _edit(attention_multiplier=None)),
+    "hyperclovax-no-post-norms": ("HyperCLOVAXForCausalLM", dict(use_post_norm=False), _edit()),
+    # Cohere2-MoE: RMSNorms where rms_norm_eps is set; the sigmoid router, renormalised or not; the shared expert summed;
+    # layer_types and mlp_layer_types from first_k_dense_replace and the two window patterns (the prefix's 1: full, rotated)
+    "cohere2_moe-rms-sigmoid-sum": ("Cohere2MoeForCausalLM", dict(rms_norm_eps=1e-5, expert_selection_fn="sigmoid",
+                                                                  shared_expert_combination_strategy="sum"), _edit()),
+    "cohere2_moe-sigmoid-unnormalised": ("Cohere2MoeForCausalLM", dict(expert_selection_fn="sigmoid", norm_topk_prob=False), _edit()),
+    "cohere2_moe-default-patterns": ("Cohere2MoeForCausalLM", dict(num_hidden_layers=5, layer_types=None, mlp_layer_types=None,
+                                                                   first_k_dense_replace=2, sliding_window_pattern=2),
+                                     _edit(("layer_types", "mlp_layer_types"), first_k_dense_replace=2, use_qk_norm=True)),
+    # Granite SWA: each 4th layer full from the first and every layer on the rope base where layer_types and
+    # layer_rope_theta are left out; Granite MoE SWA without a shared MLP where shared_intermediate_size is left out
+    "granite_swa-default-pattern": ("GraniteSWAForCausalLM", dict(num_hidden_layers=5, layer_types=None, layer_rope_theta=None),
+                                    _edit(("layer_types", "layer_rope_theta"), use_sliding_window=False)),
+    "granitemoe_swa-defaults": ("GraniteMoeSWAForCausalLM", dict(shared_intermediate_size=0, layer_rope_theta=None),
+                                _edit(("shared_intermediate_size", "layer_rope_theta"))),
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
@@ -989,7 +1016,7 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
            "gemma4_text": "hidden_activation", "nemotron_h": "mlp_hidden_act"}.get(kind, "hidden_act")
     eps = {"gpt_neo": "layer_norm_epsilon", "nemotron": "norm_eps", "falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "codegen": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps", "persimmon": "layer_norm_eps",
            "starcoder2": "norm_epsilon", "bloom": "layer_norm_epsilon", "mpt": "layer_norm_epsilon",
-           "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps", "lfm2": "norm_eps", "lfm2_moe": "norm_eps", "lfm3": "norm_eps",
+           "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps", "jais2": "layer_norm_eps", "lfm2": "norm_eps", "lfm2_moe": "norm_eps", "lfm3": "norm_eps",
            "mamba": "layer_norm_epsilon", "falcon_mamba": "layer_norm_epsilon", "nemotron_h": "layer_norm_epsilon",
            "mamba2": "layer_norm_epsilon"}.get(kind, "rms_norm_eps")
     fixed_eps = kind in ("olmo", "opt", "biogpt", "xglm", "dbrx")  # nn.LayerNorm's 1e-5, whatever the config says
@@ -1000,6 +1027,8 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
                   "mamba2": MAMBA_POSITIONS}.get(kind) or getattr(hf, "max_position_embeddings", None))
     hard_act = {"bloom": "gelu_pytorch_tanh", "mpt": "gelu", "lfm2": "silu", "lfm2_moe": "silu", "lfm3": "silu"}
     act_of = hard_act.get(kind) or (hf.ffn_config.ffn_act_fn["name"] if kind == "dbrx" else getattr(hf, act))
+    if kind == "cohere2_moe":  # RMSNorms of rms_norm_eps where it is set, else LayerNorms of layer_norm_eps
+        eps = "rms_norm_eps" if hf.rms_norm_eps is not None else "layer_norm_eps"
     out = dict(max_position_embeddings=positions, norm_eps=1e-5 if fixed_eps else getattr(hf, eps),
                tie_word_embeddings=hf.tie_word_embeddings, hidden_act=act_of)
     if kind == "gemma" and out["hidden_act"] == "gelu":  # GemmaMLP's legacy mapping
