@@ -48,6 +48,15 @@ def torch_logits(model, tokens: np.ndarray) -> np.ndarray:
         return model(torch.as_tensor(np.asarray(tokens), dtype=torch.long)).logits.float().numpy()
 
 
+def greedy(model, prompt: list[int], n: int) -> list[int]:
+    """transformers' greedy continuation of `prompt`: exactly `n` new token ids, no EOS."""
+    with torch.no_grad():
+        ids = torch.tensor([prompt])  # an explicit mask: without one, transformers takes id 0 (the pad id) for padding
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                             eos_token_id=None, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
 def max_rel_diff(ours, ref) -> float:
     ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
     return float(np.abs(ours - ref).max() / np.abs(ref).max())

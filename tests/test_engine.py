@@ -45,8 +45,9 @@ def _assert_same(got, want):
 def test_mixed_workload_equals_each_prompt_alone(arch, tmp_path):
     """Three sequences at a time over 22 pages of 4 tokens (20 beside recurrent layers): the six prompts need more, so the
     newest is preempted and recomputed; prompts are prefilled in chunks of at most 16 tokens; the
-    repeated prefixes hit the cache."""
-    reference.build(arch, tmp_path, seed=2)
+    repeated prefixes hit the cache. Each prompt alone gives transformers' greedy tokens (the
+    41-token prompt, prefilled in chunks, and a 7-token one)."""
+    ref = reference.build(arch, tmp_path, seed=2)
     model = jaxllm.load(tmp_path)
     prompts = _workload()
     # Without a prefix cache (recurrent layers) a prompt is admitted only with pages for all of it, and 22 pages
@@ -54,7 +55,10 @@ def test_mixed_workload_equals_each_prompt_alone(arch, tmp_path):
     pages = 20 if model.config.recurrent else 22
     engine = Engine(model, batch_size=3, max_len=128, num_pages=pages, page_size=4, prefill_tokens=16, chunk=4, cascade=True)
     together = model.generate(prompts, GREEDY, engine=engine)
-    _assert_same(together, _alone(model, prompts, GREEDY, 16, batch_size=3, num_pages=pages, chunk=4))
+    alone = _alone(model, prompts, GREEDY, 16, batch_size=3, num_pages=pages, chunk=4)
+    _assert_same(together, alone)
+    for i in (0, 4):
+        assert alone[i].token_ids == reference.greedy(ref, prompts[i], GREEDY.max_new_tokens)
     stats = engine.scheduler.stats
     assert stats.preempted > 0, "the workload should run out of pages"
     length_dependent = model.config.rope.length_dependent  # keys depend on the length (not HunYuan's fixed NTK alpha)

@@ -1,4 +1,5 @@
-"""Generation against transformers: cached decode, greedy tokens, batching, compiles."""
+"""Generation: cached decode against the full forward, LongRoPE against transformers, batching, compiles.
+(Every architecture's greedy tokens against transformers: tests/test_engine.py.)"""
 
 import dataclasses
 import gc
@@ -59,22 +60,6 @@ def test_cached_decode_matches_full_forward(pair):
     assert worst <= TOL
 
 
-def test_greedy_matches_transformers_generate(pair):
-    ref, model = pair
-    prompt = np.random.default_rng(7).integers(0, 128, 9).tolist()
-    got = model.generate(prompt, jaxllm.SamplingParams(max_new_tokens=32, ignore_eos=True))
-    assert got.token_ids == _hf_greedy(ref, prompt, 32)
-    assert got.finish_reason == "length"
-
-
-def _hf_greedy(ref, prompt, n):
-    with torch.no_grad():
-        ids = torch.tensor([prompt])  # an explicit mask: without one, transformers takes id 0 (the pad id) for padding
-        out = ref.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                           eos_token_id=None, pad_token_id=0)
-    return out[0, len(prompt):].tolist()
-
-
 LONG_FACTORS = {"short_factor": [1.0 + 0.1 * i for i in range(8)], "long_factor": [1.0 + 0.5 * i for i in range(8)]}
 
 
@@ -93,7 +78,7 @@ def test_longrope_switch_mid_generation_matches_transformers(arch, overrides, tm
     assert model.config.rope.type == "longrope" and model.config.rope.original_max_position_embeddings == 16
     prompt = np.random.default_rng(8).integers(0, 128, 9).tolist()
     got = model.generate(prompt, jaxllm.SamplingParams(max_new_tokens=32, ignore_eos=True))
-    assert got.token_ids == _hf_greedy(ref, prompt, 32)
+    assert got.token_ids == reference.greedy(ref, prompt, 32)
 
 
 def _prompts(lengths, seed=0):
