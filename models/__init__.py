@@ -33,6 +33,7 @@ from jaxllm.models import (
     granitemoehybrid,
     helium,
     hunyuan,
+    hy_v3,
     lfm2,
     llama,
     llama4,
@@ -65,5 +66,6 @@ FAMILIES = (
     glm4_moe, dots1, hunyuan, llama4, gemma4, qwen3_next, opt, biogpt, xglm, codegen, persimmon, vaultgemma, dbrx, bloom, mpt,
     lfm2, granitemoehybrid, bamba,
     minimax_m2, glm4_moe_lite, cwm, nanochat, exaone3, solar_open, youtu, exaone_moe, minicpm3,
+    hy_v3,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -147,6 +147,9 @@ class ModelConfig:
     # runs, its output times sigmoid(shared_expert_gate(x)); 0: none.
     shared_expert_intermediate_size: int = 0
     shared_expert_gated: bool = True  # False: the shared expert's output added as it is (GraniteMoeShared)
+    # The routed experts' sum and the shared expert's output added in float32, then cast (HY V3's enable_moe_fp32_combine);
+    # else the routed sum is cast to the model's dtype first
+    shared_expert_float32: bool = False
     # gpt-oss's experts: a router with a bias (its router "topk_softmax"), biases on the experts' projections, and
     # the clamped SwiGLU (swiglu_limit not None: gate clamped above at the limit, up to [-limit,
     # limit], out = (up + 1) * gate * sigmoid(swiglu_alpha * gate)) in place of act(gate) * up.

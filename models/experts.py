@@ -44,8 +44,9 @@ class MoE(nnx.Module, pytree=False):
     Shared expert (`cfg.shared_expert_intermediate_size`, Qwen2-MoE): a gated MLP every token runs
     beside the routed ones, its output times sigmoid(`shared_expert_gate`(x)) and added to theirs
     in the model's dtype, as transformers adds them; without `cfg.shared_expert_gated` (GraniteMoeShared)
-    added as it is, no gate. It is dense layers (quantized and split over
-    tp as any MLP, whole on each ep group); its gate, one score a token, stays float as the router.
+    added as it is, no gate; the two summed in float32 where `cfg.shared_expert_float32` (HY V3). It
+    is dense layers (quantized and split over tp as any MLP, whole on each ep group); its gate, one
+    score a token, stays float as the router.
 
     gpt-oss (config flags, each off for the other families): the router has a bias and takes the
     top k of its logits, then softmaxes those k (`router` "topk_softmax"); each expert projection has
@@ -84,6 +85,7 @@ class MoE(nnx.Module, pytree=False):
             setattr(self, f"{name}_offset", None)
         self.expert_mesh, self.expert_axis = None, None  # split_experts: the mesh axis the experts are split over
         self.shared_expert = self.shared_expert_gate = None
+        self.shared_float32 = cfg.shared_expert_float32
         if cfg.shared_expert_intermediate_size:
             shared = cfg.replace(intermediate_size=cfg.shared_expert_intermediate_size)
             self.shared_expert = GatedMLP(shared, dtype=dtype, rngs=rngs)
@@ -162,11 +164,14 @@ class MoE(nnx.Module, pytree=False):
             out = self._experts(x, weights, experts, self._stacks(), None)
         else:
             out = self._split_experts(x, weights, experts, self._stacks())
-        out = out.astype(x.dtype)
+        if self.shared_expert is None:
+            return out.astype(x.dtype).reshape(shape)
+        shared = self.shared_expert(x)
         if self.shared_expert_gate is not None:
-            out = out + jax.nn.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
-        elif self.shared_expert is not None:
-            out = out + self.shared_expert(x)
+            shared = jax.nn.sigmoid(self.shared_expert_gate(x)) * shared
+        if self.shared_float32:  # HY V3: the sum in float32, then cast
+            return (out + shared.astype(jnp.float32)).astype(x.dtype).reshape(shape)
+        out = out.astype(x.dtype) + shared
         return out.reshape(shape)
 
     def _experts(self, x, weights, experts, stacks, first, form: str | None = None):

@@ -696,6 +696,19 @@ SPELLINGS = {
     "minimax-m2-default-head-dim": ("MiniMaxM2ForCausalLM", dict(head_dim=128, rotary_dim=64), _edit(("head_dim",))),
     "minimax-m2-factor-beside-rotary-dim": ("MiniMaxM2ForCausalLM", {}, lambda raw: raw.update(rotary_dim=4)),
     "minimax-m2-score-bias": ("MiniMaxM2ForCausalLM", {}, _edit(), _tensors(add=_score_biases("block_sparse_moe", (0, 1, 2), 6))),
+    # HY V3: the experts under num_local_experts (its attribute_map alias, which wins over num_experts), a top-level
+    # rope_theta, keys of other families it never reads (first_k_dense_replace, sliding_window); routing, shared experts,
+    # head_dim and mlp_layer_types (the first layer dense) left to HYV3Config's defaults where left out; its
+    # multi-token-prediction layer 80 kept in the checkpoint
+    "hy-v3-hub-config": ("HYV3ForCausalLM", dict(head_dim=128, num_experts_per_tok=8, num_experts=8), _edit(
+        ("rope_parameters", "head_dim", "num_experts_per_tok", "num_shared_experts", "router_scaling_factor", "mlp_layer_types",
+         "enable_moe_fp32_combine"), num_local_experts=8, num_experts=4, rope_theta=5000.0, first_k_dense_replace=2,
+        sliding_window=4), _tensors(add=lambda tensors: {
+            f"model.layers.80.{name}": tensors[f"model.layers.1.{name}"].clone() for name in ("input_layernorm.weight",)})),
+    "hy-v3-score-bias": ("HYV3ForCausalLM", {}, _edit(), _tensors(add=lambda tensors: {
+        k.replace("e_score_correction_bias", "expert_bias"): v for k, v in _score_biases("mlp", (1, 2), 6)(tensors).items()})),
+    # num_shared_experts 0: a shared MLP intermediate_size wide (HYV3MLP takes it for a width of 0)
+    "hy-v3-no-shared-experts": ("HYV3ForCausalLM", dict(num_shared_experts=0, enable_moe_fp32_combine=False), _edit()),
     # dots.llm1: the window on the layers from max_window_layers on where layer_types is left out (none without a
     # sliding_window); no groups, unscaled weights not renormalised where left out; Qwen's window switch it never reads
     "dots1-window-layers-defaults": ("Dots1ForCausalLM", {}, _edit(("layer_types", "n_group", "topk_group", "routed_scaling_factor",
