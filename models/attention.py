@@ -354,11 +354,14 @@ class Attention(nnx.Module):
         own = cfg.kv_shape(layer) is not None
         self.reads_shared_kv = not own
         kv = dict(bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
+        # values vd wide (cfg.v_head_dim), zero-padded to d for the KV backend, the output sliced back to vd
+        self.head_dim, vd = d, cfg.v_head_dim or d
+        self.v_dim, self.value_scale = vd, cfg.value_scale
         self.q_proj = Dense((e,), (h, d), ("embed", "q_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
         self.k_proj = Dense((e,), (k, d), ("embed", "kv_heads", "head_dim"), **kv) if own else None
-        self.v_proj = Dense((e,), (k, d), ("embed", "kv_heads", "head_dim"), **kv) if own and not cfg.layer_values_are_keys(layer) else None
+        self.v_proj = Dense((e,), (k, vd), ("embed", "kv_heads", "head_dim"), **kv) if own and not cfg.layer_values_are_keys(layer) else None
         self.v_norm = RMSNorm(d, cfg.norm_eps, dtype=dtype, rngs=rngs, weight=False) if cfg.v_norm and own else None
-        self.o_proj = Dense((h, d), (e,), ("q_heads", "head_dim", "embed"), bias=cfg.o_bias, dtype=dtype, rngs=rngs)
+        self.o_proj = Dense((h, vd), (e,), ("q_heads", "head_dim", "embed"), bias=cfg.o_bias, dtype=dtype, rngs=rngs)
         # Qwen3-Next's gated attention: a gate per query head and dim (read out of its q_proj), the output times its sigmoid
         self.gate_proj = Dense((e,), (h, d), ("embed", "q_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype,
                                rngs=rngs) if cfg.attn_output_gate else None
@@ -384,7 +387,8 @@ class Attention(nnx.Module):
         layers = cfg.query_scale_layers
         self.query_scale = cfg.query_scale if layers is None or layer in layers else None
         # gpt-oss: a learned logit per query head in every softmax's denominator (AttnSpec.sinks)
-        self.sinks = param((h,), ("q_heads",), dtype) if cfg.attn_sinks else None
+        sinks = cfg.attn_sinks and (cfg.attn_sink_layers is None or layer in cfg.attn_sink_layers)
+        self.sinks = param((h,), ("q_heads",), dtype) if sinks else None
 
     def __call__(self, x, positions, rot: Rotary | None, cache: LayerCache | None, kv=UNCACHED):
         """x [B, T, E] at positions [B, T] -> (output [B, T, E], this layer's cache from `kv`).
@@ -398,7 +402,9 @@ class Attention(nnx.Module):
         return self.o_proj(self.gated(out, x)), new
 
     def gated(self, out, x):
-        """The attention output [B, T, H, D], times sigmoid(gate_proj(x)) where the layer has an output gate."""
+        """The attention output [B, T, H, D] sliced to the values' width (v_head_dim), times sigmoid(gate_proj(x))
+        where the layer has an output gate."""
+        out = out[..., : self.v_dim]
         return out if self.gate_proj is None else out * jax.nn.sigmoid(self.gate_proj(x))
 
     def call_spec(self) -> AttnSpec:
@@ -419,6 +425,8 @@ class Attention(nnx.Module):
             q, k = self._qk_norm(q, k)
         if self.v_norm is not None and v is not None:
             v = self.v_norm(v)
+        if v is not None and self.v_proj is not None and (self.value_scale != 1 or self.v_dim != self.head_dim):
+            v = padded(v * self.value_scale if self.value_scale != 1 else v, self.head_dim)
         if self.clip is not None:
             q, k, v = (t if t is None else jnp.clip(t, -self.clip, self.clip) for t in (q, k, v))
         if rot is not None:
@@ -446,6 +454,12 @@ class Attention(nnx.Module):
                                 score_bias(spec, positions, positions))
         b, groups, members, t, s = probs.shape
         return probs.reshape(b, groups * members, t, s)
+
+
+def padded(x, width: int):
+    """x [..., n] with zeros after its n values up to `width` (values narrower than the keys: models/mla.py, v_head_dim)."""
+    extra = width - x.shape[-1]
+    return x if extra == 0 else jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, extra)])
 
 
 def scale_queries(q, positions, qs: QueryScale):

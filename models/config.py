@@ -157,8 +157,14 @@ class ModelConfig:
     expert_bias: bool = False
     swiglu_limit: float | None = None
     swiglu_alpha: float = 1.0
-    # gpt-oss: a learned logit per query head that joins every attention softmax's denominator
+    # gpt-oss: a learned logit per query head that joins every attention softmax's denominator; on the layers
+    # attn_sink_layers names (None: all; MiMo-V2-Flash: its sliding-window layers)
     attn_sinks: bool = False
+    attn_sink_layers: tuple[int, ...] | None = None
+    # Value heads narrower than the query and key heads (MiMo-V2-Flash's v_head_dim; None: head_dim): zero-padded
+    # to head_dim for the KV backends, the attention output sliced back before o_proj (as models/mla.py does)
+    v_head_dim: int | None = None
+    value_scale: float = 1.0  # the values times this after their projection (MiMo-V2-Flash's attention_value_scale)
     clip_qkv: float | None = None  # OLMo, OLMoE: q, k and v clamped to [-clip_qkv, clip_qkv] after their projections (and q/k norms)
     # Multi-head latent attention (DeepSeek); None: the usual q/k/v projections. With it, head_dim is
     # the cached key and value heads' width, max(qk_head_dim, v_head_dim) (models/mla.py pads to it)

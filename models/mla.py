@@ -20,7 +20,7 @@ import math
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxllm.models.attention import UNCACHED, Attention, AttnSpec, LayerCache
+from jaxllm.models.attention import UNCACHED, Attention, AttnSpec, LayerCache, padded
 from jaxllm.models.config import ModelConfig, RopeConfig
 from jaxllm.models.decoder import CausalLM, DecoderLayer, decoder_weight_map, dense
 from jaxllm.models.layers import Dense, RMSNorm
@@ -41,12 +41,6 @@ def mla_scale(cfg: ModelConfig) -> float:
 
 def _mscale(rope: RopeConfig, mscale: float) -> float:
     return 1.0 if rope.factor <= 1 else 0.1 * mscale * math.log(rope.factor) + 1.0
-
-
-def _padded(x, width: int):
-    """x [..., n] with zeros after its n values up to `width`."""
-    extra = width - x.shape[-1]
-    return x if extra == 0 else jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, extra)])
 
 
 class LatentAttention(Attention):
@@ -93,7 +87,7 @@ class LatentAttention(Attention):
         k_rot = jnp.broadcast_to(k_rot, kv.shape[:-1] + k_rot.shape[-1:])
         q = jnp.concatenate([q[..., : self.nope], q_rot], axis=-1)
         k = jnp.concatenate([kv[..., : self.nope], k_rot], axis=-1)
-        return _padded(q, self.head_dim), _padded(k, self.head_dim), _padded(kv[..., self.nope :], self.head_dim)
+        return padded(q, self.head_dim), padded(k, self.head_dim), padded(kv[..., self.nope :], self.head_dim)
 
 
 class LatentDecoderLayer(DecoderLayer):

@@ -709,6 +709,17 @@ SPELLINGS = {
         k.replace("e_score_correction_bias", "expert_bias"): v for k, v in _score_biases("mlp", (1, 2), 6)(tensors).items()})),
     # num_shared_experts 0: a shared MLP intermediate_size wide (HYV3MLP takes it for a width of 0)
     "hy-v3-no-shared-experts": ("HYV3ForCausalLM", dict(num_shared_experts=0, enable_moe_fp32_combine=False), _edit()),
+    # MiMo-V2-Flash: sliding_window_size (one short of transformers' window), the experts under num_local_experts (its
+    # attribute_map alias), a null routed_scaling_factor (1) and attention_value_scale (1), keys of GLM-4-MoE's config it
+    # never reads (first_k_dense_replace, n_shared_experts, a top-level rope_theta); its layer pattern, per-layer-type rope
+    # and dense layers left to MiMoV2FlashConfig's defaults; its multi-token-prediction module kept in the checkpoint
+    "mimo-v2-flash-hub-config": ("MiMoV2FlashForCausalLM", {}, _edit(
+        ("layer_types", "rope_parameters", "mlp_layer_types", "sliding_window", "n_routed_experts"), sliding_window_size=7,
+        num_local_experts=8, routed_scaling_factor=None, attention_value_scale=None, first_k_dense_replace=2, n_shared_experts=1,
+        rope_theta=100.0), _tensors(add=lambda tensors: {"model.mtp.layers.0.input_layernorm.weight": tensors["model.norm.weight"].clone()})),
+    "mimo-v2-flash-routing-defaults": ("MiMoV2FlashForCausalLM", dict(num_experts_per_tok=8, n_group=1, topk_group=1), _edit((
+        "n_group", "topk_group", "routed_scaling_factor", "norm_topk_prob", "num_experts_per_tok"))),
+    "mimo-v2-flash-score-bias": ("MiMoV2FlashForCausalLM", {}, _edit(), _tensors(add=_score_biases("mlp.gate", (1, 2), 8))),
     # dots.llm1: the window on the layers from max_window_layers on where layer_types is left out (none without a
     # sliding_window); no groups, unscaled weights not renormalised where left out; Qwen's window switch it never reads
     "dots1-window-layers-defaults": ("Dots1ForCausalLM", {}, _edit(("layer_types", "n_group", "topk_group", "routed_scaling_factor",
