@@ -2,6 +2,7 @@
 for jaxllm.models.registry. Shared pieces: layers.py, rope.py, attention.py, decoder.py."""
 
 from jaxllm.models import (
+    afmoe,
     apertus,
     bamba,
     biogpt,
@@ -67,6 +68,6 @@ FAMILIES = (
     glm4_moe, dots1, hunyuan, llama4, gemma4, qwen3_next, opt, biogpt, xglm, codegen, persimmon, vaultgemma, dbrx, bloom, mpt,
     lfm2, granitemoehybrid, bamba,
     minimax_m2, glm4_moe_lite, cwm, nanochat, exaone3, solar_open, youtu, exaone_moe, minicpm3,
-    hy_v3, mimo_v2_flash,
+    hy_v3, mimo_v2_flash, afmoe,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -205,6 +205,7 @@ class ModelConfig:
     linear_key_heads: int = 0
     linear_value_heads: int = 0
     attn_output_gate: bool = False
+    attn_gate_bias: bool = True  # False: the output gate has no bias whatever qkv_bias says (AFMoE's gate_proj)
     sliding_window: int | None = None
     attention_chunk: int | None = None  # the chunk of "chunked_attention" layers (Llama 4's attention_chunk_size)
     # One entry per layer: "full_attention", "sliding_attention" or "chunked_attention".

@@ -720,6 +720,14 @@ SPELLINGS = {
     "mimo-v2-flash-routing-defaults": ("MiMoV2FlashForCausalLM", dict(num_experts_per_tok=8, n_group=1, topk_group=1), _edit((
         "n_group", "topk_group", "routed_scaling_factor", "norm_topk_prob", "num_experts_per_tok"))),
     "mimo-v2-flash-score-bias": ("MiMoV2FlashForCausalLM", {}, _edit(), _tensors(add=_score_biases("mlp.gate", (1, 2), 8))),
+    # AFMoE: layer_types from global_attn_every_n_layers, a kv head per head, one dense layer, two shared experts,
+    # unscaled weights and unscaled embeddings where left out; a score bias (expert_bias) that changes the choice;
+    # no shared experts (num_shared_experts 0: none in the checkpoint either)
+    "afmoe-defaults": ("AfmoeForCausalLM", dict(num_key_value_heads=4, mup_enabled=False, num_shared_experts=2, route_scale=1.0), _edit((
+        "layer_types", "num_key_value_heads", "num_dense_layers", "route_scale", "num_shared_experts", "mup_enabled"))),
+    "afmoe-score-bias": ("AfmoeForCausalLM", {}, _edit(), _tensors(add=lambda tensors: {
+        k.replace("e_score_correction_bias", "expert_bias"): v for k, v in _score_biases("mlp", (1, 2), 6)(tensors).items()})),
+    "afmoe-no-shared-experts": ("AfmoeForCausalLM", dict(num_shared_experts=0), _edit()),
     # dots.llm1: the window on the layers from max_window_layers on where layer_types is left out (none without a
     # sliding_window); no groups, unscaled weights not renormalised where left out; Qwen's window switch it never reads
     "dots1-window-layers-defaults": ("Dots1ForCausalLM", {}, _edit(("layer_types", "n_group", "topk_group", "routed_scaling_factor",
