@@ -20,7 +20,7 @@ from jaxllm.models.config_fields import COUNT, FLAG, INDEX, NON_NEGATIVE, check_
 from jaxllm.models.decoder import renamed
 from jaxllm.models.deepseek import EXPERTS
 from jaxllm.models.gemma import Gemma2ForCausalLM, sandwich_weight_map
-from jaxllm.models.moe import moe_weight_map
+from jaxllm.models.moe import empty_shared, moe_weight_map
 from jaxllm.models.transforms import Copy, Linear
 from jaxllm.models.weights import WeightSpec
 
@@ -66,16 +66,11 @@ def _base(cfg: ModelConfig) -> list[WeightSpec]:
         for i in range(cfg.num_layers)]
 
 
-def no_shared_experts(cfg: ModelConfig) -> tuple[str, ...]:
-    """num_shared_experts 0: the checkpoint keeps the shared MLP's empty tensors, which add nothing."""
-    return () if cfg.shared_expert_intermediate_size else (r".*\.mlp\.shared_experts\.",)
-
-
 ARCHITECTURES = (Architecture(
     name="AfmoeForCausalLM", module=Gemma2ForCausalLM, hf_model_type="afmoe", config_defaults=afmoe_defaults,
     weight_map=moe_weight_map("mlp", EXPERTS, base=_base, router="router.gate.weight", shared="shared_experts",
                               score_bias=("expert_bias", Copy())),
-    common_names=afmoe_names, ignored_keys=("use_sliding_window", "mlp_bias"), ignore_for=no_shared_experts,
+    common_names=afmoe_names, ignored_keys=("use_sliding_window", "mlp_bias"), ignore_for=empty_shared("shared_experts"),
     # AfmoeConfig's field defaults (Trinity-Mini's shapes); num_key_value_heads null or left out: one per head
     hf_defaults=dict(vocab_size=200192, hidden_size=2048, intermediate_size=6144, moe_intermediate_size=1408,
                      num_hidden_layers=32, num_dense_layers=1, num_attention_heads=16, head_dim=128, max_position_embeddings=16384,

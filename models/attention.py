@@ -345,7 +345,7 @@ class Attention(nnx.Module):
     the keys and values go through the KV backend the caller passes."""
 
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
-        e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.layer_kv_heads(layer), cfg.layer_head_dim(layer)
+        e, h, k, d = cfg.hidden_size, cfg.layer_heads(layer), cfg.layer_kv_heads(layer), cfg.layer_head_dim(layer)
         scale = (cfg.attn_scale or d**-0.5) / (layer + 1 if cfg.attn_scale_by_layer else 1)
         self.spec = AttnSpec(scale, cfg.layer_window(layer), cfg.attn_softcap, alibi=cfg.alibi)
         self.rope_interleaved, self.clip = cfg.rope_interleaved, cfg.clip_qkv
@@ -362,9 +362,12 @@ class Attention(nnx.Module):
         self.v_proj = Dense((e,), (k, vd), ("embed", "kv_heads", "head_dim"), **kv) if own and not cfg.layer_values_are_keys(layer) else None
         self.v_norm = RMSNorm(d, cfg.norm_eps, dtype=dtype, rngs=rngs, weight=False) if cfg.v_norm and own else None
         self.o_proj = Dense((h, vd), (e,), ("q_heads", "head_dim", "embed"), bias=cfg.o_bias, dtype=dtype, rngs=rngs)
-        # Qwen3-Next's gated attention: a gate per query head and dim (read out of its q_proj), the output times its sigmoid
-        self.gate_proj = Dense((e,), (h, d), ("embed", "q_heads", "head_dim"), bias=cfg.qkv_bias and cfg.attn_gate_bias, dtype=dtype,
+        # Qwen3-Next's gated attention: a gate per query head and dim (read out of its q_proj), the output times its sigmoid;
+        # AFMoE's (a gate_proj of its own), Laguna's (softplus, one per head where attn_gate_per_head)
+        gate = ((h,), ("embed", "q_heads")) if cfg.attn_gate_per_head else ((h, d), ("embed", "q_heads", "head_dim"))
+        self.gate_proj = Dense((e,), gate[0], gate[1], bias=cfg.qkv_bias and cfg.attn_gate_bias, dtype=dtype,
                                rngs=rngs) if cfg.attn_output_gate else None
+        self.gate_act, self.gate_per_head = cfg.attn_gate_act, cfg.attn_gate_per_head
         if cfg.qk_norm == "none" or (cfg.qk_norm_layers is not None and layer not in cfg.qk_norm_layers):
             self.q_norm = self.k_norm = None
         elif cfg.qk_norm == "l2":  # a weightless RMSNorm of each head (Llama 4)
@@ -403,9 +406,13 @@ class Attention(nnx.Module):
 
     def gated(self, out, x):
         """The attention output [B, T, H, D] sliced to the values' width (v_head_dim), times sigmoid(gate_proj(x))
-        where the layer has an output gate."""
+        where the layer has an output gate (softplus in float32, then cast: Laguna; one per head where gate_per_head)."""
         out = out[..., : self.v_dim]
-        return out if self.gate_proj is None else out * jax.nn.sigmoid(self.gate_proj(x))
+        if self.gate_proj is None:
+            return out
+        gate = self.gate_proj(x)
+        gate = jax.nn.sigmoid(gate) if self.gate_act == "sigmoid" else jax.nn.softplus(gate.astype(jnp.float32)).astype(out.dtype)
+        return out * (gate[..., None] if self.gate_per_head else gate)
 
     def call_spec(self) -> AttnSpec:
         """The layer's AttnSpec with its sinks' values (float32), where it has sinks."""

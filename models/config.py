@@ -142,6 +142,7 @@ class ModelConfig:
     router_scales_input: bool = False
     router_norm_min: float = 0.0  # the renormalised weights divided by max(their sum, this) (ERNIE's moe_norm_min)
     router_norm_eps: float = 0.0  # ... by their sum plus this (LFM2-MoE's 1e-6)
+    router_softcap: float = 0.0  # the router's logits soft-capped, tanh(l / c) * c (Laguna's moe_router_logit_softcapping; 0: off)
     dense_layers: tuple[int, ...] = ()  # layers that keep a dense MLP in an MoE model
     # A shared expert beside the routed ones (Qwen2-MoE): a gated MLP this wide that every token
     # runs, its output times sigmoid(shared_expert_gate(x)); 0: none.
@@ -206,6 +207,12 @@ class ModelConfig:
     linear_value_heads: int = 0
     attn_output_gate: bool = False
     attn_gate_bias: bool = True  # False: the output gate has no bias whatever qkv_bias says (AFMoE's gate_proj)
+    # The output gate's activation: "sigmoid", or "softplus" (in float32, then cast: Laguna's g_proj); one gate per
+    # head where attn_gate_per_head (Laguna's gating "per-head"), else one per head and dim
+    attn_gate_act: str = "sigmoid"
+    attn_gate_per_head: bool = False
+    # The query heads of each layer where they differ (Laguna's num_attention_heads_per_layer; empty: num_heads)
+    heads_per_layer: tuple[int, ...] = ()
     sliding_window: int | None = None
     attention_chunk: int | None = None  # the chunk of "chunked_attention" layers (Llama 4's attention_chunk_size)
     # One entry per layer: "full_attention", "sliding_attention" or "chunked_attention".
@@ -244,6 +251,9 @@ class ModelConfig:
 
     def layer_head_dim(self, layer: int) -> int:
         return self.global_head_dim if self.global_head_dim and self.layer_is_full(layer) else self.head_dim
+
+    def layer_heads(self, layer: int) -> int:
+        return self.heads_per_layer[layer] if self.heads_per_layer else self.num_heads
 
     def layer_kv_heads(self, layer: int) -> int:
         return self.global_kv_heads if self.global_kv_heads and self.layer_is_full(layer) else self.num_kv_heads

@@ -62,7 +62,7 @@ class MoE(nnx.Module, pytree=False):
         self.k, self.num_experts, self.norm_topk = cfg.experts_per_token, x, cfg.norm_topk_prob
         self.router, self.jitter, self.norm_min, self.norm_eps = cfg.router, cfg.router_jitter, cfg.router_norm_min, cfg.router_norm_eps
         self.groups = (cfg.router_groups, cfg.router_topk_groups, cfg.router_group_score) if cfg.router_groups > 1 else None
-        self.routed_scaling = cfg.routed_scaling
+        self.routed_scaling, self.softcap = cfg.routed_scaling, cfg.router_softcap
         self.router_dtype = jnp.float32 if cfg.router_float32 else dtype
         # DeepSeek-V3's and ERNIE 4.5 MoE's e_score_correction_bias: added to the scores for the choice, not to the weights
         self.e_score_correction_bias = param((x,), ("router",), self.router_dtype) if cfg.router_score_bias else None
@@ -134,11 +134,13 @@ class MoE(nnx.Module, pytree=False):
     def route(self, x):
         """x [N, E] -> (weights [N, k] float32, expert ids [N, k]): softmax in float32, top k,
         renormalised when norm_topk_prob (the sum plus router_norm_eps, at least router_norm_min: ERNIE), as transformers
-        routes; or as `cfg.router` says: the top k logits, then softmax over those k (GraniteMoE,
+        routes (the logits soft-capped first where `cfg.router_softcap`: Laguna); or as `cfg.router` says: the top k logits, then softmax over those k (GraniteMoE,
         gpt-oss) or the sigmoid of each (Llama 4), or `sparsemixer` (PhiMoE), or sigmoid scores
         (DeepSeek-V3); DeepSeek's choice within the best groups and with a score bias
         (`limited_top_k`; ERNIE's softmax scores take the bias too), its weights times routed_scaling."""
         logits = self.gate(x.astype(self.router_dtype)).astype(jnp.float32)
+        if self.softcap:  # Laguna: the logits soft-capped
+            logits = jnp.tanh(logits / self.softcap) * self.softcap
         if self.router in ("topk_softmax", "topk_sigmoid"):
             top, experts = jax.lax.top_k(logits, self.k)
             return (jax.nn.softmax(top, axis=-1) if self.router == "topk_softmax" else jax.nn.sigmoid(top)), experts

@@ -728,6 +728,22 @@ SPELLINGS = {
     "afmoe-score-bias": ("AfmoeForCausalLM", {}, _edit(), _tensors(add=lambda tensors: {
         k.replace("e_score_correction_bias", "expert_bias"): v for k, v in _score_biases("mlp", (1, 2), 6)(tensors).items()})),
     "afmoe-no-shared-experts": ("AfmoeForCausalLM", dict(num_shared_experts=0), _edit()),
+    # Laguna: every layer full (whatever sliding_window says), the first dense, num_attention_heads everywhere, a gate per
+    # head, no soft-capping or scaling and LagunaConfig's rope per layer type where left out; a gate per head and dim
+    # (gating "per-element", and false: transformers' reading of anything but true and "per-head"); a score bias that
+    # changes the choice
+    "laguna-defaults": ("LagunaForCausalLM", dict(num_attention_heads_per_layer=None), _edit((
+        "layer_types", "mlp_layer_types", "num_attention_heads_per_layer", "gating", "moe_router_logit_softcapping",
+        "moe_routed_scaling_factor", "rope_parameters"))),
+    "laguna-gate-per-element": ("LagunaForCausalLM", dict(gating="per-element"), _edit()),
+    "laguna-gate-false": ("LagunaForCausalLM", dict(gating=False), _edit()),
+    "laguna-score-bias": ("LagunaForCausalLM", {}, _edit(), _tensors(add=lambda tensors: {
+        k.replace("mlp.e_score", "mlp.experts.e_score"): v for k, v in _score_biases("mlp", (1, 2), 6)(tensors).items()})),
+    # Mellum: every layer full and routed, MellumConfig's rope per layer type where left out; the experts under
+    # num_local_experts (its attribute_map alias); its multi-token-prediction module kept in the checkpoint
+    "mellum-defaults": ("MellumForCausalLM", dict(mlp_layer_types=None), _edit(("layer_types", "mlp_layer_types", "rope_parameters", "num_experts"),
+                                                       num_local_experts=6, num_mtp_layers=1), _tensors(add=lambda tensors: {
+        "mtp.layers.0.input_layernorm.weight": tensors["model.norm.weight"].clone()})),
     # dots.llm1: the window on the layers from max_window_layers on where layer_types is left out (none without a
     # sliding_window); no groups, unscaled weights not renormalised where left out; Qwen's window switch it never reads
     "dots1-window-layers-defaults": ("Dots1ForCausalLM", {}, _edit(("layer_types", "n_group", "topk_group", "routed_scaling_factor",
