@@ -35,6 +35,7 @@ from jaxllm.models import (
     helium,
     hunyuan,
     hy_v3,
+    jetmoe,
     laguna,
     lfm2,
     llama,
@@ -69,6 +70,6 @@ FAMILIES = (
     glm4_moe, dots1, hunyuan, llama4, gemma4, qwen3_next, opt, biogpt, xglm, codegen, persimmon, vaultgemma, dbrx, bloom, mpt,
     lfm2, granitemoehybrid, bamba,
     minimax_m2, glm4_moe_lite, cwm, nanochat, exaone3, solar_open, youtu, exaone_moe, minicpm3,
-    hy_v3, mimo_v2_flash, afmoe, laguna,
+    hy_v3, mimo_v2_flash, afmoe, laguna, jetmoe,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

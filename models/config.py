@@ -156,6 +156,7 @@ class ModelConfig:
     # limit], out = (up + 1) * gate * sigmoid(swiglu_alpha * gate)) in place of act(gate) * up.
     router_bias: bool = False
     expert_bias: bool = False
+    expert_output_bias: bool = False  # a bias [E] added to the experts' summed output (JetMoE's mlp.bias)
     swiglu_limit: float | None = None
     swiglu_alpha: float = 1.0
     # gpt-oss: a learned logit per query head that joins every attention softmax's denominator; on the layers

@@ -86,6 +86,7 @@ class MoE(nnx.Module, pytree=False):
         self.expert_mesh, self.expert_axis = None, None  # split_experts: the mesh axis the experts are split over
         self.shared_expert = self.shared_expert_gate = None
         self.shared_float32 = cfg.shared_expert_float32
+        self.bias = param((e,), ("embed",), dtype) if cfg.expert_output_bias else None  # JetMoE: added to the experts' sum
         if cfg.shared_expert_intermediate_size:
             shared = cfg.replace(intermediate_size=cfg.shared_expert_intermediate_size)
             self.shared_expert = GatedMLP(shared, dtype=dtype, rngs=rngs)
@@ -166,6 +167,8 @@ class MoE(nnx.Module, pytree=False):
             out = self._experts(x, weights, experts, self._stacks(), None)
         else:
             out = self._split_experts(x, weights, experts, self._stacks())
+        if self.bias is not None:
+            out = out.astype(x.dtype) + self.bias[...]
         if self.shared_expert is None:
             return out.astype(x.dtype).reshape(shape)
         shared = self.shared_expert(x)
@@ -194,13 +197,9 @@ class MoE(nnx.Module, pytree=False):
             if mine is not None:
                 flat, w = jnp.where(mine, flat, 0), jnp.where(mine, w, 0.0)
             return self._gathered(x, w, flat, stacks, biases)
-        if mine is None:
-            order = jnp.argsort(flat, stable=True)
-            groups = jnp.bincount(flat, length=local).astype(jnp.int32)
-        else:
+        if mine is not None:
             flat = jnp.where(mine, flat, local)  # others sort after every local group
-            order = jnp.argsort(flat, stable=True)
-            groups = jnp.bincount(flat, length=local + 1)[:local].astype(jnp.int32)
+        order, groups = expert_groups(flat, local)
         token = order // self.k  # the token of each assignment, in expert order
         xs = jnp.take(x, token, axis=0)  # [N * k, E]
         w = jnp.take(weights.reshape(-1), order)
@@ -250,6 +249,23 @@ class MoE(nnx.Module, pytree=False):
         specs = (whole, whole, whole, jax.tree.map(lambda _: split, stacks))
         run = jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=whole, axis_names={axis}, check_vma=False)
         return run(x, weights, experts, stacks)
+
+
+def expert_groups(flat, local: int):
+    """The dispatch of assignments to experts: `flat` [A] expert ids (local ones 0 .. local - 1; `local` itself for
+    another device's, which sort after every group) -> (order [A]: the assignments sorted by expert, stably;
+    groups [local] int32: how many each local expert takes), as `jax.lax.ragged_dot` reads them."""
+    order = jnp.argsort(flat, stable=True)
+    return order, jnp.bincount(flat, length=local + 1)[:local].astype(jnp.int32)
+
+
+def expert_rows(rows, flat, stack):
+    """Each assignment's own row of `rows` [A, in] times its expert's matrix of `stack` [X, in, out] (ids `flat` [A])
+    -> [A, out] in the assignments' order: `MoE`'s dispatch (`expert_groups`, one ragged_dot), its products put back
+    in place. JetMoE's mixture of attention heads projects its queries and outputs by it."""
+    order, groups = expert_groups(flat, stack.shape[0])
+    out = jax.lax.ragged_dot(jnp.take(rows, order, axis=0), stack, groups)
+    return jnp.zeros_like(out).at[order].set(out)
 
 
 def limited_top_k(scores, k: int, bias=None, groups: tuple | None = None):

@@ -744,6 +744,10 @@ SPELLINGS = {
     "mellum-defaults": ("MellumForCausalLM", dict(mlp_layer_types=None), _edit(("layer_types", "mlp_layer_types", "rope_parameters", "num_experts"),
                                                        num_local_experts=6, num_mtp_layers=1), _tensors(add=lambda tensors: {
         "mtp.layers.0.input_layernorm.weight": tensors["model.norm.weight"].clone()})),
+    # JetMoE: head_dim for kv_channels (its attribute_map's alias), a num_attention_heads it replaces by num_key_value_heads x
+    # num_experts_per_tok, tied embeddings and silu where left out
+    "jetmoe-defaults": ("JetMoeForCausalLM", dict(tie_word_embeddings=True), lambda raw: [raw.pop(k) for k in (
+        "tie_word_embeddings", "activation_function")] and raw.update(head_dim=raw.pop("kv_channels"), num_attention_heads=3)),
     # dots.llm1: the window on the layers from max_window_layers on where layer_types is left out (none without a
     # sliding_window); no groups, unscaled weights not renormalised where left out; Qwen's window switch it never reads
     "dots1-window-layers-defaults": ("Dots1ForCausalLM", {}, _edit(("layer_types", "n_group", "topk_group", "routed_scaling_factor",
@@ -951,7 +955,7 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     hf = transformers.CONFIG_MAPPING[arch.hf_model_type].from_dict(dict(raw))
     kind = arch.hf_model_type
     act = {"gpt_neo": "activation_function", "falcon": "activation", "gpt2": "activation_function", "gpt_bigcode": "activation_function", "gptj": "activation_function", "codegen": "activation_function",
-           "opt": "activation_function", "xglm": "activation_function", "gemma2": "hidden_activation", "vaultgemma": "hidden_activation", "gemma3_text": "hidden_activation",
+           "opt": "activation_function", "xglm": "activation_function", "jetmoe": "activation_function", "gemma2": "hidden_activation", "vaultgemma": "hidden_activation", "gemma3_text": "hidden_activation",
            "gemma4_text": "hidden_activation"}.get(kind, "hidden_act")
     eps = {"gpt_neo": "layer_norm_epsilon", "nemotron": "norm_eps", "falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "codegen": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps", "persimmon": "layer_norm_eps",
            "starcoder2": "norm_epsilon", "bloom": "layer_norm_epsilon", "mpt": "layer_norm_epsilon",
