@@ -2,6 +2,7 @@
 for jaxllm.models.registry. Shared pieces: layers.py, rope.py, attention.py, decoder.py."""
 
 from jaxllm.models import (
+    afmoe,
     apertus,
     bamba,
     biogpt,
@@ -37,14 +38,18 @@ from jaxllm.models import (
     granitemoehybrid,
     helium,
     hunyuan,
+    hy_v3,
     hyperclovax,
     jais2,
     jamba,
+    jetmoe,
+    laguna,
     lfm2,
     llama,
     llama4,
     mamba,
     mamba2_lm,
+    mimo_v2_flash,
     minicpm3,
     minimax,
     minimax_m2,
@@ -80,5 +85,6 @@ FAMILIES = (
     olmo_hybrid,
     minimax,
     bitnet, diffllama, jais2, hyperclovax, granite_swa,
+    hy_v3, mimo_v2_flash, afmoe, laguna, jetmoe,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -347,7 +347,7 @@ class Attention(nnx.Module):
     sinks_outside_weights = False  # the attention weights reported without the sinks (ModelConfig.sinks_outside_weights)
 
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
-        e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.layer_kv_heads(layer), cfg.layer_head_dim(layer)
+        e, h, k, d = cfg.hidden_size, cfg.layer_heads(layer), cfg.layer_kv_heads(layer), cfg.layer_head_dim(layer)
         scale = (cfg.attn_scale or d**-0.5) / (layer + 1 if cfg.attn_scale_by_layer else 1)
         self.spec = AttnSpec(scale, cfg.layer_window(layer), cfg.attn_softcap, alibi=cfg.alibi)
         self.rope_interleaved, self.clip = cfg.rope_interleaved, cfg.clip_qkv
@@ -357,20 +357,23 @@ class Attention(nnx.Module):
         own = cfg.kv_shape(layer) is not None
         self.reads_shared_kv = not own
         kv = dict(bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
+        # values vd wide (cfg.v_head_dim), zero-padded to d for the KV backend, the output sliced back to vd
+        self.head_dim, vd = d, cfg.v_head_dim or d
+        self.v_dim, self.value_scale = vd, cfg.value_scale
         self.q_proj = Dense((e,), (h, d), ("embed", "q_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
         self.k_proj = Dense((e,), (k, d), ("embed", "kv_heads", "head_dim"), **kv) if own else None
-        self.v_proj = Dense((e,), (k, d), ("embed", "kv_heads", "head_dim"), **kv) if own and not cfg.layer_values_are_keys(layer) else None
+        self.v_proj = Dense((e,), (k, vd), ("embed", "kv_heads", "head_dim"), **kv) if own and not cfg.layer_values_are_keys(layer) else None
         self.v_norm = RMSNorm(d, cfg.norm_eps, dtype=dtype, rngs=rngs, weight=False) if cfg.v_norm and own else None
-        self.o_proj = Dense((h, d), (e,), ("q_heads", "head_dim", "embed"), bias=cfg.o_bias, dtype=dtype, rngs=rngs)
-        # Qwen3-Next's gated attention: a gate per query head and dim (read out of its q_proj), the output times its
-        # sigmoid; LFM3's (attn_head_gate): one gate per query head, its own projection without bias
-        if cfg.attn_head_gate:
-            self.gate_proj = Dense((e,), (h,), ("embed", "q_heads"), bias=False, dtype=dtype, rngs=rngs)
-        else:
-            self.gate_proj = Dense((e,), (h, d), ("embed", "q_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype,
-                                   rngs=rngs) if cfg.attn_output_gate else None
+        self.o_proj = Dense((h, vd), (e,), ("q_heads", "head_dim", "embed"), bias=cfg.o_bias, dtype=dtype, rngs=rngs)
+        # Qwen3-Next's gated attention: a gate per query head and dim (read out of its q_proj), the output times its sigmoid;
+        # AFMoE's (a gate_proj of its own), Laguna's (softplus, one per head where attn_gate_per_head), LFM3's (one per
+        # head, no bias)
+        gate = ((h,), ("embed", "q_heads")) if cfg.attn_gate_per_head else ((h, d), ("embed", "q_heads", "head_dim"))
+        self.gate_proj = Dense((e,), gate[0], gate[1], bias=cfg.qkv_bias and cfg.attn_gate_bias, dtype=dtype,
+                               rngs=rngs) if cfg.attn_output_gate else None
+        self.gate_act, self.gate_per_head = cfg.attn_gate_act, cfg.attn_gate_per_head
         # BitNet: an RMSNorm of the output over every head before o_proj
-        self.attn_sub_norm = RMSNorm((h, d), cfg.norm_eps, dtype=dtype, rngs=rngs, axes=("q_heads", "head_dim")) if cfg.sub_norms else None
+        self.attn_sub_norm = RMSNorm((h, vd), cfg.norm_eps, dtype=dtype, rngs=rngs, axes=("q_heads", "head_dim")) if cfg.sub_norms else None
         if cfg.qk_norm == "none" or (cfg.qk_norm_layers is not None and layer not in cfg.qk_norm_layers):
             self.q_norm = self.k_norm = None
         elif cfg.qk_norm == "l2":  # a weightless RMSNorm of each head (Llama 4)
@@ -393,7 +396,8 @@ class Attention(nnx.Module):
         layers = cfg.query_scale_layers
         self.query_scale = cfg.query_scale if layers is None or layer in layers else None
         # gpt-oss: a learned logit per query head in every softmax's denominator (AttnSpec.sinks)
-        self.sinks = param((h,), ("q_heads",), dtype) if cfg.attn_sinks else None
+        sinks = cfg.attn_sinks and (cfg.attn_sink_layers is None or layer in cfg.attn_sink_layers)
+        self.sinks = param((h,), ("q_heads",), dtype) if sinks else None
         self.sinks_outside_weights = cfg.sinks_outside_weights
 
     def __call__(self, x, positions, rot: Rotary | None, cache: LayerCache | None, kv=UNCACHED):
@@ -408,12 +412,14 @@ class Attention(nnx.Module):
         return self.output(out, x), new
 
     def output(self, out, x):
-        """The attention output [B, T, H, D] through o_proj: first times sigmoid(gate_proj(x)) where the layer has
-        an output gate (one per head and dim, or per head: LFM3), RMS-normed over every head where it has a
-        sub-norm (BitNet)."""
+        """The attention output [B, T, H, D] through o_proj: sliced to the values' width (v_head_dim), times the
+        output gate where the layer has one (a sigmoid, or a softplus in float32, then cast: Laguna; one per head and
+        dim, or one per head: LFM3, Laguna), RMS-normed over every head where it has a sub-norm (BitNet)."""
+        out = out[..., : self.v_dim]
         if self.gate_proj is not None:
-            gate = jax.nn.sigmoid(self.gate_proj(x))
-            out = out * (gate if gate.ndim == out.ndim else gate[..., None])
+            gate = self.gate_proj(x)
+            gate = jax.nn.sigmoid(gate) if self.gate_act == "sigmoid" else jax.nn.softplus(gate.astype(jnp.float32)).astype(out.dtype)
+            out = out * (gate[..., None] if self.gate_per_head else gate)
         return self.o_proj(out if self.attn_sub_norm is None else self.attn_sub_norm(out))
 
     def call_spec(self) -> AttnSpec:
@@ -436,6 +442,8 @@ class Attention(nnx.Module):
             q, k = self._qk_norm(q, k)
         if self.v_norm is not None and v is not None:
             v = self.v_norm(v)
+        if v is not None and self.v_proj is not None and (self.value_scale != 1 or self.v_dim != self.head_dim):
+            v = padded(v * self.value_scale if self.value_scale != 1 else v, self.head_dim)
         if self.clip is not None:
             q, k, v = (t if t is None else jnp.clip(t, -self.clip, self.clip) for t in (q, k, v))
         if rot is not None:
@@ -464,6 +472,12 @@ class Attention(nnx.Module):
                                 score_bias(spec, positions, positions))
         b, groups, members, t, s = probs.shape
         return probs.reshape(b, groups * members, t, s)
+
+
+def padded(x, width: int):
+    """x [..., n] with zeros after its n values up to `width` (values narrower than the keys: models/mla.py, v_head_dim)."""
+    extra = width - x.shape[-1]
+    return x if extra == 0 else jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, extra)])
 
 
 def scale_queries(q, positions, qs: QueryScale):

@@ -153,6 +153,7 @@ class ModelConfig:
     router_scales_input: bool = False
     router_norm_min: float = 0.0  # the renormalised weights divided by max(their sum, this) (ERNIE's moe_norm_min)
     router_norm_eps: float = 0.0  # ... by their sum plus this (LFM2-MoE's 1e-6)
+    router_softcap: float = 0.0  # the router's logits soft-capped, tanh(l / c) * c (Laguna's moe_router_logit_softcapping; 0: off)
     dense_layers: tuple[int, ...] = ()  # layers that keep a dense MLP in an MoE model
     # A shared expert beside the routed ones (Qwen2-MoE): a gated MLP this wide that every token
     # runs, its output times sigmoid(shared_expert_gate(x)); 0: none.
@@ -161,18 +162,28 @@ class ModelConfig:
     shared_expert_average: bool = False  # an ungated shared expert's output and the routed one's averaged (Cohere2-MoE)
     # Cohere2-MoE: RMSNorms where config.json gives rms_norm_eps, else its LayerNorms without bias (its module's choice)
     rms_norms: bool = False
+    # The routed experts' sum and the shared expert's output added in float32, then cast (HY V3's enable_moe_fp32_combine);
+    # else the routed sum is cast to the model's dtype first
+    shared_expert_float32: bool = False
     # gpt-oss's experts: a router with a bias (its router "topk_softmax"), biases on the experts' projections, and
     # the clamped SwiGLU (swiglu_limit not None: gate clamped above at the limit, up to [-limit,
     # limit], out = (up + 1) * gate * sigmoid(swiglu_alpha * gate)) in place of act(gate) * up.
     router_bias: bool = False
     expert_bias: bool = False
+    expert_output_bias: bool = False  # a bias [E] added to the experts' summed output (JetMoE's mlp.bias)
     swiglu_limit: float | None = None
     swiglu_alpha: float = 1.0
-    # gpt-oss: a learned logit per query head that joins every attention softmax's denominator
+    # gpt-oss: a learned logit per query head that joins every attention softmax's denominator; on the layers
+    # attn_sink_layers names (None: all; MiMo-V2-Flash: its sliding-window layers)
     attn_sinks: bool = False
     # Granite SWA: the sink scales each output by sigmoid(logsumexp(scores) - sink) (the same attention), so the
     # attention weights transformers reports (research) are the softmax without it
     sinks_outside_weights: bool = False
+    attn_sink_layers: tuple[int, ...] | None = None
+    # Value heads narrower than the query and key heads (MiMo-V2-Flash's v_head_dim; None: head_dim): zero-padded
+    # to head_dim for the KV backends, the attention output sliced back before o_proj (as models/mla.py does)
+    v_head_dim: int | None = None
+    value_scale: float = 1.0  # the values times this after their projection (MiMo-V2-Flash's attention_value_scale)
     clip_qkv: float | None = None  # OLMo, OLMoE: q, k and v clamped to [-clip_qkv, clip_qkv] after their projections (and q/k norms)
     # Multi-head latent attention (DeepSeek); None: the usual q/k/v projections. With it, head_dim is
     # the cached key and value heads' width, max(qk_head_dim, v_head_dim) (models/mla.py pads to it)
@@ -256,7 +267,13 @@ class ModelConfig:
     # (full attention's alpha, beta, lightning attention's alpha, beta, the MLP's alpha, beta); () elsewhere
     residual_factors: tuple[float, ...] = ()
     sandwich_norms: bool = False  # LFM3's use_sandwich_norm: norms on the mixer's and the MLP's outputs too (gemma.SandwichLayer)
-    attn_head_gate: bool = False  # LFM3's: the output times sigmoid of one gate per head (its own [H, E] projection)
+    attn_gate_bias: bool = True  # False: the output gate has no bias whatever qkv_bias says (AFMoE's gate_proj)
+    # The output gate's activation: "sigmoid", or "softplus" (in float32, then cast: Laguna's g_proj); one gate per
+    # head where attn_gate_per_head (Laguna's gating "per-head"), else one per head and dim
+    attn_gate_act: str = "sigmoid"
+    attn_gate_per_head: bool = False
+    # The query heads of each layer where they differ (Laguna's num_attention_heads_per_layer; empty: num_heads)
+    heads_per_layer: tuple[int, ...] = ()
     sliding_window: int | None = None
     attention_chunk: int | None = None  # the chunk of "chunked_attention" layers (Llama 4's attention_chunk_size)
     # One entry per layer: "full_attention", "sliding_attention" or "chunked_attention".
@@ -295,6 +312,9 @@ class ModelConfig:
 
     def layer_head_dim(self, layer: int) -> int:
         return self.global_head_dim if self.global_head_dim and self.layer_is_full(layer) else self.head_dim
+
+    def layer_heads(self, layer: int) -> int:
+        return self.heads_per_layer[layer] if self.heads_per_layer else self.num_heads
 
     def layer_kv_heads(self, layer: int) -> int:
         return self.global_kv_heads if self.global_kv_heads and self.layer_is_full(layer) else self.num_kv_heads

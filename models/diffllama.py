@@ -18,11 +18,10 @@ from flax import nnx
 
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture
-from jaxllm.models.attention import UNCACHED, Attention
+from jaxllm.models.attention import UNCACHED, Attention, padded
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, DecoderLayer, decoder_weight_map
 from jaxllm.models.layers import RMSNorm, param
-from jaxllm.models.mla import padded
 from jaxllm.models.weights import WeightSpec
 
 LAMBDAS = ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")

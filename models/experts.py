@@ -44,8 +44,9 @@ class MoE(nnx.Module, pytree=False):
     Shared expert (`cfg.shared_expert_intermediate_size`, Qwen2-MoE): a gated MLP every token runs
     beside the routed ones, its output times sigmoid(`shared_expert_gate`(x)) and added to theirs
     in the model's dtype, as transformers adds them; without `cfg.shared_expert_gated` (GraniteMoeShared)
-    added as it is, no gate, or (`cfg.shared_expert_average`, Cohere2-MoE) the two outputs' mean. It is dense layers (quantized and split over
-    tp as any MLP, whole on each ep group); its gate, one score a token, stays float as the router.
+    added as it is, no gate, or (`cfg.shared_expert_average`, Cohere2-MoE) the two outputs' mean; the two summed in
+    float32 where `cfg.shared_expert_float32` (HY V3). It is dense layers (quantized and split over tp as any MLP,
+    whole on each ep group); its gate, one score a token, stays float as the router.
 
     gpt-oss (config flags, each off for the other families): the router has a bias and takes the
     top k of its logits, then softmaxes those k (`router` "topk_softmax"); each expert projection has
@@ -70,7 +71,7 @@ class MoE(nnx.Module, pytree=False):
         self.k, self.num_experts, self.norm_topk = cfg.experts_per_token, x, cfg.norm_topk_prob
         self.router, self.jitter, self.norm_min, self.norm_eps = cfg.router, cfg.router_jitter, cfg.router_norm_min, cfg.router_norm_eps
         self.groups = (cfg.router_groups, cfg.router_topk_groups, cfg.router_group_score) if cfg.router_groups > 1 else None
-        self.routed_scaling = cfg.routed_scaling
+        self.routed_scaling, self.softcap = cfg.routed_scaling, cfg.router_softcap
         self.router_dtype = jnp.float32 if cfg.router_float32 else dtype
         # DeepSeek-V3's and ERNIE 4.5 MoE's e_score_correction_bias: added to the scores for the choice, not to the weights
         self.e_score_correction_bias = param((x,), ("router",), self.router_dtype) if cfg.router_score_bias else None
@@ -94,6 +95,8 @@ class MoE(nnx.Module, pytree=False):
         self.expert_mesh, self.expert_axis = None, None  # split_experts: the mesh axis the experts are split over
         self.shared_expert = self.shared_expert_gate = None
         self.shared_average = cfg.shared_expert_average
+        self.shared_float32 = cfg.shared_expert_float32
+        self.bias = param((e,), ("embed",), dtype) if cfg.expert_output_bias else None  # JetMoE: added to the experts' sum
         if cfg.shared_expert_intermediate_size:
             shared = cfg.replace(intermediate_size=cfg.shared_expert_intermediate_size)
             self.shared_expert = GatedMLP(shared, dtype=dtype, rngs=rngs) if cfg.gated_mlp else MLP(shared, dtype=dtype, rngs=rngs,
@@ -146,11 +149,13 @@ class MoE(nnx.Module, pytree=False):
     def route(self, x):
         """x [N, E] -> (weights [N, k] float32, expert ids [N, k]): softmax in float32, top k,
         renormalised when norm_topk_prob (the sum plus router_norm_eps, at least router_norm_min: ERNIE), as transformers
-        routes; or as `cfg.router` says: the top k logits, then softmax over those k (GraniteMoE,
+        routes (the logits soft-capped first where `cfg.router_softcap`: Laguna); or as `cfg.router` says: the top k logits, then softmax over those k (GraniteMoE,
         gpt-oss) or the sigmoid of each (Llama 4), or `sparsemixer` (PhiMoE), or sigmoid scores
         (DeepSeek-V3); DeepSeek's choice within the best groups and with a score bias
         (`limited_top_k`; ERNIE's softmax scores take the bias too), its weights times routed_scaling."""
         logits = self.gate(x.astype(self.router_dtype)).astype(jnp.float32)
+        if self.softcap:  # Laguna: the logits soft-capped
+            logits = jnp.tanh(logits / self.softcap) * self.softcap
         if self.router in ("topk_softmax", "topk_sigmoid"):
             top, experts = jax.lax.top_k(logits, self.k)
             if self.router == "topk_softmax":
@@ -180,13 +185,20 @@ class MoE(nnx.Module, pytree=False):
             out = self._experts(xs, weights, experts, self._stacks(), None)
         else:
             out = self._split_experts(xs, weights, experts, self._stacks())
-        out = out.astype(x.dtype)
-        out = out if self.fc2_latent_proj is None else self.fc2_latent_proj(out)
+        if self.fc2_latent_proj is not None:
+            out = self.fc2_latent_proj(out.astype(x.dtype))
+        if self.bias is not None:  # JetMoE: a bias on the experts' sum
+            out = out.astype(x.dtype) + self.bias[...]
+        if self.shared_expert is None:
+            return out.astype(x.dtype).reshape(shape)
+        shared = self.shared_expert(x)
         if self.shared_expert_gate is not None:
-            out = out + jax.nn.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
-        elif self.shared_expert is not None:
-            out = out + self.shared_expert(x)
-            out = out / 2 if self.shared_average else out
+            shared = jax.nn.sigmoid(self.shared_expert_gate(x)) * shared
+        if self.shared_float32:  # HY V3: the sum in float32, then cast
+            return (out + shared.astype(jnp.float32)).astype(x.dtype).reshape(shape)
+        out = out.astype(x.dtype) + shared
+        if self.shared_average and self.shared_expert_gate is None:  # Cohere2-MoE: the two outputs' mean
+            out = out / 2
         return out.reshape(shape)
 
     def _experts(self, x, weights, experts, stacks, first, form: str | None = None):
@@ -207,13 +219,9 @@ class MoE(nnx.Module, pytree=False):
             if mine is not None:
                 flat, w = jnp.where(mine, flat, 0), jnp.where(mine, w, 0.0)
             return self._gathered(x, w, flat, stacks, biases)
-        if mine is None:
-            order = jnp.argsort(flat, stable=True)
-            groups = jnp.bincount(flat, length=local).astype(jnp.int32)
-        else:
+        if mine is not None:
             flat = jnp.where(mine, flat, local)  # others sort after every local group
-            order = jnp.argsort(flat, stable=True)
-            groups = jnp.bincount(flat, length=local + 1)[:local].astype(jnp.int32)
+        order, groups = expert_groups(flat, local)
         token = order // self.k  # the token of each assignment, in expert order
         xs = jnp.take(x, token, axis=0)  # [N * k, E]
         w = jnp.take(weights.reshape(-1), order)
@@ -263,6 +271,23 @@ class MoE(nnx.Module, pytree=False):
         specs = (whole, whole, whole, jax.tree.map(lambda _: split, stacks))
         run = jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=whole, axis_names={axis}, check_vma=False)
         return run(x, weights, experts, stacks)
+
+
+def expert_groups(flat, local: int):
+    """The dispatch of assignments to experts: `flat` [A] expert ids (local ones 0 .. local - 1; `local` itself for
+    another device's, which sort after every group) -> (order [A]: the assignments sorted by expert, stably;
+    groups [local] int32: how many each local expert takes), as `jax.lax.ragged_dot` reads them."""
+    order = jnp.argsort(flat, stable=True)
+    return order, jnp.bincount(flat, length=local + 1)[:local].astype(jnp.int32)
+
+
+def expert_rows(rows, flat, stack):
+    """Each assignment's own row of `rows` [A, in] times its expert's matrix of `stack` [X, in, out] (ids `flat` [A])
+    -> [A, out] in the assignments' order: `MoE`'s dispatch (`expert_groups`, one ragged_dot), its products put back
+    in place. JetMoE's mixture of attention heads projects its queries and outputs by it."""
+    order, groups = expert_groups(flat, stack.shape[0])
+    out = jax.lax.ragged_dot(jnp.take(rows, order, axis=0), stack, groups)
+    return jnp.zeros_like(out).at[order].set(out)
 
 
 def limited_top_k(scores, k: int, bias=None, groups: tuple | None = None):

@@ -121,7 +121,7 @@ def lfm3_defaults(raw: dict) -> dict:
     out = dict(qk_norm="per_head", mlp_bias=False, hidden_act="silu", recurrent_kinds=("conv",), layer_types=types,
                linear_conv_kernel=raw["conv_L_cache"], conv_bias=bool(raw["conv_bias"]), rope_float32=True,
                local_rope=rope.get("sliding_attention"), sandwich_norms=bool(raw["use_sandwich_norm"]),
-               attn_head_gate=bool(raw["use_attention_gate"]))
+               **(dict(attn_output_gate=True, attn_gate_per_head=True, attn_gate_bias=False) if raw["use_attention_gate"] else {}))
     return dict(out, rope=rope["full_attention"]) if "full_attention" in rope else out
 
 
@@ -147,7 +147,7 @@ _SANDWICH_NAMES = dict(_LFM3_NAMES, post_attention_layernorm="post_operator_norm
 def lfm3_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     """LFM2's map (its sandwich norms where use_sandwich_norm), each attention layer's gate where use_attention_gate."""
     specs = renamed(sandwich_weight_map(cfg), _SANDWICH_NAMES) if cfg.sandwich_norms else renamed(decoder_weight_map(cfg), _LFM3_NAMES)
-    for i in [i for i in range(cfg.num_layers) if cfg.attn_head_gate and not cfg.layer_is_recurrent(i)]:
+    for i in [i for i in range(cfg.num_layers) if cfg.attn_output_gate and not cfg.layer_is_recurrent(i)]:
         specs += dense(f"model.layers.{i}.self_attn.gate_proj", ("model", "layers", i, "self_attn", "gate_proj"), bias=False)
     return specs + _conv_specs(cfg)
 

@@ -20,7 +20,7 @@ import math
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxllm.models.attention import UNCACHED, Attention, AttnSpec, LayerCache
+from jaxllm.models.attention import UNCACHED, Attention, AttnSpec, LayerCache, padded
 from jaxllm.models.config import ModelConfig, RopeConfig
 from jaxllm.models.decoder import CausalLM, DecoderLayer, decoder_weight_map, dense
 from jaxllm.models.layers import Dense, RMSNorm
@@ -41,12 +41,6 @@ def mla_scale(cfg: ModelConfig) -> float:
 
 def _mscale(rope: RopeConfig, mscale: float) -> float:
     return 1.0 if rope.factor <= 1 else 0.1 * mscale * math.log(rope.factor) + 1.0
-
-
-def padded(x, width: int):
-    """x [..., n] with zeros after its n values up to `width`."""
-    extra = width - x.shape[-1]
-    return x if extra == 0 else jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, extra)])
 
 
 class LatentAttention(Attention):

@@ -54,6 +54,12 @@ def moe_weight_map(block: str, names: dict, base=decoder_weight_map, router: str
     return weight_map
 
 
+def empty_shared(shared: str):
+    """`ignore_for` of a family whose checkpoints keep a shared MLP of no width (its empty tensors at
+    mlp.{shared}.*, adding nothing) where the config gives its shared experts a width of 0 (AFMoE)."""
+    return lambda cfg: () if cfg.shared_expert_intermediate_size else (rf".*\.mlp\.{shared}\.",)
+
+
 def fused_expert_specs(gate_up: str, down: str, ours: tuple, width: int) -> list[WeightSpec]:
     """An MoE block's expert stacks `ours` + (gate_proj / up_proj / down_proj) out of one checkpoint
     tensor [X, 2F, E] of every expert's gate rows then up rows (`gate_up`, F = `width`) and one

@@ -110,6 +110,17 @@ def test_dbrx_weight_norms_other_than_the_sum_are_refused():
     ("Glm4MoeLiteForCausalLM", dict(mlp_layer_types="dense"), r"'mlp_layer_types' must be a list of strings"),
     ("ExaoneMoeForCausalLM", dict(num_shared_experts="1"), r"'num_shared_experts' must be a non-negative integer"),
     ("MiniCPM3ForCausalLM", dict(scale_emb="12"), r"'scale_emb' must be a positive number"),
+    # ropes read per layer type (a flat or missing entry, rope_scaling in their place: failures in transformers)
+    ("MiMoV2FlashForCausalLM", dict(rope_scaling=None), r"rope_scaling \(null too\) takes the place of rope_parameters"),
+    ("MiMoV2FlashForCausalLM", dict(rope_parameters={"rope_type": "default", "rope_theta": 1e4}), r"must give an entry for each layer type"),
+    ("MellumForCausalLM", dict(rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5},
+                                                "sliding_attention": {"rope_theta": 1e4}}), r"partial_rotary_factor, which transformers' Mellum"),
+    ("MiMoV2FlashForCausalLM", dict(num_key_value_heads=4), r"not a multiple of the sliding layers' 8 kv heads"),
+    ("MiMoV2FlashForCausalLM", dict(v_head_dim=32), r"v_head_dim=32 is wider than head_dim=24"),
+    ("LagunaForCausalLM", dict(num_attention_heads_per_layer=[4, 3, 4]), r"num_attention_heads_per_layer .* multiple of num_key_value_heads=2"),
+    ("LagunaForCausalLM", dict(moe_apply_router_weight_on_input=True), r"moe_apply_router_weight_on_input=true is not implemented"),
+    ("AfmoeForCausalLM", dict(layer_types=None, global_attn_every_n_layers=None), r"neither layer_types nor global_attn_every_n_layers"),
+    ("JetMoeForCausalLM", dict(rms_norm_eps=1e-5), r"rms_norm_eps=1e-05 applies to JetMoE's final norm alone"),
 ])
 def test_options_the_new_families_do_not_run_are_refused(arch, changes, message):
     """Config values transformers' code of these families cannot run, or never reads where the checkpoint's own code would

@@ -712,6 +712,58 @@ SPELLINGS = {
     "minimax-m2-default-head-dim": ("MiniMaxM2ForCausalLM", dict(head_dim=128, rotary_dim=64), _edit(("head_dim",))),
     "minimax-m2-factor-beside-rotary-dim": ("MiniMaxM2ForCausalLM", {}, lambda raw: raw.update(rotary_dim=4)),
     "minimax-m2-score-bias": ("MiniMaxM2ForCausalLM", {}, _edit(), _tensors(add=_score_biases("block_sparse_moe", (0, 1, 2), 6))),
+    # HY V3: the experts under num_local_experts (its attribute_map alias, which wins over num_experts), a top-level
+    # rope_theta, keys of other families it never reads (first_k_dense_replace, sliding_window); routing, shared experts,
+    # head_dim and mlp_layer_types (the first layer dense) left to HYV3Config's defaults where left out; its
+    # multi-token-prediction layer 80 kept in the checkpoint
+    "hy-v3-hub-config": ("HYV3ForCausalLM", dict(head_dim=128, num_experts_per_tok=8, num_experts=8), _edit(
+        ("rope_parameters", "head_dim", "num_experts_per_tok", "num_shared_experts", "router_scaling_factor", "mlp_layer_types",
+         "enable_moe_fp32_combine"), num_local_experts=8, num_experts=4, rope_theta=5000.0, first_k_dense_replace=2,
+        sliding_window=4), _tensors(add=lambda tensors: {
+            f"model.layers.80.{name}": tensors[f"model.layers.1.{name}"].clone() for name in ("input_layernorm.weight",)})),
+    "hy-v3-score-bias": ("HYV3ForCausalLM", {}, _edit(), _tensors(add=lambda tensors: {
+        k.replace("e_score_correction_bias", "expert_bias"): v for k, v in _score_biases("mlp", (1, 2), 6)(tensors).items()})),
+    # num_shared_experts 0: a shared MLP intermediate_size wide (HYV3MLP takes it for a width of 0)
+    "hy-v3-no-shared-experts": ("HYV3ForCausalLM", dict(num_shared_experts=0, enable_moe_fp32_combine=False), _edit()),
+    # MiMo-V2-Flash: sliding_window_size (one short of transformers' window), the experts under num_local_experts (its
+    # attribute_map alias), a null routed_scaling_factor (1) and attention_value_scale (1), keys of GLM-4-MoE's config it
+    # never reads (first_k_dense_replace, n_shared_experts, a top-level rope_theta); its layer pattern, per-layer-type rope
+    # and dense layers left to MiMoV2FlashConfig's defaults; its multi-token-prediction module kept in the checkpoint
+    "mimo-v2-flash-hub-config": ("MiMoV2FlashForCausalLM", {}, _edit(
+        ("layer_types", "rope_parameters", "mlp_layer_types", "sliding_window", "n_routed_experts"), sliding_window_size=7,
+        num_local_experts=8, routed_scaling_factor=None, attention_value_scale=None, first_k_dense_replace=2, n_shared_experts=1,
+        rope_theta=100.0), _tensors(add=lambda tensors: {"model.mtp.layers.0.input_layernorm.weight": tensors["model.norm.weight"].clone()})),
+    "mimo-v2-flash-routing-defaults": ("MiMoV2FlashForCausalLM", dict(num_experts_per_tok=8, n_group=1, topk_group=1), _edit((
+        "n_group", "topk_group", "routed_scaling_factor", "norm_topk_prob", "num_experts_per_tok"))),
+    "mimo-v2-flash-score-bias": ("MiMoV2FlashForCausalLM", {}, _edit(), _tensors(add=_score_biases("mlp.gate", (1, 2), 8))),
+    # AFMoE: layer_types from global_attn_every_n_layers, a kv head per head, one dense layer, two shared experts,
+    # unscaled weights and unscaled embeddings where left out; a score bias (expert_bias) that changes the choice;
+    # no shared experts (num_shared_experts 0: none in the checkpoint either)
+    "afmoe-defaults": ("AfmoeForCausalLM", dict(num_key_value_heads=4, mup_enabled=False, num_shared_experts=2, route_scale=1.0), _edit((
+        "layer_types", "num_key_value_heads", "num_dense_layers", "route_scale", "num_shared_experts", "mup_enabled"))),
+    "afmoe-score-bias": ("AfmoeForCausalLM", {}, _edit(), _tensors(add=lambda tensors: {
+        k.replace("e_score_correction_bias", "expert_bias"): v for k, v in _score_biases("mlp", (1, 2), 6)(tensors).items()})),
+    "afmoe-no-shared-experts": ("AfmoeForCausalLM", dict(num_shared_experts=0), _edit()),
+    # Laguna: every layer full (whatever sliding_window says), the first dense, num_attention_heads everywhere, a gate per
+    # head, no soft-capping or scaling and LagunaConfig's rope per layer type where left out; a gate per head and dim
+    # (gating "per-element", and false: transformers' reading of anything but true and "per-head"); a score bias that
+    # changes the choice
+    "laguna-defaults": ("LagunaForCausalLM", dict(num_attention_heads_per_layer=None), _edit((
+        "layer_types", "mlp_layer_types", "num_attention_heads_per_layer", "gating", "moe_router_logit_softcapping",
+        "moe_routed_scaling_factor", "rope_parameters"))),
+    "laguna-gate-per-element": ("LagunaForCausalLM", dict(gating="per-element"), _edit()),
+    "laguna-gate-false": ("LagunaForCausalLM", dict(gating=False), _edit()),
+    "laguna-score-bias": ("LagunaForCausalLM", {}, _edit(), _tensors(add=lambda tensors: {
+        k.replace("mlp.e_score", "mlp.experts.e_score"): v for k, v in _score_biases("mlp", (1, 2), 6)(tensors).items()})),
+    # Mellum: every layer full and routed, MellumConfig's rope per layer type where left out; the experts under
+    # num_local_experts (its attribute_map alias); its multi-token-prediction module kept in the checkpoint
+    "mellum-defaults": ("MellumForCausalLM", dict(mlp_layer_types=None), _edit(("layer_types", "mlp_layer_types", "rope_parameters", "num_experts"),
+                                                       num_local_experts=6, num_mtp_layers=1), _tensors(add=lambda tensors: {
+        "mtp.layers.0.input_layernorm.weight": tensors["model.norm.weight"].clone()})),
+    # JetMoE: head_dim for kv_channels (its attribute_map's alias), a num_attention_heads it replaces by num_key_value_heads x
+    # num_experts_per_tok, tied embeddings and silu where left out
+    "jetmoe-defaults": ("JetMoeForCausalLM", dict(tie_word_embeddings=True), lambda raw: [raw.pop(k) for k in (
+        "tie_word_embeddings", "activation_function")] and raw.update(head_dim=raw.pop("kv_channels"), num_attention_heads=3)),
     # dots.llm1: the window on the layers from max_window_layers on where layer_types is left out (none without a
     # sliding_window); no groups, unscaled weights not renormalised where left out; Qwen's window switch it never reads
     "dots1-window-layers-defaults": ("Dots1ForCausalLM", {}, _edit(("layer_types", "n_group", "topk_group", "routed_scaling_factor",
@@ -1012,7 +1064,7 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     hf = transformers.CONFIG_MAPPING[arch.hf_model_type].from_dict(dict(raw))
     kind = arch.hf_model_type
     act = {"gpt_neo": "activation_function", "falcon": "activation", "gpt2": "activation_function", "gpt_bigcode": "activation_function", "gptj": "activation_function", "codegen": "activation_function",
-           "opt": "activation_function", "xglm": "activation_function", "gemma2": "hidden_activation", "vaultgemma": "hidden_activation", "gemma3_text": "hidden_activation",
+           "opt": "activation_function", "xglm": "activation_function", "jetmoe": "activation_function", "gemma2": "hidden_activation", "vaultgemma": "hidden_activation", "gemma3_text": "hidden_activation",
            "gemma4_text": "hidden_activation", "nemotron_h": "mlp_hidden_act"}.get(kind, "hidden_act")
     eps = {"gpt_neo": "layer_norm_epsilon", "nemotron": "norm_eps", "falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "codegen": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps", "persimmon": "layer_norm_eps",
            "starcoder2": "norm_epsilon", "bloom": "layer_norm_epsilon", "mpt": "layer_norm_epsilon",
