@@ -1,6 +1,6 @@
 """What sampled decoding costs beside greedy, and what OpenAI's penalties and logit bias add: batch-64
 decode of a random-weight model (prompt 512, 256 new tokens, EOS ignored), tokens/s of the whole
-run (prefill included), each setting on a warm engine (its second run).
+run (prefill included), each setting on a warm engine (its second run; prefix caching off, so it prefills what the first did).
 
     python benchmarks/sampling_cost.py [--shape qwen3-0.6b] [--rows 64]
 
@@ -35,7 +35,8 @@ def main() -> None:
     model = random_model(args.shape, "bfloat16")
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, model.config.vocab_size, args.prompt).tolist() for _ in range(args.rows)]
-    engine = Engine(model, batch_size=args.rows, max_len=args.prompt + args.new, num_pages=args.rows * -(-(args.prompt + args.new) // 16), page_size=16, prefill_tokens=8192)
+    engine = Engine(model, batch_size=args.rows, max_len=args.prompt + args.new, num_pages=args.rows * -(-(args.prompt + args.new) // 16), page_size=16, prefill_tokens=8192,
+                    prefix_caching=False)  # a second run of the same prompts must not prefill only their last page
     fields = set(jaxllm.SamplingParams.__dataclass_fields__)
     for name, values in SETTINGS.items():
         if not set(values) <= fields:

@@ -337,7 +337,8 @@ def decoder_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
             for name in ("q_norm", "k_norm") if cfg.kv_shape(i) is not None else ("q_norm",):
                 flat = Copy(flatten=cfg.qk_norm == "projection")
                 specs.append(WeightSpec(f"{hf}self_attn.{name}.weight", ours + ("self_attn", name, "weight"), flat))
-        if cfg.attn_sinks and projections:  # a learned logit per query head (gpt-oss, Granite SWA)
+        if cfg.attn_sinks and projections and (cfg.attn_sink_layers is None or i in cfg.attn_sink_layers):
+            # a learned logit per query head (gpt-oss, Granite SWA; MiMo-V2-Flash's attention_sink_bias, renamed)
             specs.append(WeightSpec(f"{hf}self_attn.sinks", ours + ("self_attn", "sinks")))
         if cfg.sub_norms and projections:  # BitNet's: the attention's over every head, flat in the checkpoint
             specs.append(WeightSpec(f"{hf}self_attn.attn_sub_norm.weight", ours + ("self_attn", "attn_sub_norm", "weight"), Copy(flatten=True)))

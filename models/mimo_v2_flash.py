@@ -101,10 +101,9 @@ def mimo_defaults(raw: dict) -> dict:
 
 
 def mimo_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
-    """The experts' map (DeepSeek-V3's names, no shared experts) with each sliding layer's sinks (attention_sink_bias)."""
-    return moe_weight_map("mlp", EXPERTS)(cfg) + [
-        WeightSpec(f"model.layers.{i}.self_attn.attention_sink_bias", ("model", "layers", i, "self_attn", "sinks"))
-        for i in cfg.attn_sink_layers or ()]
+    """The experts' map (DeepSeek-V3's names, no shared experts), each sliding layer's sinks named attention_sink_bias."""
+    return [WeightSpec(s.hf_name.removesuffix(".sinks") + ".attention_sink_bias", s.path) if s.path[-1] == "sinks" else s
+            for s in moe_weight_map("mlp", EXPERTS)(cfg)]
 
 
 ARCHITECTURES = (Architecture(
