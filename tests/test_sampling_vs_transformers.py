@@ -218,20 +218,28 @@ def test_sample_draws_follow_transformers_distribution():
     assert np.all(np.abs(counts - n * p) < 5 * np.sqrt(n * p * (1 - p)) + 1)
 
 
-def test_generate_penalises_prompt_tokens_as_transformers_does(tmp_path):
-    """End to end, greedy: jaxllm's `seen` holds the prompt and every generated token, as transformers'
-    input_ids do (with penalty 1.8 the prompt's tokens, the unpenalised choices, never come back)."""
+def _peaked_llama(folder, vocab: int, seed: int):
+    """A one-layer Llama with large random weights (peaked logits: few near-ties), saved to `folder`:
+    (transformers' model, jaxllm's load of it)."""
     import jaxllm
 
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                    num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
     hf = transformers.LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
         for p in hf.parameters():
             p.normal_(0, 0.3) if p.dim() > 1 else p.fill_(1.0)
-    hf.save_pretrained(tmp_path)
-    model, prompt = jaxllm.load(tmp_path), [5, 9, 5, 9, 12, 5, 7, 30, 31, 5]
+    hf.save_pretrained(folder)
+    return hf, jaxllm.load(folder)
+
+
+def test_generate_penalises_prompt_tokens_as_transformers_does(tmp_path):
+    """End to end, greedy: jaxllm's `seen` holds the prompt and every generated token, as transformers'
+    input_ids do (with penalty 1.8 the prompt's tokens, the unpenalised choices, never come back)."""
+
+    hf, model = _peaked_llama(tmp_path, vocab=64, seed=0)
+    prompt = [5, 9, 5, 9, 12, 5, 7, 30, 31, 5]
     for penalty in (1.0, 1.8, 0.6):
         ours = model.generate(prompt, SamplingParams(max_new_tokens=12, temperature=0.0, repetition_penalty=penalty,
                                                      ignore_eos=True)).token_ids
@@ -262,18 +270,9 @@ def test_penalties_and_logit_bias_match_vllms_rule_end_to_end(tmp_path):
     output again from its tokens), and each answer equals transformers' greedy generate with the
     bias as its sequence_bias (applied first, as vLLM does) and the penalties as vLLM applies them;
     zero penalties change nothing."""
-    import jaxllm
     from jaxllm.engine import Engine
 
-    torch.manual_seed(1)
-    cfg = transformers.LlamaConfig(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                   num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
-    hf = transformers.LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.normal_(0, 0.3) if p.dim() > 1 else p.fill_(1.0)
-    hf.save_pretrained(tmp_path)
-    model = jaxllm.load(tmp_path)
+    hf, model = _peaked_llama(tmp_path, vocab=48, seed=1)
     prompts = [[5, 9, 5, 9, 12, 5, 7, 30], [3, 3, 3, 40, 41], [17, 2, 8, 8, 1, 44, 20, 21, 22, 5, 6]]
     plain = SamplingParams(max_new_tokens=12, temperature=0.0, ignore_eos=True)
     engine = Engine(model, batch_size=3, max_len=32, num_pages=12, page_size=4, prefill_tokens=8, chunk=4)
