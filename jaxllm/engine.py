@@ -38,7 +38,7 @@ from jaxllm import runtime
 from jaxllm.errors import GenerationError, check_token_ids
 from jaxllm.models.attention import check_kv_dtype
 from jaxllm.models.config_fields import token_ids
-from jaxllm.sampling import SamplingParams
+from jaxllm.sampling import SamplingParams, step_kind
 from jaxllm.serving import cascade as cascade_plan
 from jaxllm.serving import memory
 from jaxllm.serving.block_manager import BlockManager
@@ -414,9 +414,9 @@ class Engine:
         prefill, decode = self.shapes.workload(self.runner, self.scheduler.max_chunk, self.chunk,
                                                [len(r.prompt) for r in requests],
                                                [len(r.prompt) + r.params.max_new_tokens for r in requests])
-        # A call samples when any of its rows does: requests that mix greedy and sampled rows meet
-        # calls of either kind (a greedy prompt prefilled alone, decode once the sampled ones end).
-        for sampling in sorted({r.params.processed for r in requests}):
+        # A call is of the largest kind its rows need (greedy, sampled, penalized: sampling.step_kind): requests
+        # that mix kinds meet calls of each (a greedy prompt prefilled alone, decode once the sampled ones end).
+        for sampling in sorted({step_kind([r.params]) for r in requests}):
             todo = [shape for shape in prefill if ("prefill", shape, sampling) not in self._compiled]
             todo_decode = [k for k in decode if ("decode", k, sampling) not in self._compiled]
             if todo or todo_decode:
@@ -474,7 +474,7 @@ class Engine:
             if self.rope_switch is not None and seq.num_tokens - 1 < self.rope_switch:
                 limit[slot] = min(limit[slot], self.rope_switch)
         reach = max(seq.num_tokens for seq in batch) + self.chunk
-        sampling = any(seq.params.processed for seq in batch)
+        sampling = step_kind(seq.params for seq in batch)
         steps = self.admit_steps if self.scheduler.can_admit() else self.chunk
         cascade = None if self.cascade is False else cascade_plan.plan(
             self.runner, {self.slot_of[seq]: (seq.pages, seq.num_tokens - 1) for seq in batch}, self.chunk,

@@ -103,11 +103,15 @@ class SamplingParams:
         return out
 
     @property
+    def penalized(self) -> bool:
+        """Whether OpenAI's presence / frequency penalties or logit bias apply (the steps of kind PENALIZED)."""
+        return self.presence_penalty != 0 or self.frequency_penalty != 0 or bool(self.logit_bias)
+
+    @property
     def processed(self) -> bool:
         """Whether choosing a token takes more than the (repetition-penalized) argmax: a draw at a
-        temperature above 0, or presence / frequency penalties, which the token counts of the
-        sequence's output serve. A step's rows all greedy and unpenalized compile without either."""
-        return self.temperature > 0 or self.presence_penalty != 0 or self.frequency_penalty != 0 or bool(self.logit_bias)
+        temperature above 0, or OpenAI's penalties or bias (`step_kind`)."""
+        return self.temperature > 0 or self.penalized
 
     def with_seed(self) -> "SamplingParams":
         """These params, a fresh random seed in place of None (the engine calls it per sequence)."""
@@ -282,6 +286,19 @@ class RowParams(NamedTuple):
         )
 
 
+# What a compiled step's token choice does (the steps' static `sampling` argument): GREEDY an argmax (after the
+# repetition penalty); SAMPLED the draw and its filters too; PENALIZED OpenAI's logit bias and presence / frequency
+# penalties besides, with the output's token counts they read kept up to date. A call takes the largest its rows
+# need, so a row with penalties runs in PENALIZED calls only, from its prefill on; other calls leave the counts be.
+GREEDY, SAMPLED, PENALIZED = 0, 1, 2
+
+
+def step_kind(params) -> int:
+    """The kind of step (GREEDY, SAMPLED, PENALIZED) rows of these SamplingParams need."""
+    params = list(params)
+    return PENALIZED if any(p.penalized for p in params) else SAMPLED if any(p.temperature > 0 for p in params) else GREEDY
+
+
 def _bias_columns(params: list[SamplingParams]) -> tuple[np.ndarray, np.ndarray]:
     ids, values = np.full((len(params), LOGIT_BIAS_MAX), -1, np.int32), np.zeros((len(params), LOGIT_BIAS_MAX), np.float32)
     for row, p in enumerate(params):
@@ -297,16 +314,18 @@ def sample(logits, seen, rp: RowParams, step, sampling: bool = True, counts=None
     penalty); step [B] int (tokens generated so far, for the random stream); counts [B, V] int
     (times each token was generated, for the presence and frequency penalties; None: none).
     Returns (tokens [B] int32, logprobs [B] float32: the model's log-probability of the chosen
-    token before any processing). `sampling=False` (static) promises every row is greedy and
-    unpenalized (SamplingParams.processed), and skips the vocabulary sort that the filters need.
+    token before any processing). `sampling` (static, `step_kind`): GREEDY (or False) promises every row
+    is greedy and unpenalized, and skips the vocabulary sort that the filters need; SAMPLED (or True)
+    promises no row has OpenAI's penalties or bias, and skips them; PENALIZED applies them (`counts` given).
     """
     logprobs = jax.nn.log_softmax(logits, axis=-1)
-    if sampling:  # OpenAI's logit bias, before the penalties (vLLM's order); padding ids (-1) are dropped
+    penalized = sampling == PENALIZED and counts is not None
+    if penalized:  # OpenAI's logit bias, before the penalties (vLLM's order); padding ids (-1) are dropped
         rows = jnp.arange(logits.shape[0])[:, None]
         logits = logits.at[rows, jnp.where(rp.bias_ids < 0, logits.shape[1], rp.bias_ids)].add(rp.bias, mode="drop")
     pen = rp.repetition_penalty[:, None]
     logits = jnp.where(seen, jnp.where(logits < 0, logits * pen, logits / pen), logits)
-    if sampling and counts is not None:
+    if penalized:
         logits = logits - rp.frequency_penalty[:, None] * counts - rp.presence_penalty[:, None] * (counts > 0)
     greedy = jnp.argmax(logits, axis=-1)
 

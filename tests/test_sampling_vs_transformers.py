@@ -299,6 +299,27 @@ def test_penalties_and_logit_bias_match_vllms_rule_end_to_end(tmp_path):
             assert not bias or banned not in got
 
 
+def test_a_sampled_row_draws_the_same_beside_penalized_rows(tmp_path):
+    """A call takes the largest kind of step its rows need (sampling.step_kind): a seeded sampled row
+    decoded beside a penalized one (a call of kind PENALIZED, zero penalties for it) draws what it
+    draws alone (calls of kind SAMPLED), and the penalized row's bias holds."""
+    from jaxllm.engine import Engine, Request
+    from jaxllm.sampling import PENALIZED, SAMPLED, step_kind
+
+    _, model = _peaked_llama(tmp_path, vocab=48, seed=2)
+    sampled = SamplingParams(max_new_tokens=10, temperature=0.9, seed=5, ignore_eos=True).resolved()
+    penalized = SamplingParams(max_new_tokens=10, temperature=0.0, frequency_penalty=1.0, logit_bias={3: -100.0},
+                               ignore_eos=True).resolved()
+    assert (step_kind([sampled]), step_kind([sampled, penalized])) == (SAMPLED, PENALIZED)
+    prompt = [5, 9, 5, 9, 12, 5, 7, 30]
+    engine = Engine(model, batch_size=2, max_len=32, page_size=4, prefill_tokens=16, chunk=4)
+    alone = model.generate(prompt, sampled, engine=engine).token_ids
+    got = {0: [], 1: []}
+    for ev in engine.run([Request(prompt, sampled, 0), Request(prompt[::-1], penalized, 1)]):
+        got[ev.index] += ev.tokens
+    assert got[0] == alone and 3 not in got[1] and len(got[1]) == 10
+
+
 # ---------------------------------------------------------------------------------------- resolved()
 
 GEN_CHOICES = {"do_sample": [False, True], "temperature": [None, 0.6, 1.0], "top_k": [0, 20],

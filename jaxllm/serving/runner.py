@@ -46,7 +46,7 @@ import numpy as np
 from jaxllm import sharding
 from jaxllm.models.attention import cudnn_serves, kv_format
 from jaxllm.models.mixers import state_shapes
-from jaxllm.sampling import RowParams, SamplingParams
+from jaxllm.sampling import RowParams, SamplingParams, step_kind
 from jaxllm.serving.steps import Counters, SlotState
 from jaxllm.serving.steps import steps as make_steps
 
@@ -200,7 +200,7 @@ class Runner:
         """One prefill call over `rows` (padded to rows_bucket x length_bucket). Returns (state,
         [(token, logprob, done)] per row; meaningful for `last` rows only)."""
         s = self.prefill_keys(max(r.start + r.length for r in rows))
-        sampling = any(r.params.processed for r in rows)
+        sampling = step_kind(r.params for r in rows)
         length_bucket = self._compiled_length(rows_bucket, length_bucket, s, sampling)
         where = self._places(rows, rows_bucket)
         state, token, logprob, done = self._prefill(rows_bucket, length_bucket)(s, sampling, self.model.params, state,

@@ -19,7 +19,7 @@ from jaxllm import sharding
 from jaxllm.models.attention import LayerCache, PagedCache
 from jaxllm.models.mixers import layer_parts
 from jaxllm.models.recurrent import RecurrentState, zero_state
-from jaxllm.sampling import RowParams, SamplingParams, sample
+from jaxllm.sampling import PENALIZED, RowParams, SamplingParams, sample
 
 ERROR = -2  # the token of a row whose logits were not finite: it ends there, with an error
 
@@ -37,7 +37,7 @@ class SlotState(NamedTuple):
     limit: jax.Array  # [B] a slot pauses (not done) when its next write position reaches this
     seen: jax.Array  # [B, V] bool: tokens in the sequence (repetition penalty)
     counts: jax.Array  # [B, V] int16: times each token was generated (presence / frequency penalties; kept by
-    # the steps that sample, which every row with a penalty takes: SamplingParams.processed)
+    # the steps of kind PENALIZED, which every row with a penalty takes: sampling.step_kind)
     eos: jax.Array  # [B, E] token ids that end each slot's sequence (-1 pads)
     params: RowParams
 
@@ -205,7 +205,7 @@ def _prefill(graphdef, counters, attention, gather, kv_len, sampling, params, st
     rows = jnp.arange(n)
     seen = jnp.zeros(logits.shape, bool).at[rows[:, None], jnp.maximum(history, 0)].max(history >= 0)
     counts = None
-    if sampling:  # the output's token counts: the history's last `generated` tokens (a recomputed sequence's output)
+    if sampling == PENALIZED:  # the output's token counts: the history's last `generated` tokens (a recomputed sequence's output)
         at, end = jnp.arange(history.shape[1])[None, :], (starts + lengths)[:, None]
         output = (history >= 0) & (at >= end - generated[:, None]) & (at < end)
         counts = jnp.zeros(logits.shape, jnp.int32).at[rows[:, None], jnp.maximum(history, 0)].add(output)
@@ -254,7 +254,8 @@ def _decode(graphdef, counters, chunk, attention, gather, kv_len, sampling, casc
         kv = PagedCache(table, active[:, None], kv_len, attention, shared[0], offsets, cascade)
         hidden, cache = model.hidden(st.tokens[:, None], st.positions[:, None], st.cache, kv)
         logits = _whole(model.logits(hidden)[:, 0], gather)
-        token, lp = sample(logits, st.seen, st.params, st.generated, sampling, st.counts if sampling else None)
+        penalized = sampling == PENALIZED
+        token, lp = sample(logits, st.seen, st.params, st.generated, sampling, st.counts if penalized else None)
         bad = active & ~jnp.all(jnp.isfinite(logits), axis=-1)
         token = jnp.where(active, jnp.where(bad, ERROR, token), -1)
         generated = st.generated + active
@@ -266,7 +267,7 @@ def _decode(graphdef, counters, chunk, attention, gather, kv_len, sampling, casc
             done=st.done | finished,
             generated=generated,
             seen=st.seen.at[jnp.arange(b), jnp.maximum(token, 0)].max(active),
-            counts=_counted(st.counts, token, active & (token >= 0)) if sampling else st.counts,
+            counts=_counted(st.counts, token, active & (token >= 0)) if penalized else st.counts,
         )
         return st, token, jnp.where(active, lp, 0.0)
 
