@@ -325,7 +325,8 @@ def test_an_index_a_held_request_has_is_refused(llama):
 
 def test_pool_leaves_room_for_recurrent_states(tmp_path, monkeypatch):
     """A model with linear-attention layers keeps a state per sequence beside the pages: sizing the
-    pool from the device's memory takes it out first, so a larger batch gets fewer pages by its states."""
+    pool from the device's memory takes it out first, so a larger batch gets fewer pages by its states
+    (and by its rows' sampling state over the vocabulary)."""
     from jaxllm.models.attention import kv_cache_bytes
     from jaxllm.models.mixers import state_bytes
     from jaxllm.serving import memory
@@ -341,6 +342,7 @@ def test_pool_leaves_room_for_recurrent_states(tmp_path, monkeypatch):
     sizes = dict(page_size=16, fraction=0.9, num_pages=None, max_len=128, budget=64, dp=1)
     few, many = (memory.pool_size(model, None, batch_size=b, **sizes) for b in (2, 202))
     states, page = 200 * state_bytes(model.config, model.dtype), kv_cache_bytes(model.config, 16, model.dtype)
+    states += 200 * model.config.vocab_size * memory.SAMPLING_ROW_BYTES
     assert states > page  # the tiny model's states are worth pages
     assert few - many - 200 == pytest.approx(states / page, abs=1)
 

@@ -152,7 +152,7 @@ def test_the_same_memory_holds_about_twice_the_pages(llama, monkeypatch):
     # 8 prompts of up to 256 positions: a pool of 136 pages of 16 positions, 1.6 MiB in float32, 510 KiB in int8
     model = copy.copy(llama)
     model.engines = {}
-    room = 8 * (256 + 16) * kv_cache_bytes(llama.config, 1, jnp.float32, "int8")
+    room = 8 * (256 + 16) * kv_cache_bytes(llama.config, 1, jnp.float32, "int8") + 8 * llama.config.vocab_size * pool_memory.SAMPLING_ROW_BYTES
     monkeypatch.setattr(generation, "available_memory", lambda: (room, "the host"))
     monkeypatch.setattr(pool_memory, "available_memory", lambda: (room, "the host"))
     prompts = [[1, 2, 3]] * 8

@@ -49,7 +49,8 @@ def _readme_flags(start: str, end: str) -> set[str]:
     return set(re.findall(r"--[a-z][\w-]*", section[:section.index(end)]))
 
 
-SAMPLING = {"--max-new-tokens", "--temperature", "--top-p", "--top-k", "--min-p", "--repetition-penalty", "--seed"}
+SAMPLING = {"--max-new-tokens", "--temperature", "--top-p", "--top-k", "--min-p", "--repetition-penalty", "--seed",
+            "--presence-penalty", "--frequency-penalty", "--logit-bias"}
 
 
 def test_readme_names_every_flag_of_generate_and_chat():
