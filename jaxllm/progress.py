@@ -188,10 +188,7 @@ def unescape(text: str) -> str:
 def template_kwargs(text: str) -> dict:
     """A --chat-template-kwargs value: a JSON object of the chat template's variables, checked as the
     flag is read (chat_template.check_template_kwargs)."""
-    try:
-        value = json.loads(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"is not JSON ({err}): give an object, e.g. '{{\"enable_thinking\": false}}'") from None
+    value = _json(text, '{"enable_thinking": false}')
     try:
         return chat_template.check_template_kwargs(value)
     except JaxllmError as err:
@@ -201,13 +198,18 @@ def template_kwargs(text: str) -> dict:
 def logit_bias(text: str) -> dict:
     """A --logit-bias value: a JSON object of token ids to biases (checked with the other sampling
     values, sampling_params)."""
-    try:
-        value = json.loads(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"is not JSON ({err}): give an object, e.g. '{{\"50256\": -100}}'") from None
+    value = _json(text, '{"50256": -100}')
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"must be a JSON object of token ids to biases, e.g. '{{\"50256\": -100}}', got {text[:80]}")
     return value
+
+
+def _json(text: str, example: str):
+    """A flag's JSON value, or its one-line refusal showing `example` (an object)."""
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"is not JSON ({err}): give an object, e.g. '{example}'") from None
 
 
 def sampling_params(args) -> SamplingParams:

@@ -107,12 +107,6 @@ class SamplingParams:
         """Whether OpenAI's presence / frequency penalties or logit bias apply (the steps of kind PENALIZED)."""
         return self.presence_penalty != 0 or self.frequency_penalty != 0 or bool(self.logit_bias)
 
-    @property
-    def processed(self) -> bool:
-        """Whether choosing a token takes more than the (repetition-penalized) argmax: a draw at a
-        temperature above 0, or OpenAI's penalties or bias (`step_kind`)."""
-        return self.temperature > 0 or self.penalized
-
     def with_seed(self) -> "SamplingParams":
         """These params, a fresh random seed in place of None (the engine calls it per sequence)."""
         return self if self.seed is not None else dataclasses.replace(self, seed=secrets.randbits(32))
