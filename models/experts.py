@@ -96,7 +96,7 @@ class MoE(nnx.Module, pytree=False):
         self.shared_expert = self.shared_expert_gate = None
         self.shared_average = cfg.shared_expert_average
         self.shared_float32 = cfg.shared_expert_float32
-        self.bias = param((e,), ("embed",), dtype) if cfg.expert_output_bias else None  # JetMoE: added to the experts' sum
+        self.bias = param((cfg.hidden_size,), ("embed",), dtype) if cfg.expert_output_bias else None  # JetMoE: added to the experts' sum
         if cfg.shared_expert_intermediate_size:
             shared = cfg.replace(intermediate_size=cfg.shared_expert_intermediate_size)
             self.shared_expert = GatedMLP(shared, dtype=dtype, rngs=rngs) if cfg.gated_mlp else MLP(shared, dtype=dtype, rngs=rngs,
