@@ -1,5 +1,5 @@
-"""Generation: cached decode against the full forward, LongRoPE against transformers, batching, compiles.
-(Every architecture's greedy tokens against transformers: tests/test_engine.py.)"""
+"""Generation: LongRoPE against transformers, batching, compiles. (Every architecture's cached decode
+against its full forward: tests/test_parity.py; its greedy tokens against transformers: tests/test_engine.py.)"""
 
 import dataclasses
 import gc
@@ -12,52 +12,12 @@ import pytest
 import reference
 import torch
 import transformers
-from flax import nnx
 
 import jaxllm
 from jaxllm.engine import Engine
 from jaxllm.errors import GenerationError
-from jaxllm.models import registry
-from jaxllm.models.attention import LayerCache, PagedCache
-from jaxllm.models.mixers import layer_parts, state_shape
-from jaxllm.models.recurrent import zero_state
 
 TOL = 1e-4
-
-
-@pytest.fixture(scope="module", params=registry.names())
-def pair(request, tmp_path_factory):
-    folder = tmp_path_factory.mktemp(request.param)
-    ref = reference.build(request.param, folder, seed=3)
-    return ref, jaxllm.load(folder)
-
-
-def test_cached_decode_matches_full_forward(pair):
-    """Prefill 6 tokens into pages of 4 (a scrambled page table), then decode 14 one at a time:
-    every step's logits equal the no-cache forward over the same prefix (the prefix passes
-    Mistral's window of 8)."""
-    _, model = pair
-    cfg = model.config
-    seq = np.random.default_rng(5).integers(0, 128, (2, 20)).astype(np.int32)
-    full = np.asarray(model.logits(seq))
-    module = model.module
-    shapes = [None if kv is None else (13, 4) + kv for kv in map(cfg.kv_shape, range(cfg.num_layers))]  # 12 pages and the trash page
-    cache = [None if s is None else LayerCache(np.zeros(s, np.float32), np.zeros(s, np.float32)) for s in shapes]
-    # a recurrent layer's state instead (or beside its pages: Falcon-H1): a row per sequence (row b's is row b)
-    recurrent = (state_shape(cfg, i) for i in range(cfg.num_layers))
-    cache = [layer_parts(c, None if r is None else zero_state(r, 2, np.float32)) for c, r in zip(cache, recurrent)]
-    table = np.asarray([[7, 2, 9, 0, 4], [1, 11, 3, 8, 5]], np.int32)
-    positions = np.broadcast_to(np.arange(6), (2, 6))
-    # one compiled call per shape (prefill, decode), as the engine runs them, not op by op
-    step = nnx.jit(lambda m, ids, pos, cache, kv: (lambda h, c: (m.logits(h), c))(*m.hidden(ids, pos, cache, kv)))
-    logits, cache = step(module, seq[:, :6], positions, cache, PagedCache(table, np.ones((2, 6), bool), 20))
-    worst = reference.max_rel_diff(logits, full[:, :6])
-    for t in range(6, 20):
-        kv = PagedCache(table, np.ones((2, 1), bool), 20)
-        logits, cache = step(module, seq[:, t : t + 1], np.full((2, 1), t), cache, kv)
-        worst = max(worst, reference.max_rel_diff(logits[:, 0], full[:, t]))
-    print(f"{model.config.architecture}: cached vs full max rel diff {worst:.2e}")
-    assert worst <= TOL
 
 
 LONG_FACTORS = {"short_factor": [1.0 + 0.1 * i for i in range(8)], "long_factor": [1.0 + 0.5 * i for i in range(8)]}

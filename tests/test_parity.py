@@ -2,15 +2,21 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
 import reference
+import torch
+from flax import nnx
 
 import jaxllm
 from jaxllm import research
 from jaxllm.engine import Engine
 from jaxllm.models import registry
+from jaxllm.models.attention import LayerCache, PagedCache
 from jaxllm.models.mamba import MAMBA_POSITIONS
+from jaxllm.models.mixers import layer_parts, state_shape
+from jaxllm.models.recurrent import zero_state
 
 TOL = 1e-4  # max |ours - ref| <= TOL * max |ref|, float32
 
@@ -18,12 +24,72 @@ TOKENS = np.random.default_rng(0).integers(0, 128, (2, 20))  # longer than Mistr
 
 
 @pytest.mark.parametrize("arch", registry.names())
-def test_full_forward_matches_transformers(arch, tmp_path):
-    ref = reference.build(arch, tmp_path)
+def test_forward_matches_transformers_and_the_cache(arch, tmp_path):
+    """One architecture's forward against transformers' (output_hidden_states, output_attentions,
+    eager attention): logits, every hidden state, the first and last attention layer's weights and
+    the token log-probabilities, from one compiled call of the research API's pure functions; then
+    decoding through the paged cache against that full forward. (Greedy generation against
+    transformers: tests/test_engine.py.)"""
+    ref = reference.build(arch, tmp_path, seed=11)
     model = jaxllm.load(tmp_path)
-    err = reference.max_rel_diff(model.logits(TOKENS), reference.torch_logits(ref, TOKENS))
+    cfg, graphdef = model.config, model.graphdef
+    with torch.no_grad():
+        out = ref(torch.as_tensor(TOKENS), output_hidden_states=True, output_attentions=True)
+    full = [i for i in range(cfg.num_layers) if cfg.layer_is_attention(i)]
+    layers = (full[0], full[-1]) if full else ()  # none in Mamba
+
+    def forward(params):  # one program, not one compile per function (the per-architecture tests' cost)
+        return (research.logits(graphdef, params, TOKENS), research.hidden_states(graphdef, params, TOKENS),
+                [research.attention_weights(graphdef, params, TOKENS, layer) for layer in layers],
+                research.token_logprobs(graphdef, params, TOKENS))
+
+    logits, hidden, attention, logprobs = jax.jit(forward)(model.params)
+    err = reference.max_rel_diff(logits, out.logits.numpy())
     print(f"{arch}: max rel diff {err:.2e}")
     assert err <= TOL
+    assert len(hidden) == len(out.hidden_states) == cfg.num_layers + 1
+    for i, (ours, theirs) in enumerate(zip(hidden, out.hidden_states)):
+        assert reference.max_rel_diff(ours, theirs.numpy()) <= TOL, f"hidden state {i}"
+    # transformers records the attention layers' weights alone; a recurrent or feed-forward layer's are refused in one line
+    for other, kind in ((cfg.layer_is_recurrent, "recurrent"), (lambda i: not cfg.layer_has_mixer(i), "feed-forward")):
+        layer = next(filter(other, range(cfg.num_layers)), None)
+        if layer is not None:
+            with pytest.raises(jaxllm.InputError, match=f"layer {layer} is a {kind}"):
+                model.attention_weights(TOKENS, layer)
+    # (MiniMax records its lightning layers too, their [head dim, head dim] states: there the attention layers' are by layer)
+    recorded = full if not full or len(out.attentions) == len(full) else list(range(cfg.num_layers))
+    for layer, ours in zip(layers, attention):
+        theirs = out.attentions[recorded.index(layer)].numpy()
+        assert ours.shape == theirs.shape == (2, cfg.num_heads, 20, 20)
+        assert reference.max_rel_diff(ours, theirs) <= TOL, f"attention of layer {layer}"  # the logits' tolerance
+    logp = torch.log_softmax(out.logits[:, :-1].double(), -1).gather(-1, torch.as_tensor(TOKENS)[:, 1:, None])[..., 0]
+    assert np.abs(np.asarray(logprobs) - logp.numpy()).max() <= 1e-4
+    worst = _cached_decode_error(model, np.asarray(TOKENS, np.int32), np.asarray(logits))
+    print(f"{arch}: cached vs full max rel diff {worst:.2e}")
+    assert worst <= TOL, "decoding through the paged cache"
+
+
+def _cached_decode_error(model, seq, full) -> float:
+    """Prefill 6 tokens of `seq` [2, 20] into pages of 4 (a scrambled page table), then decode 14
+    one at a time: the largest relative difference of any step's logits from the no-cache forward's
+    `full` over the same prefix (the prefix passes Mistral's window of 8)."""
+    cfg = model.config
+    shapes = [None if kv is None else (13, 4) + kv for kv in map(cfg.kv_shape, range(cfg.num_layers))]  # 12 pages and the trash page
+    cache = [None if s is None else LayerCache(np.zeros(s, np.float32), np.zeros(s, np.float32)) for s in shapes]
+    # a recurrent layer's state instead (or beside its pages: Falcon-H1): a row per sequence (row b's is row b)
+    recurrent = (state_shape(cfg, i) for i in range(cfg.num_layers))
+    cache = [layer_parts(c, None if r is None else zero_state(r, 2, np.float32)) for c, r in zip(cache, recurrent)]
+    table = np.asarray([[7, 2, 9, 0, 4], [1, 11, 3, 8, 5]], np.int32)
+    positions = np.broadcast_to(np.arange(6), (2, 6))
+    # one compiled call per shape (prefill, decode), as the engine runs them, not op by op
+    step = nnx.jit(lambda m, ids, pos, cache, kv: (lambda h, c: (m.logits(h), c))(*m.hidden(ids, pos, cache, kv)))
+    logits, cache = step(model.module, seq[:, :6], positions, cache, PagedCache(table, np.ones((2, 6), bool), 20))
+    worst = reference.max_rel_diff(logits, full[:, :6])
+    for t in range(6, 20):
+        kv = PagedCache(table, np.ones((2, 1), bool), 20)
+        logits, cache = step(model.module, seq[:, t : t + 1], np.full((2, 1), t), cache, kv)
+        worst = max(worst, reference.max_rel_diff(logits[:, 0], full[:, t]))
+    return worst
 
 
 def test_every_architecture_has_a_tiny_config():

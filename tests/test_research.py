@@ -1,46 +1,16 @@
-"""The research API (hidden states, attention weights, token log-probabilities) against transformers'
-output_hidden_states / output_attentions (eager attention), for every architecture."""
+"""The research API (hidden states, attention weights, token log-probabilities): windows, refusals,
+sharding and the pure functions' arguments. (Every architecture's values against transformers'
+output_hidden_states / output_attentions: tests/test_parity.py.)"""
 
 import jax
 import numpy as np
 import pytest
 import reference
-import torch
 
 import jaxllm
-from jaxllm.models import registry
 
 TOL = 1e-4
 TOKENS = np.random.default_rng(1).integers(0, 128, (2, 20))  # longer than the tiny sliding windows (8)
-
-
-@pytest.mark.parametrize("arch", registry.names())
-def test_hidden_states_attention_and_logprobs_match_transformers(arch, tmp_path):
-    ref = reference.build(arch, tmp_path, seed=11)
-    model = jaxllm.load(tmp_path)
-    with torch.no_grad():
-        out = ref(torch.as_tensor(TOKENS), output_hidden_states=True, output_attentions=True)
-    hidden = model.hidden_states(TOKENS)
-    assert len(hidden) == len(out.hidden_states) == model.config.num_layers + 1
-    for i, (ours, theirs) in enumerate(zip(hidden, out.hidden_states)):
-        assert reference.max_rel_diff(ours, theirs.numpy()) <= TOL, f"hidden state {i}"
-    # transformers records the attention layers' weights alone; a recurrent or feed-forward layer's are refused in one line
-    cfg = model.config
-    full = [i for i in range(cfg.num_layers) if cfg.layer_is_attention(i)]
-    for other, kind in ((cfg.layer_is_recurrent, "recurrent"), (lambda i: not cfg.layer_has_mixer(i), "feed-forward")):
-        layer = next(filter(other, range(cfg.num_layers)), None)
-        if layer is not None:
-            with pytest.raises(jaxllm.InputError, match=f"layer {layer} is a {kind}"):
-                model.attention_weights(TOKENS, layer)
-    # (MiniMax records its lightning layers too, their [head dim, head dim] states: there the attention layers' are by layer)
-    recorded = full if not full or len(out.attentions) == len(full) else list(range(cfg.num_layers))
-    for layer in (full[0], full[-1]) if full else ():  # none in Mamba
-        ours = model.attention_weights(TOKENS, layer)
-        theirs = out.attentions[recorded.index(layer)].numpy()
-        assert ours.shape == theirs.shape == (2, model.config.num_heads, 20, 20)
-        assert reference.max_rel_diff(ours, theirs) <= TOL, f"attention of layer {layer}"  # the logits' tolerance
-    logp = torch.log_softmax(out.logits[:, :-1].double(), -1).gather(-1, torch.as_tensor(TOKENS)[:, 1:, None])[..., 0]
-    assert np.abs(np.asarray(model.token_logprobs(TOKENS)) - logp.numpy()).max() <= 1e-4
 
 
 def test_sliding_window_shows_in_the_attention_weights(tmp_path):
