@@ -28,7 +28,7 @@ import numpy as np
 
 from jaxllm.errors import CheckpointError
 from jaxllm.gguf_blocks import NATIVE, TYPES, blocks, check_readable, dequantize, tensor_bytes
-from jaxllm.gguf_families import ARCHITECTURES, Family, check_required, decimal, family_of, hf_name
+from jaxllm.gguf_families import ARCHITECTURES, Family, check_required, decimal, family_of, hf_name, part_of
 from jaxllm.models import quant, registry
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
@@ -237,13 +237,15 @@ class GGUFCheckpoint:
             data = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
         self.tensors = {}  # HF name -> (shape in the file's order, GGML type id, raw bytes)
         self.shifted, self.transposed = {}, set()  # HF names whose values llama.cpp changed: {name: shift}, [out, in]
+        self.values = {}  # HF names whose values llama.cpp changed otherwise: {name: HF's values of the file's}
         self.per_head = set()  # HF names of fused q | k | v rows (and biases) HF keeps per head
         spans = []  # (start, end, GGUF name) of each tensor's bytes
         for name, dims, type_id, offset in header.tensors:
             start = header.data_start + offset
             shape = tuple(int(d) for d in reversed(dims))  # GGUF lists dims innermost first
-            if len(shape) == 1 and name.endswith(".weight") and name.split(".")[-2] in family.squeezed:
-                shape = (1, *shape)  # HF's [1, in]: the same bytes
+            part, kind = part_of(name)
+            if kind == "weight" and 0 < len(shape) < family.squeezed.get(part, 0):
+                shape = (*shape[:-1], 1, shape[-1])  # HF's [1, in] or [channels, 1, taps]: the same bytes
             try:
                 nbytes = tensor_bytes(type_id, shape)
                 check_readable(type_id)
@@ -260,10 +262,12 @@ class GGUFCheckpoint:
             self.tensors.update(_split_experts(hf, shape, type_id, data[start : start + nbytes]))
             if family.norm_shift and name.endswith("norm.weight"):  # every norm, as transformers' Gemma2TensorProcessor
                 self.shifted[hf] = family.norm_shift
-            if name.endswith(".weight") and name.split(".")[-2] in family.transposed:
+            if kind == "weight" and part in family.transposed:
                 self.transposed.add(hf)
-            if name.split(".")[-2] in family.per_head_qkv:
+            if part in family.per_head_qkv:
                 self.per_head.add(hf)
+            if part in family.values:
+                self.values[hf] = family.values[part]
         _check_disjoint(spans, header.path)
         self.heads = {"q_proj": raw["num_attention_heads"], "k_proj": raw["num_key_value_heads"]} if family.permuted else {}
         self.qkv_heads = raw["num_attention_heads"] if family.per_head_qkv else None
@@ -282,6 +286,8 @@ class GGUFCheckpoint:
         data = self._unpermuted(name, dequantize(raw, type_id).reshape(shape))
         if name in self.shifted:
             data = data - np.float32(self.shifted[name])
+        if name in self.values:
+            data = self.values[name](data).astype(np.float32)
         return np.ascontiguousarray(data.T) if name in self.transposed else data
 
     def _unpermuted(self, name: str, data: np.ndarray) -> np.ndarray:
@@ -298,7 +304,7 @@ class GGUFCheckpoint:
         """The quant.Scheme a 2-D tensor's blocks load as natively, or None (absent, other type,
         values llama.cpp changed beyond a row order). The blocks run along the stored rows, [out,
         in] (for a `transposed` tensor the reverse of HF's layout)."""
-        if name not in self.tensors or len(self.tensors[name][0]) != 2 or name in self.shifted:
+        if name not in self.tensors or len(self.tensors[name][0]) != 2 or name in self.shifted or name in self.values:
             return None
         return NATIVE.get(self.type_name(name))
 

@@ -31,7 +31,10 @@ class Family(NamedTuple):
     names: dict = {}  # GGUF name -> HF name, over _NAMES and _LAYER_NAMES
     norm_shift: float = 0.0  # stored as w + this (Gemma's (1 + w) RMSNorm): subtracted, in float32
     transposed: tuple = ()  # layer weights stored [out, in] where HF keeps [in, out] (GPT-2's Conv1D): transposed
-    squeezed: tuple = ()  # layer weights [1, in] in HF that converters may store as [in] (Qwen2-MoE's shared-expert gate)
+    # layer weights HF keeps with a size-1 axis before the last that converters may drop: {part: HF's rank} (Qwen2-MoE's
+    # shared-expert gate [1, in] stored as [in], Mamba's and LFM2's convs [channels, 1, taps] as [channels, taps])
+    squeezed: dict = {}
+    values: dict = {}  # {part: HF's float32 values of the file's}: values llama.cpp changed (Mamba's A as -exp(A_log))
     per_head_qkv: tuple = ()  # fused q | k | v rows that HF keeps per head, [heads, 3, head_dim] (BLOOM's attn_qkv): regrouped
     config: Callable = lambda get, raw: None  # (metadata getter, config so far): adds the family's own keys
     tensors: Callable = lambda names, raw: None  # (the file's tensor names, config so far): flags read off which it holds
@@ -53,9 +56,14 @@ def _gemma_config(get, raw: dict) -> None:
     raw["query_pre_attn_scalar"] = hidden // heads if is_27b else head_dim or hidden // heads
 
 
+def _whole(*values) -> bool:
+    """Whether every value is a whole number, 0 or more (metadata read as it is: any type)."""
+    return all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
+
+
 def _positive(*values) -> bool:
     """Whether every value is a positive whole number (metadata read as it is: any type)."""
-    return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+    return _whole(*values) and all(v > 0 for v in values)
 
 
 def _rotary_part(get, raw: dict, prefix: str) -> float | None:
@@ -113,7 +121,8 @@ def _moe_config(get, raw: dict) -> None:
     """The routed experts of Qwen3-MoE and Qwen2-MoE, every layer routed (llama.cpp reads no dense
     layers for either): their count, top k and width from the file (transformers' GGUF loader keeps
     its config's default width: Qwen3-30B-A3B's 768, Qwen1.5-MoE-A2.7B's 1408 and 5632 shared)."""
-    prefix, name = {"qwen3_moe": ("qwen3moe", "Qwen3-MoE"), "qwen2_moe": ("qwen2moe", "Qwen2-MoE")}[raw["model_type"]]
+    prefix, name = {"qwen3_moe": ("qwen3moe", "Qwen3-MoE"), "qwen2_moe": ("qwen2moe", "Qwen2-MoE"),
+                    "minimax_m2": ("minimax-m2", "MiniMax-M2")}[raw["model_type"]]
     experts = get("expert_count")
     if not isinstance(experts, int) or isinstance(experts, bool) or experts < 1:
         raise CheckpointError(f"GGUF {prefix}.expert_count is {experts!r}: a {name} file has at least one expert; the file "
@@ -186,6 +195,52 @@ def _nemotron_config(get, raw: dict) -> None:
         raw["partial_rotary_factor"] = part
 
 
+def _minimax_m2_config(get, raw: dict) -> None:
+    """MiniMax-M2: its routed experts (every layer) as _moe_config reads them, their width the
+    experts' (expert_feed_forward_length, as llama.cpp reads it; transformers' GGUF loader takes
+    feed_forward_length, which llama.cpp's converter writes equal); the rotary part of each head
+    (rotary_dim) and the router's scoring (expert_gating_func's number as its name), as that loader
+    reads them."""
+    _moe_config(get, raw)
+    width = raw.pop("moe_intermediate_size")
+    if width is not None:
+        raw["intermediate_size"] = width
+    raw["rotary_dim"] = get("rope.dimension_count")
+    gating = get("expert_gating_func")
+    if _whole(gating):  # a number as llama.cpp writes it (anything else is left for the config's checks to name)
+        gating = {0: "none", 1: "softmax", 2: "sigmoid"}.get(gating, "softmax")
+    if gating is not None:
+        raw["scoring_func"] = gating
+
+
+def _mamba_config(get, raw: dict) -> None:
+    """Mamba: no attention, no MLP; the inner width, state, conv taps and time-step rank of its mixers
+    (ssm.*), and MambaConfig's biases (the conv's, none on in_proj / out_proj: all llama.cpp reads).
+    FalconMamba's file (the time step, B and C RMS-normed: ssm.dt_b_c_rms) is refused: transformers'
+    GGUF loader reads it as a Mamba without those norms."""
+    if get("ssm.dt_b_c_rms"):
+        raise CheckpointError("GGUF mamba file with ssm.dt_b_c_rms (FalconMamba): not supported from GGUF (transformers' GGUF "
+                              "loader reads it as Mamba, without its norms); load the model's Hugging Face checkpoint instead")
+    for key in ("rms_norm_eps", "num_attention_heads", "num_key_value_heads", "attention_bias", "sliding_window", "rope_theta"):
+        del raw[key]
+    raw.update(layer_norm_epsilon=decimal(get("attention.layer_norm_rms_epsilon", 1e-5)), intermediate_size=get("ssm.inner_size"),
+               state_size=get("ssm.state_size"), conv_kernel=get("ssm.conv_kernel"), time_step_rank=get("ssm.time_step_rank"),
+               use_bias=False, use_conv_bias=True)
+
+
+def _lfm2_config(get, raw: dict) -> None:
+    """LFM2: attention on the layers whose head_count_kv (a list, one a layer) is not 0, short convs
+    (shortconv.l_cache taps) on the others; the MLP as wide as the file says (no auto-adjusting), as
+    transformers' GGUF loader reads it."""
+    kv, layers = get("attention.head_count_kv"), raw["num_hidden_layers"]
+    if not isinstance(kv, list) or len(kv) != layers or not _whole(*kv):
+        raise CheckpointError(f"GGUF lfm2.attention.head_count_kv is {str(kv)[:60]}, not a list of {layers} kv head counts (0 for "
+                              "a conv layer): the file is damaged; re-convert it with llama.cpp's convert_hf_to_gguf.py")
+    raw["norm_eps"] = raw.pop("rms_norm_eps")
+    raw.update(num_key_value_heads=max(kv), full_attn_idxs=[i for i, k in enumerate(kv) if k], conv_L_cache=get("shortconv.l_cache"),
+               block_auto_adjust_ff_dim=False)
+
+
 _GEMMA_NAMES = {"ffn_norm": "pre_feedforward_layernorm", "post_attention_norm": "post_attention_layernorm",
                 "post_ffw_norm": "post_feedforward_layernorm"}
 # Qwen2-MoE's shared expert and its gate (one score a token), beside the routed experts
@@ -196,6 +251,16 @@ _FALCON_NAMES = {"token_embd": "transformer.word_embeddings", "output_norm": "tr
                  "attn_output": "self_attention.dense", "ffn_up": "mlp.dense_h_to_4h", "ffn_down": "mlp.dense_4h_to_h"}
 # BLOOM: Falcon's names, the embeddings' LayerNorm and a sequential layer's second norm
 _BLOOM_NAMES = {**_FALCON_NAMES, "token_embd_norm": "transformer.word_embeddings_layernorm", "ffn_norm": "post_attention_layernorm"}
+_MAMBA_NAMES = {"token_embd": "backbone.embeddings", "output_norm": "backbone.norm_f", "blk": "backbone.layers", "attn_norm": "norm",
+                "ssm_in": "mixer.in_proj", "ssm_conv1d": "mixer.conv1d", "ssm_x": "mixer.x_proj", "ssm_dt": "mixer.dt_proj",
+                "ssm_a": "mixer.A_log", "ssm_d": "mixer.D", "ssm_out": "mixer.out_proj"}
+_LFM2_NAMES = {"token_embd_norm": "model.embedding_norm", "attn_norm": "operator_norm", "ffn_norm": "ffn_norm",
+               "attn_output": "self_attn.out_proj", "attn_q_norm": "self_attn.q_layernorm", "attn_k_norm": "self_attn.k_layernorm",
+               "ffn_gate": "feed_forward.w1", "ffn_up": "feed_forward.w3", "ffn_down": "feed_forward.w2",
+               "shortconv.conv": "conv.conv", "shortconv.in_proj": "conv.in_proj", "shortconv.out_proj": "conv.out_proj"}
+_MINIMAX_M2_NAMES = {"ffn_gate_inp": "block_sparse_moe.gate", "ffn_gate_exps": "block_sparse_moe.experts.{}.w1",
+                     "ffn_up_exps": "block_sparse_moe.experts.{}.w3", "ffn_down_exps": "block_sparse_moe.experts.{}.w2",
+                     "exp_probs_b.bias": "block_sparse_moe.e_score_correction_bias"}
 _GPT2_NAMES = {"token_embd": "transformer.wte", "position_embd": "transformer.wpe", "output_norm": "transformer.ln_f",
                "blk": "transformer.h", "attn_norm": "ln_1", "attn_qkv": "attn.c_attn", "attn_output": "attn.c_proj",
                "ffn_norm": "ln_2", "ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"}
@@ -207,7 +272,7 @@ ARCHITECTURES = {
     "qwen2": Family("Qwen2ForCausalLM"),
     "qwen3": Family("Qwen3ForCausalLM"),
     "qwen3moe": Family("Qwen3MoeForCausalLM", config=_qwen3_moe_config),
-    "qwen2moe": Family("Qwen2MoeForCausalLM", names=_QWEN2_MOE_NAMES, squeezed=("ffn_gate_inp_shexp",),
+    "qwen2moe": Family("Qwen2MoeForCausalLM", names=_QWEN2_MOE_NAMES, squeezed={"ffn_gate_inp_shexp": 2},
                        config=_qwen2_moe_config),
     "phi3": Family("Phi3ForCausalLM", names={"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"},
                    config=_phi3_config),
@@ -220,10 +285,19 @@ ARCHITECTURES = {
     "falcon": Family("FalconForCausalLM", names=_FALCON_NAMES, config=_falcon_config),
     "nemotron": Family("NemotronForCausalLM", norm_shift=1.0, config=_nemotron_config),
     "starcoder2": Family("Starcoder2ForCausalLM", names={"ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"}, config=_starcoder2_config),
+    # Mamba: A stored as -exp(A_log), the conv [channels, taps]
+    "mamba": Family("MambaForCausalLM", names=_MAMBA_NAMES, squeezed={"ssm_conv1d": 3}, values={"ssm_a": lambda a: np.log(-a)},
+                    config=_mamba_config),
+    "lfm2": Family("Lfm2ForCausalLM", names=_LFM2_NAMES, squeezed={"shortconv.conv": 3}, config=_lfm2_config),
+    "minimax-m2": Family("MiniMaxM2ForCausalLM", names=_MINIMAX_M2_NAMES, config=_minimax_m2_config),
 }
-# the keys each family cannot do without, besides the shared ones (check_required)
-_REQUIRED = {"qwen3moe": ("expert_count", "expert_used_count", "expert_feed_forward_length"),
-             "qwen2moe": ("expert_count", "expert_used_count")}
+# the keys each family cannot do without (check_required): the shared ones, and its own
+_SHARED = ("embedding_length", "feed_forward_length", "block_count", "attention.head_count")
+_REQUIRED = {"qwen3moe": (*_SHARED, "expert_count", "expert_used_count", "expert_feed_forward_length"),
+             "qwen2moe": (*_SHARED, "expert_count", "expert_used_count"),
+             "minimax-m2": (*_SHARED, "attention.key_length", "expert_count", "expert_used_count"),
+             "lfm2": (*_SHARED, "attention.head_count_kv", "shortconv.l_cache"),
+             "mamba": ("embedding_length", "block_count", "ssm.inner_size", "ssm.state_size", "ssm.conv_kernel", "ssm.time_step_rank")}
 
 _NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head", "blk": "model.layers"}
 _LAYER_NAMES = {
@@ -235,20 +309,31 @@ _LAYER_NAMES = {
     "ffn_gate_inp": "mlp.gate", "ffn_gate_exps": "mlp.experts.{}.gate_proj", "ffn_up_exps": "mlp.experts.{}.up_proj",
     "ffn_down_exps": "mlp.experts.{}.down_proj",
 }
-_TENSOR = re.compile(r"^(?:blk\.(\d+)\.)?(\w+)\.(weight|bias)$")
+# blk.N.part.weight / .bias, or a bare parameter (Mamba's blk.N.ssm_a); a part may hold dots (LFM2's shortconv.conv)
+_TENSOR = re.compile(r"^(?:blk\.(\d+)\.)?(\w[\w.]*?)(?:\.(weight|bias))?$")
+
+
+def part_of(name: str) -> tuple[str | None, str | None]:
+    """(part, "weight" / "bias" / None) of a GGUF tensor name: ("attn_q", "weight") of blk.0.attn_q.weight."""
+    m = _TENSOR.match(name)
+    return (m[2], m[3]) if m else (None, None)
 
 
 def hf_name(name: str, family: Family = ARCHITECTURES["llama"]) -> str | None:
-    """The HF name of a GGUF tensor of `family` (a "{}" in it stands for the expert), or None."""
+    """The HF name of a GGUF tensor of `family` (a "{}" in it stands for the expert), or None. A
+    family's name for "part.bias" is the whole HF name (MiniMax-M2's exp_probs_b.bias:
+    e_score_correction_bias), as is its name of a bare part (Mamba's ssm_a: A_log)."""
     m = _TENSOR.match(name)
     if not m:
         return None
     layer, part, kind = m.groups()
     names = {**(_NAMES if layer is None else _LAYER_NAMES), **family.names}
+    prefix = "" if layer is None else f"{family.names.get('blk', _NAMES['blk'])}.{layer}."
+    if f"{part}.{kind}" in names:
+        return prefix + names[f"{part}.{kind}"]
     if part not in names:
         return None
-    prefix = "" if layer is None else f"{family.names.get('blk', _NAMES['blk'])}.{layer}."
-    return f"{prefix}{names[part]}.{kind}"
+    return f"{prefix}{names[part]}" + (f".{kind}" if kind else "")
 
 
 def family_of(fields: dict) -> tuple[str, str]:
@@ -272,8 +357,7 @@ def family_of(fields: dict) -> tuple[str, str]:
 
 def check_required(get, prefix: str) -> None:
     """A CheckpointError naming every metadata key the file lacks that its architecture needs."""
-    keys = ("embedding_length", "feed_forward_length", "block_count", "attention.head_count", *_REQUIRED.get(prefix, ()))
-    missing = [f"{prefix}.{key}" for key in keys if get(key) is None]
+    missing = [f"{prefix}.{key}" for key in _REQUIRED.get(prefix, _SHARED) if get(key) is None]
     if missing:
         raise CheckpointError(f"GGUF metadata lacks {', '.join(missing)}: the file is incomplete or not a language model; "
                               "re-convert it with llama.cpp's convert_hf_to_gguf.py")

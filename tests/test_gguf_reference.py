@@ -37,8 +37,14 @@ _ROPE = {"attention.head_count": 4, "attention.head_count_kv": 2, "rope.dimensio
 _GEMMA = {"attention.head_count": 2, "attention.head_count_kv": 1, "attention.key_length": 256, "attention.value_length": 256,
           "attention.layer_norm_rms_epsilon": 1e-6, "attention.sliding_window": 4, "rope.freq_base": 10000.0}
 _GEMMA_LAYER = dict(_attention(2, 1, 256), **_MLP, post_attention_norm=(E,), post_ffw_norm=(E,))
+_MINIMAX_M2 = {"attention.head_count": 4, "attention.head_count_kv": 2, "attention.key_length": 16, "attention.value_length": 16,
+               "rope.dimension_count": 8, "rope.freq_base": 10000.0, "attention.layer_norm_rms_epsilon": 1e-6, "expert_count": 4,
+               "expert_used_count": 2, "expert_feed_forward_length": F, "expert_gating_func": 2}
+_LFM2_MLP = dict(ffn_gate=(F, E), ffn_up=(F, E), ffn_down=(E, F), attn_norm=(E,), ffn_norm=(E,))
+I, R, S = 256, 6, 8  # Mamba's inner width (its mixers' K-quant rows), time-step rank, state
 # general.architecture -> (metadata without the prefix, top-level tensors besides the embedding and final
-# norm, one layer's tensors [out, in], layers): as convert_hf_to_gguf.py writes them
+# norm (None: a tensor the family lacks), one layer's tensors [out, in] (a list: each layer's), layers): as
+# convert_hf_to_gguf.py writes them
 FAMILIES = {
     "llama": (_ROPE, dict(output=(V, E)), dict(_attention(4, 2, 16), **_MLP), 2),
     "qwen2": (_ROPE, {}, dict(_attention(4, 2, 16), **_MLP, **{"attn_q.bias": (64,), "attn_k.bias": (32,), "attn_v.bias": (32,)}), 2),
@@ -78,7 +84,28 @@ FAMILIES = {
                   "attention.layer_norm_epsilon": 1e-5}, {"output": (V, E), "output_norm.bias": (E,)},
                  dict(_attention(4, 2, 16), ffn_up=(F, E), ffn_down=(E, F), **{"attn_norm": (E,), "attn_norm.bias": (E,),
                                                                               "ffn_norm": (E,), "ffn_norm.bias": (E,)}), 2),
+    # Mamba: no attention, no MLP; A stored as -exp(A_log) (bare ssm_a, ssm_d), the conv [channels, taps] with its bias
+    "mamba": ({"ssm.inner_size": I, "ssm.state_size": S, "ssm.conv_kernel": 4, "ssm.time_step_rank": R,
+               "attention.layer_norm_rms_epsilon": 1e-5}, dict(output=(V, E)),
+              {"attn_norm": (E,), "ssm_in": (2 * I, E), "ssm_conv1d": (I, 4), "ssm_conv1d.bias": (I,), "ssm_x": (R + 2 * S, I),
+               "ssm_dt": (I, R), "ssm_dt.bias": (I,), "ssm_a": (I, S), "ssm_d": (I,), "ssm_out": (E, I)}, 3),
+    # LFM2: a short-conv layer (its conv [channels, taps]), then an attention one (head_count_kv 0 / 2 says which), per-head
+    # q/k norms; the final norm token_embd_norm, the head tied
+    "lfm2": ({"attention.head_count": 4, "attention.head_count_kv": [0, 2], "shortconv.l_cache": 3, "rope.freq_base": 10000.0,
+              "attention.layer_norm_rms_epsilon": 1e-5}, dict(token_embd_norm=(E,), output_norm=None),
+             [dict(_LFM2_MLP, **{"shortconv.in_proj": (3 * E, E), "shortconv.conv": (E, 3), "shortconv.out_proj": (E, E)}),
+              dict(_LFM2_MLP, **_attention(4, 2, 16), attn_q_norm=(16,), attn_k_norm=(16,))], 2),
+    # MiniMax-M2: routed experts in every layer under a sigmoid router with its score bias, q/k norms over the projection,
+    # half of each head rotated
+    "minimax-m2": (_MINIMAX_M2, dict(output=(V, E)),
+                   dict(_attention(4, 2, 16), attn_norm=(E,), ffn_norm=(E,), attn_q_norm=(64,), attn_k_norm=(32,), ffn_gate_inp=(4, E),
+                        ffn_gate_exps=(4, F, E), ffn_up_exps=(4, F, E), ffn_down_exps=(4, E, F), **{"exp_probs_b.bias": (4,)}), 2),
 }
+_BARE = ("ssm_a", "ssm_d")  # parameters llama.cpp names without .weight
+
+
+def _tensor(name: str) -> str:
+    return name if name.endswith((".weight", ".bias")) or name.split(".")[-1] in _BARE else f"{name}.weight"
 
 
 def _k_quant(shape: tuple, kind: str, rng) -> np.ndarray:
@@ -107,23 +134,27 @@ def write_family(path: Path, arch: str, name: str | None = None, shapes: dict | 
         w.add_string("general.name", name)
     base = dict(embedding_length=E, block_count=layers, feed_forward_length=F, context_length=1024, vocab_size=V)
     for key, value in {**base, **own}.items():
-        (w.add_float32 if isinstance(value, float) else w.add_uint32)(f"{arch}.{key}", value)
+        (w.add_array if isinstance(value, list) else w.add_float32 if isinstance(value, float) else w.add_uint32)(f"{arch}.{key}", value)
     w.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(V)])  # transformers' GPT-2 vocabulary size: its length
     for key, value in dict(padding_token_id=0, bos_token_id=1, eos_token_id=2).items():
         w.add_uint32(f"tokenizer.ggml.{key}", value)
-    tensors = {"token_embd.weight": (V, E), "output_norm.weight": (E,), **{n if "." in n else f"{n}.weight": s for n, s in top.items()}}
+    tensors = {"token_embd.weight": (V, E), "output_norm.weight": (E,), **{_tensor(n): s for n, s in top.items()}}
     if arch == "gpt2":
         tensors["output_norm.bias"] = (E,)
     stored = {}  # tensor -> the shape it is written in, where `shapes` sets one
     for i in range(layers):
-        tensors.update({f"blk.{i}.{n if '.' in n else n + '.weight'}": s for n, s in layer.items()})
-        stored.update({f"blk.{i}.{n if '.' in n else n + '.weight'}": s for n, s in shapes.items()})
+        tensors.update({f"blk.{i}.{_tensor(n)}": s for n, s in (layer[i] if isinstance(layer, list) else layer).items()})
+        stored.update({f"blk.{i}.{_tensor(n)}": s for n, s in shapes.items()})
     counts = [0, 0]  # matrices of KINDS, of K_QUANTS so far
     for tensor, shape in tensors.items():
+        if shape is None:
+            continue
         norm = len(shape) == 1 and tensor.endswith("norm.weight")
         x = ((1.0 if norm else 0.0) + rng.standard_normal(shape) * (0.1 if norm else 0.15)).astype(np.float32)
-        kind = "F32"
-        if len(shape) > 1:
+        if tensor.endswith("ssm_a"):  # as llama.cpp writes Mamba's A_log: -exp
+            x = -np.exp(x)
+        kind = "F32"  # also a matrix whose rows are no whole blocks (Mamba's conv and time step, as llama.cpp keeps them)
+        if len(shape) > 1 and shape[-1] % 32 == 0:
             k = shape[-1] % 256 == 0
             kind = (K_QUANTS if k else KINDS)[counts[k] % len(K_QUANTS if k else KINDS)]
             counts[k] += 1
@@ -152,7 +183,8 @@ TOKENS = np.random.default_rng(2).integers(0, V, (2, 12))  # longer than the Gem
 # GPT-2's transposed Conv1D weights, the MoE expert stacks split by their bytes, Qwen2-MoE's shared expert and its gate
 # stored as a vector, BLOOM's q/k/v rows regrouped per head, Falcon's names, Nemotron's shifted norms with biases), and Mistral, which llama.cpp files under llama; Qwen2 / Qwen3 / Gemma 3 lay theirs out as Llama /
 # Gemma 2 do (test_quant.py holds every family's F16 and Q8_0 file to transformers, all but Qwen2-MoE, held here only)
-CASES = [(arch, None) for arch in ("llama", "qwen3moe", "qwen2moe", "phi3", "gemma2", "gpt2", "bloom", "falcon", "nemotron")] + [("llama", "Mistral 7B Instruct v0.3")]
+CASES = [(arch, None) for arch in ("llama", "qwen3moe", "qwen2moe", "phi3", "gemma2", "gpt2", "bloom", "falcon", "nemotron", "mamba",
+                                   "lfm2", "minimax-m2")] + [("llama", "Mistral 7B Instruct v0.3")]
 
 
 @pytest.mark.parametrize("arch, name", CASES, ids=[a if n is None else "mistral" for a, n in CASES])
