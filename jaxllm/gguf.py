@@ -281,7 +281,8 @@ class GGUFCheckpoint:
 
     def get(self, name) -> np.ndarray:
         """The tensor in HF layout and values, float32: rows unpermuted, a norm's shift taken off (in
-        float32, as transformers does), a Conv1D weight transposed back."""
+        float32, as transformers does), a family's other changed values undone (Mamba's A), a Conv1D
+        weight transposed back."""
         shape, type_id, raw = self.tensors[name]
         data = self._unpermuted(name, dequantize(raw, type_id).reshape(shape))
         if name in self.shifted:

@@ -7,9 +7,10 @@ The architectures (ARCHITECTURES) are those jaxllm serves whose GGUF files trans
 loader reads too, and each reads as that loader reads it (tests/test_quant.py holds the two to the
 same logits). What llama.cpp changed on the way in is undone: Llama-family q/k rows permuted for its
 rotary layout, BLOOM's per-head q/k/v rows grouped as q | k | v, Gemma's and Nemotron's norms stored as 1 + w, GPT-2's Conv1D weights transposed, the MoE experts
-stacked in one tensor, Qwen2-MoE's shared-expert gate squeezed to a vector; where that loader drops
-metadata llama.cpp reads (Phi-3's LongRoPE, Gemma 27B's attention scale, the MoE experts' widths,
-...), we read it as llama.cpp does.
+stacked in one tensor, Qwen2-MoE's shared-expert gate squeezed to a vector, Mamba's and LFM2's convs
+squeezed, Mamba's A stored as -exp(A_log); where that loader drops metadata llama.cpp reads (Phi-3's
+LongRoPE, Gemma 27B's attention scale, the MoE experts' widths, ...), we read it as llama.cpp does.
+Families that loader lists but cannot read (GPT-OSS, Gemma 4: _UNREADABLE) are refused, saying why.
 """
 
 from __future__ import annotations
@@ -291,6 +292,14 @@ ARCHITECTURES = {
     "lfm2": Family("Lfm2ForCausalLM", names=_LFM2_NAMES, squeezed={"shortconv.conv": 3}, config=_lfm2_config),
     "minimax-m2": Family("MiniMaxM2ForCausalLM", names=_MINIMAX_M2_NAMES, config=_minimax_m2_config),
 }
+# families jaxllm serves whose GGUF files transformers' GGUF loader lists but cannot read (no reference to hold a
+# reading to): why, for the refusal
+_UNREADABLE = {
+    "gpt-oss": "transformers' GGUF loader leaves its experts, their biases and the attention sinks unread, and takes no "
+               "head width from the file",
+    "gemma4": "transformers' GGUF loader builds Gemma4TextConfig's default head widths, per-layer inputs and layer pattern, "
+              "not the file's",
+}
 # the keys each family cannot do without (check_required): the shared ones, and its own
 _SHARED = ("embedding_length", "feed_forward_length", "block_count", "attention.head_count")
 _REQUIRED = {"qwen3moe": (*_SHARED, "expert_count", "expert_used_count", "expert_feed_forward_length"),
@@ -342,6 +351,9 @@ def family_of(fields: dict) -> tuple[str, str]:
     if not isinstance(arch, str):
         raise CheckpointError(f"GGUF general.architecture must be a string, got {str(arch)[:60]}: "
                               "the file is damaged or not a language model")
+    if arch in _UNREADABLE:
+        raise CheckpointError(f"GGUF architecture '{arch}' is not supported from GGUF ({_UNREADABLE[arch]}); load the model's "
+                              "Hugging Face checkpoint instead")
     if arch not in ARCHITECTURES:
         raise CheckpointError(
             f"GGUF architecture '{arch}' is not supported; supported: {', '.join(sorted(ARCHITECTURES))}"

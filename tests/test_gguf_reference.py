@@ -41,7 +41,7 @@ _MINIMAX_M2 = {"attention.head_count": 4, "attention.head_count_kv": 2, "attenti
                "rope.dimension_count": 8, "rope.freq_base": 10000.0, "attention.layer_norm_rms_epsilon": 1e-6, "expert_count": 4,
                "expert_used_count": 2, "expert_feed_forward_length": F, "expert_gating_func": 2}
 _LFM2_MLP = dict(ffn_gate=(F, E), ffn_up=(F, E), ffn_down=(E, F), attn_norm=(E,), ffn_norm=(E,))
-I, R, S = 256, 6, 8  # Mamba's inner width (its mixers' K-quant rows), time-step rank, state
+INNER, R, S = 256, 6, 8  # Mamba's inner width (its mixers' K-quant rows), time-step rank, state
 # general.architecture -> (metadata without the prefix, top-level tensors besides the embedding and final
 # norm (None: a tensor the family lacks), one layer's tensors [out, in] (a list: each layer's), layers): as
 # convert_hf_to_gguf.py writes them
@@ -85,10 +85,11 @@ FAMILIES = {
                  dict(_attention(4, 2, 16), ffn_up=(F, E), ffn_down=(E, F), **{"attn_norm": (E,), "attn_norm.bias": (E,),
                                                                               "ffn_norm": (E,), "ffn_norm.bias": (E,)}), 2),
     # Mamba: no attention, no MLP; A stored as -exp(A_log) (bare ssm_a, ssm_d), the conv [channels, taps] with its bias
-    "mamba": ({"ssm.inner_size": I, "ssm.state_size": S, "ssm.conv_kernel": 4, "ssm.time_step_rank": R,
+    "mamba": ({"ssm.inner_size": INNER, "ssm.state_size": S, "ssm.conv_kernel": 4, "ssm.time_step_rank": R,
                "attention.layer_norm_rms_epsilon": 1e-5}, dict(output=(V, E)),
-              {"attn_norm": (E,), "ssm_in": (2 * I, E), "ssm_conv1d": (I, 4), "ssm_conv1d.bias": (I,), "ssm_x": (R + 2 * S, I),
-               "ssm_dt": (I, R), "ssm_dt.bias": (I,), "ssm_a": (I, S), "ssm_d": (I,), "ssm_out": (E, I)}, 3),
+              {"attn_norm": (E,), "ssm_in": (2 * INNER, E), "ssm_conv1d": (INNER, 4), "ssm_conv1d.bias": (INNER,),
+               "ssm_x": (R + 2 * S, INNER), "ssm_dt": (INNER, R), "ssm_dt.bias": (INNER,), "ssm_a": (INNER, S), "ssm_d": (INNER,),
+               "ssm_out": (E, INNER)}, 3),
     # LFM2: a short-conv layer (its conv [channels, taps]), then an attention one (head_count_kv 0 / 2 says which), per-head
     # q/k norms; the final norm token_embd_norm, the head tied
     "lfm2": ({"attention.head_count": 4, "attention.head_count_kv": [0, 2], "shortconv.l_cache": 3, "rope.freq_base": 10000.0,
@@ -181,21 +182,34 @@ def transformers_gguf(path: Path):
 TOKENS = np.random.default_rng(2).integers(0, V, (2, 12))  # longer than the Gemmas' window (4)
 # the families whose tensors are laid out differently (q/k rows permuted, Gemma's shifted norms, Phi-3's fused rows,
 # GPT-2's transposed Conv1D weights, the MoE expert stacks split by their bytes, Qwen2-MoE's shared expert and its gate
-# stored as a vector, BLOOM's q/k/v rows regrouped per head, Falcon's names, Nemotron's shifted norms with biases), and Mistral, which llama.cpp files under llama; Qwen2 / Qwen3 / Gemma 3 lay theirs out as Llama /
-# Gemma 2 do (test_quant.py holds every family's F16 and Q8_0 file to transformers, all but Qwen2-MoE, held here only)
+# stored as a vector, BLOOM's q/k/v rows regrouped per head, Falcon's names, Nemotron's shifted norms with biases, Mamba's
+# A stored as -exp and its squeezed conv, LFM2's conv and attention layers told apart by their kv heads, MiniMax-M2's
+# expert stacks and score bias), and Mistral, which llama.cpp files under llama; Qwen2 / Qwen3 / Gemma 3 lay theirs out as
+# Llama / Gemma 2 do (test_quant.py holds every family's F16 and Q8_0 file to transformers, all but Qwen2-MoE, Mamba, LFM2
+# and MiniMax-M2, held here only)
 CASES = [(arch, None) for arch in ("llama", "qwen3moe", "qwen2moe", "phi3", "gemma2", "gpt2", "bloom", "falcon", "nemotron", "mamba",
                                    "lfm2", "minimax-m2")] + [("llama", "Mistral 7B Instruct v0.3")]
+
+
+BLOCKS = ("mamba",)  # loaded with quantize="gguf": its mixers' own kernels (not the decoder's Dense) take the file's blocks
 
 
 @pytest.mark.parametrize("arch, name", CASES, ids=[a if n is None else "mistral" for a, n in CASES])
 def test_every_tensor_type_matches_transformers(tmp_path, arch, name):
     """Each family, its tensors Q4_0 / Q4_1 / Q8_0 / F16 / F32 and Q4_K / Q6_K / Q5_K (dequantized by
-    jaxllm's numpy and the gguf package, by transformers' torch code): float32 logits within 1e-4."""
+    jaxllm's numpy and the gguf package, by transformers' torch code): float32 logits within 1e-4.
+    A BLOCKS family loads with quantize="gguf": each layer tensor of a Q8_0 / Q4_0 / Q4_1 type a
+    quantized parameter, computing with the file's values (d * q in float32) all the same."""
     path = tmp_path / "tiny.gguf"
     write_family(path, arch, name)
-    kinds = {GGMLQuantizationType(t[2]).name for t in gguf.read_header(path).tensors}
+    header = gguf.read_header(path)
+    kinds = {GGMLQuantizationType(t[2]).name for t in header.tensors}
     assert set(KINDS) <= kinds and kinds & set(K_QUANTS), kinds
-    ours = jaxllm.load(path, tokenizer=False)
+    ours = jaxllm.load(path, tokenizer=False, quantize="gguf" if arch in BLOCKS else None)
+    if arch in BLOCKS:
+        native = [t[0] for t in header.tensors if t[0].startswith("blk.") and GGMLQuantizationType(t[2]).name in gguf_blocks.NATIVE]
+        packed = [p for p, x in weights.flat_params(ours.params).items() if quant.is_quantized(x.dtype)]
+        assert native and len(packed) == len(native), (native, packed)
     assert ours.config.architecture == ("MistralForCausalLM" if name else gguf_families.ARCHITECTURES[arch].hf)
     err = reference.max_rel_diff(ours.logits(TOKENS), reference.torch_logits(transformers_gguf(path), TOKENS))
     assert err <= 1e-4, err
