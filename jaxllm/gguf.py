@@ -238,12 +238,13 @@ class GGUFCheckpoint:
         self.tensors = {}  # HF name -> (shape in the file's order, GGML type id, raw bytes)
         self.shifted, self.transposed = {}, set()  # HF names whose values llama.cpp changed: {name: shift}, [out, in]
         self.values = {}  # HF names whose values llama.cpp changed otherwise: {name: HF's values of the file's}
+        self.reordered = {}  # HF names whose rows or columns llama.cpp reordered: {name: (axis, HF's order)}
         self.per_head = set()  # HF names of fused q | k | v rows (and biases) HF keeps per head
         spans = []  # (start, end, GGUF name) of each tensor's bytes
         for name, dims, type_id, offset in header.tensors:
             start = header.data_start + offset
             shape = tuple(int(d) for d in reversed(dims))  # GGUF lists dims innermost first
-            part, kind = part_of(name)
+            layer, part, kind = part_of(name)
             if kind == "weight" and 0 < len(shape) < family.squeezed.get(part, 0):
                 shape = (*shape[:-1], 1, shape[-1])  # HF's [1, in] or [channels, 1, taps]: the same bytes
             try:
@@ -255,12 +256,14 @@ class GGUFCheckpoint:
                 raise CheckpointError(f"{header.path} ends before tensor {name} (truncated download?): re-download it")
             spans.append((offset, offset + nbytes, name))
             hf = hf_name(name, family) or name
+            if family.mtp and layer is not None and layer >= raw["num_hidden_layers"]:
+                hf = f"mtp.{name}"  # the multi-token-prediction block, which the architecture drops (as transformers does)
             if "{}" in hf and (len(shape) != 3 or not shape[0]):
                 raise CheckpointError(f"{header.path}: tensor {name} has shape {list(shape)}: an expert stack is [experts, rows, "
                                       "columns] of at least one expert; the file is damaged: re-convert it with llama.cpp's "
                                       "convert_hf_to_gguf.py")
             self.tensors.update(_split_experts(hf, shape, type_id, data[start : start + nbytes]))
-            if family.norm_shift and name.endswith("norm.weight"):  # every norm, as transformers' Gemma2TensorProcessor
+            if family.norm_shift and name.endswith("norm.weight") and part not in family.unshifted:  # every norm, as transformers does
                 self.shifted[hf] = family.norm_shift
             if kind == "weight" and part in family.transposed:
                 self.transposed.add(hf)
@@ -268,6 +271,8 @@ class GGUFCheckpoint:
                 self.per_head.add(hf)
             if part in family.values:
                 self.values[hf] = family.values[part]
+            if part in family.reordered:
+                self.reordered[hf] = family.reordered[part](raw)
         _check_disjoint(spans, header.path)
         self.heads = {"q_proj": raw["num_attention_heads"], "k_proj": raw["num_key_value_heads"]} if family.permuted else {}
         self.qkv_heads = raw["num_attention_heads"] if family.per_head_qkv else None
@@ -292,6 +297,9 @@ class GGUFCheckpoint:
         return np.ascontiguousarray(data.T) if name in self.transposed else data
 
     def _unpermuted(self, name: str, data: np.ndarray) -> np.ndarray:
+        if name in self.reordered:
+            axis, order = self.reordered[name]
+            return np.take(data, order, axis=axis)
         if name in self.per_head:
             return _per_head(data, self.qkv_heads)
         proj = name.split(".")[-2] if name.endswith(".weight") or name.endswith(".bias") else ""
@@ -306,6 +314,8 @@ class GGUFCheckpoint:
         values llama.cpp changed beyond a row order). The blocks run along the stored rows, [out,
         in] (for a `transposed` tensor the reverse of HF's layout)."""
         if name not in self.tensors or len(self.tensors[name][0]) != 2 or name in self.shifted or name in self.values:
+            return None
+        if self.reordered.get(name, (0,))[0] != 0:  # columns reordered: across the blocks
             return None
         return NATIVE.get(self.type_name(name))
 

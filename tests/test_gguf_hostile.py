@@ -216,6 +216,10 @@ def test_metadata_of_the_wrong_type_is_one_line(tmp_path, arch, meta, message):
     assert "\n" not in str(info.value)
 
 
+QWEN35 = {"attention.head_count_kv": 2, "attention.key_length": 16, "full_attention_interval": 2, "ssm.conv_kernel": 4,
+          "ssm.state_size": 8, "ssm.group_count": 2, "ssm.time_step_rank": 4, "ssm.inner_size": 64}
+
+
 @pytest.mark.parametrize("arch, meta, message", [
     ("mamba", {"ssm.inner_size": 128}, r"^GGUF metadata lacks mamba\.ssm\.state_size, mamba\.ssm\.conv_kernel, mamba\.ssm\.time_step_rank: "
                                        r"the file is incomplete .* convert_hf_to_gguf\.py$"),
@@ -228,12 +232,18 @@ def test_metadata_of_the_wrong_type_is_one_line(tmp_path, arch, meta, message):
     ("minimax-m2", {"attention.key_length": 16}, r"^GGUF metadata lacks minimax-m2\.expert_count, minimax-m2\.expert_used_count: "),
     ("minimax-m2", {"attention.key_length": 16, "expert_count": 0, "expert_used_count": 1},
      r"^GGUF minimax-m2\.expert_count is 0: a MiniMax-M2 file has at least one expert"),
+    ("qwen35", {}, r"^GGUF metadata lacks qwen35\.attention\.head_count_kv, qwen35\.attention\.key_length, qwen35\.full_attention_interval, "
+                   r"qwen35\.ssm\.conv_kernel, qwen35\.ssm\.state_size, qwen35\.ssm\.group_count, qwen35\.ssm\.time_step_rank, "
+                   r"qwen35\.ssm\.inner_size: "),
+    ("qwen35moe", QWEN35, r"^GGUF metadata lacks qwen35moe\.expert_count, qwen35moe\.expert_used_count, "
+                          r"qwen35moe\.expert_feed_forward_length, qwen35moe\.expert_shared_feed_forward_length: "),
+    ("qwen35", dict(QWEN35, nextn_predict_layers="1"), r"^GGUF qwen35\.nextn_predict_layers is 1, not a whole number of layers: "),
     ("gpt-oss", {}, r"^GGUF architecture 'gpt-oss' is not supported from GGUF \(transformers' GGUF loader leaves its experts, "),
     ("gemma4", {}, r"^GGUF architecture 'gemma4' is not supported from GGUF \(transformers' GGUF loader builds Gemma4TextConfig's "),
 ], ids=["mamba-no-ssm", "falcon-mamba", "lfm2-no-kv", "lfm2-kv-not-a-list", "lfm2-kv-per-layer", "minimax-m2-no-experts",
-        "minimax-m2-zero-experts", "gpt-oss", "gemma4"])
+        "minimax-m2-zero-experts", "qwen35-no-ssm", "qwen35moe-no-experts", "qwen35-nextn-string", "gpt-oss", "gemma4"])
 def test_metadata_a_family_cannot_do_without_is_one_line(tmp_path, arch, meta, message):
-    """Mamba, LFM2 and MiniMax-M2 without the keys their layers are built from, or with them of the
+    """Mamba, LFM2, MiniMax-M2 and Qwen3.5 without the keys their layers are built from, or with them of the
     wrong form; a file of what transformers' GGUF loader reads as something else (FalconMamba's
     norms) or cannot read (GPT-OSS, Gemma 4): one line naming it, before any tensor is read."""
     _with_meta(tmp_path / "bad.gguf", arch, meta)
