@@ -271,8 +271,9 @@ class GGUFCheckpoint:
                 self.per_head.add(hf)
             if part in family.values:
                 self.values[hf] = family.values[part]
-            if part in family.reordered:
-                self.reordered[hf] = family.reordered[part](raw)
+            order = family.reordered[part](raw) if part in family.reordered else None  # None: shapes the config's checks refuse
+            if order is not None:
+                self.reordered[hf] = order
         _check_disjoint(spans, header.path)
         self.heads = {"q_proj": raw["num_attention_heads"], "k_proj": raw["num_key_value_heads"]} if family.permuted else {}
         self.qkv_heads = raw["num_attention_heads"] if family.per_head_qkv else None

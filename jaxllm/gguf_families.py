@@ -125,8 +125,8 @@ def _starcoder2_config(get, raw: dict) -> None:
 
 
 def _moe_config(get, raw: dict) -> None:
-    """The routed experts of Qwen3-MoE and Qwen2-MoE, every layer routed (llama.cpp reads no dense
-    layers for either): their count, top k and width from the file (transformers' GGUF loader keeps
+    """The routed experts of Qwen3-MoE, Qwen2-MoE, MiniMax-M2 and Qwen3.5-MoE, every layer routed
+    (llama.cpp reads no dense layers for any): their count, top k and width from the file (transformers' GGUF loader keeps
     its config's default width: Qwen3-30B-A3B's 768, Qwen1.5-MoE-A2.7B's 1408 and 5632 shared)."""
     prefix, name = {"qwen3_moe": ("qwen3moe", "Qwen3-MoE"), "qwen2_moe": ("qwen2moe", "Qwen2-MoE"),
                     "minimax_m2": ("minimax-m2", "MiniMax-M2"), "qwen3_5_moe_text": ("qwen35moe", "Qwen3.5-MoE")}[raw["model_type"]]
@@ -335,8 +335,9 @@ _QWEN35_REORDERED = {"attn_qkv": _tiled_to_grouped(per_value=True, qk=True), "ss
                      "attn_gate": _tiled_to_grouped(per_value=True), "ssm_out": _tiled_to_grouped(axis=1, per_value=True),
                      "ssm_alpha": _tiled_to_grouped(), "ssm_beta": _tiled_to_grouped(), "ssm_a": _tiled_to_grouped(),
                      "ssm_dt": _tiled_to_grouped()}
-_QWEN35 = dict(names=_QWEN35_NAMES, norm_shift=1.0, unshifted=("ssm_norm",), squeezed={"ssm_conv1d": 3},
-               values={"ssm_a": lambda a: np.log(-a)}, reordered=_QWEN35_REORDERED, mtp=True)
+_A_LOG = {"ssm_a": lambda a: np.log(-a)}  # A_log, which llama.cpp stores as A = -exp(A_log) (Mamba's, Qwen3.5's)
+_QWEN35 = dict(names=_QWEN35_NAMES, norm_shift=1.0, unshifted=("ssm_norm",), squeezed={"ssm_conv1d": 3}, values=_A_LOG,
+               reordered=_QWEN35_REORDERED, mtp=True)
 _GPT2_NAMES = {"token_embd": "transformer.wte", "position_embd": "transformer.wpe", "output_norm": "transformer.ln_f",
                "blk": "transformer.h", "attn_norm": "ln_1", "attn_qkv": "attn.c_attn", "attn_output": "attn.c_proj",
                "ffn_norm": "ln_2", "ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"}
@@ -362,8 +363,7 @@ ARCHITECTURES = {
     "nemotron": Family("NemotronForCausalLM", norm_shift=1.0, config=_nemotron_config),
     "starcoder2": Family("Starcoder2ForCausalLM", names={"ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"}, config=_starcoder2_config),
     # Mamba: A stored as -exp(A_log), the conv [channels, taps]
-    "mamba": Family("MambaForCausalLM", names=_MAMBA_NAMES, squeezed={"ssm_conv1d": 3}, values={"ssm_a": lambda a: np.log(-a)},
-                    config=_mamba_config),
+    "mamba": Family("MambaForCausalLM", names=_MAMBA_NAMES, squeezed={"ssm_conv1d": 3}, values=_A_LOG, config=_mamba_config),
     "lfm2": Family("Lfm2ForCausalLM", names=_LFM2_NAMES, squeezed={"shortconv.conv": 3}, config=_lfm2_config, tensors=_lfm2_tensors),
     "minimax-m2": Family("MiniMaxM2ForCausalLM", names=_MINIMAX_M2_NAMES, config=_minimax_m2_config),
     # Qwen3.5: norms stored as 1 + w (but the DeltaNet's own), A as -exp(A_log), the conv squeezed, value heads tiled
