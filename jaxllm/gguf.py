@@ -28,7 +28,7 @@ import numpy as np
 
 from jaxllm.errors import CheckpointError
 from jaxllm.gguf_blocks import NATIVE, TYPES, blocks, check_readable, dequantize, tensor_bytes
-from jaxllm.gguf_families import ARCHITECTURES, Family, check_required, decimal, family_of, hf_name
+from jaxllm.gguf_families import ARCHITECTURES, Family, check_required, decimal, family_of, hf_name, part_of
 from jaxllm.models import quant, registry
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
@@ -237,13 +237,16 @@ class GGUFCheckpoint:
             data = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
         self.tensors = {}  # HF name -> (shape in the file's order, GGML type id, raw bytes)
         self.shifted, self.transposed = {}, set()  # HF names whose values llama.cpp changed: {name: shift}, [out, in]
+        self.values = {}  # HF names whose values llama.cpp changed otherwise: {name: HF's values of the file's}
+        self.reordered = {}  # HF names whose rows or columns llama.cpp reordered: {name: (axis, HF's order)}
         self.per_head = set()  # HF names of fused q | k | v rows (and biases) HF keeps per head
         spans = []  # (start, end, GGUF name) of each tensor's bytes
         for name, dims, type_id, offset in header.tensors:
             start = header.data_start + offset
             shape = tuple(int(d) for d in reversed(dims))  # GGUF lists dims innermost first
-            if len(shape) == 1 and name.endswith(".weight") and name.split(".")[-2] in family.squeezed:
-                shape = (1, *shape)  # HF's [1, in]: the same bytes
+            layer, part, kind = part_of(name)
+            if kind == "weight" and 0 < len(shape) < family.squeezed.get(part, 0):
+                shape = (*shape[:-1], 1, shape[-1])  # HF's [1, in] or [channels, 1, taps]: the same bytes
             try:
                 nbytes = tensor_bytes(type_id, shape)
                 check_readable(type_id)
@@ -253,17 +256,24 @@ class GGUFCheckpoint:
                 raise CheckpointError(f"{header.path} ends before tensor {name} (truncated download?): re-download it")
             spans.append((offset, offset + nbytes, name))
             hf = hf_name(name, family) or name
+            if family.mtp and layer is not None and layer >= raw["num_hidden_layers"]:
+                hf = f"mtp.{name}"  # the multi-token-prediction block, which the architecture drops (as transformers does)
             if "{}" in hf and (len(shape) != 3 or not shape[0]):
                 raise CheckpointError(f"{header.path}: tensor {name} has shape {list(shape)}: an expert stack is [experts, rows, "
                                       "columns] of at least one expert; the file is damaged: re-convert it with llama.cpp's "
                                       "convert_hf_to_gguf.py")
             self.tensors.update(_split_experts(hf, shape, type_id, data[start : start + nbytes]))
-            if family.norm_shift and name.endswith("norm.weight"):  # every norm, as transformers' Gemma2TensorProcessor
+            if family.norm_shift and name.endswith("norm.weight") and part not in family.unshifted:  # every norm, as transformers does
                 self.shifted[hf] = family.norm_shift
-            if name.endswith(".weight") and name.split(".")[-2] in family.transposed:
+            if kind == "weight" and part in family.transposed:
                 self.transposed.add(hf)
-            if name.split(".")[-2] in family.per_head_qkv:
+            if part in family.per_head_qkv:
                 self.per_head.add(hf)
+            if part in family.values:
+                self.values[hf] = family.values[part]
+            order = family.reordered[part](raw) if part in family.reordered else None  # None: shapes the config's checks refuse
+            if order is not None:
+                self.reordered[hf] = order
         _check_disjoint(spans, header.path)
         self.heads = {"q_proj": raw["num_attention_heads"], "k_proj": raw["num_key_value_heads"]} if family.permuted else {}
         self.qkv_heads = raw["num_attention_heads"] if family.per_head_qkv else None
@@ -277,14 +287,20 @@ class GGUFCheckpoint:
 
     def get(self, name) -> np.ndarray:
         """The tensor in HF layout and values, float32: rows unpermuted, a norm's shift taken off (in
-        float32, as transformers does), a Conv1D weight transposed back."""
+        float32, as transformers does), a family's other changed values undone (Mamba's A), a Conv1D
+        weight transposed back."""
         shape, type_id, raw = self.tensors[name]
         data = self._unpermuted(name, dequantize(raw, type_id).reshape(shape))
         if name in self.shifted:
             data = data - np.float32(self.shifted[name])
+        if name in self.values:
+            data = self.values[name](data).astype(np.float32)
         return np.ascontiguousarray(data.T) if name in self.transposed else data
 
     def _unpermuted(self, name: str, data: np.ndarray) -> np.ndarray:
+        if name in self.reordered:
+            axis, order = self.reordered[name]
+            return np.take(data, order, axis=axis)
         if name in self.per_head:
             return _per_head(data, self.qkv_heads)
         proj = name.split(".")[-2] if name.endswith(".weight") or name.endswith(".bias") else ""
@@ -298,7 +314,9 @@ class GGUFCheckpoint:
         """The quant.Scheme a 2-D tensor's blocks load as natively, or None (absent, other type,
         values llama.cpp changed beyond a row order). The blocks run along the stored rows, [out,
         in] (for a `transposed` tensor the reverse of HF's layout)."""
-        if name not in self.tensors or len(self.tensors[name][0]) != 2 or name in self.shifted:
+        if name not in self.tensors or len(self.tensors[name][0]) != 2 or name in self.shifted or name in self.values:
+            return None
+        if self.reordered.get(name, (0,))[0] != 0:  # columns reordered: across the blocks
             return None
         return NATIVE.get(self.type_name(name))
 

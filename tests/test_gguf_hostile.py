@@ -216,6 +216,42 @@ def test_metadata_of_the_wrong_type_is_one_line(tmp_path, arch, meta, message):
     assert "\n" not in str(info.value)
 
 
+QWEN35 = {"attention.head_count_kv": 2, "attention.key_length": 16, "full_attention_interval": 2, "ssm.conv_kernel": 4,
+          "ssm.state_size": 8, "ssm.group_count": 2, "ssm.time_step_rank": 4, "ssm.inner_size": 64}
+
+
+@pytest.mark.parametrize("arch, meta, message", [
+    ("mamba", {"ssm.inner_size": 128}, r"^GGUF metadata lacks mamba\.ssm\.state_size, mamba\.ssm\.conv_kernel, mamba\.ssm\.time_step_rank: "
+                                       r"the file is incomplete .* convert_hf_to_gguf\.py$"),
+    ("mamba", {"ssm.inner_size": 128, "ssm.state_size": 16, "ssm.conv_kernel": 4, "ssm.time_step_rank": 4, "ssm.dt_b_c_rms": 1},
+     r"^GGUF mamba file with ssm\.dt_b_c_rms \(FalconMamba\): not supported from GGUF .* Hugging Face checkpoint instead$"),
+    ("lfm2", {"shortconv.l_cache": 3}, r"^GGUF metadata lacks lfm2\.attention\.head_count_kv: "),
+    ("lfm2", {"shortconv.l_cache": 3, "attention.head_count_kv": 2},
+     r"^GGUF lfm2\.attention\.head_count_kv is 2, not a list of 2 kv head counts \(0 for a conv layer\): the file is damaged"),
+    ("lfm2", {"shortconv.l_cache": 3, "attention.head_count_kv": [0, 2, 2]}, r"head_count_kv is \[0, 2, 2\], not a list of 2 kv head"),
+    ("minimax-m2", {"attention.key_length": 16}, r"^GGUF metadata lacks minimax-m2\.expert_count, minimax-m2\.expert_used_count: "),
+    ("minimax-m2", {"attention.key_length": 16, "expert_count": 0, "expert_used_count": 1},
+     r"^GGUF minimax-m2\.expert_count is 0: a MiniMax-M2 file has at least one expert"),
+    ("qwen35", {}, r"^GGUF metadata lacks qwen35\.attention\.head_count_kv, qwen35\.attention\.key_length, qwen35\.full_attention_interval, "
+                   r"qwen35\.ssm\.conv_kernel, qwen35\.ssm\.state_size, qwen35\.ssm\.group_count, qwen35\.ssm\.time_step_rank, "
+                   r"qwen35\.ssm\.inner_size: "),
+    ("qwen35moe", QWEN35, r"^GGUF metadata lacks qwen35moe\.expert_count, qwen35moe\.expert_used_count, "
+                          r"qwen35moe\.expert_feed_forward_length, qwen35moe\.expert_shared_feed_forward_length: "),
+    ("qwen35", dict(QWEN35, nextn_predict_layers="1"), r"^GGUF qwen35\.nextn_predict_layers is 1, not a whole number of layers: "),
+    ("gpt-oss", {}, r"^GGUF architecture 'gpt-oss' is not supported from GGUF \(transformers' GGUF loader leaves its experts, "),
+    ("gemma4", {}, r"^GGUF architecture 'gemma4' is not supported from GGUF \(transformers' GGUF loader builds Gemma4TextConfig's "),
+], ids=["mamba-no-ssm", "falcon-mamba", "lfm2-no-kv", "lfm2-kv-not-a-list", "lfm2-kv-per-layer", "minimax-m2-no-experts",
+        "minimax-m2-zero-experts", "qwen35-no-ssm", "qwen35moe-no-experts", "qwen35-nextn-string", "gpt-oss", "gemma4"])
+def test_metadata_a_family_cannot_do_without_is_one_line(tmp_path, arch, meta, message):
+    """Mamba, LFM2, MiniMax-M2 and Qwen3.5 without the keys their layers are built from, or with them of the
+    wrong form; a file of what transformers' GGUF loader reads as something else (FalconMamba's
+    norms) or cannot read (GPT-OSS, Gemma 4): one line naming it, before any tensor is read."""
+    _with_meta(tmp_path / "bad.gguf", arch, meta)
+    with pytest.raises(CheckpointError, match=message) as info:
+        jaxllm.load(tmp_path / "bad.gguf", tokenizer=False)
+    assert "\n" not in str(info.value)
+
+
 @settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzzed_header_bytes_are_one_line(tmp_path, pristine, data):

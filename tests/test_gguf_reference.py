@@ -31,14 +31,34 @@ def _attention(heads: int, kv: int, head_dim: int) -> dict:
     return dict(attn_q=(heads * head_dim, E), attn_k=(kv * head_dim, E), attn_v=(kv * head_dim, E), attn_output=(E, heads * head_dim))
 
 
-_MLP = dict(ffn_gate=(F, E), ffn_up=(F, E), ffn_down=(E, F), attn_norm=(E,), ffn_norm=(E,))
+_FFN = dict(ffn_gate=(F, E), ffn_up=(F, E), ffn_down=(E, F))
+_MLP = dict(_FFN, attn_norm=(E,), ffn_norm=(E,))
 _ROPE = {"attention.head_count": 4, "attention.head_count_kv": 2, "rope.dimension_count": 16, "rope.freq_base": 10000.0,
          "attention.layer_norm_rms_epsilon": 1e-5}
 _GEMMA = {"attention.head_count": 2, "attention.head_count_kv": 1, "attention.key_length": 256, "attention.value_length": 256,
           "attention.layer_norm_rms_epsilon": 1e-6, "attention.sliding_window": 4, "rope.freq_base": 10000.0}
 _GEMMA_LAYER = dict(_attention(2, 1, 256), **_MLP, post_attention_norm=(E,), post_ffw_norm=(E,))
+_MINIMAX_M2 = {"attention.head_count": 4, "attention.head_count_kv": 2, "attention.key_length": 16, "attention.value_length": 16,
+               "rope.dimension_count": 8, "rope.freq_base": 10000.0, "attention.layer_norm_rms_epsilon": 1e-6, "expert_count": 4,
+               "expert_used_count": 2, "expert_feed_forward_length": F, "expert_gating_func": 2}
+_LFM2_FFN = dict(ffn_gate=(F, E), ffn_up=(F, E), ffn_down=(E, F))
+_MLP = dict(_FFN, attn_norm=(E,), ffn_norm=(E,))
+# Qwen3.5: a gated-DeltaNet layer (2 key heads of 8 dims, 4 value heads of 16, their rows tiled as llama.cpp writes them),
+# a gated full-attention one (q_proj's rows each head's query, then its gate), the multi-token-prediction block after them
+_QWEN35 = {"attention.head_count": 4, "attention.head_count_kv": 2, "attention.key_length": 16, "attention.value_length": 16,
+           "rope.dimension_count": 8, "rope.dimension_sections": [2, 1, 1, 0], "rope.freq_base": 10000.0,
+           "attention.layer_norm_rms_epsilon": 1e-6, "full_attention_interval": 2, "ssm.conv_kernel": 4, "ssm.state_size": 8,
+           "ssm.group_count": 2, "ssm.time_step_rank": 4, "ssm.inner_size": 64, "nextn_predict_layers": 1}
+_QWEN35_LAYERS = [{"attn_norm": (E,), "post_attention_norm": (E,), "attn_gate": (64, E), "attn_qkv": (96, E), "ssm_alpha": (4, E),
+                   "ssm_beta": (4, E), "ssm_conv1d": (96, 4), "ssm_a": (4,), "ssm_dt.bias": (4,), "ssm_norm": (16,), "ssm_out": (E, 64)},
+                  {"attn_norm": (E,), "post_attention_norm": (E,), **_attention(4, 2, 16), "attn_q": (128, E), "attn_q_norm": (16,),
+                   "attn_k_norm": (16,)}, {"attn_norm": (E,), "nextn.eh_proj": (E, 2 * E)}]
+_QWEN35_SHARED = {"ffn_gate_inp": (4, E), "ffn_gate_exps": (4, F, E), "ffn_up_exps": (4, F, E), "ffn_down_exps": (4, E, F),
+                  "ffn_gate_inp_shexp": (E,), "ffn_gate_shexp": (F, E), "ffn_up_shexp": (F, E), "ffn_down_shexp": (E, F)}
+INNER, R, S = 256, 6, 8  # Mamba's inner width (its mixers' K-quant rows), time-step rank, state
 # general.architecture -> (metadata without the prefix, top-level tensors besides the embedding and final
-# norm, one layer's tensors [out, in], layers): as convert_hf_to_gguf.py writes them
+# norm (None: a tensor the family lacks), one layer's tensors [out, in] (a list: each layer's), layers): as
+# convert_hf_to_gguf.py writes them
 FAMILIES = {
     "llama": (_ROPE, dict(output=(V, E)), dict(_attention(4, 2, 16), **_MLP), 2),
     "qwen2": (_ROPE, {}, dict(_attention(4, 2, 16), **_MLP, **{"attn_q.bias": (64,), "attn_k.bias": (32,), "attn_v.bias": (32,)}), 2),
@@ -78,7 +98,32 @@ FAMILIES = {
                   "attention.layer_norm_epsilon": 1e-5}, {"output": (V, E), "output_norm.bias": (E,)},
                  dict(_attention(4, 2, 16), ffn_up=(F, E), ffn_down=(E, F), **{"attn_norm": (E,), "attn_norm.bias": (E,),
                                                                               "ffn_norm": (E,), "ffn_norm.bias": (E,)}), 2),
+    # Mamba: no attention, no MLP; A stored as -exp(A_log) (bare ssm_a, ssm_d), the conv [channels, taps] with its bias
+    "mamba": ({"ssm.inner_size": INNER, "ssm.state_size": S, "ssm.conv_kernel": 4, "ssm.time_step_rank": R,
+               "attention.layer_norm_rms_epsilon": 1e-5}, dict(output=(V, E)),
+              {"attn_norm": (E,), "ssm_in": (2 * INNER, E), "ssm_conv1d": (INNER, 4), "ssm_conv1d.bias": (INNER,),
+               "ssm_x": (R + 2 * S, INNER), "ssm_dt": (INNER, R), "ssm_dt.bias": (INNER,), "ssm_a": (INNER, S), "ssm_d": (INNER,),
+               "ssm_out": (E, INNER)}, 3),
+    # LFM2: a short-conv layer (its conv [channels, taps]), then an attention one (head_count_kv 0 / 2 says which), per-head
+    # q/k norms; the final norm token_embd_norm, the head tied
+    "lfm2": ({"attention.head_count": 4, "attention.head_count_kv": [0, 2], "shortconv.l_cache": 3, "rope.freq_base": 10000.0,
+              "attention.layer_norm_rms_epsilon": 1e-5}, dict(token_embd_norm=(E,), output_norm=None),
+             [dict(_MLP, **{"shortconv.in_proj": (3 * E, E), "shortconv.conv": (E, 3), "shortconv.out_proj": (E, E)}),
+              dict(_MLP, **_attention(4, 2, 16), attn_q_norm=(16,), attn_k_norm=(16,))], 2),
+    # MiniMax-M2: routed experts in every layer under a sigmoid router with its score bias, q/k norms over the projection,
+    # half of each head rotated
+    "minimax-m2": (_MINIMAX_M2, dict(output=(V, E)),
+                   dict(_attention(4, 2, 16), attn_norm=(E,), ffn_norm=(E,), attn_q_norm=(64,), attn_k_norm=(32,), ffn_gate_inp=(4, E),
+                        ffn_gate_exps=(4, F, E), ffn_up_exps=(4, F, E), ffn_down_exps=(4, E, F), **{"exp_probs_b.bias": (4,)}), 2),
+    "qwen35": (_QWEN35, dict(output=(V, E)), [dict(lay, **_FFN) for lay in _QWEN35_LAYERS[:2]] + _QWEN35_LAYERS[2:], 3),
+    "qwen35moe": (dict(_QWEN35, expert_count=4, expert_used_count=2, expert_feed_forward_length=F, expert_shared_feed_forward_length=F),
+                  dict(output=(V, E)), [dict(lay, **_QWEN35_SHARED) for lay in _QWEN35_LAYERS[:2]] + _QWEN35_LAYERS[2:], 3),
 }
+_BARE = ("ssm_a", "ssm_d")  # parameters llama.cpp names without .weight
+
+
+def _tensor(name: str) -> str:
+    return name if name.endswith((".weight", ".bias")) or name.split(".")[-1] in _BARE else f"{name}.weight"
 
 
 def _k_quant(shape: tuple, kind: str, rng) -> np.ndarray:
@@ -107,26 +152,33 @@ def write_family(path: Path, arch: str, name: str | None = None, shapes: dict | 
         w.add_string("general.name", name)
     base = dict(embedding_length=E, block_count=layers, feed_forward_length=F, context_length=1024, vocab_size=V)
     for key, value in {**base, **own}.items():
-        (w.add_float32 if isinstance(value, float) else w.add_uint32)(f"{arch}.{key}", value)
+        (w.add_array if isinstance(value, list) else w.add_float32 if isinstance(value, float) else w.add_uint32)(f"{arch}.{key}", value)
     w.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(V)])  # transformers' GPT-2 vocabulary size: its length
     for key, value in dict(padding_token_id=0, bos_token_id=1, eos_token_id=2).items():
         w.add_uint32(f"tokenizer.ggml.{key}", value)
-    tensors = {"token_embd.weight": (V, E), "output_norm.weight": (E,), **{n if "." in n else f"{n}.weight": s for n, s in top.items()}}
+    tensors = {"token_embd.weight": (V, E), "output_norm.weight": (E,), **{_tensor(n): s for n, s in top.items()}}
     if arch == "gpt2":
         tensors["output_norm.bias"] = (E,)
     stored = {}  # tensor -> the shape it is written in, where `shapes` sets one
     for i in range(layers):
-        tensors.update({f"blk.{i}.{n if '.' in n else n + '.weight'}": s for n, s in layer.items()})
-        stored.update({f"blk.{i}.{n if '.' in n else n + '.weight'}": s for n, s in shapes.items()})
-    counts = [0, 0]  # matrices of KINDS, of K_QUANTS so far
+        tensors.update({f"blk.{i}.{_tensor(n)}": s for n, s in (layer[i] if isinstance(layer, list) else layer).items()})
+        stored.update({f"blk.{i}.{_tensor(n)}": s for n, s in shapes.items()})
+    counts, kinds = [0, 0], {}  # matrices of KINDS, of K_QUANTS so far; each tensor's type
     for tensor, shape in tensors.items():
+        if shape is None:
+            continue
         norm = len(shape) == 1 and tensor.endswith("norm.weight")
         x = ((1.0 if norm else 0.0) + rng.standard_normal(shape) * (0.1 if norm else 0.15)).astype(np.float32)
-        kind = "F32"
-        if len(shape) > 1:
+        if tensor.endswith("ssm_a"):  # as llama.cpp writes Mamba's A_log: -exp
+            x = -np.exp(x)
+        kind = "F32"  # also a matrix whose rows are no whole blocks (Mamba's conv and time step, as llama.cpp keeps them)
+        if tensor.replace("ffn_up_exps", "ffn_gate_exps") in kinds:  # typed as its gate, as llama.cpp's quantize does (and
+            kind = kinds[tensor.replace("ffn_up_exps", "ffn_gate_exps")]  # transformers' fused gate_up needs: Qwen3.5-MoE)
+        elif len(shape) > 1 and shape[-1] % 32 == 0:
             k = shape[-1] % 256 == 0
             kind = (K_QUANTS if k else KINDS)[counts[k] % len(K_QUANTS if k else KINDS)]
             counts[k] += 1
+        kinds[tensor] = kind
         if kind in K_QUANTS:
             data = _k_quant(shape, kind, rng)
         elif kind.startswith("Q"):
@@ -150,20 +202,36 @@ def transformers_gguf(path: Path):
 TOKENS = np.random.default_rng(2).integers(0, V, (2, 12))  # longer than the Gemmas' window (4)
 # the families whose tensors are laid out differently (q/k rows permuted, Gemma's shifted norms, Phi-3's fused rows,
 # GPT-2's transposed Conv1D weights, the MoE expert stacks split by their bytes, Qwen2-MoE's shared expert and its gate
-# stored as a vector, BLOOM's q/k/v rows regrouped per head, Falcon's names, Nemotron's shifted norms with biases), and Mistral, which llama.cpp files under llama; Qwen2 / Qwen3 / Gemma 3 lay theirs out as Llama /
-# Gemma 2 do (test_quant.py holds every family's F16 and Q8_0 file to transformers, all but Qwen2-MoE, held here only)
-CASES = [(arch, None) for arch in ("llama", "qwen3moe", "qwen2moe", "phi3", "gemma2", "gpt2", "bloom", "falcon", "nemotron")] + [("llama", "Mistral 7B Instruct v0.3")]
+# stored as a vector, BLOOM's q/k/v rows regrouped per head, Falcon's names, Nemotron's shifted norms with biases, Mamba's
+# A stored as -exp and its squeezed conv, LFM2's conv and attention layers told apart by their kv heads, MiniMax-M2's
+# expert stacks and score bias, Qwen3.5's value heads tiled, its shifted norms but one and its multi-token-prediction
+# block), and Mistral, which llama.cpp files under llama; Qwen2 / Qwen3 / Gemma 3 lay theirs out as
+# Llama / Gemma 2 do (test_quant.py holds every family's F16 and Q8_0 file to transformers, all but Qwen2-MoE, Mamba, LFM2,
+# MiniMax-M2 and Qwen3.5, held here only)
+CASES = [(arch, None) for arch in ("llama", "qwen3moe", "qwen2moe", "phi3", "gemma2", "gpt2", "bloom", "falcon", "nemotron", "mamba",
+                                   "lfm2", "minimax-m2", "qwen35", "qwen35moe")] + [("llama", "Mistral 7B Instruct v0.3")]
+
+
+# loaded with quantize="gguf": {family: kernels that take the file's Q8_0 / Q4_0 / Q4_1 blocks}: Mamba's mixer's own (not
+# the decoder's Dense), Qwen3.5's in_proj_z with its value heads' rows reordered
+BLOCKS = {"mamba": [("model", "layers", 0, "mixer", "in_proj", "kernel")],
+          "qwen35": [("model", "layers", 0, "linear_attn", "in_proj_z", "kernel"), ("model", "layers", 1, "self_attn", "k_proj", "kernel")]}
 
 
 @pytest.mark.parametrize("arch, name", CASES, ids=[a if n is None else "mistral" for a, n in CASES])
 def test_every_tensor_type_matches_transformers(tmp_path, arch, name):
     """Each family, its tensors Q4_0 / Q4_1 / Q8_0 / F16 / F32 and Q4_K / Q6_K / Q5_K (dequantized by
-    jaxllm's numpy and the gguf package, by transformers' torch code): float32 logits within 1e-4."""
+    jaxllm's numpy and the gguf package, by transformers' torch code): float32 logits within 1e-4.
+    A BLOCKS family loads with quantize="gguf": its kernels named there quantized parameters, the
+    file's blocks, computing with the file's values (d * q in float32) all the same."""
     path = tmp_path / "tiny.gguf"
     write_family(path, arch, name)
-    kinds = {GGMLQuantizationType(t[2]).name for t in gguf.read_header(path).tensors}
+    header = gguf.read_header(path)
+    kinds = {GGMLQuantizationType(t[2]).name for t in header.tensors}
     assert set(KINDS) <= kinds and kinds & set(K_QUANTS), kinds
-    ours = jaxllm.load(path, tokenizer=False)
+    ours = jaxllm.load(path, tokenizer=False, quantize="gguf" if arch in BLOCKS else None)
+    params = weights.flat_params(ours.params)
+    assert all(quant.is_quantized(params[p].dtype) for p in BLOCKS.get(arch, ())), [params[p].dtype for p in BLOCKS[arch]]
     assert ours.config.architecture == ("MistralForCausalLM" if name else gguf_families.ARCHITECTURES[arch].hf)
     err = reference.max_rel_diff(ours.logits(TOKENS), reference.torch_logits(transformers_gguf(path), TOKENS))
     assert err <= 1e-4, err

@@ -750,8 +750,8 @@ def test_gguf_architectures_transformers_cannot_read_are_refused(arch, tmp_path)
     w.write_tensors_to_file()
     w.close()
     with pytest.raises(CheckpointError, match=rf"^GGUF architecture '{arch}' is not supported; supported: bloom, falcon, gemma2, "
-                                              "gemma3, gpt2, llama, mistral, nemotron, phi3, qwen2, qwen2moe, qwen3, qwen3moe, stablelm, "
-                                              "starcoder2$"):
+                                              "gemma3, gpt2, lfm2, llama, mamba, minimax-m2, mistral, nemotron, phi3, qwen2, qwen2moe, "
+                                              "qwen3, qwen35, qwen35moe, qwen3moe, stablelm, starcoder2$"):
         jaxllm.load(tmp_path / "other.gguf", tokenizer=False)
 
 
