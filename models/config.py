@@ -123,6 +123,9 @@ class ModelConfig:
     branch_norms: bool = False  # each residual branch RMS-normed before its scale and add (HyperCLOVAX's use_post_norm)
     logits_divisor: float = 1.0
     head_bias: bool = False  # a bias on the output head (PhiMoE's lm_head_bias; Phi's head hard-wires one)
+    # The output head's rows where fewer than vocab_size (Apertus 1.5's output_vocab_size: the head pruned to the text
+    # tokens, ids 0..head_vocab_size - 1); the logits this wide, the ids past it embedded but never produced. None: vocab_size
+    head_vocab_size: int | None = None
     logit_scale: float = 1.0  # Cohere: the logits times logit_scale
     # Mixture of experts (Mixtral, Qwen3-MoE): 0 experts means a dense MLP everywhere.
     num_experts: int = 0
@@ -293,6 +296,11 @@ class ModelConfig:
             base = rope.original_max_position_embeddings if rope.type == "yarn" and rope.original_max_position_embeddings else n
             return max(n, int(base * rope.factor))
         return n
+
+    @property
+    def output_vocab(self) -> int:
+        """The logits' width: the output head's rows (head_vocab_size), else the vocabulary's."""
+        return self.head_vocab_size or self.vocab_size
 
     @property
     def rotary_dim(self) -> int:

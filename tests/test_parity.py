@@ -466,6 +466,8 @@ SPELLINGS = {
     "apertus-default-rope": ("ApertusForCausalLM", {}, _edit(("rope_parameters",), rope_theta=5000.0)),
     "apertus-v4-rope-keys": ("ApertusForCausalLM", {}, lambda raw: raw.update(
         rope_theta=raw["rope_parameters"].pop("rope_theta") / 2, rope_scaling=raw.pop("rope_parameters"))),
+    # Apertus 1.5: a tied head is the embedding, every token, whatever output_vocab_size says
+    "apertus1p5-tied-head-unpruned": ("Apertus1p5TextForCausalLM", dict(tie_word_embeddings=True), _edit()),
     "apertus-xielu-constants-from-file": ("ApertusForCausalLM", {}, _edit(), _tensors(add=_xielu_constants)),
     "apertus-defaults-and-other-keys": ("ApertusForCausalLM", dict(attention_bias=False), _edit(
         ("attention_bias", "hidden_act"), mlp_bias=True, sliding_window=8, layer_types=["sliding_attention"] * 3)),
