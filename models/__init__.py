@@ -43,6 +43,7 @@ from jaxllm.models import (
     jais2,
     jamba,
     jetmoe,
+    kolibri1,
     laguna,
     lfm2,
     llama,
@@ -86,5 +87,6 @@ FAMILIES = (
     minimax,
     bitnet, diffllama, jais2, hyperclovax, granite_swa,
     hy_v3, mimo_v2_flash, afmoe, laguna, jetmoe,
+    kolibri1,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -136,7 +136,7 @@ class ModelConfig:
     # How the router picks: "softmax_topk" (softmax over every expert, then the top k: Mixtral, Qwen,
     # OLMoE), "topk_softmax" (the top k logits, then softmax over those k: GraniteMoE), "sparsemixer"
     # (PhiMoE's two picks, each a softmax over the logits within router_jitter of the best left),
-    # "topk_sigmoid" (the top k logits, each weight its sigmoid: Llama 4),
+    # "topk_sigmoid" (the top k logits, each weight its sigmoid: Llama 4; the top k by logit plus router_score_bias: Kolibri-1),
     # "sigmoid_topk" (DeepSeek-V3): sigmoid scores, the top k chosen by score plus router_score_bias.
     router: str = "softmax_topk"
     router_jitter: float = 0.0
@@ -146,7 +146,7 @@ class ModelConfig:
     router_topk_groups: int = 1
     router_group_score: str = "max"
     # e_score_correction_bias: a float [X] added to the scores for choosing only, the weights still
-    # the scores themselves (DeepSeek-V3's sigmoid scores, ERNIE 4.5 MoE's softmax ones)
+    # the scores themselves (DeepSeek-V3's sigmoid scores, ERNIE 4.5 MoE's softmax ones; Kolibri-1's logits)
     router_score_bias: bool = False
     routed_scaling: float = 1.0  # the routing weights times this (DeepSeek's routed_scaling_factor)
     # The router's weights (and score bias) kept in float32 whatever the model's dtype, its logits a

@@ -823,6 +823,13 @@ SPELLINGS = {
     "laguna-gate-false": ("LagunaForCausalLM", dict(gating=False), _edit()),
     "laguna-score-bias": ("LagunaForCausalLM", {}, _edit(), _tensors(add=lambda tensors: {
         k.replace("mlp.e_score", "mlp.experts.e_score"): v for k, v in _score_biases("mlp", (1, 2), 6)(tensors).items()})),
+    # Kolibri-1: every 5th layer full (without rotary positions) where layer_types is left out, top-k weights not
+    # renormalised by default, the experts under num_experts (num_local_experts' alias); its router's score bias
+    # (saved as zeros) chooses the experts, not weighs them
+    "kolibri1-defaults": ("Kolibri1ForCausalLM", dict(num_hidden_layers=5, layer_types=None, norm_topk_prob=False), _edit((
+        "layer_types", "norm_topk_prob", "num_local_experts"), num_experts=6)),
+    "kolibri1-score-bias": ("Kolibri1ForCausalLM", {}, _edit(), _tensors(add=lambda tensors: {
+        k.replace("mlp.e_score_correction_bias", "moe.router.expert_bias"): v for k, v in _score_biases("mlp", (0, 1, 2), 6)(tensors).items()})),
     # Mellum: every layer full and routed, MellumConfig's rope per layer type where left out; the experts under
     # num_local_experts (its attribute_map alias); its multi-token-prediction module kept in the checkpoint
     "mellum-defaults": ("MellumForCausalLM", dict(mlp_layer_types=None), _edit(("layer_types", "mlp_layer_types", "rope_parameters", "num_experts"),
