@@ -288,12 +288,13 @@ def dense(hf: str, path: tuple, transform=Linear(), bias: bool = True) -> list[W
 
 
 def renamed(specs: list[WeightSpec], names: dict) -> list[WeightSpec]:
-    """`specs` with each checkpoint name's module `.{ours}.` read as `.{theirs}.` (`names` {ours:
-    theirs}): a family whose checkpoints name a module their own way (Apertus' attention_layernorm,
-    HunYuan's query_layernorm)."""
+    """`specs` with each checkpoint name's module `.{ours}.` read as `.{theirs}.`, and a name ending in `.{ours}` (a
+    bare parameter: Flint's self_attn.sinks) as ending in `.{theirs}` (`names` {ours: theirs}, applied in order): a
+    family whose checkpoints name a module their own way (Apertus' attention_layernorm, HunYuan's query_layernorm)."""
     def rename(name):
         for ours, theirs in names.items():
             name = name.replace(f".{ours}.", f".{theirs}.")
+            name = name.removesuffix(f".{ours}") + f".{theirs}" if name.endswith(f".{ours}") else name
         return name
 
     return [WeightSpec(tuple(map(rename, s.hf_name)) if isinstance(s.hf_name, tuple) else rename(s.hf_name), s.path, s.transform)

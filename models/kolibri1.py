@@ -17,9 +17,8 @@ from jaxllm.models.moe import _experts, moe_weight_map
 from jaxllm.models.weights import WeightSpec
 
 # ours: theirs, in this order (our post_attention_layernorm is after attention; theirs before the MLP)
-NORMS = {"post_attention_layernorm": "post_attn_norm", "pre_feedforward_layernorm": "post_attention_layernorm",
-         "post_feedforward_layernorm": "post_ffn_norm"}
-SCORE_BIAS = ".mlp.gate.e_score_correction_bias"
+NAMES = {"post_attention_layernorm": "post_attn_norm", "pre_feedforward_layernorm": "post_attention_layernorm",
+         "post_feedforward_layernorm": "post_ffn_norm", "mlp.gate.e_score_correction_bias": "moe.router.expert_bias"}
 
 
 def kolibri1_names(raw: dict) -> dict:
@@ -39,15 +38,9 @@ def kolibri1_defaults(raw: dict) -> dict:
                 router="topk_sigmoid", router_score_bias=True, router_float32=True)
 
 
-def _sandwich(cfg: ModelConfig) -> list[WeightSpec]:
-    return renamed(sandwich_weight_map(cfg), NORMS)
-
-
 def kolibri1_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
-    """The sandwich layer's map by Kolibri's norm names with DeepSeek's expert names, the score bias at moe.router."""
-    specs = moe_weight_map("mlp", EXPERTS, base=_sandwich, shared="shared_experts")(cfg)
-    return [WeightSpec(s.hf_name.removesuffix(SCORE_BIAS) + ".moe.router.expert_bias", s.path)
-            if isinstance(s.hf_name, str) and s.hf_name.endswith(SCORE_BIAS) else s for s in specs]
+    """The sandwich layer's map with DeepSeek's expert names, by Kolibri's names for the norms and the score bias."""
+    return renamed(moe_weight_map("mlp", EXPERTS, base=sandwich_weight_map, shared="shared_experts")(cfg), NAMES)
 
 
 ARCHITECTURES = (Architecture(
