@@ -21,6 +21,7 @@ from jaxllm.models import (
     exaone_moe,
     falcon,
     falcon_h1,
+    flint,
     gemma,
     gemma4,
     glm,
@@ -87,6 +88,6 @@ FAMILIES = (
     minimax,
     bitnet, diffllama, jais2, hyperclovax, granite_swa,
     hy_v3, mimo_v2_flash, afmoe, laguna, jetmoe,
-    kolibri1,
+    kolibri1, flint,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

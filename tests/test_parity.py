@@ -823,6 +823,10 @@ SPELLINGS = {
     "laguna-gate-false": ("LagunaForCausalLM", dict(gating=False), _edit()),
     "laguna-score-bias": ("LagunaForCausalLM", {}, _edit(), _tensors(add=lambda tensors: {
         k.replace("mlp.e_score", "mlp.experts.e_score"): v for k, v in _score_biases("mlp", (1, 2), 6)(tensors).items()})),
+    # Flint: full attention (without rotary positions) on the first two layers, every fourth from layer 1 and the last where
+    # layer_types is left out; the first two layers dense where mlp_only_layers is
+    "flint-defaults": ("FlintForCausalLM", dict(num_hidden_layers=6, layer_types=None, mlp_only_layers=None), _edit((
+        "layer_types", "mlp_only_layers"))),
     # Kolibri-1: every 5th layer full (without rotary positions) where layer_types is left out, top-k weights not
     # renormalised by default, the experts under num_experts (num_local_experts' alias); its router's score bias
     # (saved as zeros) chooses the experts, not weighs them
