@@ -174,6 +174,7 @@ class ModelConfig:
     router_bias: bool = False
     expert_bias: bool = False
     expert_output_bias: bool = False  # a bias [E] added to the experts' summed output (JetMoE's mlp.bias)
+    moe_output_norm: bool = False  # an RMSNorm of the MoE block's output, routed and shared summed (A.X-K1's post_mlp_layernorm)
     swiglu_limit: float | None = None
     swiglu_alpha: float = 1.0
     # gpt-oss: a learned logit per query head that joins every attention softmax's denominator; on the layers

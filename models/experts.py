@@ -13,7 +13,7 @@ from flax import nnx
 
 from jaxllm.models import quant
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.layers import MLP, Dense, GatedMLP, activation, clamped_swiglu, param
+from jaxllm.models.layers import MLP, Dense, GatedMLP, RMSNorm, activation, clamped_swiglu, param
 
 
 class MoE(nnx.Module, pytree=False):
@@ -97,6 +97,8 @@ class MoE(nnx.Module, pytree=False):
         self.shared_average = cfg.shared_expert_average
         self.shared_float32 = cfg.shared_expert_float32
         self.bias = param((cfg.hidden_size,), ("embed",), dtype) if cfg.expert_output_bias else None  # JetMoE: added to the experts' sum
+        # A.X-K1: the block's output (routed and shared summed) RMS-normed
+        self.post_mlp_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype, rngs=rngs) if cfg.moe_output_norm else None
         if cfg.shared_expert_intermediate_size:
             shared = cfg.replace(intermediate_size=cfg.shared_expert_intermediate_size)
             self.shared_expert = GatedMLP(shared, dtype=dtype, rngs=rngs) if cfg.gated_mlp else MLP(shared, dtype=dtype, rngs=rngs,
@@ -203,6 +205,8 @@ class MoE(nnx.Module, pytree=False):
         out = out.astype(x.dtype) + shared
         if self.shared_average and self.shared_expert_gate is None:  # Cohere2-MoE: the two outputs' mean
             out = out / 2
+        if self.post_mlp_layernorm is not None:
+            out = self.post_mlp_layernorm(out)
         return out.reshape(shape)
 
     def _experts(self, x, weights, experts, stacks, first, form: str | None = None):

@@ -205,6 +205,16 @@ def _olmo_hybrid_as_hub_holds_it(path):
     save_file(tensors, path, metadata={"format": "pt"})
 
 
+def _axk1_as_hub_holds_it(path):
+    """A.X-K1's tensors as its Hub files hold them: no score biases (transformers routes with zeros), a
+    post_mlp_layernorm on the dense layer too (which transformers ignores)."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = {n: t for n, t in load_file(path).items() if not n.endswith("e_score_correction_bias")}
+    tensors["model.layers.0.post_mlp_layernorm.weight"] = 2 * tensors["model.layers.1.post_mlp_layernorm.weight"]
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
 def _gemma4_as_hub_spells_it(raw):
     """A saved tiny Gemma 4 config.json as google/gemma-4-*'s files spell it."""
     layers = raw.pop("per_layer_config")
@@ -823,6 +833,8 @@ SPELLINGS = {
     "laguna-gate-false": ("LagunaForCausalLM", dict(gating=False), _edit()),
     "laguna-score-bias": ("LagunaForCausalLM", {}, _edit(), _tensors(add=lambda tensors: {
         k.replace("mlp.e_score", "mlp.experts.e_score"): v for k, v in _score_biases("mlp", (1, 2), 6)(tensors).items()})),
+    # A.X-K1: the dense layers from first_k_dense_replace where mlp_layer_types is left out; its Hub tensors
+    "axk1-as-hub-holds-it": ("AXK1ForCausalLM", {}, _edit(("mlp_layer_types",), first_k_dense_replace=1), _axk1_as_hub_holds_it),
     # Flint: full attention (without rotary positions) on the first two layers, every fourth from layer 1 and the last where
     # layer_types is left out; the first two layers dense where mlp_only_layers is
     "flint-defaults": ("FlintForCausalLM", dict(num_hidden_layers=6, layer_types=None, mlp_only_layers=None), _edit((
