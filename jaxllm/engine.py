@@ -195,10 +195,10 @@ class Engine:
             raise GenerationError("a Request's params must be resolved SamplingParams: pass "
                                   "jaxllm.SamplingParams(...).resolved(model.generation_config)")
         params.validate()
-        beyond = [t for t, _ in params.logit_bias if t >= self.cfg.vocab_size]
+        beyond = [t for t, _ in params.logit_bias if t >= self.cfg.output_vocab]  # the logits' width
         if beyond:
             raise GenerationError(f"logit_bias={dict(params.logit_bias)} is invalid: token {beyond[0]} is beyond the model's "
-                                  f"{self.cfg.vocab_size:,} tokens: use ids below {self.cfg.vocab_size:,}")
+                                  f"{self.cfg.output_vocab:,} tokens: use ids below {self.cfg.output_vocab:,}")
         ids = check_token_ids(req.prompt, self.cfg.vocab_size, "prompt", dims=(1,), allow_empty=False).tolist()
         n = len(ids)
         total = n + req.params.max_new_tokens

@@ -4,6 +4,7 @@ for jaxllm.models.registry. Shared pieces: layers.py, rope.py, attention.py, dec
 from jaxllm.models import (
     afmoe,
     apertus,
+    axk1,
     bamba,
     biogpt,
     bitnet,
@@ -21,6 +22,7 @@ from jaxllm.models import (
     exaone_moe,
     falcon,
     falcon_h1,
+    flint,
     gemma,
     gemma4,
     glm,
@@ -43,6 +45,7 @@ from jaxllm.models import (
     jais2,
     jamba,
     jetmoe,
+    kolibri1,
     laguna,
     lfm2,
     llama,
@@ -86,5 +89,6 @@ FAMILIES = (
     minimax,
     bitnet, diffllama, jais2, hyperclovax, granite_swa,
     hy_v3, mimo_v2_flash, afmoe, laguna, jetmoe,
+    kolibri1, flint, axk1,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

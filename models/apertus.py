@@ -2,11 +2,16 @@
 biases whose activation is xIELU (parameters of its own in each layer: layers.XIELU), and norms
 its checkpoints name attention_layernorm / feedforward_layernorm (our input_layernorm /
 post_attention_layernorm). Its rope without rope settings in config.json is Llama 3's scaling of a
-12,000,000 base, whatever rope_theta says."""
+12,000,000 base, whatever rope_theta says.
+
+Apertus 1.5's text model (Apertus1p5TextForCausalLM) is Apertus over a vocabulary extended by visual and audio
+tokens, its output head pruned to the first output_vocab_size of them where config.json says so (`head_vocab_size`:
+the logits that wide; a tied head is the embedding, every token)."""
 
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig
+from jaxllm.models.config_fields import COUNT, check_fields
 from jaxllm.models.decoder import CausalLM, decoder_weight_map, renamed
 from jaxllm.models.weights import WeightSpec
 
@@ -44,18 +49,41 @@ def apertus_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     return specs
 
 
-ARCHITECTURES = (Architecture(
-    name="ApertusForCausalLM", module=CausalLM, weight_map=apertus_weight_map, hf_model_type="apertus", ignored_keys=NO_WINDOW,
-    hf_defaults=dict(hidden_act="xielu", rms_norm_eps=1e-5, max_position_embeddings=65536), common_names=apertus_rope,
-    # q/k/v and o biases as attention_bias says (Llama's attention); the MLP's never
-    config_defaults=lambda raw: dict(qk_norm="per_head", gated_mlp=False, mlp_bias=False),
+def apertus_defaults(raw: dict) -> dict:
+    return dict(qk_norm="per_head", gated_mlp=False, mlp_bias=False)
+
+
+def apertus1p5_defaults(raw: dict) -> dict:
+    """Apertus' with the head output_vocab_size rows wide where given, untied and narrower than the vocabulary
+    (Apertus1p5TextConfig reads output_vocab_size == vocab_size as unpruned; a tied head is the embedding)."""
+    check_fields(raw, {"output_vocab_size": COUNT}, "config.json")
+    rows, vocab = raw.get("output_vocab_size"), raw["vocab_size"]
+    if rows is not None and rows > vocab:
+        raise ConfigError(f"config.json output_vocab_size={rows} is more than vocab_size={vocab} (transformers refuses it): "
+                          "give the pruned head's rows, at most vocab_size, or leave the key out")
+    pruned = rows is not None and rows < vocab and not raw.get("tie_word_embeddings")
+    return dict(apertus_defaults(raw), head_vocab_size=rows if pruned else None)
+
+
+_APERTUS = dict(
+    module=CausalLM, weight_map=apertus_weight_map, ignored_keys=NO_WINDOW, common_names=apertus_rope,
     # its attention reads head_dim with getattr: a null one reaches the scale as None
     not_null=RMS_NOT_NULL + ("attention_bias", "head_dim"),
-    # Llama 3 rope as the Hub's (a base and original length of a tiny model's), GQA, attention biases
-    tiny_config=dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-                     num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                     attention_bias=True, hidden_act="xielu",
-                     rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
-                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
-                     bos_token_id=1, eos_token_id=2, pad_token_id=0),
+)
+# Llama 3 rope as the Hub's (a base and original length of a tiny model's), GQA, attention biases
+_TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=False,
+             attention_bias=True, hidden_act="xielu",
+             rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                              "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+             bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+ARCHITECTURES = (Architecture(
+    name="ApertusForCausalLM", hf_model_type="apertus", config_defaults=apertus_defaults,
+    hf_defaults=dict(hidden_act="xielu", rms_norm_eps=1e-5, max_position_embeddings=65536), tiny_config=_TINY, **_APERTUS,
+), Architecture(
+    name="Apertus1p5TextForCausalLM", hf_model_type="apertus1p5_text", config_defaults=apertus1p5_defaults,
+    hf_defaults=dict(vocab_size=266752, hidden_act="xielu", rms_norm_eps=1e-5, max_position_embeddings=65536),
+    # the head pruned to the 128 tokens the tests feed, of 160
+    tiny_config=dict(_TINY, vocab_size=160, output_vocab_size=128), **_APERTUS,
 ),)

@@ -123,6 +123,9 @@ class ModelConfig:
     branch_norms: bool = False  # each residual branch RMS-normed before its scale and add (HyperCLOVAX's use_post_norm)
     logits_divisor: float = 1.0
     head_bias: bool = False  # a bias on the output head (PhiMoE's lm_head_bias; Phi's head hard-wires one)
+    # The output head's rows where fewer than vocab_size (Apertus 1.5's output_vocab_size: the head pruned to the text
+    # tokens, ids 0..head_vocab_size - 1); the logits this wide, the ids past it embedded but never produced. None: vocab_size
+    head_vocab_size: int | None = None
     logit_scale: float = 1.0  # Cohere: the logits times logit_scale
     # Mixture of experts (Mixtral, Qwen3-MoE): 0 experts means a dense MLP everywhere.
     num_experts: int = 0
@@ -133,7 +136,7 @@ class ModelConfig:
     # How the router picks: "softmax_topk" (softmax over every expert, then the top k: Mixtral, Qwen,
     # OLMoE), "topk_softmax" (the top k logits, then softmax over those k: GraniteMoE), "sparsemixer"
     # (PhiMoE's two picks, each a softmax over the logits within router_jitter of the best left),
-    # "topk_sigmoid" (the top k logits, each weight its sigmoid: Llama 4),
+    # "topk_sigmoid" (the top k logits, each weight its sigmoid: Llama 4; the top k by logit plus router_score_bias: Kolibri-1),
     # "sigmoid_topk" (DeepSeek-V3): sigmoid scores, the top k chosen by score plus router_score_bias.
     router: str = "softmax_topk"
     router_jitter: float = 0.0
@@ -143,7 +146,7 @@ class ModelConfig:
     router_topk_groups: int = 1
     router_group_score: str = "max"
     # e_score_correction_bias: a float [X] added to the scores for choosing only, the weights still
-    # the scores themselves (DeepSeek-V3's sigmoid scores, ERNIE 4.5 MoE's softmax ones)
+    # the scores themselves (DeepSeek-V3's sigmoid scores, ERNIE 4.5 MoE's softmax ones; Kolibri-1's logits)
     router_score_bias: bool = False
     routed_scaling: float = 1.0  # the routing weights times this (DeepSeek's routed_scaling_factor)
     # The router's weights (and score bias) kept in float32 whatever the model's dtype, its logits a
@@ -171,6 +174,7 @@ class ModelConfig:
     router_bias: bool = False
     expert_bias: bool = False
     expert_output_bias: bool = False  # a bias [E] added to the experts' summed output (JetMoE's mlp.bias)
+    moe_output_norm: bool = False  # an RMSNorm of the MoE block's output, routed and shared summed (A.X-K1's post_mlp_layernorm)
     swiglu_limit: float | None = None
     swiglu_alpha: float = 1.0
     # gpt-oss: a learned logit per query head that joins every attention softmax's denominator; on the layers
@@ -293,6 +297,11 @@ class ModelConfig:
             base = rope.original_max_position_embeddings if rope.type == "yarn" and rope.original_max_position_embeddings else n
             return max(n, int(base * rope.factor))
         return n
+
+    @property
+    def output_vocab(self) -> int:
+        """The logits' width: the output head's rows (head_vocab_size), else the vocabulary's."""
+        return self.head_vocab_size or self.vocab_size
 
     @property
     def rotary_dim(self) -> int:

@@ -216,14 +216,14 @@ class CausalLM(nnx.Module):
         if cfg.tie_word_embeddings:  # tied: no head, or the head's bias alone (cfg.head_bias; nnx.data: a None head is static)
             self.lm_head = nnx.data(nnx.Dict(bias=param((cfg.vocab_size,), ("vocab_out",), dtype))) if cfg.head_bias else None
         else:
-            self.lm_head = Dense((cfg.embed_dim or cfg.hidden_size,), (cfg.vocab_size,), ("embed", "vocab_out"), bias=cfg.head_bias,
+            self.lm_head = Dense((cfg.embed_dim or cfg.hidden_size,), (cfg.output_vocab,), ("embed", "vocab_out"), bias=cfg.head_bias,
                                  dtype=dtype, rngs=rngs, table=True)
 
     def hidden(self, tokens, positions, cache: list[LayerCache] | None = None, kv=UNCACHED, lengths=None):
         return self.model(tokens, positions, cache, kv, lengths)
 
     def head(self, hidden):
-        """hidden [B, T, E] -> logits [B, T, V] in the model's dtype: the output head, or the tied
+        """hidden [B, T, E] -> logits [B, T, V] (V: cfg.output_vocab) in the model's dtype: the output head, or the tied
         embeddings (plus the head's bias where the model has one)."""
         if isinstance(self.lm_head, Dense):
             return self.lm_head(hidden)
@@ -288,12 +288,13 @@ def dense(hf: str, path: tuple, transform=Linear(), bias: bool = True) -> list[W
 
 
 def renamed(specs: list[WeightSpec], names: dict) -> list[WeightSpec]:
-    """`specs` with each checkpoint name's module `.{ours}.` read as `.{theirs}.` (`names` {ours:
-    theirs}): a family whose checkpoints name a module their own way (Apertus' attention_layernorm,
-    HunYuan's query_layernorm)."""
+    """`specs` with each checkpoint name's module `.{ours}.` read as `.{theirs}.`, and a name ending in `.{ours}` (a
+    bare parameter: Flint's self_attn.sinks) as ending in `.{theirs}` (`names` {ours: theirs}, applied in order): a
+    family whose checkpoints name a module their own way (Apertus' attention_layernorm, HunYuan's query_layernorm)."""
     def rename(name):
         for ours, theirs in names.items():
             name = name.replace(f".{ours}.", f".{theirs}.")
+            name = name.removesuffix(f".{ours}") + f".{theirs}" if name.endswith(f".{ours}") else name
         return name
 
     return [WeightSpec(tuple(map(rename, s.hf_name)) if isinstance(s.hf_name, tuple) else rename(s.hf_name), s.path, s.transform)

@@ -13,7 +13,7 @@ from flax import nnx
 
 from jaxllm.models import quant
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.layers import MLP, Dense, GatedMLP, activation, clamped_swiglu, param
+from jaxllm.models.layers import MLP, Dense, GatedMLP, RMSNorm, activation, clamped_swiglu, param
 
 
 class MoE(nnx.Module, pytree=False):
@@ -97,6 +97,8 @@ class MoE(nnx.Module, pytree=False):
         self.shared_average = cfg.shared_expert_average
         self.shared_float32 = cfg.shared_expert_float32
         self.bias = param((cfg.hidden_size,), ("embed",), dtype) if cfg.expert_output_bias else None  # JetMoE: added to the experts' sum
+        # A.X-K1: the block's output (routed and shared summed) RMS-normed
+        self.post_mlp_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype, rngs=rngs) if cfg.moe_output_norm else None
         if cfg.shared_expert_intermediate_size:
             shared = cfg.replace(intermediate_size=cfg.shared_expert_intermediate_size)
             self.shared_expert = GatedMLP(shared, dtype=dtype, rngs=rngs) if cfg.gated_mlp else MLP(shared, dtype=dtype, rngs=rngs,
@@ -150,14 +152,18 @@ class MoE(nnx.Module, pytree=False):
         """x [N, E] -> (weights [N, k] float32, expert ids [N, k]): softmax in float32, top k,
         renormalised when norm_topk_prob (the sum plus router_norm_eps, at least router_norm_min: ERNIE), as transformers
         routes (the logits soft-capped first where `cfg.router_softcap`: Laguna); or as `cfg.router` says: the top k logits, then softmax over those k (GraniteMoE,
-        gpt-oss) or the sigmoid of each (Llama 4), or `sparsemixer` (PhiMoE), or sigmoid scores
+        gpt-oss) or the sigmoid of each (Llama 4; chosen by the logits plus the score bias where the router has one:
+        Kolibri-1), or `sparsemixer` (PhiMoE), or sigmoid scores
         (DeepSeek-V3); DeepSeek's choice within the best groups and with a score bias
         (`limited_top_k`; ERNIE's softmax scores take the bias too), its weights times routed_scaling."""
         logits = self.gate(x.astype(self.router_dtype)).astype(jnp.float32)
         if self.softcap:  # Laguna: the logits soft-capped
             logits = jnp.tanh(logits / self.softcap) * self.softcap
         if self.router in ("topk_softmax", "topk_sigmoid"):
-            top, experts = jax.lax.top_k(logits, self.k)
+            if self.e_score_correction_bias is None:
+                top, experts = jax.lax.top_k(logits, self.k)
+            else:  # Kolibri-1: chosen by the logits plus the score bias, weighed by the logits alone
+                top, experts = limited_top_k(logits, self.k, self.e_score_correction_bias[...].astype(jnp.float32))
             if self.router == "topk_softmax":
                 return jax.nn.softmax(top, axis=-1), experts
             weights = jax.nn.sigmoid(top)  # renormalised where norm_topk_prob (Cohere2-MoE's; Llama 4's never)
@@ -199,6 +205,8 @@ class MoE(nnx.Module, pytree=False):
         out = out.astype(x.dtype) + shared
         if self.shared_average and self.shared_expert_gate is None:  # Cohere2-MoE: the two outputs' mean
             out = out / 2
+        if self.post_mlp_layernorm is not None:
+            out = self.post_mlp_layernorm(out)
         return out.reshape(shape)
 
     def _experts(self, x, weights, experts, stacks, first, form: str | None = None):

@@ -71,6 +71,29 @@ class Renamed:
         return self.source.get(self.renamed.get(name, name))
 
 
+class ZeroScoreBiases(Renamed):
+    """A tensor source whose routers lacking a score bias read one of zeros: each `P.gate.weight` [X, E] without
+    `P.gate.e_score_correction_bias` gains it, float32 [X] (A.X-K1's checkpoints route without one, and
+    transformers leaves its buffer at zeros)."""
+
+    def __init__(self, source):
+        super().__init__(source, {})
+        present = set(source.names())
+        self.zeros = {n.removesuffix("weight") + "e_score_correction_bias": source.shape(n)[0] for n in present
+                      if n.endswith(".gate.weight")}
+        self.zeros = {n: x for n, x in self.zeros.items() if n not in present}
+        self._names = self._names + list(self.zeros)
+
+    def shape(self, name):
+        return (self.zeros[name],) if name in self.zeros else super().shape(name)
+
+    def dtype(self, name):
+        return np.dtype(np.float32) if name in self.zeros else super().dtype(name)
+
+    def get(self, name):
+        return np.zeros(self.zeros[name], np.float32) if name in self.zeros else super().get(name)
+
+
 class _ExpertWeight:
     """Expert j's nn.Linear weight [out, in] within a fused experts tensor `fused` [X, out', in] (rows
     [lo, hi) of its slice), or, `transposed`, [X, in, out'] (the columns, transposed); read lazily, one

@@ -121,6 +121,7 @@ def test_dbrx_weight_norms_other_than_the_sum_are_refused():
     ("LagunaForCausalLM", dict(moe_apply_router_weight_on_input=True), r"moe_apply_router_weight_on_input=true is not implemented"),
     ("AfmoeForCausalLM", dict(layer_types=None, global_attn_every_n_layers=None), r"neither layer_types nor global_attn_every_n_layers"),
     ("JetMoeForCausalLM", dict(rms_norm_eps=1e-5), r"rms_norm_eps=1e-05 applies to JetMoE's final norm alone"),
+    ("Apertus1p5TextForCausalLM", dict(output_vocab_size=161), r"output_vocab_size=161 is more than vocab_size=160"),
 ])
 def test_options_the_new_families_do_not_run_are_refused(arch, changes, message):
     """Config values transformers' code of these families cannot run, or never reads where the checkpoint's own code would

@@ -205,6 +205,16 @@ def _olmo_hybrid_as_hub_holds_it(path):
     save_file(tensors, path, metadata={"format": "pt"})
 
 
+def _axk1_as_hub_holds_it(path):
+    """A.X-K1's tensors as its Hub files hold them: no score biases (transformers routes with zeros), a
+    post_mlp_layernorm on the dense layer too (which transformers ignores)."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = {n: t for n, t in load_file(path).items() if not n.endswith("e_score_correction_bias")}
+    tensors["model.layers.0.post_mlp_layernorm.weight"] = 2 * tensors["model.layers.1.post_mlp_layernorm.weight"]
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
 def _gemma4_as_hub_spells_it(raw):
     """A saved tiny Gemma 4 config.json as google/gemma-4-*'s files spell it."""
     layers = raw.pop("per_layer_config")
@@ -466,6 +476,8 @@ SPELLINGS = {
     "apertus-default-rope": ("ApertusForCausalLM", {}, _edit(("rope_parameters",), rope_theta=5000.0)),
     "apertus-v4-rope-keys": ("ApertusForCausalLM", {}, lambda raw: raw.update(
         rope_theta=raw["rope_parameters"].pop("rope_theta") / 2, rope_scaling=raw.pop("rope_parameters"))),
+    # Apertus 1.5: a tied head is the embedding, every token, whatever output_vocab_size says
+    "apertus1p5-tied-head-unpruned": ("Apertus1p5TextForCausalLM", dict(tie_word_embeddings=True), _edit()),
     "apertus-xielu-constants-from-file": ("ApertusForCausalLM", {}, _edit(), _tensors(add=_xielu_constants)),
     "apertus-defaults-and-other-keys": ("ApertusForCausalLM", dict(attention_bias=False), _edit(
         ("attention_bias", "hidden_act"), mlp_bias=True, sliding_window=8, layer_types=["sliding_attention"] * 3)),
@@ -821,6 +833,19 @@ SPELLINGS = {
     "laguna-gate-false": ("LagunaForCausalLM", dict(gating=False), _edit()),
     "laguna-score-bias": ("LagunaForCausalLM", {}, _edit(), _tensors(add=lambda tensors: {
         k.replace("mlp.e_score", "mlp.experts.e_score"): v for k, v in _score_biases("mlp", (1, 2), 6)(tensors).items()})),
+    # A.X-K1: the dense layers from first_k_dense_replace where mlp_layer_types is left out; its Hub tensors
+    "axk1-as-hub-holds-it": ("AXK1ForCausalLM", {}, _edit(("mlp_layer_types",), first_k_dense_replace=1), _axk1_as_hub_holds_it),
+    # Flint: full attention (without rotary positions) on the first two layers, every fourth from layer 1 and the last where
+    # layer_types is left out; the first two layers dense where mlp_only_layers is
+    "flint-defaults": ("FlintForCausalLM", dict(num_hidden_layers=6, layer_types=None, mlp_only_layers=None), _edit((
+        "layer_types", "mlp_only_layers"))),
+    # Kolibri-1: every 5th layer full (without rotary positions) where layer_types is left out, top-k weights not
+    # renormalised by default, the experts under num_experts (num_local_experts' alias); its router's score bias
+    # (saved as zeros) chooses the experts, not weighs them
+    "kolibri1-defaults": ("Kolibri1ForCausalLM", dict(num_hidden_layers=5, layer_types=None, norm_topk_prob=False), _edit((
+        "layer_types", "norm_topk_prob", "num_local_experts"), num_experts=6)),
+    "kolibri1-score-bias": ("Kolibri1ForCausalLM", {}, _edit(), _tensors(add=lambda tensors: {
+        k.replace("mlp.e_score_correction_bias", "moe.router.expert_bias"): v for k, v in _score_biases("mlp", (0, 1, 2), 6)(tensors).items()})),
     # Mellum: every layer full and routed, MellumConfig's rope per layer type where left out; the experts under
     # num_local_experts (its attribute_map alias); its multi-token-prediction module kept in the checkpoint
     "mellum-defaults": ("MellumForCausalLM", dict(mlp_layer_types=None), _edit(("layer_types", "mlp_layer_types", "rope_parameters", "num_experts"),

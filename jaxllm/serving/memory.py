@@ -38,7 +38,7 @@ def pool_size(model, kv_dtype, page_size: int, fraction: float, num_pages: int |
     page_bytes = kv_cache_bytes(cfg, page_size, model.dtype, kv_dtype)
     # each device's rows of recurrent state (0 without recurrent layers), counted whole though tp splits their heads
     states = recurrent_rows(batch_size, dp) * state_bytes(cfg, model.dtype) // dp
-    states += batch_size // dp * cfg.vocab_size * SAMPLING_ROW_BYTES
+    states += batch_size // dp * cfg.output_vocab * SAMPLING_ROW_BYTES
     if not page_bytes:  # no attention layer (Mamba): the pages hold no keys, only the engine's count of positions
         return _states_alone(states, num_pages if num_pages is not None else batch_size * width)
     if num_pages is not None or "bytes_limit" not in stats:

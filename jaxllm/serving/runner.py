@@ -123,7 +123,7 @@ class Runner:
         self._traces, self._prefill_large, self._prefill_small, self._decode, self._score, self._zeros = steps
         self._before = dataclasses.replace(self._traces)  # what engines before this one compiled
         pool = self.shards * pool_pages(self.shard_pages, self.shard_seqs)
-        self._sizes = (max_seqs, pool, page_size, kv_shapes, self.cfg.vocab_size, eos_width, self.kv_dtype, recurrent,
+        self._sizes = (max_seqs, pool, page_size, kv_shapes, self.cfg.output_vocab, eos_width, self.kv_dtype, recurrent,
                        recurrent_rows(max_seqs, self.shards) if recurrent else 0, np.dtype(self.dtype).name)
 
     @property
