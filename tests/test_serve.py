@@ -232,6 +232,7 @@ def test_top_logprobs_and_echo_equal_generate(server):
     scores a continuation; then with an answer, streamed): the library's numbers (test_generation checks them against
     transformers), in OpenAI's shapes."""
     ref, text = server.refs["top"], server.app_server.token_text
+    before = server.engine.counters
     out = server.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": CHAT[0]}], max_tokens=NEW,
                                                 temperature=0, logprobs=True, top_logprobs=TOP)
     content = out.choices[0].logprobs.content
@@ -242,7 +243,7 @@ def test_top_logprobs_and_echo_equal_generate(server):
     assert all(list(t.bytes) == list(text(i).encode()) for c, pairs in zip(content, ref.top_logprobs) for t, (i, _) in zip(c.top_logprobs, pairs))
 
     ref, prompt = server.refs["echo"], encode(server.model.tokenizer, TEXT[0], chat=False)
-    alone = server.client.completions.create(model=NAME, prompt=TEXT[0], max_tokens=0, echo=True, logprobs=TOP)
+    alone = server.client.completions.create(model=NAME, prompt=TEXT[0], max_tokens=0, echo=True, logprobs=TOP, temperature=0)
     lp = alone.choices[0].logprobs
     assert (alone.choices[0].text, alone.choices[0].finish_reason, alone.usage.completion_tokens) == (TEXT[0], "length", 0)
     assert lp.tokens == [text(t) for t in prompt] and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
@@ -259,6 +260,7 @@ def test_top_logprobs_and_echo_equal_generate(server):
     assert logprobs[1:] == pytest.approx(ref.prompt_logprobs[1:] + ref.logprobs, abs=1e-5)
     offsets = [o for c in streamed for o in c.logprobs.text_offset]  # counted on across the prompt and the chunks
     assert offsets == [sum(map(len, tokens[:i])) for i in range(len(tokens))]
+    assert server.engine.counters == before  # the steps the references compiled served them
     wait_idle(server)
 
 

@@ -6,9 +6,13 @@ steps (nano-vllm's model runner). The host (engine, scheduler) decides; this onl
                                   (PagedCache), attention over every earlier position; a row whose
                                   chunk ends its prefill samples the next token and is placed in
                                   its decode slot (sampling values, EOS ids, repetition state)
+                                  (rows of SamplingParams.prompt_logprobs: also each position's
+                                  log-probability of the prompt token after it, a static variant)
   decode(kv_len, steps)           up to `steps` (<= chunk) steps for every slot in a
                                   lax.while_loop, each writing one token's keys and values into
                                   its page; a row whose logits are not finite ends with ERROR
+                                  (both: the most likely tokens' log-probabilities too when a row
+                                  asks for top_logprobs, a static width: sampling.logprob_width)
   score(tokens, pages, chunk)     teacher-forced log-probabilities of a token sequence, prefilled
                                   chunk by chunk through the pool (later chunks read the keys the
                                   earlier ones cached, in the cache's dtype)
