@@ -43,9 +43,9 @@ def main():
         calls["prefill"] += 1
         return prefill(*a, **k)
 
-    def counted_decode(state, table, limit, stop, kv_len, sampling, steps):
+    def counted_decode(*a, **k):
         calls["decode"] += 1
-        out = decode(state, table, limit, stop, kv_len, sampling, steps)
+        out = decode(*a, **k)
         got = out[1] >= 0
         calls["decode_steps"] += int(got.sum(1).max()) if got.any() else 0
         calls["active_row_steps"] += int(got.sum())

@@ -38,12 +38,12 @@ from jaxllm import runtime
 from jaxllm.errors import GenerationError, check_token_ids
 from jaxllm.models.attention import check_kv_dtype
 from jaxllm.models.config_fields import token_ids
-from jaxllm.sampling import SamplingParams, step_kind
+from jaxllm.sampling import SamplingParams, logprob_width, step_kind
 from jaxllm.serving import cascade as cascade_plan
 from jaxllm.serving import memory
 from jaxllm.serving.block_manager import BlockManager
 from jaxllm.serving.requests import Event, Request, Score, context_error, fit_advice
-from jaxllm.serving.runner import Row, Runner
+from jaxllm.serving.runner import Row, Runner, top_pairs
 from jaxllm.serving.scheduler import PrefillChunk, Scheduler
 from jaxllm.serving.sequence import Sequence, Status
 from jaxllm.serving.shapes import CallShapes
@@ -208,7 +208,7 @@ class Engine:
             raise GenerationError(
                 f"prompt of {n} tokens + max_new_tokens={req.params.max_new_tokens} exceeds the engine's max_len "
                 f"{self.max_len}: {fit_advice(n, req.params.max_new_tokens, self.max_len)}, or raise max_len")
-        pages = self.blocks.pages_for(total - 1)  # the keys written: the last new token is sampled, never written
+        pages = self.blocks.pages_for(max(total - 1, n))  # the keys written: the last new token is sampled, never written
         if pages > self.blocks.shard_pages:
             where = "the pool has" if self.dp == 1 else f"each of the pool's {self.dp} data-parallel shards has"
             raise GenerationError(
@@ -350,13 +350,13 @@ class Engine:
         batch = [seq for seq in batch if seq in self.slot_of and seq.status is Status.RUNNING]
         return self._decode(batch) if batch else []
 
-    def _error(self, seq: Sequence, tokens: list[int], logprobs: list[float] | None = None) -> Event:
+    def _error(self, seq: Sequence, tokens: list[int], logprobs: list[float] | None = None, top: list | None = None) -> Event:
         """End a request whose logits turned non-finite (NaN or Inf): a warning, and its last event."""
         index = self.index_of[seq]
         log.warning("request %d: the model's logits are not finite (NaN or Inf) after %d new tokens; it stops with "
                     "finish_reason 'error' (check the weights: python -m jaxllm.inspect --scan MODEL)", index, len(seq.output))
         self._finish(seq)
-        return Event(index, tokens, logprobs or [], True, error=True, finish_reason="error")
+        return Event(index, tokens, logprobs or [], True, error=True, finish_reason="error", top_logprobs=top or [])
 
     def _reason(self, seq: Sequence, finished: bool) -> str | None:
         """A finished sequence's finish reason: "stop" when it ended on an EOS id, else "length"."""
@@ -400,7 +400,8 @@ class Engine:
         """Compile the steps that serving `requests` can meet and that have not run yet: prefill
         calls of every (rows, length) their chunks may take, the key buckets of their prompts,
         and the decode step. A server calls it at start-up with typical requests, so no client
-        waits for a compile. Not compiled here (each compiles once, when first met): cascade decode
+        waits for a compile. Not compiled here (each compiles once, when first met): the steps that return
+        top or prompt log-probabilities (sampling.logprob_width, SamplingParams.prompt_logprobs), cascade decode
         programs (their shared-key buckets depend on which prefixes the running requests share), and
         a preempted sequence's recompute when its prompt plus output reaches a key bucket beyond
         the requests' prompts. (Compiling them on a pool of threads did not make it faster on an
@@ -447,10 +448,12 @@ class Engine:
                         slot = self.slot_of[c.seq] = self._free_slot(c.seq.shard)
                 eos = np.full_like(self.eos, -1) if c.seq.params.ignore_eos else self.eos
                 work.append(Row(slot if slot is not None else -1, c.seq.tokens, c.start, c.length, c.seq.pages, c.last,
-                                c.seq.params, eos, len(c.seq.output), c.seq.shard))
+                                c.seq.params, eos, len(c.seq.output), c.seq.shard, c.seq.scores_prompt))
             with self._donating():
                 self.state, results = self.runner.prefill(self.state, work, rows, length)
-            for c, (token, logprob, done) in zip(group, results):
+            for c, (token, logprob, done, top, scored) in zip(group, results):
+                if scored is not None:
+                    _keep_prompt_scores(c, scored)
                 if not c.last:
                     self.scheduler.computed(c)
                     continue
@@ -458,9 +461,16 @@ class Engine:
                     self.scheduler.computed(c)
                     events.append(self._error(c.seq, []))
                     continue
+                prompt = _prompt_fields(c.seq)
+                if c.seq.params.max_new_tokens == 0:  # the prompt scored, nothing generated (SamplingParams.prompt_logprobs)
+                    self.scheduler.computed(c)
+                    events.append(Event(self.index_of[c.seq], [], [], True, finish_reason="length", **prompt))
+                    self._finish(c.seq)
+                    continue
                 self.scheduler.computed(c, token)
                 done = done or len(c.seq.output) >= c.seq.params.max_new_tokens
-                events.append(Event(self.index_of[c.seq], [token], [logprob], done, finish_reason=self._reason(c.seq, done)))
+                events.append(Event(self.index_of[c.seq], [token], [logprob], done, finish_reason=self._reason(c.seq, done),
+                                    top_logprobs=[top] if c.seq.params.top_logprobs else [], **prompt))
                 if done:
                     self._finish(c.seq)
         return events
@@ -481,22 +491,46 @@ class Engine:
             force=bool(self.cascade))
         self.scheduler.stats.cascaded += cascade is not None
         with self._donating():
-            self.state, out, out_lp, done = self.runner.decode(self.state, self.runner.table(pages), limit, stop,
-                                                               self.runner.decode_keys(reach), sampling, steps, cascade)
+            self.state, out, out_lp, done, best = self.runner.decode(self.state, self.runner.table(pages), limit, stop,
+                                                                     self.runner.decode_keys(reach), sampling, steps, cascade,
+                                                                     logprob_width(seq.params for seq in batch))
         events = []
         for seq in batch:
             slot = self.slot_of[seq]
             got = out[slot] >= 0
             tokens = out[slot][got].tolist()
+            top = [top_pairs(best, (slot, i), seq.params.top_logprobs) for i in np.flatnonzero(got)] if seq.params.top_logprobs else []
             if tokens:
                 self.scheduler.decoded(seq, tokens)
             if (out[slot] == ERROR).any():
-                events.append(self._error(seq, tokens, out_lp[slot][got].tolist()))
+                events.append(self._error(seq, tokens, out_lp[slot][got].tolist(), top))
                 continue
             finished = bool(done[slot]) or len(seq.output) >= seq.params.max_new_tokens
             if tokens or finished:
                 events.append(Event(self.index_of[seq], tokens, out_lp[slot][got].tolist(), finished,
-                                    finish_reason=self._reason(seq, finished)))
+                                    finish_reason=self._reason(seq, finished), top_logprobs=top))
             if finished:
                 self._finish(seq)
         return events
+
+
+def _keep_prompt_scores(chunk: PrefillChunk, scored: tuple) -> None:
+    """Keep what a prefill chunk of a sequence that scores its prompt computed (runner.PrefillResult.prompt): each
+    position's log-probability of the prompt token after it and its top pairs; a chunk computed again (after a
+    preemption) overwrites its positions."""
+    seq = chunk.seq
+    if seq.prompt_scores is None:
+        seq.prompt_scores = [None] * len(seq.prompt)
+    logprobs, tops = scored
+    for j in range(chunk.length):
+        seq.prompt_scores[chunk.start + j] = (float(logprobs[j]), tops[j])
+
+
+def _prompt_fields(seq: Sequence) -> dict:
+    """The first event's prompt_logprobs and prompt_top_logprobs (Event) of a sequence that scored its prompt
+    (none for the first token, which nothing precedes), taken off it; {} for any other."""
+    scores, seq.prompt_scores = seq.prompt_scores, None
+    if scores is None:
+        return {}
+    before = scores[: len(seq.prompt) - 1]
+    return dict(prompt_logprobs=[None] + [lp for lp, _ in before], prompt_top_logprobs=[None] + [top for _, top in before])

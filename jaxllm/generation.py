@@ -32,6 +32,13 @@ class Completion:
     finish_reason: str  # "stop": an EOS token or a stop string; "length": max_new_tokens reached; "error": non-finite logits
     prompt_tokens: int
     logprobs: list[float] | None = None  # per generated token, when SamplingParams.logprobs
+    # SamplingParams.top_logprobs k > 0: per generated token the k most likely (token id, logprob) pairs at its
+    # position, best first (ties: the lower id first, as jax.lax.top_k); None otherwise
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+    # SamplingParams.prompt_logprobs: per prompt token log p(token | the tokens before it), None for the first;
+    # and per prompt token its k most likely pairs ([] for top_logprobs 0; None for the first)
+    prompt_logprobs: list[float | None] | None = None
+    prompt_top_logprobs: list[list[tuple[int, float]] | None] | None = None
 
 
 def prepare(model, prompts, params: SamplingParams | dict | None, *, chat=None, system=None, chat_template_kwargs=None):
@@ -152,14 +159,15 @@ def generate(model, prompts: str | Sequence, params: SamplingParams | None = Non
 
     def completion(i):
         o = outputs[i]
-        return Completion(o.text, o.tokens, o.finish_reason or "length", len(ids[i]), o.logprobs if params.logprobs else None)
+        return Completion(o.text, o.tokens, o.finish_reason or "length", len(ids[i]), o.logprobs if params.logprobs else None,
+                          o.top_logprobs if params.top_logprobs else None, o.prompt_logprobs, o.prompt_top_logprobs)
 
     for ev in engine.run(requests, stop_check=lambda i: outputs[i].finish_reason is not None):
         output = outputs[ev.index]
         if output.finish_reason is not None:  # after a stop string: nothing more counts
             continue
         before = len(output.tokens)
-        text = output.push(ev.tokens, ev.logprobs, ev.finished, ev.error)
+        text = output.take(ev)
         if on_token and len(output.tokens) > before:  # the tokens kept: none past a stop string
             on_token(ev.index, output.tokens[before:])
         if text and on_text:
@@ -206,22 +214,34 @@ class Output:
         self.eos = set() if params.ignore_eos else eos
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
+        self.top_logprobs: list[list[tuple[int, float]]] = []  # per token, when the events carry them
+        self.prompt_logprobs = self.prompt_top_logprobs = None  # the first event's (Event)
         self.finish_reason: str | None = None
 
     @property
     def text(self) -> str:
         return self.stream.text if self.stream is not None else ""
 
-    def push(self, tokens: list[int], logprobs: list[float], finished: bool, error: bool = False) -> str:
+    def take(self, ev) -> str:
+        """Take an engine Event (its tokens, log-probabilities, top ones and the prompt's); returns the text
+        that became final."""
+        if ev.prompt_logprobs is not None:
+            self.prompt_logprobs, self.prompt_top_logprobs = ev.prompt_logprobs, ev.prompt_top_logprobs
+        return self.push(ev.tokens, ev.logprobs, ev.finished, ev.error, ev.top_logprobs)
+
+    def push(self, tokens: list[int], logprobs: list[float], finished: bool, error: bool = False, top: list | None = None) -> str:
         """Take an event's tokens; returns the text that became final. `error`: the engine ended
-        the sequence because its logits turned non-finite (finish reason "error")."""
+        the sequence because its logits turned non-finite (finish reason "error"); `top`: the
+        tokens' top log-probabilities (Event.top_logprobs), if any."""
         self.tokens += tokens
         self.logprobs += logprobs
+        self.top_logprobs += top or []
         text = ""
         if self.stream is not None:
             text = self.stream.push(tokens)
             if self.stream.stopped:  # drop the tokens after the one that completed the stop string
-                del self.tokens[self.stream.kept_tokens:], self.logprobs[self.stream.kept_tokens:]
+                kept = self.stream.kept_tokens
+                del self.tokens[kept:], self.logprobs[kept:], self.top_logprobs[kept:]
                 self.finish_reason = "stop"
         if finished and self.finish_reason is None:
             text += self.stream.flush() if self.stream is not None else ""

@@ -38,6 +38,15 @@ class SamplingParams:
     (OpenAI's) maps token ids to a number in [-100, 100] added to their logits (at most
     LOGIT_BIAS_MAX of them; -100 in effect bans a token, 100 forces it). `stop` strings end a sequence and never appear in its text. `seed` None: each
     sequence samples with a fresh random seed; a number reproduces the output.
+
+    Log-probabilities are the model's own (log_softmax of its logits before any of the processing
+    above, as vLLM returns them by default). `logprobs`: each new token's. `top_logprobs` (0 to
+    TOP_LOGPROBS_MAX, OpenAI's limit): also the most likely tokens at each new token's position,
+    that many, best first (ties: the lower id first, as jax.lax.top_k orders them); more than 0
+    implies `logprobs`. `prompt_logprobs`: each prompt token's given the tokens before it (the
+    first has none), and with top_logprobs the most likely there too; such a request computes its
+    whole prompt (no prefix-cache hits). max_new_tokens=0 is valid with prompt_logprobs only: the
+    prompt is scored, nothing generated (OpenAI's echo with max_tokens 0).
     """
 
     max_new_tokens: int | None = None
@@ -53,6 +62,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     logprobs: bool = False
+    top_logprobs: int = 0
+    prompt_logprobs: bool = False
 
     @classmethod
     def of(cls, value) -> "SamplingParams":
@@ -100,7 +111,7 @@ class SamplingParams:
                                       "in the request)") from None
             raise
         _warn_unapplied(gen, sampled=out.temperature > 0, length_unset=self.max_new_tokens is None)
-        return out
+        return dataclasses.replace(out, logprobs=True) if out.top_logprobs else out
 
     @property
     def penalized(self) -> bool:
@@ -119,8 +130,10 @@ class SamplingParams:
             value = getattr(self, name)
             if isinstance(value, (int, float)) and math.isfinite(value) and abs(value) > _FLOAT32_MAX:
                 bad(name, value, "beyond float32, which the device samples in (at most 3.4e38): use a smaller number")
-        if not _whole(self.max_new_tokens) or not 1 <= self.max_new_tokens <= MAX_TOKENS:
-            bad("max_new_tokens", self.max_new_tokens, f"use a whole number from 1 to {MAX_TOKENS}")
+        least = 0 if isinstance(self.prompt_logprobs, (bool, np.bool_)) and self.prompt_logprobs else 1
+        if not _whole(self.max_new_tokens) or not least <= self.max_new_tokens <= MAX_TOKENS:
+            bad("max_new_tokens", self.max_new_tokens, f"use a whole number from 1 to {MAX_TOKENS}"
+                + (" (0 only with prompt_logprobs, to score the prompt alone)" if _whole(self.max_new_tokens) and self.max_new_tokens == 0 else ""))
         for name, (ok, rule) in _RANGES.items():  # finite numbers within each setting's range
             if not _finite(getattr(self, name)) or not ok(getattr(self, name)):
                 bad(name, getattr(self, name), rule)
@@ -135,6 +148,14 @@ class SamplingParams:
         for name in ("ignore_eos", "logprobs"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 bad(name, getattr(self, name), "use True or False")
+        _check_logprob_settings(self, bad)
+
+
+def _check_logprob_settings(params: SamplingParams, bad) -> None:
+    if not _whole(params.top_logprobs) or not 0 <= params.top_logprobs <= TOP_LOGPROBS_MAX:
+        bad("top_logprobs", params.top_logprobs, f"use a whole number from 0 to {TOP_LOGPROBS_MAX} (OpenAI's limit)")
+    if not isinstance(params.prompt_logprobs, (bool, np.bool_)):
+        bad("prompt_logprobs", params.prompt_logprobs, "use True or False")
 
 
 # Each float setting's range, and how a value outside it is refused
@@ -206,6 +227,8 @@ def _plain(x):
         return float(x)
     return x
 
+
+TOP_LOGPROBS_MAX = 20  # the most likely tokens a request may ask for at each position (OpenAI's limit): the width the steps return
 
 LOGIT_BIAS_MAX = 300  # biased tokens a request may name (OpenAI's own limit): the steps hold that many per row
 
@@ -291,6 +314,21 @@ def step_kind(params) -> int:
     """The kind of step (GREEDY, SAMPLED, PENALIZED) rows of these SamplingParams need."""
     params = list(params)
     return PENALIZED if any(p.penalized for p in params) else SAMPLED if any(p.temperature > 0 for p in params) else GREEDY
+
+
+def logprob_width(params) -> int:
+    """How many most likely tokens a step returns per position for rows of these SamplingParams:
+    TOP_LOGPROBS_MAX if one asks for any (each row keeps its own top_logprobs of them), else 0 (a
+    static argument of the steps: calls without top log-probabilities compile and run as before)."""
+    return TOP_LOGPROBS_MAX if any(p.top_logprobs for p in params) else 0
+
+
+def top_logprobs(logits, k: int):
+    """(ids int32, log-probabilities float32) [..., k] of the k most likely tokens of `logits`
+    [..., V] by the model's own log-probabilities (log_softmax, before any processing, as `sample`
+    reports the chosen token's), best first; ties: the lower id first (jax.lax.top_k's order)."""
+    values, ids = jax.lax.top_k(jax.nn.log_softmax(logits, axis=-1), k)
+    return ids.astype(jnp.int32), values
 
 
 def _bias_columns(params: list[SamplingParams]) -> tuple[np.ndarray, np.ndarray]:

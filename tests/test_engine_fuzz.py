@@ -37,10 +37,10 @@ class Recorder:
         runner.compile = self.compile
 
     def prefill(self, rows, length):
-        def call(keys, sampling, params, state, slots, *rest):
+        def call(keys, sampling, top, prompt, params, state, slots, *rest):
             self.calls.add((rows, length, keys, sampling))
             m = len(slots)
-            return state, np.ones(m, np.int32), np.zeros(m, np.float32), np.ones(m, bool)
+            return state, np.ones(m, np.int32), np.zeros(m, np.float32), np.ones(m, bool), None
 
         return call
 

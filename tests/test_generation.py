@@ -224,3 +224,35 @@ def test_callbacks_and_chat_flag_are_checked_before_any_work(llama):
     seen = []
     out = llama.generate([1, 2, 3], params, chat=np.bool_(False), on_token=lambda i, ids, *rest: seen.extend(ids))
     assert seen == out.token_ids
+
+
+def test_top_and_prompt_logprobs_match_transformers(llama, tmp_path):
+    """top_logprobs of greedy generation against transformers' generate(output_logits=True) log_softmax
+    top-k, and prompt_logprobs against a forward's log_softmax at the next token: a batch (prefill and
+    decode steps), a prompt scored in three chunks, a prompt whose pages the prefix cache holds (every
+    position computed again), and max_new_tokens=0 (the prompt alone, OpenAI's echo with max_tokens 0)."""
+    hf = reference.build("LlamaForCausalLM", tmp_path, seed=11)  # the llama fixture's weights
+    prompts, k, new = _prompts([5, 40], seed=6), 5, 6
+    engine = Engine(llama, batch_size=2, max_len=64, page_size=4, prefill_tokens=64)  # chunks of 16: 40 takes three
+    params = jaxllm.SamplingParams(max_new_tokens=new, ignore_eos=True, top_logprobs=k, prompt_logprobs=True)
+    outs = llama.generate(prompts, params, engine=engine)
+    again = llama.generate(prompts[1], params, engine=engine)  # its pages are in the prefix cache now
+    alone = llama.generate(prompts[1], dict(vars(params), max_new_tokens=0), engine=engine)
+    assert (alone.token_ids, alone.finish_reason, alone.top_logprobs) == ([], "length", [])
+    for prompt, out in zip(prompts, outs):
+        with torch.no_grad():
+            ids = torch.tensor([prompt])
+            ref = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                              eos_token_id=None, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+            want = torch.log_softmax(torch.stack(ref.logits, 1)[0].float(), -1).topk(k)
+            logp = torch.log_softmax(hf(ids).logits[0].float(), -1)
+        assert out.token_ids == ref.sequences[0, len(prompt):].tolist() and out.logprobs == [pairs[0][1] for pairs in out.top_logprobs]
+        np.testing.assert_array_equal([[t for t, _ in pairs] for pairs in out.top_logprobs], want.indices.numpy())
+        np.testing.assert_allclose([[lp for _, lp in pairs] for pairs in out.top_logprobs], want.values.numpy(), atol=1e-5)
+        given = logp[:-1].gather(-1, ids[0, 1:, None])[:, 0].numpy()  # each prompt token given those before it
+        top = logp[:-1].topk(k)
+        for got in (out, again, alone) if prompt == prompts[1] else (out,):
+            assert got.prompt_logprobs[0] is None and got.prompt_top_logprobs[0] is None
+            np.testing.assert_allclose(got.prompt_logprobs[1:], given, atol=1e-5)
+            np.testing.assert_array_equal([[t for t, _ in pairs] for pairs in got.prompt_top_logprobs[1:]], top.indices.numpy())
+            np.testing.assert_allclose([[lp for _, lp in pairs] for pairs in got.prompt_top_logprobs[1:]], top.values.numpy(), atol=1e-5)

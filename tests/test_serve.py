@@ -5,6 +5,7 @@ One server per module, over an engine that first computed the reference answers 
 """
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import threading
@@ -20,6 +21,7 @@ import jaxllm
 from jaxllm import serve
 from jaxllm.api import app as api_app
 from jaxllm.api import build_app
+from jaxllm.chat_template import encode
 from jaxllm.errors import JaxllmError
 from jaxllm.serve import check_listen, parse_args
 
@@ -28,6 +30,7 @@ NEW = 12  # tokens per answer: small, the whole file runs in a few minutes on a 
 CHAT = ["What is the capital of France?", "Name three colors.", "Say hi.", "What is 2 + 2?"]
 TEXT = ["The capital of Italy is", "def add(a, b):"]
 SEED = 7
+TOP = 3  # top_logprobs
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +46,9 @@ def server(gguf_path):
     # The text prompts as one request: float32 logprobs of rows batched together differ from each row alone by
     # ~1e-5 in a 30-layer model, by how the CPU's kernels split the sums (1.07e-5 on an AMD EPYC with AVX-512)
     refs["text-batch"] = model.generate(TEXT, greedy, chat=False, engine=engine)
+    top = dataclasses.replace(greedy, top_logprobs=TOP)  # the steps that return top log-probabilities, compiled here too
+    refs["top"] = model.generate(CHAT[0], top, chat=True, engine=engine)
+    refs["echo"] = model.generate(TEXT[0], dataclasses.replace(top, prompt_logprobs=True), chat=False, engine=engine)
     engine.blocks.reset_prefix_cache()  # the server starts from a cold cache
 
     app = build_app(model, engine, name=NAME, max_queue=32)
@@ -221,6 +227,43 @@ def test_greedy_answers_equal_generate(server):
     wait_idle(server)
 
 
+def test_top_logprobs_and_echo_equal_generate(server):
+    """Chat top_logprobs, and completions logprobs k with echo (max_tokens 0: the prompt alone, as lm-evaluation-harness
+    scores a continuation; then with an answer, streamed): the library's numbers (test_generation checks them against
+    transformers), in OpenAI's shapes."""
+    ref, text = server.refs["top"], server.app_server.token_text
+    before = server.engine.counters
+    out = server.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": CHAT[0]}], max_tokens=NEW,
+                                                temperature=0, logprobs=True, top_logprobs=TOP)
+    content = out.choices[0].logprobs.content
+    assert [c.logprob for c in content] == pytest.approx(ref.logprobs, abs=1e-5)
+    assert [[t.token for t in c.top_logprobs] for c in content] == [[text(t) for t, _ in pairs] for pairs in ref.top_logprobs]
+    assert [[t.logprob for t in c.top_logprobs] for c in content] == [pytest.approx([lp for _, lp in pairs], abs=1e-5)
+                                                                      for pairs in ref.top_logprobs]
+    assert all(list(t.bytes) == list(text(i).encode()) for c, pairs in zip(content, ref.top_logprobs) for t, (i, _) in zip(c.top_logprobs, pairs))
+
+    ref, prompt = server.refs["echo"], encode(server.model.tokenizer, TEXT[0], chat=False)
+    alone = server.client.completions.create(model=NAME, prompt=TEXT[0], max_tokens=0, echo=True, logprobs=TOP, temperature=0)
+    lp = alone.choices[0].logprobs
+    assert (alone.choices[0].text, alone.choices[0].finish_reason, alone.usage.completion_tokens) == (TEXT[0], "length", 0)
+    assert lp.tokens == [text(t) for t in prompt] and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert lp.token_logprobs[1:] == pytest.approx(ref.prompt_logprobs[1:], abs=1e-5)
+    for got, pairs, token in zip(lp.top_logprobs[1:], ref.prompt_top_logprobs[1:], prompt[1:]):  # the k most likely and the chosen
+        assert got == pytest.approx({text(t): v for t, v in [*pairs, (token, got[text(token)])]}, abs=1e-5)
+    chunks = list(server.client.completions.create(model=NAME, prompt=TEXT[0], max_tokens=NEW, temperature=0, echo=True,
+                                                   logprobs=TOP, stream=True))
+    streamed = [c.choices[0] for c in chunks if c.choices and c.choices[0].logprobs]
+    assert "".join(c.text for c in streamed) == TEXT[0] + ref.text
+    tokens = [t for c in streamed for t in c.logprobs.tokens]
+    logprobs = [v for c in streamed for v in c.logprobs.token_logprobs]
+    assert tokens == [text(t) for t in prompt + ref.token_ids] and logprobs[0] is None
+    assert logprobs[1:] == pytest.approx(ref.prompt_logprobs[1:] + ref.logprobs, abs=1e-5)
+    offsets = [o for c in streamed for o in c.logprobs.text_offset]  # counted on across the prompt and the chunks
+    assert offsets == [sum(map(len, tokens[:i])) for i in range(len(tokens))]
+    assert server.engine.counters == before  # the steps the references compiled served them
+    wait_idle(server)
+
+
 def test_seeded_sampling_n_and_stop_strings(server):
     ref = server.refs["sampled"]
     out = server.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": CHAT[1]}], max_tokens=NEW,
@@ -231,23 +274,23 @@ def test_seeded_sampling_n_and_stop_strings(server):
     from jaxllm.api.protocol import ChatRequest
 
     seeds = [p.seed for p in ChatRequest(messages=[{"role": "user", "content": "Hi"}], n=4, seed=SEED, temperature=1.0)
-             .sampling({}, 8, False)]
+             .sampling({}, 8)]
     assert seeds[0] == SEED and len(set(seeds)) == 4 and SEED + 1 not in seeds
-    assert {p.seed for p in ChatRequest(messages=[{"role": "user", "content": "Hi"}], n=2).sampling({}, 8, False)} == {None}
+    assert {p.seed for p in ChatRequest(messages=[{"role": "user", "content": "Hi"}], n=2).sampling({}, 8)} == {None}
     # 64-bit seeds (OpenAI's and vLLM's range, negative too) are mixed down to the engine's 32 bits, the same each time
-    wide = [[p.seed for p in ChatRequest(messages=[{"role": "user", "content": "Hi"}], seed=s, n=2).sampling({}, 8, False)]
+    wide = [[p.seed for p in ChatRequest(messages=[{"role": "user", "content": "Hi"}], seed=s, n=2).sampling({}, 8)]
             for s in (2**40, -5, 2**40)]
     assert wide[0] == wide[2] and wide[0] != wide[1] and all(0 <= s < 2**32 for row in wide for s in row)
 
     # unset values: the checkpoint's where it names them, else OpenAI's (temperature 1, no top-k)
     hi = [{"role": "user", "content": "Hi"}]
-    (plain,) = ChatRequest(messages=hi).sampling({}, 8, False)
+    (plain,) = ChatRequest(messages=hi).sampling({}, 8)
     assert (plain.temperature, plain.top_p, plain.top_k) == (1.0, 1.0, 0)
-    (vllm,) = ChatRequest(messages=hi, top_k=-1).sampling({"top_k": 20}, 8, False)  # vLLM's -1: no top-k
+    (vllm,) = ChatRequest(messages=hi, top_k=-1).sampling({"top_k": 20}, 8)  # vLLM's -1: no top-k
     assert vllm.top_k == 0
-    (own,) = ChatRequest(messages=hi).sampling({"do_sample": False, "temperature": 0.6, "top_k": 20}, 8, False)
+    (own,) = ChatRequest(messages=hi).sampling({"do_sample": False, "temperature": 0.6, "top_k": 20}, 8)
     assert (own.temperature, own.top_k) == (0.6, 20)
-    assert ChatRequest(messages=hi, temperature=0.0).sampling({"temperature": 0.6}, 8, False)[0].temperature == 0.0
+    assert ChatRequest(messages=hi, temperature=0.0).sampling({"temperature": 0.6}, 8)[0].temperature == 0.0
 
     full = server.refs[CHAT[0], True].text  # "The capital of France is Paris."
     stop = full.split()[3]
@@ -325,7 +368,10 @@ def test_full_server_answers_503_with_retry_after(server):
     (dict(extra_body={"top_k": -2}), "top_k"),
     (dict(extra_body={"top_k": 2**40}), "top_k"),  # beyond int32: once failed the engine, and every request after it
     (dict(seed=2**64), "seed"),  # beyond 64 bits (OpenAI and vLLM take int64 seeds)
-    (dict(logprobs=True, top_logprobs=3), "top_logprobs"),
+    (dict(logprobs=True, top_logprobs=21), "top_logprobs"),  # beyond OpenAI's 20
+    (dict(logprobs=True, top_logprobs=-1), "top_logprobs"),
+    (dict(top_logprobs=3), "top_logprobs"),  # without logprobs: true, as OpenAI answers
+    (dict(extra_body={"echo": True}, max_tokens=0), "echo"),  # echo (and max_tokens 0 with it) is the completions'
     (dict(max_tokens=600), "max_tokens"),  # the prompt + max_tokens exceed the engine's 512 positions
     (dict(messages=[]), "messages"),
     (dict(n=100), "n"),  # more sequences than the server holds (batch 8 + queue 32)
@@ -373,8 +419,9 @@ def test_bad_fields_answer_400_with_openai_error_json(server, fields, param):
 
 def test_malformed_json_and_bad_completions_answer_400(server):
     bodies = {b'{"prompt": "Hi", "max_tokens": 4': None, b"[1, 2]": None, b"": None, b'{"max_tokens": 4}': "prompt",
-              b'{"prompt": "Hi", "logprobs": 3}': "logprobs", b'{"prompt": [5, 99999999]}': "prompt", b'{"prompt": []}': "prompt",
-              b'{"prompt": [1, 2.5]}': "prompt", b'{"prompt": "Hi", "best_of": 3}': "best_of", b'{"prompt": "Hi", "echo": true}': "echo",
+              b'{"prompt": "Hi", "logprobs": 21}': "logprobs", b'{"prompt": "Hi", "logprobs": -1}': "logprobs",
+              b'{"prompt": "Hi", "max_tokens": 0}': "max_tokens", b'{"prompt": "Hi", "max_tokens": 0, "echo": false}': "max_tokens", b'{"prompt": [5, 99999999]}': "prompt", b'{"prompt": []}': "prompt",
+              b'{"prompt": [1, 2.5]}': "prompt", b'{"prompt": "Hi", "best_of": 3}': "best_of", 
               b'{"prompt": "Hi", "suffix": "x"}': "suffix", b'{"prompt": "Hi", "logit_bias": {"5": 101}}': "logit_bias",
               b'{"prompt": "Hi", "logit_bias": {"five": 1}}': "logit_bias", b'{"prompt": "Hi", "logit_bias": {"99999999": 1}}': "logit_bias",
               b'{"prompt": "Hi", "n": 2, "best_of": 1}': "best_of", b'{"prompt": "Hi", "temperature": 1e400}': "temperature",

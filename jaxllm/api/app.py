@@ -151,9 +151,17 @@ class Server:
         self._check_room(len(body.batch()), body.n)  # before any prompt is encoded
         self._check_texts(body.texts(), "prompt")
         prompts = await self._off_loop(body.prompts, self.tokenizer)
-        params = body.sampling(self.model.generation_config, 16, logprobs=body.logprobs is not None)  # OpenAI's default 16
+        params = body.sampling(self.model.generation_config, 16)  # OpenAI's default 16
         fmt = CompletionFormat(self.name, self.token_text, logprobs=body.logprobs is not None, token_ids=body.return_token_ids)
-        return await self._answer(request, body, fmt, prompts, params)
+        texts = body.echo_texts()
+        echo = None if texts is None else [(self._prompt_text(text, ids), ids) for text, ids in zip(texts, prompts)]
+        return await self._answer(request, body, fmt, prompts, params, echo)
+
+    def _prompt_text(self, text: str | None, ids: list[int]) -> str:
+        """A prompt's text as echoed: as sent, or its token ids decoded."""
+        if text is not None:
+            return text
+        return self.tokenizer.decode(ids) if self.tokenizer is not None else ""
 
     async def chat(self, request: HTTPRequest) -> Response:
         body = self._parse(ChatRequest, await self._read(request))
@@ -168,7 +176,7 @@ class Server:
             raise APIError(400, f"the messages hold {len(prompt):,} tokens, which leave no room for an answer in the "
                            f"{self.engine.max_len:,} tokens of context this server takes: shorten them", "messages",
                            "context_length_exceeded")
-        params = body.sampling(self.model.generation_config, room, logprobs=body.logprobs)
+        params = body.sampling(self.model.generation_config, room)
         fmt = ChatFormat(self.name, self.token_text, logprobs=body.logprobs, token_ids=body.return_token_ids,
                          token_bytes=self.token_bytes)
         return await self._answer(request, body, fmt, [prompt], params)
@@ -211,8 +219,10 @@ class Server:
                            f"the {limit:,} tokens of context this server takes: lower {asked} to at most {limit - n:,}, or "
                            f"shorten the {field}", asked, "context_length_exceeded")
 
-    async def _answer(self, request: HTTPRequest, body, fmt: Format, prompts: list, params: list[SamplingParams]) -> Response:
-        """Submit every (prompt, choice) pair; stream the answer or collect it."""
+    async def _answer(self, request: HTTPRequest, body, fmt: Format, prompts: list, params: list[SamplingParams],
+                      echo: list[tuple[str, list[int]]] | None = None) -> Response:
+        """Submit every (prompt, choice) pair; stream the answer or collect it. `echo`: each prompt's
+        (text, ids), which begin its choices (completions' echo)."""
         requests = [Request(prompt, p) for prompt in prompts for p in params]
         self._check_context(body, prompts, params[0].max_new_tokens)
         for i, req in enumerate(requests[:: len(params)]):
@@ -229,26 +239,32 @@ class Server:
             raise APIError(503, f"the server is full ({err}): retry later", kind="server_error", code="server_overloaded",
                            headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         outputs = [Output(self.tokenizer, req.params, self.eos) for req in requests]
+        echoes = None if echo is None else [e for e in echo for _ in params]  # per choice
         prompt_tokens = sum(len(p) for p in prompts)
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
-            return StreamingResponse(self._sse(sub, outputs, fmt, prompt_tokens if include_usage else None),
+            return StreamingResponse(self._sse(sub, outputs, fmt, prompt_tokens if include_usage else None, echoes),
                                      media_type="text/event-stream", background=BackgroundTask(sub.close))
         if not await _unless_disconnected(request, self._collect(sub, outputs)):
             return Response(status_code=499)  # nobody reads it; the sequences were cancelled
-        choices = [fmt.choice(i, Piece(o.text, o.tokens, o.logprobs, o.finish_reason), final=True) for i, o in enumerate(outputs)]
+        choices = [fmt.choice(i, _echoed(Piece(o.text, o.tokens, o.logprobs, o.finish_reason, o.top_logprobs), echoes, i, o),
+                              final=True) for i, o in enumerate(outputs)]
         return JSONResponse(fmt.envelope(choices, usage(prompt_tokens, sum(len(o.tokens) for o in outputs))))
 
-    async def _pieces(self, sub: Submission, outputs: list[Output]) -> AsyncIterator[tuple[int, Piece]]:
-        """(choice, what it gained) per event; a choice that meets a stop string is cancelled.
-        Every choice still running when this ends (client gone, error) is cancelled."""
+    async def _pieces(self, sub: Submission, outputs: list[Output], echoes: list | None = None) -> AsyncIterator[tuple[int, Piece]]:
+        """(choice, what it gained) per event, a choice's first behind its prompt when `echoes` (per
+        choice: (text, ids)); a choice that meets a stop string is cancelled. Every choice still
+        running when this ends (client gone, error) is cancelled."""
+        echoed = set()
         try:
             async for choice, ev in sub.events():
                 out, start = outputs[choice], len(outputs[choice].tokens)
-                text = out.push(ev.tokens, ev.logprobs, ev.finished, ev.error)
+                text = out.take(ev)
                 if out.finish_reason is not None and not ev.finished:
                     sub.cancel(choice)  # a stop string
-                yield choice, Piece(text, out.tokens[start:], out.logprobs[start:], out.finish_reason)
+                piece = Piece(text, out.tokens[start:], out.logprobs[start:], out.finish_reason, out.top_logprobs[start:])
+                yield choice, piece if choice in echoed else _echoed(piece, echoes, choice, out)
+                echoed.add(choice)
         finally:
             sub.close()
 
@@ -256,11 +272,12 @@ class Server:
         async for _ in self._pieces(sub, outputs):
             pass
 
-    async def _sse(self, sub: Submission, outputs: list[Output], fmt: Format, prompt_tokens: int | None) -> AsyncIterator[str]:
+    async def _sse(self, sub: Submission, outputs: list[Output], fmt: Format, prompt_tokens: int | None,
+                   echoes: list | None = None) -> AsyncIterator[str]:
         try:
             for chunk in fmt.first_chunks(len(outputs)):
                 yield _event(chunk)
-            async for choice, piece in self._pieces(sub, outputs):
+            async for choice, piece in self._pieces(sub, outputs, echoes):
                 if piece.text or piece.finish_reason or (piece.tokens and (fmt.logprobs or fmt.token_ids)):
                     yield _event(fmt.envelope([fmt.choice(choice, piece, final=False)], chunk=True))
             if prompt_tokens is not None:
@@ -268,6 +285,11 @@ class Server:
         except (JaxllmError, EngineFailed) as err:  # the status line has gone: the error is the stream's last event
             yield _event(_error_of(err).body())
         yield "data: [DONE]\n\n"
+
+
+def _echoed(piece: Piece, echoes: list | None, choice: int, output: Output) -> Piece:
+    """A choice's first piece (or whole answer) behind its prompt when echoed (`echoes`: per choice (text, ids))."""
+    return piece if echoes is None else piece.after(*echoes[choice], output)
 
 
 def _too_large(size: str, limit: int) -> APIError:

@@ -211,7 +211,11 @@ class _Common(_Strict):
             return self.seed
         return int(np.random.SeedSequence(self.seed % 2**64).generate_state(1)[0])
 
-    def sampling(self, generation_config: dict, max_tokens: int | None, logprobs: bool) -> list[SamplingParams]:
+    def logprob_fields(self) -> dict:
+        """The SamplingParams log-probability fields this request asks for (logprobs, top_logprobs, prompt_logprobs)."""
+        return {}
+
+    def sampling(self, generation_config: dict, max_tokens: int | None) -> list[SamplingParams]:
         """Resolved SamplingParams of each of the n choices: choice 0 samples with `seed`, choice
         i > 0 with a seed mixed from (seed, i), so that no choice repeats another request's (seed
         + 1 would be the next seed's choice 0); each a random one when no seed is given. A seed
@@ -224,7 +228,7 @@ class _Common(_Strict):
                 top_k=0 if self.top_k == -1 else self.top_k,  # -1: vLLM's spelling of 'no top-k'
                 top_p=self.top_p, min_p=self.min_p, repetition_penalty=self.repetition_penalty, seed=self._seed(),
                 presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty, logit_bias=self.logit_bias,
-                stop=stop, ignore_eos=self.ignore_eos, logprobs=logprobs,
+                stop=stop, ignore_eos=self.ignore_eos, **self.logprob_fields(),
             ).resolved(_server_defaults(generation_config))
         except JaxllmError as err:
             raise bad_request(err, self.api_names()) from None
@@ -253,7 +257,23 @@ class CompletionRequest(_Common):
 
     def check(self) -> None:
         super().check()
-        _check_top_logprobs(self.logprobs, "logprobs")
+        if self.max_tokens == 0 and not self.echo:  # OpenAI's rule: the prompt alone is an answer only when echoed
+            raise APIError(400, "max_tokens=0 asks for nothing without echo: ask for 1 or more, or send echo: true to get "
+                           "the prompt back (with logprobs: its log-probabilities)", "max_tokens")
+
+    def api_names(self) -> dict[str, str]:
+        return {"top_logprobs": "logprobs"}
+
+    def logprob_fields(self) -> dict:
+        """logprobs k: each new token's log-probability and its k most likely; with echo, the prompt's too
+        (computed for max_tokens 0 as well, which the engine serves as a prompt scored alone)."""
+        asked = self.logprobs is not None
+        return dict(logprobs=asked, top_logprobs=self.logprobs or 0,
+                    prompt_logprobs=self.echo and (asked or self.max_tokens == 0))
+
+    def echo_texts(self) -> list[str] | None:
+        """With echo, each prompt's text (its token ids decoded for a prompt given as ids by the caller); else None."""
+        return [p if isinstance(p, str) else None for p in self.batch()] if self.echo else None
 
     def batch(self) -> list:
         """The prompts, one an item (text or token ids), not yet encoded."""
@@ -316,13 +336,21 @@ class ChatRequest(_Common):
         newer = self._given_max_tokens is None and self.max_completion_tokens is not None
         return {"max_new_tokens": "max_completion_tokens"} if newer else {}
 
+    def logprob_fields(self) -> dict:
+        return dict(logprobs=self.logprobs, top_logprobs=self.top_logprobs or 0)
+
     def check(self) -> None:
         given, newer = self._given_max_tokens, self.max_completion_tokens
         if given is not None and newer is not None and given != newer:
             raise APIError(400, f"max_tokens={given} and max_completion_tokens={newer} disagree: send one of them "
                            "(max_completion_tokens is max_tokens' newer name)", "max_completion_tokens")
         super().check()
-        _check_top_logprobs(self.top_logprobs, "top_logprobs")
+        if self.top_logprobs and not self.logprobs:  # OpenAI's and vLLM's 400 too
+            raise APIError(400, f"top_logprobs={self.top_logprobs} needs logprobs: send logprobs: true with it", "top_logprobs")
+        if self.max_tokens == 0:
+            name = next(iter(self.api_names().values()), "max_tokens")
+            raise APIError(400, f"{name}=0 is invalid: a chat answer needs a token or more: ask for 1 or more (/v1/completions "
+                           "takes 0 with echo, to score a prompt)", name)
         for i, message in enumerate(self.messages):
             if message.role not in ROLES and message.role not in ROLE_ALIASES:
                 raise APIError(400, f"messages[{i}].role '{message.role}' is not a role this server takes: use "
@@ -373,7 +401,8 @@ ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name of the system mess
 # except at the value that changes nothing, which clients may send as their default (the openai
 # client itself sends only what its caller passes): best_of = n, tools [], ...
 _UNSUPPORTED = {
-    "echo": (lambda v, body: not v, "leave it out (or send false); the answer holds the new text only"),
+    "echo": (lambda v, body: not v or isinstance(body, CompletionRequest),
+             "it is served by /v1/completions only: leave it out (or send false) here"),
     "suffix": (lambda v, body: not v, "leave it out; this server does not fill in the middle"),
     "best_of": (lambda v, body: v is None or (type(v) is int and v == body.n),
                 "leave it out (or send n's value): choices are not ranked here; use n for more choices"),
@@ -399,7 +428,8 @@ _UNSUPPORTED = {
                             "leave it out: special tokens are left out of the text (return_token_ids gives every id)"),
     "bad_words": (lambda v, body: v in (None, []), "leave it out"),
     "allowed_token_ids": (lambda v, body: v is None, "leave it out"),
-    "prompt_logprobs": (lambda v, body: v in (None, 0), "leave it out: only the answer's tokens have log-probabilities here"),
+    "prompt_logprobs": (lambda v, body: v in (None, 0),
+                        "leave it out: /v1/completions with echo: true and logprobs returns the prompt's log-probabilities"),
     "truncate_prompt_tokens": (lambda v, body: v is None, "leave it out and shorten the prompt yourself"),
     "use_beam_search": (lambda v, body: v in (None, False), "leave it out: answers are sampled (temperature 0: greedy)"),
     **{name: (lambda v, body: v is None, "answers are free text: leave it out")
@@ -431,24 +461,40 @@ def _check_stop(stop: str | list[str] | None) -> None:
                            f"takes: shorten it", "stop")
 
 
-def _check_top_logprobs(top: int | None, name: str) -> None:
-    """We return the chosen token's log-probability only (the engine computes nothing else)."""
-    if top:
-        raise APIError(400, f"{name}={top} is not supported: this server returns the chosen token's log-probability only "
-                       "(chat: logprobs true, top_logprobs 0; completions: logprobs 0)", name)
-
-
 # -- responses ---------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
 class Piece:
-    """What one choice gained from one engine event: text (final), tokens and their log-probabilities."""
+    """What one choice gained from one engine event: text (final), tokens and their log-probabilities (None: a
+    prompt's first token), and per token its most likely (id, logprob) pairs (Event.top_logprobs; None: none
+    asked of the prompt's first token; the list may stop short where none were asked). With echo, the first
+    piece of a choice begins with its prompt's `echoed` tokens (`after`)."""
 
     text: str
     tokens: list[int]
-    logprobs: list[float]
+    logprobs: list[float | None]
     finish_reason: str | None = None
+    top: list = dataclasses.field(default_factory=list)
+    echoed: int = 0
+
+    def after(self, text: str, prompt: list[int], output) -> "Piece":
+        """This piece behind its prompt (completions' echo): the prompt's text and tokens, with the
+        log-probabilities the engine gave them (generation.Output.prompt_logprobs; None where not asked)."""
+        n = len(prompt)
+        lps = output.prompt_logprobs or [None] * n
+        top = output.prompt_top_logprobs or [None] * n
+        return Piece(text + self.text, prompt + self.tokens, lps + self.logprobs, self.finish_reason, top + self.top, n)
+
+    def top_at(self, i: int) -> list:
+        return self.top[i] or [] if i < len(self.top) else []
+
+
+LOGPROB_FLOOR = -9999.0  # -inf in JSON: what OpenAI and vLLM send in its place
+
+
+def _floored(logprob: float | None) -> float | None:
+    return None if logprob is None else max(logprob, LOGPROB_FLOOR)
 
 
 class Format:
@@ -472,7 +518,7 @@ class Format:
         out = {"index": index, **self.content(piece, final), "finish_reason": piece.finish_reason,
                "logprobs": self.format_logprobs(index, piece) if self.logprobs else None}
         if self.token_ids:
-            out["token_ids"] = piece.tokens
+            out["token_ids"] = piece.tokens[piece.echoed :]
         return out
 
     def first_chunks(self, n: int) -> list[dict]:
@@ -499,7 +545,18 @@ class CompletionFormat(Format):
             offsets.append(at)
             at += len(text)
         self._offsets[index] = at
-        return {"tokens": texts, "token_logprobs": piece.logprobs, "top_logprobs": None, "text_offset": offsets}
+        return {"tokens": texts, "token_logprobs": [_floored(lp) for lp in piece.logprobs],
+                "top_logprobs": [None if lp is None else self._top(t, lp, piece.top_at(i))
+                                 for i, (t, lp) in enumerate(zip(piece.tokens, piece.logprobs))],
+                "text_offset": offsets}
+
+    def _top(self, token: int, logprob: float, pairs: list) -> dict:
+        """OpenAI's top_logprobs of one token: the k most likely tokens' texts -> logprobs, and the
+        chosen token's (so k + 1 at most; texts that two tokens share keep the likelier's logprob)."""
+        out = {}
+        for t, lp in [*pairs, (token, logprob)]:
+            out.setdefault(self.token_text(t), _floored(lp))
+        return out
 
 
 class ChatFormat(Format):
@@ -511,8 +568,11 @@ class ChatFormat(Format):
         return {"delta": {"content": piece.text} if piece.text else {}}
 
     def format_logprobs(self, index: int, piece: Piece) -> dict:
-        return {"content": [{"token": self.token_text(t), "logprob": lp, "bytes": list(self.token_bytes(t)), "top_logprobs": []}
-                            for t, lp in zip(piece.tokens, piece.logprobs)]}
+        return {"content": [{**self._token(t, lp), "top_logprobs": [self._token(*pair) for pair in piece.top_at(i)]}
+                            for i, (t, lp) in enumerate(zip(piece.tokens, piece.logprobs))]}
+
+    def _token(self, token: int, logprob: float) -> dict:
+        return {"token": self.token_text(token), "logprob": _floored(logprob), "bytes": list(self.token_bytes(token))}
 
     def first_chunks(self, n: int) -> list[dict]:
         """The role comes first, in a chunk of its own per choice (as OpenAI sends it)."""

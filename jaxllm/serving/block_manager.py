@@ -119,8 +119,9 @@ class BlockManager:
     def _match(self, seq: Sequence, shard: int) -> list[tuple[int, int, int]]:
         """(page, key, uid) of each page of seq's prefix cached on `shard`, up to the first miss.
         Only pages entirely before the last token count: that token is always computed (for its
-        logits) and its page is written, so it must never be shared."""
-        if not self.prefix_caching:
+        logits) and its page is written, so it must never be shared. None for a sequence that
+        scores its prompt (every position computed: Sequence.scores_prompt)."""
+        if not self.prefix_caching or seq.scores_prompt:
             return []
         tokens, ps, hits, table = seq.tokens, self.page_size, [], self._tables[shard]
         prev_key = prev_uid = None

@@ -4,7 +4,7 @@ refusal of a request beyond the model's positions. jaxllm.engine re-exports them
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -46,7 +46,13 @@ class Event:
     the last one is `finished` and names its `finish_reason`: "stop" (its last token is an EOS id),
     "length" (max_new_tokens reached) or "error" (non-finite logits). Stop strings are matched in
     the decoded text, above the engine (jaxllm.generation.Output), and an aborted request gets no
-    last event."""
+    last event.
+
+    With SamplingParams.top_logprobs k, `top_logprobs` holds per token of `tokens` the k most likely
+    (token id, logprob) pairs at its position, best first (ties: the lower id first); else []. With
+    prompt_logprobs, the request's first event carries `prompt_logprobs` [float | None] per prompt
+    token (log p(token | the tokens before it); None for the first) and `prompt_top_logprobs` per
+    prompt token its k pairs (the first: None); other events None."""
 
     index: int
     tokens: list[int]
@@ -54,6 +60,9 @@ class Event:
     finished: bool = False
     error: bool = False  # the model's logits turned non-finite: the request ends here, without a token
     finish_reason: str | None = None  # set on the last event: "stop", "length" or "error"
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    prompt_logprobs: list[float | None] | None = None
+    prompt_top_logprobs: list[list[tuple[int, float]] | None] | None = None
 
 
 class Score(NamedTuple):

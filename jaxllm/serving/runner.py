@@ -6,9 +6,13 @@ steps (nano-vllm's model runner). The host (engine, scheduler) decides; this onl
                                   (PagedCache), attention over every earlier position; a row whose
                                   chunk ends its prefill samples the next token and is placed in
                                   its decode slot (sampling values, EOS ids, repetition state)
+                                  (rows of SamplingParams.prompt_logprobs: also each position's
+                                  log-probability of the prompt token after it, a static variant)
   decode(kv_len, steps)           up to `steps` (<= chunk) steps for every slot in a
                                   lax.while_loop, each writing one token's keys and values into
                                   its page; a row whose logits are not finite ends with ERROR
+                                  (both: the most likely tokens' log-probabilities too when a row
+                                  asks for top_logprobs, a static width: sampling.logprob_width)
   score(tokens, pages, chunk)     teacher-forced log-probabilities of a token sequence, prefilled
                                   chunk by chunk through the pool (later chunks read the keys the
                                   earlier ones cached, in the cache's dtype)
@@ -38,7 +42,7 @@ import dataclasses
 import functools
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import numpy as np
@@ -46,7 +50,7 @@ import numpy as np
 from jaxllm import sharding
 from jaxllm.models.attention import cudnn_serves, kv_format
 from jaxllm.models.mixers import state_shapes
-from jaxllm.sampling import RowParams, SamplingParams, step_kind
+from jaxllm.sampling import RowParams, SamplingParams, logprob_width, step_kind
 from jaxllm.serving.steps import Counters, SlotState
 from jaxllm.serving.steps import steps as make_steps
 
@@ -71,6 +75,20 @@ class Row:
     eos: np.ndarray
     generated: int
     shard: int = 0  # the data-parallel shard of its pages and slot
+    scores_prompt: bool = False  # return each position's log-probability of the next prompt token (Sequence.scores_prompt)
+
+
+class PrefillResult(NamedTuple):
+    """One row's answer from Runner.prefill; token, logprob and done meaningful for `last` rows only. `top`: the
+    row's top_logprobs most likely (id, logprob) pairs at its last position, best first ([] when it asks for
+    none). `prompt` (rows that score their prompt, else None): (logprobs float32 [length] of the token after
+    each position of the chunk (NaN where no prompt token follows), each position's top pairs)."""
+
+    token: int
+    logprob: float
+    done: bool
+    top: list
+    prompt: tuple | None
 
 
 def pool_pages(num_pages: int, rows: int) -> int:
@@ -147,9 +165,10 @@ class Runner:
         t, b = self._traces, self._before
         return Counters(t.prefill - b.prefill, t.decode - b.decode, t.score - b.score)
 
-    def compiled_calls(self) -> set[tuple[int, int, int, bool]]:
-        """(rows per dp shard, length, keys, sampling) of the prefill calls compiled for this
-        model so far (by any engine of it; traced under dp's shard_map, the rows are a shard's)."""
+    def compiled_calls(self) -> set[tuple]:
+        """(rows per dp shard, length, keys, kind) of the prefill calls compiled for this model so
+        far (by any engine of it; traced under dp's shard_map, the rows are a shard's); kind: the
+        sampling kind, or (sampling kind, top width, prompt) for calls returning log-probabilities besides."""
         return set(self._traces.calls)
 
     def _compiled_length(self, rows: int, length: int, keys: int, sampling: bool) -> int:
@@ -198,15 +217,28 @@ class Runner:
 
     def prefill(self, state: SlotState, rows: list[Row], rows_bucket: int, length_bucket: int):
         """One prefill call over `rows` (padded to rows_bucket x length_bucket). Returns (state,
-        [(token, logprob, done)] per row; meaningful for `last` rows only)."""
+        a PrefillResult per row)."""
         s = self.prefill_keys(max(r.start + r.length for r in rows))
-        sampling = step_kind(r.params for r in rows)
-        length_bucket = self._compiled_length(rows_bucket, length_bucket, s, sampling)
+        sampling, top, prompt = step_kind(r.params for r in rows), logprob_width(r.params for r in rows), any(r.scores_prompt for r in rows)
+        kind = (sampling, top, prompt) if top or prompt else sampling
+        length_bucket = self._compiled_length(rows_bucket, length_bucket, s, kind)
         where = self._places(rows, rows_bucket)
-        state, token, logprob, done = self._prefill(rows_bucket, length_bucket)(s, sampling, self.model.params, state,
-                                                    *self._prefill_inputs(rows, rows_bucket, length_bucket, s, where))
+        state, token, logprob, done, extra = self._prefill(rows_bucket, length_bucket)(
+            s, sampling, top, prompt, self.model.params, state, *self._prefill_inputs(rows, rows_bucket, length_bucket, s, where, prompt))
         token, logprob, done = np.asarray(token), np.asarray(logprob), np.asarray(done)
-        return state, [(int(token[i]), float(logprob[i]), bool(r.last and done[i])) for i, r in zip(where, rows)]
+        best, chunk = extra if extra is not None else (None, None)
+        best = _host(best)
+        if chunk is not None:
+            chunk = (np.asarray(chunk[0]), _host(chunk[1]))
+        out = []
+        for i, r in zip(where, rows):
+            k, scored = r.params.top_logprobs, None
+            if r.scores_prompt:
+                follows = np.arange(r.start + 1, r.start + r.length + 1) < len(r.history)
+                scored = (np.where(follows, chunk[0][i, : r.length], np.nan).astype(np.float32),
+                          [top_pairs(chunk[1], (i, j), k) for j in range(r.length)])
+            out.append(PrefillResult(int(token[i]), float(logprob[i]), bool(r.last and done[i]), top_pairs(best, (i,), k), scored))
+        return state, out
 
     def _prefill(self, rows: int, length: int):
         """The jitted prefill for calls of `rows` x `length` positions: the small calls' (<= 256
@@ -223,9 +255,11 @@ class Runner:
             taken[r.shard] += 1
         return where
 
-    def _prefill_inputs(self, rows: list[Row], n: int, c: int, s: int, where: list[int] | None = None) -> tuple:
+    def _prefill_inputs(self, rows: list[Row], n: int, c: int, s: int, where: list[int] | None = None,
+                        prompt: bool = False) -> tuple:
         """The device inputs of a prefill call after the state: rows padded to dp blocks of n x c
-        (`where`: each row's place), s keys."""
+        (`where`: each row's place), s keys; with `prompt`, the token after each position of the
+        rows that score their prompt (else None)."""
         where = self._places(rows, n) if where is None else where
         m = n * self.shards
         tokens = np.zeros((m, c), np.int32)
@@ -255,9 +289,16 @@ class Runner:
             max_new[i], limit[i], generated[i] = r.params.max_new_tokens, len(r.pages) * self.page_size, r.generated
             eos[i, : len(r.eos)] = r.eos
             params[i] = r.params
+        targets = None
+        if prompt:
+            targets = np.full((m, c), -1, np.int32)
+            for i, r in zip(where, rows):
+                follow = r.history[r.start + 1 : r.start + r.length + 1] if r.scores_prompt else []
+                targets[i, : len(follow)] = follow
         put = self._put_rows
         return (put(slots), put(tokens), put(starts), put(lengths), put(table), put(history),
-                jax.tree.map(put, RowParams.of(params)), put(generated), put(max_new), put(eos), put(limit), put(state_rows))
+                jax.tree.map(put, RowParams.of(params)), put(generated), put(max_new), put(eos), put(limit), put(state_rows),
+                None if targets is None else put(targets))
 
     def _decode_inputs(self, table: np.ndarray, limit: np.ndarray, stop: np.ndarray, steps: int,
                        shared: np.ndarray | None = None, offsets: np.ndarray | None = None) -> tuple:
@@ -272,9 +313,9 @@ class Runner:
         its program in jit's cache."""
         spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
         b = self.max_seqs
-        jobs = [functools.partial(self._prefill(n, c).lower, s, sampling, self.model.params, spec,
+        jobs = [functools.partial(self._prefill(n, c).lower, s, sampling, 0, False, self.model.params, spec,
                                   *self._prefill_inputs([], n, c, s)) for n, c, s in prefill_shapes]
-        jobs += [functools.partial(self._decode.lower, k, sampling, None, self.model.params, spec,
+        jobs += [functools.partial(self._decode.lower, k, sampling, None, 0, self.model.params, spec,
                                    *self._decode_inputs(self.table([[]] * b), np.zeros(b, np.int32), np.ones(b, bool), 1))
                  for k in decode_keys]
         for job in jobs:
@@ -306,11 +347,26 @@ class Runner:
                                              np.zeros(0, np.int32) if empty else np.concatenate(tops))
 
     def decode(self, state: SlotState, table: np.ndarray, limit: np.ndarray, stop: np.ndarray, kv_len: int,
-               sampling: bool, steps: int, cascade: Cascade | None = None):
+               sampling: bool, steps: int, cascade: Cascade | None = None, top: int = 0):
         """Up to `steps` (<= chunk) decode steps for every slot, attention as `cascade` says when
         given. Returns (state, tokens [B, chunk] (-1: none; ERROR: the logits were not finite,
-        the slot is done), logprobs [B, chunk], done [B])."""
+        the slot is done), logprobs [B, chunk], done [B], top: None, or with `top` > 0
+        (sampling.logprob_width) the most likely tokens at each step, (ids, logprobs) [B, chunk, top] (top_pairs reads them))."""
         keys, shared, offsets = (None, None, None) if cascade is None else (cascade.keys, cascade.table, cascade.offsets)
-        state, out, out_lp, done = self._decode(kv_len, sampling, keys, self.model.params, state,
-                                                *self._decode_inputs(table, limit, stop, steps, shared, offsets))
-        return state, np.asarray(out), np.asarray(out_lp), np.asarray(done)
+        state, out, out_lp, done, best = self._decode(kv_len, sampling, keys, top, self.model.params, state,
+                                                      *self._decode_inputs(table, limit, stop, steps, shared, offsets))
+        return state, np.asarray(out), np.asarray(out_lp), np.asarray(done), _host(best)
+
+
+def _host(top):
+    """A step's (ids, logprobs) top arrays on the host, or None."""
+    return None if top is None else (np.asarray(top[0]), np.asarray(top[1]))
+
+
+def top_pairs(top, at: tuple, k: int) -> list[tuple[int, float]]:
+    """The first `k` (id, logprob) pairs of host top arrays (ids, logprobs) at index `at`, best first
+    ([] for k 0 or no arrays)."""
+    if top is None or not k:
+        return []
+    ids, lps = top[0][at][:k], top[1][at][:k]
+    return list(zip(ids.tolist(), lps.tolist()))

@@ -37,6 +37,9 @@ class Sequence:
     # Prefix-cache chain of the leading full computed pages: (key, uid) per page, filled by the
     # BlockManager (allocate's hits, register_full_pages); uid None means the chain broke there.
     chain: list[tuple[int, int | None]] = field(default_factory=list, repr=False)
+    # SamplingParams.prompt_logprobs: each prompt position's (log-probability of the prompt token after it, its
+    # most likely (id, logprob) pairs), filled chunk by chunk by the engine until the first token goes out
+    prompt_scores: list | None = field(default=None, repr=False)
 
     @property
     def tokens(self) -> list[int]:
@@ -53,6 +56,12 @@ class Sequence:
     @property
     def max_new_tokens(self) -> int | None:
         return getattr(self.params, "max_new_tokens", None)
+
+    @property
+    def scores_prompt(self) -> bool:
+        """It returns its prompt's log-probabilities (SamplingParams.prompt_logprobs) and has not yet: every
+        prompt position is computed, none taken from the prefix cache (as vLLM does for such a request)."""
+        return bool(getattr(self.params, "prompt_logprobs", False)) and not self.output
 
     @property
     def prefilling(self) -> bool:

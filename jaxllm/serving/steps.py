@@ -19,7 +19,7 @@ from jaxllm import sharding
 from jaxllm.models.attention import LayerCache, PagedCache
 from jaxllm.models.mixers import layer_parts
 from jaxllm.models.recurrent import RecurrentState, zero_state
-from jaxllm.sampling import PENALIZED, RowParams, SamplingParams, sample
+from jaxllm.sampling import PENALIZED, RowParams, SamplingParams, sample, top_logprobs
 
 ERROR = -2  # the token of a row whose logits were not finite: it ends there, with an error
 
@@ -45,8 +45,9 @@ class SlotState(NamedTuple):
 @dataclass
 class Counters:
     """Traces of each jitted step (a trace is a compile); tests assert on these. `calls`: the
-    (rows, length, keys, sampling) of every prefill program traced (the steps' own counters
-    only; Runner.compiled_calls)."""
+    (rows, length, keys, kind) of every prefill program traced (the steps' own counters
+    only; Runner.compiled_calls): kind the sampling kind, or (sampling kind, top width, prompt)
+    for a call that returns log-probabilities besides (`_prefill`)."""
 
     prefill: int = 0
     decode: int = 0
@@ -93,8 +94,8 @@ def steps(graphdef, chunk: int, attention: str, mesh, kv_shapes: tuple, scales: 
     score = functools.partial(_score, graphdef, counters, attention)
     sizes = tuple(range(10))  # _zero_state's arguments are all static
     if mesh is None:
-        return Steps(counters, *(jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3, compiler_options=o) for o in (None, small)),
-                     jax.jit(decode, static_argnums=(0, 1, 2), donate_argnums=4, compiler_options=options),
+        return Steps(counters, *(jax.jit(prefill, static_argnums=(0, 1, 2, 3), donate_argnums=5, compiler_options=o) for o in (None, small)),
+                     jax.jit(decode, static_argnums=(0, 1, 2, 3), donate_argnums=5, compiler_options=options),
                      jax.jit(score, static_argnums=0, donate_argnums=2), jax.jit(_zero_state, static_argnums=sizes))
     # On a mesh: the pool is split like the kv projections (an int8 pool's scales [pool, page, K]
     # like its first three dims) and over dp by pages; the slots over dp; what the host reads back
@@ -120,10 +121,11 @@ def steps(graphdef, chunk: int, attention: str, mesh, kv_shapes: tuple, scales: 
     state = state._replace(cache=cache)
     if mesh.shape["dp"] > 1:  # each dp shard computes its own rows on its own pages and slots
         prefill, decode, score = (_per_shard(mesh, f, statics, replicated)
-                                  for f, statics, replicated in ((prefill, 2, ()), (decode, 3, (4,)), (score, 1, ())))
-    return Steps(counters, *(jax.jit(prefill, static_argnums=(0, 1), donate_argnums=3, out_shardings=(state, rep, rep, rep),
+                                  for f, statics, replicated in ((prefill, 4, ()), (decode, 4, (4,)), (score, 1, ())))
+    return Steps(counters, *(jax.jit(prefill, static_argnums=(0, 1, 2, 3), donate_argnums=5, out_shardings=(state, rep, rep, rep, rep),
                                      compiler_options=o) for o in (None, small)),
-                 jax.jit(decode, static_argnums=(0, 1, 2), donate_argnums=4, out_shardings=(state, rep, rep, rep), compiler_options=options),
+                 jax.jit(decode, static_argnums=(0, 1, 2, 3), donate_argnums=5, out_shardings=(state, rep, rep, rep, rep),
+                         compiler_options=options),
                  jax.jit(score, static_argnums=0, donate_argnums=2, out_shardings=(cache, (rep, rep))),
                  jax.jit(_zero_state, static_argnums=sizes, out_shardings=state))
 
@@ -190,10 +192,15 @@ def _whole(logits, gather):
     return logits if gather is None else jax.lax.with_sharding_constraint(logits, gather)
 
 
-def _prefill(graphdef, counters, attention, gather, kv_len, sampling, params, state: SlotState, slots, tokens, starts, lengths,
-             table, history, rp: RowParams, generated, max_new, eos, limit, state_rows):
+def _prefill(graphdef, counters, attention, gather, kv_len, sampling, top, prompt, params, state: SlotState, slots, tokens, starts,
+             lengths, table, history, rp: RowParams, generated, max_new, eos, limit, state_rows, targets):
+    """Returns (state, token [R], logprob [R], done [R], extra). `top` (static, sampling.logprob_width): 0, or
+    the width of the most likely tokens returned at each row's last position; `prompt` (static): the rows
+    score their chunk, `targets` [R, C] the token after each position (-1: none). extra: None for a call of
+    neither, else (top (ids, logprobs) [R, top] or None, prompt (logprobs [R, C] of the targets (0 where
+    -1), top (ids, logprobs) [R, C, top] or None) or None)."""
     counters.prefill += 1
-    counters.calls.add((*tokens.shape, kv_len, sampling))
+    counters.calls.add((*tokens.shape, kv_len, (sampling, top, prompt) if top or prompt else sampling))
     model = nnx.merge(graphdef, params)
     n, c = tokens.shape
     positions = starts[:, None] + jnp.arange(c)[None, :]
@@ -202,6 +209,8 @@ def _prefill(graphdef, counters, attention, gather, kv_len, sampling, params, st
     hidden, cache = model.hidden(tokens, positions, state.cache, kv, lengths=starts + lengths)
     last = jnp.take_along_axis(hidden, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)
     logits = _whole(model.logits(last)[:, 0], gather)
+    extra = None if not (top or prompt) else (top_logprobs(logits, top) if top else None,
+                                              _chunk_logprobs(_whole(model.logits(hidden), gather), targets, top) if prompt else None)
     rows = jnp.arange(n)
     seen = jnp.zeros(logits.shape, bool).at[rows[:, None], jnp.maximum(history, 0)].max(history >= 0)
     counts = None
@@ -232,10 +241,18 @@ def _prefill(graphdef, counters, attention, gather, kv_len, sampling, params, st
         eos=put(state.eos, eos),
         params=jax.tree.map(put, state.params, rp),
     )
-    return state, token, logprob, done
+    return state, token, logprob, done, extra
 
 
-def _decode(graphdef, counters, chunk, attention, gather, kv_len, sampling, cascade, params, state: SlotState, table,
+def _chunk_logprobs(logits, targets, top: int):
+    """Each position's log-probability of the token after it: logits [R, C, V], targets [R, C] (-1:
+    none, 0 there); with its `top` most likely (ids, logprobs) [R, C, top], or None for top 0."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    chosen = jnp.where(targets >= 0, jnp.take_along_axis(logp, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0], 0.0)
+    return chosen, top_logprobs(logits, top) if top else None
+
+
+def _decode(graphdef, counters, chunk, attention, gather, kv_len, sampling, cascade, top, params, state: SlotState, table,
             limit, stop, steps, shared, offsets):
     """Up to `steps` (a traced scalar <= chunk) decode steps over all slots. out[b, i] is the i-th new token of slot b in this call,
     or -1 once the slot is done or paused at its page limit. `cascade` (static): None, or
@@ -243,7 +260,8 @@ def _decode(graphdef, counters, chunk, attention, gather, kv_len, sampling, casc
     (`offsets` [B] keys each; 0 for the others, which read their own tables; models/attention.py
     PagedCache). Under dp's shard_map each shard loops while its own rows are busy: its devices
     (a tp group, if any) share its rows, so they meet their collectives equally often, and no
-    shard waits on another's step."""
+    shard waits on another's step. `top` (static, sampling.logprob_width): 0, or the width of the most likely
+    tokens returned at each step (ids and logprobs [B, chunk, top], the fifth output; None for 0)."""
     counters.decode += 1
     model = nnx.merge(graphdef, params)
     b = state.tokens.shape[0]
@@ -269,21 +287,24 @@ def _decode(graphdef, counters, chunk, attention, gather, kv_len, sampling, casc
             seen=st.seen.at[jnp.arange(b), jnp.maximum(token, 0)].max(active),
             counts=_counted(st.counts, token, active & (token >= 0)) if penalized else st.counts,
         )
-        return st, token, jnp.where(active, lp, 0.0)
+        return st, token, jnp.where(active, lp, 0.0), top_logprobs(logits, top) if top else None
 
     def body(carry):
-        i, st, out, out_lp = carry
-        st, token, lp = step(st)
-        return i + 1, st, out.at[:, i].set(token), out_lp.at[:, i].set(lp)
+        i, st, out, out_lp, out_top = carry
+        st, token, lp, best = step(st)
+        if top:
+            out_top = tuple(o.at[:, i].set(x) for o, x in zip(out_top, best))
+        return i + 1, st, out.at[:, i].set(token), out_lp.at[:, i].set(lp), out_top
 
     out = jnp.full((b, chunk), -1, jnp.int32)
     out_lp = jnp.zeros((b, chunk), jnp.float32)
+    out_top = (jnp.zeros((b, chunk, top), jnp.int32), jnp.zeros((b, chunk, top), jnp.float32)) if top else None
     def cond(c):
         busy = ~jnp.all(c[1].done | (c[1].positions >= c[1].limit))
         return (c[0] < jnp.minimum(steps, chunk)) & busy
 
-    _, state, out, out_lp = jax.lax.while_loop(cond, body, (jnp.int32(0), state, out, out_lp))
-    return state, out, out_lp, state.done
+    _, state, out, out_lp, out_top = jax.lax.while_loop(cond, body, (jnp.int32(0), state, out, out_lp, out_top))
+    return state, out, out_lp, state.done, out_top
 
 
 def _score(graphdef, counters, attention, kv_len, params, cache: list, tokens, start, length, table, targets, state_rows):
