@@ -256,6 +256,32 @@ def test_seeded_sampling_n_and_stop_strings(server):
     assert [(c.index, c.message.content, c.finish_reason) for c in out.choices] == [
         (i, full[: full.index(stop)], "stop") for i in range(2)]
     assert out.usage.completion_tokens < 2 * len(server.refs[CHAT[0], True].token_ids)
+
+    # vLLM's extensions (extra_body): the stop string kept, with vLLM's stop_reason
+    def ask(**extra):
+        return server.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": CHAT[0]}], max_tokens=NEW,
+                                                     temperature=0, extra_body={"return_token_ids": True, **extra}).choices[0]
+
+    ref, tok = server.refs[CHAT[0], True], server.model.tokenizer
+    kept = ask(stop=[stop], include_stop_str_in_output=True)
+    assert (kept.message.content, kept.finish_reason, kept.model_extra["stop_reason"]) == (full[: full.index(stop) + len(stop)], "stop", stop)
+    # a stop token id ends the answer where greedy picks it: the id is the last token, its text is left out unless asked for
+    at = next(i for i in range(2, len(ref.token_ids)) if ref.token_ids[i] not in ref.token_ids[:i])
+    for include in (False, True):
+        got = ask(stop_token_ids=[ref.token_ids[at]], include_stop_str_in_output=include)
+        assert (got.model_extra["token_ids"], got.finish_reason, got.model_extra["stop_reason"]) == (
+            ref.token_ids[: at + 1], "stop", ref.token_ids[at])
+        assert got.message.content == tok.decode(ref.token_ids[: at + include], skip_special_tokens=True)
+    # the EOS that ended the answer: its text only with include_stop_str_in_output and skip_special_tokens false
+    assert ref.finish_reason == "stop" and ref.token_ids[-1] in server.engine.eos
+    eos_text = tok.decode(ref.token_ids[-1:], skip_special_tokens=False)
+    assert ask(include_stop_str_in_output=True, skip_special_tokens=False).message.content == ref.text + eos_text
+    assert ask(skip_special_tokens=False).message.content == ask(include_stop_str_in_output=True).message.content == ref.text
+    # min_tokens holds the EOS back past where greedy picked it, and a stop string ending in its tokens' text is not looked for
+    longer = ask(min_tokens=len(ref.token_ids), stop=[stop])
+    tokens = longer.model_extra["token_ids"]
+    assert tokens[: len(ref.token_ids) - 1] == ref.token_ids[:-1] and len(tokens) >= len(ref.token_ids)
+    assert tokens[len(ref.token_ids) - 1] not in server.engine.eos and longer.message.content.startswith(full)
     wait_idle(server)
 
 
@@ -351,9 +377,12 @@ def test_full_server_answers_503_with_retry_after(server):
      "messages[0].function_call"),
     # fields this server does not declare, that would change the answer: refused, not ignored
     (dict(modalities=["text", "audio"]), "modalities"),
-    (dict(extra_body={"min_tokens": 3}), "min_tokens"),  # vLLM's extensions
-    (dict(extra_body={"stop_token_ids": [2]}), "stop_token_ids"),
-    (dict(extra_body={"skip_special_tokens": False}), "skip_special_tokens"),
+    (dict(extra_body={"spaces_between_special_tokens": False}), "spaces_between_special_tokens"),  # vLLM's extensions
+    (dict(extra_body={"min_tokens": 5}), "min_tokens"),  # beyond max_tokens
+    (dict(extra_body={"min_tokens": -1}), "min_tokens"),
+    (dict(extra_body={"stop_token_ids": [2, -1]}), "stop_token_ids"),
+    (dict(extra_body={"stop_token_ids": [10**9]}), "stop_token_ids"),  # beyond the vocabulary
+    (dict(extra_body={"skip_special_tokens": "no"}), "skip_special_tokens"),
     (dict(extra_body={"guided_json": {"type": "object"}}), "guided_json"),
     (dict(extra_body={"continue_final_message": True, "add_generation_prompt": False}), "continue_final_message"),
     (dict(extra_body={"echo": True}), "echo"),
@@ -448,6 +477,7 @@ def test_neutral_values_of_unsupported_fields_and_the_developer_role_are_accepte
     neutral = dict(logit_bias={}, tools=[], tool_choice="none", response_format={"type": "text"}, modalities=["text"],
                    extra_body={"functions": [], "function_call": "none", "presence_penalty": 0, "min_tokens": 0,
                                "stop_token_ids": [], "skip_special_tokens": True, "add_generation_prompt": True,
+                               "spaces_between_special_tokens": True,
                                "verbosity": "medium"},
                    # OpenAI's fields that change no answer here: accepted
                    user="u1", store=False, metadata={"k": "v"}, service_tier="auto", parallel_tool_calls=False)

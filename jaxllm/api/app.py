@@ -236,7 +236,8 @@ class Server:
                                      media_type="text/event-stream", background=BackgroundTask(sub.close))
         if not await _unless_disconnected(request, self._collect(sub, outputs)):
             return Response(status_code=499)  # nobody reads it; the sequences were cancelled
-        choices = [fmt.choice(i, Piece(o.text, o.tokens, o.logprobs, o.finish_reason), final=True) for i, o in enumerate(outputs)]
+        choices = [fmt.choice(i, Piece(o.text, o.tokens, o.logprobs, o.finish_reason, o.stop_reason), final=True)
+                   for i, o in enumerate(outputs)]
         return JSONResponse(fmt.envelope(choices, usage(prompt_tokens, sum(len(o.tokens) for o in outputs))))
 
     async def _pieces(self, sub: Submission, outputs: list[Output]) -> AsyncIterator[tuple[int, Piece]]:
@@ -248,7 +249,7 @@ class Server:
                 text = out.push(ev.tokens, ev.logprobs, ev.finished, ev.error)
                 if out.finish_reason is not None and not ev.finished:
                     sub.cancel(choice)  # a stop string
-                yield choice, Piece(text, out.tokens[start:], out.logprobs[start:], out.finish_reason)
+                yield choice, Piece(text, out.tokens[start:], out.logprobs[start:], out.finish_reason, out.stop_reason)
         finally:
             sub.close()
 
