@@ -83,7 +83,7 @@ class TextStream:
         for i, token in enumerate(tokens):
             if self._advance(token) and self._stops:
                 if start + i < self.min_tokens:
-                    self._floor = len(self.text) - len(self._incomplete)
+                    self._floor = self._final_len + len(self._provisional) - len(self._incomplete)  # len(text), less a half character
                 hit = self._find_stop()
                 if hit is not None:
                     return self._stop_at(hit, kept=start + i + 1)
