@@ -4,11 +4,13 @@ Every setting is a per-row array inside jit, so one compiled step serves any mix
 sampled requests. The processing order is transformers': repetition penalty, temperature, top-k,
 top-p, min-p. OpenAI's logit bias and presence and frequency penalties, which transformers lacks,
 come as vLLM applies them: the bias first, the penalties right after the repetition penalty
-(counting generated tokens only). min_tokens holds back the ids that would end a row (its EOS and
-stop_token_ids: -inf) until it has generated that many, as transformers' min_new_tokens does. Randomness is per request: row b draws with fold_in(PRNGKey(seed_b), n_b), where
+(counting generated tokens only). Randomness is per request: row b draws with fold_in(PRNGKey(seed_b), n_b), where
 n_b counts that row's generated tokens, so a seed reproduces its output whatever the batch. With
 no seed each sequence draws a fresh random one (`with_seed`, when the engine takes it), as
 transformers and vLLM sample afresh unless seeded.
+
+vLLM's min_tokens holds back the ids that would end a row (its EOS and stop_token_ids: -inf) until
+it has generated that many, as transformers' min_new_tokens does.
 """
 
 from __future__ import annotations

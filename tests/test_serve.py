@@ -9,6 +9,7 @@ import logging
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import httpx
@@ -257,31 +258,34 @@ def test_seeded_sampling_n_and_stop_strings(server):
         (i, full[: full.index(stop)], "stop") for i in range(2)]
     assert out.usage.completion_tokens < 2 * len(server.refs[CHAT[0], True].token_ids)
 
-    # vLLM's extensions (extra_body): the stop string kept, with vLLM's stop_reason
-    def ask(**extra):
+    # vLLM's extensions (extra_body), asked at once (the engine batches them)
+    def ask(extra):
         return server.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": CHAT[0]}], max_tokens=NEW,
                                                      temperature=0, extra_body={"return_token_ids": True, **extra}).choices[0]
 
     ref, tok = server.refs[CHAT[0], True], server.model.tokenizer
-    kept = ask(stop=[stop], include_stop_str_in_output=True)
+    at = next(i for i in range(2, len(ref.token_ids)) if ref.token_ids[i] not in ref.token_ids[:i])
+    asks = [dict(stop=[stop], include_stop_str_in_output=True), dict(stop_token_ids=[ref.token_ids[at]]),
+            dict(stop_token_ids=[ref.token_ids[at]], include_stop_str_in_output=True),
+            dict(include_stop_str_in_output=True, skip_special_tokens=False), dict(skip_special_tokens=False)]
+    with ThreadPoolExecutor(len(asks)) as pool:
+        kept, *by_id, eos_kept, special = pool.map(ask, asks)
+    # the stop string kept, with vLLM's stop_reason
     assert (kept.message.content, kept.finish_reason, kept.model_extra["stop_reason"]) == (full[: full.index(stop) + len(stop)], "stop", stop)
     # a stop token id ends the answer where greedy picks it: the id is the last token, its text is left out unless asked for
-    at = next(i for i in range(2, len(ref.token_ids)) if ref.token_ids[i] not in ref.token_ids[:i])
-    for include in (False, True):
-        got = ask(stop_token_ids=[ref.token_ids[at]], include_stop_str_in_output=include)
+    for include, got in enumerate(by_id):
         assert (got.model_extra["token_ids"], got.finish_reason, got.model_extra["stop_reason"]) == (
             ref.token_ids[: at + 1], "stop", ref.token_ids[at])
         assert got.message.content == tok.decode(ref.token_ids[: at + include], skip_special_tokens=True)
     # the EOS that ended the answer: its text only with include_stop_str_in_output and skip_special_tokens false
     assert ref.finish_reason == "stop" and ref.token_ids[-1] in server.engine.eos
     eos_text = tok.decode(ref.token_ids[-1:], skip_special_tokens=False)
-    assert ask(include_stop_str_in_output=True, skip_special_tokens=False).message.content == ref.text + eos_text
-    assert ask(skip_special_tokens=False).message.content == ask(include_stop_str_in_output=True).message.content == ref.text
-    # min_tokens holds the EOS back past where greedy picked it, and a stop string ending in its tokens' text is not looked for
-    longer = ask(min_tokens=len(ref.token_ids), stop=[stop])
-    tokens = longer.model_extra["token_ids"]
-    assert tokens[: len(ref.token_ids) - 1] == ref.token_ids[:-1] and len(tokens) >= len(ref.token_ids)
-    assert tokens[len(ref.token_ids) - 1] not in server.engine.eos and longer.message.content.startswith(full)
+    assert eos_kept.message.content == ref.text + eos_text and special.message.content == ref.text
+    # min_tokens (the engine's and TextStream's, tested against transformers and the whole decode) reaches the
+    # sampling values; a request without it is not given generation_config.json's min_new_tokens (nor by vLLM's server)
+    (vllm,) = ChatRequest(messages=hi, min_tokens=3, stop_token_ids=[5, 9, 5]).sampling({"min_new_tokens": 7}, 8, False)
+    assert (vllm.min_tokens, vllm.stop_token_ids) == (3, (5, 9))
+    assert ChatRequest(messages=hi).sampling({"min_new_tokens": 7}, 8, False)[0].min_tokens == 0
     wait_idle(server)
 
 
