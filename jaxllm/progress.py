@@ -110,10 +110,10 @@ def model_flags() -> argparse.ArgumentParser:
                         '\'{"50256": -100}\' bans token 50256')
     p.add_argument("--seed", type=int, help="sampling seed, for a reproducible answer (default: a random one)")
     p.add_argument("--stop", action="append", default=[], type=unescape,
-                   help="stop string (repeatable; \\n, \\t, \\r and \\\\ as in C, so --stop '\\n' ends at a line break); never printed")
+                   help="stop string (repeatable; \\n, \\t, \\r and \\\\ as in C, so --stop '\\n' ends at a line break); not printed unless --include-stop-str-in-output")
     p.add_argument("--stop-token-id", action="append", default=[], type=int, metavar="ID",
                    help="a token id that ends the answer as EOS does (repeatable; vLLM's stop_token_ids)")
-    p.add_argument("--min-tokens", type=int, help="new tokens before an EOS id, --stop-token-id or --stop may end the answer "
+    p.add_argument("--min-tokens", type=int, metavar="N", help="new tokens before an EOS id, --stop-token-id or --stop may end the answer "
                                                   "(default: generation_config.json's min_new_tokens, else 0)")
     p.add_argument("--include-stop-str-in-output", action="store_true",
                    help="print the stop string (or the stop token's text) that ended the answer")

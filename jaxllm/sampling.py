@@ -39,7 +39,7 @@ class SamplingParams:
     those filters. presence_penalty and frequency_penalty (OpenAI's, in [-2, 2]; 0 disables) subtract
     from a token's logit once if it was generated before, and once per time it was. logit_bias
     (OpenAI's) maps token ids to a number in [-100, 100] added to their logits (at most
-    LOGIT_BIAS_MAX of them; -100 in effect bans a token, 100 forces it). `stop` strings end a sequence and never appear in its text. `seed` None: each
+    LOGIT_BIAS_MAX of them; -100 in effect bans a token, 100 forces it). `stop` strings end a sequence, left out of its text. `seed` None: each
     sequence samples with a fresh random seed; a number reproduces the output.
 
     vLLM's extensions: `stop_token_ids` end a sequence as its EOS ids do (at most STOP_TOKEN_IDS_MAX;
