@@ -38,7 +38,7 @@ from jaxllm import runtime
 from jaxllm.errors import GenerationError, check_token_ids
 from jaxllm.models.attention import check_kv_dtype
 from jaxllm.models.config_fields import token_ids
-from jaxllm.sampling import SamplingParams, logprob_width, step_kind
+from jaxllm.sampling import STOP_TOKEN_IDS_MAX, SamplingParams, logprob_width, step_kind
 from jaxllm.serving import cascade as cascade_plan
 from jaxllm.serving import memory
 from jaxllm.serving.block_manager import BlockManager
@@ -155,7 +155,7 @@ class Engine:
         self.scheduler = Scheduler(self.blocks, batch_size, self.budget, chunk, max_chunk)
         self.shapes = CallShapes(self.budget, batch_size // dp)  # the prefill calls' menu of shapes
         self.runner = Runner(model, num_pages=num_pages, page_size=page_size, max_seqs=batch_size, max_len=max_len,
-                             chunk=chunk, attention=attention or runtime.attention_impl(), eos_width=len(self.eos),
+                             chunk=chunk, attention=attention or runtime.attention_impl(), eos_width=len(self.eos) + STOP_TOKEN_IDS_MAX,
                              kv_dtype=self.kv_dtype, decode_options=runtime.decode_options(),
                              small_options=runtime.small_call_options())
         self.state = None  # the device state, made on first use and kept (the prefix cache lives in it)
@@ -190,15 +190,17 @@ class Engine:
         """Refuse a request that can never run, before anything is computed; returns its prompt's
         ids as Python ints (whatever holds them: a list, a numpy or JAX array)."""
         params = req.params
-        unset = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty")  # resolved() fills them
+        unset = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "min_tokens")  # resolved fills them
         if not isinstance(params, SamplingParams) or any(getattr(params, f) is None for f in unset):
             raise GenerationError("a Request's params must be resolved SamplingParams: pass "
                                   "jaxllm.SamplingParams(...).resolved(model.generation_config)")
         params.validate()
-        beyond = [t for t, _ in params.logit_bias if t >= self.cfg.output_vocab]  # the logits' width
-        if beyond:
-            raise GenerationError(f"logit_bias={dict(params.logit_bias)} is invalid: token {beyond[0]} is beyond the model's "
-                                  f"{self.cfg.output_vocab:,} tokens: use ids below {self.cfg.output_vocab:,}")
+        for name, ids, shown in (("logit_bias", [t for t, _ in params.logit_bias], dict(params.logit_bias)),
+                                 ("stop_token_ids", params.stop_token_ids, list(params.stop_token_ids))):
+            beyond = [t for t in ids if t >= self.cfg.output_vocab]  # the logits' width
+            if beyond:
+                raise GenerationError(f"{name}={shown} is invalid: token {beyond[0]} is beyond the model's "
+                                      f"{self.cfg.output_vocab:,} tokens: use ids below {self.cfg.output_vocab:,}")
         ids = check_token_ids(req.prompt, self.cfg.vocab_size, "prompt", dims=(1,), allow_empty=False).tolist()
         n = len(ids)
         total = n + req.params.max_new_tokens
@@ -359,11 +361,17 @@ class Engine:
         return Event(index, tokens, logprobs or [], True, error=True, finish_reason="error", top_logprobs=top or [])
 
     def _reason(self, seq: Sequence, finished: bool) -> str | None:
-        """A finished sequence's finish reason: "stop" when it ended on an EOS id, else "length"."""
+        """A finished sequence's finish reason: "stop" when it ended on an id that ends it (an EOS id, one of its
+        stop_token_ids), else "length"."""
         if not finished:
             return None
-        eos = () if seq.params.ignore_eos else self.eos.tolist()
-        return "stop" if seq.output and seq.output[-1] in eos else "length"
+        return "stop" if seq.output and seq.output[-1] in self._stops(seq.params) else "length"
+
+    def _stops(self, params: SamplingParams) -> np.ndarray:
+        """The ids that end a sequence of these params, its decode row's `eos`: the EOS ids (-1s under ignore_eos),
+        then its stop_token_ids. The device finds them, so a sequence recomputed after preemption ends where it did."""
+        eos = np.full_like(self.eos, -1) if params.ignore_eos else self.eos
+        return np.concatenate([eos, np.asarray(params.stop_token_ids, np.int32)])
 
     @contextlib.contextmanager
     def _donating(self):
@@ -446,9 +454,8 @@ class Engine:
                     slot = self.slot_of.get(c.seq)
                     if slot is None or slot // b != c.seq.shard:
                         slot = self.slot_of[c.seq] = self._free_slot(c.seq.shard)
-                eos = np.full_like(self.eos, -1) if c.seq.params.ignore_eos else self.eos
                 work.append(Row(slot if slot is not None else -1, c.seq.tokens, c.start, c.length, c.seq.pages, c.last,
-                                c.seq.params, eos, len(c.seq.output), c.seq.shard, c.seq.scores_prompt))
+                                c.seq.params, self._stops(c.seq.params), len(c.seq.output), c.seq.shard, c.seq.scores_prompt))
             with self._donating():
                 self.state, results = self.runner.prefill(self.state, work, rows, length)
             for c, (token, logprob, done, top, scored) in zip(group, results):

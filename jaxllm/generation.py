@@ -206,17 +206,22 @@ def _takes_two(fn) -> bool:
 class Output:
     """One sequence's answer as the engine's events arrive: its text through a TextStream (stop
     strings cut it), its tokens and log-probabilities up to the token that completed a stop
-    string, and its finish reason ("stop": EOS or a stop string; "length"; "error": non-finite
-    logits; None while running)."""
+    string, and its finish reason ("stop": EOS, a stop token id or a stop string; "length"; "error": non-finite
+    logits; None while running). `stop_reason` is vLLM's: the stop string or stop token id that ended
+    it (None: an EOS id, the length, or running). The id that ended it is its last token, its text
+    left out as vLLM leaves it out, unless include_stop_str_in_output."""
 
     def __init__(self, tokenizer, params: SamplingParams, eos: set[int]):
-        self.stream = TextStream(tokenizer, params.stop) if tokenizer is not None else None
+        self.stream = TextStream(tokenizer, params.stop, skip_special=params.skip_special_tokens, min_tokens=params.min_tokens,
+                                 include_stop=params.include_stop_str_in_output) if tokenizer is not None else None
         self.eos = set() if params.ignore_eos else eos
+        self.stop_ids, self.include_stop = set(params.stop_token_ids) - self.eos, params.include_stop_str_in_output
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
         self.top_logprobs: list[list[tuple[int, float]]] = []  # per token, when the events carry them
         self.prompt_logprobs = self.prompt_top_logprobs = None  # the first event's (Event)
         self.finish_reason: str | None = None
+        self.stop_reason: str | int | None = None
 
     @property
     def text(self) -> str:
@@ -236,15 +241,16 @@ class Output:
         self.tokens += tokens
         self.logprobs += logprobs
         self.top_logprobs += top or []
+        ended = finished and not error and bool(self.tokens) and self.tokens[-1] in self.eos | self.stop_ids  # by an id
         text = ""
         if self.stream is not None:
-            text = self.stream.push(tokens)
+            text = self.stream.push(tokens[:-1] if ended and tokens and not self.include_stop else tokens)
             if self.stream.stopped:  # drop the tokens after the one that completed the stop string
                 kept = self.stream.kept_tokens
                 del self.tokens[kept:], self.logprobs[kept:], self.top_logprobs[kept:]
-                self.finish_reason = "stop"
+                self.finish_reason, self.stop_reason = "stop", self.stream.stop_string
         if finished and self.finish_reason is None:
             text += self.stream.flush() if self.stream is not None else ""
-            eos_end = bool(self.tokens) and self.tokens[-1] in self.eos
-            self.finish_reason = "error" if error else "stop" if eos_end else "length"
+            self.finish_reason = "error" if error else "stop" if ended else "length"
+            self.stop_reason = self.tokens[-1] if ended and self.tokens[-1] in self.stop_ids else None
         return text

@@ -110,7 +110,15 @@ def model_flags() -> argparse.ArgumentParser:
                         '\'{"50256": -100}\' bans token 50256')
     p.add_argument("--seed", type=int, help="sampling seed, for a reproducible answer (default: a random one)")
     p.add_argument("--stop", action="append", default=[], type=unescape,
-                   help="stop string (repeatable; \\n, \\t, \\r and \\\\ as in C, so --stop '\\n' ends at a line break); never printed")
+                   help="stop string (repeatable; \\n, \\t, \\r and \\\\ as in C, so --stop '\\n' ends at a line break); not printed unless --include-stop-str-in-output")
+    p.add_argument("--stop-token-id", action="append", default=[], type=int, metavar="ID",
+                   help="a token id that ends the answer as EOS does (repeatable; vLLM's stop_token_ids)")
+    p.add_argument("--min-tokens", type=int, metavar="N", help="new tokens before an EOS id, --stop-token-id or --stop may end the answer "
+                                                  "(default: generation_config.json's min_new_tokens, else 0)")
+    p.add_argument("--include-stop-str-in-output", action="store_true",
+                   help="print the stop string (or the stop token's text) that ended the answer")
+    p.add_argument("--skip-special-tokens", action=argparse.BooleanOptionalAction, default=True,
+                   help="leave special tokens' text out of the answer (--no-skip-special-tokens prints it)")
     p.add_argument("--system", help="system message for the chat template ('': an empty one, which leaves out a "
                                      "template's default system message)")
     p.add_argument("--chat-template-kwargs", type=template_kwargs, metavar="JSON",
@@ -127,6 +135,7 @@ def model_flags() -> argparse.ArgumentParser:
 FLAGS = {"max_new_tokens": "--max-new-tokens", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p",
          "min_p": "--min-p", "repetition_penalty": "--repetition-penalty", "seed": "--seed",
          "presence_penalty": "--presence-penalty", "frequency_penalty": "--frequency-penalty", "logit_bias": "--logit-bias", "stop": "--stop",
+         "stop_token_ids": "--stop-token-id", "min_tokens": "--min-tokens",
          "revision": "--revision", "quantize": "--quantize", "group_size": "--group-size", "kv_dtype": "--kv-dtype",
          "dtype": "--dtype", "mesh": "--mesh", "quantize_embeddings": "--quantize-embeddings",
          "chat_template_kwargs": "--chat-template-kwargs"}
@@ -218,6 +227,8 @@ def sampling_params(args) -> SamplingParams:
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed, stop=tuple(args.stop),
         presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty, logit_bias=args.logit_bias,
+        min_tokens=args.min_tokens, stop_token_ids=tuple(args.stop_token_id), include_stop_str_in_output=args.include_stop_str_in_output,
+        skip_special_tokens=args.skip_special_tokens,
     )
     params.resolved()
     return params

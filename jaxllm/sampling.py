@@ -8,6 +8,9 @@ come as vLLM applies them: the bias first, the penalties right after the repetit
 n_b counts that row's generated tokens, so a seed reproduces its output whatever the batch. With
 no seed each sequence draws a fresh random one (`with_seed`, when the engine takes it), as
 transformers and vLLM sample afresh unless seeded.
+
+vLLM's min_tokens holds back the ids that would end a row (its EOS and stop_token_ids: -inf) until
+it has generated that many, as transformers' min_new_tokens does.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class SamplingParams:
     those filters. presence_penalty and frequency_penalty (OpenAI's, in [-2, 2]; 0 disables) subtract
     from a token's logit once if it was generated before, and once per time it was. logit_bias
     (OpenAI's) maps token ids to a number in [-100, 100] added to their logits (at most
-    LOGIT_BIAS_MAX of them; -100 in effect bans a token, 100 forces it). `stop` strings end a sequence and never appear in its text. `seed` None: each
+    LOGIT_BIAS_MAX of them; -100 in effect bans a token, 100 forces it). `stop` strings end a sequence, left out of its text. `seed` None: each
     sequence samples with a fresh random seed; a number reproduces the output.
 
     Log-probabilities are the model's own (log_softmax of its logits before any of the processing
@@ -47,6 +50,11 @@ class SamplingParams:
     first has none), and with top_logprobs the most likely there too; such a request computes its
     whole prompt (no prefix-cache hits). max_new_tokens=0 is valid with prompt_logprobs only: the
     prompt is scored, nothing generated (OpenAI's echo with max_tokens 0).
+    vLLM's extensions: `stop_token_ids` end a sequence as its EOS ids do (at most STOP_TOKEN_IDS_MAX;
+    the id is the last of its token ids, its text left out); `min_tokens` new tokens come before any
+    of those ids can be chosen, or a stop string end it (None: generation_config.json's min_new_tokens,
+    else 0); `include_stop_str_in_output` keeps the stop string (or the stop id's text) at the end of
+    the text; `skip_special_tokens` False keeps special tokens' text in it.
     """
 
     max_new_tokens: int | None = None
@@ -64,6 +72,10 @@ class SamplingParams:
     logprobs: bool = False
     top_logprobs: int = 0
     prompt_logprobs: bool = False
+    min_tokens: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
 
     @classmethod
     def of(cls, value) -> "SamplingParams":
@@ -101,7 +113,9 @@ class SamplingParams:
         values.update(seed=self.seed, **{k: 0.0 if getattr(self, k) is None else getattr(self, k)
                                          for k in ("presence_penalty", "frequency_penalty")})
         values = {k: _plain(v) for k, v in values.items()}
-        out = dataclasses.replace(self, stop=_stop_strings(self.stop), logit_bias=_bias_pairs(self.logit_bias), **values)
+        values["min_tokens"] = _plain(self.min_tokens) if self.min_tokens is not None else _file_min_tokens(gen, values["max_new_tokens"])
+        out = dataclasses.replace(self, stop=_stop_strings(self.stop), logit_bias=_bias_pairs(self.logit_bias),
+                                  stop_token_ids=_stop_ids(self.stop_token_ids), **values)
         try:
             out.validate()
         except GenerationError as err:  # a value the request did not set: say where it came from
@@ -115,8 +129,8 @@ class SamplingParams:
 
     @property
     def penalized(self) -> bool:
-        """Whether OpenAI's presence / frequency penalties or logit bias apply (the steps of kind PENALIZED)."""
-        return self.presence_penalty != 0 or self.frequency_penalty != 0 or bool(self.logit_bias)
+        """Whether OpenAI's presence / frequency penalties or logit bias, or min_tokens, apply (the steps of kind PENALIZED)."""
+        return self.presence_penalty != 0 or self.frequency_penalty != 0 or bool(self.logit_bias) or bool(self.min_tokens)
 
     def with_seed(self) -> "SamplingParams":
         """These params, a fresh random seed in place of None (the engine calls it per sequence)."""
@@ -145,9 +159,12 @@ class SamplingParams:
         _check_bias(self.logit_bias, bad)
         if not isinstance(self.stop, tuple) or any(not isinstance(s, str) or not s for s in self.stop):
             bad("stop", list(self.stop) if isinstance(self.stop, tuple) else self.stop, "use a non-empty string or a list of them")
-        for name in ("ignore_eos", "logprobs"):
+        for name in ("ignore_eos", "logprobs", "include_stop_str_in_output", "skip_special_tokens"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 bad(name, getattr(self, name), "use True or False")
+        if not _whole(self.min_tokens) or not 0 <= self.min_tokens <= self.max_new_tokens:
+            bad("min_tokens", self.min_tokens, f"use a whole number from 0 to max_new_tokens ({self.max_new_tokens})")
+        _check_stop_ids(self.stop_token_ids, bad)
         _check_logprob_settings(self, bad)
 
 
@@ -171,7 +188,7 @@ _RANGES = {
 
 # generation_config.json settings of transformers' generate that jaxllm does not apply, with the
 # values that change nothing (transformers' defaults); the second group only applies when sampling.
-_PROCESSORS = {"min_new_tokens": (None, 0), "min_length": (None, 0), "no_repeat_ngram_size": (None, 0),
+_PROCESSORS = {"min_length": (None, 0), "no_repeat_ngram_size": (None, 0),
                "bad_words_ids": (None, []), "suppress_tokens": (None, []), "begin_suppress_tokens": (None, []),
                "sequence_bias": (None, {}), "forced_bos_token_id": (None,), "forced_eos_token_id": (None,),
                "exponential_decay_length_penalty": (None,), "num_beams": (None, 1), "penalty_alpha": (None, 0),
@@ -265,6 +282,34 @@ def _check_bias(bias, bad) -> None:
         bad("logit_bias", dict(bias), "a token id is named twice: give each one bias")
 
 
+STOP_TOKEN_IDS_MAX = 64  # stop_token_ids a request may name: each decode row holds that many beside the EOS ids
+
+
+def _file_min_tokens(gen: Mapping, max_new_tokens) -> int:
+    """generation_config.json's min_new_tokens (transformers' meaning), within max_new_tokens (where generate
+    holds the EOS back to the end); 0 when the file names none."""
+    value = _plain(gen.get("min_new_tokens"))
+    return min(value, max_new_tokens) if _whole(value) and value > 0 and _whole(max_new_tokens) else 0
+
+
+def _stop_ids(ids):
+    """`stop_token_ids` as a tuple without repeats, in order (vLLM drops them too): None none; a list or
+    tuple's items as numbers; anything else kept for validate to refuse."""
+    if ids is None:
+        return ()
+    if isinstance(ids, (list, tuple)) or (isinstance(ids, np.ndarray) and ids.ndim == 1):
+        ids = tuple(_plain(i) for i in ids)
+        return tuple(dict.fromkeys(ids)) if all(_whole(i) for i in ids) else ids
+    return ids
+
+
+def _check_stop_ids(ids, bad) -> None:
+    if not isinstance(ids, tuple) or not all(_whole(i) and i >= 0 for i in ids):
+        bad("stop_token_ids", list(ids) if isinstance(ids, tuple) else ids, "use a list of token ids (whole numbers >= 0)")
+    if len(ids) > STOP_TOKEN_IDS_MAX:
+        bad("stop_token_ids", f"<{len(ids)} ids>", f"name at most {STOP_TOKEN_IDS_MAX} tokens")
+
+
 def _stop_strings(stop):
     """`stop` as a tuple: a string is one stop string, None none; a list or tuple as it is (its
     items checked by validate); anything else is kept for validate to refuse."""
@@ -290,6 +335,7 @@ class RowParams(NamedTuple):
     bias_ids: jax.Array  # [B, LOGIT_BIAS_MAX] the logit bias's token ids, -1 padding
     bias: jax.Array  # [B, LOGIT_BIAS_MAX] their biases
     seed: jax.Array
+    min_tokens: jax.Array  # [B] int32: the row's ending ids are held back while it has generated fewer
 
     @staticmethod
     def of(params: list[SamplingParams]) -> "RowParams":
@@ -300,12 +346,13 @@ class RowParams(NamedTuple):
             col("presence_penalty", np.float32), col("frequency_penalty", np.float32),
             *_bias_columns(params),
             np.asarray([p.seed or 0 for p in params], np.uint32),  # None: a padding row (a sequence's is set by with_seed)
+            col("min_tokens", np.int32),
         )
 
 
 # What a compiled step's token choice does (the steps' static `sampling` argument): GREEDY an argmax (after the
 # repetition penalty); SAMPLED the draw and its filters too; PENALIZED OpenAI's logit bias and presence / frequency
-# penalties besides, with the output's token counts they read kept up to date. A call takes the largest its rows
+# penalties and min_tokens besides, with the output's token counts they read kept up to date. A call takes the largest its rows
 # need, so a row with penalties runs in PENALIZED calls only, from its prefill on; other calls leave the counts be.
 GREEDY, SAMPLED, PENALIZED = 0, 1, 2
 
@@ -339,12 +386,13 @@ def _bias_columns(params: list[SamplingParams]) -> tuple[np.ndarray, np.ndarray]
     return ids, values
 
 
-def sample(logits, seen, rp: RowParams, step, sampling: bool = True, counts=None):
+def sample(logits, seen, rp: RowParams, step, sampling: bool = True, counts=None, stops=None):
     """Choose one token per row.
 
     logits [B, V] float32; seen [B, V] bool (tokens already in the sequence, for the repetition
     penalty); step [B] int (tokens generated so far, for the random stream); counts [B, V] int
-    (times each token was generated, for the presence and frequency penalties; None: none).
+    (times each token was generated, for the presence and frequency penalties; None: none); stops
+    [B, E] int (the ids that end each row, -1 padding: -inf while step < min_tokens; None: none).
     Returns (tokens [B] int32, logprobs [B] float32: the model's log-probability of the chosen
     token before any processing). `sampling` (static, `step_kind`): GREEDY (or False) promises every row
     is greedy and unpenalized, and skips the vocabulary sort that the filters need; SAMPLED (or True)
@@ -355,6 +403,9 @@ def sample(logits, seen, rp: RowParams, step, sampling: bool = True, counts=None
     if penalized:  # OpenAI's logit bias, before the penalties (vLLM's order); padding ids (-1) are dropped
         rows = jnp.arange(logits.shape[0])[:, None]
         logits = logits.at[rows, jnp.where(rp.bias_ids < 0, logits.shape[1], rp.bias_ids)].add(rp.bias, mode="drop")
+        if stops is not None:  # min_tokens: what would end the row cannot be chosen yet (transformers' MinNewTokensLength)
+            held = (stops >= 0) & (step < rp.min_tokens)[:, None]
+            logits = logits.at[rows, jnp.where(held, stops, logits.shape[1])].set(-jnp.inf, mode="drop")
     pen = rp.repetition_penalty[:, None]
     logits = jnp.where(seen, jnp.where(logits < 0, logits * pen, logits / pen), logits)
     if penalized:

@@ -22,19 +22,26 @@ class TextStream:
     looks for stop strings only in that new text and the (longest stop - 1) characters before it.
     Tokens are processed one at a time, so every token's text end is known and the answer does
     not depend on how tokens are grouped into pushes. The text equals
-    `tokenizer.decode(tokens, skip_special_tokens=True)` (cut before a stop string).
+    `tokenizer.decode(tokens, skip_special_tokens=skip_special)` (cut before a stop string).
+
+    vLLM's options: `include_stop` cuts the text after the stop string instead; `min_tokens` lets a
+    stop string count only where it ends past the text of the first min_tokens tokens.
     """
 
-    def __init__(self, tokenizer, stop: tuple[str, ...] = ()):
+    def __init__(self, tokenizer, stop: tuple[str, ...] = (), *, skip_special: bool = True, include_stop: bool = False,
+                 min_tokens: int = 0):
         self.tokenizer = tokenizer
         self.stop = tuple(stop)
+        self.skip_special, self.include_stop, self.min_tokens = skip_special, include_stop, min_tokens
+        self.stop_string: str | None = None  # the stop string that ended the text
+        self._floor = 0  # where the text of the first min_tokens tokens ends: a stop string must end past it
         self.tokens: list[int] = []
         self.emitted = 0  # characters of text returned by push and flush
         self.stopped = False
         self.kept_tokens = 0  # tokens that count: all pushed ones, or up to the one completing a stop string
         self._stops = tuple(s for s in self.stop if s)
         self._keep = max((len(s) for s in self._stops), default=1) - 1  # text before new text a stop may start in
-        self._special = set(getattr(tokenizer, "all_special_ids", None) or ())
+        self._special = set(getattr(tokenizer, "all_special_ids", None) or ()) if skip_special else set()
         self._skips: dict[int, bool] = {}
         self._clean = _cleanup(tokenizer)  # transformers' clean_up_tokenization, when decode applies it
         # The decoding window: `_ids` are the tokens that may give text (skipped special tokens
@@ -75,6 +82,8 @@ class TextStream:
             return self._stop_at(0, kept=start)
         for i, token in enumerate(tokens):
             if self._advance(token) and self._stops:
+                if start + i < self.min_tokens:
+                    self._floor = self._final_len + len(self._provisional) - len(self._incomplete)  # len(text), less a half character
                 hit = self._find_stop()
                 if hit is not None:
                     return self._stop_at(hit, kept=start + i + 1)
@@ -109,8 +118,8 @@ class TextStream:
         if not ids:
             return ""
         if self._clean is not None:  # cleaned up here, where it cannot straddle a window's edge
-            return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+            return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special, clean_up_tokenization_spaces=False)
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special)
 
     def _skipped(self, token: int) -> bool:
         """Whether decode drops the token (a special token): it then never enters the window."""
@@ -178,14 +187,22 @@ class TextStream:
     # -- stop strings ------------------------------------------------------------------------
 
     def _find_stop(self) -> int | None:
-        """Where the first stop string in the text starts, looking only where one could have
-        appeared since the last look: the new text and the _keep characters before it."""
+        """Where the text ends at the first stop string in it (`_first_stop`), looking only where one
+        could have appeared since the last look: the new text and the _keep characters before it."""
         region = self._tail + self._fresh + self._provisional
         base = self._final_len - len(self._fresh) - len(self._tail)
-        hits = [i for i in (region.find(s) for s in self._stops) if i >= 0]
         self._tail = (self._tail + self._fresh)[-self._keep :] if self._keep else ""
         self._fresh = ""
-        return base + min(hits) if hits else None
+        return self._first_stop(region, base)
+
+    def _first_stop(self, text: str, base: int) -> int | None:
+        """Where the whole text ends at the first stop string of `text` (which starts at `base` in
+        it) that ends past _floor: the stop string's start, or its end under include_stop; None: none."""
+        hits = [(i, s) for i, s in ((text.find(s, max(0, self._floor - base - len(s) + 1)), s) for s in self._stops) if i >= 0]
+        if not hits:
+            return None
+        i, self.stop_string = min(hits, key=lambda hit: hit[0])
+        return base + i + (len(self.stop_string) if self.include_stop else 0)
 
     def _stop_at(self, position: int, kept: int) -> str:
         self.stopped, self.kept_tokens = True, kept
@@ -193,19 +210,20 @@ class TextStream:
         out = text[self.emitted : position]  # what comes out goes on from what was streamed
         if self._dirty:  # `text` is the whole decode's, cut at its stop string (see flush)
             text = self._whole_decode(kept)
-            position = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=position)
+            found = self._first_stop(text, 0)
+            position = position if found is None else found
         self._stopped_text = text[:position]
         self.emitted = max(self.emitted + len(out), len(self._stopped_text))
         return out
 
     def _whole_decode(self, n: int) -> str:
-        return self.tokenizer.decode(self.tokens[:n], skip_special_tokens=True)
+        return self.tokenizer.decode(self.tokens[:n], skip_special_tokens=self.skip_special)
 
     def _emit(self) -> str:
         """Final text not returned yet, less a tail that may still grow into a stop string."""
         unsent = self._unsent
         hold = len(unsent)
-        for s in self._stops:
+        for s in () if self.include_stop else self._stops:  # text kept up to a stop string's end is final
             for j in range(max(0, len(unsent) - len(s) + 1), hold):
                 if s.startswith(unsent[j:]):
                     hold = j

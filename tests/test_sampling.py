@@ -98,6 +98,13 @@ def test_repetition_penalty_matches_transformers_rule():
     ("temperature", float("nan"), "temperature=nan is invalid"),
     ("temperature", 1e300, "temperature=1e\\+300 is invalid: beyond float32"),  # would be inf on the device
     ("repetition_penalty", 1e39, "repetition_penalty=1e\\+39 is invalid: beyond float32"),
+    ("min_tokens", -1, "min_tokens=-1 is invalid: use a whole number from 0 to max_new_tokens \\(256\\)"),
+    ("min_tokens", 300, "min_tokens=300 is invalid"),  # beyond max_new_tokens
+    ("stop_token_ids", [2, -1], "stop_token_ids=\\[2, -1\\] is invalid: use a list of token ids"),
+    ("stop_token_ids", [2, True], "stop_token_ids=\\[2, True\\] is invalid"),
+    ("stop_token_ids", 2, "stop_token_ids=2 is invalid"),
+    ("stop_token_ids", list(range(65)), "stop_token_ids='<65 ids>' is invalid: name at most 64 tokens"),
+    ("skip_special_tokens", "no", "skip_special_tokens='no' is invalid: use True or False"),
 ])
 def test_invalid_values(field, value, message):
     with pytest.raises(GenerationError, match=message):
@@ -115,9 +122,12 @@ def test_a_bad_value_from_generation_config_names_the_file():
 
 
 def test_generation_config_supplies_defaults():
-    gen = {"do_sample": True, "temperature": 0.6, "top_p": 0.9, "max_new_tokens": 77}
+    gen = {"do_sample": True, "temperature": 0.6, "top_p": 0.9, "max_new_tokens": 77, "min_new_tokens": 5}
     p = SamplingParams(top_p=0.5).resolved(gen)
-    assert (p.temperature, p.top_p, p.top_k, p.max_new_tokens) == (0.6, 0.5, 50, 77)
+    assert (p.temperature, p.top_p, p.top_k, p.max_new_tokens, p.min_tokens) == (0.6, 0.5, 50, 77, 5)
+    # transformers' min_new_tokens beyond the length holds the EOS back to the end; stop ids lose their repeats, as vLLM's
+    p = SamplingParams(max_new_tokens=3, stop_token_ids=[7, 2, 7]).resolved(gen)
+    assert (p.min_tokens, p.stop_token_ids) == (3, (7, 2))
     assert SamplingParams().resolved({}).temperature == 0.0  # greedy without a generation config
 
 

@@ -300,6 +300,44 @@ def test_penalties_and_logit_bias_match_vllms_rule_end_to_end(tmp_path):
             assert not bias or banned not in got
 
 
+def test_min_tokens_and_stop_token_ids_match_transformers_end_to_end(tmp_path):
+    """Greedy with vLLM's min_tokens and stop_token_ids in an engine short of pages (sequences preempted and
+    recomputed) against transformers' generate with min_new_tokens and the stop ids among its eos_token_id: the
+    checkpoint's EOS is a token greedy picks second, so the plain answer ends there and min_tokens holds it back
+    (MinNewTokensLengthLogitsProcessor); a stop id ends an answer as the EOS does, its id the last token and its text
+    left out, and min_tokens holds it back too. Plain greedy rows still run the GREEDY step."""
+    import jaxllm
+    from jaxllm.engine import Engine
+    from jaxllm.sampling import GREEDY, PENALIZED, step_kind
+
+    hf, _ = _peaked_llama(tmp_path, vocab=48, seed=1)
+    prompts = [[5, 9, 5, 9, 12, 5, 7, 30], [3, 3, 3, 40, 41], [17, 2, 8, 8, 1, 44, 20, 21, 22, 5, 6]]
+
+    def reference(prompt, eos, min_new=0):
+        with torch.no_grad():
+            ids = torch.tensor([prompt])
+            out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
+                              min_new_tokens=min_new, eos_token_id=eos, pad_token_id=0)[0, len(prompt):].tolist()
+        return out[: next((i + 1 for i, t in enumerate(out) if t in (eos or ())), len(out))]  # through the first stop
+
+    free = [reference(p, None) for p in prompts]
+    eos, stop = free[0][1], free[1][2]  # greedy would end answer 0 at its second token and answer 1 at its third
+    hf.generation_config.eos_token_id = eos
+    hf.generation_config.save_pretrained(tmp_path)
+    model = jaxllm.load(tmp_path)
+    engine = Engine(model, batch_size=3, max_len=32, num_pages=12, page_size=4, prefill_tokens=8, chunk=4)
+    plain = SamplingParams(max_new_tokens=12, temperature=0.0)
+    assert step_kind([plain.resolved()]) == GREEDY and step_kind([SamplingParams(min_tokens=1).resolved()]) == PENALIZED
+    preempted = engine.scheduler.stats.preempted
+    for min_tokens, stops in [(0, ()), (5, ()), (0, (stop,)), (4, (stop, eos))]:
+        got = model.generate(prompts, dataclasses.replace(plain, min_tokens=min_tokens, stop_token_ids=stops), engine=engine)
+        for prompt, answer in zip(prompts, got):
+            want = reference(prompt, [eos, *stops], min_tokens)
+            assert answer.token_ids == want, (min_tokens, stops, prompt)
+            assert answer.finish_reason == ("stop" if want[-1] in (eos, *stops) else "length")
+    assert engine.scheduler.stats.preempted > preempted, "the pool should run out of pages"
+
+
 def test_a_sampled_row_draws_the_same_beside_penalized_rows(tmp_path):
     """A call takes the largest kind of step its rows need (sampling.step_kind): a seeded sampled row
     decoded beside a penalized one (a call of kind PENALIZED, zero penalties for it) draws what it

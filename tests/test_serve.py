@@ -10,6 +10,7 @@ import logging
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import httpx
@@ -299,6 +300,35 @@ def test_seeded_sampling_n_and_stop_strings(server):
     assert [(c.index, c.message.content, c.finish_reason) for c in out.choices] == [
         (i, full[: full.index(stop)], "stop") for i in range(2)]
     assert out.usage.completion_tokens < 2 * len(server.refs[CHAT[0], True].token_ids)
+
+    # vLLM's extensions (extra_body), asked at once (the engine batches them)
+    def ask(extra):
+        return server.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": CHAT[0]}], max_tokens=NEW,
+                                                     temperature=0, extra_body={"return_token_ids": True, **extra}).choices[0]
+
+    ref, tok = server.refs[CHAT[0], True], server.model.tokenizer
+    at = next(i for i in range(2, len(ref.token_ids)) if ref.token_ids[i] not in ref.token_ids[:i])
+    asks = [dict(stop=[stop], include_stop_str_in_output=True), dict(stop_token_ids=[ref.token_ids[at]]),
+            dict(stop_token_ids=[ref.token_ids[at]], include_stop_str_in_output=True),
+            dict(include_stop_str_in_output=True, skip_special_tokens=False), dict(skip_special_tokens=False)]
+    with ThreadPoolExecutor(len(asks)) as pool:
+        kept, *by_id, eos_kept, special = pool.map(ask, asks)
+    # the stop string kept, with vLLM's stop_reason
+    assert (kept.message.content, kept.finish_reason, kept.model_extra["stop_reason"]) == (full[: full.index(stop) + len(stop)], "stop", stop)
+    # a stop token id ends the answer where greedy picks it: the id is the last token, its text is left out unless asked for
+    for include, got in enumerate(by_id):
+        assert (got.model_extra["token_ids"], got.finish_reason, got.model_extra["stop_reason"]) == (
+            ref.token_ids[: at + 1], "stop", ref.token_ids[at])
+        assert got.message.content == tok.decode(ref.token_ids[: at + include], skip_special_tokens=True)
+    # the EOS that ended the answer: its text only with include_stop_str_in_output and skip_special_tokens false
+    assert ref.finish_reason == "stop" and ref.token_ids[-1] in server.engine.eos
+    eos_text = tok.decode(ref.token_ids[-1:], skip_special_tokens=False)
+    assert eos_kept.message.content == ref.text + eos_text and special.message.content == ref.text
+    # min_tokens (the engine's and TextStream's, tested against transformers and the whole decode) reaches the
+    # sampling values; a request without it is not given generation_config.json's min_new_tokens (nor by vLLM's server)
+    (vllm,) = ChatRequest(messages=hi, min_tokens=3, stop_token_ids=[5, 9, 5]).sampling({"min_new_tokens": 7}, 8)
+    assert (vllm.min_tokens, vllm.stop_token_ids) == (3, (5, 9))
+    assert ChatRequest(messages=hi).sampling({"min_new_tokens": 7}, 8)[0].min_tokens == 0
     wait_idle(server)
 
 
@@ -397,9 +427,12 @@ def test_full_server_answers_503_with_retry_after(server):
      "messages[0].function_call"),
     # fields this server does not declare, that would change the answer: refused, not ignored
     (dict(modalities=["text", "audio"]), "modalities"),
-    (dict(extra_body={"min_tokens": 3}), "min_tokens"),  # vLLM's extensions
-    (dict(extra_body={"stop_token_ids": [2]}), "stop_token_ids"),
-    (dict(extra_body={"skip_special_tokens": False}), "skip_special_tokens"),
+    (dict(extra_body={"spaces_between_special_tokens": False}), "spaces_between_special_tokens"),  # vLLM's extensions
+    (dict(extra_body={"min_tokens": 5}), "min_tokens"),  # beyond max_tokens
+    (dict(extra_body={"min_tokens": -1}), "min_tokens"),
+    (dict(extra_body={"stop_token_ids": [2, -1]}), "stop_token_ids"),
+    (dict(extra_body={"stop_token_ids": [10**9]}), "stop_token_ids"),  # beyond the vocabulary
+    (dict(extra_body={"skip_special_tokens": "no"}), "skip_special_tokens"),
     (dict(extra_body={"guided_json": {"type": "object"}}), "guided_json"),
     (dict(extra_body={"continue_final_message": True, "add_generation_prompt": False}), "continue_final_message"),
     (dict(extra_body={"echo": True}), "echo"),
@@ -495,6 +528,7 @@ def test_neutral_values_of_unsupported_fields_and_the_developer_role_are_accepte
     neutral = dict(logit_bias={}, tools=[], tool_choice="none", response_format={"type": "text"}, modalities=["text"],
                    extra_body={"functions": [], "function_call": "none", "presence_penalty": 0, "min_tokens": 0,
                                "stop_token_ids": [], "skip_special_tokens": True, "add_generation_prompt": True,
+                               "spaces_between_special_tokens": True,
                                "verbosity": "medium"},
                    # OpenAI's fields that change no answer here: accepted
                    user="u1", store=False, metadata={"k": "v"}, service_tier="auto", parallel_tool_calls=False)

@@ -247,8 +247,9 @@ class Server:
                                      media_type="text/event-stream", background=BackgroundTask(sub.close))
         if not await _unless_disconnected(request, self._collect(sub, outputs)):
             return Response(status_code=499)  # nobody reads it; the sequences were cancelled
-        choices = [fmt.choice(i, _echoed(Piece(o.text, o.tokens, o.logprobs, o.finish_reason, o.top_logprobs), echoes, i, o),
-                              final=True) for i, o in enumerate(outputs)]
+        choices = [fmt.choice(i, _echoed(Piece(o.text, o.tokens, o.logprobs, o.finish_reason, o.top_logprobs,
+                                               stop_reason=o.stop_reason), echoes, i, o), final=True)
+                   for i, o in enumerate(outputs)]
         return JSONResponse(fmt.envelope(choices, usage(prompt_tokens, sum(len(o.tokens) for o in outputs))))
 
     async def _pieces(self, sub: Submission, outputs: list[Output], echoes: list | None = None) -> AsyncIterator[tuple[int, Piece]]:
@@ -262,7 +263,8 @@ class Server:
                 text = out.take(ev)
                 if out.finish_reason is not None and not ev.finished:
                     sub.cancel(choice)  # a stop string
-                piece = Piece(text, out.tokens[start:], out.logprobs[start:], out.finish_reason, out.top_logprobs[start:])
+                piece = Piece(text, out.tokens[start:], out.logprobs[start:], out.finish_reason, out.top_logprobs[start:],
+                              stop_reason=out.stop_reason)
                 yield choice, piece if choice in echoed else _echoed(piece, echoes, choice, out)
                 echoed.add(choice)
         finally:

@@ -145,8 +145,9 @@ class StreamOptions(_Strict):
 
 
 class _Common(_Strict):
-    """Fields both endpoints take. top_k, min_p, repetition_penalty, ignore_eos and
-    return_token_ids are extensions (the openai client sends them through `extra_body`). Other
+    """Fields both endpoints take. top_k, min_p, repetition_penalty, ignore_eos, return_token_ids,
+    min_tokens, stop_token_ids, include_stop_str_in_output and skip_special_tokens are extensions
+    (vLLM's; the openai client sends them through `extra_body`). Other
     fields are kept (extra="allow") so that check() can refuse them: those of _UNSUPPORTED unless
     at their neutral value, NO_OP's never, any other as OpenAI's API does ("Unrecognized request
     argument supplied"): a misspelt field ("temprature": 0, "max_token": 5) was ignored, and the
@@ -173,6 +174,10 @@ class _Common(_Strict):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: Any = None  # token ids (JSON's string keys) -> a bias in [-100, 100], as OpenAI's
+    min_tokens: int = 0  # vLLM's: not generation_config.json's min_new_tokens (vLLM's server does not read it either)
+    stop_token_ids: list[int] | None = None
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
 
     def check(self) -> None:
         """Refuse (400) what exists in the API alone and is out of range or not served here."""
@@ -228,7 +233,9 @@ class _Common(_Strict):
                 top_k=0 if self.top_k == -1 else self.top_k,  # -1: vLLM's spelling of 'no top-k'
                 top_p=self.top_p, min_p=self.min_p, repetition_penalty=self.repetition_penalty, seed=self._seed(),
                 presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty, logit_bias=self.logit_bias,
-                stop=stop, ignore_eos=self.ignore_eos, **self.logprob_fields(),
+                stop=stop, ignore_eos=self.ignore_eos, **self.logprob_fields(), min_tokens=self.min_tokens,
+                stop_token_ids=tuple(self.stop_token_ids or ()), include_stop_str_in_output=self.include_stop_str_in_output,
+                skip_special_tokens=self.skip_special_tokens,
             ).resolved(_server_defaults(generation_config))
         except JaxllmError as err:
             raise bad_request(err, self.api_names()) from None
@@ -419,13 +426,10 @@ _UNSUPPORTED = {
     "moderation": (lambda v, body: v is None, "nothing is moderated here: leave it out"),
     "reasoning_effort": (lambda v, body: v is None, "the model's reasoning is not controlled here: leave it out"),
     "verbosity": (lambda v, body: v in (None, "medium"), "leave it out (or send 'medium'): ask for brevity in the messages"),
-    # vLLM's extensions beside the ones served here (top_k, min_p, repetition_penalty, ignore_eos):
+    # vLLM's extensions beside the ones served here (top_k, min_p, repetition_penalty, ignore_eos, min_tokens, ...):
     # a client written for vLLM that sends one gets a 400, not an answer that ignored it.
-    "min_tokens": (lambda v, body: v in (None, 0), "leave it out (ignore_eos makes answers run to max_tokens)"),
-    "stop_token_ids": (lambda v, body: v in (None, []), "give the tokens' text in stop instead"),
-    "include_stop_str_in_output": (lambda v, body: v in (None, False), "leave it out: the answer ends before the stop string"),
-    "skip_special_tokens": (lambda v, body: v in (None, True),
-                            "leave it out: special tokens are left out of the text (return_token_ids gives every id)"),
+    "spaces_between_special_tokens": (lambda v, body: v in (None, True),
+                                      "leave it out: special tokens' text is joined as the tokenizer's decode joins it"),
     "bad_words": (lambda v, body: v in (None, []), "leave it out"),
     "allowed_token_ids": (lambda v, body: v is None, "leave it out"),
     "prompt_logprobs": (lambda v, body: v in (None, 0),
@@ -477,6 +481,7 @@ class Piece:
     finish_reason: str | None = None
     top: list = dataclasses.field(default_factory=list)
     echoed: int = 0
+    stop_reason: str | int | None = None  # vLLM's: the stop string or stop token id that ended the choice
 
     def after(self, text: str, prompt: list[int], output) -> "Piece":
         """This piece behind its prompt (completions' echo): the prompt's text and tokens, with the
@@ -484,7 +489,8 @@ class Piece:
         n = len(prompt)
         lps = output.prompt_logprobs or [None] * n
         top = output.prompt_top_logprobs or [None] * n
-        return Piece(text + self.text, prompt + self.tokens, lps + self.logprobs, self.finish_reason, top + self.top, n)
+        return Piece(text + self.text, prompt + self.tokens, lps + self.logprobs, self.finish_reason, top + self.top, n,
+                     self.stop_reason)
 
     def top_at(self, i: int) -> list:
         return self.top[i] or [] if i < len(self.top) else []
@@ -517,6 +523,7 @@ class Format:
     def choice(self, index: int, piece: Piece, final: bool) -> dict:
         out = {"index": index, **self.content(piece, final), "finish_reason": piece.finish_reason,
                "logprobs": self.format_logprobs(index, piece) if self.logprobs else None}
+        out["stop_reason"] = piece.stop_reason
         if self.token_ids:
             out["token_ids"] = piece.tokens[piece.echoed :]
         return out

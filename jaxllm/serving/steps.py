@@ -38,7 +38,8 @@ class SlotState(NamedTuple):
     seen: jax.Array  # [B, V] bool: tokens in the sequence (repetition penalty)
     counts: jax.Array  # [B, V] int16: times each token was generated (presence / frequency penalties; kept by
     # the steps of kind PENALIZED, which every row with a penalty takes: sampling.step_kind)
-    eos: jax.Array  # [B, E] token ids that end each slot's sequence (-1 pads)
+    eos: jax.Array  # [B, E] token ids that end each slot's sequence (-1 pads): its EOS ids (none under ignore_eos),
+    # then its stop_token_ids (E: the engine's EOS ids + sampling.STOP_TOKEN_IDS_MAX); min_tokens holds them back
     params: RowParams
 
 
@@ -219,7 +220,7 @@ def _prefill(graphdef, counters, attention, gather, kv_len, sampling, top, promp
         output = (history >= 0) & (at >= end - generated[:, None]) & (at < end)
         counts = jnp.zeros(logits.shape, jnp.int32).at[rows[:, None], jnp.maximum(history, 0)].add(output)
         counts = jnp.minimum(counts, COUNT_MAX).astype(jnp.int16)
-    token, logprob = sample(logits, seen, rp, generated, sampling, counts)
+    token, logprob = sample(logits, seen, rp, generated, sampling, counts, eos)
     bad = ~jnp.all(jnp.isfinite(logits), axis=-1)
     token = jnp.where(bad, ERROR, token)
     generated = generated + 1
@@ -273,7 +274,7 @@ def _decode(graphdef, counters, chunk, attention, gather, kv_len, sampling, casc
         hidden, cache = model.hidden(st.tokens[:, None], st.positions[:, None], st.cache, kv)
         logits = _whole(model.logits(hidden)[:, 0], gather)
         penalized = sampling == PENALIZED
-        token, lp = sample(logits, st.seen, st.params, st.generated, sampling, st.counts if penalized else None)
+        token, lp = sample(logits, st.seen, st.params, st.generated, sampling, *((st.counts, st.eos) if penalized else ()))
         bad = active & ~jnp.all(jnp.isfinite(logits), axis=-1)
         token = jnp.where(active, jnp.where(bad, ERROR, token), -1)
         generated = st.generated + active
