@@ -107,7 +107,7 @@ def test_dbrx_weight_norms_other_than_the_sum_are_refused():
     ("MiniMaxForCausalLM", dict(block_size=0), r"'block_size' must be a positive integer"),
     ("OlmoHybridForCausalLM", dict(linear_allow_neg_eigval="yes"), r"'linear_allow_neg_eigval' must be"),
     ("MiniMaxM2ForCausalLM", dict(attn_type_list="1"), r"'attn_type_list' must be a list of integers"),
-    ("Glm4MoeLiteForCausalLM", dict(mlp_layer_types="dense"), r"'mlp_layer_types' must be a list of strings"),
+    ("Glm4MoeLiteForCausalLM", dict(mlp_layer_types="dense"), r"'mlp_layer_types' must be a list of non-empty strings"),
     ("ExaoneMoeForCausalLM", dict(num_shared_experts="1"), r"'num_shared_experts' must be a non-negative integer"),
     ("MiniCPM3ForCausalLM", dict(scale_emb="12"), r"'scale_emb' must be a positive number"),
     # ropes read per layer type (a flat or missing entry, rope_scaling in their place: failures in transformers)
