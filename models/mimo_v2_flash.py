@@ -39,7 +39,7 @@ def layer_type_ropes(raw: dict, types, partial: float, defaults: dict) -> dict:
         raise ConfigError("config.json rope_scaling (null too) takes the place of rope_parameters in transformers' config, "
                           "whose rope for this family then cannot read it per layer type: remove it (give rope_parameters per "
                           "layer type: full_attention, sliding_attention)")
-    ropes = raw.get("rope_parameters") or defaults
+    ropes = defaults if raw.get("rope_parameters") is None else raw["rope_parameters"]  # {}: no entry (transformers fails)
     if not all(isinstance(ropes.get(t), dict) for t in set(types)):
         raise ConfigError(f"config.json rope_parameters must give an entry for each layer type it uses ({', '.join(sorted(set(types)))}), "
                           "which transformers reads per layer type: give rope_parameters per layer type")
