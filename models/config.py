@@ -506,13 +506,22 @@ def _validated(cfg: ModelConfig) -> ModelConfig:
                     f"{cfg.rotary_dim // 2}"
                 )
     check_eos(cfg.eos_token_ids, cfg.vocab_size, "config.json")
+    _check_experts(cfg)
+    return cfg
+
+
+def _check_experts(cfg: ModelConfig) -> None:
+    """A ConfigError where the router cannot pick num_experts_per_tok of the experts (transformers fails there)."""
+    if cfg.experts_per_token and not cfg.num_experts:  # a family whose 0 experts mean a dense MLP picks none (0)
+        raise ConfigError(f"config.json gives the experts' count (num_local_experts, num_experts or n_routed_experts, as the "
+                          f"family names it) as 0, while num_experts_per_tok={cfg.experts_per_token} routes each token to "
+                          "experts (transformers' router fails): give the checkpoint's number of experts")
     if cfg.num_experts and not 0 < cfg.experts_per_token <= cfg.num_experts:
         raise ConfigError(
             f"config.json num_experts_per_tok={cfg.experts_per_token} must lie in [1, {cfg.num_experts}] (the number of experts)"
         )
     if cfg.num_experts and cfg.router_groups > 1:
         _check_groups(cfg)
-    return cfg
 
 
 def _check_recurrent(cfg: ModelConfig) -> None:
