@@ -258,8 +258,8 @@ def check_config(raw, where: str = "config.json", prefix: str = "") -> dict:
                           "or 'int4' quantizes it while loading)")
     for key in ("rope_parameters", "rope_scaling"):
         rope = raw.get(key) or {}
-        per_type = isinstance(rope.get("full_attention"), dict)
-        for sub in [t for t in LAYER_TYPES if rope.get(t) is not None] if per_type else [None]:
+        per_type = [t for t in LAYER_TYPES if rope.get(t) is not None]  # entries per layer type, each an object
+        for sub in per_type or [None]:
             check_fields(rope[sub] if sub else rope, ROPE_FIELDS, where, f"{prefix}{key}.{sub}." if sub else f"{prefix}{key}.")
     return raw
 
