@@ -512,7 +512,8 @@ def _validated(cfg: ModelConfig) -> ModelConfig:
 
 def _check_experts(cfg: ModelConfig) -> None:
     """A ConfigError where the router cannot pick num_experts_per_tok of the experts (transformers fails there)."""
-    if cfg.experts_per_token and not cfg.num_experts:  # a family whose 0 experts mean a dense MLP picks none (0)
+    routed = set(range(cfg.num_layers)) - set(cfg.dense_layers)  # the layers a family whose 0 experts mean dense marks dense
+    if cfg.experts_per_token and not cfg.num_experts and routed:  # or picks none (experts_per_token 0)
         raise ConfigError(f"config.json gives the experts' count (num_local_experts, num_experts or n_routed_experts, as the "
                           f"family names it) as 0, while num_experts_per_tok={cfg.experts_per_token} routes each token to "
                           "experts (transformers' router fails): give the checkpoint's number of experts")

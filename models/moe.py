@@ -94,7 +94,7 @@ def qwen3_moe_defaults(raw: dict) -> dict:
     """What Qwen3MoeConfig assumes for keys left out: 128 experts, top 8, 768 wide, every layer routed."""
     experts = _experts(raw, 128)
     return dict(
-        qk_norm="per_head", mlp_bias=False, num_experts=experts, experts_per_token=raw.get("num_experts_per_tok", 8) if experts else 0,
+        qk_norm="per_head", mlp_bias=False, num_experts=experts, experts_per_token=raw.get("num_experts_per_tok", 8),
         moe_intermediate_size=raw.get("moe_intermediate_size", 768), norm_topk_prob=bool(raw.get("norm_topk_prob", False)),
         dense_layers=dense_layers(raw, experts),
     )  # use_sliding_window puts the window on every layer here (transformers has no max_window_layers for it)
@@ -115,7 +115,7 @@ def qwen2_moe_defaults(raw: dict) -> dict:
                                       for i in range(raw["num_hidden_layers"]))
     return dict(
         qkv_bias=raw["qkv_bias"], o_bias=False, mlp_bias=False, num_experts=raw["num_experts"],
-        experts_per_token=raw["num_experts_per_tok"] if raw["num_experts"] else 0, moe_intermediate_size=raw["moe_intermediate_size"],
+        experts_per_token=raw["num_experts_per_tok"], moe_intermediate_size=raw["moe_intermediate_size"],
         norm_topk_prob=raw["norm_topk_prob"], dense_layers=dense_layers(raw, raw["num_experts"]),
         shared_expert_intermediate_size=raw["shared_expert_intermediate_size"], **window,
     )

@@ -55,7 +55,7 @@ def hybrid_defaults(raw: dict) -> dict:
 
 def _routed_defaults(raw: dict, norm_topk_prob: bool, dense: tuple[int, ...]) -> dict:
     """The hybrid layers with routed experts and the gated shared expert."""
-    return dict(hybrid_defaults(raw), num_experts=raw["num_experts"], experts_per_token=raw["num_experts_per_tok"] if raw["num_experts"] else 0,
+    return dict(hybrid_defaults(raw), num_experts=raw["num_experts"], experts_per_token=raw["num_experts_per_tok"],
                 moe_intermediate_size=raw["moe_intermediate_size"], norm_topk_prob=norm_topk_prob, dense_layers=dense,
                 shared_expert_intermediate_size=raw["shared_expert_intermediate_size"])
 
