@@ -221,15 +221,13 @@ def _rope_theta(raw: dict):
 
 
 def _null_in_rope(raw: dict, key: str) -> str | None:
-    """Where config.json's rope settings (rope_parameters, rope_scaling, or their entries per layer type) give `key` as
-    null ("rope_parameters.full_attention.rope_theta"), or None."""
+    """Where config.json's flat rope settings (rope_parameters, rope_scaling) give `key` as null ("rope_parameters.rope_theta"),
+    or None; the families reading a rope per layer type check their entries themselves (mimo_v2_flash.layer_type_ropes,
+    gemma4.gemma4_rope)."""
     for name in ("rope_parameters", "rope_scaling"):
         rope = raw.get(name)
-        entries = {f"{name}.": rope} if isinstance(rope, dict) else {}
-        entries.update({f"{name}.{t}.": e for t, e in (rope or {}).items() if isinstance(e, dict)} if entries else {})
-        for where, entry in entries.items():
-            if key in entry and entry[key] is None:
-                return where + key
+        if isinstance(rope, dict) and key in rope and rope[key] is None:
+            return f"{name}.{key}"
     return None
 
 

@@ -38,12 +38,11 @@ MAX_HEADS = 2**16  # far beyond any released model's; per-head tables (ALiBi's, 
 class Field:
     """A field's type (int, float for any finite number, bool, str or dict) and, for numbers, its
     range [low, high] (`strict`: low itself excluded). `many`: "one" value, a "list" of them, or
-    "either"; `empty`: whether an empty list is taken (False where transformers refuses one, or the
-    code reading the field would take it for absent). `null`: whether null is taken as "absent"
-    (False where the code reading the field has a default for absent only). `or_text`: a string is
-    accepted as well, any (True: EXAONE 4's "LLLG" window pattern beside a number) or one of these
-    (a tuple: Mamba's time_step_rank "auto"). A name (kind str) is never empty: "" names nothing
-    (transformers fails looking it up), where reading it as absent would put a default in its place."""
+    "either"; `empty`: whether an empty list or string is taken (False where transformers refuses
+    one, or the code reading the field would take it for absent). `null`: whether null is taken as
+    "absent" (False where the code reading the field has a default for absent only). `or_text`: a
+    string is accepted as well, any (True: EXAONE 4's "LLLG" window pattern beside a number) or one
+    of these (a tuple: Mamba's time_step_rank "auto")."""
 
     kind: type
     low: float | None = None
@@ -60,7 +59,7 @@ class Field:
         return self.many != "list" and self._accepts_one(value)
 
     def _accepts_one(self, v) -> bool:
-        if v == "" and (self.kind is str or isinstance(self.or_text, tuple)):
+        if v == "" and not self.empty:
             return False
         if self.or_text and isinstance(v, str):
             return self.or_text is True or v in self.or_text
@@ -71,11 +70,12 @@ class Field:
         return (self.low is None or v > self.low or (v == self.low and not self.strict)) and (self.high is None or v <= self.high)
 
     def describe(self) -> str:
-        noun = {int: "integer", float: "number", bool: "boolean (true or false)", str: "non-empty string", dict: "JSON object"}[self.kind]
+        noun = {int: "integer", float: "number", bool: "boolean (true or false)", str: "string", dict: "JSON object"}[self.kind]
+        noun = noun if self.empty or self.many != "one" else "non-empty " + noun
         sign = {(0, True): "positive ", (0, False): "non-negative ", (1, False): "positive "}.get((self.low, self.strict), "")
         text = sign + noun + ("s" if self.many == "list" else "") + (f" <= {self.high}" if self.high is not None else "")
         if self.many == "list":
-            return ("a list of " if self.empty else "a non-empty list of ") + text
+            return "a list of " + text if self.empty else "a non-empty list of non-empty " + text
         text = ("an " if text[0] in "aeiou" else "a ") + text
         texts = " or a non-empty string" if self.or_text is True else "".join(f' or "{t}"' for t in self.or_text or ())
         return text + (" or a list of them" if self.many == "either" else "") + texts
@@ -142,7 +142,7 @@ CONFIG_FIELDS = {
     "no_rope_layers": Field(int, 0, 1, many="list"), "no_rope_layer_interval": COUNT,
     # mixtures of experts
     "num_local_experts": _given(EXPERTS), "num_experts": EXPERTS,  # null: Gemma 4's dense models (not_null elsewhere)
-    "num_experts_per_tok": _given(COUNT), "moe_intermediate_size": COUNT,
+    "num_experts_per_tok": _given(COUNT), "moe_intermediate_size": INDEX,
     "norm_topk_prob": FLAG, "decoder_sparse_step": INDEX, "mlp_only_layers": Field(int, 0, MAX_SIZE, many="list"),
     "shared_expert_intermediate_size": COUNT, "qkv_bias": FLAG,  # Qwen2-MoE (a shared expert of width 0 is refused)
     "shared_intermediate_size": INDEX,  # GraniteMoeShared's (0: none)
@@ -215,9 +215,9 @@ CONFIG_FIELDS = {
 # families (model_type) that ship them: gpt-oss's MXFP4 experts (mxfp4.mxfp4_names).
 READ_QUANT_METHODS = {"mxfp4": ("gpt_oss",)}
 # Inside rope_parameters / rope_scaling (or each of its per-layer-type entries).
-# rope_type given as null: transformers looks the null type up (a KeyError)
+# rope_type given as null or "": transformers looks that type up (a KeyError)
 ROPE_FIELDS = {
-    "rope_type": _given(NAME), "type": NAME, "rope_theta": POSITIVE, "factor": POSITIVE, "partial_rotary_factor": FRACTION,
+    "rope_type": Field(str, null=False, empty=False), "type": NAME, "rope_theta": POSITIVE, "factor": POSITIVE, "partial_rotary_factor": FRACTION,
     "original_max_position_embeddings": COUNT, "low_freq_factor": POSITIVE, "high_freq_factor": POSITIVE,
     "attention_factor": POSITIVE, "beta_fast": POSITIVE, "beta_slow": POSITIVE, "mscale": NON_NEGATIVE,
     "mscale_all_dim": NON_NEGATIVE, "truncate": FLAG, "short_factor": Field(float, 0, strict=True, many="list"),

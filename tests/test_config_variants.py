@@ -107,7 +107,7 @@ def test_dbrx_weight_norms_other_than_the_sum_are_refused():
     ("MiniMaxForCausalLM", dict(block_size=0), r"'block_size' must be a positive integer"),
     ("OlmoHybridForCausalLM", dict(linear_allow_neg_eigval="yes"), r"'linear_allow_neg_eigval' must be"),
     ("MiniMaxM2ForCausalLM", dict(attn_type_list="1"), r"'attn_type_list' must be a list of integers"),
-    ("Glm4MoeLiteForCausalLM", dict(mlp_layer_types="dense"), r"'mlp_layer_types' must be a list of non-empty strings"),
+    ("Glm4MoeLiteForCausalLM", dict(mlp_layer_types="dense"), r"'mlp_layer_types' must be a list of strings"),
     ("ExaoneMoeForCausalLM", dict(num_shared_experts="1"), r"'num_shared_experts' must be a non-negative integer"),
     ("MiniCPM3ForCausalLM", dict(scale_emb="12"), r"'scale_emb' must be a positive number"),
     # ropes read per layer type (a flat or missing entry, rope_scaling in their place: failures in transformers)
@@ -122,13 +122,11 @@ def test_dbrx_weight_norms_other_than_the_sum_are_refused():
     ("AfmoeForCausalLM", dict(layer_types=None, global_attn_every_n_layers=None), r"neither layer_types nor global_attn_every_n_layers"),
     ("JetMoeForCausalLM", dict(rms_norm_eps=1e-5), r"rms_norm_eps=1e-05 applies to JetMoE's final norm alone"),
     # values transformers cannot run, each refused by its field's one rule (config_fields) or a rule of every family:
-    # an empty name (read as absent: silu), an empty layer list (read as absent), a string other than "auto", a fraction
-    # for an integer, 0 widths and chunks, a dropout past 1, a null rope type, billions of heads (hung building slopes)
-    ("JambaForCausalLM", dict(hidden_act=""), r"'hidden_act' must be a non-empty string, got \"\""),
+    # an empty layer list (read as absent), a string other than "auto", a fraction
+    # for an integer, 0 chunks, a dropout past 1, a null rope type, billions of heads (hung building slopes)
     ("MiniMaxForCausalLM", dict(layer_types=[]), r"'layer_types' must be a non-empty list of non-empty strings, got \[\]"),
     ("Mamba2ForCausalLM", dict(time_step_rank="x"), r"'time_step_rank' must be a positive integer <= \d+ or \"auto\", got \"x\""),
     ("MambaForCausalLM", dict(expand=1.5), r"'expand' must be a positive integer"),
-    ("HYV3ForCausalLM", dict(moe_intermediate_size=0), r"'moe_intermediate_size' must be a positive integer"),
     ("NemotronHForCausalLM", dict(chunk_size=0), r"'chunk_size' must be a positive integer"),
     ("Jais2ForCausalLM", dict(attention_dropout=-1), r"'attention_dropout' must be a non-negative number <= 1, got -1"),
     ("BitNetForCausalLM", dict(rope_parameters={"rope_type": None, "rope_theta": 1e4}), r"'rope_parameters\.rope_type' must be .*got null"),
@@ -137,7 +135,9 @@ def test_dbrx_weight_norms_other_than_the_sum_are_refused():
     ("AfmoeForCausalLM", dict(rope_parameters={"rope_type": "default", "rope_theta": None}), r"'rope_parameters\.rope_theta' is null"),
     ("LagunaForCausalLM", dict(rope_parameters={t: {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": None}
                                                 for t in ("full_attention", "sliding_attention")}),
-     r"'rope_parameters\.full_attention\.partial_rotary_factor' is null"),
+     r"rope_parameters\.(full|sliding)_attention must be a default rope with a rope_theta and a non-null partial_rotary_factor"),
+    ("Qwen3NextForCausalLM", dict(rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": None}),
+     r"'rope_parameters\.partial_rotary_factor' is null"),
     ("FalconH1ForCausalLM", dict(key_multiplier=None), r"'key_multiplier' is null"),
     ("FalconH1ForCausalLM", dict(time_step_limit=None), r"time_step_limit is null"),
     # an empty rope_parameters where it is read per layer type (not the default's), experts counted 0 beside picks per token
