@@ -176,6 +176,13 @@ class Architecture:
             if key in raw and raw[key] is None and not (key == "rope_theta" and _rope_theta(raw) is not None):
                 raise ConfigError(f"config.json '{key}' is null, which transformers refuses for {self.name}: give it a "
                                   "value, or leave the key out for the family's default")
+        # inside the rope settings: a null base where the top-level one may not be null either, a null factor where the
+        # family rotates part of each head (transformers computes with the null: a TypeError)
+        for key in ("rope_theta",) * ("rope_theta" in self.not_null) + ("partial_rotary_factor",) * self.partial_rotary:
+            where = _null_in_rope(raw, key)
+            if where:
+                raise ConfigError(f"config.json '{where}' is null, which transformers cannot run for {self.name}: give it a "
+                                  "value, or leave the key out")
         raw = {k: v for k, v in raw.items()
                if k not in self.ignored_keys and (k not in NORM_EPS_KEYS or k in _keys(self.norm_eps_key))}
         if not self.partial_rotary:
@@ -211,6 +218,19 @@ def _rope_theta(raw: dict):
     """The rope_theta of config.json's flat rope settings (rope_scaling, else rope_parameters), or None."""
     rope = raw.get("rope_scaling") or raw.get("rope_parameters") or {}
     return rope.get("rope_theta") if isinstance(rope, dict) else None
+
+
+def _null_in_rope(raw: dict, key: str) -> str | None:
+    """Where config.json's flat rope settings (rope_parameters, rope_scaling) give `key` as null ("rope_parameters.rope_theta"),
+    or None; the families reading a rope per layer type check their entries themselves (mimo_v2_flash.layer_type_ropes,
+    gemma4.gemma4_rope)."""
+    for name in ("rope_parameters", "rope_scaling"):
+        rope = raw.get(name)
+        if isinstance(rope, dict) and key in rope and rope[key] is None:
+            return f"{name}.{key}"
+    return None
+
+
 NORM_EPS_KEYS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_epsilon", "norm_eps")
 
 

@@ -465,7 +465,7 @@ def from_hf(raw: dict, architecture: str, defaults: dict | None = None, family_d
         max_position_embeddings=max_positions(raw),
         norm_eps=float(next((raw[k] for k in ("rms_norm_eps", "layer_norm_eps") if raw.get(k) is not None), 1e-6)),
         rope=parse_rope(raw),
-        hidden_act=raw.get("hidden_act") or "silu",
+        hidden_act="silu" if raw.get("hidden_act") is None else raw["hidden_act"],  # "" too is looked up (and refused)
         tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
         qkv_bias=bool(raw.get("attention_bias", False)),
         o_bias=bool(raw.get("attention_bias", False)),
@@ -515,13 +515,23 @@ def _validated(cfg: ModelConfig) -> ModelConfig:
                     f"{cfg.rotary_dim // 2}"
                 )
     check_eos(cfg.eos_token_ids, cfg.vocab_size, "config.json")
+    _check_experts(cfg)
+    return cfg
+
+
+def _check_experts(cfg: ModelConfig) -> None:
+    """A ConfigError where the router cannot pick num_experts_per_tok of the experts (transformers fails there)."""
+    routed = set(range(cfg.num_layers)) - set(cfg.dense_layers)  # the layers a family whose 0 experts mean dense marks dense
+    if cfg.experts_per_token and not cfg.num_experts and routed:  # or picks none (experts_per_token 0)
+        raise ConfigError(f"config.json gives the experts' count (num_local_experts, num_experts or n_routed_experts, as the "
+                          f"family names it) as 0, while num_experts_per_tok={cfg.experts_per_token} routes each token to "
+                          "experts (transformers' router fails): give the checkpoint's number of experts")
     if cfg.num_experts and not 0 < cfg.experts_per_token <= cfg.num_experts:
         raise ConfigError(
             f"config.json num_experts_per_tok={cfg.experts_per_token} must lie in [1, {cfg.num_experts}] (the number of experts)"
         )
     if cfg.num_experts and cfg.router_groups > 1:
         _check_groups(cfg)
-    return cfg
 
 
 def _check_recurrent(cfg: ModelConfig) -> None:

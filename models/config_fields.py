@@ -31,15 +31,18 @@ ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope", "pro
 MAX_SIZE = 2**31 - 1  # sizes, positions and token ids: int32 on the device
 MAX_LAYERS = 1024  # deeper than any released model, and a bound on the (linear) build time
 MAX_EXPERTS = 4096  # the weight map names every expert's tensors
+MAX_HEADS = 2**16  # far beyond any released model's; per-head tables (ALiBi's, lightning attention's slopes) are built on the host
 
 
 @dataclass(frozen=True)
 class Field:
     """A field's type (int, float for any finite number, bool, str or dict) and, for numbers, its
     range [low, high] (`strict`: low itself excluded). `many`: "one" value, a "list" of them, or
-    "either". `null`: whether null is taken as "absent" (False where the code reading the field
-    has a default for absent only). `or_text`: a string is accepted as well (EXAONE 4's "LLLG"
-    window pattern beside a number)."""
+    "either"; `empty`: whether an empty list or string is taken (False where transformers refuses
+    one, or the code reading the field would take it for absent). `null`: whether null is taken as
+    "absent" (False where the code reading the field has a default for absent only). `or_text`: a
+    string is accepted as well, any (True: EXAONE 4's "LLLG" window pattern beside a number) or one
+    of these (a tuple: Mamba's time_step_rank "auto")."""
 
     kind: type
     low: float | None = None
@@ -47,16 +50,19 @@ class Field:
     strict: bool = False
     many: str = "one"
     null: bool = True
-    or_text: bool = False
+    or_text: bool | tuple[str, ...] = False
+    empty: bool = True
 
     def accepts(self, value) -> bool:
         if isinstance(value, list) and self.many != "one":
-            return all(map(self._accepts_one, value))
+            return (self.empty or bool(value)) and all(map(self._accepts_one, value))
         return self.many != "list" and self._accepts_one(value)
 
     def _accepts_one(self, v) -> bool:
+        if v == "" and not self.empty:
+            return False
         if self.or_text and isinstance(v, str):
-            return True
+            return self.or_text is True or v in self.or_text
         if self.kind not in (int, float):
             return isinstance(v, self.kind)
         if isinstance(v, bool) or not isinstance(v, int if self.kind is int else (int, float)) or not -1e308 < v < 1e308:
@@ -65,15 +71,17 @@ class Field:
 
     def describe(self) -> str:
         noun = {int: "integer", float: "number", bool: "boolean (true or false)", str: "string", dict: "JSON object"}[self.kind]
+        noun = noun if self.empty or self.many != "one" else "non-empty " + noun
         sign = {(0, True): "positive ", (0, False): "non-negative ", (1, False): "positive "}.get((self.low, self.strict), "")
         text = sign + noun + ("s" if self.many == "list" else "") + (f" <= {self.high}" if self.high is not None else "")
         if self.many == "list":
-            return "a list of " + text
+            return "a list of " + text if self.empty else "a non-empty list of non-empty " + text
         text = ("an " if text[0] in "aeiou" else "a ") + text
-        return text + (" or a list of them" if self.many == "either" else "") + (" or a string" if self.or_text else "")
+        texts = " or a non-empty string" if self.or_text is True else "".join(f' or "{t}"' for t in self.or_text or ())
+        return text + (" or a list of them" if self.many == "either" else "") + texts
 
 
-COUNT, LAYERS, INDEX = Field(int, 1, MAX_SIZE), Field(int, 1, MAX_LAYERS), Field(int, 0, MAX_SIZE)
+COUNT, LAYERS, INDEX, HEADS = Field(int, 1, MAX_SIZE), Field(int, 1, MAX_LAYERS), Field(int, 0, MAX_SIZE), Field(int, 1, MAX_HEADS)
 EXPERTS = Field(int, 0, MAX_EXPERTS)
 POSITIVE, NON_NEGATIVE = Field(float, 0, strict=True), Field(float, 0)
 FRACTION, PROBABILITY = Field(float, 0, 1, strict=True), Field(float, 0, 1)
@@ -86,16 +94,18 @@ def _given(rule: Field) -> Field:
 
 CONFIG_FIELDS = {
     "architectures": Field(str, many="list"), "model_type": NAME, "vocab_size": COUNT, "hidden_size": COUNT, "intermediate_size": COUNT,
-    "num_hidden_layers": LAYERS, "num_attention_heads": COUNT, "num_key_value_heads": COUNT, "head_dim": COUNT,
+    "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "num_key_value_heads": HEADS, "head_dim": COUNT,
     "max_position_embeddings": COUNT, "rms_norm_eps": NON_NEGATIVE, "layer_norm_eps": NON_NEGATIVE,
     "hidden_act": NAME, "tie_word_embeddings": FLAG, "attention_bias": FLAG, "mlp_bias": FLAG,
     "attention_out_bias": FLAG,  # Seed-OSS: o_proj's bias apart from q/k/v's
+    # never applied at inference, but transformers builds its dropout from it, failing outside [0, 1] (null: most families)
+    "attention_dropout": _given(PROBABILITY),
     "rope_theta": POSITIVE, "rope_scaling": OBJECT, "rope_parameters": OBJECT, "partial_rotary_factor": FRACTION,
     "original_max_position_embeddings": COUNT, "use_sliding_window": FLAG,
     # 0 is what transformers' Qwen2-MoE config saves for a window turned off (use_sliding_window false);
     # a window of 0 on a sliding layer is refused (_validated)
     "sliding_window": INDEX,
-    "max_window_layers": _given(INDEX), "layer_types": Field(str, many="list"), "bos_token_id": INDEX,
+    "max_window_layers": _given(INDEX), "layer_types": Field(str, many="list", empty=False), "bos_token_id": INDEX,
     "eos_token_id": Field(int, 0, MAX_SIZE, many="either"), "pad_token_id": Field(int), "dtype": NAME, "torch_dtype": NAME,
     # Gemma
     "hidden_activation": NAME, "query_pre_attn_scalar": _given(POSITIVE), "attn_logit_softcapping": POSITIVE,
@@ -107,19 +117,19 @@ CONFIG_FIELDS = {
     # Gemma 4: per-layer embeddings, values as keys, shared kv layers, experts beside the MLP, the full layers' heads
     "vocab_size_per_layer_input": COUNT, "hidden_size_per_layer_input": INDEX, "attention_k_eq_v": FLAG,
     "num_kv_shared_layers": INDEX, "enable_moe_block": FLAG, "use_double_wide_mlp": FLAG, "top_k_experts": COUNT,
-    "global_head_dim": COUNT, "num_global_key_value_heads": COUNT, "per_layer_config": OBJECT,
+    "global_head_dim": COUNT, "num_global_key_value_heads": HEADS, "per_layer_config": OBJECT,
     # GPT-NeoX and GPT-2 (its own spellings)
-    "use_parallel_residual": FLAG, "rotary_pct": FRACTION, "rotary_emb_base": POSITIVE, "n_embd": COUNT, "n_layer": LAYERS, "n_head": COUNT, "n_positions": COUNT,
+    "use_parallel_residual": FLAG, "rotary_pct": FRACTION, "rotary_emb_base": POSITIVE, "n_embd": COUNT, "n_layer": LAYERS, "n_head": HEADS, "n_positions": COUNT,
     "n_inner": COUNT, "layer_norm_epsilon": NON_NEGATIVE, "activation_function": NAME, "scale_attn_weights": _given(FLAG),
     "scale_attn_by_inverse_layer_idx": FLAG, "rotary_dim": COUNT, "multi_query": FLAG,  # GPTBigCode's and Falcon's one kv head
     "clip_qkv": POSITIVE,  # OLMo's and OLMoE's clamp of q, k and v
     "norm_eps": NON_NEGATIVE,  # Nemotron's
-    "num_layers": LAYERS, "num_heads": COUNT, "window_size": COUNT,  # GPT-Neo's (its attention_types: gpt_neo.neo_layer_types)
+    "num_layers": LAYERS, "num_heads": HEADS, "window_size": COUNT,  # GPT-Neo's (its attention_types: gpt_neo.neo_layer_types)
     # Falcon's own keys
-    "n_embed": COUNT, "num_kv_heads": COUNT, "ffn_hidden_size": COUNT, "activation": NAME, "bias": FLAG, "parallel_attn": FLAG,
+    "n_embed": COUNT, "num_kv_heads": HEADS, "ffn_hidden_size": COUNT, "activation": NAME, "bias": FLAG, "parallel_attn": FLAG,
     "new_decoder_architecture": FLAG, "alibi": FLAG, "num_ln_in_parallel_attn": COUNT,
     # MPT's own keys (its attention's, nested in attn_config: mpt.ATTN_FIELDS)
-    "d_model": COUNT, "n_heads": COUNT, "n_layers": LAYERS, "max_seq_len": COUNT, "expansion_ratio": COUNT, "no_bias": FLAG,
+    "d_model": COUNT, "n_heads": HEADS, "n_layers": LAYERS, "max_seq_len": COUNT, "expansion_ratio": COUNT, "no_bias": FLAG,
     "learned_pos_emb": FLAG, "attn_config": OBJECT,
     "apply_residual_connection_post_layernorm": FLAG, "pretraining_tp": _given(COUNT), "slow_but_exact": FLAG,  # BLOOM's
     # Granite's scalings; Phi's q/k LayerNorm
@@ -158,7 +168,7 @@ CONFIG_FIELDS = {
     # Qwen3-Next / Qwen3.5's gated-DeltaNet layers and where they are (every full_attention_interval-th layer full)
     # (null: OLMo Hybrid derives the heads' counts and sizes; Qwen's not_null), OLMo Hybrid's beta in [0, 2]
     "linear_conv_kernel_dim": _given(COUNT), "linear_key_head_dim": COUNT, "linear_value_head_dim": COUNT,
-    "linear_num_key_heads": COUNT, "linear_num_value_heads": COUNT, "full_attention_interval": COUNT,
+    "linear_num_key_heads": HEADS, "linear_num_value_heads": HEADS, "full_attention_interval": COUNT,
     "linear_allow_neg_eigval": _given(FLAG),
     # LFM2's short convs and where they are (without layer_types: attention on full_attn_idxs), its MLP width's
     # adjustment, its older spellings of tie_word_embeddings and intermediate_size; LFM2-MoE's dense layers, expert bias
@@ -170,15 +180,16 @@ CONFIG_FIELDS = {
     "block_size": COUNT, **{f"{part}_{ab}_factor": Field(float) for part in ("full_attn", "linear_attn", "mlp") for ab in ("alpha", "beta")},
     # Granite 4.0's Mamba2 layers (mamba_d_head: a number or "auto"; time_step_limit, holding Infinity: granitemoehybrid.py),
     # its rope switch (null: no positions)
-    "mamba_n_heads": _given(COUNT), "mamba_n_groups": _given(COUNT), "mamba_d_state": _given(COUNT),
-    "mamba_d_head": Field(int, 1, MAX_SIZE, null=False, or_text=True), "mamba_d_conv": _given(COUNT),
-    "mamba_expand": _given(COUNT), "mamba_chunk_size": COUNT, "mamba_conv_bias": _given(FLAG), "mamba_proj_bias": _given(FLAG),
+    "mamba_n_heads": _given(HEADS), "mamba_n_groups": _given(COUNT), "mamba_d_state": _given(COUNT),
+    "mamba_d_head": Field(int, 1, MAX_SIZE, null=False, or_text=("auto",)), "mamba_d_conv": _given(COUNT),
+    "mamba_expand": _given(COUNT), "mamba_chunk_size": _given(COUNT), "mamba_conv_bias": _given(FLAG), "mamba_proj_bias": _given(FLAG),
     "position_embedding_type": NAME, "attn_layer_indices": Field(int, 0, MAX_SIZE, many="list"),  # Bamba's attention layers
     "layers_block_type": Field(str, many="list"),
     # Nemotron-H's blocks (hybrid_override_pattern: a string of M, *, - and E; nemotron_h.py) and Mamba2 keys, shared with
-    # Mamba2's own (num_heads, head_dim; state_size, conv_kernel, expand as Mamba's below); its MLP's and mixers' activations
-    "hybrid_override_pattern": Field(str, null=False), "mamba_num_heads": _given(COUNT), "mamba_head_dim": _given(COUNT),
-    "ssm_state_size": _given(COUNT), "n_groups": _given(COUNT), "time_step_min": _given(NON_NEGATIVE),
+    # Mamba2's own (num_heads, head_dim; state_size, conv_kernel, expand as Mamba's below; chunk_size, the chunk its scan divides
+    # the tokens by); its MLP's and mixers' activations
+    "hybrid_override_pattern": Field(str, null=False), "mamba_num_heads": _given(HEADS), "mamba_head_dim": _given(COUNT),
+    "ssm_state_size": _given(COUNT), "n_groups": _given(COUNT), "chunk_size": _given(COUNT), "time_step_min": _given(NON_NEGATIVE),
     "mlp_hidden_act": _given(NAME), "mamba_hidden_act": _given(NAME), "mamba_dt_min": _given(NON_NEGATIVE),
     "moe_shared_expert_intermediate_size": _given(INDEX), "moe_latent_size": COUNT,
     # Falcon-H1's Mamba2 width, its gated norm, out_proj's bias and its muP multipliers (falcon_h1.py)
@@ -187,15 +198,15 @@ CONFIG_FIELDS = {
     "attention_out_multiplier": Field(float), "ssm_in_multiplier": Field(float), "ssm_out_multiplier": Field(float),
     "mlp_multipliers": Field(float, many="list"), "ssm_multipliers": Field(float, many="list"),
     # Mamba's and FalconMamba's own keys (time_step_rank: a number or "auto"), Jamba's layer pattern and Mamba keys
-    "state_size": _given(COUNT), "expand": _given(POSITIVE), "conv_kernel": _given(COUNT), "use_conv_bias": _given(FLAG),
-    "time_step_rank": Field(int, 1, MAX_SIZE, null=False, or_text=True), "residual_in_fp32": _given(FLAG),
+    "state_size": _given(COUNT), "expand": _given(COUNT), "conv_kernel": _given(COUNT), "use_conv_bias": _given(FLAG),
+    "time_step_rank": Field(int, 1, MAX_SIZE, null=False, or_text=("auto",)), "residual_in_fp32": _given(FLAG),
     "mixer_rms_eps": _given(NON_NEGATIVE), "attn_layer_period": _given(COUNT), "attn_layer_offset": _given(INDEX),
     "expert_layer_period": _given(COUNT), "expert_layer_offset": _given(INDEX),
-    "mamba_dt_rank": Field(int, 1, MAX_SIZE, null=False, or_text=True),
+    "mamba_dt_rank": Field(int, 1, MAX_SIZE, null=False, or_text=("auto",)),
     # fairseq's decoders: OPT's norm placement, biases, affine norms, token embedding width, final norm; XGLM's
     # own spellings (d_model: MPT's above); the embeddings times sqrt(hidden) (BioGPT, XGLM)
     "ffn_dim": COUNT, "do_layer_norm_before": FLAG, "enable_bias": FLAG, "layer_norm_elementwise_affine": FLAG,
-    "word_embed_proj_dim": COUNT, "_remove_final_layer_norm": FLAG, "attention_heads": COUNT,
+    "word_embed_proj_dim": COUNT, "_remove_final_layer_norm": FLAG, "attention_heads": HEADS,
     "scale_embedding": FLAG,
     # DBRX's nested ffn_config (its fields: models/dbrx.py); its other spellings are MPT's, above
     "ffn_config": OBJECT,
@@ -204,8 +215,9 @@ CONFIG_FIELDS = {
 # families (model_type) that ship them: gpt-oss's MXFP4 experts (mxfp4.mxfp4_names).
 READ_QUANT_METHODS = {"mxfp4": ("gpt_oss",)}
 # Inside rope_parameters / rope_scaling (or each of its per-layer-type entries).
+# rope_type given as null or "": transformers looks that type up (a KeyError)
 ROPE_FIELDS = {
-    "rope_type": NAME, "type": NAME, "rope_theta": POSITIVE, "factor": POSITIVE, "partial_rotary_factor": FRACTION,
+    "rope_type": Field(str, null=False, empty=False), "type": NAME, "rope_theta": POSITIVE, "factor": POSITIVE, "partial_rotary_factor": FRACTION,
     "original_max_position_embeddings": COUNT, "low_freq_factor": POSITIVE, "high_freq_factor": POSITIVE,
     "attention_factor": POSITIVE, "beta_fast": POSITIVE, "beta_slow": POSITIVE, "mscale": NON_NEGATIVE,
     "mscale_all_dim": NON_NEGATIVE, "truncate": FLAG, "short_factor": Field(float, 0, strict=True, many="list"),
@@ -246,8 +258,8 @@ def check_config(raw, where: str = "config.json", prefix: str = "") -> dict:
                           "or 'int4' quantizes it while loading)")
     for key in ("rope_parameters", "rope_scaling"):
         rope = raw.get(key) or {}
-        per_type = isinstance(rope.get("full_attention"), dict)
-        for sub in [t for t in LAYER_TYPES if rope.get(t) is not None] if per_type else [None]:
+        per_type = [t for t in LAYER_TYPES if rope.get(t) is not None]  # entries per layer type, each an object
+        for sub in per_type or [None]:
             check_fields(rope[sub] if sub else rope, ROPE_FIELDS, where, f"{prefix}{key}.{sub}." if sub else f"{prefix}{key}.")
     return raw
 

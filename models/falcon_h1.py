@@ -58,7 +58,7 @@ ARCHITECTURES = (Architecture(
     name="FalconH1ForCausalLM", module=CausalLM, weight_map=bamba_weight_map, hf_model_type="falcon_h1",
     config_defaults=falcon_h1_defaults, hf_defaults=_DEFAULTS,
     ignored_keys=("sliding_window", "use_sliding_window", "mamba_chunk_size", "num_logits_to_keep"),
-    not_null=RMS_NOT_NULL + ("head_dim", "attention_bias", "mlp_bias", "layer_types", "layers_block_type"),
+    not_null=RMS_NOT_NULL + ("head_dim", "attention_bias", "mlp_bias", "layer_types", "layers_block_type") + _ONE,  # null x a tensor
     # every layer attention (GQA, biases, rope) beside a Mamba2 mixer of 6 heads of 16 (mamba_d_ssm 96, not 2 x 64) in 2
     # groups, the conv's bias, out_proj's bias; its output normed before the gate; every multiplier unlike 1
     tiny_config=dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,

@@ -101,7 +101,7 @@ def gemma4_rope(raw: dict, types, shapes, default=_DEFAULT_ROPE, family: str = "
     where null; LFM3's the same way): the entry of each type its layers use (`types`: attention layers'),
     with rope_type and rope_theta; the default type ignores partial_rotary_factor there, proportional
     keeps it; each turns its type's heads (shapes[type][0] wide)."""
-    given = raw.get("rope_parameters") or default
+    given = default if raw.get("rope_parameters") is None else raw["rope_parameters"]  # {}: no entry (transformers fails)
     out = {}
     for kind in set(types):
         entry = given.get(kind)

@@ -49,6 +49,7 @@ def gpt_oss_defaults(raw: dict) -> dict:
     bias = bool(raw["attention_bias"])
     return dict(
         attn_sinks=True, qkv_bias=bias, o_bias=bias, mlp_bias=False, norm_upcast_scale=True,
+        hidden_act="silu",  # never read by transformers' gpt-oss (its clamped SwiGLU is fixed), "" and all
         num_experts=raw["num_local_experts"], experts_per_token=raw["num_experts_per_tok"],
         moe_intermediate_size=raw["intermediate_size"], router_bias=True, router="topk_softmax", expert_bias=True,
         swiglu_limit=float(raw["swiglu_limit"]), swiglu_alpha=float(raw["swiglu_alpha"]),

@@ -36,7 +36,7 @@ def hybrid_defaults(raw: dict) -> dict:
     if raw["position_embedding_type"] != "rope":  # GraniteMoeHybridModel builds no rotary embedding
         out["nope_layers"] = tuple(range(len(types)))
     if not raw["num_local_experts"]:  # the shared MLP alone: our dense MLP of its width
-        out.update(num_experts=0, shared_expert_intermediate_size=0, intermediate_size=raw["shared_intermediate_size"])
+        out.update(num_experts=0, experts_per_token=0, shared_expert_intermediate_size=0, intermediate_size=raw["shared_intermediate_size"])
     return out
 
 

@@ -21,7 +21,7 @@ transformers) is refused. Its multi-token-prediction module mtp.* is not read.""
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.config_fields import INDEX, NON_NEGATIVE, Field, check_fields
+from jaxllm.models.config_fields import INDEX, MAX_HEADS, NON_NEGATIVE, Field, check_fields
 from jaxllm.models.decoder import CausalLM
 from jaxllm.models.deepseek import EXPERTS
 from jaxllm.models.glm4_moe_lite import mlp_layer_types
@@ -30,7 +30,7 @@ from jaxllm.models.moe import moe_weight_map
 from jaxllm.models.transforms import Copy, Linear
 from jaxllm.models.weights import WeightSpec
 
-OWN_FIELDS = {"num_attention_heads_per_layer": Field(int, 1, many="list"), "gating": Field(bool, or_text=True),
+OWN_FIELDS = {"num_attention_heads_per_layer": Field(int, 1, MAX_HEADS, many="list", empty=False), "gating": Field(bool, or_text=True),
               "moe_routed_scaling_factor": Field(float), "moe_router_logit_softcapping": NON_NEGATIVE,
               "moe_apply_router_weight_on_input": Field(bool), "num_mtp_layers": INDEX, "num_nextn_predict_layers": INDEX}
 

@@ -84,7 +84,7 @@ def lfm2_defaults(raw: dict) -> dict:
 
 def lfm2_moe_defaults(raw: dict) -> dict:
     return dict(_common(raw, every=False), num_experts=raw["num_experts"], experts_per_token=raw["num_experts_per_tok"],
-                moe_intermediate_size=raw["moe_intermediate_size"], dense_layers=tuple(range(raw["num_dense_layers"])),
+                moe_intermediate_size=raw["moe_intermediate_size"], dense_layers=tuple(range(min(raw["num_dense_layers"], raw["num_hidden_layers"]))),
                 router="sigmoid_topk", router_score_bias=bool(raw["use_expert_bias"]), norm_topk_prob=bool(raw["norm_topk_prob"]),
                 router_norm_eps=1e-6, routed_scaling=float(raw["routed_scaling_factor"]))
 

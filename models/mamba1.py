@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxllm.errors import ConfigError
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.layers import Dense, RMSNorm, activation, param
 from jaxllm.models.recurrent import RecurrentMixer, RecurrentState, StateShape, causal_conv
@@ -105,12 +104,9 @@ class Mamba(RecurrentMixer):
 def mamba1_fields(raw: dict, inner: int, *, state: str, conv: str, dt_rank: str, conv_bias: str, proj_bias: str) -> dict:
     """The Mamba layers' ModelConfig fields from config.json, its keys as the family spells them (Mamba's state_size,
     Jamba's mamba_d_state ...), `inner` channels wide; a time step rank "auto" is ceil(hidden_size / 16)."""
-    rank = raw[dt_rank]
+    rank = raw[dt_rank]  # a number or "auto" (config_fields), no other string
     if rank == "auto":
         rank = -(-raw["hidden_size"] // 16)
-    if isinstance(rank, str):
-        raise ConfigError(f"config.json {dt_rank}={rank!r} is neither a number nor \"auto\": give the time step's rank, "
-                          "or \"auto\" for ceil(hidden_size / 16)")
     return dict(mamba_inner=inner, mamba_state=raw[state], mamba_dt_rank=rank,
                 linear_conv_kernel=raw[conv], conv_bias=bool(raw[conv_bias]), mamba_proj_bias=bool(raw[proj_bias]))
 

@@ -130,9 +130,14 @@ def _number(value):
     return value
 
 
-def check_time_step_limit(limit) -> None:
-    """A ConfigError for a time_step_limit other than (0, inf) (None: left out), which is not implemented: transformers
-    clamps its prefill's time steps by it, not its decode steps' (two answers for one model)."""
+def check_time_step_limit(raw: dict) -> None:
+    """A ConfigError for config.json's time_step_limit other than (0, inf) (left out: that), which is not implemented:
+    transformers clamps its prefill's time steps by it, not its decode steps' (two answers for one model); null, which
+    every Mamba2 family of transformers indexes (a TypeError) or its config class refuses."""
+    limit = raw.get("time_step_limit")
+    if limit is None and "time_step_limit" in raw:
+        raise ConfigError("config.json time_step_limit is null, which transformers cannot run (it reads the limit's two "
+                          "bounds): remove it, or set it to [0.0, Infinity]")
     if limit is not None and (not isinstance(limit, list) or [_number(v) for v in limit] != [0, math.inf]):
         raise ConfigError(f"config.json time_step_limit={limit} is not implemented (transformers clamps its prefill's time "
                           "steps by it, not its decode steps'): remove it, or set it to [0.0, Infinity]")
@@ -143,7 +148,7 @@ def mamba_fields(raw: dict) -> dict:
     their config classes refuse them: mamba_d_head "auto" is mamba_expand * hidden_size / mamba_n_heads; a
     time_step_limit other than (0, inf) is not implemented (transformers clamps its prefill's time steps by it, not
     its decode steps': two answers for one model)."""
-    heads, limit = raw["mamba_n_heads"], raw.get("time_step_limit")
+    heads = raw["mamba_n_heads"]
     # Falcon-H1's mamba_d_ssm: the mixer's width where given, else mamba_expand x hidden_size
     inner, width = raw.get("mamba_d_ssm"), "mamba_d_ssm"
     if inner is None:
@@ -153,7 +158,7 @@ def mamba_fields(raw: dict) -> dict:
     if isinstance(head, str) or inner % heads or head * heads != inner:
         raise ConfigError(f"config.json mamba_d_head={raw['mamba_d_head']!r} x mamba_n_heads={heads} is not {width} = {inner} "
                           f"(transformers refuses it): set mamba_d_head to {inner // heads or 1} or \"auto\"")
-    check_time_step_limit(limit)
+    check_time_step_limit(raw)
     return dict(mamba_heads=heads, mamba_head_dim=head, mamba_state=raw["mamba_d_state"], mamba_groups=raw["mamba_n_groups"],
                 linear_conv_kernel=raw["mamba_d_conv"], conv_bias=bool(raw["mamba_conv_bias"]),
                 mamba_proj_bias=bool(raw["mamba_proj_bias"]))

@@ -32,7 +32,7 @@ def mamba2_defaults(raw: dict) -> dict:
     if heads % raw["n_groups"]:
         raise ConfigError(f"config.json num_heads={heads} is not a multiple of n_groups={raw['n_groups']}: each group's B and C "
                           "must serve a whole number of heads")
-    check_time_step_limit(raw.get("time_step_limit"))
+    check_time_step_limit(raw)
     layers = raw["num_hidden_layers"]
     return dict(layer_types=("mamba",) * layers, recurrent_kinds=("mamba",), position_embedding="none",
                 residual_float32=bool(raw.get("residual_in_fp32", True)), mamba_heads=heads, mamba_head_dim=head, mamba_state=raw["state_size"], mamba_groups=raw["n_groups"],

@@ -39,16 +39,18 @@ def layer_type_ropes(raw: dict, types, partial: float, defaults: dict) -> dict:
         raise ConfigError("config.json rope_scaling (null too) takes the place of rope_parameters in transformers' config, "
                           "whose rope for this family then cannot read it per layer type: remove it (give rope_parameters per "
                           "layer type: full_attention, sliding_attention)")
-    ropes = raw.get("rope_parameters") or defaults
+    ropes = defaults if raw.get("rope_parameters") is None else raw["rope_parameters"]  # {}: no entry (transformers fails)
     if not all(isinstance(ropes.get(t), dict) for t in set(types)):
         raise ConfigError(f"config.json rope_parameters must give an entry for each layer type it uses ({', '.join(sorted(set(types)))}), "
                           "which transformers reads per layer type: give rope_parameters per layer type")
     out = {}
     for kind in set(types):
         entry = ropes[kind]
-        if entry.get("rope_theta") is None or (entry.get("rope_type") or entry.get("type") or "default") != "default":
-            raise ConfigError(f"config.json rope_parameters.{kind} must be a default rope with a rope_theta (transformers' rope "
-                              "for this family computes no other): give rope_type default and rope_theta")
+        if entry.get("rope_theta") is None or (entry.get("rope_type") or entry.get("type") or "default") != "default" or (
+                "partial_rotary_factor" in entry and entry["partial_rotary_factor"] is None):  # transformers multiplies by it
+            raise ConfigError(f"config.json rope_parameters.{kind} must be a default rope with a rope_theta and a non-null "
+                              "partial_rotary_factor if any (transformers' rope for this family computes no other): give rope_type "
+                              "default and rope_theta")
         rope = parse_rope({"rope_parameters": {"full_attention": dict(entry, partial_rotary_factor=entry.get("partial_rotary_factor") or partial)}})
         dims = int(raw["head_dim"] * rope.partial_rotary_factor)
         if dims % 2:

@@ -139,8 +139,9 @@ SMALL = dict(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_lay
     (dict(SMALL, model_type="cohere2_moe", num_shared_experts=1, shared_expert_combination_strategy="max"),
      r"shared_expert_combination_strategy 'max' is not one .*: use sum or average"),
     (dict(SMALL, model_type="granite_swa", num_hidden_layers=2, layer_rope_theta=[1e4]), r"layer_rope_theta has 1 entries for 2 layers"),
+    (dict(JAMBA, hidden_act=""), r"hidden_act '' is not supported; supported: "),  # was read as absent (silu): transformers fails
 ], ids=["bitnet-heads", "diffllama-odd-kv-heads", "hyperclovax-heads", "cohere2-moe-selection", "cohere2-moe-combination",
-        "granite-swa-thetas"])
+        "granite-swa-thetas", "empty-activation"])
 def test_shapes_a_family_cannot_run_are_refused(raw, message):
     """Shapes transformers builds a family's model of but cannot run (or refuses), each refused in one line."""
     with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:

@@ -193,6 +193,8 @@ CASES = [
      "'rope_scaling.factor' must be a positive number, got -2"),
     ("rope-per-layer-type-junk", config_with(rope_parameters={"full_attention": {}, "sliding_attention": "x"}), ConfigError,
      "'rope_parameters.sliding_attention' must be a JSON object"),
+    ("rope-per-layer-type-entry-junk", config_with(rope_parameters={"full_attention": "x", "sliding_attention": {}}), ConfigError,
+     "'rope_parameters.full_attention' must be a JSON object"),  # the full entry is no object: still read per layer type
     ("rope-theta-dropped", config_with(rope_parameters={"rope_type": "default", "rope_theta": 1e6},
                                        rope_scaling={"rope_type": "linear", "factor": 2.0}),
      ConfigError, "rope_parameters' rope_theta 1e\\+06 would give way to 10000"),

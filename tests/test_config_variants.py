@@ -122,6 +122,28 @@ def test_dbrx_weight_norms_other_than_the_sum_are_refused():
     ("AfmoeForCausalLM", dict(layer_types=None, global_attn_every_n_layers=None), r"neither layer_types nor global_attn_every_n_layers"),
     ("JetMoeForCausalLM", dict(rms_norm_eps=1e-5), r"rms_norm_eps=1e-05 applies to JetMoE's final norm alone"),
     ("Apertus1p5TextForCausalLM", dict(output_vocab_size=161), r"output_vocab_size=161 is more than vocab_size=160"),
+    # values transformers cannot run, each refused by its field's one rule (config_fields) or a rule of every family:
+    # an empty layer list (read as absent), a string other than "auto", a fraction
+    # for an integer, 0 chunks, a dropout past 1, a null rope type, billions of heads (hung building slopes)
+    ("MiniMaxForCausalLM", dict(layer_types=[]), r"'layer_types' must be a non-empty list of non-empty strings, got \[\]"),
+    ("Mamba2ForCausalLM", dict(time_step_rank="x"), r"'time_step_rank' must be a positive integer <= \d+ or \"auto\", got \"x\""),
+    ("MambaForCausalLM", dict(expand=1.5), r"'expand' must be a positive integer"),
+    ("NemotronHForCausalLM", dict(chunk_size=0), r"'chunk_size' must be a positive integer"),
+    ("Jais2ForCausalLM", dict(attention_dropout=-1), r"'attention_dropout' must be a non-negative number <= 1, got -1"),
+    ("BitNetForCausalLM", dict(rope_parameters={"rope_type": None, "rope_theta": 1e4}), r"'rope_parameters\.rope_type' must be .*got null"),
+    ("MiniMaxForCausalLM", dict(num_attention_heads=10**9), r"'num_attention_heads' must be a positive integer <= 65536"),
+    # nulls transformers computes with (read as their defaults): in the rope settings, Falcon-H1's multipliers, a time step limit
+    ("AfmoeForCausalLM", dict(rope_parameters={"rope_type": "default", "rope_theta": None}), r"'rope_parameters\.rope_theta' is null"),
+    ("LagunaForCausalLM", dict(rope_parameters={t: {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": None}
+                                                for t in ("full_attention", "sliding_attention")}),
+     r"rope_parameters\.(full|sliding)_attention must be a default rope with a rope_theta and a non-null partial_rotary_factor"),
+    ("Qwen3NextForCausalLM", dict(rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": None}),
+     r"'rope_parameters\.partial_rotary_factor' is null"),
+    ("FalconH1ForCausalLM", dict(key_multiplier=None), r"'key_multiplier' is null"),
+    ("FalconH1ForCausalLM", dict(time_step_limit=None), r"time_step_limit is null"),
+    # an empty rope_parameters where it is read per layer type (not the default's), experts counted 0 beside picks per token
+    ("MiMoV2FlashForCausalLM", dict(rope_parameters={}), r"must give an entry for each layer type"),
+    ("MiniMaxForCausalLM", dict(num_local_experts=0), r"experts' count .* as 0, while num_experts_per_tok=2"),
 ])
 def test_options_the_new_families_do_not_run_are_refused(arch, changes, message):
     """Config values transformers' code of these families cannot run, or never reads where the checkpoint's own code would
