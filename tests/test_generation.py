@@ -226,6 +226,27 @@ def test_callbacks_and_chat_flag_are_checked_before_any_work(llama):
     assert seen == out.token_ids
 
 
+def test_prompt_logprobs_in_blocks_equal_the_whole_chunk(monkeypatch):
+    """A prompt-scoring prefill takes its positions' logits a block at a time (steps.PROMPT_POSITIONS over
+    the rows): the same values as the whole chunk's at once."""
+    from types import SimpleNamespace
+
+    import jax.numpy as jnp
+
+    from jaxllm.serving import steps
+
+    rng = np.random.default_rng(0)
+    hidden, weight = rng.normal(size=(3, 16, 8)).astype(np.float32), rng.normal(size=(8, 40)).astype(np.float32)
+    targets = rng.integers(-1, 40, (3, 16)).astype(np.int32)
+    model = SimpleNamespace(logits=lambda h: jnp.asarray(h) @ weight)
+    whole = steps._chunk_logprobs(model.logits(hidden), targets, 5)
+    monkeypatch.setattr(steps, "PROMPT_POSITIONS", 12)  # blocks of 4 positions x 3 rows
+    blocked = steps._prompt_logprobs(model, hidden, targets, 5, None)
+    np.testing.assert_allclose(blocked[0], whole[0], atol=1e-6)
+    np.testing.assert_array_equal(blocked[1][0], whole[1][0])
+    np.testing.assert_allclose(blocked[1][1], whole[1][1], atol=1e-6)
+
+
 def test_top_and_prompt_logprobs_match_transformers(llama, tmp_path):
     """top_logprobs of greedy generation against transformers' generate(output_logits=True) log_softmax
     top-k, and prompt_logprobs against a forward's log_softmax at the next token: a batch (prefill and

@@ -211,7 +211,7 @@ def _prefill(graphdef, counters, attention, gather, kv_len, sampling, top, promp
     last = jnp.take_along_axis(hidden, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)
     logits = _whole(model.logits(last)[:, 0], gather)
     extra = None if not (top or prompt) else (top_logprobs(logits, top) if top else None,
-                                              _chunk_logprobs(_whole(model.logits(hidden), gather), targets, top) if prompt else None)
+                                              _prompt_logprobs(model, hidden, targets, top, gather) if prompt else None)
     rows = jnp.arange(n)
     seen = jnp.zeros(logits.shape, bool).at[rows[:, None], jnp.maximum(history, 0)].max(history >= 0)
     counts = None
@@ -243,6 +243,25 @@ def _prefill(graphdef, counters, attention, gather, kv_len, sampling, top, promp
         params=jax.tree.map(put, state.params, rp),
     )
     return state, token, logprob, done, extra
+
+
+PROMPT_POSITIONS = 512  # positions (over the call's rows) whose logits a prompt-scoring prefill holds at once
+
+
+def _prompt_logprobs(model, hidden, targets, top: int, gather):
+    """_chunk_logprobs of a prefill's hidden states [R, C, E], its positions taken in blocks of at most
+    PROMPT_POSITIONS // R (lax.map): a chunk's whole [R, C, V] logits (1.2 GB at 2,048 positions of a
+    152k vocabulary, and as much again for their log_softmax) would not fit the room that the pool
+    leaves beside it (serving/memory.py's spare), where a block's do."""
+    r, c = targets.shape
+    block = next(b for b in range(min(c, max(1, PROMPT_POSITIONS // r)), 0, -1) if c % b == 0)
+
+    def split(x):  # [R, C, ...] -> [C / block, R, block, ...]
+        return x.reshape(r, c // block, block, *x.shape[2:]).swapaxes(0, 1)
+
+    out = jax.lax.map(lambda part: _chunk_logprobs(_whole(model.logits(part[0]), gather), part[1], top),
+                      (split(hidden), split(targets)))
+    return jax.tree.map(lambda x: x.swapaxes(0, 1).reshape(r, c, *x.shape[3:]), out)
 
 
 def _chunk_logprobs(logits, targets, top: int):
