@@ -13,6 +13,7 @@ from jaxllm.models import (
     cwm,
     dbrx,
     deepseek,
+    deepseek_v32,
     diffllama,
     dots1,
     ernie,
@@ -86,5 +87,6 @@ FAMILIES = (
     minimax,
     bitnet, diffllama, jais2, hyperclovax, granite_swa,
     hy_v3, mimo_v2_flash, afmoe, laguna, jetmoe,
+    deepseek_v32,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -76,9 +76,11 @@ def _cached_decode_error(model, seq, full) -> float:
     cfg = model.config
     shapes = [None if kv is None else (13, 4) + kv for kv in map(cfg.kv_shape, range(cfg.num_layers))]  # 12 pages and the trash page
     cache = [None if s is None else LayerCache(np.zeros(s, np.float32), np.zeros(s, np.float32)) for s in shapes]
-    # a recurrent layer's state instead (or beside its pages: Falcon-H1): a row per sequence (row b's is row b)
+    # a recurrent layer's state instead (or beside its pages: Falcon-H1): a row per sequence (row b's is row b); a sparse
+    # attention layer's indexer key pages beside its keys and values
     recurrent = (state_shape(cfg, i) for i in range(cfg.num_layers))
-    cache = [layer_parts(c, None if r is None else zero_state(r, 2, np.float32)) for c, r in zip(cache, recurrent)]
+    index = (None if x is None else np.zeros((13, 4) + x, np.float32) for x in map(cfg.index_shape, range(cfg.num_layers)))
+    cache = [layer_parts(c, None if r is None else zero_state(r, 2, np.float32), x) for c, r, x in zip(cache, recurrent, index)]
     table = np.asarray([[7, 2, 9, 0, 4], [1, 11, 3, 8, 5]], np.int32)
     positions = np.broadcast_to(np.arange(6), (2, 6))
     # one compiled call per shape (prefill, decode), as the engine runs them, not op by op
