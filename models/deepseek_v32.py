@@ -39,9 +39,7 @@ def v32_names(raw: dict) -> dict:
 
 
 def deepseek_v32_defaults(raw: dict) -> dict:
-    if raw.get("q_lora_rank") is None:
-        raise ConfigError("config.json q_lora_rank is null: DeepSeek-V3.2's attention always takes its queries through "
-                          "the q_lora_rank latent, which its indexer reads too (transformers fails): give q_lora_rank")
+    """V3's reading (q_lora_rank never null: not_null), its dense layers by mlp_layer_types, its indexer."""
     dense = tuple(i for i, t in enumerate(mlp_layer_types(raw, raw["first_k_dense_replace"])) if t == "dense")
     v3 = deepseek_v3_defaults(dict(raw, first_k_dense_replace=0, rope_interleave=True))
     return dict(v3, dense_layers=dense, indexer=indexer(raw))

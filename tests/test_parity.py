@@ -686,6 +686,16 @@ SPELLINGS = {
     "deepseek-v3-default-routing": ("DeepseekV3ForCausalLM", dict(n_routed_experts=16), _edit((
         "n_group", "topk_group", "num_experts_per_tok", "routed_scaling_factor", "norm_topk_prob", "rope_interleave",
         "n_shared_experts"))),
+    # DeepSeek-V3.2-Exp's Hub config.json: the v4 YaRN keys (mscale_all_dim scales the softmax), first_k_dense_replace
+    # without mlp_layer_types, keys of DeepSeek's own code (topk_method, scoring_func, num_nextn_predict_layers), a
+    # head_dim and layer_types DeepseekV32Config overrides; a score bias that changes the choice, the MTP layer 61 kept
+    "deepseek-v32-hub-config": ("DeepseekV32ForCausalLM", dict(rope_parameters=dict(
+        rope_type="yarn", factor=4.0, mscale=1.0, mscale_all_dim=0.8, original_max_position_embeddings=8, beta_fast=32,
+        beta_slow=1, rope_theta=10000.0)), lambda raw: [raw.pop(k) for k in ("mlp_layer_types", "layer_types")] and raw.update(
+            rope_theta=raw["rope_parameters"].pop("rope_theta"), rope_scaling=dict(raw.pop("rope_parameters"), type="yarn"),
+            first_k_dense_replace=1, topk_method="noaux_tc", scoring_func="sigmoid", num_nextn_predict_layers=1, head_dim=32),
+        _tensors(add=lambda tensors: dict(_score_biases("mlp.gate", (1, 2), 8)(tensors), **{
+            f"model.layers.61.{name}": tensors[f"model.layers.1.{name}"].clone() for name in ("input_layernorm.weight", "mlp.gate.weight")}))),
     # DeepSeek-V2: greedy routing, no dense layer, two shared experts, unscaled weights and no MLP biases where
     # left out; queries through q_lora_rank; keys its code never reads (norm_topk_prob, rope_interleave), the
     # experts under num_experts (its attribute_map's spelling)
