@@ -27,6 +27,7 @@ from jaxllm.models import (
     glm,
     glm4_moe,
     glm4_moe_lite,
+    glm_moe_dsa,
     gpt2,
     gpt_bigcode,
     gpt_neo,
@@ -87,6 +88,6 @@ FAMILIES = (
     minimax,
     bitnet, diffllama, jais2, hyperclovax, granite_swa,
     hy_v3, mimo_v2_flash, afmoe, laguna, jetmoe,
-    deepseek_v32,
+    deepseek_v32, glm_moe_dsa,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

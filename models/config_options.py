@@ -126,6 +126,10 @@ class IndexerConfig:
     interleaved: bool = False
     shared: tuple[int, ...] = ()
 
+    def source(self, layer: int) -> int:
+        """The layer whose indexer selects `layer`'s keys: itself, or for a shared layer the last one before it that runs one."""
+        return max(i for i in range(layer + 1) if i not in self.shared)
+
 
 def parse_rope(raw: dict, layer_type: str = "full_attention") -> RopeConfig:
     """Rope settings from either spelling: v5 `rope_parameters`, or v4 `rope_theta` + `rope_scaling`.

@@ -45,7 +45,7 @@ def deepseek_v32_defaults(raw: dict) -> dict:
     return dict(v3, dense_layers=dense, indexer=indexer(raw))
 
 
-ARCHITECTURES = (Architecture(
+V32 = Architecture(
     name="DeepseekV32ForCausalLM", module=SparseLatentCausalLM, weight_map=sparse_weight_map(weight_map),
     hf_model_type="deepseek_v32", config_defaults=deepseek_v32_defaults, common_names=v32_names,
     ignored_keys=NO_WINDOW + ("mlp_bias", "topk_method", "head_dim", "rope_interleave", "scoring_func"),
@@ -65,4 +65,5 @@ ARCHITECTURES = (Architecture(
     tiny_config=dict(_TINY, q_lora_rank=24, n_routed_experts=8, n_shared_experts=1, n_group=4, topk_group=2,
                      routed_scaling_factor=2.5, norm_topk_prob=True, attention_bias=True, index_topk=5, index_head_dim=16,
                      index_n_heads=8),
-),)
+)
+ARCHITECTURES = (V32,)

@@ -78,29 +78,45 @@ class Indexer(nnx.Module):
 
 
 class SparseLatentAttention(LatentAttention):
-    """Latent attention over the keys its indexer selects. Its cache is the pair (LayerCache, indexer pages)."""
+    """Latent attention over the keys its indexer selects; its cache the pair (LayerCache, indexer pages). A shared
+    layer (GLM-5's IndexerConfig.shared) runs no indexer: it attends the keys the last layer before it that does
+    selected, its cache its LayerCache alone."""
 
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
         super().__init__(cfg, layer, dtype=dtype, rngs=rngs)
-        self.indexer = Indexer(cfg, layer, dtype=dtype, rngs=rngs)
+        self.indexer = None if cfg.index_shape(layer) is None else Indexer(cfg, layer, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x, positions, rot: Rotary | None, cache, kv=UNCACHED):
-        pages, index = (None, None) if cache is None else cache
+    def __call__(self, x, positions, rot: Rotary | None, cache, kv=UNCACHED, selected=None):
+        """`Attention`'s call with the selection of the layer before (`selected`: what a shared layer attends); returns
+        (output, cache, the selection it attended)."""
+        pages, index = (cache, None) if cache is None or self.indexer is None else cache
         latent = self.q_latent(x)
         q, k, v = self.project_latent(x, latent, rot)
-        keep, index = self.indexer(x, latent, positions, rot, index, kv)
+        keep, index = (selected, None) if self.indexer is None else self.indexer(x, latent, positions, rot, index, kv)
         out, pages = kv(q, k, v, pages, positions, self.spec._replace(keep=keep))
-        return self.o_proj(out[..., : self.v_dim]), (pages, index)
+        return self.o_proj(out[..., : self.v_dim]), pages if self.indexer is None else (pages, index), keep
 
-    def weights(self, x, positions, rot: Rotary | None, kv: Uncached = UNCACHED, keys=None):
-        latent = self.q_latent(x)
-        q, k, _ = self.project_latent(x, latent, rot)
-        keep, _ = self.indexer(x, latent, positions, rot, None, kv)
+    def select(self, x, positions, rot: Rotary | None, kv: Uncached = UNCACHED):
+        """The keys each query of a full sequence x (the layer's attention input) attends, by this layer's indexer."""
+        return self.indexer(x, self.q_latent(x), positions, rot, None, kv)[0]
+
+    def weights(self, x, positions, rot: Rotary | None, kv: Uncached = UNCACHED, keys=None, selected=None):
+        """`Attention.weights` over the keys the layer's indexer selects (a shared layer: `selected`, its source's)."""
+        q, k, _ = self.project(x, positions, rot)
+        keep = selected if self.indexer is None else self.select(x, positions, rot, kv)
         return self.weights_of(q, k, positions, kv, self.spec._replace(keep=keep))
 
 
 class SparseLatentDecoderLayer(DecoderLayer):
+    """DeepSeek's sequential layer, its attention sparse: it hands its selection on to the next layer (`carries`)."""
+
     attn_cls = SparseLatentAttention
+    carries = True
+
+    def __call__(self, x, positions, rot, cache, kv=UNCACHED, selected=None):
+        attn, cache, selected = self.self_attn(self.input_layernorm(x), positions, rot, cache, kv, selected)
+        x = x + attn
+        return x + self.mlp(self.post_attention_layernorm(x)), cache, selected
 
 
 class SparseLatentCausalLM(CausalLM):
