@@ -696,6 +696,11 @@ SPELLINGS = {
             first_k_dense_replace=1, topk_method="noaux_tc", scoring_func="sigmoid", num_nextn_predict_layers=1, head_dim=32),
         _tensors(add=lambda tensors: dict(_score_biases("mlp.gate", (1, 2), 8)(tensors), **{
             f"model.layers.61.{name}": tensors[f"model.layers.1.{name}"].clone() for name in ("input_layernorm.weight", "mlp.gate.weight")}))),
+    # GLM-5: its indexer types from index_topk_pattern (full, shared, shared, full), and from index_topk_freq /
+    # index_skip_topk_offset (every second layer from the second shared) where neither that nor indexer_types is given
+    "glm-moe-dsa-topk-pattern": ("GlmMoeDsaForCausalLM", dict(indexer_types=["full", "shared", "shared", "full"]),
+                                 _edit(("indexer_types",), index_topk_pattern="FSSF")),
+    "glm-moe-dsa-topk-freq": ("GlmMoeDsaForCausalLM", {}, _edit(("indexer_types",), index_topk_freq=2, index_skip_topk_offset=1)),
     # DeepSeek-V2: greedy routing, no dense layer, two shared experts, unscaled weights and no MLP biases where
     # left out; queries through q_lora_rank; keys its code never reads (norm_topk_prob, rope_interleave), the
     # experts under num_experts (its attribute_map's spelling)
