@@ -172,7 +172,7 @@ class DecoderModel(nnx.Module):
             source = self.cfg.kv_source(i)
             c = new_cache[source] if source != i else None if cache is None else cache[i]
             rot, extra = rots.get(self.cfg.layer_rope(i)), () if inputs is None else (inputs[:, :, i],)
-            extra += (carry,) if layer.carries else ()
+            extra += (carry,) if getattr(layer, "carries", False) else ()  # not every layer class is a DecoderLayer
             if trace is None:  # one trace per distinct layer, not per layer (see _call_layer)
                 graphdef, state = nnx.split(layer)
                 x, c, *passed = _call_layer(graphdef, state, x, positions, rot, c, kv, *extra)
