@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxllm import loader, sharding
+from jaxllm.inspect import summary
 from jaxllm.models import registry
 from jaxllm.models.attention import index_cache_bytes, kv_cache_bytes
 from jaxllm.models.mixers import index_shapes
@@ -38,6 +39,7 @@ def test_the_pool_counts_the_indexer_keys_whole_on_each_tp_device(monkeypatch):
     shrinks by their bytes there, not by a tp-th of them."""
     arch = registry.get(ARCH)
     cfg = arch.config(dict(arch.tiny_config))
+    assert "sparse attention: top 5 keys by an indexer of 8 heads x 16" in summary(cfg)  # what inspect says of it
     index = index_cache_bytes(cfg, 16, np.float32)
     assert index == 16 * 4 * 3 * 16  # 16 tokens x float32 x 3 layers x index_head_dim
     assert kv_cache_bytes(cfg, 16, np.float32) == kv_cache_bytes(cfg.replace(indexer=None), 16, np.float32) + index
