@@ -4,6 +4,7 @@ for jaxllm.models.registry. Shared pieces: layers.py, rope.py, attention.py, dec
 from jaxllm.models import (
     afmoe,
     apertus,
+    axk2,
     bamba,
     biogpt,
     bitnet,
@@ -88,6 +89,6 @@ FAMILIES = (
     minimax,
     bitnet, diffllama, jais2, hyperclovax, granite_swa,
     hy_v3, mimo_v2_flash, afmoe, laguna, jetmoe,
-    deepseek_v32, glm_moe_dsa,
+    deepseek_v32, glm_moe_dsa, axk2,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -190,6 +190,7 @@ class ModelConfig:
     # the cached key and value heads' width, max(qk_head_dim, v_head_dim) (models/mla.py pads to it)
     mla: MlaConfig | None = None
     indexer: IndexerConfig | None = None  # DeepSeek Sparse Attention (models/sparse_attention.py): None, dense attention
+    gated_norm_rank: int = 0  # A.X-K2's gated RMSNorms (models/axk2.py): the rank of their gate (0: none)
     # Gemma 4: full-attention layers with heads of their own size and kv heads (None: as the others');
     # values that are the keys' projection there (attention_k_eq_v: no v_proj); values RMS-normed
     # without a scale (v_norm); the last kv_shared_layers layers projecting no keys or values but

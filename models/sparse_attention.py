@@ -90,11 +90,20 @@ class SparseLatentAttention(LatentAttention):
         """`Attention`'s call with the selection of the layer before (`selected`: what a shared layer attends); returns
         (output, cache, the selection it attended)."""
         pages, index = (cache, None) if cache is None or self.indexer is None else cache
-        latent = self.q_latent(x)
-        q, k, v = self.project_latent(x, latent, rot)
+        latent, q, gate = self.query_parts(x)
+        q, k, v = self.project_latent(x, latent, rot, q)
         keep, index = (selected, None) if self.indexer is None else self.indexer(x, latent, positions, rot, index, kv)
         out, pages = kv(q, k, v, pages, positions, self.spec._replace(keep=keep))
-        return self.o_proj(out[..., : self.v_dim]), pages if self.indexer is None else (pages, index), keep
+        out = out[..., : self.v_dim]
+        if gate is not None:  # A.X-K2: the output times the sigmoid of its gate, in float32
+            out = (out * jax.nn.sigmoid(gate.astype(jnp.float32))).astype(out.dtype)
+        return self.o_proj(out), pages if self.indexer is None else (pages, index), keep
+
+    def query_parts(self, x):
+        """(the queries' latent, which the indexer reads; the queries, or None: q_b_proj's of the latent; an output gate
+        per head and value, or None: none) of x. A.X-K2's attention takes its queries and gate from a projection of
+        its own."""
+        return self.q_latent(x), None, None
 
     def select(self, x, positions, rot: Rotary | None, kv: Uncached = UNCACHED):
         """The keys each query of a full sequence x (the layer's attention input) attends, by this layer's indexer."""
@@ -102,7 +111,8 @@ class SparseLatentAttention(LatentAttention):
 
     def weights(self, x, positions, rot: Rotary | None, kv: Uncached = UNCACHED, keys=None, selected=None):
         """`Attention.weights` over the keys the layer's indexer selects (a shared layer: `selected`, its source's)."""
-        q, k, _ = self.project(x, positions, rot)
+        latent, q, _ = self.query_parts(x)
+        q, k, _ = self.project_latent(x, latent, rot, q)
         keep = selected if self.indexer is None else self.select(x, positions, rot, kv)
         return self.weights_of(q, k, positions, kv, self.spec._replace(keep=keep))
 

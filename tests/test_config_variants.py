@@ -95,6 +95,8 @@ def test_dbrx_weight_norms_other_than_the_sum_are_refused():
     # GLM-5's indexer types: a shared first layer (nothing to share), an unknown pattern letter
     ("GlmMoeDsaForCausalLM", dict(indexer_types=["shared", "full", "full", "full"]), r"indexer_types .* the first full"),
     ("GlmMoeDsaForCausalLM", dict(indexer_types=None, index_topk_pattern="FSXF"), r"index_topk_pattern 'FSXF' must be"),
+    # A.X-K2: expert groups without the number picked
+    ("AXK2ForCausalLM", dict(n_group=4), r"n_group=4 with topk_group=None: AXK2Config takes both or neither"),
     ("YoutuForCausalLM", dict(head_dim=16), r"head_dim=16 differs from qk_rope_head_dim=8"),
     ("MiniCPM3ForCausalLM", dict(logits_scaling=4.0), r"sets logits_scaling, which MiniCPM3Config derives"),
     # OLMo Hybrid: OlmoHybridConfig refuses a model without both layer kinds; its layers are linear or full attention

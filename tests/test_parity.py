@@ -701,6 +701,12 @@ SPELLINGS = {
     "glm-moe-dsa-topk-pattern": ("GlmMoeDsaForCausalLM", dict(indexer_types=["full", "shared", "shared", "full"]),
                                  _edit(("indexer_types",), index_topk_pattern="FSSF")),
     "glm-moe-dsa-topk-freq": ("GlmMoeDsaForCausalLM", {}, _edit(("indexer_types",), index_topk_freq=2, index_skip_topk_offset=1)),
+    # A.X-K2: experts in groups (n_group, topk_group: the larger releases') with a score bias that changes the choice; its
+    # dense layers from first_k_dense_replace and moe_layer_freq (the legacy keys) where mlp_layer_types is left out
+    "axk2-groups-legacy-layers": ("AXK2ForCausalLM", dict(n_group=4, topk_group=2, num_hidden_layers=4,
+                                                          mlp_layer_types=["dense", "dense", "sparse", "dense"]),
+                                  _edit(("mlp_layer_types",), first_k_dense_replace=2, moe_layer_freq=2),
+                                  _tensors(add=_score_biases("mlp.gate", (2,), 8))),
     # DeepSeek-V2: greedy routing, no dense layer, two shared experts, unscaled weights and no MLP biases where
     # left out; queries through q_lora_rank; keys its code never reads (norm_topk_prob, rope_interleave), the
     # experts under num_experts (its attribute_map's spelling)
