@@ -78,6 +78,10 @@ def summary(cfg) -> str:
         parts.append(f"sliding window {', '.join(map(str, sliding))}")
     if cfg.attention_chunk and "chunked_attention" in cfg.layer_types:
         parts.append(f"attention chunks of {cfg.attention_chunk}")
+    if cfg.indexer is not None:  # DeepSeek Sparse Attention
+        ix = cfg.indexer
+        parts.append(f"sparse attention: top {ix.topk} keys by an indexer of {ix.heads} heads x {ix.head_dim}"
+                     + (f" ({len(ix.shared)} layers sharing another's selection)" if ix.shared else ""))
     if cfg.tie_word_embeddings:
         parts.append("tied embeddings")
     return ", ".join(parts)

@@ -176,6 +176,11 @@ def attention_weights(graphdef, params, tokens, layer: int, *, attention_mask=No
     # a layer reading another's keys (Gemma 4's shared kv layers): that layer's keys, same rope
     source = decoder.cfg.kv_source(layer)
     keys = None if source == layer else decoder.layers[source].self_attn.project(attention_input(source), positions, rot)[1]
+    indexer = decoder.cfg.indexer
+    if indexer is not None and indexer.source(layer) != layer:  # a sparse layer attending another's selection (GLM-5)
+        source = indexer.source(layer)
+        selected = decoder.layers[source].self_attn.select(attention_input(source), positions, rot, kv)
+        return decoder.layers[layer].self_attn.weights(attention_input(layer), positions, rot, kv, keys, selected)
     return decoder.layers[layer].self_attn.weights(attention_input(layer), positions, rot, kv, keys)
 
 

@@ -5,6 +5,7 @@ from jaxllm.models import (
     afmoe,
     apertus,
     axk1,
+    axk2,
     bamba,
     biogpt,
     bitnet,
@@ -14,6 +15,7 @@ from jaxllm.models import (
     cwm,
     dbrx,
     deepseek,
+    deepseek_v32,
     diffllama,
     dots1,
     ernie,
@@ -28,6 +30,7 @@ from jaxllm.models import (
     glm,
     glm4_moe,
     glm4_moe_lite,
+    glm_moe_dsa,
     gpt2,
     gpt_bigcode,
     gpt_neo,
@@ -90,5 +93,6 @@ FAMILIES = (
     bitnet, diffllama, jais2, hyperclovax, granite_swa,
     hy_v3, mimo_v2_flash, afmoe, laguna, jetmoe,
     kolibri1, flint, axk1,
+    deepseek_v32, glm_moe_dsa, axk2,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -72,10 +72,19 @@ def kv_format(kv_dtype, dtype) -> tuple[jnp.dtype, jnp.dtype | None]:
 
 
 def kv_cache_bytes(cfg: ModelConfig, tokens: int, dtype, kv_dtype=None) -> int:
-    """Bytes of the keys and values of `tokens` cached positions, every layer (scales included)."""
+    """Bytes of the keys and values of `tokens` cached positions, every layer (scales included), and of the
+    indexer keys cached beside them (`index_cache_bytes`)."""
     values, scales = kv_format(kv_dtype, dtype)
     shapes = [shape for shape in map(cfg.kv_shape, range(cfg.num_layers)) if shape is not None]
-    return 2 * tokens * sum(k * (d * values.itemsize + (0 if scales is None else scales.itemsize)) for k, d in shapes)
+    kv = 2 * tokens * sum(k * (d * values.itemsize + (0 if scales is None else scales.itemsize)) for k, d in shapes)
+    return kv + index_cache_bytes(cfg, tokens, dtype)
+
+
+def index_cache_bytes(cfg: ModelConfig, tokens: int, dtype) -> int:
+    """Bytes of the indexer keys of `tokens` cached positions, every layer (DeepSeek Sparse Attention: one key
+    head per token in the model's dtype whatever kv_dtype says, models/sparse_attention.py); 0 for other models."""
+    shapes = [shape for shape in map(cfg.index_shape, range(cfg.num_layers)) if shape is not None]
+    return tokens * jnp.dtype(dtype).itemsize * sum(k * d for k, d in shapes)
 
 
 class AttnSpec(NamedTuple):
@@ -83,13 +92,16 @@ class AttnSpec(NamedTuple):
     window (None: full causal), tanh soft-capping of the scores (None: off) and attention sinks
     (None: none; else float [H], the layer's learned logit per query head that joins the
     softmax's denominator and takes no value: gpt-oss; `Attention` puts its parameter here
-    for each call) and ALiBi's position biases (None: none; config.Alibi: BLOOM, MPT, Falcon-RW)."""
+    for each call) and ALiBi's position biases (None: none; config.Alibi: BLOOM, MPT, Falcon-RW), and the keys
+    a sparse attention layer selected (None: all; else bool [B, T, S] over the key columns the KV backend reads,
+    `key_mask`'s: DeepSeek Sparse Attention's top-k, models/sparse_attention.py; the layer puts it here per call)."""
 
     scale: float
     window: int | None = None
     softcap: float | None = None
     sinks: jax.Array | None = None
     alibi: Alibi | None = None
+    keep: jax.Array | None = None
 
 
 def attention_mask(q_pos, k_pos, window: int | None):
@@ -176,15 +188,15 @@ def cudnn_decode_fits(q, spec: AttnSpec) -> bool:
     blocked and XLA forms, which take every option (the engine's runner sends whole models there:
     `cudnn_serves`)."""
     d = q.shape[-1]
-    return (q.dtype in (jnp.bfloat16, jnp.float16) and d <= 128 and d % 8 == 0
-            and spec.window is None and spec.softcap is None and spec.sinks is None and spec.alibi is None)
+    return (q.dtype in (jnp.bfloat16, jnp.float16) and d <= 128 and d % 8 == 0 and spec.window is None
+            and spec.softcap is None and spec.sinks is None and spec.alibi is None and spec.keep is None)
 
 
 def cudnn_serves(cfg: ModelConfig) -> bool:
-    """Whether cuDNN's kernels can serve a model at all: not with attention sinks (gpt-oss) or ALiBi
-    (BLOOM, MPT, Falcon-RW), which no cuDNN decode call takes; the engine runs such a model by the
-    XLA and blocked forms, whose reads are bucketed to the keys in use."""
-    return not cfg.attn_sinks and cfg.alibi is None
+    """Whether cuDNN's kernels can serve a model at all: not with attention sinks (gpt-oss), ALiBi
+    (BLOOM, MPT, Falcon-RW) or sparse attention's selected keys (DeepSeek-V3.2), which no cuDNN decode call
+    takes; the engine runs such a model by the XLA and blocked forms, whose reads are bucketed to the keys in use."""
+    return not cfg.attn_sinks and cfg.alibi is None and cfg.indexer is None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,14 +217,26 @@ class Uncached:
         mask = attention_mask(positions, positions, window)
         return mask if self.keep is None else mask & self.keep[:, None, :]
 
+    key_mask = mask  # the key columns `read` and `index_keys` give are the call's own
+
+    def index_keys(self, pages, k, positions):
+        """Sparse attention's indexer keys (models/sparse_attention.py) k [B, T, 1, Di]: those every query of the call
+        may read ([B, T, 1, Di]: its own) and the layer's new indexer cache (the same, for a caller that places them)."""
+        return k, k
+
     def __call__(self, q, k, v, cache, positions, spec: AttnSpec):
         return self.read(q, LayerCache(k, v), positions, spec), LayerCache(k, v)
 
     def read(self, q, cache: LayerCache, positions, spec: AttnSpec, k=None, v=None):
         """Attention of q over another layer's keys and values of this call (`cache`, as its call
         returned them): a layer that shares them (ModelConfig.kv_source)."""
-        return attend(q, cache.k, cache.v, self.mask(positions, spec.window), spec.scale, spec.softcap, spec.sinks,
-                      score_bias(spec, positions, positions))
+        return attend(q, cache.k, cache.v, _selected(self.mask(positions, spec.window), spec), spec.scale, spec.softcap,
+                      spec.sinks, score_bias(spec, positions, positions))
+
+
+def _selected(mask, spec: AttnSpec):
+    """`mask` [B, T, S] and the keys a sparse attention layer selected, where it selected some (`AttnSpec.keep`)."""
+    return mask if spec.keep is None else mask & spec.keep
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["page_table", "valid", "shared", "offsets", "state_rows"],
@@ -268,7 +292,14 @@ class PagedCache:
         return kv_quant.rotate(self.attend(kv_quant.rotate(q), k, v, cache, positions, spec))
 
     def attend(self, q, k, v, new: LayerCache, positions, spec: AttnSpec):
-        """Attention of q over the cache `new` (k, v [B, T, K, D]: the call's own, as given)."""
+        """Attention of q over the cache `new` (k, v [B, T, K, D]: the call's own, as given). A sparse layer's selected
+        keys (`AttnSpec.keep`) are attended by the masked XLA form over the row's first `num_keys` keys, in prefill and
+        decode alike (no cascade: it reads every row's whole table; docs/architecture.md, what a kernel would need)."""
+        if spec.keep is not None:
+            keys, values = self.gather(new.k, new.k_scale, q.dtype), self.gather(new.v, new.v_scale, q.dtype)
+            key_pos = self.key_positions(positions)
+            return attend(q, keys, values, _selected(self.key_mask(positions, spec.window), spec), spec.scale, spec.softcap,
+                          spec.sinks, score_bias(spec, positions, key_pos))
         native = new.k.dtype == q.dtype  # else 8-bit (dequantized as it is read) or another float
         fast = self.impl == "cudnn" and cudnn_decode_fits(q, spec)
         if q.shape[1] == 1:
@@ -303,6 +334,21 @@ class PagedCache:
                                           k_new=k_new, v_new=v_new, sinks=spec.sinks, alibi=spec.alibi)
         return out
 
+    def key_positions(self, positions):
+        """[B, num_keys] the positions of the key columns `gather` gives: 0, 1, ... (page_table's order)."""
+        return jnp.broadcast_to(jnp.arange(self.num_keys, dtype=positions.dtype), (positions.shape[0], self.num_keys))
+
+    def key_mask(self, positions, window):
+        """[B, T, num_keys] bool: which of the gathered key columns each query at `positions` [B, T] reads."""
+        return attention_mask(positions, self.key_positions(positions), window)
+
+    def index_keys(self, pages, k, positions):
+        """Sparse attention's indexer keys (models/sparse_attention.py) k [B, T, 1, Di] written into the layer's indexer
+        pages [N + 1, ps, 1, Di] (as `write` places keys); returns each row's first `num_keys` of them ([B, num_keys, 1,
+        Di], `key_mask`'s columns) and the new pages."""
+        new = self._put(pages.shape[:2], positions)(pages, k)
+        return self.gather(new, None, k.dtype), new
+
     def gather(self, pool, scales, dtype):
         """Each row's first `num_keys` cached keys (or values) [B, num_keys, K, D] in `dtype`."""
         if scales is None:
@@ -319,7 +365,19 @@ class PagedCache:
         of a prefill call, 40% of the offline bench on an H200, 2026-11-28). The pool's dtype
         says how values are stored (`kv_quant.quantize_kv`): an int8 pool stores keys
         and values rotated (`kv_quant.rotate`) and also scatters each token's scales."""
-        n, ps = cache.k.shape[:2]
+        put = self._put(cache.k.shape[:2], positions)
+        if cache.k.dtype.itemsize > 1:  # the model's dtype (or another float)
+            return LayerCache(put(cache.k, k), put(cache.v, v))
+        if cache.k_scale is None:  # float8
+            return LayerCache(*(put(pool, kv_quant.quantize_kv(x, pool.dtype)[0]) for pool, x in ((cache.k, k), (cache.v, v))))
+        kq, ks = kv_quant.quantize_kv(kv_quant.rotate(k.astype(jnp.float32)), jnp.int8, cache.k_scale.dtype)
+        vq, vs = kv_quant.quantize_kv(kv_quant.rotate(v.astype(jnp.float32)), jnp.int8, cache.v_scale.dtype)
+        return LayerCache(put(cache.k, kq), put(cache.v, vq), put(cache.k_scale, ks), put(cache.v_scale, vs))
+
+    def _put(self, pool_pages: tuple[int, int], positions):
+        """put(pool, x): x [B, T, ...] at `positions` [B, T] into a pool of `pool_pages` (pages, page size) leading dims,
+        as `write` places them."""
+        n, ps = pool_pages
         page = jnp.take_along_axis(self.page_table, positions // ps, axis=1, mode="clip")
         page = jnp.where(self.valid, page, n).reshape(-1)
         offset = (positions % ps).reshape(-1)
@@ -328,13 +386,7 @@ class PagedCache:
             x = x.reshape((-1,) + x.shape[2:]).astype(pool.dtype)
             return jnp.asarray(pool).at[page, offset].set(x, mode="drop", unique_indices=True)
 
-        if cache.k.dtype.itemsize > 1:  # the model's dtype (or another float)
-            return LayerCache(put(cache.k, k), put(cache.v, v))
-        if cache.k_scale is None:  # float8
-            return LayerCache(*(put(pool, kv_quant.quantize_kv(x, pool.dtype)[0]) for pool, x in ((cache.k, k), (cache.v, v))))
-        kq, ks = kv_quant.quantize_kv(kv_quant.rotate(k.astype(jnp.float32)), jnp.int8, cache.k_scale.dtype)
-        vq, vs = kv_quant.quantize_kv(kv_quant.rotate(v.astype(jnp.float32)), jnp.int8, cache.v_scale.dtype)
-        return LayerCache(put(cache.k, kq), put(cache.v, vq), put(cache.k_scale, ks), put(cache.v_scale, vs))
+        return put
 
 
 UNCACHED = Uncached()
@@ -465,11 +517,14 @@ class Attention(nnx.Module):
         keys): float32 [B, H, T, T]. `keys`: the keys of the layer whose keys this one reads, where
         it reads another's (`reads_shared_kv`)."""
         q, k, _ = self.project(x, positions, rot)
-        k = k if keys is None else keys
-        spec = self.call_spec()
+        return self.weights_of(q, k if keys is None else keys, positions, kv, self.call_spec())
+
+    def weights_of(self, q, k, positions, kv: Uncached, spec: AttnSpec):
+        """`weights` of the queries q and keys k [B, T, ., D] of a full sequence under `spec` (a sparse layer's
+        selected keys in it: models/sparse_attention.py)."""
         sinks = None if self.sinks_outside_weights else spec.sinks
-        probs = attention_probs(q, k.astype(q.dtype), kv.mask(positions, spec.window), spec.scale, spec.softcap, sinks,
-                                score_bias(spec, positions, positions))
+        probs = attention_probs(q, k.astype(q.dtype), _selected(kv.mask(positions, spec.window), spec), spec.scale,
+                                spec.softcap, sinks, score_bias(spec, positions, positions))
         b, groups, members, t, s = probs.shape
         return probs.reshape(b, groups * members, t, s)
 

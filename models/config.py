@@ -25,6 +25,7 @@ from jaxllm.models.config_fields import (
 from jaxllm.models.config_options import (  # noqa: F401 (re-exported)
     Alibi,
     Chunked,
+    IndexerConfig,
     MlaConfig,
     QueryScale,
     RopeConfig,
@@ -192,6 +193,8 @@ class ModelConfig:
     # Multi-head latent attention (DeepSeek); None: the usual q/k/v projections. With it, head_dim is
     # the cached key and value heads' width, max(qk_head_dim, v_head_dim) (models/mla.py pads to it)
     mla: MlaConfig | None = None
+    indexer: IndexerConfig | None = None  # DeepSeek Sparse Attention (models/sparse_attention.py): None, dense attention
+    gated_norm_rank: int = 0  # A.X-K2's gated RMSNorms (models/axk2.py): the rank of their gate (0: none)
     # Gemma 4: full-attention layers with heads of their own size and kv heads (None: as the others');
     # values that are the keys' projection there (attention_k_eq_v: no v_proj); values RMS-normed
     # without a scale (v_norm); the last kv_shared_layers layers projecting no keys or values but
@@ -343,6 +346,14 @@ class ModelConfig:
         if self.layer_is_recurrent(layer) or not self.layer_has_mixer(layer) or self.kv_source(layer) != layer:
             return None
         return self.layer_kv_heads(layer), self.layer_head_dim(layer) * (2 if self.differential_attention else 1)
+
+    def index_shape(self, layer: int) -> tuple[int, int] | None:
+        """(1, index head_dim) of the indexer keys `layer` caches beside its keys and values (DeepSeek Sparse
+        Attention: one key head per token, models/sparse_attention.py); None: it runs no indexer of its own."""
+        ix = self.indexer
+        if ix is None or self.kv_shape(layer) is None or layer in ix.shared:
+            return None
+        return 1, ix.head_dim
 
     def layer_has_mixer(self, layer: int) -> bool:
         """Whether `layer` mixes tokens (attention or a recurrent mixer): all but feed_forward_layers' blocks."""

@@ -14,7 +14,7 @@ QK_NORMS = ("none", "per_head", "projection", "layernorm", "layernorm_per_head",
 ROUTERS = ("softmax_topk", "topk_softmax", "sparsemixer", "sigmoid_topk", "topk_sigmoid")
 # How a group-limited router (router_groups > 1) scores each group of experts: "max" of its scores
 # (DeepSeek-V2's group_limited_greedy), or the "top2" sum (DeepSeek-V3)
-GROUP_SCORES = ("max", "top2")
+GROUP_SCORES = ("max", "top2", "top2_zero")  # top2_zero: the other groups' experts scored 0 for the choice (A.X-K2)
 # Recurrent layer types (models/mixers.py): "linear_attention", a gated-DeltaNet layer
 # (models/linear_attention.py); "conv", LFM2's gated short conv (models/short_conv.py); "mamba", a Mamba2
 # layer (models/mamba2.py); "mamba1", a Mamba (v1) layer (models/mamba1.py); "lightning_attention", MiniMax's

@@ -112,6 +112,25 @@ class MlaConfig:
         return self.qk_nope_head_dim + self.qk_rope_head_dim
 
 
+@dataclass(frozen=True)
+class IndexerConfig:
+    """DeepSeek Sparse Attention's lightning indexer (DeepSeek-V3.2, models/sparse_attention.py): `heads`
+    query heads of `head_dim` (from the latent queries) score every earlier key (one key head of `head_dim` per
+    token, cached in pages of its own), and attention reads only the `topk` best of them. `interleaved`: the
+    indexer rotates its first qk_rope_head_dim values in interleaved pairs (GLM-5), else in halves (V3.2).
+    `shared`: the layers that run no indexer but take the selection of the last layer before them that does."""
+
+    heads: int
+    head_dim: int
+    topk: int
+    interleaved: bool = False
+    shared: tuple[int, ...] = ()
+
+    def source(self, layer: int) -> int:
+        """The layer whose indexer selects `layer`'s keys: itself, or for a shared layer the last one before it that runs one."""
+        return max(i for i in range(layer + 1) if i not in self.shared)
+
+
 def parse_rope(raw: dict, layer_type: str = "full_attention") -> RopeConfig:
     """Rope settings from either spelling: v5 `rope_parameters`, or v4 `rope_theta` + `rope_scaling`.
     In the per-layer-type form ({"full_attention": {...}, "sliding_attention": {...}}) it reads

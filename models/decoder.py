@@ -34,6 +34,9 @@ class DecoderLayer(nnx.Module):
 
     norm_cls = RMSNorm
     attn_cls = Attention
+    # A layer that takes a value from the layer before it and hands one on (called with it as its last argument, it
+    # returns (x, cache, value)): GLM-5's sparse attention selection, which its shared layers reuse (models/sparse_attention.py)
+    carries = False
 
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
         norm = norm_kwargs(cfg, dtype, rngs, self.norm_cls)
@@ -161,7 +164,7 @@ class DecoderModel(nnx.Module):
             x = self.embed_norm(x)
         rots = self.rotaries(positions, x.dtype, lengths)
         inputs = self.layer_inputs(tokens, x)
-        new_cache = []
+        new_cache, carry = [], None
         for i, layer in enumerate(self.layers):
             if trace is not None and not self.trace_outputs:
                 trace.append(x)
@@ -169,11 +172,13 @@ class DecoderModel(nnx.Module):
             source = self.cfg.kv_source(i)
             c = new_cache[source] if source != i else None if cache is None else cache[i]
             rot, extra = rots.get(self.cfg.layer_rope(i)), () if inputs is None else (inputs[:, :, i],)
+            extra += (carry,) if getattr(layer, "carries", False) else ()  # not every layer class is a DecoderLayer
             if trace is None:  # one trace per distinct layer, not per layer (see _call_layer)
                 graphdef, state = nnx.split(layer)
-                x, c = _call_layer(graphdef, state, x, positions, rot, c, kv, *extra)
+                x, c, *passed = _call_layer(graphdef, state, x, positions, rot, c, kv, *extra)
             else:
-                x, c = layer(x, positions, rot, c, kv, *extra)
+                x, c, *passed = layer(x, positions, rot, c, kv, *extra)
+            carry = passed[0] if passed else carry
             new_cache.append(c)
             if trace is not None and self.trace_outputs:
                 trace.append(x)

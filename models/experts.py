@@ -305,7 +305,8 @@ def limited_top_k(scores, k: int, bias=None, groups: tuple | None = None):
     the experts split into n_group equal groups, each scored by its "max" (DeepSeek-V2's
     group_limited_greedy: the other groups' scores set to 0, the weights taken from those) or the
     sum of its best two (DeepSeek-V3: the other groups' experts never chosen, the weights their
-    unmasked scores); only the topk_group best groups' experts may be chosen."""
+    unmasked scores; "top2_zero", A.X-K2: their choice scores 0, below which an allowed expert's may
+    fall); only the topk_group best groups' experts may be chosen."""
     choice = scores if bias is None else scores + bias
     if groups is not None:
         n_group, picked, score = groups
@@ -315,6 +316,8 @@ def limited_top_k(scores, k: int, bias=None, groups: tuple | None = None):
         allowed = jnp.repeat(jnp.sum(jax.nn.one_hot(best, n_group, dtype=jnp.int32), axis=-2) > 0, grouped.shape[-1], axis=-1)
         if score == "max":
             scores = choice = jnp.where(allowed, choice, 0.0)
+        elif score == "top2_zero":
+            choice = jnp.where(allowed, choice, 0.0)
         else:
             choice = jnp.where(allowed, choice, -jnp.inf)
     experts = jax.lax.top_k(choice, k)[1]

@@ -39,7 +39,16 @@ def state_bytes(cfg: ModelConfig, dtype) -> int:
     return sum(shape_bytes(shape, dtype) for shape in state_shapes(cfg) if shape is not None)
 
 
-def layer_parts(kv, state):
+def index_shapes(cfg: ModelConfig) -> tuple:
+    """Every layer's ModelConfig.index_shape, or () for a model without sparse attention (the engine's steps' key)."""
+    return tuple(map(cfg.index_shape, range(cfg.num_layers))) if cfg.indexer is not None else ()
+
+
+def layer_parts(kv, state, index=None):
     """A layer's cache: its pages of keys and values (a LayerCache), its RecurrentState, or both (Falcon-H1's attention
-    and Mamba2 mixer in one layer: the pair (pages, state), as DecoderLayer.mix reads it); None for neither."""
+    and Mamba2 mixer in one layer: the pair (pages, state), as DecoderLayer.mix reads it); None for neither. A sparse
+    attention layer's indexer key pages (`index`: ModelConfig.index_shape) come beside its keys and values: the pair
+    (pages, index pages), as models/sparse_attention.py reads it."""
+    if index is not None:
+        return kv, index
     return state if kv is None else kv if state is None else (kv, state)

@@ -78,7 +78,17 @@ class LatentAttention(Attention):
     def project(self, x, positions, rot: Rotary | None):
         """Queries, keys and values [B, T, H, head_dim] of x [B, T, E] (at `positions`, unused): decompressed, the rotary
         parts rotated, each zero-padded to head_dim."""
-        q = self.q_proj(x) if self.q_proj is not None else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        return self.project_latent(x, self.q_latent(x), rot)
+
+    def q_latent(self, x):
+        """The queries' low-rank latent q_a_layernorm(q_a_proj(x)) [B, T, q_lora_rank], or None (one q_proj)."""
+        return None if self.q_proj is not None else self.q_a_layernorm(self.q_a_proj(x))
+
+    def project_latent(self, x, q_latent, rot: Rotary | None, q=None):
+        """`project` of x whose queries' latent is `q_latent` (None: one q_proj), or whose queries are `q` [B, T, H,
+        qk_head_dim] before their rotation (A.X-K2's, from a projection of its own)."""
+        if q is None:
+            q = self.q_proj(x) if q_latent is None else self.q_b_proj(q_latent)
         latent = self.kv_a_proj_with_mqa(x)
         kv = self.kv_b_proj(self.kv_a_layernorm(latent[..., : self.kv_rank]))  # [B, T, H, nope + v]
         q_rot, k_rot = q[..., self.nope :], latent[..., None, self.kv_rank :]  # k_rot [B, T, 1, rope]: every head's

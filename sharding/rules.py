@@ -40,6 +40,8 @@ RULES: dict[str, str | None] = {
     "head_dim": None,
     # DeepSeek's latent attention: the low-rank q and kv latents every head reads (models/mla.py), whole on each device
     "latent": None,
+    # DeepSeek Sparse Attention's indexer heads (models/sparse_attention.py): a small projection, whole on each device
+    "index_heads": None,
     "mlp": "tp",
     # Gated DeltaNet (models/linear_attention.py), split by head as attention is: its value heads (z,
     # b, a, the decay, out_proj's inputs, the delta rule's state), its key heads (the conv's weight),

@@ -89,6 +89,14 @@ def test_dbrx_weight_norms_other_than_the_sum_are_refused():
     # the checkpoint's dense layers as first_k_dense_replace says, which transformers' GLM-4.7-Flash never reads
     ("Glm4MoeLiteForCausalLM", dict(mlp_layer_types=None, first_k_dense_replace=2), r"first_k_dense_replace=2 without mlp_layer_types"),
     ("Glm4MoeLiteForCausalLM", dict(mlp_layer_types=["dense", "moe", "dense"]), r"mlp_layer_types .* must give one of dense, sparse"),
+    # DeepSeek-V3.2's indexer: a top-k that selects nothing, a head narrower than the part its rope rotates
+    ("DeepseekV32ForCausalLM", dict(index_topk=0), r"index_topk=0 must be a positive integer.*give the checkpoint's index_topk"),
+    ("DeepseekV32ForCausalLM", dict(index_head_dim=4), r"index_head_dim=4 is narrower than qk_rope_head_dim=8"),
+    # GLM-5's indexer types: a shared first layer (nothing to share), an unknown pattern letter
+    ("GlmMoeDsaForCausalLM", dict(indexer_types=["shared", "full", "full", "full"]), r"indexer_types .* the first full"),
+    ("GlmMoeDsaForCausalLM", dict(indexer_types=None, index_topk_pattern="FSXF"), r"index_topk_pattern 'FSXF' must be"),
+    # A.X-K2: expert groups without the number picked
+    ("AXK2ForCausalLM", dict(n_group=4), r"n_group=4 with topk_group=None: AXK2Config takes both or neither"),
     ("YoutuForCausalLM", dict(head_dim=16), r"head_dim=16 differs from qk_rope_head_dim=8"),
     ("MiniCPM3ForCausalLM", dict(logits_scaling=4.0), r"sets logits_scaling, which MiniCPM3Config derives"),
     # OLMo Hybrid: OlmoHybridConfig refuses a model without both layer kinds; its layers are linear or full attention

@@ -76,9 +76,11 @@ def _cached_decode_error(model, seq, full) -> float:
     cfg = model.config
     shapes = [None if kv is None else (13, 4) + kv for kv in map(cfg.kv_shape, range(cfg.num_layers))]  # 12 pages and the trash page
     cache = [None if s is None else LayerCache(np.zeros(s, np.float32), np.zeros(s, np.float32)) for s in shapes]
-    # a recurrent layer's state instead (or beside its pages: Falcon-H1): a row per sequence (row b's is row b)
+    # a recurrent layer's state instead (or beside its pages: Falcon-H1): a row per sequence (row b's is row b); a sparse
+    # attention layer's indexer key pages beside its keys and values
     recurrent = (state_shape(cfg, i) for i in range(cfg.num_layers))
-    cache = [layer_parts(c, None if r is None else zero_state(r, 2, np.float32)) for c, r in zip(cache, recurrent)]
+    index = (None if x is None else np.zeros((13, 4) + x, np.float32) for x in map(cfg.index_shape, range(cfg.num_layers)))
+    cache = [layer_parts(c, None if r is None else zero_state(r, 2, np.float32), x) for c, r, x in zip(cache, recurrent, index)]
     table = np.asarray([[7, 2, 9, 0, 4], [1, 11, 3, 8, 5]], np.int32)
     positions = np.broadcast_to(np.arange(6), (2, 6))
     # one compiled call per shape (prefill, decode), as the engine runs them, not op by op
@@ -696,6 +698,27 @@ SPELLINGS = {
     "deepseek-v3-default-routing": ("DeepseekV3ForCausalLM", dict(n_routed_experts=16), _edit((
         "n_group", "topk_group", "num_experts_per_tok", "routed_scaling_factor", "norm_topk_prob", "rope_interleave",
         "n_shared_experts"))),
+    # DeepSeek-V3.2-Exp's Hub config.json: the v4 YaRN keys (mscale_all_dim scales the softmax), first_k_dense_replace
+    # without mlp_layer_types, keys of DeepSeek's own code (topk_method, scoring_func, num_nextn_predict_layers), a
+    # head_dim and layer_types DeepseekV32Config overrides; a score bias that changes the choice, the MTP layer 61 kept
+    "deepseek-v32-hub-config": ("DeepseekV32ForCausalLM", dict(rope_parameters=dict(
+        rope_type="yarn", factor=4.0, mscale=1.0, mscale_all_dim=0.8, original_max_position_embeddings=8, beta_fast=32,
+        beta_slow=1, rope_theta=10000.0)), lambda raw: [raw.pop(k) for k in ("mlp_layer_types", "layer_types")] and raw.update(
+            rope_theta=raw["rope_parameters"].pop("rope_theta"), rope_scaling=dict(raw.pop("rope_parameters"), type="yarn"),
+            first_k_dense_replace=1, topk_method="noaux_tc", scoring_func="sigmoid", num_nextn_predict_layers=1, head_dim=32),
+        _tensors(add=lambda tensors: dict(_score_biases("mlp.gate", (1, 2), 8)(tensors), **{
+            f"model.layers.61.{name}": tensors[f"model.layers.1.{name}"].clone() for name in ("input_layernorm.weight", "mlp.gate.weight")}))),
+    # GLM-5: its indexer types from index_topk_pattern (full, shared, shared, full), and from index_topk_freq /
+    # index_skip_topk_offset (every second layer from the second shared) where neither that nor indexer_types is given
+    "glm-moe-dsa-topk-pattern": ("GlmMoeDsaForCausalLM", dict(indexer_types=["full", "shared", "shared", "full"]),
+                                 _edit(("indexer_types",), index_topk_pattern="FSSF")),
+    "glm-moe-dsa-topk-freq": ("GlmMoeDsaForCausalLM", {}, _edit(("indexer_types",), index_topk_freq=2, index_skip_topk_offset=1)),
+    # A.X-K2: experts in groups (n_group, topk_group: the larger releases') with a score bias that changes the choice; its
+    # dense layers from first_k_dense_replace and moe_layer_freq (the legacy keys) where mlp_layer_types is left out
+    "axk2-groups-legacy-layers": ("AXK2ForCausalLM", dict(n_group=4, topk_group=2, num_hidden_layers=4,
+                                                          mlp_layer_types=["dense", "dense", "sparse", "dense"]),
+                                  _edit(("mlp_layer_types",), first_k_dense_replace=2, moe_layer_freq=2),
+                                  _tensors(add=_score_biases("mlp.gate", (2,), 8))),
     # DeepSeek-V2: greedy routing, no dense layer, two shared experts, unscaled weights and no MLP biases where
     # left out; queries through q_lora_rank; keys its code never reads (norm_topk_prob, rope_interleave), the
     # experts under num_experts (its attribute_map's spelling)

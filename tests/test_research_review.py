@@ -76,12 +76,13 @@ PADDED = np.random.default_rng(3).integers(0, 128, (2, 16))
 MASK = np.array([[0] * 3 + [1] * 13, [1] * 11 + [0] * 5])  # left padding (13 tokens: past the window of 8), right padding
 
 
-@pytest.mark.parametrize("arch", ("Gemma2ForCausalLM", "GPT2LMHeadModel"))
+@pytest.mark.parametrize("arch", ("Gemma2ForCausalLM", "GPT2LMHeadModel", "GlmMoeDsaForCausalLM"))
 def test_padded_batches_match_transformers_and_each_row_alone(arch, tmp_path):
     """attention_mask as transformers takes it (with its generate's position_ids: each row's tokens
     counted from 0), left and right padding in one batch: at the tokens, every function equals
     transformers' output and the row scored alone. Gemma 2: a sliding window (layer 0), soft caps
-    and grouped kv heads; GPT-2: learned positions. The four in one jit, as research code runs them."""
+    and grouped kv heads; GPT-2: learned positions; GLM-5: sparse attention, whose indexer never selects padding (5 keys
+    of the row's own, where more precede). The four in one jit, as research code runs them."""
     ref = reference.build(arch, tmp_path, seed=7)
     model = jaxllm.load(tmp_path)
     gd, keep = model.graphdef, MASK.astype(bool)
@@ -103,8 +104,10 @@ def test_padded_batches_match_transformers_and_each_row_alone(arch, tmp_path):
     rows = np.broadcast_to(keep[:, None, :, None], weights.shape)  # the tokens' queries
     assert reference.max_rel_diff(weights[rows], out.attentions[0].numpy()[rows]) <= 1e-5
     assert (weights[np.broadcast_to(~keep[:, None, None, :], weights.shape)] == 0).all()  # padding is never attended
-    if arch != "GPT2LMHeadModel":  # the window of 8 bites: row 0's last token (position 12) sees positions 5..12
+    if arch == "Gemma2ForCausalLM":  # the window of 8 bites: row 0's last token (position 12) sees positions 5..12
         assert (weights[0, :, -1, 3:8] == 0).all() and (weights[0, :, -1, 8:] > 0).all()
+    if arch == "GlmMoeDsaForCausalLM":  # the last token of each row reads its index_topk (5) selected keys
+        assert ((weights[0, :, -1] > 0).sum(-1) == 5).all() and ((weights[1, :, 10] > 0).sum(-1) == 5).all()
     logp = torch.log_softmax(out.logits[:, :-1].double(), -1).gather(-1, torch.as_tensor(PADDED)[:, 1:, None])[..., 0].numpy()
     pairs = keep[:, 1:] & keep[:, :-1]
     assert np.abs(logprobs[pairs] - logp[pairs]).max() <= 1e-4 and (logprobs[~pairs] == 0).all()

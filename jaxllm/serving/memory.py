@@ -7,7 +7,7 @@ from __future__ import annotations
 import jax
 
 from jaxllm.errors import GenerationError, available_memory, size_text
-from jaxllm.models.attention import kv_cache_bytes
+from jaxllm.models.attention import index_cache_bytes, kv_cache_bytes
 from jaxllm.models.mixers import state_bytes
 from jaxllm.serving.runner import pool_pages, recurrent_rows
 
@@ -34,8 +34,10 @@ def pool_size(model, kv_dtype, page_size: int, fraction: float, num_pages: int |
     cfg = model.config
     width = -(-max_len // page_size)  # pages of one max_len sequence
     stats = jax.local_devices()[0].memory_stats() or {}
-    devices = tp_split(model) * dp  # over tp like the kv heads, and over dp by pages
-    page_bytes = kv_cache_bytes(cfg, page_size, model.dtype, kv_dtype)
+    tp = tp_split(model)
+    devices = tp * dp  # over tp like the kv heads, and over dp by pages
+    # sparse attention's indexer keys are whole on each tp device: counted tp times before the split
+    page_bytes = kv_cache_bytes(cfg, page_size, model.dtype, kv_dtype) + (tp - 1) * index_cache_bytes(cfg, page_size, model.dtype)
     # each device's rows of recurrent state (0 without recurrent layers), counted whole though tp splits their heads
     states = recurrent_rows(batch_size, dp) * state_bytes(cfg, model.dtype) // dp
     states += batch_size // dp * cfg.output_vocab * SAMPLING_ROW_BYTES

@@ -49,7 +49,7 @@ import numpy as np
 
 from jaxllm import sharding
 from jaxllm.models.attention import cudnn_serves, kv_format
-from jaxllm.models.mixers import state_shapes
+from jaxllm.models.mixers import index_shapes, state_shapes
 from jaxllm.sampling import RowParams, SamplingParams, logprob_width, step_kind
 from jaxllm.serving.steps import Counters, SlotState
 from jaxllm.serving.steps import steps as make_steps
@@ -136,13 +136,14 @@ class Runner:
         # Recurrent layers' states (recurrent_rows): slot s of shard i is its row s (local)
         recurrent = state_shapes(self.cfg)
         self.scratch_row = self.shard_seqs  # each shard's scratch row, local
+        indexed = index_shapes(self.cfg)  # sparse attention's indexer key pages beside the keys and values
         steps = make_steps(model.graphdef, chunk, attention, self.mesh, kv_shapes, scales is not None, decode_options,
-                           small_options, recurrent)
+                           small_options, recurrent, indexed)
         self._traces, self._prefill_large, self._prefill_small, self._decode, self._score, self._zeros = steps
         self._before = dataclasses.replace(self._traces)  # what engines before this one compiled
         pool = self.shards * pool_pages(self.shard_pages, self.shard_seqs)
         self._sizes = (max_seqs, pool, page_size, kv_shapes, self.cfg.output_vocab, eos_width, self.kv_dtype, recurrent,
-                       recurrent_rows(max_seqs, self.shards) if recurrent else 0, np.dtype(self.dtype).name)
+                       recurrent_rows(max_seqs, self.shards) if recurrent else 0, np.dtype(self.dtype).name, indexed)
 
     @property
     def model(self):

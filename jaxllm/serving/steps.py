@@ -28,7 +28,8 @@ class SlotState(NamedTuple):
     cache: list  # per layer LayerCache: k, v [pool, page_size, K, D] (int8: and scales [pool, page_size, K]);
     # pages >= num_pages are never handed out. A recurrent layer's: its RecurrentState, a row per
     # decode slot and a scratch row per dp shard (runner.recurrent_rows; models/recurrent.py); a layer
-    # with both (Falcon-H1's attention beside a Mamba2 mixer): the pair (layer_parts)
+    # with both (Falcon-H1's attention beside a Mamba2 mixer): the pair (layer_parts); a sparse attention layer's: its
+    # LayerCache and its indexer key pages [pool, page_size, 1, Di] (the pair, layer_parts; models/sparse_attention.py)
     tokens: jax.Array  # [B] the last token of each slot, fed at the next step
     positions: jax.Array  # [B] where that token will be written
     done: jax.Array  # [B] bool
@@ -76,12 +77,13 @@ class Steps(NamedTuple):
 
 @functools.cache
 def steps(graphdef, chunk: int, attention: str, mesh, kv_shapes: tuple, scales: bool = False,
-           decode_options: tuple = (), small_options: tuple = (), recurrent: tuple = ()):
+           decode_options: tuple = (), small_options: tuple = (), recurrent: tuple = (), indexed: tuple = ()):
     """The Steps jitted for this model structure; `kv_shapes`: each layer's (kv heads, head_dim), None
     for a layer that caches nothing (ModelConfig.kv_shape); `scales`: the pool holds int8 scales (the state's structure on a mesh);
     `decode_options`, `small_options`: XLA options of the decode step and of small prefill calls,
     (name, value) pairs (jaxllm.runtime.decode_options, small_call_options); `recurrent`: each layer's
-    recurrent StateShape (models/mixers.state_shapes; None: it keeps no recurrent state), or () for a model without any."""
+    recurrent StateShape (models/mixers.state_shapes; None: it keeps no recurrent state), or () for a model without any;
+    `indexed`: each layer's indexer key shape (models/mixers.index_shapes; None: none), or () for a model without any."""
     options, small = dict(decode_options) or None, dict(small_options) or None
     counters = Counters()
     dp = "dp" if mesh is not None and mesh.shape["dp"] > 1 else None
@@ -93,7 +95,7 @@ def steps(graphdef, chunk: int, attention: str, mesh, kv_shapes: tuple, scales: 
     prefill = functools.partial(_prefill, graphdef, counters, attention, gather)
     decode = functools.partial(_decode, graphdef, counters, chunk, attention, gather)
     score = functools.partial(_score, graphdef, counters, attention)
-    sizes = tuple(range(10))  # _zero_state's arguments are all static
+    sizes = tuple(range(11))  # _zero_state's arguments are all static
     if mesh is None:
         return Steps(counters, *(jax.jit(prefill, static_argnums=(0, 1, 2, 3), donate_argnums=5, compiler_options=o) for o in (None, small)),
                      jax.jit(decode, static_argnums=(0, 1, 2, 3), donate_argnums=5, compiler_options=options),
@@ -103,7 +105,7 @@ def steps(graphdef, chunk: int, attention: str, mesh, kv_shapes: tuple, scales: 
     # is replicated, so every process of a multi-host run can read it.
     rep = sharding.replicated(mesh)
 
-    def layer_cache(shape, state):
+    def layer_cache(shape, state, index):
         rec = None
         if state is not None:  # recurrent state rows: over dp like the slots, their heads over tp as the layer's
             zeros = jax.eval_shape(lambda: zero_state(state, mesh.shape["dp"], jnp.float32))
@@ -114,10 +116,12 @@ def steps(graphdef, chunk: int, attention: str, mesh, kv_shapes: tuple, scales: 
         pool = sharding.pool_sharding(mesh, shape[0])
         spec = tuple(pool.spec) + (None,) * (4 - len(pool.spec))
         scale = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec[:3])) if scales else None
-        return layer_parts(LayerCache(pool, pool, scale, scale), rec)
+        # indexer key pages: a pool of one key head (whole on each tp device, over dp by pages)
+        return layer_parts(LayerCache(pool, pool, scale, scale), rec, None if index is None else sharding.pool_sharding(mesh, 1))
 
     rows = sharding.dp_rows(mesh)  # replicated when dp = 1
-    cache = [layer_cache(shape, state) for shape, state in zip(kv_shapes, recurrent or (None,) * len(kv_shapes))]
+    none = (None,) * len(kv_shapes)
+    cache = [layer_cache(*parts) for parts in zip(kv_shapes, recurrent or none, indexed or none)]
     state = jax.tree.map(lambda _: rows, jax.eval_shape(lambda: _zero_state(1, 1, 1, (), 1, 1, ("float32", None))))
     state = state._replace(cache=cache)
     if mesh.shape["dp"] > 1:  # each dp shard computes its own rows on its own pages and slots
@@ -152,25 +156,28 @@ def _per_shard(mesh, step, statics: int, replicated: tuple[int, ...]):
 
 
 def _zero_state(rows, pool, page_size, kv_shapes, vocab, eos_width, dtypes, recurrent=(), state_rows=0,
-                model_dtype="float32") -> SlotState:
+                model_dtype="float32", indexed=()) -> SlotState:
     """An empty state: `pool` pages per layer (the managed ones, a trash page that unused table
     entries point at, then rounded up to a multiple of the rows: cuDNN's paged kernel wants the
     pool to split evenly over them) of each layer's (kv heads, head_dim) in `kv_shapes` (None: the
     layer caches nothing) in dtypes (values, scales or None), and `rows` decode slots; a layer with a
-    `recurrent` shape keeps a zero RecurrentState of `state_rows` rows (its conv inputs in `model_dtype`)."""
+    `recurrent` shape keeps a zero RecurrentState of `state_rows` rows (its conv inputs in `model_dtype`); one with an
+    `indexed` shape its indexer key pages beside its keys and values (in `model_dtype`)."""
     values, scales = dtypes
 
-    def layer(kv_shape, state):
+    def layer(kv_shape, state, index):
         rec = None if state is None else zero_state(state, state_rows, model_dtype)
         if kv_shape is None:
             return layer_parts(None, rec)
         shape = (pool, page_size) + tuple(kv_shape)
         kv = [jnp.zeros(shape, values) for _ in range(2)]
+        keys = None if index is None else jnp.zeros((pool, page_size) + tuple(index), model_dtype)
         return layer_parts(LayerCache(*kv) if scales is None else LayerCache(*kv, *(jnp.zeros(shape[:3], scales) for _ in range(2))),
-                           rec)
+                           rec, keys)
 
+    none = (None,) * len(kv_shapes)
     return SlotState(
-        cache=[layer(shape, state) for shape, state in zip(kv_shapes, recurrent or (None,) * len(kv_shapes))],
+        cache=[layer(*parts) for parts in zip(kv_shapes, recurrent or none, indexed or none)],
         tokens=jnp.zeros(rows, jnp.int32), positions=jnp.zeros(rows, jnp.int32), done=jnp.ones(rows, bool),
         generated=jnp.zeros(rows, jnp.int32), max_new=jnp.ones(rows, jnp.int32), limit=jnp.zeros(rows, jnp.int32),
         seen=jnp.zeros((rows, vocab), bool), counts=jnp.zeros((rows, vocab), jnp.int16), eos=jnp.full((rows, eos_width), -1, jnp.int32),
