@@ -1,4 +1,4 @@
-"""What sampled decoding costs beside greedy, and what OpenAI's penalties and logit bias add: batch-64
+"""What sampled decoding costs beside greedy, and what OpenAI's penalties, logit bias and top_logprobs and vLLM's min_tokens add: batch-64
 decode of a random-weight model (prompt 512, 256 new tokens, EOS ignored), tokens/s of the whole
 run (prefill included), each setting on a warm engine (its second run; prefix caching off, so it prefills what the first did).
 
@@ -22,6 +22,8 @@ SETTINGS = {
     "sampled+penalties": dict(temperature=0.8, top_p=0.95, top_k=50, presence_penalty=0.5, frequency_penalty=0.5),
     "greedy+penalties": dict(temperature=0.0, presence_penalty=0.5, frequency_penalty=0.5),
     "greedy+bias": dict(temperature=0.0, logit_bias={5: -100.0, 17: 2.0}),
+    "sampled+top_logprobs": dict(temperature=0.8, top_p=0.95, top_k=50, top_logprobs=5),
+    "greedy+min_tokens": dict(temperature=0.0, min_tokens=64),
 }
 
 
