@@ -95,7 +95,7 @@ def test_models_health_and_cli_defaults(server):
     args = parse_args(["--max-queue", "4"])
     assert (args.host, args.port, args.max_queue, args.batch_size) == ("127.0.0.1", 8000, 4, 32)
     args = parse_args(["--port", "65535", "--log-level", "DEBUG"])
-    assert (args.port, args.log_level, args.shutdown_timeout) == (65535, "debug", 10)
+    assert (args.port, args.log_level, args.shutdown_timeout, args.tool_call_parser) == (65535, "debug", 10, "auto")
 
 
 @pytest.mark.parametrize("argv, flag", [
@@ -106,6 +106,7 @@ def test_models_health_and_cli_defaults(server):
     (["--log-level", "chatty"], "--log-level"),  # uvicorn's KeyError
     (["--max-request-bytes", "0"], "--max-request-bytes"),
     (["--shutdown-timeout", "-1"], "--shutdown-timeout"),
+    (["--tool-call-parser", "qwen"], "--tool-call-parser"),  # not a format jaxllm reads
 ])
 def test_cli_refuses_bad_port_and_log_level_in_one_line(capsys, argv, flag):
     with pytest.raises(SystemExit) as exit:
