@@ -506,7 +506,7 @@ ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name of the system mess
 # OpenAI's fields (and vLLM's) that this server does not implement: name -> (does this value change nothing
 # (value, request), what to do instead). Each is refused (400) rather than silently ignored,
 # except at the value that changes nothing, which clients may send as their default (the openai
-# client itself sends only what its caller passes): best_of = n, tools [], ...
+# client itself sends only what its caller passes): best_of = n, functions [], ...
 _UNSUPPORTED = {
     "echo": (lambda v, body: not v or isinstance(body, CompletionRequest),
              "it is served by /v1/completions only: leave it out (or send false) here"),
@@ -541,8 +541,8 @@ _UNSUPPORTED = {
     "add_generation_prompt": (lambda v, body: v in (None, True), "leave it out: the answer is the assistant's next turn"),
     "chat_template": (lambda v, body: v is None, "leave it out: the model's own chat template is used"),
 }
-_FIELD_NAMES = {name for m in (CompletionRequest, ChatRequest, Message, ContentPart, StreamOptions, Tool,
-                                                FunctionDef, ToolCall, CallFunction) for name in m.model_fields}
+_FIELD_NAMES = {name for m in (CompletionRequest, ChatRequest, Message, ContentPart, StreamOptions, Tool, FunctionDef,
+                               ToolCall, CallFunction) for name in m.model_fields}
 
 
 # Every choice's text is searched for each stop string at each token, on the event loop that
