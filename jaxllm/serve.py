@@ -145,6 +145,10 @@ def _main(args) -> int:
         warm_up(engine)
     app = build_app(model, engine, name=name, max_queue=args.max_queue, max_request_bytes=args.max_request_bytes,
                     template_kwargs=args.chat_template_kwargs, tool_parser=args.tool_call_parser)
+    tools = app.state.server.tool_format  # what --tool-call-parser auto chose is worth a line
+    print(f"tool calls: read as {tools.name}" if tools else "tool calls: not read" + (
+        " (the chat template shows no format: --tool-call-parser names one)" if args.tool_call_parser == "auto" else ""),
+        file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=args.shutdown_timeout)
     return 0

@@ -694,6 +694,11 @@ def test_tool_calls_through_the_openai_client(server, monkeypatch):
     assert rendered[-1] == offered + '<assistant>c1 get_weather{"city": "Paris"}<tool>(c1) 18 C<assistant>'
     assert (out.choices[0].message.content, out.choices[0].message.tool_calls, out.choices[0].finish_reason) == (
         TOOL_ANSWER, None, "stop")
+    monkeypatch.setattr(server.app_server, "tool_format", None)  # --tool-call-parser none: tools with 'auto' refused
+    monkeypatch.setattr(server.app_server, "tool_parser", "none")
+    with pytest.raises(openai.BadRequestError) as err:
+        server.client.chat.completions.create(**ask)
+    assert err.value.body["param"] == "tool_choice" and "(it was started with --tool-call-parser none)" in err.value.body["message"]
     wait_idle(server)
 
 
