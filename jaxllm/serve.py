@@ -17,7 +17,6 @@ import socket
 import sys
 
 from jaxllm import progress, runtime
-from jaxllm.api import tool_calls
 from jaxllm.engine import Engine, Request
 from jaxllm.errors import ArgumentParser, JaxllmError, run_cli
 from jaxllm.sampling import SamplingParams
@@ -25,9 +24,9 @@ from jaxllm.sampling import SamplingParams
 try:
     import uvicorn
 
-    from jaxllm.api import build_app
+    from jaxllm.api import build_app, tool_calls
 except ImportError as err:  # the serve extra is not installed
-    uvicorn, build_app, _missing = None, None, err
+    uvicorn, build_app, tool_calls, _missing = None, None, None, err
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's; any other is its KeyError
 
@@ -48,7 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--chat-template-kwargs", type=progress.template_kwargs, metavar="JSON",
                    help="variables the chat template reads for every chat request, as a JSON object (a request's own "
                         'chat_template_kwargs go over them): \'{"enable_thinking": false}\'')
-    p.add_argument("--tool-call-parser", default="auto", choices=tool_calls.PARSER_CHOICES,
+    # without the serve extra, any name: _main says the extra is missing
+    p.add_argument("--tool-call-parser", default="auto", choices=tool_calls and tool_calls.PARSER_CHOICES,
                    help="the format the model writes tool calls in, read into OpenAI's tool_calls when a request offers "
                         "tools (tool_choice 'auto'): hermes (Qwen2.5/3, Hermes), llama3_json (Llama 3.1-3.3), mistral; "
                         "auto: the one the chat template teaches; none: read none (default: %(default)s)")

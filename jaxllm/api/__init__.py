@@ -5,21 +5,9 @@
   protocol.py     OpenAI's request bodies, errors and response objects
   tool_calls.py   tool calls read from an answer's text (--tool-call-parser), as it streams
   app.py          the Starlette app: /v1/models, /health, /v1/completions, /v1/chat/completions
-
-`build_app` and `EngineLoop` are imported on first use, so that tool_calls.py (which the server's
-flags read) imports without the serve extra.
 """
 
+from jaxllm.api.app import build_app
+from jaxllm.api.engine_loop import EngineLoop
+
 __all__ = ["build_app", "EngineLoop"]
-
-
-def __getattr__(name: str):
-    if name == "build_app":
-        from jaxllm.api.app import build_app
-
-        return build_app
-    if name == "EngineLoop":
-        from jaxllm.api.engine_loop import EngineLoop
-
-        return EngineLoop
-    raise AttributeError(f"module 'jaxllm.api' has no attribute {name!r}")
