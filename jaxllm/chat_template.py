@@ -56,13 +56,17 @@ def check_template_kwargs(kwargs) -> dict:
     return dict(kwargs)
 
 
-def encode_messages(tokenizer, messages: list[dict], template_kwargs: dict | None = None) -> list[int]:
-    """Token ids of a conversation ({"role", "content"} dicts) through the chat template, ready
-    for the assistant's turn; `template_kwargs` the template's own variables (check_template_kwargs)."""
+def encode_messages(tokenizer, messages: list[dict], template_kwargs: dict | None = None, tools: list[dict] | None = None) -> list[int]:
+    """Token ids of a conversation ({"role", "content"} dicts; an assistant's "tool_calls", a tool's
+    "tool_call_id") through the chat template, ready for the assistant's turn; `template_kwargs` the
+    template's own variables (check_template_kwargs); `tools` the functions offered (OpenAI's `tools`
+    items: transformers' `tools=`; a template that reads none leaves them out)."""
     import jinja2  # what transformers and jaxllm.tokenizing render templates with
 
+    offered = {"tools": tools} if tools else {}  # none at all: templates test `tools is not none`, and [] is not
     try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **check_template_kwargs(template_kwargs))
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **offered,
+                                             **check_template_kwargs(template_kwargs))
     except jinja2.TemplateSyntaxError as err:  # the template itself does not parse
         raise InputError(f"the tokenizer's chat template is invalid (line {err.lineno}: {err.message}): fix the template "
                          "(chat_template in tokenizer_config.json, or a GGUF's tokenizer.chat_template), or generate without it "

@@ -24,9 +24,9 @@ from jaxllm.sampling import SamplingParams
 try:
     import uvicorn
 
-    from jaxllm.api import build_app
+    from jaxllm.api import build_app, tool_calls
 except ImportError as err:  # the serve extra is not installed
-    uvicorn, build_app, _missing = None, None, err
+    uvicorn, build_app, tool_calls, _missing = None, None, None, err
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's; any other is its KeyError
 
@@ -47,6 +47,13 @@ def parse_args(argv=None):
     p.add_argument("--chat-template-kwargs", type=progress.template_kwargs, metavar="JSON",
                    help="variables the chat template reads for every chat request, as a JSON object (a request's own "
                         'chat_template_kwargs go over them): \'{"enable_thinking": false}\'')
+    # without the serve extra, any name: _main says the extra is missing
+    p.add_argument("--tool-call-parser", default="auto", choices=tool_calls and tool_calls.PARSER_CHOICES,
+                   help="the format the model writes tool calls in, read into OpenAI's tool_calls when a request offers "
+                        "tools (tool_choice 'auto'): hermes (Qwen2.5/3, Hermes), llama3_json (Llama 3.1-3.3), mistral; "
+                        "auto: the one the chat template teaches; none: read none (default: %(default)s)")
+    p.add_argument("--enable-auto-tool-choice", action="store_true",
+                   help="vLLM's flag, accepted for its command lines: tool calls are read whenever --tool-call-parser finds a format")
     p.add_argument("--no-warmup", action="store_true", help="start serving without compiling the engine's steps first")
     p.add_argument("--shutdown-timeout", type=at_least(0), default=10,
                    help="seconds a stop (Ctrl-C, SIGTERM) waits for open requests before closing them (default: %(default)s)")
@@ -137,7 +144,11 @@ def _main(args) -> int:
         print("compiling the engine's steps ...", file=sys.stderr, flush=True)
         warm_up(engine)
     app = build_app(model, engine, name=name, max_queue=args.max_queue, max_request_bytes=args.max_request_bytes,
-                    template_kwargs=args.chat_template_kwargs)
+                    template_kwargs=args.chat_template_kwargs, tool_parser=args.tool_call_parser)
+    tools = app.state.server.tool_format  # what --tool-call-parser auto chose is worth a line
+    print(f"tool calls: read as {tools.name}" if tools else "tool calls: not read" + (
+        " (the chat template shows no format: --tool-call-parser names one)" if args.tool_call_parser == "auto" else ""),
+        file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=args.shutdown_timeout)
     return 0

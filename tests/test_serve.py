@@ -6,6 +6,7 @@ One server per module, over an engine that first computed the reference answers 
 
 import asyncio
 import dataclasses
+import json
 import logging
 import socket
 import threading
@@ -21,7 +22,7 @@ import uvicorn
 import jaxllm
 from jaxllm import serve
 from jaxllm.api import app as api_app
-from jaxllm.api import build_app
+from jaxllm.api import build_app, protocol, tool_calls
 from jaxllm.chat_template import encode
 from jaxllm.errors import JaxllmError
 from jaxllm.serve import check_listen, parse_args
@@ -94,7 +95,7 @@ def test_models_health_and_cli_defaults(server):
     args = parse_args(["--max-queue", "4"])
     assert (args.host, args.port, args.max_queue, args.batch_size) == ("127.0.0.1", 8000, 4, 32)
     args = parse_args(["--port", "65535", "--log-level", "DEBUG"])
-    assert (args.port, args.log_level, args.shutdown_timeout) == (65535, "debug", 10)
+    assert (args.port, args.log_level, args.shutdown_timeout, args.tool_call_parser) == (65535, "debug", 10, "auto")
 
 
 @pytest.mark.parametrize("argv, flag", [
@@ -105,6 +106,7 @@ def test_models_health_and_cli_defaults(server):
     (["--log-level", "chatty"], "--log-level"),  # uvicorn's KeyError
     (["--max-request-bytes", "0"], "--max-request-bytes"),
     (["--shutdown-timeout", "-1"], "--shutdown-timeout"),
+    (["--tool-call-parser", "qwen"], "--tool-call-parser"),  # not a format jaxllm reads
 ])
 def test_cli_refuses_bad_port_and_log_level_in_one_line(capsys, argv, flag):
     with pytest.raises(SystemExit) as exit:
@@ -413,16 +415,26 @@ def test_full_server_answers_503_with_retry_after(server):
     (dict(extra_body={"stream_options": {"include_usage": "maybe"}}), "stream_options.include_usage"),
     (dict(stream_options={"include_usage": True}), "stream_options"),  # without stream: true, as OpenAI answers
     (dict(logit_bias={"5": -100.5}), "logit_bias"),
-    (dict(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
-    (dict(tool_choice="required"), "tool_choice"),
+    (dict(tools=[{"type": "function", "function": {"name": "f"}}]), "tool_choice"),  # SmolLM2's template shows no format
+    (dict(tools=[{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {}}]),
+     "tools[1].function.name"),
+    (dict(tools=[{"type": "retrieval", "function": {"name": "f"}}]), "tools[0].type"),
+    (dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]),
+     "tools[0].function.parameters"),
+    (dict(tools=[{"type": "function", "function": {"name": "f"}}] * 2), "tools[1].function.name"),  # the same name twice
+    (dict(tool_choice="required"), "tool_choice"),  # needs constrained decoding
+    (dict(tools=[{"type": "function", "function": {"name": "f"}}], tool_choice={"type": "function", "function": {"name": "f"}}),
+     "tool_choice"),
+    (dict(tool_choice="sometimes"), "tool_choice"),
     (dict(functions=[{"name": "f"}]), "functions"),
     (dict(function_call={"name": "f"}), "function_call"),
     (dict(response_format={"type": "json_object"}), "response_format"),
     (dict(presence_penalty=2.5), "presence_penalty"),  # beyond OpenAI's [-2, 2]
     (dict(frequency_penalty=-3), "frequency_penalty"),
     (dict(messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
-        {"role": "tool", "tool_call_id": "c1", "content": "42"}]), "messages[1].tool_calls"),  # was dropped silently
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{'a': 1}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"}]), "messages[1].tool_calls[0].function.arguments"),
+    (dict(messages=[{"role": "user", "content": "Hi"}, {"role": "tool", "content": "42"}]), "messages[1].tool_call_id"),
     (dict(messages=[{"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": "{}"}}]),
      "messages[0].function_call"),
     # fields this server does not declare, that would change the answer: refused, not ignored
@@ -517,7 +529,8 @@ def test_bad_input_messages_name_the_fix(server):
     assert "token ids must be whole numbers, got true" in message("/v1/completions", {"prompt": [[1], [2, True]]})
     assert message("/v1/completions", {"prompt": "Hi", "n": 100000}).endswith("use n <= 40")
     assert message("/v1/completions", {"prompt": ["a", "b", "c"], "n": 20}).endswith("use n <= 13")
-    assert "not supported" in message("/v1/chat/completions", {**chat, "tools": [{"type": "function"}]})
+    assert message("/v1/chat/completions", {**chat, "tools": [{"type": "function"}]}) == (
+        "the body lacks 'tools[0].function', which this endpoint needs: add it")
     assert message("/v1/chat/completions", {**chat, "temprature": 0}) == (
         "Unrecognized request argument supplied: temprature (did you mean 'temperature'?): fix its name, or leave it out")
     assert message("/v1/completions", {"prompt": "Hi", "max_token": 5}).startswith(
@@ -608,6 +621,85 @@ def test_chat_template_kwargs_reach_the_template(server, monkeypatch):
             server.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=1,
                                                   extra_body={"chat_template_kwargs": bad})
         assert err.value.body["param"] == "chat_template_kwargs" and said in err.value.body["message"], err.value.body
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
+                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+TOOL_ANSWER = 'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+TOOL_TEMPLATE = ("{% for t in tools or [] %}[{{ t.function.name }}{{ t.function.parameters.properties | list }}]{% endfor %}"
+                 "{% for m in messages %}<{{ m.role }}>{% for c in m.tool_calls or [] %}{{ c.id }} {{ c.function.name }}"
+                 "{{ c.function.arguments | tojson }}{% endfor %}{% if m.tool_call_id %}({{ m.tool_call_id }}) {% endif %}"
+                 "{{ m.content }}{% endfor %}<assistant>")
+
+
+def _scripted(text: str, size: int = 7):
+    """An Output whose answer is `text` (`size` characters an event, the rest as it ends), ended by the
+    model ("stop"): the engine runs the request as ever; its text is the one the test needs."""
+
+    class Scripted(api_app.Output):
+        sent = 0
+
+        def push(self, tokens, logprobs, finished, error=False, top=None):
+            super().push(tokens, logprobs, finished, error, top)
+            piece = text[self.sent :] if finished else text[self.sent : self.sent + size]
+            self.sent += len(piece)
+            if finished:
+                self.finish_reason, self.stop_reason = "stop", None
+            return piece
+
+        @property
+        def text(self):
+            return text[: self.sent]
+
+    return Scripted
+
+
+def test_tool_calls_through_the_openai_client(server, monkeypatch):
+    """Tools reach the chat template; a Hermes call in the answer comes back as the client's
+    message.tool_calls (streamed: as tool-call deltas), the text around it as content; the call and
+    its result go back to the template as an assistant's tool_calls and a tool message."""
+    tok = server.engine.model.tokenizer
+    for holder in (tok, tok.transformers):  # tools and tool calls render through transformers' tokenizer
+        monkeypatch.setattr(holder, "chat_template", TOOL_TEMPLATE)
+    monkeypatch.setattr(server.app_server, "tool_format", tool_calls.Hermes)
+    monkeypatch.setattr(api_app, "Output", _scripted(TOOL_ANSWER))
+    rendered, encode_messages = [], protocol.encode_messages
+
+    def spy(tokenizer, *args):
+        ids = encode_messages(tokenizer, *args)
+        rendered.append(tokenizer.decode(ids))
+        return ids
+
+    monkeypatch.setattr(protocol, "encode_messages", spy)
+    offered = "[get_weather['city']]<user>Weather in Paris?"  # prompts within the 64 tokens the fixture's prefill compiled
+    ask = dict(model=NAME, tools=TOOLS, max_tokens=4, temperature=0, messages=[{"role": "user", "content": "Weather in Paris?"}])
+    out = server.client.chat.completions.create(**ask)
+    assert rendered[-1] == offered + "<assistant>"
+    (choice,) = out.choices
+    (call,) = choice.message.tool_calls
+    assert (choice.finish_reason, choice.message.content, call.type, call.function.name) == (
+        "tool_calls", "Let me check.", "function", "get_weather")
+    assert json.loads(call.function.arguments) == {"city": "Paris"} and call.id.startswith("call_")
+
+    chunks = [c for c in server.client.chat.completions.create(**ask, stream=True) if c.choices]
+    deltas = [c.choices[0].delta for c in chunks]
+    (streamed,) = [t for d in deltas for t in d.tool_calls or []]
+    assert "".join(d.content or "" for d in deltas) == "Let me check." and chunks[-1].choices[0].finish_reason == "tool_calls"
+    assert (streamed.index, streamed.type, streamed.function.name, streamed.function.arguments) == (
+        0, "function", "get_weather", call.function.arguments) and streamed.id.startswith("call_")
+
+    back = [*ask["messages"], {"role": "assistant", "content": None, "tool_calls": [{**call.model_dump(), "id": "c1"}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "18 C"}]
+    out = server.client.chat.completions.create(**{**ask, "messages": back}, tool_choice="none")  # the answer stays text
+    assert rendered[-1] == offered + '<assistant>c1 get_weather{"city": "Paris"}<tool>(c1) 18 C<assistant>'
+    assert (out.choices[0].message.content, out.choices[0].message.tool_calls, out.choices[0].finish_reason) == (
+        TOOL_ANSWER, None, "stop")
+    monkeypatch.setattr(server.app_server, "tool_format", None)  # --tool-call-parser none: tools with 'auto' refused
+    monkeypatch.setattr(server.app_server, "tool_parser", "none")
+    with pytest.raises(openai.BadRequestError) as err:
+        server.client.chat.completions.create(**ask)
+    assert err.value.body["param"] == "tool_choice" and "(it was started with --tool-call-parser none)" in err.value.body["message"]
+    wait_idle(server)
 
 
 def test_stop_lists_are_bounded(server):

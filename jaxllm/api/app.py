@@ -4,7 +4,8 @@ EngineLoop (jaxllm/api/engine_loop.py).
     GET  /v1/models            the one model served (GET /v1/models/{model}: its card)
     GET  /health               200 and the engine's counts (running, waiting, free/total pages, compiles)
     POST /v1/completions       prompts as text (no chat template) or token ids
-    POST /v1/chat/completions  messages through the tokenizer's chat template
+    POST /v1/chat/completions  messages through the tokenizer's chat template (tools too: their calls are
+                               read from the answer by tool_calls.py's format)
 
 A request becomes one sequence per (prompt, choice), submitted together; each choice's tokens
 go through a TextStream (incremental detokenization, stop strings) as events
@@ -33,6 +34,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from jaxllm import tokenizing
+from jaxllm.api import tool_calls
 from jaxllm.api.engine_loop import EngineFailed, EngineLoop, QueueFull, Submission
 from jaxllm.api.protocol import (
     APIError,
@@ -67,11 +69,13 @@ class Server:
     """The endpoints over one model and its EngineLoop."""
 
     def __init__(self, model, engine_loop: EngineLoop, name: str, max_request_bytes: int | None = None,
-                 template_kwargs: dict | None = None):
+                 template_kwargs: dict | None = None, tool_parser: str = "auto"):
         self.model, self.loop, self.name, self.template_kwargs = model, engine_loop, name, template_kwargs
         self.engine: Engine = engine_loop.engine
         self.max_request_bytes = max_request_bytes or default_request_bytes(self.engine.max_len)
         self.tokenizer = model.tokenizer
+        self.tool_parser = tool_parser  # --tool-call-parser; tool_format: the format it chose (None: none)
+        self.tool_format = tool_calls.choose(tool_parser, getattr(self.tokenizer, "chat_template", None))
         self.token_bytes = tokenizing.byte_reader(self.tokenizer) if self.tokenizer is not None else None
         # A text longer than max_len x the longest token's bytes cannot fit: refused before it is
         # encoded (tens of MB of text would take a minute of a core and GBs of token lists).
@@ -165,6 +169,7 @@ class Server:
 
     async def chat(self, request: HTTPRequest) -> Response:
         body = self._parse(ChatRequest, await self._read(request))
+        tools = self._tool_format(body)
         self._check_room(1, body.n)
         if len(body.messages) > self.engine.max_len:  # each renders to a token or more: refused before the template runs
             raise APIError(400, f"{len(body.messages):,} messages cannot fit in the {self.engine.max_len:,} tokens of context "
@@ -176,10 +181,25 @@ class Server:
             raise APIError(400, f"the messages hold {len(prompt):,} tokens, which leave no room for an answer in the "
                            f"{self.engine.max_len:,} tokens of context this server takes: shorten them", "messages",
                            "context_length_exceeded")
+        if tools is not None and tools.keep_special:
+            body.skip_special_tokens = False  # the calls' marker is a special token (vLLM's parsers turn it off too)
         params = body.sampling(self.model.generation_config, room)
         fmt = ChatFormat(self.name, self.token_text, logprobs=body.logprobs, token_ids=body.return_token_ids,
-                         token_bytes=self.token_bytes)
+                         token_bytes=self.token_bytes, tools=tools)
         return await self._answer(request, body, fmt, [prompt], params)
+
+    def _tool_format(self, body: ChatRequest) -> type[tool_calls.Format] | None:
+        """The format the answer's tool calls are read in; None when it is not read for calls (no tools, or
+        tool_choice 'none'); a 400 when calls are asked for and this server reads none."""
+        if not body.reads_tool_calls():
+            return None
+        if self.tool_format is None:
+            why = ("it was started with --tool-call-parser none" if self.tool_parser == "none" else
+                   "its model's chat template shows none of the tool-call formats it reads")
+            raise APIError(400, f"this server reads no tool calls from answers ({why}): start it with --tool-call-parser "
+                           f"{'|'.join(tool_calls.FORMATS)} (the format the model writes calls in), or send tool_choice "
+                           "'none' (the tools still reach the chat template)", "tool_choice")
+        return self.tool_format
 
     def _parse(self, kind, raw: bytes):
         body = parse(kind, raw)
@@ -280,8 +300,9 @@ class Server:
             for chunk in fmt.first_chunks(len(outputs)):
                 yield _event(chunk)
             async for choice, piece in self._pieces(sub, outputs, echoes):
-                if piece.text or piece.finish_reason or (piece.tokens and (fmt.logprobs or fmt.token_ids)):
-                    yield _event(fmt.envelope([fmt.choice(choice, piece, final=False)], chunk=True))
+                out = fmt.choice(choice, piece, final=False)  # the text a tool-call reader holds back carries nothing yet
+                if fmt.carries(out) or piece.finish_reason or (piece.tokens and (fmt.logprobs or fmt.token_ids)):
+                    yield _event(fmt.envelope([out], chunk=True))
             if prompt_tokens is not None:
                 yield _event(fmt.envelope([], usage(prompt_tokens, sum(len(o.tokens) for o in outputs)), chunk=True))
         except (JaxllmError, EngineFailed) as err:  # the status line has gone: the error is the stream's last event
@@ -347,13 +368,15 @@ async def _disconnect(request: HTTPRequest) -> None:
 
 
 def build_app(model, engine: Engine, *, name: str, max_queue: int = 256, max_request_bytes: int | None = None,
-              template_kwargs: dict | None = None) -> Starlette:
+              template_kwargs: dict | None = None, tool_parser: str = "auto") -> Starlette:
     """The ASGI app serving `model` through `engine`. The engine's thread starts with the app
     (lifespan) and stops with it; `app.state.engine_loop` is the EngineLoop. Request bodies over
     `max_request_bytes` (default: default_request_bytes(engine.max_len)) answer 413. `template_kwargs`:
-    the chat template's variables for every chat request, under each request's own chat_template_kwargs."""
+    the chat template's variables for every chat request, under each request's own chat_template_kwargs.
+    `tool_parser`: the format tool calls are read in (tool_calls.PARSER_CHOICES; 'auto': the one the chat
+    template teaches)."""
     loop = EngineLoop(engine, max_queue)
-    server = Server(model, loop, name, max_request_bytes, check_template_kwargs(template_kwargs))
+    server = Server(model, loop, name, max_request_bytes, check_template_kwargs(template_kwargs), tool_parser)
 
     @asynccontextmanager
     async def lifespan(app):

@@ -18,6 +18,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_validator
 from starlette.responses import JSONResponse
 
+from jaxllm.api.tool_calls import Format as ToolFormat
+from jaxllm.api.tool_calls import ToolCalls
 from jaxllm.chat_template import check_template_kwargs, encode, encode_messages
 from jaxllm.errors import InputError, JaxllmError
 from jaxllm.sampling import SamplingParams
@@ -304,16 +306,67 @@ class ContentPart(_Strict):
     text: str | None = None
 
 
+class FunctionDef(_Strict):
+    name: str
+    description: str | None = None
+    parameters: dict | None = None  # a JSON schema of type "object"; {} or none: no arguments
+    strict: bool | None = None  # accepted, not enforced (no constrained decoding here), as vLLM takes it
+
+
+class Tool(_Strict):
+    """A tool offered to the model (OpenAI's `tools` item): given to the chat template as sent."""
+
+    type: str
+    function: FunctionDef
+
+
+class CallFunction(_Strict):
+    name: str
+    arguments: str | dict  # OpenAI's: a JSON object as text; a dict is taken too
+
+
+class ToolCall(_Strict):
+    """A call an earlier assistant turn made (OpenAI's message.tool_calls item)."""
+
+    id: str | None = None
+    type: str = "function"
+    function: CallFunction
+
+    def arguments(self) -> dict:
+        """The arguments as a dict, as chat templates read them (Qwen2.5's and Llama 3.1's `arguments | tojson`
+        would quote a string again); ValueError when they are not a JSON object."""
+        args = self.function.arguments
+        if isinstance(args, str):
+            args = json.loads(args)
+        if not isinstance(args, dict):
+            raise ValueError(f"it holds a JSON {type(args).__name__}")
+        return args
+
+    def template(self) -> dict:
+        call = {"type": "function", "function": {"name": self.function.name, "arguments": self.arguments()}}
+        return call if self.id is None else {"id": self.id, **call}
+
+
 class Message(_Strict):
     role: str
     content: str | list[ContentPart] | None = None
-    tool_calls: Any = None  # an assistant's calls: refused (check), as the chat template would not see them
-    function_call: Any = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's calls, rendered by the chat template
+    tool_call_id: str | None = None  # a tool message's: the call it answers
+    function_call: Any = None  # OpenAI's deprecated form of tool_calls: refused (check)
 
     def text(self) -> str:
         if not isinstance(self.content, list):
             return self.content or ""
         return "\n".join(part.text or "" for part in self.content)  # as vLLM joins text parts
+
+    def template(self) -> dict:
+        """This message as transformers' chat templates read it."""
+        out = {"role": ROLE_ALIASES.get(self.role, self.role), "content": self.text()}
+        if self.tool_calls:
+            out["tool_calls"] = [call.template() for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
 
 class ChatRequest(_Common):
@@ -327,9 +380,9 @@ class ChatRequest(_Common):
     _given_max_tokens: int | None = PrivateAttr(None)  # max_tokens as sent (model_post_init fills it from the newer name)
     NO_OP: ClassVar[frozenset[str]] = frozenset({"user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key",
                                                  "prompt_cache_options", "prompt_cache_retention", "parallel_tool_calls", "prediction"})
-    tools: Any = None  # these: _UNSUPPORTED
-    tool_choice: Any = None
-    functions: Any = None
+    tools: list[Tool] | None = None  # given to the chat template (with any tool_choice, as vLLM)
+    tool_choice: Any = None  # 'none', 'auto' (the default with tools: calls are read from the answer); check()
+    functions: Any = None  # these: _UNSUPPORTED
     function_call: Any = None
     response_format: Any = None
     chat_template_kwargs: dict | None = None  # variables the chat template reads (vLLM's field): enable_thinking, ...
@@ -372,10 +425,57 @@ class ChatRequest(_Common):
                                    '({"type": "text", "text": "..."}) or the content as a string', f"{where}.type")
                 if part.text is None:
                     raise APIError(400, f'{where} is a text part without text: add its text ("text": "...")', f"{where}.text")
-            for name in ("tool_calls", "function_call"):
-                if getattr(message, name) not in (None, []):
-                    raise APIError(400, f"messages[{i}].{name} is not supported: this server calls no tools, and the "
-                                   "model would not see the call; give it as the message's content", f"messages[{i}].{name}")
+            if message.function_call is not None:
+                raise APIError(400, f"messages[{i}].function_call is OpenAI's deprecated form of tool_calls: send the call "
+                               "as tool_calls", f"messages[{i}].function_call")
+            for j, call in enumerate(message.tool_calls or []):
+                where = f"messages[{i}].tool_calls[{j}]"
+                if call.type != "function":
+                    raise APIError(400, f"{where}.type '{call.type}' is not a call this server knows: use \"function\"",
+                                   f"{where}.type")
+                try:
+                    call.arguments()
+                except ValueError as err:
+                    raise APIError(400, f"{where}.function.arguments is not a JSON object ({err}): send the arguments the "
+                                   "call was made with, as the API returned them", f"{where}.function.arguments") from None
+            if message.role == "tool" and not message.tool_call_id:
+                raise APIError(400, f"messages[{i}] (tool) has no tool_call_id: give the id of the call it answers",
+                               f"messages[{i}].tool_call_id")
+        self._check_tools()
+
+    def _check_tools(self) -> None:
+        """Each tool a function with a name of its own and an object schema; tool_choice one this
+        server serves: 'required' and a named function need decoding constrained to a schema."""
+        names: dict[str, int] = {}
+        for i, tool in enumerate(self.tools or []):
+            where, fn = f"tools[{i}]", tool.function
+            if tool.type != "function":
+                raise APIError(400, f"{where}.type '{tool.type}' is not a tool this server offers: use \"function\"",
+                               f"{where}.type")
+            if not fn.name.strip():
+                raise APIError(400, f"{where}.function.name is empty: name the function", f"{where}.function.name")
+            if fn.name in names:
+                raise APIError(400, f"{where}.function.name '{fn.name}' is tools[{names[fn.name]}]'s too: give each "
+                               "function a name of its own", f"{where}.function.name")
+            names[fn.name] = i
+            kind = (fn.parameters or {}).get("type", "object")
+            if kind != "object":
+                raise APIError(400, f"{where}.function.parameters is a schema of type {json.dumps(kind)}: describe the "
+                               'arguments as a JSON schema of type "object" (its properties)', f"{where}.function.parameters")
+        choice = self.tool_choice
+        if choice in (None, "none", "auto"):
+            return
+        if choice == "required" or isinstance(choice, dict) and choice.get("type") == "function":
+            what = "'required'" if choice == "required" else "naming a function"
+            raise APIError(400, f"tool_choice {what} needs decoding constrained to the tools' schemas, which this server "
+                           "does not have: send 'auto' (the model decides whether to call) or 'none'", "tool_choice")
+        raise APIError(400, f"tool_choice {json.dumps(choice)[:80]} is invalid: use 'none', 'auto', 'required' or "
+                       '{"type": "function", "function": {"name": ...}}', "tool_choice")
+
+    def reads_tool_calls(self) -> bool:
+        """Whether the answer is read for tool calls: tools offered and tool_choice 'auto' (its default with
+        tools, as OpenAI's); with 'none' the tools reach the template but the answer stays text, as vLLM serves it."""
+        return bool(self.tools) and self.tool_choice in (None, "auto")
 
     def texts(self) -> list[str]:
         """The messages' text, all of it one prompt (checked for length before it is encoded)."""
@@ -388,13 +488,13 @@ class ChatRequest(_Common):
             raise APIError(400, "this model's tokenizer has no chat template: use /v1/completions", "messages")
         if not self.messages:
             raise APIError(400, "messages is empty: give at least one message", "messages")
-        messages = [{"role": ROLE_ALIASES.get(m.role, m.role), "content": m.text()} for m in self.messages]
+        messages = [m.template() for m in self.messages]
         try:
             variables = {**(template_defaults or {}), **check_template_kwargs(self.chat_template_kwargs)}
         except JaxllmError as err:
             raise APIError(400, str(err), "chat_template_kwargs") from None
         try:
-            return encode_messages(tokenizer, messages, variables)
+            return encode_messages(tokenizer, messages, variables, [t.model_dump(exclude_none=True) for t in self.tools or []])
         except JaxllmError as err:  # encode_messages: the template refused them, or does not parse
             raise APIError(400, str(err), "messages") from None
 
@@ -406,18 +506,16 @@ ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name of the system mess
 # OpenAI's fields (and vLLM's) that this server does not implement: name -> (does this value change nothing
 # (value, request), what to do instead). Each is refused (400) rather than silently ignored,
 # except at the value that changes nothing, which clients may send as their default (the openai
-# client itself sends only what its caller passes): best_of = n, tools [], ...
+# client itself sends only what its caller passes): best_of = n, functions [], ...
 _UNSUPPORTED = {
     "echo": (lambda v, body: not v or isinstance(body, CompletionRequest),
              "it is served by /v1/completions only: leave it out (or send false) here"),
     "suffix": (lambda v, body: not v, "leave it out; this server does not fill in the middle"),
     "best_of": (lambda v, body: v is None or (type(v) is int and v == body.n),
                 "leave it out (or send n's value): choices are not ranked here; use n for more choices"),
-    "tools": (lambda v, body: v in (None, []), "it calls no tools: leave tools out (or send [])"),
-    "tool_choice": (lambda v, body: v in (None, "none", "auto"), "it calls no tools: leave tool_choice out (or send 'none')"),
-    "functions": (lambda v, body: v in (None, []), "it calls no functions: leave functions out (or send [])"),
-    "function_call": (lambda v, body: v in (None, "none", "auto"),
-                      "it calls no functions: leave function_call out (or send 'none')"),
+    "functions": (lambda v, body: v in (None, []), "it is OpenAI's deprecated form of tools: send tools"),
+    "function_call": (lambda v, body: v in (None, "none", "auto"), "it is OpenAI's deprecated form of tool_choice: send "
+                      "tool_choice"),
     "response_format": (lambda v, body: v in (None, {"type": "text"}),
                         'answers are free text: leave it out (or send {"type": "text"})'),
     "modalities": (lambda v, body: v in (None, ["text"]), 'answers are text only: leave it out (or send ["text"])'),
@@ -443,7 +541,8 @@ _UNSUPPORTED = {
     "add_generation_prompt": (lambda v, body: v in (None, True), "leave it out: the answer is the assistant's next turn"),
     "chat_template": (lambda v, body: v is None, "leave it out: the model's own chat template is used"),
 }
-_FIELD_NAMES = {name for m in (CompletionRequest, ChatRequest, Message, ContentPart, StreamOptions) for name in m.model_fields}
+_FIELD_NAMES = {name for m in (CompletionRequest, ChatRequest, Message, ContentPart, StreamOptions, Tool, FunctionDef,
+                               ToolCall, CallFunction) for name in m.model_fields}
 
 
 # Every choice's text is searched for each stop string at each token, on the event loop that
@@ -521,7 +620,7 @@ class Format:
         return out
 
     def choice(self, index: int, piece: Piece, final: bool) -> dict:
-        out = {"index": index, **self.content(piece, final), "finish_reason": piece.finish_reason,
+        out = {"index": index, **self.content(index, piece, final), "finish_reason": self.finish_reason(index, piece),
                "logprobs": self.format_logprobs(index, piece) if self.logprobs else None}
         out["stop_reason"] = piece.stop_reason
         if self.token_ids:
@@ -530,6 +629,14 @@ class Format:
 
     def first_chunks(self, n: int) -> list[dict]:
         return []
+
+    def finish_reason(self, index: int, piece: Piece) -> str | None:
+        return piece.finish_reason
+
+    @staticmethod
+    def carries(choice: dict) -> bool:
+        """Whether a stream chunk's choice says something (text, a delta)."""
+        return bool(choice.get("text") or choice.get("delta"))
 
 
 class CompletionFormat(Format):
@@ -540,7 +647,7 @@ class CompletionFormat(Format):
         super().__init__(*args, **kwargs)
         self._offsets: dict[int, int] = {}  # per choice: the text offset its next token starts at
 
-    def content(self, piece: Piece, final: bool) -> dict:
+    def content(self, index: int, piece: Piece, final: bool) -> dict:
         return {"text": piece.text}
 
     def format_logprobs(self, index: int, piece: Piece) -> dict:
@@ -569,10 +676,32 @@ class CompletionFormat(Format):
 class ChatFormat(Format):
     object, chunk_object, prefix = "chat.completion", "chat.completion.chunk", "chatcmpl"
 
-    def content(self, piece: Piece, final: bool) -> dict:
-        if final:
-            return {"message": {"role": "assistant", "content": piece.text}}
-        return {"delta": {"content": piece.text} if piece.text else {}}
+    def __init__(self, *args, tools: type[ToolFormat] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tools = tools  # the tool-call format each choice's text is read in (tool_calls.py); None: text only
+        self._calls: dict[int, ToolCalls] = {}  # per choice
+
+    def content(self, index: int, piece: Piece, final: bool) -> dict:
+        if self.tools is None:
+            text, calls, made = piece.text, [], []
+        else:
+            reader = self._calls.setdefault(index, ToolCalls(self.tools))
+            text, calls = reader.feed(piece.text, final or piece.finish_reason is not None)
+            made = reader.calls
+        if final:  # content: the text around the calls (null if none), as OpenAI's
+            message = {"role": "assistant", "content": text if text or not made else None}
+            if made:
+                message["tool_calls"] = [{k: v for k, v in call.items() if k != "index"} for call in made]
+            return {"message": message}
+        delta = {"content": text} if text else {}
+        if calls:  # each call whole, in one delta (index, id, type, name and all its arguments)
+            delta["tool_calls"] = calls
+        return {"delta": delta}
+
+    def finish_reason(self, index: int, piece: Piece) -> str | None:
+        """"tool_calls" for an answer that made calls and ended its turn; "length" and "error" stay, as they say it was cut."""
+        reader = self._calls.get(index)
+        return "tool_calls" if piece.finish_reason == "stop" and reader is not None and reader.calls else piece.finish_reason
 
     def format_logprobs(self, index: int, piece: Piece) -> dict:
         return {"content": [{**self._token(t, lp), "top_logprobs": [self._token(*pair) for pair in piece.top_at(i)]}
