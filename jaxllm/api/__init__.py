@@ -2,7 +2,8 @@
 
   engine_loop.py  the one thread that owns the engine: submissions and cancellations in,
                   token events out to each HTTP request's asyncio queue
-  protocol.py     OpenAI's request bodies, errors and response objects
+  protocol.py     OpenAI's request bodies and errors
+  responses.py    OpenAI's response objects (whole and streamed)
   tool_calls.py   tool calls read from an answer's text (--tool-call-parser), as it streams
   app.py          the Starlette app: /v1/models, /health, /v1/completions, /v1/chat/completions
 """

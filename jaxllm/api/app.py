@@ -36,18 +36,8 @@ from starlette.routing import Route
 from jaxllm import tokenizing
 from jaxllm.api import tool_calls
 from jaxllm.api.engine_loop import EngineFailed, EngineLoop, QueueFull, Submission
-from jaxllm.api.protocol import (
-    APIError,
-    ChatFormat,
-    ChatRequest,
-    CompletionFormat,
-    CompletionRequest,
-    Format,
-    Piece,
-    bad_request,
-    parse,
-    usage,
-)
+from jaxllm.api.protocol import APIError, ChatRequest, CompletionRequest, bad_request, parse
+from jaxllm.api.responses import ChatFormat, CompletionFormat, Format, Piece, usage
 from jaxllm.chat_template import check_template_kwargs
 from jaxllm.engine import Engine, Request
 from jaxllm.errors import JaxllmError
