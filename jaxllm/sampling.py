@@ -374,7 +374,12 @@ def top_logprobs(logits, k: int):
     """(ids int32, log-probabilities float32) [..., k] of the k most likely tokens of `logits`
     [..., V] by the model's own log-probabilities (log_softmax, before any processing, as `sample`
     reports the chosen token's), best first; ties: the lower id first (jax.lax.top_k's order)."""
-    values, ids = jax.lax.top_k(jax.nn.log_softmax(logits, axis=-1), k)
+    return top_of(jax.nn.log_softmax(logits, axis=-1), k)
+
+
+def top_of(logprobs, k: int):
+    """`top_logprobs` of log-probabilities already computed (log_softmax of the logits)."""
+    values, ids = jax.lax.top_k(logprobs, k)
     return ids.astype(jnp.int32), values
 
 

@@ -19,7 +19,7 @@ from jaxllm import sharding
 from jaxllm.models.attention import LayerCache, PagedCache
 from jaxllm.models.mixers import layer_parts
 from jaxllm.models.recurrent import RecurrentState, zero_state
-from jaxllm.sampling import PENALIZED, RowParams, SamplingParams, sample, top_logprobs
+from jaxllm.sampling import PENALIZED, RowParams, SamplingParams, sample, top_logprobs, top_of
 
 ERROR = -2  # the token of a row whose logits were not finite: it ends there, with an error
 
@@ -276,7 +276,7 @@ def _chunk_logprobs(logits, targets, top: int):
     none, 0 there); with its `top` most likely (ids, logprobs) [R, C, top], or None for top 0."""
     logp = jax.nn.log_softmax(logits, axis=-1)
     chosen = jnp.where(targets >= 0, jnp.take_along_axis(logp, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0], 0.0)
-    return chosen, top_logprobs(logits, top) if top else None
+    return chosen, top_of(logp, top) if top else None
 
 
 def _decode(graphdef, counters, chunk, attention, gather, kv_len, sampling, cascade, top, params, state: SlotState, table,
