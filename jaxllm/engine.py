@@ -9,7 +9,7 @@ llm_engine, in JAX). The pieces, each in its own small file:
   jaxllm/serving/shapes.py         the prefill calls' menu of shapes, and the shapes a workload needs (host)
   jaxllm/serving/memory.py         how many KV pages the pool holds (host, once)
   jaxllm/serving/runner.py         the page pool and each call's inputs, shapes and buckets (host)
-  jaxllm/serving/steps.py          the jitted prefill / decode / score steps (device)
+  jaxllm/serving/steps.py          the jitted prefill / decode steps (device)
 
 Each `step()` runs this step's prefill chunks (new prompts, long prompts chunk by chunk, sequences
 recomputed after preemption), then up to `chunk` decode steps for every running sequence (only

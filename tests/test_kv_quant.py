@@ -126,7 +126,9 @@ def test_scores_with_an_8_bit_cache_stay_close_to_the_float_model(llama):
     logits = np.asarray(research.jitted("logits")(llama.graphdef, llama.params, jnp.asarray([tokens]))[0, :-1])
     want = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits, axis=-1)), np.asarray(tokens[1:])[:, None], -1)[:, 0]
     scores = {kv: Engine(llama, batch_size=1, max_len=128, page_size=4, prefill_tokens=64, kv_dtype=kv).score(tokens, chunk=16)
-              for kv in ("int8", "fp8", "bfloat16")}
+              for kv in ("int8", "fp8", "bfloat16", None)}
+    # the model's own dtype in the cache (None): the forward's numbers (Engine.score is the prompt-scoring prefill)
+    np.testing.assert_allclose(scores.pop(None).logprobs, want, atol=1e-5)
     rms = {kv: float(np.sqrt(np.mean((s.logprobs - want) ** 2))) for kv, s in scores.items()}
     assert 0 < rms["bfloat16"] < 0.01 and rms["int8"] <= 6 * rms["bfloat16"] and rms["fp8"] <= 32 * rms["bfloat16"], rms
     assert np.mean(scores["int8"].greedy == logits.argmax(-1)) >= 0.95

@@ -13,9 +13,10 @@ steps (nano-vllm's model runner). The host (engine, scheduler) decides; this onl
                                   its page; a row whose logits are not finite ends with ERROR
                                   (both: the most likely tokens' log-probabilities too when a row
                                   asks for top_logprobs, a static width: sampling.logprob_width)
-  score(tokens, pages, chunk)     teacher-forced log-probabilities of a token sequence, prefilled
-                                  chunk by chunk through the pool (later chunks read the keys the
-                                  earlier ones cached, in the cache's dtype)
+  score(tokens, pages, chunk)     teacher-forced log-probabilities of a token sequence: prefill
+                                  calls of one row that scores its prompt, chunk by chunk through
+                                  the pool (later chunks read the keys the earlier ones cached, in
+                                  the cache's dtype), placed in no slot
 
 The pool holds the model's dtype, or 8-bit keys and values (`kv_dtype` "int8": int8 with a scale
 per token and kv head; "fp8": float8 e4m3), quantized as they are written (models/attention.py
@@ -139,7 +140,7 @@ class Runner:
         indexed = index_shapes(self.cfg)  # sparse attention's indexer key pages beside the keys and values
         steps = make_steps(model.graphdef, chunk, attention, self.mesh, kv_shapes, scales is not None, decode_options,
                            small_options, recurrent, indexed)
-        self._traces, self._prefill_large, self._prefill_small, self._decode, self._score, self._zeros = steps
+        self._traces, self._prefill_large, self._prefill_small, self._decode, self._zeros = steps
         self._before = dataclasses.replace(self._traces)  # what engines before this one compiled
         pool = self.shards * pool_pages(self.shard_pages, self.shard_seqs)
         self._sizes = (max_seqs, pool, page_size, kv_shapes, self.cfg.output_vocab, eos_width, self.kv_dtype, recurrent,
@@ -164,7 +165,7 @@ class Runner:
         """The traces (compiles) of the steps since this runner was made: a new engine whose
         shapes earlier engines of the model met counts none."""
         t, b = self._traces, self._before
-        return Counters(t.prefill - b.prefill, t.decode - b.decode, t.score - b.score)
+        return Counters(t.prefill - b.prefill, t.decode - b.decode)
 
     def compiled_calls(self) -> set[tuple]:
         """(rows per dp shard, length, keys, kind) of the prefill calls compiled for this model so
@@ -323,29 +324,22 @@ class Runner:
             job().compile()
 
     def score(self, state: SlotState, tokens: list[int], pages: list[int], chunk: int, shard: int = 0):
-        """Teacher-forced scores of `tokens` prefilled `chunk` at a time into `pages` (of `shard`;
-        one compile per key bucket), each chunk's queries reading what the chunks before it cached.
+        """Teacher-forced scores of `tokens` prefilled `chunk` at a time into `pages` (of `shard`),
+        each chunk's queries reading what the chunks before it cached: prefill calls of one row that
+        scores its prompt (the path of SamplingParams.prompt_logprobs) and places nothing in a slot.
         Returns (state, log p(tokens[t] | tokens[:t]) for t >= 1 float32 [len - 1], the most likely
         token after each prefix tokens[:t] for t >= 1, int32 [len - 1])."""
-        d, put = self.shards, self._put_rows  # one row per shard: the other shards' rows are empty
-        table = put(self.table([pages if i == shard else [] for i in range(d)], list(range(d))))
-        n, cache, logps, tops = len(tokens), state.cache, [], []
-        for start in range(0, n - 1, chunk):  # the last token is only a target
-            length = min(chunk, n - start)
-            piece, targets = np.zeros((d, chunk), np.int32), np.full((d, chunk), -1, np.int32)
-            piece[shard, :length] = tokens[start : start + length]
-            follow = tokens[start + 1 : start + length + 1]
-            targets[shard, : len(follow)] = follow
-            starts, lengths = np.zeros(d, np.int32), np.zeros(d, np.int32)
-            starts[shard], lengths[shard] = start, length
-            cache, (logp, top) = self._score(self.prefill_keys(start + length), self.model.params, cache,
-                                             put(piece), put(starts), put(lengths), table, put(targets),
-                                             put(np.full(d, self.scratch_row, np.int32)))
-            logps.append(np.asarray(logp)[shard, : len(follow)])
-            tops.append(np.asarray(top)[shard, : len(follow)])
-        empty = n < 2
-        return state._replace(cache=cache), (np.zeros(0, np.float32) if empty else np.concatenate(logps),
-                                             np.zeros(0, np.int32) if empty else np.concatenate(tops))
+        params = SamplingParams(max_new_tokens=0, prompt_logprobs=True, top_logprobs=1).resolved()
+        logps, best = [], []
+        for start in range(0, len(tokens) - 1, chunk):  # the last token is only a target
+            row = Row(-1, tokens, start, min(chunk, len(tokens) - start), pages, False, params, np.zeros(0, np.int32), 0,
+                      shard, scores_prompt=True)
+            state, (result,) = self.prefill(state, [row], 1, chunk)
+            logprobs, tops = result.prompt
+            follows = ~np.isnan(logprobs)
+            logps.append(logprobs[follows])
+            best += [pairs[0][0] for pairs, f in zip(tops, follows) if f]
+        return state, (np.concatenate([np.zeros(0, np.float32), *logps]), np.asarray(best, np.int32))
 
     def decode(self, state: SlotState, table: np.ndarray, limit: np.ndarray, stop: np.ndarray, kv_len: int,
                sampling: bool, steps: int, cascade: Cascade | None = None, top: int = 0):

@@ -1,7 +1,8 @@
 """The jitted steps of the serving core (what runs on the device), made once per model structure
 in a process (`steps`) and shared by every Runner of it: prefill (rows of chunks written into the
-page pool, the last position sampled), decode (up to `chunk` steps for every slot in a
-lax.while_loop) and score (teacher-forced log-probabilities), over the SlotState they donate.
+page pool, the last position sampled; with each position's log-probability of the next prompt token
+when a row scores its prompt, which Engine.score uses too) and decode (up to `chunk` steps for every
+slot in a lax.while_loop), over the SlotState they donate.
 jaxllm/serving/runner.py builds their inputs and says what each computes."""
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ class Counters:
 
     prefill: int = 0
     decode: int = 0
-    score: int = 0
     calls: set = dataclasses.field(default_factory=set, repr=False, compare=False)
 
 
@@ -64,7 +64,6 @@ class Steps(NamedTuple):
     prefill: Callable  # prefill calls of more than SMALL_CALL positions
     prefill_small: Callable  # the others (runtime.small_call_options)
     decode: Callable
-    score: Callable
     zeros: Callable  # a zero SlotState
 
 
@@ -94,12 +93,11 @@ def steps(graphdef, chunk: int, attention: str, mesh, kv_shapes: tuple, scales: 
     gather = sharding.replicated(mesh) if mesh is not None and dp is None else None
     prefill = functools.partial(_prefill, graphdef, counters, attention, gather)
     decode = functools.partial(_decode, graphdef, counters, chunk, attention, gather)
-    score = functools.partial(_score, graphdef, counters, attention)
     sizes = tuple(range(11))  # _zero_state's arguments are all static
     if mesh is None:
         return Steps(counters, *(jax.jit(prefill, static_argnums=(0, 1, 2, 3), donate_argnums=5, compiler_options=o) for o in (None, small)),
                      jax.jit(decode, static_argnums=(0, 1, 2, 3), donate_argnums=5, compiler_options=options),
-                     jax.jit(score, static_argnums=0, donate_argnums=2), jax.jit(_zero_state, static_argnums=sizes))
+                     jax.jit(_zero_state, static_argnums=sizes))
     # On a mesh: the pool is split like the kv projections (an int8 pool's scales [pool, page, K]
     # like its first three dims) and over dp by pages; the slots over dp; what the host reads back
     # is replicated, so every process of a multi-host run can read it.
@@ -125,13 +123,11 @@ def steps(graphdef, chunk: int, attention: str, mesh, kv_shapes: tuple, scales: 
     state = jax.tree.map(lambda _: rows, jax.eval_shape(lambda: _zero_state(1, 1, 1, (), 1, 1, ("float32", None))))
     state = state._replace(cache=cache)
     if mesh.shape["dp"] > 1:  # each dp shard computes its own rows on its own pages and slots
-        prefill, decode, score = (_per_shard(mesh, f, statics, replicated)
-                                  for f, statics, replicated in ((prefill, 4, ()), (decode, 4, (4,)), (score, 1, ())))
+        prefill, decode = (_per_shard(mesh, f, statics, replicated) for f, statics, replicated in ((prefill, 4, ()), (decode, 4, (4,))))
     return Steps(counters, *(jax.jit(prefill, static_argnums=(0, 1, 2, 3), donate_argnums=5, out_shardings=(state, rep, rep, rep, rep),
                                      compiler_options=o) for o in (None, small)),
                  jax.jit(decode, static_argnums=(0, 1, 2, 3), donate_argnums=5, out_shardings=(state, rep, rep, rep, rep),
                          compiler_options=options),
-                 jax.jit(score, static_argnums=0, donate_argnums=2, out_shardings=(cache, (rep, rep))),
                  jax.jit(_zero_state, static_argnums=sizes, out_shardings=state))
 
 
@@ -332,20 +328,3 @@ def _decode(graphdef, counters, chunk, attention, gather, kv_len, sampling, casc
 
     _, state, out, out_lp, out_top = jax.lax.while_loop(cond, body, (jnp.int32(0), state, out, out_lp, out_top))
     return state, out, out_lp, state.done, out_top
-
-
-def _score(graphdef, counters, attention, kv_len, params, cache: list, tokens, start, length, table, targets, state_rows):
-    """One chunk of a scored sequence: tokens [1, C] at positions start[0].. (length[0] real)
-    written into the pages of `table` [1, P], attention over everything before; returns the cache
-    and log p(targets[0, i] | the tokens up to position start + i), float32 [1, C], and the most
-    likely token there (greedy) [1, C]. `state_rows` [1]: the recurrent-state row it uses (a scratch row)."""
-    counters.score += 1
-    model = nnx.merge(graphdef, params)
-    c = tokens.shape[1]
-    positions = start[:, None] + jnp.arange(c)[None, :]
-    valid = jnp.arange(c)[None, :] < length[:, None]
-    kv = PagedCache(table, valid, kv_len, attention, state_rows=state_rows)
-    hidden, cache = model.hidden(tokens, positions, cache, kv, lengths=start + length)
-    logp = jax.nn.log_softmax(model.logits(hidden), axis=-1)
-    return cache, (jnp.take_along_axis(logp, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0],
-                   jnp.argmax(logp, axis=-1).astype(jnp.int32))
