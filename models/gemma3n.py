@@ -260,6 +260,6 @@ ARCHITECTURES = (Architecture(
                      layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
                      rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 100000.0},
                                       "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
-                     num_kv_shared_layers=2, activation_sparsity_pattern=[0.95, 0.6, 0.0, 0.0], altup_num_inputs=3,
+                     num_kv_shared_layers=2, activation_sparsity_pattern=[0.95, 0.5, 0.0, 0.0], altup_num_inputs=3,
                      laurel_rank=8, hidden_size_per_layer_input=8, vocab_size_per_layer_input=96, final_logit_softcapping=5.0),
 ),)

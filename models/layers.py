@@ -258,8 +258,9 @@ class GatedMLP(nnx.Module, pytree=False):
     def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs, sparsity: float = 0.0):
         e, f = cfg.hidden_size, cfg.intermediate_size
         self.act, self.scales = activation(cfg.hidden_act), cfg.mlp_scales
-        # the normal distribution's quantile at s, as transformers computes it in float32 (inf at s = 1: every gate zeroed)
-        self.std_multiplier = 0.0 if not sparsity else math.inf if sparsity == 1 else statistics.NormalDist().inv_cdf(sparsity)
+        # the normal distribution's quantile at s, as transformers computes it in float32 (inf at s = 1: every gate
+        # zeroed; 0 at s = 0.5, the cutoff the mean); None: no sparsity
+        self.std_multiplier = None if not sparsity else math.inf if sparsity == 1 else statistics.NormalDist().inv_cdf(sparsity)
         self.gate_proj = Dense((e,), (f,), ("embed", "mlp"), bias=cfg.mlp_bias, dtype=dtype, rngs=rngs)
         self.up_proj = Dense((e,), (f,), ("embed", "mlp"), bias=cfg.mlp_bias, dtype=dtype, rngs=rngs)
         self.down_proj = Dense((f,), (e,), ("mlp", "embed"), bias=cfg.mlp_bias, dtype=dtype, rngs=rngs)
@@ -268,7 +269,7 @@ class GatedMLP(nnx.Module, pytree=False):
     def __call__(self, x):
         gate, down = self.scales
         g = self.gate_proj(x)
-        if self.std_multiplier:
+        if self.std_multiplier is not None:
             g = gaussian_topk(g, self.std_multiplier)
         h = self.act(g if gate == 1 else g * gate) * self.up_proj(x)
         out = self.down_proj(h if self.ffn_sub_norm is None else self.ffn_sub_norm(h))
