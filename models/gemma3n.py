@@ -227,6 +227,14 @@ def gemma3n_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     return specs
 
 
+def ignored_tensors(cfg: ModelConfig) -> tuple[str, ...]:
+    """The shared-kv layers' k/v tensors (as Gemma 4's), and with hidden_size_per_layer_input 0 the per-layer
+    embeddings' tensors, which transformers' Gemma 3n builds empty (and a norm of their zeros): nothing to read."""
+    empty = (r"^(?:.*\.)?(?:embed_tokens_per_layer|per_layer_model_projection|per_layer_projection_norm|per_layer_input_gate|"
+             r"per_layer_projection|post_per_layer_input_norm)\.")
+    return shared_kv_tensors(cfg) + (() if cfg.per_layer_input_size else (empty,))
+
+
 # google/gemma-3n-E2B(-it), -E4B(-it): Gemma3nForConditionalGeneration ties its lm_head by the top-level
 # tie_word_embeddings (true by default) and soft-caps the logits as the text model does. Token ids from the vision
 # and audio vocabularies (from vision_config's vocab_offset, 262,144) it embeds by its embed_vision / embed_audio,
@@ -248,7 +256,7 @@ ARCHITECTURES = (Architecture(
     # keys Gemma 3n's code never reads (its layer pattern a constant 5, attention scale 1.0; the coefficients' clip trains)
     ignored_keys=NO_WINDOW_SWITCH + ("sliding_window_pattern", "query_pre_attn_scalar", "attn_logit_softcapping", "hidden_act",
                                      "use_bidirectional_attention", "altup_coef_clip"),
-    ignore_for=shared_kv_tensors, hf_defaults=_HF_DEFAULTS, common_names=gemma3n_names, config_defaults=gemma3n_defaults,
+    ignore_for=ignored_tensors, hf_defaults=_HF_DEFAULTS, common_names=gemma3n_names, config_defaults=gemma3n_defaults,
     wrappers=(GEMMA3N_MULTIMODAL,),
     not_null=SANDWICH_NOT_NULL + ("sliding_window", "final_logit_softcapping", "vocab_size_per_layer_input",
                                    "hidden_size_per_layer_input", "altup_active_idx", "altup_correct_scale", "altup_num_inputs",
