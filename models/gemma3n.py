@@ -261,13 +261,13 @@ ARCHITECTURES = (Architecture(
     not_null=SANDWICH_NOT_NULL + ("sliding_window", "final_logit_softcapping", "vocab_size_per_layer_input",
                                    "hidden_size_per_layer_input", "altup_active_idx", "altup_correct_scale", "altup_num_inputs",
                                    "num_kv_shared_layers", "laurel_rank"),
-    # Sliding and full layers of 16-wide heads, the last two sharing the kv of layers 0 and 1; an MLP width per layer,
-    # the first two layers' gates sparse; 3 AltUp streams, LAuReL of rank 8; per-layer embeddings of 96 of the 128
-    # tokens (the tests' ids reach past them); a soft cap on the logits.
-    tiny_config=dict(TINY, num_hidden_layers=4, head_dim=16, intermediate_size=[96, 64, 96, 64], sliding_window=8,
-                     layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+    # Sliding and full layers of 16-wide heads, the last sharing the kv of the first; an MLP width per layer, the first
+    # two layers' gates sparse (0.5: a cutoff at the mean); 3 AltUp streams, LAuReL of rank 8; per-layer embeddings of
+    # 96 of the 128 tokens (the tests' ids reach past them); a soft cap on the logits.
+    tiny_config=dict(TINY, head_dim=16, intermediate_size=[96, 64, 80], sliding_window=8,
+                     layer_types=["sliding_attention", "full_attention", "sliding_attention"],
                      rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 100000.0},
                                       "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
-                     num_kv_shared_layers=2, activation_sparsity_pattern=[0.95, 0.5, 0.0, 0.0], altup_num_inputs=3,
+                     num_kv_shared_layers=1, activation_sparsity_pattern=[0.95, 0.5, 0.0], altup_num_inputs=3,
                      laurel_rank=8, hidden_size_per_layer_input=8, vocab_size_per_layer_input=96, final_logit_softcapping=5.0),
 ),)

@@ -71,8 +71,9 @@ def test_text_config_of_model_type_alone_reads_as_gemma3n_text_config_does():
     (dict(activation_sparsity_pattern=[0.5]), "activation_sparsity_pattern"),
     (dict(activation_sparsity_pattern=0.5), "activation_sparsity_pattern"),  # transformers: len() of a float
     (dict(altup_active_idx=3), "altup_active_idx"),
-    (dict(num_kv_shared_layers=4), "num_kv_shared_layers"),
-    (dict(num_kv_shared_layers=0, layer_types=["sliding_attention", "chunked_attention"] * 2), "chunked_attention"),
+    (dict(num_kv_shared_layers=3), "num_kv_shared_layers"),
+    (dict(num_kv_shared_layers=2), "num_kv_shared_layers"),  # layer 1 (full) then shares no earlier full layer
+    (dict(num_kv_shared_layers=0, layer_types=["sliding_attention", "chunked_attention", "sliding_attention"]), "chunked_attention"),
 ])
 def test_what_transformers_cannot_run_is_refused_in_one_line(change, key):
     raw = json.loads(json.dumps(dict(ARCH.tiny_config, model_type="gemma3n_text", **change)))
