@@ -120,7 +120,8 @@ class LoadedModel:
 
     def hidden_states(self, token_ids, *, attention_mask=None) -> tuple[jax.Array, ...]:
         """num_layers + 1 arrays [batch, seq, hidden]: each layer's input, then the final normed
-        output (transformers' `output_hidden_states`)."""
+        output (transformers' `output_hidden_states`; Gemma 3n's [streams, batch, seq, hidden], AltUp's copies,
+        the last the last layer's output, as transformers records them)."""
         return self._run("hidden_states", token_ids, attention_mask=attention_mask)
 
     def attention_weights(self, token_ids, layer: int, *, attention_mask=None) -> jax.Array:

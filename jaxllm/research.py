@@ -107,11 +107,12 @@ def check_layer(num_layers: int, layer) -> int:
     return layer % num_layers
 
 
-def _one_or_batch(fn):
+def _one_or_batch(fn, batch_axis=lambda x: 0):
     """`fn` of ids [B, T], also taking one sequence [T]: then its outputs lose the batch axis too
     ([T, vocab], [T - 1], [T, E] each, [heads, T, T]), as numpy functions keep the rank they are
     given, so that jax.vmap over a batch of sequences gives the batch's shapes. The attention mask
-    of one sequence is [T] too."""
+    of one sequence is [T] too. `batch_axis`: where an output's batch axis is (hidden states' third
+    from last: Gemma 3n's are [streams, B, T, E])."""
 
     @functools.wraps(fn)
     def one_or_batch(graphdef, params, tokens, *args, attention_mask=None):
@@ -120,7 +121,8 @@ def _one_or_batch(fn):
             return fn(graphdef, params, tokens, *args, attention_mask=attention_mask)
         if attention_mask is not None:
             attention_mask = as_array(attention_mask, "attention_mask")[None]
-        return jax.tree.map(lambda x: x[0], fn(graphdef, params, tokens[None], *args, attention_mask=attention_mask))
+        return jax.tree.map(lambda x: jnp.take(x, 0, axis=batch_axis(x)), fn(graphdef, params, tokens[None], *args,
+                                                                          attention_mask=attention_mask))
 
     return one_or_batch
 
@@ -142,10 +144,11 @@ def token_logprobs(graphdef, params, tokens, *, attention_mask=None):
     return out if keep is None else jnp.where(keep[:, 1:] & keep[:, :-1], out, 0.0)
 
 
-@_one_or_batch
+@functools.partial(_one_or_batch, batch_axis=lambda x: x.ndim - 3)
 def hidden_states(graphdef, params, tokens, *, attention_mask=None):
     """(num_layers + 1) arrays [B, T, E]: the input of each layer (its output where the model's transformers class
-    records that: Mamba2), then the final normed output."""
+    records that: Mamba2), then the final normed output (Gemma 3n: [streams, B, T, E] each, AltUp's copies, the last
+    the last layer's output, as transformers records them)."""
     model, tokens, keep = _merge(graphdef, params, tokens, attention_mask)
     trace = []
     _decoder(model, tokens, keep, trace)
@@ -170,6 +173,9 @@ def attention_weights(graphdef, params, tokens, layer: int, *, attention_mask=No
     rot = decoder.rotaries(positions, trace[0].dtype).get(decoder.cfg.layer_rope(layer))
 
     def attention_input(i):
+        own = getattr(decoder.layers[i], "attention_input", None)  # a layer whose attention reads more than its norm (Gemma 3n)
+        if own is not None:
+            return own(trace[i])
         norm = getattr(decoder.layers[i], "input_layernorm", None)
         return trace[i] if norm is None else norm(trace[i])
 

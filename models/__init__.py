@@ -26,6 +26,7 @@ from jaxllm.models import (
     falcon_h1,
     flint,
     gemma,
+    gemma3n,
     gemma4,
     glm,
     glm4_moe,
@@ -94,5 +95,6 @@ FAMILIES = (
     hy_v3, mimo_v2_flash, afmoe, laguna, jetmoe,
     kolibri1, flint, axk1,
     deepseek_v32, glm_moe_dsa, axk2,
+    gemma3n,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

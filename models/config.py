@@ -209,6 +209,16 @@ class ModelConfig:
     double_wide_mlp: bool = False
     per_layer_input_size: int = 0
     per_layer_vocab_size: int = 0
+    # Gemma 3n (models/gemma3n.py): each layer's MLP width (intermediate_size as a list; (): intermediate_size everywhere)
+    # and the gaussian top-k sparsity of its gate (activation_sparsity_pattern; (): none); AltUp's altup_streams copies
+    # of the hidden state (0: one, no AltUp), altup_active the one the layers compute on, its correction scaled where
+    # altup_correct_scale; LAuReL's low-rank residual of laurel_rank (0: none)
+    intermediate_sizes: tuple[int, ...] = ()
+    activation_sparsity: tuple[float, ...] = ()
+    altup_streams: int = 0
+    altup_active: int = 0
+    altup_correct_scale: bool = False
+    laurel_rank: int = 0
     # Recurrent layers (models/recurrent.py, models/mixers.py): the layer types of recurrent_kinds the family
     # builds (config_fields.RECURRENT_TYPES), each keeping a state per sequence instead of keys; their causal
     # conv of linear_conv_kernel taps, with a bias where conv_bias (LFM2's short conv).
@@ -412,6 +422,10 @@ class ModelConfig:
         if self.local_rope is not None and self.layer_window(layer) is not None:
             return self.local_rope
         return dataclasses.replace(self.rope, theta=self.rope_thetas[layer]) if self.rope_thetas else self.rope
+
+    def layer_intermediate_size(self, layer: int) -> int:
+        """The width of `layer`'s dense MLP: its own where intermediate_sizes gives one per layer (Gemma 3n)."""
+        return self.intermediate_sizes[layer] if self.intermediate_sizes else self.intermediate_size
 
     def layer_is_moe(self, layer: int) -> bool:
         return self.num_experts > 0 and layer not in self.dense_layers

@@ -93,7 +93,9 @@ def _given(rule: Field) -> Field:
 
 
 CONFIG_FIELDS = {
-    "architectures": Field(str, many="list"), "model_type": NAME, "vocab_size": COUNT, "hidden_size": COUNT, "intermediate_size": COUNT,
+    "architectures": Field(str, many="list"), "model_type": NAME, "vocab_size": COUNT, "hidden_size": COUNT,
+    # a list: a width per layer, which Gemma 3n reads (gemma3n.py) and require_fields refuses elsewhere
+    "intermediate_size": Field(int, 1, MAX_SIZE, many="either", empty=False),
     "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "num_key_value_heads": HEADS, "head_dim": COUNT,
     "max_position_embeddings": COUNT, "rms_norm_eps": NON_NEGATIVE, "layer_norm_eps": NON_NEGATIVE,
     "hidden_act": NAME, "tie_word_embeddings": FLAG, "attention_bias": FLAG, "mlp_bias": FLAG,
@@ -118,6 +120,9 @@ CONFIG_FIELDS = {
     "vocab_size_per_layer_input": COUNT, "hidden_size_per_layer_input": INDEX, "attention_k_eq_v": FLAG,
     "num_kv_shared_layers": INDEX, "enable_moe_block": FLAG, "use_double_wide_mlp": FLAG, "top_k_experts": COUNT,
     "global_head_dim": COUNT, "num_global_key_value_heads": HEADS, "per_layer_config": OBJECT,
+    # Gemma 3n: AltUp's streams and the one computed on, LAuReL's rank, each layer's gate sparsity in [0, 1]
+    "altup_num_inputs": COUNT, "altup_active_idx": INDEX, "altup_correct_scale": FLAG,
+    "laurel_rank": COUNT, "activation_sparsity_pattern": Field(float, 0, 1, many="list"),
     # GPT-NeoX and GPT-2 (its own spellings)
     "use_parallel_residual": FLAG, "rotary_pct": FRACTION, "rotary_emb_base": POSITIVE, "n_embd": COUNT, "n_layer": LAYERS, "n_head": HEADS, "n_positions": COUNT,
     "n_inner": COUNT, "layer_norm_epsilon": NON_NEGATIVE, "activation_function": NAME, "scale_attn_weights": _given(FLAG),
@@ -290,6 +295,9 @@ def require_fields(raw: dict, where: str = "config.json") -> tuple:
     for key in REQUIRED:
         if raw.get(key) is None:
             raise ConfigError(f"{where} has no '{key}': add it (it is required for this architecture)")
+        if isinstance(raw[key], list):  # intermediate_size: a family reading one per layer reads it before (gemma3n.py)
+            raise ConfigError(f"{where} '{key}' is a list (a value per layer), which this architecture does not read: "
+                              "give one value")
     return tuple(raw[key] for key in REQUIRED)
 
 

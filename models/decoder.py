@@ -130,6 +130,9 @@ class DecoderModel(nnx.Module):
     # what `trace` records of the layers: each one's input (transformers' hidden states for most families), or each
     # one's output (Mamba's: its first hidden state is the first layer's output, not the embeddings)
     trace_outputs = False
+    # True: the last hidden state `trace` records is the last layer's output ([streams, B, T, E]: transformers' Gemma 3n),
+    # not the final norm's
+    trace_streams = False
 
     def __init__(self, cfg: ModelConfig, layer_cls=DecoderLayer, *, dtype, rngs: nnx.Rngs, final_norm=None):
         self.cfg = cfg
@@ -152,7 +155,7 @@ class DecoderModel(nnx.Module):
         `kv` (Uncached: the call's own keys; PagedCache with a cache). `lengths` [B]:
         the real length of each row when positions run past it (padded prefill); see `rotary`.
         `trace`: a list that receives each layer's input (its output where trace_outputs) and then the final
-        (normed) output, as transformers' hidden_states."""
+        (normed) output (the last layer's where trace_streams), as transformers' hidden_states."""
         if (cache is None) != isinstance(kv, Uncached):
             raise ValueError("a cache goes with its KV backend (PagedCache), no cache with Uncached")
         x = self.embed_tokens(tokens)
@@ -164,6 +167,7 @@ class DecoderModel(nnx.Module):
             x = self.embed_norm(x)
         rots = self.rotaries(positions, x.dtype, lengths)
         inputs = self.layer_inputs(tokens, x)
+        x = self.streams_in(x)
         new_cache, carry = [], None
         for i, layer in enumerate(self.layers):
             if trace is not None and not self.trace_outputs:
@@ -182,13 +186,24 @@ class DecoderModel(nnx.Module):
             new_cache.append(c)
             if trace is not None and self.trace_outputs:
                 trace.append(x)
+        if trace is not None and self.trace_streams:
+            trace.append(x)
+        x = self.streams_out(x)
         if self.norm is not None:
             x = self.norm(x)
         if self.project_out is not None:
             x = self.project_out(x)
-        if trace is not None:
+        if trace is not None and not self.trace_streams:
             trace.append(x)
         return x, new_cache
+
+    def streams_in(self, x):
+        """The embeddings [B, T, E] -> what the layers pass on: x itself, or several copies of the hidden state
+        ([streams, B, T, E]: Gemma 3n's AltUp), which streams_out makes one again before the final norm."""
+        return x
+
+    def streams_out(self, x):
+        return x
 
     def layer_inputs(self, tokens, x):
         """Each layer's own input beside the hidden states, [B, T, layers, ...] (Gemma 4's per-layer

@@ -367,9 +367,12 @@ def split_experts(module, mesh, axis: str | None) -> None:
 
 def make_mlp(cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
     """The feed-forward block of one decoder layer: routed experts, a dense gated MLP, or an
-    ungated one (`cfg.gated_mlp` False: Arcee), its biases as mlp_bias says."""
+    ungated one (`cfg.gated_mlp` False: Arcee), its biases as mlp_bias says; the layer's own width and
+    gate sparsity where the config gives them per layer (Gemma 3n)."""
     if cfg.layer_is_moe(layer):
         return MoE(cfg, dtype=dtype, rngs=rngs)
+    if cfg.intermediate_sizes:  # a width per layer (Gemma 3n)
+        cfg = cfg.replace(intermediate_size=cfg.layer_intermediate_size(layer))
     if not cfg.gated_mlp:
         return MLP(cfg, dtype=dtype, rngs=rngs, bias=cfg.mlp_bias)
-    return GatedMLP(cfg, dtype=dtype, rngs=rngs)
+    return GatedMLP(cfg, dtype=dtype, rngs=rngs, sparsity=cfg.activation_sparsity[layer] if cfg.activation_sparsity else 0.0)

@@ -115,7 +115,7 @@ def gemma4_rope(raw: dict, types, shapes, default=_DEFAULT_ROPE, family: str = "
     return out
 
 
-def _kv_shared(raw: dict, types) -> int:
+def kv_shared(raw: dict, types) -> int:
     """num_kv_shared_layers, refused where transformers cannot build it: every layer shared (no
     layer computes keys), or a shared layer whose type no earlier layer has."""
     shared, layers = raw["num_kv_shared_layers"], len(types)
@@ -161,7 +161,7 @@ def gemma4_defaults(raw: dict) -> dict:
         head_dim=local[0], num_kv_heads=local[1],
         global_head_dim=full[0] if full[0] != local[0] else None, global_kv_heads=full[1] if full[1] != local[1] else None,
         rope=rope["full_attention"], local_rope=rope.get("sliding_attention"),
-        attn_k_eq_v=bool(raw["attention_k_eq_v"]), kv_shared_layers=_kv_shared(raw, types),
+        attn_k_eq_v=bool(raw["attention_k_eq_v"]), kv_shared_layers=kv_shared(raw, types),
         double_wide_mlp=bool(raw["use_double_wide_mlp"]),
         per_layer_input_size=raw["hidden_size_per_layer_input"], per_layer_vocab_size=raw["vocab_size_per_layer_input"],
         **_experts(raw),
@@ -255,19 +255,27 @@ class Gemma4ForCausalLM(CausalLM):
     model_cls = Gemma4TextModel
 
 
+def per_layer_input_specs(cfg: ModelConfig) -> list[WeightSpec]:
+    """The per-layer embeddings' tensors (Gemma 4, Gemma 3n): the table, the projection and its norm, and each
+    layer's gate, projection and norm; none where per_layer_input_size is 0."""
+    if not cfg.per_layer_input_size:
+        return []
+    specs = [WeightSpec("model.embed_tokens_per_layer.weight", ("model", "embed_tokens_per_layer", "embedding")),
+             WeightSpec("model.per_layer_model_projection.weight", ("model", "per_layer_model_projection", "kernel"), Linear()),
+             WeightSpec("model.per_layer_projection_norm.weight", ("model", "per_layer_projection_norm", "weight"))]
+    for i in range(cfg.num_layers):
+        hf, ours = f"model.layers.{i}.", ("model", "layers", i)
+        specs += [WeightSpec(f"{hf}{name}.weight", ours + (name, "kernel"), Linear())
+                  for name in ("per_layer_input_gate", "per_layer_projection")]
+        specs.append(WeightSpec(hf + "post_per_layer_input_norm.weight", ours + ("post_per_layer_input_norm", "weight")))
+    return specs
+
+
 def gemma4_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
-    specs = sandwich_weight_map(cfg)  # its k/v projections only where a layer has them (decoder.kv_projections)
-    if cfg.per_layer_input_size:
-        specs += [WeightSpec("model.embed_tokens_per_layer.weight", ("model", "embed_tokens_per_layer", "embedding")),
-                  WeightSpec("model.per_layer_model_projection.weight", ("model", "per_layer_model_projection", "kernel"), Linear()),
-                  WeightSpec("model.per_layer_projection_norm.weight", ("model", "per_layer_projection_norm", "weight"))]
+    specs = sandwich_weight_map(cfg) + per_layer_input_specs(cfg)  # k/v projections only where a layer has them
     for i in range(cfg.num_layers):
         hf, ours = f"model.layers.{i}.", ("model", "layers", i)
         specs.append(WeightSpec(hf + "layer_scalar", ours + ("layer_scalar",)))
-        if cfg.per_layer_input_size:
-            specs += [WeightSpec(f"{hf}{name}.weight", ours + (name, "kernel"), Linear())
-                      for name in ("per_layer_input_gate", "per_layer_projection")]
-            specs.append(WeightSpec(hf + "post_per_layer_input_norm.weight", ours + ("post_per_layer_input_norm", "weight")))
         if cfg.num_experts:
             experts = ours + ("experts",)
             specs += [WeightSpec(f"{hf}{name}.weight", ours + (name, "weight"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import statistics
 
 import jax
 import jax.numpy as jnp
@@ -250,11 +251,16 @@ def activation(name: str):
 
 class GatedMLP(nnx.Module, pytree=False):
     """down(act(gate(x)) * up(x)); with cfg.mlp_scales (g, d) (Falcon-H1's mlp_multipliers) down(act(g gate(x)) * up(x)) d;
-    down(norm(act(gate(x)) * up(x))) where cfg.sub_norms (BitNet's ffn_sub_norm)."""
+    down(norm(act(gate(x)) * up(x))) where cfg.sub_norms (BitNet's ffn_sub_norm). `sparsity` s > 0: the gate's values
+    below mean + std x Phi^-1(s) over its width zeroed and the rest lowered by that cutoff before the activation
+    (Gemma 3n's gaussian top-k, keeping about a fraction 1 - s)."""
 
-    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs, sparsity: float = 0.0):
         e, f = cfg.hidden_size, cfg.intermediate_size
         self.act, self.scales = activation(cfg.hidden_act), cfg.mlp_scales
+        # the normal distribution's quantile at s, as transformers computes it in float32 (inf at s = 1: every gate
+        # zeroed; 0 at s = 0.5, the cutoff the mean); None: no sparsity
+        self.std_multiplier = None if not sparsity else math.inf if sparsity == 1 else statistics.NormalDist().inv_cdf(sparsity)
         self.gate_proj = Dense((e,), (f,), ("embed", "mlp"), bias=cfg.mlp_bias, dtype=dtype, rngs=rngs)
         self.up_proj = Dense((e,), (f,), ("embed", "mlp"), bias=cfg.mlp_bias, dtype=dtype, rngs=rngs)
         self.down_proj = Dense((f,), (e,), ("mlp", "embed"), bias=cfg.mlp_bias, dtype=dtype, rngs=rngs)
@@ -263,9 +269,18 @@ class GatedMLP(nnx.Module, pytree=False):
     def __call__(self, x):
         gate, down = self.scales
         g = self.gate_proj(x)
+        if self.std_multiplier is not None:
+            g = gaussian_topk(g, self.std_multiplier)
         h = self.act(g if gate == 1 else g * gate) * self.up_proj(x)
         out = self.down_proj(h if self.ffn_sub_norm is None else self.ffn_sub_norm(h))
         return out if down == 1 else out * down
+
+
+def gaussian_topk(x, std_multiplier: float):
+    """relu(x - (mean + std x std_multiplier)) over x's last dim (population std), in x's dtype."""
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    std = jnp.sqrt(jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True))
+    return jax.nn.relu(x - (mean + std * jnp.asarray(std_multiplier, x.dtype)))
 
 
 class XIELU(nnx.Module, pytree=False):

@@ -957,6 +957,14 @@ SPELLINGS = {
     "gemma4-default-layers-and-rope": ("Gemma4ForCausalLM", dict(num_hidden_layers=7, num_kv_shared_layers=1, layer_types=None,
                                                                 rope_parameters=None),
                                        _edit(("layer_types", "rope_parameters"))),
+    # Gemma 3n with one MLP width, AltUp computing on its last stream without the correction's scale, no per-layer
+    # embeddings (transformers builds them empty), no kv sharing; Gemma3nTextConfig's layer pattern (every 5th full) and
+    # dense gates where left out; the rope in v4 keys
+    "gemma3n-one-width-last-stream-without-ple": (
+        "Gemma3nForCausalLM", dict(intermediate_size=80, altup_active_idx=2, altup_correct_scale=False, hidden_size_per_layer_input=0,
+                                   num_kv_shared_layers=0),
+        _edit(("activation_sparsity_pattern", "layer_types", "rope_parameters"), rope_theta=50000.0, rope_local_base_freq=5000.0,
+              rope_scaling=None)),
     # Qwen3-Next / Qwen3.5: layer types from full_attention_interval (or its default, every 4th layer full) where
     # config.json lists none; the rope as top-level keys, or left out (theta 10,000, a quarter of each head turned)
     "qwen3-next-interval-and-flat-rope": ("Qwen3NextForCausalLM", {}, _edit(("layer_types", "rope_parameters"),
@@ -1179,7 +1187,7 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     kind = arch.hf_model_type
     act = {"gpt_neo": "activation_function", "falcon": "activation", "gpt2": "activation_function", "gpt_bigcode": "activation_function", "gptj": "activation_function", "codegen": "activation_function",
            "opt": "activation_function", "xglm": "activation_function", "jetmoe": "activation_function", "gemma2": "hidden_activation", "vaultgemma": "hidden_activation", "gemma3_text": "hidden_activation",
-           "gemma4_text": "hidden_activation", "nemotron_h": "mlp_hidden_act"}.get(kind, "hidden_act")
+           "gemma4_text": "hidden_activation", "gemma3n_text": "hidden_activation", "nemotron_h": "mlp_hidden_act"}.get(kind, "hidden_act")
     eps = {"gpt_neo": "layer_norm_epsilon", "nemotron": "norm_eps", "falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "codegen": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps", "persimmon": "layer_norm_eps",
            "starcoder2": "norm_epsilon", "bloom": "layer_norm_epsilon", "mpt": "layer_norm_epsilon",
            "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps", "jais2": "layer_norm_eps", "lfm2": "norm_eps", "lfm2_moe": "norm_eps", "lfm3": "norm_eps",
