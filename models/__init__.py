@@ -48,6 +48,7 @@ from jaxllm.models import (
     jais2,
     jamba,
     jetmoe,
+    kimi_linear,
     kolibri1,
     laguna,
     lfm2,
@@ -94,5 +95,6 @@ FAMILIES = (
     hy_v3, mimo_v2_flash, afmoe, laguna, jetmoe,
     kolibri1, flint, axk1,
     deepseek_v32, glm_moe_dsa, axk2,
+    kimi_linear,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -115,7 +115,7 @@ def mla_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     specs = [s for s in decoder_weight_map(cfg) if s.hf_names[0].split(".")[-2] not in ("q_proj", "k_proj", "v_proj")]
     names = ["kv_a_proj_with_mqa", "kv_b_proj"] + (["q_proj"] if cfg.mla.q_lora_rank is None else ["q_a_proj", "q_b_proj"])
     biased = ("q_a_proj", "kv_a_proj_with_mqa") if cfg.qkv_bias else ()
-    for i in range(cfg.num_layers):
+    for i in filter(cfg.layer_is_attention, range(cfg.num_layers)):  # (Kimi-Linear's others: recurrent)
         hf, ours = f"model.layers.{i}.self_attn.", ("model", "layers", i, "self_attn")
         for name in names:
             specs += dense(f"{hf}{name}", ours + (name,), bias=name in biased)

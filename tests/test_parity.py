@@ -1096,6 +1096,10 @@ SPELLINGS = {
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
+    # Kimi-Linear as the Hub holds it: the layers' kinds and dense MLPs from linear_attn_config and first_k_dense_replace
+    # alone, the dense MLP under transformers' own name (mlp; it saves block_sparse_moe), which it reads as well
+    "kimi-linear-hub-layout": ("KimiLinearForCausalLM", {}, _edit(("layer_types", "mlp_layer_types")),
+                               _tensors(rename=lambda name: name.replace("layers.0.block_sparse_moe.", "layers.0.mlp."))),
 }
 
 
@@ -1202,7 +1206,7 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     if kind in ("gptj", "codegen"):
         out["rope_theta"] = 10000.0  # GPT-J's and CodeGen's fixed base
     elif kind not in ("gpt2", "gpt_bigcode", "gpt_neo", "opt", "biogpt", "xglm", "bloom", "mpt", "mamba", "falcon_mamba", "jamba",
-                      "nemotron_h", "mamba2"):
+                      "nemotron_h", "mamba2", "kimi_linear"):
         rope = hf.rope_parameters
         out["rope_theta"] = rope.get("full_attention", rope)["rope_theta"]
     return out
@@ -1324,9 +1328,9 @@ BUILT_NOT_RUN = {(arch, key) for arch in ("GraniteMoeForCausalLM", "GraniteMoeSh
                  for key in ("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling")}
 
 
-# A null context length DbrxConfig takes (int | None) and leaves unbounded (its rotary positions need none);
-# jaxllm sizes its engine by it and refuses the null in one line.
-UNBOUNDED = {("DbrxForCausalLM", key) for key in ("max_seq_len", "max_position_embeddings")}
+# A null context length DbrxConfig and KimiLinearConfig take (int | None) and leave unbounded (their positions need
+# none); jaxllm sizes its engine by it and refuses the null in one line.
+UNBOUNDED = {("DbrxForCausalLM", key) for key in ("max_seq_len", "max_position_embeddings")} | {("KimiLinearForCausalLM", "model_max_length")}
 
 
 @pytest.mark.parametrize("arch", registry.names())
