@@ -145,11 +145,12 @@ def token_logprobs(graphdef, params, tokens, *, attention_mask=None):
 @_one_or_batch
 def hidden_states(graphdef, params, tokens, *, attention_mask=None):
     """(num_layers + 1) arrays [B, T, E]: the input of each layer (its output where the model's transformers class
-    records that: Mamba2), then the final normed output."""
+    records that: Mamba2), then the final normed output; of every other layer where two of ours are one of
+    transformers' (LongCat-Flash: DecoderModel.hidden_every)."""
     model, tokens, keep = _merge(graphdef, params, tokens, attention_mask)
     trace = []
     _decoder(model, tokens, keep, trace)
-    return tuple(trace)
+    return tuple(trace[:-1:model.model.hidden_every]) + (trace[-1],)
 
 
 @_one_or_batch

@@ -54,6 +54,7 @@ from jaxllm.models import (
     lfm2,
     llama,
     llama4,
+    longcat_flash,
     mamba,
     mamba2_lm,
     mimo_v2_flash,
@@ -95,6 +96,6 @@ FAMILIES = (
     hy_v3, mimo_v2_flash, afmoe, laguna, jetmoe,
     kolibri1, flint, axk1,
     deepseek_v32, glm_moe_dsa, axk2,
-    kimi_linear,
+    kimi_linear, longcat_flash,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

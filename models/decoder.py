@@ -130,6 +130,9 @@ class DecoderModel(nnx.Module):
     # what `trace` records of the layers: each one's input (transformers' hidden states for most families), or each
     # one's output (Mamba's: its first hidden state is the first layer's output, not the embeddings)
     trace_outputs = False
+    # transformers' hidden states: the trace's every hidden_every-th layer input, then the final output (LongCat-Flash:
+    # one of its layers is two of ours); the trace itself holds every layer's (research.attention_weights reads them)
+    hidden_every = 1
 
     def __init__(self, cfg: ModelConfig, layer_cls=DecoderLayer, *, dtype, rngs: nnx.Rngs, final_norm=None):
         self.cfg = cfg

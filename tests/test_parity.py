@@ -47,7 +47,8 @@ def test_forward_matches_transformers_and_the_cache(arch, tmp_path):
     err = reference.max_rel_diff(logits, out.logits.numpy())
     print(f"{arch}: max rel diff {err:.2e}")
     assert err <= TOL
-    assert len(hidden) == len(out.hidden_states) == cfg.num_layers + 1
+    every = getattr(getattr(registry.get(arch).module, "model_cls", None), "hidden_every", 1)  # LongCat: its layer is two of ours
+    assert len(hidden) == len(out.hidden_states) == cfg.num_layers // every + 1
     for i, (ours, theirs) in enumerate(zip(hidden, out.hidden_states)):
         assert reference.max_rel_diff(ours, theirs.numpy()) <= TOL, f"hidden state {i}"
     # transformers records the attention layers' weights alone; a recurrent or feed-forward layer's are refused in one line
@@ -1100,6 +1101,9 @@ SPELLINGS = {
     # alone, the dense MLP under transformers' own name (mlp; it saves block_sparse_moe), which it reads as well
     "kimi-linear-hub-layout": ("KimiLinearForCausalLM", {}, _edit(("layer_types", "mlp_layer_types")),
                                _tensors(rename=lambda name: name.replace("layers.0.block_sparse_moe.", "layers.0.mlp."))),
+    # LongCat-Flash under its config class's aliases, which win: num_hidden_layers (twice num_layers), intermediate_size
+    "longcat-aliases": ("LongcatFlashForCausalLM", {}, lambda raw: raw.update(num_hidden_layers=2 * raw.pop("num_layers"),
+                                                                           intermediate_size=raw.pop("ffn_hidden_size"))),
 }
 
 
