@@ -17,7 +17,7 @@ mix tokens by Kimi Delta Attention or by latent attention without positions.
 """
 
 from jaxllm.errors import ConfigError
-from jaxllm.models.architecture import NO_WINDOW, NOT_NULL, Architecture
+from jaxllm.models.architecture import NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.config_fields import COUNT, HEADS, MAX_LAYERS, Field, check_fields, known_layer_types
 from jaxllm.models.decoder import CausalLM, renamed
@@ -116,7 +116,7 @@ ARCHITECTURES = (Architecture(
     name="KimiLinearForCausalLM", module=KimiLinearForCausalLM, weight_map=kimi_weight_map, hf_model_type="kimi_linear",
     config_defaults=kimi_defaults, common_names=kimi_names, hf_defaults=_DEFAULTS, tensors=saved_as({"mlp": "block_sparse_moe"}),
     # no positions, no window, the MLPs without biases; keys of Moonshot's own code transformers never reads
-    ignored_keys=NO_WINDOW + ("rope_theta", "rope_scaling", "rope_parameters", "partial_rotary_factor", "rope_interleave",
+    ignored_keys=("sliding_window", "rope_theta", "rope_scaling", "rope_parameters", "partial_rotary_factor", "rope_interleave",
                               "mlp_bias", "topk_method", "head_dim", "use_sliding_window", "n_routed_experts"),
     ignore=(r".*rotary_emb\.inv_freq$",),
     not_null=NOT_NULL + ("rms_norm_eps", "hidden_act", "attention_bias", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",

@@ -108,8 +108,7 @@ def recurrent_delta_rule(q, k, v, g, beta, state):
     the tokens are split into calls, so a sequence prefilled in any chunks, then decoded, gets the
     same state (the engine's results do not depend on what else it runs); memory is the state's."""
     dk = k.shape[-1]
-    # one kernel for all T tokens; a decay per key channel (Kimi Delta Attention) runs the scan: the kernel takes one per head
-    if g.ndim == 3 and delta_rule_gpu.fits(dk, v.shape[-1], v.shape[1]):
+    if delta_rule_gpu.fits(dk, v.shape[-1], v.shape[1]):  # one kernel for all T tokens (a decay per head or per channel)
         q, k = (l2norm(x.astype(jnp.float32)) for x in (q, k))
         return delta_rule_gpu.delta_rule(q * dk**-0.5, k, v, g, beta, state)
     q, k, v, g, beta = (jnp.moveaxis(x.astype(jnp.float32), 1, 0) for x in (q, k, v, g, beta))  # [T, B, H, ...]

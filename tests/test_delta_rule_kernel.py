@@ -4,24 +4,26 @@ on how a prompt is chunked."""
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from jaxllm.models import delta_rule_gpu, linear_attention
 
 
-def _inputs(b, t, h, dk, dv):
+def _inputs(b, t, h, dk, dv, channel=False):
     ks = jax.random.split(jax.random.PRNGKey(t), 6)
     q, k = (linear_attention.l2norm(jax.random.normal(x, (b, t, h, dk))) for x in ks[:2])
     v = jax.random.normal(ks[2], (b, t, h, dv))
-    g = -jax.nn.softplus(jax.random.normal(ks[3], (b, t, h)))
+    g = -jax.nn.softplus(jax.random.normal(ks[3], (b, t, h) + (dk,) * channel))  # per head, or per key channel (KDA)
     beta = jax.nn.sigmoid(jax.random.normal(ks[4], (b, t, h))).at[:, -2:].set(0.0)  # padding: beta = g = 0
     g = g.at[:, -2:].set(0.0)
     return q * dk**-0.5, k, v, g, beta, jax.random.normal(ks[5], (b, h, dk, dv))
 
 
-def test_kernel_matches_scan_and_ignores_chunking():
+@pytest.mark.parametrize("channel", [False, True], ids=["head-decay", "channel-decay"])
+def test_kernel_matches_scan_and_ignores_chunking(channel):
     shape = (2, 13, 3, 32, 16)  # rows, tokens (not a power of two), heads, key dim, value dim
     interpret = jax.default_backend() != "gpu"
-    q, k, v, g, beta, s0 = _inputs(*shape)
+    q, k, v, g, beta, s0 = _inputs(*shape, channel=channel)
     run = lambda sl, s: delta_rule_gpu.delta_rule(q[:, sl], k[:, sl], v[:, sl], g[:, sl], beta[:, sl], s, interpret=interpret)  # noqa: E731
     out, state = run(slice(None), s0)
     # the scan takes q and k before its own norm; normed inputs are unchanged by it (up to rounding)
