@@ -124,13 +124,13 @@ ARCHITECTURES = (Architecture(
                            "num_experts", "num_experts_per_token", "num_shared_experts", "num_expert_group", "model_max_length",
                            "first_k_dense_replace", "linear_attn_config", "norm_topk_prob", "n_group", "num_local_experts",
                            "n_shared_experts", "linear_num_heads", "linear_conv_kernel_dim"),
-    # KDA, full (latent attention, no positions), KDA as linear_attn_config lists them, two KDA heads; a dense layer, then
-    # 8 experts in 4 groups (top 2 from the best 2) beside a shared one, under the Hub's attribute_map spellings
-    tiny_config=dict(vocab_size=128, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=3,
+    # KDA (two heads) with a dense MLP, then full attention (latent, no positions) with 8 experts in 4 groups (top 2 from
+    # the best 2) beside a shared one, as linear_attn_config lists them, under the Hub's attribute_map spellings
+    tiny_config=dict(vocab_size=128, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=2,
                      num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=32, q_lora_rank=None, qk_nope_head_dim=16,
                      qk_rope_head_dim=8, v_head_dim=16, model_max_length=256, rms_norm_eps=1e-5, tie_word_embeddings=False,
                      linear_attn_config={"head_dim": 16, "num_heads": 2, "short_conv_kernel_size": 4, "full_attn_layers": [2],
-                                         "kda_layers": [1, 3]},
+                                         "kda_layers": [1]},
                      num_experts=8, num_experts_per_token=2, num_shared_experts=1, num_expert_group=4, topk_group=2,
                      moe_renormalize=True, routed_scaling_factor=2.5, first_k_dense_replace=1, bos_token_id=1, eos_token_id=2,
                      pad_token_id=0),
