@@ -175,8 +175,9 @@ CONFIG_FIELDS = {
     # keys (experts per token and in all, shared experts, groups, renormalisation, positions)
     "linear_attn_config": OBJECT, "linear_head_dim": COUNT, "linear_num_heads": HEADS, "num_experts_per_token": _given(COUNT),
     "num_expert_group": COUNT, "moe_renormalize": FLAG, "model_max_length": COUNT,
-    # LongCat-Flash's expert width and zero-computation experts, its router's bias (its layers: num_layers, each two of ours)
-    "expert_ffn_hidden_size": COUNT, "zero_expert_num": INDEX, "router_bias": FLAG,
+    # LongCat-Flash's expert width and zero-computation experts, its router's bias, its query heads' width (its layers:
+    # num_layers, each two of ours)
+    "expert_ffn_hidden_size": COUNT, "zero_expert_num": INDEX, "router_bias": FLAG, "qk_head_dim": COUNT,
     # LFM2's short convs and where they are (without layer_types: attention on full_attn_idxs), its MLP width's
     # adjustment, its older spellings of tie_word_embeddings and intermediate_size; LFM2-MoE's dense layers, expert bias
     "conv_L_cache": COUNT, "conv_bias": FLAG, "full_attn_idxs": Field(int, 0, MAX_SIZE, many="list"),

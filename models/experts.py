@@ -41,6 +41,9 @@ class MoE(nnx.Module, pytree=False):
     devices, an all-to-all dispatch (each assignment sent to its expert's device and back, k / X
     of the tokens' rows each way) pays off instead: a follow-up.
 
+    Zero-computation experts (`cfg.zero_experts`, LongCat-Flash): the router scores them after the routed ones; an
+    assignment to one adds its token times its weight, and the dispatch takes it as weight 0 on expert 0.
+
     Shared expert (`cfg.shared_expert_intermediate_size`, Qwen2-MoE): a gated MLP every token runs
     beside the routed ones, its output times sigmoid(`shared_expert_gate`(x)) and added to theirs
     in the model's dtype, as transformers adds them; without `cfg.shared_expert_gated` (GraniteMoeShared)
@@ -187,16 +190,18 @@ class MoE(nnx.Module, pytree=False):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         weights, experts = self.route(x if route_from is None else route_from.reshape(-1, shape[-1]))
-        identity = 0.0
+        identity = None
         if self.zero_experts:  # LongCat: a zero-computation expert's output is its input, weighted; routed experts run the rest
             zero = experts >= self.num_experts
             identity = jnp.sum(jnp.where(zero, weights, 0.0), axis=-1, keepdims=True) * x.astype(jnp.float32)
             weights, experts = jnp.where(zero, 0.0, weights), jnp.where(zero, 0, experts)
         xs = x if self.fc1_latent_proj is None else self.fc1_latent_proj(x)
         if self.expert_mesh is None:
-            out = self._experts(xs, weights, experts, self._stacks(), None) + identity
+            out = self._experts(xs, weights, experts, self._stacks(), None)
         else:
-            out = self._split_experts(xs, weights, experts, self._stacks()) + identity
+            out = self._split_experts(xs, weights, experts, self._stacks())
+        if identity is not None:
+            out = out + identity
         if self.fc2_latent_proj is not None:
             out = self.fc2_latent_proj(out.astype(x.dtype))
         if self.bias is not None:  # JetMoE: a bias on the experts' sum

@@ -20,10 +20,10 @@ from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.config_fields import COUNT, HEADS, MAX_LAYERS, Field, check_fields, known_layer_types
-from jaxllm.models.decoder import CausalLM, renamed
+from jaxllm.models.decoder import renamed
 from jaxllm.models.deepseek import latent_attention, latent_head_dim, routed_experts, sigmoid_router
 from jaxllm.models.glm4_moe_lite import mlp_layer_types
-from jaxllm.models.mla import LatentAttention, mla_weight_map
+from jaxllm.models.mla import LatentCausalLM, mla_weight_map
 from jaxllm.models.moe import moe_weight_map
 from jaxllm.models.qwen3_next import linear_specs
 from jaxllm.models.weights import WeightSpec, saved_as
@@ -43,13 +43,10 @@ _ALIASES = {"num_experts": ("num_local_experts", 256, "n_routed_experts"),
 _KDA_NAMES = {"in_proj_b": "b_proj", "norm": "o_norm", "out_proj": "o_proj"}
 
 
-class KimiLinearForCausalLM(CausalLM):
-    layer_cls = type("KimiLinearDecoderLayer", (CausalLM.layer_cls,), {"attn_cls": LatentAttention})
-
-
 def kimi_names(raw: dict) -> dict:
-    """config.json under DeepSeek's names: each attribute_map key (else its alias, else the class's default) as the name
-    DeepSeek's reading takes (the key n_routed_experts, which transformers never reads, replaced), linear_attn_config's heads and conv as the top-level keys they set, head_dim the latent attention's width."""
+    """config.json under DeepSeek's names: each attribute_map key (else its alias, else the class's default) as the
+    name DeepSeek's reading takes (a key n_routed_experts, which transformers never reads, replaced);
+    linear_attn_config's heads and conv as the top-level keys they set; head_dim the latent attention's width."""
     raw = dict(raw)
     for key, (alias, default, name) in _ALIASES.items():
         raw[name] = raw[key] if key in raw else raw.get(alias, default)
@@ -113,7 +110,7 @@ _DEFAULTS = dict(vocab_size=163840, hidden_size=2304, intermediate_size=9216, mo
                  linear_conv_kernel_dim=4)
 
 ARCHITECTURES = (Architecture(
-    name="KimiLinearForCausalLM", module=KimiLinearForCausalLM, weight_map=kimi_weight_map, hf_model_type="kimi_linear",
+    name="KimiLinearForCausalLM", module=LatentCausalLM, weight_map=kimi_weight_map, hf_model_type="kimi_linear",
     config_defaults=kimi_defaults, common_names=kimi_names, hf_defaults=_DEFAULTS, tensors=saved_as({"mlp": "block_sparse_moe"}),
     # no positions, no window, the MLPs without biases; keys of Moonshot's own code transformers never reads
     ignored_keys=("sliding_window", "rope_theta", "rope_scaling", "rope_parameters", "partial_rotary_factor", "rope_interleave",

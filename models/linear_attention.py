@@ -1,5 +1,6 @@
-"""Gated DeltaNet linear attention (Qwen3-Next, Qwen3.5: transformers' Qwen3NextGatedDeltaNet) and
-the recurrent state it keeps per sequence.
+"""Gated DeltaNet linear attention (Qwen3-Next, Qwen3.5: transformers' Qwen3NextGatedDeltaNet), its
+variant Kimi Delta Attention (Kimi-Linear: the decay per key channel, `KimiDeltaAttention`) and the
+recurrent state they keep per sequence.
 
 A linear-attention layer is a recurrent mixer (models/recurrent.py): it caches no keys, each
 sequence carries a `RecurrentState`, the last `kernel - 1` inputs of its causal depthwise conv and a
@@ -103,7 +104,7 @@ def _chunk_terms(q, k, v, g, beta):
 
 def recurrent_delta_rule(q, k, v, g, beta, state):
     """The gated delta rule token by token (torch_recurrent_gated_delta_rule with its q/k L2 norm):
-    same arguments and results as gated_delta_rule (torch_recurrent_kimi_delta_attention where g is per
+    same arguments and results as gated_delta_rule (recurrent_kimi_delta_attention where g is per
     key channel). Each token's update is the same arithmetic however
     the tokens are split into calls, so a sequence prefilled in any chunks, then decoded, gets the
     same state (the engine's results do not depend on what else it runs); memory is the state's."""

@@ -86,6 +86,10 @@ def longcat_defaults(raw: dict) -> dict:
     if raw.get("q_lora_rank") is None:
         raise ConfigError("config.json q_lora_rank is null, but LongCat-Flash's attention always projects its queries through "
                           "that rank (transformers fails without it): give q_lora_rank")
+    width = raw["qk_nope_head_dim"] + raw["qk_rope_head_dim"]
+    if raw.get("qk_head_dim") not in (None, width):
+        raise ConfigError(f"config.json qk_head_dim={raw['qk_head_dim']} is not qk_nope_head_dim + qk_rope_head_dim ({width}), "
+                          "the query heads' width transformers splits them by (a shape error): remove it or set it to that sum")
     if not experts:
         raise ConfigError("config.json n_routed_experts 0 is not supported (LongCat's shortcut MoE routes to experts beside its "
                           "zero-computation ones): give the checkpoint's n_routed_experts")
