@@ -1,6 +1,6 @@
 """The gated delta rule's Pallas kernel (models/delta_rule_gpu.py; interpret mode off GPUs) against
 the token-by-token scan, and split into calls against one call: the engine's results must not depend
-on how a prompt is chunked."""
+on how a prompt is chunked; the chunked form (a whole sequence) against the scan."""
 
 import jax
 import jax.numpy as jnp
@@ -54,4 +54,15 @@ def test_kernel_without_the_subtraction_is_mamba2s_selective_scan():
     y, state = delta_rule_gpu.recurrence(cm, bm, x, dt * a, dt, jnp.swapaxes(s0, -1, -2), subtract=False,
                                          interpret=jax.default_backend() != "gpu")
     for got, want in ((y + d[:, None] * x, want_y), (jnp.swapaxes(state, -1, -2), want_state)):
+        assert float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want))) < 1e-5
+
+
+@pytest.mark.parametrize("channel", [False, True], ids=["head-decay", "channel-decay"])
+def test_chunked_form_matches_the_scan(channel):
+    """linear_attention.gated_delta_rule over several chunks and a padded last one, from a state, equals the token by
+    token scan: a decay per head (the gated DeltaNet) or per key channel (Kimi Delta Attention)."""
+    q, k, v, g, beta, s0 = _inputs(2, 13, 3, 16, 8, channel=channel)
+    want_out, want_state = linear_attention.recurrent_delta_rule(q, k, v, g, beta, s0)
+    out, state = linear_attention.gated_delta_rule(q, k, v, g, beta, s0, chunk=4)
+    for got, want in ((out, want_out), (state, want_state)):
         assert float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want))) < 1e-5
