@@ -148,11 +148,12 @@ def token_logprobs(graphdef, params, tokens, *, attention_mask=None):
 def hidden_states(graphdef, params, tokens, *, attention_mask=None):
     """(num_layers + 1) arrays [B, T, E]: the input of each layer (its output where the model's transformers class
     records that: Mamba2), then the final normed output (Gemma 3n: [streams, B, T, E] each, AltUp's copies, the last
-    the last layer's output, as transformers records them)."""
+    the last layer's output, as transformers records them); of every other layer where two of ours are one of
+    transformers' (LongCat-Flash: DecoderModel.hidden_every)."""
     model, tokens, keep = _merge(graphdef, params, tokens, attention_mask)
     trace = []
     _decoder(model, tokens, keep, trace)
-    return tuple(trace)
+    return tuple(trace[:-1:model.model.hidden_every]) + (trace[-1],)
 
 
 @_one_or_batch

@@ -49,11 +49,13 @@ from jaxllm.models import (
     jais2,
     jamba,
     jetmoe,
+    kimi_linear,
     kolibri1,
     laguna,
     lfm2,
     llama,
     llama4,
+    longcat_flash,
     mamba,
     mamba2_lm,
     mimo_v2_flash,
@@ -96,5 +98,6 @@ FAMILIES = (
     kolibri1, flint, axk1,
     deepseek_v32, glm_moe_dsa, axk2,
     gemma3n,
+    kimi_linear, longcat_flash,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

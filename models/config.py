@@ -176,6 +176,9 @@ class ModelConfig:
     expert_bias: bool = False
     expert_output_bias: bool = False  # a bias [E] added to the experts' summed output (JetMoE's mlp.bias)
     moe_output_norm: bool = False  # an RMSNorm of the MoE block's output, routed and shared summed (A.X-K1's post_mlp_layernorm)
+    # Zero-computation experts routed beside the num_experts ones (LongCat-Flash's zero_expert_num): the router scores
+    # num_experts + zero_experts, and a token routed to one of these gets its input back, times the weight
+    zero_experts: int = 0
     swiglu_limit: float | None = None
     swiglu_alpha: float = 1.0
     # gpt-oss: a learned logit per query head that joins every attention softmax's denominator; on the layers

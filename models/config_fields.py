@@ -18,9 +18,10 @@ GROUP_SCORES = ("max", "top2", "top2_zero")  # top2_zero: the other groups' expe
 # Recurrent layer types (models/mixers.py): "linear_attention", a gated-DeltaNet layer
 # (models/linear_attention.py); "conv", LFM2's gated short conv (models/short_conv.py); "mamba", a Mamba2
 # layer (models/mamba2.py); "mamba1", a Mamba (v1) layer (models/mamba1.py); "lightning_attention", MiniMax's
-# (models/lightning_attention.py: its config's "linear_attention", read as this); each only in the families whose
+# (models/lightning_attention.py: its config's "linear_attention", read as this); "kimi_delta_attention", Kimi-Linear's
+# (linear_attention.KimiDeltaAttention: its config's "linear_attention" too); each only in the families whose
 # ModelConfig.recurrent_kinds names it, refused elsewhere (config._validated)
-RECURRENT_TYPES = ("linear_attention", "conv", "mamba", "mamba1", "lightning_attention")
+RECURRENT_TYPES = ("linear_attention", "conv", "mamba", "mamba1", "lightning_attention", "kimi_delta_attention")
 LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention") + RECURRENT_TYPES
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope", "proportional")
 
@@ -175,6 +176,13 @@ CONFIG_FIELDS = {
     "linear_conv_kernel_dim": _given(COUNT), "linear_key_head_dim": COUNT, "linear_value_head_dim": COUNT,
     "linear_num_key_heads": HEADS, "linear_num_value_heads": HEADS, "full_attention_interval": COUNT,
     "linear_allow_neg_eigval": _given(FLAG),
+    # Kimi-Linear's KDA heads and conv (linear_attn_config: the same and its layer lists, kimi_linear.py), its attribute_map
+    # keys (experts per token and in all, shared experts, groups, renormalisation, positions)
+    "linear_attn_config": OBJECT, "linear_head_dim": COUNT, "linear_num_heads": HEADS, "num_experts_per_token": _given(COUNT),
+    "num_expert_group": COUNT, "moe_renormalize": FLAG, "model_max_length": COUNT,
+    # LongCat-Flash's expert width and zero-computation experts, its router's bias, its query heads' width (its layers:
+    # num_layers, each two of ours)
+    "expert_ffn_hidden_size": COUNT, "zero_expert_num": INDEX, "router_bias": FLAG, "qk_head_dim": COUNT,
     # LFM2's short convs and where they are (without layer_types: attention on full_attn_idxs), its MLP width's
     # adjustment, its older spellings of tie_word_embeddings and intermediate_size; LFM2-MoE's dense layers, expert bias
     "conv_L_cache": COUNT, "conv_bias": FLAG, "full_attn_idxs": Field(int, 0, MAX_SIZE, many="list"),

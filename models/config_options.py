@@ -106,6 +106,9 @@ class MlaConfig:
     v_head_dim: int
     q_lora_rank: int | None = None
     norm_eps: float = 1e-6  # the epsilon of q_a_layernorm and kv_a_layernorm (transformers leaves them at 1e-6)
+    # the queries and the normed kv latent times these (LongCat-Flash's LoRA scales, sqrt(hidden / rank))
+    q_scale: float = 1.0
+    kv_scale: float = 1.0
 
     @property
     def qk_head_dim(self) -> int:

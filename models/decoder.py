@@ -133,6 +133,9 @@ class DecoderModel(nnx.Module):
     # True: the last hidden state `trace` records is the last layer's output ([streams, B, T, E]: transformers' Gemma 3n),
     # not the final norm's
     trace_streams = False
+    # transformers' hidden states: the trace's every hidden_every-th layer input, then the final output (LongCat-Flash:
+    # one of its layers is two of ours); the trace itself holds every layer's (research.attention_weights reads them)
+    hidden_every = 1
 
     def __init__(self, cfg: ModelConfig, layer_cls=DecoderLayer, *, dtype, rngs: nnx.Rngs, final_norm=None):
         self.cfg = cfg

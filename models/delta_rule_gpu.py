@@ -14,7 +14,8 @@ bits: a sequence recomputed after preemption (its generated tokens then prefille
 first run at that level (the engine test's 1e-5 on log-probabilities holds on the H200).
 
 Inputs as recurrent_delta_rule takes them after its L2 norms: q, k [B, T, H, Dk], v [B, T, H, Dv],
-g, beta [B, T, H] (float32; a padding token has g = beta = 0 and leaves the state as it was),
+g, beta [B, T, H] (float32; g [B, T, H, Dk] for a decay per key channel; a padding token has g = beta = 0 and
+leaves the state as it was),
 state [B, H, Dk, Dv] float32. Dk and Dv must be powers of two (Triton's tiles), else `fits` says
 no and the scan runs.
 """
@@ -44,13 +45,16 @@ def fits(dk: int, dv: int, tokens: int) -> bool:
             and _pow2(dk) and _pow2(dv))
 
 
-def _kernel(q_ref, k_ref, v_ref, gb_ref, s_ref, o_ref, s_out_ref, *, steps: int, subtract: bool):
+def _kernel(*refs, steps: int, subtract: bool, channel: bool):
+    (q_ref, k_ref, v_ref, gb_ref), g_ref, (s_ref, o_ref, s_out_ref) = refs[:4], refs[4] if channel else None, refs[-3:]
+
     def body(t, s):
         row = pl.ds(t, 1)
         q = jnp.transpose(q_ref[row, :])  # [Dk, 1]
         k = jnp.transpose(k_ref[row, :])
         beta = gb_ref[row, pl.ds(1, 1)]  # [1, 1]
-        s = s * jnp.exp(gb_ref[row, pl.ds(0, 1)])  # the token's decay
+        # the token's decay: one for the head [1, 1], or one per key channel [Dk, 1] (Kimi Delta Attention)
+        s = s * jnp.exp(jnp.transpose(g_ref[row, :]) if channel else gb_ref[row, pl.ds(0, 1)])
         v = v_ref[row, :]  # [1, bv]
         delta = ((v - jnp.sum(s * k, axis=0, keepdims=True)) if subtract else v) * beta
         s = s + k * delta
@@ -71,6 +75,7 @@ def recurrence(q, k, v, g, beta, state, *, subtract: bool, interpret: bool = Fal
 
         S <- S * exp(g_t) + k_t (x) d_t,    o_t = q_t . S    (after the update),
 
+g_t one per head ([B, T, H]) or one per key channel ([B, T, H, Dk]: Kimi Delta Attention, each row of S its own),
     d_t = beta_t * (v_t - k_t . S) for the delta rule (`subtract`), beta_t * v_t else (Mamba2's
     selective state space: k = B, q = C, v = x, beta = dt, g = dt * A, S its state transposed)."""
     b, steps, h, dk = k.shape
@@ -78,8 +83,10 @@ def recurrence(q, k, v, g, beta, state, *, subtract: bool, interpret: bool = Fal
     bv = min(bv, dv)
     t = 1 << max(steps - 1, 0).bit_length()  # Triton's tiles are powers of two: T padded, the padding never read
     pad = ((0, 0), (0, 0), (0, t - steps), (0, 0))
-    heads_first = [jnp.pad(jnp.moveaxis(x.astype(jnp.float32), 1, 2), pad) for x in (q, k, v)]  # [B, H, T, D]
-    gb = jnp.pad(jnp.moveaxis(jnp.stack([g, beta], axis=-1).astype(jnp.float32), 1, 2), pad)  # [B, H, T, 2]
+    channel = g.ndim == 4
+    heads_first = [jnp.pad(jnp.moveaxis(x.astype(jnp.float32), 1, 2), pad) for x in (q, k, v) + ((g,) if channel else ())]
+    head_g = jnp.zeros_like(beta) if channel else g
+    gb = jnp.pad(jnp.moveaxis(jnp.stack([head_g, beta], axis=-1).astype(jnp.float32), 1, 2), pad)  # [B, H, T, 2]
     params = {}
     if not interpret:
         from jax.experimental.pallas import triton as plgpu
@@ -89,12 +96,12 @@ def recurrence(q, k, v, g, beta, state, *, subtract: bool, interpret: bool = Fal
     cols = lambda: pl.BlockSpec((None, None, t, bv), lambda i, j, c: (i, j, 0, c))  # noqa: E731
     block = lambda: pl.BlockSpec((None, None, dk, bv), lambda i, j, c: (i, j, 0, c))  # noqa: E731
     out, new = pl.pallas_call(
-        functools.partial(_kernel, steps=steps, subtract=subtract),
+        functools.partial(_kernel, steps=steps, subtract=subtract, channel=channel),
         grid=(b, h, dv // bv),
-        in_specs=[seq(dk), seq(dk), cols(), seq(2), block()],
+        in_specs=[seq(dk), seq(dk), cols(), seq(2)] + [seq(dk)] * channel + [block()],
         out_specs=[cols(), block()],
         out_shape=[jax.ShapeDtypeStruct((b, h, t, dv), jnp.float32), jax.ShapeDtypeStruct(state.shape, jnp.float32)],
         interpret=interpret,
         **params,
-    )(*heads_first, gb, state.astype(jnp.float32))
+    )(*heads_first[:3], gb, *heads_first[3:], state.astype(jnp.float32))
     return jnp.moveaxis(out[:, :, :steps], 2, 1), new

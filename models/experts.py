@@ -41,6 +41,9 @@ class MoE(nnx.Module, pytree=False):
     devices, an all-to-all dispatch (each assignment sent to its expert's device and back, k / X
     of the tokens' rows each way) pays off instead: a follow-up.
 
+    Zero-computation experts (`cfg.zero_experts`, LongCat-Flash): the router scores them after the routed ones; an
+    assignment to one adds its token times its weight, and the dispatch takes it as weight 0 on expert 0.
+
     Shared expert (`cfg.shared_expert_intermediate_size`, Qwen2-MoE): a gated MLP every token runs
     beside the routed ones, its output times sigmoid(`shared_expert_gate`(x)) and added to theirs
     in the model's dtype, as transformers adds them; without `cfg.shared_expert_gated` (GraniteMoeShared)
@@ -69,16 +72,17 @@ class MoE(nnx.Module, pytree=False):
             self.fc2_latent_proj = Dense((cfg.moe_latent_size,), (e,), ("latent", "embed"), **latent)
             e = cfg.moe_latent_size
         self.k, self.num_experts, self.norm_topk = cfg.experts_per_token, x, cfg.norm_topk_prob
+        self.zero_experts, routed = cfg.zero_experts, x + cfg.zero_experts  # the router's choices: both kinds
         self.router, self.jitter, self.norm_min, self.norm_eps = cfg.router, cfg.router_jitter, cfg.router_norm_min, cfg.router_norm_eps
         self.groups = (cfg.router_groups, cfg.router_topk_groups, cfg.router_group_score) if cfg.router_groups > 1 else None
         self.routed_scaling, self.softcap = cfg.routed_scaling, cfg.router_softcap
         self.router_dtype = jnp.float32 if cfg.router_float32 else dtype
         # DeepSeek-V3's and ERNIE 4.5 MoE's e_score_correction_bias: added to the scores for the choice, not to the weights
-        self.e_score_correction_bias = param((x,), ("router",), self.router_dtype) if cfg.router_score_bias else None
+        self.e_score_correction_bias = param((routed,), ("router",), self.router_dtype) if cfg.router_score_bias else None
         self.scales_input = cfg.router_scales_input  # Llama 4: the weight scales the expert's input, not its output
         self.act = activation(cfg.hidden_act)
         self.swiglu = None if cfg.swiglu_limit is None else (cfg.swiglu_alpha, cfg.swiglu_limit)
-        self.gate = Dense((cfg.hidden_size,), (x,), ("embed", "router"), bias=cfg.router_bias, dtype=self.router_dtype, rngs=rngs,
+        self.gate = Dense((cfg.hidden_size,), (routed,), ("embed", "router"), bias=cfg.router_bias, dtype=self.router_dtype, rngs=rngs,
                           quantizable=False)  # the router
         self.gate_proj = param((x, e, f), ("expert", "embed", "mlp"), dtype) if cfg.gated_mlp else None
         self.up_proj = param((x, e, f), ("expert", "embed", "mlp"), dtype)
@@ -186,11 +190,18 @@ class MoE(nnx.Module, pytree=False):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         weights, experts = self.route(x if route_from is None else route_from.reshape(-1, shape[-1]))
+        identity = None
+        if self.zero_experts:  # LongCat: a zero-computation expert's output is its input, weighted; routed experts run the rest
+            zero = experts >= self.num_experts
+            identity = jnp.sum(jnp.where(zero, weights, 0.0), axis=-1, keepdims=True) * x.astype(jnp.float32)
+            weights, experts = jnp.where(zero, 0.0, weights), jnp.where(zero, 0, experts)
         xs = x if self.fc1_latent_proj is None else self.fc1_latent_proj(x)
         if self.expert_mesh is None:
             out = self._experts(xs, weights, experts, self._stacks(), None)
         else:
             out = self._split_experts(xs, weights, experts, self._stacks())
+        if identity is not None:
+            out = out + identity
         if self.fc2_latent_proj is not None:
             out = self.fc2_latent_proj(out.astype(x.dtype))
         if self.bias is not None:  # JetMoE: a bias on the experts' sum

@@ -1,5 +1,6 @@
-"""Gated DeltaNet linear attention (Qwen3-Next, Qwen3.5: transformers' Qwen3NextGatedDeltaNet) and
-the recurrent state it keeps per sequence.
+"""Gated DeltaNet linear attention (Qwen3-Next, Qwen3.5: transformers' Qwen3NextGatedDeltaNet), its
+variant Kimi Delta Attention (Kimi-Linear: the decay per key channel, `KimiDeltaAttention`) and the
+recurrent state they keep per sequence.
 
 A linear-attention layer is a recurrent mixer (models/recurrent.py): it caches no keys, each
 sequence carries a `RecurrentState`, the last `kernel - 1` inputs of its causal depthwise conv and a
@@ -40,7 +41,8 @@ def l2norm(x, eps: float = 1e-6):
 
 def gated_delta_rule(q, k, v, g, beta, state, chunk: int = CHUNK):
     """The gated delta rule over T tokens in chunks (torch_chunk_gated_delta_rule with its q/k L2
-    norm): q, k [B, T, H, Dk], v [B, T, H, Dv], g (log decay, <= 0) and beta [B, T, H], state [B, H,
+    norm): q, k [B, T, H, Dk], v [B, T, H, Dv], g (log decay, <= 0) [B, T, H], or [B, T, H, Dk] for a
+    decay per key channel (Kimi Delta Attention: chunk_kimi_delta_attention), beta [B, T, H], state [B, H,
     Dk, Dv] float32 -> (output [B, T, H, Dv] float32, the state after the T tokens). A token with
     beta 0 and g 0 changes nothing (padding)."""
     b, t, h, dk = k.shape
@@ -49,46 +51,65 @@ def gated_delta_rule(q, k, v, g, beta, state, chunk: int = CHUNK):
     c = min(chunk, t)
     pad = -t % c
     if pad:
-        q, k, v = (jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0))) for x in (q, k, v))
-        g, beta = (jnp.pad(x, ((0, 0), (0, 0), (0, pad))) for x in (g, beta))
+        q, k, v, g, beta = (jnp.pad(x, ((0, 0), (0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 3)) for x in (q, k, v, g, beta))
     n = (t + pad) // c
 
     def chunks(x):
         return x.reshape(b, h, n, c, *x.shape[3:])
 
-    q, k, v, g, beta = map(chunks, (q, k, v, g, beta))
-    k_beta, v_beta = k * beta[..., None], v * beta[..., None]
-    decay = jnp.cumsum(g, axis=-1)  # [B, H, N, C]
-    lower = jnp.tril(jnp.ones((c, c), bool))
-    pairwise = jnp.exp(jnp.where(lower, decay[..., :, None] - decay[..., None, :], -jnp.inf))
-    system = (k_beta @ jnp.swapaxes(k, -1, -2)) * pairwise  # its strict lower part, unit diagonal
-    solve = jax.scipy.linalg.solve_triangular
-    values = solve(system, v_beta, lower=True, unit_diagonal=True)
-    k_decayed = solve(system, k_beta * jnp.exp(decay)[..., None], lower=True, unit_diagonal=True)
-    intra = (q @ jnp.swapaxes(k, -1, -2)) * pairwise
-    q = q * jnp.exp(decay)[..., None]
-    k = k * jnp.exp(decay[..., -1:] - decay)[..., None]
-    total = jnp.exp(decay[..., -1])[..., None, None]  # [B, H, N, 1, 1]
+    raw = tuple(map(chunks, (q, k, v, g, beta)))
+    # a decay per channel makes each chunk's pairwise decays [C, C, Dk]: made chunk by chunk in the scan, so memory
+    # stays one chunk's; a scalar decay's [C, C] are made for every chunk at once
+    per_channel = g.ndim == 4
+    along = raw if per_channel else _chunk_terms(*raw)
 
     def step(s, xs):
-        values, k_decayed, q, intra, k, total = xs
+        values, k_decayed, q, intra, k, total = _chunk_terms(*xs) if per_channel else xs
         fresh = values - k_decayed @ s
         out = q @ s + intra @ fresh
         return s * total + jnp.swapaxes(k, -1, -2) @ fresh, out
 
-    along = (values, k_decayed, q, intra, k, total)
     state, out = jax.lax.scan(step, state.astype(jnp.float32), tuple(jnp.moveaxis(x, 2, 0) for x in along))
     out = jnp.moveaxis(out, 0, 2).reshape(b, h, n * c, -1)[:, :, :t]
     return jnp.swapaxes(out, 1, 2), state
 
 
+def _chunk_terms(q, k, v, g, beta):
+    """What the chunked delta rule's scan takes of chunks of C tokens (q, k [..., C, Dk], v [..., C, Dv], beta
+    [..., C], g [..., C] or per key channel [..., C, Dk]): the within-chunk solve's values and decayed keys,
+    the queries decayed from the chunk's start, the decayed q . k within it, the keys decayed to its end, and
+    the state's decay over the chunk ([..., 1, 1], or [..., Dk, 1] per channel)."""
+    c = k.shape[-2]
+    lower = jnp.tril(jnp.ones((c, c), bool))
+    k_beta, v_beta = k * beta[..., None], v * beta[..., None]
+    if g.ndim == k.ndim:  # per key channel: the pairwise decays [C, C, Dk] inside the products
+        decay = jnp.cumsum(g, axis=-2)  # [..., C, Dk]
+        pairwise = jnp.exp(jnp.where(lower[:, :, None], decay[..., :, None, :] - decay[..., None, :, :], -jnp.inf))
+        system = jnp.einsum("...ik,...jk,...ijk->...ij", k_beta, k, pairwise)
+        intra = jnp.einsum("...ik,...jk,...ijk->...ij", q, k, pairwise)
+        since, last = jnp.exp(decay), decay[..., -1:, :]
+        to_end, total = jnp.exp(last - decay), jnp.swapaxes(jnp.exp(last), -1, -2)
+    else:
+        decay = jnp.cumsum(g, axis=-1)  # [..., C]
+        pairwise = jnp.exp(jnp.where(lower, decay[..., :, None] - decay[..., None, :], -jnp.inf))
+        system = (k_beta @ jnp.swapaxes(k, -1, -2)) * pairwise  # its strict lower part, unit diagonal
+        intra = (q @ jnp.swapaxes(k, -1, -2)) * pairwise
+        since, to_end = jnp.exp(decay)[..., None], jnp.exp(decay[..., -1:] - decay)[..., None]
+        total = jnp.exp(decay[..., -1])[..., None, None]
+    solve = jax.scipy.linalg.solve_triangular
+    values = solve(system, v_beta, lower=True, unit_diagonal=True)
+    k_decayed = solve(system, k_beta * since, lower=True, unit_diagonal=True)
+    return values, k_decayed, q * since, intra, k * to_end, total
+
+
 def recurrent_delta_rule(q, k, v, g, beta, state):
     """The gated delta rule token by token (torch_recurrent_gated_delta_rule with its q/k L2 norm):
-    same arguments and results as gated_delta_rule. Each token's update is the same arithmetic however
+    same arguments and results as gated_delta_rule (recurrent_kimi_delta_attention where g is per
+    key channel). Each token's update is the same arithmetic however
     the tokens are split into calls, so a sequence prefilled in any chunks, then decoded, gets the
     same state (the engine's results do not depend on what else it runs); memory is the state's."""
     dk = k.shape[-1]
-    if delta_rule_gpu.fits(dk, v.shape[-1], v.shape[1]):  # one kernel for all T tokens
+    if delta_rule_gpu.fits(dk, v.shape[-1], v.shape[1]):  # one kernel for all T tokens (a decay per head or per channel)
         q, k = (l2norm(x.astype(jnp.float32)) for x in (q, k))
         return delta_rule_gpu.delta_rule(q * dk**-0.5, k, v, g, beta, state)
     q, k, v, g, beta = (jnp.moveaxis(x.astype(jnp.float32), 1, 0) for x in (q, k, v, g, beta))  # [T, B, H, ...]
@@ -96,7 +117,7 @@ def recurrent_delta_rule(q, k, v, g, beta, state):
 
     def step(s, xs):
         q, k, v, g, beta = xs
-        s = s * jnp.exp(g)[..., None, None]
+        s = s * (jnp.exp(g)[..., None] if g.ndim == k.ndim else jnp.exp(g)[..., None, None])  # per channel, or head
         delta = (v - jnp.einsum("bhkv,bhk->bhv", s, k)) * beta[..., None]
         s = s + k[..., :, None] * delta[..., None, :]
         return s, jnp.einsum("bhkv,bhk->bhv", s, q)
@@ -107,10 +128,16 @@ def recurrent_delta_rule(q, k, v, g, beta, state):
 
 class GatedRMSNorm(RMSNorm):
     """The shared RMSNorm of each value head (its weight applied after the cast back, as Llama's),
-    then times silu(gate) in float32 (Qwen3NextRMSNormGated)."""
+    then times silu(gate) in float32 (Qwen3NextRMSNormGated); with `upcast_scale` all in float32, cast
+    once at the end, and `act` the gate's (KimiLinearRMSNormGated: sigmoid)."""
+
+    def __init__(self, *args, act=jax.nn.silu, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.act = act
 
     def __call__(self, x, gate):
-        return (super().__call__(x) * jax.nn.silu(gate.astype(jnp.float32))).astype(x.dtype)
+        normed = super().__call__(x.astype(jnp.float32) if self.upcast else x)
+        return (normed * self.act(gate.astype(jnp.float32))).astype(x.dtype)
 
 
 class GatedDeltaNet(RecurrentMixer):
@@ -149,16 +176,31 @@ class GatedDeltaNet(RecurrentMixer):
         else:
             self.in_proj_qkv = Dense((e,), (self.channels,), ("embed", "linear_channels"), **dense)
         self.beta_scale, self.conv_act = cfg.linear_beta_scale, activation(cfg.hidden_act)  # the conv's (transformers': hidden_act)
-        self.in_proj_z = Dense((e,), (hv, dv), ("embed", "linear_v_heads", "head_dim"), **dense)
         self.in_proj_b = Dense((e,), (hv,), ("embed", "linear_v_heads"), quantizable=False, **dense)
-        self.in_proj_a = Dense((e,), (hv,), ("embed", "linear_v_heads"), quantizable=False, **dense)
         self.conv1d = nnx.Dict(weight=param((hk, per_head, 1, cfg.linear_conv_kernel),  # HF's [C, 1, K]
                                             ("linear_k_heads", "head_dim", "norm", "norm"), dtype))
+        self.gates(cfg, dtype, dense)
+        self.out_proj = Dense((hv, dv), (e,), ("linear_v_heads", "head_dim", "embed"), **dense)
+
+    def gates(self, cfg: ModelConfig, dtype, dense: dict):
+        """The output gate (in_proj_z), the decay's input (in_proj_a), dt_bias and A_log, one per value head, and the
+        gated norm."""
+        e, hv, dv = cfg.hidden_size, cfg.linear_value_heads, cfg.linear_value_head_dim
+        self.in_proj_z = Dense((e,), (hv, dv), ("embed", "linear_v_heads", "head_dim"), **dense)
+        self.in_proj_a = Dense((e,), (hv,), ("embed", "linear_v_heads"), quantizable=False, **dense)
         self.dt_bias = param((hv,), ("linear_v_heads",), dtype)
         self.A_log = param((hv,), ("linear_v_heads",), dtype)
         eps = cfg.norm_eps if cfg.linear_norm_eps is None else cfg.linear_norm_eps
-        self.norm = GatedRMSNorm(dv, eps, dtype=dtype, rngs=rngs)
-        self.out_proj = Dense((hv, dv), (e,), ("linear_v_heads", "head_dim", "embed"), **dense)
+        self.norm = GatedRMSNorm(dv, eps, dtype=dtype, rngs=dense["rngs"])
+
+    def decay(self, x):
+        """Each token's log decay g <= 0 [B, T, value heads], float32: -exp(A_log) softplus(in_proj_a(x) + dt_bias)."""
+        a = self.in_proj_a(x).astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32)
+        return -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(a)
+
+    def gate(self, x):
+        """The gated norm's gate [B, T, value heads, Dv]."""
+        return self.in_proj_z(x)
 
     def qkv(self, x):
         """The conv's input channels [B, T, channels]: per key head its q, its k, its value heads' v."""
@@ -179,10 +221,37 @@ class GatedDeltaNet(RecurrentMixer):
         if self.heads != self.key_heads:  # each key head serves heads / key_heads value heads, in order
             q, k = (jnp.repeat(y, self.heads // self.key_heads, axis=2) for y in (q, k))
         beta = jax.nn.sigmoid(self.in_proj_b(x).astype(jnp.float32)) * self.beta_scale
-        a = self.in_proj_a(x).astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32)
-        g = -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(a)
-        beta, g = jnp.where(valid[..., None], beta, 0.0), jnp.where(valid[..., None], g, 0.0)
+        g = self.decay(x)
+        beta = jnp.where(valid[..., None], beta, 0.0)
+        g = jnp.where(valid.reshape(valid.shape + (1,) * (g.ndim - 2)), g, 0.0)
         # uncached (a whole sequence at once): the chunked form, as transformers' prefill; with a cache, token by token
         out, ssm = (gated_delta_rule if cache is None else recurrent_delta_rule)(q, k, v, g, beta, start.ssm)
-        out = self.out_proj(self.norm(out.astype(x.dtype), self.in_proj_z(x)))
+        out = self.out_proj(self.norm(out.astype(x.dtype), self.gate(x)))
         return out, None if cache is None else self.state_out(cache, rows, held, RecurrentState(conv, ssm), valid)
+
+
+class KimiDeltaAttention(GatedDeltaNet):
+    """Kimi Delta Attention (Kimi-Linear's KimiLinearDeltaAttention, under the layer's self_attn): the gated
+    DeltaNet with q, k and v projected apart (one head count, one head size), its decay per key channel (a
+    low-rank forget gate: g = -exp(A_log) softplus(f_b_proj(f_a_proj(x)) + dt_bias), [B, T, H, Dk]) and its
+    output gate low-rank too (g_b_proj(g_a_proj(x))) through a sigmoid in a float32 gated norm."""
+
+    attr = "self_attn"
+
+    def gates(self, cfg: ModelConfig, dtype, dense: dict):
+        e, h, d = cfg.hidden_size, cfg.linear_value_heads, cfg.linear_key_head_dim
+        rank = dict(dense, quantizable=False)
+        self.f_a_proj = Dense((e,), (d,), ("embed", "latent"), **rank)
+        self.f_b_proj = Dense((d,), (h, d), ("latent", "linear_v_heads", "head_dim"), **rank)
+        self.g_a_proj = Dense((e,), (d,), ("embed", "latent"), **rank)
+        self.g_b_proj = Dense((d,), (h, d), ("latent", "linear_v_heads", "head_dim"), **rank)
+        self.dt_bias = param((h, d), ("linear_v_heads", "head_dim"), jnp.float32)  # float32 as transformers keeps it
+        self.A_log = param((h, 1), ("linear_v_heads", "norm"), dtype)  # HF's [1, 1, H, 1]
+        self.norm = GatedRMSNorm(d, cfg.norm_eps, dtype=dtype, rngs=dense["rngs"], upcast_scale=True, act=jax.nn.sigmoid)
+
+    def decay(self, x):
+        a = self.f_b_proj(self.f_a_proj(x)).astype(jnp.float32) + self.dt_bias[...]
+        return -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(a)
+
+    def gate(self, x):
+        return self.g_b_proj(self.g_a_proj(x))

@@ -55,7 +55,7 @@ class LatentAttention(Attention):
         mla, e, h = cfg.mla, cfg.hidden_size, cfg.num_heads
         self.head_dim, self.nope, self.v_dim, self.kv_rank = cfg.head_dim, mla.qk_nope_head_dim, mla.v_head_dim, mla.kv_lora_rank
         self.spec = AttnSpec(mla_scale(cfg), cfg.layer_window(layer), cfg.attn_softcap)
-        self.rope_interleaved, self.sinks = cfg.rope_interleaved, None
+        self.rope_interleaved, self.sinks, self.scales = cfg.rope_interleaved, None, (mla.q_scale, mla.kv_scale)
         heads = ("q_heads", "head_dim")
         dense = dict(dtype=dtype, rngs=rngs)
         norm = dict(dtype=dtype, rngs=rngs, axes=("latent",))
@@ -90,7 +90,10 @@ class LatentAttention(Attention):
         if q is None:
             q = self.q_proj(x) if q_latent is None else self.q_b_proj(q_latent)
         latent = self.kv_a_proj_with_mqa(x)
-        kv = self.kv_b_proj(self.kv_a_layernorm(latent[..., : self.kv_rank]))  # [B, T, H, nope + v]
+        kv_latent = self.kv_a_layernorm(latent[..., : self.kv_rank])
+        if self.scales != (1.0, 1.0):  # LongCat's LoRA scales
+            q, kv_latent = q * self.scales[0], kv_latent * self.scales[1]
+        kv = self.kv_b_proj(kv_latent)  # [B, T, H, nope + v]
         q_rot, k_rot = q[..., self.nope :], latent[..., None, self.kv_rank :]  # k_rot [B, T, 1, rope]: every head's
         if rot is not None:
             q_rot, k_rot = apply_rotary(q_rot, rot, self.rope_interleaved), apply_rotary(k_rot, rot, self.rope_interleaved)
@@ -115,7 +118,7 @@ def mla_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     specs = [s for s in decoder_weight_map(cfg) if s.hf_names[0].split(".")[-2] not in ("q_proj", "k_proj", "v_proj")]
     names = ["kv_a_proj_with_mqa", "kv_b_proj"] + (["q_proj"] if cfg.mla.q_lora_rank is None else ["q_a_proj", "q_b_proj"])
     biased = ("q_a_proj", "kv_a_proj_with_mqa") if cfg.qkv_bias else ()
-    for i in range(cfg.num_layers):
+    for i in filter(cfg.layer_is_attention, range(cfg.num_layers)):  # (Kimi-Linear's others: recurrent)
         hf, ours = f"model.layers.{i}.self_attn.", ("model", "layers", i, "self_attn")
         for name in names:
             specs += dense(f"{hf}{name}", ours + (name,), bias=name in biased)

@@ -22,13 +22,13 @@ from jaxllm.models.config_fields import known_layer_types
 from jaxllm.models.decoder import CausalLM, DecoderLayer, decoder_weight_map, renamed
 from jaxllm.models.olmo2 import OLMO2_FLAGS, Olmo2DecoderLayer, post_norms
 from jaxllm.models.qwen3_next import linear_specs
-from jaxllm.models.weights import Renamed
+from jaxllm.models.weights import saved_as
 
 TYPES = ("linear_attention", "full_attention")
 # Qwen3.5's names of the mixer's tensors -> OLMo Hybrid's
 _NAMES = {"in_proj_z": "g_proj", "in_proj_b": "b_proj", "in_proj_a": "a_proj", "out_proj": "o_proj", "norm": "o_norm"}
 # the layers' norms as its checkpoints name them (transformers renames them on load and back on save:
-# conversion_mapping.py; its attention layers' post_attention_layernorm too)
+# conversion_mapping.py; its attention layers' post_attention_layernorm too); transformers' own names read as well
 _NORMS = {"input_layernorm": "attention_layer_norm", "post_attention_layernorm": "feedforward_layer_norm"}
 
 
@@ -86,15 +86,6 @@ def olmo_hybrid_weight_map(cfg: ModelConfig):
     return renamed(specs, _NORMS)
 
 
-def olmo_hybrid_tensors(source):
-    """`source` with the norms under transformers' own names (input_layernorm, post_attention_layernorm, which
-    it also reads) read as its checkpoints' names."""
-    names = set(source.names())
-    theirs = {n.replace(f".{ours}.", f".{saved}."): n for n in names for ours, saved in _NORMS.items() if f".{ours}." in n}
-    theirs = {saved: n for saved, n in theirs.items() if saved not in names}
-    return Renamed(source, theirs) if theirs else source
-
-
 # OlmoHybridConfig's field defaults (Olmo-Hybrid-7B's shapes); the linear heads': derived in olmo_hybrid_defaults
 _DEFAULTS = dict(vocab_size=100352, hidden_size=3840, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=30,
                  max_position_embeddings=65536, rms_norm_eps=1e-6, tie_word_embeddings=False, attention_bias=False,
@@ -103,7 +94,7 @@ _DEFAULTS = dict(vocab_size=100352, hidden_size=3840, intermediate_size=11008, n
 
 ARCHITECTURES = (Architecture(
     name="OlmoHybridForCausalLM", module=OlmoHybridForCausalLM, hf_model_type="olmo_hybrid", weight_map=olmo_hybrid_weight_map,
-    config_defaults=olmo_hybrid_defaults, hf_defaults=_DEFAULTS, tensors=olmo_hybrid_tensors,
+    config_defaults=olmo_hybrid_defaults, hf_defaults=_DEFAULTS, tensors=saved_as(_NORMS),
     # its attention has no window and its MLP no bias, whatever these say (OlmoHybridConfig drops mlp_bias)
     ignored_keys=("sliding_window", "mlp_bias") + NO_WINDOW_SWITCH,
     not_null=NOT_NULL + ("rms_norm_eps", "hidden_act", "head_dim", "attention_bias", "linear_conv_kernel_dim",

@@ -28,6 +28,7 @@ from jaxllm.models.architecture import NO_WINDOW_SWITCH, RMS_NOT_NULL, Architect
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.config_fields import known_layer_types
 from jaxllm.models.decoder import CausalLM, decoder_weight_map, dense
+from jaxllm.models.mixers import mixer_cls
 from jaxllm.models.moe import dense_layers, moe_weight_map
 from jaxllm.models.transforms import ByHead, Concatenated, Copy, Linear, Regrouped
 from jaxllm.models.weights import WeightSpec, split_experts
@@ -79,8 +80,11 @@ def _moe_width(raw: dict) -> dict:
 
 def linear_specs(cfg: ModelConfig, layer: int, fused: bool = False) -> list[WeightSpec]:
     """A linear-attention layer's tensors: Qwen3.5's apart, or Qwen3-Next's fused per key head (`fused`);
-    q_proj, k_proj and v_proj where the layer projects them apart (cfg.linear_qkv_apart: OLMo Hybrid)."""
-    hf, ours = f"model.layers.{layer}.linear_attn.", ("model", "layers", layer, "linear_attn")
+    q_proj, k_proj and v_proj where the layer projects them apart (cfg.linear_qkv_apart: OLMo Hybrid); Kimi Delta
+    Attention's low-rank forget and output gates in place of in_proj_a and in_proj_z."""
+    attr = mixer_cls(cfg, layer).attr  # linear_attn; Kimi's self_attn
+    hf, ours = f"model.layers.{layer}.{attr}.", ("model", "layers", layer, attr)
+    kda = cfg.layer_mixer(layer) == "kimi_delta_attention"  # its decay per channel [H * Dk], A_log [1, 1, H, 1]
     hk, dk, dv = cfg.linear_key_heads, cfg.linear_key_head_dim, cfg.linear_value_head_dim
     group = cfg.linear_value_heads // hk
     # the conv's channels q | k | v (each head by head), ours per key head (GatedDeltaNet)
@@ -90,15 +94,16 @@ def linear_specs(cfg: ModelConfig, layer: int, fused: bool = False) -> list[Weig
         specs = [WeightSpec(tuple(f"{hf}{p}_conv1d.weight" for p in "qkv"), ours + ("conv1d", "weight"), Concatenated(3, conv))]
     else:
         specs = [WeightSpec(hf + "conv1d.weight", ours + ("conv1d", "weight"), conv)]
-    specs += [WeightSpec(hf + "dt_bias", ours + ("dt_bias",)),
-             WeightSpec(hf + "A_log", ours + ("A_log",)), WeightSpec(hf + "norm.weight", ours + ("norm", "weight"))]
+    specs += [WeightSpec(hf + "dt_bias", ours + ("dt_bias",), Copy(flatten=kda)),
+             WeightSpec(hf + "A_log", ours + ("A_log",), Copy(lead=2 if kda else 0)),
+             WeightSpec(hf + "norm.weight", ours + ("norm", "weight"))]
     specs += dense(hf + "out_proj", ours + ("out_proj",), Linear(2), bias=False)
     if not fused:
         for name in ("q_proj", "k_proj", "v_proj") if cfg.linear_qkv_apart else ():
             specs += dense(hf + name, ours + (name,), bias=False)
         if not cfg.linear_qkv_apart:
             specs += dense(hf + "in_proj_qkv", ours + ("in_proj_qkv",), qkv, bias=False)
-        for name in ("in_proj_z", "in_proj_b", "in_proj_a"):
+        for name in ("in_proj_b",) + (("f_a_proj", "f_b_proj", "g_a_proj", "g_b_proj") if kda else ("in_proj_z", "in_proj_a")):
             specs += dense(hf + name, ours + (name,), bias=False)
         return specs
     qkvz, ba = (dk, dk, group * dv, group * dv), (group, group)

@@ -71,6 +71,21 @@ class Renamed:
         return self.source.get(self.renamed.get(name, name))
 
 
+def saved_as(names: dict[str, str]):
+    """A family's `tensors` (Architecture.tensors) for checkpoints that name modules as transformers' classes do
+    (`{ours: saved}`: `.{ours}.` in a name) where the weight map reads the names transformers saves them under
+    (`.{saved}.`, its conversion mapping reversed on save): each such tensor is read under the saved name, unless
+    the file holds that name as well."""
+
+    def tensors(source):
+        present = set(source.names())
+        theirs = {n.replace(f".{ours}.", f".{saved}."): n for n in present for ours, saved in names.items() if f".{ours}." in n}
+        theirs = {saved: n for saved, n in theirs.items() if saved not in present}
+        return Renamed(source, theirs) if theirs else source
+
+    return tensors
+
+
 class ZeroScoreBiases(Renamed):
     """A tensor source whose routers lacking a score bias read one of zeros: each `P.gate.weight` [X, E] without
     `P.gate.e_score_correction_bias` gains it, float32 [X] (A.X-K1's checkpoints route without one, and

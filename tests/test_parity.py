@@ -47,7 +47,8 @@ def test_forward_matches_transformers_and_the_cache(arch, tmp_path):
     err = reference.max_rel_diff(logits, out.logits.numpy())
     print(f"{arch}: max rel diff {err:.2e}")
     assert err <= TOL
-    assert len(hidden) == len(out.hidden_states) == cfg.num_layers + 1
+    every = getattr(getattr(registry.get(arch).module, "model_cls", None), "hidden_every", 1)  # LongCat: its layer is two of ours
+    assert len(hidden) == len(out.hidden_states) == cfg.num_layers // every + 1
     for i, (ours, theirs) in enumerate(zip(hidden, out.hidden_states)):
         assert reference.max_rel_diff(ours, theirs.numpy()) <= TOL, f"hidden state {i}"
     # transformers records the attention layers' weights alone; a recurrent or feed-forward layer's are refused in one line
@@ -1104,6 +1105,13 @@ SPELLINGS = {
     # Pythia's files, converted by EleutherAI's tools, with each layer's mask buffers
     "neox-mask-buffers": ("GPTNeoXForCausalLM", {}, _edit(), _tensors(add=_causal_buffers(
         "gpt_neox.layers.{i}.attention.bias", 256, masked="gpt_neox.layers.{i}.attention.masked_bias"))),
+    # Kimi-Linear as the Hub holds it: the layers' kinds and dense MLPs from linear_attn_config and first_k_dense_replace
+    # alone, the dense MLP under transformers' own name (mlp; it saves block_sparse_moe), which it reads as well
+    "kimi-linear-hub-layout": ("KimiLinearForCausalLM", {}, _edit(("layer_types", "mlp_layer_types")),
+                               _tensors(rename=lambda name: name.replace("layers.0.block_sparse_moe.", "layers.0.mlp."))),
+    # LongCat-Flash under its config class's aliases, which win: num_hidden_layers (twice num_layers), intermediate_size
+    "longcat-aliases": ("LongcatFlashForCausalLM", {}, lambda raw: raw.update(num_hidden_layers=2 * raw.pop("num_layers"),
+                                                                           intermediate_size=raw.pop("ffn_hidden_size"))),
 }
 
 
@@ -1210,7 +1218,7 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     if kind in ("gptj", "codegen"):
         out["rope_theta"] = 10000.0  # GPT-J's and CodeGen's fixed base
     elif kind not in ("gpt2", "gpt_bigcode", "gpt_neo", "opt", "biogpt", "xglm", "bloom", "mpt", "mamba", "falcon_mamba", "jamba",
-                      "nemotron_h", "mamba2"):
+                      "nemotron_h", "mamba2", "kimi_linear"):
         rope = hf.rope_parameters
         out["rope_theta"] = rope.get("full_attention", rope)["rope_theta"]
     return out
@@ -1332,9 +1340,9 @@ BUILT_NOT_RUN = {(arch, key) for arch in ("GraniteMoeForCausalLM", "GraniteMoeSh
                  for key in ("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling")}
 
 
-# A null context length DbrxConfig takes (int | None) and leaves unbounded (its rotary positions need none);
-# jaxllm sizes its engine by it and refuses the null in one line.
-UNBOUNDED = {("DbrxForCausalLM", key) for key in ("max_seq_len", "max_position_embeddings")}
+# A null context length DbrxConfig and KimiLinearConfig take (int | None) and leave unbounded (their positions need
+# none); jaxllm sizes its engine by it and refuses the null in one line.
+UNBOUNDED = {("DbrxForCausalLM", key) for key in ("max_seq_len", "max_position_embeddings")} | {("KimiLinearForCausalLM", "model_max_length")}
 
 
 @pytest.mark.parametrize("arch", registry.names())
