@@ -422,13 +422,16 @@ def test_full_server_answers_503_with_retry_after(server):
     (dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]),
      "tools[0].function.parameters"),
     (dict(tools=[{"type": "function", "function": {"name": "f"}}] * 2), "tools[1].function.name"),  # the same name twice
-    (dict(tool_choice="required"), "tool_choice"),  # needs constrained decoding
-    (dict(tools=[{"type": "function", "function": {"name": "f"}}], tool_choice={"type": "function", "function": {"name": "f"}}),
-     "tool_choice"),
+    (dict(tool_choice="required"), "tool_choice"),  # no tools to call
+    (dict(tools=[{"type": "function", "function": {"name": "f"}}], tool_choice={"type": "function", "function": {"name": "g"}}),
+     "tool_choice"),  # a function no tool offers
     (dict(tool_choice="sometimes"), "tool_choice"),
     (dict(functions=[{"name": "f"}]), "functions"),
     (dict(function_call={"name": "f"}), "function_call"),
-    (dict(response_format={"type": "json_object"}), "response_format"),
+    (dict(response_format={"type": "json"}), "response_format"),
+    (dict(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strng"}}}),
+     "response_format.json_schema.schema"),  # structured outputs: refused as llguidance reads it
+    (dict(response_format={"type": "json_object"}, extra_body={"guided_regex": "a"}), "guided_regex"),  # two constraints
     (dict(presence_penalty=2.5), "presence_penalty"),  # beyond OpenAI's [-2, 2]
     (dict(frequency_penalty=-3), "frequency_penalty"),
     (dict(messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None, "tool_calls": [
@@ -445,7 +448,8 @@ def test_full_server_answers_503_with_retry_after(server):
     (dict(extra_body={"stop_token_ids": [2, -1]}), "stop_token_ids"),
     (dict(extra_body={"stop_token_ids": [10**9]}), "stop_token_ids"),  # beyond the vocabulary
     (dict(extra_body={"skip_special_tokens": "no"}), "skip_special_tokens"),
-    (dict(extra_body={"guided_json": {"type": "object"}}), "guided_json"),
+    (dict(extra_body={"guided_regex": "[0-9"}), "guided_regex"),
+    (dict(extra_body={"structured_outputs": {"grammar": "start: foo"}}), "structured_outputs.grammar"),
     (dict(extra_body={"continue_final_message": True, "add_generation_prompt": False}), "continue_final_message"),
     (dict(extra_body={"echo": True}), "echo"),
     (dict(reasoning_effort="high"), "reasoning_effort"),
