@@ -232,14 +232,15 @@ class Output:
         that became final."""
         if ev.prompt_logprobs is not None:
             self.prompt_logprobs, self.prompt_top_logprobs = ev.prompt_logprobs, ev.prompt_top_logprobs
-        return self.push(ev.tokens, ev.logprobs, ev.finished, ev.error, ev.top_logprobs, ev.finish_reason)
+        text = self.push(ev.tokens, ev.logprobs, ev.finished, ev.error, ev.top_logprobs)
+        if ev.finish_reason == "stop" and self.finish_reason == "length":  # a structured output completed, no ending id
+            self.finish_reason = "stop"
+        return text
 
-    def push(self, tokens: list[int], logprobs: list[float], finished: bool, error: bool = False, top: list | None = None,
-             reason: str | None = None) -> str:
+    def push(self, tokens: list[int], logprobs: list[float], finished: bool, error: bool = False, top: list | None = None) -> str:
         """Take an event's tokens; returns the text that became final. `error`: the engine ended
         the sequence because its logits turned non-finite (finish reason "error"); `top`: the
-        tokens' top log-probabilities (Event.top_logprobs), if any; `reason`: the engine's finish reason
-        ("stop" for a structured output completed without an ending id)."""
+        tokens' top log-probabilities (Event.top_logprobs), if any."""
         self.tokens += tokens
         self.logprobs += logprobs
         self.top_logprobs += top or []
@@ -253,6 +254,6 @@ class Output:
                 self.finish_reason, self.stop_reason = "stop", self.stream.stop_string
         if finished and self.finish_reason is None:
             text += self.stream.flush() if self.stream is not None else ""
-            self.finish_reason = "error" if error else "stop" if ended or reason == "stop" else "length"
+            self.finish_reason = "error" if error else "stop" if ended else "length"
             self.stop_reason = self.tokens[-1] if ended and self.tokens[-1] in self.stop_ids else None
         return text

@@ -706,6 +706,40 @@ def test_tool_calls_through_the_openai_client(server, monkeypatch):
     wait_idle(server)
 
 
+FORCED_TOOLS = [{"type": "function", "function": {"name": name, "parameters": {
+    "type": "object", "properties": {key: {"enum": values}}, "required": [key], "additionalProperties": False}}}
+    for name, key, values in (("get_weather", "city", ["Paris", "Rome"]), ("get_time", "zone", ["UTC", "CET"]))]
+
+
+def test_structured_outputs_and_forced_tool_calls(server):
+    """response_format json_schema answers JSON of the schema; tool_choice 'required' answers calls of the tools
+    (finish_reason "tool_calls"), a named function that function's call (finish_reason "stop", as OpenAI and vLLM);
+    vLLM's guided_choice one of the choices. Sent at once (greedy): they decode together."""
+    ask = dict(model=NAME, max_tokens=48, temperature=0, messages=[{"role": "user", "content": "Plan a trip as JSON."}])
+    schema = {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}, "days": {"type": "integer", "minimum": 1,
+                                                                                             "maximum": 9}},
+              "required": ["city", "days"], "additionalProperties": False}
+    chat = server.client.chat.completions.create
+    with ThreadPoolExecutor(4) as pool:
+        asked = [pool.submit(chat, **ask, response_format={"type": "json_schema", "json_schema": {
+                     "name": "trip", "schema": schema, "strict": True}}),
+                 pool.submit(chat, **ask, tools=FORCED_TOOLS, tool_choice="required"),
+                 pool.submit(chat, **ask, tools=FORCED_TOOLS, tool_choice={"type": "function", "function": {"name": "get_time"}}),
+                 pool.submit(chat, **ask, extra_body={"guided_choice": ["Rome", "Milan"]})]
+        schema_out, required, named, choice = (f.result().choices[0] for f in asked)
+    answer = json.loads(schema_out.message.content)
+    assert answer["city"] in ("Paris", "Rome") and 1 <= answer["days"] <= 9 and schema_out.finish_reason == "stop"
+    assert required.finish_reason == "tool_calls" and required.message.tool_calls and not required.message.content
+    for call in required.message.tool_calls:
+        assert json.loads(call.function.arguments) in ([{"city": c} for c in ("Paris", "Rome")] if call.function.name == "get_weather"
+                                                       else [{"zone": z} for z in ("UTC", "CET")]), call
+    (call,) = named.message.tool_calls
+    assert (named.finish_reason, call.function.name, named.message.content) == ("stop", "get_time", None)
+    assert json.loads(call.function.arguments)["zone"] in ("UTC", "CET") and call.id.startswith("call_")
+    assert choice.message.content in ("Rome", "Milan") and choice.finish_reason == "stop"
+    wait_idle(server)
+
+
 def test_stop_lists_are_bounded(server):
     """Each stop string is searched for at every token of every choice, on the event loop that
     serves all clients: more than 16 strings, or one over 1,000 characters, is a 400 on 'stop'

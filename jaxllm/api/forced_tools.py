@@ -38,7 +38,7 @@ def constraint(tools: list, tool_choice) -> Structured:
         return Structured(json_schema=_arguments(next(t for t in tools if t.function.name == name)))
     calls = [{"type": "object", "properties": {"name": {"type": "string", "enum": [t.function.name]},
                                                "parameters": _arguments(t)},
-              "required": ["name", "parameters"]} for t in tools]
+              "required": ["name", "parameters"], "additionalProperties": False} for t in tools]
     return Structured(json_schema={"type": "array", "minItems": 1, "items": {"anyOf": calls}})
 
 
