@@ -429,7 +429,8 @@ class Engine:
         calls of every (rows, length) their chunks may take, the key buckets of their prompts,
         and the decode step. A server calls it at start-up with typical requests, so no client
         waits for a compile. Not compiled here (each compiles once, when first met): the steps that return
-        top or prompt log-probabilities (sampling.logprob_width, SamplingParams.prompt_logprobs), cascade decode
+        top or prompt log-probabilities (sampling.logprob_width, SamplingParams.prompt_logprobs), those with
+        structured-output masks (SamplingParams.structured), cascade decode
         programs (their shared-key buckets depend on which prefixes the running requests share), and
         a preempted sequence's recompute when its prompt plus output reaches a key bucket beyond
         the requests' prompts. (Compiling them on a pool of threads did not make it faster on an

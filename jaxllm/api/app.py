@@ -240,7 +240,7 @@ class Server:
         self._check_context(body, prompts, params[0].max_new_tokens)
         for i, req in enumerate(requests[:: len(params)]):
             try:
-                self.engine.check(req)  # reads only the engine's fixed sizes: safe off its thread
+                self.engine.check(req)  # reads only the engine's fixed sizes (and llguidance's tokenizer): safe off its thread
             except JaxllmError as err:
                 error = bad_request(err, body.api_names())
                 if error.param == "prompt" and len(prompts) > 1:  # "prompt holds ...": which of the batch
