@@ -149,7 +149,11 @@ def tokenizer(hf_tokenizer, eos: list[int]):
     backend = copy.copy(backend)  # padding and truncation off on a copy, as llguidance.hf.from_tokenizer does
     backend.no_padding()
     backend.no_truncation()
-    return llg.LLTokenizer(backend.to_str(), eos_token=[int(t) for t in eos if t >= 0] or None)
+    try:
+        return llg.LLTokenizer(backend.to_str(), eos_token=[int(t) for t in eos if t >= 0] or None)
+    except ValueError as err:  # a tokenizer.json llguidance cannot read (a decoder it does not know, ...)
+        raise GenerationError(f"llguidance cannot read this model's tokenizer ({_one_line(err)}): structured outputs "
+                              "are not available for it") from None
 
 
 def check(structured: Structured, lltokenizer) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -152,8 +153,8 @@ def test_masked_sampling_equals_sampling_logits_masked_by_hand():
     (dict(), "sets nothing"),
     (dict(regexp="a"), "unknown structured output field 'regexp'"),
 ])
-def test_bad_constraints_are_refused_in_one_line_at_submit(model, fields, says):
-    engine = model.engines.get("structured") or model.engines.setdefault("structured", Engine(model, batch_size=1, max_len=64))
+def test_bad_constraints_are_refused_in_one_line_at_submit(served, fields, says):
+    engine = served[0]
     with pytest.raises(jaxllm.GenerationError) as err:
         engine.add(jaxllm.engine.Request([5, 6], SamplingParams(max_new_tokens=4, structured=fields).resolved()))
     assert says in str(err.value) and "\n" not in str(err.value)
@@ -168,6 +169,9 @@ def test_structured_needs_llguidance_and_a_tokenizer(model, monkeypatch):
     monkeypatch.undo()
     with pytest.raises(jaxllm.GenerationError, match="structured outputs need the model's tokenizer.json: this model has no tokenizer"):
         structured.tokenizer(None, [2])
+    backend = Tokenizer(models.BPE(vocab={"a": 0}, merges=[]))  # no decoder: llguidance cannot tell the tokens' bytes
+    with pytest.raises(jaxllm.GenerationError, match="llguidance cannot read this model's tokenizer .*decoder"):
+        structured.tokenizer(SimpleNamespace(backend_tokenizer=backend), [0])
 
 
 def test_cli_flags_build_the_constraint(tmp_path):
