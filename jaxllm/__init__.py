@@ -45,8 +45,9 @@ from jaxllm.loader import LoadedModel, estimate_memory, load  # noqa: E402
 from jaxllm.models.config import ModelConfig  # noqa: E402
 from jaxllm.runtime import use_compile_cache  # noqa: E402
 from jaxllm.sampling import SamplingParams  # noqa: E402
+from jaxllm.structured import Structured  # noqa: E402
 
 __all__ = [
-    "__version__", "load", "LoadedModel", "ModelConfig", "Completion", "SamplingParams", "Engine", "estimate_memory",
+    "__version__", "load", "LoadedModel", "ModelConfig", "Completion", "SamplingParams", "Structured", "Engine", "estimate_memory",
     "use_compile_cache", "research", "JaxllmError", "ConfigError", "CheckpointError", "GenerationError", "InputError",
 ]

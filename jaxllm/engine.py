@@ -34,7 +34,7 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from jaxllm import runtime
+from jaxllm import runtime, structured
 from jaxllm.errors import GenerationError, check_token_ids
 from jaxllm.models.attention import check_kv_dtype
 from jaxllm.models.config_fields import token_ids
@@ -163,6 +163,7 @@ class Engine:
         self.index_of: dict[Sequence, int] = {}
         self._next_id = 0
         self._compiled: set[tuple] = set()  # shapes precompile() has compiled
+        self._grammar_tokenizer = None  # llguidance's tokenizer (structured outputs), made at the first such request
 
     @property
     def model(self):
@@ -195,6 +196,8 @@ class Engine:
             raise GenerationError("a Request's params must be resolved SamplingParams: pass "
                                   "jaxllm.SamplingParams(...).resolved(model.generation_config)")
         params.validate()
+        if params.structured is not None:
+            structured.check(params.structured, self.grammar_tokenizer())
         for name, ids, shown in (("logit_bias", [t for t, _ in params.logit_bias], dict(params.logit_bias)),
                                  ("stop_token_ids", params.stop_token_ids, list(params.stop_token_ids))):
             beyond = [t for t in ids if t >= self.cfg.output_vocab]  # the logits' width
@@ -241,8 +244,17 @@ class Engine:
                                       "their events could not be told apart; give each request its own index")
             taken.add(req.index)
 
+    def grammar_tokenizer(self):
+        """llguidance's tokenizer over the model's, ending at this engine's EOS ids (made once, at the first
+        request for structured output)."""
+        if self._grammar_tokenizer is None:
+            self._grammar_tokenizer = structured.tokenizer(self.model.tokenizer, self.eos.tolist())
+        return self._grammar_tokenizer
+
     def _add(self, req: Request, ids: list[int]) -> Sequence:
         seq = Sequence(self._next_id, ids, req.params.with_seed())  # unseeded: its own random seed
+        if req.params.structured is not None:
+            seq.grammar = structured.Grammar(req.params.structured, self.grammar_tokenizer())
         self.scheduler.add(seq)
         self._next_id += 1
         self.index_of[seq] = req.index
@@ -352,11 +364,17 @@ class Engine:
         batch = [seq for seq in batch if seq in self.slot_of and seq.status is Status.RUNNING]
         return self._decode(batch) if batch else []
 
-    def _error(self, seq: Sequence, tokens: list[int], logprobs: list[float] | None = None, top: list | None = None) -> Event:
-        """End a request whose logits turned non-finite (NaN or Inf): a warning, and its last event."""
+    def _error(self, seq: Sequence, tokens: list[int], logprobs: list[float] | None = None, top: list | None = None,
+               grammar: bool = False) -> Event:
+        """End a request whose logits turned non-finite (NaN or Inf), or (`grammar`) whose structured-output matcher
+        refused a token: a warning, and its last event."""
         index = self.index_of[seq]
-        log.warning("request %d: the model's logits are not finite (NaN or Inf) after %d new tokens; it stops with "
-                    "finish_reason 'error' (check the weights: python -m jaxllm.inspect --scan MODEL)", index, len(seq.output))
+        if grammar:
+            log.warning("request %d: its structured-output grammar refused token %d after %d new tokens (%s); it stops "
+                        "with finish_reason 'error'", index, seq.output[-1], len(seq.output) - 1, seq.grammar.error)
+        else:
+            log.warning("request %d: the model's logits are not finite (NaN or Inf) after %d new tokens; it stops with "
+                        "finish_reason 'error' (check the weights: python -m jaxllm.inspect --scan MODEL)", index, len(seq.output))
         self._finish(seq)
         return Event(index, tokens, logprobs or [], True, error=True, finish_reason="error", top_logprobs=top or [])
 
@@ -365,6 +383,8 @@ class Engine:
         stop_token_ids), else "length"."""
         if not finished:
             return None
+        if self._complete(seq):  # the structured output is complete
+            return "stop"
         return "stop" if seq.output and seq.output[-1] in self._stops(seq.params) else "length"
 
     def _stops(self, params: SamplingParams) -> np.ndarray:
@@ -409,7 +429,8 @@ class Engine:
         calls of every (rows, length) their chunks may take, the key buckets of their prompts,
         and the decode step. A server calls it at start-up with typical requests, so no client
         waits for a compile. Not compiled here (each compiles once, when first met): the steps that return
-        top or prompt log-probabilities (sampling.logprob_width, SamplingParams.prompt_logprobs), cascade decode
+        top or prompt log-probabilities (sampling.logprob_width, SamplingParams.prompt_logprobs), those with
+        structured-output masks (SamplingParams.structured), cascade decode
         programs (their shared-key buckets depend on which prefixes the running requests share), and
         a preempted sequence's recompute when its prompt plus output reaches a key bucket beyond
         the requests' prompts. (Compiling them on a pool of threads did not make it faster on an
@@ -455,7 +476,8 @@ class Engine:
                     if slot is None or slot // b != c.seq.shard:
                         slot = self.slot_of[c.seq] = self._free_slot(c.seq.shard)
                 work.append(Row(slot if slot is not None else -1, c.seq.tokens, c.start, c.length, c.seq.pages, c.last,
-                                c.seq.params, self._stops(c.seq.params), len(c.seq.output), c.seq.shard, c.seq.scores_prompt))
+                                c.seq.params, self._stops(c.seq.params), len(c.seq.output), c.seq.shard, c.seq.scores_prompt,
+                                self._mask(c.seq) if c.last else None))
             with self._donating():
                 self.state, results = self.runner.prefill(self.state, work, rows, length)
             for c, (token, logprob, done, top, scored) in zip(group, results):
@@ -475,12 +497,28 @@ class Engine:
                     self._finish(c.seq)
                     continue
                 self.scheduler.computed(c, token)
-                done = done or len(c.seq.output) >= c.seq.params.max_new_tokens
+                if c.seq.grammar is not None and not c.seq.grammar.advance([token]):
+                    events.append(self._error(c.seq, [token], [logprob], [top] if c.seq.params.top_logprobs else [], grammar=True))
+                    continue
+                done = done or len(c.seq.output) >= c.seq.params.max_new_tokens or self._complete(c.seq)
                 events.append(Event(self.index_of[c.seq], [token], [logprob], done, finish_reason=self._reason(c.seq, done),
                                     top_logprobs=[top] if c.seq.params.top_logprobs else [], **prompt))
                 if done:
                     self._finish(c.seq)
         return events
+
+    def _mask(self, seq: Sequence):
+        """The tokens a structured-output sequence may sample next ([ceil(V / 32)] int32 bits), None for another: its
+        matcher fed the output first where it has not consumed it (a recompute after a preemption keeps the output)."""
+        if seq.grammar is None:
+            return None
+        seq.grammar.sync(seq.output)
+        return structured.masks({0: seq.grammar}, 1, self.cfg.output_vocab)[0]
+
+    @staticmethod
+    def _complete(seq: Sequence) -> bool:
+        """Its structured output is complete: the sequence ends here (finish reason "stop")."""
+        return seq.grammar is not None and seq.grammar.stopped
 
     def _decode(self, batch: list[Sequence]) -> list[Event]:
         b = self.batch_size
@@ -493,6 +531,9 @@ class Engine:
         reach = max(seq.num_tokens for seq in batch) + self.chunk
         sampling = step_kind(seq.params for seq in batch)
         steps = self.admit_steps if self.scheduler.can_admit() else self.chunk
+        grammars = {self.slot_of[seq]: seq.grammar for seq in batch if seq.grammar is not None}
+        if grammars:  # structured outputs: one step, its masks computed here from each matcher's state
+            steps = 1
         cascade = None if self.cascade is False else cascade_plan.plan(
             self.runner, {self.slot_of[seq]: (seq.pages, seq.num_tokens - 1) for seq in batch}, self.chunk,
             force=bool(self.cascade))
@@ -500,7 +541,8 @@ class Engine:
         with self._donating():
             self.state, out, out_lp, done, best = self.runner.decode(self.state, self.runner.table(pages), limit, stop,
                                                                      self.runner.decode_keys(reach), sampling, steps, cascade,
-                                                                     logprob_width(seq.params for seq in batch))
+                                                                     logprob_width(seq.params for seq in batch),
+                                                                     structured.masks(grammars, b, self.cfg.output_vocab) if grammars else None)
         events = []
         for seq in batch:
             slot = self.slot_of[seq]
@@ -512,7 +554,10 @@ class Engine:
             if (out[slot] == ERROR).any():
                 events.append(self._error(seq, tokens, out_lp[slot][got].tolist(), top))
                 continue
-            finished = bool(done[slot]) or len(seq.output) >= seq.params.max_new_tokens
+            if seq.grammar is not None and not seq.grammar.advance(tokens):
+                events.append(self._error(seq, tokens, out_lp[slot][got].tolist(), top, grammar=True))
+                continue
+            finished = bool(done[slot]) or len(seq.output) >= seq.params.max_new_tokens or self._complete(seq)
             if tokens or finished:
                 events.append(Event(self.index_of[seq], tokens, out_lp[slot][got].tolist(), finished,
                                     finish_reason=self._reason(seq, finished), top_logprobs=top))

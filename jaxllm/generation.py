@@ -232,7 +232,10 @@ class Output:
         that became final."""
         if ev.prompt_logprobs is not None:
             self.prompt_logprobs, self.prompt_top_logprobs = ev.prompt_logprobs, ev.prompt_top_logprobs
-        return self.push(ev.tokens, ev.logprobs, ev.finished, ev.error, ev.top_logprobs)
+        text = self.push(ev.tokens, ev.logprobs, ev.finished, ev.error, ev.top_logprobs)
+        if ev.finish_reason == "stop" and self.finish_reason == "length":  # a structured output completed, no ending id
+            self.finish_reason = "stop"
+        return text
 
     def push(self, tokens: list[int], logprobs: list[float], finished: bool, error: bool = False, top: list | None = None) -> str:
         """Take an event's tokens; returns the text that became final. `error`: the engine ended

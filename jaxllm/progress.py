@@ -21,6 +21,7 @@ from jaxllm.loader import QUANTIZE, LoadedModel, load
 from jaxllm.models.attention import KV_DTYPES
 from jaxllm.models.quant import DEFAULT_GROUP, INT8_GROUP
 from jaxllm.sampling import DEFAULT_MAX_NEW_TOKENS, SamplingParams
+from jaxllm.structured import Structured
 
 
 class Bar:
@@ -119,6 +120,12 @@ def model_flags() -> argparse.ArgumentParser:
                    help="print the stop string (or the stop token's text) that ended the answer")
     p.add_argument("--skip-special-tokens", action=argparse.BooleanOptionalAction, default=True,
                    help="leave special tokens' text out of the answer (--no-skip-special-tokens prints it)")
+    g = p.add_argument_group("structured output (constrained decoding; needs pip install \"jaxllm[structured]\"), one of")
+    g.add_argument("--json-schema", type=file_or_text, metavar="FILE|JSON", help="the answer is JSON matching this schema")
+    g.add_argument("--json-object", action="store_true", help="the answer is a JSON object")
+    g.add_argument("--regex", help="the answer matches this regular expression")
+    g.add_argument("--choice", action="append", metavar="TEXT", help="the answer is one of these (repeatable)")
+    g.add_argument("--grammar", type=file_or_text, metavar="FILE|LARK", help="the answer follows this Lark grammar")
     p.add_argument("--system", help="system message for the chat template ('': an empty one, which leaves out a "
                                      "template's default system message)")
     p.add_argument("--chat-template-kwargs", type=template_kwargs, metavar="JSON",
@@ -228,10 +235,32 @@ def sampling_params(args) -> SamplingParams:
         min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed, stop=tuple(args.stop),
         presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty, logit_bias=args.logit_bias,
         min_tokens=args.min_tokens, stop_token_ids=tuple(args.stop_token_id), include_stop_str_in_output=args.include_stop_str_in_output,
-        skip_special_tokens=args.skip_special_tokens,
+        skip_special_tokens=args.skip_special_tokens, structured=structured_of(args),
     )
     params.resolved()
     return params
+
+
+def structured_of(args) -> Structured | None:
+    """The structured-output flags as a Structured (None: none given); two of them are refused."""
+    given = {name: value for name, value in (("json_schema", getattr(args, "json_schema", None)),
+                                              ("json_object", getattr(args, "json_object", False)),
+                                              ("regex", getattr(args, "regex", None)), ("choice", getattr(args, "choice", None)),
+                                              ("grammar", getattr(args, "grammar", None))) if value}
+    if len(given) > 1:
+        raise JaxllmError(f"{', '.join('--' + n.replace('_', '-') for n in given)} each constrain the answer: give one of them")
+    return Structured(**given) if given else None
+
+
+def file_or_text(value: str) -> str:
+    """A --json-schema or --grammar value: the text of the file it names, else the value itself."""
+    if value and os.path.isfile(value):
+        try:
+            with open(value, encoding="utf-8") as f:
+                return f.read()
+        except (OSError, UnicodeDecodeError) as err:
+            raise argparse.ArgumentTypeError(f"cannot read {value}: {err}") from None
+    return value
 
 
 def greedy_note(args, params: SamplingParams, generation_config: dict | None) -> str | None:

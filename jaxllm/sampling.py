@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.errors import GenerationError
+from jaxllm.structured import Structured, allowed_tokens
 
 log = logging.getLogger("jaxllm")
 
@@ -55,6 +56,9 @@ class SamplingParams:
     of those ids can be chosen, or a stop string end it (None: generation_config.json's min_new_tokens,
     else 0); `include_stop_str_in_output` keeps the stop string (or the stop id's text) at the end of
     the text; `skip_special_tokens` False keeps special tokens' text in it.
+    `structured`: what the answer must match (jaxllm.Structured, or a dict of its fields: a JSON schema, any
+    JSON object, a regex, a choice of strings, a Lark grammar); decoding is constrained to it, and the
+    answer ends ("stop") once it is complete (needs llguidance: pip install "jaxllm[structured]").
     """
 
     max_new_tokens: int | None = None
@@ -76,6 +80,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    structured: Structured | None = None
 
     @classmethod
     def of(cls, value) -> "SamplingParams":
@@ -115,7 +120,8 @@ class SamplingParams:
         values = {k: _plain(v) for k, v in values.items()}
         values["min_tokens"] = _plain(self.min_tokens) if self.min_tokens is not None else _file_min_tokens(gen, values["max_new_tokens"])
         out = dataclasses.replace(self, stop=_stop_strings(self.stop), logit_bias=_bias_pairs(self.logit_bias),
-                                  stop_token_ids=_stop_ids(self.stop_token_ids), **values)
+                                  stop_token_ids=_stop_ids(self.stop_token_ids), structured=Structured.of(self.structured),
+                                  **values)
         try:
             out.validate()
         except GenerationError as err:  # a value the request did not set: say where it came from
@@ -166,6 +172,10 @@ class SamplingParams:
             bad("min_tokens", self.min_tokens, f"use a whole number from 0 to max_new_tokens ({self.max_new_tokens})")
         _check_stop_ids(self.stop_token_ids, bad)
         _check_logprob_settings(self, bad)
+        if self.structured is not None:
+            if not isinstance(self.structured, Structured):
+                bad("structured", self.structured, "use a jaxllm.Structured (or a dict of its fields), or None")
+            self.structured.check()
 
 
 def _check_logprob_settings(params: SamplingParams, bad) -> None:
@@ -391,7 +401,7 @@ def _bias_columns(params: list[SamplingParams]) -> tuple[np.ndarray, np.ndarray]
     return ids, values
 
 
-def sample(logits, seen, rp: RowParams, step, sampling: bool = True, counts=None, stops=None):
+def sample(logits, seen, rp: RowParams, step, sampling: bool = True, counts=None, stops=None, allowed=None):
     """Choose one token per row.
 
     logits [B, V] float32; seen [B, V] bool (tokens already in the sequence, for the repetition
@@ -402,8 +412,12 @@ def sample(logits, seen, rp: RowParams, step, sampling: bool = True, counts=None
     token before any processing). `sampling` (static, `step_kind`): GREEDY (or False) promises every row
     is greedy and unpenalized, and skips the vocabulary sort that the filters need; SAMPLED (or True)
     promises no row has OpenAI's penalties or bias, and skips them; PENALIZED applies them (`counts` given).
+    `allowed` [B, ceil(V / 32)] int32 bitmasks (structured outputs; None: none): tokens whose bit is 0 are
+    -inf before anything else (the log-probabilities stay the model's own).
     """
     logprobs = jax.nn.log_softmax(logits, axis=-1)
+    if allowed is not None:
+        logits = jnp.where(allowed_tokens(allowed, logits.shape[-1]), logits, -jnp.inf)
     penalized = sampling == PENALIZED and counts is not None
     if penalized:  # OpenAI's logit bias, before the penalties (vLLM's order); padding ids (-1) are dropped
         rows = jnp.arange(logits.shape[0])[:, None]

@@ -51,7 +51,8 @@ def _readme_flags(start: str, end: str) -> set[str]:
 
 SAMPLING = {"--max-new-tokens", "--temperature", "--top-p", "--top-k", "--min-p", "--repetition-penalty", "--seed",
             "--presence-penalty", "--frequency-penalty", "--logit-bias", "--min-tokens", "--stop-token-id",
-            "--include-stop-str-in-output", "--skip-special-tokens", "--no-skip-special-tokens"}
+            "--include-stop-str-in-output", "--skip-special-tokens", "--no-skip-special-tokens",
+            "--json-schema", "--json-object", "--regex", "--choice", "--grammar"}  # structured outputs
 
 
 def test_readme_names_every_flag_of_generate_and_chat():

@@ -422,13 +422,16 @@ def test_full_server_answers_503_with_retry_after(server):
     (dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]),
      "tools[0].function.parameters"),
     (dict(tools=[{"type": "function", "function": {"name": "f"}}] * 2), "tools[1].function.name"),  # the same name twice
-    (dict(tool_choice="required"), "tool_choice"),  # needs constrained decoding
-    (dict(tools=[{"type": "function", "function": {"name": "f"}}], tool_choice={"type": "function", "function": {"name": "f"}}),
-     "tool_choice"),
+    (dict(tool_choice="required"), "tool_choice"),  # no tools to call
+    (dict(tools=[{"type": "function", "function": {"name": "f"}}], tool_choice={"type": "function", "function": {"name": "g"}}),
+     "tool_choice"),  # a function no tool offers
     (dict(tool_choice="sometimes"), "tool_choice"),
     (dict(functions=[{"name": "f"}]), "functions"),
     (dict(function_call={"name": "f"}), "function_call"),
-    (dict(response_format={"type": "json_object"}), "response_format"),
+    (dict(response_format={"type": "json"}), "response_format"),
+    (dict(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strng"}}}),
+     "response_format.json_schema.schema"),  # structured outputs: refused as llguidance reads it
+    (dict(response_format={"type": "json_object"}, extra_body={"guided_regex": "a"}), "guided_regex"),  # two constraints
     (dict(presence_penalty=2.5), "presence_penalty"),  # beyond OpenAI's [-2, 2]
     (dict(frequency_penalty=-3), "frequency_penalty"),
     (dict(messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None, "tool_calls": [
@@ -445,7 +448,8 @@ def test_full_server_answers_503_with_retry_after(server):
     (dict(extra_body={"stop_token_ids": [2, -1]}), "stop_token_ids"),
     (dict(extra_body={"stop_token_ids": [10**9]}), "stop_token_ids"),  # beyond the vocabulary
     (dict(extra_body={"skip_special_tokens": "no"}), "skip_special_tokens"),
-    (dict(extra_body={"guided_json": {"type": "object"}}), "guided_json"),
+    (dict(extra_body={"guided_regex": "[0-9"}), "guided_regex"),
+    (dict(extra_body={"structured_outputs": {"grammar": "start: foo"}}), "structured_outputs.grammar"),
     (dict(extra_body={"continue_final_message": True, "add_generation_prompt": False}), "continue_final_message"),
     (dict(extra_body={"echo": True}), "echo"),
     (dict(reasoning_effort="high"), "reasoning_effort"),
@@ -699,6 +703,40 @@ def test_tool_calls_through_the_openai_client(server, monkeypatch):
     with pytest.raises(openai.BadRequestError) as err:
         server.client.chat.completions.create(**ask)
     assert err.value.body["param"] == "tool_choice" and "(it was started with --tool-call-parser none)" in err.value.body["message"]
+    wait_idle(server)
+
+
+FORCED_TOOLS = [{"type": "function", "function": {"name": name, "parameters": {
+    "type": "object", "properties": {key: {"enum": values}}, "required": [key], "additionalProperties": False}}}
+    for name, key, values in (("get_weather", "city", ["Paris", "Rome"]), ("get_time", "zone", ["UTC", "CET"]))]
+
+
+def test_structured_outputs_and_forced_tool_calls(server):
+    """response_format json_schema answers JSON of the schema; tool_choice 'required' answers calls of the tools
+    (finish_reason "tool_calls"), a named function that function's call (finish_reason "stop", as OpenAI and vLLM);
+    vLLM's guided_choice one of the choices. Sent at once (greedy): they decode together."""
+    ask = dict(model=NAME, max_tokens=48, temperature=0, messages=[{"role": "user", "content": "Plan a trip as JSON."}])
+    schema = {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}, "days": {"type": "integer", "minimum": 1,
+                                                                                             "maximum": 9}},
+              "required": ["city", "days"], "additionalProperties": False}
+    chat = server.client.chat.completions.create
+    with ThreadPoolExecutor(4) as pool:
+        asked = [pool.submit(chat, **ask, response_format={"type": "json_schema", "json_schema": {
+                     "name": "trip", "schema": schema, "strict": True}}),
+                 pool.submit(chat, **ask, tools=FORCED_TOOLS, tool_choice="required"),
+                 pool.submit(chat, **ask, tools=FORCED_TOOLS, tool_choice={"type": "function", "function": {"name": "get_time"}}),
+                 pool.submit(chat, **ask, extra_body={"guided_choice": ["Rome", "Milan"]})]
+        schema_out, required, named, choice = (f.result().choices[0] for f in asked)
+    answer = json.loads(schema_out.message.content)
+    assert answer["city"] in ("Paris", "Rome") and 1 <= answer["days"] <= 9 and schema_out.finish_reason == "stop"
+    assert required.finish_reason == "tool_calls" and required.message.tool_calls and not required.message.content
+    for call in required.message.tool_calls:
+        assert json.loads(call.function.arguments) in ([{"city": c} for c in ("Paris", "Rome")] if call.function.name == "get_weather"
+                                                       else [{"zone": z} for z in ("UTC", "CET")]), call
+    (call,) = named.message.tool_calls
+    assert (named.finish_reason, call.function.name, named.message.content) == ("stop", "get_time", None)
+    assert json.loads(call.function.arguments)["zone"] in ("UTC", "CET") and call.id.startswith("call_")
+    assert choice.message.content in ("Rome", "Milan") and choice.finish_reason == "stop"
     wait_idle(server)
 
 

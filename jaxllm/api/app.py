@@ -34,7 +34,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from jaxllm import tokenizing
-from jaxllm.api import tool_calls
+from jaxllm.api import forced_tools, tool_calls
 from jaxllm.api.engine_loop import EngineFailed, EngineLoop, QueueFull, Submission
 from jaxllm.api.protocol import APIError, ChatRequest, CompletionRequest, bad_request, parse
 from jaxllm.api.responses import ChatFormat, CompletionFormat, Format, Piece, usage
@@ -181,6 +181,9 @@ class Server:
     def _tool_format(self, body: ChatRequest) -> type[tool_calls.Format] | None:
         """The format the answer's tool calls are read in; None when it is not read for calls (no tools, or
         tool_choice 'none'); a 400 when calls are asked for and this server reads none."""
+        forced = forced_tools.format_for(body.tool_choice) if body.tools else None
+        if forced is not None:  # 'required' or a named function: the answer is constrained to the calls
+            return forced
         if not body.reads_tool_calls():
             return None
         if self.tool_format is None:
@@ -237,7 +240,7 @@ class Server:
         self._check_context(body, prompts, params[0].max_new_tokens)
         for i, req in enumerate(requests[:: len(params)]):
             try:
-                self.engine.check(req)  # reads only the engine's fixed sizes: safe off its thread
+                self.engine.check(req)  # reads only the engine's fixed sizes (and llguidance's tokenizer): safe off its thread
             except JaxllmError as err:
                 error = bad_request(err, body.api_names())
                 if error.param == "prompt" and len(prompts) > 1:  # "prompt holds ...": which of the batch

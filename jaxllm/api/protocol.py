@@ -16,9 +16,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_validator
 from starlette.responses import JSONResponse
 
+from jaxllm.api import forced_tools
 from jaxllm.chat_template import check_template_kwargs, encode, encode_messages
 from jaxllm.errors import InputError, JaxllmError
 from jaxllm.sampling import SamplingParams
+from jaxllm.structured import Structured
 
 # -- errors ------------------------------------------------------------------------------------
 
@@ -176,6 +178,13 @@ class _Common(_Strict):
     stop_token_ids: list[int] | None = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    # Structured outputs (one of them): OpenAI's response_format, vLLM's guided_* and structured_outputs
+    response_format: Any = None
+    guided_json: Any = None
+    guided_regex: Any = None
+    guided_choice: Any = None
+    guided_grammar: Any = None
+    structured_outputs: Any = None
 
     def check(self) -> None:
         """Refuse (400) what exists in the API alone and is out of range or not served here."""
@@ -218,6 +227,48 @@ class _Common(_Strict):
         """The SamplingParams log-probability fields this request asks for (logprobs, top_logprobs, prompt_logprobs)."""
         return {}
 
+    def constraints(self) -> list[tuple[str, Structured]]:
+        """(field, Structured) of each structured-output field sent (at most one may be; `structured`)."""
+        found = []
+        fmt = self.response_format
+        if fmt is not None:
+            kind = fmt.get("type") if isinstance(fmt, dict) else None
+            if kind not in ("text", "json_object", "json_schema"):
+                raise APIError(400, f"response_format {json.dumps(fmt)[:80]} is invalid: use {{\"type\": \"text\"}}, "
+                               '{"type": "json_object"} or {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}',
+                               "response_format")
+            if kind == "json_object":
+                found.append(("response_format", Structured(json_object=True)))
+            elif kind == "json_schema":
+                spec = fmt.get("json_schema")
+                if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+                    raise APIError(400, 'response_format.json_schema lacks its schema: send {"name": ..., "schema": {...}} '
+                                   "(a JSON schema object)", "response_format.json_schema")
+                found.append(("response_format.json_schema.schema", Structured(json_schema=spec["schema"])))
+        vllm = [(f"guided_{k}", key, getattr(self, f"guided_{k}")) for k, key in _GUIDED.items()]
+        outputs = self.structured_outputs
+        if outputs is not None:
+            if not isinstance(outputs, dict) or set(outputs) - set(_GUIDED) - {"json_object"}:
+                raise APIError(400, f"structured_outputs {json.dumps(outputs)[:80]} is invalid: send an object of one of "
+                               "json, regex, choice, grammar, json_object", "structured_outputs")
+            vllm += [(f"structured_outputs.{k}", _GUIDED.get(k, k), v) for k, v in outputs.items()]
+        found += [(field, Structured(**{key: value})) for field, key, value in vllm if value not in (None, False)]
+        return found
+
+    def structured(self) -> Structured | None:
+        """The structured output asked for (checked: a 400 naming the field), or None."""
+        found = self.constraints()
+        if len(found) > 1:
+            raise APIError(400, f"{' and '.join(f for f, _ in found)} each constrain the answer: send one of them", found[1][0])
+        if not found:
+            return None
+        field, structured = found[0]
+        try:
+            structured.check()
+        except JaxllmError as err:
+            raise APIError(400, f"{field}: {err}", field) from None
+        return structured
+
     def sampling(self, generation_config: dict, max_tokens: int | None) -> list[SamplingParams]:
         """Resolved SamplingParams of each of the n choices: choice 0 samples with `seed`, choice
         i > 0 with a seed mixed from (seed, i), so that no choice repeats another request's (seed
@@ -225,6 +276,7 @@ class _Common(_Strict):
         outside the engine's 32 bits (OpenAI and vLLM take 64-bit ones, negative too) is mixed
         down to 32 bits, the same way every time."""
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        structured = self.structured()
         try:
             params = SamplingParams(
                 max_new_tokens=max_tokens if self.max_tokens is None else self.max_tokens, temperature=self.temperature,
@@ -233,7 +285,7 @@ class _Common(_Strict):
                 presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty, logit_bias=self.logit_bias,
                 stop=stop, ignore_eos=self.ignore_eos, **self.logprob_fields(), min_tokens=self.min_tokens,
                 stop_token_ids=tuple(self.stop_token_ids or ()), include_stop_str_in_output=self.include_stop_str_in_output,
-                skip_special_tokens=self.skip_special_tokens,
+                skip_special_tokens=self.skip_special_tokens, structured=structured,
             ).resolved(_server_defaults(generation_config))
         except JaxllmError as err:
             raise bad_request(err, self.api_names()) from None
@@ -306,7 +358,7 @@ class FunctionDef(_Strict):
     name: str
     description: str | None = None
     parameters: dict | None = None  # a JSON schema of type "object"; {} or none: no arguments
-    strict: bool | None = None  # accepted, not enforced (no constrained decoding here), as vLLM takes it
+    strict: bool | None = None  # accepted; the schema is enforced where tool_choice forces a call (forced_tools.py)
 
 
 class Tool(_Strict):
@@ -380,7 +432,6 @@ class ChatRequest(_Common):
     tool_choice: Any = None  # 'none', 'auto' (the default with tools: calls are read from the answer); check()
     functions: Any = None  # these: _UNSUPPORTED
     function_call: Any = None
-    response_format: Any = None
     chat_template_kwargs: dict | None = None  # variables the chat template reads (vLLM's field): enable_thinking, ...
 
     def model_post_init(self, _context) -> None:
@@ -458,15 +509,24 @@ class ChatRequest(_Common):
             if kind != "object":
                 raise APIError(400, f"{where}.function.parameters is a schema of type {json.dumps(kind)}: describe the "
                                'arguments as a JSON schema of type "object" (its properties)', f"{where}.function.parameters")
-        choice = self.tool_choice
+        choice, name = self.tool_choice, forced_tools.named(self.tool_choice)
         if choice in (None, "none", "auto"):
             return
-        if choice == "required" or isinstance(choice, dict) and choice.get("type") == "function":
-            what = "'required'" if choice == "required" else "naming a function"
-            raise APIError(400, f"tool_choice {what} needs decoding constrained to the tools' schemas, which this server "
-                           "does not have: send 'auto' (the model decides whether to call) or 'none'", "tool_choice")
+        if (choice == "required" or name is not None) and not self.tools:
+            raise APIError(400, f"tool_choice {json.dumps(choice)[:80]} asks for a call, and no tools are offered: send "
+                           "the tools", "tool_choice")
+        if choice == "required" or name in names:
+            return
+        if isinstance(name, str):
+            raise APIError(400, f"tool_choice names the function '{name}', which no tool offers: name one of "
+                           f"{', '.join(names)}", "tool_choice")
         raise APIError(400, f"tool_choice {json.dumps(choice)[:80]} is invalid: use 'none', 'auto', 'required' or "
                        '{"type": "function", "function": {"name": ...}}', "tool_choice")
+
+    def constraints(self) -> list[tuple[str, Structured]]:
+        """Besides the structured-output fields: tool_choice 'required' or a named function (forced_tools.py)."""
+        forced = self.tools and (self.tool_choice == "required" or forced_tools.named(self.tool_choice) is not None)
+        return super().constraints() + ([("tool_choice", forced_tools.constraint(self.tools, self.tool_choice))] if forced else [])
 
     def reads_tool_calls(self) -> bool:
         """Whether the answer is read for tool calls: tools offered and tool_choice 'auto' (its default with
@@ -512,8 +572,6 @@ _UNSUPPORTED = {
     "functions": (lambda v, body: v in (None, []), "it is OpenAI's deprecated form of tools: send tools"),
     "function_call": (lambda v, body: v in (None, "none", "auto"), "it is OpenAI's deprecated form of tool_choice: send "
                       "tool_choice"),
-    "response_format": (lambda v, body: v in (None, {"type": "text"}),
-                        'answers are free text: leave it out (or send {"type": "text"})'),
     "modalities": (lambda v, body: v in (None, ["text"]), 'answers are text only: leave it out (or send ["text"])'),
     "audio": (lambda v, body: v is None, "answers are text only: leave it out"),
     "web_search_options": (lambda v, body: v is None, "it searches nothing: leave it out"),
@@ -530,13 +588,12 @@ _UNSUPPORTED = {
                         "leave it out: /v1/completions with echo: true and logprobs returns the prompt's log-probabilities"),
     "truncate_prompt_tokens": (lambda v, body: v is None, "leave it out and shorten the prompt yourself"),
     "use_beam_search": (lambda v, body: v in (None, False), "leave it out: answers are sampled (temperature 0: greedy)"),
-    **{name: (lambda v, body: v is None, "answers are free text: leave it out")
-       for name in ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs")},
     "continue_final_message": (lambda v, body: v in (None, False),
                                "leave it out: a last assistant message is a finished turn, and the answer a new one"),
     "add_generation_prompt": (lambda v, body: v in (None, True), "leave it out: the answer is the assistant's next turn"),
     "chat_template": (lambda v, body: v is None, "leave it out: the model's own chat template is used"),
 }
+_GUIDED = {"json": "json_schema", "regex": "regex", "choice": "choice", "grammar": "grammar"}  # vLLM's names: Structured's
 _FIELD_NAMES = {name for m in (CompletionRequest, ChatRequest, Message, ContentPart, StreamOptions, Tool, FunctionDef,
                                ToolCall, CallFunction) for name in m.model_fields}
 

@@ -146,7 +146,8 @@ class ChatFormat(Format):
     def finish_reason(self, index: int, piece: Piece) -> str | None:
         """"tool_calls" for an answer that made calls and ended its turn; "length" and "error" stay, as they say it was cut."""
         reader = self._calls.get(index)
-        return "tool_calls" if piece.finish_reason == "stop" and reader is not None and reader.calls else piece.finish_reason
+        made = piece.finish_reason == "stop" and reader is not None and reader.calls
+        return getattr(self.tools, "finish_reason", "tool_calls") if made else piece.finish_reason  # forced_tools: its own
 
     def format_logprobs(self, index: int, piece: Piece) -> dict:
         return {"content": [{**self._token(t, lp), "top_logprobs": [self._token(*pair) for pair in piece.top_at(i)]}

@@ -7,7 +7,8 @@ steps (nano-vllm's model runner). The host (engine, scheduler) decides; this onl
                                   chunk ends its prefill samples the next token and is placed in
                                   its decode slot (sampling values, EOS ids, repetition state)
                                   (rows of SamplingParams.prompt_logprobs: also each position's
-                                  log-probability of the prompt token after it, a static variant)
+                                  log-probability of the prompt token after it, a static variant;
+                                  rows with structured outputs: a mask of the tokens allowed, another)
   decode(kv_len, steps)           up to `steps` (<= chunk) steps for every slot in a
                                   lax.while_loop, each writing one token's keys and values into
                                   its page; a row whose logits are not finite ends with ERROR
@@ -52,8 +53,9 @@ from jaxllm import sharding
 from jaxllm.models.attention import cudnn_serves, kv_format
 from jaxllm.models.mixers import index_shapes, state_shapes
 from jaxllm.sampling import RowParams, SamplingParams, logprob_width, step_kind
-from jaxllm.serving.steps import Counters, SlotState
+from jaxllm.serving.steps import Counters, SlotState, call_kind
 from jaxllm.serving.steps import steps as make_steps
+from jaxllm.structured import words
 
 if TYPE_CHECKING:
     from jaxllm.serving.cascade import Cascade
@@ -77,6 +79,7 @@ class Row:
     generated: int
     shard: int = 0  # the data-parallel shard of its pages and slot
     scores_prompt: bool = False  # return each position's log-probability of the next prompt token (Sequence.scores_prompt)
+    allowed: np.ndarray | None = None  # [ceil(V / 32)] int32: the tokens a last chunk may sample (structured outputs)
 
 
 class PrefillResult(NamedTuple):
@@ -222,11 +225,12 @@ class Runner:
         a PrefillResult per row)."""
         s = self.prefill_keys(max(r.start + r.length for r in rows))
         sampling, top, prompt = step_kind(r.params for r in rows), logprob_width(r.params for r in rows), any(r.scores_prompt for r in rows)
-        kind = (sampling, top, prompt) if top or prompt else sampling
-        length_bucket = self._compiled_length(rows_bucket, length_bucket, s, kind)
+        masked = any(r.allowed is not None for r in rows)
+        length_bucket = self._compiled_length(rows_bucket, length_bucket, s, call_kind(sampling, top, prompt, masked))
         where = self._places(rows, rows_bucket)
         state, token, logprob, done, extra = self._prefill(rows_bucket, length_bucket)(
-            s, sampling, top, prompt, self.model.params, state, *self._prefill_inputs(rows, rows_bucket, length_bucket, s, where, prompt))
+            s, sampling, top, prompt, self.model.params, state, *self._prefill_inputs(rows, rows_bucket, length_bucket, s, where, prompt),
+            *((self._masks(rows, where, rows_bucket * self.shards),) if masked else ()))
         token, logprob, done = np.asarray(token), np.asarray(logprob), np.asarray(done)
         best, chunk = extra if extra is not None else (None, None)
         best = _host(best)
@@ -302,6 +306,14 @@ class Runner:
                 jax.tree.map(put, RowParams.of(params)), put(generated), put(max_new), put(eos), put(limit), put(state_rows),
                 None if targets is None else put(targets))
 
+    def _masks(self, rows: list, where: list[int], m: int):
+        """The device's [m, ceil(V / 32)] int32 masks of a call's rows (Row.allowed at `where`; -1: every token)."""
+        out = np.full((m, words(self.cfg.output_vocab)), -1, np.int32)
+        for i, r in zip(where, rows):
+            if r.allowed is not None:
+                out[i] = r.allowed
+        return self._put_rows(out)
+
     def _decode_inputs(self, table: np.ndarray, limit: np.ndarray, stop: np.ndarray, steps: int,
                        shared: np.ndarray | None = None, offsets: np.ndarray | None = None) -> tuple:
         put = self._put_rows
@@ -342,14 +354,17 @@ class Runner:
         return state, (np.concatenate([np.zeros(0, np.float32), *logps]), np.asarray(best, np.int32))
 
     def decode(self, state: SlotState, table: np.ndarray, limit: np.ndarray, stop: np.ndarray, kv_len: int,
-               sampling: bool, steps: int, cascade: Cascade | None = None, top: int = 0):
+               sampling: bool, steps: int, cascade: Cascade | None = None, top: int = 0, allowed: np.ndarray | None = None):
         """Up to `steps` (<= chunk) decode steps for every slot, attention as `cascade` says when
         given. Returns (state, tokens [B, chunk] (-1: none; ERROR: the logits were not finite,
         the slot is done), logprobs [B, chunk], done [B], top: None, or with `top` > 0
-        (sampling.logprob_width) the most likely tokens at each step, (ids, logprobs) [B, chunk, top] (top_pairs reads them))."""
+        (sampling.logprob_width) the most likely tokens at each step, (ids, logprobs) [B, chunk, top] (top_pairs reads them)).
+        `allowed` [B, ceil(V / 32)] int32 (structured outputs: the tokens each slot may sample; the engine asks for one
+        step), or None: the programs without masks."""
         keys, shared, offsets = (None, None, None) if cascade is None else (cascade.keys, cascade.table, cascade.offsets)
+        masks = () if allowed is None else (self._put_rows(allowed),)
         state, out, out_lp, done, best = self._decode(kv_len, sampling, keys, top, self.model.params, state,
-                                                      *self._decode_inputs(table, limit, stop, steps, shared, offsets))
+                                                      *self._decode_inputs(table, limit, stop, steps, shared, offsets), *masks)
         return state, np.asarray(out), np.asarray(out_lp), np.asarray(done), _host(best)
 
 

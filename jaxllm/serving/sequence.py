@@ -40,6 +40,9 @@ class Sequence:
     # SamplingParams.prompt_logprobs: each prompt position's (log-probability of the prompt token after it, its
     # most likely (id, logprob) pairs), filled chunk by chunk by the engine until the first token goes out
     prompt_scores: list | None = field(default=None, repr=False)
+    # SamplingParams.structured: its matcher (jaxllm.structured.Grammar), fed every output token; a preempted
+    # sequence keeps it with its output, and its recompute's first token is masked by it again
+    grammar: Any = field(default=None, repr=False)
 
     @property
     def tokens(self) -> list[int]:

@@ -181,6 +181,13 @@ def _zero_state(rows, pool, page_size, kv_shapes, vocab, eos_width, dtypes, recu
     )
 
 
+def call_kind(sampling: int, top: int, prompt: bool, masked: bool = False):
+    """A prefill call's kind as Counters.calls names it: the sampling kind; (sampling kind, top width, prompt) for a
+    call returning log-probabilities besides; either as (kind, "masked") for a call with structured-output masks."""
+    kind = (sampling, top, prompt) if top or prompt else sampling
+    return (kind, "masked") if masked else kind
+
+
 COUNT_MAX = 2**15 - 1  # a token's count saturates here (int16): its penalty is already beyond any logit
 
 
@@ -197,14 +204,15 @@ def _whole(logits, gather):
 
 
 def _prefill(graphdef, counters, attention, gather, kv_len, sampling, top, prompt, params, state: SlotState, slots, tokens, starts,
-             lengths, table, history, rp: RowParams, generated, max_new, eos, limit, state_rows, targets):
+             lengths, table, history, rp: RowParams, generated, max_new, eos, limit, state_rows, targets, allowed=None):
     """Returns (state, token [R], logprob [R], done [R], extra). `top` (static, sampling.logprob_width): 0, or
     the width of the most likely tokens returned at each row's last position; `prompt` (static): the rows
     score their chunk, `targets` [R, C] the token after each position (-1: none). extra: None for a call of
     neither, else (top (ids, logprobs) [R, top] or None, prompt (logprobs [R, C] of the targets (0 where
-    -1), top (ids, logprobs) [R, C, top] or None) or None)."""
+    -1), top (ids, logprobs) [R, C, top] or None) or None). `allowed` [R, ceil(V / 32)] int32: the tokens each
+    row may sample (structured outputs: sampling.sample), or None (a program of its own: call_kind)."""
     counters.prefill += 1
-    counters.calls.add((*tokens.shape, kv_len, (sampling, top, prompt) if top or prompt else sampling))
+    counters.calls.add((*tokens.shape, kv_len, call_kind(sampling, top, prompt, allowed is not None)))
     model = nnx.merge(graphdef, params)
     n, c = tokens.shape
     positions = starts[:, None] + jnp.arange(c)[None, :]
@@ -223,7 +231,7 @@ def _prefill(graphdef, counters, attention, gather, kv_len, sampling, top, promp
         output = (history >= 0) & (at >= end - generated[:, None]) & (at < end)
         counts = jnp.zeros(logits.shape, jnp.int32).at[rows[:, None], jnp.maximum(history, 0)].add(output)
         counts = jnp.minimum(counts, COUNT_MAX).astype(jnp.int16)
-    token, logprob = sample(logits, seen, rp, generated, sampling, counts, eos)
+    token, logprob = sample(logits, seen, rp, generated, sampling, counts, eos, allowed)
     bad = ~jnp.all(jnp.isfinite(logits), axis=-1)
     token = jnp.where(bad, ERROR, token)
     generated = generated + 1
@@ -276,7 +284,7 @@ def _chunk_logprobs(logits, targets, top: int):
 
 
 def _decode(graphdef, counters, chunk, attention, gather, kv_len, sampling, cascade, top, params, state: SlotState, table,
-            limit, stop, steps, shared, offsets):
+            limit, stop, steps, shared, offsets, allowed=None):
     """Up to `steps` (a traced scalar <= chunk) decode steps over all slots. out[b, i] is the i-th new token of slot b in this call,
     or -1 once the slot is done or paused at its page limit. `cascade` (static): None, or
     (shared_keys, suffix_keys, others) for rows that begin with the pages shared [1, S / ps]
@@ -284,7 +292,9 @@ def _decode(graphdef, counters, chunk, attention, gather, kv_len, sampling, casc
     PagedCache). Under dp's shard_map each shard loops while its own rows are busy: its devices
     (a tp group, if any) share its rows, so they meet their collectives equally often, and no
     shard waits on another's step. `top` (static, sampling.logprob_width): 0, or the width of the most likely
-    tokens returned at each step (ids and logprobs [B, chunk, top], the fifth output; None for 0)."""
+    tokens returned at each step (ids and logprobs [B, chunk, top], the fifth output; None for 0). `allowed`
+    [B, ceil(V / 32)] int32 (structured outputs), or None: the tokens each row may sample, the same at every
+    step (the engine runs such calls one step at a time, its host computing each step's masks)."""
     counters.decode += 1
     model = nnx.merge(graphdef, params)
     b = state.tokens.shape[0]
@@ -296,7 +306,8 @@ def _decode(graphdef, counters, chunk, attention, gather, kv_len, sampling, casc
         hidden, cache = model.hidden(st.tokens[:, None], st.positions[:, None], st.cache, kv)
         logits = _whole(model.logits(hidden)[:, 0], gather)
         penalized = sampling == PENALIZED
-        token, lp = sample(logits, st.seen, st.params, st.generated, sampling, *((st.counts, st.eos) if penalized else ()))
+        token, lp = sample(logits, st.seen, st.params, st.generated, sampling, *((st.counts, st.eos) if penalized else (None, None)),
+                           allowed)
         bad = active & ~jnp.all(jnp.isfinite(logits), axis=-1)
         token = jnp.where(active, jnp.where(bad, ERROR, token), -1)
         generated = st.generated + active

@@ -1,0 +1,89 @@
+"""tool_choice 'required' and a named function: the answer is constrained (structured outputs) to the
+calls, as vLLM serves them, and read back as OpenAI's tool_calls.
+
+    required   a JSON array of one or more {"name": <a tool's name>, "parameters": <its arguments>}
+               (vLLM's schema); finish_reason "tool_calls"
+    named      the named function's arguments alone, a JSON object of its parameters' schema;
+               finish_reason "stop" (as OpenAI and vLLM answer a forced function)
+
+The answer's text is held until it ends and then read whole (an answer cut by max_tokens, which
+does not parse, stays text, its finish_reason "length").
+"""
+
+from __future__ import annotations
+
+import json
+
+from jaxllm.api.tool_calls import Call, Format
+from jaxllm.structured import Structured
+
+
+def _arguments(tool) -> dict:
+    """A tool's parameters schema ({} or none: an object without arguments)."""
+    return tool.function.parameters or {"type": "object", "properties": {}}
+
+
+def named(tool_choice) -> str | None:
+    """The function a tool_choice names ({"type": "function", "function": {"name": ...}}), else None."""
+    if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
+        fn = tool_choice.get("function")
+        return fn.get("name") if isinstance(fn, dict) else None
+    return None
+
+
+def constraint(tools: list, tool_choice) -> Structured:
+    """The Structured output a forced tool_choice (checked: 'required' or a named tool of `tools`) asks for."""
+    name = named(tool_choice)
+    if name is not None:
+        return Structured(json_schema=_arguments(next(t for t in tools if t.function.name == name)))
+    calls = [{"type": "object", "properties": {"name": {"type": "string", "enum": [t.function.name]},
+                                               "parameters": _arguments(t)},
+              "required": ["name", "parameters"], "additionalProperties": False} for t in tools]
+    return Structured(json_schema={"type": "array", "minItems": 1, "items": {"anyOf": calls}})
+
+
+class Required(Format):
+    """The answer read as a JSON array of {"name", "parameters"} calls."""
+
+    name = "required"
+    finish_reason = "tool_calls"
+
+    def feed(self, text: str, final: bool) -> list[str | Call]:
+        self.buf += text
+        if not final:
+            return []
+        whole, self.buf = self.buf, ""
+        calls = self.read(whole)
+        return calls if calls else [whole] if whole else []
+
+    def read(self, text: str) -> list[Call] | None:
+        try:
+            found = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(found, list) or not all(isinstance(c, dict) and isinstance(c.get("parameters"), dict) for c in found):
+            return None
+        return [Call(c["name"], json.dumps(c["parameters"], ensure_ascii=False)) for c in found] or None
+
+
+class Named(Required):
+    """The answer read as the arguments of the one function named (`function`, set by `for_choice`)."""
+
+    name = "named"
+    finish_reason = "stop"
+    function = ""
+
+    def read(self, text: str) -> list[Call] | None:
+        try:
+            found = json.loads(text)
+        except ValueError:
+            return None
+        return [Call(self.function, json.dumps(found, ensure_ascii=False))] if isinstance(found, dict) else None
+
+
+def format_for(tool_choice) -> type[Format] | None:
+    """The reader of a forced tool_choice's answer ('required', a named function), None for another."""
+    name = named(tool_choice)
+    if name is not None:
+        return type("Named", (Named,), {"function": name})
+    return Required if tool_choice == "required" else None

@@ -1,0 +1,224 @@
+"""Structured outputs (constrained decoding): what a request's answer must match (`Structured`: a JSON
+schema, any JSON object, a regex, one of some strings, or a Lark grammar) and the llguidance matchers
+that enforce it. This module alone imports llguidance (the optional extra jaxllm[structured]).
+
+How it runs (docs/architecture.md): a constrained sequence keeps a `Grammar` (its matcher, on the
+host); before each token the engine asks it for the tokens allowed next, a bitmask [ceil(V / 32)]
+int32 per row (`masks`), and the step sets every other logit to -inf before sampling (`allowed_tokens` on the
+device). The sampled token is fed to the matcher; when the grammar is complete the sequence ends
+(finish reason "stop"). EOS is in the mask only where the grammar accepts. Log-probabilities stay the
+model's own, as vLLM reports them.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import json
+from collections.abc import Mapping
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxllm.errors import GenerationError
+
+INSTALL = 'pip install "jaxllm[structured]"'
+
+
+@dataclasses.dataclass(frozen=True)
+class Structured:
+    """What the answer must match; set exactly one field. `json_schema`: a JSON schema (a dict or its
+    JSON text); `json_object`: any JSON object (OpenAI's {"type": "json_object"}); `regex`: a regular
+    expression the whole answer matches (Rust regex syntax); `choice`: one of these strings;
+    `grammar`: a Lark grammar (llguidance's dialect; GBNF is read too). A dict schema is kept as
+    its JSON text (the dataclass stays hashable)."""
+
+    json_schema: str | dict | None = None
+    json_object: bool = False
+    regex: str | None = None
+    choice: tuple[str, ...] | None = None
+    grammar: str | None = None
+
+    def __post_init__(self):
+        if isinstance(self.json_schema, Mapping):
+            try:
+                object.__setattr__(self, "json_schema", json.dumps(self.json_schema, ensure_ascii=False))
+            except (TypeError, ValueError) as err:
+                raise GenerationError(f"structured json_schema is not JSON ({err}): give a dict of JSON values or its "
+                                      "JSON text") from None
+        if isinstance(self.choice, list):
+            object.__setattr__(self, "choice", tuple(self.choice))
+
+    @classmethod
+    def of(cls, value) -> "Structured | None":
+        """`value` as Structured: None, a Structured, or a dict of its fields; anything else is refused."""
+        if value is None or isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            names = [f.name for f in dataclasses.fields(cls)]
+            for key in value:
+                if key not in names:
+                    raise GenerationError(f"unknown structured output field {key!r}: use one of {', '.join(names)}")
+            return cls(**value)
+        raise GenerationError(f"structured must be a jaxllm.Structured or a dict of its fields (json_schema, json_object, "
+                              f"regex, choice, grammar), got {type(value).__name__}")
+
+    @property
+    def kind(self) -> str:
+        return next((f.name for f in dataclasses.fields(self) if getattr(self, f.name) not in (None, False)), "")
+
+    def check(self) -> None:
+        """Exactly one field set, of its type, and a grammar llguidance compiles (GenerationError otherwise)."""
+        given = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) not in (None, False)]
+        if len(given) != 1:
+            raise GenerationError(f"structured output sets {' and '.join(given) or 'nothing'}: set exactly one of "
+                                  "json_schema, json_object, regex, choice, grammar")
+        kind = given[0]
+        value = getattr(self, kind)
+        if kind == "json_object" and value is not True:
+            raise GenerationError(f"structured json_object={value!r} is invalid: use True")
+        if kind == "choice" and (not isinstance(value, tuple) or not value or not all(isinstance(c, str) and c for c in value)):
+            raise GenerationError(f"structured choice={value!r} is invalid: give a list of non-empty strings")
+        if kind in ("json_schema", "regex", "grammar") and (not isinstance(value, str) or not value.strip()):
+            raise GenerationError(f"structured {kind} is invalid: give it as non-empty text"
+                                  + (" (or a dict)" if kind == "json_schema" else ""))
+        grammar_text(self)
+
+    def source(self) -> tuple[str, str]:
+        """(llguidance's format name, the text) of this constraint."""
+        kind = self.kind
+        if kind == "json_object":
+            return "json_schema", '{"type": "object"}'
+        if kind == "choice":
+            return "choice", json.dumps(list(self.choice))
+        return {"json_schema": "json_schema", "regex": "regex", "grammar": "grammar"}[kind], getattr(self, kind)
+
+
+def _llguidance():
+    try:
+        import llguidance
+    except ImportError:
+        raise GenerationError(f"structured outputs need the llguidance library, which is not installed: {INSTALL}") from None
+    return llguidance
+
+
+def _one_line(message: str) -> str:
+    """llguidance's message (several lines for a regex or grammar: the text, a caret, the reason) in one line:
+    its first line, and the reason's line where it gives one."""
+    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
+    if not lines:
+        return "(no reason given)"
+    reason = next((line.removeprefix("error:").strip() for line in lines[1:] if line.startswith("error:")), "")
+    return lines[0].rstrip(":") + (f": {reason}" if reason else "")
+
+
+def _error(validated: tuple[bool, list[str]]) -> str:
+    """The error of llguidance's validate_grammar_with_warnings (is_error, messages), or "" (warnings are no error)."""
+    is_error, messages = validated
+    return (messages[0] if messages else "invalid") if is_error else ""
+
+
+@functools.lru_cache(maxsize=256)
+def grammar_text(structured: Structured) -> str:
+    """llguidance's grammar for `structured`, checked (without a tokenizer); GenerationError naming what is wrong."""
+    llg = _llguidance()
+    kind, text = structured.source()
+    try:
+        grammar = llg.grammar_from(kind, text)
+        error = _error(llg.LLMatcher.validate_grammar_with_warnings(grammar))
+    except (ValueError, TypeError) as err:
+        error = str(err)
+    if error:
+        fix = {"json_schema": "fix the schema, or use a feature llguidance supports", "regex": "fix the regex",
+               "grammar": "fix the grammar (Lark syntax)", "choice": "give a list of strings"}[kind]
+        raise GenerationError(f"structured {structured.kind} is invalid: {_one_line(error)}: {fix}")
+    return grammar
+
+
+def tokenizer(hf_tokenizer, eos: list[int]):
+    """llguidance's tokenizer over a model's tokenizer (jaxllm's or a transformers fast one: what
+    `backend_tokenizer` holds), ending at `eos` (the engine's EOS ids). About 0.3 s for a 50k
+    vocabulary: the engine keeps it."""
+    llg = _llguidance()
+    backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        what = "this model has no tokenizer" if hf_tokenizer is None else "this model's tokenizer is not a fast one"
+        raise GenerationError(f"structured outputs need the model's tokenizer.json: {what}; add tokenizer.json to the "
+                              "checkpoint folder")
+    backend = copy.copy(backend)  # padding and truncation off on a copy, as llguidance.hf.from_tokenizer does
+    backend.no_padding()
+    backend.no_truncation()
+    try:
+        return llg.LLTokenizer(backend.to_str(), eos_token=[int(t) for t in eos if t >= 0] or None)
+    except ValueError as err:  # a tokenizer.json llguidance cannot read (a decoder it does not know, ...)
+        raise GenerationError(f"llguidance cannot read this model's tokenizer ({_one_line(err)}): structured outputs "
+                              "are not available for it") from None
+
+
+def check(structured: Structured, lltokenizer) -> None:
+    """Refuse (GenerationError) a constraint llguidance cannot serve over this tokenizer."""
+    error = _error(_llguidance().LLMatcher.validate_grammar_with_warnings(grammar_text(structured), lltokenizer))
+    if error:
+        raise GenerationError(f"structured {structured.kind} is invalid for this model's tokenizer: {_one_line(error)}")
+
+
+def words(vocab: int) -> int:
+    """int32 words of a bitmask over `vocab` tokens."""
+    return -(-vocab // 32)
+
+
+class Grammar:
+    """One sequence's matcher and how many of its tokens it has consumed."""
+
+    def __init__(self, structured: Structured, lltokenizer):
+        self.matcher = _llguidance().LLMatcher(lltokenizer, grammar_text(structured), log_level=0)
+        if self.matcher.is_error():
+            raise GenerationError(f"structured {structured.kind} is invalid: {_one_line(self.matcher.get_error())}")
+        self.consumed = 0
+        self.width = words(lltokenizer.vocab_size)
+
+    @property
+    def stopped(self) -> bool:
+        """The grammar is complete: nothing but EOS could follow (the sequence ends here)."""
+        return self.matcher.is_stopped() and not self.matcher.is_error()
+
+    @property
+    def error(self) -> str:
+        return self.matcher.get_error()
+
+    def advance(self, tokens: list[int]) -> bool:
+        """Feed the sequence's new tokens; False when one is not allowed (the matcher's error)."""
+        self.consumed += len(tokens)
+        return all(self.matcher.consume_token(t) for t in tokens)
+
+    def sync(self, output: list[int]) -> None:
+        """Match the matcher to a sequence's output (a sequence recomputed after a preemption keeps it; one whose
+        output the matcher has not consumed exactly is replayed from the start)."""
+        if self.consumed != len(output):
+            self.matcher.reset()
+            self.consumed = 0
+            self.advance(output)
+
+
+def masks(grammars: dict[int, Grammar], rows: int, vocab: int) -> np.ndarray:
+    """[rows, words(vocab)] int32 bitmasks: bit t of row r says token t may come next (word t // 32, bit t % 32);
+    rows without a grammar allow everything (-1), a grammar's row only what it allows; ids beyond the tokenizer's
+    vocabulary (the logits' padding rows) are never allowed in a constrained row."""
+    from llguidance.numpy import fill_next_token_bitmask
+
+    out = np.full((rows, words(vocab)), -1, np.int32)
+    for row, grammar in grammars.items():
+        own = np.zeros((1, grammar.width), np.int32)
+        fill_next_token_bitmask(grammar.matcher, own, 0)
+        n = min(own.shape[1], out.shape[1])
+        out[row] = 0
+        out[row, :n] = own[0, :n]
+    return out
+
+
+def allowed_tokens(bits, vocab: int):
+    """[B, vocab] bool of the bitmasks `bits` [B, words(vocab)] int32, on the device."""
+    b, w = bits.shape
+    unpacked = (bits[:, :, None] >> jnp.arange(32, dtype=bits.dtype)[None, None, :]) & 1
+    return unpacked.reshape(b, w * 32)[:, :vocab].astype(bool)

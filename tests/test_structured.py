@@ -1,0 +1,189 @@
+"""Structured outputs (constrained decoding, jaxllm/structured.py): a tiny random Llama decodes garbage, so
+these test the mechanism: every answer matches its constraint, the masked step samples what the model's
+logits masked by hand give, unconstrained rows and plain programs are untouched, a preempted row resumes
+validly, and bad constraints are refused in one line. The server's side: tests/test_serve.py."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import llguidance
+import numpy as np
+import pytest
+from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
+from tokenizers import Tokenizer, decoders, models
+
+import jaxllm
+from jaxllm import structured
+from jaxllm.engine import Engine
+from jaxllm.sampling import RowParams, SamplingParams, sample
+
+# A character tokenizer: 3 specials and the 95 printable ASCII characters (98 ids) for the tiny Llama's 128
+# logits: ids 98..127 are padding rows, which a constrained row must never sample.
+CHARS = [chr(c) for c in range(32, 127)]
+
+SCHEMA = {"type": "object", "properties": {"color": {"enum": ["red", "green"]}, "n": {"type": "integer", "minimum": 0, "maximum": 999}},
+          "required": ["color", "n"], "additionalProperties": False,
+          "x-guidance": {"whitespace_flexible": False}}  # llguidance's option: a random model would write spaces forever
+REGEX = "[0-9]{3}-[a-z]{2}"
+CHOICES = ["yes", "no", "maybe"]
+CONSTRAINTS = [jaxllm.Structured(json_schema=SCHEMA), jaxllm.Structured(regex=REGEX), jaxllm.Structured(choice=CHOICES)]
+
+
+def _matches(st: jaxllm.Structured, text: str) -> bool:
+    if st.regex is not None:
+        return re.fullmatch(REGEX, text) is not None
+    if st.choice is not None:
+        return text in CHOICES
+    answer = json.loads(text)
+    return set(answer) == {"color", "n"} and answer["color"] in ("red", "green") and 0 <= answer["n"] <= 999
+
+
+@pytest.fixture(scope="module")
+def model(llama):
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(CHARS)}}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.add_special_tokens(["<unk>", "<s>", "</s>"])
+    backend.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    from transformers import PreTrainedTokenizerFast
+
+    from jaxllm import tokenizing
+
+    llama.tokenizer = tokenizing.wrap(PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
+                                                              unk_token="<unk>"))
+    assert llama.config.output_vocab == 128 and llama.config.eos_token_ids == (2,)
+    return llama
+
+
+PROMPTS = ["hello", "abc def"]
+PLAIN = SamplingParams(max_new_tokens=40, temperature=0.0)
+PARAMS = [SamplingParams(max_new_tokens=60, temperature=t, seed=3, structured=st) for st in CONSTRAINTS for t in (0.0, 1.0)]
+
+
+@pytest.fixture(scope="module")
+def served(model):
+    """A plain greedy request alone, then with greedy and sampled rows of each constraint (PARAMS, prompts taking
+    turns) in a pool too small for all of them (the newest are preempted and recomputed): (engine, the plain
+    answer alone, the compile counters before the constrained ones, the answers of the batch)."""
+    engine = Engine(model, batch_size=8, max_len=128, num_pages=12, page_size=8, chunk=8)
+    alone = model.generate(PROMPTS[0], PLAIN, chat=False, engine=engine)
+    compiled = engine.counters
+    outs = _run(model, engine, [(PROMPTS[0], PLAIN)] + [(PROMPTS[i % 2], p) for i, p in enumerate(PARAMS)])
+    return engine, alone, compiled, outs
+
+
+def test_answers_match_their_constraint_beside_plain_rows_and_through_preemption(model, served):
+    """Every constrained answer matches and ends with "stop"; the plain row gives the tokens it gives alone; plain
+    requests run the programs they ran before (no compile), whatever ran between."""
+    engine, alone, compiled, outs = served
+    assert engine.scheduler.stats.preempted > 0, "the pool should run out of pages"
+    assert outs[0].token_ids == alone.token_ids
+    for p, out in zip(PARAMS, outs[1:]):
+        assert out.finish_reason == "stop" and _matches(p.structured, out.text), (p.structured.kind, out.text)
+        assert max(out.token_ids) < 98  # never a padding row
+    masked = engine.counters
+    assert (masked.prefill, masked.decode) > (compiled.prefill, compiled.decode)  # the masked programs are their own
+    again = model.generate(PROMPTS[0], PLAIN, chat=False, engine=engine)
+    assert again.token_ids == alone.token_ids and engine.counters == masked  # plain requests: nothing new compiled
+
+
+def _run(model, engine, pairs):
+    """Each (prompt, params) as one request of one engine run; Completions in order."""
+    from jaxllm.engine import Request
+    from jaxllm.generation import Completion, Output
+
+    tok = model.tokenizer
+    requests = [Request(tok.encode(p, add_special_tokens=False), params.resolved(model.generation_config), i)
+                for i, (p, params) in enumerate(pairs)]
+    outputs = [Output(tok, r.params, set(engine.eos.tolist())) for r in requests]
+    for ev in engine.run(requests):
+        outputs[ev.index].take(ev)
+    return [Completion(o.text, o.tokens, o.finish_reason, len(r.prompt)) for o, r in zip(outputs, requests)]
+
+
+def test_masked_greedy_tokens_are_the_argmax_of_logits_masked_by_hand(model, served):
+    """Each greedy token of the JSON answer is the most likely of the model's logits (one teacher-forced forward
+    pass over the answer) among the tokens an independent matcher allows there."""
+    prompt, out = model.tokenizer.encode(PROMPTS[0], add_special_tokens=False), served[3][1]
+    logits = np.asarray(model.logits([prompt + out.token_ids]))[0, len(prompt) - 1 :]
+    tok = structured.tokenizer(model.tokenizer, [2])
+    matcher = llguidance.LLMatcher(tok, structured.grammar_text(CONSTRAINTS[0]))
+    bits = allocate_token_bitmask(1, tok.vocab_size)
+    for i, token in enumerate(out.token_ids):
+        fill_next_token_bitmask(matcher, bits)
+        allowed = np.unpackbits(bits[0].view(np.uint8), bitorder="little")[: tok.vocab_size].astype(bool)
+        assert token == int(np.argmax(np.where(allowed, logits[i, : tok.vocab_size], -np.inf))), i
+        assert matcher.consume_token(token)
+    assert matcher.is_stopped() and out.finish_reason == "stop"
+
+
+def test_masked_sampling_equals_sampling_logits_masked_by_hand():
+    """sample() with a bitmask draws what it draws from logits set to -inf by hand (filters and seeds alike), and
+    reports the model's own log-probabilities."""
+    rng = np.random.default_rng(0)
+    b, v = 6, 100
+    logits = rng.normal(0, 3, (b, v)).astype(np.float32)
+    allowed = rng.random((b, v)) < 0.3
+    allowed[:, 7] = True
+    bits = np.packbits(np.pad(allowed, ((0, 0), (0, 28))), axis=1, bitorder="little").view(np.int32)
+    rp = RowParams.of([SamplingParams(temperature=t, top_k=k, top_p=0.9, seed=s).resolved()
+                       for t, k, s in ((0.0, 0, 1), (1.0, 0, 2), (0.7, 5, 3), (1.0, 3, 4), (2.0, 0, 5), (1.0, 50, 6))])
+    seen, step = jnp.zeros((b, v), bool), jnp.arange(b)
+    draw = jax.jit(sample, static_argnums=4)  # one compile, not one per operation
+    got, lp = draw(jnp.asarray(logits), seen, rp, step, True, allowed=jnp.asarray(bits))
+    want, _ = draw(jnp.asarray(np.where(allowed, logits, -np.inf)), seen, rp, step, True)
+    np.testing.assert_array_equal(got, want)
+    assert allowed[np.arange(b), np.asarray(got)].all()
+    np.testing.assert_allclose(lp, np.asarray(jax.nn.log_softmax(logits, axis=-1))[np.arange(b), np.asarray(got)], rtol=1e-6)
+
+
+@pytest.mark.parametrize("fields, says", [
+    (dict(json_schema={"type": "strng"}), "structured json_schema is invalid: Invalid type: strng"),
+    (dict(json_schema={"type": "object", "if": {"type": "object"}}), 'Unimplemented keys: ["if"]'),  # not supported
+    (dict(json_schema="{not json"), "structured json_schema is invalid"),
+    (dict(regex="[0-9"), "unclosed character class: fix the regex"),
+    (dict(grammar="start: foo"), 'unknown name: "foo"'),
+    (dict(choice=[]), "structured choice=() is invalid"),
+    (dict(regex="a", choice=["b"]), "sets regex and choice: set exactly one"),
+    (dict(), "sets nothing"),
+    (dict(regexp="a"), "unknown structured output field 'regexp'"),
+])
+def test_bad_constraints_are_refused_in_one_line_at_submit(served, fields, says):
+    engine = served[0]
+    with pytest.raises(jaxllm.GenerationError) as err:
+        engine.add(jaxllm.engine.Request([5, 6], SamplingParams(max_new_tokens=4, structured=fields).resolved()))
+    assert says in str(err.value) and "\n" not in str(err.value)
+    assert not engine.has_work()
+
+
+def test_structured_needs_llguidance_and_a_tokenizer(model, monkeypatch):
+    monkeypatch.setitem(sys.modules, "llguidance", None)
+    structured.grammar_text.cache_clear()
+    with pytest.raises(jaxllm.GenerationError, match=re.escape('pip install "jaxllm[structured]"')):
+        SamplingParams(structured=dict(regex="[a-z]+")).resolved()
+    monkeypatch.undo()
+    with pytest.raises(jaxllm.GenerationError, match="structured outputs need the model's tokenizer.json: this model has no tokenizer"):
+        structured.tokenizer(None, [2])
+    backend = Tokenizer(models.BPE(vocab={"a": 0}, merges=[]))  # no decoder: llguidance cannot tell the tokens' bytes
+    with pytest.raises(jaxllm.GenerationError, match="llguidance cannot read this model's tokenizer .*decoder"):
+        structured.tokenizer(SimpleNamespace(backend_tokenizer=backend), [0])
+
+
+def test_cli_flags_build_the_constraint(tmp_path):
+    from jaxllm import generate, progress
+
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps(SCHEMA))
+    for argv, want in ((["--json-schema", str(schema)], jaxllm.Structured(json_schema=SCHEMA)),
+                       (["--json-schema", '{"type": "object"}'], jaxllm.Structured(json_schema={"type": "object"})),
+                       (["--regex", REGEX], jaxllm.Structured(regex=REGEX)),
+                       (["--choice", "yes", "--choice", "no"], jaxllm.Structured(choice=["yes", "no"])),
+                       (["--json-object"], jaxllm.Structured(json_object=True)), ([], None)):
+        assert progress.sampling_params(generate.parse_args(["hi", *argv])).structured == want
+    with pytest.raises(jaxllm.JaxllmError, match="--regex, --choice each constrain the answer: give one of them"):
+        progress.sampling_params(generate.parse_args(["hi", "--regex", "a", "--choice", "b"]))
