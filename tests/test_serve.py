@@ -662,7 +662,7 @@ def test_tool_calls_through_the_openai_client(server, monkeypatch):
     for holder in (tok, tok.transformers):  # tools and tool calls render through transformers' tokenizer
         monkeypatch.setattr(holder, "chat_template", TOOL_TEMPLATE)
     monkeypatch.setattr(server.app_server, "tool_format", tool_calls.Hermes)
-    monkeypatch.setattr(api_app, "Output", _scripted(TOOL_ANSWER))
+    monkeypatch.setattr(api_app, "Output", _scripted(TOOL_ANSWER, TOOL_ANSWER.index("Paris")))  # 1st event: into the arguments
     rendered, encode_messages = [], protocol.encode_messages
 
     def spy(tokenizer, *args):
@@ -683,10 +683,11 @@ def test_tool_calls_through_the_openai_client(server, monkeypatch):
 
     chunks = [c for c in server.client.chat.completions.create(**ask, stream=True) if c.choices]
     deltas = [c.choices[0].delta for c in chunks]
-    (streamed,) = [t for d in deltas for t in d.tool_calls or []]
+    first, *rest = [t for d in deltas for t in d.tool_calls or []]  # the arguments in pieces, as they arrived
     assert "".join(d.content or "" for d in deltas) == "Let me check." and chunks[-1].choices[0].finish_reason == "tool_calls"
-    assert (streamed.index, streamed.type, streamed.function.name, streamed.function.arguments) == (
-        0, "function", "get_weather", call.function.arguments) and streamed.id.startswith("call_")
+    assert (first.index, first.type, first.function.name) == (0, "function", "get_weather") and first.id.startswith("call_")
+    assert rest and all((t.index, t.id, t.type, t.function.name) == (0, None, None, None) for t in rest)
+    assert "".join(t.function.arguments for t in [first, *rest]) == call.function.arguments
 
     back = [*ask["messages"], {"role": "assistant", "content": None, "tool_calls": [{**call.model_dump(), "id": "c1"}]},
             {"role": "tool", "tool_call_id": "c1", "content": "18 C"}]

@@ -139,7 +139,7 @@ class ChatFormat(Format):
                 message["tool_calls"] = [{k: v for k, v in call.items() if k != "index"} for call in made]
             return {"message": message}
         delta = {"content": text} if text else {}
-        if calls:  # each call whole, in one delta (index, id, type, name and all its arguments)
+        if calls:  # a call's first delta (index, id, type, name), then its arguments in pieces (tool_calls.ToolCalls)
             delta["tool_calls"] = calls
         return {"delta": delta}
 
