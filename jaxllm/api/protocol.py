@@ -144,7 +144,7 @@ class StreamOptions(_Strict):
 
 class _Common(_Strict):
     """Fields both endpoints take. top_k, min_p, repetition_penalty, ignore_eos, return_token_ids,
-    min_tokens, stop_token_ids, include_stop_str_in_output and skip_special_tokens are extensions
+    min_tokens, stop_token_ids, include_stop_str_in_output, skip_special_tokens and prompt_logprobs are extensions
     (vLLM's; the openai client sends them through `extra_body`). Other
     fields are kept (extra="allow") so that check() can refuse them: those of _UNSUPPORTED unless
     at their neutral value, NO_OP's never, any other as OpenAI's API does ("Unrecognized request
