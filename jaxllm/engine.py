@@ -568,14 +568,14 @@ class Engine:
 
 def _keep_prompt_scores(chunk: PrefillChunk, scored: tuple) -> None:
     """Keep what a prefill chunk of a sequence that scores its prompt computed (runner.PrefillResult.prompt): each
-    position's log-probability of the prompt token after it and its top pairs; a chunk computed again (after a
-    preemption) overwrites its positions."""
+    position's log-probability of the prompt token after it, its top pairs and its rank; a chunk computed again
+    (after a preemption) overwrites its positions."""
     seq = chunk.seq
     if seq.prompt_scores is None:
         seq.prompt_scores = [None] * len(seq.prompt)
-    logprobs, tops = scored
+    logprobs, tops, ranks = scored
     for j in range(chunk.length):
-        seq.prompt_scores[chunk.start + j] = (float(logprobs[j]), tops[j])
+        seq.prompt_scores[chunk.start + j] = (float(logprobs[j]), tops[j], ranks[j])
 
 
 def _prompt_fields(seq: Sequence) -> dict:
@@ -585,4 +585,5 @@ def _prompt_fields(seq: Sequence) -> dict:
     if scores is None:
         return {}
     before = scores[: len(seq.prompt) - 1]
-    return dict(prompt_logprobs=[None] + [lp for lp, _ in before], prompt_top_logprobs=[None] + [top for _, top in before])
+    return dict(prompt_logprobs=[None] + [lp for lp, _, _ in before], prompt_top_logprobs=[None] + [top for _, top, _ in before],
+                prompt_ranks=[None] + [rank for _, _, rank in before])

@@ -219,7 +219,7 @@ class Output:
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
         self.top_logprobs: list[list[tuple[int, float]]] = []  # per token, when the events carry them
-        self.prompt_logprobs = self.prompt_top_logprobs = None  # the first event's (Event)
+        self.prompt_logprobs = self.prompt_top_logprobs = self.prompt_ranks = None  # the first event's (Event)
         self.finish_reason: str | None = None
         self.stop_reason: str | int | None = None
 
@@ -231,7 +231,7 @@ class Output:
         """Take an engine Event (its tokens, log-probabilities, top ones and the prompt's); returns the text
         that became final."""
         if ev.prompt_logprobs is not None:
-            self.prompt_logprobs, self.prompt_top_logprobs = ev.prompt_logprobs, ev.prompt_top_logprobs
+            self.prompt_logprobs, self.prompt_top_logprobs, self.prompt_ranks = ev.prompt_logprobs, ev.prompt_top_logprobs, ev.prompt_ranks
         text = self.push(ev.tokens, ev.logprobs, ev.finished, ev.error, ev.top_logprobs)
         if ev.finish_reason == "stop" and self.finish_reason == "length":  # a structured output completed, no ending id
             self.finish_reason = "stop"

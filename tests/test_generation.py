@@ -228,7 +228,8 @@ def test_callbacks_and_chat_flag_are_checked_before_any_work(llama):
 
 def test_prompt_logprobs_in_blocks_equal_the_whole_chunk(monkeypatch):
     """A prompt-scoring prefill takes its positions' logits a block at a time (steps.PROMPT_POSITIONS over
-    the rows): the same values as the whole chunk's at once."""
+    the rows): the same values as the whole chunk's at once; each target's rank is its place in the
+    vocabulary sorted by likelihood (1: the likeliest)."""
     from types import SimpleNamespace
 
     import jax.numpy as jnp
@@ -245,6 +246,9 @@ def test_prompt_logprobs_in_blocks_equal_the_whole_chunk(monkeypatch):
     np.testing.assert_allclose(blocked[0], whole[0], atol=1e-6)
     np.testing.assert_array_equal(blocked[1][0], whole[1][0])
     np.testing.assert_allclose(blocked[1][1], whole[1][1], atol=1e-6)
+    order = np.argsort(-(hidden @ weight), axis=-1)  # no ties among random logits
+    np.testing.assert_array_equal(whole[2], np.argmax(order == np.maximum(targets, 0)[..., None], axis=-1) + 1)
+    np.testing.assert_array_equal(blocked[2], whole[2])
 
 
 def test_top_and_prompt_logprobs_match_transformers(llama, tmp_path):

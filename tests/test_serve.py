@@ -267,6 +267,48 @@ def test_top_logprobs_and_echo_equal_generate(server):
     wait_idle(server)
 
 
+def test_prompt_logprobs_as_vllm_gives_them(server):
+    """vLLM's prompt_logprobs k (completions: on each choice; chat: beside the choices): per prompt token
+    (None for the first) its own logprob, rank and text, then the k most likely (ranks 1..k), the
+    library's numbers; the answer's own logprobs keep their k."""
+    ref, text = server.refs["echo"], server.app_server.token_text
+    prompt = encode(server.model.tokenizer, TEXT[0], chat=False)
+    before = server.engine.counters
+    out = server.client.completions.create(model=NAME, prompt=TEXT[0], max_tokens=2, temperature=0, logprobs=1,
+                                           extra_body={"prompt_logprobs": TOP})
+    (choice,) = out.choices
+    assert ref.text.startswith(choice.text) and [set(top) for top in choice.logprobs.top_logprobs] == [
+        {text(pairs[0][0]), text(token)} for pairs, token in zip(ref.top_logprobs[:2], ref.token_ids)]
+    scored = choice.prompt_logprobs
+    assert len(scored) == len(prompt) and scored[0] is None
+    for got, token, logprob, pairs in zip(scored[1:], prompt[1:], ref.prompt_logprobs[1:], ref.prompt_top_logprobs[1:]):
+        ids = [t for t, _ in pairs]
+        assert list(got) == [str(t) for t in dict.fromkeys([token, *ids])]  # the token itself first
+        assert got[str(token)]["logprob"] == pytest.approx(logprob, abs=1e-5) and got[str(token)]["decoded_token"] == text(token)
+        assert got[str(token)]["rank"] == ids.index(token) + 1 if token in ids else got[str(token)]["rank"] > TOP
+        assert [(got[str(t)]["rank"], got[str(t)]["decoded_token"]) for t in ids] == [(i + 1, text(t)) for i, t in enumerate(ids)]
+        assert [got[str(t)]["logprob"] for t in ids] == pytest.approx([lp for _, lp in pairs], abs=1e-5)
+    chat = server.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": CHAT[0]}], max_tokens=1,
+                                                 temperature=0, extra_body={"prompt_logprobs": 1})
+    scored = chat.prompt_logprobs
+    assert len(scored) == chat.usage.prompt_tokens and scored[0] is None and all(1 <= len(s) <= 2 for s in scored[1:])
+    assert server.engine.counters == before  # the steps the references compiled served them
+    wait_idle(server)
+
+
+def test_chat_echo_begins_with_the_last_assistant_message(server):
+    """vLLM's chat echo: the content begins with the last message's when it is the assistant's (streamed:
+    in a chunk after the role's); after a user's message it changes nothing."""
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    ask = dict(model=NAME, max_tokens=1, temperature=0)
+    plain, echoed = (server.client.chat.completions.create(**ask, messages=turns, extra_body={"echo": e}) for e in (False, True))
+    assert echoed.choices[0].message.content == "Hello" + plain.choices[0].message.content
+    chunks = server.client.chat.completions.create(**ask, messages=turns, extra_body={"echo": True}, stream=True)
+    assert [c.choices[0].delta.content for c in chunks][:2] == ["", "Hello"]
+    assert protocol.ChatRequest(messages=turns[:1], echo=True).echoed() == ""
+    wait_idle(server)
+
+
 def test_seeded_sampling_n_and_stop_strings(server):
     ref = server.refs["sampled"]
     out = server.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": CHAT[1]}], max_tokens=NEW,
@@ -403,7 +445,7 @@ def test_full_server_answers_503_with_retry_after(server):
     (dict(logprobs=True, top_logprobs=21), "top_logprobs"),  # beyond OpenAI's 20
     (dict(logprobs=True, top_logprobs=-1), "top_logprobs"),
     (dict(top_logprobs=3), "top_logprobs"),  # without logprobs: true, as OpenAI answers
-    (dict(extra_body={"echo": True}, max_tokens=0), "echo"),  # echo (and max_tokens 0 with it) is the completions'
+    (dict(extra_body={"echo": "yes"}), "echo"),
     (dict(max_tokens=600), "max_tokens"),  # the prompt + max_tokens exceed the engine's 512 positions
     (dict(messages=[]), "messages"),
     (dict(n=100), "n"),  # more sequences than the server holds (batch 8 + queue 32)
@@ -451,8 +493,11 @@ def test_full_server_answers_503_with_retry_after(server):
     (dict(extra_body={"guided_regex": "[0-9"}), "guided_regex"),
     (dict(extra_body={"structured_outputs": {"grammar": "start: foo"}}), "structured_outputs.grammar"),
     (dict(extra_body={"continue_final_message": True, "add_generation_prompt": False}), "continue_final_message"),
-    (dict(extra_body={"echo": True}), "echo"),
     (dict(reasoning_effort="high"), "reasoning_effort"),
+    (dict(extra_body={"prompt_logprobs": -1}), "prompt_logprobs"),  # vLLM's -1 (the whole vocabulary) is not served
+    (dict(extra_body={"prompt_logprobs": 21}), "prompt_logprobs"),
+    (dict(extra_body={"prompt_logprobs": True}), "prompt_logprobs"),
+    (dict(extra_body={"prompt_logprobs": 1}, stream=True), "prompt_logprobs"),  # as vLLM: no chunk carries them
     # fields nobody defines (a misspelt one): refused as OpenAI's API refuses them, not ignored
     (dict(extra_body={"temprature": 0}), "temprature"),
     (dict(extra_body={"some_other_field": None}), "some_other_field"),
@@ -666,7 +711,7 @@ def test_tool_calls_through_the_openai_client(server, monkeypatch):
     for holder in (tok, tok.transformers):  # tools and tool calls render through transformers' tokenizer
         monkeypatch.setattr(holder, "chat_template", TOOL_TEMPLATE)
     monkeypatch.setattr(server.app_server, "tool_format", tool_calls.Hermes)
-    monkeypatch.setattr(api_app, "Output", _scripted(TOOL_ANSWER))
+    monkeypatch.setattr(api_app, "Output", _scripted(TOOL_ANSWER, TOOL_ANSWER.index("Paris")))  # 1st event: into the arguments
     rendered, encode_messages = [], protocol.encode_messages
 
     def spy(tokenizer, *args):
@@ -687,10 +732,11 @@ def test_tool_calls_through_the_openai_client(server, monkeypatch):
 
     chunks = [c for c in server.client.chat.completions.create(**ask, stream=True) if c.choices]
     deltas = [c.choices[0].delta for c in chunks]
-    (streamed,) = [t for d in deltas for t in d.tool_calls or []]
+    first, *rest = [t for d in deltas for t in d.tool_calls or []]  # the arguments in pieces, as they arrived
     assert "".join(d.content or "" for d in deltas) == "Let me check." and chunks[-1].choices[0].finish_reason == "tool_calls"
-    assert (streamed.index, streamed.type, streamed.function.name, streamed.function.arguments) == (
-        0, "function", "get_weather", call.function.arguments) and streamed.id.startswith("call_")
+    assert (first.index, first.type, first.function.name) == (0, "function", "get_weather") and first.id.startswith("call_")
+    assert rest and all((t.index, t.id, t.type, t.function.name) == (0, None, None, None) for t in rest)
+    assert "".join(t.function.arguments for t in [first, *rest]) == call.function.arguments
 
     back = [*ask["messages"], {"role": "assistant", "content": None, "tool_calls": [{**call.model_dump(), "id": "c1"}]},
             {"role": "tool", "tool_call_id": "c1", "content": "18 C"}]

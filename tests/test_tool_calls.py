@@ -1,7 +1,6 @@
 """jaxllm/api/tool_calls.py on strings: each format's calls and the text around them, malformed calls
-left as text, and a stream split anywhere giving the same answer as the whole text."""
-
-import json
+left as text, and a stream split anywhere giving the same answer as the whole text, its argument
+pieces adding up to the whole arguments."""
 
 import pytest
 
@@ -9,59 +8,75 @@ from jaxllm.api.tool_calls import FORMATS, Hermes, Llama3Json, Mistral, ToolCall
 
 WEATHER = '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "°C"}}'
 TIME = '{"name": "get_time", "arguments": {}}'
-CALLS = [("get_weather", {"city": "Paris", "unit": "°C"})]
+CALLS = [("get_weather", '{"city": "Paris", "unit": "°C"}')]
+TIMED = CALLS + [("get_time", "{}")]
 
-CASES = [  # format, answer, content, calls
+CASES = [  # format, answer, content, calls (name, arguments as json.dumps writes them)
     ("hermes", f"<tool_call>\n{WEATHER}\n</tool_call>", None, CALLS),  # Qwen2.5's shape: the call alone
     ("hermes", f"Let me check.\n\n<tool_call>\n{WEATHER}\n</tool_call>\n<tool_call>\n{TIME}\n</tool_call>\n",
-     "Let me check.", CALLS + [("get_time", {})]),
+     "Let me check.", TIMED),
     ("hermes", f"Before <tool_call>{WEATHER}</tool_call> between <tool_call>{TIME}</tool_call> after",
-     "Before between after", CALLS + [("get_time", {})]),  # text around every call
+     "Before between after", TIMED),  # text around every call
     ("hermes", f"\n<tool_call>{WEATHER}</tool_call>\n\nthen more", "then more", CALLS),
     ("hermes", f"<tool_call>\n{WEATHER}", None, CALLS),  # an unclosed last call, read at the end (as vLLM)
     ("hermes", "No call: a < b and <tool_ is not one.\n", "No call: a < b and <tool_ is not one.\n", []),
-    ("hermes", '<tool_call>{"name": "f", "arguments": {"a": </tool_call> done',  # malformed JSON stays text
-     '<tool_call>{"name": "f", "arguments": {"a": </tool_call> done', []),
+    ("hermes", '<tool_call>{"name": f, "arguments": {}}</tool_call> done',  # malformed before the arguments: text
+     '<tool_call>{"name": f, "arguments": {}}</tool_call> done', []),
+    ("hermes", '<tool_call>{"name": "f", "arguments": {"a": </tool_call> done', "done",  # cut in its arguments:
+     [("f", '{"a": ')]),  # the call has begun and stays one, with the arguments that came
+    ("hermes", '<tool_call>{"name": "f", "arguments": {"n": 12', None, [("f", '{"n": 12')]),  # cut at max_tokens
+    ("hermes", '<tool_call>{"name": "f", "arguments": {"a": 1} }} junk</tool_call>', None, [("f", '{"a": 1}')]),
     ("hermes", f'<tool_call>{{"arguments": {{}}}}</tool_call><tool_call>{WEATHER}</tool_call>',  # no name: text
      '<tool_call>{"arguments": {}}</tool_call>', CALLS),
+    ("hermes", '<tool_call>{"arguments":{"a":[1,2.50,1E2,true,null,{}],"s":"q\\"\\u00e9\\ud83d\\ude00\\n/\\/"},'
+     '"name":"f","id":{"k":"}"}}</tool_call>', None,  # the name after the arguments; json.dumps's spacing and escapes
+     [("f", '{"a": [1, 2.5, 100.0, true, null, {}], "s": "q\\"é😀\\n//"}')]),
     ("llama3_json", '{"name": "get_weather", "parameters": {"city": "Paris", "unit": "°C"}}', None, CALLS),
-    ("llama3_json", f'<|python_tag|>{WEATHER}; {TIME}', None, CALLS + [("get_time", {})]),
-    ("llama3_json", f"{WEATHER} is what I would call.", f"{WEATHER} is what I would call.", []),  # not calls alone
+    ("llama3_json", f'<|python_tag|>{WEATHER}; {TIME}', None, TIMED),
+    ("llama3_json", f"{WEATHER} is what I would call.", None, CALLS),  # what follows the calls is dropped
+    ("llama3_json", '  {"city": "Paris"}', '  {"city": "Paris"}', []),  # JSON that is no call
     ("llama3_json", "The answer is {x}.", "The answer is {x}.", []),
-    ("mistral", f"[TOOL_CALLS][{WEATHER}, {TIME}]", None, CALLS + [("get_time", {})]),
+    ("mistral", f"[TOOL_CALLS][{WEATHER}, {TIME}]", None, TIMED),
     ("mistral", f"Sure. [TOOL_CALLS] [{WEATHER}]", "Sure.", CALLS),
+    ("mistral", f"[TOOL_CALLS]{WEATHER}", None, CALLS),
     ("mistral", "[TOOL_CALLS][{'name': 'f'}]", "[TOOL_CALLS][{'name': 'f'}]", []),
 ]
 
 
 def _run(fmt: str, pieces: list[str]):
+    """The content and the calls (ids left out) that the deltas of `pieces` fed in turn add up to."""
     reader = ToolCalls(FORMATS[fmt])
     content, calls = "", []
     for i, piece in enumerate(pieces):
-        text, made = reader.feed(piece, final=i == len(pieces) - 1)
+        text, deltas = reader.feed(piece, final=i == len(pieces) - 1)
         content += text
-        calls += made
-    assert calls == reader.calls
+        for delta in deltas:
+            if delta["index"] == len(calls):  # a call's first delta: all but the rest of its arguments
+                assert delta["type"] == "function" and delta["id"] and delta["function"]["name"]
+                calls.append({**delta, "function": dict(delta["function"]), "id": None})
+            else:
+                assert set(delta) == {"index", "function"} and set(delta["function"]) == {"arguments"}
+                calls[delta["index"]]["function"]["arguments"] += delta["function"]["arguments"]
+    assert calls == [{**c, "id": None} for c in reader.calls]
     return content, calls
 
 
 @pytest.mark.parametrize("fmt, answer, content, expected", CASES)
 def test_calls_and_text_around_them_whole_and_split_anywhere(fmt, answer, content, expected):
-    whole, calls = _run(fmt, [answer])
+    reader = ToolCalls(FORMATS[fmt])
+    whole, calls = reader.feed(answer, True)
     assert (whole or None) == content if expected else whole == content
-    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == expected
-    assert [c["index"] for c in calls] == list(range(len(expected))) and all(c["type"] == "function" for c in calls)
-    assert len({c["id"] for c in calls}) == len(calls)
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == expected
+    assert calls == reader.calls and [c["index"] for c in calls] == list(range(len(expected)))
+    assert all(c["type"] == "function" for c in calls) and len({c["id"] for c in calls}) == len(calls)
     if fmt == "mistral":  # its chat template refuses other ids
         assert all(len(c["id"]) == 9 and c["id"].isalnum() for c in calls)
     else:
         assert all(c["id"].startswith("call_") for c in calls)
     strip = [{**c, "id": None} for c in calls]
-    by_char = _run(fmt, [*answer, ""])  # one character an event, then the end
-    assert (by_char[0], [{**c, "id": None} for c in by_char[1]]) == (whole, strip)
+    assert _run(fmt, [*answer, ""]) == (whole, strip)  # one character an event, then the end
     for cut in range(1, len(answer)):  # two pieces, cut at every boundary, the end with the second
-        split = _run(fmt, [answer[:cut], answer[cut:]])
-        assert (split[0], [{**c, "id": None} for c in split[1]]) == (whole, strip), cut
+        assert _run(fmt, [answer[:cut], answer[cut:]]) == (whole, strip), cut
 
 
 def test_held_text_goes_out_once_it_cannot_start_a_call():
@@ -71,6 +86,18 @@ def test_held_text_goes_out_once_it_cannot_start_a_call():
     assert reader.feed("box> x", False) == (" <toolbox> x", [])
     reader = ToolCalls(Llama3Json)
     assert reader.feed("  {", False) == ("", []) and reader.feed('"a": 1}', True) == ('  {"a": 1}', [])
+
+
+def test_arguments_stream_as_they_arrive():
+    """The call's first delta once its name and the arguments' '{' are read, then each piece once sure
+    (a string's characters as they come, a number once it ends, nothing of the closing markup)."""
+    reader = ToolCalls(Hermes)
+    assert reader.feed('<tool_call>{"name": "f", "arg', False) == ("", [])
+    (first,) = reader.feed('uments": {"city": "Pa', False)[1]
+    assert first["function"] == {"name": "f", "arguments": '{"city": "Pa'} and first["index"] == 0
+    assert reader.feed('ris", "n": 1', False)[1] == [{"index": 0, "function": {"arguments": 'ris", "n": '}}]
+    assert reader.feed("2}}\n</tool", False)[1] == [{"index": 0, "function": {"arguments": "12}"}}]
+    assert reader.feed("_call>", True) == ("", []) and reader.calls[0]["function"]["arguments"] == '{"city": "Paris", "n": 12}'
 
 
 @pytest.mark.parametrize("template, fmt", [

@@ -175,7 +175,7 @@ class Server:
             body.skip_special_tokens = False  # the calls' marker is a special token (vLLM's parsers turn it off too)
         params = body.sampling(self.model.generation_config, room)
         fmt = ChatFormat(self.name, self.token_text, logprobs=body.logprobs, token_ids=body.return_token_ids,
-                         token_bytes=self.token_bytes, tools=tools)
+                         token_bytes=self.token_bytes, tools=tools, echo=body.echoed())
         return await self._answer(request, body, fmt, [prompt], params)
 
     def _tool_format(self, body: ChatRequest) -> type[tool_calls.Format] | None:
@@ -252,6 +252,7 @@ class Server:
             raise APIError(503, f"the server is full ({err}): retry later", kind="server_error", code="server_overloaded",
                            headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         outputs = [Output(self.tokenizer, req.params, self.eos) for req in requests]
+        fmt.top = body.logprob_fields().get("top_logprobs", 0)  # the engine's may be prompt_logprobs' wider ones
         echoes = None if echo is None else [e for e in echo for _ in params]  # per choice
         prompt_tokens = sum(len(p) for p in prompts)
         if body.stream:
@@ -263,7 +264,11 @@ class Server:
         choices = [fmt.choice(i, _echoed(Piece(o.text, o.tokens, o.logprobs, o.finish_reason, o.top_logprobs,
                                                stop_reason=o.stop_reason), echoes, i, o), final=True)
                    for i, o in enumerate(outputs)]
-        return JSONResponse(fmt.envelope(choices, usage(prompt_tokens, sum(len(o.tokens) for o in outputs))))
+        response = fmt.envelope(choices, usage(prompt_tokens, sum(len(o.tokens) for o in outputs)))
+        if body.prompt_logprobs is not None:  # vLLM's: each choice's prompt, scored
+            response = fmt.with_prompt_logprobs(response, [fmt.prompt_logprobs(prompts[i // len(params)], o, body.prompt_logprobs)
+                                                           for i, o in enumerate(outputs)])
+        return JSONResponse(response)
 
     async def _pieces(self, sub: Submission, outputs: list[Output], echoes: list | None = None) -> AsyncIterator[tuple[int, Piece]]:
         """(choice, what it gained) per event, a choice's first behind its prompt when `echoes` (per

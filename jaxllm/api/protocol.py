@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 from jaxllm.api import forced_tools
 from jaxllm.chat_template import check_template_kwargs, encode, encode_messages
 from jaxllm.errors import InputError, JaxllmError
-from jaxllm.sampling import SamplingParams
+from jaxllm.sampling import TOP_LOGPROBS_MAX, SamplingParams
 from jaxllm.structured import Structured
 
 # -- errors ------------------------------------------------------------------------------------
@@ -146,7 +146,7 @@ class StreamOptions(_Strict):
 
 class _Common(_Strict):
     """Fields both endpoints take. top_k, min_p, repetition_penalty, ignore_eos, return_token_ids,
-    min_tokens, stop_token_ids, include_stop_str_in_output and skip_special_tokens are extensions
+    min_tokens, stop_token_ids, include_stop_str_in_output, skip_special_tokens and prompt_logprobs are extensions
     (vLLM's; the openai client sends them through `extra_body`). Other
     fields are kept (extra="allow") so that check() can refuse them: those of _UNSUPPORTED unless
     at their neutral value, NO_OP's never, any other as OpenAI's API does ("Unrecognized request
@@ -185,11 +185,13 @@ class _Common(_Strict):
     guided_choice: Any = None
     guided_grammar: Any = None
     structured_outputs: Any = None
+    prompt_logprobs: int | None = None  # vLLM's: the prompt tokens' log-probabilities, ranks and k likeliest (responses.py)
 
     def check(self) -> None:
         """Refuse (400) what exists in the API alone and is out of range or not served here."""
         if self.n < 1:
             raise APIError(400, f"n={self.n} is invalid: use a whole number >= 1", "n")
+        self._check_prompt_logprobs()
         if self.stream_options is not None and not self.stream:  # OpenAI's and vLLM's 400 too
             raise APIError(400, "stream_options is only allowed when stream is true: send stream: true, or leave "
                            "stream_options out", "stream_options")
@@ -213,6 +215,14 @@ class _Common(_Strict):
                 continue
             if not neutral(value, self):
                 raise APIError(400, f"{name} is not supported by this server: {fix}", name)
+
+    def _check_prompt_logprobs(self) -> None:
+        k = self.prompt_logprobs
+        if k is not None and not 0 <= k <= TOP_LOGPROBS_MAX:
+            raise APIError(400, f"prompt_logprobs={k} is invalid: use a whole number from 0 to {TOP_LOGPROBS_MAX} (the most "
+                           "likely tokens given beside each prompt token's own)", "prompt_logprobs")
+        if k is not None and self.stream:  # vLLM's 400 too: they would go in no chunk
+            raise APIError(400, "prompt_logprobs is not available with stream: true: leave one of them out", "prompt_logprobs")
 
     def api_names(self) -> dict[str, str]:
         """SamplingParams' field names as this request spelled them (errors name what was sent)."""
@@ -277,13 +287,16 @@ class _Common(_Strict):
         down to 32 bits, the same way every time."""
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         structured = self.structured()
+        logprobs = self.logprob_fields()
+        if self.prompt_logprobs is not None:  # the prompt scored; one top width for both: each use takes its own k of it
+            logprobs.update(prompt_logprobs=True, top_logprobs=max(logprobs.get("top_logprobs", 0), self.prompt_logprobs))
         try:
             params = SamplingParams(
                 max_new_tokens=max_tokens if self.max_tokens is None else self.max_tokens, temperature=self.temperature,
                 top_k=0 if self.top_k == -1 else self.top_k,  # -1: vLLM's spelling of 'no top-k'
                 top_p=self.top_p, min_p=self.min_p, repetition_penalty=self.repetition_penalty, seed=self._seed(),
                 presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty, logit_bias=self.logit_bias,
-                stop=stop, ignore_eos=self.ignore_eos, **self.logprob_fields(), min_tokens=self.min_tokens,
+                stop=stop, ignore_eos=self.ignore_eos, **logprobs, min_tokens=self.min_tokens,
                 stop_token_ids=tuple(self.stop_token_ids or ()), include_stop_str_in_output=self.include_stop_str_in_output,
                 skip_special_tokens=self.skip_special_tokens, structured=structured,
             ).resolved(_server_defaults(generation_config))
@@ -433,6 +446,7 @@ class ChatRequest(_Common):
     functions: Any = None  # these: _UNSUPPORTED
     function_call: Any = None
     chat_template_kwargs: dict | None = None  # variables the chat template reads (vLLM's field): enable_thinking, ...
+    echo: bool = False  # vLLM's: the answer's content begins with the last message's, when it is the assistant's
 
     def model_post_init(self, _context) -> None:
         self._given_max_tokens = self.max_tokens
@@ -445,6 +459,12 @@ class ChatRequest(_Common):
 
     def logprob_fields(self) -> dict:
         return dict(logprobs=self.logprobs, top_logprobs=self.top_logprobs or 0)
+
+    def echoed(self) -> str:
+        """With echo, the text the answer's content begins with: the last message's when it has the answer's
+        role (assistant), as vLLM's echo; else ''."""
+        last = self.messages[-1] if self.echo and self.messages else None
+        return last.text() if last is not None and last.role == "assistant" else ""
 
     def check(self) -> None:
         given, newer = self._given_max_tokens, self.max_completion_tokens
@@ -564,8 +584,6 @@ ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name of the system mess
 # except at the value that changes nothing, which clients may send as their default (the openai
 # client itself sends only what its caller passes): best_of = n, functions [], ...
 _UNSUPPORTED = {
-    "echo": (lambda v, body: not v or isinstance(body, CompletionRequest),
-             "it is served by /v1/completions only: leave it out (or send false) here"),
     "suffix": (lambda v, body: not v, "leave it out; this server does not fill in the middle"),
     "best_of": (lambda v, body: v is None or (type(v) is int and v == body.n),
                 "leave it out (or send n's value): choices are not ranked here; use n for more choices"),
@@ -584,8 +602,6 @@ _UNSUPPORTED = {
                                       "leave it out: special tokens' text is joined as the tokenizer's decode joins it"),
     "bad_words": (lambda v, body: v in (None, []), "leave it out"),
     "allowed_token_ids": (lambda v, body: v is None, "leave it out"),
-    "prompt_logprobs": (lambda v, body: v in (None, 0),
-                        "leave it out: /v1/completions with echo: true and logprobs returns the prompt's log-probabilities"),
     "truncate_prompt_tokens": (lambda v, body: v is None, "leave it out and shorten the prompt yourself"),
     "use_beam_search": (lambda v, body: v in (None, False), "leave it out: answers are sampled (temperature 0: greedy)"),
     "continue_final_message": (lambda v, body: v in (None, False),

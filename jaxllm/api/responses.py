@@ -55,6 +55,7 @@ class Format:
     def __init__(self, name: str, token_text, *, logprobs: bool, token_ids: bool, token_bytes=None):
         self.id, self.created, self.name = f"{self.prefix}-{uuid.uuid4().hex}", int(time.time()), name
         self.token_text, self.logprobs, self.token_ids = token_text, logprobs, token_ids
+        self.top: int | None = None  # the most likely tokens shown per token (None: all the engine gave; prompt_logprobs may widen them)
         self.token_bytes = token_bytes or (lambda token: token_text(token).encode())  # a token's own bytes (tokenizing.byte_reader)
 
     def envelope(self, choices: list[dict], usage: dict | None = None, chunk: bool = False) -> dict:
@@ -74,6 +75,28 @@ class Format:
 
     def first_chunks(self, n: int) -> list[dict]:
         return []
+
+    def pairs(self, piece: Piece, i: int) -> list:
+        return piece.top_at(i)[: self.top]
+
+    def with_prompt_logprobs(self, response: dict, scored: list) -> dict:
+        """vLLM's prompt_logprobs (`scored`: per choice, prompt_logprobs() of its prompt) on each choice."""
+        for choice, lps in zip(response["choices"], scored):
+            choice["prompt_logprobs"] = lps
+        return response
+
+    def prompt_logprobs(self, prompt: list[int], output, k: int) -> list[dict | None]:
+        """vLLM's prompt_logprobs of one prompt: None for its first token, then per token {id: {logprob,
+        rank, decoded_token}} of the token itself (rank: the tokens at least as likely, itself included)
+        and of the k most likely (ranks 1..k); JSON's keys are the ids as text."""
+        out: list[dict | None] = [None]
+        for i in range(1, len(prompt)):
+            scored = {prompt[i]: (output.prompt_logprobs[i], output.prompt_ranks[i])}  # the token itself first, as vLLM's
+            for rank, (token, logprob) in enumerate(output.prompt_top_logprobs[i][:k], 1):
+                scored.setdefault(token, (logprob, rank))
+            out.append({token: {"logprob": _floored(logprob), "rank": rank, "decoded_token": self.token_text(token)}
+                        for token, (logprob, rank) in scored.items()})
+        return out
 
     def finish_reason(self, index: int, piece: Piece) -> str | None:
         return piece.finish_reason
@@ -105,7 +128,7 @@ class CompletionFormat(Format):
             at += len(text)
         self._offsets[index] = at
         return {"tokens": texts, "token_logprobs": [_floored(lp) for lp in piece.logprobs],
-                "top_logprobs": [None if lp is None else self._top(t, lp, piece.top_at(i))
+                "top_logprobs": [None if lp is None else self._top(t, lp, self.pairs(piece, i))
                                  for i, (t, lp) in enumerate(zip(piece.tokens, piece.logprobs))],
                 "text_offset": offsets}
 
@@ -121,9 +144,10 @@ class CompletionFormat(Format):
 class ChatFormat(Format):
     object, chunk_object, prefix = "chat.completion", "chat.completion.chunk", "chatcmpl"
 
-    def __init__(self, *args, tools: type[ToolFormat] | None = None, **kwargs):
+    def __init__(self, *args, tools: type[ToolFormat] | None = None, echo: str = "", **kwargs):
         super().__init__(*args, **kwargs)
         self.tools = tools  # the tool-call format each choice's text is read in (tool_calls.py); None: text only
+        self.echo = echo  # vLLM's chat echo: the text each choice's content begins with (ChatRequest.echoed)
         self._calls: dict[int, ToolCalls] = {}  # per choice
 
     def content(self, index: int, piece: Piece, final: bool) -> dict:
@@ -134,12 +158,13 @@ class ChatFormat(Format):
             text, calls = reader.feed(piece.text, final or piece.finish_reason is not None)
             made = reader.calls
         if final:  # content: the text around the calls (null if none), as OpenAI's
+            text = self.echo + text
             message = {"role": "assistant", "content": text if text or not made else None}
             if made:
                 message["tool_calls"] = [{k: v for k, v in call.items() if k != "index"} for call in made]
             return {"message": message}
         delta = {"content": text} if text else {}
-        if calls:  # each call whole, in one delta (index, id, type, name and all its arguments)
+        if calls:  # a call's first delta (index, id, type, name), then its arguments in pieces (tool_calls.ToolCalls)
             delta["tool_calls"] = calls
         return {"delta": delta}
 
@@ -150,16 +175,23 @@ class ChatFormat(Format):
         return getattr(self.tools, "finish_reason", "tool_calls") if made else piece.finish_reason  # forced_tools: its own
 
     def format_logprobs(self, index: int, piece: Piece) -> dict:
-        return {"content": [{**self._token(t, lp), "top_logprobs": [self._token(*pair) for pair in piece.top_at(i)]}
+        return {"content": [{**self._token(t, lp), "top_logprobs": [self._token(*pair) for pair in self.pairs(piece, i)]}
                             for i, (t, lp) in enumerate(zip(piece.tokens, piece.logprobs))]}
 
     def _token(self, token: int, logprob: float) -> dict:
         return {"token": self.token_text(token), "logprob": _floored(logprob), "bytes": list(self.token_bytes(token))}
 
+    def with_prompt_logprobs(self, response: dict, scored: list) -> dict:
+        """vLLM's chat answer carries its one prompt's prompt_logprobs once, beside the choices."""
+        response["prompt_logprobs"] = scored[0]
+        return response
+
     def first_chunks(self, n: int) -> list[dict]:
-        """The role comes first, in a chunk of its own per choice (as OpenAI sends it)."""
+        """The role comes first, in a chunk of its own per choice (as OpenAI sends it); then the echo, if any (as vLLM)."""
         return [self.envelope([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                "finish_reason": None}], chunk=True) for i in range(n)]
+                                "finish_reason": None}], chunk=True) for i in range(n)] + [
+                self.envelope([{"index": i, "delta": {"content": self.echo}, "logprobs": None, "finish_reason": None}], chunk=True)
+                for i in range(n if self.echo else 0)]
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:

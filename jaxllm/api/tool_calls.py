@@ -9,12 +9,17 @@ OpenAI's `tool_calls` as the text arrives (vLLM's --tool-call-parser; `python -m
     mistral      [TOOL_CALLS][{"name": ..., "arguments": {...}}, ...] to the answer's end, text before it
                  (Mistral-7B-Instruct-v0.3's format; call ids of 9 letters and digits, as its template demands)
 
-Each format is a small incremental parser (`feed(text, final)` -> the text and calls that became
-settled): it holds back only what may still become a call (a partial '<tool_call>', a call not yet
-closed) and gives a call once it is whole, as one item. A block that looks like a call but whose
-JSON does not parse (or lacks a name, or arguments that are an object) stays text, as vLLM leaves
-it. ToolCalls turns one choice's items into OpenAI's shapes; since a whole answer is parsed by the
-same code fed once (final), a stream's pieces add up to the non-streamed answer exactly.
+Each format is a small incremental parser (`feed(text, final)` -> the text, call starts and argument
+pieces that became settled). A block (from its marker; for llama3_json the answer from its first
+'{') holds back its text until a call object's header is read: its "name" and the '{' that begins
+its arguments (`Call`); from then on the arguments stream (`Args`), re-written as json.dumps writes
+them (json.dumps(json.loads(arguments), ensure_ascii=False): the non-streamed form), a number once it
+ends, a string's characters as they come. A block none of whose objects becomes a call (not JSON, no
+name, arguments that are not an object) is text, as vLLM leaves it; once a call has begun it stays
+one: a block cut short (max_tokens, a closing marker inside the JSON) or whose JSON breaks after the
+header keeps the arguments given so far, and what follows the calls in their block is dropped.
+ToolCalls turns one choice's items into OpenAI's shapes; since a whole answer is parsed by the same
+code fed once (final), a stream's pieces add up to the non-streamed answer exactly.
 """
 
 from __future__ import annotations
@@ -27,25 +32,330 @@ import uuid
 
 @dataclasses.dataclass(frozen=True)
 class Call:
+    """A call begins: its name (its arguments follow as Args pieces)."""
+
     name: str
-    arguments: str  # a JSON object, as text (OpenAI's function.arguments)
 
 
-def _call(obj, *keys: str) -> Call | None:
-    """A decoded call {"name": str, <key>: {...}}, the first of `keys` it holds; None if it is not one."""
-    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"]:
-        return None
-    args = next((obj[k] for k in keys if k in obj), None)
-    if not isinstance(args, dict):
-        return None
-    return Call(obj["name"], json.dumps(args, ensure_ascii=False))
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """A piece of the current call's arguments (OpenAI's function.arguments, a JSON object as text)."""
+
+    text: str
 
 
-def _loads(text: str):
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None
+_DECODER = json.JSONDecoder()
+_SPACE = re.compile(r"[ \t\n\r]*")
+_WHITE = " \t\n\r"
+_LITERAL = re.compile(r"[-+.0-9a-zA-Z]")  # the characters of numbers, true, false, null (NaN, Infinity as json reads them)
+_UNIT = re.compile(r'[^"\\]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4}')  # one character of a JSON string's text
+_HIGH = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}")  # a surrogate pair's first half: waits for the second
+_CLOSE = {"{": "}", "[": "]"}
+
+
+def _header(text: str, keys: tuple[str, ...]) -> tuple[str, int] | None:
+    """A call object's beginning `text` ('{' ...) read again as it grows: its name and where its
+    arguments' '{' is (the first of `keys` whose value is an object), once both have arrived; None
+    before, and for an object that is no call."""
+    name = args = None
+    at = 1
+    while True:
+        try:
+            key, at = _DECODER.raw_decode(text, _SPACE.match(text, at).end())
+            at = _SPACE.match(text, at).end()
+            if not isinstance(key, str) or text[at : at + 1] != ":":
+                return None
+            at = _SPACE.match(text, at + 1).end()
+            if key in keys and args is None and text[at : at + 1] == "{":
+                args = at
+            elif name is None and key == "name" and text[at : at + 1] != '"':
+                return None
+            if name is not None and args is not None:
+                return name, args
+            value, at = _DECODER.raw_decode(text, at)  # a value before the header is whole: skipped
+        except ValueError:  # not yet arrived (or never will)
+            return None
+        if key == "name" and name is None:
+            if not value:
+                return None
+            name = value
+            if args is not None:
+                return name, args
+        at = _SPACE.match(text, at).end()
+        if text[at : at + 1] != ",":
+            return None
+        at += 1
+
+
+class _Arguments:
+    """A JSON object's text arriving in pieces, given out as json.dumps(json.loads(whole), ensure_ascii=False)
+    writes it, each piece once it is sure: brackets, separators and keys as they come, a string's
+    characters as they come (an escape once whole), a number or literal once it ends. `done` when the
+    object closes; `broken` when the text stops being JSON (what was given stays)."""
+
+    def __init__(self):
+        self.stack: list[str] = []  # the open '{' and '['
+        self.expect = "value"  # value, value_or_close, key, key_or_close, colon, comma
+        self.token = ""  # a number or literal being read; a string's text not given yet
+        self.string = self.key = self.escape = self.done = self.broken = False
+
+    def feed(self, text: str) -> tuple[str, int]:
+        """The pieces of `text` as json.dumps writes them, and how many of its characters the object took."""
+        out: list[str] = []
+        for i, ch in enumerate(text):
+            if self.done or self.broken:
+                return "".join(out), i
+            if self.string:
+                if self.escape or ch not in '"\\':
+                    self.escape, self.token = False, self.token + ch
+                elif ch == "\\":
+                    self.escape, self.token = True, self.token + ch
+                else:
+                    self.string = False
+                    out += [self._text(whole=True), '"']
+                    self._then("colon" if self.key else None)
+                continue
+            if self.token:
+                if _LITERAL.match(ch):
+                    self.token += ch
+                    continue
+                out.append(self._literal())
+            if ch not in _WHITE:
+                out.append(self._mark(ch))
+        if self.string:
+            out.append(self._text(whole=False))
+        return "".join(out), len(text)
+
+    def finish(self) -> str:
+        """What is left at the block's end (a number the answer ends with)."""
+        return self._literal() if self.token and not self.string and not self.broken else ""
+
+    def _mark(self, ch: str) -> str:
+        """A character outside strings and literals, as json.dumps writes it ('' when none)."""
+        e, top = self.expect, self.stack[-1] if self.stack else ""
+        if e in ("comma", "key_or_close", "value_or_close") and ch == _CLOSE.get(top):
+            self.stack.pop()
+            self._then(None)
+            return ch
+        if e in ("value", "value_or_close") and ch in "{[":
+            self.stack.append(ch)
+            self.expect = "key_or_close" if ch == "{" else "value_or_close"
+            return ch
+        if e in ("value", "value_or_close", "key", "key_or_close") and ch == '"':
+            self.string, self.key = True, e.startswith("key")
+            return ch
+        if e in ("value", "value_or_close") and _LITERAL.match(ch):
+            self.token, self.expect = ch, "comma"  # given once it ends
+            return ""
+        if (e, ch) in (("colon", ":"), ("comma", ",")):
+            self.expect = "value" if ch == ":" or top == "[" else "key"
+            return ch + " "
+        self.broken = True
+        return ""
+
+    def _then(self, expect: str | None) -> None:
+        """After a key (`expect` 'colon') or a value (None: the object may be done)."""
+        self.done = expect is None and not self.stack
+        self.expect = expect or "comma"
+
+    def _literal(self) -> str:
+        token, self.token = self.token, ""
+        try:
+            return json.dumps(json.loads(token))
+        except ValueError:
+            self.broken = True
+            return ""
+
+    def _text(self, whole: bool) -> str:
+        """A string's text received so far, re-escaped as json.dumps does (not whole: up to its last whole character)."""
+        at = end = 0
+        while not whole and (unit := _UNIT.match(self.token, at)):
+            at = unit.end()
+            end = at if not _HIGH.fullmatch(unit.group()) else end
+        part = self.token if whole else self.token[:end]
+        self.token = self.token[len(part) :]
+        try:
+            return json.dumps(json.loads(f'"{part}"'), ensure_ascii=False)[1:-1]
+        except ValueError:
+            self.broken = True
+            return ""
+
+
+class _Object:
+    """One call object's text from its '{': held while its header arrives, then its arguments'
+    pieces, then the rest of the object skipped to its '}' (`closed`; `rest`: the text after it)."""
+
+    def __init__(self, keys: tuple[str, ...]):
+        self.keys, self.text = keys, ""
+        self.args: _Arguments | None = None  # once the header is read
+        self.depth, self.string, self.escape = 1, False, False  # the object's rest, after the arguments
+        self.closed = False
+
+    @property
+    def broken(self) -> bool:
+        return self.args is not None and self.args.broken
+
+    def feed(self, text: str) -> tuple[list, str]:
+        items: list = []
+        if self.args is None:
+            self.text += text
+            head = _header(self.text, self.keys)
+            if head is None:
+                return items, ""
+            self.args, items, text = _Arguments(), [Call(head[0])], self.text[head[1] :]
+        if not self.args.done:
+            piece, used = self.args.feed(text)
+            items += [Args(piece)] if piece else []
+            text = text[used:] if not self.args.broken else ""
+        for i, ch in enumerate(text):  # the keys after the arguments: skipped
+            if self.string:
+                self.escape, self.string = not self.escape and ch == "\\", self.escape or ch != '"'
+            elif ch == '"':
+                self.string = True
+            else:
+                self.depth += (ch in "{[") - (ch in "}]")
+                if self.depth == 0:
+                    self.closed = True
+                    return items, text[i + 1 :]
+        return items, ""
+
+
+class Format:
+    """One answer's parser. `keep_special`: its marker is a special token, which the answer's text
+    must keep (the request's skip_special_tokens is turned off, as vLLM's parsers adjust it).
+    A block's calls: objects with a name and an object under one of `keys`, between `sep`, in
+    '[' ... ']' when `brackets` allows them."""
+
+    name = ""
+    keep_special = False
+    keys: tuple[str, ...] = ("arguments",)
+    sep: str | None = None
+    brackets = False
+
+    def __init__(self):
+        self.buf = ""  # text received and not yet settled
+        self.raw: str | None = None  # the open block's text (None: outside blocks), given back if it makes no call
+
+    def feed(self, text: str, final: bool) -> list[str | Call | Args]:
+        raise NotImplementedError
+
+    @staticmethod
+    def call_id() -> str:
+        return f"call_{uuid.uuid4().hex[:24]}"
+
+    def _open(self, marker: str) -> None:
+        self.raw, self.stage, self.obj, self.made, self.opened = marker, "open", None, False, False
+
+    def _body(self, text: str) -> list:
+        """The calls in the next of the open block's text."""
+        self.raw += text
+        items: list = []
+        while text and self.stage != "drop":
+            if self.obj is not None:
+                got, text = self.obj.feed(text)
+                items += got
+                if self.obj.broken:
+                    self.stage = "drop"
+                elif self.obj.closed:
+                    self.obj, self.stage = None, "after"
+                continue
+            text = text.lstrip(_WHITE)
+            ch, text = text[:1], text[1:]
+            if ch == "{" and self.stage in ("open", "next"):
+                self.obj, text = _Object(self.keys), ch + text
+            elif ch == "[" and self.stage == "open" and self.brackets:
+                self.stage, self.opened = "next", True
+            elif ch and ch == self.sep and self.stage == "after":
+                self.stage = "next"
+            elif ch == "]" and self.stage == "after" and self.opened:
+                self.stage = "end"
+            elif ch:
+                self.stage = "drop"  # no (further) call here
+        self.made = self.made or any(isinstance(item, Call) for item in items)
+        return items
+
+    def _close(self, marker: str) -> list:
+        """The block ends: its calls, or its text when it made none."""
+        self.raw += marker
+        last = self.obj.args if self.obj is not None and self.obj.args is not None else None
+        tail = last.finish() if last is not None else ""
+        items = ([Args(tail)] if tail else []) if self.made else [self.raw]
+        self.raw = None
+        return items
+
+
+class Tagged(Format):
+    """Calls inside a start marker and an end marker (`end` None: the block runs to the answer's end)."""
+
+    start = ""
+    end: str | None = None
+
+    def feed(self, text: str, final: bool) -> list[str | Call | Args]:
+        self.buf += text
+        out: list = []
+        while True:
+            if self.raw is None:
+                at = self.buf.find(self.start)
+                if at < 0:
+                    keep = 0 if final else _partial(self.buf, self.start)
+                    out.append(self.buf[: len(self.buf) - keep])
+                    self.buf = self.buf[len(self.buf) - keep :]
+                    break
+                out.append(self.buf[:at])
+                self._open(self.start)
+                self.buf = self.buf[at + len(self.start) :]
+            close = self.buf.find(self.end) if self.end else -1
+            stop = close if close >= 0 else len(self.buf) - (0 if final or not self.end else _partial(self.buf, self.end))
+            out += self._body(self.buf[:stop])
+            self.buf = self.buf[stop:]
+            if close < 0 and not final:
+                break
+            marker = self.end if close >= 0 else ""
+            out += self._close(marker)
+            self.buf = self.buf[len(marker) :]
+        return [item for item in out if item != ""]
+
+
+class Hermes(Tagged):
+    name, start, end = "hermes", "<tool_call>", "</tool_call>"
+
+
+class Mistral(Tagged):
+    name, start, end = "mistral", "[TOOL_CALLS]", None
+    keep_special = True  # [TOOL_CALLS] is a control token: skipped, the calls would read as JSON text
+    sep, brackets = ",", True
+
+    @staticmethod
+    def call_id() -> str:
+        return uuid.uuid4().hex[:9]  # its chat template refuses any other id
+
+
+class Llama3Json(Format):
+    """An answer that begins (after white space) with '{' or <|python_tag|> is one block of calls to
+    its end; any other answer is text."""
+
+    name, tag = "llama3_json", "<|python_tag|>"
+    keys, sep = ("parameters", "arguments"), ";"
+
+    def __init__(self):
+        super().__init__()
+        self.text = False  # the answer is known to be text
+
+    def feed(self, text: str, final: bool) -> list[str | Call | Args]:
+        self.buf += text
+        if self.raw is None and not self.text:
+            head = self.buf.lstrip()
+            if not final and self.tag.startswith(head):
+                return []
+            self.text = not head.startswith(("{", self.tag))
+            if not self.text:
+                self._open(self.buf[: len(self.buf) - len(head)] + (self.tag if head.startswith(self.tag) else ""))
+                self.buf = head.removeprefix(self.tag)
+        out, self.buf = self.buf, ""
+        if self.text:
+            return [out] if out else []
+        items = self._body(out)
+        return items + self._close("") if final else items
 
 
 def _partial(text: str, marker: str) -> int:
@@ -54,115 +364,6 @@ def _partial(text: str, marker: str) -> int:
         if marker.startswith(text[-n:]):
             return n
     return 0
-
-
-class Format:
-    """One answer's parser. `keep_special`: its marker is a special token, which the answer's text
-    must keep (the request's skip_special_tokens is turned off, as vLLM's parsers adjust it)."""
-
-    name = ""
-    keep_special = False
-
-    def __init__(self):
-        self.buf = ""  # text received and not yet settled
-
-    def feed(self, text: str, final: bool) -> list[str | Call]:
-        raise NotImplementedError
-
-    @staticmethod
-    def call_id() -> str:
-        return f"call_{uuid.uuid4().hex[:24]}"
-
-
-class Tagged(Format):
-    """Calls inside a start marker and an end marker (`end` None: the block runs to the answer's
-    end); `block(text between them)` gives its calls, or None when they do not parse."""
-
-    start = end = ""
-
-    def block(self, body: str) -> list[Call] | None:
-        raise NotImplementedError
-
-    def feed(self, text: str, final: bool) -> list[str | Call]:
-        self.buf += text
-        out: list[str | Call] = []
-        while self.buf:
-            at = self.buf.find(self.start)
-            if at < 0:
-                keep = 0 if final else _partial(self.buf, self.start)
-                out.append(self.buf[: len(self.buf) - keep])
-                self.buf = self.buf[len(self.buf) - keep :]
-                break
-            out.append(self.buf[:at])
-            self.buf = self.buf[at:]
-            close = self.buf.find(self.end, len(self.start)) if self.end else -1
-            if close < 0 and not final:
-                break  # the block is still arriving
-            stop = close + len(self.end) if close >= 0 else len(self.buf)
-            whole, self.buf = self.buf[:stop], self.buf[stop:]
-            calls = self.block(whole[len(self.start) : len(whole) - len(self.end) if close >= 0 else None])
-            out += calls if calls else [whole]
-        return [item for item in out if item != ""]
-
-
-class Hermes(Tagged):
-    name, start, end = "hermes", "<tool_call>", "</tool_call>"
-
-    def block(self, body: str) -> list[Call] | None:
-        call = _call(_loads(body), "arguments")
-        return [call] if call else None
-
-
-class Mistral(Tagged):
-    name, start, end = "mistral", "[TOOL_CALLS]", None
-    keep_special = True  # [TOOL_CALLS] is a control token: skipped, the calls would read as JSON text
-
-    def block(self, body: str) -> list[Call] | None:
-        found = _loads(body)
-        calls = [_call(obj, "arguments") for obj in (found if isinstance(found, list) else [found])]
-        return calls if calls and all(calls) else None
-
-    @staticmethod
-    def call_id() -> str:
-        return uuid.uuid4().hex[:9]  # its chat template refuses any other id
-
-
-class Llama3Json(Format):
-    """An answer that begins (after white space) with '{' or <|python_tag|> is held to its end, then
-    read as calls, or given whole as text when it is not calls alone."""
-
-    name, tag = "llama3_json", "<|python_tag|>"
-
-    def __init__(self):
-        super().__init__()
-        self.text = False  # the answer is known to be text
-
-    def feed(self, text: str, final: bool) -> list[str | Call]:
-        self.buf += text
-        head = self.buf.lstrip()
-        if not self.text and not final and (head.startswith(("{", self.tag)) or self.tag.startswith(head)):
-            return []
-        self.text = self.text or not head.startswith(("{", self.tag))
-        out, self.buf = self.buf, ""
-        return (None if self.text else self._calls(head.removeprefix(self.tag))) or ([out] if out else [])
-
-    @staticmethod
-    def _calls(text: str) -> list[Call] | None:
-        decoder, calls, at = json.JSONDecoder(), [], 0
-        space = re.compile(r"\s*")
-        while True:
-            at = space.match(text, at).end()
-            try:
-                obj, at = decoder.raw_decode(text, at)
-            except ValueError:
-                return None
-            calls.append(_call(obj, "parameters", "arguments"))
-            at = space.match(text, at).end()
-            if at == len(text):
-                return calls if all(calls) else None
-            if text[at] != ";":
-                return None
-            at += 1
 
 
 FORMATS = {f.name: f for f in (Hermes, Llama3Json, Mistral)}
@@ -187,11 +388,13 @@ def choose(name: str, chat_template) -> type[Format] | None:
 
 
 class ToolCalls:
-    """One choice's answer through a Format: `feed` gives the content and the calls that became
-    settled, in OpenAI's shapes. The white space at a call's edges is dropped (the newline before
-    '<tool_call>', between two calls, after the last), except what keeps apart the texts on both sides
-    of a call ("Before <call> after" is "Before after"): the content of text and calls is the text
-    around them; an answer without calls is its text unchanged."""
+    """One choice's answer through a Format: `feed` gives the content and the tool-call deltas that
+    became settled, in OpenAI's shapes: a call's first delta {index, id, type, function: {name,
+    arguments}}, then {index, function: {arguments}} with the next piece of its arguments (a feed's
+    pieces of one call in one delta); `calls` holds the calls so far, whole. The white space at a call's
+    edges is dropped (the newline before '<tool_call>', between two calls, after the last), except what
+    keeps apart the texts on both sides of a call ("Before <call> after" is "Before after"): the content
+    of text and calls is the text around them; an answer without calls is its text unchanged."""
 
     def __init__(self, fmt: type[Format]):
         self.format = fmt()
@@ -201,15 +404,21 @@ class ToolCalls:
         self._said = False  # some content was given
 
     def feed(self, text: str, final: bool) -> tuple[str, list[dict]]:
-        content, calls = "", []
+        content, deltas = "", []
         for item in self.format.feed(text, final):
             if isinstance(item, Call):
                 self._after_call = True
                 self._held = self._held if self._said else ""
                 call = {"index": len(self.calls), "id": self.format.call_id(), "type": "function",
-                        "function": {"name": item.name, "arguments": item.arguments}}
+                        "function": {"name": item.name, "arguments": ""}}
                 self.calls.append(call)
-                calls.append(call)
+                deltas.append({**call, "function": dict(call["function"])})
+                continue
+            if isinstance(item, Args):
+                self.calls[-1]["function"]["arguments"] += item.text
+                if not deltas or deltas[-1]["index"] != len(self.calls) - 1:
+                    deltas.append({"index": len(self.calls) - 1, "function": {"arguments": ""}})
+                deltas[-1]["function"]["arguments"] += item.text
                 continue
             if self._after_call:
                 item = item.lstrip()
@@ -222,4 +431,4 @@ class ToolCalls:
             self._held += item[len(body) :]
         if final:
             content, self._held = content + ("" if self._after_call else self._held), ""
-        return content, calls
+        return content, deltas

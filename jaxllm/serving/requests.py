@@ -52,7 +52,8 @@ class Event:
     (token id, logprob) pairs at its position, best first (ties: the lower id first); else []. With
     prompt_logprobs, the request's first event carries `prompt_logprobs` [float | None] per prompt
     token (log p(token | the tokens before it); None for the first) and `prompt_top_logprobs` per
-    prompt token its k pairs (the first: None); other events None."""
+    prompt token its k pairs (the first: None) and `prompt_ranks` its rank (vLLM's: the tokens at
+    least as likely, itself included); other events None."""
 
     index: int
     tokens: list[int]
@@ -63,6 +64,7 @@ class Event:
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
     prompt_logprobs: list[float | None] | None = None
     prompt_top_logprobs: list[list[tuple[int, float]] | None] | None = None
+    prompt_ranks: list[int | None] | None = None
 
 
 class Score(NamedTuple):

@@ -86,7 +86,7 @@ class PrefillResult(NamedTuple):
     """One row's answer from Runner.prefill; token, logprob and done meaningful for `last` rows only. `top`: the
     row's top_logprobs most likely (id, logprob) pairs at its last position, best first ([] when it asks for
     none). `prompt` (rows that score their prompt, else None): (logprobs float32 [length] of the token after
-    each position of the chunk (NaN where no prompt token follows), each position's top pairs)."""
+    each position of the chunk (NaN where no prompt token follows), each position's top pairs, its rank)."""
 
     token: int
     logprob: float
@@ -235,14 +235,14 @@ class Runner:
         best, chunk = extra if extra is not None else (None, None)
         best = _host(best)
         if chunk is not None:
-            chunk = (np.asarray(chunk[0]), _host(chunk[1]))
+            chunk = (np.asarray(chunk[0]), _host(chunk[1]), np.asarray(chunk[2]))
         out = []
         for i, r in zip(where, rows):
             k, scored = r.params.top_logprobs, None
             if r.scores_prompt:
                 follows = np.arange(r.start + 1, r.start + r.length + 1) < len(r.history)
                 scored = (np.where(follows, chunk[0][i, : r.length], np.nan).astype(np.float32),
-                          [top_pairs(chunk[1], (i, j), k) for j in range(r.length)])
+                          [top_pairs(chunk[1], (i, j), k) for j in range(r.length)], chunk[2][i, : r.length].tolist())
             out.append(PrefillResult(int(token[i]), float(logprob[i]), bool(r.last and done[i]), top_pairs(best, (i,), k), scored))
         return state, out
 

@@ -38,7 +38,7 @@ class Sequence:
     # BlockManager (allocate's hits, register_full_pages); uid None means the chain broke there.
     chain: list[tuple[int, int | None]] = field(default_factory=list, repr=False)
     # SamplingParams.prompt_logprobs: each prompt position's (log-probability of the prompt token after it, its
-    # most likely (id, logprob) pairs), filled chunk by chunk by the engine until the first token goes out
+    # most likely (id, logprob) pairs, its rank), filled chunk by chunk by the engine until the first token goes out
     prompt_scores: list | None = field(default=None, repr=False)
     # SamplingParams.structured: its matcher (jaxllm.structured.Grammar), fed every output token; a preempted
     # sequence keeps it with its output, and its recompute's first token is masked by it again

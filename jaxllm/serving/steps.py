@@ -209,8 +209,8 @@ def _prefill(graphdef, counters, attention, gather, kv_len, sampling, top, promp
     the width of the most likely tokens returned at each row's last position; `prompt` (static): the rows
     score their chunk, `targets` [R, C] the token after each position (-1: none). extra: None for a call of
     neither, else (top (ids, logprobs) [R, top] or None, prompt (logprobs [R, C] of the targets (0 where
-    -1), top (ids, logprobs) [R, C, top] or None) or None). `allowed` [R, ceil(V / 32)] int32: the tokens each
-    row may sample (structured outputs: sampling.sample), or None (a program of its own: call_kind)."""
+    -1), top (ids, logprobs) [R, C, top] or None, ranks [R, C] of the targets) or None). `allowed` [R, ceil(V / 32)]
+    int32: the tokens each row may sample (structured outputs: sampling.sample), or None (a program of its own: call_kind)."""
     counters.prefill += 1
     counters.calls.add((*tokens.shape, kv_len, call_kind(sampling, top, prompt, allowed is not None)))
     model = nnx.merge(graphdef, params)
@@ -277,10 +277,12 @@ def _prompt_logprobs(model, hidden, targets, top: int, gather):
 
 def _chunk_logprobs(logits, targets, top: int):
     """Each position's log-probability of the token after it: logits [R, C, V], targets [R, C] (-1:
-    none, 0 there); with its `top` most likely (ids, logprobs) [R, C, top], or None for top 0."""
+    none, 0 there); with its `top` most likely (ids, logprobs) [R, C, top], or None for top 0; and its
+    rank [R, C] (vLLM's: the tokens at least as likely, itself included, so 1 for the likeliest)."""
     logp = jax.nn.log_softmax(logits, axis=-1)
-    chosen = jnp.where(targets >= 0, jnp.take_along_axis(logp, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0], 0.0)
-    return chosen, top_of(logp, top) if top else None
+    chosen = jnp.take_along_axis(logp, jnp.maximum(targets, 0)[..., None], axis=-1)
+    rank = jnp.sum(logp >= chosen, axis=-1, dtype=jnp.int32)
+    return jnp.where(targets >= 0, chosen[..., 0], 0.0), top_of(logp, top) if top else None, rank
 
 
 def _decode(graphdef, counters, chunk, attention, gather, kv_len, sampling, cascade, top, params, state: SlotState, table,
