@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 
-from jaxllm.api.tool_calls import Call, Format
+from jaxllm.api.tool_calls import Args, Call, Format
 from jaxllm.structured import Structured
 
 
@@ -48,7 +48,7 @@ class Required(Format):
     name = "required"
     finish_reason = "tool_calls"
 
-    def feed(self, text: str, final: bool) -> list[str | Call]:
+    def feed(self, text: str, final: bool) -> list[str | Call | Args]:
         self.buf += text
         if not final:
             return []
@@ -56,14 +56,15 @@ class Required(Format):
         calls = self.read(whole)
         return calls if calls else [whole] if whole else []
 
-    def read(self, text: str) -> list[Call] | None:
+    def read(self, text: str) -> list[Call | Args] | None:
+        """Each call of the answer as a Call and its whole arguments (one Args piece), or None for no calls."""
         try:
             found = json.loads(text)
         except ValueError:
             return None
         if not isinstance(found, list) or not all(isinstance(c, dict) and isinstance(c.get("parameters"), dict) for c in found):
             return None
-        return [Call(c["name"], json.dumps(c["parameters"], ensure_ascii=False)) for c in found] or None
+        return [item for c in found for item in _call(c["name"], c["parameters"])] or None
 
 
 class Named(Required):
@@ -73,12 +74,17 @@ class Named(Required):
     finish_reason = "stop"
     function = ""
 
-    def read(self, text: str) -> list[Call] | None:
+    def read(self, text: str) -> list[Call | Args] | None:
         try:
             found = json.loads(text)
         except ValueError:
             return None
-        return [Call(self.function, json.dumps(found, ensure_ascii=False))] if isinstance(found, dict) else None
+        return _call(self.function, found) if isinstance(found, dict) else None
+
+
+def _call(name: str, arguments: dict) -> list[Call | Args]:
+    """A call's items as a Format gives them: its Call, then its arguments as json.dumps writes them (one piece)."""
+    return [Call(name), Args(json.dumps(arguments, ensure_ascii=False))]
 
 
 def format_for(tool_choice) -> type[Format] | None:
