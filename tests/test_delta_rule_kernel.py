@@ -62,7 +62,8 @@ def test_chunked_form_matches_the_scan(channel):
     """linear_attention.gated_delta_rule over several chunks and a padded last one, from a state, equals the token by
     token scan: a decay per head (the gated DeltaNet) or per key channel (Kimi Delta Attention)."""
     q, k, v, g, beta, s0 = _inputs(2, 13, 3, 16, 8, channel=channel)
-    want_out, want_state = linear_attention.recurrent_delta_rule(q, k, v, g, beta, s0)
-    out, state = linear_attention.gated_delta_rule(q, k, v, g, beta, s0, chunk=4)
+    with jax.default_matmul_precision("highest"):  # two float32 algorithms compared (a GPU's default takes TF32 products)
+        want_out, want_state = linear_attention.recurrent_delta_rule(q, k, v, g, beta, s0)
+        out, state = linear_attention.gated_delta_rule(q, k, v, g, beta, s0, chunk=4)
     for got, want in ((out, want_out), (state, want_state)):
         assert float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want))) < 1e-5

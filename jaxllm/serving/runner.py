@@ -347,7 +347,7 @@ class Runner:
             row = Row(-1, tokens, start, min(chunk, len(tokens) - start), pages, False, params, np.zeros(0, np.int32), 0,
                       shard, scores_prompt=True)
             state, (result,) = self.prefill(state, [row], 1, chunk)
-            logprobs, tops = result.prompt
+            logprobs, tops, _ = result.prompt  # (logprobs, top pairs, ranks)
             follows = ~np.isnan(logprobs)
             logps.append(logprobs[follows])
             best += [pairs[0][0] for pairs, f in zip(tops, follows) if f]
