@@ -154,7 +154,10 @@ class Runner:
         return self._model()
 
     def _put(self, x):
-        return sharding.put_replicated(x, self.mesh)
+        """A host array as a call's input: on a mesh, placed replicated; on one device, the host array itself,
+        which the jitted call moves with its other inputs in one go (each placed on its own first, a decode
+        call's six inputs took 1.4 ms on an H200: a third of a batch-64 step)."""
+        return np.asarray(x) if self.mesh is None else sharding.put_replicated(x, self.mesh)
 
     def _put_rows(self, x):
         """A host array whose leading dimension is dp blocks of rows: each dp group gets its block."""
@@ -231,11 +234,8 @@ class Runner:
         state, token, logprob, done, extra = self._prefill(rows_bucket, length_bucket)(
             s, sampling, top, prompt, self.model.params, state, *self._prefill_inputs(rows, rows_bucket, length_bucket, s, where, prompt),
             *((self._masks(rows, where, rows_bucket * self.shards),) if masked else ()))
-        token, logprob, done = np.asarray(token), np.asarray(logprob), np.asarray(done)
+        token, logprob, done, extra = jax.device_get((token, logprob, done, extra))  # the copies overlap
         best, chunk = extra if extra is not None else (None, None)
-        best = _host(best)
-        if chunk is not None:
-            chunk = (np.asarray(chunk[0]), _host(chunk[1]), np.asarray(chunk[2]))
         out = []
         for i, r in zip(where, rows):
             k, scored = r.params.top_logprobs, None
@@ -365,12 +365,7 @@ class Runner:
         masks = () if allowed is None else (self._put_rows(allowed),)
         state, out, out_lp, done, best = self._decode(kv_len, sampling, keys, top, self.model.params, state,
                                                       *self._decode_inputs(table, limit, stop, steps, shared, offsets), *masks)
-        return state, np.asarray(out), np.asarray(out_lp), np.asarray(done), _host(best)
-
-
-def _host(top):
-    """A step's (ids, logprobs) top arrays on the host, or None."""
-    return None if top is None else (np.asarray(top[0]), np.asarray(top[1]))
+        return (state, *jax.device_get((out, out_lp, done, best)))  # one wait for the four copies
 
 
 def top_pairs(top, at: tuple, k: int) -> list[tuple[int, float]]:
