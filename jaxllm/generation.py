@@ -36,9 +36,11 @@ class Completion:
     # position, best first (ties: the lower id first, as jax.lax.top_k); None otherwise
     top_logprobs: list[list[tuple[int, float]]] | None = None
     # SamplingParams.prompt_logprobs: per prompt token log p(token | the tokens before it), None for the first;
-    # and per prompt token its k most likely pairs ([] for top_logprobs 0; None for the first)
+    # per prompt token its k most likely pairs ([] for top_logprobs 0; None for the first); and its rank (vLLM's:
+    # the tokens at least as likely, itself included; None for the first)
     prompt_logprobs: list[float | None] | None = None
     prompt_top_logprobs: list[list[tuple[int, float]] | None] | None = None
+    prompt_ranks: list[int | None] | None = None
 
 
 def prepare(model, prompts, params: SamplingParams | dict | None, *, chat=None, system=None, chat_template_kwargs=None):
@@ -160,7 +162,8 @@ def generate(model, prompts: str | Sequence, params: SamplingParams | None = Non
     def completion(i):
         o = outputs[i]
         return Completion(o.text, o.tokens, o.finish_reason or "length", len(ids[i]), o.logprobs if params.logprobs else None,
-                          o.top_logprobs if params.top_logprobs else None, o.prompt_logprobs, o.prompt_top_logprobs)
+                          o.top_logprobs if params.top_logprobs else None, o.prompt_logprobs, o.prompt_top_logprobs,
+                          o.prompt_ranks)
 
     for ev in engine.run(requests, stop_check=lambda i: outputs[i].finish_reason is not None):
         output = outputs[ev.index]

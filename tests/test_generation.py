@@ -281,3 +281,5 @@ def test_top_and_prompt_logprobs_match_transformers(llama, tmp_path):
             np.testing.assert_allclose(got.prompt_logprobs[1:], given, atol=1e-5)
             np.testing.assert_array_equal([[t for t, _ in pairs] for pairs in got.prompt_top_logprobs[1:]], top.indices.numpy())
             np.testing.assert_allclose([[lp for _, lp in pairs] for pairs in got.prompt_top_logprobs[1:]], top.values.numpy(), atol=1e-5)
+            assert got.prompt_ranks[0] is None  # vLLM's rank: the tokens at least as likely, itself included
+            assert got.prompt_ranks[1:] == (logp[:-1] >= torch.from_numpy(given)[:, None]).sum(-1).tolist()
