@@ -64,13 +64,17 @@ class Structured:
         raise GenerationError(f"structured must be a jaxllm.Structured or a dict of its fields (json_schema, json_object, "
                               f"regex, choice, grammar), got {type(value).__name__}")
 
+    def _given(self) -> list[str]:
+        """The fields set (check() asks for exactly one)."""
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) not in (None, False)]
+
     @property
     def kind(self) -> str:
-        return next((f.name for f in dataclasses.fields(self) if getattr(self, f.name) not in (None, False)), "")
+        return next(iter(self._given()), "")
 
     def check(self) -> None:
         """Exactly one field set, of its type, and a grammar llguidance compiles (GenerationError otherwise)."""
-        given = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) not in (None, False)]
+        given = self._given()
         if len(given) != 1:
             raise GenerationError(f"structured output sets {' and '.join(given) or 'nothing'}: set exactly one of "
                                   "json_schema, json_object, regex, choice, grammar")

@@ -58,10 +58,7 @@ class Required(Format):
 
     def read(self, text: str) -> list[Call | Args] | None:
         """Each call of the answer as a Call and its whole arguments (one Args piece), or None for no calls."""
-        try:
-            found = json.loads(text)
-        except ValueError:
-            return None
+        found = _json(text)
         if not isinstance(found, list) or not all(isinstance(c, dict) and isinstance(c.get("parameters"), dict) for c in found):
             return None
         return [item for c in found for item in _call(c["name"], c["parameters"])] or None
@@ -75,11 +72,16 @@ class Named(Required):
     function = ""
 
     def read(self, text: str) -> list[Call | Args] | None:
-        try:
-            found = json.loads(text)
-        except ValueError:
-            return None
+        found = _json(text)
         return _call(self.function, found) if isinstance(found, dict) else None
+
+
+def _json(text: str):
+    """The answer's JSON value, or None where it does not parse (cut by max_tokens)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def _call(name: str, arguments: dict) -> list[Call | Args]:
@@ -87,9 +89,14 @@ def _call(name: str, arguments: dict) -> list[Call | Args]:
     return [Call(name), Args(json.dumps(arguments, ensure_ascii=False))]
 
 
+def forces(tool_choice) -> bool:
+    """Whether a tool_choice forces a call: 'required', or a named function."""
+    return tool_choice == "required" or named(tool_choice) is not None
+
+
 def format_for(tool_choice) -> type[Format] | None:
     """The reader of a forced tool_choice's answer ('required', a named function), None for another."""
+    if not forces(tool_choice):
+        return None
     name = named(tool_choice)
-    if name is not None:
-        return type("Named", (Named,), {"function": name})
-    return Required if tool_choice == "required" else None
+    return Required if name is None else type("Named", (Named,), {"function": name})

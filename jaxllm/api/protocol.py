@@ -532,7 +532,7 @@ class ChatRequest(_Common):
         choice, name = self.tool_choice, forced_tools.named(self.tool_choice)
         if choice in (None, "none", "auto"):
             return
-        if (choice == "required" or name is not None) and not self.tools:
+        if forced_tools.forces(choice) and not self.tools:
             raise APIError(400, f"tool_choice {json.dumps(choice)[:80]} asks for a call, and no tools are offered: send "
                            "the tools", "tool_choice")
         if choice == "required" or name in names:
@@ -545,7 +545,7 @@ class ChatRequest(_Common):
 
     def constraints(self) -> list[tuple[str, Structured]]:
         """Besides the structured-output fields: tool_choice 'required' or a named function (forced_tools.py)."""
-        forced = self.tools and (self.tool_choice == "required" or forced_tools.named(self.tool_choice) is not None)
+        forced = self.tools and forced_tools.forces(self.tool_choice)
         return super().constraints() + ([("tool_choice", forced_tools.constraint(self.tools, self.tool_choice))] if forced else [])
 
     def reads_tool_calls(self) -> bool:
