@@ -49,17 +49,19 @@ def _dequantized(params) -> dict:
 
 # -- the quantizer ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kernel_shape, n_in, groups, lead", [
-    ((24, 64), 1, 4, (1, 1)),        # q_proj-like, one decode row
-    ((4, 6, 64), 1, 2, (3, 5)),      # out dims (heads, head_dim): 15 rows
-    ((64, 4, 16), 2, 8, (2, 1)),     # o_proj-like: two input dims grouped across heads
+@pytest.mark.parametrize("kernel_shape, n_in, groups, lead, dtype", [
+    ((24, 64), 1, 4, (1, 1), jnp.int8),        # q_proj-like, one decode row
+    ((4, 6, 64), 1, 2, (3, 5), jnp.int8),      # out dims (heads, head_dim): 15 rows
+    ((64, 4, 16), 2, 8, (2, 1), jnp.int8),     # o_proj-like: two input dims grouped across heads
+    ((96, 64), 1, 2, (1, 1), jnp.int4),        # gate/up-like int4: read as 32-bit words of eight values
 ])
 @pytest.mark.parametrize("with_offset", [False, True])
-def test_grouped_product_is_the_dequantized_product(kernel_shape, n_in, groups, lead, with_offset):
+def test_grouped_product_is_the_dequantized_product(kernel_shape, n_in, groups, lead, dtype, with_offset):
     """Decode's grouped contraction (no float kernel built) equals dequantize-then-tensordot."""
     rng = np.random.default_rng(3)
     n_out = len(kernel_shape) - n_in
-    kernel = jnp.asarray(rng.integers(-128, 128, kernel_shape), jnp.int8)
+    bound = 128 if dtype == jnp.int8 else 8
+    kernel = jnp.asarray(rng.integers(-bound, bound, kernel_shape), dtype)
     scale = jnp.asarray(rng.uniform(0.001, 0.01, kernel_shape[:n_out] + (groups,)), jnp.float32)
     offset = jnp.asarray(rng.normal(0, 0.01, scale.shape), jnp.float32) if with_offset else None
     x = jnp.asarray(rng.normal(0, 1, lead + kernel_shape[n_out:]), jnp.float32)
