@@ -7,7 +7,7 @@ block_types says, repeated over the layers ("recurrent" or "attention"); with
   RMSNorms scaling by (1 + w) in float32; the layer's norms temporal_pre_norm and channel_pre_norm, the final final_norm;
 - multi-query attention (num_key_value_heads, all heads by default) over a window of attention_window_size tokens on
   every attention layer, its q/k/v biases where attention_bias, o_proj's always; head_dim hidden_size /
-  num_attention_heads whatever config.json says; rotary positions on the first half of each head by default (the rope
+  num_attention_heads (rounded down) unless config.json gives one; rotary positions on the first half of each head by default (the rope
   settings' partial_rotary_factor, else a top-level one, else 0.5), the default rope alone;
 - a GeGLU MLP (hidden_activation, by default tanh GELU) intermediate_size / 2 wide with biases, mlp_block;
 - the logits tanh-soft-capped at logits_soft_cap; the head tied to the embeddings by default;
@@ -30,12 +30,12 @@ BLOCKS = {"recurrent": "rg_lru", "attention": "sliding_attention"}
 
 def recurrent_gemma_names(raw: dict) -> dict:
     """The common keys as RecurrentGemmaConfig reads them: the window attention_window_size (sliding_window, its
-    attribute_map alias, wins where given), hidden_activation, head_dim from the widths, half of each head rotated
+    attribute_map alias, wins where given), hidden_activation, head_dim from the widths (rounded down) where not given, half of each head rotated
     where neither the rope settings nor the top level give a factor (a top-level null: the whole head), no position
     limit."""
     raw = dict(raw, hidden_act=raw.get("hidden_activation"), max_position_embeddings=MAMBA_POSITIONS)
     raw["sliding_window"] = raw["sliding_window"] if "sliding_window" in raw else raw.get("attention_window_size")
-    if isinstance(raw.get("hidden_size"), int) and isinstance(raw.get("num_attention_heads"), int):
+    if "head_dim" not in raw and isinstance(raw.get("hidden_size"), int) and isinstance(raw.get("num_attention_heads"), int):
         raw["head_dim"] = raw["hidden_size"] // raw["num_attention_heads"]
     rope = raw.get("rope_scaling") or raw.get("rope_parameters") or {}
     if "partial_rotary_factor" not in raw and not (isinstance(rope, dict) and rope.get("partial_rotary_factor")):
@@ -59,9 +59,10 @@ def _layer_types(raw: dict) -> tuple[str, ...]:
 def recurrent_gemma_defaults(raw: dict) -> dict:
     heads, hidden = raw["num_attention_heads"], raw["hidden_size"]
     lru = raw.get("lru_width") or hidden
-    if hidden < heads:
+    if not raw["head_dim"]:
         raise ConfigError(f"config.json hidden_size={hidden} is less than num_attention_heads={heads}, which leaves heads of "
-                          "0 values (RecurrentGemma's head_dim is hidden_size / num_attention_heads): raise hidden_size")
+                          "0 values (RecurrentGemma's head_dim is hidden_size / num_attention_heads, rounded down): raise hidden_size or give "
+                          "head_dim")
     if lru % heads:
         raise ConfigError(f"config.json lru_width={lru} is not a multiple of num_attention_heads={heads}, the RG-LRU's gate "
                           "blocks (transformers fails): set lru_width to a multiple of it")
@@ -96,10 +97,10 @@ _DEFAULTS = dict(num_hidden_layers=26, vocab_size=256000, hidden_size=2560, inte
 ARCHITECTURES = (Architecture(
     name="RecurrentGemmaForCausalLM", module=CausalLM, weight_map=recurrent_gemma_weight_map, hf_model_type="recurrent_gemma",
     config_defaults=recurrent_gemma_defaults, common_names=recurrent_gemma_names, hf_defaults=_DEFAULTS, partial_rotary=True,
-    # keys RecurrentGemmaConfig never reads (head_dim: it overwrites it; hidden_act: hidden_activation is its key)
-    ignored_keys=("head_dim", "hidden_act", "max_position_embeddings", "mlp_bias") + NO_WINDOW_SWITCH,
+    # keys RecurrentGemmaConfig never reads (hidden_act: hidden_activation is its key)
+    ignored_keys=("hidden_act", "max_position_embeddings", "mlp_bias") + NO_WINDOW_SWITCH,
     ignore=(r".*rotary_emb\.(original_)?inv_freq$", r"^model\.normalizer$"),
-    not_null=("tie_word_embeddings", "rms_norm_eps", "rope_theta", "hidden_activation", "attention_bias", "block_types",
+    not_null=("head_dim", "tie_word_embeddings", "rms_norm_eps", "rope_theta", "hidden_activation", "attention_bias", "block_types",
               "attention_window_size", "sliding_window", "conv1d_width", "logits_soft_cap"),
     # recurrent, recurrent, attention, recurrent: GQA (2 kv heads of 4), a window of 8, q/k/v biases, a quarter of each
     # head rotated, an RG-LRU 96 wide (blocks of 24), a conv of 3 taps, a soft cap that bites
