@@ -51,6 +51,13 @@ SHAPES = {
         num_local_experts=32, num_experts_per_tok=4, sliding_window=128, max_position_embeddings=131072,
         rms_norm_eps=1e-5, tie_word_embeddings=False,
     ),
+    # RecurrentGemma-2b's config (Griffin): two RG-LRU layers per local multi-query attention layer (window 2,048)
+    "recurrentgemma-2b": dict(
+        architectures=["RecurrentGemmaForCausalLM"], model_type="recurrent_gemma", vocab_size=256000, hidden_size=2560,
+        intermediate_size=15360, num_hidden_layers=26, num_attention_heads=10, num_key_value_heads=1, lru_width=2560,
+        attention_window_size=2048, conv1d_width=4, logits_soft_cap=30.0, rms_norm_eps=1e-6, rope_theta=10000.0,
+        partial_rotary_factor=0.5, block_types=["recurrent", "recurrent", "attention"], tie_word_embeddings=True,
+    ),
     "tiny": dict(
         architectures=["LlamaForCausalLM"], vocab_size=256, hidden_size=64, intermediate_size=128,
         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,

@@ -270,6 +270,7 @@ class ModelConfig:
     # reading it cast back, the head reading the final norm's output cast back
     residual_float32: bool = False
     mamba_inner: int = 0
+    lru_width: int = 0  # RecurrentGemma's "rg_lru" layers (models/rg_lru.py): the RG-LRU's channels
     mamba_dt_rank: int = 0
     mamba_bcdt_norm: str = "none"
     mamba_norm_eps: float = 1e-6

@@ -21,7 +21,7 @@ GROUP_SCORES = ("max", "top2", "top2_zero")  # top2_zero: the other groups' expe
 # (models/lightning_attention.py: its config's "linear_attention", read as this); "kimi_delta_attention", Kimi-Linear's
 # (linear_attention.KimiDeltaAttention: its config's "linear_attention" too); each only in the families whose
 # ModelConfig.recurrent_kinds names it, refused elsewhere (config._validated)
-RECURRENT_TYPES = ("linear_attention", "conv", "mamba", "mamba1", "lightning_attention", "kimi_delta_attention")
+RECURRENT_TYPES = ("linear_attention", "conv", "mamba", "mamba1", "lightning_attention", "kimi_delta_attention", "rg_lru")
 LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention") + RECURRENT_TYPES
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope", "proportional")
 
@@ -189,6 +189,10 @@ CONFIG_FIELDS = {
     "block_auto_adjust_ff_dim": FLAG, "block_ffn_dim_multiplier": POSITIVE, "block_multiple_of": COUNT,
     "tie_embedding": FLAG, "block_ff_dim": COUNT, "num_dense_layers": INDEX, "use_expert_bias": FLAG,
     "use_sandwich_norm": FLAG, "use_attention_gate": FLAG,  # LFM3's (null: not_null)
+    # RecurrentGemma's RG-LRU width (null: hidden_size), its conv's taps, its blocks ("recurrent" or "attention", repeated
+    # over the layers), its attention's window and the logits' soft cap
+    "lru_width": COUNT, "conv1d_width": COUNT, "block_types": Field(str, many="list", empty=False),
+    "attention_window_size": COUNT, "logits_soft_cap": POSITIVE,
     # MiniMax-Text-01's lightning attention blocks and residual factors (its layer: models/minimax.py)
     "block_size": COUNT, **{f"{part}_{ab}_factor": Field(float) for part in ("full_attn", "linear_attn", "mlp") for ab in ("alpha", "beta")},
     # Granite 4.0's Mamba2 layers (mamba_d_head: a number or "auto"; time_step_limit, holding Infinity: granitemoehybrid.py),

@@ -9,12 +9,13 @@ from jaxllm.models.linear_attention import GatedDeltaNet, KimiDeltaAttention
 from jaxllm.models.mamba1 import Mamba
 from jaxllm.models.mamba2 import Mamba2
 from jaxllm.models.recurrent import RecurrentMixer, StateShape, shape_bytes
+from jaxllm.models.rg_lru import RgLru
 from jaxllm.models.short_conv import ShortConv
 
 # layer type (ModelConfig.layer_types; config_fields.RECURRENT_TYPES) -> its mixer
 MIXERS: dict[str, type[RecurrentMixer]] = {"linear_attention": GatedDeltaNet, "conv": ShortConv, "mamba": Mamba2,
                                             "mamba1": Mamba, "lightning_attention": LightningAttention,
-                                            "kimi_delta_attention": KimiDeltaAttention}
+                                            "kimi_delta_attention": KimiDeltaAttention, "rg_lru": RgLru}
 
 
 def mixer_cls(cfg: ModelConfig, layer: int) -> type[RecurrentMixer] | None:

@@ -128,6 +128,26 @@ def test_mamba2_hybrids_refuse_what_transformers_cannot_run(raw, message):
     assert "\n" not in str(info.value)
 
 
+RECURRENT_GEMMA = dict(model_type="recurrent_gemma", vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=3,
+                       num_attention_heads=4)
+
+
+@pytest.mark.parametrize("raw, message", [
+    (dict(RECURRENT_GEMMA, lru_width=18), r"lru_width=18 is not a multiple of num_attention_heads=4"),
+    (dict(RECURRENT_GEMMA, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}), r"rope type 'linear' is not"),
+    (dict(RECURRENT_GEMMA, layer_types=["sliding_attention"] * 3), r"gives 'layer_types', which recurrent_gemma config cannot set"),
+    (dict(RECURRENT_GEMMA, block_types=["recurrent", "mlp"]), r"block_types has 'mlp', not a block RecurrentGemma has"),
+    (dict(RECURRENT_GEMMA, hidden_size=2), r"hidden_size=2 is less than num_attention_heads=4"),
+], ids=["lru-blocks", "rope-scaling", "layer-types", "block-type", "no-head-width"])
+def test_recurrent_gemma_refuses_what_it_cannot_run(raw, message):
+    """RecurrentGemma configs transformers fails on (an RG-LRU its gate blocks cannot split, a rope but the default, a
+    layer_types its config cannot set, heads 0 wide) or would read otherwise than they say (a block type but recurrent
+    or attention, which transformers takes for attention)."""
+    with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
+        loader.plan(raw)
+    assert "\n" not in str(info.value)
+
+
 SMALL = dict(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)
 
 

@@ -149,14 +149,15 @@ def test_sharded_quantized_linear_layers_equal_unsharded(folders):
     assert reference.max_rel_diff(model.logits(TOKENS), single.logits(TOKENS)) <= 1e-5
 
 
-@pytest.mark.parametrize("arch", ["Lfm2ForCausalLM", "GraniteMoeHybridForCausalLM"])
+@pytest.mark.parametrize("arch", ["Lfm2ForCausalLM", "GraniteMoeHybridForCausalLM", "RecurrentGemmaForCausalLM"])
 def test_short_conv_and_mamba2_layers_run_whole_on_each_device(tmp_path, arch):
-    """LFM2's short conv and Mamba2 keep their layers whole on each device (sharding.RULES' "recurrent"),
-    int8 too (their quantized out_proj's scales included): logits on dp=2,tp=2 equal one device's."""
+    """LFM2's short conv, Mamba2 and the RG-LRU keep their layers whole on each device (sharding.RULES' "recurrent"),
+    int8 too (their quantized output projection's scales included): logits on dp=2,tp=2 equal one device's."""
     reference.build(arch, tmp_path, seed=3)
     single = jaxllm.load(tmp_path, quantize="int8", tokenizer=False)
     model = jaxllm.load(tmp_path, quantize="int8", mesh=_mesh("dp=2,tp=2"), tokenizer=False)
-    layer = next(x for x in model.params["model"]["layers"].values() if "conv" in x or "mamba" in x)
-    mixer = layer.get("conv") or layer["mamba"]
-    assert mixer["out_proj"]["kernel"].dtype == jnp.int8 and mixer["out_proj"]["scale"].sharding.spec == P(None, None)
+    layer = next(x for x in model.params["model"]["layers"].values() if {"conv", "mamba", "temporal_block"} & set(x))
+    mixer = layer.get("conv") or layer.get("mamba") or layer["temporal_block"]
+    out = mixer.get("out_proj") or mixer["linear_out"]
+    assert out["kernel"].dtype == jnp.int8 and out["scale"].sharding.spec == P(None, None)
     assert reference.max_rel_diff(model.logits(TOKENS), single.logits(TOKENS)) <= 1e-5

@@ -1069,6 +1069,15 @@ SPELLINGS = {
     # (n_layer, fused_add_norm, rms_norm, pad_vocab_size_multiple); an inner width of intermediate_size, not expand's
     "mamba-hub-spelling": ("MambaForCausalLM", dict(time_step_rank=4, tie_word_embeddings=True, intermediate_size=96), _edit(
         ("tie_word_embeddings",), time_step_rank="auto", n_layer=3, fused_add_norm=True, rms_norm=True, pad_vocab_size_multiple=8)),
+    # RecurrentGemma as google/recurrentgemma-*'s files spell it: a flat rope_theta (half of each head rotated), lru_width
+    # left out (hidden_size), head_dim given, multi-query, the older embeddings_scale_by_sqrt_dim
+    "recurrent_gemma-hub-spelling": ("RecurrentGemmaForCausalLM", dict(lru_width=64, num_key_value_heads=1, head_dim=8), _edit(
+        ("rope_parameters", "lru_width"), rope_theta=5000.0, embeddings_scale_by_sqrt_dim=True)),
+    # ... the window as sliding_window, the alias winning over attention_window_size; a top-level rotary factor; the blocks
+    # of another pattern, one full repeat and a part over the layers
+    "recurrent_gemma-alias-and-blocks": ("RecurrentGemmaForCausalLM", dict(attention_window_size=5, block_types=["attention",
+                                         "recurrent", "recurrent"]), _edit(sliding_window=5, attention_window_size=12,
+                                         partial_rotary_factor=0.75, rope_parameters={"rope_type": "default", "rope_theta": 100.0})),
     # Jamba as ai21labs' files spell it: num_local_experts (the alias wins over num_experts), mamba_dt_rank "auto", untied by
     # default, use_mamba_kernels; its experts fused as transformers 5 holds them; one expert: a dense MLP on every layer
     "jamba-hub-spelling": ("JambaForCausalLM", dict(mamba_dt_rank=4), _edit(("tie_word_embeddings",), num_local_experts=4,
@@ -1195,7 +1204,8 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     kind = arch.hf_model_type
     act = {"gpt_neo": "activation_function", "falcon": "activation", "gpt2": "activation_function", "gpt_bigcode": "activation_function", "gptj": "activation_function", "codegen": "activation_function",
            "opt": "activation_function", "xglm": "activation_function", "jetmoe": "activation_function", "gemma2": "hidden_activation", "vaultgemma": "hidden_activation", "gemma3_text": "hidden_activation",
-           "gemma4_text": "hidden_activation", "gemma3n_text": "hidden_activation", "nemotron_h": "mlp_hidden_act"}.get(kind, "hidden_act")
+           "gemma4_text": "hidden_activation", "gemma3n_text": "hidden_activation", "nemotron_h": "mlp_hidden_act",
+           "recurrent_gemma": "hidden_activation"}.get(kind, "hidden_act")
     eps = {"gpt_neo": "layer_norm_epsilon", "nemotron": "norm_eps", "falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "codegen": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps", "persimmon": "layer_norm_eps",
            "starcoder2": "norm_epsilon", "bloom": "layer_norm_epsilon", "mpt": "layer_norm_epsilon",
            "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps", "jais2": "layer_norm_eps", "lfm2": "norm_eps", "lfm2_moe": "norm_eps", "lfm3": "norm_eps",
@@ -1204,9 +1214,9 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     fixed_eps = kind in ("olmo", "opt", "biogpt", "xglm", "dbrx")  # nn.LayerNorm's 1e-5, whatever the config says
     # ALiBi families: BLOOM's has no length (jaxllm's 2,048 positions are its context alone), MPT's bias table max_seq_len;
     # their MLPs hard-wire the activation (BloomGelu's tanh form, MptMLP's exact GELU; LFM2's silu)
-    # Mamba's and Mamba2's: none (its positions bound nothing; jaxllm's MAMBA_POSITIONS bound its requests)
+    # Mamba's, Mamba2's and RecurrentGemma's: none (its positions bound nothing; jaxllm's MAMBA_POSITIONS bound its requests)
     positions = ({"bloom": 2048, "mpt": getattr(hf, "max_seq_len", None), "mamba": MAMBA_POSITIONS, "falcon_mamba": MAMBA_POSITIONS,
-                  "mamba2": MAMBA_POSITIONS}.get(kind) or getattr(hf, "max_position_embeddings", None))
+                  "mamba2": MAMBA_POSITIONS, "recurrent_gemma": MAMBA_POSITIONS}.get(kind) or getattr(hf, "max_position_embeddings", None))
     hard_act = {"bloom": "gelu_pytorch_tanh", "mpt": "gelu", "lfm2": "silu", "lfm2_moe": "silu", "lfm3": "silu"}
     act_of = hard_act.get(kind) or (hf.ffn_config.ffn_act_fn["name"] if kind == "dbrx" else getattr(hf, act))
     if kind == "cohere2_moe":  # RMSNorms of rms_norm_eps where it is set, else LayerNorms of layer_norm_eps

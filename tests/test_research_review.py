@@ -114,11 +114,12 @@ def test_padded_batches_match_transformers_and_each_row_alone(arch, tmp_path):
     assert reference.max_rel_diff(logits[0, 3:], model.logits(PADDED[0, 3:])) <= 1e-5  # the left-padded row alone
 
 
-@pytest.mark.parametrize("arch", ("Lfm2ForCausalLM", "GraniteMoeHybridForCausalLM"))
+@pytest.mark.parametrize("arch", ("Lfm2ForCausalLM", "GraniteMoeHybridForCausalLM", "RecurrentGemmaForCausalLM"))
 def test_recurrent_layers_keep_padding_out_of_their_state(arch, tmp_path):
     """A padded batch through recurrent layers whose conv input has a bias term (LFM2's conv_bias, Granite
-    4.0-H's mamba_proj_bias): each row equals the row alone, its padding feeding the convs and states nothing
-    (transformers zeroes only the layer's input there, which leaves the biases in its convs)."""
+    4.0-H's mamba_proj_bias, RecurrentGemma's linear_x): each row equals the row alone, its padding feeding the convs and
+    states nothing (transformers zeroes only the layer's input there, which leaves the biases in its convs), the RG-LRU
+    resetting at the row's first real token."""
     reference.build(arch, tmp_path)
     model = jaxllm.load(tmp_path)
     logits = np.asarray(model.logits(PADDED, attention_mask=MASK))
