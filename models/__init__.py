@@ -18,6 +18,7 @@ from jaxllm.models import (
     deepseek_v32,
     diffllama,
     dots1,
+    emu3,
     ernie,
     exaone,
     exaone3,
@@ -99,5 +100,6 @@ FAMILIES = (
     deepseek_v32, glm_moe_dsa, axk2,
     gemma3n,
     kimi_linear, longcat_flash,
+    emu3,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)
