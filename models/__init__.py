@@ -4,6 +4,7 @@ for jaxllm.models.registry. Shared pieces: layers.py, rope.py, attention.py, dec
 from jaxllm.models import (
     afmoe,
     apertus,
+    aria,
     axk1,
     axk2,
     bamba,
@@ -100,6 +101,6 @@ FAMILIES = (
     deepseek_v32, glm_moe_dsa, axk2,
     gemma3n,
     kimi_linear, longcat_flash,
-    emu3,
+    emu3, aria,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -180,6 +180,7 @@ class ModelConfig:
     # num_experts + zero_experts, and a token routed to one of these gets its input back, times the weight
     zero_experts: int = 0
     swiglu_limit: float | None = None
+    expert_act: str | None = None  # the routed experts' activation where it is not hidden_act's (Aria's always SiLU)
     swiglu_alpha: float = 1.0
     # gpt-oss: a learned logit per query head that joins every attention softmax's denominator; on the layers
     # attn_sink_layers names (None: all; MiMo-V2-Flash: its sliding-window layers)

@@ -317,6 +317,11 @@ WRAPPED = {
     # Emu3's text model under the wrapper's own (untied) head, beside its VQ-VAE (vqmodel)
     "emu3": ("Emu3ForConditionalGeneration", lambda: transformers.Emu3Config(
         text_config=_text("Emu3ForCausalLM"), vq_config=EMU3_VQ, vocabulary_map={"<image>": 3}), "Emu3ForCausalLM"),
+    # Aria's text model (experts beside shared ones) in LLaVA's layout under the wrapper's own head; its projector's
+    # queries (projector_patch_to_query_dict) sized to the one-layer Idefics3 tower's 4 patches
+    "aria": ("AriaForConditionalGeneration", lambda: transformers.AriaConfig(
+        text_config=_text("AriaTextForCausalLM"), vision_config=dict(IDEFICS3_VISION, model_type="idefics3_vision"),
+        projector_patch_to_query_dict={4: 2}), "AriaTextForCausalLM"),
     "qwen3-vl-moe": ("Qwen3VLMoeForConditionalGeneration", lambda: transformers.Qwen3VLMoeConfig(
         text_config=QWEN3_VL_MOE_TEXT, vision_config=QWEN3_VISION), "Qwen3MoeForCausalLM"),
 }
