@@ -38,6 +38,7 @@ from jaxllm.models import (
     gpt_bigcode,
     gpt_neo,
     gpt_neox,
+    gpt_neox_japanese,
     gpt_oss,
     gptj,
     granite,
@@ -101,6 +102,6 @@ FAMILIES = (
     deepseek_v32, glm_moe_dsa, axk2,
     gemma3n,
     kimi_linear, longcat_flash,
-    emu3, aria,
+    emu3, aria, gpt_neox_japanese,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -53,6 +53,7 @@ class ModelConfig:
     # Attention variants, set per architecture by the registry's config_defaults.
     qkv_bias: bool = False
     o_bias: bool = False
+    o_bias_layers: tuple[int, ...] | None = None  # the layers whose o_proj has o_bias's bias (None: all; GPT-NeoX-Japanese: the last)
     mlp_bias: bool = False
     gated_mlp: bool = True  # False: the decoder's MLP is down(act(up(x))), no gate_proj (Arcee)
     # BitNet: an RMSNorm of the attention output before o_proj (attn_sub_norm, over every head) and of the
@@ -335,6 +336,9 @@ class ModelConfig:
 
     def layer_is_full(self, layer: int) -> bool:
         return not self.layer_types or self.layer_types[layer] != "sliding_attention"
+
+    def layer_o_bias(self, layer: int) -> bool:
+        return self.o_bias and (self.o_bias_layers is None or layer in self.o_bias_layers)
 
     def layer_head_dim(self, layer: int) -> int:
         return self.global_head_dim if self.global_head_dim and self.layer_is_full(layer) else self.head_dim

@@ -355,7 +355,7 @@ def decoder_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
         for name in [n for n in ("q_proj", "k_proj", "v_proj", "o_proj") if n in projections]:
             attn = ours + ("self_attn", name)
             specs.append(WeightSpec(f"{hf}self_attn.{name}.weight", attn + ("kernel",), Linear(2 if name == "o_proj" else 1)))
-            if cfg.o_bias if name == "o_proj" else cfg.qkv_bias:
+            if cfg.layer_o_bias(i) if name == "o_proj" else cfg.qkv_bias:
                 specs.append(WeightSpec(f"{hf}self_attn.{name}.bias", attn + ("bias",), Copy(flatten=name != "o_proj")))
         if projections and cfg.qk_norm not in ("none", "l2") and (cfg.qk_norm_layers is None or i in cfg.qk_norm_layers):  # l2: no weights
             for name in ("q_norm", "k_norm") if cfg.kv_shape(i) is not None else ("q_norm",):
