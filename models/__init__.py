@@ -74,6 +74,7 @@ from jaxllm.models import (
     olmo2,
     olmo_hybrid,
     olmoe,
+    openai_gpt,
     opt,
     persimmon,
     phi,
@@ -102,6 +103,6 @@ FAMILIES = (
     deepseek_v32, glm_moe_dsa, axk2,
     gemma3n,
     kimi_linear, longcat_flash,
-    emu3, aria, gpt_neox_japanese,
+    emu3, aria, gpt_neox_japanese, openai_gpt,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)
