@@ -13,6 +13,7 @@ from jaxllm.models import (
     bloom,
     codegen,
     cohere,
+    ctrl,
     cwm,
     dbrx,
     deepseek,
@@ -103,6 +104,6 @@ FAMILIES = (
     deepseek_v32, glm_moe_dsa, axk2,
     gemma3n,
     kimi_linear, longcat_flash,
-    emu3, aria, gpt_neox_japanese, openai_gpt,
+    emu3, aria, gpt_neox_japanese, openai_gpt, ctrl,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

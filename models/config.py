@@ -83,7 +83,8 @@ class ModelConfig:
     parallel_mlp_norm: bool = False  # a parallel layer's MLP reads a norm of its own (GPT-NeoX, Falcon's ln_mlp)
     # "rope", "learned" (a table of absolute positions: GPT-2, OPT, BioGPT), "sinusoidal" (fixed sin | cos
     # rows: XGLM, the row of pad_token_id zeroed, as its padding_idx), "alibi" (score biases: `alibi`) or "none"
-    # (no positions at all: Mamba, Jamba, Mamba2, whose recurrent layers give the order; Nemotron-H's attention);
+    # (no positions at all: Mamba, Jamba, Mamba2, whose recurrent layers give the order; Nemotron-H's attention),
+    # "sinusoidal_vaswani" (the original Transformer's sin | cos frequencies, no padding row: CTRL);
     # position p reads row p + position_offset
     # (OPT's, BioGPT's and XGLM's 2), the learned table max_position_embeddings + position_offset rows long
     position_embedding: str = "rope"
@@ -92,6 +93,7 @@ class ModelConfig:
     # to hidden_size after the lookup, project_out back after the final norm, the output head this wide
     embed_dim: int | None = None
     final_norm: bool = True  # False: no norm after the last layer (OPT's post-norm layers, _remove_final_layer_norm)
+    final_norm_eps: float | None = None  # the final norm's epsilon where not norm_eps (CTRL's layers hard-wire 1e-6)
     norm_affine: bool = True  # False: LayerNorms without weight or bias (OPT's layer_norm_elementwise_affine)
     norm_after_residual: bool = False  # each residual sum normed, the post-LN layer (OPT's do_layer_norm_before false)
     alibi: Alibi | None = None  # ALiBi's slopes (BLOOM, MPT, Falcon-RW), with position_embedding "alibi"

@@ -125,7 +125,7 @@ CONFIG_FIELDS = {
     "altup_num_inputs": COUNT, "altup_active_idx": INDEX, "altup_correct_scale": FLAG,
     "laurel_rank": COUNT, "activation_sparsity_pattern": Field(float, 0, 1, many="list"),
     # GPT-NeoX and GPT-2 (its own spellings)
-    "intermediate_multiple_size": COUNT,  # GPT-NeoX-Japanese's MLP width over hidden_size
+    "intermediate_multiple_size": COUNT, "dff": COUNT,  # GPT-NeoX-Japanese's MLP width over hidden_size, CTRL's MLP width
     "use_parallel_residual": FLAG, "rotary_pct": FRACTION, "rotary_emb_base": POSITIVE, "n_embd": COUNT, "n_layer": LAYERS, "n_head": HEADS, "n_positions": COUNT,
     "n_inner": COUNT, "layer_norm_epsilon": NON_NEGATIVE, "activation_function": NAME, "scale_attn_weights": _given(FLAG),
     "scale_attn_by_inverse_layer_idx": FLAG, "rotary_dim": COUNT, "multi_query": FLAG,  # GPTBigCode's and Falcon's one kv head

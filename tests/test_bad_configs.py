@@ -147,3 +147,14 @@ def test_shapes_a_family_cannot_run_are_refused(raw, message):
     with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
         loader.plan(raw)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("raw, message", [
+    (dict(model_type="openai-gpt", vocab_size=32, n_embd=16, n_layer=1, n_head=4, afn="tanh"), r"afn 'tanh' is not one of OpenAI GPT's"),
+    (dict(model_type="aria_text", vocab_size=32, hidden_size=16, intermediate_size=8, num_hidden_layers=1, num_attention_heads=4,
+          moe_topk=[2]), r"moe_topk is a list, which AriaTextConfig refuses"),
+], ids=["openai-gpt-activation", "aria-topk-per-layer"])
+def test_values_transformers_refuses_for_these_families_are_refused(raw, message):
+    with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
+        loader.plan(raw)
+    assert "\n" not in str(info.value)
