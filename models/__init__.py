@@ -19,6 +19,7 @@ from jaxllm.models import (
     deepseek,
     deepseek_v32,
     diffllama,
+    doge,
     dots1,
     emu3,
     ernie,
@@ -104,6 +105,6 @@ FAMILIES = (
     deepseek_v32, glm_moe_dsa, axk2,
     gemma3n,
     kimi_linear, longcat_flash,
-    emu3, aria, gpt_neox_japanese, openai_gpt, ctrl,
+    emu3, aria, gpt_neox_japanese, openai_gpt, ctrl, doge,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -62,6 +62,8 @@ class ModelConfig:
     # DiffLlama's differential attention (models/diffllama.py): two softmax maps' outputs subtracted; its cache holds
     # values twice head_dim wide (each kv head's value beside its pair's, the keys zero-padded alike)
     differential_attention: bool = False
+    # Cached key and value heads this many dims wider than head_dim (Doge: its dynamic mask's per-key bias as a key dim)
+    kv_extra_dims: int = 0
     # "per_head": RMSNorm of each head (Qwen3); "projection": over all heads (OLMo 2); "layernorm":
     # LayerNorm, weight and bias, of each head (Phi's qk_layernorm); "layernorm_per_head": a LayerNorm
     # without bias, each head its own weights (StableLM's qk_layernorm, Cohere's use_qk_norm); "l2": an
@@ -365,7 +367,7 @@ class ModelConfig:
         another layer's: kv_source; or it is a recurrent layer, which keeps a state instead)."""
         if self.layer_is_recurrent(layer) or not self.layer_has_mixer(layer) or self.kv_source(layer) != layer:
             return None
-        return self.layer_kv_heads(layer), self.layer_head_dim(layer) * (2 if self.differential_attention else 1)
+        return self.layer_kv_heads(layer), self.layer_head_dim(layer) * (2 if self.differential_attention else 1) + self.kv_extra_dims
 
     def index_shape(self, layer: int) -> tuple[int, int] | None:
         """(1, index head_dim) of the indexer keys `layer` caches beside its keys and values (DeepSeek Sparse
