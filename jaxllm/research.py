@@ -51,9 +51,11 @@ def _merge(graphdef, params, tokens, attention_mask=None):
         raise InputError(f"tokens must be [batch, seq] or [seq] with seq >= 1, got shape {tuple(tokens.shape)}")
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
         raise InputError(f"tokens must be integer token ids, got {tokens.dtype}: pass the tokenizer's ids (e.g. as int32)")
-    if cfg.position_embedding == "learned" and tokens.shape[1] > cfg.max_position_embeddings:
+    # a table of positions (CTRL's sinusoids too: transformers' ends at n_positions)
+    if cfg.position_embedding in ("learned", "sinusoidal_vaswani") and tokens.shape[1] > cfg.max_position_embeddings:
+        what = "has learned" if cfg.position_embedding == "learned" else "has a table of"
         raise InputError(f"tokens of {tokens.shape[1]} positions exceed the {cfg.max_position_embeddings} positions "
-                         "this model has learned: give at most that many at once")
+                         f"this model {what}: give at most that many at once")
     if attention_mask is not None:
         attention_mask = as_array(attention_mask, "attention_mask")
         if attention_mask.shape != tokens.shape:

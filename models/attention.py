@@ -416,7 +416,7 @@ class Attention(nnx.Module):
         self.k_proj = Dense((e,), (k, d), ("embed", "kv_heads", "head_dim"), **kv) if own else None
         self.v_proj = Dense((e,), (k, vd), ("embed", "kv_heads", "head_dim"), **kv) if own and not cfg.layer_values_are_keys(layer) else None
         self.v_norm = RMSNorm(d, cfg.norm_eps, dtype=dtype, rngs=rngs, weight=False) if cfg.v_norm and own else None
-        self.o_proj = Dense((h, vd), (e,), ("q_heads", "head_dim", "embed"), bias=cfg.o_bias, dtype=dtype, rngs=rngs)
+        self.o_proj = Dense((h, vd), (e,), ("q_heads", "head_dim", "embed"), bias=cfg.layer_o_bias(layer), dtype=dtype, rngs=rngs)
         # Qwen3-Next's gated attention: a gate per query head and dim (read out of its q_proj), the output times its sigmoid;
         # AFMoE's (a gate_proj of its own), Laguna's (softplus, one per head where attn_gate_per_head), LFM3's (one per
         # head, no bias)

@@ -53,6 +53,7 @@ class ModelConfig:
     # Attention variants, set per architecture by the registry's config_defaults.
     qkv_bias: bool = False
     o_bias: bool = False
+    o_bias_layers: tuple[int, ...] | None = None  # the layers whose o_proj has o_bias's bias (None: all; GPT-NeoX-Japanese: the last)
     mlp_bias: bool = False
     gated_mlp: bool = True  # False: the decoder's MLP is down(act(up(x))), no gate_proj (Arcee)
     # BitNet: an RMSNorm of the attention output before o_proj (attn_sub_norm, over every head) and of the
@@ -61,6 +62,8 @@ class ModelConfig:
     # DiffLlama's differential attention (models/diffllama.py): two softmax maps' outputs subtracted; its cache holds
     # values twice head_dim wide (each kv head's value beside its pair's, the keys zero-padded alike)
     differential_attention: bool = False
+    # Cached key and value heads this many dims wider than head_dim (Doge: its dynamic mask's per-key bias as a key dim)
+    kv_extra_dims: int = 0
     # "per_head": RMSNorm of each head (Qwen3); "projection": over all heads (OLMo 2); "layernorm":
     # LayerNorm, weight and bias, of each head (Phi's qk_layernorm); "layernorm_per_head": a LayerNorm
     # without bias, each head its own weights (StableLM's qk_layernorm, Cohere's use_qk_norm); "l2": an
@@ -82,7 +85,8 @@ class ModelConfig:
     parallel_mlp_norm: bool = False  # a parallel layer's MLP reads a norm of its own (GPT-NeoX, Falcon's ln_mlp)
     # "rope", "learned" (a table of absolute positions: GPT-2, OPT, BioGPT), "sinusoidal" (fixed sin | cos
     # rows: XGLM, the row of pad_token_id zeroed, as its padding_idx), "alibi" (score biases: `alibi`) or "none"
-    # (no positions at all: Mamba, Jamba, Mamba2, whose recurrent layers give the order; Nemotron-H's attention);
+    # (no positions at all: Mamba, Jamba, Mamba2, whose recurrent layers give the order; Nemotron-H's attention),
+    # "sinusoidal_vaswani" (the original Transformer's sin | cos frequencies, no padding row: CTRL);
     # position p reads row p + position_offset
     # (OPT's, BioGPT's and XGLM's 2), the learned table max_position_embeddings + position_offset rows long
     position_embedding: str = "rope"
@@ -91,6 +95,7 @@ class ModelConfig:
     # to hidden_size after the lookup, project_out back after the final norm, the output head this wide
     embed_dim: int | None = None
     final_norm: bool = True  # False: no norm after the last layer (OPT's post-norm layers, _remove_final_layer_norm)
+    final_norm_eps: float | None = None  # the final norm's epsilon where not norm_eps (CTRL's layers hard-wire 1e-6)
     norm_affine: bool = True  # False: LayerNorms without weight or bias (OPT's layer_norm_elementwise_affine)
     norm_after_residual: bool = False  # each residual sum normed, the post-LN layer (OPT's do_layer_norm_before false)
     alibi: Alibi | None = None  # ALiBi's slopes (BLOOM, MPT, Falcon-RW), with position_embedding "alibi"
@@ -180,6 +185,7 @@ class ModelConfig:
     # num_experts + zero_experts, and a token routed to one of these gets its input back, times the weight
     zero_experts: int = 0
     swiglu_limit: float | None = None
+    expert_act: str | None = None  # the routed experts' activation where it is not hidden_act's (Aria's always SiLU)
     swiglu_alpha: float = 1.0
     # gpt-oss: a learned logit per query head that joins every attention softmax's denominator; on the layers
     # attn_sink_layers names (None: all; MiMo-V2-Flash: its sliding-window layers)
@@ -336,6 +342,9 @@ class ModelConfig:
     def layer_is_full(self, layer: int) -> bool:
         return not self.layer_types or self.layer_types[layer] != "sliding_attention"
 
+    def layer_o_bias(self, layer: int) -> bool:
+        return self.o_bias and (self.o_bias_layers is None or layer in self.o_bias_layers)
+
     def layer_head_dim(self, layer: int) -> int:
         return self.global_head_dim if self.global_head_dim and self.layer_is_full(layer) else self.head_dim
 
@@ -359,7 +368,7 @@ class ModelConfig:
         another layer's: kv_source; or it is a recurrent layer, which keeps a state instead)."""
         if self.layer_is_recurrent(layer) or not self.layer_has_mixer(layer) or self.kv_source(layer) != layer:
             return None
-        return self.layer_kv_heads(layer), self.layer_head_dim(layer) * (2 if self.differential_attention else 1)
+        return self.layer_kv_heads(layer), self.layer_head_dim(layer) * (2 if self.differential_attention else 1) + self.kv_extra_dims
 
     def index_shape(self, layer: int) -> tuple[int, int] | None:
         """(1, index head_dim) of the indexer keys `layer` caches beside its keys and values (DeepSeek Sparse

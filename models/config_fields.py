@@ -31,7 +31,7 @@ ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope", "pro
 
 MAX_SIZE = 2**31 - 1  # sizes, positions and token ids: int32 on the device
 MAX_LAYERS = 1024  # deeper than any released model, and a bound on the (linear) build time
-MAX_EXPERTS = 4096  # the weight map names every expert's tensors
+MAX_EXPERTS = 16384  # the weight map names every expert's tensors; DogeConfig saves 16,384 (128 x 128 keys) even for its dense models
 MAX_HEADS = 2**16  # far beyond any released model's; per-head tables (ALiBi's, lightning attention's slopes) are built on the host
 
 
@@ -125,6 +125,8 @@ CONFIG_FIELDS = {
     "altup_num_inputs": COUNT, "altup_active_idx": INDEX, "altup_correct_scale": FLAG,
     "laurel_rank": COUNT, "activation_sparsity_pattern": Field(float, 0, 1, many="list"),
     # GPT-NeoX and GPT-2 (its own spellings)
+    "keep_window_size": _given(COUNT), "is_moe": FLAG,  # Doge's dynamic mask's kept keys, its cross-domain MoE switch
+    "intermediate_multiple_size": COUNT, "dff": COUNT,  # GPT-NeoX-Japanese's MLP width over hidden_size, CTRL's MLP width
     "use_parallel_residual": FLAG, "rotary_pct": FRACTION, "rotary_emb_base": POSITIVE, "n_embd": COUNT, "n_layer": LAYERS, "n_head": HEADS, "n_positions": COUNT,
     "n_inner": COUNT, "layer_norm_epsilon": NON_NEGATIVE, "activation_function": NAME, "scale_attn_weights": _given(FLAG),
     "scale_attn_by_inverse_layer_idx": FLAG, "rotary_dim": COUNT, "multi_query": FLAG,  # GPTBigCode's and Falcon's one kv head

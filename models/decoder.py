@@ -123,6 +123,8 @@ def position_embeddings(cfg: ModelConfig, dtype, rngs):
         return Embed(cfg.max_position_embeddings + cfg.position_offset, cfg.hidden_size, dtype=dtype, rngs=rngs)
     if cfg.position_embedding == "sinusoidal":
         return SinusoidalPositions(cfg.hidden_size, cfg.pad_token_id, dtype)
+    if cfg.position_embedding == "sinusoidal_vaswani":
+        return SinusoidalPositions(cfg.hidden_size, None, dtype, vaswani=True)
     return None
 
 
@@ -150,7 +152,8 @@ class DecoderModel(nnx.Module):
         # BLOOM's word_embeddings_layernorm: the embeddings through a norm of the final norm's class
         self.embed_norm = norm_cls(e, cfg.norm_eps, **norm) if cfg.embed_norm else None
         self.layers = nnx.List([layer_cls(cfg, i, dtype=dtype, rngs=rngs) for i in range(cfg.num_layers)])
-        self.norm = norm_cls(e, cfg.norm_eps, **norm) if cfg.final_norm else None
+        eps = cfg.norm_eps if cfg.final_norm_eps is None else cfg.final_norm_eps
+        self.norm = norm_cls(e, eps, **norm) if cfg.final_norm else None
         self.project_out = Dense((e,), (width,), ("embed", "word_embed"), **projected) if width != e else None
 
     def __call__(self, tokens, positions, cache=None, kv=UNCACHED, lengths=None, trace: list | None = None):
@@ -355,7 +358,7 @@ def decoder_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
         for name in [n for n in ("q_proj", "k_proj", "v_proj", "o_proj") if n in projections]:
             attn = ours + ("self_attn", name)
             specs.append(WeightSpec(f"{hf}self_attn.{name}.weight", attn + ("kernel",), Linear(2 if name == "o_proj" else 1)))
-            if cfg.o_bias if name == "o_proj" else cfg.qkv_bias:
+            if cfg.layer_o_bias(i) if name == "o_proj" else cfg.qkv_bias:
                 specs.append(WeightSpec(f"{hf}self_attn.{name}.bias", attn + ("bias",), Copy(flatten=name != "o_proj")))
         if projections and cfg.qk_norm not in ("none", "l2") and (cfg.qk_norm_layers is None or i in cfg.qk_norm_layers):  # l2: no weights
             for name in ("q_norm", "k_norm") if cfg.kv_shape(i) is not None else ("q_norm",):

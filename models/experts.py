@@ -80,7 +80,7 @@ class MoE(nnx.Module, pytree=False):
         # DeepSeek-V3's and ERNIE 4.5 MoE's e_score_correction_bias: added to the scores for the choice, not to the weights
         self.e_score_correction_bias = param((routed,), ("router",), self.router_dtype) if cfg.router_score_bias else None
         self.scales_input = cfg.router_scales_input  # Llama 4: the weight scales the expert's input, not its output
-        self.act = activation(cfg.hidden_act)
+        self.act = activation(cfg.expert_act or cfg.hidden_act)  # the shared expert's: hidden_act's
         self.swiglu = None if cfg.swiglu_limit is None else (cfg.swiglu_alpha, cfg.swiglu_limit)
         self.gate = Dense((cfg.hidden_size,), (routed,), ("embed", "router"), bias=cfg.router_bias, dtype=self.router_dtype, rngs=rngs,
                           quantizable=False)  # the router

@@ -15,12 +15,12 @@ class GPTNeoXForCausalLM(CausalLM):
     final_norm = LayerNorm
 
 
-def neox_names(raw: dict) -> dict:
-    """GPT-NeoX's own rope spellings (rotary_pct, rotary_emb_base; transformers' defaults 0.25 and
+def neox_names(raw: dict, rotary_pct: float = 0.25) -> dict:
+    """GPT-NeoX's own rope spellings (rotary_pct, rotary_emb_base; transformers' defaults `rotary_pct` and
     10,000) as the common ones, where the config gives no common one. A top-level
     partial_rotary_factor is not one: GPTNeoXConfig reads the rope parameters' or rotary_pct."""
     out = dict(raw)
-    out["partial_rotary_factor"] = raw.get("rotary_pct", 0.25)
+    out["partial_rotary_factor"] = raw.get("rotary_pct", rotary_pct)
     out.setdefault("rope_theta", raw.get("rotary_emb_base", 10000.0))
     if out.get("head_dim") is not None:
         out = _head_dim_as_rotary(out)
@@ -70,11 +70,12 @@ def neox_layout(cfg: ModelConfig, names: dict) -> list[WeightSpec]:
             specs.append(WeightSpec(f"{attn}query_key_value.weight", ours + ("self_attn", name, "kernel"), FusedQKV(part)))
             if cfg.qkv_bias:
                 specs.append(WeightSpec(f"{attn}query_key_value.bias", ours + ("self_attn", name, "bias"), FusedQKV(part)))
-        specs += dense(f"{attn}dense", ours + ("self_attn", "o_proj"), Linear(2), cfg.o_bias)
+        specs += dense(f"{attn}dense", ours + ("self_attn", "o_proj"), Linear(2), cfg.layer_o_bias(i))
         if cfg.qk_norm == "layernorm":
             specs += [WeightSpec(f"{attn}{theirs}_layernorm.{p}", ours + ("self_attn", f"{theirs}_norm", p)) for theirs in "qk"
                       for p in ("weight", "bias")]
-        specs += dense(f"{hf}mlp.dense_h_to_4h", ours + ("mlp", "up_proj")) + dense(f"{hf}mlp.dense_4h_to_h", ours + ("mlp", "down_proj"))
+        mlp = dict(bias=cfg.mlp_bias)
+        specs += dense(f"{hf}mlp.dense_h_to_4h", ours + ("mlp", "up_proj"), **mlp) + dense(f"{hf}mlp.dense_4h_to_h", ours + ("mlp", "down_proj"), **mlp)
     return specs
 
 

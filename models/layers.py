@@ -209,12 +209,18 @@ class SinusoidalPositions(nnx.Module, pytree=False):
     """Fixed position embeddings, no parameters (XGLM's, fairseq's): row p is sin(p f) | cos(p f) over
     the dim // 2 frequencies f_i = exp(-i log(10000) / (dim // 2 - 1)), a zero column after them where
     dim is odd, and the row `padding_idx` all zeros; computed in float32 for the rows asked for (any
-    position: transformers grows its table as a sequence needs), cast to `dtype`."""
+    position: transformers grows its table as a sequence needs), cast to `dtype`. `vaswani`: the original
+    Transformer's frequencies instead (CTRL's positional_encoding): column i's rate 1 / 10000^(2 (i // 2) / dim),
+    the even columns' sines, then the odd columns' cosines."""
 
-    def __init__(self, dim: int, padding_idx: int | None, dtype):
-        self.dim, self.padding_idx, self.dtype = dim, padding_idx, dtype
+    def __init__(self, dim: int, padding_idx: int | None, dtype, vaswani: bool = False):
+        self.dim, self.padding_idx, self.dtype, self.vaswani = dim, padding_idx, dtype, vaswani
 
     def __call__(self, rows):
+        if self.vaswani:
+            steps = (2 * (jnp.arange(self.dim) // 2)).astype(jnp.float32) / self.dim
+            angles = rows.astype(jnp.float32)[..., None] * (1.0 / jnp.power(jnp.float32(10000.0), steps))
+            return jnp.concatenate([jnp.sin(angles[..., 0::2]), jnp.cos(angles[..., 1::2])], axis=-1).astype(self.dtype)
         half = self.dim // 2
         freqs = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(math.log(10000) / (half - 1)))
         angles = rows.astype(jnp.float32)[..., None] * freqs

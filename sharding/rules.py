@@ -42,6 +42,8 @@ RULES: dict[str, str | None] = {
     "latent": None,
     # DeepSeek Sparse Attention's indexer heads (models/sparse_attention.py): a small projection, whole on each device
     "index_heads": None,
+    # Doge's dynamic-mask bias per kv head (models/doge.py: dt_proj's outputs, A), each from every head's values: whole on each device
+    "mask_heads": None,
     "mlp": "tp",
     # Gated DeltaNet (models/linear_attention.py), split by head as attention is: its value heads (z,
     # b, a, the decay, out_proj's inputs, the delta rule's state), its key heads (the conv's weight),

@@ -167,3 +167,19 @@ def test_shapes_a_family_cannot_run_are_refused(raw, message):
     with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
         loader.plan(raw)
     assert "\n" not in str(info.value)
+
+
+DOGE = dict(model_type="doge", vocab_size=32, hidden_size=16, intermediate_size=8, num_hidden_layers=1, num_attention_heads=4)
+
+
+@pytest.mark.parametrize("raw, message", [
+    (dict(model_type="openai-gpt", vocab_size=32, n_embd=16, n_layer=1, n_head=4, afn="tanh"), r"afn 'tanh' is not one of OpenAI GPT's"),
+    (dict(model_type="aria_text", vocab_size=32, hidden_size=16, intermediate_size=8, num_hidden_layers=1, num_attention_heads=4,
+          moe_topk=[2]), r"moe_topk is a list, which AriaTextConfig refuses"),
+    (dict(DOGE, is_moe=True), r"is_moe is true: Doge's cross-domain MoE"),
+    (dict(DOGE, keep_window_size=512), r"keep_window_size=512 is below max_position_embeddings=2048"),
+], ids=["openai-gpt-activation", "aria-topk-per-layer", "doge-moe", "doge-key-selection"])
+def test_values_transformers_refuses_for_these_families_are_refused(raw, message):
+    with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
+        loader.plan(raw)
+    assert "\n" not in str(info.value)

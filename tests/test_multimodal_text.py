@@ -257,6 +257,9 @@ GLM4V_MOE_TEXT = {k: v for k, v in _text("Glm4MoeForCausalLM").items() if k not 
 GLM4V_MOE_TEXT["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25, "mrope_section": [2, 1, 1]}
 GLM4V_VISION = dict(depth=1, hidden_size=16, out_hidden_size=64, intermediate_size=32, num_heads=2)
 
+# Emu3's VQ-VAE image tokenizer at its smallest (its GroupNorms take 32 groups: 32 channels)
+EMU3_VQ = dict(codebook_size=16, base_channels=32, channel_multiplier=[1], num_res_blocks=1, attn_resolutions=[], hidden_size=32)
+
 COHERE2_VISION = dict(text_config=_text("Cohere2ForCausalLM", model_type="cohere2"), vision_config=SIGLIP, downsample_factor=1)
 
 # wrapper class, its config (text config, vision config, top-level keys), the text architecture it loads as
@@ -311,6 +314,14 @@ WRAPPED = {
     "glm46v-moe-text": ("Glm46VForConditionalGeneration", lambda: transformers.Glm46VConfig(
         text_config=dict(GLM4V_MOE_TEXT, model_type="glm4v_moe_text"), vision_config=dict(GLM4V_VISION, model_type="glm4v_vision")),
         "Glm4MoeForCausalLM"),
+    # Emu3's text model under the wrapper's own (untied) head, beside its VQ-VAE (vqmodel)
+    "emu3": ("Emu3ForConditionalGeneration", lambda: transformers.Emu3Config(
+        text_config=_text("Emu3ForCausalLM"), vq_config=EMU3_VQ, vocabulary_map={"<image>": 3}), "Emu3ForCausalLM"),
+    # Aria's text model (experts beside shared ones) in LLaVA's layout under the wrapper's own head; its projector's
+    # queries (projector_patch_to_query_dict) sized to the one-layer Idefics3 tower's 4 patches
+    "aria": ("AriaForConditionalGeneration", lambda: transformers.AriaConfig(
+        text_config=_text("AriaTextForCausalLM"), vision_config=dict(IDEFICS3_VISION, model_type="idefics3_vision"),
+        projector_patch_to_query_dict={4: 2}), "AriaTextForCausalLM"),
     "qwen3-vl-moe": ("Qwen3VLMoeForConditionalGeneration", lambda: transformers.Qwen3VLMoeConfig(
         text_config=QWEN3_VL_MOE_TEXT, vision_config=QWEN3_VISION), "Qwen3MoeForCausalLM"),
 }

@@ -280,6 +280,10 @@ SPELLINGS = {
                                                            "rotary_pct", "rotary_emb_base", "hidden_act"))),
     "neox-ignores-top-level-partial-rotary": ("GPTNeoXForCausalLM", {}, lambda raw: raw.update(
         partial_rotary_factor=2 * raw["rope_parameters"].pop("partial_rotary_factor"))),
+    # GPTNeoXJapaneseConfig's defaults: every dim of each head rotated, the head tied
+    "neox-japanese-defaults": ("GPTNeoXJapaneseForCausalLM", dict(tie_word_embeddings=True), _edit(("rotary_pct", "rotary_emb_base", "tie_word_embeddings"))),
+    "ctrl-untied": ("CTRLLMHeadModel", dict(tie_word_embeddings=False), _edit()),  # its own head, biased as the tied one
+    "openai-gpt-untied-relu": ("OpenAIGPTLMHeadModel", dict(tie_word_embeddings=False, afn="relu"), _edit()),
     "neox-no-attention-bias": ("GPTNeoXForCausalLM", dict(attention_bias=False), _edit()),
     "gpt2-unscaled-attention": ("GPT2LMHeadModel", dict(scale_attn_weights=False, scale_attn_by_inverse_layer_idx=True), _edit()),
     "gpt2-untied": ("GPT2LMHeadModel", dict(tie_word_embeddings=False), _edit(("activation_function",))),
@@ -1202,11 +1206,11 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
 
     hf = transformers.CONFIG_MAPPING[arch.hf_model_type].from_dict(dict(raw))
     kind = arch.hf_model_type
-    act = {"gpt_neo": "activation_function", "falcon": "activation", "gpt2": "activation_function", "gpt_bigcode": "activation_function", "gptj": "activation_function", "codegen": "activation_function",
+    act = {"openai-gpt": "afn", "gpt_neo": "activation_function", "falcon": "activation", "gpt2": "activation_function", "gpt_bigcode": "activation_function", "gptj": "activation_function", "codegen": "activation_function",
            "opt": "activation_function", "xglm": "activation_function", "jetmoe": "activation_function", "gemma2": "hidden_activation", "vaultgemma": "hidden_activation", "gemma3_text": "hidden_activation",
            "gemma4_text": "hidden_activation", "gemma3n_text": "hidden_activation", "nemotron_h": "mlp_hidden_act",
            "recurrent_gemma": "hidden_activation"}.get(kind, "hidden_act")
-    eps = {"gpt_neo": "layer_norm_epsilon", "nemotron": "norm_eps", "falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "codegen": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps", "persimmon": "layer_norm_eps",
+    eps = {"gpt_neo": "layer_norm_epsilon", "nemotron": "norm_eps", "falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "openai-gpt": "layer_norm_epsilon", "ctrl": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "codegen": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "gpt_neox_japanese": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps", "persimmon": "layer_norm_eps",
            "starcoder2": "norm_epsilon", "bloom": "layer_norm_epsilon", "mpt": "layer_norm_epsilon",
            "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps", "jais2": "layer_norm_eps", "lfm2": "norm_eps", "lfm2_moe": "norm_eps", "lfm3": "norm_eps",
            "mamba": "layer_norm_epsilon", "falcon_mamba": "layer_norm_epsilon", "nemotron_h": "layer_norm_epsilon",
@@ -1217,8 +1221,10 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     # Mamba's, Mamba2's and RecurrentGemma's: none (its positions bound nothing; jaxllm's MAMBA_POSITIONS bound its requests)
     positions = ({"bloom": 2048, "mpt": getattr(hf, "max_seq_len", None), "mamba": MAMBA_POSITIONS, "falcon_mamba": MAMBA_POSITIONS,
                   "mamba2": MAMBA_POSITIONS, "recurrent_gemma": MAMBA_POSITIONS}.get(kind) or getattr(hf, "max_position_embeddings", None))
-    hard_act = {"bloom": "gelu_pytorch_tanh", "mpt": "gelu", "lfm2": "silu", "lfm2_moe": "silu", "lfm3": "silu"}
+    hard_act = {"ctrl": "relu", "bloom": "gelu_pytorch_tanh", "mpt": "gelu", "lfm2": "silu", "lfm2_moe": "silu", "lfm3": "silu"}
     act_of = hard_act.get(kind) or (hf.ffn_config.ffn_act_fn["name"] if kind == "dbrx" else getattr(hf, act))
+    if kind == "openai-gpt":  # its afn names modeling_openai.ACT_FNS' functions
+        act_of = {"gelu": "gelu_new", "swish": "silu"}.get(hf.afn, hf.afn)
     if kind == "cohere2_moe":  # RMSNorms of rms_norm_eps where it is set, else LayerNorms of layer_norm_eps
         eps = "rms_norm_eps" if hf.rms_norm_eps is not None else "layer_norm_eps"
     out = dict(max_position_embeddings=positions, norm_eps=1e-5 if fixed_eps else getattr(hf, eps),
@@ -1227,7 +1233,7 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
         out["hidden_act"] = "gelu_pytorch_tanh"
     if kind in ("gptj", "codegen"):
         out["rope_theta"] = 10000.0  # GPT-J's and CodeGen's fixed base
-    elif kind not in ("gpt2", "gpt_bigcode", "gpt_neo", "opt", "biogpt", "xglm", "bloom", "mpt", "mamba", "falcon_mamba", "jamba",
+    elif kind not in ("gpt2", "openai-gpt", "ctrl", "gpt_bigcode", "gpt_neo", "opt", "biogpt", "xglm", "bloom", "mpt", "mamba", "falcon_mamba", "jamba",
                       "nemotron_h", "mamba2", "kimi_linear"):
         rope = hf.rope_parameters
         out["rope_theta"] = rope.get("full_attention", rope)["rope_theta"]
@@ -1236,7 +1242,8 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
 
 def _as_jaxllm_reads(arch, raw: dict) -> dict:
     cfg = arch.config(dict(raw))
-    out = dict(max_position_embeddings=cfg.max_position_embeddings, norm_eps=cfg.norm_eps,
+    eps = cfg.norm_eps if cfg.final_norm_eps is None else cfg.final_norm_eps  # the config's epsilon (CTRL's: the final norm's)
+    out = dict(max_position_embeddings=cfg.max_position_embeddings, norm_eps=eps,
                tie_word_embeddings=cfg.tie_word_embeddings, hidden_act=cfg.hidden_act)
     if cfg.position_embedding == "rope":
         out["rope_theta"] = cfg.rope.theta
