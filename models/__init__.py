@@ -77,6 +77,7 @@ from jaxllm.models import (
     phi3,
     phimoe,
     qwen3_next,
+    rwkv,
     solar_open,
     stablelm,
     starcoder2,
@@ -99,5 +100,6 @@ FAMILIES = (
     deepseek_v32, glm_moe_dsa, axk2,
     gemma3n,
     kimi_linear, longcat_flash,
+    rwkv,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -269,6 +269,11 @@ class ModelConfig:
     # Mamba's residual_in_fp32: the residual stream kept in float32 under a lower-precision model, each layer's norm
     # reading it cast back, the head reading the final norm's output cast back
     residual_float32: bool = False
+    # RWKV-4 (models/rwkv.py): "rwkv" layers (models/wkv.py) whose time mix is rwkv_attention_size channels wide
+    # (attention_hidden_size); rescale_every > 0: layer i's output weights divided by 2^(i // rescale_every) as they load
+    # and the hidden state halved after every rescale_every-th layer (transformers' inference-time rescaling)
+    rwkv_attention_size: int = 0
+    rescale_every: int = 0
     mamba_inner: int = 0
     mamba_dt_rank: int = 0
     mamba_bcdt_norm: str = "none"

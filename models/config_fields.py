@@ -20,8 +20,9 @@ GROUP_SCORES = ("max", "top2", "top2_zero")  # top2_zero: the other groups' expe
 # layer (models/mamba2.py); "mamba1", a Mamba (v1) layer (models/mamba1.py); "lightning_attention", MiniMax's
 # (models/lightning_attention.py: its config's "linear_attention", read as this); "kimi_delta_attention", Kimi-Linear's
 # (linear_attention.KimiDeltaAttention: its config's "linear_attention" too); each only in the families whose
+# "rwkv", RWKV-4's time mix (models/wkv.py); each only in the families whose
 # ModelConfig.recurrent_kinds names it, refused elsewhere (config._validated)
-RECURRENT_TYPES = ("linear_attention", "conv", "mamba", "mamba1", "lightning_attention", "kimi_delta_attention")
+RECURRENT_TYPES = ("linear_attention", "conv", "mamba", "mamba1", "lightning_attention", "kimi_delta_attention", "rwkv")
 LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention") + RECURRENT_TYPES
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope", "proportional")
 
@@ -216,6 +217,9 @@ CONFIG_FIELDS = {
     "mixer_rms_eps": _given(NON_NEGATIVE), "attn_layer_period": _given(COUNT), "attn_layer_offset": _given(INDEX),
     "expert_layer_period": _given(COUNT), "expert_layer_offset": _given(INDEX),
     "mamba_dt_rank": Field(int, 1, MAX_SIZE, null=False, or_text=("auto",)),
+    # RWKV's (rwkv.py): its context (max_position_embeddings' alias), its time mix's width (null: hidden_size), the layers
+    # between its inference-time halvings (0 or less: none)
+    "context_length": _given(COUNT), "attention_hidden_size": COUNT, "rescale_every": _given(Field(int)),
     # fairseq's decoders: OPT's norm placement, biases, affine norms, token embedding width, final norm; XGLM's
     # own spellings (d_model: MPT's above); the embeddings times sqrt(hidden) (BioGPT, XGLM)
     "ffn_dim": COUNT, "do_layer_norm_before": FLAG, "enable_bias": FLAG, "layer_norm_elementwise_affine": FLAG,

@@ -10,11 +10,12 @@ from jaxllm.models.mamba1 import Mamba
 from jaxllm.models.mamba2 import Mamba2
 from jaxllm.models.recurrent import RecurrentMixer, StateShape, shape_bytes
 from jaxllm.models.short_conv import ShortConv
+from jaxllm.models.wkv import RwkvTimeMix
 
 # layer type (ModelConfig.layer_types; config_fields.RECURRENT_TYPES) -> its mixer
 MIXERS: dict[str, type[RecurrentMixer]] = {"linear_attention": GatedDeltaNet, "conv": ShortConv, "mamba": Mamba2,
                                             "mamba1": Mamba, "lightning_attention": LightningAttention,
-                                            "kimi_delta_attention": KimiDeltaAttention}
+                                            "kimi_delta_attention": KimiDeltaAttention, "rwkv": RwkvTimeMix}
 
 
 def mixer_cls(cfg: ModelConfig, layer: int) -> type[RecurrentMixer] | None:
