@@ -274,6 +274,13 @@ class ModelConfig:
     # and the hidden state halved after every rescale_every-th layer (transformers' inference-time rescaling)
     rwkv_attention_size: int = 0
     rescale_every: int = 0
+    # xLSTM (models/xlstm.py): "mlstm" layers (models/mlstm.py) of num_heads heads, queries and keys head_dim wide, values
+    # v_head_dim; their input and forget gates' pre-activations soft-capped at gate_softcap (None: not), the
+    # normalizer's epsilon mlstm_eps; norm_bias: the layers' RMSNorms with a bias (its use_bias)
+    gate_softcap: float | None = None
+    mlstm_eps: float = 1e-6
+    norm_bias: bool = False
+    fused_projections: bool = False  # its weight_mode "fused": q|k|v|o, i|f and the MLP's gate|up each one tensor
     mamba_inner: int = 0
     mamba_dt_rank: int = 0
     mamba_bcdt_norm: str = "none"

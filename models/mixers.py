@@ -8,6 +8,7 @@ from jaxllm.models.lightning_attention import LightningAttention
 from jaxllm.models.linear_attention import GatedDeltaNet, KimiDeltaAttention
 from jaxllm.models.mamba1 import Mamba
 from jaxllm.models.mamba2 import Mamba2
+from jaxllm.models.mlstm import MLstm
 from jaxllm.models.recurrent import RecurrentMixer, StateShape, shape_bytes
 from jaxllm.models.short_conv import ShortConv
 from jaxllm.models.wkv import RwkvTimeMix
@@ -15,7 +16,8 @@ from jaxllm.models.wkv import RwkvTimeMix
 # layer type (ModelConfig.layer_types; config_fields.RECURRENT_TYPES) -> its mixer
 MIXERS: dict[str, type[RecurrentMixer]] = {"linear_attention": GatedDeltaNet, "conv": ShortConv, "mamba": Mamba2,
                                             "mamba1": Mamba, "lightning_attention": LightningAttention,
-                                            "kimi_delta_attention": KimiDeltaAttention, "rwkv": RwkvTimeMix}
+                                            "kimi_delta_attention": KimiDeltaAttention, "rwkv": RwkvTimeMix,
+                                            "mlstm": MLstm}
 
 
 def mixer_cls(cfg: ModelConfig, layer: int) -> type[RecurrentMixer] | None:

@@ -1121,6 +1121,14 @@ SPELLINGS = {
     # rescaling, the max_position_embeddings alias winning over context_length
     "rwkv-narrow-time-mix": ("RwkvForCausalLM", dict(attention_hidden_size=48, rescale_every=0, use_cache=False),
                              _edit(max_position_embeddings=32)),
+    # xLSTM with xLSTMConfig's defaults (no biases, caps of 15 and 30, the MLP 2.667 x hidden_size rounded up to 384, one
+    # chunk of 64: transformers runs the 20 tokens step by step), the head untied whatever tie_word_embeddings says, its
+    # blocks counted by num_blocks (num_hidden_layers left out: 32, which only sizes transformers' cache), embedding_dim
+    "xlstm-defaults": ("xLSTMForCausalLM", dict(use_bias=False, ffn_proj_factor=2.667, gate_soft_cap=15.0, output_logit_soft_cap=30.0,
+                                                norm_eps=1e-6, chunk_size=64, tie_word_embeddings=True),
+                       _edit(("use_bias", "ffn_proj_factor", "ffn_round_up_to_multiple_of", "gate_soft_cap", "output_logit_soft_cap",
+                              "norm_eps", "eps", "chunk_size", "weight_mode", "qk_dim_factor", "v_dim_factor", "num_hidden_layers"),
+                             num_blocks=3, embedding_dim=128)),
 }
 
 
@@ -1209,14 +1217,14 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
            "starcoder2": "norm_epsilon", "bloom": "layer_norm_epsilon", "mpt": "layer_norm_epsilon",
            "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps", "jais2": "layer_norm_eps", "lfm2": "norm_eps", "lfm2_moe": "norm_eps", "lfm3": "norm_eps",
            "mamba": "layer_norm_epsilon", "falcon_mamba": "layer_norm_epsilon", "nemotron_h": "layer_norm_epsilon",
-           "mamba2": "layer_norm_epsilon", "rwkv": "layer_norm_epsilon"}.get(kind, "rms_norm_eps")
+           "mamba2": "layer_norm_epsilon", "rwkv": "layer_norm_epsilon", "xlstm": "norm_eps"}.get(kind, "rms_norm_eps")
     fixed_eps = kind in ("olmo", "opt", "biogpt", "xglm", "dbrx")  # nn.LayerNorm's 1e-5, whatever the config says
     # ALiBi families: BLOOM's has no length (jaxllm's 2,048 positions are its context alone), MPT's bias table max_seq_len;
     # their MLPs hard-wire the activation (BloomGelu's tanh form, MptMLP's exact GELU; LFM2's silu)
-    # Mamba's and Mamba2's: none (its positions bound nothing; jaxllm's MAMBA_POSITIONS bound its requests)
+    # Mamba's, Mamba2's and xLSTM's: none (its positions bound nothing; jaxllm's MAMBA_POSITIONS bound its requests)
     positions = ({"bloom": 2048, "mpt": getattr(hf, "max_seq_len", None), "mamba": MAMBA_POSITIONS, "falcon_mamba": MAMBA_POSITIONS,
-                  "mamba2": MAMBA_POSITIONS}.get(kind) or getattr(hf, "max_position_embeddings", None))
-    hard_act = {"bloom": "gelu_pytorch_tanh", "mpt": "gelu", "lfm2": "silu", "lfm2_moe": "silu", "lfm3": "silu", "rwkv": "relu2"}
+                  "mamba2": MAMBA_POSITIONS, "xlstm": MAMBA_POSITIONS}.get(kind) or getattr(hf, "max_position_embeddings", None))
+    hard_act = {"bloom": "gelu_pytorch_tanh", "mpt": "gelu", "lfm2": "silu", "lfm2_moe": "silu", "lfm3": "silu", "rwkv": "relu2", "xlstm": "silu"}
     act_of = hard_act.get(kind) or (hf.ffn_config.ffn_act_fn["name"] if kind == "dbrx" else getattr(hf, act))
     if kind == "cohere2_moe":  # RMSNorms of rms_norm_eps where it is set, else LayerNorms of layer_norm_eps
         eps = "rms_norm_eps" if hf.rms_norm_eps is not None else "layer_norm_eps"
@@ -1227,7 +1235,7 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     if kind in ("gptj", "codegen"):
         out["rope_theta"] = 10000.0  # GPT-J's and CodeGen's fixed base
     elif kind not in ("gpt2", "gpt_bigcode", "gpt_neo", "opt", "biogpt", "xglm", "bloom", "mpt", "mamba", "falcon_mamba", "jamba",
-                      "nemotron_h", "mamba2", "kimi_linear", "rwkv"):
+                      "nemotron_h", "mamba2", "kimi_linear", "rwkv", "xlstm"):
         rope = hf.rope_parameters
         out["rope_theta"] = rope.get("full_attention", rope)["rope_theta"]
     return out
