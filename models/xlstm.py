@@ -60,11 +60,11 @@ def xlstm_names(raw: dict) -> dict:
 def _refuse(raw: dict) -> None:
     refuse_layer_types(raw, "remove it (qk_dim_factor, v_dim_factor and num_heads set the mLSTM's widths)",
                        keys=("qk_dim", "v_dim", "qk_head_dim", "v_head_dim"))  # xLSTMConfig's properties
-    for key, allowed, why in (("mode", "inference", "transformers' train modes run whole chunks only, so they cannot generate"),
-                              ("inference_state_dtype", "float32", "jaxllm keeps the mLSTM state in float32"),
-                              ("weight_mode", ("single", "fused"), "the layouts transformers builds")):
-        if raw[key] not in ((allowed,) if isinstance(allowed, str) else allowed):
-            raise ConfigError(f"config.json {key} {raw[key]!r} is not supported ({why}): use {' or '.join(map(repr, (allowed,) if isinstance(allowed, str) else allowed))}")
+    for key, allowed, why in (("mode", ("inference",), "transformers' train modes run whole chunks only, so they cannot generate"),
+                              ("inference_state_dtype", ("float32",), "jaxllm keeps the mLSTM state in float32"),
+                              ("weight_mode", ("single", "fused"), "the layouts transformers names")):
+        if raw[key] not in allowed:
+            raise ConfigError(f"config.json {key} {raw[key]!r} is not supported ({why}): use {' or '.join(map(repr, allowed))}")
     if not raw["norm_reduction_force_float32"]:
         raise ConfigError("config.json norm_reduction_force_float32=false is not supported: jaxllm's norms reduce in float32; "
                           "set it to true (the same model, xLSTM-7B's setting)")
