@@ -84,11 +84,13 @@ from jaxllm.models import (
     phimoe,
     qwen3_next,
     recurrent_gemma,
+    rwkv,
     solar_open,
     stablelm,
     starcoder2,
     vaultgemma,
     xglm,
+    xlstm,
     youtu,
 )
 
@@ -108,5 +110,6 @@ FAMILIES = (
     kimi_linear, longcat_flash,
     recurrent_gemma,
     emu3, aria, gpt_neox_japanese, openai_gpt, ctrl, doge,
+    rwkv, xlstm,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -275,6 +275,18 @@ class ModelConfig:
     # Mamba's residual_in_fp32: the residual stream kept in float32 under a lower-precision model, each layer's norm
     # reading it cast back, the head reading the final norm's output cast back
     residual_float32: bool = False
+    # RWKV-4 (models/rwkv.py): "rwkv" layers (models/wkv.py) whose time mix is rwkv_attention_size channels wide
+    # (attention_hidden_size); rescale_every > 0: layer i's output weights divided by 2^(i // rescale_every) as they load
+    # and the hidden state halved after every rescale_every-th layer (transformers' inference-time rescaling)
+    rwkv_attention_size: int = 0
+    rescale_every: int = 0
+    # xLSTM (models/xlstm.py): "mlstm" layers (models/mlstm.py) of num_heads heads, queries and keys head_dim wide, values
+    # v_head_dim; their input and forget gates' pre-activations soft-capped at gate_softcap (None: not), the
+    # normalizer's epsilon mlstm_eps; norm_bias: the layers' RMSNorms with a bias (its use_bias)
+    gate_softcap: float | None = None
+    mlstm_eps: float = 1e-6
+    norm_bias: bool = False
+    fused_projections: bool = False  # its weight_mode "fused": q|k|v|o, i|f and the MLP's gate|up each one tensor
     mamba_inner: int = 0
     lru_width: int = 0  # RecurrentGemma's "rg_lru" layers (models/rg_lru.py): the RG-LRU's channels
     mamba_dt_rank: int = 0

@@ -20,8 +20,10 @@ GROUP_SCORES = ("max", "top2", "top2_zero")  # top2_zero: the other groups' expe
 # layer (models/mamba2.py); "mamba1", a Mamba (v1) layer (models/mamba1.py); "lightning_attention", MiniMax's
 # (models/lightning_attention.py: its config's "linear_attention", read as this); "kimi_delta_attention", Kimi-Linear's
 # (linear_attention.KimiDeltaAttention: its config's "linear_attention" too); each only in the families whose
+# "rwkv", RWKV-4's time mix (models/wkv.py); "mlstm", xLSTM's (models/mlstm.py); each only in the families whose
 # ModelConfig.recurrent_kinds names it, refused elsewhere (config._validated)
-RECURRENT_TYPES = ("linear_attention", "conv", "mamba", "mamba1", "lightning_attention", "kimi_delta_attention", "rg_lru")
+RECURRENT_TYPES = ("linear_attention", "conv", "mamba", "mamba1", "lightning_attention", "kimi_delta_attention", "rg_lru",
+                   "rwkv", "mlstm")
 LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention") + RECURRENT_TYPES
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope", "proportional")
 
@@ -222,6 +224,17 @@ CONFIG_FIELDS = {
     "mixer_rms_eps": _given(NON_NEGATIVE), "attn_layer_period": _given(COUNT), "attn_layer_offset": _given(INDEX),
     "expert_layer_period": _given(COUNT), "expert_layer_offset": _given(INDEX),
     "mamba_dt_rank": Field(int, 1, MAX_SIZE, null=False, or_text=("auto",)),
+    # RWKV's (rwkv.py): its context (max_position_embeddings' alias), its time mix's width (null: hidden_size), the layers
+    # between its inference-time halvings (0 or less: none)
+    "context_length": _given(COUNT), "attention_hidden_size": COUNT, "rescale_every": _given(Field(int)),
+    # xLSTM's (xlstm.py): its aliases of hidden_size and num_hidden_layers, the mLSTM's widths, gate caps and epsilon, its
+    # gated MLP's width (ffn_proj_factor x hidden_size, rounded up to a multiple), the logits' cap, the weights' layout and
+    # the run mode (refused but for what jaxllm computes), the float32 norms and state
+    "embedding_dim": COUNT, "num_blocks": LAYERS, "qk_dim_factor": _given(POSITIVE), "v_dim_factor": _given(POSITIVE),
+    "gate_soft_cap": _given(POSITIVE), "eps": _given(NON_NEGATIVE), "ffn_proj_factor": _given(POSITIVE),
+    "ffn_round_up_to_multiple_of": _given(COUNT), "output_logit_soft_cap": _given(POSITIVE), "weight_mode": _given(NAME),
+    "mode": _given(NAME), "norm_reduction_force_float32": _given(FLAG), "inference_state_dtype": _given(NAME),
+    "add_out_norm": _given(FLAG), "max_inference_chunksize": _given(COUNT),
     # fairseq's decoders: OPT's norm placement, biases, affine norms, token embedding width, final norm; XGLM's
     # own spellings (d_model: MPT's above); the embeddings times sqrt(hidden) (BioGPT, XGLM)
     "ffn_dim": COUNT, "do_layer_norm_before": FLAG, "enable_bias": FLAG, "layer_norm_elementwise_affine": FLAG,

@@ -113,7 +113,7 @@ def norm_kwargs(cfg: ModelConfig, dtype, rngs, norm_cls=None) -> dict:
     neither weight nor bias where the model's norms have none (cfg.norm_affine)."""
     if norm_cls not in (None, RMSNorm):
         return dict(dtype=dtype, rngs=rngs) if cfg.norm_affine else dict(dtype=dtype, rngs=rngs, weight=False, bias=False)
-    return dict(dtype=dtype, rngs=rngs, offset=cfg.norm_offset, upcast_scale=cfg.norm_upcast_scale)
+    return dict(dtype=dtype, rngs=rngs, offset=cfg.norm_offset, upcast_scale=cfg.norm_upcast_scale, bias=cfg.norm_bias)
 
 
 def position_embeddings(cfg: ModelConfig, dtype, rngs):

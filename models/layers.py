@@ -109,14 +109,15 @@ class RMSNorm(nnx.Module, pytree=False):
     """x / rms(x) * w over the last dims (`shape`), in float32. Llama casts back before the scale;
     `upcast_scale` applies the scale in float32, then casts (OLMo 2), and `offset` scales by
     (offset + w) that way (Gemma's 1 + w), each as transformers does. `scale` False: no weight, x / rms(x)
-    cast back (Gemma 4's v_norm and router norm)."""
+    cast back (Gemma 4's v_norm and router norm). `bias`: a bias added after the scale, in x's dtype (xLSTM's use_bias)."""
 
     def __init__(self, shape, eps: float, *, dtype, rngs: nnx.Rngs, axes=("norm",), offset: float = 0.0,
-                 upcast_scale: bool = False, weight: bool = True):
+                 upcast_scale: bool = False, weight: bool = True, bias: bool = False):
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         self.eps, self.offset, self.upcast = eps, offset, upcast_scale or bool(offset)
         self.dims = tuple(range(-len(shape), 0))
         self.weight = param(shape, tuple(axes), dtype) if weight else None  # None: no scale (Llama 4's L2 norm, Gemma 4's v_norm)
+        self.bias = param(shape, tuple(axes), dtype) if bias else None
 
     def __call__(self, x):
         dtype = x.dtype
@@ -126,7 +127,8 @@ class RMSNorm(nnx.Module, pytree=False):
             return x.astype(dtype)
         if self.upcast:
             return (x * (self.offset + self.weight[...].astype(jnp.float32))).astype(dtype)
-        return self.weight[...] * x.astype(dtype)
+        x = self.weight[...] * x.astype(dtype)
+        return x if self.bias is None else x + self.bias[...]
 
 
 class LayerNorm(nnx.Module, pytree=False):

@@ -8,14 +8,17 @@ from jaxllm.models.lightning_attention import LightningAttention
 from jaxllm.models.linear_attention import GatedDeltaNet, KimiDeltaAttention
 from jaxllm.models.mamba1 import Mamba
 from jaxllm.models.mamba2 import Mamba2
+from jaxllm.models.mlstm import MLstm
 from jaxllm.models.recurrent import RecurrentMixer, StateShape, shape_bytes
 from jaxllm.models.rg_lru import RgLru
 from jaxllm.models.short_conv import ShortConv
+from jaxllm.models.wkv import RwkvTimeMix
 
 # layer type (ModelConfig.layer_types; config_fields.RECURRENT_TYPES) -> its mixer
 MIXERS: dict[str, type[RecurrentMixer]] = {"linear_attention": GatedDeltaNet, "conv": ShortConv, "mamba": Mamba2,
                                             "mamba1": Mamba, "lightning_attention": LightningAttention,
-                                            "kimi_delta_attention": KimiDeltaAttention, "rg_lru": RgLru}
+                                            "kimi_delta_attention": KimiDeltaAttention, "rg_lru": RgLru,
+                                            "rwkv": RwkvTimeMix, "mlstm": MLstm}
 
 
 def mixer_cls(cfg: ModelConfig, layer: int) -> type[RecurrentMixer] | None:

@@ -68,9 +68,21 @@ def causal_conv(x, conv_state, weight, valid, bias=None, act=jax.nn.silu):
     out = sum(full[:, j : j + t].astype(jnp.float32) * w[:, j] for j in range(taps + 1))
     if bias is not None:
         out = out + bias.astype(jnp.float32)
+    return (out if act is None else act(out)).astype(x.dtype), last_inputs(full, valid, taps)
+
+
+def last_inputs(full, valid, taps: int):
+    """The `taps` inputs before each row's next token: full [B, taps + T, C] (the state, then the call's inputs), valid
+    [B, T] a prefix of each row; a row without a valid token keeps its state."""
     lengths = jnp.sum(valid, axis=1)
-    new = jax.vmap(lambda row, n: jax.lax.dynamic_slice_in_dim(row, n, taps, axis=0))(full, lengths)
-    return (out if act is None else act(out)).astype(x.dtype), new
+    return jax.vmap(lambda row, n: jax.lax.dynamic_slice_in_dim(row, n, taps, axis=0))(full, lengths)
+
+
+def token_shift(x, prev, valid):
+    """RWKV's token shift: x [B, T, C] after `prev` [B, C], the input before it -> (each token's previous input
+    [B, T, C], the state after the call: each row's last valid input [B, C])."""
+    full = jnp.concatenate([prev[:, None].astype(x.dtype), x], axis=1)
+    return full[:, :-1], last_inputs(full, valid, 1)[:, 0]
 
 
 def gated_recurrence(q, k, v, g, beta, state):

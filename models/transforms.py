@@ -105,6 +105,26 @@ class Transpose:
         out[...] = value.reshape(out.shape[::-1]).T
 
 
+@dataclass(frozen=True)
+class Scaled:
+    """`inner`'s tensor times `factor`, a power of two (exact in every float dtype): RWKV's output weights divided by
+    2^(layer // rescale_every) for inference, as transformers divides them in place on its first eval forward;
+    export divides back."""
+
+    inner: object
+    factor: float
+
+    def hf_shape(self, shape):
+        return self.inner.hf_shape(shape)
+
+    def __call__(self, x, shape, dtype) -> np.ndarray:
+        out = self.inner(x, shape, dtype)
+        return out if self.factor == 1 else (np.asarray(out, np.float32) * np.float32(self.factor)).astype(out.dtype)
+
+    def export(self, value: np.ndarray, out: np.ndarray) -> None:
+        self.inner.export(value if self.factor == 1 else (np.asarray(value, np.float32) / np.float32(self.factor)).astype(value.dtype), out)
+
+
 class _RowRange:
     """Rows [offset, offset + n) of a tensor, read lazily like the tensor itself."""
 

@@ -1125,6 +1125,23 @@ SPELLINGS = {
     # LongCat-Flash under its config class's aliases, which win: num_hidden_layers (twice num_layers), intermediate_size
     "longcat-aliases": ("LongcatFlashForCausalLM", {}, lambda raw: raw.update(num_hidden_layers=2 * raw.pop("num_layers"),
                                                                            intermediate_size=raw.pop("ffn_hidden_size"))),
+    # RWKV with RwkvConfig's defaults: the widths from hidden_size, rescaled every 6 blocks (7 of them: the seventh's output
+    # weights halved), a tied head
+    "rwkv-defaults": ("RwkvForCausalLM", dict(num_hidden_layers=7, attention_hidden_size=None, intermediate_size=None,
+                                              rescale_every=6, tie_word_embeddings=True),
+                      _edit(("attention_hidden_size", "intermediate_size", "rescale_every"))),
+    # a time mix narrower than the hidden state (transformers runs it uncached only: its cache is hidden_size wide), no
+    # rescaling, the max_position_embeddings alias winning over context_length
+    "rwkv-narrow-time-mix": ("RwkvForCausalLM", dict(attention_hidden_size=48, rescale_every=0, use_cache=False),
+                             _edit(max_position_embeddings=32)),
+    # xLSTM with xLSTMConfig's defaults (no biases, caps of 15 and 30, the MLP 2.667 x hidden_size rounded up to 384, one
+    # chunk of 64: transformers runs the 20 tokens step by step), the head untied whatever tie_word_embeddings says, its
+    # blocks counted by num_blocks (num_hidden_layers left out: 32, which only sizes transformers' cache), embedding_dim
+    "xlstm-defaults": ("xLSTMForCausalLM", dict(use_bias=False, ffn_proj_factor=2.667, gate_soft_cap=15.0, output_logit_soft_cap=30.0,
+                                                norm_eps=1e-6, chunk_size=64, tie_word_embeddings=True),
+                       _edit(("use_bias", "ffn_proj_factor", "ffn_round_up_to_multiple_of", "gate_soft_cap", "output_logit_soft_cap",
+                              "norm_eps", "eps", "chunk_size", "weight_mode", "qk_dim_factor", "v_dim_factor", "num_hidden_layers"),
+                             num_blocks=3, embedding_dim=128)),
 }
 
 
@@ -1214,14 +1231,16 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
            "starcoder2": "norm_epsilon", "bloom": "layer_norm_epsilon", "mpt": "layer_norm_epsilon",
            "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps", "jais2": "layer_norm_eps", "lfm2": "norm_eps", "lfm2_moe": "norm_eps", "lfm3": "norm_eps",
            "mamba": "layer_norm_epsilon", "falcon_mamba": "layer_norm_epsilon", "nemotron_h": "layer_norm_epsilon",
-           "mamba2": "layer_norm_epsilon"}.get(kind, "rms_norm_eps")
+           "mamba2": "layer_norm_epsilon", "rwkv": "layer_norm_epsilon", "xlstm": "norm_eps"}.get(kind, "rms_norm_eps")
     fixed_eps = kind in ("olmo", "opt", "biogpt", "xglm", "dbrx")  # nn.LayerNorm's 1e-5, whatever the config says
     # ALiBi families: BLOOM's has no length (jaxllm's 2,048 positions are its context alone), MPT's bias table max_seq_len;
     # their MLPs hard-wire the activation (BloomGelu's tanh form, MptMLP's exact GELU; LFM2's silu)
-    # Mamba's, Mamba2's and RecurrentGemma's: none (its positions bound nothing; jaxllm's MAMBA_POSITIONS bound its requests)
+    # Mamba's, Mamba2's, RecurrentGemma's and xLSTM's: none (its positions bound nothing; jaxllm's MAMBA_POSITIONS bound its requests)
     positions = ({"bloom": 2048, "mpt": getattr(hf, "max_seq_len", None), "mamba": MAMBA_POSITIONS, "falcon_mamba": MAMBA_POSITIONS,
-                  "mamba2": MAMBA_POSITIONS, "recurrent_gemma": MAMBA_POSITIONS}.get(kind) or getattr(hf, "max_position_embeddings", None))
-    hard_act = {"ctrl": "relu", "bloom": "gelu_pytorch_tanh", "mpt": "gelu", "lfm2": "silu", "lfm2_moe": "silu", "lfm3": "silu"}
+                  "mamba2": MAMBA_POSITIONS, "recurrent_gemma": MAMBA_POSITIONS, "xlstm": MAMBA_POSITIONS}.get(kind)
+                 or getattr(hf, "max_position_embeddings", None))
+    hard_act = {"ctrl": "relu", "bloom": "gelu_pytorch_tanh", "mpt": "gelu", "lfm2": "silu", "lfm2_moe": "silu", "lfm3": "silu", "rwkv": "relu2",
+                "xlstm": "silu"}
     act_of = hard_act.get(kind) or (hf.ffn_config.ffn_act_fn["name"] if kind == "dbrx" else getattr(hf, act))
     if kind == "openai-gpt":  # its afn names modeling_openai.ACT_FNS' functions
         act_of = {"gelu": "gelu_new", "swish": "silu"}.get(hf.afn, hf.afn)
@@ -1233,8 +1252,8 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
         out["hidden_act"] = "gelu_pytorch_tanh"
     if kind in ("gptj", "codegen"):
         out["rope_theta"] = 10000.0  # GPT-J's and CodeGen's fixed base
-    elif kind not in ("gpt2", "openai-gpt", "ctrl", "gpt_bigcode", "gpt_neo", "opt", "biogpt", "xglm", "bloom", "mpt", "mamba", "falcon_mamba", "jamba",
-                      "nemotron_h", "mamba2", "kimi_linear"):
+    elif kind not in ("gpt2", "openai-gpt", "ctrl", "gpt_bigcode", "gpt_neo", "opt", "biogpt", "xglm", "bloom", "mpt", "mamba", "falcon_mamba",
+                      "jamba", "nemotron_h", "mamba2", "kimi_linear", "rwkv", "xlstm"):
         rope = hf.rope_parameters
         out["rope_theta"] = rope.get("full_attention", rope)["rope_theta"]
     return out
@@ -1358,8 +1377,9 @@ BUILT_NOT_RUN = {(arch, key) for arch in ("GraniteMoeForCausalLM", "GraniteMoeSh
 
 
 # A null context length DbrxConfig and KimiLinearConfig take (int | None) and leave unbounded (their positions need
-# none); jaxllm sizes its engine by it and refuses the null in one line.
-UNBOUNDED = {("DbrxForCausalLM", key) for key in ("max_seq_len", "max_position_embeddings")} | {("KimiLinearForCausalLM", "model_max_length")}
+# none), RwkvConfig through its alias of context_length; jaxllm sizes its engine by it and refuses the null in one line.
+UNBOUNDED = ({("DbrxForCausalLM", key) for key in ("max_seq_len", "max_position_embeddings")}
+             | {("KimiLinearForCausalLM", "model_max_length"), ("RwkvForCausalLM", "max_position_embeddings")})
 
 
 @pytest.mark.parametrize("arch", registry.names())
