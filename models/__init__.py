@@ -83,6 +83,7 @@ from jaxllm.models import (
     vaultgemma,
     xglm,
     youtu,
+    zamba2,
 )
 
 FAMILIES = (
@@ -99,5 +100,6 @@ FAMILIES = (
     deepseek_v32, glm_moe_dsa, axk2,
     gemma3n,
     kimi_linear, longcat_flash,
+    zamba2,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

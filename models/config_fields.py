@@ -210,6 +210,10 @@ CONFIG_FIELDS = {
     "lm_head_multiplier": Field(float), "key_multiplier": Field(float), "attention_in_multiplier": Field(float),
     "attention_out_multiplier": Field(float), "ssm_in_multiplier": Field(float), "ssm_out_multiplier": Field(float),
     "mlp_multipliers": Field(float, many="list"), "ssm_multipliers": Field(float, many="list"),
+    # Zamba2's Mamba2 heads and groups, its shared blocks and their adapters, rope switch, biases, long-context switch
+    "n_mamba_heads": _given(HEADS), "mamba_ngroups": _given(COUNT), "num_mem_blocks": _given(COUNT), "adapter_rank": _given(COUNT),
+    "use_shared_attention_adapter": _given(FLAG), "use_mem_rope": _given(FLAG), "add_bias_linear": _given(FLAG),
+    "use_long_context": _given(FLAG),
     # Mamba's and FalconMamba's own keys (time_step_rank: a number or "auto"), Jamba's layer pattern and Mamba keys
     "state_size": _given(COUNT), "expand": _given(COUNT), "conv_kernel": _given(COUNT), "use_conv_bias": _given(FLAG),
     "time_step_rank": Field(int, 1, MAX_SIZE, null=False, or_text=("auto",)), "residual_in_fp32": _given(FLAG),

@@ -1,0 +1,291 @@
+"""Zyphra Zamba2 (transformers' Zamba2ForCausalLM: Zyphra/Zamba2-1.2B, -2.7B, -7B): every layer is a Mamba2 layer,
+x + mamba(norm(x)) (models/mamba2.py's mixer, no MLP); on the layers layers_block_type calls "hybrid" a shared
+transformer block's output joins the mixer's input, x + mamba(norm(x + linear(block(x, embeddings)))).
+
+The block (transformers' Zamba2AttentionDecoderLayer) reads concat(x, the token embeddings), 2 x hidden_size wide:
+its input_layernorm, attention (heads of 2 x hidden_size / num_attention_heads, scores scaled by (head_dim / 2) ** -0.5,
+rotary positions where use_mem_rope, none otherwise), pre_ff_layernorm and gated MLP (hidden_act, add_bias_linear's
+biases; transformers' fused gate_up_proj), no residuals; `linear`, each hybrid layer's own, brings it back.
+num_mem_blocks blocks serve the hybrid layers in turn (the k-th runs block k % num_mem_blocks). A block's norms and
+projections are one set of parameters: its later invocations hold the very modules of its first (nnx's shared
+references), so they are stored, sharded, quantized and converted once, at the first invocation's path, where
+transformers' checkpoints hold them. Each invocation's LoRA adapters (adapter_rank; `layers.Adapted`) are its own: on
+the MLP's gate/up always, on the attention's q/k/v where use_shared_attention_adapter. A hybrid layer caches its
+attention's keys beside its mixer's state (the pair, as Falcon-H1's layers: cfg.parallel_mixer, mixers.layer_parts).
+
+The Mamba2 mixer: n_mamba_heads heads of mamba_expand x hidden_size / n_mamba_heads, mamba_ngroups groups, the conv's
+bias always (use_conv_bias is never read), silu, the gated norm's epsilon 1e-5 whatever rms_norm_eps says, time
+steps floored at time_step_min (transformers' prefill; its decode step does not, as Nemotron-H's).
+
+Refused: the attention's q/k/v adapters with fewer kv heads than query heads (their k/v adapters are 2 x hidden_size
+wide, the projections narrower: transformers fails), the derived keys transformers' config saves (attention_head_dim /
+head_dim, attention_hidden_size, mamba_headdim, hybrid_layer_ids) where they differ from what the other keys make
+them (transformers then builds another model, or fails), a layer type other than hybrid and Mamba2 ones (transformers
+builds it as a Mamba2 layer whatever it says).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxllm.errors import ConfigError
+from jaxllm.models.architecture import RMS_NOT_NULL, Architecture
+from jaxllm.models.attention import UNCACHED, Attention
+from jaxllm.models.config import ModelConfig
+from jaxllm.models.decoder import CausalLM, DecoderModel, dense
+from jaxllm.models.layers import Adapted, Dense, GatedMLP, RMSNorm
+from jaxllm.models.mamba2 import Mamba2, mamba_specs
+from jaxllm.models.transforms import Copy, Linear, Part
+from jaxllm.models.weights import WeightSpec
+
+# layers_block_type's spellings (PreTrainedConfig remaps the legacy "mamba") -> our layer types
+_TYPES = {"hybrid": "full_attention", "linear_attention": "mamba", "mamba": "mamba"}
+# Zamba2Config's layers where layers_block_type is left out (or null): 54 of them
+_DEFAULT_BLOCKS = (["linear_attention"] + (["linear_attention"] * 5 + ["hybrid"]) * 7 + ["linear_attention"] * 4 + ["hybrid"]
+                   + ["linear_attention"] * 3 + ["hybrid"] + ["linear_attention"] * 2)
+
+
+def _first(block):
+    """A shared projection itself: the Dense under its first invocation's adapter, if it has one."""
+    return block.base if isinstance(block, Adapted) else block
+
+
+class SharedBlock(nnx.Module, pytree=False):
+    """One invocation of a shared transformer block: input_layernorm(concat(x, embeddings)) -> self_attn ->
+    pre_ff_layernorm -> feed_forward, no residuals. `first`: the block's first invocation, whose norms and
+    projections this one holds (the same modules); None: this is the first, building them."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs, first: SharedBlock | None = None):
+        e, rank, norm = cfg.hidden_size, cfg.adapter_rank, dict(dtype=dtype, rngs=rngs)
+        self.input_layernorm = first.input_layernorm if first else RMSNorm(2 * e, cfg.norm_eps, **norm)
+        self.pre_ff_layernorm = first.pre_ff_layernorm if first else RMSNorm(e, cfg.norm_eps, **norm)
+        share = first is not None and not cfg.attn_adapters
+        self.self_attn = first.self_attn if share else Attention(cfg, layer, **norm)
+        self.feed_forward = GatedMLP(cfg, **norm)
+        attn, mlp = self.self_attn, self.feed_forward
+        if first is not None:  # built abstractly (ShapeDtypeStructs), then replaced by the first invocation's own
+            for mine, theirs, names in ((attn, first.self_attn, ("q_proj", "k_proj", "v_proj", "o_proj") * (not share)),
+                                        (mlp, first.feed_forward, ("gate_proj", "up_proj", "down_proj"))):
+                for name in names:
+                    setattr(mine, name, _first(getattr(theirs, name)))
+        if cfg.attn_adapters:
+            attn.q_proj, attn.k_proj, attn.v_proj = (Adapted(p, rank, **norm) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+        mlp.gate_proj = Adapted(mlp.gate_proj, rank, **norm)
+        mlp.up_proj = Adapted(mlp.up_proj, rank, **norm, down=mlp.gate_proj.down)  # one fused adapter in transformers
+
+    def attention_input(self, x, emb):
+        return self.input_layernorm(jnp.concatenate([x, emb], axis=-1))
+
+    def __call__(self, x, emb, positions, rot, cache, kv):
+        out, cache = self.self_attn(self.attention_input(x, emb), positions, rot, cache, kv)
+        return self.feed_forward(self.pre_ff_layernorm(out)), cache
+
+
+class Zamba2Layer(nnx.Module, pytree=False):
+    """x + mamba(input_layernorm(x)), on a hybrid layer x + mamba(input_layernorm(x + linear(block(x, emb)))), its
+    cache then (the attention's pages, the mixer's state). `blocks`: the shared blocks' first invocations so far."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs, blocks: list):
+        e, made = cfg.hidden_size, dict(dtype=dtype, rngs=rngs)
+        self.input_layernorm = RMSNorm(e, cfg.norm_eps, **made)
+        self.mamba = Mamba2(cfg, layer, **made)
+        self.shared_transformer = self.linear = None
+        if cfg.layer_is_attention(layer):
+            turn = sum(map(cfg.layer_is_attention, range(layer))) % cfg.shared_blocks
+            first = blocks[turn] if turn < len(blocks) else None
+            self.shared_transformer = SharedBlock(cfg, layer, first=first, **made)
+            blocks += [self.shared_transformer] if first is None else []
+            self.linear = Dense((e,), (e,), ("word_embed", "embed"), bias=False, **made)
+
+    @property
+    def self_attn(self):
+        """The hybrid layer's attention (research.attention_weights)."""
+        return self.shared_transformer.self_attn
+
+    def attention_input(self, x, emb):
+        return self.shared_transformer.attention_input(x, emb)
+
+    def __call__(self, x, positions, rot, cache, kv=UNCACHED, emb=None):
+        hybrid = self.shared_transformer is not None
+        pages, state = cache if hybrid and cache is not None else (None, cache)
+        h = x
+        if hybrid:
+            out, pages = self.shared_transformer(x, emb, positions, rot, pages, kv)
+            h = x + self.linear(out)
+        out, state = self.mamba(self.input_layernorm(h), positions, state, kv)
+        return x + out, None if cache is None else (pages, state) if hybrid else state
+
+
+class Zamba2Model(DecoderModel):
+    """The shared decoder whose layers share blocks (built as the layers are) and read the token embeddings."""
+
+    def __init__(self, cfg: ModelConfig, layer_cls, *, dtype, rngs: nnx.Rngs, final_norm=None):
+        layer_cls = functools.partial(layer_cls, blocks=[])
+        super().__init__(cfg, layer_cls, dtype=dtype, rngs=rngs, final_norm=final_norm)
+
+    def layer_inputs(self, tokens, x):
+        """Every layer's own input: the token embeddings (original_hidden_states), which XLA does not copy per layer."""
+        return jnp.broadcast_to(x[:, :, None], x.shape[:2] + (self.cfg.num_layers,) + x.shape[2:])
+
+
+class Zamba2ForCausalLM(CausalLM):
+    layer_cls = Zamba2Layer
+    model_cls = Zamba2Model
+
+
+def _block_types(raw: dict) -> list[str]:
+    """The layers transformers builds: layer_types (its alias, which wins) or layers_block_type, Zamba2Config's 54
+    where neither is given; refused where its hybrid_layer_ids (saved, or made of layers_block_type before the alias
+    overwrote it) are not the hybrid layers, by which transformers indexes each one's adapters."""
+    if "layer_types" in raw and raw["layer_types"] is None:
+        raise ConfigError("config.json layer_types is null, which Zamba2Config sets as layers_block_type and then cannot "
+                          "build (transformers fails): give the layers as layers_block_type")
+    given = raw.get("layers_block_type")
+    types = raw.get("layer_types") or given or _DEFAULT_BLOCKS
+    if len(types) != raw["num_hidden_layers"]:
+        key = "layers_block_type" if raw.get("layer_types") is None else "layer_types"
+        had = f"{key} (Zamba2Config's default)" if given is None and key == "layers_block_type" else key
+        raise ConfigError(f"config.json has {len(types)} {had} for num_hidden_layers={raw['num_hidden_layers']} "
+                          "(transformers refuses it): give one per layer")
+    for kind in types:
+        if kind not in _TYPES:
+            raise ConfigError(f"config.json layer type '{kind}' is not one Zamba2 runs (transformers builds every layer but "
+                              "hybrid as a Mamba2 layer, whatever it says): use hybrid or linear_attention (mamba)")
+    hybrid = [i for i, t in enumerate(types) if t == "hybrid"]
+    ids = raw.get("hybrid_layer_ids", [i for i, t in enumerate(given or _DEFAULT_BLOCKS) if t == "hybrid"])
+    if ids != hybrid:
+        raise ConfigError(f"config.json hybrid_layer_ids {ids} are not the hybrid layers {hybrid} (transformers indexes each "
+                          "hybrid layer's adapters by them and fails): remove hybrid_layer_ids and layer_types, give the "
+                          "layers as layers_block_type")
+    return [_TYPES[t] for t in types]
+
+
+def zamba2_names(raw: dict) -> dict:
+    """The common keys: the attention's heads of 2 x hidden_size / num_attention_heads, intermediate_size 4 x hidden_size
+    where null, max_position_embeddings 16,384 where use_long_context; the layers' types, the derived keys transformers'
+    config saves checked against what the other keys make them."""
+    e, heads = raw["hidden_size"], raw["num_attention_heads"]
+    if not isinstance(e, int) or not isinstance(heads, int):
+        return raw  # a missing key: require_fields names it
+    if 2 * e % heads:
+        raise ConfigError(f"config.json num_attention_heads={heads} does not divide 2 x hidden_size = {2 * e}, the attention's "
+                          "width (Zamba2's heads are 2 x hidden_size / num_attention_heads): correct num_attention_heads")
+    inner = raw["mamba_expand"] * e
+    derived = dict(attention_hidden_size=2 * e, attention_head_dim=2 * e // heads, head_dim=2 * e // heads,
+                   mamba_headdim=inner // raw["n_mamba_heads"])
+    for key, value in derived.items():
+        if key in raw and raw[key] != value:
+            raise ConfigError(f"config.json {key}={raw[key]} is not {value}, what Zamba2Config derives from the other keys "
+                              f"(transformers would build another model of it, or fail): remove {key}")
+    raw = {k: v for k, v in raw.items() if k != "layer_types"}
+    return dict(raw, block_types=_block_types(raw), head_dim=2 * e // heads, intermediate_size=raw.get("intermediate_size") or 4 * e,
+                max_position_embeddings=16384 if raw["use_long_context"] else raw["max_position_embeddings"])
+
+
+def zamba2_defaults(raw: dict) -> dict:
+    e, heads, groups = raw["hidden_size"], raw["n_mamba_heads"], raw["mamba_ngroups"]
+    inner = raw["mamba_expand"] * e
+    if inner % heads:
+        raise ConfigError(f"config.json n_mamba_heads={heads} does not divide mamba_expand x hidden_size = {inner} (transformers "
+                          "fails): correct n_mamba_heads")
+    if heads % groups:
+        raise ConfigError(f"config.json n_mamba_heads={heads} is not a multiple of mamba_ngroups={groups}: each group's B and C "
+                          "must serve a whole number of heads")
+    kv = raw.get("num_key_value_heads") or raw["num_attention_heads"]
+    if raw["use_shared_attention_adapter"] and kv != raw["num_attention_heads"]:
+        raise ConfigError(f"config.json use_shared_attention_adapter with num_key_value_heads={kv} below num_attention_heads="
+                          f"{raw['num_attention_heads']}: its k/v adapters are 2 x hidden_size wide, the k/v projections "
+                          "narrower (transformers fails): set num_key_value_heads to num_attention_heads, or turn the adapters off")
+    return dict(layer_types=tuple(raw["block_types"]), recurrent_kinds=("mamba",), parallel_mixer="mamba",
+                position_embedding="rope" if raw["use_mem_rope"] else "none", attn_scale=(raw["head_dim"] / 2) ** -0.5,
+                attn_input_size=2 * e, shared_blocks=raw["num_mem_blocks"], adapter_rank=raw["adapter_rank"],
+                attn_adapters=bool(raw["use_shared_attention_adapter"]), qkv_bias=False, o_bias=False,
+                mlp_bias=bool(raw["add_bias_linear"]), mamba_heads=heads, mamba_head_dim=inner // heads,
+                mamba_state=raw["mamba_d_state"], mamba_groups=groups, linear_conv_kernel=raw["mamba_d_conv"], conv_bias=True,
+                mamba_proj_bias=bool(raw["add_bias_linear"]), mamba_act="silu", mamba_dt_min=float(raw["time_step_min"]),
+                mamba_gate_eps=1e-5)
+
+
+def _block_specs(cfg: ModelConfig, hf: str, ours: tuple) -> list[WeightSpec]:
+    """A shared block's norms and projections, read at its first invocation (`hf`: model.layers.{i}.shared_transformer.):
+    the q/k/v/o projections (under their adapters where the attention has them), gate_up_proj's rows into gate and up."""
+    under = ("base",) if cfg.attn_adapters else ()
+    f, bias = cfg.intermediate_size, cfg.mlp_bias
+    specs = [WeightSpec(f"{hf}{n}.weight", ours + (n, "weight")) for n in ("input_layernorm", "pre_ff_layernorm")]
+    specs += [WeightSpec(f"{hf}self_attn.{n}.weight", ours + ("self_attn", n) + (under if n != "o_proj" else ()) + ("kernel",),
+                         Linear(2 if n == "o_proj" else 1)) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    mlp, fused = ours + ("feed_forward",), f"{hf}feed_forward.gate_up_proj."
+    for j, name in enumerate(("gate_proj", "up_proj")):
+        specs.append(WeightSpec(fused + "weight", mlp + (name, "base", "kernel"), Part(j * f, 2 * f, Linear())))
+        specs += [WeightSpec(fused + "bias", mlp + (name, "base", "bias"), Part(j * f, 2 * f, Copy()))] if bias else []
+    return specs + dense(f"{hf}feed_forward.down_proj", mlp + ("down_proj",), bias=bias)
+
+
+def _adapter_specs(cfg: ModelConfig, hf: str, ours: tuple, turn: int) -> list[WeightSpec]:
+    """One invocation's adapters (the `turn`-th hybrid layer's), which transformers keeps in its block's first
+    invocation's lists at index `turn` (`hf`: that invocation's shared_transformer.)."""
+    f, mlp, fused = cfg.intermediate_size, ours + ("feed_forward",), f"{hf}feed_forward.gate_up_proj_adapter_list.{turn}."
+    specs = [WeightSpec(fused + "0.weight", mlp + ("gate_proj", "down", "kernel"), Linear())]
+    specs += [WeightSpec(fused + "1.weight", mlp + (name, "up", "kernel"), Part(j * f, 2 * f, Linear()))
+              for j, name in enumerate(("gate_proj", "up_proj"))]
+    for n in ("q", "k", "v") if cfg.attn_adapters else ():
+        at, attn = f"{hf}self_attn.linear_{n}_adapter_list.{turn}.", ours + ("self_attn", f"{n}_proj")
+        specs += [WeightSpec(at + "0.weight", attn + ("down", "kernel"), Linear()), WeightSpec(at + "1.weight", attn + ("up", "kernel"), Linear())]
+    return specs
+
+
+def zamba2_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
+    specs = [WeightSpec("model.embed_tokens.weight", ("model", "embed_tokens", "embedding")),
+             WeightSpec("model.final_layernorm.weight", ("model", "norm", "weight"))]
+    specs += [] if cfg.tie_word_embeddings else [WeightSpec("lm_head.weight", ("lm_head", "kernel"), Linear())]
+    hybrid = [i for i in range(cfg.num_layers) if cfg.layer_is_attention(i)]
+    plain = [i for i in range(cfg.num_layers) if i not in hybrid]
+    specs += mamba_specs(cfg, layers=plain) + mamba_specs(cfg, "model.layers.{i}.mamba_decoder.mamba", layers=hybrid)
+    for i in range(cfg.num_layers):
+        ours = ("model", "layers", i)
+        hf = f"model.layers.{i}.mamba_decoder." if i in hybrid else f"model.layers.{i}."
+        specs.append(WeightSpec(hf + "input_layernorm.weight", ours + ("input_layernorm", "weight")))
+        if i not in hybrid:
+            continue
+        turn = hybrid.index(i)
+        first = hybrid[turn % cfg.shared_blocks]
+        block, at = ours + ("shared_transformer",), f"model.layers.{first}.shared_transformer."
+        specs += [WeightSpec(f"model.layers.{i}.linear.weight", ours + ("linear", "kernel"), Linear())]
+        specs += (_block_specs(cfg, at, block) if first == i else []) + _adapter_specs(cfg, at, block, turn)
+    return specs
+
+
+def zamba2_ignored(cfg: ModelConfig) -> tuple[str, ...]:
+    """A checkpoint holding every invocation's copy of its block (tied in transformers, which saves the first alone)."""
+    hybrid = [i for i in range(cfg.num_layers) if cfg.layer_is_attention(i)]
+    later = "|".join(str(i) for i in hybrid[cfg.shared_blocks:])
+    return (rf"^model\.layers\.({later})\.shared_transformer\.",) if later else ()
+
+
+# Zamba2Config's field defaults (Zamba2-2.7B's shapes)
+_DEFAULTS = dict(vocab_size=32000, max_position_embeddings=4096, hidden_size=2560, num_hidden_layers=54, mamba_d_state=64,
+                 mamba_d_conv=4, mamba_expand=2, mamba_ngroups=1, time_step_min=0.001, n_mamba_heads=8, add_bias_linear=False,
+                 hidden_act="gelu", num_attention_heads=32, num_mem_blocks=1, use_shared_attention_adapter=False,
+                 adapter_rank=128, use_mem_rope=False, rope_theta=10000.0, rms_norm_eps=1e-5, pad_token_id=0, bos_token_id=1,
+                 eos_token_id=2, use_long_context=False, tie_word_embeddings=True)
+
+ARCHITECTURES = (Architecture(
+    name="Zamba2ForCausalLM", module=Zamba2ForCausalLM, weight_map=zamba2_weight_map, hf_model_type="zamba2",
+    config_defaults=zamba2_defaults, common_names=zamba2_names, hf_defaults=_DEFAULTS, ignore_for=zamba2_ignored,
+    ignored_keys=("sliding_window", "use_sliding_window", "attention_bias", "mlp_bias", "use_conv_bias", "chunk_size",
+                  "num_logits_to_keep", "kv_channels", "num_query_groups"),
+    not_null=RMS_NOT_NULL,
+    # Mamba2, hybrid (block 0), hybrid (block 1), Mamba2, hybrid (block 0 again: its parameters read at layer 1, its
+    # adapters its own); q/k/v adapters, rotary positions; 8 Mamba2 heads of 16 in 2 groups; in/out and MLP biases; an
+    # epsilon (1e-3) the mixer's gated norm does not take (its 1e-5); the legacy "mamba" spelling
+    tiny_config=dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=5,
+                     layers_block_type=["mamba", "hybrid", "hybrid", "linear_attention", "hybrid"], num_attention_heads=4,
+                     num_key_value_heads=4, num_mem_blocks=2, use_shared_attention_adapter=True, adapter_rank=8, use_mem_rope=True,
+                     rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, n_mamba_heads=8, mamba_ngroups=2,
+                     mamba_d_state=8, mamba_d_conv=4, mamba_expand=2, hidden_act="gelu", add_bias_linear=True, rms_norm_eps=1e-3,
+                     time_step_min=0.001, max_position_embeddings=256, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+                     pad_token_id=0),
+),)
