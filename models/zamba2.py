@@ -17,11 +17,12 @@ The Mamba2 mixer: n_mamba_heads heads of mamba_expand x hidden_size / n_mamba_he
 bias always (use_conv_bias is never read), silu, the gated norm's epsilon 1e-5 whatever rms_norm_eps says, time
 steps floored at time_step_min (transformers' prefill; its decode step does not, as Nemotron-H's).
 
-Refused: the attention's q/k/v adapters with fewer kv heads than query heads (their k/v adapters are 2 x hidden_size
-wide, the projections narrower: transformers fails), the derived keys transformers' config saves (attention_head_dim /
-head_dim, attention_hidden_size, mamba_headdim, hybrid_layer_ids) where they differ from what the other keys make
-them (transformers then builds another model, or fails), a layer type other than hybrid and Mamba2 ones (transformers
-builds it as a Mamba2 layer whatever it says).
+config.json's head_dim (or its alias attention_head_dim, which transformers' config saves) sets the heads' size. Refused
+in one line, as transformers fails on them: the attention's q/k/v adapters where the q/k/v projections are not
+2 x hidden_size wide (fewer kv heads than query heads, another head_dim), the other keys transformers' config derives
+and saves (attention_hidden_size, mamba_headdim, hybrid_layer_ids: the last made of layers_block_type, before its alias
+layer_types overwrites it) where they differ from what the other keys make them, a layer type other than hybrid and
+the Mamba2 ones (transformers builds it as a Mamba2 layer whatever it says, and cannot cache it).
 """
 
 from __future__ import annotations
@@ -164,24 +165,29 @@ def _block_types(raw: dict) -> list[str]:
 
 
 def zamba2_names(raw: dict) -> dict:
-    """The common keys: the attention's heads of 2 x hidden_size / num_attention_heads, intermediate_size 4 x hidden_size
-    where null, max_position_embeddings 16,384 where use_long_context; the layers' types, the derived keys transformers'
-    config saves checked against what the other keys make them."""
+    """The common keys: the attention's head_dim (its alias attention_head_dim) where config.json gives it, else
+    2 x hidden_size // num_attention_heads; intermediate_size 4 x hidden_size where null; max_position_embeddings 16,384
+    where use_long_context; the layers' types. The other keys transformers' config derives and saves (and then reads
+    back over its own derivation) are checked against what the rest make them."""
     e, heads = raw["hidden_size"], raw["num_attention_heads"]
     if not isinstance(e, int) or not isinstance(heads, int):
         return raw  # a missing key: require_fields names it
-    if 2 * e % heads:
-        raise ConfigError(f"config.json num_attention_heads={heads} does not divide 2 x hidden_size = {2 * e}, the attention's "
-                          "width (Zamba2's heads are 2 x hidden_size / num_attention_heads): correct num_attention_heads")
-    inner = raw["mamba_expand"] * e
-    derived = dict(attention_hidden_size=2 * e, attention_head_dim=2 * e // heads, head_dim=2 * e // heads,
-                   mamba_headdim=inner // raw["n_mamba_heads"])
+    given = {k: raw[k] for k in ("head_dim", "attention_head_dim") if k in raw}
+    if len(set(map(str, given.values()))) > 1:
+        raise ConfigError(f"config.json head_dim={given['head_dim']} and its alias attention_head_dim={given['attention_head_dim']} "
+                          "differ (transformers takes whichever comes last): give one")
+    head_dim = next(iter(given.values()), 2 * e // heads)
+    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
+        raise ConfigError(f"config.json {next(iter(given))}={head_dim!r}, which Zamba2Config sets over its own head size, is not a "
+                          f"positive integer (transformers fails): give {2 * e // heads}, or leave the key out")
+    derived = dict(attention_hidden_size=2 * e, mamba_headdim=raw["mamba_expand"] * e // raw["n_mamba_heads"])
     for key, value in derived.items():
         if key in raw and raw[key] != value:
             raise ConfigError(f"config.json {key}={raw[key]} is not {value}, what Zamba2Config derives from the other keys "
-                              f"(transformers would build another model of it, or fail): remove {key}")
-    raw = {k: v for k, v in raw.items() if k != "layer_types"}
-    return dict(raw, block_types=_block_types(raw), head_dim=2 * e // heads, intermediate_size=raw.get("intermediate_size") or 4 * e,
+                              f"(transformers fails): remove {key}")
+    types = _block_types(raw)
+    raw = {k: v for k, v in raw.items() if k not in ("layer_types", "attention_head_dim")}
+    return dict(raw, block_types=types, head_dim=head_dim, intermediate_size=raw.get("intermediate_size") or 4 * e,
                 max_position_embeddings=16384 if raw["use_long_context"] else raw["max_position_embeddings"])
 
 
@@ -194,11 +200,11 @@ def zamba2_defaults(raw: dict) -> dict:
     if heads % groups:
         raise ConfigError(f"config.json n_mamba_heads={heads} is not a multiple of mamba_ngroups={groups}: each group's B and C "
                           "must serve a whole number of heads")
-    kv = raw.get("num_key_value_heads") or raw["num_attention_heads"]
-    if raw["use_shared_attention_adapter"] and kv != raw["num_attention_heads"]:
-        raise ConfigError(f"config.json use_shared_attention_adapter with num_key_value_heads={kv} below num_attention_heads="
-                          f"{raw['num_attention_heads']}: its k/v adapters are 2 x hidden_size wide, the k/v projections "
-                          "narrower (transformers fails): set num_key_value_heads to num_attention_heads, or turn the adapters off")
+    q, kv, d = raw["num_attention_heads"], raw.get("num_key_value_heads") or raw["num_attention_heads"], raw["head_dim"]
+    if raw["use_shared_attention_adapter"] and not q * d == kv * d == 2 * e:
+        raise ConfigError(f"config.json use_shared_attention_adapter with {q} query and {kv} kv heads of head_dim {d}: its "
+                          f"q/k/v adapters are 2 x hidden_size = {2 * e} wide, the projections {q * d} and {kv * d} (transformers "
+                          "fails): give as many kv heads as query heads, of 2 x hidden_size / num_attention_heads, or turn the adapters off")
     return dict(layer_types=tuple(raw["block_types"]), recurrent_kinds=("mamba",), parallel_mixer="mamba",
                 position_embedding="rope" if raw["use_mem_rope"] else "none", attn_scale=(raw["head_dim"] / 2) ** -0.5,
                 attn_input_size=2 * e, shared_blocks=raw["num_mem_blocks"], adapter_rank=raw["adapter_rank"],

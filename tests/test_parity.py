@@ -1112,6 +1112,17 @@ SPELLINGS = {
     # LongCat-Flash under its config class's aliases, which win: num_hidden_layers (twice num_layers), intermediate_size
     "longcat-aliases": ("LongcatFlashForCausalLM", {}, lambda raw: raw.update(num_hidden_layers=2 * raw.pop("num_layers"),
                                                                            intermediate_size=raw.pop("ffn_hidden_size"))),
+    # Zamba2 with one block (every hybrid layer's the same attention module, no q/k/v adapters), GQA, heads of head_dim 24
+    # (not 2 x hidden / heads), no positions; a checkpoint holding the block's tied copy at each later hybrid layer too
+    "zamba2-one-block-gqa": ("Zamba2ForCausalLM", dict(num_mem_blocks=1, use_shared_attention_adapter=False, num_key_value_heads=2,
+                                                       head_dim=24, use_mem_rope=False), _edit(), _tensors(add=lambda tensors: {
+        name.replace("layers.1.", f"layers.{i}."): t.clone() for name, t in tensors.items() if ".1.shared_transformer." in name for i in (2, 4)})),
+    # Zamba2 as the Hub spells it: the legacy "mamba" layers, the keys its config derives left out, defaults for the rest
+    "zamba2-hub-keys": ("Zamba2ForCausalLM", {}, _edit(("attention_head_dim", "attention_hidden_size", "mamba_headdim",
+                                                        "hybrid_layer_ids", "kv_channels", "num_query_groups", "rms_norm_eps",
+                                                        "hidden_act", "time_step_min"),
+                                                       layers_block_type=["mamba", "hybrid", "hybrid", "mamba", "hybrid"],
+                                                       use_long_context=True, use_shared_mlp_adapter=True)),
 }
 
 
