@@ -83,6 +83,7 @@ from jaxllm.models import (
     vaultgemma,
     xglm,
     youtu,
+    zamba,
     zamba2,
 )
 
@@ -100,6 +101,6 @@ FAMILIES = (
     deepseek_v32, glm_moe_dsa, axk2,
     gemma3n,
     kimi_linear, longcat_flash,
-    zamba2,
+    zamba2, zamba,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -17,11 +17,12 @@ ROUTERS = ("softmax_topk", "topk_softmax", "sparsemixer", "sigmoid_topk", "topk_
 GROUP_SCORES = ("max", "top2", "top2_zero")  # top2_zero: the other groups' experts scored 0 for the choice (A.X-K2)
 # Recurrent layer types (models/mixers.py): "linear_attention", a gated-DeltaNet layer
 # (models/linear_attention.py); "conv", LFM2's gated short conv (models/short_conv.py); "mamba", a Mamba2
-# layer (models/mamba2.py); "mamba1", a Mamba (v1) layer (models/mamba1.py); "lightning_attention", MiniMax's
+# layer (models/mamba2.py); "mamba1", a Mamba (v1) layer (models/mamba1.py), "mamba1_heads" Zamba's of several heads
+# (mamba1.MultiHeadMamba); "lightning_attention", MiniMax's
 # (models/lightning_attention.py: its config's "linear_attention", read as this); "kimi_delta_attention", Kimi-Linear's
 # (linear_attention.KimiDeltaAttention: its config's "linear_attention" too); each only in the families whose
 # ModelConfig.recurrent_kinds names it, refused elsewhere (config._validated)
-RECURRENT_TYPES = ("linear_attention", "conv", "mamba", "mamba1", "lightning_attention", "kimi_delta_attention")
+RECURRENT_TYPES = ("linear_attention", "conv", "mamba", "mamba1", "mamba1_heads", "lightning_attention", "kimi_delta_attention")
 LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention") + RECURRENT_TYPES
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope", "proportional")
 
@@ -214,6 +215,8 @@ CONFIG_FIELDS = {
     "n_mamba_heads": _given(HEADS), "mamba_ngroups": _given(COUNT), "num_mem_blocks": _given(COUNT), "adapter_rank": _given(COUNT),
     "use_shared_attention_adapter": _given(FLAG), "use_mem_rope": _given(FLAG), "add_bias_linear": _given(FLAG),
     "use_long_context": _given(FLAG),
+    # Zamba's (and Zamba2's, derived and saved) attention width and head size; its Mamba mixers' conv activation
+    "attention_hidden_size": COUNT, "attention_head_dim": COUNT, "hidden_mamba_act": _given(NAME),
     # Mamba's and FalconMamba's own keys (time_step_rank: a number or "auto"), Jamba's layer pattern and Mamba keys
     "state_size": _given(COUNT), "expand": _given(COUNT), "conv_kernel": _given(COUNT), "use_conv_bias": _given(FLAG),
     "time_step_rank": Field(int, 1, MAX_SIZE, null=False, or_text=("auto",)), "residual_in_fp32": _given(FLAG),

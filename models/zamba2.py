@@ -38,12 +38,13 @@ from jaxllm.models.attention import UNCACHED, Attention
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, DecoderModel, dense
 from jaxllm.models.layers import Adapted, Dense, GatedMLP, RMSNorm
-from jaxllm.models.mamba2 import Mamba2, mamba_specs
+from jaxllm.models.mamba2 import mamba_specs
+from jaxllm.models.mixers import MIXERS
 from jaxllm.models.transforms import Copy, Linear, Part
 from jaxllm.models.weights import WeightSpec
 
-# layers_block_type's spellings (PreTrainedConfig remaps the legacy "mamba") -> our layer types
-_TYPES = {"hybrid": "full_attention", "linear_attention": "mamba", "mamba": "mamba"}
+# layers_block_type's spellings (PreTrainedConfig remaps the legacy "mamba")
+_TYPES = ("hybrid", "linear_attention", "mamba")
 # Zamba2Config's layers where layers_block_type is left out (or null): 54 of them
 _DEFAULT_BLOCKS = (["linear_attention"] + (["linear_attention"] * 5 + ["hybrid"]) * 7 + ["linear_attention"] * 4 + ["hybrid"]
                    + ["linear_attention"] * 3 + ["hybrid"] + ["linear_attention"] * 2)
@@ -74,8 +75,9 @@ class SharedBlock(nnx.Module, pytree=False):
                     setattr(mine, name, _first(getattr(theirs, name)))
         if cfg.attn_adapters:
             attn.q_proj, attn.k_proj, attn.v_proj = (Adapted(p, rank, **norm) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
-        mlp.gate_proj = Adapted(mlp.gate_proj, rank, **norm)
-        mlp.up_proj = Adapted(mlp.up_proj, rank, **norm, down=mlp.gate_proj.down)  # one fused adapter in transformers
+        if rank:  # Zamba2's always (Zamba's blocks have none)
+            mlp.gate_proj = Adapted(mlp.gate_proj, rank, **norm)
+            mlp.up_proj = Adapted(mlp.up_proj, rank, **norm, down=mlp.gate_proj.down)  # one fused adapter in transformers
 
     def attention_input(self, x, emb):
         return self.input_layernorm(jnp.concatenate([x, emb], axis=-1))
@@ -92,7 +94,7 @@ class Zamba2Layer(nnx.Module, pytree=False):
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs, blocks: list):
         e, made = cfg.hidden_size, dict(dtype=dtype, rngs=rngs)
         self.input_layernorm = RMSNorm(e, cfg.norm_eps, **made)
-        self.mamba = Mamba2(cfg, layer, **made)
+        self.mamba = MIXERS[cfg.layer_state_kind(layer)](cfg, layer, **made)  # Mamba2's (Zamba's: mamba1.MultiHeadMamba)
         self.shared_transformer = self.linear = None
         if cfg.layer_is_attention(layer):
             turn = sum(map(cfg.layer_is_attention, range(layer))) % cfg.shared_blocks
@@ -137,31 +139,53 @@ class Zamba2ForCausalLM(CausalLM):
     model_cls = Zamba2Model
 
 
-def _block_types(raw: dict) -> list[str]:
-    """The layers transformers builds: layer_types (its alias, which wins) or layers_block_type, Zamba2Config's 54
-    where neither is given; refused where its hybrid_layer_ids (saved, or made of layers_block_type before the alias
-    overwrote it) are not the hybrid layers, by which transformers indexes each one's adapters."""
+def block_types(raw: dict, default: list[str], family: str = "Zamba2", mixer: str = "mamba") -> list[str]:
+    """The layers transformers builds: layer_types (its alias, which wins) or layers_block_type, the config class's
+    `default` where neither is given, each hybrid or a Mamba layer (`mixer`); Zamba2's refused where its
+    hybrid_layer_ids (saved, or made of layers_block_type before the alias overwrote it) are not the hybrid layers, by
+    which transformers indexes each one's adapters."""
     if "layer_types" in raw and raw["layer_types"] is None:
-        raise ConfigError("config.json layer_types is null, which Zamba2Config sets as layers_block_type and then cannot "
+        raise ConfigError(f"config.json layer_types is null, which {family}Config sets as layers_block_type and then cannot "
                           "build (transformers fails): give the layers as layers_block_type")
     given = raw.get("layers_block_type")
-    types = raw.get("layer_types") or given or _DEFAULT_BLOCKS
+    types = raw.get("layer_types") or given or default
     if len(types) != raw["num_hidden_layers"]:
         key = "layers_block_type" if raw.get("layer_types") is None else "layer_types"
-        had = f"{key} (Zamba2Config's default)" if given is None and key == "layers_block_type" else key
+        had = f"{key} ({family}Config's default)" if given is None and key == "layers_block_type" else key
         raise ConfigError(f"config.json has {len(types)} {had} for num_hidden_layers={raw['num_hidden_layers']} "
                           "(transformers refuses it): give one per layer")
     for kind in types:
         if kind not in _TYPES:
-            raise ConfigError(f"config.json layer type '{kind}' is not one Zamba2 runs (transformers builds every layer but "
-                              "hybrid as a Mamba2 layer, whatever it says): use hybrid or linear_attention (mamba)")
+            raise ConfigError(f"config.json layer type '{kind}' is not one {family} runs (transformers builds every layer but "
+                              "hybrid as a Mamba layer, whatever it says): use hybrid or linear_attention (mamba)")
     hybrid = [i for i, t in enumerate(types) if t == "hybrid"]
-    ids = raw.get("hybrid_layer_ids", [i for i, t in enumerate(given or _DEFAULT_BLOCKS) if t == "hybrid"])
-    if ids != hybrid:
+    ids = raw.get("hybrid_layer_ids", [i for i, t in enumerate(given or default) if t == "hybrid"])
+    if family == "Zamba2" and ids != hybrid:
         raise ConfigError(f"config.json hybrid_layer_ids {ids} are not the hybrid layers {hybrid} (transformers indexes each "
                           "hybrid layer's adapters by them and fails): remove hybrid_layer_ids and layer_types, give the "
                           "layers as layers_block_type")
-    return [_TYPES[t] for t in types]
+    return ["full_attention" if t == "hybrid" else mixer for t in types]
+
+
+def head_dim(raw: dict, given: dict) -> int:
+    """The attention's head size: `given`'s value (config.json's head_dim or its alias attention_head_dim, whichever
+    the config class applies), else 2 x hidden_size // num_attention_heads; refused where not a positive integer."""
+    e, heads = raw["hidden_size"], raw["num_attention_heads"]
+    size = next(iter(given.values()), 2 * e // heads)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigError(f"config.json {next(iter(given))}={size!r}, which the config class sets over its own head size, is "
+                          f"not a positive integer (transformers fails): give {2 * e // heads}, or leave the key out")
+    return size
+
+
+def check_width(raw: dict, null: bool = False) -> None:
+    """A ConfigError where config.json's attention_hidden_size (which the config class saves, then reads back; null
+    where `null`, ZambaConfig's, reads as its default) is not 2 x hidden_size, the width of what the attention reads
+    (transformers fails)."""
+    e = raw["hidden_size"]
+    if raw.get("attention_hidden_size", 2 * e) not in (2 * e,) + ((None,) if null else ()):
+        raise ConfigError(f"config.json attention_hidden_size={raw['attention_hidden_size']} is not 2 x hidden_size = {2 * e}, "
+                          "the width of the shared block's input (transformers fails): remove it")
 
 
 def zamba2_names(raw: dict) -> dict:
@@ -169,26 +193,28 @@ def zamba2_names(raw: dict) -> dict:
     2 x hidden_size // num_attention_heads; intermediate_size 4 x hidden_size where null; max_position_embeddings 16,384
     where use_long_context; the layers' types. The other keys transformers' config derives and saves (and then reads
     back over its own derivation) are checked against what the rest make them."""
-    e, heads = raw["hidden_size"], raw["num_attention_heads"]
-    if not isinstance(e, int) or not isinstance(heads, int):
+    e = raw["hidden_size"]
+    if not all(isinstance(raw[k], int) for k in ("hidden_size", "num_attention_heads", "num_hidden_layers")):
         return raw  # a missing key: require_fields names it
     given = {k: raw[k] for k in ("head_dim", "attention_head_dim") if k in raw}
     if len(set(map(str, given.values()))) > 1:
         raise ConfigError(f"config.json head_dim={given['head_dim']} and its alias attention_head_dim={given['attention_head_dim']} "
                           "differ (transformers takes whichever comes last): give one")
-    head_dim = next(iter(given.values()), 2 * e // heads)
-    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
-        raise ConfigError(f"config.json {next(iter(given))}={head_dim!r}, which Zamba2Config sets over its own head size, is not a "
-                          f"positive integer (transformers fails): give {2 * e // heads}, or leave the key out")
-    derived = dict(attention_hidden_size=2 * e, mamba_headdim=raw["mamba_expand"] * e // raw["n_mamba_heads"])
-    for key, value in derived.items():
-        if key in raw and raw[key] != value:
-            raise ConfigError(f"config.json {key}={raw[key]} is not {value}, what Zamba2Config derives from the other keys "
-                              f"(transformers fails): remove {key}")
-    types = _block_types(raw)
+    check_width(raw)
+    inner = raw["mamba_expand"] * e
+    if raw.get("mamba_headdim", inner // raw["n_mamba_heads"]) != inner // raw["n_mamba_heads"]:
+        raise ConfigError(f"config.json mamba_headdim={raw['mamba_headdim']} is not {inner // raw['n_mamba_heads']}, what "
+                          "Zamba2Config derives from the other keys (transformers fails): remove mamba_headdim")
+    types = block_types(raw, _DEFAULT_BLOCKS)
     raw = {k: v for k, v in raw.items() if k not in ("layer_types", "attention_head_dim")}
-    return dict(raw, block_types=types, head_dim=head_dim, intermediate_size=raw.get("intermediate_size") or 4 * e,
+    return dict(raw, block_types=types, head_dim=head_dim(raw, given), intermediate_size=raw.get("intermediate_size") or 4 * e,
                 max_position_embeddings=16384 if raw["use_long_context"] else raw["max_position_embeddings"])
+
+
+def shared_blocks(raw: dict, blocks: int) -> int:
+    """How many blocks the hybrid layers share: `blocks`, or one per hybrid layer where tie_word_embeddings is false
+    (transformers ties the blocks' parameters only where it ties the head to the embeddings)."""
+    return blocks if raw["tie_word_embeddings"] else max(1, raw["block_types"].count("full_attention"))
 
 
 def zamba2_defaults(raw: dict) -> dict:
@@ -207,7 +233,7 @@ def zamba2_defaults(raw: dict) -> dict:
                           "fails): give as many kv heads as query heads, of 2 x hidden_size / num_attention_heads, or turn the adapters off")
     return dict(layer_types=tuple(raw["block_types"]), recurrent_kinds=("mamba",), parallel_mixer="mamba",
                 position_embedding="rope" if raw["use_mem_rope"] else "none", attn_scale=(raw["head_dim"] / 2) ** -0.5,
-                attn_input_size=2 * e, shared_blocks=raw["num_mem_blocks"], adapter_rank=raw["adapter_rank"],
+                attn_input_size=2 * e, shared_blocks=shared_blocks(raw, raw["num_mem_blocks"]), adapter_rank=raw["adapter_rank"],
                 attn_adapters=bool(raw["use_shared_attention_adapter"]), qkv_bias=False, o_bias=False,
                 mlp_bias=bool(raw["add_bias_linear"]), mamba_heads=heads, mamba_head_dim=inner // heads,
                 mamba_state=raw["mamba_d_state"], mamba_groups=groups, linear_conv_kernel=raw["mamba_d_conv"], conv_bias=True,
@@ -215,15 +241,19 @@ def zamba2_defaults(raw: dict) -> dict:
                 mamba_gate_eps=1e-5)
 
 
-def _block_specs(cfg: ModelConfig, hf: str, ours: tuple) -> list[WeightSpec]:
-    """A shared block's norms and projections, read at its first invocation (`hf`: model.layers.{i}.shared_transformer.):
-    the q/k/v/o projections (under their adapters where the attention has them), gate_up_proj's rows into gate and up."""
+def block_specs(cfg: ModelConfig, hf: str, ours: tuple) -> list[WeightSpec]:
+    """A shared block's norms and attention projections (under their adapters where it has them), read at its first
+    invocation (`hf`: model.layers.{i}.shared_transformer.); its MLP is the family's (`mlp_specs`)."""
     under = ("base",) if cfg.attn_adapters else ()
-    f, bias = cfg.intermediate_size, cfg.mlp_bias
     specs = [WeightSpec(f"{hf}{n}.weight", ours + (n, "weight")) for n in ("input_layernorm", "pre_ff_layernorm")]
-    specs += [WeightSpec(f"{hf}self_attn.{n}.weight", ours + ("self_attn", n) + (under if n != "o_proj" else ()) + ("kernel",),
-                         Linear(2 if n == "o_proj" else 1)) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
-    mlp, fused = ours + ("feed_forward",), f"{hf}feed_forward.gate_up_proj."
+    return specs + [WeightSpec(f"{hf}self_attn.{n}.weight", ours + ("self_attn", n) + (under if n != "o_proj" else ()) + ("kernel",),
+                               Linear(2 if n == "o_proj" else 1)) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+
+
+def _fused_mlp(cfg: ModelConfig, hf: str, ours: tuple) -> list[WeightSpec]:
+    """Zamba2's MLP: gate_up_proj's rows into gate and up (under their adapters), down_proj; biases where add_bias_linear."""
+    f, bias, mlp, fused = cfg.intermediate_size, cfg.mlp_bias, ours + ("feed_forward",), f"{hf}feed_forward.gate_up_proj."
+    specs = []
     for j, name in enumerate(("gate_proj", "up_proj")):
         specs.append(WeightSpec(fused + "weight", mlp + (name, "base", "kernel"), Part(j * f, 2 * f, Linear())))
         specs += [WeightSpec(fused + "bias", mlp + (name, "base", "bias"), Part(j * f, 2 * f, Copy()))] if bias else []
@@ -234,41 +264,52 @@ def _adapter_specs(cfg: ModelConfig, hf: str, ours: tuple, turn: int) -> list[We
     """One invocation's adapters (the `turn`-th hybrid layer's), which transformers keeps in its block's first
     invocation's lists at index `turn` (`hf`: that invocation's shared_transformer.)."""
     f, mlp, fused = cfg.intermediate_size, ours + ("feed_forward",), f"{hf}feed_forward.gate_up_proj_adapter_list.{turn}."
-    specs = [WeightSpec(fused + "0.weight", mlp + ("gate_proj", "down", "kernel"), Linear())]
+    specs = [WeightSpec(fused + "0.weight", mlp + ("gate_proj", "down", "kernel"), Linear())] if cfg.adapter_rank else []
     specs += [WeightSpec(fused + "1.weight", mlp + (name, "up", "kernel"), Part(j * f, 2 * f, Linear()))
-              for j, name in enumerate(("gate_proj", "up_proj"))]
+              for j, name in enumerate(("gate_proj", "up_proj") if cfg.adapter_rank else ())]
     for n in ("q", "k", "v") if cfg.attn_adapters else ():
         at, attn = f"{hf}self_attn.linear_{n}_adapter_list.{turn}.", ours + ("self_attn", f"{n}_proj")
         specs += [WeightSpec(at + "0.weight", attn + ("down", "kernel"), Linear()), WeightSpec(at + "1.weight", attn + ("up", "kernel"), Linear())]
     return specs
 
 
-def zamba2_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
+def hybrid_weight_map(cfg: ModelConfig, block: str, mixer_specs, mlp_specs) -> list[WeightSpec]:
+    """Zamba's and Zamba2's names: model.layers.{i}.{input_layernorm, mamba} on a Mamba layer, under mamba_decoder on a
+    hybrid one beside its `linear` and its block (`block`: shared_transf, shared_transformer), whose parameters are read
+    at its first invocation (`mlp_specs` its MLP's), its adapters at each; `mixer_specs(hf, i)` a layer's mixer's."""
     specs = [WeightSpec("model.embed_tokens.weight", ("model", "embed_tokens", "embedding")),
              WeightSpec("model.final_layernorm.weight", ("model", "norm", "weight"))]
     specs += [] if cfg.tie_word_embeddings else [WeightSpec("lm_head.weight", ("lm_head", "kernel"), Linear())]
     hybrid = [i for i in range(cfg.num_layers) if cfg.layer_is_attention(i)]
-    plain = [i for i in range(cfg.num_layers) if i not in hybrid]
-    specs += mamba_specs(cfg, layers=plain) + mamba_specs(cfg, "model.layers.{i}.mamba_decoder.mamba", layers=hybrid)
     for i in range(cfg.num_layers):
         ours = ("model", "layers", i)
         hf = f"model.layers.{i}.mamba_decoder." if i in hybrid else f"model.layers.{i}."
         specs.append(WeightSpec(hf + "input_layernorm.weight", ours + ("input_layernorm", "weight")))
+        specs += mixer_specs(hf + "mamba", i)
         if i not in hybrid:
             continue
         turn = hybrid.index(i)
         first = hybrid[turn % cfg.shared_blocks]
-        block, at = ours + ("shared_transformer",), f"model.layers.{first}.shared_transformer."
-        specs += [WeightSpec(f"model.layers.{i}.linear.weight", ours + ("linear", "kernel"), Linear())]
-        specs += (_block_specs(cfg, at, block) if first == i else []) + _adapter_specs(cfg, at, block, turn)
+        at, ours = f"model.layers.{first}.{block}.", ours + ("shared_transformer",)
+        specs += [WeightSpec(f"model.layers.{i}.linear.weight", ours[:-1] + ("linear", "kernel"), Linear())]
+        specs += (block_specs(cfg, at, ours) + mlp_specs(cfg, at, ours) if first == i else []) + _adapter_specs(cfg, at, ours, turn)
     return specs
 
 
-def zamba2_ignored(cfg: ModelConfig) -> tuple[str, ...]:
-    """A checkpoint holding every invocation's copy of its block (tied in transformers, which saves the first alone)."""
+def zamba2_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
+    return hybrid_weight_map(cfg, "shared_transformer", lambda hf, i: mamba_specs(cfg, hf, layers=(i,)), _fused_mlp)
+
+
+def hybrid_ignored(cfg: ModelConfig, block: str = "shared_transformer") -> tuple[str, ...]:
+    """Tensors not read: a checkpoint's copies of a block at its later invocations (tied in transformers, which saves
+    the first alone); untied, the other invocations' adapters each block's lists hold (transformers builds them, never
+    runs them)."""
     hybrid = [i for i in range(cfg.num_layers) if cfg.layer_is_attention(i)]
     later = "|".join(str(i) for i in hybrid[cfg.shared_blocks:])
-    return (rf"^model\.layers\.({later})\.shared_transformer\.",) if later else ()
+    ignored = (rf"^model\.layers\.({later})\.{block}\.",) if later else ()
+    if len(hybrid) > 1 and cfg.shared_blocks == len(hybrid):  # a block per hybrid layer (untied), its adapter at its turn alone
+        ignored += tuple(rf"^model\.layers\.{i}\.{block}\..*_adapter_list\.(?!{turn}\.)\d+\." for turn, i in enumerate(hybrid))
+    return ignored
 
 
 # Zamba2Config's field defaults (Zamba2-2.7B's shapes)
@@ -280,7 +321,7 @@ _DEFAULTS = dict(vocab_size=32000, max_position_embeddings=4096, hidden_size=256
 
 ARCHITECTURES = (Architecture(
     name="Zamba2ForCausalLM", module=Zamba2ForCausalLM, weight_map=zamba2_weight_map, hf_model_type="zamba2",
-    config_defaults=zamba2_defaults, common_names=zamba2_names, hf_defaults=_DEFAULTS, ignore_for=zamba2_ignored,
+    config_defaults=zamba2_defaults, common_names=zamba2_names, hf_defaults=_DEFAULTS, ignore_for=hybrid_ignored,
     ignored_keys=("sliding_window", "use_sliding_window", "attention_bias", "mlp_bias", "use_conv_bias", "chunk_size",
                   "num_logits_to_keep", "kv_channels", "num_query_groups"),
     not_null=RMS_NOT_NULL,
