@@ -8,7 +8,8 @@ step to one per channel. The selective state space keeps per channel a [state] f
 
 A [channels, state] (Mamba2's is one number per head); y times silu(z) goes through out_proj. FalconMamba RMS-normalises
 the time step, B and C before use (weightless, mixer_rms_eps), Jamba with weights (dt_layernorm, b_layernorm,
-c_layernorm: mamba_bcdt_norm). Its state is the conv's last inputs and those vectors.
+c_layernorm: mamba_bcdt_norm). Its state is the conv's last inputs and those vectors. Zamba's mixer (`MultiHeadMamba`,
+layer type "mamba1_heads") is mamba_heads such mixers side by side, each its own x_proj and dt_proj, so B and C per head.
 
 The recurrence runs token by token (a lax.scan), with a cache and without: a sequence reaches the same state however
 its prompt was split into chunks, as transformers' decode step computes it (its prefill's sequential loop is the same

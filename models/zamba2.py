@@ -12,6 +12,8 @@ references), so they are stored, sharded, quantized and converted once, at the f
 transformers' checkpoints hold them. Each invocation's LoRA adapters (adapter_rank; `layers.Adapted`) are its own: on
 the MLP's gate/up always, on the attention's q/k/v where use_shared_attention_adapter. A hybrid layer caches its
 attention's keys beside its mixer's state (the pair, as Falcon-H1's layers: cfg.parallel_mixer, mixers.layer_parts).
+Where tie_word_embeddings is false transformers ties nothing, the blocks neither: each hybrid layer then runs a block
+of its own (saved at its layer, its adapter at its turn read from its own block's lists), and so do we.
 
 The Mamba2 mixer: n_mamba_heads heads of mamba_expand x hidden_size / n_mamba_heads, mamba_ngroups groups, the conv's
 bias always (use_conv_bias is never read), silu, the gated norm's epsilon 1e-5 whatever rms_norm_eps says, time
