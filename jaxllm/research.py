@@ -162,7 +162,8 @@ def hidden_states(graphdef, params, tokens, *, attention_mask=None):
 def attention_weights(graphdef, params, tokens, layer: int, *, attention_mask=None):
     """Layer `layer`'s attention weights, float32 [B, heads, T, T] (row: query, column: key).
     A layer's attention input is its `input_layernorm` of the layer input (the input itself for
-    layers without one, such as OLMo 2's). `layer` is static; negative ones count from the end."""
+    layers without one, such as OLMo 2's), or its `attention_input` of the layer input and the layer's own input
+    (DecoderModel.layer_inputs), where it has one. `layer` is static; negative ones count from the end."""
     model, tokens, keep = _merge(graphdef, params, tokens, attention_mask)
     layer = check_layer(model.cfg.num_layers, layer)
     if not model.cfg.layer_is_attention(layer):
@@ -176,9 +177,11 @@ def attention_weights(graphdef, params, tokens, layer: int, *, attention_mask=No
     rot = decoder.rotaries(positions, trace[0].dtype).get(decoder.cfg.layer_rope(layer))
 
     def attention_input(i):
-        own = getattr(decoder.layers[i], "attention_input", None)  # a layer whose attention reads more than its norm (Gemma 3n)
+        # a layer whose attention reads more than its norm (Gemma 3n), or its own input beside x too (Zamba2's embeddings)
+        own = getattr(decoder.layers[i], "attention_input", None)
         if own is not None:
-            return own(trace[i])
+            inputs = decoder.layer_inputs(tokens, decoder.embed(tokens, positions))
+            return own(trace[i], *(() if inputs is None else (inputs[:, :, i],)))
         norm = getattr(decoder.layers[i], "input_layernorm", None)
         return trace[i] if norm is None else norm(trace[i])
 

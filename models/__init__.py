@@ -92,6 +92,8 @@ from jaxllm.models import (
     xglm,
     xlstm,
     youtu,
+    zamba,
+    zamba2,
 )
 
 FAMILIES = (
@@ -111,5 +113,6 @@ FAMILIES = (
     recurrent_gemma,
     emu3, aria, gpt_neox_japanese, openai_gpt, ctrl, doge,
     rwkv, xlstm,
+    zamba2, zamba,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

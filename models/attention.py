@@ -400,6 +400,7 @@ class Attention(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
         e, h, k, d = cfg.hidden_size, cfg.layer_heads(layer), cfg.layer_kv_heads(layer), cfg.layer_head_dim(layer)
+        width = cfg.attn_input_size or e  # the input's width (Zamba2's shared block: hidden and embeddings side by side)
         scale = (cfg.attn_scale or d**-0.5) / (layer + 1 if cfg.attn_scale_by_layer else 1)
         self.spec = AttnSpec(scale, cfg.layer_window(layer), cfg.attn_softcap, alibi=cfg.alibi)
         self.rope_interleaved, self.clip = cfg.rope_interleaved, cfg.clip_qkv
@@ -412,16 +413,16 @@ class Attention(nnx.Module):
         # values vd wide (cfg.v_head_dim), zero-padded to d for the KV backend, the output sliced back to vd
         self.head_dim, vd = d, cfg.v_head_dim or d
         self.v_dim, self.value_scale = vd, cfg.value_scale
-        self.q_proj = Dense((e,), (h, d), ("embed", "q_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
-        self.k_proj = Dense((e,), (k, d), ("embed", "kv_heads", "head_dim"), **kv) if own else None
-        self.v_proj = Dense((e,), (k, vd), ("embed", "kv_heads", "head_dim"), **kv) if own and not cfg.layer_values_are_keys(layer) else None
+        self.q_proj = Dense((width,), (h, d), ("embed", "q_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
+        self.k_proj = Dense((width,), (k, d), ("embed", "kv_heads", "head_dim"), **kv) if own else None
+        self.v_proj = Dense((width,), (k, vd), ("embed", "kv_heads", "head_dim"), **kv) if own and not cfg.layer_values_are_keys(layer) else None
         self.v_norm = RMSNorm(d, cfg.norm_eps, dtype=dtype, rngs=rngs, weight=False) if cfg.v_norm and own else None
         self.o_proj = Dense((h, vd), (e,), ("q_heads", "head_dim", "embed"), bias=cfg.layer_o_bias(layer), dtype=dtype, rngs=rngs)
         # Qwen3-Next's gated attention: a gate per query head and dim (read out of its q_proj), the output times its sigmoid;
         # AFMoE's (a gate_proj of its own), Laguna's (softplus, one per head where attn_gate_per_head), LFM3's (one per
         # head, no bias)
         gate = ((h,), ("embed", "q_heads")) if cfg.attn_gate_per_head else ((h, d), ("embed", "q_heads", "head_dim"))
-        self.gate_proj = Dense((e,), gate[0], gate[1], bias=cfg.qkv_bias and cfg.attn_gate_bias, dtype=dtype,
+        self.gate_proj = Dense((width,), gate[0], gate[1], bias=cfg.qkv_bias and cfg.attn_gate_bias, dtype=dtype,
                                rngs=rngs) if cfg.attn_output_gate else None
         self.gate_act, self.gate_per_head = cfg.attn_gate_act, cfg.attn_gate_per_head
         # BitNet: an RMSNorm of the output over every head before o_proj

@@ -248,12 +248,21 @@ class ModelConfig:
     mamba_act: str | None = None  # the conv's activation (None: hidden_act; Nemotron-H's mamba_hidden_act beside its relu2 MLP)
     # the time steps' floor: softplus(dt + dt_bias) clamped below at it (Nemotron-H's time_step_min, as its prefill clamps)
     mamba_dt_min: float = 0.0
+    mamba_gate_eps: float | None = None  # the gated norm's epsilon (None: norm_eps; Zamba2 hard-wires 1e-5)
     # Layers of one block each (Nemotron-H, Mamba2: x + block(norm(x))): these layers' block is their feed-forward
     # alone (no token mixing, nothing cached), the others' their token mixer alone (no MLP); None: every layer both
     feed_forward_layers: tuple[int, ...] | None = None
     # Falcon-H1: every attention layer also runs a mixer of this recurrent kind beside its attention on the same normed
     # input, x + attn_out_scale * attn + mamba_out_scale * mixer; its cache (LayerCache, RecurrentState)
     parallel_mixer: str | None = None
+    # Zamba2 (models/zamba2.py): shared transformer blocks (num_mem_blocks) the attention layers invoke in turn, their
+    # norms and projections one set of parameters (nnx shared references), each invocation's LoRA adapters of
+    # adapter_rank its own: on the MLP's gate/up, and on the attention's q/k/v where attn_adapters; the attention reads
+    # attn_input_size values per token (None: hidden_size; Zamba2's concat of hidden and embeddings, twice as wide)
+    shared_blocks: int = 0
+    adapter_rank: int = 0
+    attn_adapters: bool = False
+    attn_input_size: int | None = None
     attn_out_scale: float = 1.0
     mamba_out_scale: float = 1.0
     # Falcon-H1's muP multipliers: the attention's input (attention_in_multiplier) and keys (key_multiplier) scaled,

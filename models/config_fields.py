@@ -17,13 +17,14 @@ ROUTERS = ("softmax_topk", "topk_softmax", "sparsemixer", "sigmoid_topk", "topk_
 GROUP_SCORES = ("max", "top2", "top2_zero")  # top2_zero: the other groups' experts scored 0 for the choice (A.X-K2)
 # Recurrent layer types (models/mixers.py): "linear_attention", a gated-DeltaNet layer
 # (models/linear_attention.py); "conv", LFM2's gated short conv (models/short_conv.py); "mamba", a Mamba2
-# layer (models/mamba2.py); "mamba1", a Mamba (v1) layer (models/mamba1.py); "lightning_attention", MiniMax's
+# layer (models/mamba2.py); "mamba1", a Mamba (v1) layer (models/mamba1.py), "mamba1_heads" Zamba's of several heads
+# (mamba1.MultiHeadMamba); "lightning_attention", MiniMax's
 # (models/lightning_attention.py: its config's "linear_attention", read as this); "kimi_delta_attention", Kimi-Linear's
 # (linear_attention.KimiDeltaAttention: its config's "linear_attention" too); each only in the families whose
 # "rwkv", RWKV-4's time mix (models/wkv.py); "mlstm", xLSTM's (models/mlstm.py); each only in the families whose
 # ModelConfig.recurrent_kinds names it, refused elsewhere (config._validated)
-RECURRENT_TYPES = ("linear_attention", "conv", "mamba", "mamba1", "lightning_attention", "kimi_delta_attention", "rg_lru",
-                   "rwkv", "mlstm")
+RECURRENT_TYPES = ("linear_attention", "conv", "mamba", "mamba1", "mamba1_heads", "lightning_attention", "kimi_delta_attention",
+                   "rg_lru", "rwkv", "mlstm")
 LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention") + RECURRENT_TYPES
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope", "proportional")
 
@@ -218,15 +219,22 @@ CONFIG_FIELDS = {
     "lm_head_multiplier": Field(float), "key_multiplier": Field(float), "attention_in_multiplier": Field(float),
     "attention_out_multiplier": Field(float), "ssm_in_multiplier": Field(float), "ssm_out_multiplier": Field(float),
     "mlp_multipliers": Field(float, many="list"), "ssm_multipliers": Field(float, many="list"),
+    # Zamba2's Mamba2 heads and groups, its shared blocks and their adapters, rope switch, biases, long-context switch
+    "n_mamba_heads": _given(HEADS), "mamba_ngroups": _given(COUNT), "num_mem_blocks": _given(COUNT), "adapter_rank": _given(COUNT),
+    "use_shared_attention_adapter": _given(FLAG), "use_mem_rope": _given(FLAG), "add_bias_linear": _given(FLAG),
+    "use_long_context": _given(FLAG),
+    # Zamba's (and Zamba2's, derived and saved) attention width and head size; its Mamba mixers' conv activation
+    "attention_hidden_size": COUNT, "attention_head_dim": COUNT, "hidden_mamba_act": _given(NAME),
     # Mamba's and FalconMamba's own keys (time_step_rank: a number or "auto"), Jamba's layer pattern and Mamba keys
     "state_size": _given(COUNT), "expand": _given(COUNT), "conv_kernel": _given(COUNT), "use_conv_bias": _given(FLAG),
     "time_step_rank": Field(int, 1, MAX_SIZE, null=False, or_text=("auto",)), "residual_in_fp32": _given(FLAG),
     "mixer_rms_eps": _given(NON_NEGATIVE), "attn_layer_period": _given(COUNT), "attn_layer_offset": _given(INDEX),
     "expert_layer_period": _given(COUNT), "expert_layer_offset": _given(INDEX),
     "mamba_dt_rank": Field(int, 1, MAX_SIZE, null=False, or_text=("auto",)),
-    # RWKV's (rwkv.py): its context (max_position_embeddings' alias), its time mix's width (null: hidden_size), the layers
+    # RWKV's (rwkv.py): its context (max_position_embeddings' alias), its time mix's width (attention_hidden_size, with
+    # Zamba2's above; null: hidden_size), the layers
     # between its inference-time halvings (0 or less: none)
-    "context_length": _given(COUNT), "attention_hidden_size": COUNT, "rescale_every": _given(Field(int)),
+    "context_length": _given(COUNT), "rescale_every": _given(Field(int)),
     # xLSTM's (xlstm.py): its aliases of hidden_size and num_hidden_layers, the mLSTM's widths, gate caps and epsilon, its
     # gated MLP's width (ffn_proj_factor x hidden_size, rounded up to a multiple), the logits' cap, the weights' layout and
     # the run mode (refused but for what jaxllm computes), the float32 norms and state

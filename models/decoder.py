@@ -164,13 +164,7 @@ class DecoderModel(nnx.Module):
         (normed) output (the last layer's where trace_streams), as transformers' hidden_states."""
         if (cache is None) != isinstance(kv, Uncached):
             raise ValueError("a cache goes with its KV backend (PagedCache), no cache with Uncached")
-        x = self.embed_tokens(tokens)
-        if self.project_in is not None:
-            x = self.project_in(x)
-        if self.embed_positions is not None:  # the engine's positions of each sequence, offset into the table
-            x = x + self.embed_positions(positions + self.cfg.position_offset)
-        if self.embed_norm is not None:
-            x = self.embed_norm(x)
+        x = self.embed(tokens, positions)
         rots = self.rotaries(positions, x.dtype, lengths)
         inputs = self.layer_inputs(tokens, x)
         x = self.streams_in(x)
@@ -202,6 +196,16 @@ class DecoderModel(nnx.Module):
         if trace is not None and not self.trace_streams:
             trace.append(x)
         return x, new_cache
+
+    def embed(self, tokens, positions):
+        """tokens, positions [B, T] -> the embeddings [B, T, E] the layers (and layer_inputs) start from: looked up,
+        projected in, absolute positions added, normed, as the model has them."""
+        x = self.embed_tokens(tokens)
+        if self.project_in is not None:
+            x = self.project_in(x)
+        if self.embed_positions is not None:  # the engine's positions of each sequence, offset into the table
+            x = x + self.embed_positions(positions + self.cfg.position_offset)
+        return x if self.embed_norm is None else self.embed_norm(x)
 
     def streams_in(self, x):
         """The embeddings [B, T, E] -> what the layers pass on: x itself, or several copies of the hidden state

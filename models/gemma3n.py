@@ -150,7 +150,7 @@ class Gemma3nLayer(nnx.Module):
         self.post_per_layer_input_norm = RMSNorm(e, eps, **norm) if p else None
         self.active, self.correct_scale = cfg.altup_active, cfg.altup_correct_scale
 
-    def attention_input(self, x):
+    def attention_input(self, x, per_layer=None):
         """The attention's input of the layer's input x (research.attention_weights): the normed active prediction."""
         return self.input_layernorm(self.altup.predict(x)[self.active])
 

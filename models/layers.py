@@ -105,6 +105,23 @@ class Dense(nnx.Module, pytree=False):
         return y
 
 
+class Adapted(nnx.Module, pytree=False):
+    """base(x) + up(down(x)): a projection `base` (a Dense several modules share: Zamba2's shared block, invoked by
+    several layers) plus one invocation's low-rank adapter of `rank`, its axes the projection's with the rank between
+    ("latent", whole on each device); kept float. `down`: another Adapted's, where one down projection feeds several
+    (Zamba2's gate/up adapter, one fused tensor in transformers)."""
+
+    def __init__(self, base: Dense, rank: int, *, dtype, rngs: nnx.Rngs, down: Dense | None = None):
+        shape, axes, n_in = base.kernel.get_value().shape, base.kernel.axes, base.n_in
+        small = dict(bias=False, dtype=dtype, rngs=rngs, quantizable=False)
+        self.base = base
+        self.down = down or Dense(shape[-n_in:], (rank,), axes[-n_in:] + ("latent",), **small)
+        self.up = Dense((rank,), shape[:-n_in], ("latent",) + axes[:-n_in], **small)
+
+    def __call__(self, x):
+        return self.base(x) + self.up(self.down(x))
+
+
 class RMSNorm(nnx.Module, pytree=False):
     """x / rms(x) * w over the last dims (`shape`), in float32. Llama casts back before the scale;
     `upcast_scale` applies the scale in float32, then casts (OLMo 2), and `offset` scales by

@@ -61,7 +61,8 @@ class Mamba2(RecurrentMixer):
         self.state_dims = self.state_shape(cfg, layer)
         self.inner, channels = h * p, self.state_dims.conv[1]
         # the conv's activation: the model's hidden_act, or the mixer's own (Nemotron-H's mamba_hidden_act)
-        self.eps, self.act, self.dt_min = cfg.norm_eps, activation(cfg.mamba_act or cfg.hidden_act), cfg.mamba_dt_min
+        self.eps = cfg.norm_eps if cfg.mamba_gate_eps is None else cfg.mamba_gate_eps
+        self.act, self.dt_min = activation(cfg.mamba_act or cfg.hidden_act), cfg.mamba_dt_min
         dense = dict(bias=cfg.mamba_proj_bias, dtype=dtype, rngs=rngs)
         self.in_proj = Dense((e,), (self.inner + channels + h,), ("embed", "recurrent"), **dense)
         # Falcon-H1's muP: the input times in_scale, in_proj's z | x | B | C | dt parts each times its own scale
@@ -164,11 +165,11 @@ def mamba_fields(raw: dict) -> dict:
                 mamba_proj_bias=bool(raw["mamba_proj_bias"]))
 
 
-def mamba_specs(cfg: ModelConfig, module: str = "model.layers.{i}.mamba", attr: str = "mamba") -> list[WeightSpec]:
-    """Each Mamba2 layer's tensors, at `module` as transformers names them (Nemotron-H's backbone.layers.{i}.mixer), into
-    the layer's `attr` (the shared layer's mamba, MambaBlock's mixer)."""
+def mamba_specs(cfg: ModelConfig, module: str = "model.layers.{i}.mamba", attr: str = "mamba", layers=None) -> list[WeightSpec]:
+    """Each Mamba2 layer's tensors (of `layers` alone, where given), at `module` as transformers names them (Nemotron-H's
+    backbone.layers.{i}.mixer), into the layer's `attr` (the shared layer's mamba, MambaBlock's mixer)."""
     specs = []
-    for i in (i for i in range(cfg.num_layers) if cfg.layer_state_kind(i) == "mamba"):
+    for i in (i for i in range(cfg.num_layers) if cfg.layer_state_kind(i) == "mamba" and (layers is None or i in layers)):
         hf, ours = module.format(i=i) + ".", ("model", "layers", i, attr)
         out_bias = cfg.mamba_proj_bias if cfg.mamba_out_bias is None else cfg.mamba_out_bias
         for proj, bias in (("in_proj", cfg.mamba_proj_bias), ("out_proj", out_bias)):

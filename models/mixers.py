@@ -6,7 +6,7 @@ from __future__ import annotations
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.lightning_attention import LightningAttention
 from jaxllm.models.linear_attention import GatedDeltaNet, KimiDeltaAttention
-from jaxllm.models.mamba1 import Mamba
+from jaxllm.models.mamba1 import Mamba, MultiHeadMamba
 from jaxllm.models.mamba2 import Mamba2
 from jaxllm.models.mlstm import MLstm
 from jaxllm.models.recurrent import RecurrentMixer, StateShape, shape_bytes
@@ -16,7 +16,7 @@ from jaxllm.models.wkv import RwkvTimeMix
 
 # layer type (ModelConfig.layer_types; config_fields.RECURRENT_TYPES) -> its mixer
 MIXERS: dict[str, type[RecurrentMixer]] = {"linear_attention": GatedDeltaNet, "conv": ShortConv, "mamba": Mamba2,
-                                            "mamba1": Mamba, "lightning_attention": LightningAttention,
+                                            "mamba1": Mamba, "mamba1_heads": MultiHeadMamba, "lightning_attention": LightningAttention,
                                             "kimi_delta_attention": KimiDeltaAttention, "rg_lru": RgLru,
                                             "rwkv": RwkvTimeMix, "mlstm": MLstm}
 

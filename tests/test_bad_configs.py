@@ -183,3 +183,25 @@ def test_values_transformers_refuses_for_these_families_are_refused(raw, message
     with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
         loader.plan(raw)
     assert "\n" not in str(info.value)
+
+
+ZAMBA2 = dict(model_type="zamba2", vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
+              n_mamba_heads=4, mamba_ngroups=1, mamba_d_state=4, adapter_rank=2, layers_block_type=["mamba", "hybrid"])
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(num_key_value_heads=2, use_shared_attention_adapter=True), r"use_shared_attention_adapter with 4 query and 2 kv heads"),
+    (dict(layer_types=["hybrid", "mamba"]), r"hybrid_layer_ids \[1\] are not the hybrid layers \[0\]"),
+    (dict(layers_block_type=["full_attention", "hybrid"]), r"layer type 'full_attention' is not one Zamba2 runs"),
+    (dict(n_mamba_heads=3), r"n_mamba_heads=3 does not divide mamba_expand x hidden_size = 32"),
+    (dict(attention_hidden_size=16), r"attention_hidden_size=16 is not 2 x hidden_size = 32"),
+    (dict(head_dim=4, attention_head_dim=2), r"head_dim=4 and its alias attention_head_dim=2 differ"),
+    (dict(model_type="zamba", n_mamba_heads=3), r"n_mamba_heads=3 does not divide mamba_expand x hidden_size = 32"),
+    (dict(model_type="zamba", layers_block_type=["mamba", "attention"]), r"layer type 'attention' is not one Zamba runs"),
+], ids=["adapters-gqa", "alias-layers", "attention-layer", "mamba-heads", "attention-width", "head-dims", "zamba-mamba-heads",
+        "zamba-attention-layer"])
+def test_zamba_models_transformers_cannot_run_are_refused(change, message):
+    """Zamba2 and Zamba configs transformers builds but cannot run (or reads two ways), each refused in one line."""
+    with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
+        loader.plan(dict(ZAMBA2, **change))
+    assert "\n" not in str(info.value)

@@ -1142,6 +1142,21 @@ SPELLINGS = {
                        _edit(("use_bias", "ffn_proj_factor", "ffn_round_up_to_multiple_of", "gate_soft_cap", "output_logit_soft_cap",
                               "norm_eps", "eps", "chunk_size", "weight_mode", "qk_dim_factor", "v_dim_factor", "num_hidden_layers"),
                              num_blocks=3, embedding_dim=128)),
+    # Zamba2 with one block (every hybrid layer's the same attention module, no q/k/v adapters), GQA, heads of head_dim 24
+    # (not 2 x hidden / heads), no positions; a checkpoint holding the block's tied copy at each later hybrid layer too
+    "zamba2-one-block-gqa": ("Zamba2ForCausalLM", dict(num_mem_blocks=1, use_shared_attention_adapter=False, num_key_value_heads=2,
+                                                       head_dim=24, use_mem_rope=False), _edit(), _tensors(add=lambda tensors: {
+        name.replace("layers.1.", f"layers.{i}."): t.clone() for name, t in tensors.items() if ".1.shared_transformer." in name for i in (2, 4)})),
+    # Zamba2 and Zamba with tie_word_embeddings false: transformers then ties nothing, the blocks' parameters neither (each
+    # hybrid layer its own block, saved at its layer; Zamba2's adapter at its turn read from its own block's lists)
+    "zamba2-untied-blocks": ("Zamba2ForCausalLM", dict(tie_word_embeddings=False), _edit()),
+    "zamba-untied-blocks": ("ZambaForCausalLM", dict(tie_word_embeddings=False), _edit()),
+    # Zamba2 as the Hub spells it: the legacy "mamba" layers, the keys its config derives left out, defaults for the rest
+    "zamba2-hub-keys": ("Zamba2ForCausalLM", {}, _edit(("attention_head_dim", "attention_hidden_size", "mamba_headdim",
+                                                        "hybrid_layer_ids", "kv_channels", "num_query_groups", "rms_norm_eps",
+                                                        "hidden_act", "time_step_min"),
+                                                       layers_block_type=["mamba", "hybrid", "hybrid", "mamba", "hybrid"],
+                                                       use_long_context=True, use_shared_mlp_adapter=True)),
 }
 
 
@@ -1253,7 +1268,7 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     if kind in ("gptj", "codegen"):
         out["rope_theta"] = 10000.0  # GPT-J's and CodeGen's fixed base
     elif kind not in ("gpt2", "openai-gpt", "ctrl", "gpt_bigcode", "gpt_neo", "opt", "biogpt", "xglm", "bloom", "mpt", "mamba", "falcon_mamba",
-                      "jamba", "nemotron_h", "mamba2", "kimi_linear", "rwkv", "xlstm"):
+                      "jamba", "nemotron_h", "mamba2", "kimi_linear", "rwkv", "xlstm", "zamba"):
         rope = hf.rope_parameters
         out["rope_theta"] = rope.get("full_attention", rope)["rope_theta"]
     return out
