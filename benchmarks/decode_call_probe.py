@@ -19,7 +19,6 @@ import numpy as np
 from transformers import PreTrainedTokenizerFast
 
 import jaxllm
-from jaxllm import engine as engine_mod
 from jaxllm import structured
 from jaxllm.engine import Engine, Request
 from jaxllm.random_model import SHAPES, random_model
@@ -49,7 +48,7 @@ class _TimedNumpy:
 
 
 def main() -> None:
-    engine_mod.structured.masks = timed("masks", structured.masks)
+    runner_mod.structured.masks = timed("masks", structured.masks)
     runner_mod.np = _TimedNumpy()
     jax.device_get = timed("device_get (wait)", jax.device_get)  # the runner's waits for outputs (prefill calls too)
     Engine._decode = timed("engine._decode", Engine._decode)

@@ -477,7 +477,7 @@ class Engine:
                         slot = self.slot_of[c.seq] = self._free_slot(c.seq.shard)
                 work.append(Row(slot if slot is not None else -1, c.seq.tokens, c.start, c.length, c.seq.pages, c.last,
                                 c.seq.params, self._stops(c.seq.params), len(c.seq.output), c.seq.shard, c.seq.scores_prompt,
-                                self._mask(c.seq) if c.last else None))
+                                self._synced(c.seq) if c.last else None))
             with self._donating():
                 self.state, results = self.runner.prefill(self.state, work, rows, length)
             for c, (token, logprob, done, top, scored) in zip(group, results):
@@ -507,13 +507,14 @@ class Engine:
                     self._finish(c.seq)
         return events
 
-    def _mask(self, seq: Sequence):
-        """The tokens a structured-output sequence may sample next ([ceil(V / 32)] int32 bits), None for another: its
-        matcher fed the output first where it has not consumed it (a recompute after a preemption keeps the output)."""
-        if seq.grammar is None:
-            return None
-        seq.grammar.sync(seq.output)
-        return structured.masks({0: seq.grammar}, 1, self.cfg.output_vocab)[0]
+    @staticmethod
+    def _synced(seq: Sequence) -> structured.Grammar | None:
+        """A structured-output sequence's matcher, whose state says what its last prefill chunk may sample (the runner
+        makes the masks: structured.masks), fed the output first where it has not consumed it (a recompute after a
+        preemption keeps the output); None for another sequence."""
+        if seq.grammar is not None:
+            seq.grammar.sync(seq.output)
+        return seq.grammar
 
     @staticmethod
     def _complete(seq: Sequence) -> bool:
@@ -532,7 +533,7 @@ class Engine:
         sampling = step_kind(seq.params for seq in batch)
         steps = self.admit_steps if self.scheduler.can_admit() else self.chunk
         grammars = {self.slot_of[seq]: seq.grammar for seq in batch if seq.grammar is not None}
-        if grammars:  # structured outputs: one step, its masks computed here from each matcher's state
+        if grammars:  # structured outputs: one step, its masks computed from each matcher's state (Runner.decode)
             steps = 1
         cascade = None if self.cascade is False else cascade_plan.plan(
             self.runner, {self.slot_of[seq]: (seq.pages, seq.num_tokens - 1) for seq in batch}, self.chunk,
@@ -542,7 +543,7 @@ class Engine:
             self.state, out, out_lp, done, best = self.runner.decode(self.state, self.runner.table(pages), limit, stop,
                                                                      self.runner.decode_keys(reach), sampling, steps, cascade,
                                                                      logprob_width(seq.params for seq in batch),
-                                                                     structured.masks(grammars, b, self.cfg.output_vocab) if grammars else None)
+                                                                     grammars)
         events = []
         for seq in batch:
             slot = self.slot_of[seq]

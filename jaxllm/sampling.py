@@ -388,7 +388,12 @@ def top_logprobs(logits, k: int):
 
 
 def top_of(logprobs, k: int):
-    """`top_logprobs` of log-probabilities already computed (log_softmax of the logits)."""
+    """`top_logprobs` of log-probabilities already computed (log_softmax of the logits). k 1 (Engine.score's greedy
+    tokens) is an argmax: top_k's (id, value), ties to the lower id too, for 0.31 ms of an H200 over a [512, 152k]
+    block where top_k took 0.46 ms (and 5.1 ms for k 20)."""
+    if k == 1:
+        ids = jnp.argmax(logprobs, axis=-1)[..., None]
+        return ids.astype(jnp.int32), jnp.take_along_axis(logprobs, ids, axis=-1)
     values, ids = jax.lax.top_k(logprobs, k)
     return ids.astype(jnp.int32), values
 

@@ -3,9 +3,9 @@ schema, any JSON object, a regex, one of some strings, or a Lark grammar) and th
 that enforce it. This module alone imports llguidance (the optional extra jaxllm[structured]).
 
 How it runs (docs/architecture.md): a constrained sequence keeps a `Grammar` (its matcher, on the
-host); before each token the engine asks it for the tokens allowed next, a bitmask [ceil(V / 32)]
-int32 per row (`masks`), and the step sets every other logit to -inf before sampling (`allowed_tokens` on the
-device). The sampled token is fed to the matcher; when the grammar is complete the sequence ends
+host); before each token the runner asks the call's matchers for the tokens allowed next, a bitmask
+[ceil(V / 32)] int32 per row (`masks`, for a prefill call's rows and a decode call's slots alike), and
+the step sets every other logit to -inf before sampling (`allowed_tokens` on the device). The sampled token is fed to the matcher; when the grammar is complete the sequence ends
 (finish reason "stop"). EOS is in the mask only where the grammar accepts. Log-probabilities stay the
 model's own, as vLLM reports them.
 """

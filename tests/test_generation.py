@@ -229,11 +229,13 @@ def test_callbacks_and_chat_flag_are_checked_before_any_work(llama):
 def test_prompt_logprobs_in_blocks_equal_the_whole_chunk(monkeypatch):
     """A prompt-scoring prefill takes its positions' logits a block at a time (steps.PROMPT_POSITIONS over
     the rows): the same values as the whole chunk's at once; each target's rank is its place in the
-    vocabulary sorted by likelihood (1: the likeliest)."""
+    vocabulary sorted by likelihood (1: the likeliest); the top of width 1 (Engine.score's) is the top-k's first."""
     from types import SimpleNamespace
 
+    import jax
     import jax.numpy as jnp
 
+    from jaxllm.sampling import top_of
     from jaxllm.serving import steps
 
     rng = np.random.default_rng(0)
@@ -249,6 +251,11 @@ def test_prompt_logprobs_in_blocks_equal_the_whole_chunk(monkeypatch):
     order = np.argsort(-(hidden @ weight), axis=-1)  # no ties among random logits
     np.testing.assert_array_equal(whole[2], np.argmax(order == np.maximum(targets, 0)[..., None], axis=-1) + 1)
     np.testing.assert_array_equal(blocked[2], whole[2])
+    one = steps._chunk_logprobs(model.logits(hidden), targets, 1)  # Engine.score's width: an argmax (sampling.top_of)
+    np.testing.assert_array_equal(one[1][0], whole[1][0][..., :1])
+    np.testing.assert_allclose(one[1][1], whole[1][1][..., :1], atol=1e-6)
+    tied = jnp.asarray([[0.0, 1.0, 1.0, 0.5]])  # ties: the lower id, as top_k orders them
+    assert top_of(tied, 1)[0].tolist() == jax.lax.top_k(tied, 1)[1].tolist() == [[1]]
 
 
 def test_top_and_prompt_logprobs_match_transformers(llama, tmp_path):

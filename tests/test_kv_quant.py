@@ -128,7 +128,8 @@ def test_scores_with_an_8_bit_cache_stay_close_to_the_float_model(llama):
     scores = {kv: Engine(llama, batch_size=1, max_len=128, page_size=4, prefill_tokens=64, kv_dtype=kv).score(tokens, chunk=16)
               for kv in ("int8", "fp8", "bfloat16", None)}
     # the model's own dtype in the cache (None): the forward's numbers (Engine.score is the prompt-scoring prefill)
-    np.testing.assert_allclose(scores.pop(None).logprobs, want, atol=1e-5)
+    np.testing.assert_allclose(scores[None].logprobs, want, atol=1e-5)
+    np.testing.assert_array_equal(scores.pop(None).greedy, logits.argmax(-1))  # the likeliest after each prefix
     rms = {kv: float(np.sqrt(np.mean((s.logprobs - want) ** 2))) for kv, s in scores.items()}
     assert 0 < rms["bfloat16"] < 0.01 and rms["int8"] <= 6 * rms["bfloat16"] and rms["fp8"] <= 32 * rms["bfloat16"], rms
     assert np.mean(scores["int8"].greedy == logits.argmax(-1)) >= 0.95

@@ -2,7 +2,10 @@
 
   engine_loop.py  the one thread that owns the engine: submissions and cancellations in,
                   token events out to each HTTP request's asyncio queue
-  protocol.py     OpenAI's request bodies and errors
+  protocol.py     OpenAI's request bodies, their checks, and library errors as 400s
+  constraints.py  the structured-output fields (response_format, guided_*, structured_outputs) as jaxllm.Structured
+  forced_tools.py tool_choice 'required' or a named function: the answer constrained to the calls, read back
+  errors.py       APIError: OpenAI's error body as an exception
   responses.py    OpenAI's response objects (whole and streamed)
   tool_calls.py   tool calls read from an answer's text (--tool-call-parser), as it streams
   app.py          the Starlette app: /v1/models, /health, /v1/completions, /v1/chat/completions

@@ -1,5 +1,6 @@
 """OpenAI's wire format for jaxllm.serve: the request bodies (pydantic, strict types), their
-translation into prompts and SamplingParams, and the error JSON (the response objects: responses.py).
+translation into prompts and SamplingParams, and their errors as 400s (APIError: errors.py; the
+structured-output fields' translation: constraints.py; the response objects: responses.py).
 
 Values are validated where the library validates them (`SamplingParams.resolved`, `Engine.check`);
 this module checks only types and the fields that exist in the API alone (n, logprobs, ...).
@@ -14,31 +15,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_validator
-from starlette.responses import JSONResponse
 
-from jaxllm.api import forced_tools
+from jaxllm.api import constraints, forced_tools
+from jaxllm.api.errors import APIError
 from jaxllm.chat_template import check_template_kwargs, encode, encode_messages
 from jaxllm.errors import InputError, JaxllmError
 from jaxllm.sampling import TOP_LOGPROBS_MAX, SamplingParams
 from jaxllm.structured import Structured
 
 # -- errors ------------------------------------------------------------------------------------
-
-
-class APIError(Exception):
-    """An HTTP error with OpenAI's body: {"error": {"message", "type", "param", "code"}}."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error", headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind, self.headers = status, message, param, code, kind, headers
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
-
 
 _API_NAMES = {"max_new_tokens": "max_tokens"}  # SamplingParams field -> the API's name for it
 _PARAM_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
@@ -238,46 +223,12 @@ class _Common(_Strict):
         return {}
 
     def constraints(self) -> list[tuple[str, Structured]]:
-        """(field, Structured) of each structured-output field sent (at most one may be; `structured`)."""
-        found = []
-        fmt = self.response_format
-        if fmt is not None:
-            kind = fmt.get("type") if isinstance(fmt, dict) else None
-            if kind not in ("text", "json_object", "json_schema"):
-                raise APIError(400, f"response_format {json.dumps(fmt)[:80]} is invalid: use {{\"type\": \"text\"}}, "
-                               '{"type": "json_object"} or {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}',
-                               "response_format")
-            if kind == "json_object":
-                found.append(("response_format", Structured(json_object=True)))
-            elif kind == "json_schema":
-                spec = fmt.get("json_schema")
-                if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
-                    raise APIError(400, 'response_format.json_schema lacks its schema: send {"name": ..., "schema": {...}} '
-                                   "(a JSON schema object)", "response_format.json_schema")
-                found.append(("response_format.json_schema.schema", Structured(json_schema=spec["schema"])))
-        vllm = [(f"guided_{k}", key, getattr(self, f"guided_{k}")) for k, key in _GUIDED.items()]
-        outputs = self.structured_outputs
-        if outputs is not None:
-            if not isinstance(outputs, dict) or set(outputs) - set(_GUIDED) - {"json_object"}:
-                raise APIError(400, f"structured_outputs {json.dumps(outputs)[:80]} is invalid: send an object of one of "
-                               "json, regex, choice, grammar, json_object", "structured_outputs")
-            vllm += [(f"structured_outputs.{k}", _GUIDED.get(k, k), v) for k, v in outputs.items()]
-        found += [(field, Structured(**{key: value})) for field, key, value in vllm if value not in (None, False)]
-        return found
+        """(field, Structured) of each structured-output field sent (constraints.py; at most one may be: `structured`)."""
+        return constraints.sent(self)
 
     def structured(self) -> Structured | None:
         """The structured output asked for (checked: a 400 naming the field), or None."""
-        found = self.constraints()
-        if len(found) > 1:
-            raise APIError(400, f"{' and '.join(f for f, _ in found)} each constrain the answer: send one of them", found[1][0])
-        if not found:
-            return None
-        field, structured = found[0]
-        try:
-            structured.check()
-        except JaxllmError as err:
-            raise APIError(400, f"{field}: {err}", field) from None
-        return structured
+        return constraints.one(self.constraints())
 
     def sampling(self, generation_config: dict, max_tokens: int | None) -> list[SamplingParams]:
         """Resolved SamplingParams of each of the n choices: choice 0 samples with `seed`, choice
@@ -609,7 +560,6 @@ _UNSUPPORTED = {
     "add_generation_prompt": (lambda v, body: v in (None, True), "leave it out: the answer is the assistant's next turn"),
     "chat_template": (lambda v, body: v is None, "leave it out: the model's own chat template is used"),
 }
-_GUIDED = {"json": "json_schema", "regex": "regex", "choice": "choice", "grammar": "grammar"}  # vLLM's names: Structured's
 _FIELD_NAMES = {name for m in (CompletionRequest, ChatRequest, Message, ContentPart, StreamOptions, Tool, FunctionDef,
                                ToolCall, CallFunction) for name in m.model_fields}
 

@@ -17,7 +17,8 @@ steps (nano-vllm's model runner). The host (engine, scheduler) decides; this onl
   score(tokens, pages, chunk)     teacher-forced log-probabilities of a token sequence: prefill
                                   calls of one row that scores its prompt, chunk by chunk through
                                   the pool (later chunks read the keys the earlier ones cached, in
-                                  the cache's dtype), placed in no slot
+                                  the cache's dtype), placed in no slot; each position's likeliest
+                                  token through a top of width 1 (an argmax), not the prompt path's 20
 
 The pool holds the model's dtype, or 8-bit keys and values (`kv_dtype` "int8": int8 with a scale
 per token and kv head; "fp8": float8 e4m3), quantized as they are written (models/attention.py
@@ -49,16 +50,16 @@ from typing import TYPE_CHECKING, NamedTuple
 import jax
 import numpy as np
 
-from jaxllm import sharding
+from jaxllm import sharding, structured
 from jaxllm.models.attention import cudnn_serves, kv_format
 from jaxllm.models.mixers import index_shapes, state_shapes
 from jaxllm.sampling import RowParams, SamplingParams, logprob_width, step_kind
 from jaxllm.serving.steps import Counters, SlotState, call_kind
 from jaxllm.serving.steps import steps as make_steps
-from jaxllm.structured import words
 
 if TYPE_CHECKING:
     from jaxllm.serving.cascade import Cascade
+    from jaxllm.structured import Grammar
 
 SMALL_CALL = 256  # prefill calls of at most this many positions (rows x length) are small: see Runner._prefill
 
@@ -79,7 +80,7 @@ class Row:
     generated: int
     shard: int = 0  # the data-parallel shard of its pages and slot
     scores_prompt: bool = False  # return each position's log-probability of the next prompt token (Sequence.scores_prompt)
-    allowed: np.ndarray | None = None  # [ceil(V / 32)] int32: the tokens a last chunk may sample (structured outputs)
+    grammar: Grammar | None = None  # a last chunk's structured-output matcher (synced to its output): what it may sample
 
 
 class PrefillResult(NamedTuple):
@@ -223,17 +224,19 @@ class Runner:
         keep the shapes few."""
         return self.kv_bucket(reach, 2048)
 
-    def prefill(self, state: SlotState, rows: list[Row], rows_bucket: int, length_bucket: int):
-        """One prefill call over `rows` (padded to rows_bucket x length_bucket). Returns (state,
-        a PrefillResult per row)."""
+    def prefill(self, state: SlotState, rows: list[Row], rows_bucket: int, length_bucket: int, top: int | None = None):
+        """One prefill call over `rows` (padded to rows_bucket x length_bucket). `top`: the static width of the most
+        likely tokens returned (default: the rows' sampling.logprob_width, the serving path's; `score` asks for 1).
+        Returns (state, a PrefillResult per row)."""
         s = self.prefill_keys(max(r.start + r.length for r in rows))
-        sampling, top, prompt = step_kind(r.params for r in rows), logprob_width(r.params for r in rows), any(r.scores_prompt for r in rows)
-        masked = any(r.allowed is not None for r in rows)
-        length_bucket = self._compiled_length(rows_bucket, length_bucket, s, call_kind(sampling, top, prompt, masked))
+        sampling, prompt = step_kind(r.params for r in rows), any(r.scores_prompt for r in rows)
+        top = logprob_width(r.params for r in rows) if top is None else top
         where = self._places(rows, rows_bucket)
+        grammars = {i: r.grammar for i, r in zip(where, rows) if r.grammar is not None}  # structured outputs' rows
+        length_bucket = self._compiled_length(rows_bucket, length_bucket, s, call_kind(sampling, top, prompt, bool(grammars)))
         state, token, logprob, done, extra = self._prefill(rows_bucket, length_bucket)(
             s, sampling, top, prompt, self.model.params, state, *self._prefill_inputs(rows, rows_bucket, length_bucket, s, where, prompt),
-            *((self._masks(rows, where, rows_bucket * self.shards),) if masked else ()))
+            *((self._masks(grammars, rows_bucket * self.shards),) if grammars else ()))
         token, logprob, done, extra = jax.device_get((token, logprob, done, extra))  # the copies overlap
         best, chunk = extra if extra is not None else (None, None)
         out = []
@@ -306,13 +309,10 @@ class Runner:
                 jax.tree.map(put, RowParams.of(params)), put(generated), put(max_new), put(eos), put(limit), put(state_rows),
                 None if targets is None else put(targets))
 
-    def _masks(self, rows: list, where: list[int], m: int):
-        """The device's [m, ceil(V / 32)] int32 masks of a call's rows (Row.allowed at `where`; -1: every token)."""
-        out = np.full((m, words(self.cfg.output_vocab)), -1, np.int32)
-        for i, r in zip(where, rows):
-            if r.allowed is not None:
-                out[i] = r.allowed
-        return self._put_rows(out)
+    def _masks(self, grammars: dict[int, Grammar], rows: int):
+        """The device's [rows, ceil(V / 32)] int32 masks of a call (structured.masks: each row of `grammars` the tokens
+        its matcher allows next, the others every token), prefill's and decode's alike."""
+        return self._put_rows(structured.masks(grammars, rows, self.cfg.output_vocab))
 
     def _decode_inputs(self, table: np.ndarray, limit: np.ndarray, stop: np.ndarray, steps: int,
                        shared: np.ndarray | None = None, offsets: np.ndarray | None = None) -> tuple:
@@ -338,15 +338,18 @@ class Runner:
     def score(self, state: SlotState, tokens: list[int], pages: list[int], chunk: int, shard: int = 0):
         """Teacher-forced scores of `tokens` prefilled `chunk` at a time into `pages` (of `shard`),
         each chunk's queries reading what the chunks before it cached: prefill calls of one row that
-        scores its prompt (the path of SamplingParams.prompt_logprobs) and places nothing in a slot.
-        Returns (state, log p(tokens[t] | tokens[:t]) for t >= 1 float32 [len - 1], the most likely
-        token after each prefix tokens[:t] for t >= 1, int32 [len - 1])."""
+        scores its prompt (the path of SamplingParams.prompt_logprobs) and places nothing in a slot; the
+        most likely token at each position is a top of width 1 (an argmax: sampling.top_of), a program of
+        its own beside the serving path's widths 0 and TOP_LOGPROBS_MAX (a top-20 at every position took
+        an H200 5.1 ms a 512-position block of a 152k vocabulary, the argmax 0.31 ms). Returns (state,
+        log p(tokens[t] | tokens[:t]) for t >= 1 float32 [len - 1], the most likely token after each
+        prefix tokens[:t] for t >= 1, int32 [len - 1])."""
         params = SamplingParams(max_new_tokens=0, prompt_logprobs=True, top_logprobs=1).resolved()
         logps, best = [], []
         for start in range(0, len(tokens) - 1, chunk):  # the last token is only a target
             row = Row(-1, tokens, start, min(chunk, len(tokens) - start), pages, False, params, np.zeros(0, np.int32), 0,
                       shard, scores_prompt=True)
-            state, (result,) = self.prefill(state, [row], 1, chunk)
+            state, (result,) = self.prefill(state, [row], 1, chunk, top=1)
             logprobs, tops, _ = result.prompt  # (logprobs, top pairs, ranks)
             follows = ~np.isnan(logprobs)
             logps.append(logprobs[follows])
@@ -354,15 +357,15 @@ class Runner:
         return state, (np.concatenate([np.zeros(0, np.float32), *logps]), np.asarray(best, np.int32))
 
     def decode(self, state: SlotState, table: np.ndarray, limit: np.ndarray, stop: np.ndarray, kv_len: int,
-               sampling: bool, steps: int, cascade: Cascade | None = None, top: int = 0, allowed: np.ndarray | None = None):
+               sampling: bool, steps: int, cascade: Cascade | None = None, top: int = 0, grammars: dict[int, Grammar] | None = None):
         """Up to `steps` (<= chunk) decode steps for every slot, attention as `cascade` says when
         given. Returns (state, tokens [B, chunk] (-1: none; ERROR: the logits were not finite,
         the slot is done), logprobs [B, chunk], done [B], top: None, or with `top` > 0
         (sampling.logprob_width) the most likely tokens at each step, (ids, logprobs) [B, chunk, top] (top_pairs reads them)).
-        `allowed` [B, ceil(V / 32)] int32 (structured outputs: the tokens each slot may sample; the engine asks for one
-        step), or None: the programs without masks."""
+        `grammars` (structured outputs: slot -> its matcher, whose state says the tokens the slot may sample; the engine
+        asks for one step), or None or {}: the programs without masks."""
         keys, shared, offsets = (None, None, None) if cascade is None else (cascade.keys, cascade.table, cascade.offsets)
-        masks = () if allowed is None else (self._put_rows(allowed),)
+        masks = (self._masks(grammars, self.max_seqs),) if grammars else ()
         state, out, out_lp, done, best = self._decode(kv_len, sampling, keys, top, self.model.params, state,
                                                       *self._decode_inputs(table, limit, stop, steps, shared, offsets), *masks)
         return (state, *jax.device_get((out, out_lp, done, best)))  # one wait for the four copies
