@@ -67,6 +67,7 @@ from jaxllm.models import (
     minicpm3,
     minimax,
     minimax_m2,
+    mllama,
     moe,
     mpt,
     nanochat,
@@ -114,5 +115,6 @@ FAMILIES = (
     emu3, aria, gpt_neox_japanese, openai_gpt, ctrl, doge,
     rwkv, xlstm,
     zamba2, zamba,
+    mllama,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)
