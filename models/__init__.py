@@ -68,6 +68,7 @@ from jaxllm.models import (
     minimax,
     minimax_m2,
     mllama,
+    modernbert_decoder,
     moe,
     mpt,
     nanochat,
@@ -115,6 +116,6 @@ FAMILIES = (
     emu3, aria, gpt_neox_japanese, openai_gpt, ctrl, doge,
     rwkv, xlstm,
     zamba2, zamba,
-    mllama,
+    mllama, modernbert_decoder,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

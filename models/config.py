@@ -140,6 +140,10 @@ class ModelConfig:
     # layers between them left out, as transformers skips them without image states); (): layer i is the checkpoint's i
     checkpoint_layers: tuple[int, ...] = ()
     logit_scale: float = 1.0  # Cohere: the logits times logit_scale
+    # A prediction head before the output head, LayerNorm(act(dense(x))) of the final norm's class, its dense biased
+    # where prediction_head_bias (ModernBERT-decoder's lm_head: classifier_activation, classifier_bias); None: none
+    prediction_head_act: str | None = None
+    prediction_head_bias: bool = False
     # Mixture of experts (Mixtral, Qwen3-MoE): 0 experts means a dense MLP everywhere.
     num_experts: int = 0
     experts_per_token: int = 0

@@ -17,7 +17,7 @@ import re
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, NO_WINDOW_SWITCH, RMS_NOT_NULL, Architecture, Wrapper
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.config_options import check_null_original
+from jaxllm.models.config_options import check_null_original, without_head_dim
 from jaxllm.models.decoder import CausalLM, decoder_weight_map
 from jaxllm.models.llama import NO_BIAS
 from jaxllm.models.weights import WeightSpec
@@ -40,15 +40,10 @@ def self_layers(raw: dict) -> tuple[int, ...]:
 
 
 def mllama_names(raw: dict) -> dict:
-    """A head_dim config.json gives is refused unless it is hidden_size / heads: the attention takes that, the rope
-    head_dim (transformers fails to run other values); so is a null original_max_position_embeddings under a scaled rope."""
+    """head_dim dropped (refused unless hidden_size / heads: config_options.without_head_dim); a null
+    original_max_position_embeddings under a scaled rope refused, as transformers cannot compute it."""
     check_null_original(raw, "MllamaForCausalLM")
-    dim = raw.get("head_dim")
-    if dim is not None and raw.get("hidden_size") and raw.get("num_attention_heads") and dim * raw["num_attention_heads"] != raw["hidden_size"]:
-        raise ConfigError(f"config.json head_dim {dim} is not hidden_size / num_attention_heads "
-                          f"({raw['hidden_size']} / {raw['num_attention_heads']}), which Mllama's attention takes (its rope "
-                          "would take head_dim: transformers fails): remove head_dim")
-    return {k: v for k, v in raw.items() if k != "head_dim"}
+    return without_head_dim(raw, "MllamaForCausalLM")
 
 
 def mllama_defaults(raw: dict) -> dict:
