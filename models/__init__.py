@@ -67,6 +67,8 @@ from jaxllm.models import (
     minicpm3,
     minimax,
     minimax_m2,
+    mllama,
+    modernbert_decoder,
     moe,
     mpt,
     nanochat,
@@ -114,5 +116,6 @@ FAMILIES = (
     emu3, aria, gpt_neox_japanese, openai_gpt, ctrl, doge,
     rwkv, xlstm,
     zamba2, zamba,
+    mllama, modernbert_decoder,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -132,7 +132,18 @@ class ModelConfig:
     # The output head's rows where fewer than vocab_size (Apertus 1.5's output_vocab_size: the head pruned to the text
     # tokens, ids 0..head_vocab_size - 1); the logits this wide, the ids past it embedded but never produced. None: vocab_size
     head_vocab_size: int | None = None
+    # The ids a prompt may hold where fewer than vocab_size: the embedding's rows past them are a multimodal model's image
+    # tokens (Mllama's 8 past its text vocabulary), which only an image gives meaning; jaxllm serves text and refuses them.
+    # None: vocab_size
+    text_vocab_size: int | None = None
+    # The checkpoint's index of each of our layers where they differ (Mllama: its self-attention layers, the cross-attention
+    # layers between them left out, as transformers skips them without image states); (): layer i is the checkpoint's i
+    checkpoint_layers: tuple[int, ...] = ()
     logit_scale: float = 1.0  # Cohere: the logits times logit_scale
+    # A prediction head before the output head, LayerNorm(act(dense(x))) of the final norm's class, its dense biased
+    # where prediction_head_bias (ModernBERT-decoder's lm_head: classifier_activation, classifier_bias); None: none
+    prediction_head_act: str | None = None
+    prediction_head_bias: bool = False
     # Mixture of experts (Mixtral, Qwen3-MoE): 0 experts means a dense MLP everywhere.
     num_experts: int = 0
     experts_per_token: int = 0
@@ -346,6 +357,11 @@ class ModelConfig:
     def output_vocab(self) -> int:
         """The logits' width: the output head's rows (head_vocab_size), else the vocabulary's."""
         return self.head_vocab_size or self.vocab_size
+
+    @property
+    def prompt_vocab(self) -> int:
+        """The ids a prompt may hold: text_vocab_size, else the vocabulary's."""
+        return self.text_vocab_size or self.vocab_size
 
     @property
     def rotary_dim(self) -> int:

@@ -250,6 +250,13 @@ CONFIG_FIELDS = {
     "scale_embedding": FLAG,
     # DBRX's nested ffn_config (its fields: models/dbrx.py); its other spellings are MPT's, above
     "ffn_config": OBJECT,
+    # Mllama's cross-attention layers (skipped for text: models/mllama.py; an entry outside the layers names none)
+    "cross_attention_layers": Field(int, many="list"),
+    # ModernBERT-decoder's (modernbert_decoder.py): its window (local_attention // 2 tokens), layer pattern and rope bases
+    # per layer type, its norms' and heads' biases, its prediction head's activation
+    "local_attention": INDEX, "global_attn_every_n_layers": _given(COUNT), "global_rope_theta": _given(POSITIVE),
+    "local_rope_theta": _given(POSITIVE), "norm_bias": FLAG, "decoder_bias": FLAG, "classifier_bias": FLAG,
+    "classifier_activation": NAME,
 }
 # quantization_config methods whose checkpoints jaxllm reads (dequantized as they load) for the
 # families (model_type) that ship them: gpt-oss's MXFP4 experts (mxfp4.mxfp4_names).

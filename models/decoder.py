@@ -79,7 +79,7 @@ class DecoderLayer(nnx.Module):
         return self.self_attn(h, positions, rot, cache, kv)
 
     def __call__(self, x, positions, rot, cache, kv=UNCACHED):
-        h = self.input_layernorm(x)
+        h = x if self.input_layernorm is None else self.input_layernorm(x)  # None: a subclass's layer without it (ModernBERT's first)
         if not self.mixes:
             return x + self.mlp(h), cache
         attn, cache = self.mix(h, positions, rot, cache, kv)

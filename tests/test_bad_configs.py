@@ -205,3 +205,27 @@ def test_zamba_models_transformers_cannot_run_are_refused(change, message):
     with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
         loader.plan(dict(ZAMBA2, **change))
     assert "\n" not in str(info.value)
+
+
+MLLAMA = dict(model_type="mllama_text_model", vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, cross_attention_layers=[1])
+MODERNBERT = dict(model_type="modernbert-decoder", vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=3,
+                  num_attention_heads=4)
+
+
+@pytest.mark.parametrize("raw, message", [
+    (dict(MLLAMA, cross_attention_layers=[0, 1]), r"cross_attention_layers names every one of the 2 layers"),
+    (dict(MLLAMA, cross_attention_layers=7), r"'cross_attention_layers' must be a list of integers"),
+    (dict(MLLAMA, head_dim=8), r"head_dim 8 is not hidden_size / num_attention_heads \(16 / 4\)"),
+    (dict(MODERNBERT, head_dim=8), r"head_dim 8 is not hidden_size / num_attention_heads \(16 / 4\)"),
+    (dict(MODERNBERT, local_attention=1), r"local_attention=1 leaves the sliding_attention layers a window of no token"),
+    (dict(MODERNBERT, layer_types=["full_attention", "chunked_attention", "full_attention"]),
+     r"layer type 'chunked_attention' is not one ModernBERT-decoder runs"),
+    (dict(MODERNBERT, rope_parameters={"rope_type": "default", "rope_theta": 5.0}), r"rope_parameters must hold one entry per layer type"),
+    (dict(MODERNBERT, classifier_activation="nope"), r"classifier_activation 'nope' is not supported"),
+], ids=["mllama-no-self-layer", "mllama-cross-not-list", "mllama-head-dim", "modernbert-head-dim", "modernbert-no-window",
+        "modernbert-chunked", "modernbert-flat-rope", "modernbert-head-act"])
+def test_mllama_and_modernbert_configs_transformers_cannot_run_are_refused(raw, message):
+    with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
+        loader.plan(raw)
+    assert "\n" not in str(info.value)
