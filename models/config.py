@@ -310,6 +310,7 @@ class ModelConfig:
     linear_qkv_apart: bool = False
     linear_beta_scale: float = 1.0
     linear_norm_eps: float | None = None
+    linear_norm_upcast: bool = False  # the gated norm's weight applied in float32 before the cast (LaraMini's)
     attn_output_gate: bool = False
     # MiniMax-Text-01's layer: residuals from the normed input, each branch's sum residual * alpha + output * beta:
     # (full attention's alpha, beta, lightning attention's alpha, beta, the MLP's alpha, beta); () elsewhere
