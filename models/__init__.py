@@ -57,6 +57,7 @@ from jaxllm.models import (
     kimi_linear,
     kolibri1,
     laguna,
+    lara_mini,
     lfm2,
     llama,
     llama4,
@@ -114,5 +115,6 @@ FAMILIES = (
     emu3, aria, gpt_neox_japanese, openai_gpt, ctrl, doge,
     rwkv, xlstm,
     zamba2, zamba,
+    lara_mini,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

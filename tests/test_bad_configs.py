@@ -178,7 +178,12 @@ DOGE = dict(model_type="doge", vocab_size=32, hidden_size=16, intermediate_size=
           moe_topk=[2]), r"moe_topk is a list, which AriaTextConfig refuses"),
     (dict(DOGE, is_moe=True), r"is_moe is true: Doge's cross-domain MoE"),
     (dict(DOGE, keep_window_size=512), r"keep_window_size=512 is below max_position_embeddings=2048"),
-], ids=["openai-gpt-activation", "aria-topk-per-layer", "doge-moe", "doge-key-selection"])
+    (dict(model_type="lara_mini", num_hidden_layers=2, layer_types=["linear_attention", "hybrid"]),
+     r"layer type 'hybrid' is not one LaraMini layers run \(transformers has no attention mask for it\): use linear_attention"),
+    (dict(model_type="lara_mini", num_hidden_layers=2, linear_num_key_heads=3),
+     r"linear_num_value_heads=16 is not a multiple of linear_num_key_heads=3"),
+], ids=["openai-gpt-activation", "aria-topk-per-layer", "doge-moe", "doge-key-selection", "lara-mini-layer-type",
+        "lara-mini-linear-heads"])
 def test_values_transformers_refuses_for_these_families_are_refused(raw, message):
     with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
         loader.plan(raw)
