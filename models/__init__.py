@@ -95,6 +95,7 @@ from jaxllm.models import (
     youtu,
     zamba,
     zamba2,
+    zaya,
 )
 
 FAMILIES = (
@@ -115,6 +116,6 @@ FAMILIES = (
     emu3, aria, gpt_neox_japanese, openai_gpt, ctrl, doge,
     rwkv, xlstm,
     zamba2, zamba,
-    lara_mini,
+    lara_mini, zaya,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)
