@@ -24,7 +24,7 @@ from jaxllm.models.config import ModelConfig
 from jaxllm.models.config_fields import known_layer_types
 from jaxllm.models.decoder import CausalLM, DecoderLayer, DecoderModel, decoder_weight_map, dense
 from jaxllm.models.experts import MoE
-from jaxllm.models.layers import Dense, RMSNorm, param
+from jaxllm.models.layers import Dense, RMSNorm, activation, param
 from jaxllm.models.mimo_v2_flash import layer_type_ropes
 from jaxllm.models.moe import fused_expert_specs
 from jaxllm.models.rope import apply_rotary
@@ -92,7 +92,7 @@ class RouterMlp(nnx.Module):
         self.out_proj = Dense((r,), (cfg.num_experts + 1,), ("latent", "router"), bias=False, **made)
 
     def __call__(self, r):
-        gelu = lambda y: jax.nn.gelu(y, approximate=False)  # noqa: E731 (nn.GELU)
+        gelu = activation("gelu")  # nn.GELU(): the exact form
         return self.out_proj(gelu(self.fc2(gelu(self.fc1(self.norm(r))))))
 
 
