@@ -57,6 +57,7 @@ from jaxllm.models import (
     kimi_linear,
     kolibri1,
     laguna,
+    lara_mini,
     lfm2,
     llama,
     llama4,
@@ -96,6 +97,7 @@ from jaxllm.models import (
     youtu,
     zamba,
     zamba2,
+    zaya,
 )
 
 FAMILIES = (
@@ -117,5 +119,6 @@ FAMILIES = (
     rwkv, xlstm,
     zamba2, zamba,
     mllama, modernbert_decoder,
+    lara_mini, zaya,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -266,6 +266,11 @@ class ModelConfig:
     # Falcon-H1: every attention layer also runs a mixer of this recurrent kind beside its attention on the same normed
     # input, x + attn_out_scale * attn + mamba_out_scale * mixer; its cache (LayerCache, RecurrentState)
     parallel_mixer: str | None = None
+    # The recurrent kind (models/mixers.py) whose state every attention layer keeps beside its keys and values, for its
+    # own projections (Zaya's CCA: models/cca.py, its convolutions' kernels cca_kernels); the layer's cache the pair
+    attn_state: str | None = None
+    cca_kernels: tuple[int, int] = (0, 0)
+    router_hidden_size: int = 0  # Zaya's router: its MLP's width (models/zaya.py)
     # Zamba2 (models/zamba2.py): shared transformer blocks (num_mem_blocks) the attention layers invoke in turn, their
     # norms and projections one set of parameters (nnx shared references), each invocation's LoRA adapters of
     # adapter_rank its own: on the MLP's gate/up, and on the attention's q/k/v where attn_adapters; the attention reads
@@ -321,6 +326,7 @@ class ModelConfig:
     linear_qkv_apart: bool = False
     linear_beta_scale: float = 1.0
     linear_norm_eps: float | None = None
+    linear_norm_upcast: bool = False  # the gated norm's weight applied in float32 before the cast (LaraMini's)
     attn_output_gate: bool = False
     # MiniMax-Text-01's layer: residuals from the normed input, each branch's sum residual * alpha + output * beta:
     # (full attention's alpha, beta, lightning attention's alpha, beta, the MLP's alpha, beta); () elsewhere
@@ -442,8 +448,9 @@ class ModelConfig:
         return self.layer_mixer(layer) == "linear_attention"
 
     def layer_state_kind(self, layer: int) -> str | None:
-        """The recurrent kind whose state `layer` keeps: its mixer's, or an attention layer's parallel_mixer (Falcon-H1)."""
-        return self.layer_mixer(layer) or (self.parallel_mixer if self.layer_is_attention(layer) else None)
+        """The recurrent kind whose state `layer` keeps: its mixer's, or an attention layer's parallel_mixer (Falcon-H1) or
+        attn_state (Zaya)."""
+        return self.layer_mixer(layer) or ((self.parallel_mixer or self.attn_state) if self.layer_is_attention(layer) else None)
 
     @property
     def recurrent(self) -> bool:

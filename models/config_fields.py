@@ -161,6 +161,7 @@ CONFIG_FIELDS = {
     "num_shared_experts": INDEX, "shared_expert_combination_strategy": NAME, "expert_selection_fn": NAME,
     "prefix_dense_intermediate_size": COUNT, "prefix_dense_sliding_window_pattern": COUNT,
     "router_jitter_noise": _given(NON_NEGATIVE), "lm_head_bias": FLAG,  # PhiMoE's (null: MixtralConfig refuses it)
+    "router_hidden_size": COUNT, "cca_time0": COUNT, "cca_time1": COUNT,  # Zaya's router MLP and CCA convolutions' kernels
     # Cohere's logit scale (null: its forward fails: Cohere's not_null; MPT's null default) and q/k LayerNorm
     # (use_bias: StableLM's, ERNIE 4.5's above)
     "logit_scale": POSITIVE, "use_qk_norm": FLAG,

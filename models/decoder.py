@@ -317,6 +317,17 @@ def dense(hf: str, path: tuple, transform=Linear(), bias: bool = True) -> list[W
     return specs + [WeightSpec(f"{hf}.bias", path + ("bias",), Copy(flatten=True))] if bias else specs
 
 
+def fused_rows(hf_name: str, parts: list[tuple]) -> list[WeightSpec]:
+    """The specs of one checkpoint tensor whose rows are several parameters' one after another (`parts`: (our path,
+    its rows in the tensor, the transform reading them), in order): each through `Part` of those rows (LaraMini's
+    in_proj, rows q | k | v | z | b | a: the first `ByHead`, the others `Linear`)."""
+    total, offset, specs = sum(rows for _, rows, _ in parts), 0, []
+    for path, rows, inner in parts:
+        specs.append(WeightSpec(hf_name, path, Part(offset, total, inner)))
+        offset += rows
+    return specs
+
+
 def renamed(specs: list[WeightSpec], names: dict) -> list[WeightSpec]:
     """`specs` with each checkpoint name's module `.{ours}.` read as `.{theirs}.`, and a name ending in `.{ours}` (a
     bare parameter: Flint's self_attn.sinks) as ending in `.{theirs}` (`names` {ours: theirs}, applied in order): a

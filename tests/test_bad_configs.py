@@ -178,7 +178,17 @@ DOGE = dict(model_type="doge", vocab_size=32, hidden_size=16, intermediate_size=
           moe_topk=[2]), r"moe_topk is a list, which AriaTextConfig refuses"),
     (dict(DOGE, is_moe=True), r"is_moe is true: Doge's cross-domain MoE"),
     (dict(DOGE, keep_window_size=512), r"keep_window_size=512 is below max_position_embeddings=2048"),
-], ids=["openai-gpt-activation", "aria-topk-per-layer", "doge-moe", "doge-key-selection"])
+    (dict(model_type="lara_mini", num_hidden_layers=2, layer_types=["linear_attention", "hybrid"]),
+     r"layer type 'hybrid' is not one LaraMini layers run \(transformers has no attention mask for it\): use linear_attention"),
+    (dict(model_type="lara_mini", num_hidden_layers=2, linear_num_key_heads=3),
+     r"linear_num_value_heads=16 is not a multiple of linear_num_key_heads=3"),
+    (dict(model_type="zaya", num_hidden_layers=1, num_experts_per_tok=2), r"num_experts_per_tok=2, but Zaya routes each token "
+     r"to one expert \(ZayaConfig refuses others\): set it to 1"),
+    (dict(model_type="zaya", num_hidden_layers=1, layer_types=["sliding_attention"]), r"layer type 'sliding_attention' is not "
+     r"one Zaya layers run .*: use hybrid or hybrid_sliding"),
+    (dict(model_type="zaya", num_hidden_layers=1, num_key_value_heads=1, head_dim=9), r"num_key_value_heads x head_dim = 9 is odd"),
+], ids=["openai-gpt-activation", "aria-topk-per-layer", "doge-moe", "doge-key-selection", "lara-mini-layer-type",
+        "lara-mini-linear-heads", "zaya-top-k", "zaya-layer-type", "zaya-odd-values"])
 def test_values_transformers_refuses_for_these_families_are_refused(raw, message):
     with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
         loader.plan(raw)

@@ -992,6 +992,17 @@ SPELLINGS = {
                                                                       "linear_value_head_dim"), rope_theta=None)),
     "olmo_hybrid-hub-conv-sizes-and-norm-names": ("OlmoHybridForCausalLM", dict(linear_allow_neg_eigval=False), _edit(),
                                                   _olmo_hybrid_as_hub_holds_it),
+    # LaraMini: the period-5 layer pattern where layer_types is left out (layer 5 linear again), its head untied, the top k
+    # not renormalised; the Qwen3-Next keys its config class dropped and Qwen's window switch, which its modeling never reads
+    "lara_mini-default-layers-and-dropped-keys": ("LaraMiniForCausalLM", dict(num_hidden_layers=6, tie_word_embeddings=False,
+                                                                             norm_topk_prob=False),
+                                                  _edit(("layer_types",), intermediate_size=96, mlp_only_layers=[1],
+                                                        decoder_sparse_step=2, use_sliding_window=False)),
+    # Zaya: every layer full ("hybrid") and ZayaConfig's rope per layer type where left out, no biases, the head tied;
+    # ZAYA1-8B's stray rope_type beside the types
+    "zaya-defaults": ("ZayaForCausalLM", dict(attention_bias=False, tie_word_embeddings=True, lm_head_bias=False),
+                      _edit(("layer_types", "rope_parameters", "sliding_window"))),
+    "zaya-hub-rope": ("ZayaForCausalLM", {}, lambda raw: raw["rope_parameters"].update(rope_type="default")),
     # its experts fused, as transformers' Qwen3_5MoeExperts holds them (gate_up_proj [X, 2F, hidden], down_proj)
     "qwen3_5_moe-fused-experts": ("Qwen3_5MoeForCausalLM", {}, _edit(), _fuse),
     # LFM2 as LiquidAI/LFM2-1.2B's files spell it (transformers 4.54's keys): the attention layers by full_attn_idxs, the
@@ -1279,7 +1290,7 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     elif kind not in ("gpt2", "openai-gpt", "ctrl", "gpt_bigcode", "gpt_neo", "opt", "biogpt", "xglm", "bloom", "mpt", "mamba", "falcon_mamba",
                       "jamba", "nemotron_h", "mamba2", "kimi_linear", "rwkv", "xlstm", "zamba"):
         rope = hf.rope_parameters
-        out["rope_theta"] = rope.get("full_attention", rope)["rope_theta"]
+        out["rope_theta"] = rope.get("full_attention", rope.get("hybrid", rope))["rope_theta"]  # Zaya's full layers: "hybrid"
     return out
 
 
