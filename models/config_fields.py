@@ -253,9 +253,9 @@ CONFIG_FIELDS = {
     "ffn_config": OBJECT,
     # Mllama's cross-attention layers (skipped for text: models/mllama.py; an entry outside the layers names none)
     "cross_attention_layers": Field(int, many="list"),
-    # ModernBERT-decoder's (modernbert_decoder.py): its window (local_attention // 2 tokens), layer pattern and rope bases
+    # ModernBERT-decoder's (modernbert_decoder.py): its window (local_attention // 2 tokens), rope bases
     # per layer type, its norms' and heads' biases, its prediction head's activation
-    "local_attention": INDEX, "global_attn_every_n_layers": _given(COUNT), "global_rope_theta": _given(POSITIVE),
+    "local_attention": INDEX, "global_rope_theta": _given(POSITIVE),
     "local_rope_theta": _given(POSITIVE), "norm_bias": FLAG, "decoder_bias": FLAG, "classifier_bias": FLAG,
     "classifier_activation": NAME,
 }

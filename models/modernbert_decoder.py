@@ -22,12 +22,14 @@ from flax import nnx
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig, parse_rope
+from jaxllm.models.config_fields import MAX_SIZE, Field, check_fields
 from jaxllm.models.config_options import without_head_dim
 from jaxllm.models.decoder import CausalLM, DecoderLayer, dense
 from jaxllm.models.layers import ACTIVATIONS, Dense, LayerNorm, activation
 from jaxllm.models.transforms import Copy, Linear, Part
 from jaxllm.models.weights import WeightSpec
 
+OWN_FIELDS = {"global_attn_every_n_layers": Field(int, 1, MAX_SIZE, null=False)}  # AFMoE reads a null one otherwise (afmoe.OWN_FIELDS)
 THETAS = {"full_attention": ("global_rope_theta", 160_000.0), "sliding_attention": ("local_rope_theta", 10_000.0)}
 
 
@@ -36,6 +38,7 @@ def modernbert_names(raw: dict) -> dict:
     rope per layer type (rope_parameters' entries, rope_scaling merged into both, an entry's rope_theta where it gives
     none from global_rope_theta / local_rope_theta); head_dim dropped (config_options.without_head_dim)."""
     raw = without_head_dim(raw, "ModernBertDecoderForCausalLM")
+    check_fields(raw, OWN_FIELDS, "config.json")
     given = raw.get("rope_parameters")
     if given is not None and not all(isinstance(v, dict) for v in given.values()):
         raise ConfigError("config.json rope_parameters must hold one entry per layer type (full_attention, sliding_attention), "
