@@ -20,6 +20,7 @@ from jaxllm.models import (
     deepseek_v32,
     diffllama,
     doge,
+    dory,
     dots1,
     emu3,
     ernie,
@@ -120,5 +121,6 @@ FAMILIES = (
     zamba2, zamba,
     mllama, modernbert_decoder,
     lara_mini, zaya,
+    dory,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)
