@@ -51,6 +51,7 @@ from jaxllm.models import (
     helium,
     hunyuan,
     hy_v3,
+    hy_v4,
     hyperclovax,
     jais2,
     jamba,
@@ -122,5 +123,6 @@ FAMILIES = (
     mllama, modernbert_decoder,
     lara_mini, zaya,
     dory,
+    hy_v4,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -199,6 +199,7 @@ class ModelConfig:
     swiglu_limit: float | None = None
     expert_act: str | None = None  # the routed experts' activation where it is not hidden_act's (Aria's always SiLU)
     swiglu_alpha: float = 1.0
+    swiglu_shift: float = 1.0  # the up half's offset in the clamped SwiGLU (gpt-oss's 1; HY V4's 0: silu(gate) * up)
     # gpt-oss: a learned logit per query head that joins every attention softmax's denominator; on the layers
     # attn_sink_layers names (None: all; MiMo-V2-Flash: its sliding-window layers)
     attn_sinks: bool = False
@@ -347,6 +348,11 @@ class ModelConfig:
     # The layer whose pages each layer writes and attends over, where not its own (Dory's earlier loops under
     # recurrent_kv_cache_mode "last_loop": the first run's pages, which each later run overwrites); (): every layer its own
     kv_pools: tuple[int, ...] = ()
+    # Hyper-connections (HY V4, models/hyper_connections.py): hc_streams copies of the hidden state ([B, T, streams, E];
+    # 0: none) mixed into each block's input and the block's output injected into each, times hc_magnitude's sigmoid gates
+    hc_streams: int = 0
+    hc_magnitude: float = 2.0
+    hc_eps: float = 1e-6
     # nGPT (Dory): initializer_range, by which its stored scales are divided, and ngpt_alpha_init, its residual rates'
     ngpt_init: float = 1.0
     ngpt_alpha: float = 1.0

@@ -261,12 +261,12 @@ ACTIVATIONS = {
 }
 
 
-def clamped_swiglu(gate, up, alpha: float, limit: float):
+def clamped_swiglu(gate, up, alpha: float, limit: float, shift: float = 1.0):
     """gpt-oss's expert activation: gate clamped above at `limit`, up to [-limit, limit], then
-    (up + 1) * gate * sigmoid(alpha * gate)."""
+    (up + shift) * gate * sigmoid(alpha * gate) (gpt-oss's shift 1; HY V4's 0 and alpha 1: silu(gate) * up)."""
     gate = jnp.minimum(gate, limit)
     up = jnp.clip(up, -limit, limit)
-    return (up + 1) * (gate * jax.nn.sigmoid(gate * alpha))
+    return (up + shift if shift else up) * (gate * jax.nn.sigmoid(gate * alpha))
 
 
 def activation(name: str):
