@@ -124,9 +124,10 @@ class Engine:
         # the union ended answers early at an id transformers generates through.
         eos = sorted(set(token_ids(model.generation_config.get("eos_token_id")) or cfg.eos_token_ids))
         self.eos = np.asarray(eos or [-1], np.int32)
-        # Keys that depend on the sequence's length (dynamic NTK, LongRoPE) are neither shared nor
-        # computed in chunks: a prompt is prefilled whole, as transformers does.
-        length_dependent = cfg.rope.length_dependent and cfg.position_embedding == "rope"
+        # Keys that depend on the sequence's length (dynamic NTK, LongRoPE) or on how the prompt is split (Dory's
+        # last_loop: ModelConfig.whole_prefill) are neither shared nor computed in chunks: a prompt is prefilled
+        # whole, as transformers does.
+        length_dependent = cfg.whole_prefill
         self.budget = max(prefill_tokens, max_len) if length_dependent else prefill_tokens
         rope = cfg.rope
         # LongRoPE switches from its short to its long factors once a sequence outgrows

@@ -61,7 +61,10 @@ def _size(n: float) -> str:
 
 def summary(cfg) -> str:
     layers = f"{cfg.num_layers} layers" + (f" (checkpoint layers {', '.join(map(str, cfg.checkpoint_layers))}; the others skipped "
-                                          "for text)" if cfg.checkpoint_layers else "")
+                                          "for text)" if cfg.checkpoint_layers and not cfg.loop else "")
+    if cfg.loop:  # Dory: each run of a looped layer one of ours
+        first, count, loops = cfg.loop
+        layers += f" (checkpoint layers {first}..{first + count - 1} run {loops} times)"
     parts = [layers, f"hidden {cfg.hidden_size}",
              f"heads {cfg.num_heads} (kv {cfg.num_kv_heads}, head_dim {cfg.head_dim})",
              f"mlp {cfg.intermediate_size} {cfg.hidden_act}", f"vocab {cfg.vocab_size}",

@@ -177,13 +177,7 @@ def attention_weights(graphdef, params, tokens, layer: int, *, attention_mask=No
     rot = decoder.rotaries(positions, trace[0].dtype).get(decoder.cfg.layer_rope(layer))
 
     def attention_input(i):
-        # a layer whose attention reads more than its norm (Gemma 3n), or its own input beside x too (Zamba2's embeddings)
-        own = getattr(decoder.layers[i], "attention_input", None)
-        if own is not None:
-            inputs = decoder.layer_inputs(tokens, decoder.embed(tokens, positions))
-            return own(trace[i], *(() if inputs is None else (inputs[:, :, i],)))
-        norm = getattr(decoder.layers[i], "input_layernorm", None)
-        return trace[i] if norm is None else norm(trace[i])
+        return decoder.attention_input(i, trace, tokens, positions)
 
     # a layer reading another's keys (Gemma 4's shared kv layers): that layer's keys, same rope
     source = decoder.cfg.kv_source(layer)

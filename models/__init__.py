@@ -20,6 +20,7 @@ from jaxllm.models import (
     deepseek_v32,
     diffllama,
     doge,
+    dory,
     dots1,
     emu3,
     ernie,
@@ -50,6 +51,7 @@ from jaxllm.models import (
     helium,
     hunyuan,
     hy_v3,
+    hy_v4,
     hyperclovax,
     jais2,
     jamba,
@@ -120,5 +122,7 @@ FAMILIES = (
     zamba2, zamba,
     mllama, modernbert_decoder,
     lara_mini, zaya,
+    dory,
+    hy_v4,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -407,7 +407,7 @@ class Attention(nnx.Module):
         self.input_scale, self.key_scale = cfg.attn_input_scale, cfg.key_scale  # Falcon-H1's muP multipliers
         # A layer reading another layer's keys and values projects none (Gemma 4's shared kv layers);
         # one whose values are its keys' projection has no v_proj (attention_k_eq_v)
-        own = cfg.kv_shape(layer) is not None
+        own = cfg.kv_source(layer) == layer
         self.reads_shared_kv = not own
         kv = dict(bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
         # values vd wide (cfg.v_head_dim), zero-padded to d for the KV backend, the output sliced back to vd
@@ -429,8 +429,9 @@ class Attention(nnx.Module):
         self.attn_sub_norm = RMSNorm((h, vd), cfg.norm_eps, dtype=dtype, rngs=rngs, axes=("q_heads", "head_dim")) if cfg.sub_norms else None
         if cfg.qk_norm == "none" or (cfg.qk_norm_layers is not None and layer not in cfg.qk_norm_layers):
             self.q_norm = self.k_norm = None
-        elif cfg.qk_norm == "l2":  # a weightless RMSNorm of each head (Llama 4)
-            self.q_norm, self.k_norm = (RMSNorm(d, cfg.norm_eps, dtype=dtype, rngs=rngs, weight=False) for _ in "qk")
+        elif cfg.qk_norm in ("l2", "unit"):  # a weightless RMSNorm of each head (Llama 4), or its unit-sphere form (Dory)
+            unit = cfg.qk_norm == "unit"
+            self.q_norm, self.k_norm = (RMSNorm(d, cfg.norm_eps, dtype=dtype, rngs=rngs, weight=False, unit=unit) for _ in "qk")
         elif cfg.qk_norm == "layernorm":  # LayerNorm of each head (Phi)
             self.q_norm = LayerNorm(d, cfg.norm_eps, dtype=dtype, rngs=rngs, axes=("head_dim",))
             self.k_norm = LayerNorm(d, cfg.norm_eps, dtype=dtype, rngs=rngs, axes=("head_dim",))
@@ -470,10 +471,14 @@ class Attention(nnx.Module):
         dim, or one per head: LFM3, Laguna), RMS-normed over every head where it has a sub-norm (BitNet)."""
         out = out[..., : self.v_dim]
         if self.gate_proj is not None:
-            gate = self.gate_proj(x)
+            gate = self.gate_logits(x)
             gate = jax.nn.sigmoid(gate) if self.gate_act == "sigmoid" else jax.nn.softplus(gate.astype(jnp.float32)).astype(out.dtype)
             out = out * (gate[..., None] if self.gate_per_head else gate)
         return self.o_proj(out if self.attn_sub_norm is None else self.attn_sub_norm(out))
+
+    def gate_logits(self, x):
+        """The output gate's pre-activations of x [B, T, E] (Dory scales them by a learned factor per head and dim)."""
+        return self.gate_proj(x)
 
     def call_spec(self) -> AttnSpec:
         """The layer's AttnSpec with its sinks' values (float32), where it has sinks."""

@@ -67,7 +67,7 @@ class ModelConfig:
     # "per_head": RMSNorm of each head (Qwen3); "projection": over all heads (OLMo 2); "layernorm":
     # LayerNorm, weight and bias, of each head (Phi's qk_layernorm); "layernorm_per_head": a LayerNorm
     # without bias, each head its own weights (StableLM's qk_layernorm, Cohere's use_qk_norm); "l2": an
-    # RMSNorm of each head without a weight (Llama 4's L2 norm)
+    # RMSNorm of each head without a weight (Llama 4's L2 norm); "unit": each head onto the unit sphere, x / |x| (Dory's nGPT)
     qk_norm: str = "none"
     qk_norm_after_rope: bool = False  # q/k normed after their rotary positions (HunYuan, Llama 4), not before
     qk_norm_layers: tuple[int, ...] | None = None  # the layers with q/k norms (None: all; Llama 4: its rope layers)
@@ -137,7 +137,8 @@ class ModelConfig:
     # None: vocab_size
     text_vocab_size: int | None = None
     # The checkpoint's index of each of our layers where they differ (Mllama: its self-attention layers, the cross-attention
-    # layers between them left out, as transformers skips them without image states); (): layer i is the checkpoint's i
+    # layers between them left out, as transformers skips them without image states; Dory: each run of a looped layer the
+    # same checkpoint layer); (): layer i is the checkpoint's i
     checkpoint_layers: tuple[int, ...] = ()
     logit_scale: float = 1.0  # Cohere: the logits times logit_scale
     # A prediction head before the output head, LayerNorm(act(dense(x))) of the final norm's class, its dense biased
@@ -198,6 +199,7 @@ class ModelConfig:
     swiglu_limit: float | None = None
     expert_act: str | None = None  # the routed experts' activation where it is not hidden_act's (Aria's always SiLU)
     swiglu_alpha: float = 1.0
+    swiglu_shift: float = 1.0  # the up half's offset in the clamped SwiGLU (gpt-oss's 1; HY V4's 0: silu(gate) * up)
     # gpt-oss: a learned logit per query head that joins every attention softmax's denominator; on the layers
     # attn_sink_layers names (None: all; MiMo-V2-Flash: its sliding-window layers)
     attn_sinks: bool = False
@@ -339,6 +341,21 @@ class ModelConfig:
     attn_gate_per_head: bool = False
     # The query heads of each layer where they differ (Laguna's num_attention_heads_per_layer; empty: num_heads)
     heads_per_layer: tuple[int, ...] = ()
+    # Looped layers (Dory): the checkpoint's layers first .. first + count - 1 run `loops` times in a row, (first, count,
+    # loops); num_layers and layer_types count every run, each run its own layer (its own cache) holding the first run's
+    # modules (nnx shared references; checkpoint_layers maps each run to its checkpoint layer); (): no loop
+    loop: tuple[int, int, int] = ()
+    # The layer whose pages each layer writes and attends over, where not its own (Dory's earlier loops under
+    # recurrent_kv_cache_mode "last_loop": the first run's pages, which each later run overwrites); (): every layer its own
+    kv_pools: tuple[int, ...] = ()
+    # Hyper-connections (HY V4, models/hyper_connections.py): hc_streams copies of the hidden state ([B, T, streams, E];
+    # 0: none) mixed into each block's input and the block's output injected into each, times hc_magnitude's sigmoid gates
+    hc_streams: int = 0
+    hc_magnitude: float = 2.0
+    hc_eps: float = 1e-6
+    # nGPT (Dory): initializer_range, by which its stored scales are divided, and ngpt_alpha_init, its residual rates'
+    ngpt_init: float = 1.0
+    ngpt_alpha: float = 1.0
     sliding_window: int | None = None
     attention_chunk: int | None = None  # the chunk of "chunked_attention" layers (Llama 4's attention_chunk_size)
     # One entry per layer: "full_attention", "sliding_attention" or "chunked_attention".
@@ -358,6 +375,13 @@ class ModelConfig:
             base = rope.original_max_position_embeddings if rope.type == "yarn" and rope.original_max_position_embeddings else n
             return max(n, int(base * rope.factor))
         return n
+
+    @property
+    def whole_prefill(self) -> bool:
+        """Whether a prompt must be prefilled in one call, neither in chunks nor from a cached prefix: keys that depend
+        on the sequence's length (dynamic NTK, LongRoPE), or pages several layers write in turn (kv_pools: Dory's
+        earlier loops would read the last loop's keys of an earlier chunk where transformers reads their own)."""
+        return (self.rope.length_dependent and self.position_embedding == "rope") or bool(self.kv_pools)
 
     @property
     def output_vocab(self) -> int:
@@ -406,10 +430,19 @@ class ModelConfig:
         kind = self.layer_types[layer] if self.layer_types else None
         return max(i for i in range(first) if (self.layer_types[i] if self.layer_types else None) == kind)
 
+    def kv_pool(self, layer: int) -> int:
+        """The layer whose pages `layer` writes its keys and values into and attends over: its own, or kv_pools'."""
+        return self.kv_pools[layer] if self.kv_pools else layer
+
+    def checkpoint_layer(self, layer: int) -> int:
+        """The checkpoint's layer (model.layers.N) whose parameters `layer` runs (checkpoint_layers)."""
+        return self.checkpoint_layers[layer] if self.checkpoint_layers else layer
+
     def kv_shape(self, layer: int) -> tuple[int, int] | None:
         """(kv heads, head_dim) of the keys and values `layer` caches; None: it caches none (it reads
-        another layer's: kv_source; or it is a recurrent layer, which keeps a state instead)."""
-        if self.layer_is_recurrent(layer) or not self.layer_has_mixer(layer) or self.kv_source(layer) != layer:
+        another layer's: kv_source; it writes another's: kv_pool; or it is a recurrent layer, which keeps a state instead)."""
+        if (self.layer_is_recurrent(layer) or not self.layer_has_mixer(layer) or layer != self.kv_source(layer)
+                or layer != self.kv_pool(layer)):
             return None
         return self.layer_kv_heads(layer), self.layer_head_dim(layer) * (2 if self.differential_attention else 1) + self.kv_extra_dims
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from jaxllm.errors import ConfigError
 
-QK_NORMS = ("none", "per_head", "projection", "layernorm", "layernorm_per_head", "l2")
+QK_NORMS = ("none", "per_head", "projection", "layernorm", "layernorm_per_head", "l2", "unit")
 ROUTERS = ("softmax_topk", "topk_softmax", "sparsemixer", "sigmoid_topk", "topk_sigmoid")
 # How a group-limited router (router_groups > 1) scores each group of experts: "max" of its scores
 # (DeepSeek-V2's group_limited_greedy), or the "top2" sum (DeepSeek-V3)

@@ -120,14 +120,17 @@ class IndexerConfig:
     """DeepSeek Sparse Attention's lightning indexer (DeepSeek-V3.2, models/sparse_attention.py): `heads`
     query heads of `head_dim` (from the latent queries) score every earlier key (one key head of `head_dim` per
     token, cached in pages of its own), and attention reads only the `topk` best of them. `interleaved`: the
-    indexer rotates its first qk_rope_head_dim values in interleaved pairs (GLM-5), else in halves (V3.2).
-    `shared`: the layers that run no indexer but take the selection of the last layer before them that does."""
+    indexer rotates its first qk_rope_head_dim values in interleaved pairs (GLM-5), else in halves (V3.2); its last
+    ones where `rope_last` (HY V4). `shared`: the layers that run no indexer but take the selection of the last layer
+    before them that does. `norm_eps`: its key LayerNorm's epsilon (HY V4's rms_norm_eps; 1e-6 elsewhere)."""
 
     heads: int
     head_dim: int
     topk: int
     interleaved: bool = False
     shared: tuple[int, ...] = ()
+    rope_last: bool = False
+    norm_eps: float = 1e-6
 
     def source(self, layer: int) -> int:
         """The layer whose indexer selects `layer`'s keys: itself, or for a shared layer the last one before it that runs one."""

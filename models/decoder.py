@@ -172,9 +172,10 @@ class DecoderModel(nnx.Module):
         for i, layer in enumerate(self.layers):
             if trace is not None and not self.trace_outputs:
                 trace.append(x)
-            # a layer reading another's keys and values gets that layer's new cache (and keeps none)
-            source = self.cfg.kv_source(i)
-            c = new_cache[source] if source != i else None if cache is None else cache[i]
+            # a layer reading another's keys and values gets that layer's new cache (and keeps none); one writing
+            # another's pages (kv_pool) gets them too, and hands them back written
+            source, pool = self.cfg.kv_source(i), self.cfg.kv_pool(i)
+            c = new_cache[source] if source != i else new_cache[pool] if pool != i else None if cache is None else cache[i]
             rot, extra = rots.get(self.cfg.layer_rope(i)), () if inputs is None else (inputs[:, :, i],)
             extra += (carry,) if getattr(layer, "carries", False) else ()  # not every layer class is a DecoderLayer
             if trace is None:  # one trace per distinct layer, not per layer (see _call_layer)
@@ -183,6 +184,8 @@ class DecoderModel(nnx.Module):
             else:
                 x, c, *passed = layer(x, positions, rot, c, kv, *extra)
             carry = passed[0] if passed else carry
+            if pool != i:
+                new_cache[pool], c = c, None
             new_cache.append(c)
             if trace is not None and self.trace_outputs:
                 trace.append(x)
@@ -206,6 +209,17 @@ class DecoderModel(nnx.Module):
         if self.embed_positions is not None:  # the engine's positions of each sequence, offset into the table
             x = x + self.embed_positions(positions + self.cfg.position_offset)
         return x if self.embed_norm is None else self.embed_norm(x)
+
+    def attention_input(self, i: int, trace: list, tokens, positions):
+        """What layer i's attention reads in a full forward over tokens, positions [B, T], given `trace` (each layer's
+        input, as __call__ records it): its input_layernorm of its input (or the input itself where it has none),
+        or the layer's own attention_input (Gemma 3n: more than its norm; Zamba2: its own input beside x too)."""
+        own = getattr(self.layers[i], "attention_input", None)
+        if own is not None:
+            inputs = self.layer_inputs(tokens, self.embed(tokens, positions))
+            return own(trace[i], *(() if inputs is None else (inputs[:, :, i],)))
+        norm = getattr(self.layers[i], "input_layernorm", None)
+        return trace[i] if norm is None else norm(trace[i])
 
     def streams_in(self, x):
         """The embeddings [B, T, E] -> what the layers pass on: x itself, or several copies of the hidden state
@@ -375,7 +389,7 @@ def decoder_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
             specs.append(WeightSpec(f"{hf}self_attn.{name}.weight", attn + ("kernel",), Linear(2 if name == "o_proj" else 1)))
             if cfg.layer_o_bias(i) if name == "o_proj" else cfg.qkv_bias:
                 specs.append(WeightSpec(f"{hf}self_attn.{name}.bias", attn + ("bias",), Copy(flatten=name != "o_proj")))
-        if projections and cfg.qk_norm not in ("none", "l2") and (cfg.qk_norm_layers is None or i in cfg.qk_norm_layers):  # l2: no weights
+        if projections and cfg.qk_norm not in ("none", "l2", "unit") and (cfg.qk_norm_layers is None or i in cfg.qk_norm_layers):  # l2: no weights
             for name in ("q_norm", "k_norm") if cfg.kv_shape(i) is not None else ("q_norm",):
                 flat = Copy(flatten=cfg.qk_norm == "projection")
                 specs.append(WeightSpec(f"{hf}self_attn.{name}.weight", ours + ("self_attn", name, "weight"), flat))

@@ -81,7 +81,7 @@ class MoE(nnx.Module, pytree=False):
         self.e_score_correction_bias = param((routed,), ("router",), self.router_dtype) if cfg.router_score_bias else None
         self.scales_input = cfg.router_scales_input  # Llama 4: the weight scales the expert's input, not its output
         self.act = activation(cfg.expert_act or cfg.hidden_act)  # the shared expert's: hidden_act's
-        self.swiglu = None if cfg.swiglu_limit is None else (cfg.swiglu_alpha, cfg.swiglu_limit)
+        self.swiglu = None if cfg.swiglu_limit is None else (cfg.swiglu_alpha, cfg.swiglu_limit, cfg.swiglu_shift)
         self.gate = Dense((cfg.hidden_size,), (routed,), ("embed", "router"), bias=cfg.router_bias, dtype=self.router_dtype, rngs=rngs,
                           quantizable=False)  # the router
         self.gate_proj = param((x, e, f), ("expert", "embed", "mlp"), dtype) if cfg.gated_mlp else None

@@ -126,12 +126,13 @@ class RMSNorm(nnx.Module, pytree=False):
     """x / rms(x) * w over the last dims (`shape`), in float32. Llama casts back before the scale;
     `upcast_scale` applies the scale in float32, then casts (OLMo 2), and `offset` scales by
     (offset + w) that way (Gemma's 1 + w), each as transformers does. `scale` False: no weight, x / rms(x)
-    cast back (Gemma 4's v_norm and router norm). `bias`: a bias added after the scale, in x's dtype (xLSTM's use_bias)."""
+    cast back (Gemma 4's v_norm and router norm). `bias`: a bias added after the scale, in x's dtype (xLSTM's use_bias).
+    `unit`: x / sqrt(sum(x^2) + eps), onto the unit sphere rather than to an RMS of 1 (nGPT's norms: Dory)."""
 
     def __init__(self, shape, eps: float, *, dtype, rngs: nnx.Rngs, axes=("norm",), offset: float = 0.0,
-                 upcast_scale: bool = False, weight: bool = True, bias: bool = False):
+                 upcast_scale: bool = False, weight: bool = True, bias: bool = False, unit: bool = False):
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        self.eps, self.offset, self.upcast = eps, offset, upcast_scale or bool(offset)
+        self.eps, self.offset, self.upcast, self.reduce = eps, offset, upcast_scale or bool(offset), jnp.sum if unit else jnp.mean
         self.dims = tuple(range(-len(shape), 0))
         self.weight = param(shape, tuple(axes), dtype) if weight else None  # None: no scale (Llama 4's L2 norm, Gemma 4's v_norm)
         self.bias = param(shape, tuple(axes), dtype) if bias else None
@@ -139,7 +140,7 @@ class RMSNorm(nnx.Module, pytree=False):
     def __call__(self, x):
         dtype = x.dtype
         x = x.astype(jnp.float32)
-        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=self.dims, keepdims=True) + self.eps)
+        x = x * jax.lax.rsqrt(self.reduce(x * x, axis=self.dims, keepdims=True) + self.eps)
         if self.weight is None:
             return x.astype(dtype)
         if self.upcast:
@@ -260,12 +261,12 @@ ACTIVATIONS = {
 }
 
 
-def clamped_swiglu(gate, up, alpha: float, limit: float):
+def clamped_swiglu(gate, up, alpha: float, limit: float, shift: float = 1.0):
     """gpt-oss's expert activation: gate clamped above at `limit`, up to [-limit, limit], then
-    (up + 1) * gate * sigmoid(alpha * gate)."""
+    (up + shift) * gate * sigmoid(alpha * gate) (gpt-oss's shift 1; HY V4's 0 and alpha 1: silu(gate) * up)."""
     gate = jnp.minimum(gate, limit)
     up = jnp.clip(up, -limit, limit)
-    return (up + 1) * (gate * jax.nn.sigmoid(gate * alpha))
+    return (up + shift if shift else up) * (gate * jax.nn.sigmoid(gate * alpha))
 
 
 def activation(name: str):

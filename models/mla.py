@@ -23,7 +23,7 @@ from flax import nnx
 from jaxllm.models.attention import UNCACHED, Attention, AttnSpec, LayerCache, padded
 from jaxllm.models.config import ModelConfig, RopeConfig
 from jaxllm.models.decoder import CausalLM, DecoderLayer, decoder_weight_map, dense
-from jaxllm.models.layers import Dense, RMSNorm
+from jaxllm.models.layers import Dense, RMSNorm, param
 from jaxllm.models.rope import Rotary, apply_rotary
 from jaxllm.models.weights import WeightSpec
 
@@ -55,7 +55,8 @@ class LatentAttention(Attention):
         mla, e, h = cfg.mla, cfg.hidden_size, cfg.num_heads
         self.head_dim, self.nope, self.v_dim, self.kv_rank = cfg.head_dim, mla.qk_nope_head_dim, mla.v_head_dim, mla.kv_lora_rank
         self.spec = AttnSpec(mla_scale(cfg), cfg.layer_window(layer), cfg.attn_softcap)
-        self.rope_interleaved, self.sinks, self.scales = cfg.rope_interleaved, None, (mla.q_scale, mla.kv_scale)
+        self.rope_interleaved, self.scales = cfg.rope_interleaved, (mla.q_scale, mla.kv_scale)
+        self.sinks = param((h,), ("q_heads",), dtype) if cfg.attn_sinks else None  # HY V4's (AttnSpec.sinks)
         heads = ("q_heads", "head_dim")
         dense = dict(dtype=dtype, rngs=rngs)
         norm = dict(dtype=dtype, rngs=rngs, axes=("latent",))
@@ -72,7 +73,7 @@ class LatentAttention(Attention):
 
     def __call__(self, x, positions, rot: Rotary | None, cache: LayerCache | None, kv=UNCACHED):
         q, k, v = self.project(x, positions, rot)
-        out, new = kv(q, k, v, cache, positions, self.spec)
+        out, new = kv(q, k, v, cache, positions, self.call_spec())
         return self.o_proj(out[..., : self.v_dim]), new
 
     def project(self, x, positions, rot: Rotary | None):

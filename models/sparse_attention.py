@@ -34,8 +34,6 @@ from jaxllm.models.mla import LatentAttention
 from jaxllm.models.rope import Rotary, apply_rotary
 from jaxllm.models.weights import WeightSpec
 
-INDEX_NORM_EPS = 1e-6  # the indexer's k_norm (transformers' nn.LayerNorm(index_head_dim, eps=1e-6))
-
 
 def top_k_keys(scores, mask, k: int):
     """bool [B, T, S]: for each query the `k` keys of the highest `scores` [B, T, S] among those `mask` lets it see
@@ -52,11 +50,11 @@ class Indexer(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
         ix, e = cfg.indexer, cfg.hidden_size
-        self.heads, self.head_dim, self.topk, self.interleaved = ix.heads, ix.head_dim, ix.topk, ix.interleaved
+        self.heads, self.head_dim, self.topk, self.interleaved, self.rope_last = ix.heads, ix.head_dim, ix.topk, ix.interleaved, ix.rope_last
         self.wq_b = Dense((cfg.mla.q_lora_rank,), (ix.heads, ix.head_dim), ("latent", "index_heads", "head_dim"), bias=False,
                           dtype=dtype, rngs=rngs)
         self.wk = Dense((e,), (ix.head_dim,), ("embed", "head_dim"), bias=False, dtype=dtype, rngs=rngs)
-        self.k_norm = LayerNorm(ix.head_dim, INDEX_NORM_EPS, dtype=dtype, rngs=rngs, axes=("head_dim",))
+        self.k_norm = LayerNorm(ix.head_dim, ix.norm_eps, dtype=dtype, rngs=rngs, axes=("head_dim",))
         # float32 whatever the model's dtype (transformers' _keep_in_fp32_modules), never quantized
         self.weights_proj = Dense((e,), (ix.heads,), ("embed", "index_heads"), bias=False, dtype=jnp.float32, rngs=rngs,
                                   quantizable=False)
@@ -67,7 +65,7 @@ class Indexer(nnx.Module):
         q = self.wq_b(q_latent)  # [B, T, heads, Di]
         k = self.k_norm(self.wk(x))[:, :, None, :]  # [B, T, 1, Di]
         if rot is not None:
-            q, k = apply_rotary(q, rot, self.interleaved), apply_rotary(k, rot, self.interleaved)
+            q, k = self.rotate(q, rot), self.rotate(k, rot)
         keys, pages = kv.index_keys(pages, k, positions)
         if self.topk >= keys.shape[1]:
             return None, pages
@@ -75,6 +73,14 @@ class Indexer(nnx.Module):
         weights = self.weights_proj(x.astype(jnp.float32)) * self.heads**-0.5
         scores = jnp.einsum("bth,bths->bts", weights, jax.nn.relu(dots * self.head_dim**-0.5))
         return top_k_keys(scores, kv.key_mask(positions, None), self.topk), pages
+
+
+    def rotate(self, x, rot: Rotary):
+        """x [B, T, N, index_head_dim] with its first rotary values rotated, or its last ones where `rope_last` (HY V4)."""
+        if not self.rope_last:
+            return apply_rotary(x, rot, self.interleaved)
+        r = rot.cos.shape[-1]
+        return jnp.concatenate([x[..., :-r], apply_rotary(x[..., -r:], rot, self.interleaved)], axis=-1)
 
 
 class SparseLatentAttention(LatentAttention):
@@ -93,7 +99,7 @@ class SparseLatentAttention(LatentAttention):
         latent, q, gate = self.query_parts(x)
         q, k, v = self.project_latent(x, latent, rot, q)
         keep, index = (selected, None) if self.indexer is None else self.indexer(x, latent, positions, rot, index, kv)
-        out, pages = kv(q, k, v, pages, positions, self.spec._replace(keep=keep))
+        out, pages = kv(q, k, v, pages, positions, self.call_spec()._replace(keep=keep))
         out = out[..., : self.v_dim]
         if gate is not None:  # A.X-K2: the output times the sigmoid of its gate, in float32
             out = (out * jax.nn.sigmoid(gate.astype(jnp.float32))).astype(out.dtype)
@@ -114,7 +120,7 @@ class SparseLatentAttention(LatentAttention):
         latent, q, _ = self.query_parts(x)
         q, k, _ = self.project_latent(x, latent, rot, q)
         keep = selected if self.indexer is None else self.select(x, positions, rot, kv)
-        return self.weights_of(q, k, positions, kv, self.spec._replace(keep=keep))
+        return self.weights_of(q, k, positions, kv, self.call_spec()._replace(keep=keep))
 
 
 class SparseLatentDecoderLayer(DecoderLayer):

@@ -56,6 +56,7 @@ RULES: dict[str, str | None] = {
     # The short conv's (LFM2) and Mamba2's channels, heads and states: whole on each device
     "recurrent": None,
     "norm": None,
+    "streams": None,  # hyper-connections' streams (HY V4)
     "cache_seq": None,
     # Expert stacks [X, ...] and their quantization scales: each ep group of devices holds (and
     # runs, models/experts.py MoE) X / ep experts. The router's scores over the experts are not

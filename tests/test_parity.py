@@ -1267,7 +1267,8 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
            "mamba": "layer_norm_epsilon", "falcon_mamba": "layer_norm_epsilon", "nemotron_h": "layer_norm_epsilon",
            "mamba2": "layer_norm_epsilon", "rwkv": "layer_norm_epsilon", "xlstm": "norm_eps",
            "modernbert-decoder": "norm_eps"}.get(kind, "rms_norm_eps")
-    fixed_eps = kind in ("olmo", "opt", "biogpt", "xglm", "dbrx")  # nn.LayerNorm's 1e-5, whatever the config says
+    # nn.LayerNorm's 1e-5, whatever the config says; Dory's unit norms' 1e-6 (DoryConfig has no epsilon)
+    fixed_eps = {"olmo": 1e-5, "opt": 1e-5, "biogpt": 1e-5, "xglm": 1e-5, "dbrx": 1e-5, "dory": 1e-6}.get(kind)
     # ALiBi families: BLOOM's has no length (jaxllm's 2,048 positions are its context alone), MPT's bias table max_seq_len;
     # their MLPs hard-wire the activation (BloomGelu's tanh form, MptMLP's exact GELU; LFM2's silu)
     # Mamba's, Mamba2's, RecurrentGemma's and xLSTM's: none (its positions bound nothing; jaxllm's MAMBA_POSITIONS bound its requests)
@@ -1281,7 +1282,7 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
         act_of = {"gelu": "gelu_new", "swish": "silu"}.get(hf.afn, hf.afn)
     if kind == "cohere2_moe":  # RMSNorms of rms_norm_eps where it is set, else LayerNorms of layer_norm_eps
         eps = "rms_norm_eps" if hf.rms_norm_eps is not None else "layer_norm_eps"
-    out = dict(max_position_embeddings=positions, norm_eps=1e-5 if fixed_eps else getattr(hf, eps),
+    out = dict(max_position_embeddings=positions, norm_eps=fixed_eps or getattr(hf, eps),
                tie_word_embeddings=hf.tie_word_embeddings, hidden_act=act_of)
     if kind == "gemma" and out["hidden_act"] == "gelu":  # GemmaMLP's legacy mapping
         out["hidden_act"] = "gelu_pytorch_tanh"
