@@ -1240,7 +1240,7 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     kind = arch.hf_model_type
     act = {"openai-gpt": "afn", "gpt_neo": "activation_function", "falcon": "activation", "gpt2": "activation_function", "gpt_bigcode": "activation_function", "gptj": "activation_function", "codegen": "activation_function",
            "opt": "activation_function", "xglm": "activation_function", "jetmoe": "activation_function", "gemma2": "hidden_activation", "vaultgemma": "hidden_activation", "gemma3_text": "hidden_activation",
-           "gemma4_text": "hidden_activation", "gemma3n_text": "hidden_activation", "nemotron_h": "mlp_hidden_act",
+           "gemma4_text": "hidden_activation", "gemma4_unified_text": "hidden_activation", "gemma3n_text": "hidden_activation", "nemotron_h": "mlp_hidden_act",
            "recurrent_gemma": "hidden_activation"}.get(kind, "hidden_act")
     eps = {"gpt_neo": "layer_norm_epsilon", "nemotron": "norm_eps", "falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "openai-gpt": "layer_norm_epsilon", "ctrl": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "codegen": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "gpt_neox_japanese": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps", "persimmon": "layer_norm_eps",
            "starcoder2": "norm_epsilon", "bloom": "layer_norm_epsilon", "mpt": "layer_norm_epsilon",
