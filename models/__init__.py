@@ -7,6 +7,7 @@ from jaxllm.models import (
     aria,
     axk1,
     axk2,
+    bailing_hybrid,
     bamba,
     biogpt,
     bitnet,
@@ -114,5 +115,6 @@ FAMILIES = (
     emu3, aria, gpt_neox_japanese, openai_gpt, ctrl, doge,
     rwkv, xlstm,
     zamba2, zamba,
+    bailing_hybrid,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

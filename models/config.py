@@ -310,6 +310,11 @@ class ModelConfig:
     linear_qkv_apart: bool = False
     linear_beta_scale: float = 1.0
     linear_norm_eps: float | None = None
+    # Kimi Delta Attention's forget and output gates full-rank (f_proj, g_proj: Bailing-Hybrid's, A_log one per head)
+    # rather than low-rank pairs; its decay bounded, lower * sigmoid(exp(A_log) (f + dt_bias)) (kda_safe_gate), where
+    # kda_lower_bound is set (None: Kimi's -exp(A_log) softplus(f + dt_bias))
+    kda_full_rank: bool = False
+    kda_lower_bound: float | None = None
     attn_output_gate: bool = False
     # MiniMax-Text-01's layer: residuals from the normed input, each branch's sum residual * alpha + output * beta:
     # (full attention's alpha, beta, lightning attention's alpha, beta, the MLP's alpha, beta); () elsewhere

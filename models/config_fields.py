@@ -185,6 +185,8 @@ CONFIG_FIELDS = {
     # keys (experts per token and in all, shared experts, groups, renormalisation, positions)
     "linear_attn_config": OBJECT, "linear_head_dim": COUNT, "linear_num_heads": HEADS, "num_experts_per_token": _given(COUNT),
     "num_expert_group": COUNT, "moe_renormalize": FLAG, "model_max_length": COUNT,
+    # Bailing-Hybrid's KDA conv, its layer groups (the last of each full attention) and bounded KDA forget gate
+    "short_conv_kernel_size": COUNT, "layer_group_size": COUNT, "kda_safe_gate": FLAG, "kda_lower_bound": Field(float),
     # LongCat-Flash's expert width and zero-computation experts, its router's bias, its query heads' width (its layers:
     # num_layers, each two of ours)
     "expert_ffn_hidden_size": COUNT, "zero_expert_num": INDEX, "router_bias": FLAG, "qk_head_dim": COUNT,

@@ -1122,6 +1122,13 @@ SPELLINGS = {
     # alone, the dense MLP under transformers' own name (mlp; it saves block_sparse_moe), which it reads as well
     "kimi-linear-hub-layout": ("KimiLinearForCausalLM", {}, _edit(("layer_types", "mlp_layer_types")),
                                _tensors(rename=lambda name: name.replace("layers.0.block_sparse_moe.", "layers.0.mlp."))),
+    # Bailing-Hybrid as the Hub's files spell it: no derived keys (layer and MLP types, the KDA heads' linear_* sizes: from
+    # head_dim, which the saved file holds as qk_rope_head_dim), low-rank queries, the unbounded forget gate, and a
+    # multi-token-prediction layer after the decoder's, unread
+    "bailing-hybrid-hub-layout": ("BailingHybridForCausalLM", dict(q_lora_rank=24, kda_safe_gate=False),
+                                  _edit(("layer_types", "mlp_layer_types", "linear_head_dim", "linear_num_heads",
+                                         "linear_conv_kernel_dim"), head_dim=16, num_nextn_predict_layers=1),
+                                  _tensors(add=lambda t: {"model.layers.3.attention.dense.weight": t["model.layers.1.attention.dense.weight"].clone()})),
     # LongCat-Flash under its config class's aliases, which win: num_hidden_layers (twice num_layers), intermediate_size
     "longcat-aliases": ("LongcatFlashForCausalLM", {}, lambda raw: raw.update(num_hidden_layers=2 * raw.pop("num_layers"),
                                                                            intermediate_size=raw.pop("ffn_hidden_size"))),
@@ -1391,10 +1398,11 @@ BUILT_NOT_RUN = {(arch, key) for arch in ("GraniteMoeForCausalLM", "GraniteMoeSh
                  for key in ("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling")}
 
 
-# A null context length DbrxConfig and KimiLinearConfig take (int | None) and leave unbounded (their positions need
+# A null context length DbrxConfig, KimiLinearConfig and BailingHybridConfig take (int | None) and leave unbounded (their positions need
 # none), RwkvConfig through its alias of context_length; jaxllm sizes its engine by it and refuses the null in one line.
 UNBOUNDED = ({("DbrxForCausalLM", key) for key in ("max_seq_len", "max_position_embeddings")}
-             | {("KimiLinearForCausalLM", "model_max_length"), ("RwkvForCausalLM", "max_position_embeddings")})
+             | {("KimiLinearForCausalLM", "model_max_length"), ("BailingHybridForCausalLM", "model_max_length"),
+                ("RwkvForCausalLM", "max_position_embeddings")})
 
 
 @pytest.mark.parametrize("arch", registry.names())

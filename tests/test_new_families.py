@@ -1,0 +1,41 @@
+"""Families added over the shared modules (their parity, cache and engine tests are the generic ones over their tiny
+configs): what their config.json may not say, refused in one line, and their tensors split over a tp mesh."""
+
+import json
+
+import numpy as np
+import pytest
+import reference
+
+import jaxllm
+from jaxllm.errors import ConfigError
+from jaxllm.models import registry
+
+TOKENS = np.random.default_rng(0).integers(0, 128, (2, 20))
+
+
+def _raw(arch: str, **change) -> dict:
+    spec = registry.get(arch)
+    return json.loads(json.dumps(dict(spec.tiny_config, model_type=spec.hf_model_type, **change)))
+
+
+@pytest.mark.parametrize("arch, change, key", [
+    ("BailingHybridForCausalLM", dict(layer_types=["linear_attention", "full_attention"]), "layer_types"),
+    ("BailingHybridForCausalLM", dict(layer_types=["linear_attention", "sliding_attention", "full_attention"]), "sliding_attention"),
+    ("BailingHybridForCausalLM", dict(num_key_value_heads=2), "num_key_value_heads"),
+    ("BailingHybridForCausalLM", dict(kda_lower_bound=None), "kda_lower_bound"),
+    ("BailingHybridForCausalLM", dict(layer_group_size=0), "layer_group_size"),
+])
+def test_what_transformers_cannot_run_is_refused_in_one_line(arch, change, key):
+    with pytest.raises(ConfigError, match=key) as err:
+        registry.get(arch).config(_raw(arch, **change))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("arch", ["BailingHybridForCausalLM"])
+def test_tensor_parallel_mesh_gives_the_same_logits(arch, tmp_path):
+    """Every new parameter names logical axes the sharding rules split (8 simulated devices, dp=4 x tp=2)."""
+    reference.build(arch, tmp_path)
+    want = jaxllm.load(tmp_path).logits(TOKENS)
+    got = jaxllm.load(tmp_path, mesh="dp=4,tp=2").logits(TOKENS)
+    assert reference.max_rel_diff(got, want) <= 1e-5
