@@ -26,7 +26,7 @@ from jaxllm.models.kimi_linear import _KDA_NAMES, TYPES, attribute_names
 from jaxllm.models.mla import LatentCausalLM, mla_weight_map
 from jaxllm.models.moe import moe_weight_map
 from jaxllm.models.qwen3_next import linear_specs
-from jaxllm.models.transforms import Copy, Linear
+from jaxllm.models.transforms import Linear
 from jaxllm.models.weights import WeightSpec
 
 # BailingHybridConfig's attribute_map: the key config.json holds (which wins), its alias and default -> DeepSeek's name
