@@ -25,6 +25,13 @@ def _raw(arch: str, **change) -> dict:
     ("BailingHybridForCausalLM", dict(num_key_value_heads=2), "num_key_value_heads"),
     ("BailingHybridForCausalLM", dict(kda_lower_bound=None), "kda_lower_bound"),
     ("BailingHybridForCausalLM", dict(layer_group_size=0), "layer_group_size"),
+    ("CohereCompassForCausalLM", dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0}), "rope_parameters"),
+    ("CohereCompassForCausalLM", dict(rope_scaling=None), "rope_scaling"),
+    ("CohereCompassForCausalLM", dict(layer_types=None, rope_parameters={"sliding_attention": {  # all full, no entry for them
+        "rope_type": "default", "rope_theta": 10000.0}}), "full_attention"),
+    ("CohereCompassForCausalLM", dict(rope_parameters={"sliding_attention": {
+        "rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0, "partial_rotary_factor": 0.5}, "full_attention": None}),
+     "partial_rotary_factor"),
 ])
 def test_what_transformers_cannot_run_is_refused_in_one_line(arch, change, key):
     with pytest.raises(ConfigError, match=key) as err:
@@ -32,7 +39,7 @@ def test_what_transformers_cannot_run_is_refused_in_one_line(arch, change, key):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("arch", ["BailingHybridForCausalLM"])
+@pytest.mark.parametrize("arch", ["BailingHybridForCausalLM", "CohereCompassForCausalLM"])
 def test_tensor_parallel_mesh_gives_the_same_logits(arch, tmp_path):
     """Every new parameter names logical axes the sharding rules split (8 simulated devices, dp=4 x tp=2)."""
     reference.build(arch, tmp_path)
