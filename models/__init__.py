@@ -68,6 +68,7 @@ from jaxllm.models import (
     minicpm3,
     minimax,
     minimax_m2,
+    minimax_m3,
     moe,
     mpt,
     nanochat,
@@ -115,6 +116,6 @@ FAMILIES = (
     emu3, aria, gpt_neox_japanese, openai_gpt, ctrl, doge,
     rwkv, xlstm,
     zamba2, zamba,
-    bailing_hybrid,
+    bailing_hybrid, minimax_m3,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -313,6 +313,9 @@ class ModelConfig:
     # Kimi Delta Attention's forget and output gates full-rank (f_proj, g_proj: Bailing-Hybrid's, A_log one per head)
     # rather than low-rank pairs; its decay bounded, lower * sigmoid(exp(A_log) (f + dt_bias)) (kda_safe_gate), where
     # kda_lower_bound is set (None: Kimi's -exp(A_log) softplus(f + dt_bias))
+    # The longest sequence this model computes as transformers does, where shorter than its positions (MiniMax-M3's
+    # block-sparse layers attend every earlier key while their top-k key blocks cover them all): context_length's bound
+    exact_positions: int | None = None
     kda_full_rank: bool = False
     kda_lower_bound: float | None = None
     attn_output_gate: bool = False
@@ -344,8 +347,8 @@ class ModelConfig:
         rope, n = self.rope, self.max_position_embeddings
         if rope.type in ("linear", "dynamic", "yarn") and rope.factor > 1:
             base = rope.original_max_position_embeddings if rope.type == "yarn" and rope.original_max_position_embeddings else n
-            return max(n, int(base * rope.factor))
-        return n
+            n = max(n, int(base * rope.factor))
+        return n if self.exact_positions is None else min(n, self.exact_positions)
 
     @property
     def output_vocab(self) -> int:

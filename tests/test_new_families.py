@@ -32,6 +32,9 @@ def _raw(arch: str, **change) -> dict:
     ("CohereCompassForCausalLM", dict(rope_parameters={"sliding_attention": {
         "rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0, "partial_rotary_factor": 0.5}, "full_attention": None}),
      "partial_rotary_factor"),
+    ("MiniMaxM3VLForCausalLM", dict(layer_types=["minimax_m3_sparse", "sliding_attention"]), "sliding_attention"),
+    ("MiniMaxM3VLForCausalLM", dict(index_n_heads=3), "index_n_heads"),
+    ("MiniMaxM3VLForCausalLM", dict(sparse_attention_config={"sparse_attention_freq": [1, 2]}), "sparse_attention_freq"),
 ])
 def test_what_transformers_cannot_run_is_refused_in_one_line(arch, change, key):
     with pytest.raises(ConfigError, match=key) as err:
@@ -39,10 +42,24 @@ def test_what_transformers_cannot_run_is_refused_in_one_line(arch, change, key):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("arch", ["BailingHybridForCausalLM", "CohereCompassForCausalLM"])
+@pytest.mark.parametrize("arch", ["BailingHybridForCausalLM", "CohereCompassForCausalLM", "MiniMaxM3VLForCausalLM"])
 def test_tensor_parallel_mesh_gives_the_same_logits(arch, tmp_path):
     """Every new parameter names logical axes the sharding rules split (8 simulated devices, dp=4 x tp=2)."""
     reference.build(arch, tmp_path)
     want = jaxllm.load(tmp_path).logits(TOKENS)
     got = jaxllm.load(tmp_path, mesh="dp=4,tp=2").logits(TOKENS)
     assert reference.max_rel_diff(got, want) <= 1e-5
+
+
+def test_minimax_m3_sparse_layers_serve_only_the_positions_they_compute_densely(tmp_path):
+    """MiniMax-M3's block-sparse layers are dense attention while their top-k blocks cover every earlier key (16 blocks of
+    8 keys in the tiny config): the model serves those 128 positions (its config's 256 bound nothing), a longer request is
+    refused in one line; without sparse layers it serves them all."""
+    reference.build("MiniMaxM3VLForCausalLM", tmp_path)
+    model = jaxllm.load(tmp_path)
+    assert (model.config.max_position_embeddings, model.config.context_length) == (256, 128)
+    with pytest.raises(jaxllm.errors.JaxllmError) as err:
+        model.generate(list(range(3, 120)), jaxllm.SamplingParams(max_new_tokens=20, ignore_eos=True))
+    assert "\n" not in str(err.value)
+    dense = registry.get("MiniMaxM3VLForCausalLM").config(_raw("MiniMaxM3VLForCausalLM", layer_types=None))
+    assert dense.context_length == 256

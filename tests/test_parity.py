@@ -1130,6 +1130,13 @@ SPELLINGS = {
                                   _edit(("layer_types", "mlp_layer_types", "linear_head_dim", "linear_num_heads",
                                          "linear_conv_kernel_dim"), head_dim=16, num_nextn_predict_layers=1),
                                   _tensors(add=lambda t: {"model.layers.3.attention.dense.weight": t["model.layers.1.attention.dense.weight"].clone()})),
+    # MiniMax-M3 under its legacy spellings: sparse_attention_config's layer pattern and indexer keys, moe_layer_freq, the
+    # experts' count under num_experts (its attribute_map alias, which wins)
+    "minimax-m3-legacy-keys": ("MiniMaxM3VLForCausalLM", {}, _edit(
+        ("layer_types", "mlp_layer_types", "index_n_heads", "index_head_dim", "index_block_size", "index_topk_blocks",
+         "num_local_experts"), num_experts=4, moe_layer_freq=[0, 1],
+        sparse_attention_config={"sparse_attention_freq": [1, 0], "sparse_num_index_heads": 2, "sparse_index_dim": 8,
+                                 "sparse_block_size": 8, "sparse_topk_blocks": 16})),
     # LongCat-Flash under its config class's aliases, which win: num_hidden_layers (twice num_layers), intermediate_size
     "longcat-aliases": ("LongcatFlashForCausalLM", {}, lambda raw: raw.update(num_hidden_layers=2 * raw.pop("num_layers"),
                                                                            intermediate_size=raw.pop("ffn_hidden_size"))),
