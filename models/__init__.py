@@ -49,6 +49,7 @@ from jaxllm.models import (
     granitemoe,
     granitemoehybrid,
     helium,
+    hrm,
     hunyuan,
     hy_v3,
     hyperclovax,
@@ -116,6 +117,6 @@ FAMILIES = (
     emu3, aria, gpt_neox_japanese, openai_gpt, ctrl, doge,
     rwkv, xlstm,
     zamba2, zamba,
-    bailing_hybrid, minimax_m3,
+    bailing_hybrid, minimax_m3, hrm,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -316,6 +316,9 @@ class ModelConfig:
     # The longest sequence this model computes as transformers does, where shorter than its positions (MiniMax-M3's
     # block-sparse layers attend every earlier key while their top-k key blocks cover them all): context_length's bound
     exact_positions: int | None = None
+    # HRM-Text (models/hrm.py): each stack's layers and the L stack's passes per cycle; 0 elsewhere
+    hrm_stack_layers: int = 0
+    hrm_l_cycles: int = 0
     kda_full_rank: bool = False
     kda_lower_bound: float | None = None
     attn_output_gate: bool = False

@@ -189,6 +189,10 @@ CONFIG_FIELDS = {
     # MiniMax-M3's dense and shared MLP widths, block-sparse layers' key blocks (and their legacy nested spellings)
     "dense_intermediate_size": COUNT, "index_block_size": COUNT, "index_topk_blocks": COUNT, "index_local_blocks": INDEX,
     "sparse_attention_config": OBJECT,
+    # HRM-Text's recurrence: H_cycles of L_cycles passes of its L stack then one of its H stack, num_layers_per_stack
+    # layers each (num_hidden_layers: every pass's layer, which its config class derives from the per-stack count)
+    "H_cycles": COUNT, "L_cycles": COUNT, "num_layers_per_stack": LAYERS, "embedding_scale": Field(float),
+    "prefix_lm": FLAG, "L_bp_cycles": Field(int, many="list"),
     "short_conv_kernel_size": COUNT, "layer_group_size": COUNT, "kda_safe_gate": FLAG, "kda_lower_bound": Field(float),
     # LongCat-Flash's expert width and zero-computation experts, its router's bias, its query heads' width (its layers:
     # num_layers, each two of ours)

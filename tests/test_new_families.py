@@ -35,6 +35,8 @@ def _raw(arch: str, **change) -> dict:
     ("MiniMaxM3VLForCausalLM", dict(layer_types=["minimax_m3_sparse", "sliding_attention"]), "sliding_attention"),
     ("MiniMaxM3VLForCausalLM", dict(index_n_heads=3), "index_n_heads"),
     ("MiniMaxM3VLForCausalLM", dict(sparse_attention_config={"sparse_attention_freq": [1, 2]}), "sparse_attention_freq"),
+    ("HrmTextForCausalLM", dict(num_layers_per_stack=2, num_hidden_layers=10), "num_layers_per_stack"),
+    ("HrmTextForCausalLM", dict(attention_bias=True), "attention_bias"),
 ])
 def test_what_transformers_cannot_run_is_refused_in_one_line(arch, change, key):
     with pytest.raises(ConfigError, match=key) as err:
@@ -42,7 +44,8 @@ def test_what_transformers_cannot_run_is_refused_in_one_line(arch, change, key):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("arch", ["BailingHybridForCausalLM", "CohereCompassForCausalLM", "MiniMaxM3VLForCausalLM"])
+@pytest.mark.parametrize("arch", ["BailingHybridForCausalLM", "CohereCompassForCausalLM", "MiniMaxM3VLForCausalLM",
+                                  "HrmTextForCausalLM"])
 def test_tensor_parallel_mesh_gives_the_same_logits(arch, tmp_path):
     """Every new parameter names logical axes the sharding rules split (8 simulated devices, dp=4 x tp=2)."""
     reference.build(arch, tmp_path)

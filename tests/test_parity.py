@@ -1137,6 +1137,10 @@ SPELLINGS = {
          "num_local_experts"), num_experts=4, moe_layer_freq=[0, 1],
         sparse_attention_config={"sparse_attention_freq": [1, 0], "sparse_num_index_heads": 2, "sparse_index_dim": 8,
                                  "sparse_block_size": 8, "sparse_topk_blocks": 16})),
+    # HRM-Text as its Hub file spells it: num_hidden_layers per stack (HrmTextConfig derives every pass's count), the
+    # embedding scale left to 1 / initializer_range
+    "hrm-text-per-stack-layers": ("HrmTextForCausalLM", {}, _edit(("num_layers_per_stack", "embedding_scale"), num_hidden_layers=2,
+                                                                  initializer_range=0.5)),
     # LongCat-Flash under its config class's aliases, which win: num_hidden_layers (twice num_layers), intermediate_size
     "longcat-aliases": ("LongcatFlashForCausalLM", {}, lambda raw: raw.update(num_hidden_layers=2 * raw.pop("num_layers"),
                                                                            intermediate_size=raw.pop("ffn_hidden_size"))),
