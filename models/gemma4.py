@@ -327,6 +327,17 @@ GEMMA4_UNIFIED_MULTIMODAL = Wrapper(name="Gemma4UnifiedForConditionalGeneration"
                                     text_model_type="gemma4_unified_text", other_modules=("embed_vision", "embed_audio"),
                                     top_level=dict(tie_word_embeddings=True))
 
+def _tiny_layers(types, partial: float) -> dict:
+    """Gemma 4's tiny layers: sliding ones of 16-wide heads (2 kv heads), full ones of 32 (1 kv head, values = keys,
+    proportional rope turning `partial` of each head); the last two layers share the kv of earlier ones (MLP twice as
+    wide); a soft cap on the logits."""
+    rope = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "proportional", "partial_rotary_factor": partial, "rope_theta": 100000.0}}
+    return dict(TINY, num_hidden_layers=len(types), head_dim=16, global_head_dim=32, num_global_key_value_heads=1, sliding_window=8,
+                layer_types=list(types), rope_parameters=rope, attention_k_eq_v=True, num_kv_shared_layers=2,
+                use_double_wide_mlp=True, final_logit_softcapping=5.0)
+
+
 ARCHITECTURES = (Architecture(
     name="Gemma4ForCausalLM", module=Gemma4ForCausalLM, weight_map=gemma4_weight_map, hf_model_type="gemma4_text",
     # keys Gemma 4's code never reads (its rope from rope_parameters alone, its pattern a constant 6, scale 1.0)
@@ -336,17 +347,10 @@ ARCHITECTURES = (Architecture(
     # Sliding layers of 16-wide heads (2 kv heads), full ones of 32 (1 kv head, values = keys, proportional
     # rope); the last two layers share the kv of layers 1 and 2 (MLP twice as wide); per-layer embeddings;
     # 4 experts (top 2) beside each MLP; a soft cap on the logits.
-    tiny_config=dict(TINY, num_hidden_layers=5, head_dim=16, global_head_dim=32, num_global_key_value_heads=1,
-                     sliding_window=8, layer_types=["sliding_attention", "sliding_attention", "full_attention",
-                                                    "sliding_attention", "full_attention"],
-                     rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-                                      "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25,
-                                                         "rope_theta": 100000.0}},
-                     attention_k_eq_v=True, num_kv_shared_layers=2, use_double_wide_mlp=True, hidden_size_per_layer_input=8,
-                     vocab_size_per_layer_input=128, enable_moe_block=True, num_experts=4, top_k_experts=2,
-                     moe_intermediate_size=32, final_logit_softcapping=5.0),
-),
-    Architecture(
+    tiny_config=dict(_tiny_layers(("sliding_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention"),
+                                  0.25), hidden_size_per_layer_input=8, vocab_size_per_layer_input=128, enable_moe_block=True,
+                     num_experts=4, top_k_experts=2, moe_intermediate_size=32),
+), Architecture(
     name="Gemma4UnifiedForCausalLM", module=Gemma4ForCausalLM, weight_map=gemma4_weight_map, hf_model_type="gemma4_unified_text",
     ignored_keys=_GEMMA4_IGNORED + _UNIFIED_UNREAD, ignore_for=shared_kv_tensors, config_defaults=unified_defaults,
     # Gemma4UnifiedTextConfig's field defaults where they differ from Gemma4TextConfig's
@@ -354,11 +358,5 @@ ARCHITECTURES = (Architecture(
                      max_position_embeddings=262_144),
     wrappers=(GEMMA4_UNIFIED_MULTIMODAL,), not_null=_GEMMA4_NOT_NULL,
     # Gemma 4's tiny layers (two head sizes, values as keys on the full layers, the last two sharing kv, double-wide MLPs)
-    tiny_config=dict(TINY, num_hidden_layers=5, head_dim=16, global_head_dim=32, num_global_key_value_heads=1,
-                     sliding_window=8, layer_types=["sliding_attention", "full_attention", "sliding_attention",
-                                                    "sliding_attention", "full_attention"],
-                     rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-                                      "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.5,
-                                                         "rope_theta": 100000.0}},
-                     attention_k_eq_v=True, num_kv_shared_layers=2, use_double_wide_mlp=True, final_logit_softcapping=5.0),
+    tiny_config=_tiny_layers(("sliding_attention", "full_attention", "sliding_attention", "sliding_attention", "full_attention"), 0.5),
 ),)
