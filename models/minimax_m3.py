@@ -12,6 +12,10 @@ sequence has no more blocks than that, every earlier key is selected and the lay
 is what jaxllm runs: such a model serves index_topk_blocks x index_block_size positions (ModelConfig.exact_positions,
 2,048 by default), its indexer's tensors unread. The selection itself (a per-kv-head key mask over pooled index keys)
 is not implemented.
+
+Read in transformers' own layout (fused gate_up_proj tensors, mlp.experts); the released multimodal checkpoints
+(MiniMaxM3SparseForConditionalGeneration: per-expert block_sparse_moe.experts.{j}.w1 / w3 / w2, unfused gate and up)
+are not read yet (docs/adding_a_model.md).
 """
 
 from jaxllm.errors import ConfigError
