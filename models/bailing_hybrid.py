@@ -22,7 +22,7 @@ from jaxllm.models.config_fields import known_layer_types
 from jaxllm.models.decoder import renamed
 from jaxllm.models.deepseek import EXPERTS, latent_attention, latent_head_dim, routed_experts, sigmoid_router
 from jaxllm.models.glm4_moe_lite import mlp_layer_types
-from jaxllm.models.kimi_linear import _KDA_NAMES, TYPES, attribute_names
+from jaxllm.models.kimi_linear import KDA_NAMES, TYPES, attribute_names
 from jaxllm.models.mla import LatentCausalLM, mla_weight_map
 from jaxllm.models.moe import moe_weight_map
 from jaxllm.models.qwen3_next import linear_specs
@@ -80,7 +80,7 @@ def bailing_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     specs = _experts(cfg)
     for i in range(cfg.num_layers):
         if cfg.layer_is_recurrent(i):
-            specs += renamed(linear_specs(cfg, i), _KDA_NAMES)
+            specs += renamed(linear_specs(cfg, i), KDA_NAMES)
         else:
             specs.append(WeightSpec(f"model.layers.{i}.self_attn.g_proj.weight", ("model", "layers", i, "self_attn", "gate_proj",
                                                                                    "kernel"), Linear()))

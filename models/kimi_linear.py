@@ -40,7 +40,7 @@ _ALIASES = {"num_experts": ("num_local_experts", 256, "n_routed_experts"),
             "moe_renormalize": ("norm_topk_prob", True, "norm_topk_prob"),
             "model_max_length": ("max_position_embeddings", 1048576, "max_position_embeddings")}
 # Kimi Delta Attention's tensors as its checkpoints name them (the shared mixer's in_proj_b, norm, out_proj)
-_KDA_NAMES = {"in_proj_b": "b_proj", "norm": "o_norm", "out_proj": "o_proj"}
+KDA_NAMES = {"in_proj_b": "b_proj", "norm": "o_norm", "out_proj": "o_proj"}
 
 
 def attribute_names(raw: dict, aliases: dict) -> dict:
@@ -104,7 +104,7 @@ def kimi_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     """DeepSeek-V3's map on the full layers, Kimi Delta Attention's on the others; the MLPs under block_sparse_moe."""
     specs = _experts(cfg)
     for i in filter(cfg.layer_is_recurrent, range(cfg.num_layers)):
-        specs += renamed(linear_specs(cfg, i), _KDA_NAMES)
+        specs += renamed(linear_specs(cfg, i), KDA_NAMES)
     return renamed(specs, {"mlp": "block_sparse_moe"})
 
 
