@@ -18,7 +18,6 @@ against the float32 product of the dequantized kernel.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -27,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(__file__))
-from quant_matvec_probe import LAYERS, SHAPES, product, timed, weights  # noqa: E402
+from quant_matvec_probe import LAYERS, one_row_shapes, product, timed  # noqa: E402
 
 from jaxllm.models import quant  # noqa: E402
 
@@ -70,16 +69,9 @@ def form(name):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser()
-    p.add_argument("--out")
-    args = p.parse_args(argv)
-    key = jax.random.PRNGKey(0)
+    args, cases = one_row_shapes(argv)
     results = []
-    for label, (n, k) in SHAPES.items():
-        x = jax.random.normal(jax.random.fold_in(key, 7), (1, k), jnp.float32).astype(jnp.bfloat16)
-        sets = {"bf16": weights(n, k, "bf16", None, key), "int8": weights(n, k, "int8", 128, key),
-                "int4": weights(n, k, "int4", 32, key)}
-        sets["int8"] = [(q, s, None) for q, s, _ in sets["int8"]]  # symmetric, as adopted
+    for label, n, k, x, sets in cases:
         q, s, o = sets["int4"][0]
         ref = x.astype(jnp.float32) @ quant.dequantize(q, s, o, jnp.float32).T
         for name, kind in (("bf16", "bf16"), ("grouped", "int8"), ("grouped", "int4"), ("nib", "int4"),

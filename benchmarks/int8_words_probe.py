@@ -19,7 +19,6 @@ schemes); each form checked against the float32 product of the dequantized kerne
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -29,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(__file__))
-from quant_matvec_probe import LAYERS, SHAPES, timed, weights, write_results  # noqa: E402
+from quant_matvec_probe import LAYERS, one_row_shapes, timed, write_results  # noqa: E402
 
 from jaxllm.models import quant  # noqa: E402
 
@@ -99,16 +98,9 @@ def form(name):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser()
-    p.add_argument("--out")
-    args = p.parse_args(argv)
-    key = jax.random.PRNGKey(0)
+    args, cases = one_row_shapes(argv)
     results = []
-    for label, (n, k) in SHAPES.items():
-        x = jax.random.normal(jax.random.fold_in(key, 7), (1, k), jnp.float32).astype(jnp.bfloat16)
-        sets = {"bf16": weights(n, k, "bf16", None, key),
-                "int8": [(q, s, None) for q, s, _ in weights(n, k, "int8", 128, key)],  # symmetric, as adopted
-                "int4": weights(n, k, "int4", 32, key)}
+    for label, n, k, x, sets in cases:
         cases = [("bf16", "bf16"), ("grouped", "int8"), ("words", "int8"), ("words-magic", "int8"),
                  ("grouped", "int4"), ("words", "int4")]
         if label == "gate/up":

@@ -104,6 +104,25 @@ def weights(n, k, kind, g, key):
     return out
 
 
+def one_row_shapes(argv):
+    """The one-row probes' command line (--out) and cases: (args, [(label, n, k, x, sets)]) with one row x [1, k]
+    and, per Llama-3-8B product shape [n, k], LAYERS kernels each of bf16, int8 symmetric in groups of 128 and int4
+    asymmetric in groups of 32 (the adopted schemes), made as the list is walked."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    key = jax.random.PRNGKey(0)
+
+    def cases():
+        for label, (n, k) in SHAPES.items():
+            x = jax.random.normal(jax.random.fold_in(key, 7), (1, k), jnp.float32).astype(jnp.bfloat16)
+            yield label, n, k, x, {"bf16": weights(n, k, "bf16", None, key),
+                                   "int8": [(q, s, None) for q, s, _ in weights(n, k, "int8", 128, key)],
+                                   "int4": weights(n, k, "int4", 32, key)}
+
+    return args, cases()
+
+
 def product(form):
     def one(x, w):
         if form == "bf16":

@@ -35,7 +35,7 @@ import jax
 import numpy as np
 
 from jaxllm import runtime, structured
-from jaxllm.errors import GenerationError, check_token_ids
+from jaxllm.errors import GenerationError, check_prompt_ids
 from jaxllm.models.attention import check_kv_dtype
 from jaxllm.models.config_fields import token_ids
 from jaxllm.sampling import STOP_TOKEN_IDS_MAX, SamplingParams, logprob_width, step_kind
@@ -204,7 +204,7 @@ class Engine:
             if beyond:
                 raise GenerationError(f"{name}={shown} is invalid: token {beyond[0]} is beyond the model's "
                                       f"{self.cfg.output_vocab:,} tokens: use ids below {self.cfg.output_vocab:,}")
-        ids = check_token_ids(req.prompt, self.cfg.vocab_size, "prompt", dims=(1,), allow_empty=False).tolist()
+        ids = check_prompt_ids(req.prompt, self.cfg, "prompt", dims=(1,), allow_empty=False).tolist()
         n = len(ids)
         total = n + req.params.max_new_tokens
         if total > self.cfg.context_length:  # first: raising max_len cannot help here
@@ -315,7 +315,7 @@ class Engine:
         cached, in the engine's kv_dtype. Models whose keys depend on the length (dynamic NTK,
         LongRoPE) take the tokens in one chunk. The pages come from the free pool (no
         prefix-cache hits) and go back at the end."""
-        ids = check_token_ids(tokens, self.cfg.vocab_size, "tokens", dims=(1,), allow_empty=False).tolist()
+        ids = check_prompt_ids(tokens, self.cfg, "tokens", dims=(1,), allow_empty=False).tolist()
         chunk = self.scheduler.max_chunk if chunk is None else chunk
         if not isinstance(chunk, (int, np.integer)) or isinstance(chunk, bool) or chunk < 1:
             raise GenerationError(f"score chunk={chunk!r} is invalid: use a whole number >= 1")

@@ -132,6 +132,18 @@ def check_token_ids(value, vocab_size: int, what: str = "token_ids", dims: tuple
     return array.astype(np.int32)
 
 
+def check_prompt_ids(value, cfg, what: str = "token_ids", dims: tuple[int, ...] | None = None, allow_empty: bool = True):
+    """check_token_ids against the model's vocabulary, and an InputError for an id of the rows past its text tokens
+    (cfg.text_vocab_size: Mllama's image tokens), which only an image gives meaning."""
+    array = check_token_ids(value, cfg.vocab_size, what, dims, allow_empty)
+    text = cfg.prompt_vocab
+    if text < cfg.vocab_size and array.size and array.max() >= text:
+        raise InputError(f"{what} holds {_first(array, array >= text)}, one of the model's image tokens (ids {text} to "
+                         f"{cfg.vocab_size - 1}, past its {text} text tokens), which only an image gives meaning: jaxllm serves "
+                         "text; remove it (a chat template's image placeholder)")
+    return array
+
+
 def _whole_objects(array: np.ndarray) -> np.ndarray | None:
     """An object array (a list mixing Python and numpy ints gives one, so does a pandas column)
     as int64 when it holds whole numbers only (no bools), else None."""

@@ -17,7 +17,7 @@ import numpy as np
 # the chat-template helpers and TextStream are importable from here too, where they lived before
 from jaxllm.chat_template import check_template_inputs, check_template_kwargs, encode, encode_messages, has_chat_template  # noqa: F401
 from jaxllm.engine import Engine, Request, context_error
-from jaxllm.errors import GenerationError, InputError, available_memory, check_token_ids, size_text
+from jaxllm.errors import GenerationError, InputError, available_memory, check_prompt_ids, size_text
 from jaxllm.models.attention import check_kv_dtype, kv_cache_bytes
 from jaxllm.sampling import SamplingParams
 from jaxllm.serving.memory import tp_split
@@ -77,7 +77,7 @@ def prepare(model, prompts, params: SamplingParams | dict | None, *, chat=None, 
                 raise GenerationError(f"prompt {i} is empty: it encodes to no tokens; give some text")
             ids.append(tokens)
         else:
-            tokens = check_token_ids(p, model.config.vocab_size, f"prompt {i}")
+            tokens = check_prompt_ids(p, model.config, f"prompt {i}")
             if tokens.ndim != 1:
                 raise GenerationError(f"prompt {i} must be a string or a flat list of token ids, got shape {list(tokens.shape)}")
             if not tokens.size:

@@ -60,7 +60,9 @@ def _size(n: float) -> str:
 
 
 def summary(cfg) -> str:
-    parts = [f"{cfg.num_layers} layers", f"hidden {cfg.hidden_size}",
+    layers = f"{cfg.num_layers} layers" + (f" (checkpoint layers {', '.join(map(str, cfg.checkpoint_layers))}; the others skipped "
+                                          "for text)" if cfg.checkpoint_layers else "")
+    parts = [layers, f"hidden {cfg.hidden_size}",
              f"heads {cfg.num_heads} (kv {cfg.num_kv_heads}, head_dim {cfg.head_dim})",
              f"mlp {cfg.intermediate_size} {cfg.hidden_act}", f"vocab {cfg.vocab_size}",
              f"max positions {cfg.max_position_embeddings}"]

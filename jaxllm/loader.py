@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 
 from jaxllm import checkpoint, converted, generation, gguf, research, sharding
-from jaxllm.errors import CheckpointError, ConfigError, InputError, check_token_ids
+from jaxllm.errors import CheckpointError, ConfigError, InputError, check_prompt_ids
 from jaxllm.load_quantized import quantization, read_gguf_blocks, table_schemes, uniform
 from jaxllm.models import experts, quant, registry, weights
 from jaxllm.models.architecture import Architecture
@@ -133,7 +133,7 @@ class LoadedModel:
         if isinstance(token_ids, jax.core.Tracer) or isinstance(attention_mask, jax.core.Tracer):
             raise InputError(f"model.{name} checks its token ids on the host, so it cannot be traced (jax.jit, vmap, grad): "
                              f"trace jaxllm.research.{name}(model.graphdef, model.params, tokens{', layer' if static else ''}) instead")
-        tokens = check_token_ids(token_ids, self.config.vocab_size)
+        tokens = check_prompt_ids(token_ids, self.config)
         if tokens.ndim not in (1, 2) or tokens.shape[-1] == 0:  # one sequence [seq]: results without the batch axis
             raise InputError(f"token_ids must be [batch, seq] or [seq] with seq >= 1, got shape {tuple(tokens.shape)}")
         mask = {}  # none passed without one: the same compiled call as research.jitted(name)(graphdef, params, ids)

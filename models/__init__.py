@@ -59,6 +59,7 @@ from jaxllm.models import (
     kimi_linear,
     kolibri1,
     laguna,
+    lara_mini,
     lfm2,
     llama,
     llama4,
@@ -70,6 +71,8 @@ from jaxllm.models import (
     minimax,
     minimax_m2,
     minimax_m3,
+    mllama,
+    modernbert_decoder,
     moe,
     mpt,
     nanochat,
@@ -97,6 +100,7 @@ from jaxllm.models import (
     youtu,
     zamba,
     zamba2,
+    zaya,
 )
 
 FAMILIES = (
@@ -117,6 +121,8 @@ FAMILIES = (
     emu3, aria, gpt_neox_japanese, openai_gpt, ctrl, doge,
     rwkv, xlstm,
     zamba2, zamba,
+    mllama, modernbert_decoder,
+    lara_mini, zaya,
     bailing_hybrid, minimax_m3, hrm,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -12,6 +12,7 @@ from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.config_fields import COUNT, check_fields
+from jaxllm.models.config_options import check_null_original
 from jaxllm.models.decoder import CausalLM, decoder_weight_map, renamed
 from jaxllm.models.weights import WeightSpec
 
@@ -30,10 +31,7 @@ def apertus_rope(raw: dict) -> dict:
     if not raw.get("rope_parameters") and not raw.get("rope_scaling"):
         raw = dict(raw, rope_parameters=dict(APERTUS_ROPE), rope_scaling=None, rope_theta=None)
     rope = raw.get("rope_scaling") or raw["rope_parameters"]
-    if "original_max_position_embeddings" in raw and raw["original_max_position_embeddings"] is None and \
-            rope.get("rope_type", rope.get("type")) in ("llama3", "yarn", "longrope"):
-        raise ConfigError("config.json 'original_max_position_embeddings' is null, which transformers' ApertusForCausalLM "
-                          "puts in place of its rope's own and cannot compute: give it a value, or leave the key out")
+    check_null_original(raw, "ApertusForCausalLM")
     if raw.get("rope_theta") is None and not rope.get("rope_theta"):
         return dict(raw, rope_theta=APERTUS_THETA)
     return raw

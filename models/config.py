@@ -132,7 +132,18 @@ class ModelConfig:
     # The output head's rows where fewer than vocab_size (Apertus 1.5's output_vocab_size: the head pruned to the text
     # tokens, ids 0..head_vocab_size - 1); the logits this wide, the ids past it embedded but never produced. None: vocab_size
     head_vocab_size: int | None = None
+    # The ids a prompt may hold where fewer than vocab_size: the embedding's rows past them are a multimodal model's image
+    # tokens (Mllama's 8 past its text vocabulary), which only an image gives meaning; jaxllm serves text and refuses them.
+    # None: vocab_size
+    text_vocab_size: int | None = None
+    # The checkpoint's index of each of our layers where they differ (Mllama: its self-attention layers, the cross-attention
+    # layers between them left out, as transformers skips them without image states); (): layer i is the checkpoint's i
+    checkpoint_layers: tuple[int, ...] = ()
     logit_scale: float = 1.0  # Cohere: the logits times logit_scale
+    # A prediction head before the output head, LayerNorm(act(dense(x))) of the final norm's class, its dense biased
+    # where prediction_head_bias (ModernBERT-decoder's lm_head: classifier_activation, classifier_bias); None: none
+    prediction_head_act: str | None = None
+    prediction_head_bias: bool = False
     # Mixture of experts (Mixtral, Qwen3-MoE): 0 experts means a dense MLP everywhere.
     num_experts: int = 0
     experts_per_token: int = 0
@@ -255,6 +266,11 @@ class ModelConfig:
     # Falcon-H1: every attention layer also runs a mixer of this recurrent kind beside its attention on the same normed
     # input, x + attn_out_scale * attn + mamba_out_scale * mixer; its cache (LayerCache, RecurrentState)
     parallel_mixer: str | None = None
+    # The recurrent kind (models/mixers.py) whose state every attention layer keeps beside its keys and values, for its
+    # own projections (Zaya's CCA: models/cca.py, its convolutions' kernels cca_kernels); the layer's cache the pair
+    attn_state: str | None = None
+    cca_kernels: tuple[int, int] = (0, 0)
+    router_hidden_size: int = 0  # Zaya's router: its MLP's width (models/zaya.py)
     # Zamba2 (models/zamba2.py): shared transformer blocks (num_mem_blocks) the attention layers invoke in turn, their
     # norms and projections one set of parameters (nnx shared references), each invocation's LoRA adapters of
     # adapter_rank its own: on the MLP's gate/up, and on the attention's q/k/v where attn_adapters; the attention reads
@@ -310,17 +326,18 @@ class ModelConfig:
     linear_qkv_apart: bool = False
     linear_beta_scale: float = 1.0
     linear_norm_eps: float | None = None
+    linear_norm_upcast: bool = False  # the gated norm's weight applied in float32 before the cast (LaraMini's)
     # Kimi Delta Attention's forget and output gates full-rank (f_proj, g_proj: Bailing-Hybrid's, A_log one per head)
     # rather than low-rank pairs; its decay bounded, lower * sigmoid(exp(A_log) (f + dt_bias)) (kda_safe_gate), where
     # kda_lower_bound is set (None: Kimi's -exp(A_log) softplus(f + dt_bias))
+    kda_full_rank: bool = False
+    kda_lower_bound: float | None = None
     # The longest sequence this model computes as transformers does, where shorter than its positions (MiniMax-M3's
     # block-sparse layers attend every earlier key while their top-k key blocks cover them all): context_length's bound
     exact_positions: int | None = None
     # HRM-Text (models/hrm.py): each stack's layers and the L stack's passes per cycle; 0 elsewhere
     hrm_stack_layers: int = 0
     hrm_l_cycles: int = 0
-    kda_full_rank: bool = False
-    kda_lower_bound: float | None = None
     attn_output_gate: bool = False
     # MiniMax-Text-01's layer: residuals from the normed input, each branch's sum residual * alpha + output * beta:
     # (full attention's alpha, beta, lightning attention's alpha, beta, the MLP's alpha, beta); () elsewhere
@@ -357,6 +374,11 @@ class ModelConfig:
     def output_vocab(self) -> int:
         """The logits' width: the output head's rows (head_vocab_size), else the vocabulary's."""
         return self.head_vocab_size or self.vocab_size
+
+    @property
+    def prompt_vocab(self) -> int:
+        """The ids a prompt may hold: text_vocab_size, else the vocabulary's."""
+        return self.text_vocab_size or self.vocab_size
 
     @property
     def rotary_dim(self) -> int:
@@ -437,8 +459,9 @@ class ModelConfig:
         return self.layer_mixer(layer) == "linear_attention"
 
     def layer_state_kind(self, layer: int) -> str | None:
-        """The recurrent kind whose state `layer` keeps: its mixer's, or an attention layer's parallel_mixer (Falcon-H1)."""
-        return self.layer_mixer(layer) or (self.parallel_mixer if self.layer_is_attention(layer) else None)
+        """The recurrent kind whose state `layer` keeps: its mixer's, or an attention layer's parallel_mixer (Falcon-H1) or
+        attn_state (Zaya)."""
+        return self.layer_mixer(layer) or ((self.parallel_mixer or self.attn_state) if self.layer_is_attention(layer) else None)
 
     @property
     def recurrent(self) -> bool:

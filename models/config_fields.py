@@ -161,6 +161,7 @@ CONFIG_FIELDS = {
     "num_shared_experts": INDEX, "shared_expert_combination_strategy": NAME, "expert_selection_fn": NAME,
     "prefix_dense_intermediate_size": COUNT, "prefix_dense_sliding_window_pattern": COUNT,
     "router_jitter_noise": _given(NON_NEGATIVE), "lm_head_bias": FLAG,  # PhiMoE's (null: MixtralConfig refuses it)
+    "router_hidden_size": COUNT, "cca_time0": COUNT, "cca_time1": COUNT,  # Zaya's router MLP and CCA convolutions' kernels
     # Cohere's logit scale (null: its forward fails: Cohere's not_null; MPT's null default) and q/k LayerNorm
     # (use_bias: StableLM's, ERNIE 4.5's above)
     "logit_scale": POSITIVE, "use_qk_norm": FLAG,
@@ -259,6 +260,13 @@ CONFIG_FIELDS = {
     "scale_embedding": FLAG,
     # DBRX's nested ffn_config (its fields: models/dbrx.py); its other spellings are MPT's, above
     "ffn_config": OBJECT,
+    # Mllama's cross-attention layers (skipped for text: models/mllama.py; an entry outside the layers names none)
+    "cross_attention_layers": Field(int, many="list"),
+    # ModernBERT-decoder's (modernbert_decoder.py): its window (local_attention // 2 tokens), layer pattern and rope bases
+    # per layer type, its norms' and heads' biases, its prediction head's activation
+    "local_attention": INDEX, "global_attn_every_n_layers": _given(COUNT), "global_rope_theta": _given(POSITIVE),
+    "local_rope_theta": _given(POSITIVE), "norm_bias": FLAG, "decoder_bias": FLAG, "classifier_bias": FLAG,
+    "classifier_activation": NAME,
 }
 # quantization_config methods whose checkpoints jaxllm reads (dequantized as they load) for the
 # families (model_type) that ship them: gpt-oss's MXFP4 experts (mxfp4.mxfp4_names).

@@ -196,6 +196,27 @@ def parse_rope(raw: dict, layer_type: str = "full_attention") -> RopeConfig:
     )
 
 
+def check_null_original(raw: dict, name: str) -> None:
+    """A ConfigError where a null top-level original_max_position_embeddings would take the place of a scaled rope's own
+    (llama3, yarn, longrope), as transformers' rope standardisation puts it there and then cannot compute (Apertus, Mllama)."""
+    rope = raw.get("rope_scaling") or raw.get("rope_parameters") or {}
+    if "original_max_position_embeddings" in raw and raw["original_max_position_embeddings"] is None and \
+            rope.get("rope_type", rope.get("type")) in ("llama3", "yarn", "longrope"):
+        raise ConfigError(f"config.json 'original_max_position_embeddings' is null, which transformers' {name} puts in "
+                          "place of its rope's own and cannot compute: give it a value, or leave the key out")
+
+
+def without_head_dim(raw: dict, name: str) -> dict:
+    """config.json without its head_dim, for a family whose attention takes hidden_size / heads per head whatever
+    head_dim says while its rope takes head_dim (Mllama, ModernBERT-decoder): a head_dim of another width, which
+    transformers then fails to run, refused in one line."""
+    dim, hidden, heads = raw.get("head_dim"), raw.get("hidden_size"), raw.get("num_attention_heads")
+    if dim is not None and hidden and heads and dim * heads != hidden:
+        raise ConfigError(f"config.json head_dim {dim} is not hidden_size / num_attention_heads ({hidden} / {heads}), which "
+                          f"{name}'s attention takes (its rope would take head_dim: transformers fails): remove head_dim")
+    return {k: v for k, v in raw.items() if k != "head_dim"}
+
+
 def rotary_fraction(dims: int, head: int) -> float:
     """The partial_rotary_factor that rotates `dims` of a head of `head` values: half a dim above
     dims / head, so that int(head x factor) gives dims back through float rounding (GPT-J's

@@ -79,7 +79,7 @@ class DecoderLayer(nnx.Module):
         return self.self_attn(h, positions, rot, cache, kv)
 
     def __call__(self, x, positions, rot, cache, kv=UNCACHED):
-        h = self.input_layernorm(x)
+        h = x if self.input_layernorm is None else self.input_layernorm(x)  # None: a subclass's layer without it (ModernBERT's first)
         if not self.mixes:
             return x + self.mlp(h), cache
         attn, cache = self.mix(h, positions, rot, cache, kv)
@@ -320,6 +320,17 @@ def dense(hf: str, path: tuple, transform=Linear(), bias: bool = True) -> list[W
     `bias`, `hf`.bias into its bias (a flat one into [heads, head_dim] where ours is that)."""
     specs = [WeightSpec(f"{hf}.weight", path + ("kernel",), transform)]
     return specs + [WeightSpec(f"{hf}.bias", path + ("bias",), Copy(flatten=True))] if bias else specs
+
+
+def fused_rows(hf_name: str, parts: list[tuple]) -> list[WeightSpec]:
+    """The specs of one checkpoint tensor whose rows are several parameters' one after another (`parts`: (our path,
+    its rows in the tensor, the transform reading them), in order): each through `Part` of those rows (LaraMini's
+    in_proj, rows q | k | v | z | b | a: the first `ByHead`, the others `Linear`)."""
+    total, offset, specs = sum(rows for _, rows, _ in parts), 0, []
+    for path, rows, inner in parts:
+        specs.append(WeightSpec(hf_name, path, Part(offset, total, inner)))
+        offset += rows
+    return specs
 
 
 def renamed(specs: list[WeightSpec], names: dict) -> list[WeightSpec]:

@@ -191,7 +191,7 @@ class GatedDeltaNet(RecurrentMixer):
         self.dt_bias = param((hv,), ("linear_v_heads",), dtype)
         self.A_log = param((hv,), ("linear_v_heads",), dtype)
         eps = cfg.norm_eps if cfg.linear_norm_eps is None else cfg.linear_norm_eps
-        self.norm = GatedRMSNorm(dv, eps, dtype=dtype, rngs=dense["rngs"])
+        self.norm = GatedRMSNorm(dv, eps, dtype=dtype, rngs=dense["rngs"], upcast_scale=cfg.linear_norm_upcast)
 
     def decay(self, x):
         """Each token's log decay g <= 0 [B, T, value heads], float32: -exp(A_log) softplus(in_proj_a(x) + dt_bias)."""

@@ -3,6 +3,7 @@ engine and its memory sizing ask of a model's recurrent layers without knowing t
 
 from __future__ import annotations
 
+from jaxllm.models.cca import CcaProjection
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.lightning_attention import LightningAttention
 from jaxllm.models.linear_attention import GatedDeltaNet, KimiDeltaAttention
@@ -18,7 +19,8 @@ from jaxllm.models.wkv import RwkvTimeMix
 MIXERS: dict[str, type[RecurrentMixer]] = {"linear_attention": GatedDeltaNet, "conv": ShortConv, "mamba": Mamba2,
                                             "mamba1": Mamba, "mamba1_heads": MultiHeadMamba, "lightning_attention": LightningAttention,
                                             "kimi_delta_attention": KimiDeltaAttention, "rg_lru": RgLru,
-                                            "rwkv": RwkvTimeMix, "mlstm": MLstm}
+                                            "rwkv": RwkvTimeMix, "mlstm": MLstm,
+                                            "cca": CcaProjection}  # an attention layer's own state (ModelConfig.attn_state)
 
 
 def mixer_cls(cfg: ModelConfig, layer: int) -> type[RecurrentMixer] | None:

@@ -17,14 +17,15 @@ from jaxllm.models.weights import WeightSpec, split_experts
 
 
 def moe_weight_map(block: str, names: dict, base=decoder_weight_map, router: str = "gate.weight", shared: str = "shared_expert",
-                   score_bias: tuple = ("gate.e_score_correction_bias", Copy())):
+                   score_bias: tuple = ("gate.e_score_correction_bias", Copy()), fused: bool = False):
     """A weight map for MoE checkpoints whose layer i keeps its router at `{block}.{router}`
     (HunYuan: gate.wg.weight), expert j's matrices at `{block}.experts.{j}.{names[ours]}`, the rest as
     `base` names them; a shared expert at `{block}.{shared}.*_proj` (Qwen2-MoE's shared_expert, with
     its gate shared_expert_gate; ERNIE's shared_experts, HunYuan's shared_mlp, ungated; their biases
     where mlp_bias) and the router's score bias (DeepSeek-V3's, ERNIE 4.5 MoE's e_score_correction_bias)
     at `{block}.{score_bias[0]}`, read by its transform (ERNIE: moe_statics.e_score_correction_bias,
-    [1, X]: Copy(lead=1))."""
+    [1, X]: Copy(lead=1)); `fused`: the experts as transformers 5 holds them, `{block}.experts.gate_up_proj` and
+    `{block}.experts.down_proj` (fused_expert_specs: LaraMini's checkpoints)."""
 
     def weight_map(cfg: ModelConfig) -> list[WeightSpec]:
         specs = []
@@ -41,7 +42,9 @@ def moe_weight_map(block: str, names: dict, base=decoder_weight_map, router: str
             specs.append(WeightSpec(hf + router, ours + ("gate", "kernel"), Linear()))
             if cfg.router_score_bias:
                 specs.append(WeightSpec(hf + score_bias[0], ours + ("e_score_correction_bias",), score_bias[1]))
-            for name, theirs in names.items():
+            if fused:
+                specs += fused_expert_specs(hf + "experts.gate_up_proj", hf + "experts.down_proj", ours, cfg.moe_intermediate_size)
+            for name, theirs in () if fused else names.items():
                 experts = tuple(f"{hf}experts.{j}.{theirs}.weight" for j in range(cfg.num_experts))
                 specs.append(WeightSpec(experts, ours + (name,), Stack(Transpose(1))))
             if cfg.shared_expert_intermediate_size:

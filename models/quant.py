@@ -200,23 +200,18 @@ def grouped_product(x, kernel, scale, offset, n_in: int):
       then the [rows, out, G] partial sums scaled and summed (the fused form's long rows ran at
       1.95 TB/s on an H200 where this one ran at 3.0).
 
-    An int4 kernel with more outputs than inputs (gate/up) is read as 32-bit words, eight values to
-    a word taken out by shifts (`_int4_words`): XLA's reduction otherwise loads it a byte at a time.
-
     Offsets add the groups' input sums times the offsets. Sums in float32, the result in x's dtype
-    (docs/benchmarks.md, session 12: the H200 profile of each form; session 30: the words)."""
+    (docs/benchmarks.md, session 12: the H200 profile of each form; session 30: the kernel read as 32-bit words won
+    in isolation for int4 gate/up, not in the model)."""
     n_out = kernel.ndim - n_in
     out_shape, groups = kernel.shape[:n_out], scale.shape[-1]
     n, k = math.prod(out_shape), math.prod(kernel.shape[n_out:])
     lead = x.shape[: x.ndim - n_in]
     xs = x.reshape((-1, groups, k // groups))  # [R, G, g]
+    q = kernel.reshape((n, groups, -1))  # [O, G, g]
     s = scale.reshape((n, groups)).astype(jnp.float32)
     xf = xs.astype(jnp.float32)
     off = None if offset is None else jnp.sum(xf, axis=-1)[:, None, :] * offset.reshape((n, groups)).astype(jnp.float32)
-    if kernel.dtype == jnp.int4 and n > k and (k // groups) % 8 == 0:
-        y = _int4_words(xf, kernel.reshape((n, k)), s)
-        return (y if off is None else y + jnp.sum(off, axis=-1)).astype(x.dtype).reshape(lead + out_shape)
-    q = kernel.reshape((n, groups, -1))  # [O, G, g]
     if n >= k:
         y = jnp.sum(xf[:, None] * (q.astype(jnp.float32) * s[:, :, None])[None], axis=(2, 3))
         y = y if off is None else y + jnp.sum(off, axis=-1)
@@ -224,21 +219,6 @@ def grouped_product(x, kernel, scale, offset, n_in: int):
         terms = jnp.einsum("rGk,oGk->roG", xs, q.astype(x.dtype), preferred_element_type=jnp.float32) * s
         y = jnp.sum(terms if off is None else terms + off, axis=-1)  # one reduction over the groups
     return y.astype(x.dtype).reshape(lead + out_shape)
-
-
-def _int4_words(xf, kernel, s):
-    """The folded one-row product of an int4 kernel [n, k] read as int32 words [n, k / 8]: XLA
-    packs element 2j in byte j's low nibble, so value i of word j is input 8j + i, sign-extended
-    by (w << 28 - 4i) >> 28. xf [R, G, g] float32, s [n, G] float32; returns [R, n] float32.
-    On an H200 (Llama-3-8B gate/up, one row, benchmarks/int8_words_probe.py) 26.6-27.3 us a product
-    against 33.3 byte by byte; for down, q/o and k/v, and for int8 kernels, the words lost."""
-    n, k = kernel.shape
-    groups = s.shape[1]
-    b = jax.lax.bitcast_convert_type(kernel.reshape(n, k // 2, 2), jnp.uint8)
-    w = jax.lax.bitcast_convert_type(b.reshape(n, k // 8, 4), jnp.int32).reshape(n, groups, -1)  # [n, G, g / 8]
-    x8 = xf.reshape(xf.shape[0], groups, -1, 8)  # [R, G, g / 8, 8]
-    return sum(jnp.sum(x8[:, None, :, :, i] * (((w << (28 - 4 * i)) >> 28).astype(jnp.float32) * s[:, :, None])[None],
-                       axis=(2, 3)) for i in range(8))
 
 
 def group_axis(axes: tuple, first_in: int, groups: int):

@@ -27,7 +27,7 @@ from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW_SWITCH, RMS_NOT_NULL, Architecture, Wrapper
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.config_fields import known_layer_types
-from jaxllm.models.decoder import CausalLM, decoder_weight_map, dense
+from jaxllm.models.decoder import CausalLM, decoder_weight_map, dense, fused_rows
 from jaxllm.models.mixers import mixer_cls
 from jaxllm.models.moe import dense_layers, moe_weight_map
 from jaxllm.models.transforms import ByHead, Concatenated, Copy, Linear, Regrouped
@@ -78,10 +78,12 @@ def _moe_width(raw: dict) -> dict:
     return dict(raw, intermediate_size=raw["moe_intermediate_size"])
 
 
-def linear_specs(cfg: ModelConfig, layer: int, fused: bool = False) -> list[WeightSpec]:
-    """A linear-attention layer's tensors: Qwen3.5's apart, or Qwen3-Next's fused per key head (`fused`);
-    q_proj, k_proj and v_proj where the layer projects them apart (cfg.linear_qkv_apart: OLMo Hybrid); Kimi Delta
-    Attention's low-rank forget and output gates in place of in_proj_a and in_proj_z."""
+def linear_specs(cfg: ModelConfig, layer: int, layout: str = "apart") -> list[WeightSpec]:
+    """A linear-attention layer's tensors, its input projections by `layout`: Qwen3.5's apart ("apart"), Qwen3-Next's
+    fused per key head ("per_key_head": in_proj_qkvz, in_proj_ba) or LaraMini's one tensor ("rows": in_proj, the four
+    one after another, each a `Part` of it); q_proj, k_proj and v_proj where the layer projects them apart
+    (cfg.linear_qkv_apart: OLMo Hybrid); Kimi Delta Attention's low-rank forget and output gates in place of
+    in_proj_a and in_proj_z."""
     attr = mixer_cls(cfg, layer).attr  # linear_attn; Kimi's self_attn
     hf, ours = f"model.layers.{layer}.{attr}.", ("model", "layers", layer, attr)
     kda = cfg.layer_mixer(layer) == "kimi_delta_attention"  # its decay per channel [H * Dk], A_log [1, 1, H, 1]
@@ -98,7 +100,12 @@ def linear_specs(cfg: ModelConfig, layer: int, fused: bool = False) -> list[Weig
              WeightSpec(hf + "A_log", ours + ("A_log",), Copy(flatten=True) if cfg.kda_full_rank else Copy(lead=2 if kda else 0)),
              WeightSpec(hf + "norm.weight", ours + ("norm", "weight"))]
     specs += dense(hf + "out_proj", ours + ("out_proj",), Linear(2), bias=False)
-    if not fused:
+    if layout == "rows":  # q | k | v (each piece's heads together, as in_proj_qkv's), z, b, a
+        hv = cfg.linear_value_heads
+        widths = (2 * hk * dk + hv * dv, hv * dv, hv, hv)
+        return specs + fused_rows(hf + "in_proj.weight", [(ours + (name, "kernel"), rows, inner) for name, rows, inner in zip(
+            ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a"), widths, (qkv, Linear(), Linear(), Linear()))])
+    if layout == "apart":
         for name in ("q_proj", "k_proj", "v_proj") if cfg.linear_qkv_apart else ():
             specs += dense(hf + name, ours + (name,), bias=False)
         if not cfg.linear_qkv_apart:
@@ -116,16 +123,17 @@ def linear_specs(cfg: ModelConfig, layer: int, fused: bool = False) -> list[Weig
     ]
 
 
-def hybrid_weight_map(fused: bool, base=decoder_weight_map):
-    """`base`'s map (no attention tensors on the linear layers), theirs added; each full layer's
-    q_proj read as its query rows and its gate rows (per head: query, then gate)."""
+def hybrid_weight_map(layout: str, base=decoder_weight_map):
+    """`base`'s map (no attention tensors on the linear layers), theirs added (linear_specs' `layout`); where the
+    attention has an output gate, each attention layer's q_proj read as its query rows and its gate rows (per head:
+    query, then gate)."""
 
     def weight_map(cfg: ModelConfig) -> list[WeightSpec]:
         specs, h, d = [], cfg.num_heads, cfg.head_dim
         for spec in base(cfg):
             parts = spec.hf_names[0].split(".")
             if len(parts) > 4 and parts[1] == "layers" and parts[3] == "self_attn":
-                if parts[4] == "q_proj":
+                if parts[4] == "q_proj" and cfg.attn_output_gate:
                     inner = Linear() if parts[5] == "weight" else Copy(flatten=True)
                     path = spec.path[:-2]
                     specs += [WeightSpec(spec.hf_name, path + ("q_proj", spec.path[-1]), Regrouped(h, (d, d), (0,), inner)),
@@ -134,13 +142,13 @@ def hybrid_weight_map(fused: bool, base=decoder_weight_map):
             specs.append(spec)
         for i in range(cfg.num_layers):
             if cfg.layer_is_linear(i):
-                specs += linear_specs(cfg, i, fused)
+                specs += linear_specs(cfg, i, layout)
         return specs
 
     return weight_map
 
 
-_HYBRID_NOT_NULL = RMS_NOT_NULL + ("num_key_value_heads", "head_dim", "attention_bias", "linear_conv_kernel_dim",
+HYBRID_NOT_NULL = RMS_NOT_NULL + ("num_key_value_heads", "head_dim", "attention_bias", "linear_conv_kernel_dim",
                                    "linear_key_head_dim", "linear_value_head_dim", "linear_num_key_heads", "linear_num_value_heads")
 # Qwen3NextConfig's field defaults (Qwen3-Next-80B-A3B's shapes); Qwen3_5TextConfig's differ where given below
 _NEXT_DEFAULTS = dict(vocab_size=151936, hidden_size=2048, intermediate_size=5632, num_hidden_layers=48, num_attention_heads=16,
@@ -165,30 +173,30 @@ _QWEN3_5_MOE_DEFAULTS = dict({k: v for k, v in _NEXT_DEFAULTS.items() if k != "i
 QWEN3_5_MOE_MULTIMODAL = Wrapper(name="Qwen3_5MoeForConditionalGeneration", model_type="qwen3_5_moe",
                                  text_model_type="qwen3_5_moe_text", other_modules=("visual",),
                                  top_level=dict(tie_word_embeddings=False))
-_ROUTED = {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"}
-_ROUTED_NOT_NULL = ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "shared_expert_intermediate_size")
+ROUTED = {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"}
+ROUTED_NOT_NULL = ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "shared_expert_intermediate_size")
 
 ARCHITECTURES = (Architecture(
-    name="Qwen3_5ForCausalLM", module=CausalLM, weight_map=hybrid_weight_map(fused=False), hf_model_type="qwen3_5_text",
-    config_defaults=hybrid_defaults, hf_defaults=_QWEN3_5_DEFAULTS, partial_rotary=True, not_null=_HYBRID_NOT_NULL,
+    name="Qwen3_5ForCausalLM", module=CausalLM, weight_map=hybrid_weight_map("apart"), hf_model_type="qwen3_5_text",
+    config_defaults=hybrid_defaults, hf_defaults=_QWEN3_5_DEFAULTS, partial_rotary=True, not_null=HYBRID_NOT_NULL,
     ignored_keys=("sliding_window",) + NO_WINDOW_SWITCH, ignore=(r".*rotary_emb\.inv_freq$", r"^mtp\."),
     wrappers=(QWEN3_5_MULTIMODAL,),
     # linear, full, linear, full; two value heads per key head
     tiny_config=_TINY,
 ), Architecture(
     name="Qwen3NextForCausalLM", module=CausalLM, hf_model_type="qwen3_next", config_defaults=qwen3_next_defaults,
-    weight_map=moe_weight_map("mlp", _ROUTED, base=hybrid_weight_map(fused=True)),
+    weight_map=moe_weight_map("mlp", ROUTED, base=hybrid_weight_map("per_key_head")),
     hf_defaults=dict(_NEXT_DEFAULTS, num_experts=512, num_experts_per_tok=10, moe_intermediate_size=512,
                      shared_expert_intermediate_size=512, norm_topk_prob=True, decoder_sparse_step=1),
     partial_rotary=True, ignored_keys=("sliding_window",) + NO_WINDOW_SWITCH, ignore=(r".*rotary_emb\.inv_freq$", r"^mtp\."),
-    not_null=_HYBRID_NOT_NULL + _ROUTED_NOT_NULL + ("norm_topk_prob", "decoder_sparse_step"),
+    not_null=HYBRID_NOT_NULL + ROUTED_NOT_NULL + ("norm_topk_prob", "decoder_sparse_step"),
     # layer 1 dense (mlp_only_layers), the others routed with the gated shared expert
     tiny_config=dict(_TINY, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48,
                      norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[1]),
 ), Architecture(
     name="Qwen3_5MoeForCausalLM", module=CausalLM, hf_model_type="qwen3_5_moe_text", config_defaults=qwen3_5_moe_defaults,
-    weight_map=moe_weight_map("mlp", _ROUTED, base=hybrid_weight_map(fused=False)), hf_defaults=_QWEN3_5_MOE_DEFAULTS,
-    common_names=_moe_width, partial_rotary=True, not_null=_HYBRID_NOT_NULL + _ROUTED_NOT_NULL,
+    weight_map=moe_weight_map("mlp", ROUTED, base=hybrid_weight_map("apart")), hf_defaults=_QWEN3_5_MOE_DEFAULTS,
+    common_names=_moe_width, partial_rotary=True, not_null=HYBRID_NOT_NULL + ROUTED_NOT_NULL,
     # keys Qwen3_5MoeTextConfig dropped from Qwen3NextConfig, which its modeling never reads
     ignored_keys=("sliding_window", "intermediate_size", "norm_topk_prob", "decoder_sparse_step", "mlp_only_layers")
     + NO_WINDOW_SWITCH, ignore=(r".*rotary_emb\.inv_freq$", r"^mtp\."), wrappers=(QWEN3_5_MOE_MULTIMODAL,),

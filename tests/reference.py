@@ -11,8 +11,10 @@ import transformers
 from jaxllm.models import registry
 
 # transformers' Emu3ForCausalLM saves model_type "emu3_text_model", whose config class its AutoModelForCausalLM does not
-# map (it maps Emu3Config, the multimodal one): the tests build and reload such checkpoints through the auto class
+# map (it maps Emu3Config, the multimodal one): the tests build and reload such checkpoints through the auto class;
+# so does MllamaForCausalLM's "mllama_text_model" (it maps MllamaConfig)
 transformers.AutoModelForCausalLM.register(transformers.Emu3TextConfig, transformers.Emu3ForCausalLM, exist_ok=True)
+transformers.AutoModelForCausalLM.register(transformers.MllamaTextConfig, transformers.MllamaForCausalLM, exist_ok=True)
 
 
 def hf_config(arch_name: str, **overrides):

@@ -178,7 +178,17 @@ DOGE = dict(model_type="doge", vocab_size=32, hidden_size=16, intermediate_size=
           moe_topk=[2]), r"moe_topk is a list, which AriaTextConfig refuses"),
     (dict(DOGE, is_moe=True), r"is_moe is true: Doge's cross-domain MoE"),
     (dict(DOGE, keep_window_size=512), r"keep_window_size=512 is below max_position_embeddings=2048"),
-], ids=["openai-gpt-activation", "aria-topk-per-layer", "doge-moe", "doge-key-selection"])
+    (dict(model_type="lara_mini", num_hidden_layers=2, layer_types=["linear_attention", "hybrid"]),
+     r"layer type 'hybrid' is not one LaraMini layers run \(transformers has no attention mask for it\): use linear_attention"),
+    (dict(model_type="lara_mini", num_hidden_layers=2, linear_num_key_heads=3),
+     r"linear_num_value_heads=16 is not a multiple of linear_num_key_heads=3"),
+    (dict(model_type="zaya", num_hidden_layers=1, num_experts_per_tok=2), r"num_experts_per_tok=2, but Zaya routes each token "
+     r"to one expert \(ZayaConfig refuses others\): set it to 1"),
+    (dict(model_type="zaya", num_hidden_layers=1, layer_types=["sliding_attention"]), r"layer type 'sliding_attention' is not "
+     r"one Zaya layers run .*: use hybrid or hybrid_sliding"),
+    (dict(model_type="zaya", num_hidden_layers=1, num_key_value_heads=1, head_dim=9), r"num_key_value_heads x head_dim = 9 is odd"),
+], ids=["openai-gpt-activation", "aria-topk-per-layer", "doge-moe", "doge-key-selection", "lara-mini-layer-type",
+        "lara-mini-linear-heads", "zaya-top-k", "zaya-layer-type", "zaya-odd-values"])
 def test_values_transformers_refuses_for_these_families_are_refused(raw, message):
     with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
         loader.plan(raw)
@@ -204,4 +214,28 @@ def test_zamba_models_transformers_cannot_run_are_refused(change, message):
     """Zamba2 and Zamba configs transformers builds but cannot run (or reads two ways), each refused in one line."""
     with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
         loader.plan(dict(ZAMBA2, **change))
+    assert "\n" not in str(info.value)
+
+
+MLLAMA = dict(model_type="mllama_text_model", vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, cross_attention_layers=[1])
+MODERNBERT = dict(model_type="modernbert-decoder", vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=3,
+                  num_attention_heads=4)
+
+
+@pytest.mark.parametrize("raw, message", [
+    (dict(MLLAMA, cross_attention_layers=[0, 1]), r"cross_attention_layers names every one of the 2 layers"),
+    (dict(MLLAMA, cross_attention_layers=7), r"'cross_attention_layers' must be a list of integers"),
+    (dict(MLLAMA, head_dim=8), r"head_dim 8 is not hidden_size / num_attention_heads \(16 / 4\)"),
+    (dict(MODERNBERT, head_dim=8), r"head_dim 8 is not hidden_size / num_attention_heads \(16 / 4\)"),
+    (dict(MODERNBERT, local_attention=1), r"local_attention=1 leaves the sliding_attention layers a window of no token"),
+    (dict(MODERNBERT, layer_types=["full_attention", "chunked_attention", "full_attention"]),
+     r"layer type 'chunked_attention' is not one ModernBERT-decoder runs"),
+    (dict(MODERNBERT, rope_parameters={"rope_type": "default", "rope_theta": 5.0}), r"rope_parameters must hold one entry per layer type"),
+    (dict(MODERNBERT, classifier_activation="nope"), r"classifier_activation 'nope' is not supported"),
+], ids=["mllama-no-self-layer", "mllama-cross-not-list", "mllama-head-dim", "modernbert-head-dim", "modernbert-no-window",
+        "modernbert-chunked", "modernbert-flat-rope", "modernbert-head-act"])
+def test_mllama_and_modernbert_configs_transformers_cannot_run_are_refused(raw, message):
+    with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
+        loader.plan(raw)
     assert "\n" not in str(info.value)

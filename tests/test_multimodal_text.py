@@ -260,6 +260,10 @@ GLM4V_VISION = dict(depth=1, hidden_size=16, out_hidden_size=64, intermediate_si
 # Emu3's VQ-VAE image tokenizer at its smallest (its GroupNorms take 32 groups: 32 channels)
 EMU3_VQ = dict(codebook_size=16, base_channels=32, channel_multiplier=[1], num_res_blocks=1, attn_resolutions=[], hidden_size=32)
 
+# Mllama's vision model at its smallest (one local and one global layer); never run for text
+MLLAMA_VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_global_layers=1, attention_heads=2,
+                     image_size=28, patch_size=14, vision_output_dim=32, intermediate_layers_indices=[0])
+
 COHERE2_VISION = dict(text_config=_text("Cohere2ForCausalLM", model_type="cohere2"), vision_config=SIGLIP, downsample_factor=1)
 
 # wrapper class, its config (text config, vision config, top-level keys), the text architecture it loads as
@@ -329,6 +333,9 @@ WRAPPED = {
     "aria": ("AriaForConditionalGeneration", lambda: transformers.AriaConfig(
         text_config=_text("AriaTextForCausalLM"), vision_config=dict(IDEFICS3_VISION, model_type="idefics3_vision"),
         projector_patch_to_query_dict={4: 2}), "AriaTextForCausalLM"),
+    # Llama 3.2 Vision: the text model's cross-attention layers (1, 4) skipped for text, its head never tied
+    "mllama": ("MllamaForConditionalGeneration", lambda: transformers.MllamaConfig(
+        text_config=_text("MllamaForCausalLM"), vision_config=MLLAMA_VISION), "MllamaForCausalLM"),
     "qwen3-vl-moe": ("Qwen3VLMoeForConditionalGeneration", lambda: transformers.Qwen3VLMoeConfig(
         text_config=QWEN3_VL_MOE_TEXT, vision_config=QWEN3_VISION), "Qwen3MoeForCausalLM"),
 }
@@ -361,7 +368,8 @@ def test_wrapped_text_models_match_transformers_multimodal_model(case, tmp_path)
     ref = build_wrapped(case, tmp_path)
     model = jaxllm.load(tmp_path, tokenizer=False)
     assert model.config.architecture == WRAPPED[case][2]
-    assert model.config.tie_word_embeddings == ref.config.tie_word_embeddings
+    # tied as transformers ties it (MllamaConfig has no such key: its head is never tied)
+    assert model.config.tie_word_embeddings == (ref.get_output_embeddings().weight is ref.get_input_embeddings().weight)
     err = reference.max_rel_diff(model.logits(TOKENS), reference.torch_logits(ref, TOKENS))
     assert err <= TOL, err
     if case not in ("qwen2-vl", "qwen3-vl", "glm4v-moe"):  # M-RoPE split, interleaved, and GLM's over part of head_dim
@@ -705,3 +713,45 @@ def test_qwen3_5_wrappers_load_their_text_model(family, fused, tmp_path):
     assert model.config.architecture == f"{family}ForCausalLM" and model.config.recurrent
     theirs = ref.lm_head(ref.model.language_model(torch.as_tensor(TOKENS)).last_hidden_state).detach().numpy()
     assert reference.max_rel_diff(model.logits(TOKENS), theirs) <= TOL
+
+
+# meta-llama/Llama-3.2-11B-Vision-Instruct's text_config as the Hub spells it (v4 rope keys, three stop tokens)
+LLAMA32_VISION_TEXT = {"model_type": "mllama_text_model", "cross_attention_layers": [3, 8, 13, 18, 23, 28, 33, 38], "dropout": 0,
+                       "eos_token_id": [128001, 128008, 128009], "hidden_act": "silu", "hidden_size": 4096, "intermediate_size": 14336,
+                       "max_position_embeddings": 131072, "num_attention_heads": 32, "num_hidden_layers": 40, "num_key_value_heads": 8,
+                       "rms_norm_eps": 1e-05, "rope_theta": 500000.0, "tie_word_embeddings": False, "vocab_size": 128256,
+                       "rope_scaling": {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                        "original_max_position_embeddings": 8192, "rope_type": "llama3"}}
+
+
+@pytest.mark.parametrize("text", [LLAMA32_VISION_TEXT, {"model_type": "mllama_text_model"}])
+def test_mllama_hub_config_reads_its_self_attention_layers(text):
+    """Llama 3.2 Vision's config (and a text config leaving every key to MllamaTextConfig's defaults): its text model
+    is the 32 self-attention layers at their checkpoint indices, an embedding of the image tokens' 8 rows past the head's."""
+    raw = {"architectures": ["MllamaForConditionalGeneration"], "model_type": "mllama", "image_token_index": 128256,
+           "text_config": json.loads(json.dumps(text))}
+    unwrapped, _ = registry.unwrap(json.loads(json.dumps(raw)))
+    cfg = registry.architecture_of(unwrapped).config(unwrapped)
+    t = transformers.MllamaConfig(**raw).text_config
+    kept = tuple(i for i in range(t.num_hidden_layers) if i not in t.cross_attention_layers)
+    assert (cfg.num_layers, cfg.checkpoint_layers, cfg.vocab_size, cfg.output_vocab, cfg.prompt_vocab) == (
+        32, kept, t.vocab_size + 8, t.vocab_size, t.vocab_size)
+    assert (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.norm_eps, cfg.tie_word_embeddings) == (
+        t.hidden_size, t.num_attention_heads, t.num_key_value_heads, t.hidden_size // t.num_attention_heads, t.rms_norm_eps, False)
+    rope = t.rope_parameters
+    assert (cfg.rope.type, cfg.rope.theta, cfg.rope.factor) == (rope["rope_type"], rope["rope_theta"], rope.get("factor", 1.0))
+    assert set(cfg.eos_token_ids) == set(t.eos_token_id if isinstance(t.eos_token_id, list) else [t.eos_token_id])
+
+
+def test_mllama_generates_text_and_refuses_image_tokens(tmp_path):
+    """The wrapper's greedy tokens as transformers' (its cross-attention layers skipped, no cache for them); an image
+    token in a prompt (ids past the text vocabulary: <|image|>) refused in one line, as jaxllm serves text."""
+    ref = build_wrapped("mllama", tmp_path)
+    model = jaxllm.load(tmp_path, tokenizer=False)
+    assert (model.config.num_layers, model.config.checkpoint_layers) == (3, (0, 2, 3))
+    prompt = np.random.default_rng(7).integers(3, 128, 9).tolist()
+    got = model.generate(prompt, jaxllm.SamplingParams(max_new_tokens=12, ignore_eos=True))
+    assert got.token_ids == _greedy(ref, prompt)
+    with pytest.raises(jaxllm.InputError) as err:
+        model.generate(prompt + [128], jaxllm.SamplingParams(max_new_tokens=2))
+    assert "image tokens" in str(err.value) and "128" in str(err.value) and "\n" not in str(err.value)

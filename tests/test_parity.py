@@ -993,6 +993,17 @@ SPELLINGS = {
                                                                       "linear_value_head_dim"), rope_theta=None)),
     "olmo_hybrid-hub-conv-sizes-and-norm-names": ("OlmoHybridForCausalLM", dict(linear_allow_neg_eigval=False), _edit(),
                                                   _olmo_hybrid_as_hub_holds_it),
+    # LaraMini: the period-5 layer pattern where layer_types is left out (layer 5 linear again), its head untied, the top k
+    # not renormalised; the Qwen3-Next keys its config class dropped and Qwen's window switch, which its modeling never reads
+    "lara_mini-default-layers-and-dropped-keys": ("LaraMiniForCausalLM", dict(num_hidden_layers=6, tie_word_embeddings=False,
+                                                                             norm_topk_prob=False),
+                                                  _edit(("layer_types",), intermediate_size=96, mlp_only_layers=[1],
+                                                        decoder_sparse_step=2, use_sliding_window=False)),
+    # Zaya: every layer full ("hybrid") and ZayaConfig's rope per layer type where left out, no biases, the head tied;
+    # ZAYA1-8B's stray rope_type beside the types
+    "zaya-defaults": ("ZayaForCausalLM", dict(attention_bias=False, tie_word_embeddings=True, lm_head_bias=False),
+                      _edit(("layer_types", "rope_parameters", "sliding_window"))),
+    "zaya-hub-rope": ("ZayaForCausalLM", {}, lambda raw: raw["rope_parameters"].update(rope_type="default")),
     # its experts fused, as transformers' Qwen3_5MoeExperts holds them (gate_up_proj [X, 2F, hidden], down_proj)
     "qwen3_5_moe-fused-experts": ("Qwen3_5MoeForCausalLM", {}, _edit(), _fuse),
     # LFM2 as LiquidAI/LFM2-1.2B's files spell it (transformers 4.54's keys): the attention layers by full_attn_idxs, the
@@ -1176,6 +1187,14 @@ SPELLINGS = {
                                                         "hidden_act", "time_step_min"),
                                                        layers_block_type=["mamba", "hybrid", "hybrid", "mamba", "hybrid"],
                                                        use_long_context=True, use_shared_mlp_adapter=True)),
+    # ModernBERT-decoder as its Hub files spell it: no layer_types (every 2nd layer global from layer 0), no per-type rope
+    # (global_rope_theta, local_rope_theta, a rope_scaling merged into both), the tie and biases its config's defaults
+    "modernbert-decoder-hub-keys": ("ModernBertDecoderForCausalLM", dict(
+        tie_word_embeddings=True, norm_bias=False, attention_bias=False, mlp_bias=False, classifier_bias=False,
+        global_rope_theta=5000.0, local_rope_theta=20000.0, rope_scaling={"rope_type": "linear", "factor": 2.0}),
+        _edit(("layer_types", "rope_parameters", "sliding_window", "tie_word_embeddings", "norm_bias", "decoder_bias",
+               "attention_bias", "mlp_bias", "classifier_bias"), global_attn_every_n_layers=2, global_rope_theta=5000.0,
+              local_rope_theta=20000.0, rope_scaling={"rope_type": "linear", "factor": 2.0})),
 }
 
 
@@ -1259,13 +1278,14 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     kind = arch.hf_model_type
     act = {"openai-gpt": "afn", "gpt_neo": "activation_function", "falcon": "activation", "gpt2": "activation_function", "gpt_bigcode": "activation_function", "gptj": "activation_function", "codegen": "activation_function",
            "opt": "activation_function", "xglm": "activation_function", "jetmoe": "activation_function", "gemma2": "hidden_activation", "vaultgemma": "hidden_activation", "gemma3_text": "hidden_activation",
-           "gemma4_text": "hidden_activation", "gemma4_unified_text": "hidden_activation", "gemma3n_text": "hidden_activation", "nemotron_h": "mlp_hidden_act",
-           "recurrent_gemma": "hidden_activation"}.get(kind, "hidden_act")
+           "gemma4_text": "hidden_activation", "gemma4_unified_text": "hidden_activation", "gemma3n_text": "hidden_activation",
+           "nemotron_h": "mlp_hidden_act", "recurrent_gemma": "hidden_activation", "modernbert-decoder": "hidden_activation"}.get(kind, "hidden_act")
     eps = {"gpt_neo": "layer_norm_epsilon", "nemotron": "norm_eps", "falcon": "layer_norm_epsilon", "gpt2": "layer_norm_epsilon", "openai-gpt": "layer_norm_epsilon", "ctrl": "layer_norm_epsilon", "gpt_bigcode": "layer_norm_epsilon", "gptj": "layer_norm_epsilon", "codegen": "layer_norm_epsilon", "gpt_neox": "layer_norm_eps", "gpt_neox_japanese": "layer_norm_eps", "phi": "layer_norm_eps", "stablelm": "layer_norm_eps", "persimmon": "layer_norm_eps",
            "starcoder2": "norm_epsilon", "bloom": "layer_norm_epsilon", "mpt": "layer_norm_epsilon",
            "cohere": "layer_norm_eps", "cohere2": "layer_norm_eps", "cohere_compass_text": "layer_norm_eps", "jais2": "layer_norm_eps", "lfm2": "norm_eps", "lfm2_moe": "norm_eps", "lfm3": "norm_eps",
            "mamba": "layer_norm_epsilon", "falcon_mamba": "layer_norm_epsilon", "nemotron_h": "layer_norm_epsilon",
-           "mamba2": "layer_norm_epsilon", "rwkv": "layer_norm_epsilon", "xlstm": "norm_eps"}.get(kind, "rms_norm_eps")
+           "mamba2": "layer_norm_epsilon", "rwkv": "layer_norm_epsilon", "xlstm": "norm_eps",
+           "modernbert-decoder": "norm_eps"}.get(kind, "rms_norm_eps")
     fixed_eps = kind in ("olmo", "opt", "biogpt", "xglm", "dbrx")  # nn.LayerNorm's 1e-5, whatever the config says
     # ALiBi families: BLOOM's has no length (jaxllm's 2,048 positions are its context alone), MPT's bias table max_seq_len;
     # their MLPs hard-wire the activation (BloomGelu's tanh form, MptMLP's exact GELU; LFM2's silu)
@@ -1289,8 +1309,9 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
     elif kind not in ("gpt2", "openai-gpt", "ctrl", "gpt_bigcode", "gpt_neo", "opt", "biogpt", "xglm", "bloom", "mpt", "mamba", "falcon_mamba",
                       "jamba", "nemotron_h", "mamba2", "kimi_linear", "rwkv", "xlstm", "zamba"):
         rope = hf.rope_parameters
-        # per layer type (a null entry: no rotary positions on those layers; Cohere Compass' full ones, then the sliding's)
-        out["rope_theta"] = (rope.get("full_attention", rope) or rope["sliding_attention"])["rope_theta"]
+        # per layer type (Zaya's full layers: "hybrid"; a null entry: no rotary positions on those layers, Cohere Compass'
+        # full ones, then the sliding's)
+        out["rope_theta"] = (rope.get("full_attention", rope.get("hybrid", rope)) or rope["sliding_attention"])["rope_theta"]
     return out
 
 
@@ -1413,8 +1434,10 @@ NULLABLE = [k for k in __import__("jaxllm.models.config_fields", fromlist=["CONF
 # Null keys transformers' config class takes and its model builds with, but whose forward fails (a
 # TypeError multiplying by None): GraniteMoE's multipliers (a null attention_multiplier runs under
 # sdpa alone, as head_dim ** -0.5, and fails under eager attention); jaxllm refuses them in one line.
+# ModernBERT-decoder's null local_attention: a window of -1, whose mask fails every length but 3 (_forward_fails' prompt).
 BUILT_NOT_RUN = {(arch, key) for arch in ("GraniteMoeForCausalLM", "GraniteMoeSharedForCausalLM")
-                 for key in ("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling")}
+                 for key in ("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling")} | {
+    ("ModernBertDecoderForCausalLM", "local_attention")}
 
 
 # A null context length DbrxConfig, KimiLinearConfig and BailingHybridConfig take (int | None) and leave unbounded (their positions need

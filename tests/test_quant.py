@@ -53,7 +53,7 @@ def _dequantized(params) -> dict:
     ((24, 64), 1, 4, (1, 1), jnp.int8),        # q_proj-like, one decode row
     ((4, 6, 64), 1, 2, (3, 5), jnp.int8),      # out dims (heads, head_dim): 15 rows
     ((64, 4, 16), 2, 8, (2, 1), jnp.int8),     # o_proj-like: two input dims grouped across heads
-    ((96, 64), 1, 2, (1, 1), jnp.int4),        # gate/up-like int4: read as 32-bit words of eight values
+    ((96, 64), 1, 2, (1, 1), jnp.int4),        # gate/up-like int4 (packed two to a byte)
 ])
 @pytest.mark.parametrize("with_offset", [False, True])
 def test_grouped_product_is_the_dequantized_product(kernel_shape, n_in, groups, lead, dtype, with_offset):
