@@ -155,7 +155,7 @@ def hidden_states(graphdef, params, tokens, *, attention_mask=None):
     model, tokens, keep = _merge(graphdef, params, tokens, attention_mask)
     trace = []
     _decoder(model, tokens, keep, trace)
-    return tuple(trace[:-1:model.model.hidden_every]) + (trace[-1],)
+    return tuple(map(model.model.traced, trace[:-1:model.model.hidden_every])) + (trace[-1],)
 
 
 @_one_or_batch

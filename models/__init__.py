@@ -7,6 +7,7 @@ from jaxllm.models import (
     aria,
     axk1,
     axk2,
+    bailing_hybrid,
     bamba,
     biogpt,
     bitnet,
@@ -49,6 +50,7 @@ from jaxllm.models import (
     granitemoe,
     granitemoehybrid,
     helium,
+    hrm,
     hunyuan,
     hy_v3,
     hy_v4,
@@ -70,6 +72,7 @@ from jaxllm.models import (
     minicpm3,
     minimax,
     minimax_m2,
+    minimax_m3,
     mllama,
     modernbert_decoder,
     moe,
@@ -124,5 +127,6 @@ FAMILIES = (
     lara_mini, zaya,
     dory,
     hy_v4,
+    bailing_hybrid, minimax_m3, hrm,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

@@ -421,10 +421,7 @@ class Attention(nnx.Module):
         # Qwen3-Next's gated attention: a gate per query head and dim (read out of its q_proj), the output times its sigmoid;
         # AFMoE's (a gate_proj of its own), Laguna's (softplus, one per head where attn_gate_per_head), LFM3's (one per
         # head, no bias)
-        gate = ((h,), ("embed", "q_heads")) if cfg.attn_gate_per_head else ((h, d), ("embed", "q_heads", "head_dim"))
-        self.gate_proj = Dense((width,), gate[0], gate[1], bias=cfg.qkv_bias and cfg.attn_gate_bias, dtype=dtype,
-                               rngs=rngs) if cfg.attn_output_gate else None
-        self.gate_act, self.gate_per_head = cfg.attn_gate_act, cfg.attn_gate_per_head
+        self.gate_proj, self.gate_act, self.gate_per_head = output_gate(cfg, h, d, width, dtype, rngs)
         # BitNet: an RMSNorm of the output over every head before o_proj
         self.attn_sub_norm = RMSNorm((h, vd), cfg.norm_eps, dtype=dtype, rngs=rngs, axes=("q_heads", "head_dim")) if cfg.sub_norms else None
         if cfg.qk_norm == "none" or (cfg.qk_norm_layers is not None and layer not in cfg.qk_norm_layers):
@@ -533,6 +530,14 @@ class Attention(nnx.Module):
                                 spec.softcap, sinks, score_bias(spec, positions, positions))
         b, groups, members, t, s = probs.shape
         return probs.reshape(b, groups * members, t, s)
+
+
+def output_gate(cfg: ModelConfig, heads: int, head_dim: int, width: int, dtype, rngs: nnx.Rngs):
+    """The attention output's gate (`Attention.output`): its projection from the layer's input `width` wide, one gate per
+    head and dim or one per head (cfg.attn_gate_per_head), None where the model has none; its activation; per head."""
+    shape = ((heads,), ("embed", "q_heads")) if cfg.attn_gate_per_head else ((heads, head_dim), ("embed", "q_heads", "head_dim"))
+    proj = Dense((width,), *shape, bias=cfg.qkv_bias and cfg.attn_gate_bias, dtype=dtype, rngs=rngs) if cfg.attn_output_gate else None
+    return proj, cfg.attn_gate_act, cfg.attn_gate_per_head
 
 
 def padded(x, width: int):

@@ -5,7 +5,11 @@ interleaved pairs (rope_interleaved), q/k rotated in float32 by tables rounded t
 
 Cohere: an optional LayerNorm (no bias) of each query and key head, with a weight per head
 (use_qk_norm: Command-R+). Cohere 2: no q/k norms; sliding-window layers (three of every four
-by default) and full-attention layers, which take no rotary positions at all (nope_layers)."""
+by default) and full-attention layers, which take no rotary positions at all (nope_layers).
+Cohere Compass (CohereCompassForCausalLM, cohere_compass_text: the North models' text decoder): Cohere 2's layer
+with Qwen3's rotation (halves, in the model's dtype) and a rope per layer type (rope_parameters[type]; null: none),
+every layer full unless layer_types says otherwise, head_dim hidden / heads unless the file gives it, the logits times logit_scale
+where given. Its M-RoPE is plain rope for text alone (the three position rows are equal)."""
 
 import functools
 
@@ -13,6 +17,7 @@ from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, NO_WINDOW_SWITCH, NOT_NULL, OWN_HEAD, Architecture, Wrapper
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, DecoderLayer, decoder_weight_map
+from jaxllm.models.gemma4 import gemma4_rope
 from jaxllm.models.glm4_moe_lite import mlp_layer_types
 from jaxllm.models.layers import LayerNorm
 from jaxllm.models.moe import moe_weight_map
@@ -51,6 +56,38 @@ def cohere2_defaults(raw: dict) -> dict:
                                        for i in range(raw["num_hidden_layers"])]
     nope = tuple(i for i, t in enumerate(types) if t == "full_attention")
     return dict(_flags(raw), layer_types=tuple(types), nope_layers=nope)
+
+
+def compass_defaults(raw: dict) -> dict:
+    """CohereCompassTextConfig's reading: layer_types (every layer full where left out) and each type's rope from
+    rope_parameters, which must hold an entry per type (transformers' rotary embedding fails without one), null for a
+    type whose layers take no rotary positions; a rope turning part of each head is refused (Qwen3's rotation of whole
+    heads fails on it); logit_scale null: 1."""
+    if "rope_scaling" in raw:  # transformers takes it, null included, for the rope_parameters it then reads per layer type
+        raise ConfigError("config.json has rope_scaling, which transformers' Cohere Compass takes for its rope_parameters (and "
+                          "fails on unless it holds an entry per layer type): remove it, giving rope_parameters per layer type")
+    n = raw["num_hidden_layers"]
+    types = tuple(raw.get("layer_types") or ["full_attention"] * n)
+    if len(types) != n:
+        raise ConfigError(f"config.json layer_types gives {len(types)} types for {n} layers (transformers fails on it): give one "
+                          "per layer")
+    given = raw.get("rope_parameters") or {}
+    missing = sorted(t for t in set(types) if t not in given)
+    if missing:
+        raise ConfigError(f"config.json rope_parameters has no {missing[0]} entry, which Cohere Compass reads for its {missing[0]} "
+                          "layers (transformers fails without it): give one per layer type, null for no rotary positions")
+    roped = [t for t in set(types) if given[t] is not None]
+    for kind in roped:
+        if given[kind].get("rope_type") != "default" and given[kind].get("partial_rotary_factor", 1.0) != 1.0:
+            raise ConfigError(f"config.json rope_parameters.{kind}.partial_rotary_factor turns part of each head, which Cohere "
+                              "Compass cannot run (it rotates whole heads): remove it")
+    head_dim = raw.get("head_dim") or raw["hidden_size"] // raw["num_attention_heads"]  # its __post_init__'s, which the file's replaces
+    rope = gemma4_rope(raw, roped, {t: (head_dim,) for t in roped}, family="Cohere Compass")
+    main = rope.get("full_attention") or next(iter(rope.values()), None)
+    return dict(_flags(dict(raw, logit_scale=raw.get("logit_scale") or 1.0)), rope_interleaved=False, rope_float32_rotation=False,
+                layer_types=types, nope_layers=tuple(i for i, t in enumerate(types) if t not in rope),
+                head_dim=head_dim,
+                **({"rope": main, "local_rope": rope.get("sliding_attention")} if main else {}))
 
 
 def cohere2_moe_module(cfg: ModelConfig, **kwargs) -> CausalLM:
@@ -111,6 +148,11 @@ _TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_la
 _VISION = dict(text_model_type="cohere2", fixed_text_type=False, top_level=dict(tie_word_embeddings=True), text_overrides=OWN_HEAD,
                text_defaults={"cohere2": dict(vocab_size=256000, hidden_size=8192, intermediate_size=22528, num_hidden_layers=40,
                                               num_attention_heads=64, bos_token_id=5, eos_token_id=255001, pad_token_id=0)})
+# North's vision checkpoints (CohereCompassForConditionalGeneration: Qwen3-VL's layout), whose head applies the text
+# config's logit_scale as the text model's does; tied by the top-level tie_word_embeddings alone (false where left out)
+COHERE_COMPASS_VISION = Wrapper(name="CohereCompassForConditionalGeneration", model_type="cohere_compass",
+                                text_model_type="cohere_compass_text", other_modules=("visual",),
+                                top_level=dict(tie_word_embeddings=False))
 AYA_VISION = Wrapper(name="AyaVisionForConditionalGeneration", model_type="aya_vision", **_VISION)
 COHERE2_VISION = Wrapper(name="Cohere2VisionForConditionalGeneration", model_type="cohere2_vision", **_VISION)
 
@@ -145,4 +187,19 @@ ARCHITECTURES = (Architecture(
     tiny_config=dict(_TINY, head_dim=16, intermediate_size=32, prefix_dense_intermediate_size=96, rope_theta=10000.0, sliding_window=8,
                      tie_word_embeddings=False, num_experts=4, num_experts_per_tok=2, num_shared_experts=1,
                      layer_types=["full_attention", "sliding_attention", "full_attention"], mlp_layer_types=["dense", "sparse", "sparse"]),
+), Architecture(
+    name="CohereCompassForCausalLM", module=CohereForCausalLM, weight_map=cohere_weight_map, hf_model_type="cohere_compass_text",
+    # rope only from rope_parameters (rope_theta never read)
+    ignored_keys=NO_WINDOW_SWITCH + ("rope_theta", "sliding_window_pattern"),
+    norm_eps_key="layer_norm_eps", not_null=NOT_NULL + ("layer_norm_eps", "hidden_act", "attention_bias", "head_dim"),
+    # CohereCompassTextConfig's
+    hf_defaults=dict(vocab_size=256000, hidden_size=8192, intermediate_size=22528, num_hidden_layers=40, num_attention_heads=64,
+                     layer_norm_eps=1e-5, tie_word_embeddings=True, max_position_embeddings=8192, sliding_window=4096,
+                     bos_token_id=5, eos_token_id=255001, pad_token_id=0),
+    config_defaults=compass_defaults, wrappers=(COHERE_COMPASS_VISION,),
+    # sliding layers with a rope of their own and full ones without (null), a window shorter than the test sequences,
+    # untied, biases, a logit scale
+    tiny_config=dict(_TINY, sliding_window=8, tie_word_embeddings=False, attention_bias=True,
+                     layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                     rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}, "full_attention": None}),
 ))

@@ -329,6 +329,17 @@ class ModelConfig:
     linear_beta_scale: float = 1.0
     linear_norm_eps: float | None = None
     linear_norm_upcast: bool = False  # the gated norm's weight applied in float32 before the cast (LaraMini's)
+    # Kimi Delta Attention's forget and output gates full-rank (f_proj, g_proj: Bailing-Hybrid's, A_log one per head)
+    # rather than low-rank pairs; its decay bounded, lower * sigmoid(exp(A_log) (f + dt_bias)) (kda_safe_gate), where
+    # kda_lower_bound is set (None: Kimi's -exp(A_log) softplus(f + dt_bias))
+    kda_full_rank: bool = False
+    kda_lower_bound: float | None = None
+    # The longest sequence this model computes as transformers does, where shorter than its positions (MiniMax-M3's
+    # block-sparse layers attend every earlier key while their top-k key blocks cover them all): context_length's bound
+    exact_positions: int | None = None
+    # HRM-Text (models/hrm.py): each stack's layers and the L stack's passes per cycle; 0 elsewhere
+    hrm_stack_layers: int = 0
+    hrm_l_cycles: int = 0
     attn_output_gate: bool = False
     # MiniMax-Text-01's layer: residuals from the normed input, each branch's sum residual * alpha + output * beta:
     # (full attention's alpha, beta, lightning attention's alpha, beta, the MLP's alpha, beta); () elsewhere
@@ -373,8 +384,8 @@ class ModelConfig:
         rope, n = self.rope, self.max_position_embeddings
         if rope.type in ("linear", "dynamic", "yarn") and rope.factor > 1:
             base = rope.original_max_position_embeddings if rope.type == "yarn" and rope.original_max_position_embeddings else n
-            return max(n, int(base * rope.factor))
-        return n
+            n = max(n, int(base * rope.factor))
+        return n if self.exact_positions is None else min(n, self.exact_positions)
 
     @property
     def whole_prefill(self) -> bool:

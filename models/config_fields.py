@@ -186,6 +186,15 @@ CONFIG_FIELDS = {
     # keys (experts per token and in all, shared experts, groups, renormalisation, positions)
     "linear_attn_config": OBJECT, "linear_head_dim": COUNT, "linear_num_heads": HEADS, "num_experts_per_token": _given(COUNT),
     "num_expert_group": COUNT, "moe_renormalize": FLAG, "model_max_length": COUNT,
+    # Bailing-Hybrid's KDA conv, its layer groups (the last of each full attention) and bounded KDA forget gate
+    # MiniMax-M3's dense and shared MLP widths, block-sparse layers' key blocks (and their legacy nested spellings)
+    "dense_intermediate_size": COUNT, "index_block_size": COUNT, "index_topk_blocks": COUNT, "index_local_blocks": INDEX,
+    "sparse_attention_config": OBJECT,
+    # HRM-Text's recurrence: H_cycles of L_cycles passes of its L stack then one of its H stack, num_layers_per_stack
+    # layers each (num_hidden_layers: every pass's layer, which its config class derives from the per-stack count)
+    "H_cycles": COUNT, "L_cycles": COUNT, "num_layers_per_stack": LAYERS, "embedding_scale": Field(float),
+    "prefix_lm": FLAG, "L_bp_cycles": Field(int, many="list"),
+    "short_conv_kernel_size": COUNT, "layer_group_size": COUNT, "kda_safe_gate": FLAG, "kda_lower_bound": Field(float),
     # LongCat-Flash's expert width and zero-computation experts, its router's bias, its query heads' width (its layers:
     # num_layers, each two of ours)
     "expert_ffn_hidden_size": COUNT, "zero_expert_num": INDEX, "router_bias": FLAG, "qk_head_dim": COUNT,

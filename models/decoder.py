@@ -229,6 +229,11 @@ class DecoderModel(nnx.Module):
     def streams_out(self, x):
         return x
 
+    def traced(self, x):
+        """A layer's input as transformers records it among the hidden states, of what the layers pass on: x itself
+        (Gemma 3n's streams too), or part of it (HRM's running state beside the two it carries: models/hrm.py)."""
+        return x
+
     def layer_inputs(self, tokens, x):
         """Each layer's own input beside the hidden states, [B, T, layers, ...] (Gemma 4's per-layer
         embeddings), passed to layer i as its last argument; None: the layers take none."""

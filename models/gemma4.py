@@ -1,4 +1,6 @@
-"""Gemma 4's text model (Gemma4ForCausalLM, and the language model of Gemma4ForConditionalGeneration).
+"""Gemma 4's text model (Gemma4ForCausalLM, and the language model of Gemma4ForConditionalGeneration), and
+Gemma 4 Unified's (Gemma4UnifiedForCausalLM, gemma4_unified_text: Gemma 4's layers without per-layer embeddings
+or experts, whatever the keys say, as Gemma4UnifiedTextModel builds none; its window 1,024 by default).
 
 Gemma 3's sandwich-normed layer with (transformers' modeling_gemma4.py):
 - RMSNorm scaling by w, not (1 + w), in float32 before the cast (Gemma4RMSNorm); q/k RMSNorm per
@@ -308,25 +310,53 @@ _HF_DEFAULTS = dict(vocab_size=262_144, hidden_size=2304, intermediate_size=9216
                     hidden_size_per_layer_input=256, attention_k_eq_v=False, num_kv_shared_layers=0, enable_moe_block=False,
                     use_double_wide_mlp=False)
 
+def unified_defaults(raw: dict) -> dict:
+    """Gemma 4's reading without per-layer embeddings or experts (Gemma4UnifiedTextModel builds neither)."""
+    return gemma4_defaults(dict(raw, **_NO_PLE_OR_EXPERTS))
+
+
+_NO_PLE_OR_EXPERTS = dict(hidden_size_per_layer_input=0, vocab_size_per_layer_input=0, enable_moe_block=False)
+# keys of Gemma 4's that Gemma4UnifiedTextConfig has no field for and its model never reads
+_UNIFIED_UNREAD = ("hidden_size_per_layer_input", "vocab_size_per_layer_input", "enable_moe_block", "num_experts",
+                   "top_k_experts", "moe_intermediate_size")
+_GEMMA4_IGNORED = NO_WINDOW_SWITCH + ("rope_theta", "rope_local_base_freq", "sliding_window_pattern", "query_pre_attn_scalar",
+                                      "attn_logit_softcapping", "hidden_act", "num_experts_per_tok")
+_GEMMA4_NOT_NULL = SANDWICH_NOT_NULL + ("sliding_window", "attention_k_eq_v", "num_kv_shared_layers", "use_double_wide_mlp")
+# Gemma4ForConditionalGeneration's encoder-free sibling: patches and audio frames embedded straight into the text model
+GEMMA4_UNIFIED_MULTIMODAL = Wrapper(name="Gemma4UnifiedForConditionalGeneration", model_type="gemma4_unified",
+                                    text_model_type="gemma4_unified_text", other_modules=("embed_vision", "embed_audio"),
+                                    top_level=dict(tie_word_embeddings=True))
+
+def _tiny_layers(types, partial: float) -> dict:
+    """Gemma 4's tiny layers: sliding ones of 16-wide heads (2 kv heads), full ones of 32 (1 kv head, values = keys,
+    proportional rope turning `partial` of each head); the last two layers share the kv of earlier ones (MLP twice as
+    wide); a soft cap on the logits."""
+    rope = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "proportional", "partial_rotary_factor": partial, "rope_theta": 100000.0}}
+    return dict(TINY, num_hidden_layers=len(types), head_dim=16, global_head_dim=32, num_global_key_value_heads=1, sliding_window=8,
+                layer_types=list(types), rope_parameters=rope, attention_k_eq_v=True, num_kv_shared_layers=2,
+                use_double_wide_mlp=True, final_logit_softcapping=5.0)
+
+
 ARCHITECTURES = (Architecture(
     name="Gemma4ForCausalLM", module=Gemma4ForCausalLM, weight_map=gemma4_weight_map, hf_model_type="gemma4_text",
     # keys Gemma 4's code never reads (its rope from rope_parameters alone, its pattern a constant 6, scale 1.0)
-    ignored_keys=NO_WINDOW_SWITCH + ("rope_theta", "rope_local_base_freq", "sliding_window_pattern",
-                                     "query_pre_attn_scalar", "attn_logit_softcapping", "hidden_act", "num_experts_per_tok"),
-    ignore_for=shared_kv_tensors,
+    ignored_keys=_GEMMA4_IGNORED, ignore_for=shared_kv_tensors,
     hf_defaults=_HF_DEFAULTS, config_defaults=gemma4_defaults, wrappers=(GEMMA4_MULTIMODAL,),
-    not_null=SANDWICH_NOT_NULL + ("sliding_window", "vocab_size_per_layer_input", "hidden_size_per_layer_input",
-                                   "attention_k_eq_v", "num_kv_shared_layers", "enable_moe_block", "use_double_wide_mlp"),
+    not_null=_GEMMA4_NOT_NULL + ("vocab_size_per_layer_input", "hidden_size_per_layer_input", "enable_moe_block"),
     # Sliding layers of 16-wide heads (2 kv heads), full ones of 32 (1 kv head, values = keys, proportional
     # rope); the last two layers share the kv of layers 1 and 2 (MLP twice as wide); per-layer embeddings;
     # 4 experts (top 2) beside each MLP; a soft cap on the logits.
-    tiny_config=dict(TINY, num_hidden_layers=5, head_dim=16, global_head_dim=32, num_global_key_value_heads=1,
-                     sliding_window=8, layer_types=["sliding_attention", "sliding_attention", "full_attention",
-                                                    "sliding_attention", "full_attention"],
-                     rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-                                      "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25,
-                                                         "rope_theta": 100000.0}},
-                     attention_k_eq_v=True, num_kv_shared_layers=2, use_double_wide_mlp=True, hidden_size_per_layer_input=8,
-                     vocab_size_per_layer_input=128, enable_moe_block=True, num_experts=4, top_k_experts=2,
-                     moe_intermediate_size=32, final_logit_softcapping=5.0),
+    tiny_config=dict(_tiny_layers(("sliding_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention"),
+                                  0.25), hidden_size_per_layer_input=8, vocab_size_per_layer_input=128, enable_moe_block=True,
+                     num_experts=4, top_k_experts=2, moe_intermediate_size=32),
+), Architecture(
+    name="Gemma4UnifiedForCausalLM", module=Gemma4ForCausalLM, weight_map=gemma4_weight_map, hf_model_type="gemma4_unified_text",
+    ignored_keys=_GEMMA4_IGNORED + _UNIFIED_UNREAD, ignore_for=shared_kv_tensors, config_defaults=unified_defaults,
+    # Gemma4UnifiedTextConfig's field defaults where they differ from Gemma4TextConfig's
+    hf_defaults=dict({k: v for k, v in _HF_DEFAULTS.items() if k not in _UNIFIED_UNREAD}, sliding_window=1024,
+                     max_position_embeddings=262_144),
+    wrappers=(GEMMA4_UNIFIED_MULTIMODAL,), not_null=_GEMMA4_NOT_NULL,
+    # Gemma 4's tiny layers (two head sizes, values as keys on the full layers, the last two sharing kv, double-wide MLPs)
+    tiny_config=_tiny_layers(("sliding_attention", "full_attention", "sliding_attention", "sliding_attention", "full_attention"), 0.5),
 ),)

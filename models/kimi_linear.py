@@ -40,16 +40,23 @@ _ALIASES = {"num_experts": ("num_local_experts", 256, "n_routed_experts"),
             "moe_renormalize": ("norm_topk_prob", True, "norm_topk_prob"),
             "model_max_length": ("max_position_embeddings", 1048576, "max_position_embeddings")}
 # Kimi Delta Attention's tensors as its checkpoints name them (the shared mixer's in_proj_b, norm, out_proj)
-_KDA_NAMES = {"in_proj_b": "b_proj", "norm": "o_norm", "out_proj": "o_proj"}
+KDA_NAMES = {"in_proj_b": "b_proj", "norm": "o_norm", "out_proj": "o_proj"}
+
+
+def attribute_names(raw: dict, aliases: dict) -> dict:
+    """config.json with each attribute_map key of `aliases` ({key: (its alias, the class's default, DeepSeek's name)}; the
+    key, which transformers stores, wins over its alias) under the name DeepSeek's reading takes (a key n_routed_experts,
+    which transformers never reads, replaced): Kimi-Linear's, Bailing-Hybrid's."""
+    raw = dict(raw)
+    for key, (alias, default, name) in aliases.items():
+        raw[name] = raw[key] if key in raw else raw.get(alias, default)
+    return raw
 
 
 def kimi_names(raw: dict) -> dict:
-    """config.json under DeepSeek's names: each attribute_map key (else its alias, else the class's default) as the
-    name DeepSeek's reading takes (a key n_routed_experts, which transformers never reads, replaced);
-    linear_attn_config's heads and conv as the top-level keys they set; head_dim the latent attention's width."""
-    raw = dict(raw)
-    for key, (alias, default, name) in _ALIASES.items():
-        raw[name] = raw[key] if key in raw else raw.get(alias, default)
+    """config.json under DeepSeek's names (`attribute_names`); linear_attn_config's heads and conv as the top-level keys
+    they set; head_dim the latent attention's width."""
+    raw = attribute_names(raw, _ALIASES)
     linear = check_fields(raw.get("linear_attn_config") or {}, _LINEAR_FIELDS, "config.json", "linear_attn_config.")
     for key, name in (("head_dim", "linear_head_dim"), ("num_heads", "linear_num_heads"),
                       ("short_conv_kernel_size", "linear_conv_kernel_dim")):
@@ -97,7 +104,7 @@ def kimi_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     """DeepSeek-V3's map on the full layers, Kimi Delta Attention's on the others; the MLPs under block_sparse_moe."""
     specs = _experts(cfg)
     for i in filter(cfg.layer_is_recurrent, range(cfg.num_layers)):
-        specs += renamed(linear_specs(cfg, i), _KDA_NAMES)
+        specs += renamed(linear_specs(cfg, i), KDA_NAMES)
     return renamed(specs, {"mlp": "block_sparse_moe"})
 
 

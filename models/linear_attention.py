@@ -234,24 +234,34 @@ class KimiDeltaAttention(GatedDeltaNet):
     """Kimi Delta Attention (Kimi-Linear's KimiLinearDeltaAttention, under the layer's self_attn): the gated
     DeltaNet with q, k and v projected apart (one head count, one head size), its decay per key channel (a
     low-rank forget gate: g = -exp(A_log) softplus(f_b_proj(f_a_proj(x)) + dt_bias), [B, T, H, Dk]) and its
-    output gate low-rank too (g_b_proj(g_a_proj(x))) through a sigmoid in a float32 gated norm."""
+    output gate low-rank too (g_b_proj(g_a_proj(x))) through a sigmoid in a float32 gated norm. Bailing-Hybrid's
+    (cfg.kda_full_rank): both gates one full-rank projection (f_proj, g_proj), A_log one per head, the decay bounded
+    where cfg.kda_lower_bound is set: lower * sigmoid(exp(A_log) (f_proj(x) + dt_bias))."""
 
     attr = "self_attn"
 
     def gates(self, cfg: ModelConfig, dtype, dense: dict):
         e, h, d = cfg.hidden_size, cfg.linear_value_heads, cfg.linear_key_head_dim
         rank = dict(dense, quantizable=False)
-        self.f_a_proj = Dense((e,), (d,), ("embed", "latent"), **rank)
-        self.f_b_proj = Dense((d,), (h, d), ("latent", "linear_v_heads", "head_dim"), **rank)
-        self.g_a_proj = Dense((e,), (d,), ("embed", "latent"), **rank)
-        self.g_b_proj = Dense((d,), (h, d), ("latent", "linear_v_heads", "head_dim"), **rank)
+        self.full_rank, self.lower_bound = cfg.kda_full_rank, cfg.kda_lower_bound
+        if self.full_rank:
+            self.f_proj = Dense((e,), (h, d), ("embed", "linear_v_heads", "head_dim"), **dense)
+            self.g_proj = Dense((e,), (h, d), ("embed", "linear_v_heads", "head_dim"), **dense)
+        else:
+            self.f_a_proj = Dense((e,), (d,), ("embed", "latent"), **rank)
+            self.f_b_proj = Dense((d,), (h, d), ("latent", "linear_v_heads", "head_dim"), **rank)
+            self.g_a_proj = Dense((e,), (d,), ("embed", "latent"), **rank)
+            self.g_b_proj = Dense((d,), (h, d), ("latent", "linear_v_heads", "head_dim"), **rank)
         self.dt_bias = param((h, d), ("linear_v_heads", "head_dim"), jnp.float32)  # float32 as transformers keeps it
-        self.A_log = param((h, 1), ("linear_v_heads", "norm"), dtype)  # HF's [1, 1, H, 1]
+        self.A_log = param((h, 1), ("linear_v_heads", "norm"), dtype)  # HF's [1, 1, H, 1] (Bailing's [H])
         self.norm = GatedRMSNorm(d, cfg.norm_eps, dtype=dtype, rngs=dense["rngs"], upcast_scale=True, act=jax.nn.sigmoid)
 
     def decay(self, x):
-        a = self.f_b_proj(self.f_a_proj(x)).astype(jnp.float32) + self.dt_bias[...]
-        return -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(a)
+        f = self.f_proj(x) if self.full_rank else self.f_b_proj(self.f_a_proj(x))
+        a, rate = f.astype(jnp.float32) + self.dt_bias[...], jnp.exp(self.A_log[...].astype(jnp.float32))
+        if self.lower_bound is not None:
+            return (self.lower_bound * jax.nn.sigmoid(rate * a)).astype(x.dtype)  # cast as transformers' bounded gate
+        return -rate * jax.nn.softplus(a)
 
     def gate(self, x):
-        return self.g_b_proj(self.g_a_proj(x))
+        return self.g_proj(x) if self.full_rank else self.g_b_proj(self.g_a_proj(x))

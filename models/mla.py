@@ -20,7 +20,7 @@ import math
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxllm.models.attention import UNCACHED, Attention, AttnSpec, LayerCache, padded
+from jaxllm.models.attention import UNCACHED, Attention, AttnSpec, LayerCache, output_gate, padded
 from jaxllm.models.config import ModelConfig, RopeConfig
 from jaxllm.models.decoder import CausalLM, DecoderLayer, decoder_weight_map, dense
 from jaxllm.models.layers import Dense, RMSNorm, param
@@ -70,11 +70,14 @@ class LatentAttention(Attention):
         self.kv_a_layernorm = RMSNorm(self.kv_rank, mla.norm_eps, **norm)
         self.kv_b_proj = Dense((self.kv_rank,), (h, self.nope + self.v_dim), ("latent",) + heads, bias=False, **dense)
         self.o_proj = Dense((h, self.v_dim), (e,), heads + ("embed",), bias=cfg.o_bias, **dense)
+        # an output gate where the model has one (Bailing-Hybrid's g_proj, one per head), as the shared attention's
+        self.gate_proj, self.gate_act, self.gate_per_head = output_gate(cfg, h, self.v_dim, e, dtype, rngs)
+        self.attn_sub_norm = None
 
     def __call__(self, x, positions, rot: Rotary | None, cache: LayerCache | None, kv=UNCACHED):
         q, k, v = self.project(x, positions, rot)
         out, new = kv(q, k, v, cache, positions, self.call_spec())
-        return self.o_proj(out[..., : self.v_dim]), new
+        return self.output(out, x), new
 
     def project(self, x, positions, rot: Rotary | None):
         """Queries, keys and values [B, T, H, head_dim] of x [B, T, E] (at `positions`, unused): decompressed, the rotary

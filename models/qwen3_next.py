@@ -97,7 +97,7 @@ def linear_specs(cfg: ModelConfig, layer: int, layout: str = "apart") -> list[We
     else:
         specs = [WeightSpec(hf + "conv1d.weight", ours + ("conv1d", "weight"), conv)]
     specs += [WeightSpec(hf + "dt_bias", ours + ("dt_bias",), Copy(flatten=kda)),
-             WeightSpec(hf + "A_log", ours + ("A_log",), Copy(lead=2 if kda else 0)),
+             WeightSpec(hf + "A_log", ours + ("A_log",), Copy(flatten=True) if cfg.kda_full_rank else Copy(lead=2 if kda else 0)),
              WeightSpec(hf + "norm.weight", ours + ("norm", "weight"))]
     specs += dense(hf + "out_proj", ours + ("out_proj",), Linear(2), bias=False)
     if layout == "rows":  # q | k | v (each piece's heads together, as in_proj_qkv's), z, b, a
@@ -110,7 +110,8 @@ def linear_specs(cfg: ModelConfig, layer: int, layout: str = "apart") -> list[We
             specs += dense(hf + name, ours + (name,), bias=False)
         if not cfg.linear_qkv_apart:
             specs += dense(hf + "in_proj_qkv", ours + ("in_proj_qkv",), qkv, bias=False)
-        for name in ("in_proj_b",) + (("f_a_proj", "f_b_proj", "g_a_proj", "g_b_proj") if kda else ("in_proj_z", "in_proj_a")):
+        gates = ("f_proj", "g_proj") if cfg.kda_full_rank else ("f_a_proj", "f_b_proj", "g_a_proj", "g_b_proj")
+        for name in ("in_proj_b",) + (gates if kda else ("in_proj_z", "in_proj_a")):
             specs += dense(hf + name, ours + (name,), bias=False)
         return specs
     qkvz, ba = (dk, dk, group * dv, group * dv), (group, group)

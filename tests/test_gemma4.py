@@ -23,12 +23,18 @@ VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_att
               head_dim=8, patch_size=4, pooling_kernel_size=2, position_embedding_size=64)
 
 
-def test_multimodal_checkpoint_with_layer_scalars_loads_as_its_text_model(tmp_path):
-    """Gemma4ForConditionalGeneration (a vision tower beside the text model) called with token ids
-    alone, every layer_scalar away from 1 (randomize leaves buffers at their init): the same logits
-    and greedy tokens."""
+# Gemma4ForConditionalGeneration (a vision tower beside the text model); Gemma4UnifiedForConditionalGeneration (encoder-free:
+# its optional patch and audio embedders left out)
+MULTIMODAL = {"Gemma4ForCausalLM": lambda text: transformers.Gemma4Config(text_config=text, vision_config=VISION),
+              "Gemma4UnifiedForCausalLM": lambda text: transformers.Gemma4UnifiedConfig(text_config=text)}
+
+
+@pytest.mark.parametrize("arch", sorted(MULTIMODAL))
+def test_multimodal_checkpoint_with_layer_scalars_loads_as_its_text_model(arch, tmp_path):
+    """The multimodal model called with token ids alone, every layer_scalar away from 1 (randomize
+    leaves buffers at their init): the same logits and greedy tokens."""
     torch.manual_seed(0)
-    config = transformers.Gemma4Config(text_config=dict(ARCH.tiny_config), vision_config=VISION)
+    config = MULTIMODAL[arch](dict(registry.get(arch).tiny_config))
     ref = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
     reference.randomize(ref, 0)
     with torch.no_grad():
@@ -37,7 +43,7 @@ def test_multimodal_checkpoint_with_layer_scalars_loads_as_its_text_model(tmp_pa
                 buffer.copy_(0.5 + torch.rand(1))
     ref.eval().save_pretrained(tmp_path)
     model = jaxllm.load(tmp_path)
-    assert model.config.architecture == "Gemma4ForCausalLM" and model.config.final_softcap == 5.0
+    assert model.config.architecture == arch and model.config.final_softcap == 5.0
     assert reference.max_rel_diff(model.logits(TOKENS), reference.torch_logits(ref, TOKENS)) <= 1e-4
     prompt = TOKENS[0, :9].tolist()
     with torch.no_grad():
@@ -45,6 +51,18 @@ def test_multimodal_checkpoint_with_layer_scalars_loads_as_its_text_model(tmp_pa
         want = ref.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False, eos_token_id=None,
                             pad_token_id=0)[0, 9:].tolist()
     assert model.generate(prompt, jaxllm.SamplingParams(max_new_tokens=8, ignore_eos=True)).token_ids == want
+
+
+def test_unified_text_config_builds_no_per_layer_embeddings_or_experts():
+    """Gemma4UnifiedTextConfig left to its defaults (a 1,024-token window, 262,144 positions), and Gemma 4's PLE and
+    expert keys given anyway: Gemma4UnifiedTextModel builds neither, and neither do we."""
+    arch = registry.get("Gemma4UnifiedForCausalLM")
+    hf = transformers.Gemma4UnifiedTextConfig()
+    cfg = arch.config({"model_type": "gemma4_unified_text", "hidden_size_per_layer_input": 256, "enable_moe_block": True,
+                       "num_experts": 8, "top_k_experts": 2, "moe_intermediate_size": 64})
+    assert (cfg.sliding_window, cfg.max_position_embeddings, cfg.head_dim) == (
+        hf.sliding_window, hf.max_position_embeddings, hf.per_layer_config[0].head_dim)
+    assert (cfg.per_layer_input_size, cfg.num_experts) == (0, 0)
 
 
 def test_routing_matches_transformers(tmp_path):

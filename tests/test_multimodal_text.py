@@ -301,6 +301,13 @@ WRAPPED = {
     # Cohere2's text model under the wrapper's own head: no logit_scale; tied by the top level (true by default)
     "aya-vision-cohere2": ("AyaVisionForConditionalGeneration", lambda: transformers.AyaVisionConfig(**COHERE2_VISION),
                            "Cohere2ForCausalLM"),
+    # North's vision checkpoints: Cohere Compass' text model (its sliding layers' rope carrying Qwen3-VL's M-RoPE sections)
+    # under Qwen3-VL's layout, its head scaled by the text config's logit_scale and tied by the top level
+    "cohere-compass-tied": ("CohereCompassForConditionalGeneration", lambda: transformers.CohereCompassConfig(
+        text_config=_text("CohereCompassForCausalLM", rope_parameters={
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True},
+            "full_attention": None}),
+        vision_config=QWEN3_VISION, tie_word_embeddings=True), "CohereCompassForCausalLM"),
     "cohere2-vision-untied": ("Cohere2VisionForConditionalGeneration", lambda: transformers.Cohere2VisionConfig(
         **COHERE2_VISION, alignment_intermediate_size=32, tie_word_embeddings=False), "Cohere2ForCausalLM"),
     # text families of another base prefix and head name (GPT-2's transformer.*, GPT-NeoX's gpt_neox.* and embed_out):
