@@ -200,6 +200,7 @@ class ModelConfig:
     expert_act: str | None = None  # the routed experts' activation where it is not hidden_act's (Aria's always SiLU)
     swiglu_alpha: float = 1.0
     swiglu_shift: float = 1.0  # the up half's offset in the clamped SwiGLU (gpt-oss's 1; HY V4's 0: silu(gate) * up)
+    mlp_swiglu: bool = False  # the dense and shared MLPs take the clamped SwiGLU too (MiniMax-M3's; HY V4's do not)
     # gpt-oss: a learned logit per query head that joins every attention softmax's denominator; on the layers
     # attn_sink_layers names (None: all; MiMo-V2-Flash: its sliding-window layers)
     attn_sinks: bool = False

@@ -45,12 +45,8 @@ OWN_FIELDS = {"hc_mult": _given(COUNT), "hc_magnitude": _given(Field(float)), "h
 
 
 class HyV4Attention(SparseLatentAttention):
-    """Sparse latent attention with an output gate per head and value of its own projection (gate_proj, no bias)."""
-
-    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
-        super().__init__(cfg, layer, dtype=dtype, rngs=rngs)
-        self.gate_proj = Dense((cfg.hidden_size,), (cfg.num_heads, self.v_dim), ("embed", "q_heads", "head_dim"), bias=False,
-                               dtype=dtype, rngs=rngs)
+    """Sparse latent attention with an output gate per head and value (the shared output gate, attention.output_gate:
+    gate_proj of x, no bias), which the sparse path applies (its query_parts' third part)."""
 
     def query_parts(self, x):
         return self.q_latent(x), None, self.gate_proj(x)
@@ -97,7 +93,7 @@ def hy_v4_defaults(raw: dict) -> dict:
     shared = tuple(i for i, t in enumerate(indexer_types(raw)) if t == "shared")
     v3 = deepseek_v3_defaults(dict(raw, first_k_dense_replace=0, rope_interleave=False))
     ix = dataclasses.replace(indexer(raw, shared=shared), rope_last=True, norm_eps=float(raw["rms_norm_eps"]))
-    return dict(v3, dense_layers=dense, indexer=ix, attn_sinks=True, router_norm_eps=1e-20, swiglu_limit=float(raw["swiglu_limit"]),
+    return dict(v3, dense_layers=dense, indexer=ix, attn_sinks=True, attn_output_gate=True, attn_gate_bias=False, router_norm_eps=1e-20, swiglu_limit=float(raw["swiglu_limit"]),
                 swiglu_alpha=1.0, swiglu_shift=0.0, hc_streams=raw["hc_mult"], hc_magnitude=float(raw["hc_magnitude"]),
                 hc_eps=float(raw["hc_eps"]))
 

@@ -284,8 +284,8 @@ class GatedMLP(nnx.Module, pytree=False):
     def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs, sparsity: float = 0.0):
         e, f = cfg.hidden_size, cfg.intermediate_size
         self.act, self.scales = activation(cfg.hidden_act), cfg.mlp_scales
-        # the clamped SwiGLU in place of act(gate) * up where the model's experts take it (MiniMax-M3's dense and shared MLPs)
-        self.swiglu = None if cfg.swiglu_limit is None else (cfg.swiglu_alpha, cfg.swiglu_limit)
+        # the clamped SwiGLU in place of act(gate) * up where the model says (cfg.mlp_swiglu: MiniMax-M3's dense and shared MLPs)
+        self.swiglu = (cfg.swiglu_alpha, cfg.swiglu_limit, cfg.swiglu_shift) if cfg.mlp_swiglu else None
         # the normal distribution's quantile at s, as transformers computes it in float32 (inf at s = 1: every gate
         # zeroed; 0 at s = 0.5, the cutoff the mean); None: no sparsity
         self.std_multiplier = None if not sparsity else math.inf if sparsity == 1 else statistics.NormalDist().inv_cdf(sparsity)

@@ -71,7 +71,7 @@ def m3_defaults(raw: dict) -> dict:
                 num_experts=raw["num_local_experts"], experts_per_token=raw["num_experts_per_tok"], dense_layers=dense,
                 router="sigmoid_topk", router_score_bias=True, norm_topk_prob=True, routed_scaling=float(raw["routed_scaling_factor"]),
                 shared_expert_intermediate_size=raw["shared_intermediate_size"], shared_expert_gated=False,
-                swiglu_limit=float(raw["swiglu_limit"]), swiglu_alpha=float(raw["swiglu_alpha"]))
+                swiglu_limit=float(raw["swiglu_limit"]), swiglu_alpha=float(raw["swiglu_alpha"]), mlp_swiglu=True)
 
 
 def _gate_up(hf: str, ours: tuple, width: int) -> list[WeightSpec]:
