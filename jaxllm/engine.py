@@ -127,8 +127,8 @@ class Engine:
         # Keys that depend on the sequence's length (dynamic NTK, LongRoPE) or on how the prompt is split (Dory's
         # last_loop: ModelConfig.whole_prefill) are neither shared nor computed in chunks: a prompt is prefilled
         # whole, as transformers does.
-        length_dependent = cfg.whole_prefill
-        self.budget = max(prefill_tokens, max_len) if length_dependent else prefill_tokens
+        self.whole_prefill = whole = cfg.whole_prefill
+        self.budget = max(prefill_tokens, max_len) if whole else prefill_tokens
         rope = cfg.rope
         # LongRoPE switches from its short to its long factors once a sequence outgrows
         # original_max_position_embeddings, and for Phi-3 transformers then recomputes the whole
@@ -136,7 +136,6 @@ class Engine:
         self.rope_switch = rope.original_max_position_embeddings if (
             rope.type == "longrope" and cfg.longrope_recompute and rope.original_max_position_embeddings < max_len) else None
         self.width = -(-max_len // page_size)
-        self.length_dependent = length_dependent
         num_pages = memory.pool_size(model, self.kv_dtype, page_size, memory_fraction, num_pages, batch_size=batch_size,
                                      max_len=max_len, budget=self.budget, dp=dp)
         if dp > 1:  # equal shards, each of room for at least one sequence of max_len
@@ -148,11 +147,11 @@ class Engine:
         # Prefix caching shares pages of keys and values; a model with recurrent layers (Qwen3-Next, LFM2) would
         # also need each layer's state at the page's end, which no page holds: such models cache no prefixes.
         self.recurrent = cfg.recurrent
-        self.blocks = BlockManager(num_pages, page_size, prefix_caching and not length_dependent and not self.recurrent,
+        self.blocks = BlockManager(num_pages, page_size, prefix_caching and not whole and not self.recurrent,
                                    shards=dp)
         # Chunks of at most a quarter of the budget, so the prompts of a step share calls of several
         # rows (a 2,050-token prompt is 2,048 + 2, not one row padded to the whole budget).
-        max_chunk = None if length_dependent else max(16, prefill_tokens // 4)
+        max_chunk = None if whole else max(16, prefill_tokens // 4)
         self.scheduler = Scheduler(self.blocks, batch_size, self.budget, chunk, max_chunk)
         self.shapes = CallShapes(self.budget, batch_size // dp)  # the prefill calls' menu of shapes
         self.runner = Runner(model, num_pages=num_pages, page_size=page_size, max_seqs=batch_size, max_len=max_len,
@@ -328,7 +327,7 @@ class Engine:
             where = "" if self.dp == 1 else " in one data-parallel shard"
             raise GenerationError(f"{len(ids)} tokens need {need} KV pages but {self.blocks.free_in(shard)} are free{where}: "
                                   "give the engine more pages, or score when its requests are done")
-        chunk = len(ids) if self.length_dependent else min(int(chunk), len(ids))
+        chunk = len(ids) if self.whole_prefill else min(int(chunk), len(ids))
         if self.state is None:
             self.state = self.runner.new_state()
         seq = Sequence(-1, ids)
