@@ -151,7 +151,10 @@ class DecoderModel(nnx.Module):
         norm_cls, norm = final_norm or RMSNorm, norm_kwargs(cfg, dtype, rngs, final_norm)
         # BLOOM's word_embeddings_layernorm: the embeddings through a norm of the final norm's class
         self.embed_norm = norm_cls(e, cfg.norm_eps, **norm) if cfg.embed_norm else None
-        self.layers = nnx.List([layer_cls(cfg, i, dtype=dtype, rngs=rngs) for i in range(cfg.num_layers)])
+        # a layer class that shares modules with earlier layers (Zamba2's blocks, Dory's loops, HRM's stacks) says so
+        # (shares_modules); its layers then get one dict, `shared`, of what the layers before them built to share
+        shared = {"shared": {}} if getattr(layer_cls, "shares_modules", False) else {}
+        self.layers = nnx.List([layer_cls(cfg, i, dtype=dtype, rngs=rngs, **shared) for i in range(cfg.num_layers)])
         eps = cfg.norm_eps if cfg.final_norm_eps is None else cfg.final_norm_eps
         self.norm = norm_cls(e, eps, **norm) if cfg.final_norm else None
         self.project_out = Dense((e,), (width,), ("embed", "word_embed"), **projected) if width != e else None

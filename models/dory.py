@@ -88,14 +88,15 @@ class DoryMLP(GatedMLP):
 class DoryLayer(SandwichLayer):
     """h = unit(x); h + |lambda_1 s| (unit(attn(h)) - h), then the same around the MLP (s = ngpt_alpha_init /
     initializer_range). A loop's first layer starts from unit(x) + the loop's input, which the first loop's first
-    layer makes (unit(x): the input layers' output) and every layer hands on. `firsts`: each checkpoint layer's first
+    layer makes (unit(x): the input layers' output) and every layer hands on. `shared`: each checkpoint layer's first
     run so far, whose modules a later run holds."""
 
     norm_cls = UnitNorm
     attn_cls = DoryAttention
     carries = True
+    shares_modules = True
 
-    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs, firsts: dict):
+    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs, shared: dict):
         super().__init__(cfg, layer, dtype=dtype, rngs=rngs)
         e, made = cfg.hidden_size, dict(dtype=dtype, rngs=rngs)
         self.pre_feedforward_layernorm, self.post_feedforward_layernorm = (UnitNorm(e, cfg.norm_eps, **made) for _ in range(2))
@@ -105,7 +106,7 @@ class DoryLayer(SandwichLayer):
         first, count, loops = cfg.loop
         run, at = divmod(layer - first, count)
         self.loop_start = None if at or not 0 <= run < loops else "first" if run == 0 else "next"
-        same = firsts.setdefault(cfg.checkpoint_layer(layer), self)
+        same = shared.setdefault(cfg.checkpoint_layer(layer), self)
         if same is not self:  # a later run: the first run's modules (built abstractly above, then replaced)
             self.self_attn, self.mlp, self.lambda_1, self.lambda_2 = same.self_attn, same.mlp, same.lambda_1, same.lambda_2
 
@@ -129,9 +130,6 @@ class DoryLayer(SandwichLayer):
 
 class DoryModel(DecoderModel):
     """The shared decoder whose looped layers share their first run's modules (built as the layers are)."""
-
-    def __init__(self, cfg: ModelConfig, layer_cls, *, dtype, rngs: nnx.Rngs, final_norm=None):
-        super().__init__(cfg, functools.partial(layer_cls, firsts={}), dtype=dtype, rngs=rngs, final_norm=final_norm)
 
     def attention_input(self, i, trace, tokens, positions):
         """A loop's first layer attends its norm of unit(x) + the loop's input (unit of the first loop's input)."""

@@ -46,14 +46,16 @@ def stack_pass(cfg: ModelConfig, layer: int) -> tuple[str, int, bool, bool]:
 class HrmLayer(nnx.Module, pytree=False):
     """One layer of one pass of a stack over (state, z_L, z_H) [3, B, T, E]: a pass's first layer reads z_L + z_H, the
     others the state; its output is the new state and, after the stack's weightless norm, a pass's last layer's is
-    the new z_L (L stack) or z_H (H stack). `firsts`: the stacks' layers built so far, shared by their later passes."""
+    the new z_L (L stack) or z_H (H stack). `shared`: the stacks' layers built so far, shared by their later passes."""
 
-    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs, firsts: dict):
+    shares_modules = True
+
+    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs, shared: dict):
         stack, j, self.start, self.end = stack_pass(cfg, layer)
         self.low = stack == "L_module"
-        if (stack, j) not in firsts:
-            firsts[stack, j] = HrmDecoderLayer(cfg, j, dtype=dtype, rngs=rngs)
-        self.layer = firsts[stack, j]
+        if (stack, j) not in shared:
+            shared[stack, j] = HrmDecoderLayer(cfg, j, dtype=dtype, rngs=rngs)
+        self.layer = shared[stack, j]
         self.final_norm = Weightless(cfg.hidden_size, cfg.norm_eps, dtype=dtype, rngs=rngs) if self.end else None
 
     @property
@@ -77,7 +79,7 @@ class HrmLayer(nnx.Module, pytree=False):
 
 class HrmModel(DecoderModel):
     def __init__(self, cfg: ModelConfig, layer_cls, *, dtype, rngs: nnx.Rngs, final_norm=None):
-        super().__init__(cfg, functools.partial(layer_cls, firsts={}), dtype=dtype, rngs=rngs, final_norm=final_norm)
+        super().__init__(cfg, layer_cls, dtype=dtype, rngs=rngs, final_norm=final_norm)
         self.z_L_init = param((cfg.hidden_size,), ("norm",), dtype)
 
     def streams_in(self, x):

@@ -29,8 +29,6 @@ the Mamba2 ones (transformers builds it as a Mamba2 layer whatever it says, and 
 
 from __future__ import annotations
 
-import functools
-
 import jax.numpy as jnp
 from flax import nnx
 
@@ -91,18 +89,20 @@ class SharedBlock(nnx.Module, pytree=False):
 
 class Zamba2Layer(nnx.Module, pytree=False):
     """x + mamba(input_layernorm(x)), on a hybrid layer x + mamba(input_layernorm(x + linear(block(x, emb)))), its
-    cache then (the attention's pages, the mixer's state). `blocks`: the shared blocks' first invocations so far."""
+    cache then (the attention's pages, the mixer's state). `shared`: the shared blocks' first invocations so far, by turn."""
 
-    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs, blocks: list):
+    shares_modules = True
+
+    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs, shared: dict):
         e, made = cfg.hidden_size, dict(dtype=dtype, rngs=rngs)
         self.input_layernorm = RMSNorm(e, cfg.norm_eps, **made)
         self.mamba = MIXERS[cfg.layer_state_kind(layer)](cfg, layer, **made)  # Mamba2's (Zamba's: mamba1.MultiHeadMamba)
         self.shared_transformer = self.linear = None
         if cfg.layer_is_attention(layer):
             turn = sum(map(cfg.layer_is_attention, range(layer))) % cfg.shared_blocks
-            first = blocks[turn] if turn < len(blocks) else None
+            first = shared.get(turn)
             self.shared_transformer = SharedBlock(cfg, layer, first=first, **made)
-            blocks += [self.shared_transformer] if first is None else []
+            shared.setdefault(turn, self.shared_transformer)
             self.linear = Dense((e,), (e,), ("word_embed", "embed"), bias=False, **made)
 
     @property
@@ -126,10 +126,6 @@ class Zamba2Layer(nnx.Module, pytree=False):
 
 class Zamba2Model(DecoderModel):
     """The shared decoder whose layers share blocks (built as the layers are) and read the token embeddings."""
-
-    def __init__(self, cfg: ModelConfig, layer_cls, *, dtype, rngs: nnx.Rngs, final_norm=None):
-        layer_cls = functools.partial(layer_cls, blocks=[])
-        super().__init__(cfg, layer_cls, dtype=dtype, rngs=rngs, final_norm=final_norm)
 
     def layer_inputs(self, tokens, x):
         """Every layer's own input: the token embeddings (original_hidden_states), which XLA does not copy per layer."""
