@@ -1,5 +1,7 @@
 """Reference parity: every registered architecture, and every rope kind, against transformers."""
 
+import copy
+import functools
 import json
 
 import jax
@@ -1270,11 +1272,23 @@ def test_gemma3_text_config_of_model_type_alone_reads_as_gemma3_text_config_does
         hf.head_dim, hf.sliding_window, hf.layer_types, hf.bos_token_id, (hf.eos_token_id,), hf.pad_token_id)
 
 
-def _as_transformers_reads(arch, raw: dict) -> dict:
-    """What the family's transformers config class makes of config.json `raw`, in ModelConfig's terms."""
+@functools.lru_cache(maxsize=4)
+def _hf_config_of(model_type: str, text: str):
+    """The family's transformers config of config.json text `text`, built once for the tests that each read it.
+    config_class(**d) is what from_dict(d) does without keyword arguments, less its log line's repr of the whole
+    config (a third of the null-key test's time)."""
     import transformers
 
-    hf = transformers.CONFIG_MAPPING[arch.hf_model_type].from_dict(dict(raw))
+    return transformers.CONFIG_MAPPING[model_type](**json.loads(text))
+
+
+def _hf_config(arch, raw: dict):
+    return _hf_config_of(arch.hf_model_type, json.dumps(raw, sort_keys=True))
+
+
+def _as_transformers_reads(arch, raw: dict) -> dict:
+    """What the family's transformers config class makes of config.json `raw`, in ModelConfig's terms."""
+    hf = _hf_config(arch, raw)
     kind = arch.hf_model_type
     act = {"openai-gpt": "afn", "gpt_neo": "activation_function", "falcon": "activation", "gpt2": "activation_function", "gpt_bigcode": "activation_function", "gptj": "activation_function", "codegen": "activation_function",
            "opt": "activation_function", "xglm": "activation_function", "jetmoe": "activation_function", "gemma2": "hidden_activation", "vaultgemma": "hidden_activation", "gemma3_text": "hidden_activation",
@@ -1359,11 +1373,11 @@ def _transformers_layout(arch, raw: dict):
         with warnings.catch_warnings():  # a deprecation warning (rope_scaling: null) is no refusal
             warnings.simplefilter("ignore")
             config_class = transformers.CONFIG_MAPPING[arch.hf_model_type]
-            hf = config_class.from_dict(json.loads(json.dumps(raw)))
+            hf = _hf_config(arch, raw)
             key = _built_from(config_class, hf)
             if key not in _HF_LAYOUTS:
-                with torch.device("meta"):
-                    model = transformers.AutoModelForCausalLM.from_config(hf)
+                with torch.device("meta"):  # (a copy: from_config sets the config's dtype, and _hf_config keeps it)
+                    model = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(hf))
                 _HF_LAYOUTS[key] = {name: tuple(p.shape) for name, p in model.named_parameters()}
     except Exception as err:  # noqa: BLE001 - any refusal of transformers' is one we must match
         return err
@@ -1418,8 +1432,7 @@ def _forward_fails(arch, raw: dict) -> bool:
     import torch
     import transformers
 
-    hf = transformers.CONFIG_MAPPING[arch.hf_model_type].from_dict(json.loads(json.dumps(raw)))
-    model = transformers.AutoModelForCausalLM.from_config(hf, attn_implementation="eager")
+    model = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(_hf_config(arch, raw)), attn_implementation="eager")
     try:
         with torch.no_grad():
             model(torch.tensor([[1, 2, 3]]))
