@@ -441,7 +441,7 @@ class Engine:
     def precompile(self, requests: list[Request]) -> None:
         """Compile the steps that serving `requests` can meet and that have not run yet: prefill
         calls of every (rows, length) their chunks may take, the key buckets of their prompts,
-        and the decode step. A server calls it at start-up with typical requests, so no client
+        and the decode step (and speculative decoding's verify step). A server calls it at start-up with typical requests, so no client
         waits for a compile. Not compiled here (each compiles once, when first met): the steps that return
         top or prompt log-probabilities (sampling.logprob_width, SamplingParams.prompt_logprobs), those with
         structured-output masks (SamplingParams.structured), cascade decode
@@ -455,17 +455,23 @@ class Engine:
             self.check(req)
         if self.state is None:
             self.state = self.runner.new_state()
+        reaches = [len(r.prompt) + r.params.max_new_tokens for r in requests]
         prefill, decode = self.shapes.workload(self.runner, self.scheduler.max_chunk, self.chunk,
-                                               [len(r.prompt) for r in requests],
-                                               [len(r.prompt) + r.params.max_new_tokens for r in requests])
+                                               [len(r.prompt) for r in requests], reaches)
+        # speculative decoding's verify calls: their keys bucketed as _decode asks (Runner.verify)
+        verify = sorted({self.runner.kv_bucket(n) for n in range(1, max(reaches) + self.speculative + 1, 256)}
+                        | {self.runner.kv_bucket(max(reaches) + self.speculative)}) if self.speculative else []
         # A call is of the largest kind its rows need (greedy, sampled, penalized: sampling.step_kind): requests
         # that mix kinds meet calls of each (a greedy prompt prefilled alone, decode once the sampled ones end).
         for sampling in sorted({step_kind([r.params]) for r in requests}):
             todo = [shape for shape in prefill if ("prefill", shape, sampling) not in self._compiled]
             todo_decode = [k for k in decode if ("decode", k, sampling) not in self._compiled]
-            if todo or todo_decode:
-                self.runner.compile(self.state, todo, todo_decode, sampling)
+            todo_verify = [k for k in verify if ("verify", k, sampling) not in self._compiled]
+            if todo or todo_decode or todo_verify:
+                self.runner.compile(self.state, todo, todo_decode, sampling,
+                                    *(((self.speculative, todo_verify),) if todo_verify else ()))
             self._compiled |= {("prefill", shape, sampling) for shape in todo} | {("decode", k, sampling) for k in todo_decode}
+            self._compiled |= {("verify", k, sampling) for k in todo_verify}
 
     def _prefill(self, chunks: list[PrefillChunk]) -> list[Event]:
         """Run the chunks in calls of the menu's shapes (CallShapes.call), longest chunks first (a call: that many rows

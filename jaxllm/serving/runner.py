@@ -324,10 +324,11 @@ class Runner:
         offsets = np.zeros(len(limit), np.int32) if offsets is None else offsets
         return put(table), put(limit), put(stop), self._put(np.int32(steps)), put(shared), put(offsets)
 
-    def compile(self, state: SlotState, prefill_shapes, decode_keys, sampling: bool = False) -> None:
+    def compile(self, state: SlotState, prefill_shapes, decode_keys, sampling: bool = False,
+                verify: tuple[int, list[int]] = (0, [])) -> None:
         """Compile the steps of these shapes ((rows, length, keys) prefill calls; decode calls
-        reading `decode_keys` keys) ahead of their first use; a later call of the same shape finds
-        its program in jit's cache."""
+        reading `decode_keys` keys; `verify`: (drafted tokens k, keys of each verify call)) ahead of
+        their first use; a later call of the same shape finds its program in jit's cache."""
         spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
         b = self.max_seqs
         jobs = [functools.partial(self._prefill(n, c).lower, s, sampling, 0, False, self.model.params, spec,
@@ -335,6 +336,11 @@ class Runner:
         jobs += [functools.partial(self._decode.lower, k, sampling, None, 0, self.model.params, spec,
                                    *self._decode_inputs(self.table([[]] * b), np.zeros(b, np.int32), np.ones(b, bool), 1))
                  for k in decode_keys]
+        drafts, verify_keys = verify
+        jobs += [functools.partial(self._verify.lower, k, sampling, 0, self.model.params, spec,
+                                   *self._decode_inputs(self.table([[]] * b), np.zeros(b, np.int32), np.ones(b, bool), 0)[:3],
+                                   self._put_rows(np.zeros((b, drafts), np.int32)), self._put_rows(np.zeros(b, np.int32)))
+                 for k in verify_keys]
         for job in jobs:
             job().compile()
 
