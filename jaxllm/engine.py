@@ -6,15 +6,17 @@ llm_engine, in JAX). The pieces, each in its own small file:
   jaxllm/serving/scheduler.py      who runs this step: prefill chunks within a token budget,
                                    the decode batch, preemption when pages run out (host)
   jaxllm/serving/cascade.py        which cached pages a decode call's rows share, read once (host)
+  jaxllm/serving/ngram.py          speculative decoding's drafts: a sequence's own earlier n-grams (host)
   jaxllm/serving/shapes.py         the prefill calls' menu of shapes, and the shapes a workload needs (host)
   jaxllm/serving/memory.py         how many KV pages the pool holds (host, once)
   jaxllm/serving/runner.py         the page pool and each call's inputs, shapes and buckets (host)
-  jaxllm/serving/steps.py          the jitted prefill / decode steps (device)
+  jaxllm/serving/steps.py          the jitted prefill / decode / verify steps (device)
 
 Each `step()` runs this step's prefill chunks (new prompts, long prompts chunk by chunk, sequences
 recomputed after preemption), then up to `chunk` decode steps for every running sequence (only
 `chunk // 16` while a waiting request could start, so free rows fill quickly), so a long prompt
-delays running sequences by one chunk at a time. Requests can be added and aborted
+delays running sequences by one chunk at a time. With speculative_tokens, a decode call where a sequence finds a
+draft in its own earlier tokens is a verify call instead (docs/architecture.md, speculative decoding). Requests can be added and aborted
 between steps (`add`, `abort`); `run` serves a list to the end; `score` gives teacher-forced
 log-probabilities of a token sequence through the cache (perplexity in the cache's kv_dtype).
 
