@@ -6,15 +6,17 @@ llm_engine, in JAX). The pieces, each in its own small file:
   jaxllm/serving/scheduler.py      who runs this step: prefill chunks within a token budget,
                                    the decode batch, preemption when pages run out (host)
   jaxllm/serving/cascade.py        which cached pages a decode call's rows share, read once (host)
+  jaxllm/serving/ngram.py          speculative decoding's drafts: a sequence's own earlier n-grams (host)
   jaxllm/serving/shapes.py         the prefill calls' menu of shapes, and the shapes a workload needs (host)
   jaxllm/serving/memory.py         how many KV pages the pool holds (host, once)
   jaxllm/serving/runner.py         the page pool and each call's inputs, shapes and buckets (host)
-  jaxllm/serving/steps.py          the jitted prefill / decode steps (device)
+  jaxllm/serving/steps.py          the jitted prefill / decode / verify steps (device)
 
 Each `step()` runs this step's prefill chunks (new prompts, long prompts chunk by chunk, sequences
 recomputed after preemption), then up to `chunk` decode steps for every running sequence (only
 `chunk // 16` while a waiting request could start, so free rows fill quickly), so a long prompt
-delays running sequences by one chunk at a time. Requests can be added and aborted
+delays running sequences by one chunk at a time. With speculative_tokens, a decode call where a sequence finds a
+draft in its own earlier tokens is a verify call instead (docs/architecture.md, speculative decoding). Requests can be added and aborted
 between steps (`add`, `abort`); `run` serves a list to the end; `score` gives teacher-forced
 log-probabilities of a token sequence through the cache (perplexity in the cache's kv_dtype).
 
@@ -40,7 +42,7 @@ from jaxllm.models.attention import check_kv_dtype
 from jaxllm.models.config_fields import token_ids
 from jaxllm.sampling import STOP_TOKEN_IDS_MAX, SamplingParams, logprob_width, step_kind
 from jaxllm.serving import cascade as cascade_plan
-from jaxllm.serving import memory
+from jaxllm.serving import memory, ngram
 from jaxllm.serving.block_manager import BlockManager
 from jaxllm.serving.requests import Event, Request, Score, context_error, fit_advice
 from jaxllm.serving.runner import Row, Runner, top_pairs
@@ -71,6 +73,18 @@ class Engine:
     that reads fewer keys than each sequence reading its own (jaxllm/serving/cascade.py), True whenever
     they share a page, False never.
 
+    speculative_tokens: k > 0 turns on speculative decoding by prompt lookup (vLLM's "ngram" method, no draft
+    model): before a decode call, each sequence looks up the latest earlier occurrence of its last 4 (down to 2)
+    tokens in its own prompt and output, and drafts the k tokens that followed it (jaxllm/serving/ngram.py); one
+    forward pass then computes every row's last token and its drafts, keeping as many drafts as its decode steps
+    would have chosen, and the token after them (Runner.verify): up to k + 1 tokens for one read of the weights.
+    The tokens are those decoding gives without it, greedy and sampled alike (a sampled row draws each token as
+    decode does; a draft is kept when that draw is the draft, with the probability the sampler gives it), and
+    penalties and top_logprobs are as without it. A call whose rows have no draft, or one with a structured-output
+    request, decodes as without it. Default: the model's `speculative_tokens` attribute (what the command lines'
+    --speculative-tokens set), else 0 (off). Refused for models whose state a rejected draft cannot roll back
+    (recurrent layers) or whose keys depend on how a sequence is split into calls (dynamic NTK, LongRoPE).
+
     On a mesh with dp > 1: batch_size is rounded up to a multiple of dp (batch_size / dp rows per
     dp group), the pool has dp equal shards of at least one max_len sequence each (num_pages is
     rounded up to that), and prefill_tokens is the budget of each shard. The prefix cache is per
@@ -80,7 +94,7 @@ class Engine:
     def __init__(self, model, batch_size: int = 8, max_len: int | None = None, *, num_pages: int | None = None,
                  page_size: int = 16, memory_fraction: float = 0.9, prefill_tokens: int = 2048, chunk: int = 16,
                  prefix_caching: bool = True, attention: str | None = None, kv_dtype: str | None = None,
-                 cascade: bool | None = None):
+                 cascade: bool | None = None, speculative_tokens: int | None = None):
         if not all(hasattr(model, name) for name in ("config", "graphdef", "params")):
             raise GenerationError(f"Engine(model, ...) takes a model from jaxllm.load, got {type(model).__name__}: "
                                   "Engine(jaxllm.load(path), ...)")
@@ -102,6 +116,7 @@ class Engine:
         if cascade not in (None, True, False):
             raise GenerationError(f"Engine cascade={cascade!r} is invalid: use None (when it reads fewer keys), True or False")
         self.cascade = cascade
+        self.speculative = _speculative_tokens(model, cfg, speculative_tokens)
         if (not isinstance(memory_fraction, (int, float)) or isinstance(memory_fraction, bool)
                 or not 0 < memory_fraction <= 1):
             raise GenerationError(f"Engine memory_fraction={memory_fraction!r} is invalid: use a number in (0, 1]")
@@ -152,7 +167,8 @@ class Engine:
         # Chunks of at most a quarter of the budget, so the prompts of a step share calls of several
         # rows (a 2,050-token prompt is 2,048 + 2, not one row padded to the whole budget).
         max_chunk = None if whole else max(16, prefill_tokens // 4)
-        self.scheduler = Scheduler(self.blocks, batch_size, self.budget, chunk, max_chunk)
+        # a verify call writes a row's last token and its drafts: pages for k + 1 positions at least
+        self.scheduler = Scheduler(self.blocks, batch_size, self.budget, max(chunk, min(self.speculative + 1, max_len)), max_chunk)
         self.shapes = CallShapes(self.budget, batch_size // dp)  # the prefill calls' menu of shapes
         self.runner = Runner(model, num_pages=num_pages, page_size=page_size, max_seqs=batch_size, max_len=max_len,
                              chunk=chunk, attention=attention or runtime.attention_impl(), eos_width=len(self.eos) + STOP_TOKEN_IDS_MAX,
@@ -427,7 +443,7 @@ class Engine:
     def precompile(self, requests: list[Request]) -> None:
         """Compile the steps that serving `requests` can meet and that have not run yet: prefill
         calls of every (rows, length) their chunks may take, the key buckets of their prompts,
-        and the decode step. A server calls it at start-up with typical requests, so no client
+        and the decode step (and speculative decoding's verify step). A server calls it at start-up with typical requests, so no client
         waits for a compile. Not compiled here (each compiles once, when first met): the steps that return
         top or prompt log-probabilities (sampling.logprob_width, SamplingParams.prompt_logprobs), those with
         structured-output masks (SamplingParams.structured), cascade decode
@@ -441,17 +457,23 @@ class Engine:
             self.check(req)
         if self.state is None:
             self.state = self.runner.new_state()
+        reaches = [len(r.prompt) + r.params.max_new_tokens for r in requests]
         prefill, decode = self.shapes.workload(self.runner, self.scheduler.max_chunk, self.chunk,
-                                               [len(r.prompt) for r in requests],
-                                               [len(r.prompt) + r.params.max_new_tokens for r in requests])
+                                               [len(r.prompt) for r in requests], reaches)
+        # speculative decoding's verify calls: their keys bucketed as _decode asks (Runner.verify)
+        verify = sorted({self.runner.kv_bucket(n) for n in range(1, max(reaches) + self.speculative + 1, 256)}
+                        | {self.runner.kv_bucket(max(reaches) + self.speculative)}) if self.speculative else []
         # A call is of the largest kind its rows need (greedy, sampled, penalized: sampling.step_kind): requests
         # that mix kinds meet calls of each (a greedy prompt prefilled alone, decode once the sampled ones end).
         for sampling in sorted({step_kind([r.params]) for r in requests}):
             todo = [shape for shape in prefill if ("prefill", shape, sampling) not in self._compiled]
             todo_decode = [k for k in decode if ("decode", k, sampling) not in self._compiled]
-            if todo or todo_decode:
-                self.runner.compile(self.state, todo, todo_decode, sampling)
+            todo_verify = [k for k in verify if ("verify", k, sampling) not in self._compiled]
+            if todo or todo_decode or todo_verify:
+                self.runner.compile(self.state, todo, todo_decode, sampling,
+                                    *(((self.speculative, todo_verify),) if todo_verify else ()))
             self._compiled |= {("prefill", shape, sampling) for shape in todo} | {("decode", k, sampling) for k in todo_decode}
+            self._compiled |= {("verify", k, sampling) for k in todo_verify}
 
     def _prefill(self, chunks: list[PrefillChunk]) -> list[Event]:
         """Run the chunks in calls of the menu's shapes (CallShapes.call), longest chunks first (a call: that many rows
@@ -521,6 +543,27 @@ class Engine:
         """Its structured output is complete: the sequence ends here (finish reason "stop")."""
         return seq.grammar is not None and seq.grammar.stopped
 
+    def _drafts(self, batch: list[Sequence], limit: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Speculative decoding's drafts for a decode call (prompt lookup: jaxllm/serving/ngram.py), [B, k] by slot and
+        their lengths [B]: each at most what the row's pages hold after its last token (`limit`) and what its
+        max_new_tokens leaves before the token that follows them. None when no row has one: a plain decode call."""
+        drafts, lengths = np.zeros((self.batch_size, self.speculative), np.int32), np.zeros(self.batch_size, np.int32)
+        for seq in batch:
+            slot = self.slot_of[seq]
+            room = min(self.speculative, int(limit[slot]) - seq.num_tokens, seq.params.max_new_tokens - len(seq.output) - 1)
+            draft = ngram.propose(seq.tokens, room) if room > 0 else []
+            drafts[slot, : len(draft)], lengths[slot] = draft, len(draft)
+        return (drafts, lengths) if lengths.any() else None
+
+    def _count_kept(self, out: np.ndarray, drafts: np.ndarray, lengths: np.ndarray) -> None:
+        """Count a verify call's drafted tokens and those kept (SchedulerStats.drafted, .accepted)."""
+        stats = self.scheduler.stats
+        stats.verified += 1
+        stats.drafted += int(lengths.sum())
+        for slot in np.flatnonzero(lengths):
+            n = lengths[slot]
+            stats.accepted += int(np.cumprod(out[slot, :n] == drafts[slot, :n]).sum())
+
     def _decode(self, batch: list[Sequence]) -> list[Event]:
         b = self.batch_size
         pages, limit, stop = [[] for _ in range(b)], np.zeros(b, np.int32), np.ones(b, bool)
@@ -535,15 +578,23 @@ class Engine:
         grammars = {self.slot_of[seq]: seq.grammar for seq in batch if seq.grammar is not None}
         if grammars:  # structured outputs: one step, its masks computed from each matcher's state (Runner.decode)
             steps = 1
-        cascade = None if self.cascade is False else cascade_plan.plan(
-            self.runner, {self.slot_of[seq]: (seq.pages, seq.num_tokens - 1) for seq in batch}, self.chunk,
-            force=bool(self.cascade))
-        self.scheduler.stats.cascaded += cascade is not None
-        with self._donating():
-            self.state, out, out_lp, done, best = self.runner.decode(self.state, self.runner.table(pages), limit, stop,
-                                                                     self.runner.decode_keys(reach), sampling, steps, cascade,
-                                                                     logprob_width(seq.params for seq in batch),
-                                                                     grammars)
+        width = logprob_width(seq.params for seq in batch)
+        drafts = self._drafts(batch, limit) if self.speculative and not grammars else None
+        if drafts is not None:  # speculative decoding: the drafts verified, one token or more for every row
+            with self._donating():
+                self.state, out, out_lp, done, best = self.runner.verify(
+                    self.state, self.runner.table(pages), limit, stop, *drafts, max(s.num_tokens for s in batch) + self.speculative,
+                    sampling, width)
+            self._count_kept(out, *drafts)
+        else:
+            cascade = None if self.cascade is False else cascade_plan.plan(
+                self.runner, {self.slot_of[seq]: (seq.pages, seq.num_tokens - 1) for seq in batch}, self.chunk,
+                force=bool(self.cascade))
+            self.scheduler.stats.cascaded += cascade is not None
+            with self._donating():
+                self.state, out, out_lp, done, best = self.runner.decode(self.state, self.runner.table(pages), limit, stop,
+                                                                         self.runner.decode_keys(reach), sampling, steps, cascade,
+                                                                         width, grammars)
         events = []
         for seq in batch:
             slot = self.slot_of[seq]
@@ -565,6 +616,22 @@ class Engine:
             if finished:
                 self._finish(seq)
         return events
+
+
+def _speculative_tokens(model, cfg, k) -> int:
+    """Engine speculative_tokens checked: a whole number >= 0 (None: the model's `speculative_tokens` attribute,
+    else 0), refused above 0 for a model whose drafts could not be verified in one call."""
+    k = getattr(model, "speculative_tokens", 0) if k is None else k
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 0:
+        raise GenerationError(f"Engine speculative_tokens={k!r} is invalid: use a whole number >= 0 (0: no speculative decoding)")
+    if k and cfg.recurrent:
+        raise GenerationError(f"Engine speculative_tokens={k} is invalid for this model: its recurrent layers keep a state "
+                              "per sequence that a rejected draft cannot roll back; use speculative_tokens=0")
+    if k and cfg.whole_prefill:
+        raise GenerationError(f"Engine speculative_tokens={k} is invalid for this model: its keys depend on the sequence's "
+                              "length (dynamic NTK, LongRoPE) or on how it is split into calls (shared KV pools), so drafts "
+                              "verified in one call would not give decode's tokens; use speculative_tokens=0")
+    return int(k)
 
 
 def _keep_prompt_scores(chunk: PrefillChunk, scored: tuple) -> None:

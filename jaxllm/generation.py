@@ -104,8 +104,9 @@ def engine_for(model, ids: list[list[int]], params: SamplingParams) -> Engine:
     batch, max_len = min(len(ids), 8), -(-need // 256) * 256
     num_pages = batch * max_len // 16
     kv_dtype = check_kv_dtype(getattr(model, "kv_dtype", None))
-    key = (batch, max_len, kv_dtype)
-    mates = [k for k in model.engines if (k[0], k[2]) == (batch, kv_dtype)]
+    speculative = getattr(model, "speculative_tokens", 0)  # the engine's default (Engine speculative_tokens)
+    key = (batch, max_len, kv_dtype, speculative)
+    mates = [k for k in model.engines if (k[0], k[2:]) == (batch, key[2:])]
     key = min((k for k in mates if max_len <= k[1] <= 4 * max_len), key=lambda k: k[1], default=key)
     if key not in model.engines:
         token_bytes = kv_cache_bytes(cfg, 1, model.dtype, kv_dtype) / tp_split(model)

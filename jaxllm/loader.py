@@ -76,6 +76,7 @@ class LoadedModel:
     engines: dict = field(default_factory=dict, repr=False)  # generation's engines, reused by shape
     quantize: str | None = None  # "int8", "int4" or "gguf" when the weights are quantized (models/quant.py)
     kv_dtype: str | None = None  # the engine's KV cache dtype; None: the model's dtype
+    speculative_tokens: int = 0  # the engine's drafted tokens (Engine speculative_tokens; the command lines' flag sets it)
 
     @property
     def module(self):

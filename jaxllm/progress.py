@@ -81,12 +81,16 @@ def add_weight_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def load_flags() -> argparse.ArgumentParser:
     """The flags of every command that loads a model (an argparse parent; `load_model` reads
-    them): model, dtype, mesh, and weight_flags (quantization, KV cache dtype)."""
+    them): model, dtype, mesh, the engine's speculative decoding, and weight_flags (quantization, KV cache dtype)."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--model", help="checkpoint folder, .gguf file or hub id (default: SmolLM2-135M-Instruct)")
     p.add_argument("--revision", help="--model as a hub id: the branch, tag or commit hash to load (default: main)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bfloat16 on accelerators, float32 on CPU)")
     p.add_argument("--mesh", help="device mesh: 'tp=4', 'dp=2,tp=4', 'fsdp=8', 'ep=2,tp=2' (experts over ep) or 'auto' (the most devices on tp that the model's heads allow, the rest on dp)")
+    p.add_argument("--speculative-tokens", type=int, default=0, metavar="K",
+                   help="speculative decoding by prompt lookup (vLLM's ngram method): draft up to K tokens from the sequence's "
+                        "own earlier text and verify them in one step; the same tokens, faster where answers copy their "
+                        "prompt (default: 0, off)")
     return add_weight_flags(p)
 
 
@@ -144,7 +148,7 @@ FLAGS = {"max_new_tokens": "--max-new-tokens", "temperature": "--temperature", "
          "presence_penalty": "--presence-penalty", "frequency_penalty": "--frequency-penalty", "logit_bias": "--logit-bias", "stop": "--stop",
          "stop_token_ids": "--stop-token-id", "min_tokens": "--min-tokens",
          "revision": "--revision", "quantize": "--quantize", "group_size": "--group-size", "kv_dtype": "--kv-dtype",
-         "dtype": "--dtype", "mesh": "--mesh", "quantize_embeddings": "--quantize-embeddings",
+         "dtype": "--dtype", "mesh": "--mesh", "speculative_tokens": "--speculative-tokens", "quantize_embeddings": "--quantize-embeddings",
          "chat_template_kwargs": "--chat-template-kwargs"}
 _NAME = r"(?<![\w.'/-])({})(?![\w/-])"  # not part of a longer name, a flag or a path
 # Where a library name is the subject or object of a message: `name=value` (a keyword argument),
@@ -311,13 +315,19 @@ def is_leader() -> bool:
 def load_model(args) -> LoadedModel:
     """The model of --model (default: runtime.default_model()) in --dtype (default: float32 on a
     CPU, else bfloat16) on --mesh, quantized as --quantize says, with --kv-dtype for its engine; a
-    progress bar when loading takes over a second."""
+    progress bar when loading takes over a second. --speculative-tokens goes on the model for its engines
+    (LoadedModel.speculative_tokens), checked before anything is loaded."""
     dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+    speculative = getattr(args, "speculative_tokens", 0)
+    if speculative < 0:
+        raise JaxllmError(f"--speculative-tokens {speculative} is invalid: use a whole number >= 0 (0: off)")
     with Bar(None, "loading", delay=1.0, enabled=is_leader()) as bar:
-        return load(args.model or runtime.default_model(), dtype=dtype, mesh=args.mesh, progress=bar,
-                    quantize=args.quantize, group_size=args.group_size, kv_dtype=args.kv_dtype,
-                    quantize_embeddings=getattr(args, "quantize_embeddings", False),
-                    revision=getattr(args, "revision", None))
+        model = load(args.model or runtime.default_model(), dtype=dtype, mesh=args.mesh, progress=bar,
+                     quantize=args.quantize, group_size=args.group_size, kv_dtype=args.kv_dtype,
+                     quantize_embeddings=getattr(args, "quantize_embeddings", False),
+                     revision=getattr(args, "revision", None))
+    model.speculative_tokens = speculative
+    return model
 
 
 _compile_s = [0.0]  # XLA backend compile seconds in this process (jax.monitoring events)

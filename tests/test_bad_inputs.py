@@ -262,6 +262,8 @@ CASES = {
     "cli-logit-bias-beyond-100": cli(generate.main, ["--logit-bias", '{"5": -101}', "hi"], "^error: --logit-bias .* is invalid: the bias of token 5"),
     "cli-min-tokens": cli(generate.main, ["--min-tokens", "9", "--max-new-tokens", "4", "hi"],
                           r"^error: --min-tokens 9 is invalid: use a whole number from 0 to --max-new-tokens \(4\)$"),
+    "cli-speculative-tokens": cli(generate.main, ["--speculative-tokens", "-1", "hi"],
+                                  "^error: --speculative-tokens -1 is invalid: use a whole number >= 0"),
     "cli-stop-token-id": cli(generate.main, ["--stop-token-id", "-3", "hi"], r"^error: --stop-token-id \[-3\] is invalid: use a list of token ids"),
     "cli-max-new-tokens-zero": cli(generate.main, ["--max-new-tokens", "0", "hi"], "^error: --max-new-tokens 0 is invalid"),
     "cli-max-new-tokens-beyond-int32": cli(generate.main, ["--max-new-tokens", str(2**31), "hi"], "--max-new-tokens 2147483648 is invalid"),

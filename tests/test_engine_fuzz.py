@@ -12,6 +12,7 @@
 
 import dataclasses
 
+import jax
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, example, given, settings
@@ -219,10 +220,61 @@ def test_random_workloads_equal_each_request_alone(tiny, data):
     assert (1, 16, 24) in {(rows, length, keys) for rows, length, keys, _ in made}
 
 
+def test_speculative_decoding_keeps_drafts_and_gives_the_tokens_decoding_gives(tiny):
+    """Prompt lookup (speculative_tokens=3) on the tiny Llama with its attention outputs scaled down, nearly a bigram
+    model: a prompt that is its own greedy output followed by that output's first tokens again continues mostly as it
+    did before, so most drafts looked up in it are kept, and some rejected. Greedy and seeded sampled requests get
+    the tokens and log-probabilities they get alone without speculation, in a pool that preempts."""
+    damped = jax.tree_util.tree_map_with_path(lambda path, x: x * 0.01 if "o_proj" in jax.tree_util.keystr(path) else x,
+                                              tiny.model.params)
+    model = dataclasses.replace(tiny.model, params=damped, engines={})
+    greedy = jaxllm.SamplingParams(max_new_tokens=10, ignore_eos=True, logprobs=True).resolved()
+    chain = model.generate([5, 6, 7], greedy, engine=Engine(model, **SHAPE)).token_ids  # its own greedy output
+    sampled = dataclasses.replace(greedy, temperature=0.9, top_k=5, seed=3, repetition_penalty=1.2)
+    reqs = [(chain + chain[:2], dataclasses.replace(greedy, max_new_tokens=12)),  # drafts kept
+            ([9, 40, 11, 3, 60, 9, 40], greedy), ([17, 30, 17], sampled), ([5, 6, 7, 8, 5, 6, 7], sampled)]
+    engine = Engine(model, **dict(SHAPE, speculative_tokens=3))
+    got = {i: ([], []) for i in range(len(reqs))}
+    for ev in engine.run([Request(prompt, params, i) for i, (prompt, params) in enumerate(reqs)]):
+        got[ev.index] = got[ev.index][0] + ev.tokens, got[ev.index][1] + ev.logprobs
+        check_pool(engine)
+    for i, (prompt, params) in enumerate(reqs):
+        tokens, logprobs, _ = served_alone(Tiny(model), prompt, params)
+        assert got[i][0] == tokens, (i, got[i][0], tokens)
+        np.testing.assert_allclose(got[i][1], logprobs, atol=1e-5)
+    stats = engine.scheduler.stats
+    assert stats.preempted and 3 <= stats.accepted < stats.drafted, stats
+    assert engine.blocks.num_free == engine.blocks.num_pages
+
+
+def test_prompt_lookup_drafts_what_followed_the_longest_latest_match():
+    """vLLM's ngram proposer: the last 4 tokens down to 2 looked up before the end, the longest match first, its
+    latest occurrence; the draft may run into the suffix itself, and is cut at k and at the sequence's end."""
+    from jaxllm.serving.ngram import propose
+
+    assert propose([7, 1, 2, 3, 5, 9, 2, 3, 8, 1, 2, 3], 2) == [5, 9]  # (1, 2, 3) beats the later (2, 3)
+    assert propose([1, 2, 3, 4, 2, 3, 9, 2, 3], 5) == [9, 2, 3]  # the latest (2, 3), cut at the end
+    assert propose([5, 5, 5, 5], 3) == [5]
+    assert propose([1, 2, 3, 4, 2], 3) == propose([4, 2], 3) == propose([1, 2, 1, 2], 0) == []  # one token matches: no draft
+
+
+def test_speculative_decoding_is_refused_where_a_draft_cannot_be_rolled_back():
+    """A model with recurrent layers cannot take back the state a rejected draft left: refused in one line, at once."""
+    from types import SimpleNamespace
+
+    from jaxllm.models import registry
+
+    arch = registry.get("MambaForCausalLM")
+    model = SimpleNamespace(config=arch.config(dict(arch.tiny_config)), graphdef=None, params=None, generation_config={})
+    with pytest.raises(jaxllm.GenerationError, match="recurrent layers .* use speculative_tokens=0$"):
+        Engine(model, speculative_tokens=4)
+
+
 BAD_ENGINES = [dict(batch_size=0), dict(batch_size=-1), dict(batch_size=2.0), dict(batch_size=True), dict(max_len=1),
                dict(page_size=0), dict(page_size="4"), dict(num_pages=0), dict(num_pages=1), dict(num_pages=10**12),
                dict(prefill_tokens=0), dict(chunk=-3), dict(memory_fraction=float("nan")), dict(kv_dtype="int4"),
-               dict(cascade="yes"), dict(attention=5), dict(prefix_caching="no"), dict(prefix_caching=None)]
+               dict(cascade="yes"), dict(attention=5), dict(prefix_caching="no"), dict(prefix_caching=None),
+               dict(speculative_tokens=-1), dict(speculative_tokens="4")]
 
 
 @pytest.mark.parametrize("bad", BAD_ENGINES, ids=lambda bad: "-".join(f"{k}={v!r}" for k, v in bad.items()))

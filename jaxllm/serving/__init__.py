@@ -4,7 +4,8 @@
   block_manager.py  the fixed pool of KV pages: reference counts and the prefix cache
   scheduler.py      each step's work: prefill chunks within a token budget, then the decode batch
                     (preempting the newest sequence when pages run out)
+  ngram.py          speculative decoding's drafts: the tokens that followed a sequence's last n-gram before
 
-and the device computes (runner.py: the page pool and the jitted prefill / decode steps), from
+and the device computes (runner.py: the page pool and the jitted prefill / decode / verify steps), from
 `Sequence.pages` (page table) and `Sequence.num_cached`.
 """

@@ -14,6 +14,9 @@ steps (nano-vllm's model runner). The host (engine, scheduler) decides; this onl
                                   its page; a row whose logits are not finite ends with ERROR
                                   (both: the most likely tokens' log-probabilities too when a row
                                   asks for top_logprobs, a static width: sampling.logprob_width)
+  verify(drafts)                  speculative decoding: each slot's last token and the tokens drafted after it
+                                  (prompt lookup, jaxllm/serving/ngram.py) in one forward pass, as many kept
+                                  as its decode steps would have chosen, then the one after them
   score(tokens, pages, chunk)     teacher-forced log-probabilities of a token sequence: prefill
                                   calls of one row that scores its prompt, chunk by chunk through
                                   the pool (later chunks read the keys the earlier ones cached, in
@@ -144,7 +147,7 @@ class Runner:
         indexed = index_shapes(self.cfg)  # sparse attention's indexer key pages beside the keys and values
         steps = make_steps(model.graphdef, chunk, attention, self.mesh, kv_shapes, scales is not None, decode_options,
                            small_options, recurrent, indexed)
-        self._traces, self._prefill_large, self._prefill_small, self._decode, self._zeros = steps
+        self._traces, self._prefill_large, self._prefill_small, self._decode, self._zeros, self._verify = steps
         self._before = dataclasses.replace(self._traces)  # what engines before this one compiled
         pool = self.shards * pool_pages(self.shard_pages, self.shard_seqs)
         self._sizes = (max_seqs, pool, page_size, kv_shapes, self.cfg.output_vocab, eos_width, self.kv_dtype, recurrent,
@@ -172,7 +175,7 @@ class Runner:
         """The traces (compiles) of the steps since this runner was made: a new engine whose
         shapes earlier engines of the model met counts none."""
         t, b = self._traces, self._before
-        return Counters(t.prefill - b.prefill, t.decode - b.decode)
+        return Counters(t.prefill - b.prefill, t.decode - b.decode, t.verify - b.verify)
 
     def compiled_calls(self) -> set[tuple]:
         """(rows per dp shard, length, keys, kind) of the prefill calls compiled for this model so
@@ -321,10 +324,11 @@ class Runner:
         offsets = np.zeros(len(limit), np.int32) if offsets is None else offsets
         return put(table), put(limit), put(stop), self._put(np.int32(steps)), put(shared), put(offsets)
 
-    def compile(self, state: SlotState, prefill_shapes, decode_keys, sampling: bool = False) -> None:
+    def compile(self, state: SlotState, prefill_shapes, decode_keys, sampling: bool = False,
+                verify: tuple[int, list[int]] = (0, [])) -> None:
         """Compile the steps of these shapes ((rows, length, keys) prefill calls; decode calls
-        reading `decode_keys` keys) ahead of their first use; a later call of the same shape finds
-        its program in jit's cache."""
+        reading `decode_keys` keys; `verify`: (drafted tokens k, keys of each verify call)) ahead of
+        their first use; a later call of the same shape finds its program in jit's cache."""
         spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
         b = self.max_seqs
         jobs = [functools.partial(self._prefill(n, c).lower, s, sampling, 0, False, self.model.params, spec,
@@ -332,6 +336,11 @@ class Runner:
         jobs += [functools.partial(self._decode.lower, k, sampling, None, 0, self.model.params, spec,
                                    *self._decode_inputs(self.table([[]] * b), np.zeros(b, np.int32), np.ones(b, bool), 1))
                  for k in decode_keys]
+        drafts, verify_keys = verify
+        jobs += [functools.partial(self._verify.lower, k, sampling, 0, self.model.params, spec,
+                                   *self._decode_inputs(self.table([[]] * b), np.zeros(b, np.int32), np.ones(b, bool), 0)[:3],
+                                   self._put_rows(np.zeros((b, drafts), np.int32)), self._put_rows(np.zeros(b, np.int32)))
+                 for k in verify_keys]
         for job in jobs:
             job().compile()
 
@@ -369,6 +378,18 @@ class Runner:
         state, out, out_lp, done, best = self._decode(kv_len, sampling, keys, top, self.model.params, state,
                                                       *self._decode_inputs(table, limit, stop, steps, shared, offsets), *masks)
         return (state, *jax.device_get((out, out_lp, done, best)))  # one wait for the four copies
+
+    def verify(self, state: SlotState, table: np.ndarray, limit: np.ndarray, stop: np.ndarray, drafts: np.ndarray,
+               lengths: np.ndarray, reach: int, sampling: int, top: int = 0):
+        """Speculative decoding's step: each slot's last token and its first `lengths` [B] tokens of `drafts` [B, k]
+        in one forward pass, and as many of those drafts kept as its decode steps would have chosen, then the token
+        after them (steps._verify). Its keys are bucketed as a prefill call's that reaches `reach` positions (the
+        whole table would be read from every page for cuDNN's decode kernel). Returns what `decode` does, with k + 1
+        steps."""
+        state, out, out_lp, done, best = self._verify(self.kv_bucket(reach), sampling, top, self.model.params, state,
+                                                      *self._decode_inputs(table, limit, stop, 0)[:3],
+                                                      self._put_rows(drafts.astype(np.int32)), self._put_rows(lengths.astype(np.int32)))
+        return (state, *jax.device_get((out, out_lp, done, best)))
 
 
 def top_pairs(top, at: tuple, k: int) -> list[tuple[int, float]]:

@@ -2,7 +2,8 @@
 in a process (`steps`) and shared by every Runner of it: prefill (rows of chunks written into the
 page pool, the last position sampled; with each position's log-probability of the next prompt token
 when a row scores its prompt, which Engine.score uses too) and decode (up to `chunk` steps for every
-slot in a lax.while_loop), over the SlotState they donate.
+slot in a lax.while_loop), and speculative decoding's verify (each slot's drafted tokens in one forward pass),
+over the SlotState they donate.
 jaxllm/serving/runner.py builds their inputs and says what each computes."""
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Counters:
 
     prefill: int = 0
     decode: int = 0
+    verify: int = 0  # speculative decoding's steps (Engine speculative_tokens)
     calls: set = dataclasses.field(default_factory=set, repr=False, compare=False)
 
 
@@ -65,6 +67,7 @@ class Steps(NamedTuple):
     prefill_small: Callable  # the others (runtime.small_call_options)
     decode: Callable
     zeros: Callable  # a zero SlotState
+    verify: Callable  # speculative decoding's step: each slot's drafts verified in one forward pass
 
 
 # ----------------------------------------------------------------------------------------------
@@ -93,11 +96,13 @@ def steps(graphdef, chunk: int, attention: str, mesh, kv_shapes: tuple, scales: 
     gather = sharding.replicated(mesh) if mesh is not None and dp is None else None
     prefill = functools.partial(_prefill, graphdef, counters, attention, gather)
     decode = functools.partial(_decode, graphdef, counters, chunk, attention, gather)
+    verify = functools.partial(_verify, graphdef, counters, attention, gather)
     sizes = tuple(range(11))  # _zero_state's arguments are all static
     if mesh is None:
         return Steps(counters, *(jax.jit(prefill, static_argnums=(0, 1, 2, 3), donate_argnums=5, compiler_options=o) for o in (None, small)),
                      jax.jit(decode, static_argnums=(0, 1, 2, 3), donate_argnums=5, compiler_options=options),
-                     jax.jit(_zero_state, static_argnums=sizes))
+                     jax.jit(_zero_state, static_argnums=sizes),
+                     jax.jit(verify, static_argnums=(0, 1, 2), donate_argnums=4, compiler_options=options))
     # On a mesh: the pool is split like the kv projections (an int8 pool's scales [pool, page, K]
     # like its first three dims) and over dp by pages; the slots over dp; what the host reads back
     # is replicated, so every process of a multi-host run can read it.
@@ -123,12 +128,15 @@ def steps(graphdef, chunk: int, attention: str, mesh, kv_shapes: tuple, scales: 
     state = jax.tree.map(lambda _: rows, jax.eval_shape(lambda: _zero_state(1, 1, 1, (), 1, 1, ("float32", None))))
     state = state._replace(cache=cache)
     if mesh.shape["dp"] > 1:  # each dp shard computes its own rows on its own pages and slots
-        prefill, decode = (_per_shard(mesh, f, statics, replicated) for f, statics, replicated in ((prefill, 4, ()), (decode, 4, (4,))))
+        prefill, decode, verify = (_per_shard(mesh, f, statics, replicated) for f, statics, replicated in
+                                   ((prefill, 4, ()), (decode, 4, (4,)), (verify, 3, ())))
     return Steps(counters, *(jax.jit(prefill, static_argnums=(0, 1, 2, 3), donate_argnums=5, out_shardings=(state, rep, rep, rep, rep),
                                      compiler_options=o) for o in (None, small)),
                  jax.jit(decode, static_argnums=(0, 1, 2, 3), donate_argnums=5, out_shardings=(state, rep, rep, rep, rep),
                          compiler_options=options),
-                 jax.jit(_zero_state, static_argnums=sizes, out_shardings=state))
+                 jax.jit(_zero_state, static_argnums=sizes, out_shardings=state),
+                 jax.jit(verify, static_argnums=(0, 1, 2), donate_argnums=4, out_shardings=(state, rep, rep, rep, rep),
+                         compiler_options=options))
 
 
 def _per_shard(mesh, step, statics: int, replicated: tuple[int, ...]):
@@ -203,6 +211,17 @@ def _whole(logits, gather):
     return logits if gather is None else jax.lax.with_sharding_constraint(logits, gather)
 
 
+def _forward(model, cache, tokens, starts, lengths, table, kv_len, attention, state_rows=None):
+    """The hidden states [R, C, E] of rows of tokens [R, C] at positions starts.. (the first `lengths` [R] of each
+    real), their keys and values written into the rows' pages (`table`), and the new cache: a prefill chunk, or a
+    decode slot's last token and its drafts (`_verify`)."""
+    c = tokens.shape[1]
+    positions = starts[:, None] + jnp.arange(c)[None, :]
+    valid = jnp.arange(c)[None, :] < lengths[:, None]
+    kv = PagedCache(table, valid, kv_len, attention, state_rows=state_rows)  # state_rows: each row's recurrent state
+    return model.hidden(tokens, positions, cache, kv, lengths=starts + lengths)
+
+
 def _prefill(graphdef, counters, attention, gather, kv_len, sampling, top, prompt, params, state: SlotState, slots, tokens, starts,
              lengths, table, history, rp: RowParams, generated, max_new, eos, limit, state_rows, targets, allowed=None):
     """Returns (state, token [R], logprob [R], done [R], extra). `top` (static, sampling.logprob_width): 0, or
@@ -214,11 +233,8 @@ def _prefill(graphdef, counters, attention, gather, kv_len, sampling, top, promp
     counters.prefill += 1
     counters.calls.add((*tokens.shape, kv_len, call_kind(sampling, top, prompt, allowed is not None)))
     model = nnx.merge(graphdef, params)
-    n, c = tokens.shape
-    positions = starts[:, None] + jnp.arange(c)[None, :]
-    valid = jnp.arange(c)[None, :] < lengths[:, None]
-    kv = PagedCache(table, valid, kv_len, attention, state_rows=state_rows)  # state_rows: each row's recurrent state
-    hidden, cache = model.hidden(tokens, positions, state.cache, kv, lengths=starts + lengths)
+    n = tokens.shape[0]
+    hidden, cache = _forward(model, state.cache, tokens, starts, lengths, table, kv_len, attention, state_rows)
     last = jnp.take_along_axis(hidden, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)
     logits = _whole(model.logits(last)[:, 0], gather)
     extra = None if not (top or prompt) else (top_logprobs(logits, top) if top else None,
@@ -285,6 +301,35 @@ def _chunk_logprobs(logits, targets, top: int):
     return jnp.where(targets >= 0, chosen[..., 0], 0.0), top_of(logp, top) if top else None, rank
 
 
+def _active(st: SlotState):
+    """[B] the slots that compute a token this step: not done, and not paused at their page limit."""
+    return ~st.done & (st.positions < st.limit)
+
+
+def _advance(st: SlotState, logits, active, sampling, top: int, allowed=None):
+    """One decode step's token choice from `logits` [B, V] (the model's at each slot's position), for the `active`
+    [B] slots: the token sampled (ERROR where the logits are not finite), then the slot's state moved past it (its
+    position, generated count, done, seen tokens, counts). Returns (state, token [B] (-1: inactive), logprob [B],
+    top (ids, logprobs) [B, top] or None)."""
+    b = st.tokens.shape[0]
+    penalized = sampling == PENALIZED
+    token, lp = sample(logits, st.seen, st.params, st.generated, sampling, *((st.counts, st.eos) if penalized else (None, None)),
+                       allowed)
+    bad = active & ~jnp.all(jnp.isfinite(logits), axis=-1)
+    token = jnp.where(active, jnp.where(bad, ERROR, token), -1)
+    generated = st.generated + active
+    finished = active & ((generated >= st.max_new) | jnp.any(token[:, None] == st.eos, axis=-1) | bad)
+    st = st._replace(
+        tokens=jnp.where(active, token, st.tokens),
+        positions=st.positions + active,
+        done=st.done | finished,
+        generated=generated,
+        seen=st.seen.at[jnp.arange(b), jnp.maximum(token, 0)].max(active),
+        counts=_counted(st.counts, token, active & (token >= 0)) if penalized else st.counts,
+    )
+    return st, token, jnp.where(active, lp, 0.0), top_logprobs(logits, top) if top else None
+
+
 def _decode(graphdef, counters, chunk, attention, gather, kv_len, sampling, cascade, top, params, state: SlotState, table,
             limit, stop, steps, shared, offsets, allowed=None):
     """Up to `steps` (a traced scalar <= chunk) decode steps over all slots. out[b, i] is the i-th new token of slot b in this call,
@@ -303,27 +348,11 @@ def _decode(graphdef, counters, chunk, attention, gather, kv_len, sampling, casc
     state = state._replace(done=state.done | stop, limit=limit)
 
     def step(st):
-        active = ~st.done & (st.positions < st.limit)
+        active = _active(st)
         kv = PagedCache(table, active[:, None], kv_len, attention, shared[0], offsets, cascade)
         hidden, cache = model.hidden(st.tokens[:, None], st.positions[:, None], st.cache, kv)
         logits = _whole(model.logits(hidden)[:, 0], gather)
-        penalized = sampling == PENALIZED
-        token, lp = sample(logits, st.seen, st.params, st.generated, sampling, *((st.counts, st.eos) if penalized else (None, None)),
-                           allowed)
-        bad = active & ~jnp.all(jnp.isfinite(logits), axis=-1)
-        token = jnp.where(active, jnp.where(bad, ERROR, token), -1)
-        generated = st.generated + active
-        finished = active & ((generated >= st.max_new) | jnp.any(token[:, None] == st.eos, axis=-1) | bad)
-        st = st._replace(
-            cache=cache,
-            tokens=jnp.where(active, token, st.tokens),
-            positions=st.positions + active,
-            done=st.done | finished,
-            generated=generated,
-            seen=st.seen.at[jnp.arange(b), jnp.maximum(token, 0)].max(active),
-            counts=_counted(st.counts, token, active & (token >= 0)) if penalized else st.counts,
-        )
-        return st, token, jnp.where(active, lp, 0.0), top_logprobs(logits, top) if top else None
+        return _advance(st._replace(cache=cache), logits, active, sampling, top, allowed)
 
     def body(carry):
         i, st, out, out_lp, out_top = carry
@@ -341,3 +370,41 @@ def _decode(graphdef, counters, chunk, attention, gather, kv_len, sampling, casc
 
     _, state, out, out_lp, out_top = jax.lax.while_loop(cond, body, (jnp.int32(0), state, out, out_lp, out_top))
     return state, out, out_lp, state.done, out_top
+
+
+def _verify(graphdef, counters, attention, gather, kv_len, sampling, top, params, state: SlotState, table, limit, stop,
+            drafts, lengths):
+    """Speculative decoding's step (Engine speculative_tokens): every slot's last token and its first `lengths` [B]
+    drafted tokens `drafts` [B, k] computed in one forward pass at the slot's positions (keys and values written
+    into its pages as a prefill chunk's are), then k + 1 decode steps' token choices (`_advance`) from those logits,
+    a slot going on while the token it chose is its next draft. The tokens are those its decode steps would have
+    chosen one by one: the first that differs from the draft is the slot's last this call (the logits after it were
+    computed on a draft the sequence does not have), and a sampled slot draws each token as decode does (its seed,
+    its count), so a draft is kept with the probability the sampler gives it, and on a miss the token drawn is one
+    of the others by their probabilities: exact rejection sampling of a deterministic draft. The keys and values of
+    drafts not kept lie past the slot's position, where its next steps write over them. Returns what `_decode`
+    does, over k + 1 steps."""
+    counters.verify += 1
+    model = nnx.merge(graphdef, params)
+    state = state._replace(done=state.done | stop, limit=limit)
+    b, k = drafts.shape
+    active = _active(state)
+    tokens = jnp.concatenate([state.tokens[:, None], drafts], axis=1)
+    hidden, cache = _forward(model, state.cache, tokens, state.positions, jnp.where(active, lengths + 1, 0), table, kv_len,
+                             attention)
+    logits = _whole(model.logits(hidden), gather)  # [B, k + 1, V]
+    after = jnp.where(jnp.arange(k)[None, :] < lengths[:, None], drafts, -1)
+    after = jnp.concatenate([after, jnp.full((b, 1), -1, after.dtype)], axis=1)  # the draft after each position (-1: none)
+
+    def step(carry, xs):
+        st, going = carry
+        at_logits, draft = xs
+        st, token, lp, best = _advance(st, at_logits, going & _active(st), sampling, top)
+        return (st, going & (token == draft)), (token, lp, best)
+
+    # the cache stays out of the loop's carry: the scan only chooses tokens
+    (state, _), (out, out_lp, best) = jax.lax.scan(step, (state._replace(cache=None), active),
+                                                   (logits.swapaxes(0, 1), after.T))
+    best = None if best is None else tuple(x.swapaxes(0, 1) for x in best)
+    return state._replace(cache=cache), out.T, out_lp.T, state.done, best
+

@@ -1,0 +1,110 @@
+"""Speculative decoding by prompt lookup (Engine speculative_tokens): batch-1 decode tokens/s with and without it,
+in one process, with the acceptance rate.
+
+The model is a random-weight one of a real shape (jaxllm.random_model, as jaxllm.bench makes them) with its
+attention outputs (o_proj) scaled to zero: it computes and reads exactly what the shape does, but each token's
+greedy successor is a fixed function of that token alone (a bigram model), so its answer copies any stretch of its
+own earlier output that it comes back to, as a summary or a code edit copies its prompt. Workloads:
+
+  copy      the prompt is the model's own greedy output X followed by X's first two tokens again: the answer goes
+            on as X did, so every draft is found in the prompt and kept (but where the verify call's arithmetic,
+            bfloat16 over k + 1 positions, picks another token than decode's at a near tie)
+  fresh     a random prompt: the answer's n-grams rarely occurred before, so drafts are rarely found and the
+            engine mostly decodes as without speculation
+  rejected  the fresh prompt with a draft forced at every step (k copies of the last token, which the model does
+            not choose next): every step verifies k drafts and keeps none, the worst case (one token per call)
+
+    python benchmarks/speculative.py                                             # CPU smoke check (tiny shape)
+    python benchmarks/speculative.py --shape qwen3-0.6b --shape llama3-8b        # GPU, bfloat16
+
+Tokens/s counts the new tokens after the first over the time after the first (jaxllm.bench's b1 figure), each
+engine's second run (the first compiles).
+"""
+
+import argparse
+import dataclasses
+import time
+
+import jax
+import numpy as np
+
+from jaxllm.engine import Engine, Request
+from jaxllm.random_model import random_model
+from jaxllm.sampling import SamplingParams
+from jaxllm.serving import ngram
+
+
+def bigram(model):
+    """`model` with its attention outputs scaled to zero (the same computation, the same bytes read)."""
+    params = jax.tree_util.tree_map_with_path(lambda path, x: x * 0 if "o_proj" in jax.tree_util.keystr(path) else x,
+                                              model.params)
+    return dataclasses.replace(model, params=params, engines={})
+
+
+def timed(engine: Engine, prompt: list[int], new: int) -> tuple[float, int, dict]:
+    """(decode tokens/s after the first token, tokens, the engine's speculation counts) of one greedy request, on
+    the engine's second run."""
+    params = SamplingParams(max_new_tokens=new, ignore_eos=True).resolved()
+    for _ in range(2):
+        stats = engine.scheduler.stats
+        stats.verified = stats.drafted = stats.accepted = 0
+        start, first, tokens = time.perf_counter(), None, []
+        for ev in engine.run([Request(prompt, params)]):
+            first = first or time.perf_counter()
+            tokens += ev.tokens
+        total = time.perf_counter() - start
+    counts = dict(verified=stats.verified, drafted=stats.drafted, accepted=stats.accepted)
+    return (len(tokens) - 1) / (total - (first - start)), tokens, counts
+
+
+def run(shape: str, dtype: str, k: int, prompt_len: int, new: int) -> list[dict]:
+    model = bigram(jax.block_until_ready(random_model(shape, dtype=dtype)))
+    vocab = model.config.vocab_size
+    max_len = max(prompt_len, new + 4) + new + 16
+
+    def engine(speculative):
+        return Engine(model, batch_size=1, max_len=max_len, num_pages=-(-max_len // 16), page_size=16,
+                      prefill_tokens=max(512, max_len), chunk=64, speculative_tokens=speculative)
+
+    plain, spec = engine(0), engine(k)
+    rng = np.random.default_rng(0)
+    _, chain, _ = timed(plain, [int(rng.integers(vocab))], new + 4)
+    fresh = rng.integers(0, vocab, prompt_len).tolist()
+    rows = []
+    for name, prompt in (("copy", chain + chain[:2]), ("fresh", fresh), ("rejected", fresh)):
+        rate, want, _ = timed(plain, prompt, new)
+        propose = ngram.propose
+        if name == "rejected":  # every step drafts k copies of the last token (prompt lookup would rarely draft here)
+            ngram.propose = lambda tokens, n, *rest: [int(tokens[-1])] * n
+        try:
+            spec_rate, got, counts = timed(spec, prompt, new)
+        finally:
+            ngram.propose = propose
+        assert dtype != "float32" or got == want, f"{name}: speculation changed the greedy tokens"
+        rows.append(dict(shape=shape, workload=name, plain=rate, speculative=spec_rate, same_tokens=got == want, **counts))
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shape", action="append", help="a jaxllm.random_model shape (repeatable; default: tiny)")
+    p.add_argument("--dtype", help="default: bfloat16 on an accelerator, float32 on a CPU")
+    p.add_argument("--k", type=int, default=4, help="speculative_tokens (default: %(default)s)")
+    p.add_argument("--prompt", type=int, default=128, help="the fresh prompt's tokens (default: %(default)s)")
+    p.add_argument("--new", type=int, default=256, help="new tokens of each request (default: %(default)s)")
+    args = p.parse_args()
+    dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+    print(f"{jax.devices()[0].device_kind}, {dtype}, speculative_tokens={args.k}, n-grams {ngram.N_MAX}..{ngram.N_MIN}, "
+          f"{args.new} new tokens, batch 1")
+    print(f"{'shape':<12} {'workload':<9} {'plain tok/s':>11} {'spec tok/s':>10} {'speedup':>7} {'verify calls':>12} "
+          f"{'drafted':>7} {'kept':>5} {'accepted':>8} {'same tokens':>11}")
+    for shape in args.shape or ["tiny"]:
+        for r in run(shape, dtype, args.k, args.prompt, args.new):
+            rate = r["accepted"] / r["drafted"] if r["drafted"] else float("nan")
+            print(f"{r['shape']:<12} {r['workload']:<9} {r['plain']:>11.1f} {r['speculative']:>10.1f} "
+                  f"{r['speculative'] / r['plain']:>6.2f}x {r['verified']:>12} {r['drafted']:>7} {r['accepted']:>5} "
+                  f"{rate:>8.0%} {str(r['same_tokens']):>11}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
