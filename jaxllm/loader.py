@@ -355,6 +355,12 @@ def load(
     None: the model's dtype), kept on the LoadedModel.
     revision: for a hub id, the branch, tag or commit hash to load (default: the main branch).
     """
+    if not isinstance(tokenizer, (bool, np.bool_)):  # vLLM's tokenizer= is a path: here it would be read as True, unsaid
+        raise InputError(f"tokenizer must be True or False (whether to load the checkpoint's own tokenizer), got "
+                         f"{type(tokenizer).__name__} {tokenizer!r:.60}: to use another tokenizer, put its files in the "
+                         "checkpoint folder, or load with tokenizer=False and set model.tokenizer")
+    if progress is not None and not callable(progress):
+        raise InputError(f"progress must be a function taking each tensor's name, or None, got {type(progress).__name__}")
     kv_dtype = resolve_kv_dtype(kv_dtype)
     p = prepare(path_or_id, dtype, mesh, quantize=quantize, group_size=group_size, revision=revision,
                 quantize_embeddings=quantize_embeddings)
