@@ -49,6 +49,9 @@ def gguf_files(folder: Path) -> list[str]:
 def resolve(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:
     """A local file or folder as it is; otherwise a hub id, fetched into (or found in) the HF cache,
     at `revision` (a branch, tag or commit hash; default the repo's main branch)."""
+    if not str(path_or_id).strip():  # Path('') is '.': the current folder would be read, unasked
+        raise CheckpointError("the checkpoint's path or hub id is empty: give a checkpoint folder, a .gguf file or a hub id "
+                              "like 'org/name' (for the current folder: '.')")
     path = Path(path_or_id).expanduser()
     text = str(path_or_id)
     if revision is not None and (not isinstance(revision, str) or not revision.strip()):

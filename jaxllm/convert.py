@@ -162,7 +162,7 @@ def convert(src, dst, *, dtype=None, to_hf: bool = False, force: bool = False, m
     if given and to_hf:  # a quantized converted folder exports its float values whatever they say: refused, not dropped
         raise JaxllmError(f"{' and '.join(given)} write{'s' if len(given) == 1 else ''} jaxllm's own format: drop --to-hf "
                           "(Hugging Face files hold float weights)")
-    p = plan(source.raw, dtype or source.dtype, mesh, source, quantize=quantize, group_size=group_size,
+    p = plan(source.raw, source.dtype if dtype is None else dtype, mesh, source, quantize=quantize, group_size=group_size,
              quantize_embeddings=quantize_embeddings)
     dtype_name = jax.numpy.dtype(p.dtype).name
     p.check()

@@ -327,6 +327,18 @@ CASES = {
                                   "--shard-size 0.0 is invalid: give a positive, finite number of GB"),
     "cli-convert-shard-size-nan": cli(convert.main, lambda m: [m.path("tiny"), "out", "--to-hf", "--shard-size", "nan"],
                                       "--shard-size nan is invalid: give a positive, finite number of GB"),
+    # an empty value (an unset shell variable) was read as the flag left out: the default model, dtype, source folder,
+    # or no constraint at all
+    "cli-model-empty": cli(generate.main, ["--model", "", "hi"], r"^error: --model must be a checkpoint folder, .* got str ''$"),
+    "cli-dtype-empty": cli(generate.main, gen(["--dtype", "", "hi"]), "^error: --dtype '' is not supported; use one of float32"),
+    "cli-regex-empty": cli(generate.main, gen(["--regex", "", "hi"]), "^error: --regex is invalid: give it as non-empty text$"),
+    "cli-convert-source-empty": cli(convert.main, ["", "out"], r"^error: the checkpoint's path or hub id is empty: .*\(for the "
+                                                               r"current folder: '\.'\)$"),
+    "load-dtype-empty": lib(lambda m: jaxllm.load(m.path("tiny"), dtype=""), "^dtype '' is not supported"),
+    # a path to no file was taken for the schema's text, and refused as invalid JSON ('expected value at line 1 column 33')
+    "cli-json-schema-no-such-file": cli(generate.main, ["--json-schema", "./schema.json", "hi"],
+                                        r"^error: argument --json-schema: no such file: \./schema\.json \(give an existing file"),
+    "cli-grammar-a-folder": cli(generate.main, lambda m: ["--grammar", str(m.files["root"]), "hi"], "argument --grammar: .* is a folder"),
     "cli-convert-name-too-long": cli(convert.main, lambda m: [m.path("tiny"), "y" * 300],  # was an OSError's traceback
                                      r"^error: cannot write y+: a name in the path is longer than the file system takes .*; choose a "
                                      "shorter output name$"),
