@@ -17,7 +17,7 @@ from functools import cached_property
 from pathlib import Path
 
 from jaxllm import gguf_tokenizer
-from jaxllm.errors import CheckpointError, ConfigError
+from jaxllm.errors import CheckpointError, ConfigError, shown
 from jaxllm.models import config_fields, mxfp4, registry, weights
 from jaxllm.safetensors_io import LazyTensor, SafetensorsFile
 
@@ -49,11 +49,20 @@ def gguf_files(folder: Path) -> list[str]:
 def resolve(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:
     """A local file or folder as it is; otherwise a hub id, fetched into (or found in) the HF cache,
     at `revision` (a branch, tag or commit hash; default the repo's main branch)."""
+    if not str(path_or_id).strip():  # Path('') is '.': the current folder would be read, unasked
+        raise CheckpointError("the checkpoint's path or hub id is empty: give a checkpoint folder, a .gguf file or a hub id "
+                              "like 'org/name' (for the current folder: '.')")
     path = Path(path_or_id).expanduser()
     text = str(path_or_id)
     if revision is not None and (not isinstance(revision, str) or not revision.strip()):
         raise CheckpointError(f"revision must be a branch, tag or commit hash of the hub repo (a non-empty string), got {revision!r}")
-    if path.exists():
+    try:
+        exists = path.exists()
+    except OSError as err:  # a name the file system cannot hold (ENAMETOOLONG), ...
+        raise CheckpointError(f"'{text[:60]}{'...' if len(text) > 60 else ''}' cannot be a file or folder name here "
+                              f"({err.strerror or type(err).__name__}); pass a checkpoint folder, a .gguf file or a hub id "
+                              "like 'org/name'") from None
+    if exists:
         if revision is not None:
             raise CheckpointError(f"revision={revision!r} picks a version of a hub repo, but '{text}' is a local "
                                   f"{'folder' if path.is_dir() else 'file'}: drop revision, or check out that version there")
@@ -143,8 +152,8 @@ def read_json(path: Path, what: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{what} not found at {path}: a Hugging Face checkpoint folder needs one") from None
+    except FileNotFoundError:  # the absolute path: '.' would name 'config.json' alone
+        raise ConfigError(f"{what} not found at {path.absolute()}: a Hugging Face checkpoint folder needs one") from None
     except IsADirectoryError:
         raise ConfigError(f"{what} at {path} is a folder, not a file: replace it with the JSON file") from None
     except json.JSONDecodeError as err:
@@ -332,6 +341,10 @@ def load_tokenizer(path: Path, vocab_size: int | None = None):
     except Exception as err:  # the tokenizers library reports a bad file as a bare Exception
         raise CheckpointError(f"the tokenizer in {path} could not be loaded ({type(err).__name__}: {' '.join(str(err).split())[:200]}): "
                               "fix or re-download its tokenizer files") from None
+    limit = getattr(tok, "model_max_length", None)  # transformers compares every encoding's length with it
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float))):
+        raise CheckpointError(f"the tokenizer in {path} has a model_max_length of {shown(limit)}, not a number (transformers "
+                              "fails encoding any text with it): correct model_max_length in tokenizer_config.json, or remove it")
     if vocab_size is not None and len(tok) < 32 and len(tok) * 8 < vocab_size:
         present = [f for f in TOKENIZER_FILES if (path / f).exists()]
         raise CheckpointError(f"the tokenizer in {path} holds only {len(tok)} tokens where the model has {vocab_size:,} "

@@ -94,6 +94,13 @@ def _clear_stale(dst: Path) -> None:
 
 
 def _check_dst(src: Path, dst: Path, force: bool) -> None:
+    try:
+        _check_dst_path(src, dst, force)
+    except OSError as err:  # a path the system refuses to look at (a name too long, ...)
+        raise _refused(dst, err) from None
+
+
+def _check_dst_path(src: Path, dst: Path, force: bool) -> None:
     if dst.exists() and not dst.is_dir():  # --force replaces folders only: not offered here
         raise JaxllmError(f"{dst} exists and is a file, not a folder: remove it or choose another output")
     if dst.exists() and not force:
@@ -145,6 +152,9 @@ def convert(src, dst, *, dtype=None, to_hf: bool = False, force: bool = False, m
     None: the dtype the source stores its weights in, else float32. Whatever ends it early (an
     error, a full or read-only disk, Ctrl-C, SIGTERM), nothing is left behind once it returns."""
     start = time.perf_counter()
+    if isinstance(shard_bytes, bool) or not isinstance(shard_bytes, int) or shard_bytes < 1:
+        raise JaxllmError(f"shard_bytes={shard_bytes!r:.40} is invalid: give the largest safetensors file's size, a positive "
+                          "whole number of bytes")
     dst = Path(dst).expanduser()
     source = open_checkpoint(src)
     _check_dst(source.path, dst, force)
@@ -152,7 +162,7 @@ def convert(src, dst, *, dtype=None, to_hf: bool = False, force: bool = False, m
     if given and to_hf:  # a quantized converted folder exports its float values whatever they say: refused, not dropped
         raise JaxllmError(f"{' and '.join(given)} write{'s' if len(given) == 1 else ''} jaxllm's own format: drop --to-hf "
                           "(Hugging Face files hold float weights)")
-    p = plan(source.raw, dtype or source.dtype, mesh, source, quantize=quantize, group_size=group_size,
+    p = plan(source.raw, source.dtype if dtype is None else dtype, mesh, source, quantize=quantize, group_size=group_size,
              quantize_embeddings=quantize_embeddings)
     dtype_name = jax.numpy.dtype(p.dtype).name
     p.check()
@@ -252,9 +262,9 @@ def main(argv=None) -> int:
     def body() -> int:
         if not math.isfinite(args.shard_size) or args.shard_size <= 0:
             raise JaxllmError(f"--shard-size {args.shard_size} is invalid: give a positive, finite number of GB (e.g. 5)")
-        with flag_terms():  # the library's messages name its arguments: here, the flags
+        with flag_terms():  # the library's messages name its arguments: here, the flags (a --shard-size beyond int64: one file)
             out = convert(args.src, args.dst, dtype=args.dtype, to_hf=args.to_hf, force=args.force, mesh=args.mesh,
-                          shard_bytes=int(args.shard_size * 1e9), quantize=args.quantize, group_size=args.group_size,
+                          shard_bytes=int(min(args.shard_size * 1e9, 2**62)), quantize=args.quantize, group_size=args.group_size,
                           quantize_embeddings=args.quantize_embeddings)
         kind = "Hugging Face safetensors" if args.to_hf else "jaxllm (orbax)"
         print(f"wrote {args.dst} ({kind}, {out['dtype']}, {out['bytes'] / 1e9:.2f} GB) in {out['seconds']:.1f}s "

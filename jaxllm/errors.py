@@ -80,6 +80,13 @@ def check_interrupted() -> None:
         raise Interrupted(_received[0])
 
 
+def shown(value, limit: int = 80) -> str:
+    """repr(value) for a one-line message, cut to `limit` characters ('...' where cut): a request's list of
+    100,000 stop strings is named by its start, not printed whole."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _first(array: np.ndarray, bad: np.ndarray) -> str:
     """'VALUE at [i, j]' of the first True of `bad` (a mask over `array`)."""
     where = tuple(int(i[0]) for i in np.nonzero(bad))

@@ -17,7 +17,7 @@ import numpy as np
 # the chat-template helpers and TextStream are importable from here too, where they lived before
 from jaxllm.chat_template import check_template_inputs, check_template_kwargs, encode, encode_messages, has_chat_template  # noqa: F401
 from jaxllm.engine import Engine, Request, context_error
-from jaxllm.errors import GenerationError, InputError, available_memory, check_prompt_ids, size_text
+from jaxllm.errors import GenerationError, InputError, available_memory, check_prompt_ids, shown, size_text
 from jaxllm.models.attention import check_kv_dtype, kv_cache_bytes
 from jaxllm.sampling import SamplingParams
 from jaxllm.serving.memory import tp_split
@@ -57,7 +57,7 @@ def prepare(model, prompts, params: SamplingParams | dict | None, *, chat=None, 
                               "(--no-chat) with token-id prompts" if tok is None else
                               "this checkpoint's tokenizer has no chat template: use chat=False (--no-chat)")
     if params.stop and tok is None:  # stop strings are found in the decoded text: without a tokenizer, never
-        raise GenerationError(f"stop={list(params.stop)!r} needs the decoded text, and this checkpoint has no tokenizer: "
+        raise GenerationError(f"stop={shown(list(params.stop))} needs the decoded text, and this checkpoint has no tokenizer: "
                               "add its tokenizer files (tokenizer.json, tokenizer_config.json) to the folder, or drop stop")
     check_template_inputs(tok, prompts, chat, system, template_kwargs)
     ids = []

@@ -240,7 +240,7 @@ def plan(raw: dict, dtype=None, mesh=None, source=None, *, quantize: str | None 
     quant.check_tables(quantize_embeddings)
     arch = registry.architecture_of(raw)
     cfg = _own_head(arch, arch.config(raw), source)
-    dtype = resolve_dtype(dtype or "float32")
+    dtype = resolve_dtype("float32" if dtype is None else dtype)  # "" refused, not read as unset
     scheme_for, tables, native, quantize = quantization(arch, cfg, source, quantize, group_size, quantize_embeddings)
     if sharding.is_auto(mesh):  # the most devices on tp this model's heads and MLP allow, the rest on dp (ep=1 either way)
         probe = abstract_model(cfg, arch, dtype, scheme_for, tables=tables)[1]
@@ -307,7 +307,7 @@ def prepare(path_or_id, dtype=None, mesh=None, *, quantize: str | None = None, g
                          f"path), got {type(path_or_id).__name__} {path_or_id!r}"[:300])
     source = open_checkpoint(path_or_id, revision)
     try:
-        p = plan(source.raw, dtype or source.load_dtype, mesh, source, quantize=quantize, group_size=group_size,
+        p = plan(source.raw, source.load_dtype if dtype is None else dtype, mesh, source, quantize=quantize, group_size=group_size,
                  quantize_embeddings=quantize_embeddings)
     except ConfigError as err:  # a GGUF file has no config.json: name the file its fields came from
         path = getattr(source, "path", None)
@@ -356,6 +356,12 @@ def load(
     None: the model's dtype), kept on the LoadedModel.
     revision: for a hub id, the branch, tag or commit hash to load (default: the main branch).
     """
+    if not isinstance(tokenizer, (bool, np.bool_)):  # vLLM's tokenizer= is a path: here it would be read as True, unsaid
+        raise InputError(f"tokenizer must be True or False (whether to load the checkpoint's own tokenizer), got "
+                         f"{type(tokenizer).__name__} {tokenizer!r:.60}: to use another tokenizer, put its files in the "
+                         "checkpoint folder, or load with tokenizer=False and set model.tokenizer")
+    if progress is not None and not callable(progress):
+        raise InputError(f"progress must be a function taking each tensor's name, or None, got {type(progress).__name__}")
     kv_dtype = resolve_kv_dtype(kv_dtype)
     p = prepare(path_or_id, dtype, mesh, quantize=quantize, group_size=group_size, revision=revision,
                 quantize_embeddings=quantize_embeddings)

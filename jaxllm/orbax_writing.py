@@ -112,7 +112,8 @@ _OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
 _WRITE_FAILURES = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
                    errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
                    errno.EPERM: "the operation is not permitted", errno.EFBIG: "a file would exceed the size limit",
-                   errno.EIO: "an input/output error"}
+                   errno.EIO: "an input/output error", errno.ENAMETOOLONG: "a name in the path is longer than the file system takes",
+                   errno.ENOENT: "a folder on the path cannot be made there"}
 
 
 def write_error(folder: Path, err: BaseException) -> CheckpointError | None:
@@ -126,6 +127,7 @@ def write_error(folder: Path, err: BaseException) -> CheckpointError | None:
         return None
     reason = _WRITE_FAILURES.get(code) or os.strerror(code)
     fix = ("free some space there or choose another output folder" if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-           else "choose an output folder you can write to" if code in (errno.EROFS, errno.EACCES, errno.EPERM)
+           else "choose an output folder you can write to" if code in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT)
+           else "choose a shorter output name" if code == errno.ENAMETOOLONG
            else "check the disk or choose another output folder")
     return CheckpointError(f"cannot write {folder}: {reason} ({os.strerror(code)}, errno {code}); {fix}")

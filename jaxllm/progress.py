@@ -149,7 +149,7 @@ FLAGS = {"max_new_tokens": "--max-new-tokens", "temperature": "--temperature", "
          "stop_token_ids": "--stop-token-id", "min_tokens": "--min-tokens",
          "revision": "--revision", "quantize": "--quantize", "group_size": "--group-size", "kv_dtype": "--kv-dtype",
          "dtype": "--dtype", "mesh": "--mesh", "speculative_tokens": "--speculative-tokens", "quantize_embeddings": "--quantize-embeddings",
-         "chat_template_kwargs": "--chat-template-kwargs"}
+         "chat_template_kwargs": "--chat-template-kwargs", "path_or_id": "--model"}
 _NAME = r"(?<![\w.'/-])({})(?![\w/-])"  # not part of a longer name, a flag or a path
 # Where a library name is the subject or object of a message: `name=value` (a keyword argument),
 # the message's first word, `drop name`, `pass name too`; names with an underscore anywhere (no
@@ -170,6 +170,8 @@ def in_flag_terms(message: str, prompts: int = 1) -> str:
     message = re.sub(r"(--[a-z-]+)=(?=[\s)])", r"\1", message)  # `without quantize=`
     message = re.sub(r"(--[a-z-]+)=", r"\1 ", message)
     message = re.sub(r"(?<=drop )the system message\b|(?<=, or )the system message\b", "--system", message)
+    message = re.sub(r"\bstructured (json_schema|json_object|regex|choice|grammar)\b", lambda m: "--" + m.group(1).replace("_", "-"),
+                     message)  # 'structured regex is invalid' as '--regex is invalid'
     message = message.replace(", or None for a random one", ", or leave it out for a random one")
     message = message.replace(" in the request)", ")")
     return re.sub(r"\bprompt (\d+)\b", lambda m: "the prompt" if prompts == 1 else f"prompt {int(m.group(1)) + 1}", message)
@@ -250,14 +252,24 @@ def structured_of(args) -> Structured | None:
     given = {name: value for name, value in (("json_schema", getattr(args, "json_schema", None)),
                                               ("json_object", getattr(args, "json_object", False)),
                                               ("regex", getattr(args, "regex", None)), ("choice", getattr(args, "choice", None)),
-                                              ("grammar", getattr(args, "grammar", None))) if value}
+                                              ("grammar", getattr(args, "grammar", None)))
+             if value is not None and value is not False}  # given empty ('' from an unset variable): refused, not dropped
     if len(given) > 1:
         raise JaxllmError(f"{', '.join('--' + n.replace('_', '-') for n in given)} each constrain the answer: give one of them")
     return Structured(**given) if given else None
 
 
+_PATH_LIKE = re.compile(r"^(~|\.{0,2}/)\S*$|^\S+\.(json|lark|gbnf|txt)$", re.IGNORECASE)  # a path, not schema or grammar text
+
+
 def file_or_text(value: str) -> str:
-    """A --json-schema or --grammar value: the text of the file it names, else the value itself."""
+    """A --json-schema or --grammar value: the text of the file it names, else the value itself; a
+    folder, or what reads as a path to no file ('./schema.json', '/tmp/x.lark'), refused by name
+    (it was taken for the schema's or grammar's text, and refused as invalid JSON or Lark)."""
+    if value and os.path.isdir(value):
+        raise argparse.ArgumentTypeError(f"{value} is a folder: give a file, or the schema or grammar itself")
+    if value and not os.path.isfile(value) and _PATH_LIKE.match(value.strip()):
+        raise argparse.ArgumentTypeError(f"no such file: {value} (give an existing file, or the schema or grammar itself)")
     if value and os.path.isfile(value):
         try:
             with open(value, encoding="utf-8") as f:
@@ -317,12 +329,13 @@ def load_model(args) -> LoadedModel:
     CPU, else bfloat16) on --mesh, quantized as --quantize says, with --kv-dtype for its engine; a
     progress bar when loading takes over a second. --speculative-tokens goes on the model for its engines
     (LoadedModel.speculative_tokens), checked before anything is loaded."""
-    dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+    # unset, not empty: --model '' or --dtype '' (an unset shell variable) is refused, not read as the default
+    dtype = args.dtype if args.dtype is not None else ("float32" if jax.default_backend() == "cpu" else "bfloat16")
     speculative = getattr(args, "speculative_tokens", 0)
     if speculative < 0:
         raise JaxllmError(f"--speculative-tokens {speculative} is invalid: use a whole number >= 0 (0: off)")
     with Bar(None, "loading", delay=1.0, enabled=is_leader()) as bar:
-        model = load(args.model or runtime.default_model(), dtype=dtype, mesh=args.mesh, progress=bar,
+        model = load(args.model if args.model is not None else runtime.default_model(), dtype=dtype, mesh=args.mesh, progress=bar,
                      quantize=args.quantize, group_size=args.group_size, kv_dtype=args.kv_dtype,
                      quantize_embeddings=getattr(args, "quantize_embeddings", False),
                      revision=getattr(args, "revision", None))

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxllm.errors import GenerationError
+from jaxllm.errors import GenerationError, shown
 from jaxllm.structured import Structured, allowed_tokens
 
 log = logging.getLogger("jaxllm")
@@ -144,7 +144,7 @@ class SamplingParams:
 
     def validate(self) -> None:
         def bad(name, value, rule):
-            raise GenerationError(f"{name}={value!r} is invalid: {rule}")
+            raise GenerationError(f"{name}={shown(value)} is invalid: {rule}")
 
         for name in _RANGES:  # finite, yet inf as float32
             value = getattr(self, name)
@@ -283,9 +283,9 @@ def _check_bias(bias, bad) -> None:
         bad("logit_bias", bias, "use a mapping of token ids to numbers in [-100, 100], e.g. {50256: -100}")
     for token, value in bias:
         if not _whole(token) or token < 0:
-            bad("logit_bias", dict(bias), f"token id {token!r} is not a token id: use whole numbers >= 0")
+            bad("logit_bias", dict(bias), f"token id {shown(token)} is not a token id: use whole numbers >= 0")
         if not _finite(value) or not -100 <= value <= 100:
-            bad("logit_bias", dict(bias), f"the bias of token {token} is {value!r}: use a number in [-100, 100]")
+            bad("logit_bias", dict(bias), f"the bias of token {token} is {shown(value)}: use a number in [-100, 100]")
     if len(bias) > LOGIT_BIAS_MAX:
         bad("logit_bias", f"<{len(bias)} tokens>", f"name at most {LOGIT_BIAS_MAX} tokens")
     if len({t for t, _ in bias}) < len(bias):

@@ -19,6 +19,7 @@ from jaxllm.models.config_fields import (
     ROUTERS,
     check_config,
     check_eos,
+    check_layer_count,
     require_fields,
     token_ids,
 )
@@ -609,6 +610,7 @@ def from_hf(raw: dict, architecture: str, defaults: dict | None = None, family_d
 
 def _validated(cfg: ModelConfig) -> ModelConfig:
     """`cfg`, or a ConfigError naming the first field that contradicts another."""
+    check_layer_count(cfg.num_layers, f"the layer counts of this {cfg.architecture}")  # a family's own unrolling, past the table's bound
     for name, allowed in (("qk_norm", QK_NORMS), ("router", ROUTERS), ("router_group_score", GROUP_SCORES)):
         if getattr(cfg, name) not in allowed:  # a model file's bug, not the user's
             raise ValueError(f"{name} {getattr(cfg, name)!r} is not one of {allowed}")

@@ -267,6 +267,7 @@ CONFIG_FIELDS = {
     "local_attention": INDEX, "global_rope_theta": _given(POSITIVE),
     "local_rope_theta": _given(POSITIVE), "norm_bias": FLAG, "decoder_bias": FLAG, "classifier_bias": FLAG,
     "classifier_activation": NAME,
+    "afn": NAME,  # OpenAI GPT's activation
 }
 # quantization_config methods whose checkpoints jaxllm reads (dequantized as they load) for the
 # families (model_type) that ship them: gpt-oss's MXFP4 experts (mxfp4.mxfp4_names).
@@ -315,7 +316,9 @@ def check_config(raw, where: str = "config.json", prefix: str = "") -> dict:
                           "or 'int4' quantizes it while loading)")
     for key in ("rope_parameters", "rope_scaling"):
         rope = raw.get(key) or {}
-        per_type = [t for t in LAYER_TYPES if rope.get(t) is not None]  # entries per layer type, each an object
+        # entries per layer type, each an object: ours, or a family's own type names (Zaya's "hybrid") holding one
+        per_type = [t for t in LAYER_TYPES if rope.get(t) is not None]
+        per_type += [t for t, entry in rope.items() if t not in ROPE_FIELDS and t not in LAYER_TYPES and isinstance(entry, dict)]
         for sub in per_type or [None]:
             check_fields(rope[sub] if sub else rope, ROPE_FIELDS, where, f"{prefix}{key}.{sub}." if sub else f"{prefix}{key}.")
     return raw
@@ -369,6 +372,16 @@ def check_eos(ids, vocab_size: int, where: str) -> None:
     if outside:
         raise ConfigError(f"{where} eos_token_id {outside[0]} lies outside the vocabulary ({vocab_size} tokens), so "
                           "generation could never stop there: correct eos_token_id")
+
+
+def check_layer_count(count: int, how: str) -> int:
+    """`count`, the layers a family unrolls from its config (`how`: the fields whose values make it, as the message
+    names them), or a ConfigError beyond MAX_LAYERS: checked before any list or module is built per layer (a loop count
+    of 10**12 once ran out of memory, a cycle count of 10**6 built for minutes)."""
+    if count > MAX_LAYERS:
+        raise ConfigError(f"config.json {how} make {count:,} layers, more than the {MAX_LAYERS} jaxllm builds (deeper than any "
+                          "released model): correct those fields")
+    return count
 
 
 def known_layer_types(types, allowed: tuple[str, ...], family: str, why: str) -> tuple[str, ...]:

@@ -36,7 +36,7 @@ from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NOT_NULL, Architecture
 from jaxllm.models.attention import UNCACHED, Attention
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.config_fields import INDEX, NAME, POSITIVE, Field, _given, check_fields
+from jaxllm.models.config_fields import INDEX, NAME, POSITIVE, Field, _given, check_fields, check_layer_count
 from jaxllm.models.decoder import CausalLM, DecoderModel, decoder_weight_map
 from jaxllm.models.gemma import SandwichLayer
 from jaxllm.models.layers import GatedMLP, RMSNorm, param
@@ -183,6 +183,8 @@ def dory_names(raw: dict) -> dict:
         raise ConfigError(f"config.json recurrent_kv_cache_mode {str(raw['recurrent_kv_cache_mode'])[:40]!r} is not one Dory "
                           f"runs: use {' or '.join(MODES)}")
     loops = raw["n_recurrent_loops"]
+    check_layer_count(first + count * loops + last, f"n_input_layers {first} + n_recurrent_layers {count} x n_recurrent_loops "
+                      f"{loops} + n_output_layers {last}")
     unrolled = list(types[:first]) + list(types[first:first + count]) * loops + list(types[first + count:])
     return dict(raw, num_hidden_layers=len(unrolled), layer_types=unrolled, dory_layers=(first, count, loops))
 

@@ -23,6 +23,7 @@ from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import RMS_NOT_NULL, Architecture
 from jaxllm.models.attention import UNCACHED
 from jaxllm.models.config import ModelConfig
+from jaxllm.models.config_fields import check_layer_count
 from jaxllm.models.decoder import CausalLM, DecoderLayer, DecoderModel, dense
 from jaxllm.models.layers import RMSNorm, param
 from jaxllm.models.transforms import Linear, Part
@@ -107,7 +108,9 @@ def hrm_defaults(raw: dict) -> dict:
             raise ConfigError(f"config.json {key} is true, which jaxllm's HRM-Text does not read (its checkpoints fuse the "
                               "projections without biases): set it false")
     h, low, per = raw["H_cycles"], raw["L_cycles"], raw.get("num_layers_per_stack")
-    layers = (per or raw["num_hidden_layers"]) * h * (low + 1)
+    stack = "num_layers_per_stack" if per is not None else "num_hidden_layers"
+    layers = check_layer_count((per or raw["num_hidden_layers"]) * h * (low + 1),
+                               f"{stack} {per or raw['num_hidden_layers']} x H_cycles {h} x (L_cycles {low} + 1)")
     if per is not None and raw["num_hidden_layers"] != layers:
         raise ConfigError(f"config.json num_hidden_layers={raw['num_hidden_layers']} is not num_layers_per_stack x H_cycles x "
                           f"(L_cycles + 1) = {layers}, the layer passes transformers' cache holds (it fails on it): remove "

@@ -19,7 +19,7 @@ mix tokens by Kimi Delta Attention or by latent attention without positions.
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NOT_NULL, Architecture
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.config_fields import COUNT, HEADS, MAX_LAYERS, Field, check_fields, known_layer_types
+from jaxllm.models.config_fields import COUNT, HEADS, MAX_LAYERS, Field, _given, check_fields, known_layer_types
 from jaxllm.models.decoder import renamed
 from jaxllm.models.deepseek import latent_attention, latent_head_dim, routed_experts, sigmoid_router
 from jaxllm.models.glm4_moe_lite import mlp_layer_types
@@ -30,8 +30,10 @@ from jaxllm.models.weights import WeightSpec, saved_as
 
 TYPES = ("linear_attention", "full_attention")
 # linear_attn_config's keys KimiLinearConfig reads (the layer lists 1-based)
-_LINEAR_FIELDS = {"head_dim": COUNT, "num_heads": HEADS, "short_conv_kernel_size": COUNT,
-                  "full_attn_layers": Field(int, 1, MAX_LAYERS, many="list"), "kda_layers": Field(int, 1, MAX_LAYERS, many="list")}
+# null: KimiLinearConfig reads the value as given (and fails on it)
+_LINEAR_FIELDS = {"head_dim": _given(COUNT), "num_heads": _given(HEADS), "short_conv_kernel_size": _given(COUNT),
+                  "full_attn_layers": Field(int, 1, MAX_LAYERS, many="list", null=False),
+                  "kda_layers": Field(int, 1, MAX_LAYERS, many="list", null=False)}
 # KimiLinearConfig's attribute_map: the key config.json holds (which wins), its alias and default -> the name
 # DeepSeek's reading takes
 _ALIASES = {"num_experts": ("num_local_experts", 256, "n_routed_experts"),

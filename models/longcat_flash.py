@@ -25,6 +25,7 @@ from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture
 from jaxllm.models.attention import UNCACHED
 from jaxllm.models.config import ModelConfig
+from jaxllm.models.config_fields import check_layer_count
 from jaxllm.models.decoder import CausalLM, DecoderModel
 from jaxllm.models.deepseek import latent_attention, rope_head_dim
 from jaxllm.models.experts import MoE
@@ -77,7 +78,8 @@ def longcat_names(raw: dict) -> dict:
             raw[name] = raw[alias] if alias in raw else raw[key]
     if "num_hidden_layers" in raw:
         raw["num_layers"] = raw["num_hidden_layers"] // 2
-    raw["num_hidden_layers"] = 2 * raw["num_layers"]
+    raw["num_hidden_layers"] = check_layer_count(2 * raw["num_layers"], f"num_layers {raw['num_layers']} (each two layers of "
+                                                 "jaxllm's: attention and MLP twice)")
     return rope_head_dim(raw)
 
 

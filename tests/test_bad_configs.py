@@ -8,6 +8,7 @@ import reference
 import jaxllm
 from jaxllm import loader
 from jaxllm.errors import ConfigError
+from jaxllm.models import registry
 
 TOKENS = np.array([[3, 17, 42, 7, 99, 5]])
 
@@ -169,6 +170,12 @@ def test_shapes_a_family_cannot_run_are_refused(raw, message):
     assert "\n" not in str(info.value)
 
 
+def tiny(name: str, **changes) -> dict:
+    """The registered tiny config of architecture `name` (what the parity tests build), `changes` applied."""
+    arch = registry.get(name)
+    return dict(arch.tiny_config, model_type=arch.hf_model_type, **changes)
+
+
 DOGE = dict(model_type="doge", vocab_size=32, hidden_size=16, intermediate_size=8, num_hidden_layers=1, num_attention_heads=4)
 
 
@@ -187,8 +194,19 @@ DOGE = dict(model_type="doge", vocab_size=32, hidden_size=16, intermediate_size=
     (dict(model_type="zaya", num_hidden_layers=1, layer_types=["sliding_attention"]), r"layer type 'sliding_attention' is not "
      r"one Zaya layers run .*: use hybrid or hybrid_sliding"),
     (dict(model_type="zaya", num_hidden_layers=1, num_key_value_heads=1, head_dim=9), r"num_key_value_heads x head_dim = 9 is odd"),
+    # the newer families' own fields, as a hostile config.json gives them: each a TypeError, MemoryError or hang before
+    (tiny("OpenAIGPTLMHeadModel", afn=["gelu"]), r"'afn' must be a string, got \[\"gelu\"\]"),
+    (tiny("KimiLinearForCausalLM", linear_attn_config=dict(tiny("KimiLinearForCausalLM")["linear_attn_config"], head_dim=None)),
+     r"'linear_attn_config\.head_dim' must be a positive integer <= 2147483647, got null"),
+    (tiny("ZayaForCausalLM", rope_parameters={"hybrid": {"rope_type": "default", "rope_theta": "1e4"}}),
+     r"'rope_parameters\.hybrid\.rope_theta' must be a positive number, got \"1e4\""),  # a per-layer-type entry of its own names
+    (tiny("DoryForCausalLM", n_recurrent_loops=10**12), r"n_input_layers 1 \+ n_recurrent_layers 2 x n_recurrent_loops "
+     r"1000000000000 \+ n_output_layers 1 make 2,000,000,000,002 layers, more than the 1024 jaxllm builds"),
+    (tiny("HrmTextForCausalLM", H_cycles=10**6), r"num_hidden_layers 2 x H_cycles 1000000 x \(L_cycles 2 \+ 1\) make 6,000,000 layers"),
+    (tiny("LongcatFlashForCausalLM", num_layers=1000), r"num_layers 1000 \(each two layers of jaxllm's: .*\) make 2,000 layers"),
 ], ids=["openai-gpt-activation", "aria-topk-per-layer", "doge-moe", "doge-key-selection", "lara-mini-layer-type",
-        "lara-mini-linear-heads", "zaya-top-k", "zaya-layer-type", "zaya-odd-values"])
+        "lara-mini-linear-heads", "zaya-top-k", "zaya-layer-type", "zaya-odd-values", "openai-gpt-activation-list",
+        "kimi-null-linear-heads", "zaya-rope-entry", "dory-loops", "hrm-cycles", "longcat-layers"])
 def test_values_transformers_refuses_for_these_families_are_refused(raw, message):
     with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
         loader.plan(raw)

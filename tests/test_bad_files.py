@@ -358,14 +358,23 @@ def test_deep_model_builds_in_linear_time():
     assert p.config.num_layers == 400
 
 
-def test_a_tokenizer_without_its_vocabulary_is_refused(pristine, tmp_path):
-    """transformers builds a LlamaTokenizer of its 3 special tokens from a tokenizer_config.json
-    whose tokenizer.model is missing, and it encodes any text to no ids: refused by name, before
-    the weights are read."""
-    folder = spoiled(pristine, tmp_path, file("tokenizer_config.json", json.dumps(
-        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})))
-    with pytest.raises(CheckpointError, match=r"the tokenizer in .* holds only 3 tokens where the model has 32 \(its files: "
-                       r"tokenizer_config.json\): its vocabulary file \(tokenizer.json or tokenizer.model\) is missing") as info:
+LLAMA_TOKENIZER = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+
+
+@pytest.mark.parametrize("tokenizer_config, message", [
+    # transformers builds a LlamaTokenizer of its 3 special tokens from a tokenizer_config.json whose tokenizer.model is
+    # missing, and it encodes any text to no ids
+    (LLAMA_TOKENIZER, r"the tokenizer in .* holds only 3 tokens where the model has 32 \(its files: tokenizer_config.json\): its "
+                      r"vocabulary file \(tokenizer.json or tokenizer.model\) is missing"),
+    # transformers loads it, then fails encoding any text ('>' between int and str): a TypeError's traceback at generate
+    (dict(LLAMA_TOKENIZER, model_max_length="2048"), r"the tokenizer in .* has a model_max_length of '2048', not a number "
+                                                      r"\(transformers fails encoding any text with it\): correct model_max_length"),
+], ids=["no-vocabulary", "model-max-length-text"])
+def test_a_tokenizer_that_cannot_encode_is_refused(pristine, tmp_path, tokenizer_config, message):
+    """A tokenizer transformers loads but that cannot encode text as the model reads it: refused by name, before the
+    weights are read."""
+    folder = spoiled(pristine, tmp_path, file("tokenizer_config.json", json.dumps(tokenizer_config)))
+    with pytest.raises(CheckpointError, match=message) as info:
         jaxllm.load(folder)
     assert "\n" not in str(info.value)
     assert jaxllm.load(folder, tokenizer=False).tokenizer is None

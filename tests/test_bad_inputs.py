@@ -250,6 +250,15 @@ CASES = {
     "mesh-axis-twice": lib(lambda m: jaxllm.load(m.path("tiny"), mesh="tp=2,tp=2"), "appears twice in 'tp=2,tp=2': give each axis once"),
     "mesh-not-a-number": lib(lambda m: jaxllm.load(m.path("tiny"), mesh="tp=abc"), "mesh spec item 'tp=abc' of 'tp=abc' is malformed"),
     "mesh-larger-than-devices": lib(lambda m: jaxllm.load(m.path("tiny"), mesh="dp=4,tp=4"), "needs 16 devices but 8 are available"),
+    "load-path-too-long": lib(lambda m: jaxllm.load("x" * 5000), r"^'x{60}\.\.\.' cannot be a file or folder name here \(File name "
+                                                             r"too long\); pass a checkpoint folder"),
+    "load-current-folder": lib(lambda m: jaxllm.load("."), r"^config\.json not found at /\S+/config\.json: "),  # was 'at config.json'
+    "load-tokenizer-a-path": lib(lambda m: jaxllm.load(m.path("tiny"), tokenizer="org/tok"),  # vLLM's tokenizer=: was read as True
+                                 r"^tokenizer must be True or False .*got str 'org/tok': to use another tokenizer, put its files"),
+    "load-progress-not-callable": lib(lambda m: jaxllm.load(m.path("tiny"), progress=5), "^progress must be a function"),
+    "stop-list-named-by-its-start": lib(sampled(stop=["x"] * 10**4, max_new_tokens=2),  # was printed whole: a 50 KB line
+                                        r"^stop=\['x', 'x', [^\]]{50,80}\.\.\. needs the decoded text"),
+    "convert-shard-bytes": lib(lambda m: convert.convert(m.path("tiny"), "out", to_hf=True, shard_bytes=0), "^shard_bytes=0 is invalid"),
     "mesh-not-a-string": lib(lambda m: jaxllm.load(m.path("tiny"), mesh=4), "mesh must be a spec string .* or a jax Mesh, got int"),
     # -- command lines: sampling flags (refused before the model loads), prompts, limits, meshes ---
     "cli-temperature": cli(generate.main, ["--temperature", "-1", "hi"], "^error: --temperature -1.0 is invalid: use 0 for greedy"),
@@ -320,6 +329,21 @@ CASES = {
                                   "--shard-size 0.0 is invalid: give a positive, finite number of GB"),
     "cli-convert-shard-size-nan": cli(convert.main, lambda m: [m.path("tiny"), "out", "--to-hf", "--shard-size", "nan"],
                                       "--shard-size nan is invalid: give a positive, finite number of GB"),
+    # an empty value (an unset shell variable) was read as the flag left out: the default model, dtype, source folder,
+    # or no constraint at all
+    "cli-model-empty": cli(generate.main, ["--model", "", "hi"], r"^error: --model must be a checkpoint folder, .* got str ''$"),
+    "cli-dtype-empty": cli(generate.main, gen(["--dtype", "", "hi"]), "^error: --dtype '' is not supported; use one of float32"),
+    "cli-regex-empty": cli(generate.main, gen(["--regex", "", "hi"]), "^error: --regex is invalid: give it as non-empty text$"),
+    "cli-convert-source-empty": cli(convert.main, ["", "out"], r"^error: the checkpoint's path or hub id is empty: .*\(for the "
+                                                               r"current folder: '\.'\)$"),
+    "load-dtype-empty": lib(lambda m: jaxllm.load(m.path("tiny"), dtype=""), "^dtype '' is not supported"),
+    # a path to no file was taken for the schema's text, and refused as invalid JSON ('expected value at line 1 column 33')
+    "cli-json-schema-no-such-file": cli(generate.main, ["--json-schema", "./schema.json", "hi"],
+                                        r"^error: argument --json-schema: no such file: \./schema\.json \(give an existing file"),
+    "cli-grammar-a-folder": cli(generate.main, lambda m: ["--grammar", str(m.files["root"]), "hi"], "argument --grammar: .* is a folder"),
+    "cli-convert-name-too-long": cli(convert.main, lambda m: [m.path("tiny"), "y" * 300],  # was an OSError's traceback
+                                     r"^error: cannot write y+: a name in the path is longer than the file system takes .*; choose a "
+                                     "shorter output name$"),
     "cli-convert-shard-size-not-a-number": cli(convert.main, ["a", "b", "--shard-size", "big"], "invalid float value: 'big'"),
 }
 

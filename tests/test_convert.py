@@ -132,6 +132,8 @@ def test_refuses_to_overwrite_without_force(tmp_path, capsys, monkeypatch):
     assert main([str(tmp_path / "hf"), str(tmp_path / "out"), "--force"]) == 0
     assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "jaxllm.json").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert main([str(tmp_path / "hf"), str(tmp_path / "one"), "--to-hf", "--shard-size", "1e300"]) == 0  # was an OverflowError
+    assert sorted(p.name for p in (tmp_path / "one").glob("*.safetensors")) == ["model.safetensors"]
     assert main([str(tmp_path / "hf"), str(tmp_path), "--force"]) == 2  # would delete its own source
     assert "delete the source" in capsys.readouterr().err and (tmp_path / "hf" / "config.json").exists()
     (tmp_path / "work").mkdir()

@@ -501,6 +501,9 @@ def test_full_server_answers_503_with_retry_after(server):
     # fields nobody defines (a misspelt one): refused as OpenAI's API refuses them, not ignored
     (dict(extra_body={"temprature": 0}), "temprature"),
     (dict(extra_body={"some_other_field": None}), "some_other_field"),
+    # fields that change no answer here, of a type OpenAI's API refuses: were taken
+    (dict(extra_body={"user": 5}), "user"),
+    (dict(extra_body={"parallel_tool_calls": "no"}), "parallel_tool_calls"),
 ])
 def test_bad_fields_answer_400_with_openai_error_json(server, fields, param):
     fields = {"model": NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, **fields}

@@ -139,8 +139,9 @@ class _Common(_Strict):
     answer sampled, or ran to the end of the context, with nothing to tell the client why."""
 
     model_config = ConfigDict(strict=True, extra="allow")
-    # OpenAI's fields of this endpoint that change no answer here (billing, storage, caching, routing)
-    NO_OP: ClassVar[frozenset[str]] = frozenset({"user"})
+    # OpenAI's fields of this endpoint that change no answer here (billing, storage, caching, routing), each with the
+    # type OpenAI's API takes: another type is refused as it refuses it (object: not checked)
+    NO_OP: ClassVar[dict[str, type]] = {"user": str}
 
     model: str | None = None
     max_tokens: int | None = None
@@ -184,8 +185,13 @@ class _Common(_Strict):
             raise APIError(400, f"seed={self.seed} is invalid: use a whole number that fits 64 bits", "seed")
         _check_stop(self.stop)
         extra = self.model_extra or {}
-        known = set(type(self).model_fields) | set(_UNSUPPORTED) | self.NO_OP
+        known = set(type(self).model_fields) | set(_UNSUPPORTED) | set(self.NO_OP)
         for name in extra:
+            kind = self.NO_OP.get(name, object)
+            if extra[name] is not None and not isinstance(extra[name], kind):  # user: 5, parallel_tool_calls: "x"
+                noun = {str: "a string", bool: "a boolean", dict: "an object"}[kind]
+                raise APIError(400, f"invalid value for '{name}': OpenAI's API takes {noun} here (this server ignores the "
+                               "field, which changes no answer)", name)
             if name not in known:
                 close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -390,8 +396,9 @@ class ChatRequest(_Common):
     top_logprobs: int | None = None
     max_completion_tokens: int | None = None  # the newer name of max_tokens
     _given_max_tokens: int | None = PrivateAttr(None)  # max_tokens as sent (model_post_init fills it from the newer name)
-    NO_OP: ClassVar[frozenset[str]] = frozenset({"user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key",
-                                                 "prompt_cache_options", "prompt_cache_retention", "parallel_tool_calls", "prediction"})
+    NO_OP: ClassVar[dict[str, type]] = {"user": str, "metadata": dict, "store": bool, "service_tier": str, "safety_identifier": str,
+                                        "prompt_cache_key": str, "prompt_cache_options": object, "prompt_cache_retention": str,
+                                        "parallel_tool_calls": bool, "prediction": dict}
     tools: list[Tool] | None = None  # given to the chat template (with any tool_choice, as vLLM)
     tool_choice: Any = None  # 'none', 'auto' (the default with tools: calls are read from the answer); check()
     functions: Any = None  # these: _UNSUPPORTED
