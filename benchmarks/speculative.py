@@ -2,8 +2,9 @@
 in one process, with the acceptance rate.
 
 The model is a random-weight one of a real shape (jaxllm.random_model, as jaxllm.bench makes them) with its
-attention outputs (o_proj) scaled to zero: it computes and reads exactly what the shape does, but each token's
-greedy successor is a fixed function of that token alone (a bigram model), so its answer copies any stretch of its
+attention and MLP outputs (o_proj, down_proj) scaled to zero: it computes and reads exactly what the shape does, but
+each token's greedy successor is a fixed function of that token alone (a bigram model; a tied head's: the token
+itself), so its answer copies any stretch of its
 own earlier output that it comes back to, as a summary or a code edit copies its prompt. Workloads:
 
   copy      the prompt is the model's own greedy output X followed by X's first two tokens again: the answer goes
@@ -35,9 +36,12 @@ from jaxllm.serving import ngram
 
 
 def bigram(model):
-    """`model` with its attention outputs scaled to zero (the same computation, the same bytes read)."""
-    params = jax.tree_util.tree_map_with_path(lambda path, x: x * 0 if "o_proj" in jax.tree_util.keystr(path) else x,
-                                              model.params)
+    """`model` with its attention and MLP outputs scaled to zero (the same computation, the same bytes read): the
+    last hidden state is the token's embedding, so the greedy successor is a fixed function of the token, chosen
+    by a wide margin (no near ties that the verify call's arithmetic and decode's would break differently)."""
+    zeroed = ("o_proj", "down_proj")
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: x * 0 if any(name in jax.tree_util.keystr(path) for name in zeroed) else x, model.params)
     return dataclasses.replace(model, params=params, engines={})
 
 

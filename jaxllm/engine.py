@@ -550,19 +550,27 @@ class Engine:
         drafts, lengths = np.zeros((self.batch_size, self.speculative), np.int32), np.zeros(self.batch_size, np.int32)
         for seq in batch:
             slot = self.slot_of[seq]
-            room = min(self.speculative, int(limit[slot]) - seq.num_tokens, seq.params.max_new_tokens - len(seq.output) - 1)
+            room = min(self.speculative, int(limit[slot]) - seq.num_tokens, seq.params.max_new_tokens - len(seq.output) - 1,
+                       self.speculative * (seq.num_tokens >= seq.drafts_from))
             draft = ngram.propose(seq.tokens, room) if room > 0 else []
             drafts[slot, : len(draft)], lengths[slot] = draft, len(draft)
         return (drafts, lengths) if lengths.any() else None
 
-    def _count_kept(self, out: np.ndarray, drafts: np.ndarray, lengths: np.ndarray) -> None:
-        """Count a verify call's drafted tokens and those kept (SchedulerStats.drafted, .accepted)."""
+    def _count_kept(self, batch: list[Sequence], out: np.ndarray, drafts: np.ndarray, lengths: np.ndarray) -> None:
+        """Count a verify call's drafted tokens and those kept (SchedulerStats.drafted, .accepted). A sequence that
+        kept none drafts nothing in its next decode call: a verify call costs a few decode steps (2.4 for Llama-3-8B
+        on an H200, docs/benchmarks.md), so drafts that keep missing would otherwise make decoding slower than
+        without them; after `chunk` plain steps it drafts again."""
         stats = self.scheduler.stats
         stats.verified += 1
         stats.drafted += int(lengths.sum())
-        for slot in np.flatnonzero(lengths):
+        for seq in batch:
+            slot = self.slot_of[seq]
             n = lengths[slot]
-            stats.accepted += int(np.cumprod(out[slot, :n] == drafts[slot, :n]).sum())
+            kept = int(np.cumprod(out[slot, :n] == drafts[slot, :n]).sum())
+            stats.accepted += kept
+            if n and not kept:
+                seq.drafts_from = seq.num_tokens + 1 + self.chunk  # after this call's one token and a plain call
 
     def _decode(self, batch: list[Sequence]) -> list[Event]:
         b = self.batch_size
@@ -585,7 +593,7 @@ class Engine:
                 self.state, out, out_lp, done, best = self.runner.verify(
                     self.state, self.runner.table(pages), limit, stop, *drafts, max(s.num_tokens for s in batch) + self.speculative,
                     sampling, width)
-            self._count_kept(out, *drafts)
+            self._count_kept(batch, out, *drafts)
         else:
             cascade = None if self.cascade is False else cascade_plan.plan(
                 self.runner, {self.slot_of[seq]: (seq.pages, seq.num_tokens - 1) for seq in batch}, self.chunk,

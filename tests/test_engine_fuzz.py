@@ -249,12 +249,12 @@ def test_speculative_decoding_keeps_drafts_and_gives_the_tokens_decoding_gives(t
 
 def test_prompt_lookup_drafts_what_followed_the_longest_latest_match():
     """vLLM's ngram proposer: the last 4 tokens down to 2 looked up before the end, the longest match first, its
-    latest occurrence; the draft may run into the suffix itself, and is cut at k and at the sequence's end."""
+    latest occurrence; the draft may run into the suffix itself, and then repeats with the period it shows, up to k."""
     from jaxllm.serving.ngram import propose
 
     assert propose([7, 1, 2, 3, 5, 9, 2, 3, 8, 1, 2, 3], 2) == [5, 9]  # (1, 2, 3) beats the later (2, 3)
-    assert propose([1, 2, 3, 4, 2, 3, 9, 2, 3], 5) == [9, 2, 3]  # the latest (2, 3), cut at the end
-    assert propose([5, 5, 5, 5], 3) == [5]
+    assert propose([1, 2, 3, 4, 2, 3, 9, 2, 3], 5) == [9, 2, 3, 9, 2]  # the latest (2, 3), repeating with its period 3
+    assert propose([5, 5, 5, 5], 3) == [5, 5, 5]
     assert propose([1, 2, 3, 4, 2], 3) == propose([4, 2], 3) == propose([1, 2, 1, 2], 0) == []  # one token matches: no draft
 
 

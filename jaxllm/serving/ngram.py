@@ -17,7 +17,8 @@ N_MAX, N_MIN = 4, 2  # the longest and shortest suffix matched (vLLM's prompt_lo
 def propose(tokens, k: int, n_max: int = N_MAX, n_min: int = N_MIN) -> list[int]:
     """Up to `k` tokens that followed the most recent earlier occurrence of the last n tokens of `tokens` (the
     sequence's prompt and output), n from n_max down to n_min: the longest suffix that occurred before wins, and
-    the latest of its occurrences. [] when none did (or k is 0)."""
+    the latest of its occurrences; where those run into the end of `tokens` (an occurrence overlapping the suffix),
+    they go on repeating with the period that occurrence shows. [] when none did (or k is 0)."""
     tokens = np.asarray(tokens)
     size = len(tokens)
     if k < 1 or size <= n_min:
@@ -35,4 +36,7 @@ def propose(tokens, k: int, n_max: int = N_MAX, n_min: int = N_MIN) -> list[int]
     if best < n_min:
         return []
     end = ends[np.flatnonzero(matched == best)[-1]]  # the latest occurrence of the longest suffix
-    return tokens[end + 1 : end + 1 + k].tolist()
+    # what followed it, repeated where that runs into the sequence's end: a suffix found `period` tokens back says the
+    # sequence repeats with that period (a loop, a list's pattern), so its next tokens go on repeating
+    period = size - 1 - end
+    return [int(tokens[end + 1 + i % period]) for i in range(k)]

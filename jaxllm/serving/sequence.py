@@ -43,6 +43,9 @@ class Sequence:
     # SamplingParams.structured: its matcher (jaxllm.structured.Grammar), fed every output token; a preempted
     # sequence keeps it with its output, and its recompute's first token is masked by it again
     grammar: Any = field(default=None, repr=False)
+    # Speculative decoding (Engine speculative_tokens): no drafts before this many tokens, after a verify call that
+    # kept none of its drafts (a plain decode call in between bounds what rejected drafts cost)
+    drafts_from: int = 0
 
     @property
     def tokens(self) -> list[int]:
