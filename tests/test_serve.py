@@ -36,7 +36,7 @@ TOP = 3  # top_logprobs
 
 
 @pytest.fixture(scope="module")
-def server(gguf_path):
+def server(gguf_path, xla_optimized):  # the real model serving: its run time is most of this module's
     model = jaxllm.load(gguf_path, dtype="float32")
     engine = jaxllm.Engine(model, batch_size=8, max_len=512, prefill_tokens=1024)  # prompts fit the 64-token prefill
     greedy = jaxllm.SamplingParams(max_new_tokens=NEW, temperature=0.0, logprobs=True)
