@@ -549,9 +549,10 @@ class Engine:
         max_new_tokens leaves before the token that follows them. None when no row has one: a plain decode call."""
         drafts, lengths = np.zeros((self.batch_size, self.speculative), np.int32), np.zeros(self.batch_size, np.int32)
         for seq in batch:
+            if seq.num_tokens < seq.drafts_from:  # its last drafts all missed: a plain call first (_count_kept)
+                continue
             slot = self.slot_of[seq]
-            room = min(self.speculative, int(limit[slot]) - seq.num_tokens, seq.params.max_new_tokens - len(seq.output) - 1,
-                       self.speculative * (seq.num_tokens >= seq.drafts_from))
+            room = min(self.speculative, int(limit[slot]) - seq.num_tokens, seq.params.max_new_tokens - len(seq.output) - 1)
             draft = ngram.propose(seq.tokens, room) if room > 0 else []
             drafts[slot, : len(draft)], lengths[slot] = draft, len(draft)
         return (drafts, lengths) if lengths.any() else None
