@@ -27,12 +27,14 @@ import dataclasses
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.engine import Engine, Request
 from jaxllm.random_model import random_model
 from jaxllm.sampling import SamplingParams
 from jaxllm.serving import ngram
+from jaxllm.serving.steps import steps as make_steps
 
 
 def bigram(model):
@@ -61,6 +63,12 @@ def timed(engine: Engine, prompt: list[int], new: int) -> tuple[float, int, dict
     return (len(tokens) - 1) / (total - (first - start)), tokens, counts
 
 
+def forced(tokens, sizes, k, *rest):
+    """ngram.propose_rows drafting k copies of each row's last token, whatever its sequence holds."""
+    last = jnp.take_along_axis(tokens, jnp.maximum(sizes - 1, 0)[:, None], axis=1)
+    return jnp.broadcast_to(last, (tokens.shape[0], k)).astype(jnp.int32), jnp.full(tokens.shape[0], k, jnp.int32)
+
+
 def run(shape: str, dtype: str, k: int, prompt_len: int, new: int) -> list[dict]:
     model = bigram(jax.block_until_ready(random_model(shape, dtype=dtype)))
     vocab = model.config.vocab_size
@@ -77,13 +85,15 @@ def run(shape: str, dtype: str, k: int, prompt_len: int, new: int) -> list[dict]
     rows = []
     for name, prompt in (("copy", chain + chain[:2]), ("fresh", fresh), ("rejected", fresh)):
         rate, want, _ = timed(plain, prompt, new)
-        propose = ngram.propose
-        if name == "rejected":  # every step drafts k copies of the last token (prompt lookup would rarely draft here)
-            ngram.propose = lambda tokens, n, *rest: [int(tokens[-1])] * n
+        propose = ngram.propose_rows
+        if name == "rejected":  # every step drafts k copies of the last token (prompt lookup would rarely draft here),
+            ngram.propose_rows = forced  # in an engine of its own: its steps are traced anew with the forced drafts
+            make_steps.cache_clear()
+            spec = engine(k)
         try:
             spec_rate, got, counts = timed(spec, prompt, new)
         finally:
-            ngram.propose = propose
+            ngram.propose_rows = propose
         assert dtype != "float32" or got == want, f"{name}: speculation changed the greedy tokens"
         rows.append(dict(shape=shape, workload=name, plain=rate, speculative=spec_rate, same_tokens=got == want, **counts))
     return rows

@@ -42,7 +42,7 @@ from jaxllm.models.attention import check_kv_dtype
 from jaxllm.models.config_fields import token_ids
 from jaxllm.sampling import STOP_TOKEN_IDS_MAX, SamplingParams, logprob_width, step_kind
 from jaxllm.serving import cascade as cascade_plan
-from jaxllm.serving import memory, ngram
+from jaxllm.serving import memory
 from jaxllm.serving.block_manager import BlockManager
 from jaxllm.serving.requests import Event, Request, Score, context_error, fit_advice
 from jaxllm.serving.runner import Row, Runner, top_pairs
@@ -443,7 +443,7 @@ class Engine:
     def precompile(self, requests: list[Request]) -> None:
         """Compile the steps that serving `requests` can meet and that have not run yet: prefill
         calls of every (rows, length) their chunks may take, the key buckets of their prompts,
-        and the decode step (and speculative decoding's verify step). A server calls it at start-up with typical requests, so no client
+        and the decode step (with speculative_tokens, the speculative decode step). A server calls it at start-up with typical requests, so no client
         waits for a compile. Not compiled here (each compiles once, when first met): the steps that return
         top or prompt log-probabilities (sampling.logprob_width, SamplingParams.prompt_logprobs), those with
         structured-output masks (SamplingParams.structured), cascade decode
@@ -459,21 +459,17 @@ class Engine:
             self.state = self.runner.new_state()
         reaches = [len(r.prompt) + r.params.max_new_tokens for r in requests]
         prefill, decode = self.shapes.workload(self.runner, self.scheduler.max_chunk, self.chunk,
-                                               [len(r.prompt) for r in requests], reaches)
-        # speculative decoding's verify calls: their keys bucketed as _decode asks (Runner.verify)
-        verify = sorted({self.runner.kv_bucket(n) for n in range(1, max(reaches) + self.speculative + 1, 256)}
-                        | {self.runner.kv_bucket(max(reaches) + self.speculative)}) if self.speculative else []
+                                               [len(r.prompt) for r in requests], reaches, bool(self.speculative))
+        kind = "speculate" if self.speculative else "decode"
         # A call is of the largest kind its rows need (greedy, sampled, penalized: sampling.step_kind): requests
         # that mix kinds meet calls of each (a greedy prompt prefilled alone, decode once the sampled ones end).
         for sampling in sorted({step_kind([r.params]) for r in requests}):
             todo = [shape for shape in prefill if ("prefill", shape, sampling) not in self._compiled]
-            todo_decode = [k for k in decode if ("decode", k, sampling) not in self._compiled]
-            todo_verify = [k for k in verify if ("verify", k, sampling) not in self._compiled]
-            if todo or todo_decode or todo_verify:
-                self.runner.compile(self.state, todo, todo_decode, sampling,
-                                    *(((self.speculative, todo_verify),) if todo_verify else ()))
-            self._compiled |= {("prefill", shape, sampling) for shape in todo} | {("decode", k, sampling) for k in todo_decode}
-            self._compiled |= {("verify", k, sampling) for k in todo_verify}
+            todo_decode = [k for k in decode if (kind, k, sampling) not in self._compiled]
+            if todo or todo_decode:
+                self.runner.compile(self.state, todo, [] if self.speculative else todo_decode, sampling,
+                                    (self.speculative, todo_decode if self.speculative else []))
+            self._compiled |= {("prefill", shape, sampling) for shape in todo} | {(kind, k, sampling) for k in todo_decode}
 
     def _prefill(self, chunks: list[PrefillChunk]) -> list[Event]:
         """Run the chunks in calls of the menu's shapes (CallShapes.call), longest chunks first (a call: that many rows
@@ -543,35 +539,17 @@ class Engine:
         """Its structured output is complete: the sequence ends here (finish reason "stop")."""
         return seq.grammar is not None and seq.grammar.stopped
 
-    def _drafts(self, batch: list[Sequence], limit: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """Speculative decoding's drafts for a decode call (prompt lookup: jaxllm/serving/ngram.py), [B, k] by slot and
-        their lengths [B]: each at most what the row's pages hold after its last token (`limit`) and what its
-        max_new_tokens leaves before the token that follows them. None when no row has one: a plain decode call."""
-        drafts, lengths = np.zeros((self.batch_size, self.speculative), np.int32), np.zeros(self.batch_size, np.int32)
-        for seq in batch:
-            if seq.num_tokens < seq.drafts_from:  # its last drafts all missed: a plain call first (_count_kept)
-                continue
-            slot = self.slot_of[seq]
-            room = min(self.speculative, int(limit[slot]) - seq.num_tokens, seq.params.max_new_tokens - len(seq.output) - 1)
-            draft = ngram.propose(seq.tokens, room) if room > 0 else []
-            drafts[slot, : len(draft)], lengths[slot] = draft, len(draft)
-        return (drafts, lengths) if lengths.any() else None
-
-    def _count_kept(self, batch: list[Sequence], out: np.ndarray, drafts: np.ndarray, lengths: np.ndarray) -> None:
-        """Count a verify call's drafted tokens and those kept (SchedulerStats.drafted, .accepted). A sequence that
-        kept none drafts nothing in its next decode call: a verify call costs a few decode steps (2.4 for Llama-3-8B
-        on an H200, docs/benchmarks.md), so drafts that keep missing would otherwise make decoding slower than
-        without them; after `chunk` plain steps it drafts again."""
+    def _count_drafts(self, batch: list[Sequence], verified: int, drafted: np.ndarray, kept: np.ndarray,
+                      wait: np.ndarray) -> None:
+        """Count a speculative decode call's verify steps, drafted tokens and those kept (SchedulerStats.verified,
+        .drafted, .accepted), and keep each sequence's back-off: a sequence whose drafts all missed drafts nothing
+        until it has decoded `chunk` more tokens (Sequence.drafts_from; steps._speculate)."""
         stats = self.scheduler.stats
-        stats.verified += 1
-        stats.drafted += int(lengths.sum())
+        stats.verified += verified
+        stats.drafted += int(drafted.sum())
+        stats.accepted += int(kept.sum())
         for seq in batch:
-            slot = self.slot_of[seq]
-            n = lengths[slot]
-            kept = int(np.cumprod(out[slot, :n] == drafts[slot, :n]).sum())
-            stats.accepted += kept
-            if n and not kept:
-                seq.drafts_from = seq.num_tokens + 1 + self.chunk  # after this call's one token and a plain call
+            seq.drafts_from = int(wait[self.slot_of[seq]])
 
     def _decode(self, batch: list[Sequence]) -> list[Event]:
         b = self.batch_size
@@ -588,13 +566,16 @@ class Engine:
         if grammars:  # structured outputs: one step, its masks computed from each matcher's state (Runner.decode)
             steps = 1
         width = logprob_width(seq.params for seq in batch)
-        drafts = self._drafts(batch, limit) if self.speculative and not grammars else None
-        if drafts is not None:  # speculative decoding: the drafts verified, one token or more for every row
+        if self.speculative and not grammars:  # speculative decoding: drafts looked up and verified on the device
+            wait = np.zeros(b, np.int32)
+            tokens = [[] for _ in range(b)]
+            for seq in batch:
+                tokens[self.slot_of[seq]], wait[self.slot_of[seq]] = seq.tokens, seq.drafts_from
             with self._donating():
-                self.state, out, out_lp, done, best = self.runner.verify(
-                    self.state, self.runner.table(pages), limit, stop, *drafts, max(s.num_tokens for s in batch) + self.speculative,
-                    sampling, width)
-            self._count_kept(batch, out, *drafts)
+                self.state, out, out_lp, done, best, counts = self.runner.speculate(
+                    self.state, self.runner.table(pages), limit, stop, tokens, wait, self.speculative, reach, sampling, steps,
+                    width)
+            self._count_drafts(batch, *counts)
         else:
             cascade = None if self.cascade is False else cascade_plan.plan(
                 self.runner, {self.slot_of[seq]: (seq.pages, seq.num_tokens - 1) for seq in batch}, self.chunk,

@@ -258,6 +258,18 @@ def test_prompt_lookup_drafts_what_followed_the_longest_latest_match():
     assert propose([1, 2, 3, 4, 2], 3) == propose([4, 2], 3) == propose([1, 2, 1, 2], 0) == []  # one token matches: no draft
 
 
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=12), min_size=4, max_size=4), st.integers(1, 5))
+def test_prompt_lookup_on_the_device_drafts_what_the_host_does(rows, k):
+    """ngram.propose_rows, the lookup the decode loop runs on the device for every row at once, drafts what `propose`
+    drafts for each row (k tokens, or none), its rows padded to one width with tokens past their sizes."""
+    from jaxllm.serving.ngram import propose, propose_rows
+
+    padded = np.array([row + [9] * (12 - len(row)) for row in rows])  # what lies past a row's size is not its own
+    drafts, lengths = map(np.asarray, propose_rows(padded, np.array([len(row) for row in rows]), k))
+    assert [drafts[i, : lengths[i]].tolist() for i in range(len(rows))] == [propose(row, k) for row in rows]
+
+
 def test_speculative_decoding_is_refused_where_a_draft_cannot_be_rolled_back():
     """A model with recurrent layers cannot take back the state a rejected draft left: refused in one line, at once."""
     from types import SimpleNamespace

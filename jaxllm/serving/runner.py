@@ -14,9 +14,12 @@ steps (nano-vllm's model runner). The host (engine, scheduler) decides; this onl
                                   its page; a row whose logits are not finite ends with ERROR
                                   (both: the most likely tokens' log-probabilities too when a row
                                   asks for top_logprobs, a static width: sampling.logprob_width)
-  verify(drafts)                  speculative decoding: each slot's last token and the tokens drafted after it
-                                  (prompt lookup, jaxllm/serving/ngram.py) in one forward pass, as many kept
-                                  as its decode steps would have chosen, then the one after them
+  speculate(tokens, steps)        decode with speculative decoding: the same loop, where before each step
+                                  every slot drafts the tokens that followed its last n-gram earlier in its
+                                  sequence (prompt lookup, jaxllm/serving/ngram.py), and a step where some
+                                  slot drafted computes each slot's last token and its drafts in one
+                                  forward pass, as many kept as its decode steps would have chosen, then
+                                  the one after them
   score(tokens, pages, chunk)     teacher-forced log-probabilities of a token sequence: prefill
                                   calls of one row that scores its prompt, chunk by chunk through
                                   the pool (later chunks read the keys the earlier ones cached, in
@@ -147,7 +150,7 @@ class Runner:
         indexed = index_shapes(self.cfg)  # sparse attention's indexer key pages beside the keys and values
         steps = make_steps(model.graphdef, chunk, attention, self.mesh, kv_shapes, scales is not None, decode_options,
                            small_options, recurrent, indexed)
-        self._traces, self._prefill_large, self._prefill_small, self._decode, self._zeros, self._verify = steps
+        self._traces, self._prefill_large, self._prefill_small, self._decode, self._zeros, self._speculate = steps
         self._before = dataclasses.replace(self._traces)  # what engines before this one compiled
         pool = self.shards * pool_pages(self.shard_pages, self.shard_seqs)
         self._sizes = (max_seqs, pool, page_size, kv_shapes, self.cfg.output_vocab, eos_width, self.kv_dtype, recurrent,
@@ -325,22 +328,21 @@ class Runner:
         return put(table), put(limit), put(stop), self._put(np.int32(steps)), put(shared), put(offsets)
 
     def compile(self, state: SlotState, prefill_shapes, decode_keys, sampling: bool = False,
-                verify: tuple[int, list[int]] = (0, [])) -> None:
+                speculative: tuple[int, list[int]] = (0, [])) -> None:
         """Compile the steps of these shapes ((rows, length, keys) prefill calls; decode calls
-        reading `decode_keys` keys; `verify`: (drafted tokens k, keys of each verify call)) ahead of
-        their first use; a later call of the same shape finds its program in jit's cache."""
+        reading `decode_keys` keys; `speculative`: (drafted tokens k, the history widths of speculative decode
+        calls: Runner.speculate's buckets)) ahead of their first use; a later call of the same shape finds its
+        program in jit's cache."""
         spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
         b = self.max_seqs
         jobs = [functools.partial(self._prefill(n, c).lower, s, sampling, 0, False, self.model.params, spec,
                                   *self._prefill_inputs([], n, c, s)) for n, c, s in prefill_shapes]
-        jobs += [functools.partial(self._decode.lower, k, sampling, None, 0, self.model.params, spec,
-                                   *self._decode_inputs(self.table([[]] * b), np.zeros(b, np.int32), np.ones(b, bool), 1))
+        idle = self._decode_inputs(self.table([[]] * b), np.zeros(b, np.int32), np.ones(b, bool), 1)
+        jobs += [functools.partial(self._decode.lower, k, sampling, None, 0, self.model.params, spec, *idle)
                  for k in decode_keys]
-        drafts, verify_keys = verify
-        jobs += [functools.partial(self._verify.lower, k, sampling, 0, self.model.params, spec,
-                                   *self._decode_inputs(self.table([[]] * b), np.zeros(b, np.int32), np.ones(b, bool), 0)[:3],
-                                   self._put_rows(np.zeros((b, drafts), np.int32)), self._put_rows(np.zeros(b, np.int32)))
-                 for k in verify_keys]
+        drafts, widths = speculative
+        jobs += [functools.partial(self._speculate.lower, self.decode_keys(h), h, sampling, 0, drafts, self.model.params, spec,
+                                   *idle[:4], *self._speculate_inputs([[]] * b, np.zeros(b, np.int32), h)) for h in widths]
         for job in jobs:
             job().compile()
 
@@ -379,17 +381,28 @@ class Runner:
                                                       *self._decode_inputs(table, limit, stop, steps, shared, offsets), *masks)
         return (state, *jax.device_get((out, out_lp, done, best)))  # one wait for the four copies
 
-    def verify(self, state: SlotState, table: np.ndarray, limit: np.ndarray, stop: np.ndarray, drafts: np.ndarray,
-               lengths: np.ndarray, reach: int, sampling: int, top: int = 0):
-        """Speculative decoding's step: each slot's last token and its first `lengths` [B] tokens of `drafts` [B, k]
-        in one forward pass, and as many of those drafts kept as its decode steps would have chosen, then the token
-        after them (steps._verify). Its keys are bucketed as a prefill call's that reaches `reach` positions (the
-        whole table would be read from every page for cuDNN's decode kernel). Returns what `decode` does, with k + 1
-        steps."""
-        state, out, out_lp, done, best = self._verify(self.kv_bucket(reach), sampling, top, self.model.params, state,
-                                                      *self._decode_inputs(table, limit, stop, 0)[:3],
-                                                      self._put_rows(drafts.astype(np.int32)), self._put_rows(lengths.astype(np.int32)))
-        return (state, *jax.device_get((out, out_lp, done, best)))
+    def speculate(self, state: SlotState, table: np.ndarray, limit: np.ndarray, stop: np.ndarray, tokens: list[list[int]],
+                  wait: np.ndarray, k: int, reach: int, sampling: int, steps: int, top: int = 0):
+        """`decode` with speculative decoding by prompt lookup, drafting up to `k` tokens on the device before each
+        step (steps._speculate): `tokens` each slot's sequence (prompt and output; [] for a slot not decoded), looked
+        up for drafts; a slot drafts once its sequence holds `wait` [B] tokens. Its verify steps' keys are bucketed as
+        a prefill call's that reaches `reach` positions (the whole table would be read from every page for cuDNN's
+        decode kernel). Returns what `decode` does, then (verify steps, drafted tokens [B], kept [B], wait [B]): each
+        slot's count of drafted and kept tokens, and the size its sequence must reach before it drafts again."""
+        width = self.kv_bucket(reach)
+        state, out, out_lp, done, best, stats = self._speculate(
+            self.decode_keys(width), width, sampling, top, k, self.model.params, state,
+            *self._decode_inputs(table, limit, stop, steps)[:4], *self._speculate_inputs(tokens, wait, width))
+        out, out_lp, done, best, (verified, drafted, kept, wait) = jax.device_get((out, out_lp, done, best, stats))
+        return state, out, out_lp, done, best, (int(verified.sum()), drafted, kept, wait)
+
+    def _speculate_inputs(self, tokens: list[list[int]], wait: np.ndarray, width: int) -> tuple:
+        """A speculative decode call's inputs after decode's: each slot's tokens at their positions [B, width] (-1
+        past them), and the sequence size at which each slot drafts again."""
+        history = np.full((self.max_seqs, width), -1, np.int32)
+        for slot, seq in enumerate(tokens):
+            history[slot, : len(seq)] = seq
+        return self._put_rows(history), self._put_rows(np.asarray(wait, np.int32))
 
 
 def top_pairs(top, at: tuple, k: int) -> list[tuple[int, float]]:

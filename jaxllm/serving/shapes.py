@@ -42,11 +42,13 @@ class CallShapes:
         """Rows of a call (of each dp shard's block: the budget and rows are per shard)."""
         return [r for r in (1, 4, 16, 64) if r == 1 or (r * length <= self.budget and r <= self.rows_cap)]
 
-    def workload(self, runner: Runner, max_chunk: int, decode_chunk: int, prompts: list[int], reaches: list[int]):
+    def workload(self, runner: Runner, max_chunk: int, decode_chunk: int, prompts: list[int], reaches: list[int],
+                 speculative: bool = False):
         """(prefill shapes [(rows, length, keys)], decode key buckets) that serving requests of
         these prompt lengths, reaching these total lengths, can meet: every (rows, length) their
         chunks (at most `max_chunk` tokens) may take, the key buckets of their prompts, and the
-        decode calls (`decode_chunk` steps each) up to the longest reach."""
+        decode calls (`decode_chunk` steps each) up to the longest reach; with `speculative`, the
+        speculative decode calls' widths (Runner.speculate's buckets), which take the decode calls' place."""
         longest = max(prompts)
         chunk = min(longest, max_chunk)
         lengths = [n for n in self.lengths() if n < chunk] + [self.call(chunk, 1)[1]]
@@ -55,5 +57,6 @@ class CallShapes:
         # chunk per request: more rows than that never run. Each length has its own rows (a shorter
         # one more: the short chunks left behind a call of the longest take a call of their own).
         prefill = [(r, n, s) for n in lengths for r in self.rows(n) if r <= self.call(n, len(prompts))[0] for s in keys]
-        decode = sorted({runner.decode_keys(n) for n in range(1, max(reaches) + decode_chunk + 1, 256)})
+        keys = runner.kv_bucket if speculative else runner.decode_keys
+        decode = sorted({keys(n) for n in range(1, max(reaches) + decode_chunk + 1, 256)})
         return prefill, decode

@@ -2,8 +2,8 @@
 in a process (`steps`) and shared by every Runner of it: prefill (rows of chunks written into the
 page pool, the last position sampled; with each position's log-probability of the next prompt token
 when a row scores its prompt, which Engine.score uses too) and decode (up to `chunk` steps for every
-slot in a lax.while_loop), and speculative decoding's verify (each slot's drafted tokens in one forward pass),
-over the SlotState they donate.
+slot in a lax.while_loop), and decode with speculative decoding (the same loop, each step drafting on the device and
+verifying each slot's drafted tokens in one forward pass), over the SlotState they donate.
 jaxllm/serving/runner.py builds their inputs and says what each computes."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from jaxllm.models.attention import LayerCache, PagedCache
 from jaxllm.models.mixers import layer_parts
 from jaxllm.models.recurrent import RecurrentState, zero_state
 from jaxllm.sampling import PENALIZED, RowParams, SamplingParams, sample, top_logprobs, top_of
+from jaxllm.serving import ngram
 
 ERROR = -2  # the token of a row whose logits were not finite: it ends there, with an error
 
@@ -55,7 +56,7 @@ class Counters:
 
     prefill: int = 0
     decode: int = 0
-    verify: int = 0  # speculative decoding's steps (Engine speculative_tokens)
+    verify: int = 0  # decode calls with speculative decoding (Engine speculative_tokens)
     calls: set = dataclasses.field(default_factory=set, repr=False, compare=False)
 
 
@@ -67,7 +68,7 @@ class Steps(NamedTuple):
     prefill_small: Callable  # the others (runtime.small_call_options)
     decode: Callable
     zeros: Callable  # a zero SlotState
-    verify: Callable  # speculative decoding's step: each slot's drafts verified in one forward pass
+    speculate: Callable  # decode with speculative decoding: drafts looked up and verified on the device
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,13 +97,13 @@ def steps(graphdef, chunk: int, attention: str, mesh, kv_shapes: tuple, scales: 
     gather = sharding.replicated(mesh) if mesh is not None and dp is None else None
     prefill = functools.partial(_prefill, graphdef, counters, attention, gather)
     decode = functools.partial(_decode, graphdef, counters, chunk, attention, gather)
-    verify = functools.partial(_verify, graphdef, counters, attention, gather)
+    speculate = functools.partial(_speculate, graphdef, counters, chunk, attention, gather)
     sizes = tuple(range(11))  # _zero_state's arguments are all static
     if mesh is None:
         return Steps(counters, *(jax.jit(prefill, static_argnums=(0, 1, 2, 3), donate_argnums=5, compiler_options=o) for o in (None, small)),
                      jax.jit(decode, static_argnums=(0, 1, 2, 3), donate_argnums=5, compiler_options=options),
                      jax.jit(_zero_state, static_argnums=sizes),
-                     jax.jit(verify, static_argnums=(0, 1, 2), donate_argnums=4, compiler_options=options))
+                     jax.jit(speculate, static_argnums=(0, 1, 2, 3, 4), donate_argnums=6, compiler_options=options))
     # On a mesh: the pool is split like the kv projections (an int8 pool's scales [pool, page, K]
     # like its first three dims) and over dp by pages; the slots over dp; what the host reads back
     # is replicated, so every process of a multi-host run can read it.
@@ -128,15 +129,15 @@ def steps(graphdef, chunk: int, attention: str, mesh, kv_shapes: tuple, scales: 
     state = jax.tree.map(lambda _: rows, jax.eval_shape(lambda: _zero_state(1, 1, 1, (), 1, 1, ("float32", None))))
     state = state._replace(cache=cache)
     if mesh.shape["dp"] > 1:  # each dp shard computes its own rows on its own pages and slots
-        prefill, decode, verify = (_per_shard(mesh, f, statics, replicated) for f, statics, replicated in
-                                   ((prefill, 4, ()), (decode, 4, (4,)), (verify, 3, ())))
+        prefill, decode, speculate = (_per_shard(mesh, f, statics, replicated) for f, statics, replicated in
+                                      ((prefill, 4, ()), (decode, 4, (4,)), (speculate, 5, (4,))))
     return Steps(counters, *(jax.jit(prefill, static_argnums=(0, 1, 2, 3), donate_argnums=5, out_shardings=(state, rep, rep, rep, rep),
                                      compiler_options=o) for o in (None, small)),
                  jax.jit(decode, static_argnums=(0, 1, 2, 3), donate_argnums=5, out_shardings=(state, rep, rep, rep, rep),
                          compiler_options=options),
                  jax.jit(_zero_state, static_argnums=sizes, out_shardings=state),
-                 jax.jit(verify, static_argnums=(0, 1, 2), donate_argnums=4, out_shardings=(state, rep, rep, rep, rep),
-                         compiler_options=options))
+                 jax.jit(speculate, static_argnums=(0, 1, 2, 3, 4), donate_argnums=6,
+                         out_shardings=(state, rep, rep, rep, rep, rep), compiler_options=options))
 
 
 def _per_shard(mesh, step, statics: int, replicated: tuple[int, ...]):
@@ -330,6 +331,16 @@ def _advance(st: SlotState, logits, active, sampling, top: int, allowed=None):
     return st, token, jnp.where(active, lp, 0.0), top_logprobs(logits, top) if top else None
 
 
+def _decode_step(model, st: SlotState, active, table, kv_len, attention, gather, sampling, top, allowed=None, shared=None,
+                 offsets=None, cascade=None):
+    """One decode step for the `active` [B] slots: each one's last token through the model at its position (its keys
+    and values written into its page), then `_advance`. Returns what `_advance` does."""
+    kv = PagedCache(table, active[:, None], kv_len, attention, shared, offsets, cascade)
+    hidden, cache = model.hidden(st.tokens[:, None], st.positions[:, None], st.cache, kv)
+    logits = _whole(model.logits(hidden)[:, 0], gather)
+    return _advance(st._replace(cache=cache), logits, active, sampling, top, allowed)
+
+
 def _decode(graphdef, counters, chunk, attention, gather, kv_len, sampling, cascade, top, params, state: SlotState, table,
             limit, stop, steps, shared, offsets, allowed=None):
     """Up to `steps` (a traced scalar <= chunk) decode steps over all slots. out[b, i] is the i-th new token of slot b in this call,
@@ -344,53 +355,66 @@ def _decode(graphdef, counters, chunk, attention, gather, kv_len, sampling, casc
     step (the engine runs such calls one step at a time, its host computing each step's masks)."""
     counters.decode += 1
     model = nnx.merge(graphdef, params)
-    b = state.tokens.shape[0]
     state = state._replace(done=state.done | stop, limit=limit)
 
-    def step(st):
-        active = _active(st)
-        kv = PagedCache(table, active[:, None], kv_len, attention, shared[0], offsets, cascade)
-        hidden, cache = model.hidden(st.tokens[:, None], st.positions[:, None], st.cache, kv)
-        logits = _whole(model.logits(hidden)[:, 0], gather)
-        return _advance(st._replace(cache=cache), logits, active, sampling, top, allowed)
-
     def body(carry):
-        i, st, out, out_lp, out_top = carry
-        st, token, lp, best = step(st)
-        if top:
-            out_top = tuple(o.at[:, i].set(x) for o, x in zip(out_top, best))
-        return i + 1, st, out.at[:, i].set(token), out_lp.at[:, i].set(lp), out_top
+        i, st, out = carry
+        st, token, lp, best = _decode_step(model, st, _active(st), table, kv_len, attention, gather, sampling, top, allowed,
+                                           shared[0], offsets, cascade)
+        return i + 1, st, _written(out, jnp.full_like(token, i), token[:, None], lp[:, None], _steps_axis(best))
 
-    out = jnp.full((b, chunk), -1, jnp.int32)
-    out_lp = jnp.zeros((b, chunk), jnp.float32)
-    out_top = (jnp.zeros((b, chunk, top), jnp.int32), jnp.zeros((b, chunk, top), jnp.float32)) if top else None
     def cond(c):
-        busy = ~jnp.all(c[1].done | (c[1].positions >= c[1].limit))
-        return (c[0] < jnp.minimum(steps, chunk)) & busy
+        return (c[0] < jnp.minimum(steps, chunk)) & _busy(c[1])
 
-    _, state, out, out_lp, out_top = jax.lax.while_loop(cond, body, (jnp.int32(0), state, out, out_lp, out_top))
+    _, state, (out, out_lp, out_top) = jax.lax.while_loop(cond, body, (jnp.int32(0), state, _outputs(state, chunk, top)))
     return state, out, out_lp, state.done, out_top
 
 
-def _verify(graphdef, counters, attention, gather, kv_len, sampling, top, params, state: SlotState, table, limit, stop,
-            drafts, lengths):
-    """Speculative decoding's step (Engine speculative_tokens): every slot's last token and its first `lengths` [B]
-    drafted tokens `drafts` [B, k] computed in one forward pass at the slot's positions (keys and values written
-    into its pages as a prefill chunk's are), then k + 1 decode steps' token choices (`_advance`) from those logits,
-    a slot going on while the token it chose is its next draft. The tokens are those its decode steps would have
-    chosen one by one: the first that differs from the draft is the slot's last this call (the logits after it were
-    computed on a draft the sequence does not have), and a sampled slot draws each token as decode does (its seed,
-    its count), so a draft is kept with the probability the sampler gives it, and on a miss the token drawn is one
-    of the others by their probabilities: exact rejection sampling of a deterministic draft. The keys and values of
-    drafts not kept lie past the slot's position, where its next steps write over them. Returns what `_decode`
-    does, over k + 1 steps."""
-    counters.verify += 1
-    model = nnx.merge(graphdef, params)
-    state = state._replace(done=state.done | stop, limit=limit)
+def _busy(st: SlotState):
+    """Some slot is neither done nor paused at its page limit."""
+    return ~jnp.all(st.done | (st.positions >= st.limit))
+
+
+def _outputs(st: SlotState, chunk: int, top: int):
+    """A decode call's empty outputs: tokens [B, chunk] (-1: none), logprobs [B, chunk], top (ids, logprobs)
+    [B, chunk, top] or None for top 0."""
+    b = st.tokens.shape[0]
+    return (jnp.full((b, chunk), -1, jnp.int32), jnp.zeros((b, chunk), jnp.float32),
+            (jnp.zeros((b, chunk, top), jnp.int32), jnp.zeros((b, chunk, top), jnp.float32)) if top else None)
+
+
+def _steps_axis(best):
+    """A step's top (ids, logprobs) [B, top] as one step of a [B, steps, top] block (None stays None)."""
+    return None if best is None else tuple(x[:, None] for x in best)
+
+
+def _written(outputs, at, tokens, lps, best):
+    """`outputs` (_outputs) with each row's `tokens` [B, n] (-1: none, written nowhere), their logprobs [B, n] and
+    top (ids, logprobs) [B, n, top] (or None) written from column `at` [B] on."""
+    out, out_lp, out_top = outputs
+    rows, n = jnp.arange(tokens.shape[0])[:, None], tokens.shape[1]
+    cols = jnp.where(tokens != -1, at[:, None] + jnp.arange(n)[None, :], out.shape[1])  # past the end: dropped
+
+    def put(big, small):
+        return big.at[rows, cols].set(small, mode="drop")
+
+    return put(out, tokens), put(out_lp, lps), None if best is None else tuple(map(put, out_top, best))
+
+
+def _verify_step(model, st: SlotState, active, drafts, lengths, table, kv_len, attention, gather, sampling, top):
+    """Speculative decoding's step: every `active` [B] slot's last token and its first `lengths` [B] drafted tokens
+    `drafts` [B, k] computed in one forward pass at the slot's positions (keys and values written into its pages as a
+    prefill chunk's are), then k + 1 decode steps' token choices (`_advance`) from those logits, a slot going on while
+    the token it chose is its next draft. The tokens are those its decode steps would have chosen one by one: the first
+    that differs from the draft is the slot's last this step (the logits after it were computed on a draft the
+    sequence does not have), and a sampled slot draws each token as decode does (its seed, its count), so a draft is
+    kept with the probability the sampler gives it, and on a miss the token drawn is one of the others by their
+    probabilities: exact rejection sampling of a deterministic draft. The keys and values of drafts not kept lie past
+    the slot's position, where its next steps write over them. Returns (state, tokens [B, k + 1] (-1: none),
+    logprobs [B, k + 1], top (ids, logprobs) [B, k + 1, top] or None)."""
     b, k = drafts.shape
-    active = _active(state)
-    tokens = jnp.concatenate([state.tokens[:, None], drafts], axis=1)
-    hidden, cache = _forward(model, state.cache, tokens, state.positions, jnp.where(active, lengths + 1, 0), table, kv_len,
+    tokens = jnp.concatenate([st.tokens[:, None], drafts], axis=1)
+    hidden, cache = _forward(model, st.cache, tokens, st.positions, jnp.where(active, lengths + 1, 0), table, kv_len,
                              attention)
     logits = _whole(model.logits(hidden), gather)  # [B, k + 1, V]
     after = jnp.where(jnp.arange(k)[None, :] < lengths[:, None], drafts, -1)
@@ -404,8 +428,64 @@ def _verify(graphdef, counters, attention, gather, kv_len, sampling, top, params
 
     # the cache stays out of the loop's carry: the scan only chooses tokens
     # unrolled: k + 1 is small (on an H200 the same time as the loop)
-    (state, _), (out, out_lp, best) = jax.lax.scan(step, (state._replace(cache=None), active),
-                                                   (logits.swapaxes(0, 1), after.T), unroll=True)
-    best = None if best is None else tuple(x.swapaxes(0, 1) for x in best)
-    return state._replace(cache=cache), out.T, out_lp.T, state.done, best
+    (st, _), (out, out_lp, best) = jax.lax.scan(step, (st._replace(cache=None), active), (logits.swapaxes(0, 1), after.T),
+                                                unroll=True)
+    return st._replace(cache=cache), out.T, out_lp.T, None if best is None else tuple(x.swapaxes(0, 1) for x in best)
 
+
+def _speculate(graphdef, counters, chunk, attention, gather, kv_len, verify_len, sampling, top, k, params,
+               state: SlotState, table, limit, stop, steps, history, wait):
+    """`_decode` with speculative decoding by prompt lookup (Engine speculative_tokens): up to `steps` steps, each
+    a verify step (`_verify_step`) where some row drafts, else a decode step, until every row has `chunk` tokens or
+    none is busy. Before each step every row looks its last tokens up in its own sequence (ngram.propose_rows on
+    `history` [B, H], row b's tokens at their positions, written on as the step goes), drafting at most k tokens and
+    no more than its pages (`limit`), its max_new_tokens and the call's `chunk` tokens leave room for beside the
+    token after them; a row drafts only once its sequence holds `wait` [B] tokens: after a verify step that kept
+    none of its drafts, it decodes `chunk` tokens plainly first (a verify step costs more than a decode step: 1.1x
+    for Llama-3-8B on an H200, more where the batch is large). Decode steps read `kv_len` keys, verify steps
+    `verify_len` (a prefill chunk's bucket). Returns what `_decode` does, then (verify steps [1], drafted [B],
+    kept [B], wait [B])."""
+    counters.verify += 1
+    model = nnx.merge(graphdef, params)
+    state = state._replace(done=state.done | stop, limit=limit)
+    b, h = history.shape
+    rows = jnp.arange(b)
+
+    def body(carry):
+        i, st, n, history, outputs, (verified, drafted, kept, wait) = carry
+        active = _active(st) & (n < chunk)
+        size = st.positions + 1  # each row's tokens: its last one is at its position
+        room = jnp.minimum(jnp.minimum(st.limit - size, st.max_new - st.generated - 1), chunk - n - 1)
+        drafts, lengths = ngram.propose_rows(history, size, k)
+        lengths = jnp.where(active & (size >= wait), jnp.clip(room, 0, lengths), 0)
+
+        def verify(st):
+            return _verify_step(model, st, active, drafts, lengths, table, verify_len, attention, gather, sampling, top)
+
+        def decode(st):
+            st, token, lp, best = _decode_step(model, st, active, table, kv_len, attention, gather, sampling, top)
+            pad = jnp.full((b, k), -1, token.dtype)
+            best = None if best is None else tuple(jnp.pad(x[:, None], ((0, 0), (0, k), (0, 0))) for x in _steps_axis(best))
+            return st, jnp.concatenate([token[:, None], pad], 1), jnp.pad(lp[:, None], ((0, 0), (0, k))), best
+
+        drafting = jnp.any(lengths > 0)
+        st, tokens, lps, best = jax.lax.cond(drafting, verify, decode, st)
+        made = jnp.sum(tokens != -1, axis=1)
+        outputs = _written(outputs, n, tokens, lps, best)
+        cols = jnp.where(tokens >= 0, size[:, None] + jnp.arange(k + 1)[None, :], h)  # each new token at its position
+        history = history.at[rows[:, None], cols].set(tokens, mode="drop")
+        drafted_now = jnp.where(jnp.arange(k)[None, :] < lengths[:, None], drafts, ERROR - 1)  # none: matches no token
+        hits = jnp.sum(jnp.cumprod(tokens[:, :k] == drafted_now, axis=1), axis=1)
+        wait = jnp.where((lengths > 0) & (hits == 0), size + made + chunk, wait)
+        stats = (verified + drafting, drafted + lengths, kept + hits, wait)
+        return i + 1, st, n + made, history, outputs, stats
+
+    def cond(c):
+        i, st, n = c[:3]
+        return (i < jnp.minimum(steps, chunk)) & jnp.any(_active(st) & (n < chunk))
+
+    zeros = jnp.zeros(b, jnp.int32)
+    stats = (jnp.zeros(1, jnp.int32), zeros, zeros, wait)
+    carry = (jnp.int32(0), state, zeros, history, _outputs(state, chunk, top), stats)
+    _, state, _, _, (out, out_lp, out_top), stats = jax.lax.while_loop(cond, body, carry)
+    return state, out, out_lp, state.done, out_top, stats
