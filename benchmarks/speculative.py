@@ -8,12 +8,15 @@ itself), so its answer copies any stretch of its
 own earlier output that it comes back to, as a summary or a code edit copies its prompt. Workloads:
 
   copy      the prompt is the model's own greedy output X followed by X's first two tokens again: the answer goes
-            on as X did, so every draft is found in the prompt and kept (but where the verify call's arithmetic,
+            on as X did, so every draft is found in the prompt and kept (but where the verify step's arithmetic,
             bfloat16 over k + 1 positions, picks another token than decode's at a near tie)
   fresh     a random prompt: the answer's n-grams rarely occurred before, so drafts are rarely found and the
             engine mostly decodes as without speculation
   rejected  the fresh prompt with a draft forced at every step (k copies of the last token, which the model does
-            not choose next): every step verifies k drafts and keeps none, the worst case (one token per call)
+            not choose next, but for a tied head's): every step verifies k drafts and keeps none, the worst case,
+            but for the back-off (a sequence whose drafts all missed decodes a call's `chunk` tokens before it drafts
+            again)
+  none      the fresh prompt, the drafts looked up as always and then dropped: what looking them up costs
 
     python benchmarks/speculative.py                                             # CPU smoke check (tiny shape)
     python benchmarks/speculative.py --shape qwen3-0.6b --shape llama3-8b        # GPU, bfloat16
@@ -40,7 +43,7 @@ from jaxllm.serving.steps import steps as make_steps
 def bigram(model):
     """`model` with its attention and MLP outputs scaled to zero (the same computation, the same bytes read): the
     last hidden state is the token's embedding, so the greedy successor is a fixed function of the token, chosen
-    by a wide margin (no near ties that the verify call's arithmetic and decode's would break differently)."""
+    by a wide margin (no near ties that the verify step's arithmetic and decode's would break differently)."""
     zeroed = ("o_proj", "down_proj")
     params = jax.tree_util.tree_map_with_path(
         lambda path, x: x * 0 if any(name in jax.tree_util.keystr(path) for name in zeroed) else x, model.params)
@@ -63,10 +66,20 @@ def timed(engine: Engine, prompt: list[int], new: int) -> tuple[float, int, dict
     return (len(tokens) - 1) / (total - (first - start)), tokens, counts
 
 
-def forced(tokens, sizes, k, *rest):
+def repeating(tokens, sizes, k, *rest):
     """ngram.propose_rows drafting k copies of each row's last token, whatever its sequence holds."""
     last = jnp.take_along_axis(tokens, jnp.maximum(sizes - 1, 0)[:, None], axis=1)
     return jnp.broadcast_to(last, (tokens.shape[0], k)).astype(jnp.int32), jnp.full(tokens.shape[0], k, jnp.int32)
+
+
+def never(tokens, sizes, k, *rest):
+    """ngram.propose_rows looking its drafts up as always, then drafting none: what the lookup costs."""
+    drafts, lengths = PROPOSE(tokens, sizes, k, *rest)
+    return drafts, lengths * 0
+
+
+PROPOSE = ngram.propose_rows
+FORCED = {"rejected": repeating, "none": never}  # workloads whose drafts are forced (in an engine of their own)
 
 
 def run(shape: str, dtype: str, k: int, prompt_len: int, new: int) -> list[dict]:
@@ -83,17 +96,16 @@ def run(shape: str, dtype: str, k: int, prompt_len: int, new: int) -> list[dict]
     _, chain, _ = timed(plain, [int(rng.integers(vocab))], new + 4)
     fresh = rng.integers(0, vocab, prompt_len).tolist()
     rows = []
-    for name, prompt in (("copy", chain + chain[:2]), ("fresh", fresh), ("rejected", fresh)):
+    for name, prompt in (("copy", chain + chain[:2]), ("fresh", fresh), ("rejected", fresh), ("none", fresh)):
         rate, want, _ = timed(plain, prompt, new)
-        propose = ngram.propose_rows
-        if name == "rejected":  # every step drafts k copies of the last token (prompt lookup would rarely draft here),
-            ngram.propose_rows = forced  # in an engine of its own: its steps are traced anew with the forced drafts
+        if name in FORCED:  # an engine of its own, whose steps are traced anew with the forced drafts
+            ngram.propose_rows = FORCED[name]
             make_steps.cache_clear()
             spec = engine(k)
         try:
             spec_rate, got, counts = timed(spec, prompt, new)
         finally:
-            ngram.propose_rows = propose
+            ngram.propose_rows = PROPOSE
         assert dtype != "float32" or got == want, f"{name}: speculation changed the greedy tokens"
         rows.append(dict(shape=shape, workload=name, plain=rate, speculative=spec_rate, same_tokens=got == want, **counts))
     return rows
@@ -110,7 +122,7 @@ def main() -> None:
     dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
     print(f"{jax.devices()[0].device_kind}, {dtype}, speculative_tokens={args.k}, n-grams {ngram.N_MAX}..{ngram.N_MIN}, "
           f"{args.new} new tokens, batch 1")
-    print(f"{'shape':<12} {'workload':<9} {'plain tok/s':>11} {'spec tok/s':>10} {'speedup':>7} {'verify calls':>12} "
+    print(f"{'shape':<12} {'workload':<9} {'plain tok/s':>11} {'spec tok/s':>10} {'speedup':>7} {'verify steps':>12} "
           f"{'drafted':>7} {'kept':>5} {'accepted':>8} {'same tokens':>11}")
     for shape in args.shape or ["tiny"]:
         for r in run(shape, dtype, args.k, args.prompt, args.new):

@@ -231,3 +231,14 @@ def test_decode_step_moves_no_pages_across_devices(folder, spec):
     if tp == 1:  # nothing is summed over dp: the shards' loops run apart
         assert not any("all-reduce" in line for line, shapes in found), found
     assert len(found) < 128  # two programs
+
+
+def test_data_parallel_speculative_decoding_equals_one_device(folder, single):
+    """Speculative decoding (drafts looked up and verified on the device, in each dp shard's own decode loop) on a
+    mesh split over dp and tp gives the tokens and log-probabilities of one device without it."""
+    model = _load(folder, "dp=2,tp=2")
+    engine = Engine(model, **ENGINE, speculative_tokens=3)
+    _assert_same(model.generate(_workload(), GREEDY, engine=engine), single)
+    stats = engine.scheduler.stats
+    assert stats.verified > 0 and stats.drafted > 0, stats
+    assert engine.blocks.num_free == engine.blocks.num_pages

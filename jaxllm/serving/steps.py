@@ -358,10 +358,12 @@ def _decode(graphdef, counters, chunk, attention, gather, kv_len, sampling, casc
     state = state._replace(done=state.done | stop, limit=limit)
 
     def body(carry):
-        i, st, out = carry
+        i, st, (out, out_lp, out_top) = carry
         st, token, lp, best = _decode_step(model, st, _active(st), table, kv_len, attention, gather, sampling, top, allowed,
                                            shared[0], offsets, cascade)
-        return i + 1, st, _written(out, jnp.full_like(token, i), token[:, None], lp[:, None], _steps_axis(best))
+        if top:
+            out_top = tuple(o.at[:, i].set(x) for o, x in zip(out_top, best))
+        return i + 1, st, (out.at[:, i].set(token), out_lp.at[:, i].set(lp), out_top)
 
     def cond(c):
         return (c[0] < jnp.minimum(steps, chunk)) & _busy(c[1])
