@@ -334,8 +334,9 @@ def _advance(st: SlotState, logits, active, sampling, top: int, allowed=None):
 def _decode_step(model, st: SlotState, active, table, kv_len, attention, gather, sampling, top, allowed=None, shared=None,
                  offsets=None, cascade=None):
     """One decode step for the `active` [B] slots: each one's last token through the model at its position (its keys
-    and values written into its page), then `_advance`. Returns what `_advance` does."""
-    kv = PagedCache(table, active[:, None], kv_len, attention, shared, offsets, cascade)
+    and values written into its page), then `_advance`; cascade attention (`_decode`) where `shared` [1, S / ps] is
+    given. Returns what `_advance` does."""
+    kv = PagedCache(table, active[:, None], kv_len, attention, None if shared is None else shared[0], offsets, cascade)
     hidden, cache = model.hidden(st.tokens[:, None], st.positions[:, None], st.cache, kv)
     logits = _whole(model.logits(hidden)[:, 0], gather)
     return _advance(st._replace(cache=cache), logits, active, sampling, top, allowed)
@@ -360,13 +361,14 @@ def _decode(graphdef, counters, chunk, attention, gather, kv_len, sampling, casc
     def body(carry):
         i, st, (out, out_lp, out_top) = carry
         st, token, lp, best = _decode_step(model, st, _active(st), table, kv_len, attention, gather, sampling, top, allowed,
-                                           shared[0], offsets, cascade)
+                                           shared, offsets, cascade)
         if top:
             out_top = tuple(o.at[:, i].set(x) for o, x in zip(out_top, best))
         return i + 1, st, (out.at[:, i].set(token), out_lp.at[:, i].set(lp), out_top)
 
     def cond(c):
-        return (c[0] < jnp.minimum(steps, chunk)) & _busy(c[1])
+        busy = _busy(c[1])
+        return (c[0] < jnp.minimum(steps, chunk)) & busy
 
     _, state, (out, out_lp, out_top) = jax.lax.while_loop(cond, body, (jnp.int32(0), state, _outputs(state, chunk, top)))
     return state, out, out_lp, state.done, out_top
