@@ -6,17 +6,18 @@ llm_engine, in JAX). The pieces, each in its own small file:
   jaxllm/serving/scheduler.py      who runs this step: prefill chunks within a token budget,
                                    the decode batch, preemption when pages run out (host)
   jaxllm/serving/cascade.py        which cached pages a decode call's rows share, read once (host)
-  jaxllm/serving/ngram.py          speculative decoding's drafts: a sequence's own earlier n-grams (host)
+  jaxllm/serving/ngram.py          speculative decoding's drafts: a sequence's own earlier n-grams (device)
   jaxllm/serving/shapes.py         the prefill calls' menu of shapes, and the shapes a workload needs (host)
   jaxllm/serving/memory.py         how many KV pages the pool holds (host, once)
   jaxllm/serving/runner.py         the page pool and each call's inputs, shapes and buckets (host)
-  jaxllm/serving/steps.py          the jitted prefill / decode / verify steps (device)
+  jaxllm/serving/steps.py          the jitted prefill / decode / speculative decode steps (device)
 
 Each `step()` runs this step's prefill chunks (new prompts, long prompts chunk by chunk, sequences
 recomputed after preemption), then up to `chunk` decode steps for every running sequence (only
 `chunk // 16` while a waiting request could start, so free rows fill quickly), so a long prompt
-delays running sequences by one chunk at a time. With speculative_tokens, a decode call where a sequence finds a
-draft in its own earlier tokens is a verify call instead (docs/architecture.md, speculative decoding). Requests can be added and aborted
+delays running sequences by one chunk at a time. With speculative_tokens, each decode step where a sequence finds a
+draft in its own earlier tokens is a verify step instead, chosen on the device (docs/architecture.md, speculative
+decoding). Requests can be added and aborted
 between steps (`add`, `abort`); `run` serves a list to the end; `score` gives teacher-forced
 log-probabilities of a token sequence through the cache (perplexity in the cache's kv_dtype).
 
@@ -74,14 +75,15 @@ class Engine:
     they share a page, False never.
 
     speculative_tokens: k > 0 turns on speculative decoding by prompt lookup (vLLM's "ngram" method, no draft
-    model): before a decode call, each sequence looks up the latest earlier occurrence of its last 4 (down to 2)
-    tokens in its own prompt and output, and drafts the k tokens that followed it (jaxllm/serving/ngram.py); one
-    forward pass then computes every row's last token and its drafts, keeping as many drafts as its decode steps
-    would have chosen, and the token after them (Runner.verify): up to k + 1 tokens for one read of the weights.
+    model): before each decode step, on the device, each sequence looks up the latest earlier occurrence of its last
+    4 (down to 2) tokens in its own prompt and output, and drafts the k tokens that followed it
+    (jaxllm/serving/ngram.py); where one does, the step is a verify step: one forward pass computes every row's last
+    token and its drafts, keeping as many drafts as its decode steps would have chosen, and the token after them
+    (steps._speculate): up to k + 1 tokens for one read of the weights.
     The tokens are those decoding gives without it, greedy and sampled alike (a sampled row draws each token as
     decode does; a draft is kept when that draw is the draft, with the probability the sampler gives it), and
-    penalties and top_logprobs are as without it. A call whose rows have no draft, or one with a structured-output
-    request, decodes as without it. Default: the model's `speculative_tokens` attribute (what the command lines'
+    penalties and top_logprobs are as without it. A step whose rows have no draft decodes as without it, and so does
+    a call with a structured-output request (its masks follow the grammar token by token). Default: the model's `speculative_tokens` attribute (what the command lines'
     --speculative-tokens set), else 0 (off). Refused for models whose state a rejected draft cannot roll back
     (recurrent layers) or whose keys depend on how a sequence is split into calls (dynamic NTK, LongRoPE).
 
@@ -167,7 +169,7 @@ class Engine:
         # Chunks of at most a quarter of the budget, so the prompts of a step share calls of several
         # rows (a 2,050-token prompt is 2,048 + 2, not one row padded to the whole budget).
         max_chunk = None if whole else max(16, prefill_tokens // 4)
-        # a verify call writes a row's last token and its drafts: pages for k + 1 positions at least
+        # a verify step writes a row's last token and its drafts: pages for k + 1 positions at least
         self.scheduler = Scheduler(self.blocks, batch_size, self.budget, max(chunk, min(self.speculative + 1, max_len)), max_chunk)
         self.shapes = CallShapes(self.budget, batch_size // dp)  # the prefill calls' menu of shapes
         self.runner = Runner(model, num_pages=num_pages, page_size=page_size, max_seqs=batch_size, max_len=max_len,

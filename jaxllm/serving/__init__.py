@@ -5,7 +5,8 @@
   scheduler.py      each step's work: prefill chunks within a token budget, then the decode batch
                     (preempting the newest sequence when pages run out)
   ngram.py          speculative decoding's drafts: the tokens that followed a sequence's last n-gram before
+                    (its host reference; the decode loop looks them up on the device: propose_rows)
 
-and the device computes (runner.py: the page pool and the jitted prefill / decode / verify steps), from
+and the device computes (runner.py: the page pool and the jitted prefill / decode / speculative decode steps), from
 `Sequence.pages` (page table) and `Sequence.num_cached`.
 """

@@ -44,7 +44,7 @@ class SchedulerStats:
     preempted: int = 0  # sequences preempted (pages freed, recomputed later)
     chunked: int = 0  # prefill chunks that left their prompt unfinished
     cascaded: int = 0  # decode calls that read a prefix their rows share once for all (the engine counts them)
-    verified: int = 0  # speculative decoding's verify calls (Engine speculative_tokens; the engine counts these three)
+    verified: int = 0  # speculative decoding's verify steps (Engine speculative_tokens; the engine counts these three)
     drafted: int = 0  # tokens drafted by prompt lookup and verified
     accepted: int = 0  # of which kept: the tokens a decode step would have chosen
 

@@ -43,8 +43,9 @@ class Sequence:
     # SamplingParams.structured: its matcher (jaxllm.structured.Grammar), fed every output token; a preempted
     # sequence keeps it with its output, and its recompute's first token is masked by it again
     grammar: Any = field(default=None, repr=False)
-    # Speculative decoding (Engine speculative_tokens): no drafts before this many tokens, after a verify call that
-    # kept none of its drafts (a plain decode call in between bounds what rejected drafts cost)
+    # Speculative decoding (Engine speculative_tokens): no drafts before this many tokens, after a verify step that
+    # kept none of its drafts (`chunk` plain decode steps in between bound what rejected drafts cost; steps._speculate
+    # sets it, the engine keeps it between calls)
     drafts_from: int = 0
 
     @property
