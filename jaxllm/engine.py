@@ -469,8 +469,10 @@ class Engine:
             todo = [shape for shape in prefill if ("prefill", shape, sampling) not in self._compiled]
             todo_decode = [k for k in decode if (kind, k, sampling) not in self._compiled]
             if todo or todo_decode:
-                self.runner.compile(self.state, todo, [] if self.speculative else todo_decode, sampling,
-                                    (self.speculative, todo_decode if self.speculative else []))
+                if self.speculative:  # the speculative decode program takes the decode program's place
+                    self.runner.compile(self.state, todo, [], sampling, (self.speculative, todo_decode))
+                else:
+                    self.runner.compile(self.state, todo, todo_decode, sampling)
             self._compiled |= {("prefill", shape, sampling) for shape in todo} | {(kind, k, sampling) for k in todo_decode}
 
     def _prefill(self, chunks: list[PrefillChunk]) -> list[Event]:

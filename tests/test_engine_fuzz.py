@@ -234,8 +234,11 @@ def test_speculative_decoding_keeps_drafts_and_gives_the_tokens_decoding_gives(t
     reqs = [(chain + chain[:2], dataclasses.replace(greedy, max_new_tokens=12)),  # drafts kept
             ([9, 40, 11, 3, 60, 9, 40], greedy), ([17, 30, 17], sampled), ([5, 6, 7, 8, 5, 6, 7], sampled)]
     engine = Engine(model, **dict(SHAPE, speculative_tokens=3))
+    requests = [Request(prompt, params, i) for i, (prompt, params) in enumerate(reqs)]
+    engine.precompile(requests)  # the speculative decode programs too: serving compiles none
+    compiled = engine.counters.verify
     got = {i: ([], []) for i in range(len(reqs))}
-    for ev in engine.run([Request(prompt, params, i) for i, (prompt, params) in enumerate(reqs)]):
+    for ev in engine.run(requests):
         got[ev.index] = got[ev.index][0] + ev.tokens, got[ev.index][1] + ev.logprobs
         check_pool(engine)
     for i, (prompt, params) in enumerate(reqs):
@@ -244,6 +247,7 @@ def test_speculative_decoding_keeps_drafts_and_gives_the_tokens_decoding_gives(t
         np.testing.assert_allclose(got[i][1], logprobs, atol=1e-5)
     stats = engine.scheduler.stats
     assert stats.preempted and 3 <= stats.accepted < stats.drafted, stats
+    assert engine.counters.verify == compiled > 0
     assert engine.blocks.num_free == engine.blocks.num_pages
 
 
