@@ -224,7 +224,7 @@ def test_speculative_decoding_keeps_drafts_and_gives_the_tokens_decoding_gives(t
     """Prompt lookup (speculative_tokens=3) on the tiny Llama with its attention outputs scaled down, nearly a bigram
     model: a prompt that is its own greedy output followed by that output's first tokens again continues mostly as it
     did before, so most drafts looked up in it are kept, and some rejected. Greedy and seeded sampled requests get
-    the tokens and log-probabilities they get alone without speculation, in a pool that preempts."""
+    the tokens and log-probabilities (and top_logprobs) they get alone without speculation, in a pool that preempts."""
     damped = jax.tree_util.tree_map_with_path(lambda path, x: x * 0.01 if "o_proj" in jax.tree_util.keystr(path) else x,
                                               tiny.model.params)
     model = dataclasses.replace(tiny.model, params=damped, engines={})
@@ -248,6 +248,12 @@ def test_speculative_decoding_keeps_drafts_and_gives_the_tokens_decoding_gives(t
     stats = engine.scheduler.stats
     assert stats.preempted and 3 <= stats.accepted < stats.drafted, stats
     assert engine.counters.verify == compiled > 0
+    # top_logprobs: the copying request's most likely tokens at each step, with and without speculation
+    top = Request(reqs[0][0], dataclasses.replace(reqs[0][1], top_logprobs=2))
+    plain, spec = ([pair for ev in Engine(model, **dict(SHAPE, speculative_tokens=k)).run([top]) for step in ev.top_logprobs
+                    for pair in step] for k in (0, 3))
+    assert [t for t, _ in spec] == [t for t, _ in plain] and len(plain) == 2 * 12
+    np.testing.assert_allclose([lp for _, lp in spec], [lp for _, lp in plain], atol=1e-5)
     assert engine.blocks.num_free == engine.blocks.num_pages
 
 

@@ -469,7 +469,7 @@ def _speculate(graphdef, counters, chunk, attention, gather, kv_len, verify_len,
         def decode(st):
             st, token, lp, best = _decode_step(model, st, active, table, kv_len, attention, gather, sampling, top)
             pad = jnp.full((b, k), -1, token.dtype)
-            best = None if best is None else tuple(jnp.pad(x[:, None], ((0, 0), (0, k), (0, 0))) for x in _steps_axis(best))
+            best = None if best is None else tuple(jnp.pad(x, ((0, 0), (0, k), (0, 0))) for x in _steps_axis(best))
             return st, jnp.concatenate([token[:, None], pad], 1), jnp.pad(lp[:, None], ((0, 0), (0, k))), best
 
         drafting = jnp.any(lengths > 0)
