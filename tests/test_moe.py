@@ -124,9 +124,10 @@ def test_sharded_experts_match_one_device(pair):
 def _greedy(model, prompts, completions) -> bool:
     """Whether each completion is what greedy decoding on `model` continues its prompt with: every
     token the argmax of the logits after the tokens before it (one teacher-forced call; padding
-    on the right is after every position read, so the causal mask keeps it out)."""
+    on the right is after every position read, so the causal mask keeps it out). Padded to TOKENS' width at least:
+    the logits program the tests compiled for TOKENS serves this call too (PROMPTS' 19 positions took one more)."""
     seqs = [p + c for p, c in zip(prompts, completions)]
-    width = max(map(len, seqs))
+    width = max(*map(len, seqs), TOKENS.shape[1])
     logits = np.asarray(model.logits([s + [0] * (width - len(s)) for s in seqs]))
     return all(logits[i, len(p) - 1 : len(s) - 1].argmax(-1).tolist() == c
                for i, (p, c, s) in enumerate(zip(prompts, completions, seqs)))

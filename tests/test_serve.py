@@ -419,7 +419,8 @@ def test_cancel_mid_stream_frees_the_sequence(server):
 def test_full_server_answers_503_with_retry_after(server):
     server.loop.max_queue = 0  # room for one batch (8 sequences), none waiting
     try:
-        body = {"model": NAME, "prompt": TEXT[0], "max_tokens": 400, "n": 8, "stream": True, "ignore_eos": True}
+        # greedy: the programs the references compiled (a sampled request compiled a prefill and a decode of its own)
+        body = {"model": NAME, "prompt": TEXT[0], "max_tokens": 400, "n": 8, "stream": True, "ignore_eos": True, "temperature": 0}
         with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as held:
             assert held.status_code == 200  # its 8 sequences are in: the server is full
             refused = httpx.post(server.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2}, timeout=60)
@@ -666,7 +667,7 @@ def test_chat_template_kwargs_reach_the_template(server, monkeypatch):
                                               "{{ messages[-1]['content'] }}")
     for variables, text in (({"enable_thinking": False}, "/no_think Hi"), (None, "Hi")):
         out = server.client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=1,
-                                                    extra_body={"chat_template_kwargs": variables})
+                                                    temperature=0, extra_body={"chat_template_kwargs": variables})
         assert out.usage.prompt_tokens == len(tok(text, add_special_tokens=False)["input_ids"])
     for bad, said in (([1], "chat_template_kwargs': Input should be an object"), ({"add_generation_prompt": False}, "is not a template variable")):
         with pytest.raises(openai.BadRequestError) as err:

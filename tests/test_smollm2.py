@@ -43,6 +43,14 @@ def ours(gguf_path, xla_optimized):  # the real model generating: its run time i
 
 
 @pytest.fixture(scope="module")
+def engine(ours):
+    """The engine `generate` builds for PROMPTS (4 sequences of up to 512 tokens), shared: the stop-string test's
+    prompt runs on the programs the greedy continuations compiled, where an engine of its own (1 row, 256 tokens)
+    compiled a prefill and a decode program of the 30-layer model again."""
+    return jaxllm.Engine(ours, batch_size=4, max_len=512, num_pages=4 * 512 // 16, page_size=16, prefill_tokens=512)
+
+
+@pytest.fixture(scope="module")
 def theirs(gguf_path):
     import transformers
 
@@ -71,8 +79,8 @@ def test_gguf_suffix_in_any_case(ours, gguf_path, tmp_path):
         jaxllm.load(tmp_path)
 
 
-def test_greedy_continuations_match_transformers(ours, theirs):
-    results = ours.generate(PROMPTS, jaxllm.SamplingParams(max_new_tokens=64))
+def test_greedy_continuations_match_transformers(ours, theirs, engine):
+    results = ours.generate(PROMPTS, jaxllm.SamplingParams(max_new_tokens=64), engine=engine)
     from jaxllm.generation import encode
 
     for prompt, got in zip(PROMPTS, results):
@@ -97,10 +105,10 @@ def test_logits_match_transformers(ours, theirs):
     assert err <= 1e-4
 
 
-def test_stop_string_and_streaming(ours):
+def test_stop_string_and_streaming(ours, engine):
     pieces, ids = [], []
     got = ours.generate("What is the capital of France?", jaxllm.SamplingParams(max_new_tokens=32, stop=("Paris",)),
-                        on_text=lambda i, t: pieces.append(t), on_token=lambda i, t: ids.extend(t))
+                        on_text=lambda i, t: pieces.append(t), on_token=lambda i, t: ids.extend(t), engine=engine)
     assert "Paris" not in got.text and got.text.startswith("The capital of France is")
     assert "".join(pieces) == got.text and got.finish_reason == "stop"
     # the streamed ids are the answer's: up to the one completing "Paris", not the "." and EOS after it
