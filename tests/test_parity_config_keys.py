@@ -7,6 +7,7 @@ import functools
 import json
 
 import pytest
+import reference  # noqa: F401 - its registrations: the causal-LM classes of Emu3's and Mllama's text configs
 
 from jaxllm.errors import ConfigError
 from jaxllm.models import registry
@@ -120,7 +121,6 @@ def _transformers_layout(arch, raw: dict):
     exception its config class or model construction raises."""
     import warnings
 
-    import torch
     import transformers
 
     try:
@@ -130,15 +130,88 @@ def _transformers_layout(arch, raw: dict):
             hf = _hf_config(arch, raw)
             key = _built_from(config_class, hf)
             if key not in _HF_LAYOUTS:
-                with torch.device("meta"):  # (a copy: from_config sets the config's dtype, and _hf_config keeps it)
-                    model = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(hf))
-                _HF_LAYOUTS[key] = {name: tuple(p.shape) for name, p in model.named_parameters()}
+                _HF_LAYOUTS[key] = _built_layout(hf)
     except Exception as err:  # noqa: BLE001 - any refusal of transformers' is one we must match
         return err
     return _HF_LAYOUTS[key]
 
 
-_HF_LAYOUTS, _LAYOUTS, _ATTRIBUTES = {}, {}, {}
+def _built_layout(hf) -> dict:
+    """{tensor name: shape} of the model transformers builds from config `hf` (on the meta device: no weights)."""
+    import torch
+    import transformers
+
+    with torch.device("meta"):  # (a copy: from_config sets the config's dtype, and _hf_config keeps it)
+        model = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(hf))
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}
+
+
+_HF_LAYOUTS, _LAYOUTS, _ATTRIBUTES, _UNNAMED, _WORDS = {}, {}, {}, {}, {}
+
+
+def _source_words(modules) -> set[str]:
+    """Every word (letters, digits and underscores) of the named modules' source: each name their code can read a config key by."""
+    import inspect
+    import re
+    import sys
+
+    for m in modules:
+        if m not in _WORDS:
+            try:
+                _WORDS[m] = set(re.findall(r"\w+", inspect.getsource(sys.modules[m])))
+            except (OSError, TypeError):  # no source file: what its code names cannot be known, so no key is unnamed
+                raise AssertionError(f"no source for {m}: the keys its code names cannot be read") from None
+    return set().union(*(_WORDS[m] for m in modules))
+
+
+def _shared_words() -> set[str]:
+    """Every word of transformers' code outside its model families' packages (models/): every .py file, the ones
+    imported lazily or not at all in this process too."""
+    import pathlib
+    import re
+
+    import transformers
+
+    if "" not in _WORDS:
+        root = pathlib.Path(transformers.__file__).parent
+        _WORDS[""] = set().union(*(set(re.findall(r"\w+", path.read_text())) for path in root.rglob("*.py")
+                                   if path.relative_to(root).parts[0] != "models"))
+    return _WORDS[""]
+
+
+def _imported(roots) -> set[str]:
+    """The transformers modules `roots` and, transitively, every transformers module they import a name from."""
+    import sys
+    import types
+
+    seen, todo = set(), list(roots)
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        for value in vars(sys.modules[m]).values():
+            name = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
+            if isinstance(name, str) and name.split(".")[0] == "transformers" and name in sys.modules:
+                todo.append(name)
+    return seen
+
+
+def _unnamed(arch) -> list[str]:
+    """The NULLABLE keys the family's tiny config leaves out and that no code of transformers' that builds its config
+    or model names: not its config class (nor its defaults), not its modeling code, not any module either imports
+    from (transitively), nor any of transformers' code outside models/. Given as null, such a key is only set as an
+    attribute that nothing reads, so transformers' side of it is the tiny config's (which the null-key test shows by
+    building that once with all of them null at once)."""
+    import transformers
+
+    if arch.name not in _UNNAMED:
+        config_class = transformers.CONFIG_MAPPING[arch.hf_model_type]
+        model_class = transformers.MODEL_FOR_CAUSAL_LM_MAPPING[config_class]
+        named = (set(config_class().to_dict()) | _shared_words()
+                 | _source_words(_imported([config_class.__module__, model_class.__module__])))
+        _UNNAMED[arch.name] = [k for k in NULLABLE if k not in named and k not in arch.tiny_config]
+    return _UNNAMED[arch.name]
 
 
 def _built_from(config_class, hf) -> str:
@@ -146,17 +219,12 @@ def _built_from(config_class, hf) -> str:
     already built: its attributes, less those that are None and that neither its config class
     defines nor its modeling code or transformers' shared modeling and rope code names (a key of
     another family set to null, which nothing building this family's model reads)."""
-    import inspect
-    import re
-    import sys
-
     import transformers
 
     if config_class not in _ATTRIBUTES:
         model_class = transformers.MODEL_FOR_CAUSAL_LM_MAPPING[config_class]
-        code = "".join(inspect.getsource(sys.modules[m]) for m in (model_class.__module__, "transformers.modeling_utils",
-                                                                   "transformers.modeling_rope_utils", "transformers.configuration_utils"))
-        _ATTRIBUTES[config_class] = set(config_class().to_dict()) | set(re.findall(r"\w+", code))
+        _ATTRIBUTES[config_class] = set(config_class().to_dict()) | _source_words((
+            model_class.__module__, "transformers.modeling_utils", "transformers.modeling_rope_utils", "transformers.configuration_utils"))
     known = _ATTRIBUTES[config_class]
     return json.dumps({k: v for k, v in hf.to_dict().items() if k in known or v is not None}, sort_keys=True, default=str)
 
@@ -223,9 +291,17 @@ def test_a_null_key_reads_as_transformers_reads_it(arch):
     from jaxllm.models.config_fields import CONFIG_FIELDS
 
     spec = registry.get(arch)
+    base = dict(spec.tiny_config, model_type=spec.hf_model_type)
+    unnamed = _unnamed(spec)
+    # transformers' side of a key no code of its names (_unnamed): the tiny config's, built once; shown by building
+    # the config and the model with every such key null at once (not through _HF_LAYOUTS, whose key leaves them out)
+    as_built = _transformers_layout(spec, base), _as_transformers_reads(spec, base)
+    if unnamed:
+        all_null = dict(base, **dict.fromkeys(unnamed))
+        assert (_built_layout(_hf_config(spec, all_null)), _as_transformers_reads(spec, all_null)) == as_built, f"{arch}: {unnamed}"
     for key in NULLABLE:
-        raw = dict(spec.tiny_config, model_type=spec.hf_model_type, **{key: None})
-        theirs, ours = _transformers_layout(spec, raw), _jaxllm_layout(raw)
+        raw = dict(base, **{key: None})
+        theirs, ours = as_built[0] if key in unnamed else _transformers_layout(spec, raw), _jaxllm_layout(raw)
         if isinstance(theirs, Exception):
             assert isinstance(ours, Exception), f"{arch} {key}=null: transformers refuses ({theirs!r:.120}), jaxllm reads it"
             assert "\n" not in str(ours) and key in str(ours), f"{arch} {key}=null: {ours}"
@@ -237,4 +313,5 @@ def test_a_null_key_reads_as_transformers_reads_it(arch):
             # a null transformers builds a model of but cannot run (Cohere's layer_norm_eps)
         assert not isinstance(ours, Exception), f"{arch} {key}=null: transformers reads it, jaxllm refuses: {ours}"
         assert {n: s for n, s in ours.items() if n in theirs} == {n: theirs[n] for n in ours if n in theirs}, f"{arch} {key}=null"
-        assert _as_jaxllm_reads(spec, raw) == pytest.approx(_as_transformers_reads(spec, raw)), f"{arch} {key}=null"
+        their_reads = as_built[1] if key in unnamed else _as_transformers_reads(spec, raw)
+        assert _as_jaxllm_reads(spec, raw) == pytest.approx(their_reads), f"{arch} {key}=null"
