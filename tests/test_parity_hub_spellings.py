@@ -3,6 +3,7 @@ transformers defaults, other families' keys) and of their safetensors files' for
 each edited folder as the reference."""
 
 import json
+import shutil
 
 import pytest
 import reference
@@ -1038,13 +1039,28 @@ SPELLINGS = {
 }
 
 
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """built(arch, folder, **overrides): reference.build's checkpoint (seed 0) copied into `folder`, built once per
+    module for each architecture and overrides (265 builds for the 327 spellings), since every case edits its own copy."""
+    folders = {}
+
+    def copy(arch, folder, **overrides):
+        key = (arch, json.dumps(overrides, sort_keys=True))
+        if key not in folders:
+            folders[key] = tmp_path_factory.mktemp("built")
+            reference.build(arch, folders[key], **overrides)
+        shutil.copytree(folders[key], folder, dirs_exist_ok=True)
+    return copy
+
+
 @pytest.mark.parametrize("case", sorted(SPELLINGS))
-def test_hub_spellings_and_family_defaults_match_transformers(case, tmp_path):
+def test_hub_spellings_and_family_defaults_match_transformers(case, tmp_path, built):
     import torch
     import transformers
 
     arch, overrides, edit, *rewrite = SPELLINGS[case]
-    reference.build(arch, tmp_path, **overrides)
+    built(arch, tmp_path, **overrides)
     path = tmp_path / "config.json"
     raw = json.loads(path.read_text())
     edit(raw)
@@ -1057,14 +1073,14 @@ def test_hub_spellings_and_family_defaults_match_transformers(case, tmp_path):
     assert err <= TOL
 
 
-def test_tied_config_with_a_copy_of_the_embeddings_stays_tied(tmp_path):
-    reference.build("LlamaForCausalLM", tmp_path, tie_word_embeddings=True)
+def test_tied_config_with_a_copy_of_the_embeddings_stays_tied(tmp_path, built):
+    built("LlamaForCausalLM", tmp_path, tie_word_embeddings=True)
     _tensors(add=_head(copy=True))(tmp_path / "model.safetensors")
     assert jaxllm.load(tmp_path, tokenizer=False).config.tie_word_embeddings
 
 
-def test_mistral_window_defaults_to_4096_when_the_key_is_absent(tmp_path):
-    reference.build("MistralForCausalLM", tmp_path)
+def test_mistral_window_defaults_to_4096_when_the_key_is_absent(tmp_path, built):
+    built("MistralForCausalLM", tmp_path)
     raw = json.loads((tmp_path / "config.json").read_text())
     del raw["sliding_window"]
     (tmp_path / "config.json").write_text(json.dumps(raw))
