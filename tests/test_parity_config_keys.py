@@ -298,7 +298,7 @@ def test_a_null_key_reads_as_transformers_reads_it(arch):
     as_built = _transformers_layout(spec, base), _as_transformers_reads(spec, base)
     if unnamed:
         all_null = dict(base, **dict.fromkeys(unnamed))
-        assert (_built_layout(_hf_config(spec, all_null)), _as_transformers_reads(spec, all_null)) == as_built, f"{arch}: {unnamed}"
+        assert (_built_layout(_hf_config(spec, all_null)), _as_transformers_reads(spec, all_null)) == as_built, f"{arch}: these keys, null, change transformers' model: {unnamed}"
     for key in NULLABLE:
         raw = dict(base, **{key: None})
         theirs, ours = as_built[0] if key in unnamed else _transformers_layout(spec, raw), _jaxllm_layout(raw)
