@@ -1,14 +1,31 @@
 """Reference models: transformers' PyTorch implementation with seeded random weights, saved as a
 Hugging Face checkpoint folder that jaxllm then loads. Tests only: the run-time package never
-imports torch or transformers' model classes."""
+imports torch or transformers' model classes. With them, what the parity tests share: the tolerance, the
+tokens, the rope kinds, and decoding through the paged cache."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 import transformers
+from flax import nnx
 
 from jaxllm.models import registry
+from jaxllm.models.attention import LayerCache, PagedCache
+from jaxllm.models.mixers import layer_parts, state_shape
+from jaxllm.models.recurrent import zero_state
+
+TOL = 1e-4  # max |ours - ref| <= TOL * max |ref|, float32
+
+TOKENS = np.random.default_rng(0).integers(0, 128, (2, 20))  # longer than Mistral's tiny window (8)
+
+ROPE_KINDS = {
+    "linear": {"rope_type": "linear", "factor": 2.0},
+    "dynamic": {"rope_type": "dynamic", "factor": 2.0},
+    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8},
+    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8},
+}
 
 # transformers' Emu3ForCausalLM saves model_type "emu3_text_model", whose config class its AutoModelForCausalLM does not
 # map (it maps Emu3Config, the multimodal one): the tests build and reload such checkpoints through the auto class;
@@ -85,3 +102,27 @@ def fused_experts(tensors: dict) -> dict:
         out[head + ".experts.down_proj"] = torch.stack([projs["down_proj"][j] for j in range(count)])
     return out
 
+
+def cached_decode_error(model, seq, full) -> float:
+    """Prefill 6 tokens of `seq` [2, 20] into pages of 4 (a scrambled page table), then decode 14
+    one at a time: the largest relative difference of any step's logits from the no-cache forward's
+    `full` over the same prefix (the prefix passes Mistral's window of 8)."""
+    cfg = model.config
+    shapes = [None if kv is None else (13, 4) + kv for kv in map(cfg.kv_shape, range(cfg.num_layers))]  # 12 pages and the trash page
+    cache = [None if s is None else LayerCache(np.zeros(s, np.float32), np.zeros(s, np.float32)) for s in shapes]
+    # a recurrent layer's state instead (or beside its pages: Falcon-H1): a row per sequence (row b's is row b); a sparse
+    # attention layer's indexer key pages beside its keys and values
+    recurrent = (state_shape(cfg, i) for i in range(cfg.num_layers))
+    index = (None if x is None else np.zeros((13, 4) + x, np.float32) for x in map(cfg.index_shape, range(cfg.num_layers)))
+    cache = [layer_parts(c, None if r is None else zero_state(r, 2, np.float32), x) for c, r, x in zip(cache, recurrent, index)]
+    table = np.asarray([[7, 2, 9, 0, 4], [1, 11, 3, 8, 5]], np.int32)
+    positions = np.broadcast_to(np.arange(6), (2, 6))
+    # one compiled call per shape (prefill, decode), as the engine runs them, not op by op
+    step = nnx.jit(lambda m, ids, pos, cache, kv: (lambda h, c: (m.logits(h), c))(*m.hidden(ids, pos, cache, kv)))
+    logits, cache = step(model.module, seq[:, :6], positions, cache, PagedCache(table, np.ones((2, 6), bool), 20))
+    worst = max_rel_diff(logits, full[:, :6])
+    for t in range(6, 20):
+        kv = PagedCache(table, np.ones((2, 1), bool), 20)
+        logits, cache = step(model.module, seq[:, t : t + 1], np.full((2, 1), t), cache, kv)
+        worst = max(worst, max_rel_diff(logits[:, 0], full[:, t]))
+    return worst

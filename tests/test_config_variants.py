@@ -1,5 +1,5 @@
 """Config variants real checkpoints use, read as transformers reads them (the logits of most are
-compared against transformers in test_parity.py); here the ones transformers cannot run, refused in one line."""
+compared against transformers in test_parity_hub_spellings.py); here the ones transformers cannot run, refused in one line."""
 
 import pytest
 
@@ -52,7 +52,7 @@ def test_exaone4_layers_transformers_cannot_build_are_refused(changes, message):
 def test_stablelm_heads_transformers_cannot_run_are_refused(changes, message):
     """StableLM's attention takes heads of hidden_size / num_attention_heads (a ValueError in transformers where
     that is no whole number); its rotary embedding reads head_dim (a shape error in forward where that rotates
-    other dims). A head_dim rotating the same dims loads: test_parity.py's SPELLINGS."""
+    other dims). A head_dim rotating the same dims loads: test_parity_hub_spellings.py's SPELLINGS."""
     spec = registry.get("StableLmForCausalLM")
     with pytest.raises(ConfigError, match=message) as info:
         spec.config(dict(spec.tiny_config, **changes))

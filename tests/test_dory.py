@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import reference
 import torch
+from reference import TOKENS, cached_decode_error
 from safetensors.torch import load_file, save_file
 from test_engine import GREEDY
-from test_parity import TOKENS, _cached_decode_error
 
 import jaxllm
 from jaxllm import loader
@@ -45,7 +45,7 @@ def test_last_loop_decodes_as_transformers_cache(tmp_path):
     full = reference.torch_logits(ref, TOKENS)
     assert reference.max_rel_diff(theirs, full) > 1e-2  # the mode changes what a cached decode computes
     assert reference.max_rel_diff(model.logits(TOKENS), full) <= 1e-4
-    assert _cached_decode_error(model, np.asarray(TOKENS, np.int32), theirs) <= 1e-4
+    assert cached_decode_error(model, np.asarray(TOKENS, np.int32), theirs) <= 1e-4
     prompts = [list(range(3, 24)), [5, 9, 2, 77, 31, 8, 64]]
     engine = Engine(model, batch_size=2, max_len=64, num_pages=20, page_size=4, prefill_tokens=16, chunk=4)
     got = model.generate(prompts, GREEDY, engine=engine)

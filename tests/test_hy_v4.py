@@ -6,8 +6,8 @@ import json
 import jax.numpy as jnp
 import pytest
 import reference
+from reference import TOKENS
 from safetensors.torch import load_file, save_file
-from test_parity import TOKENS
 
 import jaxllm
 from jaxllm import loader
