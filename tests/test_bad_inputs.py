@@ -268,6 +268,10 @@ CASES = {
     "cli-repetition-penalty": cli(generate.main, ["--repetition-penalty", "0", "hi"], "^error: --repetition-penalty 0.0 is invalid"),
     "cli-frequency-penalty": cli(generate.main, ["--frequency-penalty", "-2.5", "hi"], "^error: --frequency-penalty -2.5 is invalid"),
     "cli-logit-bias-not-json": cli(generate.main, ["--logit-bias", "{5: -100}", "hi"], "--logit-bias.* is not JSON"),
+    "cli-logit-bias-key-twice": cli(generate.main, ["--logit-bias", '{"5": 1, "5": -100}', "hi"],  # json keeps the last
+                                    r"^error: argument --logit-bias: gives '5' twice \(1, then -100\): keep the one meant"),
+    "cli-template-kwargs-key-twice": cli(generate.main, ["--chat-template-kwargs", '{"a": {"b": 1, "b": 2}}', "hi"],
+                                         "argument --chat-template-kwargs: gives 'b' twice"),
     "cli-logit-bias-beyond-100": cli(generate.main, ["--logit-bias", '{"5": -101}', "hi"], "^error: --logit-bias .* is invalid: the bias of token 5"),
     "cli-min-tokens": cli(generate.main, ["--min-tokens", "9", "--max-new-tokens", "4", "hi"],
                           r"^error: --min-tokens 9 is invalid: use a whole number from 0 to --max-new-tokens \(4\)$"),
@@ -723,7 +727,9 @@ def test_cli_prompt_words_are_one_prompt_as_help_says(capsys):
 
 
 @pytest.mark.parametrize("argv, flag", [(["--batch-size", "0"], "--batch-size"), (["--batch-size", "x"], "--batch-size"),
-                                        (["--max-len", "1"], "--max-len"), (["--max-queue", "-1"], "--max-queue")])
+                                        (["--max-len", "1"], "--max-len"), (["--max-queue", "-1"], "--max-queue"),
+                                        # an unset shell variable: served under --model's path; listening on every interface
+                                        (["--served-model-name", ""], "--served-model-name"), (["--host", " "], "--host")])
 def test_serve_sizes_refused_before_loading(argv, flag, capsys):
     """serve's sizes are checked as the flags are read, in their own names: --batch-size 0 loaded
     the whole model first, then failed as 'Engine batch_size=0'."""
