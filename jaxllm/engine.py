@@ -117,7 +117,7 @@ class Engine:
             raise GenerationError(f"Engine cascade={cascade!r} is invalid: use None (when it reads fewer keys), True or False")
         self.cascade = cascade
         self.speculative = _speculative_tokens(model, cfg, speculative_tokens)
-        if (not isinstance(memory_fraction, (int, float)) or isinstance(memory_fraction, bool)
+        if (not isinstance(memory_fraction, (int, float, np.integer, np.floating)) or isinstance(memory_fraction, bool)
                 or not 0 < memory_fraction <= 1):
             raise GenerationError(f"Engine memory_fraction={memory_fraction!r} is invalid: use a number in (0, 1]")
         batch_size, max_len, page_size, prefill_tokens, chunk = map(int, (batch_size, max_len, page_size, prefill_tokens, chunk))
@@ -129,6 +129,7 @@ class Engine:
         # max_len: larger values would only size the arrays of a call (a budget or chunk of 10**9
         # allocated gigabytes and failed deep inside XLA).
         prefill_tokens, chunk = min(prefill_tokens, batch_size // dp * max_len), min(chunk, max_len)
+        self.speculative = min(self.speculative, max_len - 1)  # no more drafts than a sequence has room for (10**20: numpy's error)
         self._model, self.cfg = model, cfg
         self.batch_size, self.max_len, self.chunk = batch_size, max_len, chunk
         # Decode steps of a call while a waiting request could start: few, so that it starts soon

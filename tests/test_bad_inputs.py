@@ -165,6 +165,8 @@ CASES = {
     "frequency-penalty-nan": lib(sampled(frequency_penalty=float("nan")), "frequency_penalty=nan is invalid"),
     "logit-bias-beyond-100": lib(sampled(logit_bias={5: 150}), r"logit_bias=\{5: 150\} is invalid: the bias of token 5 is 150: use a number in \[-100, 100\]"),
     "logit-bias-not-ids": lib(sampled(logit_bias={"the": -100}), "logit_bias=.* is invalid: token id 'the' is not a token id"),
+    "logit-bias-token-twice": lib(sampled(logit_bias={"5": 1, "05": -100}), r"logit_bias=\[\[5, 1\], \[5, -100\]\] is invalid: it gives "
+                                                                             "token 5 two biases: give each token one$"),
     "logit-bias-beyond-vocab": lib(sampled(logit_bias={10**6: -100}, max_new_tokens=4), "logit_bias=.* is invalid: token 1000000 is beyond the model's"),
     "min-tokens-beyond-max-new-tokens": lib(sampled(min_tokens=9, max_new_tokens=4),
                                             r"min_tokens=9 is invalid: use a whole number from 0 to max_new_tokens \(4\)"),
@@ -427,6 +429,12 @@ def test_sampling_params_from_a_dict(models):
     assert models.tiny.generate(np.array(ids, np.int64), params, engine=engine).token_ids == want
     assert [c.token_ids for c in models.tiny.generate(np.array([ids, ids], np.int32), params, engine=engine)] == [want, want]
     assert models.tiny.logits(np.array(ids, np.uint16)).shape == (3, 32)  # one sequence: no batch axis
+    # numpy scalars (a value read from an array) are numbers: top_logprobs=np.int64(2) and memory_fraction=np.float32(0.5)
+    # were refused as invalid
+    numpy = {"temperature": np.float32(0.0), "max_new_tokens": np.int64(4), "ignore_eos": np.bool_(True), "top_logprobs": np.int64(2)}
+    assert models.tiny.generate(ids, numpy, engine=engine).token_ids == want
+    assert Engine(models.tiny, batch_size=np.int32(1), max_len=np.int64(64), memory_fraction=np.float32(0.5)).batch_size == 1
+    assert Engine(models.tiny, batch_size=1, max_len=64, speculative_tokens=10**20).speculative == 63  # drafts fit a sequence
 
 
 def test_inspect_scan_reports_non_finite_tensors(models, tmp_path, capsys):
