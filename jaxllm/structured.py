@@ -189,7 +189,10 @@ class Grammar:
 
     @property
     def error(self) -> str:
-        return self.matcher.get_error()
+        """Why the matcher stopped, in one line: llguidance's own error holds its state and the whole grammar (a
+        warning of 400 KB for a request forcing one of 2,000 tools)."""
+        text = _one_line(self.matcher.get_error())
+        return text if len(text) <= 300 else text[:297] + "..."
 
     def advance(self, tokens: list[int]) -> bool:
         """Feed the sequence's new tokens; False when one is not allowed (the matcher's error)."""
