@@ -1011,6 +1011,24 @@ def test_a_body_sent_as_another_media_type_answers_415(server, monkeypatch):
     wait_idle(server)
 
 
+def test_a_server_without_a_tokenizer_refuses_what_needs_one():
+    """A model without tokenizer files serves token-id prompts; stop strings, found in the decoded text, were ignored
+    (the answer ran to max_tokens): refused on 'stop', naming stop_token_ids. A text prompt and a chat need it too."""
+    from starlette.testclient import TestClient
+
+    from jaxllm.random_model import random_model
+
+    model = random_model("tiny", dtype="float32")
+    app = build_app(model, jaxllm.Engine(model, batch_size=1, max_len=64), name="ids-only")
+    with TestClient(app) as client:
+        for path, body, param, says in [
+                ("/v1/completions", {"prompt": [1, 2], "stop": ["x"]}, "stop", "send the tokens that end an answer as stop_token_ids"),
+                ("/v1/completions", {"prompt": "Hi"}, "prompt", "this model has no tokenizer: give the prompt as token ids"),
+                ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]}, "messages", "no chat template")]:
+            r = client.post(path, json={"max_tokens": 1, **body})
+            assert r.status_code == 400 and r.json()["error"]["param"] == param and says in r.json()["error"]["message"], r.text
+
+
 def test_structured_errors_found_as_the_engine_takes_a_request_name_their_field():
     """llguidance compiles a constraint for the model's tokenizer as the engine takes the request (100,000 guided_choice
     strings fail there, in 2 s: here the error alone): the 400 names the field that sent it, as the checks before do;

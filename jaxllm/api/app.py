@@ -241,6 +241,9 @@ class Server:
                       echo: list[tuple[str, list[int]]] | None = None) -> Response:
         """Submit every (prompt, choice) pair; stream the answer or collect it. `echo`: each prompt's
         (text, ids), which begin its choices (completions' echo)."""
+        if params[0].stop and self.tokenizer is None:  # stop strings are found in the decoded text: here, never (were ignored)
+            raise APIError(400, "stop strings are found in the answer's text, and this model has no tokenizer to decode it: "
+                           "send the tokens that end an answer as stop_token_ids, or leave stop out", "stop")
         requests = [Request(prompt, p) for prompt in prompts for p in params]
         self._check_context(body, prompts, params[0].max_new_tokens)
         for i, req in enumerate(requests[:: len(params)]):
