@@ -207,6 +207,8 @@ class Engine:
     def check(self, req: Request) -> list[int]:
         """Refuse a request that can never run, before anything is computed; returns its prompt's
         ids as Python ints (whatever holds them: a list, a numpy or JAX array)."""
+        if not isinstance(req, Request):
+            raise GenerationError(f"Engine takes jaxllm.engine.Request(prompt ids, resolved params) objects, got {type(req).__name__}")
         params = req.params
         unset = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "min_tokens")  # resolved fills them
         if not isinstance(params, SamplingParams) or any(getattr(params, f) is None for f in unset):
@@ -309,6 +311,8 @@ class Engine:
             raise GenerationError("Engine.run on an engine that holds requests added with Engine.add, or by a run() not "
                                   "iterated to its end: serve those with step() (or abort them; close() that run) first, "
                                   "or use another engine")
+        if isinstance(requests, Request):  # iterating it raised "'Request' object is not iterable"
+            raise GenerationError("Engine.run takes a list of Requests, got one Request: pass [request]")
         ids = [self.check(req) for req in requests]  # all of them before any is queued
         self._check_indices(requests)
         seqs = [self._add(req, i) for req, i in zip(requests, ids)]

@@ -658,6 +658,10 @@ LIBRARY_MISUSE = {
                                  "estimate_memory batch=-1 is invalid: use a whole number >= 1"),
     "one-empty-array-prompt": (lambda m: m.tiny.generate(np.array([], int), {"max_new_tokens": 1}),
                                "prompt 0 is empty: give at least one token id"),
+    "engine-add-not-a-request": (lambda m: Engine(m.tiny, batch_size=1, max_len=64).add(None),  # was an AttributeError
+                                 r"^Engine takes jaxllm.engine.Request\(prompt ids, resolved params\) objects, got NoneType$"),
+    "engine-run-one-request": (lambda m: list(Engine(m.tiny, batch_size=1, max_len=64).run(
+        Request([1], jaxllm.SamplingParams(max_new_tokens=1).resolved()))), "^Engine.run takes a list of Requests, got one Request"),
     "engine-of-a-path": (lambda m: Engine(m.path("tiny")), r"Engine\(model, ...\) takes a model from jaxllm.load, got str"),
     "stop-without-tokenizer": (lambda m: m.tiny.generate([1, 2], {"max_new_tokens": 4, "stop": ["x"]}),
                                r"stop=\['x'\] needs the decoded text, and this checkpoint has no tokenizer"),
