@@ -200,7 +200,7 @@ CASES = [
      ConfigError, "rope_parameters' rope_theta 1e\\+06 would give way to 10000"),
     ("rope-incomplete", config_with(rope_scaling={"rope_type": "llama3", "factor": 8}), ConfigError, "needs 'low_freq_factor'"),
     ("string-eos", config_with(eos_token_id="2"), ConfigError, "'eos_token_id' must be a non-negative integer .* or a list of them"),
-    ("nan-eps", file("config.json", json.dumps(TINY)[:-1] + ', "rms_norm_eps": NaN}'), ConfigError,
+    ("nan-eps", file("config.json", json.dumps(dict(TINY, rms_norm_eps=float("nan")))), ConfigError,  # JSON's NaN literal
      "'rms_norm_eps' must be a non-negative number, got NaN"),
     ("null-expert-count", config_with(num_local_experts=None), ConfigError, "'num_local_experts' must be a non-negative integer"),
     ("gemma3-bidirectional", config_with(architectures=["Gemma3ForCausalLM"], use_bidirectional_attention=True), ConfigError,
