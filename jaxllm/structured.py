@@ -177,8 +177,9 @@ class Grammar:
 
     def __init__(self, structured: Structured, lltokenizer):
         self.matcher = _llguidance().LLMatcher(lltokenizer, grammar_text(structured), log_level=0)
-        if self.matcher.is_error():
-            raise GenerationError(f"structured {structured.kind} is invalid: {_one_line(self.matcher.get_error())}")
+        if self.matcher.is_error():  # llguidance's limits (a regex or choice too large to compile): simplify it
+            fix = {"choice": "give fewer choices"}.get(structured.kind, f"simplify the {structured.source()[0].replace('_', ' ')}")
+            raise GenerationError(f"structured {structured.kind} is invalid: {_one_line(self.matcher.get_error())}: {fix}")
         self.consumed = 0
         self.width = words(lltokenizer.vocab_size)
 
