@@ -183,11 +183,13 @@ class DuplicateKey(ValueError):
 def unique_keys(pairs: list[tuple]) -> dict:
     """`json.loads`' object_pairs_hook: the object as a dict, or DuplicateKey for a key given twice
     with different values (the same value twice changes nothing, and is taken)."""
-    out = {}
-    for key, value in pairs:
-        if key in out and out[key] != value:
-            raise DuplicateKey(key, out[key], value)
-        out[key] = value
+    out = dict(pairs)
+    if len(out) < len(pairs):  # a key given twice: rare, so looked for only then
+        first = {}
+        for key, value in pairs:
+            if key in first and first[key] != value:
+                raise DuplicateKey(key, first[key], value)
+            first.setdefault(key, value)
     return out
 
 
