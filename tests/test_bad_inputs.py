@@ -333,6 +333,8 @@ CASES = {
     "cli-inspect-scan-missing": cli(inspect.main, ["nowhere", "--scan"], "no such file or folder: 'nowhere'"),
     "cli-convert-shard-size": cli(convert.main, lambda m: [m.path("tiny"), "out", "--to-hf", "--shard-size", "0"],
                                   "--shard-size 0.0 is invalid: give a positive, finite number of GB"),
+    "cli-convert-shard-size-without-to-hf": cli(convert.main, lambda m: [m.path("tiny"), "out", "--shard-size", "1"],  # was ignored
+                                                "^error: --shard-size goes with --to-hf .*: pass --to-hf too, or drop --shard-size$"),
     "cli-convert-shard-size-nan": cli(convert.main, lambda m: [m.path("tiny"), "out", "--to-hf", "--shard-size", "nan"],
                                       "--shard-size nan is invalid: give a positive, finite number of GB"),
     # an empty value (an unset shell variable) was read as the flag left out: the default model, dtype, source folder,
