@@ -17,7 +17,7 @@ from functools import cached_property
 from pathlib import Path
 
 from jaxllm import gguf_tokenizer
-from jaxllm.errors import CheckpointError, ConfigError, shown
+from jaxllm.errors import CheckpointError, ConfigError, DuplicateKey, shown, unique_keys
 from jaxllm.models import config_fields, mxfp4, registry, weights
 from jaxllm.safetensors_io import LazyTensor, SafetensorsFile
 
@@ -150,8 +150,10 @@ def _http_error() -> type:
 def read_json(path: Path, what: str) -> dict:
     """The JSON object in `path`, or a ConfigError naming the file and what is wrong with it."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        with open(path, encoding="utf-8-sig") as f:  # a byte order mark ("UTF-8 with BOM": Notepad) is no text
+            data = json.load(f, object_pairs_hook=unique_keys)
+    except DuplicateKey as err:
+        raise ConfigError(f"{what} at {path} gives {err}: keep the one meant") from None
     except FileNotFoundError:  # the absolute path: '.' would name 'config.json' alone
         raise ConfigError(f"{what} not found at {path.absolute()}: a Hugging Face checkpoint folder needs one") from None
     except IsADirectoryError:

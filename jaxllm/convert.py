@@ -47,7 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--group-size", type=int, help="--quantize: input values per scale")
     p.add_argument("--quantize-embeddings", action="store_true",
                    help="with --quantize: the token embedding and output head in int8 too")
-    p.add_argument("--shard-size", type=float, default=5.0, help="--to-hf: largest safetensors file, in GB (default 5)")
+    p.add_argument("--shard-size", type=float, help="--to-hf: largest safetensors file, in GB (default 5)")
     return p.parse_args(argv)
 
 
@@ -260,11 +260,15 @@ def main(argv=None) -> int:
     handle_signals()  # SIGTERM unwinds like Ctrl-C, so the partial output is removed (exit 143)
 
     def body() -> int:
-        if not math.isfinite(args.shard_size) or args.shard_size <= 0:
-            raise JaxllmError(f"--shard-size {args.shard_size} is invalid: give a positive, finite number of GB (e.g. 5)")
+        if args.shard_size is not None and not args.to_hf:  # was ignored: orbax writes no safetensors files
+            raise JaxllmError("--shard-size goes with --to-hf (the largest safetensors file): pass --to-hf too, or drop "
+                              "--shard-size")
+        shard_size = 5.0 if args.shard_size is None else args.shard_size
+        if not math.isfinite(shard_size) or shard_size <= 0:
+            raise JaxllmError(f"--shard-size {shard_size} is invalid: give a positive, finite number of GB (e.g. 5)")
         with flag_terms():  # the library's messages name its arguments: here, the flags (a --shard-size beyond int64: one file)
             out = convert(args.src, args.dst, dtype=args.dtype, to_hf=args.to_hf, force=args.force, mesh=args.mesh,
-                          shard_bytes=int(min(args.shard_size * 1e9, 2**62)), quantize=args.quantize, group_size=args.group_size,
+                          shard_bytes=int(min(shard_size * 1e9, 2**62)), quantize=args.quantize, group_size=args.group_size,
                           quantize_embeddings=args.quantize_embeddings)
         kind = "Hugging Face safetensors" if args.to_hf else "jaxllm (orbax)"
         print(f"wrote {args.dst} ({kind}, {out['dtype']}, {out['bytes'] / 1e9:.2f} GB) in {out['seconds']:.1f}s "

@@ -119,7 +119,7 @@ class Engine:
             raise GenerationError(f"Engine cascade={cascade!r} is invalid: use None (when it reads fewer keys), True or False")
         self.cascade = cascade
         self.speculative = _speculative_tokens(model, cfg, speculative_tokens)
-        if (not isinstance(memory_fraction, (int, float)) or isinstance(memory_fraction, bool)
+        if (not isinstance(memory_fraction, (int, float, np.integer, np.floating)) or isinstance(memory_fraction, bool)
                 or not 0 < memory_fraction <= 1):
             raise GenerationError(f"Engine memory_fraction={memory_fraction!r} is invalid: use a number in (0, 1]")
         batch_size, max_len, page_size, prefill_tokens, chunk = map(int, (batch_size, max_len, page_size, prefill_tokens, chunk))
@@ -131,6 +131,7 @@ class Engine:
         # max_len: larger values would only size the arrays of a call (a budget or chunk of 10**9
         # allocated gigabytes and failed deep inside XLA).
         prefill_tokens, chunk = min(prefill_tokens, batch_size // dp * max_len), min(chunk, max_len)
+        self.speculative = min(self.speculative, max_len - 1)  # no more drafts than a sequence has room for (10**20: numpy's error)
         self._model, self.cfg = model, cfg
         self.batch_size, self.max_len, self.chunk = batch_size, max_len, chunk
         # Decode steps of a call while a waiting request could start: few, so that it starts soon
@@ -208,6 +209,8 @@ class Engine:
     def check(self, req: Request) -> list[int]:
         """Refuse a request that can never run, before anything is computed; returns its prompt's
         ids as Python ints (whatever holds them: a list, a numpy or JAX array)."""
+        if not isinstance(req, Request):
+            raise GenerationError(f"Engine takes jaxllm.engine.Request(prompt ids, resolved params) objects, got {type(req).__name__}")
         params = req.params
         unset = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "min_tokens")  # resolved fills them
         if not isinstance(params, SamplingParams) or any(getattr(params, f) is None for f in unset):
@@ -310,6 +313,8 @@ class Engine:
             raise GenerationError("Engine.run on an engine that holds requests added with Engine.add, or by a run() not "
                                   "iterated to its end: serve those with step() (or abort them; close() that run) first, "
                                   "or use another engine")
+        if isinstance(requests, Request):  # iterating it raised "'Request' object is not iterable"
+            raise GenerationError("Engine.run takes a list of Requests, got one Request: pass [request]")
         ids = [self.check(req) for req in requests]  # all of them before any is queued
         self._check_indices(requests)
         seqs = [self._add(req, i) for req, i in zip(requests, ids)]

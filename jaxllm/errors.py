@@ -172,6 +172,27 @@ def _huge_int(value, depth: int = 0):
     return None
 
 
+class DuplicateKey(ValueError):
+    """A JSON object that gives one key twice, with different values: `json.loads` keeps the last
+    silently (a config.json with two "hidden_size", a --logit-bias '{"5": 1, "5": -100}')."""
+
+    def __init__(self, key, first, second):
+        super().__init__(f"{shown(key)} twice ({shown(first, 40)}, then {shown(second, 40)})")
+
+
+def unique_keys(pairs: list[tuple]) -> dict:
+    """`json.loads`' object_pairs_hook: the object as a dict, or DuplicateKey for a key given twice
+    with different values (the same value twice changes nothing, and is taken)."""
+    out = dict(pairs)
+    if len(out) < len(pairs):  # a key given twice: rare, so looked for only then
+        first = {}
+        for key, value in pairs:
+            if key in first and first[key] != value:
+                raise DuplicateKey(key, first[key], value)
+            first.setdefault(key, value)
+    return out
+
+
 BOM = "\ufeff"  # what a "UTF-8 with BOM" text starts with
 
 

@@ -16,7 +16,7 @@ import jax
 from tqdm.auto import tqdm
 
 from jaxllm import chat_template, runtime
-from jaxllm.errors import JaxllmError
+from jaxllm.errors import DuplicateKey, JaxllmError, unique_keys
 from jaxllm.loader import QUANTIZE, LoadedModel, load
 from jaxllm.models.attention import KV_DTYPES
 from jaxllm.models.quant import DEFAULT_GROUP, INT8_GROUP
@@ -229,7 +229,9 @@ def logit_bias(text: str) -> dict:
 def _json(text: str, example: str):
     """A flag's JSON value, or its one-line refusal showing `example` (an object)."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=unique_keys)
+    except DuplicateKey as err:  # '{"5": 1, "5": -100}': json keeps the last silently
+        raise argparse.ArgumentTypeError(f"gives {err}: keep the one meant") from None
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"is not JSON ({err}): give an object, e.g. '{example}'") from None
 

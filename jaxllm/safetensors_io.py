@@ -22,7 +22,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from jaxllm.errors import CheckpointError
+from jaxllm.errors import CheckpointError, unique_keys
 
 _DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
@@ -166,7 +166,7 @@ def _read_header(path: Path) -> tuple[int, dict]:
             text = f.read(n).decode("utf-8")
         if not text.startswith("{"):
             raise ValueError("the header is not a JSON object")
-        header = json.loads(text)
+        header = json.loads(text, object_pairs_hook=unique_keys)  # a tensor named twice: DuplicateKey
     except OSError as err:
         raise _unreadable(path, err.strerror or type(err).__name__) from None
     except (ValueError, RecursionError) as err:  # bad UTF-8 or JSON, or JSON nested too deep

@@ -115,7 +115,7 @@ class SamplingParams:
             repetition_penalty=float(gen.get("repetition_penalty") or 1.0),
         )
         values = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in defaults.items()}
-        values.update(seed=self.seed, **{k: 0.0 if getattr(self, k) is None else getattr(self, k)
+        values.update(seed=self.seed, top_logprobs=self.top_logprobs, **{k: 0.0 if getattr(self, k) is None else getattr(self, k)
                                          for k in ("presence_penalty", "frequency_penalty")})
         values = {k: _plain(v) for k, v in values.items()}
         values["min_tokens"] = _plain(self.min_tokens) if self.min_tokens is not None else _file_min_tokens(gen, values["max_new_tokens"])
@@ -286,6 +286,9 @@ def _check_bias(bias, bad) -> None:
             bad("logit_bias", dict(bias), f"token id {shown(token)} is not a token id: use whole numbers >= 0")
         if not _finite(value) or not -100 <= value <= 100:
             bad("logit_bias", dict(bias), f"the bias of token {token} is {shown(value)}: use a number in [-100, 100]")
+    twice = next((a for (a, _), (b, _) in zip(bias, bias[1:]) if a == b), None)  # sorted: "5" and "05" are both token 5
+    if twice is not None:
+        bad("logit_bias", [list(p) for p in bias], f"it gives token {twice} two biases: give each token one")
     if len(bias) > LOGIT_BIAS_MAX:
         bad("logit_bias", f"<{len(bias)} tokens>", f"name at most {LOGIT_BIAS_MAX} tokens")
     if len({t for t, _ in bias}) < len(bias):

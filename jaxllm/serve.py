@@ -34,8 +34,10 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvico
 def parse_args(argv=None):
     p = ArgumentParser(prog="python -m jaxllm.serve", description="Serve a model over OpenAI's HTTP API.",
                        parents=[progress.load_flags()])
-    p.add_argument("--served-model-name", help="the model's name in the API (default: --model, or the default model's hub id)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s; 0.0.0.0 for every interface)")
+    p.add_argument("--served-model-name", type=named("the name clients send as 'model'"),
+                   help="the model's name in the API (default: --model, or the default model's hub id)")
+    p.add_argument("--host", default="127.0.0.1", type=named("an address, e.g. 127.0.0.1 (0.0.0.0: every interface)"),
+                   help="address to listen on (default: %(default)s; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=tcp_port, default=8000, help="TCP port, 1 to 65535 (default: %(default)s)")
     p.add_argument("--batch-size", type=at_least(1), default=32, help="sequences decoded at once (default: %(default)s)")
     p.add_argument("--max-len", type=at_least(2), help="longest prompt + answer in tokens (default: the model's positions)")
@@ -83,6 +85,18 @@ def at_least(low: int):
         return value
 
     return whole
+
+
+def named(what: str):
+    """An argparse type: text that is not empty or blank. An unset shell variable gave --served-model-name "" (the
+    model then served under --model's path) and --host "" (every interface, where the default is this machine alone)."""
+
+    def text(value: str) -> str:
+        if not value.strip():
+            raise argparse.ArgumentTypeError(f"{value!r} is empty: give {what}, or leave the flag out")
+        return value
+
+    return text
 
 
 def tcp_port(text: str) -> int:

@@ -177,8 +177,9 @@ class Grammar:
 
     def __init__(self, structured: Structured, lltokenizer):
         self.matcher = _llguidance().LLMatcher(lltokenizer, grammar_text(structured), log_level=0)
-        if self.matcher.is_error():
-            raise GenerationError(f"structured {structured.kind} is invalid: {_one_line(self.matcher.get_error())}")
+        if self.matcher.is_error():  # llguidance's limits (a regex or choice too large to compile): simplify it
+            fix = {"choice": "give fewer choices"}.get(structured.kind, f"simplify the {structured.source()[0].replace('_', ' ')}")
+            raise GenerationError(f"structured {structured.kind} is invalid: {_one_line(self.matcher.get_error())}: {fix}")
         self.consumed = 0
         self.width = words(lltokenizer.vocab_size)
 
@@ -189,7 +190,10 @@ class Grammar:
 
     @property
     def error(self) -> str:
-        return self.matcher.get_error()
+        """Why the matcher stopped, in one line: llguidance's own error holds its state and the whole grammar (a
+        warning of 400 KB for a request forcing one of 2,000 tools)."""
+        text = _one_line(self.matcher.get_error())
+        return text if len(text) <= 300 else text[:297] + "..."
 
     def advance(self, tokens: list[int]) -> bool:
         """Feed the sequence's new tokens; False when one is not allowed (the matcher's error)."""

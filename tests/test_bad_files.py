@@ -200,7 +200,7 @@ CASES = [
      ConfigError, "rope_parameters' rope_theta 1e\\+06 would give way to 10000"),
     ("rope-incomplete", config_with(rope_scaling={"rope_type": "llama3", "factor": 8}), ConfigError, "needs 'low_freq_factor'"),
     ("string-eos", config_with(eos_token_id="2"), ConfigError, "'eos_token_id' must be a non-negative integer .* or a list of them"),
-    ("nan-eps", file("config.json", json.dumps(TINY)[:-1] + ', "rms_norm_eps": NaN}'), ConfigError,
+    ("nan-eps", file("config.json", json.dumps(dict(TINY, rms_norm_eps=float("nan")))), ConfigError,  # JSON's NaN literal
      "'rms_norm_eps' must be a non-negative number, got NaN"),
     ("null-expert-count", config_with(num_local_experts=None), ConfigError, "'num_local_experts' must be a non-negative integer"),
     ("gemma3-bidirectional", config_with(architectures=["Gemma3ForCausalLM"], use_bidirectional_attention=True), ConfigError,
@@ -234,6 +234,9 @@ CASES = [
     ("config-bad-json", file("config.json", '{"vocab_size": 32,'), ConfigError, r"config\.json at .* is not valid JSON \(line 1"),
     ("config-too-deep", file("config.json", "[" * 100_000 + "]" * 100_000), ConfigError, "nests too deeply"),
     ("config-missing", file("config.json", MISSING), ConfigError, r"config\.json not found at"),
+    # a key given twice: json keeps the last silently (here a model of 16 wide read as 64, refused only by its weights' shapes)
+    ("config-key-twice", file("config.json", json.dumps(TINY)[:-1] + ', "hidden_size": 64}'), ConfigError,
+     r"config\.json at .* gives 'hidden_size' twice \(16, then 64\): keep the one meant$"),
     # generation_config.json
     ("gen-string-temperature", file("generation_config.json", '{"do_sample": true, "temperature": "hot"}'), ConfigError,
      r"generation_config\.json 'temperature' must be a non-negative number, got \"hot\""),
@@ -252,6 +255,8 @@ CASES = [
     ("st-header-not-json", tensors(lambda h, d: join_safetensors(b"{not json}", d)), CheckpointError, NOT_READABLE + "header: Expecting"),
     ("st-header-list", tensors(lambda h, d: join_safetensors(b"[1, 2]", d)), CheckpointError, NOT_READABLE + "header: the header is not a JSON"),
     ("st-header-not-utf8", tensors(lambda h, d: join_safetensors(b'{"\xff": 1}', d)), CheckpointError, NOT_READABLE + "header: 'utf-8' codec"),
+    ("st-tensor-twice", tensors(lambda h, d: join_safetensors(json.dumps(h)[:-1].encode() + b", " + json.dumps(
+        {NORM: dict(h[NORM], data_offsets=[0, 0])})[1:].encode(), d)), CheckpointError, NOT_READABLE + f"header: '{NORM}' twice"),
     ("st-bad-metadata", tensors(lambda h, d: join_safetensors(dict(h, __metadata__={"format": 1}), d)), CheckpointError,
      NOT_READABLE + "__metadata__ must map names to strings"),
     # safetensors: one entry
@@ -326,8 +331,11 @@ def spoiled(pristine: Path, tmp_path: Path, spoil) -> Path:
     return folder
 
 
-def test_the_pristine_folder_loads(pristine):
+def test_the_pristine_folder_loads(pristine, tmp_path):
     assert jaxllm.load(pristine, tokenizer=False).config.num_layers == 1
+    # as saved by Notepad or PowerShell ("UTF-8 with BOM"), the same key twice with one value: the same config
+    folder = spoiled(pristine, tmp_path, file("config.json", "\ufeff" + json.dumps(TINY)[:-1] + ', "hidden_size": 16}'))
+    assert jaxllm.load(folder, tokenizer=False).config.hidden_size == 16
 
 
 @pytest.mark.parametrize("spoil, error, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -165,6 +165,8 @@ CASES = {
     "frequency-penalty-nan": lib(sampled(frequency_penalty=float("nan")), "frequency_penalty=nan is invalid"),
     "logit-bias-beyond-100": lib(sampled(logit_bias={5: 150}), r"logit_bias=\{5: 150\} is invalid: the bias of token 5 is 150: use a number in \[-100, 100\]"),
     "logit-bias-not-ids": lib(sampled(logit_bias={"the": -100}), "logit_bias=.* is invalid: token id 'the' is not a token id"),
+    "logit-bias-token-twice": lib(sampled(logit_bias={"5": 1, "05": -100}), r"logit_bias=\[\[5, 1\], \[5, -100\]\] is invalid: it gives "
+                                                                             "token 5 two biases: give each token one$"),
     "logit-bias-beyond-vocab": lib(sampled(logit_bias={10**6: -100}, max_new_tokens=4), "logit_bias=.* is invalid: token 1000000 is beyond the model's"),
     "min-tokens-beyond-max-new-tokens": lib(sampled(min_tokens=9, max_new_tokens=4),
                                             r"min_tokens=9 is invalid: use a whole number from 0 to max_new_tokens \(4\)"),
@@ -268,6 +270,10 @@ CASES = {
     "cli-repetition-penalty": cli(generate.main, ["--repetition-penalty", "0", "hi"], "^error: --repetition-penalty 0.0 is invalid"),
     "cli-frequency-penalty": cli(generate.main, ["--frequency-penalty", "-2.5", "hi"], "^error: --frequency-penalty -2.5 is invalid"),
     "cli-logit-bias-not-json": cli(generate.main, ["--logit-bias", "{5: -100}", "hi"], "--logit-bias.* is not JSON"),
+    "cli-logit-bias-key-twice": cli(generate.main, ["--logit-bias", '{"5": 1, "5": -100}', "hi"],  # json keeps the last
+                                    r"^error: argument --logit-bias: gives '5' twice \(1, then -100\): keep the one meant"),
+    "cli-template-kwargs-key-twice": cli(generate.main, ["--chat-template-kwargs", '{"a": {"b": 1, "b": 2}}', "hi"],
+                                         "argument --chat-template-kwargs: gives 'b' twice"),
     "cli-logit-bias-beyond-100": cli(generate.main, ["--logit-bias", '{"5": -101}', "hi"], "^error: --logit-bias .* is invalid: the bias of token 5"),
     "cli-min-tokens": cli(generate.main, ["--min-tokens", "9", "--max-new-tokens", "4", "hi"],
                           r"^error: --min-tokens 9 is invalid: use a whole number from 0 to --max-new-tokens \(4\)$"),
@@ -327,6 +333,8 @@ CASES = {
     "cli-inspect-scan-missing": cli(inspect.main, ["nowhere", "--scan"], "no such file or folder: 'nowhere'"),
     "cli-convert-shard-size": cli(convert.main, lambda m: [m.path("tiny"), "out", "--to-hf", "--shard-size", "0"],
                                   "--shard-size 0.0 is invalid: give a positive, finite number of GB"),
+    "cli-convert-shard-size-without-to-hf": cli(convert.main, lambda m: [m.path("tiny"), "out", "--shard-size", "1"],  # was ignored
+                                                "^error: --shard-size goes with --to-hf .*: pass --to-hf too, or drop --shard-size$"),
     "cli-convert-shard-size-nan": cli(convert.main, lambda m: [m.path("tiny"), "out", "--to-hf", "--shard-size", "nan"],
                                       "--shard-size nan is invalid: give a positive, finite number of GB"),
     # an empty value (an unset shell variable) was read as the flag left out: the default model, dtype, source folder,
@@ -423,6 +431,12 @@ def test_sampling_params_from_a_dict(models):
     assert models.tiny.generate(np.array(ids, np.int64), params, engine=engine).token_ids == want
     assert [c.token_ids for c in models.tiny.generate(np.array([ids, ids], np.int32), params, engine=engine)] == [want, want]
     assert models.tiny.logits(np.array(ids, np.uint16)).shape == (3, 32)  # one sequence: no batch axis
+    # numpy scalars (a value read from an array) are numbers: top_logprobs=np.int64(2) and memory_fraction=np.float32(0.5)
+    # were refused as invalid
+    numpy = {"temperature": np.float32(0.0), "max_new_tokens": np.int64(4), "ignore_eos": np.bool_(True), "top_logprobs": np.int64(2)}
+    assert models.tiny.generate(ids, numpy, engine=engine).token_ids == want
+    assert Engine(models.tiny, batch_size=np.int32(1), max_len=np.int64(64), memory_fraction=np.float32(0.5)).batch_size == 1
+    assert Engine(models.tiny, batch_size=1, max_len=64, speculative_tokens=10**20).speculative == 63  # drafts fit a sequence
 
 
 def test_inspect_scan_reports_non_finite_tensors(models, tmp_path, capsys):
@@ -646,6 +660,10 @@ LIBRARY_MISUSE = {
                                  "estimate_memory batch=-1 is invalid: use a whole number >= 1"),
     "one-empty-array-prompt": (lambda m: m.tiny.generate(np.array([], int), {"max_new_tokens": 1}),
                                "prompt 0 is empty: give at least one token id"),
+    "engine-add-not-a-request": (lambda m: Engine(m.tiny, batch_size=1, max_len=64).add(None),  # was an AttributeError
+                                 r"^Engine takes jaxllm.engine.Request\(prompt ids, resolved params\) objects, got NoneType$"),
+    "engine-run-one-request": (lambda m: list(Engine(m.tiny, batch_size=1, max_len=64).run(
+        Request([1], jaxllm.SamplingParams(max_new_tokens=1).resolved()))), "^Engine.run takes a list of Requests, got one Request"),
     "engine-of-a-path": (lambda m: Engine(m.path("tiny")), r"Engine\(model, ...\) takes a model from jaxllm.load, got str"),
     "stop-without-tokenizer": (lambda m: m.tiny.generate([1, 2], {"max_new_tokens": 4, "stop": ["x"]}),
                                r"stop=\['x'\] needs the decoded text, and this checkpoint has no tokenizer"),
@@ -723,7 +741,9 @@ def test_cli_prompt_words_are_one_prompt_as_help_says(capsys):
 
 
 @pytest.mark.parametrize("argv, flag", [(["--batch-size", "0"], "--batch-size"), (["--batch-size", "x"], "--batch-size"),
-                                        (["--max-len", "1"], "--max-len"), (["--max-queue", "-1"], "--max-queue")])
+                                        (["--max-len", "1"], "--max-len"), (["--max-queue", "-1"], "--max-queue"),
+                                        # an unset shell variable: served under --model's path; listening on every interface
+                                        (["--served-model-name", ""], "--served-model-name"), (["--host", " "], "--host")])
 def test_serve_sizes_refused_before_loading(argv, flag, capsys):
     """serve's sizes are checked as the flags are read, in their own names: --batch-size 0 loaded
     the whole model first, then failed as 'Engine batch_size=0'."""

@@ -6,6 +6,7 @@ One server per module, over an engine that first computed the reference answers 
 
 import asyncio
 import dataclasses
+import gzip
 import json
 import logging
 import socket
@@ -24,7 +25,7 @@ from jaxllm import serve
 from jaxllm.api import app as api_app
 from jaxllm.api import build_app, protocol, tool_calls
 from jaxllm.chat_template import encode
-from jaxllm.errors import JaxllmError
+from jaxllm.errors import GenerationError, JaxllmError
 from jaxllm.serve import check_listen, parse_args
 
 NAME = "smollm2-test"
@@ -524,13 +525,22 @@ def test_malformed_json_and_bad_completions_answer_400(server):
               b'{"prompt": "Hi", "logit_bias": {"five": 1}}': "logit_bias", b'{"prompt": "Hi", "logit_bias": {"99999999": 1}}': "logit_bias",
               b'{"prompt": "Hi", "n": 2, "best_of": 1}': "best_of", b'{"prompt": "Hi", "temperature": 1e400}': "temperature",
               b'{"prompt": "Hi", "stream": false, "stream_options": {"include_usage": true}}': "stream_options",
-              b'{"prompt": "Hi", "max_token": 5}': "max_token", b'{"prompt": "Hi", "store": true}': "store"}
+              b'{"prompt": "Hi", "max_token": 5}': "max_token", b'{"prompt": "Hi", "store": true}': "store",
+              # round 3 of the hostile-input audit: JSON's literals beyond numbers, a token named twice, UTF-16 text
+              b'{"prompt": "Hi", "top_p": NaN}': "top_p", b'{"prompt": "Hi", "frequency_penalty": -Infinity}': "frequency_penalty",
+              b'{"prompt": "Hi", "logit_bias": {"5": Infinity}}': "logit_bias", b'{"prompt": "Hi", "n": Infinity}': "n",
+              b'{"prompt": "Hi", "logit_bias": {"5": 1, "05": -1}}': "logit_bias", b'{"prompt": "Hi", "max_tokens": 1e2}': "max_tokens",
+              '{"prompt": "Hi"}'.encode("utf-16"): None}
     for body, param in bodies.items():
         r = httpx.post(server.url + "/v1/completions", content=body, headers={"Content-Type": "application/json"})
         assert r.status_code == 400, body
         error = r.json()["error"]
         assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
         assert error["param"] == param and error["message"], body
+    assert "UTF-16 text: send it as UTF-8" in error["message"], error
+    bom = httpx.post(server.url + "/v1/completions", content=b'\xef\xbb\xbf{"prompt": "Hi", "max_tokens": 1}', timeout=60)
+    assert bom.status_code == 200, bom.text  # a byte order mark, which JSON's RFC lets a parser ignore
+    wait_idle(server)
 
 
 def test_max_completion_tokens_errors_name_it(server):
@@ -992,10 +1002,47 @@ def test_a_body_sent_as_another_media_type_answers_415(server, monkeypatch):
         assert set(e) == {"message", "type", "param", "code"} and e["type"] == "invalid_request_error", e
         assert kind.split(";")[0] in e["message"] and "Content-Type: application/json" in e["message"] and "\n" not in e["message"], e
     assert parsed == []
+    r = httpx.post(server.url + "/v1/completions", content=gzip.compress(body), timeout=60,
+                   headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert r.status_code == 415 and "Content-Encoding: gzip" in r.json()["error"]["message"], r.text
+    assert parsed == []
     for kind in ("application/json; charset=utf-8", "Application/JSON", "application/vnd.api+json", None):
         r = httpx.post(server.url + "/v1/completions", content=body, headers={"Content-Type": kind} if kind else {}, timeout=60)
         assert r.status_code == 200, (kind, r.text)
     wait_idle(server)
+
+
+def test_a_server_without_a_tokenizer_refuses_what_needs_one():
+    """A model without tokenizer files serves token-id prompts; stop strings, found in the decoded text, were ignored
+    (the answer ran to max_tokens): refused on 'stop', naming stop_token_ids. A text prompt and a chat need it too."""
+    from starlette.testclient import TestClient
+
+    from jaxllm.random_model import random_model
+
+    model = random_model("tiny", dtype="float32")
+    app = build_app(model, jaxllm.Engine(model, batch_size=1, max_len=64), name="ids-only")
+    with TestClient(app) as client:
+        for path, body, param, says in [
+                ("/v1/completions", {"prompt": [1, 2], "stop": ["x"]}, "stop", "send the tokens that end an answer as stop_token_ids"),
+                ("/v1/completions", {"prompt": "Hi"}, "prompt", "this model has no tokenizer: give the prompt as token ids"),
+                ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]}, "messages", "no chat template")]:
+            r = client.post(path, json={"max_tokens": 1, **body})
+            assert r.status_code == 400 and r.json()["error"]["param"] == param and says in r.json()["error"]["message"], r.text
+
+
+def test_structured_errors_found_as_the_engine_takes_a_request_name_their_field():
+    """llguidance compiles a constraint for the model's tokenizer as the engine takes the request (100,000 guided_choice
+    strings fail there, in 2 s: here the error alone): the 400 names the field that sent it, as the checks before do;
+    the request's other errors keep their names (max_tokens for SamplingParams' max_new_tokens)."""
+    chat = {"messages": [{"role": "user", "content": "Hi"}]}
+    for field, value in [("guided_choice", ["a"]), ("response_format.json_schema.schema",
+                                                    {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}})]:
+        body = protocol.parse(protocol.ChatRequest, json.dumps({**chat, field.split(".")[0]: value}).encode())
+        error = body.refusal(GenerationError("structured choice is invalid: panic: assertion failed"))
+        assert (error.status, error.param, error.message) == (400, field, f"{field}: structured choice is invalid: panic: "
+                                                                          "assertion failed")
+    error = body.refusal(GenerationError("max_new_tokens=0 is invalid"))
+    assert (error.param, error.message) == ("max_tokens", "max_tokens=0 is invalid")
 
 
 def test_a_bad_value_inside_a_union_field_is_named_where_it_lies(server):

@@ -161,6 +161,27 @@ def test_bad_constraints_are_refused_in_one_line_at_submit(served, fields, says)
     assert not engine.has_work()
 
 
+def test_a_constraint_beyond_llguidances_limits_for_the_tokenizer_is_refused_in_one_line(smollm2):
+    """A constraint that validates but that llguidance cannot compile for this tokenizer (its lexer over 49,152 tokens)
+    is refused as the engine takes it, with a fix the caller can make: llguidance's own advice names its options."""
+    with pytest.raises(jaxllm.GenerationError) as err:
+        structured.Grammar(jaxllm.Structured(regex="(a|b)*" * 2000), structured.tokenizer(smollm2, [2]))
+    assert str(err.value).startswith("structured regex is invalid: lexer precomputation failed")
+    assert str(err.value).endswith(": simplify the regex") and "\n" not in str(err.value)
+
+
+def test_a_grammar_failing_mid_answer_ends_it_with_a_one_line_warning(model, served, caplog):
+    """A constraint llguidance compiles but cannot run (a regex too large for its lexer, a choice among 2,000 forced
+    tools) ends its answer with finish_reason 'error'; the warning is one line, not llguidance's state and whole grammar
+    (400 KB a request)."""
+    engine = served[0]
+    (out,) = _run(model, engine, [("hi", SamplingParams(max_new_tokens=4, temperature=0.0, structured={"regex": "a{1000000}"}))])
+    (warning,) = [r.getMessage() for r in caplog.records if "structured-output grammar" in r.getMessage()]
+    assert out.finish_reason == "error" and "\n" not in warning and len(warning) < 500, warning
+    assert "too many expressions" in warning and "<grammar>" not in warning
+    assert not engine.has_work()
+
+
 def test_structured_needs_llguidance_and_a_tokenizer(model, monkeypatch):
     monkeypatch.setitem(sys.modules, "llguidance", None)
     structured.grammar_text.cache_clear()

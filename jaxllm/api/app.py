@@ -130,6 +130,10 @@ class Server:
         if kind is not None and media != "application/json" and not media.endswith("+json"):
             raise APIError(415, f"the request body is sent as '{media}': send it as JSON, with the header "
                            "Content-Type: application/json (curl: -H 'Content-Type: application/json')")
+        coding = request.headers.get("content-encoding", "identity").strip().lower()
+        if coding not in ("", "identity"):  # read as JSON, a gzip body was "malformed JSON ... at column 1"
+            raise APIError(415, f"the request body is sent compressed (Content-Encoding: {coding}), which this server does "
+                           "not read: send it uncompressed, without the Content-Encoding header")
         limit = self.max_request_bytes
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
@@ -237,13 +241,16 @@ class Server:
                       echo: list[tuple[str, list[int]]] | None = None) -> Response:
         """Submit every (prompt, choice) pair; stream the answer or collect it. `echo`: each prompt's
         (text, ids), which begin its choices (completions' echo)."""
+        if params[0].stop and self.tokenizer is None:  # stop strings are found in the decoded text: here, never (were ignored)
+            raise APIError(400, "stop strings are found in the answer's text, and this model has no tokenizer to decode it: "
+                           "send the tokens that end an answer as stop_token_ids, or leave stop out", "stop")
         requests = [Request(prompt, p) for prompt in prompts for p in params]
         self._check_context(body, prompts, params[0].max_new_tokens)
         for i, req in enumerate(requests[:: len(params)]):
             try:
                 self.engine.check(req)  # reads only the engine's fixed sizes (and llguidance's tokenizer): safe off its thread
             except JaxllmError as err:
-                error = bad_request(err, body.api_names())
+                error = body.refusal(err)
                 if error.param == "prompt" and len(prompts) > 1:  # "prompt holds ...": which of the batch
                     error = APIError(400, f"prompt[{i}]{error.message.removeprefix('prompt')}", f"prompt[{i}]")
                 raise error from None
@@ -258,10 +265,13 @@ class Server:
         prompt_tokens = sum(len(p) for p in prompts)
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
-            return StreamingResponse(self._sse(sub, outputs, fmt, prompt_tokens if include_usage else None, echoes),
+            return StreamingResponse(self._sse(sub, outputs, fmt, prompt_tokens if include_usage else None, echoes, body),
                                      media_type="text/event-stream", background=BackgroundTask(sub.close))
-        if not await _unless_disconnected(request, self._collect(sub, outputs)):
-            return Response(status_code=499)  # nobody reads it; the sequences were cancelled
+        try:
+            if not await _unless_disconnected(request, self._collect(sub, outputs)):
+                return Response(status_code=499)  # nobody reads it; the sequences were cancelled
+        except JaxllmError as err:  # the engine refused a request as it took it
+            raise body.refusal(err) from None
         choices = [fmt.choice(i, _echoed(Piece(o.text, o.tokens, o.logprobs, o.finish_reason, o.top_logprobs,
                                                stop_reason=o.stop_reason), echoes, i, o), final=True)
                    for i, o in enumerate(outputs)]
@@ -294,7 +304,7 @@ class Server:
             pass
 
     async def _sse(self, sub: Submission, outputs: list[Output], fmt: Format, prompt_tokens: int | None,
-                   echoes: list | None = None) -> AsyncIterator[str]:
+                   echoes: list | None = None, body=None) -> AsyncIterator[str]:
         try:
             for chunk in fmt.first_chunks(len(outputs)):
                 yield _event(chunk)
@@ -305,7 +315,7 @@ class Server:
             if prompt_tokens is not None:
                 yield _event(fmt.envelope([], usage(prompt_tokens, sum(len(o.tokens) for o in outputs)), chunk=True))
         except (JaxllmError, EngineFailed) as err:  # the status line has gone: the error is the stream's last event
-            yield _event(_error_of(err).body())
+            yield _event(_error_of(err, body).body())
         yield "data: [DONE]\n\n"
 
 
@@ -323,9 +333,10 @@ def _event(payload: dict) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-def _error_of(err: Exception) -> APIError:
+def _error_of(err: Exception, body=None) -> APIError:
+    """An error as OpenAI's error object: a library error a 400 (in `body`'s names when given: its request's), any other a 500."""
     if isinstance(err, JaxllmError):
-        return bad_request(err)
+        return bad_request(err) if body is None else body.refusal(err)
     return APIError(500, str(err), kind="server_error")
 
 

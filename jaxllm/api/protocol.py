@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_
 from jaxllm.api import constraints, forced_tools
 from jaxllm.api.errors import APIError
 from jaxllm.chat_template import check_template_kwargs, encode, encode_messages
-from jaxllm.errors import InputError, JaxllmError
+from jaxllm.errors import BOM, InputError, JaxllmError
 from jaxllm.sampling import TOP_LOGPROBS_MAX, SamplingParams
 from jaxllm.structured import Structured
 
@@ -46,13 +46,16 @@ def bad_request(err: JaxllmError, names: dict[str, str] | None = None) -> APIErr
 def parse(model: type[BaseModel], raw: bytes) -> BaseModel:
     """The request body as `model`, or a 400 naming the first bad field by its path
     ('stream_options.include_usage', 'messages[0].role')."""
+    raw = raw.removeprefix(BOM.encode())  # JSON's RFC lets a parser ignore a byte order mark (PowerShell's UTF-8 sends one)
     try:
         return model.model_validate_json(raw)
     except ValidationError as err:
         errors = err.errors()
         first = errors[0]
         if first["type"] == "json_invalid":
-            raise APIError(400, f"malformed JSON body: {first['msg']}") from None
+            utf16 = raw[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in raw[:4]  # was "expected value at line 1 column 1"
+            why = "it is UTF-16 text: send it as UTF-8" if utf16 else first["msg"]
+            raise APIError(400, f"malformed JSON body: {why}") from None
         if _param(first["loc"]) == "prompt":
             raise APIError(400, _prompt_error(errors), "prompt") from None
         first = _deepest(errors)
@@ -219,6 +222,15 @@ class _Common(_Strict):
         """SamplingParams' field names as this request spelled them (errors name what was sent)."""
         return {}
 
+    def refusal(self, err: JaxllmError) -> APIError:
+        """A library error about this request as a 400 in its names: one about its structured output (llguidance
+        compiles the grammar for the model's tokenizer as the engine takes the request: 100,000 guided_choice
+        strings fail there) on the field that sent it, as constraints.one names it."""
+        fields = [field for field, _ in self.constraints()] if str(err).startswith("structured ") else []
+        if fields:
+            return APIError(400, f"{fields[0]}: {err}", fields[0])
+        return bad_request(err, self.api_names())
+
     def _seed(self) -> int | None:
         if self.seed is None or 0 <= self.seed < 2**32:
             return self.seed
@@ -258,7 +270,7 @@ class _Common(_Strict):
                 skip_special_tokens=self.skip_special_tokens, structured=structured,
             ).resolved(_server_defaults(generation_config))
         except JaxllmError as err:
-            raise bad_request(err, self.api_names()) from None
+            raise self.refusal(err) from None
         if self.seed is None:  # the engine draws one per sequence
             return [params] * self.n
         return [params] + [dataclasses.replace(params, seed=int(np.random.SeedSequence([params.seed, i]).generate_state(1)[0]))
