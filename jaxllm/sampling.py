@@ -291,8 +291,6 @@ def _check_bias(bias, bad) -> None:
         bad("logit_bias", [list(p) for p in bias], f"it gives token {twice} two biases: give each token one")
     if len(bias) > LOGIT_BIAS_MAX:
         bad("logit_bias", f"<{len(bias)} tokens>", f"name at most {LOGIT_BIAS_MAX} tokens")
-    if len({t for t, _ in bias}) < len(bias):
-        bad("logit_bias", dict(bias), "a token id is named twice: give each one bias")
 
 
 STOP_TOKEN_IDS_MAX = 64  # stop_token_ids a request may name: each decode row holds that many beside the EOS ids
