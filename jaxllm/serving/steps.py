@@ -448,48 +448,61 @@ def _speculate(graphdef, counters, chunk, attention, gather, kv_len, verify_len,
     none of its drafts, it decodes `chunk` tokens plainly first (a verify step costs more than a decode step: 1.1x
     for Llama-3-8B on an H200, more where the batch is large). Decode steps read `kv_len` keys, verify steps
     `verify_len` (a prefill chunk's bucket). Returns what `_decode` does, then (verify steps [1], drafted [B],
-    kept [B], wait [B])."""
+    kept [B], wait [B]).
+
+    The choice of step is two inner while loops, not a lax.cond: decode steps while no row drafts, then one verify
+    step if one does. A cond whose branches update the page pool made XLA copy the whole pool three times a step
+    (its branches' outputs and the loop's carry: 30% of Llama-3-8B's batch-64 step on an H200), where a loop's
+    carry is updated in place."""
     counters.verify += 1
     model = nnx.merge(graphdef, params)
     state = state._replace(done=state.done | stop, limit=limit)
     b, h = history.shape
     rows = jnp.arange(b)
 
-    def body(carry):
-        i, st, n, history, outputs, (verified, drafted, kept, wait) = carry
+    def going(c):  # steps left, and a busy row with room for a token in the call's output
+        i, st, n = c[:3]
+        return (i < jnp.minimum(steps, chunk)) & jnp.any(_active(st) & (n < chunk))
+
+    def lookup(c):  # (active [B], each row's tokens [B], drafts [B, k], their lengths [B]) before a step
+        _, st, n, history, _, stats, _ = c
         active = _active(st) & (n < chunk)
         size = st.positions + 1  # each row's tokens: its last one is at its position
         room = jnp.minimum(jnp.minimum(st.limit - size, st.max_new - st.generated - 1), chunk - n - 1)
         drafts, lengths = ngram.propose_rows(history, size, k)
-        lengths = jnp.where(active & (size >= wait), jnp.clip(room, 0, lengths), 0)
+        return active, size, drafts, jnp.where(active & (size >= stats[3]), jnp.clip(room, 0, lengths), 0)
 
-        def verify(st):
-            return _verify_step(model, st, active, drafts, lengths, table, verify_len, attention, gather, sampling, top)
-
-        def decode(st):
-            st, token, lp, best = _decode_step(model, st, active, table, kv_len, attention, gather, sampling, top)
-            pad = jnp.full((b, k), -1, token.dtype)
-            best = None if best is None else tuple(jnp.pad(x, ((0, 0), (0, k), (0, 0))) for x in _steps_axis(best))
-            return st, jnp.concatenate([token[:, None], pad], 1), jnp.pad(lp[:, None], ((0, 0), (0, k))), best
-
-        drafting = jnp.any(lengths > 0)
-        st, tokens, lps, best = jax.lax.cond(drafting, verify, decode, st)
+    def kept(c, st, size, tokens, lps, best, lengths=None, drafts=None):  # the carry after a step's tokens [B, m]
+        i, _, n, history, outputs, (verified, drafted, accepted, wait), once = c
         made = jnp.sum(tokens != -1, axis=1)
-        outputs = _written(outputs, n, tokens, lps, best)
-        cols = jnp.where(tokens >= 0, size[:, None] + jnp.arange(k + 1)[None, :], h)  # each new token at its position
+        cols = jnp.where(tokens >= 0, size[:, None] + jnp.arange(tokens.shape[1])[None, :], h)  # each at its position
         history = history.at[rows[:, None], cols].set(tokens, mode="drop")
-        drafted_now = jnp.where(jnp.arange(k)[None, :] < lengths[:, None], drafts, ERROR - 1)  # none: matches no token
-        hits = jnp.sum(jnp.cumprod(tokens[:, :k] == drafted_now, axis=1), axis=1)
-        wait = jnp.where((lengths > 0) & (hits == 0), size + made + chunk, wait)
-        stats = (verified + drafting, drafted + lengths, kept + hits, wait)
-        return i + 1, st, n + made, history, outputs, stats
+        stats = (verified, drafted, accepted, wait)
+        if lengths is not None:  # a verify step: count its drafts and those kept; a row that kept none backs off
+            offered = jnp.where(jnp.arange(k)[None, :] < lengths[:, None], drafts, ERROR - 1)  # none: matches no token
+            hits = jnp.sum(jnp.cumprod(tokens[:, :k] == offered, axis=1), axis=1)
+            wait = jnp.where((lengths > 0) & (hits == 0), size + made + chunk, wait)
+            stats = (verified + 1, drafted + lengths, accepted + hits, wait)
+        return i + 1, st, n + made, history, _written(outputs, n, tokens, lps, best), stats, once
 
-    def cond(c):
-        i, st, n = c[:3]
-        return (i < jnp.minimum(steps, chunk)) & jnp.any(_active(st) & (n < chunk))
+    def decode(c):
+        active, size, _, _ = lookup(c)
+        st, token, lp, best = _decode_step(model, c[1], active, table, kv_len, attention, gather, sampling, top)
+        return kept(c, st, size, token[:, None], lp[:, None], _steps_axis(best))
+
+    def verify(c):
+        active, size, drafts, lengths = lookup(c)
+        st, tokens, lps, best = _verify_step(model, c[1], active, drafts, lengths, table, verify_len, attention, gather,
+                                             sampling, top)
+        return kept(c, st, size, tokens, lps, best, lengths, drafts)[:-1] + (False,)
+
+    def body(c):
+        c = jax.lax.while_loop(lambda c: going(c) & ~jnp.any(lookup(c)[3] > 0), decode, c)
+        c = c[:-1] + (True,)  # at most one verify step (a loop of at most one trip: its carry is updated in place)
+        return jax.lax.while_loop(lambda c: c[-1] & going(c) & jnp.any(lookup(c)[3] > 0), verify, c)
 
     zeros = jnp.zeros(b, jnp.int32)
     stats = (jnp.zeros(1, jnp.int32), zeros, zeros, wait)
-    carry = (jnp.int32(0), state, zeros, history, _outputs(state, chunk, top), stats)
-    _, state, _, _, (out, out_lp, out_top), stats = jax.lax.while_loop(cond, body, carry)
+    carry = (jnp.int32(0), state, zeros, history, _outputs(state, chunk, top), stats, jnp.bool_(False))
+    _, state, _, _, (out, out_lp, out_top), stats, _ = jax.lax.while_loop(going, body, carry)
     return state, out, out_lp, state.done, out_top, stats
