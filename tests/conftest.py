@@ -129,17 +129,3 @@ def _persistent_cache_stays_off():
     assert not jax.config.jax_compilation_cache_dir, (
         "the test switched JAX's persistent compilation cache on in the test process: "
         "pass --compile-cache none or set JAXLLM_COMPILE_CACHE=none")
-
-
-# pytest-xdist runs with --dist loadgroup (pyproject): every file is one unit of work, so the module fixtures that
-# build a model or a server run once, but for these files of independent per-architecture tests, whose tests are
-# spread over both workers one by one. With --dist loadfile the three parity files and test_engine went whole to one
-# worker each, and the run's end waited on whichever worker drew the last of them.
-SPREAD = {"test_parity.py", "test_parity_hub_spellings.py", "test_parity_config_keys.py", "test_engine.py"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's worker hook reads the groups
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if item.path.name not in SPREAD:
-            item.add_marker(pytest.mark.xdist_group(item.path.name))
