@@ -464,45 +464,52 @@ def _speculate(graphdef, counters, chunk, attention, gather, kv_len, verify_len,
         i, st, n = c[:3]
         return (i < jnp.minimum(steps, chunk)) & jnp.any(_active(st) & (n < chunk))
 
-    def lookup(c):  # (active [B], each row's tokens [B], drafts [B, k], their lengths [B]) before a step
-        _, st, n, history, _, stats, _ = c
+    def lookup(st, n, history, wait):  # (active [B], each row's tokens [B], drafts [B, k], their lengths [B]) before a step
         active = _active(st) & (n < chunk)
         size = st.positions + 1  # each row's tokens: its last one is at its position
         room = jnp.minimum(jnp.minimum(st.limit - size, st.max_new - st.generated - 1), chunk - n - 1)
         drafts, lengths = ngram.propose_rows(history, size, k)
-        return active, size, drafts, jnp.where(active & (size >= stats[3]), jnp.clip(room, 0, lengths), 0)
+        return active, size, drafts, jnp.where(active & (size >= wait), jnp.clip(room, 0, lengths), 0)
 
-    def kept(c, st, size, tokens, lps, best, lengths=None, drafts=None):  # the carry after a step's tokens [B, m]
-        i, _, n, history, outputs, (verified, drafted, accepted, wait), once = c
+    # The carry: (steps taken, state, tokens each row has in the output, histories, outputs, stats, a verify step
+    # still allowed, the next step's lookup), the lookup made once after each step, read by the loops' conditions
+    # and by the step that follows.
+    def kept(c, st, tokens, lps, best, verified=False):  # the carry after a step's tokens [B, m]
+        i, _, n, history, outputs, (steps_verified, drafted, accepted, wait), once, (_, size, drafts, lengths) = c
         made = jnp.sum(tokens != -1, axis=1)
         cols = jnp.where(tokens >= 0, size[:, None] + jnp.arange(tokens.shape[1])[None, :], h)  # each at its position
         history = history.at[rows[:, None], cols].set(tokens, mode="drop")
-        stats = (verified, drafted, accepted, wait)
-        if lengths is not None:  # a verify step: count its drafts and those kept; a row that kept none backs off
+        stats = (steps_verified, drafted, accepted, wait)
+        if verified:  # a verify step: count its drafts and those kept; a row that kept none backs off
             offered = jnp.where(jnp.arange(k)[None, :] < lengths[:, None], drafts, ERROR - 1)  # none: matches no token
             hits = jnp.sum(jnp.cumprod(tokens[:, :k] == offered, axis=1), axis=1)
             wait = jnp.where((lengths > 0) & (hits == 0), size + made + chunk, wait)
-            stats = (verified + 1, drafted + lengths, accepted + hits, wait)
-        return i + 1, st, n + made, history, _written(outputs, n, tokens, lps, best), stats, once
+            stats, once = (steps_verified + 1, drafted + lengths, accepted + hits, wait), False
+        n = n + made
+        return i + 1, st, n, history, _written(outputs, c[2], tokens, lps, best), stats, once, lookup(st, n, history, wait)
 
     def decode(c):
-        active, size, _, _ = lookup(c)
+        active = c[-1][0]
         st, token, lp, best = _decode_step(model, c[1], active, table, kv_len, attention, gather, sampling, top)
-        return kept(c, st, size, token[:, None], lp[:, None], _steps_axis(best))
+        return kept(c, st, token[:, None], lp[:, None], _steps_axis(best))
 
     def verify(c):
-        active, size, drafts, lengths = lookup(c)
+        active, _, drafts, lengths = c[-1]
         st, tokens, lps, best = _verify_step(model, c[1], active, drafts, lengths, table, verify_len, attention, gather,
                                              sampling, top)
-        return kept(c, st, size, tokens, lps, best, lengths, drafts)[:-1] + (False,)
+        return kept(c, st, tokens, lps, best, verified=True)
+
+    def drafting(c):
+        return jnp.any(c[-1][3] > 0)
 
     def body(c):
-        c = jax.lax.while_loop(lambda c: going(c) & ~jnp.any(lookup(c)[3] > 0), decode, c)
-        c = c[:-1] + (True,)  # at most one verify step (a loop of at most one trip: its carry is updated in place)
-        return jax.lax.while_loop(lambda c: c[-1] & going(c) & jnp.any(lookup(c)[3] > 0), verify, c)
+        c = jax.lax.while_loop(lambda c: going(c) & ~drafting(c), decode, c)
+        c = c[:6] + (True, c[7])  # at most one verify step (a loop of at most one trip: its carry is updated in place)
+        return jax.lax.while_loop(lambda c: c[6] & going(c) & drafting(c), verify, c)
 
     zeros = jnp.zeros(b, jnp.int32)
     stats = (jnp.zeros(1, jnp.int32), zeros, zeros, wait)
-    carry = (jnp.int32(0), state, zeros, history, _outputs(state, chunk, top), stats, jnp.bool_(False))
-    _, state, _, _, (out, out_lp, out_top), stats, _ = jax.lax.while_loop(going, body, carry)
+    carry = (jnp.int32(0), state, zeros, history, _outputs(state, chunk, top), stats, jnp.bool_(False),
+             lookup(state, zeros, history, wait))
+    _, state, _, _, (out, out_lp, out_top), stats, _, _ = jax.lax.while_loop(going, body, carry)
     return state, out, out_lp, state.done, out_top, stats
