@@ -30,6 +30,7 @@ balances them), and each step computes every shard's rows in one call, each grou
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import weakref
 from typing import Iterator
@@ -450,10 +451,11 @@ class Engine:
     def precompile(self, requests: list[Request]) -> None:
         """Compile the steps that serving `requests` can meet and that have not run yet: prefill
         calls of every (rows, length) their chunks may take, the key buckets of their prompts,
-        and the decode step (with speculative_tokens, the speculative decode step). A server calls it at start-up with typical requests, so no client
-        waits for a compile. Not compiled here (each compiles once, when first met): the steps that return
-        top or prompt log-probabilities (sampling.logprob_width, SamplingParams.prompt_logprobs), those with
-        structured-output masks (SamplingParams.structured), cascade decode
+        and the decode step (with speculative_tokens, the speculative decode step), of each sampling kind
+        (sampling.step_kind), top log-probability width (sampling.logprob_width) and, for prefill, prompt scoring
+        (SamplingParams.prompt_logprobs) that a call over some of the requests takes. A server calls it at start-up with
+        typical requests, so no client waits for a compile. Not compiled here (each compiles once, when first met):
+        the steps with structured-output masks (SamplingParams.structured), cascade decode
         programs (their shared-key buckets depend on which prefixes the running requests share), and
         a preempted sequence's recompute when its prompt plus output reaches a key bucket beyond
         the requests' prompts. (Compiling them on a pool of threads did not make it faster on an
@@ -468,17 +470,23 @@ class Engine:
         prefill, decode = self.shapes.workload(self.runner, self.scheduler.max_chunk, self.chunk,
                                                [len(r.prompt) for r in requests], reaches, bool(self.speculative))
         kind = "speculate" if self.speculative else "decode"
-        # A call is of the largest kind its rows need (greedy, sampled, penalized: sampling.step_kind): requests
-        # that mix kinds meet calls of each (a greedy prompt prefilled alone, decode once the sampled ones end).
-        for sampling in sorted({step_kind([r.params]) for r in requests}):
-            todo = [shape for shape in prefill if ("prefill", shape, sampling) not in self._compiled]
-            todo_decode = [k for k in decode if (kind, k, sampling) not in self._compiled]
+        # A call is of the largest kind its rows need (greedy, sampled, penalized: sampling.step_kind), of the widest
+        # top log-probabilities, and scores prompts if one of its rows does: requests that mix them meet calls of each
+        # combination (a greedy prompt prefilled alone, decode once the sampled ones end), and a prompt scored is
+        # prefilled again unscored if it is preempted (Sequence.scores_prompt).
+        kinds = {step_kind([r.params]) for r in requests}
+        widths = {logprob_width([r.params]) for r in requests}
+        prompts = {False} | {bool(r.params.prompt_logprobs) for r in requests}
+        for sampling, top, prompt in itertools.product(sorted(kinds), sorted(widths), sorted(prompts)):
+            todo = [shape for shape in prefill if ("prefill", shape, sampling, top, prompt) not in self._compiled]
+            todo_decode = [k for k in decode if (kind, k, sampling, top) not in self._compiled]
             if todo or todo_decode:
                 if self.speculative:  # the speculative decode program takes the decode program's place
-                    self.runner.compile(self.state, todo, [], sampling, (self.speculative, todo_decode))
+                    self.runner.compile(self.state, todo, [], sampling, (self.speculative, todo_decode), top, prompt)
                 else:
-                    self.runner.compile(self.state, todo, todo_decode, sampling)
-            self._compiled |= {("prefill", shape, sampling) for shape in todo} | {(kind, k, sampling) for k in todo_decode}
+                    self.runner.compile(self.state, todo, todo_decode, sampling, top=top, prompt=prompt)
+            self._compiled |= {("prefill", shape, sampling, top, prompt) for shape in todo}
+            self._compiled |= {(kind, k, sampling, top) for k in todo_decode}
 
     def _prefill(self, chunks: list[PrefillChunk]) -> list[Event]:
         """Run the chunks in calls of the menu's shapes (CallShapes.call), longest chunks first (a call: that many rows

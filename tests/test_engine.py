@@ -14,7 +14,8 @@ import jaxllm
 from jaxllm.engine import Engine, Request
 from jaxllm.models import registry
 
-GREEDY = jaxllm.SamplingParams(max_new_tokens=12, ignore_eos=True, logprobs=True)
+GREEDY = jaxllm.SamplingParams(max_new_tokens=12, ignore_eos=True, logprobs=True, top_logprobs=3)
+LOGP_TOL = 1e-4  # |ours - transformers'| of a log-probability (float32 ours, float64 log-softmax of transformers' logits)
 
 
 def _workload(seed=0):
@@ -35,6 +36,26 @@ def _alone(model, prompts, params, prefill_tokens, **sizes):
     return [model.generate(p, params, engine=engine) for p in prompts]
 
 
+def _assert_transformers_agrees(ref, prompt, out):
+    """`out` against transformers' forward over the prompt and `out`'s tokens (teacher-forced, no cache): each token
+    is transformers' most likely one (a near-tie, within LOGP_TOL, may go either way), and its log-probability and
+    the top ones are transformers', which checks decoding through the paged cache against the reference at every
+    generated position."""
+    n = len(out.token_ids)
+    logits = reference.torch_logits(ref, [prompt + out.token_ids])[0, len(prompt) - 1 : -1].astype(np.float64)
+    logp = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+    chosen = logp[np.arange(n), out.token_ids]
+    print(f"log-probabilities vs transformers': max abs diff {np.abs(np.asarray(out.logprobs) - chosen).max():.2e}")
+    wrong = np.flatnonzero(chosen < logp.max(-1) - LOGP_TOL).tolist()
+    assert not wrong, f"greedy tokens {out.token_ids}: not transformers' most likely at generated positions {wrong}"
+    np.testing.assert_allclose(out.logprobs, chosen, rtol=0, atol=LOGP_TOL)
+    k = GREEDY.top_logprobs
+    for row, top in zip(logp, out.top_logprobs, strict=True):
+        ids, values = map(list, zip(*top))
+        np.testing.assert_allclose(values, row[ids], rtol=0, atol=LOGP_TOL)  # ours are these tokens' log-probabilities
+        np.testing.assert_allclose(values, np.sort(row)[::-1][:k], rtol=0, atol=LOGP_TOL)  # and the k largest
+
+
 def _assert_same(got, want):
     for g, w in zip(got, want):
         assert g.token_ids == w.token_ids
@@ -45,8 +66,8 @@ def _assert_same(got, want):
 def test_mixed_workload_equals_each_prompt_alone(arch, tmp_path):
     """Three sequences at a time over 22 pages of 4 tokens (20 beside recurrent layers): the six prompts need more, so the
     newest is preempted and recomputed; prompts are prefilled in chunks of at most 16 tokens; the
-    repeated prefixes hit the cache. Each prompt alone gives transformers' greedy tokens (the
-    41-token prompt, prefilled in chunks, and a 7-token one)."""
+    repeated prefixes hit the cache. Every prompt's greedy tokens, their log-probabilities and the top ones are those
+    of transformers' forward over them (the reference for decoding through the paged cache, every architecture)."""
     ref = reference.build(arch, tmp_path, seed=2)
     model = jaxllm.load(tmp_path)
     # In this order every decode call that shares cached pages also runs a row that shares none: one cascade program
@@ -59,8 +80,8 @@ def test_mixed_workload_equals_each_prompt_alone(arch, tmp_path):
     together = model.generate(prompts, GREEDY, engine=engine)
     alone = _alone(model, prompts, GREEDY, 16, batch_size=3, num_pages=pages, chunk=4)
     _assert_same(together, alone)
-    for i in (4, 5):  # the 41-token prompt and the 7-token one
-        assert alone[i].token_ids == reference.greedy(ref, prompts[i], GREEDY.max_new_tokens)
+    for prompt, out in zip(prompts, together):
+        _assert_transformers_agrees(ref, prompt, out)
     stats = engine.scheduler.stats
     assert stats.preempted > 0, "the workload should run out of pages"
     length_dependent = model.config.rope.length_dependent  # keys depend on the length (not HunYuan's fixed NTK alpha)
@@ -170,22 +191,26 @@ def test_prefix_cache_survives_between_calls_and_compiles_are_few(llama):
 
 
 def test_precompile_leaves_nothing_to_compile_and_changes_no_token(llama):
-    """engine.precompile(requests) compiles every step shape serving them can meet: the run that
-    follows traces nothing new and gives the tokens of an engine that compiled as it went."""
+    """engine.precompile(requests) compiles every step shape serving them can meet, with top log-probabilities and a
+    prompt scored among them: the run that follows traces nothing new and gives the tokens of an engine that compiled
+    as it went."""
     prompts = _workload(3)
-    reqs = [Request(p, GREEDY.resolved(), i) for i, p in enumerate(prompts)]
+    params = [GREEDY] * (len(prompts) - 1) + [dataclasses.replace(GREEDY, prompt_logprobs=True)]
+    reqs = [Request(p, q.resolved(), i) for i, (p, q) in enumerate(zip(prompts, params))]
     # Shapes no other test meets (compiled steps are shared by every engine of the model).
     kw = dict(batch_size=3, max_len=120, num_pages=64, page_size=4, prefill_tokens=48, chunk=3)
     engine = Engine(llama, **kw)
     engine.precompile(reqs)
     compiled = (engine.counters.prefill, engine.counters.decode)
     assert compiled[0] >= 1 and compiled[1] >= 1
-    got = {i: [] for i in range(len(prompts))}
-    for ev in engine.run(reqs):
-        got[ev.index] += ev.tokens
+    def tokens(engine):
+        got = {i: [] for i in range(len(prompts))}
+        for ev in engine.run(reqs):
+            got[ev.index] += ev.tokens
+        return got
+    got = tokens(engine)
     assert (engine.counters.prefill, engine.counters.decode) == compiled
-    plain = llama.generate(prompts, GREEDY, engine=Engine(llama, **kw))
-    assert [got[i] for i in range(len(prompts))] == [c.token_ids for c in plain]
+    assert got == tokens(Engine(llama, **kw))
 
 
 def test_free_rows_fill_before_long_decode_calls(llama):

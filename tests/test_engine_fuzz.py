@@ -39,14 +39,18 @@ class Recorder:
 
     def prefill(self, rows, length):
         def call(keys, sampling, top, prompt, params, state, slots, *rest):
-            self.calls.add((rows, length, keys, sampling))
+            self.calls.add((rows, length, keys, sampling, top, prompt))
             m = len(slots)
-            return state, np.ones(m, np.int32), np.zeros(m, np.float32), np.ones(m, bool), None
+            best = (np.ones((m, top), np.int32), np.zeros((m, top), np.float32))  # the most likely tokens, when asked
+            scored = (np.zeros((m, length), np.float32), (np.ones((m, length, top), np.int32), np.zeros((m, length, top), np.float32)),
+                      np.ones((m, length), np.int32))  # the prompt's log-probabilities, top tokens and ranks
+            extra = (best, scored) if top or prompt else None
+            return state, np.ones(m, np.int32), np.zeros(m, np.float32), np.ones(m, bool), extra
 
         return call
 
-    def compile(self, state, prefill_shapes, decode_keys, sampling=False):
-        self.compiled |= {(n, c, s, sampling) for n, c, s in prefill_shapes}
+    def compile(self, state, prefill_shapes, decode_keys, sampling=False, speculative=(0, []), top=0, prompt=False):
+        self.compiled |= {(n, c, s, sampling, top, prompt) for n, c, s in prefill_shapes}
 
 
 class Tiny:
@@ -74,16 +78,18 @@ def tiny(llama):
        lengths=st.lists(st.integers(1, 120), min_size=1, max_size=24), sampled=st.lists(st.booleans(), min_size=24, max_size=24))
 @example(budget=256, batch=16, lengths=[20] + [10] * 9, sampled=[False] * 24)  # a 4 x 64 call, then 6 chunks: 16 x 16
 def test_precompile_compiles_every_prefill_call_a_workload_makes(tiny, budget, batch, lengths, sampled):
-    """Prompts of any lengths, greedy and sampled mixed: each prefill call (its rows, length,
-    keys and sampling) is one precompile compiled. It missed the greedy programs of a mix (a
-    greedy prompt's call compiled at serve time) and calls of more rows at a shorter length than
-    the longest chunk's (ten short prompts behind one longer, budget 256: a 16 x 16 call)."""
+    """Prompts of any lengths, greedy and sampled mixed, every third asking for top log-probabilities and every fifth
+    for its prompt's: each prefill call (its rows, length, keys, sampling, top width and prompt scoring) is one
+    precompile compiled. It missed the greedy programs of a mix (a greedy prompt's call compiled at serve time), calls
+    of more rows at a shorter length than the longest chunk's (ten short prompts behind one longer, budget 256: a
+    16 x 16 call), and every call returning log-probabilities besides the sampled token."""
     engine = Engine(tiny.model, batch_size=batch, max_len=128, num_pages=batch * 32, page_size=4, prefill_tokens=budget, chunk=4)
     recorder = Recorder(engine.runner)
     engine.state = ()  # no device state: nothing runs
     rng = np.random.default_rng(len(lengths))
     reqs = [Request(rng.integers(0, 128, n).tolist(), jaxllm.SamplingParams(
-        max_new_tokens=1, ignore_eos=True, temperature=1.0 if s else 0.0, seed=i).resolved(), i)
+        max_new_tokens=1, ignore_eos=True, temperature=1.0 if s else 0.0, seed=i, top_logprobs=2 * (i % 3 == 1),
+        prompt_logprobs=i % 5 == 4).resolved(), i)
         for i, (n, s) in enumerate(zip(lengths, sampled))]
     engine.precompile(reqs)
     for _ in engine.run(reqs):

@@ -328,20 +328,21 @@ class Runner:
         return put(table), put(limit), put(stop), self._put(np.int32(steps)), put(shared), put(offsets)
 
     def compile(self, state: SlotState, prefill_shapes, decode_keys, sampling: bool = False,
-                speculative: tuple[int, list[int]] = (0, [])) -> None:
+                speculative: tuple[int, list[int]] = (0, []), top: int = 0, prompt: bool = False) -> None:
         """Compile the steps of these shapes ((rows, length, keys) prefill calls; decode calls
         reading `decode_keys` keys; `speculative`: (drafted tokens k, the history widths of speculative decode
-        calls: Runner.speculate's buckets)) ahead of their first use; a later call of the same shape finds its
-        program in jit's cache."""
+        calls: Runner.speculate's buckets)) ahead of their first use, returning `top` most likely tokens
+        (sampling.logprob_width) and, the prefill calls, with `prompt` the prompt's log-probabilities; a later call of
+        the same shape finds its program in jit's cache."""
         spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
         b = self.max_seqs
-        jobs = [functools.partial(self._prefill(n, c).lower, s, sampling, 0, False, self.model.params, spec,
-                                  *self._prefill_inputs([], n, c, s)) for n, c, s in prefill_shapes]
+        jobs = [functools.partial(self._prefill(n, c).lower, s, sampling, top, prompt, self.model.params, spec,
+                                  *self._prefill_inputs([], n, c, s, prompt=prompt)) for n, c, s in prefill_shapes]
         idle = self._decode_inputs(self.table([[]] * b), np.zeros(b, np.int32), np.ones(b, bool), 1)
-        jobs += [functools.partial(self._decode.lower, k, sampling, None, 0, self.model.params, spec, *idle)
+        jobs += [functools.partial(self._decode.lower, k, sampling, None, top, self.model.params, spec, *idle)
                  for k in decode_keys]
         drafts, widths = speculative
-        jobs += [functools.partial(self._speculate.lower, self.decode_keys(h), h, sampling, 0, drafts, self.model.params, spec,
+        jobs += [functools.partial(self._speculate.lower, self.decode_keys(h), h, sampling, top, drafts, self.model.params, spec,
                                    *idle[:4], *self._speculate_inputs([[]] * b, np.zeros(b, np.int32), h)) for h in widths]
         for job in jobs:
             job().compile()
