@@ -18,12 +18,12 @@ from jaxllm.models import registry
 
 
 @pytest.mark.parametrize("arch", registry.names())
-def test_forward_matches_transformers_and_the_cache(arch, tmp_path):
+def test_forward_matches_transformers(arch, tmp_path):
     """One architecture's forward against transformers' (output_hidden_states, output_attentions,
     eager attention): logits, every hidden state, the first and last attention layer's weights and
-    the token log-probabilities, from one compiled call of the research API's pure functions; then
-    decoding through the paged cache against that full forward. (Greedy generation against
-    transformers: tests/test_engine.py.)"""
+    the token log-probabilities, from one compiled call of the research API's pure functions. (Decoding
+    through the paged cache against transformers, every generated position's log-probabilities: the
+    mixed workload of tests/test_engine.py, whose engine programs serve that check too.)"""
     ref = reference.build(arch, tmp_path, seed=11)
     model = jaxllm.load(tmp_path)
     cfg, graphdef = model.config, model.graphdef
@@ -59,9 +59,6 @@ def test_forward_matches_transformers_and_the_cache(arch, tmp_path):
         assert reference.max_rel_diff(ours, theirs) <= TOL, f"attention of layer {layer}"  # the logits' tolerance
     logp = torch.log_softmax(out.logits[:, :-1].double(), -1).gather(-1, torch.as_tensor(TOKENS)[:, 1:, None])[..., 0]
     assert np.abs(np.asarray(logprobs) - logp.numpy()).max() <= 1e-4
-    worst = reference.cached_decode_error(model, np.asarray(TOKENS, np.int32), np.asarray(logits))
-    print(f"{arch}: cached vs full max rel diff {worst:.2e}")
-    assert worst <= TOL, "decoding through the paged cache"
 
 
 
