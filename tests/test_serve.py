@@ -5,6 +5,7 @@ One server per module, over an engine that first computed the reference answers 
 """
 
 import asyncio
+import contextlib
 import dataclasses
 import gzip
 import json
@@ -39,10 +40,15 @@ TOP = 3  # top_logprobs
 @pytest.fixture(scope="module")
 def server(gguf_path, xla_optimized):  # the real model serving: its run time is most of this module's
     model = jaxllm.load(gguf_path, dtype="float32")
-    engine = jaxllm.Engine(model, batch_size=8, max_len=512, prefill_tokens=1024)  # prompts fit the 64-token prefill
+    # prompts fit the 64-token prefill; decode calls of 4 steps: a cancelled request ends after the call under way (of
+    # 16 steps: 4 s on a busy 2-core CPU), and a 12-token answer takes 3 calls where it took 1, at the same cost a step
+    engine = jaxllm.Engine(model, batch_size=8, max_len=512, prefill_tokens=1024, chunk=4)
     greedy = jaxllm.SamplingParams(max_new_tokens=NEW, temperature=0.0, logprobs=True)
-    refs = {(p, True): model.generate(p, greedy, chat=True, engine=engine) for p in CHAT}  # each alone
-    refs |= {(p, False): model.generate(p, greedy, chat=False, engine=engine) for p in TEXT}
+    # CHAT[0] alone (its logprobs are compared with a request alone); the others together, as the 32 clients ask them
+    # (their texts are compared): a decode step computes all 8 slots, so a batch takes the time of one answer
+    refs = {(CHAT[0], True): model.generate(CHAT[0], greedy, chat=True, engine=engine)}
+    refs |= {(p, True): r for p, r in zip(CHAT[1:], model.generate(CHAT[1:], greedy, chat=True, engine=engine))}
+    refs[TEXT[1], False] = model.generate(TEXT[1], greedy, chat=False, engine=engine)  # TEXT[0]'s: the echo's, below
     sampled = jaxllm.SamplingParams(max_new_tokens=NEW, temperature=1.0, top_p=0.9, top_k=20, seed=SEED, presence_penalty=0.5,
                                     frequency_penalty=0.25)
     refs["sampled"] = model.generate(CHAT[1], sampled, engine=engine)
@@ -52,6 +58,7 @@ def server(gguf_path, xla_optimized):  # the real model serving: its run time is
     top = dataclasses.replace(greedy, top_logprobs=TOP)  # the steps that return top log-probabilities, compiled here too
     refs["top"] = model.generate(CHAT[0], top, chat=True, engine=engine)
     refs["echo"] = model.generate(TEXT[0], dataclasses.replace(top, prompt_logprobs=True), chat=False, engine=engine)
+    refs[TEXT[0], False] = refs["echo"]  # greedy, alone: the answer (its texts are compared) a plain request's
     engine.blocks.reset_prefix_cache()  # the server starts from a cold cache
 
     app = build_app(model, engine, name=NAME, max_queue=32)
@@ -72,6 +79,26 @@ def server(gguf_path, xla_optimized):  # the real model serving: its run time is
     client.close()
     http.should_exit = True
     thread.join(timeout=60)
+
+
+@contextlib.contextmanager
+def prefilled_together(server, n: int, timeout: float = 30.0):
+    """The engine's prefill waits until `n` requests have been added (or `timeout` passes), so requests sent at once
+    are prefilled in one call, as a test that says they run together needs: the first alone took a call (and a
+    compile) of its own, as the engine thread's timing fell."""
+    engine, added, deadline = server.engine, [], time.monotonic() + timeout
+    add, prefill = engine.add, engine.prefill_step
+
+    def held():
+        if len(added) < n and time.monotonic() < deadline:
+            time.sleep(0.005)  # the engine thread goes round again, taking what came in (EngineLoop._take)
+            return []
+        return prefill()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine, "add", lambda req: added.append(req) or add(req))
+        patch.setattr(engine, "prefill_step", held)
+        yield
 
 
 def wait_idle(server, timeout=60.0) -> dict:
@@ -538,7 +565,8 @@ def test_malformed_json_and_bad_completions_answer_400(server):
         assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
         assert error["param"] == param and error["message"], body
     assert "UTF-16 text: send it as UTF-8" in error["message"], error
-    bom = httpx.post(server.url + "/v1/completions", content=b'\xef\xbb\xbf{"prompt": "Hi", "max_tokens": 1}', timeout=60)
+    bom = httpx.post(server.url + "/v1/completions", content=b'\xef\xbb\xbf{"prompt": "Hi", "max_tokens": 1, "temperature": 0}',
+                     timeout=60)  # greedy: sampled, it compiled a prefill no other request needs
     assert bom.status_code == 200, bom.text  # a byte order mark, which JSON's RFC lets a parser ignore
     wait_idle(server)
 
@@ -780,7 +808,7 @@ def test_structured_outputs_and_forced_tool_calls(server):
                                                                                              "maximum": 9}},
               "required": ["city", "days"], "additionalProperties": False}
     chat = server.client.chat.completions.create
-    with ThreadPoolExecutor(4) as pool:
+    with prefilled_together(server, 4), ThreadPoolExecutor(4) as pool:
         asked = [pool.submit(chat, **ask, response_format={"type": "json_schema", "json_schema": {
                      "name": "trip", "schema": schema, "strict": True}}),
                  pool.submit(chat, **ask, tools=FORCED_TOOLS, tool_choice="required"),
@@ -1012,14 +1040,12 @@ def test_a_body_sent_as_another_media_type_answers_415(server, monkeypatch):
     wait_idle(server)
 
 
-def test_a_server_without_a_tokenizer_refuses_what_needs_one():
+def test_a_server_without_a_tokenizer_refuses_what_needs_one(server):
     """A model without tokenizer files serves token-id prompts; stop strings, found in the decoded text, were ignored
     (the answer ran to max_tokens): refused on 'stop', naming stop_token_ids. A text prompt and a chat need it too."""
     from starlette.testclient import TestClient
 
-    from jaxllm.random_model import random_model
-
-    model = random_model("tiny", dtype="float32")
+    model = dataclasses.replace(server.model, tokenizer=None, engines={})  # the weights shared, nothing compiled: all refused
     app = build_app(model, jaxllm.Engine(model, batch_size=1, max_len=64), name="ids-only")
     with TestClient(app) as client:
         for path, body, param, says in [
