@@ -71,6 +71,22 @@ def torch_logits(model, tokens: np.ndarray) -> np.ndarray:
         return model(torch.as_tensor(np.asarray(tokens), dtype=torch.long)).logits.float().numpy()
 
 
+def continuation_logprobs(model, prompt: list[int], tokens: list[int]) -> np.ndarray:
+    """transformers' log-probabilities, float64 [len(tokens), vocab], at each position of `tokens` after `prompt`:
+    one forward over both (teacher-forced, no cache)."""
+    logits = torch_logits(model, [prompt + tokens])[0, len(prompt) - 1 : -1].astype(np.float64)
+    return logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+
+
+def assert_greedy(logp: np.ndarray, tokens: list[int], tol: float) -> np.ndarray:
+    """Each of `tokens` is the most likely one by `logp` (continuation_logprobs), a near-tie within `tol` either way;
+    returns the tokens' log-probabilities."""
+    chosen = logp[np.arange(len(tokens)), tokens]
+    wrong = np.flatnonzero(chosen < logp.max(-1) - tol).tolist()
+    assert not wrong, f"greedy tokens {tokens}: not transformers' most likely at generated positions {wrong}"
+    return chosen
+
+
 def greedy(model, prompt: list[int], n: int) -> list[int]:
     """transformers' greedy continuation of `prompt`: exactly `n` new token ids, no EOS."""
     with torch.no_grad():

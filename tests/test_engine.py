@@ -41,13 +41,9 @@ def _assert_transformers_agrees(ref, prompt, out):
     is transformers' most likely one (a near-tie, within LOGP_TOL, may go either way), and its log-probability and
     the top ones are transformers', which checks decoding through the paged cache against the reference at every
     generated position."""
-    n = len(out.token_ids)
-    logits = reference.torch_logits(ref, [prompt + out.token_ids])[0, len(prompt) - 1 : -1].astype(np.float64)
-    logp = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
-    chosen = logp[np.arange(n), out.token_ids]
+    logp = reference.continuation_logprobs(ref, prompt, out.token_ids)
+    chosen = reference.assert_greedy(logp, out.token_ids, LOGP_TOL)
     print(f"log-probabilities vs transformers': max abs diff {np.abs(np.asarray(out.logprobs) - chosen).max():.2e}")
-    wrong = np.flatnonzero(chosen < logp.max(-1) - LOGP_TOL).tolist()
-    assert not wrong, f"greedy tokens {out.token_ids}: not transformers' most likely at generated positions {wrong}"
     np.testing.assert_allclose(out.logprobs, chosen, rtol=0, atol=LOGP_TOL)
     k = GREEDY.top_logprobs
     for row, top in zip(logp, out.top_logprobs, strict=True):
