@@ -14,7 +14,7 @@ import jaxllm
 from jaxllm.engine import Engine, Request
 from jaxllm.models import registry
 
-GREEDY = jaxllm.SamplingParams(max_new_tokens=12, ignore_eos=True, logprobs=True, top_logprobs=3)
+GREEDY = jaxllm.SamplingParams(max_new_tokens=12, ignore_eos=True, logprobs=True)
 LOGP_TOL = 1e-4  # |ours - transformers'| of a log-probability (float32 ours, float64 log-softmax of transformers' logits)
 
 
@@ -38,18 +38,12 @@ def _alone(model, prompts, params, prefill_tokens, **sizes):
 
 def _assert_transformers_agrees(ref, prompt, out):
     """`out` against transformers' forward over the prompt and `out`'s tokens (teacher-forced, no cache): each token
-    is transformers' most likely one (a near-tie, within LOGP_TOL, may go either way), and its log-probability and
-    the top ones are transformers', which checks decoding through the paged cache against the reference at every
-    generated position."""
-    logp = reference.continuation_logprobs(ref, prompt, out.token_ids)
-    chosen = reference.assert_greedy(logp, out.token_ids, LOGP_TOL)
+    is transformers' most likely one (a near-tie, within LOGP_TOL, may go either way) and its log-probability is
+    transformers', which checks decoding through the paged cache against the reference at every generated position.
+    (Top log-probabilities against transformers, 5% more compile time per architecture here: test_generation.)"""
+    chosen = reference.assert_greedy(reference.continuation_logprobs(ref, prompt, out.token_ids), out.token_ids, LOGP_TOL)
     print(f"log-probabilities vs transformers': max abs diff {np.abs(np.asarray(out.logprobs) - chosen).max():.2e}")
     np.testing.assert_allclose(out.logprobs, chosen, rtol=0, atol=LOGP_TOL)
-    k = GREEDY.top_logprobs
-    for row, top in zip(logp, out.top_logprobs, strict=True):
-        ids, values = map(list, zip(*top))
-        np.testing.assert_allclose(values, row[ids], rtol=0, atol=LOGP_TOL)  # ours are these tokens' log-probabilities
-        np.testing.assert_allclose(values, np.sort(row)[::-1][:k], rtol=0, atol=LOGP_TOL)  # and the k largest
 
 
 def _assert_same(got, want):
@@ -191,7 +185,8 @@ def test_precompile_leaves_nothing_to_compile_and_changes_no_token(llama):
     prompt scored among them: the run that follows traces nothing new and gives the tokens of an engine that compiled
     as it went."""
     prompts = _workload(3)
-    params = [GREEDY] * (len(prompts) - 1) + [dataclasses.replace(GREEDY, prompt_logprobs=True)]
+    top = dataclasses.replace(GREEDY, top_logprobs=3)
+    params = [GREEDY] * (len(prompts) - 2) + [top, dataclasses.replace(top, prompt_logprobs=True)]
     reqs = [Request(p, q.resolved(), i) for i, (p, q) in enumerate(zip(prompts, params))]
     # Shapes no other test meets (compiled steps are shared by every engine of the model).
     kw = dict(batch_size=3, max_len=120, num_pages=64, page_size=4, prefill_tokens=48, chunk=3)
