@@ -320,12 +320,16 @@ class Runner:
         its matcher allows next, the others every token), prefill's and decode's alike."""
         return self._put_rows(structured.masks(grammars, rows, self.cfg.output_vocab))
 
-    def _decode_inputs(self, table: np.ndarray, limit: np.ndarray, stop: np.ndarray, steps: int,
-                       shared: np.ndarray | None = None, offsets: np.ndarray | None = None) -> tuple:
+    def _decode_inputs(self, table: np.ndarray, limit: np.ndarray, stop: np.ndarray, steps: int) -> tuple:
+        """The device inputs of a decode or speculative decode call after the state."""
         put = self._put_rows
+        return put(table), put(limit), put(stop), self._put(np.int32(steps))
+
+    def _cascade_inputs(self, limit: np.ndarray, shared: np.ndarray | None = None, offsets: np.ndarray | None = None) -> tuple:
+        """A decode call's cascade inputs after _decode_inputs' (zeros: no cascade)."""
         shared = np.zeros((self.shards, 1), np.int32) if shared is None else shared
         offsets = np.zeros(len(limit), np.int32) if offsets is None else offsets
-        return put(table), put(limit), put(stop), self._put(np.int32(steps)), put(shared), put(offsets)
+        return self._put_rows(shared), self._put_rows(offsets)
 
     def compile(self, state: SlotState, prefill_shapes, decode_keys, sampling: bool = False,
                 speculative: tuple[int, list[int]] = (0, []), top: int = 0, prompt: bool = False) -> None:
@@ -339,11 +343,11 @@ class Runner:
         jobs = [functools.partial(self._prefill(n, c).lower, s, sampling, top, prompt, self.model.params, spec,
                                   *self._prefill_inputs([], n, c, s, prompt=prompt)) for n, c, s in prefill_shapes]
         idle = self._decode_inputs(self.table([[]] * b), np.zeros(b, np.int32), np.ones(b, bool), 1)
-        jobs += [functools.partial(self._decode.lower, k, sampling, None, top, self.model.params, spec, *idle)
-                 for k in decode_keys]
+        jobs += [functools.partial(self._decode.lower, k, sampling, None, top, self.model.params, spec, *idle,
+                                   *self._cascade_inputs(np.zeros(b, np.int32))) for k in decode_keys]
         drafts, widths = speculative
         jobs += [functools.partial(self._speculate.lower, self.decode_keys(h), h, sampling, top, drafts, self.model.params, spec,
-                                   *idle[:4], *self._speculate_inputs([[]] * b, np.zeros(b, np.int32), h)) for h in widths]
+                                   *idle, *self._speculate_inputs([[]] * b, np.zeros(b, np.int32), h)) for h in widths]
         for job in jobs:
             job().compile()
 
@@ -379,7 +383,8 @@ class Runner:
         keys, shared, offsets = (None, None, None) if cascade is None else (cascade.keys, cascade.table, cascade.offsets)
         masks = (self._masks(grammars, self.max_seqs),) if grammars else ()
         state, out, out_lp, done, best = self._decode(kv_len, sampling, keys, top, self.model.params, state,
-                                                      *self._decode_inputs(table, limit, stop, steps, shared, offsets), *masks)
+                                                      *self._decode_inputs(table, limit, stop, steps),
+                                                      *self._cascade_inputs(limit, shared, offsets), *masks)
         return (state, *jax.device_get((out, out_lp, done, best)))  # one wait for the four copies
 
     def speculate(self, state: SlotState, table: np.ndarray, limit: np.ndarray, stop: np.ndarray, tokens: list[list[int]],
@@ -393,7 +398,7 @@ class Runner:
         width = self.kv_bucket(reach)
         state, out, out_lp, done, best, stats = self._speculate(
             self.decode_keys(width), width, sampling, top, k, self.model.params, state,
-            *self._decode_inputs(table, limit, stop, steps)[:4], *self._speculate_inputs(tokens, wait, width))
+            *self._decode_inputs(table, limit, stop, steps), *self._speculate_inputs(tokens, wait, width))
         out, out_lp, done, best, (verified, drafted, kept, wait) = jax.device_get((out, out_lp, done, best, stats))
         return state, out, out_lp, done, best, (int(verified.sum()), drafted, kept, wait)
 
