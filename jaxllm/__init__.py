@@ -39,7 +39,7 @@ _import_flax()
 
 from jaxllm import research  # noqa: E402  (jaxllm.research.hidden_states etc.)
 from jaxllm.engine import Engine  # noqa: E402
-from jaxllm.errors import CheckpointError, ConfigError, GenerationError, InputError, JaxllmError  # noqa: E402
+from jaxllm.errors import CheckpointError, ConfigError, GenerationError, InputError, JaxllmError, StructuredError  # noqa: E402
 from jaxllm.generation import Completion  # noqa: E402
 from jaxllm.loader import LoadedModel, estimate_memory, load  # noqa: E402
 from jaxllm.models.config import ModelConfig  # noqa: E402
@@ -49,5 +49,6 @@ from jaxllm.structured import Structured  # noqa: E402
 
 __all__ = [
     "__version__", "load", "LoadedModel", "ModelConfig", "Completion", "SamplingParams", "Structured", "Engine", "estimate_memory",
-    "use_compile_cache", "research", "JaxllmError", "ConfigError", "CheckpointError", "GenerationError", "InputError",
+    "use_compile_cache", "research", "JaxllmError", "ConfigError", "CheckpointError", "GenerationError", "StructuredError",
+    "InputError",
 ]

@@ -31,6 +31,11 @@ class GenerationError(JaxllmError):
     """A generation request cannot be served as asked (bad sampling value, prompt too long, ...)."""
 
 
+class StructuredError(GenerationError):
+    """A structured-output constraint (SamplingParams.structured) that is malformed or that llguidance cannot serve:
+    the request's structured field is what to fix (a server names it)."""
+
+
 class InputError(JaxllmError):
     """A value passed to a library call is not what it takes (token ids, a layer index, ...)."""
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import jax.numpy as jnp
 import numpy as np
 
-from jaxllm.errors import GenerationError
+from jaxllm.errors import GenerationError, StructuredError
 
 INSTALL = 'pip install "jaxllm[structured]"'
 
@@ -45,7 +45,7 @@ class Structured:
             try:
                 object.__setattr__(self, "json_schema", json.dumps(self.json_schema, ensure_ascii=False))
             except (TypeError, ValueError) as err:
-                raise GenerationError(f"structured json_schema is not JSON ({err}): give a dict of JSON values or its "
+                raise StructuredError(f"structured json_schema is not JSON ({err}): give a dict of JSON values or its "
                                       "JSON text") from None
         if isinstance(self.choice, list):
             object.__setattr__(self, "choice", tuple(self.choice))
@@ -59,9 +59,9 @@ class Structured:
             names = [f.name for f in dataclasses.fields(cls)]
             for key in value:
                 if key not in names:
-                    raise GenerationError(f"unknown structured output field {key!r}: use one of {', '.join(names)}")
+                    raise StructuredError(f"unknown structured output field {key!r}: use one of {', '.join(names)}")
             return cls(**value)
-        raise GenerationError(f"structured must be a jaxllm.Structured or a dict of its fields (json_schema, json_object, "
+        raise StructuredError(f"structured must be a jaxllm.Structured or a dict of its fields (json_schema, json_object, "
                               f"regex, choice, grammar), got {type(value).__name__}")
 
     def _given(self) -> list[str]:
@@ -73,19 +73,19 @@ class Structured:
         return next(iter(self._given()), "")
 
     def check(self) -> None:
-        """Exactly one field set, of its type, and a grammar llguidance compiles (GenerationError otherwise)."""
+        """Exactly one field set, of its type, and a grammar llguidance compiles (StructuredError otherwise)."""
         given = self._given()
         if len(given) != 1:
-            raise GenerationError(f"structured output sets {' and '.join(given) or 'nothing'}: set exactly one of "
+            raise StructuredError(f"structured output sets {' and '.join(given) or 'nothing'}: set exactly one of "
                                   "json_schema, json_object, regex, choice, grammar")
         kind = given[0]
         value = getattr(self, kind)
         if kind == "json_object" and value is not True:
-            raise GenerationError(f"structured json_object={value!r} is invalid: use True")
+            raise StructuredError(f"structured json_object={value!r} is invalid: use True")
         if kind == "choice" and (not isinstance(value, tuple) or not value or not all(isinstance(c, str) and c for c in value)):
-            raise GenerationError(f"structured choice={value!r} is invalid: give a list of non-empty strings")
+            raise StructuredError(f"structured choice={value!r} is invalid: give a list of non-empty strings")
         if kind in ("json_schema", "regex", "grammar") and (not isinstance(value, str) or not value.strip()):
-            raise GenerationError(f"structured {kind} is invalid: give it as non-empty text"
+            raise StructuredError(f"structured {kind} is invalid: give it as non-empty text"
                                   + (" (or a dict)" if kind == "json_schema" else ""))
         grammar_text(self)
 
@@ -125,7 +125,7 @@ def _error(validated: tuple[bool, list[str]]) -> str:
 
 @functools.lru_cache(maxsize=256)
 def grammar_text(structured: Structured) -> str:
-    """llguidance's grammar for `structured`, checked (without a tokenizer); GenerationError naming what is wrong."""
+    """llguidance's grammar for `structured`, checked (without a tokenizer); StructuredError naming what is wrong."""
     llg = _llguidance()
     kind, text = structured.source()
     try:
@@ -136,7 +136,7 @@ def grammar_text(structured: Structured) -> str:
     if error:
         fix = {"json_schema": "fix the schema, or use a feature llguidance supports", "regex": "fix the regex",
                "grammar": "fix the grammar (Lark syntax)", "choice": "give a list of strings"}[kind]
-        raise GenerationError(f"structured {structured.kind} is invalid: {_one_line(error)}: {fix}")
+        raise StructuredError(f"structured {structured.kind} is invalid: {_one_line(error)}: {fix}")
     return grammar
 
 
@@ -161,10 +161,10 @@ def tokenizer(hf_tokenizer, eos: list[int]):
 
 
 def check(structured: Structured, lltokenizer) -> None:
-    """Refuse (GenerationError) a constraint llguidance cannot serve over this tokenizer."""
+    """Refuse (StructuredError) a constraint llguidance cannot serve over this tokenizer."""
     error = _error(_llguidance().LLMatcher.validate_grammar_with_warnings(grammar_text(structured), lltokenizer))
     if error:
-        raise GenerationError(f"structured {structured.kind} is invalid for this model's tokenizer: {_one_line(error)}")
+        raise StructuredError(f"structured {structured.kind} is invalid for this model's tokenizer: {_one_line(error)}")
 
 
 def words(vocab: int) -> int:
@@ -179,7 +179,7 @@ class Grammar:
         self.matcher = _llguidance().LLMatcher(lltokenizer, grammar_text(structured), log_level=0)
         if self.matcher.is_error():  # llguidance's limits (a regex or choice too large to compile): simplify it
             fix = {"choice": "give fewer choices"}.get(structured.kind, f"simplify the {structured.source()[0].replace('_', ' ')}")
-            raise GenerationError(f"structured {structured.kind} is invalid: {_one_line(self.matcher.get_error())}: {fix}")
+            raise StructuredError(f"structured {structured.kind} is invalid: {_one_line(self.matcher.get_error())}: {fix}")
         self.consumed = 0
         self.width = words(lltokenizer.vocab_size)
 

@@ -26,7 +26,7 @@ from jaxllm import serve
 from jaxllm.api import app as api_app
 from jaxllm.api import build_app, protocol, tool_calls
 from jaxllm.chat_template import encode
-from jaxllm.errors import GenerationError, JaxllmError
+from jaxllm.errors import GenerationError, JaxllmError, StructuredError
 from jaxllm.serve import check_listen, parse_args
 
 NAME = "smollm2-test"
@@ -1064,7 +1064,7 @@ def test_structured_errors_found_as_the_engine_takes_a_request_name_their_field(
     for field, value in [("guided_choice", ["a"]), ("response_format.json_schema.schema",
                                                     {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}})]:
         body = protocol.parse(protocol.ChatRequest, json.dumps({**chat, field.split(".")[0]: value}).encode())
-        error = body.refusal(GenerationError("structured choice is invalid: panic: assertion failed"))
+        error = body.refusal(StructuredError("structured choice is invalid: panic: assertion failed"))
         assert (error.status, error.param, error.message) == (400, field, f"{field}: structured choice is invalid: panic: "
                                                                           "assertion failed")
     error = body.refusal(GenerationError("max_new_tokens=0 is invalid"))

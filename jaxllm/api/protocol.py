@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_
 from jaxllm.api import constraints, forced_tools
 from jaxllm.api.errors import APIError
 from jaxllm.chat_template import check_template_kwargs, encode, encode_messages
-from jaxllm.errors import BOM, InputError, JaxllmError
+from jaxllm.errors import BOM, InputError, JaxllmError, StructuredError
 from jaxllm.sampling import TOP_LOGPROBS_MAX, SamplingParams
 from jaxllm.structured import Structured
 
@@ -226,7 +226,7 @@ class _Common(_Strict):
         """A library error about this request as a 400 in its names: one about its structured output (llguidance
         compiles the grammar for the model's tokenizer as the engine takes the request: 100,000 guided_choice
         strings fail there) on the field that sent it, as constraints.one names it."""
-        fields = [field for field, _ in self.constraints()] if str(err).startswith("structured ") else []
+        fields = [field for field, _ in self.constraints()] if isinstance(err, StructuredError) else []
         if fields:
             return APIError(400, f"{fields[0]}: {err}", fields[0])
         return bad_request(err, self.api_names())
