@@ -50,20 +50,22 @@ def bigram(model):
     return dataclasses.replace(model, params=params, engines={})
 
 
-def timed(engine: Engine, prompt: list[int], new: int) -> tuple[float, int, dict]:
-    """(decode tokens/s after the first token, tokens, the engine's speculation counts) of one greedy request, on
-    the engine's second run."""
+def timed(engine: Engine, prompts: list[list[int]], new: int) -> tuple[float, list[list[int]], dict]:
+    """(tokens/s, each request's tokens, the engine's speculation counts) of greedy requests, on the engine's
+    second run: one request's decode tokens/s after its first token, or several's new tokens/s over the whole run."""
     params = SamplingParams(max_new_tokens=new, ignore_eos=True).resolved()
     for _ in range(2):
         stats = engine.scheduler.stats
         stats.verified = stats.drafted = stats.accepted = 0
-        start, first, tokens = time.perf_counter(), None, []
-        for ev in engine.run([Request(prompt, params)]):
+        start, first, tokens = time.perf_counter(), None, [[] for _ in prompts]
+        for ev in engine.run([Request(p, params, i) for i, p in enumerate(prompts)]):
             first = first or time.perf_counter()
-            tokens += ev.tokens
+            tokens[ev.index] += ev.tokens
         total = time.perf_counter() - start
     counts = dict(verified=stats.verified, drafted=stats.drafted, accepted=stats.accepted)
-    return (len(tokens) - 1) / (total - (first - start)), tokens, counts
+    if len(prompts) == 1:
+        return (len(tokens[0]) - 1) / (total - (first - start)), tokens, counts
+    return sum(map(len, tokens)) / total, tokens, counts
 
 
 def repeating(tokens, sizes, k, *rest):
@@ -82,28 +84,30 @@ PROPOSE = ngram.propose_rows
 FORCED = {"rejected": repeating, "none": never}  # workloads whose drafts are forced (in an engine of their own)
 
 
-def run(shape: str, dtype: str, k: int, prompt_len: int, new: int) -> list[dict]:
+def run(shape: str, dtype: str, k: int, prompt_len: int, new: int, batch: int = 1) -> list[dict]:
     model = bigram(jax.block_until_ready(random_model(shape, dtype=dtype)))
     vocab = model.config.vocab_size
     max_len = max(prompt_len, new + 4) + new + 16
 
     def engine(speculative):
-        return Engine(model, batch_size=1, max_len=max_len, num_pages=-(-max_len // 16), page_size=16,
+        return Engine(model, batch_size=batch, max_len=max_len, num_pages=batch * -(-max_len // 16), page_size=16,
                       prefill_tokens=max(512, max_len), chunk=64, speculative_tokens=speculative)
 
     plain, spec = engine(0), engine(k)
     rng = np.random.default_rng(0)
-    _, chain, _ = timed(plain, [int(rng.integers(vocab))], new + 4)
-    fresh = rng.integers(0, vocab, prompt_len).tolist()
+    # copy: each row its own chain (the model's greedy answer from its own first token), then that chain's first
+    # two tokens again; fresh: each row its own random prompt
+    chains = [timed(plain, [[int(rng.integers(vocab))]], new + 4)[1][0] for _ in range(batch)]
+    fresh = [rng.integers(0, vocab, prompt_len).tolist() for _ in range(batch)]
     rows = []
-    for name, prompt in (("copy", chain + chain[:2]), ("fresh", fresh), ("rejected", fresh), ("none", fresh)):
-        rate, want, _ = timed(plain, prompt, new)
+    for name, prompts in (("copy", [c + c[:2] for c in chains]), ("fresh", fresh), ("rejected", fresh), ("none", fresh)):
+        rate, want, _ = timed(plain, prompts, new)
         if name in FORCED:  # an engine of its own, whose steps are traced anew with the forced drafts
             ngram.propose_rows = FORCED[name]
             make_steps.cache_clear()
             spec = engine(k)
         try:
-            spec_rate, got, counts = timed(spec, prompt, new)
+            spec_rate, got, counts = timed(spec, prompts, new)
         finally:
             ngram.propose_rows = PROPOSE
         assert dtype != "float32" or got == want, f"{name}: speculation changed the greedy tokens"
@@ -118,18 +122,21 @@ def main() -> None:
     p.add_argument("--k", type=int, default=4, help="speculative_tokens (default: %(default)s)")
     p.add_argument("--prompt", type=int, default=128, help="the fresh prompt's tokens (default: %(default)s)")
     p.add_argument("--new", type=int, default=256, help="new tokens of each request (default: %(default)s)")
+    p.add_argument("--batch", type=int, action="append", help="requests at a time (repeatable; default: 1; above 1: new tokens/s "
+                   "over the whole second run, prefill included)")
     args = p.parse_args()
     dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
     print(f"{jax.devices()[0].device_kind}, {dtype}, speculative_tokens={args.k}, n-grams {ngram.N_MAX}..{ngram.N_MIN}, "
-          f"{args.new} new tokens, batch 1")
-    print(f"{'shape':<12} {'workload':<9} {'plain tok/s':>11} {'spec tok/s':>10} {'speedup':>7} {'verify steps':>12} "
+          f"{args.new} new tokens")
+    print(f"{'shape':<12} {'batch':>5} {'workload':<9} {'plain tok/s':>11} {'spec tok/s':>10} {'speedup':>7} {'verify steps':>12} "
           f"{'drafted':>7} {'kept':>5} {'accepted':>8} {'same tokens':>11}")
     for shape in args.shape or ["tiny"]:
-        for r in run(shape, dtype, args.k, args.prompt, args.new):
-            rate = r["accepted"] / r["drafted"] if r["drafted"] else float("nan")
-            print(f"{r['shape']:<12} {r['workload']:<9} {r['plain']:>11.1f} {r['speculative']:>10.1f} "
-                  f"{r['speculative'] / r['plain']:>6.2f}x {r['verified']:>12} {r['drafted']:>7} {r['accepted']:>5} "
-                  f"{rate:>8.0%} {str(r['same_tokens']):>11}", flush=True)
+        for batch in args.batch or [1]:
+            for r in run(shape, dtype, args.k, args.prompt, args.new, batch):
+                rate = r["accepted"] / r["drafted"] if r["drafted"] else float("nan")
+                print(f"{r['shape']:<12} {batch:>5} {r['workload']:<9} {r['plain']:>11.1f} {r['speculative']:>10.1f} "
+                      f"{r['speculative'] / r['plain']:>6.2f}x {r['verified']:>12} {r['drafted']:>7} {r['accepted']:>5} "
+                      f"{rate:>8.0%} {str(r['same_tokens']):>11}", flush=True)
 
 
 if __name__ == "__main__":
