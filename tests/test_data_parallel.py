@@ -214,9 +214,9 @@ def test_decode_step_moves_no_pages_across_devices(folder, spec):
     spec_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     args = runner._decode_inputs(runner.table([[]] * b), np.zeros(b, np.int32), np.ones(b, bool), 1)
     hlo = runner._decode.lower(runner.decode_keys(64), False, None, 0, model.params, spec_state, *args,
-                               *runner._cascade_inputs(np.zeros(b, np.int32))).compile().as_text()
+                               *runner._cascade_inputs()).compile().as_text()
     # and with a shared prefix read once per shard (cascade attention), some rows reading their own tables
-    cascade = runner._cascade_inputs(np.zeros(b, np.int32), np.zeros((dp, 4), np.int32), np.full(b, ps, np.int32))
+    cascade = runner._cascade_inputs(np.zeros((dp, 4), np.int32), np.full(b, ps, np.int32))
     hlo += runner._decode.lower(runner.decode_keys(64), False, (4 * ps, 16, True), 0, model.params, spec_state,
                                 *args, *cascade).compile().as_text()
     pool = state.cache[0].k  # [pages, ps, K, D]

@@ -56,8 +56,8 @@ def _assert_same(got, want):
 def test_mixed_workload_equals_each_prompt_alone(arch, tmp_path):
     """Three sequences at a time over 22 pages of 4 tokens (20 beside recurrent layers): the six prompts need more, so the
     newest is preempted and recomputed; prompts are prefilled in chunks of at most 16 tokens; the
-    repeated prefixes hit the cache. Every prompt's greedy tokens, their log-probabilities and the top ones are those
-    of transformers' forward over them (the reference for decoding through the paged cache, every architecture)."""
+    repeated prefixes hit the cache. Every prompt's greedy tokens and their log-probabilities are those of
+    transformers' forward over them (the reference for decoding through the paged cache, every architecture)."""
     ref = reference.build(arch, tmp_path, seed=2)
     model = jaxllm.load(tmp_path)
     # In this order every decode call that shares cached pages also runs a row that shares none: one cascade program

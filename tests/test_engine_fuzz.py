@@ -272,7 +272,7 @@ def test_decode_programs_update_the_page_pool_in_place(tiny):
     idle = runner._decode_inputs(runner.table([[]] * b), np.zeros(b, np.int32), np.ones(b, bool), 1)
     keys = runner.kv_bucket(SHAPE["max_len"])
     programs = {"decode": runner._decode.lower(runner.decode_keys(keys), 0, None, 0, tiny.model.params, state, *idle,
-                                               *runner._cascade_inputs(np.zeros(b, np.int32))),
+                                               *runner._cascade_inputs()),
                 "speculate": runner._speculate.lower(runner.decode_keys(keys), keys, 0, 0, 3, tiny.model.params, state, *idle,
                                                      *runner._speculate_inputs([[]] * b, np.zeros(b, np.int32), keys))}
     pool = "[" + ",".join(map(str, state.cache[0].k.shape)) + "]"

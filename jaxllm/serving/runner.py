@@ -325,10 +325,10 @@ class Runner:
         put = self._put_rows
         return put(table), put(limit), put(stop), self._put(np.int32(steps))
 
-    def _cascade_inputs(self, limit: np.ndarray, shared: np.ndarray | None = None, offsets: np.ndarray | None = None) -> tuple:
+    def _cascade_inputs(self, shared: np.ndarray | None = None, offsets: np.ndarray | None = None) -> tuple:
         """A decode call's cascade inputs after _decode_inputs' (zeros: no cascade)."""
         shared = np.zeros((self.shards, 1), np.int32) if shared is None else shared
-        offsets = np.zeros(len(limit), np.int32) if offsets is None else offsets
+        offsets = np.zeros(self.max_seqs, np.int32) if offsets is None else offsets
         return self._put_rows(shared), self._put_rows(offsets)
 
     def compile(self, state: SlotState, prefill_shapes, decode_keys, sampling: bool = False,
@@ -344,7 +344,7 @@ class Runner:
                                   *self._prefill_inputs([], n, c, s, prompt=prompt)) for n, c, s in prefill_shapes]
         idle = self._decode_inputs(self.table([[]] * b), np.zeros(b, np.int32), np.ones(b, bool), 1)
         jobs += [functools.partial(self._decode.lower, k, sampling, None, top, self.model.params, spec, *idle,
-                                   *self._cascade_inputs(np.zeros(b, np.int32))) for k in decode_keys]
+                                   *self._cascade_inputs()) for k in decode_keys]
         drafts, widths = speculative
         jobs += [functools.partial(self._speculate.lower, self.decode_keys(h), h, sampling, top, drafts, self.model.params, spec,
                                    *idle, *self._speculate_inputs([[]] * b, np.zeros(b, np.int32), h)) for h in widths]
@@ -384,7 +384,7 @@ class Runner:
         masks = (self._masks(grammars, self.max_seqs),) if grammars else ()
         state, out, out_lp, done, best = self._decode(kv_len, sampling, keys, top, self.model.params, state,
                                                       *self._decode_inputs(table, limit, stop, steps),
-                                                      *self._cascade_inputs(limit, shared, offsets), *masks)
+                                                      *self._cascade_inputs(shared, offsets), *masks)
         return (state, *jax.device_get((out, out_lp, done, best)))  # one wait for the four copies
 
     def speculate(self, state: SlotState, table: np.ndarray, limit: np.ndarray, stop: np.ndarray, tokens: list[list[int]],
