@@ -20,6 +20,19 @@ jax.config.update("jax_num_cpu_devices", 8)
 # less optimized. Command lines the tests start run as users run them.
 if os.environ["JAX_PLATFORMS"] == "cpu":
     jax.config.update("jax_disable_most_optimizations", True)
+    # XLA's CPU fusion emitters (MLIR) cost each compile a fixed ~0.3 s more than its elemental emitters,
+    # and half as much per layer: a 2-layer model's engine programs compile in 0.5 s without them, 1.0 s
+    # with; a 30-layer one's in 4.0 s without, 2.8 s with (2-core CPU, 2026-12-02). The tests compile
+    # hundreds of tiny models' programs: without them. XLA reads XLA_FLAGS once, as the CPU backend starts,
+    # so it starts here and the variable goes back to what it was (CLIs the tests start run as users run
+    # them); xla_optimized, the real model's modules, turns them back on for its compiles.
+    _flags = os.environ.get("XLA_FLAGS")
+    os.environ["XLA_FLAGS"] = f"{_flags or ''} --xla_cpu_use_fusion_emitters=false".strip()
+    jax.devices()
+    if _flags is None:
+        del os.environ["XLA_FLAGS"]
+    else:
+        os.environ["XLA_FLAGS"] = _flags
 sys.path.insert(0, os.path.dirname(__file__))
 # CLIs run by the tests keep their compiled programs in a throwaway folder, not the user's home.
 if "JAXLLM_COMPILE_CACHE" not in os.environ:
@@ -45,11 +58,21 @@ def xla_optimized():
     if os.environ["JAX_PLATFORMS"] != "cpu":
         yield
         return
+    from jax._src import compiler  # XLA's options of each compile: the only way to them once the backend has started
+
+    options = compiler.get_compile_options
+
+    def with_fusion_emitters(*args, env_options_overrides=None, **kwargs):
+        overrides = {"xla_cpu_use_fusion_emitters": True, **(env_options_overrides or {})}
+        return options(*args, env_options_overrides=overrides, **kwargs)
+
     jax.config.update("jax_disable_most_optimizations", False)
+    compiler.get_compile_options = with_fusion_emitters
     try:
         yield
     finally:
         jax.config.update("jax_disable_most_optimizations", True)
+        compiler.get_compile_options = options
 
 
 @pytest.fixture(scope="session")
