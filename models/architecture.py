@@ -154,8 +154,8 @@ class Architecture:
     # A tuple: several keys the config class reads (EXAONE 3's layer_norm_epsilon, an attribute_map alias of rms_norm_eps).
     norm_eps_key: str | tuple[str, ...] = "rms_norm_eps"
     # config.json keys this family's transformers config class (strict typing) or model construction
-    # refuses as null, where the generic reading would take null as absent: refused here too. rope_theta
-    # only where the rope settings give none of their own (transformers then takes theirs).
+    # refuses as null, where the generic reading would take null as absent: refused here too. rope_theta and
+    # partial_rotary_factor (ROPE_OWN) only where the rope settings give none of their own (transformers then takes theirs).
     not_null: tuple[str, ...] = ()
     # Other model_types transformers builds with this very config class and model class (GPT-SW3's
     # "gpt-sw3": GPT2Config, GPT2LMHeadModel): read as this family.
@@ -173,7 +173,7 @@ class Architecture:
         """The ModelConfig of a config.json dict, validated."""
         raw = check_config(raw)
         for key in self.not_null:
-            if key in raw and raw[key] is None and not (key == "rope_theta" and _rope_theta(raw) is not None):
+            if key in raw and raw[key] is None and not (key in ROPE_OWN and _rope_value(raw, key) is not None):
                 raise ConfigError(f"config.json '{key}' is null, which transformers refuses for {self.name}: give it a "
                                   "value, or leave the key out for the family's default")
         # inside the rope settings: a null base where the top-level one may not be null either, a null factor where the
@@ -214,10 +214,15 @@ def _keys(key: str | tuple[str, ...]) -> tuple[str, ...]:
     return (key,) if isinstance(key, str) else key
 
 
-def _rope_theta(raw: dict):
-    """The rope_theta of config.json's flat rope settings (rope_scaling, else rope_parameters), or None."""
+# Top-level keys a config class copies into its rope settings when they give none of their own: null is refused
+# there alone (not_null), as the rope's own value is the one read otherwise.
+ROPE_OWN = ("rope_theta", "partial_rotary_factor")
+
+
+def _rope_value(raw: dict, key: str):
+    """`key`'s value in config.json's flat rope settings (rope_scaling, else rope_parameters), or None."""
     rope = raw.get("rope_scaling") or raw.get("rope_parameters") or {}
-    return rope.get("rope_theta") if isinstance(rope, dict) else None
+    return rope.get(key) if isinstance(rope, dict) else None
 
 
 def _null_in_rope(raw: dict, key: str) -> str | None:

@@ -41,7 +41,9 @@ ARCHITECTURES = (Architecture(
     name="Phi3ForCausalLM", module=CausalLM, weight_map=phi3_weight_map, hf_model_type="phi3",
     ignored_keys=("layer_types",) + NO_WINDOW_SWITCH,  # its window (sliding_window) is every layer's
     config_defaults=lambda raw: dict(NO_BIAS, longrope_recompute=True), common_names=phi3_rope_names,
-    not_null=NOT_NULL + ("rms_norm_eps", "hidden_act", "head_dim", "original_max_position_embeddings", "rope_theta"),
+    # (a null partial_rotary_factor: Phi3Config copies it into rope settings that give none, then multiplies by it)
+    not_null=NOT_NULL + ("rms_norm_eps", "hidden_act", "head_dim", "original_max_position_embeddings", "rope_theta",
+                         "partial_rotary_factor"),
     # Phi3Config's top-level original_max_position_embeddings (4,096 when left out) is the one
     # LongRoPE uses: transformers overwrites the rope parameters' own with it.
     hf_defaults=dict(rms_norm_eps=1e-5, original_max_position_embeddings=4096, max_position_embeddings=4096), partial_rotary=True,

@@ -5,6 +5,8 @@ tokens, the rope kinds, and decoding through the paged cache."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 import transformers
@@ -36,7 +38,9 @@ transformers.AutoModelForCausalLM.register(transformers.MllamaTextConfig, transf
 
 def hf_config(arch_name: str, **overrides):
     arch = registry.get(arch_name)
-    values = dict(arch.tiny_config, architectures=[arch_name], **overrides)
+    # a copy: config classes fill nested settings in place (Phi3Config, BambaConfig: rope_parameters), which would
+    # change the registry's tiny config for every later test in the process
+    values = dict(copy.deepcopy(arch.tiny_config), architectures=[arch_name], **overrides)
     return transformers.AutoConfig.for_model(arch.hf_model_type, **values)
 
 

@@ -7,22 +7,11 @@ import functools
 import json
 
 import pytest
-import reference  # (its registrations too: the causal-LM classes of Emu3's and Mllama's text configs)
+import reference  # noqa: F401 - its registrations: the causal-LM classes of Emu3's and Mllama's text configs
 
 from jaxllm.errors import ConfigError
 from jaxllm.models import registry
 from jaxllm.models.mamba import MAMBA_POSITIONS
-
-
-@pytest.fixture(scope="module", autouse=True)
-def tiny_configs_as_built():
-    """The tiny configs as the other parity tests leave them: reference.hf_config hands transformers' config class
-    the registry's nested rope_parameters, which Phi3Config and BambaConfig fill in place (partial_rotary_factor,
-    original_max_position_embeddings). These tests ran after those in one file until the split, so their cases were
-    set with them filled (Phi-3's null partial_rotary_factor, refused by transformers beside an unfilled one, is read
-    by jaxllm); filled here, whatever ran before in this process."""
-    for name in registry.names():
-        reference.hf_config(name)
 
 
 def test_gemma3_text_config_of_model_type_alone_reads_as_gemma3_text_config_does():
