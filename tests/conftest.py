@@ -23,16 +23,22 @@ if os.environ["JAX_PLATFORMS"] == "cpu":
     # XLA's CPU fusion emitters (MLIR) cost each compile a fixed ~0.3 s more than its elemental emitters,
     # and half as much per layer: a 2-layer model's engine programs compile in 0.5 s without them, 1.0 s
     # with; a 30-layer one's in 4.0 s without, 2.8 s with (2-core CPU, 2026-12-02). The tests compile
-    # hundreds of tiny models' programs: without them. XLA reads XLA_FLAGS once, as the CPU backend starts,
-    # so it starts here and the variable goes back to what it was (CLIs the tests start run as users run
-    # them); xla_optimized, the real model's modules, turns them back on for its compiles.
-    _flags = os.environ.get("XLA_FLAGS")
-    os.environ["XLA_FLAGS"] = f"{_flags or ''} --xla_cpu_use_fusion_emitters=false".strip()
-    jax.devices()
-    if _flags is None:
-        del os.environ["XLA_FLAGS"]
-    else:
-        os.environ["XLA_FLAGS"] = _flags
+    # hundreds of tiny models' programs: without them, an option of each compile of this process (the CLIs
+    # the tests start run as users run them); xla_optimized, the real model's modules, keeps XLA's default.
+    # An XLA that no longer knows the option refuses the first compile: then its default, everywhere.
+    from jax._src import compiler as _compiler
+
+    _CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+    _compile_options = _compiler.get_compile_options
+
+    def _with_cpu_options(*args, env_options_overrides=None, **kwargs):
+        return _compile_options(*args, env_options_overrides={**_CPU_OPTIONS, **(env_options_overrides or {})}, **kwargs)
+
+    _compiler.get_compile_options = _with_cpu_options
+    try:
+        jax.jit(lambda x: x + 1).lower(1.0).compile()
+    except jax.errors.JaxRuntimeError:
+        _CPU_OPTIONS.clear()
 sys.path.insert(0, os.path.dirname(__file__))
 # CLIs run by the tests keep their compiled programs in a throwaway folder, not the user's home.
 if "JAXLLM_COMPILE_CACHE" not in os.environ:
@@ -51,28 +57,21 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="module")
 def xla_optimized():
-    """XLA's full CPU optimizations (turned mostly off above) for the rest of a module whose programs' run time, not
+    """XLA's full CPU optimizations and its default emitters (both turned off above) for the rest of a module whose programs' run time, not
     their compiles, is most of its time: the real model generating for long (SmolLM2's four greedy continuations of
     64 tokens: 41.8 s in all with them off, 22.0 s on, 2026-12-01). A module fixture that builds such a model asks
     for it, so its programs compile once, optimized."""
     if os.environ["JAX_PLATFORMS"] != "cpu":
         yield
         return
-    from jax._src import compiler  # XLA's options of each compile: the only way to them once the backend has started
-
-    options = compiler.get_compile_options
-
-    def with_fusion_emitters(*args, env_options_overrides=None, **kwargs):
-        overrides = {"xla_cpu_use_fusion_emitters": True, **(env_options_overrides or {})}
-        return options(*args, env_options_overrides=overrides, **kwargs)
-
+    options = dict(_CPU_OPTIONS)
     jax.config.update("jax_disable_most_optimizations", False)
-    compiler.get_compile_options = with_fusion_emitters
+    _CPU_OPTIONS.clear()
     try:
         yield
     finally:
         jax.config.update("jax_disable_most_optimizations", True)
-        compiler.get_compile_options = options
+        _CPU_OPTIONS.update(options)
 
 
 @pytest.fixture(scope="session")
