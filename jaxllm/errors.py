@@ -219,6 +219,20 @@ def utf8_lines(data: bytes, where: str) -> list[str]:
                          "save it as UTF-8") from None
 
 
+def argv_text(text: str, what: str) -> str:
+    """`text` from the command line, or an InputError naming its first byte that is not UTF-8: Python
+    keeps argv's undecodable bytes as lone surrogates, which a tokenizer or a writer refuses deep inside."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+        raw.decode("utf-8")
+    except UnicodeEncodeError as err:  # a surrogate that is no escaped byte: not from argv, but said as well
+        raise InputError(f"{what} is not valid text (character {err.start + 1}): give UTF-8 text") from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"{what} is not UTF-8 text (byte {err.start + 1}: 0x{raw[err.start]:02x}): give UTF-8 text "
+                         "(a terminal set to another encoding sends its bytes: check LANG)") from None
+    return text
+
+
 def available_memory(device=None) -> tuple[int | None, str]:
     """(bytes a new allocation can still take, where that number comes from): what the device
     reports free (bytes_limit - bytes_in_use); for a device that reports nothing (a CPU) the

@@ -16,7 +16,7 @@ import jax
 from tqdm.auto import tqdm
 
 from jaxllm import chat_template, runtime
-from jaxllm.errors import DuplicateKey, JaxllmError, unique_keys
+from jaxllm.errors import DuplicateKey, JaxllmError, argv_text, unique_keys
 from jaxllm.loader import QUANTIZE, LoadedModel, load
 from jaxllm.models.attention import KV_DTYPES
 from jaxllm.models.quant import DEFAULT_GROUP, INT8_GROUP
@@ -130,7 +130,7 @@ def model_flags() -> argparse.ArgumentParser:
     g.add_argument("--regex", help="the answer matches this regular expression")
     g.add_argument("--choice", action="append", metavar="TEXT", help="the answer is one of these (repeatable)")
     g.add_argument("--grammar", type=file_or_text, metavar="FILE|LARK", help="the answer follows this Lark grammar")
-    p.add_argument("--system", help="system message for the chat template ('': an empty one, which leaves out a "
+    p.add_argument("--system", type=argv_flag, help="system message for the chat template ('': an empty one, which leaves out a "
                                      "template's default system message)")
     p.add_argument("--chat-template-kwargs", type=template_kwargs, metavar="JSON",
                    help='variables the chat template reads, as a JSON object: \'{"enable_thinking": false}\' (Qwen3), '
@@ -195,6 +195,15 @@ def start(args) -> None:
     runtime.use_compile_cache(args.compile_cache)
 
 
+def argv_flag(text: str) -> str:
+    """A flag's text, refused as the flag is read when it is not UTF-8 (errors.argv_text): a --system
+    of undecodable bytes failed inside the tokenizer (a TypeError's traceback)."""
+    try:
+        return argv_text(text, "the value")
+    except JaxllmError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 
 
@@ -202,6 +211,7 @@ def unescape(text: str) -> str:
     """A --stop value with \\n, \\t, \\r and \\\\ read as the characters they name (a shell passes
     them as two characters; llama.cpp's --reverse-prompt reads them so too); other text as given.
     An empty one is refused as the flag is read: it would end every answer before its first word."""
+    argv_flag(text)  # undecodable bytes could never match the decoded answer
     if not text:
         raise argparse.ArgumentTypeError("a stop string cannot be empty: give the text that ends an answer, e.g. --stop '\\n'")
     return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], text)

@@ -353,6 +353,12 @@ CASES = {
                                      r"^error: cannot write y+: a name in the path is longer than the file system takes .*; choose a "
                                      "shorter output name$"),
     "cli-convert-shard-size-not-a-number": cli(convert.main, ["a", "b", "--shard-size", "big"], "invalid float value: 'big'"),
+    # undecodable bytes in argv (a terminal in another encoding): a chat's --system failed in the tokenizer (a TypeError's
+    # traceback), a --stop could never match the decoded answer
+    "cli-chat-system-undecodable": cli(chat.main, ["--system", "caf\udce9"], r"^error: argument --system: the value is not "
+                                                                            r"UTF-8 text \(byte 4: 0xe9\): give UTF-8 text"),
+    "cli-stop-undecodable": cli(generate.main, ["--stop", "\udcff", "hi"], r"^error: argument --stop: the value is not UTF-8 "
+                                                                        r"text \(byte 1: 0xff\)"),
 }
 
 
