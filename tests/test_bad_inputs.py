@@ -357,6 +357,13 @@ CASES = {
     # traceback), a --stop could never match the decoded answer
     "cli-chat-system-undecodable": cli(chat.main, ["--system", "caf\udce9"], r"^error: argument --system: the value is not "
                                                                             r"UTF-8 text \(byte 4: 0xe9\): give UTF-8 text"),
+    "cli-convert-output-empty": cli(convert.main, lambda m: [m.path("tiny"), ""],  # was read as '.': '. already exists'
+                                    "^error: the output folder is empty: give the folder to write"),
+    "cli-convert-output-undecodable": cli(convert.main, lambda m: [m.path("tiny"), "out\udcff"],  # a RuntimeError mid-write
+                                          r"^error: the output path /\S+/out\\xff is not UTF-8 text \(byte \d+: 0xff\): name it in "
+                                          "UTF-8 .*, or write --to-hf$"),
+    "cli-convert-shard-size-below-a-byte": cli(convert.main, lambda m: [m.path("tiny"), "out", "--to-hf", "--shard-size", "1e-12"],
+                                               r"^error: --shard-size 1e-12 is invalid: .* at least 1e-9 \(a byte\)$"),  # was shard_bytes=0
     "cli-stop-undecodable": cli(generate.main, ["--stop", "\udcff", "hi"], r"^error: argument --stop: the value is not UTF-8 "
                                                                         r"text \(byte 1: 0xff\)"),
 }
