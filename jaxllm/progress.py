@@ -167,11 +167,11 @@ def in_flag_terms(message: str, prompts: int = 1) -> str:
     message = re.sub(r"chat=False \(--no-chat\)|\(--no-chat, chat=False\)|chat=False", lambda m: "(--no-chat)" if
                      m.group(0).startswith("(") else "--no-chat", message)
     message = _NAMED.sub(lambda m: FLAGS[next(g for g in m.groups() if g)], message)
+    message = re.sub(r"\bstructured (json_schema|json_object|regex|choice|grammar)\b", lambda m: "--" + m.group(1).replace("_", "-"),
+                     message)  # 'structured regex is invalid' as '--regex is invalid'; before the '=' go ('--choice=')
     message = re.sub(r"(--[a-z-]+)=(?=[\s)])", r"\1", message)  # `without quantize=`
     message = re.sub(r"(--[a-z-]+)=", r"\1 ", message)
     message = re.sub(r"(?<=drop )the system message\b|(?<=, or )the system message\b", "--system", message)
-    message = re.sub(r"\bstructured (json_schema|json_object|regex|choice|grammar)\b", lambda m: "--" + m.group(1).replace("_", "-"),
-                     message)  # 'structured regex is invalid' as '--regex is invalid'
     message = message.replace(", or None for a random one", ", or leave it out for a random one")
     message = message.replace(" in the request)", ")")
     return re.sub(r"\bprompt (\d+)\b", lambda m: "the prompt" if prompts == 1 else f"prompt {int(m.group(1)) + 1}", message)
@@ -221,6 +221,8 @@ def template_kwargs(text: str) -> dict:
     """A --chat-template-kwargs value: a JSON object of the chat template's variables, checked as the
     flag is read (chat_template.check_template_kwargs)."""
     value = _json(text, '{"enable_thinking": false}')
+    if value is None:  # 'null' was taken as the flag left out
+        raise argparse.ArgumentTypeError("is null: give a JSON object, e.g. '{\"enable_thinking\": false}', or leave the flag out")
     try:
         return chat_template.check_template_kwargs(value)
     except JaxllmError as err:

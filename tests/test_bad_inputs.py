@@ -364,6 +364,11 @@ CASES = {
                                           "UTF-8 .*, or write --to-hf$"),
     "cli-convert-shard-size-below-a-byte": cli(convert.main, lambda m: [m.path("tiny"), "out", "--to-hf", "--shard-size", "1e-12"],
                                                r"^error: --shard-size 1e-12 is invalid: .* at least 1e-9 \(a byte\)$"),  # was shard_bytes=0
+    "cli-inspect-list-and-scan": cli(inspect.main, ["--list", "--scan"],  # the list was printed, --scan dropped unsaid
+                                     "^error: --list prints the supported architectures and exits, so --scan would read nothing"),
+    "cli-choice-empty": cli(generate.main, ["--choice", "", "hi"], r"^error: --choice \(''\,\) is invalid: give a list of non-empty"),  # was '--choice=('
+    "cli-template-kwargs-null": cli(generate.main, ["--chat-template-kwargs", "null", "hi"],  # was taken as the flag left out
+                                    "^error: argument --chat-template-kwargs: is null: give a JSON object"),
     "cli-stop-undecodable": cli(generate.main, ["--stop", "\udcff", "hi"], r"^error: argument --stop: the value is not UTF-8 "
                                                                         r"text \(byte 1: 0xff\)"),
 }
