@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import re
@@ -151,22 +152,27 @@ FLAGS = {"max_new_tokens": "--max-new-tokens", "temperature": "--temperature", "
          "dtype": "--dtype", "mesh": "--mesh", "speculative_tokens": "--speculative-tokens", "quantize_embeddings": "--quantize-embeddings",
          "chat_template_kwargs": "--chat-template-kwargs", "path_or_id": "--model"}
 _NAME = r"(?<![\w.'/-])({})(?![\w/-])"  # not part of a longer name, a flag or a path
+
+
 # Where a library name is the subject or object of a message: `name=value` (a keyword argument),
 # the message's first word, `drop name`, `pass name too`; names with an underscore anywhere (no
 # English word has one).
-_NAMED = re.compile("|".join([_NAME.format("|".join(FLAGS)) + "(?==)", "^" + _NAME.format("|".join(FLAGS)),
-                              r"(?:(?<=drop )|(?<=pass )|(?<=without ))" + _NAME.format("|".join(FLAGS)),
-                              _NAME.format("|".join(n for n in FLAGS if "_" in n))]))
+@functools.cache
+def _named(names: tuple[str, ...]) -> re.Pattern:
+    return re.compile("|".join([_NAME.format("|".join(names)) + "(?==)", "^" + _NAME.format("|".join(names)),
+                                r"(?:(?<=drop )|(?<=pass )|(?<=without ))" + _NAME.format("|".join(names)),
+                                _NAME.format("|".join(n for n in names if "_" in n))]))
 
 
-def in_flag_terms(message: str, prompts: int = 1) -> str:
+def in_flag_terms(message: str, prompts: int = 1, flags: dict | None = None) -> str:
     """A library message in the terms of the command line: `temperature=-1.0` as `--temperature
     -1.0`, `lower max_new_tokens` as `lower --max-new-tokens`, `chat=False` as `--no-chat`, "drop
     the system message" as "drop --system", None (unset) as leaving the flag out, and `prompt 0` as
     "the prompt" (one) or `prompt 1` (of `prompts`, counted from 1 as the answers are numbered)."""
     message = re.sub(r"chat=False \(--no-chat\)|\(--no-chat, chat=False\)|chat=False", lambda m: "(--no-chat)" if
                      m.group(0).startswith("(") else "--no-chat", message)
-    message = _NAMED.sub(lambda m: FLAGS[next(g for g in m.groups() if g)], message)
+    flags = FLAGS | (flags or {})  # a command's own flags beside the shared ones (serve's --batch-size)
+    message = _named(tuple(flags)).sub(lambda m: flags[next(g for g in m.groups() if g)], message)
     message = re.sub(r"\bstructured (json_schema|json_object|regex|choice|grammar)\b", lambda m: "--" + m.group(1).replace("_", "-"),
                      message)  # 'structured regex is invalid' as '--regex is invalid'; before the '=' go ('--choice=')
     message = re.sub(r"(--[a-z-]+)=(?=[\s)])", r"\1", message)  # `without quantize=`
@@ -178,12 +184,12 @@ def in_flag_terms(message: str, prompts: int = 1) -> str:
 
 
 @contextlib.contextmanager
-def flag_terms(prompts: int = 1):
+def flag_terms(prompts: int = 1, flags: dict | None = None):
     """Errors of the library raised inside, in the terms of the command line (`in_flag_terms`)."""
     try:
         yield
     except JaxllmError as err:
-        err.args = (in_flag_terms(str(err), prompts),)
+        err.args = (in_flag_terms(str(err), prompts, flags),)
         raise
 
 

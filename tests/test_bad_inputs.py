@@ -17,6 +17,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -144,6 +145,20 @@ def sampled(**values):
 def gen(argv):
     """python -m jaxllm.generate ARGV, on the Llama with a tokenizer."""
     return lambda m: ["--model", m.path("llama"), *argv]
+
+
+def serve_main(argv):
+    """python -m jaxllm.serve ARGV, its module imported when a case runs (it imports uvicorn and FastAPI)."""
+    from jaxllm import serve
+
+    return serve.main(argv)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 CASES = {
@@ -369,6 +384,9 @@ CASES = {
     "cli-choice-empty": cli(generate.main, ["--choice", "", "hi"], r"^error: --choice \(''\,\) is invalid: give a list of non-empty"),  # was '--choice=('
     "cli-template-kwargs-null": cli(generate.main, ["--chat-template-kwargs", "null", "hi"],  # was taken as the flag left out
                                     "^error: argument --chat-template-kwargs: is null: give a JSON object"),
+    "cli-serve-batch-beyond-memory": cli(serve_main, lambda m: ["--model", m.path("tiny"), "--port", str(free_port()),
+                                                                            "--batch-size", str(10**9)],  # was 'lower batch_size'
+                                         r"^error: an engine of .*multiple of --batch-size\) needs .*: lower --batch-size, .*--max-len \("),
     "cli-stop-undecodable": cli(generate.main, ["--stop", "\udcff", "hi"], r"^error: argument --stop: the value is not UTF-8 "
                                                                         r"text \(byte 1: 0xff\)"),
 }
