@@ -23,7 +23,7 @@ from pathlib import Path
 import jax
 
 from jaxllm import checkpoint, converted, orbax_writing, runtime, safetensors_io
-from jaxllm.errors import ArgumentParser, CheckpointError, JaxllmError, check_interrupted, handle_signals, run_cli
+from jaxllm.errors import ArgumentParser, CheckpointError, JaxllmError, argv_text, check_interrupted, handle_signals, run_cli
 from jaxllm.loader import QUANTIZE, open_checkpoint, plan
 from jaxllm.models import quant, weights
 from jaxllm.progress import Bar, flag_terms
@@ -155,9 +155,14 @@ def convert(src, dst, *, dtype=None, to_hf: bool = False, force: bool = False, m
     if isinstance(shard_bytes, bool) or not isinstance(shard_bytes, int) or shard_bytes < 1:
         raise JaxllmError(f"shard_bytes={shard_bytes!r:.40} is invalid: give the largest safetensors file's size, a positive "
                           "whole number of bytes")
+    if isinstance(dst, str) and not dst.strip():  # an unset shell variable: was read as '.', the current folder
+        raise JaxllmError("the output folder is empty: give the folder to write, e.g. ./converted")
     dst = Path(dst).expanduser()
     source = open_checkpoint(src)
     _check_dst(source.path, dst, force)
+    if not to_hf:  # orbax (tensorstore) takes UTF-8 paths only: undecodable bytes failed mid-write (a RuntimeError)
+        argv_text(str(dst.absolute()), f"the output path {dst.absolute()}", "name it in UTF-8 (orbax takes UTF-8 paths only), "
+                  "or write --to-hf")
     given = [flag for flag, value in (("--quantize", quantize), ("--quantize-embeddings", quantize_embeddings)) if value]
     if given and to_hf:  # a quantized converted folder exports its float values whatever they say: refused, not dropped
         raise JaxllmError(f"{' and '.join(given)} write{'s' if len(given) == 1 else ''} jaxllm's own format: drop --to-hf "
@@ -264,8 +269,9 @@ def main(argv=None) -> int:
             raise JaxllmError("--shard-size goes with --to-hf (the largest safetensors file): pass --to-hf too, or drop "
                               "--shard-size")
         shard_size = 5.0 if args.shard_size is None else args.shard_size
-        if not math.isfinite(shard_size) or shard_size <= 0:
-            raise JaxllmError(f"--shard-size {shard_size} is invalid: give a positive, finite number of GB (e.g. 5)")
+        if not math.isfinite(shard_size) or shard_size * 1e9 < 1:  # below a byte: was refused as shard_bytes=0
+            raise JaxllmError(f"--shard-size {shard_size} is invalid: give a positive, finite number of GB (e.g. 5), "
+                              "at least 1e-9 (a byte)")
         with flag_terms():  # the library's messages name its arguments: here, the flags (a --shard-size beyond int64: one file)
             out = convert(args.src, args.dst, dtype=args.dtype, to_hf=args.to_hf, force=args.force, mesh=args.mesh,
                           shard_bytes=int(min(shard_size * 1e9, 2**62)), quantize=args.quantize, group_size=args.group_size,

@@ -219,6 +219,19 @@ def utf8_lines(data: bytes, where: str) -> list[str]:
                          "save it as UTF-8") from None
 
 
+def argv_text(text: str, what: str, fix: str = "give UTF-8 text (a terminal set to another encoding sends its bytes: check LANG)") -> str:
+    """`text` from the command line, or an InputError naming its first byte that is not UTF-8: Python
+    keeps argv's undecodable bytes as lone surrogates, which a tokenizer or a writer refuses deep inside."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+        raw.decode("utf-8")
+    except UnicodeEncodeError as err:  # a surrogate that is no escaped byte: not from argv, but said as well
+        raise InputError(f"{what} is not valid text (character {err.start + 1}): {fix}") from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"{what} is not UTF-8 text (byte {err.start + 1}: 0x{raw[err.start]:02x}): {fix}") from None
+    return text
+
+
 def available_memory(device=None) -> tuple[int | None, str]:
     """(bytes a new allocation can still take, where that number comes from): what the device
     reports free (bytes_limit - bytes_in_use); for a device that reports nothing (a CPU) the
@@ -264,7 +277,7 @@ class ArgumentParser(argparse.ArgumentParser):
     of the command lines: 'error: argument --batch: invalid int value: 'x' (see python -m ... --help)'."""
 
     def error(self, message):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+        self.exit(2, printable(f"error: {message} (see {self.prog} --help)\n"))
 
 
 def run_cli(body, interrupted: str = "interrupted") -> int:
@@ -276,7 +289,7 @@ def run_cli(body, interrupted: str = "interrupted") -> int:
         sys.stdout.flush()  # here, where a closed pipe is caught, rather than at the interpreter's exit
         return code
     except JaxllmError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {printable(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
         print(interrupted, file=sys.stderr)
@@ -284,6 +297,15 @@ def run_cli(body, interrupted: str = "interrupted") -> int:
     except BrokenPipeError:
         _drop_stdout()
         return 141
+
+
+def printable(text: str) -> str:
+    """`text` with the undecodable bytes that argv or a path carries (lone surrogates) written as \\xff: a
+    stream that encodes strictly raised a UnicodeEncodeError on them while printing the error that names them."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _drop_stdout() -> None:

@@ -18,7 +18,7 @@ import os
 import sys
 
 from jaxllm import chat, progress, runtime
-from jaxllm.errors import BOM, ArgumentParser, JaxllmError, run_cli, utf8_lines
+from jaxllm.errors import BOM, ArgumentParser, JaxllmError, argv_text, run_cli, utf8_lines
 from jaxllm.inspect import list_architectures
 
 
@@ -50,13 +50,7 @@ def read_prompts(args) -> list[str]:
         prompt = " ".join(args.prompt)
         if not prompt.strip():  # as a blank input line is: through a chat template it was answered as an empty turn
             raise JaxllmError('the prompt is empty: give some text, e.g. python -m jaxllm.generate "Hello"')
-        raw = prompt.encode("utf-8", "surrogateescape")  # argv's bytes: Python keeps undecodable ones as surrogates
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise JaxllmError(f"the prompt is not UTF-8 text (byte {err.start + 1}: 0x{raw[err.start]:02x}): give UTF-8 text "
-                              "(a terminal set to another encoding sends its bytes: check LANG)") from None
-        return [prompt]
+        return [argv_text(prompt, "the prompt")]
     if args.batch_file:
         try:
             with open(args.batch_file, "rb") as f:

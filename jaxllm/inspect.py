@@ -215,9 +215,9 @@ def main(argv=None) -> int:
     runtime.quiet()
 
     def body() -> int:
-        if args.list and args.path:  # it prints the list and exits: the checkpoint would go uninspected, unsaid
-            raise JaxllmError(f"--list prints the supported architectures and exits, so {args.path} would not be inspected: "
-                              "give one or the other")
+        if args.list and (args.path or args.scan):  # it prints the list and exits: the checkpoint would go uninspected, unsaid
+            dropped = f"{args.path} would not be inspected" if args.path else "--scan would read nothing"
+            raise JaxllmError(f"--list prints the supported architectures and exits, so {dropped}: give one or the other")
         if args.list:
             print(list_architectures())
             return 0

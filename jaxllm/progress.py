@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import re
@@ -16,7 +17,7 @@ import jax
 from tqdm.auto import tqdm
 
 from jaxllm import chat_template, runtime
-from jaxllm.errors import DuplicateKey, JaxllmError, unique_keys
+from jaxllm.errors import DuplicateKey, JaxllmError, argv_text, unique_keys
 from jaxllm.loader import QUANTIZE, LoadedModel, load
 from jaxllm.models.attention import KV_DTYPES
 from jaxllm.models.quant import DEFAULT_GROUP, INT8_GROUP
@@ -130,7 +131,7 @@ def model_flags() -> argparse.ArgumentParser:
     g.add_argument("--regex", help="the answer matches this regular expression")
     g.add_argument("--choice", action="append", metavar="TEXT", help="the answer is one of these (repeatable)")
     g.add_argument("--grammar", type=file_or_text, metavar="FILE|LARK", help="the answer follows this Lark grammar")
-    p.add_argument("--system", help="system message for the chat template ('': an empty one, which leaves out a "
+    p.add_argument("--system", type=argv_flag, help="system message for the chat template ('': an empty one, which leaves out a "
                                      "template's default system message)")
     p.add_argument("--chat-template-kwargs", type=template_kwargs, metavar="JSON",
                    help='variables the chat template reads, as a JSON object: \'{"enable_thinking": false}\' (Qwen3), '
@@ -151,39 +152,44 @@ FLAGS = {"max_new_tokens": "--max-new-tokens", "temperature": "--temperature", "
          "dtype": "--dtype", "mesh": "--mesh", "speculative_tokens": "--speculative-tokens", "quantize_embeddings": "--quantize-embeddings",
          "chat_template_kwargs": "--chat-template-kwargs", "path_or_id": "--model"}
 _NAME = r"(?<![\w.'/-])({})(?![\w/-])"  # not part of a longer name, a flag or a path
+
+
 # Where a library name is the subject or object of a message: `name=value` (a keyword argument),
 # the message's first word, `drop name`, `pass name too`; names with an underscore anywhere (no
 # English word has one).
-_NAMED = re.compile("|".join([_NAME.format("|".join(FLAGS)) + "(?==)", "^" + _NAME.format("|".join(FLAGS)),
-                              r"(?:(?<=drop )|(?<=pass )|(?<=without ))" + _NAME.format("|".join(FLAGS)),
-                              _NAME.format("|".join(n for n in FLAGS if "_" in n))]))
+@functools.cache
+def _named(names: tuple[str, ...]) -> re.Pattern:
+    return re.compile("|".join([_NAME.format("|".join(names)) + "(?==)", "^" + _NAME.format("|".join(names)),
+                                r"(?:(?<=drop )|(?<=pass )|(?<=without ))" + _NAME.format("|".join(names)),
+                                _NAME.format("|".join(n for n in names if "_" in n))]))
 
 
-def in_flag_terms(message: str, prompts: int = 1) -> str:
+def in_flag_terms(message: str, prompts: int = 1, flags: dict | None = None) -> str:
     """A library message in the terms of the command line: `temperature=-1.0` as `--temperature
     -1.0`, `lower max_new_tokens` as `lower --max-new-tokens`, `chat=False` as `--no-chat`, "drop
     the system message" as "drop --system", None (unset) as leaving the flag out, and `prompt 0` as
     "the prompt" (one) or `prompt 1` (of `prompts`, counted from 1 as the answers are numbered)."""
     message = re.sub(r"chat=False \(--no-chat\)|\(--no-chat, chat=False\)|chat=False", lambda m: "(--no-chat)" if
                      m.group(0).startswith("(") else "--no-chat", message)
-    message = _NAMED.sub(lambda m: FLAGS[next(g for g in m.groups() if g)], message)
+    flags = FLAGS | (flags or {})  # a command's own flags beside the shared ones (serve's --batch-size)
+    message = _named(tuple(flags)).sub(lambda m: flags[next(g for g in m.groups() if g)], message)
+    message = re.sub(r"\bstructured (json_schema|json_object|regex|choice|grammar)\b", lambda m: "--" + m.group(1).replace("_", "-"),
+                     message)  # 'structured regex is invalid' as '--regex is invalid'; before the '=' go ('--choice=')
     message = re.sub(r"(--[a-z-]+)=(?=[\s)])", r"\1", message)  # `without quantize=`
     message = re.sub(r"(--[a-z-]+)=", r"\1 ", message)
     message = re.sub(r"(?<=drop )the system message\b|(?<=, or )the system message\b", "--system", message)
-    message = re.sub(r"\bstructured (json_schema|json_object|regex|choice|grammar)\b", lambda m: "--" + m.group(1).replace("_", "-"),
-                     message)  # 'structured regex is invalid' as '--regex is invalid'
     message = message.replace(", or None for a random one", ", or leave it out for a random one")
     message = message.replace(" in the request)", ")")
     return re.sub(r"\bprompt (\d+)\b", lambda m: "the prompt" if prompts == 1 else f"prompt {int(m.group(1)) + 1}", message)
 
 
 @contextlib.contextmanager
-def flag_terms(prompts: int = 1):
+def flag_terms(prompts: int = 1, flags: dict | None = None):
     """Errors of the library raised inside, in the terms of the command line (`in_flag_terms`)."""
     try:
         yield
     except JaxllmError as err:
-        err.args = (in_flag_terms(str(err), prompts),)
+        err.args = (in_flag_terms(str(err), prompts, flags),)
         raise
 
 
@@ -195,6 +201,15 @@ def start(args) -> None:
     runtime.use_compile_cache(args.compile_cache)
 
 
+def argv_flag(text: str) -> str:
+    """A flag's text, refused as the flag is read when it is not UTF-8 (errors.argv_text): a --system
+    of undecodable bytes failed inside the tokenizer (a TypeError's traceback)."""
+    try:
+        return argv_text(text, "the value")
+    except JaxllmError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 
 
@@ -202,6 +217,7 @@ def unescape(text: str) -> str:
     """A --stop value with \\n, \\t, \\r and \\\\ read as the characters they name (a shell passes
     them as two characters; llama.cpp's --reverse-prompt reads them so too); other text as given.
     An empty one is refused as the flag is read: it would end every answer before its first word."""
+    argv_flag(text)  # undecodable bytes could never match the decoded answer
     if not text:
         raise argparse.ArgumentTypeError("a stop string cannot be empty: give the text that ends an answer, e.g. --stop '\\n'")
     return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], text)
@@ -211,6 +227,8 @@ def template_kwargs(text: str) -> dict:
     """A --chat-template-kwargs value: a JSON object of the chat template's variables, checked as the
     flag is read (chat_template.check_template_kwargs)."""
     value = _json(text, '{"enable_thinking": false}')
+    if value is None:  # 'null' was taken as the flag left out
+        raise argparse.ArgumentTypeError("is null: give a JSON object, e.g. '{\"enable_thinking\": false}', or leave the flag out")
     try:
         return chat_template.check_template_kwargs(value)
     except JaxllmError as err:

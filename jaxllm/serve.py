@@ -147,7 +147,8 @@ def _main(args) -> int:
         raise JaxllmError(f"the server needs the serve extra ({_missing}): pip install 'jaxllm[serve]'")
     check_listen(args.host, args.port)  # before the model: loading it takes a while
     name = args.served_model_name or args.model or runtime.HUB_ID
-    with progress.flag_terms():  # a load's or the engine's error names the flag, not the library's argument
+    # a load's or the engine's error names the flag, not the library's argument ('lower batch_size' as 'lower --batch-size')
+    with progress.flag_terms(flags={"batch_size": "--batch-size", "max_len": "--max-len"}):
         model = progress.load_model(args)
         positions = model.config.context_length
         if args.max_len is not None and args.max_len > positions:  # requests beyond it are refused anyway: no pool for them

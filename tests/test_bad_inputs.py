@@ -17,6 +17,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -144,6 +145,20 @@ def sampled(**values):
 def gen(argv):
     """python -m jaxllm.generate ARGV, on the Llama with a tokenizer."""
     return lambda m: ["--model", m.path("llama"), *argv]
+
+
+def serve_main(argv):
+    """python -m jaxllm.serve ARGV, its module imported when a case runs (it imports uvicorn and FastAPI)."""
+    from jaxllm import serve
+
+    return serve.main(argv)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 CASES = {
@@ -353,6 +368,27 @@ CASES = {
                                      r"^error: cannot write y+: a name in the path is longer than the file system takes .*; choose a "
                                      "shorter output name$"),
     "cli-convert-shard-size-not-a-number": cli(convert.main, ["a", "b", "--shard-size", "big"], "invalid float value: 'big'"),
+    # undecodable bytes in argv (a terminal in another encoding): a chat's --system failed in the tokenizer (a TypeError's
+    # traceback), a --stop could never match the decoded answer
+    "cli-chat-system-undecodable": cli(chat.main, ["--system", "caf\udce9"], r"^error: argument --system: the value is not "
+                                                                            r"UTF-8 text \(byte 4: 0xe9\): give UTF-8 text"),
+    "cli-convert-output-empty": cli(convert.main, lambda m: [m.path("tiny"), ""],  # was read as '.': '. already exists'
+                                    "^error: the output folder is empty: give the folder to write"),
+    "cli-convert-output-undecodable": cli(convert.main, lambda m: [m.path("tiny"), "out\udcff"],  # a RuntimeError mid-write
+                                          r"^error: the output path /\S+/out\\xff is not UTF-8 text \(byte \d+: 0xff\): name it in "
+                                          "UTF-8 .*, or write --to-hf$"),
+    "cli-convert-shard-size-below-a-byte": cli(convert.main, lambda m: [m.path("tiny"), "out", "--to-hf", "--shard-size", "1e-12"],
+                                               r"^error: --shard-size 1e-12 is invalid: .* at least 1e-9 \(a byte\)$"),  # was shard_bytes=0
+    "cli-inspect-list-and-scan": cli(inspect.main, ["--list", "--scan"],  # the list was printed, --scan dropped unsaid
+                                     "^error: --list prints the supported architectures and exits, so --scan would read nothing"),
+    "cli-choice-empty": cli(generate.main, ["--choice", "", "hi"], r"^error: --choice \(''\,\) is invalid: give a list of non-empty"),  # was '--choice=('
+    "cli-template-kwargs-null": cli(generate.main, ["--chat-template-kwargs", "null", "hi"],  # was taken as the flag left out
+                                    "^error: argument --chat-template-kwargs: is null: give a JSON object"),
+    "cli-serve-batch-beyond-memory": cli(serve_main, lambda m: ["--model", m.path("tiny"), "--port", str(free_port()),
+                                                                            "--batch-size", str(10**9)],  # was 'lower batch_size'
+                                         r"^error: an engine of .*multiple of --batch-size\) needs .*: lower --batch-size, .*--max-len \("),
+    "cli-stop-undecodable": cli(generate.main, ["--stop", "\udcff", "hi"], r"^error: argument --stop: the value is not UTF-8 "
+                                                                        r"text \(byte 1: 0xff\)"),
 }
 
 
