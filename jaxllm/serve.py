@@ -28,6 +28,9 @@ try:
 except ImportError as err:  # the serve extra is not installed
     uvicorn, build_app, tool_calls, _missing = None, None, None, err
 
+# The engine's arguments serve's flags set, so that its refusals name the flags ('lower batch_size' as 'lower --batch-size')
+ENGINE_FLAGS = {"batch_size": "--batch-size", "max_len": "--max-len", "num_pages": "--num-pages", "page_size": "--page-size",
+                "memory_fraction": "--memory-fraction"}
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's; any other is its KeyError
 
 
@@ -41,6 +44,12 @@ def parse_args(argv=None):
     p.add_argument("--port", type=tcp_port, default=8000, help="TCP port, 1 to 65535 (default: %(default)s)")
     p.add_argument("--batch-size", type=at_least(1), default=32, help="sequences decoded at once (default: %(default)s)")
     p.add_argument("--max-len", type=at_least(2), help="longest prompt + answer in tokens (default: the model's positions)")
+    # the KV page pool, as jaxllm.Engine takes it (vLLM's --gpu-memory-utilization and --block-size)
+    p.add_argument("--memory-fraction", "--gpu-memory-utilization", type=fraction, default=0.9,
+                   help="share of the device memory left after the weights that the KV page pool may take, in (0, 1] "
+                        "(default: %(default)s)")
+    p.add_argument("--num-pages", type=at_least(1), help="KV pages in the pool, in place of --memory-fraction's share")
+    p.add_argument("--page-size", type=at_least(1), default=16, help="tokens per KV page (default: %(default)s)")
     p.add_argument("--max-queue", type=at_least(0), default=256,
                    help="sequences that may wait beyond a full batch; more are refused with 503 (default: %(default)s)")
     p.add_argument("--max-request-bytes", type=at_least(1),
@@ -85,6 +94,17 @@ def at_least(low: int):
         return value
 
     return whole
+
+
+def fraction(text: str) -> float:
+    """--memory-fraction: a number in (0, 1], checked as the flags are read (not after loading the model)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value <= 1:  # NaN too
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid: use a number in (0, 1], e.g. 0.9")
+    return value
 
 
 def named(what: str):
@@ -148,13 +168,14 @@ def _main(args) -> int:
     check_listen(args.host, args.port)  # before the model: loading it takes a while
     name = args.served_model_name or args.model or runtime.HUB_ID
     # a load's or the engine's error names the flag, not the library's argument ('lower batch_size' as 'lower --batch-size')
-    with progress.flag_terms(flags={"batch_size": "--batch-size", "max_len": "--max-len"}):
+    with progress.flag_terms(flags=ENGINE_FLAGS):
         model = progress.load_model(args)
         positions = model.config.context_length
         if args.max_len is not None and args.max_len > positions:  # requests beyond it are refused anyway: no pool for them
             raise JaxllmError(f"--max-len {args.max_len:,} exceeds the model's {positions:,} positions: use at most "
                               f"{positions}, or leave it out")
-        engine = Engine(model, batch_size=args.batch_size, max_len=args.max_len)
+        engine = Engine(model, batch_size=args.batch_size, max_len=args.max_len, num_pages=args.num_pages,
+                        page_size=args.page_size, memory_fraction=args.memory_fraction)
     if not args.no_warmup:
         print("compiling the engine's steps ...", file=sys.stderr, flush=True)
         warm_up(engine)

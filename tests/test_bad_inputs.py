@@ -387,6 +387,9 @@ CASES = {
     "cli-serve-batch-beyond-memory": cli(serve_main, lambda m: ["--model", m.path("tiny"), "--port", str(free_port()),
                                                                             "--batch-size", str(10**9)],  # was 'lower batch_size'
                                          r"^error: an engine of .*multiple of --batch-size\) needs .*: lower --batch-size, .*--max-len \("),
+    "cli-serve-pages-beyond-memory": cli(serve_main, lambda m: ["--model", m.path("tiny"), "--port", str(free_port()),
+                                                                "--num-pages", str(10**12)],  # the engine's num_pages, by its flag
+                                         r"^error: an engine of 1,000,000,000,000 KV pages of 16 tokens .*: pass --num-pages <= "),
     "cli-stop-undecodable": cli(generate.main, ["--stop", "\udcff", "hi"], r"^error: argument --stop: the value is not UTF-8 "
                                                                         r"text \(byte 1: 0xff\)"),
 }
@@ -779,7 +782,10 @@ def test_cli_prompt_words_are_one_prompt_as_help_says(capsys):
 @pytest.mark.parametrize("argv, flag", [(["--batch-size", "0"], "--batch-size"), (["--batch-size", "x"], "--batch-size"),
                                         (["--max-len", "1"], "--max-len"), (["--max-queue", "-1"], "--max-queue"),
                                         # an unset shell variable: served under --model's path; listening on every interface
-                                        (["--served-model-name", ""], "--served-model-name"), (["--host", " "], "--host")])
+                                        (["--served-model-name", ""], "--served-model-name"), (["--host", " "], "--host"),
+                                        (["--num-pages", "0"], "--num-pages"), (["--page-size", "0"], "--page-size"),
+                                        *((["--gpu-memory-utilization", v], "--memory-fraction/--gpu-memory-utilization")
+                                          for v in ("0", "1.5", "nan", "x"))])
 def test_serve_sizes_refused_before_loading(argv, flag, capsys):
     """serve's sizes are checked as the flags are read, in their own names: --batch-size 0 loaded
     the whole model first, then failed as 'Engine batch_size=0'."""
