@@ -34,7 +34,7 @@ ENGINE_FLAGS = {"batch_size": "--batch-size", "max_len": "--max-len", "num_pages
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's; any other is its KeyError
 
 
-def parse_args(argv=None):
+def parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m jaxllm.serve", description="Serve a model over OpenAI's HTTP API.",
                        parents=[progress.load_flags()])
     p.add_argument("--served-model-name", type=named("the name clients send as 'model'"),
@@ -73,7 +73,11 @@ def parse_args(argv=None):
                         "(default: $JAXLLM_COMPILE_CACHE, else %(default)s)")
     p.add_argument("--log-level", default="info", type=str.lower, choices=LOG_LEVELS,
                    help="uvicorn's log level (default: %(default)s)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return parser().parse_args(argv)
 
 
 def _whole(text: str) -> int | None:

@@ -55,7 +55,10 @@ SAMPLING = {"--max-new-tokens", "--temperature", "--top-p", "--top-k", "--min-p"
             "--json-schema", "--json-object", "--regex", "--choice", "--grammar"}  # structured outputs
 
 
-def test_readme_names_every_flag_of_generate_and_chat():
-    """README's lists of generate's and chat's flags are what their parsers take: none missing, none gone."""
+def test_readme_names_every_flag_of_generate_chat_and_serve():
+    """README's lists of generate's, chat's and serve's flags are what their parsers take: none missing, none gone."""
+    from jaxllm import serve  # (it imports the serve extra's FastAPI / Starlette)
+
     assert _readme_flags("Options: `--model", "(`--help` says") == _flags(generate.parser())
     assert _readme_flags("It takes generate's flags", "One engine") == _flags(chat.parser()) - SAMPLING
+    assert _readme_flags("Options: `--model --revision --served-model-name", "**Tool calls**") == _flags(serve.parser())
