@@ -168,6 +168,15 @@ CASES = {
     "logit-bias-token-twice": lib(sampled(logit_bias={"5": 1, "05": -100}), r"logit_bias=\[\[5, 1\], \[5, -100\]\] is invalid: it gives "
                                                                              "token 5 two biases: give each token one$"),
     "logit-bias-beyond-vocab": lib(sampled(logit_bias={10**6: -100}, max_new_tokens=4), "logit_bias=.* is invalid: token 1000000 is beyond the model's"),
+    # JSON keys str.isdigit takes and int() does not, keys no dict holds, numbers beyond a float: were a ValueError,
+    # TypeError or OverflowError (the server's 500)
+    "logit-bias-key-superscript": lib(sampled(logit_bias={"\u00b2": 1}), r"^logit_bias=\{'\u00b2': 1\} is invalid: token id '\u00b2' is not a token id"),
+    "logit-bias-key-two-minus": lib(sampled(logit_bias={"--5": 1}), "^logit_bias=.* is invalid: token id '--5' is not a token id"),
+    "logit-bias-key-5000-digits": lib(sampled(logit_bias={"9" * 5000: 1}), r"^logit_bias=\{'9{60,}\.\.\. is invalid: token id '9+\.\.\. is not"),
+    "logit-bias-key-a-list": lib(sampled(logit_bias=[([5], 1)]), r"^logit_bias=\[\[\[5\], 1\]\] is invalid: token id \[5\] is not a token id"),
+    "logit-bias-beyond-float": lib(sampled(logit_bias={5: 10**400}), r"^logit_bias=.* is invalid: the bias of token 5 is 10{70,}\.\.\.: use a number in"),
+    "top-p-beyond-float": lib(sampled(top_p=10**400), r"^top_p=10{70,}\.\.\. is invalid: beyond float32"),
+    "temperature-beyond-float": lib(sampled(temperature=-10**400), r"^temperature=-10{70,}\.\.\. is invalid: beyond float32"),
     "min-tokens-beyond-max-new-tokens": lib(sampled(min_tokens=9, max_new_tokens=4),
                                             r"min_tokens=9 is invalid: use a whole number from 0 to max_new_tokens \(4\)"),
     "stop-token-ids-negative": lib(sampled(stop_token_ids=[-2]), r"stop_token_ids=\[-2\] is invalid: use a list of token ids"),
