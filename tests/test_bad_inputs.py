@@ -685,6 +685,15 @@ LIBRARY_MISUSE = {
                       r"trace jaxllm.research.token_logprobs\(model.graphdef, model.params, tokens\) instead"),
     "research-beyond-learned-positions": (lambda m: research.logits(m.gpt2.graphdef, m.gpt2.params, jnp.zeros((1, 65), jnp.int32)),
                                           "tokens of 65 positions exceed the 64 positions this model has learned"),
+    # a mask of other values than 0 and 1 (ids passed as the mask?) counted them as tokens
+    "mask-values-not-0-or-1": (lambda m: m.tiny.logits([[1, 2]], attention_mask=[[1, 2]]),
+                               r"^attention_mask must hold 1 \(or True\) at each token and 0 at padding; it holds 2 at \[0, 1\]: "
+                               "pass the 0/1 mask"),
+    "pure-mask-values-not-0-or-1": (lambda m: research.hidden_states(m.tiny.graphdef, m.tiny.params, jnp.ones((1, 2), jnp.int32),
+                                                                     attention_mask=jnp.array([[-1, 1]])),
+                                    r"^attention_mask must hold 1 \(or True\) .* it holds -1 at \[0, 0\]"),
+    "prompt-a-0d-array": (lambda m: m.tiny.generate(np.array(3), {"max_new_tokens": 1}),  # was len()'s TypeError
+                          r"^prompts must be a string, token ids or a list of those, got a 0-d array \(array\(3\)\): pass"),
     "folder-of-gguf-files": (lambda m: jaxllm.load(m.files["gguf_folder"]),
                              r"has no config.json but holds 1 GGUF file \(model.gguf\): pass the file, e.g. .*model.gguf"),
 }
