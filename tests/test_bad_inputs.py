@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 import jaxllm
-from jaxllm import chat, checkpoint, convert, generate, inspect, loader, progress, research, safetensors_io
+from jaxllm import chat, chat_template, checkpoint, convert, generate, inspect, loader, progress, research, safetensors_io
 from jaxllm.engine import Engine, Request
 from jaxllm.errors import JaxllmError, utf8_lines
 from jaxllm.models import weights
@@ -694,6 +694,21 @@ LIBRARY_MISUSE = {
                                     r"^attention_mask must hold 1 \(or True\) .* it holds -1 at \[0, 0\]"),
     "prompt-a-0d-array": (lambda m: m.tiny.generate(np.array(3), {"max_new_tokens": 1}),  # was len()'s TypeError
                           r"^prompts must be a string, token ids or a list of those, got a 0-d array \(array\(3\)\): pass"),
+    # a conversation that is not one, given to the template, was "the chat template failed ...: fix the template"
+    **{f"messages-{name}": (lambda m, messages=messages, tools=tools: chat_template.encode_messages(m.llama_tok.tokenizer, messages, tools=tools), match)
+       for name, messages, tools, match in [
+           ("a-string", "hi", None, r'^messages must be a non-empty list of \{"role": ..., "content": ...\} dicts, got \'hi\'$'),
+           ("empty", [], None, "^messages must be a non-empty list .* got \\[\\]$"),
+           ("one-dict", {"role": "user", "content": "hi"}, None, r"^messages must be a non-empty list .* got \{'role'"),
+           ("of-strings", ["hi"], None, r"^messages\[0\] must be a dict with a role and content, got 'hi'$"),
+           ("without-role", [{"content": "hi"}], None, r'^messages\[0\] needs a "role", a string \("system", .*got None$'),
+           ("role-a-number", [{"role": 5, "content": "hi"}], None, r'^messages\[0\] needs a "role", .*got 5$'),
+           ("without-content", [{"role": "user"}], None, r'^messages\[0\] \(user\) has no content: give its text as "content"$'),
+           ("content-a-number", [{"role": "user", "content": 5}], None,
+            r"^messages\[0\]\.content must be text \(a string\) or a list of parts, got int 5$"),
+           ("tools-of-strings", [{"role": "user", "content": "hi"}], ["f"], r"^tools must be a list of tool dicts .* got \['f'\]$")]},
+    "messages-template-kwargs-bad": (lambda m: chat_template.encode_messages(m.llama_tok.tokenizer, [{"role": "user", "content": "hi"}], {"1a": 2}),
+                                     r"^chat_template_kwargs must map the chat template's variable names"),  # not 'the template failed'
     "folder-of-gguf-files": (lambda m: jaxllm.load(m.files["gguf_folder"]),
                              r"has no config.json but holds 1 GGUF file \(model.gguf\): pass the file, e.g. .*model.gguf"),
 }
