@@ -3,7 +3,9 @@ template's own variables (chat_template_kwargs) checked and its failures refused
 
 from __future__ import annotations
 
-from jaxllm.errors import GenerationError, InputError
+from collections.abc import Mapping
+
+from jaxllm.errors import GenerationError, InputError, shown
 from jaxllm.tokenizing import APPLY_OPTIONS
 
 
@@ -63,10 +65,11 @@ def encode_messages(tokenizer, messages: list[dict], template_kwargs: dict | Non
     items: transformers' `tools=`; a template that reads none leaves them out)."""
     import jinja2  # what transformers and jaxllm.tokenizing render templates with
 
+    check_messages(messages, tools)
     offered = {"tools": tools} if tools else {}  # none at all: templates test `tools is not none`, and [] is not
+    variables = check_template_kwargs(template_kwargs)  # its error is the caller's, not the template's
     try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **offered,
-                                             **check_template_kwargs(template_kwargs))
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **offered, **variables)
     except jinja2.TemplateSyntaxError as err:  # the template itself does not parse
         raise InputError(f"the tokenizer's chat template is invalid (line {err.lineno}: {err.message}): fix the template "
                          "(chat_template in tokenizer_config.json, or a GGUF's tokenizer.chat_template), or generate without it "
@@ -80,3 +83,27 @@ def encode_messages(tokenizer, messages: list[dict], template_kwargs: dict | Non
                          "(chat_template in tokenizer_config.json, or a GGUF's tokenizer.chat_template), or generate without it "
                          "(--no-chat, chat=False)") from None
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def check_messages(messages, tools=None) -> None:
+    """An InputError naming what is wrong with a conversation before the template renders it (whose failure would
+    blame the template): not a non-empty list of dicts, a message without a role (a string) or whose content is
+    neither text nor a list of parts (none only beside an assistant's tool_calls); tools not a list of dicts."""
+    shape = 'a non-empty list of {"role": ..., "content": ...} dicts'
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise InputError(f"messages must be {shape}, got {shown(messages, 60)}")
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping):
+            raise InputError(f"messages[{i}] must be a dict with a role and content, got {shown(m, 60)}")
+        role, content = m.get("role"), m.get("content")
+        if not isinstance(role, str) or not role:
+            raise InputError(f'messages[{i}] needs a "role", a string ("system", "user", "assistant", "tool"), got '
+                             f"{shown(role, 40)}")
+        if content is None and not m.get("tool_calls"):
+            raise InputError(f'messages[{i}] ({role}) has no content: give its text as "content"')
+        if content is not None and not isinstance(content, (str, list)):
+            raise InputError(f"messages[{i}].content must be text (a string) or a list of parts, got {type(content).__name__} "
+                             f"{shown(content, 40)}")
+    if tools is not None and (not isinstance(tools, (list, tuple)) or not all(isinstance(t, Mapping) for t in tools)):
+        raise InputError(f'tools must be a list of tool dicts ({{"type": "function", "function": {{"name": ...}}}}), got '
+                         f"{shown(tools, 60)}")

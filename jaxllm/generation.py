@@ -136,6 +136,9 @@ def _is_single(prompts) -> bool:
     if isinstance(prompts, (bytes, dict)) or not hasattr(prompts, "__len__") or not hasattr(prompts, "__getitem__"):
         raise GenerationError(f"prompts must be a string, token ids (a list, tuple or numpy array) or a list of those, "
                               f"got {type(prompts).__name__}")
+    if getattr(prompts, "ndim", None) == 0:  # len() of it raised a TypeError
+        raise GenerationError(f"prompts must be a string, token ids or a list of those, got a 0-d array ({shown(prompts, 40)}): "
+                              "pass one prompt's ids as a list or 1-D array, e.g. [5]")
     if getattr(prompts, "ndim", None) == 1:  # a 1-D array is one prompt's ids, even an empty one
         return True
     first = prompts[0] if len(prompts) else None

@@ -138,8 +138,10 @@ class LoadedModel:
         if tokens.ndim not in (1, 2) or tokens.shape[-1] == 0:  # one sequence [seq]: results without the batch axis
             raise InputError(f"token_ids must be [batch, seq] or [seq] with seq >= 1, got shape {tuple(tokens.shape)}")
         mask = {}  # none passed without one: the same compiled call as research.jitted(name)(graphdef, params, ids)
-        if attention_mask is not None:  # its shape and dtype are checked with the ids' (jaxllm.research)
-            mask["attention_mask"] = sharding.put_replicated(research.as_array(attention_mask, "attention_mask"), self.mesh)
+        if attention_mask is not None:  # its shape and dtype are checked with the ids' (jaxllm.research), its values here
+            array = research.as_array(attention_mask, "attention_mask")
+            research.check_mask_values(array)
+            mask["attention_mask"] = sharding.put_replicated(array, self.mesh)
         return research.jitted(name, self.mesh)(self.graphdef, self.params, sharding.put_replicated(tokens, self.mesh), *static, **mask)
 
 

@@ -64,6 +64,7 @@ def _merge(graphdef, params, tokens, attention_mask=None):
         if not (attention_mask.dtype == jnp.bool_ or jnp.issubdtype(attention_mask.dtype, jnp.integer)):
             raise InputError(f"attention_mask must hold 1 (or True) at each token and 0 at padding, as integers or bools; "
                              f"got {attention_mask.dtype}")
+        check_mask_values(attention_mask)
         attention_mask = attention_mask != 0
     return model, tokens, attention_mask
 
@@ -81,6 +82,18 @@ def as_array(tokens, what: str = "tokens"):
         held = "integer token ids" if what == "tokens" else "0s and 1s (or bools)"
         raise InputError(f"{what} must be {held} in an array or a list of equally long lists ({first}): "
                          "pad the rows to one length, or score them one at a time") from None
+
+
+def check_mask_values(mask) -> None:
+    """An InputError for an attention mask holding other values than 0 and 1 (False and True): a 2 or -1 (ids passed
+    as the mask?) counted as a token. Host-side: the methods call it; traced masks are not read."""
+    if isinstance(mask, jax.core.Tracer) or mask.dtype == jnp.bool_:
+        return
+    bad = (mask != 0) & (mask != 1)
+    if bool(bad.any()):
+        where = tuple(int(i[0]) for i in jnp.nonzero(bad))
+        raise InputError(f"attention_mask must hold 1 (or True) at each token and 0 at padding; it holds "
+                         f"{int(mask[where])} at {list(where)}: pass the 0/1 mask the tokenizer gives, not the ids")
 
 
 def _decoder(model, tokens, keep, trace=None):

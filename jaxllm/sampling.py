@@ -146,9 +146,9 @@ class SamplingParams:
         def bad(name, value, rule):
             raise GenerationError(f"{name}={shown(value)} is invalid: {rule}")
 
-        for name in _RANGES:  # finite, yet inf as float32
+        for name in _RANGES:  # finite, yet inf as float32 (a Python int of 400 digits too)
             value = getattr(self, name)
-            if isinstance(value, (int, float)) and math.isfinite(value) and abs(value) > _FLOAT32_MAX:
+            if _finite(value) and abs(value) > _FLOAT32_MAX:
                 bad(name, value, "beyond float32, which the device samples in (at most 3.4e38): use a smaller number")
         least = 0 if isinstance(self.prompt_logprobs, (bool, np.bool_)) and self.prompt_logprobs else 1
         if not _whole(self.max_new_tokens) or not least <= self.max_new_tokens <= MAX_TOKENS:
@@ -235,7 +235,9 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    """A number that is neither NaN nor infinite: any Python int (math.isfinite overflows on one beyond a float's
+    range: a JSON number of 400 digits), a float that is finite."""
+    return _whole(x) or (isinstance(x, float) and math.isfinite(x))
 
 
 def _whole(x) -> bool:
@@ -266,16 +268,30 @@ def _bias_pairs(bias):
     if bias is None:
         return ()
     if isinstance(bias, Mapping):
-        items = []
-        for k, v in bias.items():
-            if isinstance(k, str) and k.strip().lstrip("-").isdigit():
-                k = int(k)
-            items.append((_plain(k), _plain(v)))
-        bias = items
+        bias = [(_token_key(k), _plain(v)) for k, v in bias.items()]
     if isinstance(bias, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in bias):
         pairs = tuple((k, v) for k, v in bias)
         return tuple(sorted(pairs, key=lambda p: p[0])) if all(_whole(k) for k, _ in pairs) else pairs
     return bias
+
+
+def _token_key(key):
+    """A logit_bias key as a token id: JSON's string keys ("50256", "-1") read as whole numbers; any other key as it
+    is, for validate to refuse by name ('\u00b2', '--5' and a key of 5,000 digits are digits to str.isdigit, not to int)."""
+    if isinstance(key, str) and key.strip().lstrip("-").isdigit():
+        try:
+            return int(key)
+        except ValueError:
+            return key
+    return _plain(key)
+
+
+def _pairs_shown(bias: tuple):
+    """logit_bias pairs as a message shows them: a dict, or a list of pairs where a key cannot be a dict's (a list)."""
+    try:
+        return dict(bias)
+    except TypeError:
+        return [list(p) for p in bias]
 
 
 def _check_bias(bias, bad) -> None:
@@ -283,9 +299,9 @@ def _check_bias(bias, bad) -> None:
         bad("logit_bias", bias, "use a mapping of token ids to numbers in [-100, 100], e.g. {50256: -100}")
     for token, value in bias:
         if not _whole(token) or token < 0:
-            bad("logit_bias", dict(bias), f"token id {shown(token)} is not a token id: use whole numbers >= 0")
+            bad("logit_bias", _pairs_shown(bias), f"token id {shown(token)} is not a token id: use whole numbers >= 0")
         if not _finite(value) or not -100 <= value <= 100:
-            bad("logit_bias", dict(bias), f"the bias of token {token} is {shown(value)}: use a number in [-100, 100]")
+            bad("logit_bias", _pairs_shown(bias), f"the bias of token {shown(token)} is {shown(value)}: use a number in [-100, 100]")
     twice = next((a for (a, _), (b, _) in zip(bias, bias[1:]) if a == b), None)  # sorted: "5" and "05" are both token 5
     if twice is not None:
         bad("logit_bias", [list(p) for p in bias], f"it gives token {twice} two biases: give each token one")

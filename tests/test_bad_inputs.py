@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 
 import jaxllm
-from jaxllm import chat, checkpoint, convert, generate, inspect, loader, progress, research, safetensors_io
+from jaxllm import chat, chat_template, checkpoint, convert, generate, inspect, loader, progress, research, safetensors_io
 from jaxllm.engine import Engine, Request
 from jaxllm.errors import JaxllmError, utf8_lines
 from jaxllm.models import weights
@@ -183,6 +183,15 @@ CASES = {
     "logit-bias-token-twice": lib(sampled(logit_bias={"5": 1, "05": -100}), r"logit_bias=\[\[5, 1\], \[5, -100\]\] is invalid: it gives "
                                                                              "token 5 two biases: give each token one$"),
     "logit-bias-beyond-vocab": lib(sampled(logit_bias={10**6: -100}, max_new_tokens=4), "logit_bias=.* is invalid: token 1000000 is beyond the model's"),
+    # JSON keys str.isdigit takes and int() does not, keys no dict holds, numbers beyond a float: were a ValueError,
+    # TypeError or OverflowError (the server's 500)
+    "logit-bias-key-superscript": lib(sampled(logit_bias={"\u00b2": 1}), r"^logit_bias=\{'\u00b2': 1\} is invalid: token id '\u00b2' is not a token id"),
+    "logit-bias-key-two-minus": lib(sampled(logit_bias={"--5": 1}), "^logit_bias=.* is invalid: token id '--5' is not a token id"),
+    "logit-bias-key-5000-digits": lib(sampled(logit_bias={"9" * 5000: 1}), r"^logit_bias=\{'9{60,}\.\.\. is invalid: token id '9+\.\.\. is not"),
+    "logit-bias-key-a-list": lib(sampled(logit_bias=[([5], 1)]), r"^logit_bias=\[\[\[5\], 1\]\] is invalid: token id \[5\] is not a token id"),
+    "logit-bias-beyond-float": lib(sampled(logit_bias={5: 10**400}), r"^logit_bias=.* is invalid: the bias of token 5 is 10{70,}\.\.\.: use a number in"),
+    "top-p-beyond-float": lib(sampled(top_p=10**400), r"^top_p=10{70,}\.\.\. is invalid: beyond float32"),
+    "temperature-beyond-float": lib(sampled(temperature=-10**400), r"^temperature=-10{70,}\.\.\. is invalid: beyond float32"),
     "min-tokens-beyond-max-new-tokens": lib(sampled(min_tokens=9, max_new_tokens=4),
                                             r"min_tokens=9 is invalid: use a whole number from 0 to max_new_tokens \(4\)"),
     "stop-token-ids-negative": lib(sampled(stop_token_ids=[-2]), r"stop_token_ids=\[-2\] is invalid: use a list of token ids"),
@@ -715,6 +724,30 @@ LIBRARY_MISUSE = {
                       r"trace jaxllm.research.token_logprobs\(model.graphdef, model.params, tokens\) instead"),
     "research-beyond-learned-positions": (lambda m: research.logits(m.gpt2.graphdef, m.gpt2.params, jnp.zeros((1, 65), jnp.int32)),
                                           "tokens of 65 positions exceed the 64 positions this model has learned"),
+    # a mask of other values than 0 and 1 (ids passed as the mask?) counted them as tokens
+    "mask-values-not-0-or-1": (lambda m: m.tiny.logits([[1, 2]], attention_mask=[[1, 2]]),
+                               r"^attention_mask must hold 1 \(or True\) at each token and 0 at padding; it holds 2 at \[0, 1\]: "
+                               "pass the 0/1 mask"),
+    "pure-mask-values-not-0-or-1": (lambda m: research.hidden_states(m.tiny.graphdef, m.tiny.params, jnp.ones((1, 2), jnp.int32),
+                                                                     attention_mask=jnp.array([[-1, 1]])),
+                                    r"^attention_mask must hold 1 \(or True\) .* it holds -1 at \[0, 0\]"),
+    "prompt-a-0d-array": (lambda m: m.tiny.generate(np.array(3), {"max_new_tokens": 1}),  # was len()'s TypeError
+                          r"^prompts must be a string, token ids or a list of those, got a 0-d array \(array\(3\)\): pass"),
+    # a conversation that is not one, given to the template, was "the chat template failed ...: fix the template"
+    **{f"messages-{name}": (lambda m, messages=messages, tools=tools: chat_template.encode_messages(m.llama_tok.tokenizer, messages, tools=tools), match)
+       for name, messages, tools, match in [
+           ("a-string", "hi", None, r'^messages must be a non-empty list of \{"role": ..., "content": ...\} dicts, got \'hi\'$'),
+           ("empty", [], None, "^messages must be a non-empty list .* got \\[\\]$"),
+           ("one-dict", {"role": "user", "content": "hi"}, None, r"^messages must be a non-empty list .* got \{'role'"),
+           ("of-strings", ["hi"], None, r"^messages\[0\] must be a dict with a role and content, got 'hi'$"),
+           ("without-role", [{"content": "hi"}], None, r'^messages\[0\] needs a "role", a string \("system", .*got None$'),
+           ("role-a-number", [{"role": 5, "content": "hi"}], None, r'^messages\[0\] needs a "role", .*got 5$'),
+           ("without-content", [{"role": "user"}], None, r'^messages\[0\] \(user\) has no content: give its text as "content"$'),
+           ("content-a-number", [{"role": "user", "content": 5}], None,
+            r"^messages\[0\]\.content must be text \(a string\) or a list of parts, got int 5$"),
+           ("tools-of-strings", [{"role": "user", "content": "hi"}], ["f"], r"^tools must be a list of tool dicts .* got \['f'\]$")]},
+    "messages-template-kwargs-bad": (lambda m: chat_template.encode_messages(m.llama_tok.tokenizer, [{"role": "user", "content": "hi"}], {"1a": 2}),
+                                     r"^chat_template_kwargs must map the chat template's variable names"),  # not 'the template failed'
     "folder-of-gguf-files": (lambda m: jaxllm.load(m.files["gguf_folder"]),
                              r"has no config.json but holds 1 GGUF file \(model.gguf\): pass the file, e.g. .*model.gguf"),
 }

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
@@ -44,6 +45,8 @@ from jaxllm.engine import Engine, Request
 from jaxllm.errors import JaxllmError
 from jaxllm.generation import Output
 from jaxllm.sampling import SamplingParams
+
+log = logging.getLogger("jaxllm")
 
 RETRY_AFTER_S = 1
 MIN_REQUEST_BYTES = 1 << 20  # the default body limit: 16 bytes per token of context, at least this
@@ -314,7 +317,9 @@ class Server:
                     yield _event(fmt.envelope([out], chunk=True))
             if prompt_tokens is not None:
                 yield _event(fmt.envelope([], usage(prompt_tokens, sum(len(o.tokens) for o in outputs)), chunk=True))
-        except (JaxllmError, EngineFailed) as err:  # the status line has gone: the error is the stream's last event
+        except Exception as err:  # noqa: BLE001 - the status line has gone: the error is the stream's last event (a bug's too,
+            if not isinstance(err, (JaxllmError, EngineFailed)):  # which ended the stream without one, or [DONE])
+                log.exception("a streamed answer failed")
             yield _event(_error_of(err, body).body())
         yield "data: [DONE]\n\n"
 
@@ -337,7 +342,8 @@ def _error_of(err: Exception, body=None) -> APIError:
     """An error as OpenAI's error object: a library error a 400 (in `body`'s names when given: its request's), any other a 500."""
     if isinstance(err, JaxllmError):
         return bad_request(err) if body is None else body.refusal(err)
-    return APIError(500, str(err), kind="server_error")
+    first = (str(err).strip().splitlines() or [""])[0][:300]
+    return APIError(500, first or f"the server failed ({type(err).__name__})", kind="server_error")
 
 
 def _routing_error(request: HTTPRequest, err: HTTPException, routes: list[Route]) -> APIError:
@@ -400,8 +406,8 @@ def build_app(model, engine: Engine, *, name: str, max_queue: int = 256, max_req
     async def on_api_error(request, err: APIError):
         return err.response()
 
-    async def on_library_error(request, err: Exception):
-        return _error_of(err).response()
+    async def on_library_error(request, err: Exception):  # any other exception too (a bug): OpenAI's error body, not
+        return _error_of(err).response()  # Starlette's plain-text 500; Starlette logs its traceback
 
     routes = [
         Route("/v1/models", server.models, methods=["GET"]),
@@ -418,7 +424,7 @@ def build_app(model, engine: Engine, *, name: str, max_queue: int = 256, max_req
         return Response(status_code=499)  # nobody reads it; nothing was submitted
 
     handlers = {APIError: on_api_error, JaxllmError: on_library_error, EngineFailed: on_library_error,
-                HTTPException: on_http_error, ClientDisconnect: on_client_gone}
+                HTTPException: on_http_error, ClientDisconnect: on_client_gone, Exception: on_library_error}
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     app.state.engine_loop, app.state.server = loop, server
     return app

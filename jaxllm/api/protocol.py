@@ -495,10 +495,7 @@ class ChatRequest(_Common):
                 raise APIError(400, f"{where}.function.name '{fn.name}' is tools[{names[fn.name]}]'s too: give each "
                                "function a name of its own", f"{where}.function.name")
             names[fn.name] = i
-            kind = (fn.parameters or {}).get("type", "object")
-            if kind != "object":
-                raise APIError(400, f"{where}.function.parameters is a schema of type {json.dumps(kind)}: describe the "
-                               'arguments as a JSON schema of type "object" (its properties)', f"{where}.function.parameters")
+            _check_parameters(fn.parameters or {}, f"{where}.function.parameters")
         choice, name = self.tool_choice, forced_tools.named(self.tool_choice)
         if choice in (None, "none", "auto"):
             return
@@ -543,6 +540,23 @@ class ChatRequest(_Common):
             return encode_messages(tokenizer, messages, variables, [t.model_dump(exclude_none=True) for t in self.tools or []])
         except JaxllmError as err:  # encode_messages: the template refused them, or does not parse
             raise APIError(400, str(err), "messages") from None
+
+
+def _check_parameters(schema: dict, where: str) -> None:
+    """A tool's parameters: a JSON schema of type "object" whose properties map names to schemas (objects, or
+    JSON Schema's true / false) and whose required list names them: the chat template showed the model any other
+    shape ("properties": 5) as it came, and the answer was made from it."""
+    kind = schema.get("type", "object")
+    if kind != "object":
+        raise APIError(400, f"{where} is a schema of type {json.dumps(kind)}: describe the arguments as a JSON schema of "
+                       'type "object" (its properties)', where)
+    properties, required = schema.get("properties", {}), schema.get("required", [])
+    if not isinstance(properties, dict) or not all(isinstance(p, (dict, bool)) for p in properties.values()):
+        raise APIError(400, f"{where}.properties must map each argument's name to its JSON schema (an object), got "
+                       f"{json.dumps(properties)[:80]}", f"{where}.properties")
+    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+        raise APIError(400, f"{where}.required must be a list of the names of the arguments a call must give, got "
+                       f"{json.dumps(required)[:80]}", f"{where}.required")
 
 
 ROLES = ("system", "user", "assistant", "tool")  # those chat templates render (a tool's answer: "tool")
