@@ -39,7 +39,7 @@ import jax
 import numpy as np
 
 from jaxllm import runtime, structured
-from jaxllm.errors import GenerationError, check_prompt_ids
+from jaxllm.errors import GenerationError, check_prompt_ids, shown
 from jaxllm.models.attention import check_kv_dtype
 from jaxllm.models.config_fields import token_ids
 from jaxllm.sampling import STOP_TOKEN_IDS_MAX, SamplingParams, logprob_width, step_kind
@@ -220,11 +220,11 @@ class Engine:
         params.validate()
         if params.structured is not None:
             structured.check(params.structured, self.grammar_tokenizer())
-        for name, ids, shown in (("logit_bias", [t for t, _ in params.logit_bias], dict(params.logit_bias)),
+        for name, ids, given in (("logit_bias", [t for t, _ in params.logit_bias], dict(params.logit_bias)),
                                  ("stop_token_ids", params.stop_token_ids, list(params.stop_token_ids))):
             beyond = [t for t in ids if t >= self.cfg.output_vocab]  # the logits' width
             if beyond:
-                raise GenerationError(f"{name}={shown} is invalid: token {beyond[0]} is beyond the model's "
+                raise GenerationError(f"{name}={shown(given)} is invalid: token {shown(beyond[0])} is beyond the model's "
                                       f"{self.cfg.output_vocab:,} tokens: use ids below {self.cfg.output_vocab:,}")
         ids = check_prompt_ids(req.prompt, self.cfg, "prompt", dims=(1,), allow_empty=False).tolist()
         n = len(ids)

@@ -163,8 +163,7 @@ class SamplingParams:
         if self.seed is not None and (not _whole(self.seed) or not 0 <= self.seed < 2**32):
             bad("seed", self.seed, "use a whole number in [0, 2**32), or None for a random one")
         _check_bias(self.logit_bias, bad)
-        if not isinstance(self.stop, tuple) or any(not isinstance(s, str) or not s for s in self.stop):
-            bad("stop", list(self.stop) if isinstance(self.stop, tuple) else self.stop, "use a non-empty string or a list of them")
+        _check_stop_strings(self.stop, bad)
         for name in ("ignore_eos", "logprobs", "include_stop_str_in_output", "skip_special_tokens"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 bad(name, getattr(self, name), "use True or False")
@@ -335,6 +334,14 @@ def _check_stop_ids(ids, bad) -> None:
         bad("stop_token_ids", list(ids) if isinstance(ids, tuple) else ids, "use a list of token ids (whole numbers >= 0)")
     if len(ids) > STOP_TOKEN_IDS_MAX:
         bad("stop_token_ids", f"<{len(ids)} ids>", f"name at most {STOP_TOKEN_IDS_MAX} tokens")
+
+
+def _check_stop_strings(stop, bad) -> None:
+    if not isinstance(stop, tuple) or any(not isinstance(s, str) or not s for s in stop):
+        bad("stop", list(stop) if isinstance(stop, tuple) else stop, "use a non-empty string or a list of them")
+    for text in stop:  # a lone surrogate (a JSON "\udcff", argv's undecodable byte): no decoded answer holds one
+        if not text.isascii() and any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+            bad("stop", text, "a lone surrogate (an undecodable byte) never matches the decoded answer: give valid Unicode text")
 
 
 def _stop_strings(stop):

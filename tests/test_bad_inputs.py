@@ -183,6 +183,8 @@ CASES = {
     "logit-bias-token-twice": lib(sampled(logit_bias={"5": 1, "05": -100}), r"logit_bias=\[\[5, 1\], \[5, -100\]\] is invalid: it gives "
                                                                              "token 5 two biases: give each token one$"),
     "logit-bias-beyond-vocab": lib(sampled(logit_bias={10**6: -100}, max_new_tokens=4), "logit_bias=.* is invalid: token 1000000 is beyond the model's"),
+    "stop-id-of-400-digits": lib(sampled(stop_token_ids=[10**400], max_new_tokens=4),  # was printed whole: a 1 KB line
+                                 r"^stop_token_ids=\[10{70,}\.\.\. is invalid: token 10{70,}\.\.\. is beyond the model's"),
     # JSON keys str.isdigit takes and int() does not, keys no dict holds, numbers beyond a float: were a ValueError,
     # TypeError or OverflowError (the server's 500)
     "logit-bias-key-superscript": lib(sampled(logit_bias={"\u00b2": 1}), r"^logit_bias=\{'\u00b2': 1\} is invalid: token id '\u00b2' is not a token id"),
@@ -205,6 +207,8 @@ CASES = {
     "stop-not-strings": lib(sampled(stop=[1, 2]), r"stop=\[1, 2\] is invalid: use a non-empty string"),
     "stop-a-number": lib(sampled(stop=5), "stop=5 is invalid"),
     "stop-empty-string": lib(sampled(stop=[""]), "stop=.* is invalid"),
+    "stop-lone-surrogate": lib(sampled(stop=["ok", "a\udcff"]),  # a JSON "\udcff": accepted, and it never matched
+                               r"stop='a\\udcff' is invalid: a lone surrogate .* give valid Unicode text"),
     "seed-float": lib(sampled(seed=1.5), r"seed=1.5 is invalid: use a whole number in \[0, 2\*\*32\)"),
     "seed-negative": lib(sampled(seed=-1), "seed=-1 is invalid"),
     "ignore-eos-string": lib(sampled(ignore_eos="yes"), "ignore_eos='yes' is invalid: use True or False"),

@@ -64,7 +64,8 @@ def pool_size(model, kv_dtype, page_size: int, fraction: float, num_pages: int |
     pages = int(free * devices // page_bytes) - batch_size if free > 0 else 0  # the runner rounds up
     if pages < width:
         raise GenerationError(f"the device has room for {max(pages, 0)} KV pages of {page_size} tokens but one "
-                              f"{max_len}-token sequence needs {width}: lower max_len, or free device memory")
+                              f"{max_len}-token sequence needs {width}: lower max_len, raise memory_fraction "
+                              f"(now {fraction:g}) if below 1, or free device memory")
     return pages
 
 
