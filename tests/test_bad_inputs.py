@@ -16,6 +16,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -127,6 +128,15 @@ def models(files):
     return Models(files)
 
 
+def foreign_named(m) -> str:
+    """The Llama-with-tokenizer's folder copied to a name holding an undecodable byte (a path in another system's
+    encoding, as Python reads it: a lone surrogate)."""
+    folder = os.path.join(m.path("root"), os.fsdecode(b"model-\xff"))
+    if not os.path.exists(folder):
+        shutil.copytree(m.path("llama"), folder)
+    return folder
+
+
 def lib(call, match):
     """A library call that must raise a JaxllmError whose message matches."""
     return ("lib", call, match)
@@ -206,6 +216,11 @@ CASES = {
     "max-new-tokens-beyond-int32": lib(sampled(max_new_tokens=2**40), "max_new_tokens=1099511627776 is invalid: .* to 2147483647"),
     "stop-not-strings": lib(sampled(stop=[1, 2]), r"stop=\[1, 2\] is invalid: use a non-empty string"),
     "stop-a-number": lib(sampled(stop=5), "stop=5 is invalid"),
+    # the tokenizers library cannot open it: said as a broken tokenizer ('fix or re-download its tokenizer files')
+    "load-folder-named-in-another-encoding": lib(lambda m: jaxllm.load(foreign_named(m)),
+                                                 r"^the folder .*model-\\xff has a name that is not UTF-8 text.*: rename the folder"),
+    "cli-folder-named-in-another-encoding": cli(generate.main, lambda m: ["--model", foreign_named(m), "hi"],
+                                                r"^error: the folder .*model-\\xff has a name that is not UTF-8 text"),
     "stop-empty-string": lib(sampled(stop=[""]), "stop=.* is invalid"),
     "stop-lone-surrogate": lib(sampled(stop=["ok", "a\udcff"]),  # a JSON "\udcff": accepted, and it never matched
                                r"stop='a\\udcff' is invalid: a lone surrogate .* give valid Unicode text"),
