@@ -32,7 +32,7 @@ MARKER = "jaxllm.json"  # a converted folder's marker (jaxllm.converted): its pa
 
 def is_converted(path: Path) -> bool:
     """Whether `path` is a folder `python -m jaxllm.convert` wrote (it holds the marker)."""
-    return path.is_dir() and (path / MARKER).exists()
+    return path.is_dir() and os.path.lexists(path / MARKER)  # a broken link too: read_marker names it
 
 
 def is_gguf(path: Path) -> bool:
@@ -155,6 +155,9 @@ def read_json(path: Path, what: str) -> dict:
     except DuplicateKey as err:
         raise ConfigError(f"{what} at {path} gives {err}: keep the one meant") from None
     except FileNotFoundError:  # the absolute path: '.' would name 'config.json' alone
+        if path.is_symlink():  # a link whose target is gone (or a download interrupted): not a missing file
+            raise ConfigError(f"{what} at {path} is a link to {printable(os.readlink(path))}, which does not exist: "
+                              "replace the link with the file") from None
         raise ConfigError(f"{what} not found at {path.absolute()}: a Hugging Face checkpoint folder needs one") from None
     except IsADirectoryError:
         raise ConfigError(f"{what} at {path} is a folder, not a file: replace it with the JSON file") from None
@@ -165,7 +168,8 @@ def read_json(path: Path, what: str) -> dict:
     except RecursionError:
         raise ConfigError(f"{what} at {path} nests too deeply to be a config: fix or replace the file") from None
     except OSError as err:
-        raise ConfigError(f"cannot read {what} at {path} ({err.strerror or type(err).__name__}): check the file") from None
+        fix = "replace the link with the file" if path.is_symlink() else "check the file"  # a link loop: ELOOP
+        raise ConfigError(f"cannot read {what} at {path} ({err.strerror or type(err).__name__}): {fix}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{what} at {path} must hold a JSON object, not {type(data).__name__}: fix or replace the file")
     return data
@@ -178,7 +182,7 @@ def read_config(folder: Path) -> dict:
 
 def read_generation_config(folder: Path) -> dict:
     path = folder / "generation_config.json"
-    if not path.exists():
+    if not os.path.lexists(path):  # a broken link or a link loop is read, and refused by name, not ignored
         return {}
     return config_fields.check_generation_config(read_json(path, "generation_config.json"), str(path))
 
@@ -217,9 +221,10 @@ class SafetensorsCheckpoint:
 
     def __init__(self, folder: Path):
         index = folder / "model.safetensors.index.json"
-        if (folder / SAFE_WEIGHTS).exists():
+        # lexists: a broken link or a link loop where a file should be is refused by name (read below), not passed over
+        if os.path.lexists(folder / SAFE_WEIGHTS):
             weight_map, files = {}, [SAFE_WEIGHTS]
-        elif index.exists():
+        elif os.path.lexists(index):
             weight_map = read_json(index, "model.safetensors.index.json").get("weight_map")
             if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
                 raise CheckpointError(f"{index} has no 'weight_map' of tensor names to file names: re-download the checkpoint's index")
@@ -228,13 +233,14 @@ class SafetensorsCheckpoint:
             if outside is not None:  # by name: a hub snapshot's shards are links into its blobs/, outside by target
                 raise CheckpointError(f"{index} names shard {outside!r}, outside {folder}: an index names files in its "
                                       "own folder; move the shard into the folder and name it there")
-            missing = [f for f in files if not (folder / f).exists()]
+            missing = [f for f in files if not os.path.lexists(folder / f)]  # False, not OSError, for a name too long
             if missing:
-                raise CheckpointError(f"{folder} lacks shard(s) {', '.join(missing[:3])} named by its index: download them")
+                raise CheckpointError(f"{folder} lacks shard(s) {', '.join(shown(f) for f in missing[:3])} named by its "
+                                      "index: download them")
         else:
             weight_map, files = {}, sorted(p.name for p in folder.glob("*.safetensors"))
         if not files:
-            raise CheckpointError(_no_weights(folder, index if index.exists() else None))
+            raise CheckpointError(_no_weights(folder, index if os.path.lexists(index) else None))
         self.files = [SafetensorsFile(folder / f) for f in files]
         self._where = {}
         for f in self.files:

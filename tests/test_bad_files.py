@@ -138,6 +138,30 @@ def index(text: str):
     return spoil
 
 
+def link(name: str, target: str | None = None):
+    """`name` replaced by a symbolic link to `target` in the folder (None: to itself, a loop)."""
+
+    def spoil(folder):
+        path = folder / name
+        if path.exists():
+            path.unlink()
+        path.symlink_to(folder / (target or name))
+
+    return spoil
+
+
+def beside_index(spoil):
+    """The weights as an index's one shard (index() of a weight map naming it), then `spoil`."""
+
+    def both(folder):
+        header, _ = split_safetensors((folder / ST).read_bytes())
+        weight_map = {tensor: "model-00001-of-00002.safetensors" for tensor in header if tensor != "__metadata__"}
+        index(json.dumps({"weight_map": weight_map}))(folder)
+        spoil(folder)
+
+    return both
+
+
 def big_header(folder):
     """A header length above the 100 MB limit, in a (sparse) file long enough to hold it."""
     with open(folder / ST, "r+b") as f:
@@ -309,6 +333,22 @@ CASES = [
      "has no 'weight_map' of tensor names to file names"),
     ("index-missing-shard", index('{"weight_map": {"a": "model-00002-of-00002.safetensors"}}'),
      CheckpointError, "lacks shard"),
+    # a name the file system cannot hold (ENAMETOOLONG): an OSError's traceback; a NUL byte was printed raw
+    ("index-shard-name-too-long", index(json.dumps({"weight_map": {EMBED: "a" * 300}})), CheckpointError,
+     r"lacks shard\(s\) 'a{70,}\.\.\. named by its index: download them$"),
+    ("index-shard-name-nul", index(json.dumps({"weight_map": {EMBED: "a\0b"}})), CheckpointError, r"lacks shard\(s\) 'a\\x00b' named"),
+    # a link loop or a broken link where a file belongs was passed over as no file: the index (the folder's other
+    # .safetensors files read instead), generation_config.json (its eos and sampling defaults dropped), model.safetensors
+    # (a stale index's shards read instead), jaxllm.json (an "unfinished conversion")
+    ("index-link-loop", beside_index(link("model.safetensors.index.json")), ConfigError,
+     r"cannot read model\.safetensors\.index\.json at .* \(Too many levels of symbolic links\): replace the link with the file$"),
+    ("gen-link-loop", link("generation_config.json"), ConfigError,
+     r"cannot read generation_config\.json at .* \(Too many levels of symbolic links\): replace the link with the file$"),
+    ("gen-broken-link", link("generation_config.json", "gone.json"), ConfigError,
+     r"generation_config\.json at .* is a link to .*gone\.json, which does not exist: replace the link with the file$"),
+    ("st-broken-link-beside-index", beside_index(link(ST, "gone.safetensors")), CheckpointError,
+     NOT_READABLE + r"No such file or directory\)"),
+    ("marker-link-loop", link("jaxllm.json"), ConfigError, r"cannot read jaxllm\.json at .* \(Too many levels of symbolic links\)"),
     ("index-outside-folder", outside("../elsewhere.safetensors"), CheckpointError,
      r"index\.json names shard '\.\./elsewhere\.safetensors', outside .*: an index names files in its own folder"),
     ("index-absolute-path", outside("/elsewhere.safetensors"), CheckpointError,
