@@ -314,19 +314,25 @@ class Engine:
             raise GenerationError("Engine.run on an engine that holds requests added with Engine.add, or by a run() not "
                                   "iterated to its end: serve those with step() (or abort them; close() that run) first, "
                                   "or use another engine")
-        if isinstance(requests, Request):  # iterating it raised "'Request' object is not iterable"
-            raise GenerationError("Engine.run takes a list of Requests, got one Request: pass [request]")
+        requests = _request_list(requests, "Engine.run")
         ids = [self.check(req) for req in requests]  # all of them before any is queued
         self._check_indices(requests)
         seqs = [self._add(req, i) for req, i in zip(requests, ids)]
+
+        def held() -> bool:
+            return any(seq in self.index_of for seq in seqs)
+
         try:
-            while self.has_work():
+            # while its own requests are held, checked before each step: a reset() drops them, and a run resumed after
+            # it must not serve (taking their events) the requests of a run started since
+            while held():
                 if stop_check is not None:
                     for seq in seqs:
-                        if seq.status is not Status.FINISHED and stop_check(self.index_of[seq]):
+                        if seq in self.index_of and stop_check(self.index_of[seq]):
                             self.abort(seq)
-                yield from self.prefill_step()  # first tokens out before the decode chunk runs
-                yield from self.decode_step()
+                for step in (self.prefill_step, self.decode_step):  # first tokens out before the decode chunk runs
+                    if held():
+                        yield from step()
         finally:  # a consumer that stops early leaves no request behind
             for seq in seqs:
                 if seq.status is not Status.FINISHED:
@@ -460,6 +466,7 @@ class Engine:
         a preempted sequence's recompute when its prompt plus output reaches a key bucket beyond
         the requests' prompts. (Compiling them on a pool of threads did not make it faster on an
         H200: qwen3-0.6b offline first run 61 s with, 47 s without; 2026-11-28.)"""
+        requests = _request_list(requests, "Engine.precompile")
         if not requests:
             return
         for req in requests:
@@ -623,6 +630,17 @@ class Engine:
             if finished:
                 self._finish(seq)
         return events
+
+
+def _request_list(requests, what: str) -> list[Request]:
+    """`requests` as a list (a generator is read once: checking it must not leave nothing to serve), or the one-line
+    refusal of one Request or something that is no list of them (iterating either raised a TypeError)."""
+    if isinstance(requests, Request):
+        raise GenerationError(f"{what} takes a list of Requests, got one Request: pass [request]")
+    if isinstance(requests, (str, bytes, dict)) or not hasattr(requests, "__iter__"):
+        raise GenerationError(f"{what} takes a list of Requests, got {type(requests).__name__}: pass [Request(prompt ids, "
+                              "resolved params), ...]")
+    return list(requests)
 
 
 def _speculative_tokens(model, cfg, k) -> int:

@@ -206,7 +206,10 @@ def attention_weights(graphdef, params, tokens, layer: int, *, attention_mask=No
 @functools.lru_cache(maxsize=None)
 def jitted(name: str, mesh=None):
     """The named function, jitted; with a mesh, its outputs are replicated so every process reads them."""
-    fn = {"logits": logits, "token_logprobs": token_logprobs, "hidden_states": hidden_states, "attention_weights": attention_weights}[name]
+    functions = {"logits": logits, "token_logprobs": token_logprobs, "hidden_states": hidden_states, "attention_weights": attention_weights}
+    if name not in functions:
+        raise InputError(f"jitted({name!r}): there is no such function; name one of {', '.join(functions)}")
+    fn = functions[name]
     static = (0, 3) if name == "attention_weights" else (0,)
     if mesh is None:
         return jax.jit(fn, static_argnums=static)

@@ -729,8 +729,14 @@ LIBRARY_MISUSE = {
                                "prompt 0 is empty: give at least one token id"),
     "engine-add-not-a-request": (lambda m: Engine(m.tiny, batch_size=1, max_len=64).add(None),  # was an AttributeError
                                  r"^Engine takes jaxllm.engine.Request\(prompt ids, resolved params\) objects, got NoneType$"),
-    "engine-run-one-request": (lambda m: list(Engine(m.tiny, batch_size=1, max_len=64).run(
-        Request([1], jaxllm.SamplingParams(max_new_tokens=1).resolved()))), "^Engine.run takes a list of Requests, got one Request"),
+    # iterating them raised "'NoneType' object is not iterable"; precompile(None) did nothing
+    **{f"engine-{what}-{name}": (lambda m, what=what, given=given: _engine_call(m, what, given), match)
+       for what in ("run", "precompile")
+       for name, given, match in [("none", None, "takes a list of Requests, got NoneType: pass \\[Request\\("),
+                                  ("one-request", "one", r"takes a list of Requests, got one Request: pass \[request\]$"),
+                                  ("a-dict", {"prompt": [1]}, "takes a list of Requests, got dict")]},
+    "research-jitted-unknown": (lambda m: research.jitted("logprobs"),  # was a KeyError
+                                r"^jitted\('logprobs'\): there is no such function; name one of logits, token_logprobs"),
     "engine-of-a-path": (lambda m: Engine(m.path("tiny")), r"Engine\(model, ...\) takes a model from jaxllm.load, got str"),
     "stop-without-tokenizer": (lambda m: m.tiny.generate([1, 2], {"max_new_tokens": 4, "stop": ["x"]}),
                                r"stop=\['x'\] needs the decoded text, and this checkpoint has no tokenizer"),
@@ -770,6 +776,28 @@ LIBRARY_MISUSE = {
     "folder-of-gguf-files": (lambda m: jaxllm.load(m.files["gguf_folder"]),
                              r"has no config.json but holds 1 GGUF file \(model.gguf\): pass the file, e.g. .*model.gguf"),
 }
+
+
+def _engine_call(m, what: str, given):
+    """Engine.run (iterated) or Engine.precompile of `given` ("one": a single Request, not in a list)."""
+    engine = Engine(m.tiny, batch_size=1, max_len=64)
+    given = Request([1], jaxllm.SamplingParams(max_new_tokens=1).resolved()) if given == "one" else given
+    return list(engine.run(given)) if what == "run" else engine.precompile(given)
+
+
+def test_engine_runs_serve_their_own_requests(models):
+    """A run left unfinished by reset() ends without serving the next run's requests (it took their events), and a
+    generator of requests is served (checking it emptied it: nothing was served)."""
+    engine, params = Engine(models.tiny, batch_size=2, max_len=64), jaxllm.SamplingParams(max_new_tokens=3).resolved()
+    first = engine.run([Request([1, 2], params, 0)])
+    assert next(first).index == 0
+    engine.reset()
+    second = engine.run(Request([3, 4], params, i) for i in (7, 8))
+    events = [next(second)]
+    assert list(first) == []
+    events += list(second)
+    assert sorted({ev.index for ev in events}) == [7, 8] and sum(ev.finished for ev in events) == 2
+    assert not engine.has_work()
 
 
 @pytest.mark.parametrize("case", LIBRARY_MISUSE)
