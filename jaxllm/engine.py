@@ -308,8 +308,9 @@ class Engine:
         return self.scheduler.has_work()
 
     def run(self, requests: list[Request], stop_check=None) -> Iterator[Event]:
-        """Serve every request to the end, yielding Events as tokens arrive. `stop_check(index)`
-        lets the caller end a request early (stop strings): it is aborted at the next step."""
+        """Serve every request to the end, yielding Events as tokens arrive; it ends when they have (requests
+        added meanwhile with `add` are left to `step`). `stop_check(index)` lets the caller end a request early
+        (stop strings): it is aborted at the next step."""
         if self.has_work():  # their events would mix with these requests'
             raise GenerationError("Engine.run on an engine that holds requests added with Engine.add, or by a run() not "
                                   "iterated to its end: serve those with step() (or abort them; close() that run) first, "
