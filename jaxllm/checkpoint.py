@@ -17,7 +17,7 @@ from functools import cached_property
 from pathlib import Path
 
 from jaxllm import gguf_tokenizer
-from jaxllm.errors import CheckpointError, ConfigError, DuplicateKey, printable, shown, unique_keys
+from jaxllm.errors import CheckpointError, ConfigError, DuplicateKey, lone_surrogate, printable, shown, unique_keys
 from jaxllm.models import config_fields, mxfp4, registry, weights
 from jaxllm.safetensors_io import LazyTensor, SafetensorsFile
 
@@ -342,11 +342,9 @@ def load_tokenizer(path: Path, vocab_size: int | None = None):
         return gguf_tokenizer.load_tokenizer(path)
     if not any((path / f).exists() for f in TOKENIZER_FILES):
         return None
-    try:  # a name in another system's encoding (an undecodable byte): the tokenizers library cannot open the files
-        str(path).encode("utf-8")
-    except UnicodeEncodeError:
+    if lone_surrogate(str(path)) is not None:  # a name in another system's encoding: the tokenizers library cannot open it
         raise CheckpointError(f"the folder {printable(str(path))} has a name that is not UTF-8 text, which the tokenizers "
-                              "library cannot open: rename the folder, or load with tokenizer=False and pass token ids") from None
+                              "library cannot open: rename the folder, or load with tokenizer=False and pass token ids")
     from transformers import AutoTokenizer  # a heavy import, paid only where a tokenizer is loaded
 
     try:

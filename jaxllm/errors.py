@@ -219,6 +219,16 @@ def utf8_lines(data: bytes, where: str) -> list[str]:
                          "save it as UTF-8") from None
 
 
+def lone_surrogate(text: str) -> int | None:
+    """Where `text`'s first lone surrogate is (an undecodable byte of argv, stdin or a path, as Python keeps it; a JSON
+    "\\udcff"), or None: no UTF-8 text holds one, so a tokenizer, a file name or a decoded answer never matches it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return err.start
+    return None
+
+
 def argv_text(text: str, what: str, fix: str = "give UTF-8 text (a terminal set to another encoding sends its bytes: check LANG)") -> str:
     """`text` from the command line, or an InputError naming its first byte that is not UTF-8: Python
     keeps argv's undecodable bytes as lone surrogates, which a tokenizer or a writer refuses deep inside."""

@@ -17,7 +17,7 @@ import numpy as np
 # the chat-template helpers and TextStream are importable from here too, where they lived before
 from jaxllm.chat_template import check_template_inputs, check_template_kwargs, encode, encode_messages, has_chat_template  # noqa: F401
 from jaxllm.engine import Engine, Request, context_error
-from jaxllm.errors import GenerationError, InputError, available_memory, check_prompt_ids, shown, size_text
+from jaxllm.errors import GenerationError, InputError, available_memory, check_prompt_ids, lone_surrogate, shown, size_text
 from jaxllm.models.attention import check_kv_dtype, kv_cache_bytes
 from jaxllm.sampling import SamplingParams
 from jaxllm.serving.memory import tp_split
@@ -67,11 +67,10 @@ def prepare(model, prompts, params: SamplingParams | dict | None, *, chat=None, 
                 raise GenerationError("this checkpoint has no tokenizer: add its tokenizer files (tokenizer.json, "
                                       "tokenizer_config.json) to the folder, or pass prompts as lists of token ids (library)")
             for what, text in ((f"prompt {i}", p), ("the system message", system or "")):
-                try:  # lone surrogates: undecodable bytes read with errors="surrogateescape" (stdin in a C locale)
-                    text.encode("utf-8")
-                except UnicodeEncodeError as err:
-                    raise GenerationError(f"{what} is not valid text (character {err.start + 1} stands for an "
-                                          "undecodable byte): give UTF-8 text") from None
+                at = lone_surrogate(text)  # undecodable bytes read with errors="surrogateescape" (stdin in a C locale)
+                if at is not None:
+                    raise GenerationError(f"{what} is not valid text (character {at + 1} stands for an "
+                                          "undecodable byte): give UTF-8 text")
             tokens = encode(tok, p, chat=chat, system=system, template_kwargs=template_kwargs)
             if not tokens:
                 raise GenerationError(f"prompt {i} is empty: it encodes to no tokens; give some text")

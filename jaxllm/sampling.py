@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxllm.errors import GenerationError, shown
+from jaxllm.errors import GenerationError, lone_surrogate, shown
 from jaxllm.structured import Structured, allowed_tokens
 
 log = logging.getLogger("jaxllm")
@@ -340,7 +340,7 @@ def _check_stop_strings(stop, bad) -> None:
     if not isinstance(stop, tuple) or any(not isinstance(s, str) or not s for s in stop):
         bad("stop", list(stop) if isinstance(stop, tuple) else stop, "use a non-empty string or a list of them")
     for text in stop:  # a lone surrogate (a JSON "\udcff", argv's undecodable byte): no decoded answer holds one
-        if not text.isascii() and any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        if lone_surrogate(text) is not None:
             bad("stop", text, "a lone surrogate (an undecodable byte) never matches the decoded answer: give valid Unicode text")
 
 
