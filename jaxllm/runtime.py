@@ -11,13 +11,14 @@ import importlib.util
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from jaxllm import checkpoint
-from jaxllm.errors import CheckpointError, ConfigError
+from jaxllm.errors import CheckpointError, ConfigError, printable
 
 GPU_XLA_FLAGS = "--xla_gpu_enable_triton_gemm=false"  # cuBLAS for the matmuls: 2.4x on 8B decode (issue 7)
 DEFAULT_COMPILE_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "jaxllm", "xla")
@@ -93,11 +94,14 @@ def attention_impl() -> str:
     return "xla" if "rocm" in str(version).lower() else "cudnn"
 
 
-def join_cluster(spec: str = "auto") -> None:
+def join_cluster(spec: str = "auto", timeout_s: float = 300) -> None:
     """Join a multi-process run (jax.distributed.initialize), before the backend starts. `spec`:
     "auto", the cluster JAX finds by itself (TPU pod slices, SLURM, Open MPI, Kubernetes), or
     "HOST:PORT,NUM_PROCESSES,PROCESS_ID" (process 0 listens at HOST:PORT). On CPUs the processes'
-    collectives go through gloo."""
+    collectives go through gloo. When the processes have not all joined within `timeout_s`, the
+    process ends with a one-line error (exit 2): JAX's own timeout aborts it from C++ with a stack
+    trace ("Terminating process ... DEADLINE_EXCEEDED"), which no Python code can catch, so it
+    is given a minute more than this watchdog."""
     hint = "give --distributed HOST:PORT,NUM_PROCESSES,PROCESS_ID (e.g. 10.0.0.1:8476,2,0) or run where JAX finds the cluster"
     kwargs = {}
     if spec != "auto":
@@ -119,11 +123,28 @@ def join_cluster(spec: str = "auto") -> None:
             raise ConfigError(f"--distributed {spec!r}: process id {rank} is not below the {n} processes: ids run 0..{n - 1}")
         kwargs = dict(coordinator_address=parts[0], num_processes=n, process_id=rank)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    watchdog = threading.Timer(timeout_s, _never_joined, (spec, timeout_s, kwargs))
+    watchdog.daemon = True
+    watchdog.start()
     try:
-        jax.distributed.initialize(**kwargs)
-    except (ValueError, TypeError, RuntimeError) as err:  # no cluster found, a peer that never came, ...
+        jax.distributed.initialize(**kwargs, initialization_timeout=int(timeout_s) + 60)
+    except (ValueError, TypeError, RuntimeError) as err:  # no cluster found, ...
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise ConfigError(f"--distributed {spec}: could not join the processes ({first}): {hint}") from None
+    finally:
+        watchdog.cancel()
+
+
+def _never_joined(spec: str, timeout_s: float, kwargs: dict) -> None:
+    """join_cluster's watchdog: the one-line error, then the process ends (its main thread waits in C++)."""
+    if kwargs:
+        fix = (f"start all {kwargs['num_processes']} processes (ids 0..{kwargs['num_processes'] - 1}) with the same "
+               f"HOST:PORT and count, process 0 on the host named, and check that the other hosts reach its port")
+    else:
+        fix = "give --distributed HOST:PORT,NUM_PROCESSES,PROCESS_ID, or check that every process of the cluster started"
+    print(f"error: --distributed {printable(spec)}: the processes did not all join within {timeout_s:g} s: {fix}",
+          file=sys.stderr, flush=True)
+    os._exit(2)
 
 
 @functools.cache

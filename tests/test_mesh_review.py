@@ -38,3 +38,21 @@ def test_distributed_address_forms_that_join(monkeypatch):
         runtime.join_cluster(spec)
     assert [(k["coordinator_address"], k["num_processes"], k["process_id"]) for k in joined] == [
         ("10.0.0.1:8476", 2, 1), ("[::1]:8476", 4, 3), ("node-0.cluster:65535", 1, 0)]
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_process_whose_peers_never_join_ends_in_one_line(rank):
+    """Process 0 alone (its peer never started) and process 1 alone (no coordinator listens): JAX's
+    own timeout aborted from C++ with a stack trace after 5 minutes; the watchdog ends it in one line."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = f"from jaxllm import runtime; runtime.join_cluster('127.0.0.1:{port},2,{rank}', timeout_s=3)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith(f"error: --distributed 127.0.0.1:{port},2,{rank}: the processes did not all join within 3 s")
