@@ -3,6 +3,7 @@ and is refused with a one-line JaxllmError naming the file, the field or tensor,
 few also through the command line: exit code 2, one line on stderr, no traceback)."""
 
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -125,6 +126,11 @@ def extra(name: str, shape=(4,)):
         return join_safetensors(header, data + bytes(4 * int(np.prod(shape))))
 
     return tensors(edit)
+
+
+def renamed(rename):
+    """Every tensor renamed by `rename` (the bytes kept)."""
+    return tensors(lambda header, data: join_safetensors({rename(n) if n != "__metadata__" else n: e for n, e in header.items()}, data))
 
 
 def index(text: str):
@@ -320,6 +326,21 @@ CASES = [
     ("unexpected-layer", extra("model.layers.1.mlp.up_proj.weight"), CheckpointError,
      r"unexpected model\.layers\.1\.mlp\.up_proj\.weight; check that config\.json describes these weights \(its sizes, "
      "num_hidden_layers"),
+    # a pre-quantized checkpoint whose config.json has no quantization_config (GPTQ's quantize_config.json beside it,
+    # compressed-tensors' older compression_config, a bitsandbytes save): its tensors were said to be another model's
+    *[(f"quantized-tensor-{name.rsplit('.', 1)[-1]}", extra(name), CheckpointError,
+       rf"unexpected {re.escape(name)}; {re.escape(name)} is a pre-quantized checkpoint's tensor, which jaxllm does not read: "
+       r"use the model's unquantized checkpoint")
+      for name in ("model.layers.0.self_attn.q_proj.qweight", "model.layers.0.mlp.up_proj.weight_scale",
+                   "model.layers.0.self_attn.o_proj.weight.absmax", "model.layers.0.mlp.down_proj.weight_packed")],
+    # tensors under another prefix (a wrapper's text model saved whole, a training framework's names): transformers leaves
+    # such a model random (a warning); the fix named the config's sizes
+    *[(f"tensors-under-{prefix.strip('.')}", renamed(rename), CheckpointError,
+       rf"names its tensors otherwise \({re.escape(rename(EMBED))} where the model reads {re.escape(EMBED)}\): save them under "
+       "the names")
+      for prefix, rename in (("language_model.", lambda n: "language_model." + n), ("model.model.", lambda n: "model." + n),
+                             ("transformer.", lambda n: n.replace("model.", "transformer.", 1)),
+                             ("model.language_model.", lambda n: n.replace("model.", "model.language_model.", 1)))],
     # no weights jaxllm reads: each says what to do
     ("pytorch-bin-only", lambda folder: (folder / ST).rename(folder / "pytorch_model.bin"), CheckpointError,
      r"it holds PyTorch weights \(pytorch_model\.bin\), which jaxllm does not read .*: save the model with safetensors"),
