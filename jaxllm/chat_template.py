@@ -58,6 +58,10 @@ def check_template_kwargs(kwargs) -> dict:
     return dict(kwargs)
 
 
+# where a checkpoint's chat template lies (transformers reads chat_template.jinja first)
+TEMPLATE_FILES = "(chat_template in tokenizer_config.json, or a GGUF's tokenizer.chat_template), or chat_template.jinja where the folder has one"
+
+
 def encode_messages(tokenizer, messages: list[dict], template_kwargs: dict | None = None, tools: list[dict] | None = None) -> list[int]:
     """Token ids of a conversation ({"role", "content"} dicts; an assistant's "tool_calls", a tool's
     "tool_call_id") through the chat template, ready for the assistant's turn; `template_kwargs` the
@@ -72,7 +76,7 @@ def encode_messages(tokenizer, messages: list[dict], template_kwargs: dict | Non
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **offered, **variables)
     except jinja2.TemplateSyntaxError as err:  # the template itself does not parse
         raise InputError(f"the tokenizer's chat template is invalid (line {err.lineno}: {err.message}): fix the template "
-                         "(chat_template in tokenizer_config.json, or a GGUF's tokenizer.chat_template), or generate without it "
+                         f"{TEMPLATE_FILES}, or generate without it "
                          "(--no-chat, chat=False)") from None
     except jinja2.TemplateError as err:  # the template's raise_exception(...): these messages are not for it
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -80,7 +84,7 @@ def encode_messages(tokenizer, messages: list[dict], template_kwargs: dict | Non
     except Exception as err:  # the template failed while rendering (a TypeError inside it, ...)
         first = (str(err).strip().splitlines() or [""])[0][:200]
         raise InputError(f"the chat template failed on these messages ({type(err).__name__}: {first}): fix the template "
-                         "(chat_template in tokenizer_config.json, or a GGUF's tokenizer.chat_template), or generate without it "
+                         f"{TEMPLATE_FILES}, or generate without it "
                          "(--no-chat, chat=False)") from None
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 

@@ -290,9 +290,19 @@ class HFCheckpoint:
         raw, self.wrapper = registry.unwrap(raw)
         self.path, self.raw, self.generation_config = path, raw, generation_config
         self._tensors = tensors  # None: the folder's safetensors files, opened on first use
-        name = raw.get("dtype") or raw.get("torch_dtype")
-        self.dtype = name if name in FLOAT_DTYPES else None
         self.load_dtype = "float32"
+
+    @cached_property
+    def dtype(self) -> str | None:
+        """The float dtype the checkpoint stores its weights in, as transformers' dtype="auto" picks it:
+        config.json's dtype (torch_dtype), else ("auto", left out) the first floating-point tensor's;
+        None where that is no float dtype jaxllm computes in, or the tensors tell none (a GGUF file's)."""
+        name = self.raw.get("dtype") or self.raw.get("torch_dtype")
+        if name in FLOAT_DTYPES:
+            return name
+        dtypes = (weights.dtype_of(self.tensors, n) for n in self.tensors.names())
+        first = next((d for d in dtypes if d is not None and d.name.startswith(("float", "bfloat"))), None)  # float8 too
+        return first.name if first is not None and first.name in FLOAT_DTYPES else None
 
     @cached_property
     def tensors(self):

@@ -217,6 +217,16 @@ class Plan:
             return "was its config.json or jaxllm.json edited? convert the original checkpoint again"
         if gguf_file:
             return "the file is damaged or was written wrongly: download or convert it again"
+        unexpected = [line.removeprefix("unexpected ") for line in found if line.startswith("unexpected ")]
+        quantized = next((n for n in unexpected if n.rsplit(".", 1)[-1] in QUANTIZED_TENSORS), None)
+        if quantized is not None:  # GPTQ's quantize_config.json, compressed-tensors' compression_config: no quantization_config
+            return (f"{quantized} is a pre-quantized checkpoint's tensor, which jaxllm does not read: use the model's "
+                    "unquantized checkpoint (quantize='int8' or 'int4' quantizes it while loading)")
+        missing = [line.split(" ", 2)[1] for line in found if line.startswith("missing ")]
+        renamed = _renamed(missing, unexpected)
+        if renamed is not None:  # transformers leaves such a model's weights random (a warning)
+            return (f"the checkpoint names its tensors otherwise ({renamed[0]} where the model reads {renamed[1]}): save them "
+                    "under the names the model's transformers class reads, or use the config.json of the model they were saved from")
         fix = ("check that config.json describes these weights (its sizes, num_hidden_layers and architecture) and that "
                "every weight file downloaded whole")
         if not self.config.tie_word_embeddings and any(line.startswith(f"missing {self.arch.head_name} ") for line in found):
@@ -232,6 +242,31 @@ class Plan:
 
     def memory(self, batch: int, length: int, kv_dtype=None) -> dict[str, int]:
         return memory(self.config, self.abstract, batch, length, self.dtype, kv_dtype)
+
+
+# The names quantized checkpoints give their tensors' last part: GPTQ / AWQ (qweight, qzeros, scales, g_idx), FP8 and
+# compressed-tensors (weight_scale, weight_scale_inv, input_scale, weight_packed, weight_shape, weight_zero_point),
+# bitsandbytes (absmax, quant_map, quant_state.bitsandbytes__nf4 / __fp4, SCB, weight_format)
+QUANTIZED_TENSORS = ("qweight", "qzeros", "scales", "g_idx", "weight_scale", "weight_scale_inv", "input_scale", "weight_packed",
+                     "weight_shape", "weight_zero_point", "absmax", "quant_map", "bitsandbytes__nf4", "bitsandbytes__fp4", "SCB",
+                     "weight_format")
+
+
+def _renamed(missing: list[str], unexpected: list[str]) -> tuple[str, str] | None:
+    """(a tensor the checkpoint holds, the name the model reads for it) where every missing tensor is
+    held under one other prefix (language_model.model.layers.0... or transformer.layers.0... for
+    model.layers.0...), else None."""
+    held = set(unexpected)
+    for name in unexpected:
+        if missing and name != missing[0] and name.endswith(missing[0]):  # a prefix added
+            rename = lambda n, extra=name[: -len(missing[0])]: extra + n  # noqa: E731
+        elif missing and "." in missing[0] and name.endswith("." + missing[0].partition(".")[2]):  # the first part replaced
+            rename = lambda n, head=name[: -len(missing[0].partition(".")[2])]: head + n.partition(".")[2] if "." in n else None  # noqa: E731
+        else:
+            continue
+        if all(rename(n) in held for n in missing):
+            return name, missing[0]
+    return None
 
 
 def plan(raw: dict, dtype=None, mesh=None, source=None, *, quantize: str | None = None,

@@ -311,7 +311,7 @@ def check_config(raw, where: str = "config.json", prefix: str = "") -> dict:
     quantized = raw.get("quantization_config")
     if quantized is not None and not read_quantized(raw):  # FP8 / GPTQ / AWQ / bitsandbytes weights: their tensors are not the float ones we read
         method = quantized.get("quant_method", "?") if isinstance(quantized, dict) else "?"
-        raise ConfigError(f"{where} has a quantization_config (quant_method {str(method)[:40]!r}): jaxllm reads float "
+        raise ConfigError(f"{where} has a {prefix}quantization_config (quant_method {str(method)[:40]!r}): jaxllm reads float "
                           "(float32, bfloat16, float16) weights; use the model's unquantized checkpoint (quantize='int8' "
                           "or 'int4' quantizes it while loading)")
     for key in ("rope_parameters", "rope_scaling"):

@@ -3,6 +3,7 @@ and is refused with a one-line JaxllmError naming the file, the field or tensor,
 few also through the command line: exit code 2, one line on stderr, no traceback)."""
 
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 
 import jaxllm
 from jaxllm import checkpoint, loader, safetensors_io
-from jaxllm.errors import CheckpointError, ConfigError
+from jaxllm.errors import CheckpointError, ConfigError, GenerationError, InputError
 from jaxllm.models import weights
 
 TINY = dict(architectures=["LlamaForCausalLM"], vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
@@ -125,6 +126,11 @@ def extra(name: str, shape=(4,)):
         return join_safetensors(header, data + bytes(4 * int(np.prod(shape))))
 
     return tensors(edit)
+
+
+def renamed(rename):
+    """Every tensor renamed by `rename` (the bytes kept)."""
+    return tensors(lambda header, data: join_safetensors({rename(n) if n != "__metadata__" else n: e for n, e in header.items()}, data))
 
 
 def index(text: str):
@@ -320,6 +326,21 @@ CASES = [
     ("unexpected-layer", extra("model.layers.1.mlp.up_proj.weight"), CheckpointError,
      r"unexpected model\.layers\.1\.mlp\.up_proj\.weight; check that config\.json describes these weights \(its sizes, "
      "num_hidden_layers"),
+    # a pre-quantized checkpoint whose config.json has no quantization_config (GPTQ's quantize_config.json beside it,
+    # compressed-tensors' older compression_config, a bitsandbytes save): its tensors were said to be another model's
+    *[(f"quantized-tensor-{name.rsplit('.', 1)[-1]}", extra(name), CheckpointError,
+       rf"unexpected {re.escape(name)}; {re.escape(name)} is a pre-quantized checkpoint's tensor, which jaxllm does not read: "
+       r"use the model's unquantized checkpoint")
+      for name in ("model.layers.0.self_attn.q_proj.qweight", "model.layers.0.mlp.up_proj.weight_scale",
+                   "model.layers.0.self_attn.o_proj.weight.absmax", "model.layers.0.mlp.down_proj.weight_packed")],
+    # tensors under another prefix (a wrapper's text model saved whole, a training framework's names): transformers leaves
+    # such a model random (a warning); the fix named the config's sizes
+    *[(f"tensors-under-{prefix.strip('.')}", renamed(rename), CheckpointError,
+       rf"names its tensors otherwise \({re.escape(rename(EMBED))} where the model reads {re.escape(EMBED)}\): save them under "
+       "the names")
+      for prefix, rename in (("language_model.", lambda n: "language_model." + n), ("model.model.", lambda n: "model." + n),
+                             ("transformer.", lambda n: n.replace("model.", "transformer.", 1)),
+                             ("model.language_model.", lambda n: n.replace("model.", "model.language_model.", 1)))],
     # no weights jaxllm reads: each says what to do
     ("pytorch-bin-only", lambda folder: (folder / ST).rename(folder / "pytorch_model.bin"), CheckpointError,
      r"it holds PyTorch weights \(pytorch_model\.bin\), which jaxllm does not read .*: save the model with safetensors"),
@@ -518,3 +539,54 @@ def test_a_gguf_naming_a_tensor_or_key_twice_is_refused(tmp_path, fields, tensor
     with pytest.raises(CheckpointError, match=rf"^{path} is not a readable GGUF file \(ValueError: {twice} appears twice\)"
                                               r"[^\n]*$"):
         jaxllm.load(path, tokenizer=False)
+
+
+TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+
+
+def _word_tokenizer(folder: Path) -> None:
+    """A tokenizer.json alone (no tokenizer_config.json): a word per id of the tiny model's 32."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{chr(ord("a") + i): 3 + i for i in range(26)}, "user": 29, "assistant": 30, ":": 31}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(folder / "tokenizer.json"))
+
+
+@pytest.mark.parametrize("files, template", [
+    ({}, None),  # tokenizer.json alone
+    ({"tokenizer_config.json": json.dumps({"eos_token": "</s>"})}, None),  # a config without a chat template
+    ({"chat_template.jinja": TEMPLATE}, TEMPLATE),  # the template as its own file (transformers 4.50 on)
+    ({"tokenizer_config.json": json.dumps({"chat_template": "{{ 'x' }}"}), "chat_template.jinja": TEMPLATE}, TEMPLATE),  # the file first
+    ({"tokenizer_config.json": json.dumps({"chat_template": [{"name": "default", "template": TEMPLATE}]})}, TEMPLATE),  # named ones
+], ids=["tokenizer-json-only", "config-without-template", "jinja-file", "jinja-file-over-config", "named-templates"])
+def test_tokenizer_folder_variants_load_with_the_template_transformers_picks(pristine, tmp_path, files, template):
+    folder = spoiled(pristine, tmp_path, _word_tokenizer)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    model = jaxllm.load(folder)
+    if template is None:
+        assert not model.tokenizer.chat_template
+    else:  # rendered by the template meant, not another
+        text = model.tokenizer.apply_chat_template([{"role": "user", "content": "a"}], tokenize=False, add_generation_prompt=True)
+        assert text == "user: a assistant:"
+    params = jaxllm.SamplingParams(max_new_tokens=2, temperature=0.0)
+    assert len(model.generate("a b c", params).token_ids) == 2
+
+
+def test_a_chat_template_file_that_does_not_parse_is_named_and_ids_need_no_tokenizer(pristine, tmp_path):
+    """chat_template.jinja is where transformers reads the template first: the refusal named tokenizer_config.json alone.
+    A folder without a tokenizer generates from token ids (the research API), and refuses text in one line."""
+    folder = spoiled(pristine, tmp_path, _word_tokenizer)
+    (folder / "chat_template.jinja").write_text("{% for %}")
+    with pytest.raises(InputError, match=r"chat template is invalid \(line 1: .*\): fix the template \(chat_template in "
+                       r"tokenizer_config\.json, or a GGUF's tokenizer\.chat_template\), or chat_template\.jinja where the "
+                       r"folder has one, or generate without it \(--no-chat, chat=False\)$"):
+        jaxllm.load(folder).generate("a b", jaxllm.SamplingParams(max_new_tokens=1))
+    bare = jaxllm.load(pristine)
+    assert bare.tokenizer is None
+    assert len(bare.generate([1, 2, 3], jaxllm.SamplingParams(max_new_tokens=2, temperature=0.0)).token_ids) == 2
+    with pytest.raises(GenerationError, match=r"^this checkpoint has no tokenizer: add its tokenizer files .* or pass prompts as "
+                       r"lists of token ids[^\n]*$"):
+        bare.generate("a b", jaxllm.SamplingParams(max_new_tokens=1))

@@ -1,10 +1,12 @@
 """Config variants real checkpoints use, read as transformers reads them (the logits of most are
 compared against transformers in test_parity_hub_spellings.py); here the ones transformers cannot run, refused in one line."""
 
+import re
+
 import pytest
 
 from jaxllm.errors import ConfigError
-from jaxllm.models import registry
+from jaxllm.models import config_fields, registry
 
 
 @pytest.mark.parametrize("arch, changes", [
@@ -159,4 +161,20 @@ def test_options_the_new_families_do_not_run_are_refused(arch, changes, message)
     spec = registry.get(arch)
     with pytest.raises(ConfigError, match=message) as info:
         spec.config(dict(spec.tiny_config, **changes))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("raw, where", [
+    (dict(registry.get("LlamaForCausalLM").tiny_config, quantization_config={"quant_method": "gptq", "bits": 4}), "quantization_config"),
+    ({"model_type": "llava", "text_config": dict(registry.get("LlamaForCausalLM").tiny_config, model_type="llama",
+                                                 quantization_config={"quant_method": "awq"})}, "text_config.quantization_config"),
+    ({"model_type": "llava", "quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True},
+      "text_config": dict(registry.get("LlamaForCausalLM").tiny_config, model_type="llama")}, "quantization_config"),
+])
+def test_a_quantization_config_is_refused_where_it_lies(raw, where):
+    """A pre-quantized checkpoint's quantization_config, at the top or inside a multimodal config's text_config (where
+    the refusal named config.json's top level): refused before any tensor is read, naming the key and the fix."""
+    with pytest.raises(ConfigError, match=rf"^config\.json has a {re.escape(where)} \(quant_method '\w+'\): jaxllm reads float "
+                                          r"\(float32, bfloat16, float16\) weights; use the model's unquantized checkpoint") as info:
+        registry.architecture_of(registry.unwrap(config_fields.check_config(raw))[0])  # as checkpoint.read_config, then load
     assert "\n" not in str(info.value)

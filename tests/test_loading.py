@@ -2,6 +2,7 @@
 give the same parameters as one thread, stop cleanly on a failed read, never leave a parameter
 over a file's memory map; the converted folder restored in groups."""
 
+import json
 import sys
 import threading
 from pathlib import Path
@@ -243,3 +244,26 @@ def test_a_converted_folder_without_its_config_named_like_a_hub_id_says_so(tmp_p
     with pytest.raises(jaxllm.ConfigError, match=r"config\.json not found at /\S+/cv/x/config\.json") as err:  # its absolute path
         jaxllm.load("cv/x")
     assert "hub" not in str(err.value)
+
+
+@pytest.mark.parametrize("stored, config, want", [
+    ("bfloat16", {"torch_dtype": "auto"}, "bfloat16"),  # transformers' dtype="auto": the weights' own
+    ("float16", {"dtype": "auto"}, "float16"),
+    ("bfloat16", {}, "bfloat16"),  # older configs say nothing
+    ("float16", {"torch_dtype": None}, "float16"),
+    ("float16", {"dtype": "bfloat16"}, "bfloat16"),  # config.json's float dtype first, as transformers reads it
+    ("float32", {"torch_dtype": "float32", "dtype": "float16"}, "float16"),  # dtype over the older torch_dtype
+    ("float64", {}, None),  # no dtype jaxllm computes in: convert's float32
+])
+def test_the_checkpoint_dtype_is_the_one_transformers_auto_reads(tmp_path, stored, config, want):
+    """HFCheckpoint.dtype (what `convert` writes without --dtype: "the dtype the source stores its weights in"): a
+    config.json saying "auto", null or nothing read float32 (a bfloat16 model converted at twice its size)."""
+    bench_load.write_checkpoint(tmp_path, "tiny", "float32")
+    source = safetensors_io.SafetensorsFile(tmp_path / "model.safetensors")
+    layout = {n: (source.shape(n), np.dtype(stored) if stored != "bfloat16" else jax.numpy.bfloat16) for n in source.names()}
+    arrays = {n: np.asarray(source.get(n)).astype(dtype) for n, (_, dtype) in layout.items()}
+    safetensors_io.write_safetensors(tmp_path, layout, arrays.items())
+    raw = json.loads((tmp_path / "config.json").read_text())
+    raw.pop("torch_dtype")
+    (tmp_path / "config.json").write_text(json.dumps(dict(raw, **config)))
+    assert loader.open_checkpoint(tmp_path).dtype == want

@@ -30,6 +30,31 @@ def _tensors(rename=lambda name: name, add=lambda tensors: {}):
     return rewrite
 
 
+def _cast(*dtypes: str):
+    """A model.safetensors edit: the tensors stored in `dtypes` by turns (one dtype: all of them; several: a mixed file)."""
+    def rewrite(path):
+        import torch
+        from safetensors.torch import load_file, save_file
+        tensors = load_file(path)
+        save_file({n: t.to(getattr(torch, dtypes[i % len(dtypes)])) for i, (n, t) in enumerate(sorted(tensors.items()))}, path,
+                  metadata={"format": "pt"})
+    return rewrite
+
+
+def _sharded(path):
+    """model.safetensors as two shards and model.safetensors.index.json (a larger Hub checkpoint's form), beside a
+    stray .safetensors file the index does not name (its values other ones), which transformers does not read."""
+    from safetensors.torch import load_file, save_file
+    tensors, folder = load_file(path), path.parent
+    path.unlink()
+    names = sorted(tensors)
+    files = {name: f"model-0000{1 + i % 2}-of-00002.safetensors" for i, name in enumerate(names)}
+    for file in sorted(set(files.values())):
+        save_file({n: tensors[n] for n in names if files[n] == file}, folder / file, metadata={"format": "pt"})
+    save_file({n: 2 * t for n, t in tensors.items()}, folder / "stray.safetensors", metadata={"format": "pt"})
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": 0}, "weight_map": files}))
+
+
 def _fuse(path):
     from safetensors.torch import load_file, save_file
     save_file(reference.fused_experts(load_file(path)), path, metadata={"format": "pt"})
@@ -136,6 +161,13 @@ SPELLINGS = {
                                       _edit(("layer_types",), sliding_window=None)),
     "qwen3-window-flag-default-window": ("Qwen3ForCausalLM", dict(use_sliding_window=True, sliding_window=8, max_window_layers=1),
                                          _edit(("layer_types", "sliding_window"))),
+    # the same weights as Hub files store them: half precision, mixed dtypes, shards with their index, the rotary
+    # inv_freq buffers older transformers saved (which it ignores)
+    **{f"llama-{'-'.join(dtypes)}-weights": ("LlamaForCausalLM", {}, _edit(("dtype",)), _cast(*dtypes))
+       for dtypes in (("float16",), ("bfloat16",), ("float16", "bfloat16", "float32"))},
+    "llama-sharded-with-index": ("LlamaForCausalLM", {}, _edit(), _sharded),
+    "llama-rotary-inv-freq-buffers": ("LlamaForCausalLM", {}, _edit(dtype="auto"), _tensors(add=lambda tensors: {
+        f"model.layers.{i}.self_attn.rotary_emb.inv_freq": tensors["model.norm.weight"][:8].clone() for i in range(3)})),
     "gemma-tied-by-default": ("GemmaForCausalLM", {}, _edit(("tie_word_embeddings",))),
     # tied by its config, yet the file holds a head of its own: transformers keeps that head
     "llama-tied-config-own-head": ("LlamaForCausalLM", dict(tie_word_embeddings=True), _edit(), _tensors(add=_head())),
