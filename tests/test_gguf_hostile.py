@@ -9,8 +9,9 @@ import resource
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
-from gguf import GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, quants
 from gguf_files import add_fields, split_copy, write_random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -366,3 +367,33 @@ def test_a_count_given_per_layer_reads_as_one_or_is_one_line(tmp_path, arch, key
                                               r"a model whose layers differ so is not supported from GGUF; load its Hugging Face "
                                               r"checkpoint instead$"):
         jaxllm.load(tmp_path / "bad.gguf", tokenizer=False)
+
+
+UNREADABLE = {"Q8_1", "Q8_K", "I8", "I16", "I32", "I64", "F64", "Q1_0"}  # types gguf.quants has no dequantization for
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # random scales: inf and NaN, in gguf's numpy as in ours
+@pytest.mark.parametrize("qtype", list(GGMLQuantizationType) + [99], ids=lambda t: getattr(t, "name", str(t)))
+def test_every_ggml_type_reads_as_gguf_reads_it_or_is_one_line(tmp_path, qtype):
+    """A tensor of each GGML type (F32 ... the K-quants, IQ and TQ types, MXFP4) of random bytes reads
+    as the gguf package dequantizes it (what transformers' GGUF loader computes with), NaNs where it
+    has them; a type it cannot dequantize (Q8_1, F64, the integer types) or does not know (99) is
+    one line naming it, before any tensor is read."""
+    path = tmp_path / "t.gguf"
+    tiny_llama(path, {"output.weight": (32, 256)})
+    blob = path.read_bytes()
+    block, size = GGML_QUANT_SIZES.get(qtype, (1, 4))
+    raw = np.random.default_rng(int(qtype)).integers(0, 256, 32 * 256 // block * size, dtype=np.uint8)
+    key = string("output.weight")
+    at = blob.index(key) + len(key) + 4 + 16  # past n_dims and the two dims: its type id and data offset
+    end = len(blob) + (-len(blob) % 32)  # its new bytes, after the file's, aligned
+    spoiled = blob[:at] + struct.pack("<IQ", int(qtype), end - gguf.Header(path).data_start) + blob[at + 12 :]
+    path.write_bytes(spoiled + bytes(end - len(blob)) + raw.tobytes())
+    if getattr(qtype, "name", None) in UNREADABLE or qtype == 99:
+        what = ("unknown GGML tensor type 99: a newer gguf package may read it" if qtype == 99
+                else f"its GGML type {qtype.name} is not one jaxllm reads")
+        refused(path, path.read_bytes(), rf"t\.gguf: tensor output\.weight: {what}")
+        return
+    tensors, _ = gguf.open_checkpoint(path)
+    want = quants.dequantize(raw, qtype).reshape(32, 256).astype(np.float32)
+    assert np.array_equal(tensors.get("lm_head.weight"), want, equal_nan=True)
