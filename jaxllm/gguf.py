@@ -8,7 +8,8 @@ The header is parsed here too (milliseconds; the package's reader takes seconds 
 vocabulary's strings), once per file. The families (what each general.architecture means: tensor
 names, values llama.cpp changed, metadata keys) are in jaxllm/gguf_families.py, tensor bytes are
 decoded in jaxllm/gguf_blocks.py and the tokenizer is built and cached on disk in
-jaxllm/gguf_tokenizer.py.
+jaxllm/gguf_tokenizer.py. A split model (llama.cpp's gguf-split: model-00001-of-00003.gguf ...) is
+read from its first part as one model, its other parts found beside it (`read_parts`).
 
 Quantized loads (`jaxllm.load(..., quantize=...)`) take Q8_0, Q4_0 and Q4_1 kernels without a
 float detour (`GGUFCheckpoint.blocks`): int8 / int4 values in groups of 32 with the file's float16
