@@ -8,7 +8,8 @@ The header is parsed here too (milliseconds; the package's reader takes seconds 
 vocabulary's strings), once per file. The families (what each general.architecture means: tensor
 names, values llama.cpp changed, metadata keys) are in jaxllm/gguf_families.py, tensor bytes are
 decoded in jaxllm/gguf_blocks.py and the tokenizer is built and cached on disk in
-jaxllm/gguf_tokenizer.py.
+jaxllm/gguf_tokenizer.py. A split model (llama.cpp's gguf-split: model-00001-of-00003.gguf ...) is
+read from its first part as one model, its other parts found beside it (`read_parts`).
 
 Quantized loads (`jaxllm.load(..., quantize=...)`) take Q8_0, Q4_0 and Q4_1 kernels without a
 float detour (`GGUFCheckpoint.blocks`): int8 / int4 values in groups of 32 with the file's float16
@@ -21,6 +22,7 @@ from __future__ import annotations
 import functools
 import mmap
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -28,7 +30,7 @@ import numpy as np
 
 from jaxllm.errors import CheckpointError
 from jaxllm.gguf_blocks import NATIVE, TYPES, blocks, check_readable, dequantize, tensor_bytes
-from jaxllm.gguf_families import ARCHITECTURES, Family, check_required, decimal, family_of, hf_name, part_of
+from jaxllm.gguf_families import ARCHITECTURES, Family, check_per_layer, check_required, decimal, family_of, hf_name, part_of
 from jaxllm.models import quant, registry
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
@@ -56,7 +58,7 @@ class Header:
     def _parse(self) -> None:
         magic, version = self._take("<4sI")
         if magic != b"GGUF" or version not in (2, 3):
-            raise ValueError(f"magic {magic!r}, version {version}: not a little-endian GGUF v2/v3 file")
+            raise CheckpointError(f"{self.path}: {_unreadable_format(magic, version)}")
         n_tensors, n_fields = self._take("<QQ")
         # the least a tensor's entry (name length, dims count, type, offset) and a metadata entry (key length, type) take
         if n_tensors * 24 + n_fields * 12 > self._left():
@@ -152,6 +154,26 @@ class Header:
         return out
 
 
+# llama.cpp's formats before GGUF (magic as the file's first 4 bytes): its convert_llama_ggml_to_gguf.py converts them
+_LEGACY = {b"lmgg": "GGML", b"fmgg": "GGMF", b"tjgg": "GGJT"}
+
+
+def _unreadable_format(magic: bytes, version: int) -> str:
+    """Why a file of this magic and version is not a GGUF file jaxllm reads (v2 / v3, little-endian), and the fix."""
+    if magic in _LEGACY:
+        return (f"a {_LEGACY[magic]} file (llama.cpp's format before GGUF), not GGUF: convert it with llama.cpp's "
+                "convert_llama_ggml_to_gguf.py, or download a .gguf of the model")
+    if magic != b"GGUF":
+        return f"not a GGUF file (it starts with {magic!r}, not b'GGUF'): download it again, or check the path"
+    if version in (2 << 24, 3 << 24):  # v2 / v3 written big-endian (for s390x): every number's bytes reversed
+        return ("a big-endian GGUF file (written for s390x), which jaxllm does not read: convert it with the gguf "
+                "package's gguf-convert-endian FILE little, or download the little-endian file")
+    if version == 1:
+        return ("GGUF version 1 (llama.cpp before August 2023), which jaxllm does not read: convert the model again with a "
+                "current llama.cpp's convert_hf_to_gguf.py")
+    return f"GGUF version {version}, which jaxllm does not read (it reads versions 2 and 3): check for a newer jaxllm"
+
+
 @functools.lru_cache(maxsize=1)
 def _header(path: Path, size: int, mtime_ns: int) -> Header:
     return Header(path)
@@ -166,18 +188,74 @@ def read_header(path: Path) -> Header:
     return _header(Path(path).resolve(), st.st_size, st.st_mtime_ns)
 
 
+_SPLIT_NAME = re.compile(r"^(.*)-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)  # llama.cpp's split parts: model-00001-of-00003.gguf
 
-def config_from_metadata(header: Header) -> dict:
+
+def read_parts(path: Path) -> list[Header]:
+    """The Headers of the model a .gguf file holds: its own, and where it is the first part of a
+    split model (llama.cpp's gguf-split: split.count parts named like model-00001-of-00003.gguf,
+    the metadata in the first, each part's tensors after its own header) each other part's, found
+    beside it by llama.cpp's naming; a CheckpointError naming a part that is missing, of another
+    model, or a file that is not the first part."""
+    first = read_header(path)
+    count, number = first.fields.get("split.count", 1), first.fields.get("split.no", 0)
+    if not _split_field(count, 1) or not _split_field(number, 0) or number >= count:
+        raise CheckpointError(f"{path}: GGUF split.no {str(number)[:30]} / split.count {str(count)[:30]} are not a part's number "
+                              "and its model's part count: the file is damaged; download it again")
+    if count == 1:
+        return [first]
+    m = _SPLIT_NAME.match(first.path.name)
+    stem = m[1] if m else None
+    if number:
+        first_name = f"{stem}-00001-of-{count:05d}.gguf" if stem else "the part whose split.no is 0"
+        raise CheckpointError(f"{path} is part {number + 1} of {count} of a split GGUF model: pass its first part, {first_name}")
+    if not m or int(m[2]) != 1 or int(m[3]) != count:
+        raise CheckpointError(f"{path} is the first of {count} parts of a split GGUF model, but its name is not llama.cpp's "
+                              f"NAME-00001-of-{count:05d}.gguf, by which its other parts are found: rename the parts back")
+    names = [first.path.with_name(f"{stem}-{i:05d}-of-{count:05d}.gguf") for i in range(2, count + 1)]
+    missing = [p.name for p in names if not p.is_file()]
+    if missing:
+        raise CheckpointError(f"{path} is the first of {count} parts of a split GGUF model, and {', '.join(missing[:3])}"
+                              f"{', ...' if len(missing) > 3 else ''} {'is' if len(missing) == 1 else 'are'} missing beside it: "
+                              "download every part into the same folder")
+    parts = [first, *(Header(p) for p in names)]
+    for i, part in enumerate(parts[1:], 1):
+        if (part.fields.get("split.no"), part.fields.get("split.count")) != (i, count):
+            raise CheckpointError(f"{part.path} is not part {i + 1} of {count} of {path.name}'s model (its split.no "
+                                  f"{str(part.fields.get('split.no'))[:30]}, split.count {str(part.fields.get('split.count'))[:30]}): "
+                                  "download the parts of one model again")
+    total, stated = sum(len(part.tensors) for part in parts), first.fields.get("split.tensors.count", None)
+    if stated is not None and stated != total:
+        raise CheckpointError(f"{path}: the {count} parts of this split GGUF model hold {total} tensors, not the "
+                              f"{str(stated)[:30]} its split.tensors.count says: a part is of another model or damaged; "
+                              "download the parts again")
+    return parts
+
+
+def _split_field(value, least: int) -> bool:
+    """Whether split.count / split.no is a whole number, at least `least`."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+
+def config_from_metadata(header: Header, parts: list[Header] | None = None) -> dict:
+    """The config.json-shaped dict of a file's metadata (and its tensors': a split model's `parts`)."""
     fields = header.fields
+    all_tensors = [t for part in parts or [header] for t in part.tensors]
     arch, prefix = family_of(fields)
     family = ARCHITECTURES[arch]
 
     def get(key, default=None):
         return fields.get(f"{prefix}.{key}", default)
 
-    heads = get("attention.head_count")
-    tensor_names = {t[0] for t in header.tensors}
-    embedding = next((dims for name, dims, _, _ in header.tensors if name == "token_embd.weight"), None)
+    def layer_wise(key, default=None):
+        """A key llama.cpp may write one a layer (head counts, MLP width): one value where every layer's is the same."""
+        value = get(key, default)
+        return value[0] if isinstance(value, list) and value and all(v == value[0] for v in value) else value
+
+    heads = layer_wise("attention.head_count")
+    tensor_names = {t[0] for t in all_tensors}
+    embedding = next((dims for name, dims, _, _ in all_tensors if name == "token_embd.weight"), None)
     tokens = fields.get("tokenizer.ggml.tokens", [])
     if not isinstance(tokens, list):
         raise CheckpointError(f"GGUF tokenizer.ggml.tokens is {type(tokens).__name__}, not a list of tokens: the file is "
@@ -189,10 +267,10 @@ def config_from_metadata(header: Header) -> dict:
         "model_type": registry.get(family.hf).hf_model_type,  # config.json written back needs it
         "vocab_size": vocab,
         "hidden_size": get("embedding_length"),
-        "intermediate_size": get("feed_forward_length"),
+        "intermediate_size": layer_wise("feed_forward_length"),
         "num_hidden_layers": get("block_count"),
         "num_attention_heads": heads,
-        "num_key_value_heads": get("attention.head_count_kv", heads),
+        "num_key_value_heads": layer_wise("attention.head_count_kv", heads),
         "max_position_embeddings": get("context_length", 2048),
         "rms_norm_eps": decimal(get("attention.layer_norm_rms_epsilon", 1e-6)),  # float32 in the file: its shortest
         "rope_theta": decimal(get("rope.freq_base", 10000.0)),  # decimal (1e-05, not 9.999999747378752e-06)
@@ -213,6 +291,7 @@ def config_from_metadata(header: Header) -> dict:
             raw["rope_scaling"]["original_max_position_embeddings"] = get("rope.scaling.original_context_length")
     check_required(get, prefix)
     family.config(get, raw)
+    check_per_layer(raw, prefix)
     family.tensors(tensor_names, raw)
     return raw
 
@@ -232,15 +311,23 @@ def _per_head(w: np.ndarray, heads: int) -> np.ndarray:
 class GGUFCheckpoint:
     """Tensors of a GGUF file under their HF names, in HF layout, dequantized on demand."""
 
-    def __init__(self, header: Header, raw: dict, family: Family = Family("")):
-        with open(header.path, "rb") as f:
-            data = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
+    def __init__(self, header: Header, raw: dict, family: Family = Family(""), parts: list[Header] | None = None):
+        """`parts`: a split model's Headers (read_parts), the first `header`; else `header` alone."""
         self.tensors = {}  # HF name -> (shape in the file's order, GGML type id, raw bytes)
         self.shifted, self.transposed = {}, set()  # HF names whose values llama.cpp changed: {name: shift}, [out, in]
         self.values = {}  # HF names whose values llama.cpp changed otherwise: {name: HF's values of the file's}
         self.reordered = {}  # HF names whose rows or columns llama.cpp reordered: {name: (axis, HF's order)}
         self.per_head = set()  # HF names of fused q | k | v rows (and biases) HF keeps per head
-        spans = []  # (start, end, GGUF name) of each tensor's bytes
+        for part in parts or [header]:
+            self._add_part(part, raw, family)
+        self.heads = {"q_proj": raw["num_attention_heads"], "k_proj": raw["num_key_value_heads"]} if family.permuted else {}
+        self.qkv_heads = raw["num_attention_heads"] if family.per_head_qkv else None
+
+    def _add_part(self, header: Header, raw: dict, family: Family) -> None:
+        """The tensors of one file (a split model's part) under their HF names."""
+        with open(header.path, "rb") as f:
+            data = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
+        spans, earlier = [], set(self.tensors)  # (start, end, GGUF name) of each tensor's bytes; earlier parts' tensors
         for name, dims, type_id, offset in header.tensors:
             start = header.data_start + offset
             shape = tuple(int(d) for d in reversed(dims))  # GGUF lists dims innermost first
@@ -262,6 +349,9 @@ class GGUFCheckpoint:
                 raise CheckpointError(f"{header.path}: tensor {name} has shape {list(shape)}: an expert stack is [experts, rows, "
                                       "columns] of at least one expert; the file is damaged: re-convert it with llama.cpp's "
                                       "convert_hf_to_gguf.py")
+            if hf.format(0) in earlier:  # twice within a file Header refuses; across a split model's parts, here
+                raise CheckpointError(f"{header.path}: tensor {name} is in an earlier part of this split GGUF model too: "
+                                      "a part is of another model; download the parts again")
             self.tensors.update(_split_experts(hf, shape, type_id, data[start : start + nbytes]))
             if family.norm_shift and name.endswith("norm.weight") and part not in family.unshifted:  # every norm, as transformers does
                 self.shifted[hf] = family.norm_shift
@@ -275,8 +365,6 @@ class GGUFCheckpoint:
             if order is not None:
                 self.reordered[hf] = order
         _check_disjoint(spans, header.path)
-        self.heads = {"q_proj": raw["num_attention_heads"], "k_proj": raw["num_key_value_heads"]} if family.permuted else {}
-        self.qkv_heads = raw["num_attention_heads"] if family.per_head_qkv else None
 
     def names(self):
         return self.tensors.keys()
@@ -348,9 +436,10 @@ def _split_experts(name: str, shape: tuple, type_id: int, raw: np.ndarray) -> di
 
 def open_checkpoint(path: Path):
     """(tensors under HF names, config.json-shaped dict) of a .gguf file."""
-    header = read_header(path)
-    raw = config_from_metadata(header)
-    tensors = GGUFCheckpoint(header, raw, ARCHITECTURES[family_of(header.fields)[0]])
+    parts = read_parts(path)
+    header = parts[0]
+    raw = config_from_metadata(header, parts)
+    tensors = GGUFCheckpoint(header, raw, ARCHITECTURES[family_of(header.fields)[0]], parts)
     if "rope_freqs.weight" in tensors.tensors:
         _rope_freqs(tensors, raw, header.path)
     if {"rope_factors_long.weight", "rope_factors_short.weight"} & tensors.tensors.keys():

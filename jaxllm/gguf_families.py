@@ -461,6 +461,22 @@ def check_required(get, prefix: str) -> None:
                               "re-convert it with llama.cpp's convert_hf_to_gguf.py")
 
 
+# config fields llama.cpp may read one a layer, and their keys: a list of equal values reads as one (config_from_metadata)
+_PER_LAYER = {"num_attention_heads": "attention.head_count", "num_key_value_heads": "attention.head_count_kv",
+              "intermediate_size": "feed_forward_length"}
+
+
+def check_per_layer(raw: dict, prefix: str) -> None:
+    """A CheckpointError for a count that differs from layer to layer (OpenELM's heads and MLP widths),
+    which no family here reads (LFM2's kv heads are its own: _lfm2_config); other values are left
+    for the config's checks to name."""
+    for field, key in _PER_LAYER.items():
+        value = raw.get(field)
+        if isinstance(value, list) and value and _whole(*value):
+            raise CheckpointError(f"GGUF {prefix}.{key} differs from layer to layer ({str(value)[:60]}): a model whose layers "
+                                  "differ so is not supported from GGUF; load its Hugging Face checkpoint instead")
+
+
 def decimal(value):
     """A float32 metadata value as the shortest decimal that reads back as the same float32 (what
     the writer most likely stored: 1e-05 for 9.999999747378752e-06); anything else unchanged, for

@@ -66,6 +66,7 @@ def _convert_tokenizer(path: Path):
         from transformers.integrations.ggml import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
 
     fields = read_header(path).fields
+    _check_vocabulary(path, fields)
     try:
         architecture, tokenizer_dict, config = _tokenizer_parts(fields, GGUF_TOKENIZER_MAPPING)
         backend, extra = convert_gguf_tokenizer(architecture, tokenizer_dict)
@@ -76,6 +77,30 @@ def _convert_tokenizer(path: Path):
                               "tokenizer metadata is incomplete or of a kind transformers does not convert; use a GGUF "
                               "whose tokenizer transformers reads, or load with tokenizer=False and pass token ids") from None
     return backend, {**config, **extra}
+
+
+# tokenizer.ggml.model -> the tokenizer.ggml arrays its vocabulary is built from, each as the keys any of which serves
+# (transformers' converters: a byte-level vocabulary without merges has them rebuilt from its scores)
+_VOCABULARY = {"llama": (("tokens",), ("scores",)), "gpt2": (("tokens",), ("merges", "scores"))}
+_SPECIAL_IDS = ("bos_token_id", "eos_token_id", "unknown_token_id", "padding_token_id")
+
+
+def _check_vocabulary(path: Path, fields: dict) -> None:
+    """A CheckpointError naming a vocabulary array the file's tokenizer kind needs that it lacks (or
+    holds as something else), or a special token id outside the vocabulary, before transformers'
+    converter meets it as a bare KeyError or IndexError."""
+    kind = fields.get("tokenizer.ggml.model")
+    for keys in _VOCABULARY.get(kind, ()):
+        if not any(isinstance(fields.get(f"tokenizer.ggml.{key}"), list) for key in keys):
+            names = " or ".join(f"tokenizer.ggml.{key}" for key in keys)
+            raise CheckpointError(f"{path.name}: the file's {kind!r} tokenizer has no {names} array, which it is built from: the "
+                                  "file's tokenizer is incomplete; re-convert it, or load with tokenizer=False and pass token ids")
+    n = len(fields.get("tokenizer.ggml.tokens") or ())
+    for key in _SPECIAL_IDS:
+        token_id = fields.get(f"tokenizer.ggml.{key}")
+        if token_id is not None and not (isinstance(token_id, int) and 0 <= token_id < n):
+            raise CheckpointError(f"{path.name}: GGUF tokenizer.ggml.{key} is {str(token_id)[:40]}, not one of the file's {n} "
+                                  "token ids: the file is damaged; re-convert it, or load with tokenizer=False and pass token ids")
 
 
 def _save_tokenizer(folder: Path, tok, kwargs: dict) -> None:

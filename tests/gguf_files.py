@@ -25,3 +25,24 @@ def write_random(writer, shapes: dict, seed: int = 0) -> None:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def split_copy(whole, path, max_tensors: int) -> list:
+    """The GGUF file `whole` written again as llama.cpp's gguf-split writes it: parts of at most
+    `max_tensors` tensors named like `path`'s stem-00001-of-0000N.gguf beside it, the metadata in
+    the first, split.no / split.count / split.tensors.count in each. Returns the parts' paths."""
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    reader = GGUFReader(whole)
+    writer = GGUFWriter(str(path), str(reader.fields["general.architecture"].contents()), split_max_tensors=max_tensors)
+    for key, f in reader.fields.items():
+        if not key.startswith("GGUF.") and key != "general.architecture":
+            writer.add_key_value(key, f.contents(), f.types[0], f.types[-1] if f.types[0] == GGUFValueType.ARRAY else None)
+    for t in reader.tensors:
+        writer.add_tensor(t.name, np.array(t.data), raw_dtype=t.tensor_type)
+    parts = writer.format_shard_names(path)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return parts

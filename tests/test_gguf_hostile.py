@@ -4,13 +4,15 @@ expert stacks of no experts, metadata of the wrong type. Each is refused with on
 line (no struct/numpy traceback) without allocating more than the file's size."""
 
 import hashlib
+import re
 import resource
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
-from gguf import GGUFWriter
-from gguf_files import add_fields, write_random
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, quants
+from gguf_files import add_fields, split_copy, write_random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -90,9 +92,18 @@ def refused(path: Path, blob: bytes, match: str, error=CheckpointError) -> None:
 
 NOT_GGUF = r"is not a readable GGUF file \("
 HEADER_CASES = [
-    ("wrong-magic", b"GGML" + bytes(20), NOT_GGUF + r"ValueError: magic b'GGML', version 0: not a little-endian GGUF v2/v3"),
-    ("version-1", gguf_bytes([], version=1), NOT_GGUF + "ValueError: magic b'GGUF', version 1: not a little-endian"),
-    ("big-endian", b"GGUF" + struct.pack(">IQQ", 3, 0, 0), "version 50331648: not a little-endian"),
+    # formats other than GGUF v2/v3 little-endian: each named, with its own fix
+    ("wrong-magic", b"GGML" + bytes(20), r"bad\.gguf: not a GGUF file \(it starts with b'GGML', not b'GGUF'\): download it again"),
+    ("legacy-ggml", b"lmgg" + bytes(20), r"bad\.gguf: a GGML file \(llama\.cpp's format before GGUF\), not GGUF: convert it with "
+                                        r"llama\.cpp's convert_llama_ggml_to_gguf\.py"),
+    ("legacy-ggjt", b"tjgg" + struct.pack("<I", 3) + bytes(16), r"a GGJT file \(llama\.cpp's format before GGUF\)"),
+    ("version-1", gguf_bytes([], version=1), r"bad\.gguf: GGUF version 1 \(llama\.cpp before August 2023\), which jaxllm does not "
+                                             r"read: convert the model again with a current llama\.cpp's convert_hf_to_gguf\.py$"),
+    ("version-4", gguf_bytes([ARCH], version=4), r"bad\.gguf: GGUF version 4, which jaxllm does not read \(it reads versions 2 and 3\)"),
+    ("big-endian-v3", b"GGUF" + struct.pack(">IQQ", 3, 0, 0), r"a big-endian GGUF file \(written for s390x\), which jaxllm does "
+                                                              r"not read: convert it with the gguf package's gguf-convert-endian"),
+    ("big-endian-v2", b"GGUF" + struct.pack(">IQQ", 2, 1, 0), r"a big-endian GGUF file"),
+    ("empty", b"", NOT_GGUF + r"ValueError: cannot mmap an empty file\)"),
     ("magic-only", b"GGUF", NOT_GGUF + r"ValueError: the file ends at byte 4, inside its header \(truncated download\?\)"),
     ("cut-in-counts", gguf_bytes([])[:14], r"ends at byte 14, inside its header \(truncated download\?\)"),
     ("cut-in-key", gguf_bytes([ARCH])[:30], r"counts 0 tensors and 1 metadata entries, more than the file's 30 bytes can "
@@ -114,6 +125,10 @@ HEADER_CASES = [
      r"metadata 'tokenizer\.ggml\.tokens' is an array of 1099511627776 values, more than"),
     ("absurd-dims", gguf_bytes([ARCH], [string("t.weight") + struct.pack("<I", 2**32 - 1) + bytes(64)]),
      r"tensor 't\.weight' has 4294967295 dimensions; GGUF allows at most 4"),
+    ("five-dims", gguf_bytes([ARCH], [string("t.weight") + struct.pack("<I5QIQ", 5, 1, 1, 1, 1, 1, 0, 0)]),
+     r"tensor 't\.weight' has 5 dimensions; GGUF allows at most 4"),
+    ("tensor-twice", gguf_bytes([ARCH], [string("t.weight") + struct.pack("<IQIQ", 1, 32, 0, 0)] * 2), r"tensor 't\.weight' appears twice"),
+    ("key-twice", gguf_bytes([ARCH, ARCH]), r"metadata key 'general\.architecture' appears twice"),
     # value types
     ("unknown-value-type", gguf_bytes([field("llama.x", 13, bytes(8))]), r"metadata 'llama\.x' has value type 13, which GGUF does "
                                                                           "not define"),
@@ -275,3 +290,110 @@ def test_fuzzed_header_bytes_are_one_line(tmp_path, pristine, data):
         loader.prepare(path).check()
     except JaxllmError as err:
         assert "\n" not in str(err)
+
+
+def _split(tmp_path: Path, pristine: bytes) -> list[Path]:
+    """The pristine file split as llama.cpp's gguf-split writes it: parts of 5 tensors (3 parts)."""
+    (tmp_path / "whole.gguf").write_bytes(pristine)
+    return split_copy(tmp_path / "whole.gguf", tmp_path / "model.gguf", 5)
+
+
+def _other_part(parts: list[Path]) -> None:
+    """Part 3 replaced by a part 2 (of another split of a model)."""
+    parts[2].write_bytes(parts[1].read_bytes())
+
+
+SPLIT_CASES = [
+    ("second-part", lambda parts: None, 1, r"model-00002-of-00003\.gguf is part 2 of 3 of a split GGUF model: pass its first part, "
+                                           r"model-00001-of-00003\.gguf$"),
+    ("part-missing", lambda parts: parts[2].unlink(), 0,
+     r"model-00001-of-00003\.gguf is the first of 3 parts of a split GGUF model, and model-00003-of-00003\.gguf is missing beside it: "
+     r"download every part into the same folder$"),
+    ("parts-missing", lambda parts: [p.unlink() for p in parts[1:]], 0, r"and model-00002-of-00003\.gguf, model-00003-of-00003\.gguf "
+                                                                       r"are missing beside it"),
+    ("part-renamed", lambda parts: parts[0].rename(parts[0].with_name("model.gguf")), "model.gguf",
+     r"model\.gguf is the first of 3 parts of a split GGUF model, but its name is not llama\.cpp's NAME-00001-of-00003\.gguf, by "
+     r"which its other parts are found: rename the parts back$"),
+    ("other-part", _other_part, 0, r"model-00003-of-00003\.gguf is not part 3 of 3 of model-00001-of-00003\.gguf's model \(its "
+                                   r"split\.no 1, split\.count 3\): download the parts of one model again$"),
+    ("part-truncated", lambda parts: parts[1].write_bytes(parts[1].read_bytes()[:-8]), 0,
+     r"model-00002-of-00003\.gguf ends before tensor \S+ \(truncated download\?\)"),
+]
+
+
+@pytest.mark.parametrize("spoil, given, message", [c[1:] for c in SPLIT_CASES], ids=[c[0] for c in SPLIT_CASES])
+def test_a_split_model_missing_a_part_is_one_line(tmp_path, pristine, spoil, given, message):
+    """A split model (llama.cpp's gguf-split) given a part but its first, a part missing, renamed,
+    of another model or cut short: one line naming the part and the fix (it read as a model
+    missing most tensors, or as a model of another part's tensors)."""
+    parts = _split(tmp_path, pristine)
+    spoil(parts)
+    with pytest.raises(CheckpointError, match=message) as info:
+        jaxllm.load(tmp_path / given if isinstance(given, str) else parts[given], tokenizer=False)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("split.count", 0, r"GGUF split\.no 0 / split\.count 0 are not a part's number and its model's part count: the file is damaged"),
+    ("split.no", 3, r"GGUF split\.no 3 / split\.count 3 are not a part's number"),
+    ("split.tensors.count", 11, r"the 3 parts of this split GGUF model hold 12 tensors, not the 11 its split\.tensors\.count says"),
+])
+def test_split_metadata_that_disagrees_is_one_line(tmp_path, pristine, key, value, message):
+    """The first part's split.* keys out of range or counting other tensors than the parts hold."""
+    parts = _split(tmp_path, pristine)
+    blob = parts[0].read_bytes()
+    at = blob.index(string(key)) + len(string(key))
+    kind = struct.unpack_from("<I", blob, at)[0]
+    fmt = {2: "<H", 5: "<i"}[kind]  # split.no / split.count uint16, split.tensors.count int32 (as gguf-split writes them)
+    blob = blob[: at + 4] + struct.pack(fmt, value) + blob[at + 4 + struct.calcsize(fmt) :]
+    refused(parts[0], blob, message)
+
+
+@pytest.mark.parametrize("arch, key", [("llama", "attention.head_count"), ("llama", "attention.head_count_kv"),
+                                       ("qwen2", "feed_forward_length"), ("gemma2", "attention.head_count")])
+def test_a_count_given_per_layer_reads_as_one_or_is_one_line(tmp_path, arch, key):
+    """A head count or MLP width written one a layer (llama.cpp reads either form): the same in every
+    layer, the config of the single value; differing, one line naming the key (it read as a
+    config value [2, 2], refused as a damaged file)."""
+    base = {"attention.head_count_kv": 2}
+    _with_meta(tmp_path / "one.gguf", arch, base)
+    one = gguf.config_from_metadata(gguf.Header(tmp_path / "one.gguf"))
+    value = one[{"attention.head_count": "num_attention_heads", "attention.head_count_kv": "num_key_value_heads",
+                 "feed_forward_length": "intermediate_size"}[key]]
+    _with_meta(tmp_path / "same.gguf", arch, {**base, key: [value, value]})
+    assert gguf.config_from_metadata(gguf.Header(tmp_path / "same.gguf")) == one
+    _with_meta(tmp_path / "bad.gguf", arch, {**base, key: [value, value * 2]})
+    with pytest.raises(CheckpointError, match=rf"^GGUF {arch}\.{re.escape(key)} differs from layer to layer \(\[{value}, {value * 2}\]\): "
+                                              r"a model whose layers differ so is not supported from GGUF; load its Hugging Face "
+                                              r"checkpoint instead$"):
+        jaxllm.load(tmp_path / "bad.gguf", tokenizer=False)
+
+
+UNREADABLE = {"Q8_1", "Q8_K", "I8", "I16", "I32", "I64", "F64", "Q1_0"}  # types gguf.quants has no dequantization for
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # random scales: inf and NaN, in gguf's numpy as in ours
+@pytest.mark.parametrize("qtype", list(GGMLQuantizationType) + [99], ids=lambda t: getattr(t, "name", str(t)))
+def test_every_ggml_type_reads_as_gguf_reads_it_or_is_one_line(tmp_path, qtype):
+    """A tensor of each GGML type (F32 ... the K-quants, IQ and TQ types, MXFP4) of random bytes reads
+    as the gguf package dequantizes it (what transformers' GGUF loader computes with), NaNs where it
+    has them; a type it cannot dequantize (Q8_1, F64, the integer types) or does not know (99) is
+    one line naming it, before any tensor is read."""
+    path = tmp_path / "t.gguf"
+    tiny_llama(path, {"output.weight": (32, 256)})
+    blob = path.read_bytes()
+    block, size = GGML_QUANT_SIZES.get(qtype, (1, 4))
+    raw = np.random.default_rng(int(qtype)).integers(0, 256, 32 * 256 // block * size, dtype=np.uint8)
+    key = string("output.weight")
+    at = blob.index(key) + len(key) + 4 + 16  # past n_dims and the two dims: its type id and data offset
+    end = len(blob) + (-len(blob) % 32)  # its new bytes, after the file's, aligned
+    spoiled = blob[:at] + struct.pack("<IQ", int(qtype), end - gguf.Header(path).data_start) + blob[at + 12 :]
+    path.write_bytes(spoiled + bytes(end - len(blob)) + raw.tobytes())
+    if getattr(qtype, "name", None) in UNREADABLE or qtype == 99:
+        what = ("unknown GGML tensor type 99: a newer gguf package may read it" if qtype == 99
+                else f"its GGML type {qtype.name} is not one jaxllm reads")
+        refused(path, path.read_bytes(), rf"t\.gguf: tensor output\.weight: {what}")
+        return
+    tensors, _ = gguf.open_checkpoint(path)
+    want = quants.dequantize(raw, qtype).reshape(32, 256).astype(np.float32)
+    assert np.array_equal(tensors.get("lm_head.weight"), want, equal_nan=True)

@@ -15,7 +15,7 @@ import reference
 import torch
 import transformers
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, quants
-from gguf_files import add_fields
+from gguf_files import add_fields, split_copy
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 import jaxllm
@@ -237,6 +237,23 @@ def test_every_tensor_type_matches_transformers(tmp_path, arch, name):
     assert err <= 1e-4, err
 
 
+@pytest.mark.parametrize("arch, quantize", [("llama", "gguf"), ("qwen3moe", None), ("gpt2", None)])
+def test_a_split_model_is_its_whole_file(tmp_path, arch, quantize):
+    """A model split as llama.cpp's gguf-split writes it (model-00001-of-00003.gguf ..., the metadata
+    in the first part), given its first part, is the model of the file it was split from (held to
+    transformers above): every tensor the same bytes, the same logits; its q/k rows unpermuted, its
+    expert stacks split, its Conv1D weights transposed, a quantized load's blocks taken from each part.
+    transformers' GGUF loader reads one file only."""
+    write_family(tmp_path / "whole.gguf", arch)
+    parts = split_copy(tmp_path / "whole.gguf", tmp_path / "model.gguf", 4)
+    assert [p.name for p in parts] == [f"model-{i:05d}-of-{len(parts):05d}.gguf" for i in range(1, len(parts) + 1)] and len(parts) > 2
+    whole, split = (jaxllm.load(tmp_path / name, tokenizer=False, quantize=quantize) for name in ("whole.gguf", parts[0].name))
+    assert split.config == whole.config
+    ours, want = weights.flat_params(split.params), weights.flat_params(whole.params)
+    assert ours.keys() == want.keys() and all(np.array_equal(np.asarray(ours[k]), np.asarray(want[k])) for k in want)
+    assert np.array_equal(split.logits(TOKENS), whole.logits(TOKENS))
+
+
 def test_qwen2moe_blocks_and_a_shared_gate_of_one_row(tmp_path):
     """Qwen2-MoE's file with the shared expert's gate [1, hidden], as llama.cpp's converter writes it
     since it stopped squeezing tensors (transformers' loader reads only the squeezed vector; it makes
@@ -397,3 +414,42 @@ def test_tokenizer_matches_transformers_gguf_tokenizer(tmp_path, monkeypatch, ar
             assert text == ref.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=prompt)
             assert ours(text, add_special_tokens=False)["input_ids"] == ref(text, add_special_tokens=False)["input_ids"]
         assert ours.decode(list(range(len(ref)))) == ref.decode(list(range(len(ref))))
+
+
+def _without(vocab: dict, *keys: str, **values) -> dict:
+    return {**{k: v for k, v in vocab.items() if k not in keys}, **values}
+
+
+VOCABULARIES = [  # (id, arch, vocabulary, refusal or None: transformers' tokenizer it must match)
+    ("spm-no-scores", "llama", _without(_sentencepiece(), "scores"), r"the file's 'llama' tokenizer has no tokenizer\.ggml\.scores array"),
+    ("spm-no-tokens", "llama", _without(_sentencepiece(), "tokens"), r"the file's 'llama' tokenizer has no tokenizer\.ggml\.tokens array"),
+    ("bpe-no-merges", "gpt2", _without(_byte_level("gpt-2"), "merges"),
+     r"the file's 'gpt2' tokenizer has no tokenizer\.ggml\.merges or tokenizer\.ggml\.scores array, which it is built from"),
+    ("bpe-merges-not-array", "qwen2", _without(_byte_level("qwen2"), merges="h e"), r"has no tokenizer\.ggml\.merges or"),
+    ("bos-beyond-vocabulary", "llama", _without(_sentencepiece(), bos_token_id=10**6),
+     r"GGUF tokenizer\.ggml\.bos_token_id is 1000000, not one of the file's \d+ token ids: the file is damaged"),
+    ("eos-not-a-number", "gpt2", _without(_byte_level("gpt-2"), eos_token_id="2"), r"tokenizer\.ggml\.eos_token_id is 2, not one of"),
+    # read as transformers reads them
+    ("bpe-merges-from-scores", "gpt2", _without(_byte_level("gpt-2"), "merges", scores=[-float(i) for i in range(len(_byte_level("")["tokens"]))]),
+     None),
+    ("no-token-types", "llama", _without(_sentencepiece(), "token_type"), None),
+]
+
+
+@pytest.mark.parametrize("arch, vocab, message", [c[1:] for c in VOCABULARIES], ids=[c[0] for c in VOCABULARIES])
+def test_a_vocabulary_short_of_what_it_is_built_from(tmp_path, monkeypatch, arch, vocab, message):
+    """A vocabulary without the arrays its kind is built from (a sentencepiece one's scores, a byte-level
+    one's merges and scores), or a special token id outside it: one line naming the key (it was
+    transformers' bare KeyError 'scores' / IndexError); what transformers reads (merges rebuilt
+    from scores, no token types) reads as it does."""
+    monkeypatch.setenv("JAXLLM_TOKENIZER_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "tok.gguf"
+    write_tokenizer(path, arch, vocab)
+    if message is None:
+        ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+        ours = gguf_tokenizer.load_tokenizer(path)
+        assert [ours(t)["input_ids"] for t in TEXTS] == [ref(t)["input_ids"] for t in TEXTS]
+        return
+    with pytest.raises(jaxllm.errors.CheckpointError, match=rf"^tok\.gguf: .*{message}.*load with tokenizer=False and pass token ids$") as info:
+        gguf_tokenizer.load_tokenizer(path)
+    assert "\n" not in str(info.value)
