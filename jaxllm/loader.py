@@ -327,6 +327,9 @@ def open_checkpoint(path_or_id, revision: str | None = None):
     if converted.is_converted(path):
         return converted.ConvertedCheckpoint(path)
     ggufs = checkpoint.gguf_files(path)
+    if path.suffix.lower() == ".gguf" and not (path / "config.json").exists():  # a folder named x.gguf, not the file
+        inside = f"; it holds {', '.join(ggufs[:3])}: pass one of those" if ggufs else ""
+        raise CheckpointError(f"'{path}' is a folder, not a .gguf file{inside or ': pass the .gguf file itself'}")
     if ggufs and not (path / "config.json").exists():  # a folder of GGUF files: a file is the checkpoint
         raise CheckpointError(f"'{path}' has no config.json but holds {len(ggufs)} GGUF file{'s' if len(ggufs) > 1 else ''} "
                               f"({', '.join(ggufs[:3])}{', ...' if len(ggufs) > 3 else ''}): pass the file, e.g. {path / ggufs[0]}")

@@ -775,7 +775,21 @@ LIBRARY_MISUSE = {
                                      r"^chat_template_kwargs must map the chat template's variable names"),  # not 'the template failed'
     "folder-of-gguf-files": (lambda m: jaxllm.load(m.files["gguf_folder"]),
                              r"has no config.json but holds 1 GGUF file \(model.gguf\): pass the file, e.g. .*model.gguf"),
+    # a folder named like the file was "config.json not found at x.gguf/config.json: ... needs one"
+    "folder-named-dot-gguf": (lambda m: jaxllm.load(_named_gguf(m.files["root"] / "empty.gguf")),
+                              r"empty.gguf' is a folder, not a .gguf file: pass the .gguf file itself$"),
+    "folder-named-dot-gguf-holding-one": (lambda m: jaxllm.load(_named_gguf(m.files["root"] / "x.GGUF", m.files["gguf_folder"])),
+                                          r"x.GGUF' is a folder, not a .gguf file; it holds model.gguf: pass one of those$"),
 }
+
+
+def _named_gguf(folder: Path, like: Path | None = None) -> Path:
+    """A folder named like a .gguf file: empty, or holding `like`'s files."""
+    if not folder.exists():
+        folder.mkdir()
+        for f in (like.iterdir() if like else ()):
+            (folder / f.name).symlink_to(f.resolve())
+    return folder
 
 
 def _engine_call(m, what: str, given):
