@@ -2,8 +2,10 @@
 embedded default model (SmolLM2-135M-Instruct, GGUF), and is committed with its outputs stripped."""
 
 import os
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import nbformat
@@ -43,6 +45,10 @@ def test_notebook_is_committed_clean(name):
     first = nb.cells[0]
     assert first.cell_type == "markdown" and "colab-badge.svg" in first.source and f"colab/{name}.ipynb" in first.source
     assert "pip" in nb.cells[1].source and "jax[tpu]" in nb.cells[1].source
+    # The install cell runs on Colab alone: what it asks pip for must exist (an extra pip does not know is only a warning).
+    extras = re.search(r"jaxllm\[([\w,]+)\] @ git\+https://github.com/", nb.cells[1].source).group(1).split(",")
+    known = tomllib.loads((COLAB.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert set(extras) <= set(known), extras
     assert "parameters" in nb.cells[2].metadata.get("tags", [])
     for cell in nb.cells:
         if cell.cell_type == "code":
