@@ -199,3 +199,14 @@ def test_compile_cache_given_empty_is_refused(command, value, capsys, monkeypatc
     from jaxllm import runtime
 
     assert module.parser().parse_args([]).compile_cache == runtime.DEFAULT_COMPILE_CACHE
+
+
+@pytest.mark.parametrize("revision", ["v2", "main"])
+def test_inspect_takes_revision_to_the_checkpoint(revision, gguf_path, capsys):
+    """inspect --revision reaches the checkpoint's resolution (README: --revision picks a hub id's version); inspect had
+    no such flag, so a hub model's other revision could not be inspected. A local file refuses any revision."""
+    from jaxllm import inspect
+
+    assert inspect.main([str(gguf_path), "--revision", revision]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith(f"error: --revision '{revision}' picks a version of a hub repo, but ") and "drop --revision" in err, err

@@ -67,7 +67,7 @@ def test_readme_names_every_flag_of_generate_chat_and_serve():
 
 @pytest.mark.parametrize("command, start, end, other", [
     ("convert", "existing output is replaced only with `--force`. Options:", "Load times:", set()),
-    ("inspect", "`python -m jaxllm.inspect PATH` reports", "`jaxllm.estimate_memory(", {"--list-models"}),
+    ("inspect", "`python -m jaxllm.inspect PATH`", "`jaxllm.estimate_memory(", {"--list-models"}),
     ("bench", "`python -m jaxllm.bench` measures", "(`--help` says more)", set()),
 ])
 def test_readme_names_every_flag_of_convert_inspect_and_bench(command, start, end, other):
