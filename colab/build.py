@@ -114,16 +114,17 @@ notebook(
     "sharded_8b_tpu", "An 8B model over all TPU cores (tensor parallelism)",
     "Shard an 8-billion-parameter model over every core of the TPU runtime: each weight matrix is split "
     "over the `tp` mesh axis, so each core holds 1/N of the weights. We check that the model fits, show "
-    "the memory on each device, and generate for a batch of prompts at once. Needs a TPU runtime with "
-    "at least 20 GB of TPU memory in all (for example v2-8, v3-8 or v5e-8). On one chip (a v5e-1 with "
-    "16 GB, or a T4-sized GPU) set `QUANTIZE = \"int8\"`: the weights take about 9 GB instead of 16 "
-    "(int8 values with a scale per 128 inputs, quantized tensor by tensor while loading), and "
-    "`MESH = None`. Or set `MODEL` to a smaller model.",
+    "the memory on each device, and generate for a batch of prompts at once. In bfloat16 the weights take "
+    "16 GB: a runtime with more TPU memory than that in all (a v6e-1's 32 GB, or 8 cores of a v2-8, v3-8 "
+    "or v5e-8) holds them as they are. Where they do not fit (one v5e chip's 16 GB, or a T4-sized GPU) the "
+    "fit check below quantizes them while loading: int8 (about 9 GB, a scale per 128 inputs) or, where "
+    "that does not fit either, int4 (about 6.5 GB). Set `QUANTIZE` to choose yourself, or `MODEL` to a "
+    "smaller model.",
     '''# Parameters
 MODEL = "Qwen/Qwen3-8B"      # 8B parameters, Apache-2.0, not gated
 DTYPE = "bfloat16"
 MESH = "auto"                # every device on the tensor-parallel axis; or e.g. "dp=2,tp=4"; None: one device
-QUANTIZE = None              # "int8" (about 9 GB for 8B) or "int4" (about 6.5 GB): the one-chip route
+QUANTIZE = None              # None: bfloat16 where it fits, else int8, else int4; or "int8" (about 9 GB for 8B) or "int4" (6.5 GB)
 BATCH = 8                    # prompts decoded together
 MAX_NEW_TOKENS = 64''',
     [
@@ -139,16 +140,21 @@ print(sharding.describe(mesh) if mesh is not None else f"one device: {jax.device
 for d in jax.devices():
     stats = d.memory_stats() or {}
     print(d, f"{stats['bytes_limit'] / 1e9:.1f} GB" if "bytes_limit" in stats else "(memory not reported)")''',
-        "## Will it fit?\nThe config alone gives the bytes of the weights and of the KV cache; nothing is loaded yet.",
+        "## Will it fit?\nThe config alone gives the bytes of the weights and of the KV cache; nothing is loaded yet. "
+        "With `QUANTIZE = None` the first of bfloat16, int8 and int4 that fits is taken.",
         '''
-plan = prepare(MODEL, dtype=DTYPE, mesh=mesh, quantize=QUANTIZE)  # downloads the checkpoint on first use (16 GB for an 8B model)
-est = plan.memory(batch=BATCH, length=1024)
 n = mesh.devices.size if mesh is not None else 1
-per_device = (est["params_bytes"] + est["kv_cache_bytes"]) / n
-print(f"weights {est['params_bytes'] / 1e9:.1f} GB + KV cache {est['kv_cache_bytes'] / 1e9:.2f} GB "
-      f"= {per_device / 1e9:.2f} GB per device over {n} devices")
-limits = [(d.memory_stats() or {}).get("bytes_limit") for d in jax.devices()]
-if all(limits) and per_device > 0.9 * min(limits):
+limits = [(d.memory_stats() or {}).get("bytes_limit") for d in jax.devices()]  # None where a device does not say
+for QUANTIZE in [QUANTIZE] if QUANTIZE else [None, "int8", "int4"]:
+    plan = prepare(MODEL, dtype=DTYPE, mesh=mesh, quantize=QUANTIZE)  # downloads the checkpoint on first use (16 GB for an 8B model)
+    est = plan.memory(batch=BATCH, length=1024)
+    per_device = (est["params_bytes"] + est["kv_cache_bytes"]) / n
+    fits = not all(limits) or per_device <= 0.9 * min(limits)
+    print(f"{QUANTIZE or DTYPE} weights {est['params_bytes'] / 1e9:.1f} GB + KV cache {est['kv_cache_bytes'] / 1e9:.2f} GB "
+          f"= {per_device / 1e9:.2f} GB per device over {n} devices" + ("" if fits else ": does not fit"))
+    if fits:
+        break
+else:
     raise SystemExit(f"{MODEL} needs {per_device / 1e9:.1f} GB per device but a device has {min(limits) / 1e9:.1f} GB: "
                      "choose a smaller MODEL or a runtime with more TPU memory")''',
         '''

@@ -31,6 +31,7 @@ SERVES = "completion, chat (where the tokenizer has a template), scoring"
 def parse_args(argv=None):
     p = ArgumentParser(prog="python -m jaxllm.inspect", description=__doc__.split("\n\n")[0], parents=[progress.weight_flags()])
     p.add_argument("path", nargs="?", help="checkpoint folder, hub id or .gguf file")
+    p.add_argument("--revision", help="PATH as a hub id: the branch, tag or commit hash to inspect (default: main)")
     p.add_argument("--batch", type=int, default=1, help="sequences held at once, for the KV-cache estimate")
     p.add_argument("--context", type=int, default=None, help="tokens per sequence (default: the model's maximum)")
     p.add_argument("--scan", action="store_true", help="also read every tensor and report those holding NaN or Inf "
@@ -137,13 +138,14 @@ def scan(source, progress=None) -> tuple[int, list[str]]:
 
 
 def report(path, batch: int = 1, context: int | None = None, scan_data: bool = False,
-           show=None, **load) -> tuple[str, list[str]]:
+           show=None, revision: str | None = None, **load) -> tuple[str, list[str]]:
     """(the report text, the problems: tensors that do not match, and with `scan_data` tensors
     holding NaN or Inf). `show(text)`, when given, gets the report of the headers before the scan
     reads any data (so a scan that fails leaves it shown), and the text returned is the rest.
     `load`: jaxllm.load's quantize, group_size, quantize_embeddings and kv_dtype, which the memory
-    estimate follows (the weights as that load would hold them, the KV cache in kv_dtype)."""
-    source = open_checkpoint(path)
+    estimate follows (the weights as that load would hold them, the KV cache in kv_dtype). `revision`: a hub id's
+    branch, tag or commit hash."""
+    source = open_checkpoint(path, revision)
     text, problems = _headers(source, batch, context, **load)
     if show is not None:
         show(text)
@@ -230,7 +232,7 @@ def main(argv=None) -> int:
             print(text, flush=True)
 
         with progress.flag_terms():  # quantize='int8' said as --quantize int8
-            text, problems = report(args.path, args.batch, args.context, args.scan, show, quantize=args.quantize,
+            text, problems = report(args.path, args.batch, args.context, args.scan, show, args.revision, quantize=args.quantize,
                                     group_size=args.group_size, quantize_embeddings=args.quantize_embeddings,
                                     kv_dtype=args.kv_dtype)
         if text:

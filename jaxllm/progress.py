@@ -136,10 +136,24 @@ def model_flags() -> argparse.ArgumentParser:
     p.add_argument("--chat-template-kwargs", type=template_kwargs, metavar="JSON",
                    help='variables the chat template reads, as a JSON object: \'{"enable_thinking": false}\' (Qwen3), '
                         '\'{"reasoning_effort": "low"}\' (gpt-oss)')
-    p.add_argument("--compile-cache", default=os.environ.get("JAXLLM_COMPILE_CACHE", runtime.DEFAULT_COMPILE_CACHE),
+    return add_compile_cache(p)
+
+
+def add_compile_cache(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--compile-cache, of every command that compiles. Given empty (an unset shell variable) it is refused, as the
+    other flags are: it turned the cache off, silently. An empty (or blank) $JAXLLM_COMPILE_CACHE is the variable left unset."""
+    p.add_argument("--compile-cache", type=compile_cache,
+                   default=os.environ.get("JAXLLM_COMPILE_CACHE", "").strip() or runtime.DEFAULT_COMPILE_CACHE,
                    help="folder where compiled programs are kept for the next run, or 'none' "
                         "(default: $JAXLLM_COMPILE_CACHE, else %(default)s)")
     return p
+
+
+def compile_cache(text: str) -> str:
+    """--compile-cache's folder: not empty or blank ('none' turns the cache off)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is empty: give a folder, or 'none' to compile without the cache")
+    return argv_flag(text)
 
 
 # The library's names of what the command lines' flags set (SamplingParams' fields, jaxllm.load's

@@ -12,7 +12,6 @@ SmolLM2-135M-Instruct, as `python -m jaxllm.generate` does.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import sys
 
@@ -68,9 +67,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-warmup", action="store_true", help="start serving without compiling the engine's steps first")
     p.add_argument("--shutdown-timeout", type=at_least(0), default=10,
                    help="seconds a stop (Ctrl-C, SIGTERM) waits for open requests before closing them (default: %(default)s)")
-    p.add_argument("--compile-cache", default=os.environ.get("JAXLLM_COMPILE_CACHE", runtime.DEFAULT_COMPILE_CACHE),
-                   help="folder where compiled programs are kept for the next run, or 'none' "
-                        "(default: $JAXLLM_COMPILE_CACHE, else %(default)s)")
+    progress.add_compile_cache(p)
     p.add_argument("--log-level", default="info", type=str.lower, choices=LOG_LEVELS,
                    help="uvicorn's log level (default: %(default)s)")
     return p

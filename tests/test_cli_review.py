@@ -180,3 +180,33 @@ def test_a_batchs_answers_are_written_as_they_finish_in_order(stand_in, monkeypa
     first, second = "### 1\nanswer 0\n", "### 2\nanswer 1\n"
     assert stand_in.model.written == ["", first + second, first + second, first + second + "### 3\nanswer 2\n### 4\nanswer 3\n"]
     assert sys.stdout.getvalue() == stand_in.model.written[-1]
+
+
+@pytest.mark.parametrize("command", ["generate", "chat", "serve"])
+@pytest.mark.parametrize("value", ["", " "])
+def test_compile_cache_given_empty_is_refused(command, value, capsys, monkeypatch):
+    """--compile-cache '' (an unset shell variable) turned the cache off silently; README: a flag given empty is refused.
+    An empty $JAXLLM_COMPILE_CACHE is the variable left unset: the default folder."""
+    import importlib
+
+    module = importlib.import_module(f"jaxllm.{command}")
+    with pytest.raises(SystemExit) as info:
+        module.parser().parse_args(["--compile-cache", value])
+    assert info.value.code == 2
+    message = " ".join(capsys.readouterr().err.split())
+    assert "error: argument --compile-cache: " in message and "is empty: give a folder, or 'none'" in message, message
+    monkeypatch.setenv("JAXLLM_COMPILE_CACHE", value)
+    from jaxllm import runtime
+
+    assert module.parser().parse_args([]).compile_cache == runtime.DEFAULT_COMPILE_CACHE
+
+
+@pytest.mark.parametrize("revision", ["v2", "main"])
+def test_inspect_takes_revision_to_the_checkpoint(revision, gguf_path, capsys):
+    """inspect --revision reaches the checkpoint's resolution (README: --revision picks a hub id's version); inspect had
+    no such flag, so a hub model's other revision could not be inspected. A local file refuses any revision."""
+    from jaxllm import inspect
+
+    assert inspect.main([str(gguf_path), "--revision", revision]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith(f"error: --revision '{revision}' picks a version of a hub repo, but ") and "drop --revision" in err, err

