@@ -61,10 +61,10 @@ class Engine:
 
     batch_size: sequences decoded at once (at most). max_len: the longest sequence (prompt + new
     tokens) a request may reach; default the model's positions. Pages: `num_pages` of
-    `page_size` tokens, or by default `memory_fraction` of the device memory left after the
-    weights (on a CPU, which reports none: batch_size full-length sequences). prefill_tokens: the
-    per-step token budget of prompt chunks (at most batch_size x max_len: what a step can hold);
-    chunk: decode steps per call (at most max_len). prefix_caching: reuse the pages of earlier prompts'
+    `page_size` tokens (at most max_len: a larger page's rest would never be written), or by default
+    `memory_fraction` of the device memory left after the weights (on a CPU, which reports none: batch_size
+    full-length sequences). prefill_tokens: the per-step token budget of prompt chunks (at most batch_size x
+    max_len: what a step can hold); chunk: decode steps per call (at most max_len). prefix_caching: reuse the pages of earlier prompts'
     shared prefixes (off for models whose keys depend on the sequence length: dynamic NTK and
     LongRoPE rope, and for models with recurrent layers: Qwen3-Next, Qwen3.5, LFM2). `attention`: "cudnn" or "xla" kernels (default: jaxllm.runtime's choice).
     kv_dtype: how the cache stores keys and values: None the model's dtype, "int8" (a scale per
@@ -132,6 +132,9 @@ class Engine:
         # max_len: larger values would only size the arrays of a call (a budget or chunk of 10**9
         # allocated gigabytes and failed deep inside XLA).
         prefill_tokens, chunk = min(prefill_tokens, batch_size // dp * max_len), min(chunk, max_len)
+        # Nor does a page hold more than max_len positions: the rest of a larger page is never written, only allocated
+        # (page_size=10**6 sized the pool of a 64-token engine at 10**6 positions a page; cuDNN's decode read them all).
+        page_size = min(page_size, max_len)
         self.speculative = min(self.speculative, max_len - 1)  # no more drafts than a sequence has room for (10**20: numpy's error)
         self._model, self.cfg = model, cfg
         self.batch_size, self.max_len, self.chunk = batch_size, max_len, chunk

@@ -295,6 +295,23 @@ def test_misuse_of_the_public_api_is_refused_or_harmless(llama):
     assert llama.generate([5, 6], short, engine=huge).token_ids == llama.generate([5, 6], short, engine=a).token_ids
 
 
+@pytest.mark.parametrize("max_len, page_size", [(4, 5), (64, 10**6), (None, 10**6), (10**12, 10**9)])
+def test_a_page_larger_than_max_len_is_capped_at_max_len(llama, max_len, page_size):
+    """A page holds at most max_len positions (after max_len's own cap at the model's): a larger page's rest is never
+    written, only allocated (page_size=10**6 made a 64-token engine's pool 10**6 positions a page, and cuDNN's decode
+    read width x page_size keys). Its pool is that of page_size=max_len, and it serves as such an engine does."""
+    sizes = dict(batch_size=2, num_pages=4, prefill_tokens=32, chunk=4)
+    engine = Engine(llama, max_len=max_len, page_size=page_size, **sizes)
+    cap = min(max_len or llama.config.context_length, llama.config.context_length)
+    assert engine.max_len == engine.blocks.page_size == engine.runner.page_size == cap and engine.width == 1
+    pool = jax.tree.leaves(jax.eval_shape(engine.runner.new_state))  # its shapes, nothing allocated
+    exact = jax.tree.leaves(jax.eval_shape(Engine(llama, max_len=cap, page_size=cap, **sizes).runner.new_state))
+    assert sum(x.size for x in pool) == sum(x.size for x in exact)
+    if cap == 4:
+        short = dataclasses.replace(GREEDY, max_new_tokens=2)
+        assert llama.generate([5, 6], short, engine=engine).token_ids == _alone(llama, [[5, 6]], short, 32)[0].token_ids
+
+
 def test_a_request_that_fills_the_pool_exactly_runs(llama):
     """The last new token is sampled, never written: a request needs pages for its prompt and all
     but one new token. A 32-token prompt with one new token in a pool of 32 positions, and 28 + 5,
