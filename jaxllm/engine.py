@@ -39,7 +39,7 @@ import jax
 import numpy as np
 
 from jaxllm import runtime, structured
-from jaxllm.errors import GenerationError, check_prompt_ids, shown
+from jaxllm.errors import GenerationError, JaxllmError, check_prompt_ids, shown
 from jaxllm.models.attention import check_kv_dtype
 from jaxllm.models.config_fields import token_ids
 from jaxllm.sampling import STOP_TOKEN_IDS_MAX, SamplingParams, logprob_width, step_kind
@@ -254,6 +254,20 @@ class Engine:
         self._check_indices([req])
         return self._add(req, ids)
 
+    def _check_all(self, requests: list[Request]) -> list[list[int]]:
+        """`check` each of a list of requests; the refusal of one of several names it (its index, else its place in the
+        list): "temperature=-1 is invalid" among a hundred requests did not say which to fix."""
+        ids = []
+        for i, req in enumerate(requests):
+            try:
+                ids.append(self.check(req))
+            except JaxllmError as err:
+                if len(requests) == 1:
+                    raise
+                which = f"request {req.index!r}" if isinstance(req, Request) else f"item {i} of the list"
+                raise type(err)(f"{which}: {err}") from None
+        return ids
+
     def _check_indices(self, requests: list[Request]) -> None:
         """Refuse an index that a held request, or an earlier one of `requests`, already has: events name
         their request by index alone, so two streams under one index could not be told apart."""
@@ -319,7 +333,7 @@ class Engine:
                                   "iterated to its end: serve those with step() (or abort them; close() that run) first, "
                                   "or use another engine")
         requests = _request_list(requests, "Engine.run")
-        ids = [self.check(req) for req in requests]  # all of them before any is queued
+        ids = self._check_all(requests)  # all of them before any is queued
         self._check_indices(requests)
         seqs = [self._add(req, i) for req, i in zip(requests, ids)]
 
@@ -473,8 +487,7 @@ class Engine:
         requests = _request_list(requests, "Engine.precompile")
         if not requests:
             return
-        for req in requests:
-            self.check(req)
+        self._check_all(requests)
         if self.state is None:
             self.state = self.runner.new_state()
         reaches = [len(r.prompt) + r.params.max_new_tokens for r in requests]

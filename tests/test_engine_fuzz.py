@@ -334,16 +334,50 @@ def test_bad_engine_sizes_are_refused_in_one_line(tiny, bad):
     assert "\n" not in message and named in message, message
 
 
+TWO = jaxllm.SamplingParams(max_new_tokens=2).resolved()
+BAD_REQUESTS = [([], TWO, "holds no token ids"), ([128], TWO, "vocabulary"), ([-1], TWO, "vocabulary"),
+                ("hello", TWO, "got text"), ([[1, 2]], TWO, "shape"), ([1.5], TWO, "whole-number"), ([True], TWO, "bool"),
+                ([2**70], TWO, "vocabulary"), ([1] * 24, TWO, "max_len"), ([1] * 23, TWO, "max_new_tokens to at most 1"),
+                ([1], jaxllm.SamplingParams(max_new_tokens=2), "resolved"), ([1], None, "resolved"),
+                ([1], dataclasses.replace(TWO, temperature=-1.0), "temperature=-1.0 is invalid"),
+                ([1], dataclasses.replace(TWO, stop_token_ids=(128,)), "stop_token_ids=[128] is invalid"),
+                ([1], dataclasses.replace(TWO, logit_bias=((500, 1.0),)), "logit_bias={500: 1.0} is invalid")]
+
+
 def test_bad_requests_are_refused_in_one_line(tiny):
     """Empty prompts, ids outside the vocabulary, text, nesting, floats, prompts beyond max_len,
-    unresolved params: each refused in one line, and nothing is queued."""
-    engine, params = Engine(tiny.model, **SHAPE), jaxllm.SamplingParams(max_new_tokens=2).resolved()
-    bad = [([], params, "holds no token ids"), ([128], params, "vocabulary"), ([-1], params, "vocabulary"),
-           ("hello", params, "got text"), ([[1, 2]], params, "shape"), ([1.5], params, "whole-number"), ([True], params, "bool"),
-           ([2**70], params, "vocabulary"), ([1] * 24, params, "max_len"), ([1] * 23, params, "max_new_tokens to at most 1"),
-           ([1], jaxllm.SamplingParams(max_new_tokens=2), "resolved"), ([1], None, "resolved")]
-    for prompt, p, what in bad:
+    unresolved or invalid params: each refused in one line, and nothing is queued."""
+    engine = Engine(tiny.model, **SHAPE)
+    for prompt, p, what in BAD_REQUESTS:
         with pytest.raises(jaxllm.JaxllmError) as err:
             engine.add(Request(prompt, p))
         assert "\n" not in str(err.value) and what in str(err.value), (prompt, str(err.value))
     assert not engine.has_work() and not engine.index_of
+
+
+@pytest.mark.parametrize("bad", range(len(BAD_REQUESTS)), ids=lambda i: BAD_REQUESTS[i][2])
+def test_a_bad_request_among_good_ones(tiny, bad):
+    """One bad request among good ones: a run (or precompile) of the list is refused before anything is queued, in one
+    line naming the bad one by its index (the refusal did not say which of the list to fix); added one by one, only it
+    is refused, and the others run as they do alone."""
+    prompt, params, what = BAD_REQUESTS[bad]
+    good = [([5, 6, 7], TWO), ([9] * 5, dataclasses.replace(TWO, temperature=0.8, seed=1))]
+    reqs = [Request(good[0][0], good[0][1], "a"), Request(prompt, params, "b"), Request(good[1][0], good[1][1], "c")]
+    engine = Engine(tiny.model, **SHAPE)
+    for call in (lambda: list(engine.run(reqs)), lambda: engine.precompile(reqs)):
+        with pytest.raises(jaxllm.JaxllmError) as err:
+            call()
+        assert str(err.value).startswith("request 'b': ") and what in str(err.value) and "\n" not in str(err.value)
+        assert not engine.has_work() and not engine.index_of
+    with pytest.raises(jaxllm.JaxllmError, match="^(?!request)"):  # one request: its refusal as it is
+        list(engine.run(reqs[1:2]))
+    got = {}
+    for req in reqs:
+        try:
+            engine.add(req)
+        except jaxllm.JaxllmError:
+            assert req.index == "b"
+    while engine.has_work():
+        for ev in engine.step():
+            got[ev.index] = got.get(ev.index, []) + ev.tokens
+    assert got == {i: served_alone(tiny, p, q)[0] for i, (p, q) in zip("ac", good)}
