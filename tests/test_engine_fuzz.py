@@ -226,6 +226,68 @@ def test_random_workloads_equal_each_request_alone(tiny, data):
     assert (1, 16, 24) in {(rows, length, keys) for rows, length, keys, _ in made}
 
 
+def _sampled(seed, **fields):
+    return jaxllm.SamplingParams(**{**dict(max_new_tokens=5, ignore_eos=True, logprobs=True, temperature=0.9, top_k=5,
+                                           seed=seed), **fields}).resolved()
+
+
+def _workload(name):
+    """Workloads of a demanding user that the random ones above do not draw: (prompt, params) pairs."""
+    rng = np.random.default_rng(len(name))
+    prompt, greedy = rng.integers(0, 128, 13).tolist(), dataclasses.replace(_sampled(0), temperature=0.0, top_k=0, seed=None)
+    if name == "one prompt, every kind of sampling":  # identical prompts (prefix hits) in calls of every sampling kind
+        return [(prompt, greedy), (prompt, _sampled(4)), (prompt, _sampled(4, top_k=0, top_p=0.8)), (prompt, _sampled(5, min_p=0.2)),
+                (prompt, _sampled(5, presence_penalty=2.0, frequency_penalty=0.5)), (prompt, _sampled(4, logit_bias={3: -100.0})),
+                (prompt, dataclasses.replace(greedy, top_logprobs=3)), (prompt, _sampled(6, top_k=1)),
+                (prompt, dataclasses.replace(greedy, prompt_logprobs=True))]
+    if name == "penalties and min_tokens under preemption":
+        return [(prompt + [1, 2, 3, 4], _sampled(1, presence_penalty=1.5, frequency_penalty=0.7)),
+                (prompt + [9, 8], _sampled(2, logit_bias={5: 3.0}, max_new_tokens=6)),
+                (rng.integers(0, 128, 17).tolist(), _sampled(3, repetition_penalty=1.3, max_new_tokens=7)),
+                (prompt[:5], dataclasses.replace(greedy, ignore_eos=False, min_tokens=4, stop_token_ids=tuple(range(5, 40))))]
+    if name == "stop ids with logprobs":  # ids that end a request at its first token, later, or only after min_tokens
+        ids = tuple(int(t) for t in rng.permutation(128)[:30])
+        return [(prompt, dataclasses.replace(greedy, ignore_eos=False, stop_token_ids=ids[:10], top_logprobs=2)),
+                (prompt, dataclasses.replace(greedy, ignore_eos=False, stop_token_ids=ids, min_tokens=3)),
+                (prompt[:4], _sampled(7, ignore_eos=False, stop_token_ids=ids, max_new_tokens=8)),
+                (prompt[:7], dataclasses.replace(greedy, ignore_eos=False, stop_token_ids=ids[10:], max_new_tokens=10))]
+    if name == "prompts of max_len - 1 and max_len":  # one new token fills the sequence; a full one is only scored
+        n = SHAPE["max_len"]
+        return [(rng.integers(0, 128, n - 1).tolist(), dataclasses.replace(greedy, max_new_tokens=1)),
+                (rng.integers(0, 128, n - 1).tolist(), _sampled(8, max_new_tokens=1)),
+                (rng.integers(0, 128, n - 2).tolist(), dataclasses.replace(greedy, max_new_tokens=2, top_logprobs=1)),
+                (rng.integers(0, 128, n).tolist(), dataclasses.replace(greedy, max_new_tokens=0, prompt_logprobs=True))]
+    assert name == "many tiny requests"
+    return [(rng.integers(0, 128, int(rng.integers(1, 4))).tolist(),
+             dataclasses.replace(_sampled(i) if i % 2 else greedy, max_new_tokens=1 + i % 3)) for i in range(40)]
+
+
+@pytest.mark.parametrize("name", ["one prompt, every kind of sampling", "penalties and min_tokens under preemption",
+                                  "stop ids with logprobs", "prompts of max_len - 1 and max_len", "many tiny requests"])
+def test_demanding_workloads_equal_each_request_alone(tiny, name):
+    """Each request's tokens, log-probabilities, top log-probabilities, finish reason and prompt log-probabilities are
+    those it gets served alone, whatever else its calls hold (seeded sampling included)."""
+    reqs = _workload(name)
+    engine = Engine(tiny.model, **SHAPE)
+    got = {i: [] for i in range(len(reqs))}
+    for ev in engine.run([Request(p, q, i) for i, (p, q) in enumerate(reqs)]):
+        got[ev.index].append(ev)
+        check_pool(engine)
+    for i, (prompt, params) in enumerate(reqs):
+        alone = list(Engine(tiny.model, **dict(SHAPE, prefix_caching=False)).run([Request(prompt, params)]))
+        assert [t for ev in got[i] for t in ev.tokens] == [t for ev in alone for t in ev.tokens], i
+        tops = [[pair for ev in events for step in ev.top_logprobs for pair in step] for events in (got[i], alone)]
+        assert [t for t, _ in tops[0]] == [t for t, _ in tops[1]], i
+        np.testing.assert_allclose([lp for _, lp in tops[0]], [lp for _, lp in tops[1]], atol=1e-5)
+        np.testing.assert_allclose([x for ev in got[i] for x in ev.logprobs], [x for ev in alone for x in ev.logprobs], atol=1e-5)
+        assert got[i][-1].finish_reason == alone[-1].finish_reason, i
+        first, want = got[i][0].prompt_logprobs, alone[0].prompt_logprobs
+        assert (first is None) == (want is None) and (first is None or np.allclose(first[1:], want[1:], atol=1e-5))
+    assert engine.blocks.num_free == engine.blocks.num_pages
+    assert engine.scheduler.stats.preempted or "preemption" not in name
+    assert engine.blocks.stats.hit_tokens or "one prompt" not in name
+
+
 def test_speculative_decoding_keeps_drafts_and_gives_the_tokens_decoding_gives(tiny):
     """Prompt lookup (speculative_tokens=3) on the tiny Llama with its attention outputs scaled down, nearly a bigram
     model: a prompt that is its own greedy output followed by that output's first tokens again continues mostly as it
