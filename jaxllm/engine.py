@@ -187,6 +187,7 @@ class Engine:
         self._next_id = 0
         self._compiled: set[tuple] = set()  # shapes precompile() has compiled
         self._grammar_tokenizer = None  # llguidance's tokenizer (structured outputs), made at the first such request
+        self._held: list[Event] = []  # a step's prefill events when its decode raised: the next step returns them first
 
     @property
     def model(self):
@@ -308,6 +309,7 @@ class Engine:
             return
         self.scheduler.abort(seq)
         self._release(seq)
+        self._held = [ev for ev in self._held if ev.index != self.index_of[seq]]  # its index may be given again
         self.index_of.pop(seq, None)  # a long-running server must not keep every cancelled request; its index is free again
 
     def reset(self) -> None:
@@ -319,10 +321,11 @@ class Engine:
         self.scheduler = Scheduler(self.blocks, s.max_seqs, s.prefill_budget, s.lookahead, s.max_chunk)
         self.slot_of.clear()
         self.index_of.clear()
+        self._held.clear()
         self.state = None
 
     def has_work(self) -> bool:
-        return self.scheduler.has_work()
+        return self.scheduler.has_work() or bool(self._held)
 
     def run(self, requests: list[Request], stop_check=None) -> Iterator[Event]:
         """Serve every request to the end, yielding Events as tokens arrive; it ends when they have (requests
@@ -390,8 +393,17 @@ class Engine:
     # -- one step ----------------------------------------------------------------------------------
 
     def step(self) -> list[Event]:
-        """One step: this step's prefill chunks, then a decode chunk for the running sequences."""
-        return self.prefill_step() + self.decode_step()
+        """One step: this step's prefill chunks, then a decode chunk for the running sequences. If the decode raises
+        (Ctrl-C while the device computes: _donating), the prefill's events, whose tokens the sequences already hold,
+        come first from the next step (they were lost: those requests went on without their first tokens)."""
+        events, self._held = self._held, []
+        try:
+            events += self.prefill_step()
+            events += self.decode_step()
+        except BaseException:
+            self._held = events
+            raise
+        return events
 
     def prefill_step(self) -> list[Event]:
         if self.state is None:

@@ -163,6 +163,42 @@ def test_an_interrupted_step_leaves_the_engine_usable(llama, monkeypatch):
     assert engine.blocks.num_free == engine.blocks.num_pages
 
 
+@pytest.mark.parametrize("where", ["runner.decode", "scheduler.schedule_decode"])
+@pytest.mark.parametrize("donated", [True, False])
+def test_an_interrupted_step_keeps_the_first_tokens_its_prefill_made(llama, monkeypatch, where, donated):
+    """Ctrl-C in the decode half of a step whose prefill gave new requests their first tokens (in the device's call,
+    after it took the state, or before the call): those tokens are the sequences' own already, and the step's
+    events carrying them come first from the next step. They were lost: each request went on without its first token."""
+    prompts = _workload(1)[:3]
+    engine = Engine(llama, batch_size=4, max_len=128, num_pages=64, page_size=4, prefill_tokens=32, chunk=4)
+    for i, p in enumerate(prompts):
+        engine.add(Request(p, GREEDY.resolved(), i))
+    owner, name = where.split(".")
+    obj = getattr(engine, owner)
+    real = getattr(obj, name)
+
+    def interrupted(*args, **kwargs):  # at the first decode (the step whose prefill ended the 20-token prompt)
+        if not any(not s.prefilling for s in engine.scheduler.running):
+            return real(*args, **kwargs)
+        if donated:
+            real(*args, **kwargs)  # the state is donated (or the pages appended), the call's results are lost
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(obj, name, interrupted)
+    got = {i: [] for i in range(len(prompts))}
+    with pytest.raises(KeyboardInterrupt):
+        while True:
+            for ev in engine.step():
+                got[ev.index] += ev.tokens
+    assert not any(got.values())
+    monkeypatch.undo()
+    while engine.has_work():
+        for ev in engine.step():
+            got[ev.index] += ev.tokens
+    assert got == {i: c.token_ids for i, c in enumerate(_alone(llama, prompts, GREEDY, 32))}
+    assert engine.blocks.num_free == engine.blocks.num_pages
+
+
 def test_prefix_cache_survives_between_calls_and_compiles_are_few(llama):
     """A second call with the same prompts hits the pages the first left cached (its prompts all
     but their last page) and computes the same tokens; a third call of the same shapes compiles
