@@ -134,6 +134,16 @@ def test_events_come_in_order_and_the_last_names_its_finish_reason(llama):
     assert engine.blocks.num_free == engine.blocks.num_pages
 
 
+def _serve_to_the_end(model, engine, prompts, got):
+    """Step `engine` until it is done, adding each event's tokens to `got`: each prompt's tokens are those it gets
+    alone, and every page is back."""
+    while engine.has_work():
+        for ev in engine.step():
+            got[ev.index] += ev.tokens
+    assert got == {i: c.token_ids for i, c in enumerate(_alone(model, prompts, GREEDY, 32))}
+    assert engine.blocks.num_free == engine.blocks.num_pages
+
+
 def test_an_interrupted_step_leaves_the_engine_usable(llama, monkeypatch):
     """Ctrl-C while a decode call computes: the device state it was given is gone. The engine
     makes a new one and recomputes the running sequences, which end with the tokens they would
@@ -156,11 +166,7 @@ def test_an_interrupted_step_leaves_the_engine_usable(llama, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         engine.step()
     monkeypatch.undo()
-    while engine.has_work():
-        for ev in engine.step():
-            got[ev.index] += ev.tokens
-    assert got == {i: c.token_ids for i, c in enumerate(_alone(llama, prompts, GREEDY, 32))}
-    assert engine.blocks.num_free == engine.blocks.num_pages
+    _serve_to_the_end(llama, engine, prompts, got)
 
 
 @pytest.mark.parametrize("where", ["runner.decode", "scheduler.schedule_decode"])
@@ -192,11 +198,7 @@ def test_an_interrupted_step_keeps_the_first_tokens_its_prefill_made(llama, monk
                 got[ev.index] += ev.tokens
     assert not any(got.values())
     monkeypatch.undo()
-    while engine.has_work():
-        for ev in engine.step():
-            got[ev.index] += ev.tokens
-    assert got == {i: c.token_ids for i, c in enumerate(_alone(llama, prompts, GREEDY, 32))}
-    assert engine.blocks.num_free == engine.blocks.num_pages
+    _serve_to_the_end(llama, engine, prompts, got)
 
 
 def test_prefix_cache_survives_between_calls_and_compiles_are_few(llama):
