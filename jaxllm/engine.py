@@ -39,7 +39,7 @@ import jax
 import numpy as np
 
 from jaxllm import runtime, structured
-from jaxllm.errors import GenerationError, check_prompt_ids, shown
+from jaxllm.errors import GenerationError, JaxllmError, check_prompt_ids, shown
 from jaxllm.models.attention import check_kv_dtype
 from jaxllm.models.config_fields import token_ids
 from jaxllm.sampling import STOP_TOKEN_IDS_MAX, SamplingParams, logprob_width, step_kind
@@ -61,10 +61,10 @@ class Engine:
 
     batch_size: sequences decoded at once (at most). max_len: the longest sequence (prompt + new
     tokens) a request may reach; default the model's positions. Pages: `num_pages` of
-    `page_size` tokens, or by default `memory_fraction` of the device memory left after the
-    weights (on a CPU, which reports none: batch_size full-length sequences). prefill_tokens: the
-    per-step token budget of prompt chunks (at most batch_size x max_len: what a step can hold);
-    chunk: decode steps per call (at most max_len). prefix_caching: reuse the pages of earlier prompts'
+    `page_size` tokens (at most max_len: a larger page's rest would never be written), or by default
+    `memory_fraction` of the device memory left after the weights (on a CPU, which reports none: batch_size
+    full-length sequences). prefill_tokens: the per-step token budget of prompt chunks (at most batch_size x
+    max_len: what a step can hold); chunk: decode steps per call (at most max_len). prefix_caching: reuse the pages of earlier prompts'
     shared prefixes (off for models whose keys depend on the sequence length: dynamic NTK and
     LongRoPE rope, and for models with recurrent layers: Qwen3-Next, Qwen3.5, LFM2). `attention`: "cudnn" or "xla" kernels (default: jaxllm.runtime's choice).
     kv_dtype: how the cache stores keys and values: None the model's dtype, "int8" (a scale per
@@ -132,6 +132,9 @@ class Engine:
         # max_len: larger values would only size the arrays of a call (a budget or chunk of 10**9
         # allocated gigabytes and failed deep inside XLA).
         prefill_tokens, chunk = min(prefill_tokens, batch_size // dp * max_len), min(chunk, max_len)
+        # Nor does a page hold more than max_len positions: the rest of a larger page is never written, only allocated
+        # (page_size=10**6 sized the pool of a 64-token engine at 10**6 positions a page; cuDNN's decode read them all).
+        page_size = min(page_size, max_len)
         self.speculative = min(self.speculative, max_len - 1)  # no more drafts than a sequence has room for (10**20: numpy's error)
         self._model, self.cfg = model, cfg
         self.batch_size, self.max_len, self.chunk = batch_size, max_len, chunk
@@ -184,6 +187,7 @@ class Engine:
         self._next_id = 0
         self._compiled: set[tuple] = set()  # shapes precompile() has compiled
         self._grammar_tokenizer = None  # llguidance's tokenizer (structured outputs), made at the first such request
+        self._held: list[Event] = []  # a step's prefill events when its decode raised: the next step returns them first
 
     @property
     def model(self):
@@ -251,6 +255,20 @@ class Engine:
         self._check_indices([req])
         return self._add(req, ids)
 
+    def _check_all(self, requests: list[Request]) -> list[list[int]]:
+        """`check` each of a list of requests; the refusal of one of several names it (its index, else its place in the
+        list): "temperature=-1 is invalid" among a hundred requests did not say which to fix."""
+        ids = []
+        for i, req in enumerate(requests):
+            try:
+                ids.append(self.check(req))
+            except JaxllmError as err:
+                if len(requests) == 1:
+                    raise
+                which = f"request {req.index!r}" if isinstance(req, Request) else f"item {i} of the list"
+                raise type(err)(f"{which}: {err}") from None
+        return ids
+
     def _check_indices(self, requests: list[Request]) -> None:
         """Refuse an index that a held request, or an earlier one of `requests`, already has: events name
         their request by index alone, so two streams under one index could not be told apart."""
@@ -291,6 +309,7 @@ class Engine:
             return
         self.scheduler.abort(seq)
         self._release(seq)
+        self._held = [ev for ev in self._held if ev.index != self.index_of[seq]]  # its index may be given again
         self.index_of.pop(seq, None)  # a long-running server must not keep every cancelled request; its index is free again
 
     def reset(self) -> None:
@@ -302,10 +321,11 @@ class Engine:
         self.scheduler = Scheduler(self.blocks, s.max_seqs, s.prefill_budget, s.lookahead, s.max_chunk)
         self.slot_of.clear()
         self.index_of.clear()
+        self._held.clear()
         self.state = None
 
     def has_work(self) -> bool:
-        return self.scheduler.has_work()
+        return self.scheduler.has_work() or bool(self._held)
 
     def run(self, requests: list[Request], stop_check=None) -> Iterator[Event]:
         """Serve every request to the end, yielding Events as tokens arrive; it ends when they have (requests
@@ -316,7 +336,7 @@ class Engine:
                                   "iterated to its end: serve those with step() (or abort them; close() that run) first, "
                                   "or use another engine")
         requests = _request_list(requests, "Engine.run")
-        ids = [self.check(req) for req in requests]  # all of them before any is queued
+        ids = self._check_all(requests)  # all of them before any is queued
         self._check_indices(requests)
         seqs = [self._add(req, i) for req, i in zip(requests, ids)]
 
@@ -373,8 +393,17 @@ class Engine:
     # -- one step ----------------------------------------------------------------------------------
 
     def step(self) -> list[Event]:
-        """One step: this step's prefill chunks, then a decode chunk for the running sequences."""
-        return self.prefill_step() + self.decode_step()
+        """One step: this step's prefill chunks, then a decode chunk for the running sequences. If the decode raises
+        (Ctrl-C while the device computes: _donating), the prefill's events, whose tokens the sequences already hold,
+        come first from the next step (they were lost: those requests went on without their first tokens)."""
+        events, self._held = self._held, []
+        try:
+            events += self.prefill_step()
+            events += self.decode_step()
+        except BaseException:
+            self._held = events
+            raise
+        return events
 
     def prefill_step(self) -> list[Event]:
         if self.state is None:
@@ -470,8 +499,7 @@ class Engine:
         requests = _request_list(requests, "Engine.precompile")
         if not requests:
             return
-        for req in requests:
-            self.check(req)
+        self._check_all(requests)
         if self.state is None:
             self.state = self.runner.new_state()
         reaches = [len(r.prompt) + r.params.max_new_tokens for r in requests]

@@ -134,6 +134,16 @@ def test_events_come_in_order_and_the_last_names_its_finish_reason(llama):
     assert engine.blocks.num_free == engine.blocks.num_pages
 
 
+def _serve_to_the_end(model, engine, prompts, got):
+    """Step `engine` until it is done, adding each event's tokens to `got`: each prompt's tokens are those it gets
+    alone, and every page is back."""
+    while engine.has_work():
+        for ev in engine.step():
+            got[ev.index] += ev.tokens
+    assert got == {i: c.token_ids for i, c in enumerate(_alone(model, prompts, GREEDY, 32))}
+    assert engine.blocks.num_free == engine.blocks.num_pages
+
+
 def test_an_interrupted_step_leaves_the_engine_usable(llama, monkeypatch):
     """Ctrl-C while a decode call computes: the device state it was given is gone. The engine
     makes a new one and recomputes the running sequences, which end with the tokens they would
@@ -156,11 +166,39 @@ def test_an_interrupted_step_leaves_the_engine_usable(llama, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         engine.step()
     monkeypatch.undo()
-    while engine.has_work():
-        for ev in engine.step():
-            got[ev.index] += ev.tokens
-    assert got == {i: c.token_ids for i, c in enumerate(_alone(llama, prompts, GREEDY, 32))}
-    assert engine.blocks.num_free == engine.blocks.num_pages
+    _serve_to_the_end(llama, engine, prompts, got)
+
+
+@pytest.mark.parametrize("where", ["runner.decode", "scheduler.schedule_decode"])
+@pytest.mark.parametrize("donated", [True, False])
+def test_an_interrupted_step_keeps_the_first_tokens_its_prefill_made(llama, monkeypatch, where, donated):
+    """Ctrl-C in the decode half of a step whose prefill gave new requests their first tokens (in the device's call,
+    after it took the state, or before the call): those tokens are the sequences' own already, and the step's
+    events carrying them come first from the next step. They were lost: each request went on without its first token."""
+    prompts = _workload(1)[:3]
+    engine = Engine(llama, batch_size=4, max_len=128, num_pages=64, page_size=4, prefill_tokens=32, chunk=4)
+    for i, p in enumerate(prompts):
+        engine.add(Request(p, GREEDY.resolved(), i))
+    owner, name = where.split(".")
+    obj = getattr(engine, owner)
+    real = getattr(obj, name)
+
+    def interrupted(*args, **kwargs):  # at the first decode (the step whose prefill ended the 20-token prompt)
+        if not any(not s.prefilling for s in engine.scheduler.running):
+            return real(*args, **kwargs)
+        if donated:
+            real(*args, **kwargs)  # the state is donated (or the pages appended), the call's results are lost
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(obj, name, interrupted)
+    got = {i: [] for i in range(len(prompts))}
+    with pytest.raises(KeyboardInterrupt):
+        while True:
+            for ev in engine.step():
+                got[ev.index] += ev.tokens
+    assert not any(got.values())
+    monkeypatch.undo()
+    _serve_to_the_end(llama, engine, prompts, got)
 
 
 def test_prefix_cache_survives_between_calls_and_compiles_are_few(llama):
@@ -293,6 +331,23 @@ def test_misuse_of_the_public_api_is_refused_or_harmless(llama):
     assert (huge.budget, huge.chunk) == (4 * 4, 4)
     short = dataclasses.replace(GREEDY, max_new_tokens=2)
     assert llama.generate([5, 6], short, engine=huge).token_ids == llama.generate([5, 6], short, engine=a).token_ids
+
+
+@pytest.mark.parametrize("max_len, page_size", [(4, 5), (64, 10**6), (None, 10**6), (10**12, 10**9)])
+def test_a_page_larger_than_max_len_is_capped_at_max_len(llama, max_len, page_size):
+    """A page holds at most max_len positions (after max_len's own cap at the model's): a larger page's rest is never
+    written, only allocated (page_size=10**6 made a 64-token engine's pool 10**6 positions a page, and cuDNN's decode
+    read width x page_size keys). Its pool is that of page_size=max_len, and it serves as such an engine does."""
+    sizes = dict(batch_size=2, num_pages=4, prefill_tokens=32, chunk=4)
+    engine = Engine(llama, max_len=max_len, page_size=page_size, **sizes)
+    cap = min(max_len or llama.config.context_length, llama.config.context_length)
+    assert engine.max_len == engine.blocks.page_size == engine.runner.page_size == cap and engine.width == 1
+    pool = jax.tree.leaves(jax.eval_shape(engine.runner.new_state))  # its shapes, nothing allocated
+    exact = jax.tree.leaves(jax.eval_shape(Engine(llama, max_len=cap, page_size=cap, **sizes).runner.new_state))
+    assert sum(x.size for x in pool) == sum(x.size for x in exact)
+    if cap == 4:
+        short = dataclasses.replace(GREEDY, max_new_tokens=2)
+        assert llama.generate([5, 6], short, engine=engine).token_ids == _alone(llama, [[5, 6]], short, 32)[0].token_ids
 
 
 def test_a_request_that_fills_the_pool_exactly_runs(llama):

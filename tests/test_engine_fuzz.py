@@ -226,6 +226,68 @@ def test_random_workloads_equal_each_request_alone(tiny, data):
     assert (1, 16, 24) in {(rows, length, keys) for rows, length, keys, _ in made}
 
 
+def _sampled(seed, **fields):
+    return jaxllm.SamplingParams(**{**dict(max_new_tokens=5, ignore_eos=True, logprobs=True, temperature=0.9, top_k=5,
+                                           seed=seed), **fields}).resolved()
+
+
+def _workload(name):
+    """Workloads of a demanding user that the random ones above do not draw: (prompt, params) pairs."""
+    rng = np.random.default_rng(len(name))
+    prompt, greedy = rng.integers(0, 128, 13).tolist(), dataclasses.replace(_sampled(0), temperature=0.0, top_k=0, seed=None)
+    if name == "one prompt, every kind of sampling":  # identical prompts (prefix hits) in calls of every sampling kind
+        return [(prompt, greedy), (prompt, _sampled(4)), (prompt, _sampled(4, top_k=0, top_p=0.8)), (prompt, _sampled(5, min_p=0.2)),
+                (prompt, _sampled(5, presence_penalty=2.0, frequency_penalty=0.5)), (prompt, _sampled(4, logit_bias={3: -100.0})),
+                (prompt, dataclasses.replace(greedy, top_logprobs=3)), (prompt, _sampled(6, top_k=1)),
+                (prompt, dataclasses.replace(greedy, prompt_logprobs=True))]
+    if name == "penalties and min_tokens under preemption":
+        return [(prompt + [1, 2, 3, 4], _sampled(1, presence_penalty=1.5, frequency_penalty=0.7)),
+                (prompt + [9, 8], _sampled(2, logit_bias={5: 3.0}, max_new_tokens=6)),
+                (rng.integers(0, 128, 17).tolist(), _sampled(3, repetition_penalty=1.3, max_new_tokens=7)),
+                (prompt[:5], dataclasses.replace(greedy, ignore_eos=False, min_tokens=4, stop_token_ids=tuple(range(5, 40))))]
+    if name == "stop ids with logprobs":  # ids that end a request at its first token, later, or only after min_tokens
+        ids = tuple(int(t) for t in rng.permutation(128)[:30])
+        return [(prompt, dataclasses.replace(greedy, ignore_eos=False, stop_token_ids=ids[:10], top_logprobs=2)),
+                (prompt, dataclasses.replace(greedy, ignore_eos=False, stop_token_ids=ids, min_tokens=3)),
+                (prompt[:4], _sampled(7, ignore_eos=False, stop_token_ids=ids, max_new_tokens=8)),
+                (prompt[:7], dataclasses.replace(greedy, ignore_eos=False, stop_token_ids=ids[10:], max_new_tokens=10))]
+    if name == "prompts of max_len - 1 and max_len":  # one new token fills the sequence; a full one is only scored
+        n = SHAPE["max_len"]
+        return [(rng.integers(0, 128, n - 1).tolist(), dataclasses.replace(greedy, max_new_tokens=1)),
+                (rng.integers(0, 128, n - 1).tolist(), _sampled(8, max_new_tokens=1)),
+                (rng.integers(0, 128, n - 2).tolist(), dataclasses.replace(greedy, max_new_tokens=2, top_logprobs=1)),
+                (rng.integers(0, 128, n).tolist(), dataclasses.replace(greedy, max_new_tokens=0, prompt_logprobs=True))]
+    assert name == "many tiny requests"
+    return [(rng.integers(0, 128, int(rng.integers(1, 4))).tolist(),
+             dataclasses.replace(_sampled(i) if i % 2 else greedy, max_new_tokens=1 + i % 3)) for i in range(40)]
+
+
+@pytest.mark.parametrize("name", ["one prompt, every kind of sampling", "penalties and min_tokens under preemption",
+                                  "stop ids with logprobs", "prompts of max_len - 1 and max_len", "many tiny requests"])
+def test_demanding_workloads_equal_each_request_alone(tiny, name):
+    """Each request's tokens, log-probabilities, top log-probabilities, finish reason and prompt log-probabilities are
+    those it gets served alone, whatever else its calls hold (seeded sampling included)."""
+    reqs = _workload(name)
+    engine = Engine(tiny.model, **SHAPE)
+    got = {i: [] for i in range(len(reqs))}
+    for ev in engine.run([Request(p, q, i) for i, (p, q) in enumerate(reqs)]):
+        got[ev.index].append(ev)
+        check_pool(engine)
+    for i, (prompt, params) in enumerate(reqs):
+        alone = list(Engine(tiny.model, **dict(SHAPE, prefix_caching=False)).run([Request(prompt, params)]))
+        assert [t for ev in got[i] for t in ev.tokens] == [t for ev in alone for t in ev.tokens], i
+        tops = [[pair for ev in events for step in ev.top_logprobs for pair in step] for events in (got[i], alone)]
+        assert [t for t, _ in tops[0]] == [t for t, _ in tops[1]], i
+        np.testing.assert_allclose([lp for _, lp in tops[0]], [lp for _, lp in tops[1]], atol=1e-5)
+        np.testing.assert_allclose([x for ev in got[i] for x in ev.logprobs], [x for ev in alone for x in ev.logprobs], atol=1e-5)
+        assert got[i][-1].finish_reason == alone[-1].finish_reason, i
+        first, want = got[i][0].prompt_logprobs, alone[0].prompt_logprobs
+        assert (first is None) == (want is None) and (first is None or np.allclose(first[1:], want[1:], atol=1e-5))
+    assert engine.blocks.num_free == engine.blocks.num_pages
+    assert engine.scheduler.stats.preempted or "preemption" not in name
+    assert engine.blocks.stats.hit_tokens or "one prompt" not in name
+
+
 def test_speculative_decoding_keeps_drafts_and_gives_the_tokens_decoding_gives(tiny):
     """Prompt lookup (speculative_tokens=3) on the tiny Llama with its attention outputs scaled down, nearly a bigram
     model: a prompt that is its own greedy output followed by that output's first tokens again continues mostly as it
@@ -334,16 +396,50 @@ def test_bad_engine_sizes_are_refused_in_one_line(tiny, bad):
     assert "\n" not in message and named in message, message
 
 
+TWO = jaxllm.SamplingParams(max_new_tokens=2).resolved()
+BAD_REQUESTS = [([], TWO, "holds no token ids"), ([128], TWO, "vocabulary"), ([-1], TWO, "vocabulary"),
+                ("hello", TWO, "got text"), ([[1, 2]], TWO, "shape"), ([1.5], TWO, "whole-number"), ([True], TWO, "bool"),
+                ([2**70], TWO, "vocabulary"), ([1] * 24, TWO, "max_len"), ([1] * 23, TWO, "max_new_tokens to at most 1"),
+                ([1], jaxllm.SamplingParams(max_new_tokens=2), "resolved"), ([1], None, "resolved"),
+                ([1], dataclasses.replace(TWO, temperature=-1.0), "temperature=-1.0 is invalid"),
+                ([1], dataclasses.replace(TWO, stop_token_ids=(128,)), "stop_token_ids=[128] is invalid"),
+                ([1], dataclasses.replace(TWO, logit_bias=((500, 1.0),)), "logit_bias={500: 1.0} is invalid")]
+
+
 def test_bad_requests_are_refused_in_one_line(tiny):
     """Empty prompts, ids outside the vocabulary, text, nesting, floats, prompts beyond max_len,
-    unresolved params: each refused in one line, and nothing is queued."""
-    engine, params = Engine(tiny.model, **SHAPE), jaxllm.SamplingParams(max_new_tokens=2).resolved()
-    bad = [([], params, "holds no token ids"), ([128], params, "vocabulary"), ([-1], params, "vocabulary"),
-           ("hello", params, "got text"), ([[1, 2]], params, "shape"), ([1.5], params, "whole-number"), ([True], params, "bool"),
-           ([2**70], params, "vocabulary"), ([1] * 24, params, "max_len"), ([1] * 23, params, "max_new_tokens to at most 1"),
-           ([1], jaxllm.SamplingParams(max_new_tokens=2), "resolved"), ([1], None, "resolved")]
-    for prompt, p, what in bad:
+    unresolved or invalid params: each refused in one line, and nothing is queued."""
+    engine = Engine(tiny.model, **SHAPE)
+    for prompt, p, what in BAD_REQUESTS:
         with pytest.raises(jaxllm.JaxllmError) as err:
             engine.add(Request(prompt, p))
         assert "\n" not in str(err.value) and what in str(err.value), (prompt, str(err.value))
     assert not engine.has_work() and not engine.index_of
+
+
+@pytest.mark.parametrize("bad", range(len(BAD_REQUESTS)), ids=lambda i: BAD_REQUESTS[i][2])
+def test_a_bad_request_among_good_ones(tiny, bad):
+    """One bad request among good ones: a run (or precompile) of the list is refused before anything is queued, in one
+    line naming the bad one by its index (the refusal did not say which of the list to fix); added one by one, only it
+    is refused, and the others run as they do alone."""
+    prompt, params, what = BAD_REQUESTS[bad]
+    good = [([5, 6, 7], TWO), ([9] * 5, dataclasses.replace(TWO, temperature=0.8, seed=1))]
+    reqs = [Request(good[0][0], good[0][1], "a"), Request(prompt, params, "b"), Request(good[1][0], good[1][1], "c")]
+    engine = Engine(tiny.model, **SHAPE)
+    for call in (lambda: list(engine.run(reqs)), lambda: engine.precompile(reqs)):
+        with pytest.raises(jaxllm.JaxllmError) as err:
+            call()
+        assert str(err.value).startswith("request 'b': ") and what in str(err.value) and "\n" not in str(err.value)
+        assert not engine.has_work() and not engine.index_of
+    with pytest.raises(jaxllm.JaxllmError, match="^(?!request)"):  # one request: its refusal as it is
+        list(engine.run(reqs[1:2]))
+    got = {}
+    for req in reqs:
+        try:
+            engine.add(req)
+        except jaxllm.JaxllmError:
+            assert req.index == "b"
+    while engine.has_work():
+        for ev in engine.step():
+            got[ev.index] = got.get(ev.index, []) + ev.tokens
+    assert got == {i: served_alone(tiny, p, q)[0] for i, (p, q) in zip("ac", good)}
