@@ -12,7 +12,6 @@ loader's seam; jaxllm.loader runs the load path around it):
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
@@ -23,7 +22,7 @@ from jaxllm import converted, gguf
 from jaxllm.errors import ConfigError
 from jaxllm.models import quant, transforms, weights
 
-TABLE_PATHS = (weights.EMBEDDING, ("lm_head", "kernel"))  # what quantize_embeddings quantizes (the head when untied)
+TABLE_PATHS = converted.TABLES  # what quantize_embeddings quantizes (the head when untied)
 _NOT_GGUF = ("quantize='gguf' keeps a GGUF file's own quantized blocks; this checkpoint is not a GGUF file: "
              "use quantize='int8' or 'int4'")
 
@@ -109,17 +108,13 @@ def _saved_quantization(source, quantize, group_size=None, quantize_embeddings=F
     for name, info in saved.items():
         if not quant.is_quantized(jnp.dtype(info["dtype"])):
             continue
+        fan_in, groups, offset = converted.quantized_layout(name, saved)  # read_marker checked it
         leaf = name.rsplit(".", 1)[-1]
         scale_name, offset_name = (name[: -len(leaf)] + n for n in quant.scale_names(leaf))
-        if scale_name not in saved:
-            continue  # not a layout of ours: problems() reports it
-        shape, scale_shape = info["shape"], saved[scale_name]["shape"]
-        fan_in, groups = ((math.prod(shape[len(scale_shape) - 1 :]), scale_shape[-1]) if leaf == "kernel"
-                          else (shape[1], scale_shape[1]))
         group_of[name] = fan_in // groups
-        schemes[name] = quant.Scheme(quant.bits(info["dtype"]), None if groups == 1 else fan_in // groups,
-                                     offset=offset_name in saved, scale_dtype=saved[scale_name]["dtype"],
-                                     offset_dtype=saved[offset_name]["dtype"] if offset_name in saved else None)
+        schemes[name] = quant.Scheme(quant.bits(info["dtype"]), None if groups == 1 else fan_in // groups, offset=offset,
+                                     scale_dtype=saved[scale_name]["dtype"],
+                                     offset_dtype=saved[offset_name]["dtype"] if offset else None)
     mode = marker.get("quantize")
     if schemes and mode is None:
         widths = {s.bits for s in schemes.values()}
