@@ -138,7 +138,64 @@ def _marker_problem(marker: dict) -> str | None:
             jax.numpy.dtype(entry["dtype"])
         except (TypeError, ValueError):
             return f"has parameter {name[:100]!r} with dtype {str(entry['dtype'])[:40]!r}, which is not a dtype"
+    return _quantization_problem(marker)
+
+
+MODES = quant.MODES + ("gguf",)  # a marker's "quantize": what the weights were quantized as (gguf: a file's own blocks)
+
+
+def _quantization_problem(marker: dict) -> str | None:
+    """What is wrong with a marker's quantized parameters, or None: its mode, and each integer parameter's dtype,
+    scale (and offset) entries, as `quantized_layout` reads them and the mode makes them (the loader builds the
+    model from these: a kernel without its scale loaded its integers as floats, a scale of no float dtype was cast)."""
+    mode, saved = marker.get("quantize"), marker["params"]
+    if mode is not None and mode not in MODES:
+        return f"has quantize {str(mode)[:40]!r}, not one of {', '.join(MODES)}"
+    tables = {key(path) for path in TABLES}
+    for name, entry in saved.items():
+        if not quant.is_quantized(jax.numpy.dtype(entry["dtype"])):
+            continue
+        layout = quantized_layout(name, saved)
+        if isinstance(layout, str):
+            return layout
+        want = quant.scheme(quant.TABLES if name in tables else mode) if mode in quant.MODES else None
+        if want is not None and (quant.bits(entry["dtype"]) != want.bits or layout[2] != want.offset):
+            made = f"{'with' if want.offset else 'without'} offsets"
+            return f"says quantize {mode!r} but holds {name[:100]!r} as {entry['dtype']} {'with' if layout[2] else 'without'} offsets " \
+                   f"(quantize {mode!r} saves it as {jax.numpy.dtype(want.kernel_dtype).name} {made})"
     return None
+
+
+TABLES = (weights.EMBEDDING, ("lm_head", "kernel"))  # what quantize_embeddings quantizes, int8 whatever the mode (quant.TABLES)
+
+
+def quantized_layout(name: str, saved: dict) -> tuple[int, int, bool] | str:
+    """(input values, groups, whether offsets are saved) of the integer parameter `name` of a marker's `saved`
+    entries, read off its shape and its scale's, or what is wrong with them. A Dense kernel [out..., in...] has
+    a scale [out..., G]; an expert stack [X, in, out] a {name}_scale [X, G, out]; a table [vocab, embed] an
+    embedding_scale [vocab, G]; an offset has its scale's shape; both float, G dividing the input values."""
+    entry, short = saved[name], name[:100]
+    if entry["dtype"] not in ("int8", "int4"):
+        return f"has parameter {short!r} in {str(entry['dtype'])[:20]}, not int8 or int4 (jaxllm's quantized kernels)"
+    leaf = name.rsplit(".", 1)[-1]
+    scale_name, offset_name = (name[: -len(leaf)] + n for n in quant.scale_names(leaf))
+    if scale_name not in saved:
+        return f"has the quantized {short!r} without its scales ({scale_name[:100]!r})"
+    shape, scales = entry["shape"], saved[scale_name]["shape"]
+    for other in (scale_name, offset_name):
+        if other in saved and saved[other]["dtype"] not in FLOAT_DTYPES:
+            return f"has {other[:100]!r} in {str(saved[other]['dtype'])[:20]}, not a float dtype"
+    if offset_name in saved and saved[offset_name]["shape"] != scales:
+        return f"has {offset_name[:100]!r} of shape {saved[offset_name]['shape']}, not its scale's {scales}"
+    if leaf == "kernel":  # [out..., in...] and [out..., G]
+        fits = 2 <= len(scales) <= len(shape) and scales[:-1] == shape[: len(scales) - 1]
+        fan_in, groups = (math.prod(shape[len(scales) - 1 :]), scales[-1]) if fits else (0, 0)
+    else:  # [X, in, out] and [X, G, out]; [vocab, embed] and [vocab, G]
+        fits = len(scales) == len(shape) >= 2 and scales[0] == shape[0] and scales[2:] == shape[2:]
+        fan_in, groups = (shape[1], scales[1]) if fits else (0, 0)
+    if not fits or not 1 <= groups <= fan_in or fan_in % groups:
+        return f"has {scale_name[:100]!r} of shape {scales}, which does not scale {short!r} of shape {shape} in whole groups"
+    return fan_in, groups, offset_name in saved
 
 
 def problems(folder: Path, abstract) -> list[str]:

@@ -102,7 +102,7 @@ class Engine:
             raise GenerationError(f"Engine(model, ...) takes a model from jaxllm.load, got {type(model).__name__}: "
                                   "Engine(jaxllm.load(path), ...)")
         cfg = model.config
-        self.kv_dtype = check_kv_dtype(getattr(model, "kv_dtype", None) if kv_dtype is None else kv_dtype)
+        self.kv_dtype = check_kv_dtype(getattr(model, "kv_dtype", None) if kv_dtype is None else kv_dtype, cfg)
         max_len = cfg.context_length if max_len is None else max_len
         sizes = dict(batch_size=(batch_size, 1), max_len=(max_len, 2), page_size=(page_size, 1),
                      prefill_tokens=(prefill_tokens, 1), chunk=(chunk, 1), num_pages=(num_pages, 1))

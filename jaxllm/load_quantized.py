@@ -12,7 +12,6 @@ loader's seam; jaxllm.loader runs the load path around it):
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
@@ -23,7 +22,7 @@ from jaxllm import converted, gguf
 from jaxllm.errors import ConfigError
 from jaxllm.models import quant, transforms, weights
 
-TABLE_PATHS = (weights.EMBEDDING, ("lm_head", "kernel"))  # what quantize_embeddings quantizes (the head when untied)
+TABLE_PATHS = converted.TABLES  # what quantize_embeddings quantizes (the head when untied)
 _NOT_GGUF = ("quantize='gguf' keeps a GGUF file's own quantized blocks; this checkpoint is not a GGUF file: "
              "use quantize='int8' or 'int4'")
 
@@ -63,7 +62,8 @@ def quantization(arch, cfg, source, quantize, group_size, quantize_embeddings=Fa
             continue
         blocks = {tensors.block_scheme(name) for name in source.names}
         block = blocks.pop() if len(blocks) == 1 else None  # an expert stack's tensors all of one type
-        if block is not None and (quantize == "gguf" or block.bits == width.bits):
+        # the width asked for, in the file's groups unless group_size asked for others (then quantized from the values)
+        if block is not None and (quantize == "gguf" or block.bits == width.bits and (not width.strict or width.group == block.group)):
             native[spec.path], schemes[spec.path] = source, block
     tables_for = None if tables is None else (lambda path: schemes.get(path) or tables(path))
     return (lambda path: schemes.get(path, own)), tables_for, native, quantize
@@ -104,20 +104,17 @@ def _saved_quantization(source, quantize, group_size=None, quantize_embeddings=F
     and shapes its marker lists; a float folder quantized as `quantize` and `quantize_embeddings`
     ask (converted.restore quantizes each kernel as it reads it)."""
     marker = converted.read_marker(source.path)
-    saved, schemes = marker["params"], {}
+    saved, schemes, group_of = marker["params"], {}, {}
     for name, info in saved.items():
         if not quant.is_quantized(jnp.dtype(info["dtype"])):
             continue
+        fan_in, groups, offset = converted.quantized_layout(name, saved)  # read_marker checked it
         leaf = name.rsplit(".", 1)[-1]
         scale_name, offset_name = (name[: -len(leaf)] + n for n in quant.scale_names(leaf))
-        if scale_name not in saved:
-            continue  # not a layout of ours: problems() reports it
-        shape, scale_shape = info["shape"], saved[scale_name]["shape"]
-        fan_in, groups = ((math.prod(shape[len(scale_shape) - 1 :]), scale_shape[-1]) if leaf == "kernel"
-                          else (shape[1], scale_shape[1]))
-        schemes[name] = quant.Scheme(quant.bits(info["dtype"]), None if groups == 1 else fan_in // groups,
-                                     offset=offset_name in saved, scale_dtype=saved[scale_name]["dtype"],
-                                     offset_dtype=saved[offset_name]["dtype"] if offset_name in saved else None)
+        group_of[name] = fan_in // groups
+        schemes[name] = quant.Scheme(quant.bits(info["dtype"]), None if groups == 1 else fan_in // groups, offset=offset,
+                                     scale_dtype=saved[scale_name]["dtype"],
+                                     offset_dtype=saved[offset_name]["dtype"] if offset else None)
     mode = marker.get("quantize")
     if schemes and mode is None:
         widths = {s.bits for s in schemes.values()}
@@ -127,9 +124,15 @@ def _saved_quantization(source, quantize, group_size=None, quantize_embeddings=F
             raise ConfigError(_NOT_GGUF)
         return uniform(quant.scheme(quantize, group_size)), table_schemes(quantize, quantize_embeddings), {}, quantize
     if quantize is not None and quantize != mode:
-        raise ConfigError(f"{source.path} holds {mode} weights: load it without quantize= (or with quantize='{mode}'; "
-                          f"on the command line without --quantize, or --quantize {mode}), or quantize the original "
-                          f"float checkpoint with {quantize}")
+        raise ConfigError(f"{source.path} holds {mode} weights: load it without quantize= (or with quantize='{mode}'), "
+                          f"or quantize the original float checkpoint with {quantize}")
+    tables = {converted.key(path) for path in TABLE_PATHS}  # int8 in groups of quant.TABLES' own, whatever group_size says
+    groups = sorted({g for name, g in group_of.items() if name not in tables})
+    if group_size is not None and groups != [group_size]:
+        held = f"group_size={groups[0]}" if len(groups) == 1 else f"groups of {', '.join(map(str, groups))} inputs"
+        raise ConfigError(f"{source.path} holds {mode} weights with {held}: load it without group_size"
+                          + (f" (or with {held})" if len(groups) == 1 else "")
+                          + f", or quantize the original float checkpoint with group_size={group_size}")
     saved_for = (lambda path: schemes.get(converted.key(path))) if schemes else None
     quant.check_tables(quantize_embeddings, mode)
     if quantize_embeddings and not any(converted.key(path) in schemes for path in TABLE_PATHS):

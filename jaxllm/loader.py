@@ -405,6 +405,7 @@ def load(
     kv_dtype = resolve_kv_dtype(kv_dtype)
     p = prepare(path_or_id, dtype, mesh, quantize=quantize, group_size=group_size, revision=revision,
                 quantize_embeddings=quantize_embeddings)
+    check_kv_dtype(kv_dtype, p.config)  # a model without a KV cache: before the weights are read
     p.check()
     tok = checkpoint.load_tokenizer(p.source.path, p.config.vocab_size) if tokenizer else None  # before the weights: a bad one fails fast
     params = p.read(progress)

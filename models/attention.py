@@ -45,9 +45,10 @@ KV_DTYPES = {None: None, "int8": "int8", "fp8": "float8_e4m3fn", "float8_e4m3fn"
              "bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
 
 
-def check_kv_dtype(kv_dtype) -> str | None:
+def check_kv_dtype(kv_dtype, cfg=None) -> str | None:
     """The canonical name of a kv_dtype (a name of KV_DTYPES or a dtype: None, "int8",
-    "float8_e4m3fn" or a float's name), or a one-line error."""
+    "float8_e4m3fn" or a float's name), or a one-line error; with `cfg`, also for one given to a model
+    that caches no keys or values (recurrent layers only: Mamba, RWKV), where it changed nothing."""
     name = kv_dtype
     if kv_dtype is not None and not isinstance(kv_dtype, str):
         try:
@@ -56,6 +57,9 @@ def check_kv_dtype(kv_dtype) -> str | None:
             name = "?"
     if name not in KV_DTYPES:
         raise GenerationError(f"kv_dtype must be one of {', '.join(map(repr, KV_DTYPES))}, got {kv_dtype!r}")
+    if cfg is not None and kv_dtype is not None and all(cfg.kv_shape(i) is None for i in range(cfg.num_layers)):
+        raise GenerationError(f"kv_dtype={kv_dtype!r} sets the KV cache's dtype, and {cfg.architecture} caches no keys or "
+                              "values (it has no attention layers): drop kv_dtype")
     return KV_DTYPES[name]
 
 

@@ -118,7 +118,7 @@ class ZayaRouter(nnx.Module):
         return jnp.take_along_axis(probs, experts, axis=-1).astype(jnp.float32), experts, r
 
 
-class ZayaMoE(MoE):
+class ZayaMoE(MoE, pytree=False):
     """The shared experts (their dispatch, quantization and expert parallelism) under Zaya's router; an assignment to
     the skip expert (index num_experts) adds nothing. Called as (x, carried router state) -> (output, its state)."""
 

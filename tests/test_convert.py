@@ -313,6 +313,66 @@ def test_a_hand_edited_marker_is_refused_in_one_line(tmp_path):
     assert jaxllm.load(tmp_path / "out").logits(TOKENS).shape[:2] == TOKENS.shape  # the unedited folder loads
 
 
+@pytest.fixture(scope="module")
+def int4_folder(tmp_path_factory):
+    """A tiny Llama converted with --quantize int4 --quantize-embeddings (int4 kernels with offsets, int8 tables)."""
+    tmp = tmp_path_factory.mktemp("int4")
+    reference.build("LlamaForCausalLM", tmp / "hf", seed=6)
+    convert(tmp / "hf", tmp / "out", progress=False, quantize="int4", quantize_embeddings=True)
+    return tmp / "out"
+
+
+DOWN = "model.layers.0.mlp.down_proj."
+QUANTIZED_EDITS = {  # what an edit of a quantized folder's marker did, before it was refused
+    "no scale": (lambda p: p.pop(DOWN + "scale"), f"the quantized '{DOWN}kernel' without its scales"),  # integers as floats
+    "no scale, no offset": (lambda p: (p.pop(DOWN + "scale"), p.pop(DOWN + "offset")), "without its scales"),  # the same
+    "no offset": (lambda p: p.pop(DOWN + "offset"), "holds 'model.layers.0.mlp.down_proj.kernel' as int4 without offsets"),
+    "a scale of no groups": (lambda p: [p[DOWN + n].update(shape=[p[DOWN + n]["shape"][0], 0]) for n in ("scale", "offset")],
+                             "which does not scale"),  # ZeroDivisionError
+    "a scale of no dims": (lambda p: [p[DOWN + n].update(shape=[]) for n in ("scale", "offset")], "which does not scale"),  # IndexError
+    "groups not dividing": (lambda p: [p[DOWN + n].update(shape=[p[DOWN + n]["shape"][0], 5]) for n in ("scale", "offset")],
+                            "in whole groups"),  # was "group_size 19 does not divide", a setting never given
+    "an offset of another shape": (lambda p: p[DOWN + "offset"].update(shape=[1, 1]), "not its scale's"),
+    "an integer scale": (lambda p: p[DOWN + "scale"].update(dtype="int8"), "in int8, not a float dtype"),  # scales cast to int8
+    "a kernel in uint8": (lambda p: p[DOWN + "kernel"].update(dtype="uint8"), "in uint8, not int8 or int4"),
+    "a kernel with no inputs": (lambda p: p[DOWN + "kernel"].update(shape=[p[DOWN + "kernel"]["shape"][0], 0]),
+                                "which does not scale"),  # ZeroDivisionError
+}
+
+
+@pytest.mark.parametrize("what", list(QUANTIZED_EDITS) + ["mode int8", "mode int3", "mode a list"])
+def test_a_hand_edited_quantized_marker_is_refused_in_one_line(int4_folder, tmp_path, what):
+    """The marker's quantized entries are what the model is built from: each inconsistent one is named in one line
+    (they loaded wrong values without a word, or failed with a traceback)."""
+    import shutil
+
+    from jaxllm.errors import CheckpointError
+
+    folder = tmp_path / "edited"
+    shutil.copytree(int4_folder, folder)
+    marker = json.loads((folder / "jaxllm.json").read_text())
+    if what.startswith("mode"):
+        mode = {"mode int8": "int8", "mode int3": "int3", "mode a list": ["int4"]}[what]
+        marker["quantize"] = mode
+        says = "says quantize 'int8' but holds" if mode == "int8" else "not one of int8, int4, gguf"
+    else:
+        edit, says = QUANTIZED_EDITS[what]
+        edit(marker["params"])
+    (folder / "jaxllm.json").write_text(json.dumps(marker))
+    for quantize in (None, "int4"):
+        with pytest.raises(CheckpointError) as err:
+            jaxllm.load(folder, tokenizer=False, quantize=quantize)
+        message = str(err.value)
+        assert says in message and "jaxllm.json" in message and "re-run python -m jaxllm.convert" in message
+        assert len(message.splitlines()) == 1
+
+
+def test_the_unedited_quantized_folder_loads(int4_folder):
+    model = jaxllm.load(int4_folder, tokenizer=False)
+    assert model.quantize == "int4" and model.params["model"]["embed_tokens"]["embedding"].dtype == jax.numpy.int8
+    assert np.isfinite(np.asarray(model.logits(TOKENS))).all()
+
+
 @pytest.mark.parametrize("length", [241, 255])
 def test_an_output_name_as_long_as_the_system_allows_converts(tmp_path, length):
     """An output name of up to 255 bytes (NAME_MAX): the hidden folders beside it (the partial

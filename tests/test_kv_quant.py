@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 import jaxllm
-from jaxllm import generation, research
+from jaxllm import generation, loader, research
 from jaxllm.engine import Engine
 from jaxllm.errors import GenerationError
 from jaxllm.models import attention_ops as ao
-from jaxllm.models import kv_quant, paged_decode
+from jaxllm.models import kv_quant, paged_decode, registry
 from jaxllm.models.attention import AttnSpec, LayerCache, PagedCache, kv_cache_bytes
 from jaxllm.serving import memory as pool_memory
 
@@ -165,6 +165,39 @@ def test_the_same_memory_holds_about_twice_the_pages(llama, monkeypatch):
     engine = generation.engine_for(model, prompts, GREEDY.resolved())
     assert engine.kv_dtype == "int8" and engine.runner.kv_dtype == ("int8", "float32")
     assert generation.engine_for(model, prompts, GREEDY.resolved()) is engine
+
+
+def _cacheless(arch: str) -> bool:
+    cfg = loader.plan(dict(registry.get(arch).tiny_config, architectures=[arch])).config
+    return all(cfg.kv_shape(i) is None for i in range(cfg.num_layers))
+
+
+CACHELESS = [arch for arch in registry.names() if _cacheless(arch)]  # recurrent layers only: Mamba, RWKV, ...
+
+
+@pytest.mark.parametrize("arch", CACHELESS)
+@pytest.mark.parametrize("kv_dtype", ["int8", "fp8", "bfloat16"])
+def test_a_kv_dtype_for_a_model_without_a_kv_cache_is_refused(arch, kv_dtype):
+    """kv_dtype on a model whose layers cache no keys or values changed nothing, without a word: refused by the
+    Engine, whether given to it or kept by the model (jaxllm.load's kv_dtype), before anything is allocated."""
+    p = loader.plan(dict(registry.get(arch).tiny_config, architectures=[arch]))
+    model = loader.LoadedModel(p.config, p.graphdef, p.abstract)
+    want = f"kv_dtype={kv_dtype!r} sets the KV cache's dtype, and {arch} caches no keys or values (it has no attention layers): drop kv_dtype"
+    with pytest.raises(GenerationError) as err:
+        Engine(model, kv_dtype=kv_dtype)
+    assert str(err.value) == want
+    model.kv_dtype = kv_dtype
+    with pytest.raises(GenerationError, match="caches no keys or values"):
+        Engine(model)
+
+
+def test_load_refuses_a_kv_dtype_for_a_model_without_a_kv_cache(tmp_path):
+    import reference
+
+    reference.build("MambaForCausalLM", tmp_path, seed=1)
+    with pytest.raises(GenerationError, match="^kv_dtype='int8' sets the KV cache's dtype, and MambaForCausalLM caches no keys"):
+        jaxllm.load(tmp_path, kv_dtype="int8", tokenizer=False)
+    assert jaxllm.load(tmp_path, tokenizer=False).kv_dtype is None
 
 
 def test_prefix_caching_and_preemption_with_int8_change_nothing(llama):
