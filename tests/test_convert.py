@@ -445,3 +445,93 @@ def test_many_small_shards_take_one_file_descriptor_at_a_time(tmp_path):
     assert len(files) == 301 and files[-1] == "model.safetensors.index.json"
     got = _tensors(tmp_path)
     assert sorted(got) == sorted(values) and all(np.array_equal(got[k], v) for k, v in values.items())
+
+
+@pytest.mark.parametrize("source, flags", [("folder", []), ("hub id", []), ("hub id", ["--to-hf"])])
+def test_revision_reaches_the_checkpoint_lookup(tmp_path, capsys, monkeypatch, source, flags):
+    """--revision (README's, as generate and inspect take it) was no flag of convert ('unrecognized arguments'): a hub
+    id is looked up at that revision (and the marker says which), a local folder is refused in one line."""
+    import huggingface_hub
+
+    reference.build("LlamaForCausalLM", tmp_path / "org" / "name", seed=6)
+    calls = []
+
+    def snapshot_download(repo_id, revision=None, **kwargs):
+        calls.append((repo_id, revision))
+        return str(tmp_path / "org" / "name")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.chdir(tmp_path / ("org" if source == "hub id" else "."))  # no local folder shadows the id
+    src = "org/name" if source == "hub id" else str(tmp_path / "org" / "name")
+    capsys.readouterr()
+    code = main([src, str(tmp_path / "out"), "--revision", "v2", *flags])
+    err = capsys.readouterr().err.strip()
+    if source == "folder":
+        assert code == 2 and calls == [] and not (tmp_path / "out").exists()
+        assert "--revision 'v2' picks a version of a hub repo" in err and "drop --revision" in err and "\n" not in err
+        return
+    assert code == 0 and calls and set(calls) == {("org/name", "v2")}, err
+    if flags:
+        assert _tensors(tmp_path / "out").keys() == _expected(tmp_path / "org" / "name", "LlamaForCausalLM").keys()
+    else:
+        marker = json.loads((tmp_path / "out" / "jaxllm.json").read_text())
+        assert (marker["source"], marker["revision"]) == ("org/name", "v2")
+
+
+def _tree(folder):
+    """{path: bytes, or a link's target} of everything under `folder`: what a refused conversion must leave as it was."""
+    return {str(p.relative_to(folder)): os.readlink(p) if p.is_symlink() else p.read_bytes() if p.is_file() else None
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """hf/: a tiny Llama; cv/: it converted."""
+    tmp = tmp_path_factory.mktemp("sources")
+    reference.build("LlamaForCausalLM", tmp / "hf", seed=6)
+    convert(tmp / "hf", tmp / "cv", progress=False)
+    return tmp
+
+
+def _link(target):
+    return lambda at: at.symlink_to(target)
+
+
+OUTPUTS = {  # the output: (source, how it is made under the test's folder, flags, what the one line says)
+    "a link to a file": ("hf", lambda at: (at.with_name("f").write_text("x"), at.symlink_to(at.with_name("f"))), ["--force"],
+                         "exists and is a file, not a folder"),
+    "a link to a folder": ("hf", lambda at: (at.with_name("d").mkdir(), at.symlink_to(at.with_name("d"))), [], "already exists"),
+    "a link to nothing": ("hf", _link("nowhere"), [], "a link to nowhere which does not exist"),  # converted, then 'Not a directory'
+    "a link to the source": ("hf", lambda at: at.symlink_to(at.with_name("hf")), ["--force"], "holds the source"),
+    "a new folder in the source": ("hf", lambda at: None, [], None),  # dst: hf/new below, written
+    "a folder inside the source": ("cv", lambda at: None, ["--to-hf", "--force"], "is inside the source"),  # its params/: deleted
+    "a folder inside the source, no --force": ("cv", lambda at: None, ["--to-hf"], "already exists"),
+    "the source": ("hf", lambda at: None, [], "already exists"),
+    "the source, --force": ("hf", lambda at: None, ["--force"], "holds the source"),
+}
+
+
+@pytest.mark.parametrize("what", OUTPUTS)
+def test_an_output_that_exists_is_refused_in_one_line(sources, tmp_path, capsys, what):
+    """Each output that exists is refused before anything is written, and nothing is changed: --force over a folder
+    inside the source deleted that part of it (a converted folder's params/ replaced by the export); a link to nothing
+    was converted in full, then refused as 'Not a directory, check the disk'."""
+    import shutil
+
+    source, make, flags, says = OUTPUTS[what]
+    shutil.copytree(sources / "hf", tmp_path / "hf")
+    shutil.copytree(sources / "cv", tmp_path / "cv")
+    dst = {"hf": tmp_path / "hf", "cv": tmp_path / "cv" / "params"}[source] if what.startswith(("the source", "a folder inside"))\
+        else tmp_path / "hf" / "new" if what == "a new folder in the source" else tmp_path / "out"
+    make(dst)
+    before = _tree(tmp_path)
+    capsys.readouterr()
+    code = main([str(tmp_path / source), str(dst), *flags])
+    err = capsys.readouterr().err.strip()
+    if says is None:  # a new folder: written there, the source as it was and still loads
+        assert code == 0 and np.array_equal(jaxllm.load(dst).logits(TOKENS), jaxllm.load(tmp_path / "hf").logits(TOKENS))
+        assert {k: v for k, v in _tree(tmp_path).items() if not k.startswith("hf/new")} == before
+        return
+    assert code == 2 and says in err and "\n" not in err, err
+    assert _tree(tmp_path) == before
+    assert jaxllm.load(tmp_path / source, tokenizer=False).logits(TOKENS).shape[:2] == TOKENS.shape
