@@ -1,5 +1,6 @@
 """python -m jaxllm.convert: HF -> orbax -> HF bit-exact, restore onto a mesh, interrupted conversions."""
 
+import errno
 import json
 import os
 import signal
@@ -261,16 +262,18 @@ def _wait_for(predicate, proc, seconds=120):
         time.sleep(0.005)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_interrupted_conversion_leaves_nothing_complete_looking(tmp_path, sig):
+@pytest.mark.parametrize("sig, flags", [(signal.SIGKILL, []), (signal.SIGTERM, []), (signal.SIGKILL, ["--to-hf"])])
+def test_interrupted_conversion_leaves_nothing_complete_looking(tmp_path, sig, flags):
     """Killed mid-way (SIGKILL: no chance to clean up; SIGTERM: cleans up): DST does not exist, only
-    a hidden partial folder may, `jaxllm.load(DST)` fails, and the next conversion succeeds and
-    removes the stale partial output."""
+    a hidden partial folder may, which loads as no checkpoint either (--to-hf's had config.json and its
+    files at full length, zeros where no tensor was written yet: it loaded), `jaxllm.load(DST)` fails,
+    and the next conversion succeeds and removes the stale partial output."""
     _big_checkpoint(tmp_path / "hf")
     dst = tmp_path / "out"
-    cmd = [sys.executable, "-m", "jaxllm.convert", str(tmp_path / "hf"), str(dst)]
+    cmd = [sys.executable, "-m", "jaxllm.convert", str(tmp_path / "hf"), str(dst), *flags]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-    _wait_for(lambda: any((p / "config.json").exists() for p in tmp_path.glob(".out.partial-*")), proc)
+    started = "*.safetensors" if flags else "config.json"  # the first file written
+    _wait_for(lambda: any(list(p.glob(started)) for p in tmp_path.glob(".out.partial-*")), proc)
     # Frozen at once (the tensors take ~1.4 s more here), so the signal lands mid-conversion
     # however fast or loaded the machine is; SIGTERM is handled when it resumes.
     proc.send_signal(signal.SIGSTOP)
@@ -281,9 +284,12 @@ def test_interrupted_conversion_leaves_nothing_complete_looking(tmp_path, sig):
     assert not dst.exists()
     partial = list(tmp_path.glob(".out.partial-*"))
     assert (partial != []) == (sig == signal.SIGKILL)
+    for folder in partial:  # config.json missing (--to-hf) or the marker (orbax: a folder of no weights)
+        with pytest.raises((jaxllm.ConfigError, jaxllm.CheckpointError)):
+            jaxllm.load(folder, tokenizer=False)
     with pytest.raises(jaxllm.CheckpointError, match="no such file or folder"):
         jaxllm.load(dst)
-    convert(tmp_path / "hf", dst, progress=False)
+    convert(tmp_path / "hf", dst, progress=False, to_hf=bool(flags))
     assert list(tmp_path.glob(".out.*")) == []
     assert jaxllm.load(dst, tokenizer=False).config.num_layers == 8
 
@@ -535,3 +541,107 @@ def test_an_output_that_exists_is_refused_in_one_line(sources, tmp_path, capsys,
     assert code == 2 and says in err and "\n" not in err, err
     assert _tree(tmp_path) == before
     assert jaxllm.load(tmp_path / source, tokenizer=False).logits(TOKENS).shape[:2] == TOKENS.shape
+
+
+def _fails_after(count, error):
+    """A wrapper of a function that raises `error` from its `count`-th call on."""
+    calls = []
+
+    def wrap(real):
+        def wrapped(*args, **kwargs):
+            calls.append(1)
+            if len(calls) >= count:
+                raise error
+            return real(*args, **kwargs)
+        return wrapped
+    return wrap
+
+
+class _FillingFile:
+    """A file whose writes fail as on a full disk from the `count`-th on."""
+
+    def __init__(self, f, count):
+        self.f, self.count = f, count
+
+    def write(self, data):
+        _FillingFile.writes = getattr(_FillingFile, "writes", 0) + 1
+        if _FillingFile.writes >= self.count:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def _fill_disk(monkeypatch, to_hf):
+    """A full disk: --to-hf's third tensor write; orbax's marker, written after the parameters."""
+    from pathlib import Path
+
+    if to_hf:
+        _FillingFile.writes = 0
+        monkeypatch.setattr(safetensors_io, "open", lambda path, mode="r", *a, **k: (
+            _FillingFile(open(path, mode, *a, **k), 3) if mode == "r+b" else open(path, mode, *a, **k)), raising=False)
+    else:
+        real = Path.write_text
+        full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        monkeypatch.setattr(Path, "write_text", lambda self, *a, **k: (_ for _ in ()).throw(full) if self.name == "jaxllm.json"
+                            else real(self, *a, **k))
+
+
+def _read_fails(monkeypatch, to_hf):
+    """A tensor of the source cannot be read (a damaged disk): orbax, the fourth read (before anything is saved);
+    --to-hf, the fourth one exported, three written already."""
+    error = OSError(errno.EIO, os.strerror(errno.EIO), "model.safetensors")
+    if not to_hf:
+        monkeypatch.setattr(safetensors_io.LazyTensor, "read", _fails_after(4, error)(safetensors_io.LazyTensor.read))
+        return
+    real = weights.export_tensors
+
+    def export_tensors(*args):
+        for i, item in enumerate(real(*args)):
+            if i == 3:
+                raise error
+            yield item
+
+    monkeypatch.setattr(weights, "export_tensors", export_tensors)
+
+
+@pytest.mark.parametrize("to_hf", [False, True], ids=["orbax", "to-hf"])
+@pytest.mark.parametrize("failure, says", [(_fill_disk, "the disk is full"), (_read_fails, "cannot read model.safetensors")],
+                         ids=["disk full", "read fails"])
+def test_a_write_that_fails_midway_leaves_nothing_and_a_rerun_works(tmp_path, monkeypatch, capsys, to_hf, failure, says):
+    """A full disk or a source read failing after some tensors were written: one line, no DST and no hidden folder beside
+    it, and the same conversion run again writes a folder that loads with its source's logits."""
+    reference.build("LlamaForCausalLM", tmp_path / "hf", seed=6)
+    dst, flags = tmp_path / "out", ["--to-hf"] * to_hf
+    failure(monkeypatch, to_hf)
+    capsys.readouterr()
+    assert main([str(tmp_path / "hf"), str(dst), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and "\n" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+    monkeypatch.undo()
+    assert main([str(tmp_path / "hf"), str(dst), *flags]) == 0
+    assert np.array_equal(jaxllm.load(dst).logits(TOKENS), jaxllm.load(tmp_path / "hf").logits(TOKENS))
+
+
+@pytest.mark.parametrize("moment", ["between the renames", "removing the old output"])
+def test_a_killed_force_leaves_the_old_output_or_the_new_one(tmp_path, capsys, moment):
+    """--force killed after moving the old output aside (a hidden '.out.old-PID'): the next conversion puts it back
+    when the new one had not come in (so DST is not lost, and is refused without --force), and removes it when the
+    new one had (it was being removed). It stayed beside DST for good."""
+    from jaxllm import convert as convert_module
+
+    reference.build("LlamaForCausalLM", tmp_path / "hf", seed=6)
+    convert(tmp_path / "hf", tmp_path / "out", progress=False)
+    old = tmp_path / convert_module._hidden(tmp_path / "out", "old", 2**22 + 1)  # beyond any process id: a dead one's
+    if moment == "between the renames":
+        (tmp_path / "out").rename(old)
+    else:
+        old.mkdir()
+        (old / "config.json").write_text("{}")
+    capsys.readouterr()
+    assert main([str(tmp_path / "hf"), str(tmp_path / "out")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "out"]
+    assert np.array_equal(jaxllm.load(tmp_path / "out").logits(TOKENS), jaxllm.load(tmp_path / "hf").logits(TOKENS))
