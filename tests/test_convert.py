@@ -645,3 +645,59 @@ def test_a_killed_force_leaves_the_old_output_or_the_new_one(tmp_path, capsys, m
     assert "already exists" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "out"]
     assert np.array_equal(jaxllm.load(tmp_path / "out").logits(TOKENS), jaxllm.load(tmp_path / "hf").logits(TOKENS))
+
+
+ROUND_TRIPS = {  # source: (family (a GGUF file's architecture, lower case), config overrides, --dtype, --mesh)
+    "dense": ("LlamaForCausalLM", {}, None, None),
+    "dense, bfloat16 onto dp=4,tp=2": ("LlamaForCausalLM", {}, "bfloat16", "dp=4,tp=2"),
+    "tied embeddings, float16": ("LlamaForCausalLM", dict(tie_word_embeddings=True), "float16", None),
+    "MoE onto dp=2,ep=2,tp=2": ("Qwen3MoeForCausalLM", {}, None, "dp=2,ep=2,tp=2"),
+    "GGUF dense": ("llama", {}, "float32", None),
+    "GGUF MoE, bfloat16 onto dp=4,tp=2": ("qwen3moe", {}, "bfloat16", "dp=4,tp=2"),
+}
+
+
+@pytest.mark.parametrize("case", ROUND_TRIPS)
+def test_a_converted_folder_is_its_source(tmp_path, case):
+    """Converted with --dtype and --mesh, the folder loads (on one device and onto the mesh) into the parameters and
+    logits, bit for bit, of its source loaded in that dtype; exported back (float32), transformers reads the same logits
+    as from the source (a Hugging Face one: bit for bit) or as jaxllm's (a GGUF one, which transformers dequantizes)."""
+    import transformers
+    from test_gguf_reference import write_family
+
+    family, overrides, dtype, mesh = ROUND_TRIPS[case]
+    IDS = TOKENS % 96  # noqa: N806 - in the GGUF files' vocabulary too
+    if family.islower():
+        src = tmp_path / "model.gguf"
+        write_family(src, family)
+    else:
+        src = tmp_path / "hf"
+        reference.build(family, src, seed=8, **overrides)
+    convert(src, tmp_path / "cv", dtype=dtype, mesh=mesh, progress=False)
+    want, got = jaxllm.load(src, dtype=dtype, tokenizer=False), jaxllm.load(tmp_path / "cv", tokenizer=False)
+    _same_params(got, want)
+    np.testing.assert_array_equal(np.asarray(got.logits(IDS)), np.asarray(want.logits(IDS)))
+    if mesh is not None:
+        on_mesh = jaxllm.load(tmp_path / "cv", mesh=mesh, tokenizer=False)
+        np.testing.assert_array_equal(np.asarray(on_mesh.logits(IDS)),
+                                      np.asarray(jaxllm.load(src, dtype=dtype, mesh=mesh, tokenizer=False).logits(IDS)))
+    convert(tmp_path / "cv", tmp_path / "back", dtype="float32", to_hf=True, progress=False)
+
+    def hf_logits(folder, **kwargs):
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager",
+                                                                  **kwargs)
+        with torch.no_grad():
+            return model(torch.as_tensor(IDS)).logits
+
+    back = hf_logits(tmp_path / "back")
+    if family.islower():
+        assert reference.max_rel_diff(jaxllm.load(tmp_path / "cv", dtype="float32", tokenizer=False).logits(IDS),
+                                      back.numpy()) < 1e-4
+    elif dtype is None:
+        assert torch.equal(back, hf_logits(src))
+    else:  # the source's values in --dtype, read back as float32
+        source = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, attn_implementation="eager")
+        for p in source.parameters():  # not .to(dtype): the rotary frequencies, a buffer, are float32 in both
+            p.data = p.data.to(getattr(torch, dtype)).to(torch.float32)
+        with torch.no_grad():
+            assert torch.equal(back, source(torch.as_tensor(IDS)).logits)
