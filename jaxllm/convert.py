@@ -26,7 +26,7 @@ from jaxllm import checkpoint, converted, orbax_writing, runtime, safetensors_io
 from jaxllm.errors import ArgumentParser, CheckpointError, JaxllmError, argv_text, check_interrupted, handle_signals, run_cli
 from jaxllm.loader import QUANTIZE, open_checkpoint, plan
 from jaxllm.models import quant, weights
-from jaxllm.progress import Bar, flag_terms
+from jaxllm.progress import Bar, add_revision, flag_terms
 
 # Files of a checkpoint folder that are weights (rewritten by us, or another runtime's: rust-bert's
 # .ot, TFLite, ONNX), not side files to carry over.
@@ -39,6 +39,7 @@ def parse_args(argv=None):
     p = ArgumentParser(prog="python -m jaxllm.convert", description=__doc__.split("\n\n")[0])
     p.add_argument("src", help="checkpoint folder, hub id or .gguf file (with --to-hf: any of those, or a converted folder)")
     p.add_argument("dst", help="output folder (must not exist unless --force)")
+    add_revision(p, "SRC")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the source's dtype, else float32)")
     p.add_argument("--to-hf", action="store_true", help="write Hugging Face safetensors instead of orbax")
     p.add_argument("--force", action="store_true", help="replace DST if it exists (only once the new one is complete)")
@@ -69,8 +70,8 @@ def _hidden(dst: Path, kind: str, pid: int | str = "") -> str:
     return f".{name}.{kind}-{pid}"
 
 
-def _partial_dirs(dst: Path):
-    prefix = _hidden(dst, "partial")
+def _hidden_dirs(dst: Path, kind: str):
+    prefix = _hidden(dst, kind)
     return sorted(p for p in dst.parent.iterdir() if p.name.startswith(prefix)
                   and p.name[len(prefix):].isascii() and p.name[len(prefix):].isdigit())
 
@@ -86,15 +87,24 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _clear_stale(dst: Path) -> None:
-    """Remove half-written outputs left by conversions that were killed (their process is gone)."""
-    for folder in _partial_dirs(dst):
-        pid = folder.name.rsplit("-", 1)[-1]
-        if not _pid_alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
+    """Remove half-written outputs left by conversions that were killed (their process is gone); an
+    old output a killed --force had moved aside goes back in place when the new one had not come in
+    (a rerun then finds DST as it was), and is removed when it had (it was being removed)."""
+    if not dst.parent.is_dir():
+        return
+    for kind in ("old", "partial"):
+        for folder in _hidden_dirs(dst, kind):
+            if _pid_alive(int(folder.name.rsplit("-", 1)[-1])):
+                continue
+            if kind == "old" and not os.path.lexists(dst):
+                folder.rename(dst)
+            else:
+                folder.unlink() if folder.is_symlink() else shutil.rmtree(folder, ignore_errors=True)
 
 
 def _check_dst(src: Path, dst: Path, force: bool) -> None:
     try:
+        _clear_stale(dst)
         _check_dst_path(src, dst, force)
     except OSError as err:  # a path the system refuses to look at (a name too long, ...)
         raise _refused(dst, err) from None
@@ -105,11 +115,17 @@ def _check_dst_path(src: Path, dst: Path, force: bool) -> None:
         raise JaxllmError(f"{dst} exists and is a file, not a folder: remove it or choose another output")
     if dst.exists() and not force:
         raise JaxllmError(f"{dst} already exists: choose another folder, or pass --force to replace it")
+    if dst.is_symlink() and not dst.exists() and not force:  # a link to nothing: was converted, then refused as 'Not a directory'
+        raise JaxllmError(f"{dst} already exists, a link to {os.readlink(dst)} which does not exist: choose another folder, "
+                          "or pass --force to replace the link")
     above = next((p for p in dst.parents if p.exists()), None)  # the nearest part of the path that exists
     if above is not None and not above.is_dir():
         raise JaxllmError(f"{above} is a file, not a folder, so {dst} cannot be made: choose another output")
     if src.resolve() == dst.resolve() or dst.resolve() in src.resolve().parents:  # --force would delete the source
         raise JaxllmError(f"the output {dst} holds the source {src}: replacing it would delete the source; choose another folder")
+    if dst.exists() and src.resolve() in dst.resolve().parents:  # --force deleted part of it (a converted folder's params/)
+        raise JaxllmError(f"the output {dst} is inside the source {src}: replacing it would delete part of the source; "
+                          "choose a folder outside it")
     here = Path.cwd().resolve()
     if dst.exists() and (dst.resolve() == here or dst.resolve() in here.parents):  # a folder in use cannot be moved aside
         raise JaxllmError(f"the output {dst} is the current folder or holds it: choose another folder, or run from elsewhere")
@@ -132,13 +148,13 @@ def _copy_side_files(src: Path, folder: Path, raw: dict) -> None:
 def _finish(tmp: Path, dst: Path) -> None:
     """Move the complete output into place; an old DST (--force) goes only after the new one is there."""
     old = None
-    if dst.exists():
+    if os.path.lexists(dst):  # a link to nothing too (rename refused to put a folder in its place)
         old = dst.parent / _hidden(dst, "old", os.getpid())
         dst.rename(old)
     try:
         tmp.rename(dst)
     except BaseException:  # interrupted or refused between the two renames: the old output goes back
-        if old is not None and not dst.exists():
+        if old is not None and not os.path.lexists(dst):
             old.rename(dst)
         raise
     if old is not None:  # a link DST (to a folder) is replaced, its target kept; rmtree refuses a link
@@ -147,9 +163,10 @@ def _finish(tmp: Path, dst: Path) -> None:
 
 def convert(src, dst, *, dtype=None, to_hf: bool = False, force: bool = False, mesh=None,
             shard_bytes: int = 5 << 30, progress: bool = True, quantize: str | None = None,
-            group_size: int | None = None, quantize_embeddings: bool = False) -> dict:
+            group_size: int | None = None, quantize_embeddings: bool = False, revision: str | None = None) -> dict:
     """Convert `src` into `dst` (see the module docstring); returns timings and sizes. `dtype`
-    None: the dtype the source stores its weights in, else float32. Whatever ends it early (an
+    None: the dtype the source stores its weights in, else float32. `revision`: `src` as a hub id,
+    the branch, tag or commit hash to convert (default: main). Whatever ends it early (an
     error, a full or read-only disk, Ctrl-C, SIGTERM), nothing is left behind once it returns."""
     start = time.perf_counter()
     if isinstance(shard_bytes, bool) or not isinstance(shard_bytes, int) or shard_bytes < 1:
@@ -158,7 +175,7 @@ def convert(src, dst, *, dtype=None, to_hf: bool = False, force: bool = False, m
     if isinstance(dst, str) and not dst.strip():  # an unset shell variable: was read as '.', the current folder
         raise JaxllmError("the output folder is empty: give the folder to write, e.g. ./converted")
     dst = Path(dst).expanduser()
-    source = open_checkpoint(src)
+    source = open_checkpoint(src, revision)
     _check_dst(source.path, dst, force)
     if not to_hf:  # orbax (tensorstore) takes UTF-8 paths only: undecodable bytes failed mid-write (a RuntimeError)
         argv_text(str(dst.absolute()), f"the output path {dst.absolute()}", "name it in UTF-8 (orbax takes UTF-8 paths only), "
@@ -184,11 +201,11 @@ def convert(src, dst, *, dtype=None, to_hf: bool = False, force: bool = False, m
     try:
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
-            _clear_stale(dst)
             tmp.mkdir()
         except OSError as err:
             raise _refused(dst, err) from None
-        read_s, files = _write(source, p, tmp, dst, dtype_name, src, to_hf, shard_bytes, progress)
+        origin = dict(source=str(src), **({} if revision is None else dict(revision=revision)))  # the marker's record of it
+        read_s, files = _write(source, p, tmp, dst, dtype_name, origin, to_hf, shard_bytes, progress)
         check_interrupted()  # a signal whose exception Python swallowed (in a garbage-collection callback)
         _finish(tmp, dst)
     except OSError as err:
@@ -202,15 +219,18 @@ def convert(src, dst, *, dtype=None, to_hf: bool = False, force: bool = False, m
     return dict(seconds=time.perf_counter() - start, read_seconds=read_s, bytes=size, files=files, dtype=dtype_name)
 
 
-def _write(source, p, tmp: Path, dst: Path, dtype_name: str, src, to_hf: bool, shard_bytes: int, progress: bool):
-    """Side files, then the parameters, into `tmp`: (seconds reading, the files written)."""
+def _write(source, p, tmp: Path, dst: Path, dtype_name: str, origin: dict, to_hf: bool, shard_bytes: int, progress: bool):
+    """The parameters and side files into `tmp`, what makes it a checkpoint last (orbax: the marker; Hugging Face
+    files: config.json, so a folder killed mid-write, its files at full length with zeros where no tensor was written
+    yet, is none): (seconds reading, the files written)."""
     start = time.perf_counter()
     raw = dict(source.raw)
     if to_hf:
         for k in [k for k in ("torch_dtype", "dtype") if k in raw] or ["torch_dtype"]:
             raw[k] = dtype_name
         raw.pop("quantization_config", None)  # gpt-oss's MXFP4 experts are written back dequantized, as floats
-    _copy_side_files(source.path, tmp, raw)
+    else:
+        _copy_side_files(source.path, tmp, raw)
     with Bar(len(jax.tree.leaves(p.abstract)), "reading", enabled=progress) as bar:
         params = p.read(bar)
         jax.block_until_ready(params)
@@ -224,8 +244,9 @@ def _write(source, p, tmp: Path, dst: Path, dtype_name: str, src, to_hf: bool, s
         layout = {name: (shape, p.dtype) for name, shape in shapes.items()}
         with Bar(len(layout), "writing", enabled=progress) as bar:
             files = safetensors_io.write_safetensors(tmp, layout, weights.export_tensors(specs, flat), shard_bytes, bar)
+        _copy_side_files(source.path, tmp, raw)
     else:
-        meta = dict(dtype=dtype_name, architecture=p.arch.name, source=str(src), quantize=p.quantize)
+        meta = dict(dtype=dtype_name, architecture=p.arch.name, **origin, quantize=p.quantize)
         converted.save(tmp, params, meta, shown=dst)
         files = [converted.PARAMS, converted.MARKER]
     return read_s, files
@@ -275,7 +296,7 @@ def main(argv=None) -> int:
         with flag_terms():  # the library's messages name its arguments: here, the flags (a --shard-size beyond int64: one file)
             out = convert(args.src, args.dst, dtype=args.dtype, to_hf=args.to_hf, force=args.force, mesh=args.mesh,
                           shard_bytes=int(min(shard_size * 1e9, 2**62)), quantize=args.quantize, group_size=args.group_size,
-                          quantize_embeddings=args.quantize_embeddings)
+                          quantize_embeddings=args.quantize_embeddings, revision=args.revision)
         kind = "Hugging Face safetensors" if args.to_hf else "jaxllm (orbax)"
         print(f"wrote {args.dst} ({kind}, {out['dtype']}, {out['bytes'] / 1e9:.2f} GB) in {out['seconds']:.1f}s "
               f"(reading and converting {out['read_seconds']:.1f}s)")

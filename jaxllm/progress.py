@@ -80,12 +80,18 @@ def add_weight_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def add_revision(p: argparse.ArgumentParser, source: str = "--model") -> argparse.ArgumentParser:
+    """Declare --revision on `p`: the version of `source` (the argument naming the checkpoint) when it is a hub id."""
+    p.add_argument("--revision", help=f"{source} as a hub id: the branch, tag or commit hash to load (default: main)")
+    return p
+
+
 def load_flags() -> argparse.ArgumentParser:
     """The flags of every command that loads a model (an argparse parent; `load_model` reads
     them): model, dtype, mesh, the engine's speculative decoding, and weight_flags (quantization, KV cache dtype)."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--model", help="checkpoint folder, .gguf file or hub id (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--revision", help="--model as a hub id: the branch, tag or commit hash to load (default: main)")
+    add_revision(p)
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bfloat16 on accelerators, float32 on CPU)")
     p.add_argument("--mesh", help="device mesh: 'tp=4', 'dp=2,tp=4', 'fsdp=8', 'ep=2,tp=2' (experts over ep) or 'auto' (the most devices on tp that the model's heads allow, the rest on dp)")
     p.add_argument("--speculative-tokens", type=int, default=0, metavar="K",

@@ -1,5 +1,6 @@
 """python -m jaxllm.convert: HF -> orbax -> HF bit-exact, restore onto a mesh, interrupted conversions."""
 
+import errno
 import json
 import os
 import signal
@@ -261,16 +262,18 @@ def _wait_for(predicate, proc, seconds=120):
         time.sleep(0.005)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_interrupted_conversion_leaves_nothing_complete_looking(tmp_path, sig):
+@pytest.mark.parametrize("sig, flags", [(signal.SIGKILL, []), (signal.SIGTERM, []), (signal.SIGKILL, ["--to-hf"])])
+def test_interrupted_conversion_leaves_nothing_complete_looking(tmp_path, sig, flags):
     """Killed mid-way (SIGKILL: no chance to clean up; SIGTERM: cleans up): DST does not exist, only
-    a hidden partial folder may, `jaxllm.load(DST)` fails, and the next conversion succeeds and
-    removes the stale partial output."""
+    a hidden partial folder may, which loads as no checkpoint either (--to-hf's had config.json and its
+    files at full length, zeros where no tensor was written yet: it loaded), `jaxllm.load(DST)` fails,
+    and the next conversion succeeds and removes the stale partial output."""
     _big_checkpoint(tmp_path / "hf")
     dst = tmp_path / "out"
-    cmd = [sys.executable, "-m", "jaxllm.convert", str(tmp_path / "hf"), str(dst)]
+    cmd = [sys.executable, "-m", "jaxllm.convert", str(tmp_path / "hf"), str(dst), *flags]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-    _wait_for(lambda: any((p / "config.json").exists() for p in tmp_path.glob(".out.partial-*")), proc)
+    started = "*.safetensors" if flags else "config.json"  # the first file written
+    _wait_for(lambda: any(list(p.glob(started)) for p in tmp_path.glob(".out.partial-*")), proc)
     # Frozen at once (the tensors take ~1.4 s more here), so the signal lands mid-conversion
     # however fast or loaded the machine is; SIGTERM is handled when it resumes.
     proc.send_signal(signal.SIGSTOP)
@@ -281,9 +284,12 @@ def test_interrupted_conversion_leaves_nothing_complete_looking(tmp_path, sig):
     assert not dst.exists()
     partial = list(tmp_path.glob(".out.partial-*"))
     assert (partial != []) == (sig == signal.SIGKILL)
+    for folder in partial:  # config.json missing (--to-hf) or the marker (orbax: a folder of no weights)
+        with pytest.raises((jaxllm.ConfigError, jaxllm.CheckpointError)):
+            jaxllm.load(folder, tokenizer=False)
     with pytest.raises(jaxllm.CheckpointError, match="no such file or folder"):
         jaxllm.load(dst)
-    convert(tmp_path / "hf", dst, progress=False)
+    convert(tmp_path / "hf", dst, progress=False, to_hf=bool(flags))
     assert list(tmp_path.glob(".out.*")) == []
     assert jaxllm.load(dst, tokenizer=False).config.num_layers == 8
 
@@ -445,3 +451,253 @@ def test_many_small_shards_take_one_file_descriptor_at_a_time(tmp_path):
     assert len(files) == 301 and files[-1] == "model.safetensors.index.json"
     got = _tensors(tmp_path)
     assert sorted(got) == sorted(values) and all(np.array_equal(got[k], v) for k, v in values.items())
+
+
+@pytest.mark.parametrize("source, flags", [("folder", []), ("hub id", []), ("hub id", ["--to-hf"])])
+def test_revision_reaches_the_checkpoint_lookup(tmp_path, capsys, monkeypatch, source, flags):
+    """--revision (README's, as generate and inspect take it) was no flag of convert ('unrecognized arguments'): a hub
+    id is looked up at that revision (and the marker says which), a local folder is refused in one line."""
+    import huggingface_hub
+
+    reference.build("LlamaForCausalLM", tmp_path / "org" / "name", seed=6)
+    calls = []
+
+    def snapshot_download(repo_id, revision=None, **kwargs):
+        calls.append((repo_id, revision))
+        return str(tmp_path / "org" / "name")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.chdir(tmp_path / ("org" if source == "hub id" else "."))  # no local folder shadows the id
+    src = "org/name" if source == "hub id" else str(tmp_path / "org" / "name")
+    capsys.readouterr()
+    code = main([src, str(tmp_path / "out"), "--revision", "v2", *flags])
+    err = capsys.readouterr().err.strip()
+    if source == "folder":
+        assert code == 2 and calls == [] and not (tmp_path / "out").exists()
+        assert "--revision 'v2' picks a version of a hub repo" in err and "drop --revision" in err and "\n" not in err
+        return
+    assert code == 0 and calls and set(calls) == {("org/name", "v2")}, err
+    if flags:
+        assert _tensors(tmp_path / "out").keys() == _expected(tmp_path / "org" / "name", "LlamaForCausalLM").keys()
+    else:
+        marker = json.loads((tmp_path / "out" / "jaxllm.json").read_text())
+        assert (marker["source"], marker["revision"]) == ("org/name", "v2")
+
+
+def _tree(folder):
+    """{path: bytes, or a link's target} of everything under `folder`: what a refused conversion must leave as it was."""
+    return {str(p.relative_to(folder)): os.readlink(p) if p.is_symlink() else p.read_bytes() if p.is_file() else None
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """hf/: a tiny Llama; cv/: it converted."""
+    tmp = tmp_path_factory.mktemp("sources")
+    reference.build("LlamaForCausalLM", tmp / "hf", seed=6)
+    convert(tmp / "hf", tmp / "cv", progress=False)
+    return tmp
+
+
+def _link(target):
+    return lambda at: at.symlink_to(target)
+
+
+OUTPUTS = {  # the output: (source, how it is made under the test's folder, flags, what the one line says)
+    "a link to a file": ("hf", lambda at: (at.with_name("f").write_text("x"), at.symlink_to(at.with_name("f"))), ["--force"],
+                         "exists and is a file, not a folder"),
+    "a link to a folder": ("hf", lambda at: (at.with_name("d").mkdir(), at.symlink_to(at.with_name("d"))), [], "already exists"),
+    "a link to nothing": ("hf", _link("nowhere"), [], "a link to nowhere which does not exist"),  # converted, then 'Not a directory'
+    "a link to the source": ("hf", lambda at: at.symlink_to(at.with_name("hf")), ["--force"], "holds the source"),
+    "a new folder in the source": ("hf", lambda at: None, [], None),  # dst: hf/new below, written
+    "a folder inside the source": ("cv", lambda at: None, ["--to-hf", "--force"], "is inside the source"),  # its params/: deleted
+    "a folder inside the source, no --force": ("cv", lambda at: None, ["--to-hf"], "already exists"),
+    "the source": ("hf", lambda at: None, [], "already exists"),
+    "the source, --force": ("hf", lambda at: None, ["--force"], "holds the source"),
+}
+
+
+@pytest.mark.parametrize("what", OUTPUTS)
+def test_an_output_that_exists_is_refused_in_one_line(sources, tmp_path, capsys, what):
+    """Each output that exists is refused before anything is written, and nothing is changed: --force over a folder
+    inside the source deleted that part of it (a converted folder's params/ replaced by the export); a link to nothing
+    was converted in full, then refused as 'Not a directory, check the disk'."""
+    import shutil
+
+    source, make, flags, says = OUTPUTS[what]
+    shutil.copytree(sources / "hf", tmp_path / "hf")
+    shutil.copytree(sources / "cv", tmp_path / "cv")
+    dst = {"hf": tmp_path / "hf", "cv": tmp_path / "cv" / "params"}[source] if what.startswith(("the source", "a folder inside"))\
+        else tmp_path / "hf" / "new" if what == "a new folder in the source" else tmp_path / "out"
+    make(dst)
+    before = _tree(tmp_path)
+    capsys.readouterr()
+    code = main([str(tmp_path / source), str(dst), *flags])
+    err = capsys.readouterr().err.strip()
+    if says is None:  # a new folder: written there, the source as it was and still loads
+        assert code == 0 and np.array_equal(jaxllm.load(dst).logits(TOKENS), jaxllm.load(tmp_path / "hf").logits(TOKENS))
+        assert {k: v for k, v in _tree(tmp_path).items() if not k.startswith("hf/new")} == before
+        return
+    assert code == 2 and says in err and "\n" not in err, err
+    assert _tree(tmp_path) == before
+    assert jaxllm.load(tmp_path / source, tokenizer=False).logits(TOKENS).shape[:2] == TOKENS.shape
+
+
+def _fails_after(count, error):
+    """A wrapper of a function that raises `error` from its `count`-th call on."""
+    calls = []
+
+    def wrap(real):
+        def wrapped(*args, **kwargs):
+            calls.append(1)
+            if len(calls) >= count:
+                raise error
+            return real(*args, **kwargs)
+        return wrapped
+    return wrap
+
+
+class _FillingFile:
+    """A file whose writes fail as on a full disk from the `count`-th on."""
+
+    def __init__(self, f, count):
+        self.f, self.count = f, count
+
+    def write(self, data):
+        _FillingFile.writes = getattr(_FillingFile, "writes", 0) + 1
+        if _FillingFile.writes >= self.count:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def _fill_disk(monkeypatch, to_hf):
+    """A full disk: --to-hf's third tensor write; orbax's marker, written after the parameters."""
+    from pathlib import Path
+
+    if to_hf:
+        _FillingFile.writes = 0
+        monkeypatch.setattr(safetensors_io, "open", lambda path, mode="r", *a, **k: (
+            _FillingFile(open(path, mode, *a, **k), 3) if mode == "r+b" else open(path, mode, *a, **k)), raising=False)
+    else:
+        real = Path.write_text
+        full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        monkeypatch.setattr(Path, "write_text", lambda self, *a, **k: (_ for _ in ()).throw(full) if self.name == "jaxllm.json"
+                            else real(self, *a, **k))
+
+
+def _read_fails(monkeypatch, to_hf):
+    """A tensor of the source cannot be read (a damaged disk): orbax, the fourth read (before anything is saved);
+    --to-hf, the fourth one exported, three written already."""
+    error = OSError(errno.EIO, os.strerror(errno.EIO), "model.safetensors")
+    if not to_hf:
+        monkeypatch.setattr(safetensors_io.LazyTensor, "read", _fails_after(4, error)(safetensors_io.LazyTensor.read))
+        return
+    real = weights.export_tensors
+
+    def export_tensors(*args):
+        for i, item in enumerate(real(*args)):
+            if i == 3:
+                raise error
+            yield item
+
+    monkeypatch.setattr(weights, "export_tensors", export_tensors)
+
+
+@pytest.mark.parametrize("to_hf", [False, True], ids=["orbax", "to-hf"])
+@pytest.mark.parametrize("failure, says", [(_fill_disk, "the disk is full"), (_read_fails, "cannot read model.safetensors")],
+                         ids=["disk full", "read fails"])
+def test_a_write_that_fails_midway_leaves_nothing_and_a_rerun_works(tmp_path, monkeypatch, capsys, to_hf, failure, says):
+    """A full disk or a source read failing after some tensors were written: one line, no DST and no hidden folder beside
+    it, and the same conversion run again writes a folder that loads with its source's logits."""
+    reference.build("LlamaForCausalLM", tmp_path / "hf", seed=6)
+    dst, flags = tmp_path / "out", ["--to-hf"] * to_hf
+    failure(monkeypatch, to_hf)
+    capsys.readouterr()
+    assert main([str(tmp_path / "hf"), str(dst), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and "\n" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+    monkeypatch.undo()
+    assert main([str(tmp_path / "hf"), str(dst), *flags]) == 0
+    assert np.array_equal(jaxllm.load(dst).logits(TOKENS), jaxllm.load(tmp_path / "hf").logits(TOKENS))
+
+
+@pytest.mark.parametrize("moment", ["between the renames", "removing the old output"])
+def test_a_killed_force_leaves_the_old_output_or_the_new_one(tmp_path, capsys, moment):
+    """--force killed after moving the old output aside (a hidden '.out.old-PID'): the next conversion puts it back
+    when the new one had not come in (so DST is not lost, and is refused without --force), and removes it when the
+    new one had (it was being removed). It stayed beside DST for good."""
+    from jaxllm import convert as convert_module
+
+    reference.build("LlamaForCausalLM", tmp_path / "hf", seed=6)
+    convert(tmp_path / "hf", tmp_path / "out", progress=False)
+    old = tmp_path / convert_module._hidden(tmp_path / "out", "old", 2**22 + 1)  # beyond any process id: a dead one's
+    if moment == "between the renames":
+        (tmp_path / "out").rename(old)
+    else:
+        old.mkdir()
+        (old / "config.json").write_text("{}")
+    capsys.readouterr()
+    assert main([str(tmp_path / "hf"), str(tmp_path / "out")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "out"]
+    assert np.array_equal(jaxllm.load(tmp_path / "out").logits(TOKENS), jaxllm.load(tmp_path / "hf").logits(TOKENS))
+
+
+ROUND_TRIPS = {  # source: (family (a GGUF file's architecture, lower case), config overrides, --dtype, --mesh)
+    "dense": ("LlamaForCausalLM", {}, None, None),
+    "dense, bfloat16 onto dp=4,tp=2": ("LlamaForCausalLM", {}, "bfloat16", "dp=4,tp=2"),
+    "tied embeddings, float16": ("LlamaForCausalLM", dict(tie_word_embeddings=True), "float16", None),
+    "MoE onto dp=2,ep=2,tp=2": ("Qwen3MoeForCausalLM", {}, None, "dp=2,ep=2,tp=2"),
+    "GGUF dense": ("llama", {}, "float32", None),
+    "GGUF MoE, bfloat16 onto dp=4,tp=2": ("qwen3moe", {}, "bfloat16", "dp=4,tp=2"),
+}
+
+
+@pytest.mark.parametrize("case", ROUND_TRIPS)
+def test_a_converted_folder_is_its_source(tmp_path, case):
+    """Converted with --dtype and --mesh, the folder loads (on one device and onto the mesh) into the parameters and
+    logits, bit for bit, of its source loaded in that dtype; exported back (float32), transformers reads the same logits
+    as from the source (a Hugging Face one: bit for bit) or as jaxllm's (a GGUF one, which transformers dequantizes)."""
+    import transformers
+    from test_gguf_reference import write_family
+
+    family, overrides, dtype, mesh = ROUND_TRIPS[case]
+    IDS = TOKENS % 96  # noqa: N806 - in the GGUF files' vocabulary too
+    if family.islower():
+        src = tmp_path / "model.gguf"
+        write_family(src, family)
+    else:
+        src = tmp_path / "hf"
+        reference.build(family, src, seed=8, **overrides)
+    convert(src, tmp_path / "cv", dtype=dtype, mesh=mesh, progress=False)
+    want, got = jaxllm.load(src, dtype=dtype, tokenizer=False), jaxllm.load(tmp_path / "cv", tokenizer=False)
+    _same_params(got, want)
+    np.testing.assert_array_equal(np.asarray(got.logits(IDS)), np.asarray(want.logits(IDS)))
+    if mesh is not None:
+        on_mesh = jaxllm.load(tmp_path / "cv", mesh=mesh, tokenizer=False)
+        np.testing.assert_array_equal(np.asarray(on_mesh.logits(IDS)),
+                                      np.asarray(jaxllm.load(src, dtype=dtype, mesh=mesh, tokenizer=False).logits(IDS)))
+    convert(tmp_path / "cv", tmp_path / "back", dtype="float32", to_hf=True, progress=False)
+
+    def hf_logits(folder, **kwargs):
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager",
+                                                                  **kwargs)
+        with torch.no_grad():
+            return model(torch.as_tensor(IDS)).logits
+
+    back = hf_logits(tmp_path / "back")
+    if family.islower():
+        assert reference.max_rel_diff(jaxllm.load(tmp_path / "cv", dtype="float32", tokenizer=False).logits(IDS),
+                                      back.numpy()) < 1e-4
+    elif dtype is None:
+        assert torch.equal(back, hf_logits(src))
+    else:  # the source's values in --dtype, read back as float32
+        source = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, attn_implementation="eager")
+        for p in source.parameters():  # not .to(dtype): the rotary frequencies, a buffer, are float32 in both
+            p.data = p.data.to(getattr(torch, dtype)).to(torch.float32)
+        with torch.no_grad():
+            assert torch.equal(back, source(torch.as_tensor(IDS)).logits)
