@@ -31,7 +31,7 @@ SERVES = "completion, chat (where the tokenizer has a template), scoring"
 def parse_args(argv=None):
     p = ArgumentParser(prog="python -m jaxllm.inspect", description=__doc__.split("\n\n")[0], parents=[progress.weight_flags()])
     p.add_argument("path", nargs="?", help="checkpoint folder, hub id or .gguf file")
-    p.add_argument("--revision", help="PATH as a hub id: the branch, tag or commit hash to inspect (default: main)")
+    progress.add_revision(p, "PATH")
     p.add_argument("--batch", type=int, default=1, help="sequences held at once, for the KV-cache estimate")
     p.add_argument("--context", type=int, default=None, help="tokens per sequence (default: the model's maximum)")
     p.add_argument("--scan", action="store_true", help="also read every tensor and report those holding NaN or Inf "
