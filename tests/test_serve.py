@@ -19,7 +19,6 @@ from types import SimpleNamespace
 import httpx
 import openai
 import pytest
-import uvicorn
 
 import jaxllm
 from jaxllm import serve
@@ -62,23 +61,33 @@ def server(gguf_path, xla_optimized):  # the real model serving: its run time is
     engine.blocks.reset_prefix_cache()  # the server starts from a cold cache
 
     app = build_app(model, engine, name=NAME, max_queue=32)
+    with serving(app) as (url, _):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+        yield SimpleNamespace(url=url, refs=refs, loop=app.state.engine_loop, engine=engine, client=client, model=model,
+                              app_server=app.state.server)
+        client.close()
+
+
+@contextlib.contextmanager
+def serving(app, shutdown_timeout: int = 1):
+    """`app` served as `python -m jaxllm.serve` serves it (serve.http_server), on a free port of this machine, by a
+    thread: (its URL, uvicorn's server); it stops (as on Ctrl-C) at the end, within the time it is given."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    http = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1))
+    http = serve.http_server(app, host="127.0.0.1", port=port, log_level="warning", shutdown_timeout=shutdown_timeout)
     thread = threading.Thread(target=http.run, daemon=True)
     thread.start()
     deadline = time.time() + 60
     while not http.started:
         assert thread.is_alive() and time.time() < deadline, "the server did not start"
         time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
-    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
-    yield SimpleNamespace(url=url, refs=refs, loop=app.state.engine_loop, engine=engine, client=client, model=model,
-                          app_server=app.state.server)
-    client.close()
-    http.should_exit = True
-    thread.join(timeout=60)
+    try:
+        yield f"http://127.0.0.1:{port}", http
+    finally:
+        http.should_exit = True  # what uvicorn's handler of SIGINT and SIGTERM does
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "the server did not stop"
 
 
 @contextlib.contextmanager
@@ -1090,3 +1099,140 @@ def test_a_bad_value_inside_a_union_field_is_named_where_it_lies(server):
         "messages[0].content[0].text", "invalid value for 'messages[0].content[0].text': Input should be a valid string")
     assert error({**user("Hi"), "stop": ["a", 5]}) == ("stop[1]", "invalid value for 'stop[1]': Input should be a valid string")
     assert error(user(5))[0] == "messages[0].content"  # neither shape: the field itself
+
+
+# -- workloads and failures, on a tiny random-weights model whose pool holds one 64-token sequence ----------------------
+
+@pytest.fixture(scope="module")
+def tiny_engine(tmp_path_factory, gguf_path):
+    """SmolLM2's tokenizer over 2 random layers (it compiles in seconds): 4 rows, 64 tokens of context, and a pool of
+    8 pages of 8 tokens, so that two 33-token sequences do not fit at once. Each test serves it through its own app."""
+    from test_bad_inputs import LLAMA, write_checkpoint
+
+    root = tmp_path_factory.mktemp("serve_tiny")
+    jaxllm.checkpoint.load_tokenizer(gguf_path).save_pretrained(str(root / "tokenizer"))
+    model = jaxllm.load(write_checkpoint(root / "llama", LLAMA, root / "tokenizer"))
+    return jaxllm.Engine(model, batch_size=4, max_len=64, num_pages=8, page_size=8, chunk=4)
+
+
+@contextlib.contextmanager
+def tiny_server(engine, shutdown_timeout: int = 1):
+    """A server of `engine` (its own app and EngineLoop), for one test: (URL, the app's EngineLoop, uvicorn's server);
+    the engine is left idle with every page free."""
+    app = build_app(engine.model, engine, name="tiny", max_queue=32)
+    try:
+        with serving(app, shutdown_timeout) as (url, http):
+            yield url, app.state.engine_loop, http
+    finally:
+        engine.reset()  # what a failing test left; the page count is checked before, in the test
+        engine.blocks.reset_prefix_cache()
+
+
+def greedy(prompt, max_tokens, **fields) -> dict:
+    return {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, **fields}
+
+
+def test_more_work_than_the_pool_holds_waits_and_answers_as_alone(tiny_engine):
+    """Six long prompts and an n=3 request with long answers at once, on a pool of room for 8 x 8 tokens: they wait for
+    pages or are preempted and recomputed, and each answer is the one it gets alone; /health and /v1/models answer
+    while the engine is busy."""
+    prompts = [[100 + 7 * i + j for j in range(36)] for i in range(6)]
+    alone = [r.text for r in tiny_engine.model.generate(prompts, jaxllm.SamplingParams(max_new_tokens=20, temperature=0,
+                                                                                      ignore_eos=True), engine=tiny_engine)]
+    n3 = tiny_engine.model.generate([5, 6, 7], jaxllm.SamplingParams(max_new_tokens=50, temperature=0, ignore_eos=True),
+                                    engine=tiny_engine).text
+    preempted = tiny_engine.scheduler.stats.preempted
+    with tiny_server(tiny_engine) as (url, loop, _):
+        async def clients():
+            async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+                async def complete(body):
+                    r = await c.post("/v1/completions", json=body)
+                    assert r.status_code == 200, r.text
+                    return [choice["text"] for choice in r.json()["choices"]]
+
+                async def side():  # answered at once while the engine works
+                    slowest = 0.0
+                    while loop.active:
+                        start = time.monotonic()
+                        assert (await c.get("/health")).status_code == (await c.get("/v1/models")).status_code == 200
+                        slowest = max(slowest, time.monotonic() - start)
+                        await asyncio.sleep(0.02)
+                    return slowest
+
+                work = [asyncio.ensure_future(complete(body)) for body in [greedy(p, 20) for p in prompts] + [greedy([5, 6, 7], 50, n=3)]]
+                await asyncio.sleep(0.05)
+                slowest = await side()
+                return await asyncio.gather(*work), slowest
+
+        answers, slowest = asyncio.run(clients())
+        assert answers == [[text] for text in alone] + [[n3] * 3]
+        assert slowest < 1.0, slowest
+        assert tiny_engine.scheduler.stats.preempted > preempted  # the n=3 answers outgrew the pool
+        assert loop.stats["free_pages"] == loop.stats["total_pages"] == tiny_engine.blocks.num_free
+
+
+def test_an_engine_that_cannot_start_again_refuses_with_503_and_hangs_nobody(tiny_engine, monkeypatch, caplog):
+    """A step raises, and so does the engine's reset: the request in the engine gets its 500, one sent while the reset
+    ran (it waited in the engine thread's inbox for ever: the client hung) and every later one a 503 that says to
+    restart the server, and the log says so in one line."""
+    def broken():
+        raise RuntimeError("device lost")
+
+    def no_reset():
+        time.sleep(1.0)  # a request comes in meanwhile
+        raise RuntimeError("cannot start again")
+
+    with tiny_server(tiny_engine) as (url, loop, _):
+        monkeypatch.setattr(tiny_engine, "decode_step", broken)
+        monkeypatch.setattr(tiny_engine, "reset", no_reset)
+
+        async def clients():
+            async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+                async def post(delay):
+                    await asyncio.sleep(delay)
+                    return await c.post("/v1/completions", json=greedy([5, 6, 7], 8))
+
+                return await asyncio.gather(post(0), post(0.5))
+
+        first, meanwhile = asyncio.run(clients())
+        later = httpx.post(url + "/v1/completions", json=greedy([5, 6, 7], 8), timeout=30)
+        health = httpx.get(url + "/health", timeout=30)
+        monkeypatch.undo()
+    assert first.status_code == 500 and "device lost" in first.json()["error"]["message"], first.text
+    for r in (meanwhile, later):
+        e = r.json()["error"]
+        assert (r.status_code, e["type"]) == (503, "server_error") and "cannot start again" in e["message"], r.text
+        assert e["message"].endswith(": restart the server"), e
+    assert health.status_code == 503
+    said = [r.getMessage() for r in caplog.records if r.name == "jaxllm" and r.levelno >= logging.ERROR]
+    assert len(said) == 1 and "\n" not in said[0] and "restart" in said[0], said
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_stop_answers_the_requests_still_open(tiny_engine, monkeypatch, caplog, stream):
+    """The server stops (Ctrl-C, SIGTERM) with requests in the engine: after --shutdown-timeout they get a 503 with
+    OpenAI's error body (a stream: an error event, then [DONE]), their pages go back, and it stops at once. uvicorn
+    cancelled them: a plain-text 500 and a traceback in the log, or nothing, and a stream cut off without [DONE]."""
+    decode = tiny_engine.decode_step
+    monkeypatch.setattr(tiny_engine, "decode_step", lambda: time.sleep(0.05) or decode())  # answers that last
+    uvicorn_log = logging.getLogger("uvicorn.error")  # it does not reach the root's handlers: caplog's too
+    monkeypatch.setattr(uvicorn_log, "handlers", [*uvicorn_log.handlers, caplog.handler])
+    with tiny_server(tiny_engine, shutdown_timeout=0) as (url, loop, http):
+        answer = ThreadPoolExecutor(1).submit(
+            lambda: httpx.post(url + "/v1/completions", json=greedy([5, 6, 7], 60, stream=stream), timeout=30))
+        while loop.stats["running"] == 0:
+            time.sleep(0.01)
+        start = time.monotonic()
+        http.should_exit = True  # what uvicorn's handler of SIGINT and SIGTERM does
+        r = answer.result(timeout=30)
+    assert time.monotonic() - start < 5
+    assert tiny_engine.blocks.num_free == tiny_engine.blocks.num_pages
+    said = "the server is stopping: retry later"
+    if stream:
+        events = [line.removeprefix("data: ") for line in r.text.splitlines() if line]
+        assert r.status_code == 200 and events[-1] == "[DONE]", r.text
+        assert json.loads(events[-2])["error"]["message"] == said, events
+    else:
+        assert r.status_code == 503 and r.json()["error"] == {"message": said, "type": "server_error", "param": None,
+                                                              "code": None}, r.text
+    assert [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.ERROR] == []
