@@ -1236,3 +1236,56 @@ def test_a_stop_answers_the_requests_still_open(tiny_engine, monkeypatch, caplog
         assert r.status_code == 503 and r.json()["error"] == {"message": said, "type": "server_error", "param": None,
                                                               "code": None}, r.text
     assert [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.ERROR] == []
+
+
+def raw_post(url: str, body: dict, rcvbuf: int | None = None) -> socket.socket:
+    """A POST of `body` to /v1/completions on a socket of its own, whose answer nobody reads (yet)."""
+    s = socket.socket()
+    if rcvbuf is not None:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    raw = json.dumps(body).encode()
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(raw) + raw)
+    return s
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_clients_gone_at_any_point_free_their_pages(tiny_engine, monkeypatch, stream):
+    """A client that hangs up while its prompt is prefilled, while it waits for pages behind another, or mid-answer:
+    its sequences are aborted and every page goes back."""
+    prefill = tiny_engine.prefill_step
+    monkeypatch.setattr(tiny_engine, "prefill_step", lambda: prefill() + (time.sleep(0.3) or []))  # a long prefill
+    with tiny_server(tiny_engine) as (url, loop, _):
+        for moment in ("prefill", "waiting", "decode"):
+            pool = tiny_engine.blocks.num_free
+            ahead = raw_post(url, greedy([9] * 40, 20)) if moment == "waiting" else None  # takes 8 pages: all
+            gone = raw_post(url, greedy([5] * 40, 20, stream=stream))
+            state = {"prefill": "running", "waiting": "waiting", "decode": "running"}[moment]
+            deadline = time.monotonic() + 30
+            while not (loop.stats[state] and (moment != "decode" or tiny_engine.scheduler.running[0].output)):
+                assert time.monotonic() < deadline, loop.stats
+                time.sleep(0.005)
+            gone.close()
+            if ahead is not None:
+                ahead.close()
+            while loop.active or tiny_engine.has_work():
+                assert time.monotonic() < deadline, loop.stats
+                time.sleep(0.01)
+            assert tiny_engine.blocks.num_free == pool == tiny_engine.blocks.num_pages, moment
+
+
+def test_a_stream_nobody_reads_stalls_no_one(tiny_engine):
+    """A client that reads nothing of its stream (3 answers of 60 tokens, ~40 kB of events, a receive buffer of 1 KiB)
+    holds up no other client, nor the engine: its answers end in the engine and their pages go back while it still
+    reads nothing."""
+    with tiny_server(tiny_engine) as (url, loop, _):
+        asleep = raw_post(url, greedy([5, 6, 7], 60, n=3, stream=True), rcvbuf=1024)
+        start = time.monotonic()
+        r = httpx.post(url + "/v1/completions", json=greedy([8, 9], 30), timeout=60)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 30
+        while loop.active:
+            assert time.monotonic() - start < 30, loop.stats
+            time.sleep(0.01)
+        assert tiny_engine.blocks.num_free == tiny_engine.blocks.num_pages
+        asleep.close()
