@@ -67,7 +67,7 @@ def parser() -> argparse.ArgumentParser:
                    help="vLLM's flag, accepted for its command lines: tool calls are read whenever --tool-call-parser finds a format")
     p.add_argument("--no-warmup", action="store_true", help="start serving without compiling the engine's steps first")
     p.add_argument("--shutdown-timeout", type=at_least(0), default=10,
-                   help="seconds a stop (Ctrl-C, SIGTERM) waits for open requests before closing them (default: %(default)s)")
+                   help="seconds a stop (Ctrl-C, SIGTERM) waits for open requests before ending them with a 503 (default: %(default)s)")
     progress.add_compile_cache(p)
     p.add_argument("--log-level", default="info", type=str.lower, choices=LOG_LEVELS,
                    help="uvicorn's log level (default: %(default)s)")

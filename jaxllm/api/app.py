@@ -12,7 +12,8 @@ go through a TextStream (incremental detokenization, stop strings) as events
 arrive, and a choice that meets a stop string is cancelled in the engine. `stream: true` answers
 as server-sent events ending with `data: [DONE]`. A client that disconnects cancels its
 sequences. A full server (more than the batch plus --max-queue sequences) answers 503 with
-Retry-After; a body over --max-request-bytes 413 (before it is parsed), one not sent as JSON
+Retry-After; a request still open when the server stops (serve.http_server), or any once the engine has failed
+and could not start again, 503 too (a stream: an error event, then [DONE]); a body over --max-request-bytes 413 (before it is parsed), one not sent as JSON
 415; a bad request 400, a model not served or an unknown path 404 and a wrong method 405, each with OpenAI's
 error JSON.
 """
