@@ -12,12 +12,13 @@ SmolLM2-135M-Instruct, as `python -m jaxllm.generate` does.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import socket
 import sys
 
 from jaxllm import progress, runtime
 from jaxllm.engine import Engine, Request
-from jaxllm.errors import ArgumentParser, JaxllmError, run_cli
+from jaxllm.errors import ArgumentParser, JaxllmError, handle_signals, run_cli
 from jaxllm.sampling import SamplingParams
 
 try:
@@ -66,7 +67,7 @@ def parser() -> argparse.ArgumentParser:
                    help="vLLM's flag, accepted for its command lines: tool calls are read whenever --tool-call-parser finds a format")
     p.add_argument("--no-warmup", action="store_true", help="start serving without compiling the engine's steps first")
     p.add_argument("--shutdown-timeout", type=at_least(0), default=10,
-                   help="seconds a stop (Ctrl-C, SIGTERM) waits for open requests before closing them (default: %(default)s)")
+                   help="seconds a stop (Ctrl-C, SIGTERM) waits for open requests before ending them with a 503 (default: %(default)s)")
     progress.add_compile_cache(p)
     p.add_argument("--log-level", default="info", type=str.lower, choices=LOG_LEVELS,
                    help="uvicorn's log level (default: %(default)s)")
@@ -157,6 +158,7 @@ def warm_up(engine: Engine) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    handle_signals()  # SIGTERM, as Ctrl-C: "interrupted", exit 143 (uvicorn raises the signal again once it has stopped)
     runtime.quiet()
     runtime.set_gpu_flags(args.mesh)  # before the backend starts, below
     runtime.use_compile_cache(args.compile_cache)
@@ -186,9 +188,30 @@ def _main(args) -> int:
     print(f"tool calls: read as {tools.name}" if tools else "tool calls: not read" + (
         " (the chat template shows no format: --tool-call-parser names one)" if args.tool_call_parser == "auto" else ""),
         file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=args.shutdown_timeout)
+    http_server(app, host=args.host, port=args.port, log_level=args.log_level, shutdown_timeout=args.shutdown_timeout).run()
     return 0
+
+
+# Seconds between the requests still open after --shutdown-timeout being answered with a 503 and uvicorn cancelling
+# their tasks (which cut a stream off without its error event and [DONE], and answered a plain-text 500 or nothing).
+ANSWER_S = 1
+
+
+def http_server(app, *, shutdown_timeout: float, **config) -> "uvicorn.Server":
+    """uvicorn's server of `app` (build_app's), whose stop (Ctrl-C, SIGTERM) waits `shutdown_timeout` seconds for
+    the requests open, then answers those left with a 503 (a stream: an error event and [DONE]), before uvicorn
+    cancels what still runs; `config`: uvicorn.Config's."""
+    engine_loop = app.state.engine_loop
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            stop = asyncio.get_running_loop().call_later(shutdown_timeout, engine_loop.end, "the server is stopping")
+            try:
+                await super().shutdown(sockets)
+            finally:
+                stop.cancel()
+
+    return Server(uvicorn.Config(app, timeout_graceful_shutdown=shutdown_timeout + ANSWER_S, **config))
 
 
 if __name__ == "__main__":

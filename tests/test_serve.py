@@ -19,7 +19,6 @@ from types import SimpleNamespace
 import httpx
 import openai
 import pytest
-import uvicorn
 
 import jaxllm
 from jaxllm import serve
@@ -62,23 +61,33 @@ def server(gguf_path, xla_optimized):  # the real model serving: its run time is
     engine.blocks.reset_prefix_cache()  # the server starts from a cold cache
 
     app = build_app(model, engine, name=NAME, max_queue=32)
+    with serving(app) as (url, _):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+        yield SimpleNamespace(url=url, refs=refs, loop=app.state.engine_loop, engine=engine, client=client, model=model,
+                              app_server=app.state.server)
+        client.close()
+
+
+@contextlib.contextmanager
+def serving(app, shutdown_timeout: int = 1):
+    """`app` served as `python -m jaxllm.serve` serves it (serve.http_server), on a free port of this machine, by a
+    thread: (its URL, uvicorn's server); it stops (as on Ctrl-C) at the end, within the time it is given."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    http = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1))
+    http = serve.http_server(app, host="127.0.0.1", port=port, log_level="warning", shutdown_timeout=shutdown_timeout)
     thread = threading.Thread(target=http.run, daemon=True)
     thread.start()
     deadline = time.time() + 60
     while not http.started:
         assert thread.is_alive() and time.time() < deadline, "the server did not start"
         time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
-    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
-    yield SimpleNamespace(url=url, refs=refs, loop=app.state.engine_loop, engine=engine, client=client, model=model,
-                          app_server=app.state.server)
-    client.close()
-    http.should_exit = True
-    thread.join(timeout=60)
+    try:
+        yield f"http://127.0.0.1:{port}", http
+    finally:
+        http.should_exit = True  # what uvicorn's handler of SIGINT and SIGTERM does
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "the server did not stop"
 
 
 @contextlib.contextmanager
@@ -1090,3 +1099,4 @@ def test_a_bad_value_inside_a_union_field_is_named_where_it_lies(server):
         "messages[0].content[0].text", "invalid value for 'messages[0].content[0].text': Input should be a valid string")
     assert error({**user("Hi"), "stop": ["a", 5]}) == ("stop[1]", "invalid value for 'stop[1]': Input should be a valid string")
     assert error(user(5))[0] == "messages[0].content"  # neither shape: the field itself
+

@@ -12,7 +12,8 @@ go through a TextStream (incremental detokenization, stop strings) as events
 arrive, and a choice that meets a stop string is cancelled in the engine. `stream: true` answers
 as server-sent events ending with `data: [DONE]`. A client that disconnects cancels its
 sequences. A full server (more than the batch plus --max-queue sequences) answers 503 with
-Retry-After; a body over --max-request-bytes 413 (before it is parsed), one not sent as JSON
+Retry-After; a request still open when the server stops (serve.http_server), or any once the engine has failed
+and could not start again, 503 too (a stream: an error event, then [DONE]); a body over --max-request-bytes 413 (before it is parsed), one not sent as JSON
 415; a bad request 400, a model not served or an unknown path 404 and a wrong method 405, each with OpenAI's
 error JSON.
 """
@@ -176,9 +177,7 @@ class Server:
         prompt = await self._off_loop(body.prompt, self.tokenizer, self.template_kwargs)
         room = self.engine.max_len - len(prompt)  # the default max_tokens: the rest of the context
         if body.max_tokens is None and room < 1:
-            raise APIError(400, f"the messages hold {len(prompt):,} tokens, which leave no room for an answer in the "
-                           f"{self.engine.max_len:,} tokens of context this server takes: shorten them", "messages",
-                           "context_length_exceeded")
+            self._check_context(body, [prompt], 1)  # refused: no room for a token
         if tools is not None and tools.keep_special:
             body.skip_special_tokens = False  # the calls' marker is a special token (vLLM's parsers turn it off too)
         params = body.sampling(self.model.generation_config, room)
@@ -343,7 +342,8 @@ def _error_of(err: Exception, body=None) -> APIError:
     if isinstance(err, JaxllmError):
         return bad_request(err) if body is None else body.refusal(err)
     first = (str(err).strip().splitlines() or [""])[0][:300]
-    return APIError(500, first or f"the server failed ({type(err).__name__})", kind="server_error")
+    status = err.status if isinstance(err, EngineFailed) else 500  # 503: the engine cannot serve, or the server stops
+    return APIError(status, first or f"the server failed ({type(err).__name__})", kind="server_error")
 
 
 def _routing_error(request: HTTPRequest, err: HTTPException, routes: list[Route]) -> APIError:

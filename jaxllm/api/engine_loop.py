@@ -12,6 +12,7 @@ touches a route. While idle it sleeps on the inbox.
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import traceback
@@ -20,14 +21,21 @@ from typing import AsyncIterator
 from jaxllm.engine import Engine, Event, Request
 from jaxllm.errors import JaxllmError
 
+log = logging.getLogger("jaxllm")
+
 
 class QueueFull(Exception):
     """More sequences than the engine's batch plus `max_queue` would be waiting."""
 
 
 class EngineFailed(RuntimeError):
-    """The engine thread raised: requests in flight end with this, and the engine starts again
-    empty (Engine.reset); if that fails too, later requests are refused."""
+    """The engine thread raised: requests in flight end with this (`status` 500), and the engine
+    starts again empty (Engine.reset); if that fails too, every request held and every later one
+    ends with this, `status` 503, as does every one open when the server stops (EngineLoop.end)."""
+
+    def __init__(self, message: str, status: int = 500):
+        super().__init__(message)
+        self.status = status
 
 
 class EngineLoop:
@@ -35,7 +43,8 @@ class EngineLoop:
 
     def __init__(self, engine: Engine, max_queue: int = 256):
         self.engine, self.max_queue = engine, max_queue
-        self.error: BaseException | None = None
+        self.error: BaseException | None = None  # why the engine cannot serve (Engine.reset raised), or None
+        self.ended: str | None = None  # why the server takes no more requests (it is stopping: end), or None
         self.stats: dict = {}  # the engine thread's latest snapshot (running, waiting, pages)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()  # ("add", Request) | ("abort", index) | None: stop
         self._routes: dict[int, asyncio.Queue] = {}  # unfinished sequence index -> its request's queue (event loop)
@@ -68,8 +77,8 @@ class EngineLoop:
     def submit(self, requests: list[Request]) -> Submission:
         """Queue the sequences of one HTTP request (their `index` is set here). Raises QueueFull
         or EngineFailed instead of queueing."""
-        if self.error is not None:
-            raise EngineFailed(f"the engine failed: {self.error!r}")
+        if self.error is not None or self.ended is not None:
+            raise self._refusal()
         if self.active + len(requests) > self.capacity:
             raise QueueFull(f"{self.active} sequences are running or waiting; the server holds {self.capacity}")
         sub = Submission(self, self._next_index, len(requests))
@@ -79,6 +88,26 @@ class EngineLoop:
             self._routes[req.index] = sub.queue
             self._inbox.put(("add", req))
         return sub
+
+    def _refusal(self) -> EngineFailed:
+        if self.error is not None:
+            return EngineFailed(f"the engine failed and could not start again ({self.error!r}): restart the server", 503)
+        return EngineFailed(f"{self.ended}: retry later", 503)
+
+    def end(self, why: str) -> None:
+        """End every request still open with a 503 (`why`, e.g. 'the server is stopping') and refuse
+        later ones: a server that stops answers its clients rather than cutting them off."""
+        self.ended = why
+        for index in list(self._routes):
+            self._inbox.put(("abort", index))
+        self._fail_all()
+
+    def _fail_all(self) -> None:
+        """End every sequence routed (the engine cannot serve them) with the refusal later requests get."""
+        err = self._refusal()
+        for q in set(self._routes.values()):
+            q.put_nowait(err)
+        self._routes.clear()
 
     def _cancel(self, index: int) -> None:
         if self._routes.pop(index, None) is not None:
@@ -131,9 +160,11 @@ class EngineLoop:
                 seqs.clear()
                 try:
                     self.engine.reset()
-                except Exception as again:  # it cannot start again: refuse the rest
-                    traceback.print_exc()
-                    self.error = again
+                except Exception as again:  # it cannot start again: fail what came meanwhile, and refuse the rest
+                    self.error = again  # set before _fail_all runs: a submit after it is refused, one before it failed
+                    log.error("the engine failed and could not start again (%r): every request is refused with 503 until "
+                              "the server is restarted", again)
+                    self._post(self._fail_all)
                     return
 
     def _take(self, seqs: dict) -> bool:
