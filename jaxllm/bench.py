@@ -19,6 +19,7 @@ caching. `--quick` shrinks every size (for the CPU test).
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -27,9 +28,25 @@ import jax
 import numpy as np
 
 from jaxllm import runtime
-from jaxllm.bench_load import LOAD_SKIPS, check_out, fresh_python, hf_peer, load_main, section, skip_names, why_not_writable, write_json
+from jaxllm.bench_load import (
+    LOAD_SKIPS,
+    PEER_FIX,
+    check_load_folder,
+    check_out,
+    finite,
+    fresh_python,
+    hf_peer,
+    hf_peer_missing,
+    load_main,
+    load_runs,
+    run_settings,
+    section,
+    skip_names,
+    why_not_writable,
+    write_json,
+)
 from jaxllm.engine import Engine, Request
-from jaxllm.errors import ArgumentParser, JaxllmError, run_cli
+from jaxllm.errors import ArgumentParser, JaxllmError, run_cli, size_text
 from jaxllm.loader import resolve_dtype
 from jaxllm.models import quant
 from jaxllm.models.attention import kv_cache_bytes
@@ -277,29 +294,29 @@ def tp_compare(shape: str, degrees: list[int], sizes: dict, dtype: str) -> list[
 
 
 def table(results: list[dict], bandwidth: float, read: float) -> str:
-    def f(r, key, fmt):
-        return format(r[key], fmt) if r.get(key) is not None else "-"
+    def f(r, key, fmt):  # "-": not measured, or no finite rate
+        return format(r[key], fmt) if r.get(key) is not None and math.isfinite(r[key]) else "-"
 
-    rows = [f"copy bandwidth {bandwidth / 1e12:.2f} TB/s, read bandwidth {read / 1e12:.2f} TB/s (the roofline's)"]
-    rows.append(f"{'shape':<12} {'b1 tok/s':>9} {'roofline':>8} {'bN tok/s':>9} {'offline':>8} {'ttft s':>7} "
+    rows = [f"copy bandwidth {size_text(bandwidth)}/s, read bandwidth {size_text(read)}/s (the roofline's)"]
+    rows.append(f"{'shape':<12} {'b1 tok/s':>9} {'roofline':>8} {'bN tok/s':>9} {'off tok/s':>9} {'ttft s':>7} "
                 f"{'cold s':>7} {'warm s':>7} {'peak GB':>8}")
     for r in results:
-        if r.get("b1_tokens_per_s"):
+        if f(r, "b1_tokens_per_s", "") != "-":
             r["roofline"] = r["b1_tokens_per_s"] / (read / r["param_bytes"])
         r["peak_gb"] = r["peak_device_bytes"] / 1e9 if r.get("peak_device_bytes") else None  # "-" where the device reports none
         rows.append(f"{r['shape']:<12} {f(r, 'b1_tokens_per_s', '9.1f'):>9} {f(r, 'roofline', '8.0%'):>8} "
-                    f"{f(r, 'bN_tokens_per_s', '9.1f'):>9} {f(r, 'offline_tokens_per_s', '8.1f'):>8} {f(r, 'ttft_s', '7.3f'):>7} "
+                    f"{f(r, 'bN_tokens_per_s', '9.1f'):>9} {f(r, 'offline_tokens_per_s', '9.1f'):>9} {f(r, 'ttft_s', '7.3f'):>7} "
                     f"{f(r, 'cold_start_s', '7.1f'):>7} {f(r, 'warm_start_s', '7.1f'):>7} {f(r, 'peak_gb', '8.1f'):>8}")
         hf = r.get("hf")
         if hf:
-            ratio = lambda k: f"{r[k] / hf[k]:.2f}x" if r.get(k) else "-"  # noqa: E731
-            rows.append(f"{'  hf':<12} {hf['b1_tokens_per_s']:>9.1f} {'':>8} {hf['bN_tokens_per_s']:>9.1f}"
+            ratio = lambda k: f"{r[k] / hf[k]:.2f}x" if r.get(k) and hf.get(k) else "-"  # noqa: E731
+            rows.append(f"{'  hf':<12} {f(hf, 'b1_tokens_per_s', '9.1f'):>9} {'':>8} {f(hf, 'bN_tokens_per_s', '9.1f'):>9}"
                         f"   ours/hf: b1 {ratio('b1_tokens_per_s')}, bN {ratio('bN_tokens_per_s')}")
     return "\n".join(rows)
 
 
-def main(argv=None) -> int:
-    p = ArgumentParser(prog="python -m jaxllm.bench", description=__doc__.split("\n\n")[0])
+def main(argv=None, prog: str = "python -m jaxllm.bench") -> int:
+    p = ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", action="append", help=f"{', '.join(SHAPES)} (repeatable; default: qwen3-0.6b)")
     p.add_argument("--dtype", default="bfloat16", help="float32, bfloat16 or float16 (default: %(default)s)")
     p.add_argument("--quantize", choices=["int8", "int4"], help="quantized weights in every section but --load")
@@ -309,7 +326,8 @@ def main(argv=None) -> int:
                    "with --load: also time the safetensors load onto it")
     p.add_argument("--compare", choices=["hf"], help="also run transformers on the same shapes")
     p.add_argument("--skip", default="", help="comma-separated sections to leave out: b1,bN,ttft,offline,long,prefix,start")
-    p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test (the only sizes a CPU runs: "
+                   "the full ones are a GPU's)")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--tp", help="instead: compare tensor-parallel degrees, e.g. 1,2 (greedy tokens and batch-1 decode)")
     p.add_argument("--load", action="store_true", help="instead: time loading a random-weight checkpoint of each --shape "
@@ -328,11 +346,14 @@ REPEAT = 2  # --repeat's default
 def _check_hf_peer() -> None:
     """--compare hf times transformers on a CUDA GPU: refused before any work when PyTorch, or a
     GPU it can use, is missing (the peer, outside the package, checks; jaxllm never imports torch)."""
+    why = hf_peer_missing()
     try:
-        peer = hf_peer()
-    except ImportError as err:
-        raise JaxllmError(f"--compare hf needs PyTorch with CUDA and transformers ({err.name} is missing): install "
-                          "them, or drop --compare") from None
+        peer = None if why else hf_peer()
+    except ImportError as err:  # torch installed, but one of its own imports is not
+        why = f"importing it failed ({err})"
+    if why:
+        raise JaxllmError(f"--compare hf cannot run: {why}: {PEER_FIX} (torch a CUDA build: it times transformers on a GPU); "
+                          "or drop --compare")
     peer.check_gpu()
 
 
@@ -341,22 +362,34 @@ def tp_degrees(text: str) -> list[int]:
     items = [d.strip() for d in text.split(",")]
     if not all(d.isascii() and d.isdigit() and int(d) >= 1 for d in items):
         raise JaxllmError("--tp takes whole numbers >= 1 separated by commas, e.g. 1,2")
-    return [int(d) for d in items]
+    degrees = [int(d) for d in items]
+    if len(set(degrees)) < len(degrees):
+        raise JaxllmError(f"--tp {text}: a degree is given twice: give each once, e.g. 1,2")
+    return degrees
 
 
-def _fresh_device_count() -> int:
-    """jax.device_count() as a fresh process sees it (the sections that run in one, and --load's
-    steps), without starting JAX in this one: on a GPU that would take most of its memory first."""
-    return int(fresh_python(["-c", "import jax; print(jax.device_count())"], "counting the devices", 300).split()[-1])
+def _fresh_devices() -> tuple[int, str]:
+    """(jax.device_count(), jax.default_backend()) as a fresh process sees them (the sections that run
+    in one, and --load's steps), without starting JAX in this one: on a GPU that would take most of its
+    memory first."""
+    out = fresh_python(["-c", "import jax; print(jax.device_count(), jax.default_backend())"], "counting the devices", 300)
+    count, backend = out.split()[-2:]
+    return int(count), backend
+
+
+def check_backend(backend: str, args) -> None:
+    """The full sizes (32,768-token prompts, batch 64, 256 requests) are a GPU's: on a CPU they take
+    hours, so a run there without --quick is refused in one line saying how to run the small one."""
+    if backend == "cpu" and not args.quick:
+        raise JaxllmError("the full sizes are meant for a GPU (JAX runs on the CPU here, where they take hours): add "
+                          "--quick for a small run, e.g. python -m jaxllm.bench --shape tiny --quick (minutes)")
 
 
 def check_args(args, shapes: list[str]) -> list[int] | None:
     """Every value of the command line checked before any work starts: a one-line JaxllmError for
     the first bad one. Returns the --tp degrees (None without --tp). Sets the XLA flags (before JAX
     starts), then checks what needs the device count: --tp here, --mesh in a fresh process."""
-    for s in shapes:
-        if s not in SHAPES:
-            raise JaxllmError(f"unknown shape '{s}': use one of {', '.join(SHAPES)}")
+    _check_shapes(shapes)
     resolve_dtype(args.dtype)  # the package's check and message: "dtype 'int9' is not supported; use one of ..."
     if args.repeat < 1:
         raise JaxllmError(f"--repeat {args.repeat}: give a whole number >= 1 (warm runs of each load step)")
@@ -373,22 +406,42 @@ def check_args(args, shapes: list[str]) -> list[int] | None:
     if load and args.quantize:
         raise JaxllmError("--quantize is not timed by --load (it loads float checkpoints): drop one of them")
     if load:
-        skip_names(args.skip, LOAD_SKIPS, "a --load step", f" (without --load: {', '.join(SECTIONS)})")
+        skip_names(args.skip, LOAD_SKIPS, "a --load step", f" (without --load: {', '.join(SECTIONS)})", load_runs(args.mesh))
     else:
-        skip_names(args.skip, SECTIONS, "a section", f" (with --load: {', '.join(LOAD_SKIPS)})")
+        skip_names(args.skip, SECTIONS, "a section", f" (with --load: {', '.join(LOAD_SKIPS)})", SECTIONS)
     degrees = tp_degrees(args.tp) if args.tp is not None and not load else None
     if args.out is not None:
         check_out(args.out)
     if load and args.load_dir is not None and (why := why_not_writable(args.load_dir or ".")):
         raise JaxllmError(f"cannot use --load-dir {args.load_dir}: {why}: give a folder you can write, or leave --load-dir out")
     runtime.set_gpu_flags(f"tp={max(degrees)}" if degrees else args.mesh)  # read when the backend starts
+    _check_devices(args, degrees, load)
+    return degrees
+
+
+def _check_shapes(shapes: list[str]) -> None:
+    for s in shapes:
+        if s not in SHAPES:
+            raise JaxllmError(f"unknown shape '{s}': use one of {', '.join(SHAPES)}")
+    for i, s in enumerate(shapes):
+        if s in shapes[:i]:  # it was run twice, the second's start times written over the first's
+            raise JaxllmError(f"--shape {s} is given twice: give each shape once")
+
+
+def _check_devices(args, degrees: list[int] | None, load: bool) -> None:
+    """--tp's degrees and --mesh against the device count, and the sizes against the backend (check_backend)."""
     if degrees:  # tp_compare runs in this process
         if max(degrees) > jax.device_count():
-            raise JaxllmError(f"--tp {max(degrees)} needs {max(degrees)} devices but {jax.device_count()} are available: "
-                              f"give degrees up to {jax.device_count()}")
-    elif args.mesh is not None:
-        parse_spec(args.mesh, _fresh_device_count())
-    return degrees
+            n = jax.device_count()
+            raise JaxllmError(f"--tp {max(degrees)} needs {max(degrees)} devices but {'only 1 is' if n == 1 else f'{n} are'} "
+                              f"available: give degrees up to {n}")
+        check_backend(jax.default_backend(), args)
+    elif args.mesh is not None or not (load or args.quick):
+        count, backend = _fresh_devices()
+        if args.mesh is not None:
+            parse_spec(args.mesh, count)
+        if not load:
+            check_backend(backend, args)
 
 
 def _check_mode(args, shapes: list[str], load: bool) -> None:
@@ -404,6 +457,10 @@ def _check_mode(args, shapes: list[str], load: bool) -> None:
                               f"greedy tokens of one --shape at each degree): drop {them}, or drop --tp")
     if load and args.compare is not None:
         raise JaxllmError("--compare does not apply to --load (it times transformers' own load already): drop --compare")
+    if args.load_folder is not None:
+        if args.shape:
+            raise JaxllmError("--shape does not apply to --load-folder (it times that checkpoint): drop one of them")
+        check_load_folder(args.load_folder)
 
 
 def _main(args) -> int:
@@ -414,10 +471,10 @@ def _main(args) -> int:
     sizes = _sizes(args.quick)
     if degrees:
         rows = tp_compare(shapes[0], degrees, sizes, args.dtype)
-        if args.out:
-            write_json(args.out, {"device": str(jax.devices()[0].device_kind), "shape": shapes[0], "rows": rows})
         for r in rows:
             print(f"tp={r['tp']}: {r['b1_tokens_per_s']:.1f} tokens/s at batch 1, greedy tokens same as tp={rows[0]['tp']}: {r['same_greedy_as_first']}")
+        if args.out:
+            write_json(args.out, {**device_info(), **run_settings(args, shapes), "shape": shapes[0], "sizes": sizes, "rows": rows})
         return 0 if all(r["same_greedy_as_first"] for r in rows) else 1
     skip = skip_names(args.skip, SECTIONS, "a section")
     # Subprocesses and the peer run first: once this process starts JAX on a GPU, JAX reserves
@@ -448,13 +505,18 @@ def _main(args) -> int:
         if shape in peer:
             r["hf"] = peer[shape]
         results.append(r)
-        print(json.dumps(r), flush=True)
-    report = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        print(json.dumps(finite(r)), flush=True)
+    report = {**device_info(), **run_settings(args, shapes), "xla_flags": os.environ.get("XLA_FLAGS", ""),
               "bandwidth_bytes_per_s": bandwidth, "read_bytes_per_s": read, "sizes": sizes, "results": results}
+    print(table(results, bandwidth, read), flush=True)  # first: a failed --out write loses no figure
     if args.out:
         write_json(args.out, report)
-    print(table(results, bandwidth, read))
     return 0
+
+
+def device_info() -> dict:
+    """The device a results file was measured on (JAX started)."""
+    return {"device": str(jax.devices()[0].device_kind), "platform": jax.default_backend(), "device_count": jax.device_count()}
 
 
 if __name__ == "__main__":

@@ -46,13 +46,28 @@ def section(name, fn):
     return value
 
 
+HF_PEER = Path(__file__).resolve().parents[1] / "benchmarks" / "hf_peer.py"
+PEER_FIX = ("pip install torch transformers, and run from a source checkout of jaxllm (git clone, then pip install -e .; "
+            "the peer is its benchmarks/hf_peer.py)")
+
+
+def hf_peer_missing() -> str | None:
+    """None when the transformers peer can run here, else what is missing (torch, transformers, or the
+    source checkout that holds benchmarks/hf_peer.py), checked without importing torch."""
+    missing = [name for name in ("torch", "transformers") if importlib.util.find_spec(name) is None]
+    if missing:
+        return f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed"
+    if not HF_PEER.exists():
+        return f"jaxllm is not a source checkout here ({HF_PEER} is missing)"
+    return None
+
+
 def hf_peer():
     """The transformers peer's module. It lives outside the package (benchmarks/hf_peer.py in a
     source checkout), so the runtime never imports torch or transformers' model classes."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "hf_peer.py"
-    if not path.exists():
-        raise JaxllmError("the transformers peer needs a source checkout (benchmarks/hf_peer.py): run from the repository")
-    spec = importlib.util.spec_from_file_location("jaxllm_hf_peer", path)
+    if why := hf_peer_missing():
+        raise JaxllmError(f"the transformers peer cannot run: {why}: {PEER_FIX}")
+    spec = importlib.util.spec_from_file_location("jaxllm_hf_peer", HF_PEER)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -109,10 +124,11 @@ def write_json(path: str, value, flag: str = "--out") -> None:
     so a failure (or Ctrl-C) never leaves a half-written file. A path that is not a regular file
     (/dev/null, a pipe) is written in place; a symbolic link keeps pointing at the new file."""
     target = os.path.realpath(path)
+    value = finite(value)
     try:
         if os.path.exists(target) and not os.path.isfile(target):
             with open(target, "w") as f:
-                json.dump(value, f, indent=1)
+                json.dump(value, f, indent=1, allow_nan=False)
             return
         if os.path.exists(target):
             mode = os.stat(target).st_mode & 0o7777
@@ -123,7 +139,7 @@ def write_json(path: str, value, flag: str = "--out") -> None:
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as f:
-                json.dump(value, f, indent=1)
+                json.dump(value, f, indent=1, allow_nan=False)
             os.chmod(tmp, mode)
             os.replace(tmp, target)
         except BaseException:
@@ -132,6 +148,30 @@ def write_json(path: str, value, flag: str = "--out") -> None:
             raise
     except OSError as err:
         raise JaxllmError(f"cannot write {flag} {path}: {err.strerror or err}: give a path in a folder you can write") from None
+
+
+def finite(value):
+    """`value` (nested dicts and lists) with every NaN or infinite float as None: a rate of a section that
+    measured nothing is "not measured", and the file stays JSON that any parser loads (json writes NaN,
+    which is not JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def run_settings(args, shapes: list[str]) -> dict:
+    """What a results file records about its run, so that two files can be compared: the date, the
+    versions, the command line and the settings it ran with (the device is the caller's: it needs JAX
+    started)."""
+    return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "jax": jax.__version__, "jaxllm": jaxllm.__version__,
+            "argv": sys.argv[1:], "settings": {"shapes": shapes, "dtype": args.dtype, "quick": args.quick,
+                                               "skip": sorted({n.strip() for n in args.skip.split(",")} - {""}),
+                                               "quantize": args.quantize, "quantize_embeddings": args.quantize_embeddings,
+                                               "mesh": args.mesh, "compare": args.compare, "tp": args.tp, "repeat": args.repeat}}
 
 
 _MODEL_TYPES = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3"}
@@ -255,7 +295,7 @@ def load_section(shape: str | None, dtype: str, folder=None, repeat: int = 2, sk
                   "bytes": sum(f.stat().st_size for f in files), "files": len(files), "repeat": repeat, "steps": {}}
         why_not = "left out (--skip cold)" if "cold" in skip else can_drop_page_cache()
         report["cold_cache"] = why_not or "measured"
-        peer = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None
+        peer_missing = hf_peer_missing()
         dst = tmp / "converted"
 
         def measure(step, path, *rest, before=None):
@@ -284,10 +324,10 @@ def load_section(shape: str | None, dtype: str, folder=None, repeat: int = 2, sk
             if "orbax" not in skip:
                 steps["orbax"] = measure("orbax", dst)
         if "transformers" not in skip:
-            if peer:
+            if peer_missing is None:
                 steps["transformers"] = measure("transformers", folder)
             else:
-                report["transformers"] = "not measured: torch and transformers are not both installed"
+                report["transformers"] = f"transformers not measured: {peer_missing} ({PEER_FIX})"
         report["device"] = next((r["warm"].get("device") for k, r in steps.items() if k != "transformers"), None)
         return report
     finally:
@@ -318,34 +358,64 @@ def load_table(report: dict) -> str:
     return "\n".join(rows)
 
 
-def skip_names(text: str, valid: tuple[str, ...], what: str, other: str = "") -> set[str]:
+def skip_names(text: str, valid: tuple[str, ...], what: str, other: str = "", runs: tuple[str, ...] = ()) -> set[str]:
     """The names of a --skip list ("a,b"), or a JaxllmError naming the unknown ones and listing
-    `valid` (`other`: what the other mode takes, for a name that belongs there)."""
+    `valid` (`other`: what the other mode takes, for a name that belongs there), or one saying that
+    the list leaves out every one of `runs` (what measures something), so the run would measure nothing."""
     names = {n.strip() for n in text.split(",")} - {""}
     unknown = sorted(names - set(valid))
     if unknown:
         raise JaxllmError(f"--skip {','.join(unknown)}: not {what}: give some of {', '.join(valid)}{other}")
+    if runs and set(runs) <= names:
+        raise JaxllmError(f"--skip {text.strip()} leaves nothing to measure: keep at least one of {', '.join(runs)}")
     return names
 
 
+def load_runs(mesh) -> tuple[str, ...]:
+    """The --load steps that measure something (sharded only with --mesh)."""
+    return tuple(s for s in LOAD_STEPS if mesh or s != "sharded")
+
+
+def check_load_folder(folder: str) -> None:
+    """A JaxllmError unless `folder` is a Hugging Face checkpoint folder --load-folder can time:
+    config.json and safetensors files (not a GGUF file, not a converted folder)."""
+    path = Path(folder)
+    fix = "give a Hugging Face checkpoint folder (config.json and *.safetensors)"
+    if not path.exists():
+        raise JaxllmError(f"--load-folder {folder} does not exist: {fix}")
+    if not path.is_dir():
+        kind = "a GGUF file" if path.suffix.lower() == ".gguf" else "a file, not a folder"
+        raise JaxllmError(f"--load-folder {folder} is {kind}: --load times safetensors checkpoints; {fix}")
+    if converted.is_converted(path):  # its steps read safetensors, then convert them
+        raise JaxllmError(f"--load-folder {folder} was written by python -m jaxllm.convert: give the Hugging Face "
+                          "folder it came from (the convert and orbax steps time this format)")
+    missing = [what for what, there in (("config.json", (path / "config.json").is_file()),
+                                        ("*.safetensors files", any(path.glob("*.safetensors")))) if not there]
+    if missing:
+        raise JaxllmError(f"--load-folder {folder} has no {' and no '.join(missing)}: {fix}")
+
+
 def load_main(args, shapes) -> int:
-    skip = skip_names(args.skip, LOAD_SKIPS, "a --load step")
+    skip = skip_names(args.skip, LOAD_SKIPS, "a --load step", runs=load_runs(args.mesh))
     if args.repeat < 1:
         raise JaxllmError(f"--repeat {args.repeat}: give a whole number >= 1 (warm runs of each load step)")
     if args.out:
         check_out(args.out)
+    if args.load_folder is not None:
+        check_load_folder(args.load_folder)
     targets = [(None, args.load_folder)] if args.load_folder else [(s, None) for s in shapes]
     reports = []
     for shape, folder in targets:
-        if folder is not None and not Path(folder).is_dir():
-            raise JaxllmError(f"--load-folder {folder} is not a folder")
-        if folder is not None and converted.is_converted(Path(folder)):  # its steps read safetensors, then convert them
-            raise JaxllmError(f"--load-folder {folder} was written by python -m jaxllm.convert: give the Hugging Face "
-                              "folder it came from (the convert and orbax steps time this format)")
         report = load_section(shape, args.dtype, folder, args.repeat, skip, args.load_dir, args.mesh)
-        report["date"] = time.strftime("%Y-%m-%d")
+        report.update(run_settings(args, shapes if folder is None else []))
         reports.append(report)
         print(load_table(report), flush=True)
     if args.out:
         write_json(args.out, reports[0] if len(reports) == 1 else reports)
     return 0
+
+
+if __name__ == "__main__":  # `python -m jaxllm.bench_load ARGS` is `python -m jaxllm.bench --load ARGS`
+    from jaxllm.bench import main
+
+    sys.exit(main(["--load", *sys.argv[1:]], prog="python -m jaxllm.bench_load"))
