@@ -5,10 +5,12 @@
 
 Each answer streams as it is generated; a stats line follows on stderr. /reset forgets the
 conversation, /system TEXT sets the system message (and resets), /exit, /quit or the end of the
-input quits, /help lists the commands. A conversation that outgrows the context drops its oldest
-turns (the system message stays) with a note. An answer cut by --max-new-tokens ends in [cut]; Ctrl-C
-stops an answer ([stopped]) and the chat goes on; at the prompt it quits (exit code 130). From a pipe each line is one user turn, and stdout holds only the answers. The flags are generate's that apply (model,
-dtype, mesh, sampling, stop strings, system message, compile cache), from one parser;
+input quits, /help lists the commands. Each line is one user turn; a message of several lines goes
+between \"\"\" and \"\"\". A conversation that outgrows the context drops its oldest turns (the system
+message stays) with a note. An answer cut by --max-new-tokens ends in [cut]; Ctrl-C stops an answer
+([stopped]) and the chat goes on; at the prompt it quits (exit code 130). stdout holds only the
+answers. The flags are generate's that apply (model, dtype, mesh, sampling, stop strings, system
+message, compile cache), from one parser;
 `python -m jaxllm.generate` with no prompt on a terminal starts this chat.
 
 One engine serves the whole conversation, so its prefix cache keeps the history's KV pages and a
@@ -31,10 +33,12 @@ from jaxllm.errors import BOM, ArgumentParser, GenerationError, InputError, Jaxl
 CONTEXT = 8192  # tokens a conversation may reach (fewer if the model has fewer positions): the engine's max_len
 COMMANDS = ("/reset (forget the conversation), /system TEXT (set the system message and reset; /system alone removes it), "
             "/exit or /quit, /help")
+QUOTES = '"""'  # a line that starts with them starts a message of several lines, up to a line that ends with them
 NAMES = ("/reset", "/system", "/exit", "/quit", "/help")
-LIMITS = ("When the conversation outgrows the context, its oldest turns are dropped (a note says how many). An answer "
-          "cut by --max-new-tokens ends in [cut], one stopped by Ctrl-C in [stopped]: what was shown stays in the "
-          "history (an answer stopped before any text drops its turn). Ctrl-C at the prompt quits.")
+LIMITS = ('A message of several lines goes between """ and """. When the conversation outgrows the context, its '
+          "oldest turns are dropped (a note says how many). An answer cut by --max-new-tokens ends in [cut], one "
+          "stopped by Ctrl-C in [stopped]: what was shown stays in the history (an answer stopped before any text "
+          "drops its turn). Ctrl-C at the prompt quits.")
 
 
 def parser() -> ArgumentParser:
@@ -132,7 +136,10 @@ class Chat:
         while (line := _read_line(stdin)) is not None:
             if first:  # a byte order mark ("UTF-8 with BOM" input) is not part of the first turn, nor hides a /command
                 line, first = line.removeprefix(BOM), False
-            if not self.handle(line, stdout):
+            if line.lstrip().startswith(QUOTES):  # a message of several lines, pasted or typed
+                if text := _block(line.lstrip()[len(QUOTES) :], stdin).strip():
+                    self.answer(text, stdout)
+            elif not self.handle(line, stdout):
                 break
 
     def handle(self, line: str, out) -> bool:
@@ -263,7 +270,20 @@ class Chat:
             signal.signal(signal.SIGINT, previous)
 
 
-def _read_line(stdin) -> str | None:
+def _block(first: str, stdin) -> str:
+    """The message of a \"\"\" block: its lines from `first` (the first line's text after the quotes) to
+    the next one that ends with \"\"\" (less them); at the end of the input, the lines read (a note says so)."""
+    lines, line = [], first.rstrip("\r\n")
+    while not line.rstrip().endswith(QUOTES):
+        lines.append(line)
+        if (line := _read_line(stdin, "... ")) is None:
+            _note(f"note: the input ended inside a {QUOTES} message: it is sent as it is")
+            return "\n".join(lines)
+        line = line.rstrip("\r\n")
+    return "\n".join([*lines, line.rstrip()[: -len(QUOTES)]])
+
+
+def _read_line(stdin, prompt: str = "> ") -> str | None:
     """The next input line; None at the end of the input (KeyboardInterrupt on Ctrl-C at a terminal's prompt). A
     line that is not UTF-8 text is named and skipped (an empty line), not fed to the tokenizer."""
     if not stdin.isatty():
@@ -272,7 +292,7 @@ def _read_line(stdin) -> str | None:
             return None
         return _text(raw) if isinstance(raw, bytes) else _text(raw.encode("utf-8", "surrogateescape"))
     try:
-        return _text(input("> ").encode("utf-8", "surrogateescape"))
+        return _text(input(prompt).encode("utf-8", "surrogateescape"))
     except UnicodeDecodeError as err:  # a terminal whose encoding is not the bytes typed
         return _text(err.object)
     except EOFError:

@@ -222,15 +222,29 @@ def test_system_flag_that_the_template_refuses_exits_2_at_start(monkeypatch, cap
     assert err.count("\n") == 1 and "System role not supported: drop --system" in err
 
 
-def test_a_line_that_is_not_utf8_is_named_and_skipped(session, capsys):
-    """Bytes that are not UTF-8 on the chat's input: one line saying so, the session goes on."""
+UNFINISHED = 'note: the input ended inside a """ message: it is sent as it is'
+
+
+@pytest.mark.parametrize("data, messages, note", [
+    (b"Hi\n\xff\xfe\x80bad\nAgain\n/exit\nnever\n", ["Hi", "Again"],
+     "error: that line is not UTF-8 text (byte 1: 0xff): it was skipped"),
+    (b"Hi\nAgain", ["Hi", "Again"], None),  # the input ends mid-line
+    (b"Hi\r\n\r\nAgain\r\n", ["Hi", "Again"], None),
+    (b'"""\nline one\n  /reset is text here\n\n"""\nAgain\n', ["line one\n  /reset is text here", "Again"], None),
+    (b'"""one line"""\n', ["one line"], None),
+    (b'\xef\xbb\xbf  """first\r\nsecond"""\nAgain\n', ["first\nsecond", "Again"], None),
+    (b'"""\n"""\nHi\n', ["Hi"], None),
+    (b'Hi\n"""\nunfinished\nblock', ["Hi", "unfinished\nblock"], UNFINISHED),
+])
+def test_the_input_lines_make_the_messages(session, capsys, data, messages, note):
+    """Each line is a message, a \"\"\" block of lines one message (they were a message each, the
+    block's /commands run); bytes that are not UTF-8 are one line saying so, and the session goes on."""
     model, out = StandIn(), io.StringIO()
-    stdin = io.TextIOWrapper(io.BytesIO(b"Hi\n\xff\xfe\x80bad\nAgain\n/exit\nnever\n"))
-    session(model).run(stdin, out)
-    assert out.getvalue() == "answer 1\nanswer 2\n"
-    assert [m[-1]["content"] for m in model.seen] == ["Hi", "Again"]
+    session(model).run(io.TextIOWrapper(io.BytesIO(data)), out)
+    assert [m[-1]["content"] for m in model.prompts] == messages
+    assert out.getvalue().count("\n") == len(messages)
     err = capsys.readouterr().err
-    assert "error: that line is not UTF-8 text (byte 1: 0xff): it was skipped" in err and "Traceback" not in err
+    assert "Traceback" not in err and (note in err if note else "note" not in err and "error" not in err), err
 
 
 @pytest.mark.parametrize("at, shown", [(1, "answer "), (0, "")])
@@ -364,3 +378,10 @@ def test_a_second_ctrl_c_mid_answer_exits_130_on_its_own_line(monkeypatch, capsy
     assert _terminal_session(monkeypatch, CtrlCTwice(), ["Hi", "never read"]) == 130
     captured = capsys.readouterr()
     assert captured.out == "answer \n" and captured.err == "interrupted\n", captured
+
+
+@pytest.mark.parametrize("keys, code", [(['"""', "a", 'b"""', EOFError], 0), (['"""', "a", KeyboardInterrupt], 130)])
+def test_a_block_typed_at_a_terminal_is_one_message(monkeypatch, keys, code):
+    model = StandIn()
+    assert _terminal_session(monkeypatch, model, keys) == code
+    assert [m[-1]["content"] for m in model.prompts] == (["a\nb"] if code == 0 else [])
