@@ -9,7 +9,7 @@ input quits, /help lists the commands. Each line is one user turn; a message of 
 between \"\"\" and \"\"\". A conversation that outgrows the context drops its oldest turns (the system
 message stays) with a note. An answer cut by --max-new-tokens ends in [cut]; Ctrl-C stops an answer
 ([stopped]) and the chat goes on; at the prompt it quits (exit code 130). stdout holds only the
-answers. The flags are generate's that apply (model, dtype, mesh, sampling, stop strings, system
+answers' text (the marks go to stderr). The flags are generate's that apply (model, dtype, mesh, sampling, stop strings, system
 message, compile cache), from one parser;
 `python -m jaxllm.generate` with no prompt on a terminal starts this chat.
 
@@ -241,13 +241,13 @@ class Chat:
             progress.write(out, "\n")
             raise
         except Stopped:
-            progress.write(out, " [stopped]" if shown else "[stopped]")
+            _mark(" [stopped]" if shown else "[stopped]", out)
         except GenerationError as err:  # the engine refused what the chat's own checks let through
             _note(f"error: {progress.in_flag_terms(str(err))} (/reset starts a new conversation)")
             return
         else:
             if done.finish_reason == "length":  # the answer did not end: say so, not a silently half sentence
-                progress.write(out, f" [cut: --max-new-tokens {self.max_new:,}]")
+                _mark(f" [cut: --max-new-tokens {self.max_new:,}]", out)
         progress.write(out, "\n")
         if shown:
             self.history += [turn[-1], {"role": "assistant", "content": "".join(shown)}]
@@ -311,6 +311,13 @@ def _text(raw: bytes) -> str:
         _note(f"error: that line is not UTF-8 text (byte {err.start + 1}: 0x{raw[err.start]:02x}): it was skipped; "
               "type or send UTF-8")
         return ""
+
+
+def _mark(text: str, out) -> None:
+    """`text` on stderr (stdout holds only the answers' text): after the answer on its line at a
+    terminal, a line of its own elsewhere."""
+    inline = all(getattr(f, "isatty", lambda: False)() for f in (out, sys.stderr))
+    print(text, end="" if inline else "\n", file=sys.stderr, flush=True)
 
 
 def _note(text: str) -> None:

@@ -177,16 +177,17 @@ def test_system_sets_or_removes_the_system_message_and_resets(session, capsys, l
 
 
 @pytest.mark.parametrize("finish, mark", [("length", " [cut: --max-new-tokens 4]"), ("stop", "")])
-def test_an_answer_cut_by_max_new_tokens_is_marked_and_the_chat_goes_on(monkeypatch, finish, mark):
-    """An answer that --max-new-tokens cut ends in a mark saying so (it ended mid-sentence with no
-    sign); the history keeps the text shown, without the mark, and the next turn carries it."""
+def test_an_answer_cut_by_max_new_tokens_is_marked_and_the_chat_goes_on(monkeypatch, capsys, finish, mark):
+    """An answer that --max-new-tokens cut ends in a mark saying so on stderr (it ended mid-sentence
+    with no sign); stdout and the history keep the text shown, and the next turn carries it."""
     monkeypatch.setattr(chat, "Engine", lambda *args, **kwargs: None)
     model, out = StandIn(finish=finish), io.StringIO()
     talk = chat.Chat(model, SamplingParams(max_new_tokens=4))
     talk.handle("Hi", out)
     talk.handle("Go on", out)
-    first, second = out.getvalue().splitlines()
-    assert first == f"answer 1{mark}" and second == f"answer 2{mark}"
+    assert out.getvalue() == "answer 1\nanswer 2\n"
+    err = capsys.readouterr().err
+    assert err.count(f"{mark}\n[prompt tokens") == 2 if mark else "[cut" not in err, err
     assert model.prompts[1][1] == {"role": "assistant", "content": "answer 1"}
 
 
@@ -255,11 +256,12 @@ def test_ctrl_c_stops_the_answer_not_the_chat(session, capsys, at, shown):
     talk = session(model)
     previous = signal.getsignal(signal.SIGINT)
     assert talk.handle("Hi", out) and talk.handle("Go on", out)
-    assert out.getvalue() == f"{shown}{' ' if shown else ''}[stopped]\n" * 2
+    assert out.getvalue() == f"{shown}\n" * 2
+    err = capsys.readouterr().err
+    assert err.count(f"{' ' if shown else ''}[stopped]\n[prompt tokens") == 2, err
     turn = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": shown}] if shown else []
     assert model.prompts[1] == [*turn, {"role": "user", "content": "Go on"}]
     assert signal.getsignal(signal.SIGINT) is previous
-    assert capsys.readouterr().err.count("[prompt tokens") == 2
 
 
 def test_generate_without_a_prompt_on_a_terminal_chats(monkeypatch):
