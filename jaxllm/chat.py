@@ -5,9 +5,12 @@
 
 Each answer streams as it is generated; a stats line follows on stderr. /reset forgets the
 conversation, /system TEXT sets the system message (and resets), /exit, /quit or the end of the
-input quits, /help lists the commands. Ctrl-C stops an answer and the chat goes on; at the prompt
-it quits (exit code 130). From a pipe each line is one user turn, and stdout holds only the answers. The flags are generate's that apply (model,
-dtype, mesh, sampling, stop strings, system message, compile cache), from one parser;
+input quits, /help lists the commands. Each line is one user turn; a message of several lines goes
+between \"\"\" and \"\"\". A conversation that outgrows the context drops its oldest turns (the system
+message stays) with a note. An answer cut by --max-new-tokens ends in [cut]; Ctrl-C stops an answer
+([stopped]) and the chat goes on; at the prompt it quits (exit code 130). stdout holds only the
+answers' text (the marks go to stderr). The flags are generate's that apply (model, dtype, mesh, sampling, stop strings, system
+message, compile cache), from one parser;
 `python -m jaxllm.generate` with no prompt on a terminal starts this chat.
 
 One engine serves the whole conversation, so its prefix cache keeps the history's KV pages and a
@@ -17,6 +20,7 @@ turn computes only what is new.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import re
 import signal
 import sys
@@ -27,14 +31,20 @@ from jaxllm.engine import Engine
 from jaxllm.errors import BOM, ArgumentParser, GenerationError, InputError, JaxllmError, run_cli
 
 CONTEXT = 8192  # tokens a conversation may reach (fewer if the model has fewer positions): the engine's max_len
-COMMANDS = "/reset (forget the conversation), /system TEXT (set the system message and reset), /exit or /quit, /help"
+COMMANDS = ("/reset (forget the conversation), /system TEXT (set the system message and reset; /system alone removes it), "
+            "/exit or /quit, /help")
+QUOTES = '"""'  # a line that starts with them starts a message of several lines, up to a line that ends with them
+NAMES = ("/reset", "/system", "/exit", "/quit", "/help")
+LIMITS = ('A message of several lines goes between """ and """. When the conversation outgrows the context, its '
+          "oldest turns are dropped (a note says how many). An answer cut by --max-new-tokens ends in [cut], one "
+          "stopped by Ctrl-C in [stopped]: what was shown stays in the history (an answer stopped before any text "
+          "drops its turn). Ctrl-C at the prompt quits.")
 
 
 def parser() -> ArgumentParser:
     """The command line's flags."""
     p = ArgumentParser(prog="python -m jaxllm.chat", description="Chat with a language model.",
-                       parents=[progress.model_flags()], epilog=f"In the chat: {COMMANDS}. Ctrl-C stops an answer; "
-                                                                "at the prompt it quits.")
+                       parents=[progress.model_flags()], epilog=f"In the chat: {COMMANDS}. {LIMITS}")
     return p
 
 
@@ -73,7 +83,7 @@ def _session(args) -> int:
         raise JaxllmError("this checkpoint's tokenizer has no chat template, which a chat needs: "
                           'use python -m jaxllm.generate --no-chat "TEXT" for plain text')
     try:  # a template that refuses the system message, or cannot render at all, fails here, not every turn
-        try_template(model.tokenizer, args.system, args.chat_template_kwargs)
+        first = try_template(model.tokenizer, args.system, args.chat_template_kwargs)
     except InputError as err:
         raise InputError(f"{err}" + (": drop --system (this model's template may take no system message)"
                                      if args.system is not None else "")) from None
@@ -83,6 +93,8 @@ def _session(args) -> int:
     if talk.max_new >= talk.max_len:  # every message would be refused: say so now, not at each one
         raise JaxllmError(f"--max-new-tokens {talk.max_new:,} leaves no room for a message in this chat's context of "
                           f"{talk.max_len:,} tokens: use at most {talk.max_len - 1:,}")
+    if full := talk.no_room(args.system, len(first)):  # every message would be refused
+        raise InputError(f"--system: {full}")
     talk.run(sys.stdin, out)
     return 0
 
@@ -94,10 +106,10 @@ def messages(system: str | None, history: list[dict], user: str) -> list[dict]:
     return ([{"role": "system", "content": system}] if system is not None else []) + history + [{"role": "user", "content": user}]
 
 
-def try_template(tokenizer, system: str | None, template_kwargs: dict | None = None) -> None:
-    """Render a first turn under `system` through the chat template: its InputError if the
-    template refuses the system message or cannot render at all."""
-    encode_messages(tokenizer, messages(system, [], "Hello"), template_kwargs)
+def try_template(tokenizer, system: str | None, template_kwargs: dict | None = None) -> list[int]:
+    """Render a first turn under `system` through the chat template: its ids, or its InputError if
+    the template refuses the system message or cannot render at all."""
+    return encode_messages(tokenizer, messages(system, [], "Hello"), template_kwargs)
 
 
 class Stopped(Exception):
@@ -124,50 +136,93 @@ class Chat:
         while (line := _read_line(stdin)) is not None:
             if first:  # a byte order mark ("UTF-8 with BOM" input) is not part of the first turn, nor hides a /command
                 line, first = line.removeprefix(BOM), False
-            if not self.handle(line, stdout):
+            if line.lstrip().startswith(QUOTES):  # a message of several lines, pasted or typed
+                if text := _block(line.lstrip()[len(QUOTES) :], stdin).strip():
+                    self.answer(text, stdout)
+            elif not self.handle(line, stdout):
                 break
 
     def handle(self, line: str, out) -> bool:
         """One input line: a command or a user turn. False: quit."""
         text = line.strip()
-        command, _, rest = text.partition(" ")
-        if command in ("/exit", "/quit"):
+        command, rest = (text.split(None, 1) + [""])[:2] if text else ("", "")
+        if not re.fullmatch(r"/\w*", command):  # a message ("/usr/bin/env fails" is one too)
+            if text:
+                self.answer(text, out)
+            return True
+        if command not in NAMES:
+            close = difflib.get_close_matches(command.lower(), NAMES, n=1)
+            _note(f"unknown command {command}{f' (did you mean {close[0]}?)' if close else ''}: the commands are {COMMANDS}")
+        elif rest and command != "/system":  # "/reset please" did it, "/exit now" quit: nothing was said of the rest
+            _note(f"error: {command} takes nothing after it: send {command} alone")
+        elif command in ("/exit", "/quit"):
             return False
-        if command == "/reset":
+        elif command == "/reset":
             self.history = []
             _note("the conversation is reset")
         elif command == "/system":
-            system = rest.strip() or None
+            system = rest or None
             try:  # refused now, not at every later turn
-                try_template(self.model.tokenizer, system, self.template_kwargs)
+                self.check_system(system)
             except InputError as err:
                 _note(f"error: {err}; the system message is unchanged")
                 return True
             self.system, self.history = system, []
             _note(f"system message {'set' if self.system else 'removed'}; the conversation is reset")
-        elif command == "/help":
-            _note(f"the commands are {COMMANDS}")
-        elif re.fullmatch(r"/\w+", command):
-            _note(f"unknown command {command}: the commands are {COMMANDS}")
-        elif text:
-            self.answer(text, out)
+        else:
+            _note(f"the commands are {COMMANDS}. {LIMITS}")
         return True
+
+    def check_system(self, system: str | None) -> None:
+        """InputError if the chat template refuses `system` or it leaves no room in the context for a
+        first message and its answer."""
+        if full := self.no_room(system, len(try_template(self.model.tokenizer, system, self.template_kwargs))):
+            raise InputError(full)
+
+    def no_room(self, system: str | None, first: int) -> str | None:
+        """Why `system`, whose first turn holds `first` tokens, leaves no room for a message and its
+        answer in the context; None: it leaves some."""
+        if system is None or first + self.max_new <= self.max_len:
+            return None
+        return (f"the system message holds {first:,} tokens with a first message, and an answer may take {self.max_new:,} "
+                f"more (--max-new-tokens): more than this chat's context of {self.max_len:,} tokens: use a shorter one")
+
+    def prompt(self, user: str) -> tuple[list[dict], list[int]] | None:
+        """The messages and ids for an answer to `user`: the conversation so far less its oldest turns
+        when it would outgrow the context with room for an answer of --max-new-tokens (said in a note,
+        and dropped from the history for good); None, after a one-line error, when `user` does not fit
+        even alone (the history is unchanged)."""
+        history = self.history
+        while True:
+            turn = messages(self.system, history, user)
+            ids = encode_messages(self.model.tokenizer, turn, self.template_kwargs)
+            if len(ids) + self.max_new <= self.max_len:
+                break
+            if not history:  # the engine's own message names its max_len, not a flag of this chat
+                _note(f"error: this message holds {len(ids):,} tokens{' with the system message' if self.system else ''}, "
+                      f"and an answer may take {self.max_new:,} more (--max-new-tokens): more than this chat's context of "
+                      f"{self.max_len:,} tokens: send a shorter one")
+                return None
+            history = history[2:]  # the oldest user turn and its answer
+        if dropped := (len(self.history) - len(history)) // 2:
+            self.history = history
+            turns = "oldest turn was" if dropped == 1 else f"{dropped} oldest turns were"
+            _note(f"note: the conversation outgrew this chat's context of {self.max_len:,} tokens: its {turns} dropped "
+                  "(/reset starts anew)")
+        return turn, ids
 
     def answer(self, user: str, out) -> None:
         """Stream the answer to `user` after the conversation so far, then the stats line; the turn
-        joins the history (as much of the answer as was shown, if Ctrl-C stopped it)."""
-        turn = messages(self.system, self.history, user)
+        joins the history (as much of the answer as was shown, if Ctrl-C stopped it: none, if it
+        stopped before any text)."""
         try:
-            ids = encode_messages(self.model.tokenizer, turn, self.template_kwargs)
+            fit = self.prompt(user)
         except InputError as err:  # the template refused this conversation: the session goes on
             _note(f"error: {err} (/reset starts a new conversation)")
             return
-        if len(ids) + self.max_new > self.max_len:  # the engine's own message names its max_len, not a flag of this chat
-            what = "the conversation with this message holds" if self.history else "this message holds"
-            fix = "/reset starts a new conversation" if self.history else "send a shorter one"
-            _note(f"error: {what} {len(ids):,} tokens, and an answer may take {self.max_new:,} more (--max-new-tokens): more "
-                  f"than this chat's context of {self.max_len:,} tokens: {fix}")
+        if fit is None:
             return
+        turn, ids = fit
         stats, shown = progress.Stats(), []
 
         def on_text(index, text):
@@ -181,17 +236,21 @@ class Chat:
 
         try:
             with self._ctrl_c_stops():
-                self.model.generate(ids, self.params, engine=self.engine, on_text=on_text, on_token=on_token)
+                done = self.model.generate(ids, self.params, engine=self.engine, on_text=on_text, on_token=on_token)
         except KeyboardInterrupt:  # a second Ctrl-C: the chat ends; the text shown keeps its own line
             progress.write(out, "\n")
             raise
         except Stopped:
-            progress.write(out, " [stopped]")
-        except GenerationError as err:  # e.g. the conversation outgrew the context
+            _mark(" [stopped]" if shown else "[stopped]", out)
+        except GenerationError as err:  # the engine refused what the chat's own checks let through
             _note(f"error: {progress.in_flag_terms(str(err))} (/reset starts a new conversation)")
             return
+        else:
+            if done.finish_reason == "length":  # the answer did not end: say so, not a silently half sentence
+                _mark(f" [cut: --max-new-tokens {self.max_new:,}]", out)
         progress.write(out, "\n")
-        self.history += [turn[-1], {"role": "assistant", "content": "".join(shown)}]
+        if shown:
+            self.history += [turn[-1], {"role": "assistant", "content": "".join(shown)}]
         print(stats.line(len(ids)), file=sys.stderr)
 
     @contextlib.contextmanager
@@ -211,7 +270,20 @@ class Chat:
             signal.signal(signal.SIGINT, previous)
 
 
-def _read_line(stdin) -> str | None:
+def _block(first: str, stdin) -> str:
+    """The message of a \"\"\" block: its lines from `first` (the first line's text after the quotes) to
+    the next one that ends with \"\"\" (less them); at the end of the input, the lines read (a note says so)."""
+    lines, line = [], first.rstrip("\r\n")
+    while not line.rstrip().endswith(QUOTES):
+        lines.append(line)
+        if (line := _read_line(stdin, "... ")) is None:
+            _note(f"note: the input ended inside a {QUOTES} message: it is sent as it is")
+            return "\n".join(lines)
+        line = line.rstrip("\r\n")
+    return "\n".join([*lines, line.rstrip()[: -len(QUOTES)]])
+
+
+def _read_line(stdin, prompt: str = "> ") -> str | None:
     """The next input line; None at the end of the input (KeyboardInterrupt on Ctrl-C at a terminal's prompt). A
     line that is not UTF-8 text is named and skipped (an empty line), not fed to the tokenizer."""
     if not stdin.isatty():
@@ -220,7 +292,7 @@ def _read_line(stdin) -> str | None:
             return None
         return _text(raw) if isinstance(raw, bytes) else _text(raw.encode("utf-8", "surrogateescape"))
     try:
-        return _text(input("> ").encode("utf-8", "surrogateescape"))
+        return _text(input(prompt).encode("utf-8", "surrogateescape"))
     except UnicodeDecodeError as err:  # a terminal whose encoding is not the bytes typed
         return _text(err.object)
     except EOFError:
@@ -239,6 +311,13 @@ def _text(raw: bytes) -> str:
         _note(f"error: that line is not UTF-8 text (byte {err.start + 1}: 0x{raw[err.start]:02x}): it was skipped; "
               "type or send UTF-8")
         return ""
+
+
+def _mark(text: str, out) -> None:
+    """`text` on stderr (stdout holds only the answers' text): after the answer on its line at a
+    terminal, a line of its own elsewhere."""
+    inline = all(getattr(f, "isatty", lambda: False)() for f in (out, sys.stderr))
+    print(text, end="" if inline else "\n", file=sys.stderr, flush=True)
 
 
 def _note(text: str) -> None:

@@ -24,26 +24,30 @@ def test_messages_put_the_history_between_system_and_user():
 
 class StandIn:
     """A model that answers "answer N" a word at a time and records the conversations it was given;
-    `ctrl_c_at`: the word at which the user presses Ctrl-C (a real SIGINT)."""
+    `ctrl_c_at`: the word at which the user presses Ctrl-C (a real SIGINT); `finish`: how its answers
+    end ("length": cut by max_new_tokens). Its template renders each message as one character and
+    its content; its tokenizer gives one id per character."""
 
-    def __init__(self, ctrl_c_at=None):
-        self.seen, self.ctrl_c_at = [], ctrl_c_at
+    def __init__(self, ctrl_c_at=None, finish="stop"):
+        self.seen, self.ctrl_c_at, self.finish, self.prompts = [], ctrl_c_at, finish, []
         self.tokenizer = self
         self.config = SimpleNamespace(max_position_embeddings=1024, context_length=1024)
 
     def apply_chat_template(self, messages, tokenize, add_generation_prompt):
         self.seen.append(messages)
-        return "x" * len(messages)
+        return "".join("x" + m["content"] for m in messages)
 
     def __call__(self, text, add_special_tokens):  # the tokenizer: one id per character
         return {"input_ids": list(range(len(text)))}
 
     def generate(self, ids, params, engine, on_text, on_token):
+        self.prompts.append(self.seen[-1])
         for i, word in enumerate(["answer ", str(len(self.seen))]):
             if i == self.ctrl_c_at:
                 signal.raise_signal(signal.SIGINT)
             on_token(0, [i])
             on_text(0, word)
+        return SimpleNamespace(finish_reason=self.finish)
 
 
 @pytest.fixture
@@ -68,24 +72,123 @@ def test_turns_commands_and_history(session, capsys):
     assert "unknown command /what" in err and err.count("[prompt tokens") == 4
 
 
-def test_a_conversation_that_outgrows_the_context_says_so_and_goes_on(monkeypatch, capsys):
-    """A turn whose conversation plus an answer of --max-new-tokens would pass the chat's context is
-    refused in one line naming the sizes and /reset (not the engine's "raise max_len", which no
-    flag of the chat sets); the history is unchanged and /reset lets the chat go on."""
+def _size(messages):
+    """Tokens of `messages` as StandIn renders them: a character and the content each."""
+    return sum(1 + len(m["content"]) for m in messages)
+
+
+@pytest.mark.parametrize("system", [None, "Be brief."])
+@pytest.mark.parametrize("lengths", [[5] * 8, [3, 3, 3, 25], [20, 2, 2, 2]])
+def test_a_conversation_that_outgrows_the_context_drops_its_oldest_turns(monkeypatch, capsys, system, lengths):
+    """A turn whose conversation plus an answer of --max-new-tokens would pass the chat's context
+    drops the conversation's oldest turns, as few as make room, keeps the system message, and says
+    how many in one note; the history forgets them for good. It refused the turn (and every later
+    one) until /reset, which a long conversation always reached."""
     monkeypatch.setattr(chat, "Engine", lambda *args, **kwargs: None)
-    model, out = StandIn(), io.StringIO()  # one token per message: a turn after the first holds 3
-    talk = chat.Chat(model, SamplingParams(max_new_tokens=4), context=6)
-    for line in ["Hi", "And now?", "/reset", "Again"]:
+    model, out, context = StandIn(), io.StringIO(), 48
+    talk = chat.Chat(model, SamplingParams(max_new_tokens=4), system, context=context)
+    head = [{"role": "system", "content": system}] if system else []
+    whole, drops = [], 0  # every turn so far: the user's messages and the answers
+    for n, length in enumerate(lengths):
+        user, before = chr(ord("a") + n) * length, list(talk.history)
+        talk.handle(user, out)
+        prompt = model.prompts[-1]
+        kept = prompt[len(head) : -1]
+        assert prompt[: len(head)] == head and prompt[-1] == {"role": "user", "content": user}
+        assert len(kept) % 2 == 0 and kept == whole[len(whole) - len(kept) :]  # the newest turns, whole
+        assert _size(prompt) + 4 <= context  # room for the answer
+        if len(kept) < len(whole):  # as few dropped as make room
+            assert _size(head + whole[-len(kept) - 2 :] + [prompt[-1]]) + 4 > context
+        dropped = (len(before) - len(kept)) // 2
+        note = capsys.readouterr().err
+        turns = "oldest turn was" if dropped == 1 else f"{dropped} oldest turns were"
+        assert (f"note: the conversation outgrew this chat's context of {context} tokens: its {turns} dropped "
+                "(/reset starts anew)\n" in note) == (dropped > 0), note
+        drops += dropped
+        whole += [prompt[-1], {"role": "assistant", "content": out.getvalue().splitlines()[-1]}]
+        assert talk.history == kept + whole[-2:]
+    assert drops > 0
+
+
+@pytest.mark.parametrize("system", [None, "Be brief."])
+@pytest.mark.parametrize("earlier", [[], ["Hi", "And now?"]])
+def test_a_message_longer_than_the_context_is_refused_and_the_chat_goes_on(monkeypatch, capsys, system, earlier):
+    """A message that does not fit with an answer even alone is refused in one line naming the sizes
+    and the fix (a shorter message: /reset, which it named, cannot help), not the engine's "raise
+    max_len" (no flag of the chat sets it); the conversation is kept and the next turn carries it."""
+    monkeypatch.setattr(chat, "Engine", lambda *args, **kwargs: None)
+    model, out = StandIn(), io.StringIO()
+    talk = chat.Chat(model, SamplingParams(max_new_tokens=4), system, context=64)
+    for line in earlier:
         talk.handle(line, out)
-    assert out.getvalue() == "answer 1\nanswer 3\n"  # model.seen[1]: the refused turn's rendering
-    err = capsys.readouterr().err
-    assert ("error: the conversation with this message holds 3 tokens, and an answer may take 4 more (--max-new-tokens): "
-            "more than this chat's context of 6 tokens: /reset starts a new conversation\n") in err
-    assert err.count("[prompt tokens") == 2 and "max_len" not in err
-    talk = chat.Chat(model, SamplingParams(max_new_tokens=6), context=6)
+    history, answered = list(talk.history), len(model.prompts)
+    capsys.readouterr()
+    talk.handle("y" * 60, out)
+    size = 61 + (10 if system else 0)
+    assert capsys.readouterr().err == (f"error: this message holds {size} tokens{' with the system message' if system else ''}, "
+                                       "and an answer may take 4 more (--max-new-tokens): more than this chat's context "
+                                       "of 64 tokens: send a shorter one\n")
+    assert talk.history == history and len(model.prompts) == answered
+    talk.handle("Again", out)
+    assert model.prompts[-1] == chat.messages(system, history, "Again")
+
+
+@pytest.mark.parametrize("line, note", [
+    ("/", "unknown command /: the commands are"),
+    ("/foo bar", "unknown command /foo: the commands are"),
+    ("/Reset", "unknown command /Reset (did you mean /reset?): the commands are"),
+    ("/sytem Be a pirate.", "unknown command /sytem (did you mean /system?): the commands are"),
+    ("/reset now", "error: /reset takes nothing after it: send /reset alone"),
+    ("/help me", "error: /help takes nothing after it: send /help alone"),
+    ("/exit now", "error: /exit takes nothing after it: send /exit alone"),
+    ("/quit\tnow", "error: /quit takes nothing after it: send /quit alone"),
+    pytest.param("/system " + "z" * 2000, "error: the system message holds 2,007 tokens with a first message, and an answer may take "
+                              "256 more (--max-new-tokens): more than this chat's context of 1,024 tokens: use a shorter "
+                              "one; the system message is unchanged", id="/system-too-long"),
+    ("", None), ("   ", None), ("\t \u3000", None),
+])
+def test_a_line_of_a_command_or_blank_is_no_message_and_changes_nothing_else(session, capsys, line, note):
+    """Blank lines are skipped; '/' alone, unknown and misspelt commands, arguments to a command that
+    takes none ('/reset now' reset, '/exit now' quit, '/' went to the model as a message) and a
+    system message that fills the context are one line each, and the conversation is unchanged."""
+    model, out = StandIn(), io.StringIO()
+    talk = session(model, system="Be brief.")
     talk.handle("Hi", out)
-    assert "error: this message holds 1 tokens, and an answer may take 6 more" in capsys.readouterr().err
-    assert talk.history == []
+    history = list(talk.history)
+    capsys.readouterr()
+    assert talk.handle(line, out)
+    assert len(model.prompts) == 1 and talk.history == history and talk.system == "Be brief."
+    err = capsys.readouterr().err
+    assert err.startswith(note) and err.count("\n") == 1 if note else err == "", err
+
+
+@pytest.mark.parametrize("line, system", [("/system", None), ("/system   Be a pirate.  ", "Be a pirate."),
+                                          ("/system\tBe a pirate.", "Be a pirate.")])
+def test_system_sets_or_removes_the_system_message_and_resets(session, capsys, line, system):
+    """/system alone removes the system message; a tab after /system is a separator too (the line
+    went to the model as a message)."""
+    model, out = StandIn(), io.StringIO()
+    talk = session(model, system="Be brief.")
+    talk.handle("Hi", out)
+    assert talk.handle(line, out) and talk.system == system and talk.history == []
+    talk.handle("Again", out)
+    assert model.prompts[-1] == chat.messages(system, [], "Again")
+    assert f"system message {'set' if system else 'removed'}; the conversation is reset" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("finish, mark", [("length", " [cut: --max-new-tokens 4]"), ("stop", "")])
+def test_an_answer_cut_by_max_new_tokens_is_marked_and_the_chat_goes_on(monkeypatch, capsys, finish, mark):
+    """An answer that --max-new-tokens cut ends in a mark saying so on stderr (it ended mid-sentence
+    with no sign); stdout and the history keep the text shown, and the next turn carries it."""
+    monkeypatch.setattr(chat, "Engine", lambda *args, **kwargs: None)
+    model, out = StandIn(finish=finish), io.StringIO()
+    talk = chat.Chat(model, SamplingParams(max_new_tokens=4))
+    talk.handle("Hi", out)
+    talk.handle("Go on", out)
+    assert out.getvalue() == "answer 1\nanswer 2\n"
+    err = capsys.readouterr().err
+    assert err.count(f"{mark}\n[prompt tokens") == 2 if mark else "[cut" not in err, err
+    assert model.prompts[1][1] == {"role": "assistant", "content": "answer 1"}
 
 
 class NoSystem(StandIn):
@@ -120,26 +223,45 @@ def test_system_flag_that_the_template_refuses_exits_2_at_start(monkeypatch, cap
     assert err.count("\n") == 1 and "System role not supported: drop --system" in err
 
 
-def test_a_line_that_is_not_utf8_is_named_and_skipped(session, capsys):
-    """Bytes that are not UTF-8 on the chat's input: one line saying so, the session goes on."""
+UNFINISHED = 'note: the input ended inside a """ message: it is sent as it is'
+
+
+@pytest.mark.parametrize("data, messages, note", [
+    (b"Hi\n\xff\xfe\x80bad\nAgain\n/exit\nnever\n", ["Hi", "Again"],
+     "error: that line is not UTF-8 text (byte 1: 0xff): it was skipped"),
+    (b"Hi\nAgain", ["Hi", "Again"], None),  # the input ends mid-line
+    (b"Hi\r\n\r\nAgain\r\n", ["Hi", "Again"], None),
+    (b'"""\nline one\n  /reset is text here\n\n"""\nAgain\n', ["line one\n  /reset is text here", "Again"], None),
+    (b'"""one line"""\n', ["one line"], None),
+    (b'\xef\xbb\xbf  """first\r\nsecond"""\nAgain\n', ["first\nsecond", "Again"], None),
+    (b'"""\n"""\nHi\n', ["Hi"], None),
+    (b'Hi\n"""\nunfinished\nblock', ["Hi", "unfinished\nblock"], UNFINISHED),
+])
+def test_the_input_lines_make_the_messages(session, capsys, data, messages, note):
+    """Each line is a message, a \"\"\" block of lines one message (they were a message each, the
+    block's /commands run); bytes that are not UTF-8 are one line saying so, and the session goes on."""
     model, out = StandIn(), io.StringIO()
-    stdin = io.TextIOWrapper(io.BytesIO(b"Hi\n\xff\xfe\x80bad\nAgain\n/exit\nnever\n"))
-    session(model).run(stdin, out)
-    assert out.getvalue() == "answer 1\nanswer 2\n"
-    assert [m[-1]["content"] for m in model.seen] == ["Hi", "Again"]
+    session(model).run(io.TextIOWrapper(io.BytesIO(data)), out)
+    assert [m[-1]["content"] for m in model.prompts] == messages
+    assert out.getvalue().count("\n") == len(messages)
     err = capsys.readouterr().err
-    assert "error: that line is not UTF-8 text (byte 1: 0xff): it was skipped" in err and "Traceback" not in err
+    assert "Traceback" not in err and (note in err if note else "note" not in err and "error" not in err), err
 
 
-def test_ctrl_c_stops_the_answer_not_the_chat(session, capsys):
-    model, out = StandIn(ctrl_c_at=1), io.StringIO()
+@pytest.mark.parametrize("at, shown", [(1, "answer "), (0, "")])
+def test_ctrl_c_stops_the_answer_not_the_chat(session, capsys, at, shown):
+    """What was shown joins the history; an answer stopped before any text drops its turn (it joined
+    the history as an empty answer)."""
+    model, out = StandIn(ctrl_c_at=at), io.StringIO()
     talk = session(model)
     previous = signal.getsignal(signal.SIGINT)
     assert talk.handle("Hi", out) and talk.handle("Go on", out)
-    assert out.getvalue() == "answer  [stopped]\nanswer  [stopped]\n"
-    assert model.seen[1][1] == {"role": "assistant", "content": "answer "}  # what was shown joins the history
+    assert out.getvalue() == f"{shown}\n" * 2
+    err = capsys.readouterr().err
+    assert err.count(f"{' ' if shown else ''}[stopped]\n[prompt tokens") == 2, err
+    turn = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": shown}] if shown else []
+    assert model.prompts[1] == [*turn, {"role": "user", "content": "Go on"}]
     assert signal.getsignal(signal.SIGINT) is previous
-    assert capsys.readouterr().err.count("[prompt tokens") == 2
 
 
 def test_generate_without_a_prompt_on_a_terminal_chats(monkeypatch):
@@ -179,22 +301,26 @@ def test_generate_no_chat_without_a_prompt_on_a_terminal_does_not_chat(monkeypat
     assert err.splitlines() == [err] and err.startswith("error: no prompt: --no-chat takes the prompt as an argument"), err
 
 
-def test_max_new_tokens_beyond_the_context_exits_2_at_start(monkeypatch, capsys):
-    """--max-new-tokens that leaves no room for any message in the chat's context: one line at
-    start (exit 2), not the chat opening and then refusing every message typed."""
+@pytest.mark.parametrize("max_new, system, error", [
+    (1024, None, "error: --max-new-tokens 1,024 leaves no room for a message in this chat's context of 1,024 tokens: "
+                 "use at most 1,023"),
+    (256, "z" * 800, "error: --system: the system message holds 807 tokens with a first message, and an answer may take "
+                     "256 more (--max-new-tokens): more than this chat's context of 1,024 tokens: use a shorter one"),
+])
+def test_a_context_with_no_room_for_a_message_exits_2_at_start(monkeypatch, capsys, max_new, system, error):
+    """--max-new-tokens or a --system message that leaves no room for any message in the chat's
+    context: one line at start (exit 2), not the chat opening and then refusing every message typed."""
     from jaxllm import progress
 
     model = StandIn()
     model.chat_template = "{{ messages }}"  # has_chat_template reads it
     monkeypatch.setattr(chat, "Engine", lambda *args, **kwargs: None)
     monkeypatch.setattr(progress, "load_model", lambda args: model)
-    monkeypatch.setattr(progress, "sampling_params", lambda args: SamplingParams(max_new_tokens=1024))
+    monkeypatch.setattr(progress, "sampling_params", lambda args: SamplingParams(max_new_tokens=max_new))
     monkeypatch.setattr(sys, "stdin", io.StringIO("Hi\n"))
-    assert chat.run_session(SimpleNamespace(system=None, chat_template_kwargs=None)) == 2
+    assert chat.run_session(SimpleNamespace(system=system, chat_template_kwargs=None)) == 2
     captured = capsys.readouterr()
-    assert captured.out == "" and captured.err.count("\n") == 1, captured
-    assert captured.err.startswith("error: --max-new-tokens 1,024 leaves no room for a message in this chat's context "
-                                   "of 1,024 tokens: use at most 1,023"), captured.err
+    assert captured.out == "" and captured.err == error + "\n", captured
 
 
 @pytest.mark.parametrize("command", ["/quit", "/exit"])
@@ -254,3 +380,10 @@ def test_a_second_ctrl_c_mid_answer_exits_130_on_its_own_line(monkeypatch, capsy
     assert _terminal_session(monkeypatch, CtrlCTwice(), ["Hi", "never read"]) == 130
     captured = capsys.readouterr()
     assert captured.out == "answer \n" and captured.err == "interrupted\n", captured
+
+
+@pytest.mark.parametrize("keys, code", [(['"""', "a", 'b"""', EOFError], 0), (['"""', "a", KeyboardInterrupt], 130)])
+def test_a_block_typed_at_a_terminal_is_one_message(monkeypatch, keys, code):
+    model = StandIn()
+    assert _terminal_session(monkeypatch, model, keys) == code
+    assert [m[-1]["content"] for m in model.prompts] == (["a\nb"] if code == 0 else [])

@@ -39,11 +39,11 @@ class StandIn:
         for i, word in enumerate(["answer ", str(len(self.seen))]):
             on_token(0, [i])
             on_text(0, word)
-        results = [SimpleNamespace(text=f"answer {i}", prompt_tokens=1) for i in range(len(prompts))]
+        results = [SimpleNamespace(text=f"answer {i}", prompt_tokens=1, finish_reason="stop") for i in range(len(prompts))]
         for i in (self.finish_order or range(len(prompts))) if on_finish else ():
             on_finish(i, results[i])
             self.written.append(sys.stdout.getvalue() if isinstance(sys.stdout, io.StringIO) else None)
-        return results
+        return results[0] if prompts and isinstance(prompts[0], int) else results  # one prompt's ids (the chat's): one
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ transformers' apply_chat_template(tokenize=True) / tokenizer(prompt), on the rea
 tokenizer and on a Llama-3-style one trained here (a template that writes bos_token while the
 tokenizer adds BOS too, date_string and tools, raise_exception). Nothing comes from the hub."""
 
+import io
 from types import SimpleNamespace
 
 import pytest
@@ -96,3 +97,41 @@ def test_a_tokenizer_without_a_template_takes_plain_text_or_says_so(llama3):
     with pytest.raises(GenerationError, match=r"^this checkpoint's tokenizer has no chat template: use chat=False "
                                               r"\(--no-chat\)$"):
         prepare(model, ["Hello world"], None, chat=True)
+
+
+ANSWERS = ["The capital of France is Paris.\n\nIt is", "  é 🍮 東京  ", "<|im_end|> not an end", "- one\n- two"]
+
+
+@pytest.mark.parametrize("system", [None, "Be brief.", ""])
+def test_the_chats_history_renders_as_transformers_turn_after_turn(smollm2, monkeypatch, system):
+    """Each turn of python -m jaxllm.chat sends the ids of transformers' apply_chat_template of the
+    conversation so far (the system message, the earlier turns with the answers shown, the new
+    message), on the real SmolLM2 tokenizer: turn after turn, after /reset and after /system."""
+    from jaxllm import chat
+    from jaxllm.sampling import SamplingParams
+
+    sent = []
+
+    def generate(ids, params, engine, on_text, on_token):
+        sent.append(ids)
+        on_token(0, [1])
+        on_text(0, ANSWERS[len(sent) % len(ANSWERS)])
+        return SimpleNamespace(finish_reason="stop")
+
+    monkeypatch.setattr(chat, "Engine", lambda *args, **kwargs: None)
+    model = SimpleNamespace(tokenizer=smollm2, config=SimpleNamespace(context_length=8192), generate=generate)
+    talk = chat.Chat(model, SamplingParams(max_new_tokens=8), system)
+    head, expected, turns = [{"role": "system", "content": system}] if system is not None else [], [], 0
+    for line in ["Hello!", "  What is the capital of France?  ", "Name a colour, é 🍮 東京", "/reset", "Hi again",
+                 "And\tnow?", "/system You are a pirate.", "Ahoy", "Arr?"]:
+        talk.handle(line, io.StringIO())
+        if line == "/reset":
+            expected = []
+        elif line.startswith("/system"):
+            head, expected = [{"role": "system", "content": "You are a pirate."}], []
+        else:
+            user = {"role": "user", "content": line.strip()}
+            assert sent[-1] == hf_chat_ids(smollm2, head + expected + [user]), line
+            expected += [user, {"role": "assistant", "content": ANSWERS[len(sent) % len(ANSWERS)]}]
+            turns += 1
+    assert len(sent) == turns == 7
