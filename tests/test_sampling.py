@@ -111,6 +111,39 @@ def test_invalid_values(field, value, message):
         SamplingParams(**{field: value}).resolved()
 
 
+NUMBERS = {"max_new_tokens": 8, "temperature": 0.5, "top_k": 5, "top_p": 0.5, "min_p": 0.25, "repetition_penalty": 1.5,
+           "presence_penalty": 0.5, "frequency_penalty": -0.5, "seed": 7, "top_logprobs": 3, "min_tokens": 2}
+WHOLE = ("max_new_tokens", "top_k", "seed", "top_logprobs", "min_tokens")
+
+
+@pytest.mark.parametrize("field", NUMBERS)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 10**400, -10**400, True, False, np.bool_(True),
+                                   "1", [1], 1 + 0j, np.array([1, 2])], ids=lambda v: repr(v)[:20])
+def test_every_number_field_refuses_the_class_of_bad_values(field, value):
+    """NaN, infinities, ints beyond any range, bools (not numbers, though Python counts them ints), text, lists,
+    complex numbers: one line naming the field and what it takes."""
+    kw = {"max_new_tokens": 8} if field == "min_tokens" else {}
+    with pytest.raises(GenerationError, match=rf"^{field}=.* is invalid: (beyond float32, .*)?use "):
+        SamplingParams(**{**kw, field: value}).resolved()
+
+
+@pytest.mark.parametrize("field, value", [(f, v) for f, v in NUMBERS.items()] + [(f, float(v)) for f, v in NUMBERS.items() if f in WHOLE]
+                         + [(f, 2**70) for f in WHOLE] + [("seed", -1), ("seed", 2**32), ("seed", 2**64), ("top_k", -1),
+                                                          ("temperature", -1e-9)])
+def test_whole_number_fields_refuse_floats_and_seeds_their_range(field, value):
+    """A float for a count (top_k 5.0), a count beyond int32 (2**70) or a seed outside [0, 2**32) (negative, 64-bit) is
+    refused; the same number of
+    the field's kind is taken, as a numpy scalar too (np.float32(0.5), np.int64(8))."""
+    kw = {"max_new_tokens": 8} if field == "min_tokens" else {}
+    if isinstance(value, float) and field in WHOLE or value in (-1, 2**32, 2**64, 2**70, -1e-9):
+        with pytest.raises(GenerationError, match=rf"^{field}=.* is invalid: use "):
+            SamplingParams(**{**kw, field: value}).resolved()
+        return
+    for kind in (np.int64, np.int32, np.uint32) if field in WHOLE else (np.float32, np.float64):
+        got = getattr(SamplingParams(**{**kw, field: kind(value)}).resolved(), field)
+        assert got == getattr(SamplingParams(**{**kw, field: value}).resolved(), field) and type(got) in (int, float)
+
+
 def test_a_bad_value_from_generation_config_names_the_file():
     """A value the loader's field check lets through but sampling refuses (beyond float32) says it
     came from generation_config.json, not from the request that never set it."""
@@ -167,6 +200,8 @@ def test_seed_reproduces_and_is_batch_independent(tiny):
     assert tiny.generate(prompts[1], params).token_ids == a[1].token_ids
     other = tiny.generate(prompts[0], SamplingParams(**{**params.__dict__, "seed": 6}))
     assert other.token_ids != a[0].token_ids
+    for seed in (np.int64(5), np.uint32(5), jnp.int32(5)):  # a numpy or JAX seed is the number it holds
+        assert tiny.generate(prompts[0], SamplingParams(**{**params.__dict__, "seed": seed})).token_ids == a[0].token_ids
 
 
 def test_without_a_seed_each_sequence_samples_afresh(tiny):
