@@ -11,12 +11,13 @@ transformers and vLLM sample afresh unless seeded.
 
 vLLM's min_tokens holds back the ids that would end a row (its EOS and stop_token_ids: -inf) until
 it has generated that many, as transformers' min_new_tokens does.
+
+Unset settings come from the checkpoint's generation_config.json as transformers reads it: jaxllm.generation_config.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import secrets
 from collections.abc import Mapping
@@ -31,7 +32,6 @@ from jaxllm.errors import GenerationError, lone_surrogate, shown
 from jaxllm.generation_config import DEFAULT_MAX_NEW_TOKENS, file_defaults, file_min_tokens, warn_unapplied  # noqa: F401 - public here too
 from jaxllm.structured import Structured, allowed_tokens
 
-log = logging.getLogger("jaxllm")
 
 @dataclass(frozen=True)
 class SamplingParams:
