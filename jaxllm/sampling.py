@@ -11,12 +11,13 @@ transformers and vLLM sample afresh unless seeded.
 
 vLLM's min_tokens holds back the ids that would end a row (its EOS and stop_token_ids: -inf) until
 it has generated that many, as transformers' min_new_tokens does.
+
+Unset settings come from the checkpoint's generation_config.json as transformers reads it: jaxllm.generation_config.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import secrets
 from collections.abc import Mapping
@@ -28,9 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.errors import GenerationError, lone_surrogate, shown
+from jaxllm.generation_config import DEFAULT_MAX_NEW_TOKENS, file_defaults, file_min_tokens, warn_unapplied  # noqa: F401 - public here too
 from jaxllm.structured import Structured, allowed_tokens
 
-log = logging.getLogger("jaxllm")
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -102,23 +103,17 @@ class SamplingParams:
                               f"got {type(value).__name__}")
 
     def resolved(self, generation_config: dict | None = None) -> "SamplingParams":
-        """Fill unset fields from generation_config.json (transformers' meaning), then defaults;
-        validate everything."""
+        """Fill unset fields from generation_config.json (transformers' meaning: jaxllm.generation_config), then
+        defaults; validate everything. A bad field of `generation_config` is a ConfigError naming it."""
         gen = generation_config or {}
-        sampled = gen.get("do_sample", False)
-        defaults = dict(
-            max_new_tokens=gen.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS,
-            temperature=float(1.0 if gen.get("temperature") is None else gen["temperature"]) if sampled else 0.0,
-            top_k=(50 if gen.get("top_k") is None else int(gen["top_k"])) if sampled else 0,  # null: transformers' 50
-            top_p=(1.0 if gen.get("top_p") is None else float(gen["top_p"])) if sampled else 1.0,  # 0.0: the top token
-            min_p=float(gen.get("min_p") or 0.0) if sampled else 0.0,
-            repetition_penalty=float(gen.get("repetition_penalty") or 1.0),
-        )
+        if isinstance(gen, Mapping):  # numpy scalars as numbers; anything else file_defaults refuses
+            gen = {k: bool(v) if isinstance(v, np.bool_) else _plain(v) for k, v in gen.items()}
+        defaults = file_defaults(gen)
         values = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in defaults.items()}
         values.update(seed=self.seed, top_logprobs=self.top_logprobs, **{k: 0.0 if getattr(self, k) is None else getattr(self, k)
                                          for k in ("presence_penalty", "frequency_penalty")})
         values = {k: _plain(v) for k, v in values.items()}
-        values["min_tokens"] = _plain(self.min_tokens) if self.min_tokens is not None else _file_min_tokens(gen, values["max_new_tokens"])
+        values["min_tokens"] = _plain(self.min_tokens) if self.min_tokens is not None else file_min_tokens(gen, values["max_new_tokens"])
         out = dataclasses.replace(self, stop=_stop_strings(self.stop), logit_bias=_bias_pairs(self.logit_bias),
                                   stop_token_ids=_stop_ids(self.stop_token_ids), structured=Structured.of(self.structured),
                                   **values)
@@ -130,7 +125,7 @@ class SamplingParams:
                 raise GenerationError(f"{err} (it comes from generation_config.json: correct the file, or set {name} "
                                       "in the request)") from None
             raise
-        _warn_unapplied(gen, sampled=out.temperature > 0, length_unset=self.max_new_tokens is None)
+        warn_unapplied(gen, sampled=out.temperature > 0, length_unset=self.max_new_tokens is None)
         return dataclasses.replace(out, logprobs=True) if out.top_logprobs else out
 
     @property
@@ -195,35 +190,6 @@ _RANGES = {
 }
 
 
-# generation_config.json settings of transformers' generate that jaxllm does not apply, with the
-# values that change nothing (transformers' defaults); the second group only applies when sampling.
-_PROCESSORS = {"min_length": (None, 0), "no_repeat_ngram_size": (None, 0),
-               "bad_words_ids": (None, []), "suppress_tokens": (None, []), "begin_suppress_tokens": (None, []),
-               "sequence_bias": (None, {}), "forced_bos_token_id": (None,), "forced_eos_token_id": (None,),
-               "exponential_decay_length_penalty": (None,), "num_beams": (None, 1), "penalty_alpha": (None, 0),
-               "stop_strings": (None, [], "")}
-_WARPERS = {"typical_p": (None, 1), "epsilon_cutoff": (None, 0), "eta_cutoff": (None, 0)}
-_warned: set[str] = set()
-
-
-def _warn_unapplied(gen: Mapping, sampled: bool, length_unset: bool) -> None:
-    """A one-line warning (once per process and message) naming the generation_config.json
-    settings that transformers' generate would apply to this request and jaxllm does not: the
-    answer may differ from transformers'. max_length counts only where it would set the length
-    (no max_new_tokens, neither the request's nor the file's)."""
-    names = {**_PROCESSORS, **(_WARPERS if sampled else {})}
-    unapplied = [f"{k}={gen[k]!r}" for k, neutral in names.items() if k in gen and gen[k] not in neutral]
-    if length_unset and gen.get("max_new_tokens") is None and gen.get("max_length") is not None:
-        unapplied.append(f"max_length={gen['max_length']!r} (prompt + new tokens; jaxllm generates max_new_tokens, "
-                         f"default {DEFAULT_MAX_NEW_TOKENS})")
-    message = (f"generation_config.json sets {', '.join(unapplied)}, which jaxllm does not apply: answers may differ "
-               "from transformers' generate (set max_new_tokens, or remove the setting from the file)") if unapplied else ""
-    if message and message not in _warned:
-        _warned.add(message)
-        log.warning(message)
-
-
-DEFAULT_MAX_NEW_TOKENS = 256
 
 # The most new tokens a request may ask for: positions are int32 on the device. What the engine's
 # memory holds is checked where an engine is sized (jaxllm.generation.engine_for, Engine).
@@ -309,13 +275,6 @@ def _check_bias(bias, bad) -> None:
 
 
 STOP_TOKEN_IDS_MAX = 64  # stop_token_ids a request may name: each decode row holds that many beside the EOS ids
-
-
-def _file_min_tokens(gen: Mapping, max_new_tokens) -> int:
-    """generation_config.json's min_new_tokens (transformers' meaning), within max_new_tokens (where generate
-    holds the EOS back to the end); 0 when the file names none."""
-    value = _plain(gen.get("min_new_tokens"))
-    return min(value, max_new_tokens) if _whole(value) and value > 0 and _whole(max_new_tokens) else 0
 
 
 def _stop_ids(ids):

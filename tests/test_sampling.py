@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import jaxllm
-from jaxllm import sampling
-from jaxllm.errors import GenerationError
+from jaxllm import generation_config
+from jaxllm.errors import ConfigError, GenerationError
 from jaxllm.sampling import RowParams, SamplingParams, sample
 
 V, N = 40, 4000
@@ -111,6 +111,39 @@ def test_invalid_values(field, value, message):
         SamplingParams(**{field: value}).resolved()
 
 
+NUMBERS = {"max_new_tokens": 8, "temperature": 0.5, "top_k": 5, "top_p": 0.5, "min_p": 0.25, "repetition_penalty": 1.5,
+           "presence_penalty": 0.5, "frequency_penalty": -0.5, "seed": 7, "top_logprobs": 3, "min_tokens": 2}
+WHOLE = ("max_new_tokens", "top_k", "seed", "top_logprobs", "min_tokens")
+
+
+@pytest.mark.parametrize("field", NUMBERS)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 10**400, -10**400, True, False, np.bool_(True),
+                                   "1", [1], 1 + 0j, np.array([1, 2])], ids=lambda v: repr(v)[:20])
+def test_every_number_field_refuses_the_class_of_bad_values(field, value):
+    """NaN, infinities, ints beyond any range, bools (not numbers, though Python counts them ints), text, lists,
+    complex numbers: one line naming the field and what it takes."""
+    kw = {"max_new_tokens": 8} if field == "min_tokens" else {}
+    with pytest.raises(GenerationError, match=rf"^{field}=.* is invalid: (beyond float32, .*)?use "):
+        SamplingParams(**{**kw, field: value}).resolved()
+
+
+@pytest.mark.parametrize("field, value", [(f, v) for f, v in NUMBERS.items()] + [(f, float(v)) for f, v in NUMBERS.items() if f in WHOLE]
+                         + [(f, 2**70) for f in WHOLE] + [("seed", -1), ("seed", 2**32), ("seed", 2**64), ("top_k", -1),
+                                                          ("temperature", -1e-9)])
+def test_whole_number_fields_refuse_floats_and_seeds_their_range(field, value):
+    """A float for a count (top_k 5.0), a count beyond int32 (2**70) or a seed outside [0, 2**32) (negative, 64-bit) is
+    refused; the same number of
+    the field's kind is taken, as a numpy scalar too (np.float32(0.5), np.int64(8))."""
+    kw = {"max_new_tokens": 8} if field == "min_tokens" else {}
+    if isinstance(value, float) and field in WHOLE or value in (-1, 2**32, 2**64, 2**70, -1e-9):
+        with pytest.raises(GenerationError, match=rf"^{field}=.* is invalid: use "):
+            SamplingParams(**{**kw, field: value}).resolved()
+        return
+    for kind in (np.int64, np.int32, np.uint32) if field in WHOLE else (np.float32, np.float64):
+        got = getattr(SamplingParams(**{**kw, field: kind(value)}).resolved(), field)
+        assert got == getattr(SamplingParams(**{**kw, field: value}).resolved(), field) and type(got) in (int, float)
+
+
 def test_a_bad_value_from_generation_config_names_the_file():
     """A value the loader's field check lets through but sampling refuses (beyond float32) says it
     came from generation_config.json, not from the request that never set it."""
@@ -135,7 +168,7 @@ def test_generation_config_settings_not_applied_are_named_once(caplog, monkeypat
     """Settings of transformers' generate that jaxllm does not apply are not dropped in silence: one
     warning names those that would change this request's answer (not neutral values, not sampling
     filters of a greedy request, not max_length behind a max_new_tokens), once per process."""
-    monkeypatch.setattr(sampling, "_warned", set(), raising=False)  # whatever other tests warned about
+    monkeypatch.setattr(generation_config, "_warned", set(), raising=False)  # whatever other tests warned about
     gen = {"no_repeat_ngram_size": 3, "num_beams": 1, "typical_p": 0.9, "max_length": 100, "min_new_tokens": None}
     with caplog.at_level("WARNING", logger="jaxllm"):
         assert SamplingParams().resolved(gen).max_new_tokens == 256
@@ -167,6 +200,8 @@ def test_seed_reproduces_and_is_batch_independent(tiny):
     assert tiny.generate(prompts[1], params).token_ids == a[1].token_ids
     other = tiny.generate(prompts[0], SamplingParams(**{**params.__dict__, "seed": 6}))
     assert other.token_ids != a[0].token_ids
+    for seed in (np.int64(5), np.uint32(5), jnp.int32(5)):  # a numpy or JAX seed is the number it holds
+        assert tiny.generate(prompts[0], SamplingParams(**{**params.__dict__, "seed": seed})).token_ids == a[0].token_ids
 
 
 def test_without_a_seed_each_sequence_samples_afresh(tiny):
@@ -191,3 +226,57 @@ def test_zero_dim_array_values_are_numbers():
         SamplingParams(temperature=jnp.array([0.5])).resolved()
     with pytest.raises(GenerationError, match="top_k=.*True.* is invalid"):
         SamplingParams(top_k=np.array(True)).resolved()
+
+
+@pytest.mark.parametrize("gen, field", [
+    ({"do_sample": True, "temperature": "0.7"}, "temperature"),  # transformers' TemperatureLogitsWarper refuses a string
+    ({"do_sample": True, "temperature": float("nan")}, "temperature"),
+    ({"do_sample": True, "temperature": [0.7]}, "temperature"),
+    ({"do_sample": "true"}, "do_sample"),
+    ({"do_sample": "false"}, "do_sample"),  # transformers samples: a non-empty string is true
+    ({"do_sample": 1}, "do_sample"),
+    ({"do_sample": True, "top_k": "50"}, "top_k"),
+    ({"do_sample": True, "top_k": 5.0}, "top_k"),
+    ({"do_sample": True, "top_k": True}, "top_k"),
+    ({"do_sample": True, "top_k": -1}, "top_k"),
+    ({"do_sample": True, "top_k": 2**70}, "top_k"),
+    ({"do_sample": True, "top_p": "0.9"}, "top_p"),
+    ({"do_sample": True, "min_p": "0.1"}, "min_p"),
+    ({"repetition_penalty": 0}, "repetition_penalty"),  # once read as 1.0 (no penalty); transformers refuses it
+    ({"repetition_penalty": 0.0}, "repetition_penalty"),
+    ({"repetition_penalty": "1.1"}, "repetition_penalty"),
+    ({"max_new_tokens": 0}, "max_new_tokens"),  # once read as the default 256; transformers refuses it
+    ({"max_new_tokens": "10"}, "max_new_tokens"),
+    ({"max_new_tokens": 10.0}, "max_new_tokens"),
+    ({"max_new_tokens": True}, "max_new_tokens"),
+    ({"min_new_tokens": "3"}, "min_new_tokens"),  # once ignored in silence
+    ({"min_new_tokens": 3.0}, "min_new_tokens"),
+    ({"min_new_tokens": -1}, "min_new_tokens"),
+    ({"eos_token_id": "2"}, "eos_token_id"),
+])
+def test_a_wrong_typed_generation_config_field_is_named(gen, field):
+    """A hand-made generation_config (or a model's, edited in place) is checked as loading checks the file: a
+    wrong-typed or out-of-range value is one line naming the field, not a value read otherwise or a TypeError."""
+    with pytest.raises(ConfigError, match=rf"^generation_config.json '{field}' must be .*: correct that field$"):
+        SamplingParams().resolved(gen)
+
+
+@pytest.mark.parametrize("gen, want", [
+    ({"do_sample": True, "top_k": None, "temperature": None, "top_p": None, "min_p": None}, (1.0, 50, 1.0, 0.0, 1.0, 256)),
+    ({"do_sample": True, "top_p": 1, "min_p": 0, "temperature": 1, "repetition_penalty": 1}, (1.0, 50, 1.0, 0.0, 1.0, 256)),
+    ({"do_sample": None, "repetition_penalty": None, "max_new_tokens": None}, (0.0, 0, 1.0, 0.0, 1.0, 256)),
+    ({"eos_token_id": [1, 2], "max_length": 100}, (0.0, 0, 1.0, 0.0, 1.0, 256)),
+    ({"do_sample": np.bool_(True), "temperature": np.float32(0.5), "top_k": np.int64(7), "max_new_tokens": np.int32(9)},
+     (0.5, 7, 1.0, 0.0, 1.0, 9)),
+])
+def test_generation_config_values_read_as_transformers_reads_them(gen, want):
+    """null is transformers' default (top_k 50 when sampling), whole numbers are numbers, numpy scalars their values."""
+    p = SamplingParams().resolved(gen)
+    assert (p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty, p.max_new_tokens) == want
+    assert all(type(getattr(p, f)) in (int, float) for f in ("temperature", "top_k", "top_p", "max_new_tokens"))
+
+
+@pytest.mark.parametrize("gen", [[("do_sample", True)], "{}", 3])
+def test_a_generation_config_that_is_no_dict_is_named(gen):
+    with pytest.raises(ConfigError, match="^generation_config.json must hold a JSON object"):
+        SamplingParams().resolved(gen)

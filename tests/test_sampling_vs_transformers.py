@@ -22,7 +22,7 @@ import transformers
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from jaxllm.sampling import RowParams, SamplingParams, sample
+from jaxllm.sampling import PENALIZED, RowParams, SamplingParams, sample
 
 SETTINGS = settings(max_examples=100, derandomize=True, deadline=None, database=None,
                     suppress_health_check=list(HealthCheck))
@@ -73,16 +73,21 @@ def _spy(key, row):
 _sample = jax.jit(sample, static_argnames="sampling")  # as the engine runs it; traced with _spy in place
 
 
-def jx_process(logits, history, params: SamplingParams):
-    """jaxllm's `sample` on one row: (greedy token, the logits its random draw samples from)."""
+def jx_process(logits, history, params: SamplingParams, generated=None):
+    """jaxllm's `sample` on one row: (greedy token, the logits its random draw samples from). `generated`: the ids of
+    `history` the row generated, which OpenAI's penalties count (a step of kind PENALIZED); None: no such step."""
     seen = np.zeros((1, len(logits)), bool)
     seen[0, list(history)] = True
     rp = jax.tree.map(jnp.asarray, RowParams.of([params]))
     args = (jnp.asarray(logits, jnp.float32)[None], jnp.asarray(seen), rp, jnp.zeros(1, jnp.int32))
     _CAPTURED.clear()
     with mock.patch.object(jax.random, "categorical", _spy):
-        greedy = int(_sample(*args, sampling=False)[0][0])
-        token = int(_sample(*args, sampling=True)[0][0])
+        if generated is None:
+            greedy = int(_sample(*args, sampling=False)[0][0])
+            token = int(_sample(*args, sampling=True)[0][0])
+        else:
+            counts = jnp.asarray(np.bincount(np.asarray(generated, int), minlength=len(logits))[None], jnp.int32)
+            greedy = token = int(_sample(*args, sampling=PENALIZED, counts=counts)[0][0])
         jax.effects_barrier()
     assert len(_CAPTURED) == 1
     if params.temperature == 0:
@@ -451,3 +456,49 @@ def test_a_temperature_that_would_overflow_float32_still_draws_the_top_token():
     x = np.asarray([2000.0, 3000.0, -5.0], np.float32)
     _, ours = jx_process(x, (), SamplingParams(temperature=1e-36, top_k=0, top_p=1.0, min_p=0.0).resolved())
     assert np.isfinite(ours[:2]).all() and int(np.argmax(ours)) == 1
+
+
+# ---------------------------------------------------------------------------------------- every setting together
+
+COMBINED = dict(temperature=0.7, top_k=6, top_p=0.8, min_p=0.05, repetition_penalty=1.3, presence_penalty=0.5,
+                frequency_penalty=0.7)
+
+
+def hf_penalised_process(x, prompt, generated, kw: dict) -> np.ndarray:
+    """transformers' processors in vLLM's order around OpenAI's penalties: the repetition penalty (over prompt and
+    output), the presence and frequency penalties (`_OpenAIPenalties`, over the output), then temperature, top-k, top-p
+    and min-p (a custom processor runs after transformers' own: composed by hand to keep vLLM's order)."""
+    history = prompt + generated
+    filters = {k: v for k, v in kw.items() if k not in ("repetition_penalty", "presence_penalty", "frequency_penalty")}
+    x = hf_process(x, history, {"do_sample": False}, repetition_penalty=kw["repetition_penalty"])
+    ids = torch.tensor([history])
+    x = _OpenAIPenalties(len(prompt), kw["presence_penalty"], kw["frequency_penalty"])(ids, torch.tensor(x)[None]).numpy()[0]
+    return hf_process(x, (), {"do_sample": True}, repetition_penalty=1.0, **filters)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("kw", [
+    COMBINED,
+    {**COMBINED, "presence_penalty": -2.0, "frequency_penalty": 2.0, "repetition_penalty": 0.5},
+    {**COMBINED, "top_p": 1e-9},  # the top token alone, penalties deciding which it is
+    {**COMBINED, "min_p": 1.0},  # only tokens as likely as the top one
+    {**COMBINED, "top_k": 1, "top_p": 1.0, "min_p": 0.0},
+    {**COMBINED, "top_k": 0, "top_p": 0.5, "min_p": 0.0, "temperature": 1.6},
+    {**COMBINED, "temperature": 1e-6},  # near-greedy: transformers' division, and the greedy token on top
+    {**COMBINED, "top_k": 0, "top_p": 1.0, "min_p": 0.0},  # the penalties alone decide the distribution
+], ids=lambda kw: ",".join(f"{k[:4]}={v:g}" for k, v in kw.items()))
+def test_every_setting_together_matches_transformers_processors(kw, seed):
+    """Temperature, top-k, top-p, min-p and the repetition, presence and frequency penalties at once (a step of kind
+    PENALIZED, counting the output's tokens), extreme values among them: the same tokens survive with the same
+    processed logits (so the same log-probabilities) as transformers' processors, to 2 ulp, and the most likely of
+    them is the greedy token under the same penalties."""
+    x = np.random.default_rng(seed).normal(0, 2.0, 16).astype(np.float32)
+    top = np.argsort(-x).tolist()  # the most likely tokens generated (some often) and prompted: the penalties decide
+    prompt, generated = [top[3], top[3], top[9], top[1]], [top[0], top[2], top[0], top[0], top[5], top[12]]
+    ref = hf_penalised_process(x, prompt, generated, kw)
+    params = SamplingParams(**kw).resolved({"do_sample": True})
+    _, ours = jx_process(x, prompt + generated, params, generated=generated)
+    assert np.array_equal(np.isfinite(ours), np.isfinite(ref)), (ours, ref)
+    np.testing.assert_allclose(ours[np.isfinite(ours)], ref[np.isfinite(ref)], rtol=5e-7, atol=0)
+    greedy, _ = jx_process(x, prompt + generated, dataclasses.replace(params, temperature=0.0), generated=generated)
+    assert greedy == int(np.argmax(ref)) == int(np.argmax(ours))
