@@ -31,6 +31,22 @@ CASES = [  # format, answer, content, calls (name, arguments as json.dumps write
     ("hermes", '<tool_call>{"arguments":{"a":[1,2.50,1E2,true,null,{}],"s":"q\\"\\u00e9\\ud83d\\ude00\\n/\\/"},'
      '"name":"f","id":{"k":"}"}}</tool_call>', None,  # the name after the arguments; json.dumps's spacing and escapes
      [("f", '{"a": [1, 2.5, 100.0, true, null, {}], "s": "q\\"é😀\\n//"}')]),
+    ("hermes", '<tool_call>{"name": "f", "arguments": {"code": "x = 1\n\tif a:\r\n"}}</tool_call>', None,  # raw
+     [("f", '{"code": "x = 1\\n\\tif a:\\r\\n"}')]),  # control characters in a string (code): their escapes
+    ("hermes", '<tool_call>{"name": "f", "arguments": {"s": "a}b{\\"</tool_call>"}, "k": "</tool_call>"}</tool_call>x',
+     "x", [("f", '{"s": "a}b{\\"</tool_call>"}')]),  # the end marker inside a string is text of the string
+    ("hermes", '<tool_call>{"name": "f", "arguments": {"s": "cut </tool_call> here', None,
+     [("f", '{"s": "cut </tool_call> here')]),
+    ("hermes", f"<tool_call>\n{WEATHER}\n{TIME}\n</tool_call>", None, TIMED),  # parallel calls in one block
+    ("hermes", f"<tool_call>[{WEATHER}, {TIME}]</tool_call>", None, TIMED),
+    ("hermes", f"<tool_call>{WEATHER}, {TIME}</tool_call>", None, TIMED),
+    ("hermes", '<tool_call>{"name": "f", "arguments": {"a": "\\x", "b": 1}}</tool_call> ok', "ok",  # a bad escape:
+     [("f", '{"a": "')]),  # cut there (no closing quote that would read as a whole string)
+    ("hermes", 'Wrap calls in <tool_call> tags, e.g. <tool_call>{"name": ...}</tool_call>.',  # calls in prose: text
+     'Wrap calls in <tool_call> tags, e.g. <tool_call>{"name": ...}</tool_call>.', []),
+    ("hermes", '<tool_call>{"name": "f", "arguments": [1, 2]}</tool_call><tool_call>{"name": "f", "arguments": "{}"}'
+     '</tool_call>', '<tool_call>{"name": "f", "arguments": [1, 2]}</tool_call><tool_call>{"name": "f", "arguments": '
+     '"{}"}</tool_call>', []),  # arguments that are no object: text
     ("llama3_json", '{"name": "get_weather", "parameters": {"city": "Paris", "unit": "°C"}}', None, CALLS),
     ("llama3_json", f'<|python_tag|>{WEATHER}; {TIME}', None, TIMED),
     ("llama3_json", f"{WEATHER} is what I would call.", None, CALLS),  # what follows the calls is dropped
@@ -40,6 +56,8 @@ CASES = [  # format, answer, content, calls (name, arguments as json.dumps write
     ("mistral", f"Sure. [TOOL_CALLS] [{WEATHER}]", "Sure.", CALLS),
     ("mistral", f"[TOOL_CALLS]{WEATHER}", None, CALLS),
     ("mistral", "[TOOL_CALLS][{'name': 'f'}]", "[TOOL_CALLS][{'name': 'f'}]", []),
+    ("mistral", '[TOOL_CALLS][{"name": "f", "arguments": {"a": "]}, [TOOL_CALLS]\n"}}]', None,
+     [("f", '{"a": "]}, [TOOL_CALLS]\\n"}')]),
 ]
 
 
@@ -51,6 +69,7 @@ def _run(fmt: str, pieces: list[str]):
         text, deltas = reader.feed(piece, final=i == len(pieces) - 1)
         content += text
         for delta in deltas:
+            assert delta["index"] >= (calls[-1]["index"] if calls else 0)  # a call's deltas before the next call's
             if delta["index"] == len(calls):  # a call's first delta: all but the rest of its arguments
                 assert delta["type"] == "function" and delta["id"] and delta["function"]["name"]
                 calls.append({**delta, "function": dict(delta["function"]), "id": None})
@@ -77,6 +96,8 @@ def test_calls_and_text_around_them_whole_and_split_anywhere(fmt, answer, conten
     assert _run(fmt, [*answer, ""]) == (whole, strip)  # one character an event, then the end
     for cut in range(1, len(answer)):  # two pieces, cut at every boundary, the end with the second
         assert _run(fmt, [answer[:cut], answer[cut:]]) == (whole, strip), cut
+    for size in range(2, 9):  # pieces of a few characters, as tokens come
+        assert _run(fmt, [answer[i : i + size] for i in range(0, len(answer), size)]) == (whole, strip), size
 
 
 def test_held_text_goes_out_once_it_cannot_start_a_call():

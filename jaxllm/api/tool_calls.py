@@ -3,7 +3,8 @@ OpenAI's `tool_calls` as the text arrives (vLLM's --tool-call-parser; `python -m
 --tool-call-parser NAME`).
 
     hermes       <tool_call>{"name": ..., "arguments": {...}}</tool_call>, any number, text around them
-                 (Qwen2.5, Qwen3, Hermes 2 Pro / 3; an unclosed last one is read at the answer's end)
+                 (Qwen2.5, Qwen3, Hermes 2 Pro / 3; an unclosed last one is read at the answer's end; several
+                 calls in one block, one after another or as a [...] list, are each a call)
     llama3_json  an answer that is JSON calls alone: [<|python_tag|>]{"name": ..., "parameters": {...}}
                  (or "arguments"), several joined by ';' (Llama 3.1 - 3.3's JSON tool calling)
     mistral      [TOOL_CALLS][{"name": ..., "arguments": {...}}, ...] to the answer's end, text before it
@@ -14,7 +15,8 @@ pieces that became settled). A block (from its marker; for llama3_json the answe
 '{') holds back its text until a call object's header is read: its "name" and the '{' that begins
 its arguments (`Call`); from then on the arguments stream (`Args`), re-written as json.dumps writes
 them (json.dumps(json.loads(arguments), ensure_ascii=False): the non-streamed form), a number once it
-ends, a string's characters as they come. A block none of whose objects becomes a call (not JSON, no
+ends, a string's characters as they come (a raw newline or tab in one, as models write code, as its
+escape; an end marker inside one is its text, not the block's end). A block none of whose objects becomes a call (not JSON, no
 name, arguments that are not an object) is text, as vLLM leaves it; once a call has begun it stays
 one: a block cut short (max_tokens, a closing marker inside the JSON) or whose JSON breaks after the
 header keeps the arguments given so far, and what follows the calls in their block is dropped.
@@ -44,7 +46,7 @@ class Args:
     text: str
 
 
-_DECODER = json.JSONDecoder()
+_DECODER = json.JSONDecoder(strict=False)  # a raw newline or tab inside a string, as models write code: its escape
 _SPACE = re.compile(r"[ \t\n\r]*")
 _WHITE = " \t\n\r"
 _LITERAL = re.compile(r"[-+.0-9a-zA-Z]")  # the characters of numbers, true, false, null (NaN, Infinity as json reads them)
@@ -112,7 +114,8 @@ class _Arguments:
                     self.escape, self.token = True, self.token + ch
                 else:
                     self.string = False
-                    out += [self._text(whole=True), '"']
+                    part = self._text(whole=True)
+                    out += [part, '"'] if not self.broken else []
                     self._then("colon" if self.key else None)
                 continue
             if self.token:
@@ -175,7 +178,7 @@ class _Arguments:
         part = self.token if whole else self.token[:end]
         self.token = self.token[len(part) :]
         try:
-            return json.dumps(json.loads(f'"{part}"'), ensure_ascii=False)[1:-1]
+            return json.dumps(_DECODER.decode(f'"{part}"'), ensure_ascii=False)[1:-1]
         except ValueError:
             self.broken = True
             return ""
@@ -261,7 +264,7 @@ class Format:
                 continue
             text = text.lstrip(_WHITE)
             ch, text = text[:1], text[1:]
-            if ch == "{" and self.stage in ("open", "next"):
+            if ch == "{" and self.stage in ("open", "next", "after"):  # calls one after another: white space between
                 self.obj, text = _Object(self.keys), ch + text
             elif ch == "[" and self.stage == "open" and self.brackets:
                 self.stage, self.opened = "next", True
@@ -273,6 +276,13 @@ class Format:
                 self.stage = "drop"  # no (further) call here
         self.made = self.made or any(isinstance(item, Call) for item in items)
         return items
+
+    def _quoted(self) -> bool:
+        """Whether the open block's text stops inside a string of a call's arguments (or of the keys after them)."""
+        obj = self.obj
+        if obj is None or obj.args is None or obj.broken:
+            return False
+        return obj.args.string if not obj.args.done else obj.string
 
     def _close(self, marker: str) -> list:
         """The block ends: its calls, or its text when it made none."""
@@ -304,10 +314,15 @@ class Tagged(Format):
                 out.append(self.buf[:at])
                 self._open(self.start)
                 self.buf = self.buf[at + len(self.start) :]
-            close = self.buf.find(self.end) if self.end else -1
-            stop = close if close >= 0 else len(self.buf) - (0 if final or not self.end else _partial(self.buf, self.end))
-            out += self._body(self.buf[:stop])
-            self.buf = self.buf[stop:]
+            while True:  # an end marker inside a string of the arguments is that string's text
+                close = self.buf.find(self.end) if self.end else -1
+                stop = close if close >= 0 else len(self.buf) - (0 if final or not self.end else _partial(self.buf, self.end))
+                out += self._body(self.buf[:stop])
+                self.buf = self.buf[stop:]
+                if close < 0 or not self._quoted():
+                    break
+                out += self._body(self.end)
+                self.buf = self.buf[len(self.end) :]
             if close < 0 and not final:
                 break
             marker = self.end if close >= 0 else ""
@@ -318,6 +333,7 @@ class Tagged(Format):
 
 class Hermes(Tagged):
     name, start, end = "hermes", "<tool_call>", "</tool_call>"
+    sep, brackets = ",", True  # several calls in one block: [{...}, {...}], or one after another
 
 
 class Mistral(Tagged):
