@@ -8,7 +8,9 @@ OpenAI's `tool_calls` as the text arrives (vLLM's --tool-call-parser; `python -m
     llama3_json  an answer that is JSON calls alone: [<|python_tag|>]{"name": ..., "parameters": {...}}
                  (or "arguments"), several joined by ';' (Llama 3.1 - 3.3's JSON tool calling)
     mistral      [TOOL_CALLS][{"name": ..., "arguments": {...}}, ...] to the answer's end, text before it
-                 (Mistral-7B-Instruct-v0.3's format; call ids of 9 letters and digits, as its template demands)
+                 (Mistral-7B-Instruct-v0.3's format; call ids of 9 letters and digits, as its template demands),
+                 or [TOOL_CALLS]name[ARGS]{...} a call (v11 tokenizers: Mistral Small 3.2, Devstral; [ARGS]
+                 optional, as vLLM reads it with the marker skipped); a [TOOL_CALLS] begins each block
 
 Each format is a small incremental parser (`feed(text, final)` -> the text, call starts and argument
 pieces that became settled). A block (from its marker; for llama3_json the answer from its first
@@ -53,6 +55,7 @@ _LITERAL = re.compile(r"[-+.0-9a-zA-Z]")  # the characters of numbers, true, fal
 _UNIT = re.compile(r'[^"\\]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4}')  # one character of a JSON string's text
 _HIGH = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}")  # a surrogate pair's first half: waits for the second
 _CLOSE = {"{": "}", "[": "]"}
+_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,256}")  # a function's name written before its arguments (OpenAI's names)
 
 
 def _header(text: str, keys: tuple[str, ...]) -> tuple[str, int] | None:
@@ -186,10 +189,11 @@ class _Arguments:
 
 class _Object:
     """One call object's text from its '{': held while its header arrives, then its arguments'
-    pieces, then the rest of the object skipped to its '}' (`closed`; `rest`: the text after it)."""
+    pieces, then the rest of the object skipped to its '}' (`closed`; `rest`: the text after it).
+    `name` given (the name written before the object): the object is the arguments, closed with them."""
 
-    def __init__(self, keys: tuple[str, ...]):
-        self.keys, self.text = keys, ""
+    def __init__(self, keys: tuple[str, ...], name: str | None = None):
+        self.keys, self.text, self.name = keys, "", name
         self.args: _Arguments | None = None  # once the header is read
         self.depth, self.string, self.escape = 1, False, False  # the object's rest, after the arguments
         self.closed = False
@@ -200,6 +204,8 @@ class _Object:
 
     def feed(self, text: str) -> tuple[list, str]:
         items: list = []
+        if self.args is None and self.name is not None:
+            self.args, items = _Arguments(), [Call(self.name)]
         if self.args is None:
             self.text += text
             head = _header(self.text, self.keys)
@@ -210,6 +216,9 @@ class _Object:
             piece, used = self.args.feed(text)
             items += [Args(piece)] if piece else []
             text = text[used:] if not self.args.broken else ""
+        if self.name is not None:
+            self.closed = self.args.done
+            return items, text
         for i, ch in enumerate(text):  # the keys after the arguments: skipped
             if self.string:
                 self.escape, self.string = not self.escape and ch == "\\", self.escape or ch != '"'
@@ -234,6 +243,7 @@ class Format:
     keys: tuple[str, ...] = ("arguments",)
     sep: str | None = None
     brackets = False
+    args_mark = ""  # set: a call may also be its name, this marker (optional) and its arguments' object
 
     def __init__(self):
         self.buf = ""  # text received and not yet settled
@@ -247,7 +257,7 @@ class Format:
         return f"call_{uuid.uuid4().hex[:24]}"
 
     def _open(self, marker: str) -> None:
-        self.raw, self.stage, self.obj, self.made, self.opened = marker, "open", None, False, False
+        self.raw, self.stage, self.obj, self.made, self.opened, self.fname = marker, "open", None, False, False, ""
 
     def _body(self, text: str) -> list:
         """The calls in the next of the open block's text."""
@@ -262,10 +272,19 @@ class Format:
                 elif self.obj.closed:
                     self.obj, self.stage = None, "after"
                 continue
-            text = text.lstrip(_WHITE)
-            ch, text = text[:1], text[1:]
-            if ch == "{" and self.stage in ("open", "next", "after"):  # calls one after another: white space between
+            ch = text.lstrip(_WHITE)
+            self.fname += " " if self.stage == "name" and ch != text else ""  # kept: 'a b{' names no function
+            ch, text = ch[:1], ch[1:]
+            if ch == "{" and self.stage == "name":  # name{arguments}
+                name = self.fname.strip().removesuffix(self.args_mark).rstrip()
+                self.stage = "drop" if not _NAME.fullmatch(name) else self.stage
+                self.obj, text = (_Object(self.keys, name), ch + text) if self.stage != "drop" else (None, text)
+            elif ch == "{" and self.stage in ("open", "next", "after"):  # calls one after another: white space between
                 self.obj, text = _Object(self.keys), ch + text
+            elif ch and self.stage in ("open", "name") and self.args_mark and ch not in "[{":
+                self.stage, self.fname = "name", (self.fname if self.stage == "name" else "") + ch
+            elif ch == "[" and self.stage == "name":
+                self.fname += ch
             elif ch == "[" and self.stage == "open" and self.brackets:
                 self.stage, self.opened = "next", True
             elif ch and ch == self.sep and self.stage == "after":
@@ -325,7 +344,7 @@ class Tagged(Format):
                 self.buf = self.buf[len(self.end) :]
             if close < 0 and not final:
                 break
-            marker = self.end if close >= 0 else ""
+            marker = self.end if close >= 0 and self.end != self.start else ""  # or the next block's start
             out += self._close(marker)
             self.buf = self.buf[len(marker) :]
         return [item for item in out if item != ""]
@@ -337,9 +356,12 @@ class Hermes(Tagged):
 
 
 class Mistral(Tagged):
-    name, start, end = "mistral", "[TOOL_CALLS]", None
+    """v0.3's [TOOL_CALLS][{...}, ...], and the later tokenizers' (v11: Mistral Small 3.2, Devstral, Magistral)
+    [TOOL_CALLS]name[ARGS]{...} a call, the next behind its own [TOOL_CALLS]."""
+
+    name, start, end = "mistral", "[TOOL_CALLS]", "[TOOL_CALLS]"  # a block ends where the next begins
     keep_special = True  # [TOOL_CALLS] is a control token: skipped, the calls would read as JSON text
-    sep, brackets = ",", True
+    sep, brackets, args_mark = ",", True, "[ARGS]"
 
     @staticmethod
     def call_id() -> str:
