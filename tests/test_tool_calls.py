@@ -44,9 +44,16 @@ CASES = [  # format, answer, content, calls (name, arguments as json.dumps write
      [("f", '{"a": "')]),  # cut there (no closing quote that would read as a whole string)
     ("hermes", 'Wrap calls in <tool_call> tags, e.g. <tool_call>{"name": ...}</tool_call>.',  # calls in prose: text
      'Wrap calls in <tool_call> tags, e.g. <tool_call>{"name": ...}</tool_call>.', []),
-    ("hermes", '<tool_call>{"name": "f", "arguments": [1, 2]}</tool_call><tool_call>{"name": "f", "arguments": "{}"}'
+    ("hermes", '<tool_call>{"name": "f", "arguments": [1, 2]}</tool_call><tool_call>{"name": "f", "arguments": "{x}"}'
      '</tool_call>', '<tool_call>{"name": "f", "arguments": [1, 2]}</tool_call><tool_call>{"name": "f", "arguments": '
-     '"{}"}</tool_call>', []),  # arguments that are no object: text
+     '"{x}"}</tool_call>', []),  # arguments that are no object (nor a string of one): text
+    ("hermes", '<tool_call>{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\", \\"unit\\": \\"\\u00b0C\\"}"}'
+     '</tool_call>', None, CALLS),  # arguments as a JSON string of the object (OpenAI's field): the object
+    ("hermes", '<tool_call>{"arguments": "{\\"s\\": \\"a\\\\\\"</tool_call>\\", \\"n\\": 12", "name": "f"}</tool_call> ok',
+     "ok", [("f", '{"s": "a\\"</tool_call>", "n": 12')]),  # ... ended inside it: cut there
+    ("llama3_json", '{"name": "get_time", "parameters": "{}"}', None, [("get_time", "{}")]),
+    ("hermes", '<tool_call>{"arguments": {"s": "</tool_call>"}, "name": "f"}</tool_call>', None,  # before the name
+     [("f", '{"s": "</tool_call>"}')]),
     ("llama3_json", '{"name": "get_weather", "parameters": {"city": "Paris", "unit": "°C"}}', None, CALLS),
     ("llama3_json", f'<|python_tag|>{WEATHER}; {TIME}', None, TIMED),
     ("llama3_json", f"{WEATHER} is what I would call.", None, CALLS),  # what follows the calls is dropped

@@ -18,8 +18,10 @@ pieces that became settled). A block (from its marker; for llama3_json the answe
 its arguments (`Call`); from then on the arguments stream (`Args`), re-written as json.dumps writes
 them (json.dumps(json.loads(arguments), ensure_ascii=False): the non-streamed form), a number once it
 ends, a string's characters as they come (a raw newline or tab in one, as models write code, as its
-escape; an end marker inside one is its text, not the block's end). A block none of whose objects becomes a call (not JSON, no
-name, arguments that are not an object) is text, as vLLM leaves it; once a call has begun it stays
+escape; an end marker inside one is its text, not the block's end). Arguments written as a JSON
+string of the object ("arguments": "{\\"city\\": ...}", as OpenAI's field holds them) are that
+object. A block none of whose objects becomes a call (not JSON, no name, arguments that are not an
+object) is text, as vLLM leaves it; once a call has begun it stays
 one: a block cut short (max_tokens, a closing marker inside the JSON) or whose JSON breaks after the
 header keeps the arguments given so far, and what follows the calls in their block is dropped.
 ToolCalls turns one choice's items into OpenAI's shapes; since a whole answer is parsed by the same
@@ -55,13 +57,40 @@ _LITERAL = re.compile(r"[-+.0-9a-zA-Z]")  # the characters of numbers, true, fal
 _UNIT = re.compile(r'[^"\\]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4}')  # one character of a JSON string's text
 _HIGH = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}")  # a surrogate pair's first half: waits for the second
 _CLOSE = {"{": "}", "[": "]"}
+_QUOTED = re.compile(r'"\{[ \t\n\r]*(\\"|\})')  # a string that begins a JSON object: '"{\"' or '"{}'
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,256}")  # a function's name written before its arguments (OpenAI's names)
+
+
+def _settled(text: str) -> tuple[int, int]:
+    """How much of a JSON string's text `text` is whole characters (a surrogate pair's first half waits),
+    and where its characters end (at its closing '"', an escape not whole yet, or the end)."""
+    at = end = 0
+    while unit := _UNIT.match(text, at):
+        at = unit.end()
+        end = at if not _HIGH.fullmatch(unit.group()) else end
+    return end, at
+
+
+def _in_string(string: bool, escape: bool, ch: str) -> tuple[bool, bool, bool]:
+    """JSON text read on by `ch`: whether it is inside a string, after a backslash there, and whether `ch` is a
+    string's (its quotes too)."""
+    if string:
+        return escape or ch != '"', not escape and ch == "\\", True
+    return ch == '"', False, ch == '"'
+
+
+def _open_string(text: str) -> bool:
+    """Whether JSON text `text` stops inside a string."""
+    string = escape = False
+    for ch in text:
+        string, escape, _ = _in_string(string, escape, ch)
+    return string
 
 
 def _header(text: str, keys: tuple[str, ...]) -> tuple[str, int] | None:
     """A call object's beginning `text` ('{' ...) read again as it grows: its name and where its
-    arguments' '{' is (the first of `keys` whose value is an object), once both have arrived; None
-    before, and for an object that is no call."""
+    arguments' '{' is (the first of `keys` whose value is an object, or a string of one: '"{\\"'), once
+    both have arrived; None before, and for an object that is no call."""
     name = args = None
     at = 1
     while True:
@@ -71,7 +100,7 @@ def _header(text: str, keys: tuple[str, ...]) -> tuple[str, int] | None:
             if not isinstance(key, str) or text[at : at + 1] != ":":
                 return None
             at = _SPACE.match(text, at + 1).end()
-            if key in keys and args is None and text[at : at + 1] == "{":
+            if key in keys and args is None and (text[at : at + 1] == "{" or _QUOTED.match(text, at)):
                 args = at
             elif name is None and key == "name" and text[at : at + 1] != '"':
                 return None
@@ -174,11 +203,7 @@ class _Arguments:
 
     def _text(self, whole: bool) -> str:
         """A string's text received so far, re-escaped as json.dumps does (not whole: up to its last whole character)."""
-        at = end = 0
-        while not whole and (unit := _UNIT.match(self.token, at)):
-            at = unit.end()
-            end = at if not _HIGH.fullmatch(unit.group()) else end
-        part = self.token if whole else self.token[:end]
+        part = self.token if whole else self.token[: _settled(self.token)[0]]
         self.token = self.token[len(part) :]
         try:
             return json.dumps(_DECODER.decode(f'"{part}"'), ensure_ascii=False)[1:-1]
@@ -190,17 +215,29 @@ class _Arguments:
 class _Object:
     """One call object's text from its '{': held while its header arrives, then its arguments'
     pieces, then the rest of the object skipped to its '}' (`closed`; `rest`: the text after it).
-    `name` given (the name written before the object): the object is the arguments, closed with them."""
+    `name` given (the name written before the object): the object is the arguments, closed with them.
+    Arguments written as a JSON string of the object ("arguments": "{\\"a\\": 1}", as OpenAI's field holds
+    them) are that object: the string's text decoded as it comes."""
 
     def __init__(self, keys: tuple[str, ...], name: str | None = None):
         self.keys, self.text, self.name = keys, "", name
         self.args: _Arguments | None = None  # once the header is read
         self.depth, self.string, self.escape = 1, False, False  # the object's rest, after the arguments
         self.closed = False
+        self.quoted: str | None = None  # arguments in a string: its text not decoded yet (None: not, or closed)
 
     @property
     def broken(self) -> bool:
         return self.args is not None and self.args.broken
+
+    @property
+    def in_string(self) -> bool:
+        """Whether the text so far stops inside a string of the arguments (or of the keys after them)."""
+        if self.args is None:
+            return _open_string(self.text)
+        if self.broken:
+            return False
+        return self.quoted is not None or (self.args.string if not self.args.done else self.string)
 
     def feed(self, text: str) -> tuple[list, str]:
         items: list = []
@@ -212,7 +249,12 @@ class _Object:
             if head is None:
                 return items, ""
             self.args, items, text = _Arguments(), [Call(head[0])], self.text[head[1] :]
-        if not self.args.done:
+            self.quoted, text = ("", text[1:]) if text[0] == '"' else (None, text)
+        if self.quoted is not None:
+            piece, used = self._unquote(text)
+            items += [Args(piece)] if piece else []
+            text = text[used:]
+        elif not self.args.done:
             piece, used = self.args.feed(text)
             items += [Args(piece)] if piece else []
             text = text[used:] if not self.args.broken else ""
@@ -220,16 +262,27 @@ class _Object:
             self.closed = self.args.done
             return items, text
         for i, ch in enumerate(text):  # the keys after the arguments: skipped
-            if self.string:
-                self.escape, self.string = not self.escape and ch == "\\", self.escape or ch != '"'
-            elif ch == '"':
-                self.string = True
-            else:
+            self.string, self.escape, quote = _in_string(self.string, self.escape, ch)
+            if not self.string and not quote:
                 self.depth += (ch in "{[") - (ch in "}]")
                 if self.depth == 0:
                     self.closed = True
                     return items, text[i + 1 :]
         return items, ""
+
+    def _unquote(self, text: str) -> tuple[str, int]:
+        """The arguments' pieces in the next of their string's text, and how much of `text` the string took."""
+        raw, held = self.quoted + text, len(self.quoted)
+        end, at = _settled(raw)
+        closed = raw[at : at + 1] == '"'
+        part = raw[: at if closed else end]
+        piece = self.args.feed(_DECODER.decode(f'"{part}"'))[0] if part and not self.args.done else ""
+        if not closed:
+            self.quoted = raw[len(part) :]
+            return piece, len(text)
+        piece += self.args.finish() if not self.args.done else ""  # a number the string ends with
+        self.quoted, self.args.broken = None, self.args.broken or not self.args.done  # the string ends with the object
+        return piece, at + 1 - held
 
 
 class Format:
@@ -298,10 +351,7 @@ class Format:
 
     def _quoted(self) -> bool:
         """Whether the open block's text stops inside a string of a call's arguments (or of the keys after them)."""
-        obj = self.obj
-        if obj is None or obj.args is None or obj.broken:
-            return False
-        return obj.args.string if not obj.args.done else obj.string
+        return self.obj is not None and self.obj.in_string
 
     def _close(self, marker: str) -> list:
         """The block ends: its calls, or its text when it made none."""
