@@ -54,6 +54,9 @@ CASES = [  # format, answer, content, calls (name, arguments as json.dumps write
     ("llama3_json", '{"name": "get_time", "parameters": "{}"}', None, [("get_time", "{}")]),
     ("hermes", '<tool_call>{"arguments": {"s": "</tool_call>"}, "name": "f"}</tool_call>', None,  # before the name
      [("f", '{"s": "</tool_call>"}')]),
+    ("hermes", f"<tool_call>\n```json\n{WEATHER}\n```\n</tool_call>", None, CALLS),  # a markdown fence in the block
+    ("hermes", f"<tool_call>```{WEATHER}\n{TIME}```</tool_call> ok", "ok", TIMED),
+    ("hermes", f"<tool_call>``{WEATHER}</tool_call>", f"<tool_call>``{WEATHER}</tool_call>", []),  # no fence: text
     ("llama3_json", '{"name": "get_weather", "parameters": {"city": "Paris", "unit": "°C"}}', None, CALLS),
     ("llama3_json", f'<|python_tag|>{WEATHER}; {TIME}', None, TIMED),
     ("llama3_json", f"{WEATHER} is what I would call.", None, CALLS),  # what follows the calls is dropped
@@ -70,6 +73,7 @@ CASES = [  # format, answer, content, calls (name, arguments as json.dumps write
     ("mistral", 'hi{hi[TOOL_CALLS]bash{"c": "print(\\"{}\\")\\n', "hi{hi", [("bash", '{"c": "print(\\"{}\\")\\n')]),
     ("mistral", '[TOOL_CALLS]two words{"a": 1}', '[TOOL_CALLS]two words{"a": 1}', []),  # no function's name: text
     ("mistral", "[TOOL_CALLS]only_a_name", "[TOOL_CALLS]only_a_name", []),
+    ("mistral", f"[TOOL_CALLS]```json\n[{WEATHER}]\n```", None, CALLS),
     ("mistral", '[TOOL_CALLS][{"name": "f", "arguments": {"a": "]}, [TOOL_CALLS]\n"}}]', None,
      [("f", '{"a": "]}, [TOOL_CALLS]\\n"}')]),
 ]

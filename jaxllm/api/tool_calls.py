@@ -4,7 +4,8 @@ OpenAI's `tool_calls` as the text arrives (vLLM's --tool-call-parser; `python -m
 
     hermes       <tool_call>{"name": ..., "arguments": {...}}</tool_call>, any number, text around them
                  (Qwen2.5, Qwen3, Hermes 2 Pro / 3; an unclosed last one is read at the answer's end; several
-                 calls in one block, one after another or as a [...] list, are each a call)
+                 calls in one block, one after another or as a [...] list, are each a call; a markdown fence
+                 around them inside the block, ```json ... ```, is skipped)
     llama3_json  an answer that is JSON calls alone: [<|python_tag|>]{"name": ..., "parameters": {...}}
                  (or "arguments"), several joined by ';' (Llama 3.1 - 3.3's JSON tool calling)
     mistral      [TOOL_CALLS][{"name": ..., "arguments": {...}}, ...] to the answer's end, text before it
@@ -58,6 +59,7 @@ _UNIT = re.compile(r'[^"\\]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4}')  # one character o
 _HIGH = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}")  # a surrogate pair's first half: waits for the second
 _CLOSE = {"{": "}", "[": "]"}
 _QUOTED = re.compile(r'"\{[ \t\n\r]*(\\"|\})')  # a string that begins a JSON object: '"{\"' or '"{}'
+_FENCE = re.compile(r"```[A-Za-z]*")  # a markdown code fence around a block's calls ("```json")
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,256}")  # a function's name written before its arguments (OpenAI's names)
 
 
@@ -310,7 +312,8 @@ class Format:
         return f"call_{uuid.uuid4().hex[:24]}"
 
     def _open(self, marker: str) -> None:
-        self.raw, self.stage, self.obj, self.made, self.opened, self.fname = marker, "open", None, False, False, ""
+        self.raw, self.stage, self.obj, self.made, self.opened = marker, "open", None, False, False
+        self.fname = self.fence = ""  # a name before its arguments (args_mark); a markdown fence, as it arrives
 
     def _body(self, text: str) -> list:
         """The calls in the next of the open block's text."""
@@ -326,28 +329,42 @@ class Format:
                     self.obj, self.stage = None, "after"
                 continue
             ch = text.lstrip(_WHITE)
-            self.fname += " " if self.stage == "name" and ch != text else ""  # kept: 'a b{' names no function
-            ch, text = ch[:1], ch[1:]
-            if ch == "{" and self.stage == "name":  # name{arguments}
-                name = self.fname.strip().removesuffix(self.args_mark).rstrip()
-                self.stage = "drop" if not _NAME.fullmatch(name) else self.stage
-                self.obj, text = (_Object(self.keys, name), ch + text) if self.stage != "drop" else (None, text)
-            elif ch == "{" and self.stage in ("open", "next", "after"):  # calls one after another: white space between
-                self.obj, text = _Object(self.keys), ch + text
-            elif ch and self.stage in ("open", "name") and self.args_mark and ch not in "[{":
-                self.stage, self.fname = "name", (self.fname if self.stage == "name" else "") + ch
-            elif ch == "[" and self.stage == "name":
-                self.fname += ch
-            elif ch == "[" and self.stage == "open" and self.brackets:
-                self.stage, self.opened = "next", True
-            elif ch and ch == self.sep and self.stage == "after":
-                self.stage = "next"
-            elif ch == "]" and self.stage == "after" and self.opened:
-                self.stage = "end"
-            elif ch:
-                self.stage = "drop"  # no (further) call here
+            spaced, (ch, text) = ch != text, (ch[:1], ch[1:])
+            name = self._between(ch, spaced)
+            if name is not None:  # a call's object begins
+                self.obj, text = _Object(self.keys, name or None), ch + text
         self.made = self.made or any(isinstance(item, Call) for item in items)
         return items
+
+    def _between(self, ch: str, spaced: bool) -> str | None:
+        """The next character outside the calls' objects (white space before it: `spaced`); not None when it
+        begins a call's object: the name written before it ('' when the object holds its name)."""
+        self.fname += " " if self.stage == "name" and spaced else ""  # kept: 'a b{' names no function
+        if self.fence and (spaced or not (ch == "`" or ch.isalnum())):  # a markdown fence ends: skipped
+            self.stage, self.fence = self.stage if _FENCE.fullmatch(self.fence) else "drop", ""
+        if ch == "`" and self.stage in ("open", "after", "end") or self.fence and (ch == "`" or ch.isalnum()):
+            self.fence += ch
+        elif self.stage == "drop":
+            return None
+        elif ch == "{" and self.stage == "name":  # name{arguments}
+            name = self.fname.strip().removesuffix(self.args_mark).rstrip()
+            self.stage = "drop" if not _NAME.fullmatch(name) else self.stage
+            return name if self.stage != "drop" else None
+        elif ch == "{" and self.stage in ("open", "next", "after"):  # calls one after another: white space between
+            return ""
+        elif ch and self.stage in ("open", "name") and self.args_mark and ch not in "[{":
+            self.stage, self.fname = "name", (self.fname if self.stage == "name" else "") + ch
+        elif ch == "[" and self.stage == "name":
+            self.fname += ch
+        elif ch == "[" and self.stage == "open" and self.brackets:
+            self.stage, self.opened = "next", True
+        elif ch and ch == self.sep and self.stage == "after":
+            self.stage = "next"
+        elif ch == "]" and self.stage == "after" and self.opened:
+            self.stage = "end"
+        elif ch:
+            self.stage = "drop"  # no (further) call here
+        return None
 
     def _quoted(self) -> bool:
         """Whether the open block's text stops inside a string of a call's arguments (or of the keys after them)."""
