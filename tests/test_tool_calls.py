@@ -139,6 +139,14 @@ def test_arguments_stream_as_they_arrive():
     assert reader.feed("_call>", True) == ("", []) and reader.calls[0]["function"]["arguments"] == '{"city": "Paris", "n": 12}'
 
 
+@pytest.mark.parametrize("fmt", FORMATS.values())
+def test_a_marker_that_may_be_a_special_token_is_kept(fmt):
+    """A format whose calls begin with a marker keeps special tokens in the answer's text (vLLM's hermes and
+    mistral parsers turn skip_special_tokens off): Hermes 2 Pro's <tool_call>, Mistral's [TOOL_CALLS] are
+    special tokens, and skipped the calls would read as text. llama3_json reads calls without <|python_tag|>."""
+    assert fmt.keep_special == hasattr(fmt, "start")
+
+
 @pytest.mark.parametrize("template, fmt", [
     ("{%- if tools %}<tools>{{ tools | tojson }}</tools> ... <tool_call>{\"name\": ...}</tool_call>{% endif %}", Hermes),
     ("{%- if tools %}Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its "

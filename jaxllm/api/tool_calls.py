@@ -419,6 +419,7 @@ class Tagged(Format):
 
 class Hermes(Tagged):
     name, start, end = "hermes", "<tool_call>", "</tool_call>"
+    keep_special = True  # a special token in Hermes 2 Pro / 3's vocabularies (not Qwen's): skipped, no call is read
     sep, brackets = ",", True  # several calls in one block: [{...}, {...}], or one after another
 
 
