@@ -2,6 +2,8 @@
 left as text, and a stream split anywhere giving the same answer as the whole text, its argument
 pieces adding up to the whole arguments."""
 
+import json
+
 import pytest
 
 from jaxllm.api.tool_calls import FORMATS, Hermes, Llama3Json, Mistral, ToolCalls, choose
@@ -40,6 +42,8 @@ CASES = [  # format, answer, content, calls (name, arguments as json.dumps write
     ("hermes", f"<tool_call>\n{WEATHER}\n{TIME}\n</tool_call>", None, TIMED),  # parallel calls in one block
     ("hermes", f"<tool_call>[{WEATHER}, {TIME}]</tool_call>", None, TIMED),
     ("hermes", f"<tool_call>{WEATHER}, {TIME}</tool_call>", None, TIMED),
+    ("hermes", '<tool_call>{"name": "f", "arguments": {"s": "a\\ud83dx\\udc00\\ud83d\\ude00"}}</tool_call>', None,  # lone
+     [("f", '{"s": "a\\ud83dx\\udc00😀"}')]),  # surrogates stay escaped: UTF-8 cannot write them
     ("hermes", '<tool_call>{"name": "f", "arguments": {"a": "\\x", "b": 1}}</tool_call> ok', "ok",  # a bad escape:
      [("f", '{"a": "')]),  # cut there (no closing quote that would read as a whole string)
     ("hermes", 'Wrap calls in <tool_call> tags, e.g. <tool_call>{"name": ...}</tool_call>.',  # calls in prose: text
@@ -106,6 +110,7 @@ def test_calls_and_text_around_them_whole_and_split_anywhere(fmt, answer, conten
     assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == expected
     assert calls == reader.calls and [c["index"] for c in calls] == list(range(len(expected)))
     assert all(c["type"] == "function" for c in calls) and len({c["id"] for c in calls}) == len(calls)
+    json.dumps([whole, calls], ensure_ascii=False).encode()  # the response can be written
     if fmt == "mistral":  # its chat template refuses other ids
         assert all(len(c["id"]) == 9 and c["id"].isalnum() for c in calls)
     else:

@@ -63,6 +63,15 @@ _FENCE = re.compile(r"```[A-Za-z]*")  # a markdown code fence around a block's c
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,256}")  # a function's name written before its arguments (OpenAI's names)
 
 
+_LONE = re.compile("[\ud800-\udfff]")  # half of a surrogate pair, alone: no UTF-8 writes it
+
+
+def _dumps(value: str) -> str:
+    """A JSON string as json.dumps(ensure_ascii=False) writes it, a lone surrogate ('\\ud83d' with no second
+    half: its escape) left escaped, as the response's UTF-8 cannot hold it."""
+    return _LONE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(value, ensure_ascii=False))
+
+
 def _settled(text: str) -> tuple[int, int]:
     """How much of a JSON string's text `text` is whole characters (a surrogate pair's first half waits),
     and where its characters end (at its closing '"', an escape not whole yet, or the end)."""
@@ -114,7 +123,7 @@ def _header(text: str, keys: tuple[str, ...]) -> tuple[str, int] | None:
         if key == "name" and name is None:
             if not value:
                 return None
-            name = value
+            name = _dumps(value)[1:-1] if _LONE.search(value) else value
             if args is not None:
                 return name, args
         at = _SPACE.match(text, at).end()
@@ -208,7 +217,7 @@ class _Arguments:
         part = self.token if whole else self.token[: _settled(self.token)[0]]
         self.token = self.token[len(part) :]
         try:
-            return json.dumps(_DECODER.decode(f'"{part}"'), ensure_ascii=False)[1:-1]
+            return _dumps(_DECODER.decode(f'"{part}"'))[1:-1]
         except ValueError:
             self.broken = True
             return ""
@@ -381,7 +390,8 @@ class Format:
 
 
 class Tagged(Format):
-    """Calls inside a start marker and an end marker (`end` None: the block runs to the answer's end)."""
+    """Calls inside a start marker and an end marker (`end` None: the block runs to the answer's end; `end` the
+    start marker: a block runs to the next block)."""
 
     start = ""
     end: str | None = None
