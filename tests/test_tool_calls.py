@@ -2,6 +2,8 @@
 left as text, and a stream split anywhere giving the same answer as the whole text, its argument
 pieces adding up to the whole arguments."""
 
+import json
+
 import pytest
 
 from jaxllm.api.tool_calls import FORMATS, Hermes, Llama3Json, Mistral, ToolCalls, choose
@@ -31,6 +33,34 @@ CASES = [  # format, answer, content, calls (name, arguments as json.dumps write
     ("hermes", '<tool_call>{"arguments":{"a":[1,2.50,1E2,true,null,{}],"s":"q\\"\\u00e9\\ud83d\\ude00\\n/\\/"},'
      '"name":"f","id":{"k":"}"}}</tool_call>', None,  # the name after the arguments; json.dumps's spacing and escapes
      [("f", '{"a": [1, 2.5, 100.0, true, null, {}], "s": "q\\"é😀\\n//"}')]),
+    ("hermes", '<tool_call>{"name": "f", "arguments": {"code": "x = 1\n\tif a:\r\n"}}</tool_call>', None,  # raw
+     [("f", '{"code": "x = 1\\n\\tif a:\\r\\n"}')]),  # control characters in a string (code): their escapes
+    ("hermes", '<tool_call>{"name": "f", "arguments": {"s": "a}b{\\"</tool_call>"}, "k": "</tool_call>"}</tool_call>x',
+     "x", [("f", '{"s": "a}b{\\"</tool_call>"}')]),  # the end marker inside a string is text of the string
+    ("hermes", '<tool_call>{"name": "f", "arguments": {"s": "cut </tool_call> here', None,
+     [("f", '{"s": "cut </tool_call> here')]),
+    ("hermes", f"<tool_call>\n{WEATHER}\n{TIME}\n</tool_call>", None, TIMED),  # parallel calls in one block
+    ("hermes", f"<tool_call>[{WEATHER}, {TIME}]</tool_call>", None, TIMED),
+    ("hermes", f"<tool_call>{WEATHER}, {TIME}</tool_call>", None, TIMED),
+    ("hermes", '<tool_call>{"name": "f", "arguments": {"s": "a\\ud83dx\\udc00\\ud83d\\ude00"}}</tool_call>', None,  # lone
+     [("f", '{"s": "a\\ud83dx\\udc00😀"}')]),  # surrogates stay escaped: UTF-8 cannot write them
+    ("hermes", '<tool_call>{"name": "f", "arguments": {"a": "\\x", "b": 1}}</tool_call> ok', "ok",  # a bad escape:
+     [("f", '{"a": "')]),  # cut there (no closing quote that would read as a whole string)
+    ("hermes", 'Wrap calls in <tool_call> tags, e.g. <tool_call>{"name": ...}</tool_call>.',  # calls in prose: text
+     'Wrap calls in <tool_call> tags, e.g. <tool_call>{"name": ...}</tool_call>.', []),
+    ("hermes", '<tool_call>{"name": "f", "arguments": [1, 2]}</tool_call><tool_call>{"name": "f", "arguments": "{x}"}'
+     '</tool_call>', '<tool_call>{"name": "f", "arguments": [1, 2]}</tool_call><tool_call>{"name": "f", "arguments": '
+     '"{x}"}</tool_call>', []),  # arguments that are no object (nor a string of one): text
+    ("hermes", '<tool_call>{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\", \\"unit\\": \\"\\u00b0C\\"}"}'
+     '</tool_call>', None, CALLS),  # arguments as a JSON string of the object (OpenAI's field): the object
+    ("hermes", '<tool_call>{"arguments": "{\\"s\\": \\"a\\\\\\"</tool_call>\\", \\"n\\": 12", "name": "f"}</tool_call> ok',
+     "ok", [("f", '{"s": "a\\"</tool_call>", "n": 12')]),  # ... ended inside it: cut there
+    ("llama3_json", '{"name": "get_time", "parameters": "{}"}', None, [("get_time", "{}")]),
+    ("hermes", '<tool_call>{"arguments": {"s": "</tool_call>"}, "name": "f"}</tool_call>', None,  # before the name
+     [("f", '{"s": "</tool_call>"}')]),
+    ("hermes", f"<tool_call>\n```json\n{WEATHER}\n```\n</tool_call>", None, CALLS),  # a markdown fence in the block
+    ("hermes", f"<tool_call>```{WEATHER}\n{TIME}```</tool_call> ok", "ok", TIMED),
+    ("hermes", f"<tool_call>``{WEATHER}</tool_call>", f"<tool_call>``{WEATHER}</tool_call>", []),  # no fence: text
     ("llama3_json", '{"name": "get_weather", "parameters": {"city": "Paris", "unit": "°C"}}', None, CALLS),
     ("llama3_json", f'<|python_tag|>{WEATHER}; {TIME}', None, TIMED),
     ("llama3_json", f"{WEATHER} is what I would call.", None, CALLS),  # what follows the calls is dropped
@@ -40,6 +70,16 @@ CASES = [  # format, answer, content, calls (name, arguments as json.dumps write
     ("mistral", f"Sure. [TOOL_CALLS] [{WEATHER}]", "Sure.", CALLS),
     ("mistral", f"[TOOL_CALLS]{WEATHER}", None, CALLS),
     ("mistral", "[TOOL_CALLS][{'name': 'f'}]", "[TOOL_CALLS][{'name': 'f'}]", []),
+    ("mistral", f"[TOOL_CALLS][{WEATHER}] [TOOL_CALLS][{TIME}]", None, TIMED),  # a marker before each list
+    ("mistral", '[TOOL_CALLS]get_weather[ARGS]{"city": "Paris", "unit": "°C"}[TOOL_CALLS]get_time[ARGS]{}', None,
+     TIMED),  # v11 tokenizers (Mistral Small 3.2, Devstral): name[ARGS]{arguments}, each call behind its marker
+    ("mistral", '[TOOL_CALLS]get_weather{"city": "Paris", "unit": "°C"}[TOOL_CALLS] get_time {}', None, TIMED),
+    ("mistral", 'hi{hi[TOOL_CALLS]bash{"c": "print(\\"{}\\")\\n', "hi{hi", [("bash", '{"c": "print(\\"{}\\")\\n')]),
+    ("mistral", '[TOOL_CALLS]two words{"a": 1}', '[TOOL_CALLS]two words{"a": 1}', []),  # no function's name: text
+    ("mistral", "[TOOL_CALLS]only_a_name", "[TOOL_CALLS]only_a_name", []),
+    ("mistral", f"[TOOL_CALLS]```json\n[{WEATHER}]\n```", None, CALLS),
+    ("mistral", '[TOOL_CALLS][{"name": "f", "arguments": {"a": "]}, [TOOL_CALLS]\n"}}]', None,
+     [("f", '{"a": "]}, [TOOL_CALLS]\\n"}')]),
 ]
 
 
@@ -51,6 +91,7 @@ def _run(fmt: str, pieces: list[str]):
         text, deltas = reader.feed(piece, final=i == len(pieces) - 1)
         content += text
         for delta in deltas:
+            assert delta["index"] >= (calls[-1]["index"] if calls else 0)  # a call's deltas before the next call's
             if delta["index"] == len(calls):  # a call's first delta: all but the rest of its arguments
                 assert delta["type"] == "function" and delta["id"] and delta["function"]["name"]
                 calls.append({**delta, "function": dict(delta["function"]), "id": None})
@@ -69,6 +110,7 @@ def test_calls_and_text_around_them_whole_and_split_anywhere(fmt, answer, conten
     assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == expected
     assert calls == reader.calls and [c["index"] for c in calls] == list(range(len(expected)))
     assert all(c["type"] == "function" for c in calls) and len({c["id"] for c in calls}) == len(calls)
+    json.dumps([whole, calls], ensure_ascii=False).encode()  # the response can be written
     if fmt == "mistral":  # its chat template refuses other ids
         assert all(len(c["id"]) == 9 and c["id"].isalnum() for c in calls)
     else:
@@ -77,6 +119,8 @@ def test_calls_and_text_around_them_whole_and_split_anywhere(fmt, answer, conten
     assert _run(fmt, [*answer, ""]) == (whole, strip)  # one character an event, then the end
     for cut in range(1, len(answer)):  # two pieces, cut at every boundary, the end with the second
         assert _run(fmt, [answer[:cut], answer[cut:]]) == (whole, strip), cut
+    for size in range(2, 9):  # pieces of a few characters, as tokens come
+        assert _run(fmt, [answer[i : i + size] for i in range(0, len(answer), size)]) == (whole, strip), size
 
 
 def test_held_text_goes_out_once_it_cannot_start_a_call():
@@ -98,6 +142,14 @@ def test_arguments_stream_as_they_arrive():
     assert reader.feed('ris", "n": 1', False)[1] == [{"index": 0, "function": {"arguments": 'ris", "n": '}}]
     assert reader.feed("2}}\n</tool", False)[1] == [{"index": 0, "function": {"arguments": "12}"}}]
     assert reader.feed("_call>", True) == ("", []) and reader.calls[0]["function"]["arguments"] == '{"city": "Paris", "n": 12}'
+
+
+@pytest.mark.parametrize("fmt", FORMATS.values())
+def test_a_marker_that_may_be_a_special_token_is_kept(fmt):
+    """A format whose calls begin with a marker keeps special tokens in the answer's text (vLLM's hermes and
+    mistral parsers turn skip_special_tokens off): Hermes 2 Pro's <tool_call>, Mistral's [TOOL_CALLS] are
+    special tokens, and skipped the calls would read as text. llama3_json reads calls without <|python_tag|>."""
+    assert fmt.keep_special == hasattr(fmt, "start")
 
 
 @pytest.mark.parametrize("template, fmt", [
