@@ -47,6 +47,9 @@ class Structured:
             except (TypeError, ValueError) as err:
                 raise StructuredError(f"structured json_schema is not JSON ({err}): give a dict of JSON values or its "
                                       "JSON text") from None
+            except RecursionError:  # a schema nested thousands deep
+                raise StructuredError("structured json_schema is nested too deeply: give a schema "
+                                      "nested less deeply (llguidance reads 128 levels of JSON); use $defs and $ref for a recursive one") from None
         if isinstance(self.choice, list):
             object.__setattr__(self, "choice", tuple(self.choice))
 
@@ -65,8 +68,8 @@ class Structured:
                               f"regex, choice, grammar), got {type(value).__name__}")
 
     def _given(self) -> list[str]:
-        """The fields set (check() asks for exactly one)."""
-        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) not in (None, False)]
+        """The fields set: not their default (check() asks for exactly one; json_schema=False or 0 is set, and refused)."""
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not f.default]
 
     @property
     def kind(self) -> str:
@@ -123,6 +126,11 @@ def _error(validated: tuple[bool, list[str]]) -> str:
     return (messages[0] if messages else "invalid") if is_error else ""
 
 
+_FIX = {"json_schema": "fix the schema, or use a feature llguidance supports", "json_object": "use True",
+        "regex": "fix the regex", "grammar": "fix the grammar (Lark syntax, from a 'start:' rule; or GBNF, from 'root ::=')",
+        "choice": "give a list of strings"}  # a constraint's fix, by its kind
+
+
 @functools.lru_cache(maxsize=256)
 def grammar_text(structured: Structured) -> str:
     """llguidance's grammar for `structured`, checked (without a tokenizer); StructuredError naming what is wrong."""
@@ -134,9 +142,7 @@ def grammar_text(structured: Structured) -> str:
     except (ValueError, TypeError) as err:
         error = str(err)
     if error:
-        fix = {"json_schema": "fix the schema, or use a feature llguidance supports", "regex": "fix the regex",
-               "grammar": "fix the grammar (Lark syntax)", "choice": "give a list of strings"}[kind]
-        raise StructuredError(f"structured {structured.kind} is invalid: {_one_line(error)}: {fix}")
+        raise StructuredError(f"structured {structured.kind} is invalid: {_one_line(error)}: {_FIX[structured.kind]}")
     return grammar
 
 
@@ -160,11 +166,23 @@ def tokenizer(hf_tokenizer, eos: list[int]):
                               "are not available for it") from None
 
 
+@functools.lru_cache(maxsize=256)
 def check(structured: Structured, lltokenizer) -> None:
-    """Refuse (StructuredError) a constraint llguidance cannot serve over this tokenizer."""
+    """Refuse (StructuredError) a constraint llguidance cannot serve over this tokenizer, at submit rather than as an
+    answer that does not match: one no text matches (an empty enum behind a $ref loop, a regex matching nothing, a
+    grammar whose rules never end) and one whose text no token of the tokenizer starts (a character it has no token
+    for) would each end at once, empty, with "stop" or "error". Cached: a request's checks cost one matcher's first
+    step."""
     error = _error(_llguidance().LLMatcher.validate_grammar_with_warnings(grammar_text(structured), lltokenizer))
     if error:
         raise StructuredError(f"structured {structured.kind} is invalid for this model's tokenizer: {_one_line(error)}")
+    grammar = Grammar(structured, lltokenizer)
+    allowed = np.flatnonzero(np.unpackbits(masks({0: grammar}, 1, lltokenizer.vocab_size)[0].view(np.uint8),
+                                           bitorder="little")[: lltokenizer.vocab_size])
+    if grammar.matcher.is_error() or not any(grammar.matcher.validate_tokens([int(t)]) for t in allowed):
+        why = f" (llguidance: {grammar.error})" if grammar.matcher.is_error() else ""  # NoExtensionBias: nothing can follow
+        raise StructuredError(f"structured {structured.kind} is unsatisfiable: no text that this model's tokenizer can "
+                              f"write matches it{why}: {_FIX[structured.kind]}")
 
 
 def words(vocab: int) -> int:

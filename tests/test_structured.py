@@ -60,6 +60,14 @@ def model(llama):
     return llama
 
 
+def _deep(levels: int) -> dict:
+    """A schema of objects nested `levels` deep."""
+    schema = {"type": "integer"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}, "required": ["a"]}
+    return schema
+
+
 PROMPTS = ["hello", "abc def"]
 PLAIN = SamplingParams(max_new_tokens=40, temperature=0.0)
 PARAMS = [SamplingParams(max_new_tokens=60, temperature=t, seed=3, structured=st) for st in CONSTRAINTS for t in (0.0, 1.0)]
@@ -152,6 +160,22 @@ def test_masked_sampling_equals_sampling_logits_masked_by_hand():
     (dict(regex="a", choice=["b"]), "sets regex and choice: set exactly one"),
     (dict(), "sets nothing"),
     (dict(regexp="a"), "unknown structured output field 'regexp'"),
+    (dict(json_schema=False), "structured json_schema is invalid: give it as non-empty text"),  # not "sets nothing"
+    (dict(choice=0), "structured choice=0 is invalid"),
+    (dict(json_schema=_deep(3000)), "structured json_schema is nested too deeply"),  # not a RecursionError
+    (dict(json_schema=_deep(100)), "recursion limit exceeded"),
+    (dict(grammar='foo: "b"'), "from a 'start:' rule; or GBNF, from 'root ::='"),
+    # unsatisfiable: each used to be served as an empty answer ending "stop", which matched nothing
+    (dict(json_schema={"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}), "structured json_schema is unsatisfiable"),
+    (dict(json_schema={"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}), "is unsatisfiable"),
+    (dict(json_schema={"enum": []}), "Unsatisfiable schema: anyOf is empty"),
+    (dict(json_schema={"type": "integer", "minimum": 5, "maximum": 1}), "minimum (5) is greater than maximum (1)"),
+    (dict(json_schema={"type": "object", "properties": {}, "required": ["a"], "additionalProperties": False}), "required property 'a' is unsatisfiable"),
+    (dict(regex="[^\\s\\S]"), "structured regex is unsatisfiable: no text that this model's tokenizer can write"),
+    (dict(grammar='start: start "a"'), "structured grammar is unsatisfiable"),
+    # the tokenizer (printable ASCII, no byte fallback) has no token for the text: a regex ended "error" at its first token
+    (dict(regex="é+"), "structured regex is unsatisfiable: no text that this model's tokenizer can write"),
+    (dict(choice=["ünï", "çödé"]), "structured choice is unsatisfiable: no text"),
 ])
 def test_bad_constraints_are_refused_in_one_line_at_submit(served, fields, says):
     engine = served[0]
