@@ -5,6 +5,7 @@ validly, and bad constraints are refused in one line. The server's side: tests/t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -100,8 +101,9 @@ def test_answers_match_their_constraint_beside_plain_rows_and_through_preemption
     assert again.token_ids == alone.token_ids and engine.counters == masked  # plain requests: nothing new compiled
 
 
-def _run(model, engine, pairs):
-    """Each (prompt, params) as one request of one engine run; Completions in order."""
+def _run(model, engine, pairs, events=None):
+    """Each (prompt, params) as one request of one engine run; Completions in order (`events`: a list the events go
+    to)."""
     from jaxllm.engine import Request
     from jaxllm.generation import Completion, Output
 
@@ -111,6 +113,8 @@ def _run(model, engine, pairs):
     outputs = [Output(tok, r.params, set(engine.eos.tolist())) for r in requests]
     for ev in engine.run(requests):
         outputs[ev.index].take(ev)
+        if events is not None:
+            events.append(ev)
     return [Completion(o.text, o.tokens, o.finish_reason, len(r.prompt)) for o, r in zip(outputs, requests)]
 
 
@@ -232,3 +236,39 @@ def test_cli_flags_build_the_constraint(tmp_path):
         assert progress.sampling_params(generate.parse_args(["hi", *argv])).structured == want
     with pytest.raises(jaxllm.JaxllmError, match="--regex, --choice each constrain the answer: give one of them"):
         progress.sampling_params(generate.parse_args(["hi", "--regex", "a", "--choice", "b"]))
+
+
+@pytest.mark.parametrize("st", CONSTRAINTS, ids=lambda st: st.kind)
+def test_an_answer_cut_by_max_new_tokens_is_a_valid_prefix_ending_length(model, served, st):
+    """max_new_tokens=1, below the shortest complete answer: finish_reason "length", every token one the grammar allows
+    (an independent matcher takes them all), the text not yet complete."""
+    (out,) = _run(model, served[0], [(PROMPTS[0], SamplingParams(max_new_tokens=1, temperature=1.0, seed=5, structured=st))])
+    matcher = llguidance.LLMatcher(structured.tokenizer(model.tokenizer, [2]), structured.grammar_text(st))
+    assert out.finish_reason == "length" and len(out.token_ids) == 1, out
+    assert matcher.validate_tokens(out.token_ids) == 1 and not matcher.is_error()
+
+
+def test_constrained_rows_give_the_same_tokens_with_speculative_decoding_on_and_with_logprobs(model, served, monkeypatch):
+    """The constrained rows of the served fixture (greedy and seeded rows of each constraint) on the engine speculating
+    (4 tokens a step) and reporting log-probabilities: the same tokens (speculation is off for steps with a constrained
+    row, seeds draw the same), and the log-probabilities the model's own (unmasked: the docstring of
+    jaxllm/structured.py), equal to those of a teacher-forced forward pass."""
+    engine = served[0]
+    monkeypatch.setattr(engine, "speculative", 4)
+    events = []
+    outs = _run(model, engine, [(PROMPTS[i % 2], dataclasses.replace(p, logprobs=True)) for i, p in enumerate(PARAMS)], events)
+    assert [o.token_ids for o in outs] == [o.token_ids for o in served[3][1:]]
+    assert engine.scheduler.stats.verified == 0  # nothing speculated
+    prompt, out = model.tokenizer.encode(PROMPTS[0], add_special_tokens=False), outs[0]
+    want = np.asarray(jax.nn.log_softmax(model.logits([prompt + out.token_ids])[0, len(prompt) - 1 : -1], axis=-1))
+    got = [lp for ev in events if ev.index == 0 for lp in ev.logprobs]
+    np.testing.assert_allclose(got, want[np.arange(len(out.token_ids)), out.token_ids], atol=2e-4)
+
+
+def test_a_stop_string_cuts_a_constrained_answer(model, served):
+    """A stop string inside the constrained text ends the answer there ("stop"), the text before it a valid prefix."""
+    (whole,) = _run(model, served[0], [(PROMPTS[0], SamplingParams(max_new_tokens=60, temperature=0.0, structured=CONSTRAINTS[0]))])
+    stop = whole.text[5:7]
+    (out,) = _run(model, served[0], [(PROMPTS[0], SamplingParams(max_new_tokens=60, temperature=0.0, structured=CONSTRAINTS[0],
+                                                                 stop=(stop,)))])
+    assert out.finish_reason == "stop" and out.text == whole.text[: whole.text.index(stop)], (whole.text, out.text)
