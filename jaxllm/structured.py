@@ -97,9 +97,17 @@ class Structured:
         kind = self.kind
         if kind == "json_object":
             return "json_schema", '{"type": "object"}'
-        if kind == "choice":
-            return "choice", json.dumps(list(self.choice))
+        if kind == "choice":  # one regex (a lexeme: llguidance's lexer), not a rule of alternatives (its parser, whose
+            return "regex", "|".join(map(_literal, self.choice))  # rows hold 2,000 items: 3,000 choices ended "error")
         return {"json_schema": "json_schema", "regex": "regex", "grammar": "grammar"}[kind], getattr(self, kind)
+
+
+def _literal(text: str) -> str:
+    """`text` as a regex (Rust regex syntax) matching it alone."""
+    return "".join("\\" + c if c in _META else c for c in text)
+
+
+_META = frozenset("\\.+*?()|[]{}^$#&-~")  # Rust regex's meta characters (the rest stand for themselves)
 
 
 def _llguidance():
@@ -159,11 +167,17 @@ def tokenizer(hf_tokenizer, eos: list[int]):
     backend = copy.copy(backend)  # padding and truncation off on a copy, as llguidance.hf.from_tokenizer does
     backend.no_padding()
     backend.no_truncation()
+    ends = [int(t) for t in eos if t >= 0]
     try:
-        return llg.LLTokenizer(backend.to_str(), eos_token=[int(t) for t in eos if t >= 0] or None)
+        lltokenizer = llg.LLTokenizer(backend.to_str(), eos_token=ends or None)
     except ValueError as err:  # a tokenizer.json llguidance cannot read (a decoder it does not know, ...)
         raise GenerationError(f"llguidance cannot read this model's tokenizer ({_one_line(err)}): structured outputs "
                               "are not available for it") from None
+    if not ends and not lltokenizer.is_special_token(lltokenizer.eos_token):  # no EOS: llguidance takes a token of its own
+        raise GenerationError(f"structured outputs need an end-of-sequence token and this model has none (a complete answer "
+                              f"would end on text token {lltokenizer.eos_token}): set eos_token_id in the model's "
+                              "generation_config.json")
+    return lltokenizer
 
 
 @functools.lru_cache(maxsize=256)

@@ -272,3 +272,38 @@ def test_a_stop_string_cuts_a_constrained_answer(model, served):
     (out,) = _run(model, served[0], [(PROMPTS[0], SamplingParams(max_new_tokens=60, temperature=0.0, structured=CONSTRAINTS[0],
                                                                  stop=(stop,)))])
     assert out.finish_reason == "stop" and out.text == whole.text[: whole.text.index(stop)], (whole.text, out.text)
+
+
+@pytest.mark.parametrize("specials, eos, refused", [((), [], True), (("<unk>",), [], False), ((), [5], False), ((), [-1], True)])
+def test_an_eos_less_tokenizer_is_refused_where_llguidance_would_end_on_a_text_token(specials, eos, refused):
+    """Without the engine's EOS ids llguidance takes one of its own: a special token is hidden from the text (the
+    grammar ends the answer), a text token would be written after a complete answer (it was: "!" of GPT-2's id 0)."""
+    vocab = {**{s: i for i, s in enumerate(specials)}, **{c: i + len(specials) for i, c in enumerate(CHARS)}}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.add_special_tokens(list(specials))
+    backend.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    if not refused:
+        assert structured.tokenizer(SimpleNamespace(backend_tokenizer=backend), eos).vocab_size == len(vocab)
+        return
+    with pytest.raises(jaxllm.GenerationError) as err:
+        structured.tokenizer(SimpleNamespace(backend_tokenizer=backend), eos)
+    assert str(err.value).startswith("structured outputs need an end-of-sequence token and this model has none")
+
+
+@pytest.mark.parametrize("fields, answers", [
+    (dict(regex="()"), [""]),  # only the empty string: EOS at once
+    (dict(choice=["ab", "ab", "ab"]), ["ab"]),  # duplicates
+    (dict(choice=[f"c{i}" for i in range(3000)]), [f"c{i}" for i in range(3000)]),  # a huge choice: it ended "error"
+    (dict(choice=["a.b", "(x)|y", "\\d+", "[z]^$", "a b~#&-"]), ["a.b", "(x)|y", "\\d+", "[z]^$", "a b~#&-"]),  # meta
+    (dict(json_schema={"enum": [f"v{i}" for i in range(3000)]}), [json.dumps(f"v{i}") for i in range(3000)]),  # a huge enum
+    (dict(grammar='start: "x" | "y"\nunused: "z"'), ["x", "y"]),  # an unreachable rule
+    (dict(grammar='root ::= "x" | "y"'), ["x", "y"]),  # GBNF
+    (dict(regex="(a+)+b"), None),  # "catastrophic" for a backtracking engine; llguidance's lexer is a DFA
+])
+def test_edge_constraints_are_served_and_match(model, served, fields, answers):
+    (out,) = _run(model, served[0], [(PROMPTS[0], SamplingParams(max_new_tokens=12, temperature=0.0, structured=fields))])
+    if answers is None:
+        assert out.finish_reason == "length" or re.fullmatch(fields["regex"], out.text), out
+        assert re.fullmatch("a*", out.text[:-1] if out.text.endswith("b") else out.text), out
+    else:
+        assert out.finish_reason == "stop" and out.text in answers, out
