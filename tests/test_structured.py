@@ -307,3 +307,19 @@ def test_edge_constraints_are_served_and_match(model, served, fields, answers):
         assert re.fullmatch("a*", out.text[:-1] if out.text.endswith("b") else out.text), out
     else:
         assert out.finish_reason == "stop" and out.text in answers, out
+
+
+@pytest.mark.parametrize("choice", ["a.b", "(x)|y", "\\d+", "[z]^$", "a b~#&-", "{2}*?", "ab"])
+def test_a_choice_matches_its_text_alone_whatever_regex_characters_it_holds(model, choice):
+    """A choice is compiled as a regex alternation: each string matches itself, and no other text (its characters
+    as a regex would: 'a.b' taking 'axb', '\\d+' taking '12')."""
+    tok = structured.tokenizer(model.tokenizer, [2])
+    st = jaxllm.Structured(choice=[choice, "other"])
+    ids = model.tokenizer.encode(choice, add_special_tokens=False)
+    matcher = llguidance.LLMatcher(tok, structured.grammar_text(st))
+    assert matcher.validate_tokens(ids) == len(ids) and matcher.consume_tokens(ids) and matcher.is_accepting()
+    for near in ("axb", "x", "12", "z", "a b", "{{", "abab"):
+        matcher.reset()
+        ids = model.tokenizer.encode(near, add_special_tokens=False)
+        if near != choice and not choice.startswith(near) and not "other".startswith(near):
+            assert matcher.validate_tokens(ids) < len(ids), near
