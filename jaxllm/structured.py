@@ -7,7 +7,10 @@ host); before each token the runner asks the call's matchers for the tokens allo
 [ceil(V / 32)] int32 per row (`masks`, for a prefill call's rows and a decode call's slots alike), and
 the step sets every other logit to -inf before sampling (`allowed_tokens` on the device). The sampled token is fed to the matcher; when the grammar is complete the sequence ends
 (finish reason "stop"). EOS is in the mask only where the grammar accepts. Log-probabilities stay the
-model's own, as vLLM reports them.
+model's own, unmasked, as vLLM reports them (its raw log-probabilities): a sampled token's is log softmax of the
+logits before the mask, and top_logprobs may list tokens the constraint forbids. Checked at submit (`check`): a
+constraint no text matches, or none this tokenizer can write, is refused there; an answer cut by max_new_tokens
+ends "length", a valid prefix.
 """
 
 from __future__ import annotations

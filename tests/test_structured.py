@@ -323,3 +323,12 @@ def test_a_choice_matches_its_text_alone_whatever_regex_characters_it_holds(mode
         ids = model.tokenizer.encode(near, add_special_tokens=False)
         if near != choice and not choice.startswith(near) and not "other".startswith(near):
             assert matcher.validate_tokens(ids) < len(ids), near
+
+
+@pytest.mark.parametrize("st", CONSTRAINTS, ids=lambda st: st.kind)
+def test_copies_of_a_sampled_constrained_request_each_keep_their_own_matcher(model, served, st):
+    """n > 1 as the server sends it (copies, seeds apart): each copy's answer matches, one seed gives one answer."""
+    outs = _run(model, served[0], [(PROMPTS[0], SamplingParams(max_new_tokens=60, temperature=1.0, seed=s, structured=st))
+                                   for s in (7, 8, 7, 9)])
+    assert all(o.finish_reason == "stop" and _matches(st, o.text) for o in outs), [o.text for o in outs]
+    assert outs[0].token_ids == outs[2].token_ids
