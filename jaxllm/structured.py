@@ -202,6 +202,10 @@ def check(structured: Structured, lltokenizer) -> None:
                               f"write matches it{why}: {_FIX[structured.kind]}")
 
 
+ROW_ITEMS = 10_000  # llguidance's parser row (2,000 by default: the anyOf of a tool_choice 'required' over 2,500 tools
+# ended "error" at its name); the grammar's size limit (max_grammar_size) refuses larger ones at submit
+
+
 def words(vocab: int) -> int:
     """int32 words of a bitmask over `vocab` tokens."""
     return -(-vocab // 32)
@@ -211,7 +215,9 @@ class Grammar:
     """One sequence's matcher and how many of its tokens it has consumed."""
 
     def __init__(self, structured: Structured, lltokenizer):
-        self.matcher = _llguidance().LLMatcher(lltokenizer, grammar_text(structured), log_level=0)
+        llg = _llguidance()
+        self.matcher = llg.LLMatcher(lltokenizer, grammar_text(structured), log_level=0,
+                                     limits=llg.LLParserLimits(max_items_in_row=ROW_ITEMS))
         if self.matcher.is_error():  # llguidance's limits (a regex or choice too large to compile): simplify it
             fix = {"choice": "give fewer choices"}.get(structured.kind, f"simplify the {structured.source()[0].replace('_', ' ')}")
             raise StructuredError(f"structured {structured.kind} is invalid: {_one_line(self.matcher.get_error())}: {fix}")

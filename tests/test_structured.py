@@ -199,9 +199,8 @@ def test_a_constraint_beyond_llguidances_limits_for_the_tokenizer_is_refused_in_
 
 
 def test_a_grammar_failing_mid_answer_ends_it_with_a_one_line_warning(model, served, caplog):
-    """A constraint llguidance compiles but cannot run (a regex too large for its lexer, a choice among 2,000 forced
-    tools) ends its answer with finish_reason 'error'; the warning is one line, not llguidance's state and whole grammar
-    (400 KB a request)."""
+    """A constraint llguidance compiles but cannot run (a regex too large for its lexer) ends its answer with
+    finish_reason 'error'; the warning is one line, not llguidance's state and whole grammar (400 KB a request)."""
     engine = served[0]
     (out,) = _run(model, engine, [("hi", SamplingParams(max_new_tokens=4, temperature=0.0, structured={"regex": "a{1000000}"}))])
     (warning,) = [r.getMessage() for r in caplog.records if "structured-output grammar" in r.getMessage()]
@@ -332,3 +331,18 @@ def test_copies_of_a_sampled_constrained_request_each_keep_their_own_matcher(mod
                                    for s in (7, 8, 7, 9)])
     assert all(o.finish_reason == "stop" and _matches(st, o.text) for o in outs), [o.text for o in outs]
     assert outs[0].token_ids == outs[2].token_ids
+
+
+@pytest.mark.parametrize("tools", [3, 2500])
+def test_a_forced_call_among_thousands_of_tools_is_served(model, tools):
+    """tool_choice 'required' is an anyOf of one object a tool: past 2,000 tools llguidance's parser row overflowed
+    at the call's name (finish_reason 'error'); the call of the last tool is taken and completes the grammar."""
+    from jaxllm.api import forced_tools
+
+    def tool(i):
+        return SimpleNamespace(function=SimpleNamespace(name=f"f{i}", parameters={"type": "object", "properties": {"x": {"type": "integer"}}}))
+
+    st = forced_tools.constraint([tool(i) for i in range(tools)], "required")
+    grammar = structured.Grammar(st, structured.tokenizer(model.tokenizer, [2]))
+    assert grammar.advance(model.tokenizer.encode(f'[{{"name":"f{tools - 1}","parameters":{{"x":1}}}}]', add_special_tokens=False))
+    assert grammar.advance([2]) and grammar.stopped, grammar.error
