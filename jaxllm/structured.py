@@ -7,7 +7,10 @@ host); before each token the runner asks the call's matchers for the tokens allo
 [ceil(V / 32)] int32 per row (`masks`, for a prefill call's rows and a decode call's slots alike), and
 the step sets every other logit to -inf before sampling (`allowed_tokens` on the device). The sampled token is fed to the matcher; when the grammar is complete the sequence ends
 (finish reason "stop"). EOS is in the mask only where the grammar accepts. Log-probabilities stay the
-model's own, as vLLM reports them.
+model's own, unmasked, as vLLM reports them (its raw log-probabilities): a sampled token's is log softmax of the
+logits before the mask, and top_logprobs may list tokens the constraint forbids. Checked at submit (`check`): a
+constraint no text matches, or none this tokenizer can write, is refused there; an answer cut by max_new_tokens
+ends "length", a valid prefix.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ class Structured:
             except (TypeError, ValueError) as err:
                 raise StructuredError(f"structured json_schema is not JSON ({err}): give a dict of JSON values or its "
                                       "JSON text") from None
+            except RecursionError:  # a schema nested thousands deep
+                raise StructuredError("structured json_schema is nested too deeply: give a schema "
+                                      "nested less deeply (llguidance reads 128 levels of JSON); use $defs and $ref for a recursive one") from None
         if isinstance(self.choice, list):
             object.__setattr__(self, "choice", tuple(self.choice))
 
@@ -65,8 +71,8 @@ class Structured:
                               f"regex, choice, grammar), got {type(value).__name__}")
 
     def _given(self) -> list[str]:
-        """The fields set (check() asks for exactly one)."""
-        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) not in (None, False)]
+        """The fields set: not their default (check() asks for exactly one; json_schema=False or 0 is set, and refused)."""
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not f.default]
 
     @property
     def kind(self) -> str:
@@ -94,9 +100,17 @@ class Structured:
         kind = self.kind
         if kind == "json_object":
             return "json_schema", '{"type": "object"}'
-        if kind == "choice":
-            return "choice", json.dumps(list(self.choice))
+        if kind == "choice":  # one regex (a lexeme: llguidance's lexer), not a rule of alternatives (its parser, whose
+            return "regex", "|".join(map(_literal, self.choice))  # rows hold 2,000 items: 3,000 choices ended "error")
         return {"json_schema": "json_schema", "regex": "regex", "grammar": "grammar"}[kind], getattr(self, kind)
+
+
+def _literal(text: str) -> str:
+    """`text` as a regex (Rust regex syntax) matching it alone."""
+    return "".join("\\" + c if c in _META else c for c in text)
+
+
+_META = frozenset("\\.+*?()|[]{}^$#&-~")  # Rust regex's meta characters (the rest stand for themselves)
 
 
 def _llguidance():
@@ -123,6 +137,11 @@ def _error(validated: tuple[bool, list[str]]) -> str:
     return (messages[0] if messages else "invalid") if is_error else ""
 
 
+_FIX = {"json_schema": "fix the schema, or use a feature llguidance supports", "json_object": "use True",
+        "regex": "fix the regex", "grammar": "fix the grammar (Lark syntax, from a 'start:' rule; or GBNF, from 'root ::=')",
+        "choice": "give a list of strings"}  # a constraint's fix, by its kind
+
+
 @functools.lru_cache(maxsize=256)
 def grammar_text(structured: Structured) -> str:
     """llguidance's grammar for `structured`, checked (without a tokenizer); StructuredError naming what is wrong."""
@@ -134,9 +153,7 @@ def grammar_text(structured: Structured) -> str:
     except (ValueError, TypeError) as err:
         error = str(err)
     if error:
-        fix = {"json_schema": "fix the schema, or use a feature llguidance supports", "regex": "fix the regex",
-               "grammar": "fix the grammar (Lark syntax)", "choice": "give a list of strings"}[kind]
-        raise StructuredError(f"structured {structured.kind} is invalid: {_one_line(error)}: {fix}")
+        raise StructuredError(f"structured {structured.kind} is invalid: {_one_line(error)}: {_FIX[structured.kind]}")
     return grammar
 
 
@@ -153,18 +170,40 @@ def tokenizer(hf_tokenizer, eos: list[int]):
     backend = copy.copy(backend)  # padding and truncation off on a copy, as llguidance.hf.from_tokenizer does
     backend.no_padding()
     backend.no_truncation()
+    ends = [int(t) for t in eos if t >= 0]
     try:
-        return llg.LLTokenizer(backend.to_str(), eos_token=[int(t) for t in eos if t >= 0] or None)
+        lltokenizer = llg.LLTokenizer(backend.to_str(), eos_token=ends or None)
     except ValueError as err:  # a tokenizer.json llguidance cannot read (a decoder it does not know, ...)
         raise GenerationError(f"llguidance cannot read this model's tokenizer ({_one_line(err)}): structured outputs "
                               "are not available for it") from None
+    if not ends and not lltokenizer.is_special_token(lltokenizer.eos_token):  # no EOS: llguidance takes a token of its own
+        raise GenerationError(f"structured outputs need an end-of-sequence token and this model has none (a complete answer "
+                              f"would end on text token {lltokenizer.eos_token}): set eos_token_id in the model's "
+                              "generation_config.json")
+    return lltokenizer
 
 
+@functools.lru_cache(maxsize=256)
 def check(structured: Structured, lltokenizer) -> None:
-    """Refuse (StructuredError) a constraint llguidance cannot serve over this tokenizer."""
+    """Refuse (StructuredError) a constraint llguidance cannot serve over this tokenizer, at submit rather than as an
+    answer that does not match: one no text matches (an empty enum behind a $ref loop, a regex matching nothing, a
+    grammar whose rules never end) and one whose text no token of the tokenizer starts (a character it has no token
+    for) would each end at once, empty, with "stop" or "error". Cached: a request's checks cost one matcher's first
+    step."""
     error = _error(_llguidance().LLMatcher.validate_grammar_with_warnings(grammar_text(structured), lltokenizer))
     if error:
         raise StructuredError(f"structured {structured.kind} is invalid for this model's tokenizer: {_one_line(error)}")
+    grammar = Grammar(structured, lltokenizer)
+    allowed = np.flatnonzero(np.unpackbits(masks({0: grammar}, 1, lltokenizer.vocab_size)[0].view(np.uint8),
+                                           bitorder="little")[: lltokenizer.vocab_size])
+    if grammar.matcher.is_error() or not any(grammar.matcher.validate_tokens([int(t)]) for t in allowed):
+        why = f" (llguidance: {grammar.error})" if grammar.matcher.is_error() else ""  # NoExtensionBias: nothing can follow
+        raise StructuredError(f"structured {structured.kind} is unsatisfiable: no text that this model's tokenizer can "
+                              f"write matches it{why}: {_FIX[structured.kind]}")
+
+
+ROW_ITEMS = 10_000  # llguidance's parser row (2,000 by default: the anyOf of a tool_choice 'required' over 2,500 tools
+# ended "error" at its name); the grammar's size limit (max_grammar_size) refuses larger ones at submit
 
 
 def words(vocab: int) -> int:
@@ -176,7 +215,9 @@ class Grammar:
     """One sequence's matcher and how many of its tokens it has consumed."""
 
     def __init__(self, structured: Structured, lltokenizer):
-        self.matcher = _llguidance().LLMatcher(lltokenizer, grammar_text(structured), log_level=0)
+        llg = _llguidance()
+        self.matcher = llg.LLMatcher(lltokenizer, grammar_text(structured), log_level=0,
+                                     limits=llg.LLParserLimits(max_items_in_row=ROW_ITEMS))
         if self.matcher.is_error():  # llguidance's limits (a regex or choice too large to compile): simplify it
             fix = {"choice": "give fewer choices"}.get(structured.kind, f"simplify the {structured.source()[0].replace('_', ' ')}")
             raise StructuredError(f"structured {structured.kind} is invalid: {_one_line(self.matcher.get_error())}: {fix}")

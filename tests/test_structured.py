@@ -5,6 +5,7 @@ validly, and bad constraints are refused in one line. The server's side: tests/t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -60,6 +61,14 @@ def model(llama):
     return llama
 
 
+def _deep(levels: int) -> dict:
+    """A schema of objects nested `levels` deep."""
+    schema = {"type": "integer"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}, "required": ["a"]}
+    return schema
+
+
 PROMPTS = ["hello", "abc def"]
 PLAIN = SamplingParams(max_new_tokens=40, temperature=0.0)
 PARAMS = [SamplingParams(max_new_tokens=60, temperature=t, seed=3, structured=st) for st in CONSTRAINTS for t in (0.0, 1.0)]
@@ -92,8 +101,9 @@ def test_answers_match_their_constraint_beside_plain_rows_and_through_preemption
     assert again.token_ids == alone.token_ids and engine.counters == masked  # plain requests: nothing new compiled
 
 
-def _run(model, engine, pairs):
-    """Each (prompt, params) as one request of one engine run; Completions in order."""
+def _run(model, engine, pairs, events=None):
+    """Each (prompt, params) as one request of one engine run; Completions in order (`events`: a list the events go
+    to)."""
     from jaxllm.engine import Request
     from jaxllm.generation import Completion, Output
 
@@ -103,6 +113,8 @@ def _run(model, engine, pairs):
     outputs = [Output(tok, r.params, set(engine.eos.tolist())) for r in requests]
     for ev in engine.run(requests):
         outputs[ev.index].take(ev)
+        if events is not None:
+            events.append(ev)
     return [Completion(o.text, o.tokens, o.finish_reason, len(r.prompt)) for o, r in zip(outputs, requests)]
 
 
@@ -152,6 +164,22 @@ def test_masked_sampling_equals_sampling_logits_masked_by_hand():
     (dict(regex="a", choice=["b"]), "sets regex and choice: set exactly one"),
     (dict(), "sets nothing"),
     (dict(regexp="a"), "unknown structured output field 'regexp'"),
+    (dict(json_schema=False), "structured json_schema is invalid: give it as non-empty text"),  # not "sets nothing"
+    (dict(choice=0), "structured choice=0 is invalid"),
+    (dict(json_schema=_deep(3000)), "structured json_schema is nested too deeply"),  # not a RecursionError
+    (dict(json_schema=_deep(100)), "recursion limit exceeded"),
+    (dict(grammar='foo: "b"'), "from a 'start:' rule; or GBNF, from 'root ::='"),
+    # unsatisfiable: each used to be served as an empty answer ending "stop", which matched nothing
+    (dict(json_schema={"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}), "structured json_schema is unsatisfiable"),
+    (dict(json_schema={"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}), "is unsatisfiable"),
+    (dict(json_schema={"enum": []}), "Unsatisfiable schema: anyOf is empty"),
+    (dict(json_schema={"type": "integer", "minimum": 5, "maximum": 1}), "minimum (5) is greater than maximum (1)"),
+    (dict(json_schema={"type": "object", "properties": {}, "required": ["a"], "additionalProperties": False}), "required property 'a' is unsatisfiable"),
+    (dict(regex="[^\\s\\S]"), "structured regex is unsatisfiable: no text that this model's tokenizer can write"),
+    (dict(grammar='start: start "a"'), "structured grammar is unsatisfiable"),
+    # the tokenizer (printable ASCII, no byte fallback) has no token for the text: a regex ended "error" at its first token
+    (dict(regex="é+"), "structured regex is unsatisfiable: no text that this model's tokenizer can write"),
+    (dict(choice=["ünï", "çödé"]), "structured choice is unsatisfiable: no text"),
 ])
 def test_bad_constraints_are_refused_in_one_line_at_submit(served, fields, says):
     engine = served[0]
@@ -171,9 +199,8 @@ def test_a_constraint_beyond_llguidances_limits_for_the_tokenizer_is_refused_in_
 
 
 def test_a_grammar_failing_mid_answer_ends_it_with_a_one_line_warning(model, served, caplog):
-    """A constraint llguidance compiles but cannot run (a regex too large for its lexer, a choice among 2,000 forced
-    tools) ends its answer with finish_reason 'error'; the warning is one line, not llguidance's state and whole grammar
-    (400 KB a request)."""
+    """A constraint llguidance compiles but cannot run (a regex too large for its lexer) ends its answer with
+    finish_reason 'error'; the warning is one line, not llguidance's state and whole grammar (400 KB a request)."""
     engine = served[0]
     (out,) = _run(model, engine, [("hi", SamplingParams(max_new_tokens=4, temperature=0.0, structured={"regex": "a{1000000}"}))])
     (warning,) = [r.getMessage() for r in caplog.records if "structured-output grammar" in r.getMessage()]
@@ -208,3 +235,114 @@ def test_cli_flags_build_the_constraint(tmp_path):
         assert progress.sampling_params(generate.parse_args(["hi", *argv])).structured == want
     with pytest.raises(jaxllm.JaxllmError, match="--regex, --choice each constrain the answer: give one of them"):
         progress.sampling_params(generate.parse_args(["hi", "--regex", "a", "--choice", "b"]))
+
+
+@pytest.mark.parametrize("st", CONSTRAINTS, ids=lambda st: st.kind)
+def test_an_answer_cut_by_max_new_tokens_is_a_valid_prefix_ending_length(model, served, st):
+    """max_new_tokens=1, below the shortest complete answer: finish_reason "length", every token one the grammar allows
+    (an independent matcher takes them all), the text not yet complete."""
+    (out,) = _run(model, served[0], [(PROMPTS[0], SamplingParams(max_new_tokens=1, temperature=1.0, seed=5, structured=st))])
+    matcher = llguidance.LLMatcher(structured.tokenizer(model.tokenizer, [2]), structured.grammar_text(st))
+    assert out.finish_reason == "length" and len(out.token_ids) == 1, out
+    assert matcher.validate_tokens(out.token_ids) == 1 and not matcher.is_error()
+
+
+def test_constrained_rows_give_the_same_tokens_with_speculative_decoding_on_and_with_logprobs(model, served, monkeypatch):
+    """The constrained rows of the served fixture (greedy and seeded rows of each constraint) on the engine speculating
+    (4 tokens a step) and reporting log-probabilities: the same tokens (speculation is off for steps with a constrained
+    row, seeds draw the same), and the log-probabilities the model's own (unmasked: the docstring of
+    jaxllm/structured.py), equal to those of a teacher-forced forward pass."""
+    engine = served[0]
+    monkeypatch.setattr(engine, "speculative", 4)
+    events = []
+    outs = _run(model, engine, [(PROMPTS[i % 2], dataclasses.replace(p, logprobs=True)) for i, p in enumerate(PARAMS)], events)
+    assert [o.token_ids for o in outs] == [o.token_ids for o in served[3][1:]]
+    assert engine.scheduler.stats.verified == 0  # nothing speculated
+    prompt, out = model.tokenizer.encode(PROMPTS[0], add_special_tokens=False), outs[0]
+    want = np.asarray(jax.nn.log_softmax(model.logits([prompt + out.token_ids])[0, len(prompt) - 1 : -1], axis=-1))
+    got = [lp for ev in events if ev.index == 0 for lp in ev.logprobs]
+    np.testing.assert_allclose(got, want[np.arange(len(out.token_ids)), out.token_ids], atol=2e-4)
+
+
+def test_a_stop_string_cuts_a_constrained_answer(model, served):
+    """A stop string inside the constrained text ends the answer there ("stop"), the text before it a valid prefix."""
+    (whole,) = _run(model, served[0], [(PROMPTS[0], SamplingParams(max_new_tokens=60, temperature=0.0, structured=CONSTRAINTS[0]))])
+    stop = whole.text[5:7]
+    (out,) = _run(model, served[0], [(PROMPTS[0], SamplingParams(max_new_tokens=60, temperature=0.0, structured=CONSTRAINTS[0],
+                                                                 stop=(stop,)))])
+    assert out.finish_reason == "stop" and out.text == whole.text[: whole.text.index(stop)], (whole.text, out.text)
+
+
+@pytest.mark.parametrize("specials, eos, refused", [((), [], True), (("<unk>",), [], False), ((), [5], False), ((), [-1], True)])
+def test_an_eos_less_tokenizer_is_refused_where_llguidance_would_end_on_a_text_token(specials, eos, refused):
+    """Without the engine's EOS ids llguidance takes one of its own: a special token is hidden from the text (the
+    grammar ends the answer), a text token would be written after a complete answer (it was: "!" of GPT-2's id 0)."""
+    vocab = {**{s: i for i, s in enumerate(specials)}, **{c: i + len(specials) for i, c in enumerate(CHARS)}}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.add_special_tokens(list(specials))
+    backend.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    if not refused:
+        assert structured.tokenizer(SimpleNamespace(backend_tokenizer=backend), eos).vocab_size == len(vocab)
+        return
+    with pytest.raises(jaxllm.GenerationError) as err:
+        structured.tokenizer(SimpleNamespace(backend_tokenizer=backend), eos)
+    assert str(err.value).startswith("structured outputs need an end-of-sequence token and this model has none")
+
+
+@pytest.mark.parametrize("fields, answers", [
+    (dict(regex="()"), [""]),  # only the empty string: EOS at once
+    (dict(choice=["ab", "ab", "ab"]), ["ab"]),  # duplicates
+    (dict(choice=[f"c{i}" for i in range(3000)]), [f"c{i}" for i in range(3000)]),  # a huge choice: it ended "error"
+    (dict(choice=["a.b", "(x)|y", "\\d+", "[z]^$", "a b~#&-"]), ["a.b", "(x)|y", "\\d+", "[z]^$", "a b~#&-"]),  # meta
+    (dict(json_schema={"enum": [f"v{i}" for i in range(3000)]}), [json.dumps(f"v{i}") for i in range(3000)]),  # a huge enum
+    (dict(grammar='start: "x" | "y"\nunused: "z"'), ["x", "y"]),  # an unreachable rule
+    (dict(grammar='root ::= "x" | "y"'), ["x", "y"]),  # GBNF
+    (dict(regex="(a+)+b"), None),  # "catastrophic" for a backtracking engine; llguidance's lexer is a DFA
+])
+def test_edge_constraints_are_served_and_match(model, served, fields, answers):
+    (out,) = _run(model, served[0], [(PROMPTS[0], SamplingParams(max_new_tokens=12, temperature=0.0, structured=fields))])
+    if answers is None:
+        assert out.finish_reason == "length" or re.fullmatch(fields["regex"], out.text), out
+        assert re.fullmatch("a*", out.text[:-1] if out.text.endswith("b") else out.text), out
+    else:
+        assert out.finish_reason == "stop" and out.text in answers, out
+
+
+@pytest.mark.parametrize("choice", ["a.b", "(x)|y", "\\d+", "[z]^$", "a b~#&-", "{2}*?", "ab"])
+def test_a_choice_matches_its_text_alone_whatever_regex_characters_it_holds(model, choice):
+    """A choice is compiled as a regex alternation: each string matches itself, and no other text (its characters
+    as a regex would: 'a.b' taking 'axb', '\\d+' taking '12')."""
+    tok = structured.tokenizer(model.tokenizer, [2])
+    st = jaxllm.Structured(choice=[choice, "other"])
+    ids = model.tokenizer.encode(choice, add_special_tokens=False)
+    matcher = llguidance.LLMatcher(tok, structured.grammar_text(st))
+    assert matcher.validate_tokens(ids) == len(ids) and matcher.consume_tokens(ids) and matcher.is_accepting()
+    for near in ("axb", "x", "12", "z", "a b", "{{", "abab"):
+        matcher.reset()
+        ids = model.tokenizer.encode(near, add_special_tokens=False)
+        if near != choice and not choice.startswith(near) and not "other".startswith(near):
+            assert matcher.validate_tokens(ids) < len(ids), near
+
+
+@pytest.mark.parametrize("st", CONSTRAINTS, ids=lambda st: st.kind)
+def test_copies_of_a_sampled_constrained_request_each_keep_their_own_matcher(model, served, st):
+    """n > 1 as the server sends it (copies, seeds apart): each copy's answer matches, one seed gives one answer."""
+    outs = _run(model, served[0], [(PROMPTS[0], SamplingParams(max_new_tokens=60, temperature=1.0, seed=s, structured=st))
+                                   for s in (7, 8, 7, 9)])
+    assert all(o.finish_reason == "stop" and _matches(st, o.text) for o in outs), [o.text for o in outs]
+    assert outs[0].token_ids == outs[2].token_ids
+
+
+@pytest.mark.parametrize("tools", [3, 2500])
+def test_a_forced_call_among_thousands_of_tools_is_served(model, tools):
+    """tool_choice 'required' is an anyOf of one object a tool: past 2,000 tools llguidance's parser row overflowed
+    at the call's name (finish_reason 'error'); the call of the last tool is taken and completes the grammar."""
+    from jaxllm.api import forced_tools
+
+    def tool(i):
+        return SimpleNamespace(function=SimpleNamespace(name=f"f{i}", parameters={"type": "object", "properties": {"x": {"type": "integer"}}}))
+
+    st = forced_tools.constraint([tool(i) for i in range(tools)], "required")
+    grammar = structured.Grammar(st, structured.tokenizer(model.tokenizer, [2]))
+    assert grammar.advance(model.tokenizer.encode(f'[{{"name":"f{tools - 1}","parameters":{{"x":1}}}}]', add_special_tokens=False))
+    assert grammar.advance([2]) and grammar.stopped, grammar.error
