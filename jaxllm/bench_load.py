@@ -8,7 +8,7 @@ each step in a fresh process: `jaxllm.load` of the safetensors, `python -m jaxll
 warm page cache (best of --repeat) and, where the page cache can be dropped (root), cold.
 
 Also the helpers the speed benchmark shares with it, imported by jaxllm.bench from here (this
-module never imports jaxllm.bench): `section`, `hf_peer`, `fresh_python` (a step in a fresh process,
+module imports jaxllm.bench only when run as the program, `python -m jaxllm.bench_load`): `section`, `hf_peer`, `fresh_python` (a step in a fresh process,
 its failure one line), `check_out` and `write_json` (--out checked before the run, written atomically).
 """
 

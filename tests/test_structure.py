@@ -42,9 +42,14 @@ def _targets(node: ast.AST, package: str) -> list[str]:
 
 
 def _top_level_imports(path: Path) -> set[str]:
+    """What importing the module imports: its top level, `if` and `try` blocks included, but not an
+    `if __name__ == "__main__":` block, which runs only when the module is the program (python -m),
+    as `__main__`, so what it imports cannot come back to it as an import cycle."""
     tree = ast.parse(path.read_text())
     out = set()
     for node in tree.body:
+        if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test) and "__name__" in ast.unparse(node.test):
+            continue
         for sub in ast.walk(node) if isinstance(node, (ast.If, ast.Try)) else [node]:
             out.update(_targets(sub, _package(path)))
     return out
