@@ -30,7 +30,18 @@ import numpy as np
 
 from jaxllm.errors import CheckpointError
 from jaxllm.gguf_blocks import NATIVE, TYPES, blocks, check_readable, dequantize, tensor_bytes
-from jaxllm.gguf_families import ARCHITECTURES, Family, check_per_layer, check_required, decimal, family_of, hf_name, part_of
+from jaxllm.gguf_families import (
+    ARCHITECTURES,
+    Family,
+    check_per_layer,
+    check_required,
+    decimal,
+    family_of,
+    hf_name,
+    part_of,
+    positive,
+    whole,
+)
 from jaxllm.models import quant, registry
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
@@ -199,7 +210,7 @@ def read_parts(path: Path) -> list[Header]:
     model, or a file that is not the first part."""
     first = read_header(path)
     count, number = first.fields.get("split.count", 1), first.fields.get("split.no", 0)
-    if not _split_field(count, 1) or not _split_field(number, 0) or number >= count:
+    if not positive(count) or not whole(number) or number >= count:
         raise CheckpointError(f"{path}: GGUF split.no {str(number)[:30]} / split.count {str(count)[:30]} are not a part's number "
                               "and its model's part count: the file is damaged; download it again")
     if count == 1:
@@ -230,12 +241,6 @@ def read_parts(path: Path) -> list[Header]:
                               f"{str(stated)[:30]} its split.tensors.count says: a part is of another model or damaged; "
                               "download the parts again")
     return parts
-
-
-def _split_field(value, least: int) -> bool:
-    """Whether split.count / split.no is a whole number, at least `least`."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
-
 
 
 def config_from_metadata(header: Header, parts: list[Header] | None = None) -> dict:

@@ -57,20 +57,20 @@ def _gemma_config(get, raw: dict) -> None:
         if get(key) is not None:
             raw[key.removeprefix("attention.")] = decimal(get(key))
     heads, hidden, head_dim = raw["num_attention_heads"], raw["hidden_size"], raw.get("head_dim")
-    if not _positive(heads, hidden) or (head_dim is not None and not _positive(head_dim)):
+    if not positive(heads, hidden) or (head_dim is not None and not positive(head_dim)):
         return  # nothing to derive from: the config's checks name the bad value
     is_27b = raw["num_hidden_layers"] == {"gemma2": 46, "gemma3_text": 62}[raw["model_type"]]
     raw["query_pre_attn_scalar"] = hidden // heads if is_27b else head_dim or hidden // heads
 
 
-def _whole(*values) -> bool:
+def whole(*values) -> bool:
     """Whether every value is a whole number, 0 or more (metadata read as it is: any type)."""
     return all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
 
 
-def _positive(*values) -> bool:
+def positive(*values) -> bool:
     """Whether every value is a positive whole number (metadata read as it is: any type)."""
-    return _whole(*values) and all(v > 0 for v in values)
+    return whole(*values) and all(v > 0 for v in values)
 
 
 def _rotary_part(get, raw: dict, prefix: str) -> float | None:
@@ -81,7 +81,7 @@ def _rotary_part(get, raw: dict, prefix: str) -> float | None:
         raise CheckpointError(f"GGUF {prefix}.rope.dimension_count is {rotary!r}, not a positive whole number: the file is "
                               "damaged: re-convert it with llama.cpp's convert_hf_to_gguf.py")
     head_dim = raw.get("head_dim")
-    if not _positive(hidden, heads, rotary) or (head_dim is None and hidden % heads) or not _positive(head_dim or 1):
+    if not positive(hidden, heads, rotary) or (head_dim is None and hidden % heads) or not positive(head_dim or 1):
         return None
     return rotary / (head_dim or hidden // heads)
 
@@ -151,7 +151,7 @@ def _qwen2_moe_config(get, raw: dict) -> None:
     existed: Qwen1.5-MoE's 5632 / 4 = 1408), the shared expert's feed_forward_length (0 too, as llama.cpp)."""
     _moe_config(get, raw)
     used, ffn = raw["num_experts_per_tok"], raw["intermediate_size"]
-    if raw["moe_intermediate_size"] in (None, 0) and _positive(used, ffn):  # else the config's checks name the bad value
+    if raw["moe_intermediate_size"] in (None, 0) and positive(used, ffn):  # else the config's checks name the bad value
         raw["moe_intermediate_size"] = ffn // used
     raw["norm_topk_prob"] = False
     shared = get("expert_shared_feed_forward_length")
@@ -214,7 +214,7 @@ def _minimax_m2_config(get, raw: dict) -> None:
         raw["intermediate_size"] = width
     raw["rotary_dim"] = get("rope.dimension_count")
     gating = get("expert_gating_func")
-    if _whole(gating):  # a number as llama.cpp writes it (anything else is left for the config's checks to name)
+    if whole(gating):  # a number as llama.cpp writes it (anything else is left for the config's checks to name)
         gating = {0: "none", 1: "softmax", 2: "sigmoid"}.get(gating, "softmax")
     if gating is not None:
         raw["scoring_func"] = gating
@@ -229,20 +229,20 @@ def _qwen35_config(get, raw: dict) -> None:
     heads, inner, head_dim = get("ssm.time_step_rank"), get("ssm.inner_size"), raw.get("head_dim")
     raw.update(full_attention_interval=get("full_attention_interval"), linear_conv_kernel_dim=get("ssm.conv_kernel"),
                linear_key_head_dim=get("ssm.state_size"), linear_num_key_heads=get("ssm.group_count"),
-               linear_num_value_heads=heads, linear_value_head_dim=inner // heads if _positive(inner, heads) else inner)
+               linear_num_value_heads=heads, linear_value_head_dim=inner // heads if positive(inner, heads) else inner)
     nextn = get("nextn_predict_layers", 0)
-    if not _whole(nextn):
+    if not whole(nextn):
         prefix = "qwen35moe" if raw["model_type"] == "qwen3_5_moe_text" else "qwen35"
         raise CheckpointError(f"GGUF {prefix}.nextn_predict_layers is {str(nextn)[:60]}, not a whole number of layers: the file is "
                               "damaged; re-convert it with llama.cpp's convert_hf_to_gguf.py")
-    if _whole(raw["num_hidden_layers"]):  # else the config's checks name the bad value
+    if whole(raw["num_hidden_layers"]):  # else the config's checks name the bad value
         raw["num_hidden_layers"] -= nextn
     rope = {"rope_type": "default", "rope_theta": raw.pop("rope_theta"), "mrope_interleaved": True}
     sections = get("rope.dimension_sections")
     if isinstance(sections, list):  # one a position axis, padded to four: those it uses (the text's rope is plain rope)
         rope["mrope_section"] = [n for n in sections if n]
     rotary = get("rope.dimension_count")
-    if _positive(rotary, head_dim):
+    if positive(rotary, head_dim):
         rope["partial_rotary_factor"] = rotary / head_dim
     raw["rope_parameters"] = rope
 
@@ -264,7 +264,7 @@ def _tiled_to_grouped(axis: int = 0, per_value: bool = False, qk: bool = False):
     def order(raw: dict):
         k, v, dk = raw["linear_num_key_heads"], raw["linear_num_value_heads"], raw["linear_key_head_dim"]
         dim = raw["linear_value_head_dim"] if per_value else 1
-        if not _positive(k, v, dk, dim) or v % k:
+        if not positive(k, v, dk, dim) or v % k:
             return None
         skip = 2 * dk * k if qk else 0
         tiled = np.arange(v * dim).reshape(k, v // k, dim).transpose(1, 0, 2).reshape(-1)
@@ -293,7 +293,7 @@ def _lfm2_config(get, raw: dict) -> None:
     (shortconv.l_cache taps) on the others; the MLP as wide as the file says (no auto-adjusting), as
     transformers' GGUF loader reads it (its own reader of lfm2's metadata, integrations/gguf)."""
     kv, layers = get("attention.head_count_kv"), raw["num_hidden_layers"]
-    if not isinstance(kv, list) or len(kv) != layers or not _whole(*kv):
+    if not isinstance(kv, list) or len(kv) != layers or not whole(*kv):
         raise CheckpointError(f"GGUF lfm2.attention.head_count_kv is {str(kv)[:60]}, not a list of {layers} kv head counts (0 for "
                               "a conv layer): the file is damaged; re-convert it with llama.cpp's convert_hf_to_gguf.py")
     raw["norm_eps"] = raw.pop("rms_norm_eps")
@@ -472,7 +472,7 @@ def check_per_layer(raw: dict, prefix: str) -> None:
     for the config's checks to name."""
     for field, key in _PER_LAYER.items():
         value = raw.get(field)
-        if isinstance(value, list) and value and _whole(*value):
+        if isinstance(value, list) and value and whole(*value):
             raise CheckpointError(f"GGUF {prefix}.{key} differs from layer to layer ({str(value)[:60]}): a model whose layers "
                                   "differ so is not supported from GGUF; load its Hugging Face checkpoint instead")
 
