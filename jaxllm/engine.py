@@ -427,16 +427,21 @@ class Engine:
     def _error(self, seq: Sequence, tokens: list[int], logprobs: list[float] | None = None, top: list | None = None,
                grammar: bool = False) -> Event:
         """End a request whose logits turned non-finite (NaN or Inf), or (`grammar`) whose structured-output matcher
-        refused a token: a warning, and its last event."""
+        refused a token: a warning, and its last event, whose `error` says why in one line. The pages of a request
+        whose logits were not finite may hold NaN or Inf keys and values, which a sequence given them next would read
+        (masked positions are weighted by 0, and 0 x NaN is NaN): they are taken out of the prefix cache and zeroed."""
         index = self.index_of[seq]
         if grammar:
-            log.warning("request %d: its structured-output grammar refused token %d after %d new tokens (%s); it stops "
-                        "with finish_reason 'error'", index, seq.output[-1], len(seq.output) - 1, seq.grammar.error)
+            message = (f"request {index!r}: its structured-output grammar refused token {seq.output[-1]} after "
+                       f"{len(seq.output) - 1} new tokens ({seq.grammar.error}); it stops with finish_reason 'error'")
+            self._finish(seq)
         else:
-            log.warning("request %d: the model's logits are not finite (NaN or Inf) after %d new tokens; it stops with "
-                        "finish_reason 'error' (check the weights: python -m jaxllm.inspect --scan MODEL)", index, len(seq.output))
-        self._finish(seq)
-        return Event(index, tokens, logprobs or [], True, error=True, finish_reason="error", top_logprobs=top or [])
+            message = (f"the model's logits are NaN/inf at token {len(seq.output) + 1} of request {index!r}: its weights "
+                       "hold NaN/inf (check with `python -m jaxllm.inspect --scan MODEL`) or float16 overflowed (load "
+                       "with dtype=bfloat16 or float32)")
+            self._finish(seq, spoiled=True)
+        log.warning("%s", message)
+        return Event(index, tokens, logprobs or [], True, error=message, finish_reason="error", top_logprobs=top or [])
 
     def _reason(self, seq: Sequence, finished: bool) -> str | None:
         """A finished sequence's finish reason: "stop" when it ended on an id that ends it (an EOS id, one of its
@@ -474,8 +479,12 @@ class Engine:
     def _release(self, seq: Sequence) -> None:
         self.slot_of.pop(seq, None)
 
-    def _finish(self, seq: Sequence) -> None:
-        self.scheduler.finish(seq)
+    def _finish(self, seq: Sequence, spoiled: bool = False) -> None:
+        """Free a finished sequence's pages and slot; `spoiled`: its pages may hold NaN or Inf (`_error`)."""
+        pages = self.scheduler.finish(seq, spoiled)
+        if pages:
+            with self._donating():
+                self.state = self.runner.scrub(self.state, pages)
         self._release(seq)
         self.index_of.pop(seq, None)
 

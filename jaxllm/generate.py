@@ -146,6 +146,10 @@ def _answer(args, prompts: list[str]) -> int:
     done.update((i, r.text) for i, r in enumerate(results) if i >= written)  # any the engine ended without a last event
     write_done()
     print(stats.line(sum(r.prompt_tokens for r in results)), file=sys.stderr)
+    failed = [(i, r.error) for i, r in enumerate(results) if r.error]  # finish reason "error": its one line, exit 2
+    if failed:
+        i, why = failed[0]
+        raise JaxllmError(why if len(prompts) == 1 else f"prompt {i + 1} ({len(failed)} of {len(prompts)} failed): {why}")
     return 0
 
 

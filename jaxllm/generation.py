@@ -41,6 +41,9 @@ class Completion:
     prompt_logprobs: list[float | None] | None = None
     prompt_top_logprobs: list[list[tuple[int, float]] | None] | None = None
     prompt_ranks: list[int | None] | None = None
+    # finish_reason "error": why, in one line naming the problem and the fix (the model's logits turned NaN/inf, a
+    # structured-output grammar refused a token); None otherwise
+    error: str | None = None
 
 
 def prepare(model, prompts, params: SamplingParams | dict | None, *, chat=None, system=None, chat_template_kwargs=None):
@@ -166,7 +169,7 @@ def generate(model, prompts: str | Sequence, params: SamplingParams | None = Non
         o = outputs[i]
         return Completion(o.text, o.tokens, o.finish_reason or "length", len(ids[i]), o.logprobs if params.logprobs else None,
                           o.top_logprobs if params.top_logprobs else None, o.prompt_logprobs, o.prompt_top_logprobs,
-                          o.prompt_ranks)
+                          o.prompt_ranks, o.error)
 
     for ev in engine.run(requests, stop_check=lambda i: outputs[i].finish_reason is not None):
         output = outputs[ev.index]
@@ -228,6 +231,7 @@ class Output:
         self.prompt_logprobs = self.prompt_top_logprobs = self.prompt_ranks = None  # the first event's (Event)
         self.finish_reason: str | None = None
         self.stop_reason: str | int | None = None
+        self.error: str | None = None  # finish reason "error": why (Event.error)
 
     @property
     def text(self) -> str:
@@ -243,9 +247,9 @@ class Output:
             self.finish_reason = "stop"
         return text
 
-    def push(self, tokens: list[int], logprobs: list[float], finished: bool, error: bool = False, top: list | None = None) -> str:
-        """Take an event's tokens; returns the text that became final. `error`: the engine ended
-        the sequence because its logits turned non-finite (finish reason "error"); `top`: the
+    def push(self, tokens: list[int], logprobs: list[float], finished: bool, error: str | None = None, top: list | None = None) -> str:
+        """Take an event's tokens; returns the text that became final. `error`: why the engine ended
+        the sequence (its logits turned non-finite: finish reason "error"; Event.error); `top`: the
         tokens' top log-probabilities (Event.top_logprobs), if any."""
         self.tokens += tokens
         self.logprobs += logprobs
@@ -261,5 +265,6 @@ class Output:
         if finished and self.finish_reason is None:
             text += self.stream.flush() if self.stream is not None else ""
             self.finish_reason = "error" if error else "stop" if ended else "length"
+            self.error = error or None
             self.stop_reason = self.tokens[-1] if ended and self.tokens[-1] in self.stop_ids else None
         return text

@@ -290,10 +290,11 @@ def test_non_finite_logits_end_a_request_with_an_error(llama, caplog):
     with caplog.at_level("WARNING", logger="jaxllm"):
         out = mid.generate(prompt, GREEDY)
     assert out.finish_reason == "error" and 1 <= len(out.token_ids) < GREEDY.max_new_tokens
-    assert "not finite" in caplog.text
+    assert out.error.startswith(f"the model's logits are NaN/inf at token {len(out.token_ids) + 1} of request 0: ")
+    assert out.error in caplog.text and "\n" not in out.error and "jaxllm.inspect --scan" in out.error
     at_prefill = dataclasses.replace(llama, params=jax.tree.map(lambda x: x * jnp.nan, llama.params), engines={})
     out = at_prefill.generate(prompt, GREEDY)
-    assert out.finish_reason == "error" and out.token_ids == []
+    assert out.finish_reason == "error" and out.token_ids == [] and "NaN/inf at token 1 of request 0" in out.error
 
 
 def test_misuse_of_the_public_api_is_refused_or_harmless(llama):

@@ -443,3 +443,32 @@ def test_a_bad_request_among_good_ones(tiny, bad):
         for ev in engine.step():
             got[ev.index] = got.get(ev.index, []) + ev.tokens
     assert got == {i: served_alone(tiny, p, q)[0] for i, (p, q) in zip("ac", good)}
+
+
+def test_non_finite_logits_end_only_their_request_and_spoil_no_later_one(tiny, caplog):
+    """One NaN weight (an embedding row's first value): a request whose prompt holds that token ends at its first
+    token, and one that generates it at the next, with finish_reason "error" and a one-line message naming the
+    problem and the fix; a healthy request in the same batch gets what it gets alone, and so does one served after
+    them in the same pool: the pages they leave held NaN keys and values (0 x NaN is NaN at masked positions)."""
+    greedy = jaxllm.SamplingParams(max_new_tokens=6, ignore_eos=True, logprobs=True).resolved()
+    good, makes = [9, 40, 11, 3], [17, 30, 21]
+    nan = served_alone(tiny, makes, greedy)[0][0]  # the first token `makes` generates: its embedding goes NaN
+    assert nan not in good + makes + served_alone(tiny, good, greedy)[0]
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: x.at[nan, 0].set(np.nan) if "embed_tokens" in jax.tree_util.keystr(path) else x, tiny.model.params)
+    spoiled = Tiny(dataclasses.replace(tiny.model, params=params, engines={}))
+    engine = Engine(spoiled.model, **SHAPE)
+    with caplog.at_level("WARNING", logger="jaxllm"):
+        got = {}
+        for ev in engine.run([Request(p, greedy, i) for i, p in enumerate([makes, good, [5, nan, 6]])]):
+            tokens, _, errors = got.get(ev.index, ([], [], []))
+            got[ev.index] = tokens + ev.tokens, ev.finish_reason, errors + [ev.error]
+        after = [(ev.tokens, ev.finish_reason) for ev in engine.run([Request(good, greedy)])]
+    fix = ("its weights hold NaN/inf (check with `python -m jaxllm.inspect --scan MODEL`) or float16 overflowed (load "
+           "with dtype=bfloat16 or float32)")
+    assert got[0] == ([nan], "error", [None, f"the model's logits are NaN/inf at token 2 of request 0: {fix}"])
+    assert got[2] == ([], "error", [f"the model's logits are NaN/inf at token 1 of request 2: {fix}"])
+    alone = served_alone(spoiled, good, greedy)
+    assert got[1][:2] == (alone[0], "length") and alone[0] == served_alone(tiny, good, greedy)[0]
+    assert [t for tokens, _ in after for t in tokens] == alone[0] and after[-1][1] == "length"
+    assert caplog.text.count("NaN/inf at token") == 2 and engine.blocks.num_free == engine.blocks.num_pages

@@ -228,14 +228,25 @@ class BlockManager:
                 uid = entry.uid if (entry.tokens, entry.parent) == (t, prev_uid) else None
             seq.chain.append((key, uid))
 
-    def free(self, seq: Sequence) -> None:
+    def free(self, seq: Sequence, spoiled: bool = False) -> list[int]:
         """Drop seq's references. Its last page is freed first, so within one sequence the deeper
-        pages are evicted before the prefix they extend (a prefix outlives its extensions)."""
+        pages are evicted before the prefix they extend (a prefix outlives its extensions). `spoiled`: the pages
+        may hold NaN or Inf (its logits were not finite), so those no other sequence holds leave the prefix cache
+        for the free list, and are returned, for the caller to zero before they are handed out again; else []."""
+        dropped = []
         for page in reversed(seq.pages):
             self.refs[page] -= 1
             if self.refs[page] == 0:
-                if self._meta[page] is not None:
+                entry = self._meta[page]
+                if spoiled and entry is not None:
+                    table = self._tables[self.shard_of(page)]
+                    if table.get(entry.key) == page:
+                        del table[entry.key]
+                    self._meta[page] = entry = None
+                if entry is not None:
                     self._evictables[self.shard_of(page)][page] = None
                 else:
                     self._frees[self.shard_of(page)].append(page)
+                    dropped += [page] if spoiled else []
         seq.pages, seq.num_cached, seq.chain = [], 0, []
+        return dropped

@@ -59,7 +59,7 @@ class Event:
     tokens: list[int]
     logprobs: list[float]
     finished: bool = False
-    error: bool = False  # the model's logits turned non-finite: the request ends here, without a token
+    error: str | None = None  # why the request ended with finish_reason "error" (one line: the problem and the fix)
     finish_reason: str | None = None  # set on the last event: "stop", "length" or "error"
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
     prompt_logprobs: list[float | None] | None = None

@@ -150,7 +150,8 @@ class Runner:
         indexed = index_shapes(self.cfg)  # sparse attention's indexer key pages beside the keys and values
         steps = make_steps(model.graphdef, chunk, attention, self.mesh, kv_shapes, scales is not None, decode_options,
                            small_options, recurrent, indexed)
-        self._traces, self._prefill_large, self._prefill_small, self._decode, self._zeros, self._speculate = steps
+        (self._traces, self._prefill_large, self._prefill_small, self._decode, self._zeros, self._speculate,
+         self._scrub) = steps
         self._before = dataclasses.replace(self._traces)  # what engines before this one compiled
         pool = self.shards * pool_pages(self.shard_pages, self.shard_seqs)
         self._sizes = (max_seqs, pool, page_size, kv_shapes, self.cfg.output_vocab, eos_width, self.kv_dtype, recurrent,
@@ -401,6 +402,16 @@ class Runner:
             *self._decode_inputs(table, limit, stop, steps), *self._speculate_inputs(tokens, wait, width))
         out, out_lp, done, best, (verified, drafted, kept, wait) = jax.device_get((out, out_lp, done, best, stats))
         return state, out, out_lp, done, best, (int(verified.sum()), drafted, kept, wait)
+
+    def scrub(self, state: SlotState, pages: list[int]) -> SlotState:
+        """`state` with `pages` (the block manager's ids) zeroed in every layer's pool (steps._scrub), their count
+        padded to a power of two (a compile per bucket, on the error path only)."""
+        per_shard = pool_pages(self.shard_pages, self.shard_seqs)
+        rows = np.full(bucket(len(pages), 8), self.shards * per_shard, np.int32)  # past the pool: dropped
+        for i, page in enumerate(pages):
+            shard = page // self.shard_pages
+            rows[i] = shard * per_shard + page - shard * self.shard_pages
+        return self._scrub(state, self._put(rows))
 
     def _speculate_inputs(self, tokens: list[list[int]], wait: np.ndarray, width: int) -> tuple:
         """A speculative decode call's inputs after decode's: each slot's tokens at their positions [B, width] (-1

@@ -119,13 +119,15 @@ class Scheduler:
                 return True
         return False
 
-    def finish(self, seq: Sequence) -> None:
-        """A sequence is done (EOS, stop string, max_new_tokens: the engine decides): free its pages."""
+    def finish(self, seq: Sequence, spoiled: bool = False) -> list[int]:
+        """A sequence is done (EOS, stop string, max_new_tokens, an error: the engine decides): free its pages.
+        `spoiled` (its logits were not finite): the pages it held alone are uncached, and returned (BlockManager.free)."""
         for queue in (self.running, self.waiting):
             if seq in queue:
                 queue.remove(seq)
-        self.block_manager.free(seq)
+        pages = self.block_manager.free(seq, spoiled)
         seq.status = Status.FINISHED
+        return pages
 
     # -- prefill ---------------------------------------------------------------------------------
 

@@ -69,6 +69,7 @@ class Steps(NamedTuple):
     decode: Callable
     zeros: Callable  # a zero SlotState
     speculate: Callable  # decode with speculative decoding: drafts looked up and verified on the device
+    scrub: Callable  # pages of the pool zeroed (those of a request whose logits were not finite: Engine._error)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,7 +104,8 @@ def steps(graphdef, chunk: int, attention: str, mesh, kv_shapes: tuple, scales: 
         return Steps(counters, *(jax.jit(prefill, static_argnums=(0, 1, 2, 3), donate_argnums=5, compiler_options=o) for o in (None, small)),
                      jax.jit(decode, static_argnums=(0, 1, 2, 3), donate_argnums=5, compiler_options=options),
                      jax.jit(_zero_state, static_argnums=sizes),
-                     jax.jit(speculate, static_argnums=(0, 1, 2, 3, 4), donate_argnums=6, compiler_options=options))
+                     jax.jit(speculate, static_argnums=(0, 1, 2, 3, 4), donate_argnums=6, compiler_options=options),
+                     jax.jit(_scrub, donate_argnums=0))
     # On a mesh: the pool is split like the kv projections (an int8 pool's scales [pool, page, K]
     # like its first three dims) and over dp by pages; the slots over dp; what the host reads back
     # is replicated, so every process of a multi-host run can read it.
@@ -137,7 +139,8 @@ def steps(graphdef, chunk: int, attention: str, mesh, kv_shapes: tuple, scales: 
                          compiler_options=options),
                  jax.jit(_zero_state, static_argnums=sizes, out_shardings=state),
                  jax.jit(speculate, static_argnums=(0, 1, 2, 3, 4), donate_argnums=6,
-                         out_shardings=(state, rep, rep, rep, rep, rep), compiler_options=options))
+                         out_shardings=(state, rep, rep, rep, rep, rep), compiler_options=options),
+                 jax.jit(_scrub, donate_argnums=0, out_shardings=state))
 
 
 def _per_shard(mesh, step, statics: int, replicated: tuple[int, ...]):
@@ -188,6 +191,23 @@ def _zero_state(rows, pool, page_size, kv_shapes, vocab, eos_width, dtypes, recu
         seen=jnp.zeros((rows, vocab), bool), counts=jnp.zeros((rows, vocab), jnp.int16), eos=jnp.full((rows, eos_width), -1, jnp.int32),
         params=jax.tree.map(jnp.asarray, RowParams.of([SamplingParams().resolved()] * rows)),
     )
+
+
+def _scrub(state: SlotState, pages) -> SlotState:
+    """`state` with pages [P] of every layer's pool zeroed (keys, values, their scales, indexer keys; an index past
+    the pool: none). A page that held NaN or Inf would poison the sequence it is handed to next: attention weighs the
+    positions past that sequence's length by 0, and 0 x NaN is NaN."""
+
+    def part(x):
+        if x is None or isinstance(x, RecurrentState):  # a recurrent state row starts from zeros (models/recurrent.py)
+            return x
+        if isinstance(x, LayerCache):
+            return LayerCache(*map(part, x))
+        if isinstance(x, tuple):  # (pages, state), (pages, indexer key pages): mixers.layer_parts
+            return tuple(map(part, x))
+        return x.at[pages].set(0, mode="drop")
+
+    return state._replace(cache=[part(layer) for layer in state.cache])
 
 
 def call_kind(sampling: int, top: int, prompt: bool, masked: bool = False):
