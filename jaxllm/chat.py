@@ -20,6 +20,7 @@ turn computes only what is new.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import re
 import signal
@@ -120,11 +121,14 @@ class Chat:
     """A conversation: the history, the system message, and one engine that serves every turn."""
 
     def __init__(self, model, params, system: str | None = None, context: int = CONTEXT, template_kwargs: dict | None = None):
-        self.model, self.params, self.system, self.template_kwargs = model, params, system, template_kwargs
+        self.system, self.template_kwargs = system, template_kwargs
         self.history: list[dict] = []
         self.max_len = max_len = min(context, model.config.context_length)
         self.engine = Engine(model, batch_size=1, max_len=max_len, num_pages=-(-max_len // 16), page_size=16)  # one conversation's pages
         self.max_new = params.resolved(getattr(model, "generation_config", None)).max_new_tokens  # what an answer may take
+        # every answer may take max_new: generation_config.json's max_length (prompt + new tokens) does not shrink a
+        # turn's answer as the conversation grows, as it sizes one prompt's answer in model.generate
+        self.model, self.params = model, dataclasses.replace(params, max_new_tokens=self.max_new)
         self._stopping = False
 
     def run(self, stdin, stdout) -> None:

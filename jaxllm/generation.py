@@ -49,9 +49,11 @@ class Completion:
 def prepare(model, prompts, params: SamplingParams | dict | None, *, chat=None, system=None, chat_template_kwargs=None):
     """Token ids and resolved SamplingParams for each prompt (str, or token ids: a list, tuple or
     1-D numpy integer array); `params` may be a dict of SamplingParams fields. Everything is
-    checked here, before any engine is made."""
+    checked here, before any engine is made. Each prompt's params are resolved with its length, for
+    generation_config.json's max_length and min_length (prompt + new tokens, as transformers reads them)."""
     template_kwargs = check_template_kwargs(chat_template_kwargs)
-    params = SamplingParams.of(params).resolved(model.generation_config)
+    request = SamplingParams.of(params)
+    params = request.resolved(model.generation_config, prompt_tokens=0)  # checked before any prompt is encoded
     tok = model.tokenizer
     if chat is None:
         chat = has_chat_template(tok)
@@ -85,10 +87,11 @@ def prepare(model, prompts, params: SamplingParams | dict | None, *, chat=None, 
             if not tokens.size:
                 raise GenerationError(f"prompt {i} is empty: give at least one token id")
             ids.append(tokens.tolist())
-    return ids, params
+    by_length = {n: request.resolved(model.generation_config, prompt_tokens=n) for n in sorted({len(i) for i in ids})}
+    return ids, [by_length[len(i)] for i in ids]
 
 
-def engine_for(model, ids: list[list[int]], params: SamplingParams) -> Engine:
+def engine_for(model, ids: list[list[int]], params: SamplingParams | list[SamplingParams]) -> Engine:
     """An engine just large enough (sequences up to a multiple of 256 tokens, pages for a full
     batch of them; on a CPU, which computes every padded position, a prefill budget of that length
     too, so a short prompt pads to max_len / 16 or / 4 tokens, not to 128), its cache in the
@@ -98,8 +101,9 @@ def engine_for(model, ids: list[list[int]], params: SamplingParams) -> Engine:
     the longest (one per size grew without bound: prompts growing to 8k tokens kept a pool for
     every 256 of them). A request beyond the model's learned
     positions, or whose KV cache the device's memory cannot hold, is refused before anything is
-    allocated."""
-    cfg, longest, new = model.config, max(len(i) for i in ids), params.max_new_tokens
+    allocated. `params`: one SamplingParams for every prompt, or one for each."""
+    rows = params if isinstance(params, list) else [params] * len(ids)
+    cfg, (longest, new) = model.config, max(((len(i), p.max_new_tokens) for i, p in zip(ids, rows)), key=sum)
     need = longest + new
     if need > cfg.context_length:
         raise GenerationError(context_error(longest, new, cfg))
@@ -162,13 +166,13 @@ def generate(model, prompts: str | Sequence, params: SamplingParams | None = Non
     _check_options(chat, on_text, on_token, on_finish)
     ids, params = prepare(model, batch, params, chat=chat, system=system, chat_template_kwargs=chat_template_kwargs)
     engine = engine or engine_for(model, ids, params)
-    requests = [Request(p, params, i) for i, p in enumerate(ids)]
-    outputs = [Output(model.tokenizer, params, set(engine.eos.tolist())) for _ in batch]
+    requests = [Request(p, params[i], i) for i, p in enumerate(ids)]
+    outputs = [Output(model.tokenizer, p, set(engine.eos.tolist())) for p in params]
 
     def completion(i):
-        o = outputs[i]
-        return Completion(o.text, o.tokens, o.finish_reason or "length", len(ids[i]), o.logprobs if params.logprobs else None,
-                          o.top_logprobs if params.top_logprobs else None, o.prompt_logprobs, o.prompt_top_logprobs,
+        o, p = outputs[i], params[i]
+        return Completion(o.text, o.tokens, o.finish_reason or "length", len(ids[i]), o.logprobs if p.logprobs else None,
+                          o.top_logprobs if p.top_logprobs else None, o.prompt_logprobs, o.prompt_top_logprobs,
                           o.prompt_ranks, o.error)
 
     for ev in engine.run(requests, stop_check=lambda i: outputs[i].finish_reason is not None):

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.errors import GenerationError, lone_surrogate, shown
-from jaxllm.generation_config import DEFAULT_MAX_NEW_TOKENS, file_defaults, file_min_tokens, warn_unapplied  # noqa: F401 - public here too
+from jaxllm.generation_config import DEFAULT_MAX_NEW_TOKENS, check_room, file_defaults, file_min_tokens, warn_unapplied  # noqa: F401 - public here too
 from jaxllm.structured import Structured, allowed_tokens
 
 
@@ -102,18 +102,22 @@ class SamplingParams:
         raise GenerationError(f"sampling params must be a jaxllm.SamplingParams or a dict of its fields, "
                               f"got {type(value).__name__}")
 
-    def resolved(self, generation_config: dict | None = None) -> "SamplingParams":
+    def resolved(self, generation_config: dict | None = None, prompt_tokens: int | None = None) -> "SamplingParams":
         """Fill unset fields from generation_config.json (transformers' meaning: jaxllm.generation_config), then
-        defaults; validate everything. A bad field of `generation_config` is a ConfigError naming it."""
+        defaults; validate everything. A bad field of `generation_config` is a ConfigError naming it. `prompt_tokens`:
+        the prompt's length, where known, for the file's max_length and min_length (prompt + new tokens); a prompt
+        that fills max_length is refused, as transformers refuses it."""
         gen = generation_config or {}
         if isinstance(gen, Mapping):  # numpy scalars as numbers; anything else file_defaults refuses
             gen = {k: bool(v) if isinstance(v, np.bool_) else _plain(v) for k, v in gen.items()}
-        defaults = file_defaults(gen)
+        defaults = file_defaults(gen, prompt_tokens)
+        if self.max_new_tokens is None and prompt_tokens is not None:
+            check_room(gen, prompt_tokens, defaults["max_new_tokens"])
         values = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in defaults.items()}
         values.update(seed=self.seed, top_logprobs=self.top_logprobs, **{k: 0.0 if getattr(self, k) is None else getattr(self, k)
                                          for k in ("presence_penalty", "frequency_penalty")})
         values = {k: _plain(v) for k, v in values.items()}
-        values["min_tokens"] = _plain(self.min_tokens) if self.min_tokens is not None else file_min_tokens(gen, values["max_new_tokens"])
+        values["min_tokens"] = _plain(self.min_tokens) if self.min_tokens is not None else file_min_tokens(gen, values["max_new_tokens"], prompt_tokens)
         out = dataclasses.replace(self, stop=_stop_strings(self.stop), logit_bias=_bias_pairs(self.logit_bias),
                                   stop_token_ids=_stop_ids(self.stop_token_ids), structured=Structured.of(self.structured),
                                   **values)
@@ -125,7 +129,8 @@ class SamplingParams:
                 raise GenerationError(f"{err} (it comes from generation_config.json: correct the file, or set {name} "
                                       "in the request)") from None
             raise
-        warn_unapplied(gen, sampled=out.temperature > 0, length_unset=self.max_new_tokens is None)
+        warn_unapplied(gen, sampled=out.temperature > 0, length_unset=self.max_new_tokens is None,
+                       min_unset=self.min_tokens is None, prompt_known=prompt_tokens is not None)
         return dataclasses.replace(out, logprobs=True) if out.top_logprobs else out
 
     @property

@@ -285,7 +285,8 @@ ROPE_FIELDS = {
 }
 GENERATION_FIELDS = {
     "do_sample": FLAG, "temperature": NON_NEGATIVE, "top_k": INDEX, "top_p": PROBABILITY, "min_p": PROBABILITY,
-    "repetition_penalty": POSITIVE, "max_new_tokens": COUNT, "min_new_tokens": INDEX, "eos_token_id": CONFIG_FIELDS["eos_token_id"],
+    "repetition_penalty": POSITIVE, "max_new_tokens": COUNT, "min_new_tokens": INDEX, "max_length": COUNT, "min_length": INDEX,
+    "eos_token_id": CONFIG_FIELDS["eos_token_id"],
 }
 REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 

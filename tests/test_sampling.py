@@ -182,6 +182,24 @@ def test_generation_config_settings_not_applied_are_named_once(caplog, monkeypat
     assert messages[1].startswith("generation_config.json sets typical_p=0.9, which jaxllm does not apply")
 
 
+@pytest.mark.parametrize("field, value", [
+    ("num_return_sequences", 3), ("encoder_repetition_penalty", 1.3), ("encoder_no_repeat_ngram_size", 2),
+    ("remove_invalid_values", True), ("guidance_scale", 1.5), ("max_time", 2.0), ("token_healing", True),
+    ("dola_layers", "high"), ("force_words_ids", [[5]]), ("watermarking_config", {"greenlist_ratio": 0.25}), ("top_h", 0.4),
+    ("min_length", 12), ("bad_words_ids", np.array([[3, 4]])), ("suppress_tokens", np.array([3]))])
+def test_each_setting_generate_applies_and_jaxllm_does_not_is_named(field, value, caplog, monkeypatch):
+    """Settings transformers' generate applies (to a decoder-only model: the encoder_ ones read its prompt) are named
+    in the warning, not dropped in silence (these were); a numpy array value once raised numpy's 'truth value of
+    an array is ambiguous' ValueError. min_length only where the prompt's length is unknown (else it is applied)."""
+    monkeypatch.setattr(generation_config, "_warned", set())
+    with caplog.at_level("WARNING", logger="jaxllm"):
+        SamplingParams(temperature=0.5, max_new_tokens=4).resolved({field: value})
+        generation_config._warned.clear()
+        SamplingParams(temperature=0.5, max_new_tokens=4).resolved({field: value}, prompt_tokens=5)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == (1 if field == "min_length" else 2) and all(f"sets {field}=" in m for m in messages), messages
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     import reference
@@ -202,6 +220,18 @@ def test_seed_reproduces_and_is_batch_independent(tiny):
     assert other.token_ids != a[0].token_ids
     for seed in (np.int64(5), np.uint32(5), jnp.int32(5)):  # a numpy or JAX seed is the number it holds
         assert tiny.generate(prompts[0], SamplingParams(**{**params.__dict__, "seed": seed})).token_ids == a[0].token_ids
+
+
+@pytest.mark.parametrize("gen, want", [({"max_length": 9}, [5, 2]), ({"max_length": 9, "max_new_tokens": 3}, [3, 3])])
+def test_generate_sizes_each_answer_by_max_length_as_transformers(tiny, monkeypatch, gen, want):
+    """generation_config.json's max_length counts the prompt: each prompt of a batch gets what is left of it (it got 256
+    new tokens), behind the file's max_new_tokens; one that fills it is refused in one line, as generate refuses it."""
+    monkeypatch.setattr(tiny, "generation_config", gen)
+    params = SamplingParams(temperature=1.0, top_k=20, seed=5, ignore_eos=True)
+    assert [len(r.token_ids) for r in tiny.generate([[1, 2, 3, 4], [9, 8, 7, 6, 5, 4, 3]], params)] == want
+    if "max_new_tokens" not in gen:
+        with pytest.raises(GenerationError, match="^a prompt of 9 tokens leaves no room under generation_config.json's max_length=9"):
+            tiny.generate([list(range(1, 10))], params)
 
 
 def test_without_a_seed_each_sequence_samples_afresh(tiny):

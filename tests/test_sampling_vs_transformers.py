@@ -22,6 +22,7 @@ import transformers
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from jaxllm.errors import GenerationError
 from jaxllm.sampling import PENALIZED, RowParams, SamplingParams, sample
 
 SETTINGS = settings(max_examples=100, derandomize=True, deadline=None, database=None,
@@ -401,6 +402,46 @@ def test_resolved_reads_generation_config_as_transformers_does():
 @pytest.mark.parametrize("gen", [{"do_sample": True}, {"do_sample": True, "temperature": 0.6, "top_k": 20, "top_p": 0.9}])
 def test_resolved_request_values_override_a_sampling_config(gen, user):
     assert _effective_jx(SamplingParams(**user).resolved(gen)) == _effective_hf(hf_generation_config(gen, **user))
+
+
+def _hf_lengths(gen: dict, prompt: int, **kwargs) -> tuple[int, int]:
+    """(new tokens at most, new tokens before an EOS may end) that generate() gives a prompt of `prompt` tokens
+    (_prepare_generated_length, then _validate_generated_length's ValueError for a prompt that fills max_length)."""
+    model = _hf_model()
+    model.generation_config = transformers.GenerationConfig(**gen)
+    default_max, default_min = (kwargs.get(k) is None and gen.get(k) is None for k in ("max_length", "min_length"))
+    cfg = hf_generation_config(gen, **kwargs)
+    cfg = model._prepare_generated_length(cfg, default_max, default_min, "input_ids", prompt, torch.zeros((1, prompt)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model._validate_generated_length(cfg, prompt, default_max)
+    most = cfg.max_length - prompt
+    return most, min(max(cfg.min_length - prompt, cfg.min_new_tokens or 0, 0), most)
+
+
+@pytest.mark.parametrize("user", [{}, {"max_new_tokens": 3}, {"min_tokens": 2}])
+@pytest.mark.parametrize("gen", [{"max_length": 30}, {"max_length": 30, "min_length": 12},
+                                 {"max_length": 30, "min_length": 25, "min_new_tokens": 4}, {"max_length": 30, "max_new_tokens": 7},
+                                 {"min_length": 12, "max_new_tokens": 9}, {"min_length": 12, "min_new_tokens": 0, "max_new_tokens": 9}])
+def test_resolved_reads_max_and_min_length_as_transformers_does(gen, user):
+    """generation_config.json's max_length and min_length count the prompt (the new tokens: what is left of them),
+    each behind max_new_tokens / min_new_tokens; a prompt that fills max_length is refused as generate refuses it;
+    the caller's max_new_tokens (min_tokens: transformers' min_new_tokens) wins. It was 256 new tokens, min_length none."""
+    hf_kw = {"min_new_tokens" if k == "min_tokens" else k: v for k, v in user.items()}
+    for prompt in (5, 10, 29, 30, 40):
+        try:
+            want = _hf_lengths(gen, prompt, **hf_kw)
+        except ValueError:
+            with pytest.raises(GenerationError, match=rf"^a prompt of {prompt} tokens leaves no room under generation_config"
+                                                      r".json's max_length=30 \(prompt \+ new tokens\): set max_new_tokens"):
+                SamplingParams(**user).resolved(gen, prompt_tokens=prompt)
+            continue
+        if user.get("min_tokens", 0) > want[0]:  # vLLM's rule for the caller's min_tokens; transformers warns, holds EOS back
+            with pytest.raises(GenerationError, match=rf"^min_tokens=2 is invalid: .* max_new_tokens \({want[0]}\)$"):
+                SamplingParams(**user).resolved(gen, prompt_tokens=prompt)
+            continue
+        p = SamplingParams(**user).resolved(gen, prompt_tokens=prompt)
+        assert (p.max_new_tokens, p.min_tokens) == want, prompt
 
 
 # ---------------------------------------------------------------------------------------- ties and special values
