@@ -2,7 +2,8 @@
 EngineLoop (jaxllm/api/engine_loop.py).
 
     GET  /v1/models            the one model served (GET /v1/models/{model}: its card)
-    GET  /health               200 and the engine's counts (running, waiting, free/total pages, compiles)
+    GET  /health               200 and the engine's counts (running, waiting, free/total pages, compiles); 503 and
+                               why once it takes no new work (stopping, or the engine failed for good)
     POST /v1/completions       prompts as text (no chat template) or token ids
     POST /v1/chat/completions  messages through the tokenizer's chat template (tools too: their calls are
                                read from the answer by tool_calls.py's format)
@@ -117,8 +118,12 @@ class Server:
         return JSONResponse(self._card())
 
     async def health(self, request: HTTPRequest) -> Response:
-        if self.loop.error is not None:
-            return JSONResponse({"status": "error", "error": repr(self.loop.error)}, status_code=503)
+        """200 and the engine's counts while the server takes work; 503 and why (one line) once it takes none: the
+        engine failed for good, or the server is stopping (load balancers' probes then send clients elsewhere)."""
+        why = self.loop.unavailable
+        if why is not None:
+            status = "error" if self.loop.error is not None else "stopping"
+            return JSONResponse({"status": status, "error": why}, status_code=503)
         return JSONResponse({"status": "ok", "active": self.loop.active, **self.loop.stats})
 
     async def _read(self, request: HTTPRequest) -> bytes:
@@ -400,6 +405,7 @@ def build_app(model, engine: Engine, *, name: str, max_queue: int = 256, max_req
         try:
             yield
         finally:
+            loop.drain("the server is stopping")  # another ASGI server's stop (http_server's says so as it begins)
             loop.stop()
             server._tokenizing.shutdown(wait=False, cancel_futures=True)
 
