@@ -88,6 +88,22 @@ def test_refused_with_a_400_naming_the_field(client, path, body, param, says):
     assert says in error["message"] and "\n" not in error["message"], r.text
 
 
+ECHOED = {  # what a client sent, echoed in an error's message: it was echoed whole (16 kB of path, 1 MB of name), newlines too
+    "model-in-the-body": ("POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 1, "model": "a\nb" + "x" * 100_000}, 404),
+    "model-in-the-path": ("GET", "/v1/models/" + "x" * 5000, None, 404),
+    "unknown-path": ("GET", "/v1/" + "a" * 5000, None, 404),
+    "wrong-method": ("POST", "/v1/models/" + "x" * 5000, None, 405),
+}
+
+
+@pytest.mark.parametrize("method, path, body, status", ECHOED.values(), ids=ECHOED)
+def test_what_an_error_echoes_stays_one_short_line(client, method, path, body, status):
+    r = client.request(method, path, json=body)
+    message = r.json()["error"]["message"]
+    assert r.status_code == status and "\n" not in message and len(message) < 600, (r.status_code, message[:200])
+    assert ("'a\\nb" in message) == (body is not None), message  # a newline shown as its escape
+
+
 def test_a_bug_answers_openais_error_body(client, monkeypatch):
     """An exception no check expected (a bug) answers a 500 with OpenAI's error JSON, its message's first line (Starlette
     answered 'Internal Server Error' as plain text, which clients fail to parse)."""
