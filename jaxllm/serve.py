@@ -205,6 +205,7 @@ def http_server(app, *, shutdown_timeout: float, **config) -> "uvicorn.Server":
 
     class Server(uvicorn.Server):
         async def shutdown(self, sockets=None):
+            engine_loop.drain("the server is stopping")  # /health: 503 from now on, while the open requests finish
             stop = asyncio.get_running_loop().call_later(shutdown_timeout, engine_loop.end, "the server is stopping")
             try:
                 await super().shutdown(sockets)

@@ -88,6 +88,22 @@ def test_refused_with_a_400_naming_the_field(client, path, body, param, says):
     assert says in error["message"] and "\n" not in error["message"], r.text
 
 
+ECHOED = {  # what a client sent, echoed in an error's message: it was echoed whole (16 kB of path, 1 MB of name), newlines too
+    "model-in-the-body": ("POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 1, "model": "a\nb" + "x" * 100_000}, 404),
+    "model-in-the-path": ("GET", "/v1/models/" + "x" * 5000, None, 404),
+    "unknown-path": ("GET", "/v1/" + "a" * 5000, None, 404),
+    "wrong-method": ("POST", "/v1/models/" + "x" * 5000, None, 405),
+}
+
+
+@pytest.mark.parametrize("method, path, body, status", ECHOED.values(), ids=ECHOED)
+def test_what_an_error_echoes_stays_one_short_line(client, method, path, body, status):
+    r = client.request(method, path, json=body)
+    message = r.json()["error"]["message"]
+    assert r.status_code == status and "\n" not in message and len(message) < 600, (r.status_code, message[:200])
+    assert ("'a\\nb" in message) == (body is not None), message  # a newline shown as its escape
+
+
 def test_a_bug_answers_openais_error_body(client, monkeypatch):
     """An exception no check expected (a bug) answers a 500 with OpenAI's error JSON, its message's first line (Starlette
     answered 'Internal Server Error' as plain text, which clients fail to parse)."""
@@ -217,7 +233,7 @@ def test_an_engine_that_cannot_start_again_refuses_with_503_and_hangs_nobody(tin
         e = r.json()["error"]
         assert (r.status_code, e["type"]) == (503, "server_error") and "cannot start again" in e["message"], r.text
         assert e["message"].endswith(": restart the server"), e
-    assert health.status_code == 503
+    assert (health.status_code, health.json()) == (503, {"status": "error", "error": meanwhile.json()["error"]["message"]})
     said = [r.getMessage() for r in caplog.records if r.name == "jaxllm" and r.levelno >= logging.ERROR]
     assert len(said) == 1 and "\n" not in said[0] and "restart" in said[0], said
 
@@ -250,6 +266,27 @@ def test_a_stop_answers_the_requests_still_open(tiny_engine, monkeypatch, caplog
         assert r.status_code == 503 and r.json()["error"] == {"message": said, "type": "server_error", "param": None,
                                                               "code": None}, r.text
     assert [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.ERROR] == []
+
+
+def test_health_turns_503_as_soon_as_a_stop_begins(tiny_engine, monkeypatch):
+    """A stop (Ctrl-C, SIGTERM) turns /health to a 503 saying why at once, while the open requests finish (a load
+    balancer's probe then sends no more work here); it answered 200 "ok" through the drain and after it."""
+    decode = tiny_engine.decode_step
+    monkeypatch.setattr(tiny_engine, "decode_step", lambda: time.sleep(0.2) or decode())  # an answer that outlasts the drain
+    with tiny_server(tiny_engine, shutdown_timeout=1) as (url, loop, http):
+        probe = TestClient(http.config.app)  # in this process: uvicorn stopped listening as the stop began
+        assert probe.get("/health").json()["status"] == "ok"
+        answer = ThreadPoolExecutor(1).submit(lambda: httpx.post(url + "/v1/completions", json=greedy([5, 6, 7], 60), timeout=30))
+        while loop.stats["running"] == 0:
+            time.sleep(0.01)
+        http.should_exit = True
+        deadline = time.monotonic() + 0.8  # within the drain's second
+        while (health := probe.get("/health")).status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (health.status_code, health.json()) == (503, {"status": "stopping", "error": "the server is stopping"})
+        assert loop.ended is None and loop.active == 1  # the request open goes on meanwhile
+        assert answer.result(timeout=30).status_code == 503  # the drain's second ended it
+    assert probe.get("/health").json() == {"status": "stopping", "error": "the server is stopping: retry later"}
 
 
 def raw_post(url: str, body: dict, rcvbuf: int | None = None) -> socket.socket:

@@ -69,14 +69,16 @@ CASES = [  # format, answer, content, calls (name, arguments as json.dumps write
     ("mistral", f"[TOOL_CALLS][{WEATHER}, {TIME}]", None, TIMED),
     ("mistral", f"Sure. [TOOL_CALLS] [{WEATHER}]", "Sure.", CALLS),
     ("mistral", f"[TOOL_CALLS]{WEATHER}", None, CALLS),
-    ("mistral", "[TOOL_CALLS][{'name': 'f'}]", "[TOOL_CALLS][{'name': 'f'}]", []),
+    ("mistral", "[TOOL_CALLS][{'name': 'f'}]", "[{'name': 'f'}]", []),  # no call: the text without the control token
     ("mistral", f"[TOOL_CALLS][{WEATHER}] [TOOL_CALLS][{TIME}]", None, TIMED),  # a marker before each list
     ("mistral", '[TOOL_CALLS]get_weather[ARGS]{"city": "Paris", "unit": "°C"}[TOOL_CALLS]get_time[ARGS]{}', None,
      TIMED),  # v11 tokenizers (Mistral Small 3.2, Devstral): name[ARGS]{arguments}, each call behind its marker
     ("mistral", '[TOOL_CALLS]get_weather{"city": "Paris", "unit": "°C"}[TOOL_CALLS] get_time {}', None, TIMED),
     ("mistral", 'hi{hi[TOOL_CALLS]bash{"c": "print(\\"{}\\")\\n', "hi{hi", [("bash", '{"c": "print(\\"{}\\")\\n')]),
-    ("mistral", '[TOOL_CALLS]two words{"a": 1}', '[TOOL_CALLS]two words{"a": 1}', []),  # no function's name: text
-    ("mistral", "[TOOL_CALLS]only_a_name", "[TOOL_CALLS]only_a_name", []),
+    ("mistral", '[TOOL_CALLS]two words{"a": 1}', 'two words{"a": 1}', []),  # no function's name: text
+    ("mistral", "[TOOL_CALLS]only_a_name", "only_a_name", []),
+    ("mistral", "Sure.[TOOL_CALLS] not json[TOOL_CALLS]", "Sure. not json", []),  # as vLLM: [TOOL_CALLS] never shown
+    ("mistral", f"[TOOL_CALLS]oops[TOOL_CALLS][{TIME}]", "oops", [("get_time", "{}")]),
     ("mistral", f"[TOOL_CALLS]```json\n[{WEATHER}]\n```", None, CALLS),
     ("mistral", '[TOOL_CALLS][{"name": "f", "arguments": {"a": "]}, [TOOL_CALLS]\n"}}]', None,
      [("f", '{"a": "]}, [TOOL_CALLS]\\n"}')]),

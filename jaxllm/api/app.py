@@ -2,7 +2,8 @@
 EngineLoop (jaxllm/api/engine_loop.py).
 
     GET  /v1/models            the one model served (GET /v1/models/{model}: its card)
-    GET  /health               200 and the engine's counts (running, waiting, free/total pages, compiles)
+    GET  /health               200 and the engine's counts (running, waiting, free/total pages, compiles); 503 and
+                               why once it takes no new work (stopping, or the engine failed for good)
     POST /v1/completions       prompts as text (no chat template) or token ids
     POST /v1/chat/completions  messages through the tokenizer's chat template (tools too: their calls are
                                read from the answer by tool_calls.py's format)
@@ -43,7 +44,7 @@ from jaxllm.api.protocol import ChatRequest, CompletionRequest, bad_request, par
 from jaxllm.api.responses import ChatFormat, CompletionFormat, Format, Piece, usage
 from jaxllm.chat_template import check_template_kwargs
 from jaxllm.engine import Engine, Request
-from jaxllm.errors import JaxllmError
+from jaxllm.errors import JaxllmError, shown
 from jaxllm.generation import Output
 from jaxllm.sampling import SamplingParams
 
@@ -112,13 +113,22 @@ class Server:
         """GET /v1/models/{model} (the openai client's models.retrieve): the card, or 404 as OpenAI answers."""
         asked = request.path_params["model"]
         if asked != self.name:
-            raise APIError(404, f"model '{asked}' is not served here: this server serves '{self.name}' (GET /v1/models)",
-                           "model", "model_not_found")
+            raise self._not_served(asked)
         return JSONResponse(self._card())
 
+    def _not_served(self, asked: str) -> APIError:
+        """404 for a model not served, as OpenAI's and vLLM's servers answer it; the name asked for cut to a line (a
+        client's 1 MB or multi-line 'model' was echoed whole)."""
+        return APIError(404, f"model {shown(asked, 100)} is not served here: this server serves {self.name!r} (GET /v1/models)",
+                        "model", "model_not_found")
+
     async def health(self, request: HTTPRequest) -> Response:
-        if self.loop.error is not None:
-            return JSONResponse({"status": "error", "error": repr(self.loop.error)}, status_code=503)
+        """200 and the engine's counts while the server takes work; 503 and why (one line) once it takes none: the
+        engine failed for good, or the server is stopping (load balancers' probes then send clients elsewhere)."""
+        why = self.loop.unavailable
+        if why is not None:
+            status = "error" if self.loop.error is not None else "stopping"
+            return JSONResponse({"status": status, "error": why}, status_code=503)
         return JSONResponse({"status": "ok", "active": self.loop.active, **self.loop.stats})
 
     async def _read(self, request: HTTPRequest) -> bytes:
@@ -203,9 +213,8 @@ class Server:
 
     def _parse(self, kind, raw: bytes):
         body = parse(kind, raw)
-        if body.model is not None and body.model != self.name:  # 404, as OpenAI's and vLLM's servers answer it
-            raise APIError(404, f"model '{body.model}' is not served here: this server serves '{self.name}' (GET /v1/models)",
-                           "model", "model_not_found")
+        if body.model is not None and body.model != self.name:
+            raise self._not_served(body.model)
         body.check()
         return body
 
@@ -349,13 +358,14 @@ def _error_of(err: Exception, body=None) -> APIError:
 def _routing_error(request: HTTPRequest, err: HTTPException, routes: list[Route]) -> APIError:
     """Starlette's own errors (an unknown path: 404, a wrong method: 405) in OpenAI's error JSON,
     as clients parse every error body, naming the endpoints (or the methods) that exist."""
-    asked = f"{request.method} {request.url.path}"
+    path = request.url.path  # as decoded: '%0A' is a newline; a 16 kB path was echoed whole
+    asked = f"{request.method} {path if len(path) <= 100 and path.isprintable() else shown(path, 100)}"
     if err.status_code == 404:
         served = ", ".join(f"{m} {r.path.replace(':path', '')}" for r in routes for m in sorted(r.methods - {"HEAD"}))
         message = f"{asked}: no such endpoint here: use one of {served}"
     elif err.status_code == 405:
         allowed = (err.headers or {}).get("Allow", "")
-        message = f"{asked}: the method is not allowed on {request.url.path}: use {allowed}"
+        message = f"{asked}: the method is not allowed on this path: use {allowed}"
     else:
         message = f"{asked}: {err.detail}"
     return APIError(err.status_code, message, headers=err.headers)
@@ -400,6 +410,7 @@ def build_app(model, engine: Engine, *, name: str, max_queue: int = 256, max_req
         try:
             yield
         finally:
+            loop.drain("the server is stopping")  # another ASGI server's stop (http_server's says so as it begins)
             loop.stop()
             server._tokenizing.shutdown(wait=False, cancel_futures=True)
 

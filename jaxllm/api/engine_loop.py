@@ -45,6 +45,7 @@ class EngineLoop:
         self.engine, self.max_queue = engine, max_queue
         self.error: BaseException | None = None  # why the engine cannot serve (Engine.reset raised), or None
         self.ended: str | None = None  # why the server takes no more requests (it is stopping: end), or None
+        self.draining: str | None = None  # why the server is stopping, while the requests open finish (drain), or None
         self.stats: dict = {}  # the engine thread's latest snapshot (running, waiting, pages)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()  # ("add", Request) | ("abort", index) | None: stop
         self._routes: dict[int, asyncio.Queue] = {}  # unfinished sequence index -> its request's queue (event loop)
@@ -88,6 +89,19 @@ class EngineLoop:
             self._routes[req.index] = sub.queue
             self._inbox.put(("add", req))
         return sub
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why the server takes no new work, in one line (None: it does): the engine failed for good, or the server
+        is stopping (its open requests may still be finishing). What /health answers a 503 with."""
+        if self.error is not None or self.ended is not None:
+            return str(self._refusal())
+        return self.draining
+
+    def drain(self, why: str) -> None:
+        """The server is stopping (`why`): requests open, and any whose body is still arriving, go on to their
+        answers; /health says it takes no new work (unavailable)."""
+        self.draining = why
 
     def _refusal(self) -> EngineFailed:
         if self.error is not None:

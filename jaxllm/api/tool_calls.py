@@ -22,7 +22,8 @@ ends, a string's characters as they come (a raw newline or tab in one, as models
 escape; an end marker inside one is its text, not the block's end). Arguments written as a JSON
 string of the object ("arguments": "{\\"city\\": ...}", as OpenAI's field holds them) are that
 object. A block none of whose objects becomes a call (not JSON, no name, arguments that are not an
-object) is text, as vLLM leaves it; once a call has begun it stays
+object) is text, as vLLM leaves it (Mistral's without its [TOOL_CALLS] marker, a control token no reader
+shows, as vLLM's parser drops it); once a call has begun it stays
 one: a block cut short (max_tokens, a closing marker inside the JSON) or whose JSON breaks after the
 header keeps the arguments given so far, and what follows the calls in their block is dropped.
 ToolCalls turns one choice's items into OpenAI's shapes; since a whole answer is parsed by the same
@@ -395,6 +396,7 @@ class Tagged(Format):
 
     start = ""
     end: str | None = None
+    shown = True  # a block that makes no call is given back with its start marker (False: without it)
 
     def feed(self, text: str, final: bool) -> list[str | Call | Args]:
         self.buf += text
@@ -408,7 +410,7 @@ class Tagged(Format):
                     self.buf = self.buf[len(self.buf) - keep :]
                     break
                 out.append(self.buf[:at])
-                self._open(self.start)
+                self._open(self.start if self.shown else "")
                 self.buf = self.buf[at + len(self.start) :]
             while True:  # an end marker inside a string of the arguments is that string's text
                 close = self.buf.find(self.end) if self.end else -1
@@ -439,6 +441,7 @@ class Mistral(Tagged):
 
     name, start, end = "mistral", "[TOOL_CALLS]", "[TOOL_CALLS]"  # a block ends where the next begins
     keep_special = True  # [TOOL_CALLS] is a control token: skipped, the calls would read as JSON text
+    shown = False  # ... so a block that makes no call is its text alone, as vLLM's parser gives it back
     sep, brackets, args_mark = ",", True, "[ARGS]"
 
     @staticmethod
