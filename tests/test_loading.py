@@ -3,6 +3,7 @@ give the same parameters as one thread, stop cleanly on a failed read, never lea
 over a file's memory map; the converted folder restored in groups."""
 
 import json
+import re
 import sys
 import threading
 from pathlib import Path
@@ -218,6 +219,43 @@ def test_hub_id_errors_say_what_to_do(tmp_path, tiny, offline, monkeypatch):
 
     shutil.copytree(tiny, tmp_path / "org" / "ok")  # ...but one holding a checkpoint is the checkpoint
     assert checkpoint.resolve("org/ok") == Path("org/ok")
+
+
+@pytest.mark.parametrize("repo, says", [
+    ("org/name", None),  # cached: loaded once the hub is given up on
+    ("org/other", r"\(ReadTimeout: .*\); it is not in the local cache and the hub cannot be reached.*hf download org/other"),
+])
+def test_a_hub_that_never_answers_is_given_up_on(tmp_path, tiny, offline, monkeypatch, repo, says):
+    """A network that takes connections and answers nothing (a proxy, a firewall): snapshot_download
+    waits without a limit (its HTTP client sets none), so jaxllm asks first, as long as HF_HUB_ETAG_TIMEOUT."""
+    import socket
+
+    from huggingface_hub import constants
+
+    snapshot = _hub_cache(offline, tiny)
+    silent = socket.create_server(("127.0.0.1", 0))  # listens; never accepts, never answers
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 0.3)
+    got = []
+
+    def resolve():
+        try:
+            got.append(checkpoint.resolve(repo))
+        except CheckpointError as err:
+            got.append(err)
+
+    worker = threading.Thread(target=resolve, daemon=True)
+    worker.start()
+    worker.join(15)
+    silent.close()
+    assert got, "resolve() still waits on a hub that never answers"
+    if says is None:
+        assert got[0] == snapshot
+    else:
+        assert isinstance(got[0], CheckpointError) and len(str(got[0]).splitlines()) == 1
+        assert re.search(says, str(got[0])), got[0]
 
 
 def test_attention_weights_checks_its_layer_as_research_does(llama):
