@@ -147,12 +147,36 @@ def _check_weights_cached(repo_id: str, folder: Path) -> None:
     missing = [n for n in names if not (folder / n).exists()]  # exists() follows the links: False when dangling
     if not missing:
         return
+    if missing == ["*.safetensors"]:
+        files = _repo_files(repo_id, folder)
+        pickles, ggufs = [f for f in files if f.endswith(".bin")], [f for f in files if is_gguf(Path(f))]
+        if ggufs:
+            raise CheckpointError(f"the hub repo '{repo_id}' has no .safetensors weights but GGUF files ({', '.join(ggufs[:3])}"
+                                  f"{', ...' if len(ggufs) > 3 else ''}): download one (hf download {repo_id} {ggufs[0]}) "
+                                  "and pass the file's path")
+        if pickles:
+            raise CheckpointError(f"the hub repo '{repo_id}' has no .safetensors weights, only PyTorch ones ({', '.join(pickles[:3])}), "
+                                  "which jaxllm does not read (unpickling them can run code): use a safetensors release of the "
+                                  "model, or save it with safetensors (transformers' save_pretrained) and pass the folder")
     partial = list(folder.parent.parent.glob("blobs/*.incomplete"))
     why = (f"{len(partial)} .incomplete download(s) in its blobs/" if partial
            else "an interrupted download, or a repo without safetensors weights")
     raise CheckpointError(f"the Hugging Face cache's snapshot of '{repo_id}' ({folder}) lacks its weights "
                           f"({'no .safetensors file' if missing == ['*.safetensors'] else ', '.join(missing[:3])}; {why}): download it again with HF_HUB_OFFLINE unset and the "
                           f"network up (hf download {repo_id}), or pass a local folder")
+
+
+def _repo_files(repo_id: str, folder: Path) -> list[str]:
+    """The files of the hub repo as far as the cache knows them: its snapshot's, and the listing of the
+    whole repo huggingface_hub 2.x keeps beside it (the weights jaxllm did not fetch: .bin, .gguf)."""
+    names = {p.name for p in folder.iterdir()}
+    try:
+        from huggingface_hub import get_cached_repo_tree
+
+        names |= {f.path for f in get_cached_repo_tree(repo_id, revision=folder.name)}
+    except Exception:  # noqa: BLE001 - no listing kept (an older huggingface_hub, a cache filled by hand)
+        pass
+    return sorted(names)
 
 
 def _hub_weights(folder: Path) -> list[str]:

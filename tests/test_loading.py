@@ -7,6 +7,7 @@ import re
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -177,6 +178,26 @@ def test_a_cached_snapshot_without_its_weights_is_refused_in_one_line(tmp_path, 
         message = str(err.value)
         assert f"snapshot of '{repo}'" in message and says in message and f"hf download {repo}" in message, message
         assert len(message.splitlines()) == 1
+
+
+@pytest.mark.parametrize("in_snapshot, listed, says", [
+    ("pytorch_model.bin", [], r"'org/w' has no \.safetensors weights, only PyTorch ones \(pytorch_model\.bin\), which jaxllm does not"),
+    (None, ["config.json", "m-Q4_K_M.gguf", "m-Q8_0.gguf"],  # known from huggingface_hub's listing of the repo alone
+     r"'org/w' has no \.safetensors weights but GGUF files \(m-Q4_K_M\.gguf, m-Q8_0\.gguf\): download one "
+     r"\(hf download org/w m-Q4_K_M\.gguf\) and pass the file's path$"),
+])
+def test_a_hub_repo_without_safetensors_says_what_it_holds(tiny, offline, monkeypatch, in_snapshot, listed, says):
+    """A repo of PyTorch pickles or GGUF files only: not 'download it again' (which fetches the same nothing)."""
+    import huggingface_hub
+
+    snapshot = _hub_cache(offline, tiny, repo="org/w", skip=("model.safetensors",))
+    if in_snapshot:
+        (snapshot / in_snapshot).write_bytes(b"x")
+    monkeypatch.setattr(huggingface_hub, "get_cached_repo_tree", lambda repo_id, revision: [SimpleNamespace(path=f) for f in listed],
+                        raising=False)
+    with pytest.raises(CheckpointError, match=says) as err:
+        checkpoint.resolve("org/w")
+    assert len(str(err.value).splitlines()) == 1
 
 
 def test_revision_picks_a_cached_snapshot(tmp_path, tiny, offline):
