@@ -78,30 +78,63 @@ def resolve(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import EntryNotFoundError
 
+    unreachable = _unreachable(text, revision)  # then the cache alone is read, not waited on
     try:
-        folder = Path(snapshot_download(text, revision=revision, allow_patterns=_HUB_FILES))
-        folder = Path(snapshot_download(text, revision=revision, allow_patterns=_hub_weights(folder)))  # the same snapshot
+        folder = Path(snapshot_download(text, revision=revision, allow_patterns=_HUB_FILES, local_files_only=bool(unreachable)))
+        commit = folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else revision  # the same snapshot, not asked for again
+        folder = Path(snapshot_download(text, revision=commit, allow_patterns=_hub_weights(folder), local_files_only=bool(unreachable)))
     except (OSError, ValueError, EntryNotFoundError, _http_error()) as err:  # offline, unknown or gated repo, network
+        if unreachable and type(err).__name__ == "LocalEntryNotFoundError":  # not cached: the hub's silence is why
+            err = unreachable
         reason = " ".join(str(err).split()) or type(err).__name__  # every line: the first is often only a status
-        kind = type(err).__name__
-        if kind == "GatedRepoError":
-            fix = "accept the model's licence on its hub page, then log in (hf auth login, or set HF_TOKEN)"
-        elif os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-            fix = "it is not in the local cache and HF_HUB_OFFLINE is set: unset it, or download the model first"
-        elif isinstance(err, OSError) and getattr(err, "errno", None) == 28:
-            fix = "the disk is full: free space or set HF_HOME to a larger disk"
-        elif kind == "LocalEntryNotFoundError":  # not cached, and the hub could not be reached
-            fix = (f"it is not in the local cache and the hub cannot be reached: connect to the network, or download it "
-                   f"where there is one (hf download {text}) and copy the HF cache here, or pass a local folder")
-        elif kind == "RepositoryNotFoundError":
-            fix = "no such repo, or a private one: check the id, or log in (hf auth login, or set HF_TOKEN)"
-        else:
-            fix = "check the id and your network, or pass a local folder"
         at = f" at revision {revision!r}" if revision is not None else ""
-        raise CheckpointError(f"could not get '{text}'{at} from the Hugging Face hub or its local cache ({kind}: "
-                              f"{reason[:300]}); {fix}") from None
+        raise CheckpointError(f"could not get '{text}'{at} from the Hugging Face hub or its local cache ({type(err).__name__}: "
+                              f"{reason[:300]}); {_hub_fix(err, text)}") from None
     _check_weights_cached(text, folder)
     return folder
+
+
+def _hub_fix(err: Exception, repo_id: str) -> str:
+    """What to do about snapshot_download's error `err` (or the hub's silence, _unreachable's)."""
+    kind = type(err).__name__
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    if kind == "GatedRepoError":
+        return "accept the model's licence on its hub page, then log in (hf auth login, or set HF_TOKEN)"
+    if kind == "IncompleteSnapshotError":  # 2.x: its cached listing of the repo names files the snapshot lacks
+        return (f"its cached copy is incomplete (an interrupted download): download it again with HF_HUB_OFFLINE unset "
+                f"and the network up (hf download {repo_id}), or pass a local folder")
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "it is not in the local cache and HF_HUB_OFFLINE is set: unset it, or download the model first"
+    if isinstance(err, OSError) and getattr(err, "errno", None) == 28:
+        return "the disk is full: free space or set HF_HOME to a larger disk"
+    if kind == "LocalEntryNotFoundError" or isinstance(err, _transport_error()):  # not cached, the hub unreachable
+        return (f"it is not in the local cache and the hub cannot be reached: connect to the network, or download it "
+                f"where there is one (hf download {repo_id}) and copy the HF cache here, or pass a local folder")
+    if kind == "RevisionNotFoundError":
+        return "the repo has no such branch, tag or commit: check the revision (the repo's hub page lists them)"
+    if kind == "RepositoryNotFoundError":
+        return "no such repo, or a private one: check the id, or log in (hf auth login, or set HF_TOKEN)"
+    if status in (401, 403):
+        return "the hub refused the credentials: log in again (hf auth login), or check HF_TOKEN"
+    return "check the id and your network, or pass a local folder"
+
+
+def _unreachable(repo_id: str, revision: str | None) -> Exception | None:
+    """The error of a hub that does not answer within HF_HUB_ETAG_TIMEOUT (10 s), or None (it answered, or
+    HF_HUB_OFFLINE is set). snapshot_download asks the hub with no time limit (its HTTP client sets none):
+    a network that swallows requests (a proxy or firewall that never answers) held it, and a load of a
+    model in the cache, forever."""
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        HfApi().repo_info(repo_id, revision=revision, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except _transport_error() as err:  # no connection, or no answer in time
+        return err
+    except (OSError, ValueError, _http_error()):  # an answer (401, 404, ...) or a bad id: snapshot_download says which
+        return None
+    return None
 
 
 def _check_weights_cached(repo_id: str, folder: Path) -> None:
@@ -114,12 +147,36 @@ def _check_weights_cached(repo_id: str, folder: Path) -> None:
     missing = [n for n in names if not (folder / n).exists()]  # exists() follows the links: False when dangling
     if not missing:
         return
+    if missing == ["*.safetensors"]:
+        files = _repo_files(repo_id, folder)
+        pickles, ggufs = [f for f in files if f.endswith(".bin")], [f for f in files if is_gguf(Path(f))]
+        if ggufs:
+            raise CheckpointError(f"the hub repo '{repo_id}' has no .safetensors weights but GGUF files ({', '.join(ggufs[:3])}"
+                                  f"{', ...' if len(ggufs) > 3 else ''}): download one (hf download {repo_id} {ggufs[0]}) "
+                                  "and pass the file's path")
+        if pickles:
+            raise CheckpointError(f"the hub repo '{repo_id}' has no .safetensors weights, only PyTorch ones ({', '.join(pickles[:3])}), "
+                                  "which jaxllm does not read (unpickling them can run code): use a safetensors release of the "
+                                  "model, or save it with safetensors (transformers' save_pretrained) and pass the folder")
     partial = list(folder.parent.parent.glob("blobs/*.incomplete"))
     why = (f"{len(partial)} .incomplete download(s) in its blobs/" if partial
            else "an interrupted download, or a repo without safetensors weights")
     raise CheckpointError(f"the Hugging Face cache's snapshot of '{repo_id}' ({folder}) lacks its weights "
                           f"({'no .safetensors file' if missing == ['*.safetensors'] else ', '.join(missing[:3])}; {why}): download it again with HF_HUB_OFFLINE unset and the "
                           f"network up (hf download {repo_id}), or pass a local folder")
+
+
+def _repo_files(repo_id: str, folder: Path) -> list[str]:
+    """The files of the hub repo as far as the cache knows them: its snapshot's, and the listing of the
+    whole repo huggingface_hub 2.x keeps beside it (the weights jaxllm did not fetch: .bin, .gguf)."""
+    names = {p.name for p in folder.iterdir()}
+    try:
+        from huggingface_hub import get_cached_repo_tree
+
+        names |= {f.path for f in get_cached_repo_tree(repo_id, revision=folder.name)}
+    except Exception:  # noqa: BLE001 - no listing kept (an older huggingface_hub, a cache filled by hand)
+        pass
+    return sorted(names)
 
 
 def _hub_weights(folder: Path) -> list[str]:
@@ -136,15 +193,20 @@ def _hub_weights(folder: Path) -> list[str]:
         return ["*.safetensors"]
 
 
-def _http_error() -> type:
-    """The HTTP client's error class of the installed huggingface_hub (httpx2 in 2.x, httpx in 1.x;
+def _http_error(kind: str = "HTTPError") -> type:
+    """The HTTP client's error class `kind` of the installed huggingface_hub (httpx2 in 2.x, httpx in 1.x;
     older ones raise OSErrors)."""
     for name in ("httpx2", "httpx"):
         try:
-            return importlib.import_module(name).HTTPError
+            return getattr(importlib.import_module(name), kind)
         except ImportError:
             continue
     return OSError
+
+
+def _transport_error() -> type:
+    """The HTTP client's error of a request that got no answer (no connection, a timeout)."""
+    return _http_error("TransportError")
 
 
 def read_json(path: Path, what: str) -> dict:

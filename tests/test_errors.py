@@ -180,21 +180,43 @@ def test_text_parts_and_prompt_errors_as_the_api_names_them():
         jaxllm.SamplingParams(stop=[""]).resolved()
 
 
-def test_hub_errors_name_their_fix(monkeypatch):
+def _gated():
+    class GatedRepoError(OSError):  # huggingface_hub's is an OSError too (an HTTP error)
+        pass
+
+    return GatedRepoError("401 Client Error.\n\nCannot access gated repo for url https://huggingface.co/org/x.")
+
+
+def _http(kind, status):
+    import httpx2
+    from huggingface_hub import errors
+
+    response = httpx2.Response(status, request=httpx2.Request("GET", "https://huggingface.co/api/models/org/x"))
+    return getattr(errors, kind)(f"{status} Client Error.", response=response)
+
+
+@pytest.mark.parametrize("error, says", [
+    (_gated, r"Cannot access gated repo .*\); accept the model's licence .* HF_TOKEN\)$"),
+    (lambda: _http("RevisionNotFoundError", 404), r"\(RevisionNotFoundError: 404 .*\); the repo has no such branch, tag or commit"),
+    (lambda: _http("HfHubHTTPError", 401), r"\(HfHubHTTPError: 401 .*\); the hub refused the credentials: .* HF_TOKEN$"),
+    (lambda: __import__("huggingface_hub").errors.IncompleteSnapshotError("1 file(s) are missing", snapshot_path="/x"),
+     r"its cached copy is incomplete \(an interrupted download\): .*hf download org/x"),
+    (lambda: OSError(28, "No space left on device"), r"\(OSError: \[Errno 28\] No space left on device\); the disk is full"),
+])
+def test_hub_errors_name_their_fix(monkeypatch, error, says):
     import huggingface_hub
 
     from jaxllm import checkpoint
 
-    class GatedRepoError(OSError):  # huggingface_hub's is an OSError too (an HTTP error)
-        pass
+    def failing(*args, **kwargs):
+        raise error()
 
-    def gated(*args, **kwargs):
-        raise GatedRepoError("401 Client Error.\n\nCannot access gated repo for url https://huggingface.co/org/x.")
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", gated)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", failing)
+    monkeypatch.setattr(checkpoint, "_unreachable", lambda repo_id, revision: None, raising=False)  # it answered
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    with pytest.raises(CheckpointError, match=r"Cannot access gated repo .*\); accept the model's licence .* HF_TOKEN\)$"):
+    with pytest.raises(CheckpointError, match=says) as err:
         checkpoint.resolve("org/x")
+    assert len(str(err.value).splitlines()) == 1
 
 
 def test_hub_fetches_only_the_shards_the_index_names(tmp_path):

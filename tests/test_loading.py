@@ -3,9 +3,11 @@ give the same parameters as one thread, stop cleanly on a failed read, never lea
 over a file's memory map; the converted folder restored in groups."""
 
 import json
+import re
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -178,6 +180,26 @@ def test_a_cached_snapshot_without_its_weights_is_refused_in_one_line(tmp_path, 
         assert len(message.splitlines()) == 1
 
 
+@pytest.mark.parametrize("in_snapshot, listed, says", [
+    ("pytorch_model.bin", [], r"'org/w' has no \.safetensors weights, only PyTorch ones \(pytorch_model\.bin\), which jaxllm does not"),
+    (None, ["config.json", "m-Q4_K_M.gguf", "m-Q8_0.gguf"],  # known from huggingface_hub's listing of the repo alone
+     r"'org/w' has no \.safetensors weights but GGUF files \(m-Q4_K_M\.gguf, m-Q8_0\.gguf\): download one "
+     r"\(hf download org/w m-Q4_K_M\.gguf\) and pass the file's path$"),
+])
+def test_a_hub_repo_without_safetensors_says_what_it_holds(tiny, offline, monkeypatch, in_snapshot, listed, says):
+    """A repo of PyTorch pickles or GGUF files only: not 'download it again' (which fetches the same nothing)."""
+    import huggingface_hub
+
+    snapshot = _hub_cache(offline, tiny, repo="org/w", skip=("model.safetensors",))
+    if in_snapshot:
+        (snapshot / in_snapshot).write_bytes(b"x")
+    monkeypatch.setattr(huggingface_hub, "get_cached_repo_tree", lambda repo_id, revision: [SimpleNamespace(path=f) for f in listed],
+                        raising=False)
+    with pytest.raises(CheckpointError, match=says) as err:
+        checkpoint.resolve("org/w")
+    assert len(str(err.value).splitlines()) == 1
+
+
 def test_revision_picks_a_cached_snapshot(tmp_path, tiny, offline):
     """revision= (and --revision) loads a branch, tag or commit hash of a hub repo; a revision
     the cache lacks, or one given with a local folder, is one line."""
@@ -218,6 +240,43 @@ def test_hub_id_errors_say_what_to_do(tmp_path, tiny, offline, monkeypatch):
 
     shutil.copytree(tiny, tmp_path / "org" / "ok")  # ...but one holding a checkpoint is the checkpoint
     assert checkpoint.resolve("org/ok") == Path("org/ok")
+
+
+@pytest.mark.parametrize("repo, says", [
+    ("org/name", None),  # cached: loaded once the hub is given up on
+    ("org/other", r"\(ReadTimeout: .*\); it is not in the local cache and the hub cannot be reached.*hf download org/other"),
+])
+def test_a_hub_that_never_answers_is_given_up_on(tmp_path, tiny, offline, monkeypatch, repo, says):
+    """A network that takes connections and answers nothing (a proxy, a firewall): snapshot_download
+    waits without a limit (its HTTP client sets none), so jaxllm asks first, as long as HF_HUB_ETAG_TIMEOUT."""
+    import socket
+
+    from huggingface_hub import constants
+
+    snapshot = _hub_cache(offline, tiny)
+    silent = socket.create_server(("127.0.0.1", 0))  # listens; never accepts, never answers
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 0.3)
+    got = []
+
+    def resolve():
+        try:
+            got.append(checkpoint.resolve(repo))
+        except CheckpointError as err:
+            got.append(err)
+
+    worker = threading.Thread(target=resolve, daemon=True)
+    worker.start()
+    worker.join(15)
+    silent.close()
+    assert got, "resolve() still waits on a hub that never answers"
+    if says is None:
+        assert got[0] == snapshot
+    else:
+        assert isinstance(got[0], CheckpointError) and len(str(got[0]).splitlines()) == 1
+        assert re.search(says, str(got[0])), got[0]
 
 
 def test_attention_weights_checks_its_layer_as_research_does(llama):
