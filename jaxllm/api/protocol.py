@@ -1,6 +1,7 @@
 """OpenAI's wire format for jaxllm.serve: the request bodies (pydantic, strict types), their
-translation into prompts and SamplingParams, and their errors as 400s (APIError: errors.py; the
-structured-output fields' translation: constraints.py; the response objects: responses.py).
+translation into prompts and SamplingParams, and their errors as 400s (APIError: errors.py; a body
+parsed, its pydantic errors as 400s: parsing.py; the structured-output fields' translation:
+constraints.py; the response objects: responses.py).
 
 Values are validated where the library validates them (`SamplingParams.resolved`, `Engine.check`);
 this module checks only types and the fields that exist in the API alone (n, logprobs, ...).
@@ -14,16 +15,16 @@ import json
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
 
 from jaxllm.api import constraints, forced_tools
 from jaxllm.api.errors import APIError
 from jaxllm.chat_template import check_template_kwargs, encode, encode_messages
-from jaxllm.errors import BOM, InputError, JaxllmError, StructuredError
+from jaxllm.errors import InputError, JaxllmError, StructuredError
 from jaxllm.sampling import TOP_LOGPROBS_MAX, SamplingParams
 from jaxllm.structured import Structured
 
-# -- errors ------------------------------------------------------------------------------------
+# -- library errors as 400s --------------------------------------------------------------------
 
 _API_NAMES = {"max_new_tokens": "max_tokens"}  # SamplingParams field -> the API's name for it
 _PARAM_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
@@ -41,73 +42,6 @@ def bad_request(err: JaxllmError, names: dict[str, str] | None = None) -> APIErr
     if isinstance(err, InputError) and message.startswith("prompt"):  # "prompt holds no token ids", ids beyond the vocabulary
         return APIError(400, message, "prompt")
     return APIError(400, message, names.get(name, name) if name in _PARAM_FIELDS else None)
-
-
-def parse(model: type[BaseModel], raw: bytes) -> BaseModel:
-    """The request body as `model`, or a 400 naming the first bad field by its path
-    ('stream_options.include_usage', 'messages[0].role')."""
-    raw = raw.removeprefix(BOM.encode())  # JSON's RFC lets a parser ignore a byte order mark (PowerShell's UTF-8 sends one)
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as err:
-        errors = err.errors()
-        first = errors[0]
-        if first["type"] == "json_invalid":
-            utf16 = raw[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in raw[:4]  # was "expected value at line 1 column 1"
-            why = "it is UTF-16 text: send it as UTF-8" if utf16 else first["msg"]
-            raise APIError(400, f"malformed JSON body: {why}") from None
-        if _param(first["loc"]) == "prompt":
-            raise APIError(400, _prompt_error(errors), "prompt") from None
-        first = _deepest(errors)
-        param = _param(first["loc"])
-        if first["type"] == "missing":
-            raise APIError(400, f"the body lacks '{param}', which this endpoint needs: add it", param) from None
-        where = f"'{param}': " if param else "the body: "
-        raise APIError(400, f"invalid value for {where}{first['msg']}", param) from None
-
-
-def _deepest(errors: list[dict]) -> dict:
-    """The error to report: the first, or where it lies in a union (a field of several shapes:
-    `content` a string or a list of parts), the alternative that got furthest into the input. A
-    content part without its type was reported as "'messages[0].content': Input should be a valid
-    string" (the string alternative's error), sending the client to fix what was not wrong."""
-    first = errors[0]
-    at = next((i for i, item in enumerate(first["loc"]) if _is_tag(item)), None)
-    if at is None:
-        return first
-    field = first["loc"][:at]
-    same = [e for e in errors if e["loc"][:at] == field and len(e["loc"]) > at and _is_tag(e["loc"][at])]
-    return max(same, key=lambda e: len(e["loc"]))  # the first of the deepest
-
-
-def _is_tag(item) -> bool:
-    """A location item pydantic adds for a member of a union ('str', 'list[ContentPart]'), not a field or index."""
-    return not isinstance(item, int) and item not in _FIELD_NAMES
-
-
-def _param(loc: tuple) -> str | None:
-    """A pydantic error location as the API's path to the field: list indices in brackets,
-    nested fields after dots, and the tags pydantic adds for each member of a union ('str',
-    'list[int]': not field names) left out, so that a bad `stop` is 'stop', not 'stop.str', and
-    a bad item of a `stop` list 'stop[1]'."""
-    path = ""
-    for item in loc:
-        if isinstance(item, int):
-            path += f"[{item}]"
-        elif item in _FIELD_NAMES:
-            path += f".{item}" if path else item
-    return path or None
-
-
-def _prompt_error(errors: list[dict]) -> str:
-    """One message for a bad `prompt`, a union of four shapes whose first error ('should be a
-    valid string') says nothing of token ids: a value that is not a whole number where ids were
-    given (2.5, true, "a" among ids) is named."""
-    shapes = "give text, a list of texts, or token ids as whole numbers (a list of them, or a list of such lists)"
-    for e in errors:
-        if e["type"].startswith("int_") and not isinstance(e["input"], (list, dict)):
-            return f"invalid value for 'prompt': token ids must be whole numbers, got {json.dumps(e['input'])}: {shapes}"
-    return f"invalid value for 'prompt': {shapes}"
 
 
 # -- requests ----------------------------------------------------------------------------------
@@ -593,9 +527,6 @@ _UNSUPPORTED = {
     "add_generation_prompt": (lambda v, body: v in (None, True), "leave it out: the answer is the assistant's next turn"),
     "chat_template": (lambda v, body: v is None, "leave it out: the model's own chat template is used"),
 }
-_FIELD_NAMES = {name for m in (CompletionRequest, ChatRequest, Message, ContentPart, StreamOptions, Tool, FunctionDef,
-                               ToolCall, CallFunction) for name in m.model_fields}
-
 
 # Every choice's text is searched for each stop string at each token, on the event loop that
 # serves every client: a list of 2 million stop strings held it for 2 s a token. OpenAI takes
