@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
 
-from jaxllm.api import constraints, forced_tools
+from jaxllm.api import constraints, forced_tools, tool_checks
 from jaxllm.api.errors import APIError
 from jaxllm.chat_template import check_template_kwargs, encode, encode_messages
 from jaxllm.errors import InputError, JaxllmError, StructuredError
@@ -412,37 +412,7 @@ class ChatRequest(_Common):
             if message.role == "tool" and not message.tool_call_id:
                 raise APIError(400, f"messages[{i}] (tool) has no tool_call_id: give the id of the call it answers",
                                f"messages[{i}].tool_call_id")
-        self._check_tools()
-
-    def _check_tools(self) -> None:
-        """Each tool a function with a name of its own and an object schema; tool_choice one this
-        server serves: 'required' and a named function need decoding constrained to a schema."""
-        names: dict[str, int] = {}
-        for i, tool in enumerate(self.tools or []):
-            where, fn = f"tools[{i}]", tool.function
-            if tool.type != "function":
-                raise APIError(400, f"{where}.type '{tool.type}' is not a tool this server offers: use \"function\"",
-                               f"{where}.type")
-            if not fn.name.strip():
-                raise APIError(400, f"{where}.function.name is empty: name the function", f"{where}.function.name")
-            if fn.name in names:
-                raise APIError(400, f"{where}.function.name '{fn.name}' is tools[{names[fn.name]}]'s too: give each "
-                               "function a name of its own", f"{where}.function.name")
-            names[fn.name] = i
-            _check_parameters(fn.parameters or {}, f"{where}.function.parameters")
-        choice, name = self.tool_choice, forced_tools.named(self.tool_choice)
-        if choice in (None, "none", "auto"):
-            return
-        if forced_tools.forces(choice) and not self.tools:
-            raise APIError(400, f"tool_choice {json.dumps(choice)[:80]} asks for a call, and no tools are offered: send "
-                           "the tools", "tool_choice")
-        if choice == "required" or name in names:
-            return
-        if isinstance(name, str):
-            raise APIError(400, f"tool_choice names the function '{name}', which no tool offers: name one of "
-                           f"{', '.join(names)}", "tool_choice")
-        raise APIError(400, f"tool_choice {json.dumps(choice)[:80]} is invalid: use 'none', 'auto', 'required' or "
-                       '{"type": "function", "function": {"name": ...}}', "tool_choice")
+        tool_checks.check(self.tools, self.tool_choice)
 
     def constraints(self) -> list[tuple[str, Structured]]:
         """Besides the structured-output fields: tool_choice 'required' or a named function (forced_tools.py)."""
@@ -474,23 +444,6 @@ class ChatRequest(_Common):
             return encode_messages(tokenizer, messages, variables, [t.model_dump(exclude_none=True) for t in self.tools or []])
         except JaxllmError as err:  # encode_messages: the template refused them, or does not parse
             raise APIError(400, str(err), "messages") from None
-
-
-def _check_parameters(schema: dict, where: str) -> None:
-    """A tool's parameters: a JSON schema of type "object" whose properties map names to schemas (objects, or
-    JSON Schema's true / false) and whose required list names them: the chat template showed the model any other
-    shape ("properties": 5) as it came, and the answer was made from it."""
-    kind = schema.get("type", "object")
-    if kind != "object":
-        raise APIError(400, f"{where} is a schema of type {json.dumps(kind)}: describe the arguments as a JSON schema of "
-                       'type "object" (its properties)', where)
-    properties, required = schema.get("properties", {}), schema.get("required", [])
-    if not isinstance(properties, dict) or not all(isinstance(p, (dict, bool)) for p in properties.values()):
-        raise APIError(400, f"{where}.properties must map each argument's name to its JSON schema (an object), got "
-                       f"{json.dumps(properties)[:80]}", f"{where}.properties")
-    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
-        raise APIError(400, f"{where}.required must be a list of the names of the arguments a call must give, got "
-                       f"{json.dumps(required)[:80]}", f"{where}.required")
 
 
 ROLES = ("system", "user", "assistant", "tool")  # those chat templates render (a tool's answer: "tool")
