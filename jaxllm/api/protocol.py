@@ -10,14 +10,13 @@ this module checks only types and the fields that exist in the API alone (n, log
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
 
-from jaxllm.api import constraints, forced_tools, tool_checks
+from jaxllm.api import constraints, forced_tools, tool_checks, unserved_fields
 from jaxllm.api.errors import APIError
 from jaxllm.chat_template import check_template_kwargs, encode, encode_messages
 from jaxllm.errors import InputError, JaxllmError, StructuredError
@@ -70,7 +69,7 @@ class _Common(_Strict):
     """Fields both endpoints take. top_k, min_p, repetition_penalty, ignore_eos, return_token_ids,
     min_tokens, stop_token_ids, include_stop_str_in_output, skip_special_tokens and prompt_logprobs are extensions
     (vLLM's; the openai client sends them through `extra_body`). Other
-    fields are kept (extra="allow") so that check() can refuse them: those of _UNSUPPORTED unless
+    fields are kept (extra="allow") so that check() can refuse them: those of _UNSUPPORTED (unserved_fields.py) unless
     at their neutral value, NO_OP's never, any other as OpenAI's API does ("Unrecognized request
     argument supplied"): a misspelt field ("temprature": 0, "max_token": 5) was ignored, and the
     answer sampled, or ran to the end of the context, with nothing to tell the client why."""
@@ -121,28 +120,7 @@ class _Common(_Strict):
         if self.seed is not None and not -2**63 <= self.seed < 2**63:
             raise APIError(400, f"seed={self.seed} is invalid: use a whole number that fits 64 bits", "seed")
         _check_stop(self.stop)
-        extra = self.model_extra or {}
-        known = set(type(self).model_fields) | set(_UNSUPPORTED) | set(self.NO_OP)
-        for name in extra:
-            kind = self.NO_OP.get(name, object)
-            if extra[name] is not None and not isinstance(extra[name], kind):  # user: 5, parallel_tool_calls: "x"
-                noun = {str: "a string", bool: "a boolean", dict: "an object"}[kind]
-                raise APIError(400, f"invalid value for '{name}': OpenAI's API takes {noun} here (this server ignores the "
-                               "field, which changes no answer)", name)
-            if name not in known:
-                close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise APIError(400, f"Unrecognized request argument supplied: {name}{hint}: fix its name, or leave it out",
-                               name)
-        for name, (neutral, fix) in _UNSUPPORTED.items():
-            if name in type(self).model_fields:
-                value = getattr(self, name)
-            elif name in extra:
-                value = extra[name]
-            else:
-                continue
-            if not neutral(value, self):
-                raise APIError(400, f"{name} is not supported by this server: {fix}", name)
+        unserved_fields.check(self)
 
     def _check_prompt_logprobs(self) -> None:
         k = self.prompt_logprobs
@@ -347,7 +325,7 @@ class ChatRequest(_Common):
                                         "parallel_tool_calls": bool, "prediction": dict}
     tools: list[Tool] | None = None  # given to the chat template (with any tool_choice, as vLLM)
     tool_choice: Any = None  # 'none', 'auto' (the default with tools: calls are read from the answer); check()
-    functions: Any = None  # these: _UNSUPPORTED
+    functions: Any = None  # these: unserved_fields.py's _UNSUPPORTED
     function_call: Any = None
     chat_template_kwargs: dict | None = None  # variables the chat template reads (vLLM's field): enable_thinking, ...
     echo: bool = False  # vLLM's: the answer's content begins with the last message's, when it is the assistant's
@@ -449,37 +427,6 @@ class ChatRequest(_Common):
 ROLES = ("system", "user", "assistant", "tool")  # those chat templates render (a tool's answer: "tool")
 ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name of the system message; templates know only "system"
 
-
-# OpenAI's fields (and vLLM's) that this server does not implement: name -> (does this value change nothing
-# (value, request), what to do instead). Each is refused (400) rather than silently ignored,
-# except at the value that changes nothing, which clients may send as their default (the openai
-# client itself sends only what its caller passes): best_of = n, functions [], ...
-_UNSUPPORTED = {
-    "suffix": (lambda v, body: not v, "leave it out; this server does not fill in the middle"),
-    "best_of": (lambda v, body: v is None or (type(v) is int and v == body.n),
-                "leave it out (or send n's value): choices are not ranked here; use n for more choices"),
-    "functions": (lambda v, body: v in (None, []), "it is OpenAI's deprecated form of tools: send tools"),
-    "function_call": (lambda v, body: v in (None, "none", "auto"), "it is OpenAI's deprecated form of tool_choice: send "
-                      "tool_choice"),
-    "modalities": (lambda v, body: v in (None, ["text"]), 'answers are text only: leave it out (or send ["text"])'),
-    "audio": (lambda v, body: v is None, "answers are text only: leave it out"),
-    "web_search_options": (lambda v, body: v is None, "it searches nothing: leave it out"),
-    "moderation": (lambda v, body: v is None, "nothing is moderated here: leave it out"),
-    "reasoning_effort": (lambda v, body: v is None, "the model's reasoning is not controlled here: leave it out"),
-    "verbosity": (lambda v, body: v in (None, "medium"), "leave it out (or send 'medium'): ask for brevity in the messages"),
-    # vLLM's extensions beside the ones served here (top_k, min_p, repetition_penalty, ignore_eos, min_tokens, ...):
-    # a client written for vLLM that sends one gets a 400, not an answer that ignored it.
-    "spaces_between_special_tokens": (lambda v, body: v in (None, True),
-                                      "leave it out: special tokens' text is joined as the tokenizer's decode joins it"),
-    "bad_words": (lambda v, body: v in (None, []), "leave it out"),
-    "allowed_token_ids": (lambda v, body: v is None, "leave it out"),
-    "truncate_prompt_tokens": (lambda v, body: v is None, "leave it out and shorten the prompt yourself"),
-    "use_beam_search": (lambda v, body: v in (None, False), "leave it out: answers are sampled (temperature 0: greedy)"),
-    "continue_final_message": (lambda v, body: v in (None, False),
-                               "leave it out: a last assistant message is a finished turn, and the answer a new one"),
-    "add_generation_prompt": (lambda v, body: v in (None, True), "leave it out: the answer is the assistant's next turn"),
-    "chat_template": (lambda v, body: v is None, "leave it out: the model's own chat template is used"),
-}
 
 # Every choice's text is searched for each stop string at each token, on the event loop that
 # serves every client: a list of 2 million stop strings held it for 2 s a token. OpenAI takes
