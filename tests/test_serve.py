@@ -23,7 +23,7 @@ import pytest
 import jaxllm
 from jaxllm import serve
 from jaxllm.api import app as api_app
-from jaxllm.api import build_app, protocol, tool_calls
+from jaxllm.api import build_app, parsing, protocol, tool_calls
 from jaxllm.chat_template import encode
 from jaxllm.errors import GenerationError, JaxllmError, StructuredError
 from jaxllm.serve import check_listen, parse_args
@@ -1072,7 +1072,7 @@ def test_structured_errors_found_as_the_engine_takes_a_request_name_their_field(
     chat = {"messages": [{"role": "user", "content": "Hi"}]}
     for field, value in [("guided_choice", ["a"]), ("response_format.json_schema.schema",
                                                     {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}})]:
-        body = protocol.parse(protocol.ChatRequest, json.dumps({**chat, field.split(".")[0]: value}).encode())
+        body = parsing.parse(protocol.ChatRequest, json.dumps({**chat, field.split(".")[0]: value}).encode())
         error = body.refusal(StructuredError("structured choice is invalid: panic: assertion failed"))
         assert (error.status, error.param, error.message) == (400, field, f"{field}: structured choice is invalid: panic: "
                                                                           "assertion failed")

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# Installed names of the three source folders (pyproject's package-dir).
-PACKAGES = {"jaxllm": "jaxllm", "models": "jaxllm.models", "sharding": "jaxllm.sharding"}
+# Installed names of the source folders checked (pyproject's packages and package-dir); not jaxllm/serving yet:
+# runner.py's `if TYPE_CHECKING:` import of cascade.py reads here as a cycle with cascade.py's import of runner.py.
+PACKAGES = {"jaxllm": "jaxllm", "jaxllm/api": "jaxllm.api", "models": "jaxllm.models", "sharding": "jaxllm.sharding"}
 
 
 def _modules() -> dict[str, Path]:
@@ -66,7 +67,7 @@ def _function_imports(path: Path) -> list[str]:
 
 
 def test_there_are_modules_to_check():
-    assert {"jaxllm.loader", "jaxllm.models.decoder", "jaxllm.sharding.rules"} <= set(MODULES)
+    assert {"jaxllm.loader", "jaxllm.api.protocol", "jaxllm.models.decoder", "jaxllm.sharding.rules"} <= set(MODULES)
 
 
 def test_no_import_cycle_among_our_modules():

@@ -3,6 +3,9 @@
   engine_loop.py  the one thread that owns the engine: submissions and cancellations in,
                   token events out to each HTTP request's asyncio queue
   protocol.py     OpenAI's request bodies, their checks, and library errors as 400s
+  parsing.py      a body into its request model; pydantic's errors as one-line 400s naming the field's path
+  tool_checks.py  a chat request's tools and tool_choice checked
+  unserved_fields.py  fields this server does not serve, refused unless they change nothing; misspelt names
   constraints.py  the structured-output fields (response_format, guided_*, structured_outputs) as jaxllm.Structured
   forced_tools.py tool_choice 'required' or a named function: the answer constrained to the calls, read back
   errors.py       APIError: OpenAI's error body as an exception

@@ -40,7 +40,8 @@ from jaxllm import tokenizing
 from jaxllm.api import forced_tools, tool_calls
 from jaxllm.api.engine_loop import EngineFailed, EngineLoop, QueueFull, Submission
 from jaxllm.api.errors import APIError
-from jaxllm.api.protocol import ChatRequest, CompletionRequest, bad_request, parse
+from jaxllm.api.parsing import parse
+from jaxllm.api.protocol import ChatRequest, CompletionRequest, bad_request
 from jaxllm.api.responses import ChatFormat, CompletionFormat, Format, Piece, usage
 from jaxllm.chat_template import check_template_kwargs
 from jaxllm.engine import Engine, Request

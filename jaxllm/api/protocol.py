@@ -1,6 +1,7 @@
 """OpenAI's wire format for jaxllm.serve: the request bodies (pydantic, strict types), their
-translation into prompts and SamplingParams, and their errors as 400s (APIError: errors.py; the
-structured-output fields' translation: constraints.py; the response objects: responses.py).
+translation into prompts and SamplingParams, and their errors as 400s (APIError: errors.py; a body
+parsed, its pydantic errors as 400s: parsing.py; the structured-output fields' translation:
+constraints.py; the response objects: responses.py).
 
 Values are validated where the library validates them (`SamplingParams.resolved`, `Engine.check`);
 this module checks only types and the fields that exist in the API alone (n, logprobs, ...).
@@ -9,21 +10,20 @@ this module checks only types and the fields that exist in the API alone (n, log
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
 
-from jaxllm.api import constraints, forced_tools
+from jaxllm.api import constraints, forced_tools, tool_checks, unserved_fields
 from jaxllm.api.errors import APIError
 from jaxllm.chat_template import check_template_kwargs, encode, encode_messages
-from jaxllm.errors import BOM, InputError, JaxllmError, StructuredError
+from jaxllm.errors import InputError, JaxllmError, StructuredError
 from jaxllm.sampling import TOP_LOGPROBS_MAX, SamplingParams
 from jaxllm.structured import Structured
 
-# -- errors ------------------------------------------------------------------------------------
+# -- library errors as 400s --------------------------------------------------------------------
 
 _API_NAMES = {"max_new_tokens": "max_tokens"}  # SamplingParams field -> the API's name for it
 _PARAM_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
@@ -41,73 +41,6 @@ def bad_request(err: JaxllmError, names: dict[str, str] | None = None) -> APIErr
     if isinstance(err, InputError) and message.startswith("prompt"):  # "prompt holds no token ids", ids beyond the vocabulary
         return APIError(400, message, "prompt")
     return APIError(400, message, names.get(name, name) if name in _PARAM_FIELDS else None)
-
-
-def parse(model: type[BaseModel], raw: bytes) -> BaseModel:
-    """The request body as `model`, or a 400 naming the first bad field by its path
-    ('stream_options.include_usage', 'messages[0].role')."""
-    raw = raw.removeprefix(BOM.encode())  # JSON's RFC lets a parser ignore a byte order mark (PowerShell's UTF-8 sends one)
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as err:
-        errors = err.errors()
-        first = errors[0]
-        if first["type"] == "json_invalid":
-            utf16 = raw[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in raw[:4]  # was "expected value at line 1 column 1"
-            why = "it is UTF-16 text: send it as UTF-8" if utf16 else first["msg"]
-            raise APIError(400, f"malformed JSON body: {why}") from None
-        if _param(first["loc"]) == "prompt":
-            raise APIError(400, _prompt_error(errors), "prompt") from None
-        first = _deepest(errors)
-        param = _param(first["loc"])
-        if first["type"] == "missing":
-            raise APIError(400, f"the body lacks '{param}', which this endpoint needs: add it", param) from None
-        where = f"'{param}': " if param else "the body: "
-        raise APIError(400, f"invalid value for {where}{first['msg']}", param) from None
-
-
-def _deepest(errors: list[dict]) -> dict:
-    """The error to report: the first, or where it lies in a union (a field of several shapes:
-    `content` a string or a list of parts), the alternative that got furthest into the input. A
-    content part without its type was reported as "'messages[0].content': Input should be a valid
-    string" (the string alternative's error), sending the client to fix what was not wrong."""
-    first = errors[0]
-    at = next((i for i, item in enumerate(first["loc"]) if _is_tag(item)), None)
-    if at is None:
-        return first
-    field = first["loc"][:at]
-    same = [e for e in errors if e["loc"][:at] == field and len(e["loc"]) > at and _is_tag(e["loc"][at])]
-    return max(same, key=lambda e: len(e["loc"]))  # the first of the deepest
-
-
-def _is_tag(item) -> bool:
-    """A location item pydantic adds for a member of a union ('str', 'list[ContentPart]'), not a field or index."""
-    return not isinstance(item, int) and item not in _FIELD_NAMES
-
-
-def _param(loc: tuple) -> str | None:
-    """A pydantic error location as the API's path to the field: list indices in brackets,
-    nested fields after dots, and the tags pydantic adds for each member of a union ('str',
-    'list[int]': not field names) left out, so that a bad `stop` is 'stop', not 'stop.str', and
-    a bad item of a `stop` list 'stop[1]'."""
-    path = ""
-    for item in loc:
-        if isinstance(item, int):
-            path += f"[{item}]"
-        elif item in _FIELD_NAMES:
-            path += f".{item}" if path else item
-    return path or None
-
-
-def _prompt_error(errors: list[dict]) -> str:
-    """One message for a bad `prompt`, a union of four shapes whose first error ('should be a
-    valid string') says nothing of token ids: a value that is not a whole number where ids were
-    given (2.5, true, "a" among ids) is named."""
-    shapes = "give text, a list of texts, or token ids as whole numbers (a list of them, or a list of such lists)"
-    for e in errors:
-        if e["type"].startswith("int_") and not isinstance(e["input"], (list, dict)):
-            return f"invalid value for 'prompt': token ids must be whole numbers, got {json.dumps(e['input'])}: {shapes}"
-    return f"invalid value for 'prompt': {shapes}"
 
 
 # -- requests ----------------------------------------------------------------------------------
@@ -136,7 +69,7 @@ class _Common(_Strict):
     """Fields both endpoints take. top_k, min_p, repetition_penalty, ignore_eos, return_token_ids,
     min_tokens, stop_token_ids, include_stop_str_in_output, skip_special_tokens and prompt_logprobs are extensions
     (vLLM's; the openai client sends them through `extra_body`). Other
-    fields are kept (extra="allow") so that check() can refuse them: those of _UNSUPPORTED unless
+    fields are kept (extra="allow") so that check() can refuse them: those of _UNSUPPORTED (unserved_fields.py) unless
     at their neutral value, NO_OP's never, any other as OpenAI's API does ("Unrecognized request
     argument supplied"): a misspelt field ("temprature": 0, "max_token": 5) was ignored, and the
     answer sampled, or ran to the end of the context, with nothing to tell the client why."""
@@ -187,28 +120,7 @@ class _Common(_Strict):
         if self.seed is not None and not -2**63 <= self.seed < 2**63:
             raise APIError(400, f"seed={self.seed} is invalid: use a whole number that fits 64 bits", "seed")
         _check_stop(self.stop)
-        extra = self.model_extra or {}
-        known = set(type(self).model_fields) | set(_UNSUPPORTED) | set(self.NO_OP)
-        for name in extra:
-            kind = self.NO_OP.get(name, object)
-            if extra[name] is not None and not isinstance(extra[name], kind):  # user: 5, parallel_tool_calls: "x"
-                noun = {str: "a string", bool: "a boolean", dict: "an object"}[kind]
-                raise APIError(400, f"invalid value for '{name}': OpenAI's API takes {noun} here (this server ignores the "
-                               "field, which changes no answer)", name)
-            if name not in known:
-                close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise APIError(400, f"Unrecognized request argument supplied: {name}{hint}: fix its name, or leave it out",
-                               name)
-        for name, (neutral, fix) in _UNSUPPORTED.items():
-            if name in type(self).model_fields:
-                value = getattr(self, name)
-            elif name in extra:
-                value = extra[name]
-            else:
-                continue
-            if not neutral(value, self):
-                raise APIError(400, f"{name} is not supported by this server: {fix}", name)
+        unserved_fields.check(self)
 
     def _check_prompt_logprobs(self) -> None:
         k = self.prompt_logprobs
@@ -413,7 +325,7 @@ class ChatRequest(_Common):
                                         "parallel_tool_calls": bool, "prediction": dict}
     tools: list[Tool] | None = None  # given to the chat template (with any tool_choice, as vLLM)
     tool_choice: Any = None  # 'none', 'auto' (the default with tools: calls are read from the answer); check()
-    functions: Any = None  # these: _UNSUPPORTED
+    functions: Any = None  # these: unserved_fields.py's _UNSUPPORTED
     function_call: Any = None
     chat_template_kwargs: dict | None = None  # variables the chat template reads (vLLM's field): enable_thinking, ...
     echo: bool = False  # vLLM's: the answer's content begins with the last message's, when it is the assistant's
@@ -478,37 +390,7 @@ class ChatRequest(_Common):
             if message.role == "tool" and not message.tool_call_id:
                 raise APIError(400, f"messages[{i}] (tool) has no tool_call_id: give the id of the call it answers",
                                f"messages[{i}].tool_call_id")
-        self._check_tools()
-
-    def _check_tools(self) -> None:
-        """Each tool a function with a name of its own and an object schema; tool_choice one this
-        server serves: 'required' and a named function need decoding constrained to a schema."""
-        names: dict[str, int] = {}
-        for i, tool in enumerate(self.tools or []):
-            where, fn = f"tools[{i}]", tool.function
-            if tool.type != "function":
-                raise APIError(400, f"{where}.type '{tool.type}' is not a tool this server offers: use \"function\"",
-                               f"{where}.type")
-            if not fn.name.strip():
-                raise APIError(400, f"{where}.function.name is empty: name the function", f"{where}.function.name")
-            if fn.name in names:
-                raise APIError(400, f"{where}.function.name '{fn.name}' is tools[{names[fn.name]}]'s too: give each "
-                               "function a name of its own", f"{where}.function.name")
-            names[fn.name] = i
-            _check_parameters(fn.parameters or {}, f"{where}.function.parameters")
-        choice, name = self.tool_choice, forced_tools.named(self.tool_choice)
-        if choice in (None, "none", "auto"):
-            return
-        if forced_tools.forces(choice) and not self.tools:
-            raise APIError(400, f"tool_choice {json.dumps(choice)[:80]} asks for a call, and no tools are offered: send "
-                           "the tools", "tool_choice")
-        if choice == "required" or name in names:
-            return
-        if isinstance(name, str):
-            raise APIError(400, f"tool_choice names the function '{name}', which no tool offers: name one of "
-                           f"{', '.join(names)}", "tool_choice")
-        raise APIError(400, f"tool_choice {json.dumps(choice)[:80]} is invalid: use 'none', 'auto', 'required' or "
-                       '{"type": "function", "function": {"name": ...}}', "tool_choice")
+        tool_checks.check(self.tools, self.tool_choice)
 
     def constraints(self) -> list[tuple[str, Structured]]:
         """Besides the structured-output fields: tool_choice 'required' or a named function (forced_tools.py)."""
@@ -542,59 +424,8 @@ class ChatRequest(_Common):
             raise APIError(400, str(err), "messages") from None
 
 
-def _check_parameters(schema: dict, where: str) -> None:
-    """A tool's parameters: a JSON schema of type "object" whose properties map names to schemas (objects, or
-    JSON Schema's true / false) and whose required list names them: the chat template showed the model any other
-    shape ("properties": 5) as it came, and the answer was made from it."""
-    kind = schema.get("type", "object")
-    if kind != "object":
-        raise APIError(400, f"{where} is a schema of type {json.dumps(kind)}: describe the arguments as a JSON schema of "
-                       'type "object" (its properties)', where)
-    properties, required = schema.get("properties", {}), schema.get("required", [])
-    if not isinstance(properties, dict) or not all(isinstance(p, (dict, bool)) for p in properties.values()):
-        raise APIError(400, f"{where}.properties must map each argument's name to its JSON schema (an object), got "
-                       f"{json.dumps(properties)[:80]}", f"{where}.properties")
-    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
-        raise APIError(400, f"{where}.required must be a list of the names of the arguments a call must give, got "
-                       f"{json.dumps(required)[:80]}", f"{where}.required")
-
-
 ROLES = ("system", "user", "assistant", "tool")  # those chat templates render (a tool's answer: "tool")
 ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name of the system message; templates know only "system"
-
-
-# OpenAI's fields (and vLLM's) that this server does not implement: name -> (does this value change nothing
-# (value, request), what to do instead). Each is refused (400) rather than silently ignored,
-# except at the value that changes nothing, which clients may send as their default (the openai
-# client itself sends only what its caller passes): best_of = n, functions [], ...
-_UNSUPPORTED = {
-    "suffix": (lambda v, body: not v, "leave it out; this server does not fill in the middle"),
-    "best_of": (lambda v, body: v is None or (type(v) is int and v == body.n),
-                "leave it out (or send n's value): choices are not ranked here; use n for more choices"),
-    "functions": (lambda v, body: v in (None, []), "it is OpenAI's deprecated form of tools: send tools"),
-    "function_call": (lambda v, body: v in (None, "none", "auto"), "it is OpenAI's deprecated form of tool_choice: send "
-                      "tool_choice"),
-    "modalities": (lambda v, body: v in (None, ["text"]), 'answers are text only: leave it out (or send ["text"])'),
-    "audio": (lambda v, body: v is None, "answers are text only: leave it out"),
-    "web_search_options": (lambda v, body: v is None, "it searches nothing: leave it out"),
-    "moderation": (lambda v, body: v is None, "nothing is moderated here: leave it out"),
-    "reasoning_effort": (lambda v, body: v is None, "the model's reasoning is not controlled here: leave it out"),
-    "verbosity": (lambda v, body: v in (None, "medium"), "leave it out (or send 'medium'): ask for brevity in the messages"),
-    # vLLM's extensions beside the ones served here (top_k, min_p, repetition_penalty, ignore_eos, min_tokens, ...):
-    # a client written for vLLM that sends one gets a 400, not an answer that ignored it.
-    "spaces_between_special_tokens": (lambda v, body: v in (None, True),
-                                      "leave it out: special tokens' text is joined as the tokenizer's decode joins it"),
-    "bad_words": (lambda v, body: v in (None, []), "leave it out"),
-    "allowed_token_ids": (lambda v, body: v is None, "leave it out"),
-    "truncate_prompt_tokens": (lambda v, body: v is None, "leave it out and shorten the prompt yourself"),
-    "use_beam_search": (lambda v, body: v in (None, False), "leave it out: answers are sampled (temperature 0: greedy)"),
-    "continue_final_message": (lambda v, body: v in (None, False),
-                               "leave it out: a last assistant message is a finished turn, and the answer a new one"),
-    "add_generation_prompt": (lambda v, body: v in (None, True), "leave it out: the answer is the assistant's next turn"),
-    "chat_template": (lambda v, body: v is None, "leave it out: the model's own chat template is used"),
-}
-_FIELD_NAMES = {name for m in (CompletionRequest, ChatRequest, Message, ContentPart, StreamOptions, Tool, FunctionDef,
-                               ToolCall, CallFunction) for name in m.model_fields}
 
 
 # Every choice's text is searched for each stop string at each token, on the event loop that
