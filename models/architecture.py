@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from jaxllm.errors import ConfigError
-from jaxllm.models.config import ModelConfig, from_hf
+from jaxllm.models.config import ModelConfig
 from jaxllm.models.config_fields import check_config, require_fields
+from jaxllm.models.config_reading import from_hf
 from jaxllm.models.weights import EMBEDDING
 
 
@@ -132,7 +133,7 @@ class Architecture:
     # (GPT-2's n_embd, n_layer, ...).
     common_names: Callable[[dict], dict] = lambda raw: raw
     # What this family's transformers config class assumes for a key config.json leaves out, where
-    # it differs from the generic reading (models/config.py from_hf): Mistral's 4,096-token
+    # it differs from the generic reading (models/config_reading.py from_hf): Mistral's 4,096-token
     # window, Gemma's tied embeddings, Mixtral's rope base, num_key_value_heads where the class does
     # not take num_attention_heads for it. A key the file gives, null included, wins.
     hf_defaults: dict = field(default_factory=dict)

@@ -1,6 +1,6 @@
 """What each field of config.json and generation_config.json may hold, checked before anything
 reads a field (`check_config`, `check_generation_config`), and the option values the model files may
-set (QK_NORMS, ROUTERS, ...). models/config.py parses the checked fields into a ModelConfig."""
+set (QK_NORMS, ROUTERS, ...). models/config_reading.py reads the checked fields into a ModelConfig."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ GROUP_SCORES = ("max", "top2", "top2_zero")  # top2_zero: the other groups' expe
 # (models/lightning_attention.py: its config's "linear_attention", read as this); "kimi_delta_attention", Kimi-Linear's
 # (linear_attention.KimiDeltaAttention: its config's "linear_attention" too); each only in the families whose
 # "rwkv", RWKV-4's time mix (models/wkv.py); "mlstm", xLSTM's (models/mlstm.py); each only in the families whose
-# ModelConfig.recurrent_kinds names it, refused elsewhere (config._validated)
+# ModelConfig.recurrent_kinds names it, refused elsewhere (config_checks.validated)
 RECURRENT_TYPES = ("linear_attention", "conv", "mamba", "mamba1", "mamba1_heads", "lightning_attention", "kimi_delta_attention",
                    "rg_lru", "rwkv", "mlstm")
 LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention") + RECURRENT_TYPES
@@ -109,7 +109,7 @@ CONFIG_FIELDS = {
     "rope_theta": POSITIVE, "rope_scaling": OBJECT, "rope_parameters": OBJECT, "partial_rotary_factor": FRACTION,
     "original_max_position_embeddings": COUNT, "use_sliding_window": FLAG,
     # 0 is what transformers' Qwen2-MoE config saves for a window turned off (use_sliding_window false);
-    # a window of 0 on a sliding layer is refused (_validated)
+    # a window of 0 on a sliding layer is refused (config_checks.validated)
     "sliding_window": INDEX,
     "max_window_layers": _given(INDEX), "layer_types": Field(str, many="list", empty=False), "bos_token_id": INDEX,
     "eos_token_id": Field(int, 0, MAX_SIZE, many="either"), "pad_token_id": Field(int), "dtype": NAME, "torch_dtype": NAME,

@@ -662,7 +662,7 @@ def test_cli_names_the_undecodable_prompt_line(source, tmp_path):
 def test_context_length_reads_rope_scaling(rope, expected):
     """The positions a request may use, as vLLM reads them from a config: scaled by linear, dynamic
     and YaRN factors (YaRN's from its original length, never below max_position_embeddings)."""
-    from jaxllm.models.config import from_hf
+    from jaxllm.models.config_reading import from_hf
 
     raw = dict(TINY, max_position_embeddings=163840 if rope and rope.get("factor") == 40.0 else 4096)
     if rope:

@@ -11,7 +11,7 @@ import reference
 
 import jaxllm
 from jaxllm.errors import CheckpointError, ConfigError, InputError
-from jaxllm.models import config
+from jaxllm.models.config_reading import from_hf
 
 BASE = dict(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=4,
             num_key_value_heads=2)
@@ -29,12 +29,12 @@ BASE = dict(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_laye
 ])
 def test_config_validation(change, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
-        config.from_hf(dict(BASE, **change), "LlamaForCausalLM")
+        from_hf(dict(BASE, **change), "LlamaForCausalLM")
 
 
 def test_config_reads_both_eos_spellings():
-    assert config.from_hf(dict(BASE, eos_token_id=[2, 7]), "X").eos_token_ids == (2, 7)
-    assert config.from_hf(dict(BASE, eos_token_id=2), "X").eos_token_ids == (2,)
+    assert from_hf(dict(BASE, eos_token_id=[2, 7]), "X").eos_token_ids == (2, 7)
+    assert from_hf(dict(BASE, eos_token_id=2), "X").eos_token_ids == (2,)
 
 
 @pytest.fixture(scope="module")
