@@ -2,15 +2,17 @@
 llm_engine, in JAX). The pieces, each in its own small file:
 
   jaxllm/serving/requests.py       Request, Event, Score: what goes in and comes out
+  jaxllm/serving/admission.py      the engine's options and each request checked against the model, refused in one line
   jaxllm/serving/block_manager.py  pages, reference counts, the prefix cache (host)
   jaxllm/serving/scheduler.py      who runs this step: prefill chunks within a token budget,
                                    the decode batch, preemption when pages run out (host)
   jaxllm/serving/cascade.py        which cached pages a decode call's rows share, read once (host)
   jaxllm/serving/ngram.py          speculative decoding's drafts: a sequence's own earlier n-grams (device)
-  jaxllm/serving/shapes.py         the prefill calls' menu of shapes, and the shapes a workload needs (host)
+  jaxllm/serving/shapes.py         the prefill calls' menu of shapes, and the shapes and programs a workload needs (host)
   jaxllm/serving/memory.py         how many KV pages the pool holds (host, once)
   jaxllm/serving/runner.py         the page pool and each call's inputs, shapes and buckets (host)
   jaxllm/serving/steps.py          the jitted prefill / decode / speculative decode steps (device)
+  jaxllm/serving/events.py         what an Event says of a sequence: its stop ids, finish reason, prompt scores, error (host)
 
 Each `step()` runs this step's prefill chunks (new prompts, long prompts chunk by chunk, sequences
 recomputed after preemption), then up to `chunk` decode steps for every running sequence (only
@@ -30,7 +32,6 @@ balances them), and each step computes every shard's rows in one call, each grou
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import weakref
 from typing import Iterator
@@ -39,18 +40,19 @@ import jax
 import numpy as np
 
 from jaxllm import runtime, structured
-from jaxllm.errors import GenerationError, JaxllmError, check_prompt_ids, shown
+from jaxllm.errors import GenerationError, check_prompt_ids
 from jaxllm.models.attention import check_kv_dtype
 from jaxllm.models.config_fields import token_ids
-from jaxllm.sampling import STOP_TOKEN_IDS_MAX, SamplingParams, logprob_width, step_kind
+from jaxllm.sampling import STOP_TOKEN_IDS_MAX, logprob_width, step_kind
+from jaxllm.serving import admission, memory
 from jaxllm.serving import cascade as cascade_plan
-from jaxllm.serving import memory
 from jaxllm.serving.block_manager import BlockManager
-from jaxllm.serving.requests import Event, Request, Score, context_error, fit_advice
+from jaxllm.serving.events import complete, error_message, finish_reason, keep_prompt_scores, prompt_fields, stops, synced
+from jaxllm.serving.requests import Event, Request, Score, context_error, fit_advice  # noqa: F401 (jaxllm.engine's API)
 from jaxllm.serving.runner import Row, Runner, top_pairs
 from jaxllm.serving.scheduler import PrefillChunk, Scheduler
 from jaxllm.serving.sequence import Sequence, Status
-from jaxllm.serving.shapes import CallShapes
+from jaxllm.serving.shapes import CallShapes, variants
 from jaxllm.serving.steps import ERROR
 
 log = logging.getLogger("jaxllm")
@@ -119,7 +121,7 @@ class Engine:
         if cascade not in (None, True, False):
             raise GenerationError(f"Engine cascade={cascade!r} is invalid: use None (when it reads fewer keys), True or False")
         self.cascade = cascade
-        self.speculative = _speculative_tokens(model, cfg, speculative_tokens)
+        self.speculative = admission.speculative_tokens(model, cfg, speculative_tokens)
         if (not isinstance(memory_fraction, (int, float, np.integer, np.floating)) or isinstance(memory_fraction, bool)
                 or not 0 < memory_fraction <= 1):
             raise GenerationError(f"Engine memory_fraction={memory_fraction!r} is invalid: use a number in (0, 1]")
@@ -213,76 +215,15 @@ class Engine:
 
     def check(self, req: Request) -> list[int]:
         """Refuse a request that can never run, before anything is computed; returns its prompt's
-        ids as Python ints (whatever holds them: a list, a numpy or JAX array)."""
-        if not isinstance(req, Request):
-            raise GenerationError(f"Engine takes jaxllm.engine.Request(prompt ids, resolved params) objects, got {type(req).__name__}")
-        params = req.params
-        unset = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "min_tokens")  # resolved fills them
-        if not isinstance(params, SamplingParams) or any(getattr(params, f) is None for f in unset):
-            raise GenerationError("a Request's params must be resolved SamplingParams: pass "
-                                  "jaxllm.SamplingParams(...).resolved(model.generation_config)")
-        params.validate()
-        if params.structured is not None:
-            structured.check(params.structured, self.grammar_tokenizer())
-        for name, ids, given in (("logit_bias", [t for t, _ in params.logit_bias], dict(params.logit_bias)),
-                                 ("stop_token_ids", params.stop_token_ids, list(params.stop_token_ids))):
-            beyond = [t for t in ids if t >= self.cfg.output_vocab]  # the logits' width
-            if beyond:
-                raise GenerationError(f"{name}={shown(given)} is invalid: token {shown(beyond[0])} is beyond the model's "
-                                      f"{self.cfg.output_vocab:,} tokens: use ids below {self.cfg.output_vocab:,}")
-        ids = check_prompt_ids(req.prompt, self.cfg, "prompt", dims=(1,), allow_empty=False).tolist()
-        n = len(ids)
-        total = n + req.params.max_new_tokens
-        if total > self.cfg.context_length:  # first: raising max_len cannot help here
-            raise GenerationError(context_error(n, req.params.max_new_tokens, self.cfg))
-        if total > self.max_len:
-            raise GenerationError(
-                f"prompt of {n} tokens + max_new_tokens={req.params.max_new_tokens} exceeds the engine's max_len "
-                f"{self.max_len}: {fit_advice(n, req.params.max_new_tokens, self.max_len)}, or raise max_len")
-        pages = self.blocks.pages_for(max(total - 1, n))  # the keys written: the last new token is sampled, never written
-        if pages > self.blocks.shard_pages:
-            where = "the pool has" if self.dp == 1 else f"each of the pool's {self.dp} data-parallel shards has"
-            raise GenerationError(
-                f"prompt of {n} tokens + max_new_tokens={req.params.max_new_tokens} needs "
-                f"{pages} KV pages but {where} {self.blocks.shard_pages}: "
-                "give the engine more pages (num_pages, memory_fraction) or ask for fewer tokens")
-        return ids
+        ids as Python ints (whatever holds them: a list, a numpy or JAX array). (admission.check_request)"""
+        return admission.check_request(req, self.cfg, self.max_len, self.blocks, self.grammar_tokenizer)
 
     def add(self, req: Request) -> Sequence:
         """Queue a request; its events carry `req.index`, which no other request the engine holds
         (queued or running) may have. Returns its sequence (for `abort`)."""
         ids = self.check(req)
-        self._check_indices([req])
+        admission.check_indices([req], self.index_of.values())
         return self._add(req, ids)
-
-    def _check_all(self, requests: list[Request]) -> list[list[int]]:
-        """`check` each of a list of requests; the refusal of one of several names it (its index, else its place in the
-        list): "temperature=-1 is invalid" among a hundred requests did not say which to fix."""
-        ids = []
-        for i, req in enumerate(requests):
-            try:
-                ids.append(self.check(req))
-            except JaxllmError as err:
-                if len(requests) == 1:
-                    raise
-                which = f"request {req.index!r}" if isinstance(req, Request) else f"item {i} of the list"
-                raise type(err)(f"{which}: {err}") from None
-        return ids
-
-    def _check_indices(self, requests: list[Request]) -> None:
-        """Refuse an index that a held request, or an earlier one of `requests`, already has: events name
-        their request by index alone, so two streams under one index could not be told apart."""
-        taken = set(self.index_of.values())
-        for req in requests:
-            try:
-                hash(req.index)
-            except TypeError:
-                raise GenerationError(f"a Request's index must be hashable (a number or a string: its events carry it), "
-                                      f"got {type(req.index).__name__}") from None
-            if req.index in taken:
-                raise GenerationError(f"request index {req.index!r} is already used by a request this engine holds: "
-                                      "their events could not be told apart; give each request its own index")
-            taken.add(req.index)
 
     def grammar_tokenizer(self):
         """llguidance's tokenizer over the model's, ending at this engine's EOS ids (made once, at the first
@@ -335,9 +276,9 @@ class Engine:
             raise GenerationError("Engine.run on an engine that holds requests added with Engine.add, or by a run() not "
                                   "iterated to its end: serve those with step() (or abort them; close() that run) first, "
                                   "or use another engine")
-        requests = _request_list(requests, "Engine.run")
-        ids = self._check_all(requests)  # all of them before any is queued
-        self._check_indices(requests)
+        requests = admission.request_list(requests, "Engine.run")
+        ids = admission.check_all(requests, self.check)  # all of them before any is queued
+        admission.check_indices(requests, self.index_of.values())
         seqs = [self._add(req, i) for req, i in zip(requests, ids)]
 
         def held() -> bool:
@@ -431,32 +372,10 @@ class Engine:
         whose logits were not finite may hold NaN or Inf keys and values, which a sequence given them next would read
         (masked positions are weighted by 0, and 0 x NaN is NaN): they are taken out of the prefix cache and zeroed."""
         index = self.index_of[seq]
-        if grammar:
-            message = (f"request {index!r}: its structured-output grammar refused token {seq.output[-1]} after "
-                       f"{len(seq.output) - 1} new tokens ({seq.grammar.error}); it stops with finish_reason 'error'")
-            self._finish(seq)
-        else:
-            message = (f"the model's logits are NaN/inf at token {len(seq.output) + 1} of request {index!r}: its weights "
-                       "hold NaN/inf (check with `python -m jaxllm.inspect --scan MODEL`) or float16 overflowed (load "
-                       "with dtype=bfloat16 or float32)")
-            self._finish(seq, spoiled=True)
+        message = error_message(seq, index, grammar)
+        self._finish(seq, spoiled=not grammar)
         log.warning("%s", message)
         return Event(index, tokens, logprobs or [], True, error=message, finish_reason="error", top_logprobs=top or [])
-
-    def _reason(self, seq: Sequence, finished: bool) -> str | None:
-        """A finished sequence's finish reason: "stop" when it ended on an id that ends it (an EOS id, one of its
-        stop_token_ids), else "length"."""
-        if not finished:
-            return None
-        if self._complete(seq):  # the structured output is complete
-            return "stop"
-        return "stop" if seq.output and seq.output[-1] in self._stops(seq.params) else "length"
-
-    def _stops(self, params: SamplingParams) -> np.ndarray:
-        """The ids that end a sequence of these params, its decode row's `eos`: the EOS ids (-1s under ignore_eos),
-        then its stop_token_ids. The device finds them, so a sequence recomputed after preemption ends where it did."""
-        eos = np.full_like(self.eos, -1) if params.ignore_eos else self.eos
-        return np.concatenate([eos, np.asarray(params.stop_token_ids, np.int32)])
 
     @contextlib.contextmanager
     def _donating(self):
@@ -505,24 +424,17 @@ class Engine:
         a preempted sequence's recompute when its prompt plus output reaches a key bucket beyond
         the requests' prompts. (Compiling them on a pool of threads did not make it faster on an
         H200: qwen3-0.6b offline first run 61 s with, 47 s without; 2026-11-28.)"""
-        requests = _request_list(requests, "Engine.precompile")
+        requests = admission.request_list(requests, "Engine.precompile")
         if not requests:
             return
-        self._check_all(requests)
+        admission.check_all(requests, self.check)
         if self.state is None:
             self.state = self.runner.new_state()
         reaches = [len(r.prompt) + r.params.max_new_tokens for r in requests]
         prefill, decode = self.shapes.workload(self.runner, self.scheduler.max_chunk, self.chunk,
                                                [len(r.prompt) for r in requests], reaches, bool(self.speculative))
         kind = "speculate" if self.speculative else "decode"
-        # A call is of the largest kind its rows need (greedy, sampled, penalized: sampling.step_kind), of the widest
-        # top log-probabilities, and scores prompts if one of its rows does: requests that mix them meet calls of each
-        # combination (a greedy prompt prefilled alone, decode once the sampled ones end), and a prompt scored is
-        # prefilled again unscored if it is preempted (Sequence.scores_prompt).
-        kinds = {step_kind([r.params]) for r in requests}
-        widths = {logprob_width([r.params]) for r in requests}
-        prompts = {False} | {bool(r.params.prompt_logprobs) for r in requests}
-        for sampling, top, prompt in itertools.product(sorted(kinds), sorted(widths), sorted(prompts)):
+        for sampling, top, prompt in variants([r.params for r in requests]):
             todo = [shape for shape in prefill if ("prefill", shape, sampling, top, prompt) not in self._compiled]
             todo_decode = [k for k in decode if (kind, k, sampling, top) not in self._compiled]
             if todo or todo_decode:
@@ -534,18 +446,9 @@ class Engine:
             self._compiled |= {(kind, k, sampling, top) for k in todo_decode}
 
     def _prefill(self, chunks: list[PrefillChunk]) -> list[Event]:
-        """Run the chunks in calls of the menu's shapes (CallShapes.call), longest chunks first (a call: that many rows
-        of each dp shard)."""
+        """Run the chunks in calls of the menu's shapes (CallShapes.calls)."""
         events, b = [], self.batch_size // self.dp
-        chunks = sorted(chunks, key=lambda c: -c.length)
-        while chunks:
-            per_shard = [sum(1 for c in chunks if c.seq.shard == i) for i in range(self.dp)]
-            rows, length = self.shapes.call(chunks[0].length, max(per_shard))
-            taken, group, rest = [0] * self.dp, [], []
-            for c in chunks:
-                (group if taken[c.seq.shard] < rows else rest).append(c)
-                taken[c.seq.shard] += 1
-            chunks = rest
+        for rows, length, group in self.shapes.calls(chunks, self.dp):
             work = []
             for c in group:
                 slot = None
@@ -556,13 +459,13 @@ class Engine:
                     if slot is None or slot // b != c.seq.shard:
                         slot = self.slot_of[c.seq] = self._free_slot(c.seq.shard)
                 work.append(Row(slot if slot is not None else -1, c.seq.tokens, c.start, c.length, c.seq.pages, c.last,
-                                c.seq.params, self._stops(c.seq.params), len(c.seq.output), c.seq.shard, c.seq.scores_prompt,
-                                self._synced(c.seq) if c.last else None))
+                                c.seq.params, stops(self.eos, c.seq.params), len(c.seq.output), c.seq.shard,
+                                c.seq.scores_prompt, synced(c.seq) if c.last else None))
             with self._donating():
                 self.state, results = self.runner.prefill(self.state, work, rows, length)
             for c, (token, logprob, done, top, scored) in zip(group, results):
                 if scored is not None:
-                    _keep_prompt_scores(c, scored)
+                    keep_prompt_scores(c, scored)
                 if not c.last:
                     self.scheduler.computed(c)
                     continue
@@ -570,36 +473,15 @@ class Engine:
                     self.scheduler.computed(c)
                     events.append(self._error(c.seq, []))
                     continue
-                prompt = _prompt_fields(c.seq)
+                prompt = prompt_fields(c.seq)
                 if c.seq.params.max_new_tokens == 0:  # the prompt scored, nothing generated (SamplingParams.prompt_logprobs)
                     self.scheduler.computed(c)
                     events.append(Event(self.index_of[c.seq], [], [], True, finish_reason="length", **prompt))
                     self._finish(c.seq)
                     continue
                 self.scheduler.computed(c, token)
-                if c.seq.grammar is not None and not c.seq.grammar.advance([token]):
-                    events.append(self._error(c.seq, [token], [logprob], [top] if c.seq.params.top_logprobs else [], grammar=True))
-                    continue
-                done = done or len(c.seq.output) >= c.seq.params.max_new_tokens or self._complete(c.seq)
-                events.append(Event(self.index_of[c.seq], [token], [logprob], done, finish_reason=self._reason(c.seq, done),
-                                    top_logprobs=[top] if c.seq.params.top_logprobs else [], **prompt))
-                if done:
-                    self._finish(c.seq)
+                events.append(self._emit(c.seq, [token], [logprob], [top] if c.seq.params.top_logprobs else [], done, prompt))
         return events
-
-    @staticmethod
-    def _synced(seq: Sequence) -> structured.Grammar | None:
-        """A structured-output sequence's matcher, whose state says what its last prefill chunk may sample (the runner
-        makes the masks: structured.masks), fed the output first where it has not consumed it (a recompute after a
-        preemption keeps the output); None for another sequence."""
-        if seq.grammar is not None:
-            seq.grammar.sync(seq.output)
-        return seq.grammar
-
-    @staticmethod
-    def _complete(seq: Sequence) -> bool:
-        """Its structured output is complete: the sequence ends here (finish reason "stop")."""
-        return seq.grammar is not None and seq.grammar.stopped
 
     def _count_drafts(self, batch: list[Sequence], verified: int, drafted: np.ndarray, kept: np.ndarray,
                       wait: np.ndarray) -> None:
@@ -658,63 +540,22 @@ class Engine:
             if (out[slot] == ERROR).any():
                 events.append(self._error(seq, tokens, out_lp[slot][got].tolist(), top))
                 continue
-            if seq.grammar is not None and not seq.grammar.advance(tokens):
-                events.append(self._error(seq, tokens, out_lp[slot][got].tolist(), top, grammar=True))
-                continue
-            finished = bool(done[slot]) or len(seq.output) >= seq.params.max_new_tokens or self._complete(seq)
-            if tokens or finished:
-                events.append(Event(self.index_of[seq], tokens, out_lp[slot][got].tolist(), finished,
-                                    finish_reason=self._reason(seq, finished), top_logprobs=top))
-            if finished:
-                self._finish(seq)
+            event = self._emit(seq, tokens, out_lp[slot][got].tolist(), top, bool(done[slot]))
+            if event is not None:
+                events.append(event)
         return events
 
-
-def _request_list(requests, what: str) -> list[Request]:
-    """`requests` as a list (a generator is read once: checking it must not leave nothing to serve), or the one-line
-    refusal of one Request or something that is no list of them (iterating either raised a TypeError)."""
-    if isinstance(requests, Request):
-        raise GenerationError(f"{what} takes a list of Requests, got one Request: pass [request]")
-    if isinstance(requests, (str, bytes, dict)) or not hasattr(requests, "__iter__"):
-        raise GenerationError(f"{what} takes a list of Requests, got {type(requests).__name__}: pass [Request(prompt ids, "
-                              "resolved params), ...]")
-    return list(requests)
-
-
-def _speculative_tokens(model, cfg, k) -> int:
-    """Engine speculative_tokens checked: a whole number >= 0 (None: the model's `speculative_tokens` attribute,
-    else 0), refused above 0 for a model whose drafts could not be verified in one call."""
-    k = getattr(model, "speculative_tokens", 0) if k is None else k
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 0:
-        raise GenerationError(f"Engine speculative_tokens={k!r} is invalid: use a whole number >= 0 (0: no speculative decoding)")
-    if k and cfg.recurrent:
-        raise GenerationError(f"Engine speculative_tokens={k} is invalid for this model: its recurrent layers keep a state "
-                              "per sequence that a rejected draft cannot roll back; use speculative_tokens=0")
-    if k and cfg.whole_prefill:
-        raise GenerationError(f"Engine speculative_tokens={k} is invalid for this model: its keys depend on the sequence's "
-                              "length (dynamic NTK, LongRoPE) or on how it is split into calls (shared KV pools), so drafts "
-                              "verified in one call would not give decode's tokens; use speculative_tokens=0")
-    return int(k)
-
-
-def _keep_prompt_scores(chunk: PrefillChunk, scored: tuple) -> None:
-    """Keep what a prefill chunk of a sequence that scores its prompt computed (runner.PrefillResult.prompt): each
-    position's log-probability of the prompt token after it, its top pairs and its rank; a chunk computed again
-    (after a preemption) overwrites its positions."""
-    seq = chunk.seq
-    if seq.prompt_scores is None:
-        seq.prompt_scores = [None] * len(seq.prompt)
-    logprobs, tops, ranks = scored
-    for j in range(chunk.length):
-        seq.prompt_scores[chunk.start + j] = (float(logprobs[j]), tops[j], ranks[j])
-
-
-def _prompt_fields(seq: Sequence) -> dict:
-    """The first event's prompt_logprobs and prompt_top_logprobs (Event) of a sequence that scored its prompt
-    (none for the first token, which nothing precedes), taken off it; {} for any other."""
-    scores, seq.prompt_scores = seq.prompt_scores, None
-    if scores is None:
-        return {}
-    before = scores[: len(seq.prompt) - 1]
-    return dict(prompt_logprobs=[None] + [lp for lp, _, _ in before], prompt_top_logprobs=[None] + [top for _, top, _ in before],
-                prompt_ranks=[None] + [rank for _, _, rank in before])
+    def _emit(self, seq: Sequence, tokens: list[int], logprobs: list[float], top: list, done, prompt: dict | None = None
+              ) -> Event | None:
+        """The event of the tokens a call gave `seq` (the scheduler holds them already), its last when the device ended it
+        (`done`: an id that ends it), it reached max_new_tokens or its structured output is complete (then it is
+        finished); an error event when its structured-output matcher refuses them; None for no tokens and no end.
+        `prompt`: the first event's prompt scores (events.prompt_fields)."""
+        if seq.grammar is not None and not seq.grammar.advance(tokens):
+            return self._error(seq, tokens, logprobs, top, grammar=True)
+        finished = done or len(seq.output) >= seq.params.max_new_tokens or complete(seq)
+        event = Event(self.index_of[seq], tokens, logprobs, finished, finish_reason=finish_reason(seq, finished, self.eos),
+                      top_logprobs=top, **(prompt or {})) if tokens or finished else None
+        if finished:
+            self._finish(seq)
+        return event

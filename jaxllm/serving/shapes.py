@@ -1,16 +1,21 @@
 """The shapes of the prefill calls and which programs a workload needs, decided on the host.
 
 Each distinct shape of a device call is a compile, so the engine runs prefill chunks in calls from
-a short menu (`CallShapes.call`), and `CallShapes.workload` lists every shape (and the key buckets
-of the runner, jaxllm/serving/runner.py) that serving some requests can meet, for
+a short menu (`CallShapes.call`, a step's chunks grouped into them: `CallShapes.calls`), and
+`CallShapes.workload` lists every shape (and the key buckets of the runner, jaxllm/serving/runner.py)
+that serving some requests can meet, and `variants` every kind of program their calls take, for
 `Engine.precompile`.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
+from typing import Iterator
 
+from jaxllm.sampling import SamplingParams, logprob_width, step_kind
 from jaxllm.serving.runner import Runner, bucket
+from jaxllm.serving.scheduler import PrefillChunk
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,20 @@ class CallShapes:
         length = next((n for n in self.lengths() if n >= longest), None) or bucket(longest, 16)
         allowed = self.rows(length)
         return next((r for r in allowed if r >= waiting), allowed[-1]), length
+
+    def calls(self, chunks: list[PrefillChunk], shards: int) -> Iterator[tuple[int, int, list[PrefillChunk]]]:
+        """A step's prefill chunks as calls of the menu's shapes: (rows, length, the chunks of the call), longest
+        chunks first, a call taking that many rows of each of the `shards` (dp) shards."""
+        chunks = sorted(chunks, key=lambda c: -c.length)
+        while chunks:
+            per_shard = [sum(1 for c in chunks if c.seq.shard == i) for i in range(shards)]
+            rows, length = self.call(chunks[0].length, max(per_shard))
+            taken, group, rest = [0] * shards, [], []
+            for c in chunks:
+                (group if taken[c.seq.shard] < rows else rest).append(c)
+                taken[c.seq.shard] += 1
+            chunks = rest
+            yield rows, length, group
 
     def lengths(self) -> list[int]:
         lengths = {max(16, -(-self.budget // (16 * d)) * 16) for d in (16, 4, 1)}
@@ -60,3 +79,15 @@ class CallShapes:
         keys = runner.kv_bucket if speculative else runner.decode_keys
         decode = sorted({keys(n) for n in range(1, max(reaches) + decode_chunk + 1, 256)})
         return prefill, decode
+
+
+def variants(params: list[SamplingParams]) -> list[tuple[str, int, bool]]:
+    """(sampling kind, top log-probability width, prompt scored) of every program that a call over some of the
+    requests of these params takes. A call is of the largest kind its rows need (greedy, sampled, penalized:
+    sampling.step_kind), of the widest top log-probabilities, and scores prompts if one of its rows does: requests
+    that mix them meet calls of each combination (a greedy prompt prefilled alone, decode once the sampled ones end),
+    and a prompt scored is prefilled again unscored if it is preempted (Sequence.scores_prompt)."""
+    kinds = {step_kind([p]) for p in params}
+    widths = {logprob_width([p]) for p in params}
+    prompts = {False} | {bool(p.prompt_logprobs) for p in params}
+    return list(itertools.product(sorted(kinds), sorted(widths), sorted(prompts)))
