@@ -149,7 +149,7 @@ def _answer(args, prompts: list[str]) -> int:
     failed = [(i, r.error) for i, r in enumerate(results) if r.error]  # finish reason "error": its one line, exit 2
     if failed:
         i, why = failed[0]
-        raise JaxllmError(why if len(prompts) == 1 else f"prompt {i + 1} ({len(failed)} of {len(prompts)} failed): {why}")
+        raise JaxllmError(why if len(prompts) == 1 else f"prompt {i} ({len(failed)} of {len(prompts)} failed): {why}")  # counted from 1 by flag_terms
     return 0
 
 

@@ -24,6 +24,7 @@ class StandIn:
     def __init__(self):
         self.seen, self.prompts = [], []
         self.finish_order, self.written = None, []  # the order prompts finish in; stdout after each
+        self.errors = {}  # prompt index -> the one line of a request that ended in "error" (non-finite logits)
         self.tokenizer = self
         self.config = SimpleNamespace(context_length=1024)
 
@@ -39,7 +40,9 @@ class StandIn:
         for i, word in enumerate(["answer ", str(len(self.seen))]):
             on_token(0, [i])
             on_text(0, word)
-        results = [SimpleNamespace(text=f"answer {i}", prompt_tokens=1, finish_reason="stop") for i in range(len(prompts))]
+        results = [SimpleNamespace(text=f"answer {i}", prompt_tokens=1, finish_reason="stop", error=None) for i in range(len(prompts))]
+        for i, why in self.errors.items():
+            results[i].finish_reason, results[i].error = "error", why
         for i in (self.finish_order or range(len(prompts))) if on_finish else ():
             on_finish(i, results[i])
             self.written.append(sys.stdout.getvalue() if isinstance(sys.stdout, io.StringIO) else None)
@@ -210,3 +213,16 @@ def test_inspect_takes_revision_to_the_checkpoint(revision, gguf_path, capsys):
     assert inspect.main([str(gguf_path), "--revision", revision]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert err.startswith(f"error: --revision '{revision}' picks a version of a hub repo, but ") and "drop --revision" in err, err
+
+
+@pytest.mark.parametrize("prompts, errors, want", [
+    (["hi"], {0: "the model's logits are NaN/inf at token 1 of request 0: ..."}, "error: the model's logits are NaN/inf at token 1"),
+    (["a", "b", "c"], {1: "why", 2: "why"}, "error: prompt 2 (2 of 3 failed): why"),
+])
+def test_a_prompt_that_ended_in_error_exits_2_with_its_line(stand_in, tmp_path, capsys, prompts, errors, want):
+    """finish_reason "error" (logits NaN/Inf) printed the text and exited 0: now the reason, one line, exit 2."""
+    stand_in.model.errors = errors
+    (tmp_path / "p.txt").write_text("\n".join(prompts) + "\n")
+    assert generate.main(["--compile-cache", "none", "--batch-file", str(tmp_path / "p.txt")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(err) == 1 and err[0].startswith(want), err
