@@ -18,7 +18,7 @@ import sys
 
 from jaxllm import progress, runtime
 from jaxllm.engine import Engine, Request
-from jaxllm.errors import ArgumentParser, JaxllmError, handle_signals, run_cli
+from jaxllm.errors import ArgumentParser, JaxllmError, handle_signals, printable, run_cli
 from jaxllm.sampling import SamplingParams
 
 try:
@@ -116,7 +116,7 @@ def named(what: str):
     def text(value: str) -> str:
         if not value.strip():
             raise argparse.ArgumentTypeError(f"{value!r} is empty: give {what}, or leave the flag out")
-        return value
+        return progress.argv_flag(value)  # undecodable bytes: every JSON answer naming the model failed to encode
 
     return text
 
@@ -169,7 +169,8 @@ def _main(args) -> int:
     if build_app is None:
         raise JaxllmError(f"the server needs the serve extra ({_missing}): pip install 'jaxllm[serve]'")
     check_listen(args.host, args.port)  # before the model: loading it takes a while
-    name = args.served_model_name or args.model or runtime.HUB_ID
+    # a --model path of undecodable bytes named as printable text: JSON answers are UTF-8 (the name as given failed every one)
+    name = args.served_model_name or (printable(args.model) if args.model else runtime.HUB_ID)
     # a load's or the engine's error names the flag, not the library's argument ('lower batch_size' as 'lower --batch-size')
     with progress.flag_terms(flags=ENGINE_FLAGS):
         model = progress.load_model(args)

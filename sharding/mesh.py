@@ -56,9 +56,10 @@ def parse_spec(spec: str, n_devices: int) -> dict[str, int]:
         sizes[axis] = int(size)
     total = math.prod(sizes.values())
     if total != n_devices:
-        fill = f"dp={n_devices // total}," if n_devices % total == 0 and sizes["dp"] == 1 else ""
+        # the split kept with dp over the rest: not where the spec names dp ('dp=1' was shown as 'dp=8,dp=1', refused)
+        fill = f"dp={n_devices // total}," if n_devices % total == 0 and "dp" not in seen else ""
         keep = f", or keep this split with '{fill}{spec.strip()}'" if fill else ""
-        raise ConfigError(f"mesh {spec!r} needs {total} devices but {n_devices} are available: make the sizes multiply "
+        raise ConfigError(f"mesh {spec!r} needs {total} device{'s' if total != 1 else ''} but {n_devices} are available: make the sizes multiply "
                           f"to {n_devices}, e.g. 'tp={n_devices}' (or 'auto'){keep}; or show fewer devices "
                           "(CUDA_VISIBLE_DEVICES)")
     return sizes
