@@ -33,7 +33,7 @@ import pytest
 import jaxllm
 from jaxllm import chat, chat_template, checkpoint, convert, generate, inspect, loader, progress, research, safetensors_io
 from jaxllm.engine import Engine, Request
-from jaxllm.errors import JaxllmError, utf8_lines
+from jaxllm.errors import GenerationError, JaxllmError, utf8_lines
 from jaxllm.models import weights
 
 # A Llama with the real tokenizer (SmolLM2's 49,152 ids) and a KV cache of 16 KB per token in
@@ -322,6 +322,8 @@ CASES = {
                           r"^error: --min-tokens 9 is invalid: use a whole number from 0 to --max-new-tokens \(4\)$"),
     "cli-speculative-tokens": cli(generate.main, ["--speculative-tokens", "-1", "hi"],
                                   "^error: --speculative-tokens -1 is invalid: use a whole number >= 0"),
+    "cli-speculative-tokens-huge": cli(generate.main, ["--speculative-tokens", "100000", "hi"],
+                                       "^error: --speculative-tokens 100000 is too large: .* use at most 64"),
     "cli-stop-token-id": cli(generate.main, ["--stop-token-id", "-3", "hi"], r"^error: --stop-token-id \[-3\] is invalid: use a list of token ids"),
     "cli-max-new-tokens-zero": cli(generate.main, ["--max-new-tokens", "0", "hi"], "^error: --max-new-tokens 0 is invalid"),
     "cli-max-new-tokens-beyond-int32": cli(generate.main, ["--max-new-tokens", str(2**31), "hi"], "--max-new-tokens 2147483648 is invalid"),
@@ -503,7 +505,10 @@ def test_sampling_params_from_a_dict(models):
     numpy = {"temperature": np.float32(0.0), "max_new_tokens": np.int64(4), "ignore_eos": np.bool_(True), "top_logprobs": np.int64(2)}
     assert models.tiny.generate(ids, numpy, engine=engine).token_ids == want
     assert Engine(models.tiny, batch_size=np.int32(1), max_len=np.int64(64), memory_fraction=np.float32(0.5)).batch_size == 1
-    assert Engine(models.tiny, batch_size=1, max_len=64, speculative_tokens=10**20).speculative == 63  # drafts fit a sequence
+    assert Engine(models.tiny, batch_size=1, max_len=16, speculative_tokens=40).speculative == 15  # drafts fit a sequence
+    for k in (65, 10**5, 10**20):  # 10**5 drafts compiled a verify step for minutes
+        with pytest.raises(GenerationError, match=f"^speculative_tokens={k} is too large: .* use at most 64"):
+            Engine(models.tiny, batch_size=1, max_len=64, speculative_tokens=k)
 
 
 def test_inspect_scan_reports_non_finite_tensors(models, tmp_path, capsys):

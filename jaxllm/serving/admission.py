@@ -97,12 +97,18 @@ def request_list(requests, what: str) -> list[Request]:
     return list(requests)
 
 
+MAX_SPECULATIVE = 64  # drafts per verify step: prompt lookup's pay at 2-10 (docs/benchmarks.md, speculative decoding)
+
+
 def speculative_tokens(model, cfg, k) -> int:
     """Engine speculative_tokens checked: a whole number >= 0 (None: the model's `speculative_tokens` attribute,
     else 0), refused above 0 for a model whose drafts could not be verified in one call."""
     k = getattr(model, "speculative_tokens", 0) if k is None else k
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 0:
         raise GenerationError(f"Engine speculative_tokens={k!r} is invalid: use a whole number >= 0 (0: no speculative decoding)")
+    if k > MAX_SPECULATIVE:  # a verify call scores k + 1 tokens a row, one program per width: 10**5 compiled for minutes
+        raise GenerationError(f"speculative_tokens={k} is too large: each verify step scores k + 1 tokens a sequence "
+                              f"and drafts that long are almost never accepted; use at most {MAX_SPECULATIVE} (2-10 pay best)")
     if k and cfg.recurrent:
         raise GenerationError(f"Engine speculative_tokens={k} is invalid for this model: its recurrent layers keep a state "
                               "per sequence that a rejected draft cannot roll back; use speculative_tokens=0")
