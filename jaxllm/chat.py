@@ -7,7 +7,8 @@ Each answer streams as it is generated; a stats line follows on stderr. /reset f
 conversation, /system TEXT sets the system message (and resets), /exit, /quit or the end of the
 input quits, /help lists the commands. Each line is one user turn; a message of several lines goes
 between \"\"\" and \"\"\". A conversation that outgrows the context drops its oldest turns (the system
-message stays) with a note. An answer cut by --max-new-tokens ends in [cut]; Ctrl-C stops an answer
+message stays) with a note: down to half the context, so that the next turns reuse the engine's
+cache of the rest. An answer cut by --max-new-tokens ends in [cut]; Ctrl-C stops an answer
 ([stopped]) and the chat goes on; at the prompt it quits (exit code 130). stdout holds only the
 answers' text (the marks go to stderr). The flags are generate's that apply (model, dtype, mesh, sampling, stop strings, system
 message, compile cache), from one parser;
@@ -32,12 +33,14 @@ from jaxllm.engine import Engine
 from jaxllm.errors import BOM, ArgumentParser, GenerationError, InputError, JaxllmError, run_cli
 
 CONTEXT = 8192  # tokens a conversation may reach (fewer if the model has fewer positions): the engine's max_len
+KEEP = 0.5  # a conversation that outgrew the context keeps at most this share of the room for a prompt (Chat.prompt)
 COMMANDS = ("/reset (forget the conversation), /system TEXT (set the system message and reset; /system alone removes it), "
             "/exit or /quit, /help")
 QUOTES = '"""'  # a line that starts with them starts a message of several lines, up to a line that ends with them
 NAMES = ("/reset", "/system", "/exit", "/quit", "/help")
 LIMITS = ('A message of several lines goes between """ and """. When the conversation outgrows the context, its '
-          "oldest turns are dropped (a note says how many). An answer cut by --max-new-tokens ends in [cut], one "
+          "oldest turns are dropped (a note says how many), down to half of it, so that the next turns reuse the cached "
+          "rest. An answer cut by --max-new-tokens ends in [cut], one "
           "stopped by Ctrl-C in [stopped]: what was shown stays in the history (an answer stopped before any text "
           "drops its turn). Ctrl-C at the prompt quits.")
 
@@ -192,15 +195,22 @@ class Chat:
                 f"more (--max-new-tokens): more than this chat's context of {self.max_len:,} tokens: use a shorter one")
 
     def prompt(self, user: str) -> tuple[list[dict], list[int]] | None:
-        """The messages and ids for an answer to `user`: the conversation so far less its oldest turns
+        """The messages and ids for an answer to `user`: the conversation so far, less its oldest turns
         when it would outgrow the context with room for an answer of --max-new-tokens (said in a note,
         and dropped from the history for good); None, after a one-line error, when `user` does not fit
-        even alone (the history is unchanged)."""
-        history = self.history
+        even alone (the history is unchanged).
+
+        Turns are dropped down to a prompt of at most KEEP of the room (the context less --max-new-tokens),
+        not just below the limit: a drop changes the prompt's beginning, so the engine's prefix cache misses
+        and the whole prompt is computed again; dropping one turn at a time did so at every turn once at the
+        limit, while after a deeper drop the next turns append to an unchanged prefix. The newest turn stays
+        when it fits: the new message most likely follows it."""
+        history, room = self.history, self.max_len - self.max_new
         while True:
             turn = messages(self.system, history, user)
             ids = encode_messages(self.model.tokenizer, turn, self.template_kwargs)
-            if len(ids) + self.max_new <= self.max_len:
+            dropping = history is not self.history
+            if len(ids) <= room and (not dropping or len(ids) <= KEEP * room or len(history) <= 2):
                 break
             if not history:  # the engine's own message names its max_len, not a flag of this chat
                 _note(f"error: this message holds {len(ids):,} tokens{' with the system message' if self.system else ''}, "

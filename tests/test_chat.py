@@ -78,12 +78,14 @@ def _size(messages):
 
 
 @pytest.mark.parametrize("system", [None, "Be brief."])
-@pytest.mark.parametrize("lengths", [[5] * 8, [3, 3, 3, 25], [20, 2, 2, 2]])
+@pytest.mark.parametrize("lengths", [[5] * 8, [3, 3, 3, 25], [20, 2, 2, 2], [5, 16, 12]])
 def test_a_conversation_that_outgrows_the_context_drops_its_oldest_turns(monkeypatch, capsys, system, lengths):
     """A turn whose conversation plus an answer of --max-new-tokens would pass the chat's context
-    drops the conversation's oldest turns, as few as make room, keeps the system message, and says
-    how many in one note; the history forgets them for good. It refused the turn (and every later
-    one) until /reset, which a long conversation always reached."""
+    drops the conversation's oldest turns, as few as bring the prompt down to KEEP of the room (the
+    newest turn stays if it fits), keeps the system message, and says how many in one note; the
+    history forgets them for good. It refused the turn (and every later one) until /reset, which a
+    long conversation always reached; then it dropped as few as made room, so that every later turn
+    dropped one more and recomputed the whole prompt (test_dropping_turns_leaves_a_prefix_the_next_turns_reuse)."""
     monkeypatch.setattr(chat, "Engine", lambda *args, **kwargs: None)
     model, out, context = StandIn(), io.StringIO(), 48
     talk = chat.Chat(model, SamplingParams(max_new_tokens=4), system, context=context)
@@ -97,9 +99,10 @@ def test_a_conversation_that_outgrows_the_context_drops_its_oldest_turns(monkeyp
         assert prompt[: len(head)] == head and prompt[-1] == {"role": "user", "content": user}
         assert len(kept) % 2 == 0 and kept == whole[len(whole) - len(kept) :]  # the newest turns, whole
         assert _size(prompt) + 4 <= context  # room for the answer
-        if len(kept) < len(whole):  # as few dropped as make room
-            assert _size(head + whole[-len(kept) - 2 :] + [prompt[-1]]) + 4 > context
-        dropped = (len(before) - len(kept)) // 2
+        dropped, room = (len(before) - len(kept)) // 2, context - 4
+        if dropped:  # down to KEEP of the room (or the newest turn), and no further
+            assert _size(prompt) <= chat.KEEP * room or len(kept) <= 2
+            assert _size(head + before[-len(kept) - 2 :] + [prompt[-1]]) > chat.KEEP * room
         note = capsys.readouterr().err
         turns = "oldest turn was" if dropped == 1 else f"{dropped} oldest turns were"
         assert (f"note: the conversation outgrew this chat's context of {context} tokens: its {turns} dropped "
@@ -387,3 +390,47 @@ def test_a_block_typed_at_a_terminal_is_one_message(monkeypatch, keys, code):
     model = StandIn()
     assert _terminal_session(monkeypatch, model, keys) == code
     assert [m[-1]["content"] for m in model.prompts] == (["a\nb"] if code == 0 else [])
+
+
+class Tiny(StandIn):
+    """StandIn's chat template over the tiny Llama, through the chat's real engine: one id per
+    character (its code modulo the vocabulary), and answers whose text renders back to the ids the
+    engine generated, as a real tokenizer's does."""
+
+    def __call__(self, text, add_special_tokens):
+        return {"input_ids": [ord(c) % 128 for c in text]}
+
+    def generate(self, ids, params, engine, on_text, on_token):
+        from jaxllm.serving.requests import Request
+
+        for ev in engine.run([Request(ids, params.resolved())]):
+            on_token(0, ev.tokens)
+            on_text(0, "".join(chr(256 + t) for t in ev.tokens))
+        return SimpleNamespace(finish_reason=ev.finish_reason)
+
+
+def test_dropping_turns_leaves_a_prefix_the_next_turns_reuse(llama, monkeypatch, capsys):
+    """Over N turns at the context's limit, the tokens the engine computes (its prompts' tokens less
+    their prefix-cache hits) are O(turn + context / k) a turn, not O(context): a drop changes the prompt's
+    beginning, so the whole prompt is computed again, and dropping as few turns as made room did that
+    at most turns (9 of 12 here: 2,202 tokens); down to KEEP of the room, the next k turns append to a
+    prefix the cache holds (3 drops: 640 tokens)."""
+    from jaxllm.engine import Engine
+
+    monkeypatch.setattr(chat, "Engine", lambda model, **kwargs: Engine(llama, **kwargs))
+    context, new, turns, page = 256, 4, 12, 16
+    talk = chat.Chat(Tiny(), SamplingParams(max_new_tokens=new, ignore_eos=True), "Be brief.", context=context)
+    turn = 1 + 24 + 1 + new  # a message ("x" and 24 characters) and its answer
+    talk.history = [{"role": role, "content": f"{i:02}" + "h" * 22} for i in range(16) for role in ("user", "assistant")]
+    stats, room = talk.engine.blocks.stats, context - new
+    talk.handle("To the limit." + "m" * 11, io.StringIO())  # the seeded history is computed once, with a drop
+    computed, drops = [], 0
+    for n in range(turns):
+        before = stats.lookup_tokens - stats.hit_tokens
+        talk.handle(f"{n:02}" + "q" * 22, io.StringIO())
+        computed.append(stats.lookup_tokens - stats.hit_tokens - before)
+        dropped = "oldest turn" in capsys.readouterr().err
+        drops += dropped
+        assert dropped or computed[-1] < turn + page, computed  # the turns between drops: only what is new
+    k = int((1 - chat.KEEP) * room) // turn  # the turns that fit between drops
+    assert 0 < drops <= turns // k + 1 and sum(computed) <= turns * (turn + page) + drops * chat.KEEP * room, computed

@@ -102,11 +102,12 @@ def test_a_tokenizer_without_a_template_takes_plain_text_or_says_so(llama3):
 ANSWERS = ["The capital of France is Paris.\n\nIt is", "  é 🍮 東京  ", "<|im_end|> not an end", "- one\n- two"]
 
 
-@pytest.mark.parametrize("system", [None, "Be brief.", ""])
-def test_the_chats_history_renders_as_transformers_turn_after_turn(smollm2, monkeypatch, system):
+@pytest.mark.parametrize("system, context", [(None, 8192), ("Be brief.", 8192), ("", 8192), ("Be brief.", 64)])
+def test_the_chats_history_renders_as_transformers_turn_after_turn(smollm2, monkeypatch, system, context):
     """Each turn of python -m jaxllm.chat sends the ids of transformers' apply_chat_template of the
     conversation so far (the system message, the earlier turns with the answers shown, the new
-    message), on the real SmolLM2 tokenizer: turn after turn, after /reset and after /system."""
+    message), on the real SmolLM2 tokenizer: turn after turn, after /reset and after /system, and in a
+    context the conversation outgrows, of the newest turns it keeps."""
     from jaxllm import chat
     from jaxllm.sampling import SamplingParams
 
@@ -120,8 +121,8 @@ def test_the_chats_history_renders_as_transformers_turn_after_turn(smollm2, monk
 
     monkeypatch.setattr(chat, "Engine", lambda *args, **kwargs: None)
     model = SimpleNamespace(tokenizer=smollm2, config=SimpleNamespace(context_length=8192), generate=generate)
-    talk = chat.Chat(model, SamplingParams(max_new_tokens=8), system)
-    head, expected, turns = [{"role": "system", "content": system}] if system is not None else [], [], 0
+    talk = chat.Chat(model, SamplingParams(max_new_tokens=8), system, context=context)
+    head, expected, turns, dropped = [{"role": "system", "content": system}] if system is not None else [], [], 0, 0
     for line in ["Hello!", "  What is the capital of France?  ", "Name a colour, é 🍮 東京", "/reset", "Hi again",
                  "And\tnow?", "/system You are a pirate.", "Ahoy", "Arr?"]:
         talk.handle(line, io.StringIO())
@@ -130,8 +131,10 @@ def test_the_chats_history_renders_as_transformers_turn_after_turn(smollm2, monk
         elif line.startswith("/system"):
             head, expected = [{"role": "system", "content": "You are a pirate."}], []
         else:
-            user = {"role": "user", "content": line.strip()}
-            assert sent[-1] == hf_chat_ids(smollm2, head + expected + [user]), line
-            expected += [user, {"role": "assistant", "content": ANSWERS[len(sent) % len(ANSWERS)]}]
+            user, kept = {"role": "user", "content": line.strip()}, talk.history[:-2]
+            assert kept == expected[len(expected) - len(kept) :], line  # the newest turns
+            assert sent[-1] == hf_chat_ids(smollm2, head + kept + [user]), line
+            dropped += len(expected) - len(kept)
+            expected = kept + [user, {"role": "assistant", "content": ANSWERS[len(sent) % len(ANSWERS)]}]
             turns += 1
-    assert len(sent) == turns == 7
+    assert len(sent) == turns == 7 and (dropped > 0) == (context < 8192)
