@@ -262,6 +262,10 @@ class Chat:
         else:
             if done.finish_reason == "length":  # the answer did not end: say so, not a silently half sentence
                 _mark(f" [cut: --max-new-tokens {self.max_new:,}]", out)
+            elif done.finish_reason == "error":  # its logits turned NaN/Inf: the answer is not kept, the reason said
+                progress.write(out, "\n" if shown else "")
+                _note(f"error: {done.error} (the answer is not kept)")
+                return
         progress.write(out, "\n")
         if shown:
             self.history += [turn[-1], {"role": "assistant", "content": "".join(shown)}]

@@ -226,3 +226,13 @@ def test_a_prompt_that_ended_in_error_exits_2_with_its_line(stand_in, tmp_path, 
     assert generate.main(["--compile-cache", "none", "--batch-file", str(tmp_path / "p.txt")]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert len(err) == 1 and err[0].startswith(want), err
+
+
+def test_a_chat_answer_that_ended_in_error_says_why_and_is_not_kept(stand_in, monkeypatch, capsys):
+    """A turn whose logits turned NaN/Inf ended silently and its partial answer joined the history."""
+    stand_in.model.errors = {0: "the model's logits are NaN/inf at token 2 of request 0: ..."}
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"Hi\nAgain\n")))
+    assert chat.main(["--compile-cache", "none"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("error: the model's logits are NaN/inf at token 2 of request 0: ... (the answer is not kept)") == 2, err
+    assert stand_in.model.seen[-1] == [{"role": "user", "content": "Again"}]  # neither the failed turn nor its answer
