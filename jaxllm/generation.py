@@ -87,7 +87,8 @@ def prepare(model, prompts, params: SamplingParams | dict | None, *, chat=None, 
             if not tokens.size:
                 raise GenerationError(f"prompt {i} is empty: give at least one token id")
             ids.append(tokens.tolist())
-    by_length = {n: request.resolved(model.generation_config, prompt_tokens=n) for n in sorted({len(i) for i in ids})}
+    context = getattr(model.config, "context_length", None)
+    by_length = {n: request.resolved(model.generation_config, prompt_tokens=n, context=context) for n in sorted({len(i) for i in ids})}
     return ids, [by_length[len(i)] for i in ids]
 
 

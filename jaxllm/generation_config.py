@@ -21,23 +21,32 @@ log = logging.getLogger("jaxllm")
 DEFAULT_MAX_NEW_TOKENS = 256
 
 
-def file_defaults(gen: Mapping, prompt_tokens: int | None = None) -> dict:
+def file_defaults(gen: Mapping, prompt_tokens: int | None = None, context: int | None = None) -> dict:
     """The SamplingParams defaults `gen` (a generation_config dict, checked: a ConfigError naming a bad field) gives,
     as transformers reads it: sampling settings only where do_sample is true (null top_k: transformers' 50, top_p
     0: the top token), else greedy; the length: max_new_tokens, else max_length (prompt + new tokens) less the
-    prompt's `prompt_tokens` where they are known (0 or less where the prompt fills it: `check_room`)."""
+    prompt's `prompt_tokens` where they are known (0 or less where the prompt fills it: `check_room`), and no
+    further than the model's `context` where given (a file's max_length past it is a bound, not a request)."""
     check_generation_config(gen)
     sampled = bool(gen.get("do_sample"))
     value = lambda name, default: default if gen.get(name) is None else gen[name]  # noqa: E731
     by_length = gen.get("max_new_tokens") is None and gen.get("max_length") is not None and prompt_tokens is not None
     return dict(
-        max_new_tokens=gen["max_length"] - prompt_tokens if by_length else value("max_new_tokens", DEFAULT_MAX_NEW_TOKENS),
+        max_new_tokens=_length(gen["max_length"], context, prompt_tokens) if by_length else value("max_new_tokens", DEFAULT_MAX_NEW_TOKENS),
         temperature=float(value("temperature", 1.0)) if sampled else 0.0,
         top_k=value("top_k", 50) if sampled else 0,
         top_p=float(value("top_p", 1.0)) if sampled else 1.0,
         min_p=float(value("min_p", 0.0)) if sampled else 0.0,
         repetition_penalty=float(value("repetition_penalty", 1.0)),
     )
+
+
+def _length(max_length: int, context: int | None, prompt_tokens: int) -> int:
+    """New tokens under max_length (prompt + new), within the context where the prompt fits it (one that does not
+    is refused by the context's own check, naming the context)."""
+    if context and prompt_tokens < context:
+        max_length = min(max_length, context)
+    return max_length - prompt_tokens
 
 
 def check_room(gen: Mapping, prompt_tokens: int, max_new_tokens: int) -> None:

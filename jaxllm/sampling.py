@@ -102,15 +102,17 @@ class SamplingParams:
         raise GenerationError(f"sampling params must be a jaxllm.SamplingParams or a dict of its fields, "
                               f"got {type(value).__name__}")
 
-    def resolved(self, generation_config: dict | None = None, prompt_tokens: int | None = None) -> "SamplingParams":
+    def resolved(self, generation_config: dict | None = None, prompt_tokens: int | None = None,
+                 context: int | None = None) -> "SamplingParams":
         """Fill unset fields from generation_config.json (transformers' meaning: jaxllm.generation_config), then
         defaults; validate everything. A bad field of `generation_config` is a ConfigError naming it. `prompt_tokens`:
         the prompt's length, where known, for the file's max_length and min_length (prompt + new tokens); a prompt
-        that fills max_length is refused, as transformers refuses it."""
+        that fills max_length is refused, as transformers refuses it; `context`: the model's positions, past which
+        the file's max_length does not reach."""
         gen = generation_config or {}
         if isinstance(gen, Mapping):  # numpy scalars as numbers; anything else file_defaults refuses
             gen = {k: bool(v) if isinstance(v, np.bool_) else _plain(v) for k, v in gen.items()}
-        defaults = file_defaults(gen, prompt_tokens)
+        defaults = file_defaults(gen, prompt_tokens, context)
         if self.max_new_tokens is None and prompt_tokens is not None:
             check_room(gen, prompt_tokens, defaults["max_new_tokens"])
         values = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in defaults.items()}

@@ -222,6 +222,14 @@ def test_seed_reproduces_and_is_batch_independent(tiny):
         assert tiny.generate(prompts[0], SamplingParams(**{**params.__dict__, "seed": seed})).token_ids == a[0].token_ids
 
 
+@pytest.mark.parametrize("max_length, prompt, want", [(10**6, 4, 60), (50, 4, 46), (64, 4, 60), (10**6, 70, 10**6 - 70)])
+def test_a_files_max_length_past_the_context_reaches_only_the_context(max_length, prompt, want):
+    """max_length=10**6 (prompt + new) gave a 4-token prompt 999,996 new tokens, refused as past the model's context:
+    a file's max_length is a bound, so the context bounds it too (a prompt past the context: the context's own check)."""
+    got = SamplingParams().resolved({"max_length": max_length}, prompt_tokens=prompt, context=64).max_new_tokens
+    assert got == want
+
+
 @pytest.mark.parametrize("gen, want", [({"max_length": 9}, [5, 2]), ({"max_length": 9, "max_new_tokens": 3}, [3, 3])])
 def test_generate_sizes_each_answer_by_max_length_as_transformers(tiny, monkeypatch, gen, want):
     """generation_config.json's max_length counts the prompt: each prompt of a batch gets what is left of it (it got 256
