@@ -2,6 +2,7 @@
 engine runs every dp shard's sequences, each shard on its own range of the page pool and of the
 decode slots, and gives the tokens and log-probabilities of one device."""
 
+import dataclasses
 import re
 
 import jax
@@ -111,6 +112,49 @@ def test_sequences_balance_over_shards_and_stay_on_their_pages(folder):
         engine.step()
     alone = Engine(jaxllm.load(folder), batch_size=1, max_len=64, page_size=4, prefill_tokens=64)
     np.testing.assert_allclose(score.logprobs, alone.score(_workload(1)[0]).logprobs, atol=1e-5)
+
+
+def _served(engine, prompts):
+    """Each prompt's (tokens, logprobs, finish_reason), and its (shard, pages it held at its end), served together by `engine`."""
+    seqs, held = [engine.add(Request(p, GREEDY.resolved(), i)) for i, p in enumerate(prompts)], {}
+    free = engine.blocks.free
+    engine.blocks.free = lambda seq, spoiled=False: held.setdefault(seq.seq_id, (seq.shard, set(seq.pages))) and free(seq, spoiled)
+    got = [([], [], None) for _ in seqs]
+    while engine.has_work():
+        for ev in engine.step():
+            tokens, logprobs, _ = got[ev.index]
+            got[ev.index] = tokens + ev.tokens, logprobs + ev.logprobs, ev.finish_reason
+    del engine.blocks.free
+    return got, [held[s.seq_id] for s in seqs]
+
+
+@pytest.mark.parametrize("spec", ["dp=2", "dp=2,tp=2"])
+def test_pages_of_a_non_finite_request_on_the_second_shard_are_zeroed(folder, spec):
+    """A request whose prompt holds a token with a NaN embedding, on shard 1 beside a healthy one on shard 0, ends
+    with finish_reason "error", and the pool holds no NaN after it: Runner.scrub zeroed its pages at their rows of
+    shard 1's range of the pool (a page id past shard 0's pages is not that row of the whole pool). A later request
+    given those pages (shard 1's free pages, the spoiled ones last) gets what it gets alone, and so does the healthy one."""
+    model = _load(folder, spec)
+    rng = np.random.default_rng(5)
+    nan = 127  # no prompt below holds it, and no healthy request generates it (checked)
+    healthy, long = rng.integers(0, 100, 10).tolist(), rng.integers(0, 100, 52).tolist()
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: x.at[nan, 0].set(np.nan) if "embed_tokens" in jax.tree_util.keystr(path) else x, model.params)
+    model = dataclasses.replace(model, params=params, engines={})
+    engine, spoiled = Engine(model, **ENGINE), set()
+    scrub = engine.runner.scrub
+    engine.runner.scrub = lambda state, pages: spoiled.update(pages) or scrub(state, pages)
+    got, ((shard, _), _) = _served(engine, [healthy, [nan] + rng.integers(0, 100, 15).tolist()])
+    assert got[1] == ([], [], "error") and shard == 0 and spoiled == set(range(16, 20))  # shard 1's first 4 pages
+    assert all(np.isfinite(np.asarray(x, np.float32)).all() for x in jax.tree.leaves(engine.state.cache))
+    later, (_, (later_shard, pages)) = _served(engine, [healthy, long])  # `long` takes all of shard 1's pages
+    assert later_shard == 1 and spoiled <= pages
+    alone = Engine(model, **ENGINE)
+    for prompt, out in [(healthy, got[0]), (healthy, later[0]), (long, later[1])]:
+        want = model.generate(prompt, GREEDY, engine=alone)
+        assert out[0] == want.token_ids and nan not in want.token_ids and out[2] == "length"
+        np.testing.assert_allclose(out[1], want.logprobs, atol=1e-5)
+    assert engine.blocks.num_free == engine.blocks.num_pages
 
 
 def test_shards_keep_their_own_pages_prefix_cache_and_preemption():

@@ -1,8 +1,8 @@
 """The 8-bit KV cache (kv_dtype "int8": int8 values with a scale per token and kv head; "fp8": a
 float8 e4m3 cast): the quantization error is bounded, attention reads a page exactly as its
 dequantized values, the model's scores stay close to a float cache's, the same memory holds
-about twice the pages, prefix caching and preemption change nothing, and the real model's
-perplexity stays within 1% of the float model's."""
+about twice the pages, prefix caching and preemption change nothing (nor with int8 or int4
+weights), and the real model's perplexity stays within 1% of the float model's."""
 
 import copy
 from pathlib import Path
@@ -200,20 +200,24 @@ def test_load_refuses_a_kv_dtype_for_a_model_without_a_kv_cache(tmp_path):
     assert jaxllm.load(tmp_path, tokenizer=False).kv_dtype is None
 
 
-def test_prefix_caching_and_preemption_with_int8_change_nothing(llama):
-    """test_engine's mixed workload with an int8 cache: three sequences at a time over 22 pages
-    (preemption), repeated prefixes (their cached int8 pages and scales are reused), prompts in
-    chunks of 16, against each prompt alone (no prefix cache) in an engine of the same shapes."""
+@pytest.mark.parametrize("kv_dtype, quantize", [("int8", None), ("fp8", None), (None, "int8"), (None, "int4")],
+                         ids=["kv-int8", "kv-fp8", "weights-int8", "weights-int4"])
+def test_prefix_caching_and_preemption_with_8_bit_pages_or_quantized_weights_change_nothing(llama, kv_dtype, quantize):
+    """test_engine's mixed workload with an 8-bit cache or quantized weights: three sequences at a time over 22 pages
+    (preemption), repeated prefixes (their cached 8-bit pages and scales are reused), prompts in chunks of 16, against
+    each prompt alone (no prefix cache) in an engine of the same shapes: the batch changes no token, and no
+    log-probability beyond float32's rounding (an int8 page's scale is its own token's, whatever else the call holds)."""
+    model = llama if quantize is None else loader.quantize_model(llama, quantize)
     rng = np.random.default_rng(0)
     long, other = rng.integers(0, 128, 41).tolist(), rng.integers(0, 128, 23).tolist()
     prompts = [long, long[:20], other, other, rng.integers(0, 128, 7).tolist(), long[:9] + other[:30]]
-    shape = dict(batch_size=3, max_len=128, num_pages=22, page_size=4, prefill_tokens=16, chunk=4, kv_dtype="int8")
-    engine = Engine(llama, **shape)
-    together = llama.generate(prompts, GREEDY, engine=engine)
+    shape = dict(batch_size=3, max_len=128, num_pages=22, page_size=4, prefill_tokens=16, chunk=4, kv_dtype=kv_dtype)
+    engine = Engine(model, **shape)
+    together = model.generate(prompts, GREEDY, engine=engine)
     assert engine.scheduler.stats.preempted > 0 and engine.blocks.stats.hit_tokens >= 40
-    alone = Engine(llama, prefix_caching=False, **shape)
+    alone = Engine(model, prefix_caching=False, **shape)
     for prompt, got in zip(prompts, together):
-        want = llama.generate(prompt, GREEDY, engine=alone)
+        want = model.generate(prompt, GREEDY, engine=alone)
         assert got.token_ids == want.token_ids
         np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-5)
     assert alone.counters.prefill == alone.counters.decode == 0  # the same programs as the first engine's
