@@ -56,7 +56,7 @@ def list_architectures() -> str:
 def _size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+            return f"{n:,.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1000
 
 
