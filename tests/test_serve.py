@@ -421,6 +421,7 @@ def test_32_concurrent_streaming_clients(server):
                                                       stream_options={"include_usage": True})
         text, finish, used = [], None, None
         async for chunk in stream:
+            assert "usage" in chunk.model_fields_set, chunk  # null but the last's, as OpenAI sends them (vLLM: left out)
             if chunk.usage is not None:
                 used = chunk.usage.completion_tokens
             for c in chunk.choices:
@@ -441,9 +442,10 @@ def test_32_concurrent_streaming_clients(server):
 
 def test_cancel_mid_stream_frees_the_sequence(server):
     stream = server.client.completions.create(model=NAME, prompt=TEXT[0], max_tokens=400, temperature=0, stream=True,
-                                              extra_body={"ignore_eos": True})
+                                              stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
     got = 0
     for chunk in stream:
+        assert "usage" in chunk.model_fields_set and chunk.usage is None, chunk  # null until the last chunk's
         got += bool(chunk.choices[0].text)
         if got == 2:
             break

@@ -276,8 +276,8 @@ class Server:
         echoes = None if echo is None else [e for e in echo for _ in params]  # per choice
         prompt_tokens = sum(len(p) for p in prompts)
         if body.stream:
-            include_usage = body.stream_options is not None and body.stream_options.include_usage
-            return StreamingResponse(self._sse(sub, outputs, fmt, prompt_tokens if include_usage else None, echoes, body),
+            fmt.stream_usage = body.stream_options is not None and body.stream_options.include_usage
+            return StreamingResponse(self._sse(sub, outputs, fmt, prompt_tokens if fmt.stream_usage else None, echoes, body),
                                      media_type="text/event-stream", background=BackgroundTask(sub.close))
         try:
             if not await _unless_disconnected(request, self._collect(sub, outputs)):
