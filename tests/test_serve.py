@@ -60,11 +60,12 @@ def server(gguf_path, xla_optimized):  # the real model serving: its run time is
     refs[TEXT[0], False] = refs["echo"]  # greedy, alone: the answer (its texts are compared) a plain request's
     engine.blocks.reset_prefix_cache()  # the server starts from a cold cache
 
+    started = int(time.time())
     app = build_app(model, engine, name=NAME, max_queue=32)
     with serving(app) as (url, _):
         client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
         yield SimpleNamespace(url=url, refs=refs, loop=app.state.engine_loop, engine=engine, client=client, model=model,
-                              app_server=app.state.server)
+                              app_server=app.state.server, started=started)
         client.close()
 
 
@@ -122,8 +123,9 @@ def wait_idle(server, timeout=60.0) -> dict:
 
 
 def test_models_health_and_cli_defaults(server):
-    assert [m.id for m in server.client.models.list().data] == [NAME]
-    assert server.client.models.retrieve(NAME).id == NAME  # GET /v1/models/{model}
+    card = server.client.models.retrieve(NAME)  # GET /v1/models/{model}
+    assert [(m.id, m.created) for m in server.client.models.list().data] == [(card.id, card.created)] == [(NAME, card.created)]
+    assert server.started <= card.created <= time.time()  # a Unix time, as OpenAI's: when the server started (was 0)
     r = httpx.get(server.url + "/v1/models/org/other-model")  # hub ids hold a '/'
     assert r.status_code == 404 and (r.json()["error"]["code"], r.json()["error"]["param"]) == ("model_not_found", "model")
     with pytest.raises(openai.NotFoundError):
