@@ -60,11 +60,12 @@ def server(gguf_path, xla_optimized):  # the real model serving: its run time is
     refs[TEXT[0], False] = refs["echo"]  # greedy, alone: the answer (its texts are compared) a plain request's
     engine.blocks.reset_prefix_cache()  # the server starts from a cold cache
 
+    started = int(time.time())
     app = build_app(model, engine, name=NAME, max_queue=32)
     with serving(app) as (url, _):
         client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
         yield SimpleNamespace(url=url, refs=refs, loop=app.state.engine_loop, engine=engine, client=client, model=model,
-                              app_server=app.state.server)
+                              app_server=app.state.server, started=started)
         client.close()
 
 
@@ -122,8 +123,9 @@ def wait_idle(server, timeout=60.0) -> dict:
 
 
 def test_models_health_and_cli_defaults(server):
-    assert [m.id for m in server.client.models.list().data] == [NAME]
-    assert server.client.models.retrieve(NAME).id == NAME  # GET /v1/models/{model}
+    card = server.client.models.retrieve(NAME)  # GET /v1/models/{model}
+    assert [(m.id, m.created) for m in server.client.models.list().data] == [(card.id, card.created)] == [(NAME, card.created)]
+    assert server.started <= card.created <= time.time()  # a Unix time, as OpenAI's: when the server started (was 0)
     r = httpx.get(server.url + "/v1/models/org/other-model")  # hub ids hold a '/'
     assert r.status_code == 404 and (r.json()["error"]["code"], r.json()["error"]["param"]) == ("model_not_found", "model")
     with pytest.raises(openai.NotFoundError):
@@ -421,6 +423,7 @@ def test_32_concurrent_streaming_clients(server):
                                                       stream_options={"include_usage": True})
         text, finish, used = [], None, None
         async for chunk in stream:
+            assert "usage" in chunk.model_fields_set, chunk  # null but the last's, as OpenAI sends them (vLLM: left out)
             if chunk.usage is not None:
                 used = chunk.usage.completion_tokens
             for c in chunk.choices:
@@ -441,9 +444,10 @@ def test_32_concurrent_streaming_clients(server):
 
 def test_cancel_mid_stream_frees_the_sequence(server):
     stream = server.client.completions.create(model=NAME, prompt=TEXT[0], max_tokens=400, temperature=0, stream=True,
-                                              extra_body={"ignore_eos": True})
+                                              stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
     got = 0
     for chunk in stream:
+        assert "usage" in chunk.model_fields_set and chunk.usage is None, chunk  # null until the last chunk's
         got += bool(chunk.choices[0].text)
         if got == 2:
             break

@@ -88,6 +88,8 @@ def post(client, path: str, body: dict) -> tuple[int, dict]:
     assert events and events[-1] == "[DONE]" and "[DONE]" not in events[:-1], events[-3:]
     chunks = [json.loads(e) for e in events[:-1]]
     assert not [c for c in chunks if "error" in c], chunks[-1]
+    usage = body.get("stream_options", {}).get("include_usage", False)  # every chunk has usage, null but the last's
+    assert [c for c in chunks if ("usage" in c) != usage] == [], chunks[0]
     return 200, reassembled(chunks, chat=path.endswith("chat/completions"))
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
@@ -68,6 +69,7 @@ class Server:
     def __init__(self, model, engine_loop: EngineLoop, name: str, max_request_bytes: int | None = None,
                  template_kwargs: dict | None = None, tool_parser: str = "auto"):
         self.model, self.loop, self.name, self.template_kwargs = model, engine_loop, name, template_kwargs
+        self.created = int(time.time())  # the model card's "created": when this server began serving it (OpenAI's: a Unix time)
         self.engine: Engine = engine_loop.engine
         self.max_request_bytes = max_request_bytes or default_request_bytes(self.engine.max_len)
         self.tokenizer = model.tokenizer
@@ -105,7 +107,7 @@ class Server:
         return self.token_bytes(token).decode("utf-8", errors="replace")
 
     def _card(self) -> dict:
-        return {"id": self.name, "object": "model", "created": 0, "owned_by": "jaxllm", "max_model_len": self.engine.max_len}
+        return {"id": self.name, "object": "model", "created": self.created, "owned_by": "jaxllm", "max_model_len": self.engine.max_len}
 
     async def models(self, request: HTTPRequest) -> Response:
         return JSONResponse({"object": "list", "data": [self._card()]})
@@ -276,8 +278,8 @@ class Server:
         echoes = None if echo is None else [e for e in echo for _ in params]  # per choice
         prompt_tokens = sum(len(p) for p in prompts)
         if body.stream:
-            include_usage = body.stream_options is not None and body.stream_options.include_usage
-            return StreamingResponse(self._sse(sub, outputs, fmt, prompt_tokens if include_usage else None, echoes, body),
+            fmt.stream_usage = body.stream_options is not None and body.stream_options.include_usage
+            return StreamingResponse(self._sse(sub, outputs, fmt, prompt_tokens if fmt.stream_usage else None, echoes, body),
                                      media_type="text/event-stream", background=BackgroundTask(sub.close))
         try:
             if not await _unless_disconnected(request, self._collect(sub, outputs)):

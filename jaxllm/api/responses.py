@@ -56,12 +56,13 @@ class Format:
         self.id, self.created, self.name = f"{self.prefix}-{uuid.uuid4().hex}", int(time.time()), name
         self.token_text, self.logprobs, self.token_ids = token_text, logprobs, token_ids
         self.top: int | None = None  # the most likely tokens shown per token (None: all the engine gave; prompt_logprobs may widen them)
+        self.stream_usage = False  # stream_options.include_usage: every chunk carries "usage" (null but the last's, as OpenAI's)
         self.token_bytes = token_bytes or (lambda token: token_text(token).encode())  # a token's own bytes (tokenizing.byte_reader)
 
     def envelope(self, choices: list[dict], usage: dict | None = None, chunk: bool = False) -> dict:
         out = {"id": self.id, "object": self.chunk_object if chunk else self.object, "created": self.created,
                "model": self.name, "choices": choices}
-        if usage is not None:
+        if usage is not None or (chunk and self.stream_usage):
             out["usage"] = usage
         return out
 
