@@ -24,6 +24,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="qwen3-0.6b")
     p.add_argument("--long", type=int, default=32768)
+    p.add_argument("--pages", type=int, default=4 * 256 - 1,
+                   help="the pool's pages (fewer than 1,023: cuDNN's paged decode in blocks of rows)")
     args = p.parse_args()
     model = random_model(args.shape, dtype="bfloat16")
     cfg = model.config
@@ -32,7 +34,7 @@ def main():
     params = SamplingParams(max_new_tokens=32, ignore_eos=True, logprobs=True).resolved()
     outs = {}
     for impl in ("xla", runtime.attention_impl()):
-        engine = Engine(model, batch_size=4, max_len=4096, num_pages=4 * 256 - 1, page_size=16, prefill_tokens=1024,
+        engine = Engine(model, batch_size=4, max_len=4096, num_pages=args.pages, page_size=16, prefill_tokens=1024,
                         chunk=16, attention=impl)
         t = time.perf_counter()
         got = {}
