@@ -191,9 +191,29 @@ def cudnn_decode_fits(q, spec: AttnSpec) -> bool:
     express). The one place a layer's spec sends the paged cache's prefill and decode to the
     blocked and XLA forms, which take every option (the engine's runner sends whole models there:
     `cudnn_serves`)."""
-    d = q.shape[-1]
-    return (q.dtype in (jnp.bfloat16, jnp.float16) and d <= 128 and d % 8 == 0 and spec.window is None
-            and spec.softcap is None and spec.sinks is None and spec.alibi is None and spec.keep is None)
+    return _cudnn_takes(q.dtype, q.shape[-1]) and spec.window is None and spec.softcap is None and spec.sinks is None \
+        and spec.alibi is None and spec.keep is None
+
+
+def _cudnn_takes(dtype, head_dim: int) -> bool:
+    return dtype in (jnp.bfloat16, jnp.float16) and head_dim <= 128 and head_dim % 8 == 0
+
+
+def cudnn_decodes_whole(cfg: ModelConfig, dtype, kv_dtype: str | None) -> bool:
+    """Whether a decode call may hand every layer the whole page table (cudnn_serves models): true when each
+    attention layer without a window decodes by cuDNN's paged kernel (cudnn_decode_fits, a pool in the model's
+    dtype), which reads only each row's own length, so one program serves every length. Else some layer reads
+    by the XLA gather form, which reads as many keys as it is handed (an 8-bit pool, a head wider than 128,
+    soft-capping, a float32 model: every position of the table, each step), and the engine buckets the keys
+    to the rows' reach instead (Runner.decode_keys). Windowed layers read only their window's pages either way
+    (paged_decode.window_table)."""
+    if kv_format(kv_dtype, dtype)[0] != jnp.dtype(dtype):
+        return False
+    full = [layer for layer in range(cfg.num_layers)
+            if cfg.layer_has_mixer(layer) and not cfg.layer_is_recurrent(layer) and cfg.layer_window(layer) is None]
+    return cfg.attn_softcap is None and all(
+        _cudnn_takes(jnp.dtype(dtype), cfg.layer_head_dim(layer) * (2 if cfg.differential_attention else 1) + cfg.kv_extra_dims)
+        for layer in full)
 
 
 def cudnn_serves(cfg: ModelConfig) -> bool:

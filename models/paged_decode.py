@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxllm.models.attention_ops import NEG_INF, alibi_bias, cudnn_private, first_visible, gather_pages, grouped, sink_logits
+from jaxllm.models.config import Chunked
 
 
 def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: float,
@@ -57,10 +58,11 @@ def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: f
     p = page_table.shape[1]
     lengths = jnp.asarray(lengths, jnp.int32)
     if k_pages.dtype.itemsize == 1:
-        keys, values = gather_pages(k_pages, page_table, num_keys), gather_pages(v_pages, page_table, num_keys)
+        table, first = window_table(page_table, lengths, window, ps, num_keys)
+        keys, values = gather_pages(k_pages, table), gather_pages(v_pages, table)
         if k_scales is not None:
-            k_scales, v_scales = gather_pages(k_scales, page_table, num_keys), gather_pages(v_scales, page_table, num_keys)
-        return _masked_decode(q, keys, values, lengths, scale, window, softcap, k_scales, v_scales, sinks, alibi)
+            k_scales, v_scales = gather_pages(k_scales, table), gather_pages(v_scales, table)
+        return _masked_decode(q, keys, values, lengths, scale, window, softcap, k_scales, v_scales, sinks, alibi, first)
     if impl in ("cudnn", "cudnn_paged", "pallas") and (window is not None or sinks is not None or alibi is not None):
         impl = "xla"
     if impl in ("cudnn", "cudnn_paged") and softcap is not None:
@@ -77,22 +79,43 @@ def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: f
         kt, vt = jnp.transpose(k_pages, (2, 0, 1, 3)), jnp.transpose(v_pages, (2, 0, 1, 3))
         return pallas_paged_decode(q, kt, vt, page_table, lengths, scale=scale, softcap=softcap,
                                    interpret=interpret)
-    keys = gather_pages(k_pages, page_table, num_keys)
-    values = gather_pages(v_pages, page_table, num_keys)
     if impl == "cudnn":
+        keys, values = gather_pages(k_pages, page_table, num_keys), gather_pages(v_pages, page_table, num_keys)
         return jax.nn.dot_product_attention(q, keys, values, scale=scale, key_value_seq_lengths=lengths,
                                             implementation="cudnn")
     if impl != "xla":
         raise ValueError(f"unknown impl {impl!r}")
-    return _masked_decode(q, keys, values, lengths, scale, window, softcap, sinks=sinks, alibi=alibi)
+    table, first = window_table(page_table, lengths, window, ps, num_keys)
+    keys, values = gather_pages(k_pages, table), gather_pages(v_pages, table)
+    return _masked_decode(q, keys, values, lengths, scale, window, softcap, sinks=sinks, alibi=alibi, first=first)
 
 
-def _masked_decode(q, k, v, lengths, scale, window, softcap, k_scales=None, v_scales=None, sinks=None, alibi=None):
+def window_table(page_table, lengths, window, ps: int, num_keys: int | None = None):
+    """The columns of page_table [B, P] a decode row reads: its first num_keys // ps (all without
+    num_keys); under a sliding window or chunked attention only the pages that can hold its visible
+    keys (ceil(span / ps) + 1, span the window's or chunk's keys), starting at the page of its first
+    visible key, so a windowed layer reads O(window) keys however long the table (a 1,024-key window
+    in a 131,072-position engine read every position each step). -> (table [B, P'], the position of
+    each row's first column [B] int32; None: 0 for every row)."""
+    cols = page_table.shape[1] if num_keys is None else -(-num_keys // ps)
+    span = None if window is None else window.size if isinstance(window, Chunked) else window
+    if span is None or -(-span // ps) + 1 >= cols:
+        return page_table[:, :cols], None
+    width = -(-span // ps) + 1
+    start = jnp.maximum(first_visible(lengths - 1, window), 0) // ps
+    start = jnp.minimum(start, cols - width)  # the whole window within the columns the row may read
+    at = start[:, None] + jnp.arange(width, dtype=jnp.int32)[None, :]
+    return jnp.take_along_axis(page_table, at, axis=1), start * ps
+
+
+def _masked_decode(q, k, v, lengths, scale, window, softcap, k_scales=None, v_scales=None, sinks=None, alibi=None,
+                   first=None):
     """k, v [B, S, K, D] in q.dtype, or 8-bit (cast to q.dtype in the products: int8 values and
     e4m3 floats are exact in bfloat16) with int8 scales [B, S, K] applied to the scores and the
-    weights."""
+    weights; `first` [B]: the position of each row's first key (None: 0, window_table)."""
     b, _, h, d = q.shape
     k_pos = jnp.arange(k.shape[1], dtype=jnp.int32)[None, :]
+    k_pos = k_pos if first is None else k_pos + first[:, None]
     out, lse = _decode_part(q, k, v, _visible(k_pos, lengths, window), scale, softcap, k_scales, v_scales,
                             _decode_bias(alibi, lengths, k_pos, h // k.shape[2]))
     return with_sinks(out, lse, sinks).reshape(b, 1, h, d).astype(q.dtype)

@@ -436,3 +436,80 @@ def test_cudnn_paged_decode_in_row_blocks(monkeypatch, pool, rows, blocks):
                                                  suffix_keys=width * ps, impl="cudnn")
     np.testing.assert_allclose(np.asarray(both), ref, atol=2e-6, rtol=1e-5)
     assert len(fake.calls) == 2 * len(blocks)  # the cascade's own keys went through cuDNN's paged call
+
+
+def _gathered_keys(fn, *args) -> list[int]:
+    """The page counts (dimension 1) of every gather's output [B, pages, ps, ...] in fn's jaxpr: what a decode
+    call reads per row."""
+    def walk(jaxpr):
+        for e in jaxpr.eqns:
+            if e.primitive.name == "gather" and e.outvars[0].aval.ndim >= 3:
+                yield e.outvars[0].aval.shape[1]
+            for sub in e.params.values():
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from walk(inner)
+
+    return list(walk(jax.make_jaxpr(fn)(*args).jaxpr))
+
+
+@pytest.mark.parametrize("window", [5, 8, Chunked(6)])
+@pytest.mark.parametrize("pool_dtype", ["float32", "int8"])
+def test_windowed_paged_decode_reads_only_the_window(window, pool_dtype):
+    """A sliding-window (or chunked) layer's decode gathers the pages its window can touch, not the row's
+    whole table (a 1,024-key window in a 131,072-position engine read every position each step; an
+    8-bit pool took the same path): the same output as the masked reference over the whole table,
+    with a 12-page table of 4-key pages read 3 pages wide (a window of 5 to 8 keys), whatever num_keys."""
+    b, h, kv, d, ps, p = 4, 4, 2, 8, 4, 12
+    kp, vp = _pool(31, 60, ps, kv, d)
+    rng = np.random.default_rng(32)
+    table = jnp.asarray(rng.permutation(60)[: b * p].reshape(b, p), jnp.int32)
+    lengths = jnp.asarray([1, 7, 30, 48], jnp.int32)
+    q = jnp.asarray(rng.standard_normal((b, 1, h, d)), jnp.float32)
+    scales = {}
+    if pool_dtype == "int8":
+        (kp, ks), (vp, vs) = kv_quant.quantize_kv(kp, jnp.int8, jnp.float32), kv_quant.quantize_kv(vp, jnp.int8, jnp.float32)
+        scales = dict(k_scales=ks, v_scales=vs)
+        keys, values = (kv_quant.dequantize_kv(ao.gather_pages(x, table), ao.gather_pages(s, table), jnp.float32)
+                        for x, s in ((kp, ks), (vp, vs)))
+    else:
+        keys, values = ao.gather_pages(kp, table), ao.gather_pages(vp, table)
+    ref = _masked_reference(q, keys, values, np.asarray(lengths)[:, None] - 1, np.asarray(lengths), 0.3, window)
+    wide = -(-(window.size if isinstance(window, Chunked) else window) // ps) + 1  # pages
+    for num_keys in (None, 48):
+        def decode(q, kp, vp, table, lengths):
+            return paged_decode.paged_decode_attention(q, kp, vp, table, lengths, scale=0.3, impl="xla", window=window,
+                                                       num_keys=num_keys, **scales)
+        np.testing.assert_allclose(np.asarray(decode(q, kp, vp, table, lengths)), ref, atol=1e-5, rtol=1e-5)
+        read = _gathered_keys(decode, q, kp, vp, table, lengths)
+        assert read and max(read) == wide, read
+
+
+def _config(raw: dict):
+    from jaxllm.models import registry
+
+    return registry.architecture_of(raw).config(raw)
+
+
+@pytest.mark.parametrize("name,extra,dtype,kv_dtype,whole", [
+    ("llama", {}, "bfloat16", None, True),
+    ("llama, int8 KV", {}, "bfloat16", "int8", False),
+    ("llama, fp8 KV", {}, "bfloat16", "fp8", False),
+    ("llama, float32", {}, "float32", None, False),
+    ("head of 256", dict(head_dim=256), "bfloat16", None, False),
+    ("mistral: every layer windowed", dict(architectures=["MistralForCausalLM"], sliding_window=8), "bfloat16", None, True),
+    ("recurrentgemma: every attention layer windowed", "recurrentgemma-2b", "bfloat16", None, True),
+    ("soft-capped", dict(architectures=["Gemma2ForCausalLM"], model_type="gemma2", head_dim=64, query_pre_attn_scalar=64,
+                         attn_logit_softcapping=50.0, sliding_window=8), "bfloat16", None, False),
+])
+def test_decode_hands_cudnn_the_whole_table_only_where_it_decodes_every_full_layer(name, extra, dtype, kv_dtype, whole):
+    """One decode program over the whole page table (cuDNN's paged kernel reads each row's own length) only
+    where every layer without a window decodes by that kernel; where a full layer takes the XLA gather form
+    (an 8-bit pool, a head wider than 128, soft-capping, float32) the keys are bucketed to the rows' reach, as
+    that form reads every key it is handed (a --kv-dtype int8 engine of the model's 40,960 positions read all
+    of them each step)."""
+    from jaxllm.random_model import SHAPES
+
+    raw = dict(SHAPES[extra]) if isinstance(extra, str) else {**SHAPES["tiny"], **extra}
+    cfg = _config(raw)
+    assert attention.cudnn_decodes_whole(cfg, jnp.dtype(dtype), kv_dtype) is whole

@@ -54,7 +54,7 @@ def plan(runner, rows: dict[int, tuple[list[int], int]], steps: int, force: bool
     width = min(bucket(max(len(t) for t in tables.values()), max(1, 256 // ps)), runner.width)
     keys = (width * ps, runner.kv_bucket(max(ends[slot] - offsets[slot] for slot in sharing)), bool(others))
     if not force:  # keys read per step, plain and cascaded
-        if runner.attention == "cudnn":  # cuDNN's kernels read each row's own length, the shared keys once
+        if runner.whole_table:  # cuDNN's kernels read each row's own length, the shared keys once
             plain = sum(ends.values())
             cascaded = max(map(len, tables.values())) * ps + sum(ends[slot] - offsets[slot] for slot in rows)
         else:  # the gathered form: every slot reads the bucket of the longest
