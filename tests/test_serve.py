@@ -7,6 +7,7 @@ One server per module, over an engine that first computed the reference answers 
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gzip
 import json
 import logging
@@ -208,6 +209,38 @@ def test_a_failing_step_fails_its_requests_and_the_server_goes_on(server, monkey
     assert httpx.get(server.url + "/health").status_code == 200
     wait_idle(server)
     assert "injected failure" in capsys.readouterr().err  # the traceback, for the operator
+
+
+REASON = "the model's logits are NaN/inf at token 3 of request 7: its weights hold NaN/inf"
+
+
+class _Failing(api_app.Output):
+    """An Output that receives the engine's last event as an error one (Event.error: non-finite logits)."""
+
+    def push(self, tokens, logprobs, finished, error=None, top=None):
+        return super().push(tokens, logprobs, finished, REASON if finished else error, top)
+
+
+@pytest.mark.parametrize("route", ["completions", "chat"])
+def test_an_answer_the_engine_ended_with_an_error_says_why(server, monkeypatch, route):
+    """finish_reason "error" (non-finite logits) answers 500 with the engine's reason (it answered 200 with the
+    text cut and no word of why); streamed, the chunks so far, the one with finish_reason "error", then the reason
+    as an error event the client raises. The server answers the next request as before."""
+    monkeypatch.setattr(api_app, "Output", _Failing)
+    ask = dict(model=NAME, max_tokens=NEW, temperature=0)
+    create = (functools.partial(server.client.completions.create, prompt=TEXT[0]) if route == "completions" else
+              functools.partial(server.client.chat.completions.create, messages=[{"role": "user", "content": "Hi"}]))
+    with pytest.raises(openai.InternalServerError, match="NaN/inf at token 3") as err:
+        create(**ask)
+    assert err.value.body["code"] == "generation_failed", err.value.body
+    chunks = []
+    with pytest.raises(openai.APIError, match="NaN/inf at token 3"):
+        for chunk in create(**ask, stream=True):
+            chunks.append(chunk)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "error"
+    monkeypatch.setattr(api_app, "Output", _Failing.__mro__[1])
+    out = server.client.completions.create(model=NAME, prompt=TEXT[0], max_tokens=NEW, temperature=0)
+    assert out.choices[0].text == server.refs[TEXT[0], False].text
 
 
 def test_prompts_are_tokenized_off_the_event_loop(server, monkeypatch):

@@ -15,8 +15,9 @@ as server-sent events ending with `data: [DONE]`. A client that disconnects canc
 sequences. A full server (more than the batch plus --max-queue sequences) answers 503 with
 Retry-After; a request still open when the server stops (serve.http_server), or any once the engine has failed
 and could not start again, 503 too (a stream: an error event, then [DONE]); a body over --max-request-bytes 413 (before it is parsed), one not sent as JSON
-415; a bad request 400, a model not served or an unknown path 404 and a wrong method 405, each with OpenAI's
-error JSON.
+415; a bad request 400, a model not served or an unknown path 404 and a wrong method 405, an answer the engine
+ended with finish reason "error" (non-finite logits) 500 saying why (a stream: its last chunk, then that error event),
+each with OpenAI's error JSON.
 """
 
 from __future__ import annotations
@@ -286,6 +287,9 @@ class Server:
                 return Response(status_code=499)  # nobody reads it; the sequences were cancelled
         except JaxllmError as err:  # the engine refused a request as it took it
             raise body.refusal(err) from None
+        failed = next((o for o in outputs if o.finish_reason == "error"), None)
+        if failed is not None:  # vLLM's answer too: a 500 that says why, not a 200 whose answer was cut without a word
+            raise _failed(failed)
         choices = [fmt.choice(i, _echoed(Piece(o.text, o.tokens, o.logprobs, o.finish_reason, o.top_logprobs,
                                                stop_reason=o.stop_reason), echoes, i, o), final=True)
                    for i, o in enumerate(outputs)]
@@ -326,6 +330,9 @@ class Server:
                 out = fmt.choice(choice, piece, final=False)  # the text a tool-call reader holds back carries nothing yet
                 if fmt.carries(out) or piece.finish_reason or (piece.tokens and (fmt.logprobs or fmt.token_ids)):
                     yield _event(fmt.envelope([out], chunk=True))
+                if piece.finish_reason == "error":  # why, as the stream's last event (the client raises it), then [DONE]
+                    yield _event(_failed(outputs[choice]).body())
+                    break
             if prompt_tokens is not None:
                 yield _event(fmt.envelope([], usage(prompt_tokens, sum(len(o.tokens) for o in outputs)), chunk=True))
         except Exception as err:  # noqa: BLE001 - the status line has gone: the error is the stream's last event (a bug's too,
@@ -333,6 +340,13 @@ class Server:
                 log.exception("a streamed answer failed")
             yield _event(_error_of(err, body).body())
         yield "data: [DONE]\n\n"
+
+
+def _failed(output: Output) -> APIError:
+    """The error of an answer the engine ended with finish reason "error" (Output.error: non-finite logits, a
+    structured output's grammar refusing a token)."""
+    return APIError(500, f"the answer failed: {output.error or 'the engine ended it with an error'}", kind="server_error",
+                    code="generation_failed")
 
 
 def _echoed(piece: Piece, echoes: list | None, choice: int, output: Output) -> Piece:
