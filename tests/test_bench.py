@@ -24,6 +24,7 @@ def test_bench_runs_and_reports(tmp_path, capsys):
         assert r[f"long_{n}"]["ttft_s"] > 0 and r[f"long_{n}"]["weights_plus_kv_bytes"] > 0
     assert r["prefix_same_tokens"]  # on the CPU (tiny model): the cache changes no token
     assert r["offline_output_tokens"] > 0 and report["bandwidth_bytes_per_s"] > 0 and report["read_bytes_per_s"] > 0
+    assert r["offline_pool_pages"] > 0 and r["offline_decode_rows_per_call"] >= 1  # what the pool allows cuDNN's decode
     table = capsys.readouterr().out
     assert "b1 tok/s" in table and "tiny" in table
     assert report["settings"]["shapes"] == ["tiny"] and report["settings"]["quick"] and report["platform"] == "cpu"
