@@ -90,19 +90,20 @@ def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: f
     return _masked_decode(q, keys, values, lengths, scale, window, softcap, sinks=sinks, alibi=alibi, first=first)
 
 
-def window_table(page_table, lengths, window, ps: int, num_keys: int | None = None):
-    """The columns of page_table [B, P] a decode row reads: its first num_keys // ps (all without
-    num_keys); under a sliding window or chunked attention only the pages that can hold its visible
-    keys (ceil(span / ps) + 1, span the window's or chunk's keys), starting at the page of its first
-    visible key, so a windowed layer reads O(window) keys however long the table (a 1,024-key window
-    in a 131,072-position engine read every position each step). -> (table [B, P'], the position of
-    each row's first column [B] int32; None: 0 for every row)."""
+def window_table(page_table, lengths, window, ps: int, num_keys: int | None = None, queries: int = 1):
+    """The columns of page_table [B, P] a row's `queries` (static) queries read, at positions lengths - queries ..
+    lengths - 1 (decode: one, at lengths - 1): its first num_keys // ps (all without num_keys); under a sliding window
+    or chunked attention only the pages that can hold their visible keys (ceil((span + queries - 1) / ps) + 1, span
+    the window's or chunk's keys), starting at the page of the first query's first visible key, so a windowed layer
+    reads O(window) keys however long the table (a 1,024-key window in a 131,072-position engine read every position
+    each step; a prefill chunk or a verify step, every position before it). -> (table [B, P'], the position of each
+    row's first column [B] int32; None: 0 for every row)."""
     cols = page_table.shape[1] if num_keys is None else -(-num_keys // ps)
     span = None if window is None else window.size if isinstance(window, Chunked) else window
-    if span is None or -(-span // ps) + 1 >= cols:
+    width = None if span is None else -(-(span + queries - 1) // ps) + 1
+    if width is None or width >= cols:
         return page_table[:, :cols], None
-    width = -(-span // ps) + 1
-    start = jnp.maximum(first_visible(lengths - 1, window), 0) // ps
+    start = jnp.maximum(first_visible(lengths - queries, window), 0) // ps
     start = jnp.minimum(start, cols - width)  # the whole window within the columns the row may read
     at = start[:, None] + jnp.arange(width, dtype=jnp.int32)[None, :]
     return jnp.take_along_axis(page_table, at, axis=1), start * ps

@@ -3,7 +3,12 @@ the widths of the gathers read off the jaxpr (as tests/test_attention_ops.py's w
 against the masked references."""
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
+
+from jaxllm.models import attention_ops as ao
+from jaxllm.models.config import Chunked
 
 
 def _gathered_pages(fn, *args) -> list[int]:
@@ -34,3 +39,55 @@ def test_cudnn_engine_buckets_decode_keys_when_the_pool_is_narrower_than_the_tab
     runner = Runner(model, num_pages=num_pages, page_size=16, max_seqs=4, max_len=4096, chunk=4, attention="cudnn",
                     eos_width=2)
     assert runner.decode_keys(100) == (4096 if whole else 256)
+
+
+def _pool(seed, n, ps, kv, d, dtype):
+    """A random page pool k, v [n, ps, kv, d] and their scales (None but int8), and the keys and values it holds in float32."""
+    from jaxllm.models import kv_quant
+
+    rng = np.random.default_rng(seed)
+    kp, vp = (jnp.asarray(rng.standard_normal((n, ps, kv, d)), jnp.float32) for _ in "kv")
+    if dtype != "int8":
+        return kp, vp, None, None
+    (kp, ks), (vp, vs) = kv_quant.quantize_kv(kp, jnp.int8, jnp.float32), kv_quant.quantize_kv(vp, jnp.int8, jnp.float32)
+    return kp, vp, ks, vs
+
+
+def _full(pool, scales, table):
+    """Each row's whole table of keys (or values) [B, P * ps, K, D] in float32."""
+    from jaxllm.models import kv_quant
+
+    keys = ao.gather_pages(pool, table)
+    return keys if scales is None else kv_quant.dequantize_kv(keys, ao.gather_pages(scales, table), jnp.float32)
+
+
+@pytest.mark.parametrize("window", [6, Chunked(8)])
+@pytest.mark.parametrize("pool_dtype", ["float32", "int8"])
+def test_windowed_prefill_and_verify_read_only_their_windows(window, pool_dtype):
+    """A windowed layer's prefill chunk (and a speculative verify step, the same path: T queries per row) gathers the
+    pages its queries' windows touch, ceil((span + T - 1) / ps) + 1, not every key before them (num_keys: the whole
+    prompt's bucket, each chunk of a long prompt read all of it); the same output as the materialised reference
+    over the whole table, rows at starts 0, 22 and 41 with 8, 5 and 3 real queries of a chunk of 8."""
+    from jaxllm.models.attention import AttnSpec, LayerCache, PagedCache
+
+    b, h, kv, d, ps, p, t = 3, 4, 2, 8, 4, 16, 8
+    kp, vp, ks, vs = _pool(41, 60, ps, kv, d, pool_dtype)
+    rng = np.random.default_rng(42)
+    table = jnp.asarray(rng.permutation(60)[: b * p].reshape(b, p), jnp.int32)
+    start, real = jnp.asarray([0, 22, 41], jnp.int32), jnp.asarray([8, 5, 3], jnp.int32)
+    positions = start[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
+    valid = jnp.arange(t)[None, :] < real[:, None]
+    q = jnp.asarray(rng.standard_normal((b, t, h, d)), jnp.float32)
+    ref = ao.reference_attention(q, _full(kp, ks, table), _full(vp, vs, table), positions, start + real, scale=0.3,
+                                 window=window)
+
+    def prefill(q, kp, vp, ks, vs, table):
+        cache = PagedCache(table, valid, p * ps, "xla")
+        return cache.attend(q, None, None, LayerCache(kp, vp, ks, vs), positions, AttnSpec(0.3, window))
+
+    out = prefill(q, kp, vp, ks, vs, table)
+    keep = np.asarray(valid)  # padding queries' outputs are garbage
+    np.testing.assert_allclose(np.asarray(out)[keep], np.asarray(ref)[keep], atol=1e-5, rtol=1e-5)
+    span = window.size if isinstance(window, Chunked) else window
+    read = _gathered_pages(prefill, q, kp, vp, ks, vs, table)
+    assert read and max(read) == -(-(span + t - 1) // ps) + 1 < p, read  # pages
