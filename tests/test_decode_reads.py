@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxllm.models import attention_ops as ao
+from jaxllm.models import paged_decode
 from jaxllm.models.config import Chunked
 
 
@@ -91,3 +92,33 @@ def test_windowed_prefill_and_verify_read_only_their_windows(window, pool_dtype)
     span = window.size if isinstance(window, Chunked) else window
     read = _gathered_pages(prefill, q, kp, vp, ks, vs, table)
     assert read and max(read) == -(-(span + t - 1) // ps) + 1 < p, read  # pages
+
+
+@pytest.mark.parametrize("window", [6, Chunked(8)])
+def test_windowed_cascade_decode_reads_only_the_window(window):
+    """A windowed layer's cascade decode (rows sharing a prompt's pages) reads the pages its rows' windows touch of
+    their own keys and of the shared ones, ceil(span / ps) + 1 each, not all the shared keys and every row's own
+    (the shared prefix's and the longest suffix's buckets, whatever the window): the same output as the materialised
+    reference over each row's whole table; three rows share 6 pages, a fourth reads its own table."""
+    b, h, kv, d, ps, p = 4, 4, 2, 8, 4, 16
+    kp, vp, _, _ = _pool(51, 80, ps, kv, d, "float32")
+    rng = np.random.default_rng(52)
+    ids = rng.permutation(80)
+    shared = ids[:6]
+    own = ids[6 : 6 + b * p].reshape(b, p)
+    table = np.concatenate([np.broadcast_to(shared, (b, 6)), own[:, : p - 6]], axis=1)
+    table[3] = own[3]
+    table = jnp.asarray(table, jnp.int32)
+    lengths, offsets = jnp.asarray([30, 41, 52, 20], jnp.int32), jnp.asarray([24, 24, 24, 0], jnp.int32)
+    q = jnp.asarray(rng.standard_normal((b, 1, h, d)), jnp.float32)
+    ref = ao.reference_attention(q, _full(kp, None, table), _full(vp, None, table), lengths[:, None] - 1, lengths,
+                                 scale=0.3, window=window)
+
+    def cascade(q, kp, vp, table, lengths):
+        return paged_decode.cascade_decode_attention(q, kp, vp, table, lengths, jnp.asarray(shared, jnp.int32), offsets,
+                                                     scale=0.3, shared_keys=24, suffix_keys=32, window=window)
+
+    np.testing.assert_allclose(np.asarray(cascade(q, kp, vp, table, lengths)), np.asarray(ref), atol=1e-5, rtol=1e-5)
+    span = window.size if isinstance(window, Chunked) else window
+    read = _gathered_pages(cascade, q, kp, vp, table, lengths)
+    assert read and max(read) == -(-span // ps) + 1, read
