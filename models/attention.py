@@ -275,8 +275,9 @@ class PagedCache:
     One query per row (decode): attention over the row's first position + 1 keys straight from the
     pages (`paged_decode_attention`: cuDNN's paged kernel with impl "cudnn", else gather + mask).
     Several (a prefill chunk at positions start..start+T-1): the row's keys gathered up to
-    `num_keys` (static), then `flash_prefill`: cuDNN flash attention in two parts (prefix, chunk)
-    with impl "cudnn", else an online-softmax blocked form; memory linear in the keys either way.
+    `num_keys` (static; a windowed layer's: only the pages its queries' windows touch, window_table), then
+    `flash_prefill`: cuDNN flash attention in two parts (prefix, chunk) with impl "cudnn", else an online-softmax
+    blocked form; memory linear in the keys either way.
 
     The pool's dtype is the cache's format (`kv_format`): the model's dtype, or 8-bit (int8 with
     k_scale, v_scale [N + 1, ps, K], or float8), quantized as it is written and dequantized as it

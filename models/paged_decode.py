@@ -199,7 +199,8 @@ def cascade_decode_attention(q, k_pages, v_pages, page_table, lengths, shared_ta
     >= max(lengths - offsets) bound the keys read. Same result as paged_decode_attention up to
     float rounding. -> [B, 1, H, D] in q.dtype.
 
-    impl "xla": both parts gathered, masked float32 softmaxes (any backend, window, softcap).
+    impl "xla": both parts gathered, masked float32 softmaxes (any backend, window, softcap); under a window
+    only the pages the rows' windows touch of each part (window_table; sharing rows of one offset).
     "cudnn": each row's own keys by cuDNN's paged kernel (reading each row's own length; a row
     with offset 0 reads its whole table there), the shared keys by one cuDNN flash call whose
     queries are the B rows; both return float32 log-sum-exps. Every sharing row has the same

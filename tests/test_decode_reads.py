@@ -2,29 +2,14 @@
 the widths of the gathers read off the jaxpr (as tests/test_attention_ops.py's windowed decode test), the outputs
 against the masked references."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_attention_ops import _gathered_keys  # gathers' widths [B, pages, ...] read off the jaxpr
 
 from jaxllm.models import attention_ops as ao
 from jaxllm.models import paged_decode
 from jaxllm.models.config import Chunked
-
-
-def _gathered_pages(fn, *args) -> list[int]:
-    """Dimension 1 of every gather's output of rank >= 3 in fn's jaxpr ([B, pages, ps, ...] or [B, keys, K, D]): what a
-    call reads per row."""
-    def walk(jaxpr):
-        for e in jaxpr.eqns:
-            if e.primitive.name == "gather" and e.outvars[0].aval.ndim >= 3:
-                yield e.outvars[0].aval.shape[1]
-            for sub in e.params.values():
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    yield from walk(inner)
-
-    return list(walk(jax.make_jaxpr(fn)(*args).jaxpr))
 
 
 @pytest.mark.parametrize("num_pages,whole", [(1024, True), (40, False)])
@@ -90,7 +75,7 @@ def test_windowed_prefill_and_verify_read_only_their_windows(window, pool_dtype)
     keep = np.asarray(valid)  # padding queries' outputs are garbage
     np.testing.assert_allclose(np.asarray(out)[keep], np.asarray(ref)[keep], atol=1e-5, rtol=1e-5)
     span = window.size if isinstance(window, Chunked) else window
-    read = _gathered_pages(prefill, q, kp, vp, ks, vs, table)
+    read = _gathered_keys(prefill, q, kp, vp, ks, vs, table)
     assert read and max(read) == -(-(span + t - 1) // ps) + 1 < p, read  # pages
 
 
@@ -120,5 +105,5 @@ def test_windowed_cascade_decode_reads_only_the_window(window):
 
     np.testing.assert_allclose(np.asarray(cascade(q, kp, vp, table, lengths)), np.asarray(ref), atol=1e-5, rtol=1e-5)
     span = window.size if isinstance(window, Chunked) else window
-    read = _gathered_pages(cascade, q, kp, vp, table, lengths)
+    read = _gathered_keys(cascade, q, kp, vp, table, lengths)
     assert read and max(read) == -(-span // ps) + 1, read
