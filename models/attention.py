@@ -275,8 +275,9 @@ class PagedCache:
     One query per row (decode): attention over the row's first position + 1 keys straight from the
     pages (`paged_decode_attention`: cuDNN's paged kernel with impl "cudnn", else gather + mask).
     Several (a prefill chunk at positions start..start+T-1): the row's keys gathered up to
-    `num_keys` (static), then `flash_prefill`: cuDNN flash attention in two parts (prefix, chunk)
-    with impl "cudnn", else an online-softmax blocked form; memory linear in the keys either way.
+    `num_keys` (static; a windowed layer's: only the pages its queries' windows touch, window_table), then
+    `flash_prefill`: cuDNN flash attention in two parts (prefix, chunk) with impl "cudnn", else an online-softmax
+    blocked form; memory linear in the keys either way.
 
     The pool's dtype is the cache's format (`kv_format`): the model's dtype, or 8-bit (int8 with
     k_scale, v_scale [N + 1, ps, K], or float8), quantized as it is written and dequantized as it
@@ -347,15 +348,19 @@ class PagedCache:
                 softcap=spec.softcap, impl="cudnn_paged" if fast and native else "xla", num_keys=self.num_keys,
                 k_scales=new.k_scale, v_scales=new.v_scale, sinks=spec.sinks, alibi=spec.alibi)
             return jnp.where(shares[:, None, None, None], both, out) if cascade else out
-        keys, values = self.gather(new.k, new.k_scale, q.dtype), self.gather(new.v, new.v_scale, q.dtype)
         start = positions[:, 0]
+        # a windowed layer's chunk reads the pages its queries' windows touch, not every key before it
+        table, first = paged_decode.window_table(self.page_table, start + q.shape[1], spec.window, new.k.shape[1],
+                                                 self.num_keys, q.shape[1])
+        table = None if first is None else table
+        keys, values = self.gather(new.k, new.k_scale, q.dtype, table), self.gather(new.v, new.v_scale, q.dtype, table)
         kv_len = start + jnp.sum(self.valid, axis=1)
         # The chunk's own keys as cached (in another dtype: sliced from the gathered ones), so every
         # query reads the keys that later queries will read.
         k_new, v_new = (k, v) if native and k is not None else (None, None)
         out = attention_ops.flash_prefill(q, keys, values, start, kv_len, scale=spec.scale, window=spec.window,
                                           softcap=spec.softcap, impl="cudnn" if fast else "blocked",
-                                          k_new=k_new, v_new=v_new, sinks=spec.sinks, alibi=spec.alibi)
+                                          k_new=k_new, v_new=v_new, sinks=spec.sinks, alibi=spec.alibi, key_start=first)
         return out
 
     def key_positions(self, positions):
@@ -373,12 +378,14 @@ class PagedCache:
         new = self._put(pages.shape[:2], positions)(pages, k)
         return self.gather(new, None, k.dtype), new
 
-    def gather(self, pool, scales, dtype):
-        """Each row's first `num_keys` cached keys (or values) [B, num_keys, K, D] in `dtype`."""
+    def gather(self, pool, scales, dtype, table=None):
+        """Each row's first `num_keys` cached keys (or values) [B, num_keys, K, D] in `dtype`; with `table` [B, P'] the
+        keys of those pages instead (paged_decode.window_table's)."""
+        table, num_keys = (self.page_table, self.num_keys) if table is None else (table, None)
         if scales is None:
-            return attention_ops.gather_pages(pool, self.page_table, self.num_keys).astype(dtype)
-        return kv_quant.dequantize_kv(attention_ops.gather_pages(pool, self.page_table, self.num_keys),
-                                      attention_ops.gather_pages(scales, self.page_table, self.num_keys), dtype)
+            return attention_ops.gather_pages(pool, table, num_keys).astype(dtype)
+        return kv_quant.dequantize_kv(attention_ops.gather_pages(pool, table, num_keys),
+                                      attention_ops.gather_pages(scales, table, num_keys), dtype)
 
     def write(self, cache: LayerCache, k, v, positions) -> LayerCache:
         """k, v [B, T, K, D] into their pages: one scatter per pool, in place when donated.

@@ -62,11 +62,12 @@ def gather_pages(pages, page_table, num_keys: int | None = None):
 
 def blocked_attention(q, k, v, q_pos, kv_len=None, *, scale: float, window: int | None = None,
                       softcap: float | None = None, block: int = 512, q_block: int | None = None, sinks=None,
-                      alibi: Alibi | None = None):
+                      alibi: Alibi | None = None, key_start=None):
     """Grouped-query attention with an online softmax over key blocks.
 
-    q [B, T, H, D]; k, v [B, S, K, D] (key s sits at position s); q_pos [B, T] int positions of
-    the queries; kv_len [B] valid keys per row (None: all S). Query t of row b sees key s iff
+    q [B, T, H, D]; k, v [B, S, K, D] (key s sits at position key_start + s; key_start [B], None:
+    0); q_pos [B, T] int positions of the queries; kv_len [B] one past the last valid key's position
+    per row (None: all S). Query t of row b sees key s iff
     s <= q_pos[b, t], s < kv_len[b] and, with a window, s > q_pos[b, t] - window. Scores are
     scale * q.k in float32, soft-capped as softcap * tanh(s / softcap) when set. Returns
     [B, T, H, D] in q.dtype; equal to the masked reference (layers.attention_probs / attend) up
@@ -88,11 +89,14 @@ def blocked_attention(q, k, v, q_pos, kv_len=None, *, scale: float, window: int 
     if h % kv:
         raise ValueError(f"{h} query heads do not group over {kv} kv heads")
     q_pos = jnp.asarray(q_pos, jnp.int32)
-    kv_len = jnp.full((b,), s, jnp.int32) if kv_len is None else jnp.minimum(jnp.asarray(kv_len, jnp.int32), s)
+    key_start = jnp.zeros((b,), jnp.int32) if key_start is None else jnp.asarray(key_start, jnp.int32)
+    kv_len = key_start + s if kv_len is None else jnp.minimum(jnp.asarray(kv_len, jnp.int32), key_start + s)
     block = max(1, min(block, s))
+    core = functools.partial(_blocked_core, scale=scale, window=window, softcap=softcap, block=block, sinks=sinks,
+                             alibi=alibi, key_start=key_start)
 
     if q_block is None or q_block >= t:
-        return _blocked_core(q, k, v, q_pos, kv_len, scale, window, softcap, block, sinks, alibi)
+        return core(q, k, v, q_pos, kv_len)
 
     nq = -(-t // q_block)
     pad = nq * q_block - t
@@ -101,7 +105,7 @@ def blocked_attention(q, k, v, q_pos, kv_len=None, *, scale: float, window: int 
         q_pos = jnp.pad(q_pos, ((0, 0), (0, pad)), constant_values=-1)
     qs = q.reshape(b, nq, q_block, h, d).swapaxes(0, 1)
     ps = q_pos.reshape(b, nq, q_block).swapaxes(0, 1)
-    out = lax.map(lambda qp: _blocked_core(qp[0], k, v, qp[1], kv_len, scale, window, softcap, block, sinks, alibi), (qs, ps))
+    out = lax.map(lambda qp: core(qp[0], k, v, qp[1], kv_len), (qs, ps))
     out = out.swapaxes(0, 1).reshape(b, nq * q_block, h, d)
     return out[:, :t]
 
@@ -143,22 +147,22 @@ def first_visible(q_pos, window):
     return q_pos - window + 1
 
 
-def _blocked_core(q, k, v, q_pos, kv_len, scale, window, softcap, block, sinks=None, alibi=None):
+def _blocked_core(q, k, v, q_pos, kv_len, *, scale, window, softcap, block, sinks, alibi, key_start):
     b, t, h, d = q.shape
     s, kv = k.shape[1], k.shape[2]
     g = h // kv
     nblk = -(-s // block)
     qg = q.reshape(b, t, kv, g, d)
 
-    # Which key blocks can any query here see: [lo, hi).
+    # Which key blocks (of the columns, key_start the position of each row's first) can any query here see: [lo, hi).
     seen = q_pos >= 0
-    last = jnp.minimum(q_pos + 1, kv_len[:, None])  # one past the last visible key
+    last = jnp.minimum(q_pos + 1, kv_len[:, None]) - key_start[:, None]  # one past the last visible column
     hi_key = jnp.max(jnp.where(seen, last, 0))
     hi = jnp.minimum((hi_key + block - 1) // block, nblk)
     if window is None:
         lo = jnp.int32(0)
     else:
-        first = jnp.maximum(first_visible(q_pos, window), 0)
+        first = jnp.maximum(first_visible(q_pos, window) - key_start[:, None], 0)
         lo_key = jnp.min(jnp.where(seen & (last > first), first, s))
         lo = jnp.minimum(lo_key // block, hi)
 
@@ -177,16 +181,17 @@ def _blocked_core(q, k, v, q_pos, kv_len, scale, window, softcap, block, sinks=N
         kb = lax.dynamic_slice_in_dim(k, start, block, axis=1)
         vb = lax.dynamic_slice_in_dim(v, start, block, axis=1)
         k_idx = start + jnp.arange(block, dtype=jnp.int32)
-        mask = (k_idx[None, None, :] <= q_pos[:, :, None]) & (k_idx[None, None, :] < kv_len[:, None, None])
+        k_pos = (key_start[:, None] + k_idx[None, :])[:, None, :]  # [B, 1, block]
+        mask = (k_pos <= q_pos[:, :, None]) & (k_pos < kv_len[:, None, None])
         mask &= k_idx[None, None, :] >= nominal  # the overlap of a shifted block was done already
         if window is not None:
-            mask &= k_idx[None, None, :] >= first_visible(q_pos[:, :, None], window)
+            mask &= k_pos >= first_visible(q_pos[:, :, None], window)
         scores = jnp.einsum("btkgd,bskd->bkgts", qg, kb, preferred_element_type=jnp.float32)
         scores = scores.astype(jnp.float32) * scale
         if softcap is not None:
             scores = jnp.tanh(scores / softcap) * softcap
         if alibi is not None:
-            scores = scores + grouped(alibi_bias(alibi, q_pos, k_idx[None]), kv)
+            scores = scores + grouped(alibi_bias(alibi, q_pos, k_pos[:, 0]), kv)
         scores = jnp.where(mask[:, None, None, :, :], scores, NEG_INF)
         m_new = jnp.maximum(m, jnp.max(scores, axis=-1))
         m_safe = jnp.where(m_new == NEG_INF, 0.0, m_new)  # nothing seen yet: keep exp() finite
@@ -253,7 +258,8 @@ def cudnn_private():
 
 def flash_prefill(q, k, v, start=0, kv_len=None, *, scale: float, window: int | None = None,
                   softcap: float | None = None, impl: str = "blocked", k_new=None, v_new=None,
-                  block: int = 1024, q_block: int | None = 2048, sinks=None, alibi: Alibi | None = None):
+                  block: int = 1024, q_block: int | None = 2048, sinks=None, alibi: Alibi | None = None,
+                  key_start=None):
     """Attention of a prefill chunk. q [B, T, H, D]: row b's queries sit at positions
     start[b] .. start[b] + T - 1; k, v [B, S, K, D]: the row's keys at positions 0 .. S - 1,
     the chunk's own keys included (written at start .. start + T - 1, so S >= start + T);
@@ -262,6 +268,8 @@ def flash_prefill(q, k, v, start=0, kv_len=None, *, scale: float, window: int | 
     (static) or an int array [B]. Causal (key pos <= query pos), optional sliding window
     (key pos > query pos - window), soft-capping, attention sinks (`sinks` [H], see
     `blocked_attention`) and ALiBi (`alibi`: `alibi_bias` on the scores). -> [B, T, H, D] in q.dtype.
+    `key_start` [B] (None: 0): the keys are a row's positions key_start .. key_start + S - 1 instead (a windowed
+    layer's pages, paged_decode.window_table); "blocked" only, every impl then runs it.
 
     impl:
     - "blocked": `blocked_attention` (any backend, every option), `block` / `q_block` its tiles.
@@ -316,15 +324,16 @@ def flash_prefill(q, k, v, start=0, kv_len=None, *, scale: float, window: int | 
 
     def blocked():
         return blocked_attention(q, k, v, q_pos, kv_len, scale=scale, window=window, softcap=softcap,
-                                 block=block, q_block=q_block, sinks=sinks, alibi=alibi)
+                                 block=block, q_block=q_block, sinks=sinks, alibi=alibi, key_start=key_start)
 
     square = static_zero and t == s
     k_pos = jnp.arange(s, dtype=jnp.int32)
+    if impl == "blocked" or key_start is not None or (
+            sinks is not None and impl in ("cudnn", "cudnn_mask", "pallas_triton", "pallas_mgpu")):
+        return blocked()
     if impl == "xla":
         return reference_attention(q, k, v, q_pos, kv_len, scale=scale, window=window, softcap=softcap, sinks=sinks,
                                    alibi=alibi)
-    if impl == "blocked" or (sinks is not None and impl in ("cudnn", "cudnn_mask", "pallas_triton", "pallas_mgpu")):
-        return blocked()
     if impl == "cudnn_mask":
         if softcap is not None:
             return blocked()

@@ -90,22 +90,25 @@ def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: f
     return _masked_decode(q, keys, values, lengths, scale, window, softcap, sinks=sinks, alibi=alibi, first=first)
 
 
-def window_table(page_table, lengths, window, ps: int, num_keys: int | None = None):
-    """The columns of page_table [B, P] a decode row reads: its first num_keys // ps (all without
-    num_keys); under a sliding window or chunked attention only the pages that can hold its visible
-    keys (ceil(span / ps) + 1, span the window's or chunk's keys), starting at the page of its first
-    visible key, so a windowed layer reads O(window) keys however long the table (a 1,024-key window
-    in a 131,072-position engine read every position each step). -> (table [B, P'], the position of
-    each row's first column [B] int32; None: 0 for every row)."""
+def window_table(page_table, lengths, window, ps: int, num_keys: int | None = None, queries: int = 1, offsets=None):
+    """The columns of page_table [B, P] a row's `queries` (static) queries read, at positions lengths - queries ..
+    lengths - 1 (decode: one, at lengths - 1): its first num_keys // ps (all without num_keys); under a sliding window
+    or chunked attention only the pages that can hold their visible keys (ceil((span + queries - 1) / ps) + 1, span
+    the window's or chunk's keys), starting at the page of the first query's first visible key, so a windowed layer
+    reads O(window) keys however long the table (a 1,024-key window in a 131,072-position engine read every position
+    each step; a prefill chunk or a verify step, every position before it). `offsets` [B] (None: 0): the position of
+    column 0 of each row's table (a multiple of ps: a cascade's own pages after the shared ones). -> (table [B, P'],
+    the position of each row's first column [B] int32; None: `offsets`, 0 without, for every row)."""
     cols = page_table.shape[1] if num_keys is None else -(-num_keys // ps)
     span = None if window is None else window.size if isinstance(window, Chunked) else window
-    if span is None or -(-span // ps) + 1 >= cols:
+    width = None if span is None else -(-(span + queries - 1) // ps) + 1
+    if width is None or width >= cols:
         return page_table[:, :cols], None
-    width = -(-span // ps) + 1
-    start = jnp.maximum(first_visible(lengths - 1, window), 0) // ps
+    base = 0 if offsets is None else offsets
+    start = jnp.maximum(first_visible(lengths - queries, window) - base, 0) // ps
     start = jnp.minimum(start, cols - width)  # the whole window within the columns the row may read
     at = start[:, None] + jnp.arange(width, dtype=jnp.int32)[None, :]
-    return jnp.take_along_axis(page_table, at, axis=1), start * ps
+    return jnp.take_along_axis(page_table, at, axis=1), base + start * ps
 
 
 def _masked_decode(q, k, v, lengths, scale, window, softcap, k_scales=None, v_scales=None, sinks=None, alibi=None,
@@ -196,7 +199,8 @@ def cascade_decode_attention(q, k_pages, v_pages, page_table, lengths, shared_ta
     >= max(lengths - offsets) bound the keys read. Same result as paged_decode_attention up to
     float rounding. -> [B, 1, H, D] in q.dtype.
 
-    impl "xla": both parts gathered, masked float32 softmaxes (any backend, window, softcap).
+    impl "xla": both parts gathered, masked float32 softmaxes (any backend, window, softcap); under a window
+    only the pages the rows' windows touch of each part (window_table; sharing rows of one offset).
     "cudnn": each row's own keys by cuDNN's paged kernel (reading each row's own length; a row
     with offset 0 reads its whole table there), the shared keys by one cuDNN flash call whose
     queries are the B rows; both return float32 log-sum-exps. Every sharing row has the same
@@ -212,17 +216,28 @@ def cascade_decode_attention(q, k_pages, v_pages, page_table, lengths, shared_ta
     plain = window is None and softcap is None and sinks is None and alibi is None
     if impl == "cudnn" and plain and cudnn_paged_fits(n, b, page_table.shape[1]):
         return _cudnn_cascade(q, k_pages, v_pages, own_table, lengths, shared_table, offsets, scale, shared_keys)
-    own_pos = jnp.arange(suffix_keys, dtype=jnp.int32)[None, :] + offsets[:, None]
     groups = h // k_pages.shape[2]
-    own = _decode_part(q, gather_pages(k_pages, own_table, suffix_keys), gather_pages(v_pages, own_table, suffix_keys),
-                       _visible(own_pos, lengths, window), scale, softcap, bias=_decode_bias(alibi, lengths, own_pos, groups))
-    pos = jnp.arange(shared_keys, dtype=jnp.int32)[None, :]
-    common = _decode_part(q, gather_pages(k_pages, shared_table[None], shared_keys)[0],
-                          gather_pages(v_pages, shared_table[None], shared_keys)[0],
-                          _visible(pos, lengths, window) & (pos < offsets[:, None]), scale, softcap,
-                          bias=_decode_bias(alibi, lengths, pos, groups))
+    # under a window each part reads the pages the rows' windows touch (window_table): the own keys per row, the
+    # shared ones from the window of the shortest sharing row on (every sharing row has the same offset: `plan`)
+    own_table, own_first = window_table(own_table, lengths, window, ps, suffix_keys, offsets=offsets)
+    fewest = jnp.min(jnp.where(offsets > 0, lengths, jnp.iinfo(jnp.int32).max // 2))[None]
+    shared_table, first = window_table(shared_table[None], fewest, window, ps, shared_keys)
+    k_own, v_own, own_pos = _read(k_pages, v_pages, own_table, suffix_keys, offsets, own_first)
+    k_shared, v_shared, pos = _read(k_pages, v_pages, shared_table, shared_keys, jnp.zeros(1, jnp.int32), first)
+    own = _decode_part(q, k_own, v_own, _visible(own_pos, lengths, window), scale, softcap,
+                       bias=_decode_bias(alibi, lengths, own_pos, groups))
+    common = _decode_part(q, k_shared[0], v_shared[0], _visible(pos, lengths, window) & (pos < offsets[:, None]), scale,
+                          softcap, bias=_decode_bias(alibi, lengths, pos, groups))
     out = with_sinks(_merge(*own, *common), jnp.logaddexp(own[1], common[1]), sinks)
     return out.reshape(b, 1, h, d).astype(q.dtype)
+
+
+def _read(k_pages, v_pages, table, num_keys: int, base, first):
+    """The keys and values [B, S, K, D] a cascade part reads through `table` [B, P] (window_table's): its first num_keys
+    from position `base` [B], or where `first` [B] (not None) says its columns start, all of them; and their positions [B, S]."""
+    keys = num_keys if first is None else None
+    k, v = gather_pages(k_pages, table, keys), gather_pages(v_pages, table, keys)
+    return k, v, jnp.arange(k.shape[1], dtype=jnp.int32)[None, :] + (base if first is None else first)[:, None]
 
 
 def _merge(o1, l1, o2, l2):
