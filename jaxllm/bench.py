@@ -50,10 +50,8 @@ from jaxllm.errors import ArgumentParser, JaxllmError, run_cli, size_text
 from jaxllm.loader import resolve_dtype
 from jaxllm.models import quant
 from jaxllm.models.attention import kv_cache_bytes
-from jaxllm.models.paged_decode import cudnn_paged_rows
 from jaxllm.random_model import SHAPES, random_model
 from jaxllm.sampling import SamplingParams
-from jaxllm.serving.runner import pool_pages
 from jaxllm.sharding import make_mesh, parse_spec
 
 SECTIONS = ("b1", "bN", "ttft", "offline", "long", "prefix", "start")  # what --skip takes (without --load)
@@ -222,10 +220,8 @@ def bench_jax(shape: str, sizes: dict, dtype: str, skip=(), quantize=None, mesh=
         out["offline_compiles"] = compiles
         # the pool, and the rows per cuDNN paged decode call it allows (paged_decode.cudnn_paged_rows): the H100's
         # default pool once sent decode to a 4x slower gather (docs/benchmarks.md, 2026-12-03)
-        runner = eo.runner
         out["offline_pool_pages"] = int(eo.blocks.num_pages)
-        out["offline_decode_rows_per_call"] = cudnn_paged_rows(pool_pages(runner.shard_pages, runner.shard_seqs),
-                                                               runner.shard_seqs, runner.width)
+        out["offline_decode_rows_per_call"] = eo.runner.cudnn_rows
         out["offline_output_tokens"] = int(n)
     stats = jax.devices()[0].memory_stats() or {}
     out["peak_device_bytes"] = stats.get("peak_bytes_in_use")

@@ -212,8 +212,7 @@ def cudnn_decodes_whole(cfg: ModelConfig, dtype, kv_dtype: str | None) -> bool:
     full = [layer for layer in range(cfg.num_layers)
             if cfg.layer_has_mixer(layer) and not cfg.layer_is_recurrent(layer) and cfg.layer_window(layer) is None]
     return cfg.attn_softcap is None and all(
-        _cudnn_takes(jnp.dtype(dtype), cfg.layer_head_dim(layer) * (2 if cfg.differential_attention else 1) + cfg.kv_extra_dims)
-        for layer in full)
+        _cudnn_takes(jnp.dtype(dtype), cfg.layer_cache_dim(layer)) for layer in full)
 
 
 def cudnn_serves(cfg: ModelConfig) -> bool:

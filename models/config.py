@@ -446,7 +446,12 @@ class ModelConfig:
         if (self.layer_is_recurrent(layer) or not self.layer_has_mixer(layer) or layer != self.kv_source(layer)
                 or layer != self.kv_pool(layer)):
             return None
-        return self.layer_kv_heads(layer), self.layer_head_dim(layer) * (2 if self.differential_attention else 1) + self.kv_extra_dims
+        return self.layer_kv_heads(layer), self.layer_cache_dim(layer)
+
+    def layer_cache_dim(self, layer: int) -> int:
+        """The width of each cached key and value head of `layer` (and of the queries attending to them): its head_dim,
+        doubled for differential attention, plus kv_extra_dims."""
+        return self.layer_head_dim(layer) * (2 if self.differential_attention else 1) + self.kv_extra_dims
 
     def index_shape(self, layer: int) -> tuple[int, int] | None:
         """(1, index head_dim) of the indexer keys `layer` caches beside its keys and values (DeepSeek Sparse

@@ -59,7 +59,7 @@ import numpy as np
 from jaxllm import sharding, structured
 from jaxllm.models.attention import cudnn_decodes_whole, cudnn_serves, kv_format
 from jaxllm.models.mixers import index_shapes, state_shapes
-from jaxllm.models.paged_decode import cudnn_paged_fits
+from jaxllm.models.paged_decode import cudnn_paged_rows
 from jaxllm.sampling import RowParams, SamplingParams, logprob_width, step_kind
 from jaxllm.serving.steps import Counters, SlotState, call_kind
 from jaxllm.serving.steps import steps as make_steps
@@ -143,10 +143,11 @@ class Runner:
             raise ValueError(f"{num_pages} pages and {max_seqs} slots do not split over dp={self.shards}")
         self.shard_pages, self.shard_seqs = num_pages // self.shards, max_seqs // self.shards  # per dp shard
         values, scales = kv_format(kv_dtype, self.dtype)
+        # the rows per cuDNN paged decode call over a shard's pool (paged_decode.cudnn_paged_rows; 0: none fits)
+        self.cudnn_rows = cudnn_paged_rows(pool_pages(self.shard_pages, self.shard_seqs), self.shard_seqs, self.width)
         # decode_keys: cuDNN's paged call takes the whole table only from a pool of at least its width in pages (per shard);
         # from a smaller one it gathered every row's whole table each step (paged_decode's "cudnn" fallback)
-        self.whole_table = attention == "cudnn" and cudnn_decodes_whole(self.cfg, self.dtype, kv_dtype) and cudnn_paged_fits(
-            pool_pages(self.shard_pages, self.shard_seqs), self.shard_seqs, self.width)
+        self.whole_table = attention == "cudnn" and cudnn_decodes_whole(self.cfg, self.dtype, kv_dtype) and self.cudnn_rows > 0
         self.kv_dtype = (values.name, None if scales is None else scales.name)  # the pool's (values, scales) dtypes
         kv_shapes = tuple(map(self.cfg.kv_shape, range(self.cfg.num_layers)))
         # Recurrent layers' states (recurrent_rows): slot s of shard i is its row s (local)
@@ -216,7 +217,7 @@ class Runner:
         """Keys a decode call may read. cuDNN's paged kernel reads only each row's own length, so
         where it decodes every layer without a window it gets the whole table (one compile); the XLA
         form gathers what it is handed, so a model with a layer it decodes buckets (cudnn_decodes_whole), and
-        so does a pool of fewer pages than the table is wide, which that kernel does not take (cudnn_paged_fits)."""
+        so does a pool of fewer pages than the table is wide, which that kernel does not take (cudnn_rows 0)."""
         return self.width * self.page_size if self.whole_table else self.kv_bucket(reach)
 
     def table(self, pages_of_rows: list[list[int]], shards: list[int] | None = None) -> np.ndarray:
