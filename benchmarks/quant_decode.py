@@ -53,7 +53,8 @@ def main(argv=None):
             quant_kernels.HOPPER = forms != "triton"
             jax.clear_caches()
             q, _, extra = (q or "").partition("+")  # "int8+tables": quantize_embeddings too
-            r = bench.bench_jax(shape, sizes, args.dtype, skip, q or None, tables=extra == "tables")
+            r = bench.bench_jax(shape, sizes, dict(dtype=args.dtype, quantize=q or None, quantize_embeddings=extra == "tables"),
+                                skip)
             r["forms"] = forms
             gc.collect()
             base = base or r

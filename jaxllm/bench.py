@@ -49,7 +49,7 @@ from jaxllm.engine import Engine, Request
 from jaxllm.errors import ArgumentParser, JaxllmError, run_cli, size_text
 from jaxllm.loader import resolve_dtype
 from jaxllm.models import quant
-from jaxllm.models.attention import kv_cache_bytes
+from jaxllm.models.attention import check_kv_dtype, kv_cache_bytes
 from jaxllm.random_model import SHAPES, random_model
 from jaxllm.sampling import SamplingParams
 from jaxllm.sharding import make_mesh, parse_spec
@@ -170,14 +170,19 @@ def bench_prefix(model, sizes: dict) -> dict:
     return out
 
 
-def bench_jax(shape: str, sizes: dict, dtype: str, skip=(), quantize=None, mesh=None, tables: bool = False) -> dict:
-    """The sections of one shape (`tables`: quantize_embeddings with `quantize`)."""
-    model = section("random weights", lambda: jax.block_until_ready(
-        random_model(shape, dtype=dtype, mesh=mesh, quantize=quantize, quantize_embeddings=tables)))
+def build_args(args) -> dict:
+    """random_model's keywords that the command line sets (`build`, below): dtype, mesh, weights' and KV cache's formats."""
+    return dict(dtype=args.dtype, mesh=args.mesh, quantize=args.quantize, quantize_embeddings=args.quantize_embeddings,
+                kv_dtype=args.kv_dtype)
+
+
+def bench_jax(shape: str, sizes: dict, build: dict, skip=()) -> dict:
+    """The sections of one shape, its model random_model(shape, **build)."""
+    model = section("random weights", lambda: jax.block_until_ready(random_model(shape, **build)))
     cfg = model.config
     rng = np.random.default_rng(0)
     param_bytes = int(sum(quant.bytes_of(x) for x in jax.tree.leaves(model.params)))  # int4: half a byte
-    out = {"shape": shape, "param_bytes": param_bytes, "quantize": quantize, "quantize_embeddings": tables, "mesh": mesh}
+    out = {"shape": shape, "param_bytes": param_bytes, **{k: v for k, v in build.items() if k != "dtype"}}
 
     def reqs(n, prompt, new):
         p = SamplingParams(max_new_tokens=new, ignore_eos=True).resolved()
@@ -237,27 +242,27 @@ def offline_requests(cfg, sizes: dict) -> list[Request]:
             for i, (p, o) in enumerate(zip(prompts, outputs))]
 
 
-def offline_first_run(shape: str, sizes: dict, dtype: str, cache_dir: str, mesh=None, quantize=None, tables=False) -> float:
+def offline_first_run(shape: str, sizes: dict, build: dict, cache_dir: str) -> float:
     """Output tokens/s of the offline workload's first run in a fresh process (its compiles
     included; with `cache_dir` warm, loaded from the persistent cache instead)."""
     code = (
         "import json, sys, time; from jaxllm import bench; from jaxllm.runtime import use_compile_cache; "
         f"use_compile_cache({cache_dir!r}); from jaxllm.random_model import random_model; "
-        f"m = random_model({shape!r}, dtype={dtype!r}, mesh={mesh!r}, quantize={quantize!r}, quantize_embeddings={tables!r}); sizes = json.loads({json.dumps(sizes)!r}); "
+        f"m = random_model({shape!r}, **{build!r}); sizes = json.loads({json.dumps(sizes)!r}); "
         "e = bench._engine(m, sizes, sizes['offline_slots'], 2 * sizes['offline_hi'], pages=None, chunk=64); "
         "_, total, n = bench._run(e, bench.offline_requests(m.config, sizes)); print(n / total)"
     )
     return float(fresh_python(["-c", code], f"the offline workload of {shape}", 900).strip().splitlines()[-1])
 
 
-def start_time(shape: str, sizes: dict, dtype: str, cache_dir: str, mesh=None, quantize=None, tables=False) -> float:
+def start_time(shape: str, sizes: dict, build: dict, cache_dir: str) -> float:
     """Seconds for a fresh process to build the model and serve its first token."""
     code = (
         "import time; t=time.perf_counter(); from jaxllm.runtime import use_compile_cache; "
         f"use_compile_cache({cache_dir!r}); "
         "from jaxllm.random_model import random_model; from jaxllm.engine import Engine, Request; "
         "from jaxllm.sampling import SamplingParams; "
-        f"m = random_model({shape!r}, dtype={dtype!r}, mesh={mesh!r}, quantize={quantize!r}, quantize_embeddings={tables!r}); "
+        f"m = random_model({shape!r}, **{build!r}); "
         f"e = Engine(m, batch_size=1, max_len={sizes['b1_prompt'] + sizes['b1_new']}, num_pages={sizes['b1_prompt'] + sizes['b1_new']}); "
         f"p = SamplingParams(max_new_tokens=2, ignore_eos=True).resolved(); "
         f"list(e.run([Request(list(range(1, {sizes['b1_prompt'] + 1})), p)])); print(time.perf_counter()-t)"
@@ -326,6 +331,8 @@ def main(argv=None, prog: str = "python -m jaxllm.bench") -> int:
     p.add_argument("--quantize", choices=["int8", "int4"], help="quantized weights in every section but --load")
     p.add_argument("--quantize-embeddings", action="store_true",
                    help="with --quantize: the embedding and output head in int8 too")
+    p.add_argument("--kv-dtype", help="the KV cache's dtype in every section but --load and --tp: int8 or fp8 (default: "
+                                      "the model's dtype)")
     p.add_argument("--mesh", help="device mesh for every section but --tp, e.g. 'tp=2', 'dp=2' (default: one device); "
                    "with --load: also time the safetensors load onto it")
     p.add_argument("--compare", choices=["hf"], help="also run transformers on the same shapes")
@@ -409,6 +416,10 @@ def check_args(args, shapes: list[str]) -> list[int] | None:
         raise JaxllmError("--quantize-embeddings goes with --quantize int8 or int4: add --quantize")
     if load and args.quantize:
         raise JaxllmError("--quantize is not timed by --load (it loads float checkpoints): drop one of them")
+    if args.kv_dtype is not None:
+        if load:
+            raise JaxllmError("--kv-dtype is not timed by --load (it loads checkpoints, no cache): drop one of them")
+        check_kv_dtype(args.kv_dtype)
     if load:
         skip_names(args.skip, LOAD_SKIPS, "a --load step", f" (without --load: {', '.join(SECTIONS)})", load_runs(args.mesh))
     else:
@@ -453,7 +464,8 @@ def _check_mode(args, shapes: list[str], load: bool) -> None:
     if load and args.tp is not None:
         raise JaxllmError("--tp and --load are two different runs: give one of them")
     if args.tp is not None:
-        given = [flag for flag, value in (("--quantize", args.quantize), ("--mesh", args.mesh), ("--compare", args.compare),
+        given = [flag for flag, value in (("--quantize", args.quantize), ("--kv-dtype", args.kv_dtype), ("--mesh", args.mesh),
+                                          ("--compare", args.compare),
                                           ("--skip", args.skip), ("a second --shape", len(shapes) > 1)) if value]
         if given:
             them = "it" if len(given) == 1 else "them"
@@ -481,6 +493,7 @@ def _main(args) -> int:
             write_json(args.out, {**device_info(), **run_settings(args, shapes), "shape": shapes[0], "sizes": sizes, "rows": rows})
         return 0 if all(r["same_greedy_as_first"] for r in rows) else 1
     skip = skip_names(args.skip, SECTIONS, "a section")
+    build = build_args(args)
     # Subprocesses and the peer run first: once this process starts JAX on a GPU, JAX reserves
     # most of the device memory for itself.
     starts = {}
@@ -490,21 +503,21 @@ def _main(args) -> int:
         for shape in shapes:
             cache = tempfile.mkdtemp(prefix="jaxllm-cc-")
             starts[shape] = {
-                "cold_start_s": section(f"cold start {shape}", lambda: start_time(shape, sizes, args.dtype, cache, args.mesh, args.quantize, args.quantize_embeddings)),
-                "warm_start_s": section(f"warm start {shape}", lambda: start_time(shape, sizes, args.dtype, cache, args.mesh, args.quantize, args.quantize_embeddings)),
+                "cold_start_s": section(f"cold start {shape}", lambda: start_time(shape, sizes, build, cache)),
+                "warm_start_s": section(f"warm start {shape}", lambda: start_time(shape, sizes, build, cache)),
             }
             if "offline" not in skip:
                 cache = tempfile.mkdtemp(prefix="jaxllm-cc-")
                 starts[shape]["offline_fresh_cold_tokens_per_s"] = section(
-                    f"offline fresh process, cold {shape}", lambda: offline_first_run(shape, sizes, args.dtype, cache, args.mesh, args.quantize, args.quantize_embeddings))
+                    f"offline fresh process, cold {shape}", lambda: offline_first_run(shape, sizes, build, cache))
                 starts[shape]["offline_fresh_warm_tokens_per_s"] = section(
-                    f"offline fresh process, warm {shape}", lambda: offline_first_run(shape, sizes, args.dtype, cache, args.mesh, args.quantize, args.quantize_embeddings))
+                    f"offline fresh process, warm {shape}", lambda: offline_first_run(shape, sizes, build, cache))
     peer = {shape: section(f"transformers {shape}", lambda: bench_hf(shape, sizes)) for shape in shapes} if args.compare == "hf" else {}
     bandwidth, read = bandwidths()
     results = []
     for shape in shapes:
         print(f"{shape}:", file=sys.stderr, flush=True)
-        r = bench_jax(shape, sizes, args.dtype, skip, args.quantize, args.mesh, args.quantize_embeddings)
+        r = bench_jax(shape, sizes, build, skip)
         r.update(starts.get(shape, {}))
         if shape in peer:
             r["hf"] = peer[shape]

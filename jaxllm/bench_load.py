@@ -171,6 +171,7 @@ def run_settings(args, shapes: list[str]) -> dict:
             "argv": sys.argv[1:], "settings": {"shapes": shapes, "dtype": args.dtype, "quick": args.quick,
                                                "skip": sorted({n.strip() for n in args.skip.split(",")} - {""}),
                                                "quantize": args.quantize, "quantize_embeddings": args.quantize_embeddings,
+                                               "kv_dtype": args.kv_dtype,
                                                "mesh": args.mesh, "compare": args.compare, "tp": args.tp, "repeat": args.repeat}}
 
 

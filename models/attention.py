@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxllm.errors import GenerationError
-from jaxllm.models import attention_ops, kv_quant, paged_decode
+from jaxllm.models import attention_ops, kv_quant, paged_decode, paged_kernel
 from jaxllm.models.config import Alibi, ModelConfig, QueryScale
 from jaxllm.models.layers import Dense, LayerNorm, RMSNorm, param
 from jaxllm.models.rope import Rotary, apply_rotary
@@ -203,9 +203,10 @@ def cudnn_decodes_whole(cfg: ModelConfig, dtype, kv_dtype: str | None) -> bool:
     """Whether a decode call may hand every layer the whole page table (cudnn_serves models): true when each
     attention layer without a window decodes by cuDNN's paged kernel (cudnn_decode_fits, a pool in the model's
     dtype), which reads only each row's own length, so one program serves every length. Else some layer reads
-    by the XLA gather form, which reads as many keys as it is handed (an 8-bit pool, a head wider than 128,
-    soft-capping, a float32 model: every position of the table, each step), and the engine buckets the keys
-    to the rows' reach instead (Runner.decode_keys). Windowed layers read only their window's pages either way
+    by our Pallas kernel or the XLA gather form (an 8-bit pool, a head wider than 128, soft-capping, a float32
+    model): the XLA form reads as many keys as it is handed (every position of the table, each step), the kernel
+    cuts the table into splits by its width; the engine buckets the keys to the rows' reach instead
+    (Runner.decode_keys). Windowed layers read only their window's pages either way
     (paged_decode.window_table)."""
     if kv_format(kv_dtype, dtype)[0] != jnp.dtype(dtype):
         return False
@@ -213,6 +214,22 @@ def cudnn_decodes_whole(cfg: ModelConfig, dtype, kv_dtype: str | None) -> bool:
             if cfg.layer_has_mixer(layer) and not cfg.layer_is_recurrent(layer) and cfg.layer_window(layer) is None]
     return cfg.attn_softcap is None and all(
         _cudnn_takes(jnp.dtype(dtype), cfg.layer_cache_dim(layer)) for layer in full)
+
+
+def decode_kernel(impl: str, q, pool_dtype, spec: AttnSpec) -> str:
+    """The paged_decode_attention impl of one decode call: on GPUs (`impl` "cudnn", runtime.attention_impl) cuDNN's
+    paged kernel where it fits (cudnn_decode_fits: a pool in q's dtype, no window or soft-capping), else our Pallas
+    kernel where it takes the layer (models/paged_kernel.py: 8-bit pools read as stored, windows, soft-capping,
+    heads up to 256; no ALiBi), else the XLA gather form. On an H200 the kernel took Qwen3-0.6B's 64-request decode
+    with an int8 pool from 4.2k to 10.9k tokens/s and a Mistral-shaped model's 1,024-key windows from 5.5k to 11.2k
+    (docs/benchmarks.md, 2026-12-03)."""
+    if impl != "cudnn":
+        return "xla"
+    if jnp.dtype(pool_dtype) == q.dtype and cudnn_decode_fits(q, spec):
+        return "cudnn_paged"
+    if spec.alibi is None and paged_kernel.kernel_takes(q.dtype, q.shape[-1], pool_dtype):
+        return "pallas"
+    return "xla"
 
 
 def cudnn_serves(cfg: ModelConfig) -> bool:
@@ -280,8 +297,9 @@ class PagedCache:
 
     The pool's dtype is the cache's format (`kv_format`): the model's dtype, or 8-bit (int8 with
     k_scale, v_scale [N + 1, ps, K], or float8), quantized as it is written and dequantized as it
-    is read: a prefill chunk gathers its keys dequantized; decode reads the 8-bit pages with the
-    XLA form, the scales folded into its products (cuDNN's paged kernel takes only 16-bit pools).
+    is read: a prefill chunk gathers its keys dequantized; on GPUs decode reads the 8-bit pages as
+    stored by our Pallas kernel (`decode_kernel`, models/paged_kernel.py), elsewhere by the XLA
+    form, the scales folded into the products either way (cuDNN's paged kernel takes only 16-bit pools).
 
     Cascade decode (`cascade` = (shared_keys, suffix_keys, others), static): rows whose tables
     begin with the pages `shared` [S / ps] (`offsets` [B]: how many of each row's first keys those
@@ -344,7 +362,7 @@ class PagedCache:
                 lengths = jnp.where(shares, 1, lengths)  # the sharing rows' plain reads: one key
             out = paged_decode.paged_decode_attention(
                 q, new.k, new.v, self.page_table, lengths, scale=spec.scale, window=spec.window,
-                softcap=spec.softcap, impl="cudnn_paged" if fast and native else "xla", num_keys=self.num_keys,
+                softcap=spec.softcap, impl=decode_kernel(self.impl, q, new.k.dtype, spec), num_keys=self.num_keys,
                 k_scales=new.k_scale, v_scales=new.v_scale, sinks=spec.sinks, alibi=spec.alibi)
             return jnp.where(shares[:, None, None, None], both, out) if cascade else out
         start = positions[:, 0]

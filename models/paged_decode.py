@@ -9,6 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxllm.models import paged_kernel
 from jaxllm.models.attention_ops import NEG_INF, alibi_bias, cudnn_private, first_visible, gather_pages, grouped, sink_logits
 from jaxllm.models.config import Chunked
 
@@ -37,18 +38,17 @@ def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: f
       the most rows dividing B and N with N // g >= P; one block when N % B == 0 and N // B >= P),
       each block's table padded with page 0 (masked by lengths); a pool of fewer than P pages uses
       "cudnn".
-    - "pallas": jax.experimental.pallas.ops.gpu.paged_attention (Triton). Its pool layout is
-      [K, N, ps, D], so ours is transposed on every call here (a full pool copy: an engine that
-      picks this kernel should store that layout and call `pallas_paged_decode` directly).
+    - "pallas": our Pallas (Triton) kernel over the pool as stored (models/paged_kernel.py): any
+      pool dtype, an 8-bit one converted in the kernel; windows, soft-capping and sinks; 16-bit
+      queries and a power-of-two head size on a GPU (`paged_kernel.kernel_takes`).
     The caller chooses (jaxllm.runtime decides the platform's kernels; nothing here probes it);
-    cuDNN choices fall back to "xla" for a window or soft-capping, and every choice for attention
-    sinks (`sinks` [H]: a logit per query head in the softmax's denominator, `with_sinks`) and
-    for ALiBi (`alibi`: attention_ops.alibi_bias on the scores; cuDNN's paged kernel and Pallas's
-    take no bias).
+    cuDNN choices fall back to "xla" for a window or soft-capping, cuDNN's for attention sinks
+    (`sinks` [H]: a logit per query head in the softmax's denominator, `with_sinks`), and every
+    choice for ALiBi (`alibi`: attention_ops.alibi_bias on the scores; no kernel here takes a bias).
 
     Measured on an H100 (jax 0.11.2, cuDNN 9.19, 2026-11-28; one layer, Qwen3-0.6B shape H=16,
     K=8, D=128, bf16, us per call in a chain of 100): batch 64 x 1k context: cudnn_paged
-    97-101 (any page size 16-128), pallas (pool already [K, N, ps, D]) 141-162, cudnn (gather)
+    97-101 (any page size 16-128), jax's Pallas kernel (pool in its [K, N, ps, D]) 141-162, cudnn (gather)
     285, xla 340. Batch 1: 1k context pallas 14-16, xla 19, cudnn_paged 28-42, cudnn 30-33;
     8k context cudnn_paged 29-40, pallas 30 (ps 16/32), cudnn 54, xla 55-56. Batch 64 x 8k was
     not measured (out of device time). See benchmarks/attention_probe.py.
@@ -57,6 +57,12 @@ def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: f
     n, ps, kv, _ = k_pages.shape
     p = page_table.shape[1]
     lengths = jnp.asarray(lengths, jnp.int32)
+    if impl == "pallas" and alibi is None:
+        table, first = window_table(page_table, lengths, window, ps, num_keys)
+        lo = None if window is None else jnp.maximum(first_visible(lengths - 1, window), 0)
+        out, lse = paged_kernel.pool_decode(q, k_pages, v_pages, table, lengths, lo, first, k_scales, v_scales,
+                                            scale=scale, softcap=softcap, interpret=interpret)
+        return with_sinks(out, lse, sinks).reshape(b, 1, h, d).astype(q.dtype)
     if k_pages.dtype.itemsize == 1:
         table, first = window_table(page_table, lengths, window, ps, num_keys)
         keys, values = gather_pages(k_pages, table), gather_pages(v_pages, table)
@@ -73,12 +79,6 @@ def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: f
             impl = "cudnn"
         else:
             return _cudnn_paged(q, k_pages, v_pages, page_table[:, :need], lengths, scale)
-    if impl == "pallas":
-        if num_keys is not None:
-            page_table = page_table[:, :-(-num_keys // ps)]
-        kt, vt = jnp.transpose(k_pages, (2, 0, 1, 3)), jnp.transpose(v_pages, (2, 0, 1, 3))
-        return pallas_paged_decode(q, kt, vt, page_table, lengths, scale=scale, softcap=softcap,
-                                   interpret=interpret)
     if impl == "cudnn":
         keys, values = gather_pages(k_pages, page_table, num_keys), gather_pages(v_pages, page_table, num_keys)
         return jax.nn.dot_product_attention(q, keys, values, scale=scale, key_value_seq_lengths=lengths,
@@ -305,32 +305,3 @@ def _cudnn_paged(q, k_pages, v_pages, page_table, lengths, scale, residual: bool
     if residual:
         return tuple(jnp.concatenate(xs, axis=0) for xs in zip(*parts))
     return jnp.concatenate(parts, axis=0)
-
-
-def _largest_divisor(n: int, cap: int) -> int:
-    for c in range(min(n, cap), 0, -1):
-        if n % c == 0:
-            return c
-    return 1
-
-
-def pallas_paged_decode(q, k_pages, v_pages, page_table, lengths, *, scale: float,
-                        softcap: float | None = None, k_splits: int = 16,
-                        pages_per_compute_block: int = 8, interpret: bool = False):
-    """jax.experimental.pallas.ops.gpu.paged_attention over a pool in ITS layout
-    k_pages, v_pages [K, N, ps, D]. q [B, 1, H, D] -> [B, 1, H, D]. The kernel has no scale
-    (q is pre-scaled, in q's dtype) and no window; it pads each kv group's G query heads to
-    16 rows. k_splits / pages_per_compute_block are cut down to divisors of the table width."""
-    from jax.experimental.pallas.ops.gpu import paged_attention as ppa
-    b, _, h, d = q.shape
-    p = page_table.shape[1]
-    ps = k_pages.shape[2]
-    splits = _largest_divisor(p, k_splits)
-    # keep a compute block at <= 256 keys: 8 pages of 64 (or 128) overflowed the H100's shared
-    # memory (282,624 > 232,448 bytes) in jax 0.11.2
-    per_block = _largest_divisor(p // splits, max(1, min(pages_per_compute_block, 256 // ps)))
-    qs = (q[:, 0].astype(jnp.float32) * scale).astype(q.dtype)
-    out = ppa.paged_attention(qs, k_pages, v_pages, page_table.astype(jnp.int32), lengths.astype(jnp.int32),
-                              k_splits=splits, pages_per_compute_block=per_block,
-                              attn_logits_soft_cap=softcap, interpret=interpret)
-    return out[:, None].astype(q.dtype)

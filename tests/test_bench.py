@@ -79,6 +79,9 @@ def test_load_section_runs_and_reports(tmp_path, capsys):
     (["--load-dir", "/tmp"], "--load-dir goes with --load: add --load, or drop --load-dir"),
     (["--repeat", "3", "--load-dir", "/tmp"], "--load-dir, --repeat go with --load"),
     (["--load", "--quantize", "int8"], "--quantize is not timed by --load"),
+    (["--kv-dtype", "int9"], "kv_dtype must be one of None, 'int8', 'fp8'"),
+    (["--load", "--kv-dtype", "int8"], "--kv-dtype is not timed by --load"),
+    (["--tp", "1", "--kv-dtype", "int8"], "--kv-dtype does not apply to --tp"),
     (["--compare", "hf"], "--compare hf times transformers on a CUDA GPU"),  # this CPU's torch has no CUDA
     (["--shape", "tiny", "--shape", "gpt-9"], "unknown shape 'gpt-9': use one of "),
     (["--tp", "1", "--quantize", "int8", "--skip", "b1"], "--quantize, --skip do not apply to --tp (batch-1 decode"),
@@ -195,7 +198,8 @@ def test_report_labels_units_and_records_the_run(result, shown, tmp_path, monkey
     assert "nan" not in text.lower() and "inf" not in text.lower(), text  # the table, and the JSON line of each shape
     report = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
     assert report["settings"] == {"shapes": ["tiny"], "dtype": "float32", "quick": True, "skip": ["long", "start"], "quantize": None,
-                                  "quantize_embeddings": False, "mesh": None, "compare": None, "tp": None, "repeat": 2}
+                                  "quantize_embeddings": False, "kv_dtype": None, "mesh": None, "compare": None, "tp": None,
+                                  "repeat": 2}
     assert report["device"] and report["platform"] == "cpu" and report["jax"] and report["date"][:2] == "20" and report["sizes"]["bN"] == 2
     (r,) = report["results"]
     assert all(r.get(k) is None for k in ("bN_tokens_per_s", "ttft_s")), r
