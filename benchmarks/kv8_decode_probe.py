@@ -4,7 +4,7 @@ as stored) against the XLA gather form it replaces and against cuDNN's paged ker
     XLA_FLAGS=--xla_gpu_enable_triton_gemm=false python benchmarks/kv8_decode_probe.py [layer] [engine=A,B,..] [--tiny]
 
 check: the kernel against the XLA form on heads of 256 with soft-capping, float8 and int8 pools, windows and sinks.
-layer: one layer's decode call (H, K, D of Qwen3-0.6B and Llama-3-8B), microseconds per call in a chain of 20,
+layer[=mixed]: one layer's decode call (H, K, D of Qwen3-0.6B and Llama-3-8B), microseconds per call in a chain of 20,
        the kernel's tilings swept; numerics against the XLA form.
 engine=A,B: whole models in jaxllm.Engine (VARIANTS: shape, KV dtype, which kernel decodes), 64 requests of 512 + 128
        tokens, first and steady tokens/s, same process; greedy agreement of the kernel's and the XLA form's tokens.
@@ -56,12 +56,16 @@ def timed(fn, *args, reps=20):
     return statistics.median(times)
 
 
-def layer_section():
+def layer_section(mixed=False):
+    """mixed: the offline bench's decode calls instead, 256 rows of which 40% are done (length 1) and the rest hold
+    100..2047 keys, over a table of 2,048 positions."""
     shapes = {"qwen3-0.6b": (16, 8, 128), "llama3-8b": (32, 8, 128)}
     cases = [("qwen3-0.6b", 64, 1024), ("qwen3-0.6b", 256, 1024), ("qwen3-0.6b", 64, 4096), ("qwen3-0.6b", 1, 1024),
              ("qwen3-0.6b", 1, 8192), ("llama3-8b", 64, 1024)]
     tilings = [(p, w, s) for p in (4, 8, 16) for w in (4, 8) for s in (2, 3)]
     ps = 16
+    if mixed:
+        cases, tilings = [("qwen3-0.6b", 256, 2048)], [(p, w, s) for p in (2, 4, 8) for w in (4, 8) for s in (2, 3)]
     if TINY:
         shapes, cases, tilings, ps = {"tiny": (4, 2, 16)}, [("tiny", 2, 64)], [(2, 4, 2)], 4
     for name, b, ctx in cases:
@@ -78,6 +82,9 @@ def layer_section():
         q = jax.random.normal(k3, (b, 1, h, d), jnp.float32).astype(jnp.bfloat16)
         table = jax.random.permutation(k4, n - 8)[: b * cols].reshape(b, cols).astype(jnp.int32)
         lengths = jnp.full((b,), ctx, jnp.int32) - jnp.arange(b, dtype=jnp.int32) % 7
+        if mixed:
+            r = np.random.default_rng(0)
+            lengths = jnp.asarray(np.where(r.random(b) < 0.4, 1, r.integers(min(100, ctx // 2), ctx, b)), jnp.int32)
         (k8, ks), (v8, vs) = (kv_quant.quantize_kv(x, jnp.int8, jnp.bfloat16) for x in (k, v))
         scale = d ** -0.5
         interp = dict(interpret=True) if TINY else {}
@@ -118,7 +125,7 @@ def layer_section():
             except Exception as err:  # noqa: BLE001
                 log(f"  int8 kernel {tiling}: failed {type(err).__name__}: {str(err)[:300]}")
         if best:
-            for programs in (128, 1024):
+            for programs in (128, 1024) + ((2048, 4096) if mixed else ()):
                 f = functools.partial(ker, tiling=best[1], programs=programs)
                 log(f"  best {best[1]} programs={programs}: {timed(f, q, k8, v8, table, lengths, ks, vs):.1f} us")
 
@@ -239,8 +246,8 @@ if __name__ == "__main__":
     names = [a for a in sys.argv[1:] if not a.startswith("--")] or ["layer", "engine=bf16,int8,int8-before"]
     if "check" in names:
         check_section()
-    if "layer" in names:
-        layer_section()
+    if "layer" in names or "layer=mixed" in names:
+        layer_section(mixed="layer=mixed" in names)
     for name in names:
         if name.startswith("engine="):
             engine_section(name.split("=", 1)[1].split(","))

@@ -55,6 +55,7 @@ VARIANTS = {
     "tp-ll128": (BASE_FLAGS + " --xla_gpu_unsupported_use_all_reduce_one_shot_kernel=false" + SYNC, {}, {"NCCL_PROTO": "LL128"}),
     "int8": (BASE_FLAGS, {"quantize": "int8"}),
     "int4": (BASE_FLAGS, {"quantize": "int4"}),
+    "kv-int8": (BASE_FLAGS, {"kv_dtype": "int8"}),
     "graphs": BASE_FLAGS + " --xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
     " --xla_gpu_graph_min_graph_size=1",
 }
@@ -71,9 +72,10 @@ def child(shape: str, batch: int, prompt: int, new: int, trace_dir: str, engine_
     from jaxllm.sampling import SamplingParams
     from jaxllm.sharding import make_mesh
 
-    spec, quantize = engine_kw.pop("mesh", None), engine_kw.pop("quantize", None)
+    spec, quantize, kv_dtype = (engine_kw.pop(k, None) for k in ("mesh", "quantize", "kv_dtype"))
     mesh = make_mesh(spec, devices=jax.devices()[: math.prod(int(a.split("=")[1]) for a in spec.split(","))]) if spec else None
-    model = jax.block_until_ready(random_model(shape, dtype="bfloat16", mesh=mesh, quantize=quantize))
+    model = jax.block_until_ready(random_model(shape, dtype="bfloat16", mesh=mesh, quantize=quantize,
+                                                   kv_dtype=kv_dtype))
     rng = np.random.default_rng(0)
     p = SamplingParams(max_new_tokens=new, ignore_eos=True).resolved()
     engine = Engine(model, batch_size=batch, max_len=prompt + new, chunk=64, **engine_kw)

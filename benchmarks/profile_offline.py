@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="qwen3-0.6b")
+    ap.add_argument("--kv-dtype", default=None, help="int8 or fp8 (default: the model's dtype)")
     ap.add_argument("--out", default="offline_profile.json")
     ap.add_argument("--trace-dir", default="/tmp/jaxllm-offline-trace")
     args = ap.parse_args()
@@ -30,7 +31,7 @@ def main():
     from jaxllm import bench
     from jaxllm.random_model import random_model
 
-    model = jax.block_until_ready(random_model(args.shape, dtype="bfloat16"))
+    model = jax.block_until_ready(random_model(args.shape, dtype="bfloat16", kv_dtype=args.kv_dtype))
     sizes = bench._sizes(False)
     engine = bench._engine(model, sizes, sizes["offline_slots"], 2 * sizes["offline_hi"], pages=None, chunk=64)
     requests = bench.offline_requests(model.config, sizes)
@@ -55,7 +56,7 @@ def main():
     jax.profiler.start_trace(args.trace_dir)
     _, total, n = bench._run(engine, requests)
     jax.profiler.stop_trace()
-    out = {"shape": args.shape, "tokens_per_s": n / total, "wall_s": total, "tokens": n, **calls,
+    out = {"shape": args.shape, "kv_dtype": args.kv_dtype, "tokens_per_s": n / total, "wall_s": total, "tokens": n, **calls,
            "mean_active_rows": calls["active_row_steps"] / max(calls["decode_steps"], 1)}
     summary = summarise(args.trace_dir, 1.0)  # per run, not per step
     out.update(busy_s=summary["busy_us_per_step"] / 1e6, span_s=summary["span_us_per_step"] / 1e6,

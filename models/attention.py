@@ -418,8 +418,9 @@ class PagedCache:
             return LayerCache(put(cache.k, k), put(cache.v, v))
         if cache.k_scale is None:  # float8
             return LayerCache(*(put(pool, kv_quant.quantize_kv(x, pool.dtype)[0]) for pool, x in ((cache.k, k), (cache.v, v))))
-        kq, ks = kv_quant.quantize_kv(kv_quant.rotate(k.astype(jnp.float32)), jnp.int8, cache.k_scale.dtype)
-        vq, vs = kv_quant.quantize_kv(kv_quant.rotate(v.astype(jnp.float32)), jnp.int8, cache.v_scale.dtype)
+        # keys and values rotated by one product, not two (each a kernel launch per layer and step), kept in float32
+        (kq, vq), (ks, vs) = kv_quant.quantize_kv(kv_quant.rotate(jnp.stack([k, v]), jnp.float32), jnp.int8,
+                                                  cache.k_scale.dtype)
         return LayerCache(put(cache.k, kq), put(cache.v, vq), put(cache.k_scale, ks), put(cache.v_scale, vs))
 
     def _put(self, pool_pages: tuple[int, int], positions):

@@ -57,8 +57,11 @@ def test_int8_error_is_within_half_a_step_of_each_token_and_head():
         assert (back[0, 0, 0] == 0).all() and np.abs(np.asarray(q)).max() == 127
     # int8 keys and values are stored rotated (outlier channels spread over the head), queries
     # turned alike and outputs turned back: an orthogonal map, its own inverse, of any head size
-    for d in (64, 96):
+    for d in (64, 96, 128, 80):
         a = rng.standard_normal((5, d)).astype(np.float32)
+        h = kv_quant._rotation(d)  # the map's matrix: orthogonal and symmetric, the butterflies compute its product
+        np.testing.assert_allclose(h @ h, np.eye(d), atol=1e-6)
+        np.testing.assert_allclose(np.asarray(kv_quant.rotate(jnp.asarray(a))), a @ h, atol=1e-5)
         np.testing.assert_allclose(np.asarray(kv_quant.rotate(kv_quant.rotate(jnp.asarray(a)))), a, atol=1e-5)
         np.testing.assert_allclose(np.linalg.norm(np.asarray(kv_quant.rotate(jnp.asarray(a))), axis=-1),
                                    np.linalg.norm(a, axis=-1), rtol=1e-5)
