@@ -3,6 +3,7 @@ as stored) against the XLA gather form it replaces and against cuDNN's paged ker
 
     XLA_FLAGS=--xla_gpu_enable_triton_gemm=false python benchmarks/kv8_decode_probe.py [layer] [engine=A,B,..] [--tiny]
 
+big: a pool of more than 2**31 elements (do the kernel's offsets wrap?).
 check: the kernel against the XLA form on heads of 256 with soft-capping, float8 and int8 pools, windows and sinks.
 layer[=mixed]: one layer's decode call (H, K, D of Qwen3-0.6B and Llama-3-8B), microseconds per call in a chain of 20,
        the kernel's tilings swept; numerics against the XLA form.
@@ -155,16 +156,39 @@ def check_section():
         log(f"check {name}: max diff kernel vs xla {diff:.4f} (largest |out| {float(jnp.max(jnp.abs(want))):.3f})")
 
 
+def big_section():
+    """A pool of more than 2**31 elements (int8, 140,000 pages of 16 x 8 x 128; a small model's pool on a large GPU):
+    the kernel's 32-bit page offsets wrapped there (CUDA_ERROR_ILLEGAL_ADDRESS, 2026-12-03), so `decode_kernel` sends
+    such a pool to the XLA form. Checks that route against the kernel over a small pool holding the same pages."""
+    n, ps, kv, d, h = (40, 4, 2, 16, 4) if TINY else (140_000, 16, 8, 128, 16)
+    key = jax.random.split(jax.random.PRNGKey(7), 4)
+    k = jax.random.randint(key[0], (n, ps, kv, d), -127, 128, jnp.int32).astype(jnp.int8)
+    v = jax.random.randint(key[1], (n, ps, kv, d), -127, 128, jnp.int32).astype(jnp.int8)
+    ks = vs = jnp.full((n, ps, kv), 0.01, jnp.bfloat16)
+    q = jax.random.normal(key[2], (2, 1, h, d), jnp.float32).astype(jnp.bfloat16)
+    table = jnp.stack([jnp.arange(n - 8, n, dtype=jnp.int32), jnp.arange(8, dtype=jnp.int32)])
+    lengths = jnp.full((2,), 8 * ps, jnp.int32)
+    impl = attention.decode_kernel("cudnn", q, k, attention.AttnSpec(scale=d ** -0.5))
+    got = jax.jit(functools.partial(pd.paged_decode_attention, scale=d ** -0.5, impl=impl, interpret=TINY))(
+        q, k, v, table, lengths, k_scales=ks, v_scales=vs)
+    pages = table.reshape(-1)  # the same pages as a small pool, read by the kernel
+    small = jnp.arange(16, dtype=jnp.int32).reshape(2, 8)
+    want = jax.jit(functools.partial(pd.paged_decode_attention, scale=d ** -0.5, impl="pallas", interpret=TINY))(
+        q, k[pages], v[pages], small, lengths, k_scales=ks[pages], v_scales=vs[pages])
+    diff = jnp.max(jnp.abs(got.astype(jnp.float32) - want.astype(jnp.float32)), axis=(1, 2, 3))
+    log(f"big pool ({n * ps * kv * d / 2**31:.2f} x 2**31 elements) decoded by {impl!r}: max diff against the kernel "
+        f"over a small pool, row of the last pages {float(diff[0]):.4f}, row of the first {float(diff[1]):.4f}")
+
+
 def _choosers():
     plain = attention.decode_kernel
 
-    def xla_for_8bit(impl, q, pool_dtype, spec):  # the code before the kernel
-        return "xla" if jnp.dtype(pool_dtype).itemsize == 1 else plain(impl, q, pool_dtype, spec)
+    def xla_for_8bit(impl, q, pool, spec):  # the code before the kernel
+        return "xla" if jnp.dtype(pool.dtype).itemsize == 1 else plain(impl, q, pool, spec)
 
-    def kernel_for_16bit_too(impl, q, pool_dtype, spec):  # the kernel also where cuDNN's does not fit
-        got = plain(impl, q, pool_dtype, spec)
-        if got == "xla" and impl == "cudnn" and spec.alibi is None and paged_kernel.kernel_takes(
-                q.dtype, q.shape[-1], pool_dtype):
+    def kernel_for_16bit_too(impl, q, pool, spec):  # the kernel also where cuDNN's does not fit
+        got = plain(impl, q, pool, spec)
+        if got == "xla" and impl == "cudnn" and spec.alibi is None and paged_kernel.kernel_takes(q.dtype, q.shape[-1], pool):
             return "pallas"
         return got
     return dict(plain=plain, xla8=xla_for_8bit, all16=kernel_for_16bit_too)
@@ -246,6 +270,8 @@ if __name__ == "__main__":
     names = [a for a in sys.argv[1:] if not a.startswith("--")] or ["layer", "engine=bf16,int8,int8-before"]
     if "check" in names:
         check_section()
+    if "big" in names:
+        big_section()
     if "layer" in names or "layer=mixed" in names:
         layer_section(mixed="layer=mixed" in names)
     for name in names:

@@ -216,18 +216,19 @@ def cudnn_decodes_whole(cfg: ModelConfig, dtype, kv_dtype: str | None) -> bool:
         _cudnn_takes(jnp.dtype(dtype), cfg.layer_cache_dim(layer)) for layer in full)
 
 
-def decode_kernel(impl: str, q, pool_dtype, spec: AttnSpec) -> str:
+def decode_kernel(impl: str, q, pool, spec: AttnSpec) -> str:
     """The paged_decode_attention impl of one decode call: on GPUs (`impl` "cudnn", runtime.attention_impl) cuDNN's
     paged kernel where it fits (cudnn_decode_fits: a pool in q's dtype, no window or soft-capping), else our Pallas
     kernel where it takes the layer (models/paged_kernel.py: 8-bit pools read as stored, windows, soft-capping,
-    heads up to 256; no ALiBi), else the XLA gather form. On an H200 the kernel took Qwen3-0.6B's 64-request decode
+    heads up to 256, pools of fewer than 2**31 elements; no ALiBi), else the XLA gather form. `pool`: the layer's keys
+    [N, ps, K, D] (an array or its ShapeDtypeStruct). On an H200 the kernel took Qwen3-0.6B's 64-request decode
     with an int8 pool from 4.2k to 10.9k tokens/s and a Mistral-shaped model's 1,024-key windows from 5.5k to 11.2k
     (docs/benchmarks.md, 2026-12-03)."""
     if impl != "cudnn":
         return "xla"
-    if jnp.dtype(pool_dtype) == q.dtype and cudnn_decode_fits(q, spec):
+    if jnp.dtype(pool.dtype) == q.dtype and cudnn_decode_fits(q, spec):
         return "cudnn_paged"
-    if spec.alibi is None and paged_kernel.kernel_takes(q.dtype, q.shape[-1], pool_dtype):
+    if spec.alibi is None and paged_kernel.kernel_takes(q.dtype, q.shape[-1], pool):
         return "pallas"
     return "xla"
 
@@ -362,7 +363,7 @@ class PagedCache:
                 lengths = jnp.where(shares, 1, lengths)  # the sharing rows' plain reads: one key
             out = paged_decode.paged_decode_attention(
                 q, new.k, new.v, self.page_table, lengths, scale=spec.scale, window=spec.window,
-                softcap=spec.softcap, impl=decode_kernel(self.impl, q, new.k.dtype, spec), num_keys=self.num_keys,
+                softcap=spec.softcap, impl=decode_kernel(self.impl, q, new.k, spec), num_keys=self.num_keys,
                 k_scales=new.k_scale, v_scales=new.v_scale, sinks=spec.sinks, alibi=spec.alibi)
             return jnp.where(shares[:, None, None, None], both, out) if cascade else out
         start = positions[:, 0]

@@ -12,6 +12,7 @@ call by their log-sum-exps. Runs in interpret mode on a CPU (tests/test_attentio
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -73,13 +74,19 @@ def _kernel(info_ref, table_ref, q_ref, k_ref, v_ref, *rest, ps: int, pages: int
     m_ref[...] = m
 
 
-def kernel_takes(dtype, head_dim: int, pool_dtype) -> bool:
-    """Whether the kernel runs on a GPU for queries of `dtype` and a pool of `pool_dtype`: 16-bit queries (its products
-    are 16-bit tensor-core ones), a head size that is a power of two from 16 to 256 (Triton's tiles), and a pool of
-    int8, float8 or the queries' own dtype."""
-    pool_dtype = jnp.dtype(pool_dtype)
+# The kernel addresses a pool in 32-bit element offsets (page * ps * K * D + ...): a pool of more elements wrapped
+# and read out of bounds (CUDA_ERROR_ILLEGAL_ADDRESS on an H200 with an int8 pool of 140,000 pages of 16 x 8 x 128,
+# 1.07 x 2**31 elements, 2026-12-03; benchmarks/kv8_decode_probe.py big).
+MAX_POOL_ELEMENTS = 2**31
+
+
+def kernel_takes(dtype, head_dim: int, pool) -> bool:
+    """Whether the kernel runs on a GPU for queries of `dtype` over `pool` (an array or its ShapeDtypeStruct, [N, ps,
+    K, D]): 16-bit queries (its products are 16-bit tensor-core ones), a head size that is a power of two from 16 to
+    256 (Triton's tiles), a pool of int8, float8 or the queries' own dtype, of fewer than MAX_POOL_ELEMENTS."""
+    pool_dtype = jnp.dtype(pool.dtype)
     return (jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and 16 <= head_dim <= 256 and head_dim & (head_dim - 1) == 0
-            and (pool_dtype.itemsize == 1 or pool_dtype == jnp.dtype(dtype)))
+            and (pool_dtype.itemsize == 1 or pool_dtype == jnp.dtype(dtype)) and math.prod(pool.shape) < MAX_POOL_ELEMENTS)
 
 
 def _splits(rows: int, columns: int, pages: int, programs: int) -> int:
@@ -101,6 +108,10 @@ def pool_decode(q, k_pages, v_pages, page_table, hi, lo=None, first=None, k_scal
     two); `programs`: the (row, kv head, split) programs aimed at."""
     b, _, h, d = q.shape
     n, ps, kv, _ = k_pages.shape
+    if math.prod(k_pages.shape) >= MAX_POOL_ELEMENTS:
+        raise ValueError(f"a pool of {n} pages of {ps} x {kv} x {d} is {math.prod(k_pages.shape):,} elements, more than "
+                         f"the kernel's 32-bit offsets address (2**31): decode it with paged_decode_attention's impl "
+                         f"'xla', or use fewer pages")
     groups = h // kv
     gp = max(16, 1 << (groups - 1).bit_length())
     pages = max(1, min(pages, 1 << (page_table.shape[1] - 1).bit_length()))

@@ -553,9 +553,18 @@ def test_decode_hands_cudnn_the_whole_table_only_where_it_decodes_every_full_lay
     ("cudnn", "bfloat16", "bfloat16", 256, {}, "pallas"),  # a head wider than cuDNN's 128
     ("cudnn", "float16", "bfloat16", 128, {}, "xla"),  # a pool in another 16-bit dtype
     ("xla", "bfloat16", "int8", 128, {}, "xla"),  # not a GPU
+    ("cudnn", "bfloat16", "int8", 128, dict(pages=2**17), "xla"),  # 2**31 elements: past the kernel's 32-bit offsets
+    ("cudnn", "bfloat16", "int8", 128, dict(pages=2**17 - 1), "pallas"),
+    ("cudnn", "bfloat16", "bfloat16", 128, dict(pages=2**17, window=8), "xla"),
 ])
 def test_decode_kernel_choice(impl, dtype, pool, head, spec, want):
     """Which kernel one decode call takes on GPUs: cuDNN's paged kernel where it fits, our Pallas kernel for 8-bit pools,
     windows and wide heads (the XLA form gathered and widened the pages: 2-2.6x slower in the engine), else XLA."""
     q = jax.ShapeDtypeStruct((2, 1, 4, head), jnp.dtype(dtype))
-    assert attention.decode_kernel(impl, q, jnp.dtype(pool), attention.AttnSpec(scale=0.1, **spec)) == want
+    spec = dict(spec)
+    pool = jax.ShapeDtypeStruct((spec.pop("pages", 64), 16, 8, head), jnp.dtype(pool))
+    assert attention.decode_kernel(impl, q, pool, attention.AttnSpec(scale=0.1, **spec)) == want
+    if pool.size >= 2**31:  # called directly, the kernel refuses such a pool in one line
+        with pytest.raises(ValueError, match=r"^a pool of 131072 pages of 16 x 8 x 128 is 2,147,483,648 elements, more"):
+            jax.eval_shape(functools.partial(paged_kernel.pool_decode, scale=0.1), jax.ShapeDtypeStruct((2, 1, 16, head), q.dtype),
+                           pool, pool, jax.ShapeDtypeStruct((2, 4), jnp.int32), jax.ShapeDtypeStruct((2,), jnp.int32))
