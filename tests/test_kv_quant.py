@@ -59,7 +59,7 @@ def test_int8_error_is_within_half_a_step_of_each_token_and_head():
     # turned alike and outputs turned back: an orthogonal map, its own inverse, of any head size
     for d in (64, 96, 128, 80):
         a = rng.standard_normal((5, d)).astype(np.float32)
-        h = kv_quant._rotation(d)  # the map's matrix: orthogonal and symmetric, the butterflies compute its product
+        h = kv_quant._rotation(d)  # the map's matrix: orthogonal and symmetric; rotate is the product with it
         np.testing.assert_allclose(h @ h, np.eye(d), atol=1e-6)
         np.testing.assert_allclose(np.asarray(kv_quant.rotate(jnp.asarray(a))), a @ h, atol=1e-5)
         np.testing.assert_allclose(np.asarray(kv_quant.rotate(kv_quant.rotate(jnp.asarray(a)))), a, atol=1e-5)
