@@ -5,8 +5,8 @@ kernel, so an 8-bit cache is read at its own size instead of gathered, transpose
 One program per (row, kv head, split of the row's table): its query heads (padded to 16, the tensor cores'
 smallest tile) against blocks of `pages` pages at a time, with an online softmax over the positions the row
 sees (lo <= position < hi, so sliding windows and chunked attention are masks), stopping at the row's own
-length: a table wider than the row costs nothing past it. The splits' partial results are merged after the
-call by their log-sum-exps. Runs in interpret mode on a CPU (tests/test_attention_ops.py).
+length: a table wider than the row costs nothing past it; the next block's pages are loaded while this one is
+computed (`prefetch`). The splits' partial results are merged after the call by their log-sum-exps. Runs in interpret mode on a CPU (tests/test_attention_ops.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ _FLOOR = -1e30  # the running maximum before any key: finite, so empty splits me
 
 
 def _kernel(info_ref, table_ref, q_ref, k_ref, v_ref, *rest, ps: int, pages: int, scale: float,
-            softcap: float | None, scaled: bool):
+            softcap: float | None, scaled: bool, prefetch: int):
     """info_ref [4] int32: (hi, lo, first, 0) of this row: it sees positions lo <= p < hi, and its table's
     column c holds positions first + c * ps ..; table_ref [per_split] this split's columns; q_ref [G, D];
     k_ref, v_ref [N, ps, D] this kv head's pool; (ks_ref, vs_ref [N, ps] its scales;) outputs o [G, D]
@@ -44,18 +44,27 @@ def _kernel(info_ref, table_ref, q_ref, k_ref, v_ref, *rest, ps: int, pages: int
     j0 = jnp.maximum(start, 0) // pages
     j1 = jnp.minimum(pl.cdiv(jnp.maximum(stop, 0), pages), per_split // pages)
     q = q_ref[...]
+    column = lax.broadcasted_iota(jnp.int32, (1, block), 1)
 
-    def body(j, carry):
-        o, den, m = carry
-        ids = table_ref[pl.ds(j * pages, pages)]
-        k = k_ref[ids].reshape(block, d)
-        v = v_ref[ids].reshape(block, d)
+    last = per_split // pages - 1
+
+    def ids_of(j):  # block j's page ids (a block past the split's last reads the last again: in bounds, unused)
+        return table_ref[pl.ds(jnp.minimum(j, last) * pages, pages)]
+
+    def tiles(ids):  # the block's keys and values as stored (and their scales)
+        got = [k_ref[ids].reshape(block, d), v_ref[ids].reshape(block, d)]
+        if scaled:
+            got += [ks_ref[ids].reshape(1, block), vs_ref[ids].reshape(1, block)]
+        return tuple(got)
+
+    def step(j, tile, o, den, m):
+        k, v = tile[:2]
         s = plgpu.dot(q, k.astype(q.dtype), trans_b=True).astype(jnp.float32) * scale  # [G, block]
         if scaled:
-            s = s * ks_ref[ids].reshape(1, block).astype(jnp.float32)
+            s = s * tile[2].astype(jnp.float32)
         if softcap is not None:
             s = jnp.tanh(s / softcap) * softcap
-        pos = first + (col0 + j * pages) * ps + lax.broadcasted_iota(jnp.int32, (1, block), 1)
+        pos = first + (col0 + j * pages) * ps + column
         seen = (pos < hi) & (pos >= lo)
         s = jnp.where(seen, s, _FLOOR)
         m_new = jnp.maximum(m, jnp.max(s, axis=1))
@@ -63,12 +72,24 @@ def _kernel(info_ref, table_ref, q_ref, k_ref, v_ref, *rest, ps: int, pages: int
         p = jnp.where(seen, jnp.exp(s - m_new[:, None]), 0.0)
         den = den * corr + jnp.sum(p, axis=1)
         if scaled:
-            p = p * vs_ref[ids].reshape(1, block).astype(jnp.float32)
+            p = p * tile[3].astype(jnp.float32)
         o = o * corr[:, None] + plgpu.dot(p.astype(q.dtype), v.astype(q.dtype)).astype(jnp.float32)
         return o, den, m_new
 
     init = (jnp.zeros((g, d), jnp.float32), jnp.zeros((g,), jnp.float32), jnp.full((g,), _FLOOR, jnp.float32))
-    o, den, m = lax.fori_loop(j0, jnp.maximum(j1, j0), body, init)
+    if prefetch:  # blocks j + 1 .. j + prefetch are loaded (and the next one's ids) before block j is computed
+        def body(j, carry):
+            o, den, m, ids, *ahead = carry
+            ahead.append(tiles(ids))
+            return (*step(j, ahead[0], o, den, m), ids_of(j + prefetch + 1), *ahead[1:])
+
+        ahead = [tiles(ids_of(j0 + i)) for i in range(prefetch)]
+        o, den, m, *_ = lax.fori_loop(j0, jnp.maximum(j1, j0), body, (*init, ids_of(j0 + prefetch), *ahead))
+    else:
+        def body(j, carry):
+            return step(j, tiles(ids_of(j)), *carry)
+
+        o, den, m = lax.fori_loop(j0, jnp.maximum(j1, j0), body, init)
     o_ref[...] = o
     l_ref[...] = den
     m_ref[...] = m
@@ -78,6 +99,14 @@ def _kernel(info_ref, table_ref, q_ref, k_ref, v_ref, *rest, ps: int, pages: int
 # and read out of bounds (CUDA_ERROR_ILLEGAL_ADDRESS on an H200 with an int8 pool of 140,000 pages of 16 x 8 x 128,
 # 1.07 x 2**31 elements, 2026-12-03; benchmarks/kv8_decode_probe.py big).
 MAX_POOL_ELEMENTS = 2**31
+
+
+# Loading the next block while this one computes (`prefetch`) is what Triton's own pipelining (num_stages) did not
+# do here: the loads go through the table, and 2-4 stages ran no faster than 1. Measured on an H200, one layer, us a
+# call (benchmarks/kv8_decode_probe.py layer=mixed / layer=dims, 2026-12-03): Qwen3-0.6B's 256 offline-like rows int8
+# 329 -> 265 (bf16 405 -> 333), D=256 int8 64 rows 100 either way; but a block of 32 KB (bf16, D=256, 4 pages of 16)
+# 118 -> 178 (registers spill), and a split of one block only reads a block it does not use.
+PREFETCH_BYTES = 16384
 
 
 def kernel_takes(dtype, head_dim: int, pool) -> bool:
@@ -96,16 +125,18 @@ def _splits(rows: int, columns: int, pages: int, programs: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("scale", "softcap", "pages", "programs", "num_warps", "num_stages",
-                                             "interpret"))
+                                             "prefetch", "interpret"))
 def pool_decode(q, k_pages, v_pages, page_table, hi, lo=None, first=None, k_scales=None, v_scales=None, *,
                 scale: float, softcap: float | None = None, pages: int = 4, programs: int = 512, num_warps: int = 4,
-                num_stages: int = 3, interpret: bool = False):
+                num_stages: int = 1, prefetch: int | None = None, interpret: bool = False):
     """One query per row over the pool: q [B, 1, H, D]; k_pages, v_pages [N, ps, K, D] (k_scales, v_scales [N, ps, K]
     with an int8 pool); page_table [B, P] int32, whose column c holds the row's positions first + c * ps ..;
     the row sees positions lo <= p < hi (hi [B]: its length; lo [B], default 0: its window's first; first [B],
     default 0: paged_decode.window_table's). -> (output float32 [B, K, G, D] normalized over the keys seen, their
     log-sum-exp float32 [B, K, G]), as paged_decode._decode_part returns. `pages`: pages per block (a power of
-    two); `programs`: the (row, kv head, split) programs aimed at."""
+    two); `programs`: the (row, kv head, split) programs aimed at; `prefetch`: blocks loaded ahead of the one
+    computed (by hand, in the loop's carry: the loads are in flight while it computes); None: one where a split has
+    more than one block and a block's keys take at most PREFETCH_BYTES."""
     b, _, h, d = q.shape
     n, ps, kv, _ = k_pages.shape
     if math.prod(k_pages.shape) >= MAX_POOL_ELEMENTS:
@@ -118,6 +149,8 @@ def pool_decode(q, k_pages, v_pages, page_table, hi, lo=None, first=None, k_scal
     splits = _splits(b * kv, page_table.shape[1], pages, programs)
     per_split = -(-page_table.shape[1] // (splits * pages)) * pages
     table = jnp.pad(page_table.astype(jnp.int32), ((0, 0), (0, splits * per_split - page_table.shape[1])))
+    if prefetch is None:
+        prefetch = int(per_split > pages and pages * ps * d * k_pages.dtype.itemsize <= PREFETCH_BYTES)
     zeros = jnp.zeros((b,), jnp.int32)
     info = jnp.stack([jnp.asarray(hi, jnp.int32), zeros if lo is None else jnp.asarray(lo, jnp.int32),
                       zeros if first is None else jnp.asarray(first, jnp.int32), zeros], axis=1)
@@ -136,7 +169,7 @@ def pool_decode(q, k_pages, v_pages, page_table, hi, lo=None, first=None, k_scal
         args += [k_scales, v_scales]
     params = {} if interpret else dict(compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages))
     o, den, m = pl.pallas_call(
-        functools.partial(_kernel, ps=ps, pages=pages, scale=scale, softcap=softcap, scaled=scaled),
+        functools.partial(_kernel, ps=ps, pages=pages, scale=scale, softcap=softcap, scaled=scaled, prefetch=prefetch),
         grid=(b, kv, splits),
         in_specs=in_specs,
         out_specs=[pl.BlockSpec((None, None, None, gp, d), lambda r, k, s: (s, r, k, 0, 0)),
@@ -154,4 +187,3 @@ def pool_decode(q, k_pages, v_pages, page_table, hi, lo=None, first=None, k_scal
     out = jnp.sum(o * w[..., None], axis=0) / jnp.where(total > 0, total, 1.0)[..., None]
     lse = jnp.where(total > 0, top + jnp.log(jnp.maximum(total, 1e-30)), -jnp.inf)
     return out, lse
-

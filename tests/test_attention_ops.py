@@ -188,15 +188,17 @@ KERNEL_CASES = {  # pool, window, softcap, sinks: each row's table 6 pages of 4 
 }
 
 
+@pytest.mark.parametrize("prefetch,programs", [(0, 24), (1, 8), (2, 8)])
 @pytest.mark.parametrize("case", sorted(KERNEL_CASES))
-def test_pallas_pool_kernel_interpret(case, monkeypatch):
+def test_pallas_pool_kernel_interpret(case, prefetch, programs, monkeypatch):
     """models/paged_kernel.py (our Pallas decode kernel, reading the pool as stored) in interpret mode against the
     masked reference over the dequantized keys: rows of 1 key to the whole table, under a window or chunks (the
     kernel reads window_table's pages), soft-capping and sinks; the table cut into splits whose later ones are empty
-    for short rows."""
+    for short rows; prefetch: blocks loaded ahead of the one computed, over one split of 3 blocks."""
     pool, window, softcap, with_sinks = KERNEL_CASES[case]
-    # blocks of 2 pages, 3 splits of a 6-page table (2 of a window's 3)
-    monkeypatch.setattr(paged_kernel, "pool_decode", functools.partial(paged_kernel.pool_decode, pages=2, programs=24))
+    # blocks of 2 pages; programs 24: 3 splits of a 6-page table (2 of a window's 3), 8: one split of 3 blocks
+    monkeypatch.setattr(paged_kernel, "pool_decode", functools.partial(paged_kernel.pool_decode, pages=2,
+                                                                       programs=programs, prefetch=prefetch))
     b, h, kv, d, ps, p = 4, 6, 2, 16, 4, 6
     kp, vp = _pool(6, 30, ps, kv, d)
     rng = np.random.default_rng(7)
