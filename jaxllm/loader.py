@@ -93,8 +93,10 @@ class LoadedModel:
     def generate(self, prompts: str | Sequence, params: SamplingParams | None = None, *, chat: bool | None = None,
                  system: str | None = None, chat_template_kwargs: dict | None = None, engine=None, on_text: Callable[[int, str], None] | None = None,
                  on_token: Callable[[int, list[int]], None] | None = None,
-                 on_finish: Callable[[int, generation.Completion], None] | None = None):
+                 on_finish: Callable[[int, generation.Completion], None] | None = None, **settings):
         """Generate for one prompt (returns a Completion) or a list of prompts (a list of them).
+        `params`: jaxllm.SamplingParams (or a dict of its fields); its fields may also be given as keyword
+        arguments (`model.generate(prompt, max_new_tokens=64, temperature=0.7)`), which set them over `params`.
 
         A prompt is a string (the chat template applied when the tokenizer has one, unless
         chat=False; `system` a system turn before it, `chat_template_kwargs` variables the template
@@ -103,6 +105,8 @@ class LoadedModel:
         an engine fitted to the request is made. `on_text(index, text)` receives text as it
         becomes final, `on_token(index, ids)` token ids as they arrive (those the answer keeps: none past a stop string),
         `on_finish(index, completion)` each prompt's Completion as soon as that prompt is done."""
+        if settings:
+            params = SamplingParams.of(params, **settings)
         return generation.generate(self, prompts, params, chat=chat, system=system, chat_template_kwargs=chat_template_kwargs, engine=engine,
                                    on_text=on_text, on_token=on_token, on_finish=on_finish)
 

@@ -84,10 +84,14 @@ class SamplingParams:
     structured: Structured | None = None
 
     @classmethod
-    def of(cls, value) -> "SamplingParams":
+    def of(cls, value, **overrides) -> "SamplingParams":
         """`value` as SamplingParams: None (every field unset), SamplingParams, or a dict of its
         fields (`{"temperature": 0.5, "max_new_tokens": 8}`); anything else, or a key that is not a
-        field, is refused naming it. Values are checked by `resolved`."""
+        field, is refused naming it. `overrides`: fields set over `value`'s (generate's keyword
+        arguments). Values are checked by `resolved`."""
+        if overrides:
+            cls.of(overrides)  # unknown names refused as a dict's
+            return dataclasses.replace(cls.of(value), **overrides)
         if value is None:
             return cls()
         if isinstance(value, cls):

@@ -232,6 +232,10 @@ CASES = {
     "prompt-logprobs-string": lib(sampled(prompt_logprobs="yes"), "prompt_logprobs='yes' is invalid: use True or False"),
     "unknown-sampling-key": lib(sampled(temp=0.5), "unknown sampling setting 'temp': use max_new_tokens, temperature"),
     "max-tokens-key": lib(sampled(max_tokens=8), "unknown sampling setting 'max_tokens'.*did you mean 'max_new_tokens'"),
+    "unknown-sampling-keyword": lib(lambda m: m.tiny.generate([1, 2, 3], temp=0.5),
+                                    "unknown sampling setting 'temp': use max_new_tokens, temperature"),
+    "sampling-keyword-invalid": lib(lambda m: m.tiny.generate([1, 2, 3], temperature=-1),
+                                    "temperature=-1 is invalid: use 0 for greedy"),
     "params-not-a-dict": lib(lambda m: m.tiny.generate([1, 2], 0.5), "must be a jaxllm.SamplingParams or a dict of its fields, got float"),
     # -- token ids, library ------------------------------------------------------------------------
     "prompt-floats": lib(lambda m: m.tiny.generate([1.0, 2.0]), "prompt 0 must hold whole-number token ids, got float"),

@@ -152,6 +152,16 @@ def test_prompt_longer_than_cache_fails_before_work(llama):
     assert engine.counters.prefill == 0
 
 
+def test_sampling_fields_as_keyword_arguments(llama):
+    """model.generate(prompt, max_new_tokens=..., temperature=...) as transformers' generate takes them: the same
+    completion as the SamplingParams holding those fields, set over `params` where both are given."""
+    prompt = _prompts([6], seed=2)[0]
+    want = llama.generate(prompt, jaxllm.SamplingParams(max_new_tokens=5, temperature=0.8, seed=3, logprobs=True))
+    assert llama.generate(prompt, max_new_tokens=5, temperature=0.8, seed=3, logprobs=True) == want
+    over = llama.generate(prompt, {"max_new_tokens": 9, "temperature": 0.8, "logprobs": True}, max_new_tokens=5, seed=3)
+    assert over == want
+
+
 def test_eos_stops_and_logprobs(llama):
     prompt = _prompts([5], seed=4)[0]
     free = llama.generate(prompt, jaxllm.SamplingParams(max_new_tokens=16, ignore_eos=True, logprobs=True))
