@@ -3,10 +3,12 @@ a lightning indexer whose selection "shared" layers reuse; GLM-4.7-Flash's dense
 hyper-connections (models/hyper_connections.py: hc_mult streams of the hidden state, each block's input a gated mix
 of them and its output injected into each, collapsed by a head before the final norm). The rest are options:
 
-- attention: rope in halves (not interleaved), learned sinks (`attn_sinks`, learnable_sink_param), the output times
+- attention: rope on interleaved pairs whatever config.json's rope_interleave says (transformers >= 5.25; 5.24 and
+  before rotated halves), learned sinks (`attn_sinks`, learnable_sink_param), the output times
   sigmoid(gate_proj(x)) per head and value before o_proj (linear_gate); every head its own kv head (num_key_value_heads
   is overwritten, as HYV4Config does);
-- indexer: its rotated part the last qk_rope_head_dim values of each head (`IndexerConfig.rope_last`), its key norm's
+- indexer: its rotated part the last qk_rope_head_dim values of each head (`IndexerConfig.rope_last`), in interleaved
+  pairs (transformers >= 5.25), its key norm's
   epsilon rms_norm_eps; indexer_types "full" on layer 0 and every fourth from layer 1 where left out;
 - experts: fused gate_up_proj / down_proj, SiLU of the gate clamped above at swiglu_limit times the up clamped to
   [-limit, limit] (`swiglu_shift` 0); DeepSeek-V3's sigmoid router with its score bias and n_group groups;
@@ -91,8 +93,8 @@ def indexer_types(raw: dict) -> list[str]:
 def hy_v4_defaults(raw: dict) -> dict:
     dense = tuple(i for i, t in enumerate(mlp_layer_types(raw, 1)) if t == "dense")
     shared = tuple(i for i, t in enumerate(indexer_types(raw)) if t == "shared")
-    v3 = deepseek_v3_defaults(dict(raw, first_k_dense_replace=0, rope_interleave=False))
-    ix = dataclasses.replace(indexer(raw, shared=shared), rope_last=True, norm_eps=float(raw["rms_norm_eps"]))
+    v3 = deepseek_v3_defaults(dict(raw, first_k_dense_replace=0, rope_interleave=True))
+    ix = dataclasses.replace(indexer(raw, shared=shared), rope_last=True, interleaved=True, norm_eps=float(raw["rms_norm_eps"]))
     return dict(v3, dense_layers=dense, indexer=ix, attn_sinks=True, attn_output_gate=True, attn_gate_bias=False, router_norm_eps=1e-20, swiglu_limit=float(raw["swiglu_limit"]),
                 swiglu_alpha=1.0, swiglu_shift=0.0, hc_streams=raw["hc_mult"], hc_magnitude=float(raw["hc_magnitude"]),
                 hc_eps=float(raw["hc_eps"]))
