@@ -144,7 +144,8 @@ _TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_la
 
 # Aya Vision (CohereLabs/aya-vision-*) and Command A Vision (Cohere2VisionForConditionalGeneration): the text_config by
 # its model_type's class (cohere2 where it gives none: Cohere2Config's shapes where it leaves them out), the wrapper's own
-# lm_head (no logit_scale: OWN_HEAD), tied by the top-level tie_word_embeddings alone, true where left out
+# lm_head (OWN_HEAD: no logit_scale; Aya Vision's multiplies by the text config's logit_scale since transformers 5.25),
+# tied by the top-level tie_word_embeddings alone, true where left out
 _VISION = dict(text_model_type="cohere2", fixed_text_type=False, top_level=dict(tie_word_embeddings=True), text_overrides=OWN_HEAD,
                text_defaults={"cohere2": dict(vocab_size=256000, hidden_size=8192, intermediate_size=22528, num_hidden_layers=40,
                                               num_attention_heads=64, bos_token_id=5, eos_token_id=255001, pad_token_id=0)})
@@ -153,7 +154,8 @@ _VISION = dict(text_model_type="cohere2", fixed_text_type=False, top_level=dict(
 COHERE_COMPASS_VISION = Wrapper(name="CohereCompassForConditionalGeneration", model_type="cohere_compass",
                                 text_model_type="cohere_compass_text", other_modules=("visual",),
                                 top_level=dict(tie_word_embeddings=False))
-AYA_VISION = Wrapper(name="AyaVisionForConditionalGeneration", model_type="aya_vision", **_VISION)
+AYA_VISION = Wrapper(name="AyaVisionForConditionalGeneration", model_type="aya_vision",
+                     **dict(_VISION, text_overrides={k: v for k, v in OWN_HEAD.items() if k != "logit_scale"}))
 COHERE2_VISION = Wrapper(name="Cohere2VisionForConditionalGeneration", model_type="cohere2_vision", **_VISION)
 
 ARCHITECTURES = (Architecture(

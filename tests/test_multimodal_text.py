@@ -298,7 +298,8 @@ WRAPPED = {
     "smolvlm-llama-tied": ("SmolVLMForConditionalGeneration", lambda: transformers.SmolVLMConfig(
         text_config=_text("LlamaForCausalLM", model_type="llama"), vision_config=IDEFICS3_VISION, scale_factor=1,
         tie_word_embeddings=True), "LlamaForCausalLM"),
-    # Cohere2's text model under the wrapper's own head: no logit_scale; tied by the top level (true by default)
+    # Cohere2's text model under the wrapper's own head, times the text config's logit_scale (transformers >= 5.25); tied
+    # by the top level (true by default)
     "aya-vision-cohere2": ("AyaVisionForConditionalGeneration", lambda: transformers.AyaVisionConfig(**COHERE2_VISION),
                            "Cohere2ForCausalLM"),
     # North's vision checkpoints: Cohere Compass' text model (its sliding layers' rope carrying Qwen3-VL's M-RoPE sections)
