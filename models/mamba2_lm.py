@@ -1,6 +1,7 @@
 """Mamba2 (transformers' Mamba2ForCausalLM: mistralai/Mamba-Codestral-7B-v0.1): a stack of Mamba2 blocks alone, Mamba's
 module (models/mamba.py: x + mixer(norm(x)), no MLP, no attention, no positions; the residual stream in float32 where
-residual_in_fp32, true by default; hidden states each block's output, as transformers records them) and weight map
+residual_in_fp32, true by default; hidden states each block's input, then the final norm's, as transformers >= 5.25
+records them: Mamba2Model, unlike Mamba's) and weight map
 (`backbone.*`, the head tied where tie_word_embeddings says) with models/mamba2.py's mixer: num_heads heads of head_dim
 (their product expand x hidden_size, as Mamba2Config validates), a state of state_size, n_groups groups, a conv of
 conv_kernel taps (use_conv_bias), in/out biases (use_bias), hidden_act the conv's activation; a time_step_limit other
@@ -11,7 +12,7 @@ max_position_embeddings.
 
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import Architecture
-from jaxllm.models.mamba import MAMBA_POSITIONS, MambaForCausalLM, mamba_weight_map, refuse_layer_types
+from jaxllm.models.mamba import MAMBA_POSITIONS, MambaForCausalLM, MambaModel, mamba_weight_map, refuse_layer_types
 from jaxllm.models.mamba2 import check_time_step_limit
 
 
@@ -46,8 +47,18 @@ _DEFAULTS = dict(num_heads=128, head_dim=64, vocab_size=32768, hidden_size=4096,
 _NOT_NULL = ("tie_word_embeddings", "residual_in_fp32", "layer_types", "num_heads", "head_dim", "vocab_size", "hidden_size", "state_size", "num_hidden_layers",
                         "layer_norm_epsilon", "expand", "conv_kernel", "n_groups", "use_bias", "use_conv_bias", "hidden_act")
 
+class Mamba2Model(MambaModel):
+    # transformers' hidden states: the embeddings and each block's output, the last replaced by the final norm's
+    # (Mamba2Model records them as other models do since transformers 5.25; 5.24 and before as Mamba's)
+    trace_outputs = False
+
+
+class Mamba2ForCausalLM(MambaForCausalLM):
+    model_cls = Mamba2Model
+
+
 ARCHITECTURES = (Architecture(
-    name="Mamba2ForCausalLM", module=MambaForCausalLM, weight_map=mamba_weight_map, hf_model_type="mamba2",
+    name="Mamba2ForCausalLM", module=Mamba2ForCausalLM, weight_map=mamba_weight_map, hf_model_type="mamba2",
     config_defaults=mamba2_defaults, common_names=mamba2_names, hf_defaults=_DEFAULTS, norm_eps_key="layer_norm_epsilon",
     base_prefix="backbone",
     ignored_keys=("sliding_window", "use_sliding_window", "rope_theta", "rope_parameters", "rope_scaling",
