@@ -39,6 +39,7 @@ GLM46V = Wrapper(name="Glm46VForConditionalGeneration", model_type="glm46v", tex
                  other_modules=("visual",), top_level=dict(tie_word_embeddings=False), tensors=split_experts,
                  text_readings={"glm4v_text": GLM4V, "glm4v_moe_text": GLM4V_MOE})
 
+
 def param2_names(raw: dict) -> dict:
     """Param2MoeConfig's attribute_map spellings (the original bharatgenai configs': num_experts, num_shared_experts,
     use_qkv_bias) as GLM-4.5's keys; a key given in both spellings keeps GLM-4.5's."""
