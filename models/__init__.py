@@ -70,6 +70,7 @@ from jaxllm.models import (
     mamba2_lm,
     mimo_v2_flash,
     minicpm3,
+    minicpm5_moe,
     minimax,
     minimax_m2,
     minimax_m3,
@@ -128,5 +129,6 @@ FAMILIES = (
     dory,
     hy_v4,
     bailing_hybrid, minimax_m3, hrm,
+    minicpm5_moe,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)
