@@ -1,7 +1,7 @@
 """Mamba2 (transformers' Mamba2ForCausalLM: mistralai/Mamba-Codestral-7B-v0.1): a stack of Mamba2 blocks alone, Mamba's
 module (models/mamba.py: x + mixer(norm(x)), no MLP, no attention, no positions; the residual stream in float32 where
 residual_in_fp32, true by default; hidden states each block's input, then the final norm's, as transformers >= 5.25
-records them: Mamba2Model, unlike Mamba's) and weight map
+records them: the shared DecoderModel, unlike Mamba's) and weight map
 (`backbone.*`, the head tied where tie_word_embeddings says) with models/mamba2.py's mixer: num_heads heads of head_dim
 (their product expand x hidden_size, as Mamba2Config validates), a state of state_size, n_groups groups, a conv of
 conv_kernel taps (use_conv_bias), in/out biases (use_bias), hidden_act the conv's activation; a time_step_limit other
@@ -12,7 +12,8 @@ max_position_embeddings.
 
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import Architecture
-from jaxllm.models.mamba import MAMBA_POSITIONS, MambaForCausalLM, MambaModel, mamba_weight_map, refuse_layer_types
+from jaxllm.models.decoder import DecoderModel
+from jaxllm.models.mamba import MAMBA_POSITIONS, MambaForCausalLM, mamba_weight_map, refuse_layer_types
 from jaxllm.models.mamba2 import check_time_step_limit
 
 
@@ -47,14 +48,11 @@ _DEFAULTS = dict(num_heads=128, head_dim=64, vocab_size=32768, hidden_size=4096,
 _NOT_NULL = ("tie_word_embeddings", "residual_in_fp32", "layer_types", "num_heads", "head_dim", "vocab_size", "hidden_size", "state_size", "num_hidden_layers",
                         "layer_norm_epsilon", "expand", "conv_kernel", "n_groups", "use_bias", "use_conv_bias", "hidden_act")
 
-class Mamba2Model(MambaModel):
-    # transformers' hidden states: the embeddings and each block's output, the last replaced by the final norm's
-    # (Mamba2Model records them as other models do since transformers 5.25; 5.24 and before as Mamba's)
-    trace_outputs = False
-
 
 class Mamba2ForCausalLM(MambaForCausalLM):
-    model_cls = Mamba2Model
+    # the shared model's hidden states (each block's input, the last replaced by the final norm's), not MambaModel's:
+    # transformers' Mamba2Model records them as other models do since 5.25 (5.24 and before as Mamba's)
+    model_cls = DecoderModel
 
 
 ARCHITECTURES = (Architecture(
