@@ -306,19 +306,20 @@ def normed_causal_lm(norm_cls, name: str) -> type[CausalLM]:
     return type(name, (CausalLM,), {"layer_cls": layer, "final_norm": norm_cls})
 
 
-def fused_weight_map(cfg: ModelConfig, fused: dict) -> list[WeightSpec]:
-    """decoder_weight_map with some of each layer's weights read as rows of one fused checkpoint
-    tensor: `fused` maps our tensor ("mlp.gate_proj") to (the fused HF tensor "mlp.gate_up_proj", the
-    row it starts at, the fused tensor's rows) (Phi-3's qkv_proj and gate_up_proj, GLM's gate_up_proj)."""
+def fused_weight_map(cfg: ModelConfig, fused: dict, base=None) -> list[WeightSpec]:
+    """`base`'s map (decoder_weight_map by default) with some of each layer's weights and biases read as rows of one
+    fused checkpoint tensor: `fused` maps our tensor ("mlp.gate_proj") to (the fused HF tensor "mlp.gate_up_proj", the
+    row it starts at, the fused tensor's rows) (Phi-3's qkv_proj and gate_up_proj, GLM's gate_up_proj, Param2's
+    query_key_value)."""
     specs = []
-    for spec in decoder_weight_map(cfg):
-        parts = spec.hf_name.split(".")
-        ours = ".".join(parts[3:5]) if parts[0] == "model" and parts[1] == "layers" else None
+    for spec in (base or decoder_weight_map)(cfg):
+        parts = spec.hf_names[0].split(".")
+        ours = ".".join(parts[3:5]) if len(parts) == 6 and parts[0] == "model" and parts[1] == "layers" else None
         if ours not in fused:
             specs.append(spec)
             continue
         name, offset, total = fused[ours]
-        specs.append(WeightSpec(".".join(parts[:3] + [name, "weight"]), spec.path, Part(offset, total, Linear())))
+        specs.append(WeightSpec(".".join(parts[:3] + [name, parts[5]]), spec.path, Part(offset, total, spec.transform)))
     return specs
 
 

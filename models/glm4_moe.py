@@ -8,12 +8,11 @@ multi-token-prediction layer (46 or 92) that transformers does not read; neither
 from jaxllm.errors import ConfigError
 from jaxllm.models.architecture import NO_WINDOW, RMS_NOT_NULL, Architecture, Wrapper
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.decoder import CausalLM, renamed
+from jaxllm.models.decoder import CausalLM, fused_weight_map, renamed
 from jaxllm.models.deepseek import EXPERTS, expert_names, routed_experts, sigmoid_router
 from jaxllm.models.glm import GLM4V
 from jaxllm.models.llama import mrope_as_rope
 from jaxllm.models.moe import moe_weight_map
-from jaxllm.models.transforms import Part
 from jaxllm.models.weights import WeightSpec, split_experts
 
 
@@ -67,15 +66,9 @@ PARAM2_NAMES = {"embed_tokens": "word_embeddings", "self_attn": "attention", "o_
 def param2_weight_map(cfg: ModelConfig) -> list[WeightSpec]:
     """GLM-4.5's weight map under Param2's names, q / k / v (weights and biases) rows of one query_key_value tensor."""
     q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-    rows = {"q_proj": 0, "k_proj": q, "v_proj": q + kv}
-    specs = []
-    for spec in _WEIGHTS(cfg):
-        parts = spec.hf_name.split(".") if isinstance(spec.hf_name, str) else []
-        if len(parts) == 6 and parts[3] == "self_attn" and parts[4] in rows:
-            fused = ".".join(parts[:4] + ["query_key_value", parts[5]])
-            spec = WeightSpec(fused, spec.path, Part(rows[parts[4]], q + 2 * kv, spec.transform))
-        specs.append(spec)
-    return renamed(specs, PARAM2_NAMES)
+    fused = {f"self_attn.{name}": ("self_attn.query_key_value", at, q + 2 * kv)
+             for name, at in (("q_proj", 0), ("k_proj", q), ("v_proj", q + kv))}
+    return renamed(fused_weight_map(cfg, fused, base=_WEIGHTS), PARAM2_NAMES)
 
 
 _NOT_NULL = RMS_NOT_NULL + ("num_key_value_heads", "head_dim", "attention_bias", "moe_intermediate_size", "num_experts_per_tok",
