@@ -162,11 +162,14 @@ def layer_section(mixed=False, dims=False, b1=False):
 
 def check_section():
     """The kernel against the XLA form on the layers it newly takes: head 256 with soft-capping and a window, float8
-    and int8 pools with a chunked window and sinks (paged_decode_attention's "pallas" against "xla")."""
+    and int8 pools with a chunked window and sinks, an int8 cache's rotation (paged_decode_attention's "pallas" against
+    "xla")."""
     ps, b, cols = (4, 3, 8) if TINY else (16, 8, 64)
     cases = [("bf16 D=256 softcap 50 window 300", 8, 4, 256, None, dict(softcap=50.0, window=300)),
              ("fp8 D=64 chunked 256", 8, 2, 64, jnp.float8_e4m3fn, dict(window=Chunked(256))),
-             ("int8 D=128 sinks window 100", 16, 8, 128, jnp.int8, dict(window=100, sinks=True))]
+             ("int8 D=128 sinks window 100", 16, 8, 128, jnp.int8, dict(window=100, sinks=True)),
+             ("int8 D=128 rotated (q and output turned in the kernel)", 16, 8, 128, jnp.int8, dict(rotated=True)),
+             ("int8 D=64 rotated sinks", 8, 2, 64, jnp.int8, dict(rotated=True, sinks=True))]
     for name, h, kv, d, pool, kw in cases:
         key = jax.random.split(jax.random.PRNGKey(d), 5)
         n = b * cols + 4

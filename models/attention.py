@@ -331,13 +331,17 @@ class PagedCache:
         k, v: those keys as computed, or None: a layer reading another layer's pool, ModelConfig.kv_source)."""
         if cache.k_scale is None:
             return self.attend(q, k, v, cache, positions, spec)
-        # int8 keys and values are stored rotated: the queries turn alike, the output turns back
+        # int8 keys and values are stored rotated: the queries turn alike, the output turns back (a decode call's
+        # inside its kernel: paged_decode_attention's `rotated`)
+        if q.shape[1] == 1 and spec.keep is None:
+            return self.attend(q, k, v, cache, positions, spec, rotated=True)
         return kv_quant.rotate(self.attend(kv_quant.rotate(q), k, v, cache, positions, spec))
 
-    def attend(self, q, k, v, new: LayerCache, positions, spec: AttnSpec):
+    def attend(self, q, k, v, new: LayerCache, positions, spec: AttnSpec, rotated: bool = False):
         """Attention of q over the cache `new` (k, v [B, T, K, D]: the call's own, as given). A sparse layer's selected
         keys (`AttnSpec.keep`) are attended by the masked XLA form over the row's first `num_keys` keys, in prefill and
-        decode alike (no cascade: it reads every row's whole table; docs/architecture.md, what a kernel would need)."""
+        decode alike (no cascade: it reads every row's whole table; docs/architecture.md, what a kernel would need).
+        `rotated` (decode only): the pool holds keys and values turned by kv_quant.rotate, q and the output do not."""
         if spec.keep is not None:
             keys, values = self.gather(new.k, new.k_scale, q.dtype), self.gather(new.v, new.v_scale, q.dtype)
             key_pos = self.key_positions(positions)
@@ -364,7 +368,7 @@ class PagedCache:
             out = paged_decode.paged_decode_attention(
                 q, new.k, new.v, self.page_table, lengths, scale=spec.scale, window=spec.window,
                 softcap=spec.softcap, impl=decode_kernel(self.impl, q, new.k, spec), num_keys=self.num_keys,
-                k_scales=new.k_scale, v_scales=new.v_scale, sinks=spec.sinks, alibi=spec.alibi)
+                k_scales=new.k_scale, v_scales=new.v_scale, sinks=spec.sinks, alibi=spec.alibi, rotated=rotated)
             return jnp.where(shares[:, None, None, None], both, out) if cascade else out
         start = positions[:, 0]
         # a windowed layer's chunk reads the pages its queries' windows touch, not every key before it

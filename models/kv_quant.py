@@ -62,8 +62,9 @@ def _rotation(d: int) -> np.ndarray:
 
 
 @functools.cache
-def _signs(d: int) -> tuple[np.ndarray, np.ndarray]:
-    """`_rotation(d)` as (its +-1 entries [d, d], each column's normalisation [d])."""
+def signs(d: int) -> tuple[np.ndarray, np.ndarray]:
+    """`_rotation(d)` as (its +-1 entries [d, d], each column's normalisation [d]): `rotate` is the product with the
+    first, then each column times the second (also inside models/paged_kernel.py's decode kernel)."""
     norms = np.concatenate([np.full(n, 1 / np.sqrt(n), np.float32) for n in _blocks(d)])
     return np.sign(_rotation(d)).astype(np.float32), norms
 
@@ -84,8 +85,8 @@ def rotate(x, dtype=None):
     decode step's 1,870 (Qwen3-0.6B shape, 2026-12-03). The butterflies of a fast Walsh-Hadamard transform
     (adds, no product) measured worse there: XLA fused them into a pad whose every element recomputed its chain
     (2,556 microseconds a step)."""
-    signs, norms = _signs(x.shape[-1])
-    y = jnp.einsum("...d,de->...e", x, jnp.asarray(signs, x.dtype), preferred_element_type=jnp.float32,
+    entries, norms = signs(x.shape[-1])
+    y = jnp.einsum("...d,de->...e", x, jnp.asarray(entries, x.dtype), preferred_element_type=jnp.float32,
                    precision=jax.lax.Precision.HIGHEST)
     return (y * norms).astype(dtype or x.dtype)
 

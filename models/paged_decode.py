@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxllm.models import paged_kernel
+from jaxllm.models import kv_quant, paged_kernel
 from jaxllm.models.attention_ops import NEG_INF, alibi_bias, cudnn_private, first_visible, gather_pages, grouped, sink_logits
 from jaxllm.models.config import Chunked
 
@@ -17,7 +17,8 @@ from jaxllm.models.config import Chunked
 def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: float,
                            impl: str = "xla", window: int | None = None,
                            softcap: float | None = None, num_keys: int | None = None,
-                           interpret: bool = False, k_scales=None, v_scales=None, sinks=None, alibi=None):
+                           interpret: bool = False, k_scales=None, v_scales=None, sinks=None, alibi=None,
+                           rotated: bool = False):
     """One query per row over the page pool. q [B, 1, H, D]; k_pages, v_pages [N, ps, K, D];
     page_table [B, P] int32; lengths [B]: row b's query sits at position lengths[b] - 1 and
     sees keys 0 .. lengths[b] - 1 (within the window when set). num_keys (static) bounds the
@@ -45,6 +46,8 @@ def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: f
     cuDNN choices fall back to "xla" for a window or soft-capping, cuDNN's for attention sinks
     (`sinks` [H]: a logit per query head in the softmax's denominator, `with_sinks`), and every
     choice for ALiBi (`alibi`: attention_ops.alibi_bias on the scores; no kernel here takes a bias).
+    `rotated`: the pool holds keys and values turned by kv_quant.rotate (an int8 cache's), q and the output do not:
+    "pallas" turns them inside its kernel, the other forms by a product on each side.
 
     Measured on an H100 (jax 0.11.2, cuDNN 9.19, 2026-11-28; one layer, Qwen3-0.6B shape H=16,
     K=8, D=128, bf16, us per call in a chain of 100): batch 64 x 1k context: cudnn_paged
@@ -61,8 +64,13 @@ def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: f
         table, first = window_table(page_table, lengths, window, ps, num_keys)
         lo = None if window is None else jnp.maximum(first_visible(lengths - 1, window), 0)
         out, lse = paged_kernel.pool_decode(q, k_pages, v_pages, table, lengths, lo, first, k_scales, v_scales,
-                                            scale=scale, softcap=softcap, interpret=interpret)
+                                            scale=scale, softcap=softcap, rotated=rotated, interpret=interpret)
         return with_sinks(out, lse, sinks).reshape(b, 1, h, d).astype(q.dtype)
+    if rotated:
+        return kv_quant.rotate(paged_decode_attention(
+            kv_quant.rotate(q), k_pages, v_pages, page_table, lengths, scale=scale, impl=impl, window=window,
+            softcap=softcap, num_keys=num_keys, interpret=interpret, k_scales=k_scales, v_scales=v_scales, sinks=sinks,
+            alibi=alibi))
     if k_pages.dtype.itemsize == 1:
         table, first = window_table(page_table, lengths, window, ps, num_keys)
         keys, values = gather_pages(k_pages, table), gather_pages(v_pages, table)

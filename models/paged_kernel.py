@@ -20,19 +20,22 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from jaxllm.models import kv_quant
+
 _FLOOR = -1e30  # the running maximum before any key: finite, so empty splits merge to weight 0
 
 
 def _kernel(info_ref, table_ref, q_ref, k_ref, v_ref, *rest, ps: int, pages: int, scale: float,
-            softcap: float | None, scaled: bool, prefetch: int):
+            softcap: float | None, scaled: bool, prefetch: int, rotated: bool):
     """info_ref [4] int32: (hi, lo, first, 0) of this row: it sees positions lo <= p < hi, and its table's
     column c holds positions first + c * ps ..; table_ref [per_split] this split's columns; q_ref [G, D];
-    k_ref, v_ref [N, ps, D] this kv head's pool; (ks_ref, vs_ref [N, ps] its scales;) outputs o [G, D]
-    (unnormalized float32), l, m [G] (sum of weights and running maximum)."""
-    if scaled:
-        ks_ref, vs_ref, o_ref, l_ref, m_ref = rest
-    else:
-        o_ref, l_ref, m_ref = rest
+    k_ref, v_ref [N, ps, D] this kv head's pool; (ks_ref, vs_ref [N, ps] its scales;) (signs_ref [D, D], norms_ref
+    [1, D]: kv_quant.rotate's factors, with which q is turned first and o last;) outputs o [G, D] (unnormalized
+    float32), l, m [G] (sum of weights and running maximum)."""
+    rest = list(rest)
+    ks_ref, vs_ref = (rest.pop(0), rest.pop(0)) if scaled else (None, None)
+    signs_ref, norms_ref = (rest.pop(0), rest.pop(0)) if rotated else (None, None)
+    o_ref, l_ref, m_ref = rest
     per_split = table_ref.shape[0]
     g, d = q_ref.shape
     block = pages * ps
@@ -44,6 +47,13 @@ def _kernel(info_ref, table_ref, q_ref, k_ref, v_ref, *rest, ps: int, pages: int
     j0 = jnp.maximum(start, 0) // pages
     j1 = jnp.minimum(pl.cdiv(jnp.maximum(stop, 0), pages), per_split // pages)
     q = q_ref[...]
+
+    def turn(x):  # kv_quant.rotate in the kernel: x [G, D] times the +-1 entries (x's dtype), each column's norm after
+        y = plgpu.dot(x.astype(q_ref.dtype), signs_ref[...]).astype(jnp.float32)
+        return y * norms_ref[...]
+
+    if rotated:
+        q = turn(q).astype(q_ref.dtype)
     column = lax.broadcasted_iota(jnp.int32, (1, block), 1)
 
     last = per_split // pages - 1
@@ -90,7 +100,8 @@ def _kernel(info_ref, table_ref, q_ref, k_ref, v_ref, *rest, ps: int, pages: int
             return step(j, tiles(ids_of(j)), *carry)
 
         o, den, m = lax.fori_loop(j0, jnp.maximum(j1, j0), body, init)
-    o_ref[...] = o
+    # the output turned back per split (the splits' merge after the call is linear in it)
+    o_ref[...] = turn(o) if rotated else o
     l_ref[...] = den
     m_ref[...] = m
 
@@ -125,10 +136,10 @@ def _splits(rows: int, columns: int, pages: int, programs: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("scale", "softcap", "pages", "programs", "num_warps", "num_stages",
-                                             "prefetch", "interpret"))
+                                             "prefetch", "rotated", "interpret"))
 def pool_decode(q, k_pages, v_pages, page_table, hi, lo=None, first=None, k_scales=None, v_scales=None, *,
                 scale: float, softcap: float | None = None, pages: int = 4, programs: int = 512, num_warps: int = 4,
-                num_stages: int = 1, prefetch: int | None = None, interpret: bool = False):
+                num_stages: int = 1, prefetch: int | None = None, rotated: bool = False, interpret: bool = False):
     """One query per row over the pool: q [B, 1, H, D]; k_pages, v_pages [N, ps, K, D] (k_scales, v_scales [N, ps, K]
     with an int8 pool); page_table [B, P] int32, whose column c holds the row's positions first + c * ps ..;
     the row sees positions lo <= p < hi (hi [B]: its length; lo [B], default 0: its window's first; first [B],
@@ -136,7 +147,9 @@ def pool_decode(q, k_pages, v_pages, page_table, hi, lo=None, first=None, k_scal
     log-sum-exp float32 [B, K, G]), as paged_decode._decode_part returns. `pages`: pages per block (a power of
     two); `programs`: the (row, kv head, split) programs aimed at; `prefetch`: blocks loaded ahead of the one
     computed (by hand, in the loop's carry: the loads are in flight while it computes); None: one where a split has
-    more than one block and a block's keys take at most PREFETCH_BYTES."""
+    more than one block and a block's keys take at most PREFETCH_BYTES. `rotated`: the pool holds keys and values
+    turned by kv_quant.rotate (an int8 cache's) and q and the output are not: the kernel turns q as it loads it and its
+    output back as it stores it, so a decode step launches no product of its own for either (two a layer)."""
     b, _, h, d = q.shape
     n, ps, kv, _ = k_pages.shape
     if math.prod(k_pages.shape) >= MAX_POOL_ELEMENTS:
@@ -167,9 +180,14 @@ def pool_decode(q, k_pages, v_pages, page_table, hi, lo=None, first=None, k_scal
     if scaled:
         in_specs += [pl.BlockSpec((n, ps, None), lambda r, k, s: (0, 0, k))] * 2
         args += [k_scales, v_scales]
+    if rotated:
+        entries, norms = kv_quant.signs(d)
+        in_specs += [pl.BlockSpec((d, d), lambda r, k, s: (0, 0)), pl.BlockSpec((1, d), lambda r, k, s: (0, 0))]
+        args += [jnp.asarray(entries, q.dtype), jnp.asarray(norms, jnp.float32)[None]]
     params = {} if interpret else dict(compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages))
     o, den, m = pl.pallas_call(
-        functools.partial(_kernel, ps=ps, pages=pages, scale=scale, softcap=softcap, scaled=scaled, prefetch=prefetch),
+        functools.partial(_kernel, ps=ps, pages=pages, scale=scale, softcap=softcap, scaled=scaled, prefetch=prefetch,
+                          rotated=rotated),
         grid=(b, kv, splits),
         in_specs=in_specs,
         out_specs=[pl.BlockSpec((None, None, None, gp, d), lambda r, k, s: (s, r, k, 0, 0)),

@@ -181,10 +181,11 @@ def test_cascade_decode_matches_reference(window, softcap):
     np.testing.assert_allclose(np.asarray(out), ref, atol=2e-6, rtol=1e-5)
 
 
-KERNEL_CASES = {  # pool, window, softcap, sinks: each row's table 6 pages of 4 wide, read in blocks of 2 pages
-    "float32": ("float32", None, None, False),
-    "int8-window-softcap": ("int8", 6, 30.0, False),
-    "float8-chunked-sinks": ("float8_e4m3fn", Chunked(8), None, True),
+KERNEL_CASES = {  # pool, window, softcap, sinks, rotated: each row's table 6 pages of 4 wide, read in blocks of 2 pages
+    "float32": ("float32", None, None, False, False),
+    "int8-window-softcap": ("int8", 6, 30.0, False, False),
+    "float8-chunked-sinks": ("float8_e4m3fn", Chunked(8), None, True, False),
+    "int8-rotated-window-sinks": ("int8", 6, None, True, True),  # an int8 cache's: q turned in, the output out
 }
 
 
@@ -194,8 +195,9 @@ def test_pallas_pool_kernel_interpret(case, prefetch, programs, monkeypatch):
     """models/paged_kernel.py (our Pallas decode kernel, reading the pool as stored) in interpret mode against the
     masked reference over the dequantized keys: rows of 1 key to the whole table, under a window or chunks (the
     kernel reads window_table's pages), soft-capping and sinks; the table cut into splits whose later ones are empty
-    for short rows; prefetch: blocks loaded ahead of the one computed, over one split of 3 blocks."""
-    pool, window, softcap, with_sinks = KERNEL_CASES[case]
+    for short rows; prefetch: blocks loaded ahead of the one computed, over one split of 3 blocks. "rotated": the pool
+    holds kv_quant.rotate's turned keys and values, the kernel turns q and its output (the reference: by products)."""
+    pool, window, softcap, with_sinks, rotated = KERNEL_CASES[case]
     # blocks of 2 pages; programs 24: 3 splits of a 6-page table (2 of a window's 3), 8: one split of 3 blocks
     monkeypatch.setattr(paged_kernel, "pool_decode", functools.partial(paged_kernel.pool_decode, pages=2,
                                                                        programs=programs, prefetch=prefetch))
@@ -211,10 +213,12 @@ def test_pallas_pool_kernel_interpret(case, prefetch, programs, monkeypatch):
         (kp, ks), (vp, vs) = (kv_quant.quantize_kv(x, jnp.dtype(pool), jnp.float32) for x in (kp, vp))
     keys, values = (kv_quant.dequantize_kv(ao.gather_pages(x, table), None if sc is None else ao.gather_pages(sc, table),
                                            jnp.float32) for x, sc in ((kp, ks), (vp, vs)))
-    ref = _masked_reference(q, keys, values, np.asarray(lengths)[:, None] - 1, np.asarray(lengths), 0.3, window, softcap,
-                            sinks)
+    turn = kv_quant.rotate if rotated else (lambda x: x)
+    ref = turn(jnp.asarray(_masked_reference(turn(q), keys, values, np.asarray(lengths)[:, None] - 1, np.asarray(lengths),
+                                             0.3, window, softcap, sinks)))
     out = paged_decode.paged_decode_attention(q, kp, vp, table, lengths, scale=0.3, impl="pallas", window=window,
-                                              softcap=softcap, k_scales=ks, v_scales=vs, sinks=sinks, interpret=True)
+                                              softcap=softcap, k_scales=ks, v_scales=vs, sinks=sinks, interpret=True,
+                                              rotated=rotated)
     np.testing.assert_allclose(np.asarray(out), ref, atol=2e-6, rtol=1e-5)
 
 

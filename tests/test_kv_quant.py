@@ -17,7 +17,7 @@ from jaxllm import generation, loader, research
 from jaxllm.engine import Engine
 from jaxllm.errors import GenerationError
 from jaxllm.models import attention_ops as ao
-from jaxllm.models import kv_quant, paged_decode, registry
+from jaxllm.models import kv_quant, paged_decode, paged_kernel, registry
 from jaxllm.models.attention import AttnSpec, LayerCache, PagedCache, kv_cache_bytes
 from jaxllm.serving import memory as pool_memory
 
@@ -114,6 +114,30 @@ def test_attention_reads_8_bit_pages_as_their_dequantized_values():
         positions, positions[:, 0] + valid.sum(1), scale=0.25)))(new)
     np.testing.assert_allclose(out[0], want[0], atol=1e-5)
     np.testing.assert_allclose(out[1, :4], want[1, :4], atol=1e-5)
+
+
+def test_gpu_decode_of_an_int8_cache_turns_q_and_output_in_the_kernel(monkeypatch):
+    """The GPU backend (impl "cudnn") decodes an int8 cache by our Pallas kernel (interpret mode here), which turns the
+    queries and its output by kv_quant.rotate itself (no product of the layer's own): the same output as the XLA form,
+    which turns them by products around it, to one bfloat16 rounding; and the kernel is what ran."""
+    calls = []
+    kernel = paged_kernel.pool_decode
+    monkeypatch.setattr(paged_kernel, "pool_decode",
+                        lambda *a, **kw: calls.append(kw["rotated"]) or kernel(*a, **{**kw, "interpret": True}))
+    rng = np.random.default_rng(3)
+    n, ps, kv, d, h, t = 9, 4, 2, 16, 4, 7
+    k, v = (kv_quant.quantize_kv(kv_quant.rotate(jnp.asarray(rng.standard_normal((n, ps, kv, d)), jnp.float32)),
+                                 jnp.int8, jnp.float32) for _ in range(2))
+    cache = LayerCache(k[0], v[0], k[1], v[1])
+    table = jnp.asarray([[3, 0, 7, 8], [5, 1, 2, 6]], jnp.int32)
+    q, kn, vn = (jnp.asarray(rng.standard_normal((2, 1, heads, d)), jnp.bfloat16) for heads in (h, kv, kv))
+    positions = jnp.asarray([[t], [12]], jnp.int32)
+    outs = {impl: np.asarray(PagedCache(table, jnp.ones((2, 1), bool), 16, impl)(q, kn, vn, cache, positions,
+                                                                                 AttnSpec(0.25))[0], np.float32)
+            for impl in ("cudnn", "xla")}
+    assert calls == [True]
+    np.testing.assert_allclose(outs["cudnn"], outs["xla"], atol=1e-2)  # |out| up to ~1.6: one bfloat16 step, 2**-7
+    assert np.abs(outs["xla"]).max() > 0.3
 
 
 def test_scores_with_an_8_bit_cache_stay_close_to_the_float_model(llama):
