@@ -197,8 +197,10 @@ def attention_weights(graphdef, params, tokens, layer: int, *, attention_mask=No
     keys = None if source == layer else decoder.layers[source].self_attn.project(attention_input(source), positions, rot)[1]
     indexer = decoder.cfg.indexer
     if indexer is not None and indexer.source(layer) != layer:  # a sparse layer attending another's selection (GLM-5)
-        source = indexer.source(layer)
-        selected = decoder.layers[source].self_attn.select(attention_input(source), positions, rot, kv)
+        source = indexer.source(layer)  # (Kolibri 1.1: another's pool, which that layer chose over the keys it reads)
+        own = decoder.cfg.kv_source(source)
+        keys_of_source = () if own == source else (decoder.layers[own].self_attn.project(attention_input(own), positions, rot)[1],)
+        selected = decoder.layers[source].self_attn.select(attention_input(source), positions, rot, kv, *keys_of_source)
         return decoder.layers[layer].self_attn.weights(attention_input(layer), positions, rot, kv, keys, selected)
     return decoder.layers[layer].self_attn.weights(attention_input(layer), positions, rot, kv, keys)
 

@@ -24,6 +24,7 @@ from jaxllm.models import (
     dory,
     dots1,
     emu3,
+    ergo,
     ernie,
     exaone,
     exaone3,
@@ -60,6 +61,7 @@ from jaxllm.models import (
     jetmoe,
     kimi_linear,
     kolibri1,
+    kolibri1_1,
     laguna,
     lara_mini,
     lfm2,
@@ -130,5 +132,6 @@ FAMILIES = (
     hy_v4,
     bailing_hybrid, minimax_m3, hrm,
     minicpm5_moe,
+    ergo, kolibri1_1,
 )
 ARCHITECTURES = tuple(a for family in FAMILIES for a in family.ARCHITECTURES)

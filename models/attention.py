@@ -98,7 +98,9 @@ class AttnSpec(NamedTuple):
     softmax's denominator and takes no value: gpt-oss; `Attention` puts its parameter here
     for each call) and ALiBi's position biases (None: none; config.Alibi: BLOOM, MPT, Falcon-RW), and the keys
     a sparse attention layer selected (None: all; else bool [B, T, S] over the key columns the KV backend reads,
-    `key_mask`'s: DeepSeek Sparse Attention's top-k, models/sparse_attention.py; the layer puts it here per call)."""
+    `key_mask`'s: DeepSeek Sparse Attention's top-k, models/sparse_attention.py; the layer puts it here per call), and the
+    rounding the keys and values are attended through (None: none; a name of kv_quant.ROUNDINGS: Kolibri 1.1's sparse
+    layers attend NVFP4-rounded keys and values, cached as computed)."""
 
     scale: float
     window: int | None = None
@@ -106,6 +108,15 @@ class AttnSpec(NamedTuple):
     sinks: jax.Array | None = None
     alibi: Alibi | None = None
     keep: jax.Array | None = None
+    kv_round: str | None = None
+
+
+def rounded(spec: AttnSpec, k, v):
+    """Keys and values k, v (None: none) as a layer whose spec rounds them (`AttnSpec.kv_round`) attends them."""
+    if spec.kv_round is None:
+        return k, v
+    fn = kv_quant.ROUNDINGS[spec.kv_round]
+    return (None if k is None else fn(k)), (None if v is None else fn(v))
 
 
 def attention_mask(q_pos, k_pos, window: int | None):
@@ -192,7 +203,7 @@ def cudnn_decode_fits(q, spec: AttnSpec) -> bool:
     blocked and XLA forms, which take every option (the engine's runner sends whole models there:
     `cudnn_serves`)."""
     return _cudnn_takes(q.dtype, q.shape[-1]) and spec.window is None and spec.softcap is None and spec.sinks is None \
-        and spec.alibi is None and spec.keep is None
+        and spec.alibi is None and spec.keep is None and spec.kv_round is None
 
 
 def _cudnn_takes(dtype, head_dim: int) -> bool:
@@ -265,14 +276,23 @@ class Uncached:
         may read ([B, T, 1, Di]: its own) and the layer's new indexer cache (the same, for a caller that places them)."""
         return k, k
 
+    def write(self, cache, k, v, positions) -> LayerCache:
+        """The layer's cache holding the call's keys and values k, v [B, T, K, D] (PagedCache.write's counterpart)."""
+        return LayerCache(k, v)
+
+    def keys(self, cache: LayerCache, dtype):
+        """The keys of `cache` in `dtype` [B, S, K, D], one per `key_mask` column (an indexer scoring the layer's own
+        keys: models/sparse_attention.py)."""
+        return cache.k.astype(dtype)
+
     def __call__(self, q, k, v, cache, positions, spec: AttnSpec):
         return self.read(q, LayerCache(k, v), positions, spec), LayerCache(k, v)
 
     def read(self, q, cache: LayerCache, positions, spec: AttnSpec, k=None, v=None):
         """Attention of q over another layer's keys and values of this call (`cache`, as its call
         returned them): a layer that shares them (ModelConfig.kv_source)."""
-        return attend(q, cache.k, cache.v, _selected(self.mask(positions, spec.window), spec), spec.scale, spec.softcap,
-                      spec.sinks, score_bias(spec, positions, positions))
+        return attend(q, *rounded(spec, cache.k, cache.v), _selected(self.mask(positions, spec.window), spec), spec.scale,
+                      spec.softcap, spec.sinks, score_bias(spec, positions, positions))
 
 
 def _selected(mask, spec: AttnSpec):
@@ -329,7 +349,7 @@ class PagedCache:
     def read(self, q, cache: LayerCache, positions, spec: AttnSpec, k=None, v=None):
         """Attention of q over the pool `cache` as it stands (this call's keys already written;
         k, v: those keys as computed, or None: a layer reading another layer's pool, ModelConfig.kv_source)."""
-        if cache.k_scale is None:
+        if cache.k_scale is None or spec.kv_round is not None:  # rounded keys and values: read back unrotated (attend)
             return self.attend(q, k, v, cache, positions, spec)
         # int8 keys and values are stored rotated: the queries turn alike, the output turns back (a decode call's
         # inside its kernel: paged_decode_attention's `rotated`)
@@ -342,8 +362,11 @@ class PagedCache:
         keys (`AttnSpec.keep`) are attended by the masked XLA form over the row's first `num_keys` keys, in prefill and
         decode alike (no cascade: it reads every row's whole table; docs/architecture.md, what a kernel would need).
         `rotated` (decode only): the pool holds keys and values turned by kv_quant.rotate, q and the output do not."""
-        if spec.keep is not None:
+        if spec.keep is not None or spec.kv_round is not None:
             keys, values = self.gather(new.k, new.k_scale, q.dtype), self.gather(new.v, new.v_scale, q.dtype)
+            if spec.kv_round is not None and new.k_scale is not None:  # int8: stored rotated, rounded as computed
+                keys, values = kv_quant.rotate(keys), kv_quant.rotate(values)
+            keys, values = rounded(spec, keys, values)
             key_pos = self.key_positions(positions)
             return attend(q, keys, values, _selected(self.key_mask(positions, spec.window), spec), spec.scale, spec.softcap,
                           spec.sinks, score_bias(spec, positions, key_pos))
@@ -392,6 +415,12 @@ class PagedCache:
     def key_mask(self, positions, window):
         """[B, T, num_keys] bool: which of the gathered key columns each query at `positions` [B, T] reads."""
         return attention_mask(positions, self.key_positions(positions), window)
+
+    def keys(self, cache: LayerCache, dtype):
+        """Each row's first `num_keys` keys of the pool `cache` in `dtype` [B, num_keys, K, D] (`key_mask`'s columns),
+        unrotated where the pool is int8 (an indexer scoring the layer's own keys: models/sparse_attention.py)."""
+        keys = self.gather(cache.k, cache.k_scale, dtype)
+        return keys if cache.k_scale is None else kv_quant.rotate(keys)
 
     def index_keys(self, pages, k, positions):
         """Sparse attention's indexer keys (models/sparse_attention.py) k [B, T, 1, Di] written into the layer's indexer
@@ -580,7 +609,7 @@ class Attention(nnx.Module):
         """`weights` of the queries q and keys k [B, T, ., D] of a full sequence under `spec` (a sparse layer's
         selected keys in it: models/sparse_attention.py)."""
         sinks = None if self.sinks_outside_weights else spec.sinks
-        probs = attention_probs(q, k.astype(q.dtype), _selected(kv.mask(positions, spec.window), spec), spec.scale,
+        probs = attention_probs(q, rounded(spec, k.astype(q.dtype), None)[0], _selected(kv.mask(positions, spec.window), spec), spec.scale,
                                 spec.softcap, sinks, score_bias(spec, positions, positions))
         b, groups, members, t, s = probs.shape
         return probs.reshape(b, groups * members, t, s)

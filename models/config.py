@@ -98,6 +98,7 @@ class ModelConfig:
     # and a rope of their own for the sliding-window layers (None: the same rope everywhere).
     attn_scale: float | None = None
     attn_scale_by_layer: bool = False  # the scale divided by (layer index + 1) (GPT-2's scale_attn_by_inverse_layer_idx)
+    full_attn_scale: float = 1.0  # the full-attention layers' scale times this (Ergo's global_attention_scale: models/ergo.py)
     attn_softcap: float | None = None
     final_softcap: float | None = None
     local_rope: RopeConfig | None = None
@@ -183,6 +184,10 @@ class ModelConfig:
     expert_bias: bool = False
     expert_output_bias: bool = False  # a bias [E] added to the experts' summed output (JetMoE's mlp.bias)
     moe_output_norm: bool = False  # an RMSNorm of the MoE block's output, routed and shared summed (A.X-K1's post_mlp_layernorm)
+    # Each routed expert's output RMS-normed in float32 and scaled by that expert's own weight row before its routing
+    # weight (Ergo's post_expert_norm, [X, E]); the shared expert's output RMS-normed (Ergo's shared_experts.norm)
+    expert_output_norm: bool = False
+    shared_expert_norm: bool = False
     # Zero-computation experts routed beside the num_experts ones (LongCat-Flash's zero_expert_num): the router scores
     # num_experts + zero_experts, and a token routed to one of these gets its input back, times the weight
     zero_experts: int = 0
@@ -219,6 +224,9 @@ class ModelConfig:
     attn_k_eq_v: bool = False
     v_norm: bool = False
     kv_shared_layers: int = 0
+    # Each layer's source of keys and values where the config names them (Kolibri 1.1's kv_source_layers: a layer whose
+    # entry is another projects no keys or values and attends over that layer's); (): kv_shared_layers' reading
+    kv_sources: tuple[int, ...] = ()
     double_wide_mlp: bool = False
     per_layer_input_size: int = 0
     per_layer_vocab_size: int = 0
@@ -425,7 +433,9 @@ class ModelConfig:
 
     def kv_source(self, layer: int) -> int:
         """The layer whose keys and values `layer` attends over: itself, or for the last
-        kv_shared_layers layers the last layer of the same type before them (Gemma 4)."""
+        kv_shared_layers layers the last layer of the same type before them (Gemma 4); kv_sources' entry where given."""
+        if self.kv_sources:
+            return self.kv_sources[layer]
         first = self.num_layers - self.kv_shared_layers
         if layer < first:
             return layer
@@ -457,7 +467,7 @@ class ModelConfig:
         """(1, index head_dim) of the indexer keys `layer` caches beside its keys and values (DeepSeek Sparse
         Attention: one key head per token, models/sparse_attention.py); None: it runs no indexer of its own."""
         ix = self.indexer
-        if ix is None or self.kv_shape(layer) is None or layer in ix.shared:
+        if ix is None or ix.by_attention or not ix.sparse(layer) or self.kv_shape(layer) is None or layer in ix.shared:
             return None
         return 1, ix.head_dim
 

@@ -190,10 +190,19 @@ CONFIG_FIELDS = {
     # MiniMax-M3's dense and shared MLP widths, block-sparse layers' key blocks (and their legacy nested spellings)
     "dense_intermediate_size": COUNT, "index_block_size": COUNT, "index_topk_blocks": COUNT, "index_local_blocks": INDEX,
     "sparse_attention_config": OBJECT,
+    # Kolibri 1.1's indexed attention (its pool, blocks, scoring heads, sink and local keys), the layers choosing a pool,
+    # each layer's source of keys and values, its dense MLPs' width (index_topk: each family's own check)
+    "index_pool_size": COUNT, "index_compression": COUNT, "index_num_heads": COUNT, "index_num_local_tokens": INDEX,
+    "index_num_sink_tokens": INDEX, "index_layers": Field(int, 0, MAX_SIZE, many="list"),
+    "kv_source_layers": Field(int, 0, MAX_SIZE, many="list"), "mlp_only_intermediate_size": INDEX,
     # HRM-Text's recurrence: H_cycles of L_cycles passes of its L stack then one of its H stack, num_layers_per_stack
     # layers each (num_hidden_layers: every pass's layer, which its config class derives from the per-stack count)
     "H_cycles": COUNT, "L_cycles": COUNT, "num_layers_per_stack": LAYERS, "embedding_scale": Field(float),
     "prefix_lm": FLAG, "L_bp_cycles": Field(int, many="list"),
+    # Ergo's dense layers (their count and width), its routed experts' scale, every how many layers one is full (any
+    # nonzero integer, as its config's modulo reads it) and those layers' logit scale, its window's alias
+    "first_dense_intermediate_size": COUNT, "num_dense_blocks": INDEX, "moe_routed_scaling_factor": Field(float),
+    "global_attention_every_n_layers": Field(int), "global_attention_scale": NON_NEGATIVE, "local_attention_window": INDEX,
     "short_conv_kernel_size": COUNT, "layer_group_size": COUNT, "kda_safe_gate": FLAG, "kda_lower_bound": Field(float),
     # LongCat-Flash's expert width and zero-computation experts, its router's bias, its query heads' width (its layers:
     # num_layers, each two of ours)

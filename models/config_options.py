@@ -122,7 +122,14 @@ class IndexerConfig:
     token, cached in pages of its own), and attention reads only the `topk` best of them. `interleaved`: the
     indexer rotates its first qk_rope_head_dim values in interleaved pairs (GLM-5), else in halves (V3.2); its last
     ones where `rope_last` (HY V4). `shared`: the layers that run no indexer but take the selection of the last layer
-    before them that does. `norm_eps`: its key LayerNorm's epsilon (HY V4's rms_norm_eps; 1e-6 elsewhere)."""
+    before them that does. `norm_eps`: its key LayerNorm's epsilon (HY V4's rms_norm_eps; 1e-6 elsewhere).
+
+    `by_attention` (Kolibri 1.1): an indexer without weights or keys of its own, which scores the layer's cached keys
+    (key head 0) with its first `heads` query heads (`head_dim` theirs), both rounded by `rounding`; only `layers` are
+    sparse (None: every attention layer). Where a query sees more than `pool` keys, the layers not `shared` first choose
+    a pool of candidates (the pool // pool_block blocks of pool_block keys whose mean key scores best) that they and the
+    shared layers after them select from; a query keeps its `sink_tokens` first and `local_tokens` last keys beside its
+    `topk`, and attends keys and values rounded by `rounding` ("nvfp4": `kv_quant.fake_nvfp4`)."""
 
     heads: int
     head_dim: int
@@ -131,10 +138,24 @@ class IndexerConfig:
     shared: tuple[int, ...] = ()
     rope_last: bool = False
     norm_eps: float = 1e-6
+    by_attention: bool = False
+    layers: tuple[int, ...] | None = None
+    pool: int = 0
+    pool_block: int = 1
+    sink_tokens: int = 0
+    local_tokens: int = 0
+    rounding: str | None = None
+
+    def sparse(self, layer: int) -> bool:
+        """Whether `layer` attends only the keys an indexer selects."""
+        return self.layers is None or layer in self.layers
 
     def source(self, layer: int) -> int:
-        """The layer whose indexer selects `layer`'s keys: itself, or for a shared layer the last one before it that runs one."""
-        return max(i for i in range(layer + 1) if i not in self.shared)
+        """The layer whose indexer selects `layer`'s keys (by_attention: chose its pool): itself, or for a shared layer the
+        last sparse one before it that runs one (a dense layer: itself)."""
+        if not self.sparse(layer):
+            return layer
+        return max(i for i in range(layer + 1) if i not in self.shared and self.sparse(i))
 
 
 def parse_rope(raw: dict, layer_type: str = "full_attention") -> RopeConfig:

@@ -56,6 +56,10 @@ class MoE(nnx.Module, pytree=False):
     a bias (`expert_bias`: `{name}_bias` [X, out], float, split over ep with its stack), added to
     each assignment's product; the activation is the clamped SwiGLU (`swiglu_limit`,
     `clamped_swiglu`) in place of act(gate) * up.
+
+    Normed experts (`cfg.expert_output_norm`, Ergo): each assignment's output RMS-normed in float32 and scaled by its
+    expert's row of `expert_norm` [X, E] (float, split over ep with the stacks), cast back, then weighted; the shared
+    expert's output RMS-normed too where `cfg.shared_expert_norm`.
     """
 
     EXPERTS = ("gate_proj", "up_proj", "down_proj")
@@ -101,6 +105,9 @@ class MoE(nnx.Module, pytree=False):
         self.shared_average = cfg.shared_expert_average
         self.shared_float32 = cfg.shared_expert_float32
         self.bias = param((cfg.hidden_size,), ("embed",), dtype) if cfg.expert_output_bias else None  # JetMoE: added to the experts' sum
+        # Ergo: each expert's output RMS-normed, times its own weight row [X, E]
+        self.expert_norm = param((x, cfg.hidden_size), ("expert", "embed"), dtype) if cfg.expert_output_norm else None
+        self.expert_norm_eps = cfg.norm_eps
         # A.X-K1: the block's output (routed and shared summed) RMS-normed
         self.post_mlp_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype, rngs=rngs) if cfg.moe_output_norm else None
         if cfg.shared_expert_intermediate_size:
@@ -110,6 +117,9 @@ class MoE(nnx.Module, pytree=False):
             if cfg.shared_expert_gated:
                 self.shared_expert_gate = Dense((e,), (1,), ("embed", "router"), bias=False, dtype=dtype, rngs=rngs,
                                                 quantizable=False)
+        self.shared_expert_norm = None  # Ergo: the shared expert's output RMS-normed
+        if self.shared_expert is not None and cfg.shared_expert_norm:
+            self.shared_expert_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype, rngs=rngs, upcast_scale=cfg.norm_upcast_scale)
 
     def quantize(self, path: tuple, scheme_for) -> None:
         """Declare each expert stack quantized by scheme_for(its path) (None: stay float)."""
@@ -129,14 +139,33 @@ class MoE(nnx.Module, pytree=False):
 
     def _stacks(self) -> list[tuple]:
         """(stack, scale or None, offset or None) of gate (where gated), up and down, as arrays; with expert
-        biases, a fourth entry: the biases of gate, up and down."""
+        biases, a next entry: the biases of gate, up and down; with normed experts, a last one: (expert_norm,)."""
         out = []
         for name in self.names:
             scale, offset = (getattr(self, n) for n in quant.scale_names(name))
             out.append((getattr(self, name)[...], None if scale is None else scale[...], None if offset is None else offset[...]))
         if self.gate_proj_bias is not None:
             out.append(tuple(getattr(self, f"{name}_bias")[...] for name in self.EXPERTS))
+        if self.expert_norm is not None:
+            out.append((self.expert_norm[...],))
         return out
+
+    def _extras(self, stacks: list) -> tuple:
+        """(the projections' entries of `stacks` (_stacks), the experts' biases or None, their norm weights or None)."""
+        n, extra = len(self.names), list(stacks[len(self.names):])
+        biases = extra.pop(0) if self.gate_proj_bias is not None else None
+        norm = extra.pop(0)[0] if self.expert_norm is not None else None
+        return stacks[:n], biases, norm
+
+    def _normed(self, y, norm, ids):
+        """y [A, E]: each assignment's expert output, RMS-normed in float32 times its expert's row of `norm` [X, E]
+        (ids [A]: the experts, local; any past them clipped, their rows masked by the caller), cast back; y where the
+        experts have no norm."""
+        if norm is None:
+            return y
+        h = y.astype(jnp.float32)
+        h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.expert_norm_eps)
+        return (h * jnp.take(norm, ids, axis=0, mode="clip").astype(jnp.float32)).astype(y.dtype)
 
     def _glu(self, *products):
         """The experts' hidden activations from their gate and up products (up's alone: act(up), ungated)."""
@@ -209,6 +238,8 @@ class MoE(nnx.Module, pytree=False):
         if self.shared_expert is None:
             return out.astype(x.dtype).reshape(shape)
         shared = self.shared_expert(x)
+        if self.shared_expert_norm is not None:
+            shared = self.shared_expert_norm(shared)
         if self.shared_expert_gate is not None:
             shared = jax.nn.sigmoid(self.shared_expert_gate(x)) * shared
         if self.shared_float32:  # HY V3: the sum in float32, then cast
@@ -225,9 +256,9 @@ class MoE(nnx.Module, pytree=False):
         experts the stacks hold: all of them (`first` None), or first .. first + len(stack) - 1 (a
         device's range under expert parallelism; assignments to other experts count for nothing).
         `form` (default `expert_form`'s choice): "ragged" or "gather"."""
-        local, n = stacks[0][0].shape[0], len(self.names)
+        local = stacks[0][0].shape[0]
         form = form or expert_form(experts.size, local)
-        stacks, biases = stacks[:n], (stacks[n] if len(stacks) > n else None)
+        stacks, biases, norm = self._extras(stacks)
         flat = experts.reshape(-1)  # [N * k] assignments, token-major
         mine = None
         if first is not None:
@@ -237,7 +268,7 @@ class MoE(nnx.Module, pytree=False):
             w = weights.reshape(-1).astype(jnp.float32)
             if mine is not None:
                 flat, w = jnp.where(mine, flat, 0), jnp.where(mine, w, 0.0)
-            return self._gathered(x, w, flat, stacks, biases)
+            return self._gathered(x, w, flat, stacks, biases, norm)
         if mine is not None:
             flat = jnp.where(mine, flat, local)  # others sort after every local group
         order, groups = expert_groups(flat, local)
@@ -255,12 +286,13 @@ class MoE(nnx.Module, pytree=False):
         y = jax.lax.ragged_dot(self._glu(*products), down, groups)  # [N * k, E]
         if biases is not None:
             y = y + bias[2]
+        y = self._normed(y, norm, jnp.take(flat, order))
         y = y.astype(jnp.float32) * w[:, None]
         if mine is not None:  # rows past the local groups belong to no group: nothing of theirs is added
             y = jnp.where(jnp.take(mine, order)[:, None], y, 0.0)
         return jnp.zeros(x.shape, jnp.float32).at[token].add(y)
 
-    def _gathered(self, x, w, flat, stacks, biases=None):
+    def _gathered(self, x, w, flat, stacks, biases=None, norm=None):
         """`_experts` as each assignment's own expert matrices taken from the stacks (reads k
         experts per token) and one product per assignment. w [N * k] float32, flat [N * k] local ids."""
         *ins, down = (self._weight(*(None if a is None else jnp.take(a, flat, axis=0) for a in s), x.dtype)
@@ -270,7 +302,7 @@ class MoE(nnx.Module, pytree=False):
         if self.scales_input:  # Llama 4: see _experts
             xs, w = xs * w[:, None].astype(x.dtype), jnp.ones_like(w)
         h = self._glu(*(jnp.einsum("ne,nef->nf", xs, m) + b_ for m, b_ in zip(ins, bias)))
-        y = (jnp.einsum("nf,nfe->ne", h, down) + bias[-1]).astype(jnp.float32) * w[:, None]
+        y = self._normed(jnp.einsum("nf,nfe->ne", h, down) + bias[-1], norm, flat).astype(jnp.float32) * w[:, None]
         return y.reshape(x.shape[0], self.k, -1).sum(1)
 
     def _split_experts(self, x, weights, experts, stacks):

@@ -90,7 +90,9 @@ def gemma3_defaults(raw: dict) -> dict:
 
 class SandwichLayer(DecoderLayer):
     """x + post_attn(mix(input(x))), then x + post_ff(mlp(pre_ff(x))): the shared layer's norms and token mixing
-    (attention, or a recurrent layer's mixer: LFM3), its post_attention_layernorm on the mixer's output."""
+    (attention, or a recurrent layer's mixer: LFM3), its post_attention_layernorm on the mixer's output. A subclass
+    that `carries` hands its attention the value of the layer before and returns the one the attention hands on
+    (Kolibri 1.1's candidate pool: models/sparse_attention.py IndexedAttention)."""
 
     def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
         super().__init__(cfg, layer, dtype=dtype, rngs=rngs)
@@ -98,10 +100,11 @@ class SandwichLayer(DecoderLayer):
         self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps, **norm)
         self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps, **norm)
 
-    def __call__(self, x, positions, rot, cache, kv=UNCACHED):
-        attn, cache = self.mix(self.input_layernorm(x), positions, rot, cache, kv)
+    def __call__(self, x, positions, rot, cache, kv=UNCACHED, *carried):
+        h = self.input_layernorm(x)
+        attn, cache, *passed = self.self_attn(h, positions, rot, cache, kv, *carried) if carried else self.mix(h, positions, rot, cache, kv)
         x = x + self.post_attention_layernorm(attn)
-        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x))), cache
+        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x))), cache, *passed
 
 
 class Gemma2ForCausalLM(CausalLM):

@@ -97,3 +97,21 @@ def dequantize_kv(values, scales, dtype):
     if scales is None:
         return values.astype(dtype)
     return (values.astype(jnp.float32) * scales.astype(jnp.float32)[..., None]).astype(dtype)
+
+
+def fake_nvfp4(x):
+    """x [..., D] (D a multiple of 16) rounded to NVFP4 and back, in x's dtype: E2M1 values (magnitudes 0, 0.5, 1, 1.5, 2,
+    3, 4, 6, ties to even) times one E4M3 scale per 16 consecutive values (max|x| / 6, clipped to [2**-9, 448], rounded to
+    E4M3), in float32 (transformers' nvfp4_fake_quantize: Kolibri 1.1's sparse keys and values, and its indexer's
+    queries and keys, ModelConfig.indexer.rounding)."""
+    blocks = x.astype(jnp.float32).reshape(x.shape[:-1] + (-1, 16))
+    scale = jnp.clip(jnp.max(jnp.abs(blocks), axis=-1, keepdims=True) / 6, 2.0**-9, 448)
+    scale = scale.astype(jnp.float8_e4m3fn).astype(jnp.float32)
+    scaled = blocks / scale
+    magnitude = jnp.minimum(jnp.abs(scaled), 6.0)
+    step = jnp.where(magnitude < 2, 0.5, jnp.where(magnitude < 4, 1.0, 2.0))
+    rounded = jnp.round(magnitude / step) * step  # jnp.round: ties to even, as torch.round
+    return (jnp.copysign(rounded, scaled) * scale).reshape(x.shape).astype(x.dtype)
+
+
+ROUNDINGS = {"nvfp4": fake_nvfp4}  # AttnSpec.kv_round's names (models/attention.py)

@@ -18,6 +18,15 @@ score exactly the keys one full forward scores. The KV backends give the indexer
 mask of the key columns they read (`key_mask`): the call's own under Uncached, each row's first num_keys gathered
 positions under PagedCache. The selected keys are then attended by the masked XLA form (PagedCache.attend);
 docs/architecture.md says what a kernel would need.
+
+Kolibri 1.1's indexed attention (`IndexedAttention`, IndexerConfig.by_attention) is a variant without weights or pages of
+its own: the layer's cached keys (key head 0; another layer's where it shares them, ModelConfig.kv_source) scored by its
+first `heads` query heads, both NVFP4-rounded, sum over heads of relu(q . k) / sqrt(head_dim) / heads. A query that sees
+more than `pool` keys first narrows them to a candidate pool (the blocks of pool_block keys, counted from its first
+visible key, whose rounded mean key scores best; an incomplete last block scores 0), which the layers after it that do
+not choose one (`shared`) reuse (the layer's carried value, `carries`); a query that sees more than topk + sinks +
+locals keys keeps its first sink_tokens and last local_tokens keys and the topk best of the pool's others (ties to the
+earlier key), every key otherwise. It attends NVFP4-rounded keys and values (`AttnSpec.kv_round`).
 """
 
 from __future__ import annotations
@@ -26,9 +35,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxllm.models.attention import UNCACHED, Uncached
+from jaxllm.models.attention import UNCACHED, Attention, Uncached
 from jaxllm.models.config import ModelConfig
 from jaxllm.models.decoder import CausalLM, DecoderLayer, dense
+from jaxllm.models.kv_quant import ROUNDINGS
 from jaxllm.models.layers import Dense, LayerNorm
 from jaxllm.models.mla import LatentAttention
 from jaxllm.models.rope import Rotary, apply_rotary
@@ -43,6 +53,108 @@ def top_k_keys(scores, mask, k: int):
     b, t = idx.shape[:2]
     keep = jnp.zeros(scores.shape, bool).at[jnp.arange(b)[:, None, None], jnp.arange(t)[None, :, None], idx].set(True)
     return keep & mask
+
+
+def top_k_mask(scores, k: int):
+    """bool [..., S]: the `k` highest finite `scores` of each row, ties to the lowest indices (transformers' top_k_mask,
+    the radix selection of Kolibri 1.1's kernels)."""
+    k = min(k, scores.shape[-1])
+    kth = jax.lax.top_k(scores, k)[0][..., -1:]
+    above = scores > kth
+    tied = (scores == kth) & (kth > -jnp.inf)
+    return above | (tied & (jnp.cumsum(tied, axis=-1) <= k - jnp.sum(above, axis=-1, keepdims=True)))
+
+
+def attention_index(ix, q, keys, visible, pool=None):
+    """Kolibri 1.1's selection (IndexerConfig.by_attention; the module docstring): q [B, T, H, D] the layer's queries,
+    keys [B, S, D] its key head 0 over the KV backend's columns, `visible` [B, T, S] what each query may see; `pool`
+    [B, T, S] the candidates a layer before chose (None: this layer chooses them). Returns (the keys each query attends,
+    the pool), bool [B, T, S] each. Every query of a row counts its blocks from the row's first key any query sees
+    (transformers groups queries by their own first key: the same one in causal attention over left-padded rows)."""
+    rnd = ROUNDINGS[ix.rounding] if ix.rounding else (lambda x: x)
+    queries = rnd(q[:, :, : ix.heads]).astype(jnp.float32)
+    weight = ix.head_dim**-0.5 / ix.heads
+
+    def score(against):  # [B, N, D] -> [B, T, N], the heads summed in transformers' order
+        total = 0.0
+        for h in range(ix.heads):
+            total = total + jax.nn.relu(jnp.einsum("btd,bnd->btn", queries[:, :, h], against))
+        return total * weight
+
+    b, s = keys.shape[:2]
+    col = jnp.arange(s)
+    first = jnp.argmax(visible, axis=-1)  # [B, T]
+    lengths = (s - jnp.argmax(visible[..., ::-1], axis=-1) - first) * jnp.any(visible, axis=-1)
+    rel = col - first[..., None]  # [B, T, S], each key's place after the query's first
+    if pool is None:
+        pool = visible
+        if ix.pool:
+            c = ix.pool_block
+            seen = jnp.any(visible, axis=1)  # [B, S]: keys no query sees (padding) count as zeros in their block's mean
+            start = jnp.argmax(seen, axis=-1)[:, None]
+            n = s // c + 1
+            idx = start + jnp.arange(n * c)
+            inside = (idx < s) & jnp.take_along_axis(seen, jnp.minimum(idx, s - 1), axis=1)
+            doc = jnp.take_along_axis(keys, jnp.minimum(idx, s - 1)[..., None], axis=1).astype(jnp.float32)
+            doc = jnp.where(inside[..., None], doc, 0.0)
+            means = rnd(doc.reshape(b, n, c, -1).sum(axis=2) / c)
+            blocks = jnp.arange(n)
+            full = lengths[..., None] // c
+            scores = jnp.where(blocks < full, score(means), 0.0)  # the incomplete block scores 0, later ones not at all
+            scores = jnp.where(blocks >= (lengths[..., None] + c - 1) // c, -jnp.inf, scores)
+            chosen = top_k_mask(scores, ix.pool // c)  # [B, T, n]
+            block_of = jnp.clip((col - start) // c, 0, n - 1)  # [B, S]
+            picked = jnp.take_along_axis(chosen, jnp.broadcast_to(block_of[:, None, :], visible.shape), axis=2)
+            pool = jnp.where(lengths[..., None] > ix.pool, picked & (col >= start)[:, None, :] & visible, visible)
+    scores = score(rnd(keys).astype(jnp.float32))
+    sinks = (rel >= 0) & (rel < ix.sink_tokens)
+    local = (rel >= lengths[..., None] - ix.local_tokens) & (rel < lengths[..., None])
+    candidates = pool & ~sinks & (rel < lengths[..., None] - ix.local_tokens)
+    chosen = top_k_mask(jnp.where(candidates, scores, -jnp.inf), ix.topk)
+    budget = ix.topk + ix.local_tokens + ix.sink_tokens
+    keep = jnp.where(lengths[..., None] > budget, (chosen | sinks | local) & visible, visible)
+    return keep, pool
+
+
+class IndexedAttention(Attention):
+    """The shared attention whose sparse layers (IndexerConfig.by_attention: Kolibri 1.1) attend the keys
+    `attention_index` selects from their own queries and cached keys, rounded as the indexer says; called with the
+    candidate pool of the layers before (None: none yet), it returns (output, cache, the pool it used). Its other layers
+    are the shared `Attention`, the pool handed through."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, *, dtype, rngs: nnx.Rngs):
+        super().__init__(cfg, layer, dtype=dtype, rngs=rngs)
+        ix = cfg.indexer
+        self.index = ix if ix is not None and ix.sparse(layer) else None
+        self.chooses_pool = self.index is not None and ix.source(layer) == layer
+        if self.index is not None:
+            self.spec = self.spec._replace(kv_round=ix.rounding)
+
+    def __call__(self, x, positions, rot: Rotary | None, cache, kv=UNCACHED, pool=None):
+        if self.index is None:
+            return *super().__call__(x, positions, rot, cache, kv), pool
+        q, k, v = self.project(x, positions, rot)
+        pages = cache if self.reads_shared_kv else kv.write(cache, k, v, positions)
+        keep, pool = attention_index(self.index, q, kv.keys(pages, q.dtype)[:, :, 0], kv.key_mask(positions, None),
+                                     None if self.chooses_pool else pool)
+        out = kv.read(q, pages, positions, self.call_spec()._replace(keep=keep), k, v)
+        return self.output(out, x), None if self.reads_shared_kv else pages, pool
+
+    def select(self, x, positions, rot: Rotary | None, kv: Uncached = UNCACHED, keys=None):
+        """The candidate pool this layer chooses for the queries of a full sequence x (the layer's attention input;
+        `keys`: those of the layer whose keys it reads, where it reads another's)."""
+        q, k, _ = self.project(x, positions, rot)
+        return attention_index(self.index, q, (k if keys is None else keys)[:, :, 0], kv.mask(positions, None))[1]
+
+    def weights(self, x, positions, rot: Rotary | None, kv: Uncached = UNCACHED, keys=None, selected=None):
+        """`Attention.weights` over the keys the layer selects (from `selected`, the pool of the layer before that chose
+        it, where this layer chooses none)."""
+        if self.index is None:
+            return super().weights(x, positions, rot, kv, keys)
+        q, k, _ = self.project(x, positions, rot)
+        k = k if keys is None else keys
+        keep, _ = attention_index(self.index, q, k[:, :, 0], kv.mask(positions, None), None if self.chooses_pool else selected)
+        return self.weights_of(q, k, positions, kv, self.call_spec()._replace(keep=keep))
 
 
 class Indexer(nnx.Module):

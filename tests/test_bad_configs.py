@@ -204,9 +204,25 @@ DOGE = dict(model_type="doge", vocab_size=32, hidden_size=16, intermediate_size=
      r"1000000000000 \+ n_output_layers 1 make 2,000,000,000,002 layers, more than the 1024 jaxllm builds"),
     (tiny("HrmTextForCausalLM", H_cycles=10**6), r"num_hidden_layers 2 x H_cycles 1000000 x \(L_cycles 2 \+ 1\) make 6,000,000 layers"),
     (tiny("LongcatFlashForCausalLM", num_layers=1000), r"num_layers 1000 \(each two layers of jaxllm's: .*\) make 2,000 layers"),
+    # Ergo: a head_dim its rotary embedding turns but its attention does not have (a shape error), no interval of full
+    # layers (a ZeroDivisionError), layers without a mask, a layer type without its rope entry (a KeyError), nulls
+    # ErgoConfig refuses or its model cannot run, a negative scale of the full layers' logits (its square root complex,
+    # whose imaginary part transformers drops with a warning: a scale of ~1e-33)
+    (tiny("ErgoForCausalLM", head_dim=8), r"head_dim=8 is not hidden_size // num_attention_heads = 16, .*: remove head_dim"),
+    (tiny("ErgoForCausalLM", global_attention_every_n_layers=0), r"global_attention_every_n_layers is 0 and layer_types is left out"),
+    (tiny("ErgoForCausalLM", layer_types=["chunked_attention"] * 3), r"layer type 'chunked_attention' is not one Ergo layers run"),
+    (tiny("ErgoForCausalLM", rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e4}}),
+     r"rope_parameters has no sliding_attention entry, which Ergo reads for its sliding_attention layers"),
+    (tiny("ErgoForCausalLM", rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": None}, "full_attention": None}),
+     r"rope_theta is null for the sliding_attention layers' rotary positions"),
+    (tiny("ErgoForCausalLM", local_attention_window=None), r"'local_attention_window' is null"),
+    (tiny("ErgoForCausalLM", num_dense_blocks=None), r"'num_dense_blocks' is null"),
+    (tiny("ErgoForCausalLM", global_attention_scale=-1.0), r"'global_attention_scale' must be a non-negative number"),
 ], ids=["openai-gpt-activation", "aria-topk-per-layer", "doge-moe", "doge-key-selection", "lara-mini-layer-type",
         "lara-mini-linear-heads", "zaya-top-k", "zaya-layer-type", "zaya-odd-values", "openai-gpt-activation-list",
-        "kimi-null-linear-heads", "zaya-rope-entry", "dory-loops", "hrm-cycles", "longcat-layers"])
+        "kimi-null-linear-heads", "zaya-rope-entry", "dory-loops", "hrm-cycles", "longcat-layers", "ergo-head-dim",
+        "ergo-full-interval", "ergo-chunked", "ergo-rope-entry", "ergo-null-theta", "ergo-null-window", "ergo-null-dense",
+        "ergo-negative-scale"])
 def test_values_transformers_refuses_for_these_families_are_refused(raw, message):
     with pytest.raises(ConfigError, match=r"^config\.json " + message) as info:
         loader.plan(raw)

@@ -358,6 +358,29 @@ def test_phimoe_sparsemixer_matches_transformers(tmp_path):
     assert alone.any(0).all() and (~alone).any(0).all(), alone.mean(0)
 
 
+def test_ergo_normed_experts_under_expert_parallelism_and_either_dispatch(tmp_path, monkeypatch):
+    """Ergo's ungated experts, each output RMS-normed by its expert's own weight row (expert_norm [X, E], split over ep
+    with the stacks): an ep=2,tp=4 mesh and the gathered products (decode's form) give the grouped one-device logits."""
+    reference.build("ErgoForCausalLM", tmp_path, seed=5)
+    one, split = jaxllm.load(tmp_path), jaxllm.load(tmp_path, mesh="ep=2,tp=4")
+    block = _moe_block(split, layer=1)  # layer 0: the tiny config's dense layer
+    assert "gate_proj" not in block  # ungated: up and down stacks alone
+    for name in ("up_proj", "down_proj", "expert_norm"):
+        assert block[name][...].sharding.spec[0] == "ep", name
+    want = np.asarray(one.logits(TOKENS))
+    assert reference.max_rel_diff(split.logits(TOKENS), want) <= 1e-5
+    asked = []
+    monkeypatch.setattr("jaxllm.models.experts.expert_form", lambda assignments, experts: asked.append(experts) or "gather")
+    jax.clear_caches()
+    try:
+        for m in (one, split):
+            assert reference.max_rel_diff(m.logits(TOKENS), want) <= 1e-5
+        assert set(asked) == {8, 4}  # traced anew through the gathered products, with and without ep
+    finally:
+        monkeypatch.undo()
+        jax.clear_caches()
+
+
 @pytest.mark.parametrize("arch", ["Ernie4_5_MoeForCausalLM", "Llama4ForCausalLM"])
 def test_router_options_under_expert_parallelism(arch, tmp_path):
     """ERNIE 4.5's selection bias (replicated with the router) and Llama 4's sigmoid weights scaling

@@ -64,14 +64,15 @@ def _as_transformers_reads(arch, raw: dict) -> dict:
                   "mamba2": MAMBA_POSITIONS, "recurrent_gemma": MAMBA_POSITIONS, "xlstm": MAMBA_POSITIONS}.get(kind)
                  or getattr(hf, "max_position_embeddings", None))
     hard_act = {"ctrl": "relu", "bloom": "gelu_pytorch_tanh", "mpt": "gelu", "lfm2": "silu", "lfm2_moe": "silu", "lfm3": "silu", "rwkv": "relu2",
-                "xlstm": "silu"}
+                "xlstm": "silu", "ergo": "relu2"}
     act_of = hard_act.get(kind) or (hf.ffn_config.ffn_act_fn["name"] if kind == "dbrx" else getattr(hf, act))
     if kind == "openai-gpt":  # its afn names modeling_openai.ACT_FNS' functions
         act_of = {"gelu": "gelu_new", "swish": "silu"}.get(hf.afn, hf.afn)
     if kind == "cohere2_moe":  # RMSNorms of rms_norm_eps where it is set, else LayerNorms of layer_norm_eps
         eps = "rms_norm_eps" if hf.rms_norm_eps is not None else "layer_norm_eps"
-    out = dict(max_position_embeddings=positions, norm_eps=fixed_eps or getattr(hf, eps),
-               tie_word_embeddings=hf.tie_word_embeddings, hidden_act=act_of)
+    # ErgoForCausalLM ties no weights (no _tied_weights_keys), and ErgoConfig has no tie_word_embeddings field
+    tied = False if kind == "ergo" else hf.tie_word_embeddings
+    out = dict(max_position_embeddings=positions, norm_eps=fixed_eps or getattr(hf, eps), tie_word_embeddings=tied, hidden_act=act_of)
     if kind == "gemma" and out["hidden_act"] == "gelu":  # GemmaMLP's legacy mapping
         out["hidden_act"] = "gelu_pytorch_tanh"
     if kind in ("gptj", "codegen"):

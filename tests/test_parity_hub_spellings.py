@@ -748,6 +748,14 @@ SPELLINGS = {
         "layer_types", "norm_topk_prob", "num_local_experts"), num_experts=6)),
     "kolibri1-score-bias": ("Kolibri1ForCausalLM", {}, _edit(), _tensors(add=lambda tensors: {
         k.replace("mlp.e_score_correction_bias", "moe.router.expert_bias"): v for k, v in _score_biases("mlp", (0, 1, 2), 6)(tensors).items()})),
+    # Kolibri 1.1: every 5th layer indexed (layers 4 and 9), the first two dense, layer 4 choosing the pool and layer 9
+    # reading its keys and values where layer_types, mlp_only_layers, index_layers and kv_source_layers are left out; the
+    # experts under num_experts (num_local_experts' alias); its router's score bias under Kolibri's name, choosing experts
+    "kolibri1_1-defaults": ("Kolibri1_1ForCausalLM", dict(num_hidden_layers=10, layer_types=None, mlp_only_layers=None, index_layers=None,
+                                                         kv_source_layers=None), _edit((
+        "layer_types", "mlp_only_layers", "index_layers", "kv_source_layers", "num_local_experts"), num_experts=6)),
+    "kolibri1_1-score-bias": ("Kolibri1_1ForCausalLM", {}, _edit(), _tensors(add=lambda tensors: {
+        k.replace("mlp.e_score_correction_bias", "moe.router.expert_bias"): v for k, v in _score_biases("mlp", (0, 2, 3), 6)(tensors).items()})),
     # Mellum: every layer full and routed, MellumConfig's rope per layer type where left out; the experts under
     # num_local_experts (its attribute_map alias); its multi-token-prediction module kept in the checkpoint
     "mellum-defaults": ("MellumForCausalLM", dict(mlp_layer_types=None), _edit(("layer_types", "mlp_layer_types", "rope_parameters", "num_experts"),
@@ -1028,6 +1036,19 @@ SPELLINGS = {
     # LongCat-Flash under its config class's aliases, which win: num_hidden_layers (twice num_layers), intermediate_size
     "longcat-aliases": ("LongcatFlashForCausalLM", {}, lambda raw: raw.update(num_hidden_layers=2 * raw.pop("num_layers"),
                                                                            intermediate_size=raw.pop("ffn_hidden_size"))),
+    # Ergo as its Hub files spell it: its window as local_attention_window (the alias, which wins), a flat rope_theta (the
+    # sliding layers' rope; the full layers none), the layers' kinds and the dense layers from global_attention_every_n_layers
+    # and num_dense_blocks; its router's score bias (saved as zeros, router_bias) chooses the experts, not weighs them
+    "ergo-hub-spelling": ("ErgoForCausalLM", {}, _edit(("layer_types", "mlp_layer_types", "rope_parameters", "sliding_window"),
+                                                       local_attention_window=8, rope_theta=10000.0),
+                          _tensors(add=lambda tensors: {k.replace("model.layers.", "layers.").replace("mlp.e_score_correction_bias", "feed_forward.router_bias"): v
+                                                        for k, v in _score_biases("mlp", (1, 2), 8)(tensors).items()})),
+    # Ergo with a rope of the full layers' own (rotated too), every layer routed, no scale of the full layers' logits and a
+    # shared expert of no width (its empty tensors unread)
+    "ergo-full-rope-no-shared": ("ErgoForCausalLM", dict(num_dense_blocks=0, global_attention_scale=None, shared_intermediate_size=0,
+                                                         rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                                                          "full_attention": {"rope_type": "default", "rope_theta": 500.0}}),
+                                 _edit()),
     # RWKV with RwkvConfig's defaults: the widths from hidden_size, rescaled every 6 blocks (7 of them: the seventh's output
     # weights halved), a tied head
     "rwkv-defaults": ("RwkvForCausalLM", dict(num_hidden_layers=7, attention_hidden_size=None, intermediate_size=None,

@@ -1,5 +1,6 @@
 """DeepSeek Sparse Attention (models/sparse_attention.py) beyond the per-architecture parity and engine tests: the
-top-k selection's edges, the indexer keys' share of the pool, and their pages on a mesh."""
+top-k selection's edges, the indexer keys' share of the pool, and their pages on a mesh; Kolibri 1.1's weightless
+indexer on padded rows."""
 
 from types import SimpleNamespace
 
@@ -7,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference
 
 from jaxllm import loader, sharding
 from jaxllm.inspect import summary
@@ -71,3 +73,38 @@ def test_indexer_pages_split_over_dp_and_stay_whole_over_tp():
     for pages, index in state.cache:
         assert index.shape == (10, 4, 1, 16)
         assert tuple(index.sharding.spec) == ("dp", None, None, None) and pages.k.sharding.spec[:3] == ("dp", None, "tp")
+
+
+def test_kolibri_selection_matches_transformers_on_padded_rows():
+    """Kolibri 1.1's weightless indexer (models/sparse_attention.attention_index) against transformers' Kolibri1_1Indexer
+    on left-padded rows (which the per-architecture tests do not run): the pool an index layer chooses, the keys a later
+    layer selects from it, with ties (keys repeated) and the NVFP4 rounding (kv_quant.fake_nvfp4) of extreme values."""
+    import torch
+    from transformers.models.kolibri1_1.modeling_kolibri1_1 import Kolibri1_1Indexer, nvfp4_fake_quantize
+
+    from jaxllm.models.kv_quant import fake_nvfp4
+    from jaxllm.models.sparse_attention import attention_index
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 64)).astype(np.float32) * np.array([1e-4, 1, 30, 1e3], np.float32)[:, None]
+    np.testing.assert_array_equal(np.asarray(fake_nvfp4(jnp.asarray(x))), nvfp4_fake_quantize(torch.as_tensor(x)).numpy())
+    arch = registry.get("Kolibri1_1ForCausalLM")
+    cfg = arch.config(dict(arch.tiny_config))
+    hf = reference.hf_config("Kolibri1_1ForCausalLM")
+    b, t, h, d = 2, 30, cfg.num_heads, cfg.head_dim
+    q = rng.standard_normal((b, t, h, d)).astype(np.float32)
+    k = rng.standard_normal((b, t, 1, d)).astype(np.float32)
+    k[:, 20:24] = k[:, 12:16]  # equal scores: ties go to the earlier key
+    pad = np.arange(t)[None] >= np.array([[0], [5]])  # row 1 left-padded by 5
+    visible = np.tril(np.ones((t, t), bool))[None] & pad[:, None, :] & pad[:, :, None]
+    pool, keep = None, None
+    for layer in (0, 3):  # an index layer, then a layer reselecting from its pool
+        theirs_keep, theirs_pool = Kolibri1_1Indexer(hf, layer)(torch.as_tensor(q).transpose(1, 2), torch.as_tensor(k).transpose(1, 2),
+                                                               torch.as_tensor(visible)[:, None], pool)
+        keep, ours_pool = attention_index(cfg.indexer, jnp.asarray(q), jnp.asarray(k[:, :, 0]), jnp.asarray(visible),
+                                          None if layer == 0 else jnp.asarray(pool.numpy()))
+        np.testing.assert_array_equal(np.asarray(ours_pool), theirs_pool.numpy())
+        np.testing.assert_array_equal(np.asarray(keep), theirs_keep[:, 0].numpy())
+        pool = theirs_pool
+        assert (np.asarray(ours_pool).sum(-1) < visible.sum(-1)).any()  # the pool narrows what some queries see
+    assert (np.asarray(keep).sum(-1) < visible.sum(-1)).any()  # some queries attend fewer keys than they see
