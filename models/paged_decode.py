@@ -47,7 +47,8 @@ def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: f
     (`sinks` [H]: a logit per query head in the softmax's denominator, `with_sinks`), and every
     choice for ALiBi (`alibi`: attention_ops.alibi_bias on the scores; no kernel here takes a bias).
     `rotated`: the pool holds keys and values turned by kv_quant.rotate (an int8 cache's), q and the output do not:
-    "pallas" turns them inside its kernel, the other forms by a product on each side.
+    "pallas" turns them inside its kernel for calls of few rows (`paged_kernel.turns_inside`), the other forms and
+    larger calls by a product on each side.
 
     Measured on an H100 (jax 0.11.2, cuDNN 9.19, 2026-11-28; one layer, Qwen3-0.6B shape H=16,
     K=8, D=128, bf16, us per call in a chain of 100): batch 64 x 1k context: cudnn_paged
@@ -60,17 +61,17 @@ def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, *, scale: f
     n, ps, kv, _ = k_pages.shape
     p = page_table.shape[1]
     lengths = jnp.asarray(lengths, jnp.int32)
+    if rotated and not (impl == "pallas" and alibi is None and paged_kernel.turns_inside(b, kv)):
+        return kv_quant.rotate(paged_decode_attention(
+            kv_quant.rotate(q), k_pages, v_pages, page_table, lengths, scale=scale, impl=impl, window=window,
+            softcap=softcap, num_keys=num_keys, interpret=interpret, k_scales=k_scales, v_scales=v_scales, sinks=sinks,
+            alibi=alibi))
     if impl == "pallas" and alibi is None:
         table, first = window_table(page_table, lengths, window, ps, num_keys)
         lo = None if window is None else jnp.maximum(first_visible(lengths - 1, window), 0)
         out, lse = paged_kernel.pool_decode(q, k_pages, v_pages, table, lengths, lo, first, k_scales, v_scales,
                                             scale=scale, softcap=softcap, rotated=rotated, interpret=interpret)
         return with_sinks(out, lse, sinks).reshape(b, 1, h, d).astype(q.dtype)
-    if rotated:
-        return kv_quant.rotate(paged_decode_attention(
-            kv_quant.rotate(q), k_pages, v_pages, page_table, lengths, scale=scale, impl=impl, window=window,
-            softcap=softcap, num_keys=num_keys, interpret=interpret, k_scales=k_scales, v_scales=v_scales, sinks=sinks,
-            alibi=alibi))
     if k_pages.dtype.itemsize == 1:
         table, first = window_table(page_table, lengths, window, ps, num_keys)
         keys, values = gather_pages(k_pages, table), gather_pages(v_pages, table)

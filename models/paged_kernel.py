@@ -120,6 +120,18 @@ MAX_POOL_ELEMENTS = 2**31
 PREFETCH_BYTES = 16384
 
 
+# Turning q and the output inside the kernel (`rotated`) saves a decode step two products a layer but loads the
+# rotation's [D, D] entries twice in every program. Measured on an H200 (Qwen3-0.6B shape, int8 cache, 2026-12-03):
+# batch 1 +10% and batch 64 (512 programs) +9% tokens/s, but the offline workload's 256 rows (2,048 programs, one split
+# each) 0.94-0.97x. So only calls of at most this many (row, kv head) pairs turn inside; larger ones by products.
+TURN_INSIDE_ROWS = 512
+
+
+def turns_inside(rows: int, kv_heads: int) -> bool:
+    """Whether a call of `rows` queries over `kv_heads` kv heads turns an int8 cache's q and output in the kernel."""
+    return rows * kv_heads <= TURN_INSIDE_ROWS
+
+
 def kernel_takes(dtype, head_dim: int, pool) -> bool:
     """Whether the kernel runs on a GPU for queries of `dtype` over `pool` (an array or its ShapeDtypeStruct, [N, ps,
     K, D]): 16-bit queries (its products are 16-bit tensor-core ones), a head size that is a power of two from 16 to

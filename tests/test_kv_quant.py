@@ -119,7 +119,8 @@ def test_attention_reads_8_bit_pages_as_their_dequantized_values():
 def test_gpu_decode_of_an_int8_cache_turns_q_and_output_in_the_kernel(monkeypatch):
     """The GPU backend (impl "cudnn") decodes an int8 cache by our Pallas kernel (interpret mode here), which turns the
     queries and its output by kv_quant.rotate itself (no product of the layer's own): the same output as the XLA form,
-    which turns them by products around it, to one bfloat16 rounding; and the kernel is what ran."""
+    which turns them by products around it, to one bfloat16 rounding; and the kernel is what ran. Calls of more rows
+    than paged_kernel.TURN_INSIDE_ROWS turn them by products around the kernel (large batches: measured faster)."""
     calls = []
     kernel = paged_kernel.pool_decode
     monkeypatch.setattr(paged_kernel, "pool_decode",
@@ -132,12 +133,18 @@ def test_gpu_decode_of_an_int8_cache_turns_q_and_output_in_the_kernel(monkeypatc
     table = jnp.asarray([[3, 0, 7, 8], [5, 1, 2, 6]], jnp.int32)
     q, kn, vn = (jnp.asarray(rng.standard_normal((2, 1, heads, d)), jnp.bfloat16) for heads in (h, kv, kv))
     positions = jnp.asarray([[t], [12]], jnp.int32)
-    outs = {impl: np.asarray(PagedCache(table, jnp.ones((2, 1), bool), 16, impl)(q, kn, vn, cache, positions,
-                                                                                 AttnSpec(0.25))[0], np.float32)
-            for impl in ("cudnn", "xla")}
+    def decode(impl):
+        return np.asarray(PagedCache(table, jnp.ones((2, 1), bool), 16, impl)(q, kn, vn, cache, positions, AttnSpec(0.25))[0],
+                          np.float32)
+
+    outs = {impl: decode(impl) for impl in ("cudnn", "xla")}
     assert calls == [True]
     np.testing.assert_allclose(outs["cudnn"], outs["xla"], atol=1e-2)  # |out| up to ~1.6: one bfloat16 step, 2**-7
     assert np.abs(outs["xla"]).max() > 0.3
+    # a call of more (row, kv head) pairs than TURN_INSIDE_ROWS: the kernel reads turned queries, products turn them
+    monkeypatch.setattr(paged_kernel, "TURN_INSIDE_ROWS", 2)
+    np.testing.assert_allclose(decode("cudnn"), outs["xla"], atol=1e-2)
+    assert calls == [True, False]
 
 
 def test_scores_with_an_8_bit_cache_stay_close_to_the_float_model(llama):
