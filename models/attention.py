@@ -25,7 +25,7 @@ from flax import nnx
 from jaxllm.errors import GenerationError
 from jaxllm.models import attention_ops, kv_quant, paged_decode, paged_kernel
 from jaxllm.models.config import Alibi, ModelConfig, QueryScale
-from jaxllm.models.layers import Dense, LayerNorm, RMSNorm, param
+from jaxllm.models.layers import Dense, LayerNorm, RMSNorm, param, rounded_to
 from jaxllm.models.rope import Rotary, apply_rotary
 
 
@@ -181,7 +181,7 @@ def _attend_one(q, k, v, mask, scale: float, softcap: float | None, sinks=None, 
     else:  # the sink as one more key, its weight dropped
         sink = attention_ops.sink_logits(sinks, kv, (b, kv, h // kv))[:, None]
         probs = jax.nn.softmax(jnp.concatenate([scores, sink], axis=1), axis=1)[:, :-1]
-    probs = probs.astype(v.dtype).astype(jnp.float32)
+    probs = rounded_to(probs, v.dtype)  # transformers' weights in the values' dtype
     out = jnp.sum(probs[..., None] * v[:, :, :, None, :].astype(jnp.float32), axis=1)  # [B, K, G, D]
     return out.astype(v.dtype).reshape(b, 1, h, d)
 

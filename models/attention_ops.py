@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxllm.models.config import Alibi, Chunked
+from jaxllm.models.layers import rounded_to
 
 NEG_INF = float("-inf")
 
@@ -126,10 +127,9 @@ def alibi_bias(alibi: Alibi, q_pos, k_pos):
     k_pos = jnp.asarray(k_pos, jnp.int32)[:, None, None, :]
     q_pos = jnp.asarray(q_pos, jnp.int32)[:, None, :, None]
     if alibi.bf16:  # transformers: slopes.bfloat16() * positions, a bfloat16 product; then / sqrt(head_dim)
-        # rounded by reduce_precision, not a cast there and back: XLA on GPUs drops such a pair of casts
-        # (excess precision allowed), and the product kept its float32 bits there (test_attention_ops on an H200)
-        to_bf16 = functools.partial(lax.reduce_precision, exponent_bits=8, mantissa_bits=7)
-        bias = to_bf16(to_bf16(slopes) * k_pos.astype(jnp.float32)) * alibi.scale
+        # rounded by reduce_precision (layers.rounded_to), not a cast there and back: XLA on GPUs drops such a pair of
+        # casts (excess precision allowed), and the product kept its float32 bits there (test_attention_ops on an H200)
+        bias = rounded_to(rounded_to(slopes, jnp.bfloat16) * k_pos.astype(jnp.float32), jnp.bfloat16) * alibi.scale
         return jnp.broadcast_to(bias, (max(bias.shape[0], q_pos.shape[0]),) + bias.shape[1:2] + q_pos.shape[2:3] + bias.shape[3:])
     return (k_pos - q_pos).astype(jnp.float32) * (slopes * alibi.scale)
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxllm.models.config import ModelConfig
-from jaxllm.models.layers import Dense, param
+from jaxllm.models.layers import Dense, param, rounded_to
 from jaxllm.models.recurrent import RecurrentMixer, RecurrentState, StateShape, last_inputs, token_shift
 
 
@@ -57,7 +57,7 @@ class CcaProjection(RecurrentMixer):
         x = full.astype(jnp.float32)
         m = n - k0 + 1  # the depthwise conv's outputs: the call's T and the k1 - 1 before them
         mid = sum(x[:, j : j + m] * w0[:, 0, j] for j in range(k0)) + self.conv_qk_depthwise["bias"][...].astype(jnp.float32)
-        mid = mid.astype(full.dtype).astype(jnp.float32).reshape(b, m, c // d, d)  # transformers' first conv's output dtype
+        mid = rounded_to(mid, full.dtype).reshape(b, m, c // d, d)  # transformers' first conv's output dtype
         w1 = w1.reshape(c // d, d, d, k1)  # [groups, out, in, taps]
         t = m - k1 + 1
         out = sum(jnp.einsum("btgi,goi->btgo", mid[:, j : j + t], w1[..., j]) for j in range(k1))

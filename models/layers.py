@@ -261,6 +261,22 @@ ACTIVATIONS = {
 }
 
 
+def rounded_to(x, dtype):
+    """x (float32) rounded to `dtype`'s precision (a float type: bfloat16, float16, float32) and kept in float32, as a
+    cast to `dtype` and back rounds it: transformers' intermediate roundings in a lower precision. By
+    lax.reduce_precision, not the cast pair: XLA on GPUs drops such a pair (its excess precision)."""
+    info = jnp.finfo(dtype)
+    if info.bits >= 32:
+        return x
+    y = jax.lax.reduce_precision(x, exponent_bits=info.nexp, mantissa_bits=info.nmant)
+    if info.nexp >= 8:  # bfloat16: float32's exponent range, no subnormal of its own
+        return y
+    # reduce_precision flushes the narrower type's subnormals (float16's below 2**-14); a cast rounds them to steps of
+    # its smallest subnormal (a power of two: exact in float32)
+    step = float(info.smallest_subnormal)
+    return jnp.where(jnp.abs(x) < float(info.smallest_normal), jnp.round(x / step) * step, y)
+
+
 def clamped_swiglu(gate, up, alpha: float, limit: float, shift: float = 1.0):
     """gpt-oss's expert activation: gate clamped above at `limit`, up to [-limit, limit], then
     (up + shift) * gate * sigmoid(alpha * gate) (gpt-oss's shift 1; HY V4's 0 and alpha 1: silu(gate) * up)."""

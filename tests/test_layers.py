@@ -1,11 +1,12 @@
 """Shared layers: the decode attention paths equal the general one."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxllm import runtime
-from jaxllm.models import registry
+from jaxllm.models import layers, registry
 from jaxllm.models.attention import AttnSpec, attend, attention_mask, attention_probs, cudnn_decode_fits, decode_attention
 from jaxllm.models.config import Alibi
 from jaxllm.models.rope import apply_rotary
@@ -79,3 +80,16 @@ def test_bfloat16_rotation_is_transformers(arch, float32_tables):
     cos, sin = rotary(qt, torch.from_numpy(positions), **({"layer_type": "full_attention"} if by_type else {}))
     want, _ = modeling.apply_rotary_pos_emb(qt, qt, cos, sin)
     np.testing.assert_array_equal(ours, want.transpose(1, 2).float().numpy())
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_rounded_to_is_the_cast_pair_without_casts(dtype):
+    """layers.rounded_to(x, dtype) equals x cast to dtype and back (overflow, float16's subnormals and ties included), by
+    no cast to dtype: XLA on GPUs drops such a pair of casts (its excess precision), so the rounding would not happen."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(20000) * np.exp(rng.uniform(-30, 30, 20000))
+    x = jnp.asarray(np.concatenate([x, [7e4, -1e6, 65504, 65520, 2**-24 * 1.5, 2**-25, 2**-14 * (1 - 2**-12), 1 + 2**-8]]),
+                    jnp.float32)
+    np.testing.assert_array_equal(np.asarray(layers.rounded_to(x, jnp.dtype(dtype))),
+                                  np.asarray(x.astype(dtype).astype(jnp.float32)))
+    assert f"new_dtype={dtype}" not in str(jax.make_jaxpr(lambda v: layers.rounded_to(v, jnp.dtype(dtype)))(x))
