@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxllm.models.layers import rounded_to
+
 INT8_MAX = 127
 
 
@@ -29,10 +31,12 @@ def quantize_kv(x, dtype, scale_dtype=None):
     if dtype == jnp.int8:
         xf = x.astype(jnp.float32)
         amax = jnp.max(jnp.abs(xf), axis=-1)
-        scale = (amax / INT8_MAX).astype(scale_dtype)
-        s = scale.astype(jnp.float32)[..., None]
-        q = jnp.round(xf / jnp.where(s > 0, s, 1.0))
-        return jnp.clip(q, -INT8_MAX, INT8_MAX).astype(jnp.int8), scale
+        # the rounded scale in float32 by reduce_precision (layers.rounded_to), then stored exactly: a cast to
+        # scale_dtype and back is a pair XLA drops (on CPUs inside its YNNPACK fusions: the values were divided by the
+        # unrounded scale, 5% of them a step off, 2026-12-03)
+        s = rounded_to(amax / INT8_MAX, scale_dtype or jnp.float32)
+        q = jnp.round(xf / jnp.where(s > 0, s, 1.0)[..., None])
+        return jnp.clip(q, -INT8_MAX, INT8_MAX).astype(jnp.int8), s.astype(scale_dtype)
     if dtype.itemsize == 1:  # float8
         big = float(jnp.finfo(dtype).max)
         return jnp.clip(x, -big, big).astype(dtype), None
