@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxllm.errors import InputError
+from jaxllm.errors import ConfigError, InputError
+from jaxllm.models import quant, registry, weights
 from jaxllm.models.attention import UNCACHED, Uncached
 from jaxllm.sharding import replicated
 
@@ -46,6 +47,7 @@ def _merge(graphdef, params, tokens, attention_mask=None):
         raise InputError(f"params do not fit graphdef ({first}): pass the params of the model the graphdef comes "
                          "from (model.params, or a tree of the same structure)") from None
     cfg = model.cfg
+    check_params(cfg, weights.flat_params(nnx.state(model)))
     tokens = as_array(tokens)
     if tokens.ndim != 2 or tokens.shape[1] == 0:
         raise InputError(f"tokens must be [batch, seq] or [seq] with seq >= 1, got shape {tuple(tokens.shape)}")
@@ -67,6 +69,42 @@ def _merge(graphdef, params, tokens, attention_mask=None):
         check_mask_values(attention_mask)
         attention_mask = attention_mask != 0
     return model, tokens, attention_mask
+
+
+def check_params(cfg, leaves: dict) -> None:
+    """An InputError for params {path: leaf} whose leaves do not have the shapes the graphdef's config gives them (a tree
+    of the same structure from another model: another width, vocabulary or head count, whose product failed deep inside
+    with dot_general's TypeError, or whose logits came out over another vocabulary), or that hold integers where the
+    model computes in floats (a tree cast with astype: a TypeError deep inside). A quantized kernel keeps its float
+    shape and holds integers beside its scales, which a float model lacks and which are not compared."""
+    expected = _float_shapes(cfg)
+    if expected is None:
+        return
+    bad = [(path, leaf.shape, expected[path]) for path, leaf in leaves.items()
+           if path in expected and tuple(leaf.shape) != expected[path]]
+    if bad:
+        path, shape, want = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise InputError(f"params do not fit graphdef: {'.'.join(map(str, path))} has shape {tuple(shape)}, this model's "
+                         f"config gives {want}{more}: pass the params of the model the graphdef comes from (model.params, "
+                         "or a tree of the same structure and shapes)")
+    for path, leaf in leaves.items():
+        if path in expected and not jnp.issubdtype(leaf.dtype, jnp.inexact) and not quant.scale_paths([path]) & leaves.keys():
+            raise InputError(f"params hold {leaf.dtype} at {'.'.join(map(str, path))}, where the model computes in floats: "
+                             "cast them to a float dtype (e.g. jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)); "
+                             "for integer weights, load the model quantized (jaxllm.load(..., quantize='int8'))")
+
+
+@functools.lru_cache(maxsize=16)
+def _float_shapes(cfg) -> dict[tuple, tuple] | None:
+    """{path: shape} of the float module `cfg` describes (abstract: nothing allocated), or None for a config of no
+    registered architecture (a module built by hand)."""
+    try:
+        arch = registry.get(cfg.architecture)
+    except ConfigError:
+        return None
+    module = arch.module(cfg, dtype=jnp.float32, rngs=nnx.Rngs(0))
+    return {path: tuple(leaf.shape) for path, leaf in weights.flat_params(nnx.state(module)).items()}
 
 
 def as_array(tokens, what: str = "tokens"):
